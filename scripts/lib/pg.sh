@@ -1,0 +1,53 @@
+# Throwaway PostgreSQL clusters from the machine's own binaries, for tests and benchmarks.
+# Source this file, then call `pg_start` (sets PG_URL, PG_PORT, PG_DIR) and `pg_stop`.
+# As root, the server runs as the `postgres` user. A cluster that cannot start is an error.
+
+pg_bindir() {
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    if [ -n "$dir" ] && [ -x "$dir/initdb" ]; then
+        echo "$dir"
+    elif command -v initdb >/dev/null 2>&1; then
+        dirname "$(command -v initdb)"
+    else
+        echo "pg.sh: no PostgreSQL server binaries (initdb, pg_ctl) found; install PostgreSQL" >&2
+        return 1
+    fi
+}
+
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# pg_start [extra postgres -c settings...]
+pg_start() {
+    PG_BIN=$(pg_bindir) || return 1
+    PG_DIR=$(mktemp -d /tmp/tessera-pg.XXXXXX)
+    chmod 755 "$PG_DIR"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR"; fi
+    as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-locale \
+        >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; return 1; }
+    PG_PORT=$(free_port)
+    local opts="-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=500"
+    local setting
+    for setting in "$@"; do opts="$opts -c $setting"; done
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -o "$opts" -w -t 60 start \
+        >/dev/null || { cat "$PG_DIR/server.log" >&2; return 1; }
+    PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+    export PG_URL PG_PORT PG_DIR PG_BIN
+}
+
+pg_stop() {
+    if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ]; then
+        as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+        rm -rf "$PG_DIR"
+    fi
+}

@@ -1,0 +1,69 @@
+//! `tessera bench …`: benchmarks of the hot paths. Every figure is printed beside a baseline
+//! measured in the same run, as a ratio, because shared machines are noisy. Benchmarks are not
+//! tests: nothing here asserts on timing.
+
+pub mod bootstrap;
+
+use std::time::{Duration, Instant};
+
+/// Latencies and wall time of one measured run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    latencies: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Run {
+    /// Builds a run from per-operation latencies and the wall time of the whole run.
+    pub fn new(mut latencies: Vec<Duration>, wall: Duration) -> Self {
+        latencies.sort_unstable();
+        Self { latencies, wall }
+    }
+
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    /// The `q` quantile (0..=1) of latency, in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies[index].as_secs_f64() * 1000.0
+    }
+}
+
+/// Runs `ops` operations on `clients` concurrent tasks; `op(i)` performs operation `i`.
+pub async fn drive<F, Fut, E>(clients: usize, ops: usize, op: F) -> Result<Run, E>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: Send + 'static,
+{
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let next = next.clone();
+        let op = op.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= ops {
+                    return Ok(latencies);
+                }
+                let t = Instant::now();
+                op(i).await?;
+                latencies.push(t.elapsed());
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(ops);
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.expect("benchmark task panicked")?);
+    }
+    Ok(Run::new(all, started.elapsed()))
+}

@@ -1,0 +1,193 @@
+//! The command line: `tessera serve | migrate | check | bench …`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::startup::{Application, prepare_schema};
+use crate::{bench, service, store, telemetry};
+
+/// Tessera: a self-hosted identity broker and user-provisioning service.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about)]
+pub struct Cli {
+    /// A TOML configuration file; environment variables override its keys.
+    #[arg(long, global = true, env = "TESSERA_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve {
+        /// Apply pending migrations before serving (the default on SQLite).
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate the configuration, connect, report pending migrations and broken data; exit
+    /// non-zero on any problem.
+    Check,
+    /// Benchmarks of the hot paths, printed beside baselines measured in the same run.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Provisioning over HTTP against the bare provisioning service, on SQLite and PostgreSQL,
+    /// plus start-up time and idle memory.
+    Bootstrap(bench::bootstrap::BootstrapArgs),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), |key| std::env::var(key).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tessera: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut log = config.log.clone();
+    if matches!(cli.command, Command::Bench { .. }) && std::env::var_os("TESSERA_LOG").is_none() {
+        // Per-request logs would be measured along with the requests.
+        log.filter = "warn".into();
+    }
+    telemetry::init(&log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tessera: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.command, config))
+}
+
+async fn run(command: Command, config: Config) -> ExitCode {
+    match command {
+        Command::Serve { migrate } => serve(config, migrate).await,
+        Command::Migrate => migrate(config).await,
+        Command::Check => {
+            let report = service::check::run(&config).await;
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            if report.has_problems() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Bench { which } => {
+            let outcome = match which {
+                BenchCommand::Bootstrap(args) => bench::bootstrap::run(args).await,
+            };
+            match outcome {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tessera bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: Config, migrate: bool) -> ExitCode {
+    let app = match Application::build(&config, migrate).await {
+        Ok(app) => app,
+        Err(e) => return fail(&e),
+    };
+    match app.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    let store = match store::connect(&config.database).await {
+        Ok(store) => store,
+        Err(e) => return fail(&e),
+    };
+    let before = match store.migration_status().await {
+        Ok(status) => status,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = prepare_schema(store.as_ref(), true).await {
+        return fail(&e);
+    }
+    if before.pending.is_empty() {
+        println!("the database is up to date");
+    } else {
+        for name in &before.pending {
+            println!("applied {name}");
+        }
+    }
+    store.close().await;
+    ExitCode::SUCCESS
+}
+
+/// Prints an error with its causes and returns a failing exit code.
+fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let mut message = format!("tessera: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{message}");
+    ExitCode::FAILURE
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+}

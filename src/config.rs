@@ -1,0 +1,557 @@
+//! Configuration: a TOML file (`--config PATH` or `TESSERA_CONFIG`) with environment overrides.
+//!
+//! Every key is documented in README.md. Loading validates everything up front: a mistake stops
+//! start-up with a [`ConfigError`] that names the key (and its environment variable).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::domain::Issuer;
+
+/// A configuration mistake, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error in `{key}`: {message}")]
+pub struct ConfigError {
+    /// The file key (and environment variable, when there is one) at fault.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The validated configuration of one Tessera process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the HTTP server binds (`listen`, `TESSERA_LISTEN`).
+    pub listen: SocketAddr,
+    /// Storage settings.
+    pub database: DatabaseConfig,
+    /// Admin API tokens (`admin_tokens`, `TESSERA_ADMIN_TOKEN`). Only their hashes are kept once the
+    /// server is built.
+    pub admin_tokens: Vec<SecretString>,
+    /// Issuers that may own identities (`[[issuers]]`, `TESSERA_ALLOWED_ISSUERS`).
+    pub issuers: Vec<IssuerConfig>,
+    /// Logging settings.
+    pub log: LogConfig,
+}
+
+/// Where and how data is stored.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// Primary database (`database.url`, `TESSERA_DATABASE_URL`).
+    pub url: DatabaseUrl,
+    /// Most connections kept open to the primary (`database.max_connections`).
+    pub max_connections: u32,
+    /// How long to wait for a connection before reporting the store unavailable
+    /// (`database.acquire_timeout_ms`).
+    pub acquire_timeout: Duration,
+    /// Whether `serve` applies pending migrations itself (`database.auto_migrate`,
+    /// `TESSERA_AUTO_MIGRATE`). Defaults to true on SQLite and false on PostgreSQL.
+    pub auto_migrate: bool,
+}
+
+/// One issuer whose identities Tessera accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    /// The normalised issuer URL.
+    pub issuer: Issuer,
+    /// A short name, recorded as the provider of identities bootstrapped for this issuer.
+    pub name: String,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `text` or `json` (`log.format`, `TESSERA_LOG_FORMAT`).
+    pub json: bool,
+    /// A `tracing` filter such as `info,tessera=debug` (`log.filter`, `TESSERA_LOG`).
+    pub filter: String,
+}
+
+/// The kind of database a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// A short lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A database URL. Its `Debug` and `Display` never show a password.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    url: SecretString,
+    backend: Backend,
+}
+
+impl DatabaseUrl {
+    /// Parses a `sqlite:` or `postgres:`/`postgresql:` URL.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        let backend = if value.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            url::Url::parse(value).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            Backend::Postgres
+        } else {
+            return Err("expected a URL starting with sqlite: or postgres://".into());
+        };
+        Ok(Self {
+            url: SecretString::from(value.to_owned()),
+            backend,
+        })
+    }
+
+    /// Which backend the URL selects.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The full URL, password included: hand it to the driver only.
+    pub fn expose(&self) -> &str {
+        self.url.expose_secret()
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(self.expose()) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            _ => self.expose().to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// The default database: a SQLite file in the working directory, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://tessera.db";
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    admin_tokens: Option<Vec<String>>,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+    max_connections: Option<u32>,
+    acquire_timeout_ms: Option<u64>,
+    auto_migrate: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    filter: Option<String>,
+}
+
+impl Config {
+    /// Loads the configuration from an optional TOML file, then applies environment overrides read
+    /// through `env` (pass `|k| std::env::var(k).ok()` in production).
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(
+                        "--config (TESSERA_CONFIG)",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                parse_toml(&text)?
+            }
+            None => RawConfig::default(),
+        };
+        Self::from_raw(raw, &env)
+    }
+
+    /// Parses a configuration from TOML text with environment overrides; used by `load` and tests.
+    pub fn from_toml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_raw(parse_toml(text)?, &env)
+    }
+
+    fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let listen_text = env("TESSERA_LISTEN")
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text.trim().parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                "listen (TESSERA_LISTEN)",
+                format!("{listen_text:?} is not an address of the form 127.0.0.1:8080"),
+            )
+        })?;
+
+        let url_text = env("TESSERA_DATABASE_URL")
+            .or(raw.database.url)
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        let url = DatabaseUrl::parse(&url_text)
+            .map_err(|m| ConfigError::new("database.url (TESSERA_DATABASE_URL)", m))?;
+        let max_connections = match env("TESSERA_DATABASE_MAX_CONNECTIONS") {
+            Some(v) => Some(v.trim().parse::<u32>().map_err(|_| {
+                ConfigError::new(
+                    "database.max_connections (TESSERA_DATABASE_MAX_CONNECTIONS)",
+                    "expected a whole number",
+                )
+            })?),
+            None => raw.database.max_connections,
+        }
+        .unwrap_or(16);
+        if !(1..=1000).contains(&max_connections) {
+            return Err(ConfigError::new(
+                "database.max_connections (TESSERA_DATABASE_MAX_CONNECTIONS)",
+                "expected a number from 1 to 1000",
+            ));
+        }
+        let acquire_timeout_ms = raw.database.acquire_timeout_ms.unwrap_or(5_000);
+        if !(10..=120_000).contains(&acquire_timeout_ms) {
+            return Err(ConfigError::new(
+                "database.acquire_timeout_ms",
+                "expected a number of milliseconds from 10 to 120000",
+            ));
+        }
+        let auto_migrate = match env("TESSERA_AUTO_MIGRATE") {
+            Some(v) => Some(parse_bool(&v).ok_or_else(|| {
+                ConfigError::new(
+                    "database.auto_migrate (TESSERA_AUTO_MIGRATE)",
+                    "expected true or false",
+                )
+            })?),
+            None => raw.database.auto_migrate,
+        }
+        .unwrap_or(url.backend() == Backend::Sqlite);
+
+        let admin_tokens: Vec<String> = match env("TESSERA_ADMIN_TOKEN") {
+            Some(list) => split_list(&list),
+            None => raw.admin_tokens.unwrap_or_default(),
+        };
+        for token in &admin_tokens {
+            if token.len() < MIN_ADMIN_TOKEN_LEN
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    "admin_tokens (TESSERA_ADMIN_TOKEN)",
+                    format!(
+                        "every admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces; \
+                         generate one with `openssl rand -hex 32`"
+                    ),
+                ));
+            }
+        }
+
+        let mut issuers: Vec<IssuerConfig> = Vec::new();
+        for (i, raw_issuer) in raw.issuers.iter().enumerate() {
+            let key = format!("issuers[{i}].issuer");
+            let issuer = Issuer::parse(&raw_issuer.issuer)
+                .map_err(|e| ConfigError::new(&key, e.to_string()))?;
+            if issuers.iter().any(|known| known.issuer == issuer) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{issuer} is listed twice (after normalisation)"),
+                ));
+            }
+            let name = match &raw_issuer.name {
+                Some(name) => {
+                    let name = name.trim();
+                    if name.is_empty() || name.len() > 64 {
+                        return Err(ConfigError::new(
+                            format!("issuers[{i}].name"),
+                            "expected 1 to 64 characters",
+                        ));
+                    }
+                    name.to_owned()
+                }
+                None => issuer.host().to_owned(),
+            };
+            issuers.push(IssuerConfig { issuer, name });
+        }
+        if let Some(list) = env("TESSERA_ALLOWED_ISSUERS") {
+            for item in split_list(&list) {
+                let issuer = Issuer::parse(&item).map_err(|e| {
+                    ConfigError::new("TESSERA_ALLOWED_ISSUERS", format!("{item:?}: {e}"))
+                })?;
+                if !issuers.iter().any(|known| known.issuer == issuer) {
+                    let name = issuer.host().to_owned();
+                    issuers.push(IssuerConfig { issuer, name });
+                }
+            }
+        }
+
+        let json = match env("TESSERA_LOG_FORMAT")
+            .or(raw.log.format)
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "log.format (TESSERA_LOG_FORMAT)",
+                    format!("{other:?} is not one of text, json"),
+                ));
+            }
+        };
+        let filter = env("TESSERA_LOG")
+            .or(raw.log.filter)
+            .unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
+            return Err(ConfigError::new(
+                "log.filter (TESSERA_LOG)",
+                format!("{filter:?} is not a valid filter"),
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            database: DatabaseConfig {
+                url,
+                max_connections,
+                acquire_timeout: Duration::from_millis(acquire_timeout_ms),
+                auto_migrate,
+            },
+            admin_tokens: admin_tokens.into_iter().map(SecretString::from).collect(),
+            issuers,
+            log: LogConfig { json, filter },
+        })
+    }
+
+    /// A configuration for tests and benchmarks: the given database, port 0, no env overrides.
+    pub fn for_database(url: &str) -> Result<Self, ConfigError> {
+        let mut config = Self::from_raw(RawConfig::default(), &|_| None)?;
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.database.url = DatabaseUrl::parse(url)
+            .map_err(|m| ConfigError::new("database.url (TESSERA_DATABASE_URL)", m))?;
+        config.database.auto_migrate = true;
+        Ok(config)
+    }
+}
+
+fn parse_toml(text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().to_owned();
+        let key = e
+            .span()
+            .and_then(|span| text.get(span))
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty() && s.len() < 80)
+            .unwrap_or_else(|| "config file".into());
+        ConfigError::new(key, message)
+    })
+}
+
+fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_need_no_configuration_at_all() {
+        let config = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database.url.backend(), Backend::Sqlite);
+        assert!(config.database.auto_migrate);
+        assert!(config.admin_tokens.is_empty());
+        assert!(config.issuers.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let text = r#"
+            listen = "127.0.0.1:9000"
+            admin_tokens = ["file-token-0123456789"]
+            [database]
+            url = "sqlite://file.db"
+            [[issuers]]
+            issuer = "https://auth.example.com/"
+            name = "ory"
+        "#;
+        let config = Config::from_toml(
+            text,
+            env(&[
+                ("TESSERA_LISTEN", "0.0.0.0:7000"),
+                (
+                    "TESSERA_DATABASE_URL",
+                    "postgres://u:hunter2@db.example/tessera",
+                ),
+                ("TESSERA_ADMIN_TOKEN", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
+                (
+                    "TESSERA_ALLOWED_ISSUERS",
+                    "https://auth.example.com,https://other.example/",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(config.database.url.backend(), Backend::Postgres);
+        assert!(
+            !config.database.auto_migrate,
+            "PostgreSQL does not auto-migrate by default"
+        );
+        assert_eq!(config.admin_tokens.len(), 2);
+        let issuers: Vec<_> = config
+            .issuers
+            .iter()
+            .map(|i| (i.issuer.as_str(), i.name.as_str()))
+            .collect();
+        assert_eq!(
+            issuers,
+            [
+                ("https://auth.example.com", "ory"),
+                ("https://other.example", "other.example")
+            ]
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let key = |text: &str, pairs: &[(&str, &str)]| {
+            Config::from_toml(text, env(pairs)).unwrap_err().key
+        };
+        assert_eq!(
+            key("", &[("TESSERA_LISTEN", "nowhere")]),
+            "listen (TESSERA_LISTEN)"
+        );
+        assert_eq!(
+            key("", &[("TESSERA_DATABASE_URL", "mysql://x")]),
+            "database.url (TESSERA_DATABASE_URL)"
+        );
+        assert_eq!(
+            key("", &[("TESSERA_ADMIN_TOKEN", "short")]),
+            "admin_tokens (TESSERA_ADMIN_TOKEN)"
+        );
+        assert_eq!(
+            key("", &[("TESSERA_ALLOWED_ISSUERS", "http://evil.example")]),
+            "TESSERA_ALLOWED_ISSUERS"
+        );
+        assert_eq!(
+            key("[[issuers]]\nissuer = \"ftp://x\"", &[]),
+            "issuers[0].issuer"
+        );
+        assert_eq!(
+            key(
+                "[[issuers]]\nissuer = \"https://a.example\"\n[[issuers]]\nissuer = \"https://A.example/\"",
+                &[]
+            ),
+            "issuers[1].issuer"
+        );
+        assert_eq!(
+            key("", &[("TESSERA_LOG_FORMAT", "xml")]),
+            "log.format (TESSERA_LOG_FORMAT)"
+        );
+        assert_eq!(key("lissen = \"x\"", &[]), "lissen");
+        assert_eq!(
+            key("[database]\nmax_connections = 0", &[]),
+            "database.max_connections (TESSERA_DATABASE_MAX_CONNECTIONS)"
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let config = Config::from_toml(
+            "",
+            env(&[
+                (
+                    "TESSERA_DATABASE_URL",
+                    "postgres://u:hunter2@db.example/tessera",
+                ),
+                ("TESSERA_ADMIN_TOKEN", "supersecretadmintoken"),
+            ]),
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("supersecretadmintoken"), "{debug}");
+        assert_eq!(
+            config.database.url.to_string(),
+            "postgres://u:***@db.example/tessera"
+        );
+    }
+}

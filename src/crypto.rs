@@ -1,0 +1,73 @@
+//! Small cryptographic helpers on top of aws-lc-rs: hashing, constant-time comparison and
+//! randomness. Bearer secrets are only ever kept as [`sha256`] digests.
+
+use aws_lc_rs::{constant_time, digest, rand};
+
+/// The SHA-256 digest of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = digest::digest(&digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Compares two byte strings in time independent of their contents (not of their lengths).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// `N` bytes from the system's cryptographically secure generator.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // The system generator only fails if the OS has no entropy source at all; there is no safe
+    // way to continue without one.
+    rand::fill(&mut out).expect("the system random number generator failed");
+    out
+}
+
+/// A random string of `len` characters from `0-9a-z`.
+pub fn random_base36(len: usize) -> String {
+    const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        for byte in random_bytes::<32>() {
+            // Rejection sampling keeps the distribution uniform: 252 = 7 * 36.
+            if byte < 252 && out.len() < len {
+                out.push(ALPHABET[usize::from(byte % 36)] as char);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_matches_a_known_vector() {
+        let hex: String = sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_contents_and_lengths() {
+        assert!(constant_time_eq(b"same", b"same"));
+        assert!(!constant_time_eq(b"same", b"sama"));
+        assert!(!constant_time_eq(b"same", b"same!"));
+    }
+
+    #[test]
+    fn random_values_differ_and_have_the_requested_shape() {
+        assert_ne!(random_bytes::<16>(), random_bytes::<16>());
+        let s = random_base36(40);
+        assert_eq!(s.len(), 40);
+        assert!(
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        );
+    }
+}

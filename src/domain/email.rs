@@ -1,0 +1,143 @@
+//! The `Email` type: a syntactically valid address with its domain lower-cased.
+//!
+//! The check is deliberately practical rather than RFC 5321-complete: one `@`, a local part of at
+//! most 64 characters made of letters, digits and ``!#$%&'*+/=?^_`{|}~.-`` (no leading, trailing
+//! or doubled dot), and a domain of at least two dot-separated labels of letters, digits and `-`.
+//! Non-ASCII letters are accepted in both parts. The local part keeps its case.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// A validated email address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+/// Why a value is not a valid email address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmailError {
+    /// The value is empty or blank.
+    #[error("the email is empty")]
+    Empty,
+    /// The value is longer than [`Email::MAX_LEN`].
+    #[error("the email is longer than {} characters", Email::MAX_LEN)]
+    TooLong,
+    /// The value is not of the form `local@domain.tld`.
+    #[error("the email is not a valid address of the form name@example.com")]
+    Malformed,
+}
+
+impl Email {
+    /// The longest address accepted, in bytes (RFC 5321's limit).
+    pub const MAX_LEN: usize = 254;
+
+    /// Parses an email address, trimming surrounding whitespace and lower-casing the domain.
+    pub fn parse(input: &str) -> Result<Self, EmailError> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(EmailError::Empty);
+        }
+        if input.len() > Self::MAX_LEN {
+            return Err(EmailError::TooLong);
+        }
+        let (local, domain) = input.split_once('@').ok_or(EmailError::Malformed)?;
+        if !valid_local(local) || !valid_domain(domain) {
+            return Err(EmailError::Malformed);
+        }
+        Ok(Self(format!("{local}@{}", domain.to_lowercase())))
+    }
+
+    /// The address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The lower-cased domain part.
+    pub fn domain(&self) -> &str {
+        self.0.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn valid_local(local: &str) -> bool {
+    const SPECIALS: &str = "!#$%&'*+/=?^_`{|}~.-";
+    !local.is_empty()
+        && local.chars().count() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || SPECIALS.contains(c)
+                || (!c.is_ascii() && c.is_alphanumeric())
+        })
+}
+
+/// Whether `domain` is a plausible mail domain: two or more labels of letters, digits and `-`.
+fn valid_domain(domain: &str) -> bool {
+    let labels: Vec<&str> = domain.split('.').collect();
+    labels.len() >= 2
+        && domain.len() <= 253
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.chars().count() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_addresses_are_accepted_and_the_domain_is_lower_cased() {
+        assert_eq!(
+            Email::parse("Alice@Example.COM").unwrap().as_str(),
+            "Alice@example.com"
+        );
+        assert_eq!(
+            Email::parse(" bob+tag@sub.example.org ").unwrap().as_str(),
+            "bob+tag@sub.example.org"
+        );
+        assert_eq!(
+            Email::parse("zoë@exämple.de").unwrap().domain(),
+            "exämple.de"
+        );
+    }
+
+    #[test]
+    fn malformed_addresses_are_rejected() {
+        for bad in [
+            "plainaddress",
+            "@example.com",
+            "alice@",
+            "alice@example",
+            "alice@@example.com",
+            "alice@exa mple.com",
+            "al ice@example.com",
+            ".alice@example.com",
+            "alice.@example.com",
+            "al..ice@example.com",
+            "alice@-example.com",
+            "alice@example..com",
+            "alice@example.com\0",
+            "alice\n@example.com",
+            "a@b@example.com",
+            "<script>@example.com",
+            "' OR 1=1 --@example.com",
+        ] {
+            assert_eq!(Email::parse(bad), Err(EmailError::Malformed), "{bad:?}");
+        }
+        assert_eq!(Email::parse("  "), Err(EmailError::Empty));
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert_eq!(Email::parse(&long), Err(EmailError::TooLong));
+    }
+}

@@ -1,0 +1,118 @@
+//! The records Tessera keeps about people, their external identities and their teams.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{IdentityId, Issuer, Slug, Subject, TeamId, UserId};
+
+/// A person, known to every other service by [`UserId`] only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// Stable internal id.
+    pub id: UserId,
+    /// The email address last known for the person.
+    pub email: String,
+    /// Whether an upstream provider vouched for the email.
+    pub email_verified: bool,
+    /// Display name, if known.
+    pub name: Option<String>,
+    /// A disabled user is refused everywhere.
+    pub disabled: bool,
+    /// When the user was created.
+    pub created_at: DateTime<Utc>,
+    /// When the user was last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One external identity, linked to exactly one user, for ever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Id of the link.
+    pub id: IdentityId,
+    /// The user it belongs to.
+    pub user_id: UserId,
+    /// Normalised issuer.
+    pub issuer: Issuer,
+    /// Subject at the issuer.
+    pub subject: Subject,
+    /// The provider (or issuer configuration) name it came through.
+    pub provider: String,
+    /// The email seen when the link was made.
+    pub email: Option<String>,
+    /// Whether that email was verified upstream at link time.
+    pub email_verified: bool,
+    /// When the link was made.
+    pub created_at: DateTime<Utc>,
+    /// When the identity was last used to sign in or bootstrap.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// A team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Team {
+    /// Team id.
+    pub id: TeamId,
+    /// Unique, URL-safe handle.
+    pub slug: Slug,
+    /// Display name.
+    pub name: String,
+    /// When the team was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A member's role in a team.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Full control, including membership.
+    Owner,
+    /// Manages the team's resources.
+    Admin,
+    /// Uses the team's resources.
+    Member,
+}
+
+impl Role {
+    /// The stored and serialised form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+}
+
+/// A team as seen from one of its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TeamMembership {
+    /// The team.
+    #[serde(flatten)]
+    pub team: Team,
+    /// The member's role.
+    pub role: Role,
+    /// Whether this is the member's default team.
+    pub is_default: bool,
+}
+
+/// A user with everything linked to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserProfile {
+    /// The user.
+    #[serde(flatten)]
+    pub user: User,
+    /// Their external identities, oldest first.
+    pub identities: Vec<Identity>,
+    /// Their teams, default team first.
+    pub teams: Vec<TeamMembership>,
+}

@@ -1,0 +1,119 @@
+//! Small validated text values: an upstream subject and a person's display name.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Why a text value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    /// Empty or blank.
+    #[error("the value is empty")]
+    Empty,
+    /// Longer than the limit, which is carried.
+    #[error("the value is longer than {0} characters")]
+    TooLong(usize),
+    /// Contains control characters (including NUL).
+    #[error("the value contains control characters")]
+    ControlCharacters,
+}
+
+/// The subject (`sub`) of an identity at its issuer: opaque, compared byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Subject(String);
+
+impl Subject {
+    /// The longest subject accepted, in bytes (OpenID Connect's limit).
+    pub const MAX_LEN: usize = 255;
+
+    /// Validates a subject. It is not trimmed: subjects are opaque strings.
+    pub fn parse(input: &str) -> Result<Self, TextError> {
+        if input.trim().is_empty() {
+            return Err(TextError::Empty);
+        }
+        if input.len() > Self::MAX_LEN {
+            return Err(TextError::TooLong(Self::MAX_LEN));
+        }
+        if input.chars().any(char::is_control) {
+            return Err(TextError::ControlCharacters);
+        }
+        Ok(Self(input.to_owned()))
+    }
+
+    /// The subject.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A person's display name, trimmed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    /// The longest name accepted, in characters.
+    pub const MAX_CHARS: usize = 200;
+
+    /// Validates a name. A blank name is `Ok(None)`: the name is optional.
+    pub fn parse_optional(input: Option<&str>) -> Result<Option<Self>, TextError> {
+        let Some(input) = input.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        if input.chars().count() > Self::MAX_CHARS {
+            return Err(TextError::TooLong(Self::MAX_CHARS));
+        }
+        if input.chars().any(char::is_control) {
+            return Err(TextError::ControlCharacters);
+        }
+        Ok(Some(Self(input.to_owned())))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first word of the name, used for "<first name>'s Team".
+    pub fn first_name(&self) -> &str {
+        self.0.split_whitespace().next().unwrap_or(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_opaque_but_bounded() {
+        assert_eq!(Subject::parse("auth0|abc").unwrap().as_str(), "auth0|abc");
+        assert_eq!(Subject::parse(" "), Err(TextError::Empty));
+        assert_eq!(Subject::parse("a\0b"), Err(TextError::ControlCharacters));
+        assert_eq!(
+            Subject::parse(&"x".repeat(256)),
+            Err(TextError::TooLong(255))
+        );
+    }
+
+    #[test]
+    fn names_are_optional_trimmed_and_give_a_first_name() {
+        assert_eq!(DisplayName::parse_optional(None), Ok(None));
+        assert_eq!(DisplayName::parse_optional(Some("   ")), Ok(None));
+        let name = DisplayName::parse_optional(Some("  Ada  Lovelace "))
+            .unwrap()
+            .unwrap();
+        assert_eq!(name.as_str(), "Ada  Lovelace");
+        assert_eq!(name.first_name(), "Ada");
+        assert_eq!(
+            DisplayName::parse_optional(Some("bad\u{7}name")),
+            Err(TextError::ControlCharacters)
+        );
+    }
+}

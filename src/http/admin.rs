@@ -1,0 +1,209 @@
+//! The admin API for other backends: bootstrap users from OIDC identities, inspect users.
+//!
+//! - `POST /admin/users/bootstrap` provisions a user from `{issuer, subject, email, name?}` (the
+//!   seed's `oidc_*` field names are accepted too): 201 when it created the user, 200 when the
+//!   identity was known.
+//! - `POST /admin/users/{user_id}/bootstrap` (legacy) makes sure an existing user has a default team.
+//! - `GET /admin/users/{user_id}` returns the user with identities and teams.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::extract::{ApiJson, ApiPath};
+use super::problem::ApiError;
+use crate::domain::{
+    DisplayName, Email, EmailError, Issuer, IssuerError, Subject, Team, TeamId, TextError, UserId,
+    UserProfile,
+};
+use crate::error::ErrorCode;
+use crate::service::provisioning::{IdentityClaim, Provisioned};
+
+/// The admin routes (authentication is layered on by the caller).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/users/bootstrap", post(bootstrap_user))
+        .route(
+            "/admin/users/{user_id}/bootstrap",
+            post(bootstrap_existing_user),
+        )
+        .route("/admin/users/{user_id}", get(get_user))
+}
+
+/// The body of `POST /admin/users/bootstrap`.
+#[derive(Debug, Deserialize)]
+struct BootstrapRequest {
+    #[serde(alias = "oidc_issuer")]
+    issuer: Option<String>,
+    #[serde(alias = "oidc_user_id")]
+    subject: Option<String>,
+    #[serde(alias = "oidc_user_email")]
+    email: Option<String>,
+    #[serde(alias = "oidc_user_name")]
+    name: Option<String>,
+    email_verified: Option<bool>,
+    provider: Option<String>,
+}
+
+/// A team in bootstrap responses.
+#[derive(Debug, Serialize)]
+struct TeamSummary {
+    id: TeamId,
+    slug: String,
+    name: String,
+}
+
+impl From<Team> for TeamSummary {
+    fn from(team: Team) -> Self {
+        Self {
+            id: team.id,
+            slug: team.slug.as_str().to_owned(),
+            name: team.name,
+        }
+    }
+}
+
+/// The body of bootstrap responses.
+#[derive(Debug, Serialize)]
+struct BootstrapResponse {
+    user_id: UserId,
+    created: bool,
+    team: TeamSummary,
+}
+
+async fn bootstrap_user(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<BootstrapRequest>,
+) -> Result<(StatusCode, Json<BootstrapResponse>), ApiError> {
+    let claim = parse_claim(request)?;
+    let Provisioned {
+        user,
+        team,
+        created,
+    } = state.provisioner.bootstrap(claim).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(BootstrapResponse {
+            user_id: user.id,
+            created,
+            team: team.into(),
+        }),
+    ))
+}
+
+async fn bootstrap_existing_user(
+    State(state): State<Arc<AppState>>,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<(StatusCode, Json<BootstrapResponse>), ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    let (user, team, created) = state.provisioner.ensure_default_team(user_id).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(BootstrapResponse {
+            user_id: user.id,
+            created,
+            team: team.into(),
+        }),
+    ))
+}
+
+async fn get_user(
+    State(state): State<Arc<AppState>>,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<Json<UserProfile>, ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    Ok(Json(state.provisioner.user_profile(user_id).await?))
+}
+
+/// Parses a user id from a path segment.
+pub(super) fn parse_user_id(value: &str) -> Result<UserId, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidUserId,
+            "the user id must be a UUID such as 0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a",
+        )
+    })
+}
+
+fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, ApiError> {
+    match value.as_deref() {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ApiError::new(
+            ErrorCode::MissingField,
+            format!("`{field}` is required and must not be blank"),
+        )
+        .field(field)),
+    }
+}
+
+fn text_error(error: TextError, field: &str, invalid: ErrorCode) -> ApiError {
+    let code = match error {
+        TextError::TooLong(_) => ErrorCode::FieldTooLong,
+        TextError::Empty => ErrorCode::MissingField,
+        TextError::ControlCharacters => invalid,
+    };
+    ApiError::new(code, format!("`{field}`: {error}")).field(field)
+}
+
+fn parse_claim(request: BootstrapRequest) -> Result<IdentityClaim, ApiError> {
+    let issuer = Issuer::parse(required(&request.issuer, "issuer")?).map_err(|e| {
+        let code = if e == IssuerError::TooLong {
+            ErrorCode::FieldTooLong
+        } else {
+            ErrorCode::InvalidIssuer
+        };
+        ApiError::new(code, format!("`issuer`: {e}")).field("issuer")
+    })?;
+    let subject = Subject::parse(required(&request.subject, "subject")?)
+        .map_err(|e| text_error(e, "subject", ErrorCode::InvalidSubject))?;
+    let email = Email::parse(required(&request.email, "email")?).map_err(|e| {
+        let code = if e == EmailError::TooLong {
+            ErrorCode::FieldTooLong
+        } else {
+            ErrorCode::InvalidEmail
+        };
+        ApiError::new(code, format!("`email`: {e}")).field("email")
+    })?;
+    let name = DisplayName::parse_optional(request.name.as_deref())
+        .map_err(|e| text_error(e, "name", ErrorCode::InvalidName))?;
+    let provider = match request.provider.as_deref().map(str::trim) {
+        None | Some("") => String::new(),
+        Some(p)
+            if p.len() <= 64
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            p.to_ascii_lowercase()
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`provider` must be 1 to 64 characters of letters, digits, `-` and `_`",
+            )
+            .field("provider"));
+        }
+    };
+    Ok(IdentityClaim {
+        issuer,
+        subject,
+        email,
+        email_verified: request.email_verified.unwrap_or(false),
+        name,
+        provider,
+    })
+}

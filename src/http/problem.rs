@@ -1,0 +1,152 @@
+//! Errors as clients see them: RFC 9457 `application/problem+json` bodies carrying a stable
+//! `code` from [`ErrorCode`]. Bodies never contain SQL, constraint names, stack traces or
+//! secrets; the cause of a 5xx is logged once, here, and never sent.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::error::ErrorCode;
+use crate::service::provisioning::ProvisionError;
+use crate::store::StoreError;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    detail: String,
+    extensions: Map<String, Value>,
+    www_authenticate: Option<HeaderValue>,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl ApiError {
+    /// An error with a code and a detail message that says what to fix.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            extensions: Map::new(),
+            www_authenticate: None,
+            source: None,
+        }
+    }
+
+    /// Names the request field at fault (the `field` member of the body).
+    pub fn field(self, field: &str) -> Self {
+        self.extension("field", field)
+    }
+
+    /// Adds a member to the body.
+    pub fn extension(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extensions.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Sets the `WWW-Authenticate` challenge sent with a 401.
+    pub fn challenge(mut self, value: &'static str) -> Self {
+        self.www_authenticate = Some(HeaderValue::from_static(value));
+        self
+    }
+
+    /// Keeps the underlying cause for the log.
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The public code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// An internal error whose cause is logged and not shown.
+    pub fn internal(source: impl StdError + Send + Sync + 'static) -> Self {
+        Self::new(
+            ErrorCode::InternalError,
+            "an internal error occurred; it has been logged",
+        )
+        .with_source(source)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => ApiError::new(
+                ErrorCode::StoreUnavailable,
+                "the database is unavailable; try again shortly",
+            )
+            .with_source(error),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ProvisionError> for ApiError {
+    fn from(error: ProvisionError) -> Self {
+        match error {
+            ProvisionError::Store(store) => store.into(),
+            ProvisionError::IssuerNotAllowed => ApiError::new(
+                error.code(),
+                "the issuer is not on this server's allow-list",
+            ),
+            ProvisionError::UserDisabled => ApiError::new(error.code(), "the user is disabled"),
+            ProvisionError::UserNotFound => ApiError::new(error.code(), "no user has this id"),
+        }
+    }
+}
+
+/// Formats an error with its chain of causes, for logs.
+struct Chain<'a>(&'a (dyn StdError + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        if status.is_server_error() {
+            match &self.source {
+                Some(source) => {
+                    tracing::error!(code = self.code.as_str(), error = %Chain(source.as_ref()), "request failed")
+                }
+                None => tracing::error!(code = self.code.as_str(), "request failed"),
+            }
+        } else {
+            tracing::debug!(code = self.code.as_str(), "request refused");
+        }
+        let mut body = json!({
+            "type": format!("urn:tessera:problem:{}", self.code.as_str()),
+            "title": self.code.title(),
+            "status": status.as_u16(),
+            "detail": self.detail,
+            "code": self.code.as_str(),
+        });
+        if let Value::Object(map) = &mut body {
+            map.extend(self.extensions);
+        }
+        let mut response = (status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(challenge) = self.www_authenticate {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        response
+    }
+}

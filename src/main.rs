@@ -1,0 +1,5 @@
+//! The `tessera` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    tessera::cli::main()
+}

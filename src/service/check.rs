@@ -1,0 +1,235 @@
+//! `tessera check`: validates the configuration, connects, reports pending migrations and broken
+//! data invariants. Any finding of severity [`Severity::Problem`] makes the command fail.
+
+use std::fmt;
+
+use crate::config::{Backend, Config};
+use crate::domain::Issuer;
+use crate::store::{self, Store};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// All good.
+    Ok,
+    /// Worth a look; does not fail the check.
+    Warning,
+    /// Broken; fails the check.
+    Problem,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Severity.
+    pub severity: Severity,
+    /// What was found, and what to do about it.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Ok => "ok",
+            Severity::Warning => "warning",
+            Severity::Problem => "problem",
+        };
+        write!(f, "{label:<8} {}", self.message)
+    }
+}
+
+/// The findings of a check.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Every finding, in order.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    fn push(&mut self, severity: Severity, message: impl Into<String>) {
+        self.findings.push(Finding {
+            severity,
+            message: message.into(),
+        });
+    }
+
+    /// Whether any finding is a problem.
+    pub fn has_problems(&self) -> bool {
+        self.findings
+            .iter()
+            .any(|f| f.severity == Severity::Problem)
+    }
+}
+
+/// Runs every check against the configured database.
+pub async fn run(config: &Config) -> Report {
+    let mut report = Report::default();
+    report.push(
+        Severity::Ok,
+        format!(
+            "configuration: listen {}, database {}, {} issuer(s), {} admin token(s)",
+            config.listen,
+            config.database.url,
+            config.issuers.len(),
+            config.admin_tokens.len()
+        ),
+    );
+    if config.admin_tokens.is_empty() {
+        report.push(
+            Severity::Warning,
+            "no admin token configured (TESSERA_ADMIN_TOKEN): the admin API is closed",
+        );
+    }
+    if config.issuers.is_empty() {
+        report.push(
+            Severity::Warning,
+            "no issuer configured (TESSERA_ALLOWED_ISSUERS): bootstrap refuses every issuer",
+        );
+    }
+    if config.database.url.backend() == Backend::Sqlite
+        && !store::sqlite::database_exists(config.database.url.expose()).unwrap_or(true)
+    {
+        report.push(
+            Severity::Problem,
+            format!(
+                "the SQLite database {} does not exist yet; `tessera migrate` or `tessera serve` creates it",
+                config.database.url
+            ),
+        );
+        return report;
+    }
+    let store = match store::connect(&config.database).await {
+        Ok(store) => store,
+        Err(e) => {
+            report.push(
+                Severity::Problem,
+                format!("cannot connect to {}: {e}", config.database.url),
+            );
+            return report;
+        }
+    };
+    check_store(store.as_ref(), config, &mut report).await;
+    store.close().await;
+    report
+}
+
+async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
+    if let Err(e) = store.ping().await {
+        report.push(
+            Severity::Problem,
+            format!("the database does not answer: {e}"),
+        );
+        return;
+    }
+    report.push(
+        Severity::Ok,
+        format!("database reachable ({})", store.backend().name()),
+    );
+    let status = match store.migration_status().await {
+        Ok(status) => status,
+        Err(e) => {
+            report.push(
+                Severity::Problem,
+                format!("cannot read the migration history: {e}"),
+            );
+            return;
+        }
+    };
+    if status.pending.is_empty() {
+        report.push(
+            Severity::Ok,
+            format!("migrations: {} applied, none pending", status.applied),
+        );
+    } else {
+        report.push(
+            Severity::Problem,
+            format!(
+                "{} pending migration(s): {}; run `tessera migrate`",
+                status.pending.len(),
+                status.pending.join(", ")
+            ),
+        );
+    }
+    for version in &status.unknown {
+        report.push(
+            Severity::Problem,
+            format!(
+                "migration {version} is applied but unknown to this binary (a newer version ran)"
+            ),
+        );
+    }
+    for version in &status.modified {
+        report.push(
+            Severity::Problem,
+            format!("migration {version} was changed after it was applied"),
+        );
+    }
+    for version in &status.failed {
+        report.push(
+            Severity::Problem,
+            format!("migration {version} failed part-way; repair it by hand"),
+        );
+    }
+    if status.applied == 0 {
+        return;
+    }
+    let data = match store.data_report().await {
+        Ok(data) => data,
+        Err(e) => {
+            report.push(Severity::Problem, format!("cannot inspect the data: {e}"));
+            return;
+        }
+    };
+    let mut clean = true;
+    let mut count = |severity: Severity, n: i64, what: &str| {
+        if n > 0 {
+            clean = false;
+            report.push(severity, format!("{n} {what}"));
+        }
+    };
+    count(
+        Severity::Problem,
+        data.users_with_several_default_teams,
+        "user(s) with more than one default team",
+    );
+    count(
+        Severity::Problem,
+        data.users_without_identity,
+        "user(s) without any identity",
+    );
+    count(
+        Severity::Warning,
+        data.users_without_default_team,
+        "user(s) without a default team (created on their next bootstrap)",
+    );
+    count(
+        Severity::Warning,
+        data.teams_without_owner,
+        "team(s) without an owner",
+    );
+    for issuer in &data.issuers {
+        match Issuer::parse(issuer) {
+            Ok(normalised) if normalised.as_str() == issuer => {
+                if !config.issuers.iter().any(|c| c.issuer == normalised) {
+                    clean = false;
+                    report.push(
+                        Severity::Warning,
+                        format!(
+                            "identities exist for {issuer}, which is no longer an allowed issuer"
+                        ),
+                    );
+                }
+            }
+            _ => {
+                clean = false;
+                report.push(
+                    Severity::Problem,
+                    format!("identities store the issuer {issuer:?} in a non-normalised form"),
+                );
+            }
+        }
+    }
+    if clean {
+        report.push(Severity::Ok, "data invariants hold");
+    }
+}

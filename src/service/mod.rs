@@ -1,0 +1,14 @@
+//! Services: the rules of Tessera. The HTTP layer calls these after parsing and authorising; they
+//! call the store for everything persistent.
+
+pub mod check;
+pub mod issuers;
+pub mod provisioning;
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+/// The current time at the precision the databases keep (microseconds), so that a record
+/// returned from a write equals the same record read back.
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}

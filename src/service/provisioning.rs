@@ -1,0 +1,271 @@
+//! Just-in-time provisioning: one external identity becomes exactly one internal user, with a
+//! default team, in one transaction, however many callers race for it.
+//!
+//! `provision` reads first (the common case: the identity exists). For a first-time identity it
+//! runs the store's provisioning transaction, which creates user, identity, default team, owner
+//! membership and a `user.created` outbox event together, or nothing at all when another caller
+//! linked the identity first; the loser then reads the winner's user. Every caller gets the same
+//! user and team.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::json;
+
+use super::issuers::IssuerRegistry;
+use crate::crypto;
+use crate::domain::{
+    DisplayName, Email, EventId, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId,
+    UserProfile,
+};
+use crate::error::ErrorCode;
+use crate::store::{CreateOutcome, NewAccount, NewEvent, NewTeam, Store, StoreError};
+
+/// How often at most an identity's `last_seen_at` is written.
+const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
+
+/// An external identity as asserted by a trusted caller (the admin API, a verified token, a
+/// completed sign-in).
+#[derive(Debug, Clone)]
+pub struct IdentityClaim {
+    /// Normalised issuer.
+    pub issuer: Issuer,
+    /// Subject at the issuer.
+    pub subject: Subject,
+    /// The email the issuer reports.
+    pub email: Email,
+    /// Whether the issuer says the email is verified.
+    pub email_verified: bool,
+    /// Display name, if known.
+    pub name: Option<DisplayName>,
+    /// The provider or issuer configuration the identity came through.
+    pub provider: String,
+}
+
+/// The outcome of provisioning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    /// The user the identity belongs to.
+    pub user: User,
+    /// Their default team.
+    pub team: Team,
+    /// Whether this call created the user.
+    pub created: bool,
+}
+
+/// Why provisioning was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The issuer is not on the allow-list.
+    #[error("issuer not allowed")]
+    IssuerNotAllowed,
+    /// The identity belongs to a disabled user.
+    #[error("user disabled")]
+    UserDisabled,
+    /// No user has that id.
+    #[error("user not found")]
+    UserNotFound,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ProvisionError {
+    /// The public error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProvisionError::IssuerNotAllowed => ErrorCode::IssuerNotAllowed,
+            ProvisionError::UserDisabled => ErrorCode::UserDisabled,
+            ProvisionError::UserNotFound => ErrorCode::UserNotFound,
+            ProvisionError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
+            ProvisionError::Store(_) => ErrorCode::InternalError,
+        }
+    }
+}
+
+/// The provisioning service.
+#[derive(Debug, Clone)]
+pub struct Provisioner {
+    store: Arc<dyn Store>,
+    issuers: Arc<IssuerRegistry>,
+}
+
+impl Provisioner {
+    /// Creates the service.
+    pub fn new(store: Arc<dyn Store>, issuers: Arc<IssuerRegistry>) -> Self {
+        Self { store, issuers }
+    }
+
+    /// The admin bootstrap: provisions `claim` if its issuer is on the allow-list. Nothing is
+    /// written for an issuer that is not.
+    pub async fn bootstrap(&self, mut claim: IdentityClaim) -> Result<Provisioned, ProvisionError> {
+        let config = self
+            .issuers
+            .get(&claim.issuer)
+            .ok_or(ProvisionError::IssuerNotAllowed)?;
+        if claim.provider.is_empty() {
+            claim.provider = config.name.clone();
+        }
+        self.provision(&claim).await
+    }
+
+    /// Finds the user `claim` belongs to, creating user, identity and default team on first
+    /// sight. Callers have already established that the claim is trustworthy.
+    pub async fn provision(&self, claim: &IdentityClaim) -> Result<Provisioned, ProvisionError> {
+        // One retry is enough: `IdentityTaken` means the identity now exists. The bound only
+        // guards against an identity vanishing between the two reads.
+        for _ in 0..3 {
+            if let Some(found) = self
+                .store
+                .find_identity(&claim.issuer, &claim.subject)
+                .await?
+            {
+                if found.user.disabled {
+                    return Err(ProvisionError::UserDisabled);
+                }
+                let team = match found.default_team {
+                    Some(team) => team,
+                    None => self.ensure_team_of(&found.user).await?.0,
+                };
+                let now = super::now();
+                if now - found.last_seen_at >= TOUCH_INTERVAL {
+                    self.store.touch_identity(found.identity_id, now).await?;
+                }
+                return Ok(Provisioned {
+                    user: found.user,
+                    team,
+                    created: false,
+                });
+            }
+            match self
+                .store
+                .create_account(&new_account(claim, super::now()))
+                .await?
+            {
+                CreateOutcome::Created { user, team } => {
+                    tracing::info!(user_id = %user.id, provider = %claim.provider, "provisioned a new user");
+                    return Ok(Provisioned {
+                        user,
+                        team,
+                        created: true,
+                    });
+                }
+                CreateOutcome::IdentityTaken => continue,
+            }
+        }
+        Err(ProvisionError::Store(StoreError::Conflict {
+            what: "identity vanished while provisioning",
+        }))
+    }
+
+    /// The legacy bootstrap of an existing user: makes sure they have a default team. Returns the
+    /// user, the team and whether the team was created.
+    pub async fn ensure_default_team(
+        &self,
+        user: UserId,
+    ) -> Result<(User, Team, bool), ProvisionError> {
+        let user = self
+            .store
+            .get_user(user)
+            .await?
+            .ok_or(ProvisionError::UserNotFound)?;
+        if user.disabled {
+            return Err(ProvisionError::UserDisabled);
+        }
+        let (team, created) = self.ensure_team_of(&user).await?;
+        Ok((user, team, created))
+    }
+
+    /// A user with identities and teams.
+    pub async fn user_profile(&self, user: UserId) -> Result<UserProfile, ProvisionError> {
+        self.store
+            .user_profile(user)
+            .await?
+            .ok_or(ProvisionError::UserNotFound)
+    }
+
+    async fn ensure_team_of(&self, user: &User) -> Result<(Team, bool), ProvisionError> {
+        let name = user
+            .name
+            .as_deref()
+            .and_then(|n| DisplayName::parse_optional(Some(n)).ok().flatten());
+        let plan = team_plan(name.as_ref());
+        self.store
+            .ensure_default_team(user.id, &plan, super::now())
+            .await?
+            .ok_or(ProvisionError::UserNotFound)
+    }
+}
+
+/// The default team for a person: "<first name>'s Team" when a name is known, else "Default
+/// Team". Its slug is derived from the name; when taken, a random suffix is tried, then the team
+/// id itself, so that a slug collision never fails a bootstrap.
+pub fn team_plan(name: Option<&DisplayName>) -> NewTeam {
+    let id = TeamId::generate();
+    let team_name = match name {
+        Some(name) => format!("{}'s Team", name.first_name()),
+        None => "Default Team".to_owned(),
+    };
+    let base = Slug::derive(&team_name, "team");
+    let slug_candidates = vec![
+        base.clone(),
+        base.with_suffix(&crypto::random_base36(6)),
+        base.with_suffix(&id.as_uuid().simple().to_string()),
+    ];
+    NewTeam {
+        id,
+        name: team_name,
+        slug_candidates,
+    }
+}
+
+fn new_account(claim: &IdentityClaim, now: DateTime<Utc>) -> NewAccount {
+    let user_id = UserId::generate();
+    let team = team_plan(claim.name.as_ref());
+    let event = NewEvent {
+        id: EventId::generate(),
+        topic: "user.created",
+        payload: json!({
+            "user_id": user_id,
+            "team_id": team.id,
+            "issuer": claim.issuer,
+            "provider": claim.provider,
+        }),
+    };
+    NewAccount {
+        user_id,
+        identity_id: IdentityId::generate(),
+        issuer: claim.issuer.clone(),
+        subject: claim.subject.clone(),
+        provider: claim.provider.clone(),
+        email: claim.email.clone(),
+        email_verified: claim.email_verified,
+        name: claim.name.as_ref().map(|n| n.as_str().to_owned()),
+        team,
+        events: vec![event],
+        now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn team_names_follow_the_first_name() {
+        let ada = DisplayName::parse_optional(Some("Ada Lovelace")).unwrap();
+        let plan = team_plan(ada.as_ref());
+        assert_eq!(plan.name, "Ada's Team");
+        assert_eq!(plan.slug_candidates[0].as_str(), "adas-team");
+        assert!(plan.slug_candidates[1].as_str().starts_with("adas-team-"));
+        assert!(
+            plan.slug_candidates[2]
+                .as_str()
+                .ends_with(&plan.id.as_uuid().simple().to_string())
+        );
+
+        let anonymous = team_plan(None);
+        assert_eq!(anonymous.name, "Default Team");
+        assert_eq!(anonymous.slug_candidates[0].as_str(), "default-team");
+    }
+}

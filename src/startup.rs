@@ -1,0 +1,152 @@
+//! Start-up that tests can drive: [`Application::build`] connects the store, applies the migration
+//! policy, binds its own listener (port 0 in tests) and exposes the bound address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Backend, Config};
+use crate::http::admin_auth::AdminTokens;
+use crate::http::{AppState, router};
+use crate::service::issuers::IssuerRegistry;
+use crate::service::provisioning::Provisioner;
+use crate::store::{self, Store, StoreError};
+
+/// Why the server could not start. Every message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The database cannot be opened or reached.
+    #[error("cannot connect to the database {url}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: StoreError,
+    },
+    /// Migrations are pending and auto-migration is off.
+    #[error(
+        "the database has {} pending migration(s) ({}); run `tessera migrate`, or start with `tessera serve --migrate`",
+        pending.len(), pending.join(", ")
+    )]
+    PendingMigrations {
+        /// The pending migrations.
+        pending: Vec<String>,
+    },
+    /// The schema does not match this binary in a way `migrate` cannot fix.
+    #[error("the database schema does not match this binary (run `tessera check` for details)")]
+    SchemaMismatch,
+    /// Migrating or inspecting the schema failed.
+    #[error("cannot migrate the database")]
+    Migrate(#[source] StoreError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built, bound, not yet running server.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Connects to the configured database, migrates it if allowed (or `force_migrate`), and binds.
+    pub async fn build(config: &Config, force_migrate: bool) -> Result<Self, StartupError> {
+        let store =
+            store::connect(&config.database)
+                .await
+                .map_err(|source| StartupError::Connect {
+                    url: config.database.url.redacted(),
+                    source,
+                })?;
+        prepare_schema(
+            store.as_ref(),
+            config.database.auto_migrate || force_migrate,
+        )
+        .await?;
+        Self::build_with_store(config, store).await
+    }
+
+    /// Builds the server on an already connected and migrated store.
+    pub async fn build_with_store(
+        config: &Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, StartupError> {
+        let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone()));
+        let admin_tokens = AdminTokens::new(&config.admin_tokens);
+        if admin_tokens.is_empty() {
+            tracing::warn!(
+                "no admin token is configured (TESSERA_ADMIN_TOKEN): the admin API refuses every request"
+            );
+        }
+        let state = Arc::new(AppState {
+            provisioner: Provisioner::new(store.clone(), issuers),
+            store,
+            admin_tokens,
+        });
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (with the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let store = self.state.store.clone();
+        let app = router(self.state);
+        tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        store.close().await;
+        Ok(())
+    }
+}
+
+/// Applies the migration policy: refuse a schema this binary does not know, apply pending
+/// migrations when allowed, refuse to start otherwise.
+pub async fn prepare_schema(store: &dyn Store, migrate: bool) -> Result<(), StartupError> {
+    let status = store
+        .migration_status()
+        .await
+        .map_err(StartupError::Migrate)?;
+    if !status.only_pending() {
+        return Err(StartupError::SchemaMismatch);
+    }
+    if status.pending.is_empty() {
+        return Ok(());
+    }
+    if !migrate {
+        return Err(StartupError::PendingMigrations {
+            pending: status.pending,
+        });
+    }
+    if store.backend() == Backend::Postgres {
+        tracing::info!(pending = status.pending.len(), "applying migrations");
+    }
+    store.migrate().await.map_err(StartupError::Migrate)
+}

@@ -1,0 +1,269 @@
+//! Storage: the [`Store`] trait and its two implementations, SQLite ([`sqlite`]) and PostgreSQL
+//! ([`postgres`]). All SQL in Tessera lives under this module.
+//!
+//! The database enforces every invariant that matters (unique identity keys, immutable identity
+//! links, one default team per user); the services are the second line, not the first.
+//! Unique violations are mapped where the SQL is, into [`StoreError::Conflict`].
+
+mod migrations;
+pub mod postgres;
+mod rows;
+pub mod sqlite;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::config::{Backend, DatabaseConfig};
+use crate::domain::{
+    Email, EventId, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
+};
+
+pub use migrations::MigrationStatus;
+
+/// Errors from the storage layer. Their messages are for logs only, never for clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached, or is too busy to answer in time.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A uniqueness rule refused the write; `what` names the rule in domain terms.
+    #[error("conflict: {what}")]
+    Conflict {
+        /// The rule in domain terms, e.g. `"team slug"`.
+        what: &'static str,
+    },
+    /// A stored value does not decode into its domain type.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// Applying migrations failed.
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Any other database error.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        let unavailable = match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // PostgreSQL: connection exceptions, insufficient resources, operator intervention,
+                // and what a server answers when it refuses a new connection (database missing
+                // or not accepting connections, authentication failed) or is a read-only standby.
+                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || code.starts_with("28")
+                    || matches!(code.as_ref(), "3D000" | "55000" | "25006")
+                    || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+            }),
+            _ => false,
+        };
+        if unavailable {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Database(error)
+        }
+    }
+}
+
+/// An outbox event, written in the same transaction as the change it reports.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Event id.
+    pub id: EventId,
+    /// Topic, e.g. `user.created`.
+    pub topic: &'static str,
+    /// JSON payload.
+    pub payload: serde_json::Value,
+}
+
+/// A team to create, with the slugs to try in order (the first free one wins).
+#[derive(Debug, Clone)]
+pub struct NewTeam {
+    /// Team id.
+    pub id: TeamId,
+    /// Display name.
+    pub name: String,
+    /// Slugs to try, in order. The last one must be practically unique (it carries the team id).
+    pub slug_candidates: Vec<Slug>,
+}
+
+/// Everything the provisioning transaction writes for a first-time identity.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// The user to create.
+    pub user_id: UserId,
+    /// The identity link to create.
+    pub identity_id: IdentityId,
+    /// Normalised issuer.
+    pub issuer: Issuer,
+    /// Subject at the issuer.
+    pub subject: Subject,
+    /// Provider name recorded on the identity.
+    pub provider: String,
+    /// Email seen at link time.
+    pub email: Email,
+    /// Whether the issuer vouched for the email.
+    pub email_verified: bool,
+    /// Display name, if known.
+    pub name: Option<String>,
+    /// The user's default team.
+    pub team: NewTeam,
+    /// Events to write in the same transaction.
+    pub events: Vec<NewEvent>,
+    /// The time of the write.
+    pub now: DateTime<Utc>,
+}
+
+impl NewAccount {
+    /// The user record this account creates.
+    pub fn user(&self) -> User {
+        User {
+            id: self.user_id,
+            email: self.email.as_str().to_owned(),
+            email_verified: self.email_verified,
+            name: self.name.clone(),
+            disabled: false,
+            created_at: self.now,
+            updated_at: self.now,
+        }
+    }
+}
+
+/// What [`Store::create_account`] did.
+#[derive(Debug, Clone)]
+pub enum CreateOutcome {
+    /// The user, identity, team and membership were created together.
+    Created {
+        /// The new user.
+        user: User,
+        /// Their default team.
+        team: Team,
+    },
+    /// Another transaction linked this identity first; nothing was written.
+    IdentityTaken,
+}
+
+/// An identity found by its key, with its user and the user's default team.
+#[derive(Debug, Clone)]
+pub struct IdentityMatch {
+    /// The identity link.
+    pub identity_id: IdentityId,
+    /// When the identity was last seen.
+    pub last_seen_at: DateTime<Utc>,
+    /// Its user.
+    pub user: User,
+    /// The user's default team, if they have one.
+    pub default_team: Option<Team>,
+}
+
+/// Counts of rows that break data invariants, plus facts that `tessera check` judges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataReport {
+    /// Users with more than one default team (the database should make this impossible).
+    pub users_with_several_default_teams: i64,
+    /// Users without any identity.
+    pub users_without_identity: i64,
+    /// Users without a default team (allowed, repaired lazily on their next bootstrap).
+    pub users_without_default_team: i64,
+    /// Teams without an owner.
+    pub teams_without_owner: i64,
+    /// Every distinct issuer stored on identities.
+    pub issuers: Vec<String>,
+}
+
+/// The storage interface. One implementation per database; the same conformance suite runs
+/// against both.
+#[async_trait]
+pub trait Store: Send + Sync + Debug + 'static {
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Compares the applied migrations with those built into this binary.
+    async fn migration_status(&self) -> Result<MigrationStatus, StoreError>;
+
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Counts invariant violations (see [`DataReport`]).
+    async fn data_report(&self) -> Result<DataReport, StoreError>;
+
+    /// Finds an identity by its key, with its user and default team.
+    async fn find_identity(
+        &self,
+        issuer: &Issuer,
+        subject: &Subject,
+    ) -> Result<Option<IdentityMatch>, StoreError>;
+
+    /// The provisioning transaction: creates user, identity, default team, owner membership and
+    /// events together, or nothing at all when the identity is already linked.
+    async fn create_account(&self, account: &NewAccount) -> Result<CreateOutcome, StoreError>;
+
+    /// Makes sure `user` has a default team, creating `team` (with an owner membership) when they
+    /// have none. Serialised per user. Returns the team and whether it was created, or `None` when
+    /// the user does not exist.
+    async fn ensure_default_team(
+        &self,
+        user: UserId,
+        team: &NewTeam,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(Team, bool)>, StoreError>;
+
+    /// Records that an identity was seen at `now`.
+    async fn touch_identity(
+        &self,
+        identity: IdentityId,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// A user by id.
+    async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError>;
+
+    /// A user with their identities and teams.
+    async fn user_profile(&self, user: UserId) -> Result<Option<UserProfile>, StoreError>;
+
+    /// Closes all connections.
+    async fn close(&self);
+}
+
+/// Connects to the database the configuration names.
+pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config.url.backend() {
+        Backend::Sqlite => Arc::new(sqlite::SqliteStore::connect(config).await?),
+        Backend::Postgres => Arc::new(postgres::PgStore::connect(config).await?),
+    })
+}
+
+/// Decodes a stored role, reporting corrupt data rather than panicking.
+fn decode_role(value: &str) -> Result<crate::domain::Role, StoreError> {
+    crate::domain::Role::parse(value)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown role {value:?}")))
+}
+
+/// Decodes a stored slug.
+fn decode_slug(value: String) -> Result<Slug, StoreError> {
+    Slug::parse(&value).map_err(|_| StoreError::Corrupt(format!("invalid slug {value:?}")))
+}
+
+/// Decodes a stored issuer.
+fn decode_issuer(value: &str) -> Result<Issuer, StoreError> {
+    Issuer::parse(value).map_err(|_| StoreError::Corrupt(format!("invalid issuer {value:?}")))
+}
+
+/// Decodes a stored subject.
+fn decode_subject(value: &str) -> Result<Subject, StoreError> {
+    Subject::parse(value).map_err(|_| StoreError::Corrupt("invalid subject".into()))
+}

@@ -1,0 +1,367 @@
+//! The PostgreSQL implementation of [`Store`], for production, where many stateless Tessera
+//! instances share one database.
+//!
+//! Transactions run at READ COMMITTED. Races are settled by the database: `ON CONFLICT DO NOTHING`
+//! on the identity key (a concurrent insert waits for the first to commit, then sees the conflict)
+//! and a row lock on the user where a per-user check-then-insert is needed.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::migrations::{self, Applied, Embedded, MigrationStatus};
+use super::rows::{
+    self, RowExt, identity_columns, impl_row_ext_common, team_columns, user_columns,
+};
+use super::{
+    CreateOutcome, DataReport, IdentityMatch, NewAccount, NewEvent, NewTeam, Store, StoreError,
+};
+use crate::config::{Backend, DatabaseConfig};
+use crate::domain::{IdentityId, Issuer, Role, Subject, Team, User, UserId, UserProfile};
+
+static MIGRATIONS: &[Embedded] = &[Embedded {
+    version: 1,
+    description: "people_identities_teams",
+    sql: include_str!("../../migrations/postgres/0001_people_identities_teams.sql"),
+}];
+
+/// Tessera's storage on PostgreSQL.
+#[derive(Debug)]
+pub struct PgStore {
+    primary: PgPool,
+}
+
+impl RowExt for PgRow {
+    impl_row_ext_common!();
+
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+impl PgStore {
+    /// Connects to the primary the configuration names.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let primary = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect(config.url.expose())
+            .await?;
+        Ok(Self { primary })
+    }
+}
+
+/// Inserts `team` under the first free slug and makes `user` its owner, as their default team.
+async fn insert_default_team(
+    tx: &mut Transaction<'static, Postgres>,
+    user: UserId,
+    team: &NewTeam,
+    now: DateTime<Utc>,
+) -> Result<Team, StoreError> {
+    let mut slug = None;
+    for candidate in &team.slug_candidates {
+        let inserted = sqlx::query(
+            "INSERT INTO teams (id, slug, name, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (slug) DO NOTHING RETURNING id",
+        )
+        .bind(team.id.as_uuid())
+        .bind(candidate.as_str())
+        .bind(&team.name)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if inserted.is_some() {
+            slug = Some(candidate.clone());
+            break;
+        }
+    }
+    let slug = slug.ok_or(StoreError::Conflict { what: "team slug" })?;
+    sqlx::query(
+        "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES ($1, $2, $3, TRUE, $4)",
+    )
+    .bind(team.id.as_uuid())
+    .bind(user.as_uuid())
+    .bind(Role::Owner.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Team {
+        id: team.id,
+        slug,
+        name: team.name.clone(),
+        created_at: now,
+    })
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'static, Postgres>,
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for event in events {
+        sqlx::query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES ($1, $2, $3::jsonb, $4)")
+            .bind(event.id.as_uuid())
+            .bind(event.topic)
+            .bind(event.payload.to_string())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.primary).await?;
+        Ok(())
+    }
+
+    async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
+        let migrator = migrations::migrator(MIGRATIONS);
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(migrations::TABLE)
+            .fetch_one(&self.primary)
+            .await?;
+        let applied = if exists {
+            sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations")
+                .fetch_all(&self.primary)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(Applied {
+                        version: row.try_get(0)?,
+                        checksum: row.try_get(1)?,
+                        success: row.try_get(2)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(MigrationStatus::compare(&migrator, &applied))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        migrations::migrator(MIGRATIONS).run(&self.primary).await?;
+        Ok(())
+    }
+
+    async fn data_report(&self) -> Result<DataReport, StoreError> {
+        let row = sqlx::query(
+            "SELECT
+               (SELECT count(*) FROM (SELECT user_id FROM memberships WHERE is_default
+                                      GROUP BY user_id HAVING count(*) > 1) s) AS several_default,
+               (SELECT count(*) FROM users u WHERE NOT EXISTS
+                    (SELECT 1 FROM identities i WHERE i.user_id = u.id)) AS without_identity,
+               (SELECT count(*) FROM users u WHERE NOT EXISTS
+                    (SELECT 1 FROM memberships m WHERE m.user_id = u.id AND m.is_default)) AS without_default,
+               (SELECT count(*) FROM teams t WHERE NOT EXISTS
+                    (SELECT 1 FROM memberships m WHERE m.team_id = t.id AND m.role = 'owner')) AS without_owner",
+        )
+        .fetch_one(&self.primary)
+        .await?;
+        let issuers: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT issuer FROM identities ORDER BY issuer")
+                .fetch_all(&self.primary)
+                .await?;
+        Ok(DataReport {
+            users_with_several_default_teams: row.int("several_default")?,
+            users_without_identity: row.int("without_identity")?,
+            users_without_default_team: row.int("without_default")?,
+            teams_without_owner: row.int("without_owner")?,
+            issuers,
+        })
+    }
+
+    async fn find_identity(
+        &self,
+        issuer: &Issuer,
+        subject: &Subject,
+    ) -> Result<Option<IdentityMatch>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT i.id AS identity_id, i.last_seen_at AS identity_last_seen_at, ",
+            user_columns!(),
+            ", ",
+            team_columns!(),
+            " FROM identities i
+              JOIN users u ON u.id = i.user_id
+              LEFT JOIN memberships m ON m.user_id = u.id AND m.is_default
+              LEFT JOIN teams t ON t.id = m.team_id
+              WHERE i.issuer = $1 AND i.subject = $2"
+        ))
+        .bind(issuer.as_str())
+        .bind(subject.as_str())
+        .fetch_optional(&self.primary)
+        .await?;
+        row.map(|row| {
+            Ok(IdentityMatch {
+                identity_id: IdentityId::from_uuid(row.uuid("identity_id")?),
+                last_seen_at: row.time("identity_last_seen_at")?,
+                user: rows::user(&row)?,
+                default_team: rows::opt_team(&row)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_account(&self, account: &NewAccount) -> Result<CreateOutcome, StoreError> {
+        let mut tx = self.primary.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, email, email_verified, name, disabled, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, FALSE, $5, $5)",
+        )
+        .bind(account.user_id.as_uuid())
+        .bind(account.email.as_str())
+        .bind(account.email_verified)
+        .bind(account.name.as_deref())
+        .bind(account.now)
+        .execute(&mut *tx)
+        .await?;
+        // The race point: a concurrent insert of the same key waits here for the first
+        // transaction to finish, then either sees the conflict (and returns no row) or proceeds.
+        let linked = sqlx::query(
+            "INSERT INTO identities
+               (id, user_id, issuer, subject, provider, email, email_verified, created_at, last_seen_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+             ON CONFLICT (issuer, subject) DO NOTHING RETURNING user_id",
+        )
+        .bind(account.identity_id.as_uuid())
+        .bind(account.user_id.as_uuid())
+        .bind(account.issuer.as_str())
+        .bind(account.subject.as_str())
+        .bind(&account.provider)
+        .bind(account.email.as_str())
+        .bind(account.email_verified)
+        .bind(account.now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if linked.is_none() {
+            tx.rollback().await?;
+            return Ok(CreateOutcome::IdentityTaken);
+        }
+        let team =
+            insert_default_team(&mut tx, account.user_id, &account.team, account.now).await?;
+        insert_events(&mut tx, &account.events, account.now).await?;
+        tx.commit().await?;
+        Ok(CreateOutcome::Created {
+            user: account.user(),
+            team,
+        })
+    }
+
+    async fn ensure_default_team(
+        &self,
+        user: UserId,
+        team: &NewTeam,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(Team, bool)>, StoreError> {
+        let mut tx = self.primary.begin().await?;
+        // Serialises concurrent calls for one user; different users do not wait for each other.
+        let exists = sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !exists {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let existing = sqlx::query(concat!(
+            "SELECT ",
+            team_columns!(),
+            " FROM memberships m JOIN teams t ON t.id = m.team_id WHERE m.user_id = $1 AND m.is_default"
+        ))
+        .bind(user.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            tx.rollback().await?;
+            return Ok(Some((rows::team(&row)?, false)));
+        }
+        let created = insert_default_team(&mut tx, user, team, now).await?;
+        tx.commit().await?;
+        Ok(Some((created, true)))
+    }
+
+    async fn touch_identity(
+        &self,
+        identity: IdentityId,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identities SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
+            .bind(identity.as_uuid())
+            .bind(now)
+            .execute(&self.primary)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users u WHERE u.id = $1"
+        ))
+        .bind(user.as_uuid())
+        .fetch_optional(&self.primary)
+        .await?;
+        row.as_ref().map(rows::user).transpose()
+    }
+
+    async fn user_profile(&self, user: UserId) -> Result<Option<UserProfile>, StoreError> {
+        let Some(found) = self.get_user(user).await? else {
+            return Ok(None);
+        };
+        let identities = sqlx::query(concat!(
+            "SELECT ",
+            identity_columns!(),
+            " FROM identities i WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
+        ))
+        .bind(user.as_uuid())
+        .fetch_all(&self.primary)
+        .await?
+        .iter()
+        .map(rows::identity)
+        .collect::<Result<Vec<_>, _>>()?;
+        let teams = sqlx::query(concat!(
+            "SELECT ",
+            team_columns!(),
+            ", m.role AS role, m.is_default AS is_default
+              FROM memberships m JOIN teams t ON t.id = m.team_id
+              WHERE m.user_id = $1 ORDER BY m.is_default DESC, m.created_at, t.id"
+        ))
+        .bind(user.as_uuid())
+        .fetch_all(&self.primary)
+        .await?
+        .iter()
+        .map(rows::membership)
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(UserProfile {
+            user: found,
+            identities,
+            teams,
+        }))
+    }
+
+    async fn close(&self) {
+        self.primary.close().await;
+    }
+}
+
+/// Creates the database a URL names (for benchmarks and tests that need a scratch database).
+pub async fn create_database(url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    Ok(Postgres::create_database(url).await?)
+}
+
+/// Drops the database a URL names, disconnecting its sessions first.
+pub async fn drop_database(url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    Ok(Postgres::force_drop_database(url).await?)
+}

@@ -1,0 +1,132 @@
+//! Decoding rows into domain records, shared by both backends.
+//!
+//! Each backend implements [`RowExt`] for its row type (SQLite keeps times as integer
+//! microseconds, PostgreSQL as `timestamptz`); the record decoders below then work on either.
+//! Queries select columns under the aliases that the `*_columns!` macros define.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{StoreError, decode_issuer, decode_role, decode_slug, decode_subject};
+use crate::domain::{Identity, IdentityId, Team, TeamId, TeamMembership, User, UserId};
+
+/// Column accessors with the backend's storage conventions.
+pub(super) trait RowExt {
+    fn uuid(&self, col: &str) -> Result<Uuid, StoreError>;
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>, StoreError>;
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn flag(&self, col: &str) -> Result<bool, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError>;
+}
+
+/// Columns of `users u`, aliased for [`user`].
+macro_rules! user_columns {
+    () => {
+        "u.id AS user_id, u.email AS user_email, u.email_verified AS user_email_verified, \
+         u.name AS user_name, u.disabled AS user_disabled, u.created_at AS user_created_at, \
+         u.updated_at AS user_updated_at"
+    };
+}
+
+/// Columns of `teams t`, aliased for [`team`].
+macro_rules! team_columns {
+    () => {
+        "t.id AS team_id, t.slug AS team_slug, t.name AS team_name, t.created_at AS team_created_at"
+    };
+}
+
+/// Columns of `identities i`, aliased for [`identity`].
+macro_rules! identity_columns {
+    () => {
+        "i.id AS identity_id, i.user_id AS identity_user_id, i.issuer AS identity_issuer, \
+         i.subject AS identity_subject, i.provider AS identity_provider, i.email AS identity_email, \
+         i.email_verified AS identity_email_verified, i.created_at AS identity_created_at, \
+         i.last_seen_at AS identity_last_seen_at"
+    };
+}
+
+pub(super) use {identity_columns, team_columns, user_columns};
+
+/// Decodes the [`user_columns!`] of a row.
+pub(super) fn user(row: &impl RowExt) -> Result<User, StoreError> {
+    Ok(User {
+        id: UserId::from_uuid(row.uuid("user_id")?),
+        email: row.text("user_email")?,
+        email_verified: row.flag("user_email_verified")?,
+        name: row.opt_text("user_name")?,
+        disabled: row.flag("user_disabled")?,
+        created_at: row.time("user_created_at")?,
+        updated_at: row.time("user_updated_at")?,
+    })
+}
+
+/// Decodes the [`team_columns!`] of a row.
+pub(super) fn team(row: &impl RowExt) -> Result<Team, StoreError> {
+    Ok(Team {
+        id: TeamId::from_uuid(row.uuid("team_id")?),
+        slug: decode_slug(row.text("team_slug")?)?,
+        name: row.text("team_name")?,
+        created_at: row.time("team_created_at")?,
+    })
+}
+
+/// Decodes the [`team_columns!`] of an outer-joined row, which may all be NULL.
+pub(super) fn opt_team(row: &impl RowExt) -> Result<Option<Team>, StoreError> {
+    match row.opt_uuid("team_id")? {
+        Some(_) => team(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Decodes [`team_columns!`] plus `role` and `is_default`.
+pub(super) fn membership(row: &impl RowExt) -> Result<TeamMembership, StoreError> {
+    Ok(TeamMembership {
+        team: team(row)?,
+        role: decode_role(&row.text("role")?)?,
+        is_default: row.flag("is_default")?,
+    })
+}
+
+/// Decodes the [`identity_columns!`] of a row.
+pub(super) fn identity(row: &impl RowExt) -> Result<Identity, StoreError> {
+    Ok(Identity {
+        id: IdentityId::from_uuid(row.uuid("identity_id")?),
+        user_id: UserId::from_uuid(row.uuid("identity_user_id")?),
+        issuer: decode_issuer(&row.text("identity_issuer")?)?,
+        subject: decode_subject(&row.text("identity_subject")?)?,
+        provider: row.text("identity_provider")?,
+        email: row.opt_text("identity_email")?,
+        email_verified: row.flag("identity_email_verified")?,
+        created_at: row.time("identity_created_at")?,
+        last_seen_at: row.time("identity_last_seen_at")?,
+    })
+}
+
+/// Implements the type-uniform accessors of [`RowExt`] for a backend's row type; the backend adds
+/// `time` itself.
+macro_rules! impl_row_ext_common {
+    () => {
+        fn uuid(&self, col: &str) -> Result<uuid::Uuid, StoreError> {
+            Ok(sqlx::Row::try_get(self, col)?)
+        }
+        fn opt_uuid(&self, col: &str) -> Result<Option<uuid::Uuid>, StoreError> {
+            Ok(sqlx::Row::try_get(self, col)?)
+        }
+        fn text(&self, col: &str) -> Result<String, StoreError> {
+            Ok(sqlx::Row::try_get(self, col)?)
+        }
+        fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+            Ok(sqlx::Row::try_get(self, col)?)
+        }
+        fn flag(&self, col: &str) -> Result<bool, StoreError> {
+            Ok(sqlx::Row::try_get(self, col)?)
+        }
+        fn int(&self, col: &str) -> Result<i64, StoreError> {
+            Ok(sqlx::Row::try_get(self, col)?)
+        }
+    };
+}
+
+pub(super) use impl_row_ext_common;

@@ -1,0 +1,373 @@
+//! The test harness: a fresh database per test on either backend, the real server on port 0, and
+//! typed request helpers.
+//!
+//! PostgreSQL tests need `TESSERA_TEST_PG_URL` (an admin URL of a throwaway cluster). The README's
+//! test command, `scripts/test`, starts one. Without it, PostgreSQL tests fail: they never skip.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::{AssertSqlSafe, Connection, PgPool, SqlitePool};
+use tempfile::TempDir;
+use tessera::config::{Config, IssuerConfig};
+use tessera::domain::Issuer;
+use tessera::startup::{Application, prepare_schema};
+use tessera::store::{self, Store};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Defines each listed `async fn name(backend: Backend)` as two tests, `sqlite::name` and
+/// `postgres::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
+/// The admin URL of the throwaway PostgreSQL cluster.
+pub fn pg_admin_url() -> String {
+    std::env::var("TESSERA_TEST_PG_URL").expect(
+        "TESSERA_TEST_PG_URL is not set: run the suite with `scripts/test`, which starts a throwaway PostgreSQL",
+    )
+}
+
+/// A fresh, empty database.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+                Self {
+                    backend,
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to the test cluster");
+                sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create a test database");
+                conn.close().await.ok();
+                let mut url = url::Url::parse(&admin).expect("admin URL");
+                url.set_path(&name);
+                Self {
+                    backend,
+                    url: url.to_string(),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// A configuration for this database with the test defaults.
+    pub fn config(&self) -> Config {
+        let mut config = Config::for_database(&self.url).expect("test config");
+        config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
+        config.issuers = [ISSUER, OTHER_ISSUER]
+            .iter()
+            .map(|i| IssuerConfig {
+                issuer: Issuer::parse(i).unwrap(),
+                name: "test".into(),
+            })
+            .collect();
+        config
+    }
+
+    /// Connects a store and applies migrations.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        let store = store::connect(&self.config().database)
+            .await
+            .expect("connect store");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    /// A direct connection for assertions (tests may use SQL; the product may not outside the store).
+    pub async fn sql(&self) -> Sql {
+        match self.backend {
+            Backend::Sqlite => Sql::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect(&self.url)
+                    .await
+                    .expect("open sqlite"),
+            ),
+            Backend::Postgres => Sql::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect(&self.url)
+                    .await
+                    .expect("connect pg"),
+            ),
+        }
+    }
+}
+
+/// A direct database connection for assertions and for breaking invariants on purpose.
+pub enum Sql {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Sql {
+    /// `SELECT count(*) FROM <from>`.
+    pub async fn count(&self, from: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM {from}");
+        match self {
+            Sql::Sqlite(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await,
+            Sql::Postgres(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await,
+        }
+        .expect("count")
+    }
+
+    /// Runs a statement; `$1`-style placeholders are not supported here, inline literals only.
+    pub async fn exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        match self {
+            Sql::Sqlite(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Sql::Postgres(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+    }
+
+    /// A SQL literal for a UUID, in the backend's storage form.
+    pub fn uuid(&self, id: &str) -> String {
+        match self {
+            Sql::Sqlite(_) => format!("X'{}'", id.replace('-', "")),
+            Sql::Postgres(_) => format!("'{id}'"),
+        }
+    }
+
+    /// Counts of the provisioning tables: users, identities, teams, memberships, outbox events.
+    pub async fn provisioning_counts(&self) -> [i64; 5] {
+        [
+            self.count("users").await,
+            self.count("identities").await,
+            self.count("teams").await,
+            self.count("memberships").await,
+            self.count("outbox_events").await,
+        ]
+    }
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+pub const ISSUER: &str = "https://issuer.example.com";
+pub const OTHER_ISSUER: &str = "https://other.example.org/realms/main";
+
+/// The real server on 127.0.0.1 with port 0, against a fresh database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    pub store: Arc<dyn Store>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        let db = TestDb::new(backend).await;
+        let mut config = db.config();
+        adjust(&mut config);
+        Self::start(db, &config).await
+    }
+
+    /// Starts a server on an existing database with the given configuration. Set
+    /// `TESSERA_TEST_LOG` (a filter such as `debug`) to see the server's logs.
+    pub async fn start(db: TestDb, config: &Config) -> Self {
+        if let Ok(filter) = std::env::var("TESSERA_TEST_LOG") {
+            tessera::telemetry::init(&tessera::config::LogConfig {
+                json: false,
+                filter,
+            });
+        }
+        let store = store::connect(&config.database)
+            .await
+            .expect("connect the store");
+        prepare_schema(store.as_ref(), true).await.expect("migrate");
+        let app = Application::build_with_store(config, store.clone())
+            .await
+            .expect("build the application");
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            app.run_until_stopped(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server ran");
+        });
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        Self {
+            addr,
+            client,
+            db,
+            store,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `POST /admin/users/bootstrap` with the admin token.
+    pub async fn bootstrap(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/admin/users/bootstrap"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// An admin request with the token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Closes the server's database pools, as if the database had gone away.
+    pub async fn close_store(&self) {
+        self.store.close().await;
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("server task");
+        }
+    }
+}
+
+/// Reads a response as JSON, asserting its status.
+pub async fn json(response: reqwest::Response, status: u16) -> Value {
+    let actual = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = response.text().await.expect("body");
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    let value: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    if status >= 400 {
+        assert_eq!(
+            content_type, "application/problem+json",
+            "error bodies are problem+json"
+        );
+        assert_problem_shape(&value, status);
+    }
+    value
+}
+
+/// Asserts the RFC 9457 members and that nothing internal leaks.
+pub fn assert_problem_shape(body: &Value, status: u16) {
+    assert_eq!(body["status"], status, "{body}");
+    let code = body["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code in {body}"));
+    assert!(
+        code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+        "code {code} is not snake_case"
+    );
+    assert_eq!(body["type"], format!("urn:tessera:problem:{code}"));
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(body["detail"].is_string(), "{body}");
+    assert_no_leak(&body.to_string());
+}
+
+/// Asserts that a body says nothing about SQL, constraints, drivers or panics.
+pub fn assert_no_leak(text: &str) {
+    let lower = text.to_lowercase();
+    for needle in [
+        "select ",
+        "insert ",
+        "update ",
+        "delete from",
+        "constraint",
+        "duplicate key",
+        "sqlx",
+        "sqlite",
+        "postgres",
+        "syntax error",
+        "panicked",
+        "stack backtrace",
+        "violates",
+        "unique",
+        "identities_",
+        "memberships_",
+        "src/",
+        ".rs:",
+    ] {
+        assert!(!lower.contains(needle), "body leaks {needle:?}: {text}");
+    }
+}
+
+/// A bootstrap body for `subject` at the main test issuer.
+pub fn identity(subject: &str, email: &str, name: Option<&str>) -> Value {
+    let mut body = serde_json::json!({ "issuer": ISSUER, "subject": subject, "email": email });
+    if let Some(name) = name {
+        body["name"] = name.into();
+    }
+    body
+}

@@ -1,0 +1,9 @@
+//! The integration suite: the real server over real HTTP on 127.0.0.1 (port 0), against real
+//! SQLite files and a real PostgreSQL, and the store conformance suite on both backends.
+
+mod helpers;
+
+mod bootstrap;
+mod cli;
+mod errors;
+mod store;
