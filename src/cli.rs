@@ -68,17 +68,17 @@ pub fn main() -> ExitCode {
         log.filter = "warn".into();
     }
     telemetry::init(&log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tessera: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli.command, config))
+    let code = runtime.block_on(run(cli.command, config));
+    // Do not wait long for stragglers such as a DNS lookup on a blocking thread.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 async fn run(command: Command, config: Config) -> ExitCode {
@@ -90,11 +90,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             for finding in &report.findings {
                 println!("{finding}");
             }
-            if report.has_problems() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            }
+            if report.has_problems() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
         Command::Bench { which } => {
             let outcome = match which {

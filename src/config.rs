@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use jsonwebtoken::Algorithm;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use url::Url;
 
 use crate::domain::Issuer;
 
@@ -25,10 +27,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -46,6 +45,36 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     /// Logging settings.
     pub log: LogConfig,
+    /// In-memory caches of the token-validation path.
+    pub cache: CacheConfig,
+    /// How issuer keys (JWKS) are fetched.
+    pub jwks: JwksConfig,
+}
+
+/// In-memory caches of the token-validation path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// How long a resolved identity (user and teams) is reused without a database read
+    /// (`cache.principal_ttl_seconds`); zero disables the cache.
+    pub principal_ttl: Duration,
+    /// How long a verified token is reused without checking its signature again, never past its
+    /// `exp` (`cache.token_ttl_seconds`); zero disables the cache.
+    pub token_ttl: Duration,
+    /// Most entries kept in each cache (`cache.max_entries`).
+    pub max_entries: usize,
+}
+
+/// How issuer keys are fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksConfig {
+    /// Least time between two refetches triggered by an unknown `kid` or a failed signature
+    /// (`jwks.refetch_cooldown_seconds`).
+    pub refetch_cooldown: Duration,
+    /// Timeout of one discovery or JWKS request (`jwks.fetch_timeout_ms`).
+    pub fetch_timeout: Duration,
+    /// Keys are kept at least this long whatever `max-age` the issuer sends
+    /// (`jwks.min_max_age_seconds`); they are refreshed at least daily.
+    pub min_max_age: Duration,
 }
 
 /// Where and how data is stored.
@@ -53,6 +82,9 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// Primary database (`database.url`, `TESSERA_DATABASE_URL`).
     pub url: DatabaseUrl,
+    /// Optional PostgreSQL read replica for reads that tolerate lag (`database.replica_url`,
+    /// `TESSERA_DATABASE_REPLICA_URL`).
+    pub replica_url: Option<DatabaseUrl>,
     /// Most connections kept open to the primary (`database.max_connections`).
     pub max_connections: u32,
     /// How long to wait for a connection before reporting the store unavailable
@@ -70,6 +102,77 @@ pub struct IssuerConfig {
     pub issuer: Issuer,
     /// A short name, recorded as the provider of identities bootstrapped for this issuer.
     pub name: String,
+    /// Audiences a token must name (one of) to be accepted; none means no token is accepted.
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted from this issuer. Never `none`, never HMAC.
+    pub algorithms: Vec<Algorithm>,
+    /// Where the issuer's keys are; `None` means OpenID Connect discovery.
+    pub jwks_uri: Option<Url>,
+    /// Clock-skew allowance for `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Whether first-time subjects are provisioned on validation.
+    pub jit: bool,
+}
+
+/// The algorithms accepted when an issuer does not list its own.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
+impl IssuerConfig {
+    /// An issuer with the defaults: named after its host, no audience, RS256/ES256/EdDSA,
+    /// discovery, 60 s leeway, just-in-time provisioning on.
+    pub fn new(issuer: Issuer) -> Self {
+        Self {
+            name: issuer.host().to_owned(),
+            issuer,
+            audiences: Vec::new(),
+            algorithms: DEFAULT_ALGORITHMS.to_vec(),
+            jwks_uri: None,
+            leeway: Duration::from_secs(60),
+            jit: true,
+        }
+    }
+}
+
+/// Parses an algorithm name from the allow-list vocabulary: RSA (RS*, PS*), ECDSA (ES256,
+/// ES384) and EdDSA. `none` and the HMAC family are refused: keys come from a JWKS, which never
+/// holds shared secrets.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    match name.trim() {
+        "RS256" => Ok(Algorithm::RS256),
+        "RS384" => Ok(Algorithm::RS384),
+        "RS512" => Ok(Algorithm::RS512),
+        "PS256" => Ok(Algorithm::PS256),
+        "PS384" => Ok(Algorithm::PS384),
+        "PS512" => Ok(Algorithm::PS512),
+        "ES256" => Ok(Algorithm::ES256),
+        "ES384" => Ok(Algorithm::ES384),
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        "none" | "HS256" | "HS384" | "HS512" => {
+            Err(format!("{name} is never accepted: keys come from the issuer's JWKS"))
+        }
+        other => Err(format!("{other:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA")),
+    }
+}
+
+/// Validates the URL of an endpoint Tessera will call: `https`, or `http` on a loopback host; no
+/// credentials.
+pub fn endpoint_url(value: &str) -> Result<Url, String> {
+    let url = Url::parse(value.trim()).map_err(|e| format!("not a URL: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err("the URL has no host".into()),
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err("the URL must use https (http only on loopback hosts)".into()),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("the URL must not contain credentials".into());
+    }
+    Ok(url)
 }
 
 /// Log output settings.
@@ -119,10 +222,7 @@ impl DatabaseUrl {
         } else {
             return Err("expected a URL starting with sqlite: or postgres://".into());
         };
-        Ok(Self {
-            url: SecretString::from(value.to_owned()),
-            backend,
-        })
+        Ok(Self { url: SecretString::from(value.to_owned()), backend })
     }
 
     /// Which backend the URL selects.
@@ -149,9 +249,7 @@ impl DatabaseUrl {
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DatabaseUrl")
-            .field(&self.redacted())
-            .finish()
+        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
     }
 }
 
@@ -179,12 +277,33 @@ struct RawConfig {
     issuers: Vec<RawIssuer>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    jwks: RawJwks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    principal_ttl_seconds: Option<u64>,
+    token_ttl_seconds: Option<u64>,
+    max_entries: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    refetch_cooldown_seconds: Option<u64>,
+    fetch_timeout_ms: Option<u64>,
+    min_max_age_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: Option<String>,
+    replica_url: Option<String>,
     max_connections: Option<u32>,
     acquire_timeout_ms: Option<u64>,
     auto_migrate: Option<bool>,
@@ -195,6 +314,11 @@ struct RawDatabase {
 struct RawIssuer {
     issuer: String,
     name: Option<String>,
+    audiences: Option<Vec<String>>,
+    algorithms: Option<Vec<String>>,
+    jwks_uri: Option<String>,
+    leeway_seconds: Option<u64>,
+    jit: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,17 +331,11 @@ struct RawLog {
 impl Config {
     /// Loads the configuration from an optional TOML file, then applies environment overrides read
     /// through `env` (pass `|k| std::env::var(k).ok()` in production).
-    pub fn load(
-        path: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let raw = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::new(
-                        "--config (TESSERA_CONFIG)",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
+                    ConfigError::new("--config (TESSERA_CONFIG)", format!("cannot read {}: {e}", path.display()))
                 })?;
                 parse_toml(&text)?
             }
@@ -227,17 +345,12 @@ impl Config {
     }
 
     /// Parses a configuration from TOML text with environment overrides; used by `load` and tests.
-    pub fn from_toml(
-        text: &str,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_toml(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         Self::from_raw(parse_toml(text)?, &env)
     }
 
     fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let listen_text = env("TESSERA_LISTEN")
-            .or(raw.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen_text = env("TESSERA_LISTEN").or(raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = listen_text.trim().parse::<SocketAddr>().map_err(|_| {
             ConfigError::new(
                 "listen (TESSERA_LISTEN)",
@@ -245,11 +358,20 @@ impl Config {
             )
         })?;
 
-        let url_text = env("TESSERA_DATABASE_URL")
-            .or(raw.database.url)
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        let url = DatabaseUrl::parse(&url_text)
-            .map_err(|m| ConfigError::new("database.url (TESSERA_DATABASE_URL)", m))?;
+        let url_text = env("TESSERA_DATABASE_URL").or(raw.database.url).unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        let url =
+            DatabaseUrl::parse(&url_text).map_err(|m| ConfigError::new("database.url (TESSERA_DATABASE_URL)", m))?;
+        let replica_key = "database.replica_url (TESSERA_DATABASE_REPLICA_URL)";
+        let replica_url = match env("TESSERA_DATABASE_REPLICA_URL").or(raw.database.replica_url) {
+            Some(text) if !text.trim().is_empty() => {
+                let replica = DatabaseUrl::parse(&text).map_err(|m| ConfigError::new(replica_key, m))?;
+                if replica.backend() != Backend::Postgres || url.backend() != Backend::Postgres {
+                    return Err(ConfigError::new(replica_key, "a read replica needs PostgreSQL for both URLs"));
+                }
+                Some(replica)
+            }
+            _ => None,
+        };
         let max_connections = match env("TESSERA_DATABASE_MAX_CONNECTIONS") {
             Some(v) => Some(v.trim().parse::<u32>().map_err(|_| {
                 ConfigError::new(
@@ -275,10 +397,7 @@ impl Config {
         }
         let auto_migrate = match env("TESSERA_AUTO_MIGRATE") {
             Some(v) => Some(parse_bool(&v).ok_or_else(|| {
-                ConfigError::new(
-                    "database.auto_migrate (TESSERA_AUTO_MIGRATE)",
-                    "expected true or false",
-                )
+                ConfigError::new("database.auto_migrate (TESSERA_AUTO_MIGRATE)", "expected true or false")
             })?),
             None => raw.database.auto_migrate,
         }
@@ -289,9 +408,7 @@ impl Config {
             None => raw.admin_tokens.unwrap_or_default(),
         };
         for token in &admin_tokens {
-            if token.len() < MIN_ADMIN_TOKEN_LEN
-                || token.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
+            if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(ConfigError::new(
                     "admin_tokens (TESSERA_ADMIN_TOKEN)",
                     format!(
@@ -303,48 +420,56 @@ impl Config {
         }
 
         let mut issuers: Vec<IssuerConfig> = Vec::new();
-        for (i, raw_issuer) in raw.issuers.iter().enumerate() {
-            let key = format!("issuers[{i}].issuer");
-            let issuer = Issuer::parse(&raw_issuer.issuer)
-                .map_err(|e| ConfigError::new(&key, e.to_string()))?;
-            if issuers.iter().any(|known| known.issuer == issuer) {
+        for (i, raw_issuer) in raw.issuers.into_iter().enumerate() {
+            let issuer = parse_issuer(i, raw_issuer)?;
+            if issuers.iter().any(|known| known.issuer == issuer.issuer) {
                 return Err(ConfigError::new(
-                    key,
-                    format!("{issuer} is listed twice (after normalisation)"),
+                    format!("issuers[{i}].issuer"),
+                    format!("{} is listed twice (after normalisation)", issuer.issuer),
                 ));
             }
-            let name = match &raw_issuer.name {
-                Some(name) => {
-                    let name = name.trim();
-                    if name.is_empty() || name.len() > 64 {
-                        return Err(ConfigError::new(
-                            format!("issuers[{i}].name"),
-                            "expected 1 to 64 characters",
-                        ));
-                    }
-                    name.to_owned()
-                }
-                None => issuer.host().to_owned(),
-            };
-            issuers.push(IssuerConfig { issuer, name });
+            issuers.push(issuer);
         }
+        let env_audiences = env("TESSERA_AUDIENCES").map(|list| split_list(&list)).unwrap_or_default();
         if let Some(list) = env("TESSERA_ALLOWED_ISSUERS") {
             for item in split_list(&list) {
-                let issuer = Issuer::parse(&item).map_err(|e| {
-                    ConfigError::new("TESSERA_ALLOWED_ISSUERS", format!("{item:?}: {e}"))
-                })?;
+                let issuer = Issuer::parse(&item)
+                    .map_err(|e| ConfigError::new("TESSERA_ALLOWED_ISSUERS", format!("{item:?}: {e}")))?;
                 if !issuers.iter().any(|known| known.issuer == issuer) {
-                    let name = issuer.host().to_owned();
-                    issuers.push(IssuerConfig { issuer, name });
+                    let mut config = IssuerConfig::new(issuer);
+                    config.audiences = env_audiences.clone();
+                    issuers.push(config);
                 }
             }
         }
 
-        let json = match env("TESSERA_LOG_FORMAT")
-            .or(raw.log.format)
-            .as_deref()
-            .map(str::trim)
-        {
+        let cache = CacheConfig {
+            principal_ttl: Duration::from_secs(raw.cache.principal_ttl_seconds.unwrap_or(60)),
+            token_ttl: Duration::from_secs(raw.cache.token_ttl_seconds.unwrap_or(300)),
+            max_entries: raw.cache.max_entries.unwrap_or(100_000),
+        };
+        if cache.principal_ttl > Duration::from_secs(3600) || cache.token_ttl > Duration::from_secs(3600) {
+            return Err(ConfigError::new("cache", "cache lifetimes are at most 3600 seconds"));
+        }
+        let cooldown = raw.jwks.refetch_cooldown_seconds.unwrap_or(30);
+        if !(1..=3600).contains(&cooldown) {
+            return Err(ConfigError::new("jwks.refetch_cooldown_seconds", "expected 1 to 3600 seconds"));
+        }
+        let fetch_timeout = raw.jwks.fetch_timeout_ms.unwrap_or(5_000);
+        if !(100..=60_000).contains(&fetch_timeout) {
+            return Err(ConfigError::new("jwks.fetch_timeout_ms", "expected 100 to 60000 milliseconds"));
+        }
+        let min_max_age = raw.jwks.min_max_age_seconds.unwrap_or(60);
+        if !(1..=3600).contains(&min_max_age) {
+            return Err(ConfigError::new("jwks.min_max_age_seconds", "expected 1 to 3600 seconds"));
+        }
+        let jwks = JwksConfig {
+            refetch_cooldown: Duration::from_secs(cooldown),
+            fetch_timeout: Duration::from_millis(fetch_timeout),
+            min_max_age: Duration::from_secs(min_max_age),
+        };
+
+        let json = match env("TESSERA_LOG_FORMAT").or(raw.log.format).as_deref().map(str::trim) {
             None | Some("text") => false,
             Some("json") => true,
             Some(other) => {
@@ -354,20 +479,16 @@ impl Config {
                 ));
             }
         };
-        let filter = env("TESSERA_LOG")
-            .or(raw.log.filter)
-            .unwrap_or_else(|| "info".into());
+        let filter = env("TESSERA_LOG").or(raw.log.filter).unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
-            return Err(ConfigError::new(
-                "log.filter (TESSERA_LOG)",
-                format!("{filter:?} is not a valid filter"),
-            ));
+            return Err(ConfigError::new("log.filter (TESSERA_LOG)", format!("{filter:?} is not a valid filter")));
         }
 
         Ok(Config {
             listen,
             database: DatabaseConfig {
                 url,
+                replica_url,
                 max_connections,
                 acquire_timeout: Duration::from_millis(acquire_timeout_ms),
                 auto_migrate,
@@ -375,6 +496,8 @@ impl Config {
             admin_tokens: admin_tokens.into_iter().map(SecretString::from).collect(),
             issuers,
             log: LogConfig { json, filter },
+            cache,
+            jwks,
         })
     }
 
@@ -382,11 +505,51 @@ impl Config {
     pub fn for_database(url: &str) -> Result<Self, ConfigError> {
         let mut config = Self::from_raw(RawConfig::default(), &|_| None)?;
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.database.url = DatabaseUrl::parse(url)
-            .map_err(|m| ConfigError::new("database.url (TESSERA_DATABASE_URL)", m))?;
+        config.database.url =
+            DatabaseUrl::parse(url).map_err(|m| ConfigError::new("database.url (TESSERA_DATABASE_URL)", m))?;
         config.database.auto_migrate = true;
         Ok(config)
     }
+}
+
+fn parse_issuer(i: usize, raw: RawIssuer) -> Result<IssuerConfig, ConfigError> {
+    let key = |field: &str| format!("issuers[{i}].{field}");
+    let issuer = Issuer::parse(&raw.issuer).map_err(|e| ConfigError::new(key("issuer"), e.to_string()))?;
+    let mut config = IssuerConfig::new(issuer);
+    if let Some(name) = raw.name {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 {
+            return Err(ConfigError::new(key("name"), "expected 1 to 64 characters"));
+        }
+        config.name = name.to_owned();
+    }
+    if let Some(audiences) = raw.audiences {
+        if audiences.iter().any(|a| a.trim().is_empty()) {
+            return Err(ConfigError::new(key("audiences"), "an audience must not be blank"));
+        }
+        config.audiences = audiences;
+    }
+    if let Some(names) = raw.algorithms {
+        if names.is_empty() {
+            return Err(ConfigError::new(key("algorithms"), "list at least one algorithm"));
+        }
+        config.algorithms = names
+            .iter()
+            .map(|n| parse_algorithm(n))
+            .collect::<Result<_, _>>()
+            .map_err(|m| ConfigError::new(key("algorithms"), m))?;
+    }
+    if let Some(uri) = raw.jwks_uri {
+        config.jwks_uri = Some(endpoint_url(&uri).map_err(|m| ConfigError::new(key("jwks_uri"), m))?);
+    }
+    if let Some(leeway) = raw.leeway_seconds {
+        if leeway > 600 {
+            return Err(ConfigError::new(key("leeway_seconds"), "expected at most 600 seconds"));
+        }
+        config.leeway = Duration::from_secs(leeway);
+    }
+    config.jit = raw.jit.unwrap_or(true);
+    Ok(config)
 }
 
 fn parse_toml(text: &str) -> Result<RawConfig, ConfigError> {
@@ -403,11 +566,7 @@ fn parse_toml(text: &str) -> Result<RawConfig, ConfigError> {
 }
 
 fn split_list(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -425,10 +584,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -457,75 +613,33 @@ mod tests {
             text,
             env(&[
                 ("TESSERA_LISTEN", "0.0.0.0:7000"),
-                (
-                    "TESSERA_DATABASE_URL",
-                    "postgres://u:hunter2@db.example/tessera",
-                ),
+                ("TESSERA_DATABASE_URL", "postgres://u:hunter2@db.example/tessera"),
                 ("TESSERA_ADMIN_TOKEN", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
-                (
-                    "TESSERA_ALLOWED_ISSUERS",
-                    "https://auth.example.com,https://other.example/",
-                ),
+                ("TESSERA_ALLOWED_ISSUERS", "https://auth.example.com,https://other.example/"),
             ]),
         )
         .unwrap();
         assert_eq!(config.listen.to_string(), "0.0.0.0:7000");
         assert_eq!(config.database.url.backend(), Backend::Postgres);
-        assert!(
-            !config.database.auto_migrate,
-            "PostgreSQL does not auto-migrate by default"
-        );
+        assert!(!config.database.auto_migrate, "PostgreSQL does not auto-migrate by default");
         assert_eq!(config.admin_tokens.len(), 2);
-        let issuers: Vec<_> = config
-            .issuers
-            .iter()
-            .map(|i| (i.issuer.as_str(), i.name.as_str()))
-            .collect();
-        assert_eq!(
-            issuers,
-            [
-                ("https://auth.example.com", "ory"),
-                ("https://other.example", "other.example")
-            ]
-        );
+        let issuers: Vec<_> = config.issuers.iter().map(|i| (i.issuer.as_str(), i.name.as_str())).collect();
+        assert_eq!(issuers, [("https://auth.example.com", "ory"), ("https://other.example", "other.example")]);
     }
 
     #[test]
     fn mistakes_name_the_key() {
-        let key = |text: &str, pairs: &[(&str, &str)]| {
-            Config::from_toml(text, env(pairs)).unwrap_err().key
-        };
+        let key = |text: &str, pairs: &[(&str, &str)]| Config::from_toml(text, env(pairs)).unwrap_err().key;
+        assert_eq!(key("", &[("TESSERA_LISTEN", "nowhere")]), "listen (TESSERA_LISTEN)");
+        assert_eq!(key("", &[("TESSERA_DATABASE_URL", "mysql://x")]), "database.url (TESSERA_DATABASE_URL)");
+        assert_eq!(key("", &[("TESSERA_ADMIN_TOKEN", "short")]), "admin_tokens (TESSERA_ADMIN_TOKEN)");
+        assert_eq!(key("", &[("TESSERA_ALLOWED_ISSUERS", "http://evil.example")]), "TESSERA_ALLOWED_ISSUERS");
+        assert_eq!(key("[[issuers]]\nissuer = \"ftp://x\"", &[]), "issuers[0].issuer");
         assert_eq!(
-            key("", &[("TESSERA_LISTEN", "nowhere")]),
-            "listen (TESSERA_LISTEN)"
-        );
-        assert_eq!(
-            key("", &[("TESSERA_DATABASE_URL", "mysql://x")]),
-            "database.url (TESSERA_DATABASE_URL)"
-        );
-        assert_eq!(
-            key("", &[("TESSERA_ADMIN_TOKEN", "short")]),
-            "admin_tokens (TESSERA_ADMIN_TOKEN)"
-        );
-        assert_eq!(
-            key("", &[("TESSERA_ALLOWED_ISSUERS", "http://evil.example")]),
-            "TESSERA_ALLOWED_ISSUERS"
-        );
-        assert_eq!(
-            key("[[issuers]]\nissuer = \"ftp://x\"", &[]),
-            "issuers[0].issuer"
-        );
-        assert_eq!(
-            key(
-                "[[issuers]]\nissuer = \"https://a.example\"\n[[issuers]]\nissuer = \"https://A.example/\"",
-                &[]
-            ),
+            key("[[issuers]]\nissuer = \"https://a.example\"\n[[issuers]]\nissuer = \"https://A.example/\"", &[]),
             "issuers[1].issuer"
         );
-        assert_eq!(
-            key("", &[("TESSERA_LOG_FORMAT", "xml")]),
-            "log.format (TESSERA_LOG_FORMAT)"
-        );
+        assert_eq!(key("", &[("TESSERA_LOG_FORMAT", "xml")]), "log.format (TESSERA_LOG_FORMAT)");
         assert_eq!(key("lissen = \"x\"", &[]), "lissen");
         assert_eq!(
             key("[database]\nmax_connections = 0", &[]),
@@ -534,14 +648,52 @@ mod tests {
     }
 
     #[test]
+    fn issuers_take_validation_settings() {
+        let text = r#"
+            [[issuers]]
+            issuer = "https://kc.example.com/realms/main"
+            audiences = ["api"]
+            algorithms = ["ES256", "PS256"]
+            jwks_uri = "https://kc.example.com/realms/main/certs"
+            leeway_seconds = 5
+            jit = false
+        "#;
+        let config = Config::from_toml(
+            text,
+            env(&[("TESSERA_ALLOWED_ISSUERS", "https://quick.example.com"), ("TESSERA_AUDIENCES", "a, b")]),
+        )
+        .unwrap();
+        let kc = &config.issuers[0];
+        assert_eq!(kc.audiences, ["api"]);
+        assert_eq!(kc.algorithms, [Algorithm::ES256, Algorithm::PS256]);
+        assert_eq!(kc.jwks_uri.as_ref().unwrap().as_str(), "https://kc.example.com/realms/main/certs");
+        assert_eq!(kc.leeway, Duration::from_secs(5));
+        assert!(!kc.jit);
+        let quick = &config.issuers[1];
+        assert_eq!(quick.audiences, ["a", "b"]);
+        assert_eq!(quick.algorithms, DEFAULT_ALGORITHMS);
+        assert!(quick.jit && quick.jwks_uri.is_none());
+    }
+
+    #[test]
+    fn unsafe_algorithms_and_endpoints_are_refused() {
+        let key = |text: &str| Config::from_toml(text, env(&[])).unwrap_err();
+        for alg in ["none", "HS256", "RS1"] {
+            let error = key(&format!("[[issuers]]\nissuer = \"https://a.example\"\nalgorithms = [\"{alg}\"]"));
+            assert_eq!(error.key, "issuers[0].algorithms", "{alg}");
+        }
+        let error = key("[[issuers]]\nissuer = \"https://a.example\"\njwks_uri = \"http://keys.example/jwks\"");
+        assert_eq!(error.key, "issuers[0].jwks_uri");
+        let error = Config::from_toml("", env(&[("TESSERA_DATABASE_REPLICA_URL", "postgres://r/db")])).unwrap_err();
+        assert_eq!(error.key, "database.replica_url (TESSERA_DATABASE_REPLICA_URL)");
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let config = Config::from_toml(
             "",
             env(&[
-                (
-                    "TESSERA_DATABASE_URL",
-                    "postgres://u:hunter2@db.example/tessera",
-                ),
+                ("TESSERA_DATABASE_URL", "postgres://u:hunter2@db.example/tessera"),
                 ("TESSERA_ADMIN_TOKEN", "supersecretadmintoken"),
             ]),
         )
@@ -549,9 +701,6 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(!debug.contains("supersecretadmintoken"), "{debug}");
-        assert_eq!(
-            config.database.url.to_string(),
-            "postgres://u:***@db.example/tessera"
-        );
+        assert_eq!(config.database.url.to_string(), "postgres://u:***@db.example/tessera");
     }
 }

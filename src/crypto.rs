@@ -47,10 +47,7 @@ mod tests {
     #[test]
     fn sha256_matches_a_known_vector() {
         let hex: String = sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            hex,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
@@ -65,9 +62,6 @@ mod tests {
         assert_ne!(random_bytes::<16>(), random_bytes::<16>());
         let s = random_base36(40);
         assert_eq!(s.len(), 40);
-        assert!(
-            s.bytes()
-                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
-        );
+        assert!(s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
     }
 }

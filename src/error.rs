@@ -66,6 +66,10 @@ error_codes! {
     InvalidName = (BAD_REQUEST, "invalid_name", "Invalid name"),
     /// A user id in the path is not a UUID.
     InvalidUserId = (BAD_REQUEST, "invalid_user_id", "Invalid user id"),
+    /// A team reference is neither a team id nor a valid slug.
+    InvalidTeam = (BAD_REQUEST, "invalid_team", "Invalid team"),
+    /// A domain name is not valid.
+    InvalidDomain = (BAD_REQUEST, "invalid_domain", "Invalid domain"),
 
     // Authentication and authorisation.
     /// No credentials were presented.
@@ -76,14 +80,38 @@ error_codes! {
     IssuerNotAllowed = (FORBIDDEN, "issuer_not_allowed", "Issuer not allowed"),
     /// The user is disabled.
     UserDisabled = (FORBIDDEN, "user_disabled", "User disabled"),
+    /// The token is not a well-formed JWT, or lacks a required claim.
+    MalformedToken = (UNAUTHORIZED, "malformed_token", "Malformed token"),
+    /// The token's `alg` is not accepted for its issuer.
+    AlgorithmNotAllowed = (UNAUTHORIZED, "algorithm_not_allowed", "Algorithm not allowed"),
+    /// The token names a key its issuer does not publish.
+    UnknownKey = (UNAUTHORIZED, "unknown_key", "Unknown signing key"),
+    /// The token's signature does not verify.
+    SignatureInvalid = (UNAUTHORIZED, "signature_invalid", "Invalid signature"),
+    /// The token has expired.
+    TokenExpired = (UNAUTHORIZED, "token_expired", "Token expired"),
+    /// The token is not valid yet.
+    TokenNotYetValid = (UNAUTHORIZED, "token_not_yet_valid", "Token not yet valid"),
+    /// The token is not meant for an accepted audience.
+    AudienceMismatch = (UNAUTHORIZED, "audience_mismatch", "Audience mismatch"),
+    /// The identity is unknown and its issuer does not provision on first sight.
+    IdentityNotProvisioned = (FORBIDDEN, "identity_not_provisioned", "Identity not provisioned"),
+    /// The caller is not a member of the team (or the team does not exist).
+    NotAMember = (FORBIDDEN, "not_a_member", "Not a member"),
 
     // Resources.
     /// No user has that id.
     UserNotFound = (NOT_FOUND, "user_not_found", "User not found"),
+    /// No team has that id or slug.
+    TeamNotFound = (NOT_FOUND, "team_not_found", "Team not found"),
+    /// The domain is claimed by another team.
+    DomainAlreadyClaimed = (CONFLICT, "domain_already_claimed", "Domain already claimed"),
 
     // Server side.
     /// The database cannot be reached.
     StoreUnavailable = (SERVICE_UNAVAILABLE, "store_unavailable", "Storage unavailable"),
+    /// The issuer's keys cannot be fetched and none are cached.
+    IssuerUnavailable = (SERVICE_UNAVAILABLE, "issuer_unavailable", "Issuer unavailable"),
     /// Anything else that went wrong on our side; details are in the server log only.
     InternalError = (INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
 }

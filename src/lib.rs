@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod local_issuer;
 pub mod service;
 pub mod startup;
 pub mod store;

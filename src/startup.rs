@@ -10,8 +10,11 @@ use tokio::net::TcpListener;
 use crate::config::{Backend, Config};
 use crate::http::admin_auth::AdminTokens;
 use crate::http::{AppState, router};
-use crate::service::issuers::IssuerRegistry;
+use crate::service::issuers::{IssuerRegistry, outbound_client};
 use crate::service::provisioning::Provisioner;
+use crate::service::teams::Teams;
+use crate::service::tokens::TokenVerifier;
+use crate::service::validation::{PrincipalCache, Validator};
 use crate::store::{self, Store, StoreError};
 
 /// Why the server could not start. Every message says what to do.
@@ -62,66 +65,49 @@ pub struct Application {
 impl Application {
     /// Connects to the configured database, migrates it if allowed (or `force_migrate`), and binds.
     pub async fn build(config: &Config, force_migrate: bool) -> Result<Self, StartupError> {
-        let store =
-            store::connect(&config.database)
-                .await
-                .map_err(|source| StartupError::Connect {
-                    url: config.database.url.redacted(),
-                    source,
-                })?;
-        prepare_schema(
-            store.as_ref(),
-            config.database.auto_migrate || force_migrate,
-        )
-        .await?;
+        let store = store::connect(&config.database)
+            .await
+            .map_err(|source| StartupError::Connect { url: config.database.url.redacted(), source })?;
+        prepare_schema(store.as_ref(), config.database.auto_migrate || force_migrate).await?;
         Self::build_with_store(config, store).await
     }
 
     /// Builds the server on an already connected and migrated store.
-    pub async fn build_with_store(
-        config: &Config,
-        store: Arc<dyn Store>,
-    ) -> Result<Self, StartupError> {
-        let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone()));
+    pub async fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<Self, StartupError> {
+        let http = outbound_client(config.jwks.fetch_timeout);
+        let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone(), http, &config.jwks));
+        issuers.prefetch();
         let admin_tokens = AdminTokens::new(&config.admin_tokens);
         if admin_tokens.is_empty() {
-            tracing::warn!(
-                "no admin token is configured (TESSERA_ADMIN_TOKEN): the admin API refuses every request"
-            );
+            tracing::warn!("no admin token is configured (TESSERA_ADMIN_TOKEN): the admin API refuses every request");
         }
+        let principals = Arc::new(PrincipalCache::new(config.cache.principal_ttl, config.cache.max_entries));
+        let provisioner = Provisioner::new(store.clone(), issuers.clone(), principals.clone());
+        let verifier = TokenVerifier::new(issuers.clone(), config.cache.token_ttl, config.cache.max_entries);
         let state = Arc::new(AppState {
-            provisioner: Provisioner::new(store.clone(), issuers),
+            validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals),
+            teams: Teams::new(store.clone(), issuers),
+            provisioner,
             store,
             admin_tokens,
         });
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartupError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
         Ok(Self { listener, state })
     }
 
     /// The bound address (with the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has a local address")
+        self.listener.local_addr().expect("a bound TCP listener has a local address")
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let store = self.state.store.clone();
         let app = router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
         store.close().await;
         Ok(())
     }
@@ -130,10 +116,7 @@ impl Application {
 /// Applies the migration policy: refuse a schema this binary does not know, apply pending
 /// migrations when allowed, refuse to start otherwise.
 pub async fn prepare_schema(store: &dyn Store, migrate: bool) -> Result<(), StartupError> {
-    let status = store
-        .migration_status()
-        .await
-        .map_err(StartupError::Migrate)?;
+    let status = store.migration_status().await.map_err(StartupError::Migrate)?;
     if !status.only_pending() {
         return Err(StartupError::SchemaMismatch);
     }
@@ -141,9 +124,7 @@ pub async fn prepare_schema(store: &dyn Store, migrate: bool) -> Result<(), Star
         return Ok(());
     }
     if !migrate {
-        return Err(StartupError::PendingMigrations {
-            pending: status.pending,
-        });
+        return Err(StartupError::PendingMigrations { pending: status.pending });
     }
     if store.backend() == Backend::Postgres {
         tracing::info!(pending = status.pending.len(), "applying migrations");

@@ -17,9 +17,5 @@ pub fn init(config: &LogConfig) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false);
-    let _ = if config.json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let _ = if config.json { builder.json().try_init() } else { builder.try_init() };
 }

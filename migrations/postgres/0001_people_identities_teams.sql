@@ -2,7 +2,7 @@
 
 CREATE TABLE users (
     id             UUID PRIMARY KEY,
-    email          TEXT NOT NULL,
+    email          TEXT,
     email_verified BOOLEAN NOT NULL DEFAULT FALSE,
     name           TEXT,
     disabled       BOOLEAN NOT NULL DEFAULT FALSE,

@@ -3,7 +3,7 @@
 
 CREATE TABLE users (
     id             BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
-    email          TEXT NOT NULL,
+    email          TEXT,
     email_verified INTEGER NOT NULL DEFAULT 0 CHECK (email_verified IN (0, 1)),
     name           TEXT,
     disabled       INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),

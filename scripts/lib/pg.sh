@@ -1,6 +1,7 @@
 # Throwaway PostgreSQL clusters from the machine's own binaries, for tests and benchmarks.
-# Source this file, then call `pg_start` (sets PG_URL, PG_PORT, PG_DIR) and `pg_stop`.
-# As root, the server runs as the `postgres` user. A cluster that cannot start is an error.
+# Source this file, then call `pg_start` (sets PG_URL, PG_PORT, PG_DIR), optionally
+# `pg_replica_start NAME [APPLY_DELAY]` (prints the replica's URL), and `pg_stop`.
+# As root, the servers run as the `postgres` user. A cluster that cannot start is an error.
 
 pg_bindir() {
     local dir
@@ -31,6 +32,7 @@ free_port() {
 pg_start() {
     PG_BIN=$(pg_bindir) || return 1
     PG_DIR=$(mktemp -d /tmp/tessera-pg.XXXXXX)
+    PG_DATA_DIRS="$PG_DIR/data"
     chmod 755 "$PG_DIR"
     if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR"; fi
     as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-locale \
@@ -42,12 +44,34 @@ pg_start() {
     as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -o "$opts" -w -t 60 start \
         >/dev/null || { cat "$PG_DIR/server.log" >&2; return 1; }
     PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-    export PG_URL PG_PORT PG_DIR PG_BIN
+    export PG_URL PG_PORT PG_DIR PG_BIN PG_DATA_DIRS
+}
+
+# pg_replica_start NAME [APPLY_DELAY]: a streaming replica of the running cluster (pg_basebackup),
+# optionally replaying with `recovery_min_apply_delay`. Prints its URL.
+pg_replica_start() {
+    local name=$1 delay=${2:-} dir port
+    dir="$PG_DIR/$name"
+    as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$dir" -R -X stream \
+        >"$PG_DIR/$name-basebackup.log" 2>&1 || { cat "$PG_DIR/$name-basebackup.log" >&2; return 1; }
+    if [ -n "$delay" ]; then
+        echo "recovery_min_apply_delay = '$delay'" | as_postgres tee -a "$dir/postgresql.auto.conf" >/dev/null
+    fi
+    port=$(free_port)
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$PG_DIR/$name.log" \
+        -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c hot_standby=on" \
+        -w -t 60 start >/dev/null || { cat "$PG_DIR/$name.log" >&2; return 1; }
+    PG_DATA_DIRS="$dir $PG_DATA_DIRS"
+    echo "postgres://postgres@127.0.0.1:$port/postgres"
 }
 
 pg_stop() {
-    if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ]; then
-        as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    local data
+    if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR" ]; then
+        for data in ${PG_DATA_DIRS:-$PG_DIR/data}; do
+            [ -d "$data" ] && as_postgres "$PG_BIN/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1
+        done
         rm -rf "$PG_DIR"
     fi
+    return 0
 }

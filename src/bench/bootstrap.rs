@@ -19,8 +19,9 @@ use serde_json::json;
 use super::{Run, drive};
 use crate::config::{Config, IssuerConfig};
 use crate::domain::{DisplayName, Email, Issuer, Subject};
-use crate::service::issuers::IssuerRegistry;
+use crate::service::issuers::{IssuerRegistry, outbound_client};
 use crate::service::provisioning::{IdentityClaim, Provisioner};
+use crate::service::validation::PrincipalCache;
 use crate::startup::{Application, prepare_schema};
 use crate::store;
 
@@ -79,13 +80,10 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         let mut url = url::Url::parse(admin).context("--postgres is not a URL")?;
         url.set_path(&format!("tessera_bench_{}", uuid::Uuid::new_v4().simple()));
         let url = url.to_string();
-        store::postgres::create_database(&url)
-            .await
-            .context("create the scratch database")?;
+        store::postgres::create_database(&url).await.context("create the scratch database")?;
         let outcome = async {
             measure_backend("postgres", &url, &args).await?;
-            let line =
-                measure_startups("postgres (migrated)", args.startups, |_| url.clone()).await?;
+            let line = measure_startups("postgres (migrated)", args.startups, |_| url.clone()).await?;
             anyhow::Ok(line)
         }
         .await;
@@ -102,19 +100,15 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
 async fn measure_backend(backend: &str, url: &str, args: &BootstrapArgs) -> anyhow::Result<()> {
     let mut config = Config::for_database(url)?;
     config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
-    config.issuers = vec![IssuerConfig {
-        issuer: Issuer::parse(ISSUER)?,
-        name: "bench".into(),
-    }];
+    let mut issuer = IssuerConfig::new(Issuer::parse(ISSUER)?);
+    issuer.name = "bench".into();
+    config.issuers = vec![issuer];
     config.database.max_connections = 32;
     let store = store::connect(&config.database).await.context("connect")?;
-    prepare_schema(store.as_ref(), true)
-        .await
-        .context("migrate")?;
-    let provisioner = Provisioner::new(
-        store.clone(),
-        Arc::new(IssuerRegistry::new(config.issuers.clone())),
-    );
+    prepare_schema(store.as_ref(), true).await.context("migrate")?;
+    let issuers = IssuerRegistry::new(config.issuers.clone(), outbound_client(config.jwks.fetch_timeout), &config.jwks);
+    let principals = Arc::new(PrincipalCache::new(config.cache.principal_ttl, config.cache.max_entries));
+    let provisioner = Provisioner::new(store.clone(), Arc::new(issuers), principals);
 
     let app = Application::build_with_store(&config, store.clone()).await?;
     let base = format!("http://{}/admin/users/bootstrap", app.local_addr());
@@ -123,33 +117,15 @@ async fn measure_backend(backend: &str, url: &str, args: &BootstrapArgs) -> anyh
         let _ = stopped.await;
     }));
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(max_clients)
-        .build()?;
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(max_clients).build()?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
 
     // Warm both paths (connections, caches) before measuring.
     bare(&provisioner, &run_id, "warm-bare", max_clients, 200).await?;
     http(&client, &base, &run_id, "warm-http", max_clients, 200).await?;
     for &clients in &args.clients {
-        let b = bare(
-            &provisioner,
-            &run_id,
-            &format!("bare-{clients}"),
-            clients,
-            args.requests,
-        )
-        .await?;
-        let h = http(
-            &client,
-            &base,
-            &run_id,
-            &format!("http-{clients}"),
-            clients,
-            args.requests,
-        )
-        .await?;
+        let b = bare(&provisioner, &run_id, &format!("bare-{clients}"), clients, args.requests).await?;
+        let h = http(&client, &base, &run_id, &format!("http-{clients}"), clients, args.requests).await?;
         print_row(backend, clients, "bare", &b, None);
         print_row(backend, clients, "http", &h, Some(h.rate() / b.rate()));
     }
@@ -173,20 +149,14 @@ fn claim(run_id: &str, label: &str, i: usize) -> anyhow::Result<IdentityClaim> {
     Ok(IdentityClaim {
         issuer: Issuer::parse(ISSUER)?,
         subject: Subject::parse(&format!("{run_id}-{label}-{i}"))?,
-        email: Email::parse(&format!("user{i}@bench.example.com"))?,
+        email: Some(Email::parse(&format!("user{i}@bench.example.com"))?),
         email_verified: true,
         name: DisplayName::parse_optional(Some(&format!("U{label}{i} Bench")))?,
         provider: "bench".into(),
     })
 }
 
-async fn bare(
-    provisioner: &Provisioner,
-    run_id: &str,
-    label: &str,
-    clients: usize,
-    ops: usize,
-) -> anyhow::Result<Run> {
+async fn bare(provisioner: &Provisioner, run_id: &str, label: &str, clients: usize, ops: usize) -> anyhow::Result<Run> {
     let provisioner = provisioner.clone();
     let (run_id, label) = (run_id.to_owned(), label.to_owned());
     drive(clients, ops, move |i| {
@@ -221,11 +191,7 @@ async fn http(
         }));
         async move {
             let response = request.send().await?;
-            anyhow::ensure!(
-                response.status() == 201,
-                "unexpected status {}",
-                response.status()
-            );
+            anyhow::ensure!(response.status() == 201, "unexpected status {}", response.status());
             Ok(())
         }
     })
@@ -234,22 +200,13 @@ async fn http(
 
 /// Starts `tessera serve` `times` times on the database `url(i)` names, and reports the median
 /// time from process start to the first `/readyz` 200 and the median idle resident memory.
-async fn measure_startups(
-    label: &str,
-    times: usize,
-    url: impl Fn(usize) -> String,
-) -> anyhow::Result<String> {
+async fn measure_startups(label: &str, times: usize, url: impl Fn(usize) -> String) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("locate the tessera binary")?;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(1))
-        .build()?;
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(1)).build()?;
     let mut startups = Vec::new();
     let mut rss = Vec::new();
     for i in 0..times.max(1) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let started = Instant::now();
         let mut child = tokio::process::Command::new(&exe)
             .arg("serve")
@@ -300,8 +257,7 @@ async fn measure_startups(
 
 /// The resident set size of a process, in KiB, from `/proc`.
 fn resident_kib(pid: u32) -> anyhow::Result<u64> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc status")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc status")?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))

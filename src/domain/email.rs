@@ -72,11 +72,9 @@ fn valid_local(local: &str) -> bool {
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local.chars().all(|c| {
-            c.is_ascii_alphanumeric()
-                || SPECIALS.contains(c)
-                || (!c.is_ascii() && c.is_alphanumeric())
-        })
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c) || (!c.is_ascii() && c.is_alphanumeric()))
 }
 
 /// Whether `domain` is a plausible mail domain: two or more labels of letters, digits and `-`.
@@ -93,24 +91,61 @@ fn valid_domain(domain: &str) -> bool {
         })
 }
 
+/// A lower-cased mail domain, such as `example.com`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct DomainName(String);
+
+/// Why a value is not a valid domain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a domain is two or more dot-separated labels of letters, digits and hyphens, such as example.com")]
+pub struct DomainNameError;
+
+impl DomainName {
+    /// Parses a domain, trimming and lower-casing it.
+    pub fn parse(input: &str) -> Result<Self, DomainNameError> {
+        let domain = input.trim().trim_end_matches('.').to_lowercase();
+        if valid_domain(&domain) { Ok(Self(domain)) } else { Err(DomainNameError) }
+    }
+
+    /// The domain.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Email {
+    /// The domain part as a [`DomainName`].
+    pub fn domain_name(&self) -> DomainName {
+        DomainName(self.domain().to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn domains_are_lower_cased_and_validated() {
+        assert_eq!(DomainName::parse(" Example.COM. ").unwrap().as_str(), "example.com");
+        assert!(DomainName::parse("localhost").is_err());
+        assert!(DomainName::parse("exa mple.com").is_err());
+        assert!(DomainName::parse("@example.com").is_err());
+        let email = Email::parse("a@Sub.Example.com").unwrap();
+        assert_eq!(email.domain_name().as_str(), "sub.example.com");
+    }
+
+    #[test]
     fn valid_addresses_are_accepted_and_the_domain_is_lower_cased() {
-        assert_eq!(
-            Email::parse("Alice@Example.COM").unwrap().as_str(),
-            "Alice@example.com"
-        );
-        assert_eq!(
-            Email::parse(" bob+tag@sub.example.org ").unwrap().as_str(),
-            "bob+tag@sub.example.org"
-        );
-        assert_eq!(
-            Email::parse("zoë@exämple.de").unwrap().domain(),
-            "exämple.de"
-        );
+        assert_eq!(Email::parse("Alice@Example.COM").unwrap().as_str(), "Alice@example.com");
+        assert_eq!(Email::parse(" bob+tag@sub.example.org ").unwrap().as_str(), "bob+tag@sub.example.org");
+        assert_eq!(Email::parse("zoë@exämple.de").unwrap().domain(), "exämple.de");
     }
 
     #[test]

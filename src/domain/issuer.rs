@@ -133,35 +133,17 @@ mod tests {
 
     #[test]
     fn trailing_slash_and_case_do_not_make_a_different_issuer() {
-        assert_eq!(
-            norm("https://auth.example.com/"),
-            "https://auth.example.com"
-        );
+        assert_eq!(norm("https://auth.example.com/"), "https://auth.example.com");
         assert_eq!(norm("https://auth.example.com"), "https://auth.example.com");
-        assert_eq!(
-            norm("HTTPS://Auth.Example.COM//"),
-            "https://auth.example.com"
-        );
-        assert_eq!(
-            norm("  https://auth.example.com/  "),
-            "https://auth.example.com"
-        );
-        assert_eq!(
-            norm("https://kc.example.com/realms/Main/"),
-            "https://kc.example.com/realms/Main"
-        );
+        assert_eq!(norm("HTTPS://Auth.Example.COM//"), "https://auth.example.com");
+        assert_eq!(norm("  https://auth.example.com/  "), "https://auth.example.com");
+        assert_eq!(norm("https://kc.example.com/realms/Main/"), "https://kc.example.com/realms/Main");
     }
 
     #[test]
     fn default_ports_are_dropped_and_others_kept() {
-        assert_eq!(
-            norm("https://auth.example.com:443/"),
-            "https://auth.example.com"
-        );
-        assert_eq!(
-            norm("https://auth.example.com:8443"),
-            "https://auth.example.com:8443"
-        );
+        assert_eq!(norm("https://auth.example.com:443/"), "https://auth.example.com");
+        assert_eq!(norm("https://auth.example.com:8443"), "https://auth.example.com:8443");
         assert_eq!(norm("http://127.0.0.1:4444/"), "http://127.0.0.1:4444");
         assert_eq!(norm("http://[::1]:9000"), "http://[::1]:9000");
     }
@@ -169,10 +151,7 @@ mod tests {
     #[test]
     fn http_is_only_accepted_on_loopback_hosts() {
         assert_eq!(norm("http://localhost:8080"), "http://localhost:8080");
-        assert_eq!(
-            Issuer::parse("http://auth.example.com"),
-            Err(IssuerError::Insecure)
-        );
+        assert_eq!(Issuer::parse("http://auth.example.com"), Err(IssuerError::Insecure));
         assert_eq!(Issuer::parse("http://10.0.0.1"), Err(IssuerError::Insecure));
     }
 
@@ -181,32 +160,17 @@ mod tests {
         assert_eq!(Issuer::parse(""), Err(IssuerError::Empty));
         assert_eq!(Issuer::parse("   "), Err(IssuerError::Empty));
         assert_eq!(Issuer::parse("auth.example.com"), Err(IssuerError::NotAUrl));
-        assert_eq!(
-            Issuer::parse("ftp://auth.example.com"),
-            Err(IssuerError::UnsupportedScheme)
-        );
-        assert_eq!(
-            Issuer::parse("https://user:pw@auth.example.com"),
-            Err(IssuerError::HasCredentials)
-        );
-        assert_eq!(
-            Issuer::parse("https://auth.example.com/?a=b"),
-            Err(IssuerError::HasQueryOrFragment)
-        );
-        assert_eq!(
-            Issuer::parse("https://auth.example.com/#x"),
-            Err(IssuerError::HasQueryOrFragment)
-        );
+        assert_eq!(Issuer::parse("ftp://auth.example.com"), Err(IssuerError::UnsupportedScheme));
+        assert_eq!(Issuer::parse("https://user:pw@auth.example.com"), Err(IssuerError::HasCredentials));
+        assert_eq!(Issuer::parse("https://auth.example.com/?a=b"), Err(IssuerError::HasQueryOrFragment));
+        assert_eq!(Issuer::parse("https://auth.example.com/#x"), Err(IssuerError::HasQueryOrFragment));
         let long = format!("https://a.example/{}", "x".repeat(Issuer::MAX_LEN));
         assert_eq!(Issuer::parse(&long), Err(IssuerError::TooLong));
     }
 
     #[test]
     fn host_is_extracted_without_port() {
-        assert_eq!(
-            Issuer::parse("https://a.example:8443/x").unwrap().host(),
-            "a.example"
-        );
+        assert_eq!(Issuer::parse("https://a.example:8443/x").unwrap().host(), "a.example");
         assert_eq!(Issuer::parse("http://[::1]:9000").unwrap().host(), "::1");
         assert_eq!(
             Issuer::parse("https://a.example/").unwrap().discovery_url(),

@@ -5,11 +5,13 @@ mod ids;
 mod issuer;
 mod model;
 mod slug;
+mod team_ref;
 mod text;
 
-pub use email::{Email, EmailError};
+pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, TeamId, UserId};
 pub use issuer::{Issuer, IssuerError};
-pub use model::{Identity, Role, Team, TeamMembership, User, UserProfile};
+pub use model::{DomainClaim, Identity, Principal, Role, Team, TeamMembership, TeamRole, User, UserProfile};
 pub use slug::{Slug, SlugError};
+pub use team_ref::{TeamRef, TeamRefError};
 pub use text::{DisplayName, Subject, TextError};

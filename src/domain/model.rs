@@ -3,15 +3,15 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{IdentityId, Issuer, Slug, Subject, TeamId, UserId};
+use super::{DomainName, IdentityId, Issuer, Slug, Subject, TeamId, UserId};
 
 /// A person, known to every other service by [`UserId`] only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
     /// Stable internal id.
     pub id: UserId,
-    /// The email address last known for the person.
-    pub email: String,
+    /// The email address last known for the person, if any upstream provider told us one.
+    pub email: Option<String>,
     /// Whether an upstream provider vouched for the email.
     pub email_verified: bool,
     /// Display name, if known.
@@ -103,6 +103,48 @@ pub struct TeamMembership {
     pub role: Role,
     /// Whether this is the member's default team.
     pub is_default: bool,
+}
+
+/// A team as carried by a [`Principal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TeamRole {
+    /// Team id.
+    pub id: TeamId,
+    /// Team slug.
+    pub slug: Slug,
+    /// The member's role.
+    pub role: Role,
+}
+
+/// Who a verified external identity is: the identity link, its user and the user's teams
+/// (default team first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The identity link.
+    pub identity_id: IdentityId,
+    /// When the identity was last seen.
+    pub last_seen_at: DateTime<Utc>,
+    /// The user.
+    pub user: User,
+    /// The user's teams.
+    pub teams: Vec<TeamRole>,
+}
+
+/// A team's claim on an email domain, for home-realm discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DomainClaim {
+    /// The lower-cased domain.
+    pub domain: DomainName,
+    /// The team that claims it.
+    pub team_id: TeamId,
+    /// The issuer users of the domain sign in with.
+    pub issuer: Issuer,
+    /// Whether the claim was verified (only verified claims route sign-ins).
+    pub verified: bool,
+    /// When the claim was made.
+    pub created_at: DateTime<Utc>,
+    /// When the claim last changed.
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A user with everything linked to them.

@@ -25,18 +25,12 @@ impl Slug {
     pub fn parse(input: &str) -> Result<Self, SlugError> {
         let valid = !input.is_empty()
             && input.len() <= Self::MAX_LEN
-            && input
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && input.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !input.starts_with('-')
             && !input.ends_with('-')
             && !input.contains("--")
             && uuid::Uuid::parse_str(input).is_err();
-        if valid {
-            Ok(Self(input.to_owned()))
-        } else {
-            Err(SlugError)
-        }
+        if valid { Ok(Self(input.to_owned())) } else { Err(SlugError) }
     }
 
     /// Derives a slug from a display text: lower-cased ASCII letters and digits, apostrophes
@@ -62,9 +56,7 @@ impl Slug {
 
     /// This slug with `-suffix` appended, cut so that the result stays within the limit.
     pub fn with_suffix(&self, suffix: &str) -> Self {
-        let keep = Self::MAX_LEN
-            .saturating_sub(suffix.len() + 1)
-            .min(self.0.len());
+        let keep = Self::MAX_LEN.saturating_sub(suffix.len() + 1).min(self.0.len());
         let base = self.0[..keep].trim_end_matches('-');
         Self(format!("{base}-{suffix}"))
     }
@@ -88,10 +80,7 @@ mod tests {
     #[test]
     fn slugs_are_derived_from_team_names() {
         assert_eq!(Slug::derive("Ada's Team", "team").as_str(), "adas-team");
-        assert_eq!(
-            Slug::derive("Default Team", "team").as_str(),
-            "default-team"
-        );
+        assert_eq!(Slug::derive("Default Team", "team").as_str(), "default-team");
         assert_eq!(Slug::derive("Zoë’s Team", "team").as_str(), "zos-team");
         assert_eq!(Slug::derive("  --  ", "team").as_str(), "team");
         assert_eq!(Slug::derive("李's Team", "team").as_str(), "s-team");
@@ -104,25 +93,13 @@ mod tests {
         let suffixed = long.with_suffix("k3x9q2");
         assert!(suffixed.as_str().len() <= Slug::MAX_LEN);
         assert!(Slug::parse(suffixed.as_str()).is_ok());
-        assert_eq!(
-            Slug::parse("adas-team").unwrap().with_suffix("2").as_str(),
-            "adas-team-2"
-        );
+        assert_eq!(Slug::parse("adas-team").unwrap().with_suffix("2").as_str(), "adas-team-2");
     }
 
     #[test]
     fn explicit_slugs_are_validated() {
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "a--b",
-            "A",
-            "a b",
-            "a_b",
-            &"a".repeat(64),
-            "0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a",
-        ] {
+        for bad in ["", "-a", "a-", "a--b", "A", "a b", "a_b", &"a".repeat(64), "0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a"]
+        {
             assert!(Slug::parse(bad).is_err(), "{bad:?}");
         }
         assert!(Slug::parse("acme-2").is_ok());

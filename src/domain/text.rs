@@ -96,24 +96,16 @@ mod tests {
         assert_eq!(Subject::parse("auth0|abc").unwrap().as_str(), "auth0|abc");
         assert_eq!(Subject::parse(" "), Err(TextError::Empty));
         assert_eq!(Subject::parse("a\0b"), Err(TextError::ControlCharacters));
-        assert_eq!(
-            Subject::parse(&"x".repeat(256)),
-            Err(TextError::TooLong(255))
-        );
+        assert_eq!(Subject::parse(&"x".repeat(256)), Err(TextError::TooLong(255)));
     }
 
     #[test]
     fn names_are_optional_trimmed_and_give_a_first_name() {
         assert_eq!(DisplayName::parse_optional(None), Ok(None));
         assert_eq!(DisplayName::parse_optional(Some("   ")), Ok(None));
-        let name = DisplayName::parse_optional(Some("  Ada  Lovelace "))
-            .unwrap()
-            .unwrap();
+        let name = DisplayName::parse_optional(Some("  Ada  Lovelace ")).unwrap().unwrap();
         assert_eq!(name.as_str(), "Ada  Lovelace");
         assert_eq!(name.first_name(), "Ada");
-        assert_eq!(
-            DisplayName::parse_optional(Some("bad\u{7}name")),
-            Err(TextError::ControlCharacters)
-        );
+        assert_eq!(DisplayName::parse_optional(Some("bad\u{7}name")), Err(TextError::ControlCharacters));
     }
 }

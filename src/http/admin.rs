@@ -15,11 +15,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, required};
 use super::problem::ApiError;
 use crate::domain::{
-    DisplayName, Email, EmailError, Issuer, IssuerError, Subject, Team, TeamId, TextError, UserId,
-    UserProfile,
+    DisplayName, Email, EmailError, Issuer, IssuerError, Subject, Team, TeamId, TextError, User, UserId, UserProfile,
 };
 use crate::error::ErrorCode;
 use crate::service::provisioning::{IdentityClaim, Provisioned};
@@ -28,11 +27,8 @@ use crate::service::provisioning::{IdentityClaim, Provisioned};
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/users/bootstrap", post(bootstrap_user))
-        .route(
-            "/admin/users/{user_id}/bootstrap",
-            post(bootstrap_existing_user),
-        )
-        .route("/admin/users/{user_id}", get(get_user))
+        .route("/admin/users/{user_id}/bootstrap", post(bootstrap_existing_user))
+        .route("/admin/users/{user_id}", get(get_user).patch(update_user))
 }
 
 /// The body of `POST /admin/users/bootstrap`.
@@ -60,11 +56,7 @@ struct TeamSummary {
 
 impl From<Team> for TeamSummary {
     fn from(team: Team) -> Self {
-        Self {
-            id: team.id,
-            slug: team.slug.as_str().to_owned(),
-            name: team.name,
-        }
+        Self { id: team.id, slug: team.slug.as_str().to_owned(), name: team.name }
     }
 }
 
@@ -81,24 +73,9 @@ async fn bootstrap_user(
     ApiJson(request): ApiJson<BootstrapRequest>,
 ) -> Result<(StatusCode, Json<BootstrapResponse>), ApiError> {
     let claim = parse_claim(request)?;
-    let Provisioned {
-        user,
-        team,
-        created,
-    } = state.provisioner.bootstrap(claim).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(BootstrapResponse {
-            user_id: user.id,
-            created,
-            team: team.into(),
-        }),
-    ))
+    let Provisioned { user, team, created } = state.provisioner.bootstrap(claim).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(BootstrapResponse { user_id: user.id, created, team: team.into() })))
 }
 
 async fn bootstrap_existing_user(
@@ -107,19 +84,8 @@ async fn bootstrap_existing_user(
 ) -> Result<(StatusCode, Json<BootstrapResponse>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
     let (user, team, created) = state.provisioner.ensure_default_team(user_id).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(BootstrapResponse {
-            user_id: user.id,
-            created,
-            team: team.into(),
-        }),
-    ))
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(BootstrapResponse { user_id: user.id, created, team: team.into() })))
 }
 
 async fn get_user(
@@ -130,6 +96,24 @@ async fn get_user(
     Ok(Json(state.provisioner.user_profile(user_id).await?))
 }
 
+/// The body of `PATCH /admin/users/{user_id}`.
+#[derive(Debug, Deserialize)]
+struct UpdateUserRequest {
+    disabled: Option<bool>,
+}
+
+async fn update_user(
+    State(state): State<Arc<AppState>>,
+    ApiPath(user_id): ApiPath<String>,
+    ApiJson(request): ApiJson<UpdateUserRequest>,
+) -> Result<Json<User>, ApiError> {
+    let user_id = parse_user_id(&user_id)?;
+    let disabled = request.disabled.ok_or_else(|| {
+        ApiError::new(ErrorCode::MissingField, "`disabled` (true or false) is required").field("disabled")
+    })?;
+    Ok(Json(state.provisioner.set_disabled(user_id, disabled).await?))
+}
+
 /// Parses a user id from a path segment.
 pub(super) fn parse_user_id(value: &str) -> Result<UserId, ApiError> {
     value.parse().map_err(|_| {
@@ -138,17 +122,6 @@ pub(super) fn parse_user_id(value: &str) -> Result<UserId, ApiError> {
             "the user id must be a UUID such as 0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a",
         )
     })
-}
-
-fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, ApiError> {
-    match value.as_deref() {
-        Some(v) if !v.trim().is_empty() => Ok(v),
-        _ => Err(ApiError::new(
-            ErrorCode::MissingField,
-            format!("`{field}` is required and must not be blank"),
-        )
-        .field(field)),
-    }
 }
 
 fn text_error(error: TextError, field: &str, invalid: ErrorCode) -> ApiError {
@@ -162,32 +135,20 @@ fn text_error(error: TextError, field: &str, invalid: ErrorCode) -> ApiError {
 
 fn parse_claim(request: BootstrapRequest) -> Result<IdentityClaim, ApiError> {
     let issuer = Issuer::parse(required(&request.issuer, "issuer")?).map_err(|e| {
-        let code = if e == IssuerError::TooLong {
-            ErrorCode::FieldTooLong
-        } else {
-            ErrorCode::InvalidIssuer
-        };
+        let code = if e == IssuerError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidIssuer };
         ApiError::new(code, format!("`issuer`: {e}")).field("issuer")
     })?;
     let subject = Subject::parse(required(&request.subject, "subject")?)
         .map_err(|e| text_error(e, "subject", ErrorCode::InvalidSubject))?;
     let email = Email::parse(required(&request.email, "email")?).map_err(|e| {
-        let code = if e == EmailError::TooLong {
-            ErrorCode::FieldTooLong
-        } else {
-            ErrorCode::InvalidEmail
-        };
+        let code = if e == EmailError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidEmail };
         ApiError::new(code, format!("`email`: {e}")).field("email")
     })?;
     let name = DisplayName::parse_optional(request.name.as_deref())
         .map_err(|e| text_error(e, "name", ErrorCode::InvalidName))?;
     let provider = match request.provider.as_deref().map(str::trim) {
         None | Some("") => String::new(),
-        Some(p)
-            if p.len() <= 64
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-        {
+        Some(p) if p.len() <= 64 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
             p.to_ascii_lowercase()
         }
         Some(_) => {
@@ -201,7 +162,7 @@ fn parse_claim(request: BootstrapRequest) -> Result<IdentityClaim, ApiError> {
     Ok(IdentityClaim {
         issuer,
         subject,
-        email,
+        email: Some(email),
         email_verified: request.email_verified.unwrap_or(false),
         name,
         provider,

@@ -31,20 +31,13 @@ impl std::fmt::Debug for AdminTokens {
 impl AdminTokens {
     /// Hashes the configured tokens; the plaintexts are not kept.
     pub fn new(tokens: &[SecretString]) -> Self {
-        Self {
-            digests: tokens
-                .iter()
-                .map(|t| sha256(t.expose_secret().as_bytes()))
-                .collect(),
-        }
+        Self { digests: tokens.iter().map(|t| sha256(t.expose_secret().as_bytes())).collect() }
     }
 
     /// Whether `presented` is one of the admin tokens.
     pub fn verify(&self, presented: &str) -> bool {
         let digest = sha256(presented.as_bytes());
-        self.digests.iter().fold(false, |found, known| {
-            found | constant_time_eq(&digest, known)
-        })
+        self.digests.iter().fold(false, |found, known| found | constant_time_eq(&digest, known))
     }
 
     /// Whether any token is configured.
@@ -55,11 +48,7 @@ impl AdminTokens {
 
 /// The bearer token of an `Authorization` header, if it has one.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -72,12 +61,8 @@ pub async fn require_admin(
     next: Next,
 ) -> Result<Response, ApiError> {
     let headers = request.headers();
-    let presented = bearer_token(headers).or_else(|| {
-        headers
-            .get("x-admin-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    });
+    let presented =
+        bearer_token(headers).or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()).map(str::trim));
     match presented {
         None | Some("") => Err(ApiError::new(
             ErrorCode::MissingCredentials,
@@ -85,11 +70,8 @@ pub async fn require_admin(
         )
         .challenge("Bearer realm=\"tessera-admin\"")),
         Some(token) if state.admin_tokens.verify(token) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::new(
-            ErrorCode::InvalidCredentials,
-            "the admin token is not valid",
-        )
-        .challenge("Bearer realm=\"tessera-admin\", error=\"invalid_token\"")),
+        Some(_) => Err(ApiError::new(ErrorCode::InvalidCredentials, "the admin token is not valid")
+            .challenge("Bearer realm=\"tessera-admin\", error=\"invalid_token\"")),
     }
 }
 

@@ -34,18 +34,15 @@ where
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonSyntaxError(_) => {
-            ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON")
-        }
+        JsonRejection::JsonSyntaxError(_) => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
         JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::InvalidRequest, e.body_text()),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "send the body as JSON with `Content-Type: application/json`",
         ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the body must not exceed {MAX_BODY_BYTES} bytes"),
-        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must not exceed {MAX_BODY_BYTES} bytes"))
+        }
         other => ApiError::new(ErrorCode::InvalidRequest, other.body_text()),
     }
 }
@@ -66,5 +63,35 @@ where
             .await
             .map(|axum::extract::Path(value)| ApiPath(value))
             .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, rejection.body_text()))
+    }
+}
+
+/// Query parameters, with rejections as `invalid_request`.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, rejection.body_text()))
+    }
+}
+
+/// A required, non-blank text field of a request.
+pub fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, ApiError> {
+    match value.as_deref() {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => {
+            Err(ApiError::new(ErrorCode::MissingField, format!("`{field}` is required and must not be blank"))
+                .field(field))
+        }
     }
 }

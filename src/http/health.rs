@@ -13,9 +13,7 @@ use crate::error::ErrorCode;
 
 /// The health routes.
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
 async fn healthz() -> Json<Value> {
@@ -23,8 +21,10 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    state.store.ping().await.map_err(|e| {
-        ApiError::new(ErrorCode::StoreUnavailable, "the database does not answer").with_source(e)
-    })?;
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::StoreUnavailable, "the database does not answer").with_source(e))?;
     Ok(Json(json!({ "status": "ready" })))
 }

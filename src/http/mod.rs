@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod admin_auth;
+pub mod admin_teams;
 pub mod extract;
 pub mod health;
 pub mod problem;
+pub mod validation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,8 @@ use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
 use crate::service::provisioning::Provisioner;
+use crate::service::teams::Teams;
+use crate::service::validation::Validator;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -33,6 +37,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Provisioning and user lookups.
     pub provisioner: Provisioner,
+    /// Token validation.
+    pub validator: Validator,
+    /// Teams and discovery.
+    pub teams: Teams,
     /// Admin token digests.
     pub admin_tokens: AdminTokens,
 }
@@ -41,12 +49,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Builds the router with every route, the problem+json fallbacks and the middleware stack.
 pub fn router(state: Arc<AppState>) -> Router {
-    let admin = admin::routes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        admin_auth::require_admin,
-    ));
+    let admin = admin::routes()
+        .merge(admin_teams::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
     Router::new()
         .merge(health::routes())
+        .merge(validation::routes())
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -56,15 +64,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             // codes or tokens) and the request id; no header or body is logged.
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
-                    let route = request
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map_or("unmatched", MatchedPath::as_str);
-                    let request_id = request
-                        .headers()
-                        .get(&REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
+                    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+                    let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
                     tracing::info_span!("request", method = %request.method(), route, request_id)
                 })
                 .on_request(())
@@ -78,11 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .on_failure(()),
         )
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(
-                ErrorCode::InternalError,
-                "an internal error occurred; it has been logged",
-            )
-            .into_response()
+            ApiError::new(ErrorCode::InternalError, "an internal error occurred; it has been logged").into_response()
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -94,8 +91,5 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        ErrorCode::MethodNotAllowed,
-        "this route does not accept this method; see the Allow header",
-    )
+    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept this method; see the Allow header")
 }

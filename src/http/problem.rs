@@ -5,12 +5,15 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::error::ErrorCode;
 use crate::service::provisioning::ProvisionError;
+use crate::service::teams::TeamError;
+use crate::service::tokens::TokenError;
+use crate::service::validation::ValidateError;
 use crate::store::StoreError;
 
 /// The media type of every error body.
@@ -20,6 +23,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 #[derive(Debug)]
 pub struct ApiError {
     code: ErrorCode,
+    status: Option<StatusCode>,
     detail: String,
     extensions: Map<String, Value>,
     www_authenticate: Option<HeaderValue>,
@@ -29,13 +33,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a code and a detail message that says what to fix.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            detail: detail.into(),
-            extensions: Map::new(),
-            www_authenticate: None,
-            source: None,
-        }
+        Self { code, status: None, detail: detail.into(), extensions: Map::new(), www_authenticate: None, source: None }
     }
 
     /// Names the request field at fault (the `field` member of the body).
@@ -46,6 +44,13 @@ impl ApiError {
     /// Adds a member to the body.
     pub fn extension(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.extensions.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Answers with `status` instead of the code's own. Used for one case only: every refused
+    /// bearer token is a 401 (RFC 6750 `invalid_token`), whichever code explains why.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
         self
     }
 
@@ -68,22 +73,17 @@ impl ApiError {
 
     /// An internal error whose cause is logged and not shown.
     pub fn internal(source: impl StdError + Send + Sync + 'static) -> Self {
-        Self::new(
-            ErrorCode::InternalError,
-            "an internal error occurred; it has been logged",
-        )
-        .with_source(source)
+        Self::new(ErrorCode::InternalError, "an internal error occurred; it has been logged").with_source(source)
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => ApiError::new(
-                ErrorCode::StoreUnavailable,
-                "the database is unavailable; try again shortly",
-            )
-            .with_source(error),
+            StoreError::Unavailable(_) => {
+                ApiError::new(ErrorCode::StoreUnavailable, "the database is unavailable; try again shortly")
+                    .with_source(error)
+            }
             other => ApiError::internal(other),
         }
     }
@@ -93,12 +93,48 @@ impl From<ProvisionError> for ApiError {
     fn from(error: ProvisionError) -> Self {
         match error {
             ProvisionError::Store(store) => store.into(),
-            ProvisionError::IssuerNotAllowed => ApiError::new(
-                error.code(),
-                "the issuer is not on this server's allow-list",
-            ),
+            ProvisionError::IssuerNotAllowed => {
+                ApiError::new(error.code(), "the issuer is not on this server's allow-list")
+            }
             ProvisionError::UserDisabled => ApiError::new(error.code(), "the user is disabled"),
             ProvisionError::UserNotFound => ApiError::new(error.code(), "no user has this id"),
+        }
+    }
+}
+
+/// The challenge sent with every refused bearer token.
+pub const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"tessera\", error=\"invalid_token\"";
+
+impl From<ValidateError> for ApiError {
+    fn from(error: ValidateError) -> Self {
+        match error {
+            ValidateError::Token(TokenError::IssuerUnavailable) => ApiError::new(
+                ErrorCode::IssuerUnavailable,
+                "the issuer's keys cannot be fetched and none are cached; try again shortly",
+            ),
+            ValidateError::Token(token) => ApiError::new(token.code(), token.to_string())
+                .with_status(StatusCode::UNAUTHORIZED)
+                .challenge(INVALID_TOKEN_CHALLENGE),
+            ValidateError::NotProvisioned => ApiError::new(
+                error.code(),
+                "this identity has no user and its issuer does not provision users on first sight",
+            ),
+            ValidateError::UserDisabled => ApiError::new(error.code(), "the user is disabled"),
+            ValidateError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<TeamError> for ApiError {
+    fn from(error: TeamError) -> Self {
+        match error {
+            TeamError::Store(store) => store.into(),
+            TeamError::TeamNotFound => ApiError::new(error.code(), "no team has this id or slug"),
+            TeamError::IssuerNotAllowed => ApiError::new(error.code(), "the issuer is not on this server's allow-list"),
+            TeamError::DomainClaimedByAnotherTeam => {
+                ApiError::new(error.code(), "another team already claims this domain")
+            }
+            TeamError::DomainNotClaimed => ApiError::new(error.code(), "the team does not claim this domain"),
         }
     }
 }
@@ -120,7 +156,7 @@ impl fmt::Display for Chain<'_> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.code.status();
+        let status = self.status.unwrap_or_else(|| self.code.status());
         if status.is_server_error() {
             match &self.source {
                 Some(source) => {

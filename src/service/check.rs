@@ -47,17 +47,12 @@ pub struct Report {
 
 impl Report {
     fn push(&mut self, severity: Severity, message: impl Into<String>) {
-        self.findings.push(Finding {
-            severity,
-            message: message.into(),
-        });
+        self.findings.push(Finding { severity, message: message.into() });
     }
 
     /// Whether any finding is a problem.
     pub fn has_problems(&self) -> bool {
-        self.findings
-            .iter()
-            .any(|f| f.severity == Severity::Problem)
+        self.findings.iter().any(|f| f.severity == Severity::Problem)
     }
 }
 
@@ -75,16 +70,11 @@ pub async fn run(config: &Config) -> Report {
         ),
     );
     if config.admin_tokens.is_empty() {
-        report.push(
-            Severity::Warning,
-            "no admin token configured (TESSERA_ADMIN_TOKEN): the admin API is closed",
-        );
+        report.push(Severity::Warning, "no admin token configured (TESSERA_ADMIN_TOKEN): the admin API is closed");
     }
     if config.issuers.is_empty() {
-        report.push(
-            Severity::Warning,
-            "no issuer configured (TESSERA_ALLOWED_ISSUERS): bootstrap refuses every issuer",
-        );
+        report
+            .push(Severity::Warning, "no issuer configured (TESSERA_ALLOWED_ISSUERS): bootstrap refuses every issuer");
     }
     if config.database.url.backend() == Backend::Sqlite
         && !store::sqlite::database_exists(config.database.url.expose()).unwrap_or(true)
@@ -101,10 +91,7 @@ pub async fn run(config: &Config) -> Report {
     let store = match store::connect(&config.database).await {
         Ok(store) => store,
         Err(e) => {
-            report.push(
-                Severity::Problem,
-                format!("cannot connect to {}: {e}", config.database.url),
-            );
+            report.push(Severity::Problem, format!("cannot connect to {}: {e}", config.database.url));
             return report;
         }
     };
@@ -115,31 +102,19 @@ pub async fn run(config: &Config) -> Report {
 
 async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
     if let Err(e) = store.ping().await {
-        report.push(
-            Severity::Problem,
-            format!("the database does not answer: {e}"),
-        );
+        report.push(Severity::Problem, format!("the database does not answer: {e}"));
         return;
     }
-    report.push(
-        Severity::Ok,
-        format!("database reachable ({})", store.backend().name()),
-    );
+    report.push(Severity::Ok, format!("database reachable ({})", store.backend().name()));
     let status = match store.migration_status().await {
         Ok(status) => status,
         Err(e) => {
-            report.push(
-                Severity::Problem,
-                format!("cannot read the migration history: {e}"),
-            );
+            report.push(Severity::Problem, format!("cannot read the migration history: {e}"));
             return;
         }
     };
     if status.pending.is_empty() {
-        report.push(
-            Severity::Ok,
-            format!("migrations: {} applied, none pending", status.applied),
-        );
+        report.push(Severity::Ok, format!("migrations: {} applied, none pending", status.applied));
     } else {
         report.push(
             Severity::Problem,
@@ -153,22 +128,14 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
     for version in &status.unknown {
         report.push(
             Severity::Problem,
-            format!(
-                "migration {version} is applied but unknown to this binary (a newer version ran)"
-            ),
+            format!("migration {version} is applied but unknown to this binary (a newer version ran)"),
         );
     }
     for version in &status.modified {
-        report.push(
-            Severity::Problem,
-            format!("migration {version} was changed after it was applied"),
-        );
+        report.push(Severity::Problem, format!("migration {version} was changed after it was applied"));
     }
     for version in &status.failed {
-        report.push(
-            Severity::Problem,
-            format!("migration {version} failed part-way; repair it by hand"),
-        );
+        report.push(Severity::Problem, format!("migration {version} failed part-way; repair it by hand"));
     }
     if status.applied == 0 {
         return;
@@ -187,26 +154,14 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
             report.push(severity, format!("{n} {what}"));
         }
     };
-    count(
-        Severity::Problem,
-        data.users_with_several_default_teams,
-        "user(s) with more than one default team",
-    );
-    count(
-        Severity::Problem,
-        data.users_without_identity,
-        "user(s) without any identity",
-    );
+    count(Severity::Problem, data.users_with_several_default_teams, "user(s) with more than one default team");
+    count(Severity::Problem, data.users_without_identity, "user(s) without any identity");
     count(
         Severity::Warning,
         data.users_without_default_team,
         "user(s) without a default team (created on their next bootstrap)",
     );
-    count(
-        Severity::Warning,
-        data.teams_without_owner,
-        "team(s) without an owner",
-    );
+    count(Severity::Warning, data.teams_without_owner, "team(s) without an owner");
     for issuer in &data.issuers {
         match Issuer::parse(issuer) {
             Ok(normalised) if normalised.as_str() == issuer => {
@@ -214,9 +169,7 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
                     clean = false;
                     report.push(
                         Severity::Warning,
-                        format!(
-                            "identities exist for {issuer}, which is no longer an allowed issuer"
-                        ),
+                        format!("identities exist for {issuer}, which is no longer an allowed issuer"),
                     );
                 }
             }

@@ -1,9 +1,14 @@
 //! Services: the rules of Tessera. The HTTP layer calls these after parsing and authorising; they
 //! call the store for everything persistent.
 
+pub mod cache;
 pub mod check;
 pub mod issuers;
+pub mod jwks;
 pub mod provisioning;
+pub mod teams;
+pub mod tokens;
+pub mod validation;
 
 use chrono::{DateTime, SubsecRound, Utc};
 

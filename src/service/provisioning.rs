@@ -13,13 +13,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
 use super::issuers::IssuerRegistry;
+use super::validation::PrincipalCache;
 use crate::crypto;
 use crate::domain::{
-    DisplayName, Email, EventId, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId,
-    UserProfile,
+    DisplayName, Email, EventId, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
 };
 use crate::error::ErrorCode;
-use crate::store::{CreateOutcome, NewAccount, NewEvent, NewTeam, Store, StoreError};
+use crate::store::{CreateOutcome, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError};
 
 /// How often at most an identity's `last_seen_at` is written.
 const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
@@ -32,8 +32,8 @@ pub struct IdentityClaim {
     pub issuer: Issuer,
     /// Subject at the issuer.
     pub subject: Subject,
-    /// The email the issuer reports.
-    pub email: Email,
+    /// The email the issuer reports, if any.
+    pub email: Option<Email>,
     /// Whether the issuer says the email is verified.
     pub email_verified: bool,
     /// Display name, if known.
@@ -83,28 +83,37 @@ impl ProvisionError {
     }
 }
 
-/// The provisioning service.
+/// The provisioning service: creates users and manages their lifecycle.
 #[derive(Debug, Clone)]
 pub struct Provisioner {
     store: Arc<dyn Store>,
     issuers: Arc<IssuerRegistry>,
+    principals: Arc<PrincipalCache>,
 }
 
 impl Provisioner {
-    /// Creates the service.
-    pub fn new(store: Arc<dyn Store>, issuers: Arc<IssuerRegistry>) -> Self {
-        Self { store, issuers }
+    /// Creates the service; `principals` is purged whenever a user changes.
+    pub fn new(store: Arc<dyn Store>, issuers: Arc<IssuerRegistry>, principals: Arc<PrincipalCache>) -> Self {
+        Self { store, issuers, principals }
+    }
+
+    /// Disables or re-enables a user. A disabled user is refused by bootstrap and validation
+    /// alike; this instance forgets anything it cached about them at once (other instances
+    /// within `cache.principal_ttl_seconds`).
+    pub async fn set_disabled(&self, user: UserId, disabled: bool) -> Result<User, ProvisionError> {
+        let user =
+            self.store.set_user_disabled(user, disabled, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
+        self.principals.invalidate_user(user.id);
+        tracing::info!(user_id = %user.id, disabled, "changed a user's disabled flag");
+        Ok(user)
     }
 
     /// The admin bootstrap: provisions `claim` if its issuer is on the allow-list. Nothing is
     /// written for an issuer that is not.
     pub async fn bootstrap(&self, mut claim: IdentityClaim) -> Result<Provisioned, ProvisionError> {
-        let config = self
-            .issuers
-            .get(&claim.issuer)
-            .ok_or(ProvisionError::IssuerNotAllowed)?;
+        let entry = self.issuers.get(&claim.issuer).ok_or(ProvisionError::IssuerNotAllowed)?;
         if claim.provider.is_empty() {
-            claim.provider = config.name.clone();
+            claim.provider = entry.config.name.clone();
         }
         self.provision(&claim).await
     }
@@ -115,11 +124,7 @@ impl Provisioner {
         // One retry is enough: `IdentityTaken` means the identity now exists. The bound only
         // guards against an identity vanishing between the two reads.
         for _ in 0..3 {
-            if let Some(found) = self
-                .store
-                .find_identity(&claim.issuer, &claim.subject)
-                .await?
-            {
+            if let Some(found) = self.store.find_identity(&claim.issuer, &claim.subject).await? {
                 if found.user.disabled {
                     return Err(ProvisionError::UserDisabled);
                 }
@@ -131,44 +136,23 @@ impl Provisioner {
                 if now - found.last_seen_at >= TOUCH_INTERVAL {
                     self.store.touch_identity(found.identity_id, now).await?;
                 }
-                return Ok(Provisioned {
-                    user: found.user,
-                    team,
-                    created: false,
-                });
+                return Ok(Provisioned { user: found.user, team, created: false });
             }
-            match self
-                .store
-                .create_account(&new_account(claim, super::now()))
-                .await?
-            {
+            match self.store.create_account(&new_account(claim, super::now())).await? {
                 CreateOutcome::Created { user, team } => {
                     tracing::info!(user_id = %user.id, provider = %claim.provider, "provisioned a new user");
-                    return Ok(Provisioned {
-                        user,
-                        team,
-                        created: true,
-                    });
+                    return Ok(Provisioned { user, team, created: true });
                 }
                 CreateOutcome::IdentityTaken => continue,
             }
         }
-        Err(ProvisionError::Store(StoreError::Conflict {
-            what: "identity vanished while provisioning",
-        }))
+        Err(ProvisionError::Store(StoreError::Conflict { what: "identity vanished while provisioning" }))
     }
 
     /// The legacy bootstrap of an existing user: makes sure they have a default team. Returns the
     /// user, the team and whether the team was created.
-    pub async fn ensure_default_team(
-        &self,
-        user: UserId,
-    ) -> Result<(User, Team, bool), ProvisionError> {
-        let user = self
-            .store
-            .get_user(user)
-            .await?
-            .ok_or(ProvisionError::UserNotFound)?;
+    pub async fn ensure_default_team(&self, user: UserId) -> Result<(User, Team, bool), ProvisionError> {
+        let user = self.store.get_user(user).await?.ok_or(ProvisionError::UserNotFound)?;
         if user.disabled {
             return Err(ProvisionError::UserDisabled);
         }
@@ -178,22 +162,13 @@ impl Provisioner {
 
     /// A user with identities and teams.
     pub async fn user_profile(&self, user: UserId) -> Result<UserProfile, ProvisionError> {
-        self.store
-            .user_profile(user)
-            .await?
-            .ok_or(ProvisionError::UserNotFound)
+        self.store.user_profile(user, ReadFrom::Primary).await?.ok_or(ProvisionError::UserNotFound)
     }
 
     async fn ensure_team_of(&self, user: &User) -> Result<(Team, bool), ProvisionError> {
-        let name = user
-            .name
-            .as_deref()
-            .and_then(|n| DisplayName::parse_optional(Some(n)).ok().flatten());
+        let name = user.name.as_deref().and_then(|n| DisplayName::parse_optional(Some(n)).ok().flatten());
         let plan = team_plan(name.as_ref());
-        self.store
-            .ensure_default_team(user.id, &plan, super::now())
-            .await?
-            .ok_or(ProvisionError::UserNotFound)
+        self.store.ensure_default_team(user.id, &plan, super::now()).await?.ok_or(ProvisionError::UserNotFound)
     }
 }
 
@@ -212,11 +187,7 @@ pub fn team_plan(name: Option<&DisplayName>) -> NewTeam {
         base.with_suffix(&crypto::random_base36(6)),
         base.with_suffix(&id.as_uuid().simple().to_string()),
     ];
-    NewTeam {
-        id,
-        name: team_name,
-        slug_candidates,
-    }
+    NewTeam { id, name: team_name, slug_candidates }
 }
 
 fn new_account(claim: &IdentityClaim, now: DateTime<Utc>) -> NewAccount {
@@ -258,11 +229,7 @@ mod tests {
         assert_eq!(plan.name, "Ada's Team");
         assert_eq!(plan.slug_candidates[0].as_str(), "adas-team");
         assert!(plan.slug_candidates[1].as_str().starts_with("adas-team-"));
-        assert!(
-            plan.slug_candidates[2]
-                .as_str()
-                .ends_with(&plan.id.as_uuid().simple().to_string())
-        );
+        assert!(plan.slug_candidates[2].as_str().ends_with(&plan.id.as_uuid().simple().to_string()));
 
         let anonymous = team_plan(None);
         assert_eq!(anonymous.name, "Default Team");

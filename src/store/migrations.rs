@@ -61,28 +61,19 @@ impl MigrationStatus {
         let mut status = MigrationStatus::default();
         for migration in migrator.iter() {
             match applied.iter().find(|a| a.version == migration.version) {
-                None => status
-                    .pending
-                    .push(format!("{}_{}", migration.version, migration.description)),
+                None => status.pending.push(format!("{}_{}", migration.version, migration.description)),
                 Some(a) if !a.success => status.failed.push(a.version),
                 Some(a) if a.checksum != *migration.checksum => status.modified.push(a.version),
                 Some(_) => status.applied += 1,
             }
         }
-        status.unknown = applied
-            .iter()
-            .filter(|a| !migrator.version_exists(a.version))
-            .map(|a| a.version)
-            .collect();
+        status.unknown = applied.iter().filter(|a| !migrator.version_exists(a.version)).map(|a| a.version).collect();
         status
     }
 
     /// Whether the schema is exactly what this binary expects.
     pub fn is_current(&self) -> bool {
-        self.pending.is_empty()
-            && self.unknown.is_empty()
-            && self.modified.is_empty()
-            && self.failed.is_empty()
+        self.pending.is_empty() && self.unknown.is_empty() && self.modified.is_empty() && self.failed.is_empty()
     }
 
     /// Whether only pending migrations stand between the database and this binary (so `migrate`

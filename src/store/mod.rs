@@ -18,7 +18,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
-    Email, EventId, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
+    DomainClaim, DomainName, Email, EventId, IdentityId, Issuer, Principal, Slug, Subject, Team, TeamId, TeamRef, User,
+    UserId, UserProfile,
 };
 
 pub use migrations::MigrationStatus;
@@ -68,11 +69,7 @@ impl From<sqlx::Error> for StoreError {
             }),
             _ => false,
         };
-        if unavailable {
-            StoreError::Unavailable(error)
-        } else {
-            StoreError::Database(error)
-        }
+        if unavailable { StoreError::Unavailable(error) } else { StoreError::Database(error) }
     }
 }
 
@@ -111,8 +108,8 @@ pub struct NewAccount {
     pub subject: Subject,
     /// Provider name recorded on the identity.
     pub provider: String,
-    /// Email seen at link time.
-    pub email: Email,
+    /// Email seen at link time, if the issuer said one.
+    pub email: Option<Email>,
     /// Whether the issuer vouched for the email.
     pub email_verified: bool,
     /// Display name, if known.
@@ -130,7 +127,7 @@ impl NewAccount {
     pub fn user(&self) -> User {
         User {
             id: self.user_id,
-            email: self.email.as_str().to_owned(),
+            email: self.email.as_ref().map(|e| e.as_str().to_owned()),
             email_verified: self.email_verified,
             name: self.name.clone(),
             disabled: false,
@@ -165,6 +162,27 @@ pub struct IdentityMatch {
     pub user: User,
     /// The user's default team, if they have one.
     pub default_team: Option<Team>,
+}
+
+/// Where a read may be served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The primary: sees every committed write.
+    Primary,
+    /// The read replica when one is configured (it may lag), else the primary. Falls back to the
+    /// primary when the replica is unreachable.
+    Replica,
+}
+
+/// What [`Store::claim_domain`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The domain was unclaimed and now belongs to the team.
+    Created(DomainClaim),
+    /// The team already claimed it; issuer and verification were updated.
+    Updated(DomainClaim),
+    /// Another team claims the domain; nothing changed.
+    ClaimedByAnotherTeam,
 }
 
 /// Counts of rows that break data invariants, plus facts that `tessera check` judges.
@@ -202,11 +220,7 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn data_report(&self) -> Result<DataReport, StoreError>;
 
     /// Finds an identity by its key, with its user and default team.
-    async fn find_identity(
-        &self,
-        issuer: &Issuer,
-        subject: &Subject,
-    ) -> Result<Option<IdentityMatch>, StoreError>;
+    async fn find_identity(&self, issuer: &Issuer, subject: &Subject) -> Result<Option<IdentityMatch>, StoreError>;
 
     /// The provisioning transaction: creates user, identity, default team, owner membership and
     /// events together, or nothing at all when the identity is already linked.
@@ -223,17 +237,44 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<Option<(Team, bool)>, StoreError>;
 
     /// Records that an identity was seen at `now`.
-    async fn touch_identity(
-        &self,
-        identity: IdentityId,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    async fn touch_identity(&self, identity: IdentityId, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// A user by id.
     async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError>;
 
     /// A user with their identities and teams.
-    async fn user_profile(&self, user: UserId) -> Result<Option<UserProfile>, StoreError>;
+    async fn user_profile(&self, user: UserId, from: ReadFrom) -> Result<Option<UserProfile>, StoreError>;
+
+    /// The identity `(issuer, subject)` with its user and all the user's teams.
+    async fn principal(
+        &self,
+        issuer: &Issuer,
+        subject: &Subject,
+        from: ReadFrom,
+    ) -> Result<Option<Principal>, StoreError>;
+
+    /// Disables or re-enables a user; `None` when there is no such user.
+    async fn set_user_disabled(
+        &self,
+        user: UserId,
+        disabled: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError>;
+
+    /// A team by id or slug.
+    async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError>;
+
+    /// Claims a domain for a team, or updates the team's existing claim.
+    async fn claim_domain(&self, claim: &DomainClaim) -> Result<ClaimOutcome, StoreError>;
+
+    /// The domains a team claims.
+    async fn team_domains(&self, team: TeamId) -> Result<Vec<DomainClaim>, StoreError>;
+
+    /// Releases a team's claim on a domain; false when the team did not claim it.
+    async fn release_domain(&self, team: TeamId, domain: &DomainName) -> Result<bool, StoreError>;
+
+    /// The claim on a domain, if any.
+    async fn domain_claim(&self, domain: &DomainName, from: ReadFrom) -> Result<Option<DomainClaim>, StoreError>;
 
     /// Closes all connections.
     async fn close(&self);
@@ -249,8 +290,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreErr
 
 /// Decodes a stored role, reporting corrupt data rather than panicking.
 fn decode_role(value: &str) -> Result<crate::domain::Role, StoreError> {
-    crate::domain::Role::parse(value)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown role {value:?}")))
+    crate::domain::Role::parse(value).ok_or_else(|| StoreError::Corrupt(format!("unknown role {value:?}")))
 }
 
 /// Decodes a stored slug.
@@ -261,6 +301,11 @@ fn decode_slug(value: String) -> Result<Slug, StoreError> {
 /// Decodes a stored issuer.
 fn decode_issuer(value: &str) -> Result<Issuer, StoreError> {
     Issuer::parse(value).map_err(|_| StoreError::Corrupt(format!("invalid issuer {value:?}")))
+}
+
+/// Decodes a stored domain.
+fn decode_domain(value: &str) -> Result<DomainName, StoreError> {
+    DomainName::parse(value).map_err(|_| StoreError::Corrupt(format!("invalid domain {value:?}")))
 }
 
 /// Decodes a stored subject.

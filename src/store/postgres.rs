@@ -11,25 +11,34 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::migrations::{self, Applied, Embedded, MigrationStatus};
-use super::rows::{
-    self, RowExt, identity_columns, impl_row_ext_common, team_columns, user_columns,
-};
+use super::rows::{self, RowExt, domain_columns, identity_columns, impl_row_ext_common, team_columns, user_columns};
 use super::{
-    CreateOutcome, DataReport, IdentityMatch, NewAccount, NewEvent, NewTeam, Store, StoreError,
+    ClaimOutcome, CreateOutcome, DataReport, IdentityMatch, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError,
 };
 use crate::config::{Backend, DatabaseConfig};
-use crate::domain::{IdentityId, Issuer, Role, Subject, Team, User, UserId, UserProfile};
+use crate::domain::{
+    DomainClaim, DomainName, Email, IdentityId, Issuer, Principal, Role, Subject, Team, TeamId, TeamRef, User, UserId,
+    UserProfile,
+};
 
-static MIGRATIONS: &[Embedded] = &[Embedded {
-    version: 1,
-    description: "people_identities_teams",
-    sql: include_str!("../../migrations/postgres/0001_people_identities_teams.sql"),
-}];
+static MIGRATIONS: &[Embedded] = &[
+    Embedded {
+        version: 1,
+        description: "people_identities_teams",
+        sql: include_str!("../../migrations/postgres/0001_people_identities_teams.sql"),
+    },
+    Embedded {
+        version: 2,
+        description: "team_domains",
+        sql: include_str!("../../migrations/postgres/0002_team_domains.sql"),
+    },
+];
 
-/// Tessera's storage on PostgreSQL.
+/// Tessera's storage on PostgreSQL, with an optional read replica.
 #[derive(Debug)]
 pub struct PgStore {
     primary: PgPool,
+    replica: Option<PgPool>,
 }
 
 impl RowExt for PgRow {
@@ -41,14 +50,32 @@ impl RowExt for PgRow {
 }
 
 impl PgStore {
-    /// Connects to the primary the configuration names.
+    /// Connects to the primary the configuration names. The replica, if any, is connected on
+    /// first use, so that an unreachable replica never stops start-up.
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        let primary = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout)
-            .connect(config.url.expose())
-            .await?;
-        Ok(Self { primary })
+        let options =
+            || PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(config.acquire_timeout);
+        let primary = options().connect(config.url.expose()).await?;
+        let replica = config.replica_url.as_ref().map(|url| options().connect_lazy(url.expose())).transpose()?;
+        Ok(Self { primary, replica })
+    }
+
+    /// Runs a read on the replica when asked for and configured, and on the primary otherwise or
+    /// when the replica fails (unreachable, or behind on the schema).
+    async fn read<T, F, Fut>(&self, from: ReadFrom, query: F) -> Result<T, StoreError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        if from == ReadFrom::Replica
+            && let Some(replica) = &self.replica
+        {
+            match query(replica.clone()).await {
+                Err(error) => tracing::warn!(error = %error, "the read replica failed; reading from the primary"),
+                done => return done,
+            }
+        }
+        query(self.primary.clone()).await
     }
 }
 
@@ -86,12 +113,7 @@ async fn insert_default_team(
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    Ok(Team {
-        id: team.id,
-        slug,
-        name: team.name.clone(),
-        created_at: now,
-    })
+    Ok(Team { id: team.id, slug, name: team.name.clone(), created_at: now })
 }
 
 async fn insert_events(
@@ -134,11 +156,7 @@ impl Store for PgStore {
                 .await?
                 .iter()
                 .map(|row| {
-                    Ok(Applied {
-                        version: row.try_get(0)?,
-                        checksum: row.try_get(1)?,
-                        success: row.try_get(2)?,
-                    })
+                    Ok(Applied { version: row.try_get(0)?, checksum: row.try_get(1)?, success: row.try_get(2)? })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
         } else {
@@ -166,10 +184,9 @@ impl Store for PgStore {
         )
         .fetch_one(&self.primary)
         .await?;
-        let issuers: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT issuer FROM identities ORDER BY issuer")
-                .fetch_all(&self.primary)
-                .await?;
+        let issuers: Vec<String> = sqlx::query_scalar("SELECT DISTINCT issuer FROM identities ORDER BY issuer")
+            .fetch_all(&self.primary)
+            .await?;
         Ok(DataReport {
             users_with_several_default_teams: row.int("several_default")?,
             users_without_identity: row.int("without_identity")?,
@@ -179,11 +196,7 @@ impl Store for PgStore {
         })
     }
 
-    async fn find_identity(
-        &self,
-        issuer: &Issuer,
-        subject: &Subject,
-    ) -> Result<Option<IdentityMatch>, StoreError> {
+    async fn find_identity(&self, issuer: &Issuer, subject: &Subject) -> Result<Option<IdentityMatch>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT i.id AS identity_id, i.last_seen_at AS identity_last_seen_at, ",
             user_columns!(),
@@ -217,7 +230,7 @@ impl Store for PgStore {
              VALUES ($1, $2, $3, $4, FALSE, $5, $5)",
         )
         .bind(account.user_id.as_uuid())
-        .bind(account.email.as_str())
+        .bind(account.email.as_ref().map(Email::as_str))
         .bind(account.email_verified)
         .bind(account.name.as_deref())
         .bind(account.now)
@@ -236,7 +249,7 @@ impl Store for PgStore {
         .bind(account.issuer.as_str())
         .bind(account.subject.as_str())
         .bind(&account.provider)
-        .bind(account.email.as_str())
+        .bind(account.email.as_ref().map(Email::as_str))
         .bind(account.email_verified)
         .bind(account.now)
         .fetch_optional(&mut *tx)
@@ -245,14 +258,10 @@ impl Store for PgStore {
             tx.rollback().await?;
             return Ok(CreateOutcome::IdentityTaken);
         }
-        let team =
-            insert_default_team(&mut tx, account.user_id, &account.team, account.now).await?;
+        let team = insert_default_team(&mut tx, account.user_id, &account.team, account.now).await?;
         insert_events(&mut tx, &account.events, account.now).await?;
         tx.commit().await?;
-        Ok(CreateOutcome::Created {
-            user: account.user(),
-            team,
-        })
+        Ok(CreateOutcome::Created { user: account.user(), team })
     }
 
     async fn ensure_default_team(
@@ -289,11 +298,7 @@ impl Store for PgStore {
         Ok(Some((created, true)))
     }
 
-    async fn touch_identity(
-        &self,
-        identity: IdentityId,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    async fn touch_identity(&self, identity: IdentityId, now: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query("UPDATE identities SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
             .bind(identity.as_uuid())
             .bind(now)
@@ -303,19 +308,148 @@ impl Store for PgStore {
     }
 
     async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1"))
+            .bind(user.as_uuid())
+            .fetch_optional(&self.primary)
+            .await?;
+        row.as_ref().map(rows::user).transpose()
+    }
+
+    async fn user_profile(&self, user: UserId, from: ReadFrom) -> Result<Option<UserProfile>, StoreError> {
+        self.read(from, |pool| user_profile(pool, user)).await
+    }
+
+    async fn principal(
+        &self,
+        issuer: &Issuer,
+        subject: &Subject,
+        from: ReadFrom,
+    ) -> Result<Option<Principal>, StoreError> {
+        self.read(from, |pool| async move {
+            let rows = sqlx::query(concat!(
+                "SELECT i.id AS identity_id, i.last_seen_at AS identity_last_seen_at, ",
+                user_columns!(),
+                ", t.id AS team_id, t.slug AS team_slug, m.role AS role
+                  FROM identities i
+                  JOIN users u ON u.id = i.user_id
+                  LEFT JOIN memberships m ON m.user_id = u.id
+                  LEFT JOIN teams t ON t.id = m.team_id
+                  WHERE i.issuer = $1 AND i.subject = $2
+                  ORDER BY m.is_default DESC NULLS LAST, m.created_at, t.id"
+            ))
+            .bind(issuer.as_str())
+            .bind(subject.as_str())
+            .fetch_all(&pool)
+            .await?;
+            rows::principal(&rows)
+        })
+        .await
+    }
+
+    async fn set_user_disabled(
+        &self,
+        user: UserId,
+        disabled: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError> {
         let row = sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users u WHERE u.id = $1"
+            "UPDATE users u SET disabled = $2, updated_at = $3 WHERE u.id = $1 RETURNING ",
+            user_columns!()
         ))
         .bind(user.as_uuid())
+        .bind(disabled)
+        .bind(now)
         .fetch_optional(&self.primary)
         .await?;
         row.as_ref().map(rows::user).transpose()
     }
 
-    async fn user_profile(&self, user: UserId) -> Result<Option<UserProfile>, StoreError> {
-        let Some(found) = self.get_user(user).await? else {
+    async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError> {
+        let query = match team {
+            TeamRef::Id(id) => {
+                sqlx::query(concat!("SELECT ", team_columns!(), " FROM teams t WHERE t.id = $1")).bind(id.as_uuid())
+            }
+            TeamRef::Slug(slug) => sqlx::query(concat!("SELECT ", team_columns!(), " FROM teams t WHERE t.slug = $1"))
+                .bind(slug.as_str().to_owned()),
+        };
+        let row = query.fetch_optional(&self.primary).await?;
+        row.as_ref().map(rows::team).transpose()
+    }
+
+    async fn claim_domain(&self, claim: &DomainClaim) -> Result<ClaimOutcome, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO team_domains (domain, team_id, issuer, verified, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $5)
+             ON CONFLICT (domain) DO UPDATE
+               SET issuer = excluded.issuer, verified = excluded.verified, updated_at = excluded.updated_at
+               WHERE team_domains.team_id = excluded.team_id
+             RETURNING created_at",
+        )
+        .bind(claim.domain.as_str())
+        .bind(claim.team_id.as_uuid())
+        .bind(claim.issuer.as_str())
+        .bind(claim.verified)
+        .bind(claim.updated_at)
+        .fetch_optional(&self.primary)
+        .await?;
+        let Some(row) = row else {
+            return Ok(ClaimOutcome::ClaimedByAnotherTeam);
+        };
+        let created_at = row.time("created_at")?;
+        let stored = DomainClaim { created_at, ..claim.clone() };
+        Ok(if created_at == claim.updated_at { ClaimOutcome::Created(stored) } else { ClaimOutcome::Updated(stored) })
+    }
+
+    async fn team_domains(&self, team: TeamId) -> Result<Vec<DomainClaim>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            domain_columns!(),
+            " FROM team_domains d WHERE d.team_id = $1 ORDER BY d.domain"
+        ))
+        .bind(team.as_uuid())
+        .fetch_all(&self.primary)
+        .await?
+        .iter()
+        .map(rows::domain_claim)
+        .collect()
+    }
+
+    async fn release_domain(&self, team: TeamId, domain: &DomainName) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM team_domains WHERE team_id = $1 AND domain = $2")
+            .bind(team.as_uuid())
+            .bind(domain.as_str())
+            .execute(&self.primary)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn domain_claim(&self, domain: &DomainName, from: ReadFrom) -> Result<Option<DomainClaim>, StoreError> {
+        self.read(from, |pool| async move {
+            let row = sqlx::query(concat!("SELECT ", domain_columns!(), " FROM team_domains d WHERE d.domain = $1"))
+                .bind(domain.as_str())
+                .fetch_optional(&pool)
+                .await?;
+            row.as_ref().map(rows::domain_claim).transpose()
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        self.primary.close().await;
+        if let Some(replica) = &self.replica {
+            replica.close().await;
+        }
+    }
+}
+
+/// A user with identities and teams, read from `pool`.
+async fn user_profile(pool: PgPool, user: UserId) -> Result<Option<UserProfile>, StoreError> {
+    {
+        let found = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1"))
+            .bind(user.as_uuid())
+            .fetch_optional(&pool)
+            .await?;
+        let Some(found) = found.as_ref().map(rows::user).transpose()? else {
             return Ok(None);
         };
         let identities = sqlx::query(concat!(
@@ -324,7 +458,7 @@ impl Store for PgStore {
             " FROM identities i WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
         ))
         .bind(user.as_uuid())
-        .fetch_all(&self.primary)
+        .fetch_all(&pool)
         .await?
         .iter()
         .map(rows::identity)
@@ -337,20 +471,12 @@ impl Store for PgStore {
               WHERE m.user_id = $1 ORDER BY m.is_default DESC, m.created_at, t.id"
         ))
         .bind(user.as_uuid())
-        .fetch_all(&self.primary)
+        .fetch_all(&pool)
         .await?
         .iter()
         .map(rows::membership)
         .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(UserProfile {
-            user: found,
-            identities,
-            teams,
-        }))
-    }
-
-    async fn close(&self) {
-        self.primary.close().await;
+        Ok(Some(UserProfile { user: found, identities, teams }))
     }
 }
 

@@ -7,8 +7,10 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{StoreError, decode_issuer, decode_role, decode_slug, decode_subject};
-use crate::domain::{Identity, IdentityId, Team, TeamId, TeamMembership, User, UserId};
+use super::{StoreError, decode_domain, decode_issuer, decode_role, decode_slug, decode_subject};
+use crate::domain::{
+    DomainClaim, Identity, IdentityId, Principal, Team, TeamId, TeamMembership, TeamRole, User, UserId,
+};
 
 /// Column accessors with the backend's storage conventions.
 pub(super) trait RowExt {
@@ -53,7 +55,7 @@ pub(super) use {identity_columns, team_columns, user_columns};
 pub(super) fn user(row: &impl RowExt) -> Result<User, StoreError> {
     Ok(User {
         id: UserId::from_uuid(row.uuid("user_id")?),
-        email: row.text("user_email")?,
+        email: row.opt_text("user_email")?,
         email_verified: row.flag("user_email_verified")?,
         name: row.opt_text("user_name")?,
         disabled: row.flag("user_disabled")?,
@@ -82,11 +84,7 @@ pub(super) fn opt_team(row: &impl RowExt) -> Result<Option<Team>, StoreError> {
 
 /// Decodes [`team_columns!`] plus `role` and `is_default`.
 pub(super) fn membership(row: &impl RowExt) -> Result<TeamMembership, StoreError> {
-    Ok(TeamMembership {
-        team: team(row)?,
-        role: decode_role(&row.text("role")?)?,
-        is_default: row.flag("is_default")?,
-    })
+    Ok(TeamMembership { team: team(row)?, role: decode_role(&row.text("role")?)?, is_default: row.flag("is_default")? })
 }
 
 /// Decodes the [`identity_columns!`] of a row.
@@ -102,6 +100,53 @@ pub(super) fn identity(row: &impl RowExt) -> Result<Identity, StoreError> {
         created_at: row.time("identity_created_at")?,
         last_seen_at: row.time("identity_last_seen_at")?,
     })
+}
+
+/// Columns of `team_domains d`, aliased for [`domain_claim`].
+macro_rules! domain_columns {
+    () => {
+        "d.domain AS domain, d.team_id AS domain_team_id, d.issuer AS domain_issuer, d.verified AS domain_verified, \
+         d.created_at AS domain_created_at, d.updated_at AS domain_updated_at"
+    };
+}
+
+pub(super) use domain_columns;
+
+/// Decodes the [`domain_columns!`] of a row.
+pub(super) fn domain_claim(row: &impl RowExt) -> Result<DomainClaim, StoreError> {
+    Ok(DomainClaim {
+        domain: decode_domain(&row.text("domain")?)?,
+        team_id: TeamId::from_uuid(row.uuid("domain_team_id")?),
+        issuer: decode_issuer(&row.text("domain_issuer")?)?,
+        verified: row.flag("domain_verified")?,
+        created_at: row.time("domain_created_at")?,
+        updated_at: row.time("domain_updated_at")?,
+    })
+}
+
+/// Assembles a principal from the rows of a principal query: `identity_id`,
+/// `identity_last_seen_at`, the [`user_columns!`], and per team `team_id`, `team_slug`, `role`
+/// (NULL when the user has no team).
+pub(super) fn principal<R: RowExt>(rows: &[R]) -> Result<Option<Principal>, StoreError> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut teams = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(id) = row.opt_uuid("team_id")? {
+            teams.push(TeamRole {
+                id: TeamId::from_uuid(id),
+                slug: decode_slug(row.text("team_slug")?)?,
+                role: decode_role(&row.text("role")?)?,
+            });
+        }
+    }
+    Ok(Some(Principal {
+        identity_id: IdentityId::from_uuid(first.uuid("identity_id")?),
+        last_seen_at: first.time("identity_last_seen_at")?,
+        user: user(first)?,
+        teams,
+    }))
 }
 
 /// Implements the type-uniform accessors of [`RowExt`] for a backend's row type; the backend adds

@@ -10,26 +10,33 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::migrations::{self, Applied, Embedded, MigrationStatus};
-use super::rows::{
-    self, RowExt, identity_columns, impl_row_ext_common, team_columns, user_columns,
-};
+use super::rows::{self, RowExt, domain_columns, identity_columns, impl_row_ext_common, team_columns, user_columns};
 use super::{
-    CreateOutcome, DataReport, IdentityMatch, NewAccount, NewEvent, NewTeam, Store, StoreError,
+    ClaimOutcome, CreateOutcome, DataReport, IdentityMatch, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError,
 };
 use crate::config::{Backend, DatabaseConfig};
-use crate::domain::{IdentityId, Issuer, Role, Subject, Team, User, UserId, UserProfile};
+use crate::domain::{
+    DomainClaim, DomainName, Email, IdentityId, Issuer, Principal, Role, Subject, Team, TeamId, TeamRef, User, UserId,
+    UserProfile,
+};
 
-static MIGRATIONS: &[Embedded] = &[Embedded {
-    version: 1,
-    description: "people_identities_teams",
-    sql: include_str!("../../migrations/sqlite/0001_people_identities_teams.sql"),
-}];
+static MIGRATIONS: &[Embedded] = &[
+    Embedded {
+        version: 1,
+        description: "people_identities_teams",
+        sql: include_str!("../../migrations/sqlite/0001_people_identities_teams.sql"),
+    },
+    Embedded {
+        version: 2,
+        description: "team_domains",
+        sql: include_str!("../../migrations/sqlite/0002_team_domains.sql"),
+    },
+];
 
 /// Tessera's storage on an SQLite file.
 #[derive(Debug)]
@@ -48,8 +55,7 @@ impl RowExt for SqliteRow {
 }
 
 fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_micros(micros)
-        .ok_or_else(|| StoreError::Corrupt(format!("time {micros} out of range")))
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("time {micros} out of range")))
 }
 
 fn micros(time: DateTime<Utc>) -> i64 {
@@ -127,21 +133,14 @@ async fn insert_default_team(
         }
     }
     let slug = slug.ok_or(StoreError::Conflict { what: "team slug" })?;
-    sqlx::query(
-        "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES (?1, ?2, ?3, 1, ?4)",
-    )
-    .bind(team.id.as_uuid())
-    .bind(user.as_uuid())
-    .bind(Role::Owner.as_str())
-    .bind(micros(now))
-    .execute(&mut **tx)
-    .await?;
-    Ok(Team {
-        id: team.id,
-        slug,
-        name: team.name.clone(),
-        created_at: now,
-    })
+    sqlx::query("INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES (?1, ?2, ?3, 1, ?4)")
+        .bind(team.id.as_uuid())
+        .bind(user.as_uuid())
+        .bind(Role::Owner.as_str())
+        .bind(micros(now))
+        .execute(&mut **tx)
+        .await?;
+    Ok(Team { id: team.id, slug, name: team.name.clone(), created_at: now })
 }
 
 async fn insert_events(
@@ -150,23 +149,18 @@ async fn insert_events(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     for event in events {
-        sqlx::query(
-            "INSERT INTO outbox_events (id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(event.id.as_uuid())
-        .bind(event.topic)
-        .bind(event.payload.to_string())
-        .bind(micros(now))
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(event.id.as_uuid())
+            .bind(event.topic)
+            .bind(event.payload.to_string())
+            .bind(micros(now))
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
 
-async fn default_team_of(
-    tx: &mut Transaction<'static, Sqlite>,
-    user: UserId,
-) -> Result<Option<Team>, StoreError> {
+async fn default_team_of(tx: &mut Transaction<'static, Sqlite>, user: UserId) -> Result<Option<Team>, StoreError> {
     let row = sqlx::query(concat!(
         "SELECT ",
         team_columns!(),
@@ -202,11 +196,7 @@ impl Store for SqliteStore {
                 .await?
                 .iter()
                 .map(|row| {
-                    Ok(Applied {
-                        version: row.try_get(0)?,
-                        checksum: row.try_get(1)?,
-                        success: row.try_get(2)?,
-                    })
+                    Ok(Applied { version: row.try_get(0)?, checksum: row.try_get(1)?, success: row.try_get(2)? })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
         } else {
@@ -249,11 +239,7 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn find_identity(
-        &self,
-        issuer: &Issuer,
-        subject: &Subject,
-    ) -> Result<Option<IdentityMatch>, StoreError> {
+    async fn find_identity(&self, issuer: &Issuer, subject: &Subject) -> Result<Option<IdentityMatch>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT i.id AS identity_id, i.last_seen_at AS identity_last_seen_at, ",
             user_columns!(),
@@ -288,7 +274,7 @@ impl Store for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)",
         )
         .bind(account.user_id.as_uuid())
-        .bind(account.email.as_str())
+        .bind(account.email.as_ref().map(Email::as_str))
         .bind(account.email_verified)
         .bind(account.name.as_deref())
         .bind(now)
@@ -305,7 +291,7 @@ impl Store for SqliteStore {
         .bind(account.issuer.as_str())
         .bind(account.subject.as_str())
         .bind(&account.provider)
-        .bind(account.email.as_str())
+        .bind(account.email.as_ref().map(Email::as_str))
         .bind(account.email_verified)
         .bind(now)
         .fetch_optional(&mut *tx)
@@ -314,14 +300,10 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(CreateOutcome::IdentityTaken);
         }
-        let team =
-            insert_default_team(&mut tx, account.user_id, &account.team, account.now).await?;
+        let team = insert_default_team(&mut tx, account.user_id, &account.team, account.now).await?;
         insert_events(&mut tx, &account.events, account.now).await?;
         tx.commit().await?;
-        Ok(CreateOutcome::Created {
-            user: account.user(),
-            team,
-        })
+        Ok(CreateOutcome::Created { user: account.user(), team })
     }
 
     async fn ensure_default_team(
@@ -349,11 +331,7 @@ impl Store for SqliteStore {
         Ok(Some((created, true)))
     }
 
-    async fn touch_identity(
-        &self,
-        identity: IdentityId,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    async fn touch_identity(&self, identity: IdentityId, now: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query("UPDATE identities SET last_seen_at = ?2 WHERE id = ?1 AND last_seen_at < ?2")
             .bind(identity.as_uuid())
             .bind(micros(now))
@@ -363,18 +341,14 @@ impl Store for SqliteStore {
     }
 
     async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users u WHERE u.id = ?1"
-        ))
-        .bind(user.as_uuid())
-        .fetch_optional(&self.reader)
-        .await?;
+        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = ?1"))
+            .bind(user.as_uuid())
+            .fetch_optional(&self.reader)
+            .await?;
         row.as_ref().map(rows::user).transpose()
     }
 
-    async fn user_profile(&self, user: UserId) -> Result<Option<UserProfile>, StoreError> {
+    async fn user_profile(&self, user: UserId, _from: ReadFrom) -> Result<Option<UserProfile>, StoreError> {
         let Some(found) = self.get_user(user).await? else {
             return Ok(None);
         };
@@ -402,11 +376,116 @@ impl Store for SqliteStore {
         .iter()
         .map(rows::membership)
         .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(UserProfile {
-            user: found,
-            identities,
-            teams,
-        }))
+        Ok(Some(UserProfile { user: found, identities, teams }))
+    }
+
+    async fn principal(
+        &self,
+        issuer: &Issuer,
+        subject: &Subject,
+        _from: ReadFrom,
+    ) -> Result<Option<Principal>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT i.id AS identity_id, i.last_seen_at AS identity_last_seen_at, ",
+            user_columns!(),
+            ", t.id AS team_id, t.slug AS team_slug, m.role AS role
+              FROM identities i
+              JOIN users u ON u.id = i.user_id
+              LEFT JOIN memberships m ON m.user_id = u.id
+              LEFT JOIN teams t ON t.id = m.team_id
+              WHERE i.issuer = ?1 AND i.subject = ?2
+              ORDER BY m.is_default DESC, m.created_at, t.id"
+        ))
+        .bind(issuer.as_str())
+        .bind(subject.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        rows::principal(&rows)
+    }
+
+    async fn set_user_disabled(
+        &self,
+        user: UserId,
+        disabled: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError> {
+        let updated = sqlx::query("UPDATE users SET disabled = ?2, updated_at = ?3 WHERE id = ?1")
+            .bind(user.as_uuid())
+            .bind(disabled)
+            .bind(micros(now))
+            .execute(&self.writer)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get_user(user).await
+    }
+
+    async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError> {
+        let query = match team {
+            TeamRef::Id(id) => {
+                sqlx::query(concat!("SELECT ", team_columns!(), " FROM teams t WHERE t.id = ?1")).bind(id.as_uuid())
+            }
+            TeamRef::Slug(slug) => sqlx::query(concat!("SELECT ", team_columns!(), " FROM teams t WHERE t.slug = ?1"))
+                .bind(slug.as_str().to_owned()),
+        };
+        let row = query.fetch_optional(&self.reader).await?;
+        row.as_ref().map(rows::team).transpose()
+    }
+
+    async fn claim_domain(&self, claim: &DomainClaim) -> Result<ClaimOutcome, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO team_domains (domain, team_id, issuer, verified, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (domain) DO UPDATE
+               SET issuer = excluded.issuer, verified = excluded.verified, updated_at = excluded.updated_at
+               WHERE team_domains.team_id = excluded.team_id
+             RETURNING created_at",
+        )
+        .bind(claim.domain.as_str())
+        .bind(claim.team_id.as_uuid())
+        .bind(claim.issuer.as_str())
+        .bind(claim.verified)
+        .bind(micros(claim.updated_at))
+        .fetch_optional(&self.writer)
+        .await?;
+        let Some(row) = row else {
+            return Ok(ClaimOutcome::ClaimedByAnotherTeam);
+        };
+        let created_at = row.time("created_at")?;
+        let stored = DomainClaim { created_at, ..claim.clone() };
+        Ok(if created_at == claim.updated_at { ClaimOutcome::Created(stored) } else { ClaimOutcome::Updated(stored) })
+    }
+
+    async fn team_domains(&self, team: TeamId) -> Result<Vec<DomainClaim>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            domain_columns!(),
+            " FROM team_domains d WHERE d.team_id = ?1 ORDER BY d.domain"
+        ))
+        .bind(team.as_uuid())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(rows::domain_claim)
+        .collect()
+    }
+
+    async fn release_domain(&self, team: TeamId, domain: &DomainName) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM team_domains WHERE team_id = ?1 AND domain = ?2")
+            .bind(team.as_uuid())
+            .bind(domain.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn domain_claim(&self, domain: &DomainName, _from: ReadFrom) -> Result<Option<DomainClaim>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", domain_columns!(), " FROM team_domains d WHERE d.domain = ?1"))
+            .bind(domain.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(rows::domain_claim).transpose()
     }
 
     async fn close(&self) {

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    ADMIN_TOKEN, Backend, ISSUER, OTHER_ISSUER, TestApp, identity, json as body, on_both_backends,
-};
+use crate::helpers::{ADMIN_TOKEN, Backend, ISSUER, OTHER_ISSUER, TestApp, identity, json as body, on_both_backends};
 
 on_both_backends!(
     bootstrap_creates_a_user_then_returns_the_same_answer,
@@ -31,35 +29,19 @@ on_both_backends!(
 
 async fn bootstrap_creates_a_user_then_returns_the_same_answer(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let first = body(
-        app.bootstrap(&identity("sub-1", "ada@example.com", Some("Ada Lovelace")))
-            .await,
-        201,
-    )
-    .await;
+    let first = body(app.bootstrap(&identity("sub-1", "ada@example.com", Some("Ada Lovelace"))).await, 201).await;
     assert_eq!(first["created"], true);
     assert_eq!(first["team"]["name"], "Ada's Team");
     assert_eq!(first["team"]["slug"], "adas-team");
     let user_id = first["user_id"].as_str().unwrap();
-    assert_ne!(
-        user_id, "sub-1",
-        "the internal id is never the upstream subject"
-    );
+    assert_ne!(user_id, "sub-1", "the internal id is never the upstream subject");
     assert_eq!(uuid::Uuid::parse_str(user_id).unwrap().get_version_num(), 7);
 
-    let second = body(
-        app.bootstrap(&identity("sub-1", "ada@example.com", Some("Ada Lovelace")))
-            .await,
-        200,
-    )
-    .await;
+    let second = body(app.bootstrap(&identity("sub-1", "ada@example.com", Some("Ada Lovelace"))).await, 200).await;
     assert_eq!(second["created"], false);
     assert_eq!(second["user_id"], first["user_id"]);
     assert_eq!(second["team"], first["team"]);
-    assert_eq!(
-        app.db.sql().await.provisioning_counts().await,
-        [1, 1, 1, 1, 1]
-    );
+    assert_eq!(app.db.sql().await.provisioning_counts().await, [1, 1, 1, 1, 1]);
 }
 
 async fn the_seed_field_names_are_accepted(backend: Backend) {
@@ -72,12 +54,7 @@ async fn the_seed_field_names_are_accepted(backend: Backend) {
     });
     let created = body(app.bootstrap(&seed).await, 201).await;
     assert_eq!(created["team"]["name"], "Grace's Team");
-    let again = body(
-        app.bootstrap(&identity("kratos-42", "grace@example.com", None))
-            .await,
-        200,
-    )
-    .await;
+    let again = body(app.bootstrap(&identity("kratos-42", "grace@example.com", None)).await, 200).await;
     assert_eq!(again["user_id"], created["user_id"]);
 }
 
@@ -86,16 +63,9 @@ async fn a_trailing_slash_does_not_make_a_second_identity(backend: Backend) {
     let mut with_slash = identity("sub-1", "a@example.com", None);
     with_slash["issuer"] = format!("{ISSUER}/").into();
     let mut shouty = identity("sub-1", "a@example.com", None);
-    shouty["issuer"] = ISSUER
-        .replace("issuer.example.com", "ISSUER.Example.COM:443")
-        .into();
+    shouty["issuer"] = ISSUER.replace("issuer.example.com", "ISSUER.Example.COM:443").into();
     let a = body(app.bootstrap(&with_slash).await, 201).await;
-    let b = body(
-        app.bootstrap(&identity("sub-1", "a@example.com", None))
-            .await,
-        200,
-    )
-    .await;
+    let b = body(app.bootstrap(&identity("sub-1", "a@example.com", None)).await, 200).await;
     let c = body(app.bootstrap(&shouty).await, 200).await;
     assert_eq!(a["user_id"], b["user_id"]);
     assert_eq!(a["user_id"], c["user_id"]);
@@ -106,19 +76,11 @@ async fn one_subject_under_two_issuers_makes_two_users(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let mut other = identity("shared-sub", "x@example.com", None);
     other["issuer"] = OTHER_ISSUER.into();
-    let a = body(
-        app.bootstrap(&identity("shared-sub", "x@example.com", None))
-            .await,
-        201,
-    )
-    .await;
+    let a = body(app.bootstrap(&identity("shared-sub", "x@example.com", None)).await, 201).await;
     let b = body(app.bootstrap(&other).await, 201).await;
     assert_ne!(a["user_id"], b["user_id"]);
     assert_ne!(a["team"]["id"], b["team"]["id"]);
-    assert_eq!(
-        app.db.sql().await.provisioning_counts().await,
-        [2, 2, 2, 2, 2]
-    );
+    assert_eq!(app.db.sql().await.provisioning_counts().await, [2, 2, 2, 2, 2]);
 }
 
 async fn an_issuer_outside_the_allow_list_is_refused_and_nothing_is_written(backend: Backend) {
@@ -135,10 +97,7 @@ async fn an_issuer_outside_the_allow_list_is_refused_and_nothing_is_written(back
         let problem = body(app.bootstrap(&claim).await, 403).await;
         assert_eq!(problem["code"], "issuer_not_allowed", "{issuer}");
     }
-    assert_eq!(
-        app.db.sql().await.provisioning_counts().await,
-        [0, 0, 0, 0, 0]
-    );
+    assert_eq!(app.db.sql().await.provisioning_counts().await, [0, 0, 0, 0, 0]);
 }
 
 async fn concurrent_bootstraps_of_one_identity_create_one_user(backend: Backend) {
@@ -170,10 +129,7 @@ async fn concurrent_bootstraps_of_one_identity_create_one_user(backend: Backend)
     assert_eq!(created, 1, "exactly one caller created the user");
     assert_eq!(users.len(), 1, "every caller got the same user");
     assert_eq!(teams.len(), 1, "every caller got the same team");
-    assert_eq!(
-        app.db.sql().await.provisioning_counts().await,
-        [1, 1, 1, 1, 1]
-    );
+    assert_eq!(app.db.sql().await.provisioning_counts().await, [1, 1, 1, 1, 1]);
 }
 
 async fn concurrent_bootstraps_with_one_name_never_fail_on_a_slug(backend: Backend) {
@@ -183,26 +139,18 @@ async fn concurrent_bootstraps_with_one_name_never_fail_on_a_slug(backend: Backe
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
             let name = if i % 2 == 0 { Some("Sam Same") } else { None };
-            let response = app
-                .bootstrap(&identity(&format!("sam-{i}"), "sam@example.com", name))
-                .await;
+            let response = app.bootstrap(&identity(&format!("sam-{i}"), "sam@example.com", name)).await;
             body(response, 201).await
         }));
     }
     let mut slugs = HashSet::new();
     for task in tasks {
         let value = task.await.unwrap();
-        assert!(
-            slugs.insert(value["team"]["slug"].as_str().unwrap().to_owned()),
-            "slugs are unique"
-        );
+        assert!(slugs.insert(value["team"]["slug"].as_str().unwrap().to_owned()), "slugs are unique");
     }
     assert!(slugs.contains("sams-team"));
     assert!(slugs.contains("default-team"));
-    assert_eq!(
-        app.db.sql().await.provisioning_counts().await,
-        [32, 32, 32, 32, 32]
-    );
+    assert_eq!(app.db.sql().await.provisioning_counts().await, [32, 32, 32, 32, 32]);
 }
 
 async fn teams_are_named_after_the_first_name(backend: Backend) {
@@ -214,28 +162,15 @@ async fn teams_are_named_after_the_first_name(backend: Backend) {
         (Some("   "), "Default Team", "default-team-"),
     ];
     for (i, (name, team, slug)) in cases.iter().enumerate() {
-        let value = body(
-            app.bootstrap(&identity(&format!("n-{i}"), "n@example.com", *name))
-                .await,
-            201,
-        )
-        .await;
+        let value = body(app.bootstrap(&identity(&format!("n-{i}"), "n@example.com", *name)).await, 201).await;
         assert_eq!(value["team"]["name"], *team);
-        assert!(
-            value["team"]["slug"].as_str().unwrap().starts_with(slug),
-            "{value}"
-        );
+        assert!(value["team"]["slug"].as_str().unwrap().starts_with(slug), "{value}");
     }
 }
 
 async fn the_legacy_route_ensures_the_default_team_of_an_existing_user(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let created = body(
-        app.bootstrap(&identity("legacy", "l@example.com", Some("Lee")))
-            .await,
-        201,
-    )
-    .await;
+    let created = body(app.bootstrap(&identity("legacy", "l@example.com", Some("Lee"))).await, 201).await;
     let user_id = created["user_id"].as_str().unwrap();
     let path = format!("/admin/users/{user_id}/bootstrap");
 
@@ -245,12 +180,9 @@ async fn the_legacy_route_ensures_the_default_team_of_an_existing_user(backend: 
 
     // A user who lost their default team gets a new one, exactly once under concurrency.
     let sql = app.db.sql().await;
-    sql.exec(&format!(
-        "DELETE FROM teams WHERE id = {}",
-        sql.uuid(created["team"]["id"].as_str().unwrap())
-    ))
-    .await
-    .unwrap();
+    sql.exec(&format!("DELETE FROM teams WHERE id = {}", sql.uuid(created["team"]["id"].as_str().unwrap())))
+        .await
+        .unwrap();
     assert_eq!(sql.count("memberships").await, 0);
     let app = Arc::new(app);
     let mut tasks = Vec::new();
@@ -259,10 +191,7 @@ async fn the_legacy_route_ensures_the_default_team_of_an_existing_user(backend: 
         let path = path.clone();
         tasks.push(tokio::spawn(async move {
             let response = app.admin(Method::POST, &path).send().await.unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
         }));
     }
     let mut team_ids = HashSet::new();
@@ -280,26 +209,14 @@ async fn the_legacy_route_ensures_the_default_team_of_an_existing_user(backend: 
     let unknown = format!("/admin/users/{}/bootstrap", uuid::Uuid::now_v7());
     let problem = body(app.admin(Method::POST, &unknown).send().await.unwrap(), 404).await;
     assert_eq!(problem["code"], "user_not_found");
-    let problem = body(
-        app.admin(Method::POST, "/admin/users/not-a-uuid/bootstrap")
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
+    let problem = body(app.admin(Method::POST, "/admin/users/not-a-uuid/bootstrap").send().await.unwrap(), 400).await;
     assert_eq!(problem["code"], "invalid_user_id");
 }
 
 async fn the_two_bootstrap_routes_do_not_shadow_each_other(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     // The identity route with a body that would also be a valid user-id route call.
-    let created = body(
-        app.bootstrap(&identity("route", "r@example.com", None))
-            .await,
-        201,
-    )
-    .await;
+    let created = body(app.bootstrap(&identity("route", "r@example.com", None)).await, 201).await;
     let user_id = created["user_id"].as_str().unwrap();
     // The user-id route, with a bootstrap body it must ignore.
     let response = app
@@ -311,14 +228,7 @@ async fn the_two_bootstrap_routes_do_not_shadow_each_other(backend: Backend) {
     let legacy = body(response, 200).await;
     assert_eq!(legacy["user_id"], created["user_id"]);
     // "bootstrap" in the user-id position is a malformed id, not the identity route.
-    let problem = body(
-        app.admin(Method::POST, "/admin/users/bootstrap/bootstrap")
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
+    let problem = body(app.admin(Method::POST, "/admin/users/bootstrap/bootstrap").send().await.unwrap(), 400).await;
     assert_eq!(problem["code"], "invalid_user_id");
     // The identity route without a body is a request error, not a user lookup.
     let response = app
@@ -329,11 +239,7 @@ async fn the_two_bootstrap_routes_do_not_shadow_each_other(backend: Backend) {
         .unwrap();
     assert_eq!(body(response, 400).await["code"], "malformed_json");
     // GET on the identity route is a wrong method, not a lookup of a user called "bootstrap".
-    let response = app
-        .admin(Method::GET, "/admin/users/bootstrap")
-        .send()
-        .await
-        .unwrap();
+    let response = app.admin(Method::GET, "/admin/users/bootstrap").send().await.unwrap();
     assert_eq!(response.headers()["allow"], "POST");
     assert_eq!(body(response, 405).await["code"], "method_not_allowed");
     assert_eq!(app.db.sql().await.count("users").await, 1);
@@ -341,21 +247,9 @@ async fn the_two_bootstrap_routes_do_not_shadow_each_other(backend: Backend) {
 
 async fn get_user_returns_identities_and_teams(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let created = body(
-        app.bootstrap(&identity("prof", "Prof@Example.COM", Some("Pat Prof")))
-            .await,
-        201,
-    )
-    .await;
+    let created = body(app.bootstrap(&identity("prof", "Prof@Example.COM", Some("Pat Prof"))).await, 201).await;
     let user_id = created["user_id"].as_str().unwrap();
-    let user = body(
-        app.admin(Method::GET, &format!("/admin/users/{user_id}"))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let user = body(app.admin(Method::GET, &format!("/admin/users/{user_id}")).send().await.unwrap(), 200).await;
     assert_eq!(user["id"], user_id);
     assert_eq!(user["email"], "Prof@example.com");
     assert_eq!(user["name"], "Pat Prof");
@@ -369,44 +263,20 @@ async fn get_user_returns_identities_and_teams(backend: Backend) {
     assert_eq!(user["teams"][0]["is_default"], true);
 
     let missing = format!("/admin/users/{}", uuid::Uuid::now_v7());
-    assert_eq!(
-        body(app.admin(Method::GET, &missing).send().await.unwrap(), 404).await["code"],
-        "user_not_found"
-    );
-    let bad = app
-        .admin(Method::GET, "/admin/users/123")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(body(app.admin(Method::GET, &missing).send().await.unwrap(), 404).await["code"], "user_not_found");
+    let bad = app.admin(Method::GET, "/admin/users/123").send().await.unwrap();
     assert_eq!(body(bad, 400).await["code"], "invalid_user_id");
 }
 
 async fn a_disabled_user_is_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let created = body(
-        app.bootstrap(&identity("dis", "d@example.com", None)).await,
-        201,
-    )
-    .await;
+    let created = body(app.bootstrap(&identity("dis", "d@example.com", None)).await, 201).await;
     let user_id = created["user_id"].as_str().unwrap();
     let sql = app.db.sql().await;
-    sql.exec(&format!(
-        "UPDATE users SET disabled = TRUE WHERE id = {}",
-        sql.uuid(user_id)
-    ))
-    .await
-    .unwrap();
-    let problem = body(
-        app.bootstrap(&identity("dis", "d@example.com", None)).await,
-        403,
-    )
-    .await;
+    sql.exec(&format!("UPDATE users SET disabled = TRUE WHERE id = {}", sql.uuid(user_id))).await.unwrap();
+    let problem = body(app.bootstrap(&identity("dis", "d@example.com", None)).await, 403).await;
     assert_eq!(problem["code"], "user_disabled");
-    let legacy = app
-        .admin(Method::POST, &format!("/admin/users/{user_id}/bootstrap"))
-        .send()
-        .await
-        .unwrap();
+    let legacy = app.admin(Method::POST, &format!("/admin/users/{user_id}/bootstrap")).send().await.unwrap();
     assert_eq!(body(legacy, 403).await["code"], "user_disabled");
 }
 
@@ -416,33 +286,14 @@ async fn admin_routes_require_a_valid_token(backend: Backend) {
     let claim = identity("auth", "a@example.com", None);
 
     let missing = app.client.post(&url).json(&claim).send().await.unwrap();
-    assert!(
-        missing.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .starts_with("Bearer")
-    );
+    assert!(missing.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
     assert_eq!(body(missing, 401).await["code"], "missing_credentials");
 
     for wrong in [&ADMIN_TOKEN[1..], "x", &format!("{ADMIN_TOKEN}x")] {
-        let response = app
-            .client
-            .post(&url)
-            .bearer_auth(wrong)
-            .json(&claim)
-            .send()
-            .await
-            .unwrap();
+        let response = app.client.post(&url).bearer_auth(wrong).json(&claim).send().await.unwrap();
         assert_eq!(body(response, 401).await["code"], "invalid_credentials");
     }
-    let basic = app
-        .client
-        .post(&url)
-        .basic_auth("admin", Some(ADMIN_TOKEN))
-        .json(&claim)
-        .send()
-        .await
-        .unwrap();
+    let basic = app.client.post(&url).basic_auth("admin", Some(ADMIN_TOKEN)).json(&claim).send().await.unwrap();
     assert_eq!(body(basic, 401).await["code"], "missing_credentials");
 
     // Authentication happens before the body is read: an oversized body without a token is a 401.
@@ -457,39 +308,17 @@ async fn admin_routes_require_a_valid_token(backend: Backend) {
     assert_eq!(big.status(), 401);
     assert_eq!(app.db.sql().await.count("users").await, 0);
 
-    let via_header = app
-        .client
-        .post(&url)
-        .header("x-admin-token", ADMIN_TOKEN)
-        .json(&claim)
-        .send()
-        .await
-        .unwrap();
+    let via_header = app.client.post(&url).header("x-admin-token", ADMIN_TOKEN).json(&claim).send().await.unwrap();
     assert_eq!(via_header.status(), 201);
-    let via_bearer = app
-        .client
-        .post(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&claim)
-        .send()
-        .await
-        .unwrap();
+    let via_bearer = app.client.post(&url).bearer_auth(ADMIN_TOKEN).json(&claim).send().await.unwrap();
     assert_eq!(via_bearer.status(), 200);
 }
 
 async fn health_and_readiness_answer(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let health = body(
-        app.client.get(app.url("/healthz")).send().await.unwrap(),
-        200,
-    )
-    .await;
+    let health = body(app.client.get(app.url("/healthz")).send().await.unwrap(), 200).await;
     assert_eq!(health["status"], "ok");
-    let ready = body(
-        app.client.get(app.url("/readyz")).send().await.unwrap(),
-        200,
-    )
-    .await;
+    let ready = body(app.client.get(app.url("/readyz")).send().await.unwrap(), 200).await;
     assert_eq!(ready["status"], "ready");
     app.stop().await;
 }
@@ -498,25 +327,10 @@ async fn an_injection_attempt_is_stored_verbatim(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let subject = "x'); DROP TABLE users; --";
     let name = "Robert'); DROP TABLE teams;--";
-    let created = body(
-        app.bootstrap(&identity(subject, "bobby@example.com", Some(name)))
-            .await,
-        201,
-    )
-    .await;
+    let created = body(app.bootstrap(&identity(subject, "bobby@example.com", Some(name))).await, 201).await;
     let user_id = created["user_id"].as_str().unwrap();
-    let user = body(
-        app.admin(Method::GET, &format!("/admin/users/{user_id}"))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let user = body(app.admin(Method::GET, &format!("/admin/users/{user_id}")).send().await.unwrap(), 200).await;
     assert_eq!(user["identities"][0]["subject"], subject);
     assert_eq!(user["name"], name);
-    assert_eq!(
-        app.db.sql().await.provisioning_counts().await,
-        [1, 1, 1, 1, 1]
-    );
+    assert_eq!(app.db.sql().await.provisioning_counts().await, [1, 1, 1, 1, 1]);
 }

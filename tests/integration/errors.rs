@@ -4,9 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    ADMIN_TOKEN, Backend, ISSUER, TestApp, assert_no_leak, identity, json as body, on_both_backends,
-};
+use crate::helpers::{ADMIN_TOKEN, Backend, ISSUER, TestApp, assert_no_leak, identity, json as body, on_both_backends};
 
 on_both_backends!(
     protocol_errors_are_problem_json,
@@ -17,12 +15,7 @@ on_both_backends!(
 
 async fn protocol_errors_are_problem_json(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let unknown = app
-        .client
-        .get(app.url("/no/such/route"))
-        .send()
-        .await
-        .unwrap();
+    let unknown = app.client.get(app.url("/no/such/route")).send().await.unwrap();
     assert_eq!(body(unknown, 404).await["code"], "not_found");
 
     let wrong_method = app.client.delete(app.url("/healthz")).send().await.unwrap();
@@ -31,14 +24,7 @@ async fn protocol_errors_are_problem_json(backend: Backend) {
 
     let url = app.url("/admin/users/bootstrap");
     let huge = json!({ "issuer": ISSUER, "subject": "s", "email": "a@example.com", "name": "x".repeat(70 * 1024) });
-    let too_large = app
-        .client
-        .post(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&huge)
-        .send()
-        .await
-        .unwrap();
+    let too_large = app.client.post(&url).bearer_auth(ADMIN_TOKEN).json(&huge).send().await.unwrap();
     assert_eq!(body(too_large, 413).await["code"], "payload_too_large");
 
     let malformed = app
@@ -52,35 +38,12 @@ async fn protocol_errors_are_problem_json(backend: Backend) {
         .unwrap();
     assert_eq!(body(malformed, 400).await["code"], "malformed_json");
 
-    let not_json = app
-        .client
-        .post(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .body("issuer=x")
-        .send()
-        .await
-        .unwrap();
+    let not_json = app.client.post(&url).bearer_auth(ADMIN_TOKEN).body("issuer=x").send().await.unwrap();
     assert_eq!(body(not_json, 415).await["code"], "unsupported_media_type");
 
-    for shape in [
-        json!([]),
-        json!("text"),
-        json!({"issuer": 42}),
-        json!({"email_verified": "yes"}),
-    ] {
-        let response = app
-            .client
-            .post(&url)
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&shape)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            body(response, 400).await["code"],
-            "invalid_request",
-            "{shape}"
-        );
+    for shape in [json!([]), json!("text"), json!({"issuer": 42}), json!({"email_verified": "yes"})] {
+        let response = app.client.post(&url).bearer_auth(ADMIN_TOKEN).json(&shape).send().await.unwrap();
+        assert_eq!(body(response, 400).await["code"], "invalid_request", "{shape}");
     }
     assert_eq!(app.db.sql().await.count("users").await, 0);
 }
@@ -106,80 +69,27 @@ async fn invalid_fields_are_named_and_nothing_is_written(backend: Backend) {
         (with("subject", json!("")), "missing_field", "subject"),
         (with("email", json!(" \t")), "missing_field", "email"),
         (with("email", Value::Null), "missing_field", "email"),
-        (
-            with("email", json!("not-an-email")),
-            "invalid_email",
-            "email",
-        ),
+        (with("email", json!("not-an-email")), "invalid_email", "email"),
         (with("email", json!("a@b")), "invalid_email", "email"),
-        (
-            with("email", json!("a b@example.com")),
-            "invalid_email",
-            "email",
-        ),
-        (
-            with("issuer", json!("not a url")),
-            "invalid_issuer",
-            "issuer",
-        ),
-        (
-            with("issuer", json!("http://issuer.example.com")),
-            "invalid_issuer",
-            "issuer",
-        ),
-        (
-            with("issuer", json!("https://u:p@issuer.example.com")),
-            "invalid_issuer",
-            "issuer",
-        ),
-        (
-            with("subject", json!("a\u{0}b")),
-            "invalid_subject",
-            "subject",
-        ),
+        (with("email", json!("a b@example.com")), "invalid_email", "email"),
+        (with("issuer", json!("not a url")), "invalid_issuer", "issuer"),
+        (with("issuer", json!("http://issuer.example.com")), "invalid_issuer", "issuer"),
+        (with("issuer", json!("https://u:p@issuer.example.com")), "invalid_issuer", "issuer"),
+        (with("subject", json!("a\u{0}b")), "invalid_subject", "subject"),
         (with("name", json!("bad\u{0}name")), "invalid_name", "name"),
-        (
-            with(
-                "issuer",
-                json!(format!("https://a.example/{}", "p".repeat(2000))),
-            ),
-            "field_too_long",
-            "issuer",
-        ),
-        (
-            with("subject", json!("s".repeat(256))),
-            "field_too_long",
-            "subject",
-        ),
-        (
-            with("email", json!(format!("{}@example.com", "e".repeat(300)))),
-            "field_too_long",
-            "email",
-        ),
-        (
-            with("name", json!("n".repeat(201))),
-            "field_too_long",
-            "name",
-        ),
-        (
-            with("provider", json!("no spaces please")),
-            "invalid_request",
-            "provider",
-        ),
+        (with("issuer", json!(format!("https://a.example/{}", "p".repeat(2000)))), "field_too_long", "issuer"),
+        (with("subject", json!("s".repeat(256))), "field_too_long", "subject"),
+        (with("email", json!(format!("{}@example.com", "e".repeat(300)))), "field_too_long", "email"),
+        (with("name", json!("n".repeat(201))), "field_too_long", "name"),
+        (with("provider", json!("no spaces please")), "invalid_request", "provider"),
     ];
     for (claim, code, field) in cases {
         let problem = body(app.bootstrap(&claim).await, 400).await;
         assert_eq!(problem["code"], code, "{claim}");
         assert_eq!(problem["field"], field, "{claim}");
-        assert!(
-            problem["detail"].as_str().unwrap().contains(field),
-            "the detail names the field: {problem}"
-        );
+        assert!(problem["detail"].as_str().unwrap().contains(field), "the detail names the field: {problem}");
     }
-    assert_eq!(
-        app.db.sql().await.provisioning_counts().await,
-        [0, 0, 0, 0, 0]
-    );
+    assert_eq!(app.db.sql().await.provisioning_counts().await, [0, 0, 0, 0, 0]);
 }
 
 async fn hostile_inputs_never_cause_a_server_error_or_a_leak(backend: Backend) {
@@ -207,11 +117,7 @@ async fn hostile_inputs_never_cause_a_server_error_or_a_leak(backend: Backend) {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        assert!(
-            (400..500).contains(&status),
-            "{status} for {:?}",
-            &raw[..raw.len().min(40)]
-        );
+        assert!((400..500).contains(&status), "{status} for {:?}", &raw[..raw.len().min(40)]);
         body(response, status).await;
     }
     let hostile_values = [
@@ -237,17 +143,8 @@ async fn hostile_inputs_never_cause_a_server_error_or_a_leak(backend: Backend) {
         }
     }
     // Path segments too.
-    for segment in [
-        "%27%3B--",
-        "..%2F..%2F",
-        "%00",
-        "0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a'",
-    ] {
-        let response = app
-            .admin(Method::GET, &format!("/admin/users/{segment}"))
-            .send()
-            .await
-            .unwrap();
+    for segment in ["%27%3B--", "..%2F..%2F", "%00", "0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a'"] {
+        let response = app.admin(Method::GET, &format!("/admin/users/{segment}")).send().await.unwrap();
         let status = response.status().as_u16();
         assert!((400..500).contains(&status), "{status} for {segment}");
         assert_no_leak(&response.text().await.unwrap());
@@ -259,28 +156,14 @@ async fn an_unreachable_database_is_a_503_without_details(backend: Backend) {
         config.database.acquire_timeout = std::time::Duration::from_millis(500);
     })
     .await;
-    body(
-        app.bootstrap(&identity("before", "b@example.com", None))
-            .await,
-        201,
-    )
-    .await;
+    body(app.bootstrap(&identity("before", "b@example.com", None)).await, 201).await;
     make_database_unreachable(&app).await;
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(body(ready, 503).await["code"], "store_unavailable");
-    let problem = body(
-        app.bootstrap(&identity("after", "b@example.com", None))
-            .await,
-        503,
-    )
-    .await;
+    let problem = body(app.bootstrap(&identity("after", "b@example.com", None)).await, 503).await;
     assert_eq!(problem["code"], "store_unavailable");
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(
-        health.status(),
-        200,
-        "liveness does not depend on the database"
-    );
+    assert_eq!(health.status(), 200, "liveness does not depend on the database");
 }
 
 /// Cuts the server off its database: PostgreSQL refuses new connections to the test database and
@@ -291,19 +174,15 @@ async fn make_database_unreachable(app: &TestApp) {
             let name = app.db.url.rsplit('/').next().unwrap().to_owned();
             let admin = crate::helpers::pg_admin_url();
             let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "ALTER DATABASE {name} ALLOW_CONNECTIONS false"
-            )))
-            .execute(&pool)
-            .await
-            .unwrap();
-            sqlx::query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            )
-            .bind(&name)
-            .execute(&pool)
-            .await
-            .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")))
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+                .bind(&name)
+                .execute(&pool)
+                .await
+                .unwrap();
         }
         Backend::Sqlite => {
             // Open SQLite connections keep working on a deleted file; the store is made

@@ -70,18 +70,12 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
-                Self {
-                    backend,
-                    url,
-                    _dir: Some(dir),
-                }
+                Self { backend, url, _dir: Some(dir) }
             }
             Backend::Postgres => {
                 let admin = pg_admin_url();
                 let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .expect("connect to the test cluster");
+                let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test cluster");
                 sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut conn)
                     .await
@@ -89,11 +83,7 @@ impl TestDb {
                 conn.close().await.ok();
                 let mut url = url::Url::parse(&admin).expect("admin URL");
                 url.set_path(&name);
-                Self {
-                    backend,
-                    url: url.to_string(),
-                    _dir: None,
-                }
+                Self { backend, url: url.to_string(), _dir: None }
             }
         }
     }
@@ -104,9 +94,13 @@ impl TestDb {
         config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
         config.issuers = [ISSUER, OTHER_ISSUER]
             .iter()
-            .map(|i| IssuerConfig {
-                issuer: Issuer::parse(i).unwrap(),
-                name: "test".into(),
+            .map(|i| {
+                let mut issuer = IssuerConfig::new(Issuer::parse(i).unwrap());
+                issuer.name = "test".into();
+                // These issuers do not exist: keep key prefetching off the network (port 9 on
+                // loopback refuses at once), so that no test waits on DNS.
+                issuer.jwks_uri = Some(url::Url::parse("http://127.0.0.1:9/jwks").unwrap());
+                issuer
             })
             .collect();
         config
@@ -114,9 +108,7 @@ impl TestDb {
 
     /// Connects a store and applies migrations.
     pub async fn store(&self) -> Arc<dyn Store> {
-        let store = store::connect(&self.config().database)
-            .await
-            .expect("connect store");
+        let store = store::connect(&self.config().database).await.expect("connect store");
         store.migrate().await.expect("migrate");
         store
     }
@@ -124,20 +116,12 @@ impl TestDb {
     /// A direct connection for assertions (tests may use SQL; the product may not outside the store).
     pub async fn sql(&self) -> Sql {
         match self.backend {
-            Backend::Sqlite => Sql::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect(&self.url)
-                    .await
-                    .expect("open sqlite"),
-            ),
-            Backend::Postgres => Sql::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(2)
-                    .connect(&self.url)
-                    .await
-                    .expect("connect pg"),
-            ),
+            Backend::Sqlite => {
+                Sql::Sqlite(SqlitePoolOptions::new().max_connections(1).connect(&self.url).await.expect("open sqlite"))
+            }
+            Backend::Postgres => {
+                Sql::Postgres(PgPoolOptions::new().max_connections(2).connect(&self.url).await.expect("connect pg"))
+            }
         }
     }
 }
@@ -162,14 +146,12 @@ impl Sql {
     /// Runs a statement; `$1`-style placeholders are not supported here, inline literals only.
     pub async fn exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
         match self {
-            Sql::Sqlite(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
-            Sql::Postgres(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
+            Sql::Sqlite(pool) => {
+                sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(pool).await.map(|r| r.rows_affected())
+            }
+            Sql::Postgres(pool) => {
+                sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(pool).await.map(|r| r.rows_affected())
+            }
         }
     }
 
@@ -194,6 +176,18 @@ impl Sql {
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// The audience tokens from the local issuer are minted for.
+pub const AUDIENCE: &str = "api://tessera-test";
+
+/// An issuer configuration for a running local issuer: discovery, the test audience, the
+/// default algorithms, JIT on, no leeway (so expiry tests need not wait a minute).
+pub fn local_issuer_config(issuer: &tessera::local_issuer::LocalIssuer) -> IssuerConfig {
+    let mut config = IssuerConfig::new(Issuer::parse(issuer.issuer()).unwrap());
+    config.name = "local".into();
+    config.audiences = vec![AUDIENCE.into()];
+    config.leeway = std::time::Duration::ZERO;
+    config
+}
 pub const ISSUER: &str = "https://issuer.example.com";
 pub const OTHER_ISSUER: &str = "https://other.example.org/realms/main";
 
@@ -223,18 +217,11 @@ impl TestApp {
     /// `TESSERA_TEST_LOG` (a filter such as `debug`) to see the server's logs.
     pub async fn start(db: TestDb, config: &Config) -> Self {
         if let Ok(filter) = std::env::var("TESSERA_TEST_LOG") {
-            tessera::telemetry::init(&tessera::config::LogConfig {
-                json: false,
-                filter,
-            });
+            tessera::telemetry::init(&tessera::config::LogConfig { json: false, filter });
         }
-        let store = store::connect(&config.database)
-            .await
-            .expect("connect the store");
+        let store = store::connect(&config.database).await.expect("connect the store");
         prepare_schema(store.as_ref(), true).await.expect("migrate");
-        let app = Application::build_with_store(config, store.clone())
-            .await
-            .expect("build the application");
+        let app = Application::build_with_store(config, store.clone()).await.expect("build the application");
         let addr = app.local_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
@@ -244,18 +231,8 @@ impl TestApp {
             .await
             .expect("server ran");
         });
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
-        Self {
-            addr,
-            client,
-            db,
-            store,
-            shutdown: Some(tx),
-            handle: Some(handle),
-        }
+        let client = reqwest::Client::builder().no_proxy().build().expect("client");
+        Self { addr, client, db, store, shutdown: Some(tx), handle: Some(handle) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -273,11 +250,14 @@ impl TestApp {
             .expect("request")
     }
 
+    /// `POST /v1/validate` with `token` as a bearer token.
+    pub async fn validate(&self, token: &str) -> reqwest::Response {
+        self.client.post(self.url("/v1/validate")).bearer_auth(token).send().await.expect("request")
+    }
+
     /// An admin request with the token.
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, self.url(path))
-            .bearer_auth(ADMIN_TOKEN)
+        self.client.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN)
     }
 
     /// Closes the server's database pools, as if the database had gone away.
@@ -299,19 +279,13 @@ impl TestApp {
 /// Reads a response as JSON, asserting its status.
 pub async fn json(response: reqwest::Response, status: u16) -> Value {
     let actual = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let content_type =
+        response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
     let text = response.text().await.expect("body");
     assert_eq!(actual, status, "unexpected status; body: {text}");
     let value: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
     if status >= 400 {
-        assert_eq!(
-            content_type, "application/problem+json",
-            "error bodies are problem+json"
-        );
+        assert_eq!(content_type, "application/problem+json", "error bodies are problem+json");
         assert_problem_shape(&value, status);
     }
     value
@@ -320,18 +294,10 @@ pub async fn json(response: reqwest::Response, status: u16) -> Value {
 /// Asserts the RFC 9457 members and that nothing internal leaks.
 pub fn assert_problem_shape(body: &Value, status: u16) {
     assert_eq!(body["status"], status, "{body}");
-    let code = body["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no code in {body}"));
-    assert!(
-        code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-        "code {code} is not snake_case"
-    );
+    let code = body["code"].as_str().unwrap_or_else(|| panic!("no code in {body}"));
+    assert!(code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "code {code} is not snake_case");
     assert_eq!(body["type"], format!("urn:tessera:problem:{code}"));
-    assert!(
-        body["title"].as_str().is_some_and(|t| !t.is_empty()),
-        "{body}"
-    );
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
     assert!(body["detail"].is_string(), "{body}");
     assert_no_leak(&body.to_string());
 }

@@ -5,5 +5,8 @@ mod helpers;
 
 mod bootstrap;
 mod cli;
+mod discovery;
 mod errors;
+mod replica;
 mod store;
+mod validation;

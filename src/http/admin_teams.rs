@@ -1,0 +1,80 @@
+//! The admin API for teams: look a team up, and manage the email domains it claims for
+//! home-realm discovery.
+//!
+//! - `GET /admin/teams/{team}` (id or slug)
+//! - `POST /admin/teams/{team}/domains` `{domain, issuer, verified?}`: 201 when new, 200 when the
+//!   team's claim was updated, 409 `domain_already_claimed` when another team holds it
+//! - `GET /admin/teams/{team}/domains`
+//! - `DELETE /admin/teams/{team}/domains/{domain}`: 204
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::AppState;
+use super::extract::{ApiJson, ApiPath, required};
+use super::problem::ApiError;
+use crate::domain::{DomainClaim, DomainName, Issuer, IssuerError, Team, TeamRef};
+use crate::error::ErrorCode;
+
+/// The routes (authentication is layered on by the caller).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/teams/{team}", get(get_team))
+        .route("/admin/teams/{team}/domains", get(list_team_domains).post(claim_team_domain))
+        .route("/admin/teams/{team}/domains/{domain}", delete(release_team_domain))
+}
+
+/// Parses a team reference from a path segment.
+pub(super) fn parse_team(value: &str) -> Result<TeamRef, ApiError> {
+    TeamRef::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidTeam, e.to_string()))
+}
+
+fn parse_domain(value: &str) -> Result<DomainName, ApiError> {
+    DomainName::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidDomain, e.to_string()).field("domain"))
+}
+
+async fn get_team(State(state): State<Arc<AppState>>, ApiPath(team): ApiPath<String>) -> Result<Json<Team>, ApiError> {
+    Ok(Json(state.teams.find(&parse_team(&team)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ClaimRequest {
+    domain: Option<String>,
+    issuer: Option<String>,
+    verified: Option<bool>,
+}
+
+async fn claim_team_domain(
+    State(state): State<Arc<AppState>>,
+    ApiPath(team): ApiPath<String>,
+    ApiJson(request): ApiJson<ClaimRequest>,
+) -> Result<(StatusCode, Json<DomainClaim>), ApiError> {
+    let team = parse_team(&team)?;
+    let domain = parse_domain(required(&request.domain, "domain")?)?;
+    let issuer = Issuer::parse(required(&request.issuer, "issuer")?).map_err(|e| {
+        let code = if e == IssuerError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidIssuer };
+        ApiError::new(code, format!("`issuer`: {e}")).field("issuer")
+    })?;
+    let (claim, created) = state.teams.claim_domain(&team, domain, issuer, request.verified.unwrap_or(false)).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(claim)))
+}
+
+async fn list_team_domains(
+    State(state): State<Arc<AppState>>,
+    ApiPath(team): ApiPath<String>,
+) -> Result<Json<Vec<DomainClaim>>, ApiError> {
+    Ok(Json(state.teams.domains(&parse_team(&team)?).await?))
+}
+
+async fn release_team_domain(
+    State(state): State<Arc<AppState>>,
+    ApiPath((team, domain)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.teams.release_domain(&parse_team(&team)?, &parse_domain(&domain)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,287 @@
+//! A minimal local OpenID issuer: a discovery document, a JWKS, and tokens signed with keys it
+//! generates (RSA-2048 for RS256, P-256 for ES256, Ed25519 for EdDSA).
+//!
+//! It exists for `tessera bench validate` and for the test suite, which need a real issuer on
+//! 127.0.0.1 whose keys can be rotated, re-keyed under the same `kid`, or made unreachable.
+//! `tessera serve` never uses it, and nothing in the verification path knows it exists: tokens
+//! it signs are verified exactly like any other issuer's.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self as sig, KeyPair};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// The signature algorithms the local issuer can sign with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys.
+    Rs256,
+    /// ECDSA on P-256 with SHA-256.
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl Alg {
+    /// The JOSE name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::Rs256 => "RS256",
+            Alg::Es256 => "ES256",
+            Alg::EdDsa => "EdDSA",
+        }
+    }
+}
+
+enum Material {
+    Rsa(sig::RsaKeyPair),
+    Ec(sig::EcdsaKeyPair),
+    Ed(sig::Ed25519KeyPair),
+}
+
+struct SigningKey {
+    kid: String,
+    alg: Alg,
+    material: Material,
+    published: bool,
+}
+
+impl SigningKey {
+    fn generate(kid: &str, alg: Alg) -> Self {
+        let material = match alg {
+            Alg::Rs256 => Material::Rsa(sig::RsaKeyPair::generate(KeySize::Rsa2048).expect("RSA key generation")),
+            Alg::Es256 => Material::Ec(
+                sig::EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key generation"),
+            ),
+            Alg::EdDsa => Material::Ed(sig::Ed25519KeyPair::generate().expect("Ed25519 key generation")),
+        };
+        Self { kid: kid.to_owned(), alg, material, published: true }
+    }
+
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        match &self.material {
+            Material::Rsa(key) => {
+                let mut signature = vec![0; key.public_modulus_len()];
+                key.sign(&sig::RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut signature).expect("RSA signing");
+                signature
+            }
+            Material::Ec(key) => key.sign(&SystemRandom::new(), message).expect("ECDSA signing").as_ref().to_vec(),
+            Material::Ed(key) => key.sign(message).as_ref().to_vec(),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        match &self.material {
+            Material::Rsa(key) => {
+                let public = key.public_key();
+                let n: Vec<u8> = public.modulus().big_endian_without_leading_zero().to_vec();
+                let e: Vec<u8> = public.exponent().big_endian_without_leading_zero().to_vec();
+                json!({"kty": "RSA", "kid": self.kid, "alg": "RS256", "use": "sig", "n": b64(&n), "e": b64(&e)})
+            }
+            Material::Ec(key) => {
+                // Uncompressed point: 0x04 || X || Y.
+                let point = key.public_key().as_ref();
+                json!({"kty": "EC", "kid": self.kid, "alg": "ES256", "use": "sig", "crv": "P-256",
+                       "x": b64(&point[1..33]), "y": b64(&point[33..65])})
+            }
+            Material::Ed(key) => {
+                json!({"kty": "OKP", "kid": self.kid, "alg": "EdDSA", "use": "sig", "crv": "Ed25519",
+                       "x": b64(key.public_key().as_ref())})
+            }
+        }
+    }
+}
+
+struct IssuerState {
+    issuer: String,
+    keys: RwLock<Vec<SigningKey>>,
+    available: AtomicBool,
+    max_age: AtomicU64,
+    jwks_fetches: AtomicU64,
+    discovery_fetches: AtomicU64,
+}
+
+/// A running local issuer.
+pub struct LocalIssuer {
+    state: Arc<IssuerState>,
+    addr: SocketAddr,
+    server: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for LocalIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIssuer").field("issuer", &self.state.issuer).finish_non_exhaustive()
+    }
+}
+
+impl LocalIssuer {
+    /// Starts an issuer on 127.0.0.1 (port 0) with one published key per algorithm, with key ids
+    /// `rsa-1`, `ec-1` and `ed-1`.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(IssuerState {
+            issuer: format!("http://{addr}"),
+            keys: RwLock::new(vec![
+                SigningKey::generate("rsa-1", Alg::Rs256),
+                SigningKey::generate("ec-1", Alg::Es256),
+                SigningKey::generate("ed-1", Alg::EdDsa),
+            ]),
+            available: AtomicBool::new(true),
+            max_age: AtomicU64::new(300),
+            jwks_fetches: AtomicU64::new(0),
+            discovery_fetches: AtomicU64::new(0),
+        });
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .with_state(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { state, addr, server })
+    }
+
+    /// The issuer URL (`http://127.0.0.1:PORT`).
+    pub fn issuer(&self) -> &str {
+        &self.state.issuer
+    }
+
+    /// The JWKS URL.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/jwks", self.state.issuer)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Standard claims for `subject`: `iss`, `sub`, `aud`, `iat`, and `exp` in five minutes.
+    pub fn claims(&self, subject: &str, audience: &str) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({ "iss": self.state.issuer, "sub": subject, "aud": audience, "iat": now, "exp": now + 300 })
+    }
+
+    /// Signs `claims` with the key `kid`, with the header `{alg, kid, typ}`.
+    pub fn sign(&self, kid: &str, claims: &Value) -> String {
+        let alg = self.with_key(kid, |key| key.alg);
+        self.sign_with_header(kid, &json!({ "alg": alg.name(), "kid": kid, "typ": "JWT" }), claims)
+    }
+
+    /// Signs `claims` with the key `kid` under an arbitrary `header`, for tests of hostile headers.
+    pub fn sign_with_header(&self, kid: &str, header: &Value, claims: &Value) -> String {
+        let message = format!("{}.{}", encode_part(header), encode_part(claims));
+        let signature = self.with_key(kid, |key| key.sign(message.as_bytes()));
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    /// Adds a published key with a fresh key id and returns the id.
+    pub fn add_key(&self, alg: Alg) -> String {
+        let mut keys = self.state.keys.write().expect("keys lock");
+        let kid = format!("{}-{}", alg.name().to_lowercase(), keys.len() + 1);
+        keys.push(SigningKey::generate(&kid, alg));
+        kid
+    }
+
+    /// Adds a key that is not published in the JWKS and returns its id.
+    pub fn add_unpublished_key(&self, alg: Alg) -> String {
+        let kid = self.add_key(alg);
+        self.with_key_mut(&kid, |key| key.published = false);
+        kid
+    }
+
+    /// Removes a key from the JWKS (and from signing).
+    pub fn remove_key(&self, kid: &str) {
+        self.state.keys.write().expect("keys lock").retain(|key| key.kid != kid);
+    }
+
+    /// Replaces the key material under `kid` with a new key of the same algorithm.
+    pub fn rekey(&self, kid: &str) {
+        self.with_key_mut(kid, |key| *key = SigningKey::generate(kid, key.alg));
+    }
+
+    /// Makes the issuer answer 503 (false) or serve again (true).
+    pub fn set_available(&self, available: bool) {
+        self.state.available.store(available, Ordering::SeqCst);
+    }
+
+    /// Sets the `Cache-Control: max-age` of the JWKS.
+    pub fn set_max_age(&self, seconds: u64) {
+        self.state.max_age.store(seconds, Ordering::SeqCst);
+    }
+
+    /// How many times the JWKS was fetched.
+    pub fn jwks_fetches(&self) -> u64 {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// How many times the discovery document was fetched.
+    pub fn discovery_fetches(&self) -> u64 {
+        self.state.discovery_fetches.load(Ordering::SeqCst)
+    }
+
+    /// Stops serving: connections are refused from now on.
+    pub fn shut_down(&self) {
+        self.server.abort();
+    }
+
+    fn with_key<T>(&self, kid: &str, f: impl FnOnce(&SigningKey) -> T) -> T {
+        let keys = self.state.keys.read().expect("keys lock");
+        f(keys.iter().find(|k| k.kid == kid).unwrap_or_else(|| panic!("no key {kid}")))
+    }
+
+    fn with_key_mut<T>(&self, kid: &str, f: impl FnOnce(&mut SigningKey) -> T) -> T {
+        let mut keys = self.state.keys.write().expect("keys lock");
+        f(keys.iter_mut().find(|k| k.kid == kid).unwrap_or_else(|| panic!("no key {kid}")))
+    }
+}
+
+impl Drop for LocalIssuer {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Base64url (no padding) of a JSON value, as in a compact JWS.
+pub fn encode_part(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
+    state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+    if !state.available.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    Json(json!({
+        "issuer": state.issuer,
+        "jwks_uri": format!("{}/jwks", state.issuer),
+        "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+    }))
+    .into_response()
+}
+
+async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
+    state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    if !state.available.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let keys: Vec<Value> =
+        state.keys.read().expect("keys lock").iter().filter(|k| k.published).map(SigningKey::jwk).collect();
+    let max_age = state.max_age.load(Ordering::SeqCst);
+    ([(header::CACHE_CONTROL, format!("public, max-age={max_age}"))], Json(json!({ "keys": keys }))).into_response()
+}

@@ -1,0 +1,386 @@
+//! Issuer signing keys: one JWKS cache per issuer, shared by every request.
+//!
+//! - Keys are fetched at start-up (in the background) or on first use, from the configured
+//!   `jwks_uri` or the one the issuer's discovery document names. Nothing else is ever fetched:
+//!   `jku`, `x5u` and embedded `jwk` token headers are ignored, and redirects are not followed.
+//! - The response's `Cache-Control: max-age` is honoured, clamped between `jwks.min_max_age_seconds`
+//!   and [`MAX_MAX_AGE`] ([`DEFAULT_MAX_AGE`] without one). Expired keys are refreshed; when the issuer is unreachable
+//!   the old keys keep being served.
+//! - An unknown `kid`, or a signature that fails with the cached key (a re-key under the same
+//!   `kid`), triggers a refetch at most once per cooldown. Refreshes are single-flight: callers
+//!   that arrive while one is running wait for it and use its result.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde_json::Value;
+use url::Url;
+
+use crate::config::{JwksConfig, endpoint_url, parse_algorithm};
+use crate::crypto::sha256;
+use crate::domain::Issuer;
+
+/// Keys are refreshed at least this often, whatever the issuer says.
+pub const MAX_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long keys are kept when the issuer gives no `max-age`.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(600);
+/// The largest discovery or JWKS document read.
+const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+
+/// One verification key from an issuer's JWKS.
+pub struct VerificationKey {
+    /// The key id, if the JWK has one.
+    pub kid: Option<String>,
+    /// The algorithm the JWK is restricted to, if it names one.
+    pub alg: Option<Algorithm>,
+    /// The key's family (RSA, EC, Ed).
+    pub family: AlgorithmFamily,
+    /// The key, ready for verification.
+    pub key: DecodingKey,
+    /// A digest of the key material, to tell a re-keyed `kid` from the same key.
+    pub fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
+    }
+}
+
+impl VerificationKey {
+    fn accepts(&self, alg: Algorithm) -> bool {
+        self.family == alg.family() && self.alg.is_none_or(|a| a == alg)
+    }
+}
+
+/// The keys of one issuer at one point in time.
+#[derive(Debug)]
+pub struct KeySet {
+    keys: Vec<Arc<VerificationKey>>,
+    generation: u64,
+    fresh_until: Instant,
+}
+
+impl KeySet {
+    /// The key for a token: the one with its `kid`; without a `kid`, the only key that accepts
+    /// `alg`.
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&Arc<VerificationKey>> {
+        match kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid) && k.accepts(alg)),
+            None => {
+                let mut candidates = self.keys.iter().filter(|k| k.accepts(alg));
+                let first = candidates.next()?;
+                candidates.next().is_none().then_some(first)
+            }
+        }
+    }
+
+    /// How many usable keys the set holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set holds no usable key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// Why keys could not be fetched (for logs).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The request failed (connection, timeout, TLS).
+    #[error("request to {url} failed")]
+    Http {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The issuer answered with an error status.
+    #[error("{url} answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// The document is larger than Tessera reads.
+    #[error("{0} sent more than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge(String),
+    /// The document is not what it should be.
+    #[error("{url}: {problem}")]
+    Invalid {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// No keys yet.
+    Missing,
+    /// The keys passed their max-age.
+    Expired,
+    /// A token named an unknown key, or failed verification with a cached one.
+    Miss,
+}
+
+#[derive(Debug, Default)]
+struct RefreshState {
+    /// The last fetch of any kind, and whether it failed.
+    last_attempt: Option<Instant>,
+    last_failed: bool,
+    /// The last fetch caused by an unknown kid or a failed signature.
+    last_miss: Option<Instant>,
+}
+
+/// The key cache of one issuer.
+#[derive(Debug)]
+pub struct JwksCache {
+    issuer: Issuer,
+    jwks_uri: Option<Url>,
+    http: reqwest::Client,
+    cooldown: Duration,
+    min_max_age: Duration,
+    current: RwLock<Option<Arc<KeySet>>>,
+    refresh: tokio::sync::Mutex<RefreshState>,
+    generation: AtomicU64,
+    fetches: AtomicU64,
+}
+
+impl JwksCache {
+    /// A cache for `issuer`, fetching from `jwks_uri` or through discovery.
+    pub fn new(issuer: Issuer, jwks_uri: Option<Url>, http: reqwest::Client, config: &JwksConfig) -> Self {
+        Self {
+            issuer,
+            jwks_uri,
+            http,
+            cooldown: config.refetch_cooldown,
+            min_max_age: config.min_max_age,
+            current: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            generation: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// The current keys: cached ones while fresh; refreshed once expired, with the old ones
+    /// served if the issuer cannot be reached. `None` when there are no keys and none can be
+    /// fetched.
+    pub async fn keys(&self) -> Option<Arc<KeySet>> {
+        match self.current() {
+            Some(set) if Instant::now() < set.fresh_until => Some(set),
+            Some(stale) => Some(self.refresh(Reason::Expired, Some(stale.generation)).await.unwrap_or(stale)),
+            None => self.refresh(Reason::Missing, None).await,
+        }
+    }
+
+    /// After a token named a key `seen` does not have, or failed verification with one of its
+    /// keys: refetches unless a refetch happened within the cooldown. Returns a newer key set, if
+    /// there is one (fetched now, or by a concurrent caller).
+    pub async fn refresh_after_miss(&self, seen: &KeySet) -> Option<Arc<KeySet>> {
+        self.refresh(Reason::Miss, Some(seen.generation)).await
+    }
+
+    /// How many times keys were fetched (each fetch may include a discovery request).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Option<Arc<KeySet>> {
+        let mut state = self.refresh.lock().await;
+        // Someone refreshed while this caller waited: use their result.
+        if let Some(current) = self.current()
+            && Some(current.generation) != seen
+        {
+            return Some(current);
+        }
+        let now = Instant::now();
+        let too_soon = |last: Option<Instant>, wait: Duration| last.is_some_and(|t| now.duration_since(t) < wait);
+        let refused = match reason {
+            // Misses are what an attacker controls: at most one refetch per cooldown.
+            Reason::Miss => too_soon(state.last_miss, self.cooldown),
+            // After a failure, do not hammer an unreachable issuer on every request.
+            Reason::Missing | Reason::Expired => {
+                state.last_failed && too_soon(state.last_attempt, self.cooldown.min(Duration::from_secs(5)))
+            }
+        };
+        if refused {
+            return None;
+        }
+        state.last_attempt = Some(now);
+        if reason == Reason::Miss {
+            state.last_miss = Some(now);
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        match self.fetch().await {
+            Ok((keys, max_age)) => {
+                state.last_failed = false;
+                let set = Arc::new(KeySet {
+                    keys,
+                    generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+                    fresh_until: Instant::now() + max_age,
+                });
+                tracing::debug!(issuer = %self.issuer, keys = set.len(), ?reason, "fetched issuer keys");
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(set.clone());
+                Some(set)
+            }
+            Err(error) => {
+                state.last_failed = true;
+                tracing::warn!(issuer = %self.issuer, error = %error, ?reason, "cannot fetch issuer keys");
+                None
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<(Vec<Arc<VerificationKey>>, Duration), FetchError> {
+        let jwks_uri = match &self.jwks_uri {
+            Some(uri) => uri.clone(),
+            None => self.discover().await?,
+        };
+        let (document, max_age) = self.get_json(&jwks_uri).await?;
+        let invalid = |problem: &str| FetchError::Invalid { url: jwks_uri.to_string(), problem: problem.into() };
+        let entries = document.get("keys").and_then(Value::as_array).ok_or_else(|| invalid("no `keys` array"))?;
+        let keys: Vec<_> = entries.iter().filter_map(parse_jwk).map(Arc::new).collect();
+        if keys.is_empty() {
+            return Err(invalid("no usable signing key"));
+        }
+        let max_age = max_age.unwrap_or(DEFAULT_MAX_AGE).clamp(self.min_max_age, MAX_MAX_AGE);
+        Ok((keys, max_age))
+    }
+
+    /// Reads the discovery document and returns its `jwks_uri`, after checking that it describes
+    /// this issuer.
+    async fn discover(&self) -> Result<Url, FetchError> {
+        let url = Url::parse(&self.issuer.discovery_url())
+            .map_err(|e| FetchError::Invalid { url: self.issuer.discovery_url(), problem: e.to_string() })?;
+        let (document, _) = self.get_json(&url).await?;
+        let invalid = |problem: String| FetchError::Invalid { url: url.to_string(), problem };
+        let named = document.get("issuer").and_then(Value::as_str).unwrap_or_default();
+        if Issuer::parse(named).ok().as_ref() != Some(&self.issuer) {
+            return Err(invalid(format!("the document names issuer {named:?}")));
+        }
+        let jwks_uri = document.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| invalid("no jwks_uri".into()))?;
+        endpoint_url(jwks_uri).map_err(|e| invalid(format!("jwks_uri: {e}")))
+    }
+
+    async fn get_json(&self, url: &Url) -> Result<(Value, Option<Duration>), FetchError> {
+        let http_error = |source| FetchError::Http { url: url.to_string(), source };
+        let mut response = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(http_error)?;
+        if !response.status().is_success() {
+            return Err(FetchError::Status { url: url.to_string(), status: response.status().as_u16() });
+        }
+        let max_age = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_max_age);
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(http_error)? {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(FetchError::TooLarge(url.to_string()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let document = serde_json::from_slice(&body)
+            .map_err(|e| FetchError::Invalid { url: url.to_string(), problem: format!("not JSON: {e}") })?;
+        Ok((document, max_age))
+    }
+}
+
+/// `max-age` of a `Cache-Control` value; `no-store`/`no-cache` count as zero.
+fn parse_max_age(value: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in value.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(seconds) = lower.strip_prefix("max-age=") {
+            max_age = seconds.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+        }
+    }
+    max_age
+}
+
+/// Converts one JWK into a verification key. Keys for encryption, symmetric keys, keys for
+/// algorithms outside the vocabulary and keys that do not parse are skipped.
+fn parse_jwk(value: &Value) -> Option<VerificationKey> {
+    if value.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+        return None;
+    }
+    let alg = match value.get("alg").and_then(Value::as_str) {
+        Some(name) => Some(parse_algorithm(name).ok()?),
+        None => None,
+    };
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(value.clone()).ok()?;
+    let key = DecodingKey::from_jwk(&jwk).ok()?;
+    let family = key.family();
+    if family == AlgorithmFamily::Hmac || alg.is_some_and(|a| a.family() != family) {
+        return None;
+    }
+    let material: String = ["kty", "crv", "n", "e", "x", "y"]
+        .iter()
+        .map(|field| value.get(*field).and_then(Value::as_str).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("|");
+    Some(VerificationKey {
+        kid: value.get("kid").and_then(Value::as_str).map(str::to_owned),
+        alg,
+        family,
+        key,
+        fingerprint: sha256(material.as_bytes()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        assert_eq!(parse_max_age("public, max-age=3600"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_max_age("max-age=\"60\", must-revalidate"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("public"), None);
+    }
+
+    #[test]
+    fn only_signing_keys_of_known_families_are_kept() {
+        let rsa = serde_json::json!({
+            "kty": "RSA", "kid": "r1", "alg": "RS256", "use": "sig", "e": "AQAB",
+            "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw"
+        });
+        let key = parse_jwk(&rsa).expect("an RSA signing key");
+        assert_eq!(key.kid.as_deref(), Some("r1"));
+        assert_eq!(key.family, AlgorithmFamily::Rsa);
+
+        let mut encryption = rsa.clone();
+        encryption["use"] = "enc".into();
+        assert!(parse_jwk(&encryption).is_none());
+        let mut hmac_alg = rsa.clone();
+        hmac_alg["alg"] = "HS256".into();
+        assert!(parse_jwk(&hmac_alg).is_none());
+        let mut mismatched = rsa.clone();
+        mismatched["alg"] = "ES256".into();
+        assert!(parse_jwk(&mismatched).is_none());
+        let oct = serde_json::json!({"kty": "oct", "k": "c2VjcmV0", "kid": "s"});
+        assert!(parse_jwk(&oct).is_none(), "symmetric keys are never accepted from a JWKS");
+    }
+}

@@ -1,0 +1,275 @@
+//! Verification of upstream JWTs through the issuer's keys.
+//!
+//! Order of checks, each with its own [`TokenError`]: the token's shape (a three-part JWS, at most
+//! [`MAX_TOKEN_BYTES`], no `crit` header); its `iss`, normalised, on the allow-list; its `alg` on
+//! that issuer's allow-list (never `none`, never HMAC); a key for its `kid` in the issuer's JWKS
+//! (refetched once, rate-limited, when unknown); the signature (refetched once more when the
+//! cached key fails, for a re-key under the same `kid`); then `exp` and `nbf` with the issuer's
+//! leeway, and `aud` against the issuer's audiences. `jku`, `x5u` and `jwk` headers are ignored.
+//!
+//! Verified tokens are cached by SHA-256 digest until the sooner of their `exp` and the cache
+//! lifetime, so a token seen again skips the signature check. The cache holds what the token
+//! says, never what Tessera knows about the user: that is resolved on every request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::cache::TtlCache;
+use super::issuers::{IssuerEntry, IssuerRegistry};
+use crate::config::parse_algorithm;
+use crate::crypto::sha256;
+use crate::domain::{DisplayName, Email, Issuer, Subject};
+use crate::error::ErrorCode;
+
+/// The longest token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a well-formed JWS, or a required claim is missing or of the wrong type.
+    #[error("the token is malformed: {0}")]
+    Malformed(&'static str),
+    /// The `iss` is not an allowed issuer.
+    #[error("the token's issuer is not allowed")]
+    IssuerNotAllowed,
+    /// The `alg` is not accepted for this issuer.
+    #[error("the token's algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    /// No key of the issuer matches the token's `kid`.
+    #[error("the token was signed with a key the issuer does not publish")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("the token's signature is invalid")]
+    SignatureInvalid,
+    /// Past `exp` (plus leeway).
+    #[error("the token has expired")]
+    Expired,
+    /// Before `nbf` (minus leeway).
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// No accepted audience in `aud`.
+    #[error("the token is not meant for this audience")]
+    AudienceMismatch,
+    /// The issuer's keys cannot be fetched and none are cached.
+    #[error("the issuer's keys are unavailable")]
+    IssuerUnavailable,
+}
+
+impl TokenError {
+    /// The public error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            TokenError::Malformed(_) => ErrorCode::MalformedToken,
+            TokenError::IssuerNotAllowed => ErrorCode::IssuerNotAllowed,
+            TokenError::AlgorithmNotAllowed => ErrorCode::AlgorithmNotAllowed,
+            TokenError::UnknownKey => ErrorCode::UnknownKey,
+            TokenError::SignatureInvalid => ErrorCode::SignatureInvalid,
+            TokenError::Expired => ErrorCode::TokenExpired,
+            TokenError::NotYetValid => ErrorCode::TokenNotYetValid,
+            TokenError::AudienceMismatch => ErrorCode::AudienceMismatch,
+            TokenError::IssuerUnavailable => ErrorCode::IssuerUnavailable,
+        }
+    }
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// The normalised issuer.
+    pub issuer: Issuer,
+    /// The issuer's configured name.
+    pub provider: String,
+    /// Whether the issuer provisions first-time subjects.
+    pub jit: bool,
+    /// The subject.
+    pub subject: Subject,
+    /// The email claim, when present and valid.
+    pub email: Option<Email>,
+    /// The `email_verified` claim (`true` or `"true"`).
+    pub email_verified: bool,
+    /// `name`, or `given_name` and `family_name`, when present and valid.
+    pub name: Option<DisplayName>,
+    /// The `exp` claim.
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    kid: Option<String>,
+    crit: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct PeekedClaims {
+    iss: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Value,
+    exp: Value,
+    email: Option<Value>,
+    email_verified: Option<Value>,
+    name: Option<Value>,
+    given_name: Option<Value>,
+    family_name: Option<Value>,
+}
+
+/// Verifies tokens against the configured issuers.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    issuers: Arc<IssuerRegistry>,
+    cache: TtlCache<[u8; 32], Arc<VerifiedToken>>,
+    cache_ttl: Duration,
+}
+
+impl TokenVerifier {
+    /// A verifier over `issuers`, caching verified tokens for at most `cache_ttl`.
+    pub fn new(issuers: Arc<IssuerRegistry>, cache_ttl: Duration, max_entries: usize) -> Self {
+        let max_entries = if cache_ttl.is_zero() { 0 } else { max_entries };
+        Self { issuers, cache: TtlCache::new(max_entries), cache_ttl }
+    }
+
+    /// Verifies a compact JWS and returns what it says.
+    pub async fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed("the token is too long"));
+        }
+        let digest = sha256(token.as_bytes());
+        let now = Instant::now();
+        if let Some(hit) = self.cache.get(&digest, now) {
+            return Ok(hit);
+        }
+        let (header, issuer) = inspect(token)?;
+        let entry = self.issuers.get(&issuer).ok_or(TokenError::IssuerNotAllowed)?;
+        let alg = parse_algorithm(&header.alg).map_err(|_| TokenError::AlgorithmNotAllowed)?;
+        if !entry.config.algorithms.contains(&alg) {
+            return Err(TokenError::AlgorithmNotAllowed);
+        }
+        let verified = Arc::new(verify_with_keys(token, entry, header.kid.as_deref(), alg).await?);
+        let expires_in = (verified.expires_at - Utc::now()).to_std().unwrap_or_default();
+        self.cache.insert(digest, verified.clone(), now + expires_in.min(self.cache_ttl), now);
+        Ok(verified)
+    }
+}
+
+/// Reads the header and the (unverified) issuer, to know which keys to verify with.
+fn inspect(token: &str) -> Result<(RawHeader, Issuer), TokenError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed("a token has three dot-separated parts"));
+    };
+    let header: RawHeader = decode_part(header).ok_or(TokenError::Malformed("the header is not valid"))?;
+    if header.crit.is_some() {
+        return Err(TokenError::Malformed("critical header extensions are not supported"));
+    }
+    let peeked: PeekedClaims = decode_part(payload).ok_or(TokenError::Malformed("the payload is not valid"))?;
+    let iss = peeked.iss.as_ref().and_then(Value::as_str).ok_or(TokenError::Malformed("the token has no iss"))?;
+    let issuer = Issuer::parse(iss).map_err(|_| TokenError::IssuerNotAllowed)?;
+    Ok((header, issuer))
+}
+
+fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn verify_with_keys(
+    token: &str,
+    entry: &IssuerEntry,
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Result<VerifiedToken, TokenError> {
+    let mut keys = entry.keys.keys().await.ok_or(TokenError::IssuerUnavailable)?;
+    let mut key = match keys.find(kid, alg) {
+        Some(key) => key.clone(),
+        None => {
+            keys = entry.keys.refresh_after_miss(&keys).await.ok_or(TokenError::UnknownKey)?;
+            keys.find(kid, alg).ok_or(TokenError::UnknownKey)?.clone()
+        }
+    };
+    let validation = validation(entry, alg);
+    let claims = match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+        Err(e) if *e.kind() == ErrorKind::InvalidSignature => {
+            // The issuer may have re-keyed under the same kid: look once more, rate-limited.
+            let fresh = entry.keys.refresh_after_miss(&keys).await.ok_or(TokenError::SignatureInvalid)?;
+            match fresh.find(kid, alg) {
+                Some(newer) if newer.fingerprint != key.fingerprint => key = newer.clone(),
+                _ => return Err(TokenError::SignatureInvalid),
+            }
+            jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+        }
+        other => other,
+    }
+    .map_err(map_error)?
+    .claims;
+    claims_into_token(claims, entry)
+}
+
+fn validation(entry: &IssuerEntry, alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = entry.config.leeway.as_secs();
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+    validation.set_audience(&entry.config.audiences);
+    validation
+}
+
+fn map_error(error: jsonwebtoken::errors::Error) -> TokenError {
+    match error.kind() {
+        ErrorKind::InvalidSignature => TokenError::SignatureInvalid,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::AudienceMismatch,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => TokenError::AudienceMismatch,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+            TokenError::AlgorithmNotAllowed
+        }
+        ErrorKind::InvalidIssuer => TokenError::IssuerNotAllowed,
+        ErrorKind::MissingRequiredClaim(_) => TokenError::Malformed("a required claim (exp, sub) is missing"),
+        _ => TokenError::Malformed("the token's claims are not valid"),
+    }
+}
+
+fn claims_into_token(claims: Claims, entry: &IssuerEntry) -> Result<VerifiedToken, TokenError> {
+    let sub = claims.sub.as_str().ok_or(TokenError::Malformed("sub is not a string"))?;
+    let subject = Subject::parse(sub).map_err(|_| TokenError::Malformed("sub is not acceptable"))?;
+    let exp = claims.exp.as_f64().ok_or(TokenError::Malformed("exp is not a number"))?;
+    let expires_at =
+        DateTime::from_timestamp(exp.floor() as i64, 0).ok_or(TokenError::Malformed("exp is out of range"))?;
+    let text = |value: &Option<Value>| value.as_ref().and_then(Value::as_str).map(str::to_owned);
+    let email = text(&claims.email).and_then(|e| Email::parse(&e).ok());
+    let email_verified = email.is_some()
+        && match &claims.email_verified {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+    let full_name = text(&claims.name).or_else(|| {
+        let parts: Vec<String> = [text(&claims.given_name), text(&claims.family_name)].into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
+    });
+    let name = DisplayName::parse_optional(full_name.as_deref()).ok().flatten();
+    Ok(VerifiedToken {
+        issuer: entry.config.issuer.clone(),
+        provider: entry.config.name.clone(),
+        jit: entry.config.jit,
+        subject,
+        email,
+        email_verified,
+        name,
+        expires_at,
+    })
+}

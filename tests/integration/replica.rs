@@ -1,0 +1,125 @@
+//! The read replica, against real streaming replicas of the throwaway cluster (`scripts/test`
+//! starts them with pg_basebackup; one replays with `recovery_min_apply_delay = 2s`).
+
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use tessera::config::DatabaseUrl;
+use tessera::local_issuer::LocalIssuer;
+
+use crate::helpers::{AUDIENCE, Backend, TestApp, TestDb, identity, json as body, local_issuer_config};
+
+fn replica_url(variable: &str, db: &TestDb) -> String {
+    let base = std::env::var(variable).unwrap_or_else(|_| {
+        panic!("{variable} is not set: run the suite with `scripts/test`, which starts the replicas")
+    });
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(db.url.rsplit('/').next().unwrap());
+    url.to_string()
+}
+
+/// Waits until the replica has the test database with its migrated schema.
+async fn caught_up(url: &str) -> PgPool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(pool) = PgPoolOptions::new().max_connections(2).connect(url).await {
+            let ready: Option<bool> = sqlx::query_scalar("SELECT to_regclass('team_domains') IS NOT NULL")
+                .fetch_optional(&pool)
+                .await
+                .ok()
+                .flatten();
+            if ready == Some(true) {
+                return pool;
+            }
+            pool.close().await;
+        }
+        assert!(Instant::now() < deadline, "the replica did not catch up within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A migrated test database with a server reading from the replica `variable` names.
+async fn app_on_replica(variable: &str) -> (TestApp, LocalIssuer, PgPool) {
+    let db = TestDb::new(Backend::Postgres).await;
+    db.store().await.close().await;
+    let replica = replica_url(variable, &db);
+    let replica_pool = caught_up(&replica).await;
+    let issuer = LocalIssuer::start().await.unwrap();
+    let mut config = db.config();
+    config.database.replica_url = Some(DatabaseUrl::parse(&replica).unwrap());
+    config.issuers.push(local_issuer_config(&issuer));
+    (TestApp::start(db, &config).await, issuer, replica_pool)
+}
+
+async fn identity_on(pool: &PgPool, subject: &str) -> bool {
+    sqlx::query("SELECT 1 FROM identities WHERE subject = $1")
+        .bind(subject)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validate_right_after_a_bootstrap_never_fails_on_a_lagging_replica() {
+    let (app, issuer, delayed) = app_on_replica("TESSERA_TEST_PG_DELAYED_REPLICA_URL").await;
+    for i in 0..5 {
+        let subject = format!("fresh-{i}");
+        let mut claim = identity(&subject, "fresh@example.com", None);
+        claim["issuer"] = issuer.issuer().into();
+        let booted = body(app.bootstrap(&claim).await, 201).await;
+        let token = issuer.sign("rsa-1", &issuer.claims(&subject, AUDIENCE));
+        let validated = body(app.validate(&token).await, 200).await;
+        assert_eq!(validated["user_id"], booted["user_id"]);
+        assert_eq!(validated["created"], false, "found on the primary, not provisioned twice");
+        let me = app.client.get(app.url("/v1/me")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(body(me, 200).await["id"], booted["user_id"]);
+        assert!(!identity_on(&delayed, &subject).await, "the replica really lagged behind the primary");
+    }
+    assert_eq!(app.db.sql().await.count("users").await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_tolerate_lag_go_to_the_replica() {
+    let (app, issuer, replica) = app_on_replica("TESSERA_TEST_PG_REPLICA_URL").await;
+    let token = issuer.sign("rsa-1", &issuer.claims("reader", AUDIENCE));
+    let first = body(app.validate(&token).await, 200).await;
+    assert_eq!(first["created"], true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !identity_on(&replica, "reader").await {
+        assert!(Instant::now() < deadline, "the replica never received the identity");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let discover = app
+        .client
+        .post(app.url("/v1/auth/discover"))
+        .json(&serde_json::json!({"email": "reader@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    body(discover, 200).await;
+    let name = app.db.url.rsplit('/').next().unwrap().to_owned();
+    let sessions: i64 =
+        sqlx::query("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+            .bind(&name)
+            .fetch_one(&replica)
+            .await
+            .unwrap()
+            .get(0);
+    assert!(sessions >= 1, "Tessera holds connections to the replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_replica_falls_back_to_the_primary() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let issuer = LocalIssuer::start().await.unwrap();
+    let mut config = db.config();
+    config.database.replica_url = Some(DatabaseUrl::parse("postgres://postgres@127.0.0.1:9/nowhere").unwrap());
+    config.issuers.push(local_issuer_config(&issuer));
+    let app = TestApp::start(db, &config).await;
+    let token = issuer.sign("rsa-1", &issuer.claims("fallback", AUDIENCE));
+    assert_eq!(body(app.validate(&token).await, 200).await["created"], true);
+    let me = app.client.get(app.url("/v1/me")).bearer_auth(&token).send().await.unwrap();
+    body(me, 200).await;
+}

@@ -1,0 +1,410 @@
+//! Token validation over HTTP (`/v1/validate`, `/v1/check`, `/v1/me`) against a real local issuer
+//! serving discovery and a JWKS on 127.0.0.1, on both backends.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tessera::config::Config;
+use tessera::local_issuer::{Alg, LocalIssuer, encode_part};
+
+use crate::helpers::{AUDIENCE, Backend, TestApp, json as body, local_issuer_config, on_both_backends};
+
+on_both_backends!(
+    validate_returns_the_internal_user_and_provisions_on_first_sight,
+    every_algorithm_of_the_allow_list_verifies,
+    validate_after_bootstrap_returns_the_bootstrapped_user,
+    every_refused_token_has_its_code_and_writes_nothing,
+    jku_x5u_and_embedded_jwk_headers_are_ignored,
+    an_issuer_without_jit_refuses_unknown_subjects,
+    a_new_key_is_picked_up_without_a_restart,
+    a_rekey_under_the_same_kid_costs_one_refetch,
+    unknown_kids_refetch_at_most_once_per_cooldown,
+    an_unreachable_issuer_serves_stale_keys,
+    no_keys_at_all_is_a_503,
+    concurrent_validations_of_one_new_subject_create_one_user,
+    check_answers_for_members_only,
+    me_returns_the_user_with_identities_and_teams,
+    disabling_a_user_refuses_their_tokens_at_once,
+    a_cached_token_is_refused_once_expired,
+    store_failure_is_a_503_never_a_fallback,
+);
+
+struct World {
+    app: TestApp,
+    issuer: LocalIssuer,
+}
+
+async fn world(backend: Backend) -> World {
+    world_with(backend, |_| {}).await
+}
+
+async fn world_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> World {
+    let issuer = LocalIssuer::start().await.unwrap();
+    let app = TestApp::spawn_with(backend, |config| {
+        config.issuers.push(local_issuer_config(&issuer));
+        config.jwks.min_max_age = Duration::from_secs(1);
+        adjust(config);
+    })
+    .await;
+    World { app, issuer }
+}
+
+impl World {
+    fn token(&self, subject: &str) -> String {
+        self.issuer.sign("rsa-1", &self.issuer.claims(subject, AUDIENCE))
+    }
+
+    fn token_with(&self, subject: &str, change: impl FnOnce(&mut Value)) -> String {
+        let mut claims = self.issuer.claims(subject, AUDIENCE);
+        change(&mut claims);
+        self.issuer.sign("rsa-1", &claims)
+    }
+}
+
+/// Asserts a 401 invalid_token answer with `code`.
+async fn refused(response: reqwest::Response, code: &str) {
+    let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+    let problem = body(response, 401).await;
+    assert_eq!(problem["code"], code, "{problem}");
+    assert!(challenge.unwrap_or_default().contains("error=\"invalid_token\""), "the 401 carries the challenge");
+}
+
+async fn validate_returns_the_internal_user_and_provisions_on_first_sight(backend: Backend) {
+    let w = world(backend).await;
+    let token = w.token_with("upstream-sub-1", |c| {
+        c["email"] = "Ada@Example.com".into();
+        c["email_verified"] = true.into();
+        c["name"] = "Ada Lovelace".into();
+    });
+    let first = body(w.app.validate(&token).await, 200).await;
+    assert_eq!(first["created"], true);
+    assert_eq!(first["issuer"], w.issuer.issuer());
+    assert_eq!(first["subject"], "upstream-sub-1");
+    assert_eq!(first["email"], "Ada@example.com");
+    assert_eq!(first["email_verified"], true);
+    let user_id = first["user_id"].as_str().unwrap();
+    assert_ne!(user_id, "upstream-sub-1", "the internal id is never the upstream sub");
+    uuid::Uuid::parse_str(user_id).unwrap();
+    assert_eq!(first["teams"].as_array().unwrap().len(), 1);
+    assert_eq!(first["teams"][0]["slug"], "adas-team");
+    assert_eq!(first["teams"][0]["role"], "owner");
+    assert!(first["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    // The same identity through the other header: the same user, not created again.
+    let response = w.app.client.post(w.app.url("/v1/validate")).header("x-user-token", &token).send().await.unwrap();
+    let second = body(response, 200).await;
+    assert_eq!(second["user_id"], first["user_id"]);
+    assert_eq!(second["created"], false);
+    // A token without email makes a user without email.
+    let bare = body(w.app.validate(&w.token("no-email")).await, 200).await;
+    assert_eq!(bare["email"], Value::Null);
+    assert_eq!(bare["teams"][0]["slug"], "default-team");
+    assert_eq!(w.app.db.sql().await.provisioning_counts().await, [2, 2, 2, 2, 2]);
+}
+
+async fn every_algorithm_of_the_allow_list_verifies(backend: Backend) {
+    let w = world(backend).await;
+    for kid in ["rsa-1", "ec-1", "ed-1"] {
+        let token = w.issuer.sign(kid, &w.issuer.claims(&format!("alg-{kid}"), AUDIENCE));
+        let value = body(w.app.validate(&token).await, 200).await;
+        assert_eq!(value["subject"], format!("alg-{kid}"));
+    }
+}
+
+async fn validate_after_bootstrap_returns_the_bootstrapped_user(backend: Backend) {
+    let w = world(backend).await;
+    let mut claim = crate::helpers::identity("boot-1", "boot@example.com", Some("Boo"));
+    claim["issuer"] = format!("{}/", w.issuer.issuer()).into();
+    let booted = body(w.app.bootstrap(&claim).await, 201).await;
+    let validated = body(w.app.validate(&w.token("boot-1")).await, 200).await;
+    assert_eq!(validated["user_id"], booted["user_id"]);
+    assert_eq!(validated["created"], false);
+    assert_eq!(validated["teams"][0]["id"], booted["team"]["id"]);
+}
+
+async fn every_refused_token_has_its_code_and_writes_nothing(backend: Backend) {
+    let w = world_with(backend, |config| {
+        // A second issuer that only accepts ES256, to refuse an RS256 token by algorithm.
+        let mut es_only = config.issuers.last().unwrap().clone();
+        es_only.issuer = tessera::domain::Issuer::parse("http://127.0.0.1:9/es-only").unwrap();
+        es_only.algorithms = vec![jsonwebtoken::Algorithm::ES256];
+        config.issuers.push(es_only);
+    })
+    .await;
+    let (app, issuer) = (&w.app, &w.issuer);
+    let now = chrono::Utc::now().timestamp();
+
+    let missing = app.client.post(app.url("/v1/validate")).send().await.unwrap();
+    assert_eq!(body(missing, 401).await["code"], "missing_credentials");
+
+    refused(app.validate(&w.token_with("s", |c| c["exp"] = (now - 10).into())).await, "token_expired").await;
+    refused(app.validate(&w.token_with("s", |c| c["nbf"] = (now + 120).into())).await, "token_not_yet_valid").await;
+    refused(app.validate(&w.token_with("s", |c| c["aud"] = "someone-else".into())).await, "audience_mismatch").await;
+    refused(
+        app.validate(&w.token_with("s", |c| {
+            c.as_object_mut().unwrap().remove("aud");
+        }))
+        .await,
+        "audience_mismatch",
+    )
+    .await;
+    refused(
+        app.validate(&w.token_with("s", |c| c["iss"] = "https://evil.example.com".into())).await,
+        "issuer_not_allowed",
+    )
+    .await;
+    refused(
+        app.validate(&w.token_with("s", |c| c["iss"] = "http://127.0.0.1:9/es-only".into())).await,
+        "algorithm_not_allowed",
+    )
+    .await;
+
+    let claims = issuer.claims("s", AUDIENCE);
+    let none = format!("{}.{}.", encode_part(&json!({"alg": "none", "typ": "JWT"})), encode_part(&claims));
+    refused(app.validate(&none).await, "algorithm_not_allowed").await;
+    let ps256 = issuer.sign_with_header("rsa-1", &json!({"alg": "PS256", "kid": "rsa-1"}), &claims);
+    refused(app.validate(&ps256).await, "algorithm_not_allowed").await;
+    // Algorithm confusion: HS256 "signed" with the issuer's public key as the HMAC secret.
+    let jwks: Value = reqwest::get(issuer.jwks_uri()).await.unwrap().json().await.unwrap();
+    let public_n = jwks["keys"][0]["n"].as_str().unwrap().to_owned();
+    let message = format!("{}.{}", encode_part(&json!({"alg": "HS256", "kid": "rsa-1"})), encode_part(&claims));
+    let mac = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, public_n.as_bytes()),
+        message.as_bytes(),
+    );
+    let confused = format!("{message}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()));
+    refused(app.validate(&confused).await, "algorithm_not_allowed").await;
+
+    // A valid token whose payload was changed after signing.
+    let good = w.token("tamper");
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let mut payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    payload["sub"] = "admin".into();
+    parts[1] = encode_part(&payload);
+    refused(app.validate(&parts.join(".")).await, "signature_invalid").await;
+
+    let stranger = issuer.add_unpublished_key(Alg::Rs256);
+    refused(app.validate(&issuer.sign(&stranger, &claims)).await, "unknown_key").await;
+
+    for garbage in ["abc", "a.b.c", "a.b.c.d.e", "....", &"x".repeat(20_000)] {
+        refused(app.validate(garbage).await, "malformed_token").await;
+    }
+    let no_sub = w.token_with("s", |c| {
+        c.as_object_mut().unwrap().remove("sub");
+    });
+    refused(app.validate(&no_sub).await, "malformed_token").await;
+    let crit = issuer.sign_with_header("rsa-1", &json!({"alg": "RS256", "kid": "rsa-1", "crit": ["exp"]}), &claims);
+    refused(app.validate(&crit).await, "malformed_token").await;
+
+    assert_eq!(app.db.sql().await.provisioning_counts().await, [0, 0, 0, 0, 0], "no refused token wrote anything");
+}
+
+async fn jku_x5u_and_embedded_jwk_headers_are_ignored(backend: Backend) {
+    let w = world(backend).await;
+    let attacker = LocalIssuer::start().await.unwrap();
+    let claims = w.issuer.claims("victim", AUDIENCE);
+    let attacker_jwks: Value = reqwest::get(attacker.jwks_uri()).await.unwrap().json().await.unwrap();
+    let before = attacker.jwks_fetches();
+    for header in [
+        json!({"alg": "RS256", "kid": "rsa-1", "jku": attacker.jwks_uri()}),
+        json!({"alg": "RS256", "kid": "rsa-1", "x5u": attacker.jwks_uri()}),
+        json!({"alg": "RS256", "kid": "rsa-1", "jwk": attacker_jwks["keys"][0]}),
+    ] {
+        let forged = attacker.sign_with_header("rsa-1", &header, &claims);
+        refused(w.app.validate(&forged).await, "signature_invalid").await;
+    }
+    assert_eq!(attacker.jwks_fetches(), before, "the attacker's URLs were never fetched");
+}
+
+async fn an_issuer_without_jit_refuses_unknown_subjects(backend: Backend) {
+    let w = world_with(backend, |config| config.issuers.last_mut().unwrap().jit = false).await;
+    let problem = body(w.app.validate(&w.token("stranger")).await, 403).await;
+    assert_eq!(problem["code"], "identity_not_provisioned");
+    assert_eq!(w.app.db.sql().await.count("users").await, 0);
+    let mut claim = crate::helpers::identity("stranger", "s@example.com", None);
+    claim["issuer"] = w.issuer.issuer().into();
+    let booted = body(w.app.bootstrap(&claim).await, 201).await;
+    let validated = body(w.app.validate(&w.token("stranger")).await, 200).await;
+    assert_eq!(validated["user_id"], booted["user_id"]);
+}
+
+async fn a_new_key_is_picked_up_without_a_restart(backend: Backend) {
+    let w = world(backend).await;
+    body(w.app.validate(&w.token("rot")).await, 200).await;
+    let fetches = w.issuer.jwks_fetches();
+    let rotated = w.issuer.add_key(Alg::Rs256);
+    w.issuer.remove_key("rsa-1");
+    let token = w.issuer.sign(&rotated, &w.issuer.claims("rot", AUDIENCE));
+    body(w.app.validate(&token).await, 200).await;
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "one refetch for the unknown kid");
+    body(w.app.validate(&w.issuer.sign(&rotated, &w.issuer.claims("rot-2", AUDIENCE))).await, 200).await;
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "the new key is cached");
+}
+
+async fn a_rekey_under_the_same_kid_costs_one_refetch(backend: Backend) {
+    let w = world(backend).await;
+    body(w.app.validate(&w.token("rekey")).await, 200).await;
+    let fetches = w.issuer.jwks_fetches();
+    w.issuer.rekey("rsa-1");
+    body(w.app.validate(&w.token("rekey-2")).await, 200).await;
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1);
+
+    // Forgeries under a known kid cannot make Tessera hammer the issuer: within the cooldown
+    // they cost no refetch at all.
+    let forger = w.issuer.add_unpublished_key(Alg::Rs256);
+    let app = Arc::new(w.app);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let forged = w.issuer.sign_with_header(
+            &forger,
+            &json!({"alg": "RS256", "kid": "rsa-1"}),
+            &w.issuer.claims(&format!("f{i}"), AUDIENCE),
+        );
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move { app.validate(&forged).await }));
+    }
+    for task in tasks {
+        refused(task.await.unwrap(), "signature_invalid").await;
+    }
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1);
+}
+
+async fn unknown_kids_refetch_at_most_once_per_cooldown(backend: Backend) {
+    let w = world(backend).await;
+    body(w.app.validate(&w.token("warm")).await, 200).await;
+    let fetches = w.issuer.jwks_fetches();
+    let unknown = w.issuer.add_unpublished_key(Alg::Rs256);
+    let app = Arc::new(w.app);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let token = w.issuer.sign(&unknown, &w.issuer.claims(&format!("u{i}"), AUDIENCE));
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move { app.validate(&token).await }));
+    }
+    for task in tasks {
+        refused(task.await.unwrap(), "unknown_key").await;
+    }
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "concurrent misses collapse into one refetch");
+}
+
+async fn an_unreachable_issuer_serves_stale_keys(backend: Backend) {
+    let w = world(backend).await;
+    w.issuer.set_max_age(1);
+    body(w.app.validate(&w.token("stale-1")).await, 200).await;
+    w.issuer.set_available(false);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let fetches = w.issuer.jwks_fetches();
+    // Past max-age: a refresh is tried, fails, and the cached keys keep working.
+    body(w.app.validate(&w.token("stale-2")).await, 200).await;
+    assert!(w.issuer.jwks_fetches() + w.issuer.discovery_fetches() > fetches, "a refresh was attempted");
+    w.issuer.shut_down();
+    body(w.app.validate(&w.token("stale-3")).await, 200).await;
+}
+
+async fn no_keys_at_all_is_a_503(backend: Backend) {
+    let issuer = LocalIssuer::start().await.unwrap();
+    issuer.set_available(false);
+    let app = TestApp::spawn_with(backend, |config| config.issuers.push(local_issuer_config(&issuer))).await;
+    let token = issuer.sign("rsa-1", &issuer.claims("nobody", AUDIENCE));
+    let problem = body(app.validate(&token).await, 503).await;
+    assert_eq!(problem["code"], "issuer_unavailable");
+    assert_eq!(app.db.sql().await.count("users").await, 0);
+}
+
+async fn concurrent_validations_of_one_new_subject_create_one_user(backend: Backend) {
+    let w = world(backend).await;
+    // Distinct tokens for one subject, so that no token cache is involved.
+    let tokens: Vec<String> = (0..40).map(|i| w.token_with("crowd", |c| c["jti"] = i.into())).collect();
+    let app = Arc::new(w.app);
+    let mut tasks = Vec::new();
+    for token in tokens {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move { body(app.validate(&token).await, 200).await }));
+    }
+    let mut users = HashSet::new();
+    let mut created = 0;
+    for task in tasks {
+        let value = task.await.unwrap();
+        users.insert(value["user_id"].as_str().unwrap().to_owned());
+        created += usize::from(value["created"] == true);
+    }
+    assert_eq!((users.len(), created), (1, 1));
+    assert_eq!(app.db.sql().await.provisioning_counts().await, [1, 1, 1, 1, 1]);
+}
+
+async fn check_answers_for_members_only(backend: Backend) {
+    let w = world(backend).await;
+    let token = w.token("member");
+    let me = body(w.app.validate(&token).await, 200).await;
+    let other = body(w.app.validate(&w.token("other")).await, 200).await;
+    let check = |team: String| {
+        let url = format!(
+            "{}?team={}",
+            w.app.url("/v1/check"),
+            url::form_urlencoded::byte_serialize(team.as_bytes()).collect::<String>()
+        );
+        let request = w.app.client.get(url).bearer_auth(&token);
+        async move { request.send().await.unwrap() }
+    };
+    for own in [me["teams"][0]["slug"].as_str().unwrap(), me["teams"][0]["id"].as_str().unwrap()] {
+        assert_eq!(check(own.to_owned()).await.status(), 204);
+    }
+    for foreign in [other["teams"][0]["slug"].as_str().unwrap(), "no-such-team", &uuid::Uuid::now_v7().to_string()] {
+        assert_eq!(body(check(foreign.to_owned()).await, 403).await["code"], "not_a_member");
+    }
+    assert_eq!(body(check("Not A Slug".into()).await, 400).await["code"], "invalid_team");
+    let missing = w.app.client.get(w.app.url("/v1/check")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(body(missing, 400).await["code"], "missing_field");
+    let unauthenticated = w.app.client.get(w.app.url("/v1/check?team=x")).send().await.unwrap();
+    assert_eq!(body(unauthenticated, 401).await["code"], "missing_credentials");
+}
+
+async fn me_returns_the_user_with_identities_and_teams(backend: Backend) {
+    let w = world(backend).await;
+    let token = w.token_with("me", |c| c["name"] = "Meg Me".into());
+    let response = w.app.client.get(w.app.url("/v1/me")).bearer_auth(&token).send().await.unwrap();
+    let me = body(response, 200).await;
+    assert_eq!(me["name"], "Meg Me");
+    assert_eq!(me["identities"][0]["subject"], "me");
+    assert_eq!(me["identities"][0]["provider"], "local");
+    assert_eq!(me["teams"][0]["name"], "Meg's Team");
+    assert_eq!(me["teams"][0]["is_default"], true);
+    let bad = w.app.client.get(w.app.url("/v1/me")).bearer_auth("nope").send().await.unwrap();
+    refused(bad, "malformed_token").await;
+}
+
+async fn disabling_a_user_refuses_their_tokens_at_once(backend: Backend) {
+    let w = world(backend).await;
+    let token = w.token("dis");
+    let user = body(w.app.validate(&token).await, 200).await;
+    let path = format!("/admin/users/{}", user["user_id"].as_str().unwrap());
+    let disabled =
+        body(w.app.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    assert_eq!(disabled["disabled"], true);
+    assert_eq!(body(w.app.validate(&token).await, 403).await["code"], "user_disabled");
+    body(w.app.admin(Method::PATCH, &path).json(&json!({"disabled": false})).send().await.unwrap(), 200).await;
+    body(w.app.validate(&token).await, 200).await;
+    let missing = w.app.admin(Method::PATCH, &path).json(&json!({})).send().await.unwrap();
+    assert_eq!(body(missing, 400).await["code"], "missing_field");
+}
+
+async fn a_cached_token_is_refused_once_expired(backend: Backend) {
+    let w = world(backend).await;
+    let token = w.token_with("short", |c| c["exp"] = (chrono::Utc::now().timestamp() + 1).into());
+    body(w.app.validate(&token).await, 200).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    refused(w.app.validate(&token).await, "token_expired").await;
+}
+
+async fn store_failure_is_a_503_never_a_fallback(backend: Backend) {
+    let w = world(backend).await;
+    body(w.app.validate(&w.token("before")).await, 200).await;
+    w.app.close_store().await;
+    let problem = body(w.app.validate(&w.token("after")).await, 503).await;
+    assert_eq!(problem["code"], "store_unavailable");
+}
