@@ -50,6 +50,9 @@ pub enum BenchCommand {
     /// Provisioning over HTTP against the bare provisioning service, on SQLite and PostgreSQL,
     /// plus start-up time and idle memory.
     Bootstrap(bench::bootstrap::BootstrapArgs),
+    /// `/v1/validate` over HTTP against its composed ceiling (in-process verification and a bare
+    /// endpoint of the same stack), RS256 and ES256.
+    Validate(bench::validate::ValidateArgs),
 }
 
 /// Parses the command line and runs it.
@@ -95,6 +98,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Bench { which } => {
             let outcome = match which {
                 BenchCommand::Bootstrap(args) => bench::bootstrap::run(args).await,
+                BenchCommand::Validate(args) => bench::validate::run(args).await,
             };
             match outcome {
                 Ok(()) => ExitCode::SUCCESS,
