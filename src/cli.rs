@@ -36,12 +36,26 @@ pub enum Command {
     /// Validate the configuration, connect, report pending migrations and broken data; exit
     /// non-zero on any problem.
     Check,
+    /// Manage the key ring that encrypts upstream tokens at rest.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
     /// Benchmarks of the hot paths, printed beside baselines measured in the same run.
     Bench {
         /// Which benchmark.
         #[command(subcommand)]
         which: BenchCommand,
     },
+}
+
+/// Key-ring actions.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-encrypt every stored secret under the active (first) key of TESSERA_ENCRYPTION_KEYS, so
+    /// that older keys can be removed afterwards.
+    Rotate,
 }
 
 /// The benchmarks.
@@ -71,6 +85,9 @@ pub fn main() -> ExitCode {
         log.filter = "warn".into();
     }
     telemetry::init(&log);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -95,6 +112,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
             if report.has_problems() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
+        Command::Keys { action: KeysCommand::Rotate } => rotate_keys(config).await,
         Command::Bench { which } => {
             let outcome = match which {
                 BenchCommand::Bootstrap(args) => bench::bootstrap::run(args).await,
@@ -142,6 +160,51 @@ async fn migrate(config: Config) -> ExitCode {
         }
     }
     store.close().await;
+    ExitCode::SUCCESS
+}
+
+async fn rotate_keys(config: Config) -> ExitCode {
+    let Some(keyring) = config.encryption.clone() else {
+        eprintln!(
+            "tessera: no key ring is configured: set {}=<id>:<base64 key>[,…]",
+            crate::config::ENCRYPTION_KEYS_VAR
+        );
+        return ExitCode::from(2);
+    };
+    let store = match store::connect(&config.database).await {
+        Ok(store) => store,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = prepare_schema(store.as_ref(), false).await {
+        return fail(&e);
+    }
+    println!("re-encrypting stored secrets under key {:?}", keyring.active_id());
+    let mut progress = |kind: crate::store::SecretKind, done: u64, total: i64| {
+        println!("{}: {done}/{total} rows", kind.table());
+    };
+    let report = match service::keys::rotate(store.as_ref(), &keyring, &mut progress).await {
+        Ok(report) => report,
+        Err(e) => return fail(&e),
+    };
+    store.close().await;
+    let mut failed = 0;
+    for (kind, rotation) in report {
+        println!(
+            "{}: {} re-encrypted, {} already current, {} changed meanwhile, {} do not decrypt",
+            kind.table(),
+            rotation.rotated,
+            rotation.current,
+            rotation.raced,
+            rotation.failed
+        );
+        failed += rotation.failed;
+    }
+    if failed > 0 {
+        eprintln!(
+            "tessera: {failed} value(s) do not decrypt with any key of the ring; keep the old keys until they are fixed"
+        );
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

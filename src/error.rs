@@ -70,6 +70,20 @@ error_codes! {
     InvalidTeam = (BAD_REQUEST, "invalid_team", "Invalid team"),
     /// A domain name is not valid.
     InvalidDomain = (BAD_REQUEST, "invalid_domain", "Invalid domain"),
+    /// The sign-in state is missing, unknown, expired, already used, or not this browser's.
+    InvalidState = (BAD_REQUEST, "invalid_state", "Invalid sign-in state"),
+    /// The callback's provider is not the one the sign-in started with.
+    ProviderMismatch = (BAD_REQUEST, "provider_mismatch", "Provider mismatch"),
+    /// The authorization response's `iss` is not the provider's (RFC 9207).
+    IssuerMismatch = (BAD_REQUEST, "issuer_mismatch", "Issuer mismatch"),
+    /// The provider refused the authorization code (or the callback has none).
+    InvalidCode = (BAD_REQUEST, "invalid_code", "Invalid authorization code"),
+    /// The provider's id_token does not verify.
+    InvalidIdToken = (BAD_REQUEST, "invalid_id_token", "Invalid id_token"),
+    /// The provider reported an error instead of a code (the user refused, for instance).
+    ProviderDenied = (BAD_REQUEST, "provider_denied", "Sign-in refused by the provider"),
+    /// `return_to` is neither a local path nor an allowed origin.
+    InvalidReturnTo = (BAD_REQUEST, "invalid_return_to", "Invalid return_to"),
 
     // Authentication and authorisation.
     /// No credentials were presented.
@@ -104,6 +118,16 @@ error_codes! {
     UserNotFound = (NOT_FOUND, "user_not_found", "User not found"),
     /// No team has that id or slug.
     TeamNotFound = (NOT_FOUND, "team_not_found", "Team not found"),
+    /// No sign-in provider has that name.
+    UnknownProvider = (NOT_FOUND, "unknown_provider", "Unknown provider"),
+    /// The user has no identity with that id.
+    IdentityNotFound = (NOT_FOUND, "identity_not_found", "Identity not found"),
+    /// The identity belongs to another user.
+    IdentityAlreadyLinked = (CONFLICT, "identity_already_linked", "Identity already linked"),
+    /// An account with this email exists; the new identity must be linked from it.
+    LinkRequired = (CONFLICT, "link_required", "Link required"),
+    /// The user's last identity cannot be unlinked.
+    LastIdentity = (CONFLICT, "last_identity", "Last identity"),
     /// The domain is claimed by another team.
     DomainAlreadyClaimed = (CONFLICT, "domain_already_claimed", "Domain already claimed"),
 
@@ -112,6 +136,8 @@ error_codes! {
     StoreUnavailable = (SERVICE_UNAVAILABLE, "store_unavailable", "Storage unavailable"),
     /// The issuer's keys cannot be fetched and none are cached.
     IssuerUnavailable = (SERVICE_UNAVAILABLE, "issuer_unavailable", "Issuer unavailable"),
+    /// A sign-in provider cannot be reached or answered something unusable.
+    ProviderUnavailable = (BAD_GATEWAY, "provider_unavailable", "Provider unavailable"),
     /// Anything else that went wrong on our side; details are in the server log only.
     InternalError = (INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
 }

@@ -9,9 +9,13 @@ use tokio::net::TcpListener;
 
 use crate::config::{Backend, Config};
 use crate::http::admin_auth::AdminTokens;
+use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
 use crate::service::issuers::{IssuerRegistry, outbound_client};
+use crate::service::providers::ProviderRegistry;
 use crate::service::provisioning::Provisioner;
+use crate::service::sessions::Sessions;
+use crate::service::signin::SignIn;
 use crate::service::teams::Teams;
 use crate::service::tokens::TokenVerifier;
 use crate::service::validation::{PrincipalCache, Validator};
@@ -74,6 +78,15 @@ impl Application {
 
     /// Builds the server on an already connected and migrated store.
     pub async fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
+        Ok(Self::build_on(config, store, listener))
+    }
+
+    /// Builds the server on a connected and migrated store and an already bound listener (tests
+    /// bind first, to know the URL browsers will call back to).
+    pub fn build_on(config: &Config, store: Arc<dyn Store>, listener: TcpListener) -> Self {
         let http = outbound_client(config.jwks.fetch_timeout);
         let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone(), http, &config.jwks));
         issuers.prefetch();
@@ -84,17 +97,33 @@ impl Application {
         let principals = Arc::new(PrincipalCache::new(config.cache.principal_ttl, config.cache.max_entries));
         let provisioner = Provisioner::new(store.clone(), issuers.clone(), principals.clone());
         let verifier = TokenVerifier::new(issuers.clone(), config.cache.token_ttl, config.cache.max_entries);
+        let providers = Arc::new(ProviderRegistry::new(
+            &config.providers,
+            config.auth.default_provider.clone(),
+            outbound_client(config.jwks.fetch_timeout),
+            &config.jwks,
+        ));
+        let sessions = Sessions::new(store.clone(), config.auth.session_ttl, config.auth.session_idle);
+        let sign_in = SignIn::new(
+            providers,
+            store.clone(),
+            provisioner.clone(),
+            sessions.clone(),
+            principals.clone(),
+            config.encryption.clone(),
+            &config.auth,
+        );
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals),
             teams: Teams::new(store.clone(), issuers),
             provisioner,
+            sign_in,
+            sessions,
+            cookies: Cookies::new(config.auth.cookie_secure),
             store,
             admin_tokens,
         });
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
-        Ok(Self { listener, state })
+        Self { listener, state }
     }
 
     /// The bound address (with the real port when configured with port 0).
@@ -105,11 +134,26 @@ impl Application {
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let store = self.state.store.clone();
+        let janitor = tokio::spawn(sweep_expired(self.state.sessions.clone()));
         let app = router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        janitor.abort();
         store.close().await;
-        Ok(())
+        served
+    }
+}
+
+/// Deletes expired sessions and sign-in states every ten minutes.
+async fn sweep_expired(sessions: Sessions) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(600));
+    loop {
+        interval.tick().await;
+        match sessions.delete_expired().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "deleted expired sessions and sign-in states"),
+            Err(error) => tracing::warn!(error = %error, "cannot delete expired sessions"),
+        }
     }
 }
 

@@ -155,6 +155,8 @@ pub struct UserProfile {
     pub user: User,
     /// Their external identities, oldest first.
     pub identities: Vec<Identity>,
+    /// The identity the user chose as primary, else their oldest one.
+    pub primary_identity_id: Option<IdentityId>,
     /// Their teams, default team first.
     pub teams: Vec<TeamMembership>,
 }

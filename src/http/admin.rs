@@ -73,7 +73,7 @@ async fn bootstrap_user(
     ApiJson(request): ApiJson<BootstrapRequest>,
 ) -> Result<(StatusCode, Json<BootstrapResponse>), ApiError> {
     let claim = parse_claim(request)?;
-    let Provisioned { user, team, created } = state.provisioner.bootstrap(claim).await?;
+    let Provisioned { user, team, created, .. } = state.provisioner.bootstrap(claim).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(BootstrapResponse { user_id: user.id, created, team: team.into() })))
 }

@@ -4,8 +4,12 @@
 pub mod admin;
 pub mod admin_auth;
 pub mod admin_teams;
+pub mod auth;
+pub mod caller;
+pub mod cookies;
 pub mod extract;
 pub mod health;
+pub mod me;
 pub mod problem;
 pub mod validation;
 
@@ -26,6 +30,8 @@ use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
 use crate::service::provisioning::Provisioner;
+use crate::service::sessions::Sessions;
+use crate::service::signin::SignIn;
 use crate::service::teams::Teams;
 use crate::service::validation::Validator;
 use crate::store::Store;
@@ -41,6 +47,12 @@ pub struct AppState {
     pub validator: Validator,
     /// Teams and discovery.
     pub teams: Teams,
+    /// Browser sign-in and linking.
+    pub sign_in: SignIn,
+    /// Browser sessions.
+    pub sessions: Sessions,
+    /// Cookie names and attributes.
+    pub cookies: cookies::Cookies,
     /// Admin token digests.
     pub admin_tokens: AdminTokens,
 }
@@ -55,6 +67,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(validation::routes())
+        .merge(auth::routes())
+        .merge(me::routes())
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::error::ErrorCode;
-use crate::service::provisioning::ProvisionError;
+use crate::service::provisioning::{IdentityError, ProvisionError};
+use crate::service::signin::SignInError;
 use crate::service::teams::TeamError;
 use crate::service::tokens::TokenError;
 use crate::service::validation::ValidateError;
@@ -135,6 +136,34 @@ impl From<TeamError> for ApiError {
                 ApiError::new(error.code(), "another team already claims this domain")
             }
             TeamError::DomainNotClaimed => ApiError::new(error.code(), "the team does not claim this domain"),
+        }
+    }
+}
+
+impl From<SignInError> for ApiError {
+    fn from(error: SignInError) -> Self {
+        let code = error.code();
+        match error {
+            SignInError::Store(store) => store.into(),
+            SignInError::Provider(ref provider) if code.status().is_server_error() => {
+                let detail = "the sign-in provider cannot be reached or answered something unusable; try again";
+                let cause = provider.to_string();
+                ApiError::new(code, detail).with_source(std::io::Error::other(cause))
+            }
+            SignInError::LinkRequired { ref provider } => {
+                let link_url = format!("/auth/link?provider={provider}");
+                ApiError::new(code, error.to_string()).extension("link_url", link_url)
+            }
+            other => ApiError::new(code, other.to_string()),
+        }
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(error: IdentityError) -> Self {
+        match error {
+            IdentityError::Store(store) => store.into(),
+            other => ApiError::new(other.code(), other.to_string()),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The API for backends holding an upstream bearer JWT: `POST /v1/validate`, `GET /v1/check`,
-//! `GET /v1/me`, and the public `POST /v1/auth/discover`.
+//! and the public `POST /v1/auth/discover`.
 //!
 //! The token comes in `Authorization: Bearer …` or `X-User-Token: …`. Every refused token is a
 //! 401 with `WWW-Authenticate: Bearer error="invalid_token"` and a code saying why.
@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::admin_auth::bearer_token;
+use super::caller::user_token;
 use super::extract::{ApiJson, ApiQuery, required};
 use super::problem::ApiError;
-use crate::domain::{Email, EmailError, Issuer, Subject, TeamRef, TeamRole, UserId, UserProfile};
+use crate::domain::{Email, EmailError, Issuer, Subject, TeamRef, TeamRole, UserId};
 use crate::error::ErrorCode;
 use crate::service::teams::Discovery;
 
@@ -27,21 +27,18 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/validate", post(validate_token))
         .route("/v1/check", get(check_team))
-        .route("/v1/me", get(get_me))
         .route("/v1/auth/discover", post(discover_sign_in))
 }
 
-/// The upstream token of a request.
-pub(super) fn user_token(headers: &HeaderMap) -> Result<&str, ApiError> {
-    bearer_token(headers)
-        .or_else(|| headers.get("x-user-token").and_then(|v| v.to_str().ok()).map(str::trim).filter(|t| !t.is_empty()))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::MissingCredentials,
-                "send the user's token as `Authorization: Bearer <token>` or `X-User-Token: <token>`",
-            )
-            .challenge("Bearer realm=\"tessera\"")
-        })
+/// The upstream token of a request; 401 `missing_credentials` without one.
+fn required_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    user_token(headers).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::MissingCredentials,
+            "send the user's token as `Authorization: Bearer <token>` or `X-User-Token: <token>`",
+        )
+        .challenge("Bearer realm=\"tessera\"")
+    })
 }
 
 /// The body of a successful validation.
@@ -61,7 +58,7 @@ async fn validate_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<ValidateResponse>, ApiError> {
-    let validated = state.validator.validate(user_token(&headers)?).await?;
+    let validated = state.validator.validate(required_token(&headers)?).await?;
     let (token, principal) = (&validated.token, &validated.principal);
     Ok(Json(ValidateResponse {
         user_id: principal.user.id,
@@ -85,7 +82,7 @@ async fn check_team(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<CheckQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let token = user_token(&headers)?;
+    let token = required_token(&headers)?;
     let team = TeamRef::parse(required(&query.team, "team")?)
         .map_err(|e| ApiError::new(ErrorCode::InvalidTeam, e.to_string()).field("team"))?;
     if state.validator.is_member(token, &team).await? {
@@ -93,10 +90,6 @@ async fn check_team(
     } else {
         Err(ApiError::new(ErrorCode::NotAMember, "the user is not a member of this team"))
     }
-}
-
-async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<UserProfile>, ApiError> {
-    Ok(Json(state.validator.me(user_token(&headers)?).await?))
 }
 
 #[derive(Debug, Deserialize)]

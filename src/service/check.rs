@@ -174,11 +174,13 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
     for issuer in &data.issuers {
         match Issuer::parse(issuer) {
             Ok(normalised) if normalised.as_str() == issuer => {
-                if !config.issuers.iter().any(|c| c.issuer == normalised) {
+                let known = config.issuers.iter().any(|c| c.issuer == normalised)
+                    || config.providers.iter().any(|p| p.issuer == normalised);
+                if !known {
                     clean = false;
                     report.push(
                         Severity::Warning,
-                        format!("identities exist for {issuer}, which is no longer an allowed issuer"),
+                        format!("identities exist for {issuer}, which is neither an allowed issuer nor a provider's"),
                     );
                 }
             }

@@ -50,7 +50,8 @@ impl IssuerRegistry {
     /// Starts fetching every issuer's keys in the background, so that the first token does not
     /// wait for them. Failures are logged and retried on demand.
     pub fn prefetch(self: &Arc<Self>) {
-        for index in 0..self.entries.len() {
+        // Issuers without audiences only bootstrap users; their tokens are never validated.
+        for index in (0..self.entries.len()).filter(|&i| !self.entries[i].config.audiences.is_empty()) {
             let registry = self.clone();
             tokio::spawn(async move {
                 let _ = registry.entries[index].keys.keys().await;

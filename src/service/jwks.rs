@@ -246,9 +246,15 @@ impl JwksCache {
     async fn fetch(&self) -> Result<(Vec<Arc<VerificationKey>>, Duration), FetchError> {
         let jwks_uri = match &self.jwks_uri {
             Some(uri) => uri.clone(),
-            None => self.discover().await?,
+            None => {
+                let document = fetch_discovery(&self.http, &self.issuer).await?;
+                discovered_endpoint(&document, "jwks_uri", &self.issuer)?.ok_or_else(|| FetchError::Invalid {
+                    url: self.issuer.discovery_url(),
+                    problem: "no jwks_uri".into(),
+                })?
+            }
         };
-        let (document, max_age) = self.get_json(&jwks_uri).await?;
+        let (document, max_age) = fetch_json(&self.http, &jwks_uri).await?;
         let invalid = |problem: &str| FetchError::Invalid { url: jwks_uri.to_string(), problem: problem.into() };
         let entries = document.get("keys").and_then(Value::as_array).ok_or_else(|| invalid("no `keys` array"))?;
         let keys: Vec<_> = entries.iter().filter_map(parse_jwk).map(Arc::new).collect();
@@ -258,50 +264,55 @@ impl JwksCache {
         let max_age = max_age.unwrap_or(DEFAULT_MAX_AGE).clamp(self.min_max_age, MAX_MAX_AGE);
         Ok((keys, max_age))
     }
+}
 
-    /// Reads the discovery document and returns its `jwks_uri`, after checking that it describes
-    /// this issuer.
-    async fn discover(&self) -> Result<Url, FetchError> {
-        let url = Url::parse(&self.issuer.discovery_url())
-            .map_err(|e| FetchError::Invalid { url: self.issuer.discovery_url(), problem: e.to_string() })?;
-        let (document, _) = self.get_json(&url).await?;
-        let invalid = |problem: String| FetchError::Invalid { url: url.to_string(), problem };
-        let named = document.get("issuer").and_then(Value::as_str).unwrap_or_default();
-        if Issuer::parse(named).ok().as_ref() != Some(&self.issuer) {
-            return Err(invalid(format!("the document names issuer {named:?}")));
-        }
-        let jwks_uri = document.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| invalid("no jwks_uri".into()))?;
-        endpoint_url(jwks_uri).map_err(|e| invalid(format!("jwks_uri: {e}")))
+/// Reads an issuer's OpenID discovery document, after checking that it describes this issuer.
+pub(crate) async fn fetch_discovery(http: &reqwest::Client, issuer: &Issuer) -> Result<Value, FetchError> {
+    let url = Url::parse(&issuer.discovery_url())
+        .map_err(|e| FetchError::Invalid { url: issuer.discovery_url(), problem: e.to_string() })?;
+    let (document, _) = fetch_json(http, &url).await?;
+    let named = document.get("issuer").and_then(Value::as_str).unwrap_or_default();
+    if Issuer::parse(named).ok().as_ref() != Some(issuer) {
+        return Err(FetchError::Invalid {
+            url: url.to_string(),
+            problem: format!("the document names issuer {named:?}"),
+        });
     }
+    Ok(document)
+}
 
-    async fn get_json(&self, url: &Url) -> Result<(Value, Option<Duration>), FetchError> {
-        let http_error = |source| FetchError::Http { url: url.to_string(), source };
-        let mut response = self
-            .http
-            .get(url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(http_error)?;
-        if !response.status().is_success() {
-            return Err(FetchError::Status { url: url.to_string(), status: response.status().as_u16() });
-        }
-        let max_age = response
-            .headers()
-            .get(reqwest::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_max_age);
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(http_error)? {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(FetchError::TooLarge(url.to_string()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let document = serde_json::from_slice(&body)
-            .map_err(|e| FetchError::Invalid { url: url.to_string(), problem: format!("not JSON: {e}") })?;
-        Ok((document, max_age))
+/// An endpoint named in a discovery document, validated like configured endpoints.
+pub(crate) fn discovered_endpoint(document: &Value, field: &str, issuer: &Issuer) -> Result<Option<Url>, FetchError> {
+    document
+        .get(field)
+        .and_then(Value::as_str)
+        .map(|value| {
+            endpoint_url(value)
+                .map_err(|e| FetchError::Invalid { url: issuer.discovery_url(), problem: format!("{field}: {e}") })
+        })
+        .transpose()
+}
+
+/// GETs a JSON document of at most [`MAX_DOCUMENT_BYTES`]; returns it with its `max-age`.
+pub(crate) async fn fetch_json(http: &reqwest::Client, url: &Url) -> Result<(Value, Option<Duration>), FetchError> {
+    let http_error = |source| FetchError::Http { url: url.to_string(), source };
+    let mut response =
+        http.get(url.clone()).header(reqwest::header::ACCEPT, "application/json").send().await.map_err(http_error)?;
+    if !response.status().is_success() {
+        return Err(FetchError::Status { url: url.to_string(), status: response.status().as_u16() });
     }
+    let max_age =
+        response.headers().get(reqwest::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).and_then(parse_max_age);
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(http_error)? {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(FetchError::TooLarge(url.to_string()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let document = serde_json::from_slice(&body)
+        .map_err(|e| FetchError::Invalid { url: url.to_string(), problem: format!("not JSON: {e}") })?;
+    Ok((document, max_age))
 }
 
 /// `max-age` of a `Cache-Control` value; `no-store`/`no-cache` count as zero.

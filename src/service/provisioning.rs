@@ -16,10 +16,10 @@ use super::issuers::IssuerRegistry;
 use super::validation::PrincipalCache;
 use crate::crypto;
 use crate::domain::{
-    DisplayName, Email, EventId, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
+    DisplayName, Email, EventId, Identity, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
 };
 use crate::error::ErrorCode;
-use crate::store::{CreateOutcome, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError};
+use crate::store::{CreateOutcome, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome};
 
 /// How often at most an identity's `last_seen_at` is written.
 const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
@@ -47,6 +47,8 @@ pub struct IdentityClaim {
 pub struct Provisioned {
     /// The user the identity belongs to.
     pub user: User,
+    /// The identity link.
+    pub identity_id: IdentityId,
     /// Their default team.
     pub team: Team,
     /// Whether this call created the user.
@@ -79,6 +81,32 @@ impl ProvisionError {
             ProvisionError::UserNotFound => ErrorCode::UserNotFound,
             ProvisionError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
             ProvisionError::Store(_) => ErrorCode::InternalError,
+        }
+    }
+}
+
+/// Why an identity could not be unlinked or made primary.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The user has no such identity.
+    #[error("the user has no such identity")]
+    NotFound,
+    /// It is the user's last identity.
+    #[error("the last identity of a user cannot be unlinked")]
+    LastIdentity,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IdentityError {
+    /// The public error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            IdentityError::NotFound => ErrorCode::IdentityNotFound,
+            IdentityError::LastIdentity => ErrorCode::LastIdentity,
+            IdentityError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
+            IdentityError::Store(_) => ErrorCode::InternalError,
         }
     }
 }
@@ -136,12 +164,13 @@ impl Provisioner {
                 if now - found.last_seen_at >= TOUCH_INTERVAL {
                     self.store.touch_identity(found.identity_id, now).await?;
                 }
-                return Ok(Provisioned { user: found.user, team, created: false });
+                return Ok(Provisioned { user: found.user, identity_id: found.identity_id, team, created: false });
             }
-            match self.store.create_account(&new_account(claim, super::now())).await? {
+            let account = new_account(claim, super::now());
+            match self.store.create_account(&account).await? {
                 CreateOutcome::Created { user, team } => {
                     tracing::info!(user_id = %user.id, provider = %claim.provider, "provisioned a new user");
-                    return Ok(Provisioned { user, team, created: true });
+                    return Ok(Provisioned { user, identity_id: account.identity_id, team, created: true });
                 }
                 CreateOutcome::IdentityTaken => continue,
             }
@@ -158,6 +187,30 @@ impl Provisioner {
         }
         let (team, created) = self.ensure_team_of(&user).await?;
         Ok((user, team, created))
+    }
+
+    /// Unlinks one of a user's identities (never the last one); the user's cached identities
+    /// are forgotten at once.
+    pub async fn unlink_identity(&self, user: UserId, identity: IdentityId) -> Result<Identity, IdentityError> {
+        let outcome = self.store.unlink_identity(user, identity, super::now()).await?;
+        self.principals.invalidate_user(user);
+        match outcome {
+            UnlinkOutcome::Unlinked(identity) => {
+                tracing::info!(user_id = %user, identity_id = %identity.id, provider = %identity.provider, "unlinked an identity");
+                Ok(identity)
+            }
+            UnlinkOutcome::NotFound => Err(IdentityError::NotFound),
+            UnlinkOutcome::LastIdentity => Err(IdentityError::LastIdentity),
+        }
+    }
+
+    /// Makes one of a user's identities their primary one.
+    pub async fn set_primary_identity(&self, user: UserId, identity: IdentityId) -> Result<(), IdentityError> {
+        if self.store.set_primary_identity(user, identity, super::now()).await? {
+            Ok(())
+        } else {
+            Err(IdentityError::NotFound)
+        }
     }
 
     /// A user with identities and teams.

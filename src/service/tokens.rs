@@ -20,10 +20,12 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::cache::TtlCache;
 use super::issuers::{IssuerEntry, IssuerRegistry};
+use super::jwks::JwksCache;
 use crate::config::parse_algorithm;
 use crate::crypto::sha256;
 use crate::domain::{DisplayName, Email, Issuer, Subject};
@@ -150,21 +152,34 @@ impl TokenVerifier {
         if let Some(hit) = self.cache.get(&digest, now) {
             return Ok(hit);
         }
-        let (header, issuer) = inspect(token)?;
+        let issuer = token_issuer(token)?;
         let entry = self.issuers.get(&issuer).ok_or(TokenError::IssuerNotAllowed)?;
-        let alg = parse_algorithm(&header.alg).map_err(|_| TokenError::AlgorithmNotAllowed)?;
-        if !entry.config.algorithms.contains(&alg) {
-            return Err(TokenError::AlgorithmNotAllowed);
-        }
-        let verified = Arc::new(verify_with_keys(token, entry, header.kid.as_deref(), alg).await?);
+        let rules = Rules {
+            algorithms: &entry.config.algorithms,
+            audiences: &entry.config.audiences,
+            leeway: entry.config.leeway,
+        };
+        let claims: Claims = verify_signed(token, &entry.keys, &rules).await?;
+        let verified = Arc::new(claims_into_token(claims, entry)?);
         let expires_in = (verified.expires_at - Utc::now()).to_std().unwrap_or_default();
         self.cache.insert(digest, verified.clone(), now + expires_in.min(self.cache_ttl), now);
         Ok(verified)
     }
 }
 
-/// Reads the header and the (unverified) issuer, to know which keys to verify with.
-fn inspect(token: &str) -> Result<(RawHeader, Issuer), TokenError> {
+/// What a signed token must satisfy once its issuer is established.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules<'a> {
+    /// Accepted algorithms.
+    pub algorithms: &'a [Algorithm],
+    /// Accepted audiences (one must be in `aud`; none accepts no token).
+    pub audiences: &'a [String],
+    /// Clock-skew allowance for `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+/// The three parts of a compact JWS, after the shape checks.
+fn split_token(token: &str) -> Result<(RawHeader, &str), TokenError> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -175,10 +190,15 @@ fn inspect(token: &str) -> Result<(RawHeader, Issuer), TokenError> {
     if header.crit.is_some() {
         return Err(TokenError::Malformed("critical header extensions are not supported"));
     }
+    Ok((header, payload))
+}
+
+/// The (unverified, normalised) issuer of a token, to know which keys to verify it with.
+pub(crate) fn token_issuer(token: &str) -> Result<Issuer, TokenError> {
+    let (_, payload) = split_token(token)?;
     let peeked: PeekedClaims = decode_part(payload).ok_or(TokenError::Malformed("the payload is not valid"))?;
     let iss = peeked.iss.as_ref().and_then(Value::as_str).ok_or(TokenError::Malformed("the token has no iss"))?;
-    let issuer = Issuer::parse(iss).map_err(|_| TokenError::IssuerNotAllowed)?;
-    Ok((header, issuer))
+    Issuer::parse(iss).map_err(|_| TokenError::IssuerNotAllowed)
 }
 
 fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
@@ -186,45 +206,49 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
     serde_json::from_slice(&bytes).ok()
 }
 
-async fn verify_with_keys(
+/// Verifies a compact JWS whose issuer the caller has established, with that issuer's `keys`:
+/// the `alg` on the list, a key for the `kid` (one rate-limited refetch when unknown), the
+/// signature (one more when the cached key fails, for a re-key under the same `kid`), then
+/// `exp`, `nbf` and `aud`. Returns the claims.
+pub(crate) async fn verify_signed<C: DeserializeOwned>(
     token: &str,
-    entry: &IssuerEntry,
-    kid: Option<&str>,
-    alg: Algorithm,
-) -> Result<VerifiedToken, TokenError> {
-    let mut keys = entry.keys.keys().await.ok_or(TokenError::IssuerUnavailable)?;
-    let mut key = match keys.find(kid, alg) {
+    keys: &JwksCache,
+    rules: &Rules<'_>,
+) -> Result<C, TokenError> {
+    let (header, _) = split_token(token)?;
+    let alg = parse_algorithm(&header.alg).map_err(|_| TokenError::AlgorithmNotAllowed)?;
+    if !rules.algorithms.contains(&alg) {
+        return Err(TokenError::AlgorithmNotAllowed);
+    }
+    let kid = header.kid.as_deref();
+    let mut set = keys.keys().await.ok_or(TokenError::IssuerUnavailable)?;
+    let mut key = match set.find(kid, alg) {
         Some(key) => key.clone(),
         None => {
-            keys = entry.keys.refresh_after_miss(&keys).await.ok_or(TokenError::UnknownKey)?;
-            keys.find(kid, alg).ok_or(TokenError::UnknownKey)?.clone()
+            set = keys.refresh_after_miss(&set).await.ok_or(TokenError::UnknownKey)?;
+            set.find(kid, alg).ok_or(TokenError::UnknownKey)?.clone()
         }
     };
-    let validation = validation(entry, alg);
-    let claims = match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+    let mut validation = Validation::new(alg);
+    validation.leeway = rules.leeway.as_secs();
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+    validation.set_audience(rules.audiences);
+    let claims = match jsonwebtoken::decode::<C>(token, &key.key, &validation) {
         Err(e) if *e.kind() == ErrorKind::InvalidSignature => {
             // The issuer may have re-keyed under the same kid: look once more, rate-limited.
-            let fresh = entry.keys.refresh_after_miss(&keys).await.ok_or(TokenError::SignatureInvalid)?;
+            let fresh = keys.refresh_after_miss(&set).await.ok_or(TokenError::SignatureInvalid)?;
             match fresh.find(kid, alg) {
                 Some(newer) if newer.fingerprint != key.fingerprint => key = newer.clone(),
                 _ => return Err(TokenError::SignatureInvalid),
             }
-            jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            jsonwebtoken::decode::<C>(token, &key.key, &validation)
         }
         other => other,
     }
     .map_err(map_error)?
     .claims;
-    claims_into_token(claims, entry)
-}
-
-fn validation(entry: &IssuerEntry, alg: Algorithm) -> Validation {
-    let mut validation = Validation::new(alg);
-    validation.leeway = entry.config.leeway.as_secs();
-    validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-    validation.set_audience(&entry.config.audiences);
-    validation
+    Ok(claims)
 }
 
 fn map_error(error: jsonwebtoken::errors::Error) -> TokenError {

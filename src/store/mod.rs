@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
-    DomainClaim, DomainName, Email, EventId, IdentityId, Issuer, Principal, Slug, Subject, Team, TeamId, TeamRef, User,
-    UserId, UserProfile,
+    DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer, Principal, Slug, Subject, Team, TeamId,
+    TeamRef, User, UserId, UserProfile,
 };
 
 pub use migrations::MigrationStatus;
@@ -185,6 +185,150 @@ pub enum ClaimOutcome {
     ClaimedByAnotherTeam,
 }
 
+/// A sign-in in progress, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginState {
+    /// SHA-256 of the state value (the value itself is only in the browser).
+    pub state_hash: [u8; 32],
+    /// The provider the flow started with.
+    pub provider: String,
+    /// The PKCE verifier.
+    pub pkce_verifier: String,
+    /// The OpenID nonce.
+    pub nonce: String,
+    /// Where to send the browser afterwards.
+    pub return_to: String,
+    /// For a link flow, the signed-in user the new identity is for.
+    pub link_user: Option<UserId>,
+    /// When the flow started.
+    pub created_at: DateTime<Utc>,
+    /// When the state stops being accepted.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A new session.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// SHA-256 of the cookie value.
+    pub token_hash: [u8; 32],
+    /// The signed-in user.
+    pub user_id: UserId,
+    /// The identity used to sign in.
+    pub identity_id: Option<IdentityId>,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+    /// Absolute expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The signed-in user.
+    pub user_id: UserId,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last use.
+    pub last_seen_at: DateTime<Utc>,
+    /// Absolute expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An identity to link to an existing user.
+#[derive(Debug, Clone)]
+pub struct NewLink {
+    /// Id of the new link.
+    pub identity_id: IdentityId,
+    /// Normalised issuer.
+    pub issuer: Issuer,
+    /// Subject at the issuer.
+    pub subject: Subject,
+    /// Provider name.
+    pub provider: String,
+    /// Email seen at link time.
+    pub email: Option<Email>,
+    /// Whether it was verified upstream.
+    pub email_verified: bool,
+    /// Link time.
+    pub now: DateTime<Utc>,
+}
+
+/// What [`Store::link_identity`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// The identity now belongs to the user.
+    Linked(Identity),
+    /// It already belonged to the user; nothing changed.
+    AlreadyLinked(Identity),
+    /// It belongs to another user; nothing changed.
+    LinkedToAnotherUser,
+}
+
+/// What [`Store::unlink_identity`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnlinkOutcome {
+    /// The identity was unlinked.
+    Unlinked(Identity),
+    /// The user has no such identity.
+    NotFound,
+    /// It is the user's last identity; nothing changed.
+    LastIdentity,
+}
+
+/// An identity's upstream tokens, as key-ring ciphertexts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptedTokens {
+    /// The access token.
+    pub access_token: Vec<u8>,
+    /// The refresh token, if any.
+    pub refresh_token: Option<Vec<u8>>,
+    /// When the access token expires, if known.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Granted scopes, space-separated.
+    pub scopes: String,
+    /// Last write.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The kinds of rows that hold key-ring ciphertexts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// `identity_tokens` (columns `access_token`, `refresh_token`).
+    IdentityTokens,
+}
+
+impl SecretKind {
+    /// Every kind, for `tessera keys rotate`.
+    pub const ALL: &'static [SecretKind] = &[SecretKind::IdentityTokens];
+
+    /// The table name, also part of the associated data of its ciphertexts.
+    pub fn table(self) -> &'static str {
+        match self {
+            SecretKind::IdentityTokens => "identity_tokens",
+        }
+    }
+}
+
+/// One encrypted value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    /// Which table.
+    pub kind: SecretKind,
+    /// The row's id.
+    pub row_id: uuid::Uuid,
+    /// The column.
+    pub column: &'static str,
+    /// The ciphertext.
+    pub ciphertext: Vec<u8>,
+}
+
+impl StoredSecret {
+    /// The associated data binding a ciphertext to its table, row and column.
+    pub fn aad(kind: SecretKind, row_id: uuid::Uuid, column: &str) -> Vec<u8> {
+        format!("{}|{}|{}", kind.table(), row_id, column).into_bytes()
+    }
+}
+
 /// Counts of rows that break data invariants, plus facts that `tessera check` judges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataReport {
@@ -275,6 +419,76 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// The claim on a domain, if any.
     async fn domain_claim(&self, domain: &DomainName, from: ReadFrom) -> Result<Option<DomainClaim>, StoreError>;
+
+    /// Stores a sign-in in progress.
+    async fn insert_login_state(&self, state: &LoginState) -> Result<(), StoreError>;
+
+    /// Consumes a sign-in in progress: returns and deletes it in one statement, so that of two
+    /// concurrent callbacks exactly one gets it. Expired states are deleted and not returned.
+    async fn take_login_state(
+        &self,
+        state_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<LoginState>, StoreError>;
+
+    /// Stores a new session.
+    async fn insert_session(&self, session: &NewSession) -> Result<(), StoreError>;
+
+    /// A session by the hash of its cookie, if it exists (expiry is the caller's rule).
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Records that a session was used at `now`.
+    async fn touch_session(&self, token_hash: &[u8; 32], now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Deletes a session; false when there was none.
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Deletes expired login states and sessions (absolute expiry, or unused since `idle_before`).
+    async fn delete_expired(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Links a new identity to an existing user, with an audit row, unless the identity is
+    /// linked already (to this user or another: links are never re-pointed).
+    async fn link_identity(&self, user: UserId, link: &NewLink) -> Result<LinkOutcome, StoreError>;
+
+    /// Unlinks one of a user's identities, with an audit row; never their last one.
+    async fn unlink_identity(
+        &self,
+        user: UserId,
+        identity: IdentityId,
+        now: DateTime<Utc>,
+    ) -> Result<UnlinkOutcome, StoreError>;
+
+    /// Makes one of a user's identities their primary one, with an audit row; false when the
+    /// user has no such identity.
+    async fn set_primary_identity(
+        &self,
+        user: UserId,
+        identity: IdentityId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Users whose email equals `email`, ignoring case.
+    async fn users_with_email(&self, email: &Email) -> Result<Vec<User>, StoreError>;
+
+    /// Stores (or replaces) an identity's encrypted upstream tokens.
+    async fn put_identity_tokens(&self, identity: IdentityId, tokens: &EncryptedTokens) -> Result<(), StoreError>;
+
+    /// An identity's encrypted upstream tokens.
+    async fn identity_tokens(&self, identity: IdentityId) -> Result<Option<EncryptedTokens>, StoreError>;
+
+    /// A page of encrypted values of one kind, ordered by row id, after `after`.
+    async fn secrets_page(
+        &self,
+        kind: SecretKind,
+        after: Option<uuid::Uuid>,
+        limit: i64,
+    ) -> Result<Vec<StoredSecret>, StoreError>;
+
+    /// Replaces one encrypted value if it still is `old`; false when it changed meanwhile.
+    async fn replace_secret(&self, secret: &StoredSecret, new: &[u8]) -> Result<bool, StoreError>;
+
+    /// How many rows of one kind hold encrypted values.
+    async fn count_secrets(&self, kind: SecretKind) -> Result<i64, StoreError>;
 
     /// Closes all connections.
     async fn close(&self);

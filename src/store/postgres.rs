@@ -13,12 +13,14 @@ use sqlx::{Postgres, Row, Transaction};
 use super::migrations::{self, Applied, Embedded, MigrationStatus};
 use super::rows::{self, RowExt, domain_columns, identity_columns, impl_row_ext_common, team_columns, user_columns};
 use super::{
-    ClaimOutcome, CreateOutcome, DataReport, IdentityMatch, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError,
+    ClaimOutcome, CreateOutcome, DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, NewAccount,
+    NewEvent, NewLink, NewSession, NewTeam, ReadFrom, SecretKind, SessionRecord, Store, StoreError, StoredSecret,
+    UnlinkOutcome,
 };
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
-    DomainClaim, DomainName, Email, IdentityId, Issuer, Principal, Role, Subject, Team, TeamId, TeamRef, User, UserId,
-    UserProfile,
+    DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, Role, Subject, Team, TeamId, TeamRef,
+    User, UserId, UserProfile,
 };
 
 static MIGRATIONS: &[Embedded] = &[
@@ -32,6 +34,7 @@ static MIGRATIONS: &[Embedded] = &[
         description: "team_domains",
         sql: include_str!("../../migrations/postgres/0002_team_domains.sql"),
     },
+    Embedded { version: 3, description: "sign_in", sql: include_str!("../../migrations/postgres/0003_sign_in.sql") },
 ];
 
 /// Tessera's storage on PostgreSQL, with an optional read replica.
@@ -114,6 +117,52 @@ async fn insert_default_team(
     .execute(&mut **tx)
     .await?;
     Ok(Team { id: team.id, slug, name: team.name.clone(), created_at: now })
+}
+
+/// An audit row for `identity_events`.
+struct IdentityEvent<'a> {
+    user: UserId,
+    identity: IdentityId,
+    action: &'static str,
+    provider: &'a str,
+    issuer: &'a Issuer,
+    subject: &'a Subject,
+    now: DateTime<Utc>,
+}
+
+async fn insert_identity_event(
+    tx: &mut Transaction<'static, Postgres>,
+    event: IdentityEvent<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO identity_events (id, user_id, identity_id, action, provider, issuer, subject, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(event.user.as_uuid())
+    .bind(event.identity.as_uuid())
+    .bind(event.action)
+    .bind(event.provider)
+    .bind(event.issuer.as_str())
+    .bind(event.subject.as_str())
+    .bind(event.now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn identity_of(
+    tx: &mut Transaction<'static, Postgres>,
+    identity: IdentityId,
+    user: UserId,
+) -> Result<Option<Identity>, StoreError> {
+    let row =
+        sqlx::query(concat!("SELECT ", identity_columns!(), " FROM identities i WHERE i.id = $1 AND i.user_id = $2"))
+            .bind(identity.as_uuid())
+            .bind(user.as_uuid())
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.as_ref().map(rows::identity).transpose()
 }
 
 async fn insert_events(
@@ -260,6 +309,19 @@ impl Store for PgStore {
         }
         let team = insert_default_team(&mut tx, account.user_id, &account.team, account.now).await?;
         insert_events(&mut tx, &account.events, account.now).await?;
+        insert_identity_event(
+            &mut tx,
+            IdentityEvent {
+                user: account.user_id,
+                identity: account.identity_id,
+                action: "link",
+                provider: &account.provider,
+                issuer: &account.issuer,
+                subject: &account.subject,
+                now: account.now,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(CreateOutcome::Created { user: account.user(), team })
     }
@@ -434,6 +496,346 @@ impl Store for PgStore {
         .await
     }
 
+    async fn insert_login_state(&self, state: &LoginState) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO login_states
+               (state_hash, provider, pkce_verifier, nonce, return_to, link_user_id, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&state.state_hash[..])
+        .bind(&state.provider)
+        .bind(&state.pkce_verifier)
+        .bind(&state.nonce)
+        .bind(&state.return_to)
+        .bind(state.link_user.map(|u| u.as_uuid()))
+        .bind(state.created_at)
+        .bind(state.expires_at)
+        .execute(&self.primary)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_login_state(
+        &self,
+        state_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<LoginState>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM login_states WHERE state_hash = $1
+             RETURNING provider, pkce_verifier, nonce, return_to, link_user_id, created_at, expires_at",
+        )
+        .bind(&state_hash[..])
+        .fetch_optional(&self.primary)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let state = LoginState {
+            state_hash: *state_hash,
+            provider: row.text("provider")?,
+            pkce_verifier: row.text("pkce_verifier")?,
+            nonce: row.text("nonce")?,
+            return_to: row.text("return_to")?,
+            link_user: row.opt_uuid("link_user_id")?.map(UserId::from_uuid),
+            created_at: row.time("created_at")?,
+            expires_at: row.time("expires_at")?,
+        };
+        Ok((state.expires_at > now).then_some(state))
+    }
+
+    async fn insert_session(&self, session: &NewSession) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at)
+             VALUES ($1, $2, $3, $4, $4, $5)",
+        )
+        .bind(&session.token_hash[..])
+        .bind(session.user_id.as_uuid())
+        .bind(session.identity_id.map(|i| i.as_uuid()))
+        .bind(session.now)
+        .bind(session.expires_at)
+        .execute(&self.primary)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT user_id, created_at, last_seen_at, expires_at FROM sessions WHERE token_hash = $1")
+                .bind(&token_hash[..])
+                .fetch_optional(&self.primary)
+                .await?;
+        row.map(|row| {
+            Ok(SessionRecord {
+                user_id: UserId::from_uuid(row.uuid("user_id")?),
+                created_at: row.time("created_at")?,
+                last_seen_at: row.time("last_seen_at")?,
+                expires_at: row.time("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn touch_session(&self, token_hash: &[u8; 32], now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $2")
+            .bind(&token_hash[..])
+            .bind(now)
+            .execute(&self.primary)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(&token_hash[..])
+            .execute(&self.primary)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn delete_expired(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let states =
+            sqlx::query("DELETE FROM login_states WHERE expires_at <= $1").bind(now).execute(&self.primary).await?;
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2")
+            .bind(now)
+            .bind(idle_before)
+            .execute(&self.primary)
+            .await?;
+        Ok(states.rows_affected() + sessions.rows_affected())
+    }
+
+    async fn link_identity(&self, user: UserId, link: &NewLink) -> Result<LinkOutcome, StoreError> {
+        let mut tx = self.primary.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO identities
+               (id, user_id, issuer, subject, provider, email, email_verified, created_at, last_seen_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+             ON CONFLICT (issuer, subject) DO NOTHING RETURNING id",
+        )
+        .bind(link.identity_id.as_uuid())
+        .bind(user.as_uuid())
+        .bind(link.issuer.as_str())
+        .bind(link.subject.as_str())
+        .bind(&link.provider)
+        .bind(link.email.as_ref().map(Email::as_str))
+        .bind(link.email_verified)
+        .bind(link.now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_some() {
+            insert_identity_event(
+                &mut tx,
+                IdentityEvent {
+                    user,
+                    identity: link.identity_id,
+                    action: "link",
+                    provider: &link.provider,
+                    issuer: &link.issuer,
+                    subject: &link.subject,
+                    now: link.now,
+                },
+            )
+            .await?;
+            let identity = identity_of(&mut tx, link.identity_id, user)
+                .await?
+                .ok_or(StoreError::Conflict { what: "identity vanished while linking" })?;
+            tx.commit().await?;
+            return Ok(LinkOutcome::Linked(identity));
+        }
+        let existing = sqlx::query(concat!(
+            "SELECT ",
+            identity_columns!(),
+            " FROM identities i WHERE i.issuer = $1 AND i.subject = $2"
+        ))
+        .bind(link.issuer.as_str())
+        .bind(link.subject.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        let identity = rows::identity(&existing)?;
+        Ok(if identity.user_id == user {
+            LinkOutcome::AlreadyLinked(identity)
+        } else {
+            LinkOutcome::LinkedToAnotherUser
+        })
+    }
+
+    async fn unlink_identity(
+        &self,
+        user: UserId,
+        identity: IdentityId,
+        now: DateTime<Utc>,
+    ) -> Result<UnlinkOutcome, StoreError> {
+        let mut tx = self.primary.begin().await?;
+        // Serialises unlinks of one user, so that two concurrent ones cannot remove the last two.
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user.as_uuid()).execute(&mut *tx).await?;
+        let Some(found) = identity_of(&mut tx, identity, user).await? else {
+            tx.rollback().await?;
+            return Ok(UnlinkOutcome::NotFound);
+        };
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM identities WHERE user_id = $1")
+            .bind(user.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+        if count <= 1 {
+            tx.rollback().await?;
+            return Ok(UnlinkOutcome::LastIdentity);
+        }
+        sqlx::query("DELETE FROM identities WHERE id = $1").bind(identity.as_uuid()).execute(&mut *tx).await?;
+        insert_identity_event(
+            &mut tx,
+            IdentityEvent {
+                user,
+                identity,
+                action: "unlink",
+                provider: &found.provider,
+                issuer: &found.issuer,
+                subject: &found.subject,
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(UnlinkOutcome::Unlinked(found))
+    }
+
+    async fn set_primary_identity(
+        &self,
+        user: UserId,
+        identity: IdentityId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.primary.begin().await?;
+        let Some(found) = identity_of(&mut tx, identity, user).await? else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        sqlx::query("UPDATE users SET primary_identity_id = $2, updated_at = $3 WHERE id = $1")
+            .bind(user.as_uuid())
+            .bind(identity.as_uuid())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        insert_identity_event(
+            &mut tx,
+            IdentityEvent {
+                user,
+                identity,
+                action: "primary",
+                provider: &found.provider,
+                issuer: &found.issuer,
+                subject: &found.subject,
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn users_with_email(&self, email: &Email) -> Result<Vec<User>, StoreError> {
+        sqlx::query(concat!("SELECT ", user_columns!(), " FROM users u WHERE lower(u.email) = lower($1) ORDER BY u.id"))
+            .bind(email.as_str())
+            .fetch_all(&self.primary)
+            .await?
+            .iter()
+            .map(rows::user)
+            .collect()
+    }
+
+    async fn put_identity_tokens(&self, identity: IdentityId, tokens: &EncryptedTokens) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO identity_tokens (identity_id, access_token, refresh_token, expires_at, scopes, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (identity_id) DO UPDATE SET access_token = excluded.access_token,
+               refresh_token = excluded.refresh_token, expires_at = excluded.expires_at,
+               scopes = excluded.scopes, updated_at = excluded.updated_at",
+        )
+        .bind(identity.as_uuid())
+        .bind(&tokens.access_token)
+        .bind(tokens.refresh_token.as_deref())
+        .bind(tokens.expires_at)
+        .bind(&tokens.scopes)
+        .bind(tokens.updated_at)
+        .execute(&self.primary)
+        .await?;
+        Ok(())
+    }
+
+    async fn identity_tokens(&self, identity: IdentityId) -> Result<Option<EncryptedTokens>, StoreError> {
+        let row = sqlx::query(
+            "SELECT access_token, refresh_token, expires_at, scopes, updated_at FROM identity_tokens WHERE identity_id = $1",
+        )
+        .bind(identity.as_uuid())
+        .fetch_optional(&self.primary)
+        .await?;
+        row.map(|row| {
+            Ok(EncryptedTokens {
+                access_token: row.try_get("access_token")?,
+                refresh_token: row.try_get("refresh_token")?,
+                expires_at: row.try_get("expires_at")?,
+                scopes: row.text("scopes")?,
+                updated_at: row.time("updated_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn secrets_page(
+        &self,
+        kind: SecretKind,
+        after: Option<uuid::Uuid>,
+        limit: i64,
+    ) -> Result<Vec<StoredSecret>, StoreError> {
+        match kind {
+            SecretKind::IdentityTokens => {
+                let rows = sqlx::query(
+                    "SELECT identity_id, access_token, refresh_token FROM identity_tokens
+                     WHERE $1::uuid IS NULL OR identity_id > $1 ORDER BY identity_id LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.primary)
+                .await?;
+                let mut secrets = Vec::with_capacity(rows.len() * 2);
+                for row in &rows {
+                    let row_id = row.uuid("identity_id")?;
+                    secrets.push(StoredSecret {
+                        kind,
+                        row_id,
+                        column: "access_token",
+                        ciphertext: row.try_get("access_token")?,
+                    });
+                    if let Some(refresh) = row.try_get::<Option<Vec<u8>>, _>("refresh_token")? {
+                        secrets.push(StoredSecret { kind, row_id, column: "refresh_token", ciphertext: refresh });
+                    }
+                }
+                Ok(secrets)
+            }
+        }
+    }
+
+    async fn replace_secret(&self, secret: &StoredSecret, new: &[u8]) -> Result<bool, StoreError> {
+        let sql = match (secret.kind, secret.column) {
+            (SecretKind::IdentityTokens, "access_token") => {
+                "UPDATE identity_tokens SET access_token = $3 WHERE identity_id = $1 AND access_token = $2"
+            }
+            (SecretKind::IdentityTokens, "refresh_token") => {
+                "UPDATE identity_tokens SET refresh_token = $3 WHERE identity_id = $1 AND refresh_token = $2"
+            }
+            (_, column) => return Err(StoreError::Corrupt(format!("no encrypted column {column}"))),
+        };
+        let updated =
+            sqlx::query(sql).bind(secret.row_id).bind(&secret.ciphertext).bind(new).execute(&self.primary).await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn count_secrets(&self, kind: SecretKind) -> Result<i64, StoreError> {
+        let sql = match kind {
+            SecretKind::IdentityTokens => "SELECT count(*) FROM identity_tokens",
+        };
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.primary).await?)
+    }
+
     async fn close(&self) {
         self.primary.close().await;
         if let Some(replica) = &self.replica {
@@ -445,13 +847,18 @@ impl Store for PgStore {
 /// A user with identities and teams, read from `pool`.
 async fn user_profile(pool: PgPool, user: UserId) -> Result<Option<UserProfile>, StoreError> {
     {
-        let found = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1"))
-            .bind(user.as_uuid())
-            .fetch_optional(&pool)
-            .await?;
-        let Some(found) = found.as_ref().map(rows::user).transpose()? else {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", u.primary_identity_id AS primary_identity_id FROM users u WHERE u.id = $1"
+        ))
+        .bind(user.as_uuid())
+        .fetch_optional(&pool)
+        .await?;
+        let Some(row) = row else {
             return Ok(None);
         };
+        let (found, chosen_primary) = (rows::user(&row)?, row.opt_uuid("primary_identity_id")?);
         let identities = sqlx::query(concat!(
             "SELECT ",
             identity_columns!(),
@@ -476,7 +883,7 @@ async fn user_profile(pool: PgPool, user: UserId) -> Result<Option<UserProfile>,
         .iter()
         .map(rows::membership)
         .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(UserProfile { user: found, identities, teams }))
+        Ok(Some(rows::user_profile(found, chosen_primary, identities, teams)))
     }
 }
 

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{StoreError, decode_domain, decode_issuer, decode_role, decode_slug, decode_subject};
 use crate::domain::{
-    DomainClaim, Identity, IdentityId, Principal, Team, TeamId, TeamMembership, TeamRole, User, UserId,
+    DomainClaim, Identity, IdentityId, Principal, Team, TeamId, TeamMembership, TeamRole, User, UserId, UserProfile,
 };
 
 /// Column accessors with the backend's storage conventions.
@@ -147,6 +147,20 @@ pub(super) fn principal<R: RowExt>(rows: &[R]) -> Result<Option<Principal>, Stor
         user: user(first)?,
         teams,
     }))
+}
+
+/// Assembles a profile; the primary identity is the chosen one, else the oldest.
+pub(super) fn user_profile(
+    user: User,
+    chosen_primary: Option<uuid::Uuid>,
+    identities: Vec<Identity>,
+    teams: Vec<TeamMembership>,
+) -> UserProfile {
+    let primary_identity_id = chosen_primary
+        .map(IdentityId::from_uuid)
+        .filter(|id| identities.iter().any(|i| i.id == *id))
+        .or_else(|| identities.first().map(|i| i.id));
+    UserProfile { user, identities, primary_identity_id, teams }
 }
 
 /// Implements the type-uniform accessors of [`RowExt`] for a backend's row type; the backend adds

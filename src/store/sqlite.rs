@@ -17,12 +17,14 @@ use sqlx::{Row, Sqlite, Transaction};
 use super::migrations::{self, Applied, Embedded, MigrationStatus};
 use super::rows::{self, RowExt, domain_columns, identity_columns, impl_row_ext_common, team_columns, user_columns};
 use super::{
-    ClaimOutcome, CreateOutcome, DataReport, IdentityMatch, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError,
+    ClaimOutcome, CreateOutcome, DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, NewAccount,
+    NewEvent, NewLink, NewSession, NewTeam, ReadFrom, SecretKind, SessionRecord, Store, StoreError, StoredSecret,
+    UnlinkOutcome,
 };
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
-    DomainClaim, DomainName, Email, IdentityId, Issuer, Principal, Role, Subject, Team, TeamId, TeamRef, User, UserId,
-    UserProfile,
+    DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, Role, Subject, Team, TeamId, TeamRef,
+    User, UserId, UserProfile,
 };
 
 static MIGRATIONS: &[Embedded] = &[
@@ -36,6 +38,7 @@ static MIGRATIONS: &[Embedded] = &[
         description: "team_domains",
         sql: include_str!("../../migrations/sqlite/0002_team_domains.sql"),
     },
+    Embedded { version: 3, description: "sign_in", sql: include_str!("../../migrations/sqlite/0003_sign_in.sql") },
 ];
 
 /// Tessera's storage on an SQLite file.
@@ -158,6 +161,52 @@ async fn insert_events(
             .await?;
     }
     Ok(())
+}
+
+/// An audit row for `identity_events`.
+struct IdentityEvent<'a> {
+    user: UserId,
+    identity: IdentityId,
+    action: &'static str,
+    provider: &'a str,
+    issuer: &'a Issuer,
+    subject: &'a Subject,
+    now: DateTime<Utc>,
+}
+
+async fn insert_identity_event(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: IdentityEvent<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO identity_events (id, user_id, identity_id, action, provider, issuer, subject, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(event.user.as_uuid())
+    .bind(event.identity.as_uuid())
+    .bind(event.action)
+    .bind(event.provider)
+    .bind(event.issuer.as_str())
+    .bind(event.subject.as_str())
+    .bind(micros(event.now))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn identity_of(
+    tx: &mut Transaction<'static, Sqlite>,
+    identity: IdentityId,
+    user: UserId,
+) -> Result<Option<Identity>, StoreError> {
+    let row =
+        sqlx::query(concat!("SELECT ", identity_columns!(), " FROM identities i WHERE i.id = ?1 AND i.user_id = ?2"))
+            .bind(identity.as_uuid())
+            .bind(user.as_uuid())
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.as_ref().map(rows::identity).transpose()
 }
 
 async fn default_team_of(tx: &mut Transaction<'static, Sqlite>, user: UserId) -> Result<Option<Team>, StoreError> {
@@ -302,6 +351,19 @@ impl Store for SqliteStore {
         }
         let team = insert_default_team(&mut tx, account.user_id, &account.team, account.now).await?;
         insert_events(&mut tx, &account.events, account.now).await?;
+        insert_identity_event(
+            &mut tx,
+            IdentityEvent {
+                user: account.user_id,
+                identity: account.identity_id,
+                action: "link",
+                provider: &account.provider,
+                issuer: &account.issuer,
+                subject: &account.subject,
+                now: account.now,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(CreateOutcome::Created { user: account.user(), team })
     }
@@ -349,9 +411,18 @@ impl Store for SqliteStore {
     }
 
     async fn user_profile(&self, user: UserId, _from: ReadFrom) -> Result<Option<UserProfile>, StoreError> {
-        let Some(found) = self.get_user(user).await? else {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", u.primary_identity_id AS primary_identity_id FROM users u WHERE u.id = ?1"
+        ))
+        .bind(user.as_uuid())
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else {
             return Ok(None);
         };
+        let (found, chosen_primary) = (rows::user(&row)?, row.opt_uuid("primary_identity_id")?);
         let identities = sqlx::query(concat!(
             "SELECT ",
             identity_columns!(),
@@ -376,7 +447,7 @@ impl Store for SqliteStore {
         .iter()
         .map(rows::membership)
         .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(UserProfile { user: found, identities, teams }))
+        Ok(Some(rows::user_profile(found, chosen_primary, identities, teams)))
     }
 
     async fn principal(
@@ -486,6 +557,346 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(rows::domain_claim).transpose()
+    }
+
+    async fn insert_login_state(&self, state: &LoginState) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO login_states
+               (state_hash, provider, pkce_verifier, nonce, return_to, link_user_id, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&state.state_hash[..])
+        .bind(&state.provider)
+        .bind(&state.pkce_verifier)
+        .bind(&state.nonce)
+        .bind(&state.return_to)
+        .bind(state.link_user.map(|u| u.as_uuid()))
+        .bind(micros(state.created_at))
+        .bind(micros(state.expires_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_login_state(
+        &self,
+        state_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<LoginState>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM login_states WHERE state_hash = ?1
+             RETURNING provider, pkce_verifier, nonce, return_to, link_user_id, created_at, expires_at",
+        )
+        .bind(&state_hash[..])
+        .fetch_optional(&self.writer)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let state = LoginState {
+            state_hash: *state_hash,
+            provider: row.text("provider")?,
+            pkce_verifier: row.text("pkce_verifier")?,
+            nonce: row.text("nonce")?,
+            return_to: row.text("return_to")?,
+            link_user: row.opt_uuid("link_user_id")?.map(UserId::from_uuid),
+            created_at: row.time("created_at")?,
+            expires_at: row.time("expires_at")?,
+        };
+        Ok((state.expires_at > now).then_some(state))
+    }
+
+    async fn insert_session(&self, session: &NewSession) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+        )
+        .bind(&session.token_hash[..])
+        .bind(session.user_id.as_uuid())
+        .bind(session.identity_id.map(|i| i.as_uuid()))
+        .bind(micros(session.now))
+        .bind(micros(session.expires_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT user_id, created_at, last_seen_at, expires_at FROM sessions WHERE token_hash = ?1")
+                .bind(&token_hash[..])
+                .fetch_optional(&self.reader)
+                .await?;
+        row.map(|row| {
+            Ok(SessionRecord {
+                user_id: UserId::from_uuid(row.uuid("user_id")?),
+                created_at: row.time("created_at")?,
+                last_seen_at: row.time("last_seen_at")?,
+                expires_at: row.time("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn touch_session(&self, token_hash: &[u8; 32], now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET last_seen_at = ?2 WHERE token_hash = ?1 AND last_seen_at < ?2")
+            .bind(&token_hash[..])
+            .bind(micros(now))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM sessions WHERE token_hash = ?1")
+            .bind(&token_hash[..])
+            .execute(&self.writer)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn delete_expired(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let states = sqlx::query("DELETE FROM login_states WHERE expires_at <= ?1")
+            .bind(micros(now))
+            .execute(&self.writer)
+            .await?;
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?1 OR last_seen_at < ?2")
+            .bind(micros(now))
+            .bind(micros(idle_before))
+            .execute(&self.writer)
+            .await?;
+        Ok(states.rows_affected() + sessions.rows_affected())
+    }
+
+    async fn link_identity(&self, user: UserId, link: &NewLink) -> Result<LinkOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO identities
+               (id, user_id, issuer, subject, provider, email, email_verified, created_at, last_seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT (issuer, subject) DO NOTHING RETURNING id",
+        )
+        .bind(link.identity_id.as_uuid())
+        .bind(user.as_uuid())
+        .bind(link.issuer.as_str())
+        .bind(link.subject.as_str())
+        .bind(&link.provider)
+        .bind(link.email.as_ref().map(Email::as_str))
+        .bind(link.email_verified)
+        .bind(micros(link.now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_some() {
+            insert_identity_event(
+                &mut tx,
+                IdentityEvent {
+                    user,
+                    identity: link.identity_id,
+                    action: "link",
+                    provider: &link.provider,
+                    issuer: &link.issuer,
+                    subject: &link.subject,
+                    now: link.now,
+                },
+            )
+            .await?;
+            let identity = identity_of(&mut tx, link.identity_id, user)
+                .await?
+                .ok_or(StoreError::Conflict { what: "identity vanished while linking" })?;
+            tx.commit().await?;
+            return Ok(LinkOutcome::Linked(identity));
+        }
+        let existing = sqlx::query(concat!(
+            "SELECT ",
+            identity_columns!(),
+            " FROM identities i WHERE i.issuer = ?1 AND i.subject = ?2"
+        ))
+        .bind(link.issuer.as_str())
+        .bind(link.subject.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        let identity = rows::identity(&existing)?;
+        Ok(if identity.user_id == user {
+            LinkOutcome::AlreadyLinked(identity)
+        } else {
+            LinkOutcome::LinkedToAnotherUser
+        })
+    }
+
+    async fn unlink_identity(
+        &self,
+        user: UserId,
+        identity: IdentityId,
+        now: DateTime<Utc>,
+    ) -> Result<UnlinkOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let Some(found) = identity_of(&mut tx, identity, user).await? else {
+            tx.rollback().await?;
+            return Ok(UnlinkOutcome::NotFound);
+        };
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM identities WHERE user_id = ?1")
+            .bind(user.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+        if count <= 1 {
+            tx.rollback().await?;
+            return Ok(UnlinkOutcome::LastIdentity);
+        }
+        sqlx::query("DELETE FROM identities WHERE id = ?1").bind(identity.as_uuid()).execute(&mut *tx).await?;
+        insert_identity_event(
+            &mut tx,
+            IdentityEvent {
+                user,
+                identity,
+                action: "unlink",
+                provider: &found.provider,
+                issuer: &found.issuer,
+                subject: &found.subject,
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(UnlinkOutcome::Unlinked(found))
+    }
+
+    async fn set_primary_identity(
+        &self,
+        user: UserId,
+        identity: IdentityId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let Some(found) = identity_of(&mut tx, identity, user).await? else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        sqlx::query("UPDATE users SET primary_identity_id = ?2, updated_at = ?3 WHERE id = ?1")
+            .bind(user.as_uuid())
+            .bind(identity.as_uuid())
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+        insert_identity_event(
+            &mut tx,
+            IdentityEvent {
+                user,
+                identity,
+                action: "primary",
+                provider: &found.provider,
+                issuer: &found.issuer,
+                subject: &found.subject,
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn users_with_email(&self, email: &Email) -> Result<Vec<User>, StoreError> {
+        sqlx::query(concat!("SELECT ", user_columns!(), " FROM users u WHERE lower(u.email) = lower(?1) ORDER BY u.id"))
+            .bind(email.as_str())
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(rows::user)
+            .collect()
+    }
+
+    async fn put_identity_tokens(&self, identity: IdentityId, tokens: &EncryptedTokens) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO identity_tokens (identity_id, access_token, refresh_token, expires_at, scopes, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (identity_id) DO UPDATE SET access_token = excluded.access_token,
+               refresh_token = excluded.refresh_token, expires_at = excluded.expires_at,
+               scopes = excluded.scopes, updated_at = excluded.updated_at",
+        )
+        .bind(identity.as_uuid())
+        .bind(&tokens.access_token)
+        .bind(tokens.refresh_token.as_deref())
+        .bind(tokens.expires_at.map(micros))
+        .bind(&tokens.scopes)
+        .bind(micros(tokens.updated_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn identity_tokens(&self, identity: IdentityId) -> Result<Option<EncryptedTokens>, StoreError> {
+        let row = sqlx::query(
+            "SELECT access_token, refresh_token, expires_at, scopes, updated_at FROM identity_tokens WHERE identity_id = ?1",
+        )
+        .bind(identity.as_uuid())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| {
+            Ok(EncryptedTokens {
+                access_token: row.try_get("access_token")?,
+                refresh_token: row.try_get("refresh_token")?,
+                expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(from_micros).transpose()?,
+                scopes: row.text("scopes")?,
+                updated_at: row.time("updated_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn secrets_page(
+        &self,
+        kind: SecretKind,
+        after: Option<uuid::Uuid>,
+        limit: i64,
+    ) -> Result<Vec<StoredSecret>, StoreError> {
+        match kind {
+            SecretKind::IdentityTokens => {
+                let rows = sqlx::query(
+                    "SELECT identity_id, access_token, refresh_token FROM identity_tokens
+                     WHERE ?1 IS NULL OR identity_id > ?1 ORDER BY identity_id LIMIT ?2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?;
+                let mut secrets = Vec::with_capacity(rows.len() * 2);
+                for row in &rows {
+                    let row_id = row.uuid("identity_id")?;
+                    secrets.push(StoredSecret {
+                        kind,
+                        row_id,
+                        column: "access_token",
+                        ciphertext: row.try_get("access_token")?,
+                    });
+                    if let Some(refresh) = row.try_get::<Option<Vec<u8>>, _>("refresh_token")? {
+                        secrets.push(StoredSecret { kind, row_id, column: "refresh_token", ciphertext: refresh });
+                    }
+                }
+                Ok(secrets)
+            }
+        }
+    }
+
+    async fn replace_secret(&self, secret: &StoredSecret, new: &[u8]) -> Result<bool, StoreError> {
+        let sql = match (secret.kind, secret.column) {
+            (SecretKind::IdentityTokens, "access_token") => {
+                "UPDATE identity_tokens SET access_token = ?3 WHERE identity_id = ?1 AND access_token = ?2"
+            }
+            (SecretKind::IdentityTokens, "refresh_token") => {
+                "UPDATE identity_tokens SET refresh_token = ?3 WHERE identity_id = ?1 AND refresh_token = ?2"
+            }
+            (_, column) => return Err(StoreError::Corrupt(format!("no encrypted column {column}"))),
+        };
+        let updated =
+            sqlx::query(sql).bind(secret.row_id).bind(&secret.ciphertext).bind(new).execute(&self.writer).await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn count_secrets(&self, kind: SecretKind) -> Result<i64, StoreError> {
+        let sql = match kind {
+            SecretKind::IdentityTokens => "SELECT count(*) FROM identity_tokens",
+        };
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.reader).await?)
     }
 
     async fn close(&self) {

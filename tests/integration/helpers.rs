@@ -221,7 +221,13 @@ impl TestApp {
         }
         let store = store::connect(&config.database).await.expect("connect the store");
         prepare_schema(store.as_ref(), true).await.expect("migrate");
-        let app = Application::build_with_store(config, store.clone()).await.expect("build the application");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut config = config.clone();
+        if config.auth.public_url.is_none() {
+            config.auth.public_url =
+                Some(url::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap());
+        }
+        let app = Application::build_on(&config, store.clone(), listener);
         let addr = app.local_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {

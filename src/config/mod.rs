@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
@@ -13,7 +14,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::crypto::keyring::KeyRing;
 use crate::domain::Issuer;
+
+mod auth;
+
+pub use auth::{AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProviderConfig, ProviderEndpoints, ProviderKind};
 
 /// A configuration mistake, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +55,14 @@ pub struct Config {
     pub cache: CacheConfig,
     /// How issuer keys (JWKS) are fetched.
     pub jwks: JwksConfig,
+    /// Browser sign-in and sessions.
+    pub auth: AuthConfig,
+    /// Sign-in providers (`[[providers]]`).
+    pub providers: Vec<ProviderConfig>,
+    /// The key ring for upstream tokens at rest (`TESSERA_ENCRYPTION_KEYS`), if configured.
+    pub encryption: Option<Arc<KeyRing>>,
+    /// Warnings found while loading (deprecated settings), logged once logging is set up.
+    pub warnings: Vec<String>,
 }
 
 /// In-memory caches of the token-validation path.
@@ -281,6 +295,12 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     jwks: RawJwks,
+    #[serde(default)]
+    auth: auth::RawAuth,
+    #[serde(default)]
+    providers: Vec<auth::RawProvider>,
+    #[serde(default)]
+    encryption: auth::RawEncryption,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -459,6 +479,32 @@ impl Config {
         if !(100..=60_000).contains(&fetch_timeout) {
             return Err(ConfigError::new("jwks.fetch_timeout_ms", "expected 100 to 60000 milliseconds"));
         }
+        let auth = auth::parse_auth(raw.auth, env)?;
+        let providers = auth::parse_providers(raw.providers, env)?;
+        if !providers.is_empty() && auth.public_url.is_none() {
+            return Err(ConfigError::new(
+                "auth.public_url (TESSERA_PUBLIC_URL)",
+                "sign-in providers need the URL browsers reach Tessera at, to build callback URLs",
+            ));
+        }
+        if let Some(default) = &auth.default_provider
+            && !providers.iter().any(|p| &p.name == default)
+        {
+            return Err(ConfigError::new("auth.default_provider", format!("no provider is named {default:?}")));
+        }
+        let mut warnings = Vec::new();
+        let encryption = auth::parse_encryption(raw.encryption, env, &mut warnings)?;
+        if encryption.is_none()
+            && let Some(provider) = providers.iter().find(|p| p.store_tokens)
+        {
+            return Err(ConfigError::new(
+                ENCRYPTION_KEYS_VAR,
+                format!(
+                    "provider {:?} stores tokens, which needs an encryption key: set {ENCRYPTION_KEYS_VAR}=<id>:<base64 32 bytes>",
+                    provider.name
+                ),
+            ));
+        }
         let min_max_age = raw.jwks.min_max_age_seconds.unwrap_or(60);
         if !(1..=3600).contains(&min_max_age) {
             return Err(ConfigError::new("jwks.min_max_age_seconds", "expected 1 to 3600 seconds"));
@@ -498,6 +544,10 @@ impl Config {
             log: LogConfig { json, filter },
             cache,
             jwks,
+            auth,
+            providers,
+            encryption,
+            warnings,
         })
     }
 
@@ -569,7 +619,7 @@ fn split_list(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
-fn parse_bool(value: &str) -> Option<bool> {
+pub(crate) fn parse_bool(value: &str) -> Option<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" => Some(false),

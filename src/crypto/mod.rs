@@ -1,5 +1,8 @@
 //! Small cryptographic helpers on top of aws-lc-rs: hashing, constant-time comparison and
-//! randomness. Bearer secrets are only ever kept as [`sha256`] digests.
+//! randomness. Bearer secrets are only ever kept as [`sha256`] digests. [`keyring`] encrypts
+//! upstream tokens at rest.
+
+pub mod keyring;
 
 use aws_lc_rs::{constant_time, digest, rand};
 

@@ -24,6 +24,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+mod oauth;
+
+pub use oauth::{StubUser, Tamper, TokenFault};
+
 /// The signature algorithms the local issuer can sign with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
@@ -113,6 +117,7 @@ struct IssuerState {
     max_age: AtomicU64,
     jwks_fetches: AtomicU64,
     discovery_fetches: AtomicU64,
+    oauth: oauth::OAuthState,
 }
 
 /// A running local issuer.
@@ -145,10 +150,12 @@ impl LocalIssuer {
             max_age: AtomicU64::new(300),
             jwks_fetches: AtomicU64::new(0),
             discovery_fetches: AtomicU64::new(0),
+            oauth: oauth::OAuthState::default(),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
+            .merge(oauth::routes())
             .with_state(state.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -270,7 +277,14 @@ async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
     Json(json!({
         "issuer": state.issuer,
         "jwks_uri": format!("{}/jwks", state.issuer),
+        "authorization_endpoint": format!("{}/authorize", state.issuer),
+        "token_endpoint": format!("{}/token", state.issuer),
+        "userinfo_endpoint": format!("{}/userinfo", state.issuer),
+        "revocation_endpoint": format!("{}/revoke", state.issuer),
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
+        "authorization_response_iss_parameter_supported": state.oauth.sends_iss(),
     }))
     .into_response()
 }

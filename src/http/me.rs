@@ -1,0 +1,53 @@
+//! The signed-in user's own account: `GET /v1/me`, and choosing or unlinking identities.
+//! Callers authenticate with their session cookie or an upstream bearer token.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+
+use super::AppState;
+use super::caller::caller;
+use super::extract::ApiPath;
+use super::problem::ApiError;
+use crate::domain::{IdentityId, UserProfile};
+use crate::error::ErrorCode;
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/me", get(get_me))
+        .route("/v1/me/identities/{identity_id}", delete(unlink_identity))
+        .route("/v1/me/identities/{identity_id}/primary", post(make_identity_primary))
+}
+
+async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<UserProfile>, ApiError> {
+    let user = caller(&state, &headers).await?;
+    Ok(Json(state.validator.profile(user).await?))
+}
+
+fn parse_identity(value: &str) -> Result<IdentityId, ApiError> {
+    value.parse().map_err(|_| ApiError::new(ErrorCode::IdentityNotFound, "no identity has this id"))
+}
+
+async fn unlink_identity(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(identity): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = caller(&state, &headers).await?;
+    state.provisioner.unlink_identity(user, parse_identity(&identity)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn make_identity_primary(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(identity): ApiPath<String>,
+) -> Result<Json<UserProfile>, ApiError> {
+    let user = caller(&state, &headers).await?;
+    state.provisioner.set_primary_identity(user, parse_identity(&identity)?).await?;
+    Ok(Json(state.validator.profile(user).await?))
+}

@@ -1,0 +1,422 @@
+//! The local issuer as an OpenID provider: the authorization-code flow with PKCE S256, refresh
+//! tokens, userinfo and revocation — and knobs to make it misbehave in the ways tests need.
+//!
+//! `/authorize` signs "the next user" in at once (no login page) and redirects back with a code.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{IssuerState, LocalIssuer};
+use crate::crypto::{random_bytes, sha256};
+
+/// The user `/authorize` signs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StubUser {
+    /// `sub`.
+    pub subject: String,
+    /// `email`, if any.
+    pub email: Option<String>,
+    /// `email_verified`.
+    pub email_verified: bool,
+    /// `name`, if any.
+    pub name: Option<String>,
+    /// `preferred_username`, if any.
+    pub username: Option<String>,
+}
+
+impl StubUser {
+    /// A user with a subject and a verified email.
+    pub fn new(subject: &str, email: &str) -> Self {
+        Self {
+            subject: subject.to_owned(),
+            email: Some(email.to_owned()),
+            email_verified: true,
+            name: None,
+            username: None,
+        }
+    }
+}
+
+/// A way to spoil the next id_token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// A nonce other than the one sent to `/authorize`.
+    WrongNonce,
+    /// An audience other than the client.
+    WrongAudience,
+    /// Another issuer.
+    WrongIssuer,
+    /// Already expired.
+    Expired,
+    /// Signed with a key the JWKS does not publish, under a published `kid`.
+    ForgedSignature,
+}
+
+/// A failure of the next token request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenFault {
+    /// `400 {"error": "invalid_grant"}`.
+    InvalidGrant,
+    /// A server error status.
+    ServerError(u16),
+}
+
+struct PendingCode {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    nonce: Option<String>,
+    user: StubUser,
+    scope: String,
+}
+
+#[derive(Default)]
+pub(super) struct OAuthState {
+    next_user: std::sync::Mutex<Option<StubUser>>,
+    codes: std::sync::Mutex<HashMap<String, PendingCode>>,
+    refresh_tokens: std::sync::Mutex<HashMap<String, (StubUser, String)>>,
+    access_tokens: std::sync::Mutex<HashMap<String, StubUser>>,
+    client: std::sync::Mutex<Option<(String, String)>>,
+    tamper: std::sync::Mutex<Option<Tamper>>,
+    faults: std::sync::Mutex<Vec<TokenFault>>,
+    send_iss: AtomicBool,
+    rotate_refresh_tokens: AtomicBool,
+    token_delay_ms: AtomicU64,
+    access_token_ttl: AtomicU64,
+    code_exchanges: AtomicU64,
+    refreshes: AtomicU64,
+    revocations: AtomicU64,
+}
+
+impl OAuthState {
+    pub(super) fn sends_iss(&self) -> bool {
+        self.send_iss.load(Ordering::SeqCst)
+    }
+}
+
+pub(super) fn routes() -> Router<Arc<IssuerState>> {
+    Router::new()
+        .route("/authorize", get(authorize))
+        .route("/token", post(token))
+        .route("/userinfo", get(userinfo))
+        .route("/revoke", post(revoke))
+}
+
+impl LocalIssuer {
+    /// Registers the one client allowed at the token endpoint (otherwise any client is).
+    pub fn set_client(&self, client_id: &str, client_secret: &str) {
+        *self.state.oauth.client.lock().expect("lock") = Some((client_id.to_owned(), client_secret.to_owned()));
+    }
+
+    /// The user the next `/authorize` signs in.
+    pub fn set_next_user(&self, user: StubUser) {
+        *self.state.oauth.next_user.lock().expect("lock") = Some(user);
+    }
+
+    /// Spoils the next id_token.
+    pub fn tamper_next_id_token(&self, tamper: Tamper) {
+        *self.state.oauth.tamper.lock().expect("lock") = Some(tamper);
+    }
+
+    /// Makes the next token request fail; several calls queue several failures.
+    pub fn fail_next_token_request(&self, fault: TokenFault) {
+        self.state.oauth.faults.lock().expect("lock").push(fault);
+    }
+
+    /// Sends the RFC 9207 `iss` with authorization responses, and advertises it.
+    pub fn send_iss(&self, on: bool) {
+        self.state.oauth.send_iss.store(on, Ordering::SeqCst);
+    }
+
+    /// Issues a new refresh token on every refresh (and revokes the old one).
+    pub fn rotate_refresh_tokens(&self, on: bool) {
+        self.state.oauth.rotate_refresh_tokens.store(on, Ordering::SeqCst);
+    }
+
+    /// Makes every token request take this long.
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.state.oauth.token_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The `expires_in` of new access tokens (default 3600 s).
+    pub fn set_access_token_ttl(&self, seconds: u64) {
+        self.state.oauth.access_token_ttl.store(seconds, Ordering::SeqCst);
+    }
+
+    /// How many codes were exchanged.
+    pub fn code_exchanges(&self) -> u64 {
+        self.state.oauth.code_exchanges.load(Ordering::SeqCst)
+    }
+
+    /// How many refresh-token grants were answered (successfully or not).
+    pub fn refreshes(&self) -> u64 {
+        self.state.oauth.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// How many revocation requests arrived.
+    pub fn revocations(&self) -> u64 {
+        self.state.oauth.revocations.load(Ordering::SeqCst)
+    }
+}
+
+fn random() -> String {
+    URL_SAFE_NO_PAD.encode(random_bytes::<24>())
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthorizeQuery {
+    response_type: Option<String>,
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    state: Option<String>,
+    scope: Option<String>,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+}
+
+async fn authorize(State(state): State<Arc<IssuerState>>, Query(query): Query<AuthorizeQuery>) -> Response {
+    let (Some(client_id), Some(redirect_uri), Some(challenge)) =
+        (query.client_id, query.redirect_uri, query.code_challenge)
+    else {
+        return (StatusCode::BAD_REQUEST, "client_id, redirect_uri and code_challenge are required").into_response();
+    };
+    if query.response_type.as_deref() != Some("code") || query.code_challenge_method.as_deref() != Some("S256") {
+        return (StatusCode::BAD_REQUEST, "only response_type=code with PKCE S256").into_response();
+    }
+    let Ok(mut target) = url::Url::parse(&redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response();
+    };
+    let user = state
+        .oauth
+        .next_user
+        .lock()
+        .expect("lock")
+        .clone()
+        .unwrap_or_else(|| StubUser::new("stub-user", "stub@example.com"));
+    let code = random();
+    state.oauth.codes.lock().expect("lock").insert(
+        code.clone(),
+        PendingCode {
+            client_id,
+            redirect_uri,
+            challenge,
+            nonce: query.nonce,
+            user,
+            scope: query.scope.unwrap_or_default(),
+        },
+    );
+    {
+        let mut pairs = target.query_pairs_mut();
+        pairs.append_pair("code", &code);
+        if let Some(value) = &query.state {
+            pairs.append_pair("state", value);
+        }
+        if state.oauth.sends_iss() {
+            pairs.append_pair("iss", &state.issuer);
+        }
+    }
+    Redirect::to(target.as_str()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenForm {
+    grant_type: String,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    refresh_token: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+fn oauth_error(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+/// The client of a token request: HTTP Basic, else the form.
+fn client_of(headers: &HeaderMap, form: &TokenForm) -> (Option<String>, Option<String>) {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| STANDARD.decode(v).ok())
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.split_once(':').map(|(id, secret)| (id.to_owned(), secret.to_owned())));
+    let decode = |v: &str| url::form_urlencoded::parse(format!("v={v}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    match basic {
+        Some((id, secret)) => (decode(&id), decode(&secret)),
+        None => (form.client_id.clone(), form.client_secret.clone()),
+    }
+}
+
+async fn token(State(state): State<Arc<IssuerState>>, headers: HeaderMap, Form(form): Form<TokenForm>) -> Response {
+    let delay = state.oauth.token_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if form.grant_type == "refresh_token" {
+        state.oauth.refreshes.fetch_add(1, Ordering::SeqCst);
+    }
+    let fault = {
+        let mut faults = state.oauth.faults.lock().expect("lock");
+        (!faults.is_empty()).then(|| faults.remove(0))
+    };
+    match fault {
+        Some(TokenFault::InvalidGrant) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+        Some(TokenFault::ServerError(status)) => {
+            return StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY).into_response();
+        }
+        None => {}
+    }
+    let (client_id, client_secret) = client_of(&headers, &form);
+    if let Some((id, secret)) = state.oauth.client.lock().expect("lock").clone()
+        && (client_id.as_deref() != Some(&id) || client_secret.as_deref() != Some(&secret))
+    {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    match form.grant_type.as_str() {
+        "authorization_code" => {
+            let pending = form.code.as_ref().and_then(|code| state.oauth.codes.lock().expect("lock").remove(code));
+            let Some(pending) = pending else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            };
+            let verifier_ok = form
+                .code_verifier
+                .as_deref()
+                .is_some_and(|v| URL_SAFE_NO_PAD.encode(sha256(v.as_bytes())) == pending.challenge);
+            if !verifier_ok
+                || form.redirect_uri.as_deref() != Some(&pending.redirect_uri)
+                || client_id.as_deref() != Some(&pending.client_id)
+            {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            state.oauth.code_exchanges.fetch_add(1, Ordering::SeqCst);
+            let openid = pending.scope.split(' ').any(|s| s == "openid");
+            issue(&state, &pending.user, &pending.client_id, pending.nonce.as_deref(), openid, None)
+        }
+        "refresh_token" => {
+            let known: Option<(StubUser, String)> = form
+                .refresh_token
+                .as_ref()
+                .and_then(|t| state.oauth.refresh_tokens.lock().expect("lock").get(t).cloned());
+            let Some((user, client)) = known else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            };
+            let rotate = state.oauth.rotate_refresh_tokens.load(Ordering::SeqCst);
+            if rotate && let Some(old) = &form.refresh_token {
+                state.oauth.refresh_tokens.lock().expect("lock").remove(old);
+            }
+            let keep = if rotate { None } else { form.refresh_token.clone() };
+            issue(&state, &user, &client, None, false, Some(keep))
+        }
+        _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+    }
+}
+
+/// Issues tokens. `refresh`: `None` for a code exchange (a new refresh token); `Some(None)` for a
+/// rotating refresh (a new one); `Some(Some(_))` for a non-rotating refresh (none in the answer).
+fn issue(
+    state: &IssuerState,
+    user: &StubUser,
+    client_id: &str,
+    nonce: Option<&str>,
+    openid: bool,
+    refresh: Option<Option<String>>,
+) -> Response {
+    let access_token = random();
+    state.oauth.access_tokens.lock().expect("lock").insert(access_token.clone(), user.clone());
+    let ttl = match state.oauth.access_token_ttl.load(Ordering::SeqCst) {
+        0 => 3600,
+        ttl => ttl,
+    };
+    let mut body = json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": ttl });
+    if !matches!(refresh, Some(Some(_))) {
+        let refresh_token = random();
+        state
+            .oauth
+            .refresh_tokens
+            .lock()
+            .expect("lock")
+            .insert(refresh_token.clone(), (user.clone(), client_id.to_owned()));
+        body["refresh_token"] = refresh_token.into();
+    }
+    if openid {
+        body["id_token"] = id_token(state, user, client_id, nonce).into();
+    }
+    Json(body).into_response()
+}
+
+fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, nonce: Option<&str>) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({
+        "iss": state.issuer, "sub": user.subject, "aud": client_id, "iat": now, "exp": now + 300,
+    });
+    if let Some(nonce) = nonce {
+        claims["nonce"] = nonce.into();
+    }
+    for (field, value) in [("email", &user.email), ("name", &user.name), ("preferred_username", &user.username)] {
+        if let Some(value) = value {
+            claims[field] = value.clone().into();
+        }
+    }
+    if user.email.is_some() {
+        claims["email_verified"] = user.email_verified.into();
+    }
+    let tamper = state.oauth.tamper.lock().expect("lock").take();
+    match tamper {
+        Some(Tamper::WrongNonce) => claims["nonce"] = "not-the-nonce".into(),
+        Some(Tamper::WrongAudience) => claims["aud"] = "someone-else".into(),
+        Some(Tamper::WrongIssuer) => claims["iss"] = "https://other-issuer.example.com".into(),
+        Some(Tamper::Expired) => claims["exp"] = (now - 3600).into(),
+        Some(Tamper::ForgedSignature) | None => {}
+    }
+    let header = json!({ "alg": "RS256", "kid": "rsa-1", "typ": "JWT" });
+    let message = format!("{}.{}", super::encode_part(&header), super::encode_part(&claims));
+    let signature = if tamper == Some(Tamper::ForgedSignature) {
+        super::SigningKey::generate("rsa-1", super::Alg::Rs256).sign(message.as_bytes())
+    } else {
+        let keys = state.keys.read().expect("keys lock");
+        keys.iter().find(|k| k.kid == "rsa-1").expect("the rsa-1 key").sign(message.as_bytes())
+    };
+    format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+async fn userinfo(State(state): State<Arc<IssuerState>>, headers: HeaderMap) -> Response {
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let user = token.and_then(|t| state.oauth.access_tokens.lock().expect("lock").get(t).cloned());
+    match user {
+        Some(user) => {
+            let mut body = json!({ "sub": user.subject });
+            if let Some(email) = &user.email {
+                body["email"] = email.clone().into();
+                body["email_verified"] = user.email_verified.into();
+            }
+            Json(body).into_response()
+        }
+        None => oauth_error(StatusCode::UNAUTHORIZED, "invalid_token"),
+    }
+}
+
+async fn revoke(State(state): State<Arc<IssuerState>>, Form(form): Form<HashMap<String, String>>) -> Response {
+    state.oauth.revocations.fetch_add(1, Ordering::SeqCst);
+    if let Some(token) = form.get("token") {
+        state.oauth.refresh_tokens.lock().expect("lock").remove(token);
+        state.oauth.access_tokens.lock().expect("lock").remove(token);
+    }
+    StatusCode::OK.into_response()
+}

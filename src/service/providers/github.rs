@@ -1,0 +1,153 @@
+//! GitHub (or GitHub Enterprise, through endpoint overrides): OAuth 2.0 plus the REST API.
+//!
+//! The identity is keyed by the provider's fixed issuer (`https://github.com` by default) and the
+//! numeric account id — never the login, which users can change. The email is the primary
+//! verified one from `GET /user/emails`, when the `user:email` scope grants it.
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use url::Url;
+
+use super::oauth::{self, ClientAuth};
+use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
+use crate::config::ProviderConfig;
+use crate::domain::{DisplayName, Email};
+
+const AUTHORIZE: &str = "https://github.com/login/oauth/authorize";
+const TOKEN: &str = "https://github.com/login/oauth/access_token";
+const API: &str = "https://api.github.com";
+
+/// The GitHub provider.
+#[derive(Debug)]
+pub struct GitHubProvider {
+    config: ProviderConfig,
+    http: reqwest::Client,
+    authorize: Url,
+    token: Url,
+    api: Url,
+}
+
+#[derive(Debug, Deserialize)]
+struct GitHubUser {
+    id: u64,
+    login: Option<String>,
+    name: Option<String>,
+    avatar_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GitHubEmail {
+    email: String,
+    primary: bool,
+    verified: bool,
+}
+
+impl GitHubProvider {
+    /// Creates the provider with github.com's endpoints unless overridden.
+    pub fn new(config: ProviderConfig, http: reqwest::Client) -> Self {
+        let parse = |url: &str| Url::parse(url).expect("a valid built-in URL");
+        Self {
+            authorize: config.endpoints.authorization.clone().unwrap_or_else(|| parse(AUTHORIZE)),
+            token: config.endpoints.token.clone().unwrap_or_else(|| parse(TOKEN)),
+            api: config.endpoints.api.clone().unwrap_or_else(|| parse(API)),
+            config,
+            http,
+        }
+    }
+
+    async fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        tokens: &TokenSet,
+    ) -> Result<Option<T>, ProviderError> {
+        let url = format!("{}/{}", self.api.as_str().trim_end_matches('/'), path);
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(tokens.access_token.expose_secret())
+            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(ProviderError::Unavailable(format!("GET /{path} answered {status}")));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(ProviderError::InvalidResponse(format!("GET /{path} answered {status}")));
+        }
+        response.json().await.map(Some).map_err(|e| ProviderError::InvalidResponse(format!("GET /{path}: {e}")))
+    }
+}
+
+#[async_trait]
+impl Provider for GitHubProvider {
+    fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    async fn authorization_url(&self, request: &AuthorizationRequest<'_>) -> Result<Url, ProviderError> {
+        Ok(oauth::authorization_url(&self.config, &self.authorize, request, false))
+    }
+
+    async fn response_issuer(&self) -> Result<ResponseIssuer, ProviderError> {
+        Ok(ResponseIssuer { issuer: self.config.issuer.clone(), required: false })
+    }
+
+    async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &Url,
+    ) -> Result<TokenSet, ProviderError> {
+        oauth::exchange_code(&self.http, &self.config, &self.token, ClientAuth::Body, code, pkce_verifier, redirect_uri)
+            .await
+    }
+
+    async fn user_info(&self, tokens: &TokenSet, _nonce: &str) -> Result<UserInfo, ProviderError> {
+        let user: GitHubUser = self
+            .get("user", tokens)
+            .await?
+            .ok_or_else(|| ProviderError::InvalidResponse("GET /user refused the token".into()))?;
+        let emails: Vec<GitHubEmail> = self.get("user/emails", tokens).await?.unwrap_or_default();
+        let email = emails.iter().find(|e| e.primary && e.verified).and_then(|e| Email::parse(&e.email).ok());
+        Ok(UserInfo {
+            account_id: user.id.to_string(),
+            login: user.login,
+            email_verified: email.is_some(),
+            email,
+            name: DisplayName::parse_optional(user.name.as_deref()).ok().flatten().map(|n| n.as_str().to_owned()),
+            avatar_url: user.avatar_url,
+        })
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
+        oauth::refresh(&self.http, &self.config, &self.token, ClientAuth::Body, refresh_token).await
+    }
+
+    async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {
+        // GitHub's own revocation API: DELETE /applications/{client_id}/token, as the app.
+        let Some(secret) = &self.config.client_secret else {
+            return Ok(false);
+        };
+        let url = format!("{}/applications/{}/token", self.api.as_str().trim_end_matches('/'), self.config.client_id);
+        let response = self
+            .http
+            .delete(url)
+            .basic_auth(&self.config.client_id, Some(secret.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+            .json(&serde_json::json!({ "access_token": token }))
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        if response.status().is_server_error() {
+            return Err(ProviderError::Unavailable(format!("revocation answered {}", response.status())));
+        }
+        Ok(response.status().is_success())
+    }
+}

@@ -1,0 +1,189 @@
+//! Upstream sign-in providers behind one trait, and the registry built from configuration.
+//!
+//! Built-in kinds: `oidc` (any OpenID Connect issuer, through discovery; the id_token is verified
+//! with the same key machinery as token validation), `gitlab` (the same, with GitLab's defaults)
+//! and `github` (OAuth2 and the REST API). Adding a provider is a config entry for an OIDC issuer,
+//! or one implementation of [`Provider`].
+
+mod github;
+mod oauth;
+mod oidc;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use url::Url;
+
+use crate::config::{JwksConfig, ProviderConfig, ProviderKind};
+use crate::domain::{Email, Issuer};
+use crate::error::ErrorCode;
+
+pub use github::GitHubProvider;
+pub use oidc::OidcProvider;
+
+/// What the browser is sent to the provider with.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthorizationRequest<'a> {
+    /// Where the provider sends the browser back.
+    pub redirect_uri: &'a Url,
+    /// The state value (≥ 256 random bits).
+    pub state: &'a str,
+    /// The PKCE verifier; the provider sends its S256 challenge.
+    pub pkce_verifier: &'a str,
+    /// The OpenID nonce.
+    pub nonce: &'a str,
+}
+
+/// Tokens from a provider's token endpoint.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    /// The access token.
+    pub access_token: SecretString,
+    /// The refresh token, if one was issued.
+    pub refresh_token: Option<SecretString>,
+    /// When the access token expires, if said.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Granted scopes, if said.
+    pub scopes: Vec<String>,
+    /// The OpenID id_token, if any.
+    pub id_token: Option<String>,
+}
+
+/// A provider-agnostic profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    /// The stable account id at the provider (never the login, which users can change).
+    pub account_id: String,
+    /// The login or preferred user name.
+    pub login: Option<String>,
+    /// The email, if the provider gave one.
+    pub email: Option<Email>,
+    /// Whether the provider says the email is verified.
+    pub email_verified: bool,
+    /// Display name.
+    pub name: Option<String>,
+    /// Avatar URL.
+    pub avatar_url: Option<String>,
+}
+
+/// How the `iss` parameter of an authorization response (RFC 9207) is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseIssuer {
+    /// The value `iss` must have when present.
+    pub issuer: Issuer,
+    /// Whether the provider advertises it, so that it must be present.
+    pub required: bool,
+}
+
+/// Why a provider call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider refused the authorization code (`invalid_grant`).
+    #[error("the provider refused the authorization code")]
+    InvalidCode,
+    /// The provider refused the refresh token (`invalid_grant`).
+    #[error("the provider refused the refresh token")]
+    InvalidGrant,
+    /// The id_token does not verify (signature, issuer, audience, expiry or nonce).
+    #[error("the id_token is not acceptable: {0}")]
+    InvalidIdToken(String),
+    /// The provider cannot be reached, or answered with a server error.
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered something Tessera cannot use.
+    #[error("the provider answered unexpectedly: {0}")]
+    InvalidResponse(String),
+}
+
+impl ProviderError {
+    /// The public error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProviderError::InvalidCode | ProviderError::InvalidGrant => ErrorCode::InvalidCode,
+            ProviderError::InvalidIdToken(_) => ErrorCode::InvalidIdToken,
+            ProviderError::Unavailable(_) | ProviderError::InvalidResponse(_) => ErrorCode::ProviderUnavailable,
+        }
+    }
+}
+
+/// An upstream provider.
+#[async_trait]
+pub trait Provider: Send + Sync + Debug {
+    /// Its configuration (name, issuer, client, settings).
+    fn config(&self) -> &ProviderConfig;
+
+    /// Its unique name.
+    fn name(&self) -> &str {
+        &self.config().name
+    }
+
+    /// The issuer that keys this provider's identities.
+    fn identity_issuer(&self) -> &Issuer {
+        &self.config().issuer
+    }
+
+    /// The URL to send the browser to.
+    async fn authorization_url(&self, request: &AuthorizationRequest<'_>) -> Result<Url, ProviderError>;
+
+    /// How to check the `iss` parameter of the authorization response.
+    async fn response_issuer(&self) -> Result<ResponseIssuer, ProviderError>;
+
+    /// Exchanges an authorization code (with its PKCE verifier) for tokens.
+    async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &Url,
+    ) -> Result<TokenSet, ProviderError>;
+
+    /// The profile behind `tokens`; `nonce` is the one sent with the authorization request.
+    async fn user_info(&self, tokens: &TokenSet, nonce: &str) -> Result<UserInfo, ProviderError>;
+
+    /// Exchanges a refresh token for fresh tokens.
+    async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError>;
+
+    /// Revokes a token at the provider, where it offers a way to; `Ok(false)` when it does not.
+    async fn revoke(&self, token: &str) -> Result<bool, ProviderError>;
+}
+
+/// The configured providers by name.
+#[derive(Debug, Default)]
+pub struct ProviderRegistry {
+    providers: HashMap<String, Arc<dyn Provider>>,
+    default: Option<String>,
+}
+
+impl ProviderRegistry {
+    /// Builds every configured provider. Names are unique (checked with the configuration).
+    pub fn new(configs: &[ProviderConfig], default: Option<String>, http: reqwest::Client, jwks: &JwksConfig) -> Self {
+        let providers = configs
+            .iter()
+            .map(|config| {
+                let provider: Arc<dyn Provider> = match config.kind {
+                    ProviderKind::Oidc | ProviderKind::GitLab => {
+                        Arc::new(OidcProvider::new(config.clone(), http.clone(), jwks))
+                    }
+                    ProviderKind::GitHub => Arc::new(GitHubProvider::new(config.clone(), http.clone())),
+                };
+                (config.name.clone(), provider)
+            })
+            .collect();
+        Self { providers, default }
+    }
+
+    /// A provider by name, or the default one when `name` is `None`.
+    pub fn get(&self, name: Option<&str>) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(name.or(self.default.as_deref())?)
+    }
+
+    /// Every provider, by name.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        let mut providers: Vec<_> = self.providers.values().collect();
+        providers.sort_by(|a, b| a.name().cmp(b.name()));
+        providers.into_iter()
+    }
+}

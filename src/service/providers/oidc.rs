@@ -1,0 +1,268 @@
+//! Any OpenID Connect issuer (and GitLab, which is one): endpoints from discovery unless
+//! configured, and an id_token verified with the same key machinery as token validation —
+//! issuer, audience (the client id, with `azp` when there are several), expiry, the algorithm
+//! allow-list, and the nonce sent with the authorization request.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::oauth::{self, ClientAuth};
+use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
+use crate::config::{JwksConfig, ProviderConfig};
+use crate::domain::{DisplayName, Email};
+use crate::service::jwks::{JwksCache, discovered_endpoint, fetch_discovery};
+use crate::service::tokens::{Rules, TokenError, token_issuer, verify_signed};
+
+/// The endpoints of an OpenID provider.
+#[derive(Debug, Clone)]
+struct Metadata {
+    authorization: Url,
+    token: Url,
+    userinfo: Option<Url>,
+    revocation: Option<Url>,
+    iss_parameter_supported: bool,
+}
+
+/// An OpenID Connect provider.
+#[derive(Debug)]
+pub struct OidcProvider {
+    config: ProviderConfig,
+    http: reqwest::Client,
+    keys: JwksCache,
+    metadata: Mutex<Option<Arc<Metadata>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IdTokenClaims {
+    sub: String,
+    aud: Value,
+    azp: Option<String>,
+    nonce: Option<String>,
+    #[serde(flatten)]
+    profile: Value,
+}
+
+impl OidcProvider {
+    /// Creates the provider; discovery happens on first use.
+    pub fn new(config: ProviderConfig, http: reqwest::Client, jwks: &JwksConfig) -> Self {
+        let keys = JwksCache::new(config.issuer.clone(), config.endpoints.jwks.clone(), http.clone(), jwks);
+        Self { config, http, keys, metadata: Mutex::new(None) }
+    }
+
+    /// The provider's endpoints: configured ones win; the rest come from discovery, which is
+    /// cached once it succeeds and retried while it fails.
+    async fn metadata(&self) -> Result<Arc<Metadata>, ProviderError> {
+        let mut cached = self.metadata.lock().await;
+        if let Some(metadata) = cached.as_ref() {
+            return Ok(metadata.clone());
+        }
+        let endpoints = &self.config.endpoints;
+        let document = if endpoints.authorization.is_some() && endpoints.token.is_some() {
+            Value::Null
+        } else {
+            fetch_discovery(&self.http, &self.config.issuer)
+                .await
+                .map_err(|e| ProviderError::Unavailable(e.to_string()))?
+        };
+        let found = |field: &str| {
+            discovered_endpoint(&document, field, &self.config.issuer)
+                .map_err(|e| ProviderError::InvalidResponse(e.to_string()))
+        };
+        let missing = |field: &str| ProviderError::InvalidResponse(format!("the provider publishes no {field}"));
+        let metadata = Arc::new(Metadata {
+            authorization: match &endpoints.authorization {
+                Some(url) => url.clone(),
+                None => found("authorization_endpoint")?.ok_or_else(|| missing("authorization_endpoint"))?,
+            },
+            token: match &endpoints.token {
+                Some(url) => url.clone(),
+                None => found("token_endpoint")?.ok_or_else(|| missing("token_endpoint"))?,
+            },
+            userinfo: match &endpoints.userinfo {
+                Some(url) => Some(url.clone()),
+                None => found("userinfo_endpoint")?,
+            },
+            revocation: match &endpoints.revocation {
+                Some(url) => Some(url.clone()),
+                None => found("revocation_endpoint")?,
+            },
+            iss_parameter_supported: document
+                .get("authorization_response_iss_parameter_supported")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        });
+        *cached = Some(metadata.clone());
+        Ok(metadata)
+    }
+
+    async fn verify_id_token(&self, id_token: &str, nonce: &str) -> Result<IdTokenClaims, ProviderError> {
+        let invalid = |e: TokenError| match e {
+            TokenError::IssuerUnavailable => ProviderError::Unavailable("the provider's keys are unavailable".into()),
+            other => ProviderError::InvalidIdToken(other.to_string()),
+        };
+        if token_issuer(id_token).map_err(invalid)? != self.config.issuer {
+            return Err(ProviderError::InvalidIdToken("the id_token names another issuer".into()));
+        }
+        let audiences = [self.config.client_id.clone()];
+        let rules = Rules {
+            algorithms: &self.config.algorithms,
+            audiences: &audiences,
+            leeway: std::time::Duration::from_secs(60),
+        };
+        let claims: IdTokenClaims = verify_signed(id_token, &self.keys, &rules).await.map_err(invalid)?;
+        if claims.aud.as_array().is_some_and(|a| a.len() > 1) && claims.azp.as_deref() != Some(&self.config.client_id) {
+            return Err(ProviderError::InvalidIdToken("azp does not name this client".into()));
+        }
+        let nonce_matches =
+            claims.nonce.as_deref().is_some_and(|n| crate::crypto::constant_time_eq(n.as_bytes(), nonce.as_bytes()));
+        if !nonce_matches {
+            return Err(ProviderError::InvalidIdToken("the nonce does not match the sign-in".into()));
+        }
+        Ok(claims)
+    }
+
+    /// Claims from the userinfo endpoint, when the id_token lacks the email.
+    async fn userinfo(&self, url: &Url, tokens: &TokenSet) -> Result<Value, ProviderError> {
+        let response = self
+            .http
+            .get(url.clone())
+            .bearer_auth(tokens.access_token.expose_secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        if response.status().is_server_error() {
+            return Err(ProviderError::Unavailable(format!("userinfo answered {}", response.status())));
+        }
+        if !response.status().is_success() {
+            return Err(ProviderError::InvalidResponse(format!("userinfo answered {}", response.status())));
+        }
+        response.json().await.map_err(|e| ProviderError::InvalidResponse(format!("userinfo: {e}")))
+    }
+}
+
+#[async_trait]
+impl Provider for OidcProvider {
+    fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    async fn authorization_url(&self, request: &AuthorizationRequest<'_>) -> Result<Url, ProviderError> {
+        let metadata = self.metadata().await?;
+        Ok(oauth::authorization_url(&self.config, &metadata.authorization, request, true))
+    }
+
+    async fn response_issuer(&self) -> Result<ResponseIssuer, ProviderError> {
+        let metadata = self.metadata().await?;
+        Ok(ResponseIssuer { issuer: self.config.issuer.clone(), required: metadata.iss_parameter_supported })
+    }
+
+    async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &Url,
+    ) -> Result<TokenSet, ProviderError> {
+        let metadata = self.metadata().await?;
+        oauth::exchange_code(
+            &self.http,
+            &self.config,
+            &metadata.token,
+            ClientAuth::Basic,
+            code,
+            pkce_verifier,
+            redirect_uri,
+        )
+        .await
+    }
+
+    async fn user_info(&self, tokens: &TokenSet, nonce: &str) -> Result<UserInfo, ProviderError> {
+        let id_token = tokens
+            .id_token
+            .as_deref()
+            .ok_or_else(|| ProviderError::InvalidIdToken("the token response has no id_token".into()))?;
+        let claims = self.verify_id_token(id_token, nonce).await?;
+        let mut profile = claims.profile;
+        if profile.get("email").is_none()
+            && let Some(url) = self.metadata().await?.userinfo.clone()
+        {
+            let extra = self.userinfo(&url, tokens).await?;
+            // Only claims about the same subject may be merged (OpenID Connect Core 5.3.2).
+            if extra.get("sub").and_then(Value::as_str) == Some(claims.sub.as_str())
+                && let (Value::Object(profile), Value::Object(extra)) = (&mut profile, extra)
+            {
+                for (key, value) in extra {
+                    profile.entry(key).or_insert(value);
+                }
+            }
+        }
+        Ok(profile_into_user_info(claims.sub, &profile))
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
+        let metadata = self.metadata().await?;
+        oauth::refresh(&self.http, &self.config, &metadata.token, ClientAuth::Basic, refresh_token).await
+    }
+
+    async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {
+        match self.metadata().await?.revocation.clone() {
+            Some(url) => oauth::revoke(&self.http, &self.config, &url, token).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Maps OpenID claims to a [`UserInfo`].
+fn profile_into_user_info(subject: String, profile: &Value) -> UserInfo {
+    let text = |field: &str| profile.get(field).and_then(Value::as_str).map(str::to_owned);
+    let email = text("email").and_then(|e| Email::parse(&e).ok());
+    let email_verified = email.is_some()
+        && match profile.get("email_verified") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+    let name = text("name").or_else(|| {
+        let parts: Vec<String> = [text("given_name"), text("family_name")].into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
+    });
+    UserInfo {
+        account_id: subject,
+        login: text("preferred_username").or_else(|| text("nickname")),
+        email,
+        email_verified,
+        name: DisplayName::parse_optional(name.as_deref()).ok().flatten().map(|n| n.as_str().to_owned()),
+        avatar_url: text("picture"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn claims_map_to_a_provider_agnostic_profile() {
+        let info = profile_into_user_info(
+            "42".into(),
+            &json!({"email": "Ada@Example.com", "email_verified": "true", "given_name": "Ada",
+                    "family_name": "Lovelace", "nickname": "ada", "picture": "https://x/a.png"}),
+        );
+        assert_eq!(info.account_id, "42");
+        assert_eq!(info.email.unwrap().as_str(), "Ada@example.com");
+        assert!(info.email_verified);
+        assert_eq!(info.name.as_deref(), Some("Ada Lovelace"));
+        assert_eq!(info.login.as_deref(), Some("ada"));
+        let unverified = profile_into_user_info("1".into(), &json!({"email": "a@b.example"}));
+        assert!(!unverified.email_verified);
+        let bad_email = profile_into_user_info("1".into(), &json!({"email": "nope", "email_verified": true}));
+        assert!(bad_email.email.is_none() && !bad_email.email_verified);
+    }
+}

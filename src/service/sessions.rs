@@ -1,0 +1,86 @@
+//! Browser sessions: server-side rows keyed by the SHA-256 of a random cookie value (the value
+//! itself is only ever in the browser), with an absolute and an idle expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::TimeDelta;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::crypto::{random_bytes, sha256};
+use crate::domain::{IdentityId, UserId};
+use crate::store::{NewSession, Store, StoreError};
+
+/// How often at most a session's `last_seen_at` is written.
+const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
+
+/// A random bearer secret: 256 bits, base64url without padding (43 characters).
+pub fn random_secret() -> SecretString {
+    SecretString::from(URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+/// The session service.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    ttl: TimeDelta,
+    idle: TimeDelta,
+}
+
+impl Sessions {
+    /// Sessions lasting at most `ttl`, ending when unused for `idle`.
+    pub fn new(store: Arc<dyn Store>, ttl: Duration, idle: Duration) -> Self {
+        let delta = |d: Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
+        Self { store, ttl: delta(ttl), idle: delta(idle) }
+    }
+
+    /// The absolute lifetime, for the cookie's `Max-Age`.
+    pub fn ttl(&self) -> Duration {
+        self.ttl.to_std().unwrap_or_default()
+    }
+
+    /// Starts a session for `user`; returns the cookie value.
+    pub async fn create(&self, user: UserId, identity: Option<IdentityId>) -> Result<SecretString, StoreError> {
+        let token = random_secret();
+        let now = super::now();
+        self.store
+            .insert_session(&NewSession {
+                token_hash: sha256(token.expose_secret().as_bytes()),
+                user_id: user,
+                identity_id: identity,
+                now,
+                expires_at: now + self.ttl,
+            })
+            .await?;
+        Ok(token)
+    }
+
+    /// The user of a session cookie, if the session exists and has not expired.
+    pub async fn resolve(&self, cookie: &str) -> Result<Option<UserId>, StoreError> {
+        let hash = sha256(cookie.as_bytes());
+        let Some(session) = self.store.session(&hash).await? else {
+            return Ok(None);
+        };
+        let now = super::now();
+        if now >= session.expires_at || now - session.last_seen_at >= self.idle {
+            return Ok(None);
+        }
+        if now - session.last_seen_at >= TOUCH_INTERVAL {
+            self.store.touch_session(&hash, now).await?;
+        }
+        Ok(Some(session.user_id))
+    }
+
+    /// Ends a session; false when there was none.
+    pub async fn revoke(&self, cookie: &str) -> Result<bool, StoreError> {
+        self.store.delete_session(&sha256(cookie.as_bytes())).await
+    }
+
+    /// Deletes expired sessions and sign-in states.
+    pub async fn delete_expired(&self) -> Result<u64, StoreError> {
+        let now = super::now();
+        self.store.delete_expired(now, now - self.idle).await
+    }
+}

@@ -1,0 +1,344 @@
+//! GitHub and GitLab sign-in against local stubs of their APIs, and upstream tokens at rest: kept
+//! encrypted, bound to their row, and rotated to a new key by `tessera keys rotate`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tessera::config::{ProviderConfig, ProviderEndpoints, ProviderKind};
+use tessera::crypto::keyring::KeyRing;
+use tessera::domain::Issuer;
+use tessera::local_issuer::{LocalIssuer, StubUser};
+use tessera::store::{SecretKind, StoredSecret};
+
+use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
+use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, provider};
+
+on_both_backends!(
+    github_identities_are_keyed_by_account_id_not_login,
+    github_uses_the_primary_verified_email_only,
+    a_refused_github_code_is_an_invalid_code,
+    gitlab_signs_in_through_openid_connect,
+    upstream_tokens_are_kept_encrypted_and_bound_to_their_row,
+    keys_rotate_re_encrypts_everything_under_the_active_key,
+);
+
+/// A stub of GitHub's OAuth endpoints and REST API.
+pub struct GitHubStub {
+    pub base: String,
+    state: Arc<StubState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct StubState {
+    user: Mutex<Value>,
+    emails: Mutex<Value>,
+    codes: Mutex<HashMap<String, String>>,
+    tokens: Mutex<HashMap<String, (Value, Value)>>,
+    refuse_next_code: Mutex<bool>,
+}
+
+impl GitHubStub {
+    pub async fn start() -> Self {
+        let state = Arc::new(StubState::default());
+        *state.user.lock().unwrap() = json!({"id": 583231, "login": "octocat", "name": "Mona Lisa", "avatar_url": "https://avatars.example/u/583231"});
+        *state.emails.lock().unwrap() = json!([
+            {"email": "octocat@old.example", "primary": false, "verified": true},
+            {"email": "mona@github.example", "primary": true, "verified": true},
+        ]);
+        let app = Router::new()
+            .route("/login/oauth/authorize", get(stub_authorize))
+            .route("/login/oauth/access_token", post(stub_token))
+            .route("/api/user", get(stub_user))
+            .route("/api/user/emails", get(stub_emails))
+            .route("/api/applications/{client}/token", delete(|| async { StatusCode::NO_CONTENT }))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { base, state, server }
+    }
+
+    pub fn set_user(&self, user: Value, emails: Value) {
+        *self.state.user.lock().unwrap() = user;
+        *self.state.emails.lock().unwrap() = emails;
+    }
+
+    pub fn refuse_next_code(&self) {
+        *self.state.refuse_next_code.lock().unwrap() = true;
+    }
+
+    /// A provider configuration pointing at this stub.
+    pub fn provider(&self, name: &str) -> ProviderConfig {
+        let url = |path: &str| Some(url::Url::parse(&format!("{}{path}", self.base)).unwrap());
+        ProviderConfig {
+            name: name.into(),
+            kind: ProviderKind::GitHub,
+            client_id: "gh-client".into(),
+            client_secret: Some(SecretString::from("gh-secret")),
+            scopes: vec!["read:user".into(), "user:email".into()],
+            issuer: Issuer::parse("https://github.com").unwrap(),
+            endpoints: ProviderEndpoints {
+                authorization: url("/login/oauth/authorize"),
+                token: url("/login/oauth/access_token"),
+                api: url("/api"),
+                ..ProviderEndpoints::default()
+            },
+            algorithms: tessera::config::DEFAULT_ALGORITHMS.to_vec(),
+            trusted_email_verification: false,
+            auto_link_by_email: false,
+            store_tokens: false,
+        }
+    }
+}
+
+impl Drop for GitHubStub {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthorizeQuery {
+    redirect_uri: String,
+    state: String,
+}
+
+async fn stub_authorize(State(state): State<Arc<StubState>>, Query(query): Query<AuthorizeQuery>) -> Response {
+    let code = uuid::Uuid::new_v4().simple().to_string();
+    state.codes.lock().unwrap().insert(code.clone(), query.redirect_uri.clone());
+    Redirect::to(&format!("{}?code={code}&state={}", query.redirect_uri, query.state)).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    code: String,
+    client_id: String,
+    client_secret: String,
+}
+
+async fn stub_token(State(state): State<Arc<StubState>>, Form(form): Form<TokenForm>) -> Response {
+    let refused = std::mem::take(&mut *state.refuse_next_code.lock().unwrap());
+    let known = state.codes.lock().unwrap().remove(&form.code).is_some();
+    if refused || !known || form.client_id != "gh-client" || form.client_secret != "gh-secret" {
+        // GitHub answers errors with status 200.
+        return Json(
+            json!({"error": "bad_verification_code", "error_description": "The code passed is incorrect or expired."}),
+        )
+        .into_response();
+    }
+    let token = format!("gho_{}", uuid::Uuid::new_v4().simple());
+    let profile = (state.user.lock().unwrap().clone(), state.emails.lock().unwrap().clone());
+    state.tokens.lock().unwrap().insert(token.clone(), profile);
+    Json(json!({"access_token": token, "token_type": "bearer", "scope": "read:user,user:email"})).into_response()
+}
+
+fn profile_of(state: &StubState, headers: &HeaderMap) -> Option<(Value, Value)> {
+    let token = headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")?;
+    state.tokens.lock().unwrap().get(token).cloned()
+}
+
+async fn stub_user(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
+    match profile_of(&state, &headers) {
+        Some((user, _)) => Json(user).into_response(),
+        None => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+async fn stub_emails(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
+    match profile_of(&state, &headers) {
+        Some((_, emails)) => Json(emails).into_response(),
+        None => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+fn key(byte: u8) -> String {
+    base64::engine::general_purpose::STANDARD.encode([byte; 32])
+}
+
+async fn github_identities_are_keyed_by_account_id_not_login(backend: Backend) {
+    let github = GitHubStub::start().await;
+    let app = TestApp::spawn_with(backend, |config| {
+        config.auth.cookie_secure = false;
+        config.providers.push(github.provider("github"));
+    })
+    .await;
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(&app, "provider=github").await.status(), StatusCode::SEE_OTHER);
+    let me = body(browser.me(&app).await, 200).await;
+    assert_eq!(me["identities"][0]["issuer"], "https://github.com");
+    assert_eq!(me["identities"][0]["subject"], "583231");
+    assert_eq!(me["name"], "Mona Lisa");
+
+    github.set_user(
+        json!({"id": 583231, "login": "renamed-octocat", "name": "Mona"}),
+        json!([{"email": "mona@github.example", "primary": true, "verified": true}]),
+    );
+    let mut again = Browser::new();
+    again.sign_in(&app, "provider=github").await;
+    assert_eq!(body(again.me(&app).await, 200).await["id"], me["id"], "a renamed login is the same person");
+    assert_eq!(app.db.sql().await.count("identities").await, 1);
+}
+
+async fn github_uses_the_primary_verified_email_only(backend: Backend) {
+    let github = GitHubStub::start().await;
+    let app = TestApp::spawn_with(backend, |config| {
+        config.auth.cookie_secure = false;
+        config.providers.push(github.provider("github"));
+    })
+    .await;
+    let mut browser = Browser::new();
+    browser.sign_in(&app, "provider=github").await;
+    let me = body(browser.me(&app).await, 200).await;
+    assert_eq!(me["email"], "mona@github.example");
+    assert_eq!(me["email_verified"], true);
+
+    github.set_user(
+        json!({"id": 42, "login": "unverified"}),
+        json!([
+            {"email": "primary-unverified@example.com", "primary": true, "verified": false},
+            {"email": "secondary@example.com", "primary": false, "verified": true},
+        ]),
+    );
+    let mut other = Browser::new();
+    other.sign_in(&app, "provider=github").await;
+    let me = body(other.me(&app).await, 200).await;
+    assert_eq!(me["email"], Value::Null, "no primary verified email: none is used");
+    assert_eq!(me["email_verified"], false);
+}
+
+async fn a_refused_github_code_is_an_invalid_code(backend: Backend) {
+    let github = GitHubStub::start().await;
+    let app = TestApp::spawn_with(backend, |config| {
+        config.auth.cookie_secure = false;
+        config.providers.push(github.provider("github"));
+    })
+    .await;
+    github.refuse_next_code();
+    let mut browser = Browser::new();
+    assert_eq!(body(browser.sign_in(&app, "provider=github").await, 400).await["code"], "invalid_code");
+    assert_eq!(app.db.sql().await.count("users").await, 0);
+}
+
+async fn gitlab_signs_in_through_openid_connect(backend: Backend) {
+    let gitlab = LocalIssuer::start().await.unwrap();
+    gitlab.set_client(CLIENT_ID, CLIENT_SECRET);
+    let mut user = StubUser::new("1234", "dev@gitlab.example");
+    user.username = Some("dev".into());
+    gitlab.set_next_user(user);
+    let app = TestApp::spawn_with(backend, |config| {
+        config.auth.cookie_secure = false;
+        config.providers.push(provider("gitlab", ProviderKind::GitLab, &gitlab));
+    })
+    .await;
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(&app, "provider=gitlab").await.status(), StatusCode::SEE_OTHER);
+    let me = body(browser.me(&app).await, 200).await;
+    assert_eq!(me["identities"][0]["subject"], "1234");
+    assert_eq!(me["identities"][0]["provider"], "gitlab");
+    assert_eq!(me["email"], "dev@gitlab.example");
+}
+
+/// The ciphertexts of the identity_tokens rows, by identity id.
+async fn stored_tokens(app: &TestApp) -> Vec<(uuid::Uuid, Vec<u8>)> {
+    let store = app.db.store().await;
+    let secrets = store.secrets_page(SecretKind::IdentityTokens, None, 100).await.unwrap();
+    store.close().await;
+    secrets.into_iter().filter(|s| s.column == "access_token").map(|s| (s.row_id, s.ciphertext)).collect()
+}
+
+async fn upstream_tokens_are_kept_encrypted_and_bound_to_their_row(backend: Backend) {
+    let github = GitHubStub::start().await;
+    let ring = format!("k1:{}", key(1));
+    let app = TestApp::spawn_with(backend, |config| {
+        config.auth.cookie_secure = false;
+        let mut github_provider = github.provider("github");
+        github_provider.store_tokens = true;
+        config.providers.push(github_provider);
+        config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+    })
+    .await;
+    for id in [1, 2] {
+        github.set_user(json!({"id": id, "login": format!("u{id}")}), json!([]));
+        Browser::new().sign_in(&app, "provider=github").await;
+    }
+    let rows = stored_tokens(&app).await;
+    assert_eq!(rows.len(), 2);
+    let keyring = KeyRing::parse(&ring).unwrap();
+    let aad = |row: uuid::Uuid| StoredSecret::aad(SecretKind::IdentityTokens, row, "access_token");
+    for (row, ciphertext) in &rows {
+        assert_eq!(KeyRing::key_id_of(ciphertext), Some("k1"));
+        let plaintext = keyring.decrypt(ciphertext, &aad(*row)).unwrap();
+        assert!(plaintext.starts_with(b"gho_"), "the stored value is the upstream token");
+        assert!(!ciphertext.windows(4).any(|w| w == b"gho_"), "but it is not stored in the clear");
+    }
+    // Swapping two rows' ciphertexts makes both undecryptable.
+    let ((a, a_ct), (b, b_ct)) = (&rows[0], &rows[1]);
+    assert!(keyring.decrypt(a_ct, &aad(*b)).is_err());
+    assert!(keyring.decrypt(b_ct, &aad(*a)).is_err());
+}
+
+async fn keys_rotate_re_encrypts_everything_under_the_active_key(backend: Backend) {
+    let github = GitHubStub::start().await;
+    let old_ring = format!("old:{}", key(7));
+    let app = TestApp::spawn_with(backend, |config| {
+        config.auth.cookie_secure = false;
+        let mut github_provider = github.provider("github");
+        github_provider.store_tokens = true;
+        config.providers.push(github_provider);
+        config.encryption = Some(Arc::new(KeyRing::parse(&old_ring).unwrap()));
+    })
+    .await;
+    for id in 1..=3 {
+        github.set_user(json!({"id": id, "login": format!("u{id}")}), json!([]));
+        Browser::new().sign_in(&app, "provider=github").await;
+    }
+    let before = stored_tokens(&app).await;
+    assert!(before.iter().all(|(_, ct)| KeyRing::key_id_of(ct) == Some("old")));
+
+    let rotated_ring = format!("new:{},old:{}", key(8), key(7));
+    let dir = tempfile::tempdir().unwrap();
+    let run = |ring: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["keys", "rotate"])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("TESSERA_DATABASE_URL", &app.db.url)
+            .env("TESSERA_ENCRYPTION_KEYS", ring)
+            .env("TESSERA_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let output = run(&rotated_ring);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("identity_tokens: 3/3 rows"), "progress is shown: {stdout}");
+    assert!(stdout.contains("3 re-encrypted"), "{stdout}");
+
+    let after = stored_tokens(&app).await;
+    let new_only = KeyRing::parse(&format!("new:{}", key(8))).unwrap();
+    for ((row, old_ct), (_, new_ct)) in before.iter().zip(&after) {
+        assert_eq!(KeyRing::key_id_of(new_ct), Some("new"));
+        let aad = StoredSecret::aad(SecretKind::IdentityTokens, *row, "access_token");
+        let old_ring = KeyRing::parse(&old_ring).unwrap();
+        assert_eq!(new_only.decrypt(new_ct, &aad).unwrap(), old_ring.decrypt(old_ct, &aad).unwrap(), "same token");
+    }
+    let again = run(&rotated_ring);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 re-encrypted, 3 already current"));
+
+    // Without the old key, values it made are reported, not silently skipped.
+    let unrelated = run(&format!("other:{}", key(9)));
+    assert!(!unrelated.status.success());
+    assert!(String::from_utf8_lossy(&unrelated.stdout).contains("3 do not decrypt"));
+}

@@ -1,0 +1,555 @@
+//! Browser sign-in against a local stub OpenID provider (the local issuer's authorization-code
+//! flow), driven by a minimal browser that keeps cookies and follows redirects by hand.
+
+use std::collections::HashMap;
+
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use tessera::config::{Config, ProviderConfig, ProviderEndpoints, ProviderKind};
+use tessera::domain::Issuer;
+use tessera::local_issuer::{LocalIssuer, StubUser, Tamper, TokenFault};
+
+use crate::helpers::{Backend, TestApp, identity, json as body, on_both_backends};
+
+on_both_backends!(
+    a_sign_in_creates_a_user_and_a_session,
+    the_session_cookie_is_secure_by_default,
+    a_replayed_state_is_refused,
+    a_callback_without_the_browser_cookie_is_refused,
+    the_provider_comes_from_the_state_not_the_path,
+    the_issuer_parameter_is_checked,
+    bad_id_tokens_are_refused,
+    open_redirects_are_refused,
+    an_expired_state_is_refused,
+    provider_failures_have_clear_codes,
+    concurrent_callbacks_complete_exactly_once,
+    linking_attaches_an_identity_and_never_steals_one,
+    a_known_email_is_not_linked_silently,
+    automatic_linking_needs_trust_and_verified_emails,
+    identities_can_be_chosen_and_unlinked_but_not_the_last,
+    sessions_end_when_idle_expired_or_logged_out,
+);
+
+pub const CLIENT_ID: &str = "tessera-test";
+pub const CLIENT_SECRET: &str = "stub-secret-0123456789";
+
+/// A provider configuration for a local issuer.
+pub fn provider(name: &str, kind: ProviderKind, issuer: &LocalIssuer) -> ProviderConfig {
+    ProviderConfig {
+        name: name.into(),
+        kind,
+        client_id: CLIENT_ID.into(),
+        client_secret: Some(SecretString::from(CLIENT_SECRET)),
+        scopes: vec!["openid".into(), "profile".into(), "email".into()],
+        issuer: Issuer::parse(issuer.issuer()).unwrap(),
+        endpoints: ProviderEndpoints::default(),
+        algorithms: tessera::config::DEFAULT_ALGORITHMS.to_vec(),
+        trusted_email_verification: false,
+        auto_link_by_email: false,
+        store_tokens: false,
+    }
+}
+
+/// A browser: keeps cookies, follows redirects by hand.
+pub struct Browser {
+    client: reqwest::Client,
+    pub cookies: HashMap<String, String>,
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Self { client, cookies: HashMap::new() }
+    }
+
+    pub async fn request(&mut self, method: Method, url: &str) -> reqwest::Response {
+        let mut request = self.client.request(method, url);
+        if !self.cookies.is_empty() {
+            let header: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            request = request.header("cookie", header.join("; "));
+        }
+        let response = request.send().await.unwrap();
+        for set in response.headers().get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if attributes.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        response
+    }
+
+    pub async fn get(&mut self, url: &str) -> reqwest::Response {
+        self.request(Method::GET, url).await
+    }
+
+    /// Starts a sign-in and follows it to the provider; returns the callback URL the provider
+    /// sends the browser to (not yet visited).
+    pub async fn start(&mut self, app: &TestApp, query: &str) -> String {
+        let login = self.get(&app.url(&format!("/auth/login?{query}"))).await;
+        assert_eq!(login.status(), StatusCode::SEE_OTHER, "{:?}", login.text().await);
+        let authorize = location(&login);
+        let provider = self.get(&authorize).await;
+        assert!(provider.status().is_redirection(), "the stub provider redirects back");
+        location(&provider)
+    }
+
+    /// A whole sign-in; returns the callback's response.
+    pub async fn sign_in(&mut self, app: &TestApp, query: &str) -> reqwest::Response {
+        let callback = self.start(app, query).await;
+        self.get(&callback).await
+    }
+
+    pub async fn me(&mut self, app: &TestApp) -> reqwest::Response {
+        self.get(&app.url("/v1/me")).await
+    }
+}
+
+pub fn location(response: &reqwest::Response) -> String {
+    response.headers().get("location").expect("a Location header").to_str().unwrap().to_owned()
+}
+
+/// Replaces one query parameter of a URL.
+fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
+    let mut parsed = url::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> =
+        parsed.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    {
+        let mut query = parsed.query_pairs_mut();
+        query.clear();
+        for (k, v) in &pairs {
+            query.append_pair(k, v);
+        }
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    parsed.to_string()
+}
+
+struct World {
+    app: TestApp,
+    issuer: LocalIssuer,
+}
+
+async fn world(backend: Backend) -> World {
+    world_with(backend, |_, _| {}).await
+}
+
+async fn world_with(backend: Backend, adjust: impl FnOnce(&mut Config, &LocalIssuer)) -> World {
+    let issuer = LocalIssuer::start().await.unwrap();
+    issuer.set_client(CLIENT_ID, CLIENT_SECRET);
+    let app = TestApp::spawn_with(backend, |config| {
+        config.auth.cookie_secure = false;
+        config.providers.push(provider("local", ProviderKind::Oidc, &issuer));
+        config.auth.default_provider = Some("local".into());
+        config.auth.return_to_origins = vec!["https://app.example.com".into()];
+        adjust(config, &issuer);
+    })
+    .await;
+    World { app, issuer }
+}
+
+async fn a_sign_in_creates_a_user_and_a_session(backend: Backend) {
+    let w = world(backend).await;
+    let mut user = StubUser::new("alice-sub", "alice@example.com");
+    user.name = Some("Alice Liddell".into());
+    w.issuer.set_next_user(user);
+    let mut browser = Browser::new();
+    let done = browser.sign_in(&w.app, "provider=local&return_to=/welcome").await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&done), "/welcome");
+    assert_eq!(done.headers()["referrer-policy"], "no-referrer");
+    assert!(browser.cookies.contains_key("tessera_session"));
+    assert!(!browser.cookies.contains_key("tessera_login"), "the binding cookie is cleared");
+
+    let me = body(browser.me(&w.app).await, 200).await;
+    assert_eq!(me["email"], "alice@example.com");
+    assert_eq!(me["email_verified"], true);
+    assert_eq!(me["identities"][0]["provider"], "local");
+    assert_eq!(me["identities"][0]["issuer"], w.issuer.issuer());
+    assert_eq!(me["identities"][0]["subject"], "alice-sub");
+    assert_eq!(me["teams"][0]["name"], "Alice's Team");
+    assert_eq!(me["primary_identity_id"], me["identities"][0]["id"]);
+
+    // Signing in again (default provider, no return_to) is the same user.
+    let mut again = Browser::new();
+    let second = again.sign_in(&w.app, "").await;
+    assert_eq!(location(&second), "/");
+    assert_eq!(body(again.me(&w.app).await, 200).await["id"], me["id"]);
+    assert_eq!(w.app.db.sql().await.count("users").await, 1);
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 2);
+    assert_eq!(w.app.db.sql().await.count("login_states").await, 0, "states are consumed");
+    let providers = body(w.app.client.get(w.app.url("/auth/providers")).send().await.unwrap(), 200).await;
+    assert_eq!(providers["providers"][0]["name"], "local");
+}
+
+async fn the_session_cookie_is_secure_by_default(backend: Backend) {
+    let w = world_with(backend, |config, _| config.auth.cookie_secure = true).await;
+    let mut browser = Browser::new();
+    let login = browser.get(&w.app.url("/auth/login")).await;
+    let login_cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(login_cookie.starts_with("__Host-tessera_login="), "{login_cookie}");
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Lax", "Secure", "Max-Age=600"] {
+        assert!(login_cookie.contains(attribute), "{attribute} in {login_cookie}");
+    }
+    let provider = browser.get(&location(&login)).await;
+    let done = browser.get(&location(&provider)).await;
+    let session = done
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("__Host-tessera_session="))
+        .expect("a session cookie");
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Lax", "Secure"] {
+        assert!(session.contains(attribute), "{attribute} in {session}");
+    }
+    // Only a hash of the cookie is stored.
+    let value = session.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+    assert_eq!(value.len(), 43, "256 random bits");
+    let sql = w.app.db.sql().await;
+    let hash = tessera::crypto::sha256(value.as_bytes());
+    let literal = match &sql {
+        crate::helpers::Sql::Sqlite(_) => format!("X'{}'", hex(&hash)),
+        crate::helpers::Sql::Postgres(_) => format!("'\\x{}'::bytea", hex(&hash)),
+    };
+    assert_eq!(sql.count(&format!("sessions WHERE token_hash = {literal}")).await, 1);
+    assert_eq!(body(browser.me(&w.app).await, 200).await["identities"][0]["subject"], "stub-user");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn a_replayed_state_is_refused(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let callback = browser.start(&w.app, "").await;
+    let login_cookie = browser.cookies["tessera_login"].clone();
+    assert_eq!(browser.get(&callback).await.status(), StatusCode::SEE_OTHER);
+    browser.cookies.insert("tessera_login".into(), login_cookie);
+    let replay = browser.get(&callback).await;
+    assert_eq!(body(replay, 400).await["code"], "invalid_state");
+}
+
+async fn a_callback_without_the_browser_cookie_is_refused(backend: Backend) {
+    let w = world(backend).await;
+    let mut victim = Browser::new();
+    let callback = victim.start(&w.app, "").await;
+    // Another browser (an attacker's forged link, or a cross-site request) has no binding cookie.
+    let mut other = Browser::new();
+    assert_eq!(body(other.get(&callback).await, 400).await["code"], "invalid_state");
+    other.cookies.insert("tessera_login".into(), "guessed".into());
+    assert_eq!(body(other.get(&callback).await, 400).await["code"], "invalid_state");
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 0);
+    // The refused attempts did not burn the victim's sign-in.
+    assert_eq!(victim.get(&callback).await.status(), StatusCode::SEE_OTHER);
+    let missing_state = with_param(&callback, "state", None);
+    assert_eq!(body(victim.get(&missing_state).await, 400).await["code"], "invalid_state");
+}
+
+async fn the_provider_comes_from_the_state_not_the_path(backend: Backend) {
+    let w = world_with(backend, |config, issuer| {
+        config.providers.push(provider("other", ProviderKind::Oidc, issuer));
+    })
+    .await;
+    let mut browser = Browser::new();
+    let callback = browser.start(&w.app, "provider=local").await;
+    let swapped = callback.replace("/auth/callback/local", "/auth/callback/other");
+    assert_eq!(body(browser.get(&swapped).await, 400).await["code"], "provider_mismatch");
+    let unknown = body(browser.get(&w.app.url("/auth/login?provider=nope")).await, 404).await;
+    assert_eq!(unknown["code"], "unknown_provider");
+}
+
+async fn the_issuer_parameter_is_checked(backend: Backend) {
+    let w = world(backend).await;
+    w.issuer.send_iss(true);
+    let mut browser = Browser::new();
+    let callback = browser.start(&w.app, "").await;
+    assert!(callback.contains("iss="), "the provider sends iss");
+    let forged = with_param(&callback, "iss", Some("https://evil.example.com"));
+    assert_eq!(body(browser.get(&forged).await, 400).await["code"], "issuer_mismatch");
+
+    let callback = browser.start(&w.app, "").await;
+    let stripped = with_param(&callback, "iss", None);
+    assert_eq!(body(browser.get(&stripped).await, 400).await["code"], "issuer_mismatch", "advertised, so required");
+
+    let callback = browser.start(&w.app, "").await;
+    assert_eq!(browser.get(&callback).await.status(), StatusCode::SEE_OTHER);
+}
+
+async fn bad_id_tokens_are_refused(backend: Backend) {
+    let w = world(backend).await;
+    for tamper in
+        [Tamper::WrongNonce, Tamper::WrongAudience, Tamper::WrongIssuer, Tamper::Expired, Tamper::ForgedSignature]
+    {
+        w.issuer.tamper_next_id_token(tamper);
+        let mut browser = Browser::new();
+        let response = browser.sign_in(&w.app, "").await;
+        assert_eq!(body(response, 400).await["code"], "invalid_id_token", "{tamper:?}");
+        assert!(!browser.cookies.contains_key("tessera_session"));
+    }
+    assert_eq!(w.app.db.sql().await.count("users").await, 0);
+}
+
+async fn open_redirects_are_refused(backend: Backend) {
+    let w = world(backend).await;
+    let payloads = [
+        "//evil.example",
+        "///evil.example",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "/%2F%2Fevil.example",
+        "/%252F%252Fevil.example",
+        "/%5Cevil.example",
+        "/\t/evil.example",
+        "https://evil.example/",
+        "https://app.example.com.evil.example/",
+        "https://app.example.com@evil.example/",
+        "http://app.example.com/",
+        "javascript:alert(document.cookie)",
+        "data:text/html,<script>alert(1)</script>",
+        "https:evil.example",
+        "evil.example",
+    ];
+    for payload in payloads {
+        let encoded: String = url::form_urlencoded::byte_serialize(payload.as_bytes()).collect();
+        let response = w.app.client.get(w.app.url(&format!("/auth/login?return_to={encoded}"))).send().await.unwrap();
+        assert_eq!(body(response, 400).await["code"], "invalid_return_to", "{payload:?}");
+    }
+    assert_eq!(w.app.db.sql().await.count("login_states").await, 0, "nothing was started");
+    let mut browser = Browser::new();
+    let allowed = browser.sign_in(&w.app, "return_to=https%3A%2F%2Fapp.example.com%2Fhome").await;
+    assert_eq!(location(&allowed), "https://app.example.com/home");
+}
+
+async fn an_expired_state_is_refused(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let callback = browser.start(&w.app, "").await;
+    let sql = w.app.db.sql().await;
+    let past = if backend == Backend::Sqlite { "1" } else { "now() - interval '1 minute'" };
+    sql.exec(&format!("UPDATE login_states SET expires_at = {past}")).await.unwrap();
+    assert_eq!(body(browser.get(&callback).await, 400).await["code"], "invalid_state");
+}
+
+async fn provider_failures_have_clear_codes(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+
+    w.issuer.fail_next_token_request(TokenFault::InvalidGrant);
+    assert_eq!(body(browser.sign_in(&w.app, "").await, 400).await["code"], "invalid_code");
+
+    w.issuer.fail_next_token_request(TokenFault::ServerError(503));
+    let unavailable = body(browser.sign_in(&w.app, "").await, 502).await;
+    assert_eq!(unavailable["code"], "provider_unavailable");
+
+    let callback = browser.start(&w.app, "").await;
+    let denied = with_param(&with_param(&callback, "code", None), "error", Some("access_denied"));
+    let problem = body(browser.get(&denied).await, 400).await;
+    assert_eq!(problem["code"], "provider_denied");
+    assert!(problem["detail"].as_str().unwrap().contains("access_denied"));
+
+    let callback = browser.start(&w.app, "").await;
+    assert_eq!(body(browser.get(&with_param(&callback, "code", None)).await, 400).await["code"], "invalid_code");
+    let callback = browser.start(&w.app, "").await;
+    let wrong_code = with_param(&callback, "code", Some("not-a-code"));
+    assert_eq!(body(browser.get(&wrong_code).await, 400).await["code"], "invalid_code");
+
+    // A provider that cannot be reached at all.
+    w.issuer.shut_down();
+    let down = Browser::new().get(&w.app.url("/auth/login")).await;
+    // Discovery was cached by the earlier sign-ins, so the redirect still works; the code exchange
+    // is what fails.
+    assert_eq!(down.status(), StatusCode::SEE_OTHER);
+    let dead = LocalIssuer::start().await.unwrap();
+    let issuer_url = dead.issuer().to_owned();
+    dead.shut_down();
+    drop(dead);
+    let app = TestApp::spawn_with(w.app.db.backend, |config| {
+        let mut unreachable = provider("gone", ProviderKind::Oidc, &w.issuer);
+        unreachable.issuer = Issuer::parse(&issuer_url).unwrap();
+        config.providers.push(unreachable);
+    })
+    .await;
+    let gone = Browser::new().get(&app.url("/auth/login?provider=gone")).await;
+    assert_eq!(body(gone, 502).await["code"], "provider_unavailable");
+}
+
+async fn concurrent_callbacks_complete_exactly_once(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let callback = browser.start(&w.app, "").await;
+    let cookie = format!("tessera_login={}", browser.cookies["tessera_login"]);
+    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let request = client.get(&callback).header("cookie", cookie.clone());
+        tasks.push(tokio::spawn(async move { request.send().await.unwrap().status() }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::SEE_OTHER).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::SEE_OTHER || *s == StatusCode::BAD_REQUEST));
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 1);
+    assert_eq!(w.issuer.code_exchanges(), 1, "the code was exchanged once");
+}
+
+async fn linking_attaches_an_identity_and_never_steals_one(backend: Backend) {
+    let second = LocalIssuer::start().await.unwrap();
+    second.set_client(CLIENT_ID, CLIENT_SECRET);
+    let w = world_with(backend, |config, _| {
+        config.providers.push(provider("second", ProviderKind::Oidc, &second));
+    })
+    .await;
+    w.issuer.set_next_user(StubUser::new("alice", "alice@example.com"));
+    let mut alice = Browser::new();
+    alice.sign_in(&w.app, "").await;
+    let before = body(alice.me(&w.app).await, 200).await;
+
+    second.set_next_user(StubUser::new("alice-elsewhere", "alice@elsewhere.example"));
+    // Linking goes through /auth/link, with the session.
+    let linked_page = {
+        let callback = {
+            let start = alice.get(&w.app.url("/auth/link?provider=second&return_to=/settings")).await;
+            assert_eq!(start.status(), StatusCode::SEE_OTHER);
+            let provider = alice.get(&location(&start)).await;
+            location(&provider)
+        };
+        alice.get(&callback).await
+    };
+    assert_eq!(location(&linked_page), "/settings");
+    let after = body(alice.me(&w.app).await, 200).await;
+    assert_eq!(after["id"], before["id"]);
+    let subjects: Vec<&str> =
+        after["identities"].as_array().unwrap().iter().map(|i| i["subject"].as_str().unwrap()).collect();
+    assert_eq!(subjects, ["alice", "alice-elsewhere"]);
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("identity_events WHERE action = 'link'").await, 2, "the first link and this one");
+
+    // Bob cannot link Alice's identity.
+    w.issuer.set_next_user(StubUser::new("bob", "bob@example.com"));
+    let mut bob = Browser::new();
+    bob.sign_in(&w.app, "").await;
+    second.set_next_user(StubUser::new("alice-elsewhere", "alice@elsewhere.example"));
+    let start = bob.get(&w.app.url("/auth/link?provider=second")).await;
+    let provider = bob.get(&location(&start)).await;
+    let stolen = bob.get(&location(&provider)).await;
+    assert_eq!(body(stolen, 409).await["code"], "identity_already_linked");
+    let alice_again = body(alice.me(&w.app).await, 200).await;
+    assert_eq!(alice_again["identities"].as_array().unwrap().len(), 2, "nothing changed");
+    assert_eq!(sql.count("identities").await, 3);
+
+    // Linking needs a session.
+    let anonymous = w.app.client.get(w.app.url("/auth/link?provider=second")).send().await.unwrap();
+    assert_eq!(body(anonymous, 401).await["code"], "missing_credentials");
+}
+
+async fn a_known_email_is_not_linked_silently(backend: Backend) {
+    let w = world(backend).await;
+    let mut claim = identity("admin-made", "carol@example.com", None);
+    claim["email_verified"] = true.into();
+    body(w.app.bootstrap(&claim).await, 201).await;
+    w.issuer.set_next_user(StubUser::new("carol-upstream", "Carol@Example.com"));
+    let mut browser = Browser::new();
+    let problem = body(browser.sign_in(&w.app, "").await, 409).await;
+    assert_eq!(problem["code"], "link_required");
+    assert_eq!(problem["link_url"], "/auth/link?provider=local");
+    assert!(problem["detail"].as_str().unwrap().contains("link"));
+    let sql = w.app.db.sql().await;
+    assert_eq!((sql.count("users").await, sql.count("identities").await), (1, 1), "no user, no link");
+    assert!(!browser.cookies.contains_key("tessera_session"));
+}
+
+async fn automatic_linking_needs_trust_and_verified_emails(backend: Backend) {
+    let w = world_with(backend, |config, _| {
+        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+        local.trusted_email_verification = true;
+        local.auto_link_by_email = true;
+    })
+    .await;
+    let mut claim = identity("dave-admin", "dave@example.com", None);
+    claim["email_verified"] = true.into();
+    let dave = body(w.app.bootstrap(&claim).await, 201).await;
+    let mut unverified_claim = identity("erin-admin", "erin@example.com", None);
+    unverified_claim["email_verified"] = false.into();
+    body(w.app.bootstrap(&unverified_claim).await, 201).await;
+
+    w.issuer.set_next_user(StubUser::new("dave-upstream", "dave@example.com"));
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(body(browser.me(&w.app).await, 200).await["id"], dave["user_id"], "linked to the verified owner");
+
+    // Not verified upstream: no link.
+    let mut unverified = StubUser::new("dave-2", "dave@example.com");
+    unverified.email_verified = false;
+    w.issuer.set_next_user(unverified);
+    assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 409).await["code"], "link_required");
+    // The existing user's email is not verified: no link.
+    w.issuer.set_next_user(StubUser::new("erin-upstream", "erin@example.com"));
+    assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 409).await["code"], "link_required");
+    assert_eq!(w.app.db.sql().await.count("users").await, 2);
+}
+
+async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend) {
+    let second = LocalIssuer::start().await.unwrap();
+    second.set_client(CLIENT_ID, CLIENT_SECRET);
+    let w =
+        world_with(backend, |config, _| config.providers.push(provider("second", ProviderKind::Oidc, &second))).await;
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let me = body(browser.me(&w.app).await, 200).await;
+    let first_id = me["identities"][0]["id"].as_str().unwrap().to_owned();
+    let only = browser.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{first_id}"))).await;
+    assert_eq!(body(only, 409).await["code"], "last_identity");
+
+    let start = browser.get(&w.app.url("/auth/link?provider=second")).await;
+    let provider = browser.get(&location(&start)).await;
+    browser.get(&location(&provider)).await;
+    let me = body(browser.me(&w.app).await, 200).await;
+    let second_id = me["identities"][1]["id"].as_str().unwrap().to_owned();
+    let primary = browser.request(Method::POST, &w.app.url(&format!("/v1/me/identities/{second_id}/primary"))).await;
+    assert_eq!(body(primary, 200).await["primary_identity_id"], second_id);
+    let unlinked = browser.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{second_id}"))).await;
+    assert_eq!(unlinked.status(), StatusCode::NO_CONTENT);
+    let me = body(browser.me(&w.app).await, 200).await;
+    assert_eq!(me["identities"].as_array().unwrap().len(), 1);
+    assert_eq!(me["primary_identity_id"], first_id, "the primary falls back to the remaining identity");
+    let missing = browser.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{second_id}"))).await;
+    assert_eq!(body(missing, 404).await["code"], "identity_not_found");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("identity_events WHERE action = 'unlink'").await, 1);
+    assert_eq!(sql.count("identity_events WHERE action = 'primary'").await, 1);
+}
+
+async fn sessions_end_when_idle_expired_or_logged_out(backend: Backend) {
+    let w = world(backend).await;
+    let sql = w.app.db.sql().await;
+    let past = if backend == Backend::Sqlite { "1" } else { "now() - interval '400 days'" };
+
+    let mut idle = Browser::new();
+    idle.sign_in(&w.app, "").await;
+    sql.exec(&format!("UPDATE sessions SET last_seen_at = {past}")).await.unwrap();
+    assert_eq!(body(idle.me(&w.app).await, 401).await["code"], "missing_credentials");
+
+    let mut expired = Browser::new();
+    expired.sign_in(&w.app, "").await;
+    sql.exec(&format!("UPDATE sessions SET expires_at = {past}")).await.unwrap();
+    assert_eq!(expired.me(&w.app).await.status(), StatusCode::UNAUTHORIZED);
+
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let cookie = browser.cookies["tessera_session"].clone();
+    assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK);
+    let logout = browser.request(Method::POST, &w.app.url("/auth/logout")).await;
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    assert!(!browser.cookies.contains_key("tessera_session"), "the cookie is cleared");
+    browser.cookies.insert("tessera_session".into(), cookie);
+    assert_eq!(browser.me(&w.app).await.status(), StatusCode::UNAUTHORIZED, "the session row is gone");
+}
