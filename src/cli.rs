@@ -67,6 +67,9 @@ pub enum BenchCommand {
     /// `/v1/validate` over HTTP against its composed ceiling (in-process verification and a bare
     /// endpoint of the same stack), RS256 and ES256.
     Validate(bench::validate::ValidateArgs),
+    /// Tessera's own CPU time per browser sign-in against a local OpenID provider, and
+    /// sign-ins/s at several concurrent browsers.
+    Signin(bench::signin::SigninArgs),
 }
 
 /// Parses the command line and runs it.
@@ -117,6 +120,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             let outcome = match which {
                 BenchCommand::Bootstrap(args) => bench::bootstrap::run(args).await,
                 BenchCommand::Validate(args) => bench::validate::run(args).await,
+                BenchCommand::Signin(args) => bench::signin::run(args).await,
             };
             match outcome {
                 Ok(()) => ExitCode::SUCCESS,
