@@ -84,6 +84,18 @@ error_codes! {
     ProviderDenied = (BAD_REQUEST, "provider_denied", "Sign-in refused by the provider"),
     /// `return_to` is neither a local path nor an allowed origin.
     InvalidReturnTo = (BAD_REQUEST, "invalid_return_to", "Invalid return_to"),
+    /// A connector key is not acceptable.
+    InvalidConnectorKey = (BAD_REQUEST, "invalid_connector_key", "Invalid connector key"),
+    /// A provider name is not acceptable.
+    InvalidProvider = (BAD_REQUEST, "invalid_provider", "Invalid provider"),
+    /// A profile kind is not one of the known kinds.
+    InvalidProfileKind = (BAD_REQUEST, "invalid_profile_kind", "Invalid profile kind"),
+    /// A scope is not acceptable.
+    InvalidScope = (BAD_REQUEST, "invalid_scope", "Invalid scope"),
+    /// A slug is not acceptable.
+    InvalidSlug = (BAD_REQUEST, "invalid_slug", "Invalid slug"),
+    /// A role is not one of owner, admin, member.
+    InvalidRole = (BAD_REQUEST, "invalid_role", "Invalid role"),
 
     // Authentication and authorisation.
     /// No credentials were presented.
@@ -112,12 +124,24 @@ error_codes! {
     IdentityNotProvisioned = (FORBIDDEN, "identity_not_provisioned", "Identity not provisioned"),
     /// The caller is not a member of the team (or the team does not exist).
     NotAMember = (FORBIDDEN, "not_a_member", "Not a member"),
+    /// The auth profile is another member's personal account.
+    NotProfileOwner = (FORBIDDEN, "not_profile_owner", "Not the profile's owner"),
+    /// Only team owners (or admins) may do this.
+    NotTeamAdmin = (FORBIDDEN, "not_team_admin", "Not a team owner or admin"),
+    /// The connect link was made for another user.
+    ConnectLinkNotYours = (FORBIDDEN, "connect_link_not_yours", "Connect link of another user"),
 
     // Resources.
     /// No user has that id.
     UserNotFound = (NOT_FOUND, "user_not_found", "User not found"),
     /// No team has that id or slug.
     TeamNotFound = (NOT_FOUND, "team_not_found", "Team not found"),
+    /// No auth profile has that slug in the team.
+    ProfileNotFound = (NOT_FOUND, "profile_not_found", "Auth profile not found"),
+    /// The user is not a member of the team.
+    MemberNotFound = (NOT_FOUND, "member_not_found", "Member not found"),
+    /// The connect link is unknown, expired or used.
+    InvalidConnectLink = (NOT_FOUND, "invalid_connect_link", "Invalid connect link"),
     /// No sign-in provider has that name.
     UnknownProvider = (NOT_FOUND, "unknown_provider", "Unknown provider"),
     /// The user has no identity with that id.
@@ -128,6 +152,22 @@ error_codes! {
     LinkRequired = (CONFLICT, "link_required", "Link required"),
     /// The user's last identity cannot be unlinked.
     LastIdentity = (CONFLICT, "last_identity", "Last identity"),
+    /// The caller has a pending profile for this connector under another slug.
+    PendingAuthConflict = (CONFLICT, "pending_auth_conflict", "Pending profile conflict"),
+    /// The slug is taken in this team.
+    SlugTaken = (CONFLICT, "slug_taken", "Slug taken"),
+    /// The profile is not connected through OAuth.
+    NotOauthProfile = (CONFLICT, "not_oauth_profile", "Not an OAuth profile"),
+    /// The provider account is not the one connected before.
+    AccountMismatch = (CONFLICT, "account_mismatch", "Account mismatch"),
+    /// Another flow connected the profile at the same time.
+    ConnectConflict = (CONFLICT, "connect_conflict", "Connect conflict"),
+    /// The profile is not connected yet.
+    ProfileNotConnected = (CONFLICT, "profile_not_connected", "Profile not connected"),
+    /// The provider refused the refresh token; the profile must be connected again.
+    NeedsReauth = (CONFLICT, "needs_reauth", "Reconnection needed"),
+    /// The team's last owner cannot leave.
+    LastOwner = (CONFLICT, "last_owner", "Last owner"),
     /// The domain is claimed by another team.
     DomainAlreadyClaimed = (CONFLICT, "domain_already_claimed", "Domain already claimed"),
 
@@ -136,6 +176,10 @@ error_codes! {
     StoreUnavailable = (SERVICE_UNAVAILABLE, "store_unavailable", "Storage unavailable"),
     /// The issuer's keys cannot be fetched and none are cached.
     IssuerUnavailable = (SERVICE_UNAVAILABLE, "issuer_unavailable", "Issuer unavailable"),
+    /// No encryption key is configured, so credentials cannot be stored.
+    EncryptionNotConfigured = (SERVICE_UNAVAILABLE, "encryption_not_configured", "Encryption not configured"),
+    /// Another instance's refresh of the token did not finish in time.
+    RefreshInProgress = (SERVICE_UNAVAILABLE, "refresh_in_progress", "Refresh in progress"),
     /// A sign-in provider cannot be reached or answered something unusable.
     ProviderUnavailable = (BAD_GATEWAY, "provider_unavailable", "Provider unavailable"),
     /// Anything else that went wrong on our side; details are in the server log only.

@@ -11,7 +11,9 @@ use crate::config::{Backend, Config};
 use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
+use crate::service::connections::Connections;
 use crate::service::issuers::{IssuerRegistry, outbound_client};
+use crate::service::oauth_flow::OAuthFlows;
 use crate::service::providers::ProviderRegistry;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
@@ -103,9 +105,18 @@ impl Application {
             outbound_client(config.jwks.fetch_timeout),
             &config.jwks,
         ));
+        let flows = OAuthFlows::new(providers, store.clone(), config.auth.public_url.clone());
+        let teams = Teams::new(store.clone(), issuers, principals.clone());
+        let connections = Connections::new(
+            store.clone(),
+            flows.clone(),
+            teams.clone(),
+            config.encryption.clone(),
+            config.auth.pending_profile_ttl,
+        );
         let sessions = Sessions::new(store.clone(), config.auth.session_ttl, config.auth.session_idle);
         let sign_in = SignIn::new(
-            providers,
+            flows.clone(),
             store.clone(),
             provisioner.clone(),
             sessions.clone(),
@@ -115,9 +126,11 @@ impl Application {
         );
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals),
-            teams: Teams::new(store.clone(), issuers),
+            teams,
             provisioner,
+            flows,
             sign_in,
+            connections,
             sessions,
             cookies: Cookies::new(config.auth.cookie_secure),
             store,
@@ -134,7 +147,7 @@ impl Application {
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let store = self.state.store.clone();
-        let janitor = tokio::spawn(sweep_expired(self.state.sessions.clone()));
+        let janitor = tokio::spawn(sweep_expired(self.state.sessions.clone(), self.state.connections.clone()));
         let app = router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
@@ -144,8 +157,8 @@ impl Application {
     }
 }
 
-/// Deletes expired sessions and sign-in states every ten minutes.
-async fn sweep_expired(sessions: Sessions) {
+/// Deletes expired sessions, sign-in states and pending profiles every ten minutes.
+async fn sweep_expired(sessions: Sessions, connections: Connections) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(600));
     loop {
         interval.tick().await;
@@ -153,6 +166,11 @@ async fn sweep_expired(sessions: Sessions) {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted expired sessions and sign-in states"),
             Err(error) => tracing::warn!(error = %error, "cannot delete expired sessions"),
+        }
+        match connections.delete_expired_pending().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "deleted expired pending auth profiles"),
+            Err(error) => tracing::warn!(error = %error, "cannot delete expired pending auth profiles"),
         }
     }
 }

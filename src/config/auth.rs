@@ -31,6 +31,9 @@ pub struct AuthConfig {
     pub session_ttl: Duration,
     /// A session unused this long ends (`auth.session_idle_minutes`).
     pub session_idle: Duration,
+    /// A pending auth profile not connected within this time is not reused, and is deleted
+    /// (`auth.pending_profile_ttl_hours`).
+    pub pending_profile_ttl: Duration,
 }
 
 /// The kinds of upstream providers.
@@ -100,6 +103,7 @@ pub(super) struct RawAuth {
     return_to_origins: Option<Vec<String>>,
     session_ttl_hours: Option<u64>,
     session_idle_minutes: Option<u64>,
+    pending_profile_ttl_hours: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,7 +176,12 @@ pub(super) fn parse_auth(raw: RawAuth, env: &dyn Fn(&str) -> Option<String>) -> 
     if !(1..=session_ttl_hours * 60).contains(&session_idle_minutes) {
         return Err(ConfigError::new("auth.session_idle_minutes", "expected 1 minute up to the session lifetime"));
     }
+    let pending_hours = raw.pending_profile_ttl_hours.unwrap_or(24);
+    if !(1..=24 * 30).contains(&pending_hours) {
+        return Err(ConfigError::new("auth.pending_profile_ttl_hours", "expected 1 to 720 hours"));
+    }
     Ok(AuthConfig {
+        pending_profile_ttl: Duration::from_secs(pending_hours * 3600),
         public_url,
         cookie_secure,
         default_provider: raw.default_provider,

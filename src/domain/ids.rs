@@ -62,6 +62,10 @@ id_type!(
     /// The id of an outbox event.
     EventId
 );
+id_type!(
+    /// The id of a connected account (auth profile).
+    ProfileId
+);
 
 #[cfg(test)]
 mod tests {

@@ -20,8 +20,9 @@ use super::AppState;
 use super::caller::caller;
 use super::cookies;
 use super::extract::{ApiPath, ApiQuery};
+use super::pages;
 use super::problem::ApiError;
-use crate::service::signin::{Callback, LOGIN_STATE_TTL};
+use crate::service::oauth_flow::{Callback, FLOW_TTL, Purpose};
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -49,7 +50,7 @@ struct CallbackQuery {
 
 async fn list_providers(State(state): State<Arc<AppState>>) -> Json<Value> {
     let providers: Vec<Value> = state
-        .sign_in
+        .flows
         .providers()
         .all()
         .map(|p| json!({ "name": p.name(), "login_url": format!("/auth/login?provider={}", p.name()) }))
@@ -62,7 +63,7 @@ async fn start_login(
     ApiQuery(query): ApiQuery<StartQuery>,
 ) -> Result<Response, ApiError> {
     let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None).await?;
-    Ok(redirect(&state, started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]))
+    Ok(redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]))
 }
 
 async fn start_link(
@@ -72,7 +73,7 @@ async fn start_link(
 ) -> Result<Response, ApiError> {
     let user = caller(&state, &headers).await?;
     let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), Some(user)).await?;
-    Ok(redirect(&state, started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]))
+    Ok(redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]))
 }
 
 async fn complete_callback(
@@ -88,20 +89,28 @@ async fn complete_callback(
         None => None,
     };
     let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
-    match state.sign_in.complete(&provider, callback, browser_state, current_user).await {
+    let finished = match state.flows.finish(&provider, callback, browser_state).await {
+        Ok(finished) => finished,
+        Err(error) => return with_cookie(pages::error(&headers, error.into()), clear_login),
+    };
+    if let Purpose::Connect { .. } = finished.purpose {
+        return match state.connections.complete(finished, current_user).await {
+            Ok(profile) => {
+                let message = format!("{} is connected. You can close this window.", profile.display_name);
+                with_cookie(pages::page(StatusCode::OK, "Account connected", &message), clear_login)
+            }
+            Err(error) => with_cookie(pages::error(&headers, error.into()), clear_login),
+        };
+    }
+    match state.sign_in.complete(finished, current_user).await {
         Ok(done) => {
             let mut cookies = vec![clear_login];
             if let Some(session) = &done.session {
                 cookies.push(state.cookies.set(state.cookies.session(), session.expose_secret(), state.sessions.ttl()));
             }
-            redirect(&state, &done.return_to, &cookies)
+            redirect(&done.return_to, &cookies)
         }
-        Err(error) => {
-            let mut response = ApiError::from(error).into_response();
-            response.headers_mut().append(header::SET_COOKIE, clear_login);
-            no_store(&mut response);
-            response
-        }
+        Err(error) => with_cookie(pages::error(&headers, error.into()), clear_login),
     }
 }
 
@@ -111,16 +120,22 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resul
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().append(header::SET_COOKIE, state.cookies.clear(state.cookies.session()));
-    no_store(&mut response);
+    pages::protect(response.headers_mut());
     Ok(response)
 }
 
-fn login_cookie(state: &AppState, value: &str) -> HeaderValue {
-    state.cookies.set(state.cookies.login(), value, LOGIN_STATE_TTL.to_std().unwrap_or_default())
+/// The `Set-Cookie` value binding a flow's state to the browser.
+pub(super) fn login_cookie(state: &AppState, value: &str) -> HeaderValue {
+    state.cookies.set(state.cookies.login(), value, FLOW_TTL.to_std().unwrap_or_default())
+}
+
+fn with_cookie(mut response: Response, cookie: HeaderValue) -> Response {
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    response
 }
 
 /// A `303 See Other` to `location`, setting `cookies`.
-fn redirect(_state: &AppState, location: &str, cookies: &[HeaderValue]) -> Response {
+pub(super) fn redirect(location: &str, cookies: &[HeaderValue]) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
     match HeaderValue::from_str(location) {
@@ -134,12 +149,6 @@ fn redirect(_state: &AppState, location: &str, cookies: &[HeaderValue]) -> Respo
     for cookie in cookies {
         headers.append(header::SET_COOKIE, cookie.clone());
     }
-    no_store(&mut response);
+    pages::protect(response.headers_mut());
     response
-}
-
-fn no_store(response: &mut Response) {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
 }

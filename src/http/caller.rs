@@ -33,3 +33,32 @@ pub fn user_token(headers: &HeaderMap) -> Option<&str> {
     bearer_token(headers)
         .or_else(|| headers.get("x-user-token").and_then(|v| v.to_str().ok()).map(str::trim).filter(|t| !t.is_empty()))
 }
+
+/// The user a profile or team request acts for: a service holding an admin token names the user
+/// in `X-On-Behalf-Of` (or `?on_behalf_of=`); anyone else is their own user (see [`caller`]).
+pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, ApiError> {
+    let admin = bearer_token(headers)
+        .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()).map(str::trim))
+        .is_some_and(|token| state.admin_tokens.verify(token));
+    if !admin {
+        return caller(state, headers).await;
+    }
+    let named = headers
+        .get("x-on-behalf-of")
+        .and_then(|v| v.to_str().ok())
+        .or(query)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::MissingField,
+                "with the admin token, name the user to act for in `X-On-Behalf-Of` or `?on_behalf_of=`",
+            )
+            .field("on_behalf_of")
+        })?;
+    let user: UserId = named.parse().map_err(|_| {
+        ApiError::new(ErrorCode::InvalidUserId, "on_behalf_of must be a user id (a UUID)").field("on_behalf_of")
+    })?;
+    state.provisioner.user_profile(user).await?;
+    Ok(user)
+}

@@ -6,11 +6,14 @@ pub mod admin_auth;
 pub mod admin_teams;
 pub mod auth;
 pub mod caller;
+pub mod connect;
 pub mod cookies;
 pub mod extract;
 pub mod health;
 pub mod me;
+pub mod pages;
 pub mod problem;
+pub mod profiles;
 pub mod validation;
 
 use std::sync::Arc;
@@ -29,6 +32,8 @@ use tracing::Span;
 use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
+use crate::service::connections::Connections;
+use crate::service::oauth_flow::OAuthFlows;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
@@ -47,8 +52,12 @@ pub struct AppState {
     pub validator: Validator,
     /// Teams and discovery.
     pub teams: Teams,
+    /// The authorization-code flows (sign-in, linking, connecting).
+    pub flows: OAuthFlows,
     /// Browser sign-in and linking.
     pub sign_in: SignIn,
+    /// Connected accounts.
+    pub connections: Connections,
     /// Browser sessions.
     pub sessions: Sessions,
     /// Cookie names and attributes.
@@ -69,6 +78,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(validation::routes())
         .merge(auth::routes())
         .merge(me::routes())
+        .merge(profiles::routes())
+        .merge(connect::routes())
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::error::ErrorCode;
+use crate::service::connections::ConnectError;
+use crate::service::oauth_flow::FlowError;
 use crate::service::provisioning::{IdentityError, ProvisionError};
 use crate::service::signin::SignInError;
 use crate::service::teams::TeamError;
@@ -70,6 +72,21 @@ impl ApiError {
     /// The public code.
     pub fn code(&self) -> ErrorCode {
         self.code
+    }
+
+    /// The status, title and detail, for an HTML page. A 5xx is logged here like in
+    /// `into_response`, since the page replaces it.
+    pub fn describe(self) -> (StatusCode, &'static str, String) {
+        let status = self.status.unwrap_or_else(|| self.code.status());
+        if status.is_server_error() {
+            match &self.source {
+                Some(source) => {
+                    tracing::error!(code = self.code.as_str(), error = %Chain(source.as_ref()), "request failed")
+                }
+                None => tracing::error!(code = self.code.as_str(), "request failed"),
+            }
+        }
+        (status, self.code.title(), self.detail)
     }
 
     /// An internal error whose cause is logged and not shown.
@@ -135,7 +152,22 @@ impl From<TeamError> for ApiError {
             TeamError::DomainClaimedByAnotherTeam => {
                 ApiError::new(error.code(), "another team already claims this domain")
             }
-            TeamError::DomainNotClaimed => ApiError::new(error.code(), "the team does not claim this domain"),
+            other => ApiError::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+impl From<FlowError> for ApiError {
+    fn from(error: FlowError) -> Self {
+        let code = error.code();
+        match error {
+            FlowError::Store(store) => store.into(),
+            FlowError::Provider(ref provider) if code.status().is_server_error() => {
+                let detail = "the provider cannot be reached or answered something unusable; try again";
+                let cause = provider.to_string();
+                ApiError::new(code, detail).with_source(std::io::Error::other(cause))
+            }
+            other => ApiError::new(code, other.to_string()),
         }
     }
 }
@@ -144,16 +176,28 @@ impl From<SignInError> for ApiError {
     fn from(error: SignInError) -> Self {
         let code = error.code();
         match error {
+            SignInError::Flow(flow) => flow.into(),
             SignInError::Store(store) => store.into(),
-            SignInError::Provider(ref provider) if code.status().is_server_error() => {
-                let detail = "the sign-in provider cannot be reached or answered something unusable; try again";
-                let cause = provider.to_string();
-                ApiError::new(code, detail).with_source(std::io::Error::other(cause))
-            }
             SignInError::LinkRequired { ref provider } => {
                 let link_url = format!("/auth/link?provider={provider}");
                 ApiError::new(code, error.to_string()).extension("link_url", link_url)
             }
+            other => ApiError::new(code, other.to_string()),
+        }
+    }
+}
+
+impl From<ConnectError> for ApiError {
+    fn from(error: ConnectError) -> Self {
+        let code = error.code();
+        match error {
+            ConnectError::Flow(flow) => flow.into(),
+            ConnectError::Store(store) => store.into(),
+            ConnectError::PendingAuthConflict { ref slug } => {
+                let slug = slug.clone();
+                ApiError::new(code, error.to_string()).extension("existing_slug", slug)
+            }
+            ConnectError::Undecryptable => ApiError::internal(error),
             other => ApiError::new(code, other.to_string()),
         }
     }

@@ -3,9 +3,11 @@
 
 pub mod cache;
 pub mod check;
+pub mod connections;
 pub mod issuers;
 pub mod jwks;
 pub mod keys;
+pub mod oauth_flow;
 pub mod providers;
 pub mod provisioning;
 pub mod sessions;

@@ -1,12 +1,9 @@
-//! Browser sign-in through upstream providers, and linking further identities to a user.
+//! Browser sign-in through upstream providers, and linking further identities to a user, on top
+//! of the shared authorization-code flow ([`super::oauth_flow`]).
 //!
-//! `begin` stores the sign-in on the server — the SHA-256 of a 256-bit state value, the provider,
-//! the PKCE verifier, the nonce, `return_to` and a 10-minute expiry — and returns the provider's
-//! authorization URL plus the state value, which the HTTP layer also puts in a cookie so that the
-//! callback can prove it comes back to the same browser. `complete` consumes that row atomically
-//! (exactly once), takes the provider from it (never from the callback), checks the RFC 9207
-//! `iss`, exchanges the code, reads the profile, then signs the user in (provisioning them through
-//! the same transaction as the admin bootstrap) or links the identity to the signed-in user.
+//! After the flow, a sign-in finds or provisions the user (through the same transaction as the
+//! admin bootstrap) and starts a session; a link attaches the identity to the signed-in user,
+//! never re-pointing one that belongs to someone else.
 //!
 //! A first sign-in with an email that an account already has creates no link: the user is told
 //! to sign in as before and link the provider, unless the provider is trusted for email
@@ -15,51 +12,28 @@
 
 use std::sync::Arc;
 
-use chrono::TimeDelta;
 use secrecy::{ExposeSecret, SecretString};
-use url::Url;
 
-use super::providers::{AuthorizationRequest, Provider, ProviderError, ProviderRegistry, TokenSet, UserInfo};
+use super::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
+use super::providers::{Provider, ProviderError, TokenSet, UserInfo};
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
-use super::sessions::{Sessions, random_secret};
+use super::sessions::Sessions;
 use super::validation::PrincipalCache;
 use crate::config::AuthConfig;
 use crate::crypto::keyring::KeyRing;
-use crate::crypto::{constant_time_eq, sha256};
-use crate::domain::{DisplayName, IdentityId, Issuer, ReturnTo, Subject, User, UserId};
+use crate::domain::{DisplayName, IdentityId, ReturnTo, Subject, User, UserId};
 use crate::error::ErrorCode;
-use crate::store::{EncryptedTokens, LinkOutcome, LoginState, NewLink, SecretKind, Store, StoreError, StoredSecret};
-
-/// How long a sign-in may take, from `begin` to the callback.
-pub const LOGIN_STATE_TTL: TimeDelta = TimeDelta::minutes(10);
+use crate::store::{EncryptedTokens, LinkOutcome, NewLink, SecretKind, Store, StoreError, StoredSecret};
 
 /// Why a sign-in or link failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignInError {
-    /// No provider has that name.
-    #[error("no provider is named {0:?}")]
-    UnknownProvider(String),
+    /// The flow failed (state, provider, code).
+    #[error(transparent)]
+    Flow(#[from] FlowError),
     /// `return_to` is not acceptable.
     #[error("return_to is neither a local path nor on an allowed origin")]
     InvalidReturnTo,
-    /// The state is missing, unknown, expired, used, or not this browser's.
-    #[error("{0}")]
-    InvalidState(&'static str),
-    /// The callback path names another provider than the sign-in started with.
-    #[error("the callback is for another provider than the sign-in started with")]
-    ProviderMismatch,
-    /// The authorization response's `iss` is wrong or missing.
-    #[error("the authorization response's issuer is not the provider's")]
-    IssuerMismatch,
-    /// The callback has no code.
-    #[error("the callback carries no authorization code")]
-    MissingCode,
-    /// The provider returned an error instead of a code.
-    #[error("the provider refused the sign-in ({0})")]
-    Denied(String),
-    /// A provider call failed.
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
     /// The identity belongs to another user.
     #[error("this identity is linked to another user")]
     IdentityAlreadyLinked,
@@ -81,20 +55,20 @@ impl SignInError {
     /// The public error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            SignInError::UnknownProvider(_) => ErrorCode::UnknownProvider,
+            SignInError::Flow(e) => e.code(),
             SignInError::InvalidReturnTo => ErrorCode::InvalidReturnTo,
-            SignInError::InvalidState(_) => ErrorCode::InvalidState,
-            SignInError::ProviderMismatch => ErrorCode::ProviderMismatch,
-            SignInError::IssuerMismatch => ErrorCode::IssuerMismatch,
-            SignInError::MissingCode => ErrorCode::InvalidCode,
-            SignInError::Denied(_) => ErrorCode::ProviderDenied,
-            SignInError::Provider(e) => e.code(),
             SignInError::IdentityAlreadyLinked => ErrorCode::IdentityAlreadyLinked,
             SignInError::LinkRequired { .. } => ErrorCode::LinkRequired,
             SignInError::UserDisabled => ErrorCode::UserDisabled,
             SignInError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
             SignInError::Store(_) => ErrorCode::InternalError,
         }
+    }
+}
+
+impl From<ProviderError> for SignInError {
+    fn from(error: ProviderError) -> Self {
+        SignInError::Flow(FlowError::Provider(error))
     }
 }
 
@@ -111,28 +85,6 @@ impl From<ProvisionError> for SignInError {
     }
 }
 
-/// A started sign-in: where to send the browser, and the state value to bind to it.
-#[derive(Debug)]
-pub struct Started {
-    /// The provider's authorization URL.
-    pub location: Url,
-    /// The state value (for the browser-binding cookie).
-    pub state: SecretString,
-}
-
-/// The query of a callback.
-#[derive(Debug, Clone, Default)]
-pub struct Callback {
-    /// The authorization code.
-    pub code: Option<String>,
-    /// The state value.
-    pub state: Option<String>,
-    /// The RFC 9207 issuer.
-    pub iss: Option<String>,
-    /// An error instead of a code.
-    pub error: Option<String>,
-}
-
 /// A completed sign-in or link.
 #[derive(Debug)]
 pub struct Completed {
@@ -147,20 +99,19 @@ pub struct Completed {
 /// The sign-in service.
 #[derive(Debug, Clone)]
 pub struct SignIn {
-    providers: Arc<ProviderRegistry>,
+    flows: OAuthFlows,
     store: Arc<dyn Store>,
     provisioner: Provisioner,
     sessions: Sessions,
     principals: Arc<PrincipalCache>,
     keyring: Option<Arc<KeyRing>>,
-    public_url: Option<Url>,
     return_to_origins: Vec<String>,
 }
 
 impl SignIn {
     /// Creates the service.
     pub fn new(
-        providers: Arc<ProviderRegistry>,
+        flows: OAuthFlows,
         store: Arc<dyn Store>,
         provisioner: Provisioner,
         sessions: Sessions,
@@ -169,20 +120,14 @@ impl SignIn {
         auth: &AuthConfig,
     ) -> Self {
         Self {
-            providers,
+            flows,
             store,
             provisioner,
             sessions,
             principals,
             keyring,
-            public_url: auth.public_url.clone(),
             return_to_origins: auth.return_to_origins.clone(),
         }
-    }
-
-    /// The configured providers.
-    pub fn providers(&self) -> &ProviderRegistry {
-        &self.providers
     }
 
     /// Starts a sign-in (`link_user` `None`) or the linking of another identity to `link_user`.
@@ -192,112 +137,40 @@ impl SignIn {
         return_to: Option<&str>,
         link_user: Option<UserId>,
     ) -> Result<Started, SignInError> {
-        let provider = self
-            .providers
-            .get(provider)
-            .ok_or_else(|| SignInError::UnknownProvider(provider.unwrap_or("(default)").to_owned()))?;
+        let provider = self.flows.provider(provider)?;
         let return_to = match return_to {
             Some(value) => ReturnTo::parse(value, &self.return_to_origins).map_err(|_| SignInError::InvalidReturnTo)?,
             None => ReturnTo::root(),
         };
-        let state = random_secret();
-        let pkce_verifier = random_secret();
-        let nonce = random_secret();
-        let redirect_uri = self.callback_url(provider.name());
-        let location = provider
-            .authorization_url(&AuthorizationRequest {
-                redirect_uri: &redirect_uri,
-                state: state.expose_secret(),
-                pkce_verifier: pkce_verifier.expose_secret(),
-                nonce: nonce.expose_secret(),
-            })
-            .await?;
-        let now = super::now();
-        self.store
-            .insert_login_state(&LoginState {
-                state_hash: sha256(state.expose_secret().as_bytes()),
-                provider: provider.name().to_owned(),
-                pkce_verifier: pkce_verifier.expose_secret().to_owned(),
-                nonce: nonce.expose_secret().to_owned(),
-                return_to: return_to.as_str().to_owned(),
-                link_user,
-                created_at: now,
-                expires_at: now + LOGIN_STATE_TTL,
-            })
-            .await?;
-        Ok(Started { location, state })
+        let purpose = match link_user {
+            Some(user) => Purpose::Link { user },
+            None => Purpose::SignIn,
+        };
+        Ok(self.flows.begin(provider, &return_to, purpose, None).await?)
     }
 
-    /// Completes a sign-in or link from the provider's callback. `browser_state` is the state the
-    /// browser holds in its cookie; `current_user` the user of the browser's session, if any.
-    pub async fn complete(
-        &self,
-        path_provider: &str,
-        callback: Callback,
-        browser_state: Option<&str>,
-        current_user: Option<UserId>,
-    ) -> Result<Completed, SignInError> {
-        let state = callback
-            .state
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .ok_or(SignInError::InvalidState("the callback carries no state"))?;
-        if !browser_state.is_some_and(|cookie| constant_time_eq(cookie.as_bytes(), state.as_bytes())) {
-            return Err(SignInError::InvalidState("this sign-in was not started in this browser"));
-        }
-        let login = self
-            .store
-            .take_login_state(&sha256(state.as_bytes()), super::now())
-            .await?
-            .ok_or(SignInError::InvalidState("the sign-in is unknown, expired or already completed"))?;
-        if login.provider != path_provider {
-            return Err(SignInError::ProviderMismatch);
-        }
-        let provider = self
-            .providers
-            .get(Some(&login.provider))
-            .ok_or_else(|| SignInError::UnknownProvider(login.provider.clone()))?;
-        if let Some(error) = callback.error {
-            // Only the provider's error code is kept: it is chosen from a small registered set.
-            let code: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
-            return Err(SignInError::Denied(code));
-        }
-        let expected = provider.response_issuer().await?;
-        match callback.iss.as_deref() {
-            Some(iss) if Issuer::parse(iss).ok().as_ref() != Some(&expected.issuer) => {
-                return Err(SignInError::IssuerMismatch);
-            }
-            None if expected.required => return Err(SignInError::IssuerMismatch),
-            _ => {}
-        }
-        let code = callback.code.as_deref().filter(|c| !c.is_empty()).ok_or(SignInError::MissingCode)?;
-        let tokens = provider.exchange_code(code, &login.pkce_verifier, &self.callback_url(provider.name())).await?;
-        let info = provider.user_info(&tokens, &login.nonce).await?;
-        let subject = Subject::parse(&info.account_id)
-            .map_err(|_| ProviderError::InvalidResponse("the account id is not acceptable".into()))?;
-        match login.link_user {
-            Some(user) => {
+    /// Completes a finished sign-in or link flow. `current_user` is the user of the browser's
+    /// session, if any: a link needs the same user still signed in.
+    pub async fn complete(&self, finished: Finished, current_user: Option<UserId>) -> Result<Completed, SignInError> {
+        let Finished { purpose, provider, tokens, info, subject, return_to } = finished;
+        match purpose {
+            Purpose::Link { user } => {
                 if current_user != Some(user) {
-                    return Err(SignInError::InvalidState("sign in again to link an identity"));
+                    return Err(FlowError::InvalidState("sign in again to link an identity").into());
                 }
                 let identity = self.link(provider.as_ref(), user, subject, &info).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
-                Ok(Completed { user, session: None, return_to: login.return_to })
+                Ok(Completed { user, session: None, return_to })
             }
-            None => {
+            Purpose::SignIn => {
                 let (user, identity) = self.sign_in_user(provider.as_ref(), subject, &info).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
                 let session = self.sessions.create(user.id, Some(identity)).await?;
                 tracing::info!(user_id = %user.id, provider = provider.name(), "signed in");
-                Ok(Completed { user: user.id, session: Some(session), return_to: login.return_to })
+                Ok(Completed { user: user.id, session: Some(session), return_to })
             }
+            Purpose::Connect { .. } => Err(FlowError::InvalidState("this flow connects an account").into()),
         }
-    }
-
-    /// The callback URL of a provider.
-    fn callback_url(&self, provider: &str) -> Url {
-        let base = self.public_url.as_ref().map_or("http://127.0.0.1", |u| u.as_str()).trim_end_matches('/');
-        Url::parse(&format!("{base}/auth/callback/{provider}")).expect("a provider name is URL-safe")
     }
 
     async fn sign_in_user(

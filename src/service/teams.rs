@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use super::issuers::IssuerRegistry;
-use crate::domain::{DomainClaim, DomainName, Email, Issuer, Team, TeamRef};
+use super::validation::PrincipalCache;
+use crate::domain::{DomainClaim, DomainName, Email, Issuer, Role, Team, TeamRef, UserId};
 use crate::error::ErrorCode;
-use crate::store::{ClaimOutcome, ReadFrom, Store, StoreError};
+use crate::store::{ClaimOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store, StoreError};
 
 /// Why a team operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,18 @@ pub enum TeamError {
     /// The team does not claim the domain.
     #[error("the team does not claim this domain")]
     DomainNotClaimed,
+    /// No such user.
+    #[error("user not found")]
+    UserNotFound,
+    /// The user is not a member.
+    #[error("the user is not a member of this team")]
+    MemberNotFound,
+    /// The team's last owner cannot leave.
+    #[error("the last owner of a team cannot leave it")]
+    LastOwner,
+    /// Only owners may manage members.
+    #[error("only team owners may manage members")]
+    NotOwner,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -39,6 +52,10 @@ impl TeamError {
             TeamError::IssuerNotAllowed => ErrorCode::IssuerNotAllowed,
             TeamError::DomainClaimedByAnotherTeam => ErrorCode::DomainAlreadyClaimed,
             TeamError::DomainNotClaimed => ErrorCode::NotFound,
+            TeamError::UserNotFound => ErrorCode::UserNotFound,
+            TeamError::MemberNotFound => ErrorCode::MemberNotFound,
+            TeamError::LastOwner => ErrorCode::LastOwner,
+            TeamError::NotOwner => ErrorCode::NotTeamAdmin,
             TeamError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
             TeamError::Store(_) => ErrorCode::InternalError,
         }
@@ -64,12 +81,64 @@ pub enum Discovery {
 pub struct Teams {
     store: Arc<dyn Store>,
     issuers: Arc<IssuerRegistry>,
+    principals: Arc<PrincipalCache>,
 }
 
 impl Teams {
-    /// Creates the service.
-    pub fn new(store: Arc<dyn Store>, issuers: Arc<IssuerRegistry>) -> Self {
-        Self { store, issuers }
+    /// Creates the service; `principals` is purged of members whose teams change.
+    pub fn new(store: Arc<dyn Store>, issuers: Arc<IssuerRegistry>, principals: Arc<PrincipalCache>) -> Self {
+        Self { store, issuers, principals }
+    }
+
+    /// A team and `user`'s role in it (`None`: not a member).
+    pub async fn role_of(&self, team: &TeamRef, user: UserId) -> Result<(Team, Option<Role>), TeamError> {
+        let team = self.find(team).await?;
+        let role = self.store.member_role(team.id, user).await?;
+        Ok((team, role))
+    }
+
+    /// Adds `user` to a team with `role`, or changes their role. Returns whether they joined.
+    /// With `acting` set, only an owner of the team may do it (the admin API passes `None`).
+    pub async fn put_member(
+        &self,
+        team: &TeamRef,
+        acting: Option<UserId>,
+        user: UserId,
+        role: Role,
+    ) -> Result<bool, TeamError> {
+        let team = self.owner_gate(team, acting).await?;
+        let outcome = self.store.put_member(team.id, user, role, super::now()).await?;
+        self.principals.invalidate_user(user);
+        match outcome {
+            MemberOutcome::Added => Ok(true),
+            MemberOutcome::Updated => Ok(false),
+            MemberOutcome::UserNotFound => Err(TeamError::UserNotFound),
+        }
+    }
+
+    /// Removes `user` from a team (never its last owner). With `acting` set, only an owner may.
+    pub async fn remove_member(&self, team: &TeamRef, acting: Option<UserId>, user: UserId) -> Result<(), TeamError> {
+        let team = self.owner_gate(team, acting).await?;
+        let outcome = self.store.remove_member(team.id, user).await?;
+        self.principals.invalidate_user(user);
+        match outcome {
+            RemoveOutcome::Removed => Ok(()),
+            RemoveOutcome::NotMember => Err(TeamError::MemberNotFound),
+            RemoveOutcome::LastOwner => Err(TeamError::LastOwner),
+        }
+    }
+
+    /// The team, if `acting` is `None` (admin) or an owner of it. A non-member is told the team
+    /// does not exist.
+    async fn owner_gate(&self, team: &TeamRef, acting: Option<UserId>) -> Result<Team, TeamError> {
+        let Some(acting) = acting else {
+            return self.find(team).await;
+        };
+        match self.role_of(team, acting).await? {
+            (team, Some(Role::Owner)) => Ok(team),
+            (_, Some(_)) => Err(TeamError::NotOwner),
+            (_, None) => Err(TeamError::TeamNotFound),
+        }
     }
 
     /// A team by id or slug.

@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
-    DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer, Principal, Slug, Subject, Team, TeamId,
-    TeamRef, User, UserId, UserProfile,
+    AuthProfile, DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer, Principal, ProfileId,
+    ProfileKind, ProfileStatus, Role, Slug, Subject, Team, TeamId, TeamRef, User, UserId, UserProfile,
 };
 
 pub use migrations::MigrationStatus;
@@ -198,8 +198,14 @@ pub struct LoginState {
     pub nonce: String,
     /// Where to send the browser afterwards.
     pub return_to: String,
-    /// For a link flow, the signed-in user the new identity is for.
+    /// For a link or connect flow, the signed-in user it is for.
     pub link_user: Option<UserId>,
+    /// For a connect flow, the profile being connected.
+    pub profile: Option<ProfileId>,
+    /// For a connect flow, the profile's version when the flow started.
+    pub profile_version: Option<i64>,
+    /// For a connect flow, whether another upstream account may replace the connected one.
+    pub allow_account_change: bool,
     /// When the flow started.
     pub created_at: DateTime<Utc>,
     /// When the state stops being accepted.
@@ -295,16 +301,19 @@ pub struct EncryptedTokens {
 pub enum SecretKind {
     /// `identity_tokens` (columns `access_token`, `refresh_token`).
     IdentityTokens,
+    /// `auth_profiles` (columns `access_token`, `refresh_token`).
+    AuthProfiles,
 }
 
 impl SecretKind {
     /// Every kind, for `tessera keys rotate`.
-    pub const ALL: &'static [SecretKind] = &[SecretKind::IdentityTokens];
+    pub const ALL: &'static [SecretKind] = &[SecretKind::IdentityTokens, SecretKind::AuthProfiles];
 
     /// The table name, also part of the associated data of its ciphertexts.
     pub fn table(self) -> &'static str {
         match self {
             SecretKind::IdentityTokens => "identity_tokens",
+            SecretKind::AuthProfiles => "auth_profiles",
         }
     }
 }
@@ -327,6 +336,118 @@ impl StoredSecret {
     pub fn aad(kind: SecretKind, row_id: uuid::Uuid, column: &str) -> Vec<u8> {
         format!("{}|{}|{}", kind.table(), row_id, column).into_bytes()
     }
+}
+
+/// What [`Store::put_member`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberOutcome {
+    /// The user joined the team.
+    Added,
+    /// The user was a member; their role is now the given one.
+    Updated,
+    /// No such user.
+    UserNotFound,
+}
+
+/// What [`Store::remove_member`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveOutcome {
+    /// The user left the team.
+    Removed,
+    /// The user was not a member.
+    NotMember,
+    /// The user is the team's last owner; nothing changed.
+    LastOwner,
+}
+
+/// The key of the one-pending-profile rules.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingKey<'a> {
+    /// The team.
+    pub team: TeamId,
+    /// The connector.
+    pub connector_key: &'a str,
+    /// The provider.
+    pub provider: &'a str,
+    /// `oauth_account` (per member) or `oauth_app` (per team).
+    pub kind: ProfileKind,
+    /// The member, for personal profiles.
+    pub created_by: UserId,
+}
+
+/// A connect link, as stored (the token itself only exists in the link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectToken {
+    /// SHA-256 of the token.
+    pub token_hash: [u8; 32],
+    /// The profile it connects.
+    pub profile: ProfileId,
+    /// The only user who may open it.
+    pub user: UserId,
+    /// Whether another upstream account may replace the connected one.
+    pub allow_account_change: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A profile's encrypted credentials and refresh lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileSecrets {
+    /// Status.
+    pub status: ProfileStatus,
+    /// Version.
+    pub version: i64,
+    /// The access token (key-ring ciphertext).
+    pub access_token: Option<Vec<u8>>,
+    /// The refresh token (key-ring ciphertext).
+    pub refresh_token: Option<Vec<u8>>,
+    /// When the access token expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Who holds the refresh lease, until when.
+    pub lease: Option<(uuid::Uuid, DateTime<Utc>)>,
+}
+
+/// The credentials a completed connect flow stores.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    /// The access token (key-ring ciphertext).
+    pub access_token: Vec<u8>,
+    /// The refresh token (key-ring ciphertext).
+    pub refresh_token: Option<Vec<u8>>,
+    /// When the access token expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The upstream account.
+    pub upstream_account_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Time of the change.
+    pub now: DateTime<Utc>,
+}
+
+/// A refresh lease.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshLease {
+    /// Its holder.
+    pub owner: uuid::Uuid,
+    /// Its end.
+    pub until: DateTime<Utc>,
+    /// The time now.
+    pub now: DateTime<Utc>,
+}
+
+/// Credentials from a refresh.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    /// The new access token (key-ring ciphertext).
+    pub access_token: Vec<u8>,
+    /// The new refresh token, or `None` to keep the stored one.
+    pub refresh_token: Option<Vec<u8>>,
+    /// When the new access token expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Time of the change.
+    pub now: DateTime<Utc>,
 }
 
 /// Counts of rows that break data invariants, plus facts that `tessera check` judges.
@@ -489,6 +610,104 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// How many rows of one kind hold encrypted values.
     async fn count_secrets(&self, kind: SecretKind) -> Result<i64, StoreError>;
+
+    /// A user's role in a team, if they are a member.
+    async fn member_role(&self, team: TeamId, user: UserId) -> Result<Option<Role>, StoreError>;
+
+    /// Adds a member, or changes their role. Never touches a default-team flag.
+    async fn put_member(
+        &self,
+        team: TeamId,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> Result<MemberOutcome, StoreError>;
+
+    /// Removes a member; never the team's last owner (serialised per team).
+    async fn remove_member(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError>;
+
+    /// Inserts a profile unless a uniqueness rule refuses it (a live slug of the team, or the
+    /// one-pending-profile rules): then `None`, and nothing is written.
+    async fn insert_profile(&self, profile: &AuthProfile) -> Result<Option<AuthProfile>, StoreError>;
+
+    /// The pending, unexpired OAuth profile of a connector (`created_by` for personal ones).
+    async fn pending_profile(
+        &self,
+        key: &PendingKey<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AuthProfile>, StoreError>;
+
+    /// Deletes expired pending profiles (all of them, or those of one key).
+    async fn delete_expired_pending(&self, key: Option<&PendingKey<'_>>, now: DateTime<Utc>)
+    -> Result<u64, StoreError>;
+
+    /// A live (not revoked) profile by slug.
+    async fn profile_by_slug(&self, team: TeamId, slug: &Slug) -> Result<Option<AuthProfile>, StoreError>;
+
+    /// A profile by id (revoked ones included).
+    async fn profile(&self, id: ProfileId) -> Result<Option<AuthProfile>, StoreError>;
+
+    /// A team's live profiles, oldest first.
+    async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError>;
+
+    /// Stores a new connect token for a profile, deleting the profile's older tokens.
+    async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError>;
+
+    /// A connect token, unless unknown or expired, without consuming it.
+    async fn connect_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<ConnectToken>, StoreError>;
+
+    /// Consumes a connect token: of two concurrent calls exactly one gets it.
+    async fn take_connect_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<ConnectToken>, StoreError>;
+
+    /// A profile's encrypted credentials and refresh lease.
+    async fn profile_secrets(&self, id: ProfileId) -> Result<Option<ProfileSecrets>, StoreError>;
+
+    /// Activates a profile with new credentials, if its version is still `expected_version`
+    /// (pending → active is atomic: of two concurrent completions one wins). Bumps the version.
+    async fn activate_profile(
+        &self,
+        id: ProfileId,
+        expected_version: i64,
+        activation: &Activation,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes the refresh lease of a profile at `version`, unless another holder's lease runs.
+    async fn acquire_refresh_lease(
+        &self,
+        id: ProfileId,
+        version: i64,
+        lease: &RefreshLease,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores refreshed credentials and releases the lease, if `owner` still holds it. A `None`
+    /// refresh token keeps the stored one. Bumps the version.
+    async fn complete_refresh(
+        &self,
+        id: ProfileId,
+        owner: uuid::Uuid,
+        refreshed: &Refreshed,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases the refresh lease held by `owner`; with `needs_reauth`, marks the profile so.
+    async fn release_refresh_lease(
+        &self,
+        id: ProfileId,
+        owner: uuid::Uuid,
+        needs_reauth: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Revokes a profile: status `revoked`, credentials wiped, version bumped. Returns the
+    /// credentials it held, for revocation at the provider.
+    async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError>;
 
     /// Closes all connections.
     async fn close(&self);

@@ -7,9 +7,12 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{StoreError, decode_domain, decode_issuer, decode_role, decode_slug, decode_subject};
+use super::{
+    ConnectToken, ProfileSecrets, StoreError, decode_domain, decode_issuer, decode_role, decode_slug, decode_subject,
+};
 use crate::domain::{
-    DomainClaim, Identity, IdentityId, Principal, Team, TeamId, TeamMembership, TeamRole, User, UserId, UserProfile,
+    AuthProfile, DomainClaim, Identity, IdentityId, Principal, ProfileId, ProfileKind, ProfileStatus, Team, TeamId,
+    TeamMembership, TeamRole, User, UserId, UserProfile,
 };
 
 /// Column accessors with the backend's storage conventions.
@@ -21,6 +24,8 @@ pub(super) trait RowExt {
     fn flag(&self, col: &str) -> Result<bool, StoreError>;
     fn int(&self, col: &str) -> Result<i64, StoreError>;
     fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError>;
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// Columns of `users u`, aliased for [`user`].
@@ -163,6 +168,78 @@ pub(super) fn user_profile(
     UserProfile { user, identities, primary_identity_id, teams }
 }
 
+/// Columns of `auth_profiles p`, aliased for [`profile`].
+macro_rules! profile_columns {
+    () => {
+        "p.id AS profile_id, p.team_id AS profile_team_id, p.slug AS profile_slug, \
+         p.connector_key AS profile_connector_key, p.profile_kind AS profile_kind, p.provider AS profile_provider, \
+         p.status AS profile_status, p.created_by AS profile_created_by, p.display_name AS profile_display_name, \
+         p.scopes AS profile_scopes, p.upstream_account_id AS profile_upstream_account_id, \
+         p.access_token_expires_at AS profile_access_token_expires_at, \
+         p.pending_expires_at AS profile_pending_expires_at, p.version AS profile_version, \
+         p.created_at AS profile_created_at, p.updated_at AS profile_updated_at"
+    };
+}
+
+pub(super) use profile_columns;
+
+/// Decodes the [`profile_columns!`] of a row.
+pub(super) fn profile(row: &impl RowExt) -> Result<AuthProfile, StoreError> {
+    let kind = row.text("profile_kind")?;
+    let status = row.text("profile_status")?;
+    Ok(AuthProfile {
+        id: ProfileId::from_uuid(row.uuid("profile_id")?),
+        team_id: TeamId::from_uuid(row.uuid("profile_team_id")?),
+        slug: decode_slug(row.text("profile_slug")?)?,
+        connector_key: row.text("profile_connector_key")?,
+        profile_kind: ProfileKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))?,
+        provider: row.text("profile_provider")?,
+        status: ProfileStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
+        created_by: UserId::from_uuid(row.uuid("profile_created_by")?),
+        display_name: row.text("profile_display_name")?,
+        scopes: row.text("profile_scopes")?.split_whitespace().map(str::to_owned).collect(),
+        upstream_account_id: row.opt_text("profile_upstream_account_id")?,
+        access_token_expires_at: row.opt_time("profile_access_token_expires_at")?,
+        pending_expires_at: row.opt_time("profile_pending_expires_at")?,
+        version: row.int("profile_version")?,
+        created_at: row.time("profile_created_at")?,
+        updated_at: row.time("profile_updated_at")?,
+    })
+}
+
+/// Decodes `status`, `version`, `access_token`, `refresh_token`, `access_token_expires_at`,
+/// `refresh_lease_owner` and `refresh_lease_until`.
+pub(super) fn profile_secrets(row: &impl RowExt) -> Result<ProfileSecrets, StoreError> {
+    let status = row.text("status")?;
+    let lease = match (row.opt_uuid("refresh_lease_owner")?, row.opt_time("refresh_lease_until")?) {
+        (Some(owner), Some(until)) => Some((owner, until)),
+        _ => None,
+    };
+    Ok(ProfileSecrets {
+        status: ProfileStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
+        version: row.int("version")?,
+        access_token: row.opt_bytes("access_token")?,
+        refresh_token: row.opt_bytes("refresh_token")?,
+        expires_at: row.opt_time("access_token_expires_at")?,
+        lease,
+    })
+}
+
+/// Decodes a connect token row (`profile_id`, `user_id`, `allow_account_change`, `created_at`,
+/// `expires_at`).
+pub(super) fn connect_token(row: &impl RowExt, token_hash: &[u8; 32]) -> Result<ConnectToken, StoreError> {
+    Ok(ConnectToken {
+        token_hash: *token_hash,
+        profile: ProfileId::from_uuid(row.uuid("profile_id")?),
+        user: UserId::from_uuid(row.uuid("user_id")?),
+        allow_account_change: row.flag("allow_account_change")?,
+        created_at: row.time("created_at")?,
+        expires_at: row.time("expires_at")?,
+    })
+}
+
 /// Implements the type-uniform accessors of [`RowExt`] for a backend's row type; the backend adds
 /// `time` itself.
 macro_rules! impl_row_ext_common {
@@ -183,6 +260,9 @@ macro_rules! impl_row_ext_common {
             Ok(sqlx::Row::try_get(self, col)?)
         }
         fn int(&self, col: &str) -> Result<i64, StoreError> {
+            Ok(sqlx::Row::try_get(self, col)?)
+        }
+        fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(sqlx::Row::try_get(self, col)?)
         }
     };

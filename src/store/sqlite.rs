@@ -15,16 +15,19 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::migrations::{self, Applied, Embedded, MigrationStatus};
-use super::rows::{self, RowExt, domain_columns, identity_columns, impl_row_ext_common, team_columns, user_columns};
+use super::rows::{
+    self, RowExt, domain_columns, identity_columns, impl_row_ext_common, profile_columns, team_columns, user_columns,
+};
 use super::{
-    ClaimOutcome, CreateOutcome, DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, NewAccount,
-    NewEvent, NewLink, NewSession, NewTeam, ReadFrom, SecretKind, SessionRecord, Store, StoreError, StoredSecret,
-    UnlinkOutcome,
+    Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, IdentityMatch, LinkOutcome,
+    LoginState, MemberOutcome, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets,
+    ReadFrom, RefreshLease, Refreshed, RemoveOutcome, SecretKind, SessionRecord, Store, StoreError, StoredSecret,
+    UnlinkOutcome, decode_role,
 };
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
-    DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, Role, Subject, Team, TeamId, TeamRef,
-    User, UserId, UserProfile,
+    AuthProfile, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, ProfileId, Role, Slug,
+    Subject, Team, TeamId, TeamRef, User, UserId, UserProfile,
 };
 
 static MIGRATIONS: &[Embedded] = &[
@@ -39,6 +42,11 @@ static MIGRATIONS: &[Embedded] = &[
         sql: include_str!("../../migrations/sqlite/0002_team_domains.sql"),
     },
     Embedded { version: 3, description: "sign_in", sql: include_str!("../../migrations/sqlite/0003_sign_in.sql") },
+    Embedded {
+        version: 4,
+        description: "connected_accounts",
+        sql: include_str!("../../migrations/sqlite/0004_connected_accounts.sql"),
+    },
 ];
 
 /// Tessera's storage on an SQLite file.
@@ -54,6 +62,10 @@ impl RowExt for SqliteRow {
     fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
         let micros: i64 = self.try_get(col)?;
         from_micros(micros)
+    }
+
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.try_get::<Option<i64>, _>(col)?.map(from_micros).transpose()
     }
 }
 
@@ -562,8 +574,9 @@ impl Store for SqliteStore {
     async fn insert_login_state(&self, state: &LoginState) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO login_states
-               (state_hash, provider, pkce_verifier, nonce, return_to, link_user_id, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+               (state_hash, provider, pkce_verifier, nonce, return_to, link_user_id, profile_id, profile_version,
+                allow_account_change, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .bind(&state.state_hash[..])
         .bind(&state.provider)
@@ -571,6 +584,9 @@ impl Store for SqliteStore {
         .bind(&state.nonce)
         .bind(&state.return_to)
         .bind(state.link_user.map(|u| u.as_uuid()))
+        .bind(state.profile.map(|p| p.as_uuid()))
+        .bind(state.profile_version)
+        .bind(state.allow_account_change)
         .bind(micros(state.created_at))
         .bind(micros(state.expires_at))
         .execute(&self.writer)
@@ -585,7 +601,8 @@ impl Store for SqliteStore {
     ) -> Result<Option<LoginState>, StoreError> {
         let row = sqlx::query(
             "DELETE FROM login_states WHERE state_hash = ?1
-             RETURNING provider, pkce_verifier, nonce, return_to, link_user_id, created_at, expires_at",
+             RETURNING provider, pkce_verifier, nonce, return_to, link_user_id, profile_id, profile_version,
+                       allow_account_change, created_at, expires_at",
         )
         .bind(&state_hash[..])
         .fetch_optional(&self.writer)
@@ -600,6 +617,9 @@ impl Store for SqliteStore {
             nonce: row.text("nonce")?,
             return_to: row.text("return_to")?,
             link_user: row.opt_uuid("link_user_id")?.map(UserId::from_uuid),
+            profile: row.opt_uuid("profile_id")?.map(ProfileId::from_uuid),
+            profile_version: row.try_get("profile_version")?,
+            allow_account_change: row.flag("allow_account_change")?,
             created_at: row.time("created_at")?,
             expires_at: row.time("expires_at")?,
         };
@@ -874,6 +894,27 @@ impl Store for SqliteStore {
                 }
                 Ok(secrets)
             }
+            SecretKind::AuthProfiles => {
+                let rows = sqlx::query(
+                    "SELECT id, access_token, refresh_token FROM auth_profiles
+                     WHERE (?1 IS NULL OR id > ?1) AND access_token IS NOT NULL ORDER BY id LIMIT ?2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?;
+                let mut secrets = Vec::with_capacity(rows.len() * 2);
+                for row in &rows {
+                    let row_id = row.uuid("id")?;
+                    if let Some(access) = row.opt_bytes("access_token")? {
+                        secrets.push(StoredSecret { kind, row_id, column: "access_token", ciphertext: access });
+                    }
+                    if let Some(refresh) = row.opt_bytes("refresh_token")? {
+                        secrets.push(StoredSecret { kind, row_id, column: "refresh_token", ciphertext: refresh });
+                    }
+                }
+                Ok(secrets)
+            }
         }
     }
 
@@ -885,6 +926,12 @@ impl Store for SqliteStore {
             (SecretKind::IdentityTokens, "refresh_token") => {
                 "UPDATE identity_tokens SET refresh_token = ?3 WHERE identity_id = ?1 AND refresh_token = ?2"
             }
+            (SecretKind::AuthProfiles, "access_token") => {
+                "UPDATE auth_profiles SET access_token = ?3 WHERE id = ?1 AND access_token = ?2"
+            }
+            (SecretKind::AuthProfiles, "refresh_token") => {
+                "UPDATE auth_profiles SET refresh_token = ?3 WHERE id = ?1 AND refresh_token = ?2"
+            }
             (_, column) => return Err(StoreError::Corrupt(format!("no encrypted column {column}"))),
         };
         let updated =
@@ -895,8 +942,388 @@ impl Store for SqliteStore {
     async fn count_secrets(&self, kind: SecretKind) -> Result<i64, StoreError> {
         let sql = match kind {
             SecretKind::IdentityTokens => "SELECT count(*) FROM identity_tokens",
+            SecretKind::AuthProfiles => "SELECT count(*) FROM auth_profiles WHERE access_token IS NOT NULL",
         };
         Ok(sqlx::query_scalar(sql).fetch_one(&self.reader).await?)
+    }
+
+    async fn member_role(&self, team: TeamId, user: UserId) -> Result<Option<Role>, StoreError> {
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM memberships WHERE team_id = ?1 AND user_id = ?2")
+                .bind(team.as_uuid())
+                .bind(user.as_uuid())
+                .fetch_optional(&self.reader)
+                .await?;
+        role.as_deref().map(decode_role).transpose()
+    }
+
+    async fn put_member(
+        &self,
+        team: TeamId,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> Result<MemberOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let exists =
+            sqlx::query("SELECT 1 FROM users WHERE id = ?1").bind(user.as_uuid()).fetch_optional(&mut *tx).await?;
+        if exists.is_none() {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::UserNotFound);
+        }
+        let updated = sqlx::query("UPDATE memberships SET role = ?3 WHERE team_id = ?1 AND user_id = ?2")
+            .bind(team.as_uuid())
+            .bind(user.as_uuid())
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 1 {
+            tx.commit().await?;
+            return Ok(MemberOutcome::Updated);
+        }
+        sqlx::query(
+            "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES (?1, ?2, ?3, FALSE, ?4)",
+        )
+        .bind(team.as_uuid())
+        .bind(user.as_uuid())
+        .bind(role.as_str())
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(MemberOutcome::Added)
+    }
+
+    async fn remove_member(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM memberships WHERE team_id = ?1 AND user_id = ?2")
+                .bind(team.as_uuid())
+                .bind(user.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(role) = role else {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::NotMember);
+        };
+        if role == Role::Owner.as_str() {
+            let owners: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM memberships WHERE team_id = ?1 AND role = 'owner'")
+                    .bind(team.as_uuid())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if owners <= 1 {
+                tx.rollback().await?;
+                return Ok(RemoveOutcome::LastOwner);
+            }
+        }
+        sqlx::query("DELETE FROM memberships WHERE team_id = ?1 AND user_id = ?2")
+            .bind(team.as_uuid())
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RemoveOutcome::Removed)
+    }
+
+    async fn insert_profile(&self, profile: &AuthProfile) -> Result<Option<AuthProfile>, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO auth_profiles
+               (id, team_id, slug, connector_key, profile_kind, provider, status, created_by, display_name, scopes,
+                pending_expires_at, version, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12, ?12)
+             ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(profile.id.as_uuid())
+        .bind(profile.team_id.as_uuid())
+        .bind(profile.slug.as_str())
+        .bind(&profile.connector_key)
+        .bind(profile.profile_kind.as_str())
+        .bind(&profile.provider)
+        .bind(profile.status.as_str())
+        .bind(profile.created_by.as_uuid())
+        .bind(&profile.display_name)
+        .bind(profile.scopes.join(" "))
+        .bind(profile.pending_expires_at.map(micros))
+        .bind(micros(profile.created_at))
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(inserted.map(|_| profile.clone()))
+    }
+
+    async fn pending_profile(
+        &self,
+        key: &PendingKey<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AuthProfile>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            profile_columns!(),
+            " FROM auth_profiles p
+              WHERE p.team_id = ?1 AND p.connector_key = ?2 AND p.provider = ?3 AND p.profile_kind = ?4
+                AND p.status = 'pending_auth' AND (p.profile_kind <> 'oauth_account' OR p.created_by = ?5)
+                AND p.pending_expires_at > ?6"
+        ))
+        .bind(key.team.as_uuid())
+        .bind(key.connector_key)
+        .bind(key.provider)
+        .bind(key.kind.as_str())
+        .bind(key.created_by.as_uuid())
+        .bind(micros(now))
+        .fetch_optional(&self.writer)
+        .await?;
+        row.as_ref().map(rows::profile).transpose()
+    }
+
+    async fn delete_expired_pending(
+        &self,
+        key: Option<&PendingKey<'_>>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let deleted = match key {
+            None => {
+                sqlx::query("DELETE FROM auth_profiles WHERE status = 'pending_auth' AND pending_expires_at <= ?1")
+                    .bind(micros(now))
+                    .execute(&self.writer)
+                    .await?
+            }
+            Some(key) => {
+                sqlx::query(
+                    "DELETE FROM auth_profiles
+                     WHERE team_id = ?1 AND connector_key = ?2 AND provider = ?3 AND profile_kind = ?4
+                       AND status = 'pending_auth' AND (profile_kind <> 'oauth_account' OR created_by = ?5)
+                       AND pending_expires_at <= ?6",
+                )
+                .bind(key.team.as_uuid())
+                .bind(key.connector_key)
+                .bind(key.provider)
+                .bind(key.kind.as_str())
+                .bind(key.created_by.as_uuid())
+                .bind(micros(now))
+                .execute(&self.writer)
+                .await?
+            }
+        };
+        Ok(deleted.rows_affected())
+    }
+
+    async fn profile_by_slug(&self, team: TeamId, slug: &Slug) -> Result<Option<AuthProfile>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            profile_columns!(),
+            " FROM auth_profiles p WHERE p.team_id = ?1 AND p.slug = ?2 AND p.status <> 'revoked'"
+        ))
+        .bind(team.as_uuid())
+        .bind(slug.as_str())
+        .fetch_optional(&self.writer)
+        .await?;
+        row.as_ref().map(rows::profile).transpose()
+    }
+
+    async fn profile(&self, id: ProfileId) -> Result<Option<AuthProfile>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", profile_columns!(), " FROM auth_profiles p WHERE p.id = ?1"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.writer)
+            .await?;
+        row.as_ref().map(rows::profile).transpose()
+    }
+
+    async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            profile_columns!(),
+            " FROM auth_profiles p WHERE p.team_id = ?1 AND p.status <> 'revoked' ORDER BY p.created_at, p.id"
+        ))
+        .bind(team.as_uuid())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(rows::profile)
+        .collect()
+    }
+
+    async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = ?1")
+            .bind(token.profile.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO connect_tokens (token_hash, profile_id, user_id, allow_account_change, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&token.token_hash[..])
+        .bind(token.profile.as_uuid())
+        .bind(token.user.as_uuid())
+        .bind(token.allow_account_change)
+        .bind(micros(token.created_at))
+        .bind(micros(token.expires_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn connect_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<ConnectToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT profile_id, user_id, allow_account_change, created_at, expires_at FROM connect_tokens
+             WHERE token_hash = ?1 AND expires_at > ?2",
+        )
+        .bind(&token_hash[..])
+        .bind(micros(now))
+        .fetch_optional(&self.writer)
+        .await?;
+        row.map(|row| rows::connect_token(&row, token_hash)).transpose()
+    }
+
+    async fn take_connect_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<ConnectToken>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM connect_tokens WHERE token_hash = ?1
+             RETURNING profile_id, user_id, allow_account_change, created_at, expires_at",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.writer)
+        .await?;
+        let token = row.map(|row| rows::connect_token(&row, token_hash)).transpose()?;
+        Ok(token.filter(|t| t.expires_at > now))
+    }
+
+    async fn profile_secrets(&self, id: ProfileId) -> Result<Option<ProfileSecrets>, StoreError> {
+        let row = sqlx::query(
+            "SELECT status, version, access_token, refresh_token, access_token_expires_at, refresh_lease_owner,
+                    refresh_lease_until
+             FROM auth_profiles WHERE id = ?1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.writer)
+        .await?;
+        row.as_ref().map(rows::profile_secrets).transpose()
+    }
+
+    async fn activate_profile(
+        &self,
+        id: ProfileId,
+        expected_version: i64,
+        activation: &Activation,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE auth_profiles SET status = 'active', access_token = ?3, refresh_token = ?4,
+                    access_token_expires_at = ?5, upstream_account_id = ?6, scopes = ?7, pending_expires_at = NULL,
+                    refresh_lease_owner = NULL, refresh_lease_until = NULL, version = version + 1, updated_at = ?8
+             WHERE id = ?1 AND version = ?2 AND status <> 'revoked'",
+        )
+        .bind(id.as_uuid())
+        .bind(expected_version)
+        .bind(&activation.access_token)
+        .bind(activation.refresh_token.as_deref())
+        .bind(activation.expires_at.map(micros))
+        .bind(&activation.upstream_account_id)
+        .bind(activation.scopes.join(" "))
+        .bind(micros(activation.now))
+        .execute(&self.writer)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        id: ProfileId,
+        version: i64,
+        lease: &RefreshLease,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE auth_profiles SET refresh_lease_owner = ?3, refresh_lease_until = ?4
+             WHERE id = ?1 AND version = ?2 AND status = 'active'
+               AND (refresh_lease_until IS NULL OR refresh_lease_until < ?5)",
+        )
+        .bind(id.as_uuid())
+        .bind(version)
+        .bind(lease.owner)
+        .bind(micros(lease.until))
+        .bind(micros(lease.now))
+        .execute(&self.writer)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn complete_refresh(
+        &self,
+        id: ProfileId,
+        owner: uuid::Uuid,
+        refreshed: &Refreshed,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE auth_profiles SET access_token = ?3, refresh_token = COALESCE(?4, refresh_token),
+                    access_token_expires_at = ?5, refresh_lease_owner = NULL, refresh_lease_until = NULL,
+                    version = version + 1, updated_at = ?6
+             WHERE id = ?1 AND refresh_lease_owner = ?2",
+        )
+        .bind(id.as_uuid())
+        .bind(owner)
+        .bind(&refreshed.access_token)
+        .bind(refreshed.refresh_token.as_deref())
+        .bind(refreshed.expires_at.map(micros))
+        .bind(micros(refreshed.now))
+        .execute(&self.writer)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn release_refresh_lease(
+        &self,
+        id: ProfileId,
+        owner: uuid::Uuid,
+        needs_reauth: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let sql = if needs_reauth {
+            "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL, status = 'needs_reauth',
+                    version = version + 1, updated_at = ?3
+             WHERE id = ?1 AND refresh_lease_owner = ?2"
+        } else {
+            "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL
+             WHERE id = ?1 AND refresh_lease_owner = ?2 AND ?3 IS NOT NULL"
+        };
+        sqlx::query(sql).bind(id.as_uuid()).bind(owner).bind(micros(now)).execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT status, version, access_token, refresh_token, access_token_expires_at, refresh_lease_owner,
+                    refresh_lease_until
+             FROM auth_profiles WHERE id = ?1 AND status <> 'revoked'",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let secrets = rows::profile_secrets(&row)?;
+        sqlx::query(
+            "UPDATE auth_profiles SET status = 'revoked', access_token = NULL, refresh_token = NULL,
+                    access_token_expires_at = NULL, refresh_lease_owner = NULL, refresh_lease_until = NULL,
+                    version = version + 1, updated_at = ?2
+             WHERE id = ?1",
+        )
+        .bind(id.as_uuid())
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = ?1").bind(id.as_uuid()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(secrets))
     }
 
     async fn close(&self) {

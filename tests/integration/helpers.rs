@@ -88,6 +88,11 @@ impl TestDb {
         }
     }
 
+    /// The same database again, for a second server instance.
+    pub fn share(&self) -> Self {
+        Self { backend: self.backend, url: self.url.clone(), _dir: None }
+    }
+
     /// A configuration for this database with the test defaults.
     pub fn config(&self) -> Config {
         let mut config = Config::for_database(&self.url).expect("test config");

@@ -5,6 +5,7 @@ mod helpers;
 
 mod bootstrap;
 mod cli;
+mod connections;
 mod discovery;
 mod e2e_oidc;
 mod errors;

@@ -63,7 +63,20 @@ impl Browser {
     }
 
     pub async fn request(&mut self, method: Method, url: &str) -> reqwest::Response {
-        let mut request = self.client.request(method, url);
+        self.send(self.client.request(method, url)).await
+    }
+
+    /// A request with a JSON body, carrying the cookies.
+    pub async fn json(&mut self, method: Method, url: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.send(self.client.request(method, url).json(body)).await
+    }
+
+    /// A navigation that asks for HTML, as a browser's does.
+    pub async fn navigate(&mut self, url: &str) -> reqwest::Response {
+        self.send(self.client.get(url).header("accept", "text/html,application/xhtml+xml")).await
+    }
+
+    async fn send(&mut self, mut request: reqwest::RequestBuilder) -> reqwest::Response {
         if !self.cookies.is_empty() {
             let header: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
             request = request.header("cookie", header.join("; "));

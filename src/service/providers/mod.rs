@@ -36,6 +36,8 @@ pub struct AuthorizationRequest<'a> {
     pub pkce_verifier: &'a str,
     /// The OpenID nonce.
     pub nonce: &'a str,
+    /// Scopes to ask for instead of the provider's configured ones.
+    pub scopes: Option<&'a [String]>,
 }
 
 /// Tokens from a provider's token endpoint.

@@ -1,6 +1,6 @@
 //! The OAuth 2.0 mechanics shared by every provider, on the `oauth2` crate: the authorization URL
-//! (with PKCE S256 and, for OpenID, a nonce), the code and refresh-token exchanges, and RFC 7009
-//! revocation, over Tessera's HTTP client.
+//! (with PKCE S256 and, for OpenID, a nonce) and the code and refresh-token exchanges, over
+//! Tessera's HTTP client; plus RFC 7009 revocation.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +13,7 @@ use oauth2::basic::{
 use oauth2::{
     AsyncHttpClient, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
     ExtraTokenFields, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
-    RequestTokenError, RevocationUrl, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+    RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -80,7 +80,7 @@ pub(super) fn authorization_url(
     let state = request.state.to_owned();
     let mut builder = client
         .authorize_url(move || CsrfToken::new(state))
-        .add_scopes(config.scopes.iter().map(|s| Scope::new(s.clone())))
+        .add_scopes(request.scopes.unwrap_or(&config.scopes).iter().map(|s| Scope::new(s.clone())))
         .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
     if with_nonce {
         builder = builder.add_extra_param("nonce", request.nonce);
@@ -125,22 +125,27 @@ pub(super) async fn refresh(
     token_set(response, ProviderError::InvalidGrant)
 }
 
-/// Revokes a token at an RFC 7009 endpoint.
+/// Revokes a refresh (or access) token at an RFC 7009 endpoint. Written out rather than through
+/// `oauth2`, whose revocation refuses the plain-HTTP loopback endpoints that configuration
+/// allows for development; endpoint URLs are validated when the configuration is read.
 pub(super) async fn revoke(
     http: &reqwest::Client,
     config: &ProviderConfig,
     endpoint: &Url,
     token: &str,
 ) -> Result<(), ProviderError> {
-    let client = client(config, ClientAuth::Basic).set_revocation_url(RevocationUrl::from_url(endpoint.clone()));
-    let adapter = Http(http.clone());
-    let token = StandardRevocableToken::RefreshToken(RefreshToken::new(token.to_owned()));
-    client
-        .revoke_token(token)
-        .map_err(|e| ProviderError::InvalidResponse(e.to_string()))?
-        .request_async(&adapter)
-        .await
-        .map_err(|e| ProviderError::Unavailable(e.to_string()))
+    let mut form = vec![("token", token), ("token_type_hint", "refresh_token")];
+    let mut request = http.post(endpoint.clone());
+    match &config.client_secret {
+        Some(secret) => request = request.basic_auth(&config.client_id, Some(secret.expose_secret())),
+        None => form.push(("client_id", &config.client_id)),
+    }
+    let response = request.form(&form).send().await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+    match response.status() {
+        status if status.is_success() => Ok(()),
+        status if status.is_server_error() => Err(ProviderError::Unavailable(format!("revocation answered {status}"))),
+        status => Err(ProviderError::InvalidResponse(format!("revocation answered {status}"))),
+    }
 }
 
 fn token_set(

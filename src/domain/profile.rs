@@ -1,0 +1,130 @@
+//! Connected accounts ("auth profiles"): a team's, or one member's, credentials for a third-party
+//! connector, with their lifecycle (`pending_auth` → `active` → `needs_reauth` / `revoked`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{ProfileId, Slug, TeamId, UserId};
+
+/// What kind of credentials a profile holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileKind {
+    /// One member's own account at the provider, connected through OAuth.
+    OauthAccount,
+    /// A team-wide account connected through OAuth.
+    OauthApp,
+    /// Credentials supplied through the environment.
+    Env,
+    /// Credentials entered interactively.
+    Interactive,
+    /// A browser session.
+    BrowserSession,
+}
+
+impl ProfileKind {
+    /// Every kind.
+    pub const ALL: [ProfileKind; 5] = [
+        ProfileKind::OauthAccount,
+        ProfileKind::OauthApp,
+        ProfileKind::Env,
+        ProfileKind::Interactive,
+        ProfileKind::BrowserSession,
+    ];
+
+    /// The stored and serialised form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileKind::OauthAccount => "oauth_account",
+            ProfileKind::OauthApp => "oauth_app",
+            ProfileKind::Env => "env",
+            ProfileKind::Interactive => "interactive",
+            ProfileKind::BrowserSession => "browser_session",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == value)
+    }
+
+    /// Whether profiles of this kind are connected through an OAuth flow (and so start pending).
+    pub fn is_oauth(self) -> bool {
+        matches!(self, ProfileKind::OauthAccount | ProfileKind::OauthApp)
+    }
+
+    /// Whether profiles of this kind belong to the member who created them (not the whole team).
+    pub fn is_personal(self) -> bool {
+        self == ProfileKind::OauthAccount
+    }
+}
+
+/// Where a profile is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileStatus {
+    /// Waiting for the OAuth flow to complete.
+    PendingAuth,
+    /// Usable.
+    Active,
+    /// The provider refused the refresh token: the profile must be connected again.
+    NeedsReauth,
+    /// Revoked; its slug is free again.
+    Revoked,
+}
+
+impl ProfileStatus {
+    /// The stored and serialised form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileStatus::PendingAuth => "pending_auth",
+            ProfileStatus::Active => "active",
+            ProfileStatus::NeedsReauth => "needs_reauth",
+            ProfileStatus::Revoked => "revoked",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(value: &str) -> Option<Self> {
+        [ProfileStatus::PendingAuth, ProfileStatus::Active, ProfileStatus::NeedsReauth, ProfileStatus::Revoked]
+            .into_iter()
+            .find(|s| s.as_str() == value)
+    }
+}
+
+/// A connected account, without its secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuthProfile {
+    /// Id.
+    pub id: ProfileId,
+    /// The team it belongs to.
+    pub team_id: TeamId,
+    /// Unique handle within the team (among live profiles).
+    pub slug: Slug,
+    /// Which connector uses it, e.g. `github-issues`.
+    pub connector_key: String,
+    /// Its kind.
+    pub profile_kind: ProfileKind,
+    /// The provider, lower case.
+    pub provider: String,
+    /// Its lifecycle status.
+    pub status: ProfileStatus,
+    /// The member who created it (the owner of a personal profile).
+    pub created_by: UserId,
+    /// Display name.
+    pub display_name: String,
+    /// Scopes asked for.
+    pub scopes: Vec<String>,
+    /// The upstream account connected, once connected.
+    pub upstream_account_id: Option<String>,
+    /// When the current access token expires, if known.
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    /// When a pending profile stops being reusable.
+    pub pending_expires_at: Option<DateTime<Utc>>,
+    /// Bumped on every change of credentials or status.
+    pub version: i64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}

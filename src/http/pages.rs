@@ -1,0 +1,68 @@
+//! Minimal HTML pages for the browser-facing steps (connect links and provider callbacks): a
+//! browser (`Accept: text/html`) gets a readable page, an API client the problem+json body.
+//! Pages carry `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::problem::ApiError;
+
+/// Whether the client asked for HTML (a browser navigation).
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// An HTML page with a title and a message.
+pub fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+         <title>{title}</title></head>\n<body><h1>{title}</h1>\n<p>{message}</p></body></html>\n",
+        title = escape(title),
+        message = escape(message)
+    );
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    protect(headers);
+    response
+}
+
+/// An error as a page for browsers, as problem+json otherwise.
+pub fn error(headers: &HeaderMap, error: ApiError) -> Response {
+    if wants_html(headers) {
+        let (status, title, detail) = error.describe();
+        return page(status, title, &detail);
+    }
+    let mut response = error.into_response();
+    protect(response.headers_mut());
+    response
+}
+
+/// Adds `Cache-Control: no-store` and `Referrer-Policy: no-referrer`.
+pub fn protect(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+}
+
+fn escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_owned(),
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_escape_their_text() {
+        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+    }
+}

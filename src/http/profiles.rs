@@ -1,0 +1,274 @@
+//! The connected-accounts API for team members (session or bearer token), or for a service with
+//! the admin token acting on behalf of a member:
+//!
+//! - `POST /v1/teams/{team}/auth-profiles` `{connector_key, profile_kind, provider, display_name,
+//!   slug?, scopes?}` → `{auth_profile, connect_url, connect_expires_at}`: 201 when created, 200
+//!   when the caller's pending profile was reused (with a fresh link)
+//! - `GET /v1/teams/{team}/auth-profiles`, `GET …/{slug}`, `DELETE …/{slug}` (revokes)
+//! - `POST …/{slug}/connect` `{allow_account_change?}` → a new connect link
+//! - `POST …/{slug}/token` → a valid access token, refreshed first when it expires within 5 min
+//! - `POST /v1/teams/{team}/members` `{user_id, role}`, `DELETE /v1/teams/{team}/members/{user_id}`
+//!   (team owners)
+//!
+//! A non-member gets 404: the team's existence is not revealed.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::admin_teams::parse_team;
+use super::caller::acting_user;
+use super::extract::{ApiJson, ApiPath, ApiQuery, required};
+use super::problem::ApiError;
+use crate::domain::{AuthProfile, DisplayName, ProfileKind, Role, Slug, TeamRef, TextError, UserId};
+use crate::error::ErrorCode;
+use crate::service::connections::{Created, NewProfile};
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/teams/{team}/auth-profiles", get(list_auth_profiles).post(create_auth_profile))
+        .route("/v1/teams/{team}/auth-profiles/{slug}", get(get_auth_profile).delete(revoke_auth_profile))
+        .route("/v1/teams/{team}/auth-profiles/{slug}/connect", post(connect_auth_profile))
+        .route("/v1/teams/{team}/auth-profiles/{slug}/token", post(auth_profile_token))
+        .route("/v1/teams/{team}/members", post(add_team_member))
+        .route("/v1/teams/{team}/members/{user_id}", delete(remove_team_member))
+}
+
+/// `?on_behalf_of=` for admin-token callers.
+#[derive(Debug, Deserialize)]
+pub(super) struct OnBehalf {
+    on_behalf_of: Option<String>,
+}
+
+async fn actor(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &OnBehalf,
+    team: &str,
+) -> Result<(UserId, TeamRef), ApiError> {
+    let team = parse_team(team)?;
+    let user = acting_user(state, headers, query.on_behalf_of.as_deref()).await?;
+    Ok((user, team))
+}
+
+fn parse_slug(value: &str) -> Result<Slug, ApiError> {
+    Slug::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.to_string()).field("slug"))
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateRequest {
+    connector_key: Option<String>,
+    profile_kind: Option<String>,
+    provider: Option<String>,
+    display_name: Option<String>,
+    slug: Option<String>,
+    scopes: Option<Vec<String>>,
+}
+
+/// The answer to a create or a connect-link request.
+#[derive(Debug, Serialize)]
+struct ProfileWithLink {
+    auth_profile: AuthProfile,
+    connect_url: Option<String>,
+    connect_expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<Created> for ProfileWithLink {
+    fn from(created: Created) -> Self {
+        let (connect_url, connect_expires_at) = match created.link {
+            Some(link) => (Some(link.url.expose_secret().to_owned()), Some(link.expires_at)),
+            None => (None, None),
+        };
+        Self { auth_profile: created.profile, connect_url, connect_expires_at }
+    }
+}
+
+fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiError> {
+    let value = value.trim().to_ascii_lowercase();
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(value)
+    } else {
+        Err(ApiError::new(code, format!("`{field}` must be 1 to 64 characters of a-z, 0-9, `-`, `_` and `.`"))
+            .field(field))
+    }
+}
+
+fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiError> {
+    let connector_key =
+        key_like(required(&request.connector_key, "connector_key")?, "connector_key", ErrorCode::InvalidConnectorKey)?;
+    let provider = key_like(required(&request.provider, "provider")?, "provider", ErrorCode::InvalidProvider)?;
+    let kind_text = required(&request.profile_kind, "profile_kind")?;
+    let kind = ProfileKind::parse(kind_text.trim()).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidProfileKind,
+            "`profile_kind` must be one of oauth_account, oauth_app, env, interactive, browser_session",
+        )
+        .field("profile_kind")
+    })?;
+    let display_name = DisplayName::parse_optional(Some(required(&request.display_name, "display_name")?))
+        .map_err(|e| {
+            let code =
+                if matches!(e, TextError::TooLong(_)) { ErrorCode::FieldTooLong } else { ErrorCode::InvalidName };
+            ApiError::new(code, format!("`display_name`: {e}")).field("display_name")
+        })?
+        .ok_or_else(|| ApiError::new(ErrorCode::MissingField, "`display_name` is required").field("display_name"))?;
+    let slug = request.slug.as_deref().map(parse_slug).transpose()?;
+    let scopes = request.scopes.unwrap_or_default();
+    if scopes.len() > 50
+        || scopes
+            .iter()
+            .any(|s| s.is_empty() || s.len() > 200 || s.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidScope,
+            "`scopes` is at most 50 scopes of 1 to 200 characters without spaces",
+        )
+        .field("scopes"));
+    }
+    Ok(NewProfile { connector_key, kind, provider, display_name: display_name.as_str().to_owned(), slug, scopes })
+}
+
+async fn create_auth_profile(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(team): ApiPath<String>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+    ApiJson(request): ApiJson<CreateRequest>,
+) -> Result<(StatusCode, Json<ProfileWithLink>), ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let request = parse_create(request)?;
+    let created = state.connections.create(&team, user, request).await?;
+    let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(created.into())))
+}
+
+async fn list_auth_profiles(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(team): ApiPath<String>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<Json<Value>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    Ok(Json(json!({ "auth_profiles": state.connections.list(&team, user).await? })))
+}
+
+async fn get_auth_profile(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<Json<AuthProfile>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    Ok(Json(state.connections.get(&team, user, &parse_slug(&slug)?).await?))
+}
+
+async fn revoke_auth_profile(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<StatusCode, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    state.connections.revoke(&team, user, &parse_slug(&slug)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConnectRequest {
+    allow_account_change: Option<bool>,
+}
+
+async fn connect_auth_profile(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+    body: axum::body::Bytes,
+) -> Result<Json<ProfileWithLink>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    // The body is optional: none, or `{"allow_account_change": true}`.
+    let request: ConnectRequest = match body.is_empty() {
+        true => ConnectRequest::default(),
+        false => serde_json::from_slice(&body)
+            .map_err(|_| ApiError::new(ErrorCode::MalformedJson, "the body must be a JSON object or empty"))?,
+    };
+    let allow = request.allow_account_change.unwrap_or(false);
+    let (profile, link) = state.connections.connect_link(&team, user, &parse_slug(&slug)?, allow).await?;
+    Ok(Json(ProfileWithLink {
+        auth_profile: profile,
+        connect_url: Some(link.url.expose_secret().to_owned()),
+        connect_expires_at: Some(link.expires_at),
+    }))
+}
+
+async fn auth_profile_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<Json<Value>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let token = state.connections.access_token(&team, user, &parse_slug(&slug)?).await?;
+    Ok(Json(json!({
+        "access_token": token.token.expose_secret(),
+        "token_type": "Bearer",
+        "expires_at": token.expires_at,
+        "refreshed": token.refreshed,
+    })))
+}
+
+/// The body of member requests.
+#[derive(Debug, Deserialize)]
+pub(super) struct MemberRequest {
+    user_id: Option<String>,
+    role: Option<String>,
+}
+
+/// Parses a member request into a user and a role.
+pub(super) fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
+    let user = required(&request.user_id, "user_id")?
+        .parse::<UserId>()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "`user_id` must be a UUID").field("user_id"))?;
+    let role = Role::parse(required(&request.role, "role")?.trim())
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRole, "`role` must be owner, admin or member").field("role"))?;
+    Ok((user, role))
+}
+
+async fn add_team_member(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(team): ApiPath<String>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+    ApiJson(request): ApiJson<MemberRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (acting, team) = actor(&state, &headers, &query, &team).await?;
+    let (user, role) = parse_member(&request)?;
+    let added = state.teams.put_member(&team, Some(acting), user, role).await?;
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({ "user_id": user, "role": role }))))
+}
+
+async fn remove_team_member(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, user)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<StatusCode, ApiError> {
+    let (acting, team) = actor(&state, &headers, &query, &team).await?;
+    let user: UserId =
+        user.parse().map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "the user id must be a UUID"))?;
+    state.teams.remove_member(&team, Some(acting), user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

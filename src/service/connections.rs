@@ -1,0 +1,665 @@
+//! Connected accounts: auth profiles for third-party connectors, the links that connect them,
+//! and fresh access tokens for backends.
+//!
+//! - Creating an OAuth profile without a slug reuses the caller's pending profile for the same
+//!   connector and provider (with a fresh connect link); the database allows one pending personal
+//!   profile per member, so concurrent identical creates all end on the same row. An explicit,
+//!   different slug while one is pending is a 409 naming the pending profile's slug.
+//! - A connect link is a 256-bit token, stored hashed, valid 30 minutes, single-use, bound to the
+//!   member who made it; minting a new one invalidates the older ones. Opening it starts an
+//!   authorization-code flow with a fresh state, PKCE verifier and nonce. The callback activates
+//!   the profile with a compare-and-swap on its version: of two concurrent completions one wins.
+//! - Tokens are refreshed when they expire within five minutes, single-flight: one task per
+//!   profile per process, and across processes a lease on the row (with a version check), so that
+//!   many concurrent requests cause exactly one call to the provider.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
+use super::providers::{ProviderError, TokenSet};
+use super::sessions::random_secret;
+use super::teams::{TeamError, Teams};
+use crate::crypto::keyring::KeyRing;
+use crate::crypto::sha256;
+use crate::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, ReturnTo, Role, Slug, Team, TeamRef, UserId};
+use crate::error::ErrorCode;
+use crate::store::{
+    Activation, ConnectToken, PendingKey, ProfileSecrets, RefreshLease, Refreshed, SecretKind, Store, StoreError,
+    StoredSecret,
+};
+
+/// How long a connect link lives.
+pub const CONNECT_LINK_TTL: TimeDelta = TimeDelta::minutes(30);
+/// Tokens expiring sooner than this are refreshed before being handed out.
+pub const REFRESH_WINDOW: TimeDelta = TimeDelta::minutes(5);
+/// How long a refresh lease lasts (a crashed holder blocks others at most this long).
+const LEASE: TimeDelta = TimeDelta::seconds(30);
+/// How long a request waits for another instance's refresh.
+const REFRESH_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a connected-accounts operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The team does not exist or the caller is not a member (the two are not told apart).
+    #[error("team not found")]
+    TeamNotFound,
+    /// No live profile has that slug.
+    #[error("no auth profile has this slug in this team")]
+    ProfileNotFound,
+    /// The profile is another member's personal account.
+    #[error("this auth profile is another member's personal account")]
+    NotProfileOwner,
+    /// Only team owners and admins may do this.
+    #[error("only team owners and admins may do this")]
+    NotAdmin,
+    /// The caller has a pending profile for this connector under another slug.
+    #[error("you already have a pending profile for this connector and provider: {slug}")]
+    PendingAuthConflict {
+        /// The pending profile's slug.
+        slug: String,
+    },
+    /// The slug is taken in this team.
+    #[error("the slug is taken in this team")]
+    SlugTaken,
+    /// OAuth profiles need a configured provider of that name.
+    #[error("no sign-in provider is named {0:?}")]
+    UnknownProvider(String),
+    /// The profile kind is not connected through OAuth.
+    #[error("{0} profiles are not connected through OAuth")]
+    NotOAuth(&'static str),
+    /// No key ring is configured, so credentials cannot be stored.
+    #[error("no encryption key is configured (TESSERA_ENCRYPTION_KEYS), so credentials cannot be stored")]
+    EncryptionNotConfigured,
+    /// The connect link is unknown, expired or used.
+    #[error("this connect link is unknown, expired or already used; ask for a new one")]
+    InvalidConnectLink,
+    /// The connect link is another user's.
+    #[error("this connect link was made for another user; sign in as that user and open it again")]
+    WrongUser,
+    /// Nobody is signed in.
+    #[error("sign in as the user who created this connect link, then open it again")]
+    NotSignedIn,
+    /// The provider account is not the one connected before.
+    #[error("this is not the account connected before; ask for a link that allows changing the account")]
+    AccountMismatch,
+    /// Another completion won the race.
+    #[error("this profile was connected by another flow at the same time")]
+    ConnectConflict,
+    /// The profile has not been connected yet.
+    #[error("this auth profile is not connected yet")]
+    NotConnected,
+    /// The provider refused the refresh token: the profile must be connected again.
+    #[error("the provider refused the refresh token: connect the profile again")]
+    NeedsReauth,
+    /// Another instance's refresh did not finish in time.
+    #[error("a refresh of this token is in progress elsewhere; try again")]
+    RefreshInProgress,
+    /// A stored credential does not decrypt.
+    #[error("a stored credential does not decrypt")]
+    Undecryptable,
+    /// The flow failed.
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ConnectError {
+    /// The public error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ConnectError::TeamNotFound => ErrorCode::TeamNotFound,
+            ConnectError::ProfileNotFound => ErrorCode::ProfileNotFound,
+            ConnectError::NotProfileOwner => ErrorCode::NotProfileOwner,
+            ConnectError::NotAdmin => ErrorCode::NotTeamAdmin,
+            ConnectError::PendingAuthConflict { .. } => ErrorCode::PendingAuthConflict,
+            ConnectError::SlugTaken => ErrorCode::SlugTaken,
+            ConnectError::UnknownProvider(_) => ErrorCode::UnknownProvider,
+            ConnectError::NotOAuth(_) => ErrorCode::NotOauthProfile,
+            ConnectError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
+            ConnectError::InvalidConnectLink => ErrorCode::InvalidConnectLink,
+            ConnectError::WrongUser => ErrorCode::ConnectLinkNotYours,
+            ConnectError::NotSignedIn => ErrorCode::MissingCredentials,
+            ConnectError::AccountMismatch => ErrorCode::AccountMismatch,
+            ConnectError::ConnectConflict => ErrorCode::ConnectConflict,
+            ConnectError::NotConnected => ErrorCode::ProfileNotConnected,
+            ConnectError::NeedsReauth => ErrorCode::NeedsReauth,
+            ConnectError::RefreshInProgress => ErrorCode::RefreshInProgress,
+            ConnectError::Undecryptable => ErrorCode::InternalError,
+            ConnectError::Flow(e) => e.code(),
+            ConnectError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
+            ConnectError::Store(_) => ErrorCode::InternalError,
+        }
+    }
+}
+
+impl From<TeamError> for ConnectError {
+    fn from(error: TeamError) -> Self {
+        match error {
+            TeamError::Store(e) => ConnectError::Store(e),
+            _ => ConnectError::TeamNotFound,
+        }
+    }
+}
+
+impl From<ProviderError> for ConnectError {
+    fn from(error: ProviderError) -> Self {
+        ConnectError::Flow(FlowError::Provider(error))
+    }
+}
+
+/// What a caller asks for when creating a profile (validated by the HTTP layer).
+#[derive(Debug, Clone)]
+pub struct NewProfile {
+    /// The connector.
+    pub connector_key: String,
+    /// The kind.
+    pub kind: ProfileKind,
+    /// The provider, lower case.
+    pub provider: String,
+    /// Display name.
+    pub display_name: String,
+    /// An explicit slug.
+    pub slug: Option<Slug>,
+    /// Scopes to ask for (the provider's own when empty).
+    pub scopes: Vec<String>,
+}
+
+/// A connect link.
+#[derive(Debug, Clone)]
+pub struct ConnectLink {
+    /// The URL to open in a browser.
+    pub url: SecretString,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A created (or reused) profile.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The profile.
+    pub profile: AuthProfile,
+    /// Its connect link, for OAuth kinds.
+    pub link: Option<ConnectLink>,
+    /// Whether this call created it (false: the caller's pending profile was reused).
+    pub created: bool,
+}
+
+/// An access token for a backend.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    /// The token.
+    pub token: SecretString,
+    /// When it expires, if known.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whether this call refreshed it.
+    pub refreshed: bool,
+}
+
+/// The connected-accounts service.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    store: Arc<dyn Store>,
+    flows: OAuthFlows,
+    teams: Teams,
+    keyring: Option<Arc<KeyRing>>,
+    pending_ttl: TimeDelta,
+    /// One refresh at a time per profile in this process.
+    refreshing: Arc<Mutex<HashMap<ProfileId, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Connections {
+    /// Creates the service; pending profiles expire after `pending_ttl`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        flows: OAuthFlows,
+        teams: Teams,
+        keyring: Option<Arc<KeyRing>>,
+        pending_ttl: Duration,
+    ) -> Self {
+        Self {
+            store,
+            flows,
+            teams,
+            keyring,
+            pending_ttl: TimeDelta::from_std(pending_ttl).unwrap_or(TimeDelta::hours(24)),
+            refreshing: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The team and the caller's role in it; a non-member is told the team does not exist.
+    async fn membership(&self, team: &TeamRef, user: UserId) -> Result<(Team, Role), ConnectError> {
+        let (team, role) = self.teams.role_of(team, user).await?;
+        Ok((team, role.ok_or(ConnectError::TeamNotFound)?))
+    }
+
+    /// A live profile the caller may use: personal ones only by their owner.
+    async fn usable(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(AuthProfile, Role), ConnectError> {
+        let (team, role) = self.membership(team, user).await?;
+        let profile = self.store.profile_by_slug(team.id, slug).await?.ok_or(ConnectError::ProfileNotFound)?;
+        if profile.profile_kind.is_personal() && profile.created_by != user {
+            return Err(ConnectError::NotProfileOwner);
+        }
+        Ok((profile, role))
+    }
+
+    /// Creates a profile, or reuses the caller's pending one (see the module documentation).
+    pub async fn create(&self, team: &TeamRef, user: UserId, request: NewProfile) -> Result<Created, ConnectError> {
+        let (team, _) = self.membership(team, user).await?;
+        if request.kind.is_oauth() {
+            if self.flows.providers().get(Some(&request.provider)).is_none() {
+                return Err(ConnectError::UnknownProvider(request.provider));
+            }
+            if self.keyring.is_none() {
+                return Err(ConnectError::EncryptionNotConfigured);
+            }
+        }
+        let now = super::now();
+        let key = PendingKey {
+            team: team.id,
+            connector_key: &request.connector_key,
+            provider: &request.provider,
+            kind: request.kind,
+            created_by: user,
+        };
+        if request.kind.is_oauth() {
+            self.store.delete_expired_pending(Some(&key), now).await?;
+            if let Some(pending) = self.store.pending_profile(&key, now).await? {
+                return self.reuse(pending, request.slug.as_ref(), user).await;
+            }
+        }
+        let candidates = match &request.slug {
+            Some(slug) => vec![slug.clone()],
+            None => {
+                let base = Slug::derive(&request.display_name, "profile");
+                std::iter::once(base.clone()).chain((2..=20).map(|n| base.with_suffix(&n.to_string()))).collect()
+            }
+        };
+        let status = if request.kind.is_oauth() { ProfileStatus::PendingAuth } else { ProfileStatus::Active };
+        for slug in candidates {
+            let profile = AuthProfile {
+                id: ProfileId::generate(),
+                team_id: team.id,
+                slug,
+                connector_key: request.connector_key.clone(),
+                profile_kind: request.kind,
+                provider: request.provider.clone(),
+                status,
+                created_by: user,
+                display_name: request.display_name.clone(),
+                scopes: request.scopes.clone(),
+                upstream_account_id: None,
+                access_token_expires_at: None,
+                pending_expires_at: request.kind.is_oauth().then(|| now + self.pending_ttl),
+                version: 0,
+                created_at: now,
+                updated_at: now,
+            };
+            if let Some(created) = self.store.insert_profile(&profile).await? {
+                let link = match created.profile_kind.is_oauth() {
+                    true => Some(self.mint_link(&created, user, false).await?),
+                    false => None,
+                };
+                tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), "created an auth profile");
+                return Ok(Created { profile: created, link, created: true });
+            }
+            // A uniqueness rule refused the row: the caller's own pending profile (created by a
+            // concurrent request), or the slug.
+            if request.kind.is_oauth()
+                && let Some(pending) = self.store.pending_profile(&key, now).await?
+            {
+                return self.reuse(pending, request.slug.as_ref(), user).await;
+            }
+            if request.slug.is_some() {
+                return Err(ConnectError::SlugTaken);
+            }
+        }
+        Err(ConnectError::SlugTaken)
+    }
+
+    /// Reuses a pending profile with a fresh link, unless the caller asked for another slug.
+    async fn reuse(&self, pending: AuthProfile, slug: Option<&Slug>, user: UserId) -> Result<Created, ConnectError> {
+        if slug.is_some_and(|s| *s != pending.slug) {
+            return Err(ConnectError::PendingAuthConflict { slug: pending.slug.as_str().to_owned() });
+        }
+        let link = self.mint_link(&pending, user, false).await?;
+        Ok(Created { profile: pending, link: Some(link), created: false })
+    }
+
+    async fn mint_link(
+        &self,
+        profile: &AuthProfile,
+        user: UserId,
+        allow_account_change: bool,
+    ) -> Result<ConnectLink, ConnectError> {
+        let token = random_secret();
+        let now = super::now();
+        let expires_at = now + CONNECT_LINK_TTL;
+        self.store
+            .mint_connect_token(&ConnectToken {
+                token_hash: sha256(token.expose_secret().as_bytes()),
+                profile: profile.id,
+                user,
+                allow_account_change,
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        let url = format!("{}/connect/{}/oauth/start", self.flows.public_url(), token.expose_secret());
+        Ok(ConnectLink { url: SecretString::from(url), expires_at })
+    }
+
+    /// A fresh connect link for a profile (to reconnect an active one, or after `needs_reauth`).
+    pub async fn connect_link(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        slug: &Slug,
+        allow_account_change: bool,
+    ) -> Result<(AuthProfile, ConnectLink), ConnectError> {
+        let (profile, _) = self.usable(team, user, slug).await?;
+        if !profile.profile_kind.is_oauth() {
+            return Err(ConnectError::NotOAuth(profile.profile_kind.as_str()));
+        }
+        let link = self.mint_link(&profile, user, allow_account_change).await?;
+        Ok((profile, link))
+    }
+
+    /// The profiles of a team the caller may see: the team's, and the caller's own personal ones.
+    pub async fn list(&self, team: &TeamRef, user: UserId) -> Result<Vec<AuthProfile>, ConnectError> {
+        let (team, _) = self.membership(team, user).await?;
+        let profiles = self.store.team_profiles(team.id).await?;
+        Ok(profiles.into_iter().filter(|p| !p.profile_kind.is_personal() || p.created_by == user).collect())
+    }
+
+    /// One profile.
+    pub async fn get(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<AuthProfile, ConnectError> {
+        Ok(self.usable(team, user, slug).await?.0)
+    }
+
+    /// Revokes a profile — the owner of a personal one, or a team owner or admin — and revokes
+    /// its tokens at the provider where it offers a way to, on a best-effort basis.
+    pub async fn revoke(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(), ConnectError> {
+        let (team_record, role) = self.membership(team, user).await?;
+        let profile = self.store.profile_by_slug(team_record.id, slug).await?.ok_or(ConnectError::ProfileNotFound)?;
+        let admin = matches!(role, Role::Owner | Role::Admin);
+        let owns = profile.created_by == user;
+        if profile.profile_kind.is_personal() && !owns && !admin {
+            return Err(ConnectError::NotProfileOwner);
+        }
+        if !profile.profile_kind.is_personal() && !owns && !admin {
+            return Err(ConnectError::NotAdmin);
+        }
+        let Some(secrets) = self.store.revoke_profile(profile.id, super::now()).await? else {
+            return Err(ConnectError::ProfileNotFound);
+        };
+        tracing::info!(profile_id = %profile.id, "revoked an auth profile");
+        self.revoke_upstream(&profile, &secrets).await;
+        Ok(())
+    }
+
+    async fn revoke_upstream(&self, profile: &AuthProfile, secrets: &ProfileSecrets) {
+        let (Some(keyring), Some(provider)) = (&self.keyring, self.flows.providers().get(Some(&profile.provider)))
+        else {
+            return;
+        };
+        let token = secrets
+            .refresh_token
+            .as_ref()
+            .map(|ct| (ct, "refresh_token"))
+            .or(secrets.access_token.as_ref().map(|ct| (ct, "access_token")));
+        let Some((ciphertext, column)) = token else {
+            return;
+        };
+        let aad = StoredSecret::aad(SecretKind::AuthProfiles, profile.id.as_uuid(), column);
+        let Ok(plaintext) = keyring.decrypt(ciphertext, &aad) else {
+            return;
+        };
+        let token = String::from_utf8_lossy(&plaintext).into_owned();
+        match provider.revoke(&token).await {
+            Ok(true) => tracing::debug!(profile_id = %profile.id, "revoked the token at the provider"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(profile_id = %profile.id, error = %error, "cannot revoke the token at the provider")
+            }
+        }
+    }
+
+    /// Opens a connect link: checks it is the signed-in user's, consumes it, and starts the flow.
+    pub async fn start(&self, token: &str, current_user: Option<UserId>) -> Result<Started, ConnectError> {
+        let hash = sha256(token.as_bytes());
+        let now = super::now();
+        let link = self.store.connect_token(&hash, now).await?.ok_or(ConnectError::InvalidConnectLink)?;
+        // Checked before consuming: a link opened by the wrong browser stays usable by its owner.
+        match current_user {
+            None => return Err(ConnectError::NotSignedIn),
+            Some(user) if user != link.user => return Err(ConnectError::WrongUser),
+            Some(_) => {}
+        }
+        let link = self.store.take_connect_token(&hash, now).await?.ok_or(ConnectError::InvalidConnectLink)?;
+        let profile = self.store.profile(link.profile).await?.ok_or(ConnectError::InvalidConnectLink)?;
+        if profile.status == ProfileStatus::Revoked {
+            return Err(ConnectError::InvalidConnectLink);
+        }
+        let provider = self
+            .flows
+            .providers()
+            .get(Some(&profile.provider))
+            .ok_or_else(|| ConnectError::UnknownProvider(profile.provider.clone()))?;
+        let purpose = Purpose::Connect {
+            user: link.user,
+            profile: profile.id,
+            version: profile.version,
+            allow_account_change: link.allow_account_change,
+        };
+        let scopes = (!profile.scopes.is_empty()).then_some(profile.scopes.as_slice());
+        Ok(self.flows.begin(provider, &ReturnTo::root(), purpose, scopes).await?)
+    }
+
+    /// Completes a finished connect flow: stores the credentials and activates the profile.
+    pub async fn complete(
+        &self,
+        finished: Finished,
+        current_user: Option<UserId>,
+    ) -> Result<AuthProfile, ConnectError> {
+        let Purpose::Connect { user, profile, version, allow_account_change } = finished.purpose else {
+            return Err(FlowError::InvalidState("this flow does not connect an account").into());
+        };
+        if current_user != Some(user) {
+            return Err(ConnectError::WrongUser);
+        }
+        let keyring = self.keyring.as_ref().ok_or(ConnectError::EncryptionNotConfigured)?;
+        let current = self.store.profile(profile).await?.ok_or(ConnectError::InvalidConnectLink)?;
+        if current.status == ProfileStatus::Revoked {
+            return Err(ConnectError::InvalidConnectLink);
+        }
+        let account = finished.info.account_id;
+        if current.upstream_account_id.as_ref().is_some_and(|connected| *connected != account) && !allow_account_change
+        {
+            return Err(ConnectError::AccountMismatch);
+        }
+        let (access_token, refresh_token) = encrypt_tokens(keyring, profile, &finished.tokens);
+        let scopes = match finished.tokens.scopes.is_empty() {
+            true => current.scopes.clone(),
+            false => finished.tokens.scopes.clone(),
+        };
+        let activation = Activation {
+            access_token,
+            refresh_token,
+            expires_at: finished.tokens.expires_at,
+            upstream_account_id: account,
+            scopes,
+            now: super::now(),
+        };
+        if !self.store.activate_profile(profile, version, &activation).await? {
+            return Err(ConnectError::ConnectConflict);
+        }
+        tracing::info!(profile_id = %profile, "connected an auth profile");
+        self.store.profile(profile).await?.ok_or(ConnectError::InvalidConnectLink)
+    }
+
+    /// A valid access token of a profile, refreshed first when it expires within five minutes.
+    pub async fn access_token(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<AccessToken, ConnectError> {
+        let (profile, _) = self.usable(team, user, slug).await?;
+        if !profile.profile_kind.is_oauth() {
+            return Err(ConnectError::NotOAuth(profile.profile_kind.as_str()));
+        }
+        let keyring = self.keyring.clone().ok_or(ConnectError::EncryptionNotConfigured)?;
+        if let Some(token) = self.fresh_token(&keyring, profile.id).await? {
+            return Ok(token);
+        }
+        // One refresh at a time per profile in this process; the others wait and re-read.
+        let gate = {
+            let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+            gates.entry(profile.id).or_default().clone()
+        };
+        let _turn = gate.lock().await;
+        let outcome = self.refresh(&keyring, &profile).await;
+        drop(_turn);
+        // Forget the gate once nobody holds it, so the map does not grow with every profile.
+        let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&gate) <= 2 {
+            gates.remove(&profile.id);
+        }
+        outcome
+    }
+
+    /// The stored token when it does not need a refresh.
+    async fn fresh_token(&self, keyring: &KeyRing, id: ProfileId) -> Result<Option<AccessToken>, ConnectError> {
+        let secrets = self.store.profile_secrets(id).await?.ok_or(ConnectError::ProfileNotFound)?;
+        check_status(secrets.status)?;
+        let fresh = secrets.expires_at.is_none_or(|at| at - super::now() > REFRESH_WINDOW);
+        if !fresh {
+            return Ok(None);
+        }
+        let token = decrypt(keyring, id, "access_token", secrets.access_token.as_deref())?;
+        Ok(Some(AccessToken { token, expires_at: secrets.expires_at, refreshed: false }))
+    }
+
+    /// Refreshes under the row's lease, or waits for whoever holds it.
+    async fn refresh(&self, keyring: &KeyRing, profile: &AuthProfile) -> Result<AccessToken, ConnectError> {
+        let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
+        loop {
+            let secrets = self.store.profile_secrets(profile.id).await?.ok_or(ConnectError::ProfileNotFound)?;
+            check_status(secrets.status)?;
+            let now = super::now();
+            if secrets.expires_at.is_none_or(|at| at - now > REFRESH_WINDOW) {
+                let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
+                return Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false });
+            }
+            let still_valid = secrets.expires_at.is_some_and(|at| at > now);
+            let Some(refresh_ciphertext) = secrets.refresh_token.as_deref() else {
+                // Nothing to refresh with: hand out what is left, or ask for a reconnection.
+                if still_valid {
+                    let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
+                    return Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false });
+                }
+                return Err(ConnectError::NeedsReauth);
+            };
+            let owner = uuid::Uuid::new_v4();
+            let lease = RefreshLease { owner, until: now + LEASE, now };
+            if self.store.acquire_refresh_lease(profile.id, secrets.version, &lease).await? {
+                let refresh_token = decrypt(keyring, profile.id, "refresh_token", Some(refresh_ciphertext))?;
+                return self.refresh_with_lease(keyring, profile, owner, &refresh_token, &secrets).await;
+            }
+            // Another process holds the lease (or just refreshed): wait for the row to change.
+            if tokio::time::Instant::now() >= deadline {
+                if still_valid {
+                    let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
+                    return Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false });
+                }
+                return Err(ConnectError::RefreshInProgress);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn refresh_with_lease(
+        &self,
+        keyring: &KeyRing,
+        profile: &AuthProfile,
+        owner: uuid::Uuid,
+        refresh_token: &SecretString,
+        before: &ProfileSecrets,
+    ) -> Result<AccessToken, ConnectError> {
+        let provider = self
+            .flows
+            .providers()
+            .get(Some(&profile.provider))
+            .ok_or_else(|| ConnectError::UnknownProvider(profile.provider.clone()))?;
+        match provider.refresh(refresh_token.expose_secret()).await {
+            Ok(tokens) => {
+                let (access_token, rotated) = encrypt_tokens(keyring, profile.id, &tokens);
+                let refreshed = Refreshed {
+                    access_token,
+                    refresh_token: rotated,
+                    expires_at: tokens.expires_at,
+                    now: super::now(),
+                };
+                if !self.store.complete_refresh(profile.id, owner, &refreshed).await? {
+                    // The lease ran out and someone else refreshed: theirs is as good.
+                    tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease");
+                }
+                tracing::debug!(profile_id = %profile.id, rotated = tokens.refresh_token.is_some(), "refreshed a token");
+                Ok(AccessToken { token: tokens.access_token, expires_at: tokens.expires_at, refreshed: true })
+            }
+            Err(ProviderError::InvalidGrant) => {
+                self.store.release_refresh_lease(profile.id, owner, true, super::now()).await?;
+                tracing::info!(profile_id = %profile.id, "the provider refused the refresh token; the profile needs a reconnection");
+                Err(ConnectError::NeedsReauth)
+            }
+            Err(error) => {
+                self.store.release_refresh_lease(profile.id, owner, false, super::now()).await?;
+                if before.expires_at.is_some_and(|at| at > super::now()) {
+                    tracing::warn!(profile_id = %profile.id, error = %error, "refresh failed; handing out the current token");
+                    let token = decrypt(keyring, profile.id, "access_token", before.access_token.as_deref())?;
+                    return Ok(AccessToken { token, expires_at: before.expires_at, refreshed: false });
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Deletes expired pending profiles.
+    pub async fn delete_expired_pending(&self) -> Result<u64, StoreError> {
+        self.store.delete_expired_pending(None, super::now()).await
+    }
+}
+
+fn check_status(status: ProfileStatus) -> Result<(), ConnectError> {
+    match status {
+        ProfileStatus::Active => Ok(()),
+        ProfileStatus::PendingAuth => Err(ConnectError::NotConnected),
+        ProfileStatus::NeedsReauth => Err(ConnectError::NeedsReauth),
+        ProfileStatus::Revoked => Err(ConnectError::ProfileNotFound),
+    }
+}
+
+fn encrypt_tokens(keyring: &KeyRing, profile: ProfileId, tokens: &TokenSet) -> (Vec<u8>, Option<Vec<u8>>) {
+    let aad = |column: &str| StoredSecret::aad(SecretKind::AuthProfiles, profile.as_uuid(), column);
+    let access = keyring.encrypt(tokens.access_token.expose_secret().as_bytes(), &aad("access_token"));
+    let refresh =
+        tokens.refresh_token.as_ref().map(|t| keyring.encrypt(t.expose_secret().as_bytes(), &aad("refresh_token")));
+    (access, refresh)
+}
+
+fn decrypt(
+    keyring: &KeyRing,
+    profile: ProfileId,
+    column: &str,
+    ciphertext: Option<&[u8]>,
+) -> Result<SecretString, ConnectError> {
+    let ciphertext = ciphertext.ok_or(ConnectError::NotConnected)?;
+    let aad = StoredSecret::aad(SecretKind::AuthProfiles, profile.as_uuid(), column);
+    let plaintext = keyring.decrypt(ciphertext, &aad).map_err(|error| {
+        tracing::error!(profile_id = %profile, column, error = %error, "a stored credential does not decrypt");
+        ConnectError::Undecryptable
+    })?;
+    String::from_utf8(plaintext).map(SecretString::from).map_err(|_| ConnectError::Undecryptable)
+}

@@ -1,0 +1,270 @@
+//! The server-side authorization-code flow shared by sign-in, identity linking and connected
+//! accounts.
+//!
+//! [`OAuthFlows::begin`] stores the flow — the SHA-256 of a fresh 256-bit state value, the
+//! provider, a fresh PKCE verifier and nonce, `return_to`, what the flow is for, and a 10-minute
+//! expiry — and returns the provider's authorization URL plus the state value, which the HTTP
+//! layer also puts in a cookie so that the callback can prove it comes back to the same browser.
+//! [`OAuthFlows::finish`] consumes that row atomically (exactly once), takes the provider from it
+//! (never from the callback), checks the RFC 9207 `iss`, exchanges the code and reads the profile.
+//! What happens next depends on the flow's [`Purpose`].
+
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::providers::{AuthorizationRequest, Provider, ProviderError, ProviderRegistry, TokenSet, UserInfo};
+use super::sessions::random_secret;
+use crate::crypto::{constant_time_eq, sha256};
+use crate::domain::{Issuer, ProfileId, ReturnTo, Subject, UserId};
+use crate::error::ErrorCode;
+use crate::store::{LoginState, Store, StoreError};
+
+/// How long a flow may take, from `begin` to the callback.
+pub const FLOW_TTL: TimeDelta = TimeDelta::minutes(10);
+
+/// What a flow is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Signing a browser in.
+    SignIn,
+    /// Linking another identity to a signed-in user.
+    Link {
+        /// The user.
+        user: UserId,
+    },
+    /// Connecting a third-party account to an auth profile.
+    Connect {
+        /// The user the connect link was for.
+        user: UserId,
+        /// The profile.
+        profile: ProfileId,
+        /// The profile's version when the flow started.
+        version: i64,
+        /// Whether another upstream account may replace the connected one.
+        allow_account_change: bool,
+    },
+}
+
+/// Why a flow could not begin or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// No provider has that name.
+    #[error("no provider is named {0:?}")]
+    UnknownProvider(String),
+    /// The state is missing, unknown, expired, used, or not this browser's.
+    #[error("{0}")]
+    InvalidState(&'static str),
+    /// The callback path names another provider than the flow started with.
+    #[error("the callback is for another provider than the sign-in started with")]
+    ProviderMismatch,
+    /// The authorization response's `iss` is wrong or missing.
+    #[error("the authorization response's issuer is not the provider's")]
+    IssuerMismatch,
+    /// The callback has no code.
+    #[error("the callback carries no authorization code")]
+    MissingCode,
+    /// The provider returned an error instead of a code.
+    #[error("the provider refused the sign-in ({0})")]
+    Denied(String),
+    /// A provider call failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FlowError {
+    /// The public error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FlowError::UnknownProvider(_) => ErrorCode::UnknownProvider,
+            FlowError::InvalidState(_) => ErrorCode::InvalidState,
+            FlowError::ProviderMismatch => ErrorCode::ProviderMismatch,
+            FlowError::IssuerMismatch => ErrorCode::IssuerMismatch,
+            FlowError::MissingCode => ErrorCode::InvalidCode,
+            FlowError::Denied(_) => ErrorCode::ProviderDenied,
+            FlowError::Provider(e) => e.code(),
+            FlowError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
+            FlowError::Store(_) => ErrorCode::InternalError,
+        }
+    }
+}
+
+/// A started flow: where to send the browser, and the state value to bind to it.
+#[derive(Debug)]
+pub struct Started {
+    /// The provider's authorization URL.
+    pub location: Url,
+    /// The state value (for the browser-binding cookie).
+    pub state: SecretString,
+}
+
+/// The query of a callback.
+#[derive(Debug, Clone, Default)]
+pub struct Callback {
+    /// The authorization code.
+    pub code: Option<String>,
+    /// The state value.
+    pub state: Option<String>,
+    /// The RFC 9207 issuer.
+    pub iss: Option<String>,
+    /// An error instead of a code.
+    pub error: Option<String>,
+}
+
+/// A finished flow: the provider's answer, and what the flow was for.
+#[derive(Debug)]
+pub struct Finished {
+    /// What the flow is for.
+    pub purpose: Purpose,
+    /// The provider.
+    pub provider: Arc<dyn Provider>,
+    /// The tokens from the code exchange.
+    pub tokens: TokenSet,
+    /// The profile.
+    pub info: UserInfo,
+    /// The account id as a subject.
+    pub subject: Subject,
+    /// Where to send the browser.
+    pub return_to: String,
+}
+
+/// The flow machinery.
+#[derive(Debug, Clone)]
+pub struct OAuthFlows {
+    providers: Arc<ProviderRegistry>,
+    store: Arc<dyn Store>,
+    public_url: Option<Url>,
+}
+
+impl OAuthFlows {
+    /// Creates the machinery; callback URLs are `<public_url>/auth/callback/<provider>`.
+    pub fn new(providers: Arc<ProviderRegistry>, store: Arc<dyn Store>, public_url: Option<Url>) -> Self {
+        Self { providers, store, public_url }
+    }
+
+    /// The configured providers.
+    pub fn providers(&self) -> &ProviderRegistry {
+        &self.providers
+    }
+
+    /// The provider named `name` (the default one for `None`).
+    pub fn provider(&self, name: Option<&str>) -> Result<&Arc<dyn Provider>, FlowError> {
+        self.providers.get(name).ok_or_else(|| FlowError::UnknownProvider(name.unwrap_or("(default)").to_owned()))
+    }
+
+    /// The callback URL of a provider.
+    pub fn callback_url(&self, provider: &str) -> Url {
+        let base = self.public_url.as_ref().map_or("http://127.0.0.1", |u| u.as_str()).trim_end_matches('/');
+        Url::parse(&format!("{base}/auth/callback/{provider}")).expect("a provider name is URL-safe")
+    }
+
+    /// The base URL browsers reach Tessera at.
+    pub fn public_url(&self) -> String {
+        self.public_url.as_ref().map_or("http://127.0.0.1", |u| u.as_str()).trim_end_matches('/').to_owned()
+    }
+
+    /// Starts a flow with `provider`, asking for `scopes` (or the provider's own).
+    pub async fn begin(
+        &self,
+        provider: &Arc<dyn Provider>,
+        return_to: &ReturnTo,
+        purpose: Purpose,
+        scopes: Option<&[String]>,
+    ) -> Result<Started, FlowError> {
+        let state = random_secret();
+        let pkce_verifier = random_secret();
+        let nonce = random_secret();
+        let location = provider
+            .authorization_url(&AuthorizationRequest {
+                redirect_uri: &self.callback_url(provider.name()),
+                state: state.expose_secret(),
+                pkce_verifier: pkce_verifier.expose_secret(),
+                nonce: nonce.expose_secret(),
+                scopes,
+            })
+            .await?;
+        let (link_user, profile, profile_version, allow_account_change) = match purpose {
+            Purpose::SignIn => (None, None, None, false),
+            Purpose::Link { user } => (Some(user), None, None, false),
+            Purpose::Connect { user, profile, version, allow_account_change } => {
+                (Some(user), Some(profile), Some(version), allow_account_change)
+            }
+        };
+        let now = super::now();
+        self.store
+            .insert_login_state(&LoginState {
+                state_hash: sha256(state.expose_secret().as_bytes()),
+                provider: provider.name().to_owned(),
+                pkce_verifier: pkce_verifier.expose_secret().to_owned(),
+                nonce: nonce.expose_secret().to_owned(),
+                return_to: return_to.as_str().to_owned(),
+                link_user,
+                profile,
+                profile_version,
+                allow_account_change,
+                created_at: now,
+                expires_at: now + FLOW_TTL,
+            })
+            .await?;
+        Ok(Started { location, state })
+    }
+
+    /// Finishes a flow from the provider's callback. `browser_state` is the state the browser
+    /// holds in its cookie.
+    pub async fn finish(
+        &self,
+        path_provider: &str,
+        callback: Callback,
+        browser_state: Option<&str>,
+    ) -> Result<Finished, FlowError> {
+        let state = callback
+            .state
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or(FlowError::InvalidState("the callback carries no state"))?;
+        if !browser_state.is_some_and(|cookie| constant_time_eq(cookie.as_bytes(), state.as_bytes())) {
+            return Err(FlowError::InvalidState("this sign-in was not started in this browser"));
+        }
+        let flow = self
+            .store
+            .take_login_state(&sha256(state.as_bytes()), super::now())
+            .await?
+            .ok_or(FlowError::InvalidState("the sign-in is unknown, expired or already completed"))?;
+        // Provider names are lower case; the path is compared the same way.
+        if flow.provider != path_provider.to_ascii_lowercase() {
+            return Err(FlowError::ProviderMismatch);
+        }
+        let provider = self.provider(Some(&flow.provider))?.clone();
+        if let Some(error) = callback.error {
+            // Only the provider's error code is kept: it is chosen from a small registered set.
+            let code: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            return Err(FlowError::Denied(code));
+        }
+        let expected = provider.response_issuer().await?;
+        match callback.iss.as_deref() {
+            Some(iss) if Issuer::parse(iss).ok().as_ref() != Some(&expected.issuer) => {
+                return Err(FlowError::IssuerMismatch);
+            }
+            None if expected.required => return Err(FlowError::IssuerMismatch),
+            _ => {}
+        }
+        let code = callback.code.as_deref().filter(|c| !c.is_empty()).ok_or(FlowError::MissingCode)?;
+        let tokens = provider.exchange_code(code, &flow.pkce_verifier, &self.callback_url(provider.name())).await?;
+        let info = provider.user_info(&tokens, &flow.nonce).await?;
+        let subject = Subject::parse(&info.account_id)
+            .map_err(|_| ProviderError::InvalidResponse("the account id is not acceptable".into()))?;
+        let purpose = match (flow.link_user, flow.profile, flow.profile_version) {
+            (Some(user), Some(profile), Some(version)) => {
+                Purpose::Connect { user, profile, version, allow_account_change: flow.allow_account_change }
+            }
+            (Some(user), _, _) => Purpose::Link { user },
+            (None, _, _) => Purpose::SignIn,
+        };
+        Ok(Finished { purpose, provider, tokens, info, subject, return_to: flow.return_to })
+    }
+}

@@ -1,0 +1,717 @@
+//! Connected accounts over HTTP, on both backends: the seed's four cases (reuse, friendly 409,
+//! two users in parallel, direct collision), concurrency, connect links, the connect flow
+//! against the local OpenID provider, and refresh single-flight — within one instance and across
+//! two instances sharing one database.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tessera::config::{Config, ProviderKind};
+use tessera::crypto::keyring::KeyRing;
+use tessera::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, Slug, TeamId, UserId};
+use tessera::local_issuer::{LocalIssuer, StubUser, TokenFault};
+
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_no_leak, json as body, on_both_backends};
+use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
+
+on_both_backends!(
+    a_repeated_create_without_slug_reuses_the_pending_profile,
+    a_different_slug_while_pending_is_a_friendly_409,
+    two_members_connect_the_same_connector_in_parallel,
+    the_database_refuses_a_second_pending_profile,
+    concurrent_identical_creates_all_get_the_same_profile,
+    slug_collisions_under_concurrency_are_clean,
+    membership_decides_who_sees_what,
+    a_connect_link_connects_the_profile_once,
+    a_connect_link_is_bound_to_its_user_and_single_use,
+    concurrent_callbacks_activate_the_profile_once,
+    reconnecting_keeps_the_profile_and_guards_the_account,
+    tokens_are_refreshed_before_they_expire,
+    fifty_concurrent_requests_refresh_once,
+    two_instances_refresh_once,
+    rotated_and_kept_refresh_tokens_are_persisted,
+    invalid_grant_marks_the_profile_without_a_retry_storm,
+    expired_pending_profiles_are_not_reused,
+    revoking_frees_the_slug_and_revokes_upstream,
+    team_members_are_managed_by_owners,
+    other_kinds_are_active_without_a_connect_link,
+);
+
+struct World {
+    app: TestApp,
+    issuer: LocalIssuer,
+    alice: Member,
+    bob: Member,
+    team: String,
+}
+
+/// A signed-in member: their browser and ids.
+struct Member {
+    browser: Browser,
+    id: UserId,
+}
+
+fn ring() -> String {
+    format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([3u8; 32]))
+}
+
+fn configure(config: &mut Config, issuer: &LocalIssuer) {
+    config.auth.cookie_secure = false;
+    config.providers.push(provider("local", ProviderKind::Oidc, issuer));
+    config.auth.default_provider = Some("local".into());
+    config.encryption = Some(Arc::new(KeyRing::parse(&ring()).unwrap()));
+}
+
+async fn sign_in(app: &TestApp, issuer: &LocalIssuer, subject: &str) -> Member {
+    issuer.set_next_user(StubUser::new(subject, &format!("{subject}@example.com")));
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(app, "").await.status(), StatusCode::SEE_OTHER);
+    let me = body(browser.me(app).await, 200).await;
+    Member { browser, id: me["id"].as_str().unwrap().parse().unwrap() }
+}
+
+async fn world(backend: Backend) -> World {
+    let issuer = LocalIssuer::start().await.unwrap();
+    issuer.set_client(CLIENT_ID, CLIENT_SECRET);
+    let app = TestApp::spawn_with(backend, |config| configure(config, &issuer)).await;
+    let mut alice = sign_in(&app, &issuer, "alice").await;
+    let bob = sign_in(&app, &issuer, "bob").await;
+    let me = body(alice.browser.me(&app).await, 200).await;
+    let team = me["teams"][0]["slug"].as_str().unwrap().to_owned();
+    let added = app
+        .admin(Method::POST, &format!("/admin/teams/{team}/members"))
+        .json(&json!({"user_id": bob.id, "role": "member"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), StatusCode::CREATED);
+    World { app, issuer, alice, bob, team }
+}
+
+impl World {
+    fn url(&self, path: &str) -> String {
+        self.app.url(&format!("/v1/teams/{}{path}", self.team))
+    }
+
+    /// A profile request by `user` through the admin token acting on their behalf.
+    fn on_behalf(&self, method: Method, path: &str, user: UserId) -> reqwest::RequestBuilder {
+        self.app
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("x-on-behalf-of", user.to_string())
+    }
+
+    async fn create(&self, user: UserId, request: Value) -> reqwest::Response {
+        self.on_behalf(Method::POST, "/auth-profiles", user).json(&request).send().await.unwrap()
+    }
+
+    async fn token(&self, user: UserId, slug: &str) -> reqwest::Response {
+        self.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), user).send().await.unwrap()
+    }
+
+    /// Creates an OAuth profile for Alice and connects it; returns its slug.
+    async fn connected(&mut self, slug: &str) -> String {
+        let created = body(self.create(self.alice.id, profile_request(Some(slug))).await, 201).await;
+        let link = created["connect_url"].as_str().unwrap().to_owned();
+        let page = connect(&mut self.alice.browser, &link).await;
+        assert_eq!(page.status(), StatusCode::OK, "{:?}", page.text().await);
+        slug.to_owned()
+    }
+
+    async fn sql_profile(&self, slug: &str) -> Value {
+        let response =
+            self.on_behalf(Method::GET, &format!("/auth-profiles/{slug}"), self.alice.id).send().await.unwrap();
+        body(response, 200).await
+    }
+
+    /// Makes a profile's access token expire in a minute (inside the refresh window).
+    async fn expire_soon(&self, slug: &str) {
+        let sql = self.app.db.sql().await;
+        let soon = match self.app.db.backend {
+            Backend::Sqlite => format!("{}", (chrono::Utc::now() + chrono::TimeDelta::seconds(60)).timestamp_micros()),
+            Backend::Postgres => "now() + interval '60 seconds'".into(),
+        };
+        sql.exec(&format!("UPDATE auth_profiles SET access_token_expires_at = {soon} WHERE slug = '{slug}'"))
+            .await
+            .unwrap();
+    }
+}
+
+fn profile_request(slug: Option<&str>) -> Value {
+    let mut request = json!({
+        "connector_key": "github-issues",
+        "profile_kind": "oauth_account",
+        "provider": "local",
+        "display_name": "My Issues",
+        "scopes": ["openid", "issues:read"],
+    });
+    if let Some(slug) = slug {
+        request["slug"] = slug.into();
+    }
+    request
+}
+
+/// Follows a connect link in a signed-in browser through the provider to the callback page.
+async fn connect(browser: &mut Browser, link: &str) -> reqwest::Response {
+    let start = browser.navigate(link).await;
+    assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
+    assert_eq!(start.headers()["referrer-policy"], "no-referrer");
+    let provider = browser.get(&location(&start)).await;
+    browser.navigate(&location(&provider)).await
+}
+
+async fn count(app: &TestApp, filter: &str) -> i64 {
+    app.db.sql().await.count(&format!("auth_profiles {filter}")).await
+}
+
+async fn a_repeated_create_without_slug_reuses_the_pending_profile(backend: Backend) {
+    let w = world(backend).await;
+    let first = body(w.create(w.alice.id, profile_request(None)).await, 201).await;
+    assert_eq!(first["auth_profile"]["status"], "pending_auth");
+    assert_eq!(first["auth_profile"]["slug"], "my-issues");
+    assert!(first["connect_url"].as_str().unwrap().contains("/connect/"));
+    let second = body(w.create(w.alice.id, profile_request(None)).await, 200).await;
+    assert_eq!(second["auth_profile"]["id"], first["auth_profile"]["id"]);
+    assert_ne!(second["connect_url"], first["connect_url"], "a fresh connect link");
+    assert_eq!(count(&w.app, "").await, 1, "exactly one row");
+    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 1, "the older link is gone");
+}
+
+async fn a_different_slug_while_pending_is_a_friendly_409(backend: Backend) {
+    let w = world(backend).await;
+    body(w.create(w.alice.id, profile_request(Some("first-try"))).await, 201).await;
+    let response = w.create(w.alice.id, profile_request(Some("second-try"))).await;
+    let text = response.text().await.unwrap();
+    let problem: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(problem["code"], "pending_auth_conflict");
+    assert_eq!(problem["existing_slug"], "first-try");
+    assert!(problem["detail"].as_str().unwrap().contains("first-try"));
+    assert_no_leak(&text);
+    let same = body(w.create(w.alice.id, profile_request(Some("first-try"))).await, 200).await;
+    assert_eq!(same["auth_profile"]["slug"], "first-try");
+    assert_eq!(count(&w.app, "").await, 1);
+}
+
+async fn two_members_connect_the_same_connector_in_parallel(backend: Backend) {
+    let w = world(backend).await;
+    let alice = body(w.create(w.alice.id, profile_request(None)).await, 201).await;
+    let bob = body(w.create(w.bob.id, profile_request(None)).await, 201).await;
+    assert_ne!(alice["auth_profile"]["id"], bob["auth_profile"]["id"]);
+    assert_eq!(bob["auth_profile"]["slug"], "my-issues-2", "a deterministic suffix");
+    let alice_again = body(w.create(w.alice.id, profile_request(None)).await, 200).await;
+    let bob_again = body(w.create(w.bob.id, profile_request(None)).await, 200).await;
+    assert_eq!(alice_again["auth_profile"]["id"], alice["auth_profile"]["id"]);
+    assert_eq!(bob_again["auth_profile"]["id"], bob["auth_profile"]["id"]);
+    assert_eq!(count(&w.app, "WHERE status = 'pending_auth'").await, 2);
+}
+
+async fn the_database_refuses_a_second_pending_profile(backend: Backend) {
+    let w = world(backend).await;
+    let created = body(w.create(w.alice.id, profile_request(Some("one"))).await, 201).await;
+    let team: TeamId = created["auth_profile"]["team_id"].as_str().unwrap().parse().unwrap();
+    let now = chrono::Utc::now();
+    let store = w.app.db.store().await;
+    let duplicate = AuthProfile {
+        id: ProfileId::generate(),
+        team_id: team,
+        slug: Slug::parse("another-slug").unwrap(),
+        connector_key: "github-issues".into(),
+        profile_kind: ProfileKind::OauthAccount,
+        provider: "local".into(),
+        status: ProfileStatus::PendingAuth,
+        created_by: w.alice.id,
+        display_name: "Direct".into(),
+        scopes: vec![],
+        upstream_account_id: None,
+        access_token_expires_at: None,
+        pending_expires_at: Some(now + chrono::TimeDelta::hours(1)),
+        version: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    assert_eq!(store.insert_profile(&duplicate).await.unwrap(), None, "refused by the database, not an error");
+    let mut bobs = duplicate.clone();
+    bobs.id = ProfileId::generate();
+    bobs.created_by = w.bob.id;
+    assert!(store.insert_profile(&bobs).await.unwrap().is_some(), "another member may");
+    let mut active = duplicate.clone();
+    active.id = ProfileId::generate();
+    active.slug = Slug::parse("third-slug").unwrap();
+    active.status = ProfileStatus::Active;
+    assert!(store.insert_profile(&active).await.unwrap().is_some(), "the rule only binds pending profiles");
+    store.close().await;
+}
+
+async fn concurrent_identical_creates_all_get_the_same_profile(backend: Backend) {
+    let w = Arc::new(world(backend).await);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = w.create(w.alice.id, profile_request(None)).await;
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for task in tasks {
+        let (status, value) = task.await.unwrap();
+        assert!(status == 200 || status == 201, "{status}: {value}");
+        created += usize::from(status == 201);
+        ids.insert(value["auth_profile"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!((created, ids.len()), (1, 1), "the losers of the race got the winner's row");
+    assert_eq!(count(&w.app, "").await, 1);
+}
+
+async fn slug_collisions_under_concurrency_are_clean(backend: Backend) {
+    let w = Arc::new(world(backend).await);
+    // The same explicit slug for 16 different connectors: one wins, the rest get a clean 409.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut request = profile_request(Some("contested"));
+            request["connector_key"] = format!("connector-{i}").into();
+            let response = w.create(w.alice.id, request).await;
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            assert_no_leak(&text);
+            (status, serde_json::from_str::<Value>(&text).unwrap())
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let (status, value) = task.await.unwrap();
+        if status == 409 {
+            assert_eq!(value["code"], "slug_taken");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 15);
+    // Without a slug, names that collide get deterministic suffixes.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut request = profile_request(None);
+            request["connector_key"] = format!("auto-{i}").into();
+            request["display_name"] = "Shared Name".into();
+            body(w.create(w.alice.id, request).await, 201).await["auth_profile"]["slug"].as_str().unwrap().to_owned()
+        }));
+    }
+    let mut slugs = HashSet::new();
+    for task in tasks {
+        slugs.insert(task.await.unwrap());
+    }
+    let expected: HashSet<String> =
+        std::iter::once("shared-name".to_owned()).chain((2..=8).map(|n| format!("shared-name-{n}"))).collect();
+    assert_eq!(slugs, expected);
+}
+
+async fn membership_decides_who_sees_what(backend: Backend) {
+    let mut w = world(backend).await;
+    w.connected("alices").await;
+    // Bob is a member: he sees the team but not Alice's personal profile.
+    let listed = body(w.on_behalf(Method::GET, "/auth-profiles", w.bob.id).send().await.unwrap(), 200).await;
+    assert_eq!(listed["auth_profiles"].as_array().unwrap().len(), 0);
+    for (method, path) in [
+        (Method::GET, "/auth-profiles/alices"),
+        (Method::POST, "/auth-profiles/alices/token"),
+        (Method::POST, "/auth-profiles/alices/connect"),
+        (Method::DELETE, "/auth-profiles/alices"),
+    ] {
+        let response = w.on_behalf(method.clone(), path, w.bob.id).send().await.unwrap();
+        assert_eq!(body(response, 403).await["code"], "not_profile_owner", "{method} {path}");
+    }
+    // A stranger is told the team does not exist, even for real slugs.
+    let carol = sign_in(&w.app, &w.issuer, "carol").await;
+    for path in ["/auth-profiles", "/auth-profiles/alices"] {
+        let response = w.on_behalf(Method::GET, path, carol.id).send().await.unwrap();
+        assert_eq!(body(response, 404).await["code"], "team_not_found");
+    }
+    let no_team = w
+        .app
+        .client
+        .get(w.app.url("/v1/teams/no-such-team/auth-profiles"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-on-behalf-of", carol.id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(no_team, 404).await["code"], "team_not_found");
+    // Alice uses her session cookie as well as the admin path.
+    let own = w.alice.browser.request(Method::GET, &w.url("/auth-profiles/alices")).await;
+    assert_eq!(body(own, 200).await["status"], "active");
+    let admin_without_user = w.app.client.get(w.url("/auth-profiles")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(body(admin_without_user, 400).await["code"], "missing_field");
+    let anonymous = w.app.client.get(w.url("/auth-profiles")).send().await.unwrap();
+    assert_eq!(body(anonymous, 401).await["code"], "missing_credentials");
+}
+
+async fn a_connect_link_connects_the_profile_once(backend: Backend) {
+    let mut w = world(backend).await;
+    w.issuer.set_next_user(StubUser::new("alice-at-provider", "alice@provider.example"));
+    let created = body(w.create(w.alice.id, profile_request(Some("issues"))).await, 201).await;
+    let link = created["connect_url"].as_str().unwrap().to_owned();
+    let token = link.split("/connect/").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    assert_eq!(token.len(), 43, "256 random bits");
+    let page = connect(&mut w.alice.browser, &link).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    assert!(page.text().await.unwrap().contains("My Issues is connected"));
+    let profile = w.sql_profile("issues").await;
+    assert_eq!(profile["status"], "active");
+    assert_eq!(profile["upstream_account_id"], "alice-at-provider");
+    assert_eq!(profile["id"], created["auth_profile"]["id"]);
+    // Only a hash of the link is stored, and the credentials are encrypted.
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("connect_tokens").await, 0, "the link was consumed");
+    assert_eq!(sql.count("auth_profiles WHERE access_token IS NOT NULL AND refresh_token IS NOT NULL").await, 1);
+    let token = body(w.token(w.alice.id, "issues").await, 200).await;
+    assert_eq!(token["refreshed"], false);
+    let plaintext = token["access_token"].as_str().unwrap();
+    let store = w.app.db.store().await;
+    let secrets = store.secrets_page(tessera::store::SecretKind::AuthProfiles, None, 10).await.unwrap();
+    assert!(secrets.iter().all(|s| !s.ciphertext.windows(plaintext.len()).any(|w| w == plaintext.as_bytes())));
+    store.close().await;
+}
+
+async fn a_connect_link_is_bound_to_its_user_and_single_use(backend: Backend) {
+    let mut w = world(backend).await;
+    let created = body(w.create(w.alice.id, profile_request(None)).await, 201).await;
+    let link = created["connect_url"].as_str().unwrap().to_owned();
+    // Another member's browser: a page saying why, and the link stays usable by Alice.
+    let refused = w.bob.browser.navigate(&link).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(refused.headers()["referrer-policy"], "no-referrer");
+    assert!(refused.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(refused.text().await.unwrap().contains("another user"));
+    let anonymous = Browser::new().navigate(&link).await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let api_client = Browser::new().get(&link).await;
+    assert_eq!(body(api_client, 401).await["code"], "missing_credentials", "problem+json for API clients");
+    assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
+    // Used.
+    let reused = w.alice.browser.get(&link).await;
+    assert_eq!(body(reused, 404).await["code"], "invalid_connect_link");
+    // A newer link invalidates the older; an expired one is refused.
+    let first = body(
+        w.on_behalf(
+            Method::POST,
+            &format!("/auth-profiles/{}/connect", created["auth_profile"]["slug"].as_str().unwrap()),
+            w.alice.id,
+        )
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
+    let second = body(
+        w.on_behalf(
+            Method::POST,
+            &format!("/auth-profiles/{}/connect", created["auth_profile"]["slug"].as_str().unwrap()),
+            w.alice.id,
+        )
+        .send()
+        .await
+        .unwrap(),
+        200,
+    )
+    .await;
+    let stale = w.alice.browser.get(first["connect_url"].as_str().unwrap()).await;
+    assert_eq!(body(stale, 404).await["code"], "invalid_connect_link");
+    let past = if backend == Backend::Sqlite { "1" } else { "now() - interval '1 minute'" };
+    w.app.db.sql().await.exec(&format!("UPDATE connect_tokens SET expires_at = {past}")).await.unwrap();
+    let expired = w.alice.browser.get(second["connect_url"].as_str().unwrap()).await;
+    assert_eq!(body(expired, 404).await["code"], "invalid_connect_link");
+}
+
+async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
+    let mut w = world(backend).await;
+    let created = body(w.create(w.alice.id, profile_request(Some("raced"))).await, 201).await;
+    // Two flows for one profile: start one, mint a second link, start it too.
+    let mut callbacks = Vec::new();
+    let mut link = created["connect_url"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let start = w.alice.browser.navigate(&link).await;
+        let cookie = w.alice.browser.cookies["tessera_login"].clone();
+        let provider = w.alice.browser.get(&location(&start)).await;
+        callbacks.push((location(&provider), cookie));
+        let again = w.on_behalf(Method::POST, "/auth-profiles/raced/connect", w.alice.id).send().await.unwrap();
+        link = body(again, 200).await["connect_url"].as_str().unwrap().to_owned();
+    }
+    let session = format!("tessera_session={}", w.alice.browser.cookies["tessera_session"]);
+    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut tasks = Vec::new();
+    for (callback, login) in callbacks {
+        let request = client.get(callback).header("cookie", format!("{session}; tessera_login={login}"));
+        tasks.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    let won = outcomes.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let lost: Vec<_> = outcomes.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).collect();
+    assert_eq!((won, lost.len()), (1, 1), "{outcomes:?}");
+    assert!(lost[0].1.contains("connect_conflict"));
+    assert_eq!(w.sql_profile("raced").await["version"], 1, "activated exactly once");
+}
+
+async fn reconnecting_keeps_the_profile_and_guards_the_account(backend: Backend) {
+    let mut w = world(backend).await;
+    w.issuer.set_next_user(StubUser::new("first-account", "a@provider.example"));
+    let slug = w.connected("reconnected").await;
+    let before = w.sql_profile(&slug).await;
+
+    w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
+    let link = body(
+        w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id).send().await.unwrap(),
+        200,
+    )
+    .await;
+    let refused = connect(&mut w.alice.browser, link["connect_url"].as_str().unwrap()).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    assert_eq!(w.sql_profile(&slug).await["upstream_account_id"], "first-account");
+
+    let allowing = w
+        .on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id)
+        .json(&json!({"allow_account_change": true}))
+        .send()
+        .await
+        .unwrap();
+    let link = body(allowing, 200).await;
+    w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
+    assert_eq!(connect(&mut w.alice.browser, link["connect_url"].as_str().unwrap()).await.status(), StatusCode::OK);
+    let after = w.sql_profile(&slug).await;
+    assert_eq!(after["id"], before["id"], "the same profile");
+    assert_eq!(after["upstream_account_id"], "second-account");
+    assert_eq!(count(&w.app, "").await, 1, "no duplicate rows");
+
+    // The same account reconnects without any flag.
+    let link = body(
+        w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id).send().await.unwrap(),
+        200,
+    )
+    .await;
+    w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
+    assert_eq!(connect(&mut w.alice.browser, link["connect_url"].as_str().unwrap()).await.status(), StatusCode::OK);
+}
+
+async fn tokens_are_refreshed_before_they_expire(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("fresh").await;
+    let first = body(w.token(w.alice.id, &slug).await, 200).await;
+    assert_eq!(first["refreshed"], false);
+    assert_eq!(w.issuer.refreshes(), 0);
+    w.expire_soon(&slug).await;
+    let refreshed = body(w.token(w.alice.id, &slug).await, 200).await;
+    assert_eq!(refreshed["refreshed"], true);
+    assert_ne!(refreshed["access_token"], first["access_token"]);
+    assert_eq!(w.issuer.refreshes(), 1);
+    let again = body(w.token(w.alice.id, &slug).await, 200).await;
+    assert_eq!(again["access_token"], refreshed["access_token"], "the refreshed token is stored");
+    assert_eq!(w.issuer.refreshes(), 1);
+}
+
+async fn fifty_concurrent_requests_refresh_once(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("busy").await;
+    w.expire_soon(&slug).await;
+    w.issuer.set_token_delay(Duration::from_millis(300));
+    let w = Arc::new(w);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (w, slug) = (w.clone(), slug.clone());
+        tasks.push(tokio::spawn(async move { body(w.token(w.alice.id, &slug).await, 200).await }));
+    }
+    let mut tokens = HashSet::new();
+    for task in tasks {
+        tokens.insert(task.await.unwrap()["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(w.issuer.refreshes(), 1, "exactly one call to the provider");
+    assert_eq!(tokens.len(), 1, "everyone got the refreshed token");
+}
+
+async fn two_instances_refresh_once(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("shared").await;
+    w.expire_soon(&slug).await;
+    w.issuer.set_token_delay(Duration::from_millis(300));
+    // A second Tessera instance on the same database, with its own caches and in-process gates.
+    let db = w.app.db.share();
+    let mut config = db.config();
+    configure(&mut config, &w.issuer);
+    let second = Arc::new(TestApp::start(db, &config).await);
+    let w = Arc::new(w);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (w, second, slug) = (w.clone(), second.clone(), slug.clone());
+        tasks.push(tokio::spawn(async move {
+            let base = if i % 2 == 0 { w.app.url("") } else { second.url("") };
+            let url = format!("{base}/v1/teams/{}/auth-profiles/{slug}/token", w.team);
+            let response = w
+                .app
+                .client
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .header("x-on-behalf-of", w.alice.id.to_string())
+                .send()
+                .await
+                .unwrap();
+            body(response, 200).await["access_token"].as_str().unwrap().to_owned()
+        }));
+    }
+    let mut tokens = HashSet::new();
+    for task in tasks {
+        tokens.insert(task.await.unwrap());
+    }
+    assert_eq!(w.issuer.refreshes(), 1, "one call to the provider across both instances");
+    assert_eq!(tokens.len(), 1);
+}
+
+async fn rotated_and_kept_refresh_tokens_are_persisted(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("rotating").await;
+    // The provider rotates: the new refresh token must be stored, or the next refresh fails.
+    w.issuer.rotate_refresh_tokens(true);
+    for round in 1..=3 {
+        w.expire_soon(&slug).await;
+        assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "round {round}");
+    }
+    // The provider stops sending refresh tokens: the stored one is kept and keeps working.
+    w.issuer.rotate_refresh_tokens(false);
+    for round in 1..=2 {
+        w.expire_soon(&slug).await;
+        assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "round {round}");
+    }
+    assert_eq!(w.issuer.refreshes(), 5);
+}
+
+async fn invalid_grant_marks_the_profile_without_a_retry_storm(backend: Backend) {
+    let mut w = world(backend).await;
+    w.issuer.set_next_user(StubUser::new("alice-upstream", "alice@provider.example"));
+    let slug = w.connected("revoked-upstream").await;
+    w.expire_soon(&slug).await;
+    w.issuer.fail_next_token_request(TokenFault::InvalidGrant);
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 409).await["code"], "needs_reauth");
+    assert_eq!(w.sql_profile(&slug).await["status"], "needs_reauth");
+    let calls = w.issuer.refreshes();
+    for _ in 0..10 {
+        assert_eq!(body(w.token(w.alice.id, &slug).await, 409).await["code"], "needs_reauth");
+    }
+    assert_eq!(w.issuer.refreshes(), calls, "no further calls to the provider");
+    // Reconnecting makes it active again.
+    let link = body(
+        w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id).send().await.unwrap(),
+        200,
+    )
+    .await;
+    w.issuer.set_next_user(StubUser::new("alice-upstream", "alice@provider.example"));
+    assert_eq!(connect(&mut w.alice.browser, link["connect_url"].as_str().unwrap()).await.status(), StatusCode::OK);
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], false);
+}
+
+async fn expired_pending_profiles_are_not_reused(backend: Backend) {
+    let w = world(backend).await;
+    let first = body(w.create(w.alice.id, profile_request(None)).await, 201).await;
+    let past = if backend == Backend::Sqlite { "1" } else { "now() - interval '1 minute'" };
+    w.app.db.sql().await.exec(&format!("UPDATE auth_profiles SET pending_expires_at = {past}")).await.unwrap();
+    let second = body(w.create(w.alice.id, profile_request(None)).await, 201).await;
+    assert_ne!(second["auth_profile"]["id"], first["auth_profile"]["id"]);
+    assert_eq!(count(&w.app, "").await, 1, "the expired one was deleted");
+}
+
+async fn revoking_frees_the_slug_and_revokes_upstream(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("gone").await;
+    let revoked = w.on_behalf(Method::DELETE, &format!("/auth-profiles/{slug}"), w.alice.id).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_eq!(w.issuer.revocations(), 1, "revoked at the provider too");
+    let gone = w.on_behalf(Method::GET, &format!("/auth-profiles/{slug}"), w.alice.id).send().await.unwrap();
+    assert_eq!(body(gone, 404).await["code"], "profile_not_found");
+    assert_eq!(count(&w.app, "WHERE status = 'revoked' AND access_token IS NULL").await, 1, "credentials wiped");
+    body(w.create(w.alice.id, profile_request(Some("gone"))).await, 201).await;
+}
+
+async fn team_members_are_managed_by_owners(backend: Backend) {
+    let mut w = world(backend).await;
+    let carol = sign_in(&w.app, &w.issuer, "carol").await;
+    // Bob is a plain member: he cannot add anyone.
+    let by_bob =
+        w.bob.browser.json(Method::POST, &w.url("/members"), &json!({"user_id": carol.id, "role": "member"})).await;
+    assert_eq!(body(by_bob, 403).await["code"], "not_team_admin");
+    // Alice owns the team.
+    let by_alice =
+        w.alice.browser.json(Method::POST, &w.url("/members"), &json!({"user_id": carol.id, "role": "admin"})).await;
+    assert_eq!(by_alice.status(), StatusCode::CREATED);
+    let changed =
+        w.alice.browser.json(Method::POST, &w.url("/members"), &json!({"user_id": carol.id, "role": "member"})).await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    let bad =
+        w.alice.browser.json(Method::POST, &w.url("/members"), &json!({"user_id": carol.id, "role": "king"})).await;
+    assert_eq!(body(bad, 400).await["code"], "invalid_role");
+    let unknown = w
+        .alice
+        .browser
+        .json(Method::POST, &w.url("/members"), &json!({"user_id": UserId::generate(), "role": "member"}))
+        .await;
+    assert_eq!(body(unknown, 404).await["code"], "user_not_found");
+    // The last owner cannot leave, through either API.
+    let last = w.alice.browser.request(Method::DELETE, &w.url(&format!("/members/{}", w.alice.id))).await;
+    assert_eq!(body(last, 409).await["code"], "last_owner");
+    let admin_last =
+        w.app.admin(Method::DELETE, &format!("/admin/teams/{}/members/{}", w.team, w.alice.id)).send().await.unwrap();
+    assert_eq!(body(admin_last, 409).await["code"], "last_owner");
+    // Removing Bob takes his access away at once.
+    let removed = w.alice.browser.request(Method::DELETE, &w.url(&format!("/members/{}", w.bob.id))).await;
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    let after = w.on_behalf(Method::GET, "/auth-profiles", w.bob.id).send().await.unwrap();
+    assert_eq!(body(after, 404).await["code"], "team_not_found");
+    let twice =
+        w.app.admin(Method::DELETE, &format!("/admin/teams/{}/members/{}", w.team, w.bob.id)).send().await.unwrap();
+    assert_eq!(body(twice, 404).await["code"], "member_not_found");
+}
+
+async fn other_kinds_are_active_without_a_connect_link(backend: Backend) {
+    let w = world(backend).await;
+    let mut request = profile_request(None);
+    request["profile_kind"] = "env".into();
+    request["provider"] = "OpenAI".into();
+    let created = body(w.create(w.alice.id, request).await, 201).await;
+    assert_eq!(created["auth_profile"]["status"], "active");
+    assert_eq!(created["auth_profile"]["provider"], "openai", "providers are lower case everywhere");
+    assert_eq!(created["connect_url"], Value::Null);
+    let slug = created["auth_profile"]["slug"].as_str().unwrap();
+    assert_eq!(body(w.token(w.alice.id, slug).await, 409).await["code"], "not_oauth_profile");
+    for (field, value, code) in [
+        ("profile_kind", json!("magic"), "invalid_profile_kind"),
+        ("connector_key", json!("has spaces"), "invalid_connector_key"),
+        ("provider", json!(""), "missing_field"),
+        ("slug", json!("Not A Slug"), "invalid_slug"),
+        ("scopes", json!(["a b"]), "invalid_scope"),
+        ("provider", json!("nope"), "unknown_provider"),
+    ] {
+        let mut request = profile_request(None);
+        request[field] = value;
+        let response = w.create(w.alice.id, request).await;
+        let status = response.status().as_u16();
+        assert!((400..500).contains(&status));
+        assert_eq!(body(response, status).await["code"], code, "{field}");
+    }
+    // The provider in a callback path is compared in lower case.
+    let mut upper = profile_request(Some("upper"));
+    upper["provider"] = "LOCAL".into();
+    assert_eq!(body(w.create(w.alice.id, upper).await, 201).await["auth_profile"]["provider"], "local");
+}
