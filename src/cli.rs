@@ -70,6 +70,9 @@ pub enum BenchCommand {
     /// Tessera's own CPU time per browser sign-in against a local OpenID provider, and
     /// sign-ins/s at several concurrent browsers.
     Signin(bench::signin::SigninArgs),
+    /// Connected accounts: create-or-reuse and token reads at many concurrent members, beside a
+    /// bare single-row SELECT of the same database.
+    Connections(bench::connections::ConnectionsArgs),
 }
 
 /// Parses the command line and runs it.
@@ -121,6 +124,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
                 BenchCommand::Bootstrap(args) => bench::bootstrap::run(args).await,
                 BenchCommand::Validate(args) => bench::validate::run(args).await,
                 BenchCommand::Signin(args) => bench::signin::run(args).await,
+                BenchCommand::Connections(args) => bench::connections::run(args).await,
             };
             match outcome {
                 Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 //! tests: nothing here asserts on timing.
 
 pub mod bootstrap;
+pub mod connections;
 pub mod signin;
 pub mod validate;
 

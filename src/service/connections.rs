@@ -268,11 +268,14 @@ impl Connections {
             kind: request.kind,
             created_by: user,
         };
-        if request.kind.is_oauth() {
-            self.store.delete_expired_pending(Some(&key), now).await?;
-            if let Some(pending) = self.store.pending_profile(&key, now).await? {
+        if request.kind.is_oauth()
+            && let Some(pending) = self.store.pending_profile(&key).await?
+        {
+            if pending.pending_expires_at.is_some_and(|at| at > now) {
                 return self.reuse(pending, request.slug.as_ref(), user).await;
             }
+            // Expired: not reused, and deleted so that a new one can take its place.
+            self.store.delete_expired_pending(Some(&key), now).await?;
         }
         let candidates = match &request.slug {
             Some(slug) => vec![slug.clone()],
@@ -312,7 +315,8 @@ impl Connections {
             // A uniqueness rule refused the row: the caller's own pending profile (created by a
             // concurrent request), or the slug.
             if request.kind.is_oauth()
-                && let Some(pending) = self.store.pending_profile(&key, now).await?
+                && let Some(pending) = self.store.pending_profile(&key).await?
+                && pending.pending_expires_at.is_some_and(|at| at > now)
             {
                 return self.reuse(pending, request.slug.as_ref(), user).await;
             }

@@ -92,9 +92,7 @@ impl Teams {
 
     /// A team and `user`'s role in it (`None`: not a member).
     pub async fn role_of(&self, team: &TeamRef, user: UserId) -> Result<(Team, Option<Role>), TeamError> {
-        let team = self.find(team).await?;
-        let role = self.store.member_role(team.id, user).await?;
-        Ok((team, role))
+        self.store.team_with_role(team, user).await?.ok_or(TeamError::TeamNotFound)
     }
 
     /// Adds `user` to a team with `role`, or changes their role. Returns whether they joined.

@@ -611,8 +611,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// How many rows of one kind hold encrypted values.
     async fn count_secrets(&self, kind: SecretKind) -> Result<i64, StoreError>;
 
-    /// A user's role in a team, if they are a member.
-    async fn member_role(&self, team: TeamId, user: UserId) -> Result<Option<Role>, StoreError>;
+    /// A team by id or slug, with `user`'s role in it (`None`: not a member), in one read.
+    async fn team_with_role(&self, team: &TeamRef, user: UserId) -> Result<Option<(Team, Option<Role>)>, StoreError>;
 
     /// Adds a member, or changes their role. Never touches a default-team flag.
     async fn put_member(
@@ -630,12 +630,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// one-pending-profile rules): then `None`, and nothing is written.
     async fn insert_profile(&self, profile: &AuthProfile) -> Result<Option<AuthProfile>, StoreError>;
 
-    /// The pending, unexpired OAuth profile of a connector (`created_by` for personal ones).
-    async fn pending_profile(
-        &self,
-        key: &PendingKey<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<AuthProfile>, StoreError>;
+    /// The pending OAuth profile of a connector (`created_by` for personal ones), expired or not.
+    async fn pending_profile(&self, key: &PendingKey<'_>) -> Result<Option<AuthProfile>, StoreError>;
 
     /// Deletes expired pending profiles (all of them, or those of one key).
     async fn delete_expired_pending(&self, key: Option<&PendingKey<'_>>, now: DateTime<Utc>)

@@ -884,14 +884,26 @@ impl Store for PgStore {
         Ok(sqlx::query_scalar(sql).fetch_one(&self.primary).await?)
     }
 
-    async fn member_role(&self, team: TeamId, user: UserId) -> Result<Option<Role>, StoreError> {
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
-                .bind(team.as_uuid())
-                .bind(user.as_uuid())
-                .fetch_optional(&self.primary)
-                .await?;
-        role.as_deref().map(decode_role).transpose()
+    async fn team_with_role(&self, team: &TeamRef, user: UserId) -> Result<Option<(Team, Option<Role>)>, StoreError> {
+        let query = match team {
+            TeamRef::Id(id) => sqlx::query(concat!(
+                "SELECT ",
+                team_columns!(),
+                ", m.role AS role FROM teams t LEFT JOIN memberships m ON m.team_id = t.id AND m.user_id = $2
+                  WHERE t.id = $1"
+            ))
+            .bind(id.as_uuid()),
+            TeamRef::Slug(slug) => sqlx::query(concat!(
+                "SELECT ",
+                team_columns!(),
+                ", m.role AS role FROM teams t LEFT JOIN memberships m ON m.team_id = t.id AND m.user_id = $2
+                  WHERE t.slug = $1"
+            ))
+            .bind(slug.as_str().to_owned()),
+        };
+        let row = query.bind(user.as_uuid()).fetch_optional(&self.primary).await?;
+        row.map(|row| Ok((rows::team(&row)?, row.opt_text("role")?.as_deref().map(decode_role).transpose()?)))
+            .transpose()
     }
 
     async fn put_member(
@@ -990,25 +1002,19 @@ impl Store for PgStore {
         Ok(inserted.map(|_| profile.clone()))
     }
 
-    async fn pending_profile(
-        &self,
-        key: &PendingKey<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<AuthProfile>, StoreError> {
+    async fn pending_profile(&self, key: &PendingKey<'_>) -> Result<Option<AuthProfile>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
             profile_columns!(),
             " FROM auth_profiles p
               WHERE p.team_id = $1 AND p.connector_key = $2 AND p.provider = $3 AND p.profile_kind = $4
-                AND p.status = 'pending_auth' AND (p.profile_kind <> 'oauth_account' OR p.created_by = $5)
-                AND p.pending_expires_at > $6"
+                AND p.status = 'pending_auth' AND (p.profile_kind <> 'oauth_account' OR p.created_by = $5)"
         ))
         .bind(key.team.as_uuid())
         .bind(key.connector_key)
         .bind(key.provider)
         .bind(key.kind.as_str())
         .bind(key.created_by.as_uuid())
-        .bind(now)
         .fetch_optional(&self.primary)
         .await?;
         row.as_ref().map(rows::profile).transpose()
