@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use super::{Run, drive};
+use super::{BenchDatabase, Run, drive};
 use crate::config::{Config, IssuerConfig};
 use crate::domain::{DisplayName, Email, Issuer, Subject};
 use crate::service::issuers::{IssuerRegistry, outbound_client};
@@ -77,18 +77,17 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(admin) = &args.postgres {
-        let mut url = url::Url::parse(admin).context("--postgres is not a URL")?;
-        url.set_path(&format!("tessera_bench_{}", uuid::Uuid::new_v4().simple()));
-        let url = url.to_string();
-        store::postgres::create_database(&url).await.context("create the scratch database")?;
-        let outcome = async {
-            measure_backend("postgres", &url, &args).await?;
-            let line = measure_startups("postgres (migrated)", args.startups, |_| url.clone()).await?;
-            anyhow::Ok(line)
-        }
-        .await;
-        store::postgres::drop_database(&url).await.ok();
-        startup_lines.push(outcome?);
+        let database = BenchDatabase::create(Some(admin)).await?;
+        let mut line = String::new();
+        let (args, line_ref) = (&args, &mut line);
+        database
+            .run(|url| async move {
+                measure_backend("postgres", &url, args).await?;
+                *line_ref = measure_startups("postgres (migrated)", args.startups, |_| url.clone()).await?;
+                anyhow::Ok(())
+            })
+            .await?;
+        startup_lines.push(line);
     }
     println!();
     for line in startup_lines {

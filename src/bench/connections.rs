@@ -16,7 +16,7 @@ use base64::Engine;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use super::{Run, drive};
+use super::{BenchDatabase, Run, drive};
 use crate::config::{Config, IssuerConfig, ProviderConfig, ProviderEndpoints, ProviderKind};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::random_bytes;
@@ -48,22 +48,8 @@ pub async fn run(args: ConnectionsArgs) -> anyhow::Result<()> {
     if args.users == 0 || args.requests == 0 {
         bail!("--users and --requests must be positive");
     }
-    let dir = tempfile::tempdir().context("temp dir")?;
-    let (url, scratch) = match &args.postgres {
-        Some(admin) => {
-            let mut url = url::Url::parse(admin).context("--postgres is not a URL")?;
-            url.set_path(&format!("tessera_bench_{}", uuid::Uuid::new_v4().simple()));
-            let url = url.to_string();
-            store::postgres::create_database(&url).await.context("create the scratch database")?;
-            (url.clone(), Some(url))
-        }
-        None => (format!("sqlite://{}", dir.path().join("bench.db").display()), None),
-    };
-    let outcome = measure(&args, &url).await;
-    if let Some(url) = scratch {
-        store::postgres::drop_database(&url).await.ok();
-    }
-    outcome
+    let database = BenchDatabase::create(args.postgres.as_deref()).await?;
+    database.run(|url| async move { measure(&args, &url).await }).await
 }
 
 async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {

@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::drive;
+use super::{BenchDatabase, drive};
 use crate::local_issuer::LocalIssuer;
-use crate::store;
 
 const CLIENT_ID: &str = "tessera-bench";
 const CLIENT_SECRET: &str = "bench-client-secret";
@@ -38,22 +37,9 @@ pub async fn run(args: SigninArgs) -> anyhow::Result<()> {
     if args.sign_ins == 0 || args.browsers == 0 {
         bail!("--sign-ins and --browsers must be positive");
     }
-    let dir = tempfile::tempdir().context("temp dir")?;
-    let (url, scratch) = match &args.postgres {
-        Some(admin) => {
-            let mut url = url::Url::parse(admin).context("--postgres is not a URL")?;
-            url.set_path(&format!("tessera_bench_{}", uuid::Uuid::new_v4().simple()));
-            let url = url.to_string();
-            store::postgres::create_database(&url).await.context("create the scratch database")?;
-            (url.clone(), Some(url))
-        }
-        None => (format!("sqlite://{}", dir.path().join("bench.db").display()), None),
-    };
-    let outcome = measure(&args, &url, dir.path()).await;
-    if let Some(url) = scratch {
-        store::postgres::drop_database(&url).await.ok();
-    }
-    outcome
+    let database = BenchDatabase::create(args.postgres.as_deref()).await?;
+    let dir = database.dir().to_owned();
+    database.run(|url| async move { measure(&args, &url, &dir).await }).await
 }
 
 async fn measure(args: &SigninArgs, database: &str, dir: &std::path::Path) -> anyhow::Result<()> {

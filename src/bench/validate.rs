@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{Run, drive};
+use super::{BenchDatabase, Run, drive};
 use crate::config::{Config, IssuerConfig};
 use crate::domain::Issuer;
 use crate::local_issuer::LocalIssuer;
@@ -51,22 +51,8 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<()> {
     if args.connections == 0 || args.requests == 0 || args.identities == 0 {
         bail!("--connections, --requests and --identities must be positive");
     }
-    let dir = tempfile::tempdir().context("temp dir")?;
-    let (url, scratch) = match &args.postgres {
-        Some(admin) => {
-            let mut url = url::Url::parse(admin).context("--postgres is not a URL")?;
-            url.set_path(&format!("tessera_bench_{}", uuid::Uuid::new_v4().simple()));
-            let url = url.to_string();
-            store::postgres::create_database(&url).await.context("create the scratch database")?;
-            (url.clone(), Some(url))
-        }
-        None => (format!("sqlite://{}", dir.path().join("bench.db").display()), None),
-    };
-    let outcome = measure(&args, &url).await;
-    if let Some(url) = scratch {
-        store::postgres::drop_database(&url).await.ok();
-    }
-    outcome
+    let database = BenchDatabase::create(args.postgres.as_deref()).await?;
+    database.run(|url| async move { measure(&args, &url).await }).await
 }
 
 async fn measure(args: &ValidateArgs, url: &str) -> anyhow::Result<()> {
