@@ -96,9 +96,9 @@ impl Application {
         if admin_tokens.is_empty() {
             tracing::warn!("no admin token is configured (TESSERA_ADMIN_TOKEN): the admin API refuses every request");
         }
-        let principals = Arc::new(PrincipalCache::new(config.cache.principal_ttl, config.cache.max_entries));
+        let (principals, tokens) = PrincipalCache::with_token_cache(&config.cache);
         let provisioner = Provisioner::new(store.clone(), issuers.clone(), principals.clone());
-        let verifier = TokenVerifier::new(issuers.clone(), config.cache.token_ttl, config.cache.max_entries);
+        let verifier = TokenVerifier::new(issuers.clone(), tokens, config.cache.token_ttl);
         let providers = Arc::new(ProviderRegistry::new(
             &config.providers,
             config.auth.default_provider.clone(),

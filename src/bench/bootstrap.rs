@@ -106,7 +106,7 @@ async fn measure_backend(backend: &str, url: &str, args: &BootstrapArgs) -> anyh
     let store = store::connect(&config.database).await.context("connect")?;
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
     let issuers = IssuerRegistry::new(config.issuers.clone(), outbound_client(config.jwks.fetch_timeout), &config.jwks);
-    let principals = Arc::new(PrincipalCache::new(config.cache.principal_ttl, config.cache.max_entries));
+    let (principals, _) = PrincipalCache::with_token_cache(&config.cache);
     let provisioner = Provisioner::new(store.clone(), Arc::new(issuers), principals);
 
     let app = Application::build_with_store(&config, store.clone()).await?;

@@ -22,7 +22,7 @@ use crate::config::{Config, IssuerConfig};
 use crate::domain::Issuer;
 use crate::local_issuer::LocalIssuer;
 use crate::service::issuers::{IssuerRegistry, outbound_client};
-use crate::service::tokens::TokenVerifier;
+use crate::service::tokens::{TokenCache, TokenVerifier};
 use crate::startup::{Application, prepare_schema};
 use crate::store;
 
@@ -76,7 +76,7 @@ async fn measure(args: &ValidateArgs, url: &str) -> anyhow::Result<()> {
     // The verifier of the ceiling: same issuer, same keys, no token cache.
     let registry =
         Arc::new(IssuerRegistry::new(vec![issuer_config], outbound_client(config.jwks.fetch_timeout), &config.jwks));
-    let verifier = Arc::new(TokenVerifier::new(registry, Duration::ZERO, 0));
+    let verifier = Arc::new(TokenVerifier::new(registry, Arc::new(TokenCache::new(0)), Duration::ZERO));
 
     println!(
         "tessera bench validate: {} requests per run at {} connections, {} identities, users on {}",

@@ -50,6 +50,11 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         entries.insert(key, (value, until));
     }
 
+    /// Removes one entry.
+    pub fn remove_key(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
     /// Removes every entry whose value matches `predicate`.
     pub fn remove_where(&self, predicate: impl Fn(&V) -> bool) {
         self.lock().retain(|_, (value, _)| !predicate(value));

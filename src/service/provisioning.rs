@@ -196,6 +196,7 @@ impl Provisioner {
         self.principals.invalidate_user(user);
         match outcome {
             UnlinkOutcome::Unlinked(identity) => {
+                self.principals.invalidate_identity(&identity.issuer, &identity.subject);
                 tracing::info!(user_id = %user, identity_id = %identity.id, provider = %identity.provider, "unlinked an identity");
                 Ok(identity)
             }

@@ -127,19 +127,22 @@ struct Claims {
     family_name: Option<Value>,
 }
 
+/// Verified tokens by SHA-256 digest; shared with the [`PrincipalCache`](super::validation::PrincipalCache),
+/// which purges an identity's tokens when the identity is unlinked.
+pub type TokenCache = TtlCache<[u8; 32], Arc<VerifiedToken>>;
+
 /// Verifies tokens against the configured issuers.
 #[derive(Debug)]
 pub struct TokenVerifier {
     issuers: Arc<IssuerRegistry>,
-    cache: TtlCache<[u8; 32], Arc<VerifiedToken>>,
+    cache: Arc<TokenCache>,
     cache_ttl: Duration,
 }
 
 impl TokenVerifier {
-    /// A verifier over `issuers`, caching verified tokens for at most `cache_ttl`.
-    pub fn new(issuers: Arc<IssuerRegistry>, cache_ttl: Duration, max_entries: usize) -> Self {
-        let max_entries = if cache_ttl.is_zero() { 0 } else { max_entries };
-        Self { issuers, cache: TtlCache::new(max_entries), cache_ttl }
+    /// A verifier over `issuers`, keeping verified tokens in `cache` for at most `cache_ttl`.
+    pub fn new(issuers: Arc<IssuerRegistry>, cache: Arc<TokenCache>, cache_ttl: Duration) -> Self {
+        Self { issuers, cache, cache_ttl }
     }
 
     /// Verifies a compact JWS and returns what it says.

@@ -14,7 +14,7 @@ use chrono::TimeDelta;
 
 use super::cache::TtlCache;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
-use super::tokens::{TokenError, TokenVerifier, VerifiedToken};
+use super::tokens::{TokenCache, TokenError, TokenVerifier, VerifiedToken};
 use crate::domain::{Issuer, Principal, Subject, TeamRef, UserId, UserProfile};
 use crate::error::ErrorCode;
 use crate::store::{ReadFrom, Store, StoreError};
@@ -23,17 +23,33 @@ use crate::store::{ReadFrom, Store, StoreError};
 const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 
 /// The positive cache of resolved identities. It never holds "not found" nor a disabled user,
-/// and it is purged of a user when they are disabled, lose a team or an identity.
+/// and it is purged of a user when they are disabled, or change teams or identities; an
+/// unlinked identity's verified tokens are purged from the token cache too.
 #[derive(Debug)]
 pub struct PrincipalCache {
     entries: TtlCache<(Issuer, Subject), Arc<Principal>>,
     ttl: Duration,
+    tokens: Arc<TokenCache>,
 }
 
 impl PrincipalCache {
-    /// A cache keeping entries for `ttl` (zero disables it).
-    pub fn new(ttl: Duration, max_entries: usize) -> Self {
-        Self { entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }), ttl }
+    /// A cache keeping entries for `ttl` (zero disables it), purging `tokens` with identities.
+    pub fn new(ttl: Duration, max_entries: usize, tokens: Arc<TokenCache>) -> Self {
+        Self { entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }), ttl, tokens }
+    }
+
+    /// A principal cache and an empty token cache, both sized from configuration.
+    pub fn with_token_cache(config: &crate::config::CacheConfig) -> (Arc<Self>, Arc<TokenCache>) {
+        let token_entries = if config.token_ttl.is_zero() { 0 } else { config.max_entries };
+        let tokens = Arc::new(TokenCache::new(token_entries));
+        (Arc::new(Self::new(config.principal_ttl, config.max_entries, tokens.clone())), tokens)
+    }
+
+    /// Forgets an identity: its resolved principal and its verified tokens.
+    pub fn invalidate_identity(&self, issuer: &Issuer, subject: &Subject) {
+        let key = (issuer.clone(), subject.clone());
+        self.entries.remove_key(&key);
+        self.tokens.remove_where(|token| &token.issuer == issuer && &token.subject == subject);
     }
 
     fn get(&self, issuer: &Issuer, subject: &Subject) -> Option<Arc<Principal>> {

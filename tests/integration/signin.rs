@@ -27,6 +27,7 @@ on_both_backends!(
     a_known_email_is_not_linked_silently,
     automatic_linking_needs_trust_and_verified_emails,
     identities_can_be_chosen_and_unlinked_but_not_the_last,
+    an_unlinked_identity_stops_resolving_to_its_old_user_at_once,
     sessions_end_when_idle_expired_or_logged_out,
 );
 
@@ -539,6 +540,36 @@ async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend
     let sql = w.app.db.sql().await;
     assert_eq!(sql.count("identity_events WHERE action = 'unlink'").await, 1);
     assert_eq!(sql.count("identity_events WHERE action = 'primary'").await, 1);
+}
+
+async fn an_unlinked_identity_stops_resolving_to_its_old_user_at_once(backend: Backend) {
+    let second = LocalIssuer::start().await.unwrap();
+    second.set_client(CLIENT_ID, CLIENT_SECRET);
+    // The sign-in provider's issuer also issues API tokens that backends validate.
+    let w = world_with(backend, |config, issuer| {
+        config.providers.push(provider("second", ProviderKind::Oidc, &second));
+        config.issuers.push(crate::helpers::local_issuer_config(issuer));
+    })
+    .await;
+    w.issuer.set_next_user(StubUser::new("shared-sub", "shared@example.com"));
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let start = browser.get(&w.app.url("/auth/link?provider=second")).await;
+    let provider_page = browser.get(&location(&start)).await;
+    browser.get(&location(&provider_page)).await;
+    let me = body(browser.me(&w.app).await, 200).await;
+    let token = w.issuer.sign("rsa-1", &w.issuer.claims("shared-sub", crate::helpers::AUDIENCE));
+    let validated = body(w.app.validate(&token).await, 200).await;
+    assert_eq!(validated["user_id"], me["id"], "the token resolves to the user (and is now cached)");
+
+    let identity = me["identities"][0]["id"].as_str().unwrap();
+    assert_eq!(
+        browser.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{identity}"))).await.status(),
+        204
+    );
+    let after = body(w.app.validate(&token).await, 200).await;
+    assert_ne!(after["user_id"], me["id"], "no cache keeps the old link alive");
+    assert_eq!(after["created"], true, "the free identity is provisioned anew (its issuer has jit)");
 }
 
 async fn sessions_end_when_idle_expired_or_logged_out(backend: Backend) {
