@@ -121,7 +121,8 @@ pub struct AuthProfile {
     pub access_token_expires_at: Option<DateTime<Utc>>,
     /// When a pending profile stops being reusable.
     pub pending_expires_at: Option<DateTime<Utc>>,
-    /// Bumped on every change of credentials or status.
+    /// Bumped when the profile is connected, reconnected or revoked (not by token refreshes):
+    /// what connect flows compare-and-swap on.
     pub version: i64,
     /// Creation time.
     pub created_at: DateTime<Utc>,

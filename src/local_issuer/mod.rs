@@ -114,6 +114,8 @@ struct IssuerState {
     issuer: String,
     keys: RwLock<Vec<SigningKey>>,
     available: AtomicBool,
+    /// While false, JWKS requests wait (an issuer that accepts connections but hangs).
+    jwks_open: tokio::sync::watch::Sender<bool>,
     max_age: AtomicU64,
     jwks_fetches: AtomicU64,
     discovery_fetches: AtomicU64,
@@ -147,6 +149,7 @@ impl LocalIssuer {
                 SigningKey::generate("ed-1", Alg::EdDsa),
             ]),
             available: AtomicBool::new(true),
+            jwks_open: tokio::sync::watch::Sender::new(true),
             max_age: AtomicU64::new(300),
             jwks_fetches: AtomicU64::new(0),
             discovery_fetches: AtomicU64::new(0),
@@ -227,6 +230,11 @@ impl LocalIssuer {
         self.state.available.store(available, Ordering::SeqCst);
     }
 
+    /// Makes JWKS requests hang until released (`true` releases them, and serves again).
+    pub fn hold_jwks(&self, hold: bool) {
+        self.state.jwks_open.send_replace(!hold);
+    }
+
     /// Sets the `Cache-Control: max-age` of the JWKS.
     pub fn set_max_age(&self, seconds: u64) {
         self.state.max_age.store(seconds, Ordering::SeqCst);
@@ -291,6 +299,7 @@ async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
 
 async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
     state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    let _ = state.jwks_open.subscribe().wait_for(|open| *open).await;
     if !state.available.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }

@@ -94,6 +94,7 @@ pub(super) struct OAuthState {
     faults: std::sync::Mutex<Vec<TokenFault>>,
     send_iss: AtomicBool,
     rotate_refresh_tokens: AtomicBool,
+    no_refresh_token_on_code: AtomicBool,
     token_delay_ms: AtomicU64,
     access_token_ttl: AtomicU64,
     code_exchanges: AtomicU64,
@@ -144,6 +145,12 @@ impl LocalIssuer {
     /// Issues a new refresh token on every refresh (and revokes the old one).
     pub fn rotate_refresh_tokens(&self, on: bool) {
         self.state.oauth.rotate_refresh_tokens.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether a code exchange issues a refresh token (on by default). Off: like Google after
+    /// the first consent, the answer has none.
+    pub fn refresh_token_on_code_exchange(&self, on: bool) {
+        self.state.oauth.no_refresh_token_on_code.store(!on, Ordering::SeqCst);
     }
 
     /// Makes every token request take this long.
@@ -344,7 +351,8 @@ fn issue(
         ttl => ttl,
     };
     let mut body = json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": ttl });
-    if !matches!(refresh, Some(Some(_))) {
+    let code_without_refresh = refresh.is_none() && state.oauth.no_refresh_token_on_code.load(Ordering::SeqCst);
+    if !matches!(refresh, Some(Some(_))) && !code_without_refresh {
         let refresh_token = random();
         state
             .oauth

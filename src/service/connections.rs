@@ -6,12 +6,17 @@
 //!   profile per member, so concurrent identical creates all end on the same row. An explicit,
 //!   different slug while one is pending is a 409 naming the pending profile's slug.
 //! - A connect link is a 256-bit token, stored hashed, valid 30 minutes, single-use, bound to the
-//!   member who made it; minting a new one invalidates the older ones. Opening it starts an
-//!   authorization-code flow with a fresh state, PKCE verifier and nonce. The callback activates
-//!   the profile with a compare-and-swap on its version: of two concurrent completions one wins.
+//!   member who made it, who must still be allowed to connect the profile when they open it and
+//!   when the flow returns (a member, the owner of a personal profile, the creator or a team owner
+//!   or admin for a team-wide one). Opening it starts an authorization-code flow with a fresh
+//!   state, PKCE verifier and nonce; the link is used up only once the flow has started. The
+//!   callback activates the profile with a compare-and-swap on its version, which only
+//!   connections change (not refreshes): of two concurrent completions one wins.
 //! - Tokens are refreshed when they expire within five minutes, single-flight: one task per
-//!   profile per process, and across processes a lease on the row (with a version check), so that
-//!   many concurrent requests cause exactly one call to the provider.
+//!   profile per process, and across processes a lease on the row (with a token-version check),
+//!   so that many concurrent requests cause exactly one call to the provider. The refresh runs in
+//!   its own task, so a client hanging up cannot drop a rotated refresh token on the floor, and
+//!   the provider call is cut off well within the lease.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +46,9 @@ pub const REFRESH_WINDOW: TimeDelta = TimeDelta::minutes(5);
 const LEASE: TimeDelta = TimeDelta::seconds(30);
 /// How long a request waits for another instance's refresh.
 const REFRESH_WAIT: Duration = Duration::from_secs(10);
+/// How long the provider's refresh call may take: well within [`LEASE`], so that no other
+/// holder replays the old refresh token while this one is still in flight.
+const PROVIDER_CALL_LIMIT: Duration = Duration::from_secs(20);
 
 /// Why a connected-accounts operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +368,8 @@ impl Connections {
     }
 
     /// A fresh connect link for a profile (to reconnect an active one, or after `needs_reauth`).
+    /// A team-wide profile is reconnected only by its creator or a team owner or admin: its account
+    /// is what every backend of the team uses.
     pub async fn connect_link(
         &self,
         team: &TeamRef,
@@ -367,10 +377,11 @@ impl Connections {
         slug: &Slug,
         allow_account_change: bool,
     ) -> Result<(AuthProfile, ConnectLink), ConnectError> {
-        let (profile, _) = self.usable(team, user, slug).await?;
+        let (profile, role) = self.usable(team, user, slug).await?;
         if !profile.profile_kind.is_oauth() {
             return Err(ConnectError::NotOAuth(profile.profile_kind.as_str()));
         }
+        may_connect(&profile, user, role)?;
         let link = self.mint_link(&profile, user, allow_account_change).await?;
         Ok((profile, link))
     }
@@ -435,7 +446,9 @@ impl Connections {
         }
     }
 
-    /// Opens a connect link: checks it is the signed-in user's, consumes it, and starts the flow.
+    /// Opens a connect link: checks it is the signed-in user's and that they may still connect
+    /// the profile, starts the flow, and then consumes the link (a failure to start leaves it
+    /// usable; of two concurrent openings one gets it).
     pub async fn start(&self, token: &str, current_user: Option<UserId>) -> Result<Started, ConnectError> {
         let hash = sha256(token.as_bytes());
         let now = super::now();
@@ -446,11 +459,7 @@ impl Connections {
             Some(user) if user != link.user => return Err(ConnectError::WrongUser),
             Some(_) => {}
         }
-        let link = self.store.take_connect_token(&hash, now).await?.ok_or(ConnectError::InvalidConnectLink)?;
-        let profile = self.store.profile(link.profile).await?.ok_or(ConnectError::InvalidConnectLink)?;
-        if profile.status == ProfileStatus::Revoked {
-            return Err(ConnectError::InvalidConnectLink);
-        }
+        let profile = self.connectable(link.profile, link.user).await?;
         let provider = self
             .flows
             .providers()
@@ -463,7 +472,24 @@ impl Connections {
             allow_account_change: link.allow_account_change,
         };
         let scopes = (!profile.scopes.is_empty()).then_some(profile.scopes.as_slice());
-        Ok(self.flows.begin(provider, &ReturnTo::root(), purpose, scopes).await?)
+        let started = self.flows.begin(provider, &ReturnTo::root(), purpose, scopes).await?;
+        // The flow's state is unusable without the redirect this returns, so losing the race here
+        // leaves nothing behind that works (the state row expires).
+        self.store.take_connect_token(&hash, now).await?.ok_or(ConnectError::InvalidConnectLink)?;
+        Ok(started)
+    }
+
+    /// A live profile that `user` may (still) connect: they are a member of its team and pass
+    /// [`may_connect`]. Anything else makes the link or flow invalid.
+    async fn connectable(&self, profile: ProfileId, user: UserId) -> Result<AuthProfile, ConnectError> {
+        let profile = self.store.profile(profile).await?.ok_or(ConnectError::InvalidConnectLink)?;
+        if profile.status == ProfileStatus::Revoked {
+            return Err(ConnectError::InvalidConnectLink);
+        }
+        let (_, role) = self.teams.role_of(&TeamRef::Id(profile.team_id), user).await?;
+        let role = role.ok_or(ConnectError::InvalidConnectLink)?;
+        may_connect(&profile, user, role)?;
+        Ok(profile)
     }
 
     /// Completes a finished connect flow: stores the credentials and activates the profile.
@@ -479,10 +505,7 @@ impl Connections {
             return Err(ConnectError::WrongUser);
         }
         let keyring = self.keyring.as_ref().ok_or(ConnectError::EncryptionNotConfigured)?;
-        let current = self.store.profile(profile).await?.ok_or(ConnectError::InvalidConnectLink)?;
-        if current.status == ProfileStatus::Revoked {
-            return Err(ConnectError::InvalidConnectLink);
-        }
+        let current = self.connectable(profile, user).await?;
         let account = finished.info.account_id;
         if current.upstream_account_id.as_ref().is_some_and(|connected| *connected != account) && !allow_account_change
         {
@@ -518,13 +541,31 @@ impl Connections {
         if let Some(token) = self.fresh_token(&keyring, profile.id).await? {
             return Ok(token);
         }
+        // In its own task: if this request is dropped mid-refresh (the client hangs up, a
+        // timeout fires), the refresh still stores what the provider answered, rotated refresh
+        // token included.
+        let this = self.clone();
+        match tokio::spawn(async move { this.single_flight_refresh(&keyring, &profile).await }).await {
+            Ok(outcome) => outcome,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Only when the runtime shuts down.
+            Err(_) => Err(ConnectError::RefreshInProgress),
+        }
+    }
+
+    /// Refreshes a profile's token, one task at a time per profile in this process.
+    async fn single_flight_refresh(
+        &self,
+        keyring: &KeyRing,
+        profile: &AuthProfile,
+    ) -> Result<AccessToken, ConnectError> {
         // One refresh at a time per profile in this process; the others wait and re-read.
         let gate = {
             let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
             gates.entry(profile.id).or_default().clone()
         };
         let _turn = gate.lock().await;
-        let outcome = self.refresh(&keyring, &profile).await;
+        let outcome = self.refresh(keyring, profile).await;
         drop(_turn);
         // Forget the gate once nobody holds it, so the map does not grow with every profile.
         let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
@@ -569,8 +610,7 @@ impl Connections {
             let owner = uuid::Uuid::new_v4();
             let lease = RefreshLease { owner, until: now + LEASE, now };
             if self.store.acquire_refresh_lease(profile.id, secrets.version, &lease).await? {
-                let refresh_token = decrypt(keyring, profile.id, "refresh_token", Some(refresh_ciphertext))?;
-                return self.refresh_with_lease(keyring, profile, owner, &refresh_token, &secrets).await;
+                return self.refresh_with_lease(keyring, profile, owner, refresh_ciphertext, &secrets).await;
             }
             // Another process holds the lease (or just refreshed): wait for the row to change.
             if tokio::time::Instant::now() >= deadline {
@@ -584,20 +624,16 @@ impl Connections {
         }
     }
 
+    /// Refreshes while holding the lease, and lets go of it whatever happens.
     async fn refresh_with_lease(
         &self,
         keyring: &KeyRing,
         profile: &AuthProfile,
         owner: uuid::Uuid,
-        refresh_token: &SecretString,
+        refresh_ciphertext: &[u8],
         before: &ProfileSecrets,
     ) -> Result<AccessToken, ConnectError> {
-        let provider = self
-            .flows
-            .providers()
-            .get(Some(&profile.provider))
-            .ok_or_else(|| ConnectError::UnknownProvider(profile.provider.clone()))?;
-        match provider.refresh(refresh_token.expose_secret()).await {
+        let error = match self.call_refresh(keyring, profile, refresh_ciphertext).await {
             Ok(tokens) => {
                 let (access_token, rotated) = encrypt_tokens(keyring, profile.id, &tokens);
                 let refreshed = Refreshed {
@@ -606,33 +642,78 @@ impl Connections {
                     expires_at: tokens.expires_at,
                     now: super::now(),
                 };
-                if !self.store.complete_refresh(profile.id, owner, &refreshed).await? {
+                match self.store.complete_refresh(profile.id, owner, &refreshed).await {
+                    Ok(true) => {}
                     // The lease ran out and someone else refreshed: theirs is as good.
-                    tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease");
+                    Ok(false) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),
+                    Err(error) => {
+                        self.release_lease(profile.id, owner).await;
+                        return Err(error.into());
+                    }
                 }
                 tracing::debug!(profile_id = %profile.id, rotated = tokens.refresh_token.is_some(), "refreshed a token");
-                Ok(AccessToken { token: tokens.access_token, expires_at: tokens.expires_at, refreshed: true })
+                return Ok(AccessToken { token: tokens.access_token, expires_at: tokens.expires_at, refreshed: true });
             }
-            Err(ProviderError::InvalidGrant) => {
-                self.store.release_refresh_lease(profile.id, owner, true, super::now()).await?;
-                tracing::info!(profile_id = %profile.id, "the provider refused the refresh token; the profile needs a reconnection");
-                Err(ConnectError::NeedsReauth)
-            }
-            Err(error) => {
-                self.store.release_refresh_lease(profile.id, owner, false, super::now()).await?;
-                if before.expires_at.is_some_and(|at| at > super::now()) {
-                    tracing::warn!(profile_id = %profile.id, error = %error, "refresh failed; handing out the current token");
-                    let token = decrypt(keyring, profile.id, "access_token", before.access_token.as_deref())?;
-                    return Ok(AccessToken { token, expires_at: before.expires_at, refreshed: false });
-                }
-                Err(error.into())
-            }
+            Err(error) => error,
+        };
+        if matches!(error, ConnectError::NeedsReauth) {
+            self.store.release_refresh_lease(profile.id, owner, true, super::now()).await?;
+            tracing::info!(profile_id = %profile.id, "the provider refused the refresh token; the profile needs a reconnection");
+            return Err(error);
+        }
+        self.release_lease(profile.id, owner).await;
+        if before.expires_at.is_some_and(|at| at > super::now())
+            && let Ok(token) = decrypt(keyring, profile.id, "access_token", before.access_token.as_deref())
+        {
+            tracing::warn!(profile_id = %profile.id, error = %error, "refresh failed; handing out the current token");
+            return Ok(AccessToken { token, expires_at: before.expires_at, refreshed: false });
+        }
+        Err(error)
+    }
+
+    /// Asks the provider for new tokens, within [`PROVIDER_CALL_LIMIT`].
+    async fn call_refresh(
+        &self,
+        keyring: &KeyRing,
+        profile: &AuthProfile,
+        refresh_ciphertext: &[u8],
+    ) -> Result<TokenSet, ConnectError> {
+        let provider = self
+            .flows
+            .providers()
+            .get(Some(&profile.provider))
+            .ok_or_else(|| ConnectError::UnknownProvider(profile.provider.clone()))?;
+        let refresh_token = decrypt(keyring, profile.id, "refresh_token", Some(refresh_ciphertext))?;
+        match tokio::time::timeout(PROVIDER_CALL_LIMIT, provider.refresh(refresh_token.expose_secret())).await {
+            Ok(Ok(tokens)) => Ok(tokens),
+            Ok(Err(ProviderError::InvalidGrant)) => Err(ConnectError::NeedsReauth),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(ProviderError::Unavailable("the refresh did not finish in time".into()).into()),
+        }
+    }
+
+    /// Releases a refresh lease on a path that already has an error to report; a failure here
+    /// only delays the next refresh until the lease runs out.
+    async fn release_lease(&self, profile: ProfileId, owner: uuid::Uuid) {
+        if let Err(error) = self.store.release_refresh_lease(profile, owner, false, super::now()).await {
+            tracing::warn!(profile_id = %profile, error = %error, "cannot release a refresh lease");
         }
     }
 
     /// Deletes expired pending profiles.
     pub async fn delete_expired_pending(&self) -> Result<u64, StoreError> {
         self.store.delete_expired_pending(None, super::now()).await
+    }
+}
+
+/// Whether `user`, a member with `role`, may connect `profile`: a personal profile only its
+/// owner; a team-wide one its creator or a team owner or admin.
+fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), ConnectError> {
+    let creator = profile.created_by == user;
+    match profile.profile_kind.is_personal() {
+        true if !creator => Err(ConnectError::NotProfileOwner),
+        false if !creator && !matches!(role, Role::Owner | Role::Admin) => Err(ConnectError::NotAdmin),
+        _ => Ok(()),
     }
 }
 

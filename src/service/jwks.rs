@@ -4,13 +4,15 @@
 //!   `jwks_uri` or the one the issuer's discovery document names. Nothing else is ever fetched:
 //!   `jku`, `x5u` and embedded `jwk` token headers are ignored, and redirects are not followed.
 //! - The response's `Cache-Control: max-age` is honoured, clamped between `jwks.min_max_age_seconds`
-//!   and [`MAX_MAX_AGE`] ([`DEFAULT_MAX_AGE`] without one). Expired keys are refreshed; when the issuer is unreachable
-//!   the old keys keep being served.
+//!   and [`MAX_MAX_AGE`] ([`DEFAULT_MAX_AGE`] without one). Expired keys keep being served while
+//!   a background task refreshes them, so a slow or unreachable issuer never holds requests up.
+//!   After a failed fetch the next waits a back-off (the cooldown, at most 5 s) counted from the
+//!   end of the failed one.
 //! - An unknown `kid`, or a signature that fails with the cached key (a re-key under the same
-//!   `kid`), triggers a refetch at most once per cooldown. Refreshes are single-flight: callers
-//!   that arrive while one is running wait for it and use its result.
+//!   `kid`), triggers a refetch at most once per cooldown, each kind with its own. Refreshes are
+//!   single-flight: callers that arrive while one is running wait for it and use its result.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -121,28 +123,56 @@ pub enum FetchError {
     },
 }
 
+/// Why a token's key was not found in the cached set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// The token names a key id the set does not have (or has no `kid` and no single key fits).
+    UnknownKey,
+    /// The token's signature fails with the cached key of its `kid` (the issuer may have re-keyed
+    /// under the same `kid`).
+    BadSignature,
+}
+
+/// What a refetch after a [`Miss`] gave.
+#[derive(Debug)]
+pub enum AfterMiss {
+    /// A newer key set, fetched now or by a concurrent caller.
+    Newer(Arc<KeySet>),
+    /// No refetch: one for this kind of miss happened within the cooldown.
+    CoolingDown,
+    /// The refetch failed: the issuer cannot be reached or answered nonsense.
+    Unavailable,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
     /// No keys yet.
     Missing,
     /// The keys passed their max-age.
     Expired,
-    /// A token named an unknown key, or failed verification with a cached one.
-    Miss,
+    /// A token's key was not found, or failed.
+    Miss(Miss),
 }
 
 #[derive(Debug, Default)]
 struct RefreshState {
-    /// The last fetch of any kind, and whether it failed.
+    /// When the last fetch of any kind ended, and whether it failed.
     last_attempt: Option<Instant>,
     last_failed: bool,
-    /// The last fetch caused by an unknown kid or a failed signature.
-    last_miss: Option<Instant>,
+    /// The last fetch caused by each kind of miss: each has its own cooldown, so that tokens
+    /// with forged signatures cannot hold back the keys of a genuine rotation.
+    last_unknown_key: Option<Instant>,
+    last_bad_signature: Option<Instant>,
 }
 
-/// The key cache of one issuer.
-#[derive(Debug)]
+/// The key cache of one issuer. Clones share the cache.
+#[derive(Debug, Clone)]
 pub struct JwksCache {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     issuer: Issuer,
     jwks_uri: Option<Url>,
     http: reqwest::Client,
@@ -152,12 +182,14 @@ pub struct JwksCache {
     refresh: tokio::sync::Mutex<RefreshState>,
     generation: AtomicU64,
     fetches: AtomicU64,
+    /// Whether a background refresh is running.
+    background: AtomicBool,
 }
 
 impl JwksCache {
     /// A cache for `issuer`, fetching from `jwks_uri` or through discovery.
     pub fn new(issuer: Issuer, jwks_uri: Option<Url>, http: reqwest::Client, config: &JwksConfig) -> Self {
-        Self {
+        let inner = Inner {
             issuer,
             jwks_uri,
             http,
@@ -167,63 +199,107 @@ impl JwksCache {
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
             generation: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
-        }
+            background: AtomicBool::new(false),
+        };
+        Self { inner: Arc::new(inner) }
     }
 
-    /// The current keys: cached ones while fresh; refreshed once expired, with the old ones
-    /// served if the issuer cannot be reached. `None` when there are no keys and none can be
-    /// fetched.
+    /// The current keys. Fresh ones are returned as they are. Expired ones are returned at once
+    /// too, while one background task refreshes them (so a slow or unreachable issuer never holds
+    /// requests up; its old keys keep working). With no keys yet, waits for a fetch; `None` when
+    /// there are none and none can be fetched.
     pub async fn keys(&self) -> Option<Arc<KeySet>> {
-        match self.current() {
+        match self.inner.current() {
             Some(set) if Instant::now() < set.fresh_until => Some(set),
-            Some(stale) => Some(self.refresh(Reason::Expired, Some(stale.generation)).await.unwrap_or(stale)),
-            None => self.refresh(Reason::Missing, None).await,
+            Some(stale) => {
+                self.refresh_in_background(stale.generation);
+                Some(stale)
+            }
+            None => match self.inner.refresh(Reason::Missing, None).await {
+                Refreshed::Fetched(set) | Refreshed::Newer(set) => Some(set),
+                Refreshed::Refused | Refreshed::Failed => None,
+            },
         }
     }
 
-    /// After a token named a key `seen` does not have, or failed verification with one of its
-    /// keys: refetches unless a refetch happened within the cooldown. Returns a newer key set, if
-    /// there is one (fetched now, or by a concurrent caller).
-    pub async fn refresh_after_miss(&self, seen: &KeySet) -> Option<Arc<KeySet>> {
-        self.refresh(Reason::Miss, Some(seen.generation)).await
+    /// After a token's key was not found in `seen`, or failed: refetches unless a refetch for the
+    /// same kind of miss happened within the cooldown.
+    pub async fn refresh_after_miss(&self, seen: &KeySet, miss: Miss) -> AfterMiss {
+        match self.inner.refresh(Reason::Miss(miss), Some(seen.generation)).await {
+            Refreshed::Fetched(set) | Refreshed::Newer(set) => AfterMiss::Newer(set),
+            Refreshed::Refused => AfterMiss::CoolingDown,
+            Refreshed::Failed => AfterMiss::Unavailable,
+        }
     }
 
     /// How many times keys were fetched (each fetch may include a discovery request).
     pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
+        self.inner.fetches.load(Ordering::Relaxed)
     }
 
+    /// Starts a refresh in a task of its own, unless one is running (then it is the one).
+    fn refresh_in_background(&self, seen: u64) {
+        if self.inner.background.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            inner.refresh(Reason::Expired, Some(seen)).await;
+            inner.background.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// What a refresh did.
+enum Refreshed {
+    /// Fetched a new set.
+    Fetched(Arc<KeySet>),
+    /// Another caller fetched one while this one waited.
+    Newer(Arc<KeySet>),
+    /// Not attempted: too soon after the last one.
+    Refused,
+    /// Attempted and failed.
+    Failed,
+}
+
+impl Inner {
     fn current(&self) -> Option<Arc<KeySet>> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Option<Arc<KeySet>> {
+    async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Refreshed {
         let mut state = self.refresh.lock().await;
         // Someone refreshed while this caller waited: use their result.
         if let Some(current) = self.current()
             && Some(current.generation) != seen
         {
-            return Some(current);
+            return Refreshed::Newer(current);
         }
         let now = Instant::now();
         let too_soon = |last: Option<Instant>, wait: Duration| last.is_some_and(|t| now.duration_since(t) < wait);
         let refused = match reason {
-            // Misses are what an attacker controls: at most one refetch per cooldown.
-            Reason::Miss => too_soon(state.last_miss, self.cooldown),
+            // Misses are what an attacker controls: at most one refetch per kind per cooldown.
+            Reason::Miss(Miss::UnknownKey) => too_soon(state.last_unknown_key, self.cooldown),
+            Reason::Miss(Miss::BadSignature) => too_soon(state.last_bad_signature, self.cooldown),
             // After a failure, do not hammer an unreachable issuer on every request.
             Reason::Missing | Reason::Expired => {
                 state.last_failed && too_soon(state.last_attempt, self.cooldown.min(Duration::from_secs(5)))
             }
         };
         if refused {
-            return None;
+            return Refreshed::Refused;
         }
-        state.last_attempt = Some(now);
-        if reason == Reason::Miss {
-            state.last_miss = Some(now);
+        match reason {
+            Reason::Miss(Miss::UnknownKey) => state.last_unknown_key = Some(now),
+            Reason::Miss(Miss::BadSignature) => state.last_bad_signature = Some(now),
+            Reason::Missing | Reason::Expired => {}
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        // The back-off runs from the end of the attempt: a fetch that hangs until its timeout
+        // must not let the next caller start another at once.
+        state.last_attempt = Some(Instant::now());
+        match fetched {
             Ok((keys, max_age)) => {
                 state.last_failed = false;
                 let set = Arc::new(KeySet {
@@ -233,12 +309,12 @@ impl JwksCache {
                 });
                 tracing::debug!(issuer = %self.issuer, keys = set.len(), ?reason, "fetched issuer keys");
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(set.clone());
-                Some(set)
+                Refreshed::Fetched(set)
             }
             Err(error) => {
                 state.last_failed = true;
                 tracing::warn!(issuer = %self.issuer, error = %error, ?reason, "cannot fetch issuer keys");
-                None
+                Refreshed::Failed
             }
         }
     }

@@ -57,14 +57,15 @@ impl Sessions {
         Ok(token)
     }
 
-    /// The user of a session cookie, if the session exists and has not expired.
+    /// The user of a session cookie, if the session exists, has not expired and its user is not
+    /// disabled.
     pub async fn resolve(&self, cookie: &str) -> Result<Option<UserId>, StoreError> {
         let hash = sha256(cookie.as_bytes());
         let Some(session) = self.store.session(&hash).await? else {
             return Ok(None);
         };
         let now = super::now();
-        if now >= session.expires_at || now - session.last_seen_at >= self.idle {
+        if session.user_disabled || now >= session.expires_at || now - session.last_seen_at >= self.idle {
             return Ok(None);
         }
         if now - session.last_seen_at >= TOUCH_INTERVAL {

@@ -33,8 +33,8 @@ pub enum TeamError {
     /// The user is not a member.
     #[error("the user is not a member of this team")]
     MemberNotFound,
-    /// The team's last owner cannot leave.
-    #[error("the last owner of a team cannot leave it")]
+    /// The team's last owner cannot leave nor stop being an owner.
+    #[error("the last owner of a team cannot leave it nor give up the owner role; make another member an owner first")]
     LastOwner,
     /// Only owners may manage members.
     #[error("only team owners may manage members")]
@@ -95,7 +95,8 @@ impl Teams {
         self.store.team_with_role(team, user).await?.ok_or(TeamError::TeamNotFound)
     }
 
-    /// Adds `user` to a team with `role`, or changes their role. Returns whether they joined.
+    /// Adds `user` to a team with `role`, or changes their role (never demoting the last owner).
+    /// Returns whether they joined.
     /// With `acting` set, only an owner of the team may do it (the admin API passes `None`).
     pub async fn put_member(
         &self,
@@ -111,6 +112,7 @@ impl Teams {
             MemberOutcome::Added => Ok(true),
             MemberOutcome::Updated => Ok(false),
             MemberOutcome::UserNotFound => Err(TeamError::UserNotFound),
+            MemberOutcome::LastOwner => Err(TeamError::LastOwner),
         }
     }
 

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::cache::TtlCache;
 use super::issuers::{IssuerEntry, IssuerRegistry};
-use super::jwks::JwksCache;
+use super::jwks::{AfterMiss, JwksCache, Miss};
 use crate::config::parse_algorithm;
 use crate::crypto::sha256;
 use crate::domain::{DisplayName, Email, Issuer, Subject};
@@ -228,7 +228,12 @@ pub(crate) async fn verify_signed<C: DeserializeOwned>(
     let mut key = match set.find(kid, alg) {
         Some(key) => key.clone(),
         None => {
-            set = keys.refresh_after_miss(&set).await.ok_or(TokenError::UnknownKey)?;
+            set = match keys.refresh_after_miss(&set, Miss::UnknownKey).await {
+                AfterMiss::Newer(set) => set,
+                AfterMiss::CoolingDown => return Err(TokenError::UnknownKey),
+                // The key may well exist: the issuer cannot say so now.
+                AfterMiss::Unavailable => return Err(TokenError::IssuerUnavailable),
+            };
             set.find(kid, alg).ok_or(TokenError::UnknownKey)?.clone()
         }
     };
@@ -240,7 +245,11 @@ pub(crate) async fn verify_signed<C: DeserializeOwned>(
     let claims = match jsonwebtoken::decode::<C>(token, &key.key, &validation) {
         Err(e) if *e.kind() == ErrorKind::InvalidSignature => {
             // The issuer may have re-keyed under the same kid: look once more, rate-limited.
-            let fresh = keys.refresh_after_miss(&set).await.ok_or(TokenError::SignatureInvalid)?;
+            // A signature that fails with the key of its kid is most likely just bad: an
+            // outage does not change that answer.
+            let AfterMiss::Newer(fresh) = keys.refresh_after_miss(&set, Miss::BadSignature).await else {
+                return Err(TokenError::SignatureInvalid);
+            };
             match fresh.find(kid, alg) {
                 Some(newer) if newer.fingerprint != key.fingerprint => key = newer.clone(),
                 _ => return Err(TokenError::SignatureInvalid),

@@ -7,7 +7,9 @@
 //! on; otherwise it is refused. The internal id is never the upstream `sub`, and there is no
 //! fallback when the store is down.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
@@ -22,20 +24,37 @@ use crate::store::{ReadFrom, Store, StoreError};
 /// How often at most an identity's `last_seen_at` is written from the validation path.
 const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 
+/// How long after a change to a user their principal is read from the primary rather than the
+/// replica, which may not have the change yet.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(60);
+
 /// The positive cache of resolved identities. It never holds "not found" nor a disabled user,
 /// and it is purged of a user when they are disabled, or change teams or identities; an
 /// unlinked identity's verified tokens are purged from the token cache too.
+///
+/// Two races are closed here. A lookup that began before an invalidation does not cache what it
+/// read (every invalidation bumps an epoch the insert checks). And for [`READ_YOUR_WRITES`] after
+/// a user's invalidation, their principal is read from the primary, so that a lagging replica
+/// cannot bring the old one back. Other instances learn of a change when their entry expires.
 #[derive(Debug)]
 pub struct PrincipalCache {
     entries: TtlCache<(Issuer, Subject), Arc<Principal>>,
     ttl: Duration,
     tokens: Arc<TokenCache>,
+    epoch: AtomicU64,
+    changed: Mutex<HashMap<UserId, Instant>>,
 }
 
 impl PrincipalCache {
     /// A cache keeping entries for `ttl` (zero disables it), purging `tokens` with identities.
     pub fn new(ttl: Duration, max_entries: usize, tokens: Arc<TokenCache>) -> Self {
-        Self { entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }), ttl, tokens }
+        Self {
+            entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }),
+            ttl,
+            tokens,
+            epoch: AtomicU64::new(0),
+            changed: Mutex::new(HashMap::new()),
+        }
     }
 
     /// A principal cache and an empty token cache, both sized from configuration.
@@ -47,6 +66,7 @@ impl PrincipalCache {
 
     /// Forgets an identity: its resolved principal and its verified tokens.
     pub fn invalidate_identity(&self, issuer: &Issuer, subject: &Subject) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         let key = (issuer.clone(), subject.clone());
         self.entries.remove_key(&key);
         self.tokens.remove_where(|token| &token.issuer == issuer && &token.subject == subject);
@@ -57,14 +77,42 @@ impl PrincipalCache {
         self.entries.get(&(issuer.clone(), subject.clone()), Instant::now())
     }
 
-    fn insert(&self, issuer: &Issuer, subject: &Subject, principal: Arc<Principal>) {
-        let now = Instant::now();
-        self.entries.insert((issuer.clone(), subject.clone()), principal, now + self.ttl, now);
+    /// The current epoch, to pass to [`PrincipalCache::insert`] after a lookup.
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Forgets everything cached about `user`.
+    /// Caches what a lookup that began at `epoch` found, unless something was invalidated since.
+    fn insert(&self, epoch: u64, issuer: &Issuer, subject: &Subject, principal: Arc<Principal>) {
+        let now = Instant::now();
+        // Checked after the insert too: an invalidation between the check and the insert would
+        // otherwise not see the new entry.
+        if self.epoch() != epoch {
+            return;
+        }
+        let key = (issuer.clone(), subject.clone());
+        self.entries.insert(key.clone(), principal, now + self.ttl, now);
+        if self.epoch() != epoch {
+            self.entries.remove_key(&key);
+        }
+    }
+
+    /// Forgets everything cached about `user`, and reads them from the primary for a while.
     pub fn invalidate_user(&self, user: UserId) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let now = Instant::now();
+        {
+            let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+            changed.retain(|_, at| now.duration_since(*at) < READ_YOUR_WRITES);
+            changed.insert(user, now);
+        }
         self.entries.remove_where(|principal| principal.user.id == user);
+    }
+
+    /// Whether `user` changed recently enough that a replica may not have it yet.
+    fn changed_recently(&self, user: UserId) -> bool {
+        let changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        changed.get(&user).is_some_and(|at| at.elapsed() < READ_YOUR_WRITES)
     }
 }
 
@@ -148,11 +196,12 @@ impl Validator {
         if let Some(principal) = self.principals.get(&token.issuer, &token.subject) {
             return Ok(Validated { token, principal, created: false });
         }
+        let epoch = self.principals.epoch();
         let (principal, created) = self.resolve(&token).await?;
         if principal.user.disabled {
             return Err(ValidateError::UserDisabled);
         }
-        self.principals.insert(&token.issuer, &token.subject, principal.clone());
+        self.principals.insert(epoch, &token.issuer, &token.subject, principal.clone());
         Ok(Validated { token, principal, created })
     }
 
@@ -182,13 +231,16 @@ impl Validator {
     async fn resolve(&self, token: &VerifiedToken) -> Result<(Arc<Principal>, bool), ValidateError> {
         let (issuer, subject) = (&token.issuer, &token.subject);
         let mut found = self.store.principal(issuer, subject, ReadFrom::Replica).await?;
-        if found.is_none() {
+        if found.as_ref().is_none_or(|p| self.principals.changed_recently(p.user.id)) {
             found = self.store.principal(issuer, subject, ReadFrom::Primary).await?;
         }
         if let Some(principal) = found {
             let now = super::now();
-            if now - principal.last_seen_at >= TOUCH_INTERVAL {
-                self.store.touch_identity(principal.identity_id, now).await?;
+            if now - principal.last_seen_at >= TOUCH_INTERVAL
+                && let Err(error) = self.store.touch_identity(principal.identity_id, now).await
+            {
+                // Bookkeeping only: the identity was read, the token is good.
+                tracing::warn!(identity_id = %principal.identity_id, error = %error, "cannot record an identity's last use");
             }
             return Ok((Arc::new(principal), false));
         }
@@ -210,5 +262,57 @@ impl Validator {
             .await?
             .ok_or(StoreError::Conflict { what: "identity vanished after provisioning" })?;
         Ok((Arc::new(principal), provisioned.created))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{IdentityId, User};
+
+    fn principal(user: UserId) -> Arc<Principal> {
+        let now = chrono::Utc::now();
+        Arc::new(Principal {
+            identity_id: IdentityId::generate(),
+            last_seen_at: now,
+            user: User {
+                id: user,
+                email: None,
+                email_verified: false,
+                name: None,
+                disabled: false,
+                created_at: now,
+                updated_at: now,
+            },
+            teams: Vec::new(),
+        })
+    }
+
+    fn cache() -> PrincipalCache {
+        PrincipalCache::new(Duration::from_secs(60), 100, Arc::new(TokenCache::new(100)))
+    }
+
+    #[test]
+    fn a_lookup_that_raced_an_invalidation_is_not_cached() {
+        let cache = cache();
+        let (issuer, subject) = (Issuer::parse("https://issuer.example.com").unwrap(), Subject::parse("s").unwrap());
+        let user = UserId::generate();
+        let epoch = cache.epoch();
+        // The user is disabled while the lookup runs: what it read is already stale.
+        cache.invalidate_user(user);
+        cache.insert(epoch, &issuer, &subject, principal(user));
+        assert!(cache.get(&issuer, &subject).is_none());
+        // A lookup that began after the invalidation is cached.
+        cache.insert(cache.epoch(), &issuer, &subject, principal(user));
+        assert!(cache.get(&issuer, &subject).is_some());
+    }
+
+    #[test]
+    fn a_changed_user_is_read_from_the_primary_for_a_while() {
+        let cache = cache();
+        let (changed, other) = (UserId::generate(), UserId::generate());
+        cache.invalidate_user(changed);
+        assert!(cache.changed_recently(changed));
+        assert!(!cache.changed_recently(other));
     }
 }

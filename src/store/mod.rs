@@ -55,18 +55,24 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                // PostgreSQL: connection exceptions, insufficient resources, operator intervention,
-                // and what a server answers when it refuses a new connection (database missing
-                // or not accepting connections, authentication failed) or is a read-only standby.
+            sqlx::Error::Database(db) => match (db.code(), db.try_downcast_ref::<sqlx::sqlite::SqliteError>()) {
                 // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-                code.starts_with("08")
-                    || code.starts_with("53")
-                    || code.starts_with("57P")
-                    || code.starts_with("28")
-                    || matches!(code.as_ref(), "3D000" | "55000" | "25006")
-                    || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
-            }),
+                (Some(code), Some(_)) => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+                // PostgreSQL: connection exceptions, insufficient resources, operator
+                // intervention (a cancelled statement included), what a server answers when it
+                // refuses a new connection (database missing or not accepting connections,
+                // authentication failed) or is a read-only standby, and the transient failures
+                // of concurrent transactions (serialization failure, deadlock, lock not
+                // available): all worth a retry.
+                (Some(code), None) => {
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57")
+                        || code.starts_with("28")
+                        || matches!(code.as_ref(), "3D000" | "55000" | "55P03" | "25006" | "40001" | "40P01")
+                }
+                (None, _) => false,
+            },
             _ => false,
         };
         if unavailable { StoreError::Unavailable(error) } else { StoreError::Database(error) }
@@ -238,6 +244,8 @@ pub struct SessionRecord {
     pub last_seen_at: DateTime<Utc>,
     /// Absolute expiry.
     pub expires_at: DateTime<Utc>,
+    /// Whether the user is disabled (their sessions are deleted then, this is the backstop).
+    pub user_disabled: bool,
 }
 
 /// An identity to link to an existing user.
@@ -347,6 +355,8 @@ pub enum MemberOutcome {
     Updated,
     /// No such user.
     UserNotFound,
+    /// The user is the team's last owner and the new role is not owner; nothing changed.
+    LastOwner,
 }
 
 /// What [`Store::remove_member`] did.
@@ -397,7 +407,7 @@ pub struct ConnectToken {
 pub struct ProfileSecrets {
     /// Status.
     pub status: ProfileStatus,
-    /// Version.
+    /// The token version (changes with every write of credentials).
     pub version: i64,
     /// The access token (key-ring ciphertext).
     pub access_token: Option<Vec<u8>>,
@@ -518,7 +528,8 @@ pub trait Store: Send + Sync + Debug + 'static {
         from: ReadFrom,
     ) -> Result<Option<Principal>, StoreError>;
 
-    /// Disables or re-enables a user; `None` when there is no such user.
+    /// Disables or re-enables a user; `None` when there is no such user. Disabling deletes the
+    /// user's browser sessions in the same transaction.
     async fn set_user_disabled(
         &self,
         user: UserId,
@@ -564,7 +575,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Deletes a session; false when there was none.
     async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
 
-    /// Deletes expired login states and sessions (absolute expiry, or unused since `idle_before`).
+    /// Deletes expired login states, connect links and sessions (absolute expiry, or unused since
+    /// `idle_before`).
     async fn delete_expired(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Links a new identity to an existing user, with an audit row, unless the identity is
@@ -614,7 +626,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// A team by id or slug, with `user`'s role in it (`None`: not a member), in one read.
     async fn team_with_role(&self, team: &TeamRef, user: UserId) -> Result<Option<(Team, Option<Role>)>, StoreError>;
 
-    /// Adds a member, or changes their role. Never touches a default-team flag.
+    /// Adds a member, or changes their role; never demotes the team's last owner (serialised per
+    /// team with [`Store::remove_member`]). Never touches a default-team flag.
     async fn put_member(
         &self,
         team: TeamId,
@@ -623,7 +636,8 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<MemberOutcome, StoreError>;
 
-    /// Removes a member; never the team's last owner (serialised per team).
+    /// Removes a member; never the team's last owner (serialised per team). Their connect links
+    /// and connect flows for the team's profiles go with them.
     async fn remove_member(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError>;
 
     /// Inserts a profile unless a uniqueness rule refuses it (a live slug of the team, or the
@@ -646,7 +660,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// A team's live profiles, oldest first.
     async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError>;
 
-    /// Stores a new connect token for a profile, deleting the profile's older tokens.
+    /// Stores a new connect token for a profile (older live ones stay valid; expired ones are
+    /// deleted). A pending profile's expiry is extended to the link's, at least.
     async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError>;
 
     /// A connect token, unless unknown or expired, without consuming it.
@@ -667,7 +682,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn profile_secrets(&self, id: ProfileId) -> Result<Option<ProfileSecrets>, StoreError>;
 
     /// Activates a profile with new credentials, if its version is still `expected_version`
-    /// (pending → active is atomic: of two concurrent completions one wins). Bumps the version.
+    /// (pending → active is atomic: of two concurrent completions one wins). Bumps the version and
+    /// the token version. Without a new refresh token, the stored one is kept if the upstream
+    /// account is the same (providers such as Google send one only on first consent).
     async fn activate_profile(
         &self,
         id: ProfileId,
@@ -675,7 +692,8 @@ pub trait Store: Send + Sync + Debug + 'static {
         activation: &Activation,
     ) -> Result<bool, StoreError>;
 
-    /// Takes the refresh lease of a profile at `version`, unless another holder's lease runs.
+    /// Takes the refresh lease of a profile at token version `version`, unless another holder's
+    /// lease runs.
     async fn acquire_refresh_lease(
         &self,
         id: ProfileId,
@@ -684,7 +702,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Stores refreshed credentials and releases the lease, if `owner` still holds it. A `None`
-    /// refresh token keeps the stored one. Bumps the version.
+    /// refresh token keeps the stored one. Bumps the token version only: a refresh does not
+    /// conflict with a connect flow in progress.
     async fn complete_refresh(
         &self,
         id: ProfileId,

@@ -5,6 +5,9 @@
 //! on the identity key (a concurrent insert waits for the first to commit, then sees the conflict)
 //! and a row lock on the user where a per-user check-then-insert is needed.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -43,13 +46,39 @@ static MIGRATIONS: &[Embedded] = &[
         description: "connected_accounts",
         sql: include_str!("../../migrations/postgres/0004_connected_accounts.sql"),
     },
+    Embedded {
+        version: 5,
+        description: "token_version",
+        sql: include_str!("../../migrations/postgres/0005_token_version.sql"),
+    },
 ];
 
 /// Tessera's storage on PostgreSQL, with an optional read replica.
 #[derive(Debug)]
 pub struct PgStore {
     primary: PgPool,
-    replica: Option<PgPool>,
+    replica: Option<Replica>,
+}
+
+/// After a failed read, the replica is left alone this long: an unreachable replica would
+/// otherwise cost every read a connection timeout before it falls back to the primary.
+const REPLICA_BACKOFF: Duration = Duration::from_secs(15);
+
+/// The read replica and its circuit breaker.
+#[derive(Debug)]
+struct Replica {
+    pool: PgPool,
+    skip_until: Mutex<Option<Instant>>,
+}
+
+impl Replica {
+    fn available(&self) -> bool {
+        self.skip_until.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn failed(&self) {
+        *self.skip_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + REPLICA_BACKOFF);
+    }
 }
 
 impl RowExt for PgRow {
@@ -71,12 +100,18 @@ impl PgStore {
         let options =
             || PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(config.acquire_timeout);
         let primary = options().connect(config.url.expose()).await?;
-        let replica = config.replica_url.as_ref().map(|url| options().connect_lazy(url.expose())).transpose()?;
+        let replica = config
+            .replica_url
+            .as_ref()
+            .map(|url| options().connect_lazy(url.expose()))
+            .transpose()?
+            .map(|pool| Replica { pool, skip_until: Mutex::new(None) });
         Ok(Self { primary, replica })
     }
 
     /// Runs a read on the replica when asked for and configured, and on the primary otherwise or
-    /// when the replica fails (unreachable, or behind on the schema).
+    /// when the replica fails (unreachable, or behind on the schema); after a failure, reads skip
+    /// the replica for [`REPLICA_BACKOFF`].
     async fn read<T, F, Fut>(&self, from: ReadFrom, query: F) -> Result<T, StoreError>
     where
         F: Fn(PgPool) -> Fut,
@@ -84,14 +119,36 @@ impl PgStore {
     {
         if from == ReadFrom::Replica
             && let Some(replica) = &self.replica
+            && replica.available()
         {
-            match query(replica.clone()).await {
-                Err(error) => tracing::warn!(error = %error, "the read replica failed; reading from the primary"),
+            match query(replica.pool.clone()).await {
+                Err(error) => {
+                    replica.failed();
+                    tracing::warn!(error = %error, backoff_s = REPLICA_BACKOFF.as_secs(), "the read replica failed; reading from the primary for a while");
+                }
                 done => return done,
             }
         }
         query(self.primary.clone()).await
     }
+}
+
+/// Whether `user` is the only owner of `team`; `None` when they are not a member.
+async fn sole_owner(
+    tx: &mut Transaction<'static, Postgres>,
+    team: TeamId,
+    user: UserId,
+) -> Result<Option<bool>, StoreError> {
+    let row = sqlx::query(
+        "SELECT m.role = 'owner' AND
+                (SELECT count(*) FROM memberships o WHERE o.team_id = m.team_id AND o.role = 'owner') = 1
+         FROM memberships m WHERE m.team_id = $1 AND m.user_id = $2",
+    )
+    .bind(team.as_uuid())
+    .bind(user.as_uuid())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|row| row.try_get::<bool, _>(0)).transpose()?)
 }
 
 /// Inserts `team` under the first free slug and makes `user` its owner, as their default team.
@@ -426,6 +483,7 @@ impl Store for PgStore {
         disabled: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<User>, StoreError> {
+        let mut tx = self.primary.begin().await?;
         let row = sqlx::query(concat!(
             "UPDATE users u SET disabled = $2, updated_at = $3 WHERE u.id = $1 RETURNING ",
             user_columns!()
@@ -433,8 +491,12 @@ impl Store for PgStore {
         .bind(user.as_uuid())
         .bind(disabled)
         .bind(now)
-        .fetch_optional(&self.primary)
+        .fetch_optional(&mut *tx)
         .await?;
+        if row.is_some() && disabled {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         row.as_ref().map(rows::user).transpose()
     }
 
@@ -579,17 +641,20 @@ impl Store for PgStore {
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT user_id, created_at, last_seen_at, expires_at FROM sessions WHERE token_hash = $1")
-                .bind(&token_hash[..])
-                .fetch_optional(&self.primary)
-                .await?;
+        let row = sqlx::query(
+            "SELECT s.user_id, s.created_at, s.last_seen_at, s.expires_at, u.disabled
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.primary)
+        .await?;
         row.map(|row| {
             Ok(SessionRecord {
                 user_id: UserId::from_uuid(row.uuid("user_id")?),
                 created_at: row.time("created_at")?,
                 last_seen_at: row.time("last_seen_at")?,
                 expires_at: row.time("expires_at")?,
+                user_disabled: row.flag("disabled")?,
             })
         })
         .transpose()
@@ -620,7 +685,9 @@ impl Store for PgStore {
             .bind(idle_before)
             .execute(&self.primary)
             .await?;
-        Ok(states.rows_affected() + sessions.rows_affected())
+        let links =
+            sqlx::query("DELETE FROM connect_tokens WHERE expires_at <= $1").bind(now).execute(&self.primary).await?;
+        Ok(states.rows_affected() + sessions.rows_affected() + links.rows_affected())
     }
 
     async fn link_identity(&self, user: UserId, link: &NewLink) -> Result<LinkOutcome, StoreError> {
@@ -920,13 +987,19 @@ impl Store for PgStore {
             tx.rollback().await?;
             return Ok(MemberOutcome::UserNotFound);
         }
-        let updated = sqlx::query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
-            .bind(team.as_uuid())
-            .bind(user.as_uuid())
-            .bind(role.as_str())
-            .execute(&mut *tx)
-            .await?;
-        if updated.rows_affected() == 1 {
+        // Serialises membership changes of one team, so that two cannot remove the last two owners.
+        sqlx::query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut *tx).await?;
+        if let Some(sole_owner) = sole_owner(&mut tx, team, user).await? {
+            if sole_owner && role != Role::Owner {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::LastOwner);
+            }
+            sqlx::query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
+                .bind(team.as_uuid())
+                .bind(user.as_uuid())
+                .bind(role.as_str())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             return Ok(MemberOutcome::Updated);
         }
@@ -945,34 +1018,26 @@ impl Store for PgStore {
 
     async fn remove_member(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError> {
         let mut tx = self.primary.begin().await?;
-        // Serialises membership removals of one team, so that two cannot remove the last two owners.
+        // Serialises membership changes of one team (see put_member).
         sqlx::query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut *tx).await?;
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
-                .bind(team.as_uuid())
-                .bind(user.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(role) = role else {
+        let Some(sole_owner) = sole_owner(&mut tx, team, user).await? else {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotMember);
         };
-        if role == Role::Owner.as_str() {
-            let owners: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM memberships WHERE team_id = $1 AND role = 'owner'")
-                    .bind(team.as_uuid())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if owners <= 1 {
-                tx.rollback().await?;
-                return Ok(RemoveOutcome::LastOwner);
-            }
+        if sole_owner {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::LastOwner);
         }
-        sqlx::query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
-            .bind(team.as_uuid())
-            .bind(user.as_uuid())
-            .execute(&mut *tx)
-            .await?;
+        // The membership, and the former member's connect links and connect flows for the team.
+        for sql in [
+            "DELETE FROM memberships WHERE team_id = $1 AND user_id = $2",
+            "DELETE FROM connect_tokens
+             WHERE user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
+            "DELETE FROM login_states
+             WHERE link_user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
+        ] {
+            sqlx::query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(RemoveOutcome::Removed)
     }
@@ -1089,10 +1154,20 @@ impl Store for PgStore {
 
     async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError> {
         let mut tx = self.primary.begin().await?;
-        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = $1")
+        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = $1 AND expires_at <= $2")
             .bind(token.profile.as_uuid())
+            .bind(token.created_at)
             .execute(&mut *tx)
             .await?;
+        // A pending profile outlives its newest link, so that the janitor does not delete both.
+        sqlx::query(
+            "UPDATE auth_profiles SET pending_expires_at = GREATEST(pending_expires_at, $2)
+             WHERE id = $1 AND status = 'pending_auth'",
+        )
+        .bind(token.profile.as_uuid())
+        .bind(token.expires_at)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO connect_tokens (token_hash, profile_id, user_id, allow_account_change, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1143,8 +1218,8 @@ impl Store for PgStore {
 
     async fn profile_secrets(&self, id: ProfileId) -> Result<Option<ProfileSecrets>, StoreError> {
         let row = sqlx::query(
-            "SELECT status, version, access_token, refresh_token, access_token_expires_at, refresh_lease_owner,
-                    refresh_lease_until
+            "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
+                    refresh_lease_owner, refresh_lease_until
              FROM auth_profiles WHERE id = $1",
         )
         .bind(id.as_uuid())
@@ -1160,9 +1235,11 @@ impl Store for PgStore {
         activation: &Activation,
     ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
-            "UPDATE auth_profiles SET status = 'active', access_token = $3, refresh_token = $4,
+            "UPDATE auth_profiles SET status = 'active', access_token = $3,
+                    refresh_token = COALESCE($4, CASE WHEN upstream_account_id = $6 THEN refresh_token END),
                     access_token_expires_at = $5, upstream_account_id = $6, scopes = $7, pending_expires_at = NULL,
-                    refresh_lease_owner = NULL, refresh_lease_until = NULL, version = version + 1, updated_at = $8
+                    refresh_lease_owner = NULL, refresh_lease_until = NULL, version = version + 1,
+                    token_version = token_version + 1, updated_at = $8
              WHERE id = $1 AND version = $2 AND status <> 'revoked'",
         )
         .bind(id.as_uuid())
@@ -1186,7 +1263,7 @@ impl Store for PgStore {
     ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE auth_profiles SET refresh_lease_owner = $3, refresh_lease_until = $4
-             WHERE id = $1 AND version = $2 AND status = 'active'
+             WHERE id = $1 AND token_version = $2 AND status = 'active'
                AND (refresh_lease_until IS NULL OR refresh_lease_until < $5)",
         )
         .bind(id.as_uuid())
@@ -1208,7 +1285,7 @@ impl Store for PgStore {
         let updated = sqlx::query(
             "UPDATE auth_profiles SET access_token = $3, refresh_token = COALESCE($4, refresh_token),
                     access_token_expires_at = $5, refresh_lease_owner = NULL, refresh_lease_until = NULL,
-                    version = version + 1, updated_at = $6
+                    token_version = token_version + 1, updated_at = $6
              WHERE id = $1 AND refresh_lease_owner = $2",
         )
         .bind(id.as_uuid())
@@ -1231,7 +1308,7 @@ impl Store for PgStore {
     ) -> Result<(), StoreError> {
         let sql = if needs_reauth {
             "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL, status = 'needs_reauth',
-                    version = version + 1, updated_at = $3
+                    token_version = token_version + 1, updated_at = $3
              WHERE id = $1 AND refresh_lease_owner = $2"
         } else {
             "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL
@@ -1244,8 +1321,8 @@ impl Store for PgStore {
     async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError> {
         let mut tx = self.primary.begin().await?;
         let row = sqlx::query(
-            "SELECT status, version, access_token, refresh_token, access_token_expires_at, refresh_lease_owner,
-                    refresh_lease_until
+            "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
+                    refresh_lease_owner, refresh_lease_until
              FROM auth_profiles WHERE id = $1 AND status <> 'revoked' FOR UPDATE",
         )
         .bind(id.as_uuid())
@@ -1259,7 +1336,7 @@ impl Store for PgStore {
         sqlx::query(
             "UPDATE auth_profiles SET status = 'revoked', access_token = NULL, refresh_token = NULL,
                     access_token_expires_at = NULL, refresh_lease_owner = NULL, refresh_lease_until = NULL,
-                    version = version + 1, updated_at = $2
+                    version = version + 1, token_version = token_version + 1, updated_at = $2
              WHERE id = $1",
         )
         .bind(id.as_uuid())
@@ -1274,7 +1351,7 @@ impl Store for PgStore {
     async fn close(&self) {
         self.primary.close().await;
         if let Some(replica) = &self.replica {
-            replica.close().await;
+            replica.pool.close().await;
         }
     }
 }

@@ -208,7 +208,7 @@ pub(super) fn profile(row: &impl RowExt) -> Result<AuthProfile, StoreError> {
     })
 }
 
-/// Decodes `status`, `version`, `access_token`, `refresh_token`, `access_token_expires_at`,
+/// Decodes `status`, `token_version`, `access_token`, `refresh_token`, `access_token_expires_at`,
 /// `refresh_lease_owner` and `refresh_lease_until`.
 pub(super) fn profile_secrets(row: &impl RowExt) -> Result<ProfileSecrets, StoreError> {
     let status = row.text("status")?;
@@ -219,7 +219,7 @@ pub(super) fn profile_secrets(row: &impl RowExt) -> Result<ProfileSecrets, Store
     Ok(ProfileSecrets {
         status: ProfileStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
-        version: row.int("version")?,
+        version: row.int("token_version")?,
         access_token: row.opt_bytes("access_token")?,
         refresh_token: row.opt_bytes("refresh_token")?,
         expires_at: row.opt_time("access_token_expires_at")?,

@@ -47,6 +47,11 @@ static MIGRATIONS: &[Embedded] = &[
         description: "connected_accounts",
         sql: include_str!("../../migrations/sqlite/0004_connected_accounts.sql"),
     },
+    Embedded {
+        version: 5,
+        description: "token_version",
+        sql: include_str!("../../migrations/sqlite/0005_token_version.sql"),
+    },
 ];
 
 /// Tessera's storage on an SQLite file.
@@ -121,6 +126,24 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
+}
+
+/// Whether `user` is the only owner of `team`; `None` when they are not a member.
+async fn sole_owner(
+    tx: &mut Transaction<'static, Sqlite>,
+    team: TeamId,
+    user: UserId,
+) -> Result<Option<bool>, StoreError> {
+    let row = sqlx::query(
+        "SELECT m.role = 'owner' AND
+                (SELECT count(*) FROM memberships o WHERE o.team_id = m.team_id AND o.role = 'owner') = 1
+         FROM memberships m WHERE m.team_id = ?1 AND m.user_id = ?2",
+    )
+    .bind(team.as_uuid())
+    .bind(user.as_uuid())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|row| row.try_get::<bool, _>(0)).transpose()?)
 }
 
 /// Inserts `team` under the first free slug and makes `user` its owner, as their default team.
@@ -492,15 +515,21 @@ impl Store for SqliteStore {
         disabled: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<User>, StoreError> {
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query("UPDATE users SET disabled = ?2, updated_at = ?3 WHERE id = ?1")
             .bind(user.as_uuid())
             .bind(disabled)
             .bind(micros(now))
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
         if updated.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(None);
         }
+        if disabled {
+            sqlx::query("DELETE FROM sessions WHERE user_id = ?1").bind(user.as_uuid()).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         self.get_user(user).await
     }
 
@@ -642,17 +671,20 @@ impl Store for SqliteStore {
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT user_id, created_at, last_seen_at, expires_at FROM sessions WHERE token_hash = ?1")
-                .bind(&token_hash[..])
-                .fetch_optional(&self.reader)
-                .await?;
+        let row = sqlx::query(
+            "SELECT s.user_id, s.created_at, s.last_seen_at, s.expires_at, u.disabled
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.reader)
+        .await?;
         row.map(|row| {
             Ok(SessionRecord {
                 user_id: UserId::from_uuid(row.uuid("user_id")?),
                 created_at: row.time("created_at")?,
                 last_seen_at: row.time("last_seen_at")?,
                 expires_at: row.time("expires_at")?,
+                user_disabled: row.flag("disabled")?,
             })
         })
         .transpose()
@@ -685,7 +717,11 @@ impl Store for SqliteStore {
             .bind(micros(idle_before))
             .execute(&self.writer)
             .await?;
-        Ok(states.rows_affected() + sessions.rows_affected())
+        let links = sqlx::query("DELETE FROM connect_tokens WHERE expires_at <= ?1")
+            .bind(micros(now))
+            .execute(&self.writer)
+            .await?;
+        Ok(states.rows_affected() + sessions.rows_affected() + links.rows_affected())
     }
 
     async fn link_identity(&self, user: UserId, link: &NewLink) -> Result<LinkOutcome, StoreError> {
@@ -983,13 +1019,17 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(MemberOutcome::UserNotFound);
         }
-        let updated = sqlx::query("UPDATE memberships SET role = ?3 WHERE team_id = ?1 AND user_id = ?2")
-            .bind(team.as_uuid())
-            .bind(user.as_uuid())
-            .bind(role.as_str())
-            .execute(&mut *tx)
-            .await?;
-        if updated.rows_affected() == 1 {
+        if let Some(sole_owner) = sole_owner(&mut tx, team, user).await? {
+            if sole_owner && role != Role::Owner {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::LastOwner);
+            }
+            sqlx::query("UPDATE memberships SET role = ?3 WHERE team_id = ?1 AND user_id = ?2")
+                .bind(team.as_uuid())
+                .bind(user.as_uuid())
+                .bind(role.as_str())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             return Ok(MemberOutcome::Updated);
         }
@@ -1008,32 +1048,24 @@ impl Store for SqliteStore {
 
     async fn remove_member(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM memberships WHERE team_id = ?1 AND user_id = ?2")
-                .bind(team.as_uuid())
-                .bind(user.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(role) = role else {
+        let Some(sole_owner) = sole_owner(&mut tx, team, user).await? else {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotMember);
         };
-        if role == Role::Owner.as_str() {
-            let owners: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM memberships WHERE team_id = ?1 AND role = 'owner'")
-                    .bind(team.as_uuid())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if owners <= 1 {
-                tx.rollback().await?;
-                return Ok(RemoveOutcome::LastOwner);
-            }
+        if sole_owner {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::LastOwner);
         }
-        sqlx::query("DELETE FROM memberships WHERE team_id = ?1 AND user_id = ?2")
-            .bind(team.as_uuid())
-            .bind(user.as_uuid())
-            .execute(&mut *tx)
-            .await?;
+        // The membership, and the former member's connect links and connect flows for the team.
+        for sql in [
+            "DELETE FROM memberships WHERE team_id = ?1 AND user_id = ?2",
+            "DELETE FROM connect_tokens
+             WHERE user_id = ?2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = ?1)",
+            "DELETE FROM login_states
+             WHERE link_user_id = ?2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = ?1)",
+        ] {
+            sqlx::query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(RemoveOutcome::Removed)
     }
@@ -1150,10 +1182,20 @@ impl Store for SqliteStore {
 
     async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = ?1")
+        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = ?1 AND expires_at <= ?2")
             .bind(token.profile.as_uuid())
+            .bind(micros(token.created_at))
             .execute(&mut *tx)
             .await?;
+        // A pending profile outlives its newest link, so that the janitor does not delete both.
+        sqlx::query(
+            "UPDATE auth_profiles SET pending_expires_at = MAX(pending_expires_at, ?2)
+             WHERE id = ?1 AND status = 'pending_auth'",
+        )
+        .bind(token.profile.as_uuid())
+        .bind(micros(token.expires_at))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO connect_tokens (token_hash, profile_id, user_id, allow_account_change, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1204,8 +1246,8 @@ impl Store for SqliteStore {
 
     async fn profile_secrets(&self, id: ProfileId) -> Result<Option<ProfileSecrets>, StoreError> {
         let row = sqlx::query(
-            "SELECT status, version, access_token, refresh_token, access_token_expires_at, refresh_lease_owner,
-                    refresh_lease_until
+            "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
+                    refresh_lease_owner, refresh_lease_until
              FROM auth_profiles WHERE id = ?1",
         )
         .bind(id.as_uuid())
@@ -1221,9 +1263,11 @@ impl Store for SqliteStore {
         activation: &Activation,
     ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
-            "UPDATE auth_profiles SET status = 'active', access_token = ?3, refresh_token = ?4,
+            "UPDATE auth_profiles SET status = 'active', access_token = ?3,
+                    refresh_token = COALESCE(?4, CASE WHEN upstream_account_id = ?6 THEN refresh_token END),
                     access_token_expires_at = ?5, upstream_account_id = ?6, scopes = ?7, pending_expires_at = NULL,
-                    refresh_lease_owner = NULL, refresh_lease_until = NULL, version = version + 1, updated_at = ?8
+                    refresh_lease_owner = NULL, refresh_lease_until = NULL, version = version + 1,
+                    token_version = token_version + 1, updated_at = ?8
              WHERE id = ?1 AND version = ?2 AND status <> 'revoked'",
         )
         .bind(id.as_uuid())
@@ -1247,7 +1291,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE auth_profiles SET refresh_lease_owner = ?3, refresh_lease_until = ?4
-             WHERE id = ?1 AND version = ?2 AND status = 'active'
+             WHERE id = ?1 AND token_version = ?2 AND status = 'active'
                AND (refresh_lease_until IS NULL OR refresh_lease_until < ?5)",
         )
         .bind(id.as_uuid())
@@ -1269,7 +1313,7 @@ impl Store for SqliteStore {
         let updated = sqlx::query(
             "UPDATE auth_profiles SET access_token = ?3, refresh_token = COALESCE(?4, refresh_token),
                     access_token_expires_at = ?5, refresh_lease_owner = NULL, refresh_lease_until = NULL,
-                    version = version + 1, updated_at = ?6
+                    token_version = token_version + 1, updated_at = ?6
              WHERE id = ?1 AND refresh_lease_owner = ?2",
         )
         .bind(id.as_uuid())
@@ -1292,7 +1336,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let sql = if needs_reauth {
             "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL, status = 'needs_reauth',
-                    version = version + 1, updated_at = ?3
+                    token_version = token_version + 1, updated_at = ?3
              WHERE id = ?1 AND refresh_lease_owner = ?2"
         } else {
             "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL
@@ -1305,8 +1349,8 @@ impl Store for SqliteStore {
     async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(
-            "SELECT status, version, access_token, refresh_token, access_token_expires_at, refresh_lease_owner,
-                    refresh_lease_until
+            "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
+                    refresh_lease_owner, refresh_lease_until
              FROM auth_profiles WHERE id = ?1 AND status <> 'revoked'",
         )
         .bind(id.as_uuid())
@@ -1320,7 +1364,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "UPDATE auth_profiles SET status = 'revoked', access_token = NULL, refresh_token = NULL,
                     access_token_expires_at = NULL, refresh_lease_owner = NULL, refresh_lease_until = NULL,
-                    version = version + 1, updated_at = ?2
+                    version = version + 1, token_version = token_version + 1, updated_at = ?2
              WHERE id = ?1",
         )
         .bind(id.as_uuid())

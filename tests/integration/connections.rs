@@ -15,7 +15,7 @@ use tessera::crypto::keyring::KeyRing;
 use tessera::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, Slug, TeamId, UserId};
 use tessera::local_issuer::{LocalIssuer, StubUser, TokenFault};
 
-use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_no_leak, json as body, on_both_backends};
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_no_leak, eventually, json as body, on_both_backends};
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 
 on_both_backends!(
@@ -39,6 +39,15 @@ on_both_backends!(
     revoking_frees_the_slug_and_revokes_upstream,
     team_members_are_managed_by_owners,
     other_kinds_are_active_without_a_connect_link,
+    a_former_member_s_links_and_flows_stop_working,
+    only_its_creator_or_an_admin_reconnects_a_team_profile,
+    a_refresh_during_a_reconnection_does_not_conflict,
+    reconnecting_without_a_new_refresh_token_keeps_the_old_one,
+    a_new_link_keeps_its_pending_profile_alive,
+    a_refresh_survives_its_client_hanging_up,
+    the_last_owner_cannot_step_down,
+    concurrent_adds_of_one_member_make_one_membership,
+    disabling_a_user_ends_their_browser_sessions,
 );
 
 struct World {
@@ -165,6 +174,22 @@ async fn connect(browser: &mut Browser, link: &str) -> reqwest::Response {
     browser.navigate(&location(&provider)).await
 }
 
+/// A time `minutes` from now, as an SQL expression of the backend.
+fn sql_time(backend: Backend, minutes: i64) -> String {
+    match backend {
+        Backend::Sqlite => (chrono::Utc::now() + chrono::TimeDelta::minutes(minutes)).timestamp_micros().to_string(),
+        Backend::Postgres => format!("now() + interval '{minutes} minutes'"),
+    }
+}
+
+/// Starts a connect flow in a browser and stops at the provider's redirect back: returns the
+/// callback URL, to follow later.
+async fn start_flow(browser: &mut Browser, link: &str) -> String {
+    let start = browser.navigate(link).await;
+    assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
+    location(&browser.get(&location(&start)).await)
+}
+
 async fn count(app: &TestApp, filter: &str) -> i64 {
     app.db.sql().await.count(&format!("auth_profiles {filter}")).await
 }
@@ -179,7 +204,9 @@ async fn a_repeated_create_without_slug_reuses_the_pending_profile(backend: Back
     assert_eq!(second["auth_profile"]["id"], first["auth_profile"]["id"]);
     assert_ne!(second["connect_url"], first["connect_url"], "a fresh connect link");
     assert_eq!(count(&w.app, "").await, 1, "exactly one row");
-    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 1, "the older link is gone");
+    // Both links work (a concurrent identical create must not break the other caller's link);
+    // whichever completes first connects the profile.
+    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 2);
 }
 
 async fn a_different_slug_while_pending_is_a_friendly_409(backend: Backend) {
@@ -401,7 +428,7 @@ async fn a_connect_link_is_bound_to_its_user_and_single_use(backend: Backend) {
     // Used.
     let reused = w.alice.browser.get(&link).await;
     assert_eq!(body(reused, 404).await["code"], "invalid_connect_link");
-    // A newer link invalidates the older; an expired one is refused.
+    // A newer link leaves the older one working; an expired one is refused.
     let first = body(
         w.on_behalf(
             Method::POST,
@@ -426,8 +453,8 @@ async fn a_connect_link_is_bound_to_its_user_and_single_use(backend: Backend) {
         200,
     )
     .await;
-    let stale = w.alice.browser.get(first["connect_url"].as_str().unwrap()).await;
-    assert_eq!(body(stale, 404).await["code"], "invalid_connect_link");
+    let older = w.alice.browser.get(first["connect_url"].as_str().unwrap()).await;
+    assert_eq!(older.status(), StatusCode::SEE_OTHER, "still usable: it starts a flow");
     let past = if backend == Backend::Sqlite { "1" } else { "now() - interval '1 minute'" };
     w.app.db.sql().await.exec(&format!("UPDATE connect_tokens SET expires_at = {past}")).await.unwrap();
     let expired = w.alice.browser.get(second["connect_url"].as_str().unwrap()).await;
@@ -714,4 +741,172 @@ async fn other_kinds_are_active_without_a_connect_link(backend: Backend) {
     let mut upper = profile_request(Some("upper"));
     upper["provider"] = "LOCAL".into();
     assert_eq!(body(w.create(w.alice.id, upper).await, 201).await["auth_profile"]["provider"], "local");
+}
+
+async fn a_former_member_s_links_and_flows_stop_working(backend: Backend) {
+    let mut w = world(backend).await;
+    let created = body(w.create(w.bob.id, profile_request(Some("bobs"))).await, 201).await;
+    let link = created["connect_url"].as_str().unwrap().to_owned();
+    let again = w.on_behalf(Method::POST, "/auth-profiles/bobs/connect", w.bob.id).send().await.unwrap();
+    let second = body(again, 200).await["connect_url"].as_str().unwrap().to_owned();
+    // Bob has one flow under way and one link left when he is removed from the team.
+    let callback = start_flow(&mut w.bob.browser, &second).await;
+    let removed = w.alice.browser.request(Method::DELETE, &w.url(&format!("/members/{}", w.bob.id))).await;
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 0, "his links went with him");
+    let opened = w.bob.browser.get(&link).await;
+    assert_eq!(body(opened, 404).await["code"], "invalid_connect_link");
+    let returned = w.bob.browser.navigate(&callback).await;
+    assert_ne!(returned.status(), StatusCode::OK, "the flow under way cannot finish");
+    assert_eq!(count(&w.app, "WHERE status = 'pending_auth' AND access_token IS NULL").await, 1);
+}
+
+async fn only_its_creator_or_an_admin_reconnects_a_team_profile(backend: Backend) {
+    let mut w = world(backend).await;
+    let mut request = profile_request(Some("team-app"));
+    request["profile_kind"] = "oauth_app".into();
+    let created = body(w.create(w.alice.id, request).await, 201).await;
+    let page = connect(&mut w.alice.browser, created["connect_url"].as_str().unwrap()).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    // Bob, a plain member, may use the team's account but not re-point it.
+    body(w.token(w.bob.id, "team-app").await, 200).await;
+    let path = "/auth-profiles/team-app/connect";
+    let by_bob = w.on_behalf(Method::POST, path, w.bob.id).json(&json!({"allow_account_change": true})).send();
+    assert_eq!(body(by_bob.await.unwrap(), 403).await["code"], "not_team_admin");
+    // As an admin he may; demoted again before he opens the link, he may not.
+    let role = |role: &str| {
+        w.app
+            .admin(Method::POST, &format!("/admin/teams/{}/members", w.team))
+            .json(&json!({"user_id": w.bob.id, "role": role}))
+            .send()
+    };
+    assert_eq!(role("admin").await.unwrap().status(), StatusCode::OK);
+    let minted = w.on_behalf(Method::POST, path, w.bob.id).send().await.unwrap();
+    let link = body(minted, 200).await["connect_url"].as_str().unwrap().to_owned();
+    assert_eq!(role("member").await.unwrap().status(), StatusCode::OK);
+    let opened = w.bob.browser.get(&link).await;
+    assert_eq!(body(opened, 403).await["code"], "not_team_admin");
+    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 1, "a refused link is not used up");
+}
+
+async fn a_refresh_during_a_reconnection_does_not_conflict(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("busy-reconnect").await;
+    let minted = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id).send().await;
+    let link = body(minted.unwrap(), 200).await["connect_url"].as_str().unwrap().to_owned();
+    let callback = start_flow(&mut w.alice.browser, &link).await;
+    // While Alice is at the provider, a backend's request refreshes the token.
+    w.expire_soon(&slug).await;
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true);
+    let page = w.alice.browser.navigate(&callback).await;
+    assert_eq!(page.status(), StatusCode::OK, "{:?}", page.text().await);
+    assert_eq!(w.sql_profile(&slug).await["version"], 2, "connected twice; the refresh is not a connection");
+}
+
+async fn reconnecting_without_a_new_refresh_token_keeps_the_old_one(backend: Backend) {
+    let mut w = world(backend).await;
+    w.issuer.set_next_user(StubUser::new("same-account", "same@provider.example"));
+    let slug = w.connected("kept").await;
+    // Like Google after the first consent: the code exchange brings no refresh token.
+    w.issuer.refresh_token_on_code_exchange(false);
+    let path = format!("/auth-profiles/{slug}/connect");
+    let minted = w.on_behalf(Method::POST, &path, w.alice.id).send().await.unwrap();
+    let link = body(minted, 200).await["connect_url"].as_str().unwrap().to_owned();
+    w.issuer.set_next_user(StubUser::new("same-account", "same@provider.example"));
+    assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
+    w.expire_soon(&slug).await;
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "the old one still refreshes");
+    // Another account's connection does not inherit the previous account's refresh token.
+    let minted = w.on_behalf(Method::POST, &path, w.alice.id).json(&json!({"allow_account_change": true})).send();
+    let link = body(minted.await.unwrap(), 200).await["connect_url"].as_str().unwrap().to_owned();
+    w.issuer.set_next_user(StubUser::new("other-account", "other@provider.example"));
+    assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
+    assert_eq!(count(&w.app, "WHERE refresh_token IS NULL AND upstream_account_id = 'other-account'").await, 1);
+}
+
+async fn a_new_link_keeps_its_pending_profile_alive(backend: Backend) {
+    let w = world(backend).await;
+    body(w.create(w.alice.id, profile_request(None)).await, 201).await;
+    let sql = w.app.db.sql().await;
+    let soon = sql_time(backend, 1);
+    sql.exec(&format!("UPDATE auth_profiles SET pending_expires_at = {soon}")).await.unwrap();
+    // Reused with a fresh link: the profile now outlives the link, so the janitor cannot delete
+    // it (and the link with it) first.
+    body(w.create(w.alice.id, profile_request(None)).await, 200).await;
+    let link_lifetime = sql_time(backend, 29);
+    assert_eq!(count(&w.app, &format!("WHERE pending_expires_at > {link_lifetime}")).await, 1);
+}
+
+async fn a_refresh_survives_its_client_hanging_up(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("hung-up").await;
+    w.issuer.rotate_refresh_tokens(true);
+    w.expire_soon(&slug).await;
+    w.issuer.set_token_delay(Duration::from_millis(800));
+    // The client gives up while the provider is still answering (and rotating the token).
+    let impatient = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(200)).build().unwrap();
+    let url = w.url(&format!("/auth-profiles/{slug}/token"));
+    let request = impatient.post(url).bearer_auth(ADMIN_TOKEN).header("x-on-behalf-of", w.alice.id.to_string());
+    assert!(request.send().await.is_err(), "the client timed out");
+    // The refresh still lands, rotated refresh token included.
+    let sql = w.app.db.sql().await;
+    eventually("the refresh is stored", || async { sql.count("auth_profiles WHERE token_version = 2").await == 1 })
+        .await;
+    w.issuer.set_token_delay(Duration::ZERO);
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], false, "stored, not lost");
+    assert_eq!(w.issuer.refreshes(), 1);
+    w.expire_soon(&slug).await;
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "the rotated token works");
+}
+
+async fn the_last_owner_cannot_step_down(backend: Backend) {
+    let mut w = world(backend).await;
+    let demote = json!({"user_id": w.alice.id, "role": "member"});
+    let own = w.alice.browser.json(Method::POST, &w.url("/members"), &demote).await;
+    assert_eq!(body(own, 409).await["code"], "last_owner");
+    let admin = w.app.admin(Method::POST, &format!("/admin/teams/{}/members", w.team)).json(&demote).send();
+    assert_eq!(body(admin.await.unwrap(), 409).await["code"], "last_owner");
+    // With a second owner, she may; then he is the last one.
+    let promote = json!({"user_id": w.bob.id, "role": "owner"});
+    assert_eq!(w.alice.browser.json(Method::POST, &w.url("/members"), &promote).await.status(), StatusCode::OK);
+    assert_eq!(w.alice.browser.json(Method::POST, &w.url("/members"), &demote).await.status(), StatusCode::OK);
+    let bob_down = json!({"user_id": w.bob.id, "role": "admin"});
+    let refused = w.bob.browser.json(Method::POST, &w.url("/members"), &bob_down).await;
+    assert_eq!(body(refused, 409).await["code"], "last_owner");
+}
+
+async fn concurrent_adds_of_one_member_make_one_membership(backend: Backend) {
+    let w = world(backend).await;
+    let carol = sign_in(&w.app, &w.issuer, "carol").await;
+    let path = format!("/admin/teams/{}/members", w.team);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let role = if i % 2 == 0 { "member" } else { "admin" };
+        let request = w.app.admin(Method::POST, &path).json(&json!({"user_id": carol.id, "role": role}));
+        tasks.push(tokio::spawn(async move { request.send().await.unwrap().status() }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::OK), "{statuses:?}");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count(&format!("memberships WHERE user_id = {}", sql.uuid(&carol.id.to_string()))).await, 2);
+}
+
+async fn disabling_a_user_ends_their_browser_sessions(backend: Backend) {
+    let mut w = world(backend).await;
+    body(w.bob.browser.me(&w.app).await, 200).await;
+    let path = format!("/admin/users/{}", w.bob.id);
+    let disable = w.app.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap();
+    assert_eq!(disable.status(), StatusCode::OK);
+    assert_eq!(body(w.bob.browser.me(&w.app).await, 401).await["code"], "missing_credentials");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count(&format!("sessions WHERE user_id = {}", sql.uuid(&w.bob.id.to_string()))).await, 0);
+    // Enabling him again does not bring the session back; Alice's is untouched.
+    let enable = w.app.admin(Method::PATCH, &path).json(&json!({"disabled": false})).send().await.unwrap();
+    assert_eq!(enable.status(), StatusCode::OK);
+    assert_eq!(w.bob.browser.me(&w.app).await.status(), StatusCode::UNAUTHORIZED);
+    body(w.alice.browser.me(&w.app).await, 200).await;
 }

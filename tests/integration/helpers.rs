@@ -287,6 +287,20 @@ impl TestApp {
     }
 }
 
+/// Waits until `condition` holds, for something that happens in the background; fails the test
+/// after 10 s (a generous bound: nothing here takes more than milliseconds).
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Reads a response as JSON, asserting its status.
 pub async fn json(response: reqwest::Response, status: u16) -> Value {
     let actual = response.status().as_u16();

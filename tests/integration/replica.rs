@@ -1,6 +1,8 @@
 //! The read replica, against real streaming replicas of the throwaway cluster (`scripts/test`
 //! starts them with pg_basebackup; one replays with `recovery_min_apply_delay = 2s`).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
@@ -122,4 +124,58 @@ async fn an_unreachable_replica_falls_back_to_the_primary() {
     assert_eq!(body(app.validate(&token).await, 200).await["created"], true);
     let me = app.client.get(app.url("/v1/me")).bearer_auth(&token).send().await.unwrap();
     body(me, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_is_refused_even_while_the_replica_lags() {
+    let (app, issuer, delayed) = app_on_replica("TESSERA_TEST_PG_DELAYED_REPLICA_URL").await;
+    let token = issuer.sign("rsa-1", &issuer.claims("to-disable", AUDIENCE));
+    let user = body(app.validate(&token).await, 200).await;
+    let user_id = user["user_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !identity_on(&delayed, "to-disable").await {
+        assert!(Instant::now() < deadline, "the replica never received the identity");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = format!("/admin/users/{user_id}");
+    let disabled = app.admin(reqwest::Method::PATCH, &path).json(&serde_json::json!({"disabled": true})).send();
+    assert_eq!(disabled.await.unwrap().status(), 200);
+    // The replica still says "enabled" for two seconds; the primary is asked instead.
+    assert_eq!(body(app.validate(&token).await, 403).await["code"], "user_disabled");
+    let on_replica: bool = sqlx::query_scalar("SELECT disabled FROM users WHERE id = $1::uuid")
+        .bind(&user_id)
+        .fetch_one(&delayed)
+        .await
+        .unwrap();
+    assert!(!on_replica, "the replica really lagged behind the primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_replica_is_left_alone_for_a_while() {
+    // A "replica" that accepts connections and drops them at once, counting them.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut config = db.config();
+    config.database.replica_url = Some(DatabaseUrl::parse(&format!("postgres://postgres@{address}/nowhere")).unwrap());
+    config.database.acquire_timeout = Duration::from_millis(500);
+    let app = TestApp::start(db, &config).await;
+    let discover = || {
+        app.client.post(app.url("/v1/auth/discover")).json(&serde_json::json!({"email": "someone@example.com"})).send()
+    };
+    body(discover().await.unwrap(), 200).await;
+    let after_first = attempts.load(Ordering::SeqCst);
+    assert!(after_first >= 1, "the replica was tried");
+    for _ in 0..5 {
+        body(discover().await.unwrap(), 200).await;
+    }
+    assert_eq!(attempts.load(Ordering::SeqCst), after_first, "reads went straight to the primary");
 }

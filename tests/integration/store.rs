@@ -259,3 +259,54 @@ async fn the_data_report_counts_broken_invariants(backend: Backend) {
     assert_eq!(broken.users_with_several_default_teams, 1);
     assert_eq!(broken.teams_without_owner, 1);
 }
+
+/// Errors are told apart by backend: a PostgreSQL code whose digits happen to look like SQLite's
+/// BUSY is not "unavailable", and the transient failures of PostgreSQL are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_errors_are_classified_by_postgres_rules() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&db.url).await.unwrap();
+    // 22021 (invalid byte sequence): 22021 & 0xff == 5, SQLite's BUSY. Bad input, not an outage.
+    let bad_input = sqlx::query("SELECT convert_from('\\x00ff'::bytea, 'UTF8')").execute(&pool).await.unwrap_err();
+    assert_eq!(code(&bad_input), "22021");
+    assert!(matches!(StoreError::from(bad_input), StoreError::Database(_)));
+    // 57014 (statement timeout): transient, worth a retry.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL statement_timeout = 10").execute(&mut *tx).await.unwrap();
+    let timeout = sqlx::query("SELECT pg_sleep(1)").execute(&mut *tx).await.unwrap_err();
+    assert_eq!(code(&timeout), "57014");
+    assert!(matches!(StoreError::from(timeout), StoreError::Unavailable(_)));
+    drop(tx);
+    // 40001 (serialization failure): raised on purpose, the way a SERIALIZABLE conflict is.
+    let conflict = sqlx::query("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(matches!(StoreError::from(conflict), StoreError::Unavailable(_)));
+    pool.close().await;
+}
+
+/// SQLite's BUSY is unavailable (retry); a constraint failure is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_errors_are_classified_by_sqlite_rules() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let options = db.url.parse::<sqlx::sqlite::SqliteConnectOptions>().unwrap().create_if_missing(true);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(2).connect_with(options).await.unwrap();
+    sqlx::query("CREATE TABLE classify (id INTEGER PRIMARY KEY)").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO classify VALUES (1)").execute(&pool).await.unwrap();
+    let duplicate = sqlx::query("INSERT INTO classify VALUES (1)").execute(&pool).await.unwrap_err();
+    assert!(matches!(StoreError::from(duplicate), StoreError::Database(_)));
+    // One connection holds the write lock; another with no busy timeout is refused at once.
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *holder).await.unwrap();
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::query("PRAGMA busy_timeout = 0").execute(&mut *other).await.unwrap();
+    let busy = sqlx::query("BEGIN IMMEDIATE").execute(&mut *other).await.unwrap_err();
+    assert_eq!(code(&busy), "5");
+    assert!(matches!(StoreError::from(busy), StoreError::Unavailable(_)));
+    sqlx::query("ROLLBACK").execute(&mut *holder).await.unwrap();
+}
+
+fn code(error: &sqlx::Error) -> String {
+    error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned()).unwrap_or_default()
+}

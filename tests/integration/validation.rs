@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tessera::config::Config;
 use tessera::local_issuer::{Alg, LocalIssuer, encode_part};
 
-use crate::helpers::{AUDIENCE, Backend, TestApp, json as body, local_issuer_config, on_both_backends};
+use crate::helpers::{AUDIENCE, Backend, TestApp, eventually, json as body, local_issuer_config, on_both_backends};
 
 on_both_backends!(
     validate_returns_the_internal_user_and_provisions_on_first_sight,
@@ -25,6 +25,9 @@ on_both_backends!(
     a_rekey_under_the_same_kid_costs_one_refetch,
     unknown_kids_refetch_at_most_once_per_cooldown,
     an_unreachable_issuer_serves_stale_keys,
+    expired_keys_are_served_at_once_while_the_issuer_hangs,
+    forged_signatures_do_not_hold_back_a_key_rotation,
+    an_unknown_kid_while_the_issuer_is_down_is_a_503,
     no_keys_at_all_is_a_503,
     concurrent_validations_of_one_new_subject_create_one_user,
     check_answers_for_members_only,
@@ -57,6 +60,16 @@ async fn world_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> World
 impl World {
     fn token(&self, subject: &str) -> String {
         self.issuer.sign("rsa-1", &self.issuer.claims(subject, AUDIENCE))
+    }
+
+    /// Makes the cached keys expire within a second. The server fetches keys in the background
+    /// at start-up, possibly before the max-age changes, so a refetch is forced with a token
+    /// naming an unknown key.
+    async fn keys_expiring_in_a_second(&self) {
+        self.issuer.set_max_age(1);
+        let unknown = self.issuer.add_unpublished_key(Alg::Rs256);
+        let token = self.issuer.sign(&unknown, &self.issuer.claims("expiring", AUDIENCE));
+        refused(self.app.validate(&token).await, "unknown_key").await;
     }
 
     fn token_with(&self, subject: &str, change: impl FnOnce(&mut Value)) -> String {
@@ -294,16 +307,80 @@ async fn unknown_kids_refetch_at_most_once_per_cooldown(backend: Backend) {
 
 async fn an_unreachable_issuer_serves_stale_keys(backend: Backend) {
     let w = world(backend).await;
-    w.issuer.set_max_age(1);
+    w.keys_expiring_in_a_second().await;
     body(w.app.validate(&w.token("stale-1")).await, 200).await;
     w.issuer.set_available(false);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let fetches = w.issuer.jwks_fetches();
-    // Past max-age: a refresh is tried, fails, and the cached keys keep working.
+    // Past max-age: a refresh is tried (in the background), fails, and the cached keys keep
+    // working.
     body(w.app.validate(&w.token("stale-2")).await, 200).await;
-    assert!(w.issuer.jwks_fetches() + w.issuer.discovery_fetches() > fetches, "a refresh was attempted");
+    eventually("a refresh is attempted", || async { w.issuer.jwks_fetches() + w.issuer.discovery_fetches() > fetches })
+        .await;
+    body(w.app.validate(&w.token("stale-2b")).await, 200).await;
     w.issuer.shut_down();
     body(w.app.validate(&w.token("stale-3")).await, 200).await;
+}
+
+async fn expired_keys_are_served_at_once_while_the_issuer_hangs(backend: Backend) {
+    // A fetch may take up to a minute here: a request that waited for it would time out below.
+    let w = world_with(backend, |config| config.jwks.fetch_timeout = Duration::from_secs(60)).await;
+    w.keys_expiring_in_a_second().await;
+    body(w.app.validate(&w.token("hang-1")).await, 200).await;
+    let fetches = w.issuer.jwks_fetches();
+    w.issuer.hold_jwks(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    for i in 0..5 {
+        let token = w.token(&format!("hang-2-{i}"));
+        let response = client.post(w.app.url("/v1/validate")).bearer_auth(token).send().await;
+        let response = response.expect("answered without waiting for the hanging issuer");
+        body(response, 200).await;
+    }
+    // One refresh is in flight, held by the issuer; the requests did not start more.
+    eventually("the refresh reaches the issuer", || async { w.issuer.jwks_fetches() == fetches + 1 }).await;
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "one background refresh, however many requests");
+    // Released, the refresh lands; a key published meanwhile verifies with no further fetch.
+    let added = w.issuer.add_key(Alg::Es256);
+    w.issuer.set_max_age(300);
+    w.issuer.hold_jwks(false);
+    eventually("the held refresh completes", || async {
+        let token = w.issuer.sign(&added, &w.issuer.claims("hang-3", AUDIENCE));
+        w.app.validate(&token).await.status() == 200
+    })
+    .await;
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1);
+}
+
+async fn forged_signatures_do_not_hold_back_a_key_rotation(backend: Backend) {
+    let w = world_with(backend, |config| config.jwks.refetch_cooldown = Duration::from_secs(300)).await;
+    body(w.app.validate(&w.token("rotation-0")).await, 200).await;
+    // A forgery under a published kid spends the bad-signature refetch...
+    let forger = w.issuer.add_unpublished_key(Alg::Rs256);
+    let forged = w.issuer.sign_with_header(
+        &forger,
+        &json!({"alg": "RS256", "kid": "rsa-1"}),
+        &w.issuer.claims("rotation-forged", AUDIENCE),
+    );
+    refused(w.app.validate(&forged).await, "signature_invalid").await;
+    // ...but not the unknown-kid one: the issuer's new key is picked up at its first token.
+    let fetches = w.issuer.jwks_fetches();
+    let rotated = w.issuer.add_key(Alg::Rs256);
+    let token = w.issuer.sign(&rotated, &w.issuer.claims("rotation-1", AUDIENCE));
+    body(w.app.validate(&token).await, 200).await;
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1);
+}
+
+async fn an_unknown_kid_while_the_issuer_is_down_is_a_503(backend: Backend) {
+    let w = world(backend).await;
+    body(w.app.validate(&w.token("down-0")).await, 200).await;
+    let unknown = w.issuer.add_key(Alg::Rs256);
+    w.issuer.set_available(false);
+    let token = w.issuer.sign(&unknown, &w.issuer.claims("down-1", AUDIENCE));
+    let response = w.app.validate(&token).await;
+    assert_eq!(body(response, 503).await["code"], "issuer_unavailable", "the key may exist: not a 401");
+    // Known keys keep working meanwhile.
+    body(w.app.validate(&w.token("down-2")).await, 200).await;
 }
 
 async fn no_keys_at_all_is_a_503(backend: Backend) {
