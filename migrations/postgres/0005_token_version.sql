@@ -3,5 +3,5 @@
 -- it); `token_version` changes with every write of credentials (refresh leases compare on it).
 ALTER TABLE auth_profiles ADD COLUMN token_version BIGINT NOT NULL DEFAULT 0;
 
--- Connect links are no longer replaced when another is made; expired ones are swept.
+-- Expired connect links that were never used are swept by the janitor.
 CREATE INDEX connect_tokens_expires_at_idx ON connect_tokens (expires_at);

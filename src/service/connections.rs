@@ -6,9 +6,10 @@
 //!   profile per member, so concurrent identical creates all end on the same row. An explicit,
 //!   different slug while one is pending is a 409 naming the pending profile's slug.
 //! - A connect link is a 256-bit token, stored hashed, valid 30 minutes, single-use, bound to the
-//!   member who made it, who must still be allowed to connect the profile when they open it and
-//!   when the flow returns (a member, the owner of a personal profile, the creator or a team owner
-//!   or admin for a team-wide one). Opening it starts an authorization-code flow with a fresh
+//!   member who made it; minting a new one invalidates the older ones. That member must still be
+//!   allowed to connect the profile when they open it and when the flow returns (a member; the
+//!   owner of a personal profile; the creator or a team owner or admin of a team-wide one).
+//!   Opening it starts an authorization-code flow with a fresh
 //!   state, PKCE verifier and nonce; the link is used up only once the flow has started. The
 //!   callback activates the profile with a compare-and-swap on its version, which only
 //!   connections change (not refreshes): of two concurrent completions one wins.

@@ -660,8 +660,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// A team's live profiles, oldest first.
     async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError>;
 
-    /// Stores a new connect token for a profile (older live ones stay valid; expired ones are
-    /// deleted). A pending profile's expiry is extended to the link's, at least.
+    /// Stores a new connect token for a profile, deleting the profile's older tokens. A pending
+    /// profile's expiry is extended to the link's, at least.
     async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError>;
 
     /// A connect token, unless unknown or expired, without consuming it.

@@ -1182,9 +1182,8 @@ impl Store for SqliteStore {
 
     async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = ?1 AND expires_at <= ?2")
+        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = ?1")
             .bind(token.profile.as_uuid())
-            .bind(micros(token.created_at))
             .execute(&mut *tx)
             .await?;
         // A pending profile outlives its newest link, so that the janitor does not delete both.

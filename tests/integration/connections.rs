@@ -204,9 +204,7 @@ async fn a_repeated_create_without_slug_reuses_the_pending_profile(backend: Back
     assert_eq!(second["auth_profile"]["id"], first["auth_profile"]["id"]);
     assert_ne!(second["connect_url"], first["connect_url"], "a fresh connect link");
     assert_eq!(count(&w.app, "").await, 1, "exactly one row");
-    // Both links work (a concurrent identical create must not break the other caller's link);
-    // whichever completes first connects the profile.
-    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 2);
+    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 1, "the older link is gone");
 }
 
 async fn a_different_slug_while_pending_is_a_friendly_409(backend: Backend) {
@@ -428,7 +426,7 @@ async fn a_connect_link_is_bound_to_its_user_and_single_use(backend: Backend) {
     // Used.
     let reused = w.alice.browser.get(&link).await;
     assert_eq!(body(reused, 404).await["code"], "invalid_connect_link");
-    // A newer link leaves the older one working; an expired one is refused.
+    // A newer link invalidates the older; an expired one is refused.
     let first = body(
         w.on_behalf(
             Method::POST,
@@ -453,8 +451,8 @@ async fn a_connect_link_is_bound_to_its_user_and_single_use(backend: Backend) {
         200,
     )
     .await;
-    let older = w.alice.browser.get(first["connect_url"].as_str().unwrap()).await;
-    assert_eq!(older.status(), StatusCode::SEE_OTHER, "still usable: it starts a flow");
+    let stale = w.alice.browser.get(first["connect_url"].as_str().unwrap()).await;
+    assert_eq!(body(stale, 404).await["code"], "invalid_connect_link");
     let past = if backend == Backend::Sqlite { "1" } else { "now() - interval '1 minute'" };
     w.app.db.sql().await.exec(&format!("UPDATE connect_tokens SET expires_at = {past}")).await.unwrap();
     let expired = w.alice.browser.get(second["connect_url"].as_str().unwrap()).await;
@@ -746,11 +744,11 @@ async fn other_kinds_are_active_without_a_connect_link(backend: Backend) {
 async fn a_former_member_s_links_and_flows_stop_working(backend: Backend) {
     let mut w = world(backend).await;
     let created = body(w.create(w.bob.id, profile_request(Some("bobs"))).await, 201).await;
-    let link = created["connect_url"].as_str().unwrap().to_owned();
-    let again = w.on_behalf(Method::POST, "/auth-profiles/bobs/connect", w.bob.id).send().await.unwrap();
-    let second = body(again, 200).await["connect_url"].as_str().unwrap().to_owned();
     // Bob has one flow under way and one link left when he is removed from the team.
-    let callback = start_flow(&mut w.bob.browser, &second).await;
+    let callback = start_flow(&mut w.bob.browser, created["connect_url"].as_str().unwrap()).await;
+    let again = w.on_behalf(Method::POST, "/auth-profiles/bobs/connect", w.bob.id).send().await.unwrap();
+    let link = body(again, 200).await["connect_url"].as_str().unwrap().to_owned();
+    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 1);
     let removed = w.alice.browser.request(Method::DELETE, &w.url(&format!("/members/{}", w.bob.id))).await;
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
     assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 0, "his links went with him");
