@@ -32,7 +32,6 @@ free_port() {
 pg_start() {
     PG_BIN=$(pg_bindir) || return 1
     PG_DIR=$(mktemp -d /tmp/tessera-pg.XXXXXX)
-    PG_DATA_DIRS="$PG_DIR/data"
     chmod 755 "$PG_DIR"
     if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR"; fi
     as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-locale \
@@ -44,7 +43,7 @@ pg_start() {
     as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -o "$opts" -w -t 60 start \
         >/dev/null || { cat "$PG_DIR/server.log" >&2; return 1; }
     PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-    export PG_URL PG_PORT PG_DIR PG_BIN PG_DATA_DIRS
+    export PG_URL PG_PORT PG_DIR PG_BIN
 }
 
 # pg_replica_start NAME [APPLY_DELAY]: a streaming replica of the running cluster (pg_basebackup),
@@ -61,15 +60,17 @@ pg_replica_start() {
     as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$PG_DIR/$name.log" \
         -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c hot_standby=on" \
         -w -t 60 start >/dev/null || { cat "$PG_DIR/$name.log" >&2; return 1; }
-    PG_DATA_DIRS="$dir $PG_DATA_DIRS"
     echo "postgres://postgres@127.0.0.1:$port/postgres"
 }
 
 pg_stop() {
-    local data
+    local pid_file
     if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR" ]; then
-        for data in ${PG_DATA_DIRS:-$PG_DIR/data}; do
-            [ -d "$data" ] && as_postgres "$PG_BIN/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1
+        # Every server under PG_DIR, replicas included (they are started in command substitutions,
+        # so the caller's shell never learns their data directories).
+        for pid_file in "$PG_DIR"/*/postmaster.pid; do
+            [ -f "$pid_file" ] && as_postgres "$PG_BIN/pg_ctl" -D "$(dirname "$pid_file")" -m immediate -w stop \
+                >/dev/null 2>&1
         done
         rm -rf "$PG_DIR"
     fi
