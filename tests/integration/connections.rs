@@ -123,6 +123,16 @@ impl World {
         self.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), user).send().await.unwrap()
     }
 
+    /// Mints a connect link for `slug` as `user` (`POST …/connect`, with a body only when the
+    /// link allows another account); returns its URL.
+    async fn connect_link(&self, user: UserId, slug: &str, allow_account_change: bool) -> String {
+        let mut request = self.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), user);
+        if allow_account_change {
+            request = request.json(&json!({"allow_account_change": true}));
+        }
+        body(request.send().await.unwrap(), 200).await["connect_url"].as_str().unwrap().to_owned()
+    }
+
     /// Creates an OAuth profile for Alice and connects it; returns its slug.
     async fn connected(&mut self, slug: &str) -> String {
         let created = body(self.create(self.alice.id, profile_request(Some(slug))).await, 201).await;
@@ -427,35 +437,14 @@ async fn a_connect_link_is_bound_to_its_user_and_single_use(backend: Backend) {
     let reused = w.alice.browser.get(&link).await;
     assert_eq!(body(reused, 404).await["code"], "invalid_connect_link");
     // A newer link invalidates the older; an expired one is refused.
-    let first = body(
-        w.on_behalf(
-            Method::POST,
-            &format!("/auth-profiles/{}/connect", created["auth_profile"]["slug"].as_str().unwrap()),
-            w.alice.id,
-        )
-        .send()
-        .await
-        .unwrap(),
-        200,
-    )
-    .await;
-    let second = body(
-        w.on_behalf(
-            Method::POST,
-            &format!("/auth-profiles/{}/connect", created["auth_profile"]["slug"].as_str().unwrap()),
-            w.alice.id,
-        )
-        .send()
-        .await
-        .unwrap(),
-        200,
-    )
-    .await;
-    let stale = w.alice.browser.get(first["connect_url"].as_str().unwrap()).await;
+    let slug = created["auth_profile"]["slug"].as_str().unwrap();
+    let first = w.connect_link(w.alice.id, slug, false).await;
+    let second = w.connect_link(w.alice.id, slug, false).await;
+    let stale = w.alice.browser.get(&first).await;
     assert_eq!(body(stale, 404).await["code"], "invalid_connect_link");
     let past = if backend == Backend::Sqlite { "1" } else { "now() - interval '1 minute'" };
     w.app.db.sql().await.exec(&format!("UPDATE connect_tokens SET expires_at = {past}")).await.unwrap();
-    let expired = w.alice.browser.get(second["connect_url"].as_str().unwrap()).await;
+    let expired = w.alice.browser.get(&second).await;
     assert_eq!(body(expired, 404).await["code"], "invalid_connect_link");
 }
 
@@ -470,8 +459,7 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
         let cookie = w.alice.browser.cookies["tessera_login"].clone();
         let provider = w.alice.browser.get(&location(&start)).await;
         callbacks.push((location(&provider), cookie));
-        let again = w.on_behalf(Method::POST, "/auth-profiles/raced/connect", w.alice.id).send().await.unwrap();
-        link = body(again, 200).await["connect_url"].as_str().unwrap().to_owned();
+        link = w.connect_link(w.alice.id, "raced", false).await;
     }
     let session = format!("tessera_session={}", w.alice.browser.cookies["tessera_session"]);
     let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -501,37 +489,23 @@ async fn reconnecting_keeps_the_profile_and_guards_the_account(backend: Backend)
     let before = w.sql_profile(&slug).await;
 
     w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
-    let link = body(
-        w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id).send().await.unwrap(),
-        200,
-    )
-    .await;
-    let refused = connect(&mut w.alice.browser, link["connect_url"].as_str().unwrap()).await;
+    let link = w.connect_link(w.alice.id, &slug, false).await;
+    let refused = connect(&mut w.alice.browser, &link).await;
     assert_eq!(refused.status(), StatusCode::CONFLICT);
     assert_eq!(w.sql_profile(&slug).await["upstream_account_id"], "first-account");
 
-    let allowing = w
-        .on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id)
-        .json(&json!({"allow_account_change": true}))
-        .send()
-        .await
-        .unwrap();
-    let link = body(allowing, 200).await;
+    let link = w.connect_link(w.alice.id, &slug, true).await;
     w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
-    assert_eq!(connect(&mut w.alice.browser, link["connect_url"].as_str().unwrap()).await.status(), StatusCode::OK);
+    assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
     let after = w.sql_profile(&slug).await;
     assert_eq!(after["id"], before["id"], "the same profile");
     assert_eq!(after["upstream_account_id"], "second-account");
     assert_eq!(count(&w.app, "").await, 1, "no duplicate rows");
 
     // The same account reconnects without any flag.
-    let link = body(
-        w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id).send().await.unwrap(),
-        200,
-    )
-    .await;
+    let link = w.connect_link(w.alice.id, &slug, false).await;
     w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
-    assert_eq!(connect(&mut w.alice.browser, link["connect_url"].as_str().unwrap()).await.status(), StatusCode::OK);
+    assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
 }
 
 async fn tokens_are_refreshed_before_they_expire(backend: Backend) {
@@ -638,13 +612,9 @@ async fn invalid_grant_marks_the_profile_without_a_retry_storm(backend: Backend)
     }
     assert_eq!(w.issuer.refreshes(), calls, "no further calls to the provider");
     // Reconnecting makes it active again.
-    let link = body(
-        w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id).send().await.unwrap(),
-        200,
-    )
-    .await;
+    let link = w.connect_link(w.alice.id, &slug, false).await;
     w.issuer.set_next_user(StubUser::new("alice-upstream", "alice@provider.example"));
-    assert_eq!(connect(&mut w.alice.browser, link["connect_url"].as_str().unwrap()).await.status(), StatusCode::OK);
+    assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
     assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], false);
 }
 
@@ -746,8 +716,7 @@ async fn a_former_member_s_links_and_flows_stop_working(backend: Backend) {
     let created = body(w.create(w.bob.id, profile_request(Some("bobs"))).await, 201).await;
     // Bob has one flow under way and one link left when he is removed from the team.
     let callback = start_flow(&mut w.bob.browser, created["connect_url"].as_str().unwrap()).await;
-    let again = w.on_behalf(Method::POST, "/auth-profiles/bobs/connect", w.bob.id).send().await.unwrap();
-    let link = body(again, 200).await["connect_url"].as_str().unwrap().to_owned();
+    let link = w.connect_link(w.bob.id, "bobs", false).await;
     assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 1);
     let removed = w.alice.browser.request(Method::DELETE, &w.url(&format!("/members/{}", w.bob.id))).await;
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
@@ -768,8 +737,10 @@ async fn only_its_creator_or_an_admin_reconnects_a_team_profile(backend: Backend
     assert_eq!(page.status(), StatusCode::OK);
     // Bob, a plain member, may use the team's account but not re-point it.
     body(w.token(w.bob.id, "team-app").await, 200).await;
-    let path = "/auth-profiles/team-app/connect";
-    let by_bob = w.on_behalf(Method::POST, path, w.bob.id).json(&json!({"allow_account_change": true})).send();
+    let by_bob = w
+        .on_behalf(Method::POST, "/auth-profiles/team-app/connect", w.bob.id)
+        .json(&json!({"allow_account_change": true}))
+        .send();
     assert_eq!(body(by_bob.await.unwrap(), 403).await["code"], "not_team_admin");
     // As an admin he may; demoted again before he opens the link, he may not.
     let role = |role: &str| {
@@ -779,8 +750,7 @@ async fn only_its_creator_or_an_admin_reconnects_a_team_profile(backend: Backend
             .send()
     };
     assert_eq!(role("admin").await.unwrap().status(), StatusCode::OK);
-    let minted = w.on_behalf(Method::POST, path, w.bob.id).send().await.unwrap();
-    let link = body(minted, 200).await["connect_url"].as_str().unwrap().to_owned();
+    let link = w.connect_link(w.bob.id, "team-app", false).await;
     assert_eq!(role("member").await.unwrap().status(), StatusCode::OK);
     let opened = w.bob.browser.get(&link).await;
     assert_eq!(body(opened, 403).await["code"], "not_team_admin");
@@ -790,8 +760,7 @@ async fn only_its_creator_or_an_admin_reconnects_a_team_profile(backend: Backend
 async fn a_refresh_during_a_reconnection_does_not_conflict(backend: Backend) {
     let mut w = world(backend).await;
     let slug = w.connected("busy-reconnect").await;
-    let minted = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/connect"), w.alice.id).send().await;
-    let link = body(minted.unwrap(), 200).await["connect_url"].as_str().unwrap().to_owned();
+    let link = w.connect_link(w.alice.id, &slug, false).await;
     let callback = start_flow(&mut w.alice.browser, &link).await;
     // While Alice is at the provider, a backend's request refreshes the token.
     w.expire_soon(&slug).await;
@@ -807,16 +776,13 @@ async fn reconnecting_without_a_new_refresh_token_keeps_the_old_one(backend: Bac
     let slug = w.connected("kept").await;
     // Like Google after the first consent: the code exchange brings no refresh token.
     w.issuer.refresh_token_on_code_exchange(false);
-    let path = format!("/auth-profiles/{slug}/connect");
-    let minted = w.on_behalf(Method::POST, &path, w.alice.id).send().await.unwrap();
-    let link = body(minted, 200).await["connect_url"].as_str().unwrap().to_owned();
+    let link = w.connect_link(w.alice.id, &slug, false).await;
     w.issuer.set_next_user(StubUser::new("same-account", "same@provider.example"));
     assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
     w.expire_soon(&slug).await;
     assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "the old one still refreshes");
     // Another account's connection does not inherit the previous account's refresh token.
-    let minted = w.on_behalf(Method::POST, &path, w.alice.id).json(&json!({"allow_account_change": true})).send();
-    let link = body(minted.await.unwrap(), 200).await["connect_url"].as_str().unwrap().to_owned();
+    let link = w.connect_link(w.alice.id, &slug, true).await;
     w.issuer.set_next_user(StubUser::new("other-account", "other@provider.example"));
     assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
     assert_eq!(count(&w.app, "WHERE refresh_token IS NULL AND upstream_account_id = 'other-account'").await, 1);

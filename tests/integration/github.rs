@@ -258,17 +258,22 @@ async fn stored_tokens(app: &TestApp) -> Vec<(uuid::Uuid, Vec<u8>)> {
     secrets.into_iter().filter(|s| s.column == "access_token").map(|s| (s.row_id, s.ciphertext)).collect()
 }
 
-async fn upstream_tokens_are_kept_encrypted_and_bound_to_their_row(backend: Backend) {
-    let github = GitHubStub::start().await;
-    let ring = format!("k1:{}", key(1));
-    let app = TestApp::spawn_with(backend, |config| {
+/// A server signing in with `github`, keeping upstream tokens encrypted under `ring`.
+async fn app_keeping_tokens(backend: Backend, github: &GitHubStub, ring: &str) -> TestApp {
+    TestApp::spawn_with(backend, |config| {
         config.auth.cookie_secure = false;
         let mut github_provider = github.provider("github");
         github_provider.store_tokens = true;
         config.providers.push(github_provider);
-        config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+        config.encryption = Some(Arc::new(KeyRing::parse(ring).unwrap()));
     })
-    .await;
+    .await
+}
+
+async fn upstream_tokens_are_kept_encrypted_and_bound_to_their_row(backend: Backend) {
+    let github = GitHubStub::start().await;
+    let ring = format!("k1:{}", key(1));
+    let app = app_keeping_tokens(backend, &github, &ring).await;
     for id in [1, 2] {
         github.set_user(json!({"id": id, "login": format!("u{id}")}), json!([]));
         Browser::new().sign_in(&app, "provider=github").await;
@@ -292,14 +297,7 @@ async fn upstream_tokens_are_kept_encrypted_and_bound_to_their_row(backend: Back
 async fn keys_rotate_re_encrypts_everything_under_the_active_key(backend: Backend) {
     let github = GitHubStub::start().await;
     let old_ring = format!("old:{}", key(7));
-    let app = TestApp::spawn_with(backend, |config| {
-        config.auth.cookie_secure = false;
-        let mut github_provider = github.provider("github");
-        github_provider.store_tokens = true;
-        config.providers.push(github_provider);
-        config.encryption = Some(Arc::new(KeyRing::parse(&old_ring).unwrap()));
-    })
-    .await;
+    let app = app_keeping_tokens(backend, &github, &old_ring).await;
     for id in 1..=3 {
         github.set_user(json!({"id": id, "login": format!("u{id}")}), json!([]));
         Browser::new().sign_in(&app, "provider=github").await;
