@@ -239,6 +239,13 @@ impl JwksCache {
 
     /// Starts a refresh in a task of its own, unless one is running (then it is the one).
     fn refresh_in_background(&self, seen: u64) {
+        // While the issuer is failing, requests keep meeting expired keys: most of them fall in
+        // the back-off, and are told so here without spawning anything.
+        if let Ok(state) = self.inner.refresh.try_lock()
+            && self.inner.refused(&state, Reason::Expired, Instant::now())
+        {
+            return;
+        }
         if self.inner.background.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -267,6 +274,20 @@ impl Inner {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether a fetch for `reason` must wait: too soon after the last one of its kind.
+    fn refused(&self, state: &RefreshState, reason: Reason, now: Instant) -> bool {
+        let too_soon = |last: Option<Instant>, wait: Duration| last.is_some_and(|t| now.duration_since(t) < wait);
+        match reason {
+            // Misses are what an attacker controls: at most one refetch per kind per cooldown.
+            Reason::Miss(Miss::UnknownKey) => too_soon(state.last_unknown_key, self.cooldown),
+            Reason::Miss(Miss::BadSignature) => too_soon(state.last_bad_signature, self.cooldown),
+            // After a failure, do not hammer an unreachable issuer on every request.
+            Reason::Missing | Reason::Expired => {
+                state.last_failed && too_soon(state.last_attempt, self.cooldown.min(Duration::from_secs(5)))
+            }
+        }
+    }
+
     async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Refreshed {
         let mut state = self.refresh.lock().await;
         // Someone refreshed while this caller waited: use their result.
@@ -276,17 +297,7 @@ impl Inner {
             return Refreshed::Newer(current);
         }
         let now = Instant::now();
-        let too_soon = |last: Option<Instant>, wait: Duration| last.is_some_and(|t| now.duration_since(t) < wait);
-        let refused = match reason {
-            // Misses are what an attacker controls: at most one refetch per kind per cooldown.
-            Reason::Miss(Miss::UnknownKey) => too_soon(state.last_unknown_key, self.cooldown),
-            Reason::Miss(Miss::BadSignature) => too_soon(state.last_bad_signature, self.cooldown),
-            // After a failure, do not hammer an unreachable issuer on every request.
-            Reason::Missing | Reason::Expired => {
-                state.last_failed && too_soon(state.last_attempt, self.cooldown.min(Duration::from_secs(5)))
-            }
-        };
-        if refused {
+        if self.refused(&state, reason, now) {
             return Refreshed::Refused;
         }
         match reason {
