@@ -1,17 +1,30 @@
 //! The store conformance suite: the same stories against SQLite and PostgreSQL, through the
 //! `Store` trait, plus the invariants the database itself must enforce.
+//!
+//! Times are truncated to microseconds, the precision both backends keep.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use chrono::{SubsecRound, TimeDelta, Utc};
-use tessera::domain::{DisplayName, Email, IdentityId, Issuer, Slug, Subject, TeamId, UserId};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use tessera::domain::{
+    DisplayName, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, Role, Slug, Subject, Team,
+    TeamId, TeamMembership, TeamRef, TeamRole, User, UserId,
+};
 use tessera::service::provisioning::team_plan;
-use tessera::store::{CreateOutcome, DataReport, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError};
+use tessera::store::{
+    ClaimOutcome, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome, MemberOutcome, NewAccount, NewEvent,
+    NewLink, NewSession, NewTeam, ReadFrom, RemoveOutcome, Store, StoreError, UnlinkOutcome,
+};
+use uuid::Uuid;
 
-use crate::helpers::{Backend, TestDb, on_both_backends};
+use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
 
 on_both_backends!(
+    // Schema and connection
     migrations_apply_once_and_report_status,
+    a_store_names_its_backend_and_is_unavailable_once_closed,
+    // Provisioning
     a_created_account_is_found_by_its_identity,
     a_second_account_for_one_identity_writes_nothing,
     concurrent_creates_of_one_identity_have_one_winner,
@@ -22,9 +35,29 @@ on_both_backends!(
     the_database_allows_one_default_team_per_user,
     touching_an_identity_only_moves_forward,
     the_data_report_counts_broken_invariants,
+    // Users
+    disabling_a_user_deletes_their_sessions,
+    users_are_found_by_email_exactly_or_ignoring_ascii_case,
+    a_principal_carries_the_user_and_their_teams_default_first,
+    // Identities
+    linking_an_identity_reports_who_holds_it,
+    the_last_identity_is_never_unlinked,
+    concurrent_unlinks_leave_one_identity,
+    a_primary_identity_is_one_of_the_users_own,
+    identity_tokens_are_stored_and_replaced,
+    // Teams and members
+    a_team_is_found_by_id_or_slug_with_the_callers_role,
+    put_member_adds_updates_and_never_demotes_the_last_owner,
+    concurrent_puts_of_one_member_add_them_once,
+    concurrent_demotions_and_removals_leave_one_owner,
+    // Domains
+    a_domain_claim_is_created_updated_or_refused,
+    a_domain_is_released_only_by_its_team,
 );
 
-fn now() -> chrono::DateTime<Utc> {
+// ---- Builders -------------------------------------------------------------------------------
+
+fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
@@ -35,7 +68,7 @@ fn account(subject: &str, name: Option<&str>) -> NewAccount {
     NewAccount {
         user_id,
         identity_id: IdentityId::generate(),
-        issuer: Issuer::parse("https://issuer.example.com").unwrap(),
+        issuer: Issuer::parse(ISSUER).unwrap(),
         subject: Subject::parse(subject).unwrap(),
         provider: "test".into(),
         email: Some(Email::parse("store@example.com").unwrap()),
@@ -57,6 +90,123 @@ async fn setup(backend: Backend) -> (TestDb, Arc<dyn Store>) {
     (db, store)
 }
 
+/// Someone who signed up: the account as written, the user and their default team.
+struct Person {
+    account: NewAccount,
+    user: User,
+    team: Team,
+}
+
+impl Person {
+    fn id(&self) -> UserId {
+        self.account.user_id
+    }
+
+    fn identity(&self) -> IdentityId {
+        self.account.identity_id
+    }
+}
+
+async fn sign_up(store: &Arc<dyn Store>, subject: &str) -> Person {
+    sign_up_as(store, account(subject, None)).await
+}
+
+async fn sign_up_as(store: &Arc<dyn Store>, account: NewAccount) -> Person {
+    let CreateOutcome::Created { user, team } = store.create_account(&account).await.unwrap() else {
+        panic!("the identity {} is taken", account.subject.as_str());
+    };
+    Person { account, user, team }
+}
+
+/// `user` joins `team` (they must not be a member yet).
+async fn join(store: &Arc<dyn Store>, team: &Team, user: UserId, role: Role, at: DateTime<Utc>) {
+    assert_eq!(store.put_member(team.id, user, role, at).await.unwrap(), MemberOutcome::Added);
+}
+
+/// A fresh, random 32-byte value, for state, session and token hashes.
+fn hash() -> [u8; 32] {
+    let mut hash = [0; 32];
+    hash[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    hash[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    hash
+}
+
+fn new_link(subject: &str, at: DateTime<Utc>) -> NewLink {
+    NewLink {
+        identity_id: IdentityId::generate(),
+        issuer: Issuer::parse(OTHER_ISSUER).unwrap(),
+        subject: Subject::parse(subject).unwrap(),
+        provider: "other".into(),
+        email: Some(Email::parse("linked@example.org").unwrap()),
+        email_verified: false,
+        now: at,
+    }
+}
+
+async fn linked(store: &Arc<dyn Store>, person: &Person, subject: &str) -> Identity {
+    match store.link_identity(person.id(), &new_link(subject, now())).await.unwrap() {
+        LinkOutcome::Linked(identity) => identity,
+        other => panic!("expected a new link, got {other:?}"),
+    }
+}
+
+fn tokens(access: &[u8], refresh: Option<&[u8]>, at: DateTime<Utc>) -> EncryptedTokens {
+    EncryptedTokens {
+        access_token: access.to_vec(),
+        refresh_token: refresh.map(<[u8]>::to_vec),
+        expires_at: Some(at + TimeDelta::hours(1)),
+        scopes: "openid email".into(),
+        updated_at: at,
+    }
+}
+
+fn domain_claim(domain: &str, team: &Team, verified: bool, at: DateTime<Utc>) -> DomainClaim {
+    DomainClaim {
+        domain: DomainName::parse(domain).unwrap(),
+        team_id: team.id,
+        issuer: Issuer::parse(ISSUER).unwrap(),
+        verified,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn session(person: &Person, at: DateTime<Utc>, ttl: TimeDelta) -> NewSession {
+    NewSession {
+        token_hash: hash(),
+        user_id: person.id(),
+        identity_id: Some(person.identity()),
+        now: at,
+        expires_at: at + ttl,
+    }
+}
+
+/// Runs `n` tasks at once (they start together, behind a barrier) and returns their results in
+/// task order.
+async fn concurrently<T, Fut>(n: usize, task: impl Fn(usize) -> Fut) -> Vec<T>
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, work) = (barrier.clone(), task(i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                work.await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for handle in handles {
+        results.push(handle.await.expect("a concurrent task panicked"));
+    }
+    results
+}
+
+// ---- Schema and connection ------------------------------------------------------------------
+
 async fn migrations_apply_once_and_report_status(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = tessera::store::connect(&db.config().database).await.unwrap();
@@ -70,6 +220,23 @@ async fn migrations_apply_once_and_report_status(backend: Backend) {
     assert!(migrated.is_current(), "{migrated:?}");
     assert_eq!(migrated.applied, fresh.pending.len());
 }
+
+async fn a_store_names_its_backend_and_is_unavailable_once_closed(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let expected = match backend {
+        Backend::Sqlite => tessera::config::Backend::Sqlite,
+        Backend::Postgres => tessera::config::Backend::Postgres,
+    };
+    assert_eq!(store.backend(), expected);
+    store.ping().await.unwrap();
+    store.close().await;
+    let error = store.ping().await.unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    let error = store.get_user(UserId::generate()).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+}
+
+// ---- Provisioning ---------------------------------------------------------------------------
 
 async fn a_created_account_is_found_by_its_identity(backend: Backend) {
     let (_db, store) = setup(backend).await;
@@ -259,6 +426,416 @@ async fn the_data_report_counts_broken_invariants(backend: Backend) {
     assert_eq!(broken.users_with_several_default_teams, 1);
     assert_eq!(broken.teams_without_owner, 1);
 }
+
+// ---- Users ----------------------------------------------------------------------------------
+
+async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    let adas = [session(&ada, t0, TimeDelta::days(1)), session(&ada, t0, TimeDelta::hours(1))];
+    let bobs = session(&bob, t0, TimeDelta::days(1));
+    for session in adas.iter().chain([&bobs]) {
+        store.insert_session(session).await.unwrap();
+    }
+
+    let t1 = t0 + TimeDelta::minutes(1);
+    let disabled = store.set_user_disabled(ada.id(), true, t1).await.unwrap().unwrap();
+    assert_eq!(disabled, User { disabled: true, updated_at: t1, ..ada.user.clone() });
+    assert_eq!(store.get_user(ada.id()).await.unwrap(), Some(disabled));
+    for session in &adas {
+        assert!(store.session(&session.token_hash).await.unwrap().is_none(), "disabling deletes the sessions");
+    }
+    assert!(store.session(&bobs.token_hash).await.unwrap().is_some(), "other users keep theirs");
+
+    // A session written after the fact carries the flag: the backstop.
+    let late = session(&ada, t1, TimeDelta::days(1));
+    store.insert_session(&late).await.unwrap();
+    assert!(store.session(&late.token_hash).await.unwrap().unwrap().user_disabled);
+
+    let t2 = t1 + TimeDelta::minutes(1);
+    let enabled = store.set_user_disabled(ada.id(), false, t2).await.unwrap().unwrap();
+    assert_eq!(enabled, User { disabled: false, updated_at: t2, ..ada.user.clone() });
+    assert_eq!(store.get_user(ada.id()).await.unwrap(), Some(enabled));
+    let kept = store.session(&late.token_hash).await.unwrap().expect("re-enabling deletes no session");
+    assert!(!kept.user_disabled);
+    assert!(store.set_user_disabled(UserId::generate(), true, t2).await.unwrap().is_none());
+    assert_eq!(store.get_user(bob.id()).await.unwrap(), Some(bob.user), "other users are untouched");
+}
+
+/// The users with `email`, in id order.
+async fn users_with_email(store: &Arc<dyn Store>, email: &str) -> Vec<User> {
+    let mut users = store.users_with_email(&Email::parse(email).unwrap()).await.unwrap();
+    users.sort_by_key(|user| user.id);
+    users
+}
+
+async fn users_are_found_by_email_exactly_or_ignoring_ascii_case(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let with_email = |subject: &str, email: Option<&str>| NewAccount {
+        email: email.map(|e| Email::parse(e).unwrap()),
+        ..account(subject, None)
+    };
+    let first = sign_up_as(&store, with_email("alice-1", Some("alice@example.com"))).await;
+    let second = sign_up_as(&store, with_email("alice-2", Some("ALICE@example.com"))).await;
+    let bob = sign_up_as(&store, with_email("bob", Some("Bob@example.com"))).await;
+    sign_up_as(&store, with_email("nobody", None)).await;
+
+    let mut alices = vec![first.user, second.user];
+    alices.sort_by_key(|user| user.id);
+    for query in ["alice@example.com", "Alice@Example.com", "ALICE@EXAMPLE.COM"] {
+        assert_eq!(users_with_email(&store, query).await, alices, "{query}");
+    }
+    assert_eq!(users_with_email(&store, "bob@example.com").await, std::slice::from_ref(&bob.user));
+    assert_eq!(users_with_email(&store, "Bob@example.com").await, [bob.user]);
+    assert!(users_with_email(&store, "alic@example.com").await.is_empty());
+    assert!(users_with_email(&store, "alice@example.org").await.is_empty());
+}
+
+async fn a_principal_carries_the_user_and_their_teams_default_first(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let cy = sign_up(&store, "cy").await;
+    let t0 = now();
+    // Ada is added to Bob's team first, but with a later time than to Cy's.
+    join(&store, &bob.team, ada.id(), Role::Member, t0 + TimeDelta::minutes(2)).await;
+    join(&store, &cy.team, ada.id(), Role::Admin, t0 + TimeDelta::minutes(1)).await;
+
+    let role = |team: &Team, role| TeamRole { id: team.id, slug: team.slug.clone(), role };
+    let expected = Principal {
+        identity_id: ada.identity(),
+        last_seen_at: ada.account.now,
+        user: ada.user.clone(),
+        teams: vec![role(&ada.team, Role::Owner), role(&cy.team, Role::Admin), role(&bob.team, Role::Member)],
+    };
+    for from in [ReadFrom::Primary, ReadFrom::Replica] {
+        let principal = store.principal(&ada.account.issuer, &ada.account.subject, from).await.unwrap();
+        assert_eq!(principal.as_ref(), Some(&expected), "{from:?}");
+    }
+    let membership = |team: &Team, role, is_default| TeamMembership { team: team.clone(), role, is_default };
+    let profile = store.user_profile(ada.id(), ReadFrom::Replica).await.unwrap().unwrap();
+    assert_eq!(
+        profile.teams,
+        [
+            membership(&ada.team, Role::Owner, true),
+            membership(&cy.team, Role::Admin, false),
+            membership(&bob.team, Role::Member, false)
+        ]
+    );
+    let nobody = Subject::parse("nobody").unwrap();
+    assert!(store.principal(&ada.account.issuer, &nobody, ReadFrom::Primary).await.unwrap().is_none());
+    let elsewhere = Issuer::parse(OTHER_ISSUER).unwrap();
+    assert!(store.principal(&elsewhere, &ada.account.subject, ReadFrom::Primary).await.unwrap().is_none());
+
+    // Left without any team, Ada is still a principal.
+    join(&store, &ada.team, bob.id(), Role::Owner, t0).await;
+    for team in [&ada.team, &bob.team, &cy.team] {
+        assert_eq!(store.remove_member(team.id, ada.id()).await.unwrap(), RemoveOutcome::Removed);
+    }
+    let teamless = store.principal(&ada.account.issuer, &ada.account.subject, ReadFrom::Primary).await.unwrap();
+    assert_eq!(teamless, Some(Principal { teams: Vec::new(), ..expected }));
+}
+
+// ---- Identities -----------------------------------------------------------------------------
+
+async fn linking_an_identity_reports_who_holds_it(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    let link = new_link("ada-elsewhere", t0);
+    let outcome = store.link_identity(ada.id(), &link).await.unwrap();
+    let expected = Identity {
+        id: link.identity_id,
+        user_id: ada.id(),
+        issuer: link.issuer.clone(),
+        subject: link.subject.clone(),
+        provider: "other".into(),
+        email: Some("linked@example.org".into()),
+        email_verified: false,
+        created_at: t0,
+        last_seen_at: t0,
+    };
+    assert_eq!(outcome, LinkOutcome::Linked(expected.clone()));
+
+    let again = NewLink { identity_id: IdentityId::generate(), now: t0 + TimeDelta::minutes(1), ..link.clone() };
+    assert_eq!(store.link_identity(ada.id(), &again).await.unwrap(), LinkOutcome::AlreadyLinked(expected.clone()));
+    assert_eq!(store.link_identity(bob.id(), &again).await.unwrap(), LinkOutcome::LinkedToAnotherUser);
+    let adas_first = NewLink { issuer: ada.account.issuer.clone(), subject: ada.account.subject.clone(), ..again };
+    assert_eq!(store.link_identity(bob.id(), &adas_first).await.unwrap(), LinkOutcome::LinkedToAnotherUser);
+
+    let found = store.find_identity(&link.issuer, &link.subject).await.unwrap().unwrap();
+    assert_eq!((found.identity_id, found.user.id), (link.identity_id, ada.id()));
+    let profile = store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap();
+    assert_eq!(profile.identities.iter().map(|i| i.id).collect::<Vec<_>>(), [ada.identity(), link.identity_id]);
+    assert_eq!(profile.identities[1], expected, "oldest first");
+    let bobs = store.user_profile(bob.id(), ReadFrom::Primary).await.unwrap().unwrap();
+    assert_eq!(bobs.identities.iter().map(|i| i.id).collect::<Vec<_>>(), [bob.identity()]);
+    // Audit rows: one per sign-up and one for the link made, none for the refusals.
+    assert_eq!(db.sql().await.count("identity_events").await, 3);
+}
+
+async fn the_last_identity_is_never_unlinked(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let second = linked(&store, &ada, "ada-elsewhere").await;
+    let t0 = now();
+    for (user, identity) in [(ada.id(), bob.identity()), (ada.id(), IdentityId::generate()), (bob.id(), second.id)] {
+        assert_eq!(store.unlink_identity(user, identity, t0).await.unwrap(), UnlinkOutcome::NotFound);
+    }
+    assert_eq!(store.unlink_identity(ada.id(), second.id, t0).await.unwrap(), UnlinkOutcome::Unlinked(second.clone()));
+    assert!(store.find_identity(&second.issuer, &second.subject).await.unwrap().is_none());
+    assert_eq!(store.unlink_identity(ada.id(), second.id, t0).await.unwrap(), UnlinkOutcome::NotFound);
+    assert_eq!(store.unlink_identity(ada.id(), ada.identity(), t0).await.unwrap(), UnlinkOutcome::LastIdentity);
+    assert!(store.find_identity(&ada.account.issuer, &ada.account.subject).await.unwrap().is_some());
+    // Audit rows: two sign-ups, one link, one unlink.
+    assert_eq!(db.sql().await.count("identity_events").await, 4);
+
+    // Once unlinked, the identity is free to be linked again, to anyone.
+    let outcome = store.link_identity(bob.id(), &new_link(second.subject.as_str(), t0)).await.unwrap();
+    assert!(matches!(&outcome, LinkOutcome::Linked(identity) if identity.user_id == bob.id()), "{outcome:?}");
+}
+
+async fn concurrent_unlinks_leave_one_identity(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let second = linked(&store, &ada, "ada-elsewhere").await;
+    let identities = [ada.identity(), second.id];
+    let outcomes = concurrently(16, |i| {
+        let (store, user, identity) = (store.clone(), ada.id(), identities[i % 2]);
+        async move { store.unlink_identity(user, identity, now()).await.unwrap() }
+    })
+    .await;
+    let unlinked = outcomes.iter().filter(|o| matches!(o, UnlinkOutcome::Unlinked(_))).count();
+    assert_eq!(unlinked, 1, "{outcomes:?}");
+    let profile = store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap();
+    assert_eq!(profile.identities.len(), 1);
+}
+
+async fn a_primary_identity_is_one_of_the_users_own(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let second = linked(&store, &ada, "ada-elsewhere").await;
+    let primary = async |person: &Person| {
+        store.user_profile(person.id(), ReadFrom::Primary).await.unwrap().unwrap().primary_identity_id
+    };
+    assert_eq!(primary(&ada).await, Some(ada.identity()), "the oldest until one is chosen");
+
+    let t0 = now();
+    assert!(store.set_primary_identity(ada.id(), second.id, t0).await.unwrap());
+    assert_eq!(primary(&ada).await, Some(second.id));
+    assert!(!store.set_primary_identity(ada.id(), bob.identity(), t0).await.unwrap());
+    assert!(!store.set_primary_identity(bob.id(), second.id, t0).await.unwrap());
+    assert!(!store.set_primary_identity(ada.id(), IdentityId::generate(), t0).await.unwrap());
+    assert_eq!(primary(&ada).await, Some(second.id), "refusals change nothing");
+    assert_eq!(primary(&bob).await, Some(bob.identity()));
+    // Audit rows: two sign-ups, one link, one choice of primary.
+    assert_eq!(db.sql().await.count("identity_events").await, 4);
+
+    assert!(matches!(store.unlink_identity(ada.id(), second.id, t0).await.unwrap(), UnlinkOutcome::Unlinked(_)));
+    assert_eq!(primary(&ada).await, Some(ada.identity()), "back to the oldest when the chosen one goes");
+}
+
+async fn identity_tokens_are_stored_and_replaced(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    assert!(store.identity_tokens(ada.identity()).await.unwrap().is_none());
+    let t0 = now();
+    let first = tokens(b"access-1", Some(b"refresh-1"), t0);
+    store.put_identity_tokens(ada.identity(), &first).await.unwrap();
+    assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(first));
+    let second = EncryptedTokens {
+        access_token: b"access-2".to_vec(),
+        refresh_token: None,
+        expires_at: None,
+        scopes: "openid".into(),
+        updated_at: t0 + TimeDelta::minutes(1),
+    };
+    store.put_identity_tokens(ada.identity(), &second).await.unwrap();
+    assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(second), "replaced as a whole");
+    assert!(store.identity_tokens(bob.identity()).await.unwrap().is_none());
+}
+
+// ---- Teams and members ----------------------------------------------------------------------
+
+async fn role_in(store: &Arc<dyn Store>, team: &Team, user: UserId) -> Option<Role> {
+    store.team_with_role(&TeamRef::Id(team.id), user).await.unwrap().expect("the team exists").1
+}
+
+async fn a_team_is_found_by_id_or_slug_with_the_callers_role(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let by_id = TeamRef::Id(ada.team.id);
+    let by_slug = TeamRef::Slug(ada.team.slug.clone());
+    for team in [&by_id, &by_slug] {
+        assert_eq!(store.find_team(team).await.unwrap(), Some(ada.team.clone()));
+        assert_eq!(store.team_with_role(team, ada.id()).await.unwrap(), Some((ada.team.clone(), Some(Role::Owner))));
+        assert_eq!(store.team_with_role(team, bob.id()).await.unwrap(), Some((ada.team.clone(), None)));
+    }
+    join(&store, &ada.team, bob.id(), Role::Admin, now()).await;
+    assert_eq!(store.team_with_role(&by_slug, bob.id()).await.unwrap(), Some((ada.team.clone(), Some(Role::Admin))));
+    assert_eq!(store.find_team(&TeamRef::Slug(bob.team.slug.clone())).await.unwrap(), Some(bob.team));
+    for unknown in [TeamRef::Id(TeamId::generate()), TeamRef::Slug(Slug::parse("no-such-team").unwrap())] {
+        assert!(store.find_team(&unknown).await.unwrap().is_none());
+        assert!(store.team_with_role(&unknown, ada.id()).await.unwrap().is_none());
+    }
+}
+
+async fn put_member_adds_updates_and_never_demotes_the_last_owner(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let (team, t0) = (ada.team.id, now());
+    let put = async |user: UserId, role: Role| store.put_member(team, user, role, t0).await.unwrap();
+
+    assert_eq!(put(UserId::generate(), Role::Member).await, MemberOutcome::UserNotFound);
+    assert_eq!(put(ada.id(), Role::Admin).await, MemberOutcome::LastOwner);
+    assert_eq!(role_in(&store, &ada.team, ada.id()).await, Some(Role::Owner), "the refusal changed nothing");
+
+    assert_eq!(put(bob.id(), Role::Member).await, MemberOutcome::Added);
+    let bobs = store.user_profile(bob.id(), ReadFrom::Primary).await.unwrap().unwrap();
+    assert_eq!(
+        bobs.teams,
+        [
+            TeamMembership { team: bob.team.clone(), role: Role::Owner, is_default: true },
+            TeamMembership { team: ada.team.clone(), role: Role::Member, is_default: false },
+        ],
+        "joining a team leaves the default team alone"
+    );
+
+    assert_eq!(put(bob.id(), Role::Owner).await, MemberOutcome::Updated);
+    assert_eq!(put(ada.id(), Role::Admin).await, MemberOutcome::Updated, "no longer the last owner");
+    let adas = store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap();
+    assert_eq!(
+        adas.teams,
+        [TeamMembership { team: ada.team.clone(), role: Role::Admin, is_default: true }],
+        "a role change keeps the default flag"
+    );
+    assert_eq!(put(bob.id(), Role::Member).await, MemberOutcome::LastOwner);
+    assert_eq!(put(bob.id(), Role::Owner).await, MemberOutcome::Updated, "the same role again is an update");
+    assert_eq!(role_in(&store, &ada.team, bob.id()).await, Some(Role::Owner));
+}
+
+async fn concurrent_puts_of_one_member_add_them_once(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let outcomes = concurrently(16, |_| {
+        let (store, team, user) = (store.clone(), ada.team.id, bob.id());
+        async move { store.put_member(team, user, Role::Member, now()).await.unwrap() }
+    })
+    .await;
+    let added = outcomes.iter().filter(|o| **o == MemberOutcome::Added).count();
+    let updated = outcomes.iter().filter(|o| **o == MemberOutcome::Updated).count();
+    assert_eq!((added, updated), (1, 15), "{outcomes:?}");
+    let profile = store.user_profile(bob.id(), ReadFrom::Primary).await.unwrap().unwrap();
+    assert_eq!(profile.teams.len(), 2);
+}
+
+async fn concurrent_demotions_and_removals_leave_one_owner(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "owner-0").await;
+    let mut owners = vec![ada.id()];
+    for i in 1..16 {
+        let owner = sign_up(&store, &format!("owner-{i}")).await;
+        join(&store, &ada.team, owner.id(), Role::Owner, now()).await;
+        owners.push(owner.id());
+    }
+    // Every owner at once: half are demoted, half removed. All but one may go.
+    let outcomes = concurrently(owners.len(), |i| {
+        let (store, team, user) = (store.clone(), ada.team.id, owners[i]);
+        async move {
+            if i % 2 == 0 {
+                Ok(store.put_member(team, user, Role::Member, now()).await.unwrap())
+            } else {
+                Err(store.remove_member(team, user).await.unwrap())
+            }
+        }
+    })
+    .await;
+    let refused =
+        outcomes.iter().filter(|o| matches!(o, Ok(MemberOutcome::LastOwner) | Err(RemoveOutcome::LastOwner))).count();
+    let done =
+        outcomes.iter().filter(|o| matches!(o, Ok(MemberOutcome::Updated) | Err(RemoveOutcome::Removed))).count();
+    assert_eq!((refused, done), (1, 15), "{outcomes:?}");
+    let mut remaining = 0;
+    for owner in &owners {
+        remaining += usize::from(role_in(&store, &ada.team, *owner).await == Some(Role::Owner));
+    }
+    assert_eq!(remaining, 1);
+}
+
+// ---- Domains --------------------------------------------------------------------------------
+
+async fn a_domain_claim_is_created_updated_or_refused(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    let claim = domain_claim("example.com", &ada.team, false, t0);
+    assert_eq!(store.claim_domain(&claim).await.unwrap(), ClaimOutcome::Created(claim.clone()));
+    for from in [ReadFrom::Primary, ReadFrom::Replica] {
+        assert_eq!(store.domain_claim(&claim.domain, from).await.unwrap().as_ref(), Some(&claim), "{from:?}");
+    }
+
+    let t1 = t0 + TimeDelta::minutes(1);
+    let change = DomainClaim {
+        issuer: Issuer::parse(OTHER_ISSUER).unwrap(),
+        verified: true,
+        created_at: t1,
+        updated_at: t1,
+        ..claim.clone()
+    };
+    let updated = DomainClaim { created_at: t0, ..change.clone() };
+    assert_eq!(store.claim_domain(&change).await.unwrap(), ClaimOutcome::Updated(updated.clone()));
+    assert_eq!(store.domain_claim(&claim.domain, ReadFrom::Primary).await.unwrap().as_ref(), Some(&updated));
+
+    let t2 = t1 + TimeDelta::minutes(1);
+    let taken = domain_claim("example.com", &bob.team, true, t2);
+    assert_eq!(store.claim_domain(&taken).await.unwrap(), ClaimOutcome::ClaimedByAnotherTeam);
+    assert_eq!(
+        store.domain_claim(&claim.domain, ReadFrom::Primary).await.unwrap().as_ref(),
+        Some(&updated),
+        "a refused claim changes nothing"
+    );
+
+    let (last, first) = (
+        domain_claim("zeta.example.org", &ada.team, false, t2),
+        domain_claim("alpha.example.net", &ada.team, true, t2),
+    );
+    for claim in [&last, &first] {
+        assert_eq!(store.claim_domain(claim).await.unwrap(), ClaimOutcome::Created(claim.clone()));
+    }
+    assert_eq!(store.team_domains(ada.team.id).await.unwrap(), [first, updated, last], "in domain order");
+    assert!(store.team_domains(bob.team.id).await.unwrap().is_empty());
+    let unclaimed = DomainName::parse("unclaimed.example.com").unwrap();
+    assert!(store.domain_claim(&unclaimed, ReadFrom::Primary).await.unwrap().is_none());
+}
+
+async fn a_domain_is_released_only_by_its_team(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    let claim = domain_claim("example.com", &ada.team, true, t0);
+    store.claim_domain(&claim).await.unwrap();
+    assert!(!store.release_domain(bob.team.id, &claim.domain).await.unwrap());
+    assert_eq!(store.domain_claim(&claim.domain, ReadFrom::Primary).await.unwrap().as_ref(), Some(&claim));
+    assert!(store.release_domain(ada.team.id, &claim.domain).await.unwrap());
+    assert!(store.domain_claim(&claim.domain, ReadFrom::Primary).await.unwrap().is_none());
+    assert!(store.team_domains(ada.team.id).await.unwrap().is_empty());
+    assert!(!store.release_domain(ada.team.id, &claim.domain).await.unwrap(), "released once");
+    let bobs = domain_claim("example.com", &bob.team, true, t0 + TimeDelta::minutes(1));
+    assert_eq!(store.claim_domain(&bobs).await.unwrap(), ClaimOutcome::Created(bobs.clone()), "free to claim again");
+}
+
+// ---- Errors ---------------------------------------------------------------------------------
 
 /// Errors are told apart by backend: a PostgreSQL code whose digits happen to look like SQLite's
 /// BUSY is not "unavailable", and the transient failures of PostgreSQL are.
