@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use tessera::domain::{
-    DisplayName, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, Role, Slug, Subject, Team,
-    TeamId, TeamMembership, TeamRef, TeamRole, User, UserId,
+    AuthProfile, DisplayName, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, ProfileId,
+    ProfileKind, ProfileStatus, Role, Slug, Subject, Team, TeamId, TeamMembership, TeamRef, TeamRole, User, UserId,
 };
 use tessera::service::provisioning::team_plan;
 use tessera::store::{
-    ClaimOutcome, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome, MemberOutcome, NewAccount, NewEvent,
-    NewLink, NewSession, NewTeam, ReadFrom, RemoveOutcome, Store, StoreError, UnlinkOutcome,
+    Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome, LoginState,
+    MemberOutcome, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ReadFrom, RemoveOutcome,
+    SessionRecord, Store, StoreError, UnlinkOutcome,
 };
 use uuid::Uuid;
 
@@ -50,9 +51,28 @@ on_both_backends!(
     put_member_adds_updates_and_never_demotes_the_last_owner,
     concurrent_puts_of_one_member_add_them_once,
     concurrent_demotions_and_removals_leave_one_owner,
+    removing_a_member_takes_their_connect_links_and_flows_with_them,
     // Domains
     a_domain_claim_is_created_updated_or_refused,
     a_domain_is_released_only_by_its_team,
+    // Sign-in state and sessions
+    a_login_state_is_taken_once,
+    an_expired_login_state_is_not_returned_and_is_gone,
+    concurrent_takes_of_a_login_state_have_one_winner,
+    a_session_is_read_touched_and_deleted,
+    delete_expired_counts_what_it_deletes,
+    // Auth profiles
+    insert_profile_refuses_a_taken_slug_and_writes_nothing,
+    insert_profile_allows_one_pending_profile_per_key,
+    pending_profile_finds_the_pending_profile_of_a_key_expired_or_not,
+    delete_expired_pending_deletes_expired_pending_profiles_only,
+    team_profiles_lists_live_profiles_oldest_first,
+    // Connect links
+    a_new_connect_token_replaces_the_older_ones,
+    minting_a_connect_token_extends_a_pending_profile_never_shortens_it,
+    a_connect_token_is_read_without_being_consumed_until_it_expires,
+    a_connect_token_is_taken_once,
+    concurrent_takes_of_a_connect_token_have_one_winner,
 );
 
 // ---- Builders -------------------------------------------------------------------------------
@@ -171,12 +191,100 @@ fn domain_claim(domain: &str, team: &Team, verified: bool, at: DateTime<Utc>) ->
     }
 }
 
+fn login_state(at: DateTime<Utc>, ttl: TimeDelta) -> LoginState {
+    LoginState {
+        state_hash: hash(),
+        provider: "test".into(),
+        pkce_verifier: "pkce-verifier".into(),
+        nonce: "nonce".into(),
+        return_to: "/after".into(),
+        link_user: None,
+        profile: None,
+        profile_version: None,
+        allow_account_change: false,
+        created_at: at,
+        expires_at: at + ttl,
+    }
+}
+
+/// The login state of a connect flow of `user` for `profile`.
+fn connect_flow(profile: &AuthProfile, user: UserId, at: DateTime<Utc>) -> LoginState {
+    LoginState {
+        link_user: Some(user),
+        profile: Some(profile.id),
+        profile_version: Some(profile.version),
+        allow_account_change: true,
+        ..login_state(at, TimeDelta::minutes(10))
+    }
+}
+
 fn session(person: &Person, at: DateTime<Utc>, ttl: TimeDelta) -> NewSession {
     NewSession {
         token_hash: hash(),
         user_id: person.id(),
         identity_id: Some(person.identity()),
         now: at,
+        expires_at: at + ttl,
+    }
+}
+
+const CONNECTOR: &str = "github-issues";
+const PROVIDER: &str = "github";
+
+/// A profile as the service creates one: OAuth kinds pending for 30 minutes, others active.
+fn profile(team: &Team, by: UserId, kind: ProfileKind, slug: &str, at: DateTime<Utc>) -> AuthProfile {
+    AuthProfile {
+        id: ProfileId::generate(),
+        team_id: team.id,
+        slug: Slug::parse(slug).unwrap(),
+        connector_key: CONNECTOR.into(),
+        profile_kind: kind,
+        provider: PROVIDER.into(),
+        status: if kind.is_oauth() { ProfileStatus::PendingAuth } else { ProfileStatus::Active },
+        created_by: by,
+        display_name: format!("Profile {slug}"),
+        scopes: vec!["repo".into(), "read:user".into()],
+        upstream_account_id: None,
+        access_token_expires_at: None,
+        pending_expires_at: kind.is_oauth().then(|| at + TimeDelta::minutes(30)),
+        version: 0,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+async fn inserted(store: &Arc<dyn Store>, profile: AuthProfile) -> AuthProfile {
+    store.insert_profile(&profile).await.unwrap().expect("the profile is inserted")
+}
+
+fn key(profile: &AuthProfile) -> PendingKey<'_> {
+    PendingKey {
+        team: profile.team_id,
+        connector_key: &profile.connector_key,
+        provider: &profile.provider,
+        kind: profile.profile_kind,
+        created_by: profile.created_by,
+    }
+}
+
+fn activation(account: &str, access: &[u8], refresh: Option<&[u8]>, at: DateTime<Utc>) -> Activation {
+    Activation {
+        access_token: access.to_vec(),
+        refresh_token: refresh.map(<[u8]>::to_vec),
+        expires_at: Some(at + TimeDelta::hours(1)),
+        upstream_account_id: account.into(),
+        scopes: vec!["repo".into()],
+        now: at,
+    }
+}
+
+fn connect_token(profile: &AuthProfile, user: UserId, at: DateTime<Utc>, ttl: TimeDelta) -> ConnectToken {
+    ConnectToken {
+        token_hash: hash(),
+        profile: profile.id,
+        user,
+        allow_account_change: false,
+        created_at: at,
         expires_at: at + ttl,
     }
 }
@@ -771,6 +879,52 @@ async fn concurrent_demotions_and_removals_leave_one_owner(backend: Backend) {
     assert_eq!(remaining, 1);
 }
 
+async fn removing_a_member_takes_their_connect_links_and_flows_with_them(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    join(&store, &ada.team, bob.id(), Role::Member, t0).await;
+    let shared = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "shared", t0)).await;
+    let adas_own = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "adas", t0)).await;
+    let bobs_own = inserted(&store, profile(&bob.team, bob.id(), ProfileKind::OauthApp, "bobs", t0)).await;
+    let ttl = TimeDelta::minutes(15);
+    let (gone_link, kept_links) = (
+        connect_token(&shared, bob.id(), t0, ttl),
+        [connect_token(&adas_own, ada.id(), t0, ttl), connect_token(&bobs_own, bob.id(), t0, ttl)],
+    );
+    for link in kept_links.iter().chain([&gone_link]) {
+        store.mint_connect_token(link).await.unwrap();
+    }
+    let (gone_flow, kept_flows) = (
+        connect_flow(&shared, bob.id(), t0),
+        [
+            connect_flow(&shared, ada.id(), t0),
+            connect_flow(&bobs_own, bob.id(), t0),
+            LoginState { link_user: Some(bob.id()), ..login_state(t0, TimeDelta::minutes(10)) },
+        ],
+    );
+    for flow in kept_flows.iter().chain([&gone_flow]) {
+        store.insert_login_state(flow).await.unwrap();
+    }
+
+    assert_eq!(store.remove_member(ada.team.id, ada.id()).await.unwrap(), RemoveOutcome::LastOwner);
+    assert_eq!(role_in(&store, &ada.team, ada.id()).await, Some(Role::Owner));
+    assert_eq!(store.remove_member(ada.team.id, UserId::generate()).await.unwrap(), RemoveOutcome::NotMember);
+    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    assert_eq!(role_in(&store, &ada.team, bob.id()).await, None);
+    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
+
+    assert!(store.connect_token(&gone_link.token_hash, t0).await.unwrap().is_none());
+    assert!(store.take_login_state(&gone_flow.state_hash, t0).await.unwrap().is_none());
+    for link in &kept_links {
+        assert_eq!(store.connect_token(&link.token_hash, t0).await.unwrap().as_ref(), Some(link));
+    }
+    for flow in &kept_flows {
+        assert_eq!(store.take_login_state(&flow.state_hash, t0).await.unwrap().as_ref(), Some(flow));
+    }
+}
+
 // ---- Domains --------------------------------------------------------------------------------
 
 async fn a_domain_claim_is_created_updated_or_refused(backend: Backend) {
@@ -833,6 +987,353 @@ async fn a_domain_is_released_only_by_its_team(backend: Backend) {
     assert!(!store.release_domain(ada.team.id, &claim.domain).await.unwrap(), "released once");
     let bobs = domain_claim("example.com", &bob.team, true, t0 + TimeDelta::minutes(1));
     assert_eq!(store.claim_domain(&bobs).await.unwrap(), ClaimOutcome::Created(bobs.clone()), "free to claim again");
+}
+
+// ---- Sign-in state and sessions -------------------------------------------------------------
+
+async fn a_login_state_is_taken_once(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let connected = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "adas", t0)).await;
+    let sign_in = login_state(t0, TimeDelta::minutes(10));
+    let connect = LoginState { profile_version: Some(7), ..connect_flow(&connected, ada.id(), t0) };
+    for state in [&sign_in, &connect] {
+        store.insert_login_state(state).await.unwrap();
+    }
+    for state in [&sign_in, &connect] {
+        assert_eq!(store.take_login_state(&state.state_hash, t0).await.unwrap().as_ref(), Some(state));
+        assert_eq!(store.take_login_state(&state.state_hash, t0).await.unwrap(), None, "taken once");
+    }
+    assert_eq!(store.take_login_state(&hash(), t0).await.unwrap(), None);
+}
+
+async fn an_expired_login_state_is_not_returned_and_is_gone(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let t0 = now();
+    let state = login_state(t0, TimeDelta::minutes(10));
+    store.insert_login_state(&state).await.unwrap();
+    let late = store.take_login_state(&state.state_hash, state.expires_at).await.unwrap();
+    assert_eq!(late, None, "a state is expired from its expiry on");
+    let early = store.take_login_state(&state.state_hash, t0).await.unwrap();
+    assert_eq!(early, None, "an expired state is deleted when taken");
+}
+
+async fn concurrent_takes_of_a_login_state_have_one_winner(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let t0 = now();
+    let state = login_state(t0, TimeDelta::minutes(10));
+    store.insert_login_state(&state).await.unwrap();
+    let taken = concurrently(16, |_| {
+        let (store, hash) = (store.clone(), state.state_hash);
+        async move { store.take_login_state(&hash, t0).await.unwrap() }
+    })
+    .await;
+    let winners: Vec<_> = taken.into_iter().flatten().collect();
+    assert_eq!(winners, [state]);
+}
+
+async fn a_session_is_read_touched_and_deleted(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let signed_in = session(&ada, t0, TimeDelta::days(1));
+    let anonymous = NewSession { identity_id: None, ..session(&ada, t0, TimeDelta::hours(1)) };
+    for session in [&signed_in, &anonymous] {
+        store.insert_session(session).await.unwrap();
+    }
+    let record = SessionRecord {
+        user_id: ada.id(),
+        created_at: t0,
+        last_seen_at: t0,
+        expires_at: t0 + TimeDelta::days(1),
+        user_disabled: false,
+    };
+    assert_eq!(store.session(&signed_in.token_hash).await.unwrap(), Some(record.clone()));
+    let other = SessionRecord { expires_at: t0 + TimeDelta::hours(1), ..record.clone() };
+    assert_eq!(store.session(&anonymous.token_hash).await.unwrap(), Some(other.clone()));
+
+    let t5 = t0 + TimeDelta::minutes(5);
+    store.touch_session(&signed_in.token_hash, t5).await.unwrap();
+    store.touch_session(&signed_in.token_hash, t0 + TimeDelta::minutes(1)).await.unwrap();
+    let touched = SessionRecord { last_seen_at: t5, ..record };
+    assert_eq!(store.session(&signed_in.token_hash).await.unwrap(), Some(touched), "touches only move forward");
+    assert_eq!(store.session(&anonymous.token_hash).await.unwrap(), Some(other), "other sessions are untouched");
+
+    assert!(store.delete_session(&signed_in.token_hash).await.unwrap());
+    assert!(store.session(&signed_in.token_hash).await.unwrap().is_none());
+    assert!(!store.delete_session(&signed_in.token_hash).await.unwrap(), "deleted once");
+    assert!(store.session(&anonymous.token_hash).await.unwrap().is_some());
+    assert!(store.session(&hash()).await.unwrap().is_none());
+}
+
+async fn delete_expired_counts_what_it_deletes(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let idle_before = t0 - TimeDelta::hours(1);
+    let ten = TimeDelta::minutes(10);
+    // Login states: past their expiry, at it, and live.
+    let states = [login_state(t0 - ten * 2, ten), login_state(t0 - ten, ten), login_state(t0, ten)];
+    for state in &states {
+        store.insert_login_state(state).await.unwrap();
+    }
+    // Sessions: at their absolute expiry, idle since before `idle_before`, and live.
+    let day = TimeDelta::days(1);
+    let sessions =
+        [session(&ada, t0 - day, day), session(&ada, t0 - TimeDelta::hours(2), day), session(&ada, t0 - ten, day)];
+    for session in &sessions {
+        store.insert_session(session).await.unwrap();
+    }
+    // Connect links (one per profile: a new link replaces the older ones): expired, and live.
+    let first = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "first", t0)).await;
+    let second = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "second", t0)).await;
+    let links = [connect_token(&first, ada.id(), t0 - ten * 2, ten), connect_token(&second, ada.id(), t0, ten)];
+    for link in &links {
+        store.mint_connect_token(link).await.unwrap();
+    }
+
+    assert_eq!(store.delete_expired(t0, idle_before).await.unwrap(), 5);
+    assert_eq!(store.delete_expired(t0, idle_before).await.unwrap(), 0, "nothing is left to delete");
+    // Read at their creation time, what was deleted would otherwise still be valid.
+    for state in &states[..2] {
+        assert!(store.take_login_state(&state.state_hash, state.created_at).await.unwrap().is_none());
+    }
+    assert!(store.take_login_state(&states[2].state_hash, t0).await.unwrap().is_some());
+    for session in &sessions[..2] {
+        assert!(store.session(&session.token_hash).await.unwrap().is_none());
+    }
+    assert!(store.session(&sessions[2].token_hash).await.unwrap().is_some());
+    assert!(store.connect_token(&links[0].token_hash, links[0].created_at).await.unwrap().is_none());
+    assert!(store.connect_token(&links[1].token_hash, t0).await.unwrap().is_some());
+    assert!(store.profile(first.id).await.unwrap().is_some(), "profiles are not its business");
+}
+
+// ---- Auth profiles --------------------------------------------------------------------------
+
+async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    let first = profile(&ada.team, ada.id(), ProfileKind::Env, "main", t0);
+    assert_eq!(store.insert_profile(&first).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.profile(first.id).await.unwrap(), Some(first.clone()), "what the write returned is stored");
+
+    let clash = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(1));
+    assert_eq!(store.insert_profile(&clash).await.unwrap(), None);
+    assert_eq!(store.profile(clash.id).await.unwrap(), None);
+    assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), std::slice::from_ref(&first));
+
+    let elsewhere = profile(&bob.team, bob.id(), ProfileKind::Interactive, "main", t0);
+    assert_eq!(store.insert_profile(&elsewhere).await.unwrap(), Some(elsewhere), "slugs are per team");
+
+    // Revoking a profile frees its slug.
+    assert!(store.revoke_profile(first.id, t0).await.unwrap().is_some());
+    let again = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(2));
+    assert_eq!(store.insert_profile(&again).await.unwrap(), Some(again.clone()));
+    assert_eq!(store.profile_by_slug(ada.team.id, &again.slug).await.unwrap(), Some(again));
+}
+
+async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    join(&store, &ada.team, bob.id(), Role::Member, t0).await;
+    let team = &ada.team;
+    let personal = |by: UserId, slug| profile(team, by, ProfileKind::OauthAccount, slug, t0);
+    let team_wide = |by: UserId, slug| profile(team, by, ProfileKind::OauthApp, slug, t0);
+
+    let adas = inserted(&store, personal(ada.id(), "adas")).await;
+    let adas_second = personal(ada.id(), "adas-second");
+    assert_eq!(store.insert_profile(&adas_second).await.unwrap(), None, "one pending personal profile per member");
+    assert_eq!(store.profile(adas_second.id).await.unwrap(), None);
+    inserted(&store, personal(bob.id(), "bobs")).await;
+
+    inserted(&store, team_wide(ada.id(), "app")).await;
+    let bobs_app = team_wide(bob.id(), "bobs-app");
+    assert_eq!(store.insert_profile(&bobs_app).await.unwrap(), None, "one pending team-wide profile per team");
+    assert_eq!(store.profile(bobs_app.id).await.unwrap(), None);
+    inserted(&store, AuthProfile { provider: "gitlab".into(), ..team_wide(ada.id(), "gitlab-app") }).await;
+    inserted(&store, AuthProfile { connector_key: "github-actions".into(), ..personal(ada.id(), "actions") }).await;
+    assert_eq!(store.team_profiles(team.id).await.unwrap().len(), 5);
+
+    // Once connected, a profile no longer holds the pending place.
+    assert!(store.activate_profile(adas.id, 0, &activation("acct-1", b"access", None, t0)).await.unwrap());
+    assert_eq!(store.insert_profile(&adas_second).await.unwrap(), Some(adas_second));
+}
+
+async fn pending_profile_finds_the_pending_profile_of_a_key_expired_or_not(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    join(&store, &ada.team, bob.id(), Role::Member, t0).await;
+    let expired = AuthProfile {
+        pending_expires_at: Some(t0 - TimeDelta::minutes(1)),
+        ..profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "adas", t0 - TimeDelta::hours(1))
+    };
+    let expired = inserted(&store, expired).await;
+    assert_eq!(store.pending_profile(&key(&expired)).await.unwrap().as_ref(), Some(&expired), "expired or not");
+    let bobs_key = PendingKey { created_by: bob.id(), ..key(&expired) };
+    assert_eq!(store.pending_profile(&bobs_key).await.unwrap(), None, "a personal profile is its creator's");
+
+    let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let for_bob = PendingKey { created_by: bob.id(), ..key(&app) };
+    assert_eq!(store.pending_profile(&for_bob).await.unwrap().as_ref(), Some(&app), "a team-wide one is the team's");
+    for other in [
+        PendingKey { provider: "gitlab", ..key(&app) },
+        PendingKey { connector_key: "github-actions", ..key(&app) },
+        PendingKey { team: bob.team.id, ..key(&app) },
+    ] {
+        assert_eq!(store.pending_profile(&other).await.unwrap(), None, "{other:?}");
+    }
+
+    assert!(store.activate_profile(app.id, 0, &activation("acct-1", b"access", None, t0)).await.unwrap());
+    assert_eq!(store.pending_profile(&key(&app)).await.unwrap(), None, "a connected profile is not pending");
+    let env = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "env", t0)).await;
+    assert_eq!(store.pending_profile(&key(&env)).await.unwrap(), None);
+}
+
+async fn delete_expired_pending_deletes_expired_pending_profiles_only(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    join(&store, &ada.team, bob.id(), Role::Member, t0).await;
+    let team = &ada.team;
+    let expiring = |profile: AuthProfile, at| AuthProfile { pending_expires_at: Some(at), ..profile };
+    let minute = TimeDelta::minutes(1);
+    let adas =
+        inserted(&store, expiring(profile(team, ada.id(), ProfileKind::OauthAccount, "adas", t0), t0 - minute)).await;
+    let bobs =
+        inserted(&store, expiring(profile(team, bob.id(), ProfileKind::OauthAccount, "bobs", t0), t0 - minute)).await;
+    let at_expiry = inserted(&store, expiring(profile(team, ada.id(), ProfileKind::OauthApp, "app", t0), t0)).await;
+    let live = AuthProfile {
+        connector_key: "github-actions".into(),
+        ..profile(team, ada.id(), ProfileKind::OauthApp, "live", t0)
+    };
+    let live = inserted(&store, live).await;
+    let active = inserted(&store, profile(team, ada.id(), ProfileKind::Env, "env", t0 + minute)).await;
+
+    assert_eq!(store.delete_expired_pending(Some(&key(&adas)), t0).await.unwrap(), 1);
+    assert_eq!(store.profile(adas.id).await.unwrap(), None);
+    assert_eq!(store.profile(bobs.id).await.unwrap().as_ref(), Some(&bobs), "another key is left alone");
+    assert_eq!(store.delete_expired_pending(None, t0).await.unwrap(), 2, "Bob's, and the one expiring now");
+    assert_eq!(store.profile(bobs.id).await.unwrap(), None);
+    assert_eq!(store.profile(at_expiry.id).await.unwrap(), None);
+    assert_eq!(store.team_profiles(team.id).await.unwrap(), [live, active]);
+    assert_eq!(store.delete_expired_pending(None, t0).await.unwrap(), 0);
+}
+
+async fn team_profiles_lists_live_profiles_oldest_first(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    let minutes = TimeDelta::minutes;
+    let env = |slug, at| profile(&ada.team, ada.id(), ProfileKind::Env, slug, at);
+    let newest = inserted(&store, env("newest", t0 + minutes(2))).await;
+    let oldest = inserted(&store, env("oldest", t0)).await;
+    let middle = inserted(&store, env("middle", t0 + minutes(1))).await;
+    let revoked = inserted(&store, env("revoked", t0 - minutes(1))).await;
+    inserted(&store, profile(&bob.team, bob.id(), ProfileKind::Env, "middle", t0 - minutes(2))).await;
+    assert!(store.revoke_profile(revoked.id, t0).await.unwrap().is_some());
+
+    assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), [oldest, middle.clone(), newest]);
+    assert_eq!(store.profile_by_slug(ada.team.id, &middle.slug).await.unwrap(), Some(middle));
+    assert_eq!(store.profile_by_slug(ada.team.id, &revoked.slug).await.unwrap(), None, "a revoked one is not live");
+    assert_eq!(store.profile_by_slug(ada.team.id, &Slug::parse("unknown").unwrap()).await.unwrap(), None);
+    let by_id = store.profile(revoked.id).await.unwrap().expect("by id, revoked profiles are found");
+    assert_eq!(by_id.status, ProfileStatus::Revoked);
+    assert!(store.profile(ProfileId::generate()).await.unwrap().is_none());
+}
+
+// ---- Connect links --------------------------------------------------------------------------
+
+async fn a_new_connect_token_replaces_the_older_ones(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let other = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "adas", t0)).await;
+    let ttl = TimeDelta::minutes(15);
+    let (older, others) = (connect_token(&app, ada.id(), t0, ttl), connect_token(&other, ada.id(), t0, ttl));
+    store.mint_connect_token(&older).await.unwrap();
+    store.mint_connect_token(&others).await.unwrap();
+    let newer = connect_token(&app, ada.id(), t0 + TimeDelta::minutes(1), ttl);
+    store.mint_connect_token(&newer).await.unwrap();
+
+    assert_eq!(store.connect_token(&older.token_hash, t0).await.unwrap(), None);
+    assert_eq!(store.take_connect_token(&older.token_hash, t0).await.unwrap(), None);
+    assert_eq!(store.connect_token(&newer.token_hash, t0).await.unwrap(), Some(newer));
+    assert_eq!(store.connect_token(&others.token_hash, t0).await.unwrap(), Some(others), "other profiles keep theirs");
+}
+
+async fn minting_a_connect_token_extends_a_pending_profile_never_shortens_it(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let pending_until = async |id| store.profile(id).await.unwrap().unwrap().pending_expires_at;
+    assert_eq!(pending_until(pending.id).await, Some(t0 + TimeDelta::minutes(30)));
+    store.mint_connect_token(&connect_token(&pending, ada.id(), t0, TimeDelta::hours(1))).await.unwrap();
+    assert_eq!(pending_until(pending.id).await, Some(t0 + TimeDelta::hours(1)), "extended to the link's expiry");
+    store.mint_connect_token(&connect_token(&pending, ada.id(), t0, TimeDelta::minutes(15))).await.unwrap();
+    assert_eq!(pending_until(pending.id).await, Some(t0 + TimeDelta::hours(1)), "never shortened");
+
+    let active = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "env", t0)).await;
+    store.mint_connect_token(&connect_token(&active, ada.id(), t0, TimeDelta::hours(1))).await.unwrap();
+    assert_eq!(store.profile(active.id).await.unwrap(), Some(active), "only a pending profile is extended");
+}
+
+async fn a_connect_token_is_read_without_being_consumed_until_it_expires(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let token =
+        ConnectToken { allow_account_change: true, ..connect_token(&app, ada.id(), t0, TimeDelta::minutes(15)) };
+    store.mint_connect_token(&token).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(store.connect_token(&token.token_hash, t0).await.unwrap().as_ref(), Some(&token));
+    }
+    assert_eq!(store.connect_token(&token.token_hash, token.expires_at).await.unwrap(), None, "expired at its expiry");
+    assert_eq!(store.connect_token(&hash(), t0).await.unwrap(), None);
+}
+
+async fn a_connect_token_is_taken_once(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let token = connect_token(&app, ada.id(), t0, TimeDelta::minutes(15));
+    store.mint_connect_token(&token).await.unwrap();
+    assert_eq!(store.take_connect_token(&token.token_hash, t0).await.unwrap().as_ref(), Some(&token));
+    assert_eq!(store.take_connect_token(&token.token_hash, t0).await.unwrap(), None, "taken once");
+    assert_eq!(store.connect_token(&token.token_hash, t0).await.unwrap(), None);
+
+    let expired = connect_token(&app, ada.id(), t0, TimeDelta::minutes(15));
+    store.mint_connect_token(&expired).await.unwrap();
+    assert_eq!(store.take_connect_token(&expired.token_hash, expired.expires_at).await.unwrap(), None);
+    assert_eq!(store.take_connect_token(&hash(), t0).await.unwrap(), None);
+}
+
+async fn concurrent_takes_of_a_connect_token_have_one_winner(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let token = connect_token(&app, ada.id(), t0, TimeDelta::minutes(15));
+    store.mint_connect_token(&token).await.unwrap();
+    let taken = concurrently(16, |_| {
+        let (store, hash) = (store.clone(), token.token_hash);
+        async move { store.take_connect_token(&hash, t0).await.unwrap() }
+    })
+    .await;
+    let winners: Vec<_> = taken.into_iter().flatten().collect();
+    assert_eq!(winners, [token]);
 }
 
 // ---- Errors ---------------------------------------------------------------------------------
