@@ -1,8 +1,10 @@
 //! The store conformance suite: the same stories against SQLite and PostgreSQL, through the
 //! `Store` trait, plus the invariants the database itself must enforce.
 //!
-//! Times are truncated to microseconds, the precision both backends keep.
+//! Every method of the trait has at least one story here. Times are truncated to microseconds,
+//! the precision both backends keep.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -14,8 +16,8 @@ use tessera::domain::{
 use tessera::service::provisioning::team_plan;
 use tessera::store::{
     Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome, LoginState,
-    MemberOutcome, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ReadFrom, RemoveOutcome,
-    SessionRecord, Store, StoreError, UnlinkOutcome,
+    MemberOutcome, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
+    RefreshLease, Refreshed, RemoveOutcome, SecretKind, SessionRecord, Store, StoreError, StoredSecret, UnlinkOutcome,
 };
 use uuid::Uuid;
 
@@ -73,6 +75,18 @@ on_both_backends!(
     a_connect_token_is_read_without_being_consumed_until_it_expires,
     a_connect_token_is_taken_once,
     concurrent_takes_of_a_connect_token_have_one_winner,
+    // Profile credentials
+    activating_a_profile_compares_and_swaps_its_version,
+    activation_keeps_the_refresh_token_only_for_the_same_account,
+    concurrent_activations_have_one_winner,
+    a_refresh_lease_is_held_by_one_owner_until_it_ends,
+    concurrent_lease_acquisitions_have_one_winner,
+    completing_a_refresh_bumps_the_token_version_only,
+    releasing_a_refresh_lease_can_mark_the_profile_for_reauth,
+    revoking_a_profile_wipes_its_credentials_and_returns_them,
+    // Key rotation
+    secrets_are_counted_and_paged_in_whole_rows,
+    replacing_a_secret_compares_and_swaps,
 );
 
 // ---- Builders -------------------------------------------------------------------------------
@@ -278,6 +292,19 @@ fn activation(account: &str, access: &[u8], refresh: Option<&[u8]>, at: DateTime
     }
 }
 
+/// A team-wide OAuth profile of `owner`'s team, connected to `acct-1` with `access-1` and
+/// `refresh-1`.
+async fn connected(store: &Arc<dyn Store>, owner: &Person, slug: &str) -> AuthProfile {
+    let pending = inserted(store, profile(&owner.team, owner.id(), ProfileKind::OauthApp, slug, now())).await;
+    let credentials = activation("acct-1", b"access-1", Some(b"refresh-1"), now());
+    assert!(store.activate_profile(pending.id, pending.version, &credentials).await.unwrap());
+    store.profile(pending.id).await.unwrap().unwrap()
+}
+
+async fn secrets_of(store: &Arc<dyn Store>, profile: ProfileId) -> ProfileSecrets {
+    store.profile_secrets(profile).await.unwrap().expect("the profile exists")
+}
+
 fn connect_token(profile: &AuthProfile, user: UserId, at: DateTime<Utc>, ttl: TimeDelta) -> ConnectToken {
     ConnectToken {
         token_hash: hash(),
@@ -287,6 +314,10 @@ fn connect_token(profile: &AuthProfile, user: UserId, at: DateTime<Utc>, ttl: Ti
         created_at: at,
         expires_at: at + ttl,
     }
+}
+
+fn lease(owner: Uuid, at: DateTime<Utc>) -> RefreshLease {
+    RefreshLease { owner, until: at + TimeDelta::seconds(30), now: at }
 }
 
 /// Runs `n` tasks at once (they start together, behind a barrier) and returns their results in
@@ -1334,6 +1365,374 @@ async fn concurrent_takes_of_a_connect_token_have_one_winner(backend: Backend) {
     .await;
     let winners: Vec<_> = taken.into_iter().flatten().collect();
     assert_eq!(winners, [token]);
+}
+
+// ---- Profile credentials --------------------------------------------------------------------
+
+async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let unconnected = secrets_of(&store, pending.id).await;
+    assert_eq!(
+        unconnected,
+        ProfileSecrets {
+            status: ProfileStatus::PendingAuth,
+            version: unconnected.version,
+            access_token: None,
+            refresh_token: None,
+            expires_at: None,
+            lease: None
+        }
+    );
+
+    let t1 = t0 + TimeDelta::minutes(1);
+    let first = activation("acct-1", b"access-1", Some(b"refresh-1"), t1);
+    assert!(!store.activate_profile(pending.id, pending.version + 1, &first).await.unwrap(), "a version it never had");
+    assert_eq!(store.profile(pending.id).await.unwrap().as_ref(), Some(&pending), "a refusal changes nothing");
+    assert!(store.activate_profile(pending.id, pending.version, &first).await.unwrap());
+    let active = AuthProfile {
+        status: ProfileStatus::Active,
+        scopes: first.scopes.clone(),
+        upstream_account_id: Some("acct-1".into()),
+        access_token_expires_at: first.expires_at,
+        pending_expires_at: None,
+        version: pending.version + 1,
+        updated_at: t1,
+        ..pending.clone()
+    };
+    assert_eq!(store.profile(pending.id).await.unwrap().as_ref(), Some(&active));
+    let credentials = ProfileSecrets {
+        status: ProfileStatus::Active,
+        version: unconnected.version + 1,
+        access_token: Some(b"access-1".to_vec()),
+        refresh_token: Some(b"refresh-1".to_vec()),
+        expires_at: first.expires_at,
+        lease: None,
+    };
+    assert_eq!(secrets_of(&store, pending.id).await, credentials);
+
+    let second = activation("acct-1", b"access-2", None, t1 + TimeDelta::minutes(1));
+    assert!(!store.activate_profile(pending.id, pending.version, &second).await.unwrap(), "a stale version loses");
+    assert_eq!(secrets_of(&store, pending.id).await, credentials, "and changes nothing");
+    assert!(store.activate_profile(pending.id, active.version, &second).await.unwrap(), "a reconnection");
+    assert_eq!(store.profile(pending.id).await.unwrap().unwrap().version, active.version + 1);
+
+    assert!(store.revoke_profile(pending.id, t1).await.unwrap().is_some());
+    let revoked = store.profile(pending.id).await.unwrap().unwrap();
+    assert!(!store.activate_profile(pending.id, revoked.version, &first).await.unwrap(), "revoked stays revoked");
+    assert_eq!(store.profile(pending.id).await.unwrap(), Some(revoked));
+    assert!(!store.activate_profile(ProfileId::generate(), 0, &first).await.unwrap());
+}
+
+async fn activation_keeps_the_refresh_token_only_for_the_same_account(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", now())).await;
+    let (first, second) = (Some(b"refresh-1".as_slice()), Some(b"refresh-2".as_slice()));
+    // (upstream account, refresh token sent, refresh token stored afterwards, why)
+    let steps = [
+        ("acct-1", first, first, "a first consent"),
+        ("acct-1", None, first, "the same account keeps its refresh token"),
+        ("acct-2", None, None, "another account does not inherit it"),
+        ("acct-2", second, second, "a new refresh token replaces the stored one"),
+    ];
+    for (account, refresh, kept, why) in steps {
+        let version = store.profile(app.id).await.unwrap().unwrap().version;
+        assert!(
+            store.activate_profile(app.id, version, &activation(account, b"access", refresh, now())).await.unwrap()
+        );
+        assert_eq!(secrets_of(&store, app.id).await.refresh_token.as_deref(), kept, "{why}");
+        let stored = store.profile(app.id).await.unwrap().unwrap();
+        assert_eq!(stored.upstream_account_id.as_deref(), Some(account));
+    }
+}
+
+async fn concurrent_activations_have_one_winner(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", now())).await;
+    let won = concurrently(16, |i| {
+        let (store, id, version) = (store.clone(), app.id, app.version);
+        let credentials = activation("acct-1", format!("access-{i}").as_bytes(), None, now());
+        async move { store.activate_profile(id, version, &credentials).await.unwrap() }
+    })
+    .await;
+    let winners: Vec<usize> = (0..won.len()).filter(|i| won[*i]).collect();
+    assert_eq!(winners.len(), 1, "{won:?}");
+    assert_eq!(store.profile(app.id).await.unwrap().unwrap().version, app.version + 1);
+    let access = secrets_of(&store, app.id).await.access_token;
+    assert_eq!(access, Some(format!("access-{}", winners[0]).into_bytes()), "the winner's credentials are stored");
+}
+
+async fn a_refresh_lease_is_held_by_one_owner_until_it_ends(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let app = connected(&store, &ada, "app").await;
+    let version = secrets_of(&store, app.id).await.version;
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let t0 = now();
+
+    assert!(!store.acquire_refresh_lease(app.id, version + 1, &lease(first, t0)).await.unwrap(), "a stale version");
+    assert_eq!(secrets_of(&store, app.id).await.lease, None);
+    assert!(store.acquire_refresh_lease(app.id, version, &lease(first, t0)).await.unwrap());
+    assert_eq!(secrets_of(&store, app.id).await.lease, Some((first, t0 + TimeDelta::seconds(30))));
+    let t10 = t0 + TimeDelta::seconds(10);
+    assert!(!store.acquire_refresh_lease(app.id, version, &lease(second, t10)).await.unwrap(), "the lease runs");
+    assert_eq!(secrets_of(&store, app.id).await.lease, Some((first, t0 + TimeDelta::seconds(30))));
+    let t31 = t0 + TimeDelta::seconds(31);
+    assert!(store.acquire_refresh_lease(app.id, version, &lease(second, t31)).await.unwrap(), "an ended lease");
+    assert_eq!(secrets_of(&store, app.id).await.lease, Some((second, t31 + TimeDelta::seconds(30))));
+
+    let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "adas", t0)).await;
+    let pending_version = secrets_of(&store, pending.id).await.version;
+    assert!(!store.acquire_refresh_lease(pending.id, pending_version, &lease(first, t0)).await.unwrap());
+    assert!(!store.acquire_refresh_lease(ProfileId::generate(), 0, &lease(first, t0)).await.unwrap());
+}
+
+async fn concurrent_lease_acquisitions_have_one_winner(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let app = connected(&store, &ada, "app").await;
+    let version = secrets_of(&store, app.id).await.version;
+    let t0 = now();
+    let owners: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
+    let won = concurrently(owners.len(), |i| {
+        let (store, id, wanted) = (store.clone(), app.id, lease(owners[i], t0));
+        async move { store.acquire_refresh_lease(id, version, &wanted).await.unwrap() }
+    })
+    .await;
+    let winners: Vec<Uuid> = (0..won.len()).filter(|i| won[*i]).map(|i| owners[i]).collect();
+    assert_eq!(winners.len(), 1, "{won:?}");
+    assert_eq!(secrets_of(&store, app.id).await.lease, Some((winners[0], t0 + TimeDelta::seconds(30))));
+}
+
+async fn completing_a_refresh_bumps_the_token_version_only(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let app = connected(&store, &ada, "app").await;
+    let before = secrets_of(&store, app.id).await;
+    let (holder, next) = (Uuid::new_v4(), Uuid::new_v4());
+    let t0 = now();
+    assert!(store.acquire_refresh_lease(app.id, before.version, &lease(holder, t0)).await.unwrap());
+    let held = secrets_of(&store, app.id).await;
+
+    let t1 = t0 + TimeDelta::seconds(1);
+    let refreshed = Refreshed {
+        access_token: b"access-2".to_vec(),
+        refresh_token: None,
+        expires_at: Some(t1 + TimeDelta::hours(2)),
+        now: t1,
+    };
+    assert!(!store.complete_refresh(app.id, next, &refreshed).await.unwrap(), "only the holder completes");
+    assert_eq!(secrets_of(&store, app.id).await, held, "a refusal changes nothing");
+    assert!(store.complete_refresh(app.id, holder, &refreshed).await.unwrap());
+    let after = secrets_of(&store, app.id).await;
+    let expected = ProfileSecrets {
+        version: before.version + 1,
+        access_token: Some(b"access-2".to_vec()),
+        expires_at: refreshed.expires_at,
+        lease: None,
+        ..before.clone()
+    };
+    assert_eq!(after, expected, "the refresh token is kept and the lease released");
+    let stored = store.profile(app.id).await.unwrap().unwrap();
+    assert_eq!(stored.version, app.version, "a refresh is not a reconnection");
+    assert_eq!(stored.access_token_expires_at, refreshed.expires_at);
+    assert!(!store.complete_refresh(app.id, holder, &refreshed).await.unwrap(), "the lease went with the first");
+
+    // The next refresh compares with the new token version, and may rotate the refresh token.
+    assert!(!store.acquire_refresh_lease(app.id, before.version, &lease(next, t1)).await.unwrap());
+    assert!(store.acquire_refresh_lease(app.id, after.version, &lease(next, t1)).await.unwrap());
+    let rotated = Refreshed { refresh_token: Some(b"refresh-2".to_vec()), ..refreshed };
+    assert!(store.complete_refresh(app.id, next, &rotated).await.unwrap());
+    assert_eq!(secrets_of(&store, app.id).await.refresh_token, Some(b"refresh-2".to_vec()));
+
+    // A connect flow that started before both refreshes still completes.
+    let reconnect = activation("acct-1", b"access-3", None, t1);
+    assert!(store.activate_profile(app.id, app.version, &reconnect).await.unwrap());
+}
+
+async fn releasing_a_refresh_lease_can_mark_the_profile_for_reauth(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let app = connected(&store, &ada, "app").await;
+    let version = secrets_of(&store, app.id).await.version;
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let t0 = now();
+    let held_by = |owner| Some((owner, t0 + TimeDelta::seconds(30)));
+    assert!(store.acquire_refresh_lease(app.id, version, &lease(first, t0)).await.unwrap());
+
+    store.release_refresh_lease(app.id, second, false, t0).await.unwrap();
+    assert_eq!(secrets_of(&store, app.id).await.lease, held_by(first), "only the holder releases");
+    store.release_refresh_lease(app.id, first, false, t0).await.unwrap();
+    let released = secrets_of(&store, app.id).await;
+    assert_eq!((released.status, released.lease), (ProfileStatus::Active, None));
+    assert!(
+        store.acquire_refresh_lease(app.id, version, &lease(second, t0)).await.unwrap(),
+        "a released lease is free at once, at the same token version"
+    );
+
+    store.release_refresh_lease(app.id, first, true, t0).await.unwrap();
+    let untouched = secrets_of(&store, app.id).await;
+    assert_eq!((untouched.status, untouched.lease), (ProfileStatus::Active, held_by(second)), "not the holder");
+    store.release_refresh_lease(app.id, second, true, t0).await.unwrap();
+    let marked = secrets_of(&store, app.id).await;
+    assert_eq!((marked.status, marked.lease), (ProfileStatus::NeedsReauth, None));
+    let stored = store.profile(app.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, ProfileStatus::NeedsReauth);
+    assert!(!store.acquire_refresh_lease(app.id, marked.version, &lease(first, t0)).await.unwrap(), "no refresh");
+
+    let reconnect = activation("acct-1", b"access-2", Some(b"refresh-2"), t0);
+    assert!(store.activate_profile(app.id, stored.version, &reconnect).await.unwrap(), "reconnecting mends it");
+    assert_eq!(secrets_of(&store, app.id).await.status, ProfileStatus::Active);
+}
+
+async fn revoking_a_profile_wipes_its_credentials_and_returns_them(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let app = connected(&store, &ada, "app").await;
+    let holder = Uuid::new_v4();
+    let t0 = now();
+    assert!(
+        store
+            .acquire_refresh_lease(app.id, secrets_of(&store, app.id).await.version, &lease(holder, t0))
+            .await
+            .unwrap()
+    );
+    let held = secrets_of(&store, app.id).await;
+    assert!(held.access_token.is_some() && held.refresh_token.is_some());
+
+    let t1 = t0 + TimeDelta::minutes(1);
+    assert_eq!(store.revoke_profile(app.id, t1).await.unwrap(), Some(held), "what it held, for the provider");
+    let wiped = secrets_of(&store, app.id).await;
+    assert_eq!(
+        (wiped.status, wiped.access_token, wiped.refresh_token, wiped.expires_at, wiped.lease),
+        (ProfileStatus::Revoked, None, None, None, None)
+    );
+    let revoked = store.profile(app.id).await.unwrap().unwrap();
+    assert_eq!(
+        revoked,
+        AuthProfile {
+            status: ProfileStatus::Revoked,
+            access_token_expires_at: None,
+            version: app.version + 1,
+            updated_at: t1,
+            ..app.clone()
+        }
+    );
+    assert_eq!(store.count_secrets(SecretKind::AuthProfiles).await.unwrap(), 0, "nothing is left to rotate");
+    let refreshed = Refreshed { access_token: b"access-2".to_vec(), refresh_token: None, expires_at: None, now: t1 };
+    assert!(!store.complete_refresh(app.id, holder, &refreshed).await.unwrap(), "the lease went with it");
+    assert_eq!(store.revoke_profile(app.id, t1).await.unwrap(), None, "revoked once");
+    assert_eq!(store.revoke_profile(ProfileId::generate(), t1).await.unwrap(), None);
+}
+
+// ---- Key rotation ---------------------------------------------------------------------------
+
+/// Walks every page of one kind the way `tessera keys rotate` does, asserting that pages come in
+/// row-id order and hold at most `limit` rows; returns the secrets and the number of pages.
+async fn walk_secrets(store: &Arc<dyn Store>, kind: SecretKind, limit: i64) -> (Vec<StoredSecret>, usize) {
+    let (mut secrets, mut pages, mut after) = (Vec::<StoredSecret>::new(), 0, None);
+    loop {
+        let page = store.secrets_page(kind, after, limit).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.row_id);
+        assert!(page.iter().map(|s| s.row_id).collect::<HashSet<_>>().len() <= limit as usize, "{page:?}");
+        assert!(page.iter().all(|s| s.kind == kind));
+        secrets.extend(page);
+        pages += 1;
+    }
+    assert!(secrets.windows(2).all(|pair| pair[0].row_id <= pair[1].row_id), "in row-id order: {secrets:?}");
+    (secrets, pages)
+}
+
+fn sorted(mut secrets: Vec<StoredSecret>) -> Vec<StoredSecret> {
+    secrets.sort_by(|a, b| (a.row_id, a.column).cmp(&(b.row_id, b.column)));
+    secrets
+}
+
+fn secret(kind: SecretKind, row_id: Uuid, column: &'static str, ciphertext: &[u8]) -> StoredSecret {
+    StoredSecret { kind, row_id, column, ciphertext: ciphertext.to_vec() }
+}
+
+async fn secrets_are_counted_and_paged_in_whole_rows(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let mut people = Vec::new();
+    for i in 0..5 {
+        people.push(sign_up(&store, &format!("person-{i}")).await);
+    }
+    let t0 = now();
+    // Written in reverse id order; every other row without a refresh token.
+    let mut expected = Vec::new();
+    for (i, person) in people.iter().enumerate().rev() {
+        let (access, refresh) = (format!("access-{i}").into_bytes(), format!("refresh-{i}").into_bytes());
+        let refresh = (i % 2 == 0).then_some(refresh.as_slice());
+        store.put_identity_tokens(person.identity(), &tokens(&access, refresh, t0)).await.unwrap();
+        let row = person.identity().as_uuid();
+        expected.push(secret(SecretKind::IdentityTokens, row, "access_token", &access));
+        expected.extend(refresh.map(|r| secret(SecretKind::IdentityTokens, row, "refresh_token", r)));
+    }
+    assert_eq!(store.count_secrets(SecretKind::IdentityTokens).await.unwrap(), 5);
+    let (walked, pages) = walk_secrets(&store, SecretKind::IdentityTokens, 2).await;
+    assert_eq!(pages, 3, "five rows, two a page");
+    assert_eq!(sorted(walked), sorted(expected));
+
+    // Profiles: only rows holding credentials count.
+    let owner = &people[0];
+    let both = connected(&store, owner, "both").await;
+    let revoked = connected(&store, owner, "revoked").await;
+    assert!(store.revoke_profile(revoked.id, t0).await.unwrap().is_some());
+    let access_only =
+        inserted(&store, profile(&owner.team, owner.id(), ProfileKind::OauthAccount, "access-only", t0)).await;
+    assert!(store.activate_profile(access_only.id, 0, &activation("acct-2", b"access-2", None, t0)).await.unwrap());
+    inserted(&store, profile(&owner.team, owner.id(), ProfileKind::OauthApp, "pending", t0)).await;
+    inserted(&store, profile(&owner.team, owner.id(), ProfileKind::Env, "env", t0)).await;
+
+    assert_eq!(store.count_secrets(SecretKind::AuthProfiles).await.unwrap(), 2);
+    let (walked, pages) = walk_secrets(&store, SecretKind::AuthProfiles, 1).await;
+    assert_eq!(pages, 2, "two rows, one a page");
+    let kind = SecretKind::AuthProfiles;
+    let expected = vec![
+        secret(kind, both.id.as_uuid(), "access_token", b"access-1"),
+        secret(kind, both.id.as_uuid(), "refresh_token", b"refresh-1"),
+        secret(kind, access_only.id.as_uuid(), "access_token", b"access-2"),
+    ];
+    assert_eq!(sorted(walked), sorted(expected));
+    assert_eq!(store.count_secrets(SecretKind::IdentityTokens).await.unwrap(), 5, "kinds are counted apart");
+}
+
+async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    store.put_identity_tokens(ada.identity(), &tokens(b"access-1", Some(b"refresh-1"), t0)).await.unwrap();
+    let app = connected(&store, &ada, "app").await;
+    for &kind in SecretKind::ALL {
+        let secrets = store.secrets_page(kind, None, 10).await.unwrap();
+        assert_eq!(secrets.len(), 2, "{kind:?}");
+        for secret in &secrets {
+            let rotated = [b"rotated-".as_slice(), &secret.ciphertext].concat();
+            assert!(store.replace_secret(secret, &rotated).await.unwrap());
+            assert!(!store.replace_secret(secret, b"stale").await.unwrap(), "the old value is gone");
+        }
+    }
+    let rotated = tokens(b"rotated-access-1", Some(b"rotated-refresh-1"), t0);
+    assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(rotated), "the rest of the row is kept");
+    let stored = secrets_of(&store, app.id).await;
+    assert_eq!(stored.access_token.as_deref(), Some(b"rotated-access-1".as_slice()));
+    assert_eq!(stored.refresh_token.as_deref(), Some(b"rotated-refresh-1".as_slice()));
+
+    // A value rewritten meanwhile (here by a refresh) is not overwritten.
+    let page = store.secrets_page(SecretKind::AuthProfiles, None, 10).await.unwrap();
+    let access = page.iter().find(|s| s.column == "access_token").unwrap();
+    let holder = Uuid::new_v4();
+    assert!(store.acquire_refresh_lease(app.id, stored.version, &lease(holder, t0)).await.unwrap());
+    let refreshed = Refreshed { access_token: b"access-2".to_vec(), refresh_token: None, expires_at: None, now: t0 };
+    assert!(store.complete_refresh(app.id, holder, &refreshed).await.unwrap());
+    assert!(!store.replace_secret(access, b"rotated-too-late").await.unwrap());
+    assert_eq!(secrets_of(&store, app.id).await.access_token, Some(b"access-2".to_vec()));
 }
 
 // ---- Errors ---------------------------------------------------------------------------------
