@@ -1,6 +1,7 @@
 # Throwaway PostgreSQL clusters from the machine's own binaries, for tests and benchmarks.
 # Source this file, then call `pg_start` (sets PG_URL, PG_PORT, PG_DIR), optionally
-# `pg_replica_start NAME [APPLY_DELAY]` (prints the replica's URL), and `pg_stop`.
+# `pg_replica_start NAME [APPLY_DELAY]` (prints the replica's URL), `pg_cluster_start NAME LOCALE`
+# (a second cluster with a locale), and `pg_stop`.
 # As root, the servers run as the `postgres` user. A cluster that cannot start is an error.
 
 pg_bindir() {
@@ -59,6 +60,21 @@ pg_replica_start() {
     port=$(free_port)
     as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$PG_DIR/$name.log" \
         -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c hot_standby=on" \
+        -w -t 60 start >/dev/null || { cat "$PG_DIR/$name.log" >&2; return 1; }
+    echo "postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+# pg_cluster_start NAME LOCALE: a second, independent cluster under PG_DIR, initialised with
+# LOCALE (e.g. C.UTF-8, where lower() folds Unicode as production clusters usually do). Prints
+# its URL; pg_stop stops it with the rest.
+pg_cluster_start() {
+    local name=$1 locale=$2 dir port
+    dir="$PG_DIR/$name"
+    as_postgres "$PG_BIN/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --locale="$locale" \
+        >"$PG_DIR/$name-initdb.log" 2>&1 || { cat "$PG_DIR/$name-initdb.log" >&2; return 1; }
+    port=$(free_port)
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$PG_DIR/$name.log" \
+        -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" \
         -w -t 60 start >/dev/null || { cat "$PG_DIR/$name.log" >&2; return 1; }
     echo "postgres://postgres@127.0.0.1:$port/postgres"
 }

@@ -92,7 +92,7 @@ impl BenchDatabase {
         let mut url = url::Url::parse(admin).context("--postgres is not a URL")?;
         url.set_path(&format!("tessera_bench_{}", uuid::Uuid::new_v4().simple()));
         let url = url.to_string();
-        crate::store::postgres::create_database(&url).await.context("create the scratch database")?;
+        crate::store::create_pg_database(&url).await.context("create the scratch database")?;
         Ok(Self { url, scratch: true, _dir: dir })
     }
 
@@ -109,7 +109,7 @@ impl BenchDatabase {
     {
         let outcome = measure(self.url.clone()).await;
         if self.scratch {
-            crate::store::postgres::drop_database(&self.url).await.ok();
+            crate::store::drop_pg_database(&self.url).await.ok();
         }
         outcome
     }

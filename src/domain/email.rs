@@ -53,6 +53,15 @@ impl Email {
         &self.0
     }
 
+    /// The key two addresses are compared by (automatic linking, lookups by email): the address
+    /// with ASCII letters folded to lower case and every other character kept as it is. The same
+    /// rule on every backend and every database locale: Unicode case folding would make distinct
+    /// mailboxes equal (`İsaac@…` and `isaac@…`, or `Kate@…` spelt with the Kelvin sign and
+    /// `kate@…`). The domain was lower-cased by [`Email::parse`] already.
+    pub fn key(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+
     /// The lower-cased domain part.
     pub fn domain(&self) -> &str {
         self.0.rsplit_once('@').map_or("", |(_, d)| d)
@@ -146,6 +155,17 @@ mod tests {
         assert_eq!(Email::parse("Alice@Example.COM").unwrap().as_str(), "Alice@example.com");
         assert_eq!(Email::parse(" bob+tag@sub.example.org ").unwrap().as_str(), "bob+tag@sub.example.org");
         assert_eq!(Email::parse("zoë@exämple.de").unwrap().domain(), "exämple.de");
+    }
+
+    #[test]
+    fn the_comparison_key_folds_ascii_case_only() {
+        let key = |s: &str| Email::parse(s).unwrap().key();
+        assert_eq!(key("Alice.X@Corp.Example"), "alice.x@corp.example");
+        assert_eq!(key("alice.x@corp.example"), key("ALICE.X@CORP.EXAMPLE"));
+        // Capital dotted I and the Kelvin sign are other letters than i and k.
+        assert_ne!(key("\u{130}saac.x@corp.example"), key("isaac.x@corp.example"));
+        assert_ne!(key("\u{212A}ate.x@corp.example"), key("kate.x@corp.example"));
+        assert_eq!(key("\u{130}saac.x@corp.example"), "\u{130}saac.x@corp.example");
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub async fn run(config: &Config) -> Report {
         );
     }
     if config.database.url.backend() == Backend::Sqlite
-        && !store::sqlite::database_exists(config.database.url.expose()).unwrap_or(true)
+        && !store::sqlite_database_exists(config.database.url.expose()).unwrap_or(true)
     {
         report.push(
             Severity::Problem,

@@ -1,14 +1,15 @@
-//! Storage: the [`Store`] trait and its two implementations, SQLite ([`sqlite`]) and PostgreSQL
-//! ([`postgres`]). All SQL in Tessera lives under this module.
+//! Storage: the [`Store`] trait and its one implementation, [`SqlStore`], written once for SQLite
+//! and PostgreSQL; every difference between the two sits in `db.rs`. All SQL in Tessera lives
+//! under this module.
 //!
 //! The database enforces every invariant that matters (unique identity keys, immutable identity
 //! links, one default team per user); the services are the second line, not the first.
 //! Unique violations are mapped where the SQL is, into [`StoreError::Conflict`].
 
+mod db;
 mod migrations;
-pub mod postgres;
 mod rows;
-pub mod sqlite;
+mod sql;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -22,7 +23,9 @@ use crate::domain::{
     ProfileKind, ProfileStatus, Role, Slug, Subject, Team, TeamId, TeamRef, User, UserId, UserProfile,
 };
 
+pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
 pub use migrations::MigrationStatus;
+pub use sql::SqlStore;
 
 /// Errors from the storage layer. Their messages are for logs only, never for clients.
 #[derive(Debug, thiserror::Error)]
@@ -475,8 +478,8 @@ pub struct DataReport {
     pub issuers: Vec<String>,
 }
 
-/// The storage interface. One implementation per database; the same conformance suite runs
-/// against both.
+/// The storage interface. [`SqlStore`] implements it on both databases; the conformance suite
+/// runs every method's stories against both.
 #[async_trait]
 pub trait Store: Send + Sync + Debug + 'static {
     /// Which database this is.
@@ -730,10 +733,7 @@ pub trait Store: Send + Sync + Debug + 'static {
 
 /// Connects to the database the configuration names.
 pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match config.url.backend() {
-        Backend::Sqlite => Arc::new(sqlite::SqliteStore::connect(config).await?),
-        Backend::Postgres => Arc::new(postgres::PgStore::connect(config).await?),
-    })
+    Ok(Arc::new(SqlStore::connect(config).await?))
 }
 
 /// Decodes a stored role, reporting corrupt data rather than panicking.

@@ -23,8 +23,10 @@ pub(super) trait RowExt {
     fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
     fn flag(&self, col: &str) -> Result<bool, StoreError>;
     fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
     fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError>;
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
     fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
@@ -260,6 +262,12 @@ macro_rules! impl_row_ext_common {
             Ok(sqlx::Row::try_get(self, col)?)
         }
         fn int(&self, col: &str) -> Result<i64, StoreError> {
+            Ok(sqlx::Row::try_get(self, col)?)
+        }
+        fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+            Ok(sqlx::Row::try_get(self, col)?)
+        }
+        fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
             Ok(sqlx::Row::try_get(self, col)?)
         }
         fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -50,11 +50,24 @@ macro_rules! on_both_backends {
 }
 pub(crate) use on_both_backends;
 
+tokio::task_local! {
+    /// The environment variable naming the PostgreSQL cluster of the current test, when it is not
+    /// the default one (see [`on_utf8_cluster`]).
+    static PG_CLUSTER_VAR: &'static str;
+}
+
 /// The admin URL of the throwaway PostgreSQL cluster.
 pub fn pg_admin_url() -> String {
-    std::env::var("TESSERA_TEST_PG_URL").expect(
-        "TESSERA_TEST_PG_URL is not set: run the suite with `scripts/test`, which starts a throwaway PostgreSQL",
-    )
+    let var = PG_CLUSTER_VAR.try_with(|var| *var).unwrap_or("TESSERA_TEST_PG_URL");
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the suite with `scripts/test`, which starts a throwaway PostgreSQL")
+    })
+}
+
+/// Runs a PostgreSQL story on the second test cluster, initialised with a UTF-8 locale (where
+/// `lower()` folds Unicode, as on most production clusters) instead of `--no-locale`.
+pub async fn on_utf8_cluster(story: impl Future<Output = ()>) {
+    PG_CLUSTER_VAR.scope("TESSERA_TEST_PG_UTF8_URL", story).await
 }
 
 /// A fresh, empty database.

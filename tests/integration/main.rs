@@ -10,6 +10,7 @@ mod discovery;
 mod e2e_oidc;
 mod errors;
 mod github;
+mod locale;
 mod replica;
 mod signin;
 mod store;

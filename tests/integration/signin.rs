@@ -144,16 +144,16 @@ fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
     parsed.to_string()
 }
 
-struct World {
-    app: TestApp,
-    issuer: LocalIssuer,
+pub(crate) struct World {
+    pub(crate) app: TestApp,
+    pub(crate) issuer: LocalIssuer,
 }
 
-async fn world(backend: Backend) -> World {
+pub(crate) async fn world(backend: Backend) -> World {
     world_with(backend, |_, _| {}).await
 }
 
-async fn world_with(backend: Backend, adjust: impl FnOnce(&mut Config, &LocalIssuer)) -> World {
+pub(crate) async fn world_with(backend: Backend, adjust: impl FnOnce(&mut Config, &LocalIssuer)) -> World {
     let issuer = LocalIssuer::start().await.unwrap();
     issuer.set_client(CLIENT_ID, CLIENT_SECRET);
     let app = TestApp::spawn_with(backend, |config| {
@@ -415,7 +415,7 @@ async fn concurrent_callbacks_complete_exactly_once(backend: Backend) {
     assert_eq!(w.issuer.code_exchanges(), 1, "the code was exchanged once");
 }
 
-async fn linking_attaches_an_identity_and_never_steals_one(backend: Backend) {
+pub(crate) async fn linking_attaches_an_identity_and_never_steals_one(backend: Backend) {
     let second = LocalIssuer::start().await.unwrap();
     second.set_client(CLIENT_ID, CLIENT_SECRET);
     let w = world_with(backend, |config, _| {
@@ -465,7 +465,7 @@ async fn linking_attaches_an_identity_and_never_steals_one(backend: Backend) {
     assert_eq!(body(anonymous, 401).await["code"], "missing_credentials");
 }
 
-async fn a_known_email_is_not_linked_silently(backend: Backend) {
+pub(crate) async fn a_known_email_is_not_linked_silently(backend: Backend) {
     let w = world(backend).await;
     let mut claim = identity("admin-made", "carol@example.com", None);
     claim["email_verified"] = true.into();
@@ -481,7 +481,7 @@ async fn a_known_email_is_not_linked_silently(backend: Backend) {
     assert!(!browser.cookies.contains_key("tessera_session"));
 }
 
-async fn automatic_linking_needs_trust_and_verified_emails(backend: Backend) {
+pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: Backend) {
     let w = world_with(backend, |config, _| {
         let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
         local.trusted_email_verification = true;

@@ -71,7 +71,9 @@ on_both_backends!(
     team_profiles_lists_live_profiles_oldest_first,
     // Connect links
     a_new_connect_token_replaces_the_older_ones,
+    concurrent_mints_of_connect_tokens_leave_one_alive,
     minting_a_connect_token_extends_a_pending_profile_never_shortens_it,
+    minting_a_connect_token_sets_a_missing_pending_expiry,
     a_connect_token_is_read_without_being_consumed_until_it_expires,
     a_connect_token_is_taken_once,
     concurrent_takes_of_a_connect_token_have_one_winner,
@@ -86,6 +88,8 @@ on_both_backends!(
     revoking_a_profile_wipes_its_credentials_and_returns_them,
     // Key rotation
     secrets_are_counted_and_paged_in_whole_rows,
+    a_negative_page_size_reads_nothing,
+    domains_and_issuers_are_listed_in_byte_order,
     replacing_a_secret_compares_and_swaps,
 );
 
@@ -1302,6 +1306,37 @@ async fn a_new_connect_token_replaces_the_older_ones(backend: Backend) {
     assert_eq!(store.connect_token(&others.token_hash, t0).await.unwrap(), Some(others), "other profiles keep theirs");
 }
 
+async fn concurrent_mints_of_connect_tokens_leave_one_alive(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let tokens: Vec<_> = (0..16).map(|_| connect_token(&app, ada.id(), t0, TimeDelta::minutes(15))).collect();
+    let minted = concurrently(16, |i| {
+        let (store, token) = (store.clone(), tokens[i].clone());
+        async move { store.mint_connect_token(&token).await.unwrap() }
+    })
+    .await;
+    assert_eq!(minted.len(), 16);
+    let mut alive = 0;
+    for token in &tokens {
+        alive += usize::from(store.connect_token(&token.token_hash, t0).await.unwrap().is_some());
+    }
+    assert_eq!(alive, 1, "a new link invalidates the older ones, also under concurrency");
+}
+
+async fn minting_a_connect_token_sets_a_missing_pending_expiry(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let mut open_ended = profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0);
+    open_ended.pending_expires_at = None;
+    let pending = inserted(&store, open_ended).await;
+    store.mint_connect_token(&connect_token(&pending, ada.id(), t0, TimeDelta::hours(1))).await.unwrap();
+    let stored = store.profile(pending.id).await.unwrap().unwrap();
+    assert_eq!(stored.pending_expires_at, Some(t0 + TimeDelta::hours(1)), "the link's expiry, on both backends");
+}
+
 async fn minting_a_connect_token_extends_a_pending_profile_never_shortens_it(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let ada = sign_up(&store, "ada").await;
@@ -1655,6 +1690,30 @@ fn sorted(mut secrets: Vec<StoredSecret>) -> Vec<StoredSecret> {
 
 fn secret(kind: SecretKind, row_id: Uuid, column: &'static str, ciphertext: &[u8]) -> StoredSecret {
     StoredSecret { kind, row_id, column, ciphertext: ciphertext.to_vec() }
+}
+
+async fn a_negative_page_size_reads_nothing(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    store.put_identity_tokens(ada.identity(), &tokens(b"access", None, now())).await.unwrap();
+    assert_eq!(store.secrets_page(SecretKind::IdentityTokens, None, -1).await.unwrap(), vec![]);
+    assert_eq!(store.secrets_page(SecretKind::IdentityTokens, None, 1).await.unwrap().len(), 1);
+}
+
+pub(crate) async fn domains_and_issuers_are_listed_in_byte_order(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    // A UTF-8 collation ignores the hyphen and would put `ab.` first.
+    for domain in ["ab.example.com", "a-c.example.com", "b.example.com"] {
+        store.claim_domain(&domain_claim(domain, &ada.team, true, now())).await.unwrap();
+    }
+    let domains: Vec<_> =
+        store.team_domains(ada.team.id).await.unwrap().into_iter().map(|c| c.domain.as_str().to_owned()).collect();
+    assert_eq!(domains, ["a-c.example.com", "ab.example.com", "b.example.com"]);
+    let issuers = store.data_report().await.unwrap().issuers;
+    let mut sorted = issuers.clone();
+    sorted.sort();
+    assert_eq!(issuers, sorted);
 }
 
 async fn secrets_are_counted_and_paged_in_whole_rows(backend: Backend) {

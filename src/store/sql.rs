@@ -1,27 +1,22 @@
-//! The PostgreSQL implementation of [`Store`], for production, where many stateless Tessera
-//! instances share one database.
+//! [`SqlStore`]: the one implementation of [`Store`], written once for SQLite and PostgreSQL over
+//! [`Db`](super::db::Db), which holds every difference between the two.
 //!
-//! Transactions run at READ COMMITTED. Races are settled by the database: `ON CONFLICT DO NOTHING`
-//! on the identity key (a concurrent insert waits for the first to commit, then sees the conflict)
-//! and a row lock on the user where a per-user check-then-insert is needed.
-
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! Races are settled by the database: `ON CONFLICT DO NOTHING` on the identity key (a concurrent
+//! insert waits for the first to commit, then sees the conflict), `DELETE … RETURNING` for
+//! single-use values, compare-and-swap `UPDATE … WHERE version = $n`, and, where a per-user or
+//! per-team check-then-write is needed, a row lock (`FOR UPDATE` on PostgreSQL; SQLite write
+//! transactions are serialised whole).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
 
-use super::migrations::{self, Applied, Embedded, MigrationStatus};
-use super::rows::{
-    self, RowExt, domain_columns, identity_columns, impl_row_ext_common, profile_columns, team_columns, user_columns,
-};
+use super::db::{Db, Tx, query};
+use super::rows::{self, RowExt, domain_columns, identity_columns, profile_columns, team_columns, user_columns};
 use super::{
     Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, IdentityMatch, LinkOutcome,
-    LoginState, MemberOutcome, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets,
-    ReadFrom, RefreshLease, Refreshed, RemoveOutcome, SecretKind, SessionRecord, Store, StoreError, StoredSecret,
-    UnlinkOutcome, decode_role,
+    LoginState, MemberOutcome, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey,
+    ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, SecretKind, SessionRecord, Store, StoreError,
+    StoredSecret, UnlinkOutcome, decode_role,
 };
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
@@ -29,138 +24,44 @@ use crate::domain::{
     Subject, Team, TeamId, TeamRef, User, UserId, UserProfile,
 };
 
-static MIGRATIONS: &[Embedded] = &[
-    Embedded {
-        version: 1,
-        description: "people_identities_teams",
-        sql: include_str!("../../migrations/postgres/0001_people_identities_teams.sql"),
-    },
-    Embedded {
-        version: 2,
-        description: "team_domains",
-        sql: include_str!("../../migrations/postgres/0002_team_domains.sql"),
-    },
-    Embedded { version: 3, description: "sign_in", sql: include_str!("../../migrations/postgres/0003_sign_in.sql") },
-    Embedded {
-        version: 4,
-        description: "connected_accounts",
-        sql: include_str!("../../migrations/postgres/0004_connected_accounts.sql"),
-    },
-    Embedded {
-        version: 5,
-        description: "token_version",
-        sql: include_str!("../../migrations/postgres/0005_token_version.sql"),
-    },
-];
-
-/// Tessera's storage on PostgreSQL, with an optional read replica.
+/// Tessera's storage on SQLite or PostgreSQL (with an optional read replica).
 #[derive(Debug)]
-pub struct PgStore {
-    primary: PgPool,
-    replica: Option<Replica>,
+pub struct SqlStore {
+    db: Db,
 }
 
-/// After a failed read, the replica is left alone this long: an unreachable replica would
-/// otherwise cost every read a connection timeout before it falls back to the primary.
-const REPLICA_BACKOFF: Duration = Duration::from_secs(15);
-
-/// The read replica and its circuit breaker.
-#[derive(Debug)]
-struct Replica {
-    pool: PgPool,
-    skip_until: Mutex<Option<Instant>>,
-}
-
-impl Replica {
-    fn available(&self) -> bool {
-        self.skip_until.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|until| Instant::now() >= until)
-    }
-
-    fn failed(&self) {
-        *self.skip_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + REPLICA_BACKOFF);
-    }
-}
-
-impl RowExt for PgRow {
-    impl_row_ext_common!();
-
-    fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
-        Ok(self.try_get(col)?)
-    }
-
-    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(self.try_get(col)?)
-    }
-}
-
-impl PgStore {
-    /// Connects to the primary the configuration names. The replica, if any, is connected on
-    /// first use, so that an unreachable replica never stops start-up.
+impl SqlStore {
+    /// Connects to the database the configuration names (an SQLite file is created if missing).
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        let options =
-            || PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(config.acquire_timeout);
-        let primary = options().connect(config.url.expose()).await?;
-        let replica = config
-            .replica_url
-            .as_ref()
-            .map(|url| options().connect_lazy(url.expose()))
-            .transpose()?
-            .map(|pool| Replica { pool, skip_until: Mutex::new(None) });
-        Ok(Self { primary, replica })
-    }
-
-    /// Runs a read on the replica when asked for and configured, and on the primary otherwise or
-    /// when the replica fails (unreachable, or behind on the schema); after a failure, reads skip
-    /// the replica for [`REPLICA_BACKOFF`].
-    async fn read<T, F, Fut>(&self, from: ReadFrom, query: F) -> Result<T, StoreError>
-    where
-        F: Fn(PgPool) -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        if from == ReadFrom::Replica
-            && let Some(replica) = &self.replica
-            && replica.available()
-        {
-            match query(replica.pool.clone()).await {
-                Err(error) => {
-                    replica.failed();
-                    tracing::warn!(error = %error, backoff_s = REPLICA_BACKOFF.as_secs(), "the read replica failed; reading from the primary for a while");
-                }
-                done => return done,
-            }
-        }
-        query(self.primary.clone()).await
+        Ok(Self { db: Db::connect(config).await? })
     }
 }
 
 /// Whether `user` is the only owner of `team`; `None` when they are not a member.
-async fn sole_owner(
-    tx: &mut Transaction<'static, Postgres>,
-    team: TeamId,
-    user: UserId,
-) -> Result<Option<bool>, StoreError> {
-    let row = sqlx::query(
+async fn sole_owner(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<bool>, StoreError> {
+    let row = query(
         "SELECT m.role = 'owner' AND
                 (SELECT count(*) FROM memberships o WHERE o.team_id = m.team_id AND o.role = 'owner') = 1
+                AS sole_owner
          FROM memberships m WHERE m.team_id = $1 AND m.user_id = $2",
     )
     .bind(team.as_uuid())
     .bind(user.as_uuid())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx)
     .await?;
-    Ok(row.map(|row| row.try_get::<bool, _>(0)).transpose()?)
+    row.map(|row| row.flag("sole_owner")).transpose()
 }
 
 /// Inserts `team` under the first free slug and makes `user` its owner, as their default team.
 async fn insert_default_team(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Tx,
     user: UserId,
     team: &NewTeam,
     now: DateTime<Utc>,
 ) -> Result<Team, StoreError> {
     let mut slug = None;
     for candidate in &team.slug_candidates {
-        let inserted = sqlx::query(
+        let inserted = query(
             "INSERT INTO teams (id, slug, name, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)
              ON CONFLICT (slug) DO NOTHING RETURNING id",
         )
@@ -168,7 +69,7 @@ async fn insert_default_team(
         .bind(candidate.as_str())
         .bind(&team.name)
         .bind(now)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_some() {
             slug = Some(candidate.clone());
@@ -176,15 +77,13 @@ async fn insert_default_team(
         }
     }
     let slug = slug.ok_or(StoreError::Conflict { what: "team slug" })?;
-    sqlx::query(
-        "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES ($1, $2, $3, TRUE, $4)",
-    )
-    .bind(team.id.as_uuid())
-    .bind(user.as_uuid())
-    .bind(Role::Owner.as_str())
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    query("INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES ($1, $2, $3, TRUE, $4)")
+        .bind(team.id.as_uuid())
+        .bind(user.as_uuid())
+        .bind(Role::Owner.as_str())
+        .bind(now)
+        .execute(tx)
+        .await?;
     Ok(Team { id: team.id, slug, name: team.name.clone(), created_at: now })
 }
 
@@ -199,11 +98,8 @@ struct IdentityEvent<'a> {
     now: DateTime<Utc>,
 }
 
-async fn insert_identity_event(
-    tx: &mut Transaction<'static, Postgres>,
-    event: IdentityEvent<'_>,
-) -> Result<(), StoreError> {
-    sqlx::query(
+async fn insert_identity_event(tx: &mut Tx, event: IdentityEvent<'_>) -> Result<(), StoreError> {
+    query(
         "INSERT INTO identity_events (id, user_id, identity_id, action, provider, issuer, subject, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -215,81 +111,78 @@ async fn insert_identity_event(
     .bind(event.issuer.as_str())
     .bind(event.subject.as_str())
     .bind(event.now)
-    .execute(&mut **tx)
+    .execute(tx)
     .await?;
     Ok(())
 }
 
-async fn identity_of(
-    tx: &mut Transaction<'static, Postgres>,
-    identity: IdentityId,
-    user: UserId,
-) -> Result<Option<Identity>, StoreError> {
-    let row =
-        sqlx::query(concat!("SELECT ", identity_columns!(), " FROM identities i WHERE i.id = $1 AND i.user_id = $2"))
-            .bind(identity.as_uuid())
-            .bind(user.as_uuid())
-            .fetch_optional(&mut **tx)
-            .await?;
+/// One of `user`'s identities.
+async fn identity_of(tx: &mut Tx, identity: IdentityId, user: UserId) -> Result<Option<Identity>, StoreError> {
+    let row = query(concat!("SELECT ", identity_columns!(), " FROM identities i WHERE i.id = $1 AND i.user_id = $2"))
+        .bind(identity.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(tx)
+        .await?;
     row.as_ref().map(rows::identity).transpose()
 }
 
-async fn insert_events(
-    tx: &mut Transaction<'static, Postgres>,
-    events: &[NewEvent],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+async fn insert_events(tx: &mut Tx, events: &[NewEvent], now: DateTime<Utc>) -> Result<(), StoreError> {
     for event in events {
-        sqlx::query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES ($1, $2, $3::jsonb, $4)")
+        query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES ($1, $2, $3, $4)")
             .bind(event.id.as_uuid())
             .bind(event.topic)
-            .bind(event.payload.to_string())
+            .bind(&event.payload)
             .bind(now)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
+    }
+    Ok(())
+}
+
+/// A user by id, read in `tx`.
+async fn user_in(tx: &mut Tx, user: UserId) -> Result<Option<User>, StoreError> {
+    let row = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1"))
+        .bind(user.as_uuid())
+        .fetch_optional(tx)
+        .await?;
+    row.as_ref().map(rows::user).transpose()
+}
+
+/// Decodes one stored ciphertext column into a [`StoredSecret`], if set.
+fn push_secret(
+    secrets: &mut Vec<StoredSecret>,
+    row: &impl RowExt,
+    kind: SecretKind,
+    row_id: uuid::Uuid,
+    column: &'static str,
+) -> Result<(), StoreError> {
+    if let Some(ciphertext) = row.opt_bytes(column)? {
+        secrets.push(StoredSecret { kind, row_id, column, ciphertext });
     }
     Ok(())
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl Store for SqlStore {
     fn backend(&self) -> Backend {
-        Backend::Postgres
+        self.db.backend()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.primary).await?;
+        query("SELECT 1").execute(self.db.writer()).await?;
         Ok(())
     }
 
     async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
-        let migrator = migrations::migrator(MIGRATIONS);
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(migrations::TABLE)
-            .fetch_one(&self.primary)
-            .await?;
-        let applied = if exists {
-            sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations")
-                .fetch_all(&self.primary)
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(Applied { version: row.try_get(0)?, checksum: row.try_get(1)?, success: row.try_get(2)? })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?
-        } else {
-            Vec::new()
-        };
-        Ok(MigrationStatus::compare(&migrator, &applied))
+        self.db.migration_status().await
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        migrations::migrator(MIGRATIONS).run(&self.primary).await?;
-        Ok(())
+        self.db.migrate().await
     }
 
     async fn data_report(&self) -> Result<DataReport, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT
                (SELECT count(*) FROM (SELECT user_id FROM memberships WHERE is_default
                                       GROUP BY user_id HAVING count(*) > 1) s) AS several_default,
@@ -300,11 +193,16 @@ impl Store for PgStore {
                (SELECT count(*) FROM teams t WHERE NOT EXISTS
                     (SELECT 1 FROM memberships m WHERE m.team_id = t.id AND m.role = 'owner')) AS without_owner",
         )
-        .fetch_one(&self.primary)
+        .fetch_one(self.db.reader())
         .await?;
-        let issuers: Vec<String> = sqlx::query_scalar("SELECT DISTINCT issuer FROM identities ORDER BY issuer")
-            .fetch_all(&self.primary)
-            .await?;
+        // Sorted here, by bytes: a database's collation may order text otherwise.
+        let mut issuers = query("SELECT DISTINCT issuer FROM identities")
+            .fetch_all(self.db.reader())
+            .await?
+            .iter()
+            .map(|row| row.text("issuer"))
+            .collect::<Result<Vec<_>, _>>()?;
+        issuers.sort_unstable();
         Ok(DataReport {
             users_with_several_default_teams: row.int("several_default")?,
             users_without_identity: row.int("without_identity")?,
@@ -315,7 +213,7 @@ impl Store for PgStore {
     }
 
     async fn find_identity(&self, issuer: &Issuer, subject: &Subject) -> Result<Option<IdentityMatch>, StoreError> {
-        let row = sqlx::query(concat!(
+        let row = query(concat!(
             "SELECT i.id AS identity_id, i.last_seen_at AS identity_last_seen_at, ",
             user_columns!(),
             ", ",
@@ -328,7 +226,7 @@ impl Store for PgStore {
         ))
         .bind(issuer.as_str())
         .bind(subject.as_str())
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.reader())
         .await?;
         row.map(|row| {
             Ok(IdentityMatch {
@@ -342,21 +240,22 @@ impl Store for PgStore {
     }
 
     async fn create_account(&self, account: &NewAccount) -> Result<CreateOutcome, StoreError> {
-        let mut tx = self.primary.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (id, email, email_verified, name, disabled, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, FALSE, $5, $5)",
+        let mut tx = self.db.begin().await?;
+        query(
+            "INSERT INTO users (id, email, email_key, email_verified, name, disabled, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6)",
         )
         .bind(account.user_id.as_uuid())
         .bind(account.email.as_ref().map(Email::as_str))
+        .bind(account.email.as_ref().map(Email::key))
         .bind(account.email_verified)
         .bind(account.name.as_deref())
         .bind(account.now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         // The race point: a concurrent insert of the same key waits here for the first
         // transaction to finish, then either sees the conflict (and returns no row) or proceeds.
-        let linked = sqlx::query(
+        let linked = query(
             "INSERT INTO identities
                (id, user_id, issuer, subject, provider, email, email_verified, created_at, last_seen_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
@@ -370,7 +269,7 @@ impl Store for PgStore {
         .bind(account.email.as_ref().map(Email::as_str))
         .bind(account.email_verified)
         .bind(account.now)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?;
         if linked.is_none() {
             tx.rollback().await?;
@@ -401,24 +300,21 @@ impl Store for PgStore {
         team: &NewTeam,
         now: DateTime<Utc>,
     ) -> Result<Option<(Team, bool)>, StoreError> {
-        let mut tx = self.primary.begin().await?;
+        let mut tx = self.db.begin().await?;
         // Serialises concurrent calls for one user; different users do not wait for each other.
-        let exists = sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
-            .bind(user.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if !exists {
+        let exists =
+            query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user.as_uuid()).fetch_optional(&mut tx).await?;
+        if exists.is_none() {
             tx.rollback().await?;
             return Ok(None);
         }
-        let existing = sqlx::query(concat!(
+        let existing = query(concat!(
             "SELECT ",
             team_columns!(),
             " FROM memberships m JOIN teams t ON t.id = m.team_id WHERE m.user_id = $1 AND m.is_default"
         ))
         .bind(user.as_uuid())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?;
         if let Some(row) = existing {
             tx.rollback().await?;
@@ -430,24 +326,52 @@ impl Store for PgStore {
     }
 
     async fn touch_identity(&self, identity: IdentityId, now: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE identities SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
+        query("UPDATE identities SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
             .bind(identity.as_uuid())
             .bind(now)
-            .execute(&self.primary)
+            .execute(self.db.writer())
             .await?;
         Ok(())
     }
 
     async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1"))
+        let row = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1"))
             .bind(user.as_uuid())
-            .fetch_optional(&self.primary)
+            .fetch_optional(self.db.reader())
             .await?;
         row.as_ref().map(rows::user).transpose()
     }
 
     async fn user_profile(&self, user: UserId, from: ReadFrom) -> Result<Option<UserProfile>, StoreError> {
-        self.read(from, |pool| user_profile(pool, user)).await
+        let read = query(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", u.primary_identity_id AS primary_identity_id FROM users u WHERE u.id = $1"
+        ))
+        .bind(user.as_uuid());
+        let Some(row) = self.db.fetch_optional_from(from, &read).await? else {
+            return Ok(None);
+        };
+        let (found, chosen_primary) = (rows::user(&row)?, row.opt_uuid("primary_identity_id")?);
+        let read = query(concat!(
+            "SELECT ",
+            identity_columns!(),
+            " FROM identities i WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
+        ))
+        .bind(user.as_uuid());
+        let identities =
+            self.db.fetch_all_from(from, &read).await?.iter().map(rows::identity).collect::<Result<Vec<_>, _>>()?;
+        let read = query(concat!(
+            "SELECT ",
+            team_columns!(),
+            ", m.role AS role, m.is_default AS is_default
+              FROM memberships m JOIN teams t ON t.id = m.team_id
+              WHERE m.user_id = $1 ORDER BY m.is_default DESC, m.created_at, t.id"
+        ))
+        .bind(user.as_uuid());
+        let teams =
+            self.db.fetch_all_from(from, &read).await?.iter().map(rows::membership).collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(rows::user_profile(found, chosen_primary, identities, teams)))
     }
 
     async fn principal(
@@ -456,25 +380,20 @@ impl Store for PgStore {
         subject: &Subject,
         from: ReadFrom,
     ) -> Result<Option<Principal>, StoreError> {
-        self.read(from, |pool| async move {
-            let rows = sqlx::query(concat!(
-                "SELECT i.id AS identity_id, i.last_seen_at AS identity_last_seen_at, ",
-                user_columns!(),
-                ", t.id AS team_id, t.slug AS team_slug, m.role AS role
-                  FROM identities i
-                  JOIN users u ON u.id = i.user_id
-                  LEFT JOIN memberships m ON m.user_id = u.id
-                  LEFT JOIN teams t ON t.id = m.team_id
-                  WHERE i.issuer = $1 AND i.subject = $2
-                  ORDER BY m.is_default DESC NULLS LAST, m.created_at, t.id"
-            ))
-            .bind(issuer.as_str())
-            .bind(subject.as_str())
-            .fetch_all(&pool)
-            .await?;
-            rows::principal(&rows)
-        })
-        .await
+        let read = query(concat!(
+            "SELECT i.id AS identity_id, i.last_seen_at AS identity_last_seen_at, ",
+            user_columns!(),
+            ", t.id AS team_id, t.slug AS team_slug, m.role AS role
+              FROM identities i
+              JOIN users u ON u.id = i.user_id
+              LEFT JOIN memberships m ON m.user_id = u.id
+              LEFT JOIN teams t ON t.id = m.team_id
+              WHERE i.issuer = $1 AND i.subject = $2
+              ORDER BY m.is_default DESC NULLS LAST, m.created_at, t.id"
+        ))
+        .bind(issuer.as_str())
+        .bind(subject.as_str());
+        rows::principal(&self.db.fetch_all_from(from, &read).await?)
     }
 
     async fn set_user_disabled(
@@ -483,37 +402,40 @@ impl Store for PgStore {
         disabled: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<User>, StoreError> {
-        let mut tx = self.primary.begin().await?;
-        let row = sqlx::query(concat!(
-            "UPDATE users u SET disabled = $2, updated_at = $3 WHERE u.id = $1 RETURNING ",
-            user_columns!()
-        ))
-        .bind(user.as_uuid())
-        .bind(disabled)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if row.is_some() && disabled {
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut *tx).await?;
+        let mut tx = self.db.begin().await?;
+        let updated = query("UPDATE users SET disabled = $2, updated_at = $3 WHERE id = $1")
+            .bind(user.as_uuid())
+            .bind(disabled)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+        if updated == 0 {
+            tx.rollback().await?;
+            return Ok(None);
         }
+        if disabled {
+            query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
+        }
+        let found = user_in(&mut tx, user).await?;
         tx.commit().await?;
-        row.as_ref().map(rows::user).transpose()
+        Ok(found)
     }
 
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError> {
-        let query = match team {
+        let read = match team {
             TeamRef::Id(id) => {
-                sqlx::query(concat!("SELECT ", team_columns!(), " FROM teams t WHERE t.id = $1")).bind(id.as_uuid())
+                query(concat!("SELECT ", team_columns!(), " FROM teams t WHERE t.id = $1")).bind(id.as_uuid())
             }
-            TeamRef::Slug(slug) => sqlx::query(concat!("SELECT ", team_columns!(), " FROM teams t WHERE t.slug = $1"))
-                .bind(slug.as_str().to_owned()),
+            TeamRef::Slug(slug) => {
+                query(concat!("SELECT ", team_columns!(), " FROM teams t WHERE t.slug = $1")).bind(slug.as_str())
+            }
         };
-        let row = query.fetch_optional(&self.primary).await?;
+        let row = read.fetch_optional(self.db.reader()).await?;
         row.as_ref().map(rows::team).transpose()
     }
 
     async fn claim_domain(&self, claim: &DomainClaim) -> Result<ClaimOutcome, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "INSERT INTO team_domains (domain, team_id, issuer, verified, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $5)
              ON CONFLICT (domain) DO UPDATE
@@ -526,7 +448,7 @@ impl Store for PgStore {
         .bind(claim.issuer.as_str())
         .bind(claim.verified)
         .bind(claim.updated_at)
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.writer())
         .await?;
         let Some(row) = row else {
             return Ok(ClaimOutcome::ClaimedByAnotherTeam);
@@ -537,41 +459,36 @@ impl Store for PgStore {
     }
 
     async fn team_domains(&self, team: TeamId) -> Result<Vec<DomainClaim>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            domain_columns!(),
-            " FROM team_domains d WHERE d.team_id = $1 ORDER BY d.domain"
-        ))
-        .bind(team.as_uuid())
-        .fetch_all(&self.primary)
-        .await?
-        .iter()
-        .map(rows::domain_claim)
-        .collect()
+        let mut claims = query(concat!("SELECT ", domain_columns!(), " FROM team_domains d WHERE d.team_id = $1"))
+            .bind(team.as_uuid())
+            .fetch_all(self.db.reader())
+            .await?
+            .iter()
+            .map(rows::domain_claim)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Sorted here, by bytes: a database's collation may order text otherwise.
+        claims.sort_unstable_by(|a, b| a.domain.as_str().cmp(b.domain.as_str()));
+        Ok(claims)
     }
 
     async fn release_domain(&self, team: TeamId, domain: &DomainName) -> Result<bool, StoreError> {
-        let deleted = sqlx::query("DELETE FROM team_domains WHERE team_id = $1 AND domain = $2")
+        let deleted = query("DELETE FROM team_domains WHERE team_id = $1 AND domain = $2")
             .bind(team.as_uuid())
             .bind(domain.as_str())
-            .execute(&self.primary)
+            .execute(self.db.writer())
             .await?;
-        Ok(deleted.rows_affected() > 0)
+        Ok(deleted > 0)
     }
 
     async fn domain_claim(&self, domain: &DomainName, from: ReadFrom) -> Result<Option<DomainClaim>, StoreError> {
-        self.read(from, |pool| async move {
-            let row = sqlx::query(concat!("SELECT ", domain_columns!(), " FROM team_domains d WHERE d.domain = $1"))
-                .bind(domain.as_str())
-                .fetch_optional(&pool)
-                .await?;
-            row.as_ref().map(rows::domain_claim).transpose()
-        })
-        .await
+        let read = query(concat!("SELECT ", domain_columns!(), " FROM team_domains d WHERE d.domain = $1"))
+            .bind(domain.as_str());
+        let row = self.db.fetch_optional_from(from, &read).await?;
+        row.as_ref().map(rows::domain_claim).transpose()
     }
 
     async fn insert_login_state(&self, state: &LoginState) -> Result<(), StoreError> {
-        sqlx::query(
+        query(
             "INSERT INTO login_states
                (state_hash, provider, pkce_verifier, nonce, return_to, link_user_id, profile_id, profile_version,
                 allow_account_change, created_at, expires_at)
@@ -588,7 +505,7 @@ impl Store for PgStore {
         .bind(state.allow_account_change)
         .bind(state.created_at)
         .bind(state.expires_at)
-        .execute(&self.primary)
+        .execute(self.db.writer())
         .await?;
         Ok(())
     }
@@ -598,13 +515,13 @@ impl Store for PgStore {
         state_hash: &[u8; 32],
         now: DateTime<Utc>,
     ) -> Result<Option<LoginState>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "DELETE FROM login_states WHERE state_hash = $1
              RETURNING provider, pkce_verifier, nonce, return_to, link_user_id, profile_id, profile_version,
                        allow_account_change, created_at, expires_at",
         )
         .bind(&state_hash[..])
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.writer())
         .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -617,7 +534,7 @@ impl Store for PgStore {
             return_to: row.text("return_to")?,
             link_user: row.opt_uuid("link_user_id")?.map(UserId::from_uuid),
             profile: row.opt_uuid("profile_id")?.map(ProfileId::from_uuid),
-            profile_version: row.try_get("profile_version")?,
+            profile_version: row.opt_int("profile_version")?,
             allow_account_change: row.flag("allow_account_change")?,
             created_at: row.time("created_at")?,
             expires_at: row.time("expires_at")?,
@@ -626,7 +543,7 @@ impl Store for PgStore {
     }
 
     async fn insert_session(&self, session: &NewSession) -> Result<(), StoreError> {
-        sqlx::query(
+        query(
             "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at)
              VALUES ($1, $2, $3, $4, $4, $5)",
         )
@@ -635,18 +552,18 @@ impl Store for PgStore {
         .bind(session.identity_id.map(|i| i.as_uuid()))
         .bind(session.now)
         .bind(session.expires_at)
-        .execute(&self.primary)
+        .execute(self.db.writer())
         .await?;
         Ok(())
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT s.user_id, s.created_at, s.last_seen_at, s.expires_at, u.disabled
              FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
         )
         .bind(&token_hash[..])
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.reader())
         .await?;
         row.map(|row| {
             Ok(SessionRecord {
@@ -661,38 +578,36 @@ impl Store for PgStore {
     }
 
     async fn touch_session(&self, token_hash: &[u8; 32], now: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $2")
+        query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $2")
             .bind(&token_hash[..])
             .bind(now)
-            .execute(&self.primary)
+            .execute(self.db.writer())
             .await?;
         Ok(())
     }
 
     async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        let deleted = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-            .bind(&token_hash[..])
-            .execute(&self.primary)
-            .await?;
-        Ok(deleted.rows_affected() > 0)
+        let deleted =
+            query("DELETE FROM sessions WHERE token_hash = $1").bind(&token_hash[..]).execute(self.db.writer()).await?;
+        Ok(deleted > 0)
     }
 
     async fn delete_expired(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64, StoreError> {
         let states =
-            sqlx::query("DELETE FROM login_states WHERE expires_at <= $1").bind(now).execute(&self.primary).await?;
-        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2")
+            query("DELETE FROM login_states WHERE expires_at <= $1").bind(now).execute(self.db.writer()).await?;
+        let sessions = query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2")
             .bind(now)
             .bind(idle_before)
-            .execute(&self.primary)
+            .execute(self.db.writer())
             .await?;
         let links =
-            sqlx::query("DELETE FROM connect_tokens WHERE expires_at <= $1").bind(now).execute(&self.primary).await?;
-        Ok(states.rows_affected() + sessions.rows_affected() + links.rows_affected())
+            query("DELETE FROM connect_tokens WHERE expires_at <= $1").bind(now).execute(self.db.writer()).await?;
+        Ok(states + sessions + links)
     }
 
     async fn link_identity(&self, user: UserId, link: &NewLink) -> Result<LinkOutcome, StoreError> {
-        let mut tx = self.primary.begin().await?;
-        let inserted = sqlx::query(
+        let mut tx = self.db.begin().await?;
+        let inserted = query(
             "INSERT INTO identities
                (id, user_id, issuer, subject, provider, email, email_verified, created_at, last_seen_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
@@ -706,7 +621,7 @@ impl Store for PgStore {
         .bind(link.email.as_ref().map(Email::as_str))
         .bind(link.email_verified)
         .bind(link.now)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?;
         if inserted.is_some() {
             insert_identity_event(
@@ -728,15 +643,12 @@ impl Store for PgStore {
             tx.commit().await?;
             return Ok(LinkOutcome::Linked(identity));
         }
-        let existing = sqlx::query(concat!(
-            "SELECT ",
-            identity_columns!(),
-            " FROM identities i WHERE i.issuer = $1 AND i.subject = $2"
-        ))
-        .bind(link.issuer.as_str())
-        .bind(link.subject.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
+        let existing =
+            query(concat!("SELECT ", identity_columns!(), " FROM identities i WHERE i.issuer = $1 AND i.subject = $2"))
+                .bind(link.issuer.as_str())
+                .bind(link.subject.as_str())
+                .fetch_one(&mut tx)
+                .await?;
         tx.rollback().await?;
         let identity = rows::identity(&existing)?;
         Ok(if identity.user_id == user {
@@ -752,22 +664,23 @@ impl Store for PgStore {
         identity: IdentityId,
         now: DateTime<Utc>,
     ) -> Result<UnlinkOutcome, StoreError> {
-        let mut tx = self.primary.begin().await?;
+        let mut tx = self.db.begin().await?;
         // Serialises unlinks of one user, so that two concurrent ones cannot remove the last two.
-        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user.as_uuid()).execute(&mut *tx).await?;
+        query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user.as_uuid()).execute(&mut tx).await?;
         let Some(found) = identity_of(&mut tx, identity, user).await? else {
             tx.rollback().await?;
             return Ok(UnlinkOutcome::NotFound);
         };
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM identities WHERE user_id = $1")
+        let count = query("SELECT count(*) AS n FROM identities WHERE user_id = $1")
             .bind(user.as_uuid())
-            .fetch_one(&mut *tx)
-            .await?;
+            .fetch_one(&mut tx)
+            .await?
+            .int("n")?;
         if count <= 1 {
             tx.rollback().await?;
             return Ok(UnlinkOutcome::LastIdentity);
         }
-        sqlx::query("DELETE FROM identities WHERE id = $1").bind(identity.as_uuid()).execute(&mut *tx).await?;
+        query("DELETE FROM identities WHERE id = $1").bind(identity.as_uuid()).execute(&mut tx).await?;
         insert_identity_event(
             &mut tx,
             IdentityEvent {
@@ -791,16 +704,16 @@ impl Store for PgStore {
         identity: IdentityId,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.primary.begin().await?;
+        let mut tx = self.db.begin().await?;
         let Some(found) = identity_of(&mut tx, identity, user).await? else {
             tx.rollback().await?;
             return Ok(false);
         };
-        sqlx::query("UPDATE users SET primary_identity_id = $2, updated_at = $3 WHERE id = $1")
+        query("UPDATE users SET primary_identity_id = $2, updated_at = $3 WHERE id = $1")
             .bind(user.as_uuid())
             .bind(identity.as_uuid())
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         insert_identity_event(
             &mut tx,
@@ -820,9 +733,9 @@ impl Store for PgStore {
     }
 
     async fn users_with_email(&self, email: &Email) -> Result<Vec<User>, StoreError> {
-        sqlx::query(concat!("SELECT ", user_columns!(), " FROM users u WHERE lower(u.email) = lower($1) ORDER BY u.id"))
-            .bind(email.as_str())
-            .fetch_all(&self.primary)
+        query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.email_key = $1 ORDER BY u.id"))
+            .bind(email.key())
+            .fetch_all(self.db.reader())
             .await?
             .iter()
             .map(rows::user)
@@ -830,7 +743,7 @@ impl Store for PgStore {
     }
 
     async fn put_identity_tokens(&self, identity: IdentityId, tokens: &EncryptedTokens) -> Result<(), StoreError> {
-        sqlx::query(
+        query(
             "INSERT INTO identity_tokens (identity_id, access_token, refresh_token, expires_at, scopes, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (identity_id) DO UPDATE SET access_token = excluded.access_token,
@@ -843,23 +756,23 @@ impl Store for PgStore {
         .bind(tokens.expires_at)
         .bind(&tokens.scopes)
         .bind(tokens.updated_at)
-        .execute(&self.primary)
+        .execute(self.db.writer())
         .await?;
         Ok(())
     }
 
     async fn identity_tokens(&self, identity: IdentityId) -> Result<Option<EncryptedTokens>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT access_token, refresh_token, expires_at, scopes, updated_at FROM identity_tokens WHERE identity_id = $1",
         )
         .bind(identity.as_uuid())
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.reader())
         .await?;
         row.map(|row| {
             Ok(EncryptedTokens {
-                access_token: row.try_get("access_token")?,
-                refresh_token: row.try_get("refresh_token")?,
-                expires_at: row.try_get("expires_at")?,
+                access_token: row.bytes("access_token")?,
+                refresh_token: row.opt_bytes("refresh_token")?,
+                expires_at: row.opt_time("expires_at")?,
                 scopes: row.text("scopes")?,
                 updated_at: row.time("updated_at")?,
             })
@@ -873,53 +786,24 @@ impl Store for PgStore {
         after: Option<uuid::Uuid>,
         limit: i64,
     ) -> Result<Vec<StoredSecret>, StoreError> {
-        match kind {
-            SecretKind::IdentityTokens => {
-                let rows = sqlx::query(
-                    "SELECT identity_id, access_token, refresh_token FROM identity_tokens
-                     WHERE $1::uuid IS NULL OR identity_id > $1 ORDER BY identity_id LIMIT $2",
-                )
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.primary)
-                .await?;
-                let mut secrets = Vec::with_capacity(rows.len() * 2);
-                for row in &rows {
-                    let row_id = row.uuid("identity_id")?;
-                    secrets.push(StoredSecret {
-                        kind,
-                        row_id,
-                        column: "access_token",
-                        ciphertext: row.try_get("access_token")?,
-                    });
-                    if let Some(refresh) = row.try_get::<Option<Vec<u8>>, _>("refresh_token")? {
-                        secrets.push(StoredSecret { kind, row_id, column: "refresh_token", ciphertext: refresh });
-                    }
-                }
-                Ok(secrets)
-            }
-            SecretKind::AuthProfiles => {
-                let rows = sqlx::query(
-                    "SELECT id, access_token, refresh_token FROM auth_profiles
-                     WHERE ($1::uuid IS NULL OR id > $1) AND access_token IS NOT NULL ORDER BY id LIMIT $2",
-                )
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.primary)
-                .await?;
-                let mut secrets = Vec::with_capacity(rows.len() * 2);
-                for row in &rows {
-                    let row_id = row.uuid("id")?;
-                    if let Some(access) = row.opt_bytes("access_token")? {
-                        secrets.push(StoredSecret { kind, row_id, column: "access_token", ciphertext: access });
-                    }
-                    if let Some(refresh) = row.opt_bytes("refresh_token")? {
-                        secrets.push(StoredSecret { kind, row_id, column: "refresh_token", ciphertext: refresh });
-                    }
-                }
-                Ok(secrets)
-            }
+        let read = match kind {
+            SecretKind::IdentityTokens => query(
+                "SELECT identity_id AS row_id, access_token, refresh_token FROM identity_tokens
+                 WHERE $1 IS NULL OR identity_id > $1 ORDER BY identity_id LIMIT $2",
+            ),
+            SecretKind::AuthProfiles => query(
+                "SELECT id AS row_id, access_token, refresh_token FROM auth_profiles
+                 WHERE ($1 IS NULL OR id > $1) AND access_token IS NOT NULL ORDER BY id LIMIT $2",
+            ),
+        };
+        let rows = read.bind(after).bind(limit.max(0)).fetch_all(self.db.reader()).await?;
+        let mut secrets = Vec::with_capacity(rows.len() * 2);
+        for row in &rows {
+            let row_id = row.uuid("row_id")?;
+            push_secret(&mut secrets, row, kind, row_id, "access_token")?;
+            push_secret(&mut secrets, row, kind, row_id, "refresh_token")?;
         }
+        Ok(secrets)
     }
 
     async fn replace_secret(&self, secret: &StoredSecret, new: &[u8]) -> Result<bool, StoreError> {
@@ -939,36 +823,36 @@ impl Store for PgStore {
             (_, column) => return Err(StoreError::Corrupt(format!("no encrypted column {column}"))),
         };
         let updated =
-            sqlx::query(sql).bind(secret.row_id).bind(&secret.ciphertext).bind(new).execute(&self.primary).await?;
-        Ok(updated.rows_affected() == 1)
+            query(sql).bind(secret.row_id).bind(&secret.ciphertext).bind(new).execute(self.db.writer()).await?;
+        Ok(updated == 1)
     }
 
     async fn count_secrets(&self, kind: SecretKind) -> Result<i64, StoreError> {
         let sql = match kind {
-            SecretKind::IdentityTokens => "SELECT count(*) FROM identity_tokens",
-            SecretKind::AuthProfiles => "SELECT count(*) FROM auth_profiles WHERE access_token IS NOT NULL",
+            SecretKind::IdentityTokens => "SELECT count(*) AS n FROM identity_tokens",
+            SecretKind::AuthProfiles => "SELECT count(*) AS n FROM auth_profiles WHERE access_token IS NOT NULL",
         };
-        Ok(sqlx::query_scalar(sql).fetch_one(&self.primary).await?)
+        query(sql).fetch_one(self.db.reader()).await?.int("n")
     }
 
     async fn team_with_role(&self, team: &TeamRef, user: UserId) -> Result<Option<(Team, Option<Role>)>, StoreError> {
-        let query = match team {
-            TeamRef::Id(id) => sqlx::query(concat!(
+        let read = match team {
+            TeamRef::Id(id) => query(concat!(
                 "SELECT ",
                 team_columns!(),
                 ", m.role AS role FROM teams t LEFT JOIN memberships m ON m.team_id = t.id AND m.user_id = $2
                   WHERE t.id = $1"
             ))
             .bind(id.as_uuid()),
-            TeamRef::Slug(slug) => sqlx::query(concat!(
+            TeamRef::Slug(slug) => query(concat!(
                 "SELECT ",
                 team_columns!(),
                 ", m.role AS role FROM teams t LEFT JOIN memberships m ON m.team_id = t.id AND m.user_id = $2
                   WHERE t.slug = $1"
             ))
-            .bind(slug.as_str().to_owned()),
+            .bind(slug.as_str()),
         };
-        let row = query.bind(user.as_uuid()).fetch_optional(&self.primary).await?;
+        let row = read.bind(user.as_uuid()).fetch_optional(self.db.reader()).await?;
         row.map(|row| Ok((rows::team(&row)?, row.opt_text("role")?.as_deref().map(decode_role).transpose()?)))
             .transpose()
     }
@@ -980,46 +864,45 @@ impl Store for PgStore {
         role: Role,
         now: DateTime<Utc>,
     ) -> Result<MemberOutcome, StoreError> {
-        let mut tx = self.primary.begin().await?;
-        let exists =
-            sqlx::query("SELECT 1 FROM users WHERE id = $1").bind(user.as_uuid()).fetch_optional(&mut *tx).await?;
+        let mut tx = self.db.begin().await?;
+        let exists = query("SELECT 1 FROM users WHERE id = $1").bind(user.as_uuid()).fetch_optional(&mut tx).await?;
         if exists.is_none() {
             tx.rollback().await?;
             return Ok(MemberOutcome::UserNotFound);
         }
         // Serialises membership changes of one team, so that two cannot remove the last two owners.
-        sqlx::query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut *tx).await?;
+        query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut tx).await?;
         if let Some(sole_owner) = sole_owner(&mut tx, team, user).await? {
             if sole_owner && role != Role::Owner {
                 tx.rollback().await?;
                 return Ok(MemberOutcome::LastOwner);
             }
-            sqlx::query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
+            query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
                 .bind(team.as_uuid())
                 .bind(user.as_uuid())
                 .bind(role.as_str())
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
             tx.commit().await?;
             return Ok(MemberOutcome::Updated);
         }
-        sqlx::query(
+        query(
             "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES ($1, $2, $3, FALSE, $4)",
         )
         .bind(team.as_uuid())
         .bind(user.as_uuid())
         .bind(role.as_str())
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(MemberOutcome::Added)
     }
 
     async fn remove_member(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError> {
-        let mut tx = self.primary.begin().await?;
+        let mut tx = self.db.begin().await?;
         // Serialises membership changes of one team (see put_member).
-        sqlx::query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut *tx).await?;
+        query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut tx).await?;
         let Some(sole_owner) = sole_owner(&mut tx, team, user).await? else {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotMember);
@@ -1036,14 +919,14 @@ impl Store for PgStore {
             "DELETE FROM login_states
              WHERE link_user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
         ] {
-            sqlx::query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut *tx).await?;
+            query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(RemoveOutcome::Removed)
     }
 
     async fn insert_profile(&self, profile: &AuthProfile) -> Result<Option<AuthProfile>, StoreError> {
-        let inserted = sqlx::query(
+        let inserted = query(
             "INSERT INTO auth_profiles
                (id, team_id, slug, connector_key, profile_kind, provider, status, created_by, display_name, scopes,
                 pending_expires_at, version, created_at, updated_at)
@@ -1062,13 +945,13 @@ impl Store for PgStore {
         .bind(profile.scopes.join(" "))
         .bind(profile.pending_expires_at)
         .bind(profile.created_at)
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.writer())
         .await?;
         Ok(inserted.map(|_| profile.clone()))
     }
 
     async fn pending_profile(&self, key: &PendingKey<'_>) -> Result<Option<AuthProfile>, StoreError> {
-        let row = sqlx::query(concat!(
+        let row = query(concat!(
             "SELECT ",
             profile_columns!(),
             " FROM auth_profiles p
@@ -1080,7 +963,7 @@ impl Store for PgStore {
         .bind(key.provider)
         .bind(key.kind.as_str())
         .bind(key.created_by.as_uuid())
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.reader())
         .await?;
         row.as_ref().map(rows::profile).transpose()
     }
@@ -1090,62 +973,55 @@ impl Store for PgStore {
         key: Option<&PendingKey<'_>>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let deleted = match key {
+        let delete = match key {
             None => {
-                sqlx::query("DELETE FROM auth_profiles WHERE status = 'pending_auth' AND pending_expires_at <= $1")
-                    .bind(now)
-                    .execute(&self.primary)
-                    .await?
+                query("DELETE FROM auth_profiles WHERE status = 'pending_auth' AND pending_expires_at <= $1").bind(now)
             }
-            Some(key) => {
-                sqlx::query(
-                    "DELETE FROM auth_profiles
-                     WHERE team_id = $1 AND connector_key = $2 AND provider = $3 AND profile_kind = $4
-                       AND status = 'pending_auth' AND (profile_kind <> 'oauth_account' OR created_by = $5)
-                       AND pending_expires_at <= $6",
-                )
-                .bind(key.team.as_uuid())
-                .bind(key.connector_key)
-                .bind(key.provider)
-                .bind(key.kind.as_str())
-                .bind(key.created_by.as_uuid())
-                .bind(now)
-                .execute(&self.primary)
-                .await?
-            }
+            Some(key) => query(
+                "DELETE FROM auth_profiles
+                 WHERE pending_expires_at <= $1 AND team_id = $2 AND connector_key = $3 AND provider = $4
+                   AND profile_kind = $5 AND status = 'pending_auth'
+                   AND (profile_kind <> 'oauth_account' OR created_by = $6)",
+            )
+            .bind(now)
+            .bind(key.team.as_uuid())
+            .bind(key.connector_key)
+            .bind(key.provider)
+            .bind(key.kind.as_str())
+            .bind(key.created_by.as_uuid()),
         };
-        Ok(deleted.rows_affected())
+        delete.execute(self.db.writer()).await
     }
 
     async fn profile_by_slug(&self, team: TeamId, slug: &Slug) -> Result<Option<AuthProfile>, StoreError> {
-        let row = sqlx::query(concat!(
+        let row = query(concat!(
             "SELECT ",
             profile_columns!(),
             " FROM auth_profiles p WHERE p.team_id = $1 AND p.slug = $2 AND p.status <> 'revoked'"
         ))
         .bind(team.as_uuid())
         .bind(slug.as_str())
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.reader())
         .await?;
         row.as_ref().map(rows::profile).transpose()
     }
 
     async fn profile(&self, id: ProfileId) -> Result<Option<AuthProfile>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", profile_columns!(), " FROM auth_profiles p WHERE p.id = $1"))
+        let row = query(concat!("SELECT ", profile_columns!(), " FROM auth_profiles p WHERE p.id = $1"))
             .bind(id.as_uuid())
-            .fetch_optional(&self.primary)
+            .fetch_optional(self.db.reader())
             .await?;
         row.as_ref().map(rows::profile).transpose()
     }
 
     async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError> {
-        sqlx::query(concat!(
+        query(concat!(
             "SELECT ",
             profile_columns!(),
             " FROM auth_profiles p WHERE p.team_id = $1 AND p.status <> 'revoked' ORDER BY p.created_at, p.id"
         ))
         .bind(team.as_uuid())
-        .fetch_all(&self.primary)
+        .fetch_all(self.db.reader())
         .await?
         .iter()
         .map(rows::profile)
@@ -1153,21 +1029,29 @@ impl Store for PgStore {
     }
 
     async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError> {
-        let mut tx = self.primary.begin().await?;
-        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = $1")
+        let mut tx = self.db.begin().await?;
+        // Serialises the mints of one profile: at READ COMMITTED, a concurrent mint's delete would
+        // not see this one's uncommitted token, and both links would stay alive.
+        query("SELECT 1 FROM auth_profiles WHERE id = $1 FOR UPDATE")
             .bind(token.profile.as_uuid())
-            .execute(&mut *tx)
+            .execute(&mut tx)
+            .await?;
+        query("DELETE FROM connect_tokens WHERE profile_id = $1")
+            .bind(token.profile.as_uuid())
+            .execute(&mut tx)
             .await?;
         // A pending profile outlives its newest link, so that the janitor does not delete both.
-        sqlx::query(
-            "UPDATE auth_profiles SET pending_expires_at = GREATEST(pending_expires_at, $2)
+        query(
+            "UPDATE auth_profiles
+             SET pending_expires_at = CASE WHEN pending_expires_at IS NULL OR pending_expires_at < $2
+                                           THEN $2 ELSE pending_expires_at END
              WHERE id = $1 AND status = 'pending_auth'",
         )
         .bind(token.profile.as_uuid())
         .bind(token.expires_at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
-        sqlx::query(
+        query(
             "INSERT INTO connect_tokens (token_hash, profile_id, user_id, allow_account_change, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -1177,7 +1061,7 @@ impl Store for PgStore {
         .bind(token.allow_account_change)
         .bind(token.created_at)
         .bind(token.expires_at)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         Ok(())
@@ -1188,13 +1072,13 @@ impl Store for PgStore {
         token_hash: &[u8; 32],
         now: DateTime<Utc>,
     ) -> Result<Option<ConnectToken>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT profile_id, user_id, allow_account_change, created_at, expires_at FROM connect_tokens
              WHERE token_hash = $1 AND expires_at > $2",
         )
         .bind(&token_hash[..])
         .bind(now)
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.reader())
         .await?;
         row.map(|row| rows::connect_token(&row, token_hash)).transpose()
     }
@@ -1204,25 +1088,25 @@ impl Store for PgStore {
         token_hash: &[u8; 32],
         now: DateTime<Utc>,
     ) -> Result<Option<ConnectToken>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "DELETE FROM connect_tokens WHERE token_hash = $1
              RETURNING profile_id, user_id, allow_account_change, created_at, expires_at",
         )
         .bind(&token_hash[..])
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.writer())
         .await?;
         let token = row.map(|row| rows::connect_token(&row, token_hash)).transpose()?;
         Ok(token.filter(|t| t.expires_at > now))
     }
 
     async fn profile_secrets(&self, id: ProfileId) -> Result<Option<ProfileSecrets>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
                     refresh_lease_owner, refresh_lease_until
              FROM auth_profiles WHERE id = $1",
         )
         .bind(id.as_uuid())
-        .fetch_optional(&self.primary)
+        .fetch_optional(self.db.reader())
         .await?;
         row.as_ref().map(rows::profile_secrets).transpose()
     }
@@ -1233,7 +1117,7 @@ impl Store for PgStore {
         expected_version: i64,
         activation: &Activation,
     ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
+        let updated = query(
             "UPDATE auth_profiles SET status = 'active', access_token = $3,
                     refresh_token = COALESCE($4, CASE WHEN upstream_account_id = $6 THEN refresh_token END),
                     access_token_expires_at = $5, upstream_account_id = $6, scopes = $7, pending_expires_at = NULL,
@@ -1249,9 +1133,9 @@ impl Store for PgStore {
         .bind(&activation.upstream_account_id)
         .bind(activation.scopes.join(" "))
         .bind(activation.now)
-        .execute(&self.primary)
+        .execute(self.db.writer())
         .await?;
-        Ok(updated.rows_affected() == 1)
+        Ok(updated == 1)
     }
 
     async fn acquire_refresh_lease(
@@ -1260,7 +1144,7 @@ impl Store for PgStore {
         version: i64,
         lease: &RefreshLease,
     ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
+        let updated = query(
             "UPDATE auth_profiles SET refresh_lease_owner = $3, refresh_lease_until = $4
              WHERE id = $1 AND token_version = $2 AND status = 'active'
                AND (refresh_lease_until IS NULL OR refresh_lease_until < $5)",
@@ -1270,9 +1154,9 @@ impl Store for PgStore {
         .bind(lease.owner)
         .bind(lease.until)
         .bind(lease.now)
-        .execute(&self.primary)
+        .execute(self.db.writer())
         .await?;
-        Ok(updated.rows_affected() == 1)
+        Ok(updated == 1)
     }
 
     async fn complete_refresh(
@@ -1281,7 +1165,7 @@ impl Store for PgStore {
         owner: uuid::Uuid,
         refreshed: &Refreshed,
     ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
+        let updated = query(
             "UPDATE auth_profiles SET access_token = $3, refresh_token = COALESCE($4, refresh_token),
                     access_token_expires_at = $5, refresh_lease_owner = NULL, refresh_lease_until = NULL,
                     token_version = token_version + 1, updated_at = $6
@@ -1293,9 +1177,9 @@ impl Store for PgStore {
         .bind(refreshed.refresh_token.as_deref())
         .bind(refreshed.expires_at)
         .bind(refreshed.now)
-        .execute(&self.primary)
+        .execute(self.db.writer())
         .await?;
-        Ok(updated.rows_affected() == 1)
+        Ok(updated == 1)
     }
 
     async fn release_refresh_lease(
@@ -1305,34 +1189,43 @@ impl Store for PgStore {
         needs_reauth: bool,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let sql = if needs_reauth {
-            "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL, status = 'needs_reauth',
-                    token_version = token_version + 1, updated_at = $3
-             WHERE id = $1 AND refresh_lease_owner = $2"
+        let release = if needs_reauth {
+            query(
+                "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL,
+                        status = 'needs_reauth', token_version = token_version + 1, updated_at = $3
+                 WHERE id = $1 AND refresh_lease_owner = $2",
+            )
+            .bind(id.as_uuid())
+            .bind(owner)
+            .bind(now)
         } else {
-            "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL
-             WHERE id = $1 AND refresh_lease_owner = $2 AND $3::timestamptz IS NOT NULL"
+            query(
+                "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL
+                 WHERE id = $1 AND refresh_lease_owner = $2",
+            )
+            .bind(id.as_uuid())
+            .bind(owner)
         };
-        sqlx::query(sql).bind(id.as_uuid()).bind(owner).bind(now).execute(&self.primary).await?;
+        release.execute(self.db.writer()).await?;
         Ok(())
     }
 
     async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError> {
-        let mut tx = self.primary.begin().await?;
-        let row = sqlx::query(
+        let mut tx = self.db.begin().await?;
+        let row = query(
             "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
                     refresh_lease_owner, refresh_lease_until
              FROM auth_profiles WHERE id = $1 AND status <> 'revoked' FOR UPDATE",
         )
         .bind(id.as_uuid())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?;
         let Some(row) = row else {
             tx.rollback().await?;
             return Ok(None);
         };
         let secrets = rows::profile_secrets(&row)?;
-        sqlx::query(
+        query(
             "UPDATE auth_profiles SET status = 'revoked', access_token = NULL, refresh_token = NULL,
                     access_token_expires_at = NULL, refresh_lease_owner = NULL, refresh_lease_until = NULL,
                     version = version + 1, token_version = token_version + 1, updated_at = $2
@@ -1340,72 +1233,14 @@ impl Store for PgStore {
         )
         .bind(id.as_uuid())
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
-        sqlx::query("DELETE FROM connect_tokens WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
+        query("DELETE FROM connect_tokens WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(secrets))
     }
 
     async fn close(&self) {
-        self.primary.close().await;
-        if let Some(replica) = &self.replica {
-            replica.pool.close().await;
-        }
+        self.db.close().await;
     }
-}
-
-/// A user with identities and teams, read from `pool`.
-async fn user_profile(pool: PgPool, user: UserId) -> Result<Option<UserProfile>, StoreError> {
-    {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            ", u.primary_identity_id AS primary_identity_id FROM users u WHERE u.id = $1"
-        ))
-        .bind(user.as_uuid())
-        .fetch_optional(&pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let (found, chosen_primary) = (rows::user(&row)?, row.opt_uuid("primary_identity_id")?);
-        let identities = sqlx::query(concat!(
-            "SELECT ",
-            identity_columns!(),
-            " FROM identities i WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
-        ))
-        .bind(user.as_uuid())
-        .fetch_all(&pool)
-        .await?
-        .iter()
-        .map(rows::identity)
-        .collect::<Result<Vec<_>, _>>()?;
-        let teams = sqlx::query(concat!(
-            "SELECT ",
-            team_columns!(),
-            ", m.role AS role, m.is_default AS is_default
-              FROM memberships m JOIN teams t ON t.id = m.team_id
-              WHERE m.user_id = $1 ORDER BY m.is_default DESC, m.created_at, t.id"
-        ))
-        .bind(user.as_uuid())
-        .fetch_all(&pool)
-        .await?
-        .iter()
-        .map(rows::membership)
-        .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(rows::user_profile(found, chosen_primary, identities, teams)))
-    }
-}
-
-/// Creates the database a URL names (for benchmarks and tests that need a scratch database).
-pub async fn create_database(url: &str) -> Result<(), StoreError> {
-    use sqlx::migrate::MigrateDatabase;
-    Ok(Postgres::create_database(url).await?)
-}
-
-/// Drops the database a URL names, disconnecting its sessions first.
-pub async fn drop_database(url: &str) -> Result<(), StoreError> {
-    use sqlx::migrate::MigrateDatabase;
-    Ok(Postgres::force_drop_database(url).await?)
 }

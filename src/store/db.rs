@@ -1,0 +1,568 @@
+//! Everything that differs between SQLite and PostgreSQL, in one place: connection pools (the
+//! single SQLite writer, the PostgreSQL read replica and its circuit breaker), transactions, how
+//! values are bound (times are integer microseconds on SQLite, `timestamptz` on PostgreSQL; JSON is
+//! text on SQLite, `jsonb` on PostgreSQL), the few statements whose SQL differs, and migrations.
+//!
+//! The store's SQL is written once, in PostgreSQL's spelling with `$n` placeholders (which sqlx
+//! also accepts on SQLite). Before it runs on SQLite, the one PostgreSQL-only construct it uses is
+//! dropped (see [`sqlite_sql`]): row locks (`FOR UPDATE`), since SQLite write transactions are
+//! serialised whole by `BEGIN IMMEDIATE` on one writer connection. Everything else is SQL both
+//! understand alike (`ON CONFLICT`, `RETURNING`, `TRUE`/`FALSE`, `NULLS LAST`; no `GREATEST`,
+//! whose NULL handling differs from SQLite's `MAX`).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Postgres, Row as _, Sqlite, Transaction};
+use uuid::Uuid;
+
+use super::migrations::{self, Applied, Embedded, MigrationStatus};
+use super::rows::{RowExt, impl_row_ext_common};
+use super::{ReadFrom, StoreError};
+use crate::config::{Backend, DatabaseConfig};
+
+/// The migrations built into the binary, one list per backend from one table: each row is a
+/// version, its file name (the same under `migrations/sqlite/` and `migrations/postgres/`: they are
+/// added in pairs, append-only) and its description.
+macro_rules! embedded_migrations {
+    ($($version:literal $file:literal $name:literal,)*) => {
+        static SQLITE_MIGRATIONS: &[Embedded] = &[$(Embedded {
+            version: $version,
+            description: $name,
+            sql: include_str!(concat!("../../migrations/sqlite/", $file, ".sql")),
+        }),*];
+        static POSTGRES_MIGRATIONS: &[Embedded] = &[$(Embedded {
+            version: $version,
+            description: $name,
+            sql: include_str!(concat!("../../migrations/postgres/", $file, ".sql")),
+        }),*];
+    };
+}
+
+embedded_migrations! {
+    1 "0001_people_identities_teams" "people_identities_teams",
+    2 "0002_team_domains" "team_domains",
+    3 "0003_sign_in" "sign_in",
+    4 "0004_connected_accounts" "connected_accounts",
+    5 "0005_token_version" "token_version",
+    6 "0006_email_key" "email_key",
+}
+
+/// After a failed read, the replica is left alone this long: an unreachable replica would
+/// otherwise cost every read a connection timeout before it falls back to the primary.
+const REPLICA_BACKOFF: Duration = Duration::from_secs(15);
+
+/// The connections of one database.
+#[derive(Debug)]
+pub(super) enum Db {
+    /// An SQLite file: writes go through a pool of exactly one connection and open with
+    /// `BEGIN IMMEDIATE`, so write transactions never fail with `SQLITE_BUSY` on a lock upgrade;
+    /// reads use a separate pool and, in WAL mode, never wait for the writer.
+    Sqlite {
+        /// The one writer connection.
+        writer: SqlitePool,
+        /// Readers.
+        reader: SqlitePool,
+    },
+    /// PostgreSQL at READ COMMITTED, with an optional read replica.
+    Postgres {
+        /// The primary: every write and every read that must see the latest write.
+        primary: PgPool,
+        /// The replica, for reads that tolerate lag.
+        replica: Option<Replica>,
+    },
+}
+
+/// The read replica and its circuit breaker.
+#[derive(Debug)]
+pub(super) struct Replica {
+    pool: PgPool,
+    skip_until: Mutex<Option<Instant>>,
+}
+
+impl Replica {
+    fn available(&self) -> bool {
+        self.skip_until.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn failed(&self, error: &StoreError) {
+        *self.skip_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + REPLICA_BACKOFF);
+        tracing::warn!(error = %error, backoff_s = REPLICA_BACKOFF.as_secs(), "the read replica failed; reading from the primary for a while");
+    }
+}
+
+impl Db {
+    /// Connects to the database the configuration names: an SQLite file is created if missing; a
+    /// PostgreSQL replica is connected on first use, so that an unreachable replica never stops
+    /// start-up.
+    pub(super) async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let url = config.url.expose();
+        match config.url.backend() {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                let writer = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options.clone())
+                    .await?;
+                let reader = if is_in_memory(url) {
+                    writer.clone()
+                } else {
+                    SqlitePoolOptions::new()
+                        .max_connections(config.max_connections.clamp(1, 8))
+                        .acquire_timeout(config.acquire_timeout)
+                        .connect_with(options)
+                        .await?
+                };
+                Ok(Db::Sqlite { writer, reader })
+            }
+            Backend::Postgres => {
+                let options = || {
+                    PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(config.acquire_timeout)
+                };
+                let primary = options().connect(url).await?;
+                let replica = config
+                    .replica_url
+                    .as_ref()
+                    .map(|url| options().connect_lazy(url.expose()))
+                    .transpose()?
+                    .map(|pool| Replica { pool, skip_until: Mutex::new(None) });
+                Ok(Db::Postgres { primary, replica })
+            }
+        }
+    }
+
+    /// Which database this is.
+    pub(super) fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite { .. } => Backend::Sqlite,
+            Db::Postgres { .. } => Backend::Postgres,
+        }
+    }
+
+    /// Where single-statement writes go (they commit on their own).
+    pub(super) fn writer(&self) -> On<'_> {
+        match self {
+            Db::Sqlite { writer, .. } => On::SqlitePool(writer),
+            Db::Postgres { primary, .. } => On::PgPool(primary),
+        }
+    }
+
+    /// Where reads that must see every committed write go.
+    pub(super) fn reader(&self) -> On<'_> {
+        match self {
+            Db::Sqlite { reader, .. } => On::SqlitePool(reader),
+            Db::Postgres { primary, .. } => On::PgPool(primary),
+        }
+    }
+
+    /// Starts a write transaction.
+    pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Db::Sqlite { writer, .. } => Tx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres { primary, .. } => Tx::Postgres(primary.begin().await?),
+        })
+    }
+
+    /// Runs a read on the replica when asked for and configured, and on the primary otherwise or
+    /// when the replica fails (unreachable, or behind on the schema); after a failure, reads skip
+    /// the replica for [`REPLICA_BACKOFF`].
+    pub(super) async fn fetch_all_from(&self, from: ReadFrom, query: &Query<'_>) -> Result<Vec<Row>, StoreError> {
+        if let Some(replica) = self.replica(from) {
+            match query.fetch_all(On::PgPool(&replica.pool)).await {
+                Err(error) => replica.failed(&error),
+                done => return done,
+            }
+        }
+        query.fetch_all(self.reader()).await
+    }
+
+    /// [`Db::fetch_all_from`] for at most one row.
+    pub(super) async fn fetch_optional_from(
+        &self,
+        from: ReadFrom,
+        query: &Query<'_>,
+    ) -> Result<Option<Row>, StoreError> {
+        if let Some(replica) = self.replica(from) {
+            match query.fetch_optional(On::PgPool(&replica.pool)).await {
+                Err(error) => replica.failed(&error),
+                done => return done,
+            }
+        }
+        query.fetch_optional(self.reader()).await
+    }
+
+    fn replica(&self, from: ReadFrom) -> Option<&Replica> {
+        match self {
+            Db::Postgres { replica: Some(replica), .. } if from == ReadFrom::Replica && replica.available() => {
+                Some(replica)
+            }
+            _ => None,
+        }
+    }
+
+    /// Compares the applied migrations with those built into this binary.
+    pub(super) async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
+        let (list, exists) = match self {
+            Db::Sqlite { .. } => {
+                (SQLITE_MIGRATIONS, "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1")
+            }
+            Db::Postgres { .. } => {
+                (POSTGRES_MIGRATIONS, "SELECT count(*) AS n FROM pg_class WHERE oid = to_regclass($1)")
+            }
+        };
+        let exists = query(exists).bind(migrations::TABLE).fetch_one(self.reader()).await?.int("n")? > 0;
+        let applied = if exists {
+            query("SELECT version, checksum, success FROM _sqlx_migrations")
+                .fetch_all(self.reader())
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(Applied {
+                        version: row.int("version")?,
+                        checksum: row.bytes("checksum")?,
+                        success: row.flag("success")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(MigrationStatus::compare(&migrations::migrator(list), &applied))
+    }
+
+    /// Applies pending migrations.
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite { writer, .. } => migrations::migrator(SQLITE_MIGRATIONS).run(writer).await?,
+            Db::Postgres { primary, .. } => migrations::migrator(POSTGRES_MIGRATIONS).run(primary).await?,
+        }
+        Ok(())
+    }
+
+    /// Closes all connections.
+    pub(super) async fn close(&self) {
+        match self {
+            Db::Sqlite { writer, reader } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Db::Postgres { primary, replica } => {
+                primary.close().await;
+                if let Some(replica) = replica {
+                    replica.pool.close().await;
+                }
+            }
+        }
+    }
+}
+
+/// A write transaction.
+pub(super) enum Tx {
+    /// On SQLite (`BEGIN IMMEDIATE` on the writer).
+    Sqlite(Transaction<'static, Sqlite>),
+    /// On the PostgreSQL primary.
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    /// Commits.
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Rolls back (dropping a transaction does too, later; this does it now).
+    pub(super) async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.rollback().await?,
+            Tx::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+}
+
+/// Where a statement runs: a pool (each statement commits on its own) or a transaction.
+pub(super) enum On<'a> {
+    /// An SQLite pool.
+    SqlitePool(&'a SqlitePool),
+    /// A PostgreSQL pool.
+    PgPool(&'a PgPool),
+    /// An SQLite transaction's connection.
+    SqliteConn(&'a mut SqliteConnection),
+    /// A PostgreSQL transaction's connection.
+    PgConn(&'a mut PgConnection),
+}
+
+impl<'a> From<&'a mut Tx> for On<'a> {
+    fn from(tx: &'a mut Tx) -> Self {
+        match tx {
+            Tx::Sqlite(tx) => On::SqliteConn(tx),
+            Tx::Postgres(tx) => On::PgConn(tx),
+        }
+    }
+}
+
+/// A bound value, encoded per backend when the statement runs.
+#[derive(Debug, Clone)]
+pub(super) enum Arg<'q> {
+    Uuid(Option<Uuid>),
+    Text(Option<Cow<'q, str>>),
+    Int(Option<i64>),
+    Bool(bool),
+    Time(Option<DateTime<Utc>>),
+    Bytes(Option<Cow<'q, [u8]>>),
+    Json(&'q serde_json::Value),
+}
+
+/// Values that can be bound to a statement.
+pub(super) trait IntoArg<'q> {
+    fn into_arg(self) -> Arg<'q>;
+}
+
+macro_rules! into_arg {
+    ($($ty:ty => |$v:ident| $arg:expr;)*) => {
+        $(impl<'q> IntoArg<'q> for $ty {
+            fn into_arg(self) -> Arg<'q> {
+                let $v = self;
+                $arg
+            }
+        })*
+    };
+}
+
+into_arg! {
+    Uuid => |v| Arg::Uuid(Some(v));
+    Option<Uuid> => |v| Arg::Uuid(v);
+    &'q str => |v| Arg::Text(Some(Cow::Borrowed(v)));
+    &'q String => |v| Arg::Text(Some(Cow::Borrowed(v)));
+    String => |v| Arg::Text(Some(Cow::Owned(v)));
+    Option<&'q str> => |v| Arg::Text(v.map(Cow::Borrowed));
+    Option<String> => |v| Arg::Text(v.map(Cow::Owned));
+    i64 => |v| Arg::Int(Some(v));
+    Option<i64> => |v| Arg::Int(v);
+    bool => |v| Arg::Bool(v);
+    DateTime<Utc> => |v| Arg::Time(Some(v));
+    Option<DateTime<Utc>> => |v| Arg::Time(v);
+    &'q [u8] => |v| Arg::Bytes(Some(Cow::Borrowed(v)));
+    &'q Vec<u8> => |v| Arg::Bytes(Some(Cow::Borrowed(v)));
+    Option<&'q [u8]> => |v| Arg::Bytes(v.map(Cow::Borrowed));
+    &'q serde_json::Value => |v| Arg::Json(v);
+}
+
+/// One statement and its values.
+#[derive(Debug, Clone)]
+pub(super) struct Query<'q> {
+    sql: &'static str,
+    args: Vec<Arg<'q>>,
+}
+
+/// A statement, in PostgreSQL's spelling with `$n` placeholders.
+pub(super) fn query<'q>(sql: &'static str) -> Query<'q> {
+    Query { sql, args: Vec::new() }
+}
+
+impl<'q> Query<'q> {
+    /// Binds the next placeholder.
+    pub(super) fn bind(mut self, value: impl IntoArg<'q>) -> Self {
+        self.args.push(value.into_arg());
+        self
+    }
+
+    fn pg(&self) -> sqlx::query::Query<'_, Postgres, PgArguments> {
+        let mut query = sqlx::query(self.sql);
+        for arg in &self.args {
+            query = match arg {
+                Arg::Uuid(v) => query.bind(*v),
+                Arg::Text(v) => query.bind(v.as_deref()),
+                Arg::Int(v) => query.bind(*v),
+                Arg::Bool(v) => query.bind(*v),
+                Arg::Time(v) => query.bind(*v),
+                Arg::Bytes(v) => query.bind(v.as_deref()),
+                Arg::Json(v) => query.bind(sqlx::types::Json(*v)),
+            };
+        }
+        query
+    }
+
+    fn sqlite(&self) -> sqlx::query::Query<'_, Sqlite, SqliteArguments> {
+        let mut query = sqlx::query(sqlite_sql(self.sql));
+        for arg in &self.args {
+            query = match arg {
+                Arg::Uuid(v) => query.bind(*v),
+                Arg::Text(v) => query.bind(v.as_deref()),
+                Arg::Int(v) => query.bind(*v),
+                Arg::Bool(v) => query.bind(*v),
+                Arg::Time(v) => query.bind(v.map(|t| t.timestamp_micros())),
+                Arg::Bytes(v) => query.bind(v.as_deref()),
+                Arg::Json(v) => query.bind(v.to_string()),
+            };
+        }
+        query
+    }
+
+    /// Runs the statement; returns how many rows it changed.
+    pub(super) async fn execute<'a>(&self, on: impl Into<On<'a>>) -> Result<u64, StoreError> {
+        Ok(match on.into() {
+            On::SqlitePool(pool) => self.sqlite().execute(pool).await?.rows_affected(),
+            On::SqliteConn(conn) => self.sqlite().execute(conn).await?.rows_affected(),
+            On::PgPool(pool) => self.pg().execute(pool).await?.rows_affected(),
+            On::PgConn(conn) => self.pg().execute(conn).await?.rows_affected(),
+        })
+    }
+
+    /// Runs the statement; returns its row, if any.
+    pub(super) async fn fetch_optional<'a>(&self, on: impl Into<On<'a>>) -> Result<Option<Row>, StoreError> {
+        Ok(match on.into() {
+            On::SqlitePool(pool) => self.sqlite().fetch_optional(pool).await?.map(Row::Sqlite),
+            On::SqliteConn(conn) => self.sqlite().fetch_optional(conn).await?.map(Row::Sqlite),
+            On::PgPool(pool) => self.pg().fetch_optional(pool).await?.map(Row::Postgres),
+            On::PgConn(conn) => self.pg().fetch_optional(conn).await?.map(Row::Postgres),
+        })
+    }
+
+    /// Runs the statement; returns its one row.
+    pub(super) async fn fetch_one<'a>(&self, on: impl Into<On<'a>>) -> Result<Row, StoreError> {
+        self.fetch_optional(on).await?.ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Runs the statement; returns all its rows.
+    pub(super) async fn fetch_all<'a>(&self, on: impl Into<On<'a>>) -> Result<Vec<Row>, StoreError> {
+        Ok(match on.into() {
+            On::SqlitePool(pool) => self.sqlite().fetch_all(pool).await?.into_iter().map(Row::Sqlite).collect(),
+            On::SqliteConn(conn) => self.sqlite().fetch_all(conn).await?.into_iter().map(Row::Sqlite).collect(),
+            On::PgPool(pool) => self.pg().fetch_all(pool).await?.into_iter().map(Row::Postgres).collect(),
+            On::PgConn(conn) => self.pg().fetch_all(conn).await?.into_iter().map(Row::Postgres).collect(),
+        })
+    }
+}
+
+/// A result row of either backend.
+pub(super) enum Row {
+    /// From SQLite.
+    Sqlite(SqliteRow),
+    /// From PostgreSQL.
+    Postgres(PgRow),
+}
+
+impl RowExt for SqliteRow {
+    impl_row_ext_common!();
+
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
+        from_micros(self.try_get(col)?)
+    }
+
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.try_get::<Option<i64>, _>(col)?.map(from_micros).transpose()
+    }
+}
+
+impl RowExt for PgRow {
+    impl_row_ext_common!();
+
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("time {micros} out of range")))
+}
+
+macro_rules! dispatch {
+    ($($name:ident -> $ty:ty;)*) => {
+        $(fn $name(&self, col: &str) -> Result<$ty, StoreError> {
+            match self {
+                Row::Sqlite(row) => row.$name(col),
+                Row::Postgres(row) => row.$name(col),
+            }
+        })*
+    };
+}
+
+impl RowExt for Row {
+    dispatch! {
+        uuid -> Uuid;
+        opt_uuid -> Option<Uuid>;
+        text -> String;
+        opt_text -> Option<String>;
+        flag -> bool;
+        int -> i64;
+        opt_int -> Option<i64>;
+        time -> DateTime<Utc>;
+        opt_time -> Option<DateTime<Utc>>;
+        bytes -> Vec<u8>;
+        opt_bytes -> Option<Vec<u8>>;
+    }
+}
+
+/// The SQLite spelling of a statement: `FOR UPDATE` dropped (SQLite has no row locks; its write
+/// transactions are serialised whole). Statements without it are used as they are; rewritten ones
+/// are made once and kept for the process's life (there are a handful).
+fn sqlite_sql(sql: &'static str) -> &'static str {
+    if !sql.contains(" FOR UPDATE") {
+        return sql;
+    }
+    static REWRITTEN: LazyLock<Mutex<HashMap<&'static str, &'static str>>> = LazyLock::new(Default::default);
+    let mut rewritten = REWRITTEN.lock().unwrap_or_else(|p| p.into_inner());
+    rewritten.entry(sql).or_insert_with(|| Box::leak(sql.replace(" FOR UPDATE", "").into_boxed_str()))
+}
+
+/// Whether an SQLite URL names an in-memory database.
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Whether the database file a `sqlite:` URL names exists already (in-memory databases do).
+pub fn sqlite_database_exists(url: &str) -> Result<bool, StoreError> {
+    if is_in_memory(url) {
+        return Ok(true);
+    }
+    Ok(SqliteConnectOptions::from_str(url)?.get_filename().exists())
+}
+
+/// Creates the PostgreSQL database a URL names (for scratch databases of benchmarks and tests).
+pub async fn create_pg_database(url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    Ok(Postgres::create_database(url).await?)
+}
+
+/// Drops the PostgreSQL database a URL names, disconnecting its sessions first.
+pub async fn drop_pg_database(url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    Ok(Postgres::force_drop_database(url).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_spelling_drops_row_locks() {
+        assert_eq!(sqlite_sql("SELECT 1 FROM users WHERE id = $1 FOR UPDATE"), "SELECT 1 FROM users WHERE id = $1");
+        let plain = "SELECT 1";
+        assert!(std::ptr::eq(sqlite_sql(plain), plain));
+    }
+}
