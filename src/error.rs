@@ -3,8 +3,14 @@
 //! Every error a client sees carries one of these codes: a stable snake_case string, an HTTP
 //! status and a short title. Codes are part of the API contract: never rename one, only add.
 //! The HTTP layer renders them as RFC 9457 `application/problem+json` (see `http::problem`).
+//!
+//! Errors reach clients through one path: every error type that a handler may return implements
+//! [`PublicError`] (its code, a detail that is safe to show, optional members of the body), and one
+//! blanket conversion turns any of them into the HTTP response. A 5xx never shows its own message:
+//! the client gets the code's fixed sentence, the cause goes to the log, once.
 
 use axum::http::StatusCode;
+use serde_json::Value;
 
 macro_rules! error_codes {
     ($( $(#[$doc:meta])* $variant:ident = ($status:ident, $code:literal, $title:literal), )*) => {
@@ -186,6 +192,64 @@ error_codes! {
     InternalError = (INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
 }
 
+impl ErrorCode {
+    /// The detail every occurrence of a server-side code shows, whatever its cause: the cause
+    /// itself is for the log only. `None` for codes whose errors say what happened themselves.
+    pub fn fixed_detail(self) -> Option<&'static str> {
+        Some(match self {
+            ErrorCode::StoreUnavailable => "the database is unavailable; try again shortly",
+            ErrorCode::IssuerUnavailable => {
+                "the issuer's keys cannot be fetched and none are cached; try again shortly"
+            }
+            ErrorCode::ProviderUnavailable => {
+                "the provider cannot be reached or answered something unusable; try again"
+            }
+            ErrorCode::InternalError => "an internal error occurred; it has been logged",
+            _ => return None,
+        })
+    }
+}
+
+/// The challenge sent with every refused bearer token (RFC 6750).
+pub const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"tessera\", error=\"invalid_token\"";
+
+/// An error that a client may see. Implementing it is all an error type needs to be returned by
+/// a handler: `http::problem` converts every `PublicError` into a problem+json response.
+pub trait PublicError: std::error::Error + Send + Sync + 'static {
+    /// The public code.
+    fn code(&self) -> ErrorCode;
+
+    /// The `detail` of the response: the code's fixed sentence where it has one (5xx), otherwise
+    /// the error's own message, which must therefore say what to fix and hold nothing internal.
+    fn detail(&self) -> String {
+        self.code().fixed_detail().map_or_else(|| self.to_string(), str::to_owned)
+    }
+
+    /// Members added to the body, such as `existing_slug`.
+    fn extensions(&self) -> Vec<(&'static str, Value)> {
+        Vec::new()
+    }
+
+    /// The status, when it is not the code's own.
+    fn status(&self) -> StatusCode {
+        self.code().status()
+    }
+
+    /// The `WWW-Authenticate` challenge to send, if any.
+    fn challenge(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+impl PublicError for crate::store::StoreError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            crate::store::StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
+            _ => ErrorCode::InternalError,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -204,6 +268,12 @@ mod tests {
             );
             assert!(code.status().is_client_error() || code.status().is_server_error());
             assert!(!code.title().is_empty());
+            if code.status().is_server_error() && *code != ErrorCode::EncryptionNotConfigured {
+                assert!(
+                    code.fixed_detail().is_some() || *code == ErrorCode::RefreshInProgress,
+                    "{s}: a 5xx shows a fixed sentence, never its cause"
+                );
+            }
         }
     }
 }

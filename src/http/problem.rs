@@ -9,15 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use crate::error::ErrorCode;
-use crate::service::connections::ConnectError;
-use crate::service::oauth_flow::FlowError;
-use crate::service::provisioning::{IdentityError, ProvisionError};
-use crate::service::signin::SignInError;
-use crate::service::teams::TeamError;
-use crate::service::tokens::TokenError;
-use crate::service::validation::ValidateError;
-use crate::store::StoreError;
+pub use crate::error::INVALID_TOKEN_CHALLENGE;
+use crate::error::{ErrorCode, PublicError};
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -77,6 +70,13 @@ impl ApiError {
     /// The status, title and detail, for an HTML page. A 5xx is logged here like in
     /// `into_response`, since the page replaces it.
     pub fn describe(self) -> (StatusCode, &'static str, String) {
+        let status = self.log();
+        (status, self.code.title(), self.detail)
+    }
+
+    /// Logs the error as the response is made, and returns its status: a 5xx with its cause chain
+    /// at ERROR (the only place a cause is ever written), anything else at DEBUG.
+    fn log(&self) -> StatusCode {
         let status = self.status.unwrap_or_else(|| self.code.status());
         if status.is_server_error() {
             match &self.source {
@@ -85,8 +85,10 @@ impl ApiError {
                 }
                 None => tracing::error!(code = self.code.as_str(), "request failed"),
             }
+        } else {
+            tracing::debug!(code = self.code.as_str(), "request refused");
         }
-        (status, self.code.title(), self.detail)
+        status
     }
 
     /// An internal error whose cause is logged and not shown.
@@ -95,120 +97,22 @@ impl ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Unavailable(_) => {
-                ApiError::new(ErrorCode::StoreUnavailable, "the database is unavailable; try again shortly")
-                    .with_source(error)
-            }
-            other => ApiError::internal(other),
-        }
-    }
-}
-
-impl From<ProvisionError> for ApiError {
-    fn from(error: ProvisionError) -> Self {
-        match error {
-            ProvisionError::Store(store) => store.into(),
-            ProvisionError::IssuerNotAllowed => {
-                ApiError::new(error.code(), "the issuer is not on this server's allow-list")
-            }
-            ProvisionError::UserDisabled => ApiError::new(error.code(), "the user is disabled"),
-            ProvisionError::UserNotFound => ApiError::new(error.code(), "no user has this id"),
-        }
-    }
-}
-
-/// The challenge sent with every refused bearer token.
-pub const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"tessera\", error=\"invalid_token\"";
-
-impl From<ValidateError> for ApiError {
-    fn from(error: ValidateError) -> Self {
-        match error {
-            ValidateError::Token(TokenError::IssuerUnavailable) => ApiError::new(
-                ErrorCode::IssuerUnavailable,
-                "the issuer's keys cannot be fetched and none are cached; try again shortly",
-            ),
-            ValidateError::Token(token) => ApiError::new(token.code(), token.to_string())
-                .with_status(StatusCode::UNAUTHORIZED)
-                .challenge(INVALID_TOKEN_CHALLENGE),
-            ValidateError::NotProvisioned => ApiError::new(
-                error.code(),
-                "this identity has no user and its issuer does not provision users on first sight",
-            ),
-            ValidateError::UserDisabled => ApiError::new(error.code(), "the user is disabled"),
-            ValidateError::Store(store) => store.into(),
-        }
-    }
-}
-
-impl From<TeamError> for ApiError {
-    fn from(error: TeamError) -> Self {
-        match error {
-            TeamError::Store(store) => store.into(),
-            TeamError::TeamNotFound => ApiError::new(error.code(), "no team has this id or slug"),
-            TeamError::IssuerNotAllowed => ApiError::new(error.code(), "the issuer is not on this server's allow-list"),
-            TeamError::DomainClaimedByAnotherTeam => {
-                ApiError::new(error.code(), "another team already claims this domain")
-            }
-            other => ApiError::new(other.code(), other.to_string()),
-        }
-    }
-}
-
-impl From<FlowError> for ApiError {
-    fn from(error: FlowError) -> Self {
+/// The one conversion from service and store errors: their code, their safe detail and body
+/// members, and, for a 5xx, the error itself as the logged cause.
+impl<E: PublicError> From<E> for ApiError {
+    fn from(error: E) -> Self {
         let code = error.code();
-        match error {
-            FlowError::Store(store) => store.into(),
-            FlowError::Provider(ref provider) if code.status().is_server_error() => {
-                let detail = "the provider cannot be reached or answered something unusable; try again";
-                let cause = provider.to_string();
-                ApiError::new(code, detail).with_source(std::io::Error::other(cause))
-            }
-            other => ApiError::new(code, other.to_string()),
+        let status = error.status();
+        let mut api = ApiError::new(code, error.detail());
+        api.extensions.extend(error.extensions().into_iter().map(|(key, value)| (key.to_owned(), value)));
+        api.www_authenticate = error.challenge().map(HeaderValue::from_static);
+        if status != code.status() {
+            api.status = Some(status);
         }
-    }
-}
-
-impl From<SignInError> for ApiError {
-    fn from(error: SignInError) -> Self {
-        let code = error.code();
-        match error {
-            SignInError::Flow(flow) => flow.into(),
-            SignInError::Store(store) => store.into(),
-            SignInError::LinkRequired { ref provider } => {
-                let link_url = format!("/auth/link?provider={provider}");
-                ApiError::new(code, error.to_string()).extension("link_url", link_url)
-            }
-            other => ApiError::new(code, other.to_string()),
+        if status.is_server_error() {
+            api.source = Some(Box::new(error));
         }
-    }
-}
-
-impl From<ConnectError> for ApiError {
-    fn from(error: ConnectError) -> Self {
-        let code = error.code();
-        match error {
-            ConnectError::Flow(flow) => flow.into(),
-            ConnectError::Store(store) => store.into(),
-            ConnectError::PendingAuthConflict { ref slug } => {
-                let slug = slug.clone();
-                ApiError::new(code, error.to_string()).extension("existing_slug", slug)
-            }
-            ConnectError::Undecryptable => ApiError::internal(error),
-            other => ApiError::new(code, other.to_string()),
-        }
-    }
-}
-
-impl From<IdentityError> for ApiError {
-    fn from(error: IdentityError) -> Self {
-        match error {
-            IdentityError::Store(store) => store.into(),
-            other => ApiError::new(other.code(), other.to_string()),
-        }
+        api
     }
 }
 
@@ -229,17 +133,7 @@ impl fmt::Display for Chain<'_> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status.unwrap_or_else(|| self.code.status());
-        if status.is_server_error() {
-            match &self.source {
-                Some(source) => {
-                    tracing::error!(code = self.code.as_str(), error = %Chain(source.as_ref()), "request failed")
-                }
-                None => tracing::error!(code = self.code.as_str(), "request failed"),
-            }
-        } else {
-            tracing::debug!(code = self.code.as_str(), "request refused");
-        }
+        let status = self.log();
         let mut body = json!({
             "type": format!("urn:tessera:problem:{}", self.code.as_str()),
             "title": self.code.title(),

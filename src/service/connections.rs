@@ -33,7 +33,7 @@ use super::teams::{TeamError, Teams};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::sha256;
 use crate::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, ReturnTo, Role, Slug, Team, TeamRef, UserId};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, PublicError};
 use crate::store::{
     Activation, ConnectToken, PendingKey, ProfileSecrets, RefreshLease, Refreshed, SecretKind, Store, StoreError,
     StoredSecret,
@@ -119,9 +119,8 @@ pub enum ConnectError {
     Store(#[from] StoreError),
 }
 
-impl ConnectError {
-    /// The public error code.
-    pub fn code(&self) -> ErrorCode {
+impl PublicError for ConnectError {
+    fn code(&self) -> ErrorCode {
         match self {
             ConnectError::TeamNotFound => ErrorCode::TeamNotFound,
             ConnectError::ProfileNotFound => ErrorCode::ProfileNotFound,
@@ -142,8 +141,14 @@ impl ConnectError {
             ConnectError::RefreshInProgress => ErrorCode::RefreshInProgress,
             ConnectError::Undecryptable => ErrorCode::InternalError,
             ConnectError::Flow(e) => e.code(),
-            ConnectError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
-            ConnectError::Store(_) => ErrorCode::InternalError,
+            ConnectError::Store(e) => e.code(),
+        }
+    }
+
+    fn extensions(&self) -> Vec<(&'static str, serde_json::Value)> {
+        match self {
+            ConnectError::PendingAuthConflict { slug } => vec![("existing_slug", slug.as_str().into())],
+            _ => Vec::new(),
         }
     }
 }

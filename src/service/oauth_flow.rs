@@ -19,7 +19,7 @@ use super::providers::{AuthorizationRequest, Provider, ProviderError, ProviderRe
 use super::sessions::random_secret;
 use crate::crypto::{constant_time_eq, sha256};
 use crate::domain::{Issuer, ProfileId, ReturnTo, Subject, UserId};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, PublicError};
 use crate::store::{LoginState, Store, StoreError};
 
 /// How long a flow may take, from `begin` to the callback.
@@ -77,9 +77,8 @@ pub enum FlowError {
     Store(#[from] StoreError),
 }
 
-impl FlowError {
-    /// The public error code.
-    pub fn code(&self) -> ErrorCode {
+impl PublicError for FlowError {
+    fn code(&self) -> ErrorCode {
         match self {
             FlowError::UnknownProvider(_) => ErrorCode::UnknownProvider,
             FlowError::InvalidState(_) => ErrorCode::InvalidState,
@@ -88,8 +87,7 @@ impl FlowError {
             FlowError::MissingCode => ErrorCode::InvalidCode,
             FlowError::Denied(_) => ErrorCode::ProviderDenied,
             FlowError::Provider(e) => e.code(),
-            FlowError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
-            FlowError::Store(_) => ErrorCode::InternalError,
+            FlowError::Store(e) => e.code(),
         }
     }
 }

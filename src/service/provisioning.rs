@@ -18,7 +18,7 @@ use crate::crypto;
 use crate::domain::{
     DisplayName, Email, EventId, Identity, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
 };
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, PublicError};
 use crate::store::{CreateOutcome, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome};
 
 /// How often at most an identity's `last_seen_at` is written.
@@ -59,28 +59,26 @@ pub struct Provisioned {
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     /// The issuer is not on the allow-list.
-    #[error("issuer not allowed")]
+    #[error("the issuer is not on this server's allow-list")]
     IssuerNotAllowed,
     /// The identity belongs to a disabled user.
-    #[error("user disabled")]
+    #[error("the user is disabled")]
     UserDisabled,
     /// No user has that id.
-    #[error("user not found")]
+    #[error("no user has this id")]
     UserNotFound,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-impl ProvisionError {
-    /// The public error code.
-    pub fn code(&self) -> ErrorCode {
+impl PublicError for ProvisionError {
+    fn code(&self) -> ErrorCode {
         match self {
             ProvisionError::IssuerNotAllowed => ErrorCode::IssuerNotAllowed,
             ProvisionError::UserDisabled => ErrorCode::UserDisabled,
             ProvisionError::UserNotFound => ErrorCode::UserNotFound,
-            ProvisionError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
-            ProvisionError::Store(_) => ErrorCode::InternalError,
+            ProvisionError::Store(e) => e.code(),
         }
     }
 }
@@ -99,14 +97,12 @@ pub enum IdentityError {
     Store(#[from] StoreError),
 }
 
-impl IdentityError {
-    /// The public error code.
-    pub fn code(&self) -> ErrorCode {
+impl PublicError for IdentityError {
+    fn code(&self) -> ErrorCode {
         match self {
             IdentityError::NotFound => ErrorCode::IdentityNotFound,
             IdentityError::LastIdentity => ErrorCode::LastIdentity,
-            IdentityError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
-            IdentityError::Store(_) => ErrorCode::InternalError,
+            IdentityError::Store(e) => e.code(),
         }
     }
 }

@@ -22,7 +22,7 @@ use super::validation::PrincipalCache;
 use crate::config::AuthConfig;
 use crate::crypto::keyring::KeyRing;
 use crate::domain::{DisplayName, IdentityId, ReturnTo, Subject, User, UserId};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, PublicError};
 use crate::store::{EncryptedTokens, LinkOutcome, NewLink, SecretKind, Store, StoreError, StoredSecret};
 
 /// Why a sign-in or link failed.
@@ -51,17 +51,24 @@ pub enum SignInError {
     Store(#[from] StoreError),
 }
 
-impl SignInError {
-    /// The public error code.
-    pub fn code(&self) -> ErrorCode {
+impl PublicError for SignInError {
+    fn code(&self) -> ErrorCode {
         match self {
             SignInError::Flow(e) => e.code(),
             SignInError::InvalidReturnTo => ErrorCode::InvalidReturnTo,
             SignInError::IdentityAlreadyLinked => ErrorCode::IdentityAlreadyLinked,
             SignInError::LinkRequired { .. } => ErrorCode::LinkRequired,
             SignInError::UserDisabled => ErrorCode::UserDisabled,
-            SignInError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
-            SignInError::Store(_) => ErrorCode::InternalError,
+            SignInError::Store(e) => e.code(),
+        }
+    }
+
+    fn extensions(&self) -> Vec<(&'static str, serde_json::Value)> {
+        match self {
+            SignInError::LinkRequired { provider } => {
+                vec![("link_url", format!("/auth/link?provider={provider}").into())]
+            }
+            _ => Vec::new(),
         }
     }
 }

@@ -9,20 +9,20 @@ use std::sync::Arc;
 use super::issuers::IssuerRegistry;
 use super::validation::PrincipalCache;
 use crate::domain::{DomainClaim, DomainName, Email, Issuer, Role, Team, TeamRef, UserId};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, PublicError};
 use crate::store::{ClaimOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store, StoreError};
 
 /// Why a team operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TeamError {
     /// No team has that id or slug.
-    #[error("team not found")]
+    #[error("no team has this id or slug")]
     TeamNotFound,
     /// The issuer is not on the allow-list.
-    #[error("issuer not allowed")]
+    #[error("the issuer is not on this server's allow-list")]
     IssuerNotAllowed,
     /// Another team claims the domain.
-    #[error("the domain is claimed by another team")]
+    #[error("another team already claims this domain")]
     DomainClaimedByAnotherTeam,
     /// The team does not claim the domain.
     #[error("the team does not claim this domain")]
@@ -44,9 +44,8 @@ pub enum TeamError {
     Store(#[from] StoreError),
 }
 
-impl TeamError {
-    /// The public error code.
-    pub fn code(&self) -> ErrorCode {
+impl PublicError for TeamError {
+    fn code(&self) -> ErrorCode {
         match self {
             TeamError::TeamNotFound => ErrorCode::TeamNotFound,
             TeamError::IssuerNotAllowed => ErrorCode::IssuerNotAllowed,
@@ -56,8 +55,7 @@ impl TeamError {
             TeamError::MemberNotFound => ErrorCode::MemberNotFound,
             TeamError::LastOwner => ErrorCode::LastOwner,
             TeamError::NotOwner => ErrorCode::NotTeamAdmin,
-            TeamError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
-            TeamError::Store(_) => ErrorCode::InternalError,
+            TeamError::Store(e) => e.code(),
         }
     }
 }

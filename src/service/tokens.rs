@@ -29,7 +29,7 @@ use super::jwks::{AfterMiss, JwksCache, Miss};
 use crate::config::parse_algorithm;
 use crate::crypto::sha256;
 use crate::domain::{DisplayName, Email, Issuer, Subject};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, PublicError};
 
 /// The longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -66,9 +66,8 @@ pub enum TokenError {
     IssuerUnavailable,
 }
 
-impl TokenError {
-    /// The public error code.
-    pub fn code(&self) -> ErrorCode {
+impl PublicError for TokenError {
+    fn code(&self) -> ErrorCode {
         match self {
             TokenError::Malformed(_) => ErrorCode::MalformedToken,
             TokenError::IssuerNotAllowed => ErrorCode::IssuerNotAllowed,

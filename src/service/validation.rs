@@ -18,7 +18,9 @@ use super::cache::TtlCache;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use super::tokens::{TokenCache, TokenError, TokenVerifier, VerifiedToken};
 use crate::domain::{Issuer, Principal, Subject, TeamRef, UserId, UserProfile};
-use crate::error::ErrorCode;
+use axum::http::StatusCode;
+
+use crate::error::{ErrorCode, INVALID_TOKEN_CHALLENGE, PublicError};
 use crate::store::{ReadFrom, Store, StoreError};
 
 /// How often at most an identity's `last_seen_at` is written from the validation path.
@@ -123,7 +125,7 @@ pub enum ValidateError {
     #[error(transparent)]
     Token(#[from] TokenError),
     /// Unknown identity at an issuer without just-in-time provisioning.
-    #[error("the identity is not provisioned")]
+    #[error("this identity has no user and its issuer does not provision users on first sight")]
     NotProvisioned,
     /// The user is disabled.
     #[error("the user is disabled")]
@@ -133,16 +135,26 @@ pub enum ValidateError {
     Store(#[from] StoreError),
 }
 
-impl ValidateError {
-    /// The public error code.
-    pub fn code(&self) -> ErrorCode {
+impl PublicError for ValidateError {
+    fn code(&self) -> ErrorCode {
         match self {
             ValidateError::Token(e) => e.code(),
             ValidateError::NotProvisioned => ErrorCode::IdentityNotProvisioned,
             ValidateError::UserDisabled => ErrorCode::UserDisabled,
-            ValidateError::Store(StoreError::Unavailable(_)) => ErrorCode::StoreUnavailable,
-            ValidateError::Store(_) => ErrorCode::InternalError,
+            ValidateError::Store(e) => e.code(),
         }
+    }
+
+    /// Every refused bearer token is a 401 (RFC 6750 `invalid_token`), whichever code explains why.
+    fn status(&self) -> StatusCode {
+        match self {
+            ValidateError::Token(e) if *e != TokenError::IssuerUnavailable => StatusCode::UNAUTHORIZED,
+            other => other.code().status(),
+        }
+    }
+
+    fn challenge(&self) -> Option<&'static str> {
+        (self.status() == StatusCode::UNAUTHORIZED).then_some(INVALID_TOKEN_CHALLENGE)
     }
 }
 

@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::config::{JwksConfig, ProviderConfig, ProviderKind};
 use crate::domain::{Email, Issuer};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, PublicError};
 
 pub use github::GitHubProvider;
 pub use oidc::OidcProvider;
@@ -101,9 +101,8 @@ pub enum ProviderError {
     InvalidResponse(String),
 }
 
-impl ProviderError {
-    /// The public error code.
-    pub fn code(&self) -> ErrorCode {
+impl PublicError for ProviderError {
+    fn code(&self) -> ErrorCode {
         match self {
             ProviderError::InvalidCode | ProviderError::InvalidGrant => ErrorCode::InvalidCode,
             ProviderError::InvalidIdToken(_) => ErrorCode::InvalidIdToken,
