@@ -1,4 +1,5 @@
-//! The command line: `tessera serve | migrate | check | bench …`.
+//! The command line: `tessera serve | migrate | check | keys …`. (Benchmarks are a separate
+//! binary, `tessera-bench`, outside the product.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::startup::{Application, prepare_schema};
-use crate::{bench, service, store, telemetry};
+use crate::{service, store, telemetry};
 
 /// Tessera: a self-hosted identity broker and user-provisioning service.
 #[derive(Debug, Parser)]
@@ -42,12 +43,6 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysCommand,
     },
-    /// Benchmarks of the hot paths, printed beside baselines measured in the same run.
-    Bench {
-        /// Which benchmark.
-        #[command(subcommand)]
-        which: BenchCommand,
-    },
 }
 
 /// Key-ring actions.
@@ -56,23 +51,6 @@ pub enum KeysCommand {
     /// Re-encrypt every stored secret under the active (first) key of TESSERA_ENCRYPTION_KEYS, so
     /// that older keys can be removed afterwards.
     Rotate,
-}
-
-/// The benchmarks.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Provisioning over HTTP against the bare provisioning service, on SQLite and PostgreSQL,
-    /// plus start-up time and idle memory.
-    Bootstrap(bench::bootstrap::BootstrapArgs),
-    /// `/v1/validate` over HTTP against its composed ceiling (in-process verification and a bare
-    /// endpoint of the same stack), RS256 and ES256.
-    Validate(bench::validate::ValidateArgs),
-    /// Tessera's own CPU time per browser sign-in against a local OpenID provider, and
-    /// sign-ins/s at several concurrent browsers.
-    Signin(bench::signin::SigninArgs),
-    /// Connected accounts: create-or-reuse and token reads at many concurrent members, beside a
-    /// bare single-row SELECT of the same database.
-    Connections(bench::connections::ConnectionsArgs),
 }
 
 /// Parses the command line and runs it.
@@ -85,12 +63,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut log = config.log.clone();
-    if matches!(cli.command, Command::Bench { .. }) && std::env::var_os("TESSERA_LOG").is_none() {
-        // Per-request logs would be measured along with the requests.
-        log.filter = "warn".into();
-    }
-    telemetry::init(&log);
+    telemetry::init(&config.log);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -119,21 +92,6 @@ async fn run(command: Command, config: Config) -> ExitCode {
             if report.has_problems() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
         Command::Keys { action: KeysCommand::Rotate } => rotate_keys(config).await,
-        Command::Bench { which } => {
-            let outcome = match which {
-                BenchCommand::Bootstrap(args) => bench::bootstrap::run(args).await,
-                BenchCommand::Validate(args) => bench::validate::run(args).await,
-                BenchCommand::Signin(args) => bench::signin::run(args).await,
-                BenchCommand::Connections(args) => bench::connections::run(args).await,
-            };
-            match outcome {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tessera bench: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
     }
 }
 

@@ -4,14 +4,12 @@
 //! [`store`] (all SQL, on SQLite or PostgreSQL). [`startup`] wires them together and [`cli`] is
 //! what the `tessera` binary runs.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod http;
-pub mod local_issuer;
 pub mod service;
 pub mod startup;
 pub mod store;

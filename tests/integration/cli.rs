@@ -251,3 +251,17 @@ async fn configuration_mistakes_stop_start_up_naming_the_key() {
     assert!(!weak.stderr.contains("admin\""), "the token itself is not echoed: {}", weak.stderr);
     assert!(!dir.path().join("tessera.db").exists(), "nothing was created");
 }
+
+#[tokio::test]
+async fn the_shipped_binary_has_no_bench_command_and_no_test_kit() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = run(tessera(dir.path()).args(["bench", "validate"])).await;
+    assert_eq!(bench.code, 2, "benchmarks are the separate tessera-bench binary: {}", bench.stderr);
+    assert!(bench.stderr.contains("unrecognized subcommand"), "{}", bench.stderr);
+    // The test kit signs tokens for any subject: if it were linked into the product, its crate
+    // would be in the binary's (mangled) symbols, as the product's own modules are.
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_tessera")).unwrap();
+    let contains = |needle: &[u8]| binary.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(b"7tessera7startup"), "the product's symbols are there to read");
+    assert!(!contains(b"15tessera_testkit"), "no test-kit code in the shipped binary");
+}

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tessera::config::{Config, ProviderKind};
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, Slug, TeamId, UserId};
-use tessera::local_issuer::{LocalIssuer, StubUser, TokenFault};
+use tessera_testkit::local_issuer::{LocalIssuer, StubUser, TokenFault};
 
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_no_leak, eventually, json as body, on_both_backends};
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use tessera::config::{ProviderConfig, ProviderEndpoints, ProviderKind};
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::Issuer;
-use tessera::local_issuer::{LocalIssuer, StubUser};
 use tessera::store::{SecretKind, StoredSecret};
+use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
 
 use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, provider};

@@ -199,7 +199,7 @@ pub const AUDIENCE: &str = "api://tessera-test";
 
 /// An issuer configuration for a running local issuer: discovery, the test audience, the
 /// default algorithms, JIT on, no leeway (so expiry tests need not wait a minute).
-pub fn local_issuer_config(issuer: &tessera::local_issuer::LocalIssuer) -> IssuerConfig {
+pub fn local_issuer_config(issuer: &tessera_testkit::local_issuer::LocalIssuer) -> IssuerConfig {
     let mut config = IssuerConfig::new(Issuer::parse(issuer.issuer()).unwrap());
     config.name = "local".into();
     config.audiences = vec![AUDIENCE.into()];

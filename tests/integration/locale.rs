@@ -6,7 +6,7 @@
 
 use reqwest::StatusCode;
 use tessera::domain::Email;
-use tessera::local_issuer::StubUser;
+use tessera_testkit::local_issuer::StubUser;
 
 use crate::helpers::{Backend, TestDb, identity, json as body, on_both_backends, on_utf8_cluster};
 use crate::signin::{self, Browser};

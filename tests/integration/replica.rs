@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use tessera::config::DatabaseUrl;
-use tessera::local_issuer::LocalIssuer;
+use tessera_testkit::local_issuer::LocalIssuer;
 
 use crate::helpers::{AUDIENCE, Backend, TestApp, TestDb, identity, json as body, local_issuer_config};
 

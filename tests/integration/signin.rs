@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use tessera::config::{Config, ProviderConfig, ProviderEndpoints, ProviderKind};
 use tessera::domain::Issuer;
-use tessera::local_issuer::{LocalIssuer, StubUser, Tamper, TokenFault};
+use tessera_testkit::local_issuer::{LocalIssuer, StubUser, Tamper, TokenFault};
 
 use crate::helpers::{Backend, TestApp, identity, json as body, on_both_backends};
 

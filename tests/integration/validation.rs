@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tessera::config::Config;
-use tessera::local_issuer::{Alg, LocalIssuer, encode_part};
+use tessera_testkit::local_issuer::{Alg, LocalIssuer, encode_part};
 
 use crate::helpers::{AUDIENCE, Backend, TestApp, eventually, json as body, local_issuer_config, on_both_backends};
 

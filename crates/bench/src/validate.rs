@@ -1,4 +1,4 @@
-//! `tessera bench validate`: `/v1/validate` throughput and latency against its composed ceiling.
+//! `tessera-bench validate`: `/v1/validate` throughput and latency against its composed ceiling.
 //!
 //! A local issuer (in this process) signs RS256 and ES256 tokens; a Tessera server (in this
 //! process, on SQLite by default) validates them over HTTP at `--connections` concurrent
@@ -17,18 +17,19 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{BenchDatabase, Run, drive};
-use crate::config::{Config, IssuerConfig};
-use crate::domain::Issuer;
-use crate::local_issuer::LocalIssuer;
-use crate::service::issuers::{IssuerRegistry, outbound_client};
-use crate::service::tokens::{TokenCache, TokenVerifier};
-use crate::startup::{Application, prepare_schema};
-use crate::store;
+use crate::harness::{Run, drive};
+use tessera::config::{Config, IssuerConfig};
+use tessera::domain::Issuer;
+use tessera::service::issuers::{IssuerRegistry, outbound_client};
+use tessera::service::tokens::{TokenCache, TokenVerifier};
+use tessera::startup::{Application, prepare_schema};
+use tessera::store;
+use tessera_testkit::ScratchDb as BenchDatabase;
+use tessera_testkit::local_issuer::LocalIssuer;
 
 const AUDIENCE: &str = "api://tessera-bench";
 
-/// Options of `tessera bench validate`.
+/// Options of `tessera-bench validate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ValidateArgs {
     /// Concurrent HTTP connections.
@@ -79,7 +80,7 @@ async fn measure(args: &ValidateArgs, url: &str) -> anyhow::Result<()> {
     let verifier = Arc::new(TokenVerifier::new(registry, Arc::new(TokenCache::new(0)), Duration::ZERO));
 
     println!(
-        "tessera bench validate: {} requests per run at {} connections, {} identities, users on {}",
+        "tessera-bench validate: {} requests per run at {} connections, {} identities, users on {}",
         args.requests,
         args.connections,
         args.identities,

@@ -1,7 +1,7 @@
 //! A minimal local OpenID issuer: a discovery document, a JWKS, and tokens signed with keys it
 //! generates (RSA-2048 for RS256, P-256 for ES256, Ed25519 for EdDSA).
 //!
-//! It exists for `tessera bench validate` and for the test suite, which need a real issuer on
+//! It exists for the benchmarks (`tessera-bench`) and the test suite, which need a real issuer on
 //! 127.0.0.1 whose keys can be rotated, re-keyed under the same `kid`, or made unreachable.
 //! `tessera serve` never uses it, and nothing in the verification path knows it exists: tokens
 //! it signs are verified exactly like any other issuer's.

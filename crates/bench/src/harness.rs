@@ -1,11 +1,4 @@
-//! `tessera bench …`: benchmarks of the hot paths. Every figure is printed beside a baseline
-//! measured in the same run, as a ratio, because shared machines are noisy. Benchmarks are not
-//! tests: nothing here asserts on timing.
-
-pub mod bootstrap;
-pub mod connections;
-pub mod signin;
-pub mod validate;
+//! What every benchmark shares: driving operations on concurrent tasks and reading the run.
 
 use std::time::{Duration, Instant};
 
@@ -69,48 +62,4 @@ where
         all.extend(done.expect("benchmark task panicked")?);
     }
     Ok(Run::new(all, started.elapsed()))
-}
-
-/// The database of one benchmark run: a scratch database on a PostgreSQL server (created here,
-/// dropped by [`BenchDatabase::run`]) or a SQLite file in a temporary directory.
-pub struct BenchDatabase {
-    /// The database URL.
-    pub url: String,
-    scratch: bool,
-    _dir: tempfile::TempDir,
-}
-
-impl BenchDatabase {
-    /// A scratch database on the server `postgres` (an admin URL) names, else SQLite.
-    pub async fn create(postgres: Option<&str>) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let dir = tempfile::tempdir().context("temp dir")?;
-        let Some(admin) = postgres else {
-            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-            return Ok(Self { url, scratch: false, _dir: dir });
-        };
-        let mut url = url::Url::parse(admin).context("--postgres is not a URL")?;
-        url.set_path(&format!("tessera_bench_{}", uuid::Uuid::new_v4().simple()));
-        let url = url.to_string();
-        crate::store::create_pg_database(&url).await.context("create the scratch database")?;
-        Ok(Self { url, scratch: true, _dir: dir })
-    }
-
-    /// A directory that lives as long as the database.
-    pub fn dir(&self) -> &std::path::Path {
-        self._dir.path()
-    }
-
-    /// Runs `measure` on the database, then drops a scratch database whatever the outcome.
-    pub async fn run<F, Fut>(self, measure: F) -> anyhow::Result<()>
-    where
-        F: FnOnce(String) -> Fut,
-        Fut: std::future::Future<Output = anyhow::Result<()>>,
-    {
-        let outcome = measure(self.url.clone()).await;
-        if self.scratch {
-            crate::store::drop_pg_database(&self.url).await.ok();
-        }
-        outcome
-    }
 }

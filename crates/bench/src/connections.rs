@@ -1,4 +1,4 @@
-//! `tessera bench connections`: connected-accounts throughput.
+//! `tessera-bench connections`: connected-accounts throughput.
 //!
 //! A Tessera server and a local OpenID provider run in this process. With `--users` members of
 //! one team acting concurrently (through the admin token, on their behalf) it measures:
@@ -16,19 +16,20 @@ use base64::Engine;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use super::{BenchDatabase, Run, drive};
-use crate::config::{Config, IssuerConfig, ProviderConfig, ProviderEndpoints, ProviderKind};
-use crate::crypto::keyring::KeyRing;
-use crate::crypto::random_bytes;
-use crate::domain::{Issuer, ProfileId};
-use crate::local_issuer::LocalIssuer;
-use crate::startup::{Application, prepare_schema};
-use crate::store::{self, Store};
+use crate::harness::{Run, drive};
+use tessera::config::{Config, IssuerConfig, ProviderConfig, ProviderEndpoints, ProviderKind};
+use tessera::crypto::keyring::KeyRing;
+use tessera::crypto::random_bytes;
+use tessera::domain::{Issuer, ProfileId};
+use tessera::startup::{Application, prepare_schema};
+use tessera::store::{self, Store};
+use tessera_testkit::ScratchDb as BenchDatabase;
+use tessera_testkit::local_issuer::LocalIssuer;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 const ISSUER: &str = "https://bench.example.com";
 
-/// Options of `tessera bench connections`.
+/// Options of `tessera-bench connections`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionsArgs {
     /// Concurrent members.
@@ -71,7 +72,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
         scopes: vec!["openid".into()],
         issuer: Issuer::parse(provider.issuer())?,
         endpoints: ProviderEndpoints::default(),
-        algorithms: crate::config::DEFAULT_ALGORITHMS.to_vec(),
+        algorithms: tessera::config::DEFAULT_ALGORITHMS.to_vec(),
         trusted_email_verification: false,
         auto_link_by_email: false,
         store_tokens: false,
@@ -165,7 +166,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
     let token_baseline = bare_selects(&store, profile, args.users, args.requests).await?;
 
     println!(
-        "tessera bench connections: {} requests per run, {} concurrent members, on {}",
+        "tessera-bench connections: {} requests per run, {} concurrent members, on {}",
         args.requests,
         args.users,
         store.backend().name()

@@ -1,4 +1,4 @@
-//! `tessera bench bootstrap`: provisioning throughput and latency.
+//! `tessera-bench bootstrap`: provisioning throughput and latency.
 //!
 //! For each backend and each client count it runs, on distinct new identities:
 //! - `bare`: the provisioning service called directly on the store (no HTTP) — the ceiling;
@@ -16,19 +16,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use super::{BenchDatabase, Run, drive};
-use crate::config::{Config, IssuerConfig};
-use crate::domain::{DisplayName, Email, Issuer, Subject};
-use crate::service::issuers::{IssuerRegistry, outbound_client};
-use crate::service::provisioning::{IdentityClaim, Provisioner};
-use crate::service::validation::PrincipalCache;
-use crate::startup::{Application, prepare_schema};
-use crate::store;
+use crate::harness::{Run, drive};
+use tessera::config::{Config, IssuerConfig};
+use tessera::domain::{DisplayName, Email, Issuer, Subject};
+use tessera::service::issuers::{IssuerRegistry, outbound_client};
+use tessera::service::provisioning::{IdentityClaim, Provisioner};
+use tessera::service::validation::PrincipalCache;
+use tessera::startup::{Application, prepare_schema};
+use tessera::store;
+use tessera_testkit::ScratchDb as BenchDatabase;
 
 const ISSUER: &str = "https://bench.example.com";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 
-/// Options of `tessera bench bootstrap`.
+/// Options of `tessera-bench bootstrap`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BootstrapArgs {
     /// Concurrent clients to measure, comma-separated.
@@ -54,7 +55,7 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         bail!("--clients and --requests must be positive");
     }
     println!(
-        "tessera bench bootstrap: {} provisions per run, distinct new identities; `bare` calls the \
+        "tessera-bench bootstrap: {} provisions per run, distinct new identities; `bare` calls the \
          provisioning service directly, `http` goes through POST /admin/users/bootstrap",
         args.requests
     );
@@ -200,7 +201,7 @@ async fn http(
 /// Starts `tessera serve` `times` times on the database `url(i)` names, and reports the median
 /// time from process start to the first `/readyz` 200 and the median idle resident memory.
 async fn measure_startups(label: &str, times: usize, url: impl Fn(usize) -> String) -> anyhow::Result<String> {
-    let exe = std::env::current_exe().context("locate the tessera binary")?;
+    let exe = crate::tessera_exe()?;
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(1)).build()?;
     let mut startups = Vec::new();
     let mut rss = Vec::new();

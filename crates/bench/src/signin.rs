@@ -1,4 +1,4 @@
-//! `tessera bench signin`: Tessera's own CPU time per completed browser sign-in.
+//! `tessera-bench signin`: Tessera's own CPU time per completed browser sign-in.
 //!
 //! A local OpenID provider runs in this process; `tessera serve` runs as a child process, so that
 //! its CPU time (from `/proc/<pid>/stat`, every thread) excludes the provider's and the driver's.
@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::{BenchDatabase, drive};
-use crate::local_issuer::LocalIssuer;
+use crate::harness::drive;
+use tessera_testkit::ScratchDb as BenchDatabase;
+use tessera_testkit::local_issuer::LocalIssuer;
 
 const CLIENT_ID: &str = "tessera-bench";
 const CLIENT_SECRET: &str = "bench-client-secret";
 
-/// Options of `tessera bench signin`.
+/// Options of `tessera-bench signin`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SigninArgs {
     /// Sequential sign-ins measured for CPU time.
@@ -56,7 +57,7 @@ async fn measure(args: &SigninArgs, database: &str, dir: &std::path::Path) -> an
             provider.issuer()
         ),
     )?;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+    let mut child = tokio::process::Command::new(crate::tessera_exe()?)
         .args(["serve", "--migrate"])
         .env_clear()
         .env("TESSERA_CONFIG", &config)
@@ -106,7 +107,7 @@ async fn measure(args: &SigninArgs, database: &str, dir: &std::path::Path) -> an
     child.kill().await.ok();
 
     println!(
-        "tessera bench signin: sign-ins against a local OpenID provider (returning user), users on {}",
+        "tessera-bench signin: sign-ins against a local OpenID provider (returning user), users on {}",
         if database.starts_with("sqlite") { "sqlite" } else { "postgres" }
     );
     println!(

@@ -20,7 +20,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{IssuerState, LocalIssuer};
-use crate::crypto::{random_bytes, sha256};
 
 /// The user `/authorize` signs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +179,11 @@ impl LocalIssuer {
 }
 
 fn random() -> String {
-    URL_SAFE_NO_PAD.encode(random_bytes::<24>())
+    {
+        let mut bytes = [0u8; 24];
+        aws_lc_rs::rand::fill(&mut bytes).expect("the system random number generator failed");
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,10 +304,10 @@ async fn token(State(state): State<Arc<IssuerState>>, headers: HeaderMap, Form(f
             let Some(pending) = pending else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             };
-            let verifier_ok = form
-                .code_verifier
-                .as_deref()
-                .is_some_and(|v| URL_SAFE_NO_PAD.encode(sha256(v.as_bytes())) == pending.challenge);
+            let verifier_ok = form.code_verifier.as_deref().is_some_and(|v| {
+                URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, v.as_bytes()))
+                    == pending.challenge
+            });
             if !verifier_ok
                 || form.redirect_uri.as_deref() != Some(&pending.redirect_uri)
                 || client_id.as_deref() != Some(&pending.client_id)

@@ -1,0 +1,96 @@
+//! `tessera-bench`: benchmarks of Tessera's hot paths. Every figure is printed beside a baseline
+//! measured in the same run, as a ratio, because shared machines are noisy. Benchmarks are not
+//! tests: nothing here asserts on timing. `scripts/bench NAME` builds and runs it.
+
+mod bootstrap;
+mod connections;
+mod harness;
+mod signin;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Benchmarks of the hot paths, printed beside baselines measured in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "tessera-bench", version, about)]
+struct Cli {
+    /// Which benchmark.
+    #[command(subcommand)]
+    which: Bench,
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Provisioning over HTTP against the bare provisioning service, on SQLite and PostgreSQL,
+    /// plus start-up time and idle memory.
+    Bootstrap(bootstrap::BootstrapArgs),
+    /// `/v1/validate` over HTTP against its composed ceiling (in-process verification and a bare
+    /// endpoint of the same stack), RS256 and ES256.
+    Validate(validate::ValidateArgs),
+    /// Tessera's own CPU time per browser sign-in against a local OpenID provider, and
+    /// sign-ins/s at several concurrent browsers.
+    Signin(signin::SigninArgs),
+    /// Connected accounts: create-or-reuse and token reads at many concurrent members, beside a
+    /// bare single-row SELECT of the same database.
+    Connections(connections::ConnectionsArgs),
+}
+
+/// The `tessera` binary the benchmarks start: `TESSERA_BIN`, else the one beside this binary
+/// (both are built into the same target directory).
+fn tessera_exe() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TESSERA_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let me = std::env::current_exe().context("locate tessera-bench")?;
+    let exe = me.with_file_name(format!("tessera{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(exe.exists(), "no tessera binary at {}: build it, or set TESSERA_BIN", exe.display());
+    Ok(exe)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Per-request logs would be measured along with the requests.
+    let filter = std::env::var("TESSERA_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tessera-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.which {
+            Bench::Bootstrap(args) => bootstrap::run(args).await,
+            Bench::Validate(args) => validate::run(args).await,
+            Bench::Signin(args) => signin::run(args).await,
+            Bench::Connections(args) => connections::run(args).await,
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tessera-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
