@@ -12,16 +12,18 @@ use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
 use crate::service::connections::Connections;
-use crate::service::issuers::{IssuerRegistry, outbound_client};
-use crate::service::oauth_flow::OAuthFlows;
-use crate::service::providers::ProviderRegistry;
+use crate::service::principals::PrincipalCache;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
 use crate::service::teams::Teams;
-use crate::service::tokens::TokenVerifier;
-use crate::service::validation::{PrincipalCache, Validator};
+use crate::service::validation::Validator;
 use crate::store::{self, Store, StoreError};
+use crate::upstream::issuers::{IssuerRegistry, outbound_client};
+use crate::upstream::oauth_flow::OAuthFlows;
+use crate::upstream::providers::ProviderRegistry;
+use crate::upstream::tokens::TokenVerifier;
+use crate::worker::Workers;
 
 /// Why the server could not start. Every message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -147,31 +149,13 @@ impl Application {
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let store = self.state.store.clone();
-        let janitor = tokio::spawn(sweep_expired(self.state.sessions.clone(), self.state.connections.clone()));
+        let workers = Workers::start(self.state.sessions.clone(), self.state.connections.clone());
         let app = router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
-        janitor.abort();
+        workers.stop();
         store.close().await;
         served
-    }
-}
-
-/// Deletes expired sessions, sign-in states and pending profiles every ten minutes.
-async fn sweep_expired(sessions: Sessions, connections: Connections) {
-    let mut interval = tokio::time::interval(std::time::Duration::from_secs(600));
-    loop {
-        interval.tick().await;
-        match sessions.delete_expired().await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::debug!(deleted, "deleted expired sessions and sign-in states"),
-            Err(error) => tracing::warn!(error = %error, "cannot delete expired sessions"),
-        }
-        match connections.delete_expired_pending().await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::debug!(deleted, "deleted expired pending auth profiles"),
-            Err(error) => tracing::warn!(error = %error, "cannot delete expired pending auth profiles"),
-        }
     }
 }
 

@@ -43,6 +43,12 @@ pub fn random_base36(len: usize) -> String {
     out
 }
 
+/// A random bearer secret: 256 bits, base64url without padding (43 characters).
+pub fn random_secret() -> secrecy::SecretString {
+    use base64::Engine;
+    secrecy::SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,3 +19,9 @@ pub use return_to::{ReturnTo, ReturnToError};
 pub use slug::{Slug, SlugError};
 pub use team_ref::{TeamRef, TeamRefError};
 pub use text::{DisplayName, Subject, TextError};
+
+/// The current time at the precision the databases keep (microseconds), so that a record
+/// returned from a write equals the same record read back.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6)
+}

@@ -6,22 +6,20 @@
 //!   team's claim was updated, 409 `domain_already_claimed` when another team holds it
 //! - `GET /admin/teams/{team}/domains`
 //! - `DELETE /admin/teams/{team}/domains/{domain}`: 204
-//! - `POST /admin/teams/{team}/members` `{user_id, role}`: 201 added, 200 role changed;
-//!   `DELETE /admin/teams/{team}/members/{user_id}`: 204 (never the last owner: 409)
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
+use super::extract::parse_team;
 use super::extract::{ApiJson, ApiPath, required};
 use super::problem::ApiError;
-use super::profiles::{MemberRequest, parse_member};
-use crate::domain::{DomainClaim, DomainName, Issuer, IssuerError, Team, TeamRef, UserId};
+use crate::domain::{DomainClaim, DomainName, Issuer, IssuerError, Team};
 use crate::error::ErrorCode;
 
 /// The routes (authentication is layered on by the caller).
@@ -30,40 +28,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/teams/{team}", get(get_team))
         .route("/admin/teams/{team}/domains", get(list_team_domains).post(claim_team_domain))
         .route("/admin/teams/{team}/domains/{domain}", delete(release_team_domain))
-        .route("/admin/teams/{team}/members", post(add_member))
-        .route("/admin/teams/{team}/members/{user_id}", delete(remove_member))
-}
-
-/// Parses a team reference from a path segment.
-pub(super) fn parse_team(value: &str) -> Result<TeamRef, ApiError> {
-    TeamRef::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidTeam, e.to_string()))
 }
 
 fn parse_domain(value: &str) -> Result<DomainName, ApiError> {
     DomainName::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidDomain, e.to_string()).field("domain"))
-}
-
-async fn add_member(
-    State(state): State<Arc<AppState>>,
-    ApiPath(team): ApiPath<String>,
-    ApiJson(request): ApiJson<MemberRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let team = parse_team(&team)?;
-    let (user, role) = parse_member(&request)?;
-    let added = state.teams.put_member(&team, None, user, role).await?;
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(serde_json::json!({ "user_id": user, "role": role }))))
-}
-
-async fn remove_member(
-    State(state): State<Arc<AppState>>,
-    ApiPath((team, user)): ApiPath<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let team = parse_team(&team)?;
-    let user: UserId =
-        user.parse().map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "the user id must be a UUID"))?;
-    state.teams.remove_member(&team, None, user).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_team(State(state): State<Arc<AppState>>, ApiPath(team): ApiPath<String>) -> Result<Json<Team>, ApiError> {

@@ -22,7 +22,7 @@ use super::cookies;
 use super::extract::{ApiPath, ApiQuery};
 use super::pages;
 use super::problem::ApiError;
-use crate::service::oauth_flow::{Callback, FLOW_TTL, Purpose};
+use crate::upstream::oauth_flow::{Callback, FLOW_TTL, Purpose};
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {

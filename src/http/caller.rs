@@ -62,3 +62,21 @@ pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&s
         ApiError::new(ErrorCode::InvalidUserId, "on_behalf_of must be a user id (a UUID)").field("on_behalf_of")
     })
 }
+
+/// `?on_behalf_of=` for admin-token callers.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct OnBehalf {
+    pub(super) on_behalf_of: Option<String>,
+}
+
+/// The acting member and the team a team route names.
+pub(super) async fn actor(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &OnBehalf,
+    team: &str,
+) -> Result<(UserId, crate::domain::TeamRef), ApiError> {
+    let team = super::extract::parse_team(team)?;
+    let user = acting_user(state, headers, query.on_behalf_of.as_deref()).await?;
+    Ok((user, team))
+}

@@ -11,6 +11,7 @@ pub mod cookies;
 pub mod extract;
 pub mod health;
 pub mod me;
+pub mod members;
 pub mod pages;
 pub mod problem;
 pub mod profiles;
@@ -33,13 +34,13 @@ use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
 use crate::service::connections::Connections;
-use crate::service::oauth_flow::OAuthFlows;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
 use crate::service::teams::Teams;
 use crate::service::validation::Validator;
 use crate::store::Store;
+use crate::upstream::oauth_flow::OAuthFlows;
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -72,6 +73,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = admin::routes()
         .merge(admin_teams::routes())
+        .merge(members::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
     Router::new()
         .merge(health::routes())
@@ -79,6 +81,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(auth::routes())
         .merge(me::routes())
         .merge(profiles::routes())
+        .merge(members::routes())
         .merge(connect::routes())
         .merge(admin)
         .fallback(not_found)

@@ -7,8 +7,6 @@
 //! - `GET /v1/teams/{team}/auth-profiles`, `GET …/{slug}`, `DELETE …/{slug}` (revokes)
 //! - `POST …/{slug}/connect` `{allow_account_change?}` → a new connect link
 //! - `POST …/{slug}/token` → a valid access token, refreshed first when it expires within 5 min
-//! - `POST /v1/teams/{team}/members` `{user_id, role}`, `DELETE /v1/teams/{team}/members/{user_id}`
-//!   (team owners)
 //!
 //! A non-member gets 404: the team's existence is not revealed.
 
@@ -16,7 +14,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
@@ -24,11 +22,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::admin_teams::parse_team;
-use super::caller::acting_user;
+use super::caller::{OnBehalf, actor};
 use super::extract::{ApiJson, ApiPath, ApiQuery, required};
 use super::problem::ApiError;
-use crate::domain::{AuthProfile, DisplayName, ProfileKind, Role, Slug, TeamRef, TextError, UserId};
+use crate::domain::{AuthProfile, DisplayName, ProfileKind, Slug, TextError};
 use crate::error::ErrorCode;
 use crate::service::connections::{Created, NewProfile};
 
@@ -39,25 +36,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/teams/{team}/auth-profiles/{slug}", get(get_auth_profile).delete(revoke_auth_profile))
         .route("/v1/teams/{team}/auth-profiles/{slug}/connect", post(connect_auth_profile))
         .route("/v1/teams/{team}/auth-profiles/{slug}/token", post(auth_profile_token))
-        .route("/v1/teams/{team}/members", post(add_team_member))
-        .route("/v1/teams/{team}/members/{user_id}", delete(remove_team_member))
-}
-
-/// `?on_behalf_of=` for admin-token callers.
-#[derive(Debug, Deserialize)]
-pub(super) struct OnBehalf {
-    on_behalf_of: Option<String>,
-}
-
-async fn actor(
-    state: &AppState,
-    headers: &HeaderMap,
-    query: &OnBehalf,
-    team: &str,
-) -> Result<(UserId, TeamRef), ApiError> {
-    let team = parse_team(team)?;
-    let user = acting_user(state, headers, query.on_behalf_of.as_deref()).await?;
-    Ok((user, team))
 }
 
 fn parse_slug(value: &str) -> Result<Slug, ApiError> {
@@ -227,48 +205,4 @@ async fn auth_profile_token(
         "expires_at": token.expires_at,
         "refreshed": token.refreshed,
     })))
-}
-
-/// The body of member requests.
-#[derive(Debug, Deserialize)]
-pub(super) struct MemberRequest {
-    user_id: Option<String>,
-    role: Option<String>,
-}
-
-/// Parses a member request into a user and a role.
-pub(super) fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
-    let user = required(&request.user_id, "user_id")?
-        .parse::<UserId>()
-        .map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "`user_id` must be a UUID").field("user_id"))?;
-    let role = Role::parse(required(&request.role, "role")?.trim())
-        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRole, "`role` must be owner, admin or member").field("role"))?;
-    Ok((user, role))
-}
-
-async fn add_team_member(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    ApiPath(team): ApiPath<String>,
-    ApiQuery(query): ApiQuery<OnBehalf>,
-    ApiJson(request): ApiJson<MemberRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (acting, team) = actor(&state, &headers, &query, &team).await?;
-    let (user, role) = parse_member(&request)?;
-    let added = state.teams.put_member(&team, Some(acting), user, role).await?;
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(json!({ "user_id": user, "role": role }))))
-}
-
-async fn remove_team_member(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    ApiPath((team, user)): ApiPath<(String, String)>,
-    ApiQuery(query): ApiQuery<OnBehalf>,
-) -> Result<StatusCode, ApiError> {
-    let (acting, team) = actor(&state, &headers, &query, &team).await?;
-    let user: UserId =
-        user.parse().map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "the user id must be a UUID"))?;
-    state.teams.remove_member(&team, Some(acting), user).await?;
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -26,8 +26,6 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
-use super::providers::{ProviderError, TokenSet};
 use super::sessions::random_secret;
 use super::teams::{TeamError, Teams};
 use crate::crypto::keyring::KeyRing;
@@ -38,6 +36,8 @@ use crate::store::{
     Activation, ConnectToken, PendingKey, ProfileSecrets, RefreshLease, Refreshed, SecretKind, Store, StoreError,
     StoredSecret,
 };
+use crate::upstream::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
+use crate::upstream::providers::{ProviderError, TokenSet};
 
 /// How long a connect link lives.
 pub const CONNECT_LINK_TTL: TimeDelta = TimeDelta::minutes(30);

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
-use super::issuers::IssuerRegistry;
-use super::validation::PrincipalCache;
+use super::principals::PrincipalCache;
 use crate::crypto;
 use crate::domain::{
     DisplayName, Email, EventId, Identity, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
 };
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{CreateOutcome, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome};
+use crate::upstream::issuers::IssuerRegistry;
 
 /// How often at most an identity's `last_seen_at` is written.
 const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);

@@ -4,22 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::TimeDelta;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::crypto::{random_bytes, sha256};
+use crate::crypto::sha256;
 use crate::domain::{IdentityId, UserId};
 use crate::store::{NewSession, Store, StoreError};
 
 /// How often at most a session's `last_seen_at` is written.
 const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 
-/// A random bearer secret: 256 bits, base64url without padding (43 characters).
-pub fn random_secret() -> SecretString {
-    SecretString::from(URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
-}
+pub use crate::crypto::random_secret;
 
 /// The session service.
 #[derive(Debug, Clone)]

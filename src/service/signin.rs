@@ -1,5 +1,5 @@
 //! Browser sign-in through upstream providers, and linking further identities to a user, on top
-//! of the shared authorization-code flow ([`super::oauth_flow`]).
+//! of the shared authorization-code flow ([`crate::upstream::oauth_flow`]).
 //!
 //! After the flow, a sign-in finds or provisions the user (through the same transaction as the
 //! admin bootstrap) and starts a session; a link attaches the identity to the signed-in user,
@@ -14,16 +14,16 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
-use super::providers::{Provider, ProviderError, TokenSet, UserInfo};
+use super::principals::PrincipalCache;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use super::sessions::Sessions;
-use super::validation::PrincipalCache;
 use crate::config::AuthConfig;
 use crate::crypto::keyring::KeyRing;
 use crate::domain::{DisplayName, IdentityId, ReturnTo, Subject, User, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{EncryptedTokens, LinkOutcome, NewLink, SecretKind, Store, StoreError, StoredSecret};
+use crate::upstream::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
+use crate::upstream::providers::{Provider, ProviderError, TokenSet, UserInfo};
 
 /// Why a sign-in or link failed.
 #[derive(Debug, thiserror::Error)]

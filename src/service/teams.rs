@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use super::issuers::IssuerRegistry;
-use super::validation::PrincipalCache;
+use super::principals::PrincipalCache;
 use crate::domain::{DomainClaim, DomainName, Email, Issuer, Role, Team, TeamRef, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{ClaimOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store, StoreError};
+use crate::upstream::issuers::IssuerRegistry;
 
 /// Why a team operation was refused.
 #[derive(Debug, thiserror::Error)]

@@ -16,8 +16,8 @@ use super::oauth::{self, ClientAuth};
 use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
 use crate::config::{JwksConfig, ProviderConfig};
 use crate::domain::{DisplayName, Email};
-use crate::service::jwks::{JwksCache, discovered_endpoint, fetch_discovery};
-use crate::service::tokens::{Rules, TokenError, token_issuer, verify_signed};
+use crate::upstream::jwks::{JwksCache, discovered_endpoint, fetch_discovery};
+use crate::upstream::tokens::{Rules, TokenError, token_issuer, verify_signed};
 
 /// The endpoints of an OpenID provider.
 #[derive(Debug, Clone)]

@@ -23,9 +23,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::cache::TtlCache;
 use super::issuers::{IssuerEntry, IssuerRegistry};
 use super::jwks::{AfterMiss, JwksCache, Miss};
+use crate::cache::TtlCache;
 use crate::config::parse_algorithm;
 use crate::crypto::sha256;
 use crate::domain::{DisplayName, Email, Issuer, Subject};
@@ -126,7 +126,7 @@ struct Claims {
     family_name: Option<Value>,
 }
 
-/// Verified tokens by SHA-256 digest; shared with the [`PrincipalCache`](super::validation::PrincipalCache),
+/// Verified tokens by SHA-256 digest; shared with the [`PrincipalCache`](super::principals::PrincipalCache),
 /// which purges an identity's tokens when the identity is unlinked.
 pub type TokenCache = TtlCache<[u8; 32], Arc<VerifiedToken>>;
 

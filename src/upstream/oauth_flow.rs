@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::providers::{AuthorizationRequest, Provider, ProviderError, ProviderRegistry, TokenSet, UserInfo};
-use super::sessions::random_secret;
+use crate::crypto::random_secret;
 use crate::crypto::{constant_time_eq, sha256};
 use crate::domain::{Issuer, ProfileId, ReturnTo, Subject, UserId};
 use crate::error::{ErrorCode, PublicError};
@@ -193,7 +193,7 @@ impl OAuthFlows {
                 (Some(user), Some(profile), Some(version), allow_account_change)
             }
         };
-        let now = super::now();
+        let now = crate::domain::now();
         self.store
             .insert_login_state(&LoginState {
                 state_hash: sha256(state.expose_secret().as_bytes()),
@@ -230,7 +230,7 @@ impl OAuthFlows {
         }
         let flow = self
             .store
-            .take_login_state(&sha256(state.as_bytes()), super::now())
+            .take_login_state(&sha256(state.as_bytes()), crate::domain::now())
             .await?
             .ok_or(FlowError::InvalidState("the sign-in is unknown, expired or already completed"))?;
         // Provider names are lower case; the path is compared the same way.

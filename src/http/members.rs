@@ -1,0 +1,104 @@
+//! Team members, through two doors: team owners (session or bearer token, or the admin token on
+//! behalf of a member) and the admin API.
+//!
+//! - `POST /v1/teams/{team}/members` `{user_id, role}`, `DELETE /v1/teams/{team}/members/{user_id}`
+//!   (team owners)
+//! - `POST /admin/teams/{team}/members` `{user_id, role}`: 201 added, 200 role changed;
+//!   `DELETE /admin/teams/{team}/members/{user_id}`: 204 (never the last owner: 409)
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::caller::{OnBehalf, actor};
+use super::extract::{ApiJson, ApiPath, ApiQuery, parse_team, required};
+use super::problem::ApiError;
+use crate::domain::{Role, UserId};
+use crate::error::ErrorCode;
+
+/// The routes for team owners.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/teams/{team}/members", post(add_team_member))
+        .route("/v1/teams/{team}/members/{user_id}", delete(remove_team_member))
+}
+
+/// The admin routes (authentication is layered on by the caller).
+pub fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/teams/{team}/members", post(add_member))
+        .route("/admin/teams/{team}/members/{user_id}", delete(remove_member))
+}
+
+/// The body of member requests.
+#[derive(Debug, Deserialize)]
+struct MemberRequest {
+    user_id: Option<String>,
+    role: Option<String>,
+}
+
+/// Parses a member request into a user and a role.
+fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
+    let user = required(&request.user_id, "user_id")?
+        .parse::<UserId>()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "`user_id` must be a UUID").field("user_id"))?;
+    let role = Role::parse(required(&request.role, "role")?.trim())
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRole, "`role` must be owner, admin or member").field("role"))?;
+    Ok((user, role))
+}
+
+async fn add_team_member(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(team): ApiPath<String>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+    ApiJson(request): ApiJson<MemberRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (acting, team) = actor(&state, &headers, &query, &team).await?;
+    let (user, role) = parse_member(&request)?;
+    let added = state.teams.put_member(&team, Some(acting), user, role).await?;
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({ "user_id": user, "role": role }))))
+}
+
+async fn remove_team_member(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, user)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<StatusCode, ApiError> {
+    let (acting, team) = actor(&state, &headers, &query, &team).await?;
+    let user: UserId =
+        user.parse().map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "the user id must be a UUID"))?;
+    state.teams.remove_member(&team, Some(acting), user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_member(
+    State(state): State<Arc<AppState>>,
+    ApiPath(team): ApiPath<String>,
+    ApiJson(request): ApiJson<MemberRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let team = parse_team(&team)?;
+    let (user, role) = parse_member(&request)?;
+    let added = state.teams.put_member(&team, None, user, role).await?;
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(serde_json::json!({ "user_id": user, "role": role }))))
+}
+
+async fn remove_member(
+    State(state): State<Arc<AppState>>,
+    ApiPath((team, user)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let team = parse_team(&team)?;
+    let user: UserId =
+        user.parse().map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "the user id must be a UUID"))?;
+    state.teams.remove_member(&team, None, user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

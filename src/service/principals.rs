@@ -1,0 +1,103 @@
+//! The positive cache of resolved identities (principals), shared by validation, which fills
+//! it, and by provisioning, teams and sign-in, which purge it when what it holds changes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cache::TtlCache;
+use crate::domain::{Issuer, Principal, Subject, UserId};
+use crate::upstream::tokens::TokenCache;
+
+/// How long after a change to a user their principal is read from the primary rather than the
+/// replica, which may not have the change yet.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(60);
+
+/// The positive cache of resolved identities. It never holds "not found" nor a disabled user,
+/// and it is purged of a user when they are disabled, or change teams or identities; an
+/// unlinked identity's verified tokens are purged from the token cache too.
+///
+/// Two races are closed here. A lookup that began before an invalidation does not cache what it
+/// read (every invalidation bumps an epoch the insert checks). And for [`READ_YOUR_WRITES`] after
+/// a user's invalidation, their principal is read from the primary, so that a lagging replica
+/// cannot bring the old one back. Other instances learn of a change when their entry expires.
+#[derive(Debug)]
+pub struct PrincipalCache {
+    entries: TtlCache<(Issuer, Subject), Arc<Principal>>,
+    ttl: Duration,
+    tokens: Arc<TokenCache>,
+    epoch: AtomicU64,
+    changed: Mutex<HashMap<UserId, Instant>>,
+}
+
+impl PrincipalCache {
+    /// A cache keeping entries for `ttl` (zero disables it), purging `tokens` with identities.
+    pub fn new(ttl: Duration, max_entries: usize, tokens: Arc<TokenCache>) -> Self {
+        Self {
+            entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }),
+            ttl,
+            tokens,
+            epoch: AtomicU64::new(0),
+            changed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A principal cache and an empty token cache, both sized from configuration.
+    pub fn with_token_cache(config: &crate::config::CacheConfig) -> (Arc<Self>, Arc<TokenCache>) {
+        let token_entries = if config.token_ttl.is_zero() { 0 } else { config.max_entries };
+        let tokens = Arc::new(TokenCache::new(token_entries));
+        (Arc::new(Self::new(config.principal_ttl, config.max_entries, tokens.clone())), tokens)
+    }
+
+    /// Forgets an identity: its resolved principal and its verified tokens.
+    pub fn invalidate_identity(&self, issuer: &Issuer, subject: &Subject) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let key = (issuer.clone(), subject.clone());
+        self.entries.remove_key(&key);
+        self.tokens.remove_where(|token| &token.issuer == issuer && &token.subject == subject);
+    }
+
+    pub(super) fn get(&self, issuer: &Issuer, subject: &Subject) -> Option<Arc<Principal>> {
+        // The key is cloned for the lookup; issuers and subjects are short.
+        self.entries.get(&(issuer.clone(), subject.clone()), Instant::now())
+    }
+
+    /// The current epoch, to pass to [`PrincipalCache::insert`] after a lookup.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Caches what a lookup that began at `epoch` found, unless something was invalidated since.
+    pub(super) fn insert(&self, epoch: u64, issuer: &Issuer, subject: &Subject, principal: Arc<Principal>) {
+        let now = Instant::now();
+        // Checked after the insert too: an invalidation between the check and the insert would
+        // otherwise not see the new entry.
+        if self.epoch() != epoch {
+            return;
+        }
+        let key = (issuer.clone(), subject.clone());
+        self.entries.insert(key.clone(), principal, now + self.ttl, now);
+        if self.epoch() != epoch {
+            self.entries.remove_key(&key);
+        }
+    }
+
+    /// Forgets everything cached about `user`, and reads them from the primary for a while.
+    pub fn invalidate_user(&self, user: UserId) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let now = Instant::now();
+        {
+            let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+            changed.retain(|_, at| now.duration_since(*at) < READ_YOUR_WRITES);
+            changed.insert(user, now);
+        }
+        self.entries.remove_where(|principal| principal.user.id == user);
+    }
+
+    /// Whether `user` changed recently enough that a replica may not have it yet.
+    pub(super) fn changed_recently(&self, user: UserId) -> bool {
+        let changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        changed.get(&user).is_some_and(|at| at.elapsed() < READ_YOUR_WRITES)
+    }
+}
