@@ -94,7 +94,7 @@ pub struct ProviderEndpoints {
     pub revocation: Option<Url>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuth {
     public_url: Option<String>,
@@ -106,7 +106,7 @@ pub(super) struct RawAuth {
     pending_profile_ttl_hours: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProvider {
     name: String,
@@ -128,7 +128,7 @@ pub(super) struct RawProvider {
     store_tokens: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEncryption {
     keys: Option<Vec<String>>,
@@ -139,8 +139,8 @@ pub const ENCRYPTION_KEYS_VAR: &str = "TESSERA_ENCRYPTION_KEYS";
 /// The deprecated single-key variable, still accepted.
 pub const DEPRECATED_KEY_VAR: &str = "TESSERA_TOKEN_ENCRYPTION_KEY";
 
-pub(super) fn parse_auth(raw: RawAuth, env: &dyn Fn(&str) -> Option<String>) -> Result<AuthConfig, ConfigError> {
-    let public_url = match env("TESSERA_PUBLIC_URL").or(raw.public_url) {
+pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+    let public_url = match raw.public_url {
         Some(text) => {
             let url = Url::parse(text.trim())
                 .map_err(|e| ConfigError::new("auth.public_url (TESSERA_PUBLIC_URL)", format!("not a URL: {e}")))?;
@@ -154,11 +154,7 @@ pub(super) fn parse_auth(raw: RawAuth, env: &dyn Fn(&str) -> Option<String>) -> 
         }
         None => None,
     };
-    let cookie_secure = match env("TESSERA_COOKIE_SECURE") {
-        Some(v) => super::parse_bool(&v)
-            .ok_or_else(|| ConfigError::new("auth.cookie_secure (TESSERA_COOKIE_SECURE)", "expected true or false"))?,
-        None => raw.cookie_secure.unwrap_or(true),
-    };
+    let cookie_secure = raw.cookie_secure.unwrap_or(true);
     let mut return_to_origins = Vec::new();
     for (i, origin) in raw.return_to_origins.unwrap_or_default().iter().enumerate() {
         let key = format!("auth.return_to_origins[{i}]");
