@@ -112,6 +112,8 @@ pub(super) struct RawProvider {
     name: String,
     kind: String,
     client_id: String,
+    /// Refused with a pointer to the two ways a secret is given; the value itself is not kept.
+    client_secret: Option<serde::de::IgnoredAny>,
     client_secret_env: Option<String>,
     client_secret_file: Option<String>,
     scopes: Option<Vec<String>>,
@@ -226,6 +228,13 @@ fn parse_provider(
     };
     if raw.client_id.trim().is_empty() {
         return Err(ConfigError::new(key("client_id"), "the client id must not be blank"));
+    }
+    if raw.client_secret.is_some() {
+        return Err(ConfigError::new(
+            key("client_secret"),
+            "a client secret is never written in the configuration: put it in an environment variable and \
+             name that with client_secret_env, or in a file and name that with client_secret_file",
+        ));
     }
     let client_secret = match (&raw.client_secret_env, &raw.client_secret_file) {
         (Some(_), Some(_)) => {
@@ -402,6 +411,15 @@ mod tests {
         assert_eq!(key_of("", &[(ENCRYPTION_KEYS_VAR, "k:short")]), ENCRYPTION_KEYS_VAR);
         assert_eq!(key_of("", &[(DEPRECATED_KEY_VAR, "not base64!")]), DEPRECATED_KEY_VAR);
         assert_eq!(key_of("[auth]\ndefault_provider = \"nope\"", &[]), "auth.default_provider");
+    }
+
+    #[test]
+    fn an_inline_client_secret_is_refused_naming_the_two_ways_to_give_one() {
+        let inline = PROVIDERS.replace("client_secret_env = \"GH_SECRET\"", "client_secret = \"hunter2\"");
+        let error = Config::from_toml(&inline, env(&[])).unwrap_err();
+        assert_eq!(error.key, "providers[0].client_secret");
+        assert!(error.message.contains("client_secret_env") && error.message.contains("client_secret_file"), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
     #[test]
