@@ -94,7 +94,7 @@ pub struct ProviderEndpoints {
     pub revocation: Option<Url>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuth {
     public_url: Option<String>,
@@ -106,12 +106,14 @@ pub(super) struct RawAuth {
     pending_profile_ttl_hours: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProvider {
     name: String,
     kind: String,
     client_id: String,
+    /// Refused with a pointer to the two ways a secret is given; the value itself is not kept.
+    client_secret: Option<serde::de::IgnoredAny>,
     client_secret_env: Option<String>,
     client_secret_file: Option<String>,
     scopes: Option<Vec<String>>,
@@ -128,7 +130,7 @@ pub(super) struct RawProvider {
     store_tokens: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEncryption {
     keys: Option<Vec<String>>,
@@ -139,8 +141,8 @@ pub const ENCRYPTION_KEYS_VAR: &str = "TESSERA_ENCRYPTION_KEYS";
 /// The deprecated single-key variable, still accepted.
 pub const DEPRECATED_KEY_VAR: &str = "TESSERA_TOKEN_ENCRYPTION_KEY";
 
-pub(super) fn parse_auth(raw: RawAuth, env: &dyn Fn(&str) -> Option<String>) -> Result<AuthConfig, ConfigError> {
-    let public_url = match env("TESSERA_PUBLIC_URL").or(raw.public_url) {
+pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+    let public_url = match raw.public_url {
         Some(text) => {
             let url = Url::parse(text.trim())
                 .map_err(|e| ConfigError::new("auth.public_url (TESSERA_PUBLIC_URL)", format!("not a URL: {e}")))?;
@@ -154,11 +156,7 @@ pub(super) fn parse_auth(raw: RawAuth, env: &dyn Fn(&str) -> Option<String>) -> 
         }
         None => None,
     };
-    let cookie_secure = match env("TESSERA_COOKIE_SECURE") {
-        Some(v) => super::parse_bool(&v)
-            .ok_or_else(|| ConfigError::new("auth.cookie_secure (TESSERA_COOKIE_SECURE)", "expected true or false"))?,
-        None => raw.cookie_secure.unwrap_or(true),
-    };
+    let cookie_secure = raw.cookie_secure.unwrap_or(true);
     let mut return_to_origins = Vec::new();
     for (i, origin) in raw.return_to_origins.unwrap_or_default().iter().enumerate() {
         let key = format!("auth.return_to_origins[{i}]");
@@ -230,6 +228,13 @@ fn parse_provider(
     };
     if raw.client_id.trim().is_empty() {
         return Err(ConfigError::new(key("client_id"), "the client id must not be blank"));
+    }
+    if raw.client_secret.is_some() {
+        return Err(ConfigError::new(
+            key("client_secret"),
+            "a client secret is never written in the configuration: put it in an environment variable and \
+             name that with client_secret_env, or in a file and name that with client_secret_file",
+        ));
     }
     let client_secret = match (&raw.client_secret_env, &raw.client_secret_file) {
         (Some(_), Some(_)) => {
@@ -406,6 +411,15 @@ mod tests {
         assert_eq!(key_of("", &[(ENCRYPTION_KEYS_VAR, "k:short")]), ENCRYPTION_KEYS_VAR);
         assert_eq!(key_of("", &[(DEPRECATED_KEY_VAR, "not base64!")]), DEPRECATED_KEY_VAR);
         assert_eq!(key_of("[auth]\ndefault_provider = \"nope\"", &[]), "auth.default_provider");
+    }
+
+    #[test]
+    fn an_inline_client_secret_is_refused_naming_the_two_ways_to_give_one() {
+        let inline = PROVIDERS.replace("client_secret_env = \"GH_SECRET\"", "client_secret = \"hunter2\"");
+        let error = Config::from_toml(&inline, env(&[])).unwrap_err();
+        assert_eq!(error.key, "providers[0].client_secret");
+        assert!(error.message.contains("client_secret_env") && error.message.contains("client_secret_file"), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Configuration: a TOML file (`--config PATH` or `TESSERA_CONFIG`) with environment overrides.
+//! Configuration: the defaults, a TOML file (`--config PATH` or `TESSERA_CONFIG`), then `TESSERA_`
+//! environment variables, layered by figment (see `sources.rs`).
 //!
 //! Every key is documented in README.md. Loading validates everything up front: a mistake stops
 //! start-up with a [`ConfigError`] that names the key (and its environment variable).
@@ -18,6 +19,7 @@ use crate::crypto::keyring::KeyRing;
 use crate::domain::Issuer;
 
 mod auth;
+mod sources;
 
 pub use auth::{AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProviderConfig, ProviderEndpoints, ProviderKind};
 
@@ -280,7 +282,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
-#[derive(Debug, Default, Deserialize)]
+/// The keys as read, before validation. No `Debug` here or in the other `Raw*` types: they hold
+/// secrets (admin tokens, a database password, keys) as plain strings.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
@@ -303,7 +307,7 @@ struct RawConfig {
     encryption: auth::RawEncryption,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
     principal_ttl_seconds: Option<u64>,
@@ -311,7 +315,7 @@ struct RawCache {
     max_entries: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJwks {
     refetch_cooldown_seconds: Option<u64>,
@@ -319,7 +323,7 @@ struct RawJwks {
     min_max_age_seconds: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: Option<String>,
@@ -329,7 +333,7 @@ struct RawDatabase {
     auto_migrate: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIssuer {
     issuer: String,
@@ -341,7 +345,7 @@ struct RawIssuer {
     jit: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLog {
     format: Option<String>,
@@ -349,28 +353,39 @@ struct RawLog {
 }
 
 impl Config {
-    /// Loads the configuration from an optional TOML file, then applies environment overrides read
-    /// through `env` (pass `|k| std::env::var(k).ok()` in production).
+    /// Loads the configuration: the defaults, then the optional TOML file, then the `TESSERA_`
+    /// environment variables — every key in its `__` spelling (`TESSERA_CACHE__MAX_ENTRIES`),
+    /// read from the process environment, and the names of earlier releases (`TESSERA_LISTEN`,
+    /// `TESSERA_DATABASE_URL`, …), looked up through `env` like the variables a key names
+    /// (`client_secret_env`). Pass `|k| std::env::var(k).ok()`.
     pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let raw = match path {
+        let file = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError::new("--config (TESSERA_CONFIG)", format!("cannot read {}: {e}", path.display()))
                 })?;
-                parse_toml(&text)?
+                Some((text, path.display().to_string()))
             }
-            None => RawConfig::default(),
+            None => None,
         };
-        Self::from_raw(raw, &env)
+        let file = file.as_ref().map(|(text, label)| (text.as_str(), label.as_str()));
+        Self::from_layers(&sources::Layers::new(file, &env, true)?, &env)
     }
 
-    /// Parses a configuration from TOML text with environment overrides; used by `load` and tests.
+    /// Parses a configuration from TOML text, with the variables `env` returns: the names of
+    /// earlier releases and those a key names. The process environment is not read, so the
+    /// `__` spelling is [`Config::load`]'s alone; for tests.
     pub fn from_toml(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Self::from_raw(parse_toml(text)?, &env)
+        Self::from_layers(&sources::Layers::new(Some((text, "config file")), &env, false)?, &env)
+    }
+
+    fn from_layers(layers: &sources::Layers, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let raw = layers.extract()?;
+        Self::from_raw(raw, env).map_err(|error| layers.attribute(error))
     }
 
     fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let listen_text = env("TESSERA_LISTEN").or(raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = listen_text.trim().parse::<SocketAddr>().map_err(|_| {
             ConfigError::new(
                 "listen (TESSERA_LISTEN)",
@@ -378,11 +393,11 @@ impl Config {
             )
         })?;
 
-        let url_text = env("TESSERA_DATABASE_URL").or(raw.database.url).unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        let url_text = raw.database.url.unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
         let url =
             DatabaseUrl::parse(&url_text).map_err(|m| ConfigError::new("database.url (TESSERA_DATABASE_URL)", m))?;
         let replica_key = "database.replica_url (TESSERA_DATABASE_REPLICA_URL)";
-        let replica_url = match env("TESSERA_DATABASE_REPLICA_URL").or(raw.database.replica_url) {
+        let replica_url = match raw.database.replica_url {
             Some(text) if !text.trim().is_empty() => {
                 let replica = DatabaseUrl::parse(&text).map_err(|m| ConfigError::new(replica_key, m))?;
                 if replica.backend() != Backend::Postgres || url.backend() != Backend::Postgres {
@@ -392,16 +407,7 @@ impl Config {
             }
             _ => None,
         };
-        let max_connections = match env("TESSERA_DATABASE_MAX_CONNECTIONS") {
-            Some(v) => Some(v.trim().parse::<u32>().map_err(|_| {
-                ConfigError::new(
-                    "database.max_connections (TESSERA_DATABASE_MAX_CONNECTIONS)",
-                    "expected a whole number",
-                )
-            })?),
-            None => raw.database.max_connections,
-        }
-        .unwrap_or(16);
+        let max_connections = raw.database.max_connections.unwrap_or(16);
         if !(1..=1000).contains(&max_connections) {
             return Err(ConfigError::new(
                 "database.max_connections (TESSERA_DATABASE_MAX_CONNECTIONS)",
@@ -415,18 +421,9 @@ impl Config {
                 "expected a number of milliseconds from 10 to 120000",
             ));
         }
-        let auto_migrate = match env("TESSERA_AUTO_MIGRATE") {
-            Some(v) => Some(parse_bool(&v).ok_or_else(|| {
-                ConfigError::new("database.auto_migrate (TESSERA_AUTO_MIGRATE)", "expected true or false")
-            })?),
-            None => raw.database.auto_migrate,
-        }
-        .unwrap_or(url.backend() == Backend::Sqlite);
+        let auto_migrate = raw.database.auto_migrate.unwrap_or(url.backend() == Backend::Sqlite);
 
-        let admin_tokens: Vec<String> = match env("TESSERA_ADMIN_TOKEN") {
-            Some(list) => split_list(&list),
-            None => raw.admin_tokens.unwrap_or_default(),
-        };
+        let admin_tokens: Vec<String> = raw.admin_tokens.unwrap_or_default();
         for token in &admin_tokens {
             if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(ConfigError::new(
@@ -479,7 +476,7 @@ impl Config {
         if !(100..=60_000).contains(&fetch_timeout) {
             return Err(ConfigError::new("jwks.fetch_timeout_ms", "expected 100 to 60000 milliseconds"));
         }
-        let auth = auth::parse_auth(raw.auth, env)?;
+        let auth = auth::parse_auth(raw.auth)?;
         let providers = auth::parse_providers(raw.providers, env)?;
         if !providers.is_empty() && auth.public_url.is_none() {
             return Err(ConfigError::new(
@@ -515,7 +512,7 @@ impl Config {
             min_max_age: Duration::from_secs(min_max_age),
         };
 
-        let json = match env("TESSERA_LOG_FORMAT").or(raw.log.format).as_deref().map(str::trim) {
+        let json = match raw.log.format.as_deref().map(str::trim) {
             None | Some("text") => false,
             Some("json") => true,
             Some(other) => {
@@ -525,7 +522,7 @@ impl Config {
                 ));
             }
         };
-        let filter = env("TESSERA_LOG").or(raw.log.filter).unwrap_or_else(|| "info".into());
+        let filter = raw.log.filter.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
             return Err(ConfigError::new("log.filter (TESSERA_LOG)", format!("{filter:?} is not a valid filter")));
         }
@@ -602,29 +599,8 @@ fn parse_issuer(i: usize, raw: RawIssuer) -> Result<IssuerConfig, ConfigError> {
     Ok(config)
 }
 
-fn parse_toml(text: &str) -> Result<RawConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let message = e.message().to_owned();
-        let key = e
-            .span()
-            .and_then(|span| text.get(span))
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty() && s.len() < 80)
-            .unwrap_or_else(|| "config file".into());
-        ConfigError::new(key, message)
-    })
-}
-
 fn split_list(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-}
-
-pub(crate) fn parse_bool(value: &str) -> Option<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -695,6 +671,40 @@ mod tests {
             key("[database]\nmax_connections = 0", &[]),
             "database.max_connections (TESSERA_DATABASE_MAX_CONNECTIONS)"
         );
+    }
+
+    #[test]
+    fn a_wrong_type_in_the_file_names_the_key_and_what_it_expects() {
+        let error = |text: &str| Config::from_toml(text, env(&[])).unwrap_err();
+        let listen = error("listen = 8080");
+        assert_eq!(listen.key, "listen");
+        assert_eq!(listen.message, "expected a string (in quotes), found an integer");
+        assert_eq!(error("[database]\nmax_connections = \"many\"").key, "database.max_connections");
+        assert_eq!(error("admin_tokens = \"x\"").message, "expected a list, found a string");
+        assert_eq!(error("cache = 5").message, "expected a table, found an integer");
+        assert_eq!(error("[[issuers]]\nissuer = 5").key, "issuers[0].issuer");
+        let missing = error("[[issuers]]\nname = \"x\"");
+        assert_eq!((missing.key.as_str(), missing.message.as_str()), ("issuers[0].issuer", "this key is required"));
+        // Variables are text, so booleans and numbers are read the same lenient way everywhere.
+        let lenient =
+            Config::from_toml("[database]\nauto_migrate = \"no\"\nmax_connections = \"8\"", env(&[])).unwrap();
+        assert!(!lenient.database.auto_migrate);
+        assert_eq!(lenient.database.max_connections, 8);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_table() {
+        let error = Config::from_toml("[database]\nurll = \"sqlite://x.db\"", env(&[])).unwrap_err();
+        assert_eq!(error.key, "database.urll");
+        assert!(error.message.starts_with("unknown key `urll`, expected one of `url`, "), "{}", error.message);
+    }
+
+    #[test]
+    fn a_syntax_error_gives_line_and_column() {
+        let text = "listen = \"127.0.0.1:8080\"\n[database\nurl = \"sqlite://x.db\"\n";
+        let error = Config::from_toml(text, env(&[])).unwrap_err();
+        assert_eq!(error.key, "config file");
+        assert!(error.message.starts_with("TOML syntax error at line 2, column 10: "), "{}", error.message);
     }
 
     #[test]

@@ -265,3 +265,31 @@ async fn the_shipped_binary_has_no_bench_command_and_no_test_kit() {
     assert!(contains(b"7tessera7startup"), "the product's symbols are there to read");
     assert!(!contains(b"15tessera_testkit"), "no test-kit code in the shipped binary");
 }
+
+#[tokio::test]
+async fn nested_environment_variables_override_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tessera.toml"), "[database]\nurl = \"sqlite://file.db\"\n").unwrap();
+    let check = run(tessera(dir.path())
+        .env("TESSERA_DATABASE__URL", "sqlite://nested.db")
+        .env("TESSERA_ADMIN_TOKENS", "[an-admin-token-from-the-environment]")
+        .args(["--config", "tessera.toml", "check"]))
+    .await;
+    assert_eq!(check.code, 1, "the database does not exist yet: {}{}", check.stdout, check.stderr);
+    assert!(check.stdout.contains("database sqlite://nested.db, 0 issuer(s), 1 admin token(s)"), "{}", check.stdout);
+    assert!(check.stdout.contains("the SQLite database sqlite://nested.db does not exist yet"), "{}", check.stdout);
+
+    let wrong = run(tessera(dir.path()).env("TESSERA_CACHE__MAX_ENTRIES", "plenty").arg("check")).await;
+    assert_eq!(wrong.code, 2);
+    assert!(wrong.stderr.contains("`cache.max_entries (TESSERA_CACHE__MAX_ENTRIES)`"), "{}", wrong.stderr);
+
+    std::fs::write(dir.path().join("tessera.toml"), "listen = 8080\n").unwrap();
+    let typed = run(tessera(dir.path()).args(["--config", "tessera.toml", "check"])).await;
+    assert_eq!(typed.code, 2);
+    assert!(typed.stderr.contains("`listen`: expected a string"), "{}", typed.stderr);
+
+    std::fs::write(dir.path().join("tessera.toml"), "[database\n").unwrap();
+    let syntax = run(tessera(dir.path()).args(["--config", "tessera.toml", "check"])).await;
+    assert_eq!(syntax.code, 2);
+    assert!(syntax.stderr.contains("`tessera.toml`: TOML syntax error at line 1, column 10"), "{}", syntax.stderr);
+}

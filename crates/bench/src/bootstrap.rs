@@ -19,11 +19,11 @@ use serde_json::json;
 use crate::harness::{Run, drive};
 use tessera::config::{Config, IssuerConfig};
 use tessera::domain::{DisplayName, Email, Issuer, Subject};
-use tessera::service::issuers::{IssuerRegistry, outbound_client};
+use tessera::service::principals::PrincipalCache;
 use tessera::service::provisioning::{IdentityClaim, Provisioner};
-use tessera::service::validation::PrincipalCache;
 use tessera::startup::{Application, prepare_schema};
 use tessera::store;
+use tessera::upstream::issuers::{IssuerRegistry, outbound_client};
 use tessera_testkit::ScratchDb as BenchDatabase;
 
 const ISSUER: &str = "https://bench.example.com";

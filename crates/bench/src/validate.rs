@@ -20,10 +20,10 @@ use anyhow::{Context, bail};
 use crate::harness::{Run, drive};
 use tessera::config::{Config, IssuerConfig};
 use tessera::domain::Issuer;
-use tessera::service::issuers::{IssuerRegistry, outbound_client};
-use tessera::service::tokens::{TokenCache, TokenVerifier};
 use tessera::startup::{Application, prepare_schema};
 use tessera::store;
+use tessera::upstream::issuers::{IssuerRegistry, outbound_client};
+use tessera::upstream::tokens::{TokenCache, TokenVerifier};
 use tessera_testkit::ScratchDb as BenchDatabase;
 use tessera_testkit::local_issuer::LocalIssuer;
 

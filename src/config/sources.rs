@@ -1,0 +1,544 @@
+//! Reading and layering the configuration, through figment: the defaults (applied by the
+//! validation in `mod.rs`) < the TOML file < `TESSERA_` environment variables.
+//!
+//! Environment variables take two spellings, one layer: the key path in capitals with `__`
+//! between levels (`TESSERA_CACHE__PRINCIPAL_TTL_SECONDS` for `cache.principal_ttl_seconds`),
+//! read by figment's `Env` provider, and the names of earlier releases (`TESSERA_DATABASE_URL`,
+//! …, see [`FORMER_NAMES`]), read with their former meaning (comma-separated lists) and never
+//! through the `__` splitter. Setting one key both ways is refused.
+//!
+//! Nothing here prints a value: figment's errors and providers can hold secrets (a database
+//! password, an admin token), so errors are rewritten into [`ConfigError`]s that name the key and
+//! the expected type only, and no provider or figment is ever formatted with `Debug`.
+
+use figment::error::{Actual, Kind};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+
+use super::{ConfigError, RawConfig, split_list};
+
+/// The prefix of every variable.
+const PREFIX: &str = "TESSERA_";
+/// What separates two levels of a key path in a variable name.
+const SEPARATOR: &str = "__";
+
+/// How a variable of an earlier release is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// One value, surrounding spaces removed.
+    Scalar,
+    /// A comma-separated list.
+    List,
+    /// Read by the validation code itself (with its own precedence and warnings); listed here so
+    /// that setting it together with the `__` spelling of its key is refused.
+    Validated,
+}
+
+/// The variables of earlier releases that set one key, with the key and how they are read.
+/// `TESSERA_ALLOWED_ISSUERS`, `TESSERA_AUDIENCES` and the deprecated
+/// `TESSERA_TOKEN_ENCRYPTION_KEY` add to or stand in for keys, and are read by the validation.
+const FORMER_NAMES: &[(&str, &str, Form)] = &[
+    ("TESSERA_LISTEN", "listen", Form::Scalar),
+    ("TESSERA_ADMIN_TOKEN", "admin_tokens", Form::List),
+    ("TESSERA_DATABASE_URL", "database.url", Form::Scalar),
+    ("TESSERA_DATABASE_REPLICA_URL", "database.replica_url", Form::Scalar),
+    ("TESSERA_DATABASE_MAX_CONNECTIONS", "database.max_connections", Form::Scalar),
+    ("TESSERA_AUTO_MIGRATE", "database.auto_migrate", Form::Scalar),
+    ("TESSERA_LOG_FORMAT", "log.format", Form::Scalar),
+    ("TESSERA_LOG", "log.filter", Form::Scalar),
+    ("TESSERA_PUBLIC_URL", "auth.public_url", Form::Scalar),
+    ("TESSERA_COOKIE_SECURE", "auth.cookie_secure", Form::Scalar),
+    (super::ENCRYPTION_KEYS_VAR, "encryption.keys", Form::Validated),
+];
+
+/// One variable of an earlier release, as a figment provider named after the variable, so that
+/// an error in its value names it.
+struct FormerName {
+    var: &'static str,
+    key: &'static str,
+    value: Value,
+}
+
+impl Provider for FormerName {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.var)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let nested = figment::util::nest(self.key, self.value.clone());
+        Ok(Profile::Default.collect(nested.into_dict().unwrap_or_default()))
+    }
+}
+
+/// The `__` spelling: every `TESSERA_` variable with `__` in its name, and those naming a
+/// top-level key (`TESSERA_ADMIN_TOKENS`), except the names of earlier releases.
+fn nested_env() -> Env {
+    Env::prefixed(PREFIX).filter(|name| read_by_splitter(name.as_str())).split(SEPARATOR)
+}
+
+fn read_by_splitter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains(SEPARATOR) || (!is_former_name(&name) && is_key(&name))
+}
+
+/// Whether `name` (without the prefix, any case) is one of [`FORMER_NAMES`].
+fn is_former_name(name: &str) -> bool {
+    FORMER_NAMES.iter().any(|(var, _, _)| var[PREFIX.len()..].eq_ignore_ascii_case(name))
+}
+
+/// Whether `path` (`cache.max_entries`) is a key of the file, top-level tables and lists
+/// included. Asks serde rather than keeping a second list of the keys: an empty value at the
+/// path either deserializes or fails at the path itself, where an unknown key fails as unknown.
+pub(super) fn is_key(path: &str) -> bool {
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return false;
+    }
+    match Figment::from(Serialized::default(path, ())).extract::<RawConfig>() {
+        Ok(_) => true,
+        Err(error) => {
+            let segments: Vec<&str> = path.split('.').collect();
+            !matches!(error.kind, Kind::UnknownField(..)) && error.path == segments
+        }
+    }
+}
+
+/// Where the configuration comes from, merged in order.
+pub(super) struct Layers {
+    figment: Figment,
+    /// The `__` layer, when the process environment is read.
+    nested: Option<Env>,
+    /// How the file is named in a syntax error.
+    file_label: String,
+}
+
+impl Layers {
+    /// The layers: the TOML `text` (if any), then the variables of earlier releases looked up
+    /// through `env`, then, if `process_env`, the `__` variables of the process environment.
+    pub(super) fn new(
+        file: Option<(&str, &str)>,
+        env: &dyn Fn(&str) -> Option<String>,
+        process_env: bool,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        let mut file_label = String::from("config file");
+        if let Some((text, label)) = file {
+            file_label = label.to_owned();
+            if let Err(error) = Toml::from_str::<Dict>(text) {
+                return Err(syntax_error(text, label, &error));
+            }
+            figment = figment.merge(Toml::string(text));
+        }
+        for &(var, key, form) in FORMER_NAMES {
+            let Some(text) = env(var) else { continue };
+            let value = match form {
+                Form::Scalar => Value::from(text.trim().to_owned()),
+                Form::List => Value::from(split_list(&text)),
+                Form::Validated => continue,
+            };
+            figment = figment.merge(FormerName { var, key, value });
+        }
+        let nested = if process_env {
+            let nested = nested_env();
+            check_spellings(&nested, env)?;
+            figment = figment.merge(nested.clone());
+            Some(nested)
+        } else {
+            None
+        };
+        Ok(Self { figment, nested, file_label })
+    }
+
+    /// Deserializes the merged layers. Booleans take `true`/`false`, `yes`/`no`, `on`/`off`,
+    /// `1`/`0`, and numbers may be quoted, whatever the layer: variables are text.
+    pub(super) fn extract(&self) -> Result<RawConfig, ConfigError> {
+        self.figment.extract_lossy::<RawConfig>().map_err(|error| self.translate(error))
+    }
+
+    /// Rewrites a validation error about a key set through the `__` spelling so that it names
+    /// that variable instead of the file key's former variable (`database.max_connections
+    /// (TESSERA_DATABASE_MAX_CONNECTIONS)` becomes `… (TESSERA_DATABASE__MAX_CONNECTIONS)`).
+    pub(super) fn attribute(&self, error: ConfigError) -> ConfigError {
+        let base = error.key.split(" (").next().unwrap_or_default().to_owned();
+        let segments: Vec<&str> = base.split(['.', '[', ']']).filter(|s| !s.is_empty()).collect();
+        if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return error;
+        }
+        // The innermost value found tells where the key was set, unless it is a table merged
+        // from several layers (`cache`).
+        let found = (1..=segments.len()).rev().find_map(|end| self.figment.find_value(&segments[..end].join(".")).ok());
+        let Some(value) = found.filter(|value| value.as_dict().is_none()) else { return error };
+        let source = self.figment.get_metadata(value.tag()).map(|m| m.name.to_string());
+        match self.nested_var(source.as_deref(), &segments) {
+            Some(var) => ConfigError { key: format!("{base} ({var})"), ..error },
+            None => error,
+        }
+    }
+
+    /// The `__` variable behind a value at `segments`, when `source` (the name of the provider
+    /// that set it) is the `__` layer: the variable whose key path is the longest prefix of the
+    /// path (one variable can set a whole list, `TESSERA_ISSUERS`, that fails at
+    /// `issuers.0.issuer`).
+    fn nested_var(&self, source: Option<&str>, segments: &[&str]) -> Option<String> {
+        let nested = self.nested.as_ref()?;
+        if source != Some(nested.metadata().name.as_ref()) {
+            return None;
+        }
+        let path = segments.join(".");
+        nested
+            .iter()
+            .map(|(key, _)| key.as_str().to_owned())
+            .filter(|key| path == *key || path.starts_with(&format!("{key}.")))
+            .max_by_key(String::len)
+            .map(|key| env_name(&key))
+    }
+
+    fn translate(&self, error: figment::Error) -> ConfigError {
+        let Some(error) = error.into_iter().next() else {
+            return ConfigError::new(&self.file_label, "cannot be read");
+        };
+        let mut segments: Vec<&str> = error.path.iter().map(String::as_str).collect();
+        if let Kind::MissingField(field) = &error.kind {
+            segments.push(field);
+        }
+        let key = display_key(&segments);
+        let message = match &error.kind {
+            Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+                format!("expected {}, found {}", describe_expected(expected), describe_actual(actual))
+            }
+            Kind::UnknownField(field, expected) => {
+                let expected: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+                format!("unknown key `{field}`, expected one of {}", expected.join(", "))
+            }
+            Kind::MissingField(_) => "this key is required".into(),
+            Kind::InvalidLength(_, expected) => format!("expected {expected}"),
+            Kind::USizeOutOfRange(_) | Kind::ISizeOutOfRange(_) => "the number is out of range".into(),
+            Kind::DuplicateField(field) => format!("`{field}` is set twice"),
+            Kind::UnknownVariant(..) | Kind::Unsupported(..) | Kind::UnsupportedKey(..) | Kind::Message(_) => {
+                "this value cannot be read here".into()
+            }
+        };
+        let source = error.metadata.as_ref().map(|m| m.name.as_ref());
+        let former = FORMER_NAMES.iter().find(|(var, _, _)| Some(*var) == source).map(|(var, _, _)| (*var).to_owned());
+        match former.or_else(|| self.nested_var(source, &segments)) {
+            Some(var) => ConfigError::new(format!("{key} ({var})"), message),
+            None => ConfigError::new(key, message),
+        }
+    }
+}
+
+/// Refuses a key set both through its former name and its `__` spelling, and a single
+/// underscore where `__` was meant (`TESSERA_CACHE_PRINCIPAL_TTL_SECONDS` would otherwise be
+/// ignored silently: unrelated `TESSERA_` variables, such as `TESSERA_CONFIG` or those a
+/// container platform adds, are not mistakes).
+fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    let nested_figment = Figment::from(nested.clone());
+    for &(var, key, _) in FORMER_NAMES {
+        let set = env(var).is_some_and(|v| !v.trim().is_empty());
+        if set && nested_figment.find_value(key).is_ok() {
+            let spelled = env_name(key);
+            return Err(ConfigError::new(
+                format!("{key} ({var}, {spelled})"),
+                format!("both variables set this key; keep one ({spelled} is the current spelling)"),
+            ));
+        }
+    }
+    for (name, _) in Env::prefixed(PREFIX).iter() {
+        let name = name.as_str();
+        if name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
+            continue;
+        }
+        if let Some((table, rest)) = name.split_once('_')
+            && is_key(&format!("{table}.{rest}"))
+        {
+            let key = format!("{table}.{rest}");
+            return Err(ConfigError::new(
+                env_name(name),
+                format!(
+                    "this variable is not read: `{key}` is set by {} (two underscores after the table name)",
+                    env_name(&key)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The variable of the `__` spelling for a key path: `cache.max_entries` → `TESSERA_CACHE__MAX_ENTRIES`.
+fn env_name(path: &str) -> String {
+    format!("{PREFIX}{}", path.to_ascii_uppercase().replace('.', SEPARATOR))
+}
+
+/// `["issuers", "0", "audiences"]` → `issuers[0].audiences`.
+fn display_key(segments: &[&str]) -> String {
+    let mut key = String::new();
+    for segment in segments {
+        if segment.bytes().all(|b| b.is_ascii_digit()) && !key.is_empty() {
+            key.push_str(&format!("[{segment}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(segment);
+        }
+    }
+    if key.is_empty() { "config file".into() } else { key }
+}
+
+/// serde's name of an expected type, in the words of the README.
+fn describe_expected(expected: &str) -> String {
+    match expected {
+        "a boolean" => "true or false".into(),
+        "a string" => "a string (in quotes)".into(),
+        "a sequence" => "a list".into(),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number".into(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a number".into(),
+        other if other.starts_with("struct ") || other == "a map" => "a table".into(),
+        other => other.into(),
+    }
+}
+
+/// What was found, never the value itself: it can be a secret.
+fn describe_actual(actual: &Actual) -> &'static str {
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a decimal number",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        Actual::Unit | Actual::Option => "nothing",
+        _ => "another kind of value",
+    }
+}
+
+/// A TOML syntax error with its line and column; the offending line is not quoted back, since it
+/// can hold a secret.
+fn syntax_error(text: &str, label: &str, error: &<Toml as Format>::Error) -> ConfigError {
+    let message = error.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+    let position = error.span().map(|span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+        format!(" at line {line}, column {column}")
+    });
+    ConfigError::new(label, format!("TOML syntax error{}: {message}", position.unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use base64::Engine;
+    use figment::Jail;
+
+    use super::*;
+    use crate::config::{Backend, Config};
+
+    /// `Config::load` as `serve` runs it, in a jail: `vars` set in the process environment and
+    /// `file` (if any) as `tessera.toml`, both undone afterwards.
+    #[allow(clippy::result_large_err, reason = "the jail's closure returns figment's own Result")]
+    fn load(file: Option<&str>, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut loaded = None;
+        Jail::expect_with(|jail| {
+            if let Some(text) = file {
+                jail.create_file("tessera.toml", text)?;
+            }
+            for (name, value) in vars {
+                jail.set_env(name, value);
+            }
+            loaded = Some(Config::load(file.map(|_| Path::new("tessera.toml")), |k| std::env::var(k).ok()));
+            Ok(())
+        });
+        loaded.expect("the jail ran")
+    }
+
+    fn key() -> String {
+        base64::engine::general_purpose::STANDARD.encode([4u8; 32])
+    }
+
+    #[test]
+    fn every_table_takes_its_keys_with_double_underscores() {
+        let keys = format!("[k1:{}]", key());
+        let config = load(
+            None,
+            &[
+                ("TESSERA_DATABASE__MAX_CONNECTIONS", "5"),
+                ("TESSERA_DATABASE__AUTO_MIGRATE", "no"),
+                ("TESSERA_JWKS__FETCH_TIMEOUT_MS", "250"),
+                ("TESSERA_CACHE__PRINCIPAL_TTL_SECONDS", "5"),
+                ("TESSERA_AUTH__SESSION_TTL_HOURS", "2"),
+                ("TESSERA_AUTH__SESSION_IDLE_MINUTES", "30"),
+                ("TESSERA_AUTH__RETURN_TO_ORIGINS", "[https://app.example.com, https://b.example.com/]"),
+                ("TESSERA_LOG__FORMAT", "json"),
+                ("TESSERA_ENCRYPTION__KEYS", &keys),
+                ("TESSERA_ADMIN_TOKENS", "[0123456789abcdef0123]"),
+                ("TESSERA_ISSUERS", r#"[{issuer = "https://a.example.com", audiences = [api]}]"#),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.database.max_connections, 5);
+        assert!(!config.database.auto_migrate);
+        assert_eq!(config.jwks.fetch_timeout, Duration::from_millis(250));
+        assert_eq!(config.cache.principal_ttl, Duration::from_secs(5));
+        assert_eq!(config.auth.session_ttl, Duration::from_secs(2 * 3600));
+        assert_eq!(config.auth.session_idle, Duration::from_secs(30 * 60));
+        assert_eq!(config.auth.return_to_origins, ["https://app.example.com", "https://b.example.com"]);
+        assert!(config.log.json);
+        assert_eq!(config.encryption.as_ref().unwrap().active_id(), "k1");
+        assert_eq!(config.admin_tokens.len(), 1);
+        assert_eq!(config.issuers[0].issuer.as_str(), "https://a.example.com");
+        assert_eq!(config.issuers[0].audiences, ["api"]);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_key_by_key() {
+        let file = "[cache]\nprincipal_ttl_seconds = 30\ntoken_ttl_seconds = 100\n\
+                    [database]\nurl = \"sqlite://file.db\"\nmax_connections = 3\n";
+        let config = load(Some(file), &[("TESSERA_CACHE__PRINCIPAL_TTL_SECONDS", "5")]).unwrap();
+        assert_eq!(config.cache.principal_ttl, Duration::from_secs(5), "the variable wins");
+        assert_eq!(config.cache.token_ttl, Duration::from_secs(100), "the rest of [cache] stays");
+        assert_eq!(config.database.url.expose(), "sqlite://file.db");
+        let config = load(Some(file), &[("TESSERA_DATABASE_URL", "sqlite://env.db")]).unwrap();
+        assert_eq!(config.database.url.expose(), "sqlite://env.db", "a former name wins over the file too");
+        assert_eq!(config.database.max_connections, 3);
+    }
+
+    #[test]
+    fn former_names_keep_their_meaning_and_are_not_split() {
+        let config = load(
+            None,
+            &[
+                ("TESSERA_LISTEN", "[::1]:9000"),
+                ("TESSERA_DATABASE_URL", "postgres://u:p@db.example/tessera"),
+                ("TESSERA_DATABASE_REPLICA_URL", "postgres://u:p@replica.example/tessera"),
+                ("TESSERA_DATABASE_MAX_CONNECTIONS", " 7 "),
+                ("TESSERA_AUTO_MIGRATE", "yes"),
+                ("TESSERA_ADMIN_TOKEN", "1234567890123456, abcdefabcdefabcdef"),
+                ("TESSERA_LOG", "info,tessera=debug"),
+                ("TESSERA_LOG_FORMAT", "json"),
+                ("TESSERA_PUBLIC_URL", "https://id.example.com"),
+                ("TESSERA_COOKIE_SECURE", "off"),
+                ("TESSERA_ALLOWED_ISSUERS", "https://a.example.com,https://b.example.com"),
+                ("TESSERA_AUDIENCES", "api"),
+                ("TESSERA_ENCRYPTION_KEYS", &format!("k2:{}", key())),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "[::1]:9000");
+        assert_eq!(config.database.url.backend(), Backend::Postgres);
+        assert!(config.database.replica_url.is_some());
+        assert_eq!(config.database.max_connections, 7);
+        assert!(config.database.auto_migrate);
+        assert_eq!(config.admin_tokens.len(), 2, "a token of digits stays a token");
+        assert_eq!(config.log.filter, "info,tessera=debug");
+        assert!(config.log.json);
+        assert_eq!(config.auth.public_url.as_ref().unwrap().as_str(), "https://id.example.com/");
+        assert!(!config.auth.cookie_secure);
+        assert_eq!(config.issuers.len(), 2);
+        assert_eq!(config.issuers[1].audiences, ["api"]);
+        assert_eq!(config.encryption.as_ref().unwrap().active_id(), "k2");
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+
+        let config = load(None, &[("TESSERA_TOKEN_ENCRYPTION_KEY", &key())]).unwrap();
+        assert_eq!(config.encryption.as_ref().unwrap().active_id(), "default");
+        assert!(config.warnings[0].contains("deprecated"), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn a_key_set_under_both_names_is_refused() {
+        let error =
+            load(None, &[("TESSERA_DATABASE_URL", "sqlite://a.db"), ("TESSERA_DATABASE__URL", "sqlite://b.db")])
+                .unwrap_err();
+        assert_eq!(error.key, "database.url (TESSERA_DATABASE_URL, TESSERA_DATABASE__URL)");
+        let error =
+            load(None, &[("TESSERA_ENCRYPTION_KEYS", &format!("k1:{}", key())), ("TESSERA_ENCRYPTION__KEYS", "[x]")])
+                .unwrap_err();
+        assert_eq!(error.key, "encryption.keys (TESSERA_ENCRYPTION_KEYS, TESSERA_ENCRYPTION__KEYS)");
+    }
+
+    #[test]
+    fn a_single_underscore_inside_a_table_is_refused_and_other_variables_are_ignored() {
+        let error = load(None, &[("TESSERA_CACHE_PRINCIPAL_TTL_SECONDS", "5")]).unwrap_err();
+        assert_eq!(error.key, "TESSERA_CACHE_PRINCIPAL_TTL_SECONDS");
+        assert!(error.message.contains("TESSERA_CACHE__PRINCIPAL_TTL_SECONDS"), "{}", error.message);
+        // Other programs' variables, and those a container platform adds for a service named
+        // `tessera` or `tessera-database`.
+        let config = load(
+            None,
+            &[
+                ("TESSERA_CONFIG", "elsewhere.toml"),
+                ("TESSERA_BENCH_PG_URL", "postgres://x/y"),
+                ("TESSERA_PORT", "tcp://10.0.0.1:8080"),
+                ("TESSERA_SERVICE_HOST", "10.0.0.1"),
+                ("TESSERA_DATABASE_SERVICE_HOST", "10.0.0.2"),
+            ],
+        );
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn a_wrong_value_from_the_environment_names_the_variable() {
+        let error = |name: &str, value: &str| load(None, &[(name, value)]).unwrap_err();
+        let wrong_type = error("TESSERA_DATABASE__MAX_CONNECTIONS", "many");
+        assert_eq!(wrong_type.key, "database.max_connections (TESSERA_DATABASE__MAX_CONNECTIONS)");
+        assert_eq!(wrong_type.message, "expected a whole number, found a string");
+        assert_eq!(
+            error("TESSERA_DATABASE__MAX_CONNECTIONS", "0").key,
+            "database.max_connections (TESSERA_DATABASE__MAX_CONNECTIONS)",
+            "a value out of range names the variable that set it"
+        );
+        assert_eq!(
+            error("TESSERA_JWKS__FETCH_TIMEOUT_MS", "5").key,
+            "jwks.fetch_timeout_ms (TESSERA_JWKS__FETCH_TIMEOUT_MS)"
+        );
+        assert_eq!(
+            error("TESSERA_DATABASE_MAX_CONNECTIONS", "many").key,
+            "database.max_connections (TESSERA_DATABASE_MAX_CONNECTIONS)"
+        );
+        let boolean = error("TESSERA_AUTO_MIGRATE", "maybe");
+        assert_eq!(boolean.key, "database.auto_migrate (TESSERA_AUTO_MIGRATE)");
+        assert_eq!(boolean.message, "expected true or false, found a string");
+        let unknown = error("TESSERA_CACHE__PRINCIPAL_TTL", "5");
+        assert_eq!(unknown.key, "cache.principal_ttl (TESSERA_CACHE__PRINCIPAL_TTL)");
+        assert!(unknown.message.starts_with("unknown key `principal_ttl`"), "{}", unknown.message);
+        assert_eq!(error("TESSERA_ISSUERS", r#"[{issuer = "ftp://x"}]"#).key, "issuers[0].issuer (TESSERA_ISSUERS)");
+        let secret = error("TESSERA_ENCRYPTION__KEYS", "k1:notalistbutasecret");
+        assert_eq!(secret.key, "encryption.keys (TESSERA_ENCRYPTION__KEYS)");
+        assert!(!secret.to_string().contains("notalistbutasecret"), "{secret}");
+    }
+
+    #[test]
+    fn secrets_from_the_environment_stay_out_of_debug_output() {
+        let config = load(
+            None,
+            &[
+                ("TESSERA_DATABASE__URL", "postgres://u:hunter2@db.example/tessera"),
+                ("TESSERA_ADMIN_TOKENS", "[supersecretadmintoken]"),
+            ],
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("supersecretadmintoken"), "{debug}");
+    }
+
+    #[test]
+    fn a_syntax_error_in_the_file_names_the_file_with_line_and_column() {
+        let error =
+            load(Some("listen = \"127.0.0.1:8080\"\nadmin_tokens = [\"supersecretadmintoken\" 5]\n"), &[]).unwrap_err();
+        assert_eq!(error.key, "tessera.toml");
+        assert!(error.message.starts_with("TOML syntax error at line 2, column 41: "), "{}", error.message);
+        assert!(!error.message.contains("supersecretadmintoken"), "{}", error.message);
+    }
+
+    #[test]
+    fn keys_are_known_without_a_second_list() {
+        for key in ["listen", "admin_tokens", "database", "issuers", "cache.max_entries", "auth.public_url"] {
+            assert!(is_key(key), "{key}");
+        }
+        for key in ["config", "bench_pg_url", "cache.max", "listen.x", "test.pg_url", "database.service_host", ""] {
+            assert!(!is_key(key), "{key}");
+        }
+    }
+}
