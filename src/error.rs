@@ -102,6 +102,9 @@ error_codes! {
     MissingCredentials = (UNAUTHORIZED, "missing_credentials", "Authentication required"),
     /// The presented credentials are not valid.
     InvalidCredentials = (UNAUTHORIZED, "invalid_credentials", "Invalid credentials"),
+    /// A credential header (or a session cookie) is sent more than once, or two credential
+    /// headers carry different tokens: which one counts would depend on who reads the request.
+    AmbiguousCredentials = (BAD_REQUEST, "ambiguous_credentials", "Ambiguous credentials"),
     /// The issuer is not on the allow-list.
     IssuerNotAllowed = (FORBIDDEN, "issuer_not_allowed", "Issuer not allowed"),
     /// The user is disabled.

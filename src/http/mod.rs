@@ -8,6 +8,7 @@ pub mod auth;
 pub mod caller;
 pub mod connect;
 pub mod cookies;
+pub mod credentials;
 pub mod extract;
 pub mod health;
 pub mod me;
