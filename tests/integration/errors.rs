@@ -11,6 +11,7 @@ on_both_backends!(
     invalid_fields_are_named_and_nothing_is_written,
     hostile_inputs_never_cause_a_server_error_or_a_leak,
     an_unreachable_database_is_a_503_without_details,
+    client_request_ids_are_kept_only_when_short_and_safe,
 );
 
 async fn protocol_errors_are_problem_json(backend: Backend) {
@@ -189,6 +190,43 @@ async fn make_database_unreachable(app: &TestApp) {
             // unreachable by closing the app's pools instead, which is what a dead database looks
             // like from the pool's side.
             app.close_store().await;
+        }
+    }
+}
+
+async fn client_request_ids_are_kept_only_when_short_and_safe(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let send = |ids: Vec<String>, path: &str| {
+        let mut request = app.client.get(app.url(path));
+        for id in ids {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+    let longest = "r".repeat(128);
+    for kept in ["abc", "0193f0c2-7d3e-7c4e-8f00-1.2_3", longest.as_str()] {
+        for path in ["/healthz", "/no/such/route"] {
+            let response = send(vec![kept.to_owned()], path).await.unwrap();
+            assert_eq!(response.headers()["x-request-id"], kept, "{path}");
+        }
+    }
+    let replaced = [
+        vec!["x".repeat(8 * 1024)],
+        vec!["r".repeat(129)],
+        vec!["a b".to_owned()],
+        vec!["{\"level\":\"ERROR\"}".to_owned()],
+        vec!["../x".to_owned()],
+        vec!["abc".to_owned(), "abc".to_owned()],
+        vec!["abc".to_owned(), "def".to_owned()],
+        vec![],
+    ];
+    for ids in replaced {
+        for path in ["/healthz", "/no/such/route"] {
+            let response = send(ids.clone(), path).await.unwrap();
+            let echoed: Vec<_> = response.headers().get_all("x-request-id").iter().collect();
+            assert_eq!(echoed.len(), 1, "one id in the response for {ids:?}");
+            let generated = echoed[0].to_str().unwrap();
+            assert!(uuid::Uuid::parse_str(generated).is_ok(), "a generated id, not {generated:?}");
         }
     }
 }
