@@ -9,7 +9,10 @@
 //!
 //! Verified tokens are cached by SHA-256 digest until the sooner of their `exp` and the cache
 //! lifetime, so a token seen again skips the signature check. The cache holds what the token
-//! says, never what Tessera knows about the user: that is resolved on every request.
+//! says, never what Tessera knows about the user: that is resolved on every request. It is a
+//! performance cache only: one set of claims can have several valid strings (an ES256
+//! signature's high-s twin verifies too, and is accepted), so nothing may decide on the token
+//! string, and purges go by identity ([`PrincipalCache::invalidate_identity`](super::validation::PrincipalCache::invalidate_identity)).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

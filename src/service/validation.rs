@@ -308,6 +308,36 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_s_verified_tokens_are_purged_whatever_their_string() {
+        // The token cache is keyed by the token string's digest, and one set of claims can have
+        // several strings (an ES256 signature and its high-s twin): purges go by identity.
+        let tokens = Arc::new(TokenCache::new(100));
+        let cache = PrincipalCache::new(Duration::from_secs(60), 100, tokens.clone());
+        let issuer = Issuer::parse("https://issuer.example.com").unwrap();
+        let verified = |subject: &str| {
+            Arc::new(VerifiedToken {
+                issuer: issuer.clone(),
+                provider: "test".into(),
+                jit: true,
+                subject: Subject::parse(subject).unwrap(),
+                email: None,
+                email_verified: false,
+                name: None,
+                expires_at: chrono::Utc::now(),
+            })
+        };
+        let (now, later) = (Instant::now(), Instant::now() + Duration::from_secs(60));
+        let digest = |token: &str| crate::crypto::sha256(token.as_bytes());
+        tokens.insert(digest("token"), verified("s"), later, now);
+        tokens.insert(digest("its-twin"), verified("s"), later, now);
+        tokens.insert(digest("another"), verified("t"), later, now);
+        cache.invalidate_identity(&issuer, &Subject::parse("s").unwrap());
+        assert!(tokens.get(&digest("token"), now).is_none());
+        assert!(tokens.get(&digest("its-twin"), now).is_none());
+        assert!(tokens.get(&digest("another"), now).is_some());
+    }
+
+    #[test]
     fn a_changed_user_is_read_from_the_primary_for_a_while() {
         let cache = cache();
         let (changed, other) = (UserId::generate(), UserId::generate());
