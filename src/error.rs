@@ -189,6 +189,30 @@ error_codes! {
     InternalError = (INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
 }
 
+impl ErrorCode {
+    /// The level an answer with this code is logged at — the code only, never a token, an
+    /// authorization code, a cookie or an email:
+    /// - a refused credential or sign-in: info, so that operators see why someone could not get
+    ///   in (a missing credential is not a refusal of one: it stays at debug);
+    /// - any other 5xx: error;
+    /// - any other 4xx: debug.
+    pub fn log_level(self) -> tracing::Level {
+        use ErrorCode::*;
+        match self {
+            // Credentials: admin tokens, user tokens, the user behind a token.
+            InvalidCredentials | AmbiguousCredentials | IssuerNotAllowed | UserDisabled | MalformedToken
+            | AlgorithmNotAllowed | UnknownKey | SignatureInvalid | TokenExpired | TokenNotYetValid
+            | AudienceMismatch | IdentityNotProvisioned
+            // Sign-in, linking and connect flows.
+            | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
+            | ProviderDenied | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
+            | ConnectLinkNotYours => tracing::Level::INFO,
+            code if code.status().is_server_error() => tracing::Level::ERROR,
+            _ => tracing::Level::DEBUG,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -74,19 +74,26 @@ impl ApiError {
         self.code
     }
 
-    /// The status, title and detail, for an HTML page. A 5xx is logged here like in
-    /// `into_response`, since the page replaces it.
+    /// The status, title and detail, for an HTML page. Logged here like in `into_response`,
+    /// since the page replaces it.
     pub fn describe(self) -> (StatusCode, &'static str, String) {
+        self.log();
         let status = self.status.unwrap_or_else(|| self.code.status());
-        if status.is_server_error() {
-            match &self.source {
-                Some(source) => {
-                    tracing::error!(code = self.code.as_str(), error = %Chain(source.as_ref()), "request failed")
-                }
-                None => tracing::error!(code = self.code.as_str(), "request failed"),
-            }
-        }
         (status, self.code.title(), self.detail)
+    }
+
+    /// Logs the answer at its code's level ([`ErrorCode::log_level`]): the code, and for an
+    /// error the cause; never the detail, which may quote what the client sent.
+    fn log(&self) {
+        let code = self.code.as_str();
+        match self.code.log_level() {
+            tracing::Level::ERROR => match &self.source {
+                Some(source) => tracing::error!(code, error = %Chain(source.as_ref()), "request failed"),
+                None => tracing::error!(code, "request failed"),
+            },
+            tracing::Level::INFO => tracing::info!(code, "request refused"),
+            _ => tracing::debug!(code, "request refused"),
+        }
     }
 
     /// An internal error whose cause is logged and not shown.
@@ -229,17 +236,8 @@ impl fmt::Display for Chain<'_> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log();
         let status = self.status.unwrap_or_else(|| self.code.status());
-        if status.is_server_error() {
-            match &self.source {
-                Some(source) => {
-                    tracing::error!(code = self.code.as_str(), error = %Chain(source.as_ref()), "request failed")
-                }
-                None => tracing::error!(code = self.code.as_str(), "request failed"),
-            }
-        } else {
-            tracing::debug!(code = self.code.as_str(), "request refused");
-        }
         let mut body = json!({
             "type": format!("urn:tessera:problem:{}", self.code.as_str()),
             "title": self.code.title(),
@@ -257,5 +255,71 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Log output captured from a subscriber at `info`, as the default `log.filter` runs.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged_at_info(render: impl FnOnce()) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, render);
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn refused_tokens_and_sign_ins_are_logged_at_info_with_their_code_only() {
+        let secret = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.c2lnbmF0dXJl ada@example.com";
+        for code in [ErrorCode::SignatureInvalid, ErrorCode::TokenExpired, ErrorCode::InvalidCredentials] {
+            let log = logged_at_info(|| {
+                let _ = ApiError::new(code, format!("refused {secret}"))
+                    .with_status(StatusCode::UNAUTHORIZED)
+                    .into_response();
+            });
+            assert!(log.contains(" INFO ") && log.contains(code.as_str()), "{log}");
+            assert!(!log.contains("eyJ") && !log.contains("ada@"), "nothing the client sent is logged: {log}");
+        }
+        for code in [ErrorCode::InvalidState, ErrorCode::ProviderDenied, ErrorCode::InvalidIdToken] {
+            // Browsers get an HTML page, through `describe`: logged all the same.
+            let log = logged_at_info(|| {
+                let _ = ApiError::new(code, secret).describe();
+            });
+            assert!(log.contains(" INFO ") && log.contains(code.as_str()), "{log}");
+            assert!(!log.contains("eyJ"), "{log}");
+        }
+        for code in [ErrorCode::NotFound, ErrorCode::MissingField, ErrorCode::MissingCredentials] {
+            let log = logged_at_info(|| {
+                let _ = ApiError::new(code, "other 4xx").into_response();
+            });
+            assert!(log.is_empty(), "{} stays at debug: {log}", code.as_str());
+        }
+        let log = logged_at_info(|| {
+            let _ = ApiError::internal(std::io::Error::other("disk on fire")).into_response();
+        });
+        assert!(log.contains("ERROR") && log.contains("disk on fire"), "{log}");
     }
 }
