@@ -194,6 +194,9 @@ impl ErrorCode {
     /// authorization code, a cookie or an email:
     /// - a refused credential or sign-in: info, so that operators see why someone could not get
     ///   in (a missing credential is not a refusal of one: it stays at debug);
+    /// - `issuer_unavailable`: debug; the outage is logged once when it starts and once when it
+    ///   ends by the issuer's key cache, and every refused request is counted in the metric
+    ///   `tessera_issuer_unavailable_total`;
     /// - any other 5xx: error;
     /// - any other 4xx: debug.
     pub fn log_level(self) -> tracing::Level {
@@ -207,6 +210,7 @@ impl ErrorCode {
             | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
             | ProviderDenied | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
             | ConnectLinkNotYours => tracing::Level::INFO,
+            IssuerUnavailable => tracing::Level::DEBUG,
             code if code.status().is_server_error() => tracing::Level::ERROR,
             _ => tracing::Level::DEBUG,
         }

@@ -260,35 +260,13 @@ impl IntoResponse for ApiError {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-
-    /// Log output captured from a subscriber at `info`, as the default `log.filter` runs.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::capture::capture;
 
     fn logged_at_info(render: impl FnOnce()) -> String {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, render);
-        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+        let logs = capture();
+        render();
+        logs.text()
     }
 
     #[test]
@@ -321,5 +299,9 @@ mod tests {
             let _ = ApiError::internal(std::io::Error::other("disk on fire")).into_response();
         });
         assert!(log.contains("ERROR") && log.contains("disk on fire"), "{log}");
+        let log = logged_at_info(|| {
+            let _ = ApiError::from(ValidateError::Token(TokenError::IssuerUnavailable)).into_response();
+        });
+        assert!(log.is_empty(), "an issuer outage is logged by its key cache, not per request: {log}");
     }
 }
