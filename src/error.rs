@@ -108,6 +108,9 @@ error_codes! {
     MissingCredentials = (UNAUTHORIZED, "missing_credentials", "Authentication required"),
     /// The presented credentials are not valid.
     InvalidCredentials = (UNAUTHORIZED, "invalid_credentials", "Invalid credentials"),
+    /// A credential header (or a session cookie) is sent more than once, or two credential
+    /// headers carry different tokens: which one counts would depend on who reads the request.
+    AmbiguousCredentials = (BAD_REQUEST, "ambiguous_credentials", "Ambiguous credentials"),
     /// The issuer is not on the allow-list.
     IssuerNotAllowed = (FORBIDDEN, "issuer_not_allowed", "Issuer not allowed"),
     /// The user is disabled.
@@ -193,6 +196,32 @@ error_codes! {
 }
 
 impl ErrorCode {
+    /// The level an answer with this code is logged at — the code only, never a token, an
+    /// authorization code, a cookie or an email:
+    /// - a refused credential or sign-in: info, so that operators see why someone could not get
+    ///   in (a missing credential is not a refusal of one: it stays at debug);
+    /// - `issuer_unavailable`: debug; the outage is logged once when it starts and once when it
+    ///   ends by the issuer's key cache, and every refused request is counted in the metric
+    ///   `tessera_issuer_unavailable_total`;
+    /// - any other 5xx: error;
+    /// - any other 4xx: debug.
+    pub fn log_level(self) -> tracing::Level {
+        use ErrorCode::*;
+        match self {
+            // Credentials: admin tokens, user tokens, the user behind a token.
+            InvalidCredentials | AmbiguousCredentials | IssuerNotAllowed | UserDisabled | MalformedToken
+            | AlgorithmNotAllowed | UnknownKey | SignatureInvalid | TokenExpired | TokenNotYetValid
+            | AudienceMismatch | IdentityNotProvisioned
+            // Sign-in, linking and connect flows.
+            | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
+            | ProviderDenied | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
+            | ConnectLinkNotYours => tracing::Level::INFO,
+            IssuerUnavailable => tracing::Level::DEBUG,
+            code if code.status().is_server_error() => tracing::Level::ERROR,
+            _ => tracing::Level::DEBUG,
+        }
+    }
+
     /// The detail every occurrence of a server-side code shows, whatever its cause: the cause
     /// itself is for the log only. `None` for codes whose errors say what happened themselves.
     pub fn fixed_detail(self) -> Option<&'static str> {

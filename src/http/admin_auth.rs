@@ -1,4 +1,5 @@
-//! Admin API authentication: `Authorization: Bearer <token>` or `X-Admin-Token: <token>`.
+//! Admin API authentication: `Authorization: Bearer <token>` or `X-Admin-Token: <token>`, read
+//! through [`Credentials`] (a repeated or disagreeing credential is a 400).
 //!
 //! Only SHA-256 digests of the configured tokens are kept in memory. A presented token is hashed
 //! and compared with every digest in constant time, without stopping at the first match.
@@ -6,12 +7,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::AppState;
+use super::credentials::Credentials;
 use super::problem::ApiError;
 use crate::crypto::{constant_time_eq, sha256};
 use crate::error::ErrorCode;
@@ -46,31 +47,21 @@ impl AdminTokens {
     }
 }
 
-/// The bearer token of an `Authorization` header, if it has one.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 /// Middleware guarding the admin routes. Runs before any body is read.
 pub async fn require_admin(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let headers = request.headers();
-    let presented =
-        bearer_token(headers).or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()).map(str::trim));
-    match presented {
-        None | Some("") => Err(ApiError::new(
+    let verified = Credentials::read(request.headers())?.admin_token().map(|token| state.admin_tokens.verify(token));
+    match verified {
+        None => Err(ApiError::new(
             ErrorCode::MissingCredentials,
             "send an admin token as `Authorization: Bearer <token>` or `X-Admin-Token: <token>`",
         )
         .challenge("Bearer realm=\"tessera-admin\"")),
-        Some(token) if state.admin_tokens.verify(token) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::new(ErrorCode::InvalidCredentials, "the admin token is not valid")
+        Some(true) => Ok(next.run(request).await),
+        Some(false) => Err(ApiError::new(ErrorCode::InvalidCredentials, "the admin token is not valid")
             .challenge("Bearer realm=\"tessera-admin\", error=\"invalid_token\"")),
     }
 }
@@ -90,16 +81,5 @@ mod tests {
         assert!(!tokens.verify("first-token-012345678"));
         assert!(!tokens.verify(""));
         assert!(!format!("{tokens:?}").contains("token-0123"));
-    }
-
-    #[test]
-    fn bearer_tokens_are_parsed_case_insensitively() {
-        let mut headers = HeaderMap::new();
-        headers.insert("authorization", "bearer  abc ".parse().unwrap());
-        assert_eq!(bearer_token(&headers), Some("abc"));
-        headers.insert("authorization", "Basic abc".parse().unwrap());
-        assert_eq!(bearer_token(&headers), None);
-        headers.insert("authorization", "Bearer".parse().unwrap());
-        assert_eq!(bearer_token(&headers), None);
     }
 }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::caller::caller;
-use super::cookies;
+use super::credentials::cookie;
 use super::extract::{ApiPath, ApiQuery};
 use super::pages;
 use super::problem::ApiError;
@@ -83,9 +83,16 @@ async fn complete_callback(
     ApiQuery(query): ApiQuery<CallbackQuery>,
 ) -> Response {
     let clear_login = state.cookies.clear(state.cookies.login());
-    let browser_state = cookies::read(&headers, state.cookies.login());
-    let current_user = match cookies::read(&headers, state.cookies.session()) {
-        Some(cookie) => state.sessions.resolve(cookie).await.ok().flatten(),
+    let cookies = cookie(&headers, state.cookies.login()).and_then(|login| {
+        let session = cookie(&headers, state.cookies.session())?;
+        Ok((login, session))
+    });
+    let (browser_state, session) = match cookies {
+        Ok(found) => found,
+        Err(error) => return with_cookie(pages::error(&headers, error), clear_login),
+    };
+    let current_user = match session {
+        Some(session) => state.sessions.resolve(session).await.ok().flatten(),
         None => None,
     };
     let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
@@ -115,11 +122,17 @@ async fn complete_callback(
 }
 
 async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if let Some(cookie) = cookies::read(&headers, state.cookies.session()) {
-        state.sessions.revoke(cookie).await?;
+    let clear_session = state.cookies.clear(state.cookies.session());
+    match cookie(&headers, state.cookies.session()) {
+        Ok(Some(session)) => {
+            state.sessions.revoke(session).await?;
+        }
+        Ok(None) => {}
+        // Which session to end is ambiguous: none is, but the browser is told to drop the cookie.
+        Err(error) => return Ok(with_cookie(error.into_response(), clear_session)),
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().append(header::SET_COOKIE, state.cookies.clear(state.cookies.session()));
+    response.headers_mut().append(header::SET_COOKIE, clear_session);
     pages::protect(response.headers_mut());
     Ok(response)
 }

@@ -1,23 +1,26 @@
 //! Who a request acts for: a user's upstream bearer token (validated like `/v1/validate`), or
-//! else their session cookie.
+//! else their session cookie. Credentials are read through [`Credentials`] and [`cookie`], which
+//! refuse a repeated or disagreeing credential.
 
 use axum::http::HeaderMap;
 
 use super::AppState;
-use super::admin_auth::bearer_token;
-use super::cookies;
+use super::credentials::{Credentials, cookie};
 use super::problem::ApiError;
 use crate::domain::UserId;
 use crate::error::ErrorCode;
 
 /// The user a request acts for. A bearer token (or `X-User-Token`) wins over a session cookie; a
-/// refused token is refused, never passed over for the cookie.
+/// refused token is refused, never passed over for the cookie. A repeated session cookie is
+/// refused even beside a token.
 pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
-    if let Some(token) = user_token(headers) {
+    let token = Credentials::read(headers)?.user_token();
+    let session = cookie(headers, state.cookies.session())?;
+    if let Some(token) = token {
         return Ok(state.validator.validate(token).await?.principal.user.id);
     }
-    if let Some(cookie) = cookies::read(headers, state.cookies.session())
-        && let Some(user) = state.sessions.resolve(cookie).await?
+    if let Some(session) = session
+        && let Some(user) = state.sessions.resolve(session).await?
     {
         return Ok(user);
     }
@@ -28,39 +31,52 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, Api
     .challenge("Bearer realm=\"tessera\""))
 }
 
-/// The upstream token of a request, from `Authorization: Bearer` or `X-User-Token`.
-pub fn user_token(headers: &HeaderMap) -> Option<&str> {
-    bearer_token(headers)
-        .or_else(|| headers.get("x-user-token").and_then(|v| v.to_str().ok()).map(str::trim).filter(|t| !t.is_empty()))
-}
-
 /// The user a profile or team request acts for: a service holding an admin token names the user
 /// in `X-On-Behalf-Of` (or `?on_behalf_of=`); anyone else is their own user (see [`caller`]).
 pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, ApiError> {
-    let admin = bearer_token(headers)
-        .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()).map(str::trim))
-        .is_some_and(|token| state.admin_tokens.verify(token));
+    let admin = Credentials::read(headers)?.admin_token().is_some_and(|token| state.admin_tokens.verify(token));
     if !admin {
         return caller(state, headers).await;
     }
-    let named = headers
-        .get("x-on-behalf-of")
-        .and_then(|v| v.to_str().ok())
-        .or(query)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::MissingField,
-                "with the admin token, name the user to act for in `X-On-Behalf-Of` or `?on_behalf_of=`",
-            )
-            .field("on_behalf_of")
-        })?;
+    let named = on_behalf_of(headers, query)?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::MissingField,
+            "with the admin token, name the user to act for in `X-On-Behalf-Of` or `?on_behalf_of=`",
+        )
+        .field("on_behalf_of")
+    })?;
     // No existence check here: every route that acts for a user checks their team membership,
     // and an unknown user is a member of nothing.
-    named.parse().map_err(|_| {
-        ApiError::new(ErrorCode::InvalidUserId, "on_behalf_of must be a user id (a UUID)").field("on_behalf_of")
-    })
+    named.parse().map_err(|_| invalid_user_id())
+}
+
+/// The user an admin-token caller names: `X-On-Behalf-Of` (sent at most once) or
+/// `?on_behalf_of=`; both at once must agree (400 `ambiguous_credentials` otherwise).
+fn on_behalf_of<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+    let mut values = headers.get_all("x-on-behalf-of").iter();
+    let header = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            ErrorCode::AmbiguousCredentials,
+            "the `X-On-Behalf-Of` header is sent more than once; name one user",
+        )
+        .field("on_behalf_of"));
+    }
+    let header =
+        header.map(|v| v.to_str().map(str::trim)).transpose().map_err(|_| invalid_user_id())?.filter(|v| !v.is_empty());
+    let query = query.map(str::trim).filter(|v| !v.is_empty());
+    match (header, query) {
+        (Some(header), Some(query)) if header != query => Err(ApiError::new(
+            ErrorCode::AmbiguousCredentials,
+            "`X-On-Behalf-Of` and `?on_behalf_of=` name different users; name one user",
+        )
+        .field("on_behalf_of")),
+        (header, query) => Ok(header.or(query)),
+    }
+}
+
+fn invalid_user_id() -> ApiError {
+    ApiError::new(ErrorCode::InvalidUserId, "on_behalf_of must be a user id (a UUID)").field("on_behalf_of")
 }
 
 /// `?on_behalf_of=` for admin-token callers.

@@ -14,7 +14,7 @@ use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::auth::{login_cookie, redirect};
-use super::cookies;
+use super::credentials::cookie;
 use super::extract::ApiPath;
 use super::pages;
 
@@ -28,12 +28,13 @@ async fn start_connect(
     headers: HeaderMap,
     ApiPath(token): ApiPath<String>,
 ) -> Response {
-    let current_user = match cookies::read(&headers, state.cookies.session()) {
-        Some(cookie) => match state.sessions.resolve(cookie).await {
+    let current_user = match cookie(&headers, state.cookies.session()) {
+        Ok(Some(session)) => match state.sessions.resolve(session).await {
             Ok(user) => user,
             Err(error) => return pages::error(&headers, error.into()),
         },
-        None => None,
+        Ok(None) => None,
+        Err(error) => return pages::error(&headers, error),
     };
     match state.connections.start(&token, current_user).await {
         Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),

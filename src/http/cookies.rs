@@ -4,10 +4,11 @@
 //! With `auth.cookie_secure` (the default) they are `Secure` and carry the `__Host-` prefix, so
 //! that no subdomain can set or shadow them. For plain-HTTP development on localhost only, turning
 //! it off drops `Secure` and the prefix (browsers refuse `__Host-` cookies without `Secure`).
+//! Cookies are read through [`super::credentials::cookie`], which refuses a repeated name.
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderValue;
 
 /// Cookie names and attributes for one deployment.
 #[derive(Debug, Clone, Copy)]
@@ -44,32 +45,9 @@ impl Cookies {
     }
 }
 
-/// The value of the cookie `name` in a request.
-pub fn read<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim_matches('"'))
-        .filter(|value| !value.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cookies_are_read_from_any_cookie_header() {
-        let mut headers = HeaderMap::new();
-        headers.append(header::COOKIE, "a=1; __Host-tessera_session=abc".parse().unwrap());
-        headers.append(header::COOKIE, "tessera_login=xyz".parse().unwrap());
-        assert_eq!(read(&headers, "__Host-tessera_session"), Some("abc"));
-        assert_eq!(read(&headers, "tessera_login"), Some("xyz"));
-        assert_eq!(read(&headers, "tessera_session"), None);
-    }
 
     #[test]
     fn secure_cookies_use_the_host_prefix() {

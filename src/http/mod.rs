@@ -8,6 +8,7 @@ pub mod auth;
 pub mod caller;
 pub mod connect;
 pub mod cookies;
+pub mod credentials;
 pub mod extract;
 pub mod health;
 pub mod me;
@@ -25,6 +26,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, Response};
 use axum::middleware;
 use axum::response::IntoResponse;
+use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -69,6 +71,9 @@ pub struct AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The longest client `X-Request-Id` kept.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
 /// Builds the router with every route, the problem+json fallbacks and the middleware stack.
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = admin::routes()
@@ -111,7 +116,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // Outermost: a client's id reaches the logs and the response only when it is safe.
+        .layer(MapRequestLayer::new(drop_unsafe_request_id))
         .with_state(state)
+}
+
+/// Removes a client's `X-Request-Id` unless it is one header of 1 to [`MAX_REQUEST_ID_LEN`]
+/// characters of `A-Z a-z 0-9 . _ -`, so that [`SetRequestIdLayer`] generates one instead. An id
+/// is echoed in the response and written to every log line of the request: a long or odd one
+/// would let a client bloat logs, forge log fields or smuggle text into other systems.
+fn drop_unsafe_request_id(mut request: Request) -> Request {
+    let mut ids = request.headers().get_all(&REQUEST_ID).iter();
+    let safe = match (ids.next(), ids.next()) {
+        (None, _) => return request,
+        (Some(id), None) => is_safe_request_id(id.as_bytes()),
+        (Some(_), Some(_)) => false,
+    };
+    if !safe {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
+/// Whether a client's request id is kept (see [`drop_unsafe_request_id`]).
+pub fn is_safe_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 async fn not_found() -> ApiError {
@@ -120,4 +150,35 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept this method; see the Allow header")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_short_safe_request_ids_are_kept() {
+        for id in ["a", "0193f0c2-7d3e-7c4e-8f00-000000000000", "trace.span_1-2", &"x".repeat(MAX_REQUEST_ID_LEN)] {
+            assert!(is_safe_request_id(id.as_bytes()), "{id}");
+        }
+        for id in ["", "a b", "a\"b", "a/b", "{\"level\":\"error\"}", "é", &"x".repeat(MAX_REQUEST_ID_LEN + 1)] {
+            assert!(!is_safe_request_id(id.as_bytes()), "{id}");
+        }
+    }
+
+    #[test]
+    fn an_unsafe_or_repeated_request_id_is_removed() {
+        let request = |ids: &[&str]| {
+            let mut builder = Request::builder();
+            for id in ids {
+                builder = builder.header(&REQUEST_ID, *id);
+            }
+            drop_unsafe_request_id(builder.body(axum::body::Body::empty()).unwrap())
+        };
+        let ids = |request: &Request| request.headers().get_all(&REQUEST_ID).iter().count();
+        assert_eq!(request(&["abc"]).headers()[&REQUEST_ID], "abc");
+        assert_eq!(ids(&request(&[])), 0);
+        assert_eq!(ids(&request(&["a b"])), 0);
+        assert_eq!(ids(&request(&["abc", "abc"])), 0);
+    }
 }

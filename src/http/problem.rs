@@ -67,28 +67,28 @@ impl ApiError {
         self.code
     }
 
-    /// The status, title and detail, for an HTML page. A 5xx is logged here like in
-    /// `into_response`, since the page replaces it.
+    /// The status, title and detail, for an HTML page. Logged here like in `into_response`,
+    /// since the page replaces it.
     pub fn describe(self) -> (StatusCode, &'static str, String) {
         let status = self.log();
         (status, self.code.title(), self.detail)
     }
 
-    /// Logs the error as the response is made, and returns its status: a 5xx with its cause chain
-    /// at ERROR (the only place a cause is ever written), anything else at DEBUG.
+    /// Logs the error as the response is made, at its code's level (see
+    /// [`ErrorCode::log_level`]): the cause chain of a 5xx at ERROR (the only place a cause is
+    /// ever written), refusals of credentials and sign-ins at INFO with their code only, anything
+    /// else at DEBUG. Returns the status.
     fn log(&self) -> StatusCode {
-        let status = self.status.unwrap_or_else(|| self.code.status());
-        if status.is_server_error() {
-            match &self.source {
-                Some(source) => {
-                    tracing::error!(code = self.code.as_str(), error = %Chain(source.as_ref()), "request failed")
-                }
-                None => tracing::error!(code = self.code.as_str(), "request failed"),
-            }
-        } else {
-            tracing::debug!(code = self.code.as_str(), "request refused");
+        let code = self.code.as_str();
+        match self.code.log_level() {
+            tracing::Level::ERROR => match &self.source {
+                Some(source) => tracing::error!(code, error = %Chain(source.as_ref()), "request failed"),
+                None => tracing::error!(code, "request failed"),
+            },
+            tracing::Level::INFO => tracing::info!(code, "request refused"),
+            _ => tracing::debug!(code, "request refused"),
         }
-        status
+        self.status.unwrap_or_else(|| self.code.status())
     }
 
     /// An internal error whose cause is logged and not shown.
@@ -151,5 +151,55 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::validation::ValidateError;
+    use crate::telemetry::capture::capture;
+    use crate::upstream::tokens::TokenError;
+
+    fn logged_at_info(render: impl FnOnce()) -> String {
+        let logs = capture();
+        render();
+        logs.text()
+    }
+
+    #[test]
+    fn refused_tokens_and_sign_ins_are_logged_at_info_with_their_code_only() {
+        let secret = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.c2lnbmF0dXJl ada@example.com";
+        for code in [ErrorCode::SignatureInvalid, ErrorCode::TokenExpired, ErrorCode::InvalidCredentials] {
+            let log = logged_at_info(|| {
+                let _ = ApiError::new(code, format!("refused {secret}"))
+                    .with_status(StatusCode::UNAUTHORIZED)
+                    .into_response();
+            });
+            assert!(log.contains(" INFO ") && log.contains(code.as_str()), "{log}");
+            assert!(!log.contains("eyJ") && !log.contains("ada@"), "nothing the client sent is logged: {log}");
+        }
+        for code in [ErrorCode::InvalidState, ErrorCode::ProviderDenied, ErrorCode::InvalidIdToken] {
+            // Browsers get an HTML page, through `describe`: logged all the same.
+            let log = logged_at_info(|| {
+                let _ = ApiError::new(code, secret).describe();
+            });
+            assert!(log.contains(" INFO ") && log.contains(code.as_str()), "{log}");
+            assert!(!log.contains("eyJ"), "{log}");
+        }
+        for code in [ErrorCode::NotFound, ErrorCode::MissingField, ErrorCode::MissingCredentials] {
+            let log = logged_at_info(|| {
+                let _ = ApiError::new(code, "other 4xx").into_response();
+            });
+            assert!(log.is_empty(), "{} stays at debug: {log}", code.as_str());
+        }
+        let log = logged_at_info(|| {
+            let _ = ApiError::internal(std::io::Error::other("disk on fire")).into_response();
+        });
+        assert!(log.contains("ERROR") && log.contains("disk on fire"), "{log}");
+        let log = logged_at_info(|| {
+            let _ = ApiError::from(ValidateError::Token(TokenError::IssuerUnavailable)).into_response();
+        });
+        assert!(log.is_empty(), "an issuer outage is logged by its key cache, not per request: {log}");
     }
 }

@@ -1,8 +1,9 @@
 //! The API for backends holding an upstream bearer JWT: `POST /v1/validate`, `GET /v1/check`,
 //! and the public `POST /v1/auth/discover`.
 //!
-//! The token comes in `Authorization: Bearer …` or `X-User-Token: …`. Every refused token is a
-//! 401 with `WWW-Authenticate: Bearer error="invalid_token"` and a code saying why.
+//! The token comes in `Authorization: Bearer …` or `X-User-Token: …` (once: a repeated or
+//! disagreeing credential header is a 400). Every refused token is a 401 with
+//! `WWW-Authenticate: Bearer error="invalid_token"` and a code saying why.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::caller::user_token;
+use super::credentials::Credentials;
 use super::extract::{ApiJson, ApiQuery, required};
 use super::problem::ApiError;
 use crate::domain::{Email, EmailError, Issuer, Subject, TeamRef, TeamRole, UserId};
@@ -30,9 +31,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/auth/discover", post(discover_sign_in))
 }
 
-/// The upstream token of a request; 401 `missing_credentials` without one.
+/// The upstream token of a request; 401 `missing_credentials` without one, 400
+/// `ambiguous_credentials` when the credential headers repeat or disagree.
 fn required_token(headers: &HeaderMap) -> Result<&str, ApiError> {
-    user_token(headers).ok_or_else(|| {
+    Credentials::read(headers)?.user_token().ok_or_else(|| {
         ApiError::new(
             ErrorCode::MissingCredentials,
             "send the user's token as `Authorization: Bearer <token>` or `X-User-Token: <token>`",

@@ -184,7 +184,7 @@ impl Validator {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::domain::{IdentityId, User};
@@ -226,6 +226,36 @@ mod tests {
         // A lookup that began after the invalidation is cached.
         cache.insert(cache.epoch(), &issuer, &subject, principal(user));
         assert!(cache.get(&issuer, &subject).is_some());
+    }
+
+    #[test]
+    fn an_identity_s_verified_tokens_are_purged_whatever_their_string() {
+        // The token cache is keyed by the token string's digest, and one set of claims can have
+        // several strings (an ES256 signature and its high-s twin): purges go by identity.
+        let tokens = Arc::new(TokenCache::new(100));
+        let cache = PrincipalCache::new(Duration::from_secs(60), 100, tokens.clone());
+        let issuer = Issuer::parse("https://issuer.example.com").unwrap();
+        let verified = |subject: &str| {
+            Arc::new(VerifiedToken {
+                issuer: issuer.clone(),
+                provider: "test".into(),
+                jit: true,
+                subject: Subject::parse(subject).unwrap(),
+                email: None,
+                email_verified: false,
+                name: None,
+                expires_at: chrono::Utc::now(),
+            })
+        };
+        let (now, later) = (Instant::now(), Instant::now() + Duration::from_secs(60));
+        let digest = |token: &str| crate::crypto::sha256(token.as_bytes());
+        tokens.insert(digest("token"), verified("s"), later, now);
+        tokens.insert(digest("its-twin"), verified("s"), later, now);
+        tokens.insert(digest("another"), verified("t"), later, now);
+        cache.invalidate_identity(&issuer, &Subject::parse("s").unwrap());
+        assert!(tokens.get(&digest("token"), now).is_none());
+        assert!(tokens.get(&digest("its-twin"), now).is_none());
+        assert!(tokens.get(&digest("another"), now).is_some());
     }
 
     #[test]

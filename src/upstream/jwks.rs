@@ -11,6 +11,9 @@
 //! - An unknown `kid`, or a signature that fails with the cached key (a re-key under the same
 //!   `kid`), triggers a refetch at most once per cooldown, each kind with its own. Refreshes are
 //!   single-flight: callers that arrive while one is running wait for it and use its result.
+//! - An outage is logged once when it starts (warn) and once when it ends (info), per issuer;
+//!   the requests it makes fail are counted by the token verifier
+//!   (`tessera_issuer_unavailable_total`), not logged one by one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -163,6 +166,9 @@ struct RefreshState {
     /// with forged signatures cannot hold back the keys of a genuine rotation.
     last_unknown_key: Option<Instant>,
     last_bad_signature: Option<Instant>,
+    /// Whether the last fetch failed and the outage was logged: it is logged once when it
+    /// starts and once when it ends, not on every failed fetch.
+    down: bool,
 }
 
 /// The key cache of one issuer. Clones share the cache.
@@ -313,6 +319,9 @@ impl Inner {
         match fetched {
             Ok((keys, max_age)) => {
                 state.last_failed = false;
+                if std::mem::take(&mut state.down) {
+                    tracing::info!(issuer = %self.issuer, keys = keys.len(), "issuer keys can be fetched again");
+                }
                 let set = Arc::new(KeySet {
                     keys,
                     generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
@@ -324,7 +333,15 @@ impl Inner {
             }
             Err(error) => {
                 state.last_failed = true;
-                tracing::warn!(issuer = %self.issuer, error = %error, ?reason, "cannot fetch issuer keys");
+                if std::mem::replace(&mut state.down, true) {
+                    tracing::debug!(issuer = %self.issuer, error = %error, ?reason, "still cannot fetch issuer keys");
+                } else {
+                    let cached = self.current().is_some();
+                    tracing::warn!(
+                        issuer = %self.issuer, error = %error, ?reason, serving_cached_keys = cached,
+                        "cannot fetch issuer keys; logged again only when they can be fetched again"
+                    );
+                }
                 Refreshed::Failed
             }
         }
@@ -480,5 +497,53 @@ mod tests {
         assert!(parse_jwk(&mismatched).is_none());
         let oct = serde_json::json!({"kty": "oct", "k": "c2VjcmV0", "kid": "s"});
         assert!(parse_jwk(&oct).is_none(), "symmetric keys are never accepted from a JWKS");
+    }
+}
+
+#[cfg(test)]
+mod outage_tests {
+    use super::*;
+    use crate::telemetry::capture::capture;
+    use tessera_testkit::local_issuer::LocalIssuer;
+
+    #[tokio::test]
+    async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
+        let logs = capture();
+        let local = LocalIssuer::start().await.unwrap();
+        let issuer = Issuer::parse(local.issuer()).unwrap();
+        let config = JwksConfig {
+            refetch_cooldown: Duration::ZERO,
+            fetch_timeout: Duration::from_secs(5),
+            min_max_age: Duration::ZERO,
+        };
+        let jwks_uri = Url::parse(&local.jwks_uri()).unwrap();
+        let cache = JwksCache::new(issuer, Some(jwks_uri), reqwest::Client::new(), &config);
+
+        // Down from the start: every request fails, the outage is logged once.
+        local.set_available(false);
+        for _ in 0..5 {
+            assert!(cache.keys().await.is_none());
+        }
+        assert_eq!(logs.lines("WARN").len(), 1, "{}", logs.text());
+        assert!(logs.lines("INFO").is_empty(), "{}", logs.text());
+
+        // Back: logged once.
+        local.set_available(true);
+        let set = cache.keys().await.expect("keys");
+        let AfterMiss::Newer(set) = cache.refresh_after_miss(&set, Miss::UnknownKey).await else {
+            panic!("refetched");
+        };
+        assert_eq!(logs.lines("INFO").len(), 1, "{}", logs.text());
+
+        // A second outage, with keys cached, is a second pair of lines.
+        local.set_available(false);
+        for _ in 0..3 {
+            assert!(matches!(cache.refresh_after_miss(&set, Miss::UnknownKey).await, AfterMiss::Unavailable));
+        }
+        local.set_available(true);
+        assert!(matches!(cache.refresh_after_miss(&set, Miss::UnknownKey).await, AfterMiss::Newer(_)));
+        let (warnings, back) = (logs.lines("WARN"), logs.lines("INFO"));
+        assert_eq!((warnings.len(), back.len()), (2, 2), "{}", logs.text());
+        assert!(warnings.iter().chain(&back).all(|line| line.contains(local.issuer())), "each names its issuer");
     }
 }

@@ -9,7 +9,10 @@
 //!
 //! Verified tokens are cached by SHA-256 digest until the sooner of their `exp` and the cache
 //! lifetime, so a token seen again skips the signature check. The cache holds what the token
-//! says, never what Tessera knows about the user: that is resolved on every request.
+//! says, never what Tessera knows about the user: that is resolved on every request. It is a
+//! performance cache only: one set of claims can have several valid strings (an ES256
+//! signature's high-s twin verifies too, and is accepted), so nothing may decide on the token
+//! string, and purges go by identity ([`PrincipalCache::invalidate_identity`](super::validation::PrincipalCache::invalidate_identity)).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +36,9 @@ use crate::error::{ErrorCode, PublicError};
 
 /// The longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The counter of token validations refused with `issuer_unavailable`, labelled `issuer`.
+pub const ISSUER_UNAVAILABLE_TOTAL: &str = "tessera_issuer_unavailable_total";
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,7 +167,13 @@ impl TokenVerifier {
             audiences: &entry.config.audiences,
             leeway: entry.config.leeway,
         };
-        let claims: Claims = verify_signed(token, &entry.keys, &rules).await?;
+        let claims: Claims = verify_signed(token, &entry.keys, &rules).await.inspect_err(|error| {
+            if *error == TokenError::IssuerUnavailable {
+                // The outage itself is logged once per change by the key cache; each request it
+                // refuses is counted here.
+                metrics::counter!(ISSUER_UNAVAILABLE_TOTAL, "issuer" => entry.config.issuer.to_string()).increment(1);
+            }
+        })?;
         let verified = Arc::new(claims_into_token(claims, entry)?);
         let expires_in = (verified.expires_at - Utc::now()).to_std().unwrap_or_default();
         self.cache.insert(digest, verified.clone(), now + expires_in.min(self.cache_ttl), now);
@@ -307,4 +319,89 @@ fn claims_into_token(claims: Claims, entry: &IssuerEntry) -> Result<VerifiedToke
         name,
         expires_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::{IssuerConfig, JwksConfig};
+    use crate::telemetry::capture::capture;
+    use crate::upstream::issuers::outbound_client;
+
+    /// A counter handed out: its name, its labels and its value.
+    type Registered = (String, Vec<(String, String)>, Arc<AtomicU64>);
+
+    /// A recorder keeping every counter it hands out.
+    #[derive(Default)]
+    struct Counters(Mutex<Vec<Registered>>);
+
+    impl Counters {
+        fn total(&self, name: &str, label: (&str, &str)) -> u64 {
+            let counters = self.0.lock().unwrap();
+            let matching = counters
+                .iter()
+                .filter(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| (k.as_str(), v.as_str()) == label));
+            matching.map(|(_, _, value)| value.load(Ordering::Relaxed)).sum()
+        }
+    }
+
+    impl Recorder for Counters {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let value = Arc::new(AtomicU64::new(0));
+            let labels = key.labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+            self.0.lock().unwrap().push((key.name().to_owned(), labels, value.clone()));
+            Counter::from_arc(value)
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_refused_because_the_issuer_is_down_are_counted_per_issuer() {
+        let logs = capture();
+        let recorder = Counters::default();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let issuer = Issuer::parse("https://down.example.com").unwrap();
+        let mut config = IssuerConfig::new(issuer.clone());
+        // Port 9 on loopback refuses at once.
+        config.jwks_uri = Some(url::Url::parse("http://127.0.0.1:9/jwks").unwrap());
+        let jwks = JwksConfig {
+            refetch_cooldown: Duration::ZERO,
+            fetch_timeout: Duration::from_secs(2),
+            min_max_age: Duration::ZERO,
+        };
+        let issuers = Arc::new(IssuerRegistry::new(vec![config], outbound_client(jwks.fetch_timeout), &jwks));
+        let verifier = TokenVerifier::new(issuers, Arc::new(TokenCache::new(10)), Duration::from_secs(60));
+        let part = |value: Value| URL_SAFE_NO_PAD.encode(value.to_string());
+        let token = format!(
+            "{}.{}.c2ln",
+            part(json!({"alg": "RS256", "kid": "k"})),
+            part(json!({"iss": "https://down.example.com", "sub": "s"}))
+        );
+        for _ in 0..3 {
+            assert_eq!(verifier.verify(&token).await.unwrap_err(), TokenError::IssuerUnavailable);
+        }
+        assert_eq!(recorder.total(ISSUER_UNAVAILABLE_TOTAL, ("issuer", "https://down.example.com")), 3);
+        assert_eq!(logs.lines("WARN").len(), 1, "counted every time, logged once: {}", logs.text());
+        // Other refusals are not counted there.
+        let foreign = token.replace(
+            &part(json!({"iss": "https://down.example.com", "sub": "s"})),
+            &part(json!({"iss": "https://else.example.com"})),
+        );
+        assert_eq!(verifier.verify(&foreign).await.unwrap_err(), TokenError::IssuerNotAllowed);
+        assert_eq!(recorder.total(ISSUER_UNAVAILABLE_TOTAL, ("issuer", "https://down.example.com")), 3);
+    }
 }

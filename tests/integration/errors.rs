@@ -11,6 +11,7 @@ on_both_backends!(
     invalid_fields_are_named_and_nothing_is_written,
     hostile_inputs_never_cause_a_server_error_or_a_leak,
     an_unreachable_database_is_a_503_without_details,
+    client_request_ids_are_kept_only_when_short_and_safe,
 );
 
 async fn protocol_errors_are_problem_json(backend: Backend) {
@@ -190,5 +191,186 @@ async fn make_database_unreachable(app: &TestApp) {
             // like from the pool's side.
             app.close_store().await;
         }
+    }
+}
+
+async fn client_request_ids_are_kept_only_when_short_and_safe(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let send = |ids: Vec<String>, path: &str| {
+        let mut request = app.client.get(app.url(path));
+        for id in ids {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+    let longest = "r".repeat(128);
+    for kept in ["abc", "0193f0c2-7d3e-7c4e-8f00-1.2_3", longest.as_str()] {
+        for path in ["/healthz", "/no/such/route"] {
+            let response = send(vec![kept.to_owned()], path).await.unwrap();
+            assert_eq!(response.headers()["x-request-id"], kept, "{path}");
+        }
+    }
+    let replaced = [
+        vec!["x".repeat(8 * 1024)],
+        vec!["r".repeat(129)],
+        vec!["a b".to_owned()],
+        vec!["{\"level\":\"ERROR\"}".to_owned()],
+        vec!["../x".to_owned()],
+        vec!["abc".to_owned(), "abc".to_owned()],
+        vec!["abc".to_owned(), "def".to_owned()],
+        vec![],
+    ];
+    for ids in replaced {
+        for path in ["/healthz", "/no/such/route"] {
+            let response = send(ids.clone(), path).await.unwrap();
+            let echoed: Vec<_> = response.headers().get_all("x-request-id").iter().collect();
+            assert_eq!(echoed.len(), 1, "one id in the response for {ids:?}");
+            let generated = echoed[0].to_str().unwrap();
+            assert!(uuid::Uuid::parse_str(generated).is_ok(), "a generated id, not {generated:?}");
+        }
+    }
+}
+
+/// What a raw HTTP/1.1 exchange over TCP gave: the response head and body as sent, or what
+/// happened instead.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Sends `request` as raw bytes (from a task of its own, so that a server that answers before
+/// reading everything is seen), and reads until the server closes or 5 s have passed.
+async fn raw_exchange(addr: std::net::SocketAddr, request: Vec<u8>) -> Result<RawResponse, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut reader, mut writer) = stream.into_split();
+    let sending = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        // Half-close would end the request for hyper; keep the writer open until the read ends.
+        writer
+    });
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, reader.read(&mut chunk)).await {
+            Err(_) => break,
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                received.extend_from_slice(&chunk[..n]);
+                // One response is enough: stop once its head and declared body are in.
+                if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&received[..end]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok());
+                    if length.is_some_and(|len| received.len() >= end + 4 + len) {
+                        break;
+                    }
+                }
+            }
+            Ok(Err(e)) if received.is_empty() => return Err(e.to_string()),
+            Ok(Err(_)) => break,
+        }
+    }
+    sending.abort();
+    let end = received.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| {
+        format!("no response head in {:?}", String::from_utf8_lossy(&received[..received.len().min(200)]))
+    })?;
+    let head = String::from_utf8_lossy(&received[..end]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok(RawResponse { status, head, body: received[end + 4..].to_vec() })
+}
+
+/// Malformed requests that hyper answers itself, before any of Tessera's code runs: status only,
+/// empty body, connection closed. The README lists them; this pins the list. Everything that gets
+/// through the parser is answered by Tessera as problem+json. (Protocol only: one backend.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_below_the_router_are_the_documented_ones() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let request = |target: &str, version: &str, extra: &[u8]| {
+        let mut bytes = format!("GET {target} {version}\r\nHost: x\r\n").into_bytes();
+        bytes.extend_from_slice(extra);
+        bytes.extend_from_slice(b"\r\n");
+        bytes
+    };
+    let get = |extra: &[u8]| request("/no/such/route", "HTTP/1.1", extra);
+    let header_of = |len: usize| {
+        let mut header = b"X-Big: ".to_vec();
+        header.extend(std::iter::repeat_n(b'a', len));
+        header.extend_from_slice(b"\r\n");
+        header
+    };
+    let headers =
+        |count: usize| -> Vec<u8> { (0..count).flat_map(|i| format!("X-H-{i}: v\r\n").into_bytes()).collect() };
+
+    let hyper_answers: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("a 1 MB header", get(&header_of(1024 * 1024)), 431),
+        ("300 headers", get(&headers(300)), 431),
+        ("101 header fields", get(&headers(100)), 431),
+        ("a request target over 65534 bytes", request(&format!("/{}", "u".repeat(65_534)), "HTTP/1.1", b""), 414),
+        ("NUL in a header value", get(b"X-A: a\0b\r\n"), 400),
+        ("a bare CR in a header value", get(b"X-A: a\rb\r\n"), 400),
+        ("a control byte in a header value", get(b"X-A: a\x01b\r\n"), 400),
+        ("a space in a header name", get(b"X A: b\r\n"), 400),
+        ("HTTP/1.2", request("/healthz", "HTTP/1.2", b""), 400),
+        ("HTTP/2.0 on an HTTP/1 request line", request("/healthz", "HTTP/2.0", b""), 400),
+        ("an unknown protocol", request("/healthz", "FOO/1.1", b""), 400),
+        ("an invalid method", b"G@T /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("a space in the target", request("/a b", "HTTP/1.1", b""), 400),
+        ("an invalid Content-Length", get(b"Content-Length: abc\r\n"), 400),
+        ("two Content-Lengths", get(b"Content-Length: 1\r\nContent-Length: 2\r\n"), 400),
+        ("Transfer-Encoding in HTTP/1.0", request("/healthz", "HTTP/1.0", b"Transfer-Encoding: chunked\r\n"), 400),
+        ("a Transfer-Encoding not ending in chunked", get(b"Transfer-Encoding: gzip\r\n"), 400),
+        ("a TLS handshake", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec(), 400),
+    ];
+    for (what, bytes, status) in hyper_answers {
+        let response = raw_exchange(app.addr, bytes).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(response.status, status, "{what}: {}", response.head);
+        let head = response.head.to_lowercase();
+        assert!(head.contains("content-length: 0") && head.contains("connection: close"), "{what}: {head}");
+        assert!(!head.contains("content-type") && !head.contains("x-request-id"), "{what}: {head}");
+        assert!(response.body.is_empty(), "{what}");
+    }
+    let preface = raw_exchange(app.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()).await;
+    assert!(preface.is_err(), "HTTP/2 with prior knowledge is closed without an answer: {preface:?}");
+
+    // What gets through the parser is Tessera's to answer.
+    let bootstrap = |extra: &str, body: &str| {
+        format!(
+            "POST /admin/users/bootstrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Type: application/json\r\n{extra}\r\n{body}"
+        )
+        .into_bytes()
+    };
+    let tessera_answers: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("a 300 KB header", get(&header_of(300 * 1024)), 404, "not_found"),
+        ("99 headers besides Host", get(&headers(99)), 404, "not_found"),
+        ("bytes over 0x7f in a header value", get(b"X-A: caf\xc3\xa9\r\n"), 404, "not_found"),
+        ("an unknown expectation", get(b"Expect: 200-ok\r\n"), 404, "not_found"),
+        ("HTTP/1.0", request("/no/such/route", "HTTP/1.0", b""), 404, "not_found"),
+        (
+            "a chunked body that breaks off",
+            bootstrap("Transfer-Encoding: chunked\r\n", "zz\r\n{}\r\n0\r\n\r\n"),
+            400,
+            "invalid_request",
+        ),
+        (
+            "a repeated credential header",
+            bootstrap(&format!("Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 2\r\n"), "{}"),
+            400,
+            "ambiguous_credentials",
+        ),
+    ];
+    for (what, bytes, status, code) in tessera_answers {
+        let response = raw_exchange(app.addr, bytes).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(response.status, status, "{what}: {}", response.head);
+        assert!(response.head.to_lowercase().contains("content-type: application/problem+json"), "{what}");
+        let problem: Value = serde_json::from_slice(&response.body).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(problem["code"], code, "{what}");
+        crate::helpers::assert_problem_shape(&problem, status);
     }
 }

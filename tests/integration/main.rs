@@ -6,6 +6,7 @@ mod helpers;
 mod bootstrap;
 mod cli;
 mod connections;
+mod credentials;
 mod discovery;
 mod e2e_oidc;
 mod errors;

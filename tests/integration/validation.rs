@@ -35,6 +35,7 @@ on_both_backends!(
     disabling_a_user_refuses_their_tokens_at_once,
     a_cached_token_is_refused_once_expired,
     store_failure_is_a_503_never_a_fallback,
+    both_es256_signature_forms_are_one_token_to_every_decision,
 );
 
 struct World {
@@ -485,3 +486,82 @@ async fn store_failure_is_a_503_never_a_fallback(backend: Backend) {
     let problem = body(w.app.validate(&w.token("after")).await, 503).await;
     assert_eq!(problem["code"], "store_unavailable");
 }
+
+/// The order of the P-256 group.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa,
+    0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// The other valid ES256 signature of the same claims: `(r, n - s)` for `(r, s)`. Anyone can make
+/// it from a token they hold, without the key.
+fn other_s_form(token: &str) -> String {
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    assert_eq!(signature.len(), 64, "an ES256 signature is r || s");
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let difference = i16::from(P256_ORDER[i]) - i16::from(signature[32 + i]) - borrow;
+        borrow = i16::from(difference < 0);
+        signature[32 + i] = difference.rem_euclid(256) as u8;
+    }
+    format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// ES256 signatures are malleable: `(r, s)` and `(r, n - s)` both verify, so one set of claims has
+/// two token strings. Tessera accepts both (issuers differ in which they emit) and decides
+/// nothing on the token string: both resolve to the same user, and disabling the user refuses
+/// both at once although each has its own entry in the verified-token cache.
+async fn both_es256_signature_forms_are_one_token_to_every_decision(backend: Backend) {
+    let w = world(backend).await;
+    let token = w.issuer.sign("ec-1", &w.issuer.claims("malleable", AUDIENCE));
+    let twin = other_s_form(&token);
+    assert_ne!(token, twin);
+    let first = body(w.app.validate(&token).await, 200).await;
+    let second = body(w.app.validate(&twin).await, 200).await;
+    assert_eq!((first["created"].clone(), second["created"].clone()), (json!(true), json!(false)));
+    assert_eq!(first["user_id"], second["user_id"]);
+    assert_eq!(w.app.db.sql().await.provisioning_counts().await, [1, 1, 1, 1, 1]);
+
+    // Both forms are now cached; a decision about the user reaches both.
+    let path = format!("/admin/users/{}", first["user_id"].as_str().unwrap());
+    let set_disabled = |disabled: bool| w.app.admin(Method::PATCH, &path).json(&json!({ "disabled": disabled })).send();
+    body(set_disabled(true).await.unwrap(), 200).await;
+    for form in [&token, &twin] {
+        assert_eq!(body(w.app.validate(form).await, 403).await["code"], "user_disabled");
+    }
+    body(set_disabled(false).await.unwrap(), 200).await;
+    for form in [&token, &twin] {
+        assert_eq!(body(w.app.validate(form).await, 200).await["user_id"], first["user_id"]);
+    }
+
+    // The encoding itself is not malleable: non-zero padding bits in the signature's last
+    // character are refused.
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let last = signature.chars().last().unwrap();
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let flipped = alphabet.chars().nth(alphabet.find(last).unwrap() ^ 1).unwrap();
+    let padded = format!("{message}.{}{flipped}", &signature[..signature.len() - 1]);
+    refused(w.app.validate(&padded).await, "malformed_token").await;
+
+    // Ed25519 is not malleable: `S + L` (a non-canonical scalar) is refused.
+    let ed = w.issuer.sign("ed-1", &w.issuer.claims("not-malleable", AUDIENCE));
+    body(w.app.validate(&ed).await, 200).await;
+    let (message, signature) = ed.rsplit_once('.').unwrap();
+    let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    let mut carry = 0u16;
+    for (i, byte) in ED25519_ORDER_LE.iter().enumerate() {
+        let sum = u16::from(signature[32 + i]) + u16::from(*byte) + carry;
+        signature[32 + i] = sum as u8;
+        carry = sum >> 8;
+    }
+    assert_eq!(carry, 0);
+    let non_canonical = format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature));
+    refused(w.app.validate(&non_canonical).await, "signature_invalid").await;
+}
+
+/// The order of the Ed25519 group, little-endian.
+const ED25519_ORDER_LE: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
