@@ -1,6 +1,5 @@
--- Emails are compared by one rule in Rust (`Email::key`: ASCII case folding only), the same on
--- every backend. SQLite's built-in `lower()` folds ASCII only, so it computes the same key.
-ALTER TABLE users ADD COLUMN email_key TEXT;
-UPDATE users SET email_key = lower(email) WHERE email IS NOT NULL;
-DROP INDEX users_email_lower_idx;
+-- Emails are compared by one rule (`Email::key` in Rust: ASCII case folding only), the same on
+-- every backend. The database keeps the key itself (a generated column), so that rows written
+-- by any binary have it; SQLite's built-in `lower()` folds ASCII only, which is the rule.
+ALTER TABLE users ADD COLUMN email_key TEXT GENERATED ALWAYS AS (lower(email)) VIRTUAL;
 CREATE INDEX users_email_key_idx ON users (email_key);

@@ -57,7 +57,9 @@ impl Email {
     /// with ASCII letters folded to lower case and every other character kept as it is. The same
     /// rule on every backend and every database locale: Unicode case folding would make distinct
     /// mailboxes equal (`İsaac@…` and `isaac@…`, or `Kate@…` spelt with the Kelvin sign and
-    /// `kate@…`). The domain was lower-cased by [`Email::parse`] already.
+    /// `kate@…`). The domain was lower-cased by [`Email::parse`] already. The database keeps the
+    /// same key in a generated column (`users.email_key`), computed by the same rule; the
+    /// integration suite checks that the two agree on every backend and locale.
     pub fn key(&self) -> String {
         self.0.to_ascii_lowercase()
     }

@@ -44,8 +44,8 @@ enum Value<'h> {
 
 impl<'h> Credentials<'h> {
     /// Reads `Authorization: Bearer`, `X-Admin-Token` and `X-User-Token`, refusing duplicates and
-    /// disagreements (400 `ambiguous_credentials`) and values that are not visible ASCII (401
-    /// `invalid_credentials`).
+    /// disagreements (400 `ambiguous_credentials`) and values that are not visible ASCII (400
+    /// `invalid_request`).
     pub fn read(headers: &'h HeaderMap) -> Result<Self, ApiError> {
         let authorization = match single(headers, &header::AUTHORIZATION, "Authorization")? {
             None => Value::None,
@@ -102,14 +102,16 @@ impl<'h> Credentials<'h> {
 /// name appears more than once, in one `Cookie` header or across several.
 pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
     let mut found = None;
-    let pairs = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='));
+    // Bytes, not text: a header that is not valid text must not hide a second copy of the name.
+    let pairs =
+        headers.get_all(header::COOKIE).iter().flat_map(|value| value.as_bytes().split(|b| *b == b';')).filter_map(
+            |pair| {
+                let at = pair.iter().position(|b| *b == b'=')?;
+                Some((pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()))
+            },
+        );
     for (key, value) in pairs {
-        if key.trim() != name {
+        if key != name.as_bytes() {
             continue;
         }
         if found.is_some() {
@@ -117,7 +119,8 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>,
                 "the cookie `{name}` is sent more than once; delete this site's cookies and sign in again"
             )));
         }
-        found = Some(value.trim().trim_matches('"'));
+        // A value that is not text is no credential of ours: it counts as absent.
+        found = Some(std::str::from_utf8(value).map_or("", |value| value.trim_matches('"')));
     }
     Ok(found.filter(|value| !value.is_empty()))
 }
@@ -131,9 +134,10 @@ fn single<'h>(headers: &'h HeaderMap, name: &HeaderName, shown: &str) -> Result<
     if values.next().is_some() {
         return Err(ambiguous(format!("the `{shown}` header is sent more than once; send it once")));
     }
-    let value = first.to_str().map_err(|_| {
-        ApiError::new(ErrorCode::InvalidCredentials, format!("the `{shown}` header must be visible ASCII"))
-    })?;
+    // Malformed rather than refused: a 400, so that no 401 goes out without its challenge.
+    let value = first
+        .to_str()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("the `{shown}` header must be visible ASCII")))?;
     Ok(Some(value.trim()))
 }
 
@@ -156,6 +160,8 @@ fn ambiguous(detail: impl Into<String>) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -212,7 +218,11 @@ mod tests {
         }
         let mut h = HeaderMap::new();
         h.insert("x-admin-token", axum::http::HeaderValue::from_bytes(b"t\xff").unwrap());
-        assert_eq!(code(Credentials::read(&h)), ErrorCode::InvalidCredentials);
+        assert_eq!(
+            code(Credentials::read(&h)),
+            ErrorCode::InvalidRequest,
+            "malformed, so 400: a 401 would need its challenge"
+        );
     }
 
     #[test]
@@ -230,5 +240,26 @@ mod tests {
             let refused = cookie(&headers(pairs), "s").expect_err("refused");
             assert_eq!(refused.code(), ErrorCode::AmbiguousCredentials, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn a_cookie_header_that_is_not_text_cannot_hide_a_second_session_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("__Host-tessera_session=A"));
+        headers.append(header::COOKIE, HeaderValue::from_bytes(b"__Host-tessera_session=B; x=\xe9").unwrap());
+        let refused = cookie(&headers, "__Host-tessera_session").unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::AmbiguousCredentials);
+
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_bytes(b"__Host-tessera_session=\xe9\xe9").unwrap());
+        assert_eq!(cookie(&headers, "__Host-tessera_session").unwrap(), None, "not text: no credential");
+    }
+
+    #[test]
+    fn a_credential_header_that_is_not_visible_ascii_is_a_bad_request_not_a_bare_401() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::AUTHORIZATION, HeaderValue::from_bytes(b"Bearer \xe9").unwrap());
+        let refused = Credentials::read(&headers).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::InvalidRequest);
     }
 }

@@ -156,18 +156,18 @@ impl Db {
     }
 
     /// Where single-statement writes go (they commit on their own).
-    pub(super) fn writer(&self) -> On<'_> {
+    pub(super) fn writer(&self) -> PoolRef<'_> {
         match self {
-            Db::Sqlite { writer, .. } => On::SqlitePool(writer),
-            Db::Postgres { primary, .. } => On::PgPool(primary),
+            Db::Sqlite { writer, .. } => PoolRef::Sqlite(writer),
+            Db::Postgres { primary, .. } => PoolRef::Postgres(primary),
         }
     }
 
     /// Where reads that must see every committed write go.
-    pub(super) fn reader(&self) -> On<'_> {
+    pub(super) fn reader(&self) -> PoolRef<'_> {
         match self {
-            Db::Sqlite { reader, .. } => On::SqlitePool(reader),
-            Db::Postgres { primary, .. } => On::PgPool(primary),
+            Db::Sqlite { reader, .. } => PoolRef::Sqlite(reader),
+            Db::Postgres { primary, .. } => PoolRef::Postgres(primary),
         }
     }
 
@@ -179,12 +179,28 @@ impl Db {
         })
     }
 
-    /// Runs a read on the replica when asked for and configured, and on the primary otherwise or
-    /// when the replica fails (unreachable, or behind on the schema); after a failure, reads skip
-    /// the replica for [`REPLICA_BACKOFF`].
+    /// Runs a read of one or several statements on the replica when asked for and configured,
+    /// and on the primary otherwise or when the replica fails (unreachable, or behind on the
+    /// schema); after a failure, reads skip the replica for [`REPLICA_BACKOFF`]. All the
+    /// statements of one read go to the same place.
+    pub(super) async fn read_from<'s, T>(
+        &'s self,
+        from: ReadFrom,
+        read: impl Fn(PoolRef<'s>) -> BoxFuture<'s, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if let Some(replica) = self.replica(from) {
+            match read(PoolRef::Postgres(&replica.pool)).await {
+                Err(error) => replica.failed(&error),
+                done => return done,
+            }
+        }
+        read(self.reader()).await
+    }
+
+    /// [`Db::read_from`] for one statement's rows.
     pub(super) async fn fetch_all_from(&self, from: ReadFrom, query: &Query<'_>) -> Result<Vec<Row>, StoreError> {
         if let Some(replica) = self.replica(from) {
-            match query.fetch_all(On::PgPool(&replica.pool)).await {
+            match query.fetch_all(PoolRef::Postgres(&replica.pool)).await {
                 Err(error) => replica.failed(&error),
                 done => return done,
             }
@@ -192,14 +208,14 @@ impl Db {
         query.fetch_all(self.reader()).await
     }
 
-    /// [`Db::fetch_all_from`] for at most one row.
+    /// [`Db::read_from`] for one statement's row, if any.
     pub(super) async fn fetch_optional_from(
         &self,
         from: ReadFrom,
         query: &Query<'_>,
     ) -> Result<Option<Row>, StoreError> {
         if let Some(replica) = self.replica(from) {
-            match query.fetch_optional(On::PgPool(&replica.pool)).await {
+            match query.fetch_optional(PoolRef::Postgres(&replica.pool)).await {
                 Err(error) => replica.failed(&error),
                 done => return done,
             }
@@ -297,6 +313,27 @@ impl Tx {
             Tx::Postgres(tx) => tx.rollback().await?,
         }
         Ok(())
+    }
+}
+
+/// A boxed future, for reads of several statements ([`Db::read_from`]).
+pub(super) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A pool to run statements on, each committing on its own.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PoolRef<'a> {
+    /// An SQLite pool.
+    Sqlite(&'a SqlitePool),
+    /// A PostgreSQL pool.
+    Postgres(&'a PgPool),
+}
+
+impl<'a> From<PoolRef<'a>> for On<'a> {
+    fn from(pool: PoolRef<'a>) -> Self {
+        match pool {
+            PoolRef::Sqlite(pool) => On::SqlitePool(pool),
+            PoolRef::Postgres(pool) => On::PgPool(pool),
+        }
     }
 }
 

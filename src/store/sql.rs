@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::db::{Db, Tx, query};
+use super::db::{Db, PoolRef, Tx, query};
 use super::rows::{self, RowExt, domain_columns, identity_columns, profile_columns, team_columns, user_columns};
 use super::{
     Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, IdentityMatch, LinkOutcome,
@@ -162,6 +162,47 @@ fn push_secret(
     Ok(())
 }
 
+/// A user with their identities and teams: three statements on one pool.
+async fn read_user_profile(pool: PoolRef<'_>, user: UserId) -> Result<Option<UserProfile>, StoreError> {
+    let row = query(concat!(
+        "SELECT ",
+        user_columns!(),
+        ", u.primary_identity_id AS primary_identity_id FROM users u WHERE u.id = $1"
+    ))
+    .bind(user.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (found, chosen_primary) = (rows::user(&row)?, row.opt_uuid("primary_identity_id")?);
+    let identities = query(concat!(
+        "SELECT ",
+        identity_columns!(),
+        " FROM identities i WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
+    ))
+    .bind(user.as_uuid())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(rows::identity)
+    .collect::<Result<Vec<_>, _>>()?;
+    let teams = query(concat!(
+        "SELECT ",
+        team_columns!(),
+        ", m.role AS role, m.is_default AS is_default
+          FROM memberships m JOIN teams t ON t.id = m.team_id
+          WHERE m.user_id = $1 ORDER BY m.is_default DESC, m.created_at, t.id"
+    ))
+    .bind(user.as_uuid())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(rows::membership)
+    .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(rows::user_profile(found, chosen_primary, identities, teams)))
+}
+
 #[async_trait]
 impl Store for SqlStore {
     fn backend(&self) -> Backend {
@@ -169,7 +210,8 @@ impl Store for SqlStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        query("SELECT 1").execute(self.db.writer()).await?;
+        // The reader: on SQLite the writer is one connection, busy with every write transaction.
+        query("SELECT 1").execute(self.db.reader()).await?;
         Ok(())
     }
 
@@ -242,12 +284,11 @@ impl Store for SqlStore {
     async fn create_account(&self, account: &NewAccount) -> Result<CreateOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
         query(
-            "INSERT INTO users (id, email, email_key, email_verified, name, disabled, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6)",
+            "INSERT INTO users (id, email, email_verified, name, disabled, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, FALSE, $5, $5)",
         )
         .bind(account.user_id.as_uuid())
         .bind(account.email.as_ref().map(Email::as_str))
-        .bind(account.email.as_ref().map(Email::key))
         .bind(account.email_verified)
         .bind(account.name.as_deref())
         .bind(account.now)
@@ -343,35 +384,7 @@ impl Store for SqlStore {
     }
 
     async fn user_profile(&self, user: UserId, from: ReadFrom) -> Result<Option<UserProfile>, StoreError> {
-        let read = query(concat!(
-            "SELECT ",
-            user_columns!(),
-            ", u.primary_identity_id AS primary_identity_id FROM users u WHERE u.id = $1"
-        ))
-        .bind(user.as_uuid());
-        let Some(row) = self.db.fetch_optional_from(from, &read).await? else {
-            return Ok(None);
-        };
-        let (found, chosen_primary) = (rows::user(&row)?, row.opt_uuid("primary_identity_id")?);
-        let read = query(concat!(
-            "SELECT ",
-            identity_columns!(),
-            " FROM identities i WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
-        ))
-        .bind(user.as_uuid());
-        let identities =
-            self.db.fetch_all_from(from, &read).await?.iter().map(rows::identity).collect::<Result<Vec<_>, _>>()?;
-        let read = query(concat!(
-            "SELECT ",
-            team_columns!(),
-            ", m.role AS role, m.is_default AS is_default
-              FROM memberships m JOIN teams t ON t.id = m.team_id
-              WHERE m.user_id = $1 ORDER BY m.is_default DESC, m.created_at, t.id"
-        ))
-        .bind(user.as_uuid());
-        let teams =
-            self.db.fetch_all_from(from, &read).await?.iter().map(rows::membership).collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(rows::user_profile(found, chosen_primary, identities, teams)))
+        self.db.read_from(from, move |pool| Box::pin(read_user_profile(pool, user))).await
     }
 
     async fn principal(

@@ -67,6 +67,16 @@ async fn lookups_by_email_fold_ascii_case_only(backend: Backend) {
     assert_eq!(find("ISAAC.X@Corp.Example").await, 1, "ASCII case is folded");
     assert_eq!(find("\u{130}saac.x@corp.example").await, 0, "capital dotted I is not i");
     assert_eq!(find("\u{212A}ate.x@corp.example").await, 0, "the Kelvin sign is not k");
+
+    // The database computes the key (a generated column) by the same rule as `Email::key`.
+    let odd = "\u{130}SAAC.X@Corp.Example";
+    body(w.app.bootstrap(&identity("isaac-odd", odd, None)).await, 201).await;
+    let key = Email::parse(odd).unwrap().key();
+    assert_eq!(key, "\u{130}saac.x@corp.example");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count(&format!("users WHERE email_key = '{key}'")).await, 1, "the same key in SQL");
+    assert_eq!(find(odd).await, 1);
+    assert_eq!(find("isaac.x@corp.example").await, 1, "still only Isaac's own account");
 }
 
 async fn auto_linking_folds_ascii_case_only(backend: Backend) {
