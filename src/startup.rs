@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, ServerConfig};
 use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
@@ -68,6 +68,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    server: ServerConfig,
 }
 
 impl Application {
@@ -138,7 +139,7 @@ impl Application {
             store,
             admin_tokens,
         });
-        Self { listener, state }
+        Self { listener, state, server: config.server.clone() }
     }
 
     /// The bound address (with the real port when configured with port 0).
@@ -150,9 +151,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let store = self.state.store.clone();
         let workers = Workers::start(self.state.sessions.clone(), self.state.connections.clone());
-        let app = router(self.state);
+        let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        let served = crate::http::serve::serve(self.listener, app, &self.server, shutdown).await;
         workers.stop();
         store.close().await;
         served

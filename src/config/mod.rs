@@ -57,6 +57,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// How issuer keys (JWKS) are fetched.
     pub jwks: JwksConfig,
+    /// Limits of the HTTP server: read timeouts and the shutdown deadline.
+    pub server: ServerConfig,
     /// Browser sign-in and sessions.
     pub auth: AuthConfig,
     /// Sign-in providers (`[[providers]]`).
@@ -78,6 +80,30 @@ pub struct CacheConfig {
     pub token_ttl: Duration,
     /// Most entries kept in each cache (`cache.max_entries`).
     pub max_entries: usize,
+}
+
+/// Limits of the HTTP server, against slow or stalled clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// How long a client may take to send a request's headers, from the first byte or, on a
+    /// kept-alive connection, from the end of the previous response
+    /// (`server.header_read_timeout_ms`).
+    pub header_read_timeout: Duration,
+    /// How long a request body may stall between two pieces (`server.body_read_timeout_ms`).
+    pub body_read_timeout: Duration,
+    /// After SIGTERM, how long requests in flight may take to finish before their connections
+    /// are closed (`server.shutdown_timeout_seconds`).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(20),
+        }
+    }
 }
 
 /// How issuer keys are fetched.
@@ -300,6 +326,8 @@ struct RawConfig {
     #[serde(default)]
     jwks: RawJwks,
     #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
     auth: auth::RawAuth,
     #[serde(default)]
     providers: Vec<auth::RawProvider>,
@@ -313,6 +341,14 @@ struct RawCache {
     principal_ttl_seconds: Option<u64>,
     token_ttl_seconds: Option<u64>,
     max_entries: Option<usize>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    shutdown_timeout_seconds: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -512,6 +548,8 @@ impl Config {
             min_max_age: Duration::from_secs(min_max_age),
         };
 
+        let server = parse_server(&raw.server)?;
+
         let json = match raw.log.format.as_deref().map(str::trim) {
             None | Some("text") => false,
             Some("json") => true,
@@ -541,6 +579,7 @@ impl Config {
             log: LogConfig { json, filter },
             cache,
             jwks,
+            server,
             auth,
             providers,
             encryption,
@@ -557,6 +596,29 @@ impl Config {
         config.database.auto_migrate = true;
         Ok(config)
     }
+}
+
+fn parse_server(raw: &RawServer) -> Result<ServerConfig, ConfigError> {
+    let defaults = ServerConfig::default();
+    let millis = |value: Option<u64>, default: Duration, key: &str| match value {
+        None => Ok(default),
+        Some(ms) if (100..=300_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(_) => Err(ConfigError::new(key, "expected 100 to 300000 milliseconds")),
+    };
+    let shutdown_timeout = match raw.shutdown_timeout_seconds {
+        None => defaults.shutdown_timeout,
+        Some(s) if (1..=300).contains(&s) => Duration::from_secs(s),
+        Some(_) => return Err(ConfigError::new("server.shutdown_timeout_seconds", "expected 1 to 300 seconds")),
+    };
+    Ok(ServerConfig {
+        header_read_timeout: millis(
+            raw.header_read_timeout_ms,
+            defaults.header_read_timeout,
+            "server.header_read_timeout_ms",
+        )?,
+        body_read_timeout: millis(raw.body_read_timeout_ms, defaults.body_read_timeout, "server.body_read_timeout_ms")?,
+        shutdown_timeout,
+    })
 }
 
 fn parse_issuer(i: usize, raw: RawIssuer) -> Result<IssuerConfig, ConfigError> {

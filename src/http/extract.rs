@@ -47,6 +47,32 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// A raw body, for routes whose body is optional: a body over [`MAX_BODY_BYTES`] is
+/// `payload_too_large`, one that cannot be read (cut off, or stalled past the body-read timeout)
+/// `invalid_request` — problem+json either way, like every other error.
+#[derive(Debug)]
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S> FromRequest<S> for ApiBytes
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(ApiBytes(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the body must not exceed {MAX_BODY_BYTES} bytes"),
+            )),
+            Err(_) => {
+                Err(ApiError::new(ErrorCode::InvalidRequest, "the body could not be read: it was cut off or stalled"))
+            }
+        }
+    }
+}
+
 /// Path parameters, with rejections as `invalid_request`.
 #[derive(Debug)]
 pub struct ApiPath<T>(pub T);

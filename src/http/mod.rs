@@ -16,6 +16,8 @@ pub mod members;
 pub mod pages;
 pub mod problem;
 pub mod profiles;
+pub mod serve;
+pub mod unread_body;
 pub mod validation;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use axum::response::IntoResponse;
 use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -75,7 +78,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Builds the router with every route, the problem+json fallbacks and the middleware stack.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Router {
     let admin = admin::routes()
         .merge(admin_teams::routes())
         .merge(members::admin_routes())
@@ -92,6 +95,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        // A client that stalls in the middle of a body is cut off.
+        .layer(RequestBodyTimeoutLayer::new(limits.body_read_timeout))
+        .layer(middleware::from_fn(unread_body::close_if_body_unread))
         .layer(
             // Spans carry the method, the matched route (never the raw URI, whose query may hold
             // codes or tokens) and the request id; no header or body is logged.

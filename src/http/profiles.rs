@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::caller::{OnBehalf, actor};
-use super::extract::{ApiJson, ApiPath, ApiQuery, required};
+use super::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, required};
 use super::problem::ApiError;
 use crate::domain::{AuthProfile, DisplayName, ProfileKind, Slug, TextError};
 use crate::error::ErrorCode;
@@ -173,7 +173,7 @@ async fn connect_auth_profile(
     headers: HeaderMap,
     ApiPath((team, slug)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<ProfileWithLink>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     // The body is optional: none, or `{"allow_account_change": true}`.

@@ -13,6 +13,7 @@ mod errors;
 mod github;
 mod locale;
 mod replica;
+mod server;
 mod signin;
 mod store;
 mod validation;

@@ -1,0 +1,139 @@
+//! The server against slow, stalled and careless clients, over raw sockets: a client that never
+//! finishes its headers or its body is cut off, shutdown has a deadline, and a response that
+//! leaves a body unread says it closes the connection.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, json as body, on_both_backends};
+
+on_both_backends!(a_stalled_body_is_cut_off_and_writes_nothing);
+
+const SHORT: Duration = Duration::from_millis(300);
+
+/// Reads until the server closes the connection, or fails the test after `limit`. Returns what
+/// was read and how long it took.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut read = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), stream.read(&mut buffer)).await {
+            Err(_) => panic!("the server kept the connection open past {limit:?}; read so far: {read:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&read).into_owned(), started.elapsed()),
+            Ok(Ok(n)) => read.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| config.server.header_read_timeout = SHORT).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half: ").await.unwrap();
+    let (_, took) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(took >= SHORT.mul_f32(0.9), "not before the timeout: {took:?}");
+
+    // A client that is merely idle between requests on a kept-alive connection is closed too.
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (answered, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    app.stop().await;
+}
+
+async fn a_stalled_body_is_cut_off_and_writes_nothing(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| config.server.body_read_timeout = SHORT).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /admin/users/bootstrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"issuer\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (answered, took) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(took >= SHORT.mul_f32(0.9), "not before the timeout: {took:?}");
+    assert!(answered.is_empty() || answered.starts_with("HTTP/1.1 4"), "a client error or nothing: {answered}");
+    assert!(!answered.contains("text/plain"), "never a plain-text error: {answered}");
+    assert_eq!(app.db.sql().await.count("users").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_connections_left_open_at_the_deadline() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.server.shutdown_timeout = Duration::from_secs(1);
+        // Long enough not to be what ends the stalled request below.
+        config.server.body_read_timeout = Duration::from_secs(120);
+        config.server.header_read_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /admin/users/bootstrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The request is in flight before the shutdown begins.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), app.stop()).await.expect("the server stopped by its deadline");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "it waited for the request first: {took:?}");
+    let (_, _) = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_leaves_the_body_unread_announces_the_close() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let big = "x".repeat(100 * 1024);
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!("POST /no/such/route HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{big}", big.len());
+    stream.write_all(request.as_bytes()).await.ok();
+    let (answered, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let head = answered.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    assert!(head.contains("connection: close"), "the client is told not to reuse the connection: {head}");
+
+    // A body that was read leaves the connection open for the next request.
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let json = "{}";
+    for _ in 0..2 {
+        let request = format!(
+            "POST /admin/users/bootstrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buffer = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer)).await.unwrap().unwrap();
+        let head = String::from_utf8_lossy(&buffer[..n]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 "), "answered on the same connection: {head}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_to_the_connect_route_is_problem_json() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let response = app
+        .client
+        .post(app.url(
+            "/v1/teams/some-team/auth-profiles/some-profile/connect?on_behalf_of=00000000-0000-0000-0000-000000000000",
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(vec![b'{'; 70 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(body(response, 413).await["code"], "payload_too_large");
+    app.stop().await;
+}
