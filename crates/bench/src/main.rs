@@ -6,6 +6,7 @@ mod bootstrap;
 mod connections;
 mod harness;
 mod signin;
+mod soak;
 mod validate;
 
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ enum Bench {
     /// Connected accounts: create-or-reuse and token reads at many concurrent members, beside a
     /// bare single-row SELECT of the same database.
     Connections(connections::ConnectionsArgs),
+    /// Mixed load at a steady rate for minutes against a `tessera serve` child: requests,
+    /// errors, p99 and the server's resident memory per minute.
+    Soak(soak::SoakArgs),
 }
 
 /// The `tessera` binary the benchmarks start: `TESSERA_BIN`, else the one beside this binary
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Bench::Validate(args) => validate::run(args).await,
             Bench::Signin(args) => signin::run(args).await,
             Bench::Connections(args) => connections::run(args).await,
+            Bench::Soak(args) => soak::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
