@@ -1,5 +1,5 @@
 //! The HTTP layer: extract, authorise, parse into domain types, call a service, map the result to
-//! a response. No rules and no SQL here.
+//! a response (every JSON success body is a type in [`responses`]). No rules and no SQL here.
 
 pub mod admin;
 pub mod admin_auth;
@@ -16,6 +16,7 @@ pub mod members;
 pub mod pages;
 pub mod problem;
 pub mod profiles;
+pub mod responses;
 pub mod validation;
 
 use std::sync::Arc;
