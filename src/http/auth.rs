@@ -96,7 +96,7 @@ async fn complete_callback(
         Err(error) => return with_cookie(pages::error(&headers, error.into()), clear_login),
     };
     if let Purpose::Connect { .. } = finished.purpose {
-        return match state.connections.complete(finished, current_user).await {
+        return match state.auth_profiles.complete(finished, current_user).await {
             Ok(profile) => {
                 let message = format!("{} is connected. You can close this window.", profile.display_name);
                 with_cookie(pages::page(StatusCode::OK, "Account connected", &message), clear_login)

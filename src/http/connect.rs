@@ -36,7 +36,7 @@ async fn start_connect(
         Ok(None) => None,
         Err(error) => return pages::error(&headers, error),
     };
-    match state.connections.start(&token, current_user).await {
+    match state.auth_profiles.start(&token, current_user).await {
         Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
         Err(error) => pages::error(&headers, error.into()),
     }

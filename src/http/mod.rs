@@ -36,7 +36,7 @@ use tracing::Span;
 use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
-use crate::service::connections::Connections;
+use crate::service::auth_profiles::AuthProfiles;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
@@ -60,8 +60,8 @@ pub struct AppState {
     pub flows: OAuthFlows,
     /// Browser sign-in and linking.
     pub sign_in: SignIn,
-    /// Connected accounts.
-    pub connections: Connections,
+    /// Auth profiles (connected accounts).
+    pub auth_profiles: AuthProfiles,
     /// Browser sessions.
     pub sessions: Sessions,
     /// Cookie names and attributes.

@@ -27,7 +27,7 @@ use super::responses::{
 };
 use crate::domain::{DisplayName, ProfileKind, Slug, TextError};
 use crate::error::ErrorCode;
-use crate::service::connections::NewProfile;
+use crate::service::auth_profiles::NewProfile;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -109,7 +109,7 @@ async fn create_auth_profile(
 ) -> Result<(StatusCode, Json<AuthProfileWithLinkResponse>), ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let request = parse_create(request)?;
-    let created = state.connections.create(&team, user, request).await?;
+    let created = state.auth_profiles.create(&team, user, request).await?;
     let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(created.into())))
 }
@@ -121,7 +121,7 @@ async fn list_auth_profiles(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<Json<AuthProfileListResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    Ok(Json(state.connections.list(&team, user).await?.into()))
+    Ok(Json(state.auth_profiles.list(&team, user).await?.into()))
 }
 
 async fn get_auth_profile(
@@ -131,7 +131,7 @@ async fn get_auth_profile(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<Json<AuthProfileResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    Ok(Json(state.connections.get(&team, user, &parse_slug(&slug)?).await?.into()))
+    Ok(Json(state.auth_profiles.get(&team, user, &parse_slug(&slug)?).await?.into()))
 }
 
 async fn revoke_auth_profile(
@@ -141,7 +141,7 @@ async fn revoke_auth_profile(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<StatusCode, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    state.connections.revoke(&team, user, &parse_slug(&slug)?).await?;
+    state.auth_profiles.revoke(&team, user, &parse_slug(&slug)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -165,7 +165,7 @@ async fn connect_auth_profile(
             .map_err(|_| ApiError::new(ErrorCode::MalformedJson, "the body must be a JSON object or empty"))?,
     };
     let allow = request.allow_account_change.unwrap_or(false);
-    Ok(Json(state.connections.connect_link(&team, user, &parse_slug(&slug)?, allow).await?.into()))
+    Ok(Json(state.auth_profiles.connect_link(&team, user, &parse_slug(&slug)?, allow).await?.into()))
 }
 
 async fn auth_profile_token(
@@ -175,5 +175,5 @@ async fn auth_profile_token(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<Json<AuthProfileTokenResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    Ok(Json(state.connections.access_token(&team, user, &parse_slug(&slug)?).await?.into()))
+    Ok(Json(state.auth_profiles.access_token(&team, user, &parse_slug(&slug)?).await?.into()))
 }

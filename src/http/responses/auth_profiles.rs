@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::domain::{AuthProfile, ProfileKind, ProfileStatus};
-use crate::service::connections::{AccessToken, ConnectLink, Created};
+use crate::service::auth_profiles::{AccessToken, ConnectLink, Created};
 
 /// What kind of credentials an auth profile holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -10,7 +10,7 @@ use crate::domain::{
     AuthProfile, DomainClaim, DomainName, Identity, IdentityId, Issuer, Principal, ProfileId, ProfileKind,
     ProfileStatus, Role, Slug, Subject, Team, TeamId, TeamMembership, TeamRole, User, UserId, UserProfile, now,
 };
-use crate::service::connections::{AccessToken, ConnectLink, Created};
+use crate::service::auth_profiles::{AccessToken, ConnectLink, Created};
 use crate::service::teams::Discovery;
 use crate::service::validation::Validated;
 use crate::upstream::tokens::VerifiedToken;
