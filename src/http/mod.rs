@@ -5,8 +5,8 @@ pub mod admin;
 pub mod admin_auth;
 pub mod admin_teams;
 pub mod auth;
+pub mod auth_profiles;
 pub mod caller;
-pub mod connect;
 pub mod cookies;
 pub mod credentials;
 pub mod extract;
@@ -15,7 +15,6 @@ pub mod me;
 pub mod members;
 pub mod pages;
 pub mod problem;
-pub mod profiles;
 pub mod responses;
 pub mod validation;
 
@@ -86,9 +85,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(validation::routes())
         .merge(auth::routes())
         .merge(me::routes())
-        .merge(profiles::routes())
+        .merge(auth_profiles::routes())
         .merge(members::routes())
-        .merge(connect::routes())
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

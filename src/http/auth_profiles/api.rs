@@ -1,5 +1,5 @@
-//! The connected-accounts API for team members (session or bearer token), or for a service with
-//! the admin token acting on behalf of a member:
+//! The auth-profiles (connected accounts) API for team members (session or bearer token), or
+//! for a service with the admin token acting on behalf of a member:
 //!
 //! - `POST /v1/teams/{team}/auth-profiles` `{connector_key, profile_kind, provider, display_name,
 //!   slug?, scopes?}` → `{auth_profile, connect_url, connect_expires_at}`: 201 when created, 200
@@ -18,15 +18,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::AppState;
-use super::caller::{OnBehalf, actor};
-use super::extract::{ApiJson, ApiPath, ApiQuery, required};
-use super::problem::ApiError;
-use super::responses::{
-    AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse,
-};
 use crate::domain::{DisplayName, ProfileKind, Slug, TextError};
 use crate::error::ErrorCode;
+use crate::http::AppState;
+use crate::http::caller::{OnBehalf, actor};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, required};
+use crate::http::problem::ApiError;
+use crate::http::responses::{
+    AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse,
+};
 use crate::service::auth_profiles::NewProfile;
 
 /// The routes.
