@@ -11,7 +11,7 @@ use crate::config::{Backend, Config, ServerConfig};
 use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
-use crate::service::connections::Connections;
+use crate::service::auth_profiles::AuthProfiles;
 use crate::service::principals::PrincipalCache;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
@@ -110,7 +110,7 @@ impl Application {
         ));
         let flows = OAuthFlows::new(providers, store.clone(), config.auth.public_url.clone());
         let teams = Teams::new(store.clone(), issuers, principals.clone());
-        let connections = Connections::new(
+        let auth_profiles = AuthProfiles::new(
             store.clone(),
             flows.clone(),
             teams.clone(),
@@ -133,7 +133,7 @@ impl Application {
             provisioner,
             flows,
             sign_in,
-            connections,
+            auth_profiles,
             sessions,
             cookies: Cookies::new(config.auth.cookie_secure),
             store,
@@ -150,7 +150,7 @@ impl Application {
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let store = self.state.store.clone();
-        let workers = Workers::start(self.state.sessions.clone(), self.state.connections.clone());
+        let workers = Workers::start(self.state.sessions.clone(), self.state.auth_profiles.clone());
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");
         let served = crate::http::serve::serve(self.listener, app, &self.server, shutdown).await;

@@ -1,20 +1,20 @@
 //! Domain types: validated values ("parse, don't validate") and the records Tessera keeps.
 
+mod auth_profile;
 mod email;
 mod ids;
 mod issuer;
 mod model;
-mod profile;
 mod return_to;
 mod slug;
 mod team_ref;
 mod text;
 
+pub use auth_profile::{AuthProfile, ProfileKind, ProfileStatus};
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId};
 pub use issuer::{Issuer, IssuerError};
 pub use model::{DomainClaim, Identity, Principal, Role, Team, TeamMembership, TeamRole, User, UserProfile};
-pub use profile::{AuthProfile, ProfileKind, ProfileStatus};
 pub use return_to::{ReturnTo, ReturnToError};
 pub use slug::{Slug, SlugError};
 pub use team_ref::{TeamRef, TeamRefError};

@@ -12,14 +12,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::AppState;
 use super::extract::{ApiJson, ApiPath, required};
 use super::problem::ApiError;
-use crate::domain::{
-    DisplayName, Email, EmailError, Issuer, IssuerError, Subject, Team, TeamId, TextError, User, UserId, UserProfile,
-};
+use super::responses::{BootstrapResponse, UserProfileResponse, UserResponse};
+use crate::domain::{DisplayName, Email, EmailError, Issuer, IssuerError, Subject, TextError, UserId};
 use crate::error::ErrorCode;
 use crate::service::provisioning::{IdentityClaim, Provisioned};
 
@@ -46,28 +45,6 @@ struct BootstrapRequest {
     provider: Option<String>,
 }
 
-/// A team in bootstrap responses.
-#[derive(Debug, Serialize)]
-struct TeamSummary {
-    id: TeamId,
-    slug: String,
-    name: String,
-}
-
-impl From<Team> for TeamSummary {
-    fn from(team: Team) -> Self {
-        Self { id: team.id, slug: team.slug.as_str().to_owned(), name: team.name }
-    }
-}
-
-/// The body of bootstrap responses.
-#[derive(Debug, Serialize)]
-struct BootstrapResponse {
-    user_id: UserId,
-    created: bool,
-    team: TeamSummary,
-}
-
 async fn bootstrap_user(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<BootstrapRequest>,
@@ -75,7 +52,7 @@ async fn bootstrap_user(
     let claim = parse_claim(request)?;
     let Provisioned { user, team, created, .. } = state.provisioner.bootstrap(claim).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(BootstrapResponse { user_id: user.id, created, team: team.into() })))
+    Ok((status, Json(BootstrapResponse::new(user.id, created, team))))
 }
 
 async fn bootstrap_existing_user(
@@ -85,15 +62,15 @@ async fn bootstrap_existing_user(
     let user_id = parse_user_id(&user_id)?;
     let (user, team, created) = state.provisioner.ensure_default_team(user_id).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(BootstrapResponse { user_id: user.id, created, team: team.into() })))
+    Ok((status, Json(BootstrapResponse::new(user.id, created, team))))
 }
 
 async fn get_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
-) -> Result<Json<UserProfile>, ApiError> {
+) -> Result<Json<UserProfileResponse>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    Ok(Json(state.provisioner.user_profile(user_id).await?))
+    Ok(Json(state.provisioner.user_profile(user_id).await?.into()))
 }
 
 /// The body of `PATCH /admin/users/{user_id}`.
@@ -106,12 +83,12 @@ async fn update_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
     ApiJson(request): ApiJson<UpdateUserRequest>,
-) -> Result<Json<User>, ApiError> {
+) -> Result<Json<UserResponse>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
     let disabled = request.disabled.ok_or_else(|| {
         ApiError::new(ErrorCode::MissingField, "`disabled` (true or false) is required").field("disabled")
     })?;
-    Ok(Json(state.provisioner.set_disabled(user_id, disabled).await?))
+    Ok(Json(state.provisioner.set_disabled(user_id, disabled).await?.into()))
 }
 
 /// Parses a user id from a path segment.

@@ -19,7 +19,8 @@ use super::AppState;
 use super::extract::parse_team;
 use super::extract::{ApiJson, ApiPath, required};
 use super::problem::ApiError;
-use crate::domain::{DomainClaim, DomainName, Issuer, IssuerError, Team};
+use super::responses::{DomainClaimListResponse, DomainClaimResponse, TeamResponse};
+use crate::domain::{DomainName, Issuer, IssuerError};
 use crate::error::ErrorCode;
 
 /// The routes (authentication is layered on by the caller).
@@ -34,8 +35,11 @@ fn parse_domain(value: &str) -> Result<DomainName, ApiError> {
     DomainName::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidDomain, e.to_string()).field("domain"))
 }
 
-async fn get_team(State(state): State<Arc<AppState>>, ApiPath(team): ApiPath<String>) -> Result<Json<Team>, ApiError> {
-    Ok(Json(state.teams.find(&parse_team(&team)?).await?))
+async fn get_team(
+    State(state): State<Arc<AppState>>,
+    ApiPath(team): ApiPath<String>,
+) -> Result<Json<TeamResponse>, ApiError> {
+    Ok(Json(state.teams.find(&parse_team(&team)?).await?.into()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,7 +53,7 @@ async fn claim_team_domain(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
     ApiJson(request): ApiJson<ClaimRequest>,
-) -> Result<(StatusCode, Json<DomainClaim>), ApiError> {
+) -> Result<(StatusCode, Json<DomainClaimResponse>), ApiError> {
     let team = parse_team(&team)?;
     let domain = parse_domain(required(&request.domain, "domain")?)?;
     let issuer = Issuer::parse(required(&request.issuer, "issuer")?).map_err(|e| {
@@ -57,14 +61,14 @@ async fn claim_team_domain(
         ApiError::new(code, format!("`issuer`: {e}")).field("issuer")
     })?;
     let (claim, created) = state.teams.claim_domain(&team, domain, issuer, request.verified.unwrap_or(false)).await?;
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(claim)))
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(claim.into())))
 }
 
 async fn list_team_domains(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
-) -> Result<Json<Vec<DomainClaim>>, ApiError> {
-    Ok(Json(state.teams.domains(&parse_team(&team)?).await?))
+) -> Result<Json<DomainClaimListResponse>, ApiError> {
+    Ok(Json(state.teams.domains(&parse_team(&team)?).await?.into()))
 }
 
 async fn release_team_domain(

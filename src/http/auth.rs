@@ -14,7 +14,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::caller::caller;
@@ -22,6 +21,7 @@ use super::credentials::cookie;
 use super::extract::{ApiPath, ApiQuery};
 use super::pages;
 use super::problem::ApiError;
+use super::responses::{ProviderResponse, ProvidersResponse};
 use crate::upstream::oauth_flow::{Callback, FLOW_TTL, Purpose};
 
 /// The routes.
@@ -48,14 +48,9 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
-async fn list_providers(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let providers: Vec<Value> = state
-        .flows
-        .providers()
-        .all()
-        .map(|p| json!({ "name": p.name(), "login_url": format!("/auth/login?provider={}", p.name()) }))
-        .collect();
-    Json(json!({ "providers": providers }))
+async fn list_providers(State(state): State<Arc<AppState>>) -> Json<ProvidersResponse> {
+    let providers = state.flows.providers().all().map(|p| ProviderResponse::new(p.name())).collect();
+    Json(ProvidersResponse { providers })
 }
 
 async fn start_login(
@@ -101,7 +96,7 @@ async fn complete_callback(
         Err(error) => return with_cookie(pages::error(&headers, error.into()), clear_login),
     };
     if let Purpose::Connect { .. } = finished.purpose {
-        return match state.connections.complete(finished, current_user).await {
+        return match state.auth_profiles.complete(finished, current_user).await {
             Ok(profile) => {
                 let message = format!("{} is connected. You can close this window.", profile.display_name);
                 with_cookie(pages::page(StatusCode::OK, "Account connected", &message), clear_login)

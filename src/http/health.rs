@@ -2,29 +2,28 @@
 
 use std::sync::Arc;
 
+use super::AppState;
+use super::problem::ApiError;
+use super::responses::{HealthResponse, HealthStatus};
+use crate::error::ErrorCode;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
-
-use super::AppState;
-use super::problem::ApiError;
-use crate::error::ErrorCode;
 
 /// The health routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+async fn healthz() -> Json<HealthResponse> {
+    Json(HealthResponse { status: HealthStatus::Ok })
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<HealthResponse>, ApiError> {
     state
         .store
         .ping()
         .await
         .map_err(|e| ApiError::new(ErrorCode::StoreUnavailable, "the database does not answer").with_source(e))?;
-    Ok(Json(json!({ "status": "ready" })))
+    Ok(Json(HealthResponse { status: HealthStatus::Ready }))
 }

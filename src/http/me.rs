@@ -12,7 +12,8 @@ use super::AppState;
 use super::caller::caller;
 use super::extract::ApiPath;
 use super::problem::ApiError;
-use crate::domain::{IdentityId, UserProfile};
+use super::responses::UserProfileResponse;
+use crate::domain::IdentityId;
 use crate::error::ErrorCode;
 
 /// The routes.
@@ -23,9 +24,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/me/identities/{identity_id}/primary", post(make_identity_primary))
 }
 
-async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<UserProfile>, ApiError> {
+async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<UserProfileResponse>, ApiError> {
     let user = caller(&state, &headers).await?;
-    Ok(Json(state.validator.profile(user).await?))
+    Ok(Json(state.validator.profile(user).await?.into()))
 }
 
 fn parse_identity(value: &str) -> Result<IdentityId, ApiError> {
@@ -46,8 +47,8 @@ async fn make_identity_primary(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath(identity): ApiPath<String>,
-) -> Result<Json<UserProfile>, ApiError> {
+) -> Result<Json<UserProfileResponse>, ApiError> {
     let user = caller(&state, &headers).await?;
     state.provisioner.set_primary_identity(user, parse_identity(&identity)?).await?;
-    Ok(Json(state.validator.profile(user).await?))
+    Ok(Json(state.validator.profile(user).await?.into()))
 }

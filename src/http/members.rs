@@ -13,12 +13,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::caller::{OnBehalf, actor};
 use super::extract::{ApiJson, ApiPath, ApiQuery, parse_team, required};
 use super::problem::ApiError;
+use super::responses::MemberResponse;
 use crate::domain::{Role, UserId};
 use crate::error::ErrorCode;
 
@@ -59,12 +59,12 @@ async fn add_team_member(
     ApiPath(team): ApiPath<String>,
     ApiQuery(query): ApiQuery<OnBehalf>,
     ApiJson(request): ApiJson<MemberRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<MemberResponse>), ApiError> {
     let (acting, team) = actor(&state, &headers, &query, &team).await?;
     let (user, role) = parse_member(&request)?;
     let added = state.teams.put_member(&team, Some(acting), user, role).await?;
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(json!({ "user_id": user, "role": role }))))
+    Ok((status, Json(MemberResponse::new(user, role))))
 }
 
 async fn remove_team_member(
@@ -84,12 +84,12 @@ async fn add_member(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
     ApiJson(request): ApiJson<MemberRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<MemberResponse>), ApiError> {
     let team = parse_team(&team)?;
     let (user, role) = parse_member(&request)?;
     let added = state.teams.put_member(&team, None, user, role).await?;
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(serde_json::json!({ "user_id": user, "role": role }))))
+    Ok((status, Json(MemberResponse::new(user, role))))
 }
 
 async fn remove_member(

@@ -1,12 +1,12 @@
 //! The HTTP layer: extract, authorise, parse into domain types, call a service, map the result to
-//! a response. No rules and no SQL here.
+//! a response (every JSON success body is a type in [`responses`]). No rules and no SQL here.
 
 pub mod admin;
 pub mod admin_auth;
 pub mod admin_teams;
 pub mod auth;
+pub mod auth_profiles;
 pub mod caller;
-pub mod connect;
 pub mod cookies;
 pub mod credentials;
 pub mod extract;
@@ -15,7 +15,7 @@ pub mod me;
 pub mod members;
 pub mod pages;
 pub mod problem;
-pub mod profiles;
+pub mod responses;
 pub mod serve;
 pub mod unread_body;
 pub mod validation;
@@ -38,7 +38,7 @@ use tracing::Span;
 use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
-use crate::service::connections::Connections;
+use crate::service::auth_profiles::AuthProfiles;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
@@ -62,8 +62,8 @@ pub struct AppState {
     pub flows: OAuthFlows,
     /// Browser sign-in and linking.
     pub sign_in: SignIn,
-    /// Connected accounts.
-    pub connections: Connections,
+    /// Auth profiles (connected accounts).
+    pub auth_profiles: AuthProfiles,
     /// Browser sessions.
     pub sessions: Sessions,
     /// Cookie names and attributes.
@@ -88,9 +88,8 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(validation::routes())
         .merge(auth::routes())
         .merge(me::routes())
-        .merge(profiles::routes())
+        .merge(auth_profiles::routes())
         .merge(members::routes())
-        .merge(connect::routes())
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

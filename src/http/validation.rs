@@ -11,17 +11,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
 
 use super::AppState;
 use super::credentials::Credentials;
 use super::extract::{ApiJson, ApiQuery, required};
 use super::problem::ApiError;
-use crate::domain::{Email, EmailError, Issuer, Subject, TeamRef, TeamRole, UserId};
+use super::responses::{DiscoverResponse, ValidateResponse};
+use crate::domain::{Email, EmailError, TeamRef};
 use crate::error::ErrorCode;
-use crate::service::teams::Discovery;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -43,35 +41,11 @@ fn required_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     })
 }
 
-/// The body of a successful validation.
-#[derive(Debug, Serialize)]
-struct ValidateResponse {
-    user_id: UserId,
-    created: bool,
-    issuer: Issuer,
-    subject: Subject,
-    email: Option<String>,
-    email_verified: bool,
-    teams: Vec<TeamRole>,
-    expires_at: DateTime<Utc>,
-}
-
 async fn validate_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<ValidateResponse>, ApiError> {
-    let validated = state.validator.validate(required_token(&headers)?).await?;
-    let (token, principal) = (&validated.token, &validated.principal);
-    Ok(Json(ValidateResponse {
-        user_id: principal.user.id,
-        created: validated.created,
-        issuer: token.issuer.clone(),
-        subject: token.subject.clone(),
-        email: principal.user.email.clone(),
-        email_verified: principal.user.email_verified,
-        teams: principal.teams.clone(),
-        expires_at: token.expires_at,
-    }))
+    Ok(Json(state.validator.validate(required_token(&headers)?).await?.into()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,16 +76,10 @@ struct DiscoverRequest {
 async fn discover_sign_in(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<DiscoverRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DiscoverResponse>, ApiError> {
     let email = Email::parse(required(&request.email, "email")?).map_err(|e| {
         let code = if e == EmailError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidEmail };
         ApiError::new(code, format!("`email`: {e}")).field("email")
     })?;
-    let domain = email.domain_name();
-    Ok(Json(match state.teams.discover(&email).await? {
-        Discovery::Sso { issuer, provider } => {
-            json!({ "method": "sso", "issuer": issuer, "provider": provider, "domain": domain })
-        }
-        Discovery::Default => json!({ "method": "default", "domain": domain }),
-    }))
+    Ok(Json(DiscoverResponse::new(state.teams.discover(&email).await?, email.domain_name())))
 }

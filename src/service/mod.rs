@@ -1,8 +1,8 @@
 //! Services: the rules of Tessera. The HTTP layer calls these after parsing and authorising; they
 //! call the store for everything persistent.
 
+pub mod auth_profiles;
 pub mod check;
-pub mod connections;
 pub mod keys;
 pub mod principals;
 pub mod provisioning;

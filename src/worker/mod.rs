@@ -5,7 +5,7 @@ mod sweeper;
 
 use tokio::task::JoinHandle;
 
-use crate::service::connections::Connections;
+use crate::service::auth_profiles::AuthProfiles;
 use crate::service::sessions::Sessions;
 
 /// The running background loops.
@@ -16,8 +16,8 @@ pub struct Workers {
 
 impl Workers {
     /// Starts every background loop.
-    pub fn start(sessions: Sessions, connections: Connections) -> Self {
-        Self { handles: vec![tokio::spawn(sweeper::run(sessions, connections))] }
+    pub fn start(sessions: Sessions, auth_profiles: AuthProfiles) -> Self {
+        Self { handles: vec![tokio::spawn(sweeper::run(sessions, auth_profiles))] }
     }
 
     /// Stops them (at shutdown, after the server has finished its requests).

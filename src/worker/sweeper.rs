@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use crate::service::connections::Connections;
+use crate::service::auth_profiles::AuthProfiles;
 use crate::service::sessions::Sessions;
 
 /// How often the sweeper runs.
 const EVERY: Duration = Duration::from_secs(600);
 
 /// Deletes expired sessions, sign-in states and pending profiles every ten minutes.
-pub(super) async fn run(sessions: Sessions, connections: Connections) {
+pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles) {
     let mut interval = tokio::time::interval(EVERY);
     loop {
         interval.tick().await;
@@ -18,7 +18,7 @@ pub(super) async fn run(sessions: Sessions, connections: Connections) {
             Ok(deleted) => tracing::debug!(deleted, "deleted expired sessions and sign-in states"),
             Err(error) => tracing::warn!(error = %error, "cannot delete expired sessions"),
         }
-        match connections.delete_expired_pending().await {
+        match auth_profiles.delete_expired_pending().await {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted expired pending auth profiles"),
             Err(error) => tracing::warn!(error = %error, "cannot delete expired pending auth profiles"),

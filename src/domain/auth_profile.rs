@@ -1,4 +1,4 @@
-//! Connected accounts ("auth profiles"): a team's, or one member's, credentials for a third-party
+//! Auth profiles (connected accounts): a team's, or one member's, credentials for a third-party
 //! connector, with their lifecycle (`pending_auth` → `active` → `needs_reauth` / `revoked`).
 
 use chrono::{DateTime, Utc};

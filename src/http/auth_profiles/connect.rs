@@ -1,7 +1,8 @@
-//! Connect links: `GET /connect/{token}/oauth/start` checks that the signed-in user is the one
-//! the link was made for, consumes the link, and sends the browser to the provider with a fresh
-//! state, PKCE verifier and nonce. Otherwise the flow stops with a page that says why. Pages
-//! carry `Referrer-Policy: no-referrer`, so the token never leaks to the provider in `Referer`.
+//! Auth-profile connect links: `GET /connect/{token}/oauth/start` checks that the signed-in user
+//! is the one the link was made for, consumes the link, and sends the browser to the provider
+//! with a fresh state, PKCE verifier and nonce. Otherwise the flow stops with a page that says
+//! why. Pages carry `Referrer-Policy: no-referrer`, so the token never leaks to the provider in
+//! `Referer`.
 
 use std::sync::Arc;
 
@@ -12,11 +13,11 @@ use axum::response::Response;
 use axum::routing::get;
 use secrecy::ExposeSecret;
 
-use super::AppState;
-use super::auth::{login_cookie, redirect};
-use super::credentials::cookie;
-use super::extract::ApiPath;
-use super::pages;
+use crate::http::AppState;
+use crate::http::auth::{login_cookie, redirect};
+use crate::http::credentials::cookie;
+use crate::http::extract::ApiPath;
+use crate::http::pages;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -36,7 +37,7 @@ async fn start_connect(
         Ok(None) => None,
         Err(error) => return pages::error(&headers, error),
     };
-    match state.connections.start(&token, current_user).await {
+    match state.auth_profiles.start(&token, current_user).await {
         Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
         Err(error) => pages::error(&headers, error.into()),
     }

@@ -1,5 +1,5 @@
-//! The connected-accounts API for team members (session or bearer token), or for a service with
-//! the admin token acting on behalf of a member:
+//! The auth-profiles (connected accounts) API for team members (session or bearer token), or
+//! for a service with the admin token acting on behalf of a member:
 //!
 //! - `POST /v1/teams/{team}/auth-profiles` `{connector_key, profile_kind, provider, display_name,
 //!   slug?, scopes?}` → `{auth_profile, connect_url, connect_expires_at}`: 201 when created, 200
@@ -16,18 +16,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
 
-use super::AppState;
-use super::caller::{OnBehalf, actor};
-use super::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, required};
-use super::problem::ApiError;
-use crate::domain::{AuthProfile, DisplayName, ProfileKind, Slug, TextError};
+use crate::domain::{DisplayName, ProfileKind, Slug, TextError};
 use crate::error::ErrorCode;
-use crate::service::connections::{Created, NewProfile};
+use crate::http::AppState;
+use crate::http::caller::{OnBehalf, actor};
+use crate::http::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, required};
+use crate::http::problem::ApiError;
+use crate::http::responses::{
+    AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse,
+};
+use crate::service::auth_profiles::NewProfile;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -50,24 +50,6 @@ struct CreateRequest {
     display_name: Option<String>,
     slug: Option<String>,
     scopes: Option<Vec<String>>,
-}
-
-/// The answer to a create or a connect-link request.
-#[derive(Debug, Serialize)]
-struct ProfileWithLink {
-    auth_profile: AuthProfile,
-    connect_url: Option<String>,
-    connect_expires_at: Option<DateTime<Utc>>,
-}
-
-impl From<Created> for ProfileWithLink {
-    fn from(created: Created) -> Self {
-        let (connect_url, connect_expires_at) = match created.link {
-            Some(link) => (Some(link.url.expose_secret().to_owned()), Some(link.expires_at)),
-            None => (None, None),
-        };
-        Self { auth_profile: created.profile, connect_url, connect_expires_at }
-    }
 }
 
 fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiError> {
@@ -124,10 +106,10 @@ async fn create_auth_profile(
     ApiPath(team): ApiPath<String>,
     ApiQuery(query): ApiQuery<OnBehalf>,
     ApiJson(request): ApiJson<CreateRequest>,
-) -> Result<(StatusCode, Json<ProfileWithLink>), ApiError> {
+) -> Result<(StatusCode, Json<AuthProfileWithLinkResponse>), ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let request = parse_create(request)?;
-    let created = state.connections.create(&team, user, request).await?;
+    let created = state.auth_profiles.create(&team, user, request).await?;
     let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(created.into())))
 }
@@ -137,9 +119,9 @@ async fn list_auth_profiles(
     headers: HeaderMap,
     ApiPath(team): ApiPath<String>,
     ApiQuery(query): ApiQuery<OnBehalf>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuthProfileListResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    Ok(Json(json!({ "auth_profiles": state.connections.list(&team, user).await? })))
+    Ok(Json(state.auth_profiles.list(&team, user).await?.into()))
 }
 
 async fn get_auth_profile(
@@ -147,9 +129,9 @@ async fn get_auth_profile(
     headers: HeaderMap,
     ApiPath((team, slug)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
-) -> Result<Json<AuthProfile>, ApiError> {
+) -> Result<Json<AuthProfileResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    Ok(Json(state.connections.get(&team, user, &parse_slug(&slug)?).await?))
+    Ok(Json(state.auth_profiles.get(&team, user, &parse_slug(&slug)?).await?.into()))
 }
 
 async fn revoke_auth_profile(
@@ -159,7 +141,7 @@ async fn revoke_auth_profile(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<StatusCode, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    state.connections.revoke(&team, user, &parse_slug(&slug)?).await?;
+    state.auth_profiles.revoke(&team, user, &parse_slug(&slug)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -174,7 +156,7 @@ async fn connect_auth_profile(
     ApiPath((team, slug)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
     ApiBytes(body): ApiBytes,
-) -> Result<Json<ProfileWithLink>, ApiError> {
+) -> Result<Json<AuthProfileWithLinkResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     // The body is optional: none, or `{"allow_account_change": true}`.
     let request: ConnectRequest = match body.is_empty() {
@@ -183,12 +165,7 @@ async fn connect_auth_profile(
             .map_err(|_| ApiError::new(ErrorCode::MalformedJson, "the body must be a JSON object or empty"))?,
     };
     let allow = request.allow_account_change.unwrap_or(false);
-    let (profile, link) = state.connections.connect_link(&team, user, &parse_slug(&slug)?, allow).await?;
-    Ok(Json(ProfileWithLink {
-        auth_profile: profile,
-        connect_url: Some(link.url.expose_secret().to_owned()),
-        connect_expires_at: Some(link.expires_at),
-    }))
+    Ok(Json(state.auth_profiles.connect_link(&team, user, &parse_slug(&slug)?, allow).await?.into()))
 }
 
 async fn auth_profile_token(
@@ -196,13 +173,7 @@ async fn auth_profile_token(
     headers: HeaderMap,
     ApiPath((team, slug)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuthProfileTokenResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let token = state.connections.access_token(&team, user, &parse_slug(&slug)?).await?;
-    Ok(Json(json!({
-        "access_token": token.token.expose_secret(),
-        "token_type": "Bearer",
-        "expires_at": token.expires_at,
-        "refreshed": token.refreshed,
-    })))
+    Ok(Json(state.auth_profiles.access_token(&team, user, &parse_slug(&slug)?).await?.into()))
 }

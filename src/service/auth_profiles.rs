@@ -1,4 +1,4 @@
-//! Connected accounts: auth profiles for third-party connectors, the links that connect them,
+//! Auth profiles (connected accounts) for third-party connectors, the links that connect them,
 //! and fresh access tokens for backends.
 //!
 //! - Creating an OAuth profile without a slug reuses the caller's pending profile for the same
@@ -51,9 +51,9 @@ const REFRESH_WAIT: Duration = Duration::from_secs(10);
 /// holder replays the old refresh token while this one is still in flight.
 const PROVIDER_CALL_LIMIT: Duration = Duration::from_secs(20);
 
-/// Why a connected-accounts operation failed.
+/// Why an auth-profile operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub enum AuthProfileError {
     /// The team does not exist or the caller is not a member (the two are not told apart).
     #[error("team not found")]
     TeamNotFound,
@@ -119,52 +119,52 @@ pub enum ConnectError {
     Store(#[from] StoreError),
 }
 
-impl PublicError for ConnectError {
+impl PublicError for AuthProfileError {
     fn code(&self) -> ErrorCode {
         match self {
-            ConnectError::TeamNotFound => ErrorCode::TeamNotFound,
-            ConnectError::ProfileNotFound => ErrorCode::ProfileNotFound,
-            ConnectError::NotProfileOwner => ErrorCode::NotProfileOwner,
-            ConnectError::NotAdmin => ErrorCode::NotTeamAdmin,
-            ConnectError::PendingAuthConflict { .. } => ErrorCode::PendingAuthConflict,
-            ConnectError::SlugTaken => ErrorCode::SlugTaken,
-            ConnectError::UnknownProvider(_) => ErrorCode::UnknownProvider,
-            ConnectError::NotOAuth(_) => ErrorCode::NotOauthProfile,
-            ConnectError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
-            ConnectError::InvalidConnectLink => ErrorCode::InvalidConnectLink,
-            ConnectError::WrongUser => ErrorCode::ConnectLinkNotYours,
-            ConnectError::NotSignedIn => ErrorCode::MissingCredentials,
-            ConnectError::AccountMismatch => ErrorCode::AccountMismatch,
-            ConnectError::ConnectConflict => ErrorCode::ConnectConflict,
-            ConnectError::NotConnected => ErrorCode::ProfileNotConnected,
-            ConnectError::NeedsReauth => ErrorCode::NeedsReauth,
-            ConnectError::RefreshInProgress => ErrorCode::RefreshInProgress,
-            ConnectError::Undecryptable => ErrorCode::InternalError,
-            ConnectError::Flow(e) => e.code(),
-            ConnectError::Store(e) => e.code(),
+            AuthProfileError::TeamNotFound => ErrorCode::TeamNotFound,
+            AuthProfileError::ProfileNotFound => ErrorCode::ProfileNotFound,
+            AuthProfileError::NotProfileOwner => ErrorCode::NotProfileOwner,
+            AuthProfileError::NotAdmin => ErrorCode::NotTeamAdmin,
+            AuthProfileError::PendingAuthConflict { .. } => ErrorCode::PendingAuthConflict,
+            AuthProfileError::SlugTaken => ErrorCode::SlugTaken,
+            AuthProfileError::UnknownProvider(_) => ErrorCode::UnknownProvider,
+            AuthProfileError::NotOAuth(_) => ErrorCode::NotOauthProfile,
+            AuthProfileError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
+            AuthProfileError::InvalidConnectLink => ErrorCode::InvalidConnectLink,
+            AuthProfileError::WrongUser => ErrorCode::ConnectLinkNotYours,
+            AuthProfileError::NotSignedIn => ErrorCode::MissingCredentials,
+            AuthProfileError::AccountMismatch => ErrorCode::AccountMismatch,
+            AuthProfileError::ConnectConflict => ErrorCode::ConnectConflict,
+            AuthProfileError::NotConnected => ErrorCode::ProfileNotConnected,
+            AuthProfileError::NeedsReauth => ErrorCode::NeedsReauth,
+            AuthProfileError::RefreshInProgress => ErrorCode::RefreshInProgress,
+            AuthProfileError::Undecryptable => ErrorCode::InternalError,
+            AuthProfileError::Flow(e) => e.code(),
+            AuthProfileError::Store(e) => e.code(),
         }
     }
 
     fn extensions(&self) -> Vec<(&'static str, serde_json::Value)> {
         match self {
-            ConnectError::PendingAuthConflict { slug } => vec![("existing_slug", slug.as_str().into())],
+            AuthProfileError::PendingAuthConflict { slug } => vec![("existing_slug", slug.as_str().into())],
             _ => Vec::new(),
         }
     }
 }
 
-impl From<TeamError> for ConnectError {
+impl From<TeamError> for AuthProfileError {
     fn from(error: TeamError) -> Self {
         match error {
-            TeamError::Store(e) => ConnectError::Store(e),
-            _ => ConnectError::TeamNotFound,
+            TeamError::Store(e) => AuthProfileError::Store(e),
+            _ => AuthProfileError::TeamNotFound,
         }
     }
 }
 
-impl From<ProviderError> for ConnectError {
+impl From<ProviderError> for AuthProfileError {
     fn from(error: ProviderError) -> Self {
-        ConnectError::Flow(FlowError::Provider(error))
+        AuthProfileError::Flow(FlowError::Provider(error))
     }
 }
 
@@ -216,9 +216,9 @@ pub struct AccessToken {
     pub refreshed: bool,
 }
 
-/// The connected-accounts service.
+/// The auth-profiles (connected accounts) service.
 #[derive(Debug, Clone)]
-pub struct Connections {
+pub struct AuthProfiles {
     store: Arc<dyn Store>,
     flows: OAuthFlows,
     teams: Teams,
@@ -228,7 +228,7 @@ pub struct Connections {
     refreshing: Arc<Mutex<HashMap<ProfileId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
-impl Connections {
+impl AuthProfiles {
     /// Creates the service; pending profiles expire after `pending_ttl`.
     pub fn new(
         store: Arc<dyn Store>,
@@ -248,30 +248,30 @@ impl Connections {
     }
 
     /// The team and the caller's role in it; a non-member is told the team does not exist.
-    async fn membership(&self, team: &TeamRef, user: UserId) -> Result<(Team, Role), ConnectError> {
+    async fn membership(&self, team: &TeamRef, user: UserId) -> Result<(Team, Role), AuthProfileError> {
         let (team, role) = self.teams.role_of(team, user).await?;
-        Ok((team, role.ok_or(ConnectError::TeamNotFound)?))
+        Ok((team, role.ok_or(AuthProfileError::TeamNotFound)?))
     }
 
     /// A live profile the caller may use: personal ones only by their owner.
-    async fn usable(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(AuthProfile, Role), ConnectError> {
+    async fn usable(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(AuthProfile, Role), AuthProfileError> {
         let (team, role) = self.membership(team, user).await?;
-        let profile = self.store.profile_by_slug(team.id, slug).await?.ok_or(ConnectError::ProfileNotFound)?;
+        let profile = self.store.profile_by_slug(team.id, slug).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         if profile.profile_kind.is_personal() && profile.created_by != user {
-            return Err(ConnectError::NotProfileOwner);
+            return Err(AuthProfileError::NotProfileOwner);
         }
         Ok((profile, role))
     }
 
     /// Creates a profile, or reuses the caller's pending one (see the module documentation).
-    pub async fn create(&self, team: &TeamRef, user: UserId, request: NewProfile) -> Result<Created, ConnectError> {
+    pub async fn create(&self, team: &TeamRef, user: UserId, request: NewProfile) -> Result<Created, AuthProfileError> {
         let (team, _) = self.membership(team, user).await?;
         if request.kind.is_oauth() {
             if self.flows.providers().get(Some(&request.provider)).is_none() {
-                return Err(ConnectError::UnknownProvider(request.provider));
+                return Err(AuthProfileError::UnknownProvider(request.provider));
             }
             if self.keyring.is_none() {
-                return Err(ConnectError::EncryptionNotConfigured);
+                return Err(AuthProfileError::EncryptionNotConfigured);
             }
         }
         let now = super::now();
@@ -335,16 +335,21 @@ impl Connections {
                 return self.reuse(pending, request.slug.as_ref(), user).await;
             }
             if request.slug.is_some() {
-                return Err(ConnectError::SlugTaken);
+                return Err(AuthProfileError::SlugTaken);
             }
         }
-        Err(ConnectError::SlugTaken)
+        Err(AuthProfileError::SlugTaken)
     }
 
     /// Reuses a pending profile with a fresh link, unless the caller asked for another slug.
-    async fn reuse(&self, pending: AuthProfile, slug: Option<&Slug>, user: UserId) -> Result<Created, ConnectError> {
+    async fn reuse(
+        &self,
+        pending: AuthProfile,
+        slug: Option<&Slug>,
+        user: UserId,
+    ) -> Result<Created, AuthProfileError> {
         if slug.is_some_and(|s| *s != pending.slug) {
-            return Err(ConnectError::PendingAuthConflict { slug: pending.slug.as_str().to_owned() });
+            return Err(AuthProfileError::PendingAuthConflict { slug: pending.slug.as_str().to_owned() });
         }
         let link = self.mint_link(&pending, user, false).await?;
         Ok(Created { profile: pending, link: Some(link), created: false })
@@ -355,7 +360,7 @@ impl Connections {
         profile: &AuthProfile,
         user: UserId,
         allow_account_change: bool,
-    ) -> Result<ConnectLink, ConnectError> {
+    ) -> Result<ConnectLink, AuthProfileError> {
         let token = random_secret();
         let now = super::now();
         let expires_at = now + CONNECT_LINK_TTL;
@@ -382,10 +387,10 @@ impl Connections {
         user: UserId,
         slug: &Slug,
         allow_account_change: bool,
-    ) -> Result<(AuthProfile, ConnectLink), ConnectError> {
+    ) -> Result<(AuthProfile, ConnectLink), AuthProfileError> {
         let (profile, role) = self.usable(team, user, slug).await?;
         if !profile.profile_kind.is_oauth() {
-            return Err(ConnectError::NotOAuth(profile.profile_kind.as_str()));
+            return Err(AuthProfileError::NotOAuth(profile.profile_kind.as_str()));
         }
         may_connect(&profile, user, role)?;
         let link = self.mint_link(&profile, user, allow_account_change).await?;
@@ -393,32 +398,33 @@ impl Connections {
     }
 
     /// The profiles of a team the caller may see: the team's, and the caller's own personal ones.
-    pub async fn list(&self, team: &TeamRef, user: UserId) -> Result<Vec<AuthProfile>, ConnectError> {
+    pub async fn list(&self, team: &TeamRef, user: UserId) -> Result<Vec<AuthProfile>, AuthProfileError> {
         let (team, _) = self.membership(team, user).await?;
         let profiles = self.store.team_profiles(team.id).await?;
         Ok(profiles.into_iter().filter(|p| !p.profile_kind.is_personal() || p.created_by == user).collect())
     }
 
     /// One profile.
-    pub async fn get(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<AuthProfile, ConnectError> {
+    pub async fn get(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<AuthProfile, AuthProfileError> {
         Ok(self.usable(team, user, slug).await?.0)
     }
 
     /// Revokes a profile — the owner of a personal one, or a team owner or admin — and revokes
     /// its tokens at the provider where it offers a way to, on a best-effort basis.
-    pub async fn revoke(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(), ConnectError> {
+    pub async fn revoke(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(), AuthProfileError> {
         let (team_record, role) = self.membership(team, user).await?;
-        let profile = self.store.profile_by_slug(team_record.id, slug).await?.ok_or(ConnectError::ProfileNotFound)?;
+        let profile =
+            self.store.profile_by_slug(team_record.id, slug).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         let admin = matches!(role, Role::Owner | Role::Admin);
         let owns = profile.created_by == user;
         if profile.profile_kind.is_personal() && !owns && !admin {
-            return Err(ConnectError::NotProfileOwner);
+            return Err(AuthProfileError::NotProfileOwner);
         }
         if !profile.profile_kind.is_personal() && !owns && !admin {
-            return Err(ConnectError::NotAdmin);
+            return Err(AuthProfileError::NotAdmin);
         }
         let Some(secrets) = self.store.revoke_profile(profile.id, super::now()).await? else {
-            return Err(ConnectError::ProfileNotFound);
+            return Err(AuthProfileError::ProfileNotFound);
         };
         tracing::info!(profile_id = %profile.id, "revoked an auth profile");
         self.revoke_upstream(&profile, &secrets).await;
@@ -455,14 +461,14 @@ impl Connections {
     /// Opens a connect link: checks it is the signed-in user's and that they may still connect
     /// the profile, starts the flow, and then consumes the link (a failure to start leaves it
     /// usable; of two concurrent openings one gets it).
-    pub async fn start(&self, token: &str, current_user: Option<UserId>) -> Result<Started, ConnectError> {
+    pub async fn start(&self, token: &str, current_user: Option<UserId>) -> Result<Started, AuthProfileError> {
         let hash = sha256(token.as_bytes());
         let now = super::now();
-        let link = self.store.connect_token(&hash, now).await?.ok_or(ConnectError::InvalidConnectLink)?;
+        let link = self.store.connect_token(&hash, now).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         // Checked before consuming: a link opened by the wrong browser stays usable by its owner.
         match current_user {
-            None => return Err(ConnectError::NotSignedIn),
-            Some(user) if user != link.user => return Err(ConnectError::WrongUser),
+            None => return Err(AuthProfileError::NotSignedIn),
+            Some(user) if user != link.user => return Err(AuthProfileError::WrongUser),
             Some(_) => {}
         }
         let profile = self.connectable(link.profile, link.user).await?;
@@ -470,7 +476,7 @@ impl Connections {
             .flows
             .providers()
             .get(Some(&profile.provider))
-            .ok_or_else(|| ConnectError::UnknownProvider(profile.provider.clone()))?;
+            .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?;
         let purpose = Purpose::Connect {
             user: link.user,
             profile: profile.id,
@@ -481,19 +487,19 @@ impl Connections {
         let started = self.flows.begin(provider, &ReturnTo::root(), purpose, scopes).await?;
         // The flow's state is unusable without the redirect this returns, so losing the race here
         // leaves nothing behind that works (the state row expires).
-        self.store.take_connect_token(&hash, now).await?.ok_or(ConnectError::InvalidConnectLink)?;
+        self.store.take_connect_token(&hash, now).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         Ok(started)
     }
 
     /// A live profile that `user` may (still) connect: they are a member of its team and pass
     /// [`may_connect`]. Anything else makes the link or flow invalid.
-    async fn connectable(&self, profile: ProfileId, user: UserId) -> Result<AuthProfile, ConnectError> {
-        let profile = self.store.profile(profile).await?.ok_or(ConnectError::InvalidConnectLink)?;
+    async fn connectable(&self, profile: ProfileId, user: UserId) -> Result<AuthProfile, AuthProfileError> {
+        let profile = self.store.profile(profile).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         if profile.status == ProfileStatus::Revoked {
-            return Err(ConnectError::InvalidConnectLink);
+            return Err(AuthProfileError::InvalidConnectLink);
         }
         let (_, role) = self.teams.role_of(&TeamRef::Id(profile.team_id), user).await?;
-        let role = role.ok_or(ConnectError::InvalidConnectLink)?;
+        let role = role.ok_or(AuthProfileError::InvalidConnectLink)?;
         may_connect(&profile, user, role)?;
         Ok(profile)
     }
@@ -503,19 +509,19 @@ impl Connections {
         &self,
         finished: Finished,
         current_user: Option<UserId>,
-    ) -> Result<AuthProfile, ConnectError> {
+    ) -> Result<AuthProfile, AuthProfileError> {
         let Purpose::Connect { user, profile, version, allow_account_change } = finished.purpose else {
             return Err(FlowError::InvalidState("this flow does not connect an account").into());
         };
         if current_user != Some(user) {
-            return Err(ConnectError::WrongUser);
+            return Err(AuthProfileError::WrongUser);
         }
-        let keyring = self.keyring.as_ref().ok_or(ConnectError::EncryptionNotConfigured)?;
+        let keyring = self.keyring.as_ref().ok_or(AuthProfileError::EncryptionNotConfigured)?;
         let current = self.connectable(profile, user).await?;
         let account = finished.info.account_id;
         if current.upstream_account_id.as_ref().is_some_and(|connected| *connected != account) && !allow_account_change
         {
-            return Err(ConnectError::AccountMismatch);
+            return Err(AuthProfileError::AccountMismatch);
         }
         let (access_token, refresh_token) = encrypt_tokens(keyring, profile, &finished.tokens);
         let scopes = match finished.tokens.scopes.is_empty() {
@@ -531,19 +537,24 @@ impl Connections {
             now: super::now(),
         };
         if !self.store.activate_profile(profile, version, &activation).await? {
-            return Err(ConnectError::ConnectConflict);
+            return Err(AuthProfileError::ConnectConflict);
         }
         tracing::info!(profile_id = %profile, "connected an auth profile");
-        self.store.profile(profile).await?.ok_or(ConnectError::InvalidConnectLink)
+        self.store.profile(profile).await?.ok_or(AuthProfileError::InvalidConnectLink)
     }
 
     /// A valid access token of a profile, refreshed first when it expires within five minutes.
-    pub async fn access_token(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<AccessToken, ConnectError> {
+    pub async fn access_token(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        slug: &Slug,
+    ) -> Result<AccessToken, AuthProfileError> {
         let (profile, _) = self.usable(team, user, slug).await?;
         if !profile.profile_kind.is_oauth() {
-            return Err(ConnectError::NotOAuth(profile.profile_kind.as_str()));
+            return Err(AuthProfileError::NotOAuth(profile.profile_kind.as_str()));
         }
-        let keyring = self.keyring.clone().ok_or(ConnectError::EncryptionNotConfigured)?;
+        let keyring = self.keyring.clone().ok_or(AuthProfileError::EncryptionNotConfigured)?;
         if let Some(token) = self.fresh_token(&keyring, profile.id).await? {
             return Ok(token);
         }
@@ -555,7 +566,7 @@ impl Connections {
             Ok(outcome) => outcome,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             // Only when the runtime shuts down.
-            Err(_) => Err(ConnectError::RefreshInProgress),
+            Err(_) => Err(AuthProfileError::RefreshInProgress),
         }
     }
 
@@ -564,7 +575,7 @@ impl Connections {
         &self,
         keyring: &KeyRing,
         profile: &AuthProfile,
-    ) -> Result<AccessToken, ConnectError> {
+    ) -> Result<AccessToken, AuthProfileError> {
         // One refresh at a time per profile in this process; the others wait and re-read.
         let gate = {
             let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
@@ -582,8 +593,8 @@ impl Connections {
     }
 
     /// The stored token when it does not need a refresh.
-    async fn fresh_token(&self, keyring: &KeyRing, id: ProfileId) -> Result<Option<AccessToken>, ConnectError> {
-        let secrets = self.store.profile_secrets(id).await?.ok_or(ConnectError::ProfileNotFound)?;
+    async fn fresh_token(&self, keyring: &KeyRing, id: ProfileId) -> Result<Option<AccessToken>, AuthProfileError> {
+        let secrets = self.store.profile_secrets(id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         check_status(secrets.status)?;
         let fresh = secrets.expires_at.is_none_or(|at| at - super::now() > REFRESH_WINDOW);
         if !fresh {
@@ -594,10 +605,10 @@ impl Connections {
     }
 
     /// Refreshes under the row's lease, or waits for whoever holds it.
-    async fn refresh(&self, keyring: &KeyRing, profile: &AuthProfile) -> Result<AccessToken, ConnectError> {
+    async fn refresh(&self, keyring: &KeyRing, profile: &AuthProfile) -> Result<AccessToken, AuthProfileError> {
         let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
         loop {
-            let secrets = self.store.profile_secrets(profile.id).await?.ok_or(ConnectError::ProfileNotFound)?;
+            let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
             check_status(secrets.status)?;
             let now = super::now();
             if secrets.expires_at.is_none_or(|at| at - now > REFRESH_WINDOW) {
@@ -611,7 +622,7 @@ impl Connections {
                     let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
                     return Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false });
                 }
-                return Err(ConnectError::NeedsReauth);
+                return Err(AuthProfileError::NeedsReauth);
             };
             let owner = uuid::Uuid::new_v4();
             let lease = RefreshLease { owner, until: now + LEASE, now };
@@ -624,7 +635,7 @@ impl Connections {
                     let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
                     return Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false });
                 }
-                return Err(ConnectError::RefreshInProgress);
+                return Err(AuthProfileError::RefreshInProgress);
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -638,7 +649,7 @@ impl Connections {
         owner: uuid::Uuid,
         refresh_ciphertext: &[u8],
         before: &ProfileSecrets,
-    ) -> Result<AccessToken, ConnectError> {
+    ) -> Result<AccessToken, AuthProfileError> {
         let error = match self.call_refresh(keyring, profile, refresh_ciphertext).await {
             Ok(tokens) => {
                 let (access_token, rotated) = encrypt_tokens(keyring, profile.id, &tokens);
@@ -662,7 +673,7 @@ impl Connections {
             }
             Err(error) => error,
         };
-        if matches!(error, ConnectError::NeedsReauth) {
+        if matches!(error, AuthProfileError::NeedsReauth) {
             self.store.release_refresh_lease(profile.id, owner, true, super::now()).await?;
             tracing::info!(profile_id = %profile.id, "the provider refused the refresh token; the profile needs a reconnection");
             return Err(error);
@@ -683,16 +694,16 @@ impl Connections {
         keyring: &KeyRing,
         profile: &AuthProfile,
         refresh_ciphertext: &[u8],
-    ) -> Result<TokenSet, ConnectError> {
+    ) -> Result<TokenSet, AuthProfileError> {
         let provider = self
             .flows
             .providers()
             .get(Some(&profile.provider))
-            .ok_or_else(|| ConnectError::UnknownProvider(profile.provider.clone()))?;
+            .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?;
         let refresh_token = decrypt(keyring, profile.id, "refresh_token", Some(refresh_ciphertext))?;
         match tokio::time::timeout(PROVIDER_CALL_LIMIT, provider.refresh(refresh_token.expose_secret())).await {
             Ok(Ok(tokens)) => Ok(tokens),
-            Ok(Err(ProviderError::InvalidGrant)) => Err(ConnectError::NeedsReauth),
+            Ok(Err(ProviderError::InvalidGrant)) => Err(AuthProfileError::NeedsReauth),
             Ok(Err(error)) => Err(error.into()),
             Err(_) => Err(ProviderError::Unavailable("the refresh did not finish in time".into()).into()),
         }
@@ -714,21 +725,21 @@ impl Connections {
 
 /// Whether `user`, a member with `role`, may connect `profile`: a personal profile only its
 /// owner; a team-wide one its creator or a team owner or admin.
-fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), ConnectError> {
+fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), AuthProfileError> {
     let creator = profile.created_by == user;
     match profile.profile_kind.is_personal() {
-        true if !creator => Err(ConnectError::NotProfileOwner),
-        false if !creator && !matches!(role, Role::Owner | Role::Admin) => Err(ConnectError::NotAdmin),
+        true if !creator => Err(AuthProfileError::NotProfileOwner),
+        false if !creator && !matches!(role, Role::Owner | Role::Admin) => Err(AuthProfileError::NotAdmin),
         _ => Ok(()),
     }
 }
 
-fn check_status(status: ProfileStatus) -> Result<(), ConnectError> {
+fn check_status(status: ProfileStatus) -> Result<(), AuthProfileError> {
     match status {
         ProfileStatus::Active => Ok(()),
-        ProfileStatus::PendingAuth => Err(ConnectError::NotConnected),
-        ProfileStatus::NeedsReauth => Err(ConnectError::NeedsReauth),
-        ProfileStatus::Revoked => Err(ConnectError::ProfileNotFound),
+        ProfileStatus::PendingAuth => Err(AuthProfileError::NotConnected),
+        ProfileStatus::NeedsReauth => Err(AuthProfileError::NeedsReauth),
+        ProfileStatus::Revoked => Err(AuthProfileError::ProfileNotFound),
     }
 }
 
@@ -745,12 +756,12 @@ fn decrypt(
     profile: ProfileId,
     column: &str,
     ciphertext: Option<&[u8]>,
-) -> Result<SecretString, ConnectError> {
-    let ciphertext = ciphertext.ok_or(ConnectError::NotConnected)?;
+) -> Result<SecretString, AuthProfileError> {
+    let ciphertext = ciphertext.ok_or(AuthProfileError::NotConnected)?;
     let aad = StoredSecret::aad(SecretKind::AuthProfiles, profile.as_uuid(), column);
     let plaintext = keyring.decrypt(ciphertext, &aad).map_err(|error| {
         tracing::error!(profile_id = %profile, column, error = %error, "a stored credential does not decrypt");
-        ConnectError::Undecryptable
+        AuthProfileError::Undecryptable
     })?;
-    String::from_utf8(plaintext).map(SecretString::from).map_err(|_| ConnectError::Undecryptable)
+    String::from_utf8(plaintext).map(SecretString::from).map_err(|_| AuthProfileError::Undecryptable)
 }

@@ -1,0 +1,47 @@
+//! The JSON body of every successful response, in one place.
+//!
+//! Handlers return these types, never a domain record or an ad-hoc JSON value, so that what a
+//! client sees is written down once and an OpenAPI document can be generated from it: the doc
+//! comments here are the API's descriptions. Fields are plain types (strings, UUIDs, times, and
+//! small enums of their own), never domain newtypes; domain records are converted with `From`.
+//! The submodules only group the types; everything is re-exported here.
+//!
+//! Errors are problem+json bodies ([`super::problem`]); HTML pages are [`super::pages`].
+
+mod auth_profiles;
+mod sign_in;
+mod teams;
+mod users;
+
+#[cfg(test)]
+mod tests;
+
+use serde::Serialize;
+
+pub use self::auth_profiles::{
+    AuthProfileKind, AuthProfileListResponse, AuthProfileResponse, AuthProfileStatus, AuthProfileTokenResponse,
+    AuthProfileWithLinkResponse, TokenType,
+};
+pub use self::sign_in::{DiscoverResponse, ProviderResponse, ProvidersResponse, ValidateResponse};
+pub use self::teams::{
+    DomainClaimListResponse, DomainClaimResponse, MemberResponse, MemberRole, TeamMembershipResponse, TeamResponse,
+    TeamRoleResponse, TeamSummaryResponse,
+};
+pub use self::users::{BootstrapResponse, IdentityResponse, UserProfileResponse, UserResponse};
+
+/// The body of `GET /healthz` (`{"status": "ok"}`) and `GET /readyz` (`{"status": "ready"}`).
+#[derive(Debug, Serialize)]
+pub struct HealthResponse {
+    /// `ok` when the process answers (liveness), `ready` when its database answers too.
+    pub status: HealthStatus,
+}
+
+/// What a health check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// The process answers.
+    Ok,
+    /// The process and its database answer.
+    Ready,
+}
