@@ -23,7 +23,7 @@ use crate::upstream::issuers::{IssuerRegistry, outbound_client};
 use crate::upstream::oauth_flow::OAuthFlows;
 use crate::upstream::providers::ProviderRegistry;
 use crate::upstream::tokens::TokenVerifier;
-use crate::worker::Workers;
+use crate::worker::{LastSeen, WorkerDeps, Workers};
 
 /// Why the server could not start. Every message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,7 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     server: ServerConfig,
+    last_seen: Arc<LastSeen>,
 }
 
 impl Application {
@@ -92,8 +93,10 @@ impl Application {
     /// Builds the server on a connected and migrated store and an already bound listener (tests
     /// bind first, to know the URL browsers will call back to).
     pub fn build_on(config: &Config, store: Arc<dyn Store>, listener: TcpListener) -> Self {
+        // One outbound client for the whole process: the trust roots are loaded once, and
+        // connections to an issuer that is also a sign-in provider are shared.
         let http = outbound_client(config.jwks.fetch_timeout);
-        let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone(), http, &config.jwks));
+        let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone(), http.clone(), &config.jwks));
         issuers.prefetch();
         let admin_tokens = AdminTokens::new(&config.admin_tokens);
         if admin_tokens.is_empty() {
@@ -105,7 +108,7 @@ impl Application {
         let providers = Arc::new(ProviderRegistry::new(
             &config.providers,
             config.auth.default_provider.clone(),
-            outbound_client(config.jwks.fetch_timeout),
+            http,
             &config.jwks,
         ));
         let flows = OAuthFlows::new(providers, store.clone(), config.auth.public_url.clone());
@@ -117,7 +120,9 @@ impl Application {
             config.encryption.clone(),
             config.auth.pending_profile_ttl,
         );
-        let sessions = Sessions::new(store.clone(), config.auth.session_ttl, config.auth.session_idle);
+        let last_seen = Arc::new(LastSeen::default());
+        let sessions =
+            Sessions::new(store.clone(), config.auth.session_ttl, config.auth.session_idle, last_seen.clone());
         let sign_in = SignIn::new(
             flows.clone(),
             store.clone(),
@@ -128,7 +133,7 @@ impl Application {
             &config.auth,
         );
         let state = Arc::new(AppState {
-            validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals),
+            validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone()),
             teams,
             provisioner,
             flows,
@@ -139,7 +144,7 @@ impl Application {
             store,
             admin_tokens,
         });
-        Self { listener, state, server: config.server.clone() }
+        Self { listener, state, server: config.server.clone(), last_seen }
     }
 
     /// The bound address (with the real port when configured with port 0).
@@ -150,11 +155,17 @@ impl Application {
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let store = self.state.store.clone();
-        let workers = Workers::start(self.state.sessions.clone(), self.state.auth_profiles.clone());
+        let workers = Workers::start(WorkerDeps {
+            store: store.clone(),
+            sessions: self.state.sessions.clone(),
+            auth_profiles: self.state.auth_profiles.clone(),
+            last_seen: self.last_seen.clone(),
+            last_seen_every: self.server.last_seen_flush,
+        });
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");
         let served = crate::http::serve::serve(self.listener, app, &self.server, shutdown).await;
-        workers.stop();
+        workers.stop().await;
         store.close().await;
         served
     }

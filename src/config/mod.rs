@@ -94,6 +94,9 @@ pub struct ServerConfig {
     /// After SIGTERM, how long requests in flight may take to finish before their connections
     /// are closed (`server.shutdown_timeout_seconds`).
     pub shutdown_timeout: Duration,
+    /// How often last-use times of identities and sessions are written, in batches, off the
+    /// request path (`server.last_seen_flush_ms`).
+    pub last_seen_flush: Duration,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
+            last_seen_flush: Duration::from_secs(10),
         }
     }
 }
@@ -349,6 +353,7 @@ struct RawServer {
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     shutdown_timeout_seconds: Option<u64>,
+    last_seen_flush_ms: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -618,6 +623,7 @@ fn parse_server(raw: &RawServer) -> Result<ServerConfig, ConfigError> {
         )?,
         body_read_timeout: millis(raw.body_read_timeout_ms, defaults.body_read_timeout, "server.body_read_timeout_ms")?,
         shutdown_timeout,
+        last_seen_flush: millis(raw.last_seen_flush_ms, defaults.last_seen_flush, "server.last_seen_flush_ms")?,
     })
 }
 

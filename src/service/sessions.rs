@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::crypto::sha256;
 use crate::domain::{IdentityId, UserId};
 use crate::store::{NewSession, Store, StoreError};
+use crate::worker::LastSeen;
 
 /// How often at most a session's `last_seen_at` is written.
 const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
@@ -22,13 +23,14 @@ pub struct Sessions {
     store: Arc<dyn Store>,
     ttl: TimeDelta,
     idle: TimeDelta,
+    last_seen: Arc<LastSeen>,
 }
 
 impl Sessions {
     /// Sessions lasting at most `ttl`, ending when unused for `idle`.
-    pub fn new(store: Arc<dyn Store>, ttl: Duration, idle: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, ttl: Duration, idle: Duration, last_seen: Arc<LastSeen>) -> Self {
         let delta = |d: Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
-        Self { store, ttl: delta(ttl), idle: delta(idle) }
+        Self { store, ttl: delta(ttl), idle: delta(idle), last_seen }
     }
 
     /// The absolute lifetime, for the cookie's `Max-Age`.
@@ -64,7 +66,8 @@ impl Sessions {
             return Ok(None);
         }
         if now - session.last_seen_at >= TOUCH_INTERVAL {
-            self.store.touch_session(&hash, now).await?;
+            // Written by the last-use worker, not on this request.
+            self.last_seen.session(hash, now);
         }
         Ok(Some(session.user_id))
     }

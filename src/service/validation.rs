@@ -19,6 +19,7 @@ use axum::http::StatusCode;
 
 use crate::error::{ErrorCode, INVALID_TOKEN_CHALLENGE, PublicError};
 use crate::store::{ReadFrom, Store, StoreError};
+use crate::worker::LastSeen;
 
 /// How often at most an identity's `last_seen_at` is written from the validation path.
 const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
@@ -94,6 +95,7 @@ pub struct Validator {
     provisioner: Provisioner,
     store: Arc<dyn Store>,
     principals: Arc<PrincipalCache>,
+    last_seen: Arc<LastSeen>,
 }
 
 impl Validator {
@@ -103,8 +105,9 @@ impl Validator {
         provisioner: Provisioner,
         store: Arc<dyn Store>,
         principals: Arc<PrincipalCache>,
+        last_seen: Arc<LastSeen>,
     ) -> Self {
-        Self { verifier, provisioner, store, principals }
+        Self { verifier, provisioner, store, principals, last_seen }
     }
 
     /// Verifies `token` and resolves (or provisions) its user.
@@ -153,11 +156,9 @@ impl Validator {
         }
         if let Some(principal) = found {
             let now = super::now();
-            if now - principal.last_seen_at >= TOUCH_INTERVAL
-                && let Err(error) = self.store.touch_identity(principal.identity_id, now).await
-            {
-                // Bookkeeping only: the identity was read, the token is good.
-                tracing::warn!(identity_id = %principal.identity_id, error = %error, "cannot record an identity's last use");
+            if now - principal.last_seen_at >= TOUCH_INTERVAL {
+                // Bookkeeping, written by the last-use worker: never a write on this request.
+                self.last_seen.identity(principal.identity_id, now);
             }
             return Ok((Arc::new(principal), false));
         }

@@ -375,6 +375,21 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn touch_identities(&self, seen: &[(IdentityId, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin().await?;
+        for (identity, at) in seen {
+            query("UPDATE identities SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
+                .bind(identity.as_uuid())
+                .bind(*at)
+                .execute(&mut tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
     async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError> {
         let row = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1"))
             .bind(user.as_uuid())
@@ -597,6 +612,21 @@ impl Store for SqlStore {
             .execute(self.db.writer())
             .await?;
         Ok(())
+    }
+
+    async fn touch_sessions(&self, seen: &[([u8; 32], DateTime<Utc>)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin().await?;
+        for (token_hash, at) in seen {
+            query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $2")
+                .bind(&token_hash[..])
+                .bind(*at)
+                .execute(&mut tx)
+                .await?;
+        }
+        tx.commit().await
     }
 
     async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {

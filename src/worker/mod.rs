@@ -1,29 +1,59 @@
 //! Background work: one loop per job, started with the server and stopped with it. Each loop
 //! owns its schedule and logs its own failures; none of them answers a request.
 
+pub mod last_seen;
 mod sweeper;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::sessions::Sessions;
+use crate::store::Store;
+pub use last_seen::LastSeen;
+
+/// What the background loops work with.
+#[derive(Debug, Clone)]
+pub struct WorkerDeps {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Sessions (the sweeper deletes expired ones).
+    pub sessions: Sessions,
+    /// Connected accounts (the sweeper deletes expired pending ones).
+    pub auth_profiles: AuthProfiles,
+    /// Last-use times to write.
+    pub last_seen: Arc<LastSeen>,
+    /// How often they are written.
+    pub last_seen_every: Duration,
+}
 
 /// The running background loops.
 #[derive(Debug)]
 pub struct Workers {
     handles: Vec<JoinHandle<()>>,
+    deps: WorkerDeps,
 }
 
 impl Workers {
     /// Starts every background loop.
-    pub fn start(sessions: Sessions, auth_profiles: AuthProfiles) -> Self {
-        Self { handles: vec![tokio::spawn(sweeper::run(sessions, auth_profiles))] }
+    pub fn start(deps: WorkerDeps) -> Self {
+        let handles = vec![
+            tokio::spawn(sweeper::run(deps.sessions.clone(), deps.auth_profiles.clone())),
+            tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),
+        ];
+        Self { handles, deps }
     }
 
-    /// Stops them (at shutdown, after the server has finished its requests).
-    pub fn stop(self) {
+    /// Stops them (at shutdown, after the server has finished its requests), and writes the
+    /// last-use times still pending.
+    pub async fn stop(self) {
         for handle in self.handles {
             handle.abort();
+        }
+        if let Err(error) = self.deps.last_seen.flush(self.deps.store.as_ref()).await {
+            tracing::warn!(error = %error, "cannot record the last-use times pending at shutdown");
         }
     }
 }

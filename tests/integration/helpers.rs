@@ -290,13 +290,20 @@ impl TestApp {
     }
 
     /// Stops the server and waits for it to finish.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_db().await;
+    }
+
+    /// Stops the server gracefully and hands back its database, for assertions on what the
+    /// server wrote while stopping.
+    pub async fn stop_keeping_db(mut self) -> TestDb {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(handle) = self.handle.take() {
             handle.await.expect("server task");
         }
+        self.db
     }
 }
 

@@ -37,6 +37,7 @@ on_both_backends!(
     identity_links_cannot_be_repointed,
     the_database_allows_one_default_team_per_user,
     touching_an_identity_only_moves_forward,
+    batched_touches_only_move_forward_and_skip_what_is_gone,
     the_data_report_counts_broken_invariants,
     // Users
     disabling_a_user_deletes_their_sessions,
@@ -540,6 +541,37 @@ async fn touching_an_identity_only_moves_forward(backend: Backend) {
     store.touch_identity(new.identity_id, new.now).await.unwrap();
     let found = store.find_identity(&new.issuer, &new.subject).await.unwrap().unwrap();
     assert_eq!(found.last_seen_at, later);
+}
+
+async fn batched_touches_only_move_forward_and_skip_what_is_gone(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let (a, b) = (account("batch-a", None), account("batch-b", None));
+    store.create_account(&a).await.unwrap();
+    store.create_account(&b).await.unwrap();
+    let later = a.now + TimeDelta::minutes(5);
+    let earlier = a.now - TimeDelta::minutes(5);
+    store.touch_identities(&[(a.identity_id, later), (b.identity_id, earlier)]).await.unwrap();
+    store.touch_identities(&[]).await.unwrap();
+    let seen = |account: &NewAccount| {
+        let store = store.clone();
+        let (issuer, subject) = (account.issuer.clone(), account.subject.clone());
+        async move { store.find_identity(&issuer, &subject).await.unwrap().unwrap().last_seen_at }
+    };
+    assert_eq!(seen(&a).await, later);
+    assert_eq!(seen(&b).await, b.now, "never moved back");
+
+    let user = store.find_identity(&a.issuer, &a.subject).await.unwrap().unwrap().user.id;
+    let (kept, gone) = ([1u8; 32], [2u8; 32]);
+    for token_hash in [kept, gone] {
+        let new = NewSession { token_hash, user_id: user, identity_id: None, now: a.now, expires_at: later };
+        store.insert_session(&new).await.unwrap();
+    }
+    assert!(store.delete_session(&gone).await.unwrap());
+    store.touch_sessions(&[(kept, later), (gone, later)]).await.unwrap();
+    assert_eq!(store.session(&kept).await.unwrap().unwrap().last_seen_at, later);
+    assert_eq!(store.session(&gone).await.unwrap(), None, "a deleted session stays deleted");
+    store.touch_sessions(&[(kept, a.now)]).await.unwrap();
+    assert_eq!(store.session(&kept).await.unwrap().unwrap().last_seen_at, later, "never moved back");
 }
 
 async fn the_data_report_counts_broken_invariants(backend: Backend) {

@@ -1,0 +1,92 @@
+//! Last-use bookkeeping off the request path: token validation and session resolution record
+//! when an identity or a session was last seen in memory ([`LastSeen`]), and this worker writes
+//! them in one transaction per kind every `server.last_seen_flush_ms`, and once more at shutdown.
+//! A request never waits for such a write; a crash loses at most one interval of them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::IdentityId;
+use crate::store::{Store, StoreError};
+
+/// Last-use times waiting to be written. Each key holds its latest time only, so memory is
+/// bounded by the distinct identities and sessions seen in one interval.
+#[derive(Debug, Default)]
+pub struct LastSeen {
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    identities: HashMap<IdentityId, DateTime<Utc>>,
+    sessions: HashMap<[u8; 32], DateTime<Utc>>,
+}
+
+impl LastSeen {
+    /// Records that an identity was seen at `at`.
+    pub fn identity(&self, identity: IdentityId, at: DateTime<Utc>) {
+        let mut pending = self.lock();
+        let entry = pending.identities.entry(identity).or_insert(at);
+        *entry = (*entry).max(at);
+    }
+
+    /// Records that a session (by the hash of its cookie) was used at `at`.
+    pub fn session(&self, token_hash: [u8; 32], at: DateTime<Utc>) {
+        let mut pending = self.lock();
+        let entry = pending.sessions.entry(token_hash).or_insert(at);
+        *entry = (*entry).max(at);
+    }
+
+    /// How many last-use times wait to be written.
+    pub fn pending(&self) -> usize {
+        let pending = self.lock();
+        pending.identities.len() + pending.sessions.len()
+    }
+
+    /// Writes what is pending. What cannot be written is kept for the next attempt.
+    pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        let taken = std::mem::take(&mut *self.lock());
+        let identities: Vec<_> = taken.identities.into_iter().collect();
+        let sessions: Vec<_> = taken.sessions.into_iter().collect();
+        let written = identities.len() + sessions.len();
+        let outcome = match store.touch_identities(&identities).await {
+            Ok(()) => store.touch_sessions(&sessions).await.map_err(|e| (e, Vec::new(), sessions)),
+            Err(e) => Err((e, identities, sessions)),
+        };
+        match outcome {
+            Ok(()) => Ok(written),
+            Err((error, identities, sessions)) => {
+                for (identity, at) in identities {
+                    self.identity(identity, at);
+                }
+                for (token_hash, at) in sessions {
+                    self.session(token_hash, at);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Writes the pending last-use times every `every`.
+pub(super) async fn run(last_seen: Arc<LastSeen>, store: Arc<dyn Store>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match last_seen.flush(store.as_ref()).await {
+            Ok(0) => {}
+            Ok(written) => tracing::debug!(written, "recorded last-use times"),
+            Err(error) => {
+                tracing::warn!(error = %error, pending = last_seen.pending(), "cannot record last-use times; will retry")
+            }
+        }
+    }
+}
