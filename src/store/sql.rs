@@ -21,7 +21,7 @@ use super::{
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
     AuthProfile, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, ProfileId, Role, Slug,
-    Subject, Team, TeamId, TeamRef, User, UserId, UserProfile,
+    Subject, Team, TeamId, TeamMembership, TeamRef, User, UserId, UserProfile,
 };
 
 /// Tessera's storage on SQLite or PostgreSQL (with an optional read replica).
@@ -162,44 +162,47 @@ fn push_secret(
     Ok(())
 }
 
-/// A user with their identities and teams: three statements on one pool.
+/// A user with their identities and teams, in one statement: the user joined with each of their
+/// identities and each of their teams (a small product: identities × teams rows), folded here.
 async fn read_user_profile(pool: PoolRef<'_>, user: UserId) -> Result<Option<UserProfile>, StoreError> {
-    let row = query(concat!(
+    let rows = query(concat!(
         "SELECT ",
         user_columns!(),
-        ", u.primary_identity_id AS primary_identity_id FROM users u WHERE u.id = $1"
+        ", u.primary_identity_id AS primary_identity_id, ",
+        identity_columns!(),
+        ", ",
+        team_columns!(),
+        ", m.role AS role, m.is_default AS is_default, m.created_at AS membership_created_at
+          FROM users u
+          LEFT JOIN identities i ON i.user_id = u.id
+          LEFT JOIN memberships m ON m.user_id = u.id
+          LEFT JOIN teams t ON t.id = m.team_id
+          WHERE u.id = $1"
     ))
     .bind(user.as_uuid())
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    let Some(row) = row else {
+    let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let (found, chosen_primary) = (rows::user(&row)?, row.opt_uuid("primary_identity_id")?);
-    let identities = query(concat!(
-        "SELECT ",
-        identity_columns!(),
-        " FROM identities i WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
-    ))
-    .bind(user.as_uuid())
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(rows::identity)
-    .collect::<Result<Vec<_>, _>>()?;
-    let teams = query(concat!(
-        "SELECT ",
-        team_columns!(),
-        ", m.role AS role, m.is_default AS is_default
-          FROM memberships m JOIN teams t ON t.id = m.team_id
-          WHERE m.user_id = $1 ORDER BY m.is_default DESC, m.created_at, t.id"
-    ))
-    .bind(user.as_uuid())
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(rows::membership)
-    .collect::<Result<Vec<_>, _>>()?;
+    let (found, chosen_primary) = (rows::user(first)?, first.opt_uuid("primary_identity_id")?);
+    let mut identities = Vec::new();
+    let mut teams = Vec::new();
+    for row in &rows {
+        if let Some(id) = row.opt_uuid("identity_id")?
+            && !identities.iter().any(|i: &Identity| i.id.as_uuid() == id)
+        {
+            identities.push(rows::identity(row)?);
+        }
+        if let Some(id) = row.opt_uuid("team_id")?
+            && !teams.iter().any(|(_, t): &(DateTime<Utc>, TeamMembership)| t.team.id.as_uuid() == id)
+        {
+            teams.push((row.time("membership_created_at")?, rows::membership(row)?));
+        }
+    }
+    identities.sort_by_key(|i| (i.created_at, i.id.as_uuid()));
+    teams.sort_by_key(|(at, m)| (!m.is_default, *at, m.team.id.as_uuid()));
+    let teams = teams.into_iter().map(|(_, membership)| membership).collect();
     Ok(Some(rows::user_profile(found, chosen_primary, identities, teams)))
 }
 
