@@ -5,6 +5,7 @@
 mod bootstrap;
 mod connections;
 mod harness;
+mod me;
 mod signin;
 mod soak;
 mod validate;
@@ -39,6 +40,8 @@ enum Bench {
     /// Connected accounts: create-or-reuse and token reads at many concurrent members, beside a
     /// bare single-row SELECT of the same database.
     Connections(connections::ConnectionsArgs),
+    /// `GET /v1/me` with a session cookie at many connections, beside a bare single-row SELECT.
+    Me(me::MeArgs),
     /// Mixed load at a steady rate for minutes against a `tessera serve` child: requests,
     /// errors, p99 and the server's resident memory per minute.
     Soak(soak::SoakArgs),
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
             Bench::Signin(args) => signin::run(args).await,
             Bench::Connections(args) => connections::run(args).await,
             Bench::Soak(args) => soak::run(args).await,
+            Bench::Me(args) => me::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
