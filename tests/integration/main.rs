@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bootstrap;
+mod caches;
 mod cli;
 mod connections;
 mod credentials;

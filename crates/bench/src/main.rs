@@ -3,6 +3,7 @@
 //! tests: nothing here asserts on timing. `scripts/bench NAME` builds and runs it.
 
 mod bootstrap;
+mod caches;
 mod connections;
 mod harness;
 mod signin;
@@ -38,6 +39,9 @@ enum Bench {
     /// Connected accounts: create-or-reuse and token reads at many concurrent members, beside a
     /// bare single-row SELECT of the same database.
     Connections(connections::ConnectionsArgs),
+    /// The memory of each validation cache at its entry limit, beside a plain map of the same
+    /// entries, and whether expired entries give their memory back for reuse.
+    Caches(caches::CachesArgs),
 }
 
 /// The `tessera` binary the benchmarks start: `TESSERA_BIN`, else the one beside this binary
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Bench::Validate(args) => validate::run(args).await,
             Bench::Signin(args) => signin::run(args).await,
             Bench::Connections(args) => connections::run(args).await,
+            Bench::Caches(args) => caches::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
