@@ -13,6 +13,7 @@ mod e2e_oidc;
 mod errors;
 mod github;
 mod locale;
+mod readiness;
 mod replica;
 mod signin;
 mod store;
