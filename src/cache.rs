@@ -1,79 +1,137 @@
 //! A small bounded in-memory cache with per-entry deadlines, for the token-validation path.
 //!
-//! It never stores negative answers: callers insert only what they found. When full, expired
-//! entries are dropped first; if that is not enough the cache starts over, which costs a burst of
-//! misses but keeps memory bounded under any load.
+//! It never stores negative answers: callers insert only what they found. It is a
+//! [`moka::sync::Cache`]: an entry leaves memory at its own deadline, whether or not the cache is
+//! full (moka's timer wheel finds it during the housekeeping that the cache's reads and writes
+//! run, at least every 300 ms while it is used; an idle cache drops it at its next use), and when
+//! the cache is full its TinyLFU policy keeps the entries used most often rather than admitting
+//! every newcomer. So under steady load the cache holds about what arrived within one lifetime,
+//! never more than its limit (README, "Memory of the caches", has the cost per entry).
 
-use std::collections::HashMap;
+use std::fmt;
 use std::hash::Hash;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::sync::Cache;
 
 /// A bounded map whose entries expire at their own deadline.
-#[derive(Debug)]
 pub struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, (V, Instant)>>,
+    /// `None` when the cache is disabled (a limit of zero entries).
+    entries: Option<Cache<K, Entry<V>>>,
     max_entries: usize,
 }
 
-impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
+/// A value and the instant it stops being served.
+#[derive(Clone)]
+struct Entry<V> {
+    value: V,
+    until: Instant,
+}
+
+/// Tells moka that an entry lives until its own deadline, on insert and on replacement alike.
+struct UntilDeadline;
+
+impl<K, V> Expiry<K, Entry<V>> for UntilDeadline {
+    fn expire_after_create(&self, _key: &K, entry: &Entry<V>, created_at: Instant) -> Option<Duration> {
+        Some(entry.until.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &K,
+        entry: &Entry<V>,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.until.saturating_duration_since(updated_at))
+    }
+}
+
+impl<K, V> TtlCache<K, V>
+where
+    K: Eq + Hash + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
     /// An empty cache holding at most `max_entries` (zero disables it).
     pub fn new(max_entries: usize) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), max_entries }
+        let entries = (max_entries > 0).then(|| {
+            Cache::builder()
+                .max_capacity(u64::try_from(max_entries).unwrap_or(u64::MAX))
+                .expire_after(UntilDeadline)
+                .build()
+        });
+        Self { entries, max_entries }
     }
 
     /// The value for `key`, unless absent or past its deadline.
     pub fn get(&self, key: &K, now: Instant) -> Option<V> {
-        let mut entries = self.lock();
-        match entries.get(key) {
-            Some((value, until)) if now < *until => Some(value.clone()),
-            Some(_) => {
-                entries.remove(key);
-                None
-            }
-            None => None,
+        let entries = self.entries.as_ref()?;
+        let entry = entries.get(key)?;
+        // moka drops an entry at its deadline by its own clock; the caller's `now` decides too.
+        if now < entry.until {
+            Some(entry.value)
+        } else {
+            entries.invalidate(key);
+            None
         }
     }
 
     /// Stores `value` until `until`.
     pub fn insert(&self, key: K, value: V, until: Instant, now: Instant) {
-        if self.max_entries == 0 || until <= now {
+        let Some(entries) = &self.entries else { return };
+        if until <= now {
             return;
         }
-        let mut entries = self.lock();
-        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
-            entries.retain(|_, (_, deadline)| now < *deadline);
-            if entries.len() >= self.max_entries {
-                entries.clear();
-            }
-        }
-        entries.insert(key, (value, until));
+        entries.insert(key, Entry { value, until });
     }
 
     /// Removes one entry.
     pub fn remove_key(&self, key: &K) {
-        self.lock().remove(key);
+        if let Some(entries) = &self.entries {
+            entries.invalidate(key);
+        }
     }
 
-    /// Removes every entry whose value matches `predicate`.
+    /// Removes every entry whose value matches `predicate` (a walk over all entries: for purges,
+    /// not for the hot path).
     pub fn remove_where(&self, predicate: impl Fn(&V) -> bool) {
-        self.lock().retain(|_, (value, _)| !predicate(value));
+        let Some(entries) = &self.entries else { return };
+        for (key, entry) in entries.iter() {
+            if predicate(&entry.value) {
+                entries.invalidate(&*key);
+            }
+        }
     }
 
-    /// How many entries are held (expired ones included until they are touched).
+    /// How many entries are held. Runs the pending housekeeping first, so that expired and
+    /// evicted entries are no longer counted (and no longer in memory): for tests and
+    /// diagnostics, not for the hot path.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        let Some(entries) = &self.entries else { return 0 };
+        entries.run_pending_tasks();
+        usize::try_from(entries.entry_count()).unwrap_or(usize::MAX)
     }
 
-    /// Whether the cache is empty.
+    /// Whether the cache is empty (see [`TtlCache::len`]).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, Instant)>> {
-        // A panic while holding the lock cannot leave the map inconsistent (every operation is a
-        // single HashMap call), so a poisoned lock is safe to keep using.
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The most entries the cache holds (zero when it is disabled).
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+}
+
+impl<K, V> fmt::Debug for TtlCache<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Counts only: the entries are principals and token claims, too many and too personal
+        // to print.
+        f.debug_struct("TtlCache")
+            .field("max_entries", &self.max_entries)
+            .field("entries", &self.entries.as_ref().map_or(0, |entries| entries.entry_count()))
+            .finish()
     }
 }
 
@@ -96,21 +154,67 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_stays_bounded_and_can_be_purged_by_value() {
+    fn expired_entries_leave_the_cache_without_being_read_or_pushed_out() {
+        // Far from full: only the deadlines can empty it.
+        let cache = TtlCache::new(100_000);
+        let now = Instant::now();
+        let until = now + Duration::from_millis(300);
+        for i in 0..1_000 {
+            cache.insert(i, i, until, now);
+        }
+        let longer = now + Duration::from_secs(60);
+        cache.insert(-1, -1, longer, now);
+        assert_eq!(cache.len(), 1_001);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.len() > 1 {
+            assert!(Instant::now() < deadline, "{} entries still held past their deadline", cache.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(cache.get(&-1, Instant::now()), Some(-1), "an entry within its deadline stays");
+    }
+
+    #[test]
+    fn a_replaced_entry_lives_until_its_new_deadline() {
+        let cache = TtlCache::new(10);
+        let now = Instant::now();
+        cache.insert("a", 1, now + Duration::from_secs(60), now);
+        cache.insert("a", 2, now + Duration::from_millis(100), now);
+        assert_eq!(cache.get(&"a", now), Some(2));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cache.is_empty() {
+            assert!(Instant::now() < deadline, "the replaced entry kept the old deadline");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
         let cache = TtlCache::new(3);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        for i in 0..100 {
+            cache.insert(i, i, later, now);
+            assert!(cache.len() <= 3);
+        }
+        let disabled = TtlCache::new(0);
+        disabled.insert(1, 1, later, now);
+        assert_eq!(disabled.get(&1, now), None);
+        assert_eq!(disabled.len(), 0);
+    }
+
+    #[test]
+    fn entries_can_be_purged_by_key_and_by_value() {
+        let cache = TtlCache::new(100);
         let now = Instant::now();
         let later = now + Duration::from_secs(60);
         for i in 0..10 {
             cache.insert(i, i % 2, later, now);
-            assert!(cache.len() <= 3);
         }
-        cache.insert(100, 1, later, now);
-        cache.insert(101, 0, later, now);
         cache.remove_where(|v| *v == 1);
-        assert_eq!(cache.get(&100, now), None);
-        assert_eq!(cache.get(&101, now), Some(0));
-        let disabled = TtlCache::new(0);
-        disabled.insert(1, 1, later, now);
-        assert_eq!(disabled.get(&1, now), None);
+        cache.remove_key(&0);
+        assert_eq!(cache.get(&1, now), None);
+        assert_eq!(cache.get(&0, now), None);
+        assert_eq!(cache.get(&2, now), Some(0));
+        assert_eq!(cache.len(), 4);
     }
 }

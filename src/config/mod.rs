@@ -136,6 +136,10 @@ pub struct DatabaseConfig {
     /// How long to wait for a connection before reporting the store unavailable
     /// (`database.acquire_timeout_ms`).
     pub acquire_timeout: Duration,
+    /// How long `/readyz` waits for the database before answering 503
+    /// (`database.ready_timeout_ms`): shorter than a probe's own timeout, so that a database
+    /// outage reads as "not ready" rather than as a probe timeout.
+    pub ready_timeout: Duration,
     /// Whether `serve` applies pending migrations itself (`database.auto_migrate`,
     /// `TESSERA_AUTO_MIGRATE`). Defaults to true on SQLite and false on PostgreSQL.
     pub auto_migrate: bool,
@@ -309,6 +313,9 @@ impl fmt::Display for DatabaseUrl {
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tessera.db";
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// How long `/readyz` waits for the database by default: half of the one-second timeout most
+/// probes use (Kubernetes' default), so that the 503 arrives before the probe gives up.
+pub const DEFAULT_READY_TIMEOUT_MS: u64 = 500;
 /// The shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
@@ -371,6 +378,7 @@ struct RawDatabase {
     replica_url: Option<String>,
     max_connections: Option<u32>,
     acquire_timeout_ms: Option<u64>,
+    ready_timeout_ms: Option<u64>,
     auto_migrate: Option<bool>,
 }
 
@@ -460,6 +468,13 @@ impl Config {
             return Err(ConfigError::new(
                 "database.acquire_timeout_ms",
                 "expected a number of milliseconds from 10 to 120000",
+            ));
+        }
+        let ready_timeout_ms = raw.database.ready_timeout_ms.unwrap_or(DEFAULT_READY_TIMEOUT_MS);
+        if !(10..=60_000).contains(&ready_timeout_ms) {
+            return Err(ConfigError::new(
+                "database.ready_timeout_ms",
+                "expected a number of milliseconds from 10 to 60000",
             ));
         }
         let auto_migrate = raw.database.auto_migrate.unwrap_or(url.backend() == Backend::Sqlite);
@@ -577,6 +592,7 @@ impl Config {
                 replica_url,
                 max_connections,
                 acquire_timeout: Duration::from_millis(acquire_timeout_ms),
+                ready_timeout: Duration::from_millis(ready_timeout_ms),
                 auto_migrate,
             },
             admin_tokens: admin_tokens.into_iter().map(SecretString::from).collect(),
@@ -758,6 +774,19 @@ mod tests {
             Config::from_toml("[database]\nauto_migrate = \"no\"\nmax_connections = \"8\"", env(&[])).unwrap();
         assert!(!lenient.database.auto_migrate);
         assert_eq!(lenient.database.max_connections, 8);
+    }
+
+    #[test]
+    fn readiness_answers_within_a_bound_shorter_than_a_probe_timeout() {
+        let default = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(default.database.ready_timeout, Duration::from_millis(DEFAULT_READY_TIMEOUT_MS));
+        assert!(default.database.ready_timeout < Duration::from_secs(1), "probes usually give up after 1 s");
+        let set = Config::from_toml("[database]\nready_timeout_ms = 250", env(&[])).unwrap();
+        assert_eq!(set.database.ready_timeout, Duration::from_millis(250));
+        for wrong in ["0", "9", "60001"] {
+            let error = Config::from_toml(&format!("[database]\nready_timeout_ms = {wrong}"), env(&[])).unwrap_err();
+            assert_eq!(error.key, "database.ready_timeout_ms", "{wrong}");
+        }
     }
 
     #[test]

@@ -366,6 +366,7 @@ mod tests {
             &[
                 ("TESSERA_DATABASE__MAX_CONNECTIONS", "5"),
                 ("TESSERA_DATABASE__AUTO_MIGRATE", "no"),
+                ("TESSERA_DATABASE__READY_TIMEOUT_MS", "200"),
                 ("TESSERA_JWKS__FETCH_TIMEOUT_MS", "250"),
                 ("TESSERA_CACHE__PRINCIPAL_TTL_SECONDS", "5"),
                 ("TESSERA_AUTH__SESSION_TTL_HOURS", "2"),
@@ -380,6 +381,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.database.max_connections, 5);
         assert!(!config.database.auto_migrate);
+        assert_eq!(config.database.ready_timeout, Duration::from_millis(200));
         assert_eq!(config.jwks.fetch_timeout, Duration::from_millis(250));
         assert_eq!(config.cache.principal_ttl, Duration::from_secs(5));
         assert_eq!(config.auth.session_ttl, Duration::from_secs(2 * 3600));

@@ -1,4 +1,5 @@
-//! Liveness (`GET /healthz`) and readiness (`GET /readyz`, the database answers).
+//! Liveness (`GET /healthz`) and readiness (`GET /readyz`, the database answers within
+//! `database.ready_timeout_ms`).
 
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ async fn healthz() -> Json<HealthResponse> {
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<HealthResponse>, ApiError> {
     state
         .store
-        .ping()
+        .ready()
         .await
         .map_err(|e| ApiError::new(ErrorCode::StoreUnavailable, "the database does not answer").with_source(e))?;
     Ok(Json(HealthResponse { status: HealthStatus::Ready }))

@@ -83,6 +83,12 @@ impl PrincipalCache {
         }
     }
 
+    /// How many principals are cached. Expired entries are not counted: they leave memory at
+    /// their deadline (see [`TtlCache::len`]). For tests and diagnostics, not for the hot path.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Forgets everything cached about `user`, and reads them from the primary for a while.
     pub fn invalidate_user(&self, user: UserId) {
         self.epoch.fetch_add(1, Ordering::SeqCst);

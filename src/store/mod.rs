@@ -488,6 +488,11 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Checks that the database answers within the readiness bound (`database.ready_timeout_ms`),
+    /// for `/readyz`: [`StoreError::Unavailable`] when it does not, however long the pool would
+    /// have waited.
+    async fn ready(&self) -> Result<(), StoreError>;
+
     /// Compares the applied migrations with those built into this binary.
     async fn migration_status(&self) -> Result<MigrationStatus, StoreError>;
 

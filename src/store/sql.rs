@@ -28,12 +28,14 @@ use crate::domain::{
 #[derive(Debug)]
 pub struct SqlStore {
     db: Db,
+    /// The bound of [`Store::ready`] (`database.ready_timeout_ms`).
+    ready_timeout: std::time::Duration,
 }
 
 impl SqlStore {
     /// Connects to the database the configuration names (an SQLite file is created if missing).
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        Ok(Self { db: Db::connect(config).await? })
+        Ok(Self { db: Db::connect(config).await?, ready_timeout: config.ready_timeout })
     }
 }
 
@@ -216,6 +218,14 @@ impl Store for SqlStore {
         // The reader: on SQLite the writer is one connection, busy with every write transaction.
         query("SELECT 1").execute(self.db.reader()).await?;
         Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        // Without the bound, a database that is down costs the whole pool acquire timeout (with
+        // connection retries) before the answer. Dropping the ping mid-acquire is safe.
+        tokio::time::timeout(self.ready_timeout, self.ping())
+            .await
+            .map_err(|_elapsed| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?
     }
 
     async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {

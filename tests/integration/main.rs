@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bootstrap;
+mod caches;
 mod cli;
 mod connections;
 mod credentials;
@@ -13,6 +14,7 @@ mod errors;
 mod github;
 mod last_seen;
 mod locale;
+mod readiness;
 mod replica;
 mod server;
 mod signin;

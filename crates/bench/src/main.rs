@@ -3,6 +3,7 @@
 //! tests: nothing here asserts on timing. `scripts/bench NAME` builds and runs it.
 
 mod bootstrap;
+mod caches;
 mod connections;
 mod harness;
 mod me;
@@ -45,6 +46,9 @@ enum Bench {
     /// Mixed load at a steady rate for minutes against a `tessera serve` child: requests,
     /// errors, p99 and the server's resident memory per minute.
     Soak(soak::SoakArgs),
+    /// The memory of each validation cache at its entry limit, beside a plain map of the same
+    /// entries, and whether expired entries give their memory back for reuse.
+    Caches(caches::CachesArgs),
 }
 
 /// The `tessera` binary the benchmarks start: `TESSERA_BIN`, else the one beside this binary
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
             Bench::Connections(args) => connections::run(args).await,
             Bench::Soak(args) => soak::run(args).await,
             Bench::Me(args) => me::run(args).await,
+            Bench::Caches(args) => caches::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
