@@ -11,6 +11,9 @@
 //! - An unknown `kid`, or a signature that fails with the cached key (a re-key under the same
 //!   `kid`), triggers a refetch at most once per cooldown, each kind with its own. Refreshes are
 //!   single-flight: callers that arrive while one is running wait for it and use its result.
+//! - A key is answered as not the issuer's ([`AfterMiss::CoolingDown`], hence `unknown_key`) only
+//!   when the last fetch succeeded and did not list it. While fetches fail, a miss that cannot be
+//!   refetched is [`AfterMiss::Unavailable`]: Tessera does not know the issuer's keys then.
 //! - An outage is logged once when it starts (warn) and once when it ends (info), per issuer;
 //!   the requests it makes fail are counted by the token verifier
 //!   (`tessera_issuer_unavailable_total`), not logged one by one.
@@ -141,9 +144,11 @@ pub enum Miss {
 pub enum AfterMiss {
     /// A newer key set, fetched now or by a concurrent caller.
     Newer(Arc<KeySet>),
-    /// No refetch: one for this kind of miss happened within the cooldown.
+    /// No refetch: one for this kind of miss happened within the cooldown and the last fetch
+    /// succeeded, so the cached set is what the issuer publishes.
     CoolingDown,
-    /// The refetch failed: the issuer cannot be reached or answered nonsense.
+    /// The refetch failed (the issuer cannot be reached or answered nonsense), or was not tried
+    /// because the last fetch failed: the cached set may not be what the issuer publishes now.
     Unavailable,
 }
 
@@ -223,7 +228,7 @@ impl JwksCache {
             }
             None => match self.inner.refresh(Reason::Missing, None).await {
                 Refreshed::Fetched(set) | Refreshed::Newer(set) => Some(set),
-                Refreshed::Refused | Refreshed::Failed => None,
+                Refreshed::Refused(_) | Refreshed::Failed => None,
             },
         }
     }
@@ -233,8 +238,10 @@ impl JwksCache {
     pub async fn refresh_after_miss(&self, seen: &KeySet, miss: Miss) -> AfterMiss {
         match self.inner.refresh(Reason::Miss(miss), Some(seen.generation)).await {
             Refreshed::Fetched(set) | Refreshed::Newer(set) => AfterMiss::Newer(set),
-            Refreshed::Refused => AfterMiss::CoolingDown,
-            Refreshed::Failed => AfterMiss::Unavailable,
+            Refreshed::Refused(Wait::CoolingDown) => AfterMiss::CoolingDown,
+            // Not refetched because the issuer was failing: its keys are not known to be the
+            // cached ones, whatever the cooldown says.
+            Refreshed::Refused(Wait::BackingOff) | Refreshed::Failed => AfterMiss::Unavailable,
         }
     }
 
@@ -248,7 +255,7 @@ impl JwksCache {
         // While the issuer is failing, requests keep meeting expired keys: most of them fall in
         // the back-off, and are told so here without spawning anything.
         if let Ok(state) = self.inner.refresh.try_lock()
-            && self.inner.refused(&state, Reason::Expired, Instant::now())
+            && self.inner.refused(&state, Reason::Expired, Instant::now()).is_some()
         {
             return;
         }
@@ -270,9 +277,20 @@ enum Refreshed {
     /// Another caller fetched one while this one waited.
     Newer(Arc<KeySet>),
     /// Not attempted: too soon after the last one.
-    Refused,
+    Refused(Wait),
     /// Attempted and failed.
     Failed,
+}
+
+/// Why a fetch was not attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The last fetch succeeded, and one for the same kind of miss happened within the cooldown:
+    /// the cached keys are the issuer's.
+    CoolingDown,
+    /// The last fetch failed, too recently to try again: nothing is known about the issuer's
+    /// keys now.
+    BackingOff,
 }
 
 impl Inner {
@@ -280,10 +298,10 @@ impl Inner {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Whether a fetch for `reason` must wait: too soon after the last one of its kind.
-    fn refused(&self, state: &RefreshState, reason: Reason, now: Instant) -> bool {
+    /// Whether, and why, a fetch for `reason` must wait: too soon after the last one of its kind.
+    fn refused(&self, state: &RefreshState, reason: Reason, now: Instant) -> Option<Wait> {
         let too_soon = |last: Option<Instant>, wait: Duration| last.is_some_and(|t| now.duration_since(t) < wait);
-        match reason {
+        let too_soon = match reason {
             // Misses are what an attacker controls: at most one refetch per kind per cooldown.
             Reason::Miss(Miss::UnknownKey) => too_soon(state.last_unknown_key, self.cooldown),
             Reason::Miss(Miss::BadSignature) => too_soon(state.last_bad_signature, self.cooldown),
@@ -291,7 +309,9 @@ impl Inner {
             Reason::Missing | Reason::Expired => {
                 state.last_failed && too_soon(state.last_attempt, self.cooldown.min(Duration::from_secs(5)))
             }
-        }
+        };
+        // A cooldown says the cached keys are the issuer's only if the last fetch succeeded.
+        too_soon.then_some(if state.last_failed { Wait::BackingOff } else { Wait::CoolingDown })
     }
 
     async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Refreshed {
@@ -303,8 +323,8 @@ impl Inner {
             return Refreshed::Newer(current);
         }
         let now = Instant::now();
-        if self.refused(&state, reason, now) {
-            return Refreshed::Refused;
+        if let Some(wait) = self.refused(&state, reason, now) {
+            return Refreshed::Refused(wait);
         }
         match reason {
             Reason::Miss(Miss::UnknownKey) => state.last_unknown_key = Some(now),
