@@ -382,6 +382,8 @@ mod tests {
         config.jwks_uri = Some(url::Url::parse("http://127.0.0.1:9/jwks").unwrap());
         let jwks = JwksConfig {
             refetch_cooldown: Duration::ZERO,
+            failure_backoff: Duration::ZERO,
+            failure_backoff_max: Duration::ZERO,
             fetch_timeout: Duration::from_secs(2),
             min_max_age: Duration::ZERO,
         };
