@@ -113,9 +113,14 @@ impl Default for ServerConfig {
 /// How issuer keys are fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksConfig {
-    /// Least time between two refetches triggered by an unknown `kid` or a failed signature
-    /// (`jwks.refetch_cooldown_seconds`).
+    /// Least time between two refetches triggered by an unknown `kid` or a failed signature,
+    /// after a successful fetch (`jwks.refetch_cooldown_seconds`).
     pub refetch_cooldown: Duration,
+    /// How long the next fetch waits after a failed one, from its end (`jwks.failure_backoff_ms`);
+    /// doubled after each further consecutive failure, up to `failure_backoff_max`.
+    pub failure_backoff: Duration,
+    /// The longest wait after failed fetches (`jwks.failure_backoff_max_ms`).
+    pub failure_backoff_max: Duration,
     /// Timeout of one discovery or JWKS request (`jwks.fetch_timeout_ms`).
     pub fetch_timeout: Duration,
     /// Keys are kept at least this long whatever `max-age` the issuer sends
@@ -367,6 +372,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawJwks {
     refetch_cooldown_seconds: Option<u64>,
+    failure_backoff_ms: Option<u64>,
+    failure_backoff_max_ms: Option<u64>,
     fetch_timeout_ms: Option<u64>,
     min_max_age_seconds: Option<u64>,
 }
@@ -528,6 +535,17 @@ impl Config {
         if !(1..=3600).contains(&cooldown) {
             return Err(ConfigError::new("jwks.refetch_cooldown_seconds", "expected 1 to 3600 seconds"));
         }
+        let failure_backoff = raw.jwks.failure_backoff_ms.unwrap_or(1_000);
+        if !(100..=60_000).contains(&failure_backoff) {
+            return Err(ConfigError::new("jwks.failure_backoff_ms", "expected 100 to 60000 milliseconds"));
+        }
+        let failure_backoff_max = raw.jwks.failure_backoff_max_ms.unwrap_or(5_000.max(failure_backoff));
+        if !(failure_backoff..=60_000).contains(&failure_backoff_max) {
+            return Err(ConfigError::new(
+                "jwks.failure_backoff_max_ms",
+                format!("expected {failure_backoff} (jwks.failure_backoff_ms) to 60000 milliseconds"),
+            ));
+        }
         let fetch_timeout = raw.jwks.fetch_timeout_ms.unwrap_or(5_000);
         if !(100..=60_000).contains(&fetch_timeout) {
             return Err(ConfigError::new("jwks.fetch_timeout_ms", "expected 100 to 60000 milliseconds"));
@@ -564,6 +582,8 @@ impl Config {
         }
         let jwks = JwksConfig {
             refetch_cooldown: Duration::from_secs(cooldown),
+            failure_backoff: Duration::from_millis(failure_backoff),
+            failure_backoff_max: Duration::from_millis(failure_backoff_max),
             fetch_timeout: Duration::from_millis(fetch_timeout),
             min_max_age: Duration::from_secs(min_max_age),
         };
@@ -706,6 +726,27 @@ mod tests {
         assert!(config.database.auto_migrate);
         assert!(config.admin_tokens.is_empty());
         assert!(config.issuers.is_empty());
+        assert_eq!(config.jwks.refetch_cooldown, Duration::from_secs(30));
+        assert_eq!(config.jwks.failure_backoff, Duration::from_secs(1));
+        assert_eq!(config.jwks.failure_backoff_max, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_failure_back_off_is_short_and_capped() {
+        let jwks = |text: &str| Config::from_toml(&format!("[jwks]\n{text}"), env(&[])).map(|c| c.jwks);
+        let set = jwks("failure_backoff_ms = 250\nfailure_backoff_max_ms = 2000").unwrap();
+        assert_eq!(
+            (set.failure_backoff, set.failure_backoff_max),
+            (Duration::from_millis(250), Duration::from_secs(2))
+        );
+        // A first wait above the default cap raises the cap with it.
+        let long = jwks("failure_backoff_ms = 8000").unwrap();
+        assert_eq!((long.failure_backoff, long.failure_backoff_max), (Duration::from_secs(8), Duration::from_secs(8)));
+        let key = |text: &str| jwks(text).unwrap_err().key;
+        assert_eq!(key("failure_backoff_ms = 0"), "jwks.failure_backoff_ms");
+        assert_eq!(key("failure_backoff_ms = 60001"), "jwks.failure_backoff_ms");
+        assert_eq!(key("failure_backoff_ms = 2000\nfailure_backoff_max_ms = 1000"), "jwks.failure_backoff_max_ms");
+        assert_eq!(key("failure_backoff_max_ms = 600000"), "jwks.failure_backoff_max_ms");
     }
 
     #[test]

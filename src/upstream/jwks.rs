@@ -6,11 +6,19 @@
 //! - The response's `Cache-Control: max-age` is honoured, clamped between `jwks.min_max_age_seconds`
 //!   and [`MAX_MAX_AGE`] ([`DEFAULT_MAX_AGE`] without one). Expired keys keep being served while
 //!   a background task refreshes them, so a slow or unreachable issuer never holds requests up.
-//!   After a failed fetch the next waits a back-off (the cooldown, at most 5 s) counted from the
-//!   end of the failed one.
 //! - An unknown `kid`, or a signature that fails with the cached key (a re-key under the same
-//!   `kid`), triggers a refetch at most once per cooldown, each kind with its own. Refreshes are
-//!   single-flight: callers that arrive while one is running wait for it and use its result.
+//!   `kid`), triggers a refetch. After a successful fetch for one of these kinds of miss, the
+//!   next for the same kind waits the cooldown (`jwks.refetch_cooldown_seconds`), each kind its
+//!   own. Refreshes are single-flight: callers that arrive while one is running wait for it and
+//!   use its result.
+//! - A failed fetch starts no cooldown: the next fetch, whatever its cause, waits the failure
+//!   back-off instead, counted from the end of the failed one: `jwks.failure_backoff_ms`,
+//!   doubled after each further consecutive failure up to `jwks.failure_backoff_max_ms`. So the
+//!   keys of a rotation made during an outage are seen seconds after it ends, and forged kids
+//!   cost at most one fetch per back-off while it lasts.
+//! - A key is answered as not the issuer's ([`AfterMiss::CoolingDown`], hence `unknown_key`) only
+//!   when the last fetch succeeded and did not list it. While the last fetch failed, a miss is
+//!   [`AfterMiss::Unavailable`], refetched or not: Tessera does not know the issuer's keys then.
 //! - An outage is logged once when it starts (warn) and once when it ends (info), per issuer;
 //!   the requests it makes fail are counted by the token verifier
 //!   (`tessera_issuer_unavailable_total`), not logged one by one.
@@ -141,9 +149,11 @@ pub enum Miss {
 pub enum AfterMiss {
     /// A newer key set, fetched now or by a concurrent caller.
     Newer(Arc<KeySet>),
-    /// No refetch: one for this kind of miss happened within the cooldown.
+    /// No refetch: one for this kind of miss happened within the cooldown and the last fetch
+    /// succeeded, so the cached set is what the issuer publishes.
     CoolingDown,
-    /// The refetch failed: the issuer cannot be reached or answered nonsense.
+    /// The refetch failed (the issuer cannot be reached or answered nonsense), or was not tried
+    /// because the last fetch failed: the cached set may not be what the issuer publishes now.
     Unavailable,
 }
 
@@ -159,11 +169,13 @@ enum Reason {
 
 #[derive(Debug, Default)]
 struct RefreshState {
-    /// When the last fetch of any kind ended, and whether it failed.
+    /// When the last fetch of any kind ended.
     last_attempt: Option<Instant>,
-    last_failed: bool,
-    /// The last fetch caused by each kind of miss: each has its own cooldown, so that tokens
-    /// with forged signatures cannot hold back the keys of a genuine rotation.
+    /// How many fetches in a row failed, up to the last one (zero when it succeeded).
+    failures: u32,
+    /// When the last successful fetch caused by each kind of miss ended: each has its own
+    /// cooldown, so that tokens with forged signatures cannot hold back the keys of a genuine
+    /// rotation. Failed fetches leave them alone: they taught nothing about the keys.
     last_unknown_key: Option<Instant>,
     last_bad_signature: Option<Instant>,
     /// Whether the last fetch failed and the outage was logged: it is logged once when it
@@ -183,6 +195,8 @@ struct Inner {
     jwks_uri: Option<Url>,
     http: reqwest::Client,
     cooldown: Duration,
+    failure_backoff: Duration,
+    failure_backoff_max: Duration,
     min_max_age: Duration,
     current: RwLock<Option<Arc<KeySet>>>,
     refresh: tokio::sync::Mutex<RefreshState>,
@@ -200,6 +214,8 @@ impl JwksCache {
             jwks_uri,
             http,
             cooldown: config.refetch_cooldown,
+            failure_backoff: config.failure_backoff,
+            failure_backoff_max: config.failure_backoff_max,
             min_max_age: config.min_max_age,
             current: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
@@ -223,18 +239,21 @@ impl JwksCache {
             }
             None => match self.inner.refresh(Reason::Missing, None).await {
                 Refreshed::Fetched(set) | Refreshed::Newer(set) => Some(set),
-                Refreshed::Refused | Refreshed::Failed => None,
+                Refreshed::Refused(_) | Refreshed::Failed => None,
             },
         }
     }
 
-    /// After a token's key was not found in `seen`, or failed: refetches unless a refetch for the
-    /// same kind of miss happened within the cooldown.
+    /// After a token's key was not found in `seen`, or failed: refetches, unless the last fetch
+    /// succeeded and one for the same kind of miss succeeded within the cooldown, or the last
+    /// fetch failed within the failure back-off.
     pub async fn refresh_after_miss(&self, seen: &KeySet, miss: Miss) -> AfterMiss {
         match self.inner.refresh(Reason::Miss(miss), Some(seen.generation)).await {
             Refreshed::Fetched(set) | Refreshed::Newer(set) => AfterMiss::Newer(set),
-            Refreshed::Refused => AfterMiss::CoolingDown,
-            Refreshed::Failed => AfterMiss::Unavailable,
+            Refreshed::Refused(Wait::CoolingDown) => AfterMiss::CoolingDown,
+            // Not refetched because the issuer was failing: its keys are not known to be the
+            // cached ones, whatever the cooldown says.
+            Refreshed::Refused(Wait::BackingOff) | Refreshed::Failed => AfterMiss::Unavailable,
         }
     }
 
@@ -248,7 +267,7 @@ impl JwksCache {
         // While the issuer is failing, requests keep meeting expired keys: most of them fall in
         // the back-off, and are told so here without spawning anything.
         if let Ok(state) = self.inner.refresh.try_lock()
-            && self.inner.refused(&state, Reason::Expired, Instant::now())
+            && self.inner.refused(&state, Reason::Expired, Instant::now()).is_some()
         {
             return;
         }
@@ -270,9 +289,20 @@ enum Refreshed {
     /// Another caller fetched one while this one waited.
     Newer(Arc<KeySet>),
     /// Not attempted: too soon after the last one.
-    Refused,
+    Refused(Wait),
     /// Attempted and failed.
     Failed,
+}
+
+/// Why a fetch was not attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The last fetch succeeded, and one for the same kind of miss succeeded within the
+    /// cooldown: the cached keys are the issuer's.
+    CoolingDown,
+    /// The last fetch failed, too recently to try again: nothing is known about the issuer's
+    /// keys now.
+    BackingOff,
 }
 
 impl Inner {
@@ -280,18 +310,29 @@ impl Inner {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Whether a fetch for `reason` must wait: too soon after the last one of its kind.
-    fn refused(&self, state: &RefreshState, reason: Reason, now: Instant) -> bool {
+    /// Whether, and why, a fetch for `reason` must wait.
+    fn refused(&self, state: &RefreshState, reason: Reason, now: Instant) -> Option<Wait> {
         let too_soon = |last: Option<Instant>, wait: Duration| last.is_some_and(|t| now.duration_since(t) < wait);
-        match reason {
+        if state.failures > 0 {
+            // After a failure, do not hammer an unreachable issuer on every request, but try again
+            // within seconds, whatever the cause: a cooldown must not hold back the keys of a
+            // rotation made during the outage.
+            return too_soon(state.last_attempt, self.backoff(state.failures)).then_some(Wait::BackingOff);
+        }
+        let cooling_down = match reason {
             // Misses are what an attacker controls: at most one refetch per kind per cooldown.
             Reason::Miss(Miss::UnknownKey) => too_soon(state.last_unknown_key, self.cooldown),
             Reason::Miss(Miss::BadSignature) => too_soon(state.last_bad_signature, self.cooldown),
-            // After a failure, do not hammer an unreachable issuer on every request.
-            Reason::Missing | Reason::Expired => {
-                state.last_failed && too_soon(state.last_attempt, self.cooldown.min(Duration::from_secs(5)))
-            }
-        }
+            Reason::Missing | Reason::Expired => false,
+        };
+        cooling_down.then_some(Wait::CoolingDown)
+    }
+
+    /// The wait after `failures` consecutive failed fetches (at least one): the failure back-off,
+    /// doubled after each further failure, capped.
+    fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        self.failure_backoff.saturating_mul(1 << doublings).min(self.failure_backoff_max)
     }
 
     async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Refreshed {
@@ -303,22 +344,23 @@ impl Inner {
             return Refreshed::Newer(current);
         }
         let now = Instant::now();
-        if self.refused(&state, reason, now) {
-            return Refreshed::Refused;
-        }
-        match reason {
-            Reason::Miss(Miss::UnknownKey) => state.last_unknown_key = Some(now),
-            Reason::Miss(Miss::BadSignature) => state.last_bad_signature = Some(now),
-            Reason::Missing | Reason::Expired => {}
+        if let Some(wait) = self.refused(&state, reason, now) {
+            return Refreshed::Refused(wait);
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let fetched = self.fetch().await;
-        // The back-off runs from the end of the attempt: a fetch that hangs until its timeout
-        // must not let the next caller start another at once.
-        state.last_attempt = Some(Instant::now());
+        // The cooldown and the back-off run from the end of the attempt: a fetch that hangs until
+        // its timeout must not let the next caller start another at once.
+        let ended = Instant::now();
+        state.last_attempt = Some(ended);
         match fetched {
             Ok((keys, max_age)) => {
-                state.last_failed = false;
+                state.failures = 0;
+                match reason {
+                    Reason::Miss(Miss::UnknownKey) => state.last_unknown_key = Some(ended),
+                    Reason::Miss(Miss::BadSignature) => state.last_bad_signature = Some(ended),
+                    Reason::Missing | Reason::Expired => {}
+                }
                 if std::mem::take(&mut state.down) {
                     tracing::info!(issuer = %self.issuer, keys = keys.len(), "issuer keys can be fetched again");
                 }
@@ -332,7 +374,7 @@ impl Inner {
                 Refreshed::Fetched(set)
             }
             Err(error) => {
-                state.last_failed = true;
+                state.failures = state.failures.saturating_add(1);
                 if std::mem::replace(&mut state.down, true) {
                     tracing::debug!(issuer = %self.issuer, error = %error, ?reason, "still cannot fetch issuer keys");
                 } else {
@@ -501,6 +543,57 @@ mod tests {
 }
 
 #[cfg(test)]
+mod wait_tests {
+    use super::*;
+
+    fn cache() -> JwksCache {
+        let config = JwksConfig {
+            refetch_cooldown: Duration::from_secs(30),
+            failure_backoff: Duration::from_secs(1),
+            failure_backoff_max: Duration::from_secs(5),
+            fetch_timeout: Duration::from_secs(5),
+            min_max_age: Duration::from_secs(60),
+        };
+        JwksCache::new(Issuer::parse("https://issuer.example.com").unwrap(), None, reqwest::Client::new(), &config)
+    }
+
+    #[test]
+    fn the_failure_back_off_doubles_up_to_its_cap() {
+        let cache = cache();
+        let waits: Vec<_> = [1, 2, 3, 4, 5, 40, u32::MAX].map(|n| cache.inner.backoff(n).as_secs()).into();
+        assert_eq!(waits, [1, 2, 4, 5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn after_a_failure_every_fetch_waits_the_back_off_and_only_the_back_off() {
+        let cache = cache();
+        let now = Instant::now();
+        let ago = |seconds| now.checked_sub(Duration::from_secs(seconds)).unwrap();
+        let unknown = Reason::Miss(Miss::UnknownKey);
+        // An unknown-kid fetch succeeded 10 s ago: its cooldown runs, and it is the truth.
+        let mut state =
+            RefreshState { last_attempt: Some(ago(10)), last_unknown_key: Some(ago(10)), ..Default::default() };
+        assert_eq!(cache.inner.refused(&state, unknown, now), Some(Wait::CoolingDown));
+        assert_eq!(cache.inner.refused(&state, Reason::Miss(Miss::BadSignature), now), None);
+        assert_eq!(cache.inner.refused(&state, Reason::Expired, now), None);
+        // A fetch failed since, just now: every cause waits the back-off, and nothing is known.
+        state.last_attempt = Some(now);
+        state.failures = 1;
+        for reason in [unknown, Reason::Miss(Miss::BadSignature), Reason::Expired, Reason::Missing] {
+            assert_eq!(cache.inner.refused(&state, reason, now), Some(Wait::BackingOff), "{reason:?}");
+        }
+        // Past the back-off, the next fetch goes ahead, although the cooldown still runs.
+        state.last_attempt = Some(ago(2));
+        assert_eq!(cache.inner.refused(&state, unknown, now), None);
+        // After three failures in a row, the back-off is 4 s.
+        state.failures = 3;
+        assert_eq!(cache.inner.refused(&state, unknown, now), Some(Wait::BackingOff));
+        state.last_attempt = Some(ago(4));
+        assert_eq!(cache.inner.refused(&state, unknown, now), None);
+    }
+}
+
+#[cfg(test)]
 mod outage_tests {
     use super::*;
     use crate::telemetry::capture::capture;
@@ -513,6 +606,8 @@ mod outage_tests {
         let issuer = Issuer::parse(local.issuer()).unwrap();
         let config = JwksConfig {
             refetch_cooldown: Duration::ZERO,
+            failure_backoff: Duration::ZERO,
+            failure_backoff_max: Duration::ZERO,
             fetch_timeout: Duration::from_secs(5),
             min_max_age: Duration::ZERO,
         };

@@ -67,7 +67,8 @@ pub enum TokenError {
     /// No accepted audience in `aud`.
     #[error("the token is not meant for this audience")]
     AudienceMismatch,
-    /// The issuer's keys cannot be fetched and none are cached.
+    /// The issuer's keys cannot be fetched, and none are cached or the token's `kid` is not
+    /// among them (Tessera cannot know whether the issuer publishes it).
     #[error("the issuer's keys are unavailable")]
     IssuerUnavailable,
 }
@@ -241,6 +242,7 @@ pub(crate) async fn verify_signed<C: DeserializeOwned>(
         None => {
             set = match keys.refresh_after_miss(&set, Miss::UnknownKey).await {
                 AfterMiss::Newer(set) => set,
+                // The last fetch succeeded without this kid: the issuer does not publish it.
                 AfterMiss::CoolingDown => return Err(TokenError::UnknownKey),
                 // The key may well exist: the issuer cannot say so now.
                 AfterMiss::Unavailable => return Err(TokenError::IssuerUnavailable),
@@ -380,6 +382,8 @@ mod tests {
         config.jwks_uri = Some(url::Url::parse("http://127.0.0.1:9/jwks").unwrap());
         let jwks = JwksConfig {
             refetch_cooldown: Duration::ZERO,
+            failure_backoff: Duration::ZERO,
+            failure_backoff_max: Duration::ZERO,
             fetch_timeout: Duration::from_secs(2),
             min_max_age: Duration::ZERO,
         };

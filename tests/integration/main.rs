@@ -12,6 +12,7 @@ mod discovery;
 mod e2e_oidc;
 mod errors;
 mod github;
+mod jwks_outage;
 mod last_seen;
 mod locale;
 mod readiness;

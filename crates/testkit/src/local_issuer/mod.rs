@@ -2,13 +2,14 @@
 //! generates (RSA-2048 for RS256, P-256 for ES256, Ed25519 for EdDSA).
 //!
 //! It exists for the benchmarks (`tessera-bench`) and the test suite, which need a real issuer on
-//! 127.0.0.1 whose keys can be rotated, re-keyed under the same `kid`, or made unreachable.
+//! 127.0.0.1 whose keys can be rotated, re-keyed under the same `kid`, or made unavailable (503)
+//! or unreachable (connections refused), and which counts the requests it receives.
 //! `tessera serve` never uses it, and nothing in the verification path knows it exists: tokens
 //! it signs are verified exactly like any other issuer's.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
@@ -22,6 +23,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 mod oauth;
@@ -126,7 +128,33 @@ struct IssuerState {
 pub struct LocalIssuer {
     state: Arc<IssuerState>,
     addr: SocketAddr,
-    server: JoinHandle<()>,
+    /// The server, unless [stopped](LocalIssuer::stop).
+    server: Mutex<Option<Server>>,
+}
+
+/// One run of the server on the issuer's address.
+struct Server {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    fn start(listener: TcpListener, state: Arc<IssuerState>) -> Self {
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .merge(oauth::routes())
+            .with_state(state);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self { stop, task }
+    }
 }
 
 impl std::fmt::Debug for LocalIssuer {
@@ -155,15 +183,8 @@ impl LocalIssuer {
             discovery_fetches: AtomicU64::new(0),
             oauth: oauth::OAuthState::default(),
         });
-        let app = Router::new()
-            .route("/.well-known/openid-configuration", get(discovery))
-            .route("/jwks", get(jwks))
-            .merge(oauth::routes())
-            .with_state(state.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { state, addr, server })
+        let server = Server::start(listener, state.clone());
+        Ok(Self { state, addr, server: Mutex::new(Some(server)) })
     }
 
     /// The issuer URL (`http://127.0.0.1:PORT`).
@@ -252,7 +273,31 @@ impl LocalIssuer {
 
     /// Stops serving: connections are refused from now on.
     pub fn shut_down(&self) {
-        self.server.abort();
+        if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            server.task.abort();
+        }
+    }
+
+    /// Stops answering until [`restart`](Self::restart), like an issuer whose host is down:
+    /// returns once the listening socket is closed and every open connection (idle keep-alive
+    /// ones included) has been closed, so that every later request fails to connect. Requests
+    /// held by [`hold_jwks`](Self::hold_jwks) must be released first.
+    pub async fn stop(&self) {
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(Server { stop, task }) = server {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+
+    /// Answers again on the same address after [`stop`](Self::stop), with the same keys.
+    pub async fn restart(&self) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        let server = Server::start(listener, self.state.clone());
+        if let Some(previous) = self.server.lock().unwrap_or_else(|p| p.into_inner()).replace(server) {
+            previous.task.abort();
+        }
+        Ok(())
     }
 
     fn with_key<T>(&self, kid: &str, f: impl FnOnce(&SigningKey) -> T) -> T {
@@ -268,7 +313,7 @@ impl LocalIssuer {
 
 impl Drop for LocalIssuer {
     fn drop(&mut self) {
-        self.server.abort();
+        self.shut_down();
     }
 }
 
