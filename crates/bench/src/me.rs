@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
-use tessera::config::Config;
-use tessera::domain::UserId;
+use tessera::config::{Config, IssuerConfig};
+use tessera::domain::{Issuer, UserId};
 use tessera::service::sessions::Sessions;
 use tessera::startup::{Application, prepare_schema};
 use tessera::store::{self, Store};
@@ -18,6 +18,7 @@ use tessera_testkit::ScratchDb;
 use crate::harness::{Run, drive};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+const ISSUER: &str = "https://bench.example.com";
 
 /// Options of `tessera-bench me`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +49,7 @@ pub async fn run(args: MeArgs) -> anyhow::Result<()> {
 
 async fn measure(args: &MeArgs, url: &str) -> anyhow::Result<()> {
     let mut config = Config::for_database(url)?;
+    config.issuers = vec![IssuerConfig::new(Issuer::parse(ISSUER)?)];
     config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
     config.database.max_connections = 32;
     config.auth.cookie_secure = false;
@@ -75,7 +77,7 @@ async fn measure(args: &MeArgs, url: &str) -> anyhow::Result<()> {
             .post(format!("{base}/admin/users/bootstrap"))
             .bearer_auth(ADMIN_TOKEN)
             .json(&serde_json::json!({
-                "issuer": "https://bench.example.com", "subject": format!("me-{i}"),
+                "issuer": ISSUER, "subject": format!("me-{i}"),
                 "email": format!("me-{i}@bench.example.com"), "name": format!("Bench User {i}")
             }))
             .send()
