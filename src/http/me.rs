@@ -10,6 +10,7 @@ use axum::{Json, Router};
 
 use super::AppState;
 use super::caller::caller;
+use super::credentials::{Credentials, cookie};
 use super::extract::ApiPath;
 use super::problem::ApiError;
 use super::responses::UserProfileResponse;
@@ -25,6 +26,13 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<UserProfileResponse>, ApiError> {
+    // A browser with a session and no token: the session and the profile in one read.
+    if Credentials::read(&headers)?.user_token().is_none()
+        && let Some(session) = cookie(&headers, state.cookies.session())?
+        && let Some(profile) = state.sessions.resolve_profile(session).await?
+    {
+        return Ok(Json(profile.into()));
+    }
     let user = caller(&state, &headers).await?;
     Ok(Json(state.validator.profile(user).await?.into()))
 }

@@ -8,7 +8,7 @@ use chrono::TimeDelta;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::sha256;
-use crate::domain::{IdentityId, UserId};
+use crate::domain::{IdentityId, UserId, UserProfile};
 use crate::store::{NewSession, Store, StoreError};
 use crate::worker::LastSeen;
 
@@ -70,6 +70,23 @@ impl Sessions {
             self.last_seen.session(hash, now);
         }
         Ok(Some(session.user_id))
+    }
+
+    /// The profile of a session cookie's user, read with the session in one round trip, on the
+    /// same rules as [`Sessions::resolve`].
+    pub async fn resolve_profile(&self, cookie: &str) -> Result<Option<UserProfile>, StoreError> {
+        let hash = sha256(cookie.as_bytes());
+        let Some((session, profile)) = self.store.session_profile(&hash).await? else {
+            return Ok(None);
+        };
+        let now = super::now();
+        if session.user_disabled || now >= session.expires_at || now - session.last_seen_at >= self.idle {
+            return Ok(None);
+        }
+        if now - session.last_seen_at >= TOUCH_INTERVAL {
+            self.last_seen.session(hash, now);
+        }
+        Ok(Some(profile))
     }
 
     /// Ends a session; false when there was none.

@@ -580,6 +580,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// A session by the hash of its cookie, if it exists (expiry is the caller's rule).
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
 
+    /// A session by the hash of its cookie with its user's profile, in one read (expiry is the
+    /// caller's rule).
+    async fn session_profile(&self, token_hash: &[u8; 32]) -> Result<Option<(SessionRecord, UserProfile)>, StoreError>;
+
     /// Records that a session was used at `now`.
     async fn touch_session(&self, token_hash: &[u8; 32], now: DateTime<Utc>) -> Result<(), StoreError>;
 

@@ -164,33 +164,36 @@ fn push_secret(
     Ok(())
 }
 
-/// A user with their identities and teams, in one statement: the user joined with each of their
-/// identities and each of their teams (a small product: identities × teams rows), folded here.
-async fn read_user_profile(pool: PoolRef<'_>, user: UserId) -> Result<Option<UserProfile>, StoreError> {
-    let rows = query(concat!(
-        "SELECT ",
-        user_columns!(),
-        ", u.primary_identity_id AS primary_identity_id, ",
-        identity_columns!(),
-        ", ",
-        team_columns!(),
-        ", m.role AS role, m.is_default AS is_default, m.created_at AS membership_created_at
-          FROM users u
-          LEFT JOIN identities i ON i.user_id = u.id
-          LEFT JOIN memberships m ON m.user_id = u.id
-          LEFT JOIN teams t ON t.id = m.team_id
-          WHERE u.id = $1"
-    ))
-    .bind(user.as_uuid())
-    .fetch_all(pool)
-    .await?;
+/// The columns of a user with each of their identities and teams (a small product: identities ×
+/// teams rows), for [`fold_profile`]; the statement adds its `FROM users u` and joins.
+macro_rules! profile_columns_of_user {
+    () => {
+        concat!(
+            user_columns!(),
+            ", u.primary_identity_id AS primary_identity_id, ",
+            identity_columns!(),
+            ", ",
+            team_columns!(),
+            ", m.role AS role, m.is_default AS is_default, m.created_at AS membership_created_at"
+        )
+    };
+}
+
+/// The joins of [`profile_columns_of_user!`].
+const PROFILE_JOINS: &str = "LEFT JOIN identities i ON i.user_id = u.id
+     LEFT JOIN memberships m ON m.user_id = u.id
+     LEFT JOIN teams t ON t.id = m.team_id";
+
+/// Folds the rows of [`profile_columns_of_user!`] into a profile, ordered as the API promises
+/// (identities oldest first; the default team first, then teams in the order joined).
+fn fold_profile(rows: &[super::db::Row]) -> Result<Option<UserProfile>, StoreError> {
     let Some(first) = rows.first() else {
         return Ok(None);
     };
     let (found, chosen_primary) = (rows::user(first)?, first.opt_uuid("primary_identity_id")?);
     let mut identities = Vec::new();
     let mut teams = Vec::new();
-    for row in &rows {
+    for row in rows {
         if let Some(id) = row.opt_uuid("identity_id")?
             && !identities.iter().any(|i: &Identity| i.id.as_uuid() == id)
         {
@@ -206,6 +209,17 @@ async fn read_user_profile(pool: PoolRef<'_>, user: UserId) -> Result<Option<Use
     teams.sort_by_key(|(at, m)| (!m.is_default, *at, m.team.id.as_uuid()));
     let teams = teams.into_iter().map(|(_, membership)| membership).collect();
     Ok(Some(rows::user_profile(found, chosen_primary, identities, teams)))
+}
+
+/// A user with their identities and teams, in one statement.
+async fn read_user_profile(pool: PoolRef<'_>, user: UserId) -> Result<Option<UserProfile>, StoreError> {
+    static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+        Box::leak(
+            format!("SELECT {} FROM users u {PROFILE_JOINS} WHERE u.id = $1", profile_columns_of_user!())
+                .into_boxed_str(),
+        )
+    });
+    fold_profile(&query(*SQL).bind(user.as_uuid()).fetch_all(pool).await?)
 }
 
 #[async_trait]
@@ -616,6 +630,33 @@ impl Store for SqlStore {
             })
         })
         .transpose()
+    }
+
+    async fn session_profile(&self, token_hash: &[u8; 32]) -> Result<Option<(SessionRecord, UserProfile)>, StoreError> {
+        static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+            Box::leak(
+                format!(
+                    "SELECT s.created_at AS session_created_at, s.last_seen_at AS session_last_seen_at,
+                            s.expires_at AS session_expires_at, {}
+                     FROM sessions s JOIN users u ON u.id = s.user_id {PROFILE_JOINS}
+                     WHERE s.token_hash = $1",
+                    profile_columns_of_user!()
+                )
+                .into_boxed_str(),
+            )
+        });
+        let rows = query(*SQL).bind(&token_hash[..]).fetch_all(self.db.reader()).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let session = SessionRecord {
+            user_id: UserId::from_uuid(first.uuid("user_id")?),
+            created_at: first.time("session_created_at")?,
+            last_seen_at: first.time("session_last_seen_at")?,
+            expires_at: first.time("session_expires_at")?,
+            user_disabled: first.flag("user_disabled")?,
+        };
+        Ok(fold_profile(&rows)?.map(|profile| (session, profile)))
     }
 
     async fn touch_session(&self, token_hash: &[u8; 32], now: DateTime<Utc>) -> Result<(), StoreError> {

@@ -63,6 +63,7 @@ on_both_backends!(
     an_expired_login_state_is_not_returned_and_is_gone,
     concurrent_takes_of_a_login_state_have_one_winner,
     a_session_is_read_touched_and_deleted,
+    a_session_is_read_with_its_users_profile_in_one_go,
     delete_expired_counts_what_it_deletes,
     // Auth profiles
     insert_profile_refuses_a_taken_slug_and_writes_nothing,
@@ -1098,6 +1099,29 @@ async fn concurrent_takes_of_a_login_state_have_one_winner(backend: Backend) {
     .await;
     let winners: Vec<_> = taken.into_iter().flatten().collect();
     assert_eq!(winners, [state]);
+}
+
+async fn a_session_is_read_with_its_users_profile_in_one_go(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    // Several identities and teams, so that the joined rows multiply.
+    linked(&store, &ada, "ada-second").await;
+    linked(&store, &ada, "ada-third").await;
+    join(&store, &bob.team, ada.id(), Role::Member, t0).await;
+    let signed_in = session(&ada, t0, TimeDelta::days(1));
+    store.insert_session(&signed_in).await.unwrap();
+
+    let (record, profile) = store.session_profile(&signed_in.token_hash).await.unwrap().unwrap();
+    assert_eq!(Some(record), store.session(&signed_in.token_hash).await.unwrap());
+    let alone = store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap();
+    assert_eq!(profile, alone, "the same profile as read on its own");
+    assert_eq!((profile.identities.len(), profile.teams.len()), (3, 2));
+    assert_eq!(store.session_profile(&hash()).await.unwrap(), None);
+
+    store.set_user_disabled(ada.id(), true, t0).await.unwrap();
+    assert_eq!(store.session_profile(&signed_in.token_hash).await.unwrap(), None, "disabling deletes sessions");
 }
 
 async fn a_session_is_read_touched_and_deleted(backend: Backend) {
