@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::sha256;
 use crate::domain::{IdentityId, UserId, UserProfile};
-use crate::store::{NewSession, Store, StoreError};
+use crate::store::{NewSession, SessionRecord, Store, StoreError};
 use crate::worker::LastSeen;
 
 /// How often at most a session's `last_seen_at` is written.
@@ -58,35 +58,29 @@ impl Sessions {
     /// disabled.
     pub async fn resolve(&self, cookie: &str) -> Result<Option<UserId>, StoreError> {
         let hash = sha256(cookie.as_bytes());
-        let Some(session) = self.store.session(&hash).await? else {
-            return Ok(None);
-        };
-        let now = super::now();
-        if session.user_disabled || now >= session.expires_at || now - session.last_seen_at >= self.idle {
-            return Ok(None);
-        }
-        if now - session.last_seen_at >= TOUCH_INTERVAL {
-            // Written by the last-use worker, not on this request.
-            self.last_seen.session(hash, now);
-        }
-        Ok(Some(session.user_id))
+        let session = self.store.session(&hash).await?;
+        Ok(session.filter(|session| self.is_live(hash, session)).map(|session| session.user_id))
     }
 
     /// The profile of a session cookie's user, read with the session in one round trip, on the
     /// same rules as [`Sessions::resolve`].
     pub async fn resolve_profile(&self, cookie: &str) -> Result<Option<UserProfile>, StoreError> {
         let hash = sha256(cookie.as_bytes());
-        let Some((session, profile)) = self.store.session_profile(&hash).await? else {
-            return Ok(None);
-        };
+        let found = self.store.session_profile(&hash).await?;
+        Ok(found.filter(|(session, _)| self.is_live(hash, session)).map(|(_, profile)| profile))
+    }
+
+    /// Whether a stored session still counts (not expired, not idle, its user not disabled); a
+    /// live one's use is noted for the last-use worker (never written on this request).
+    fn is_live(&self, hash: [u8; 32], session: &SessionRecord) -> bool {
         let now = super::now();
         if session.user_disabled || now >= session.expires_at || now - session.last_seen_at >= self.idle {
-            return Ok(None);
+            return false;
         }
         if now - session.last_seen_at >= TOUCH_INTERVAL {
             self.last_seen.session(hash, now);
         }
-        Ok(Some(profile))
+        true
     }
 
     /// Ends a session; false when there was none.
