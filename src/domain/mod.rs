@@ -1,6 +1,7 @@
 //! Domain types: validated values ("parse, don't validate") and the records Tessera keeps.
 
 mod auth_profile;
+mod client;
 mod email;
 mod ids;
 mod issuer;
@@ -11,6 +12,9 @@ mod team_ref;
 mod text;
 
 pub use auth_profile::{AuthProfile, ProfileKind, ProfileStatus};
+pub use client::{
+    Client, ClientId, ClientIdError, ClientKind, GrantType, RedirectUri, RedirectUriError, SigningAlg,
+};
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId};
 pub use issuer::{Issuer, IssuerError};

@@ -4,6 +4,7 @@
 pub mod auth_profiles;
 pub mod check;
 pub mod keys;
+pub mod op;
 pub mod principals;
 pub mod provisioning;
 pub mod sessions;

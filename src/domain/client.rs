@@ -1,0 +1,325 @@
+//! The apps Tessera is an OpenID Provider for: registered clients, their grant types, signing
+//! algorithms and redirect URIs (matched exactly; loopback redirects of native apps match on any
+//! port, RFC 8252 section 7.3).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A client id: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ClientId(String);
+
+/// Why a client id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a client id is 1 to 64 characters of letters, digits, '.', '_' or '-'")]
+pub struct ClientIdError;
+
+impl ClientId {
+    /// The longest id.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates an id.
+    pub fn parse(value: &str) -> Result<Self, ClientIdError> {
+        let ok = (1..=Self::MAX_LEN).contains(&value.len())
+            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok { Ok(Self(value.to_owned())) } else { Err(ClientIdError) }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a client can keep a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientKind {
+    /// A backend: authenticates with a secret or a signed assertion.
+    Confidential,
+    /// A browser or native app: no secret, PKCE required.
+    Public,
+}
+
+/// An OAuth grant type a client may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GrantType {
+    /// `authorization_code`.
+    #[serde(rename = "authorization_code")]
+    AuthorizationCode,
+    /// `refresh_token`.
+    #[serde(rename = "refresh_token")]
+    RefreshToken,
+    /// `client_credentials` (backends; tokens without a user).
+    #[serde(rename = "client_credentials")]
+    ClientCredentials,
+    /// `urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693).
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:token-exchange")]
+    TokenExchange,
+}
+
+impl GrantType {
+    /// Every grant type, in the order discovery lists them.
+    pub const ALL: [GrantType; 4] =
+        [Self::AuthorizationCode, Self::RefreshToken, Self::ClientCredentials, Self::TokenExchange];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+            Self::ClientCredentials => "client_credentials",
+            Self::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+        }
+    }
+}
+
+impl FromStr for GrantType {
+    type Err = ();
+
+    fn from_str(value: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|g| g.as_str() == value).ok_or(())
+    }
+}
+
+/// The algorithm Tessera signs a client's tokens with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum SigningAlg {
+    /// ECDSA P-256 with SHA-256 (the default).
+    #[default]
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, for relying parties that know nothing else.
+    RS256,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl SigningAlg {
+    /// Every algorithm, in the order discovery lists them.
+    pub const ALL: [SigningAlg; 3] = [Self::ES256, Self::RS256, Self::EdDSA];
+
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+}
+
+impl FromStr for SigningAlg {
+    type Err = ();
+
+    fn from_str(value: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|a| a.as_str() == value).ok_or(())
+    }
+}
+
+/// A registered redirect URI: absolute, no fragment, `https` or a loopback `http`
+/// (`127.0.0.1`, `[::1]` or `localhost`), or a private-use scheme of a native app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RedirectUri(String);
+
+/// Why a redirect URI cannot be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectUriError {
+    /// Not an absolute URI.
+    #[error("a redirect URI must be an absolute URI")]
+    NotAbsolute,
+    /// Has a fragment.
+    #[error("a redirect URI must not have a fragment")]
+    Fragment,
+    /// Plain `http` to a host that is not loopback.
+    #[error("a redirect URI must use https, except on a loopback address (127.0.0.1, [::1], localhost)")]
+    InsecureHttp,
+    /// Longer than [`RedirectUri::MAX_LEN`].
+    #[error("a redirect URI is at most 2048 characters")]
+    TooLong,
+    /// A wildcard.
+    #[error("a redirect URI must not contain a wildcard ('*'); register each URI exactly")]
+    Wildcard,
+}
+
+impl RedirectUri {
+    /// The longest URI.
+    pub const MAX_LEN: usize = 2048;
+
+    /// Validates a URI for registration. It is kept as given: matching is exact.
+    pub fn parse(value: &str) -> Result<Self, RedirectUriError> {
+        if value.len() > Self::MAX_LEN {
+            return Err(RedirectUriError::TooLong);
+        }
+        if value.contains('*') {
+            return Err(RedirectUriError::Wildcard);
+        }
+        let url = url::Url::parse(value).map_err(|_| RedirectUriError::NotAbsolute)?;
+        if url.fragment().is_some() || value.contains('#') {
+            return Err(RedirectUriError::Fragment);
+        }
+        if url.scheme() == "http" && !is_loopback(&url) {
+            return Err(RedirectUriError::InsecureHttp);
+        }
+        if url.cannot_be_a_base() && url.scheme() == "https" {
+            return Err(RedirectUriError::NotAbsolute);
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The URI as registered.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether a requested `redirect_uri` matches this registration: the same string exactly,
+    /// or, for an `http` loopback IP literal, the same URI with any port (RFC 8252 7.3).
+    pub fn matches(&self, requested: &str) -> bool {
+        if self.0 == requested {
+            return true;
+        }
+        let (Ok(registered), Ok(asked)) = (url::Url::parse(&self.0), url::Url::parse(requested)) else {
+            return false;
+        };
+        let loopback_ip = |u: &url::Url| {
+            u.scheme() == "http" && matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                || u.scheme() == "http" && matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+        };
+        if !loopback_ip(&registered) || !loopback_ip(&asked) {
+            return false;
+        }
+        // Compare everything but the port, on the raw strings, so that nothing is normalised.
+        strip_port(&self.0) == strip_port(requested) && registered.host() == asked.host()
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(domain)) => domain == "localhost",
+        None => false,
+    }
+}
+
+/// `http://127.0.0.1:8080/cb` → `http://127.0.0.1/cb` (only called on loopback http URIs).
+fn strip_port(uri: &str) -> String {
+    let Some(rest) = uri.strip_prefix("http://") else { return uri.to_owned() };
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let host = match authority.rfind(':') {
+        Some(colon) if !authority[colon..].contains(']') => &authority[..colon],
+        _ => authority,
+    };
+    format!("http://{host}{path}")
+}
+
+/// A registered client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Its id.
+    pub id: ClientId,
+    /// A name shown on the consent page.
+    pub name: String,
+    /// Confidential or public.
+    pub kind: ClientKind,
+    /// SHA-256 of its secret (confidential clients authenticating with one).
+    pub secret_hash: Option<[u8; 32]>,
+    /// Public keys for `private_key_jwt` (a JWK Set), if it authenticates that way.
+    pub jwks: Option<serde_json::Value>,
+    /// Where codes may be sent, matched exactly.
+    pub redirect_uris: Vec<RedirectUri>,
+    /// Where RP-initiated logout may send the browser, matched exactly.
+    pub post_logout_redirect_uris: Vec<RedirectUri>,
+    /// Scopes it may ask for.
+    pub scopes: Vec<String>,
+    /// Grant types it may use.
+    pub grant_types: Vec<GrantType>,
+    /// Resources (RFC 8707) it may ask tokens for; its own id is always allowed as audience.
+    pub resources: Vec<String>,
+    /// First-party clients skip the consent page.
+    pub first_party: bool,
+    /// The algorithm of its id tokens and access tokens.
+    pub signing_alg: SigningAlg,
+    /// Lifetime of its access tokens (and id tokens).
+    pub access_token_ttl: Duration,
+    /// Lifetime of its refresh tokens (since the grant started).
+    pub refresh_token_ttl: Duration,
+    /// Defined in the configuration file (read-only through the admin API).
+    pub from_config: bool,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Client {
+    /// The registered redirect URI that `requested` matches, if any.
+    pub fn redirect_uri(&self, requested: &str) -> Option<&RedirectUri> {
+        self.redirect_uris.iter().find(|r| r.matches(requested))
+    }
+
+    /// Whether it may use `grant`.
+    pub fn allows(&self, grant: GrantType) -> bool {
+        self.grant_types.contains(&grant)
+    }
+
+    /// Whether it is public (PKCE, no authentication).
+    pub fn is_public(&self) -> bool {
+        self.kind == ClientKind::Public
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_match_exactly() {
+        let r = RedirectUri::parse("https://app.example.com/cb").unwrap();
+        assert!(r.matches("https://app.example.com/cb"));
+        for other in [
+            "https://app.example.com/cb/",
+            "https://app.example.com/cb?x=1",
+            "https://app.example.com/cb#f",
+            "https://APP.example.com/cb",
+            "https://app.example.com:444/cb",
+            "https://app.example.com/CB",
+            "http://app.example.com/cb",
+        ] {
+            assert!(!r.matches(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn loopback_ip_redirects_match_on_any_port_only() {
+        let r = RedirectUri::parse("http://127.0.0.1/callback").unwrap();
+        assert!(r.matches("http://127.0.0.1:51234/callback"));
+        assert!(!r.matches("http://127.0.0.1:51234/callback/x"));
+        assert!(!r.matches("http://127.0.0.2:51234/callback"));
+        let v6 = RedirectUri::parse("http://[::1]:8080/cb").unwrap();
+        assert!(v6.matches("http://[::1]:9999/cb"));
+        // `localhost` may be registered but is matched exactly.
+        let named = RedirectUri::parse("http://localhost:3000/cb").unwrap();
+        assert!(!named.matches("http://localhost:3001/cb"));
+    }
+
+    #[test]
+    fn registration_refuses_what_cannot_be_matched_safely() {
+        assert_eq!(RedirectUri::parse("https://*.example.com/cb"), Err(RedirectUriError::Wildcard));
+        assert_eq!(RedirectUri::parse("https://a.example/cb#x"), Err(RedirectUriError::Fragment));
+        assert_eq!(RedirectUri::parse("http://a.example/cb"), Err(RedirectUriError::InsecureHttp));
+        assert_eq!(RedirectUri::parse("/cb"), Err(RedirectUriError::NotAbsolute));
+        assert!(RedirectUri::parse("com.example.app:/oauth2redirect").is_ok());
+    }
+}

@@ -1,0 +1,2 @@
+//! Tessera as an OpenID Provider for the team's own apps: signing keys, registered clients,
+//! grants, and the tokens whose `sub` is the internal user id.
