@@ -27,6 +27,56 @@ pub fn page(status: StatusCode, title: &str, message: &str) -> Response {
     response
 }
 
+/// A page with a title, a message and a list of links (label, local URL).
+pub fn links_page(status: StatusCode, title: &str, message: &str, links: &[(String, String)]) -> Response {
+    let items: String = links
+        .iter()
+        .map(|(label, href)| format!("<li><a href=\"{}\">{}</a></li>", escape(href), escape(label)))
+        .collect();
+    html(
+        status,
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+             <title>{title}</title></head>\n<body><h1>{title}</h1>\n<p>{message}</p>\n<ul>{items}</ul></body></html>\n",
+            title = escape(title),
+            message = escape(message),
+        ),
+    )
+}
+
+/// The consent page: which app asks for which scopes, and a form that posts the decision.
+pub fn consent_page(client_name: &str, scopes: &[String], request_id: &str) -> Response {
+    let items: String = scopes.iter().map(|s| format!("<li>{}</li>", escape(s))).collect();
+    let mut response = html(
+        StatusCode::OK,
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+             <title>Allow {name}?</title></head>\n<body><h1>Allow {name} to use your account?</h1>\n\
+             <p>{name} asks for:</p>\n<ul>{items}</ul>\n\
+             <form method=\"post\" action=\"/oauth/consent\">\
+             <input type=\"hidden\" name=\"request_id\" value=\"{id}\">\
+             <button type=\"submit\" name=\"decision\" value=\"approve\">Allow</button> \
+             <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form></body></html>\n",
+            name = escape(client_name),
+            id = escape(request_id),
+        ),
+    );
+    // The consent form must not be framed (clickjacking).
+    response.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    response
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    protect(headers);
+    response
+}
+
 /// An error as a page for browsers, as problem+json otherwise.
 pub fn error(headers: &HeaderMap, error: ApiError) -> Response {
     if wants_html(headers) {

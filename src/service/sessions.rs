@@ -17,6 +17,17 @@ const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 
 pub use crate::crypto::random_secret;
 
+/// A live session, as [`Sessions::resolve_session`] finds it.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    /// SHA-256 of the cookie value (the session's key).
+    pub hash: [u8; 32],
+    /// The session.
+    pub record: SessionRecord,
+    /// Its user's profile.
+    pub profile: UserProfile,
+}
+
 /// The session service.
 #[derive(Debug, Clone)]
 pub struct Sessions {
@@ -65,9 +76,17 @@ impl Sessions {
     /// The profile of a session cookie's user, read with the session in one round trip, on the
     /// same rules as [`Sessions::resolve`].
     pub async fn resolve_profile(&self, cookie: &str) -> Result<Option<UserProfile>, StoreError> {
+        Ok(self.resolve_session(cookie).await?.map(|live| live.profile))
+    }
+
+    /// A live session with its user's profile, in one round trip, on the same rules as
+    /// [`Sessions::resolve`].
+    pub async fn resolve_session(&self, cookie: &str) -> Result<Option<LiveSession>, StoreError> {
         let hash = sha256(cookie.as_bytes());
         let found = self.store.session_profile(&hash).await?;
-        Ok(found.filter(|(session, _)| self.is_live(hash, session)).map(|(_, profile)| profile))
+        Ok(found
+            .filter(|(session, _)| self.is_live(hash, session))
+            .map(|(record, profile)| LiveSession { hash, record, profile }))
     }
 
     /// Whether a stored session still counts (not expired, not idle, its user not disabled); a

@@ -7,6 +7,7 @@
 //! Unique violations are mapped where the SQL is, into [`StoreError::Conflict`].
 
 mod db;
+mod grants;
 mod migrations;
 mod rows;
 mod sql;
@@ -24,6 +25,7 @@ use crate::domain::{
 };
 
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
+pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 pub use migrations::MigrationStatus;
 pub use sql::SqlStore;
 
@@ -241,6 +243,8 @@ pub struct NewSession {
 pub struct SessionRecord {
     /// The signed-in user.
     pub user_id: UserId,
+    /// The identity they signed in with, while it is linked.
+    pub identity_id: Option<IdentityId>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last use.
@@ -742,6 +746,66 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Revokes a profile: status `revoked`, credentials wiped, version bumped. Returns the
     /// credentials it held, for revocation at the provider.
     async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError>;
+
+
+    // --- OpenID Provider: grants, codes, refresh tokens, consents, held requests ---
+
+    /// Writes a grant and its authorization code in one transaction.
+    async fn insert_grant(&self, grant: &NewGrant, code: &NewCode) -> Result<(), StoreError>;
+
+    /// The grant and code of a code hash (used or not), read from the primary.
+    async fn code_grant(
+        &self,
+        code_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<(GrantRecord, CodeRecord)>, StoreError>;
+
+    /// Uses a code once: the one caller that marks it used stores `refresh_hash` (if any) for its
+    /// grant in the same transaction; any later caller finds it used and revokes the grant.
+    async fn redeem_code(
+        &self,
+        code_hash: &[u8; 32],
+        refresh_hash: Option<&[u8; 32]>,
+        now: DateTime<Utc>,
+    ) -> Result<RedeemOutcome, StoreError>;
+
+    /// The grant of a refresh token, and whether the token was rotated already.
+    async fn refresh_grant(
+        &self,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<(GrantRecord, bool)>, StoreError>;
+
+    /// Rotates a refresh token: marks `old` used and stores `new` for the same grant, if the
+    /// grant still counts. A token used before revokes its grant instead.
+    async fn rotate_refresh_token(
+        &self,
+        old: &[u8; 32],
+        new: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<RotateOutcome, StoreError>;
+
+    /// A grant with whether it still counts at `now`, read from the primary (a revocation must
+    /// show at once).
+    async fn grant(&self, id: uuid::Uuid, now: DateTime<Utc>) -> Result<Option<GrantRecord>, StoreError>;
+
+    /// Revokes a grant; false when there was none or it was revoked already.
+    async fn revoke_grant(&self, id: uuid::Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// The scopes `user` consented to for `client`, space-separated.
+    async fn consent(&self, user: UserId, client: &str) -> Result<Option<String>, StoreError>;
+
+    /// Records (or widens) a consent.
+    async fn put_consent(&self, user: UserId, client: &str, scope: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Holds an authorization request for a later step.
+    async fn insert_request(&self, request: &HeldRequest) -> Result<(), StoreError>;
+
+    /// Takes a held request once; `None` when absent, taken or expired.
+    async fn take_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError>;
+
+    /// Deletes expired codes, grants and held requests; returns how many rows went.
+    async fn delete_expired_grants(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Closes all connections.
     async fn close(&self);

@@ -277,3 +277,8 @@ macro_rules! impl_row_ext_common {
 }
 
 pub(super) use impl_row_ext_common;
+
+/// A stored 32-byte hash.
+pub(super) fn hash32(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt("a stored hash is not 32 bytes".into()))
+}

@@ -18,6 +18,7 @@ use super::{
     ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, SecretKind, SessionRecord, Store, StoreError,
     StoredSecret, UnlinkOutcome, decode_role,
 };
+use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
     AuthProfile, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, ProfileId, Role, Slug,
@@ -614,7 +615,7 @@ impl Store for SqlStore {
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
         let row = query(
-            "SELECT s.user_id, s.created_at, s.last_seen_at, s.expires_at, u.disabled
+            "SELECT s.user_id, s.identity_id, s.created_at, s.last_seen_at, s.expires_at, u.disabled
              FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
         )
         .bind(&token_hash[..])
@@ -623,6 +624,7 @@ impl Store for SqlStore {
         row.map(|row| {
             Ok(SessionRecord {
                 user_id: UserId::from_uuid(row.uuid("user_id")?),
+                identity_id: row.opt_uuid("identity_id")?.map(IdentityId::from_uuid),
                 created_at: row.time("created_at")?,
                 last_seen_at: row.time("last_seen_at")?,
                 expires_at: row.time("expires_at")?,
@@ -636,7 +638,8 @@ impl Store for SqlStore {
         static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
             Box::leak(
                 format!(
-                    "SELECT s.created_at AS session_created_at, s.last_seen_at AS session_last_seen_at,
+                    "SELECT s.identity_id AS session_identity_id, s.created_at AS session_created_at,
+                            s.last_seen_at AS session_last_seen_at,
                             s.expires_at AS session_expires_at, {}
                      FROM sessions s JOIN users u ON u.id = s.user_id {PROFILE_JOINS}
                      WHERE s.token_hash = $1",
@@ -651,6 +654,7 @@ impl Store for SqlStore {
         };
         let session = SessionRecord {
             user_id: UserId::from_uuid(first.uuid("user_id")?),
+            identity_id: first.opt_uuid("session_identity_id")?.map(IdentityId::from_uuid),
             created_at: first.time("session_created_at")?,
             last_seen_at: first.time("session_last_seen_at")?,
             expires_at: first.time("session_expires_at")?,
@@ -1337,7 +1341,312 @@ impl Store for SqlStore {
         Ok(Some(secrets))
     }
 
+
+    // --- OpenID Provider: grants, codes, refresh tokens, consents, held requests ---
+
+    async fn insert_grant(&self, grant: &NewGrant, code: &NewCode) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        query(
+            "INSERT INTO oauth_grants (id, client_id, user_id, identity_id, session_hash, scope, resource, provider,
+                                       auth_time, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(grant.id)
+        .bind(grant.client_id.as_str())
+        .bind(grant.user_id.as_uuid())
+        .bind(grant.identity_id.map(|i| i.as_uuid()))
+        .bind(grant.session_hash.as_ref().map(|h| &h[..]))
+        .bind(grant.scope.as_str())
+        .bind(grant.resource.as_deref())
+        .bind(grant.provider.as_deref())
+        .bind(grant.auth_time)
+        .bind(grant.now)
+        .bind(grant.expires_at)
+        .execute(&mut tx)
+        .await?;
+        query(
+            "INSERT INTO oauth_codes (code_hash, grant_id, redirect_uri, code_challenge, nonce, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&code.code_hash[..])
+        .bind(grant.id)
+        .bind(code.redirect_uri.as_str())
+        .bind(code.code_challenge.as_deref())
+        .bind(code.nonce.as_deref())
+        .bind(code.expires_at)
+        .execute(&mut tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn code_grant(
+        &self,
+        code_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<(GrantRecord, CodeRecord)>, StoreError> {
+        let row = query(grant_select!(
+            ", c.redirect_uri, c.code_challenge, c.nonce, c.expires_at AS code_expires_at, c.used_at
+             FROM oauth_codes c JOIN oauth_grants g ON g.id = c.grant_id JOIN users u ON u.id = g.user_id
+             WHERE c.code_hash = $1"
+        ))
+        .bind(&code_hash[..])
+        .bind(now)
+        .fetch_optional(self.db.writer())
+        .await?;
+        row.map(|row| {
+            let code = CodeRecord {
+                redirect_uri: row.text("redirect_uri")?,
+                code_challenge: row.opt_text("code_challenge")?,
+                nonce: row.opt_text("nonce")?,
+                expires_at: row.time("code_expires_at")?,
+                used: row.opt_time("used_at")?.is_some(),
+            };
+            Ok((grant_record(&row)?, code))
+        })
+        .transpose()
+    }
+
+    async fn redeem_code(
+        &self,
+        code_hash: &[u8; 32],
+        refresh_hash: Option<&[u8; 32]>,
+        now: DateTime<Utc>,
+    ) -> Result<RedeemOutcome, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // A concurrent redeemer waits on the row, then finds it used.
+        let used = query(
+            "UPDATE oauth_codes SET used_at = $2 WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
+             RETURNING grant_id",
+        )
+        .bind(&code_hash[..])
+        .bind(now)
+        .fetch_optional(&mut tx)
+        .await?;
+        if let Some(row) = used {
+            if let Some(refresh) = refresh_hash {
+                insert_refresh_token(&mut tx, refresh, row.uuid("grant_id")?, now).await?;
+            }
+            tx.commit().await?;
+            return Ok(RedeemOutcome::Redeemed);
+        }
+        let replayed = query("SELECT grant_id FROM oauth_codes WHERE code_hash = $1 AND used_at IS NOT NULL")
+            .bind(&code_hash[..])
+            .fetch_optional(&mut tx)
+            .await?;
+        let Some(row) = replayed else {
+            tx.rollback().await?;
+            return Ok(RedeemOutcome::Invalid);
+        };
+        revoke_grant_in(&mut tx, row.uuid("grant_id")?, now).await?;
+        tx.commit().await?;
+        Ok(RedeemOutcome::Replayed)
+    }
+
+    async fn refresh_grant(
+        &self,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<(GrantRecord, bool)>, StoreError> {
+        let row = query(grant_select!(
+            ", t.used_at FROM oauth_refresh_tokens t JOIN oauth_grants g ON g.id = t.grant_id
+             JOIN users u ON u.id = g.user_id WHERE t.token_hash = $1"
+        ))
+        .bind(&token_hash[..])
+        .bind(now)
+        .fetch_optional(self.db.writer())
+        .await?;
+        row.map(|row| Ok((grant_record(&row)?, row.opt_time("used_at")?.is_some()))).transpose()
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        old: &[u8; 32],
+        new: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<RotateOutcome, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let used = query(
+            "UPDATE oauth_refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL RETURNING grant_id",
+        )
+        .bind(&old[..])
+        .bind(now)
+        .fetch_optional(&mut tx)
+        .await?;
+        if let Some(row) = used {
+            let grant_id = row.uuid("grant_id")?;
+            let active = query(grant_select!(" FROM oauth_grants g JOIN users u ON u.id = g.user_id WHERE g.id = $1"))
+                .bind(grant_id)
+                .bind(now)
+                .fetch_optional(&mut tx)
+                .await?
+                .map(|row| row.flag("active"))
+                .transpose()?
+                .unwrap_or(false);
+            if !active {
+                tx.rollback().await?;
+                return Ok(RotateOutcome::Invalid);
+            }
+            insert_refresh_token(&mut tx, new, grant_id, now).await?;
+            tx.commit().await?;
+            return Ok(RotateOutcome::Rotated);
+        }
+        let reused = query("SELECT grant_id FROM oauth_refresh_tokens WHERE token_hash = $1")
+            .bind(&old[..])
+            .fetch_optional(&mut tx)
+            .await?;
+        let Some(row) = reused else {
+            tx.rollback().await?;
+            return Ok(RotateOutcome::Invalid);
+        };
+        revoke_grant_in(&mut tx, row.uuid("grant_id")?, now).await?;
+        tx.commit().await?;
+        Ok(RotateOutcome::Reused)
+    }
+
+    async fn grant(&self, id: uuid::Uuid, now: DateTime<Utc>) -> Result<Option<GrantRecord>, StoreError> {
+        let row = query(grant_select!(" FROM oauth_grants g JOIN users u ON u.id = g.user_id WHERE g.id = $1"))
+            .bind(id)
+            .bind(now)
+            .fetch_optional(self.db.writer())
+            .await?;
+        row.map(|row| grant_record(&row)).transpose()
+    }
+
+    async fn revoke_grant(&self, id: uuid::Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let updated = query("UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(self.db.writer())
+            .await?;
+        Ok(updated == 1)
+    }
+
+    async fn consent(&self, user: UserId, client: &str) -> Result<Option<String>, StoreError> {
+        let row = query("SELECT scope FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+            .bind(user.as_uuid())
+            .bind(client)
+            .fetch_optional(self.db.writer())
+            .await?;
+        row.map(|row| row.text("scope")).transpose()
+    }
+
+    async fn put_consent(&self, user: UserId, client: &str, scope: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        query(
+            "INSERT INTO oauth_consents (user_id, client_id, scope, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (user_id, client_id) DO UPDATE SET scope = excluded.scope, updated_at = excluded.updated_at",
+        )
+        .bind(user.as_uuid())
+        .bind(client)
+        .bind(scope)
+        .bind(now)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_request(&self, request: &HeldRequest) -> Result<(), StoreError> {
+        query(
+            "INSERT INTO oauth_requests (id_hash, client_id, params, session_hash, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&request.id_hash[..])
+        .bind(request.client_id.as_str())
+        .bind(request.params.as_str())
+        .bind(request.session_hash.as_ref().map(|h| &h[..]))
+        .bind(request.expires_at)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn take_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError> {
+        let row = query(
+            "DELETE FROM oauth_requests WHERE id_hash = $1 RETURNING client_id, params, session_hash, expires_at",
+        )
+        .bind(&id_hash[..])
+        .fetch_optional(self.db.writer())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let request = HeldRequest {
+            id_hash: *id_hash,
+            client_id: row.text("client_id")?,
+            params: row.text("params")?,
+            session_hash: row.opt_bytes("session_hash")?.map(|b| rows::hash32(&b)).transpose()?,
+            expires_at: row.time("expires_at")?,
+        };
+        Ok((request.expires_at > now).then_some(request))
+    }
+
+    async fn delete_expired_grants(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM oauth_codes WHERE expires_at <= $1 AND used_at IS NULL",
+            "DELETE FROM oauth_grants WHERE expires_at <= $1",
+            "DELETE FROM oauth_requests WHERE expires_at <= $1",
+        ] {
+            deleted += query(sql).bind(now).execute(self.db.writer()).await?;
+        }
+        Ok(deleted)
+    }
+
     async fn close(&self) {
         self.db.close().await;
     }
+}
+
+/// A grant query: its columns, and `active` computed at `$2` (now), followed by `$tail` (the FROM
+/// clause, which must join `oauth_grants g` and `users u`).
+macro_rules! grant_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT g.id AS grant_id, g.client_id, g.user_id AS grant_user_id, g.identity_id AS grant_identity_id,
+                    g.scope, g.resource, g.provider, g.auth_time, g.expires_at AS grant_expires_at,
+                    (g.revoked_at IS NULL AND g.expires_at > $2 AND NOT u.disabled
+                     AND (g.identity_id IS NULL OR EXISTS (SELECT 1 FROM identities i WHERE i.id = g.identity_id))
+                     AND (g.session_hash IS NULL OR EXISTS (
+                          SELECT 1 FROM sessions s WHERE s.token_hash = g.session_hash AND s.expires_at > $2))
+                    ) AS active",
+            $tail
+        )
+    };
+}
+use grant_select;
+
+fn grant_record(row: &super::db::Row) -> Result<GrantRecord, StoreError> {
+    Ok(GrantRecord {
+        id: row.uuid("grant_id")?,
+        client_id: row.text("client_id")?,
+        user_id: UserId::from_uuid(row.uuid("grant_user_id")?),
+        identity_id: row.opt_uuid("grant_identity_id")?.map(IdentityId::from_uuid),
+        scope: row.text("scope")?,
+        resource: row.opt_text("resource")?,
+        provider: row.opt_text("provider")?,
+        auth_time: row.time("auth_time")?,
+        expires_at: row.time("grant_expires_at")?,
+        active: row.flag("active")?,
+    })
+}
+
+async fn insert_refresh_token(
+    tx: &mut Tx,
+    hash: &[u8; 32],
+    grant: uuid::Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query("INSERT INTO oauth_refresh_tokens (token_hash, grant_id, created_at) VALUES ($1, $2, $3)")
+        .bind(&hash[..])
+        .bind(grant)
+        .bind(now)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+async fn revoke_grant_in(tx: &mut Tx, grant: uuid::Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+    query("UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(grant)
+        .bind(now)
+        .execute(tx)
+        .await?;
+    Ok(())
 }

@@ -161,6 +161,26 @@ impl Sql {
         .expect("count")
     }
 
+    /// The UUIDs a query's first column holds.
+    pub async fn uuids(&self, sql: &str) -> Vec<uuid::Uuid> {
+        let sql = sql.to_owned();
+        match self {
+            Sql::Sqlite(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await,
+            Sql::Postgres(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await,
+        }
+        .expect("uuids")
+    }
+
+    /// The byte strings a query's first column holds.
+    pub async fn blobs(&self, sql: &str) -> Vec<Vec<u8>> {
+        let sql = sql.to_owned();
+        match self {
+            Sql::Sqlite(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await,
+            Sql::Postgres(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await,
+        }
+        .expect("blobs")
+    }
+
     /// Runs a statement; `$1`-style placeholders are not supported here, inline literals only.
     pub async fn exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
         match self {

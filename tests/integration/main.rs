@@ -15,6 +15,8 @@ mod github;
 mod jwks_outage;
 mod last_seen;
 mod locale;
+mod op_flow;
+mod op_third_party;
 mod readiness;
 mod replica;
 mod server;

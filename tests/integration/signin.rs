@@ -72,6 +72,11 @@ impl Browser {
         self.send(self.client.request(method, url).json(body)).await
     }
 
+    /// A form post, as a browser's, carrying the cookies.
+    pub async fn form(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.send(self.client.post(url).header("accept", "text/html").form(form)).await
+    }
+
     /// A navigation that asks for HTML, as a browser's does.
     pub async fn navigate(&mut self, url: &str) -> reqwest::Response {
         self.send(self.client.get(url).header("accept", "text/html,application/xhtml+xml")).await

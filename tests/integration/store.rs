@@ -1135,13 +1135,14 @@ async fn a_session_is_read_touched_and_deleted(backend: Backend) {
     }
     let record = SessionRecord {
         user_id: ada.id(),
+        identity_id: signed_in.identity_id,
         created_at: t0,
         last_seen_at: t0,
         expires_at: t0 + TimeDelta::days(1),
         user_disabled: false,
     };
     assert_eq!(store.session(&signed_in.token_hash).await.unwrap(), Some(record.clone()));
-    let other = SessionRecord { expires_at: t0 + TimeDelta::hours(1), ..record.clone() };
+    let other = SessionRecord { identity_id: None, expires_at: t0 + TimeDelta::hours(1), ..record.clone() };
     assert_eq!(store.session(&anonymous.token_hash).await.unwrap(), Some(other.clone()));
 
     let t5 = t0 + TimeDelta::minutes(5);

@@ -7,6 +7,7 @@ mod caches;
 mod connections;
 mod harness;
 mod me;
+mod op;
 mod signin;
 mod soak;
 mod validate;
@@ -43,6 +44,10 @@ enum Bench {
     Connections(connections::ConnectionsArgs),
     /// `GET /v1/me` with a session cookie at many connections, beside a bare single-row SELECT.
     Me(me::MeArgs),
+    /// The OpenID Provider: code exchanges, refresh grants and client_credentials tokens beside
+    /// the store transactions and signing they run; introspection and forward-auth beside bare
+    /// HTTP and in-process verification.
+    Op(op::OpArgs),
     /// Mixed load at a steady rate for minutes against a `tessera serve` child: requests,
     /// errors, p99 and the server's resident memory per minute.
     Soak(soak::SoakArgs),
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
             Bench::Connections(args) => connections::run(args).await,
             Bench::Soak(args) => soak::run(args).await,
             Bench::Me(args) => me::run(args).await,
+            Bench::Op(args) => op::run(args).await,
             Bench::Caches(args) => caches::run(args).await,
         }
     });

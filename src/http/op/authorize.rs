@@ -1,0 +1,284 @@
+//! The browser-facing OpenID Provider endpoints: `/oauth/authorize` (GET or POST), the consent
+//! decision (`POST /oauth/consent`) and RP-initiated logout (`/oauth/logout`).
+//!
+//! A user without a Tessera session signs in through an upstream provider first: the one a
+//! `login_hint`'s verified domain claim names, else the default provider, else the only one;
+//! with several and no hint, a chooser page lists them.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+
+use super::token::{authorization_params, form_pairs};
+use crate::domain::Email;
+use crate::http::AppState;
+use crate::http::auth::{login_cookie, redirect};
+use crate::http::credentials::cookie;
+use crate::http::pages;
+use crate::service::op::authorize::{AuthorizationParams, AuthorizeError, Next, Rejection, SessionView};
+use crate::service::op::tokens::single_valued;
+use crate::service::sessions::LiveSession;
+use crate::service::teams::Discovery;
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/oauth/authorize", get(authorize_get).post(authorize_post))
+        .route("/oauth/consent", post(consent))
+        .route("/oauth/logout", get(logout_get).post(logout_post))
+}
+
+/// A page (or, for a non-browser, an OAuth JSON error) for a request that cannot go back to
+/// the client.
+fn refuse(headers: &HeaderMap, status: StatusCode, error: &str, description: &str) -> Response {
+    if pages::wants_html(headers) {
+        let message = format!("{description}. Go back to the app you came from and try again. (error: {error})");
+        return pages::page(status, "This sign-in request cannot be completed", &message);
+    }
+    let mut response =
+        (status, Json(serde_json::json!({ "error": error, "error_description": description }))).into_response();
+    pages::protect(response.headers_mut());
+    response
+}
+
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+async fn authorize_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    authorize(&state, &headers, query_pairs(query.as_deref())).await
+}
+
+async fn authorize_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    match form_pairs(&headers, &body) {
+        Ok(pairs) => authorize(&state, &headers, pairs).await,
+        Err(e) => refuse(&headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+    }
+}
+
+/// The browser's live session, if any (an ambiguous cookie counts as none).
+async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<LiveSession>, Response> {
+    let Ok(Some(value)) = cookie(headers, state.cookies.session()) else { return Ok(None) };
+    match state.sessions.resolve_session(value).await {
+        Ok(found) => Ok(found),
+        Err(_) => Err(refuse(headers, StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the service is temporarily unavailable; retry shortly")),
+    }
+}
+
+fn view(live: &LiveSession) -> SessionView {
+    let identity = live.record.identity_id;
+    SessionView {
+        user: live.record.user_id,
+        hash: live.hash,
+        auth_time: live.record.created_at,
+        identity,
+        provider: live.profile.identities.iter().find(|i| Some(i.id) == identity).map(|i| i.provider.clone()),
+    }
+}
+
+async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
+    let Some(op) = state.op.as_ref() else {
+        return refuse(headers, StatusCode::NOT_FOUND, "invalid_request", "the OpenID Provider is not enabled here");
+    };
+    let params = match single_valued(&pairs) {
+        Ok(map) => authorization_params(&map),
+        Err(e) => return refuse(headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+    };
+    let live = match session(state, headers).await {
+        Ok(live) => live,
+        Err(response) => return response,
+    };
+    let view = live.as_ref().map(view);
+    match op.authorize(params, view.as_ref()).await {
+        Ok(Next::Redirect(to)) => redirect(&to, &[]),
+        Ok(Next::SignIn { continue_to, login_hint }) => sign_in(state, headers, &continue_to, login_hint.as_deref()).await,
+        Ok(Next::Consent { request_id, client_name, scopes }) => consent_page(&request_id, &client_name, &scopes),
+        Err(error) => rejected(state, headers, error),
+    }
+}
+
+fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Response {
+    match error {
+        AuthorizeError::Rejected(rejection) => match state.op.as_ref().and_then(|op| op.error_redirect(&rejection)) {
+            Some(to) => redirect(&to, &[]),
+            None => {
+                let Rejection { error, description, .. } = rejection;
+                refuse(headers, StatusCode::BAD_REQUEST, error, &description)
+            }
+        },
+        AuthorizeError::Store(e) => {
+            tracing::warn!(error = %e, "authorization failed on the store");
+            refuse(headers, StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the service is temporarily unavailable; retry shortly")
+        }
+    }
+}
+
+/// Starts an upstream sign-in that comes back to `continue_to`.
+async fn sign_in(state: &AppState, headers: &HeaderMap, continue_to: &str, login_hint: Option<&str>) -> Response {
+    let providers = state.flows.providers();
+    let mut chosen = None;
+    if let Some(email) = login_hint.and_then(|h| Email::parse(h).ok())
+        && let Ok(Discovery::Sso { provider, .. }) = state.teams.discover(&email).await
+    {
+        chosen = Some(provider);
+    }
+    let chosen = chosen.or_else(|| providers.get(None).map(|p| p.name().to_owned())).or_else(|| {
+        let mut all = providers.all();
+        match (all.next(), all.next()) {
+            (Some(only), None) => Some(only.name().to_owned()),
+            _ => None,
+        }
+    });
+    let Some(provider) = chosen else {
+        return chooser_page(state, continue_to);
+    };
+    match state.sign_in.begin(Some(&provider), Some(continue_to), None).await {
+        Ok(started) => redirect(started.location.as_str(), &[login_cookie(state, started.state.expose_secret())]),
+        Err(error) => pages::error(headers, error.into()),
+    }
+}
+
+fn chooser_page(state: &AppState, continue_to: &str) -> Response {
+    let links: Vec<(String, String)> = state
+        .flows
+        .providers()
+        .all()
+        .map(|p| {
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("provider", p.name())
+                .append_pair("return_to", continue_to)
+                .finish();
+            (p.name().to_owned(), format!("/auth/login?{query}"))
+        })
+        .collect();
+    if links.is_empty() {
+        return pages::page(StatusCode::SERVICE_UNAVAILABLE, "No way to sign in", "No sign-in provider is configured. Ask the administrator to add one.");
+    }
+    pages::links_page(StatusCode::OK, "Sign in", "Choose how to sign in:", &links)
+}
+
+fn consent_page(request_id: &str, client_name: &str, scopes: &[String]) -> Response {
+    pages::consent_page(client_name, scopes, request_id)
+}
+
+async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(op) = state.op.as_ref() else {
+        return refuse(&headers, StatusCode::NOT_FOUND, "invalid_request", "the OpenID Provider is not enabled here");
+    };
+    let pairs = match form_pairs(&headers, &body) {
+        Ok(pairs) => pairs,
+        Err(e) => return refuse(&headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+    };
+    let map = match single_valued(&pairs) {
+        Ok(map) => map,
+        Err(e) => return refuse(&headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+    };
+    let live = match session(&state, &headers).await {
+        Ok(Some(live)) => live,
+        Ok(None) => return refuse(&headers, StatusCode::UNAUTHORIZED, "login_required", "your session has ended; sign in again"),
+        Err(response) => return response,
+    };
+    let (Some(request_id), Some(decision)) = (map.get("request_id"), map.get("decision")) else {
+        return refuse(&headers, StatusCode::BAD_REQUEST, "invalid_request", "request_id and decision are required");
+    };
+    let approve = match *decision {
+        "approve" => true,
+        "deny" => false,
+        _ => return refuse(&headers, StatusCode::BAD_REQUEST, "invalid_request", "decision must be approve or deny"),
+    };
+    match op.consent(request_id, &view(&live), approve).await {
+        Ok(to) => redirect(&to, &[]),
+        Err(error) => rejected(&state, &headers, error),
+    }
+}
+
+/// RP-initiated logout parameters.
+fn logout_params(pairs: &[(String, String)]) -> Result<(Option<String>, Option<String>, Option<String>, Option<String>), String> {
+    let map = single_valued(pairs).map_err(|e| e.description)?;
+    let get = |k: &str| map.get(k).filter(|v| !v.is_empty()).map(|v| (*v).to_owned());
+    Ok((get("id_token_hint"), get("post_logout_redirect_uri"), get("state"), get("client_id")))
+}
+
+async fn logout_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    logout(&state, &headers, query_pairs(query.as_deref())).await
+}
+
+async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    match form_pairs(&headers, &body) {
+        Ok(pairs) => logout(&state, &headers, pairs).await,
+        Err(e) => refuse(&headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+    }
+}
+
+/// Ends the Tessera session (and so every grant made from it), then returns to the client's
+/// registered post-logout URI when the request names the client (`id_token_hint` or
+/// `client_id`) and the URI is registered exactly; otherwise shows a signed-out page.
+async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
+    let Some(op) = state.op.as_ref() else {
+        return refuse(headers, StatusCode::NOT_FOUND, "invalid_request", "the OpenID Provider is not enabled here");
+    };
+    let (hint, post_logout, logout_state, client_id) = match logout_params(&pairs) {
+        Ok(found) => found,
+        Err(description) => return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
+    };
+    let hinted = match hint.as_deref() {
+        Some(hint) => match op.id_token_client(hint).await {
+            Some(client) => Some(client),
+            None => return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", "id_token_hint is not an id token this server issued"),
+        },
+        None => None,
+    };
+    if let (Some(a), Some(b)) = (&hinted, &client_id)
+        && a != b
+    {
+        return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", "client_id differs from the id token's audience");
+    }
+    let mut target = None;
+    if let Some(uri) = post_logout.as_deref() {
+        let client = match hinted.or(client_id) {
+            Some(id) => op.clients().get(&id).await.ok().flatten(),
+            None => None,
+        };
+        match client.filter(|c| c.post_logout_redirect_uris.iter().any(|r| r.as_str() == uri)) {
+            Some(_) => target = Some(uri.to_owned()),
+            None => {
+                return refuse(
+                    headers,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "post_logout_redirect_uri is not registered for the client named by id_token_hint or client_id",
+                );
+            }
+        }
+    }
+    let clear = state.cookies.clear(state.cookies.session());
+    if let Ok(Some(session)) = cookie(headers, state.cookies.session())
+        && let Err(e) = state.sessions.revoke(session).await
+    {
+        tracing::warn!(error = %e, "ending a session failed");
+        return refuse(headers, StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the service is temporarily unavailable; retry shortly");
+    }
+    match target {
+        Some(uri) => {
+            let to = match (url::Url::parse(&uri), logout_state) {
+                (Ok(mut url), Some(s)) => {
+                    url.query_pairs_mut().append_pair("state", &s);
+                    url.to_string()
+                }
+                _ => uri,
+            };
+            redirect(&to, &[clear])
+        }
+        None => {
+            let mut response = pages::page(StatusCode::OK, "Signed out", "You are signed out. You can close this window.");
+            response.headers_mut().append(header::SET_COOKIE, clear);
+            response
+        }
+    }
+}

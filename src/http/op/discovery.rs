@@ -1,0 +1,97 @@
+//! OpenID Connect discovery (`/.well-known/openid-configuration`), its RFC 8414 twin
+//! (`/.well-known/oauth-authorization-server`), and `userinfo`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::token::{OAuthResponse, no_store, provider};
+use crate::domain::{GrantType, SigningAlg};
+use crate::http::AppState;
+use crate::http::credentials::Credentials;
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(configuration))
+        .route("/.well-known/oauth-authorization-server", get(configuration))
+        .route("/oauth/userinfo", get(userinfo).post(userinfo))
+}
+
+/// The scopes Tessera knows; clients may be allowed others (for their resources).
+pub const STANDARD_SCOPES: [&str; 5] = ["openid", "profile", "email", "teams", "offline_access"];
+
+async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, OAuthResponse> {
+    let op = provider(&state)?;
+    let algs: Vec<&str> = SigningAlg::ALL.iter().map(|a| a.as_str()).collect();
+    let grants: Vec<&str> =
+        GrantType::ALL.iter().filter(|g| **g != GrantType::TokenExchange).map(|g| g.as_str()).collect();
+    let document = serde_json::json!({
+        "issuer": op.issuer(),
+        "authorization_endpoint": op.endpoint("/oauth/authorize"),
+        "token_endpoint": op.endpoint("/oauth/token"),
+        "userinfo_endpoint": op.endpoint("/oauth/userinfo"),
+        "jwks_uri": op.endpoint("/oauth/jwks"),
+        "introspection_endpoint": op.endpoint("/oauth/introspect"),
+        "revocation_endpoint": op.endpoint("/oauth/revoke"),
+        "end_session_endpoint": op.endpoint("/oauth/logout"),
+        "pushed_authorization_request_endpoint": op.endpoint("/oauth/par"),
+        "scopes_supported": STANDARD_SCOPES,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": grants,
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algs,
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256", "EdDSA", "PS256"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "prompt_values_supported": ["none", "login", "consent"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp", "amr", "idp", "email", "email_verified", "name", "teams"],
+        "authorization_response_iss_parameter_supported": true,
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+        "require_pushed_authorization_requests": false,
+    });
+    let mut response = Json(document).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    Ok(response)
+}
+
+fn invalid_token(description: &'static str) -> Response {
+    let mut response =
+        (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": "invalid_token", "error_description": description })))
+            .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\", error_description=\"the access token is not active\""),
+    );
+    no_store(response.headers_mut());
+    response
+}
+
+async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, OAuthResponse> {
+    let op = provider(&state)?;
+    let token = match Credentials::read(&headers) {
+        Ok(credentials) => credentials.user_token(),
+        Err(_) => return Ok(invalid_token("send one access token, in one Authorization header")),
+    };
+    let Some(token) = token else {
+        let mut response = StatusCode::UNAUTHORIZED.into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Ok(response);
+    };
+    match op.userinfo(token).await? {
+        Some(claims) => {
+            let mut response = Json(claims).into_response();
+            no_store(response.headers_mut());
+            Ok(response)
+        }
+        None => Ok(invalid_token("the access token is not active")),
+    }
+}

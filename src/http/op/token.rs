@@ -1,0 +1,225 @@
+//! The client-facing OAuth endpoints, all `POST` forms authenticated as the client:
+//! `/oauth/token`, `/oauth/introspect` (RFC 7662), `/oauth/revoke` (RFC 7009) and `/oauth/par`
+//! (RFC 9126). Errors are RFC 6749's JSON (`error`, `error_description`), never problem+json;
+//! every response carries `Cache-Control: no-store`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+
+use crate::http::AppState;
+use crate::service::op::authorize::{AuthorizationParams, AuthorizeError};
+use crate::service::op::clients::ClientCredentials;
+use crate::service::op::provider::{OAuthError, OpenIdProvider};
+use crate::service::op::tokens::{TokenForm, single_valued};
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/oauth/token", post(token))
+        .route("/oauth/introspect", post(introspect))
+        .route("/oauth/revoke", post(revoke))
+        .route("/oauth/par", post(push))
+}
+
+/// An OAuth error response (RFC 6749 5.2).
+pub(super) struct OAuthResponse(pub OAuthError);
+
+impl IntoResponse for OAuthResponse {
+    fn into_response(self) -> Response {
+        let error = self.0;
+        let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = serde_json::json!({ "error": error.error, "error_description": error.description });
+        let mut response = (status, Json(body)).into_response();
+        no_store(response.headers_mut());
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
+        }
+        response
+    }
+}
+
+impl From<OAuthError> for OAuthResponse {
+    fn from(error: OAuthError) -> Self {
+        Self(error)
+    }
+}
+
+/// Adds `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 5.1).
+pub(super) fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// The provider; when it is not enabled, a 404 `invalid_request` that says what to configure.
+pub(super) fn provider(state: &AppState) -> Result<&OpenIdProvider, OAuthResponse> {
+    state.op.as_ref().ok_or_else(|| {
+        OAuthResponse(OAuthError {
+            error: "invalid_request",
+            description: "the OpenID Provider is not enabled: set auth.public_url and TESSERA_ENCRYPTION_KEYS".into(),
+            status: 404,
+        })
+    })
+}
+
+/// A form body: `application/x-www-form-urlencoded`, no parameter repeated.
+pub(super) fn form_pairs(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, OAuthError> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")));
+    if !form {
+        return Err(OAuthError::invalid_request("the body must be application/x-www-form-urlencoded"));
+    }
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    single_valued(&pairs)?;
+    Ok(pairs)
+}
+
+fn get(map: &BTreeMap<&str, &str>, key: &str) -> Option<String> {
+    map.get(key).filter(|v| !v.is_empty()).map(|v| (*v).to_owned())
+}
+
+/// The client's credentials: HTTP Basic (RFC 6749 2.3.1, each part form-urlencoded) and the
+/// form's `client_id`, `client_secret`, `client_assertion_type`, `client_assertion`.
+pub(super) fn credentials(headers: &HeaderMap, map: &BTreeMap<&str, &str>) -> Result<ClientCredentials, OAuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let basic = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => return Err(OAuthError::invalid_request("the Authorization header is repeated")),
+        (Some(value), None) => Some(parse_basic(value).ok_or_else(|| {
+            OAuthError::invalid_client("the Authorization header must be Basic base64(client_id:client_secret)")
+        })?),
+    };
+    Ok(ClientCredentials {
+        basic,
+        client_id: get(map, "client_id"),
+        client_secret: get(map, "client_secret"),
+        client_assertion_type: get(map, "client_assertion_type"),
+        client_assertion: get(map, "client_assertion"),
+    })
+}
+
+fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
+    let value = value.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let unescape = |s: &str| -> Option<String> {
+        url::form_urlencoded::parse(format!("v={s}").as_bytes()).next().map(|(_, v)| v.into_owned())
+    };
+    Some((unescape(id)?, unescape(secret)?))
+}
+
+fn ok_json(value: impl serde::Serialize) -> Response {
+    let mut response = Json(value).into_response();
+    no_store(response.headers_mut());
+    response
+}
+
+async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
+    let op = provider(&state)?;
+    let pairs = form_pairs(&headers, &body)?;
+    let map = single_valued(&pairs)?;
+    let creds = credentials(&headers, &map)?;
+    let form = TokenForm {
+        grant_type: get(&map, "grant_type"),
+        code: get(&map, "code"),
+        redirect_uri: get(&map, "redirect_uri"),
+        code_verifier: get(&map, "code_verifier"),
+        refresh_token: get(&map, "refresh_token"),
+        scope: get(&map, "scope"),
+        resource: get(&map, "resource"),
+    };
+    Ok(ok_json(op.token(&creds, form).await?))
+}
+
+async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
+    let op = provider(&state)?;
+    let pairs = form_pairs(&headers, &body)?;
+    let map = single_valued(&pairs)?;
+    let client = op.authenticate(&credentials(&headers, &map)?).await?;
+    if client.is_public() {
+        return Err(OAuthError::invalid_client("a public client cannot introspect tokens").into());
+    }
+    let token = get(&map, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+    Ok(ok_json(op.introspect(&client, &token).await?))
+}
+
+async fn revoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
+    let op = provider(&state)?;
+    let pairs = form_pairs(&headers, &body)?;
+    let map = single_valued(&pairs)?;
+    let client = op.authenticate(&credentials(&headers, &map)?).await?;
+    let token = get(&map, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+    op.revoke(&client, &token).await?;
+    let mut response = StatusCode::OK.into_response();
+    no_store(response.headers_mut());
+    Ok(response)
+}
+
+async fn push(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
+    let op = provider(&state)?;
+    let pairs = form_pairs(&headers, &body)?;
+    let map = single_valued(&pairs)?;
+    let client = op.authenticate(&credentials(&headers, &map)?).await?;
+    let params = authorization_params(&map);
+    match op.push(&client, params).await {
+        Ok((request_uri, expires_in)) => {
+            let mut response =
+                (StatusCode::CREATED, Json(serde_json::json!({ "request_uri": request_uri, "expires_in": expires_in })))
+                    .into_response();
+            no_store(response.headers_mut());
+            Ok(response)
+        }
+        Err(AuthorizeError::Rejected(r)) => {
+            Err(OAuthError { error: r.error, description: r.description, status: 400 }.into())
+        }
+        Err(AuthorizeError::Store(e)) => Err(OAuthError::from(e).into()),
+    }
+}
+
+/// The authorization parameters of a form or query.
+pub(super) fn authorization_params(map: &BTreeMap<&str, &str>) -> AuthorizationParams {
+    AuthorizationParams {
+        response_type: get(map, "response_type"),
+        client_id: get(map, "client_id"),
+        redirect_uri: get(map, "redirect_uri"),
+        scope: get(map, "scope"),
+        state: get(map, "state"),
+        nonce: get(map, "nonce"),
+        code_challenge: get(map, "code_challenge"),
+        code_challenge_method: get(map, "code_challenge_method"),
+        prompt: get(map, "prompt"),
+        max_age: get(map, "max_age"),
+        login_hint: get(map, "login_hint"),
+        resource: get(map, "resource"),
+        request_uri: get(map, "request_uri"),
+        response_mode: get(map, "response_mode"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let encoded = base64::engine::general_purpose::STANDARD.encode("my%3Aapp:s%2Bcret+x");
+        let value = HeaderValue::from_str(&format!("Basic {encoded}")).unwrap();
+        assert_eq!(parse_basic(&value), Some(("my:app".into(), "s+cret x".into())));
+        assert_eq!(parse_basic(&HeaderValue::from_static("Bearer abc")), None);
+    }
+}

@@ -1,0 +1,518 @@
+//! The authorization endpoint's rules: validating a request (directly, pushed per RFC 9126, or
+//! held while the user signs in or consents), deciding the next step, and issuing the code.
+//!
+//! A request whose client or redirect URI is wrong is never sent back to that URI: the user sees
+//! a page. Every other error goes back to the client's redirect URI with `state` and `iss`
+//! (RFC 9207). Only the authorization code flow exists (no implicit, no hybrid).
+
+use chrono::{DateTime, TimeDelta, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::provider::{
+    CODE_TTL, MAX_PARAM_LEN, OpenIdProvider, REQUEST_TTL, REQUEST_URI_PREFIX, is_scope_token, split_scope,
+};
+use crate::crypto::{random_secret, sha256};
+use crate::domain::{Client, GrantType, IdentityId, UserId};
+use crate::store::{HeldRequest, NewCode, NewGrant, StoreError};
+
+/// The parameters of an authorization request, as sent (query, form or pushed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationParams {
+    /// Must be `code`.
+    pub response_type: Option<String>,
+    /// The client.
+    pub client_id: Option<String>,
+    /// Where to send the code; must match a registered URI.
+    pub redirect_uri: Option<String>,
+    /// Space-separated scopes.
+    pub scope: Option<String>,
+    /// Opaque client state, echoed back.
+    pub state: Option<String>,
+    /// Echoed in the id token.
+    pub nonce: Option<String>,
+    /// PKCE challenge.
+    pub code_challenge: Option<String>,
+    /// PKCE method: `S256` only.
+    pub code_challenge_method: Option<String>,
+    /// `none`, `login`, `consent` (space-separated).
+    pub prompt: Option<String>,
+    /// Most seconds since the user authenticated.
+    pub max_age: Option<String>,
+    /// An email, for home-realm discovery.
+    pub login_hint: Option<String>,
+    /// RFC 8707 resource the access token is for.
+    pub resource: Option<String>,
+    /// A pushed or held request (RFC 9126).
+    pub request_uri: Option<String>,
+    /// Only `query`.
+    pub response_mode: Option<String>,
+}
+
+/// A request held by Tessera between steps, with what it decided so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Held {
+    params: AuthorizationParams,
+    /// The session must have authenticated at or after this (unix seconds).
+    auth_after: Option<i64>,
+}
+
+/// The browser's Tessera session, as the authorization endpoint needs it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    /// The user.
+    pub user: UserId,
+    /// SHA-256 of the session cookie.
+    pub hash: [u8; 32],
+    /// When the user signed in (the session's start).
+    pub auth_time: DateTime<Utc>,
+    /// The identity they signed in with.
+    pub identity: Option<IdentityId>,
+    /// That identity's provider.
+    pub provider: Option<String>,
+}
+
+/// A validated authorization request.
+#[derive(Debug, Clone)]
+pub struct AuthorizationRequest {
+    /// The client.
+    pub client: Client,
+    /// The redirect URI, as the client sent it (it matched a registered one).
+    pub redirect_uri: String,
+    /// The requested scopes, all allowed for the client.
+    pub scopes: Vec<String>,
+    /// The client's state.
+    pub state: Option<String>,
+    /// The nonce.
+    pub nonce: Option<String>,
+    /// The PKCE S256 challenge.
+    pub code_challenge: Option<String>,
+    /// `prompt=none`: no page may be shown.
+    pub prompt_none: bool,
+    /// `prompt=consent`: ask even if consent was given before.
+    pub prompt_consent: bool,
+    /// The session must have authenticated at or after this.
+    pub auth_after: Option<DateTime<Utc>>,
+    /// The login hint.
+    pub login_hint: Option<String>,
+    /// The resource.
+    pub resource: Option<String>,
+    params: AuthorizationParams,
+}
+
+/// Where a rejected request's error goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The OAuth error code.
+    pub error: &'static str,
+    /// What is wrong.
+    pub description: String,
+    /// The client's redirect URI and state, once both client and URI are known to be right;
+    /// `None`: the error must be shown to the user, never redirected.
+    pub redirect: Option<(String, Option<String>)>,
+}
+
+/// Why an authorization request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    /// The request is wrong.
+    #[error("{}: {}", .0.error, .0.description)]
+    Rejected(Rejection),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The next step of an authorization request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// The user must sign in, then come back to `continue_to` (a local path).
+    SignIn {
+        /// Where to return after signing in.
+        continue_to: String,
+        /// The request's login hint, for home-realm discovery.
+        login_hint: Option<String>,
+    },
+    /// The user must consent: show the client's name and the scopes, and post the decision with
+    /// `request_id`.
+    Consent {
+        /// Identifies the held request in the consent form.
+        request_id: String,
+        /// The client's name.
+        client_name: String,
+        /// The scopes asked for.
+        scopes: Vec<String>,
+    },
+    /// Send the browser to the client: a code, or an error.
+    Redirect(String),
+}
+
+impl OpenIdProvider {
+    /// Validates a request (taking a pushed or held one when `request_uri` is given) and decides
+    /// the next step for a browser with `session`.
+    pub async fn authorize(
+        &self,
+        params: AuthorizationParams,
+        session: Option<&SessionView>,
+    ) -> Result<Next, AuthorizeError> {
+        let now = crate::domain::now();
+        let held = self.unhold(params, now).await?;
+        let request = self.validate(&held.params, held.auth_after, now).await?;
+        self.decide(request, session, now).await
+    }
+
+    /// Validates a pushed request (RFC 9126) from an authenticated `client` and holds it;
+    /// returns its `request_uri` and lifetime in seconds.
+    pub async fn push(&self, client: &Client, params: AuthorizationParams) -> Result<(String, u64), AuthorizeError> {
+        if params.request_uri.is_some() {
+            return Err(reject("invalid_request", "request_uri is not allowed in a pushed request", None));
+        }
+        if params.client_id.as_deref().is_some_and(|id| id != client.id.as_str()) {
+            return Err(reject("invalid_request", "client_id differs from the authenticated client", None));
+        }
+        let params = AuthorizationParams { client_id: Some(client.id.to_string()), ..params };
+        let now = crate::domain::now();
+        let request = self.validate(&params, None, now).await.map_err(|error| match error {
+            AuthorizeError::Rejected(r) => AuthorizeError::Rejected(Rejection { redirect: None, ..r }),
+            other => other,
+        })?;
+        let uri = self.hold(&request, None, now).await?;
+        Ok((uri, REQUEST_TTL.as_secs()))
+    }
+
+    /// Completes a consent step: `approve` or not, by the browser with `session`.
+    pub async fn consent(&self, request_id: &str, session: &SessionView, approve: bool) -> Result<String, AuthorizeError> {
+        let now = crate::domain::now();
+        let held = self.store.take_request(&sha256(request_id.as_bytes()), now).await?;
+        let Some(held) = held.filter(|h| h.session_hash == Some(session.hash)) else {
+            return Err(reject(
+                "invalid_request",
+                "this consent request has expired or belongs to another sign-in; start again from the app",
+                None,
+            ));
+        };
+        let held: Held = serde_json::from_str(&held.params).map_err(|_| StoreError::Corrupt("held request".into()))?;
+        let request = self.validate(&held.params, held.auth_after, now).await?;
+        if !approve {
+            return Err(request.reject("access_denied", "the user declined"));
+        }
+        self.store.put_consent(session.user, request.client.id.as_str(), &request.scopes.join(" "), now).await?;
+        self.issue_code(&request, session, now).await
+    }
+
+    async fn unhold(&self, params: AuthorizationParams, now: DateTime<Utc>) -> Result<Held, AuthorizeError> {
+        let Some(uri) = params.request_uri.as_deref() else {
+            return Ok(Held { params, auth_after: None });
+        };
+        let invalid = || reject("invalid_request", "request_uri is unknown, used or expired; start again", None);
+        if !uri.starts_with(REQUEST_URI_PREFIX) || uri.len() > MAX_PARAM_LEN {
+            return Err(invalid());
+        }
+        let Some(held) = self.store.take_request(&sha256(uri.as_bytes()), now).await? else {
+            return Err(invalid());
+        };
+        // A consent request is not a request_uri; and a request is used by its own client only.
+        if held.session_hash.is_some() || params.client_id.as_deref() != Some(held.client_id.as_str()) {
+            return Err(invalid());
+        }
+        Ok(serde_json::from_str(&held.params).map_err(|_| StoreError::Corrupt("held request".into()))?)
+    }
+
+    async fn validate(
+        &self,
+        params: &AuthorizationParams,
+        auth_after: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<AuthorizationRequest, AuthorizeError> {
+        let too_long = [
+            &params.response_type,
+            &params.client_id,
+            &params.redirect_uri,
+            &params.scope,
+            &params.state,
+            &params.nonce,
+            &params.code_challenge,
+            &params.prompt,
+            &params.max_age,
+            &params.login_hint,
+            &params.resource,
+            &params.response_mode,
+        ]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| v.len() > MAX_PARAM_LEN));
+        if too_long {
+            return Err(reject("invalid_request", "a parameter is longer than 2048 characters", None));
+        }
+        let Some(client_id) = params.client_id.as_deref() else {
+            return Err(reject("invalid_request", "client_id is missing", None));
+        };
+        let Some(client) = self.clients.get(client_id).await? else {
+            return Err(reject("invalid_client", "no client is registered with this client_id", None));
+        };
+        let Some(redirect_uri) = params.redirect_uri.clone() else {
+            return Err(reject("invalid_request", "redirect_uri is missing", None));
+        };
+        if client.redirect_uri(&redirect_uri).is_none() {
+            return Err(reject(
+                "invalid_request",
+                "redirect_uri is not one of the client's registered redirect URIs (they must match exactly)",
+                None,
+            ));
+        }
+        let state = params.state.clone();
+        let back = Some((redirect_uri.clone(), state.clone()));
+        let fail = |error: &'static str, description: &str| reject(error, description, back.clone());
+
+        if params.response_type.as_deref() != Some("code") {
+            return Err(fail("unsupported_response_type", "response_type must be code"));
+        }
+        if params.response_mode.as_deref().is_some_and(|m| m != "query") {
+            return Err(fail("invalid_request", "response_mode must be query"));
+        }
+        if !client.allows(GrantType::AuthorizationCode) {
+            return Err(fail("unauthorized_client", "this client may not use the authorization code flow"));
+        }
+        let scopes = split_scope(params.scope.as_deref().unwrap_or("openid"));
+        if scopes.is_empty() {
+            return Err(fail("invalid_scope", "scope is empty"));
+        }
+        if let Some(bad) = scopes.iter().find(|s| !is_scope_token(s) || !client.scopes.contains(s)) {
+            return Err(fail("invalid_scope", &format!("scope {bad:?} is not allowed for this client")));
+        }
+        let code_challenge = match (params.code_challenge.as_deref(), params.code_challenge_method.as_deref()) {
+            (None, None) if client.is_public() => {
+                return Err(fail("invalid_request", "PKCE is required: send code_challenge with method S256"));
+            }
+            (None, None) => None,
+            (Some(c), Some("S256")) if is_pkce_challenge(c) => Some(c.to_owned()),
+            (Some(_), Some("S256")) => {
+                return Err(fail("invalid_request", "code_challenge must be 43 base64url characters (S256)"));
+            }
+            (Some(_), None) | (Some(_), Some(_)) => {
+                return Err(fail("invalid_request", "code_challenge_method must be S256"));
+            }
+            (None, Some(_)) => return Err(fail("invalid_request", "code_challenge is missing")),
+        };
+        let prompts = split_scope(params.prompt.as_deref().unwrap_or(""));
+        if let Some(bad) = prompts.iter().find(|p| !matches!(p.as_str(), "none" | "login" | "consent" | "select_account")) {
+            return Err(fail("invalid_request", &format!("prompt {bad:?} is not supported")));
+        }
+        let prompt_none = prompts.iter().any(|p| p == "none");
+        if prompt_none && prompts.len() > 1 {
+            return Err(fail("invalid_request", "prompt=none cannot be combined with other values"));
+        }
+        let max_age = match params.max_age.as_deref() {
+            None => None,
+            Some(v) => match v.parse::<u32>() {
+                Ok(seconds) => Some(i64::from(seconds)),
+                Err(_) => return Err(fail("invalid_request", "max_age must be a number of seconds")),
+            },
+        };
+        if let Some(resource) = params.resource.as_deref()
+            && !client.resources.iter().any(|r| r == resource)
+        {
+            return Err(fail("invalid_target", "resource is not one of the client's registered resources"));
+        }
+        let mut after = auth_after;
+        let mut raise = |t: i64| after = Some(after.map_or(t, |a| a.max(t)));
+        if let Some(max_age) = max_age {
+            raise(now.timestamp() - max_age);
+        }
+        if prompts.iter().any(|p| p == "login") {
+            raise(now.timestamp());
+        }
+        Ok(AuthorizationRequest {
+            client,
+            redirect_uri,
+            scopes,
+            state,
+            nonce: params.nonce.clone(),
+            code_challenge,
+            prompt_none,
+            prompt_consent: prompts.iter().any(|p| p == "consent"),
+            auth_after: after.and_then(|t| DateTime::from_timestamp(t, 0)),
+            login_hint: params.login_hint.clone(),
+            resource: params.resource.clone(),
+            params: params.clone(),
+        })
+    }
+
+    async fn decide(
+        &self,
+        request: AuthorizationRequest,
+        session: Option<&SessionView>,
+        now: DateTime<Utc>,
+    ) -> Result<Next, AuthorizeError> {
+        // Sessions start on a whole second's boundary for this comparison, as auth_time does.
+        let fresh = |s: &SessionView| request.auth_after.is_none_or(|after| s.auth_time.timestamp() >= after.timestamp());
+        let Some(session) = session.filter(|s| fresh(s)) else {
+            if request.prompt_none {
+                return Err(request.reject("login_required", "the user is not signed in"));
+            }
+            let login_hint = request.login_hint.clone();
+            let uri = self.hold(&request, None, now).await?;
+            let continue_to = continue_url(request.client.id.as_str(), &uri);
+            return Ok(Next::SignIn { continue_to, login_hint });
+        };
+        if !request.client.first_party {
+            let granted = self.store.consent(session.user, request.client.id.as_str()).await?;
+            let granted = split_scope(granted.as_deref().unwrap_or(""));
+            let covered = request.scopes.iter().all(|s| granted.contains(s));
+            if request.prompt_consent || !covered {
+                if request.prompt_none {
+                    return Err(request.reject("consent_required", "the user has not consented to these scopes"));
+                }
+                let request_id = self.hold(&request, Some(session.hash), now).await?;
+                return Ok(Next::Consent {
+                    request_id,
+                    client_name: request.client.name.clone(),
+                    scopes: request.scopes.clone(),
+                });
+            }
+        }
+        Ok(Next::Redirect(self.issue_code(&request, session, now).await?))
+    }
+
+    /// Holds a validated request; returns its request URI (or, bound to a session, the consent
+    /// request id). Prompts already satisfied are not held: after signing in, `prompt=login` and
+    /// `max_age` are answered by `auth_after`.
+    async fn hold(
+        &self,
+        request: &AuthorizationRequest,
+        session_hash: Option<[u8; 32]>,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
+        let prompt = split_scope(request.params.prompt.as_deref().unwrap_or(""))
+            .into_iter()
+            .filter(|p| p != "login")
+            .collect::<Vec<_>>()
+            .join(" ");
+        let params = AuthorizationParams {
+            prompt: (!prompt.is_empty()).then_some(prompt),
+            max_age: None,
+            request_uri: None,
+            ..request.params.clone()
+        };
+        let held = Held { params, auth_after: request.auth_after.map(|t| t.timestamp()) };
+        let id = format!("{REQUEST_URI_PREFIX}{}", random_secret().expose_secret());
+        self.store
+            .insert_request(&HeldRequest {
+                id_hash: sha256(id.as_bytes()),
+                client_id: request.client.id.to_string(),
+                params: serde_json::to_string(&held).map_err(|_| StoreError::Corrupt("held request".into()))?,
+                session_hash,
+                expires_at: now + delta(REQUEST_TTL),
+            })
+            .await?;
+        Ok(id)
+    }
+
+    async fn issue_code(
+        &self,
+        request: &AuthorizationRequest,
+        session: &SessionView,
+        now: DateTime<Utc>,
+    ) -> Result<String, AuthorizeError> {
+        let code = random_secret();
+        self.store
+            .insert_grant(
+                &NewGrant {
+                    id: uuid::Uuid::now_v7(),
+                    client_id: request.client.id.to_string(),
+                    user_id: session.user,
+                    identity_id: session.identity,
+                    session_hash: Some(session.hash),
+                    scope: request.scopes.join(" "),
+                    resource: request.resource.clone(),
+                    provider: session.provider.clone(),
+                    auth_time: session.auth_time,
+                    now,
+                    expires_at: now + delta(request.client.refresh_token_ttl),
+                },
+                &NewCode {
+                    code_hash: sha256(code.expose_secret().as_bytes()),
+                    redirect_uri: request.redirect_uri.clone(),
+                    code_challenge: request.code_challenge.clone(),
+                    nonce: request.nonce.clone(),
+                    expires_at: now + delta(CODE_TTL),
+                },
+            )
+            .await?;
+        Ok(redirect_with(
+            &request.redirect_uri,
+            &[("code", code.expose_secret()), ("iss", &self.issuer)],
+            request.state.as_deref(),
+        ))
+    }
+
+    /// The redirect that reports `rejection` to the client (RFC 6749 4.1.2.1, RFC 9207 `iss`).
+    pub fn error_redirect(&self, rejection: &Rejection) -> Option<String> {
+        let (uri, state) = rejection.redirect.as_ref()?;
+        Some(redirect_with(
+            uri,
+            &[("error", rejection.error), ("error_description", &rejection.description), ("iss", &self.issuer)],
+            state.as_deref(),
+        ))
+    }
+}
+
+impl AuthorizationRequest {
+    fn reject(&self, error: &'static str, description: &str) -> AuthorizeError {
+        reject(error, description, Some((self.redirect_uri.clone(), self.state.clone())))
+    }
+}
+
+fn reject(error: &'static str, description: &str, redirect: Option<(String, Option<String>)>) -> AuthorizeError {
+    AuthorizeError::Rejected(Rejection { error, description: description.to_owned(), redirect })
+}
+
+/// Whether `value` is a PKCE S256 challenge: the base64url SHA-256 of a verifier, 43 characters.
+fn is_pkce_challenge(value: &str) -> bool {
+    value.len() == 43 && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// The local path that resumes a held request.
+fn continue_url(client_id: &str, request_uri: &str) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("client_id", client_id)
+        .append_pair("request_uri", request_uri)
+        .finish();
+    format!("/oauth/authorize?{query}")
+}
+
+/// `uri` with `pairs` and `state` added to its query (keeping the query it has).
+fn redirect_with(uri: &str, pairs: &[(&str, &str)], state: Option<&str>) -> String {
+    let Ok(mut url) = url::Url::parse(uri) else { return uri.to_owned() };
+    {
+        let mut query = url.query_pairs_mut();
+        for (key, value) in pairs {
+            query.append_pair(key, value);
+        }
+        if let Some(state) = state {
+            query.append_pair("state", state);
+        }
+    }
+    url.to_string()
+}
+
+fn delta(d: std::time::Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_the_registered_query() {
+        let to = redirect_with("https://app.example/cb?tenant=a", &[("code", "c1"), ("iss", "https://id.example")], Some("s&1"));
+        assert_eq!(to, "https://app.example/cb?tenant=a&code=c1&iss=https%3A%2F%2Fid.example&state=s%261");
+    }
+
+    #[test]
+    fn pkce_challenges_are_43_base64url_characters() {
+        assert!(is_pkce_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"));
+        assert!(!is_pkce_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c"));
+        assert!(!is_pkce_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw+cM"));
+    }
+}

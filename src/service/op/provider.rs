@@ -1,0 +1,152 @@
+//! [`OpenIdProvider`]: the rules of Tessera's downstream side, shared by the authorization
+//! endpoint ([`super::authorize`]) and the token, introspection, revocation and userinfo
+//! endpoints ([`super::tokens`]), and [`OAuthError`], the RFC 6749 error every one of them
+//! answers with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::clients::Clients;
+use super::keys::SigningKeys;
+use crate::store::{Store, StoreError};
+
+/// How long an authorization code lives.
+pub const CODE_TTL: Duration = Duration::from_secs(60);
+/// How long a pushed or held authorization request lives.
+pub const REQUEST_TTL: Duration = Duration::from_secs(600);
+/// The prefix of request URIs (RFC 9126).
+pub const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
+/// The longest parameter value accepted (a URI, a scope list, a state).
+pub const MAX_PARAM_LEN: usize = 2048;
+
+/// The OpenID Provider service.
+#[derive(Debug, Clone)]
+pub struct OpenIdProvider {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) clients: Clients,
+    pub(super) keys: SigningKeys,
+    pub(super) issuer: String,
+    pub(super) id_token_ttl: Duration,
+}
+
+impl OpenIdProvider {
+    /// A provider whose issuer is `issuer` (the public URL, without a trailing slash).
+    pub fn new(store: Arc<dyn Store>, clients: Clients, keys: SigningKeys, issuer: String, id_token_ttl: Duration) -> Self {
+        Self { store, clients, keys, issuer, id_token_ttl }
+    }
+
+    /// The issuer identifier.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The registered clients.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    /// The signing keys.
+    pub fn keys(&self) -> &SigningKeys {
+        &self.keys
+    }
+
+    /// An endpoint's URL under the issuer.
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+}
+
+/// An OAuth error as RFC 6749 section 5.2 (and its extensions) spell it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}: {description}")]
+pub struct OAuthError {
+    /// The error code (`invalid_request`, `invalid_grant`, …).
+    pub error: &'static str,
+    /// What went wrong, for the developer of the client.
+    pub description: String,
+    /// 401 for client authentication failures, 503 when the store is down, else 400.
+    pub status: u16,
+}
+
+impl OAuthError {
+    fn new(error: &'static str, description: impl Into<String>, status: u16) -> Self {
+        Self { error, description: description.into(), status }
+    }
+
+    /// `invalid_request`.
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new("invalid_request", description, 400)
+    }
+
+    /// `invalid_client` (401).
+    pub fn invalid_client(description: impl Into<String>) -> Self {
+        Self::new("invalid_client", description, 401)
+    }
+
+    /// `invalid_grant`.
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self::new("invalid_grant", description, 400)
+    }
+
+    /// `unauthorized_client`.
+    pub fn unauthorized_client(description: impl Into<String>) -> Self {
+        Self::new("unauthorized_client", description, 400)
+    }
+
+    /// `unsupported_grant_type`.
+    pub fn unsupported_grant_type(description: impl Into<String>) -> Self {
+        Self::new("unsupported_grant_type", description, 400)
+    }
+
+    /// `invalid_scope`.
+    pub fn invalid_scope(description: impl Into<String>) -> Self {
+        Self::new("invalid_scope", description, 400)
+    }
+
+    /// `invalid_target` (RFC 8707).
+    pub fn invalid_target(description: impl Into<String>) -> Self {
+        Self::new("invalid_target", description, 400)
+    }
+
+    /// `temporarily_unavailable` (503): the store is down.
+    pub fn unavailable() -> Self {
+        Self::new("temporarily_unavailable", "the service is temporarily unavailable; retry shortly", 503)
+    }
+
+    /// `server_error` (500): something that should not happen; logged.
+    pub fn server_error() -> Self {
+        Self::new("server_error", "an internal error occurred; it has been logged", 500)
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %error, "store unavailable");
+                Self::unavailable()
+            }
+            other => {
+                tracing::error!(error = %other, "store failed");
+                Self::server_error()
+            }
+        }
+    }
+}
+
+/// Splits a space-separated scope list into its distinct values, in order.
+pub fn split_scope(scope: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for value in scope.split(' ').filter(|s| !s.is_empty()) {
+        if !out.iter().any(|v| v == value) {
+            out.push(value.to_owned());
+        }
+    }
+    out
+}
+
+/// Whether `scope` is a well-formed scope token (RFC 6749 3.3, restricted to a safe subset).
+pub fn is_scope_token(scope: &str) -> bool {
+    (1..=128).contains(&scope.len())
+        && scope.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-' | b'/'))
+}

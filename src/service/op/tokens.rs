@@ -1,0 +1,555 @@
+//! The token endpoint's grants (`authorization_code`, `refresh_token`, `client_credentials`),
+//! the tokens they mint, and what reads them back: introspection (RFC 7662), revocation
+//! (RFC 7009) and userinfo.
+//!
+//! Access tokens are JWTs (RFC 9068, `typ: at+jwt`) whose `sub` is Tessera's user id and whose
+//! `gid` names the grant; refresh tokens are opaque and stored as hashes. A grant ends — and with
+//! it every token it issued — when it is revoked, when a used code or refresh token is presented
+//! again, when the browser session it came from ends, when the identity used is unlinked, or when
+//! the user is disabled.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::clients::ClientCredentials;
+use super::provider::{MAX_PARAM_LEN, OAuthError, OpenIdProvider, is_scope_token, split_scope};
+use crate::crypto::{constant_time_eq, random_secret, sha256};
+use crate::domain::{Client, GrantType, UserId, UserProfile};
+use crate::store::{GrantRecord, ReadFrom, RedeemOutcome, RotateOutcome};
+
+/// The `typ` of Tessera's access tokens (RFC 9068).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+/// The `typ` of its id tokens.
+pub const ID_TOKEN_TYP: &str = "JWT";
+
+/// A token request's form, less the client's credentials.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TokenForm {
+    /// The grant type.
+    pub grant_type: Option<String>,
+    /// `authorization_code`: the code.
+    pub code: Option<String>,
+    /// `authorization_code`: the redirect URI the code was sent to.
+    pub redirect_uri: Option<String>,
+    /// `authorization_code`: the PKCE verifier.
+    pub code_verifier: Option<String>,
+    /// `refresh_token`: the token.
+    pub refresh_token: Option<String>,
+    /// `refresh_token`, `client_credentials`: scopes (a subset).
+    pub scope: Option<String>,
+    /// `client_credentials`: the RFC 8707 resource.
+    pub resource: Option<String>,
+}
+
+/// A successful token response (RFC 6749 5.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenResponse {
+    /// The access token (a JWT).
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// A new refresh token, when the client may refresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The id token, for `openid` requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    /// The granted scopes.
+    pub scope: String,
+}
+
+/// The claims of Tessera's access tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Tessera.
+    pub iss: String,
+    /// The internal user id; for `client_credentials`, the client id.
+    pub sub: String,
+    /// The resource, or the client.
+    pub aud: String,
+    /// Expiry (seconds).
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Unique id.
+    pub jti: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// Granted scopes.
+    pub scope: String,
+    /// When the user authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+    /// The grant (absent for `client_credentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<uuid::Uuid>,
+    /// The user's email (scope `email`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The slugs of the user's teams, default first (scope `teams`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<String>>,
+}
+
+/// A user's claims by scope, for id tokens and userinfo.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UserClaims {
+    /// The internal user id.
+    pub sub: String,
+    /// Scope `email`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Scope `email`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    /// Scope `profile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Scope `teams`: the user's teams, default first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<TeamClaim>>,
+}
+
+/// One team in the `teams` claim.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeamClaim {
+    /// The team id.
+    pub id: String,
+    /// Its slug.
+    pub slug: String,
+    /// The user's role.
+    pub role: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct IdClaims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    azp: &'a str,
+    exp: i64,
+    iat: i64,
+    auth_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+    amr: [&'static str; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp: Option<&'a str>,
+    #[serde(flatten)]
+    user: &'a UserClaims,
+}
+
+/// Which token a revocation or introspection names.
+enum Named {
+    Access(AccessClaims),
+    Refresh(GrantRecord, bool),
+    Unknown,
+}
+
+impl OpenIdProvider {
+    /// Answers a token request from a client with `creds`.
+    pub async fn token(&self, creds: &ClientCredentials, form: TokenForm) -> Result<TokenResponse, OAuthError> {
+        let Some(grant_type) = form.grant_type.as_deref() else {
+            return Err(OAuthError::invalid_request("grant_type is missing"));
+        };
+        let Ok(grant) = grant_type.parse::<GrantType>() else {
+            return Err(OAuthError::unsupported_grant_type(format!("grant_type {grant_type:?} is not supported")));
+        };
+        let client = self.authenticate(creds).await?;
+        if !client.allows(grant) {
+            return Err(OAuthError::unauthorized_client(format!("this client may not use {}", grant.as_str())));
+        }
+        match grant {
+            GrantType::AuthorizationCode => self.exchange_code(&client, form).await,
+            GrantType::RefreshToken => self.refresh(&client, form).await,
+            GrantType::ClientCredentials => self.client_credentials(&client, form).await,
+            GrantType::TokenExchange => {
+                Err(OAuthError::unsupported_grant_type("token exchange is not available yet"))
+            }
+        }
+    }
+
+    /// Authenticates a client at the token, introspection, revocation or PAR endpoint.
+    pub async fn authenticate(&self, creds: &ClientCredentials) -> Result<Client, OAuthError> {
+        let endpoint = self.endpoint("/oauth/token");
+        self.clients.authenticate(creds, &endpoint).await.map_err(|e| OAuthError {
+            error: e.oauth_error(),
+            description: e.to_string(),
+            status: if e.oauth_error() == "invalid_client" { 401 } else { 400 },
+        })
+    }
+
+    async fn exchange_code(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
+        let now = crate::domain::now();
+        let code = required(&form.code, "code")?;
+        let hash = sha256(code.as_bytes());
+        let invalid = || OAuthError::invalid_grant("the code is invalid, expired, used, or was issued to another client");
+        let Some((grant, stored)) = self.store.code_grant(&hash, now).await? else {
+            return Err(invalid());
+        };
+        if grant.client_id != client.id.as_str() {
+            return Err(invalid());
+        }
+        if stored.used {
+            // A replay: redeeming again revokes the grant and every token it issued.
+            self.store.redeem_code(&hash, None, now).await?;
+            tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
+            return Err(invalid());
+        }
+        if form.redirect_uri.as_deref() != Some(stored.redirect_uri.as_str()) {
+            return Err(OAuthError::invalid_grant("redirect_uri differs from the authorization request's"));
+        }
+        match (&stored.code_challenge, form.code_verifier.as_deref()) {
+            (Some(challenge), Some(verifier)) => {
+                if !is_pkce_verifier(verifier) || !constant_time_eq(s256(verifier).as_bytes(), challenge.as_bytes()) {
+                    return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"));
+                }
+            }
+            (Some(_), None) => return Err(OAuthError::invalid_grant("code_verifier is missing")),
+            (None, Some(_)) => {
+                return Err(OAuthError::invalid_grant("code_verifier was sent but the authorization request had no code_challenge"));
+            }
+            (None, None) => {}
+        }
+        if !grant.active {
+            return Err(invalid());
+        }
+        let refresh = client.allows(GrantType::RefreshToken).then(random_secret);
+        let refresh_hash = refresh.as_ref().map(|r| sha256(r.expose_secret().as_bytes()));
+        match self.store.redeem_code(&hash, refresh_hash.as_ref(), now).await? {
+            RedeemOutcome::Redeemed => {}
+            RedeemOutcome::Replayed | RedeemOutcome::Invalid => return Err(invalid()),
+        }
+        let refresh = refresh.map(|r| r.expose_secret().to_owned());
+        self.mint(client, &grant, stored.nonce.as_deref(), refresh, now).await
+    }
+
+    async fn refresh(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
+        let now = crate::domain::now();
+        let token = required(&form.refresh_token, "refresh_token")?;
+        let hash = sha256(token.as_bytes());
+        let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired, revoked or was already used");
+        let Some((mut grant, _used)) = self.store.refresh_grant(&hash, now).await? else {
+            return Err(invalid());
+        };
+        if grant.client_id != client.id.as_str() {
+            return Err(invalid());
+        }
+        if let Some(scope) = form.scope.as_deref() {
+            let granted = split_scope(&grant.scope);
+            let asked = split_scope(scope);
+            if asked.is_empty() || asked.iter().any(|s| !granted.contains(s)) {
+                return Err(OAuthError::invalid_scope("a refresh may only narrow the granted scopes"));
+            }
+            grant.scope = asked.join(" ");
+        }
+        let new = random_secret();
+        match self.store.rotate_refresh_token(&hash, &sha256(new.expose_secret().as_bytes()), now).await? {
+            RotateOutcome::Rotated => {}
+            RotateOutcome::Reused => {
+                tracing::warn!(client_id = %client.id, "rotated refresh token reused; its grant is revoked");
+                return Err(invalid());
+            }
+            RotateOutcome::Invalid => return Err(invalid()),
+        }
+        self.mint(client, &grant, None, Some(new.expose_secret().to_owned()), now).await
+    }
+
+    async fn client_credentials(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
+        if client.is_public() {
+            return Err(OAuthError::unauthorized_client("a public client cannot use client_credentials"));
+        }
+        let allowed: Vec<&String> = client.scopes.iter().filter(|s| !is_user_scope(s)).collect();
+        let scopes = match form.scope.as_deref() {
+            Some(scope) => {
+                let asked = split_scope(scope);
+                if let Some(bad) = asked.iter().find(|s| !is_scope_token(s) || !allowed.contains(s)) {
+                    return Err(OAuthError::invalid_scope(format!("scope {bad:?} is not allowed for client_credentials")));
+                }
+                asked
+            }
+            None => allowed.into_iter().cloned().collect(),
+        };
+        let aud = match form.resource.as_deref() {
+            Some(resource) if client.resources.iter().any(|r| r == resource) => resource.to_owned(),
+            Some(_) => return Err(OAuthError::invalid_target("resource is not one of the client's registered resources")),
+            None => client.id.to_string(),
+        };
+        let now = crate::domain::now();
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: client.id.to_string(),
+            aud,
+            exp: (now + delta(client.access_token_ttl)).timestamp(),
+            iat: now.timestamp(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: client.id.to_string(),
+            scope: scopes.join(" "),
+            auth_time: None,
+            gid: None,
+            email: None,
+            teams: None,
+        };
+        let access_token = self.sign_access(client, &claims).await?;
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: client.access_token_ttl.as_secs(),
+            refresh_token: None,
+            id_token: None,
+            scope: claims.scope,
+        })
+    }
+
+    /// Mints the access token (and id token, for `openid`) of a grant.
+    async fn mint(
+        &self,
+        client: &Client,
+        grant: &GrantRecord,
+        nonce: Option<&str>,
+        refresh_token: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let scopes = split_scope(&grant.scope);
+        let profile = self.store.user_profile(grant.user_id, ReadFrom::Primary).await?;
+        let Some(profile) = profile.filter(|p| !p.user.disabled) else {
+            return Err(OAuthError::invalid_grant("the user is disabled or gone"));
+        };
+        let user = user_claims(&profile, &scopes);
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: grant.user_id.to_string(),
+            aud: grant.resource.clone().unwrap_or_else(|| client.id.to_string()),
+            exp: (now + delta(client.access_token_ttl)).timestamp(),
+            iat: now.timestamp(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: client.id.to_string(),
+            scope: grant.scope.clone(),
+            auth_time: Some(grant.auth_time.timestamp()),
+            gid: Some(grant.id),
+            email: user.email.clone(),
+            teams: user.teams.as_ref().map(|teams| teams.iter().map(|t| t.slug.clone()).collect()),
+        };
+        let access_token = self.sign_access(client, &claims).await?;
+        let id_token = if scopes.iter().any(|s| s == "openid") {
+            let id = IdClaims {
+                iss: &self.issuer,
+                aud: client.id.as_str(),
+                azp: client.id.as_str(),
+                exp: (now + delta(self.id_token_ttl)).timestamp(),
+                iat: now.timestamp(),
+                auth_time: grant.auth_time.timestamp(),
+                nonce,
+                amr: ["fed"],
+                idp: grant.provider.as_deref(),
+                user: &user,
+            };
+            Some(self.keys.sign(client.signing_alg, super::tokens::ID_TOKEN_TYP, &id).await.map_err(|e| {
+                tracing::error!(error = %e, "signing an id token failed");
+                OAuthError::server_error()
+            })?)
+        } else {
+            None
+        };
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: client.access_token_ttl.as_secs(),
+            refresh_token,
+            id_token,
+            scope: grant.scope.clone(),
+        })
+    }
+
+    async fn sign_access(&self, client: &Client, claims: &AccessClaims) -> Result<String, OAuthError> {
+        self.keys.sign(client.signing_alg, ACCESS_TOKEN_TYP, claims).await.map_err(|e| {
+            tracing::error!(error = %e, "signing an access token failed");
+            OAuthError::server_error()
+        })
+    }
+
+    /// Verifies one of Tessera's access tokens locally: signature, `typ`, issuer, expiry. Says
+    /// nothing of its grant (see [`OpenIdProvider::access_grant_active`]).
+    pub async fn verify_access(&self, token: &str) -> Option<AccessClaims> {
+        if token.len() > 8 * 1024 {
+            return None;
+        }
+        self.keys.verify::<AccessClaims>(token, ACCESS_TOKEN_TYP, &self.issuer).await.ok()
+    }
+
+    /// Whether a verified access token's grant (or, without one, its client) still counts.
+    pub async fn access_grant_active(&self, claims: &AccessClaims) -> Result<bool, OAuthError> {
+        let now = crate::domain::now();
+        match claims.gid {
+            Some(gid) => Ok(self.store.grant(gid, now).await?.is_some_and(|g| g.active)),
+            None => Ok(self.clients.get(&claims.client_id).await?.is_some()),
+        }
+    }
+
+    async fn named(&self, token: &str) -> Result<Named, OAuthError> {
+        if token.is_empty() || token.len() > MAX_PARAM_LEN * 4 {
+            return Ok(Named::Unknown);
+        }
+        if token.contains('.') {
+            return Ok(self.verify_access(token).await.map_or(Named::Unknown, Named::Access));
+        }
+        let now = crate::domain::now();
+        Ok(match self.store.refresh_grant(&sha256(token.as_bytes()), now).await? {
+            Some((grant, used)) => Named::Refresh(grant, used),
+            None => Named::Unknown,
+        })
+    }
+
+    /// RFC 7662: what `token` is, for an authenticated confidential client. Every token that
+    /// does not count — garbage, expired, revoked, another issuer's — is `{"active": false}`.
+    pub async fn introspect(&self, client: &Client, token: &str) -> Result<serde_json::Value, OAuthError> {
+        let inactive = serde_json::json!({ "active": false });
+        match self.named(token).await? {
+            Named::Access(claims) => {
+                if !self.access_grant_active(&claims).await? {
+                    return Ok(inactive);
+                }
+                let mut out = serde_json::to_value(&claims).map_err(|_| OAuthError::server_error())?;
+                if let Some(map) = out.as_object_mut() {
+                    map.insert("active".into(), true.into());
+                    map.insert("token_type".into(), "Bearer".into());
+                    map.remove("gid");
+                }
+                Ok(out)
+            }
+            // A refresh token is only ever shown to the client that holds it.
+            Named::Refresh(grant, used) if !used && grant.active && grant.client_id == client.id.as_str() => {
+                Ok(serde_json::json!({
+                    "active": true,
+                    "token_type": "refresh_token",
+                    "client_id": grant.client_id,
+                    "sub": grant.user_id.to_string(),
+                    "scope": grant.scope,
+                    "exp": grant.expires_at.timestamp(),
+                    "iss": self.issuer,
+                }))
+            }
+            Named::Refresh(..) | Named::Unknown => Ok(inactive),
+        }
+    }
+
+    /// RFC 7009: revokes the grant behind `token` when it was issued to `client`; answers the
+    /// same whether or not there was anything to revoke.
+    pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
+        let now = crate::domain::now();
+        let grant = match self.named(token).await? {
+            Named::Access(claims) if claims.client_id == client.id.as_str() => claims.gid,
+            Named::Refresh(grant, _) if grant.client_id == client.id.as_str() => Some(grant.id),
+            _ => None,
+        };
+        if let Some(grant) = grant
+            && self.store.revoke_grant(grant, now).await?
+        {
+            tracing::info!(client_id = %client.id, "grant revoked");
+        }
+        Ok(())
+    }
+
+    /// Userinfo: the claims of an active access token's user, by its scopes; `None` when the
+    /// token does not count (or was not issued for `openid`).
+    pub async fn userinfo(&self, token: &str) -> Result<Option<UserClaims>, OAuthError> {
+        let Some(claims) = self.verify_access(token).await else { return Ok(None) };
+        let scopes = split_scope(&claims.scope);
+        if claims.gid.is_none() || !scopes.iter().any(|s| s == "openid") || !self.access_grant_active(&claims).await? {
+            return Ok(None);
+        }
+        let Ok(user) = claims.sub.parse::<uuid::Uuid>() else { return Ok(None) };
+        let profile = self.store.user_profile(UserId::from_uuid(user), ReadFrom::Primary).await?;
+        Ok(profile.filter(|p| !p.user.disabled).map(|p| user_claims(&p, &scopes)))
+    }
+
+    /// The client ids a verified id token was issued to (`aud`), for RP-initiated logout;
+    /// `None` when it is not one of Tessera's id tokens.
+    pub async fn id_token_client(&self, id_token: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Aud {
+            aud: String,
+        }
+        self.keys.verify_ignoring_expiry::<Aud>(id_token, ID_TOKEN_TYP, &self.issuer).await.ok().map(|a| a.aud)
+    }
+}
+
+/// Scopes that only make sense with a user.
+fn is_user_scope(scope: &str) -> bool {
+    matches!(scope, "openid" | "profile" | "email" | "teams" | "offline_access")
+}
+
+/// The claims `scopes` release about a user.
+pub fn user_claims(profile: &UserProfile, scopes: &[String]) -> UserClaims {
+    let has = |s: &str| scopes.iter().any(|x| x == s);
+    let user = &profile.user;
+    UserClaims {
+        sub: user.id.to_string(),
+        email: has("email").then(|| user.email.clone()).flatten(),
+        email_verified: (has("email") && user.email.is_some()).then_some(user.email_verified),
+        name: has("profile").then(|| user.name.clone()).flatten(),
+        teams: has("teams").then(|| {
+            profile
+                .teams
+                .iter()
+                .map(|m| TeamClaim { id: m.team.id.to_string(), slug: m.team.slug.to_string(), role: m.role.as_str() })
+                .collect()
+        }),
+    }
+}
+
+fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError> {
+    match value.as_deref() {
+        Some(v) if !v.is_empty() && v.len() <= MAX_PARAM_LEN => Ok(v),
+        Some(v) if !v.is_empty() => Err(OAuthError::invalid_request(format!("{name} is too long"))),
+        _ => Err(OAuthError::invalid_request(format!("{name} is missing"))),
+    }
+}
+
+/// RFC 7636 4.1: 43 to 128 unreserved characters.
+fn is_pkce_verifier(value: &str) -> bool {
+    (43..=128).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// The S256 challenge of a verifier.
+fn s256(verifier: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(verifier.as_bytes()))
+}
+
+fn delta(d: std::time::Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+/// Parameters of a form that may not repeat (RFC 6749 3.1: "Request and response parameters
+/// MUST NOT be included more than once").
+pub fn single_valued(pairs: &[(String, String)]) -> Result<BTreeMap<&str, &str>, OAuthError> {
+    let mut map = BTreeMap::new();
+    for (key, value) in pairs {
+        if map.insert(key.as_str(), value.as_str()).is_some() {
+            return Err(OAuthError::invalid_request(format!("parameter {key} is repeated")));
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s256_matches_rfc_7636_appendix_b() {
+        assert_eq!(s256("dBjftJeZ4CVP-mB92K27uhbUJU2p1r-wW1gXr-cM"), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        let pairs = vec![("code".to_owned(), "a".to_owned()), ("code".to_owned(), "b".to_owned())];
+        assert_eq!(single_valued(&pairs).unwrap_err().error, "invalid_request");
+    }
+}

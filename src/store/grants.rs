@@ -1,0 +1,126 @@
+//! Records of the OpenID Provider's grants: what a user authorised a client to do, the single-use
+//! code that starts it, the rotating refresh tokens that extend it, remembered consents and held
+//! authorization requests. Only hashes of codes, tokens and request ids are stored.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{IdentityId, UserId};
+
+/// A new grant, written with its authorization code.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    /// Its id (carried in access tokens as `gid`).
+    pub id: uuid::Uuid,
+    /// The client it is for.
+    pub client_id: String,
+    /// The user who authorised it.
+    pub user_id: UserId,
+    /// The upstream identity the user signed in with; unlinking it ends the grant.
+    pub identity_id: Option<IdentityId>,
+    /// The browser session it came from; ending the session ends the grant.
+    pub session_hash: Option<[u8; 32]>,
+    /// The granted scopes, space-separated.
+    pub scope: String,
+    /// The resource (RFC 8707) its access tokens are for, if one was asked.
+    pub resource: Option<String>,
+    /// The upstream provider the user signed in with.
+    pub provider: Option<String>,
+    /// When the user authenticated.
+    pub auth_time: DateTime<Utc>,
+    /// Now.
+    pub now: DateTime<Utc>,
+    /// When the grant (and so its refresh tokens) ends at the latest.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A new authorization code.
+#[derive(Debug, Clone)]
+pub struct NewCode {
+    /// SHA-256 of the code.
+    pub code_hash: [u8; 32],
+    /// The redirect URI it was sent to (the token request must repeat it).
+    pub redirect_uri: String,
+    /// The PKCE S256 challenge, if the client sent one.
+    pub code_challenge: Option<String>,
+    /// The OpenID nonce, echoed in the id token.
+    pub nonce: Option<String>,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A grant as read back, with whether it still counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// The client.
+    pub client_id: String,
+    /// The user.
+    pub user_id: UserId,
+    /// The upstream identity, if any.
+    pub identity_id: Option<IdentityId>,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// The resource, if any.
+    pub resource: Option<String>,
+    /// The upstream provider, if known.
+    pub provider: Option<String>,
+    /// When the user authenticated.
+    pub auth_time: DateTime<Utc>,
+    /// When it ends at the latest.
+    pub expires_at: DateTime<Utc>,
+    /// Not revoked, not expired, its user not disabled, its session and identity still there.
+    pub active: bool,
+}
+
+/// An authorization code as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRecord {
+    /// The redirect URI it was sent to.
+    pub redirect_uri: String,
+    /// The PKCE challenge.
+    pub code_challenge: Option<String>,
+    /// The OpenID nonce.
+    pub nonce: Option<String>,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+    /// Whether it was used already.
+    pub used: bool,
+}
+
+/// What redeeming a code did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeemOutcome {
+    /// This call used the code (and stored the refresh token, if one was given).
+    Redeemed,
+    /// The code had been used: its grant is now revoked, with every token it issued.
+    Replayed,
+    /// No such code, or expired.
+    Invalid,
+}
+
+/// What rotating a refresh token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The old token is used up and the new one stored.
+    Rotated,
+    /// The token had been rotated already: its grant is now revoked.
+    Reused,
+    /// No such token, or its grant no longer counts; nothing was written.
+    Invalid,
+}
+
+/// An authorization request held for a later step (pushed, or waiting for consent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRequest {
+    /// SHA-256 of its id (the id itself is only with the client or the browser).
+    pub id_hash: [u8; 32],
+    /// The client that made it.
+    pub client_id: String,
+    /// The request's parameters, as JSON.
+    pub params: String,
+    /// For consent: the session it is bound to.
+    pub session_hash: Option<[u8; 32]>,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}

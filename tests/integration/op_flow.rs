@@ -1,0 +1,654 @@
+//! Tessera as an OpenID Provider, end to end over HTTP: a browser signs in through the local
+//! upstream issuer, apps registered through the admin API get codes and tokens, and every
+//! single-use value is raced. Real third-party relying parties (openid-client, Authlib) run the
+//! same flows in `op_third_party.rs`.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tessera::config::Config;
+use tessera::crypto::keyring::KeyRing;
+use tessera_testkit::local_issuer::StubUser;
+
+use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
+use crate::signin::{Browser, World, location, world_with};
+
+on_both_backends!(
+    discovery_describes_the_provider_and_its_keys,
+    a_code_flow_issues_tokens_whose_subject_is_the_internal_user,
+    bad_authorization_requests_never_go_to_an_unregistered_uri,
+    bad_token_requests_are_refused_and_issue_nothing,
+    a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_grant,
+    a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family,
+    introspection_answers_inactive_alike_and_at_once,
+    client_credentials_tokens_name_the_client,
+    third_party_clients_ask_for_consent_once,
+    prompt_and_max_age_are_honoured,
+    pushed_requests_are_single_use,
+    forward_auth_answers_for_sessions_and_tokens,
+    logout_ends_the_session_and_its_grants,
+);
+
+pub const REDIRECT: &str = "https://app.example.com/callback";
+pub const POST_LOGOUT: &str = "https://app.example.com/signed-out";
+
+fn ring() -> String {
+    format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([7u8; 32]))
+}
+
+/// A world with the provider enabled: a key ring, the local upstream issuer as the only
+/// sign-in provider.
+pub async fn op_world(backend: Backend) -> World {
+    op_world_with(backend, |_| {}).await
+}
+
+pub async fn op_world_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> World {
+    world_with(backend, |config, _| {
+        config.encryption = Some(Arc::new(KeyRing::parse(&ring()).unwrap()));
+        adjust(config);
+    })
+    .await
+}
+
+/// Registers a client through the admin API; returns its id and secret (if confidential).
+pub async fn register(app: &TestApp, fields: Value) -> (String, Option<String>) {
+    let response = app.admin(Method::POST, "/admin/clients").json(&fields).send().await.unwrap();
+    let created = body(response, 201).await;
+    let id = created["client"]["id"].as_str().or(created["id"].as_str()).unwrap().to_owned();
+    let secret = created["client_secret"].as_str().map(str::to_owned);
+    (id, secret)
+}
+
+/// A confidential first-party web app.
+pub async fn web_app(app: &TestApp) -> (String, String) {
+    let (id, secret) = register(
+        app,
+        &json!({
+            "name": "Web app",
+            "kind": "confidential",
+            "redirect_uris": [REDIRECT],
+            "post_logout_redirect_uris": [POST_LOGOUT],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "scopes": ["openid", "profile", "email", "teams", "offline_access"],
+            "first_party": true,
+        }),
+    )
+    .await;
+    (id, secret.expect("a confidential client gets a secret"))
+}
+
+/// PKCE verifier and its S256 challenge.
+pub fn pkce() -> (String, String) {
+    let verifier = format!("v{}", uuid::Uuid::new_v4().simple()).repeat(2);
+    let digest = tessera::crypto::sha256(verifier.as_bytes());
+    (verifier, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
+}
+
+fn authorize_url(app: &TestApp, client: &str, challenge: &str, extra: &str) -> String {
+    app.url(&format!(
+        "/oauth/authorize?response_type=code&client_id={client}&redirect_uri={}&scope=openid%20email%20teams\
+         &state=st-1&nonce=n-1&code_challenge={challenge}&code_challenge_method=S256{extra}",
+        urlencode(REDIRECT)
+    ))
+}
+
+fn urlencode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// Follows redirects (through the upstream sign-in) until one leaves for the client; returns it.
+pub async fn follow(browser: &mut Browser, mut url: String) -> String {
+    for _ in 0..12 {
+        if url.starts_with("https://app.example.com/") {
+            return url;
+        }
+        let response = browser.navigate(&url).await;
+        assert!(response.status().is_redirection(), "{url}: {} {:?}", response.status(), response.text().await);
+        let next = location(&response);
+        url = if next.starts_with('/') { format!("{}{next}", base(&url)) } else { next };
+    }
+    panic!("too many redirects");
+}
+
+fn base(url: &str) -> String {
+    let parsed = url::Url::parse(url).unwrap();
+    format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap()) + &parsed.port().map(|p| format!(":{p}")).unwrap_or_default()
+}
+
+fn param(url: &str, name: &str) -> Option<String> {
+    url::Url::parse(url).unwrap().query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// Signs `browser` in as a fresh upstream user and authorizes `client`; returns the code.
+pub async fn code_for(w: &World, browser: &mut Browser, client: &str, challenge: &str) -> String {
+    let back = follow(browser, authorize_url(&w.app, client, challenge, "")).await;
+    assert_eq!(param(&back, "state").as_deref(), Some("st-1"), "{back}");
+    assert_eq!(param(&back, "iss").as_deref(), Some(w.app.url("").trim_end_matches('/')), "RFC 9207 iss");
+    param(&back, "code").unwrap_or_else(|| panic!("a code in {back}"))
+}
+
+pub async fn token_request(app: &TestApp, client: (&str, &str), form: &[(&str, &str)]) -> reqwest::Response {
+    app.client.post(app.url("/oauth/token")).basic_auth(client.0, Some(client.1)).form(form).send().await.unwrap()
+}
+
+async fn exchange(app: &TestApp, client: (&str, &str), code: &str, verifier: &str) -> reqwest::Response {
+    token_request(
+        app,
+        client,
+        &[("grant_type", "authorization_code"), ("code", code), ("redirect_uri", REDIRECT), ("code_verifier", verifier)],
+    )
+    .await
+}
+
+async fn introspect(app: &TestApp, client: (&str, &str), token: &str) -> Value {
+    let response = app
+        .client
+        .post(app.url("/oauth/introspect"))
+        .basic_auth(client.0, Some(client.1))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    body(response, 200).await
+}
+
+/// The payload and header of a JWT, unverified (the tests that verify use the JWKS).
+pub fn jwt_parts(token: &str) -> (Value, Value) {
+    let mut parts = token.split('.');
+    let mut decode = || {
+        let part = parts.next().unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    };
+    let header = decode();
+    (header, decode())
+}
+
+async fn oauth_error(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.headers().get("cache-control").map(|v| v.to_str().unwrap()), Some("no-store"));
+    body(response, status).await["error"].as_str().unwrap().to_owned()
+}
+
+async fn discovery_describes_the_provider_and_its_keys(backend: Backend) {
+    let w = op_world(backend).await;
+    let issuer = w.app.url("").trim_end_matches('/').to_owned();
+    for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
+        let doc = body(w.app.client.get(w.app.url(path)).send().await.unwrap(), 200).await;
+        assert_eq!(doc["issuer"], issuer);
+        assert_eq!(doc["token_endpoint"], format!("{issuer}/oauth/token"));
+        assert_eq!(doc["jwks_uri"], format!("{issuer}/oauth/jwks"));
+        assert_eq!(doc["response_types_supported"], json!(["code"]));
+        assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+        assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
+    }
+    // Without a key ring the provider is off, and says what to configure.
+    let off = TestApp::spawn(backend).await;
+    let response = off.client.get(off.url("/.well-known/openid-configuration")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(response.text().await.unwrap().contains("TESSERA_ENCRYPTION_KEYS"));
+}
+
+async fn a_code_flow_issues_tokens_whose_subject_is_the_internal_user(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    w.issuer.set_next_user(StubUser::new("upstream-sub-1", "ada@example.com"));
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let tokens = body(exchange(&w.app, (&client, &secret), &code, &verifier).await, 200).await;
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["expires_in"], 600);
+    let user_id = w.app.db.sql().await.uuids("SELECT id FROM users").await[0].to_string();
+
+    let (header, id_token) = jwt_parts(tokens["id_token"].as_str().unwrap());
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(id_token["sub"], user_id, "the subject is Tessera's user id, never the upstream sub");
+    assert_ne!(id_token["sub"], "upstream-sub-1");
+    assert_eq!(id_token["aud"], client);
+    assert_eq!(id_token["nonce"], "n-1");
+    assert_eq!(id_token["email"], "ada@example.com");
+    assert_eq!(id_token["idp"], "local");
+    assert!(id_token["auth_time"].is_i64());
+
+    let (header, access) = jwt_parts(tokens["access_token"].as_str().unwrap());
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(access["sub"], user_id);
+    assert_eq!(access["client_id"], client);
+    assert_eq!(access["aud"], client);
+    assert_eq!(access["scope"], "openid email teams");
+
+    let info = w.app.client.get(w.app.url("/oauth/userinfo")).bearer_auth(tokens["access_token"].as_str().unwrap());
+    let info = body(info.send().await.unwrap(), 200).await;
+    assert_eq!(info["sub"], user_id);
+    assert_eq!(info["teams"].as_array().unwrap().len(), 1);
+
+    // Only hashes are stored.
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("oauth_codes").await, 1);
+    assert_eq!(sql.count("oauth_refresh_tokens").await, 1);
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let stored = sql.blobs("SELECT token_hash FROM oauth_refresh_tokens").await;
+    assert_eq!(stored, vec![tessera::crypto::sha256(refresh.as_bytes()).to_vec()], "only the hash is stored");
+}
+
+async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, _) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    let good = authorize_url(&w.app, &client, &challenge, "");
+    // Never redirected: unknown client, and every near miss of the registered URI.
+    let near_misses = [
+        "https://app.example.com/callback/extra",
+        "https://app.example.com/callback?x=1",
+        "https://app.example.com/callback#frag",
+        "https://APP.example.com/callback",
+        "https://app.example.com:8443/callback",
+        "http://app.example.com/callback",
+        "https://evil.example/callback",
+    ];
+    let mut urls = vec![good.replace(&format!("client_id={client}"), "client_id=nobody")];
+    for uri in near_misses {
+        urls.push(good.replace(&urlencode(REDIRECT), &urlencode(uri)));
+    }
+    urls.push(good.replace("&redirect_uri=", "&x="));
+    urls.push(format!("{good}&state=again"));
+    for url in urls {
+        let response = browser.navigate(&url).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{url}");
+        assert!(response.headers().get("location").is_none(), "{url}");
+        assert!(response.text().await.unwrap().contains("error: "), "the page names the error");
+    }
+    // With the client and URI right, errors go back to the client.
+    for (extra, error) in [
+        ("&response_type=token", "invalid_request"),
+        ("&scope=openid%20admin", "invalid_scope"),
+        ("&prompt=none", "login_required"),
+        ("&resource=https%3A%2F%2Fapi.example.com", "invalid_target"),
+        ("&max_age=soon", "invalid_request"),
+    ] {
+        let url = good.clone() + extra;
+        let url = if extra.starts_with("&response_type") { url.replace("response_type=code&", "") } else { url };
+        let url = if extra.starts_with("&scope") { url.replace("scope=openid%20email%20teams&", "") } else { url };
+        let response = browser.navigate(&url).await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{url}");
+        let to = location(&response);
+        assert!(to.starts_with(REDIRECT), "{to}");
+        let expected = if extra.starts_with("&response_type") { "unsupported_response_type" } else { error };
+        assert_eq!(param(&to, "error").as_deref(), Some(expected), "{url}");
+        assert_eq!(param(&to, "state").as_deref(), Some("st-1"));
+    }
+    // A public client must use PKCE.
+    let (public, _) = register(
+        &w.app,
+        json!({"name": "SPA", "kind": "public", "redirect_uris": [REDIRECT], "first_party": true}),
+    )
+    .await;
+    let no_pkce = authorize_url(&w.app, &public, &challenge, "").replace(&format!("&code_challenge={challenge}&code_challenge_method=S256"), "");
+    let to = location(&browser.navigate(&no_pkce).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"));
+    assert_eq!(w.app.db.sql().await.count("oauth_grants").await, 0, "nothing was granted");
+}
+
+async fn bad_token_requests_are_refused_and_issue_nothing(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let (other, other_secret) = web_app(&w.app).await;
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let me = (client.as_str(), secret.as_str());
+    let (wrong_verifier, _) = pkce();
+    let cases: Vec<(Vec<(&str, &str)>, (&str, &str), u16, &str)> = vec![
+        (vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)], me, 400, "invalid_grant"),
+        (
+            vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &wrong_verifier)],
+            me,
+            400,
+            "invalid_grant",
+        ),
+        (
+            vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "https://app.example.com/other"), ("code_verifier", &verifier)],
+            me,
+            400,
+            "invalid_grant",
+        ),
+        (
+            vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &verifier)],
+            (&other, &other_secret),
+            400,
+            "invalid_grant",
+        ),
+        (
+            vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &verifier)],
+            (&client, "wrong-secret"),
+            401,
+            "invalid_client",
+        ),
+        (vec![("grant_type", "password"), ("username", "a")], me, 400, "unsupported_grant_type"),
+        (vec![("grant_type", "client_credentials")], me, 400, "unauthorized_client"),
+        (vec![("code", &code)], me, 400, "invalid_request"),
+        (vec![("grant_type", "authorization_code"), ("grant_type", "authorization_code"), ("code", &code)], me, 400, "invalid_request"),
+    ];
+    for (form, creds, status, error) in cases {
+        let response = token_request(&w.app, creds, &form).await;
+        assert_eq!(oauth_error(response, status).await, error, "{form:?}");
+    }
+    // A JSON body is not a token request.
+    let json_body = w.app.client.post(w.app.url("/oauth/token")).basic_auth(&client, Some(&secret));
+    let json_body = json_body.json(&json!({"grant_type": "authorization_code"})).send().await.unwrap();
+    assert_eq!(oauth_error(json_body, 400).await, "invalid_request");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("oauth_refresh_tokens").await, 0, "nothing was issued");
+    // The code survived the misses: its own client with the right verifier still gets tokens.
+    body(exchange(&w.app, me, &code, &verifier).await, 200).await;
+}
+
+async fn a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_grant(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let form = [("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &verifier)];
+    let responses = concurrently((0..16).map(|_| token_builder(&w.app, (&client, &secret), &form)).collect()).await;
+    let mut issued = Vec::new();
+    for response in responses {
+        match response.status().as_u16() {
+            200 => issued.push(body(response, 200).await),
+            400 => assert_eq!(body(response, 400).await["error"], "invalid_grant"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(issued.len(), 1, "exactly one redemption wins");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("oauth_refresh_tokens").await, 1);
+    // The losers were replays: the grant, and the winner's tokens, are revoked.
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1);
+    let access = issued[0]["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&w.app, (&client, &secret), access).await, json!({"active": false}));
+    let refresh = issued[0]["refresh_token"].as_str().unwrap();
+    let again = token_request(&w.app, (&client, &secret), &[("grant_type", "refresh_token"), ("refresh_token", refresh)]);
+    assert_eq!(oauth_error(again.await, 400).await, "invalid_grant");
+}
+
+async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let first = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    let r1 = first["refresh_token"].as_str().unwrap().to_owned();
+    // A plain rotation.
+    let second = body(token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r1)]).await, 200).await;
+    let r2 = second["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(r1, r2);
+    assert_eq!(jwt_parts(second["id_token"].as_str().unwrap()).1["aud"], client);
+    // Narrowing the scope is allowed; widening is not.
+    let widen = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r2), ("scope", "openid profile")]);
+    assert_eq!(oauth_error(widen.await, 400).await, "invalid_scope");
+    // Sixteen at once with r2: one wins, the others are reuse, which revokes the family.
+    let form = [("grant_type", "refresh_token"), ("refresh_token", r2.as_str())];
+    let responses = concurrently((0..16).map(|_| token_builder(&w.app, creds, &form)).collect()).await;
+    let wins = responses.iter().filter(|r| r.status() == 200).count();
+    assert_eq!(wins, 1, "exactly one rotation wins");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("oauth_refresh_tokens").await, 3, "r1, r2 and the winner's r3");
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1);
+    assert_eq!(introspect(&w.app, creds, second["access_token"].as_str().unwrap()).await, json!({"active": false}));
+}
+
+async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let active = introspect(&w.app, creds, access).await;
+    assert_eq!(active["active"], true);
+    assert_eq!(active["client_id"], client);
+    assert!(active.get("gid").is_none());
+    let refresh = introspect(&w.app, creds, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(refresh["active"], true);
+    // Another client does not see this client's refresh token.
+    let (other, other_secret) = web_app(&w.app).await;
+    assert_eq!(introspect(&w.app, (&other, &other_secret), tokens["refresh_token"].as_str().unwrap()).await, json!({"active": false}));
+
+    // Garbage, a token of another issuer, a tampered one: the same answer.
+    let foreign = w.issuer.sign(&w.issuer.add_key(tessera_testkit::local_issuer::Alg::Es256), &w.issuer.claims("s", &client));
+    let mut tampered = access.to_owned();
+    tampered.pop();
+    tampered.push('A');
+    for token in ["garbage", "a.b.c", foreign.as_str(), tampered.as_str()] {
+        assert_eq!(introspect(&w.app, creds, token).await, json!({"active": false}), "{token}");
+    }
+    // Disabling the user: inactive at once.
+    let user_id = w.app.db.sql().await.uuids("SELECT id FROM users").await[0].to_string();
+    let path = format!("/admin/users/{user_id}");
+    body(w.app.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    assert_eq!(introspect(&w.app, creds, access).await, json!({"active": false}));
+    body(w.app.admin(Method::PATCH, &path).json(&json!({"disabled": false})).send().await.unwrap(), 200).await;
+    // Without client authentication: 401.
+    let anonymous = w.app.client.post(w.app.url("/oauth/introspect")).form(&[("token", access)]).send().await.unwrap();
+    assert_eq!(oauth_error(anonymous, 401).await, "invalid_client");
+}
+
+async fn client_credentials_tokens_name_the_client(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = register(
+        &w.app,
+        json!({
+            "name": "Backend job",
+            "kind": "confidential",
+            "redirect_uris": [],
+            "grant_types": ["client_credentials"],
+            "scopes": ["openid", "reports:read"],
+            "resources": ["https://api.example.com"],
+        }),
+    )
+    .await;
+    let secret = secret.unwrap();
+    // client_secret_post this time.
+    let response = w
+        .app
+        .client
+        .post(w.app.url("/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", client.as_str()),
+            ("client_secret", secret.as_str()),
+            ("resource", "https://api.example.com"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let tokens = body(response, 200).await;
+    assert!(tokens.get("refresh_token").is_none() && tokens.get("id_token").is_none());
+    let (_, claims) = jwt_parts(tokens["access_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], client);
+    assert_eq!(claims["aud"], "https://api.example.com");
+    assert_eq!(claims["scope"], "reports:read");
+    assert_eq!(introspect(&w.app, (&client, &secret), tokens["access_token"].as_str().unwrap()).await["active"], true);
+    let both = w.app.client.post(w.app.url("/oauth/token")).basic_auth(&client, Some(&secret));
+    let both = both.form(&[("grant_type", "client_credentials"), ("client_id", client.as_str()), ("client_secret", secret.as_str())]);
+    assert_eq!(oauth_error(both.send().await.unwrap(), 400).await, "invalid_request", "two authentication methods");
+}
+
+async fn third_party_clients_ask_for_consent_once(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, _secret) = register(
+        &w.app,
+        json!({"name": "Partner <app>", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": false}),
+    )
+    .await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    // Sign in first, through the provider, and stop at the consent page.
+    let mut url = authorize_url(&w.app, &client, &challenge, "");
+    let page = loop {
+        let response = browser.navigate(&url).await;
+        if response.status() == StatusCode::OK {
+            break response;
+        }
+        let next = location(&response);
+        url = if next.starts_with('/') { w.app.url(&next) } else { next };
+    };
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Partner &lt;app&gt;"), "the name is escaped");
+    let request_id = html.split("name=\"request_id\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    // A consent decision needs the same session.
+    let stranger = Browser::new().json(Method::POST, &w.app.url("/oauth/consent"), &json!({})).await;
+    assert!(stranger.status().is_client_error());
+    let approve = browser_post(&mut browser, &w.app.url("/oauth/consent"), &[("request_id", &request_id), ("decision", "approve")]).await;
+    let to = location(&approve);
+    assert!(param(&to, "code").is_some(), "{to}");
+    // The same id cannot be used twice.
+    let again = browser_post(&mut browser, &w.app.url("/oauth/consent"), &[("request_id", &request_id), ("decision", "approve")]).await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    // Remembered: the next authorization goes straight back with a code.
+    let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "")).await);
+    assert!(param(&to, "code").is_some(), "{to}");
+    // prompt=consent asks again; denying sends access_denied.
+    let page = browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=consent")).await;
+    let html = page.text().await.unwrap();
+    let request_id = html.split("name=\"request_id\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let deny = browser_post(&mut browser, &w.app.url("/oauth/consent"), &[("request_id", &request_id), ("decision", "deny")]).await;
+    assert_eq!(param(&location(&deny), "error").as_deref(), Some("access_denied"));
+    assert_eq!(w.app.db.sql().await.count("oauth_consents").await, 1);
+}
+
+async fn browser_post(browser: &mut Browser, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    browser.form(url, form).await
+}
+
+async fn prompt_and_max_age_are_honoured(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, _) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    code_for(&w, &mut browser, &client, &challenge).await;
+    // Signed in: prompt=none answers at once.
+    let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=none")).await);
+    assert!(param(&to, "code").is_some());
+    // prompt=login sends the user upstream again, and back with a code.
+    let response = browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(location(&response).starts_with(w.issuer.issuer()), "to the upstream provider");
+    let back = follow(&mut browser, location(&response)).await;
+    assert!(param(&back, "code").is_some(), "{back}");
+    // max_age=0 forces a sign-in too; with prompt=none that is login_required.
+    let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&max_age=0&prompt=none")).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("login_required"));
+    // A fresh browser with prompt=none: login_required, nothing held.
+    let to = location(&Browser::new().navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=none")).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("login_required"));
+}
+
+async fn pushed_requests_are_single_use(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let pushed = w
+        .app
+        .client
+        .post(w.app.url("/oauth/par"))
+        .basic_auth(&client, Some(&secret))
+        .form(&[
+            ("response_type", "code"),
+            ("redirect_uri", REDIRECT),
+            ("scope", "openid"),
+            ("state", "st-1"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let pushed = body(pushed, 201).await;
+    let uri = pushed["request_uri"].as_str().unwrap();
+    assert!(uri.starts_with("urn:ietf:params:oauth:request_uri:"));
+    let url = w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(uri)));
+    let mut browser = Browser::new();
+    let back = follow(&mut browser, url.clone()).await;
+    assert!(param(&back, "code").is_some());
+    let replay = browser.navigate(&url).await;
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST, "a request_uri is used once");
+    // A bad pushed request is a JSON error, not a redirect.
+    let bad = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret));
+    let bad = bad.form(&[("response_type", "code"), ("redirect_uri", "https://evil.example/cb")]).send().await.unwrap();
+    assert_eq!(oauth_error(bad, 400).await, "invalid_request");
+}
+
+async fn forward_auth_answers_for_sessions_and_tokens(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    w.issuer.set_next_user(StubUser::new("fa-sub", "fa@example.com"));
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let tokens = body(exchange(&w.app, (&client, &secret), &code, &verifier).await, 200).await;
+    let user_id = w.app.db.sql().await.uuids("SELECT id FROM users").await[0].to_string();
+
+    let by_session = browser.get(&w.app.url("/auth/verify")).await;
+    assert_eq!(by_session.status(), 200);
+    assert_eq!(by_session.headers()["x-tessera-user-id"], user_id.as_str());
+    assert_eq!(by_session.headers()["x-tessera-email"], "fa@example.com");
+    let by_token = w.app.client.get(w.app.url("/auth/verify")).bearer_auth(tokens["access_token"].as_str().unwrap());
+    let by_token = by_token.send().await.unwrap();
+    assert_eq!(by_token.status(), 200);
+    assert_eq!(by_token.headers()["x-tessera-user-id"], user_id.as_str());
+    assert_eq!(by_token.headers()["x-tessera-teams"], by_session.headers()["x-tessera-teams"]);
+    for response in [
+        w.app.client.get(w.app.url("/auth/verify")).send().await.unwrap(),
+        w.app.client.get(w.app.url("/auth/verify")).bearer_auth("garbage").send().await.unwrap(),
+        w.app.client.get(w.app.url("/auth/verify")).header("cookie", "tessera_session=nope").send().await.unwrap(),
+    ] {
+        assert_eq!(response.status(), 401);
+        assert!(response.headers().get("x-tessera-user-id").is_none());
+    }
+}
+
+async fn logout_ends_the_session_and_its_grants(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    let id_token = tokens["id_token"].as_str().unwrap();
+    // An unregistered post-logout URI is refused, and nothing is ended.
+    let bad = format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}", urlencode("https://evil.example/"));
+    assert_eq!(browser.navigate(&w.app.url(&bad)).await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
+    let good = format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye", urlencode(POST_LOGOUT));
+    let response = browser.navigate(&w.app.url(&good)).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), format!("{POST_LOGOUT}?state=bye"));
+    assert!(!browser.cookies.contains_key("tessera_session"));
+    assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await, json!({"active": false}));
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let refused = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
+    assert_eq!(oauth_error(refused, 400).await, "invalid_grant");
+}
+
+/// Sends requests all at once, each from its own task.
+pub async fn concurrently(requests: Vec<reqwest::RequestBuilder>) -> Vec<reqwest::Response> {
+    let tasks: Vec<_> = requests.into_iter().map(|r| tokio::spawn(async move { r.send().await.unwrap() })).collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+fn token_builder(app: &TestApp, client: (&str, &str), form: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    app.client.post(app.url("/oauth/token")).basic_auth(client.0, Some(client.1)).form(form)
+}

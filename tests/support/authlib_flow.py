@@ -1,0 +1,89 @@
+"""A relying party written by someone else (Authlib) against Tessera as an OpenID Provider.
+
+Discovery, authorization code + PKCE through a real upstream sign-in, id token validation by the
+library (signature from the JWKS, iss, aud, exp, nonce), userinfo, refresh with rotation,
+introspection and revocation, authenticating with client_secret_post. Exits non-zero, saying
+why, at the first surprise.
+
+Environment: TESSERA_ISSUER, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI.
+"""
+
+import json
+import os
+import sys
+from urllib.parse import urljoin
+
+import requests
+from authlib.common.security import generate_token
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.jose import JsonWebKey, jwt
+from authlib.oidc.core import CodeIDToken
+
+issuer = os.environ["TESSERA_ISSUER"].rstrip("/")
+client_id = os.environ["CLIENT_ID"]
+client_secret = os.environ["CLIENT_SECRET"]
+redirect_uri = os.environ["REDIRECT_URI"]
+
+browser = requests.Session()
+browser.trust_env = False
+
+
+def browse(url):
+    """Follows redirects by hand, keeping cookies, until one leaves for the redirect URI."""
+    for _ in range(20):
+        if url.startswith(redirect_uri):
+            return url
+        response = browser.get(url, allow_redirects=False, headers={"accept": "text/html"})
+        location = response.headers.get("location")
+        if not location:
+            sys.exit(f"{url} answered {response.status_code} without a redirect: {response.text}")
+        url = urljoin(url, location)
+    sys.exit("too many redirects")
+
+
+meta = requests.get(f"{issuer}/.well-known/openid-configuration").json()
+assert meta["issuer"] == issuer, meta["issuer"]
+jwks = JsonWebKey.import_key_set(requests.get(meta["jwks_uri"]).json())
+
+session = OAuth2Session(
+    client_id,
+    client_secret,
+    scope="openid email profile",
+    redirect_uri=redirect_uri,
+    code_challenge_method="S256",
+    token_endpoint_auth_method="client_secret_post",
+)
+session.trust_env = False
+verifier = generate_token(64)
+nonce = generate_token(20)
+url, state = session.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier, nonce=nonce)
+back = browse(url)
+token = session.fetch_token(meta["token_endpoint"], authorization_response=back, code_verifier=verifier, state=state)
+
+claims = jwt.decode(
+    token["id_token"],
+    jwks,
+    claims_cls=CodeIDToken,
+    claims_options={"iss": {"essential": True, "value": issuer}},
+    claims_params={"nonce": nonce, "client_id": client_id},
+)
+claims.validate()
+assert claims["email"] == "authlib-user@example.com", claims
+sub = claims["sub"]
+
+info = session.get(meta["userinfo_endpoint"]).json()
+assert info["sub"] == sub and info["email"] == "authlib-user@example.com", info
+
+old_refresh = token["refresh_token"]
+new = session.refresh_token(meta["token_endpoint"], refresh_token=old_refresh)
+assert new["refresh_token"] != old_refresh
+
+introspected = session.introspect_token(meta["introspection_endpoint"], token=new["access_token"]).json()
+assert introspected["active"] is True and introspected["sub"] == sub, introspected
+
+revoked = session.revoke_token(meta["revocation_endpoint"], token=new["refresh_token"])
+assert revoked.status_code == 200, revoked.text
+introspected = session.introspect_token(meta["introspection_endpoint"], token=new["access_token"]).json()
+assert introspected == {"active": False}, introspected
+
+print(json.dumps({"ok": True, "sub": sub}))
