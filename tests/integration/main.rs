@@ -15,6 +15,7 @@ mod github;
 mod jwks_outage;
 mod last_seen;
 mod locale;
+mod op_clients;
 mod readiness;
 mod replica;
 mod server;
