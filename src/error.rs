@@ -180,6 +180,32 @@ error_codes! {
     /// The domain is claimed by another team.
     DomainAlreadyClaimed = (CONFLICT, "domain_already_claimed", "Domain already claimed"),
 
+    // OpenID Provider: registered clients (the admin API) and client authentication.
+    /// A client id is not acceptable.
+    InvalidClientId = (BAD_REQUEST, "invalid_client_id", "Invalid client id"),
+    /// A redirect URI cannot be registered (a wildcard, plain http off loopback, a fragment…).
+    InvalidRedirectUri = (BAD_REQUEST, "invalid_redirect_uri", "Invalid redirect URI"),
+    /// A grant type is unknown, or the grant types do not fit together or with the client's kind.
+    InvalidGrantType = (BAD_REQUEST, "invalid_grant_type", "Invalid grant type"),
+    /// A token lifetime is out of bounds.
+    InvalidTtl = (BAD_REQUEST, "invalid_ttl", "Invalid token lifetime"),
+    /// A client's JWK Set is not a set of public signing keys.
+    InvalidJwks = (BAD_REQUEST, "invalid_jwks", "Invalid JWK Set"),
+    /// Another part of a client registration is not acceptable (kind, signing algorithm, a secret…).
+    InvalidClientMetadata = (BAD_REQUEST, "invalid_client_metadata", "Invalid client metadata"),
+    /// Client authentication failed (RFC 6749 `invalid_client`).
+    InvalidClient = (UNAUTHORIZED, "invalid_client", "Client authentication failed"),
+    /// No client has that id.
+    ClientNotFound = (NOT_FOUND, "client_not_found", "Client not found"),
+    /// A client with that id is registered already.
+    ClientIdTaken = (CONFLICT, "client_id_taken", "Client id taken"),
+    /// The client is defined in the configuration file and is changed there, not through the API.
+    ClientManagedInConfig = (CONFLICT, "client_managed_in_config", "Client managed in the configuration file"),
+    /// The client changed while this change was made; send it again.
+    ClientChanged = (CONFLICT, "client_changed", "Client changed meanwhile"),
+    /// A public client has no secret.
+    ClientIsPublic = (CONFLICT, "client_is_public", "Public client"),
+
     // Server side.
     /// The database cannot be reached.
     StoreUnavailable = (SERVICE_UNAVAILABLE, "store_unavailable", "Storage unavailable"),
@@ -215,7 +241,9 @@ impl ErrorCode {
             // Sign-in, linking and connect flows.
             | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
             | ProviderDenied | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
-            | ConnectLinkNotYours => tracing::Level::INFO,
+            | ConnectLinkNotYours
+            // Client authentication at the OpenID Provider.
+            | InvalidClient => tracing::Level::INFO,
             IssuerUnavailable => tracing::Level::DEBUG,
             code if code.status().is_server_error() => tracing::Level::ERROR,
             _ => tracing::Level::DEBUG,

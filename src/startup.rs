@@ -8,10 +8,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::{Backend, Config, ServerConfig};
+use crate::domain::Client;
 use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::op::clients::Clients;
 use crate::service::principals::PrincipalCache;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
@@ -52,6 +54,19 @@ pub enum StartupError {
     /// Migrating or inspecting the schema failed.
     #[error("cannot migrate the database")]
     Migrate(#[source] StoreError),
+    /// The clients of the configuration file cannot be written to the store.
+    #[error("cannot write the clients of the configuration file ([[oidc.clients]]) to the database")]
+    ConfigClients(#[source] StoreError),
+    /// A client of the configuration file has the id of a client registered through the admin API.
+    #[error(
+        "the configuration file defines clients whose ids are registered through the admin API ({}); rename them \
+         in [[oidc.clients]], or delete the registered ones (DELETE /admin/clients/{{id}})",
+        ids.join(", ")
+    )]
+    ClientIdTaken {
+        /// The ids.
+        ids: Vec<String>,
+    },
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -70,6 +85,8 @@ pub struct Application {
     state: Arc<AppState>,
     server: ServerConfig,
     last_seen: Arc<LastSeen>,
+    /// The clients of the configuration file, until they are written to the store.
+    config_clients: Option<Vec<Client>>,
 }
 
 impl Application {
@@ -87,7 +104,9 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
-        Ok(Self::build_on(config, store, listener))
+        let mut app = Self::build_on(config, store, listener);
+        app.sync_config_clients().await?;
+        Ok(app)
     }
 
     /// Builds the server on a connected and migrated store and an already bound listener (tests
@@ -132,6 +151,7 @@ impl Application {
             config.encryption.clone(),
             &config.auth,
         );
+        let clients = Clients::new(store.clone(), config.auth.public_url.as_ref().map(|url| url.as_str().to_owned()));
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone()),
             teams,
@@ -143,8 +163,32 @@ impl Application {
             cookies: Cookies::new(config.auth.cookie_secure),
             store,
             admin_tokens,
+            clients,
         });
-        Self { listener, state, server: config.server.clone(), last_seen }
+        let config_clients = Some(config.oidc.clients.iter().map(|c| c.client.clone()).collect());
+        Self { listener, state, server: config.server.clone(), last_seen, config_clients }
+    }
+
+    /// Writes the clients of the configuration file to the store, replacing those of an earlier
+    /// start and deleting those no longer in the file (never a client registered through the
+    /// admin API). Done once: by [`Application::build_with_store`], else before serving.
+    pub async fn sync_config_clients(&mut self) -> Result<(), StartupError> {
+        let Some(clients) = self.config_clients.take() else { return Ok(()) };
+        let sync = self.state.clients.sync_config(&clients).await.map_err(StartupError::ConfigClients)?;
+        if !sync.conflicts.is_empty() {
+            return Err(StartupError::ClientIdTaken {
+                ids: sync.conflicts.iter().map(|id| id.as_str().to_owned()).collect(),
+            });
+        }
+        if sync.inserted + sync.updated + sync.deleted > 0 {
+            tracing::info!(
+                inserted = sync.inserted,
+                updated = sync.updated,
+                deleted = sync.deleted,
+                "clients of the configuration file written"
+            );
+        }
+        Ok(())
     }
 
     /// The bound address (with the real port when configured with port 0).
@@ -153,12 +197,18 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        // Requests wait in the listen backlog meanwhile: none sees the store without them.
+        self.sync_config_clients().await.map_err(std::io::Error::other)?;
         let store = self.state.store.clone();
         let workers = Workers::start(WorkerDeps {
             store: store.clone(),
             sessions: self.state.sessions.clone(),
             auth_profiles: self.state.auth_profiles.clone(),
+            clients: self.state.clients.clone(),
             last_seen: self.last_seen.clone(),
             last_seen_every: self.server.last_seen_flush,
         });

@@ -2,6 +2,7 @@
 
 mod auth_profile;
 mod client;
+pub mod client_rules;
 mod email;
 mod ids;
 mod issuer;
@@ -12,9 +13,7 @@ mod team_ref;
 mod text;
 
 pub use auth_profile::{AuthProfile, ProfileKind, ProfileStatus};
-pub use client::{
-    Client, ClientId, ClientIdError, ClientKind, GrantType, RedirectUri, RedirectUriError, SigningAlg,
-};
+pub use client::{Client, ClientId, ClientIdError, ClientKind, GrantType, RedirectUri, RedirectUriError, SigningAlg};
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId};
 pub use issuer::{Issuer, IssuerError};

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod me;
 pub mod members;
+pub mod op;
 pub mod pages;
 pub mod problem;
 pub mod responses;
@@ -39,6 +40,7 @@ use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::op::clients::Clients;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
@@ -70,6 +72,8 @@ pub struct AppState {
     pub cookies: cookies::Cookies,
     /// Admin token digests.
     pub admin_tokens: AdminTokens,
+    /// Registered clients of the OpenID Provider.
+    pub clients: Clients,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -82,6 +86,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
     let admin = admin::routes()
         .merge(admin_teams::routes())
         .merge(members::admin_routes())
+        .merge(op::clients::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
     Router::new()
         .merge(health::routes())

@@ -55,6 +55,7 @@ embedded_migrations! {
     4 "0004_connected_accounts" "connected_accounts",
     5 "0005_token_version" "token_version",
     6 "0006_email_key" "email_key",
+    8 "0008_clients" "clients",
     9 "0009_oauth_grants" "oauth_grants",
 }
 
@@ -369,6 +370,8 @@ pub(super) enum Arg<'q> {
     Time(Option<DateTime<Utc>>),
     Bytes(Option<Cow<'q, [u8]>>),
     Json(&'q serde_json::Value),
+    /// An owned JSON value, or NULL.
+    OptJson(Option<serde_json::Value>),
 }
 
 /// Values that can be bound to a statement.
@@ -404,6 +407,8 @@ into_arg! {
     &'q Vec<u8> => |v| Arg::Bytes(Some(Cow::Borrowed(v)));
     Option<&'q [u8]> => |v| Arg::Bytes(v.map(Cow::Borrowed));
     &'q serde_json::Value => |v| Arg::Json(v);
+    serde_json::Value => |v| Arg::OptJson(Some(v));
+    Option<serde_json::Value> => |v| Arg::OptJson(v);
 }
 
 /// One statement and its values.
@@ -436,6 +441,7 @@ impl<'q> Query<'q> {
                 Arg::Time(v) => query.bind(*v),
                 Arg::Bytes(v) => query.bind(v.as_deref()),
                 Arg::Json(v) => query.bind(sqlx::types::Json(*v)),
+                Arg::OptJson(v) => query.bind(v.as_ref().map(sqlx::types::Json)),
             };
         }
         query
@@ -452,6 +458,7 @@ impl<'q> Query<'q> {
                 Arg::Time(v) => query.bind(v.map(|t| t.timestamp_micros())),
                 Arg::Bytes(v) => query.bind(v.as_deref()),
                 Arg::Json(v) => query.bind(v.to_string()),
+                Arg::OptJson(v) => query.bind(v.as_ref().map(serde_json::Value::to_string)),
             };
         }
         query
@@ -511,6 +518,12 @@ impl RowExt for SqliteRow {
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.try_get::<Option<i64>, _>(col)?.map(from_micros).transpose()
     }
+
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.try_get::<Option<String>, _>(col)?
+            .map(|text| serde_json::from_str(&text).map_err(|_| StoreError::Corrupt(format!("{col} is not JSON"))))
+            .transpose()
+    }
 }
 
 impl RowExt for PgRow {
@@ -522,6 +535,10 @@ impl RowExt for PgRow {
 
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self.try_get(col)?)
+    }
+
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        Ok(self.try_get::<Option<sqlx::types::Json<serde_json::Value>>, _>(col)?.map(|json| json.0))
     }
 }
 
@@ -553,6 +570,7 @@ impl RowExt for Row {
         opt_time -> Option<DateTime<Utc>>;
         bytes -> Vec<u8>;
         opt_bytes -> Option<Vec<u8>>;
+        opt_json -> Option<serde_json::Value>;
     }
 }
 

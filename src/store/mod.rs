@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
-    AuthProfile, DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer, Principal, ProfileId,
-    ProfileKind, ProfileStatus, Role, Slug, Subject, Team, TeamId, TeamRef, User, UserId, UserProfile,
+    AuthProfile, Client, ClientId, DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer, Principal,
+    ProfileId, ProfileKind, ProfileStatus, Role, Slug, Subject, Team, TeamId, TeamRef, User, UserId, UserProfile,
 };
 
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
@@ -809,6 +809,83 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Closes all connections.
     async fn close(&self);
+
+    // ---- OpenID Provider: registered clients ----------------------------------------------------
+
+    /// Registers a client; [`ClientInsert::IdTaken`] (nothing written) when its id is taken.
+    async fn insert_client(&self, client: &Client) -> Result<ClientInsert, StoreError>;
+
+    /// A client by id.
+    async fn client(&self, id: &ClientId) -> Result<Option<Client>, StoreError>;
+
+    /// Up to `limit` clients ordered by id, after `after` (for paging).
+    async fn list_clients(&self, after: Option<&ClientId>, limit: i64) -> Result<Vec<Client>, StoreError>;
+
+    /// Replaces a client's record (every field but `id` and `created_at`) if its `updated_at` is
+    /// still `expected_updated_at`.
+    async fn update_client(
+        &self,
+        client: &Client,
+        expected_updated_at: DateTime<Utc>,
+    ) -> Result<ClientUpdate, StoreError>;
+
+    /// Deletes a client (and its used assertions); false when there was none.
+    async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError>;
+
+    /// Makes the clients of the configuration file (`from_config`) exactly `clients`, in one
+    /// transaction: new ones are inserted, changed ones replaced (their `created_at` kept),
+    /// unchanged ones left alone, and configuration clients no longer listed deleted. Clients
+    /// registered through the admin API are never touched: when one has the id of a configuration
+    /// client, nothing is written and its id is reported in [`ConfigClientSync::conflicts`].
+    async fn sync_config_clients(&self, clients: &[Client]) -> Result<ConfigClientSync, StoreError>;
+
+    /// Records the use of a client assertion (`private_key_jwt`) by its `jti`, kept until
+    /// `expires_at`: false when the same client used the same `jti` before and it has not expired
+    /// yet (a replay). Of concurrent uses of one `jti`, on any instance, exactly one gets true.
+    async fn use_client_assertion(
+        &self,
+        client: &ClientId,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes the records of used client assertions that expired.
+    async fn delete_expired_client_assertions(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// What [`Store::insert_client`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientInsert {
+    /// The client was registered.
+    Inserted,
+    /// A client has this id already; nothing was written.
+    IdTaken,
+}
+
+/// What [`Store::update_client`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientUpdate {
+    /// The record was replaced.
+    Updated,
+    /// No client has this id.
+    NotFound,
+    /// The client changed since it was read (`updated_at` differs); nothing was written.
+    Changed,
+}
+
+/// What [`Store::sync_config_clients`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigClientSync {
+    /// Configuration clients inserted.
+    pub inserted: usize,
+    /// Configuration clients whose record changed.
+    pub updated: usize,
+    /// Configuration clients deleted (no longer in the file).
+    pub deleted: usize,
+    /// Ids of the file taken by clients registered through the admin API; when not empty,
+    /// nothing was written.
+    pub conflicts: Vec<ClientId>,
 }
 
 /// Connects to the database the configuration names.

@@ -28,6 +28,12 @@ pub(super) trait RowExt {
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
     fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A JSON column (`jsonb` on PostgreSQL, text on SQLite), or NULL.
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>, StoreError>;
+    /// A JSON column that is never NULL.
+    fn json(&self, col: &str) -> Result<serde_json::Value, StoreError> {
+        self.opt_json(col)?.ok_or_else(|| StoreError::Corrupt(format!("{col} is NULL")))
+    }
 }
 
 /// Columns of `users u`, aliased for [`user`].
@@ -281,4 +287,65 @@ pub(super) use impl_row_ext_common;
 /// A stored 32-byte hash.
 pub(super) fn hash32(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
     bytes.try_into().map_err(|_| StoreError::Corrupt("a stored hash is not 32 bytes".into()))
+}
+
+// ---- OpenID Provider: registered clients ------------------------------------------------------
+
+/// Columns of `clients c`, aliased for [`client`].
+macro_rules! client_columns {
+    () => {
+        "c.id AS client_id, c.name AS client_name, c.kind AS client_kind, c.secret_hash AS client_secret_hash, \
+         c.jwks AS client_jwks, c.redirect_uris AS client_redirect_uris, \
+         c.post_logout_redirect_uris AS client_post_logout_redirect_uris, c.scopes AS client_scopes, \
+         c.grant_types AS client_grant_types, c.resources AS client_resources, c.first_party AS client_first_party, \
+         c.signing_alg AS client_signing_alg, c.access_token_ttl_seconds AS client_access_token_ttl, \
+         c.refresh_token_ttl_seconds AS client_refresh_token_ttl, c.from_config AS client_from_config, \
+         c.created_at AS client_created_at, c.updated_at AS client_updated_at"
+    };
+}
+
+pub(super) use client_columns;
+
+/// Decodes the [`client_columns!`] of a row.
+pub(super) fn client(row: &impl RowExt) -> Result<crate::domain::Client, StoreError> {
+    use crate::domain::{Client, ClientId, ClientKind, GrantType, RedirectUri};
+    let corrupt = |what: &str| StoreError::Corrupt(format!("client: invalid {what}"));
+    let id = row.text("client_id")?;
+    let uris = |col: &str| -> Result<Vec<RedirectUri>, StoreError> {
+        let list: Vec<String> = serde_json::from_value(row.json(col)?).map_err(|_| corrupt(col))?;
+        list.iter().map(|u| RedirectUri::parse(u).map_err(|_| corrupt(col))).collect()
+    };
+    let strings = |col: &str| -> Result<Vec<String>, StoreError> {
+        serde_json::from_value(row.json(col)?).map_err(|_| corrupt(col))
+    };
+    let seconds = |col: &str| -> Result<std::time::Duration, StoreError> {
+        u64::try_from(row.int(col)?).map(std::time::Duration::from_secs).map_err(|_| corrupt(col))
+    };
+    Ok(Client {
+        id: ClientId::parse(&id).map_err(|_| corrupt("id"))?,
+        name: row.text("client_name")?,
+        kind: match row.text("client_kind")?.as_str() {
+            "confidential" => ClientKind::Confidential,
+            "public" => ClientKind::Public,
+            _ => return Err(corrupt("kind")),
+        },
+        secret_hash: row
+            .opt_bytes("client_secret_hash")?
+            .map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| corrupt("secret hash")))
+            .transpose()?,
+        jwks: row.opt_json("client_jwks")?,
+        redirect_uris: uris("client_redirect_uris")?,
+        post_logout_redirect_uris: uris("client_post_logout_redirect_uris")?,
+        scopes: strings("client_scopes")?,
+        grant_types: serde_json::from_value::<Vec<GrantType>>(row.json("client_grant_types")?)
+            .map_err(|_| corrupt("grant types"))?,
+        resources: strings("client_resources")?,
+        first_party: row.flag("client_first_party")?,
+        signing_alg: row.text("client_signing_alg")?.parse().map_err(|()| corrupt("signing algorithm"))?,
+        access_token_ttl: seconds("client_access_token_ttl")?,
+        refresh_token_ttl: seconds("client_refresh_token_ttl")?,
+        from_config: row.flag("client_from_config")?,
+        created_at: row.time("client_created_at")?,
+        updated_at: row.time("client_updated_at")?,
+    })
 }

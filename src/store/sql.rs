@@ -11,18 +11,20 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::db::{Db, PoolRef, Tx, query};
-use super::rows::{self, RowExt, domain_columns, identity_columns, profile_columns, team_columns, user_columns};
+use super::rows::{
+    self, RowExt, client_columns, domain_columns, identity_columns, profile_columns, team_columns, user_columns,
+};
 use super::{
-    Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, IdentityMatch, LinkOutcome,
-    LoginState, MemberOutcome, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey,
-    ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, SecretKind, SessionRecord, Store, StoreError,
-    StoredSecret, UnlinkOutcome, decode_role,
+    Activation, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome, DataReport,
+    EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount, NewEvent,
+    NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome,
+    SecretKind, SessionRecord, Store, StoreError, StoredSecret, UnlinkOutcome, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
-    AuthProfile, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, ProfileId, Role, Slug,
-    Subject, Team, TeamId, TeamMembership, TeamRef, User, UserId, UserProfile,
+    AuthProfile, Client, ClientId, ClientKind, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal,
+    ProfileId, Role, Slug, Subject, Team, TeamId, TeamMembership, TeamRef, User, UserId, UserProfile,
 };
 
 /// Tessera's storage on SQLite or PostgreSQL (with an optional read replica).
@@ -1591,6 +1593,229 @@ impl Store for SqlStore {
 
     async fn close(&self) {
         self.db.close().await;
+    }
+
+    // ---- OpenID Provider: registered clients ----------------------------------------------------
+
+    async fn insert_client(&self, client: &Client) -> Result<ClientInsert, StoreError> {
+        let inserted = insert_client_query(client).fetch_optional(self.db.writer()).await?;
+        Ok(if inserted.is_some() { ClientInsert::Inserted } else { ClientInsert::IdTaken })
+    }
+
+    async fn client(&self, id: &ClientId) -> Result<Option<Client>, StoreError> {
+        let row = query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(self.db.reader())
+            .await?;
+        row.as_ref().map(rows::client).transpose()
+    }
+
+    async fn list_clients(&self, after: Option<&ClientId>, limit: i64) -> Result<Vec<Client>, StoreError> {
+        let page = match after {
+            None => query(concat!("SELECT ", client_columns!(), " FROM clients c ORDER BY c.id LIMIT $1")).bind(limit),
+            Some(after) => {
+                query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.id > $1 ORDER BY c.id LIMIT $2"))
+                    .bind(after.as_str())
+                    .bind(limit)
+            }
+        };
+        page.fetch_all(self.db.reader()).await?.iter().map(rows::client).collect()
+    }
+
+    async fn update_client(
+        &self,
+        client: &Client,
+        expected_updated_at: DateTime<Utc>,
+    ) -> Result<ClientUpdate, StoreError> {
+        let updated = update_client_query(client, Some(expected_updated_at)).execute(self.db.writer()).await?;
+        if updated == 1 {
+            return Ok(ClientUpdate::Updated);
+        }
+        let exists = query("SELECT 1 FROM clients WHERE id = $1")
+            .bind(client.id.as_str())
+            .fetch_optional(self.db.reader())
+            .await?;
+        Ok(if exists.is_some() { ClientUpdate::Changed } else { ClientUpdate::NotFound })
+    }
+
+    async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
+        Ok(query("DELETE FROM clients WHERE id = $1").bind(id.as_str()).execute(self.db.writer()).await? == 1)
+    }
+
+    async fn sync_config_clients(&self, clients: &[Client]) -> Result<ConfigClientSync, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // Locks the configuration clients, so that instances starting together take turns.
+        let stored = query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.from_config FOR UPDATE"))
+            .fetch_all(&mut tx)
+            .await?
+            .iter()
+            .map(rows::client)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut wanted: Vec<&Client> = clients.iter().collect();
+        wanted.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut sync = ConfigClientSync::default();
+        for client in wanted {
+            match stored.iter().find(|s| s.id == client.id) {
+                Some(old) if same_registration(old, client) => {}
+                Some(_) => {
+                    update_client_query(client, None).execute(&mut tx).await?;
+                    sync.updated += 1;
+                }
+                None => {
+                    if insert_client_query(client).fetch_optional(&mut tx).await?.is_some() {
+                        sync.inserted += 1;
+                        continue;
+                    }
+                    // Taken: by an admin client, or by a configuration client another instance
+                    // inserted meanwhile (then it is ours to replace).
+                    let row = query("SELECT from_config FROM clients WHERE id = $1")
+                        .bind(client.id.as_str())
+                        .fetch_optional(&mut tx)
+                        .await?;
+                    match row.map(|row| row.flag("from_config")).transpose()? {
+                        Some(true) => {
+                            update_client_query(client, None).execute(&mut tx).await?;
+                            sync.updated += 1;
+                        }
+                        _ => sync.conflicts.push(client.id.clone()),
+                    }
+                }
+            }
+        }
+        for old in stored.iter().filter(|old| !clients.iter().any(|c| c.id == old.id)) {
+            sync.deleted += usize::try_from(
+                query("DELETE FROM clients WHERE id = $1 AND from_config")
+                    .bind(old.id.as_str())
+                    .execute(&mut tx)
+                    .await?,
+            )
+            .unwrap_or(0);
+        }
+        if sync.conflicts.is_empty() {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(sync)
+    }
+
+    async fn use_client_assertion(
+        &self,
+        client: &ClientId,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // A concurrent insert of the same key waits for the first to commit, then sees a row that
+        // has not expired: no row is returned, whichever instance asks.
+        let used = query(
+            "INSERT INTO client_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = excluded.expires_at
+             WHERE client_assertions.expires_at <= $4
+             RETURNING client_id",
+        )
+        .bind(client.as_str())
+        .bind(jti)
+        .bind(expires_at)
+        .bind(now)
+        .fetch_optional(self.db.writer())
+        .await?;
+        Ok(used.is_some())
+    }
+
+    async fn delete_expired_client_assertions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        query("DELETE FROM client_assertions WHERE expires_at <= $1").bind(now).execute(self.db.writer()).await
+    }
+}
+
+// ---- OpenID Provider: registered clients ------------------------------------------------------
+
+/// Whether two records register the same thing (their times aside).
+fn same_registration(stored: &Client, wanted: &Client) -> bool {
+    *stored == Client { created_at: stored.created_at, updated_at: stored.updated_at, ..wanted.clone() }
+}
+
+/// The JSON of a list of serialisable values.
+fn json_list<T: serde::Serialize>(items: &[T]) -> serde_json::Value {
+    serde_json::Value::Array(items.iter().filter_map(|item| serde_json::to_value(item).ok()).collect())
+}
+
+fn ttl_seconds(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn kind_text(client: &Client) -> &'static str {
+    match client.kind {
+        ClientKind::Confidential => "confidential",
+        ClientKind::Public => "public",
+    }
+}
+
+/// `INSERT … ON CONFLICT (id) DO NOTHING RETURNING id` of a whole record.
+fn insert_client_query(client: &Client) -> super::db::Query<'_> {
+    query(
+        "INSERT INTO clients
+           (id, name, kind, secret_hash, jwks, redirect_uris, post_logout_redirect_uris, scopes, grant_types,
+            resources, first_party, signing_alg, access_token_ttl_seconds, refresh_token_ttl_seconds, from_config,
+            created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(client.id.as_str())
+    .bind(&client.name)
+    .bind(kind_text(client))
+    .bind(client.secret_hash.as_ref().map(|h| &h[..]))
+    .bind(client.jwks.clone())
+    .bind(json_list(&client.redirect_uris))
+    .bind(json_list(&client.post_logout_redirect_uris))
+    .bind(json_list(&client.scopes))
+    .bind(json_list(&client.grant_types))
+    .bind(json_list(&client.resources))
+    .bind(client.first_party)
+    .bind(client.signing_alg.as_str())
+    .bind(ttl_seconds(client.access_token_ttl))
+    .bind(ttl_seconds(client.refresh_token_ttl))
+    .bind(client.from_config)
+    .bind(client.created_at)
+    .bind(client.updated_at)
+}
+
+/// `UPDATE` of every field but `id` and `created_at`; with `expected`, only if `updated_at` is
+/// still that.
+fn update_client_query(client: &Client, expected: Option<DateTime<Utc>>) -> super::db::Query<'_> {
+    let sql = if expected.is_some() {
+        "UPDATE clients SET name = $2, kind = $3, secret_hash = $4, jwks = $5, redirect_uris = $6,
+                post_logout_redirect_uris = $7, scopes = $8, grant_types = $9, resources = $10, first_party = $11,
+                signing_alg = $12, access_token_ttl_seconds = $13, refresh_token_ttl_seconds = $14,
+                from_config = $15, updated_at = $16
+         WHERE id = $1 AND updated_at = $17"
+    } else {
+        "UPDATE clients SET name = $2, kind = $3, secret_hash = $4, jwks = $5, redirect_uris = $6,
+                post_logout_redirect_uris = $7, scopes = $8, grant_types = $9, resources = $10, first_party = $11,
+                signing_alg = $12, access_token_ttl_seconds = $13, refresh_token_ttl_seconds = $14,
+                from_config = $15, updated_at = $16
+         WHERE id = $1"
+    };
+    let update = query(sql)
+        .bind(client.id.as_str())
+        .bind(&client.name)
+        .bind(kind_text(client))
+        .bind(client.secret_hash.as_ref().map(|h| &h[..]))
+        .bind(client.jwks.clone())
+        .bind(json_list(&client.redirect_uris))
+        .bind(json_list(&client.post_logout_redirect_uris))
+        .bind(json_list(&client.scopes))
+        .bind(json_list(&client.grant_types))
+        .bind(json_list(&client.resources))
+        .bind(client.first_party)
+        .bind(client.signing_alg.as_str())
+        .bind(ttl_seconds(client.access_token_ttl))
+        .bind(ttl_seconds(client.refresh_token_ttl))
+        .bind(client.from_config)
+        .bind(client.updated_at);
+    match expected {
+        Some(at) => update.bind(at),
+        None => update,
     }
 }
 

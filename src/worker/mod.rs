@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::op::clients::Clients;
 use crate::service::sessions::Sessions;
 use crate::store::Store;
 pub use last_seen::LastSeen;
@@ -23,6 +24,8 @@ pub struct WorkerDeps {
     pub sessions: Sessions,
     /// Connected accounts (the sweeper deletes expired pending ones).
     pub auth_profiles: AuthProfiles,
+    /// Registered clients (the sweeper deletes records of expired client assertions).
+    pub clients: Clients,
     /// Last-use times to write.
     pub last_seen: Arc<LastSeen>,
     /// How often they are written.
@@ -40,7 +43,7 @@ impl Workers {
     /// Starts every background loop.
     pub fn start(deps: WorkerDeps) -> Self {
         let handles = vec![
-            tokio::spawn(sweeper::run(deps.sessions.clone(), deps.auth_profiles.clone())),
+            tokio::spawn(sweeper::run(deps.sessions.clone(), deps.auth_profiles.clone(), deps.clients.clone())),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),
         ];
         Self { handles, deps }

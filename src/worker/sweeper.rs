@@ -1,15 +1,17 @@
-//! The sweeper: deletes expired sessions, sign-in states, connect links and pending profiles.
+//! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles and the
+//! records of used client assertions once they expire.
 
 use std::time::Duration;
 
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::op::clients::Clients;
 use crate::service::sessions::Sessions;
 
 /// How often the sweeper runs.
 const EVERY: Duration = Duration::from_secs(600);
 
 /// Deletes expired sessions, sign-in states and pending profiles every ten minutes.
-pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles) {
+pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles, clients: Clients) {
     let mut interval = tokio::time::interval(EVERY);
     loop {
         interval.tick().await;
@@ -22,6 +24,11 @@ pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles) {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted expired pending auth profiles"),
             Err(error) => tracing::warn!(error = %error, "cannot delete expired pending auth profiles"),
+        }
+        match clients.delete_expired_assertions().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "deleted records of expired client assertions"),
+            Err(error) => tracing::warn!(error = %error, "cannot delete records of expired client assertions"),
         }
     }
 }

@@ -1903,3 +1903,218 @@ async fn sqlite_errors_are_classified_by_sqlite_rules() {
 fn code(error: &sqlx::Error) -> String {
     error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned()).unwrap_or_default()
 }
+
+// ---- OpenID Provider: registered clients ----------------------------------------------------
+
+mod clients {
+    use std::time::Duration;
+
+    use tessera::domain::client_rules::new_client;
+    use tessera::domain::{Client, ClientId, ClientKind, GrantType, RedirectUri, SigningAlg};
+    use tessera::store::{ClientInsert, ClientUpdate, ConfigClientSync};
+
+    use super::*;
+
+    on_both_backends!(
+        a_client_is_inserted_once_and_read_back_whole,
+        clients_are_listed_by_id_a_page_at_a_time,
+        updating_a_client_compares_its_last_change,
+        deleting_a_client_takes_its_used_assertions_with_it,
+        config_clients_are_synced_and_admin_clients_never_touched,
+        a_config_client_with_the_id_of_an_admin_client_writes_nothing,
+        a_client_assertion_is_used_once_until_it_expires,
+        concurrent_uses_of_one_client_assertion_have_one_winner,
+        expired_client_assertions_are_deleted,
+    );
+
+    /// A confidential client with every field set to something other than the default.
+    fn client(id: &str, from_config: bool, at: DateTime<Utc>) -> Client {
+        let mut client =
+            new_client(ClientId::parse(id).unwrap(), format!("App {id}"), ClientKind::Confidential, from_config, at);
+        client.secret_hash = Some(hash());
+        client.jwks = Some(serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}));
+        client.redirect_uris = vec![
+            RedirectUri::parse("https://app.example.com/cb").unwrap(),
+            RedirectUri::parse("http://127.0.0.1/cb").unwrap(),
+        ];
+        client.post_logout_redirect_uris = vec![RedirectUri::parse("https://app.example.com/bye").unwrap()];
+        client.scopes = vec!["openid".into(), "email".into(), "api:read".into()];
+        client.grant_types = vec![GrantType::AuthorizationCode, GrantType::RefreshToken, GrantType::ClientCredentials];
+        client.resources = vec!["https://api.example.com".into()];
+        client.first_party = true;
+        client.signing_alg = SigningAlg::EdDSA;
+        client.access_token_ttl = Duration::from_secs(300);
+        client.refresh_token_ttl = Duration::from_secs(7200);
+        client
+    }
+
+    fn public(id: &str, at: DateTime<Utc>) -> Client {
+        let mut client = new_client(ClientId::parse(id).unwrap(), "Public".into(), ClientKind::Public, false, at);
+        client.redirect_uris = vec![RedirectUri::parse("com.example.app:/cb").unwrap()];
+        client
+    }
+
+    fn id(text: &str) -> ClientId {
+        ClientId::parse(text).unwrap()
+    }
+
+    async fn a_client_is_inserted_once_and_read_back_whole(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let t0 = now();
+        let app = client("app", false, t0);
+        assert_eq!(store.insert_client(&app).await.unwrap(), ClientInsert::Inserted);
+        assert_eq!(store.client(&app.id).await.unwrap(), Some(app.clone()));
+        let other = Client { name: "Another".into(), ..client("app", false, t0 + TimeDelta::seconds(1)) };
+        assert_eq!(store.insert_client(&other).await.unwrap(), ClientInsert::IdTaken);
+        assert_eq!(store.client(&app.id).await.unwrap(), Some(app), "the first registration stays");
+        let spa = public("spa", t0);
+        assert_eq!(store.insert_client(&spa).await.unwrap(), ClientInsert::Inserted);
+        assert_eq!(store.client(&spa.id).await.unwrap(), Some(spa));
+        assert_eq!(store.client(&id("nobody")).await.unwrap(), None);
+        // The database refuses a public client with a secret, whatever the service checks.
+        let secret = match backend {
+            Backend::Sqlite => "zeroblob(32)",
+            Backend::Postgres => "decode(repeat('00', 32), 'hex')",
+        };
+        let sql = db.sql().await;
+        assert!(sql.exec(&format!("UPDATE clients SET secret_hash = {secret} WHERE id = 'spa'")).await.is_err());
+        assert_eq!(sql.exec(&format!("UPDATE clients SET secret_hash = {secret} WHERE id = 'app'")).await.unwrap(), 1);
+    }
+
+    async fn clients_are_listed_by_id_a_page_at_a_time(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        for name in ["c", "a", "e", "b", "d"] {
+            store.insert_client(&client(name, false, now())).await.unwrap();
+        }
+        let ids = |page: Vec<Client>| page.into_iter().map(|c| c.id.as_str().to_owned()).collect::<Vec<_>>();
+        assert_eq!(ids(store.list_clients(None, 2).await.unwrap()), ["a", "b"]);
+        assert_eq!(ids(store.list_clients(Some(&id("b")), 2).await.unwrap()), ["c", "d"]);
+        assert_eq!(ids(store.list_clients(Some(&id("d")), 2).await.unwrap()), ["e"]);
+        assert!(store.list_clients(Some(&id("e")), 2).await.unwrap().is_empty());
+        assert_eq!(store.list_clients(None, 100).await.unwrap().len(), 5);
+    }
+
+    async fn updating_a_client_compares_its_last_change(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let t0 = now();
+        let app = client("app", false, t0);
+        store.insert_client(&app).await.unwrap();
+        let t1 = t0 + TimeDelta::seconds(1);
+        let renamed = Client {
+            name: "Renamed".into(),
+            jwks: None,
+            scopes: vec!["openid".into()],
+            grant_types: vec![GrantType::ClientCredentials],
+            updated_at: t1,
+            ..app.clone()
+        };
+        assert_eq!(store.update_client(&renamed, t0).await.unwrap(), ClientUpdate::Updated);
+        assert_eq!(store.client(&app.id).await.unwrap(), Some(renamed.clone()));
+        let stale = Client { name: "Stale".into(), updated_at: t1 + TimeDelta::seconds(1), ..app.clone() };
+        assert_eq!(store.update_client(&stale, t0).await.unwrap(), ClientUpdate::Changed);
+        assert_eq!(store.client(&app.id).await.unwrap(), Some(renamed), "a stale change writes nothing");
+        let ghost = client("ghost", false, t0);
+        assert_eq!(store.update_client(&ghost, t0).await.unwrap(), ClientUpdate::NotFound);
+        assert_eq!(store.client(&ghost.id).await.unwrap(), None);
+    }
+
+    async fn deleting_a_client_takes_its_used_assertions_with_it(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let t0 = now();
+        let app = client("app", false, t0);
+        store.insert_client(&app).await.unwrap();
+        assert!(store.use_client_assertion(&app.id, "jti-1", t0 + TimeDelta::minutes(5), t0).await.unwrap());
+        assert!(store.delete_client(&app.id).await.unwrap());
+        assert!(!store.delete_client(&app.id).await.unwrap(), "deleted once");
+        assert_eq!(store.client(&app.id).await.unwrap(), None);
+        assert_eq!(db.sql().await.count("client_assertions").await, 0);
+    }
+
+    async fn config_clients_are_synced_and_admin_clients_never_touched(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let t0 = now();
+        let admin = client("admin-app", false, t0);
+        store.insert_client(&admin).await.unwrap();
+        let (a, b) = (client("cfg-a", true, t0), client("cfg-b", true, t0));
+        let first = store.sync_config_clients(&[a.clone(), b.clone()]).await.unwrap();
+        assert_eq!(first, ConfigClientSync { inserted: 2, ..Default::default() });
+        assert_eq!(store.client(&a.id).await.unwrap(), Some(a.clone()));
+
+        // The next start: b unchanged (its times too), a changed (created_at kept), c new, and a
+        // client of an earlier file deleted.
+        let t1 = t0 + TimeDelta::minutes(1);
+        let a2 = Client { name: "Changed".into(), created_at: t1, updated_at: t1, ..a.clone() };
+        let b2 = Client { created_at: t1, updated_at: t1, ..b.clone() };
+        let c = client("cfg-c", true, t1);
+        let second = store.sync_config_clients(&[c.clone(), a2.clone(), b2]).await.unwrap();
+        assert_eq!(second, ConfigClientSync { inserted: 1, updated: 1, ..Default::default() });
+        assert_eq!(store.client(&a.id).await.unwrap(), Some(Client { created_at: t0, ..a2 }));
+        assert_eq!(store.client(&b.id).await.unwrap(), Some(b), "an unchanged client is not written");
+        let third = store.sync_config_clients(std::slice::from_ref(&c)).await.unwrap();
+        assert_eq!(third, ConfigClientSync { deleted: 2, ..Default::default() });
+        let ids: Vec<_> = store.list_clients(None, 10).await.unwrap().into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, [admin.id.clone(), c.id]);
+        assert_eq!(store.sync_config_clients(&[]).await.unwrap().deleted, 1);
+        assert_eq!(store.client(&admin.id).await.unwrap(), Some(admin), "admin clients are never touched");
+    }
+
+    async fn a_config_client_with_the_id_of_an_admin_client_writes_nothing(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let t0 = now();
+        let admin = client("taken", false, t0);
+        store.insert_client(&admin).await.unwrap();
+        let old = client("old-cfg", true, t0);
+        store.sync_config_clients(std::slice::from_ref(&old)).await.unwrap();
+        let sync = store.sync_config_clients(&[client("new-cfg", true, t0), client("taken", true, t0)]).await.unwrap();
+        assert_eq!(sync.conflicts, std::slice::from_ref(&admin.id));
+        assert_eq!(store.client(&admin.id).await.unwrap(), Some(admin));
+        assert_eq!(store.client(&id("new-cfg")).await.unwrap(), None, "nothing is written");
+        assert_eq!(store.client(&old.id).await.unwrap(), Some(old), "nothing is deleted");
+    }
+
+    async fn a_client_assertion_is_used_once_until_it_expires(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let t0 = now();
+        let (app, other) = (client("app", false, t0), client("other", false, t0));
+        store.insert_client(&app).await.unwrap();
+        store.insert_client(&other).await.unwrap();
+        let until = t0 + TimeDelta::minutes(5);
+        assert!(store.use_client_assertion(&app.id, "jti-1", until, t0).await.unwrap());
+        assert!(!store.use_client_assertion(&app.id, "jti-1", until, t0).await.unwrap(), "a replay");
+        assert!(!store.use_client_assertion(&app.id, "jti-1", until, until - TimeDelta::seconds(1)).await.unwrap());
+        assert!(store.use_client_assertion(&other.id, "jti-1", until, t0).await.unwrap(), "jtis are per client");
+        assert!(store.use_client_assertion(&app.id, "jti-2", until, t0).await.unwrap());
+        // Once the record expired, the jti may be used again (the assertion itself expired too).
+        let later = until + TimeDelta::minutes(10);
+        assert!(store.use_client_assertion(&app.id, "jti-1", later, until).await.unwrap());
+        assert!(!store.use_client_assertion(&app.id, "jti-1", later, until).await.unwrap());
+    }
+
+    async fn concurrent_uses_of_one_client_assertion_have_one_winner(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let t0 = now();
+        let app = client("app", false, t0);
+        store.insert_client(&app).await.unwrap();
+        let results = concurrently(16, |_| {
+            let (store, id) = (store.clone(), app.id.clone());
+            async move { store.use_client_assertion(&id, "the-jti", t0 + TimeDelta::minutes(5), t0).await.unwrap() }
+        })
+        .await;
+        assert_eq!(results.iter().filter(|used| **used).count(), 1, "{results:?}");
+        assert_eq!(db.sql().await.count("client_assertions").await, 1);
+    }
+
+    async fn expired_client_assertions_are_deleted(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let t0 = now();
+        let app = client("app", false, t0);
+        store.insert_client(&app).await.unwrap();
+        for (jti, minutes) in [("a", 1), ("b", 2), ("c", 10)] {
+            store.use_client_assertion(&app.id, jti, t0 + TimeDelta::minutes(minutes), t0).await.unwrap();
+        }
+        assert_eq!(store.delete_expired_client_assertions(t0 + TimeDelta::minutes(2)).await.unwrap(), 2);
+        assert_eq!(store.delete_expired_client_assertions(t0 + TimeDelta::minutes(2)).await.unwrap(), 0);
+        assert_eq!(db.sql().await.count("client_assertions").await, 1);
+    }
+}

@@ -9,6 +9,7 @@
 //! Errors are problem+json bodies ([`super::problem`]); HTML pages are [`super::pages`].
 
 mod auth_profiles;
+mod clients;
 mod sign_in;
 mod teams;
 mod users;
@@ -21,6 +22,9 @@ use serde::Serialize;
 pub use self::auth_profiles::{
     AuthProfileKind, AuthProfileListResponse, AuthProfileResponse, AuthProfileStatus, AuthProfileTokenResponse,
     AuthProfileWithLinkResponse, TokenType,
+};
+pub use self::clients::{
+    ClientKindResponse, ClientListResponse, ClientResponse, ClientSource, ClientWithSecretResponse,
 };
 pub use self::sign_in::{DiscoverResponse, ProviderResponse, ProvidersResponse, ValidateResponse};
 pub use self::teams::{
