@@ -55,6 +55,7 @@ embedded_migrations! {
     4 "0004_connected_accounts" "connected_accounts",
     5 "0005_token_version" "token_version",
     6 "0006_email_key" "email_key",
+    7 "0007_signing_keys" "signing_keys",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would
