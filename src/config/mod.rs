@@ -19,9 +19,11 @@ use crate::crypto::keyring::KeyRing;
 use crate::domain::Issuer;
 
 mod auth;
+mod oidc;
 mod sources;
 
 pub use auth::{AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProviderConfig, ProviderEndpoints, ProviderKind};
+pub use oidc::{DEFAULT_MAX_TOKEN_LIFETIME, OidcConfig};
 
 /// A configuration mistake, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +67,8 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// The key ring for upstream tokens at rest (`TESSERA_ENCRYPTION_KEYS`), if configured.
     pub encryption: Option<Arc<KeyRing>>,
+    /// Tessera as an OpenID Provider (`[oidc]`).
+    pub oidc: OidcConfig,
     /// Warnings found while loading (deprecated settings), logged once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -349,6 +353,8 @@ struct RawConfig {
     providers: Vec<auth::RawProvider>,
     #[serde(default)]
     encryption: auth::RawEncryption,
+    #[serde(default)]
+    oidc: oidc::RawOidc,
 }
 
 #[derive(Default, Deserialize)]
@@ -589,6 +595,7 @@ impl Config {
         };
 
         let server = parse_server(&raw.server)?;
+        let oidc = oidc::parse_oidc(raw.oidc)?;
 
         let json = match raw.log.format.as_deref().map(str::trim) {
             None | Some("text") => false,
@@ -624,6 +631,7 @@ impl Config {
             auth,
             providers,
             encryption,
+            oidc,
             warnings,
         })
     }
