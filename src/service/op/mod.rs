@@ -1,2 +1,4 @@
 //! Tessera as an OpenID Provider for the team's own apps: signing keys, registered clients,
 //! grants, and the tokens whose `sub` is the internal user id.
+
+pub mod keys;
