@@ -12,6 +12,7 @@ use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::op::keys::{SigningError, SigningKeySettings, SigningKeys};
 use crate::service::principals::PrincipalCache;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
@@ -52,6 +53,9 @@ pub enum StartupError {
     /// Migrating or inspecting the schema failed.
     #[error("cannot migrate the database")]
     Migrate(#[source] StoreError),
+    /// The OpenID Provider's signing keys cannot be read or used.
+    #[error("cannot load the OpenID Provider's signing keys")]
+    SigningKeys(#[source] SigningError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -87,12 +91,23 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
-        Ok(Self::build_on(config, store, listener))
+        Self::build_on(config, store, listener).await
     }
 
     /// Builds the server on a connected and migrated store and an already bound listener (tests
-    /// bind first, to know the URL browsers will call back to).
-    pub fn build_on(config: &Config, store: Arc<dyn Store>, listener: TcpListener) -> Self {
+    /// bind first, to know the URL browsers will call back to). Reads the OpenID Provider's
+    /// signing keys when the provider is on.
+    pub async fn build_on(config: &Config, store: Arc<dyn Store>, listener: TcpListener) -> Result<Self, StartupError> {
+        // The OpenID Provider runs when browsers can reach Tessera and private keys can be
+        // encrypted at rest.
+        let signing_keys = match (&config.auth.public_url, &config.encryption) {
+            (Some(_), Some(keyring)) => Some(
+                SigningKeys::new(store.clone(), keyring.clone(), SigningKeySettings::from_config(&config.oidc))
+                    .await
+                    .map_err(StartupError::SigningKeys)?,
+            ),
+            _ => None,
+        };
         // One outbound client for the whole process: the trust roots are loaded once, and
         // connections to an issuer that is also a sign-in provider are shared.
         let http = outbound_client(config.jwks.fetch_timeout);
@@ -143,8 +158,9 @@ impl Application {
             cookies: Cookies::new(config.auth.cookie_secure),
             store,
             admin_tokens,
+            signing_keys,
         });
-        Self { listener, state, server: config.server.clone(), last_seen }
+        Ok(Self { listener, state, server: config.server.clone(), last_seen })
     }
 
     /// The bound address (with the real port when configured with port 0).
@@ -161,6 +177,7 @@ impl Application {
             auth_profiles: self.state.auth_profiles.clone(),
             last_seen: self.last_seen.clone(),
             last_seen_every: self.server.last_seen_flush,
+            signing_keys: self.state.signing_keys.clone(),
         });
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");

@@ -12,9 +12,7 @@ mod team_ref;
 mod text;
 
 pub use auth_profile::{AuthProfile, ProfileKind, ProfileStatus};
-pub use client::{
-    Client, ClientId, ClientIdError, ClientKind, GrantType, RedirectUri, RedirectUriError, SigningAlg,
-};
+pub use client::{Client, ClientId, ClientIdError, ClientKind, GrantType, RedirectUri, RedirectUriError, SigningAlg};
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId};
 pub use issuer::{Issuer, IssuerError};

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod me;
 pub mod members;
+pub mod op;
 pub mod pages;
 pub mod problem;
 pub mod responses;
@@ -39,6 +40,7 @@ use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::op::keys::SigningKeys;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
@@ -70,6 +72,9 @@ pub struct AppState {
     pub cookies: cookies::Cookies,
     /// Admin token digests.
     pub admin_tokens: AdminTokens,
+    /// Tessera's own token-signing keys; `None` while the OpenID Provider is off (it needs
+    /// `auth.public_url` and the key ring).
+    pub signing_keys: Option<SigningKeys>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -90,6 +95,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(me::routes())
         .merge(auth_profiles::routes())
         .merge(members::routes())
+        .merge(op::routes())
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
