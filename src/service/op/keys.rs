@@ -332,16 +332,6 @@ impl KeySet {
     }
 }
 
-/// How much staleness of the cached keys a use tolerates when the store cannot be read.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Use {
-    /// Signing and serving the JWKS: keys read within `jwks_max_age` (no rotation made since then
-    /// can have a key signing yet).
-    Publish,
-    /// Verifying: any age (keys only leave by their `unpublish_at`, checked on each use).
-    Verify,
-}
-
 impl SigningKeys {
     /// The service, with the keys published now read from the store (nothing is written: a first
     /// key is made on first use). Fails when the store cannot be read or a key that may still
@@ -385,7 +375,7 @@ impl SigningKeys {
     /// `alg` and `typ` (`JWT` for id tokens, `at+jwt` for RFC 9068 access tokens). Makes the
     /// algorithm's first key when it has none.
     pub async fn sign<T: Serialize>(&self, alg: SigningAlg, typ: &str, claims: &T) -> Result<String, SigningError> {
-        let mut set = self.keys(Use::Publish).await?;
+        let mut set = self.keys().await?;
         if set.unretired(alg).is_none() {
             set = self.first_key(alg, &set).await?;
         }
@@ -409,10 +399,21 @@ impl SigningKeys {
             return Err(VerifyError::TypeMismatch);
         }
         let kid = header.kid.as_deref().ok_or(VerifyError::Malformed("the token has no kid"))?;
-        let mut set = self.keys(Use::Verify).await?;
         let now = now();
-        if set.published(kid, now).is_none() && set.loaded_at.elapsed() >= UNKNOWN_KID_COOLDOWN {
-            set = self.reload(Some(&set)).await?;
+        let mut set = self.cached();
+        let age = set.loaded_at.elapsed();
+        let unknown = set.published(kid, now).is_none();
+        if age >= self.inner.settings.refresh_interval() || (unknown && age >= UNKNOWN_KID_COOLDOWN) {
+            match self.reload(Some(&set)).await {
+                Ok(fresh) => set = fresh,
+                // Keys only leave by their unpublish time, checked on each use: a known key can
+                // be trusted from an old read.
+                Err(error) if !unknown => {
+                    tracing::warn!(error = %error, age_s = age.as_secs(), "cannot re-read the signing keys; verifying with the cached ones");
+                }
+                // The key may well exist: the store cannot say.
+                Err(error) => return Err(VerifyError::Keys(error)),
+            }
         }
         let key = set.published(kid, now).ok_or(VerifyError::UnknownKey)?;
         if header.alg != jwt_alg(key.alg) {
@@ -439,7 +440,7 @@ impl SigningKeys {
 
     /// Every published public key, as a JWK Set.
     pub async fn jwks(&self) -> Result<Value, SigningError> {
-        let set = self.keys(Use::Publish).await?;
+        let set = self.keys().await?;
         let now = now();
         let keys: Vec<&Value> =
             set.keys.iter().filter(|k| k.unpublish_at.is_none_or(|u| u > now)).map(|k| &k.jwk).collect();
@@ -497,9 +498,10 @@ impl SigningKeys {
         set
     }
 
-    /// The cached keys, re-read when older than the refresh interval; when the store cannot be
-    /// read, the cached keys still serve as long as `purpose` allows.
-    async fn keys(&self, purpose: Use) -> Result<Arc<KeySet>, SigningError> {
+    /// The cached keys for signing and for the JWKS, re-read when older than the refresh
+    /// interval. When the store cannot be read, keys read within `jwks_max_age` still serve: no
+    /// rotation made since can have a key signing yet.
+    async fn keys(&self) -> Result<Arc<KeySet>, SigningError> {
         let cached = self.cached();
         let age = cached.loaded_at.elapsed();
         if age < self.inner.settings.refresh_interval() {
@@ -507,7 +509,7 @@ impl SigningKeys {
         }
         match self.reload(Some(&cached)).await {
             Ok(set) => Ok(set),
-            Err(error) if purpose == Use::Verify || age < self.inner.settings.jwks_max_age => {
+            Err(error) if age < self.inner.settings.jwks_max_age => {
                 tracing::warn!(error = %error, age_s = age.as_secs(), "cannot re-read the signing keys; using the cached ones");
                 Ok(cached)
             }
