@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::domain::SigningAlg;
+use crate::service::op::keys::{SigningKeyInfo, SigningKeySettings, SigningKeys};
 use crate::startup::{Application, prepare_schema};
 use crate::{service, store, telemetry};
 
@@ -37,7 +39,7 @@ pub enum Command {
     /// Validate the configuration, connect, report pending migrations and broken data; exit
     /// non-zero on any problem.
     Check,
-    /// Manage the key ring that encrypts upstream tokens at rest.
+    /// Manage the key ring that encrypts secrets at rest, and the OpenID Provider's signing keys.
     Keys {
         /// What to do.
         #[command(subcommand)]
@@ -45,12 +47,36 @@ pub enum Command {
     },
 }
 
-/// Key-ring actions.
+/// Key actions.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Re-encrypt every stored secret under the active (first) key of TESSERA_ENCRYPTION_KEYS, so
-    /// that older keys can be removed afterwards.
+    /// Re-encrypt every stored secret (upstream tokens, signing keys' private keys) under the
+    /// active (first) key of TESSERA_ENCRYPTION_KEYS, so that older keys can be removed afterwards.
     Rotate,
+    /// The keys Tessera signs its own tokens with, as an OpenID Provider.
+    Signing {
+        /// What to do.
+        #[command(subcommand)]
+        action: SigningCommand,
+    },
+}
+
+/// Signing-key actions.
+#[derive(Debug, Subcommand)]
+pub enum SigningCommand {
+    /// List the published signing keys: which one signs, which one is next, which are retired.
+    List,
+    /// Start a rotation: a new key is published now and signs once every cached JWKS lists it;
+    /// the current key signs until then and stays published until its tokens have expired.
+    Rotate {
+        /// The algorithm (ES256, RS256 or EdDSA); oidc.signing_alg by default.
+        #[arg(long, value_parser = parse_signing_alg)]
+        alg: Option<SigningAlg>,
+    },
+}
+
+fn parse_signing_alg(value: &str) -> Result<SigningAlg, String> {
+    value.parse().map_err(|()| format!("{value:?} is not one of ES256, RS256, EdDSA"))
 }
 
 /// Parses the command line and runs it.
@@ -92,6 +118,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             if report.has_problems() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
         Command::Keys { action: KeysCommand::Rotate } => rotate_keys(config).await,
+        Command::Keys { action: KeysCommand::Signing { action } } => signing_keys(config, action).await,
     }
 }
 
@@ -152,16 +179,17 @@ async fn rotate_keys(config: Config) -> ExitCode {
         Ok(report) => report,
         Err(e) => return fail(&e),
     };
+    let signing = match service::keys::rotate_signing_keys(store.as_ref(), &keyring).await {
+        Ok(rotation) => rotation,
+        Err(e) => return fail(&e),
+    };
     store.close().await;
     let mut failed = 0;
-    for (kind, rotation) in report {
+    let report = report.into_iter().map(|(kind, rotation)| (kind.table(), rotation));
+    for (table, rotation) in report.chain([("signing_keys", signing)]) {
         println!(
-            "{}: {} re-encrypted, {} already current, {} changed meanwhile, {} do not decrypt",
-            kind.table(),
-            rotation.rotated,
-            rotation.current,
-            rotation.raced,
-            rotation.failed
+            "{table}: {} re-encrypted, {} already current, {} changed meanwhile, {} do not decrypt",
+            rotation.rotated, rotation.current, rotation.raced, rotation.failed
         );
         failed += rotation.failed;
     }
@@ -172,6 +200,81 @@ async fn rotate_keys(config: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+async fn signing_keys(config: Config, action: SigningCommand) -> ExitCode {
+    let Some(keyring) = config.encryption.clone() else {
+        eprintln!(
+            "tessera: signing keys are stored encrypted, and no key ring is configured: set {}=<id>:<base64 key>[,…]",
+            crate::config::ENCRYPTION_KEYS_VAR
+        );
+        return ExitCode::from(2);
+    };
+    let store = match store::connect(&config.database).await {
+        Ok(store) => store,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = prepare_schema(store.as_ref(), false).await {
+        return fail(&e);
+    }
+    let keys = match SigningKeys::new(store.clone(), keyring, SigningKeySettings::from_config(&config.oidc)).await {
+        Ok(keys) => keys,
+        Err(e) => return fail(&e),
+    };
+    let done = match action {
+        SigningCommand::List => keys.list().await.map(|list| {
+            if list.is_empty() {
+                println!("no signing key yet: the first token of an algorithm makes its first key");
+            } else {
+                println!(
+                    "{:<44} {:<6} {:<8} {:<20} {:<20} {:<20} unpublish_at",
+                    "kid", "alg", "status", "created_at", "signs_from", "retired_at"
+                );
+                for key in &list {
+                    print_key(key);
+                }
+            }
+        }),
+        SigningCommand::Rotate { alg } => {
+            let alg = alg.unwrap_or(config.oidc.signing_alg);
+            keys.rotate(alg).await.map(|key| {
+                if key.signs_from <= key.created_at {
+                    println!("made the first {} key, {}; it signs at once", alg.as_str(), key.kid);
+                } else {
+                    println!(
+                        "new {} key {} is published now and signs from {}; the current key signs until then, \
+                         and stays published {} s longer",
+                        alg.as_str(),
+                        key.kid,
+                        time(Some(key.signs_from)),
+                        keys.settings().max_token_lifetime.as_secs()
+                    );
+                }
+            })
+        }
+    };
+    store.close().await;
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn print_key(key: &SigningKeyInfo) {
+    println!(
+        "{:<44} {:<6} {:<8} {:<20} {:<20} {:<20} {}",
+        key.kid,
+        key.alg.as_str(),
+        key.status.as_str(),
+        time(Some(key.created_at)),
+        time(Some(key.signs_from)),
+        time(key.retired_at),
+        time(key.unpublish_at)
+    );
+}
+
+fn time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    time.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 /// Prints an error with its causes and returns a failing exit code.

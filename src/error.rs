@@ -129,6 +129,11 @@ error_codes! {
     TokenNotYetValid = (UNAUTHORIZED, "token_not_yet_valid", "Token not yet valid"),
     /// The token is not meant for an accepted audience.
     AudienceMismatch = (UNAUTHORIZED, "audience_mismatch", "Audience mismatch"),
+    /// One of Tessera's own tokens has another `typ` than the one expected (an id token where an
+    /// access token is expected, say).
+    TokenTypeMismatch = (UNAUTHORIZED, "token_type_mismatch", "Wrong token type"),
+    /// One of Tessera's own tokens names another issuer (another Tessera, or another public URL).
+    TokenIssuerMismatch = (UNAUTHORIZED, "token_issuer_mismatch", "Token issuer mismatch"),
     /// The identity is unknown and its issuer does not provision on first sight.
     IdentityNotProvisioned = (FORBIDDEN, "identity_not_provisioned", "Identity not provisioned"),
     /// The caller is not a member of the team (or the team does not exist).
@@ -179,6 +184,9 @@ error_codes! {
     LastOwner = (CONFLICT, "last_owner", "Last owner"),
     /// The domain is claimed by another team.
     DomainAlreadyClaimed = (CONFLICT, "domain_already_claimed", "Domain already claimed"),
+    /// Tessera's OpenID Provider is off: it needs `auth.public_url` and the key ring
+    /// (`encryption.keys`).
+    OpenidProviderDisabled = (NOT_FOUND, "openid_provider_disabled", "OpenID Provider disabled"),
 
     // OpenID Provider: registered clients (the admin API) and client authentication.
     /// A client id is not acceptable.
@@ -237,7 +245,7 @@ impl ErrorCode {
             // Credentials: admin tokens, user tokens, the user behind a token.
             InvalidCredentials | AmbiguousCredentials | IssuerNotAllowed | UserDisabled | MalformedToken
             | AlgorithmNotAllowed | UnknownKey | SignatureInvalid | TokenExpired | TokenNotYetValid
-            | AudienceMismatch | IdentityNotProvisioned
+            | AudienceMismatch | IdentityNotProvisioned | TokenTypeMismatch | TokenIssuerMismatch
             // Sign-in, linking and connect flows.
             | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
             | ProviderDenied | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked

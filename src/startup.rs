@@ -14,6 +14,8 @@ use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::op::clients::Clients;
+use crate::service::op::keys::{SigningError, SigningKeySettings, SigningKeys};
+use crate::service::op::provider::OpenIdProvider;
 use crate::service::principals::PrincipalCache;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
@@ -67,6 +69,9 @@ pub enum StartupError {
         /// The ids.
         ids: Vec<String>,
     },
+    /// The OpenID Provider's signing keys cannot be read or used.
+    #[error("cannot load the OpenID Provider's signing keys")]
+    SigningKeys(#[source] SigningError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -104,14 +109,30 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
-        let mut app = Self::build_on(config, store, listener);
+        let mut app = Self::build_on(config, store, listener).await?;
         app.sync_config_clients().await?;
         Ok(app)
     }
 
     /// Builds the server on a connected and migrated store and an already bound listener (tests
-    /// bind first, to know the URL browsers will call back to).
-    pub fn build_on(config: &Config, store: Arc<dyn Store>, listener: TcpListener) -> Self {
+    /// bind first, to know the URL browsers will call back to). Reads the OpenID Provider's
+    /// signing keys when the provider is on.
+    pub async fn build_on(config: &Config, store: Arc<dyn Store>, listener: TcpListener) -> Result<Self, StartupError> {
+        // The OpenID Provider runs when browsers can reach Tessera and private keys can be
+        // encrypted at rest.
+        let signing_keys = match (&config.auth.public_url, &config.encryption) {
+            (Some(_), Some(keyring)) => Some(
+                {
+                    let keys =
+                        SigningKeys::new(store.clone(), keyring.clone(), SigningKeySettings::from_config(&config.oidc))
+                            .await
+                            .map_err(StartupError::SigningKeys)?;
+                    keys.ensure(config.oidc.signing_alg).await.map_err(StartupError::SigningKeys)?;
+                    keys
+                },
+            ),
+            _ => None,
+        };
         // One outbound client for the whole process: the trust roots are loaded once, and
         // connections to an issuer that is also a sign-in provider are shared.
         let http = outbound_client(config.jwks.fetch_timeout);
@@ -151,7 +172,19 @@ impl Application {
             config.encryption.clone(),
             &config.auth,
         );
-        let clients = Clients::new(store.clone(), config.auth.public_url.as_ref().map(|url| url.as_str().to_owned()));
+        // The issuer identifier: the public URL without a trailing slash.
+        let issuer = config.auth.public_url.as_ref().map(|url| url.as_str().trim_end_matches('/').to_owned());
+        let clients = Clients::new(store.clone(), issuer.clone());
+        let op = match (&signing_keys, issuer) {
+            (Some(keys), Some(issuer)) => Some(OpenIdProvider::new(
+                store.clone(),
+                clients.clone(),
+                keys.clone(),
+                issuer,
+                config.oidc.id_token_ttl,
+            )),
+            _ => None,
+        };
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone()),
             teams,
@@ -164,9 +197,11 @@ impl Application {
             store,
             admin_tokens,
             clients,
+            signing_keys,
+            op,
         });
         let config_clients = Some(config.oidc.clients.iter().map(|c| c.client.clone()).collect());
-        Self { listener, state, server: config.server.clone(), last_seen, config_clients }
+        Ok(Self { listener, state, server: config.server.clone(), last_seen, config_clients })
     }
 
     /// Writes the clients of the configuration file to the store, replacing those of an earlier
@@ -211,6 +246,7 @@ impl Application {
             clients: self.state.clients.clone(),
             last_seen: self.last_seen.clone(),
             last_seen_every: self.server.last_seen_flush,
+            signing_keys: self.state.signing_keys.clone(),
         });
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");

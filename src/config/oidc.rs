@@ -1,29 +1,63 @@
-//! The `[oidc]` table: Tessera as an OpenID Provider for the team's own apps. `[[oidc.clients]]`
-//! defines clients in the file; they are written to the store at start-up and are read-only
-//! through the admin API. A client's secret is never written in the file: `secret_env` names the
-//! environment variable that holds it (as `client_secret_env` does for `[[providers]]`).
+//! The `[oidc]` table: Tessera as an OpenID Provider for the team's own apps — its signing keys,
+//! token lifetimes, and `[[oidc.clients]]`, clients defined in the file (written to the store at
+//! start-up, read-only through the admin API). A client's secret is never written in the file:
+//! `secret_env` names the environment variable that holds it (as `client_secret_env` does for
+//! `[[providers]]`). The provider runs only when `auth.public_url` and the key ring are set.
+
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::ConfigError;
 use crate::crypto::sha256;
-use crate::domain::Client;
-use crate::domain::client_rules::{self, ClientFields};
+use crate::domain::client_rules::{self, ACCESS_TOKEN_TTL_SECONDS, ClientFields};
+use crate::domain::{Client, SigningAlg};
 
 /// The shortest secret accepted for a client of the file: only an unsalted SHA-256 of it is
 /// kept, which is safe for long random secrets only.
 pub const MIN_CLIENT_SECRET_LEN: usize = 32;
 
-/// The OpenID Provider.
-#[derive(Debug, Clone, Default)]
+/// Tessera as an OpenID Provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OidcConfig {
+    /// How long relying parties may cache the JWKS (`Cache-Control: max-age`), and how long
+    /// before a new signing key signs it is published (`oidc.jwks_max_age_seconds`).
+    pub jwks_max_age: Duration,
+    /// A signing key signs this long, then a new one takes over (`oidc.signing_key_rotation_days`).
+    pub signing_key_rotation: Duration,
+    /// The algorithm of `tessera keys signing rotate` without `--alg` (`oidc.signing_alg`);
+    /// clients name their own (ES256 unless registered otherwise).
+    pub signing_alg: SigningAlg,
+    /// Lifetime of id tokens (`oidc.id_token_ttl_seconds`); access tokens' is per client.
+    pub id_token_ttl: Duration,
     /// Clients defined in the file (`[[oidc.clients]]`).
     pub clients: Vec<ClientConfig>,
 }
 
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            jwks_max_age: Duration::from_secs(600),
+            signing_key_rotation: Duration::from_secs(30 * 86_400),
+            signing_alg: SigningAlg::default(),
+            id_token_ttl: Duration::from_secs(600),
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl OidcConfig {
+    /// The longest lifetime of a token signed with Tessera's keys — the longest access-token
+    /// lifetime a client may register, or the id-token lifetime if longer: how long a retired
+    /// key stays in the JWKS.
+    pub fn max_token_lifetime(&self) -> Duration {
+        Duration::from_secs(*ACCESS_TOKEN_TTL_SECONDS.end()).max(self.id_token_ttl)
+    }
+}
+
 /// One client of the file, validated like a registration through the admin API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// The record to store (`from_config`; only the SHA-256 of its secret).
     pub client: Client,
@@ -32,6 +66,10 @@ pub struct ClientConfig {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawOidc {
+    jwks_max_age_seconds: Option<u64>,
+    signing_key_rotation_days: Option<u64>,
+    signing_alg: Option<String>,
+    id_token_ttl_seconds: Option<u64>,
     #[serde(default)]
     clients: Vec<RawClient>,
 }
@@ -60,6 +98,28 @@ pub(super) struct RawClient {
 }
 
 pub(super) fn parse_oidc(raw: RawOidc, env: &dyn Fn(&str) -> Option<String>) -> Result<OidcConfig, ConfigError> {
+    let defaults = OidcConfig::default();
+    let jwks_max_age = match raw.jwks_max_age_seconds {
+        None => defaults.jwks_max_age,
+        Some(s) if (10..=86_400).contains(&s) => Duration::from_secs(s),
+        Some(_) => return Err(ConfigError::new("oidc.jwks_max_age_seconds", "expected 10 to 86400 seconds")),
+    };
+    let signing_key_rotation = match raw.signing_key_rotation_days {
+        None => defaults.signing_key_rotation,
+        Some(d) if (1..=3650).contains(&d) => Duration::from_secs(d * 86_400),
+        Some(_) => return Err(ConfigError::new("oidc.signing_key_rotation_days", "expected 1 to 3650 days")),
+    };
+    let signing_alg = match raw.signing_alg {
+        None => defaults.signing_alg,
+        Some(name) => name.trim().parse().map_err(|()| {
+            ConfigError::new("oidc.signing_alg", format!("{name:?} is not one of ES256, RS256, EdDSA"))
+        })?,
+    };
+    let id_token_ttl = match raw.id_token_ttl_seconds {
+        None => defaults.id_token_ttl,
+        Some(s) if (60..=86_400).contains(&s) => Duration::from_secs(s),
+        Some(_) => return Err(ConfigError::new("oidc.id_token_ttl_seconds", "expected 60 to 86400 seconds")),
+    };
     let mut clients: Vec<ClientConfig> = Vec::new();
     for (i, raw) in raw.clients.into_iter().enumerate() {
         let client = parse_client(i, raw, env)?;
@@ -71,7 +131,7 @@ pub(super) fn parse_oidc(raw: RawOidc, env: &dyn Fn(&str) -> Option<String>) -> 
         }
         clients.push(ClientConfig { client });
     }
-    Ok(OidcConfig { clients })
+    Ok(OidcConfig { jwks_max_age, signing_key_rotation, signing_alg, id_token_ttl, clients })
 }
 
 fn parse_client(i: usize, raw: RawClient, env: &dyn Fn(&str) -> Option<String>) -> Result<Client, ConfigError> {
@@ -139,7 +199,51 @@ fn parse_client(i: usize, raw: RawClient, env: &dyn Fn(&str) -> Option<String>) 
 }
 
 #[cfg(test)]
-mod tests {
+mod signing_tests {
+    use super::super::Config;
+    use super::*;
+
+    fn oidc(text: &str) -> Result<OidcConfig, ConfigError> {
+        Config::from_toml(&format!("[oidc]\n{text}"), |_| None).map(|c| c.oidc)
+    }
+
+    #[test]
+    fn signing_keys_rotate_monthly_and_are_cached_ten_minutes_by_default() {
+        let config = Config::from_toml("", |_| None).unwrap().oidc;
+        assert_eq!(config, OidcConfig::default());
+        assert_eq!(config.jwks_max_age, Duration::from_secs(600));
+        assert_eq!(config.signing_key_rotation, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.signing_alg, SigningAlg::ES256);
+        assert!(config.max_token_lifetime() > Duration::ZERO);
+    }
+
+    #[test]
+    fn signing_settings_are_read_and_checked() {
+        let set = oidc("jwks_max_age_seconds = 60\nsigning_key_rotation_days = 7\nsigning_alg = \"EdDSA\"").unwrap();
+        assert_eq!(
+            (set.jwks_max_age, set.signing_key_rotation, set.signing_alg),
+            (Duration::from_secs(60), Duration::from_secs(7 * 86_400), SigningAlg::EdDSA)
+        );
+        let key = |text: &str| oidc(text).unwrap_err().key;
+        assert_eq!(key("jwks_max_age_seconds = 5"), "oidc.jwks_max_age_seconds");
+        assert_eq!(key("jwks_max_age_seconds = 86401"), "oidc.jwks_max_age_seconds");
+        assert_eq!(key("signing_key_rotation_days = 0"), "oidc.signing_key_rotation_days");
+        assert_eq!(key("signing_alg = \"HS256\""), "oidc.signing_alg");
+        assert_eq!(key("signing_alg = \"es256\""), "oidc.signing_alg", "JOSE names are case-sensitive");
+        assert_eq!(key("signing_keys = 1"), "oidc.signing_keys");
+    }
+
+    #[test]
+    fn signing_settings_can_be_set_from_the_environment() {
+        // `TESSERA_OIDC__JWKS_MAX_AGE_SECONDS` and the like: the splitter reads known key paths.
+        for key in ["oidc", "oidc.jwks_max_age_seconds", "oidc.signing_key_rotation_days", "oidc.signing_alg"] {
+            assert!(super::super::sources::is_key(key), "{key}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
     use std::collections::HashMap;
 
     use super::super::Config;

@@ -41,6 +41,8 @@ use self::problem::ApiError;
 use crate::error::ErrorCode;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::op::clients::Clients;
+use crate::service::op::keys::SigningKeys;
+use crate::service::op::provider::OpenIdProvider;
 use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
@@ -74,6 +76,11 @@ pub struct AppState {
     pub admin_tokens: AdminTokens,
     /// Registered clients of the OpenID Provider.
     pub clients: Clients,
+    /// Tessera's own token-signing keys; `None` while the OpenID Provider is off (it needs
+    /// `auth.public_url` and the key ring).
+    pub signing_keys: Option<SigningKeys>,
+    /// The OpenID Provider; `None` while it is off.
+    pub op: Option<OpenIdProvider>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -95,6 +102,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(me::routes())
         .merge(auth_profiles::routes())
         .merge(members::routes())
+        .merge(op::routes())
         .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

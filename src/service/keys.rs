@@ -3,10 +3,12 @@
 //!
 //! Rows are read in pages and rewritten one by one with a compare-and-swap on the old ciphertext,
 //! so a concurrent write (a token refresh) is never overwritten; such rows are already under the
-//! active key. A value that does not decrypt is reported, not skipped silently.
+//! active key. A value that does not decrypt is reported, not skipped silently. The private keys
+//! of the OpenID Provider's signing keys are re-encrypted the same way
+//! ([`rotate_signing_keys`]).
 
 use crate::crypto::keyring::KeyRing;
-use crate::store::{SecretKind, Store, StoreError, StoredSecret};
+use crate::store::{SecretKind, SigningKeyRecord, Store, StoreError, StoredSecret};
 
 /// Rows read per page.
 const PAGE: i64 = 200;
@@ -82,4 +84,28 @@ async fn rotate_one(
         rotation.raced += 1;
     }
     Ok(())
+}
+
+/// Re-encrypts the private key of every signing key (unpublished ones included) under
+/// `keyring`'s active key.
+pub async fn rotate_signing_keys(store: &dyn Store, keyring: &KeyRing) -> Result<Rotation, StoreError> {
+    let mut rotation = Rotation::default();
+    for key in store.all_signing_keys().await? {
+        if KeyRing::key_id_of(&key.private_key) == Some(keyring.active_id()) {
+            rotation.current += 1;
+            continue;
+        }
+        let aad = SigningKeyRecord::aad(&key.kid);
+        let Ok(plaintext) = keyring.decrypt(&key.private_key, &aad) else {
+            tracing::warn!(kid = %key.kid, "a signing key does not decrypt");
+            rotation.failed += 1;
+            continue;
+        };
+        if store.replace_signing_key_ciphertext(&key.kid, &key.private_key, &keyring.encrypt(&plaintext, &aad)).await? {
+            rotation.rotated += 1;
+        } else {
+            rotation.raced += 1;
+        }
+    }
+    Ok(rotation)
 }

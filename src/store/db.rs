@@ -55,6 +55,7 @@ embedded_migrations! {
     4 "0004_connected_accounts" "connected_accounts",
     5 "0005_token_version" "token_version",
     6 "0006_email_key" "email_key",
+    7 "0007_signing_keys" "signing_keys",
     8 "0008_clients" "clients",
     9 "0009_oauth_grants" "oauth_grants",
 }

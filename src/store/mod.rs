@@ -21,7 +21,8 @@ use chrono::{DateTime, Utc};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
     AuthProfile, Client, ClientId, DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer, Principal,
-    ProfileId, ProfileKind, ProfileStatus, Role, Slug, Subject, Team, TeamId, TeamRef, User, UserId, UserProfile,
+    ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamRef, User, UserId,
+    UserProfile,
 };
 
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
@@ -482,6 +483,65 @@ pub struct DataReport {
     pub issuers: Vec<String>,
 }
 
+// ---- OpenID Provider: signing keys ----------------------------------------------------------
+
+/// One of Tessera's own token-signing keys, as stored. Published (in the JWKS) from `created_at`,
+/// signing from `signs_from` until `retired_at`, published until `unpublish_at`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    /// The key id (`kid`): the key's RFC 7638 thumbprint.
+    pub kid: String,
+    /// Its algorithm.
+    pub alg: SigningAlg,
+    /// The public key as a JWK (with `kid`, `alg` and `use`), JSON text.
+    pub public_jwk: String,
+    /// The key-ring ciphertext of the private key's PKCS#8 DER, bound to
+    /// [`SigningKeyRecord::aad`].
+    pub private_key: Vec<u8>,
+    /// When it was made, and published.
+    pub created_at: DateTime<Utc>,
+    /// When it starts signing.
+    pub signs_from: DateTime<Utc>,
+    /// When it stops signing (`None`: not retired).
+    pub retired_at: Option<DateTime<Utc>>,
+    /// When it leaves the JWKS (set with `retired_at`).
+    pub unpublish_at: Option<DateTime<Utc>>,
+}
+
+impl SigningKeyRecord {
+    /// The associated data that binds a key's ciphertext to its table, row and column, in the
+    /// form of [`StoredSecret::aad`].
+    pub fn aad(kid: &str) -> Vec<u8> {
+        format!("signing_keys|{kid}|private_key").into_bytes()
+    }
+}
+
+impl Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The ciphertext is left out: nothing of a private key goes to a log, even encrypted.
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("created_at", &self.created_at)
+            .field("signs_from", &self.signs_from)
+            .field("retired_at", &self.retired_at)
+            .field("unpublish_at", &self.unpublish_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The retirement of an algorithm's current key that [`Store::rotate_signing_key`] makes, for
+/// the key that follows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Retirement<'a> {
+    /// The key to retire: the caller's view of the algorithm's one un-retired key.
+    pub kid: &'a str,
+    /// When it stops signing (the new key's `signs_from`).
+    pub retired_at: DateTime<Utc>,
+    /// When it leaves the JWKS.
+    pub unpublish_at: DateTime<Utc>,
+}
+
 /// The storage interface. [`SqlStore`] implements it on both databases; the conformance suite
 /// runs every method's stories against both.
 #[async_trait]
@@ -806,6 +866,27 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Deletes expired codes, grants and held requests; returns how many rows went.
     async fn delete_expired_grants(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    // ---- OpenID Provider: signing keys ------------------------------------------------------
+
+    /// Inserts the first un-retired key of its algorithm. False, and nothing written, when the
+    /// algorithm has an un-retired key already (another instance made one first: read it).
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError>;
+
+    /// The keys still published at `now` (`unpublish_at` unset or later), every algorithm, oldest
+    /// first.
+    async fn published_signing_keys(&self, now: DateTime<Utc>) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    /// A rotation, in one transaction: retires `retire.kid` if it is still the un-retired key of
+    /// `new.alg` (sets its `retired_at` and `unpublish_at`), then inserts `new`, un-retired. False,
+    /// and nothing written, when the key was retired meanwhile (a concurrent rotation won).
+    async fn rotate_signing_key(&self, retire: &Retirement<'_>, new: &SigningKeyRecord) -> Result<bool, StoreError>;
+
+    /// Replaces a signing key's ciphertext if it still is `old` (`tessera keys rotate`); false
+    /// when it changed meanwhile or the key is gone.
+    async fn replace_signing_key_ciphertext(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError>;
+
+    /// Every signing key, unpublished ones included, oldest first (`tessera keys rotate`).
+    async fn all_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 
     /// Closes all connections.
     async fn close(&self);

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    ConnectToken, ProfileSecrets, StoreError, decode_domain, decode_issuer, decode_role, decode_slug, decode_subject,
+    ConnectToken, ProfileSecrets, SigningKeyRecord, StoreError, decode_domain, decode_issuer, decode_role, decode_slug,
+    decode_subject,
 };
 use crate::domain::{
     AuthProfile, DomainClaim, Identity, IdentityId, Principal, ProfileId, ProfileKind, ProfileStatus, Team, TeamId,
@@ -347,5 +348,31 @@ pub(super) fn client(row: &impl RowExt) -> Result<crate::domain::Client, StoreEr
         from_config: row.flag("client_from_config")?,
         created_at: row.time("client_created_at")?,
         updated_at: row.time("client_updated_at")?,
+    })
+}
+
+/// Columns of `signing_keys k`, aliased for [`signing_key`].
+macro_rules! signing_key_columns {
+    () => {
+        "k.kid AS kid, k.alg AS alg, k.public_jwk AS public_jwk, k.private_key AS private_key, \
+         k.created_at AS created_at, k.signs_from AS signs_from, k.retired_at AS retired_at, \
+         k.unpublish_at AS unpublish_at"
+    };
+}
+
+pub(super) use signing_key_columns;
+
+/// Decodes the [`signing_key_columns!`] of a row.
+pub(super) fn signing_key(row: &impl RowExt) -> Result<SigningKeyRecord, StoreError> {
+    let alg = row.text("alg")?;
+    Ok(SigningKeyRecord {
+        kid: row.text("kid")?,
+        alg: alg.parse().map_err(|()| StoreError::Corrupt(format!("unknown signing algorithm {alg:?}")))?,
+        public_jwk: row.text("public_jwk")?,
+        private_key: row.bytes("private_key")?,
+        created_at: row.time("created_at")?,
+        signs_from: row.time("signs_from")?,
+        retired_at: row.opt_time("retired_at")?,
+        unpublish_at: row.opt_time("unpublish_at")?,
     })
 }

@@ -12,13 +12,14 @@ use chrono::{DateTime, Utc};
 
 use super::db::{Db, PoolRef, Tx, query};
 use super::rows::{
-    self, RowExt, client_columns, domain_columns, identity_columns, profile_columns, team_columns, user_columns,
+    self, RowExt, client_columns, domain_columns, identity_columns, profile_columns, signing_key_columns, team_columns,
+    user_columns,
 };
 use super::{
     Activation, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome, DataReport,
     EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount, NewEvent,
     NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome,
-    SecretKind, SessionRecord, Store, StoreError, StoredSecret, UnlinkOutcome, decode_role,
+    Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use crate::config::{Backend, DatabaseConfig};
@@ -224,6 +225,23 @@ async fn read_user_profile(pool: PoolRef<'_>, user: UserId) -> Result<Option<Use
     });
     fold_profile(&query(*SQL).bind(user.as_uuid()).fetch_all(pool).await?)
 }
+
+/// The insert of an un-retired signing key; returns its kid, or no row when the algorithm has an
+/// un-retired key already.
+fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
+    query(
+        "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at, signs_from, retired_at, unpublish_at)
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)
+         ON CONFLICT DO NOTHING RETURNING kid",
+    )
+    .bind(key.kid.as_str())
+    .bind(key.alg.as_str())
+    .bind(key.public_jwk.as_str())
+    .bind(key.private_key.as_slice())
+    .bind(key.created_at)
+    .bind(key.signs_from)
+}
+
 
 #[async_trait]
 impl Store for SqlStore {
@@ -1589,6 +1607,72 @@ impl Store for SqlStore {
             deleted += query(sql).bind(now).execute(self.db.writer()).await?;
         }
         Ok(deleted)
+    }
+
+    // ---- OpenID Provider: signing keys ------------------------------------------------------
+
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError> {
+        // The partial unique index on un-retired keys settles concurrent first keys: the second
+        // insert waits for the first to commit, then does nothing.
+        let inserted = insert_signing_key(key).fetch_optional(self.db.writer()).await?;
+        Ok(inserted.is_some())
+    }
+
+    async fn published_signing_keys(&self, now: DateTime<Utc>) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let rows = query(concat!(
+            "SELECT ",
+            signing_key_columns!(),
+            " FROM signing_keys k WHERE k.unpublish_at IS NULL OR k.unpublish_at > $1 ORDER BY k.created_at, k.kid"
+        ))
+        .bind(now)
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter().map(rows::signing_key).collect()
+    }
+
+    async fn rotate_signing_key(&self, retire: &Retirement<'_>, new: &SigningKeyRecord) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // Compare-and-swap on the un-retired key: of two concurrent rotations, the second waits
+        // for the first's row lock (PostgreSQL) or transaction (SQLite), then finds the key
+        // retired and writes nothing.
+        let retired = query(
+            "UPDATE signing_keys SET retired_at = $3, unpublish_at = $4
+             WHERE kid = $1 AND alg = $2 AND retired_at IS NULL",
+        )
+        .bind(retire.kid)
+        .bind(new.alg.as_str())
+        .bind(retire.retired_at)
+        .bind(retire.unpublish_at)
+        .execute(&mut tx)
+        .await?;
+        if retired != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if insert_signing_key(new).fetch_optional(&mut tx).await?.is_none() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn replace_signing_key_ciphertext(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let updated = query("UPDATE signing_keys SET private_key = $3 WHERE kid = $1 AND private_key = $2")
+            .bind(kid)
+            .bind(old)
+            .bind(new)
+            .execute(self.db.writer())
+            .await?;
+        Ok(updated == 1)
+    }
+
+    async fn all_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let rows =
+            query(concat!("SELECT ", signing_key_columns!(), " FROM signing_keys k ORDER BY k.created_at, k.kid"))
+                .fetch_all(self.db.reader())
+                .await?;
+        rows.iter().map(rows::signing_key).collect()
     }
 
     async fn close(&self) {

@@ -2,6 +2,7 @@
 //! owns its schedule and logs its own failures; none of them answers a request.
 
 pub mod last_seen;
+mod signing_keys;
 mod sweeper;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::op::clients::Clients;
+use crate::service::op::keys::SigningKeys;
 use crate::service::sessions::Sessions;
 use crate::store::Store;
 pub use last_seen::LastSeen;
@@ -30,6 +32,9 @@ pub struct WorkerDeps {
     pub last_seen: Arc<LastSeen>,
     /// How often they are written.
     pub last_seen_every: Duration,
+    /// The OpenID Provider's signing keys, re-read and rotated on schedule (when the provider
+    /// is on).
+    pub signing_keys: Option<SigningKeys>,
 }
 
 /// The running background loops.
@@ -42,10 +47,13 @@ pub struct Workers {
 impl Workers {
     /// Starts every background loop.
     pub fn start(deps: WorkerDeps) -> Self {
-        let handles = vec![
+        let mut handles = vec![
             tokio::spawn(sweeper::run(deps.sessions.clone(), deps.auth_profiles.clone(), deps.clients.clone())),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),
         ];
+        if let Some(keys) = &deps.signing_keys {
+            handles.push(tokio::spawn(signing_keys::run(keys.clone())));
+        }
         Self { handles, deps }
     }
 

@@ -1,4 +1,5 @@
-//! The `tessera` binary itself: `serve`, `migrate` and `check`, run as child processes.
+//! The `tessera` binary itself: `serve`, `migrate`, `check` and `keys signing`, run as child
+//! processes.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,7 +10,10 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::{Backend, TestDb, on_both_backends};
 
-on_both_backends!(check_reports_pending_migrations_and_broken_invariants);
+on_both_backends!(
+    check_reports_pending_migrations_and_broken_invariants,
+    keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows,
+);
 
 fn tessera(dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
@@ -292,4 +296,65 @@ async fn nested_environment_variables_override_the_file() {
     let syntax = run(tessera(dir.path()).args(["--config", "tessera.toml", "check"])).await;
     assert_eq!(syntax.code, 2);
     assert!(syntax.stderr.contains("`tessera.toml`: TOML syntax error at line 1, column 10"), "{}", syntax.stderr);
+}
+
+async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows(backend: Backend) {
+    use base64::Engine;
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = |byte: u8| base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    let ring = format!("k1:{}", key(1));
+    let keys = |ring: &str, args: &[&str]| {
+        let mut command = tessera(dir.path());
+        command
+            .env("TESSERA_DATABASE_URL", &db.url)
+            .env("TESSERA_ENCRYPTION_KEYS", ring)
+            .env("TESSERA_OIDC__SIGNING_ALG", "EdDSA")
+            .arg("keys")
+            .args(args);
+        command
+    };
+    let empty = run(&mut keys(&ring, &["signing", "list"])).await;
+    assert_eq!(empty.code, 0, "{}", empty.stderr);
+    assert!(empty.stdout.contains("no signing key yet"), "{}", empty.stdout);
+
+    let first = run(&mut keys(&ring, &["signing", "rotate", "--alg", "ES256"])).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(first.stdout.contains("made the first ES256 key"), "{}", first.stdout);
+    // Without --alg, oidc.signing_alg (EdDSA here) is rotated: its first key, then a next one.
+    for expected in ["made the first EdDSA key", "new EdDSA key"] {
+        let rotated = run(&mut keys(&ring, &["signing", "rotate"])).await;
+        assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+        assert!(rotated.stdout.contains(expected), "{}", rotated.stdout);
+    }
+    let list = run(&mut keys(&ring, &["signing", "list"])).await;
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let rows: Vec<Vec<&str>> = list.stdout.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    let states: Vec<(&str, &str)> = rows.iter().map(|r| (r[1], r[2])).collect();
+    assert_eq!(states, [("ES256", "signing"), ("EdDSA", "signing"), ("EdDSA", "next")], "{}", list.stdout);
+    let stored = store.all_signing_keys().await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r[0]).collect::<Vec<_>>(),
+        stored.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>()
+    );
+    assert!(!list.stdout.contains(&key(1)), "no key material");
+
+    // Mistakes: no key ring, an unknown algorithm.
+    let mut no_ring = tessera(dir.path());
+    no_ring.env("TESSERA_DATABASE_URL", &db.url).args(["keys", "signing", "list"]);
+    let no_ring = run(&mut no_ring).await;
+    assert_eq!(no_ring.code, 2);
+    assert!(no_ring.stderr.contains("TESSERA_ENCRYPTION_KEYS"), "{}", no_ring.stderr);
+    let bad = run(&mut keys(&ring, &["signing", "rotate", "--alg", "HS256"])).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+
+    // `keys rotate` re-encrypts the signing keys' private keys under the new ring key.
+    let rotated = run(&mut keys(&format!("k2:{},k1:{}", key(2), key(1)), &["rotate"])).await;
+    assert_eq!(rotated.code, 0, "{}{}", rotated.stdout, rotated.stderr);
+    assert!(rotated.stdout.contains("signing_keys: 3 re-encrypted"), "{}", rotated.stdout);
+    let after = store.all_signing_keys().await.unwrap();
+    assert!(after.iter().all(|k| tessera::crypto::keyring::KeyRing::key_id_of(&k.private_key) == Some("k2")));
+    let only_new = run(&mut keys(&format!("k2:{}", key(2)), &["signing", "list"])).await;
+    assert_eq!(only_new.code, 0, "the old ring key is no longer needed: {}", only_new.stderr);
 }

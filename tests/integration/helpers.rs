@@ -265,7 +265,7 @@ impl TestApp {
             config.auth.public_url =
                 Some(url::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap());
         }
-        let app = Application::build_on(&config, store.clone(), listener);
+        let app = Application::build_on(&config, store.clone(), listener).await.expect("build the server");
         let addr = app.local_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {

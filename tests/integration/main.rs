@@ -22,5 +22,6 @@ mod readiness;
 mod replica;
 mod server;
 mod signin;
+mod signing_keys;
 mod store;
 mod validation;

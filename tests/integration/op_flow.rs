@@ -56,7 +56,7 @@ pub async fn op_world_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -
 pub async fn register(app: &TestApp, fields: Value) -> (String, Option<String>) {
     let response = app.admin(Method::POST, "/admin/clients").json(&fields).send().await.unwrap();
     let created = body(response, 201).await;
-    let id = created["client"]["id"].as_str().or(created["id"].as_str()).unwrap().to_owned();
+    let id = created["client_id"].as_str().unwrap().to_owned();
     let secret = created["client_secret"].as_str().map(str::to_owned);
     (id, secret)
 }
@@ -65,7 +65,7 @@ pub async fn register(app: &TestApp, fields: Value) -> (String, Option<String>) 
 pub async fn web_app(app: &TestApp) -> (String, String) {
     let (id, secret) = register(
         app,
-        &json!({
+        json!({
             "name": "Web app",
             "kind": "confidential",
             "redirect_uris": [REDIRECT],
@@ -165,9 +165,14 @@ pub fn jwt_parts(token: &str) -> (Value, Value) {
     (header, decode())
 }
 
+/// An OAuth error response (RFC 6749 5.2): its `error`, after checking the status and headers.
 async fn oauth_error(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
     assert_eq!(response.headers().get("cache-control").map(|v| v.to_str().unwrap()), Some("no-store"));
-    body(response, status).await["error"].as_str().unwrap().to_owned()
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let json: Value = response.json().await.unwrap();
+    assert!(json["error_description"].is_string(), "{json}");
+    json["error"].as_str().unwrap().to_owned()
 }
 
 async fn discovery_describes_the_provider_and_its_keys(backend: Backend) {
@@ -357,7 +362,7 @@ async fn a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_gran
     for response in responses {
         match response.status().as_u16() {
             200 => issued.push(body(response, 200).await),
-            400 => assert_eq!(body(response, 400).await["error"], "invalid_grant"),
+            400 => assert_eq!(oauth_error(response, 400).await, "invalid_grant"),
             other => panic!("unexpected {other}"),
         }
     }
@@ -369,8 +374,8 @@ async fn a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_gran
     let access = issued[0]["access_token"].as_str().unwrap();
     assert_eq!(introspect(&w.app, (&client, &secret), access).await, json!({"active": false}));
     let refresh = issued[0]["refresh_token"].as_str().unwrap();
-    let again = token_request(&w.app, (&client, &secret), &[("grant_type", "refresh_token"), ("refresh_token", refresh)]);
-    assert_eq!(oauth_error(again.await, 400).await, "invalid_grant");
+    let again = token_request(&w.app, (&client, &secret), &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
+    assert_eq!(oauth_error(again, 400).await, "invalid_grant");
 }
 
 async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family(backend: Backend) {
@@ -388,8 +393,8 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
     assert_ne!(r1, r2);
     assert_eq!(jwt_parts(second["id_token"].as_str().unwrap()).1["aud"], client);
     // Narrowing the scope is allowed; widening is not.
-    let widen = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r2), ("scope", "openid profile")]);
-    assert_eq!(oauth_error(widen.await, 400).await, "invalid_scope");
+    let widen = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r2), ("scope", "openid profile")]).await;
+    assert_eq!(oauth_error(widen, 400).await, "invalid_scope");
     // Sixteen at once with r2: one wins, the others are reuse, which revokes the family.
     let form = [("grant_type", "refresh_token"), ("refresh_token", r2.as_str())];
     let responses = concurrently((0..16).map(|_| token_builder(&w.app, creds, &form)).collect()).await;
@@ -422,9 +427,11 @@ async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
 
     // Garbage, a token of another issuer, a tampered one: the same answer.
     let foreign = w.issuer.sign(&w.issuer.add_key(tessera_testkit::local_issuer::Alg::Es256), &w.issuer.claims("s", &client));
-    let mut tampered = access.to_owned();
-    tampered.pop();
-    tampered.push('A');
+    // A different signature: one character in its middle changed.
+    let mut tampered = access.to_owned().into_bytes();
+    let middle = tampered.len() - 20;
+    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
     for token in ["garbage", "a.b.c", foreign.as_str(), tampered.as_str()] {
         assert_eq!(introspect(&w.app, creds, token).await, json!({"active": false}), "{token}");
     }
@@ -540,7 +547,7 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     // prompt=login sends the user upstream again, and back with a code.
     let response = browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    assert!(location(&response).starts_with(w.issuer.issuer()), "to the upstream provider");
+    assert!(location(&response).starts_with(w.issuer.issuer()), "to the upstream provider: {}", location(&response));
     let back = follow(&mut browser, location(&response)).await;
     assert!(param(&back, "code").is_some(), "{back}");
     // max_age=0 forces a sign-in too; with prompt=none that is login_required.

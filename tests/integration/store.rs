@@ -11,13 +11,15 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use tessera::domain::{
     AuthProfile, DisplayName, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, ProfileId,
-    ProfileKind, ProfileStatus, Role, Slug, Subject, Team, TeamId, TeamMembership, TeamRef, TeamRole, User, UserId,
+    ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamMembership, TeamRef, TeamRole, User,
+    UserId,
 };
 use tessera::service::provisioning::team_plan;
 use tessera::store::{
     Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome, LoginState,
     MemberOutcome, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
-    RefreshLease, Refreshed, RemoveOutcome, SecretKind, SessionRecord, Store, StoreError, StoredSecret, UnlinkOutcome,
+    RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError,
+    StoredSecret, UnlinkOutcome,
 };
 use uuid::Uuid;
 
@@ -93,6 +95,12 @@ on_both_backends!(
     a_negative_page_size_reads_nothing,
     domains_and_issuers_are_listed_in_byte_order,
     replacing_a_secret_compares_and_swaps,
+    // OpenID Provider: signing keys
+    one_signing_key_per_algorithm_is_unretired_and_keys_are_listed_while_published,
+    a_rotation_retires_the_current_signing_key_and_inserts_the_next,
+    concurrent_rotations_of_one_signing_key_have_one_winner,
+    concurrent_first_signing_keys_of_an_algorithm_have_one_winner,
+    replacing_a_signing_key_ciphertext_compares_and_swaps,
 );
 
 // ---- Builders -------------------------------------------------------------------------------
@@ -2117,4 +2125,107 @@ mod clients {
         assert_eq!(store.delete_expired_client_assertions(t0 + TimeDelta::minutes(2)).await.unwrap(), 0);
         assert_eq!(db.sql().await.count("client_assertions").await, 1);
     }
+}
+
+// ---- OpenID Provider: signing keys ---------------------------------------------------------
+
+/// A signing key as the store sees it: the store neither parses the JWK nor decrypts the key.
+fn signing_key(kid: &str, alg: SigningAlg, created_at: DateTime<Utc>) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.to_owned(),
+        alg,
+        public_jwk: serde_json::json!({ "kty": "OKP", "kid": kid }).to_string(),
+        private_key: format!("ciphertext of {kid}").into_bytes(),
+        created_at,
+        signs_from: created_at,
+        retired_at: None,
+        unpublish_at: None,
+    }
+}
+
+async fn one_signing_key_per_algorithm_is_unretired_and_keys_are_listed_while_published(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let t0 = now();
+    let es = signing_key("es-1", SigningAlg::ES256, t0);
+    assert!(store.insert_signing_key(&es).await.unwrap());
+    let second = signing_key("es-2", SigningAlg::ES256, t0);
+    assert!(!store.insert_signing_key(&second).await.unwrap(), "ES256 has an un-retired key already");
+    let rs = signing_key("rs-1", SigningAlg::RS256, t0 + TimeDelta::seconds(1));
+    assert!(store.insert_signing_key(&rs).await.unwrap(), "one per algorithm");
+    assert_eq!(store.published_signing_keys(t0).await.unwrap(), [es.clone(), rs.clone()], "oldest first");
+    assert_eq!(store.all_signing_keys().await.unwrap(), [es, rs]);
+}
+
+async fn a_rotation_retires_the_current_signing_key_and_inserts_the_next(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let t0 = now();
+    let first = signing_key("es-1", SigningAlg::ES256, t0);
+    store.insert_signing_key(&first).await.unwrap();
+    let t1 = t0 + TimeDelta::days(30);
+    let next =
+        SigningKeyRecord { signs_from: t1 + TimeDelta::minutes(12), ..signing_key("es-2", SigningAlg::ES256, t1) };
+    let retire =
+        Retirement { kid: "es-1", retired_at: next.signs_from, unpublish_at: next.signs_from + TimeDelta::hours(1) };
+    assert!(store.rotate_signing_key(&retire, &next).await.unwrap());
+    let retired =
+        SigningKeyRecord { retired_at: Some(retire.retired_at), unpublish_at: Some(retire.unpublish_at), ..first };
+    assert_eq!(store.published_signing_keys(t1).await.unwrap(), [retired.clone(), next.clone()]);
+
+    // A rotation from a key retired meanwhile (another instance rotated first) writes nothing,
+    // and so does one that names a key of another algorithm.
+    let late = signing_key("es-3", SigningAlg::ES256, t1);
+    assert!(!store.rotate_signing_key(&retire, &late).await.unwrap());
+    let rs = signing_key("rs-1", SigningAlg::RS256, t1);
+    store.insert_signing_key(&rs).await.unwrap();
+    assert!(!store.rotate_signing_key(&Retirement { kid: "rs-1", ..retire }, &late).await.unwrap());
+    assert_eq!(store.all_signing_keys().await.unwrap(), [retired.clone(), next.clone(), rs.clone()]);
+
+    // From its unpublish time on, a retired key is no longer listed as published; it stays stored.
+    assert_eq!(store.published_signing_keys(retire.unpublish_at - TimeDelta::microseconds(1)).await.unwrap().len(), 3);
+    assert_eq!(store.published_signing_keys(retire.unpublish_at).await.unwrap(), [next, rs]);
+    assert_eq!(store.all_signing_keys().await.unwrap().len(), 3);
+}
+
+async fn concurrent_rotations_of_one_signing_key_have_one_winner(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let t0 = now();
+    store.insert_signing_key(&signing_key("es-1", SigningAlg::ES256, t0)).await.unwrap();
+    let rotated = concurrently(16, |i| {
+        let store = store.clone();
+        async move {
+            let next = signing_key(&format!("es-next-{i}"), SigningAlg::ES256, t0);
+            let retire = Retirement { kid: "es-1", retired_at: t0, unpublish_at: t0 + TimeDelta::hours(1) };
+            store.rotate_signing_key(&retire, &next).await.unwrap()
+        }
+    })
+    .await;
+    assert_eq!(rotated.iter().filter(|r| **r).count(), 1, "{rotated:?}");
+    let keys = store.all_signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys.iter().filter(|k| k.retired_at.is_none()).count(), 1, "one successor: {keys:?}");
+}
+
+async fn concurrent_first_signing_keys_of_an_algorithm_have_one_winner(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let t0 = now();
+    let inserted = concurrently(16, |i| {
+        let store = store.clone();
+        async move { store.insert_signing_key(&signing_key(&format!("ed-{i}"), SigningAlg::EdDSA, t0)).await.unwrap() }
+    })
+    .await;
+    assert_eq!(inserted.iter().filter(|r| **r).count(), 1, "{inserted:?}");
+    assert_eq!(store.all_signing_keys().await.unwrap().len(), 1);
+}
+
+async fn replacing_a_signing_key_ciphertext_compares_and_swaps(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let key = signing_key("es-1", SigningAlg::ES256, now());
+    store.insert_signing_key(&key).await.unwrap();
+    assert!(store.replace_signing_key_ciphertext("es-1", &key.private_key, b"new").await.unwrap());
+    assert!(
+        !store.replace_signing_key_ciphertext("es-1", &key.private_key, b"newer").await.unwrap(),
+        "changed meanwhile"
+    );
+    assert!(!store.replace_signing_key_ciphertext("es-2", b"new", b"newer").await.unwrap(), "no such key");
+    assert_eq!(store.all_signing_keys().await.unwrap()[0].private_key, b"new");
 }

@@ -81,7 +81,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
     config.encryption = Some(Arc::new(KeyRing::parse(&format!("bench:{key}"))?));
     let store = store::connect(&config.database).await.context("connect")?;
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
-    let app = Application::build_on(&config, store.clone(), listener);
+    let app = Application::build_on(&config, store.clone(), listener).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;

@@ -94,7 +94,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
     config.encryption = Some(keyring.clone());
     let store = store::connect(&config.database).await.context("connect")?;
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
-    let app = Application::build_on(&config, store.clone(), listener);
+    let app = Application::build_on(&config, store.clone(), listener).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -118,7 +118,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
         .error_for_status()?
         .json()
         .await?;
-    let app_id = created["client"]["id"].as_str().or(created["id"].as_str()).context("client id")?.to_owned();
+    let app_id = created["client_id"].as_str().context("client id")?.to_owned();
     let app_secret = created["client_secret"].as_str().context("client secret")?.to_owned();
     let bench = Arc::new(Bench { client, base: base.clone(), app_id, app_secret });
 
@@ -338,17 +338,20 @@ async fn bootstrap_user(bench: &Bench) -> anyhow::Result<UserId> {
 async fn authorize_code(bench: &Bench, cookie: &str) -> anyhow::Result<(String, String)> {
     let verifier = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(verifier.as_bytes()));
-    let response = bench
-        .client
-        .get(format!("{}/oauth/authorize", bench.base))
-        .query(&[
+    let url = url::Url::parse_with_params(
+        &format!("{}/oauth/authorize", bench.base),
+        &[
             ("response_type", "code"),
-            ("client_id", &bench.app_id),
+            ("client_id", bench.app_id.as_str()),
             ("redirect_uri", REDIRECT),
             ("scope", "openid email teams"),
-            ("code_challenge", &challenge),
+            ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
-        ])
+        ],
+    )?;
+    let response = bench
+        .client
+        .get(url)
         .header("cookie", cookie)
         .send()
         .await?;

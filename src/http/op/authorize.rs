@@ -21,7 +21,7 @@ use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
 use crate::http::credentials::cookie;
 use crate::http::pages;
-use crate::service::op::authorize::{AuthorizationParams, AuthorizeError, Next, Rejection, SessionView};
+use crate::service::op::authorize::{AuthorizeError, Next, Rejection, SessionView};
 use crate::service::op::tokens::single_valued;
 use crate::service::sessions::LiveSession;
 use crate::service::teams::Discovery;

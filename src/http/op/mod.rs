@@ -1,4 +1,41 @@
-//! Tessera as an OpenID Provider: the HTTP side.
+//! Tessera as an OpenID Provider, over HTTP: discovery, the OAuth and OpenID endpoints under
+//! `/oauth/`, forward-auth for proxies, and the admin API of registered clients. While the
+//! provider is off, its routes answer 404 saying what to configure.
 
+pub mod authorize;
 pub mod client_auth;
 pub mod clients;
+pub mod discovery;
+pub mod forward_auth;
+pub mod jwks;
+pub mod token;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::error::ErrorCode;
+use crate::service::op::keys::SigningKeys;
+
+/// The provider's public routes (the admin routes are [`clients::admin_routes`]).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .merge(jwks::routes())
+        .merge(discovery::routes())
+        .merge(authorize::routes())
+        .merge(token::routes())
+        .merge(forward_auth::routes())
+}
+
+/// The signing keys, or the 404 that says how to turn the provider on.
+pub(crate) fn signing_keys(state: &AppState) -> Result<&SigningKeys, ApiError> {
+    state.signing_keys.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::OpenidProviderDisabled,
+            "the OpenID Provider is off: configure auth.public_url (TESSERA_PUBLIC_URL) and the key ring \
+             (TESSERA_ENCRYPTION_KEYS) to turn it on",
+        )
+    })
+}

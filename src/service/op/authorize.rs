@@ -53,8 +53,8 @@ pub struct AuthorizationParams {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Held {
     params: AuthorizationParams,
-    /// The session must have authenticated at or after this (unix seconds).
-    auth_after: Option<i64>,
+    /// The session must have started at or after this (unix microseconds).
+    auth_after_us: Option<i64>,
 }
 
 /// The browser's Tessera session, as the authorization endpoint needs it.
@@ -157,7 +157,7 @@ impl OpenIdProvider {
     ) -> Result<Next, AuthorizeError> {
         let now = crate::domain::now();
         let held = self.unhold(params, now).await?;
-        let request = self.validate(&held.params, held.auth_after, now).await?;
+        let request = self.validate(&held.params, held.auth_after_us, now).await?;
         self.decide(request, session, now).await
     }
 
@@ -192,7 +192,7 @@ impl OpenIdProvider {
             ));
         };
         let held: Held = serde_json::from_str(&held.params).map_err(|_| StoreError::Corrupt("held request".into()))?;
-        let request = self.validate(&held.params, held.auth_after, now).await?;
+        let request = self.validate(&held.params, held.auth_after_us, now).await?;
         if !approve {
             return Err(request.reject("access_denied", "the user declined"));
         }
@@ -202,7 +202,7 @@ impl OpenIdProvider {
 
     async fn unhold(&self, params: AuthorizationParams, now: DateTime<Utc>) -> Result<Held, AuthorizeError> {
         let Some(uri) = params.request_uri.as_deref() else {
-            return Ok(Held { params, auth_after: None });
+            return Ok(Held { params, auth_after_us: None });
         };
         let invalid = || reject("invalid_request", "request_uri is unknown, used or expired; start again", None);
         if !uri.starts_with(REQUEST_URI_PREFIX) || uri.len() > MAX_PARAM_LEN {
@@ -221,7 +221,7 @@ impl OpenIdProvider {
     async fn validate(
         &self,
         params: &AuthorizationParams,
-        auth_after: Option<i64>,
+        auth_after_us: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<AuthorizationRequest, AuthorizeError> {
         let too_long = [
@@ -313,13 +313,15 @@ impl OpenIdProvider {
         {
             return Err(fail("invalid_target", "resource is not one of the client's registered resources"));
         }
-        let mut after = auth_after;
+        // In microseconds: a session started in the same second as a `prompt=login` request
+        // is not a fresh sign-in.
+        let mut after = auth_after_us;
         let mut raise = |t: i64| after = Some(after.map_or(t, |a| a.max(t)));
         if let Some(max_age) = max_age {
-            raise(now.timestamp() - max_age);
+            raise(now.timestamp_micros() - max_age * 1_000_000);
         }
         if prompts.iter().any(|p| p == "login") {
-            raise(now.timestamp());
+            raise(now.timestamp_micros());
         }
         Ok(AuthorizationRequest {
             client,
@@ -330,7 +332,7 @@ impl OpenIdProvider {
             code_challenge,
             prompt_none,
             prompt_consent: prompts.iter().any(|p| p == "consent"),
-            auth_after: after.and_then(|t| DateTime::from_timestamp(t, 0)),
+            auth_after: after.and_then(DateTime::from_timestamp_micros),
             login_hint: params.login_hint.clone(),
             resource: params.resource.clone(),
             params: params.clone(),
@@ -343,8 +345,7 @@ impl OpenIdProvider {
         session: Option<&SessionView>,
         now: DateTime<Utc>,
     ) -> Result<Next, AuthorizeError> {
-        // Sessions start on a whole second's boundary for this comparison, as auth_time does.
-        let fresh = |s: &SessionView| request.auth_after.is_none_or(|after| s.auth_time.timestamp() >= after.timestamp());
+        let fresh = |s: &SessionView| request.auth_after.is_none_or(|after| s.auth_time >= after);
         let Some(session) = session.filter(|s| fresh(s)) else {
             if request.prompt_none {
                 return Err(request.reject("login_required", "the user is not signed in"));
@@ -393,7 +394,7 @@ impl OpenIdProvider {
             request_uri: None,
             ..request.params.clone()
         };
-        let held = Held { params, auth_after: request.auth_after.map(|t| t.timestamp()) };
+        let held = Held { params, auth_after_us: request.auth_after.map(|t| t.timestamp_micros()) };
         let id = format!("{REQUEST_URI_PREFIX}{}", random_secret().expose_secret());
         self.store
             .insert_request(&HeldRequest {

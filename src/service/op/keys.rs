@@ -1,0 +1,919 @@
+//! Tessera's own token-signing keys, as an OpenID Provider: generated here (aws-lc-rs), kept in
+//! the store with the private key encrypted by the key ring, published as a JWK Set, used to sign
+//! id tokens and RFC 9068 access tokens, and rotated without ever leaving a verifier without the
+//! key of a token it holds.
+//!
+//! A key's life, per algorithm (ES256, RS256, EdDSA):
+//! - **published** from its creation (in the JWKS);
+//! - **signing** from `signs_from`: one [publication lead](SigningKeySettings::publication_lead)
+//!   after its creation, so that every relying party's cached JWKS, and every Tessera instance's
+//!   cache, lists it before the first token it signs;
+//! - **retired** when the next key starts signing (the previous key signs until exactly then);
+//! - **unpublished** `max_token_lifetime` after its retirement, when the last token it signed
+//!   has expired.
+//!
+//! The store keeps one un-retired key per algorithm (a partial unique index): a rotation retires
+//! it and inserts its successor in one transaction, compare-and-swap on the retired key, so two
+//! instances rotating at once leave one successor, never zero or two.
+//!
+//! Each instance caches the published keys (decrypted when they may still sign) and re-reads them
+//! every quarter of `jwks_max_age`, never per request. That re-read also rotates a key that has
+//! signed for `rotation_period`; the signing-key worker (`src/worker/signing_keys.rs`) runs it on
+//! that schedule, so rotation happens without traffic too. Key material is never logged.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::config::OidcConfig;
+use crate::crypto::keyring::KeyRing;
+use crate::domain::{SigningAlg, now};
+use crate::error::{ErrorCode, INVALID_TOKEN_CHALLENGE, PublicError};
+use crate::store::{Retirement, SigningKeyRecord, Store, StoreError};
+
+/// Clock-skew allowance for `exp` and `nbf` of Tessera's own tokens (other instances sign them).
+pub const LEEWAY: Duration = Duration::from_secs(30);
+
+/// After a token names a key this instance does not know, the least age of the cached keys before
+/// they are re-read for it (another instance may have just made the first key of an algorithm);
+/// a stream of made-up key ids costs at most one store read per period.
+const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// How signing keys are published and rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigningKeySettings {
+    /// How long relying parties may cache the JWKS (its `Cache-Control: max-age`).
+    pub jwks_max_age: Duration,
+    /// How long a key signs before the next one is made.
+    pub rotation_period: Duration,
+    /// The longest lifetime of a token Tessera signs: how long a retired key stays published.
+    pub max_token_lifetime: Duration,
+}
+
+impl Default for SigningKeySettings {
+    fn default() -> Self {
+        Self {
+            jwks_max_age: Duration::from_secs(600),
+            rotation_period: Duration::from_secs(30 * 86_400),
+            max_token_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl SigningKeySettings {
+    /// The settings of the `[oidc]` configuration.
+    pub fn from_config(config: &OidcConfig) -> Self {
+        Self {
+            jwks_max_age: config.jwks_max_age,
+            rotation_period: config.signing_key_rotation,
+            max_token_lifetime: config.max_token_lifetime(),
+        }
+    }
+
+    /// How often an instance re-reads the keys from the store: a quarter of `jwks_max_age`.
+    pub fn refresh_interval(&self) -> Duration {
+        self.jwks_max_age / 4
+    }
+
+    /// How long after its creation a new key starts signing: `jwks_max_age` (every JWKS cached
+    /// before the key existed has expired) plus one [refresh interval](Self::refresh_interval)
+    /// (every other instance has read the key, so it serves it in its JWKS and switches to it on
+    /// time).
+    pub fn publication_lead(&self) -> Duration {
+        self.jwks_max_age + self.refresh_interval()
+    }
+}
+
+/// Where a key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Published, not signing yet.
+    Next,
+    /// Signing (and published).
+    Signing,
+    /// Retired: published until its last token has expired, for verification only.
+    Retired,
+}
+
+impl KeyStatus {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Next => "next",
+            KeyStatus::Signing => "signing",
+            KeyStatus::Retired => "retired",
+        }
+    }
+
+    fn at(signs_from: DateTime<Utc>, retired_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Self {
+        if retired_at.is_some_and(|retired| retired <= now) {
+            KeyStatus::Retired
+        } else if signs_from <= now {
+            KeyStatus::Signing
+        } else {
+            KeyStatus::Next
+        }
+    }
+}
+
+/// What `tessera keys signing list` shows of a key: no key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SigningKeyInfo {
+    /// The key id.
+    pub kid: String,
+    /// Its algorithm.
+    pub alg: SigningAlg,
+    /// Where it is in its life now.
+    pub status: KeyStatus,
+    /// When it was made and published.
+    pub created_at: DateTime<Utc>,
+    /// When it starts (or started) signing.
+    pub signs_from: DateTime<Utc>,
+    /// When it stops (or stopped) signing.
+    pub retired_at: Option<DateTime<Utc>>,
+    /// When it leaves the JWKS.
+    pub unpublish_at: Option<DateTime<Utc>>,
+}
+
+impl SigningKeyInfo {
+    fn of(record: &SigningKeyRecord, now: DateTime<Utc>) -> Self {
+        Self {
+            kid: record.kid.clone(),
+            alg: record.alg,
+            status: KeyStatus::at(record.signs_from, record.retired_at, now),
+            created_at: record.created_at,
+            signs_from: record.signs_from,
+            retired_at: record.retired_at,
+            unpublish_at: record.unpublish_at,
+        }
+    }
+}
+
+/// Why a token could not be signed, or the keys not read.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored key cannot be used: its private key does not decrypt with the key ring (a ring
+    /// key was removed too early), or its public key is not a valid JWK.
+    #[error("signing key {kid} cannot be used: {reason}")]
+    Unusable {
+        /// The key id.
+        kid: String,
+        /// Why (never key material).
+        reason: String,
+    },
+    /// No key of the algorithm may sign now (the stored keys were edited by hand).
+    #[error("no {} key may sign now", .0.as_str())]
+    NoSigningKey(SigningAlg),
+    /// aws-lc-rs could not generate a key.
+    #[error("cannot generate a {} key", .0.as_str())]
+    Generate(SigningAlg),
+    /// The claims could not be serialised or signed.
+    #[error("cannot sign the token")]
+    Encode(#[source] jsonwebtoken::errors::Error),
+}
+
+impl PublicError for SigningError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            SigningError::Store(e) => e.code(),
+            _ => ErrorCode::InternalError,
+        }
+    }
+}
+
+/// Why a token is not a valid token of Tessera's ([`SigningKeys::verify`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Not a compact JWS with a `kid`, or claims of the wrong shape.
+    #[error("the token is malformed: {0}")]
+    Malformed(&'static str),
+    /// The `typ` header is not the expected one (an id token used as an access token).
+    #[error("the token is not of the expected type")]
+    TypeMismatch,
+    /// No published key has the token's `kid`.
+    #[error("the token names a key Tessera does not publish")]
+    UnknownKey,
+    /// The `alg` header is not the algorithm of the key.
+    #[error("the token's algorithm is not its key's")]
+    AlgorithmNotAllowed,
+    /// The signature does not verify.
+    #[error("the token's signature does not verify")]
+    SignatureInvalid,
+    /// Past `exp`.
+    #[error("the token has expired")]
+    Expired,
+    /// Before `nbf`.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `iss` is not the expected issuer (or is missing).
+    #[error("the token was not issued by this issuer")]
+    IssuerMismatch,
+    /// The keys could not be read (the store failed): the token may well be valid.
+    #[error(transparent)]
+    Keys(#[from] SigningError),
+}
+
+impl VerifyError {
+    /// Whether the token itself was found bad (not ours, tampered with, expired…), as opposed to
+    /// the keys being unavailable.
+    pub fn is_invalid_token(&self) -> bool {
+        !matches!(self, VerifyError::Keys(_))
+    }
+}
+
+impl PublicError for VerifyError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            VerifyError::Malformed(_) => ErrorCode::MalformedToken,
+            VerifyError::TypeMismatch => ErrorCode::TokenTypeMismatch,
+            VerifyError::UnknownKey => ErrorCode::UnknownKey,
+            VerifyError::AlgorithmNotAllowed => ErrorCode::AlgorithmNotAllowed,
+            VerifyError::SignatureInvalid => ErrorCode::SignatureInvalid,
+            VerifyError::Expired => ErrorCode::TokenExpired,
+            VerifyError::NotYetValid => ErrorCode::TokenNotYetValid,
+            VerifyError::IssuerMismatch => ErrorCode::TokenIssuerMismatch,
+            VerifyError::Keys(e) => e.code(),
+        }
+    }
+
+    fn challenge(&self) -> Option<&'static str> {
+        self.is_invalid_token().then_some(INVALID_TOKEN_CHALLENGE)
+    }
+}
+
+/// Tessera's signing keys: cheap to clone, shared by every request of an instance.
+#[derive(Clone)]
+pub struct SigningKeys {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    keyring: Arc<KeyRing>,
+    settings: SigningKeySettings,
+    /// The published keys as last read.
+    cache: RwLock<Arc<KeySet>>,
+    /// One re-read at a time; callers that waited use the one that finished.
+    reload: tokio::sync::Mutex<()>,
+    /// One first-key creation at a time in this instance (the store settles it across instances).
+    create: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = self.cached();
+        f.debug_struct("SigningKeys")
+            .field("settings", &self.inner.settings)
+            .field("kids", &set.keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The published keys as read at one time.
+struct KeySet {
+    loaded_at: Instant,
+    keys: Vec<Arc<LoadedKey>>,
+}
+
+/// A published key, ready to verify and, while it may sign, to sign.
+struct LoadedKey {
+    kid: String,
+    alg: SigningAlg,
+    jwk: Value,
+    signs_from: DateTime<Utc>,
+    retired_at: Option<DateTime<Utc>>,
+    unpublish_at: Option<DateTime<Utc>>,
+    decoding: DecodingKey,
+    /// `Ok` for keys that may still sign; `Err(reason)` when the private key does not decrypt;
+    /// `None` for retired keys (never decrypted again).
+    encoding: Option<Result<EncodingKey, String>>,
+}
+
+impl KeySet {
+    fn empty() -> Self {
+        // Old enough to be re-read on first use.
+        let loaded_at = Instant::now().checked_sub(Duration::from_secs(86_400)).unwrap_or_else(Instant::now);
+        Self { loaded_at, keys: Vec::new() }
+    }
+
+    /// The algorithm's un-retired key (the one signing, or the next one).
+    fn unretired(&self, alg: SigningAlg) -> Option<&Arc<LoadedKey>> {
+        self.keys.iter().find(|k| k.alg == alg && k.retired_at.is_none())
+    }
+
+    /// The key that signs for `alg` at `now`: of those whose signing period holds `now`, the
+    /// latest to start.
+    fn signer(&self, alg: SigningAlg, now: DateTime<Utc>) -> Option<&Arc<LoadedKey>> {
+        self.keys
+            .iter()
+            .filter(|k| k.alg == alg && k.signs_from <= now && k.retired_at.is_none_or(|r| r > now))
+            .max_by_key(|k| k.signs_from)
+    }
+
+    /// A key published at `now`, by kid.
+    fn published(&self, kid: &str, now: DateTime<Utc>) -> Option<&Arc<LoadedKey>> {
+        self.keys.iter().find(|k| k.kid == kid && k.unpublish_at.is_none_or(|u| u > now))
+    }
+}
+
+impl SigningKeys {
+    /// The service, with the keys published now read from the store (nothing is written: a first
+    /// key is made on first use). Fails when the store cannot be read or a key that may still
+    /// sign does not decrypt with `keyring`.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<KeyRing>,
+        settings: SigningKeySettings,
+    ) -> Result<Self, SigningError> {
+        let keys = Self {
+            inner: Arc::new(Inner {
+                store,
+                keyring,
+                settings,
+                cache: RwLock::new(Arc::new(KeySet::empty())),
+                reload: tokio::sync::Mutex::new(()),
+                create: tokio::sync::Mutex::new(()),
+            }),
+        };
+        let set = keys.load().await?;
+        for key in &set.keys {
+            if let Some(Err(reason)) = &key.encoding {
+                return Err(SigningError::Unusable { kid: key.kid.clone(), reason: reason.clone() });
+            }
+        }
+        keys.replace(set);
+        Ok(keys)
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &SigningKeySettings {
+        &self.inner.settings
+    }
+
+    /// How long relying parties may cache the JWKS.
+    pub fn jwks_max_age(&self) -> Duration {
+        self.inner.settings.jwks_max_age
+    }
+
+    /// Makes the algorithm's first key if it has none, so that the JWKS holds a key before
+    /// anything is signed (relying parties often fetch it once, up front).
+    pub async fn ensure(&self, alg: SigningAlg) -> Result<(), SigningError> {
+        let set = self.keys().await?;
+        if set.unretired(alg).is_none() {
+            self.first_key(alg, &set).await?;
+        }
+        Ok(())
+    }
+
+    /// Signs `claims` as a compact JWS with the `alg` key that signs now, with the headers `kid`,
+    /// `alg` and `typ` (`JWT` for id tokens, `at+jwt` for RFC 9068 access tokens). Makes the
+    /// algorithm's first key when it has none.
+    pub async fn sign<T: Serialize>(&self, alg: SigningAlg, typ: &str, claims: &T) -> Result<String, SigningError> {
+        let mut set = self.keys().await?;
+        if set.unretired(alg).is_none() {
+            set = self.first_key(alg, &set).await?;
+        }
+        let key = set.signer(alg, now()).ok_or(SigningError::NoSigningKey(alg))?;
+        let encoding = match &key.encoding {
+            Some(Ok(encoding)) => encoding,
+            Some(Err(reason)) => return Err(SigningError::Unusable { kid: key.kid.clone(), reason: reason.clone() }),
+            None => return Err(SigningError::NoSigningKey(alg)),
+        };
+        let header = Header { typ: Some(typ.to_owned()), kid: Some(key.kid.clone()), ..Header::new(jwt_alg(alg)) };
+        jsonwebtoken::encode(&header, claims, encoding).map_err(SigningError::Encode)
+    }
+
+    /// Verifies one of Tessera's own tokens: a published key with the token's `kid`, the key's
+    /// algorithm, the `typ` header (`JWT`, `at+jwt`; an `application/` prefix and case are
+    /// ignored), the signature, `exp` and `nbf` (with [`LEEWAY`]) and `iss` equal to `issuer`.
+    /// The audience is the caller's to check.
+    pub async fn verify<T: DeserializeOwned>(&self, token: &str, typ: &str, issuer: &str) -> Result<T, VerifyError> {
+        self.verify_checking(token, typ, issuer, true).await
+    }
+
+    /// [`SigningKeys::verify`] without the expiry check, for hints that may have expired (an
+    /// `id_token_hint` at logout): the signature, key, `typ` and issuer are still checked.
+    pub async fn verify_ignoring_expiry<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        typ: &str,
+        issuer: &str,
+    ) -> Result<T, VerifyError> {
+        self.verify_checking(token, typ, issuer, false).await
+    }
+
+    async fn verify_checking<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        typ: &str,
+        issuer: &str,
+        check_expiry: bool,
+    ) -> Result<T, VerifyError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed("not a signed JWT"))?;
+        if !header.typ.as_deref().is_some_and(|t| same_type(t, typ)) {
+            return Err(VerifyError::TypeMismatch);
+        }
+        let kid = header.kid.as_deref().ok_or(VerifyError::Malformed("the token has no kid"))?;
+        let now = now();
+        let mut set = self.cached();
+        let age = set.loaded_at.elapsed();
+        let unknown = set.published(kid, now).is_none();
+        if age >= self.inner.settings.refresh_interval() || (unknown && age >= UNKNOWN_KID_COOLDOWN) {
+            match self.reload(Some(&set)).await {
+                Ok(fresh) => set = fresh,
+                // Keys only leave by their unpublish time, checked on each use: a known key can
+                // be trusted from an old read.
+                Err(error) if !unknown => {
+                    tracing::warn!(error = %error, age_s = age.as_secs(), "cannot re-read the signing keys; verifying with the cached ones");
+                }
+                // The key may well exist: the store cannot say.
+                Err(error) => return Err(VerifyError::Keys(error)),
+            }
+        }
+        let key = set.published(kid, now).ok_or(VerifyError::UnknownKey)?;
+        if header.alg != jwt_alg(key.alg) {
+            return Err(VerifyError::AlgorithmNotAllowed);
+        }
+        let mut validation = Validation::new(jwt_alg(key.alg));
+        validation.leeway = LEEWAY.as_secs();
+        validation.validate_nbf = true;
+        validation.validate_exp = check_expiry;
+        validation.validate_aud = false;
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        let data = jsonwebtoken::decode::<T>(token, &key.decoding, &validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => VerifyError::SignatureInvalid,
+            ErrorKind::ExpiredSignature => VerifyError::Expired,
+            ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+            ErrorKind::InvalidIssuer => VerifyError::IssuerMismatch,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => VerifyError::IssuerMismatch,
+            ErrorKind::MissingRequiredClaim(_) => VerifyError::Malformed("the token has no exp"),
+            ErrorKind::InvalidAlgorithm => VerifyError::AlgorithmNotAllowed,
+            _ => VerifyError::Malformed("the token's claims are not valid"),
+        })?;
+        Ok(data.claims)
+    }
+
+    /// Every published public key, as a JWK Set.
+    pub async fn jwks(&self) -> Result<Value, SigningError> {
+        let set = self.keys().await?;
+        let now = now();
+        let keys: Vec<&Value> =
+            set.keys.iter().filter(|k| k.unpublish_at.is_none_or(|u| u > now)).map(|k| &k.jwk).collect();
+        Ok(json!({ "keys": keys }))
+    }
+
+    /// Starts a rotation for `alg`: a new key, published now, signs from one
+    /// [publication lead](SigningKeySettings::publication_lead) from now; the current key signs
+    /// until then, and stays published `max_token_lifetime` longer. With no key yet, makes the
+    /// first one (which signs at once). When another instance rotated at the same moment, its
+    /// rotation stands and this one writes nothing. Returns the algorithm's newest key.
+    pub async fn rotate(&self, alg: SigningAlg) -> Result<SigningKeyInfo, SigningError> {
+        let set = self.reload(None).await?;
+        match set.unretired(alg) {
+            None => {
+                self.first_key(alg, &set).await?;
+            }
+            Some(current) => {
+                self.rotate_from(current).await?;
+            }
+        }
+        let now = now();
+        let newest = self
+            .inner
+            .store
+            .published_signing_keys(now)
+            .await?
+            .into_iter()
+            .find(|k| k.alg == alg && k.retired_at.is_none())
+            .ok_or(SigningError::NoSigningKey(alg))?;
+        self.reload(None).await?;
+        Ok(SigningKeyInfo::of(&newest, now))
+    }
+
+    /// Re-reads the keys from the store now, rotating those due (see the module documentation);
+    /// the signing-key worker calls it every [refresh interval](SigningKeySettings::refresh_interval).
+    pub async fn refresh(&self) -> Result<(), SigningError> {
+        self.reload(None).await.map(drop)
+    }
+
+    /// Every published key, oldest first, read from the store.
+    pub async fn list(&self) -> Result<Vec<SigningKeyInfo>, SigningError> {
+        let now = now();
+        let records = self.inner.store.published_signing_keys(now).await?;
+        Ok(records.iter().map(|r| SigningKeyInfo::of(r, now)).collect())
+    }
+
+    fn cached(&self) -> Arc<KeySet> {
+        self.inner.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, set: KeySet) -> Arc<KeySet> {
+        let set = Arc::new(set);
+        *self.inner.cache.write().unwrap_or_else(|p| p.into_inner()) = set.clone();
+        set
+    }
+
+    /// The cached keys for signing and for the JWKS, re-read when older than the refresh
+    /// interval. When the store cannot be read, keys read within `jwks_max_age` still serve: no
+    /// rotation made since can have a key signing yet.
+    async fn keys(&self) -> Result<Arc<KeySet>, SigningError> {
+        let cached = self.cached();
+        let age = cached.loaded_at.elapsed();
+        if age < self.inner.settings.refresh_interval() {
+            return Ok(cached);
+        }
+        match self.reload(Some(&cached)).await {
+            Ok(set) => Ok(set),
+            Err(error) if age < self.inner.settings.jwks_max_age => {
+                tracing::warn!(error = %error, age_s = age.as_secs(), "cannot re-read the signing keys; using the cached ones");
+                Ok(cached)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Re-reads the keys and rotates those due. With `seen`, a re-read that another caller
+    /// finished since `seen` was taken is used instead of a new one.
+    async fn reload(&self, seen: Option<&Arc<KeySet>>) -> Result<Arc<KeySet>, SigningError> {
+        let _one_at_a_time = self.inner.reload.lock().await;
+        let current = self.cached();
+        if let Some(seen) = seen
+            && !Arc::ptr_eq(&current, seen)
+        {
+            return Ok(current);
+        }
+        let mut set = self.load().await?;
+        if self.rotate_due(&set).await? {
+            set = self.load().await?;
+        }
+        Ok(self.replace(set))
+    }
+
+    /// Reads the published keys, decrypting those that may still sign.
+    async fn load(&self) -> Result<KeySet, SigningError> {
+        let now = now();
+        let records = self.inner.store.published_signing_keys(now).await?;
+        let keys = records
+            .into_iter()
+            .map(|record| LoadedKey::from_record(record, &self.inner.keyring, now).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(KeySet { loaded_at: Instant::now(), keys })
+    }
+
+    /// Rotates the algorithms whose un-retired key has signed for `rotation_period`; whether any
+    /// rotation was written.
+    async fn rotate_due(&self, set: &KeySet) -> Result<bool, SigningError> {
+        let now = now();
+        let period = chrono::Duration::from_std(self.inner.settings.rotation_period).unwrap_or(chrono::Duration::MAX);
+        let mut rotated = false;
+        for alg in SigningAlg::ALL {
+            if let Some(current) = set.unretired(alg)
+                && current.signs_from <= now
+                && now.signed_duration_since(current.signs_from) >= period
+            {
+                rotated |= self.rotate_from(current).await?;
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// Writes a rotation from `current`; false when another instance rotated it first.
+    async fn rotate_from(&self, current: &LoadedKey) -> Result<bool, SigningError> {
+        let settings = &self.inner.settings;
+        let created_at = now();
+        let signs_from = created_at + to_chrono(settings.publication_lead());
+        let new = self.generate(current.alg, created_at, signs_from)?;
+        let retire = Retirement {
+            kid: &current.kid,
+            retired_at: signs_from,
+            unpublish_at: signs_from + to_chrono(settings.max_token_lifetime),
+        };
+        let rotated = self.inner.store.rotate_signing_key(&retire, &new).await?;
+        if rotated {
+            tracing::info!(alg = current.alg.as_str(), kid = %new.kid, previous = %current.kid, signs_from = %signs_from, "rotated a signing key");
+        }
+        Ok(rotated)
+    }
+
+    /// Makes the first key of `alg`, unless another caller (here or in another instance) made it
+    /// meanwhile; returns the keys with it.
+    async fn first_key(&self, alg: SigningAlg, seen: &Arc<KeySet>) -> Result<Arc<KeySet>, SigningError> {
+        let _one_at_a_time = self.inner.create.lock().await;
+        let set = self.reload(Some(seen)).await?;
+        if set.unretired(alg).is_some() {
+            return Ok(set);
+        }
+        // The first key of an algorithm signs at once: no token of this algorithm exists, and no
+        // relying party can have been given one to check against a JWKS cached without this key
+        // (a verifier holding an older JWKS sees an unknown kid, and refetches).
+        let created_at = now();
+        let key = self.generate(alg, created_at, created_at)?;
+        if self.inner.store.insert_signing_key(&key).await? {
+            tracing::info!(alg = alg.as_str(), kid = %key.kid, "made the first signing key of an algorithm");
+        }
+        self.reload(None).await
+    }
+
+    /// A new key of `alg`, its private key encrypted for its row.
+    fn generate(
+        &self,
+        alg: SigningAlg,
+        created_at: DateTime<Utc>,
+        signs_from: DateTime<Utc>,
+    ) -> Result<SigningKeyRecord, SigningError> {
+        let (pkcs8, public) = generate_key(alg)?;
+        let kid = thumbprint(&public);
+        let mut jwk = public;
+        jwk["kid"] = kid.clone().into();
+        jwk["alg"] = alg.as_str().into();
+        jwk["use"] = "sig".into();
+        let private_key = self.inner.keyring.encrypt(&pkcs8, &SigningKeyRecord::aad(&kid));
+        Ok(SigningKeyRecord {
+            kid,
+            alg,
+            public_jwk: jwk.to_string(),
+            private_key,
+            created_at,
+            signs_from,
+            retired_at: None,
+            unpublish_at: None,
+        })
+    }
+}
+
+impl LoadedKey {
+    fn from_record(record: SigningKeyRecord, keyring: &KeyRing, now: DateTime<Utc>) -> Result<Self, SigningError> {
+        let unusable = |reason: &str| SigningError::Unusable { kid: record.kid.clone(), reason: reason.to_owned() };
+        let jwk: Value =
+            serde_json::from_str(&record.public_jwk).map_err(|_| unusable("the public JWK is not JSON"))?;
+        let parsed: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(jwk.clone()).map_err(|_| unusable("the public JWK is not a JWK"))?;
+        let decoding = DecodingKey::from_jwk(&parsed).map_err(|_| unusable("the public JWK is not a usable key"))?;
+        let may_sign = record.retired_at.is_none_or(|retired| retired > now);
+        let encoding = may_sign.then(|| {
+            let pkcs8 = keyring
+                .decrypt(&record.private_key, &SigningKeyRecord::aad(&record.kid))
+                .map_err(|e| format!("the private key does not decrypt: {e}"))?;
+            encoding_key(record.alg, &pkcs8).ok_or_else(|| "the private key is not a PKCS#8 key".to_owned())
+        });
+        if let Some(Err(reason)) = &encoding {
+            tracing::warn!(kid = %record.kid, reason = %reason, "a signing key cannot sign");
+        }
+        Ok(Self {
+            kid: record.kid,
+            alg: record.alg,
+            jwk,
+            signs_from: record.signs_from,
+            retired_at: record.retired_at,
+            unpublish_at: record.unpublish_at,
+            decoding,
+            encoding,
+        })
+    }
+}
+
+fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The jsonwebtoken name of an algorithm.
+fn jwt_alg(alg: SigningAlg) -> Algorithm {
+    match alg {
+        SigningAlg::ES256 => Algorithm::ES256,
+        SigningAlg::RS256 => Algorithm::RS256,
+        SigningAlg::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+/// Whether a `typ` header names the expected type (RFC 7515 section 4.1.9: case-insensitive, the
+/// `application/` prefix may be left out).
+fn same_type(header: &str, expected: &str) -> bool {
+    let bare = |t: &str| {
+        let t = t.trim();
+        match t.get(..12) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => t[12..].to_owned(),
+            _ => t.to_owned(),
+        }
+    };
+    bare(header).eq_ignore_ascii_case(&bare(expected))
+}
+
+/// Generates a key pair: its PKCS#8 DER and its public JWK members (`kty`, `crv`, `x`, `y` /
+/// `n`, `e`).
+fn generate_key(alg: SigningAlg) -> Result<(Vec<u8>, Value), SigningError> {
+    let failed = |_| SigningError::Generate(alg);
+    let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+    match alg {
+        SigningAlg::ES256 => {
+            let pkcs8 =
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).map_err(failed)?;
+            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .map_err(|_| SigningError::Generate(alg))?;
+            // An uncompressed point: 0x04, then x and y of 32 bytes each.
+            let point = pair.public_key().as_ref();
+            if point.len() != 65 || point[0] != 4 {
+                return Err(SigningError::Generate(alg));
+            }
+            Ok((
+                pkcs8.as_ref().to_vec(),
+                json!({ "kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..]) }),
+            ))
+        }
+        SigningAlg::RS256 => {
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(failed)?;
+            let pkcs8: aws_lc_rs::encoding::Pkcs8V1Der<'static> = pair.as_der().map_err(failed)?;
+            let public = pair.public_key();
+            Ok((
+                pkcs8.as_ref().to_vec(),
+                json!({
+                    "kty": "RSA",
+                    "n": b64(public.modulus().big_endian_without_leading_zero()),
+                    "e": b64(public.exponent().big_endian_without_leading_zero()),
+                }),
+            ))
+        }
+        SigningAlg::EdDSA => {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(failed)?;
+            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| SigningError::Generate(alg))?;
+            Ok((
+                pkcs8.as_ref().to_vec(),
+                json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref()) }),
+            ))
+        }
+    }
+}
+
+/// The jsonwebtoken signing key of a PKCS#8 DER private key. jsonwebtoken takes EC and Ed25519
+/// keys as PKCS#8, and RSA keys as PKCS#1 `RSAPrivateKey`, which PKCS#8 wraps.
+fn encoding_key(alg: SigningAlg, pkcs8: &[u8]) -> Option<EncodingKey> {
+    match alg {
+        SigningAlg::ES256 => {
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8).ok()?;
+            Some(EncodingKey::from_ec_der(pkcs8))
+        }
+        SigningAlg::EdDSA => {
+            Ed25519KeyPair::from_pkcs8(pkcs8).ok()?;
+            Some(EncodingKey::from_ed_der(pkcs8))
+        }
+        SigningAlg::RS256 => {
+            let pkcs1 = pkcs1_of_pkcs8(pkcs8)?;
+            aws_lc_rs::rsa::KeyPair::from_der(pkcs1).ok()?;
+            Some(EncodingKey::from_rsa_der(pkcs1))
+        }
+    }
+}
+
+/// The `privateKey` of a PKCS#8 `PrivateKeyInfo` (RFC 5208): for RSA, the PKCS#1 key.
+/// `SEQUENCE { INTEGER version, SEQUENCE algorithm, OCTET STRING privateKey, … }`.
+fn pkcs1_of_pkcs8(der: &[u8]) -> Option<&[u8]> {
+    let (0x30, info, _) = der_element(der)? else { return None };
+    let (0x02, _version, rest) = der_element(info)? else { return None };
+    let (0x30, _algorithm, rest) = der_element(rest)? else { return None };
+    let (0x04, key, _) = der_element(rest)? else { return None };
+    Some(key)
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(n);
+        (bytes.iter().fold(0usize, |len, &b| (len << 8) | usize::from(b)), rest)
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(len);
+    Some((tag, contents, rest))
+}
+
+/// The RFC 7638 thumbprint of a public JWK: SHA-256 of its required members in lexicographic
+/// order, without whitespace, base64url. Used as the `kid`.
+pub fn thumbprint(jwk: &Value) -> String {
+    let member = |name: &str| jwk.get(name).and_then(Value::as_str).unwrap_or_default();
+    // serde_json writes strings with the escaping RFC 7638 requires; these values need none.
+    let canonical = match member("kty") {
+        "EC" => format!(
+            r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
+            Value::from(member("crv")),
+            Value::from(member("x")),
+            Value::from(member("y"))
+        ),
+        "RSA" => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, Value::from(member("e")), Value::from(member("n"))),
+        kty => format!(
+            r#"{{"crv":{},"kty":{},"x":{}}}"#,
+            Value::from(member("crv")),
+            Value::from(kty),
+            Value::from(member("x"))
+        ),
+    };
+    URL_SAFE_NO_PAD.encode(crate::crypto::sha256(canonical.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thumbprint_is_rfc_7638s() {
+        // The example of RFC 7638, section 3.1.
+        let jwk = json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        assert_eq!(thumbprint(&jwk), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    }
+
+    #[test]
+    fn public_jwks_have_the_members_of_their_key_type() {
+        let decoded = |s: &Value| URL_SAFE_NO_PAD.decode(s.as_str().unwrap()).unwrap();
+        let (_, ec) = generate_key(SigningAlg::ES256).unwrap();
+        assert_eq!((ec["kty"].as_str(), ec["crv"].as_str()), (Some("EC"), Some("P-256")));
+        assert_eq!((decoded(&ec["x"]).len(), decoded(&ec["y"]).len()), (32, 32));
+        let (_, rsa) = generate_key(SigningAlg::RS256).unwrap();
+        assert_eq!(rsa["kty"], "RSA");
+        assert_eq!(decoded(&rsa["n"]).len(), 256, "2048 bits, no leading zero");
+        assert_eq!(rsa["e"], "AQAB");
+        let (_, ed) = generate_key(SigningAlg::EdDSA).unwrap();
+        assert_eq!((ed["kty"].as_str(), ed["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
+        assert_eq!(decoded(&ed["x"]).len(), 32);
+        for jwk in [&ec, &rsa, &ed] {
+            assert!(jwk.get("d").is_none() && jwk.get("p").is_none(), "no private member: {jwk}");
+        }
+    }
+
+    #[test]
+    fn tokens_signed_with_a_private_key_verify_with_its_public_jwk() {
+        for alg in SigningAlg::ALL {
+            let (pkcs8, public) = generate_key(alg).unwrap();
+            let encoding = encoding_key(alg, &pkcs8).expect("the PKCS#8 key is usable");
+            let token =
+                jsonwebtoken::encode(&Header::new(jwt_alg(alg)), &json!({ "exp": 4_000_000_000u64 }), &encoding)
+                    .unwrap();
+            let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(public).unwrap();
+            let mut validation = Validation::new(jwt_alg(alg));
+            validation.validate_aud = false;
+            let claims = jsonwebtoken::decode::<Value>(&token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation);
+            assert!(claims.is_ok(), "{alg:?}: {claims:?}");
+        }
+    }
+
+    #[test]
+    fn the_rsa_key_of_a_pkcs8_document_is_found() {
+        let (pkcs8, _) = generate_key(SigningAlg::RS256).unwrap();
+        let pkcs1 = pkcs1_of_pkcs8(&pkcs8).unwrap();
+        assert!(aws_lc_rs::rsa::KeyPair::from_der(pkcs1).is_ok());
+        assert!(pkcs1_of_pkcs8(&pkcs8[..pkcs8.len() - 1]).is_none(), "truncated");
+        assert!(pkcs1_of_pkcs8(b"").is_none());
+        assert!(encoding_key(SigningAlg::ES256, &pkcs8).is_none(), "an RSA key is not an EC key");
+    }
+
+    #[test]
+    fn token_types_compare_as_rfc_7515_says() {
+        assert!(same_type("at+jwt", "at+jwt"));
+        assert!(same_type("application/at+JWT", "at+jwt"));
+        assert!(same_type("jwt", "JWT"));
+        assert!(!same_type("JWT", "at+jwt"));
+        assert!(!same_type("", "JWT"));
+    }
+
+    #[test]
+    fn a_key_signs_from_its_start_until_its_retirement() {
+        let t = now();
+        let minute = chrono::Duration::minutes(1);
+        assert_eq!(KeyStatus::at(t + minute, None, t), KeyStatus::Next);
+        assert_eq!(KeyStatus::at(t, None, t), KeyStatus::Signing);
+        assert_eq!(KeyStatus::at(t - minute, Some(t + minute), t), KeyStatus::Signing);
+        assert_eq!(KeyStatus::at(t - minute, Some(t), t), KeyStatus::Retired);
+        let settings = SigningKeySettings::default();
+        assert_eq!(settings.refresh_interval(), Duration::from_secs(150));
+        assert_eq!(settings.publication_lead(), Duration::from_secs(750));
+    }
+}

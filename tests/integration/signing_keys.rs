@@ -1,0 +1,369 @@
+//! Tessera's own signing keys (the OpenID Provider's): the JWKS over HTTP, signatures that a
+//! relying party's JWT library checks against it for every algorithm, rotation that publishes a
+//! key before it signs and keeps the old one until its tokens have expired, keys encrypted at
+//! rest, and concurrent first use by two instances.
+//!
+//! Rotation stories run with durations of a fraction of a second; every assertion about which key
+//! signs is made against the times the keys report, never against how long a step took.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use serde_json::{Value, json};
+use tessera::crypto::keyring::{DecryptError, KeyRing};
+use tessera::domain::SigningAlg;
+use tessera::error::PublicError;
+use tessera::service::op::keys::{KeyStatus, SigningError, SigningKeySettings, SigningKeys, VerifyError};
+use tessera::store::{SigningKeyRecord, Store};
+
+use crate::helpers::{Backend, TestApp, TestDb, json, on_both_backends};
+
+on_both_backends!(
+    the_jwks_is_served_with_its_cache_lifetime_and_verifies_tokens_of_every_algorithm,
+    the_jwks_answers_404_while_the_provider_is_off,
+    a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_tokens_expired,
+    a_key_that_signed_for_the_rotation_period_is_rotated_on_refresh,
+    verify_accepts_only_valid_tokens_of_the_expected_type_and_issuer,
+    a_store_failure_is_not_reported_as_a_bad_token,
+    private_keys_are_stored_encrypted_and_bound_to_their_row,
+    concurrent_first_signatures_on_two_instances_leave_one_usable_key,
+);
+
+const ISSUER: &str = "https://tessera.example.com";
+
+fn ring() -> Arc<KeyRing> {
+    Arc::new(KeyRing::parse(&format!("k1:{}", STANDARD.encode([7u8; 32]))).unwrap())
+}
+
+async fn signing_keys(store: Arc<dyn Store>, settings: SigningKeySettings) -> SigningKeys {
+    SigningKeys::new(store, ring(), settings).await.expect("signing keys")
+}
+
+/// Durations short enough for a test: a 400 ms JWKS lifetime (keys refreshed every 100 ms,
+/// published 500 ms before they sign), tokens of at most 400 ms.
+fn quick() -> SigningKeySettings {
+    SigningKeySettings {
+        jwks_max_age: Duration::from_millis(400),
+        rotation_period: Duration::from_secs(86_400),
+        max_token_lifetime: Duration::from_millis(400),
+    }
+}
+
+fn claims(sub: &str) -> Value {
+    let now = Utc::now().timestamp();
+    json!({ "iss": ISSUER, "sub": sub, "aud": "app", "iat": now, "exp": now + 3600 })
+}
+
+fn kid(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+fn kids(jwks: &Value) -> Vec<String> {
+    jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Verifies a token against a JWK Set with jsonwebtoken, as a relying party would, not through
+/// Tessera's own verification.
+fn verify_with_jwks(token: &str, jwks: &Value) -> Result<Value, String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let set: JwkSet = serde_json::from_value(jwks.clone()).map_err(|e| e.to_string())?;
+    let jwk = set.find(header.kid.as_deref().ok_or("no kid")?).ok_or("unknown kid")?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_audience(&["app"]);
+    validation.set_issuer(&[ISSUER]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation).map(|data| data.claims).map_err(|e| e.to_string())
+}
+
+async fn sleep_until(time: DateTime<Utc>) {
+    let wait = (time - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+}
+
+async fn the_jwks_is_served_with_its_cache_lifetime_and_verifies_tokens_of_every_algorithm(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // Another instance signs first (making the first key of each algorithm); the server reads
+    // the keys at start-up.
+    let other = signing_keys(db.store().await, SigningKeySettings::default()).await;
+    let mut tokens = Vec::new();
+    for alg in SigningAlg::ALL {
+        tokens.push((alg, other.sign(alg, "JWT", &claims("ada")).await.unwrap()));
+    }
+    let mut config = db.config();
+    config.encryption = Some(ring());
+    config.oidc.jwks_max_age = Duration::from_secs(120);
+    let app = TestApp::start(db, &config).await;
+
+    let response = app.client.get(app.url("/oauth/jwks")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/jwk-set+json");
+    assert_eq!(response.headers()["cache-control"], "public, max-age=120");
+    let jwks: Value = response.json().await.unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 3, "{jwks}");
+    for key in keys {
+        assert_eq!(key["use"], "sig", "{key}");
+        let members: Vec<&str> = key.as_object().unwrap().keys().map(String::as_str).collect();
+        let expected: &[&str] = match key["alg"].as_str().unwrap() {
+            "ES256" => &["alg", "crv", "kid", "kty", "use", "x", "y"],
+            "RS256" => &["alg", "e", "kid", "kty", "n", "use"],
+            "EdDSA" => &["alg", "crv", "kid", "kty", "use", "x"],
+            other => panic!("unexpected alg {other}"),
+        };
+        assert_eq!(members, expected, "public members only: {key}");
+    }
+    for (alg, token) in &tokens {
+        let header = jsonwebtoken::decode_header(token).unwrap();
+        assert_eq!((format!("{:?}", header.alg), header.typ.as_deref()), (alg.as_str().to_owned(), Some("JWT")));
+        let claims = verify_with_jwks(token, &jwks).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert_eq!(claims["sub"], "ada");
+    }
+    app.stop().await;
+}
+
+async fn the_jwks_answers_404_while_the_provider_is_off(backend: Backend) {
+    // The test server has a public URL but no key ring.
+    let app = TestApp::spawn(backend).await;
+    let body = json(app.client.get(app.url("/oauth/jwks")).send().await.unwrap(), 404).await;
+    assert_eq!(body["code"], "openid_provider_disabled");
+    assert!(body["detail"].as_str().unwrap().contains("TESSERA_ENCRYPTION_KEYS"), "{body}");
+    app.stop().await;
+}
+
+async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_tokens_expired(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let keys = signing_keys(db.store().await, quick()).await;
+    // A second instance, to see that it publishes and switches on the same schedule.
+    let other = signing_keys(db.store().await, quick()).await;
+    let old_token = keys.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
+    let old = kid(&old_token);
+
+    let next = keys.rotate(SigningAlg::ES256).await.unwrap();
+    assert_ne!(next.kid, old);
+    assert_eq!(next.status, KeyStatus::Next);
+    assert!(next.signs_from - next.created_at >= chrono::Duration::from_std(quick().publication_lead()).unwrap());
+    other.refresh().await.unwrap(); // what its worker does every refresh interval
+    for instance in [&keys, &other] {
+        let published = kids(&instance.jwks().await.unwrap());
+        assert_eq!(published, [old.clone(), next.kid.clone()], "published at once, before it signs");
+        let token = instance.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
+        if Utc::now() < next.signs_from {
+            assert_eq!(kid(&token), old, "the current key signs until the next one starts");
+        }
+    }
+    let listed = keys.list().await.unwrap();
+    let retiring = listed.iter().find(|k| k.kid == old).unwrap();
+    assert_eq!(retiring.retired_at, Some(next.signs_from), "the old key stops when the next one starts");
+    let unpublish_at = next.signs_from + chrono::Duration::from_std(quick().max_token_lifetime).unwrap();
+    assert_eq!(retiring.unpublish_at, Some(unpublish_at));
+
+    sleep_until(next.signs_from).await;
+    let new_tokens = [
+        keys.sign(SigningAlg::ES256, "JWT", &claims("bob")).await.unwrap(),
+        other.sign(SigningAlg::ES256, "JWT", &claims("bob")).await.unwrap(),
+    ];
+    for token in &new_tokens {
+        assert_eq!(kid(token), next.kid, "both instances switch on time");
+    }
+    let jwks = keys.jwks().await.unwrap();
+    if Utc::now() < unpublish_at {
+        assert!(kids(&jwks).contains(&old), "retired, still published");
+        verify_with_jwks(&old_token, &jwks).unwrap();
+        let _: Value = keys.verify(&old_token, "JWT", ISSUER).await.unwrap();
+    }
+    let statuses: Vec<KeyStatus> = keys.list().await.unwrap().iter().map(|k| k.status).collect();
+    if Utc::now() < unpublish_at {
+        assert_eq!(statuses, [KeyStatus::Retired, KeyStatus::Signing]);
+    }
+
+    sleep_until(unpublish_at).await;
+    for instance in [&keys, &other] {
+        let jwks = instance.jwks().await.unwrap();
+        assert_eq!(kids(&jwks), std::slice::from_ref(&next.kid), "gone once its last token has expired");
+        assert_eq!(verify_with_jwks(&old_token, &jwks).unwrap_err(), "unknown kid");
+        let refused = instance.verify::<Value>(&old_token, "JWT", ISSUER).await.unwrap_err();
+        assert!(matches!(refused, VerifyError::UnknownKey), "{refused:?}");
+        for token in &new_tokens {
+            verify_with_jwks(token, &jwks).unwrap();
+        }
+    }
+}
+
+async fn a_key_that_signed_for_the_rotation_period_is_rotated_on_refresh(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let settings = SigningKeySettings { rotation_period: Duration::from_millis(300), ..quick() };
+    let keys = signing_keys(db.store().await, settings).await;
+    let first = kid(&keys.sign(SigningAlg::EdDSA, "JWT", &claims("ada")).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    keys.refresh().await.unwrap();
+    let listed = keys.list().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!((listed[0].kid.as_str(), listed[0].status), (first.as_str(), KeyStatus::Signing));
+    assert_eq!(listed[0].retired_at, Some(listed[1].signs_from));
+    assert_eq!(listed[1].status, KeyStatus::Next);
+    keys.refresh().await.unwrap();
+    assert_eq!(keys.list().await.unwrap().len(), 2, "a key that has not signed yet is not rotated again");
+}
+
+async fn verify_accepts_only_valid_tokens_of_the_expected_type_and_issuer(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let keys = signing_keys(db.store().await, SigningKeySettings::default()).await;
+    let access = keys.sign(SigningAlg::RS256, "at+jwt", &claims("ada")).await.unwrap();
+    let claims_back: Value = keys.verify(&access, "at+jwt", ISSUER).await.unwrap();
+    assert_eq!(claims_back["sub"], "ada");
+    let _: Value = keys.verify(&access, "application/at+jwt", ISSUER).await.unwrap();
+
+    let refused = |result: Result<Value, VerifyError>| result.unwrap_err();
+    let id_token = keys.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
+    assert!(matches!(refused(keys.verify(&id_token, "at+jwt", ISSUER).await), VerifyError::TypeMismatch));
+    assert!(matches!(
+        refused(keys.verify(&access, "at+jwt", "https://else.example").await),
+        VerifyError::IssuerMismatch
+    ));
+    let now = Utc::now().timestamp();
+    let expired =
+        keys.sign(SigningAlg::ES256, "JWT", &json!({ "iss": ISSUER, "sub": "ada", "exp": now - 3600 })).await.unwrap();
+    assert!(matches!(refused(keys.verify(&expired, "JWT", ISSUER).await), VerifyError::Expired));
+    let early = keys
+        .sign(SigningAlg::ES256, "JWT", &json!({ "iss": ISSUER, "sub": "ada", "exp": now + 7200, "nbf": now + 3600 }))
+        .await
+        .unwrap();
+    assert!(matches!(refused(keys.verify(&early, "JWT", ISSUER).await), VerifyError::NotYetValid));
+    let no_iss = keys.sign(SigningAlg::ES256, "JWT", &json!({ "sub": "ada", "exp": now + 60 })).await.unwrap();
+    assert!(matches!(refused(keys.verify(&no_iss, "JWT", ISSUER).await), VerifyError::IssuerMismatch));
+
+    // Tampered with: another payload under the same signature; another algorithm in the header.
+    let parts: Vec<&str> = id_token.split('.').collect();
+    let payload = URL_SAFE_NO_PAD.encode(claims("mallory").to_string());
+    let swapped = format!("{}.{payload}.{}", parts[0], parts[2]);
+    assert!(matches!(refused(keys.verify(&swapped, "JWT", ISSUER).await), VerifyError::SignatureInvalid));
+    let header = URL_SAFE_NO_PAD.encode(json!({ "alg": "RS256", "typ": "JWT", "kid": kid(&id_token) }).to_string());
+    let realg = format!("{header}.{}.{}", parts[1], parts[2]);
+    assert!(matches!(refused(keys.verify(&realg, "JWT", ISSUER).await), VerifyError::AlgorithmNotAllowed));
+    let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    assert!(matches!(refused(keys.verify(&none, "JWT", ISSUER).await), VerifyError::Malformed(_)));
+    assert!(matches!(refused(keys.verify("not.a.token", "JWT", ISSUER).await), VerifyError::Malformed(_)));
+
+    // Signed by another Tessera (another database): its key is not published here.
+    let stranger_db = TestDb::new(backend).await;
+    let stranger = signing_keys(stranger_db.store().await, SigningKeySettings::default()).await;
+    let foreign = stranger.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
+    let error = refused(keys.verify(&foreign, "JWT", ISSUER).await);
+    assert!(matches!(error, VerifyError::UnknownKey), "{error:?}");
+    assert!(error.is_invalid_token());
+    assert_eq!(error.code().as_str(), "unknown_key");
+}
+
+async fn a_store_failure_is_not_reported_as_a_bad_token(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    // A JWKS lifetime of 40 ms: the cached keys are soon too old to sign with.
+    let settings = SigningKeySettings { jwks_max_age: Duration::from_millis(40), ..quick() };
+    let keys = signing_keys(store.clone(), settings).await;
+    let token = keys.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
+    store.close().await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+
+    let _: Value = keys.verify(&token, "JWT", ISSUER).await.expect("verification uses the cached keys");
+    let unknown = format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","typ":"JWT","kid":"not-cached"}"#),
+        token.split('.').nth(1).unwrap(),
+        token.split('.').nth(2).unwrap()
+    );
+    let error = keys.verify::<Value>(&unknown, "JWT", ISSUER).await.unwrap_err();
+    assert!(!error.is_invalid_token(), "the key may exist: {error:?}");
+    assert_eq!(error.code().as_str(), "store_unavailable");
+    let error = keys.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap_err();
+    assert!(matches!(error, SigningError::Store(_)), "no signature with keys older than the JWKS lifetime: {error:?}");
+    assert_eq!(error.code().as_str(), "store_unavailable");
+}
+
+async fn private_keys_are_stored_encrypted_and_bound_to_their_row(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let keys = signing_keys(store.clone(), SigningKeySettings::default()).await;
+    for alg in SigningAlg::ALL {
+        keys.sign(alg, "JWT", &claims("ada")).await.unwrap();
+    }
+    let stored = store.all_signing_keys().await.unwrap();
+    assert_eq!(stored.len(), 3);
+    let ring = ring();
+    for key in &stored {
+        assert_eq!(KeyRing::key_id_of(&key.private_key), Some("k1"));
+        let der = ring.decrypt(&key.private_key, &SigningKeyRecord::aad(&key.kid)).unwrap();
+        assert_eq!(der[0], 0x30, "a PKCS#8 DER sequence");
+        assert!(!key.private_key.windows(der.len()).any(|w| w == der.as_slice()), "the DER is not stored");
+        assert!(!key.private_key.windows(16).any(|w| der.windows(16).any(|d| d == w)), "nor any part of it");
+        let other_row = stored.iter().find(|k| k.kid != key.kid).unwrap();
+        for aad in [
+            SigningKeyRecord::aad(&other_row.kid),
+            format!("signing_keys|{}|public_jwk", key.kid).into_bytes(),
+            format!("identity_tokens|{}|private_key", key.kid).into_bytes(),
+        ] {
+            assert_eq!(ring.decrypt(&key.private_key, &aad), Err(DecryptError::Unauthentic));
+        }
+        let jwk: Value = serde_json::from_str(&key.public_jwk).unwrap();
+        assert!(jwk.get("d").is_none(), "{jwk}");
+    }
+    // An instance without the ring key that encrypted them cannot start: it could not sign.
+    let wrong = Arc::new(KeyRing::parse(&format!("k2:{}", STANDARD.encode([8u8; 32]))).unwrap());
+    let error = SigningKeys::new(store.clone(), wrong, SigningKeySettings::default()).await.unwrap_err();
+    assert!(matches!(&error, SigningError::Unusable { .. }), "{error:?}");
+    assert!(error.to_string().contains("\"k1\""), "names the missing ring key: {error}");
+}
+
+async fn concurrent_first_signatures_on_two_instances_leave_one_usable_key(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let instances = [
+        signing_keys(db.store().await, SigningKeySettings::default()).await,
+        signing_keys(db.store().await, SigningKeySettings::default()).await,
+    ];
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (keys, barrier) = (instances[i % 2].clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                keys.sign(SigningAlg::ES256, "JWT", &claims(&format!("user-{i}"))).await.unwrap()
+            })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for task in tasks {
+        tokens.push(task.await.unwrap());
+    }
+    let store = db.store().await;
+    assert_eq!(store.all_signing_keys().await.unwrap().len(), 1, "one first key");
+    for keys in &instances {
+        let jwks = keys.jwks().await.unwrap();
+        assert_eq!(kids(&jwks).len(), 1);
+        for token in &tokens {
+            verify_with_jwks(token, &jwks).unwrap();
+            let _: Value = keys.verify(token, "JWT", ISSUER).await.unwrap();
+        }
+    }
+
+    // Concurrent rotations leave one un-retired key, and both instances still sign.
+    let rotations: Vec<_> = (0..8)
+        .map(|i| {
+            let keys = instances[i % 2].clone();
+            tokio::spawn(async move { keys.rotate(SigningAlg::ES256).await.unwrap() })
+        })
+        .collect();
+    for rotation in rotations {
+        rotation.await.unwrap();
+    }
+    let stored = store.all_signing_keys().await.unwrap();
+    assert_eq!(stored.iter().filter(|k| k.retired_at.is_none()).count(), 1, "{stored:?}");
+    for keys in &instances {
+        keys.refresh().await.unwrap();
+        let token = keys.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
+        verify_with_jwks(&token, &keys.jwks().await.unwrap()).unwrap();
+    }
+}
