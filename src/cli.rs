@@ -3,12 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::crypto::keyring::KeyRing;
 use crate::domain::SigningAlg;
-use crate::service::op::keys::{SigningKeyInfo, SigningKeySettings, SigningKeys};
+use crate::service::op::keys::{SigningKeyInfo, SigningKeySettings, SigningKeys, published_keys};
 use crate::startup::{Application, prepare_schema};
 use crate::{service, store, telemetry};
 
@@ -203,12 +205,17 @@ async fn rotate_keys(config: Config) -> ExitCode {
 }
 
 async fn signing_keys(config: Config, action: SigningCommand) -> ExitCode {
-    let Some(keyring) = config.encryption.clone() else {
-        eprintln!(
-            "tessera: signing keys are stored encrypted, and no key ring is configured: set {}=<id>:<base64 key>[,…]",
-            crate::config::ENCRYPTION_KEYS_VAR
-        );
-        return ExitCode::from(2);
+    // Listing decrypts nothing; rotating encrypts the new private key.
+    let keyring = match (&action, config.encryption.clone()) {
+        (SigningCommand::List, keyring) => keyring,
+        (SigningCommand::Rotate { .. }, Some(keyring)) => Some(keyring),
+        (SigningCommand::Rotate { .. }, None) => {
+            eprintln!(
+                "tessera: signing keys are stored encrypted, and no key ring is configured: set {}=<id>:<base64 key>[,…]",
+                crate::config::ENCRYPTION_KEYS_VAR
+            );
+            return ExitCode::from(2);
+        }
     };
     let store = match store::connect(&config.database).await {
         Ok(store) => store,
@@ -217,47 +224,62 @@ async fn signing_keys(config: Config, action: SigningCommand) -> ExitCode {
     if let Err(e) = prepare_schema(store.as_ref(), false).await {
         return fail(&e);
     }
-    let keys = match SigningKeys::new(store.clone(), keyring, SigningKeySettings::from_config(&config.oidc)).await {
+    let done = match (action, keyring) {
+        (SigningCommand::Rotate { alg }, Some(keyring)) => {
+            rotate_signing_key(store.clone(), keyring, &config, alg.unwrap_or(config.oidc.signing_alg)).await
+        }
+        _ => list_signing_keys(store.as_ref()).await,
+    };
+    store.close().await;
+    done
+}
+
+async fn list_signing_keys(store: &dyn store::Store) -> ExitCode {
+    let list = match published_keys(store).await {
+        Ok(list) => list,
+        Err(e) => return fail(&e),
+    };
+    if list.is_empty() {
+        println!("no signing key yet: the first token of an algorithm makes its first key");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<44} {:<6} {:<8} {:<20} {:<20} {:<20} unpublish_at",
+        "kid", "alg", "status", "created_at", "signs_from", "retired_at"
+    );
+    for key in &list {
+        print_key(key);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn rotate_signing_key(
+    store: Arc<dyn store::Store>,
+    keyring: Arc<KeyRing>,
+    config: &Config,
+    alg: SigningAlg,
+) -> ExitCode {
+    let keys = match SigningKeys::new(store, keyring, SigningKeySettings::from_config(&config.oidc)).await {
         Ok(keys) => keys,
         Err(e) => return fail(&e),
     };
-    let done = match action {
-        SigningCommand::List => keys.list().await.map(|list| {
-            if list.is_empty() {
-                println!("no signing key yet: the first token of an algorithm makes its first key");
-            } else {
-                println!(
-                    "{:<44} {:<6} {:<8} {:<20} {:<20} {:<20} unpublish_at",
-                    "kid", "alg", "status", "created_at", "signs_from", "retired_at"
-                );
-                for key in &list {
-                    print_key(key);
-                }
-            }
-        }),
-        SigningCommand::Rotate { alg } => {
-            let alg = alg.unwrap_or(config.oidc.signing_alg);
-            keys.rotate(alg).await.map(|key| {
-                if key.signs_from <= key.created_at {
-                    println!("made the first {} key, {}; it signs at once", alg.as_str(), key.kid);
-                } else {
-                    println!(
-                        "new {} key {} is published now and signs from {}; the current key signs until then, \
-                         and stays published {} s longer",
-                        alg.as_str(),
-                        key.kid,
-                        time(Some(key.signs_from)),
-                        keys.settings().max_token_lifetime.as_secs()
-                    );
-                }
-            })
-        }
+    let key = match keys.rotate(alg).await {
+        Ok(key) => key,
+        Err(e) => return fail(&e),
     };
-    store.close().await;
-    match done {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+    if key.signs_from <= key.created_at {
+        println!("made the first {} key, {}; it signs at once", alg.as_str(), key.kid);
+    } else {
+        println!(
+            "new {} key {} is published now and signs from {}; the current key signs until then, \
+             and stays published {} s longer",
+            alg.as_str(),
+            key.kid,
+            time(Some(key.signs_from)),
+            keys.settings().max_token_lifetime.as_secs()
+        );
     }
+    ExitCode::SUCCESS
 }
 
 fn print_key(key: &SigningKeyInfo) {

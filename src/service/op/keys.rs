@@ -515,9 +515,7 @@ impl SigningKeys {
 
     /// Every published key, oldest first, read from the store.
     pub async fn list(&self) -> Result<Vec<SigningKeyInfo>, SigningError> {
-        let now = now();
-        let records = self.inner.store.published_signing_keys(now).await?;
-        Ok(records.iter().map(|r| SigningKeyInfo::of(r, now)).collect())
+        Ok(published_keys(self.inner.store.as_ref()).await?)
     }
 
     fn cached(&self) -> Arc<KeySet> {
@@ -597,9 +595,8 @@ impl SigningKeys {
     /// Writes a rotation from `current`; false when another instance rotated it first.
     async fn rotate_from(&self, current: &LoadedKey) -> Result<bool, SigningError> {
         let settings = &self.inner.settings;
-        let created_at = now();
-        let signs_from = created_at + to_chrono(settings.publication_lead());
-        let new = self.generate(current.alg, created_at, signs_from)?;
+        let new = self.generate(current.alg, settings.publication_lead()).await?;
+        let signs_from = new.signs_from;
         let retire = Retirement {
             kid: &current.kid,
             retired_at: signs_from,
@@ -623,22 +620,21 @@ impl SigningKeys {
         // The first key of an algorithm signs at once: no token of this algorithm exists, and no
         // relying party can have been given one to check against a JWKS cached without this key
         // (a verifier holding an older JWKS sees an unknown kid, and refetches).
-        let created_at = now();
-        let key = self.generate(alg, created_at, created_at)?;
+        let key = self.generate(alg, Duration::ZERO).await?;
         if self.inner.store.insert_signing_key(&key).await? {
             tracing::info!(alg = alg.as_str(), kid = %key.kid, "made the first signing key of an algorithm");
         }
         self.reload(None).await
     }
 
-    /// A new key of `alg`, its private key encrypted for its row.
-    fn generate(
-        &self,
-        alg: SigningAlg,
-        created_at: DateTime<Utc>,
-        signs_from: DateTime<Utc>,
-    ) -> Result<SigningKeyRecord, SigningError> {
-        let (pkcs8, public) = generate_key(alg)?;
+    /// A new key of `alg`, made now and signing `lead` later, its private key encrypted for its
+    /// row. Generated on the blocking pool (an RSA key takes up to a second); its times are
+    /// taken after, so that a slow generation does not eat into the publication lead.
+    async fn generate(&self, alg: SigningAlg, lead: Duration) -> Result<SigningKeyRecord, SigningError> {
+        let (pkcs8, public) =
+            tokio::task::spawn_blocking(move || generate_key(alg)).await.map_err(|_| SigningError::Generate(alg))??;
+        let created_at = now();
+        let signs_from = created_at + to_chrono(lead);
         let kid = thumbprint(&public);
         let mut jwk = public;
         jwk["kid"] = kid.clone().into();
@@ -656,6 +652,14 @@ impl SigningKeys {
             unpublish_at: None,
         })
     }
+}
+
+/// Every published key, oldest first, read from `store`: [`SigningKeys::list`] without the key
+/// ring (nothing is decrypted), for `tessera keys signing list`.
+pub async fn published_keys(store: &dyn Store) -> Result<Vec<SigningKeyInfo>, StoreError> {
+    let now = now();
+    let records = store.published_signing_keys(now).await?;
+    Ok(records.iter().map(|r| SigningKeyInfo::of(r, now)).collect())
 }
 
 impl LoadedKey {
