@@ -121,16 +121,14 @@ impl Application {
         // The OpenID Provider runs when browsers can reach Tessera and private keys can be
         // encrypted at rest.
         let signing_keys = match (&config.auth.public_url, &config.encryption) {
-            (Some(_), Some(keyring)) => Some(
-                {
-                    let keys =
-                        SigningKeys::new(store.clone(), keyring.clone(), SigningKeySettings::from_config(&config.oidc))
-                            .await
-                            .map_err(StartupError::SigningKeys)?;
-                    keys.ensure(config.oidc.signing_alg).await.map_err(StartupError::SigningKeys)?;
-                    keys
-                },
-            ),
+            (Some(_), Some(keyring)) => Some({
+                let keys =
+                    SigningKeys::new(store.clone(), keyring.clone(), SigningKeySettings::from_config(&config.oidc))
+                        .await
+                        .map_err(StartupError::SigningKeys)?;
+                keys.ensure(config.oidc.signing_alg).await.map_err(StartupError::SigningKeys)?;
+                keys
+            }),
             _ => None,
         };
         // One outbound client for the whole process: the trust roots are loaded once, and
@@ -247,6 +245,7 @@ impl Application {
             last_seen: self.last_seen.clone(),
             last_seen_every: self.server.last_seen_flush,
             signing_keys: self.state.signing_keys.clone(),
+            op: self.state.op.clone(),
         });
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");

@@ -63,9 +63,7 @@ pub fn consent_page(client_name: &str, scopes: &[String], request_id: &str) -> R
     );
     // The consent form must not be framed (clickjacking).
     response.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
     response
 }
 

@@ -84,9 +84,11 @@ impl Sessions {
     pub async fn resolve_session(&self, cookie: &str) -> Result<Option<LiveSession>, StoreError> {
         let hash = sha256(cookie.as_bytes());
         let found = self.store.session_profile(&hash).await?;
-        Ok(found
-            .filter(|(session, _)| self.is_live(hash, session))
-            .map(|(record, profile)| LiveSession { hash, record, profile }))
+        Ok(found.filter(|(session, _)| self.is_live(hash, session)).map(|(record, profile)| LiveSession {
+            hash,
+            record,
+            profile,
+        }))
     }
 
     /// Whether a stored session still counts (not expired, not idle, its user not disabled); a

@@ -807,7 +807,6 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// credentials it held, for revocation at the provider.
     async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError>;
 
-
     // --- OpenID Provider: grants, codes, refresh tokens, consents, held requests ---
 
     /// Writes a grant and its authorization code in one transaction.

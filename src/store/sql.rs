@@ -19,7 +19,8 @@ use super::{
     Activation, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome, DataReport,
     EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount, NewEvent,
     NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome,
-    Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, decode_role,
+    Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome,
+    decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use crate::config::{Backend, DatabaseConfig};
@@ -241,7 +242,6 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
     .bind(key.created_at)
     .bind(key.signs_from)
 }
-
 
 #[async_trait]
 impl Store for SqlStore {
@@ -1360,7 +1360,6 @@ impl Store for SqlStore {
         tx.commit().await?;
         Ok(Some(secrets))
     }
-
 
     // --- OpenID Provider: grants, codes, refresh tokens, consents, held requests ---
 

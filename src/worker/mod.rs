@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::op::clients::Clients;
 use crate::service::op::keys::SigningKeys;
+use crate::service::op::provider::OpenIdProvider;
 use crate::service::sessions::Sessions;
 use crate::store::Store;
 pub use last_seen::LastSeen;
@@ -35,6 +36,8 @@ pub struct WorkerDeps {
     /// The OpenID Provider's signing keys, re-read and rotated on schedule (when the provider
     /// is on).
     pub signing_keys: Option<SigningKeys>,
+    /// The OpenID Provider (the sweeper deletes its expired grants, codes and held requests).
+    pub op: Option<OpenIdProvider>,
 }
 
 /// The running background loops.
@@ -48,7 +51,12 @@ impl Workers {
     /// Starts every background loop.
     pub fn start(deps: WorkerDeps) -> Self {
         let mut handles = vec![
-            tokio::spawn(sweeper::run(deps.sessions.clone(), deps.auth_profiles.clone(), deps.clients.clone())),
+            tokio::spawn(sweeper::run(
+                deps.sessions.clone(),
+                deps.auth_profiles.clone(),
+                deps.clients.clone(),
+                deps.op.clone(),
+            )),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),
         ];
         if let Some(keys) = &deps.signing_keys {

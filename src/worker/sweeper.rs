@@ -1,17 +1,19 @@
-//! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles and the
-//! records of used client assertions once they expire.
+//! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles, the
+//! records of used client assertions, and the OpenID Provider's expired grants, codes and held
+//! requests.
 
 use std::time::Duration;
 
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::op::clients::Clients;
+use crate::service::op::provider::OpenIdProvider;
 use crate::service::sessions::Sessions;
 
 /// How often the sweeper runs.
 const EVERY: Duration = Duration::from_secs(600);
 
 /// Deletes expired sessions, sign-in states and pending profiles every ten minutes.
-pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles, clients: Clients) {
+pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles, clients: Clients, op: Option<OpenIdProvider>) {
     let mut interval = tokio::time::interval(EVERY);
     loop {
         interval.tick().await;
@@ -29,6 +31,13 @@ pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles, clients
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted records of expired client assertions"),
             Err(error) => tracing::warn!(error = %error, "cannot delete records of expired client assertions"),
+        }
+        if let Some(op) = &op {
+            match op.delete_expired().await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::debug!(deleted, "deleted expired grants, codes and held requests"),
+                Err(error) => tracing::warn!(error = %error, "cannot delete expired grants"),
+            }
         }
     }
 }

@@ -382,8 +382,9 @@ async fn a_config_client_leaves_the_store_when_it_leaves_the_file(backend: Backe
     "#;
     let store = db.store().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut server =
-        tessera::startup::Application::build_on(&with_config_clients(&db, clash), store.clone(), listener).await.unwrap();
+    let mut server = tessera::startup::Application::build_on(&with_config_clients(&db, clash), store.clone(), listener)
+        .await
+        .unwrap();
     let error = server.sync_config_clients().await.unwrap_err();
     assert!(error.to_string().contains("admin-made"), "{error}");
     assert_eq!(store.client(&ClientId::parse("admin-made").unwrap()).await.unwrap().unwrap().name, "App admin-made");

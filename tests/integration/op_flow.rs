@@ -114,7 +114,8 @@ pub async fn follow(browser: &mut Browser, mut url: String) -> String {
 
 fn base(url: &str) -> String {
     let parsed = url::Url::parse(url).unwrap();
-    format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap()) + &parsed.port().map(|p| format!(":{p}")).unwrap_or_default()
+    format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap())
+        + &parsed.port().map(|p| format!(":{p}")).unwrap_or_default()
 }
 
 fn param(url: &str, name: &str) -> Option<String> {
@@ -137,7 +138,12 @@ async fn exchange(app: &TestApp, client: (&str, &str), code: &str, verifier: &st
     token_request(
         app,
         client,
-        &[("grant_type", "authorization_code"), ("code", code), ("redirect_uri", REDIRECT), ("code_verifier", verifier)],
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier),
+        ],
     )
     .await
 }
@@ -285,12 +291,11 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         assert_eq!(param(&to, "state").as_deref(), Some("st-1"));
     }
     // A public client must use PKCE.
-    let (public, _) = register(
-        &w.app,
-        json!({"name": "SPA", "kind": "public", "redirect_uris": [REDIRECT], "first_party": true}),
-    )
-    .await;
-    let no_pkce = authorize_url(&w.app, &public, &challenge, "").replace(&format!("&code_challenge={challenge}&code_challenge_method=S256"), "");
+    let (public, _) =
+        register(&w.app, json!({"name": "SPA", "kind": "public", "redirect_uris": [REDIRECT], "first_party": true}))
+            .await;
+    let no_pkce = authorize_url(&w.app, &public, &challenge, "")
+        .replace(&format!("&code_challenge={challenge}&code_challenge_method=S256"), "");
     let to = location(&browser.navigate(&no_pkce).await);
     assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"));
     assert_eq!(w.app.db.sql().await.count("oauth_grants").await, 0, "nothing was granted");
@@ -305,28 +310,54 @@ async fn bad_token_requests_are_refused_and_issue_nothing(backend: Backend) {
     let code = code_for(&w, &mut browser, &client, &challenge).await;
     let me = (client.as_str(), secret.as_str());
     let (wrong_verifier, _) = pkce();
-    let cases: Vec<(Vec<(&str, &str)>, (&str, &str), u16, &str)> = vec![
-        (vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)], me, 400, "invalid_grant"),
+    type Case<'a> = (Vec<(&'a str, &'a str)>, (&'a str, &'a str), u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
-            vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &wrong_verifier)],
+            vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)],
             me,
             400,
             "invalid_grant",
         ),
         (
-            vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "https://app.example.com/other"), ("code_verifier", &verifier)],
+            vec![
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &wrong_verifier),
+            ],
             me,
             400,
             "invalid_grant",
         ),
         (
-            vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &verifier)],
+            vec![
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", "https://app.example.com/other"),
+                ("code_verifier", &verifier),
+            ],
+            me,
+            400,
+            "invalid_grant",
+        ),
+        (
+            vec![
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &verifier),
+            ],
             (&other, &other_secret),
             400,
             "invalid_grant",
         ),
         (
-            vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &verifier)],
+            vec![
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &verifier),
+            ],
             (&client, "wrong-secret"),
             401,
             "invalid_client",
@@ -334,7 +365,12 @@ async fn bad_token_requests_are_refused_and_issue_nothing(backend: Backend) {
         (vec![("grant_type", "password"), ("username", "a")], me, 400, "unsupported_grant_type"),
         (vec![("grant_type", "client_credentials")], me, 400, "unauthorized_client"),
         (vec![("code", &code)], me, 400, "invalid_request"),
-        (vec![("grant_type", "authorization_code"), ("grant_type", "authorization_code"), ("code", &code)], me, 400, "invalid_request"),
+        (
+            vec![("grant_type", "authorization_code"), ("grant_type", "authorization_code"), ("code", &code)],
+            me,
+            400,
+            "invalid_request",
+        ),
     ];
     for (form, creds, status, error) in cases {
         let response = token_request(&w.app, creds, &form).await;
@@ -356,7 +392,12 @@ async fn a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_gran
     let mut browser = Browser::new();
     let (verifier, challenge) = pkce();
     let code = code_for(&w, &mut browser, &client, &challenge).await;
-    let form = [("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &verifier)];
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", &verifier),
+    ];
     let responses = concurrently((0..16).map(|_| token_builder(&w.app, (&client, &secret), &form)).collect()).await;
     let mut issued = Vec::new();
     for response in responses {
@@ -374,7 +415,8 @@ async fn a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_gran
     let access = issued[0]["access_token"].as_str().unwrap();
     assert_eq!(introspect(&w.app, (&client, &secret), access).await, json!({"active": false}));
     let refresh = issued[0]["refresh_token"].as_str().unwrap();
-    let again = token_request(&w.app, (&client, &secret), &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
+    let again =
+        token_request(&w.app, (&client, &secret), &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
     assert_eq!(oauth_error(again, 400).await, "invalid_grant");
 }
 
@@ -388,12 +430,18 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
     let first = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     let r1 = first["refresh_token"].as_str().unwrap().to_owned();
     // A plain rotation.
-    let second = body(token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r1)]).await, 200).await;
+    let second =
+        body(token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r1)]).await, 200).await;
     let r2 = second["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(r1, r2);
     assert_eq!(jwt_parts(second["id_token"].as_str().unwrap()).1["aud"], client);
     // Narrowing the scope is allowed; widening is not.
-    let widen = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r2), ("scope", "openid profile")]).await;
+    let widen = token_request(
+        &w.app,
+        creds,
+        &[("grant_type", "refresh_token"), ("refresh_token", &r2), ("scope", "openid profile")],
+    )
+    .await;
     assert_eq!(oauth_error(widen, 400).await, "invalid_scope");
     // Sixteen at once with r2: one wins, the others are reuse, which revokes the family.
     let form = [("grant_type", "refresh_token"), ("refresh_token", r2.as_str())];
@@ -423,10 +471,14 @@ async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
     assert_eq!(refresh["active"], true);
     // Another client does not see this client's refresh token.
     let (other, other_secret) = web_app(&w.app).await;
-    assert_eq!(introspect(&w.app, (&other, &other_secret), tokens["refresh_token"].as_str().unwrap()).await, json!({"active": false}));
+    assert_eq!(
+        introspect(&w.app, (&other, &other_secret), tokens["refresh_token"].as_str().unwrap()).await,
+        json!({"active": false})
+    );
 
     // Garbage, a token of another issuer, a tampered one: the same answer.
-    let foreign = w.issuer.sign(&w.issuer.add_key(tessera_testkit::local_issuer::Alg::Es256), &w.issuer.claims("s", &client));
+    let foreign =
+        w.issuer.sign(&w.issuer.add_key(tessera_testkit::local_issuer::Alg::Es256), &w.issuer.claims("s", &client));
     // A different signature: one character in its middle changed.
     let mut tampered = access.to_owned().into_bytes();
     let middle = tampered.len() - 20;
@@ -483,7 +535,11 @@ async fn client_credentials_tokens_name_the_client(backend: Backend) {
     assert_eq!(claims["scope"], "reports:read");
     assert_eq!(introspect(&w.app, (&client, &secret), tokens["access_token"].as_str().unwrap()).await["active"], true);
     let both = w.app.client.post(w.app.url("/oauth/token")).basic_auth(&client, Some(&secret));
-    let both = both.form(&[("grant_type", "client_credentials"), ("client_id", client.as_str()), ("client_secret", secret.as_str())]);
+    let both = both.form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", client.as_str()),
+        ("client_secret", secret.as_str()),
+    ]);
     assert_eq!(oauth_error(both.send().await.unwrap(), 400).await, "invalid_request", "two authentication methods");
 }
 
@@ -513,11 +569,21 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     // A consent decision needs the same session.
     let stranger = Browser::new().json(Method::POST, &w.app.url("/oauth/consent"), &json!({})).await;
     assert!(stranger.status().is_client_error());
-    let approve = browser_post(&mut browser, &w.app.url("/oauth/consent"), &[("request_id", &request_id), ("decision", "approve")]).await;
+    let approve = browser_post(
+        &mut browser,
+        &w.app.url("/oauth/consent"),
+        &[("request_id", &request_id), ("decision", "approve")],
+    )
+    .await;
     let to = location(&approve);
     assert!(param(&to, "code").is_some(), "{to}");
     // The same id cannot be used twice.
-    let again = browser_post(&mut browser, &w.app.url("/oauth/consent"), &[("request_id", &request_id), ("decision", "approve")]).await;
+    let again = browser_post(
+        &mut browser,
+        &w.app.url("/oauth/consent"),
+        &[("request_id", &request_id), ("decision", "approve")],
+    )
+    .await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
     // Remembered: the next authorization goes straight back with a code.
     let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "")).await);
@@ -526,7 +592,9 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     let page = browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=consent")).await;
     let html = page.text().await.unwrap();
     let request_id = html.split("name=\"request_id\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-    let deny = browser_post(&mut browser, &w.app.url("/oauth/consent"), &[("request_id", &request_id), ("decision", "deny")]).await;
+    let deny =
+        browser_post(&mut browser, &w.app.url("/oauth/consent"), &[("request_id", &request_id), ("decision", "deny")])
+            .await;
     assert_eq!(param(&location(&deny), "error").as_deref(), Some("access_denied"));
     assert_eq!(w.app.db.sql().await.count("oauth_consents").await, 1);
 }
@@ -632,10 +700,14 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     let id_token = tokens["id_token"].as_str().unwrap();
     // An unregistered post-logout URI is refused, and nothing is ended.
-    let bad = format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}", urlencode("https://evil.example/"));
+    let bad = format!(
+        "/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}",
+        urlencode("https://evil.example/")
+    );
     assert_eq!(browser.navigate(&w.app.url(&bad)).await.status(), StatusCode::BAD_REQUEST);
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
-    let good = format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye", urlencode(POST_LOGOUT));
+    let good =
+        format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye", urlencode(POST_LOGOUT));
     let response = browser.navigate(&w.app.url(&good)).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), format!("{POST_LOGOUT}?state=bye"));

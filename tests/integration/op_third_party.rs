@@ -1,8 +1,9 @@
 //! Relying parties written by others against Tessera as an OpenID Provider: panva's
 //! openid-client (npm) and Authlib (PyPI), both installed by `scripts/test`. Each runs a script in
-//! `tests/support/` that signs in through the local upstream issuer and exercises discovery, code
-//! + PKCE, id token validation, userinfo, refresh rotation, introspection, revocation (and, for
-//! openid-client, logout); a library refusing one of Tessera's answers fails the test.
+//! `tests/support/` that signs in through the local upstream issuer and exercises discovery, the
+//! code flow with PKCE, id token validation, userinfo, refresh rotation, introspection,
+//! revocation (and, for openid-client, logout); a library refusing one of Tessera's answers fails
+//! the test.
 
 use std::path::{Path, PathBuf};
 
@@ -64,9 +65,11 @@ async fn authlib_runs_every_flow(backend: Backend) {
         .expect("TESSERA_TEST_PYTHON is not set: run the suite with `scripts/test`, which installs Authlib");
     let w = op_world(backend).await;
     w.issuer.set_next_user(StubUser::new("authlib-sub", "authlib-user@example.com"));
-    let (client, secret) =
-        register(&w.app, json!({"name": "Authlib", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": true}))
-            .await;
+    let (client, secret) = register(
+        &w.app,
+        json!({"name": "Authlib", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": true}),
+    )
+    .await;
     let mut command = Command::new(python);
     command
         .arg("authlib_flow.py")

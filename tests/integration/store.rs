@@ -2229,3 +2229,274 @@ async fn replacing_a_signing_key_ciphertext_compares_and_swaps(backend: Backend)
     assert!(!store.replace_signing_key_ciphertext("es-2", b"new", b"newer").await.unwrap(), "no such key");
     assert_eq!(store.all_signing_keys().await.unwrap()[0].private_key, b"new");
 }
+
+// ---- OpenID Provider: grants, codes, refresh tokens, consents, held requests ----------------
+
+mod grants {
+    use tessera::domain::client_rules::new_client;
+    use tessera::domain::{ClientId, ClientKind};
+    use tessera::store::{HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
+
+    use super::*;
+
+    on_both_backends!(
+        a_grant_and_its_code_are_read_back_and_the_code_is_redeemed_once,
+        an_expired_code_is_invalid_and_revokes_nothing,
+        concurrent_redemptions_of_one_code_have_one_winner,
+        a_refresh_token_rotates_once_and_reuse_revokes_its_grant,
+        concurrent_rotations_of_one_refresh_token_have_one_winner,
+        a_grant_counts_while_its_user_session_and_identity_do,
+        consents_are_recorded_and_replaced,
+        a_held_request_is_taken_once_and_not_after_it_expires,
+        expired_grants_codes_and_requests_are_deleted,
+    );
+
+    async fn client(store: &Arc<dyn Store>) -> String {
+        let client = new_client(ClientId::parse("app").unwrap(), "App".into(), ClientKind::Confidential, false, now());
+        store.insert_client(&client).await.unwrap();
+        "app".into()
+    }
+
+    fn grant(person: &Person, session: Option<[u8; 32]>, at: DateTime<Utc>) -> NewGrant {
+        NewGrant {
+            id: Uuid::now_v7(),
+            client_id: "app".into(),
+            user_id: person.id(),
+            identity_id: Some(person.identity()),
+            session_hash: session,
+            scope: "openid email".into(),
+            resource: Some("https://api.example.com".into()),
+            provider: Some("local".into()),
+            auth_time: at,
+            now: at,
+            expires_at: at + TimeDelta::days(30),
+        }
+    }
+
+    fn code(at: DateTime<Utc>) -> NewCode {
+        NewCode {
+            code_hash: hash(),
+            redirect_uri: "https://app.example.com/cb".into(),
+            code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+            nonce: Some("n-1".into()),
+            expires_at: at + TimeDelta::seconds(60),
+        }
+    }
+
+    /// A grant with a redeemed code and one refresh token; returns its id and the token's hash.
+    async fn granted(store: &Arc<dyn Store>, person: &Person, at: DateTime<Utc>) -> (Uuid, [u8; 32]) {
+        let (g, c, refresh) = (grant(person, None, at), code(at), hash());
+        store.insert_grant(&g, &c).await.unwrap();
+        assert_eq!(store.redeem_code(&c.code_hash, Some(&refresh), at).await.unwrap(), RedeemOutcome::Redeemed);
+        (g.id, refresh)
+    }
+
+    async fn a_grant_and_its_code_are_read_back_and_the_code_is_redeemed_once(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let (g, c) = (grant(&ada, None, t0), code(t0));
+        store.insert_grant(&g, &c).await.unwrap();
+        let (record, stored) = store.code_grant(&c.code_hash, t0).await.unwrap().unwrap();
+        assert_eq!((record.id, record.client_id.as_str(), record.user_id), (g.id, "app", ada.id()));
+        assert_eq!(
+            (record.scope.as_str(), record.resource.as_deref()),
+            ("openid email", Some("https://api.example.com"))
+        );
+        assert_eq!((record.provider.as_deref(), record.auth_time, record.active), (Some("local"), t0, true));
+        assert_eq!(record.identity_id, Some(ada.identity()));
+        assert_eq!(
+            (stored.redirect_uri, stored.nonce.as_deref(), stored.used),
+            (c.redirect_uri.clone(), Some("n-1"), false)
+        );
+        assert_eq!(stored.code_challenge, c.code_challenge);
+
+        let refresh = hash();
+        assert_eq!(store.redeem_code(&c.code_hash, Some(&refresh), t0).await.unwrap(), RedeemOutcome::Redeemed);
+        assert!(store.code_grant(&c.code_hash, t0).await.unwrap().unwrap().1.used);
+        let (by_refresh, used) = store.refresh_grant(&refresh, t0).await.unwrap().unwrap();
+        assert_eq!((by_refresh.id, used), (g.id, false));
+        // Again: a replay, which revokes the grant and stores nothing.
+        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), t0).await.unwrap(), RedeemOutcome::Replayed);
+        assert!(!store.grant(g.id, t0).await.unwrap().unwrap().active);
+        assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 1);
+        assert_eq!(store.redeem_code(&hash(), None, t0).await.unwrap(), RedeemOutcome::Invalid);
+        assert_eq!(store.code_grant(&hash(), t0).await.unwrap(), None);
+        assert_eq!(store.grant(Uuid::now_v7(), t0).await.unwrap(), None);
+    }
+
+    async fn an_expired_code_is_invalid_and_revokes_nothing(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let (g, c) = (grant(&ada, None, t0), code(t0));
+        store.insert_grant(&g, &c).await.unwrap();
+        let late = t0 + TimeDelta::seconds(61);
+        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), late).await.unwrap(), RedeemOutcome::Invalid);
+        assert!(store.grant(g.id, late).await.unwrap().unwrap().active);
+    }
+
+    async fn concurrent_redemptions_of_one_code_have_one_winner(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let (g, c) = (grant(&ada, None, t0), code(t0));
+        store.insert_grant(&g, &c).await.unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, code) = (store.clone(), c.code_hash);
+                tokio::spawn(async move { store.redeem_code(&code, Some(&hash()), t0).await.unwrap() })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        assert_eq!(outcomes.iter().filter(|o| **o == RedeemOutcome::Redeemed).count(), 1);
+        assert_eq!(outcomes.iter().filter(|o| **o == RedeemOutcome::Replayed).count(), 15);
+        assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 1);
+        assert!(!store.grant(g.id, t0).await.unwrap().unwrap().active, "the replays revoked the grant");
+    }
+
+    async fn a_refresh_token_rotates_once_and_reuse_revokes_its_grant(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let (grant_id, r1) = granted(&store, &ada, t0).await;
+        let r2 = hash();
+        assert_eq!(store.rotate_refresh_token(&r1, &r2, t0).await.unwrap(), RotateOutcome::Rotated);
+        assert!(store.refresh_grant(&r1, t0).await.unwrap().unwrap().1, "r1 is used");
+        assert!(!store.refresh_grant(&r2, t0).await.unwrap().unwrap().1);
+        assert_eq!(store.rotate_refresh_token(&r1, &hash(), t0).await.unwrap(), RotateOutcome::Reused);
+        assert!(!store.grant(grant_id, t0).await.unwrap().unwrap().active);
+        // The family is revoked: r2 rotates no more, and nothing is written.
+        assert_eq!(store.rotate_refresh_token(&r2, &hash(), t0).await.unwrap(), RotateOutcome::Invalid);
+        assert_eq!(store.rotate_refresh_token(&hash(), &hash(), t0).await.unwrap(), RotateOutcome::Invalid);
+        assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 2);
+        assert!(!store.refresh_grant(&r2, t0).await.unwrap().unwrap().1, "a refused rotation leaves r2 unused");
+    }
+
+    async fn concurrent_rotations_of_one_refresh_token_have_one_winner(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let (grant_id, r1) = granted(&store, &ada, t0).await;
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.rotate_refresh_token(&r1, &hash(), t0).await.unwrap() })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        assert_eq!(outcomes.iter().filter(|o| **o == RotateOutcome::Rotated).count(), 1);
+        assert_eq!(outcomes.iter().filter(|o| **o == RotateOutcome::Reused).count(), 15);
+        assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 2);
+        assert!(!store.grant(grant_id, t0).await.unwrap().unwrap().active);
+    }
+
+    async fn a_grant_counts_while_its_user_session_and_identity_do(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let active = |id: Uuid, at: DateTime<Utc>| {
+            let store = store.clone();
+            async move { store.grant(id, at).await.unwrap().unwrap().active }
+        };
+        // Bound to a session: ends with it.
+        let browser = session(&ada, t0, TimeDelta::hours(1));
+        store.insert_session(&browser).await.unwrap();
+        let with_session = grant(&ada, Some(browser.token_hash), t0);
+        store.insert_grant(&with_session, &code(t0)).await.unwrap();
+        assert!(active(with_session.id, t0).await);
+        assert!(!active(with_session.id, t0 + TimeDelta::hours(2)).await, "the session expired");
+        store.delete_session(&browser.token_hash).await.unwrap();
+        assert!(!active(with_session.id, t0).await, "the session ended");
+        // Bound to an identity: ends when it is unlinked.
+        let second = linked(&store, &ada, "ada-elsewhere").await;
+        let with_identity = NewGrant { identity_id: Some(second.id), ..grant(&ada, None, t0) };
+        store.insert_grant(&with_identity, &code(t0)).await.unwrap();
+        assert!(active(with_identity.id, t0).await);
+        store.unlink_identity(ada.id(), second.id, t0).await.unwrap();
+        assert!(!active(with_identity.id, t0).await, "the identity was unlinked");
+        // Ends with its expiry, while the user is disabled, and when revoked.
+        let plain = grant(&ada, None, t0);
+        store.insert_grant(&plain, &code(t0)).await.unwrap();
+        assert!(!active(plain.id, t0 + TimeDelta::days(31)).await);
+        store.set_user_disabled(ada.id(), true, t0).await.unwrap();
+        assert!(!active(plain.id, t0).await);
+        store.set_user_disabled(ada.id(), false, t0).await.unwrap();
+        assert!(active(plain.id, t0).await);
+        assert!(store.revoke_grant(plain.id, t0).await.unwrap());
+        assert!(!store.revoke_grant(plain.id, t0).await.unwrap(), "revoked once");
+        assert!(!active(plain.id, t0).await);
+    }
+
+    async fn consents_are_recorded_and_replaced(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let app = client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        assert_eq!(store.consent(ada.id(), &app).await.unwrap(), None);
+        store.put_consent(ada.id(), &app, "openid", t0).await.unwrap();
+        store.put_consent(ada.id(), &app, "openid email", t0).await.unwrap();
+        assert_eq!(store.consent(ada.id(), &app).await.unwrap().as_deref(), Some("openid email"));
+        let bob = sign_up(&store, "bob").await;
+        assert_eq!(store.consent(bob.id(), &app).await.unwrap(), None);
+    }
+
+    async fn a_held_request_is_taken_once_and_not_after_it_expires(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        client(&store).await;
+        let t0 = now();
+        let held = HeldRequest {
+            id_hash: hash(),
+            client_id: "app".into(),
+            params: r#"{"scope":"openid"}"#.into(),
+            session_hash: Some(hash()),
+            expires_at: t0 + TimeDelta::minutes(10),
+        };
+        store.insert_request(&held).await.unwrap();
+        assert_eq!(store.take_request(&held.id_hash, t0).await.unwrap(), Some(held.clone()));
+        assert_eq!(store.take_request(&held.id_hash, t0).await.unwrap(), None, "taken once");
+        let expiring = HeldRequest { id_hash: hash(), session_hash: None, ..held };
+        store.insert_request(&expiring).await.unwrap();
+        assert_eq!(store.take_request(&expiring.id_hash, t0 + TimeDelta::minutes(11)).await.unwrap(), None);
+        assert_eq!(store.take_request(&expiring.id_hash, t0).await.unwrap(), None, "an expired request is gone");
+    }
+
+    async fn expired_grants_codes_and_requests_are_deleted(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let (_, _) = granted(&store, &ada, t0).await;
+        let unused = grant(&ada, None, t0);
+        store.insert_grant(&unused, &code(t0)).await.unwrap();
+        let held = HeldRequest {
+            id_hash: hash(),
+            client_id: "app".into(),
+            params: "{}".into(),
+            session_hash: None,
+            expires_at: t0 + TimeDelta::minutes(10),
+        };
+        store.insert_request(&held).await.unwrap();
+        // An hour on: the unused code and the request are gone, the grants and used code stay.
+        assert_eq!(store.delete_expired_grants(t0 + TimeDelta::hours(1)).await.unwrap(), 2);
+        let sql = db.sql().await;
+        assert_eq!((sql.count("oauth_grants").await, sql.count("oauth_codes").await), (2, 1));
+        // Past the grants' end: everything goes, refresh tokens with their grant.
+        assert_eq!(store.delete_expired_grants(t0 + TimeDelta::days(31)).await.unwrap(), 2);
+        for table in ["oauth_grants", "oauth_codes", "oauth_refresh_tokens", "oauth_requests"] {
+            assert_eq!(sql.count(table).await, 0, "{table}");
+        }
+    }
+}

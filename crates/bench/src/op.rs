@@ -124,8 +124,12 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
 
     // A user with a session, through the admin API and the session service.
     let user = bootstrap_user(&bench).await?;
-    let sessions =
-        Sessions::new(store.clone(), Duration::from_secs(86_400), Duration::from_secs(86_400), Arc::new(LastSeen::default()));
+    let sessions = Sessions::new(
+        store.clone(),
+        Duration::from_secs(86_400),
+        Duration::from_secs(86_400),
+        Arc::new(LastSeen::default()),
+    );
     let cookie = format!("tessera_session={}", sessions.create(user, None).await?.expose_secret());
 
     println!(
@@ -174,7 +178,12 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
             async move {
                 let tokens = token(
                     &bench,
-                    &[("grant_type", "authorization_code"), ("code", &codes[i].0), ("redirect_uri", REDIRECT), ("code_verifier", &codes[i].1)],
+                    &[
+                        ("grant_type", "authorization_code"),
+                        ("code", &codes[i].0),
+                        ("redirect_uri", REDIRECT),
+                        ("code_verifier", &codes[i].1),
+                    ],
                 )
                 .await?;
                 if refresh_tokens.lock().await.len() < 64 {
@@ -267,9 +276,16 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
 
     // Introspection and forward-auth of one user access token at many connections.
     let (code, verifier) = authorize_code(&bench, &cookie).await?;
-    let tokens =
-        token(&bench, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &verifier)])
-            .await?;
+    let tokens = token(
+        &bench,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await?;
     let access = Arc::new(tokens["access_token"].as_str().context("access token")?.to_owned());
     let issuer = base.clone();
     let verify = {
@@ -349,12 +365,7 @@ async fn authorize_code(bench: &Bench, cookie: &str) -> anyhow::Result<(String, 
             ("code_challenge_method", "S256"),
         ],
     )?;
-    let response = bench
-        .client
-        .get(url)
-        .header("cookie", cookie)
-        .send()
-        .await?;
+    let response = bench.client.get(url).header("cookie", cookie).send().await?;
     let location = response.headers().get("location").context("a redirect")?.to_str()?;
     let url = url::Url::parse(location)?;
     let code = url.query_pairs().find(|(k, _)| k == "code").context("a code")?.1.into_owned();

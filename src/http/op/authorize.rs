@@ -67,7 +67,12 @@ async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<LiveSes
     let Ok(Some(value)) = cookie(headers, state.cookies.session()) else { return Ok(None) };
     match state.sessions.resolve_session(value).await {
         Ok(found) => Ok(found),
-        Err(_) => Err(refuse(headers, StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the service is temporarily unavailable; retry shortly")),
+        Err(_) => Err(refuse(
+            headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the service is temporarily unavailable; retry shortly",
+        )),
     }
 }
 
@@ -97,7 +102,9 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     let view = live.as_ref().map(view);
     match op.authorize(params, view.as_ref()).await {
         Ok(Next::Redirect(to)) => redirect(&to, &[]),
-        Ok(Next::SignIn { continue_to, login_hint }) => sign_in(state, headers, &continue_to, login_hint.as_deref()).await,
+        Ok(Next::SignIn { continue_to, login_hint }) => {
+            sign_in(state, headers, &continue_to, login_hint.as_deref()).await
+        }
         Ok(Next::Consent { request_id, client_name, scopes }) => consent_page(&request_id, &client_name, &scopes),
         Err(error) => rejected(state, headers, error),
     }
@@ -114,7 +121,12 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Res
         },
         AuthorizeError::Store(e) => {
             tracing::warn!(error = %e, "authorization failed on the store");
-            refuse(headers, StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the service is temporarily unavailable; retry shortly")
+            refuse(
+                headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the service is temporarily unavailable; retry shortly",
+            )
         }
     }
 }
@@ -158,7 +170,11 @@ fn chooser_page(state: &AppState, continue_to: &str) -> Response {
         })
         .collect();
     if links.is_empty() {
-        return pages::page(StatusCode::SERVICE_UNAVAILABLE, "No way to sign in", "No sign-in provider is configured. Ask the administrator to add one.");
+        return pages::page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No way to sign in",
+            "No sign-in provider is configured. Ask the administrator to add one.",
+        );
     }
     pages::links_page(StatusCode::OK, "Sign in", "Choose how to sign in:", &links)
 }
@@ -181,7 +197,14 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
     };
     let live = match session(&state, &headers).await {
         Ok(Some(live)) => live,
-        Ok(None) => return refuse(&headers, StatusCode::UNAUTHORIZED, "login_required", "your session has ended; sign in again"),
+        Ok(None) => {
+            return refuse(
+                &headers,
+                StatusCode::UNAUTHORIZED,
+                "login_required",
+                "your session has ended; sign in again",
+            );
+        }
         Err(response) => return response,
     };
     let (Some(request_id), Some(decision)) = (map.get("request_id"), map.get("decision")) else {
@@ -198,11 +221,23 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
     }
 }
 
-/// RP-initiated logout parameters.
-fn logout_params(pairs: &[(String, String)]) -> Result<(Option<String>, Option<String>, Option<String>, Option<String>), String> {
+/// The parameters of an RP-initiated logout.
+struct LogoutRequest {
+    id_token_hint: Option<String>,
+    post_logout_redirect_uri: Option<String>,
+    state: Option<String>,
+    client_id: Option<String>,
+}
+
+fn logout_params(pairs: &[(String, String)]) -> Result<LogoutRequest, String> {
     let map = single_valued(pairs).map_err(|e| e.description)?;
     let get = |k: &str| map.get(k).filter(|v| !v.is_empty()).map(|v| (*v).to_owned());
-    Ok((get("id_token_hint"), get("post_logout_redirect_uri"), get("state"), get("client_id")))
+    Ok(LogoutRequest {
+        id_token_hint: get("id_token_hint"),
+        post_logout_redirect_uri: get("post_logout_redirect_uri"),
+        state: get("state"),
+        client_id: get("client_id"),
+    })
 }
 
 async fn logout_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
@@ -223,21 +258,34 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     let Some(op) = state.op.as_ref() else {
         return refuse(headers, StatusCode::NOT_FOUND, "invalid_request", "the OpenID Provider is not enabled here");
     };
-    let (hint, post_logout, logout_state, client_id) = match logout_params(&pairs) {
-        Ok(found) => found,
-        Err(description) => return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
-    };
+    let LogoutRequest { id_token_hint: hint, post_logout_redirect_uri: post_logout, state: logout_state, client_id } =
+        match logout_params(&pairs) {
+            Ok(found) => found,
+            Err(description) => return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
+        };
     let hinted = match hint.as_deref() {
         Some(hint) => match op.id_token_client(hint).await {
             Some(client) => Some(client),
-            None => return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", "id_token_hint is not an id token this server issued"),
+            None => {
+                return refuse(
+                    headers,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "id_token_hint is not an id token this server issued",
+                );
+            }
         },
         None => None,
     };
     if let (Some(a), Some(b)) = (&hinted, &client_id)
         && a != b
     {
-        return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", "client_id differs from the id token's audience");
+        return refuse(
+            headers,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_id differs from the id token's audience",
+        );
     }
     let mut target = None;
     if let Some(uri) = post_logout.as_deref() {
@@ -262,7 +310,12 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         && let Err(e) = state.sessions.revoke(session).await
     {
         tracing::warn!(error = %e, "ending a session failed");
-        return refuse(headers, StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the service is temporarily unavailable; retry shortly");
+        return refuse(
+            headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the service is temporarily unavailable; retry shortly",
+        );
     }
     match target {
         Some(uri) => {
@@ -276,7 +329,8 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
             redirect(&to, &[clear])
         }
         None => {
-            let mut response = pages::page(StatusCode::OK, "Signed out", "You are signed out. You can close this window.");
+            let mut response =
+                pages::page(StatusCode::OK, "Signed out", "You are signed out. You can close this window.");
             response.headers_mut().append(header::SET_COOKIE, clear);
             response
         }

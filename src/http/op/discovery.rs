@@ -64,12 +64,16 @@ async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, O
 }
 
 fn invalid_token(description: &'static str) -> Response {
-    let mut response =
-        (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": "invalid_token", "error_description": description })))
-            .into_response();
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({ "error": "invalid_token", "error_description": description })),
+    )
+        .into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer error=\"invalid_token\", error_description=\"the access token is not active\""),
+        HeaderValue::from_static(
+            "Bearer error=\"invalid_token\", error_description=\"the access token is not active\"",
+        ),
     );
     no_store(response.headers_mut());
     response

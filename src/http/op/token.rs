@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use base64::Engine;
 
+use super::client_auth::{ClientAuthForm, client_credentials};
 use crate::http::AppState;
 use crate::service::op::authorize::{AuthorizationParams, AuthorizeError};
 use crate::service::op::clients::ClientCredentials;
@@ -40,7 +40,9 @@ impl IntoResponse for OAuthResponse {
         let mut response = (status, Json(body)).into_response();
         no_store(response.headers_mut());
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
         }
         response
     }
@@ -71,10 +73,9 @@ pub(super) fn provider(state: &AppState) -> Result<&OpenIdProvider, OAuthRespons
 
 /// A form body: `application/x-www-form-urlencoded`, no parameter repeated.
 pub(super) fn form_pairs(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, OAuthError> {
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")));
+    let form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
     if !form {
         return Err(OAuthError::invalid_request("the body must be application/x-www-form-urlencoded"));
     }
@@ -88,39 +89,20 @@ fn get(map: &BTreeMap<&str, &str>, key: &str) -> Option<String> {
     map.get(key).filter(|v| !v.is_empty()).map(|v| (*v).to_owned())
 }
 
-/// The client's credentials: HTTP Basic (RFC 6749 2.3.1, each part form-urlencoded) and the
-/// form's `client_id`, `client_secret`, `client_assertion_type`, `client_assertion`.
+/// The client's credentials: HTTP Basic and the form's `client_*` parameters (read by
+/// [`client_credentials`]).
 pub(super) fn credentials(headers: &HeaderMap, map: &BTreeMap<&str, &str>) -> Result<ClientCredentials, OAuthError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let basic = match (values.next(), values.next()) {
-        (None, _) => None,
-        (Some(_), Some(_)) => return Err(OAuthError::invalid_request("the Authorization header is repeated")),
-        (Some(value), None) => Some(parse_basic(value).ok_or_else(|| {
-            OAuthError::invalid_client("the Authorization header must be Basic base64(client_id:client_secret)")
-        })?),
-    };
-    Ok(ClientCredentials {
-        basic,
+    let form = ClientAuthForm {
         client_id: get(map, "client_id"),
         client_secret: get(map, "client_secret"),
         client_assertion_type: get(map, "client_assertion_type"),
         client_assertion: get(map, "client_assertion"),
-    })
-}
-
-fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
-    let value = value.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    let unescape = |s: &str| -> Option<String> {
-        url::form_urlencoded::parse(format!("v={s}").as_bytes()).next().map(|(_, v)| v.into_owned())
     };
-    Some((unescape(id)?, unescape(secret)?))
+    client_credentials(headers, form).map_err(|e| OAuthError {
+        error: e.oauth_error(),
+        description: e.description().to_owned(),
+        status: if e.oauth_error() == "invalid_client" { 401 } else { 400 },
+    })
 }
 
 fn ok_json(value: impl serde::Serialize) -> Response {
@@ -146,7 +128,11 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
     Ok(ok_json(op.token(&creds, form).await?))
 }
 
-async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
+async fn introspect(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let pairs = form_pairs(&headers, &body)?;
     let map = single_valued(&pairs)?;
@@ -158,7 +144,11 @@ async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     Ok(ok_json(op.introspect(&client, &token).await?))
 }
 
-async fn revoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
+async fn revoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let pairs = form_pairs(&headers, &body)?;
     let map = single_valued(&pairs)?;
@@ -178,9 +168,11 @@ async fn push(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
     let params = authorization_params(&map);
     match op.push(&client, params).await {
         Ok((request_uri, expires_in)) => {
-            let mut response =
-                (StatusCode::CREATED, Json(serde_json::json!({ "request_uri": request_uri, "expires_in": expires_in })))
-                    .into_response();
+            let mut response = (
+                StatusCode::CREATED,
+                Json(serde_json::json!({ "request_uri": request_uri, "expires_in": expires_in })),
+            )
+                .into_response();
             no_store(response.headers_mut());
             Ok(response)
         }
@@ -208,18 +200,5 @@ pub(super) fn authorization_params(map: &BTreeMap<&str, &str>) -> AuthorizationP
         resource: get(map, "resource"),
         request_uri: get(map, "request_uri"),
         response_mode: get(map, "response_mode"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_are_form_decoded() {
-        let encoded = base64::engine::general_purpose::STANDARD.encode("my%3Aapp:s%2Bcret+x");
-        let value = HeaderValue::from_str(&format!("Basic {encoded}")).unwrap();
-        assert_eq!(parse_basic(&value), Some(("my:app".into(), "s+cret x".into())));
-        assert_eq!(parse_basic(&HeaderValue::from_static("Bearer abc")), None);
     }
 }

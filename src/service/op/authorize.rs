@@ -181,7 +181,12 @@ impl OpenIdProvider {
     }
 
     /// Completes a consent step: `approve` or not, by the browser with `session`.
-    pub async fn consent(&self, request_id: &str, session: &SessionView, approve: bool) -> Result<String, AuthorizeError> {
+    pub async fn consent(
+        &self,
+        request_id: &str,
+        session: &SessionView,
+        approve: bool,
+    ) -> Result<String, AuthorizeError> {
         let now = crate::domain::now();
         let held = self.store.take_request(&sha256(request_id.as_bytes()), now).await?;
         let Some(held) = held.filter(|h| h.session_hash == Some(session.hash)) else {
@@ -294,7 +299,9 @@ impl OpenIdProvider {
             (None, Some(_)) => return Err(fail("invalid_request", "code_challenge is missing")),
         };
         let prompts = split_scope(params.prompt.as_deref().unwrap_or(""));
-        if let Some(bad) = prompts.iter().find(|p| !matches!(p.as_str(), "none" | "login" | "consent" | "select_account")) {
+        if let Some(bad) =
+            prompts.iter().find(|p| !matches!(p.as_str(), "none" | "login" | "consent" | "select_account"))
+        {
             return Err(fail("invalid_request", &format!("prompt {bad:?} is not supported")));
         }
         let prompt_none = prompts.iter().any(|p| p == "none");
@@ -506,7 +513,11 @@ mod tests {
 
     #[test]
     fn redirects_keep_the_registered_query() {
-        let to = redirect_with("https://app.example/cb?tenant=a", &[("code", "c1"), ("iss", "https://id.example")], Some("s&1"));
+        let to = redirect_with(
+            "https://app.example/cb?tenant=a",
+            &[("code", "c1"), ("iss", "https://id.example")],
+            Some("s&1"),
+        );
         assert_eq!(to, "https://app.example/cb?tenant=a&code=c1&iss=https%3A%2F%2Fid.example&state=s%261");
     }
 

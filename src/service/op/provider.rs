@@ -31,7 +31,13 @@ pub struct OpenIdProvider {
 
 impl OpenIdProvider {
     /// A provider whose issuer is `issuer` (the public URL, without a trailing slash).
-    pub fn new(store: Arc<dyn Store>, clients: Clients, keys: SigningKeys, issuer: String, id_token_ttl: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clients: Clients,
+        keys: SigningKeys,
+        issuer: String,
+        id_token_ttl: Duration,
+    ) -> Self {
         Self { store, clients, keys, issuer, id_token_ttl }
     }
 
@@ -48,6 +54,12 @@ impl OpenIdProvider {
     /// The signing keys.
     pub fn keys(&self) -> &SigningKeys {
         &self.keys
+    }
+
+    /// Deletes expired grants (with their codes and refresh tokens), unused expired codes and
+    /// expired held requests.
+    pub async fn delete_expired(&self) -> Result<u64, StoreError> {
+        self.store.delete_expired_grants(crate::domain::now()).await
     }
 
     /// An endpoint's URL under the issuer.

@@ -167,9 +167,7 @@ impl OpenIdProvider {
             GrantType::AuthorizationCode => self.exchange_code(&client, form).await,
             GrantType::RefreshToken => self.refresh(&client, form).await,
             GrantType::ClientCredentials => self.client_credentials(&client, form).await,
-            GrantType::TokenExchange => {
-                Err(OAuthError::unsupported_grant_type("token exchange is not available yet"))
-            }
+            GrantType::TokenExchange => Err(OAuthError::unsupported_grant_type("token exchange is not available yet")),
         }
     }
 
@@ -187,7 +185,8 @@ impl OpenIdProvider {
         let now = crate::domain::now();
         let code = required(&form.code, "code")?;
         let hash = sha256(code.as_bytes());
-        let invalid = || OAuthError::invalid_grant("the code is invalid, expired, used, or was issued to another client");
+        let invalid =
+            || OAuthError::invalid_grant("the code is invalid, expired, used, or was issued to another client");
         let Some((grant, stored)) = self.store.code_grant(&hash, now).await? else {
             return Err(invalid());
         };
@@ -211,7 +210,9 @@ impl OpenIdProvider {
             }
             (Some(_), None) => return Err(OAuthError::invalid_grant("code_verifier is missing")),
             (None, Some(_)) => {
-                return Err(OAuthError::invalid_grant("code_verifier was sent but the authorization request had no code_challenge"));
+                return Err(OAuthError::invalid_grant(
+                    "code_verifier was sent but the authorization request had no code_challenge",
+                ));
             }
             (None, None) => {}
         }
@@ -232,7 +233,8 @@ impl OpenIdProvider {
         let now = crate::domain::now();
         let token = required(&form.refresh_token, "refresh_token")?;
         let hash = sha256(token.as_bytes());
-        let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired, revoked or was already used");
+        let invalid =
+            || OAuthError::invalid_grant("the refresh token is invalid, expired, revoked or was already used");
         let Some((mut grant, _used)) = self.store.refresh_grant(&hash, now).await? else {
             return Err(invalid());
         };
@@ -268,7 +270,9 @@ impl OpenIdProvider {
             Some(scope) => {
                 let asked = split_scope(scope);
                 if let Some(bad) = asked.iter().find(|s| !is_scope_token(s) || !allowed.contains(s)) {
-                    return Err(OAuthError::invalid_scope(format!("scope {bad:?} is not allowed for client_credentials")));
+                    return Err(OAuthError::invalid_scope(format!(
+                        "scope {bad:?} is not allowed for client_credentials"
+                    )));
                 }
                 asked
             }
@@ -276,7 +280,9 @@ impl OpenIdProvider {
         };
         let aud = match form.resource.as_deref() {
             Some(resource) if client.resources.iter().any(|r| r == resource) => resource.to_owned(),
-            Some(_) => return Err(OAuthError::invalid_target("resource is not one of the client's registered resources")),
+            Some(_) => {
+                return Err(OAuthError::invalid_target("resource is not one of the client's registered resources"));
+            }
             None => client.id.to_string(),
         };
         let now = crate::domain::now();
