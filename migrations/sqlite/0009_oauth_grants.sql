@@ -20,6 +20,7 @@ CREATE TABLE oauth_grants (
 ) STRICT;
 CREATE INDEX oauth_grants_user_id_idx ON oauth_grants (user_id);
 CREATE INDEX oauth_grants_expires_at_idx ON oauth_grants (expires_at);
+CREATE INDEX oauth_grants_client_id_idx ON oauth_grants (client_id);
 
 -- Authorization codes: single use, short-lived, bound to a redirect URI and a PKCE challenge.
 CREATE TABLE oauth_codes (
@@ -61,3 +62,5 @@ CREATE TABLE oauth_requests (
     expires_at   INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX oauth_requests_expires_at_idx ON oauth_requests (expires_at);
+CREATE INDEX oauth_requests_client_id_idx ON oauth_requests (client_id);
+CREATE INDEX oauth_consents_client_id_idx ON oauth_consents (client_id);

@@ -151,6 +151,9 @@ pub enum RedirectUriError {
     /// A wildcard.
     #[error("a redirect URI must not contain a wildcard ('*'); register each URI exactly")]
     Wildcard,
+    /// A scheme a browser would run or read locally (`javascript:`, `data:`, `file:`, …).
+    #[error("a redirect URI must not use the javascript, data, file, vbscript, blob or about scheme")]
+    UnsafeScheme,
 }
 
 impl RedirectUri {
@@ -169,6 +172,9 @@ impl RedirectUri {
         if url.fragment().is_some() || value.contains('#') {
             return Err(RedirectUriError::Fragment);
         }
+        if matches!(url.scheme(), "javascript" | "data" | "file" | "vbscript" | "blob" | "about") {
+            return Err(RedirectUriError::UnsafeScheme);
+        }
         if url.scheme() == "http" && !is_loopback(&url) {
             return Err(RedirectUriError::InsecureHttp);
         }
@@ -184,7 +190,9 @@ impl RedirectUri {
     }
 
     /// Whether a requested `redirect_uri` matches this registration: the same string exactly,
-    /// or, for an `http` loopback IP literal, the same URI with any port (RFC 8252 7.3).
+    /// or, for an `http` loopback IP literal, the same URI with any port (RFC 8252 7.3). The
+    /// requested URI must then be in normal form, without userinfo or fragment, so that what is
+    /// compared is what a browser would be sent to.
     pub fn matches(&self, requested: &str) -> bool {
         if self.0 == requested {
             return true;
@@ -193,14 +201,22 @@ impl RedirectUri {
             return false;
         };
         let loopback_ip = |u: &url::Url| {
-            u.scheme() == "http" && matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
-                || u.scheme() == "http" && matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+            u.scheme() == "http"
+                && match u.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    _ => false,
+                }
         };
-        if !loopback_ip(&registered) || !loopback_ip(&asked) {
-            return false;
-        }
-        // Compare everything but the port, on the raw strings, so that nothing is normalised.
-        strip_port(&self.0) == strip_port(requested) && registered.host() == asked.host()
+        loopback_ip(&registered)
+            && loopback_ip(&asked)
+            && asked.as_str() == requested
+            && asked.username().is_empty()
+            && asked.password().is_none()
+            && asked.fragment().is_none()
+            && registered.host() == asked.host()
+            && registered.path() == asked.path()
+            && registered.query() == asked.query()
     }
 }
 
@@ -211,17 +227,6 @@ fn is_loopback(url: &url::Url) -> bool {
         Some(url::Host::Domain(domain)) => domain == "localhost",
         None => false,
     }
-}
-
-/// `http://127.0.0.1:8080/cb` → `http://127.0.0.1/cb` (only called on loopback http URIs).
-fn strip_port(uri: &str) -> String {
-    let Some(rest) = uri.strip_prefix("http://") else { return uri.to_owned() };
-    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    let host = match authority.rfind(':') {
-        Some(colon) if !authority[colon..].contains(']') => &authority[..colon],
-        _ => authority,
-    };
-    format!("http://{host}{path}")
 }
 
 /// A registered client.
@@ -312,6 +317,17 @@ mod tests {
         // `localhost` may be registered but is matched exactly.
         let named = RedirectUri::parse("http://localhost:3000/cb").unwrap();
         assert!(!named.matches("http://localhost:3001/cb"));
+        // Only the port may differ: no fragment, userinfo, backslash or non-normal form.
+        for tricky in [
+            "http://127.0.0.1:1234#x/callback",
+            "http://127.0.0.1:1234\\/callback",
+            "http://127.0.0.1:1234@127.0.0.1/callback",
+            "http://user@127.0.0.1:1234/callback",
+            "http://127.0.0.1:1234/x/../callback",
+            "http://127.0.0.1:1234/callback?x=1",
+        ] {
+            assert!(!r.matches(tricky), "{tricky}");
+        }
     }
 
     #[test]
@@ -321,5 +337,8 @@ mod tests {
         assert_eq!(RedirectUri::parse("http://a.example/cb"), Err(RedirectUriError::InsecureHttp));
         assert_eq!(RedirectUri::parse("/cb"), Err(RedirectUriError::NotAbsolute));
         assert!(RedirectUri::parse("com.example.app:/oauth2redirect").is_ok());
+        for unsafe_uri in ["javascript:alert(1)", "data:text/html,x", "file:///etc/passwd"] {
+            assert_eq!(RedirectUri::parse(unsafe_uri), Err(RedirectUriError::UnsafeScheme), "{unsafe_uri}");
+        }
     }
 }

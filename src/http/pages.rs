@@ -67,6 +67,28 @@ pub fn consent_page(client_name: &str, scopes: &[String], request_id: &str) -> R
     response
 }
 
+/// A page asking to confirm an action: a form posting `fields` (hidden) to `action`.
+pub fn confirm_page(title: &str, message: &str, action: &str, fields: &[(&str, &str)], button: &str) -> Response {
+    let inputs: String = fields
+        .iter()
+        .map(|(name, value)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(name), escape(value)))
+        .collect();
+    let mut response = html(
+        StatusCode::OK,
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+             <title>{title}</title></head>\n<body><h1>{title}</h1>\n<p>{message}</p>\n\
+             <form method=\"post\" action=\"{action}\">{inputs}<button type=\"submit\">{button}</button></form></body></html>\n",
+            title = escape(title),
+            message = escape(message),
+            action = escape(action),
+            button = escape(button),
+        ),
+    );
+    response.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
 fn html(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();

@@ -265,6 +265,7 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
     }
     urls.push(good.replace("&redirect_uri=", "&x="));
     urls.push(format!("{good}&state=again"));
+    urls.push(format!("{good}&nonce=a%00b").replace("&nonce=n-1", ""));
     for url in urls {
         let response = browser.navigate(&url).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{url}");
@@ -675,19 +676,33 @@ async fn forward_auth_answers_for_sessions_and_tokens(backend: Backend) {
     assert_eq!(by_session.status(), 200);
     assert_eq!(by_session.headers()["x-tessera-user-id"], user_id.as_str());
     assert_eq!(by_session.headers()["x-tessera-email"], "fa@example.com");
-    let by_token = w.app.client.get(w.app.url("/auth/verify")).bearer_auth(tokens["access_token"].as_str().unwrap());
-    let by_token = by_token.send().await.unwrap();
+    // A token counts for the app the proxy names (its aud), and for no other.
+    let access = tokens["access_token"].as_str().unwrap();
+    let for_app = w.app.url(&format!("/auth/verify?audience={client}"));
+    let by_token = w.app.client.get(&for_app).bearer_auth(access).send().await.unwrap();
     assert_eq!(by_token.status(), 200);
     assert_eq!(by_token.headers()["x-tessera-user-id"], user_id.as_str());
     assert_eq!(by_token.headers()["x-tessera-teams"], by_session.headers()["x-tessera-teams"]);
+    let verify = |path: &str| w.app.client.get(w.app.url(path));
     for response in [
-        w.app.client.get(w.app.url("/auth/verify")).send().await.unwrap(),
-        w.app.client.get(w.app.url("/auth/verify")).bearer_auth("garbage").send().await.unwrap(),
-        w.app.client.get(w.app.url("/auth/verify")).header("cookie", "tessera_session=nope").send().await.unwrap(),
+        verify("/auth/verify").send().await.unwrap(),
+        verify("/auth/verify").bearer_auth(access).send().await.unwrap(),
+        verify("/auth/verify?audience=another-app").bearer_auth(access).send().await.unwrap(),
+        verify(&format!("/auth/verify?audience={client}&audience=x")).bearer_auth(access).send().await.unwrap(),
+        verify(&format!("/auth/verify?audience={client}")).bearer_auth("garbage").send().await.unwrap(),
+        verify("/auth/verify").header("cookie", "tessera_session=nope").send().await.unwrap(),
     ] {
         assert_eq!(response.status(), 401);
         assert!(response.headers().get("x-tessera-user-id").is_none());
     }
+    // The three headers are always set, empty when unknown, so a client's own copies cannot
+    // pass a proxy that copies the answer's headers.
+    let mut anonymous = Browser::new();
+    w.issuer.set_next_user(StubUser { email: None, ..StubUser::new("no-email", "unused@example.com") });
+    follow(&mut anonymous, authorize_url(&w.app, &client, &challenge, "")).await;
+    let answer = anonymous.get(&w.app.url("/auth/verify")).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-tessera-email"], "");
 }
 
 async fn logout_ends_the_session_and_its_grants(backend: Backend) {
@@ -705,6 +720,11 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
         urlencode("https://evil.example/")
     );
     assert_eq!(browser.navigate(&w.app.url(&bad)).await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
+    // Without a hint of this user, a GET only asks; another site's link ends nothing.
+    let asked = browser.navigate(&w.app.url("/oauth/logout")).await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    assert!(asked.text().await.unwrap().contains("method=\"post\""));
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
     let good =
         format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye", urlencode(POST_LOGOUT));

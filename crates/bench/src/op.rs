@@ -15,10 +15,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use base64::Engine;
 use secrecy::ExposeSecret;
-use tessera::config::Config;
+use tessera::config::{Config, IssuerConfig};
 use tessera::crypto::keyring::KeyRing;
 use tessera::crypto::sha256;
-use tessera::domain::{SigningAlg, UserId};
+use tessera::domain::{Issuer, SigningAlg, UserId};
 use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
 use tessera::service::op::tokens::{ACCESS_TOKEN_TYP, AccessClaims};
 use tessera::service::sessions::Sessions;
@@ -32,6 +32,7 @@ use crate::harness::{Run, drive};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 const REDIRECT: &str = "https://app.example.com/cb";
+const UPSTREAM: &str = "https://upstream.bench.example";
 
 /// Options of `tessera-bench op`.
 #[derive(Debug, Clone, clap::Args)]
@@ -88,6 +89,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     let mut config = Config::for_database(url)?;
     config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
+    config.issuers = vec![IssuerConfig::new(Issuer::parse(UPSTREAM)?)];
     config.database.max_connections = 32;
     config.auth.cookie_secure = false;
     config.auth.public_url = Some(url::Url::parse(&base)?);
@@ -321,7 +323,8 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
         })
         .await?
     };
-    let forward = get_run(&bench, args, "/auth/verify", Some(&access)).await?;
+    let forward_path = format!("/auth/verify?audience={}", bench.app_id);
+    let forward = get_run(&bench, args, &forward_path, Some(&access)).await?;
     let ceiling = 1.0 / (1.0 / http.rate() + 1.0 / verify.rate());
     line("in-process verification", &verify, None);
     line("bare HTTP (GET /healthz)", &http, None);
@@ -341,7 +344,7 @@ async fn bootstrap_user(bench: &Bench) -> anyhow::Result<UserId> {
         .client
         .post(format!("{}/admin/users/bootstrap", bench.base))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&serde_json::json!({"issuer": "https://upstream.bench.example", "subject": "op-bench", "email": "op@bench.example.com"}))
+        .json(&serde_json::json!({"issuer": UPSTREAM, "subject": "op-bench", "email": "op@bench.example.com"}))
         .send()
         .await?
         .error_for_status()?

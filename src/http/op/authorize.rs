@@ -241,12 +241,12 @@ fn logout_params(pairs: &[(String, String)]) -> Result<LogoutRequest, String> {
 }
 
 async fn logout_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    logout(&state, &headers, query_pairs(query.as_deref())).await
+    logout(&state, &headers, query_pairs(query.as_deref()), false).await
 }
 
 async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     match form_pairs(&headers, &body) {
-        Ok(pairs) => logout(&state, &headers, pairs).await,
+        Ok(pairs) => logout(&state, &headers, pairs, true).await,
         Err(e) => refuse(&headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     }
 }
@@ -254,18 +254,21 @@ async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
 /// Ends the Tessera session (and so every grant made from it), then returns to the client's
 /// registered post-logout URI when the request names the client (`id_token_hint` or
 /// `client_id`) and the URI is registered exactly; otherwise shows a signed-out page.
-async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
+///
+/// A `GET` ends the session at once only with an `id_token_hint` of the signed-in user: any other
+/// page could send a browser to this URL. Otherwise the user confirms with a form, posted
+/// (`SameSite=Lax` cookies are not sent on another site's form posts).
+async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>, posted: bool) -> Response {
     let Some(op) = state.op.as_ref() else {
         return refuse(headers, StatusCode::NOT_FOUND, "invalid_request", "the OpenID Provider is not enabled here");
     };
-    let LogoutRequest { id_token_hint: hint, post_logout_redirect_uri: post_logout, state: logout_state, client_id } =
-        match logout_params(&pairs) {
-            Ok(found) => found,
-            Err(description) => return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
-        };
-    let hinted = match hint.as_deref() {
+    let request = match logout_params(&pairs) {
+        Ok(found) => found,
+        Err(description) => return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
+    };
+    let hinted = match request.id_token_hint.as_deref() {
         Some(hint) => match op.id_token_client(hint).await {
-            Some(client) => Some(client),
+            Some(found) => Some(found),
             None => {
                 return refuse(
                     headers,
@@ -277,8 +280,8 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         },
         None => None,
     };
-    if let (Some(a), Some(b)) = (&hinted, &client_id)
-        && a != b
+    if let (Some((aud, _)), Some(named)) = (&hinted, &request.client_id)
+        && aud != named
     {
         return refuse(
             headers,
@@ -288,8 +291,8 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         );
     }
     let mut target = None;
-    if let Some(uri) = post_logout.as_deref() {
-        let client = match hinted.or(client_id) {
+    if let Some(uri) = request.post_logout_redirect_uri.as_deref() {
+        let client = match hinted.as_ref().map(|(aud, _)| aud.clone()).or(request.client_id.clone()) {
             Some(id) => op.clients().get(&id).await.ok().flatten(),
             None => None,
         };
@@ -303,6 +306,23 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
                     "post_logout_redirect_uri is not registered for the client named by id_token_hint or client_id",
                 );
             }
+        }
+    }
+    let live = match session(state, headers).await {
+        Ok(live) => live,
+        Err(response) => return response,
+    };
+    if let Some(live) = &live {
+        let hint_is_the_user = hinted.as_ref().is_some_and(|(_, sub)| *sub == live.record.user_id.to_string());
+        if !posted && !hint_is_the_user {
+            let fields: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            return pages::confirm_page(
+                "Sign out?",
+                "Do you want to sign out of your account?",
+                "/oauth/logout",
+                &fields,
+                "Sign out",
+            );
         }
     }
     let clear = state.cookies.clear(state.cookies.session());
@@ -319,7 +339,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     }
     match target {
         Some(uri) => {
-            let to = match (url::Url::parse(&uri), logout_state) {
+            let to = match (url::Url::parse(&uri), request.state) {
                 (Ok(mut url), Some(s)) => {
                     url.query_pairs_mut().append_pair("state", &s);
                     url.to_string()

@@ -47,6 +47,8 @@ async fn create_client(
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
+    // The secret is in this body: no cache may keep it.
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
@@ -93,10 +95,11 @@ async fn delete_client(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn rotate_secret(
-    State(state): State<Arc<AppState>>,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<ClientWithSecretResponse>, ApiError> {
+async fn rotate_secret(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let (client, secret) = state.clients.rotate_secret(&id).await?;
-    Ok(Json(ClientWithSecretResponse { client: client.into(), client_secret: Some(secret.expose_secret().to_owned()) }))
+    let body =
+        ClientWithSecretResponse { client: client.into(), client_secret: Some(secret.expose_secret().to_owned()) };
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }

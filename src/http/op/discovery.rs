@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::token::{OAuthResponse, no_store, provider};
+use crate::domain::client_rules::ASSERTION_ALGORITHMS;
 use crate::domain::{GrantType, SigningAlg};
 use crate::http::AppState;
 use crate::http::credentials::Credentials;
@@ -28,6 +29,8 @@ pub const STANDARD_SCOPES: [&str; 5] = ["openid", "profile", "email", "teams", "
 async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let algs: Vec<&str> = SigningAlg::ALL.iter().map(|a| a.as_str()).collect();
+    // The client-assertion algorithms the client rules accept (jsonwebtoken names them as JOSE).
+    let assertion_algs: Vec<String> = ASSERTION_ALGORITHMS.iter().map(|a| format!("{a:?}")).collect();
     let grants: Vec<&str> =
         GrantType::ALL.iter().filter(|g| **g != GrantType::TokenExchange).map(|g| g.as_str()).collect();
     let document = serde_json::json!({
@@ -47,11 +50,11 @@ async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, O
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256", "EdDSA", "PS256"],
+        "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "code_challenge_methods_supported": ["S256"],
-        "prompt_values_supported": ["none", "login", "consent"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp", "amr", "idp", "email", "email_verified", "name", "teams"],
         "authorization_response_iss_parameter_supported": true,
         "request_parameter_supported": false,
@@ -88,6 +91,7 @@ async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
     let Some(token) = token else {
         let mut response = StatusCode::UNAUTHORIZED.into_response();
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        no_store(response.headers_mut());
         return Ok(response);
     };
     match op.userinfo(token).await? {

@@ -1,7 +1,12 @@
 //! Forward-auth for reverse proxies (nginx `auth_request`, Traefik ForwardAuth, Caddy
 //! `forward_auth`, Envoy ext_authz): `GET /auth/verify` answers 200 with the user in
-//! `X-Tessera-User-Id`, `X-Tessera-Email` and `X-Tessera-Teams` for a live Tessera session
-//! cookie or a valid Tessera access token, and 401 otherwise.
+//! `X-Tessera-User-Id`, `X-Tessera-Email` and `X-Tessera-Teams` (all three always present, empty
+//! when unknown, so that a client's own copies never pass through) for a live Tessera session
+//! cookie or a valid Tessera access token issued for the protected app, and 401 otherwise.
+//!
+//! A token counts only when the proxy names the app it protects (`?audience=`, an `aud` of the
+//! token: a client id or a registered resource): a token one app obtained is not a key to
+//! every other app behind the proxy. Without `audience`, only session cookies count.
 //!
 //! A session is read from the database (one round trip), so signing out or disabling the user
 //! takes effect at once. An access token is verified locally, with no database read: it counts
@@ -11,7 +16,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -40,24 +45,34 @@ fn allowed(user: &str, email: Option<&str>, teams: &[&str]) -> Response {
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(value) = HeaderValue::from_str(user) {
-        headers.insert(USER_ID, value);
-    }
-    if let Some(value) = email.and_then(|e| HeaderValue::from_str(e).ok()) {
-        headers.insert(EMAIL, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&teams.join(",")) {
-        headers.insert(TEAMS, value);
-    }
+    let value = |text: &str| HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    headers.insert(USER_ID, value(user));
+    headers.insert(EMAIL, value(email.unwrap_or("")));
+    headers.insert(TEAMS, value(&teams.join(",")));
     response
 }
 
-async fn verify(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// The `audience` a proxy names, once.
+fn audience(query: Option<&str>) -> Option<String> {
+    let mut found = url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).filter(|(k, _)| k == "audience");
+    match (found.next(), found.next()) {
+        (Some((_, value)), None) if !value.is_empty() => Some(value.into_owned()),
+        _ => None,
+    }
+}
+
+async fn verify(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let credentials = Credentials::read(&headers)?;
     if let Some(token) = credentials.user_token() {
-        let Some(op) = state.op.as_ref() else { return Ok(unauthorized()) };
+        let (Some(op), Some(audience)) = (state.op.as_ref(), audience(query.as_deref())) else {
+            return Ok(unauthorized());
+        };
         return Ok(match op.verify_access(token).await {
-            Some(claims) if claims.gid.is_some() => {
+            Some(claims) if claims.gid.is_some() && claims.aud == audience => {
                 let teams: Vec<&str> = claims.teams.iter().flatten().map(String::as_str).collect();
                 allowed(&claims.sub, claims.email.as_deref(), &teams)
             }

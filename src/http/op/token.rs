@@ -98,11 +98,7 @@ pub(super) fn credentials(headers: &HeaderMap, map: &BTreeMap<&str, &str>) -> Re
         client_assertion_type: get(map, "client_assertion_type"),
         client_assertion: get(map, "client_assertion"),
     };
-    client_credentials(headers, form).map_err(|e| OAuthError {
-        error: e.oauth_error(),
-        description: e.description().to_owned(),
-        status: if e.oauth_error() == "invalid_client" { 401 } else { 400 },
-    })
+    client_credentials(headers, form).map_err(|e| OAuthError::from_client_auth(&e))
 }
 
 fn ok_json(value: impl serde::Serialize) -> Response {

@@ -201,7 +201,11 @@ impl OpenIdProvider {
         if !approve {
             return Err(request.reject("access_denied", "the user declined"));
         }
-        self.store.put_consent(session.user, request.client.id.as_str(), &request.scopes.join(" "), now).await?;
+        // Consent widens: what was granted before stays granted.
+        let before = self.store.consent(session.user, request.client.id.as_str()).await?;
+        let mut scopes = split_scope(before.as_deref().unwrap_or(""));
+        scopes.extend(request.scopes.iter().filter(|s| !scopes.contains(s)).cloned().collect::<Vec<_>>());
+        self.store.put_consent(session.user, request.client.id.as_str(), &scopes.join(" "), now).await?;
         self.issue_code(&request, session, now).await
     }
 
@@ -248,6 +252,18 @@ impl OpenIdProvider {
         if too_long {
             return Err(reject("invalid_request", "a parameter is longer than 2048 characters", None));
         }
+        // Text that ends up in a column, a header or a token: no control characters (PostgreSQL
+        // refuses NUL in text, and a newline has no business in a state or nonce).
+        let has_control = [&params.state, &params.nonce, &params.login_hint]
+            .iter()
+            .any(|v| v.as_ref().is_some_and(|v| v.chars().any(char::is_control)));
+        if has_control {
+            return Err(reject(
+                "invalid_request",
+                "state, nonce and login_hint must not contain control characters",
+                None,
+            ));
+        }
         let Some(client_id) = params.client_id.as_deref() else {
             return Err(reject("invalid_request", "client_id is missing", None));
         };
@@ -281,8 +297,8 @@ impl OpenIdProvider {
         if scopes.is_empty() {
             return Err(fail("invalid_scope", "scope is empty"));
         }
-        if let Some(bad) = scopes.iter().find(|s| !is_scope_token(s) || !client.scopes.contains(s)) {
-            return Err(fail("invalid_scope", &format!("scope {bad:?} is not allowed for this client")));
+        if scopes.iter().any(|s| !is_scope_token(s) || !client.scopes.contains(s)) {
+            return Err(fail("invalid_scope", "a requested scope is not allowed for this client"));
         }
         let code_challenge = match (params.code_challenge.as_deref(), params.code_challenge_method.as_deref()) {
             (None, None) if client.is_public() => {
@@ -299,10 +315,8 @@ impl OpenIdProvider {
             (None, Some(_)) => return Err(fail("invalid_request", "code_challenge is missing")),
         };
         let prompts = split_scope(params.prompt.as_deref().unwrap_or(""));
-        if let Some(bad) =
-            prompts.iter().find(|p| !matches!(p.as_str(), "none" | "login" | "consent" | "select_account"))
-        {
-            return Err(fail("invalid_request", &format!("prompt {bad:?} is not supported")));
+        if prompts.iter().any(|p| !matches!(p.as_str(), "none" | "login" | "consent" | "select_account")) {
+            return Err(fail("invalid_request", "prompt must be none, login, consent or select_account"));
         }
         let prompt_none = prompts.iter().any(|p| p == "none");
         if prompt_none && prompts.len() > 1 {

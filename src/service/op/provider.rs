@@ -120,6 +120,18 @@ impl OAuthError {
         Self::new("invalid_target", description, 400)
     }
 
+    /// A client authentication failure: `invalid_client` is a 401, a store failure a 503 or 500,
+    /// anything else a 400.
+    pub fn from_client_auth(error: &super::clients::ClientAuthError) -> Self {
+        let status = match error.oauth_error() {
+            "invalid_client" => 401,
+            "temporarily_unavailable" => 503,
+            "server_error" => 500,
+            _ => 400,
+        };
+        Self::new(error.oauth_error(), error.description(), status)
+    }
+
     /// `temporarily_unavailable` (503): the store is down.
     pub fn unavailable() -> Self {
         Self::new("temporarily_unavailable", "the service is temporarily unavailable; retry shortly", 503)

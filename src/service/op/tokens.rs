@@ -157,7 +157,9 @@ impl OpenIdProvider {
             return Err(OAuthError::invalid_request("grant_type is missing"));
         };
         let Ok(grant) = grant_type.parse::<GrantType>() else {
-            return Err(OAuthError::unsupported_grant_type(format!("grant_type {grant_type:?} is not supported")));
+            return Err(OAuthError::unsupported_grant_type(
+                "grant_type must be authorization_code, refresh_token or client_credentials",
+            ));
         };
         let client = self.authenticate(creds).await?;
         if !client.allows(grant) {
@@ -174,11 +176,7 @@ impl OpenIdProvider {
     /// Authenticates a client at the token, introspection, revocation or PAR endpoint.
     pub async fn authenticate(&self, creds: &ClientCredentials) -> Result<Client, OAuthError> {
         let endpoint = self.endpoint("/oauth/token");
-        self.clients.authenticate(creds, &endpoint).await.map_err(|e| OAuthError {
-            error: e.oauth_error(),
-            description: e.to_string(),
-            status: if e.oauth_error() == "invalid_client" { 401 } else { 400 },
-        })
+        self.clients.authenticate(creds, &endpoint).await.map_err(|e| OAuthError::from_client_auth(&e))
     }
 
     async fn exchange_code(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
@@ -221,12 +219,13 @@ impl OpenIdProvider {
         }
         let refresh = client.allows(GrantType::RefreshToken).then(random_secret);
         let refresh_hash = refresh.as_ref().map(|r| sha256(r.expose_secret().as_bytes()));
+        // Everything that can fail comes first: once the code is used, a retry is a replay.
+        let refresh_token = refresh.map(|r| r.expose_secret().to_owned());
+        let response = self.mint(client, &grant, stored.nonce.as_deref(), refresh_token, now).await?;
         match self.store.redeem_code(&hash, refresh_hash.as_ref(), now).await? {
-            RedeemOutcome::Redeemed => {}
-            RedeemOutcome::Replayed | RedeemOutcome::Invalid => return Err(invalid()),
+            RedeemOutcome::Redeemed => Ok(response),
+            RedeemOutcome::Replayed | RedeemOutcome::Invalid => Err(invalid()),
         }
-        let refresh = refresh.map(|r| r.expose_secret().to_owned());
-        self.mint(client, &grant, stored.nonce.as_deref(), refresh, now).await
     }
 
     async fn refresh(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
@@ -249,16 +248,17 @@ impl OpenIdProvider {
             }
             grant.scope = asked.join(" ");
         }
+        // Everything that can fail comes first: once the token is rotated, a retry is a reuse.
         let new = random_secret();
+        let response = self.mint(client, &grant, None, Some(new.expose_secret().to_owned()), now).await?;
         match self.store.rotate_refresh_token(&hash, &sha256(new.expose_secret().as_bytes()), now).await? {
-            RotateOutcome::Rotated => {}
+            RotateOutcome::Rotated => Ok(response),
             RotateOutcome::Reused => {
                 tracing::warn!(client_id = %client.id, "rotated refresh token reused; its grant is revoked");
-                return Err(invalid());
+                Err(invalid())
             }
-            RotateOutcome::Invalid => return Err(invalid()),
+            RotateOutcome::Invalid => Err(invalid()),
         }
-        self.mint(client, &grant, None, Some(new.expose_secret().to_owned()), now).await
     }
 
     async fn client_credentials(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
@@ -269,10 +269,10 @@ impl OpenIdProvider {
         let scopes = match form.scope.as_deref() {
             Some(scope) => {
                 let asked = split_scope(scope);
-                if let Some(bad) = asked.iter().find(|s| !is_scope_token(s) || !allowed.contains(s)) {
-                    return Err(OAuthError::invalid_scope(format!(
-                        "scope {bad:?} is not allowed for client_credentials"
-                    )));
+                if asked.iter().any(|s| !is_scope_token(s) || !allowed.contains(&s)) {
+                    return Err(OAuthError::invalid_scope(
+                        "a requested scope is not allowed for this client with client_credentials",
+                    ));
                 }
                 asked
             }
@@ -473,14 +473,16 @@ impl OpenIdProvider {
         Ok(profile.filter(|p| !p.user.disabled).map(|p| user_claims(&p, &scopes)))
     }
 
-    /// The client ids a verified id token was issued to (`aud`), for RP-initiated logout;
-    /// `None` when it is not one of Tessera's id tokens.
-    pub async fn id_token_client(&self, id_token: &str) -> Option<String> {
+    /// The client a verified id token was issued to (`aud`) and its user (`sub`), for
+    /// RP-initiated logout; `None` when it is not one of Tessera's id tokens.
+    pub async fn id_token_client(&self, id_token: &str) -> Option<(String, String)> {
         #[derive(Deserialize)]
-        struct Aud {
+        struct Hint {
             aud: String,
+            sub: String,
         }
-        self.keys.verify_ignoring_expiry::<Aud>(id_token, ID_TOKEN_TYP, &self.issuer).await.ok().map(|a| a.aud)
+        let hint = self.keys.verify_ignoring_expiry::<Hint>(id_token, ID_TOKEN_TYP, &self.issuer).await.ok()?;
+        Some((hint.aud, hint.sub))
     }
 }
 
