@@ -134,6 +134,9 @@ error_codes! {
     TokenTypeMismatch = (UNAUTHORIZED, "token_type_mismatch", "Wrong token type"),
     /// One of Tessera's own tokens names another issuer (another Tessera, or another public URL).
     TokenIssuerMismatch = (UNAUTHORIZED, "token_issuer_mismatch", "Token issuer mismatch"),
+    /// One of Tessera's own access tokens whose grant has ended (revoked, signed out, user
+    /// disabled, identity unlinked).
+    TokenRevoked = (UNAUTHORIZED, "token_revoked", "Token revoked"),
     /// The identity is unknown and its issuer does not provision on first sight.
     IdentityNotProvisioned = (FORBIDDEN, "identity_not_provisioned", "Identity not provisioned"),
     /// The caller is not a member of the team (or the team does not exist).
@@ -245,7 +248,7 @@ impl ErrorCode {
             // Credentials: admin tokens, user tokens, the user behind a token.
             InvalidCredentials | AmbiguousCredentials | IssuerNotAllowed | UserDisabled | MalformedToken
             | AlgorithmNotAllowed | UnknownKey | SignatureInvalid | TokenExpired | TokenNotYetValid
-            | AudienceMismatch | IdentityNotProvisioned | TokenTypeMismatch | TokenIssuerMismatch
+            | AudienceMismatch | IdentityNotProvisioned | TokenTypeMismatch | TokenIssuerMismatch | TokenRevoked
             // Sign-in, linking and connect flows.
             | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
             | ProviderDenied | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked

@@ -184,7 +184,8 @@ impl Application {
             _ => None,
         };
         let state = Arc::new(AppState {
-            validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone()),
+            validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
+                .with_own_tokens(op.clone()),
             teams,
             provisioner,
             flows,

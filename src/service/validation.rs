@@ -13,9 +13,12 @@ use chrono::TimeDelta;
 
 use super::principals::PrincipalCache;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
-use crate::domain::{Principal, TeamRef, UserId, UserProfile};
+use crate::domain::{DisplayName, Email, Issuer, Principal, Subject, TeamRef, TeamRole, UserId, UserProfile};
+use crate::service::op::keys::VerifyError;
+use crate::service::op::provider::OpenIdProvider;
 use crate::upstream::tokens::{TokenError, TokenVerifier, VerifiedToken};
 use axum::http::StatusCode;
+use chrono::DateTime;
 
 use crate::error::{ErrorCode, INVALID_TOKEN_CHALLENGE, PublicError};
 use crate::store::{ReadFrom, Store, StoreError};
@@ -36,6 +39,12 @@ pub enum ValidateError {
     /// The user is disabled.
     #[error("the user is disabled")]
     UserDisabled,
+    /// One of Tessera's own access tokens was refused.
+    #[error(transparent)]
+    Own(#[from] VerifyError),
+    /// One of Tessera's own access tokens whose grant has ended.
+    #[error("the token's grant has ended (revoked, signed out, or the identity was unlinked)")]
+    Revoked,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -47,6 +56,8 @@ impl PublicError for ValidateError {
             ValidateError::Token(e) => e.code(),
             ValidateError::NotProvisioned => ErrorCode::IdentityNotProvisioned,
             ValidateError::UserDisabled => ErrorCode::UserDisabled,
+            ValidateError::Own(e) => e.code(),
+            ValidateError::Revoked => ErrorCode::TokenRevoked,
             ValidateError::Store(e) => e.code(),
         }
     }
@@ -55,6 +66,7 @@ impl PublicError for ValidateError {
     fn status(&self) -> StatusCode {
         match self {
             ValidateError::Token(e) if *e != TokenError::IssuerUnavailable => StatusCode::UNAUTHORIZED,
+            ValidateError::Own(e) if e.is_invalid_token() => StatusCode::UNAUTHORIZED,
             other => other.code().status(),
         }
     }
@@ -96,6 +108,8 @@ pub struct Validator {
     store: Arc<dyn Store>,
     principals: Arc<PrincipalCache>,
     last_seen: Arc<LastSeen>,
+    /// Tessera's own OpenID Provider, whose access tokens are verified locally.
+    own: Option<OpenIdProvider>,
 }
 
 impl Validator {
@@ -107,11 +121,23 @@ impl Validator {
         principals: Arc<PrincipalCache>,
         last_seen: Arc<LastSeen>,
     ) -> Self {
-        Self { verifier, provisioner, store, principals, last_seen }
+        Self { verifier, provisioner, store, principals, last_seen, own: None }
+    }
+
+    /// Also accepts the access tokens of Tessera's own OpenID Provider, verified with its keys
+    /// (never through a JWKS fetch to itself).
+    pub fn with_own_tokens(mut self, op: Option<OpenIdProvider>) -> Self {
+        self.own = op;
+        self
     }
 
     /// Verifies `token` and resolves (or provisions) its user.
     pub async fn validate(&self, token: &str) -> Result<Validated, ValidateError> {
+        if let Some(op) = &self.own
+            && op.issued(token)
+        {
+            return self.validate_own(op, token).await;
+        }
         let token = self.verifier.verify(token).await?;
         if let Some(principal) = self.principals.get(&token.issuer, &token.subject) {
             return Ok(Validated { token, principal, created: false });
@@ -123,6 +149,42 @@ impl Validator {
         }
         self.principals.insert(epoch, &token.issuer, &token.subject, principal.clone());
         Ok(Validated { token, principal, created })
+    }
+
+    /// One of Tessera's own access tokens: its signature locally, then its grant (one read of
+    /// the primary, so that a revocation shows at once), then its user.
+    async fn validate_own(&self, op: &OpenIdProvider, token: &str) -> Result<Validated, ValidateError> {
+        let claims = op.verify_access_token(token).await?;
+        let grant = op.access_grant(&claims).await?;
+        let Some(grant) = grant.filter(|g| g.active) else {
+            return Err(ValidateError::Revoked);
+        };
+        let profile = self.store.user_profile(grant.user_id, ReadFrom::Primary).await?;
+        let Some(profile) = profile else { return Err(ValidateError::Revoked) };
+        if profile.user.disabled {
+            return Err(ValidateError::UserDisabled);
+        }
+        let identity_id = grant
+            .identity_id
+            .or(profile.primary_identity_id)
+            .or_else(|| profile.identities.first().map(|i| i.id))
+            .ok_or(ValidateError::NotProvisioned)?;
+        let issuer =
+            Issuer::parse(op.issuer()).map_err(|_| StoreError::Corrupt("the public URL is not an issuer".into()))?;
+        let verified = VerifiedToken {
+            issuer,
+            provider: "tessera".into(),
+            jit: false,
+            subject: Subject::parse(&claims.sub).map_err(|_| ValidateError::Revoked)?,
+            email: profile.user.email.as_deref().and_then(|e| Email::parse(e).ok()),
+            email_verified: profile.user.email_verified,
+            name: DisplayName::parse_optional(profile.user.name.as_deref()).ok().flatten(),
+            expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or_default(),
+        };
+        let teams =
+            profile.teams.iter().map(|m| TeamRole { id: m.team.id, slug: m.team.slug.clone(), role: m.role }).collect();
+        let principal = Principal { identity_id, last_seen_at: super::now(), user: profile.user, teams };
+        Ok(Validated { token: Arc::new(verified), principal: Arc::new(principal), created: false })
     }
 
     /// Whether the token's user is a member of `team`.

@@ -29,6 +29,7 @@ on_both_backends!(
     pushed_requests_are_single_use,
     forward_auth_answers_for_sessions_and_tokens,
     logout_ends_the_session_and_its_grants,
+    tessera_access_tokens_work_at_validate_check_and_me,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -750,4 +751,34 @@ pub async fn concurrently(requests: Vec<reqwest::RequestBuilder>) -> Vec<reqwest
 
 fn token_builder(app: &TestApp, client: (&str, &str), form: &[(&str, &str)]) -> reqwest::RequestBuilder {
     app.client.post(app.url("/oauth/token")).basic_auth(client.0, Some(client.1)).form(form)
+}
+
+async fn tessera_access_tokens_work_at_validate_check_and_me(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let user_id = w.app.db.sql().await.uuids("SELECT id FROM users").await[0].to_string();
+
+    let validated = body(w.app.validate(access).await, 200).await;
+    assert_eq!(validated["user_id"], user_id);
+    assert_eq!(validated["issuer"], w.app.url("").trim_end_matches('/'));
+    assert_eq!(validated["subject"], user_id);
+    let team = validated["teams"][0]["slug"].as_str().unwrap().to_owned();
+    let check =
+        w.app.client.get(w.app.url(&format!("/v1/check?team={team}"))).bearer_auth(access).send().await.unwrap();
+    assert_eq!(check.status(), 204);
+    let me = w.app.client.get(w.app.url("/v1/me")).bearer_auth(access).send().await.unwrap();
+    assert_eq!(body(me, 200).await["id"], user_id);
+    // An id token is not an access token.
+    let id_token = tokens["id_token"].as_str().unwrap();
+    assert_eq!(body(w.app.validate(id_token).await, 401).await["code"], "token_type_mismatch");
+    // Revoked: refused at once.
+    let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
+    assert_eq!(revoke.form(&[("token", access)]).send().await.unwrap().status(), 200);
+    assert_eq!(body(w.app.validate(access).await, 401).await["code"], "token_revoked");
 }
