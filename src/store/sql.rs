@@ -1836,31 +1836,36 @@ fn kind_text(client: &Client) -> &'static str {
 
 /// `INSERT … ON CONFLICT (id) DO NOTHING RETURNING id` of a whole record.
 fn insert_client_query(client: &Client) -> super::db::Query<'_> {
-    query(
+    let insert = query(
         "INSERT INTO clients
            (id, name, kind, secret_hash, jwks, redirect_uris, post_logout_redirect_uris, scopes, grant_types,
             resources, first_party, signing_alg, access_token_ttl_seconds, refresh_token_ttl_seconds, from_config,
-            created_at, updated_at)
+            updated_at, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (id) DO NOTHING RETURNING id",
-    )
-    .bind(client.id.as_str())
-    .bind(&client.name)
-    .bind(kind_text(client))
-    .bind(client.secret_hash.as_ref().map(|h| &h[..]))
-    .bind(client.jwks.clone())
-    .bind(json_list(&client.redirect_uris))
-    .bind(json_list(&client.post_logout_redirect_uris))
-    .bind(json_list(&client.scopes))
-    .bind(json_list(&client.grant_types))
-    .bind(json_list(&client.resources))
-    .bind(client.first_party)
-    .bind(client.signing_alg.as_str())
-    .bind(ttl_seconds(client.access_token_ttl))
-    .bind(ttl_seconds(client.refresh_token_ttl))
-    .bind(client.from_config)
-    .bind(client.created_at)
-    .bind(client.updated_at)
+    );
+    bind_client(insert, client).bind(client.created_at)
+}
+
+/// Binds `$1` to `$16` of a client's insert or update: the id, every field, and `updated_at`.
+fn bind_client<'q>(query: super::db::Query<'q>, client: &'q Client) -> super::db::Query<'q> {
+    query
+        .bind(client.id.as_str())
+        .bind(&client.name)
+        .bind(kind_text(client))
+        .bind(client.secret_hash.as_ref().map(|h| &h[..]))
+        .bind(client.jwks.clone())
+        .bind(json_list(&client.redirect_uris))
+        .bind(json_list(&client.post_logout_redirect_uris))
+        .bind(json_list(&client.scopes))
+        .bind(json_list(&client.grant_types))
+        .bind(json_list(&client.resources))
+        .bind(client.first_party)
+        .bind(client.signing_alg.as_str())
+        .bind(ttl_seconds(client.access_token_ttl))
+        .bind(ttl_seconds(client.refresh_token_ttl))
+        .bind(client.from_config)
+        .bind(client.updated_at)
 }
 
 /// `UPDATE` of every field but `id` and `created_at`; with `expected`, only if `updated_at` is
@@ -1879,23 +1884,7 @@ fn update_client_query(client: &Client, expected: Option<DateTime<Utc>>) -> supe
                 from_config = $15, updated_at = $16
          WHERE id = $1"
     };
-    let update = query(sql)
-        .bind(client.id.as_str())
-        .bind(&client.name)
-        .bind(kind_text(client))
-        .bind(client.secret_hash.as_ref().map(|h| &h[..]))
-        .bind(client.jwks.clone())
-        .bind(json_list(&client.redirect_uris))
-        .bind(json_list(&client.post_logout_redirect_uris))
-        .bind(json_list(&client.scopes))
-        .bind(json_list(&client.grant_types))
-        .bind(json_list(&client.resources))
-        .bind(client.first_party)
-        .bind(client.signing_alg.as_str())
-        .bind(ttl_seconds(client.access_token_ttl))
-        .bind(ttl_seconds(client.refresh_token_ttl))
-        .bind(client.from_config)
-        .bind(client.updated_at);
+    let update = bind_client(query(sql), client);
     match expected {
         Some(at) => update.bind(at),
         None => update,

@@ -30,6 +30,7 @@ on_both_backends!(
     forward_auth_answers_for_sessions_and_tokens,
     logout_ends_the_session_and_its_grants,
     tessera_access_tokens_work_at_validate_check_and_me,
+    private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -781,4 +782,31 @@ async fn tessera_access_tokens_work_at_validate_check_and_me(backend: Backend) {
     let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
     assert_eq!(revoke.form(&[("token", access)]).send().await.unwrap().status(), 200);
     assert_eq!(body(w.app.validate(access).await, 401).await["code"], "token_revoked");
+}
+
+async fn private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion(backend: Backend) {
+    let w = op_world(backend).await;
+    // The client's own key pair: a second local issuer's keys stand for it.
+    let keys = tessera_testkit::local_issuer::LocalIssuer::start().await.unwrap();
+    let jwks: Value = w.app.client.get(keys.jwks_uri()).send().await.unwrap().json().await.unwrap();
+    let (client, secret) = register(
+        &w.app,
+        json!({"name": "Signed job", "kind": "confidential", "jwks": jwks, "redirect_uris": [],
+               "grant_types": ["client_credentials"], "scopes": ["openid", "jobs"]}),
+    )
+    .await;
+    assert_eq!(secret, None, "a client with keys gets no secret");
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"iss": client, "sub": client, "aud": w.app.url("/oauth/token"), "iat": now,
+                        "exp": now + 60, "jti": "assertion-1"});
+    let assertion = keys.sign("ec-1", &claims);
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", assertion.as_str()),
+    ];
+    let send = || w.app.client.post(w.app.url("/oauth/token")).form(&form).send();
+    let tokens = body(send().await.unwrap(), 200).await;
+    assert_eq!(jwt_parts(tokens["access_token"].as_str().unwrap()).1["sub"], client);
+    assert_eq!(oauth_error(send().await.unwrap(), 401).await, "invalid_client", "an assertion is used once");
 }

@@ -14,6 +14,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 
 use super::client_auth::{ClientAuthForm, client_credentials};
+use crate::domain::Client;
 use crate::http::AppState;
 use crate::service::op::authorize::{AuthorizationParams, AuthorizeError};
 use crate::service::op::clients::ClientCredentials;
@@ -124,19 +125,29 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
     Ok(ok_json(op.token(&creds, form).await?))
 }
 
+/// The authenticated client and the `token` of an introspection or revocation request.
+async fn client_and_token<'s>(
+    state: &'s AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(&'s OpenIdProvider, Client, String), OAuthResponse> {
+    let op = provider(state)?;
+    let pairs = form_pairs(headers, body)?;
+    let map = single_valued(&pairs)?;
+    let client = op.authenticate(&credentials(headers, &map)?).await?;
+    let token = get(&map, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+    Ok((op, client, token))
+}
+
 async fn introspect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthResponse> {
-    let op = provider(&state)?;
-    let pairs = form_pairs(&headers, &body)?;
-    let map = single_valued(&pairs)?;
-    let client = op.authenticate(&credentials(&headers, &map)?).await?;
+    let (op, client, token) = client_and_token(&state, &headers, &body).await?;
     if client.is_public() {
         return Err(OAuthError::invalid_client("a public client cannot introspect tokens").into());
     }
-    let token = get(&map, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
     Ok(ok_json(op.introspect(&client, &token).await?))
 }
 
@@ -145,11 +156,7 @@ async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthResponse> {
-    let op = provider(&state)?;
-    let pairs = form_pairs(&headers, &body)?;
-    let map = single_valued(&pairs)?;
-    let client = op.authenticate(&credentials(&headers, &map)?).await?;
-    let token = get(&map, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+    let (op, client, token) = client_and_token(&state, &headers, &body).await?;
     op.revoke(&client, &token).await?;
     let mut response = StatusCode::OK.into_response();
     no_store(response.headers_mut());
