@@ -31,6 +31,7 @@ on_both_backends!(
     logout_ends_the_session_and_its_grants,
     tessera_access_tokens_work_at_validate_check_and_me,
     private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion,
+    browser_apps_on_other_origins_reach_the_public_client_endpoints_only,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -619,6 +620,7 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     let response = browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert!(location(&response).starts_with(w.issuer.issuer()), "to the upstream provider: {}", location(&response));
+    assert_eq!(param(&location(&response), "prompt").as_deref(), Some("login"), "which must not answer silently");
     let back = follow(&mut browser, location(&response)).await;
     assert!(param(&back, "code").is_some(), "{back}");
     // max_age=0 forces a sign-in too; with prompt=none that is login_required.
@@ -809,4 +811,31 @@ async fn private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion(
     let tokens = body(send().await.unwrap(), 200).await;
     assert_eq!(jwt_parts(tokens["access_token"].as_str().unwrap()).1["sub"], client);
     assert_eq!(oauth_error(send().await.unwrap(), 401).await, "invalid_client", "an assertion is used once");
+}
+
+async fn browser_apps_on_other_origins_reach_the_public_client_endpoints_only(backend: Backend) {
+    let w = op_world(backend).await;
+    let origin = "https://spa.example.net";
+    for path in ["/oauth/token", "/oauth/revoke", "/oauth/userinfo"] {
+        let preflight = w
+            .app
+            .client
+            .request(Method::OPTIONS, w.app.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(preflight.status().is_success(), "{path}: {}", preflight.status());
+        assert_eq!(preflight.headers()["access-control-allow-origin"], "*", "{path}");
+        assert!(preflight.headers().get("access-control-allow-credentials").is_none(), "never with cookies");
+    }
+    let discovery = w.app.client.get(w.app.url("/.well-known/openid-configuration")).header("origin", origin);
+    assert_eq!(discovery.send().await.unwrap().headers()["access-control-allow-origin"], "*");
+    // Backend-only endpoints and the browser's own pages are not for other origins.
+    for path in ["/oauth/introspect", "/oauth/par", "/oauth/consent", "/admin/clients"] {
+        let asked = w.app.client.post(w.app.url(path)).header("origin", origin).send().await.unwrap();
+        assert!(asked.headers().get("access-control-allow-origin").is_none(), "{path}");
+    }
 }

@@ -102,8 +102,8 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     let view = live.as_ref().map(view);
     match op.authorize(params, view.as_ref()).await {
         Ok(Next::Redirect(to)) => redirect(&to, &[]),
-        Ok(Next::SignIn { continue_to, login_hint }) => {
-            sign_in(state, headers, &continue_to, login_hint.as_deref()).await
+        Ok(Next::SignIn { continue_to, login_hint, reauthenticate }) => {
+            sign_in(state, headers, &continue_to, login_hint.as_deref(), reauthenticate).await
         }
         Ok(Next::Consent { request_id, client_name, scopes }) => consent_page(&request_id, &client_name, &scopes),
         Err(error) => rejected(state, headers, error),
@@ -131,8 +131,16 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Res
     }
 }
 
-/// Starts an upstream sign-in that comes back to `continue_to`.
-async fn sign_in(state: &AppState, headers: &HeaderMap, continue_to: &str, login_hint: Option<&str>) -> Response {
+/// Starts an upstream sign-in that comes back to `continue_to`; with `reauthenticate`, the
+/// upstream provider is asked for a fresh login too (`prompt=login`), so that its own session
+/// cannot answer a `prompt=login` or `max_age` request silently.
+async fn sign_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    continue_to: &str,
+    login_hint: Option<&str>,
+    reauthenticate: bool,
+) -> Response {
     let providers = state.flows.providers();
     let mut chosen = None;
     if let Some(email) = login_hint.and_then(|h| Email::parse(h).ok())
@@ -151,7 +159,13 @@ async fn sign_in(state: &AppState, headers: &HeaderMap, continue_to: &str, login
         return chooser_page(state, continue_to);
     };
     match state.sign_in.begin(Some(&provider), Some(continue_to), None).await {
-        Ok(started) => redirect(started.location.as_str(), &[login_cookie(state, started.state.expose_secret())]),
+        Ok(started) => {
+            let mut location = started.location;
+            if reauthenticate {
+                location.query_pairs_mut().append_pair("prompt", "login");
+            }
+            redirect(location.as_str(), &[login_cookie(state, started.state.expose_secret())])
+        }
         Err(error) => pages::error(headers, error.into()),
     }
 }

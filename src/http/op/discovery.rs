@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::token::{OAuthResponse, no_store, provider};
+use super::token::{OAuthResponse, no_store, preflight, provider};
 use crate::domain::client_rules::ASSERTION_ALGORITHMS;
 use crate::domain::{GrantType, SigningAlg};
 use crate::http::AppState;
@@ -20,7 +20,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/.well-known/openid-configuration", get(configuration))
         .route("/.well-known/oauth-authorization-server", get(configuration))
-        .route("/oauth/userinfo", get(userinfo).post(userinfo))
+        .route("/oauth/userinfo", get(userinfo).post(userinfo).options(preflight))
 }
 
 /// The scopes Tessera knows; clients may be allowed others (for their resources).

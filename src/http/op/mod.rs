@@ -12,7 +12,11 @@ pub mod token;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::http::{Method, header};
+use tower_http::cors::{Any, CorsLayer};
 
 use super::AppState;
 use super::problem::ApiError;
@@ -21,12 +25,23 @@ use crate::service::op::keys::SigningKeys;
 
 /// The provider's public routes (the admin routes are [`clients::admin_routes`]).
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
+    // What a single-page app on another origin calls with tokens, never cookies: discovery, the
+    // keys, the token, revocation and userinfo endpoints answer cross-origin requests.
+    let cross_origin = Router::new()
         .merge(jwks::routes())
         .merge(discovery::routes())
-        .merge(authorize::routes())
-        .merge(token::routes())
-        .merge(forward_auth::routes())
+        .merge(token::public_client_routes())
+        .layer(browser_apps());
+    Router::new().merge(cross_origin).merge(authorize::routes()).merge(token::routes()).merge(forward_auth::routes())
+}
+
+/// CORS for browser apps on any origin, without credentials (no cookie is ever sent or read).
+fn browser_apps() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(3600))
 }
 
 /// The signing keys, or the 404 that says how to turn the provider on.

@@ -1,4 +1,5 @@
-//! The client-facing OAuth endpoints, all `POST` forms authenticated as the client:
+//! The client-facing OAuth endpoints, all `POST` forms authenticated as the client (the token
+//! and revocation endpoints also from browser apps on other origins):
 //! `/oauth/token`, `/oauth/introspect` (RFC 7662), `/oauth/revoke` (RFC 7009) and `/oauth/par`
 //! (RFC 9126). Errors are RFC 6749's JSON (`error`, `error_description`), never problem+json;
 //! every response carries `Cache-Control: no-store`.
@@ -23,11 +24,15 @@ use crate::service::op::tokens::{TokenForm, single_valued};
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/oauth/introspect", post(introspect)).route("/oauth/par", post(push))
+}
+
+/// The routes a public client in a browser calls (served with CORS).
+pub fn public_client_routes() -> Router<Arc<AppState>> {
+    // OPTIONS is routed (and answered by the CORS layer) so that a preflight is not a 405.
     Router::new()
-        .route("/oauth/token", post(token))
-        .route("/oauth/introspect", post(introspect))
-        .route("/oauth/revoke", post(revoke))
-        .route("/oauth/par", post(push))
+        .route("/oauth/token", post(token).options(preflight))
+        .route("/oauth/revoke", post(revoke).options(preflight))
 }
 
 /// An OAuth error response (RFC 6749 5.2).
@@ -184,6 +189,11 @@ async fn push(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
         }
         Err(AuthorizeError::Store(e)) => Err(OAuthError::from(e).into()),
     }
+}
+
+/// A CORS preflight (the CORS layer adds its headers).
+pub(super) async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// The authorization parameters of a form or query.

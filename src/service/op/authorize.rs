@@ -132,6 +132,9 @@ pub enum Next {
         continue_to: String,
         /// The request's login hint, for home-realm discovery.
         login_hint: Option<String>,
+        /// `prompt=login` or `max_age` asked for a fresh authentication: the upstream provider
+        /// must not answer from its own session either.
+        reauthenticate: bool,
     },
     /// The user must consent: show the client's name and the scopes, and post the decision with
     /// `request_id`.
@@ -374,7 +377,8 @@ impl OpenIdProvider {
             let login_hint = request.login_hint.clone();
             let uri = self.hold(&request, None, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
-            return Ok(Next::SignIn { continue_to, login_hint });
+            let reauthenticate = request.auth_after.is_some();
+            return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
         };
         if !request.client.first_party {
             let granted = self.store.consent(session.user, request.client.id.as_str()).await?;
