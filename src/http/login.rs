@@ -166,10 +166,9 @@ async fn show_login(
 
 /// `GET /`: a browser goes to its account page (which asks to sign in first when needed); an
 /// API client gets the usual 404.
-async fn home(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+async fn home(headers: HeaderMap) -> Response {
     if pages::wants_html(&headers) {
         return redirect("/account", &[]);
     }
-    let _ = &state;
     super::not_found().await.into_response()
 }

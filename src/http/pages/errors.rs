@@ -24,12 +24,12 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
     let (title, text, actions): (&str, String, Vec<(&str, String)>) = match error.code {
         LinkRequired => {
             let link = error.extension("link_url").unwrap_or("/account");
-            let provider = provider_of(link);
+            let provider = crate::http::login::provider_label(&provider_of(link));
             (
                 "You already have an account",
                 format!(
                     "An account with this email address already exists. To use {provider} too, sign in the way \
-                     you did before; you will then be asked to link {provider} to that account."
+                     you did before; {provider} is then linked to that account."
                 ),
                 vec![("Sign in and link your account", login_url(Some(link)))],
             )
@@ -72,8 +72,8 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
             ("Please sign in", "You need to be signed in to continue.".into(), vec![("Sign in", sign_in)])
         }
         ConnectLinkNotYours => (
-            "This link was made for someone else",
-            "You are signed in as a different person than the one this link was made for. Sign in as the \
+            "This link was made for another user",
+            "You are signed in as someone other than the person this link was made for. Sign in as the \
              right person, then the link will work."
                 .into(),
             vec![("Sign in as the right person", sign_in), ("Go to your account", "/account".into())],
@@ -192,7 +192,7 @@ mod tests {
     fn link_required_offers_the_real_link_flow() {
         let message =
             message_for(&described(ErrorCode::LinkRequired, Some("/auth/link?provider=gitlab")), &Context::default());
-        assert!(message.paragraphs[0].contains("gitlab"), "{:?}", message.paragraphs);
+        assert!(message.paragraphs[0].contains("GitLab"), "{:?}", message.paragraphs);
         assert_eq!(message.actions[0].href, "/login?return_to=%2Fauth%2Flink%3Fprovider%3Dgitlab");
     }
 
