@@ -147,6 +147,8 @@ error_codes! {
     NotTeamAdmin = (FORBIDDEN, "not_team_admin", "Not a team owner or admin"),
     /// The connect link was made for another user.
     ConnectLinkNotYours = (FORBIDDEN, "connect_link_not_yours", "Connect link of another user"),
+    /// A form post of a page without the session's CSRF token, or sent from another site.
+    CsrfFailed = (FORBIDDEN, "csrf_failed", "Form check failed"),
 
     // Resources.
     /// No user has that id.
@@ -252,7 +254,7 @@ impl ErrorCode {
             // Sign-in, linking and connect flows.
             | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
             | ProviderDenied | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
-            | ConnectLinkNotYours
+            | ConnectLinkNotYours | CsrfFailed
             // Client authentication at the OpenID Provider.
             | InvalidClient => tracing::Level::INFO,
             IssuerUnavailable => tracing::Level::DEBUG,

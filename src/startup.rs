@@ -198,6 +198,7 @@ impl Application {
             clients,
             signing_keys,
             op,
+            pages: crate::http::pages::Pages::new(&config.branding),
         });
         let config_clients = Some(config.oidc.clients.iter().map(|c| c.client.clone()).collect());
         Ok(Self { listener, state, server: config.server.clone(), last_seen, config_clients })

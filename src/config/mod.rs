@@ -19,10 +19,12 @@ use crate::crypto::keyring::KeyRing;
 use crate::domain::Issuer;
 
 mod auth;
+mod branding;
 mod oidc;
 mod sources;
 
 pub use auth::{AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProviderConfig, ProviderEndpoints, ProviderKind};
+pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR};
 pub use oidc::{ClientConfig, MIN_CLIENT_SECRET_LEN, OidcConfig};
 
 /// A configuration mistake, naming the key at fault.
@@ -69,6 +71,8 @@ pub struct Config {
     pub encryption: Option<Arc<KeyRing>>,
     /// Tessera as an OpenID Provider (`[oidc]`).
     pub oidc: OidcConfig,
+    /// How the pages present the product (`[branding]`).
+    pub branding: BrandingConfig,
     /// Warnings found while loading (deprecated settings), logged once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -355,6 +359,8 @@ struct RawConfig {
     encryption: auth::RawEncryption,
     #[serde(default)]
     oidc: oidc::RawOidc,
+    #[serde(default)]
+    branding: branding::RawBranding,
 }
 
 #[derive(Default, Deserialize)]
@@ -596,6 +602,7 @@ impl Config {
 
         let server = parse_server(&raw.server)?;
         let oidc = oidc::parse_oidc(raw.oidc, env)?;
+        let branding = branding::parse_branding(raw.branding)?;
 
         let json = match raw.log.format.as_deref().map(str::trim) {
             None | Some("text") => false,
@@ -632,6 +639,7 @@ impl Config {
             providers,
             encryption,
             oidc,
+            branding,
             warnings,
         })
     }

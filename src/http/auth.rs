@@ -1,5 +1,10 @@
 //! Browser sign-in: `GET /auth/login`, `GET /auth/callback/{provider}`, `GET /auth/link`,
-//! `POST /auth/logout`, and `GET /auth/providers` for login pages.
+//! `GET /auth/logout` (a page that confirms) and `POST /auth/logout`, and `GET /auth/providers`
+//! for login pages. A browser (`Accept: text/html`) meets errors as pages; API clients get
+//! problem+json.
+//!
+//! Signing in again in a browser that has a session replaces it: the old session is revoked
+//! once the new one exists.
 //!
 //! The state value goes to the provider in the authorization URL and to the browser in a
 //! `__Host-` cookie; the callback must bring both back. Redirects are `303 See Other` with
@@ -7,10 +12,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -18,8 +25,9 @@ use serde::Deserialize;
 use super::AppState;
 use super::caller::caller;
 use super::credentials::cookie;
+use super::csrf;
 use super::extract::{ApiPath, ApiQuery};
-use super::pages;
+use super::pages::{self, Chrome, Message, errors};
 use super::problem::ApiError;
 use super::responses::{ProviderResponse, ProvidersResponse};
 use crate::upstream::oauth_flow::{Callback, FLOW_TTL, Purpose};
@@ -31,7 +39,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/auth/login", get(start_login))
         .route("/auth/link", get(start_link))
         .route("/auth/callback/{provider}", get(complete_callback))
-        .route("/auth/logout", post(logout))
+        .route("/auth/logout", get(confirm_logout).post(logout))
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,20 +63,42 @@ async fn list_providers(State(state): State<Arc<AppState>>) -> Json<ProvidersRes
 
 async fn start_login(
     State(state): State<Arc<AppState>>,
-    ApiQuery(query): ApiQuery<StartQuery>,
-) -> Result<Response, ApiError> {
-    let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None).await?;
-    Ok(redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]))
+    headers: HeaderMap,
+    query: Result<ApiQuery<StartQuery>, ApiError>,
+) -> Response {
+    let started = match query {
+        Ok(ApiQuery(query)) => state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None).await,
+        Err(error) => return state.pages.error(&headers, error),
+    };
+    match started {
+        Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
+        Err(error) => state.pages.error(&headers, error.into()),
+    }
 }
 
 async fn start_link(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiQuery(query): ApiQuery<StartQuery>,
-) -> Result<Response, ApiError> {
-    let user = caller(&state, &headers).await?;
-    let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), Some(user)).await?;
-    Ok(redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]))
+    OriginalUri(uri): OriginalUri,
+    query: Result<ApiQuery<StartQuery>, ApiError>,
+) -> Response {
+    // Without a session, "sign in" comes back here, which then starts the link.
+    let here = uri.path_and_query().map_or("/auth/link", |p| p.as_str()).to_owned();
+    let context = errors::Context { return_to: Some(here), signed_in: false };
+    let query = match query {
+        Ok(ApiQuery(query)) => query,
+        Err(error) => return state.pages.error_in(&headers, error, &context),
+    };
+    let user = match caller(&state, &headers).await {
+        Ok(user) => user,
+        Err(error) => return state.pages.error_in(&headers, error, &context),
+    };
+    match state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), Some(user)).await {
+        Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
+        Err(error) => {
+            state.pages.error_in(&headers, error.into(), &errors::Context { return_to: None, signed_in: true })
+        }
+    }
 }
 
 async fn complete_callback(
@@ -84,24 +114,34 @@ async fn complete_callback(
     });
     let (browser_state, session) = match cookies {
         Ok(found) => found,
-        Err(error) => return with_cookie(pages::error(&headers, error), clear_login),
+        Err(error) => return with_cookie(state.pages.error(&headers, error), clear_login),
     };
     let current_user = match session {
         Some(session) => state.sessions.resolve(session).await.ok().flatten(),
         None => None,
     };
+    let old_session = session.map(str::to_owned);
     let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
     let finished = match state.flows.finish(&provider, callback, browser_state).await {
         Ok(finished) => finished,
-        Err(error) => return with_cookie(pages::error(&headers, error.into()), clear_login),
+        Err(error) => return with_cookie(state.pages.error(&headers, error.into()), clear_login),
     };
     if let Purpose::Connect { .. } = finished.purpose {
         return match state.auth_profiles.complete(finished, current_user).await {
             Ok(profile) => {
-                let message = format!("{} is connected. You can close this window.", profile.display_name);
-                with_cookie(pages::page(StatusCode::OK, "Account connected", &message), clear_login)
+                let message = Message {
+                    title: "Account connected".into(),
+                    paragraphs: vec![format!(
+                        "{} is connected. You can go back to the app, or close this window.",
+                        profile.display_name
+                    )],
+                    signed_in: true,
+                    ..Message::default()
+                }
+                .action("Go to your account", "/account");
+                with_cookie(state.pages.message(StatusCode::OK, message), clear_login)
             }
-            Err(error) => with_cookie(pages::error(&headers, error.into()), clear_login),
+            Err(error) => with_cookie(state.pages.error(&headers, error.into()), clear_login),
         };
     }
     match state.sign_in.complete(finished, current_user).await {
@@ -109,27 +149,92 @@ async fn complete_callback(
             let mut cookies = vec![clear_login];
             if let Some(session) = &done.session {
                 cookies.push(state.cookies.set(state.cookies.session(), session.expose_secret(), state.sessions.ttl()));
+                // The browser's earlier session, whoever it was for, ends with this sign-in.
+                if let Some(old) = &old_session
+                    && let Err(error) = state.sessions.revoke(old).await
+                {
+                    tracing::warn!(error = %error, "ending the replaced session failed");
+                }
             }
             redirect(&done.return_to, &cookies)
         }
-        Err(error) => with_cookie(pages::error(&headers, error.into()), clear_login),
+        Err(error) => with_cookie(state.pages.error(&headers, error.into()), clear_login),
     }
 }
 
-async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+#[derive(Template)]
+#[template(path = "logout.html")]
+struct LogoutPage {
+    chrome: Chrome,
+    who: String,
+    csrf: String,
+}
+
+/// `GET /auth/logout`: a page that asks to confirm and posts to `POST /auth/logout` (or, without
+/// a session, says that the browser is signed out).
+async fn confirm_logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let value = match cookie(&headers, state.cookies.session()) {
+        Ok(Some(value)) => value,
+        Ok(None) => return signed_out(&state, None),
+        // Which session is ambiguous: the browser is told to drop the cookie.
+        Err(_) => return signed_out(&state, Some(state.cookies.clear(state.cookies.session()))),
+    };
+    match state.sessions.resolve_session(value).await {
+        Ok(Some(live)) => {
+            let user = &live.profile.user;
+            let who = user.name.clone().or_else(|| user.email.clone()).unwrap_or_else(|| user.id.to_string());
+            state
+                .pages
+                .render(StatusCode::OK, &LogoutPage { chrome: state.pages.chrome(true), who, csrf: csrf::token(value) })
+        }
+        Ok(None) => signed_out(&state, Some(state.cookies.clear(state.cookies.session()))),
+        Err(error) => state.pages.error(&headers, error.into()),
+    }
+}
+
+/// The signed-out page, clearing the cookie when given.
+fn signed_out(state: &AppState, clear: Option<HeaderValue>) -> Response {
+    let message = Message::new("You are signed out", "You are no longer signed in in this browser.")
+        .action("Sign in again", "/login");
+    let response = state.pages.message(StatusCode::OK, message);
+    match clear {
+        Some(clear) => with_cookie(response, clear),
+        None => response,
+    }
+}
+
+/// `POST /auth/logout`: ends the browser's session. A page's form
+/// (`application/x-www-form-urlencoded`) must carry the session's CSRF token and gets the
+/// signed-out page; an API client gets 204.
+async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let clear_session = state.cookies.clear(state.cookies.session());
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
     match cookie(&headers, state.cookies.session()) {
         Ok(Some(session)) => {
-            state.sessions.revoke(session).await?;
+            if is_form {
+                let fields = csrf::form_fields(&body);
+                if let Err(error) = csrf::check(&headers, session, csrf::field(&fields, csrf::FIELD)) {
+                    return state.pages.error(&headers, error);
+                }
+            }
+            if let Err(error) = state.sessions.revoke(session).await {
+                return state.pages.error(&headers, error.into());
+            }
         }
         Ok(None) => {}
         // Which session to end is ambiguous: none is, but the browser is told to drop the cookie.
-        Err(error) => return Ok(with_cookie(error.into_response(), clear_session)),
+        Err(error) => return with_cookie(state.pages.error(&headers, error), clear_session),
+    }
+    if is_form || pages::wants_html(&headers) {
+        return signed_out(&state, Some(clear_session));
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().append(header::SET_COOKIE, clear_session);
     pages::protect(response.headers_mut());
-    Ok(response)
+    response
 }
 
 /// The `Set-Cookie` value binding a flow's state to the browser.

@@ -1,6 +1,7 @@
 //! The HTTP layer: extract, authorise, parse into domain types, call a service, map the result to
 //! a response (every JSON success body is a type in [`responses`]). No rules and no SQL here.
 
+pub mod account;
 pub mod admin;
 pub mod admin_auth;
 pub mod admin_teams;
@@ -9,8 +10,10 @@ pub mod auth_profiles;
 pub mod caller;
 pub mod cookies;
 pub mod credentials;
+pub mod csrf;
 pub mod extract;
 pub mod health;
+pub mod login;
 pub mod me;
 pub mod members;
 pub mod op;
@@ -25,7 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderMap;
 use axum::http::{HeaderName, Response};
 use axum::middleware;
 use axum::response::IntoResponse;
@@ -81,6 +85,8 @@ pub struct AppState {
     pub signing_keys: Option<SigningKeys>,
     /// The OpenID Provider; `None` while it is off.
     pub op: Option<OpenIdProvider>,
+    /// The pages' branding, stylesheet and security headers.
+    pub pages: pages::Pages,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -99,12 +105,15 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(health::routes())
         .merge(validation::routes())
         .merge(auth::routes())
+        .merge(login::routes())
+        .merge(account::routes())
+        .merge(pages::routes())
         .merge(me::routes())
         .merge(auth_profiles::routes())
         .merge(members::routes())
         .merge(op::routes())
         .merge(admin)
-        .fallback(not_found)
+        .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         // A client that stalls in the middle of a body is cut off.
@@ -166,8 +175,16 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no route matches this path")
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept this method; see the Allow header")
+/// The fallback: a page for a browser, problem+json otherwise.
+async fn no_route(State(state): State<Arc<AppState>>, headers: HeaderMap) -> axum::response::Response {
+    state.pages.error(&headers, not_found().await)
+}
+
+async fn method_not_allowed(State(state): State<Arc<AppState>>, headers: HeaderMap) -> axum::response::Response {
+    state.pages.error(
+        &headers,
+        ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept this method; see the Allow header"),
+    )
 }
 
 #[cfg(test)]

@@ -1,111 +1,260 @@
-//! Minimal HTML pages for the browser-facing steps (connect links and provider callbacks): a
-//! browser (`Accept: text/html`) gets a readable page, an API client the problem+json body.
-//! Pages carry `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
+//! Pages for people: server-rendered HTML (askama templates in `templates/`, which escape every
+//! value by default) in one layout — `lang`, a viewport, a skip link, a header with the product's
+//! name and logo, `<main>`, a footer with the support link — styled by one stylesheet that Tessera
+//! serves itself (`/assets/tessera.css`, the brand colour prepended). No page needs JavaScript
+//! and none carries inline script or style, so the pages' `Content-Security-Policy` forbids both.
+//!
+//! Every page carries the same headers (see [`secure_headers`]): that policy with
+//! `frame-ancestors 'none'` (and `X-Frame-Options: DENY` for older browsers),
+//! `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and `Cache-Control: no-store`
+//! (pages show personal data, or are one step of a sign-in).
+//!
+//! A browser (`Accept: text/html`) that meets an error gets a page that says, in plain words, what
+//! happened and what to do next ([`errors`]); an API client gets the problem+json body.
 
+pub mod errors;
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 
+use super::AppState;
 use super::problem::ApiError;
+use crate::config::BrandingConfig;
+
+/// The stylesheet, before the brand colour is prepended.
+const STYLESHEET: &str = include_str!("../../assets/tessera.css");
+
+/// The path the stylesheet is served at (with `?v=` and a digest of its content, so that it can
+/// be cached for long and still change with the configuration).
+pub const STYLESHEET_PATH: &str = "/assets/tessera.css";
+
+/// What every page shares: the branding, the stylesheet and the security policy.
+#[derive(Debug, Clone)]
+pub struct Pages {
+    branding: BrandingConfig,
+    css: String,
+    stylesheet_url: String,
+    csp: HeaderValue,
+}
+
+impl Pages {
+    /// The pages of one deployment, branded by `branding`.
+    pub fn new(branding: &BrandingConfig) -> Self {
+        let css = format!(":root {{ --primary: {}; }}\n{STYLESHEET}", branding.primary_color);
+        let digest = crate::crypto::sha256(css.as_bytes());
+        let version: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let images = match branding.logo_origin() {
+            Some(origin) => format!("'self' {origin}"),
+            None => "'self'".to_owned(),
+        };
+        // No `form-action`: a sign-in form's redirects lead to the providers (and a consent's to
+        // the app), which Chromium checks against it.
+        let csp =
+            format!("default-src 'none'; style-src 'self'; img-src {images}; base-uri 'none'; frame-ancestors 'none'");
+        Self {
+            branding: branding.clone(),
+            css,
+            stylesheet_url: format!("{STYLESHEET_PATH}?v={version}"),
+            csp: HeaderValue::from_str(&csp).expect("the policy is ASCII: origins are serialised"),
+        }
+    }
+
+    /// The shared parts of a page; `signed_in` shows the account links in the header.
+    pub fn chrome(&self, signed_in: bool) -> Chrome {
+        Chrome {
+            product_name: self.branding.product_name.clone(),
+            logo_url: self.branding.logo_url.clone(),
+            support_url: self.branding.support_url.clone(),
+            stylesheet: self.stylesheet_url.clone(),
+            signed_in,
+        }
+    }
+
+    /// Renders a template into a page with the pages' headers.
+    pub fn render<T: Template>(&self, status: StatusCode, template: &T) -> Response {
+        match template.render() {
+            Ok(body) => {
+                let mut response = (status, body).into_response();
+                self.secure_headers(response.headers_mut());
+                response
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "a page failed to render");
+                let mut response = (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong.").into_response();
+                protect(response.headers_mut());
+                response
+            }
+        }
+    }
+
+    /// A page with a title, paragraphs and next steps (the first one is the main action).
+    pub fn message(&self, status: StatusCode, message: Message) -> Response {
+        let page = MessagePage {
+            chrome: self.chrome(message.signed_in),
+            title: message.title,
+            paragraphs: message.paragraphs,
+            actions: message.actions,
+            code: message.code,
+        };
+        self.render(status, &page)
+    }
+
+    /// An error: a page that says what to do next for a browser, problem+json otherwise.
+    pub fn error(&self, headers: &HeaderMap, error: ApiError) -> Response {
+        self.error_in(headers, error, &errors::Context::default())
+    }
+
+    /// [`Pages::error`] knowing where the browser was going (for "sign in", "try again").
+    pub fn error_in(&self, headers: &HeaderMap, error: ApiError, context: &errors::Context) -> Response {
+        if wants_html(headers) {
+            let described = error.describe();
+            let status = described.status;
+            return self.message(status, errors::message_for(&described, context));
+        }
+        let mut response = error.into_response();
+        protect(response.headers_mut());
+        response
+    }
+
+    /// Adds the headers every page carries.
+    pub fn secure_headers(&self, headers: &mut HeaderMap) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        headers.insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        protect(headers);
+    }
+}
+
+/// The parts of the layout every page fills in.
+#[derive(Debug, Clone)]
+pub struct Chrome {
+    /// The product's name.
+    pub product_name: String,
+    /// The logo, if configured.
+    pub logo_url: Option<String>,
+    /// Where to get help, if configured.
+    pub support_url: Option<String>,
+    /// The stylesheet's URL.
+    pub stylesheet: String,
+    /// Whether to show the account links.
+    pub signed_in: bool,
+}
+
+/// A next step: a link styled as a button.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    /// What the button says.
+    pub label: String,
+    /// Where it goes (a local path, or a configured URL).
+    pub href: String,
+}
+
+impl Action {
+    /// A next step.
+    pub fn new(label: impl Into<String>, href: impl Into<String>) -> Self {
+        Self { label: label.into(), href: href.into() }
+    }
+}
+
+/// What a message page says.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// The title (also the heading).
+    pub title: String,
+    /// What happened, in plain words; the first is shown larger.
+    pub paragraphs: Vec<String>,
+    /// Next steps, the main one first.
+    pub actions: Vec<Action>,
+    /// The error's code, shown small for support.
+    pub code: Option<String>,
+    /// Whether to show the account links.
+    pub signed_in: bool,
+}
+
+impl Message {
+    /// A message with a title and one paragraph.
+    pub fn new(title: impl Into<String>, text: impl Into<String>) -> Self {
+        Self { title: title.into(), paragraphs: vec![text.into()], ..Self::default() }
+    }
+
+    /// Adds a next step.
+    pub fn action(mut self, label: impl Into<String>, href: impl Into<String>) -> Self {
+        self.actions.push(Action::new(label, href));
+        self
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage {
+    chrome: Chrome,
+    title: String,
+    paragraphs: Vec<String>,
+    actions: Vec<Action>,
+    code: Option<String>,
+}
+
+/// The consent page's content.
+#[derive(Template)]
+#[template(path = "consent.html")]
+struct ConsentPage<'a> {
+    chrome: Chrome,
+    client_name: &'a str,
+    scopes: &'a [String],
+    request_id: &'a str,
+}
+
+impl Pages {
+    /// The consent page: which app asks for which scopes, and a form that posts the decision
+    /// (`request_id`, `decision`) to `/oauth/consent`. The request id is single-use and bound
+    /// to the session, which makes it the form's CSRF token.
+    pub fn consent(&self, client_name: &str, scopes: &[String], request_id: &str) -> Response {
+        self.render(StatusCode::OK, &ConsentPage { chrome: self.chrome(true), client_name, scopes, request_id })
+    }
+}
+
+/// The RP-initiated logout confirmation's content.
+#[derive(Template)]
+#[template(path = "confirm_logout.html")]
+struct ConfirmLogoutPage<'a> {
+    chrome: Chrome,
+    fields: &'a [(&'a str, &'a str)],
+    csrf: &'a str,
+}
+
+impl Pages {
+    /// Asks to confirm an app's sign-out request: a form posting the request's parameters
+    /// (`fields`) back to `/oauth/logout` with the session's CSRF token.
+    pub fn confirm_logout(&self, fields: &[(&str, &str)], csrf: &str) -> Response {
+        self.render(StatusCode::OK, &ConfirmLogoutPage { chrome: self.chrome(true), fields, csrf })
+    }
+}
+
+/// The stylesheet route.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route(STYLESHEET_PATH, get(stylesheet))
+}
+
+async fn stylesheet(State(state): State<Arc<AppState>>) -> Response {
+    let mut response = state.pages.css.clone().into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Its URL changes with its content (`?v=`): it may be kept for a day.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+    response
+}
 
 /// Whether the client asked for HTML (a browser navigation).
 pub fn wants_html(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
-}
-
-/// An HTML page with a title and a message.
-pub fn page(status: StatusCode, title: &str, message: &str) -> Response {
-    let body = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
-         <title>{title}</title></head>\n<body><h1>{title}</h1>\n<p>{message}</p></body></html>\n",
-        title = escape(title),
-        message = escape(message)
-    );
-    let mut response = (status, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    protect(headers);
-    response
-}
-
-/// A page with a title, a message and a list of links (label, local URL).
-pub fn links_page(status: StatusCode, title: &str, message: &str, links: &[(String, String)]) -> Response {
-    let items: String = links
-        .iter()
-        .map(|(label, href)| format!("<li><a href=\"{}\">{}</a></li>", escape(href), escape(label)))
-        .collect();
-    html(
-        status,
-        format!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
-             <title>{title}</title></head>\n<body><h1>{title}</h1>\n<p>{message}</p>\n<ul>{items}</ul></body></html>\n",
-            title = escape(title),
-            message = escape(message),
-        ),
-    )
-}
-
-/// The consent page: which app asks for which scopes, and a form that posts the decision.
-pub fn consent_page(client_name: &str, scopes: &[String], request_id: &str) -> Response {
-    let items: String = scopes.iter().map(|s| format!("<li>{}</li>", escape(s))).collect();
-    let mut response = html(
-        StatusCode::OK,
-        format!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
-             <title>Allow {name}?</title></head>\n<body><h1>Allow {name} to use your account?</h1>\n\
-             <p>{name} asks for:</p>\n<ul>{items}</ul>\n\
-             <form method=\"post\" action=\"/oauth/consent\">\
-             <input type=\"hidden\" name=\"request_id\" value=\"{id}\">\
-             <button type=\"submit\" name=\"decision\" value=\"approve\">Allow</button> \
-             <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form></body></html>\n",
-            name = escape(client_name),
-            id = escape(request_id),
-        ),
-    );
-    // The consent form must not be framed (clickjacking).
-    response.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
-    response
-}
-
-/// A page asking to confirm an action: a form posting `fields` (hidden) to `action`.
-pub fn confirm_page(title: &str, message: &str, action: &str, fields: &[(&str, &str)], button: &str) -> Response {
-    let inputs: String = fields
-        .iter()
-        .map(|(name, value)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(name), escape(value)))
-        .collect();
-    let mut response = html(
-        StatusCode::OK,
-        format!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
-             <title>{title}</title></head>\n<body><h1>{title}</h1>\n<p>{message}</p>\n\
-             <form method=\"post\" action=\"{action}\">{inputs}<button type=\"submit\">{button}</button></form></body></html>\n",
-            title = escape(title),
-            message = escape(message),
-            action = escape(action),
-            button = escape(button),
-        ),
-    );
-    response.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    response
-}
-
-fn html(status: StatusCode, body: String) -> Response {
-    let mut response = (status, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    protect(headers);
-    response
-}
-
-/// An error as a page for browsers, as problem+json otherwise.
-pub fn error(headers: &HeaderMap, error: ApiError) -> Response {
-    if wants_html(headers) {
-        let (status, title, detail) = error.describe();
-        return page(status, title, &detail);
-    }
-    let mut response = error.into_response();
-    protect(response.headers_mut());
-    response
 }
 
 /// Adds `Cache-Control: no-store` and `Referrer-Policy: no-referrer`.
@@ -114,17 +263,17 @@ pub fn protect(headers: &mut HeaderMap) {
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
 }
 
-fn escape(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '&' => "&amp;".to_owned(),
-            '<' => "&lt;".to_owned(),
-            '>' => "&gt;".to_owned(),
-            '"' => "&quot;".to_owned(),
-            '\'' => "&#39;".to_owned(),
-            other => other.to_string(),
-        })
-        .collect()
+/// `/login`, coming back to `return_to` after the sign-in.
+pub fn login_url(return_to: Option<&str>) -> String {
+    match return_to {
+        Some(to) => {
+            format!(
+                "/login?{}",
+                url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", to).finish()
+            )
+        }
+        None => "/login".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +281,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pages_escape_their_text() {
-        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+    fn pages_escape_their_text_and_carry_the_policy() {
+        let pages = Pages::new(&BrandingConfig { product_name: "Acme <ID>".into(), ..BrandingConfig::default() });
+        let response = pages.message(
+            StatusCode::OK,
+            Message::new("<script>alert(1)</script>", "a \"quoted\" & 'odd' text").action("Go", "/a?b=\"c\""),
+        );
+        let headers = response.headers();
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+        let page = MessagePage {
+            chrome: pages.chrome(false),
+            title: "<script>alert(1)</script>".into(),
+            paragraphs: vec!["a \"quoted\" & 'odd' text".into()],
+            actions: vec![Action::new("Go", "/a?b=\"c\"")],
+            code: Some("not_found".into()),
+        }
+        .render()
+        .unwrap();
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(page.contains("&#60;script&#62;") || page.contains("&lt;script&gt;"), "{page}");
+        assert!(page.contains("Acme &#60;ID&#62;") || page.contains("Acme &lt;ID&gt;"), "{page}");
+        assert!(!page.contains("b=\"c\""), "attributes are escaped: {page}");
+        assert!(page.contains("<html lang=\"en\">") && page.contains("name=\"viewport\"") && page.contains("<main"));
+        assert!(!page.contains("style=") && !page.contains("<style") && !page.contains("<script"));
+    }
+
+    #[test]
+    fn the_stylesheet_carries_the_brand_colour_and_a_versioned_url() {
+        let blue = Pages::new(&BrandingConfig::default());
+        let green = Pages::new(&BrandingConfig { primary_color: "#116329".into(), ..BrandingConfig::default() });
+        assert!(green.css.starts_with(":root { --primary: #116329; }"));
+        assert_ne!(blue.stylesheet_url, green.stylesheet_url);
+        assert!(blue.stylesheet_url.starts_with("/assets/tessera.css?v="));
+    }
+
+    #[test]
+    fn a_remote_logo_is_allowed_by_the_policy() {
+        let pages = Pages::new(&BrandingConfig {
+            logo_url: Some("https://cdn.example.com/logo.svg".into()),
+            ..BrandingConfig::default()
+        });
+        assert!(pages.csp.to_str().unwrap().contains("img-src 'self' https://cdn.example.com;"));
     }
 }

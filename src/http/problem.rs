@@ -67,11 +67,11 @@ impl ApiError {
         self.code
     }
 
-    /// The status, title and detail, for an HTML page. Logged here like in `into_response`,
-    /// since the page replaces it.
-    pub fn describe(self) -> (StatusCode, &'static str, String) {
+    /// The status, code, detail and body members, for an HTML page. Logged here like in
+    /// `into_response`, since the page replaces it.
+    pub fn describe(self) -> Described {
         let status = self.log();
-        (status, self.code.title(), self.detail)
+        Described { status, code: self.code, detail: self.detail, extensions: self.extensions }
     }
 
     /// Logs the error as the response is made, at its code's level (see
@@ -94,6 +94,26 @@ impl ApiError {
     /// An internal error whose cause is logged and not shown.
     pub fn internal(source: impl StdError + Send + Sync + 'static) -> Self {
         Self::new(ErrorCode::InternalError, "an internal error occurred; it has been logged").with_source(source)
+    }
+}
+
+/// An error as a page shows it (see [`ApiError::describe`]).
+#[derive(Debug)]
+pub struct Described {
+    /// The response status.
+    pub status: StatusCode,
+    /// The public code.
+    pub code: ErrorCode,
+    /// The detail (safe to show: a 5xx's is its code's fixed sentence).
+    pub detail: String,
+    /// The body members, such as `link_url`.
+    pub extensions: Map<String, Value>,
+}
+
+impl Described {
+    /// A string member of the body.
+    pub fn extension(&self, key: &str) -> Option<&str> {
+        self.extensions.get(key).and_then(Value::as_str)
     }
 }
 

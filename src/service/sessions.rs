@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::sha256;
 use crate::domain::{IdentityId, UserId, UserProfile};
-use crate::store::{NewSession, SessionRecord, Store, StoreError};
+use crate::store::{NewSession, SessionRecord, Store, StoreError, UserSession};
 use crate::worker::LastSeen;
 
 /// How often at most a session's `last_seen_at` is written.
@@ -107,6 +107,21 @@ impl Sessions {
     /// Ends a session; false when there was none.
     pub async fn revoke(&self, cookie: &str) -> Result<bool, StoreError> {
         self.store.delete_session(&sha256(cookie.as_bytes())).await
+    }
+
+    /// The user's live sessions (not expired, not idle), most recently used first.
+    pub async fn list(&self, user: UserId) -> Result<Vec<UserSession>, StoreError> {
+        let now = super::now();
+        let sessions = self.store.user_sessions(user, now).await?;
+        Ok(sessions.into_iter().filter(|s| now - s.last_seen_at < self.idle).collect())
+    }
+
+    /// Ends every session of `user` but the one whose hash is `keep` ("sign out everywhere
+    /// else"); returns how many ended. Grants made from them end with them.
+    pub async fn revoke_others(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
+        let ended = self.store.delete_other_sessions(user, keep).await?;
+        tracing::info!(user_id = %user, ended, "signed out other sessions");
+        Ok(ended)
     }
 
     /// Deletes expired sessions and sign-in states.

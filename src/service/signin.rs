@@ -137,6 +137,11 @@ impl SignIn {
         }
     }
 
+    /// Checks a `return_to` on the sign-in's rules (a local path, or an allowed origin).
+    pub fn check_return_to(&self, value: &str) -> Result<ReturnTo, SignInError> {
+        ReturnTo::parse(value, &self.return_to_origins).map_err(|_| SignInError::InvalidReturnTo)
+    }
+
     /// Starts a sign-in (`link_user` `None`) or the linking of another identity to `link_user`.
     pub async fn begin(
         &self,

@@ -932,6 +932,31 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Deletes the records of used client assertions that expired.
     async fn delete_expired_client_assertions(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    // ---- Pages: a user's sessions ---------------------------------------------------------------
+
+    /// The user's sessions that have not reached their absolute expiry, most recently used first
+    /// (idle ones included: the caller applies its idle rule), each with the provider of the
+    /// identity it was signed in with while that identity is linked.
+    async fn user_sessions(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserSession>, StoreError>;
+
+    /// Deletes every session of `user` but the one whose hash is `keep`; returns how many.
+    async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError>;
+}
+
+/// One of a user's sessions, as the account page lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSession {
+    /// SHA-256 of the cookie value (the session's key).
+    pub token_hash: [u8; 32],
+    /// The provider of the identity used to sign in, while it is linked.
+    pub provider: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last use.
+    pub last_seen_at: DateTime<Utc>,
+    /// Absolute expiry.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// What [`Store::insert_client`] did.

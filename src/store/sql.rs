@@ -20,7 +20,7 @@ use super::{
     EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount, NewEvent,
     NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome,
     Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome,
-    decode_role,
+    UserSession, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use crate::config::{Backend, DatabaseConfig};
@@ -1808,6 +1808,40 @@ impl Store for SqlStore {
 
     async fn delete_expired_client_assertions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         query("DELETE FROM client_assertions WHERE expires_at <= $1").bind(now).execute(self.db.writer()).await
+    }
+
+    // ---- Pages: a user's sessions ---------------------------------------------------------------
+
+    async fn user_sessions(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserSession>, StoreError> {
+        let rows = query(
+            "SELECT s.token_hash, i.provider, s.created_at, s.last_seen_at, s.expires_at
+             FROM sessions s LEFT JOIN identities i ON i.id = s.identity_id AND i.user_id = s.user_id
+             WHERE s.user_id = $1 AND s.expires_at > $2
+             ORDER BY s.last_seen_at DESC, s.created_at DESC",
+        )
+        .bind(user.as_uuid())
+        .bind(now)
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UserSession {
+                    token_hash: rows::hash32(&row.bytes("token_hash")?)?,
+                    provider: row.opt_text("provider")?,
+                    created_at: row.time("created_at")?,
+                    last_seen_at: row.time("last_seen_at")?,
+                    expires_at: row.time("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
+        query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
+            .bind(user.as_uuid())
+            .bind(&keep[..])
+            .execute(self.db.writer())
+            .await
     }
 }
 

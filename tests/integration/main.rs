@@ -18,6 +18,7 @@ mod locale;
 mod op_clients;
 mod op_flow;
 mod op_third_party;
+mod pages;
 mod readiness;
 mod replica;
 mod server;

@@ -19,7 +19,7 @@ use tessera::store::{
     Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome, LoginState,
     MemberOutcome, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
     RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError,
-    StoredSecret, UnlinkOutcome,
+    StoredSecret, UnlinkOutcome, UserSession,
 };
 use uuid::Uuid;
 
@@ -67,6 +67,7 @@ on_both_backends!(
     a_session_is_read_touched_and_deleted,
     a_session_is_read_with_its_users_profile_in_one_go,
     delete_expired_counts_what_it_deletes,
+    a_users_sessions_are_listed_and_the_others_deleted,
     // Auth profiles
     insert_profile_refuses_a_taken_slug_and_writes_nothing,
     insert_profile_allows_one_pending_profile_per_key,
@@ -1165,6 +1166,50 @@ async fn a_session_is_read_touched_and_deleted(backend: Backend) {
     assert!(!store.delete_session(&signed_in.token_hash).await.unwrap(), "deleted once");
     assert!(store.session(&anonymous.token_hash).await.unwrap().is_some());
     assert!(store.session(&hash()).await.unwrap().is_none());
+}
+
+async fn a_users_sessions_are_listed_and_the_others_deleted(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
+    let t0 = now();
+    let older = session(&ada, t0 - TimeDelta::hours(2), TimeDelta::days(1));
+    let newer = NewSession { identity_id: None, ..session(&ada, t0 - TimeDelta::hours(1), TimeDelta::days(1)) };
+    let expired = session(&ada, t0 - TimeDelta::days(2), TimeDelta::days(1));
+    let bobs = session(&bob, t0, TimeDelta::days(1));
+    for s in [&older, &newer, &expired, &bobs] {
+        store.insert_session(s).await.unwrap();
+    }
+    // The older one was used last: most recently used first.
+    store.touch_session(&older.token_hash, t0).await.unwrap();
+    let provider =
+        store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap().identities[0].provider.clone();
+    let listed = store.user_sessions(ada.id(), t0).await.unwrap();
+    assert_eq!(
+        listed,
+        [
+            UserSession {
+                token_hash: older.token_hash,
+                provider: Some(provider),
+                created_at: older.now,
+                last_seen_at: t0,
+                expires_at: older.expires_at,
+            },
+            UserSession {
+                token_hash: newer.token_hash,
+                provider: None,
+                created_at: newer.now,
+                last_seen_at: newer.now,
+                expires_at: newer.expires_at,
+            },
+        ],
+        "expired sessions and other users' are not listed"
+    );
+    assert_eq!(store.delete_other_sessions(ada.id(), &older.token_hash).await.unwrap(), 2, "the newer and expired");
+    assert!(store.session(&older.token_hash).await.unwrap().is_some(), "the kept one stays");
+    assert!(store.session(&newer.token_hash).await.unwrap().is_none());
+    assert!(store.session(&bobs.token_hash).await.unwrap().is_some(), "other users keep theirs");
+    assert_eq!(store.delete_other_sessions(ada.id(), &older.token_hash).await.unwrap(), 0);
+    assert_eq!(store.user_sessions(bob.id(), t0).await.unwrap().len(), 1);
 }
 
 async fn delete_expired_counts_what_it_deletes(backend: Backend) {

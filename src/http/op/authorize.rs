@@ -20,7 +20,8 @@ use crate::domain::Email;
 use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
 use crate::http::credentials::cookie;
-use crate::http::pages;
+use crate::http::csrf;
+use crate::http::pages::{self, Message};
 use crate::service::op::authorize::{AuthorizeError, Next, Rejection, SessionView};
 use crate::service::op::tokens::single_valued;
 use crate::service::sessions::LiveSession;
@@ -36,10 +37,18 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 /// A page (or, for a non-browser, an OAuth JSON error) for a request that cannot go back to
 /// the client.
-fn refuse(headers: &HeaderMap, status: StatusCode, error: &str, description: &str) -> Response {
+fn refuse(state: &AppState, headers: &HeaderMap, status: StatusCode, error: &str, description: &str) -> Response {
     if pages::wants_html(headers) {
-        let message = format!("{description}. Go back to the app you came from and try again. (error: {error})");
-        return pages::page(status, "This sign-in request cannot be completed", &message);
+        let message = Message {
+            title: "This sign-in request cannot be completed".into(),
+            paragraphs: vec![
+                format!("The app that sent you here made a request that cannot be completed: {description}."),
+                "Go back to the app you came from and try again.".into(),
+            ],
+            code: Some(error.to_owned()),
+            ..Message::default()
+        };
+        return state.pages.message(status, message);
     }
     let mut response =
         (status, Json(serde_json::json!({ "error": error, "error_description": description }))).into_response();
@@ -58,7 +67,7 @@ async fn authorize_get(State(state): State<Arc<AppState>>, headers: HeaderMap, R
 async fn authorize_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     match form_pairs(&headers, &body) {
         Ok(pairs) => authorize(&state, &headers, pairs).await,
-        Err(e) => refuse(&headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+        Err(e) => refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     }
 }
 
@@ -68,6 +77,7 @@ async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<LiveSes
     match state.sessions.resolve_session(value).await {
         Ok(found) => Ok(found),
         Err(_) => Err(refuse(
+            state,
             headers,
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
@@ -89,11 +99,17 @@ fn view(live: &LiveSession) -> SessionView {
 
 async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
     let Some(op) = state.op.as_ref() else {
-        return refuse(headers, StatusCode::NOT_FOUND, "invalid_request", "the OpenID Provider is not enabled here");
+        return refuse(
+            state,
+            headers,
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "the OpenID Provider is not enabled here",
+        );
     };
     let params = match single_valued(&pairs) {
         Ok(map) => authorization_params(&map),
-        Err(e) => return refuse(headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+        Err(e) => return refuse(state, headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     };
     let live = match session(state, headers).await {
         Ok(live) => live,
@@ -105,7 +121,9 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
         Ok(Next::SignIn { continue_to, login_hint, reauthenticate }) => {
             sign_in(state, headers, &continue_to, login_hint.as_deref(), reauthenticate).await
         }
-        Ok(Next::Consent { request_id, client_name, scopes }) => consent_page(&request_id, &client_name, &scopes),
+        Ok(Next::Consent { request_id, client_name, scopes }) => {
+            consent_page(state, &request_id, &client_name, &scopes)
+        }
         Err(error) => rejected(state, headers, error),
     }
 }
@@ -116,12 +134,13 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Res
             Some(to) => redirect(&to, &[]),
             None => {
                 let Rejection { error, description, .. } = rejection;
-                refuse(headers, StatusCode::BAD_REQUEST, error, &description)
+                refuse(state, headers, StatusCode::BAD_REQUEST, error, &description)
             }
         },
         AuthorizeError::Store(e) => {
             tracing::warn!(error = %e, "authorization failed on the store");
             refuse(
+                state,
                 headers,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -156,7 +175,7 @@ async fn sign_in(
         }
     });
     let Some(provider) = chosen else {
-        return chooser_page(state, continue_to);
+        return chooser_page(continue_to);
     };
     match state.sign_in.begin(Some(&provider), Some(continue_to), None).await {
         Ok(started) => {
@@ -166,53 +185,42 @@ async fn sign_in(
             }
             redirect(location.as_str(), &[login_cookie(state, started.state.expose_secret())])
         }
-        Err(error) => pages::error(headers, error.into()),
+        Err(error) => state.pages.error(headers, error.into()),
     }
 }
 
-fn chooser_page(state: &AppState, continue_to: &str) -> Response {
-    let links: Vec<(String, String)> = state
-        .flows
-        .providers()
-        .all()
-        .map(|p| {
-            let query = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("provider", p.name())
-                .append_pair("return_to", continue_to)
-                .finish();
-            (p.name().to_owned(), format!("/auth/login?{query}"))
-        })
-        .collect();
-    if links.is_empty() {
-        return pages::page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "No way to sign in",
-            "No sign-in provider is configured. Ask the administrator to add one.",
-        );
-    }
-    pages::links_page(StatusCode::OK, "Sign in", "Choose how to sign in:", &links)
+/// Several providers and no way to choose: the sign-in chooser, coming back to `continue_to`.
+fn chooser_page(continue_to: &str) -> Response {
+    redirect(&pages::login_url(Some(continue_to)), &[])
 }
 
-fn consent_page(request_id: &str, client_name: &str, scopes: &[String]) -> Response {
-    pages::consent_page(client_name, scopes, request_id)
+fn consent_page(state: &AppState, request_id: &str, client_name: &str, scopes: &[String]) -> Response {
+    state.pages.consent(client_name, scopes, request_id)
 }
 
 async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(op) = state.op.as_ref() else {
-        return refuse(&headers, StatusCode::NOT_FOUND, "invalid_request", "the OpenID Provider is not enabled here");
+        return refuse(
+            &state,
+            &headers,
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "the OpenID Provider is not enabled here",
+        );
     };
     let pairs = match form_pairs(&headers, &body) {
         Ok(pairs) => pairs,
-        Err(e) => return refuse(&headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+        Err(e) => return refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     };
     let map = match single_valued(&pairs) {
         Ok(map) => map,
-        Err(e) => return refuse(&headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+        Err(e) => return refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     };
     let live = match session(&state, &headers).await {
         Ok(Some(live)) => live,
         Ok(None) => {
             return refuse(
+                &state,
                 &headers,
                 StatusCode::UNAUTHORIZED,
                 "login_required",
@@ -222,12 +230,26 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
         Err(response) => return response,
     };
     let (Some(request_id), Some(decision)) = (map.get("request_id"), map.get("decision")) else {
-        return refuse(&headers, StatusCode::BAD_REQUEST, "invalid_request", "request_id and decision are required");
+        return refuse(
+            &state,
+            &headers,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "request_id and decision are required",
+        );
     };
     let approve = match *decision {
         "approve" => true,
         "deny" => false,
-        _ => return refuse(&headers, StatusCode::BAD_REQUEST, "invalid_request", "decision must be approve or deny"),
+        _ => {
+            return refuse(
+                &state,
+                &headers,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "decision must be approve or deny",
+            );
+        }
     };
     match op.consent(request_id, &view(&live), approve).await {
         Ok(to) => redirect(&to, &[]),
@@ -261,7 +283,7 @@ async fn logout_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQ
 async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     match form_pairs(&headers, &body) {
         Ok(pairs) => logout(&state, &headers, pairs, true).await,
-        Err(e) => refuse(&headers, StatusCode::BAD_REQUEST, e.error, &e.description),
+        Err(e) => refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     }
 }
 
@@ -269,22 +291,29 @@ async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
 /// registered post-logout URI when the request names the client (`id_token_hint` or
 /// `client_id`) and the URI is registered exactly; otherwise shows a signed-out page.
 ///
-/// A `GET` ends the session at once only with an `id_token_hint` of the signed-in user: any other
-/// page could send a browser to this URL. Otherwise the user confirms with a form, posted
-/// (`SameSite=Lax` cookies are not sent on another site's form posts).
+/// It ends the session at once only with an `id_token_hint` of the signed-in user: any other
+/// page could send a browser to this URL. Otherwise the user confirms on a page whose form posts
+/// the request back with the session's CSRF token.
 async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>, posted: bool) -> Response {
     let Some(op) = state.op.as_ref() else {
-        return refuse(headers, StatusCode::NOT_FOUND, "invalid_request", "the OpenID Provider is not enabled here");
+        return refuse(
+            state,
+            headers,
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "the OpenID Provider is not enabled here",
+        );
     };
     let request = match logout_params(&pairs) {
         Ok(found) => found,
-        Err(description) => return refuse(headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
+        Err(description) => return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
     };
     let hinted = match request.id_token_hint.as_deref() {
         Some(hint) => match op.id_token_client(hint).await {
             Some(found) => Some(found),
             None => {
                 return refuse(
+                    state,
                     headers,
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
@@ -298,6 +327,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         && aud != named
     {
         return refuse(
+            state,
             headers,
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -314,6 +344,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
             Some(_) => target = Some(uri.to_owned()),
             None => {
                 return refuse(
+                    state,
                     headers,
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
@@ -326,17 +357,13 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         Ok(live) => live,
         Err(response) => return response,
     };
-    if let Some(live) = &live {
+    if let (Some(live), Ok(Some(session_cookie))) = (&live, cookie(headers, state.cookies.session())) {
         let hint_is_the_user = hinted.as_ref().is_some_and(|(_, sub)| *sub == live.record.user_id.to_string());
-        if !posted && !hint_is_the_user {
-            let fields: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            return pages::confirm_page(
-                "Sign out?",
-                "Do you want to sign out of your account?",
-                "/oauth/logout",
-                &fields,
-                "Sign out",
-            );
+        let confirmed = posted && csrf::check(headers, session_cookie, csrf::field(&pairs, csrf::FIELD)).is_ok();
+        if !hint_is_the_user && !confirmed {
+            let fields: Vec<(&str, &str)> =
+                pairs.iter().filter(|(k, _)| k != csrf::FIELD).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            return state.pages.confirm_logout(&fields, &csrf::token(session_cookie));
         }
     }
     let clear = state.cookies.clear(state.cookies.session());
@@ -345,6 +372,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     {
         tracing::warn!(error = %e, "ending a session failed");
         return refuse(
+            state,
             headers,
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
@@ -363,8 +391,9 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
             redirect(&to, &[clear])
         }
         None => {
-            let mut response =
-                pages::page(StatusCode::OK, "Signed out", "You are signed out. You can close this window.");
+            let message = Message::new("You are signed out", "You are signed out. You can close this window.")
+                .action("Sign in again", "/login");
+            let mut response = state.pages.message(StatusCode::OK, message);
             response.headers_mut().append(header::SET_COOKIE, clear);
             response
         }

@@ -1,0 +1,360 @@
+//! The account page, `GET /account` (where a sign-in without `return_to` lands): who I am, my
+//! sign-in methods (link another, make primary, remove — refused for the last one, as the API
+//! does), my teams, the accounts I connected (status, scopes; reconnect, disconnect) and where I
+//! am signed in (sign out everywhere else).
+//!
+//! Its forms post to `/account/…` with the session's CSRF token (see [`super::csrf`]) and answer
+//! `303 See Other` back to `/account?done=…`, which shows what was done. Without a session, the
+//! page sends the browser to the chooser, coming back here.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::AppState;
+use super::auth::redirect;
+use super::credentials::cookie;
+use super::csrf;
+use super::extract::{ApiPath, ApiQuery};
+use super::login::{provider_href, provider_label};
+use super::pages::{Chrome, errors, login_url};
+use super::problem::ApiError;
+use crate::domain::{IdentityId, ProfileStatus, Slug, TeamId, TeamRef};
+use crate::error::ErrorCode;
+use crate::service::sessions::LiveSession;
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/account", get(show_account))
+        .route("/account/identities/{identity}/unlink", post(unlink_identity))
+        .route("/account/identities/{identity}/primary", post(make_identity_primary))
+        .route("/account/connections/{team}/{slug}/revoke", post(revoke_connection))
+        .route("/account/connections/{team}/{slug}/reconnect", post(reconnect_connection))
+        .route("/account/sessions/sign-out-others", post(sign_out_others))
+}
+
+struct IdentityRow {
+    id: String,
+    provider: String,
+    email: Option<String>,
+    linked: String,
+    last_used: String,
+    primary: bool,
+}
+
+struct TeamRow {
+    name: String,
+    slug: String,
+    role: &'static str,
+    is_default: bool,
+}
+
+struct ConnectionRow {
+    team_id: String,
+    team_name: String,
+    slug: String,
+    display_name: String,
+    connector: String,
+    provider: String,
+    status_label: &'static str,
+    status_class: &'static str,
+    scopes: Vec<String>,
+    refreshed: Option<String>,
+    can_reconnect: bool,
+}
+
+struct SessionRow {
+    current: bool,
+    provider: Option<String>,
+    started: String,
+    last_seen: String,
+}
+
+struct LinkButton {
+    label: String,
+    href: String,
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage {
+    chrome: Chrome,
+    csrf: String,
+    notice: Option<&'static str>,
+    name: Option<String>,
+    email: Option<String>,
+    email_verified: bool,
+    user_id: String,
+    identities: Vec<IdentityRow>,
+    can_unlink: bool,
+    link_providers: Vec<LinkButton>,
+    teams: Vec<TeamRow>,
+    connections: Vec<ConnectionRow>,
+    sessions: Vec<SessionRow>,
+    other_sessions: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct AccountQuery {
+    done: Option<String>,
+}
+
+fn day(time: DateTime<Utc>) -> String {
+    time.format("%-d %b %Y").to_string()
+}
+
+fn moment(time: DateTime<Utc>) -> String {
+    time.format("%-d %b %Y, %H:%M UTC").to_string()
+}
+
+fn notice(done: Option<&str>) -> Option<&'static str> {
+    Some(match done? {
+        "linked" => "The sign-in method is linked to your account.",
+        "unlinked" => "The sign-in method was removed.",
+        "primary" => "Your primary sign-in method was changed.",
+        "revoked" => "The account was disconnected.",
+        "signed-out-others" => "You are signed out everywhere else.",
+        _ => return None,
+    })
+}
+
+/// The browser's live session and its cookie value, or the response to send instead: the
+/// chooser for a browser without one (coming back to `back_to`), an error page for an
+/// ambiguous cookie or a store failure.
+async fn session(state: &AppState, headers: &HeaderMap, back_to: &str) -> Result<(LiveSession, String), Response> {
+    let context = errors::Context { return_to: Some(back_to.to_owned()), signed_in: false };
+    let value = match cookie(headers, state.cookies.session()) {
+        Ok(Some(value)) => value,
+        Ok(None) => return Err(redirect(&login_url(Some(back_to)), &[])),
+        Err(error) => return Err(state.pages.error_in(headers, error, &context)),
+    };
+    match state.sessions.resolve_session(value).await {
+        Ok(Some(live)) => Ok((live, value.to_owned())),
+        Ok(None) => Err(redirect(&login_url(Some(back_to)), &[])),
+        Err(error) => Err(state.pages.error_in(headers, error.into(), &context)),
+    }
+}
+
+async fn show_account(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<ApiQuery<AccountQuery>, ApiError>,
+) -> Response {
+    let done = query.ok().and_then(|ApiQuery(q)| q.done);
+    let (live, cookie_value) = match session(&state, &headers, "/account").await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    match account_page(&state, &live, &cookie_value, done.as_deref()).await {
+        Ok(page) => state.pages.render(StatusCode::OK, &page),
+        Err(error) => state.pages.error_in(&headers, error, &signed_in()),
+    }
+}
+
+fn signed_in() -> errors::Context {
+    errors::Context { return_to: Some("/account".into()), signed_in: true }
+}
+
+async fn account_page(
+    state: &AppState,
+    live: &LiveSession,
+    cookie_value: &str,
+    done: Option<&str>,
+) -> Result<AccountPage, ApiError> {
+    let profile = &live.profile;
+    let user = profile.user.id;
+    let primary = profile.primary_identity_id.or_else(|| profile.identities.first().map(|i| i.id));
+    let identities: Vec<IdentityRow> = profile
+        .identities
+        .iter()
+        .map(|identity| IdentityRow {
+            id: identity.id.to_string(),
+            provider: provider_label(&identity.provider),
+            email: identity.email.clone(),
+            linked: day(identity.created_at),
+            last_used: day(identity.last_seen_at),
+            primary: Some(identity.id) == primary,
+        })
+        .collect();
+    let link_providers = state
+        .flows
+        .providers()
+        .all()
+        // Providers already linked are left out (another account of one is rarely wanted).
+        .filter(|p| !profile.identities.iter().any(|i| i.provider == p.name()))
+        .map(|p| LinkButton {
+            label: provider_label(p.name()),
+            href: provider_href("link", p.name(), Some("/account?done=linked")),
+        })
+        .collect();
+    let teams = profile
+        .teams
+        .iter()
+        .map(|m| TeamRow {
+            name: m.team.name.clone(),
+            slug: m.team.slug.to_string(),
+            role: m.role.as_str(),
+            is_default: m.is_default,
+        })
+        .collect();
+    let mut connections = Vec::new();
+    for membership in &profile.teams {
+        let profiles = state.auth_profiles.list(&TeamRef::Id(membership.team.id), user).await?;
+        for p in profiles.into_iter().filter(|p| p.created_by == user && p.status != ProfileStatus::Revoked) {
+            let (status_label, status_class) = match p.status {
+                ProfileStatus::Active => ("connected", "ok"),
+                ProfileStatus::NeedsReauth => ("needs reconnecting", "warn"),
+                ProfileStatus::PendingAuth => ("not connected yet", "off"),
+                ProfileStatus::Revoked => ("disconnected", "off"),
+            };
+            connections.push(ConnectionRow {
+                team_id: membership.team.id.to_string(),
+                team_name: membership.team.name.clone(),
+                slug: p.slug.to_string(),
+                display_name: p.display_name.clone(),
+                connector: p.connector_key.clone(),
+                provider: provider_label(&p.provider),
+                status_label,
+                status_class,
+                scopes: p.scopes.clone(),
+                refreshed: p.access_token_expires_at.map(moment),
+                can_reconnect: p.profile_kind.is_oauth() && p.status != ProfileStatus::PendingAuth,
+            });
+        }
+    }
+    let sessions: Vec<SessionRow> = state
+        .sessions
+        .list(user)
+        .await?
+        .into_iter()
+        .map(|s| SessionRow {
+            current: s.token_hash == live.hash,
+            provider: s.provider.as_deref().map(provider_label),
+            started: moment(s.created_at),
+            last_seen: moment(s.last_seen_at),
+        })
+        .collect();
+    let other_sessions = sessions.iter().filter(|s| !s.current).count();
+    Ok(AccountPage {
+        chrome: state.pages.chrome(true),
+        csrf: csrf::token(cookie_value),
+        notice: notice(done),
+        name: profile.user.name.clone(),
+        email: profile.user.email.clone(),
+        email_verified: profile.user.email_verified,
+        user_id: user.to_string(),
+        can_unlink: identities.len() > 1,
+        identities,
+        link_providers,
+        teams,
+        connections,
+        sessions,
+        other_sessions,
+    })
+}
+
+/// A form post of the account page: the live session, after the CSRF check.
+async fn form(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<LiveSession, Response> {
+    let (live, cookie_value) = session(state, headers, "/account").await?;
+    let fields = csrf::form_fields(body);
+    csrf::check(headers, &cookie_value, csrf::field(&fields, csrf::FIELD))
+        .map_err(|error| state.pages.error_in(headers, error, &signed_in()))?;
+    Ok(live)
+}
+
+fn parse_identity(value: &str) -> Result<IdentityId, ApiError> {
+    value.parse().map_err(|_| ApiError::new(ErrorCode::IdentityNotFound, "no identity has this id"))
+}
+
+fn parse_connection(team: &str, slug: &str) -> Result<(TeamRef, Slug), ApiError> {
+    let not_found = || ApiError::new(ErrorCode::ProfileNotFound, "no connected account has this name");
+    let team: TeamId = team.parse().map_err(|_| not_found())?;
+    Ok((TeamRef::Id(team), Slug::parse(slug).map_err(|_| not_found())?))
+}
+
+/// Runs an account action and answers with the account page's notice, or an error page.
+async fn act<F>(state: &AppState, headers: &HeaderMap, body: &Bytes, action: F) -> Response
+where
+    F: AsyncFnOnce(&LiveSession) -> Result<String, ApiError>,
+{
+    let live = match form(state, headers, body).await {
+        Ok(live) => live,
+        Err(response) => return response,
+    };
+    match action(&live).await {
+        Ok(to) => redirect(&to, &[]),
+        Err(error) => state.pages.error_in(headers, error, &signed_in()),
+    }
+}
+
+async fn unlink_identity(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(identity): ApiPath<String>,
+    body: Bytes,
+) -> Response {
+    act(&state, &headers, &body, async |live| {
+        state.provisioner.unlink_identity(live.profile.user.id, parse_identity(&identity)?).await?;
+        Ok("/account?done=unlinked".to_owned())
+    })
+    .await
+}
+
+async fn make_identity_primary(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(identity): ApiPath<String>,
+    body: Bytes,
+) -> Response {
+    act(&state, &headers, &body, async |live| {
+        state.provisioner.set_primary_identity(live.profile.user.id, parse_identity(&identity)?).await?;
+        Ok("/account?done=primary".to_owned())
+    })
+    .await
+}
+
+async fn revoke_connection(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    body: Bytes,
+) -> Response {
+    act(&state, &headers, &body, async |live| {
+        let (team, slug) = parse_connection(&team, &slug)?;
+        state.auth_profiles.revoke(&team, live.profile.user.id, &slug).await?;
+        Ok("/account?done=revoked".to_owned())
+    })
+    .await
+}
+
+async fn reconnect_connection(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    body: Bytes,
+) -> Response {
+    act(&state, &headers, &body, async |live| {
+        let (team, slug) = parse_connection(&team, &slug)?;
+        let (_, link) = state.auth_profiles.connect_link(&team, live.profile.user.id, &slug, false).await?;
+        Ok(link.url.expose_secret().to_owned())
+    })
+    .await
+}
+
+async fn sign_out_others(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    act(&state, &headers, &body, async |live| {
+        state.sessions.revoke_others(live.profile.user.id, &live.hash).await?;
+        Ok("/account?done=signed-out-others".to_owned())
+    })
+    .await
+}

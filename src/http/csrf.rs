@@ -1,0 +1,83 @@
+//! CSRF protection for the pages' forms.
+//!
+//! Every form that changes something posts a `csrf` field: the token of the browser's session,
+//! `base64url(SHA-256("tessera-csrf-v1" ‖ 0 ‖ session cookie value))`. Only the browser holds
+//! the cookie value (the server keeps its SHA-256 under another hash input), and the cookie is
+//! `HttpOnly`, so another site can neither read nor compute the token; it changes with every
+//! sign-in and dies with the session, and needs no storage. The check compares in constant
+//! time, and also refuses a request the browser marks as cross-site (`Sec-Fetch-Site`), on top
+//! of the cookies' `SameSite=Lax`.
+
+use axum::http::HeaderMap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::problem::ApiError;
+use crate::crypto::{constant_time_eq, sha256};
+use crate::error::ErrorCode;
+
+/// The name of the form field.
+pub const FIELD: &str = "csrf";
+
+/// The CSRF token of a session, from its cookie value.
+pub fn token(session_cookie: &str) -> String {
+    let mut input = b"tessera-csrf-v1\0".to_vec();
+    input.extend_from_slice(session_cookie.as_bytes());
+    URL_SAFE_NO_PAD.encode(sha256(&input))
+}
+
+/// Checks a form post: sent from this site, carrying the session's token.
+pub fn check(headers: &HeaderMap, session_cookie: &str, sent: Option<&str>) -> Result<(), ApiError> {
+    let refused = || ApiError::new(ErrorCode::CsrfFailed, "the form is from an old page or another site; reload it");
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return Err(refused());
+    }
+    let Some(sent) = sent else { return Err(refused()) };
+    if constant_time_eq(sent.as_bytes(), token(session_cookie).as_bytes()) { Ok(()) } else { Err(refused()) }
+}
+
+/// The fields of a form body (`application/x-www-form-urlencoded`).
+pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+/// The one value of a field, if sent exactly once.
+pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let mut values = fields.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    match (values.next(), values.next()) {
+        (Some(value), None) => Some(value),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn only_the_sessions_own_token_from_this_site_passes() {
+        let good = token("cookie-a");
+        assert_eq!(good.len(), 43);
+        assert_ne!(good, token("cookie-b"));
+        let mut headers = HeaderMap::new();
+        assert!(check(&headers, "cookie-a", Some(&good)).is_ok());
+        assert!(check(&headers, "cookie-b", Some(&good)).is_err());
+        assert!(check(&headers, "cookie-a", None).is_err());
+        assert!(check(&headers, "cookie-a", Some("")).is_err());
+        headers.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(check(&headers, "cookie-a", Some(&good)).is_ok());
+        headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert_eq!(check(&headers, "cookie-a", Some(&good)).unwrap_err().code(), ErrorCode::CsrfFailed);
+    }
+
+    #[test]
+    fn a_repeated_field_counts_as_missing() {
+        let fields = form_fields(b"csrf=a&csrf=b&x=1");
+        assert_eq!(field(&fields, "csrf"), None);
+        assert_eq!(field(&fields, "x"), Some("1"));
+    }
+}

@@ -1,0 +1,220 @@
+//! Errors as people read them: for each code a browser may meet, a plain-language title, what
+//! happened, and the next step as a link — sign in, try again, link your account (with the real
+//! link from the error's `link_url`), go back. The code is shown small, for support.
+
+use super::{Message, login_url};
+use crate::error::ErrorCode;
+use crate::http::problem::Described;
+
+/// What the page knows about where the browser was going.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Where a sign-in should come back to (the page the browser asked for), when signing in is
+    /// the way on.
+    pub return_to: Option<String>,
+    /// Whether the browser has a session (shows the account links and "your account" steps).
+    pub signed_in: bool,
+}
+
+/// The page for an error.
+pub fn message_for(error: &Described, context: &Context) -> Message {
+    use ErrorCode::*;
+    let sign_in = login_url(context.return_to.as_deref());
+    let try_again = login_url(context.return_to.as_deref());
+    let (title, text, actions): (&str, String, Vec<(&str, String)>) = match error.code {
+        LinkRequired => {
+            let link = error.extension("link_url").unwrap_or("/account");
+            let provider = crate::http::login::provider_label(&provider_of(link));
+            (
+                "You already have an account",
+                format!(
+                    "An account with this email address already exists. To use {provider} too, sign in the way \
+                     you did before; {provider} is then linked to that account."
+                ),
+                vec![("Sign in and link your account", login_url(Some(link)))],
+            )
+        }
+        InvalidState => (
+            "Your sign-in did not finish",
+            "The sign-in took too long, was already completed, or was started in another browser or tab. \
+             Start again from here."
+                .into(),
+            vec![("Try again", try_again)],
+        ),
+        ProviderDenied => (
+            "Sign-in was cancelled",
+            "The sign-in was cancelled at the provider, so you are not signed in.".into(),
+            vec![("Try again", try_again)],
+        ),
+        ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken => (
+            "We could not confirm who you are",
+            "The answer from the sign-in provider could not be verified, so you are not signed in.".into(),
+            vec![("Try again", try_again)],
+        ),
+        ProviderUnavailable | IssuerUnavailable => (
+            "The sign-in provider is not responding",
+            "We could not reach the sign-in provider. It may be down for a moment.".into(),
+            vec![("Try again", try_again)],
+        ),
+        UnknownProvider | InvalidProvider => (
+            "That sign-in method is not available",
+            "The sign-in method in the link you followed is not set up here.".into(),
+            vec![("Choose how to sign in", login_url(None))],
+        ),
+        InvalidReturnTo => (
+            "This sign-in link cannot be used",
+            "The link asks to send you on to a page this service may not send you to, so it was stopped. \
+             You can still sign in here."
+                .into(),
+            vec![("Sign in", login_url(None))],
+        ),
+        MissingCredentials | InvalidCredentials => {
+            ("Please sign in", "You need to be signed in to continue.".into(), vec![("Sign in", sign_in)])
+        }
+        ConnectLinkNotYours => (
+            "This link was made for another user",
+            "You are signed in as someone other than the person this link was made for. Sign in as the \
+             right person, then the link will work."
+                .into(),
+            vec![("Sign in as the right person", sign_in), ("Go to your account", "/account".into())],
+        ),
+        InvalidConnectLink => (
+            "This link has expired",
+            "Connect links work once and only for a short time. Ask the app that sent you for a new one.".into(),
+            vec![("Go to your account", "/account".into())],
+        ),
+        AccountMismatch => (
+            "That is a different account",
+            "You signed in at the provider with another account than the one connected before. Sign in there \
+             with the same account, or ask the app for a link that allows changing it."
+                .into(),
+            vec![("Go to your account", "/account".into())],
+        ),
+        IdentityAlreadyLinked => (
+            "That account belongs to someone else",
+            "The account you signed in with at the provider is already linked to another user here, so it \
+             was not linked to yours."
+                .into(),
+            vec![("Go to your account", "/account".into())],
+        ),
+        LastIdentity => (
+            "You cannot remove your only sign-in method",
+            "Without it you could not sign in again. Link another sign-in method first.".into(),
+            vec![("Back to your account", "/account".into())],
+        ),
+        UserDisabled => (
+            "Your account is disabled",
+            "An administrator has disabled this account. Contact support if you think this is a mistake.".into(),
+            Vec::new(),
+        ),
+        CsrfFailed => (
+            "That form has expired",
+            "For your safety the form was not sent: it came from an old page or another site. Go back, \
+             reload the page and try again."
+                .into(),
+            vec![("Back to your account", "/account".into())],
+        ),
+        AmbiguousCredentials => (
+            "Your browser sent conflicting sign-in cookies",
+            "Sign out and sign in again to fix it.".into(),
+            vec![("Sign out", "/auth/logout".into())],
+        ),
+        NotFound | IdentityNotFound | ProfileNotFound | TeamNotFound | UserNotFound => (
+            "Page not found",
+            "There is nothing at this address. It may have been removed, or the link may be mistyped.".into(),
+            home(context),
+        ),
+        MethodNotAllowed => {
+            ("This page cannot be opened this way", "Go back and use the buttons on the page.".into(), home(context))
+        }
+        NeedsReauth | ProfileNotConnected => (
+            "This account needs to be connected again",
+            "The provider no longer accepts the connection. Reconnect it from your account page.".into(),
+            vec![("Go to your account", "/account".into())],
+        ),
+        code if code.status().is_server_error() => (
+            "Something went wrong on our side",
+            "It is not your fault, and nothing was changed. Please try again in a moment.".into(),
+            vec![("Try again", try_again)],
+        ),
+        code => (code.title(), sentence(&error.detail), home(context)),
+    };
+    Message {
+        title: title.to_owned(),
+        paragraphs: vec![text],
+        actions: actions.into_iter().map(|(label, href)| super::Action::new(label, href)).collect(),
+        code: Some(error.code.as_str().to_owned()),
+        signed_in: context.signed_in,
+    }
+}
+
+fn home(context: &Context) -> Vec<(&'static str, String)> {
+    if context.signed_in { vec![("Go to your account", "/account".into())] } else { vec![("Sign in", login_url(None))] }
+}
+
+/// The provider a `/auth/link?provider=…` link names.
+fn provider_of(link: &str) -> String {
+    url::Url::parse("http://x")
+        .and_then(|base| base.join(link))
+        .ok()
+        .and_then(|url| url.query_pairs().find(|(k, _)| k == "provider").map(|(_, v)| v.into_owned()))
+        .unwrap_or_else(|| "the new sign-in method".into())
+}
+
+/// A detail as a sentence: capitalised, with a full stop.
+fn sentence(detail: &str) -> String {
+    let mut chars = detail.chars();
+    let mut out: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => return String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value};
+
+    use super::*;
+
+    fn described(code: ErrorCode, link: Option<&str>) -> Described {
+        let mut extensions = Map::new();
+        if let Some(link) = link {
+            extensions.insert("link_url".into(), Value::from(link));
+        }
+        Described { status: code.status(), code, detail: "some detail".into(), extensions }
+    }
+
+    #[test]
+    fn link_required_offers_the_real_link_flow() {
+        let message =
+            message_for(&described(ErrorCode::LinkRequired, Some("/auth/link?provider=gitlab")), &Context::default());
+        assert!(message.paragraphs[0].contains("GitLab"), "{:?}", message.paragraphs);
+        assert_eq!(message.actions[0].href, "/login?return_to=%2Fauth%2Flink%3Fprovider%3Dgitlab");
+    }
+
+    #[test]
+    fn every_code_has_a_title_a_text_and_a_way_on() {
+        for code in ErrorCode::ALL {
+            let message = message_for(&described(*code, None), &Context::default());
+            assert!(!message.title.is_empty() && !message.paragraphs[0].is_empty(), "{}", code.as_str());
+            if *code != ErrorCode::UserDisabled {
+                assert!(!message.actions.is_empty(), "{} has a next step", code.as_str());
+            }
+            if code.status().is_server_error() {
+                assert!(!message.paragraphs[0].contains("some detail"), "a 5xx says nothing internal");
+            }
+        }
+    }
+
+    #[test]
+    fn sign_in_comes_back_where_the_browser_was_going() {
+        let context = Context { return_to: Some("/connect/abc/oauth/start".into()), signed_in: false };
+        let message = message_for(&described(ErrorCode::MissingCredentials, None), &context);
+        assert_eq!(message.actions[0].href, "/login?return_to=%2Fconnect%2Fabc%2Foauth%2Fstart");
+        assert_eq!(sentence("the form is bad"), "The form is bad.");
+    }
+}

@@ -1,0 +1,367 @@
+//! Pages for people: the sign-in chooser, the account page and its forms (CSRF), logout, errors
+//! as pages for browsers (problem+json for APIs), session hygiene — over HTTP — and the whole
+//! walk in a real headless Chromium (`tests/support/browser_pages.py`, Playwright and axe-core,
+//! installed by `scripts/test`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use tessera::crypto::keyring::KeyRing;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tessera::config::ProviderKind;
+use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
+use tokio::process::Command;
+
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, json as body, local_issuer_config, on_both_backends};
+use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
+
+on_both_backends!(
+    errors_on_browser_routes_are_pages_and_apis_keep_problem_json,
+    link_required_offers_the_real_link_flow,
+    the_account_page_shows_the_user_and_its_forms_need_the_csrf_token,
+    signing_in_again_replaces_the_browsers_session,
+    logout_confirms_on_a_page_and_its_form_needs_the_token,
+    the_chooser_lists_providers_and_sends_a_teams_email_to_its_provider,
+    sign_out_everywhere_else_keeps_only_this_browser,
+    connected_accounts_are_listed_and_can_be_disconnected,
+);
+
+struct World {
+    app: TestApp,
+    local: LocalIssuer,
+    second: LocalIssuer,
+}
+
+/// Two providers, `local` and `second`, no default: the chooser is the way in.
+async fn world(backend: Backend) -> World {
+    let local = LocalIssuer::start().await.unwrap();
+    let second = LocalIssuer::start().await.unwrap();
+    for issuer in [&local, &second] {
+        issuer.set_client(CLIENT_ID, CLIENT_SECRET);
+    }
+    local.set_next_user(StubUser::new("ada-local", "ada@example.com"));
+    second.set_next_user(StubUser::new("ada-second", "ada@example.com"));
+    let app = TestApp::spawn_with(backend, |config| {
+        config.auth.cookie_secure = false;
+        config.providers.push(provider("local", ProviderKind::Oidc, &local));
+        config.providers.push(provider("second", ProviderKind::Oidc, &second));
+        let mut issuer = local_issuer_config(&second);
+        issuer.name = "second".into();
+        config.issuers.push(issuer);
+        let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([3u8; 32]));
+        config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+    })
+    .await;
+    World { app, local, second }
+}
+
+async fn html(response: reqwest::Response, status: StatusCode) -> String {
+    assert_eq!(response.status(), status);
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"), "{csp}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["cache-control"], "no-store");
+    let text = response.text().await.unwrap();
+    assert!(text.contains("<main id=\"main\">") && text.contains("name=\"viewport\""), "{text}");
+    text
+}
+
+/// Signs in with a provider through the stub (which sends the browser straight back).
+async fn sign_in(browser: &mut Browser, app: &TestApp, provider: &str) -> reqwest::Response {
+    browser.sign_in(app, &format!("provider={provider}")).await
+}
+
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"").nth(1).expect("a CSRF field").split('"').next().unwrap().to_owned()
+}
+
+async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let page = html(browser.navigate(&w.app.url("/auth/login?provider=nope")).await, StatusCode::NOT_FOUND).await;
+    assert!(page.contains("That sign-in method is not available"), "{page}");
+    assert!(page.contains("href=\"/login\""), "a next step: {page}");
+    assert!(page.contains("unknown_provider"), "the code, small, for support");
+    let api = body(browser.get(&w.app.url("/auth/login?provider=nope")).await, 404).await;
+    assert_eq!(api["code"], "unknown_provider");
+
+    let page = html(
+        browser.navigate(&w.app.url("/auth/login?provider=local&return_to=https://evil.example/")).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(page.contains("This sign-in link cannot be used"), "{page}");
+    let page = html(browser.navigate(&w.app.url("/no/such/page")).await, StatusCode::NOT_FOUND).await;
+    assert!(page.contains("Page not found"));
+    assert_eq!(body(browser.get(&w.app.url("/no/such/page")).await, 404).await["code"], "not_found");
+
+    // A cancelled sign-in offers to try again.
+    let callback = browser.start(&w.app, "provider=local").await;
+    let state = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let denied = w.app.url(&format!("/auth/callback/local?error=access_denied&state={state}"));
+    let page = html(browser.navigate(&denied).await, StatusCode::BAD_REQUEST).await;
+    assert!(page.contains("Sign-in was cancelled") && page.contains(">Try again<"), "{page}");
+
+    let page = html(browser.navigate(&w.app.url("/connect/abc/oauth/start")).await, StatusCode::NOT_FOUND).await;
+    assert!(page.contains("This link has expired"), "{page}");
+
+    // After a sign-in without return_to, a browser lands on its account page.
+    let done = sign_in(&mut browser, &w.app, "local").await;
+    assert_eq!(location(&done), "/");
+    assert_eq!(location(&browser.navigate(&w.app.url("/")).await), "/account");
+    let css = browser.get(&w.app.url("/assets/tessera.css")).await;
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    assert!(css.text().await.unwrap().starts_with(":root { --primary: #1d4ed8; }"));
+}
+
+async fn link_required_offers_the_real_link_flow(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    sign_in(&mut browser, &w.app, "local").await;
+    let mut other = Browser::new();
+    // An API client gets the link in problem+json; a browser's navigation gets a page.
+    let api = body(other.sign_in(&w.app, "provider=second").await, 409).await;
+    assert_eq!(api["link_url"], "/auth/link?provider=second");
+    let callback = other.start(&w.app, "provider=second").await;
+    let page = html(other.navigate(&callback).await, StatusCode::CONFLICT).await;
+    assert!(page.contains("You already have an account"), "{page}");
+    let link = "/login?return_to=%2Fauth%2Flink%3Fprovider%3Dsecond";
+    assert!(page.contains(&format!("href=\"{link}\"")), "{page}");
+    // Following it: the chooser keeps return_to, a sign-in comes back to the link flow.
+    let chooser = html(other.navigate(&w.app.url(link)).await, StatusCode::OK).await;
+    assert!(
+        chooser.contains("href=\"/auth/login?provider=local&#38;return_to=%2Fauth%2Flink%3Fprovider%3Dsecond\""),
+        "{chooser}"
+    );
+    let done = sign_in(&mut other, &w.app, "local&return_to=%2Fauth%2Flink%3Fprovider%3Dsecond").await;
+    assert_eq!(location(&done), "/auth/link?provider=second");
+    let to_provider = other.navigate(&w.app.url("/auth/link?provider=second")).await;
+    let back = other.get(&location(&to_provider)).await;
+    other.get(&location(&back)).await;
+    let me = body(other.me(&w.app).await, 200).await;
+    assert_eq!(me["identities"].as_array().unwrap().len(), 2, "linked: {me}");
+}
+
+async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    // Without a session: to the chooser, coming back.
+    assert_eq!(location(&browser.navigate(&w.app.url("/account")).await), "/login?return_to=%2Faccount");
+    sign_in(&mut browser, &w.app, "local").await;
+    let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
+    let me = body(browser.me(&w.app).await, 200).await;
+    assert!(page.contains("ada@example.com") && page.contains(me["id"].as_str().unwrap()), "{page}");
+    assert!(page.contains("cannot be removed"), "the last sign-in method has no remove button");
+    assert!(page.contains("href=\"/auth/link?provider=second&#38;return_to=%2Faccount%3Fdone%3Dlinked\""));
+
+    // Link the second provider through the page's link.
+    let start = browser.navigate(&w.app.url("/auth/link?provider=second&return_to=%2Faccount%3Fdone%3Dlinked")).await;
+    let back = browser.get(&location(&start)).await;
+    let done = browser.get(&location(&back)).await;
+    assert_eq!(location(&done), "/account?done=linked");
+    let page = html(browser.navigate(&w.app.url("/account?done=linked")).await, StatusCode::OK).await;
+    assert!(page.contains("The sign-in method is linked"), "{page}");
+    let token = csrf_of(&page);
+    let me = body(browser.me(&w.app).await, 200).await;
+    let second = me["identities"][1]["id"].as_str().unwrap().to_owned();
+    let unlink = w.app.url(&format!("/account/identities/{second}/unlink"));
+
+    // Without the token, with another session's, or from another site: refused with a page.
+    let page = html(browser.form(&unlink, &[]).await, StatusCode::FORBIDDEN).await;
+    assert!(page.contains("That form has expired"), "{page}");
+    html(browser.form(&unlink, &[("csrf", "forged")]).await, StatusCode::FORBIDDEN).await;
+    let mut other = Browser::new();
+    sign_in(&mut other, &w.app, "local").await;
+    let others = csrf_of(&html(other.navigate(&w.app.url("/account")).await, StatusCode::OK).await);
+    assert_ne!(others, token, "one token per session");
+    browser.form(&unlink, &[("csrf", &others)]).await;
+    assert_eq!(body(browser.me(&w.app).await, 200).await["identities"].as_array().unwrap().len(), 2);
+
+    // With it: done, and back to the page with a notice.
+    let made = browser.form(&w.app.url(&format!("/account/identities/{second}/primary")), &[("csrf", &token)]).await;
+    assert_eq!(location(&made), "/account?done=primary");
+    assert_eq!(body(browser.me(&w.app).await, 200).await["primary_identity_id"], second.as_str());
+    let done = browser.form(&unlink, &[("csrf", &token)]).await;
+    assert_eq!(location(&done), "/account?done=unlinked");
+    let page = html(browser.navigate(&w.app.url("/account?done=unlinked")).await, StatusCode::OK).await;
+    assert!(page.contains("The sign-in method was removed."));
+    // The last one is refused, as the API does.
+    let me = body(browser.me(&w.app).await, 200).await;
+    let last = me["identities"][0]["id"].as_str().unwrap().to_owned();
+    let refused = browser.form(&w.app.url(&format!("/account/identities/{last}/unlink")), &[("csrf", &token)]).await;
+    let page = html(refused, StatusCode::CONFLICT).await;
+    assert!(page.contains("You cannot remove your only sign-in method"), "{page}");
+}
+
+async fn signing_in_again_replaces_the_browsers_session(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    sign_in(&mut browser, &w.app, "local").await;
+    let first = browser.cookies["tessera_session"].clone();
+    sign_in(&mut browser, &w.app, "local").await;
+    assert_ne!(browser.cookies["tessera_session"], first);
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 1, "the old session is revoked");
+    let mut old = Browser::new();
+    old.cookies.insert("tessera_session".into(), first);
+    assert_eq!(old.me(&w.app).await.status(), StatusCode::UNAUTHORIZED);
+    // Another user signing in on the same browser replaces it too.
+    w.local.set_next_user(StubUser::new("bob-local", "bob@example.com"));
+    sign_in(&mut browser, &w.app, "local").await;
+    assert_eq!(body(browser.me(&w.app).await, 200).await["email"], "bob@example.com");
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 1);
+}
+
+async fn logout_confirms_on_a_page_and_its_form_needs_the_token(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let page = html(browser.navigate(&w.app.url("/auth/logout")).await, StatusCode::OK).await;
+    assert!(page.contains("You are signed out"), "no session: {page}");
+    sign_in(&mut browser, &w.app, "local").await;
+    let page = html(browser.navigate(&w.app.url("/auth/logout")).await, StatusCode::OK).await;
+    assert!(page.contains("<form method=\"post\" action=\"/auth/logout\">") && page.contains("Sign out?"), "{page}");
+    let token = csrf_of(&page);
+    html(browser.form(&w.app.url("/auth/logout"), &[("csrf", "forged")]).await, StatusCode::FORBIDDEN).await;
+    assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK, "still signed in");
+    let page = html(browser.form(&w.app.url("/auth/logout"), &[("csrf", &token)]).await, StatusCode::OK).await;
+    assert!(page.contains("You are signed out"));
+    assert!(!browser.cookies.contains_key("tessera_session"));
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 0);
+    // The API's logout is unchanged: 204.
+    sign_in(&mut browser, &w.app, "local").await;
+    assert_eq!(browser.request(Method::POST, &w.app.url("/auth/logout")).await.status(), StatusCode::NO_CONTENT);
+}
+
+async fn the_chooser_lists_providers_and_sends_a_teams_email_to_its_provider(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let page = html(browser.navigate(&w.app.url("/login?return_to=/after")).await, StatusCode::OK).await;
+    for name in ["local", "second"] {
+        assert!(page.contains(&format!("href=\"/auth/login?provider={name}&#38;return_to=%2Fafter\"")), "{page}");
+    }
+    assert!(page.contains("<label for=\"email\">") && page.contains("name=\"return_to\" value=\"/after\""));
+    let team = body(w.app.bootstrap(&crate::helpers::identity("owner", "owner@acme.example", Some("Acme"))).await, 201)
+        .await["team"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let claim = w
+        .app
+        .client
+        .post(w.app.url(&format!("/admin/teams/{team}/domains")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"domain": "acme.example", "issuer": w.second.issuer(), "verified": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(claim.status().is_success(), "{:?}", claim.text().await);
+    let to = browser.navigate(&w.app.url("/login?email=someone%40ACME.example&return_to=/after")).await;
+    assert_eq!(location(&to), "/auth/login?provider=second&return_to=%2Fafter");
+    let page = html(browser.navigate(&w.app.url("/login?email=someone%40other.example")).await, StatusCode::OK).await;
+    assert!(page.contains("other.example has no team sign-in of its own"), "{page}");
+    let page = html(browser.navigate(&w.app.url("/login?email=not-an-email")).await, StatusCode::OK).await;
+    assert!(page.contains("role=\"alert\"") && page.contains("value=\"not-an-email\""), "{page}");
+    let page =
+        html(browser.navigate(&w.app.url("/login?return_to=https://evil.example/")).await, StatusCode::BAD_REQUEST)
+            .await;
+    assert!(page.contains("This sign-in link cannot be used"));
+}
+
+async fn sign_out_everywhere_else_keeps_only_this_browser(backend: Backend) {
+    let w = world(backend).await;
+    let mut browsers = Vec::new();
+    for _ in 0..3 {
+        let mut browser = Browser::new();
+        sign_in(&mut browser, &w.app, "local").await;
+        browsers.push(browser);
+    }
+    let mut here = browsers.pop().unwrap();
+    let page = html(here.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
+    assert_eq!(page.matches("Another browser").count(), 2, "{page}");
+    let token = csrf_of(&page);
+    let done = here.form(&w.app.url("/account/sessions/sign-out-others"), &[("csrf", &token)]).await;
+    assert_eq!(location(&done), "/account?done=signed-out-others");
+    assert_eq!(here.me(&w.app).await.status(), StatusCode::OK);
+    for mut other in browsers {
+        assert_eq!(other.me(&w.app).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let page = html(here.navigate(&w.app.url("/account?done=signed-out-others")).await, StatusCode::OK).await;
+    assert!(!page.contains("Another browser") && !page.contains("Sign out everywhere else"));
+}
+
+fn support() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
+}
+
+/// The walk in a real browser. One backend is enough: the pages do not depend on it, and the
+/// HTTP stories above run on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_work_in_a_real_browser() {
+    let python = std::env::var("TESSERA_TEST_PYTHON")
+        .expect("TESSERA_TEST_PYTHON is not set: run the suite with `scripts/test`, which installs Playwright");
+    let chromium = std::env::var("TESSERA_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(Path::new(&chromium).exists(), "{chromium} is missing: `scripts/test` installs Debian's chromium");
+    assert!(support().join("node_modules/axe-core/axe.min.js").exists(), "axe-core is missing: run `scripts/test`");
+    let w = world(Backend::Sqlite).await;
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    let output = Command::new(python)
+        .arg("browser_pages.py")
+        .current_dir(support())
+        .env("TESSERA_URL", w.app.url(""))
+        .env("SCREENSHOTS", &shots)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("the browser test runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the browser test failed:\n{stdout}\n{stderr}");
+    let result: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| panic!("its result: {stdout}"));
+    assert!(result["pages"].as_array().unwrap().len() >= 10, "{result}");
+    assert!(shots.join("account-phone.png").exists());
+}
+
+async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    sign_in(&mut browser, &w.app, "local").await;
+    let me = body(browser.me(&w.app).await, 200).await;
+    let team = me["teams"][0]["id"].as_str().unwrap().to_owned();
+    let request = json!({
+        "connector_key": "issues",
+        "profile_kind": "oauth_account",
+        "provider": "local",
+        "display_name": "My <Issues>",
+        "slug": "issues",
+        "scopes": ["openid", "issues:read"],
+    });
+    let created = browser.json(Method::POST, &w.app.url(&format!("/v1/teams/{team}/auth-profiles")), &request).await;
+    let link = body(created, 201).await["connect_url"].as_str().unwrap().to_owned();
+    let path = url::Url::parse(&link).unwrap().path().to_owned();
+    // Opened in a browser without a session: sign in, and come back to the link.
+    let page = html(Browser::new().navigate(&link).await, StatusCode::UNAUTHORIZED).await;
+    let back = url::form_urlencoded::byte_serialize(path.as_bytes()).collect::<String>();
+    assert!(page.contains(&format!("href=\"/login?return_to={back}\"")), "{page}");
+    // Opened by its user: the provider, then a page that leads back to the account.
+    let start = browser.navigate(&link).await;
+    let callback = location(&browser.get(&location(&start)).await);
+    let page = html(browser.navigate(&callback).await, StatusCode::OK).await;
+    assert!(page.contains("My &#60;Issues&#62; is connected") && page.contains("href=\"/account\""), "{page}");
+    let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
+    assert!(page.contains("My &#60;Issues&#62;") && page.contains(">connected<"), "{page}");
+    assert!(page.contains("<li>issues:read</li>"), "{page}");
+    let token = csrf_of(&page);
+    let revoke = w.app.url(&format!("/account/connections/{team}/issues/revoke"));
+    html(browser.form(&revoke, &[]).await, StatusCode::FORBIDDEN).await;
+    let done = browser.form(&revoke, &[("csrf", &token)]).await;
+    assert_eq!(location(&done), "/account?done=revoked");
+    let page = html(browser.navigate(&w.app.url("/account?done=revoked")).await, StatusCode::OK).await;
+    assert!(page.contains("The account was disconnected.") && !page.contains("My &#60;Issues&#62;"), "{page}");
+}

@@ -1,0 +1,223 @@
+"""Tessera's pages in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+Walks what a person does: an error page, the sign-in chooser (by keyboard only), the account
+page, linking a second sign-in method, removing it, an existing-account sign-in that must be
+linked (and the link flow it offers), signing out, and a page that does not exist. Every page is
+checked with axe-core for serious or critical violations at 1280 and 375 px, must load without a
+Content-Security-Policy violation or script error, and is screenshotted at both widths into
+SCREENSHOTS. Exits non-zero, saying why, at the first surprise; prints a JSON summary last.
+
+Environment: TESSERA_URL, SCREENSHOTS (a folder), CHROMIUM (default /usr/bin/chromium).
+"""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+BASE = os.environ["TESSERA_URL"].rstrip("/")
+SHOTS = Path(os.environ["SCREENSHOTS"])
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+AXE = (Path(__file__).parent / "node_modules/axe-core/axe.min.js").read_text()
+WIDTHS = {"desktop": (1280, 900), "phone": (375, 740)}
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+checked = []
+problems = []  # CSP violations and script errors, gathered from every page
+
+
+def fail(message):
+    sys.exit(f"browser test: {message}")
+
+
+def expect(condition, message):
+    if not condition:
+        fail(message)
+
+
+def check_page(page, name, title_part):
+    """axe at both widths, no CSP violation, a title and a <main>, the security headers seen."""
+    expect(title_part in page.title(), f"{name}: title {page.title()!r} lacks {title_part!r}")
+    expect(page.locator("main").count() == 1, f"{name}: one <main>")
+    expect(page.locator("html").get_attribute("lang") == "en", f"{name}: lang")
+    for label, (width, height) in WIDTHS.items():
+        page.set_viewport_size({"width": width, "height": height})
+        # Injected through the DevTools protocol: the page's own policy forbids inline script.
+        page.evaluate(AXE)
+        result = page.evaluate(
+            """async () => {
+                const r = await axe.run(document, {resultTypes: ['violations']});
+                return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                    nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}));
+            }"""
+        )
+        bad = [v for v in result if v["impact"] in ("serious", "critical")]
+        expect(not bad, f"{name} at {width}px: axe found {json.dumps(bad, indent=1)}")
+        # Nothing scrolls sideways on a phone.
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        expect(overflow <= 0, f"{name} at {width}px scrolls sideways by {overflow}px")
+        page.screenshot(path=str(SHOTS / f"{name}-{label}.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    expect(not problems, f"{name}: {problems}")
+    checked.append(name)
+
+
+def goto(page, path):
+    response = page.goto(BASE + path)
+    expect(response is not None, f"no response for {path}")
+    return response
+
+
+def headers_of(response, name):
+    headers = response.all_headers()
+    csp = headers.get("content-security-policy", "")
+    expect("frame-ancestors 'none'" in csp and "unsafe-inline" not in csp, f"{name}: CSP {csp!r}")
+    expect(headers.get("x-content-type-options") == "nosniff", f"{name}: nosniff")
+    expect(headers.get("referrer-policy") == "no-referrer", f"{name}: referrer policy")
+    expect(headers.get("cache-control") == "no-store", f"{name}: cache-control")
+
+
+def identities(page):
+    return page.locator("section[aria-labelledby=identities] ul.items > li").count()
+
+
+def main():
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.on(
+            "console",
+            lambda m: problems.append(m.text)
+            if m.type == "error" and ("Content Security Policy" in m.text or "Refused" in m.text)
+            else None,
+        )
+        page.on("pageerror", lambda e: problems.append(str(e)))
+
+        # An error page: a provider that does not exist.
+        response = goto(page, "/auth/login?provider=nope")
+        expect(response.status == 404, f"unknown provider: {response.status}")
+        headers_of(response, "error-unknown-provider")
+        expect(page.get_by_role("heading", level=1).inner_text() == "That sign-in method is not available", "title")
+        check_page(page, "error-unknown-provider", "not available")
+        page.get_by_role("link", name="Choose how to sign in").click()
+        page.wait_for_url(re.compile(r"/login$"))
+
+        # The chooser, then a sign-in by keyboard only.
+        response = goto(page, "/login")
+        headers_of(response, "login")
+        check_page(page, "login", "Sign in")
+        page.keyboard.press("Tab")
+        expect(page.evaluate("document.activeElement.textContent") == "Skip to main content", "skip link first")
+        for _ in range(10):
+            page.keyboard.press("Tab")
+            if "Continue with Local" in page.evaluate("document.activeElement.textContent"):
+                break
+        else:
+            fail("Tab never reached the Local button")
+        outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        expect(outline != "none", "the focused button shows a focus ring")
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(r"/account$"))
+
+        # The account page.
+        response = goto(page, "/account")
+        headers_of(response, "account")
+        expect(page.get_by_text("ada@example.com").count() >= 1, "the account shows the email")
+        expect(identities(page) == 1, "one sign-in method")
+        expect(page.get_by_text("cannot be removed").count() == 1, "the last one cannot be removed")
+        check_page(page, "account", "Your account")
+
+        # Link a second sign-in method, then remove it.
+        page.get_by_role("link", name="Link Second").click()
+        page.wait_for_url(re.compile(r"/account\?done=linked$"))
+        expect(identities(page) == 2, "two sign-in methods after linking")
+        expect(page.get_by_role("status").inner_text().startswith("The sign-in method is linked"), "notice")
+        check_page(page, "account-linked", "Your account")
+        page.get_by_role("button", name="Remove Second sign-in").click()
+        page.wait_for_url(re.compile(r"/account\?done=unlinked$"))
+        expect(identities(page) == 1, "one sign-in method after removing")
+        check_page(page, "account-unlinked", "Your account")
+
+        # Sign out: a page that confirms, then the signed-out page.
+        page.get_by_role("link", name="Sign out").click()
+        page.wait_for_url(re.compile(r"/auth/logout$"))
+        check_page(page, "logout", "Sign out")
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", level=1).inner_text() == "You are signed out", "signed out")
+        check_page(page, "signed-out", "signed out")
+        goto(page, "/account")
+        page.wait_for_url(re.compile(r"/login\?return_to=%2Faccount$"))
+
+        # The second provider's account has the same email: it must be linked from the account.
+        goto(page, "/login")
+        page.get_by_role("link", name="Continue with Second").click()
+        page.wait_for_load_state()
+        expect(page.get_by_role("heading", level=1).inner_text() == "You already have an account", "link required")
+        check_page(page, "error-link-required", "already have an account")
+        page.get_by_role("link", name="Sign in and link your account").click()
+        page.wait_for_url(re.compile(r"/login\?return_to="))
+        page.get_by_role("link", name="Continue with Local").click()
+        page.wait_for_url(re.compile(r"/account$"))
+        expect(identities(page) == 2, "signing in and following the link linked the second method")
+
+        # A connected account: made through the API, connected in the browser, disconnected.
+        me = context.request.get(BASE + "/v1/me").json()
+        team = me["teams"][0]["id"]
+        created = context.request.post(
+            BASE + f"/v1/teams/{team}/auth-profiles",
+            data={
+                "connector_key": "issues",
+                "profile_kind": "oauth_account",
+                "provider": "local",
+                "display_name": "My Issues",
+                "scopes": ["openid", "issues:read"],
+            },
+        )
+        expect(created.status == 201, f"creating a profile: {created.status} {created.text()}")
+        page.goto(created.json()["connect_url"])
+        expect(page.get_by_role("heading", level=1).inner_text() == "Account connected", "connected page")
+        check_page(page, "connected", "Account connected")
+        page.get_by_role("link", name="Go to your account").click()
+        page.wait_for_url(re.compile(r"/account$"))
+        expect(page.get_by_text("issues:read").count() == 1, "the scopes are listed")
+        check_page(page, "account-connected", "Your account")
+        page.get_by_role("button", name="Disconnect My Issues").click()
+        page.wait_for_url(re.compile(r"/account\?done=revoked$"))
+        expect(page.get_by_text("My Issues").count() == 0, "disconnected")
+
+        # Email discovery without a team claim goes to the chooser with a notice.
+        goto(page, "/login")
+        page.get_by_label("Work email").fill("someone@nowhere.example")
+        page.get_by_role("button", name="Continue with email").click()
+        expect(page.get_by_text("has no team sign-in of its own").count() == 1, "discovery notice")
+        check_page(page, "login-discovery", "Sign in")
+
+        # A page that does not exist.
+        response = goto(page, "/no/such/page")
+        expect(response.status == 404, "404")
+        check_page(page, "error-not-found", "Page not found")
+        # A form posted without the session's CSRF token is refused with a page.
+        goto(page, "/account")
+        page.evaluate("document.querySelectorAll('input[name=csrf]').forEach(e => e.remove())")
+        page.get_by_role("button", name="Remove Second sign-in").click()
+        page.wait_for_load_state()
+        expect(page.get_by_role("heading", level=1).inner_text() == "That form has expired", "CSRF refused")
+        check_page(page, "error-csrf", "form has expired")
+
+        browser.close()
+    print(json.dumps({"pages": checked, "screenshots": str(SHOTS)}))
+
+
+main()
