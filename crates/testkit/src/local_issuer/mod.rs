@@ -223,16 +223,19 @@ impl LocalIssuer {
 
     /// Adds a published key with a fresh key id and returns the id.
     pub fn add_key(&self, alg: Alg) -> String {
-        let mut keys = self.state.keys.write().expect("keys lock");
-        let kid = format!("{}-{}", alg.name().to_lowercase(), keys.len() + 1);
-        keys.push(SigningKey::generate(&kid, alg));
-        kid
+        self.push_key(alg, true)
     }
 
-    /// Adds a key that is not published in the JWKS and returns its id.
+    /// Adds a key that is not published in the JWKS and returns its id. It is never published,
+    /// not even for an instant: a JWKS fetch running meanwhile must not see it.
     pub fn add_unpublished_key(&self, alg: Alg) -> String {
-        let kid = self.add_key(alg);
-        self.with_key_mut(&kid, |key| key.published = false);
+        self.push_key(alg, false)
+    }
+
+    fn push_key(&self, alg: Alg, published: bool) -> String {
+        let mut keys = self.state.keys.write().expect("keys lock");
+        let kid = format!("{}-{}", alg.name().to_lowercase(), keys.len() + 1);
+        keys.push(SigningKey { published, ..SigningKey::generate(&kid, alg) });
         kid
     }
 
