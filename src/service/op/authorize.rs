@@ -179,7 +179,8 @@ impl OpenIdProvider {
             AuthorizeError::Rejected(r) => AuthorizeError::Rejected(Rejection { redirect: None, ..r }),
             other => other,
         })?;
-        let uri = self.hold(&request, None, now).await?;
+        // Held as sent: `max_age` and `prompt=login` are measured when the request is used.
+        let uri = self.hold(&request, None, true, now).await?;
         Ok((uri, REQUEST_TTL.as_secs()))
     }
 
@@ -375,7 +376,7 @@ impl OpenIdProvider {
                 return Err(request.reject("login_required", "the user is not signed in"));
             }
             let login_hint = request.login_hint.clone();
-            let uri = self.hold(&request, None, now).await?;
+            let uri = self.hold(&request, None, false, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
             let reauthenticate = request.auth_after.is_some();
             return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
@@ -388,7 +389,7 @@ impl OpenIdProvider {
                 if request.prompt_none {
                     return Err(request.reject("consent_required", "the user has not consented to these scopes"));
                 }
-                let request_id = self.hold(&request, Some(session.hash), now).await?;
+                let request_id = self.hold(&request, Some(session.hash), false, now).await?;
                 return Ok(Next::Consent {
                     request_id,
                     client_name: request.client.name.clone(),
@@ -400,26 +401,31 @@ impl OpenIdProvider {
     }
 
     /// Holds a validated request; returns its request URI (or, bound to a session, the consent
-    /// request id). Prompts already satisfied are not held: after signing in, `prompt=login` and
-    /// `max_age` are answered by `auth_after`.
+    /// request id). A pushed request is held `as_sent`; otherwise prompts already being answered
+    /// are not held: after signing in, `prompt=login` and `max_age` are answered by `auth_after`.
     async fn hold(
         &self,
         request: &AuthorizationRequest,
         session_hash: Option<[u8; 32]>,
+        as_sent: bool,
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
-        let prompt = split_scope(request.params.prompt.as_deref().unwrap_or(""))
-            .into_iter()
-            .filter(|p| p != "login")
-            .collect::<Vec<_>>()
-            .join(" ");
-        let params = AuthorizationParams {
-            prompt: (!prompt.is_empty()).then_some(prompt),
-            max_age: None,
-            request_uri: None,
-            ..request.params.clone()
+        let held = if as_sent {
+            Held { params: AuthorizationParams { request_uri: None, ..request.params.clone() }, auth_after_us: None }
+        } else {
+            let prompt = split_scope(request.params.prompt.as_deref().unwrap_or(""))
+                .into_iter()
+                .filter(|p| p != "login")
+                .collect::<Vec<_>>()
+                .join(" ");
+            let params = AuthorizationParams {
+                prompt: (!prompt.is_empty()).then_some(prompt),
+                max_age: None,
+                request_uri: None,
+                ..request.params.clone()
+            };
+            Held { params, auth_after_us: request.auth_after.map(|t| t.timestamp_micros()) }
         };
-        let held = Held { params, auth_after_us: request.auth_after.map(|t| t.timestamp_micros()) };
         let id = format!("{REQUEST_URI_PREFIX}{}", random_secret().expose_secret());
         self.store
             .insert_request(&HeldRequest {
