@@ -20,6 +20,7 @@ pub mod responses;
 pub mod serve;
 pub mod unread_body;
 pub mod validation;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,7 @@ use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
 use crate::service::teams::Teams;
 use crate::service::validation::Validator;
+use crate::service::webhooks::Webhooks;
 use crate::store::Store;
 use crate::upstream::oauth_flow::OAuthFlows;
 
@@ -81,6 +83,8 @@ pub struct AppState {
     pub signing_keys: Option<SigningKeys>,
     /// The OpenID Provider; `None` while it is off.
     pub op: Option<OpenIdProvider>,
+    /// Webhook endpoints.
+    pub webhooks: Webhooks,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -94,6 +98,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(admin_teams::routes())
         .merge(members::admin_routes())
         .merge(op::clients::admin_routes())
+        .merge(webhooks::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
     Router::new()
         .merge(health::routes())

@@ -17,15 +17,16 @@ use tessera::domain::{
 use tessera::service::provisioning::team_plan;
 use tessera::store::{
     Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome, LoginState,
-    MemberOutcome, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
-    RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError,
-    StoredSecret, UnlinkOutcome,
+    MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease,
+    Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret,
+    UnlinkOutcome,
 };
 use uuid::Uuid;
 
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
 
 on_both_backends!(
+    each_change_writes_one_outbox_event_in_its_transaction,
     // Schema and connection
     migrations_apply_once_and_report_status,
     a_store_names_its_backend_and_is_unavailable_once_closed,
@@ -123,11 +124,6 @@ fn account(subject: &str, name: Option<&str>) -> NewAccount {
         email_verified: true,
         name: name.map(|n| n.as_str().to_owned()),
         team,
-        events: vec![NewEvent {
-            id: tessera::domain::EventId::generate(),
-            topic: "user.created",
-            payload: serde_json::json!({ "user_id": user_id }),
-        }],
         now: now(),
     }
 }
@@ -2499,4 +2495,59 @@ mod grants {
             assert_eq!(sql.count(table).await, 0, "{table}");
         }
     }
+}
+
+// ---- Outbox events ----------------------------------------------------------------------------
+
+async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let sql = db.sql().await;
+    let topics = async || sql.texts("SELECT topic FROM outbox_events ORDER BY seq").await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    assert_eq!(topics().await, ["user.created", "user.created"]);
+    let payload = sql.texts("SELECT CAST(payload AS TEXT) FROM outbox_events ORDER BY seq LIMIT 1").await;
+    let payload: serde_json::Value = serde_json::from_str(&payload[0]).unwrap();
+    assert_eq!(payload["user"]["id"], ada.id().as_uuid().to_string());
+    assert_eq!(payload["team"]["slug"], ada.team.slug.as_str());
+    assert_eq!(payload["identity"]["subject"], "ada");
+
+    let t = now();
+    store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap();
+    store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap();
+    store.set_user_disabled(bob.id(), false, t).await.unwrap().unwrap();
+    assert!(store.set_user_disabled(UserId::generate(), true, t).await.unwrap().is_none());
+    let link = NewLink {
+        identity_id: IdentityId::generate(),
+        issuer: Issuer::parse(ISSUER).unwrap(),
+        subject: Subject::parse("ada-2").unwrap(),
+        provider: "test".into(),
+        email: None,
+        email_verified: false,
+        now: t,
+    };
+    assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::Linked(_)));
+    assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::AlreadyLinked(_)));
+    assert!(matches!(store.link_identity(bob.id(), &link).await.unwrap(), LinkOutcome::LinkedToAnotherUser));
+    assert!(matches!(store.unlink_identity(ada.id(), link.identity_id, t).await.unwrap(), UnlinkOutcome::Unlinked(_)));
+    assert_eq!(store.put_member(ada.team.id, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Added);
+    assert_eq!(store.put_member(ada.team.id, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Updated);
+    assert_eq!(store.put_member(ada.team.id, bob.id(), Role::Admin, t).await.unwrap(), MemberOutcome::Updated);
+    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
+    assert_eq!(
+        topics().await,
+        [
+            "user.created",
+            "user.created",
+            "user.disabled",
+            "user.enabled",
+            "identity.linked",
+            "identity.unlinked",
+            "team.member.added",
+            "team.member.role_changed",
+            "team.member.removed",
+        ],
+        "one event per change, none for a call that changed nothing"
+    );
 }
