@@ -1833,9 +1833,13 @@ async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
     let t0 = now();
     store.put_identity_tokens(ada.identity(), &tokens(b"access-1", Some(b"refresh-1"), t0)).await.unwrap();
     let app = connected(&store, &ada, "app").await;
+    let hook = endpoint(&[], t0);
+    store.insert_webhook(&hook).await.unwrap();
     for &kind in SecretKind::ALL {
         let secrets = store.secrets_page(kind, None, 10).await.unwrap();
-        assert_eq!(secrets.len(), 2, "{kind:?}");
+        let columns = if kind == SecretKind::WebhookEndpoints { 1 } else { 2 };
+        assert_eq!(secrets.len(), columns, "{kind:?}");
+        assert_eq!(store.count_secrets(kind).await.unwrap(), 1, "{kind:?}");
         for secret in &secrets {
             let rotated = [b"rotated-".as_slice(), &secret.ciphertext].concat();
             assert!(store.replace_secret(secret, &rotated).await.unwrap());
@@ -1844,6 +1848,8 @@ async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
     }
     let rotated = tokens(b"rotated-access-1", Some(b"rotated-refresh-1"), t0);
     assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(rotated), "the rest of the row is kept");
+    let rotated_key = [b"rotated-".as_slice(), &hook.secret].concat();
+    assert_eq!(store.webhook(hook.id).await.unwrap().unwrap().secret, rotated_key, "a webhook's signing key too");
     let stored = secrets_of(&store, app.id).await;
     assert_eq!(stored.access_token.as_deref(), Some(b"rotated-access-1".as_slice()));
     assert_eq!(stored.refresh_token.as_deref(), Some(b"rotated-refresh-1".as_slice()));
