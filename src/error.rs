@@ -219,6 +219,18 @@ error_codes! {
     /// A public client has no secret.
     ClientIsPublic = (CONFLICT, "client_is_public", "Public client"),
 
+    // Webhooks.
+    /// A webhook id in the path is not a UUID.
+    InvalidWebhookId = (BAD_REQUEST, "invalid_webhook_id", "Invalid webhook id"),
+    /// A webhook URL cannot be registered (not http(s), user info, a private address…).
+    InvalidWebhookUrl = (BAD_REQUEST, "invalid_webhook_url", "Invalid webhook URL"),
+    /// An event type is not one Tessera sends.
+    InvalidEventType = (BAD_REQUEST, "invalid_event_type", "Invalid event type"),
+    /// `since` is not an RFC 3339 time.
+    InvalidSince = (BAD_REQUEST, "invalid_since", "Invalid since"),
+    /// No webhook endpoint has that id.
+    WebhookNotFound = (NOT_FOUND, "webhook_not_found", "Webhook not found"),
+
     // Server side.
     /// The database cannot be reached.
     StoreUnavailable = (SERVICE_UNAVAILABLE, "store_unavailable", "Storage unavailable"),

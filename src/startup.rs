@@ -22,6 +22,7 @@ use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
 use crate::service::teams::Teams;
 use crate::service::validation::Validator;
+use crate::service::webhooks::Webhooks;
 use crate::store::{self, Store, StoreError};
 use crate::upstream::issuers::{IssuerRegistry, outbound_client};
 use crate::upstream::oauth_flow::OAuthFlows;
@@ -183,6 +184,7 @@ impl Application {
             )),
             _ => None,
         };
+        let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
                 .with_own_tokens(op.clone()),
@@ -199,6 +201,7 @@ impl Application {
             signing_keys,
             op,
             pages: crate::http::pages::Pages::new(&config.branding),
+            webhooks,
         });
         let config_clients = Some(config.oidc.clients.iter().map(|c| c.client.clone()).collect());
         Ok(Self { listener, state, server: config.server.clone(), last_seen, config_clients })
@@ -248,6 +251,7 @@ impl Application {
             last_seen_every: self.server.last_seen_flush,
             signing_keys: self.state.signing_keys.clone(),
             op: self.state.op.clone(),
+            webhooks: self.state.webhooks.clone(),
         });
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");

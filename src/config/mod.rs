@@ -73,6 +73,8 @@ pub struct Config {
     pub oidc: OidcConfig,
     /// How the pages present the product (`[branding]`).
     pub branding: BrandingConfig,
+    /// Webhook delivery (`[webhooks]`).
+    pub webhooks: WebhooksConfig,
     /// Warnings found while loading (deprecated settings), logged once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -114,6 +116,41 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
             last_seen_flush: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Webhook delivery (`[webhooks]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhooksConfig {
+    /// Whether endpoints on loopback, private, link-local and other non-public addresses may be
+    /// called (`webhooks.allow_private_addresses`); off by default, against SSRF.
+    pub allow_private_addresses: bool,
+    /// Timeout of one delivery request, connection included (`webhooks.timeout_ms`).
+    pub timeout: Duration,
+    /// How often each instance looks for events and due deliveries (`webhooks.poll_interval_ms`).
+    pub poll_interval: Duration,
+    /// The wait after a first failed attempt (`webhooks.retry_base_ms`); doubled after each
+    /// further failure, with jitter, up to `retry_max`.
+    pub retry_base: Duration,
+    /// The longest wait between two attempts (`webhooks.retry_max_ms`).
+    pub retry_max: Duration,
+    /// How long a delivery is retried before it is marked failed (`webhooks.give_up_after_seconds`).
+    pub give_up_after: Duration,
+    /// Most endpoints one instance delivers to at the same time (`webhooks.max_concurrent_endpoints`).
+    pub max_concurrent_endpoints: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_addresses: false,
+            timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(2 * 3600),
+            give_up_after: Duration::from_secs(24 * 3600),
+            max_concurrent_endpoints: 32,
         }
     }
 }
@@ -361,6 +398,19 @@ struct RawConfig {
     oidc: oidc::RawOidc,
     #[serde(default)]
     branding: branding::RawBranding,
+    webhooks: RawWebhooks,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    allow_private_addresses: Option<bool>,
+    timeout_ms: Option<u64>,
+    poll_interval_ms: Option<u64>,
+    retry_base_ms: Option<u64>,
+    retry_max_ms: Option<u64>,
+    give_up_after_seconds: Option<u64>,
+    max_concurrent_endpoints: Option<usize>,
 }
 
 #[derive(Default, Deserialize)]
@@ -601,6 +651,7 @@ impl Config {
         };
 
         let server = parse_server(&raw.server)?;
+        let webhooks = parse_webhooks(&raw.webhooks)?;
         let oidc = oidc::parse_oidc(raw.oidc, env)?;
         let branding = branding::parse_branding(raw.branding)?;
 
@@ -640,6 +691,7 @@ impl Config {
             encryption,
             oidc,
             branding,
+            webhooks,
             warnings,
         })
     }
@@ -653,6 +705,39 @@ impl Config {
         config.database.auto_migrate = true;
         Ok(config)
     }
+}
+
+fn parse_webhooks(raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
+    let defaults = WebhooksConfig::default();
+    let millis = |value: Option<u64>, default: Duration, key: &str, range: std::ops::RangeInclusive<u64>| match value {
+        None => Ok(default),
+        Some(ms) if range.contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(_) => Err(ConfigError::new(key, format!("expected {} to {} milliseconds", range.start(), range.end()))),
+    };
+    let retry_base = millis(raw.retry_base_ms, defaults.retry_base, "webhooks.retry_base_ms", 10..=3_600_000)?;
+    let retry_max = millis(raw.retry_max_ms, defaults.retry_max, "webhooks.retry_max_ms", 10..=86_400_000)?;
+    if retry_max < retry_base {
+        return Err(ConfigError::new("webhooks.retry_max_ms", "must not be below webhooks.retry_base_ms"));
+    }
+    let give_up_after = match raw.give_up_after_seconds {
+        None => defaults.give_up_after,
+        Some(s) if (1..=7 * 86_400).contains(&s) => Duration::from_secs(s),
+        Some(_) => return Err(ConfigError::new("webhooks.give_up_after_seconds", "expected 1 to 604800 seconds")),
+    };
+    let max_concurrent_endpoints = match raw.max_concurrent_endpoints {
+        None => defaults.max_concurrent_endpoints,
+        Some(n) if (1..=1024).contains(&n) => n,
+        Some(_) => return Err(ConfigError::new("webhooks.max_concurrent_endpoints", "expected 1 to 1024")),
+    };
+    Ok(WebhooksConfig {
+        allow_private_addresses: raw.allow_private_addresses.unwrap_or(defaults.allow_private_addresses),
+        timeout: millis(raw.timeout_ms, defaults.timeout, "webhooks.timeout_ms", 100..=60_000)?,
+        poll_interval: millis(raw.poll_interval_ms, defaults.poll_interval, "webhooks.poll_interval_ms", 10..=60_000)?,
+        retry_base,
+        retry_max,
+        give_up_after,
+        max_concurrent_endpoints,
+    })
 }
 
 fn parse_server(raw: &RawServer) -> Result<ServerConfig, ConfigError> {

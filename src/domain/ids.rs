@@ -66,6 +66,10 @@ id_type!(
     /// The id of a connected account (auth profile).
     ProfileId
 );
+id_type!(
+    /// The id of a webhook endpoint.
+    WebhookId
+);
 
 #[cfg(test)]
 mod tests {

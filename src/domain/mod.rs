@@ -4,6 +4,7 @@ mod auth_profile;
 mod client;
 pub mod client_rules;
 mod email;
+pub mod events;
 mod ids;
 mod issuer;
 mod model;
@@ -11,17 +12,19 @@ mod return_to;
 mod slug;
 mod team_ref;
 mod text;
+mod webhook;
 
 pub use auth_profile::{AuthProfile, ProfileKind, ProfileStatus};
 pub use client::{Client, ClientId, ClientIdError, ClientKind, GrantType, RedirectUri, RedirectUriError, SigningAlg};
 pub use email::{DomainName, DomainNameError, Email, EmailError};
-pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId};
+pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId, WebhookId};
 pub use issuer::{Issuer, IssuerError};
 pub use model::{DomainClaim, Identity, Principal, Role, Team, TeamMembership, TeamRole, User, UserProfile};
 pub use return_to::{ReturnTo, ReturnToError};
 pub use slug::{Slug, SlugError};
 pub use team_ref::{TeamRef, TeamRefError};
 pub use text::{DisplayName, Subject, TextError};
+pub use webhook::{DeliveryJob, DeliveryState, WebhookDelivery, WebhookEndpoint};
 
 /// The current time at the precision the databases keep (microseconds), so that a record
 /// returned from a write equals the same record read back.

@@ -23,6 +23,7 @@ pub mod responses;
 pub mod serve;
 pub mod unread_body;
 pub mod validation;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,7 @@ use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
 use crate::service::teams::Teams;
 use crate::service::validation::Validator;
+use crate::service::webhooks::Webhooks;
 use crate::store::Store;
 use crate::upstream::oauth_flow::OAuthFlows;
 
@@ -87,6 +89,8 @@ pub struct AppState {
     pub op: Option<OpenIdProvider>,
     /// The pages' branding, stylesheet and security headers.
     pub pages: pages::Pages,
+    /// Webhook endpoints.
+    pub webhooks: Webhooks,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -100,6 +104,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(admin_teams::routes())
         .merge(members::admin_routes())
         .merge(op::clients::admin_routes())
+        .merge(webhooks::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
     Router::new()
         .merge(health::routes())

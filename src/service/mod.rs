@@ -11,5 +11,6 @@ pub mod sessions;
 pub mod signin;
 pub mod teams;
 pub mod validation;
+pub mod webhooks;
 
 pub(crate) use crate::domain::now;

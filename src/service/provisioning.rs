@@ -10,15 +10,14 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::json;
 
 use super::principals::PrincipalCache;
 use crate::crypto;
 use crate::domain::{
-    DisplayName, Email, EventId, Identity, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
+    DisplayName, Email, Identity, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
 };
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{CreateOutcome, NewAccount, NewEvent, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome};
+use crate::store::{CreateOutcome, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome};
 use crate::upstream::issuers::IssuerRegistry;
 
 /// How often at most an identity's `last_seen_at` is written.
@@ -243,16 +242,6 @@ pub fn team_plan(name: Option<&DisplayName>) -> NewTeam {
 fn new_account(claim: &IdentityClaim, now: DateTime<Utc>) -> NewAccount {
     let user_id = UserId::generate();
     let team = team_plan(claim.name.as_ref());
-    let event = NewEvent {
-        id: EventId::generate(),
-        topic: "user.created",
-        payload: json!({
-            "user_id": user_id,
-            "team_id": team.id,
-            "issuer": claim.issuer,
-            "provider": claim.provider,
-        }),
-    };
     NewAccount {
         user_id,
         identity_id: IdentityId::generate(),
@@ -263,7 +252,6 @@ fn new_account(claim: &IdentityClaim, now: DateTime<Utc>) -> NewAccount {
         email_verified: claim.email_verified,
         name: claim.name.as_ref().map(|n| n.as_str().to_owned()),
         team,
-        events: vec![event],
         now,
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! The store's SQL is written once, in PostgreSQL's spelling with `$n` placeholders (which sqlx
 //! also accepts on SQLite). Before it runs on SQLite, the one PostgreSQL-only construct it uses is
-//! dropped (see [`sqlite_sql`]): row locks (`FOR UPDATE`), since SQLite write transactions are
+//! dropped (see [`sqlite_sql`]): row locks (`FOR UPDATE`, `FOR UPDATE SKIP LOCKED`), since SQLite write transactions are
 //! serialised whole by `BEGIN IMMEDIATE` on one writer connection. Everything else is SQL both
 //! understand alike (`ON CONFLICT`, `RETURNING`, `TRUE`/`FALSE`, `NULLS LAST`; no `GREATEST`,
 //! whose NULL handling differs from SQLite's `MAX`).
@@ -58,6 +58,7 @@ embedded_migrations! {
     7 "0007_signing_keys" "signing_keys",
     8 "0008_clients" "clients",
     9 "0009_oauth_grants" "oauth_grants",
+    10 "0010_webhooks" "webhooks",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would
@@ -584,7 +585,21 @@ fn sqlite_sql(sql: &'static str) -> &'static str {
     }
     static REWRITTEN: LazyLock<Mutex<HashMap<&'static str, &'static str>>> = LazyLock::new(Default::default);
     let mut rewritten = REWRITTEN.lock().unwrap_or_else(|p| p.into_inner());
-    rewritten.entry(sql).or_insert_with(|| Box::leak(sql.replace(" FOR UPDATE", "").into_boxed_str()))
+    rewritten.entry(sql).or_insert_with(|| {
+        Box::leak(sql.replace(" FOR UPDATE SKIP LOCKED", "").replace(" FOR UPDATE", "").into_boxed_str())
+    })
+}
+
+/// Takes a lock that one transaction at a time holds until it ends, whatever the instance: on
+/// PostgreSQL a transaction-level advisory lock (false, at once, when another holds it); on
+/// SQLite write transactions are serialised whole, so it always is true.
+pub(super) async fn try_exclusive(tx: &mut Tx, key: i64) -> Result<bool, StoreError> {
+    match tx {
+        Tx::Sqlite(_) => Ok(true),
+        Tx::Postgres(_) => {
+            query("SELECT pg_try_advisory_xact_lock($1) AS taken").bind(key).fetch_one(tx).await?.flag("taken")
+        }
+    }
 }
 
 /// Whether an SQLite URL names an in-memory database.
@@ -619,6 +634,7 @@ mod tests {
     #[test]
     fn sqlite_spelling_drops_row_locks() {
         assert_eq!(sqlite_sql("SELECT 1 FROM users WHERE id = $1 FOR UPDATE"), "SELECT 1 FROM users WHERE id = $1");
+        assert_eq!(sqlite_sql("SELECT 1 FROM t LIMIT 2 FOR UPDATE SKIP LOCKED"), "SELECT 1 FROM t LIMIT 2");
         let plain = "SELECT 1";
         assert!(std::ptr::eq(sqlite_sql(plain), plain));
     }

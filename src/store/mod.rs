@@ -20,9 +20,9 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::{
-    AuthProfile, Client, ClientId, DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer, Principal,
-    ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamRef, User, UserId,
-    UserProfile,
+    AuthProfile, Client, ClientId, DeliveryJob, DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer,
+    Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamRef, User,
+    UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
@@ -85,7 +85,8 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// An outbox event, written in the same transaction as the change it reports.
+/// An outbox event, written in the same transaction as the change it reports (topics and
+/// payloads: [`crate::domain::events`]).
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     /// Event id.
@@ -94,6 +95,13 @@ pub struct NewEvent {
     pub topic: &'static str,
     /// JSON payload.
     pub payload: serde_json::Value,
+}
+
+impl NewEvent {
+    /// A new event with a fresh id.
+    pub fn new(topic: &'static str, payload: serde_json::Value) -> Self {
+        Self { id: EventId::generate(), topic, payload }
+    }
 }
 
 /// A team to create, with the slugs to try in order (the first free one wins).
@@ -128,8 +136,6 @@ pub struct NewAccount {
     pub name: Option<String>,
     /// The user's default team.
     pub team: NewTeam,
-    /// Events to write in the same transaction.
-    pub events: Vec<NewEvent>,
     /// The time of the write.
     pub now: DateTime<Utc>,
 }
@@ -145,6 +151,21 @@ impl NewAccount {
             disabled: false,
             created_at: self.now,
             updated_at: self.now,
+        }
+    }
+
+    /// The identity record this account creates.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            id: self.identity_id,
+            user_id: self.user_id,
+            issuer: self.issuer.clone(),
+            subject: self.subject.clone(),
+            provider: self.provider.clone(),
+            email: self.email.as_ref().map(|e| e.as_str().to_owned()),
+            email_verified: self.email_verified,
+            created_at: self.now,
+            last_seen_at: self.now,
         }
     }
 }
@@ -319,17 +340,21 @@ pub enum SecretKind {
     IdentityTokens,
     /// `auth_profiles` (columns `access_token`, `refresh_token`).
     AuthProfiles,
+    /// `webhook_endpoints` (column `secret`).
+    WebhookEndpoints,
 }
 
 impl SecretKind {
     /// Every kind, for `tessera keys rotate`.
-    pub const ALL: &'static [SecretKind] = &[SecretKind::IdentityTokens, SecretKind::AuthProfiles];
+    pub const ALL: &'static [SecretKind] =
+        &[SecretKind::IdentityTokens, SecretKind::AuthProfiles, SecretKind::WebhookEndpoints];
 
     /// The table name, also part of the associated data of its ciphertexts.
     pub fn table(self) -> &'static str {
         match self {
             SecretKind::IdentityTokens => "identity_tokens",
             SecretKind::AuthProfiles => "auth_profiles",
+            SecretKind::WebhookEndpoints => "webhook_endpoints",
         }
     }
 }
@@ -570,7 +595,7 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn find_identity(&self, issuer: &Issuer, subject: &Subject) -> Result<Option<IdentityMatch>, StoreError>;
 
     /// The provisioning transaction: creates user, identity, default team, owner membership and
-    /// events together, or nothing at all when the identity is already linked.
+    /// the `user.created` event together, or nothing at all when the identity is already linked.
     async fn create_account(&self, account: &NewAccount) -> Result<CreateOutcome, StoreError>;
 
     /// Makes sure `user` has a default team, creating `team` (with an owner membership) when they
@@ -942,6 +967,68 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Deletes every session of `user` but the one whose hash is `keep`; returns how many.
     async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError>;
+    // ---- Webhooks ------------------------------------------------------------------------------
+
+    /// Registers a webhook endpoint.
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError>;
+
+    /// A webhook endpoint by id.
+    async fn webhook(&self, id: WebhookId) -> Result<Option<WebhookEndpoint>, StoreError>;
+
+    /// Every webhook endpoint, oldest first.
+    async fn list_webhooks(&self) -> Result<Vec<WebhookEndpoint>, StoreError>;
+
+    /// Replaces an endpoint's URL, event types, enabled flag and `updated_at`; false when there
+    /// is no such endpoint.
+    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError>;
+
+    /// Deletes an endpoint with its deliveries; false when there was none.
+    async fn delete_webhook(&self, id: WebhookId) -> Result<bool, StoreError>;
+
+    /// Fans out up to `limit` events not yet processed, in sequence order: one pending delivery
+    /// per event and enabled endpoint that wants its topic and was registered when it was written;
+    /// then marks them processed. One instance at a time does this (on PostgreSQL a transaction
+    /// advisory lock; others return 0 at once), so deliveries are created in sequence order.
+    /// Returns how many events were processed.
+    async fn fan_out_events(&self, limit: i64, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Leases up to `limit` enabled endpoints whose first pending delivery (in sequence order) is
+    /// due at `now` and whose lease (if any) ran out, to `owner` until `until`. On PostgreSQL the
+    /// rows are claimed `FOR UPDATE SKIP LOCKED`, so concurrent instances claim different ones.
+    async fn claim_webhooks(
+        &self,
+        owner: uuid::Uuid,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<WebhookEndpoint>, StoreError>;
+
+    /// Gives up `owner`'s lease of an endpoint (nothing when another holder has it).
+    async fn release_webhook(&self, id: WebhookId, owner: uuid::Uuid) -> Result<(), StoreError>;
+
+    /// An endpoint's first `limit` pending deliveries, in sequence order, with their events.
+    async fn pending_deliveries(&self, endpoint: WebhookId, limit: i64) -> Result<Vec<DeliveryJob>, StoreError>;
+
+    /// Records an attempt of a pending delivery (nothing when it is no longer pending).
+    async fn record_attempt(&self, delivery: uuid::Uuid, attempt: &Attempt) -> Result<(), StoreError>;
+
+    /// An endpoint's deliveries, latest event first, before sequence number `before`.
+    async fn webhook_deliveries(
+        &self,
+        endpoint: WebhookId,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+
+    /// Schedules every event written since `since` that the endpoint wants again, in one
+    /// transaction: missing deliveries are created, existing ones made pending anew (attempts
+    /// reset, due at `now`). Returns how many were scheduled.
+    async fn replay_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
 }
 
 /// One of a user's sessions, as the account page lists them.
@@ -957,6 +1044,20 @@ pub struct UserSession {
     pub last_seen_at: DateTime<Utc>,
     /// Absolute expiry.
     pub expires_at: DateTime<Utc>,
+}
+
+/// The outcome of one delivery attempt, for [`Store::record_attempt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// When it was made.
+    pub at: DateTime<Utc>,
+    /// The HTTP status, when the endpoint answered.
+    pub status: Option<i64>,
+    /// Why it failed (`None`: delivered).
+    pub error: Option<String>,
+    /// The next attempt for a failure to retry; `None` with an error: retries ran out, the
+    /// delivery has failed.
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// What [`Store::insert_client`] did.

@@ -10,23 +10,25 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::db::{Db, PoolRef, Tx, query};
+use super::db::{Db, PoolRef, Tx, query, try_exclusive};
 use super::rows::{
     self, RowExt, client_columns, domain_columns, identity_columns, profile_columns, signing_key_columns, team_columns,
     user_columns,
 };
 use super::{
-    Activation, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome, DataReport,
-    EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount, NewEvent,
-    NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome,
-    Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome,
-    UserSession, decode_role,
+    Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
+    DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount,
+    NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
+    RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret,
+    UnlinkOutcome, UserSession, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use crate::config::{Backend, DatabaseConfig};
+use crate::domain::events;
 use crate::domain::{
-    AuthProfile, Client, ClientId, ClientKind, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal,
-    ProfileId, Role, Slug, Subject, Team, TeamId, TeamMembership, TeamRef, User, UserId, UserProfile,
+    AuthProfile, Client, ClientId, ClientKind, DeliveryJob, DeliveryState, DomainClaim, DomainName, Email, EventId,
+    Identity, IdentityId, Issuer, Principal, ProfileId, Role, Slug, Subject, Team, TeamId, TeamMembership, TeamRef,
+    User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
 /// Tessera's storage on SQLite or PostgreSQL (with an optional read replica).
@@ -57,6 +59,16 @@ async fn sole_owner(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<bo
     .fetch_optional(tx)
     .await?;
     row.map(|row| row.flag("sole_owner")).transpose()
+}
+
+/// `user`'s role in `team`, read in `tx`; `None` when they are not a member.
+async fn member_role(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<Role>, StoreError> {
+    let row = query("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
+        .bind(team.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(tx)
+        .await?;
+    row.map(|row| decode_role(&row.text("role")?)).transpose()
 }
 
 /// Inserts `team` under the first free slug and makes `user` its owner, as their default team.
@@ -133,16 +145,15 @@ async fn identity_of(tx: &mut Tx, identity: IdentityId, user: UserId) -> Result<
     row.as_ref().map(rows::identity).transpose()
 }
 
-async fn insert_events(tx: &mut Tx, events: &[NewEvent], now: DateTime<Utc>) -> Result<(), StoreError> {
-    for event in events {
-        query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(event.id.as_uuid())
-            .bind(event.topic)
-            .bind(&event.payload)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-    }
+/// Writes an outbox event in the transaction of the change it reports.
+async fn insert_event(tx: &mut Tx, event: &NewEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
+    query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(event.id.as_uuid())
+        .bind(event.topic)
+        .bind(&event.payload)
+        .bind(now)
+        .execute(tx)
+        .await?;
     Ok(())
 }
 
@@ -241,6 +252,69 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
     .bind(key.private_key.as_slice())
     .bind(key.created_at)
     .bind(key.signs_from)
+}
+
+// ---- Webhooks -----------------------------------------------------------------------------------
+
+/// The advisory-lock key of the fan-out of outbox events (one instance at a time).
+const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
+
+/// Columns of `webhook_endpoints`, for [`webhook_row`].
+const WEBHOOK_COLUMNS: &str = "id, url, event_types, enabled, secret, created_at, updated_at";
+
+fn webhook_row(row: &impl RowExt) -> Result<WebhookEndpoint, StoreError> {
+    Ok(WebhookEndpoint {
+        id: WebhookId::from_uuid(row.uuid("id")?),
+        url: row.text("url")?,
+        event_types: row.text("event_types")?.split_whitespace().map(str::to_owned).collect(),
+        enabled: row.flag("enabled")?,
+        secret: row.bytes("secret")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
+
+fn delivery_row(row: &impl RowExt) -> Result<WebhookDelivery, StoreError> {
+    let state = row.text("state")?;
+    Ok(WebhookDelivery {
+        id: row.uuid("id")?,
+        endpoint_id: WebhookId::from_uuid(row.uuid("endpoint_id")?),
+        event_id: EventId::from_uuid(row.uuid("event_id")?),
+        event_seq: row.int("event_seq")?,
+        topic: row.text("topic")?,
+        state: DeliveryState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown delivery state {state:?}")))?,
+        attempts: row.int("attempts")?,
+        scheduled_at: row.time("scheduled_at")?,
+        next_attempt_at: row.time("next_attempt_at")?,
+        last_attempt_at: row.opt_time("last_attempt_at")?,
+        last_status: row.opt_int("last_status")?,
+        last_error: row.opt_text("last_error")?,
+        delivered_at: row.opt_time("delivered_at")?,
+    })
+}
+
+/// Inserts a pending delivery of an event to an endpoint, unless there is one.
+async fn insert_delivery(
+    tx: &mut Tx,
+    endpoint: WebhookId,
+    event: uuid::Uuid,
+    seq: i64,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    query(
+        "INSERT INTO webhook_deliveries
+           (id, endpoint_id, event_id, event_seq, state, attempts, scheduled_at, next_attempt_at, created_at)
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)
+         ON CONFLICT (endpoint_id, event_id) DO NOTHING",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(endpoint.as_uuid())
+    .bind(event)
+    .bind(seq)
+    .bind(now)
+    .execute(tx)
+    .await
 }
 
 #[async_trait]
@@ -365,7 +439,8 @@ impl Store for SqlStore {
             return Ok(CreateOutcome::IdentityTaken);
         }
         let team = insert_default_team(&mut tx, account.user_id, &account.team, account.now).await?;
-        insert_events(&mut tx, &account.events, account.now).await?;
+        let created = events::user_created(&account.user(), &account.identity(), &team);
+        insert_event(&mut tx, &NewEvent::new(events::USER_CREATED, created), account.now).await?;
         insert_identity_event(
             &mut tx,
             IdentityEvent {
@@ -479,20 +554,30 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<Option<User>, StoreError> {
         let mut tx = self.db.begin().await?;
-        let updated = query("UPDATE users SET disabled = $2, updated_at = $3 WHERE id = $1")
+        // The row lock makes "was it disabled before?" exact, so that one event reports each change.
+        let Some(before) = query("SELECT disabled FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user.as_uuid())
+            .fetch_optional(&mut tx)
+            .await?
+        else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let changed = before.flag("disabled")? != disabled;
+        query("UPDATE users SET disabled = $2, updated_at = $3 WHERE id = $1")
             .bind(user.as_uuid())
             .bind(disabled)
             .bind(now)
             .execute(&mut tx)
             .await?;
-        if updated == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
         if disabled {
             query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
         }
         let found = user_in(&mut tx, user).await?;
+        if changed && let Some(found) = &found {
+            let topic = if disabled { events::USER_DISABLED } else { events::USER_ENABLED };
+            insert_event(&mut tx, &NewEvent::new(topic, events::user_changed(found)), now).await?;
+        }
         tx.commit().await?;
         Ok(found)
     }
@@ -761,6 +846,8 @@ impl Store for SqlStore {
             let identity = identity_of(&mut tx, link.identity_id, user)
                 .await?
                 .ok_or(StoreError::Conflict { what: "identity vanished while linking" })?;
+            let event = NewEvent::new(events::IDENTITY_LINKED, events::identity_changed(&identity));
+            insert_event(&mut tx, &event, link.now).await?;
             tx.commit().await?;
             return Ok(LinkOutcome::Linked(identity));
         }
@@ -815,6 +902,7 @@ impl Store for SqlStore {
             },
         )
         .await?;
+        insert_event(&mut tx, &NewEvent::new(events::IDENTITY_UNLINKED, events::identity_changed(&found)), now).await?;
         tx.commit().await?;
         Ok(UnlinkOutcome::Unlinked(found))
     }
@@ -916,11 +1004,18 @@ impl Store for SqlStore {
                 "SELECT id AS row_id, access_token, refresh_token FROM auth_profiles
                  WHERE ($1 IS NULL OR id > $1) AND access_token IS NOT NULL ORDER BY id LIMIT $2",
             ),
+            SecretKind::WebhookEndpoints => query(
+                "SELECT id AS row_id, secret FROM webhook_endpoints WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2",
+            ),
         };
         let rows = read.bind(after).bind(limit.max(0)).fetch_all(self.db.reader()).await?;
         let mut secrets = Vec::with_capacity(rows.len() * 2);
         for row in &rows {
             let row_id = row.uuid("row_id")?;
+            if kind == SecretKind::WebhookEndpoints {
+                push_secret(&mut secrets, row, kind, row_id, "secret")?;
+                continue;
+            }
             push_secret(&mut secrets, row, kind, row_id, "access_token")?;
             push_secret(&mut secrets, row, kind, row_id, "refresh_token")?;
         }
@@ -941,6 +1036,9 @@ impl Store for SqlStore {
             (SecretKind::AuthProfiles, "refresh_token") => {
                 "UPDATE auth_profiles SET refresh_token = $3 WHERE id = $1 AND refresh_token = $2"
             }
+            (SecretKind::WebhookEndpoints, "secret") => {
+                "UPDATE webhook_endpoints SET secret = $3 WHERE id = $1 AND secret = $2"
+            }
             (_, column) => return Err(StoreError::Corrupt(format!("no encrypted column {column}"))),
         };
         let updated =
@@ -952,6 +1050,7 @@ impl Store for SqlStore {
         let sql = match kind {
             SecretKind::IdentityTokens => "SELECT count(*) AS n FROM identity_tokens",
             SecretKind::AuthProfiles => "SELECT count(*) AS n FROM auth_profiles WHERE access_token IS NOT NULL",
+            SecretKind::WebhookEndpoints => "SELECT count(*) AS n FROM webhook_endpoints",
         };
         query(sql).fetch_one(self.db.reader()).await?.int("n")
     }
@@ -998,12 +1097,17 @@ impl Store for SqlStore {
                 tx.rollback().await?;
                 return Ok(MemberOutcome::LastOwner);
             }
+            let previous = member_role(&mut tx, team, user).await?;
             query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
                 .bind(team.as_uuid())
                 .bind(user.as_uuid())
                 .bind(role.as_str())
                 .execute(&mut tx)
                 .await?;
+            if let Some(previous) = previous.filter(|p| *p != role) {
+                let payload = events::member_changed(team, user, role, Some(previous));
+                insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ROLE_CHANGED, payload), now).await?;
+            }
             tx.commit().await?;
             return Ok(MemberOutcome::Updated);
         }
@@ -1016,6 +1120,8 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut tx)
         .await?;
+        let payload = events::member_changed(team, user, role, None);
+        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
         tx.commit().await?;
         Ok(MemberOutcome::Added)
     }
@@ -1032,6 +1138,7 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(RemoveOutcome::LastOwner);
         }
+        let role = member_role(&mut tx, team, user).await?.unwrap_or(Role::Member);
         // The membership, and the former member's connect links and connect flows for the team.
         for sql in [
             "DELETE FROM memberships WHERE team_id = $1 AND user_id = $2",
@@ -1042,6 +1149,8 @@ impl Store for SqlStore {
         ] {
             query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut tx).await?;
         }
+        let payload = events::member_changed(team, user, role, None);
+        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), crate::domain::now()).await?;
         tx.commit().await?;
         Ok(RemoveOutcome::Removed)
     }
@@ -1836,12 +1945,274 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError> {
+        query(
+            "INSERT INTO webhook_endpoints (id, url, event_types, enabled, secret, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(endpoint.id.as_uuid())
+        .bind(endpoint.url.as_str())
+        .bind(endpoint.event_types.join(" "))
+        .bind(endpoint.enabled)
+        .bind(endpoint.secret.as_slice())
+        .bind(endpoint.created_at)
+        .bind(endpoint.updated_at)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn webhook(&self, id: WebhookId) -> Result<Option<WebhookEndpoint>, StoreError> {
+        static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+            Box::leak(format!("SELECT {WEBHOOK_COLUMNS} FROM webhook_endpoints WHERE id = $1").into_boxed_str())
+        });
+        let row = query(*SQL).bind(id.as_uuid()).fetch_optional(self.db.reader()).await?;
+        row.as_ref().map(webhook_row).transpose()
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+            Box::leak(
+                format!("SELECT {WEBHOOK_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id").into_boxed_str(),
+            )
+        });
+        query(*SQL).fetch_all(self.db.reader()).await?.iter().map(webhook_row).collect()
+    }
+
+    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
+        let updated = query(
+            "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5 WHERE id = $1",
+        )
+        .bind(endpoint.id.as_uuid())
+        .bind(endpoint.url.as_str())
+        .bind(endpoint.event_types.join(" "))
+        .bind(endpoint.enabled)
+        .bind(endpoint.updated_at)
+        .execute(self.db.writer())
+        .await?;
+        Ok(updated == 1)
+    }
+
+    async fn delete_webhook(&self, id: WebhookId) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin().await?;
+        query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
+        let deleted = query("DELETE FROM webhook_endpoints WHERE id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    async fn fan_out_events(&self, limit: i64, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        // A read first: every instance polls, and most polls find nothing to do (on SQLite a write
+        // transaction would take the one writer connection each time).
+        let waiting = query("SELECT 1 AS one FROM outbox_events WHERE processed_at IS NULL LIMIT 1")
+            .fetch_optional(self.db.reader())
+            .await?;
+        if waiting.is_none() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin().await?;
+        if !try_exclusive(&mut tx, FAN_OUT_LOCK).await? {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let events = query(
+            "SELECT seq, id, topic, created_at FROM outbox_events WHERE processed_at IS NULL
+             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit.max(1))
+        .fetch_all(&mut tx)
+        .await?;
+        if events.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let endpoints = query("SELECT id, event_types, created_at FROM webhook_endpoints WHERE enabled")
+            .fetch_all(&mut tx)
+            .await?
+            .iter()
+            .map(|row| {
+                let types: Vec<String> = row.text("event_types")?.split_whitespace().map(str::to_owned).collect();
+                Ok((WebhookId::from_uuid(row.uuid("id")?), types, row.time("created_at")?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        for event in &events {
+            let (seq, id, topic, written) =
+                (event.int("seq")?, event.uuid("id")?, event.text("topic")?, event.time("created_at")?);
+            for (endpoint, types, registered) in &endpoints {
+                if *registered <= written && (types.is_empty() || types.contains(&topic)) {
+                    insert_delivery(&mut tx, *endpoint, id, seq, now).await?;
+                }
+            }
+            query("UPDATE outbox_events SET processed_at = $2 WHERE seq = $1")
+                .bind(seq)
+                .bind(now)
+                .execute(&mut tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(events.len() as u64)
+    }
+
+    async fn claim_webhooks(
+        &self,
+        owner: uuid::Uuid,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+            Box::leak(
+                format!(
+                    "UPDATE webhook_endpoints SET lease_owner = $1, lease_until = $3
+                     WHERE (lease_until IS NULL OR lease_until < $2) AND id IN (
+                       SELECT e.id FROM webhook_endpoints e
+                       WHERE e.enabled AND (e.lease_until IS NULL OR e.lease_until < $2)
+                         AND (SELECT d.next_attempt_at FROM webhook_deliveries d
+                              WHERE d.endpoint_id = e.id AND d.state = 'pending'
+                              ORDER BY d.event_seq LIMIT 1) <= $2
+                       ORDER BY e.id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                     RETURNING {WEBHOOK_COLUMNS}"
+                )
+                .into_boxed_str(),
+            )
+        });
+        let due =
+            query("SELECT 1 AS one FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $1 LIMIT 1")
+                .bind(now)
+                .fetch_optional(self.db.reader())
+                .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows = query(*SQL).bind(owner).bind(now).bind(until).bind(limit.max(1)).fetch_all(self.db.writer()).await?;
+        rows.iter().map(webhook_row).collect()
+    }
+
+    async fn release_webhook(&self, id: WebhookId, owner: uuid::Uuid) -> Result<(), StoreError> {
+        query("UPDATE webhook_endpoints SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2")
+            .bind(id.as_uuid())
+            .bind(owner)
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
+    async fn pending_deliveries(&self, endpoint: WebhookId, limit: i64) -> Result<Vec<DeliveryJob>, StoreError> {
+        let rows = query(
+            "SELECT d.id, d.event_id, d.event_seq, o.topic, o.payload, o.created_at AS event_created_at, d.attempts,
+                    d.scheduled_at, d.next_attempt_at
+             FROM webhook_deliveries d JOIN outbox_events o ON o.id = d.event_id
+             WHERE d.endpoint_id = $1 AND d.state = 'pending' ORDER BY d.event_seq LIMIT $2",
+        )
+        .bind(endpoint.as_uuid())
+        .bind(limit.max(1))
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeliveryJob {
+                    id: row.uuid("id")?,
+                    event_id: EventId::from_uuid(row.uuid("event_id")?),
+                    event_seq: row.int("event_seq")?,
+                    topic: row.text("topic")?,
+                    payload: row.opt_json("payload")?.unwrap_or_default(),
+                    event_created_at: row.time("event_created_at")?,
+                    attempts: row.int("attempts")?,
+                    scheduled_at: row.time("scheduled_at")?,
+                    next_attempt_at: row.time("next_attempt_at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
         query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
             .bind(user.as_uuid())
             .bind(&keep[..])
             .execute(self.db.writer())
             .await
+    }
+
+    async fn record_attempt(&self, delivery: uuid::Uuid, attempt: &Attempt) -> Result<(), StoreError> {
+        let (state, next, delivered_at) = match (&attempt.error, attempt.retry_at) {
+            (None, _) => (DeliveryState::Delivered, attempt.at, Some(attempt.at)),
+            (Some(_), Some(retry_at)) => (DeliveryState::Pending, retry_at, None),
+            (Some(_), None) => (DeliveryState::Failed, attempt.at, None),
+        };
+        query(
+            "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3,
+                    last_attempt_at = $4, last_status = $5, last_error = $6, delivered_at = $7
+             WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(delivery)
+        .bind(state.as_str())
+        .bind(next)
+        .bind(attempt.at)
+        .bind(attempt.status)
+        .bind(attempt.error.clone())
+        .bind(delivered_at)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        endpoint: WebhookId,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        let rows = query(
+            "SELECT d.id, d.endpoint_id, d.event_id, d.event_seq, o.topic, d.state, d.attempts, d.scheduled_at,
+                    d.next_attempt_at, d.last_attempt_at, d.last_status, d.last_error, d.delivered_at
+             FROM webhook_deliveries d JOIN outbox_events o ON o.id = d.event_id
+             WHERE d.endpoint_id = $1 AND ($2 IS NULL OR d.event_seq < $2)
+             ORDER BY d.event_seq DESC LIMIT $3",
+        )
+        .bind(endpoint.as_uuid())
+        .bind(before)
+        .bind(limit.max(1))
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter().map(delivery_row).collect()
+    }
+
+    async fn replay_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // Only events already fanned out: later ones get their deliveries from the fan-out.
+        let events = query(
+            "SELECT seq, id, topic FROM outbox_events WHERE created_at >= $1 AND processed_at IS NOT NULL ORDER BY seq",
+        )
+        .bind(since)
+        .fetch_all(&mut tx)
+        .await?;
+        let mut scheduled = 0;
+        for event in &events {
+            if !endpoint.wants(&event.text("topic")?) {
+                continue;
+            }
+            let (seq, id) = (event.int("seq")?, event.uuid("id")?);
+            if insert_delivery(&mut tx, endpoint.id, id, seq, now).await? == 0 {
+                query(
+                    "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, scheduled_at = $3,
+                            next_attempt_at = $3, delivered_at = NULL
+                     WHERE endpoint_id = $1 AND event_id = $2",
+                )
+                .bind(endpoint.id.as_uuid())
+                .bind(id)
+                .bind(now)
+                .execute(&mut tx)
+                .await?;
+            }
+            scheduled += 1;
+        }
+        tx.commit().await?;
+        Ok(scheduled)
     }
 }
 

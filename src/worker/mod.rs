@@ -4,6 +4,7 @@
 pub mod last_seen;
 mod signing_keys;
 mod sweeper;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::service::op::clients::Clients;
 use crate::service::op::keys::SigningKeys;
 use crate::service::op::provider::OpenIdProvider;
 use crate::service::sessions::Sessions;
+use crate::service::webhooks::Webhooks;
 use crate::store::Store;
 pub use last_seen::LastSeen;
 
@@ -38,6 +40,8 @@ pub struct WorkerDeps {
     pub signing_keys: Option<SigningKeys>,
     /// The OpenID Provider (the sweeper deletes its expired grants, codes and held requests).
     pub op: Option<OpenIdProvider>,
+    /// Webhook endpoints, whose deliveries the webhook loop makes.
+    pub webhooks: Webhooks,
 }
 
 /// The running background loops.
@@ -58,6 +62,7 @@ impl Workers {
                 deps.op.clone(),
             )),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),
+            tokio::spawn(webhooks::run(deps.webhooks.clone())),
         ];
         if let Some(keys) = &deps.signing_keys {
             handles.push(tokio::spawn(signing_keys::run(keys.clone())));

@@ -211,7 +211,6 @@ async fn check_reports_pending_migrations_and_broken_invariants(backend: Backend
         email_verified: false,
         name: None,
         team: tessera::service::provisioning::team_plan(None),
-        events: vec![],
         now: chrono::Utc::now(),
     };
     store.create_account(&new).await.unwrap();

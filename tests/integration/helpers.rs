@@ -121,6 +121,11 @@ impl TestDb {
                 issuer
             })
             .collect();
+        // Webhook receivers of the tests listen on loopback; retries come quickly.
+        config.webhooks.allow_private_addresses = true;
+        config.webhooks.poll_interval = std::time::Duration::from_millis(50);
+        config.webhooks.retry_base = std::time::Duration::from_millis(100);
+        config.webhooks.retry_max = std::time::Duration::from_millis(400);
         config
     }
 
@@ -169,6 +174,16 @@ impl Sql {
             Sql::Postgres(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await,
         }
         .expect("uuids")
+    }
+
+    /// The strings a query's first column holds.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        let sql = sql.to_owned();
+        match self {
+            Sql::Sqlite(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await,
+            Sql::Postgres(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(pool).await,
+        }
+        .expect("texts")
     }
 
     /// The byte strings a query's first column holds.

@@ -26,3 +26,4 @@ mod signin;
 mod signing_keys;
 mod store;
 mod validation;
+mod webhooks;

@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use tessera::domain::{
-    AuthProfile, DisplayName, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal, ProfileId,
-    ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamMembership, TeamRef, TeamRole, User,
-    UserId,
+    AuthProfile, DeliveryState, DisplayName, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal,
+    ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamMembership, TeamRef,
+    TeamRole, User, UserId, WebhookEndpoint, WebhookId,
 };
 use tessera::service::provisioning::team_plan;
 use tessera::store::{
-    Activation, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome, LoginState,
-    MemberOutcome, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
+    Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome,
+    LoginState, MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
     RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError,
     StoredSecret, UnlinkOutcome, UserSession,
 };
@@ -26,6 +26,11 @@ use uuid::Uuid;
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
 
 on_both_backends!(
+    webhook_endpoints_are_stored_updated_and_deleted,
+    events_fan_out_once_in_order_to_the_endpoints_that_want_them,
+    an_endpoint_is_leased_to_one_owner_at_a_time,
+    attempts_are_recorded_and_a_replay_schedules_events_again,
+    each_change_writes_one_outbox_event_in_its_transaction,
     // Schema and connection
     migrations_apply_once_and_report_status,
     a_store_names_its_backend_and_is_unavailable_once_closed,
@@ -124,11 +129,6 @@ fn account(subject: &str, name: Option<&str>) -> NewAccount {
         email_verified: true,
         name: name.map(|n| n.as_str().to_owned()),
         team,
-        events: vec![NewEvent {
-            id: tessera::domain::EventId::generate(),
-            topic: "user.created",
-            payload: serde_json::json!({ "user_id": user_id }),
-        }],
         now: now(),
     }
 }
@@ -1878,9 +1878,13 @@ async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
     let t0 = now();
     store.put_identity_tokens(ada.identity(), &tokens(b"access-1", Some(b"refresh-1"), t0)).await.unwrap();
     let app = connected(&store, &ada, "app").await;
+    let hook = endpoint(&[], t0);
+    store.insert_webhook(&hook).await.unwrap();
     for &kind in SecretKind::ALL {
         let secrets = store.secrets_page(kind, None, 10).await.unwrap();
-        assert_eq!(secrets.len(), 2, "{kind:?}");
+        let columns = if kind == SecretKind::WebhookEndpoints { 1 } else { 2 };
+        assert_eq!(secrets.len(), columns, "{kind:?}");
+        assert_eq!(store.count_secrets(kind).await.unwrap(), 1, "{kind:?}");
         for secret in &secrets {
             let rotated = [b"rotated-".as_slice(), &secret.ciphertext].concat();
             assert!(store.replace_secret(secret, &rotated).await.unwrap());
@@ -1889,6 +1893,8 @@ async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
     }
     let rotated = tokens(b"rotated-access-1", Some(b"rotated-refresh-1"), t0);
     assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(rotated), "the rest of the row is kept");
+    let rotated_key = [b"rotated-".as_slice(), &hook.secret].concat();
+    assert_eq!(store.webhook(hook.id).await.unwrap().unwrap().secret, rotated_key, "a webhook's signing key too");
     let stored = secrets_of(&store, app.id).await;
     assert_eq!(stored.access_token.as_deref(), Some(b"rotated-access-1".as_slice()));
     assert_eq!(stored.refresh_token.as_deref(), Some(b"rotated-refresh-1".as_slice()));
@@ -2544,4 +2550,190 @@ mod grants {
             assert_eq!(sql.count(table).await, 0, "{table}");
         }
     }
+}
+
+// ---- Outbox events ----------------------------------------------------------------------------
+
+async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let sql = db.sql().await;
+    let topics = async || sql.texts("SELECT topic FROM outbox_events ORDER BY seq").await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    assert_eq!(topics().await, ["user.created", "user.created"]);
+    let payload = sql.texts("SELECT CAST(payload AS TEXT) FROM outbox_events ORDER BY seq LIMIT 1").await;
+    let payload: serde_json::Value = serde_json::from_str(&payload[0]).unwrap();
+    assert_eq!(payload["user"]["id"], ada.id().as_uuid().to_string());
+    assert_eq!(payload["team"]["slug"], ada.team.slug.as_str());
+    assert_eq!(payload["identity"]["subject"], "ada");
+
+    let t = now();
+    store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap();
+    store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap();
+    store.set_user_disabled(bob.id(), false, t).await.unwrap().unwrap();
+    assert!(store.set_user_disabled(UserId::generate(), true, t).await.unwrap().is_none());
+    let link = NewLink {
+        identity_id: IdentityId::generate(),
+        issuer: Issuer::parse(ISSUER).unwrap(),
+        subject: Subject::parse("ada-2").unwrap(),
+        provider: "test".into(),
+        email: None,
+        email_verified: false,
+        now: t,
+    };
+    assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::Linked(_)));
+    assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::AlreadyLinked(_)));
+    assert!(matches!(store.link_identity(bob.id(), &link).await.unwrap(), LinkOutcome::LinkedToAnotherUser));
+    assert!(matches!(store.unlink_identity(ada.id(), link.identity_id, t).await.unwrap(), UnlinkOutcome::Unlinked(_)));
+    assert_eq!(store.put_member(ada.team.id, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Added);
+    assert_eq!(store.put_member(ada.team.id, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Updated);
+    assert_eq!(store.put_member(ada.team.id, bob.id(), Role::Admin, t).await.unwrap(), MemberOutcome::Updated);
+    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
+    assert_eq!(
+        topics().await,
+        [
+            "user.created",
+            "user.created",
+            "user.disabled",
+            "user.enabled",
+            "identity.linked",
+            "identity.unlinked",
+            "team.member.added",
+            "team.member.role_changed",
+            "team.member.removed",
+        ],
+        "one event per change, none for a call that changed nothing"
+    );
+}
+
+// ---- Webhooks -----------------------------------------------------------------------------------
+
+fn endpoint(types: &[&str], created_at: DateTime<Utc>) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: WebhookId::generate(),
+        url: "https://hooks.example.com/t".into(),
+        event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        enabled: true,
+        secret: vec![1, 2, 3],
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+async fn webhook_endpoints_are_stored_updated_and_deleted(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let mut hook = endpoint(&["user.created", "user.disabled"], now());
+    store.insert_webhook(&hook).await.unwrap();
+    assert_eq!(store.webhook(hook.id).await.unwrap(), Some(hook.clone()));
+    assert_eq!(store.list_webhooks().await.unwrap(), [hook.clone()]);
+    hook.url = "https://other.example.com/".into();
+    hook.event_types = vec![];
+    hook.enabled = false;
+    hook.updated_at = now();
+    assert!(store.update_webhook(&hook).await.unwrap());
+    assert_eq!(store.webhook(hook.id).await.unwrap(), Some(hook.clone()));
+    assert!(!store.update_webhook(&endpoint(&[], now())).await.unwrap(), "no such endpoint");
+    assert!(store.delete_webhook(hook.id).await.unwrap());
+    assert!(!store.delete_webhook(hook.id).await.unwrap());
+    assert_eq!(store.webhook(hook.id).await.unwrap(), None);
+}
+
+async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let before = now() - TimeDelta::seconds(1);
+    let (all, disabled_only, off) =
+        (endpoint(&[], before), endpoint(&["user.disabled"], before), endpoint(&[], before));
+    for hook in [&all, &disabled_only] {
+        store.insert_webhook(hook).await.unwrap();
+    }
+    store.insert_webhook(&WebhookEndpoint { enabled: false, ..off.clone() }).await.unwrap();
+    let ada = sign_up(&store, "ada").await;
+    store.set_user_disabled(ada.id(), true, now()).await.unwrap();
+    // Registered after these events: it gets none of them.
+    let late = endpoint(&[], now() + TimeDelta::seconds(1));
+    store.insert_webhook(&late).await.unwrap();
+
+    assert_eq!(store.fan_out_events(1, now()).await.unwrap(), 1, "at most the limit");
+    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
+    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 0, "each event once");
+    let topics = async |hook: &WebhookEndpoint| {
+        let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
+        assert!(jobs.windows(2).all(|w| w[0].event_seq < w[1].event_seq), "in sequence order");
+        jobs.into_iter().map(|j| j.topic).collect::<Vec<_>>()
+    };
+    assert_eq!(topics(&all).await, ["user.created", "user.disabled"]);
+    assert_eq!(topics(&disabled_only).await, ["user.disabled"]);
+    assert!(topics(&off).await.is_empty(), "a disabled endpoint gets nothing");
+    assert!(topics(&late).await.is_empty());
+    let first = &store.pending_deliveries(all.id, 1).await.unwrap()[0];
+    assert_eq!(first.payload["user"]["id"], ada.id().as_uuid().to_string());
+    assert_eq!(first.attempts, 0);
+}
+
+async fn an_endpoint_is_leased_to_one_owner_at_a_time(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let hook = endpoint(&[], now() - TimeDelta::seconds(1));
+    store.insert_webhook(&hook).await.unwrap();
+    let (t, until) = (now(), now() + TimeDelta::seconds(30));
+    assert!(store.claim_webhooks(Uuid::new_v4(), t, until, 10).await.unwrap().is_empty(), "nothing to deliver");
+    sign_up(&store, "ada").await;
+    store.fan_out_events(100, now()).await.unwrap();
+
+    let t = now();
+    let claims = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim_webhooks(Uuid::new_v4(), t, until, 10).await.unwrap().len() })
+    });
+    let mut won = 0;
+    for claim in claims {
+        won += claim.await.unwrap();
+    }
+    assert_eq!(won, 1, "of concurrent claims one gets the endpoint");
+    let owner = Uuid::new_v4();
+    assert!(store.claim_webhooks(owner, t, until, 10).await.unwrap().is_empty(), "while leased");
+    let later = until + TimeDelta::seconds(1);
+    let taken = store.claim_webhooks(owner, later, later + TimeDelta::seconds(30), 10).await.unwrap();
+    assert_eq!(taken.len(), 1, "a lease that ran out is taken over");
+    store.release_webhook(hook.id, Uuid::new_v4()).await.unwrap();
+    assert!(store.claim_webhooks(Uuid::new_v4(), later, later, 10).await.unwrap().is_empty(), "not its lease");
+    store.release_webhook(hook.id, owner).await.unwrap();
+    assert_eq!(store.claim_webhooks(Uuid::new_v4(), later, later, 10).await.unwrap().len(), 1, "released");
+}
+
+async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let start = now() - TimeDelta::seconds(1);
+    let hook = endpoint(&[], start);
+    store.insert_webhook(&hook).await.unwrap();
+    sign_up(&store, "ada").await;
+    sign_up(&store, "bob").await;
+    store.fan_out_events(100, now()).await.unwrap();
+    let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
+    let (t, retry) = (now(), now() + TimeDelta::seconds(60));
+    let failure = |retry_at| Attempt { at: t, status: Some(500), error: Some("answered 500".into()), retry_at };
+    store.record_attempt(jobs[0].id, &failure(Some(retry))).await.unwrap();
+    let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
+    assert_eq!(log.len(), 2);
+    let first = &log[1];
+    assert_eq!((first.state, first.attempts, first.next_attempt_at), (DeliveryState::Pending, 1, retry));
+    assert_eq!((first.last_status, first.last_error.as_deref()), (Some(500), Some("answered 500")));
+    assert!(
+        store.claim_webhooks(Uuid::new_v4(), now(), now(), 10).await.unwrap().is_empty(),
+        "the first pending delivery is not due: the endpoint waits, its later events too"
+    );
+    store.record_attempt(jobs[0].id, &failure(None)).await.unwrap();
+    store.record_attempt(jobs[1].id, &Attempt { at: t, status: Some(204), error: None, retry_at: None }).await.unwrap();
+    store.record_attempt(jobs[1].id, &failure(None)).await.unwrap();
+    let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
+    assert_eq!((log[1].state, log[1].attempts), (DeliveryState::Failed, 2));
+    assert_eq!((log[0].state, log[0].attempts, log[0].delivered_at), (DeliveryState::Delivered, 1, Some(t)));
+    assert_eq!(store.webhook_deliveries(hook.id, Some(log[0].event_seq), 10).await.unwrap(), [log[1].clone()]);
+
+    let replayed = store.replay_webhook(&hook, start, now()).await.unwrap();
+    assert_eq!(replayed, 2);
+    let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j.attempts == 0));
+    assert_eq!(store.replay_webhook(&hook, now() + TimeDelta::seconds(5), now()).await.unwrap(), 0);
 }

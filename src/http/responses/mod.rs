@@ -13,6 +13,7 @@ mod clients;
 mod sign_in;
 mod teams;
 mod users;
+mod webhooks;
 
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,10 @@ pub use self::teams::{
     TeamRoleResponse, TeamSummaryResponse,
 };
 pub use self::users::{BootstrapResponse, IdentityResponse, UserProfileResponse, UserResponse};
+pub use self::webhooks::{
+    DeliveryListResponse, DeliveryResponse, DeliveryStateResponse, ReplayResponse, WebhookListResponse,
+    WebhookResponse, WebhookWithSecretResponse,
+};
 
 /// The body of `GET /healthz` (`{"status": "ok"}`) and `GET /readyz` (`{"status": "ready"}`).
 #[derive(Debug, Serialize)]

@@ -1,0 +1,347 @@
+//! Webhook endpoints: registration (the admin API), their signing keys, the delivery log and
+//! replay; and the rules of delivery that the worker (`worker::webhooks`) applies — the Standard
+//! Webhooks signature, the retry schedule and which addresses may be called.
+//!
+//! A signing key must be recoverable to sign, so it is stored encrypted by the key ring (bound to
+//! its row and column, like every other secret at rest). Without a key ring, endpoints cannot be
+//! registered (503 `encryption_not_configured`): a plaintext key in the database would let anyone
+//! who reads a backup forge Tessera's events.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use url::Url;
+
+use super::now;
+use crate::config::WebhooksConfig;
+use crate::crypto::keyring::KeyRing;
+use crate::domain::{WebhookDelivery, WebhookEndpoint, WebhookId, events};
+use crate::error::{ErrorCode, PublicError};
+use crate::store::{Store, StoreError};
+
+/// The prefix of a signing key as shown to the operator (Standard Webhooks).
+pub const SECRET_PREFIX: &str = "whsec_";
+/// The longest endpoint URL.
+pub const MAX_URL_LEN: usize = 2048;
+/// The most deliveries one page of the log holds.
+pub const MAX_PAGE: usize = 500;
+
+/// Why a webhook request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// No endpoint has this id.
+    #[error("no webhook endpoint has this id")]
+    NotFound,
+    /// The URL cannot be registered.
+    #[error("`url`: {0}")]
+    InvalidUrl(String),
+    /// An event type is unknown.
+    #[error("`event_types`: {0:?} is not an event type Tessera sends (see the README's list)")]
+    InvalidEventType(String),
+    /// Without a key ring, signing keys cannot be stored.
+    #[error("webhooks need the key ring (encryption.keys) to keep their signing keys encrypted")]
+    EncryptionNotConfigured,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PublicError for WebhookError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            WebhookError::NotFound => ErrorCode::WebhookNotFound,
+            WebhookError::InvalidUrl(_) => ErrorCode::InvalidWebhookUrl,
+            WebhookError::InvalidEventType(_) => ErrorCode::InvalidEventType,
+            WebhookError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
+            WebhookError::Store(e) => e.code(),
+        }
+    }
+
+    fn extensions(&self) -> Vec<(&'static str, serde_json::Value)> {
+        match self {
+            WebhookError::InvalidUrl(_) => vec![("field", "url".into())],
+            WebhookError::InvalidEventType(_) => vec![("field", "event_types".into())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A registration.
+#[derive(Debug, Clone, Default)]
+pub struct NewWebhook {
+    /// Where to POST.
+    pub url: String,
+    /// Topics; `None` or empty: all.
+    pub event_types: Option<Vec<String>>,
+    /// Default true.
+    pub enabled: Option<bool>,
+}
+
+/// A change of an endpoint: the fields named.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookPatch {
+    /// A new URL.
+    pub url: Option<String>,
+    /// New topics (empty: all).
+    pub event_types: Option<Vec<String>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+}
+
+/// Webhook endpoints and the rules of delivery.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    store: Arc<dyn Store>,
+    keyring: Option<Arc<KeyRing>>,
+    settings: Arc<WebhooksConfig>,
+}
+
+impl Webhooks {
+    /// The service.
+    pub fn new(store: Arc<dyn Store>, keyring: Option<Arc<KeyRing>>, settings: WebhooksConfig) -> Self {
+        Self { store, keyring, settings: Arc::new(settings) }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The delivery settings.
+    pub fn settings(&self) -> &WebhooksConfig {
+        &self.settings
+    }
+
+    /// Registers an endpoint; returns it with its signing key (`whsec_…`), shown this once.
+    pub async fn create(&self, new: NewWebhook) -> Result<(WebhookEndpoint, SecretString), WebhookError> {
+        let keyring = self.keyring.as_ref().ok_or(WebhookError::EncryptionNotConfigured)?;
+        let url = check_url(&new.url, self.settings.allow_private_addresses)?;
+        let event_types = check_event_types(new.event_types.unwrap_or_default())?;
+        let id = WebhookId::generate();
+        let key = crate::crypto::random_bytes::<32>();
+        let secret = SecretString::from(format!("{SECRET_PREFIX}{}", STANDARD.encode(key)));
+        let at = now();
+        let endpoint = WebhookEndpoint {
+            id,
+            url,
+            event_types,
+            enabled: new.enabled.unwrap_or(true),
+            secret: keyring.encrypt(&key, &WebhookEndpoint::aad(id)),
+            created_at: at,
+            updated_at: at,
+        };
+        self.store.insert_webhook(&endpoint).await?;
+        Ok((endpoint, secret))
+    }
+
+    /// Every endpoint.
+    pub async fn list(&self) -> Result<Vec<WebhookEndpoint>, WebhookError> {
+        Ok(self.store.list_webhooks().await?)
+    }
+
+    /// One endpoint.
+    pub async fn get(&self, id: WebhookId) -> Result<WebhookEndpoint, WebhookError> {
+        self.store.webhook(id).await?.ok_or(WebhookError::NotFound)
+    }
+
+    /// Changes the fields a patch names.
+    pub async fn update(&self, id: WebhookId, patch: WebhookPatch) -> Result<WebhookEndpoint, WebhookError> {
+        let mut endpoint = self.get(id).await?;
+        if let Some(url) = patch.url {
+            endpoint.url = check_url(&url, self.settings.allow_private_addresses)?;
+        }
+        if let Some(types) = patch.event_types {
+            endpoint.event_types = check_event_types(types)?;
+        }
+        if let Some(enabled) = patch.enabled {
+            endpoint.enabled = enabled;
+        }
+        endpoint.updated_at = now();
+        if !self.store.update_webhook(&endpoint).await? {
+            return Err(WebhookError::NotFound);
+        }
+        Ok(endpoint)
+    }
+
+    /// Deletes an endpoint and its delivery log.
+    pub async fn delete(&self, id: WebhookId) -> Result<(), WebhookError> {
+        if self.store.delete_webhook(id).await? { Ok(()) } else { Err(WebhookError::NotFound) }
+    }
+
+    /// A page of the delivery log, latest event first.
+    pub async fn deliveries(
+        &self,
+        id: WebhookId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, WebhookError> {
+        self.get(id).await?;
+        Ok(self.store.webhook_deliveries(id, before, limit.clamp(1, MAX_PAGE) as i64).await?)
+    }
+
+    /// Sends every event written since `since` again; returns how many were scheduled.
+    pub async fn replay(&self, id: WebhookId, since: DateTime<Utc>) -> Result<u64, WebhookError> {
+        let endpoint = self.get(id).await?;
+        Ok(self.store.replay_webhook(&endpoint, since, now()).await?)
+    }
+
+    /// The signing key of an endpoint, decrypted.
+    pub fn signing_key(&self, endpoint: &WebhookEndpoint) -> Result<Vec<u8>, String> {
+        let keyring = self.keyring.as_ref().ok_or("no key ring is configured to decrypt the signing key")?;
+        keyring.decrypt(&endpoint.secret, &WebhookEndpoint::aad(endpoint.id)).map_err(|e| e.to_string())
+    }
+
+    /// The wait before the next attempt after `attempts` failed ones (1 or more): the base
+    /// doubled per earlier failure, at most the maximum, times a random factor in [0.5, 1].
+    pub fn retry_delay(&self, attempts: i64) -> Duration {
+        let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        let exact =
+            self.settings.retry_base.saturating_mul(2u32.saturating_pow(doublings)).min(self.settings.retry_max);
+        let jitter = 0.5 + f64::from(crate::crypto::random_bytes::<1>()[0]) / 510.0;
+        exact.mul_f64(jitter)
+    }
+}
+
+/// Checks an endpoint URL: absolute `http` or `https`, a host, no user info or fragment, at most
+/// [`MAX_URL_LEN`] bytes; unless private addresses are allowed, no IP literal or `localhost` name
+/// that is not public (names are checked again when resolved, at every delivery).
+pub fn check_url(value: &str, allow_private: bool) -> Result<String, WebhookError> {
+    let value = value.trim();
+    if value.len() > MAX_URL_LEN {
+        return Err(WebhookError::InvalidUrl(format!("at most {MAX_URL_LEN} bytes")));
+    }
+    let url = Url::parse(value).map_err(|_| WebhookError::InvalidUrl("not an absolute URL".into()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(WebhookError::InvalidUrl("the scheme must be http or https".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(WebhookError::InvalidUrl("user info is not allowed".into()));
+    }
+    if url.fragment().is_some() {
+        return Err(WebhookError::InvalidUrl("a fragment is not allowed".into()));
+    }
+    let Some(host) = url.host() else {
+        return Err(WebhookError::InvalidUrl("a host is required".into()));
+    };
+    if !allow_private {
+        let refused = match host {
+            url::Host::Ipv4(ip) => is_forbidden_ip(IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => is_forbidden_ip(IpAddr::V6(ip)),
+            url::Host::Domain(name) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                name == "localhost" || name.ends_with(".localhost")
+            }
+        };
+        if refused {
+            return Err(WebhookError::InvalidUrl(
+                "loopback, private and link-local addresses are refused (webhooks.allow_private_addresses)".into(),
+            ));
+        }
+    }
+    Ok(url.to_string())
+}
+
+fn check_event_types(types: Vec<String>) -> Result<Vec<String>, WebhookError> {
+    let mut out: Vec<String> = Vec::with_capacity(types.len());
+    for t in types {
+        let topic = events::topic(t.trim()).ok_or(WebhookError::InvalidEventType(t.clone()))?;
+        if !out.iter().any(|o| o == topic) {
+            out.push(topic.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an address is one a webhook must not reach while private addresses are refused:
+/// loopback, private (RFC 1918, unique-local), link-local, shared (CGNAT), unspecified,
+/// broadcast, multicast, documentation, benchmarking and reserved ranges, and IPv4 addresses
+/// mapped into IPv6.
+pub fn is_forbidden_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_forbidden_ip(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || (first == 0x64 && v6.segments()[1] == 0xff9b)
+        }
+    }
+}
+
+/// The Standard Webhooks signature of a message: `v1,` and the base64 HMAC-SHA256, under the
+/// endpoint's key, of `{id}.{timestamp}.{body}`.
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut context = hmac::Context::with_key(&key);
+    context.update(id.as_bytes());
+    context.update(b".");
+    context.update(timestamp.to_string().as_bytes());
+    context.update(b".");
+    context.update(body);
+    format!("v1,{}", STANDARD.encode(context.sign().as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_match_the_standard_webhooks_example() {
+        // The example of the Standard Webhooks reference libraries.
+        let key = STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let signature = sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn private_and_loopback_addresses_are_forbidden() {
+        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0"] {
+            assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["::1", "fc00::1", "fe80::1", "::ffff:127.0.0.1", "::"] {
+            assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(!is_forbidden_ip(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(check_url("https://hooks.example.com/tessera", false).is_ok());
+        for refused in ["ftp://example.com", "https://user:pw@example.com", "https://example.com/#x", "/relative"] {
+            assert!(check_url(refused, true).is_err(), "{refused}");
+        }
+        for private in ["http://127.0.0.1:8080/", "http://localhost/", "http://[::1]/", "http://10.0.0.1/"] {
+            assert!(check_url(private, false).is_err(), "{private}");
+            assert!(check_url(private, true).is_ok(), "{private}");
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Webhook delivery: every instance runs this loop. Each round it fans new outbox events out to
+//! the endpoints that want them (one instance at a time), then leases endpoints whose first
+//! pending delivery is due and delivers to each in a task of its own, in event order.
+//!
+//! - At least once: a delivery is marked delivered only after a 2xx; a crash in between sends it
+//!   again (same `webhook-id`, for the receiver to deduplicate).
+//! - Per-endpoint order: an endpoint's deliveries go one at a time in sequence order; while the
+//!   first one waits for a retry, the later ones wait too. A delivery that runs out of retries is
+//!   marked failed and no longer holds the others.
+//! - Isolation: endpoints are delivered to concurrently (`webhooks.max_concurrent_endpoints`), each
+//!   request has a timeout, so a slow or dead endpoint holds only its own queue.
+//! - Many instances: an endpoint is leased to one instance at a time (claimed with
+//!   `FOR UPDATE SKIP LOCKED` on PostgreSQL), so each event reaches each endpoint once in normal
+//!   operation; a lease that outlives a crashed instance runs out and another takes over.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::domain::{DeliveryJob, WebhookEndpoint, WebhookId};
+use crate::service::webhooks::{Webhooks, is_forbidden_ip, sign};
+use crate::store::Attempt;
+
+/// Events fanned out per transaction.
+const FAN_OUT_BATCH: i64 = 500;
+/// Deliveries read per endpoint per lease.
+const DELIVERY_BATCH: i64 = 100;
+/// The longest error message kept in the delivery log.
+const MAX_ERROR_LEN: usize = 300;
+
+/// Runs the delivery loop until aborted.
+pub(super) async fn run(webhooks: Webhooks) {
+    let owner = uuid::Uuid::new_v4();
+    let settings = webhooks.settings().clone();
+    let client = Arc::new(client(settings.timeout, settings.allow_private_addresses));
+    // A lease covers a whole batch of requests that each may take the timeout.
+    let lease = settings.timeout.saturating_mul(6).max(Duration::from_secs(30));
+    let mut tasks: JoinSet<WebhookId> = JoinSet::new();
+    let mut busy: HashSet<WebhookId> = HashSet::new();
+    let mut interval = tokio::time::interval(settings.poll_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        while let Some(done) = tasks.try_join_next() {
+            if let Ok(id) = done {
+                busy.remove(&id);
+            }
+        }
+        loop {
+            match webhooks.store().fan_out_events(FAN_OUT_BATCH, crate::domain::now()).await {
+                Ok(n) if n as i64 >= FAN_OUT_BATCH => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot fan out outbox events to webhook endpoints");
+                    break;
+                }
+            }
+        }
+        let free = settings.max_concurrent_endpoints.saturating_sub(busy.len());
+        if free == 0 {
+            continue;
+        }
+        let now = Utc::now();
+        let until = now + TimeDelta::from_std(lease).unwrap_or(TimeDelta::seconds(60));
+        let claimed = match webhooks.store().claim_webhooks(owner, now, until, free as i64).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot claim webhook endpoints");
+                continue;
+            }
+        };
+        for endpoint in claimed {
+            if !busy.insert(endpoint.id) {
+                continue;
+            }
+            let (webhooks, client) = (webhooks.clone(), client.clone());
+            let deadline = Instant::now() + lease.saturating_sub(settings.timeout.saturating_mul(2));
+            tasks.spawn(async move {
+                let id = endpoint.id;
+                deliver_to(&webhooks, &client, &endpoint, deadline).await;
+                if let Err(error) = webhooks.store().release_webhook(id, owner).await {
+                    tracing::warn!(error = %error, webhook = %id, "cannot release a webhook endpoint's lease");
+                }
+                id
+            });
+        }
+    }
+}
+
+/// The outbound client: no redirects, no proxy from the environment, the timeout; when private
+/// addresses are refused, names are resolved through [`PublicOnly`], so a name that resolves to
+/// a private address (or is re-pointed to one after registration) is never connected to.
+fn client(timeout: Duration, allow_private: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("tessera-webhooks/", env!("CARGO_PKG_VERSION")));
+    let builder = if allow_private { builder } else { builder.dns_resolver(Arc::new(PublicOnly)) };
+    builder.build().expect("the webhook client configuration is valid")
+}
+
+/// A resolver that drops loopback, private and other non-public addresses.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<_> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|addr| !is_forbidden_ip(addr.ip())).collect();
+            if addrs.is_empty() {
+                return Err("the host has no public address (webhooks.allow_private_addresses is off)".into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Delivers an endpoint's due deliveries in sequence order until one fails, none is left, or the
+/// lease nears its end.
+async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &WebhookEndpoint, deadline: Instant) {
+    let key = match webhooks.signing_key(endpoint) {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::error!(webhook = %endpoint.id, error, "cannot decrypt a webhook endpoint's signing key");
+            return;
+        }
+    };
+    let jobs = match webhooks.store().pending_deliveries(endpoint.id, DELIVERY_BATCH).await {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            tracing::warn!(error = %error, webhook = %endpoint.id, "cannot read pending webhook deliveries");
+            return;
+        }
+    };
+    for job in jobs {
+        if job.next_attempt_at > Utc::now() || Instant::now() >= deadline {
+            return;
+        }
+        let (status, error) = send(client, endpoint, &key, &job, webhooks.settings().allow_private_addresses).await;
+        let at = crate::domain::now();
+        let retry_at = error.as_ref().and_then(|_| {
+            let next = at + TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).ok()?;
+            let give_up = job.scheduled_at + TimeDelta::from_std(webhooks.settings().give_up_after).ok()?;
+            (next <= give_up).then_some(next)
+        });
+        let failed = error.is_some();
+        match (&error, retry_at) {
+            (None, _) => tracing::debug!(webhook = %endpoint.id, event = %job.event_id, "webhook delivered"),
+            (Some(e), Some(_)) => {
+                tracing::info!(webhook = %endpoint.id, event = %job.event_id, attempt = job.attempts + 1, error = %e, "webhook delivery failed; will retry")
+            }
+            (Some(e), None) => {
+                tracing::warn!(webhook = %endpoint.id, event = %job.event_id, attempts = job.attempts + 1, error = %e, "webhook delivery failed for good")
+            }
+        }
+        let attempt = Attempt { at, status, error, retry_at };
+        if let Err(error) = webhooks.store().record_attempt(job.id, &attempt).await {
+            tracing::warn!(error = %error, webhook = %endpoint.id, "cannot record a webhook delivery attempt");
+            return;
+        }
+        // A retry holds the endpoint's later events back; a failure for good does not.
+        if failed && attempt.retry_at.is_some() {
+            return;
+        }
+    }
+}
+
+/// The body of a delivery: the event's type, time and payload (Standard Webhooks' envelope).
+pub fn body(job: &DeliveryJob) -> Vec<u8> {
+    let body = json!({
+        "type": job.topic,
+        "timestamp": job.event_created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "data": job.payload,
+    });
+    serde_json::to_vec(&body).expect("a JSON value serialises")
+}
+
+/// Sends one delivery: the status when the endpoint answered, and an error unless it was a 2xx.
+async fn send(
+    client: &reqwest::Client,
+    endpoint: &WebhookEndpoint,
+    key: &[u8],
+    job: &DeliveryJob,
+    allow_private: bool,
+) -> (Option<i64>, Option<String>) {
+    // IP literals are not resolved, so the resolver cannot refuse them: checked here.
+    if !allow_private
+        && let Ok(url) = url::Url::parse(&endpoint.url)
+        && let Some(ip) = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        }
+        && is_forbidden_ip(ip)
+    {
+        return (None, Some("the address is not public (webhooks.allow_private_addresses is off)".into()));
+    }
+    let body = body(job);
+    let id = job.event_id.to_string();
+    let timestamp = Utc::now().timestamp();
+    let signature = sign(key, &id, timestamp, &body);
+    let sent = client
+        .post(&endpoint.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(response) if response.status().is_success() => (Some(i64::from(response.status().as_u16())), None),
+        Ok(response) => {
+            let status = response.status();
+            let error = if status.is_redirection() {
+                format!("answered {status}; redirects are not followed")
+            } else {
+                format!("answered {status}")
+            };
+            (Some(i64::from(status.as_u16())), Some(error))
+        }
+        Err(error) => (None, Some(describe(error))),
+    }
+}
+
+/// A request error without its URL (which may carry a credential), with its causes.
+fn describe(error: reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_owned();
+    let error = error.without_url();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if text.len() > MAX_ERROR_LEN {
+        let mut cut = MAX_ERROR_LEN;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

@@ -1,0 +1,355 @@
+//! Webhooks: events from the outbox delivered to receivers running in the test (axum on
+//! 127.0.0.1:0), signatures checked with an HMAC computed here, retries, order, replay, many
+//! instances and the SSRF guard.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::hmac;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tessera::config::Config;
+use tessera::crypto::keyring::KeyRing;
+
+use crate::helpers::{Backend, TestApp, TestDb, eventually, identity, json, on_both_backends};
+
+on_both_backends!(
+    events_arrive_signed_once_per_endpoint_and_filtered_by_type,
+    a_failing_endpoint_is_retried_in_order_without_delaying_a_healthy_one,
+    a_replay_sends_events_again,
+);
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: Value,
+    raw: Bytes,
+}
+
+/// A webhook receiver: records every request; answers 503 while `failing`.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Received>>>,
+    failing: Arc<AtomicBool>,
+    url: String,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let mut receiver = Receiver::default();
+        let app = Router::new().route("/hook", post(receive)).with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        receiver.url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        receiver
+    }
+
+    fn all(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The event type of every request, in order of arrival.
+    fn types(&self) -> Vec<String> {
+        self.all().iter().map(|r| r.body["type"].as_str().unwrap().to_owned()).collect()
+    }
+}
+
+async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    receiver.got.lock().unwrap().push(Received {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        body: serde_json::from_slice(&body).unwrap(),
+        raw: body,
+    });
+    if receiver.failing.load(Ordering::SeqCst) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::NO_CONTENT }
+}
+
+/// The Standard Webhooks check, computed here: `v1,` and the base64 HMAC-SHA256 of
+/// `{id}.{timestamp}.{body}` under the base64 key after `whsec_`.
+fn signature_valid(secret: &str, received: &Received) -> bool {
+    let key = STANDARD.decode(secret.strip_prefix("whsec_").expect("whsec_ prefix")).unwrap();
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
+    let mut signed = format!("{}.{}.", received.id, received.timestamp).into_bytes();
+    signed.extend_from_slice(&received.raw);
+    let expected = format!("v1,{}", STANDARD.encode(hmac::sign(&key, &signed).as_ref()));
+    received.signature.split(' ').any(|s| s == expected)
+}
+
+fn with_keyring(config: &mut Config) {
+    let ring = format!("k1:{}", STANDARD.encode([7u8; 32]));
+    config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+}
+
+async fn spawn(backend: Backend) -> TestApp {
+    TestApp::spawn_with(backend, with_keyring).await
+}
+
+/// Registers an endpoint; returns its id and secret.
+async fn register(app: &TestApp, body: Value) -> (String, String) {
+    let created = json(app.admin(Method::POST, "/admin/webhooks").json(&body).send().await.unwrap(), 201).await;
+    (created["id"].as_str().unwrap().to_owned(), created["secret"].as_str().unwrap().to_owned())
+}
+
+async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
+    let log =
+        json(app.admin(Method::GET, &format!("/admin/webhooks/{id}/deliveries")).send().await.unwrap(), 200).await;
+    log["deliveries"].as_array().unwrap().clone()
+}
+
+async fn disable(app: &TestApp, user: &str, disabled: bool) {
+    let path = format!("/admin/users/{user}");
+    json(app.admin(Method::PATCH, &path).json(&json!({ "disabled": disabled })).send().await.unwrap(), 200).await;
+}
+
+async fn events_arrive_signed_once_per_endpoint_and_filtered_by_type(backend: Backend) {
+    let app = spawn(backend).await;
+    let (all, only_disabled) = (Receiver::start().await, Receiver::start().await);
+    let (_, secret) = register(&app, json!({ "url": all.url })).await;
+    let (_, other_secret) = register(&app, json!({ "url": only_disabled.url, "event_types": ["user.disabled"] })).await;
+
+    let created = json(app.bootstrap(&identity("ada", "ada@example.com", Some("Ada Lovelace"))).await, 201).await;
+    let user = created["user_id"].as_str().unwrap();
+    // An idempotent re-bootstrap writes no event.
+    json(app.bootstrap(&identity("ada", "ada@example.com", Some("Ada Lovelace"))).await, 200).await;
+    disable(&app, user, true).await;
+    disable(&app, user, false).await;
+
+    eventually("both events reach the first endpoint", || async { all.all().len() >= 3 }).await;
+    eventually("user.disabled reaches the second", || async { !only_disabled.all().is_empty() }).await;
+    // The latest event arrived; an earlier one (from the re-bootstrap) would have come before it.
+    assert_eq!(all.types(), ["user.created", "user.disabled", "user.enabled"], "one user.created only");
+    assert_eq!(only_disabled.types(), ["user.disabled"], "the filter holds");
+
+    for received in all.all() {
+        assert!(signature_valid(&secret, &received), "the signature verifies: {received:?}");
+        assert!(!signature_valid(&other_secret, &received), "each endpoint has its own key");
+        let age = chrono::Utc::now().timestamp() - received.timestamp.parse::<i64>().unwrap();
+        assert!((0..300).contains(&age), "webhook-timestamp is the sending time");
+    }
+    let first = &all.all()[0];
+    assert_eq!(first.body["data"]["user"]["id"], user);
+    assert_eq!(first.body["data"]["team"]["slug"], "adas-team");
+    assert_eq!(first.body["data"]["identity"]["subject"], "ada");
+    assert!(first.body["timestamp"].is_string());
+    let ids: std::collections::HashSet<_> = all.all().iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 3, "each event has its own webhook-id");
+    app.stop().await;
+}
+
+async fn a_failing_endpoint_is_retried_in_order_without_delaying_a_healthy_one(backend: Backend) {
+    let app = spawn(backend).await;
+    let (flaky, healthy) = (Receiver::start().await, Receiver::start().await);
+    flaky.failing.store(true, Ordering::SeqCst);
+    let (flaky_id, _) = register(&app, json!({ "url": flaky.url })).await;
+    register(&app, json!({ "url": healthy.url })).await;
+
+    let created = json(app.bootstrap(&identity("bob", "bob@example.com", None)).await, 201).await;
+    let user = created["user_id"].as_str().unwrap().to_owned();
+    disable(&app, &user, true).await;
+    eventually("the healthy endpoint gets both events", || async { healthy.all().len() == 2 }).await;
+    eventually("the flaky endpoint was tried three times", || async { flaky.all().len() >= 3 }).await;
+    assert!(
+        flaky.types().iter().all(|t| t == "user.created"),
+        "the second event waits while the first is retried: {:?}",
+        flaky.types()
+    );
+    let log = deliveries(&app, &flaky_id).await;
+    let first = log.iter().find(|d| d["event_type"] == "user.created").unwrap();
+    assert_eq!(first["state"], "pending");
+    assert_eq!(first["last_status"], 503);
+    assert!(first["attempts"].as_i64().unwrap() >= 2);
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(time(&first["next_attempt_at"]) > time(&first["last_attempt_at"]), "backs off");
+
+    flaky.failing.store(false, Ordering::SeqCst);
+    eventually("the flaky endpoint recovers", || async {
+        deliveries(&app, &flaky_id).await.iter().all(|d| d["state"] == "delivered")
+    })
+    .await;
+    let types = flaky.types();
+    let last_created = types.iter().rposition(|t| t == "user.created").unwrap();
+    assert_eq!(types[last_created + 1..], ["user.disabled"], "in sequence order, once delivered: {types:?}");
+    app.stop().await;
+}
+
+async fn a_replay_sends_events_again(backend: Backend) {
+    let app = spawn(backend).await;
+    let receiver = Receiver::start().await;
+    let before = chrono::Utc::now() - chrono::TimeDelta::seconds(5);
+    // An event older than the endpoint: not sent, until replayed.
+    json(app.bootstrap(&identity("early", "early@example.com", None)).await, 201).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (id, secret) = register(&app, json!({ "url": receiver.url })).await;
+    json(app.bootstrap(&identity("late", "late@example.com", None)).await, 201).await;
+    eventually("the new event arrives", || async { receiver.all().len() == 1 }).await;
+
+    let since = before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let path = format!("/admin/webhooks/{id}/replay?since={}", since.replace('+', "%2B"));
+    let replayed = json(app.admin(Method::POST, &path).send().await.unwrap(), 202).await;
+    assert_eq!(replayed["scheduled"], 2);
+    eventually("both events arrive", || async { receiver.all().len() == 3 }).await;
+    let got = receiver.all();
+    assert_eq!(got[1].body["data"]["identity"]["subject"], "early", "in sequence order");
+    assert_eq!(got[2].id, got[0].id, "a replay keeps the event's webhook-id");
+    assert!(got.iter().all(|r| signature_valid(&secret, r)));
+
+    let bad = app.admin(Method::POST, &format!("/admin/webhooks/{id}/replay?since=yesterday")).send().await.unwrap();
+    assert_eq!(json(bad, 400).await["code"], "invalid_since");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_deliver_each_event_once_per_endpoint() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut config = db.config();
+    with_keyring(&mut config);
+    let shared = db.share();
+    let a = TestApp::start(db, &config).await;
+    let b = TestApp::start(shared, &config).await;
+    let (one, two) = (Receiver::start().await, Receiver::start().await);
+    let (one_id, _) = register(&a, json!({ "url": one.url })).await;
+    register(&b, json!({ "url": two.url })).await;
+
+    const USERS: usize = 40;
+    for i in 0..USERS {
+        let app = if i % 2 == 0 { &a } else { &b };
+        json(app.bootstrap(&identity(&format!("u{i}"), &format!("u{i}@example.com"), None)).await, 201).await;
+    }
+    eventually("every event reaches both endpoints", || async { one.all().len() >= USERS && two.all().len() >= USERS })
+        .await;
+    let log = deliveries(&a, &one_id).await;
+    assert_eq!(log.len(), USERS);
+    assert!(log.iter().all(|d| d["state"] == "delivered" && d["attempts"] == 1), "{log:?}");
+    for receiver in [&one, &two] {
+        let ids: std::collections::HashSet<_> = receiver.all().iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids.len(), USERS);
+        assert_eq!(receiver.all().len(), USERS, "no event was sent twice");
+        let seqs: Vec<i64> = log.iter().rev().map(|d| d["event_seq"].as_i64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_fails_for_good_when_retries_run_out() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        with_keyring(config);
+        config.webhooks.give_up_after = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let dead = Receiver::start().await;
+    dead.failing.store(true, Ordering::SeqCst);
+    let (id, _) = register(&app, json!({ "url": dead.url })).await;
+    let created = json(app.bootstrap(&identity("cy", "cy@example.com", None)).await, 201).await;
+    disable(&app, created["user_id"].as_str().unwrap(), true).await;
+    eventually("both deliveries fail for good", || async {
+        let log = deliveries(&app, &id).await;
+        log.len() == 2 && log.iter().all(|d| d["state"] == "failed")
+    })
+    .await;
+    let log = deliveries(&app, &id).await;
+    assert!(
+        log.iter().all(|d| d["next_attempt_at"].is_null() && d["last_error"] == "answered 503 Service Unavailable")
+    );
+    // The first event was retried until its time ran out; the second, scheduled as early but held
+    // back meanwhile, had run out of time by its first attempt.
+    assert_eq!(log[1]["event_type"], "user.created");
+    assert!(log[1]["attempts"].as_i64().unwrap() >= 2, "{log:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssrf_guard_refuses_loopback_addresses() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut open = db.config();
+    with_keyring(&mut open);
+    let mut guarded = open.clone();
+    guarded.webhooks.allow_private_addresses = false;
+
+    // Registered while the guard is off...
+    let app = TestApp::start(db, &open).await;
+    let receiver = Receiver::start().await;
+    let (literal, _) = register(&app, json!({ "url": receiver.url })).await;
+    let (named, _) = register(&app, json!({ "url": receiver.url.replace("127.0.0.1", "localhost") })).await;
+    let db = app.stop_keeping_db().await;
+
+    // ... and refused, at registration and at delivery, once it is on.
+    let app = TestApp::start(db, &guarded).await;
+    for url in ["http://127.0.0.1:9/hook", "http://localhost:9/", "http://[::1]/", "http://169.254.169.254/"] {
+        let refused = app.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": url })).send().await.unwrap();
+        let body = json(refused, 400).await;
+        assert_eq!((body["code"].as_str(), body["field"].as_str()), (Some("invalid_webhook_url"), Some("url")));
+    }
+    json(app.bootstrap(&identity("dee", "dee@example.com", None)).await, 201).await;
+    for id in [&literal, &named] {
+        eventually("the delivery is refused", || async {
+            deliveries(&app, id).await.first().is_some_and(|d| d["attempts"].as_i64().unwrap() >= 1)
+        })
+        .await;
+        let error = deliveries(&app, id).await[0]["last_error"].as_str().unwrap().to_owned();
+        assert!(error.contains("public"), "{error}");
+    }
+    assert!(receiver.all().is_empty(), "nothing reached the loopback receiver");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_admin_api_validates_and_manages_endpoints() {
+    let plain = TestApp::spawn(Backend::Sqlite).await;
+    let refused = plain.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": "https://h.example.com/" }));
+    assert_eq!(json(refused.send().await.unwrap(), 503).await["code"], "encryption_not_configured");
+    plain.stop().await;
+
+    let app = spawn(Backend::Sqlite).await;
+    let post = |body: Value| app.admin(Method::POST, "/admin/webhooks").json(&body).send();
+    assert_eq!(json(post(json!({})).await.unwrap(), 400).await["code"], "missing_field");
+    assert_eq!(
+        json(post(json!({ "url": "ftp://x.example.com" })).await.unwrap(), 400).await["code"],
+        "invalid_webhook_url"
+    );
+    let bad_type = json!({ "url": "https://h.example.com/", "event_types": ["user.exploded"] });
+    assert_eq!(json(post(bad_type).await.unwrap(), 400).await["code"], "invalid_event_type");
+
+    let body = json!({ "url": "https://h.example.com/hook", "event_types": ["user.created", "team.member.added"] });
+    let created = json(post(body).await.unwrap(), 201).await;
+    let id = created["id"].as_str().unwrap();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    let path = format!("/admin/webhooks/{id}");
+    let shown = json(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
+    assert!(shown.get("secret").is_none(), "the secret is shown once");
+    assert_eq!(shown["event_types"], json!(["user.created", "team.member.added"]));
+    let listed = json(app.admin(Method::GET, "/admin/webhooks").send().await.unwrap(), 200).await;
+    assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
+
+    let patched = app.admin(Method::PATCH, &path).json(&json!({ "enabled": false, "event_types": [] }));
+    let patched = json(patched.send().await.unwrap(), 200).await;
+    assert_eq!((patched["enabled"].as_bool(), patched["event_types"].clone()), (Some(false), json!([])));
+    let stored = app.db.sql().await.blobs("SELECT secret FROM webhook_endpoints").await;
+    let key = STANDARD.decode(created["secret"].as_str().unwrap().trim_start_matches("whsec_")).unwrap();
+    assert_eq!(key.len(), 32);
+    assert!(!stored[0].windows(32).any(|w| w == key.as_slice()), "the key is stored encrypted");
+
+    assert_eq!(app.admin(Method::DELETE, &path).send().await.unwrap().status(), 204);
+    assert_eq!(json(app.admin(Method::GET, &path).send().await.unwrap(), 404).await["code"], "webhook_not_found");
+    let bad = app.admin(Method::GET, "/admin/webhooks/nope").send().await.unwrap();
+    assert_eq!(json(bad, 400).await["code"], "invalid_webhook_id");
+    assert_eq!(plain_unauthenticated(&app).await, 401);
+    app.stop().await;
+}
+
+async fn plain_unauthenticated(app: &TestApp) -> u16 {
+    app.client.get(app.url("/admin/webhooks")).send().await.unwrap().status().as_u16()
+}
