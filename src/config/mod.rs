@@ -398,6 +398,7 @@ struct RawConfig {
     oidc: oidc::RawOidc,
     #[serde(default)]
     branding: branding::RawBranding,
+    #[serde(default)]
     webhooks: RawWebhooks,
 }
 
