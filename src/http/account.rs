@@ -76,6 +76,7 @@ struct ConnectionRow {
 struct SessionRow {
     current: bool,
     provider: Option<String>,
+    device: Option<String>,
     started: String,
     last_seen: String,
 }
@@ -240,6 +241,7 @@ async fn account_page(
         .map(|s| SessionRow {
             current: s.token_hash == live.hash,
             provider: s.provider.as_deref().map(provider_label),
+            device: s.device.clone(),
             started: moment(s.created_at),
             last_seen: moment(s.last_seen_at),
         })

@@ -144,7 +144,8 @@ async fn complete_callback(
             Err(error) => with_cookie(state.pages.error(&headers, error.into()), clear_login),
         };
     }
-    match state.sign_in.complete(finished, current_user).await {
+    let device = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).and_then(device_label);
+    match state.sign_in.complete(finished, current_user, device).await {
         Ok(done) => {
             let mut cookies = vec![clear_login];
             if let Some(session) = &done.session {
@@ -264,4 +265,73 @@ pub(super) fn redirect(location: &str, cookies: &[HeaderValue]) -> Response {
     }
     pages::protect(response.headers_mut());
     response
+}
+
+/// A short label of the device behind a `User-Agent` ("Firefox on Linux"), for telling one's
+/// sessions apart on the account page; the raw header is never stored. `None` when neither the
+/// browser nor the system is recognised.
+pub(super) fn device_label(user_agent: &str) -> Option<String> {
+    let has = |needle: &str| user_agent.contains(needle);
+    // Order matters: Edge and Opera say Chrome, Chrome says Safari.
+    let browser = if has("Edg/") {
+        Some("Edge")
+    } else if has("OPR/") {
+        Some("Opera")
+    } else if has("Firefox/") {
+        Some("Firefox")
+    } else if has("Chrome/") || has("Chromium/") {
+        Some("Chrome")
+    } else if has("Safari/") {
+        Some("Safari")
+    } else {
+        None
+    };
+    let system = if has("Android") {
+        Some("Android")
+    } else if has("iPhone") || has("iPad") {
+        Some("iOS")
+    } else if has("Windows") {
+        Some("Windows")
+    } else if has("Mac OS X") || has("Macintosh") {
+        Some("macOS")
+    } else if has("CrOS") {
+        Some("ChromeOS")
+    } else if has("Linux") {
+        Some("Linux")
+    } else {
+        None
+    };
+    match (browser, system) {
+        (Some(b), Some(s)) => Some(format!("{b} on {s}")),
+        (Some(one), None) | (None, Some(one)) => Some(one.to_owned()),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::device_label;
+
+    #[test]
+    fn common_user_agents_get_a_short_label() {
+        let cases = [
+            ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", Some("Firefox on Linux")),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36 Edg/130.0",
+                Some("Edge on Windows"),
+            ),
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
+                Some("Safari on iOS"),
+            ),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0 Safari/537.36",
+                Some("Chrome on Linux"),
+            ),
+            ("curl/8.5.0", None),
+        ];
+        for (agent, label) in cases {
+            assert_eq!(device_label(agent).as_deref(), label, "{agent}");
+        }
+    }
 }

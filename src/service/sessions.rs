@@ -49,8 +49,13 @@ impl Sessions {
         self.ttl.to_std().unwrap_or_default()
     }
 
-    /// Starts a session for `user`; returns the cookie value.
-    pub async fn create(&self, user: UserId, identity: Option<IdentityId>) -> Result<SecretString, StoreError> {
+    /// Starts a session for `user` on `device` (a short label, if known); returns the cookie value.
+    pub async fn create(
+        &self,
+        user: UserId,
+        identity: Option<IdentityId>,
+        device: Option<String>,
+    ) -> Result<SecretString, StoreError> {
         let token = random_secret();
         let now = super::now();
         self.store
@@ -58,6 +63,7 @@ impl Sessions {
                 token_hash: sha256(token.expose_secret().as_bytes()),
                 user_id: user,
                 identity_id: identity,
+                device,
                 now,
                 expires_at: now + self.ttl,
             })

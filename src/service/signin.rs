@@ -163,7 +163,13 @@ impl SignIn {
 
     /// Completes a finished sign-in or link flow. `current_user` is the user of the browser's
     /// session, if any: a link needs the same user still signed in.
-    pub async fn complete(&self, finished: Finished, current_user: Option<UserId>) -> Result<Completed, SignInError> {
+    /// `device` labels the new session (see [`Sessions::create`]).
+    pub async fn complete(
+        &self,
+        finished: Finished,
+        current_user: Option<UserId>,
+        device: Option<String>,
+    ) -> Result<Completed, SignInError> {
         let Finished { purpose, provider, tokens, info, subject, return_to } = finished;
         match purpose {
             Purpose::Link { user } => {
@@ -177,7 +183,7 @@ impl SignIn {
             Purpose::SignIn => {
                 let (user, identity) = self.sign_in_user(provider.as_ref(), subject, &info).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
-                let session = self.sessions.create(user.id, Some(identity)).await?;
+                let session = self.sessions.create(user.id, Some(identity), device).await?;
                 tracing::info!(user_id = %user.id, provider = provider.name(), "signed in");
                 Ok(Completed { user: user.id, session: Some(session), return_to })
             }

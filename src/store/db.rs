@@ -59,6 +59,7 @@ embedded_migrations! {
     8 "0008_clients" "clients",
     9 "0009_oauth_grants" "oauth_grants",
     10 "0010_webhooks" "webhooks",
+    11 "0011_session_device" "session_device",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

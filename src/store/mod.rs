@@ -254,6 +254,8 @@ pub struct NewSession {
     pub user_id: UserId,
     /// The identity used to sign in.
     pub identity_id: Option<IdentityId>,
+    /// A short label of the device it was started from ("Firefox on Linux"), if known.
+    pub device: Option<String>,
     /// Creation time.
     pub now: DateTime<Utc>,
     /// Absolute expiry.
@@ -1038,6 +1040,8 @@ pub struct UserSession {
     pub token_hash: [u8; 32],
     /// The provider of the identity used to sign in, while it is linked.
     pub provider: Option<String>,
+    /// The device it was started from, if known.
+    pub device: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last use.

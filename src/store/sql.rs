@@ -705,14 +705,15 @@ impl Store for SqlStore {
 
     async fn insert_session(&self, session: &NewSession) -> Result<(), StoreError> {
         query(
-            "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at)
-             VALUES ($1, $2, $3, $4, $4, $5)",
+            "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device)
+             VALUES ($1, $2, $3, $4, $4, $5, $6)",
         )
         .bind(&session.token_hash[..])
         .bind(session.user_id.as_uuid())
         .bind(session.identity_id.map(|i| i.as_uuid()))
         .bind(session.now)
         .bind(session.expires_at)
+        .bind(session.device.as_deref())
         .execute(self.db.writer())
         .await?;
         Ok(())
@@ -1923,7 +1924,7 @@ impl Store for SqlStore {
 
     async fn user_sessions(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserSession>, StoreError> {
         let rows = query(
-            "SELECT s.token_hash, i.provider, s.created_at, s.last_seen_at, s.expires_at
+            "SELECT s.token_hash, i.provider, s.device, s.created_at, s.last_seen_at, s.expires_at
              FROM sessions s LEFT JOIN identities i ON i.id = s.identity_id AND i.user_id = s.user_id
              WHERE s.user_id = $1 AND s.expires_at > $2
              ORDER BY s.last_seen_at DESC, s.created_at DESC",
@@ -1937,6 +1938,7 @@ impl Store for SqlStore {
                 Ok(UserSession {
                     token_hash: rows::hash32(&row.bytes("token_hash")?)?,
                     provider: row.opt_text("provider")?,
+                    device: row.opt_text("device")?,
                     created_at: row.time("created_at")?,
                     last_seen_at: row.time("last_seen_at")?,
                     expires_at: row.time("expires_at")?,

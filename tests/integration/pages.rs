@@ -280,9 +280,17 @@ async fn sign_out_everywhere_else_keeps_only_this_browser(backend: Backend) {
         sign_in(&mut browser, &w.app, "local").await;
         browsers.push(browser);
     }
+    // A session names its device when the browser said which it is (never the raw header).
+    let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    let mut labelled = Browser::with_user_agent(Some(firefox));
+    sign_in(&mut labelled, &w.app, "local").await;
+    let page = html(labelled.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
+    assert!(page.contains("Firefox on Linux") && !page.contains("Gecko/20100101"), "{page}");
+    browsers.insert(0, labelled);
     let mut here = browsers.pop().unwrap();
     let page = html(here.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
     assert_eq!(page.matches("Another browser").count(), 2, "{page}");
+    assert_eq!(page.matches("Firefox on Linux").count(), 1, "{page}");
     let token = csrf_of(&page);
     let done = here.form(&w.app.url("/account/sessions/sign-out-others"), &[("csrf", &token)]).await;
     assert_eq!(location(&done), "/account?done=signed-out-others");
@@ -291,7 +299,11 @@ async fn sign_out_everywhere_else_keeps_only_this_browser(backend: Backend) {
         assert_eq!(other.me(&w.app).await.status(), StatusCode::UNAUTHORIZED);
     }
     let page = html(here.navigate(&w.app.url("/account?done=signed-out-others")).await, StatusCode::OK).await;
-    assert!(!page.contains("Another browser") && !page.contains("Sign out everywhere else"));
+    assert!(
+        !page.contains("Another browser")
+            && !page.contains("Firefox on Linux")
+            && !page.contains("Sign out everywhere else")
+    );
 }
 
 fn support() -> PathBuf {

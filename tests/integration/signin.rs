@@ -59,8 +59,16 @@ pub struct Browser {
 
 impl Browser {
     pub fn new() -> Self {
-        let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Self { client, cookies: HashMap::new() }
+        Self::with_user_agent(None)
+    }
+
+    /// A browser that sends `user_agent` (none by default, as reqwest).
+    pub fn with_user_agent(user_agent: Option<&str>) -> Self {
+        let mut builder = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none());
+        if let Some(agent) = user_agent {
+            builder = builder.user_agent(agent);
+        }
+        Self { client: builder.build().unwrap(), cookies: HashMap::new() }
     }
 
     pub async fn request(&mut self, method: Method, url: &str) -> reqwest::Response {

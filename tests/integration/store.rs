@@ -252,6 +252,7 @@ fn session(person: &Person, at: DateTime<Utc>, ttl: TimeDelta) -> NewSession {
         token_hash: hash(),
         user_id: person.id(),
         identity_id: Some(person.identity()),
+        device: Some("Firefox on Linux".into()),
         now: at,
         expires_at: at + ttl,
     }
@@ -573,7 +574,8 @@ async fn batched_touches_only_move_forward_and_skip_what_is_gone(backend: Backen
     let user = store.find_identity(&a.issuer, &a.subject).await.unwrap().unwrap().user.id;
     let (kept, gone) = ([1u8; 32], [2u8; 32]);
     for token_hash in [kept, gone] {
-        let new = NewSession { token_hash, user_id: user, identity_id: None, now: a.now, expires_at: later };
+        let new =
+            NewSession { token_hash, user_id: user, identity_id: None, device: None, now: a.now, expires_at: later };
         store.insert_session(&new).await.unwrap();
     }
     assert!(store.delete_session(&gone).await.unwrap());
@@ -1173,7 +1175,8 @@ async fn a_users_sessions_are_listed_and_the_others_deleted(backend: Backend) {
     let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
     let t0 = now();
     let older = session(&ada, t0 - TimeDelta::hours(2), TimeDelta::days(1));
-    let newer = NewSession { identity_id: None, ..session(&ada, t0 - TimeDelta::hours(1), TimeDelta::days(1)) };
+    let newer =
+        NewSession { identity_id: None, device: None, ..session(&ada, t0 - TimeDelta::hours(1), TimeDelta::days(1)) };
     let expired = session(&ada, t0 - TimeDelta::days(2), TimeDelta::days(1));
     let bobs = session(&bob, t0, TimeDelta::days(1));
     for s in [&older, &newer, &expired, &bobs] {
@@ -1190,6 +1193,7 @@ async fn a_users_sessions_are_listed_and_the_others_deleted(backend: Backend) {
             UserSession {
                 token_hash: older.token_hash,
                 provider: Some(provider),
+                device: Some("Firefox on Linux".into()),
                 created_at: older.now,
                 last_seen_at: t0,
                 expires_at: older.expires_at,
@@ -1197,6 +1201,7 @@ async fn a_users_sessions_are_listed_and_the_others_deleted(backend: Backend) {
             UserSession {
                 token_hash: newer.token_hash,
                 provider: None,
+                device: None,
                 created_at: newer.now,
                 last_seen_at: newer.now,
                 expires_at: newer.expires_at,

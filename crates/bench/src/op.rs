@@ -132,7 +132,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
         Duration::from_secs(86_400),
         Arc::new(LastSeen::default()),
     );
-    let cookie = format!("tessera_session={}", sessions.create(user, None).await?.expose_secret());
+    let cookie = format!("tessera_session={}", sessions.create(user, None, None).await?.expose_secret());
 
     println!(
         "tessera-bench op: {} operations per run, {} token clients, {} connections, on {}",
