@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::token::{OAuthResponse, no_store, preflight, provider};
-use crate::domain::client_rules::ASSERTION_ALGORITHMS;
+use crate::domain::client_rules::{ASSERTION_ALGORITHMS, DEFAULT_SCOPES};
 use crate::domain::{GrantType, SigningAlg};
 use crate::http::AppState;
 use crate::http::credentials::Credentials;
@@ -22,9 +22,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/.well-known/oauth-authorization-server", get(configuration))
         .route("/oauth/userinfo", get(userinfo).post(userinfo).options(preflight))
 }
-
-/// The scopes Tessera knows; clients may be allowed others (for their resources).
-pub const STANDARD_SCOPES: [&str; 5] = ["openid", "profile", "email", "teams", "offline_access"];
 
 async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
@@ -43,7 +40,8 @@ async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, O
         "revocation_endpoint": op.endpoint("/oauth/revoke"),
         "end_session_endpoint": op.endpoint("/oauth/logout"),
         "pushed_authorization_request_endpoint": op.endpoint("/oauth/par"),
-        "scopes_supported": STANDARD_SCOPES,
+        // The scopes Tessera knows; clients may be allowed others (for their resources).
+        "scopes_supported": DEFAULT_SCOPES,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": grants,

@@ -77,7 +77,7 @@ pub(super) fn provider(state: &AppState) -> Result<&OpenIdProvider, OAuthRespons
     })
 }
 
-/// A form body: `application/x-www-form-urlencoded`, no parameter repeated.
+/// A form body's pairs: `application/x-www-form-urlencoded` only.
 pub(super) fn form_pairs(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, OAuthError> {
     let form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
         v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
@@ -85,10 +85,8 @@ pub(super) fn form_pairs(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(Strin
     if !form {
         return Err(OAuthError::invalid_request("the body must be application/x-www-form-urlencoded"));
     }
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    single_valued(&pairs)?;
-    Ok(pairs)
+    // Callers read them through `single_valued`, which refuses a repeated parameter.
+    Ok(url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
 }
 
 fn get(map: &BTreeMap<&str, &str>, key: &str) -> Option<String> {

@@ -169,8 +169,7 @@ pub fn split_scope(scope: &str) -> Vec<String> {
     out
 }
 
-/// Whether `scope` is a well-formed scope token (RFC 6749 3.3, restricted to a safe subset).
-pub fn is_scope_token(scope: &str) -> bool {
-    (1..=128).contains(&scope.len())
-        && scope.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-' | b'/'))
+/// A lifetime as a [`chrono::TimeDelta`], saturating (lifetimes come from validated configuration).
+pub(super) fn delta(d: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
 }

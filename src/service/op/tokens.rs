@@ -10,14 +10,15 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::clients::ClientCredentials;
 use super::keys::VerifyError;
-use super::provider::{MAX_PARAM_LEN, OAuthError, OpenIdProvider, is_scope_token, split_scope};
+use super::provider::{MAX_PARAM_LEN, OAuthError, OpenIdProvider, delta, split_scope};
 use crate::crypto::{constant_time_eq, random_secret, sha256};
+use crate::domain::client_rules::DEFAULT_SCOPES as USER_SCOPES;
 use crate::domain::{Client, GrantType, UserId, UserProfile};
 use crate::store::{GrantRecord, ReadFrom, RedeemOutcome, RotateOutcome, StoreError};
 
@@ -266,11 +267,11 @@ impl OpenIdProvider {
         if client.is_public() {
             return Err(OAuthError::unauthorized_client("a public client cannot use client_credentials"));
         }
-        let allowed: Vec<&String> = client.scopes.iter().filter(|s| !is_user_scope(s)).collect();
+        let allowed: Vec<&String> = client.scopes.iter().filter(|s| !USER_SCOPES.contains(&s.as_str())).collect();
         let scopes = match form.scope.as_deref() {
             Some(scope) => {
                 let asked = split_scope(scope);
-                if asked.iter().any(|s| !is_scope_token(s) || !allowed.contains(&s)) {
+                if asked.iter().any(|s| !allowed.contains(&s)) {
                     return Err(OAuthError::invalid_scope(
                         "a requested scope is not allowed for this client with client_credentials",
                     ));
@@ -514,11 +515,6 @@ impl OpenIdProvider {
     }
 }
 
-/// Scopes that only make sense with a user.
-fn is_user_scope(scope: &str) -> bool {
-    matches!(scope, "openid" | "profile" | "email" | "teams" | "offline_access")
-}
-
 /// The claims `scopes` release about a user.
 pub fn user_claims(profile: &UserProfile, scopes: &[String]) -> UserClaims {
     let has = |s: &str| scopes.iter().any(|x| x == s);
@@ -556,10 +552,6 @@ fn is_pkce_verifier(value: &str) -> bool {
 fn s256(verifier: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(verifier.as_bytes()))
-}
-
-fn delta(d: std::time::Duration) -> TimeDelta {
-    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
 /// Parameters of a form that may not repeat (RFC 6749 3.1: "Request and response parameters
