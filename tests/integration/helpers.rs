@@ -344,12 +344,22 @@ impl TestApp {
 
 /// Waits until `condition` holds, for something that happens in the background; fails the test
 /// after 10 s (a generous bound: nothing here takes more than milliseconds).
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    eventually_within(what, std::time::Duration::from_secs(10), condition).await;
+}
+
+/// [`eventually`] with another bound, for work whose recovery path is slower than ten seconds
+/// by design (a lease that must run out).
+pub async fn eventually_within<F, Fut>(what: &str, bound: std::time::Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
     while !condition().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
