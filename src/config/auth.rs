@@ -421,7 +421,9 @@ fn parse_provider(
         ConfigError::new(
             key("issuer"),
             match kind {
-                ProviderKind::OAuth2 => "an oauth2 provider needs the issuer that keys its identities (its site, e.g. https://slack.com)",
+                ProviderKind::OAuth2 => {
+                    "an oauth2 provider needs the issuer that keys its identities (its site, e.g. https://slack.com)"
+                }
                 _ => "an oidc provider needs its issuer URL",
             },
         )
@@ -506,8 +508,16 @@ fn parse_protocol(
         return Err(ConfigError::new(key("scope_separator"), "expected \" \" (a space) or \",\""));
     }
     let params = raw.extra_authorize_params.clone().or_else(|| t.extra_authorize_params.clone()).unwrap_or_default();
-    const RESERVED: [&str; 8] =
-        ["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method", "nonce"];
+    const RESERVED: [&str; 8] = [
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "state",
+        "scope",
+        "code_challenge",
+        "code_challenge_method",
+        "nonce",
+    ];
     if let Some(reserved) = params.keys().find(|k| RESERVED.contains(&k.as_str())) {
         return Err(ConfigError::new(
             key("extra_authorize_params"),
@@ -520,20 +530,22 @@ fn parse_protocol(
         }
         seconds => seconds.map(Duration::from_secs),
     };
-    let pointer = |field: &str, own: &Option<String>, template: &Option<String>| -> Result<Option<String>, ConfigError> {
-        match pick(own, template) {
-            Some(p) if !p.starts_with('/') => {
-                Err(ConfigError::new(key(field), "expected a JSON pointer such as /id or /data/viewer/id"))
+    let pointer =
+        |field: &str, own: &Option<String>, template: &Option<String>| -> Result<Option<String>, ConfigError> {
+            match pick(own, template) {
+                Some(p) if !p.starts_with('/') => {
+                    Err(ConfigError::new(key(field), "expected a JSON pointer such as /id or /data/viewer/id"))
+                }
+                other => Ok(other),
             }
-            other => Ok(other),
-        }
-    };
+        };
     let account_id = pointer("account_id_pointer", &raw.account_id_pointer, &t.account_id_pointer)?;
     let login = pointer("login_pointer", &raw.login_pointer, &t.login_pointer)?;
     let email = pointer("email_pointer", &raw.email_pointer, &t.email_pointer)?;
     let email_verified = pointer("email_verified_pointer", &raw.email_verified_pointer, &t.email_verified_pointer)?;
     let name = pointer("name_pointer", &raw.name_pointer, &t.name_pointer)?;
-    let method = match pick(&raw.userinfo_method, &t.userinfo_method).map(|m| m.trim().to_ascii_uppercase()).as_deref() {
+    let method = match pick(&raw.userinfo_method, &t.userinfo_method).map(|m| m.trim().to_ascii_uppercase()).as_deref()
+    {
         None | Some("GET") => UserinfoMethod::Get,
         Some("POST") => UserinfoMethod::Post,
         Some(_) => return Err(ConfigError::new(key("userinfo_method"), "expected GET or POST")),
@@ -695,9 +707,10 @@ mod tests {
     #[test]
     fn every_template_makes_a_provider_from_a_minimal_entry() {
         for name in catalogue::names() {
-            let provider =
-                entry(&format!("name = \"{name}\"\ntemplate = \"{name}\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\""))
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let provider = entry(&format!(
+                "name = \"{name}\"\ntemplate = \"{name}\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\""
+            ))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(provider.protocol.template.as_deref(), Some(name));
             assert!(provider.client_secret.is_some());
         }
@@ -726,10 +739,12 @@ mod tests {
         assert_eq!(salesforce.issuer.as_str(), "https://login.salesforce.com");
         assert_eq!(salesforce.protocol.default_expires_in, Some(Duration::from_secs(7200)));
         let sandbox =
-            entry("name = \"sf\"\ntemplate = \"salesforce\"\ninstance = \"test.salesforce.com\"\nclient_id = \"c\"").unwrap();
+            entry("name = \"sf\"\ntemplate = \"salesforce\"\ninstance = \"test.salesforce.com\"\nclient_id = \"c\"")
+                .unwrap();
         assert_eq!(sandbox.issuer.as_str(), "https://test.salesforce.com");
         let gitlab =
-            entry("name = \"gl\"\ntemplate = \"gitlab\"\ninstance = \"gitlab.example.com\"\nclient_id = \"c\"").unwrap();
+            entry("name = \"gl\"\ntemplate = \"gitlab\"\ninstance = \"gitlab.example.com\"\nclient_id = \"c\"")
+                .unwrap();
         assert_eq!((gitlab.kind, gitlab.issuer.as_str()), (ProviderKind::GitLab, "https://gitlab.example.com"));
     }
 
@@ -740,8 +755,9 @@ mod tests {
             common.endpoints.authorization.unwrap().as_str(),
             "https://login.microsoftonline.com/common/oauth2/v2.0/authorize"
         );
-        let contoso = entry("name = \"ms\"\ntemplate = \"microsoft\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"c\"")
-            .unwrap();
+        let contoso =
+            entry("name = \"ms\"\ntemplate = \"microsoft\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"c\"")
+                .unwrap();
         assert_eq!(
             contoso.endpoints.token.unwrap().as_str(),
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"

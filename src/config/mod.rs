@@ -24,8 +24,8 @@ mod oidc;
 mod sources;
 
 pub use auth::{
-    AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProfileMapping, ProviderConfig, ProviderEndpoints, ProviderKind,
-    ProviderProtocol, TokenAuth, UserinfoMethod,
+    AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProfileMapping, ProviderConfig, ProviderEndpoints,
+    ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
 };
 pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR};
 pub use oidc::{ClientConfig, MIN_CLIENT_SECRET_LEN, OidcConfig};

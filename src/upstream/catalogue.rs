@@ -97,9 +97,7 @@ pub struct TemplateError {
 /// Parses one template file.
 pub fn parse(name: &str, text: &str) -> Result<Template, TemplateError> {
     let error = |message: String| TemplateError { name: name.to_owned(), message };
-    let template: Template = Figment::from(Toml::string(text))
-        .extract()
-        .map_err(|e| error(e.to_string()))?;
+    let template: Template = Figment::from(Toml::string(text)).extract().map_err(|e| error(e.to_string()))?;
     if !matches!(template.kind.as_str(), "oidc" | "oauth2" | "github" | "gitlab") {
         return Err(error(format!("kind {:?} is not one of oidc, oauth2, github, gitlab", template.kind)));
     }

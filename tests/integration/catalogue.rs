@@ -235,7 +235,11 @@ async fn tenant_token(
     answer_token(&state, &headers, &form)
 }
 
-async fn token(State(state): State<Arc<StubState>>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(state): State<Arc<StubState>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     if state.quirks.lock().unwrap().tenant.is_some() {
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -300,7 +304,8 @@ fn answer_token(state: &StubState, headers: &HeaderMap, form: &HashMap<String, S
 }
 
 async fn user(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
-    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match token.is_some_and(|t| state.record.access_tokens.lock().unwrap().contains(t)) {
         true => Json(state.quirks.lock().unwrap().profile.clone()).into_response(),
         false => StatusCode::UNAUTHORIZED.into_response(),
@@ -364,7 +369,8 @@ impl World {
     async fn create(&self, provider: &str, slug: &str) -> String {
         let request = json!({"connector_key": format!("{provider}-tools"), "profile_kind": "oauth_account",
                              "provider": provider, "display_name": slug, "slug": slug});
-        let created = body(self.request(Method::POST, "/auth-profiles").json(&request).send().await.unwrap(), 201).await;
+        let created =
+            body(self.request(Method::POST, "/auth-profiles").json(&request).send().await.unwrap(), 201).await;
         created["connect_url"].as_str().unwrap().to_owned()
     }
 
@@ -461,7 +467,8 @@ async fn google_gives_a_refresh_token_because_the_template_asks_for_offline_cons
 }
 
 async fn slack_scopes_are_comma_separated_and_its_rotated_refresh_tokens_are_kept(backend: Backend) {
-    let mut quirks = Quirks::new(ClientAuth::Post, json!({"ok": true, "team_id": "T0001", "team": "Acme", "user_id": "U1"}));
+    let mut quirks =
+        Quirks::new(ClientAuth::Post, json!({"ok": true, "team_id": "T0001", "team": "Acme", "user_id": "U1"}));
     quirks.errors = Errors::Slack;
     quirks.rotates = true;
     quirks.expires_in = Some(43_200);

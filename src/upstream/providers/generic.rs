@@ -29,7 +29,8 @@ impl OAuth2Provider {
     /// Creates the provider. The configuration guarantees both endpoints and the account-id
     /// pointer of an `oauth2` entry.
     pub fn new(config: ProviderConfig, http: reqwest::Client) -> Self {
-        let authorize = config.endpoints.authorization.clone().expect("an oauth2 provider has an authorization endpoint");
+        let authorize =
+            config.endpoints.authorization.clone().expect("an oauth2 provider has an authorization endpoint");
         let token = config.endpoints.token.clone().expect("an oauth2 provider has a token endpoint");
         let profile = config.protocol.profile.clone().expect("an oauth2 provider has a profile mapping");
         Self { config, http, authorize, token, profile }
@@ -45,9 +46,7 @@ impl OAuth2Provider {
             UserinfoMethod::Post => {
                 let request = self.http.post(url.clone());
                 match &self.profile.body {
-                    Some(body) => {
-                        request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone())
-                    }
+                    Some(body) => request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone()),
                     None => request,
                 }
             }

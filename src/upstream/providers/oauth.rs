@@ -220,7 +220,10 @@ fn token_set(
             match error.as_deref() {
                 // GitHub's and Slack's names for a refused code or refresh token.
                 Some(
-                    "invalid_grant" | "bad_verification_code" | "bad_refresh_token" | "invalid_code"
+                    "invalid_grant"
+                    | "bad_verification_code"
+                    | "bad_refresh_token"
+                    | "invalid_code"
                     | "invalid_refresh_token",
                 ) => Err(refused),
                 Some(other) => Err(ProviderError::InvalidResponse(format!("the token endpoint answered {other}"))),
