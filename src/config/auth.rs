@@ -108,6 +108,9 @@ pub struct ProviderProtocol {
     pub default_expires_in: Option<Duration>,
     /// Where the profile of an `oauth2` provider is.
     pub profile: Option<ProfileMapping>,
+    /// Whether people sign in with it; off for providers whose account is a workspace rather
+    /// than a person (Slack, Notion, HubSpot), which serve connected accounts only.
+    pub sign_in: bool,
 }
 
 impl Default for ProviderProtocol {
@@ -120,6 +123,7 @@ impl Default for ProviderProtocol {
             authorize_params: Vec::new(),
             default_expires_in: None,
             profile: None,
+            sign_in: true,
         }
     }
 }
@@ -222,6 +226,7 @@ pub(super) struct RawProvider {
     email_verified_pointer: Option<String>,
     name_pointer: Option<String>,
     default_expires_in: Option<u64>,
+    sign_in: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -585,6 +590,7 @@ fn parse_protocol(
         authorize_params: params.into_iter().collect(),
         default_expires_in,
         profile,
+        sign_in: raw.sign_in.or(t.sign_in).unwrap_or(true),
     })
 }
 
@@ -732,6 +738,8 @@ mod tests {
         assert_eq!(slack.protocol.scope_separator, ",");
         assert_eq!(slack.protocol.token_auth, Some(TokenAuth::ClientSecretPost));
         assert_eq!(slack.protocol.profile.as_ref().unwrap().account_id, "/team_id");
+        assert!(!slack.protocol.sign_in, "a workspace is no person to sign in as");
+        assert!(google.protocol.sign_in);
         let notion = entry("name = \"notion\"\ntemplate = \"notion\"\nclient_id = \"c\"").unwrap();
         assert_eq!(notion.protocol.token_auth, Some(TokenAuth::ClientSecretBasic));
         assert!(notion.endpoints.userinfo.is_none(), "the profile is read from the token answer");

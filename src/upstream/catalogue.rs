@@ -80,6 +80,8 @@ pub struct Template {
     pub name_pointer: Option<String>,
     /// The access-token lifetime assumed when a token answer has no `expires_in` (Salesforce).
     pub default_expires_in: Option<u64>,
+    /// Whether people may sign in with it (off when the account is a workspace).
+    pub sign_in: Option<bool>,
     /// The default of the `{tenant}` placeholder.
     pub tenant: Option<String>,
     /// The default of the `{instance}` placeholder.

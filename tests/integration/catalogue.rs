@@ -499,6 +499,13 @@ async fn slack_scopes_are_comma_separated_and_its_rotated_refresh_tokens_are_kep
     }
     assert_eq!((slack.refreshes(), slack.refused_refreshes()), (3, 0));
 
+    // A workspace is no person: nobody signs in (or links an identity) with Slack.
+    let providers = body(w.app.client.get(w.app.url("/auth/providers")).send().await.unwrap(), 200).await;
+    assert_eq!(providers["providers"].as_array().unwrap().len(), 1, "only the sign-in provider: {providers}");
+    let login = w.app.client.get(w.app.url("/auth/login?provider=slack")).send().await.unwrap();
+    assert_eq!(body(login, 404).await["code"], "unknown_provider");
+    assert_eq!(w.app.db.sql().await.count("identities").await, 1);
+
     // Slack refuses with status 200 and {"ok": false}: still a refused refresh token.
     slack.forget_refresh_tokens();
     w.expire_soon("workspace").await;

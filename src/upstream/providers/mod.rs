@@ -198,9 +198,10 @@ impl ProviderRegistry {
         self.providers.get(name.or(self.default.as_deref())?)
     }
 
-    /// Every provider, by name.
+    /// Every provider people sign in with, by name (those serving connected accounts only, such
+    /// as Slack's workspaces, are left out).
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
-        let mut providers: Vec<_> = self.providers.values().collect();
+        let mut providers: Vec<_> = self.providers.values().filter(|p| p.config().protocol.sign_in).collect();
         providers.sort_by(|a, b| a.name().cmp(b.name()));
         providers.into_iter()
     }
