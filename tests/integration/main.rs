@@ -5,6 +5,7 @@ mod helpers;
 
 mod bootstrap;
 mod caches;
+mod catalogue;
 mod cli;
 mod connections;
 mod credentials;
