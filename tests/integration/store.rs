@@ -2826,7 +2826,7 @@ async fn teams_are_listed_by_id_and_slug_prefix_and_members_with_their_roles(bac
     let rest = TeamQuery { after: Some(first[0].id.as_uuid()), limit: 10, ..Default::default() };
     assert_eq!(store.list_teams(&rest).await.unwrap().iter().map(|t| t.id).collect::<Vec<_>>(), expected[1..]);
     let prefixed = TeamQuery { slug_prefix: Some("adas".into()), limit: 10, ..Default::default() };
-    assert_eq!(store.list_teams(&prefixed).await.unwrap(), [ada.team.clone()]);
+    assert_eq!(store.list_teams(&prefixed).await.unwrap(), std::slice::from_ref(&ada.team));
     let none = TeamQuery { slug_prefix: Some("adas-team-and-more".into()), limit: 10, ..Default::default() };
     assert!(store.list_teams(&none).await.unwrap().is_empty());
 
