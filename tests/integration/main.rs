@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin_listing;
 mod bootstrap;
 mod caches;
 mod catalogue;
