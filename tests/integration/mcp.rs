@@ -169,6 +169,7 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let resource = agent.w.app.url("/mcp");
     // Tessera's tokens for /mcp, for another resource, and for no resource (the client's own).
     let mcp = agent.token(Some(&resource)).await;
+    let second = agent.token(Some(&resource)).await;
     let other = agent.token(Some(OTHER_RESOURCE)).await;
     let plain = agent.token(None).await;
     let app = &agent.w.app;
@@ -210,17 +211,18 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let tampered = String::from_utf8(tampered).unwrap();
     refused(&agent, agent.initialize(Some(&tampered)).await, 401, "signature_invalid").await;
 
-    // A disabled user is refused; re-enabled, let in again.
-    let user = agent.w.app.db.sql().await.uuids("SELECT id FROM users").await[0].to_string();
-    let path = format!("/admin/users/{user}");
-    body(app.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
-    refused(&agent, agent.initialize(Some(&mcp)).await, 403, "user_disabled").await;
-    body(app.admin(Method::PATCH, &path).json(&json!({"disabled": false})).send().await.unwrap(), 200).await;
-    assert_eq!(agent.initialize(Some(&mcp)).await.status(), StatusCode::OK);
-
-    // A revoked token is refused at once.
+    // A revoked token is refused at once; another grant's token still gets in.
     let (id, secret) = &agent.client;
     let revoke = app.client.post(app.url("/oauth/revoke")).basic_auth(id, Some(secret));
     assert_eq!(revoke.form(&[("token", mcp.as_str())]).send().await.unwrap().status(), 200);
     refused(&agent, agent.initialize(Some(&mcp)).await, 401, "token_revoked").await;
+    assert_eq!(agent.initialize(Some(&second)).await.status(), StatusCode::OK);
+
+    // Disabling the user ends their grants: refused at once, and for good.
+    let user = agent.w.app.db.sql().await.uuids("SELECT id FROM users").await[0].to_string();
+    let path = format!("/admin/users/{user}");
+    body(app.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    refused(&agent, agent.initialize(Some(&second)).await, 401, "token_revoked").await;
+    body(app.admin(Method::PATCH, &path).json(&json!({"disabled": false})).send().await.unwrap(), 200).await;
+    refused(&agent, agent.initialize(Some(&second)).await, 401, "token_revoked").await;
 }
