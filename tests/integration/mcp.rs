@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tessera_testkit::local_issuer::{Alg, StubUser};
 use tokio::process::Command;
 
-use crate::helpers::{ADMIN_TOKEN, Backend, assert_problem_shape, json as body, on_both_backends};
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_problem_shape, json as body, on_both_backends};
 use crate::op_flow::{REDIRECT, follow, op_world, pkce, register, token_request};
 use crate::signin::{Browser, World};
 
@@ -183,6 +183,13 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
         assert_eq!(doc["scopes_supported"], json!(["openid", "offline_access"]));
     }
 
+    // Without the OpenID Provider (no key ring), nothing can get a token: 404 saying why.
+    let off = TestApp::spawn(backend).await;
+    for path in ["/mcp", "/.well-known/oauth-protected-resource"] {
+        let response = off.client.request(Method::GET, off.url(path)).send().await.unwrap();
+        assert_eq!(body(response, 404).await["code"], "openid_provider_disabled", "{path}");
+    }
+
     // No token; the admin token; an upstream issuer's token; garbage.
     refused(&agent, agent.initialize(None).await, 401, "missing_credentials").await;
     refused(&agent, agent.initialize(Some(ADMIN_TOKEN)).await, 401, "token_issuer_mismatch").await;
@@ -203,6 +210,11 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["result"]["serverInfo"]["name"], "tessera", "{answer}");
     assert!(answer["result"]["capabilities"]["tools"].is_object(), "{answer}");
+    // No session, so no stream to open and nothing to close.
+    for method in [Method::GET, Method::DELETE] {
+        let response = app.client.request(method.clone(), app.url("/mcp")).bearer_auth(&mcp).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+    }
 
     // A tampered token is refused.
     let mut tampered = mcp.clone().into_bytes();
