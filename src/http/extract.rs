@@ -123,6 +123,6 @@ pub fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, A
 }
 
 /// Parses a team reference from a path segment.
-pub(super) fn parse_team(value: &str) -> Result<crate::domain::TeamRef, ApiError> {
+pub(crate) fn parse_team(value: &str) -> Result<crate::domain::TeamRef, ApiError> {
     crate::domain::TeamRef::parse(value).map_err(|e| ApiError::new(crate::error::ErrorCode::InvalidTeam, e.to_string()))
 }

@@ -15,6 +15,7 @@ pub mod csrf;
 pub mod extract;
 pub mod health;
 pub mod login;
+pub mod mcp;
 pub mod me;
 pub mod members;
 pub mod op;
@@ -122,6 +123,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(auth_profiles::routes())
         .merge(members::routes())
         .merge(op::routes())
+        .merge(mcp::routes(&state))
         .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

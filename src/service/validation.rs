@@ -45,6 +45,12 @@ pub enum ValidateError {
     /// One of Tessera's own access tokens whose grant has ended.
     #[error("the token's grant has ended (revoked, signed out, or the identity was unlinked)")]
     Revoked,
+    /// Not one of Tessera's own access tokens, where only those are accepted.
+    #[error("only access tokens issued by this Tessera are accepted here")]
+    NotOwn,
+    /// One of Tessera's own access tokens issued for another resource (RFC 8707).
+    #[error("the token was issued for another resource; ask for one with resource={0}")]
+    OtherResource(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -58,6 +64,8 @@ impl PublicError for ValidateError {
             ValidateError::UserDisabled => ErrorCode::UserDisabled,
             ValidateError::Own(e) => e.code(),
             ValidateError::Revoked => ErrorCode::TokenRevoked,
+            ValidateError::NotOwn => ErrorCode::TokenIssuerMismatch,
+            ValidateError::OtherResource(_) => ErrorCode::AudienceMismatch,
             ValidateError::Store(e) => e.code(),
         }
     }
@@ -155,6 +163,27 @@ impl Validator {
     /// the primary, so that a revocation shows at once), then its user.
     async fn validate_own(&self, op: &OpenIdProvider, token: &str) -> Result<Validated, ValidateError> {
         let claims = op.verify_access_token(token).await?;
+        self.own_principal(op, claims).await
+    }
+
+    /// One of Tessera's own access tokens issued for `resource` (its `aud`, RFC 8707), checked
+    /// like [`Validator::validate`] checks them; upstream tokens are refused.
+    pub async fn validate_own_for(&self, token: &str, resource: &str) -> Result<Validated, ValidateError> {
+        let op = self.own.as_ref().filter(|op| op.issued(token)).ok_or(ValidateError::NotOwn)?;
+        let claims = op.verify_access_token(token).await?;
+        if claims.aud != resource {
+            return Err(ValidateError::OtherResource(resource.to_owned()));
+        }
+        self.own_principal(op, claims).await
+    }
+
+    /// The user of a verified access token of Tessera's: its grant (one read of the primary),
+    /// then the user, who must not be disabled.
+    async fn own_principal(
+        &self,
+        op: &OpenIdProvider,
+        claims: crate::service::op::tokens::AccessClaims,
+    ) -> Result<Validated, ValidateError> {
         let grant = op.access_grant(&claims).await?;
         let Some(grant) = grant.filter(|g| g.active) else {
             return Err(ValidateError::Revoked);

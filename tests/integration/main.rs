@@ -17,6 +17,7 @@ mod github;
 mod jwks_outage;
 mod last_seen;
 mod locale;
+mod mcp;
 mod op_clients;
 mod op_flow;
 mod op_third_party;

@@ -38,18 +38,20 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/teams/{team}/auth-profiles/{slug}/token", post(auth_profile_token))
 }
 
-fn parse_slug(value: &str) -> Result<Slug, ApiError> {
+/// A profile's slug from a request, or 400 `invalid_slug` (shared with the MCP tool).
+pub(crate) fn parse_slug(value: &str) -> Result<Slug, ApiError> {
     Slug::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.to_string()).field("slug"))
 }
 
-#[derive(Debug, Deserialize)]
-struct CreateRequest {
-    connector_key: Option<String>,
-    profile_kind: Option<String>,
-    provider: Option<String>,
-    display_name: Option<String>,
-    slug: Option<String>,
-    scopes: Option<Vec<String>>,
+/// The body of a create (also the MCP tool's `create` arguments).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct CreateRequest {
+    pub(crate) connector_key: Option<String>,
+    pub(crate) profile_kind: Option<String>,
+    pub(crate) provider: Option<String>,
+    pub(crate) display_name: Option<String>,
+    pub(crate) slug: Option<String>,
+    pub(crate) scopes: Option<Vec<String>>,
 }
 
 fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiError> {
@@ -65,7 +67,8 @@ fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiErro
     }
 }
 
-fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiError> {
+/// A create request checked field by field, each fault a 400 naming its field.
+pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiError> {
     let connector_key =
         key_like(required(&request.connector_key, "connector_key")?, "connector_key", ErrorCode::InvalidConnectorKey)?;
     let provider = key_like(required(&request.provider, "provider")?, "provider", ErrorCode::InvalidProvider)?;

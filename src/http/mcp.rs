@@ -1,0 +1,135 @@
+//! The MCP endpoint, `/mcp` (Streamable HTTP, stateless: every POST is answered on its own, in
+//! JSON, with no session to keep), and its RFC 9728 protected-resource metadata. The tool itself
+//! is [`crate::mcp`].
+//!
+//! Every request needs `Authorization: Bearer <access token>` issued by Tessera's own OpenID
+//! Provider for the resource `{public_url}/mcp` (RFC 8707 `resource`, the token's `aud`), whose
+//! grant is active and whose user is not disabled. Anything else — no token, an upstream token,
+//! the admin token, a token for another resource — is a 401 whose `WWW-Authenticate` names the
+//! metadata document, so that an MCP client can find the authorization server.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+
+use super::AppState;
+use super::credentials::Credentials;
+use super::extract::MAX_BODY_BYTES;
+use super::op::signing_keys;
+use super::problem::ApiError;
+use crate::domain::UserId;
+use crate::error::ErrorCode;
+use crate::mcp::{Caller, McpServer};
+use crate::service::op::provider::OpenIdProvider;
+
+/// The endpoint's path; the resource is the public URL with this path.
+pub const PATH: &str = "/mcp";
+/// Where the protected-resource metadata is served (RFC 9728 section 3; also with the resource's
+/// path appended).
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+/// The scopes an MCP client asks for: none is needed beyond signing in; `offline_access` gives a
+/// long-running agent a refresh token.
+const SCOPES: [&str; 2] = ["openid", "offline_access"];
+
+/// The routes: `/mcp` behind the token check, and the metadata document.
+pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let server = McpServer::new(state.auth_profiles.clone());
+    let mut config = StreamableHttpServerConfig::default()
+        // Stateless: any instance answers any request, nothing is kept between them.
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        // Host checks guard unauthenticated servers on loopback against DNS rebinding; every
+        // request here needs a bearer token, which a browser never attaches by itself, and
+        // Tessera runs behind proxies that choose the Host header.
+        .disable_allowed_hosts();
+    config.max_request_body_bytes = MAX_BODY_BYTES;
+    let service =
+        StreamableHttpService::new(move || Ok(server.clone()), Arc::new(NeverSessionManager::default()), config);
+    Router::new()
+        .route_service(PATH, service)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route(METADATA_PATH, get(metadata))
+        .route(&format!("{METADATA_PATH}{PATH}"), get(metadata))
+}
+
+/// The resource identifier of the endpoint.
+fn resource(op: &OpenIdProvider) -> String {
+    op.endpoint(PATH)
+}
+
+/// RFC 9728 protected-resource metadata.
+async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let op = provider(&state)?;
+    let document = serde_json::json!({
+        "resource": resource(op),
+        "authorization_servers": [op.issuer()],
+        "bearer_methods_supported": ["header"],
+        "scopes_supported": SCOPES,
+        "resource_name": "Tessera auth profiles (MCP)",
+    });
+    let mut response = Json(document).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    Ok(response)
+}
+
+/// The OpenID Provider, or the 404 that says how to turn it on (it issues the tokens `/mcp`
+/// needs).
+fn provider(state: &AppState) -> Result<&OpenIdProvider, ApiError> {
+    signing_keys(state)?;
+    state.op.as_ref().ok_or_else(|| ApiError::new(ErrorCode::OpenidProviderDisabled, "the OpenID Provider is off"))
+}
+
+/// Lets a request through with its [`Caller`] only when its token is one of Tessera's for this
+/// resource; otherwise answers problem+json, a 401 with the RFC 9728 challenge.
+async fn require_token(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let op = match provider(&state) {
+        Ok(op) => op,
+        Err(error) => return error.into_response(),
+    };
+    match authenticate(&state, op, request.headers()).await {
+        Ok(user) => {
+            request.extensions_mut().insert(Caller(user));
+            next.run(request).await
+        }
+        Err(error) => refuse(op, error),
+    }
+}
+
+async fn authenticate(state: &AppState, op: &OpenIdProvider, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    let resource = resource(op);
+    let Some(token) = Credentials::read(headers)?.user_token() else {
+        return Err(ApiError::new(
+            ErrorCode::MissingCredentials,
+            format!(
+                "send an access token issued by Tessera for the resource {resource} as `Authorization: Bearer <token>`"
+            ),
+        ));
+    };
+    Ok(state.validator.validate_own_for(token, &resource).await?.principal.user.id)
+}
+
+/// The error as problem+json; a 401 carries `WWW-Authenticate: Bearer` with the metadata URL
+/// (and `error="invalid_token"` when a token was sent).
+fn refuse(op: &OpenIdProvider, error: ApiError) -> Response {
+    let missing = error.code() == ErrorCode::MissingCredentials;
+    let mut response = error.into_response();
+    if response.status() == StatusCode::UNAUTHORIZED {
+        let metadata = op.endpoint(METADATA_PATH);
+        let challenge = match missing {
+            true => format!("Bearer realm=\"tessera\", resource_metadata=\"{metadata}\""),
+            false => format!("Bearer realm=\"tessera\", error=\"invalid_token\", resource_metadata=\"{metadata}\""),
+        };
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+    }
+    response
+}

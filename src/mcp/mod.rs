@@ -1,0 +1,323 @@
+//! The MCP server (Model Context Protocol): one tool, `manage_auth_profiles`, through which an AI
+//! agent acting for a user manages that user's teams' auth profiles (connected accounts).
+//!
+//! A front door beside [`crate::http`], served by it at `/mcp` over Streamable HTTP (see
+//! `http::mcp`, which checks the bearer token and hands the user in as a [`Caller`]). Like an HTTP
+//! handler, a tool call parses its arguments (with the REST API's parsers), calls the auth-profile
+//! service, which holds every rule (team membership, ownership, the pending-profile rules), and
+//! answers with the REST API's response types. A failure is a tool error (`isError: true`) whose
+//! JSON content is `{"code", "detail", …}` from the one error table, members such as
+//! `existing_slug` included — never a success carrying an error, never database text.
+
+use std::borrow::Cow;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+};
+use rmcp::schemars::JsonSchema;
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::domain::{Slug, TeamRef, UserId};
+use crate::error::ErrorCode;
+use crate::http::auth_profiles::api::{CreateRequest, parse_create, parse_slug};
+use crate::http::extract::parse_team;
+use crate::http::problem::ApiError;
+use crate::http::responses::{
+    AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse,
+};
+use crate::service::auth_profiles::AuthProfiles;
+
+/// The one tool's name, as the system it comes from names it.
+pub const TOOL: &str = "manage_auth_profiles";
+
+/// The user a tool call acts for: put into the HTTP request's extensions by `http::mcp` once the
+/// bearer token is verified, read back by [`McpServer::call_tool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller(pub UserId);
+
+/// What `manage_auth_profiles` does.
+///
+/// Planned beside these (wired when their service functions land): `test`, `update`,
+/// `set_default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(crate = "rmcp::schemars", inline)]
+pub enum Action {
+    /// The team's profiles, and the caller's own personal ones.
+    List,
+    /// One profile, by `slug`.
+    Get,
+    /// A new profile: an OAuth one comes back `pending_auth` with a `connect_url` to show the
+    /// user, who opens it in a browser signed in to Tessera. Without `slug`, the caller's pending
+    /// profile for the same connector and provider is reused with a fresh link.
+    Create,
+    /// Revokes the profile `slug`: credentials wiped, the slug free again.
+    Delete,
+    /// A fresh `connect_url` for the profile `slug`: to reconnect it, or repair a `needs_reauth`
+    /// one.
+    Connect,
+    /// A valid access token of the OAuth profile `slug`, refreshed first when it expires within
+    /// five minutes.
+    Credentials,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::List => "list",
+            Action::Get => "get",
+            Action::Create => "create",
+            Action::Delete => "delete",
+            Action::Connect => "connect",
+            Action::Credentials => "credentials",
+        }
+    }
+}
+
+/// The arguments of `manage_auth_profiles` (the names of the system it comes from).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct Arguments {
+    /// What to do.
+    pub action: Action,
+    /// The team: its id or slug.
+    pub team: String,
+    /// The profile's slug: required by every action but `list` and `create`; optional for
+    /// `create` (derived from `display_name` when absent).
+    #[serde(default)]
+    pub slug: Option<String>,
+    /// `create`: the connector that uses the profile, e.g. `github-issues`.
+    #[serde(default)]
+    pub connector_key: Option<String>,
+    /// `create`: `oauth_account` (the user's own account), `oauth_app` (a team-wide account),
+    /// `env`, `interactive` or `browser_session`.
+    #[serde(default)]
+    pub profile_kind: Option<String>,
+    /// `create`: the provider, e.g. `github` (OAuth kinds need a provider configured in Tessera).
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// `create`: the profile's display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// `create`: the scopes to ask the provider for (its own defaults when absent).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// `connect`: whether the link may connect another provider account than the one connected
+    /// before (default false).
+    #[serde(default)]
+    pub allow_account_change: Option<bool>,
+}
+
+/// The tool as `tools/list` describes it.
+pub fn tool() -> Tool {
+    Tool::new(
+        TOOL,
+        "Manage the auth profiles (connected accounts) of a team you are a member of: list them, read one, \
+         create one (an OAuth profile comes back with a connect_url: show it to the user, who opens it in a \
+         browser to connect the account), delete one, get a new connect link, or get a valid access token \
+         (credentials) of a connected OAuth profile. Errors carry a stable `code`; a pending_auth_conflict \
+         names the pending profile in `existing_slug`.",
+        JsonObject::new(),
+    )
+    .with_input_schema::<Arguments>()
+    .with_annotations(ToolAnnotations::new().destructive(true).open_world(true))
+}
+
+/// The MCP server: [`tool`] over the auth-profile service.
+#[derive(Debug, Clone)]
+pub struct McpServer {
+    auth_profiles: AuthProfiles,
+}
+
+impl McpServer {
+    /// A server over `auth_profiles`.
+    pub fn new(auth_profiles: AuthProfiles) -> Self {
+        Self { auth_profiles }
+    }
+
+    /// Runs one call of the tool for `user`; the value is the result's JSON content.
+    pub async fn manage_auth_profiles(&self, user: UserId, arguments: Option<JsonObject>) -> Result<Value, ApiError> {
+        let arguments = parse_arguments(arguments)?;
+        let team = parse_team(arguments.team.trim())?;
+        let service = &self.auth_profiles;
+        let value = match arguments.action {
+            Action::List => to_json(AuthProfileListResponse::from(service.list(&team, user).await?)),
+            Action::Get => {
+                let slug = slug_of(&arguments)?;
+                to_json(AuthProfileResponse::from(service.get(&team, user, &slug).await?))
+            }
+            Action::Create => self.create(&team, user, arguments).await?,
+            Action::Delete => {
+                let slug = slug_of(&arguments)?;
+                service.revoke(&team, user, &slug).await?;
+                json!({"slug": slug.as_str(), "status": "revoked"})
+            }
+            Action::Connect => {
+                let slug = slug_of(&arguments)?;
+                let allow = arguments.allow_account_change.unwrap_or(false);
+                to_json(AuthProfileWithLinkResponse::from(service.connect_link(&team, user, &slug, allow).await?))
+            }
+            Action::Credentials => {
+                let slug = slug_of(&arguments)?;
+                to_json(AuthProfileTokenResponse::from(service.access_token(&team, user, &slug).await?))
+            }
+        };
+        Ok(value)
+    }
+
+    async fn create(&self, team: &TeamRef, user: UserId, arguments: Arguments) -> Result<Value, ApiError> {
+        let request = parse_create(CreateRequest {
+            connector_key: arguments.connector_key,
+            profile_kind: arguments.profile_kind,
+            provider: arguments.provider,
+            display_name: arguments.display_name,
+            slug: arguments.slug,
+            scopes: arguments.scopes,
+        })?;
+        let created = self.auth_profiles.create(team, user, request).await?;
+        Ok(to_json(AuthProfileWithLinkResponse::from(created)))
+    }
+}
+
+/// The arguments, or a 400-class error saying what to fix (`missing_field` naming the field,
+/// `invalid_request` otherwise).
+fn parse_arguments(arguments: Option<JsonObject>) -> Result<Arguments, ApiError> {
+    serde_json::from_value(Value::Object(arguments.unwrap_or_default())).map_err(|error| {
+        let message = error.to_string();
+        match message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
+            Some(field) => ApiError::new(ErrorCode::MissingField, format!("`{field}` is required")).field(field),
+            None => ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("the arguments do not fit the tool's schema: {message}"),
+            ),
+        }
+    })
+}
+
+/// The `slug` argument, required by every action that names one profile.
+fn slug_of(arguments: &Arguments) -> Result<Slug, ApiError> {
+    let Some(slug) = arguments.slug.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
+        let action = arguments.action.as_str();
+        return Err(ApiError::new(ErrorCode::MissingField, format!("`slug` is required by `{action}`")).field("slug"));
+    };
+    parse_slug(slug)
+}
+
+fn to_json(response: impl Serialize) -> Value {
+    // The response types are plain data: serialising them cannot fail.
+    serde_json::to_value(response).unwrap_or(Value::Null)
+}
+
+/// A tool error's JSON content: the code, the detail, and the code's members (`field`,
+/// `existing_slug`, …). The error is logged here, as the REST API logs its answers.
+pub fn tool_error(error: ApiError) -> Value {
+    let described = error.describe();
+    let mut body = Map::new();
+    body.insert("code".into(), described.code.as_str().into());
+    body.insert("detail".into(), described.detail.into());
+    body.extend(described.extensions);
+    Value::Object(body)
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("tessera", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Tessera keeps your teams' connected accounts (auth profiles). Use manage_auth_profiles; \
+                 when it returns a connect_url, show it to the user and ask them to open it.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(vec![tool()]))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        (name == TOOL).then(tool)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if request.name != TOOL {
+            return Err(ErrorData::invalid_params(
+                Cow::Owned(format!("there is no tool named {:?}; the one tool is {TOOL}", request.name)),
+                None,
+            ));
+        }
+        // `http::mcp` lets no request through without a verified caller.
+        let caller = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .copied()
+            .ok_or_else(|| ErrorData::internal_error("the request carries no authenticated user", None))?;
+        let result = match self.manage_auth_profiles(caller.0, request.arguments).await {
+            Ok(value) => CallToolResult::structured(value),
+            Err(error) => CallToolResult::structured_error(tool_error(error)),
+        };
+        Ok(result.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tool_takes_the_seed_s_arguments_and_needs_action_and_team() {
+        let tool = tool();
+        let schema = Value::Object(tool.input_schema.as_ref().clone());
+        let properties = schema["properties"].as_object().unwrap();
+        let names: Vec<&str> = properties.keys().map(String::as_str).collect();
+        for name in ["action", "team", "slug", "connector_key", "profile_kind", "provider", "display_name", "scopes"] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+        assert_eq!(schema["required"], json!(["action", "team"]));
+        assert_eq!(schema["additionalProperties"], json!(false), "unknown arguments are refused");
+        // The actions, each described, inline (no reference for a client to resolve).
+        let action = &properties["action"];
+        let values: Vec<&str> = match action.get("oneOf") {
+            Some(variants) => variants.as_array().unwrap().iter().map(|v| v["const"].as_str().unwrap()).collect(),
+            None => action["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect(),
+        };
+        assert_eq!(values, ["list", "get", "create", "delete", "connect", "credentials"]);
+        assert!(!schema.to_string().contains("$ref"), "{schema}");
+    }
+
+    #[test]
+    fn arguments_that_do_not_fit_say_what_to_fix() {
+        let parse = |value: Value| match parse_arguments(value.as_object().cloned()) {
+            Ok(_) => panic!("{value} parsed"),
+            Err(error) => tool_error(error),
+        };
+        let missing = parse(json!({"action": "list"}));
+        assert_eq!((missing["code"].as_str(), missing["field"].as_str()), (Some("missing_field"), Some("team")));
+        assert_eq!(parse(json!({"team": "t"}))["field"], "action");
+        let unknown = parse(json!({"action": "list", "team": "t", "org": "x"}));
+        assert_eq!(unknown["code"], "invalid_request");
+        assert!(unknown["detail"].as_str().unwrap().contains("`org`"), "{unknown}");
+        assert_eq!(parse(json!({"action": "explode", "team": "t"}))["code"], "invalid_request");
+        assert_eq!(parse(json!({"action": "get", "team": 7}))["code"], "invalid_request");
+        let parsed = parse_arguments(json!({"action": "get", "team": "t", "slug": "s"}).as_object().cloned()).unwrap();
+        assert_eq!(slug_of(&parsed).unwrap().as_str(), "s");
+        let no_slug = parse_arguments(json!({"action": "delete", "team": "t"}).as_object().cloned()).unwrap();
+        let error = tool_error(slug_of(&no_slug).unwrap_err());
+        assert_eq!(
+            error,
+            json!({"code": "missing_field", "detail": "`slug` is required by `delete`", "field": "slug"})
+        );
+    }
+}

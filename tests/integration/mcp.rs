@@ -1,0 +1,240 @@
+//! The MCP endpoint, `/mcp`, on both backends: an AI agent (the official TypeScript SDK's client,
+//! installed by `scripts/test`) manages auth profiles through `manage_auth_profiles` with a Tessera
+//! access token obtained through the real OpenID Provider flow; and the token check at the HTTP
+//! level — only Tessera's own tokens for the `/mcp` resource, of an enabled user, get in.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tessera_testkit::local_issuer::{Alg, StubUser};
+use tokio::process::Command;
+
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_problem_shape, json as body, on_both_backends};
+use crate::op_flow::{REDIRECT, follow, op_world, pkce, register, token_request};
+use crate::signin::{Browser, World};
+
+on_both_backends!(an_agent_manages_auth_profiles_through_an_mcp_client, only_tessera_tokens_for_mcp_get_in);
+
+const OTHER_RESOURCE: &str = "https://api.example.com";
+
+fn support() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
+}
+
+/// A signed-in user with an app registered for `/mcp` (and another resource).
+struct Agent {
+    w: World,
+    browser: Browser,
+    client: (String, String),
+}
+
+impl Agent {
+    async fn new(backend: Backend) -> Self {
+        let w = op_world(backend).await;
+        w.issuer.set_next_user(StubUser::new("agent-user", "agent-user@example.com"));
+        let (id, secret) = register(
+            &w.app,
+            json!({
+                "name": "Agent",
+                "kind": "confidential",
+                "redirect_uris": [REDIRECT],
+                "resources": [w.app.url("/mcp"), OTHER_RESOURCE],
+                "first_party": true,
+            }),
+        )
+        .await;
+        Agent { w, browser: Browser::new(), client: (id, secret.unwrap()) }
+    }
+
+    /// An access token through the code flow (the browser signs in the first time), for
+    /// `resource` (none: the client's own audience).
+    async fn token(&mut self, resource: Option<&str>) -> String {
+        let (verifier, challenge) = pkce();
+        let resource = resource.map(|r| format!("&resource={}", encode(r))).unwrap_or_default();
+        let url = self.w.app.url(&format!(
+            "/oauth/authorize?response_type=code&client_id={}&redirect_uri={}&scope=openid%20offline_access\
+             &state=st&code_challenge={challenge}&code_challenge_method=S256{resource}",
+            self.client.0,
+            encode(REDIRECT)
+        ));
+        let back = follow(&mut self.browser, url).await;
+        let code = url::Url::parse(&back).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier.as_str()),
+        ];
+        let tokens = body(token_request(&self.w.app, (&self.client.0, &self.client.1), &form).await, 200).await;
+        tokens["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// An MCP `initialize` POSTed with `token`, as a client starts.
+    async fn initialize(&self, token: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .w
+            .app
+            .client
+            .post(self.w.app.url("/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "curl", "version": "1"}}}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+fn encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// A refusal: its status, problem+json body with `code`, and the RFC 9728 challenge on a 401.
+async fn refused(agent: &Agent, response: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(response.status().as_u16(), status);
+    let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+    let problem = body(response, status).await;
+    assert_problem_shape(&problem, status);
+    assert_eq!(problem["code"], code, "{problem}");
+    if status == 401 {
+        let metadata = agent.w.app.url("/.well-known/oauth-protected-resource");
+        let challenge = challenge.expect("a 401 has a challenge");
+        assert!(challenge.starts_with("Bearer "), "{challenge}");
+        assert!(challenge.contains(&format!("resource_metadata=\"{metadata}\"")), "{challenge}");
+        assert_eq!(challenge.contains("error=\"invalid_token\""), code != "missing_credentials", "{challenge}");
+    }
+}
+
+async fn an_agent_manages_auth_profiles_through_an_mcp_client(backend: Backend) {
+    assert!(
+        support().join("node_modules/@modelcontextprotocol/sdk").exists(),
+        "@modelcontextprotocol/sdk is not installed: run the suite with `scripts/test`, which installs it"
+    );
+    let mut agent = Agent::new(backend).await;
+    let resource = agent.w.app.url("/mcp");
+    let token = agent.token(Some(&resource)).await;
+    let me =
+        body(agent.w.app.client.get(agent.w.app.url("/v1/me")).bearer_auth(&token).send().await.unwrap(), 200).await;
+    let team = me["teams"][0]["slug"].as_str().unwrap().to_owned();
+    // Another user's team, which the agent's user is not a member of.
+    agent.w.issuer.set_next_user(StubUser::new("stranger", "stranger@example.com"));
+    let mut stranger = Browser::new();
+    assert_eq!(stranger.sign_in(&agent.w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let other_team = body(stranger.me(&agent.w.app).await, 200).await["teams"][0]["slug"].as_str().unwrap().to_owned();
+    assert_ne!(team, other_team);
+
+    let mut command = Command::new("node");
+    command
+        .arg("mcp-client.mjs")
+        .current_dir(support())
+        .env("MCP_URL", agent.w.app.url("/mcp"))
+        .env("MCP_TOKEN", &token)
+        .env("TEAM", &team)
+        .env("OTHER_TEAM", &other_team)
+        .env("PROVIDER", "local");
+    let output = command.kill_on_drop(true).output().await.expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the MCP client failed:\n{stdout}\n{stderr}");
+    let summary: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| panic!("its summary: {stdout}"));
+    assert_eq!(
+        summary["codes"],
+        json!([
+            "invalid_profile_kind",
+            "invalid_request",
+            "missing_field",
+            "pending_auth_conflict",
+            "profile_not_connected",
+            "profile_not_found",
+            "team_not_found"
+        ])
+    );
+    assert_eq!(summary["missing"]["field"], "team", "{summary}");
+
+    // What the agent did is what the database holds: one profile, revoked, created by the
+    // token's user, in their team; the stranger's team got nothing.
+    let sql = agent.w.app.db.sql().await;
+    let id = summary["profile_id"].as_str().unwrap();
+    assert_eq!(sql.texts("SELECT status FROM auth_profiles").await, vec!["revoked".to_owned()]);
+    assert_eq!(sql.uuids("SELECT id FROM auth_profiles").await[0].to_string(), id);
+    assert_eq!(sql.uuids("SELECT created_by FROM auth_profiles").await[0].to_string(), me["id"].as_str().unwrap());
+}
+
+async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
+    let mut agent = Agent::new(backend).await;
+    let resource = agent.w.app.url("/mcp");
+    // Tessera's tokens for /mcp, for another resource, and for no resource (the client's own).
+    let mcp = agent.token(Some(&resource)).await;
+    let second = agent.token(Some(&resource)).await;
+    let other = agent.token(Some(OTHER_RESOURCE)).await;
+    let plain = agent.token(None).await;
+    let app = &agent.w.app;
+
+    // The metadata document, at the root and with the resource's path.
+    for path in ["/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"] {
+        let doc = body(app.client.get(app.url(path)).send().await.unwrap(), 200).await;
+        assert_eq!(doc["resource"], resource);
+        assert_eq!(doc["authorization_servers"], json!([app.url("").trim_end_matches('/')]));
+        assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+        assert_eq!(doc["scopes_supported"], json!(["openid", "offline_access"]));
+    }
+
+    // Without the OpenID Provider (no key ring), nothing can get a token: 404 saying why.
+    let off = TestApp::spawn(backend).await;
+    for path in ["/mcp", "/.well-known/oauth-protected-resource"] {
+        let response = off.client.request(Method::GET, off.url(path)).send().await.unwrap();
+        assert_eq!(body(response, 404).await["code"], "openid_provider_disabled", "{path}");
+    }
+
+    // No token; the admin token; an upstream issuer's token; garbage.
+    refused(&agent, agent.initialize(None).await, 401, "missing_credentials").await;
+    refused(&agent, agent.initialize(Some(ADMIN_TOKEN)).await, 401, "token_issuer_mismatch").await;
+    let issuer = &agent.w.issuer;
+    let upstream = issuer.sign(&issuer.add_key(Alg::Es256), &issuer.claims("agent-user", "tessera-test"));
+    refused(&agent, agent.initialize(Some(&upstream)).await, 401, "token_issuer_mismatch").await;
+    refused(&agent, agent.initialize(Some("a.b.c")).await, 401, "token_issuer_mismatch").await;
+
+    // Tessera's tokens for another resource, or for no resource, are not for /mcp.
+    refused(&agent, agent.initialize(Some(&other)).await, 401, "audience_mismatch").await;
+    refused(&agent, agent.initialize(Some(&plain)).await, 401, "audience_mismatch").await;
+
+    // The token for /mcp gets in, stateless: a JSON answer and no session.
+    let response = agent.initialize(Some(&mcp)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("mcp-session-id").is_none());
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["result"]["serverInfo"]["name"], "tessera", "{answer}");
+    assert!(answer["result"]["capabilities"]["tools"].is_object(), "{answer}");
+    // No session, so no stream to open and nothing to close.
+    for method in [Method::GET, Method::DELETE] {
+        let response = app.client.request(method.clone(), app.url("/mcp")).bearer_auth(&mcp).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+    }
+
+    // A tampered token is refused.
+    let mut tampered = mcp.clone().into_bytes();
+    let middle = tampered.len() - 20;
+    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    refused(&agent, agent.initialize(Some(&tampered)).await, 401, "signature_invalid").await;
+
+    // A revoked token is refused at once; another grant's token still gets in.
+    let (id, secret) = &agent.client;
+    let revoke = app.client.post(app.url("/oauth/revoke")).basic_auth(id, Some(secret));
+    assert_eq!(revoke.form(&[("token", mcp.as_str())]).send().await.unwrap().status(), 200);
+    refused(&agent, agent.initialize(Some(&mcp)).await, 401, "token_revoked").await;
+    assert_eq!(agent.initialize(Some(&second)).await.status(), StatusCode::OK);
+
+    // Disabling the user ends their grants: refused at once, and for good.
+    let user = agent.w.app.db.sql().await.uuids("SELECT id FROM users").await[0].to_string();
+    let path = format!("/admin/users/{user}");
+    body(app.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    refused(&agent, agent.initialize(Some(&second)).await, 401, "token_revoked").await;
+    body(app.admin(Method::PATCH, &path).json(&json!({"disabled": false})).send().await.unwrap(), 200).await;
+    refused(&agent, agent.initialize(Some(&second)).await, 401, "token_revoked").await;
+}
