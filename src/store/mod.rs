@@ -9,6 +9,7 @@
 mod db;
 mod grants;
 mod migrations;
+mod profile_credentials;
 mod rows;
 mod sql;
 
@@ -28,6 +29,7 @@ use crate::domain::{
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 pub use migrations::MigrationStatus;
+pub use profile_credentials::{CredentialOutcome, CredentialWrite, StoredCredential};
 pub use sql::SqlStore;
 
 /// Errors from the storage layer. Their messages are for logs only, never for clients.
@@ -344,12 +346,18 @@ pub enum SecretKind {
     AuthProfiles,
     /// `webhook_endpoints` (column `secret`).
     WebhookEndpoints,
+    /// `profile_credentials` (column `credential`): env values and browser sessions.
+    ProfileCredentials,
 }
 
 impl SecretKind {
     /// Every kind, for `tessera keys rotate`.
-    pub const ALL: &'static [SecretKind] =
-        &[SecretKind::IdentityTokens, SecretKind::AuthProfiles, SecretKind::WebhookEndpoints];
+    pub const ALL: &'static [SecretKind] = &[
+        SecretKind::IdentityTokens,
+        SecretKind::AuthProfiles,
+        SecretKind::WebhookEndpoints,
+        SecretKind::ProfileCredentials,
+    ];
 
     /// The table name, also part of the associated data of its ciphertexts.
     pub fn table(self) -> &'static str {
@@ -357,6 +365,7 @@ impl SecretKind {
             SecretKind::IdentityTokens => "identity_tokens",
             SecretKind::AuthProfiles => "auth_profiles",
             SecretKind::WebhookEndpoints => "webhook_endpoints",
+            SecretKind::ProfileCredentials => "profile_credentials",
         }
     }
 }
@@ -1031,6 +1040,17 @@ pub trait Store: Send + Sync + Debug + 'static {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    // --- Credentials of env and browser_session profiles (profile_credentials.rs) ---
+
+    /// Stores a profile's credential, replacing any, and makes the profile `active` (bumping its
+    /// version), in one transaction; nothing is written for a revoked profile. With a connect
+    /// token, only while that link of the profile is unused and unexpired, consuming it: of
+    /// concurrent posts of one form exactly one writes.
+    async fn put_profile_credential(&self, write: &CredentialWrite<'_>) -> Result<CredentialOutcome, StoreError>;
+
+    /// A profile's status and its stored credential, if any (`None`: no such profile).
+    async fn profile_credential(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError>;
 }
 
 /// One of a user's sessions, as the account page lists them.
