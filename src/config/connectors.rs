@@ -161,9 +161,11 @@ pub(super) fn parse_connectors(raw: Vec<RawConnector>) -> Result<Vec<ConnectorCo
             if fields.iter().any(|f| f.name == name) {
                 return Err(ConfigError::new(at("name"), format!("{name:?} is declared twice")));
             }
-            let pattern = field.pattern.map(|p| FieldPattern::new(&p)).transpose().map_err(|m| {
-                ConfigError::new(at("pattern"), m)
-            })?;
+            let pattern = field
+                .pattern
+                .map(|p| FieldPattern::new(&p))
+                .transpose()
+                .map_err(|m| ConfigError::new(at("pattern"), m))?;
             fields.push(EnvField {
                 label: label(field.label, &name, &at("label"))?,
                 name,
@@ -222,8 +224,14 @@ mod tests {
             ("[[connectors]]\nkey = \"Open AI\"", "connectors[0].key"),
             ("[[connectors]]\nkey = \"a\"\n[[connectors]]\nkey = \"a\"", "connectors[1].key"),
             ("[[connectors]]\nkey = \"a\"\nfields = [{ name = \"1X\" }]", "connectors[0].fields[0].name"),
-            ("[[connectors]]\nkey = \"a\"\nfields = [{ name = \"X\" }, { name = \"X\" }]", "connectors[0].fields[1].name"),
-            ("[[connectors]]\nkey = \"a\"\nfields = [{ name = \"X\", pattern = \"(\" }]", "connectors[0].fields[0].pattern"),
+            (
+                "[[connectors]]\nkey = \"a\"\nfields = [{ name = \"X\" }, { name = \"X\" }]",
+                "connectors[0].fields[1].name",
+            ),
+            (
+                "[[connectors]]\nkey = \"a\"\nfields = [{ name = \"X\", pattern = \"(\" }]",
+                "connectors[0].fields[0].pattern",
+            ),
             ("[[connectors]]\nkey = \"a\"\nlabel = \"\"", "connectors[0].label"),
         ] {
             assert_eq!(parse(bad).unwrap_err().key, key, "{bad}");

@@ -330,7 +330,12 @@ impl AuthProfiles {
     }
 
     /// A live profile the caller may use: personal ones only by their owner.
-    pub(super) async fn usable(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(AuthProfile, Role), AuthProfileError> {
+    pub(super) async fn usable(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        slug: &Slug,
+    ) -> Result<(AuthProfile, Role), AuthProfileError> {
         let (team, role) = self.membership(team, user).await?;
         let profile = self.store.profile_by_slug(team.id, slug).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         if profile.profile_kind.is_personal() && profile.created_by != user {

@@ -212,7 +212,8 @@ struct CheckedSession {
 }
 
 fn check_browser_session(input: &BrowserSessionInput) -> Result<CheckedSession, AuthProfileError> {
-    let refuse = |field: &'static str, detail: &str| AuthProfileError::InvalidBrowserSession { field, detail: detail.into() };
+    let refuse =
+        |field: &'static str, detail: &str| AuthProfileError::InvalidBrowserSession { field, detail: detail.into() };
     let Value::Object(state) = &input.storage_state else {
         return Err(refuse("storage_state", "expected an object {\"cookies\": […], \"origins\": […]}"));
     };
@@ -369,7 +370,7 @@ impl AuthProfiles {
         match self.store.put_profile_credential(&write).await? {
             CredentialOutcome::Stored(stored) => {
                 tracing::info!(profile_id = %stored.id, kind = stored.profile_kind.as_str(), "stored the credential of an auth profile");
-                Ok(stored)
+                Ok(*stored)
             }
             CredentialOutcome::ProfileGone if connect_token.is_some() => Err(AuthProfileError::InvalidConnectLink),
             CredentialOutcome::ProfileGone => Err(AuthProfileError::ProfileNotFound),
@@ -478,8 +479,7 @@ impl AuthProfiles {
         current_user: Option<UserId>,
     ) -> Result<([u8; 32], EnvForm), AuthProfileError> {
         let hash = sha256(token.as_bytes());
-        let link =
-            self.store.connect_token(&hash, super::now()).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
+        let link = self.store.connect_token(&hash, super::now()).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         match current_user {
             None => return Err(AuthProfileError::NotSignedIn),
             Some(user) if user != link.user => return Err(AuthProfileError::WrongUser),

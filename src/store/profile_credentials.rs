@@ -7,10 +7,10 @@
 
 use chrono::{DateTime, Utc};
 
+use super::StoreError;
 use super::db::query;
 use super::rows::{self, RowExt, profile_columns};
 use super::sql::SqlStore;
-use super::StoreError;
 use crate::domain::{AuthProfile, CredentialMeta, ProfileId, ProfileStatus};
 
 /// A credential to store.
@@ -33,7 +33,7 @@ pub struct CredentialWrite<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialOutcome {
     /// Stored: the profile as it is now (`active`, its version bumped).
-    Stored(AuthProfile),
+    Stored(Box<AuthProfile>),
     /// The profile is revoked or gone; nothing was written.
     ProfileGone,
     /// The connect link is used, expired, or not this profile's; nothing was written.
@@ -107,7 +107,7 @@ impl SqlStore {
             .await?;
         let profile = rows::profile(&row)?;
         tx.commit().await?;
-        Ok(CredentialOutcome::Stored(profile))
+        Ok(CredentialOutcome::Stored(Box::new(profile)))
     }
 
     pub(super) async fn profile_credential_sql(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError> {

@@ -22,8 +22,8 @@ use super::{
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret,
     UnlinkOutcome, UserSession, decode_role,
 };
-use super::{CredentialOutcome, CredentialWrite, StoredCredential};
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
+use super::{CredentialOutcome, CredentialWrite, StoredCredential};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events;
 use crate::domain::{

@@ -198,7 +198,8 @@ async fn an_env_profile_is_connected_through_its_form_and_read_through_credentia
     let forged = w.alice.browser.form(&link, &[("OPENAI_API_KEY", KEY)]).await;
     assert!(page(forged, StatusCode::FORBIDDEN).await.1.contains("csrf_failed"));
     let bad = "sk-short\u{7}";
-    let refused = w.alice.browser.form(&link, &[("csrf", &csrf), ("OPENAI_API_KEY", bad), ("OPENAI_ORG", "org-<1>")]).await;
+    let refused =
+        w.alice.browser.form(&link, &[("csrf", &csrf), ("OPENAI_API_KEY", bad), ("OPENAI_ORG", "org-<1>")]).await;
     let (_, again) = page(refused, StatusCode::BAD_REQUEST).await;
     assert!(again.contains("OPENAI_API_KEY") && again.contains("control character"), "{again}");
     assert!(!again.contains("sk-short"), "a refused secret is not echoed: {again}");
@@ -260,7 +261,8 @@ async fn an_env_profile_is_connected_through_its_form_and_read_through_credentia
     assert_eq!(relink["auth_type"], "env_keys");
     let link = relink["connect_url"].as_str().unwrap();
     let csrf = csrf_of(&page(w.alice.browser.navigate(link).await, StatusCode::OK).await.1);
-    let saved = w.alice.browser.form(link, &[("csrf", &csrf), ("OPENAI_API_KEY", OTHER_KEY), ("OPENAI_ORG", "acme")]).await;
+    let saved =
+        w.alice.browser.form(link, &[("csrf", &csrf), ("OPENAI_API_KEY", OTHER_KEY), ("OPENAI_ORG", "acme")]).await;
     page(saved, StatusCode::OK).await;
     let values = body(w.credentials(w.alice.id, "openai").await, 200).await;
     assert_eq!(values["values"], json!({"OPENAI_API_KEY": OTHER_KEY, "OPENAI_ORG": "acme"}));
@@ -301,7 +303,10 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
     assert_eq!(w.app.db.sql().await.count("profile_credentials").await, 0, "no partial write");
 
     // Who may set them: the creator, or a team owner or admin (Bob is a member).
-    assert_eq!(body(w.put_env(w.bob.id, "keys", json!({"OPENAI_API_KEY": KEY})).await, 403).await["code"], "not_team_admin");
+    assert_eq!(
+        body(w.put_env(w.bob.id, "keys", json!({"OPENAI_API_KEY": KEY})).await, 403).await["code"],
+        "not_team_admin"
+    );
     let set = body(w.put_env(w.alice.id, "keys", json!({"OPENAI_API_KEY": KEY})).await, 200).await;
     assert_eq!(set["status"], "active");
     assert_eq!(set["credential"]["fields"][0]["name"], "OPENAI_API_KEY");
@@ -309,9 +314,7 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
 
     // Values given at creation make the profile active at once, without a link; refused ones
     // leave no profile behind.
-    let with = |values: Value| {
-        json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Direct", "values": values})
-    };
+    let with = |values: Value| json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Direct", "values": values});
     let created = body(w.create(w.alice.id, with(json!({"OPENAI_API_KEY": KEY}))).await, 201).await;
     assert_eq!(created["auth_profile"]["status"], "active");
     assert_eq!((created["connect_url"].clone(), created["auth_type"].clone()), (Value::Null, Value::Null));
@@ -412,7 +415,8 @@ async fn browser_sessions_are_stored_replaced_and_read_through_credentials(backe
     };
     let first = json!({"cookies": [{"name": "li_at", "value": "cookie-one", "domain": ".linkedin.com", "path": "/"}],
                        "origins": [{"origin": "https://www.linkedin.com", "localStorage": [{"name": "k", "value": "v"}]}]});
-    let set = body(put(first.clone(), Some("ws://127.0.0.1:9222/devtools/browser/x?token=t0ken")).await.unwrap(), 200).await;
+    let set =
+        body(put(first.clone(), Some("ws://127.0.0.1:9222/devtools/browser/x?token=t0ken")).await.unwrap(), 200).await;
     assert_eq!(set["status"], "active");
     assert_eq!(set["credential"]["kind"], "browser_session");
     assert_eq!(set["credential"]["browser_kind"], "chromium");

@@ -10,16 +10,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use tessera::domain::{
-    AuthProfile, CredentialMeta, DeliveryState, FieldSet, DisplayName, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal,
-    ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamMembership, TeamRef,
-    TeamRole, User, UserId, WebhookEndpoint, WebhookId,
+    AuthProfile, CredentialMeta, DeliveryState, DisplayName, DomainClaim, DomainName, Email, FieldSet, Identity,
+    IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team,
+    TeamId, TeamMembership, TeamRef, TeamRole, User, UserId, WebhookEndpoint, WebhookId,
 };
 use tessera::service::provisioning::team_plan;
 use tessera::store::{
-    Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CredentialOutcome, CredentialWrite, DataReport, EncryptedTokens, LinkOutcome,
-    LoginState, MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
-    RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError,
-    StoredCredential, StoredSecret, UnlinkOutcome, UserSession,
+    Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CredentialOutcome, CredentialWrite, DataReport,
+    EncryptedTokens, LinkOutcome, LoginState, MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey,
+    ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord,
+    SigningKeyRecord, Store, StoreError, StoredCredential, StoredSecret, UnlinkOutcome, UserSession,
 };
 use uuid::Uuid;
 
@@ -1813,7 +1813,8 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
 
     let (t1, t2) = (t0 + TimeDelta::seconds(1), t0 + TimeDelta::seconds(2));
     let first = env_meta(&["A", "B"], t1);
-    let write = CredentialWrite { profile: env.id, ciphertext: b"sealed-1", meta: &first, connect_token: None, now: t1 };
+    let write =
+        CredentialWrite { profile: env.id, ciphertext: b"sealed-1", meta: &first, connect_token: None, now: t1 };
     let expected = AuthProfile {
         status: ProfileStatus::Active,
         pending_expires_at: None,
@@ -1822,7 +1823,10 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
         credential: Some(first.clone()),
         ..env.clone()
     };
-    assert_eq!(store.put_profile_credential(&write).await.unwrap(), CredentialOutcome::Stored(expected.clone()));
+    assert_eq!(
+        store.put_profile_credential(&write).await.unwrap(),
+        CredentialOutcome::Stored(Box::new(expected.clone()))
+    );
     assert_eq!(store.profile(env.id).await.unwrap(), Some(expected.clone()), "profile reads carry what may be shown");
     assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), [expected]);
     assert_eq!(
@@ -1831,7 +1835,8 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
     );
 
     let session = CredentialMeta::BrowserSession { browser_kind: "firefox".into(), cdp_url: None, set_at: t2 };
-    let write = CredentialWrite { profile: env.id, ciphertext: b"sealed-2", meta: &session, connect_token: None, now: t2 };
+    let write =
+        CredentialWrite { profile: env.id, ciphertext: b"sealed-2", meta: &session, connect_token: None, now: t2 };
     let CredentialOutcome::Stored(replaced) = store.put_profile_credential(&write).await.unwrap() else {
         panic!("stored");
     };
@@ -1902,7 +1907,8 @@ async fn concurrent_credential_writes_with_one_connect_token_have_one_winner(bac
         async move {
             let meta = env_meta(&["A"], t0);
             let sealed = format!("sealed-{i}").into_bytes();
-            let write = CredentialWrite { profile: id, ciphertext: &sealed, meta: &meta, connect_token: Some(&hash), now: t0 };
+            let write =
+                CredentialWrite { profile: id, ciphertext: &sealed, meta: &meta, connect_token: Some(&hash), now: t0 };
             (store.put_profile_credential(&write).await.unwrap(), sealed)
         }
     })

@@ -221,7 +221,8 @@ async fn auth_profile_token(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<axum::response::Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let token: AuthProfileTokenResponse = state.auth_profiles.access_token(&team, user, &parse_slug(&slug)?).await?.into();
+    let token: AuthProfileTokenResponse =
+        state.auth_profiles.access_token(&team, user, &parse_slug(&slug)?).await?.into();
     Ok(no_store(Json(token)))
 }
 

@@ -84,6 +84,7 @@ async fn profile_credentials(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let credential: CredentialResponse = state.auth_profiles.credentials(&team, user, &parse_slug(&slug)?).await?.into();
+    let credential: CredentialResponse =
+        state.auth_profiles.credentials(&team, user, &parse_slug(&slug)?).await?.into();
     Ok(no_store(Json(credential)))
 }

@@ -246,7 +246,9 @@ impl From<(AuthProfile, ConnectLink)> for AuthProfileWithLinkResponse {
 impl AuthProfileWithLinkResponse {
     fn new(profile: AuthProfile, link: Option<ConnectLink>) -> Self {
         let (connect_url, connect_expires_at, auth_type) = match link {
-            Some(link) => (Some(link.url.expose_secret().to_owned()), Some(link.expires_at), Some(link.auth_type.into())),
+            Some(link) => {
+                (Some(link.url.expose_secret().to_owned()), Some(link.expires_at), Some(link.auth_type.into()))
+            }
             None => (None, None, None),
         };
         Self { auth_profile: profile.into(), connect_url, connect_expires_at, auth_type }
