@@ -104,6 +104,19 @@ error_codes! {
     InvalidRole = (BAD_REQUEST, "invalid_role", "Invalid role"),
     /// A listing's `cursor` is not one the server handed out.
     InvalidCursor = (BAD_REQUEST, "invalid_cursor", "Invalid cursor"),
+    /// The connector is not declared in the configuration (or declares no fields), so an `env`
+    /// profile cannot be made for it.
+    UnknownConnector = (BAD_REQUEST, "unknown_connector", "Unknown connector"),
+    /// Profiles of this kind cannot be created (`interactive`).
+    UnsupportedProfileKind = (BAD_REQUEST, "unsupported_profile_kind", "Unsupported profile kind"),
+    /// A value names a field its connector does not declare.
+    UnknownEnvField = (BAD_REQUEST, "unknown_env_field", "Unknown field"),
+    /// A required field of the connector has no value.
+    MissingEnvField = (BAD_REQUEST, "missing_env_field", "A required field has no value"),
+    /// A value is empty, holds a control character, or does not match its field's pattern.
+    InvalidEnvValue = (BAD_REQUEST, "invalid_env_value", "Invalid value"),
+    /// A browser session's storage state, browser kind or DevTools URL is not acceptable.
+    InvalidBrowserSession = (BAD_REQUEST, "invalid_browser_session", "Invalid browser session"),
 
     // Authentication and authorisation.
     /// No credentials were presented.
@@ -179,6 +192,8 @@ error_codes! {
     SlugTaken = (CONFLICT, "slug_taken", "Slug taken"),
     /// The profile is not connected through OAuth.
     NotOauthProfile = (CONFLICT, "not_oauth_profile", "Not an OAuth profile"),
+    /// The profile is of another kind than the endpoint sets (env values on a browser session…).
+    ProfileKindMismatch = (CONFLICT, "profile_kind_mismatch", "Wrong profile kind"),
     /// The provider account is not the one connected before.
     AccountMismatch = (CONFLICT, "account_mismatch", "Account mismatch"),
     /// Another flow connected the profile at the same time.

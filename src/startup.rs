@@ -160,7 +160,8 @@ impl Application {
             teams.clone(),
             config.encryption.clone(),
             config.auth.pending_profile_ttl,
-        );
+        )
+        .with_connectors(config.connectors.clone());
         let last_seen = Arc::new(LastSeen::default());
         let sessions =
             Sessions::new(store.clone(), config.auth.session_ttl, config.auth.session_idle, last_seen.clone());

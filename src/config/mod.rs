@@ -20,6 +20,7 @@ use crate::domain::Issuer;
 
 mod auth;
 mod branding;
+mod connectors;
 mod oidc;
 mod sources;
 
@@ -28,6 +29,7 @@ pub use auth::{
     ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
 };
 pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR};
+pub use connectors::{ConnectorConfig, EnvField, FieldPattern};
 pub use oidc::{ClientConfig, MIN_CLIENT_SECRET_LEN, OidcConfig};
 
 /// A configuration mistake, naming the key at fault.
@@ -78,6 +80,8 @@ pub struct Config {
     pub branding: BrandingConfig,
     /// Webhook delivery (`[webhooks]`).
     pub webhooks: WebhooksConfig,
+    /// Declared connectors and the fields of `env` ones (`[[connectors]]`).
+    pub connectors: Vec<ConnectorConfig>,
     /// Warnings found while loading (deprecated settings), logged once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -403,6 +407,8 @@ struct RawConfig {
     branding: branding::RawBranding,
     #[serde(default)]
     webhooks: RawWebhooks,
+    #[serde(default)]
+    connectors: Vec<connectors::RawConnector>,
 }
 
 #[derive(Default, Deserialize)]
@@ -658,6 +664,7 @@ impl Config {
         let webhooks = parse_webhooks(&raw.webhooks)?;
         let oidc = oidc::parse_oidc(raw.oidc, env)?;
         let branding = branding::parse_branding(raw.branding)?;
+        let connectors = connectors::parse_connectors(raw.connectors)?;
 
         let json = match raw.log.format.as_deref().map(str::trim) {
             None | Some("text") => false,
@@ -696,6 +703,7 @@ impl Config {
             oidc,
             branding,
             webhooks,
+            connectors,
             warnings,
         })
     }

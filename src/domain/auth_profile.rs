@@ -2,7 +2,7 @@
 //! connector, with their lifecycle (`pending_auth` → `active` → `needs_reauth` / `revoked`).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ProfileId, Slug, TeamId, UserId};
 
@@ -14,11 +14,13 @@ pub enum ProfileKind {
     OauthAccount,
     /// A team-wide account connected through OAuth.
     OauthApp,
-    /// Credentials supplied through the environment.
+    /// Values a connector reads from its environment (API keys, a username and password), as
+    /// declared by the connector's fields in the configuration.
     Env,
-    /// Credentials entered interactively.
+    /// Credentials typed in each time they are used. No longer created: such a credential never
+    /// reaches Tessera. Kept to read rows written before.
     Interactive,
-    /// A browser session.
+    /// A browser's signed-in state (cookies and origins), for agents that drive a browser.
     BrowserSession,
 }
 
@@ -51,6 +53,11 @@ impl ProfileKind {
     /// Whether profiles of this kind are connected through an OAuth flow (and so start pending).
     pub fn is_oauth(self) -> bool {
         matches!(self, ProfileKind::OauthAccount | ProfileKind::OauthApp)
+    }
+
+    /// Whether new profiles of this kind may be created (every kind but `interactive`).
+    pub fn is_creatable(self) -> bool {
+        self != ProfileKind::Interactive
     }
 
     /// Whether profiles of this kind belong to the member who created them (not the whole team).
@@ -128,4 +135,37 @@ pub struct AuthProfile {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// What may be shown about the credential of an `env` or `browser_session` profile (which
+    /// fields are set and when, the browser kind), never its values; `None` until one is set.
+    pub credential: Option<CredentialMeta>,
+}
+
+/// What may be shown about a stored `env` or `browser_session` credential: never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CredentialMeta {
+    /// The fields of an `env` profile that hold a value.
+    Env {
+        /// The fields set, in the connector's order.
+        fields: Vec<FieldSet>,
+    },
+    /// A browser session.
+    BrowserSession {
+        /// The browser it is for (`chromium`, `firefox`, `webkit`…).
+        browser_kind: String,
+        /// The browser's DevTools endpoint, without its query (which may carry a token), if one
+        /// was given.
+        cdp_url: Option<String>,
+        /// When the storage state was set.
+        set_at: DateTime<Utc>,
+    },
+}
+
+/// One field of an `env` profile that holds a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldSet {
+    /// The field's name.
+    pub name: String,
+    /// When its value was set.
+    pub set_at: DateTime<Utc>,
 }

@@ -27,7 +27,7 @@ use crate::http::auth_profiles::api::{CreateRequest, parse_create, parse_slug};
 use crate::http::extract::parse_team;
 use crate::http::problem::ApiError;
 use crate::http::responses::{
-    AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse,
+    AuthProfileListResponse, AuthProfileResponse, AuthProfileWithLinkResponse, CredentialResponse,
 };
 use crate::service::auth_profiles::AuthProfiles;
 
@@ -164,7 +164,7 @@ impl McpServer {
             }
             Action::Credentials => {
                 let slug = slug_of(&arguments)?;
-                to_json(AuthProfileTokenResponse::from(service.access_token(&team, user, &slug).await?))
+                to_json(CredentialResponse::from(service.credentials(&team, user, &slug).await?))
             }
         };
         Ok(value)
@@ -178,6 +178,7 @@ impl McpServer {
             display_name: arguments.display_name,
             slug: arguments.slug,
             scopes: arguments.scopes,
+            ..CreateRequest::default()
         })?;
         let created = self.auth_profiles.create(team, user, request).await?;
         Ok(to_json(AuthProfileWithLinkResponse::from(created)))

@@ -1,5 +1,10 @@
 //! Auth profiles (connected accounts) for third-party connectors, the links that connect them,
-//! and fresh access tokens for backends.
+//! and fresh access tokens for backends. (The credentials of `env` and `browser_session`
+//! profiles, and the one credential read for every kind, are in `profile_credentials.rs`.)
+//!
+//! - Every kind that can be created holds a credential and starts `pending_auth` until it has
+//!   one: OAuth kinds with a link to the provider, `env` profiles (of a declared connector with
+//!   fields) with a link to a form, browser sessions without a link. `interactive` is refused.
 //!
 //! - Creating an OAuth profile without a slug reuses the caller's pending profile for the same
 //!   connector and provider (with a fresh connect link); the database allows one pending personal
@@ -26,8 +31,10 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::profile_credentials::{CredentialInput, EnvProblem};
 use super::sessions::random_secret;
 use super::teams::{TeamError, Teams};
+use crate::config::ConnectorConfig;
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::sha256;
 use crate::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, ReturnTo, Role, Slug, Team, TeamRef, UserId};
@@ -81,6 +88,44 @@ pub enum AuthProfileError {
     /// The profile kind is not connected through OAuth.
     #[error("{0} profiles are not connected through OAuth")]
     NotOAuth(&'static str),
+    /// Browser sessions have no connect link.
+    #[error("browser_session profiles have no connect link: set the storage state with PUT …/browser-session")]
+    NoConnectLink,
+    /// `env` profiles need a declared connector with fields.
+    #[error(
+        "no connector {0:?} with fields is declared: an env profile needs a `[[connectors]]` entry with this key and its `fields`"
+    )]
+    UnknownConnector(String),
+    /// Profiles of this kind are not created.
+    #[error(
+        "interactive profiles are not supported: Tessera holds credentials, and one typed in each time it is used never \
+         reaches it; to ask a member again, use POST …/connect"
+    )]
+    UnsupportedKind,
+    /// The endpoint sets another kind's credential.
+    #[error("this profile is {actual}; this sets the credential of {expected} profiles")]
+    KindMismatch {
+        /// The profile's kind.
+        actual: &'static str,
+        /// The kind the endpoint is for.
+        expected: &'static str,
+    },
+    /// An `env` value is not acceptable.
+    #[error("{problem}")]
+    InvalidEnv {
+        /// What is wrong.
+        problem: EnvProblem,
+        /// The field at fault (a declared name, or the name sent when it looks like one).
+        field: Option<String>,
+    },
+    /// A browser session is not acceptable.
+    #[error("`{field}`: {detail}")]
+    InvalidBrowserSession {
+        /// The field at fault.
+        field: &'static str,
+        /// What to fix.
+        detail: String,
+    },
     /// No key ring is configured, so credentials cannot be stored.
     #[error("no encryption key is configured (TESSERA_ENCRYPTION_KEYS), so credentials cannot be stored")]
     EncryptionNotConfigured,
@@ -129,7 +174,12 @@ impl PublicError for AuthProfileError {
             AuthProfileError::PendingAuthConflict { .. } => ErrorCode::PendingAuthConflict,
             AuthProfileError::SlugTaken => ErrorCode::SlugTaken,
             AuthProfileError::UnknownProvider(_) => ErrorCode::UnknownProvider,
-            AuthProfileError::NotOAuth(_) => ErrorCode::NotOauthProfile,
+            AuthProfileError::NotOAuth(_) | AuthProfileError::NoConnectLink => ErrorCode::NotOauthProfile,
+            AuthProfileError::UnknownConnector(_) => ErrorCode::UnknownConnector,
+            AuthProfileError::UnsupportedKind => ErrorCode::UnsupportedProfileKind,
+            AuthProfileError::KindMismatch { .. } => ErrorCode::ProfileKindMismatch,
+            AuthProfileError::InvalidEnv { problem, .. } => problem.code(),
+            AuthProfileError::InvalidBrowserSession { .. } => ErrorCode::InvalidBrowserSession,
             AuthProfileError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
             AuthProfileError::InvalidConnectLink => ErrorCode::InvalidConnectLink,
             AuthProfileError::WrongUser => ErrorCode::ConnectLinkNotYours,
@@ -148,6 +198,8 @@ impl PublicError for AuthProfileError {
     fn extensions(&self) -> Vec<(&'static str, serde_json::Value)> {
         match self {
             AuthProfileError::PendingAuthConflict { slug } => vec![("existing_slug", slug.as_str().into())],
+            AuthProfileError::InvalidEnv { field: Some(field), .. } => vec![("field", field.as_str().into())],
+            AuthProfileError::InvalidBrowserSession { field, .. } => vec![("field", (*field).into())],
             _ => Vec::new(),
         }
     }
@@ -183,6 +235,9 @@ pub struct NewProfile {
     pub slug: Option<Slug>,
     /// Scopes to ask for (the provider's own when empty).
     pub scopes: Vec<String>,
+    /// The credential of an `env` or `browser_session` profile, when given at creation (the
+    /// profile is then `active` at once).
+    pub credential: Option<CredentialInput>,
 }
 
 /// A connect link.
@@ -192,6 +247,17 @@ pub struct ConnectLink {
     pub url: SecretString,
     /// When it stops working.
     pub expires_at: DateTime<Utc>,
+    /// What the link opens.
+    pub auth_type: LinkType,
+}
+
+/// What a connect link opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkType {
+    /// The provider's OAuth flow (`/connect/{token}/oauth/start`).
+    OAuth,
+    /// A form for the values of an `env` profile (`/connect/{token}/env`).
+    EnvKeys,
 }
 
 /// A created (or reused) profile.
@@ -219,11 +285,13 @@ pub struct AccessToken {
 /// The auth-profiles (connected accounts) service.
 #[derive(Debug, Clone)]
 pub struct AuthProfiles {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     flows: OAuthFlows,
-    teams: Teams,
-    keyring: Option<Arc<KeyRing>>,
+    pub(super) teams: Teams,
+    pub(super) keyring: Option<Arc<KeyRing>>,
     pending_ttl: TimeDelta,
+    /// The declared connectors (`[[connectors]]`).
+    pub(super) connectors: Arc<[ConnectorConfig]>,
     /// One refresh at a time per profile in this process.
     refreshing: Arc<Mutex<HashMap<ProfileId, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -243,18 +311,31 @@ impl AuthProfiles {
             teams,
             keyring,
             pending_ttl: TimeDelta::from_std(pending_ttl).unwrap_or(TimeDelta::hours(24)),
+            connectors: Arc::from(Vec::new()),
             refreshing: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
+    /// The service with the declared connectors (`[[connectors]]`): `env` profiles are made for
+    /// those that declare fields.
+    pub fn with_connectors(mut self, connectors: Vec<ConnectorConfig>) -> Self {
+        self.connectors = Arc::from(connectors);
+        self
+    }
+
     /// The team and the caller's role in it; a non-member is told the team does not exist.
-    async fn membership(&self, team: &TeamRef, user: UserId) -> Result<(Team, Role), AuthProfileError> {
+    pub(super) async fn membership(&self, team: &TeamRef, user: UserId) -> Result<(Team, Role), AuthProfileError> {
         let (team, role) = self.teams.role_of(team, user).await?;
         Ok((team, role.ok_or(AuthProfileError::TeamNotFound)?))
     }
 
     /// A live profile the caller may use: personal ones only by their owner.
-    async fn usable(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(AuthProfile, Role), AuthProfileError> {
+    pub(super) async fn usable(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        slug: &Slug,
+    ) -> Result<(AuthProfile, Role), AuthProfileError> {
         let (team, role) = self.membership(team, user).await?;
         let profile = self.store.profile_by_slug(team.id, slug).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         if profile.profile_kind.is_personal() && profile.created_by != user {
@@ -266,14 +347,18 @@ impl AuthProfiles {
     /// Creates a profile, or reuses the caller's pending one (see the module documentation).
     pub async fn create(&self, team: &TeamRef, user: UserId, request: NewProfile) -> Result<Created, AuthProfileError> {
         let (team, _) = self.membership(team, user).await?;
-        if request.kind.is_oauth() {
-            if self.flows.providers().get(Some(&request.provider)).is_none() {
-                return Err(AuthProfileError::UnknownProvider(request.provider));
-            }
-            if self.keyring.is_none() {
-                return Err(AuthProfileError::EncryptionNotConfigured);
-            }
+        if !request.kind.is_creatable() {
+            return Err(AuthProfileError::UnsupportedKind);
         }
+        if request.kind.is_oauth() && self.flows.providers().get(Some(&request.provider)).is_none() {
+            return Err(AuthProfileError::UnknownProvider(request.provider));
+        }
+        // Every kind that is created holds a credential, and every credential is encrypted.
+        if self.keyring.is_none() {
+            return Err(AuthProfileError::EncryptionNotConfigured);
+        }
+        // Checked before anything is written: a refused value leaves no profile behind.
+        let credential = self.check_new_credential(&request)?;
         let now = super::now();
         let key = PendingKey {
             team: team.id,
@@ -298,7 +383,8 @@ impl AuthProfiles {
                 std::iter::once(base.clone()).chain((2..=20).map(|n| base.with_suffix(&n.to_string()))).collect()
             }
         };
-        let status = if request.kind.is_oauth() { ProfileStatus::PendingAuth } else { ProfileStatus::Active };
+        // Every kind starts pending; a credential given with the request activates it below.
+        let status = ProfileStatus::PendingAuth;
         for slug in candidates {
             let profile = AuthProfile {
                 id: ProfileId::generate(),
@@ -313,15 +399,21 @@ impl AuthProfiles {
                 scopes: request.scopes.clone(),
                 upstream_account_id: None,
                 access_token_expires_at: None,
-                pending_expires_at: request.kind.is_oauth().then(|| now + self.pending_ttl),
+                pending_expires_at: Some(now + self.pending_ttl),
                 version: 0,
                 created_at: now,
                 updated_at: now,
+                credential: None,
             };
             if let Some(created) = self.store.insert_profile(&profile).await? {
-                let link = match created.profile_kind.is_oauth() {
-                    true => Some(self.mint_link(&created, user, false).await?),
-                    false => None,
+                if let Some(credential) = &credential {
+                    let created = self.store_credential(&created, credential, None).await?;
+                    tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), "created an auth profile with its credential");
+                    return Ok(Created { profile: created, link: None, created: true });
+                }
+                let link = match created.profile_kind {
+                    ProfileKind::BrowserSession => None,
+                    _ => Some(self.mint_link(&created, user, false).await?),
                 };
                 tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), "created an auth profile");
                 return Ok(Created { profile: created, link, created: true });
@@ -374,8 +466,12 @@ impl AuthProfiles {
                 expires_at,
             })
             .await?;
-        let url = format!("{}/connect/{}/oauth/start", self.flows.public_url(), token.expose_secret());
-        Ok(ConnectLink { url: SecretString::from(url), expires_at })
+        let (auth_type, path) = match profile.profile_kind {
+            ProfileKind::Env => (LinkType::EnvKeys, "env"),
+            _ => (LinkType::OAuth, "oauth/start"),
+        };
+        let url = format!("{}/connect/{}/{path}", self.flows.public_url(), token.expose_secret());
+        Ok(ConnectLink { url: SecretString::from(url), expires_at, auth_type })
     }
 
     /// A fresh connect link for a profile (to reconnect an active one, or after `needs_reauth`).
@@ -389,8 +485,10 @@ impl AuthProfiles {
         allow_account_change: bool,
     ) -> Result<(AuthProfile, ConnectLink), AuthProfileError> {
         let (profile, role) = self.usable(team, user, slug).await?;
-        if !profile.profile_kind.is_oauth() {
-            return Err(AuthProfileError::NotOAuth(profile.profile_kind.as_str()));
+        match profile.profile_kind {
+            ProfileKind::OauthAccount | ProfileKind::OauthApp | ProfileKind::Env => {}
+            ProfileKind::BrowserSession => return Err(AuthProfileError::NoConnectLink),
+            ProfileKind::Interactive => return Err(AuthProfileError::UnsupportedKind),
         }
         may_connect(&profile, user, role)?;
         let link = self.mint_link(&profile, user, allow_account_change).await?;
@@ -472,6 +570,10 @@ impl AuthProfiles {
             Some(_) => {}
         }
         let profile = self.connectable(link.profile, link.user).await?;
+        // An env profile's link opens its form, not a provider.
+        if !profile.profile_kind.is_oauth() {
+            return Err(AuthProfileError::InvalidConnectLink);
+        }
         let provider = self
             .flows
             .providers()
@@ -493,7 +595,7 @@ impl AuthProfiles {
 
     /// A live profile that `user` may (still) connect: they are a member of its team and pass
     /// [`may_connect`]. Anything else makes the link or flow invalid.
-    async fn connectable(&self, profile: ProfileId, user: UserId) -> Result<AuthProfile, AuthProfileError> {
+    pub(super) async fn connectable(&self, profile: ProfileId, user: UserId) -> Result<AuthProfile, AuthProfileError> {
         let profile = self.store.profile(profile).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         if profile.status == ProfileStatus::Revoked {
             return Err(AuthProfileError::InvalidConnectLink);
@@ -725,7 +827,7 @@ impl AuthProfiles {
 
 /// Whether `user`, a member with `role`, may connect `profile`: a personal profile only its
 /// owner; a team-wide one its creator or a team owner or admin.
-fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), AuthProfileError> {
+pub(super) fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), AuthProfileError> {
     let creator = profile.created_by == user;
     match profile.profile_kind.is_personal() {
         true if !creator => Err(AuthProfileError::NotProfileOwner),
@@ -734,7 +836,7 @@ fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), Au
     }
 }
 
-fn check_status(status: ProfileStatus) -> Result<(), AuthProfileError> {
+pub(super) fn check_status(status: ProfileStatus) -> Result<(), AuthProfileError> {
     match status {
         ProfileStatus::Active => Ok(()),
         ProfileStatus::PendingAuth => Err(AuthProfileError::NotConnected),

@@ -60,6 +60,7 @@ embedded_migrations! {
     9 "0009_oauth_grants" "oauth_grants",
     10 "0010_webhooks" "webhooks",
     11 "0011_session_device" "session_device",
+    12 "0012_profile_credentials" "profile_credentials",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

@@ -10,6 +10,7 @@ mod admin;
 mod db;
 mod grants;
 mod migrations;
+mod profile_credentials;
 mod rows;
 mod sql;
 
@@ -30,6 +31,7 @@ pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, T
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 pub use migrations::MigrationStatus;
+pub use profile_credentials::{CredentialOutcome, CredentialWrite, StoredCredential};
 pub use sql::SqlStore;
 
 /// Errors from the storage layer. Their messages are for logs only, never for clients.
@@ -346,12 +348,18 @@ pub enum SecretKind {
     AuthProfiles,
     /// `webhook_endpoints` (column `secret`).
     WebhookEndpoints,
+    /// `profile_credentials` (column `credential`): env values and browser sessions.
+    ProfileCredentials,
 }
 
 impl SecretKind {
     /// Every kind, for `tessera keys rotate`.
-    pub const ALL: &'static [SecretKind] =
-        &[SecretKind::IdentityTokens, SecretKind::AuthProfiles, SecretKind::WebhookEndpoints];
+    pub const ALL: &'static [SecretKind] = &[
+        SecretKind::IdentityTokens,
+        SecretKind::AuthProfiles,
+        SecretKind::WebhookEndpoints,
+        SecretKind::ProfileCredentials,
+    ];
 
     /// The table name, also part of the associated data of its ciphertexts.
     pub fn table(self) -> &'static str {
@@ -359,6 +367,7 @@ impl SecretKind {
             SecretKind::IdentityTokens => "identity_tokens",
             SecretKind::AuthProfiles => "auth_profiles",
             SecretKind::WebhookEndpoints => "webhook_endpoints",
+            SecretKind::ProfileCredentials => "profile_credentials",
         }
     }
 }
@@ -1067,6 +1076,17 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// longest-standing owner. Refused, with nothing written, while they are the last owner of a
     /// team with other members.
     async fn delete_user(&self, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError>;
+
+    // --- Credentials of env and browser_session profiles (profile_credentials.rs) ---
+
+    /// Stores a profile's credential, replacing any, and makes the profile `active` (bumping its
+    /// version), in one transaction; nothing is written for a revoked profile. With a connect
+    /// token, only while that link of the profile is unused and unexpired, consuming it: of
+    /// concurrent posts of one form exactly one writes.
+    async fn put_profile_credential(&self, write: &CredentialWrite<'_>) -> Result<CredentialOutcome, StoreError>;
+
+    /// A profile's status and its stored credential, if any (`None`: no such profile).
+    async fn profile_credential(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError>;
 }
 
 /// One of a user's sessions, as the account page lists them.

@@ -186,7 +186,8 @@ macro_rules! profile_columns {
          p.scopes AS profile_scopes, p.upstream_account_id AS profile_upstream_account_id, \
          p.access_token_expires_at AS profile_access_token_expires_at, \
          p.pending_expires_at AS profile_pending_expires_at, p.version AS profile_version, \
-         p.created_at AS profile_created_at, p.updated_at AS profile_updated_at"
+         p.created_at AS profile_created_at, p.updated_at AS profile_updated_at, \
+         (SELECT c.meta FROM profile_credentials c WHERE c.profile_id = p.id) AS profile_credential_meta"
     };
 }
 
@@ -214,6 +215,10 @@ pub(super) fn profile(row: &impl RowExt) -> Result<AuthProfile, StoreError> {
         version: row.int("profile_version")?,
         created_at: row.time("profile_created_at")?,
         updated_at: row.time("profile_updated_at")?,
+        credential: row
+            .opt_text("profile_credential_meta")?
+            .map(|meta| super::profile_credentials::decode_meta(&meta))
+            .transpose()?,
     })
 }
 

@@ -24,6 +24,7 @@ use super::{
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use super::{CreateTeamOutcome, DeleteUserOutcome, TeamMember, TeamQuery, UserQuery};
+use super::{CredentialOutcome, CredentialWrite, StoredCredential};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events;
 use crate::domain::{
@@ -35,7 +36,7 @@ use crate::domain::{
 /// Tessera's storage on SQLite or PostgreSQL (with an optional read replica).
 #[derive(Debug)]
 pub struct SqlStore {
-    db: Db,
+    pub(super) db: Db,
     /// The bound of [`Store::ready`] (`database.ready_timeout_ms`).
     ready_timeout: std::time::Duration,
 }
@@ -1009,6 +1010,10 @@ impl Store for SqlStore {
             SecretKind::WebhookEndpoints => query(
                 "SELECT id AS row_id, secret FROM webhook_endpoints WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2",
             ),
+            SecretKind::ProfileCredentials => query(
+                "SELECT profile_id AS row_id, credential FROM profile_credentials
+                 WHERE $1 IS NULL OR profile_id > $1 ORDER BY profile_id LIMIT $2",
+            ),
         };
         let rows = read.bind(after).bind(limit.max(0)).fetch_all(self.db.reader()).await?;
         let mut secrets = Vec::with_capacity(rows.len() * 2);
@@ -1016,6 +1021,10 @@ impl Store for SqlStore {
             let row_id = row.uuid("row_id")?;
             if kind == SecretKind::WebhookEndpoints {
                 push_secret(&mut secrets, row, kind, row_id, "secret")?;
+                continue;
+            }
+            if kind == SecretKind::ProfileCredentials {
+                push_secret(&mut secrets, row, kind, row_id, "credential")?;
                 continue;
             }
             push_secret(&mut secrets, row, kind, row_id, "access_token")?;
@@ -1041,6 +1050,9 @@ impl Store for SqlStore {
             (SecretKind::WebhookEndpoints, "secret") => {
                 "UPDATE webhook_endpoints SET secret = $3 WHERE id = $1 AND secret = $2"
             }
+            (SecretKind::ProfileCredentials, "credential") => {
+                "UPDATE profile_credentials SET credential = $3 WHERE profile_id = $1 AND credential = $2"
+            }
             (_, column) => return Err(StoreError::Corrupt(format!("no encrypted column {column}"))),
         };
         let updated =
@@ -1053,6 +1065,7 @@ impl Store for SqlStore {
             SecretKind::IdentityTokens => "SELECT count(*) AS n FROM identity_tokens",
             SecretKind::AuthProfiles => "SELECT count(*) AS n FROM auth_profiles WHERE access_token IS NOT NULL",
             SecretKind::WebhookEndpoints => "SELECT count(*) AS n FROM webhook_endpoints",
+            SecretKind::ProfileCredentials => "SELECT count(*) AS n FROM profile_credentials",
         };
         query(sql).fetch_one(self.db.reader()).await?.int("n")
     }
@@ -1468,6 +1481,7 @@ impl Store for SqlStore {
         .execute(&mut tx)
         .await?;
         query("DELETE FROM connect_tokens WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
+        query("DELETE FROM profile_credentials WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(secrets))
     }
@@ -2248,6 +2262,14 @@ impl Store for SqlStore {
 
     async fn delete_user(&self, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError> {
         super::admin::delete_user(&self.db, user, now).await
+    }
+
+    async fn put_profile_credential(&self, write: &CredentialWrite<'_>) -> Result<CredentialOutcome, StoreError> {
+        self.put_profile_credential_sql(write).await
+    }
+
+    async fn profile_credential(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError> {
+        self.profile_credential_sql(id).await
     }
 }
 

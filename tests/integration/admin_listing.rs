@@ -214,6 +214,7 @@ async fn profile(app: &TestApp, team: &str, by: &str, kind: ProfileKind, slug: &
         version: 0,
         created_at: now,
         updated_at: now,
+        credential: None,
     };
     app.store.insert_profile(&profile).await.unwrap().expect("inserted").id
 }

@@ -38,7 +38,7 @@ on_both_backends!(
     expired_pending_profiles_are_not_reused,
     revoking_frees_the_slug_and_revokes_upstream,
     team_members_are_managed_by_owners,
-    other_kinds_are_active_without_a_connect_link,
+    other_kinds_start_without_an_oauth_link,
     a_former_member_s_links_and_flows_stop_working,
     only_its_creator_or_an_admin_reconnects_a_team_profile,
     a_refresh_during_a_reconnection_does_not_conflict,
@@ -268,6 +268,7 @@ async fn the_database_refuses_a_second_pending_profile(backend: Backend) {
         version: 0,
         created_at: now,
         updated_at: now,
+        credential: None,
     };
     assert_eq!(store.insert_profile(&duplicate).await.unwrap(), None, "refused by the database, not an error");
     let mut bobs = duplicate.clone();
@@ -679,13 +680,14 @@ async fn team_members_are_managed_by_owners(backend: Backend) {
     assert_eq!(body(twice, 404).await["code"], "member_not_found");
 }
 
-async fn other_kinds_are_active_without_a_connect_link(backend: Backend) {
+async fn other_kinds_start_without_an_oauth_link(backend: Backend) {
     let w = world(backend).await;
     let mut request = profile_request(None);
-    request["profile_kind"] = "env".into();
+    request["profile_kind"] = "browser_session".into();
     request["provider"] = "OpenAI".into();
     let created = body(w.create(w.alice.id, request).await, 201).await;
-    assert_eq!(created["auth_profile"]["status"], "active");
+    // Pending until its storage state is set (see profile_credentials.rs).
+    assert_eq!(created["auth_profile"]["status"], "pending_auth");
     assert_eq!(created["auth_profile"]["provider"], "openai", "providers are lower case everywhere");
     assert_eq!(created["connect_url"], Value::Null);
     let slug = created["auth_profile"]["slug"].as_str().unwrap();

@@ -10,16 +10,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use tessera::domain::{
-    AuthProfile, DeliveryState, DisplayName, DomainClaim, DomainName, Email, Identity, IdentityId, Issuer, Principal,
-    ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamMembership, TeamRef,
-    TeamRole, User, UserId, WebhookEndpoint, WebhookId,
+    AuthProfile, CredentialMeta, DeliveryState, DisplayName, DomainClaim, DomainName, Email, FieldSet, Identity,
+    IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team,
+    TeamId, TeamMembership, TeamRef, TeamRole, User, UserId, WebhookEndpoint, WebhookId,
 };
 use tessera::service::provisioning::team_plan;
 use tessera::store::{
-    Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, DataReport, DeleteUserOutcome,
-    EncryptedTokens, LinkOutcome, LoginState, MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey,
-    ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord,
-    SigningKeyRecord, Store, StoreError, StoredSecret, TeamQuery, UnlinkOutcome, UserQuery, UserSession,
+    Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, CredentialOutcome,
+    CredentialWrite, DataReport, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState, MemberOutcome,
+    NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
+    RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredCredential,
+    StoredSecret, TeamQuery, UnlinkOutcome, UserQuery, UserSession,
 };
 use uuid::Uuid;
 
@@ -96,6 +97,10 @@ on_both_backends!(
     completing_a_refresh_bumps_the_token_version_only,
     releasing_a_refresh_lease_can_mark_the_profile_for_reauth,
     revoking_a_profile_wipes_its_credentials_and_returns_them,
+    // Env and browser-session credentials
+    a_credential_activates_its_profile_and_is_replaced_whole,
+    a_credential_written_with_a_connect_token_consumes_it,
+    concurrent_credential_writes_with_one_connect_token_have_one_winner,
     // Key rotation
     secrets_are_counted_and_paged_in_whole_rows,
     a_negative_page_size_reads_nothing,
@@ -287,6 +292,7 @@ fn profile(team: &Team, by: UserId, kind: ProfileKind, slug: &str, at: DateTime<
         version: 0,
         created_at: at,
         updated_at: at,
+        credential: None,
     }
 }
 
@@ -1786,6 +1792,143 @@ async fn revoking_a_profile_wipes_its_credentials_and_returns_them(backend: Back
     assert_eq!(store.revoke_profile(ProfileId::generate(), t1).await.unwrap(), None);
 }
 
+// ---- Env and browser-session credentials ----------------------------------------------------
+
+/// A pending `env` profile of `owner`'s team.
+async fn pending_env(store: &Arc<dyn Store>, owner: &Person, slug: &str, at: DateTime<Utc>) -> AuthProfile {
+    let pending = AuthProfile {
+        status: ProfileStatus::PendingAuth,
+        pending_expires_at: Some(at + TimeDelta::hours(1)),
+        ..profile(&owner.team, owner.id(), ProfileKind::Env, slug, at)
+    };
+    inserted(store, pending).await
+}
+
+fn env_meta(fields: &[&str], at: DateTime<Utc>) -> CredentialMeta {
+    CredentialMeta::Env { fields: fields.iter().map(|name| FieldSet { name: (*name).into(), set_at: at }).collect() }
+}
+
+async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let env = pending_env(&store, &ada, "env", t0).await;
+    assert_eq!(
+        store.profile_credential(env.id).await.unwrap(),
+        Some(StoredCredential { status: ProfileStatus::PendingAuth, credential: None })
+    );
+    assert_eq!(store.profile_credential(ProfileId::generate()).await.unwrap(), None);
+
+    let (t1, t2) = (t0 + TimeDelta::seconds(1), t0 + TimeDelta::seconds(2));
+    let first = env_meta(&["A", "B"], t1);
+    let write =
+        CredentialWrite { profile: env.id, ciphertext: b"sealed-1", meta: &first, connect_token: None, now: t1 };
+    let expected = AuthProfile {
+        status: ProfileStatus::Active,
+        pending_expires_at: None,
+        version: 1,
+        updated_at: t1,
+        credential: Some(first.clone()),
+        ..env.clone()
+    };
+    assert_eq!(
+        store.put_profile_credential(&write).await.unwrap(),
+        CredentialOutcome::Stored(Box::new(expected.clone()))
+    );
+    assert_eq!(store.profile(env.id).await.unwrap(), Some(expected.clone()), "profile reads carry what may be shown");
+    assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), [expected]);
+    assert_eq!(
+        store.profile_credential(env.id).await.unwrap(),
+        Some(StoredCredential { status: ProfileStatus::Active, credential: Some((b"sealed-1".to_vec(), first)) })
+    );
+
+    let session = CredentialMeta::BrowserSession { browser_kind: "firefox".into(), cdp_url: None, set_at: t2 };
+    let write =
+        CredentialWrite { profile: env.id, ciphertext: b"sealed-2", meta: &session, connect_token: None, now: t2 };
+    let CredentialOutcome::Stored(replaced) = store.put_profile_credential(&write).await.unwrap() else {
+        panic!("stored");
+    };
+    assert_eq!((replaced.version, replaced.credential.clone()), (2, Some(session.clone())));
+    let stored = store.profile_credential(env.id).await.unwrap().unwrap();
+    assert_eq!(stored.credential, Some((b"sealed-2".to_vec(), session.clone())), "replaced, not merged");
+    assert_eq!(store.count_secrets(SecretKind::ProfileCredentials).await.unwrap(), 1);
+
+    // Revoking wipes it, and nothing is written to a revoked profile or to none.
+    assert!(store.revoke_profile(env.id, t2).await.unwrap().is_some());
+    assert_eq!(
+        store.profile_credential(env.id).await.unwrap(),
+        Some(StoredCredential { status: ProfileStatus::Revoked, credential: None })
+    );
+    assert_eq!(store.put_profile_credential(&write).await.unwrap(), CredentialOutcome::ProfileGone);
+    let nowhere = CredentialWrite { profile: ProfileId::generate(), ..write.clone() };
+    assert_eq!(store.put_profile_credential(&nowhere).await.unwrap(), CredentialOutcome::ProfileGone);
+    assert_eq!(store.count_secrets(SecretKind::ProfileCredentials).await.unwrap(), 0);
+    assert_eq!(store.profile(env.id).await.unwrap().unwrap().credential, None);
+}
+
+async fn a_credential_written_with_a_connect_token_consumes_it(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let env = pending_env(&store, &ada, "env", t0).await;
+    let other = pending_env(&store, &ada, "other", t0).await;
+    let token = connect_token(&env, ada.id(), t0, TimeDelta::minutes(30));
+    store.mint_connect_token(&token).await.unwrap();
+    let others = connect_token(&other, ada.id(), t0, TimeDelta::minutes(30));
+    store.mint_connect_token(&others).await.unwrap();
+    let meta = env_meta(&["A"], t0);
+    let with = |hash: &[u8; 32], now| {
+        let write = CredentialWrite { profile: env.id, ciphertext: b"sealed", meta: &meta, connect_token: None, now };
+        (write, *hash)
+    };
+    let put = async |(write, hash): (CredentialWrite<'_>, [u8; 32])| {
+        store.put_profile_credential(&CredentialWrite { connect_token: Some(&hash), ..write }).await.unwrap()
+    };
+    let (token_hash, others_hash) = (&token.token_hash, &others.token_hash);
+    // Another profile's link, or an expired one, writes nothing and is not consumed.
+    assert_eq!(put(with(others_hash, t0)).await, CredentialOutcome::LinkUsed);
+    let late = t0 + TimeDelta::minutes(31);
+    assert_eq!(put(with(token_hash, late)).await, CredentialOutcome::LinkUsed);
+    assert_eq!(store.profile_credential(env.id).await.unwrap().unwrap().credential, None);
+    assert_eq!(store.profile(env.id).await.unwrap().unwrap().version, 0);
+    assert!(store.connect_token(&others.token_hash, t0).await.unwrap().is_some());
+    assert!(store.connect_token(&token.token_hash, t0).await.unwrap().is_some());
+
+    let CredentialOutcome::Stored(stored) = put(with(token_hash, t0)).await else {
+        panic!("stored");
+    };
+    assert_eq!((stored.status, stored.version), (ProfileStatus::Active, 1));
+    assert_eq!(store.connect_token(&token.token_hash, t0).await.unwrap(), None, "used up");
+    assert_eq!(put(with(token_hash, t0)).await, CredentialOutcome::LinkUsed);
+    assert_eq!(store.profile(env.id).await.unwrap().unwrap().version, 1, "written once");
+}
+
+async fn concurrent_credential_writes_with_one_connect_token_have_one_winner(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let env = pending_env(&store, &ada, "env", t0).await;
+    let token = connect_token(&env, ada.id(), t0, TimeDelta::minutes(30));
+    store.mint_connect_token(&token).await.unwrap();
+    let outcomes = concurrently(16, |i| {
+        let (store, hash, id) = (store.clone(), token.token_hash, env.id);
+        async move {
+            let meta = env_meta(&["A"], t0);
+            let sealed = format!("sealed-{i}").into_bytes();
+            let write =
+                CredentialWrite { profile: id, ciphertext: &sealed, meta: &meta, connect_token: Some(&hash), now: t0 };
+            (store.put_profile_credential(&write).await.unwrap(), sealed)
+        }
+    })
+    .await;
+    let winners: Vec<_> = outcomes.iter().filter(|(o, _)| matches!(o, CredentialOutcome::Stored(_))).collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|(o, _)| matches!(o, CredentialOutcome::Stored(_) | CredentialOutcome::LinkUsed)));
+    let stored = store.profile_credential(env.id).await.unwrap().unwrap().credential.unwrap().0;
+    assert_eq!(&stored, &winners[0].1, "the winner's credential is the one kept");
+    assert_eq!(store.profile(env.id).await.unwrap().unwrap().version, 1);
+}
+
 // ---- Key rotation ---------------------------------------------------------------------------
 
 /// Walks every page of one kind the way `tessera keys rotate` does, asserting that pages come in
@@ -1892,9 +2035,13 @@ async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
     let app = connected(&store, &ada, "app").await;
     let hook = endpoint(&[], t0);
     store.insert_webhook(&hook).await.unwrap();
+    let env = pending_env(&store, &ada, "env", t0).await;
+    let meta = env_meta(&["KEY"], t0);
+    let write = CredentialWrite { profile: env.id, ciphertext: b"sealed-1", meta: &meta, connect_token: None, now: t0 };
+    assert!(matches!(store.put_profile_credential(&write).await.unwrap(), CredentialOutcome::Stored(_)));
     for &kind in SecretKind::ALL {
         let secrets = store.secrets_page(kind, None, 10).await.unwrap();
-        let columns = if kind == SecretKind::WebhookEndpoints { 1 } else { 2 };
+        let columns = if matches!(kind, SecretKind::WebhookEndpoints | SecretKind::ProfileCredentials) { 1 } else { 2 };
         assert_eq!(secrets.len(), columns, "{kind:?}");
         assert_eq!(store.count_secrets(kind).await.unwrap(), 1, "{kind:?}");
         for secret in &secrets {
@@ -1907,6 +2054,8 @@ async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
     assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(rotated), "the rest of the row is kept");
     let rotated_key = [b"rotated-".as_slice(), &hook.secret].concat();
     assert_eq!(store.webhook(hook.id).await.unwrap().unwrap().secret, rotated_key, "a webhook's signing key too");
+    let sealed = store.profile_credential(env.id).await.unwrap().unwrap().credential.unwrap().0;
+    assert_eq!(sealed, b"rotated-sealed-1", "an env profile's credential too");
     let stored = secrets_of(&store, app.id).await;
     assert_eq!(stored.access_token.as_deref(), Some(b"rotated-access-1".as_slice()));
     assert_eq!(stored.refresh_token.as_deref(), Some(b"rotated-refresh-1".as_slice()));

@@ -5,6 +5,8 @@
 //! - create-or-reuse: `POST /v1/teams/{team}/auth-profiles` without a slug, which after the
 //!   first call reuses the member's pending profile and mints a fresh connect link;
 //! - token reads: `POST …/{slug}/token` for an active, connected profile that needs no refresh;
+//! - env credential reads: `POST …/{slug}/credentials` for an `env` profile with its values set
+//!   (membership, the profile, its ciphertext, one decryption);
 //!
 //! each beside the rate of a bare single-row `SELECT` (an auth profile by id) on the same
 //! database, at the same concurrency, in the same run.
@@ -17,7 +19,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::harness::{Run, drive};
-use tessera::config::{Config, IssuerConfig, ProviderConfig, ProviderEndpoints, ProviderKind};
+use tessera::config::{
+    Config, ConnectorConfig, EnvField, IssuerConfig, ProviderConfig, ProviderEndpoints, ProviderKind,
+};
 use tessera::crypto::keyring::KeyRing;
 use tessera::crypto::random_bytes;
 use tessera::domain::{Issuer, ProfileId};
@@ -77,6 +81,17 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
         auto_link_by_email: false,
         store_tokens: false,
         protocol: tessera::config::ProviderProtocol::default(),
+    }];
+    config.connectors = vec![ConnectorConfig {
+        key: "openai".into(),
+        label: "OpenAI".into(),
+        fields: vec![EnvField {
+            name: "OPENAI_API_KEY".into(),
+            label: "API key".into(),
+            secret: true,
+            optional: false,
+            pattern: None,
+        }],
     }];
     let key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>());
     config.encryption = Some(Arc::new(KeyRing::parse(&format!("bench:{key}"))?));
@@ -166,6 +181,32 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
     };
     let token_baseline = bare_selects(&store, profile, args.users, args.requests).await?;
 
+    // Env credential reads need one env profile with its values.
+    api.post(&profiles)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-on-behalf-of", &owner)
+        .json(&json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Keys", "slug": "keys",
+                      "values": {"OPENAI_API_KEY": "sk-bench-0123456789abcdefghij"}}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let env_run = {
+        let (api, members) = (api.clone(), members.clone());
+        let url = format!("{profiles}/keys/credentials");
+        drive(args.users, args.requests, move |i| {
+            let request = api.post(&url).bearer_auth(ADMIN_TOKEN).header("x-on-behalf-of", &members[i % members.len()]);
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(response.status() == 200, "credentials answered {}", response.status());
+                let body: Value = response.json().await?;
+                anyhow::ensure!(body["kind"] == "env", "not the env values");
+                Ok(())
+            }
+        })
+        .await?
+    };
+    let env_baseline = bare_selects(&store, profile, args.users, args.requests).await?;
+
     println!(
         "tessera-bench connections: {} requests per run, {} concurrent members, on {}",
         args.requests,
@@ -178,6 +219,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
     );
     row("create-or-reuse", &create_run, &create_baseline);
     row("token read", &token_run, &token_baseline);
+    row("env credential", &env_run, &env_baseline);
     let _ = stop.send(());
     server.await??;
     store.close().await;

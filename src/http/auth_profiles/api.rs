@@ -2,20 +2,25 @@
 //! for a service with the admin token acting on behalf of a member:
 //!
 //! - `POST /v1/teams/{team}/auth-profiles` `{connector_key, profile_kind, provider, display_name,
-//!   slug?, scopes?}` → `{auth_profile, connect_url, connect_expires_at}`: 201 when created, 200
-//!   when the caller's pending profile was reused (with a fresh link)
+//!   slug?, scopes?}` (plus `values` for `env`, or `storage_state`, `browser_kind`, `cdp_url` for
+//!   `browser_session`) → `{auth_profile, connect_url, connect_expires_at, auth_type}`: 201 when
+//!   created, 200 when the caller's pending profile was reused (with a fresh link)
 //! - `GET /v1/teams/{team}/auth-profiles`, `GET …/{slug}`, `DELETE …/{slug}` (revokes)
 //! - `POST …/{slug}/connect` `{allow_account_change?}` → a new connect link
 //! - `POST …/{slug}/token` → a valid access token, refreshed first when it expires within 5 min
+//! - the credentials of every kind: see [`super::credentials`]
 //!
 //! A non-member gets 404: the team's existence is not revealed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::domain::{DisplayName, ProfileKind, Slug, TextError};
@@ -28,6 +33,7 @@ use crate::http::responses::{
     AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse,
 };
 use crate::service::auth_profiles::NewProfile;
+use crate::service::profile_credentials::{BrowserSessionInput, CredentialInput};
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -43,8 +49,9 @@ pub(crate) fn parse_slug(value: &str) -> Result<Slug, ApiError> {
     Slug::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.to_string()).field("slug"))
 }
 
-/// The body of a create (also the MCP tool's `create` arguments).
-#[derive(Debug, Default, Deserialize)]
+/// The body of a create (also the MCP tool's `create` arguments). No `Debug`: it may carry
+/// secrets (`values`, `storage_state`).
+#[derive(Default, Deserialize)]
 pub(crate) struct CreateRequest {
     pub(crate) connector_key: Option<String>,
     pub(crate) profile_kind: Option<String>,
@@ -52,6 +59,17 @@ pub(crate) struct CreateRequest {
     pub(crate) display_name: Option<String>,
     pub(crate) slug: Option<String>,
     pub(crate) scopes: Option<Vec<String>>,
+    /// The values of an `env` profile, by field name.
+    pub(crate) values: Option<BTreeMap<String, String>>,
+    /// The storage state of a `browser_session` profile.
+    pub(crate) storage_state: Option<serde_json::Value>,
+    pub(crate) browser_kind: Option<String>,
+    pub(crate) cdp_url: Option<String>,
+}
+
+/// The values of an `env` profile as secrets.
+pub(super) fn secret_values(values: BTreeMap<String, String>) -> BTreeMap<String, SecretString> {
+    values.into_iter().map(|(name, value)| (name, SecretString::from(value))).collect()
 }
 
 fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiError> {
@@ -71,15 +89,35 @@ fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiErro
 pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiError> {
     let connector_key =
         key_like(required(&request.connector_key, "connector_key")?, "connector_key", ErrorCode::InvalidConnectorKey)?;
-    let provider = key_like(required(&request.provider, "provider")?, "provider", ErrorCode::InvalidProvider)?;
     let kind_text = required(&request.profile_kind, "profile_kind")?;
     let kind = ProfileKind::parse(kind_text.trim()).ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvalidProfileKind,
-            "`profile_kind` must be one of oauth_account, oauth_app, env, interactive, browser_session",
+            "`profile_kind` must be one of oauth_account, oauth_app, env, browser_session",
         )
         .field("profile_kind")
     })?;
+    // OAuth kinds name the provider that connects them; for the others it is only a label, the
+    // connector's key unless given.
+    let provider = match (&request.provider, kind.is_oauth()) {
+        (None, false) => connector_key.clone(),
+        _ => key_like(required(&request.provider, "provider")?, "provider", ErrorCode::InvalidProvider)?,
+    };
+    let credential = match (request.values, request.storage_state) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "send `values` (env) or `storage_state` (browser_session), not both",
+            ));
+        }
+        (Some(values), None) => Some(CredentialInput::Env(secret_values(values))),
+        (None, Some(storage_state)) => Some(CredentialInput::BrowserSession(BrowserSessionInput {
+            storage_state,
+            browser_kind: request.browser_kind,
+            cdp_url: request.cdp_url,
+        })),
+        (None, None) => None,
+    };
     let display_name = DisplayName::parse_optional(Some(required(&request.display_name, "display_name")?))
         .map_err(|e| {
             let code =
@@ -100,7 +138,15 @@ pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiErro
         )
         .field("scopes"));
     }
-    Ok(NewProfile { connector_key, kind, provider, display_name: display_name.as_str().to_owned(), slug, scopes })
+    Ok(NewProfile {
+        connector_key,
+        kind,
+        provider,
+        display_name: display_name.as_str().to_owned(),
+        slug,
+        scopes,
+        credential,
+    })
 }
 
 async fn create_auth_profile(
@@ -176,7 +222,16 @@ async fn auth_profile_token(
     headers: HeaderMap,
     ApiPath((team, slug)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
-) -> Result<Json<AuthProfileTokenResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    Ok(Json(state.auth_profiles.access_token(&team, user, &parse_slug(&slug)?).await?.into()))
+    let token: AuthProfileTokenResponse =
+        state.auth_profiles.access_token(&team, user, &parse_slug(&slug)?).await?.into();
+    Ok(no_store(Json(token)))
+}
+
+/// A response that holds a secret: never kept by a cache.
+pub(super) fn no_store(body: impl IntoResponse) -> axum::response::Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }

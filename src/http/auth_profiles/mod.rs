@@ -2,10 +2,15 @@
 //! and `/connect/`:
 //!
 //! - [`api`] — the JSON API for team members, and for services acting on behalf of a member;
-//! - [`connect`] — the connect links a member opens in a browser to connect an account.
+//! - [`credentials`] — setting and reading the credentials of every kind (env values, browser
+//!   sessions, tokens);
+//! - [`connect`] — the connect links a member opens in a browser to connect an account;
+//! - [`env_form`] — the form an `env_keys` connect link opens.
 
 pub mod api;
 pub mod connect;
+pub mod credentials;
+pub mod env_form;
 
 use std::sync::Arc;
 
@@ -13,7 +18,7 @@ use axum::Router;
 
 use super::AppState;
 
-/// The routes of both.
+/// The routes of all of them.
 pub fn routes() -> Router<Arc<AppState>> {
-    api::routes().merge(connect::routes())
+    api::routes().merge(connect::routes()).merge(credentials::routes()).merge(env_form::routes())
 }

@@ -1,5 +1,6 @@
 //! Auth profiles (connected accounts): `/v1/teams/{team}/auth-profiles`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -7,8 +8,9 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::{AuthProfile, ProfileKind, ProfileStatus};
-use crate::service::auth_profiles::{AccessToken, ConnectLink, Created};
+use crate::domain::{AuthProfile, CredentialMeta, ProfileKind, ProfileStatus};
+use crate::service::auth_profiles::{AccessToken, ConnectLink, Created, LinkType};
+use crate::service::profile_credentials::Credential;
 
 /// What kind of credentials an auth profile holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -18,11 +20,11 @@ pub enum AuthProfileKind {
     OauthAccount,
     /// A team-wide account connected through OAuth.
     OauthApp,
-    /// Credentials supplied through the environment.
+    /// Values a connector reads from its environment (API keys…), as its fields declare.
     Env,
-    /// Credentials entered interactively.
+    /// No longer created; only profiles made before have it.
     Interactive,
-    /// A browser session.
+    /// A browser's signed-in state.
     BrowserSession,
 }
 
@@ -99,6 +101,51 @@ pub struct AuthProfileResponse {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// For `env` and `browser_session` profiles with a credential: which fields are set and when,
+    /// or the browser kind — never a value; null otherwise.
+    pub credential: Option<CredentialMetaResponse>,
+}
+
+/// What may be shown about the credential of an `env` or `browser_session` profile.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CredentialMetaResponse {
+    /// The fields of an `env` profile that hold a value.
+    Env {
+        /// Each field set, with when.
+        fields: Vec<FieldSetResponse>,
+    },
+    /// A browser session.
+    BrowserSession {
+        /// The browser it is for.
+        browser_kind: String,
+        /// Its DevTools endpoint without the query; null when none was given.
+        cdp_url: Option<String>,
+        /// When the storage state was set.
+        set_at: DateTime<Utc>,
+    },
+}
+
+/// A field of an `env` profile that holds a value.
+#[derive(Debug, Serialize)]
+pub struct FieldSetResponse {
+    /// The field's name.
+    pub name: String,
+    /// When its value was set.
+    pub set_at: DateTime<Utc>,
+}
+
+impl From<CredentialMeta> for CredentialMetaResponse {
+    fn from(meta: CredentialMeta) -> Self {
+        match meta {
+            CredentialMeta::Env { fields } => CredentialMetaResponse::Env {
+                fields: fields.into_iter().map(|f| FieldSetResponse { name: f.name, set_at: f.set_at }).collect(),
+            },
+            CredentialMeta::BrowserSession { browser_kind, cdp_url, set_at } => {
+                CredentialMetaResponse::BrowserSession { browser_kind, cdp_url, set_at }
+            }
+        }
+    }
 }
 
 impl From<AuthProfile> for AuthProfileResponse {
@@ -120,6 +167,7 @@ impl From<AuthProfile> for AuthProfileResponse {
             version: profile.version,
             created_at: profile.created_at,
             updated_at: profile.updated_at,
+            credential: profile.credential.map(Into::into),
         }
     }
 }
@@ -148,6 +196,28 @@ pub struct AuthProfileWithLinkResponse {
     pub connect_url: Option<String>,
     /// When the link stops working; null when there is no link.
     pub connect_expires_at: Option<DateTime<Utc>>,
+    /// What the link opens: `oauth` (the provider's consent) or `env_keys` (a form for the
+    /// connector's fields); null when there is no link.
+    pub auth_type: Option<ConnectAuthType>,
+}
+
+/// What a connect link opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectAuthType {
+    /// The provider's OAuth flow.
+    Oauth,
+    /// A form for the values of an `env` profile.
+    EnvKeys,
+}
+
+impl From<LinkType> for ConnectAuthType {
+    fn from(kind: LinkType) -> Self {
+        match kind {
+            LinkType::OAuth => ConnectAuthType::Oauth,
+            LinkType::EnvKeys => ConnectAuthType::EnvKeys,
+        }
+    }
 }
 
 impl fmt::Debug for AuthProfileWithLinkResponse {
@@ -156,6 +226,7 @@ impl fmt::Debug for AuthProfileWithLinkResponse {
             .field("auth_profile", &self.auth_profile)
             .field("connect_url", &self.connect_url.as_ref().map(|_| "[REDACTED]"))
             .field("connect_expires_at", &self.connect_expires_at)
+            .field("auth_type", &self.auth_type)
             .finish()
     }
 }
@@ -174,11 +245,13 @@ impl From<(AuthProfile, ConnectLink)> for AuthProfileWithLinkResponse {
 
 impl AuthProfileWithLinkResponse {
     fn new(profile: AuthProfile, link: Option<ConnectLink>) -> Self {
-        let (connect_url, connect_expires_at) = match link {
-            Some(link) => (Some(link.url.expose_secret().to_owned()), Some(link.expires_at)),
-            None => (None, None),
+        let (connect_url, connect_expires_at, auth_type) = match link {
+            Some(link) => {
+                (Some(link.url.expose_secret().to_owned()), Some(link.expires_at), Some(link.auth_type.into()))
+            }
+            None => (None, None, None),
         };
-        Self { auth_profile: profile.into(), connect_url, connect_expires_at }
+        Self { auth_profile: profile.into(), connect_url, connect_expires_at, auth_type }
     }
 }
 
@@ -221,6 +294,81 @@ impl From<AccessToken> for AuthProfileTokenResponse {
             token_type: TokenType::Bearer,
             expires_at: token.expires_at,
             refreshed: token.refreshed,
+        }
+    }
+}
+
+/// The body of `POST /v1/teams/{team}/auth-profiles/{slug}/credentials`: the credential of the
+/// profile, by kind. Its `Debug` hides every secret.
+#[derive(Serialize)]
+pub struct CredentialResponse {
+    /// The profile's kind.
+    pub kind: AuthProfileKind,
+    /// The kind's payload.
+    #[serde(flatten)]
+    pub payload: CredentialPayload,
+}
+
+/// The payload of a [`CredentialResponse`].
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum CredentialPayload {
+    /// OAuth kinds: a valid access token, refreshed as for `/token`.
+    OAuth {
+        /// The access token.
+        access_token: String,
+        /// Always `Bearer`.
+        token_type: TokenType,
+        /// When it expires; null when the provider did not say.
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// `env`: the values, by field name.
+    Env {
+        /// The values.
+        values: BTreeMap<String, String>,
+    },
+    /// `browser_session`: the storage state and how to reach the browser.
+    BrowserSession {
+        /// Playwright's storage state (`cookies`, `origins`).
+        storage_state: serde_json::Value,
+        /// The browser kind.
+        browser_kind: String,
+        /// The DevTools endpoint, null when none was given.
+        cdp_url: Option<String>,
+    },
+}
+
+impl fmt::Debug for CredentialResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialResponse").field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl From<Credential> for CredentialResponse {
+    fn from(credential: Credential) -> Self {
+        match credential {
+            Credential::OAuth { kind, token } => CredentialResponse {
+                kind: kind.into(),
+                payload: CredentialPayload::OAuth {
+                    access_token: token.token.expose_secret().to_owned(),
+                    token_type: TokenType::Bearer,
+                    expires_at: token.expires_at,
+                },
+            },
+            Credential::Env { values } => CredentialResponse {
+                kind: AuthProfileKind::Env,
+                payload: CredentialPayload::Env {
+                    values: values.into_iter().map(|(name, value)| (name, value.expose_secret().to_owned())).collect(),
+                },
+            },
+            Credential::BrowserSession { storage_state, browser_kind, cdp_url } => CredentialResponse {
+                kind: AuthProfileKind::BrowserSession,
+                payload: CredentialPayload::BrowserSession {
+                    storage_state,
+                    browser_kind,
+                    cdp_url: cdp_url.map(|url| url.expose_secret().to_owned()),
+                },
+            },
         }
     }
 }

@@ -22,7 +22,8 @@ use serde::Serialize;
 
 pub use self::auth_profiles::{
     AuthProfileKind, AuthProfileListResponse, AuthProfileResponse, AuthProfileStatus, AuthProfileTokenResponse,
-    AuthProfileWithLinkResponse, TokenType,
+    AuthProfileWithLinkResponse, ConnectAuthType, CredentialMetaResponse, CredentialPayload, CredentialResponse,
+    FieldSetResponse, TokenType,
 };
 pub use self::clients::{
     ClientKindResponse, ClientListResponse, ClientResponse, ClientSource, ClientWithSecretResponse,

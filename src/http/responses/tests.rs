@@ -10,7 +10,7 @@ use crate::domain::{
     AuthProfile, DomainClaim, DomainName, Identity, IdentityId, Issuer, Principal, ProfileId, ProfileKind,
     ProfileStatus, Role, Slug, Subject, Team, TeamId, TeamMembership, TeamRole, User, UserId, UserProfile, now,
 };
-use crate::service::auth_profiles::{AccessToken, ConnectLink, Created};
+use crate::service::auth_profiles::{AccessToken, ConnectLink, Created, LinkType};
 use crate::service::teams::Discovery;
 use crate::service::validation::Validated;
 use crate::upstream::tokens::VerifiedToken;
@@ -178,6 +178,7 @@ fn profiles() -> Vec<AuthProfile> {
                 version: i as i64,
                 created_at: now(),
                 updated_at: now(),
+                credential: None,
             }
         })
         .collect()
@@ -192,20 +193,24 @@ fn auth_profiles_serialise_as_before() {
     assert_eq!(value(AuthProfileListResponse::from(all.clone())), json!({ "auth_profiles": all }));
 
     let profile = all[0].clone();
-    let link =
-        ConnectLink { url: SecretString::from("https://tessera.example.com/connect/t/oauth/start"), expires_at: now() };
+    let link = ConnectLink {
+        url: SecretString::from("https://tessera.example.com/connect/t/oauth/start"),
+        expires_at: now(),
+        auth_type: LinkType::OAuth,
+    };
     let created = Created { profile: profile.clone(), link: Some(link.clone()), created: true };
     let expected = json!({
         "auth_profile": profile,
         "connect_url": "https://tessera.example.com/connect/t/oauth/start",
         "connect_expires_at": link.expires_at,
+        "auth_type": "oauth",
     });
     assert_eq!(value(AuthProfileWithLinkResponse::from(created)), expected);
     assert_eq!(value(AuthProfileWithLinkResponse::from((profile.clone(), link))), expected);
     let created = Created { profile: profile.clone(), link: None, created: false };
     assert_eq!(
         value(AuthProfileWithLinkResponse::from(created)),
-        json!({ "auth_profile": profile, "connect_url": null, "connect_expires_at": null })
+        json!({ "auth_profile": profile, "connect_url": null, "connect_expires_at": null, "auth_type": null })
     );
 
     for expires_at in [Some(now()), None] {

@@ -1,0 +1,90 @@
+//! The credentials of auth profiles of every kind, for team members and for services acting on
+//! behalf of one:
+//!
+//! - `PUT /v1/teams/{team}/auth-profiles/{slug}/env` `{"values": {"NAME": "…"}}` — sets the values
+//!   of an `env` profile, replacing them all → the profile (which fields are set, never a value)
+//! - `PUT …/{slug}/browser-session` `{"storage_state": {cookies, origins}, "browser_kind"?,
+//!   "cdp_url"?}` — replaces the storage state of a `browser_session` profile → the profile
+//! - `POST …/{slug}/credentials` → the credential, whatever the kind (`Cache-Control: no-store`)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::api::{no_store, parse_slug, secret_values};
+use crate::http::AppState;
+use crate::http::caller::{OnBehalf, actor};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::problem::ApiError;
+use crate::http::responses::{AuthProfileResponse, CredentialResponse};
+use crate::service::profile_credentials::BrowserSessionInput;
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/teams/{team}/auth-profiles/{slug}/env", put(set_env_values))
+        .route("/v1/teams/{team}/auth-profiles/{slug}/browser-session", put(set_browser_session))
+        .route("/v1/teams/{team}/auth-profiles/{slug}/credentials", post(profile_credentials))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvRequest {
+    values: BTreeMap<String, String>,
+}
+
+async fn set_env_values(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+    ApiJson(request): ApiJson<EnvRequest>,
+) -> Result<Json<AuthProfileResponse>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let slug = parse_slug(&slug)?;
+    let values = secret_values(request.values);
+    Ok(Json(state.auth_profiles.set_env(&team, user, &slug, &values).await?.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BrowserSessionRequest {
+    storage_state: serde_json::Value,
+    browser_kind: Option<String>,
+    cdp_url: Option<String>,
+}
+
+async fn set_browser_session(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+    ApiJson(request): ApiJson<BrowserSessionRequest>,
+) -> Result<Json<AuthProfileResponse>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let slug = parse_slug(&slug)?;
+    let input = BrowserSessionInput {
+        storage_state: request.storage_state,
+        browser_kind: request.browser_kind,
+        cdp_url: request.cdp_url,
+    };
+    Ok(Json(state.auth_profiles.set_browser_session(&team, user, &slug, &input).await?.into()))
+}
+
+async fn profile_credentials(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<Response, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let credential: CredentialResponse =
+        state.auth_profiles.credentials(&team, user, &parse_slug(&slug)?).await?.into();
+    Ok(no_store(Json(credential)))
+}

@@ -1,0 +1,189 @@
+//! The form of an `env_keys` connect link: `GET /connect/{token}/env` shows one input per field
+//! of the profile's connector (a password input for secret ones) to the member the link was made
+//! for; `POST` stores the values and uses the link up, in one transaction — a form posted twice
+//! gets the invalid-link page the second time. Refused values show the form again with what to
+//! fix (secret inputs empty, the link still usable). The form carries the session's CSRF token;
+//! the pages carry the usual security headers, `Cache-Control: no-store` and
+//! `Referrer-Policy: no-referrer`, so the token in the URL does not leak.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use secrecy::SecretString;
+
+use crate::domain::UserId;
+use crate::error::ErrorCode;
+use crate::http::AppState;
+use crate::http::credentials::cookie;
+use crate::http::csrf;
+use crate::http::extract::ApiPath;
+use crate::http::pages::{Chrome, Message, errors};
+use crate::http::problem::ApiError;
+use crate::service::auth_profiles::AuthProfileError;
+use crate::service::profile_credentials::EnvForm;
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/connect/{token}/env", get(show_env_form).post(submit_env_form))
+}
+
+struct FieldRow {
+    name: String,
+    label: String,
+    secret: bool,
+    optional: bool,
+    invalid: bool,
+    value: String,
+}
+
+#[derive(Template)]
+#[template(path = "env_form.html")]
+struct EnvFormPage {
+    chrome: Chrome,
+    connector_label: String,
+    display_name: String,
+    action: String,
+    csrf: String,
+    error: Option<String>,
+    fields: Vec<FieldRow>,
+}
+
+/// The signed-in user and their session cookie, or the page to answer instead.
+async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    here: &str,
+) -> Result<(Option<UserId>, Option<String>), Response> {
+    let signed_out = errors::Context { return_to: Some(here.to_owned()), signed_in: false };
+    match cookie(headers, state.cookies.session()) {
+        Ok(Some(value)) => match state.sessions.resolve(value).await {
+            Ok(Some(user)) => Ok((Some(user), Some(value.to_owned()))),
+            Ok(None) => Ok((None, None)),
+            Err(error) => Err(state.pages.error_in(headers, error.into(), &signed_out)),
+        },
+        Ok(None) => Ok((None, None)),
+        Err(error) => Err(state.pages.error_in(headers, error, &signed_out)),
+    }
+}
+
+fn render(
+    state: &AppState,
+    status: StatusCode,
+    form: EnvForm,
+    action: String,
+    cookie_value: &str,
+    posted: Option<(&BTreeMap<String, String>, String, Option<String>)>,
+) -> Response {
+    let (values, error, invalid) = match posted {
+        Some((values, error, invalid)) => (Some(values), Some(error), invalid),
+        None => (None, None, None),
+    };
+    let fields = form
+        .connector
+        .fields
+        .iter()
+        .map(|field| FieldRow {
+            name: field.name.clone(),
+            label: field.label.clone(),
+            secret: field.secret,
+            optional: field.optional,
+            invalid: invalid.as_deref() == Some(field.name.as_str()),
+            // A secret is never sent back to the browser, not even the one it just sent.
+            value: match field.secret {
+                true => String::new(),
+                false => values.and_then(|v| v.get(&field.name)).cloned().unwrap_or_default(),
+            },
+        })
+        .collect();
+    let page = EnvFormPage {
+        chrome: state.pages.chrome(true),
+        connector_label: form.connector.label,
+        display_name: form.profile.display_name,
+        action,
+        csrf: csrf::token(cookie_value),
+        error,
+        fields,
+    };
+    state.pages.render(status, &page)
+}
+
+async fn show_env_form(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(token): ApiPath<String>,
+) -> Response {
+    let here = format!("/connect/{token}/env");
+    let (user, cookie_value) = match signed_in(&state, &headers, &here).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let context = errors::Context { return_to: Some(here.clone()), signed_in: user.is_some() };
+    match (state.auth_profiles.env_form(&token, user).await, cookie_value) {
+        (Ok(form), Some(cookie_value)) => render(&state, StatusCode::OK, form, here, &cookie_value, None),
+        (Ok(_), None) => state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context),
+        (Err(error), _) => state.pages.error_in(&headers, error.into(), &context),
+    }
+}
+
+async fn submit_env_form(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(token): ApiPath<String>,
+    body: Bytes,
+) -> Response {
+    let here = format!("/connect/{token}/env");
+    let (user, cookie_value) = match signed_in(&state, &headers, &here).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let context = errors::Context { return_to: Some(here.clone()), signed_in: user.is_some() };
+    let Some(cookie_value) = cookie_value else {
+        return state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context);
+    };
+    let fields = csrf::form_fields(&body);
+    if let Err(error) = csrf::check(&headers, &cookie_value, csrf::field(&fields, csrf::FIELD)) {
+        return state.pages.error_in(&headers, error, &context);
+    }
+    let mut values = BTreeMap::new();
+    for (name, value) in fields.into_iter().filter(|(name, _)| name != csrf::FIELD) {
+        if values.insert(name, value).is_some() {
+            let error = ApiError::new(ErrorCode::InvalidRequest, "each field is sent once");
+            return state.pages.error_in(&headers, error, &context);
+        }
+    }
+    let secrets: BTreeMap<String, SecretString> =
+        values.iter().map(|(name, value)| (name.clone(), SecretString::from(value.clone()))).collect();
+    match state.auth_profiles.submit_env_form(&token, user, &secrets).await {
+        Ok(profile) => {
+            let message = Message {
+                title: "Account connected".into(),
+                paragraphs: vec![format!(
+                    "{} is connected. You can go back to the app, or close this window.",
+                    profile.display_name
+                )],
+                signed_in: true,
+                ..Message::default()
+            }
+            .action("Go to your account", "/account");
+            state.pages.message(StatusCode::OK, message)
+        }
+        Err(AuthProfileError::InvalidEnv { problem, field }) => {
+            // The values are refused: the same form again, saying what to fix; the link stays usable.
+            match state.auth_profiles.env_form(&token, user).await {
+                Ok(form) => {
+                    let posted = Some((&values, problem.to_string(), field));
+                    render(&state, StatusCode::BAD_REQUEST, form, here, &cookie_value, posted)
+                }
+                Err(error) => state.pages.error_in(&headers, error.into(), &context),
+            }
+        }
+        Err(error) => state.pages.error_in(&headers, error.into(), &context),
+    }
+}

@@ -1,0 +1,132 @@
+//! The credentials of `env` and `browser_session` profiles, in `profile_credentials`: one key-ring
+//! ciphertext of the JSON payload per profile, and what may be shown about it as JSON.
+//!
+//! A write replaces the credential and activates the profile in one transaction; a write from a
+//! connect form consumes its link in the same transaction (`DELETE … RETURNING`), so that of
+//! concurrent posts of one form exactly one writes, and a failed write leaves the link usable.
+
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+use super::db::query;
+use super::rows::{self, RowExt, profile_columns};
+use super::sql::SqlStore;
+use crate::domain::{AuthProfile, CredentialMeta, ProfileId, ProfileStatus};
+
+/// A credential to store.
+#[derive(Debug, Clone)]
+pub struct CredentialWrite<'a> {
+    /// The profile.
+    pub profile: ProfileId,
+    /// The key-ring ciphertext of the JSON payload, bound to `profile_credentials`, the profile's
+    /// id and the column `credential`.
+    pub ciphertext: &'a [u8],
+    /// What may be shown about it.
+    pub meta: &'a CredentialMeta,
+    /// SHA-256 of the connect link to consume with the write, for a write from a connect form.
+    pub connect_token: Option<&'a [u8; 32]>,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
+/// What [`Store::put_profile_credential`](super::Store::put_profile_credential) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialOutcome {
+    /// Stored: the profile as it is now (`active`, its version bumped).
+    Stored(Box<AuthProfile>),
+    /// The profile is revoked or gone; nothing was written.
+    ProfileGone,
+    /// The connect link is used, expired, or not this profile's; nothing was written.
+    LinkUsed,
+}
+
+/// A profile's status and stored credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCredential {
+    /// The profile's status.
+    pub status: ProfileStatus,
+    /// The ciphertext and what may be shown about it, once a credential is set.
+    pub credential: Option<(Vec<u8>, CredentialMeta)>,
+}
+
+/// Decodes the JSON of a `meta` column.
+pub(super) fn decode_meta(text: &str) -> Result<CredentialMeta, StoreError> {
+    serde_json::from_str(text).map_err(|_| StoreError::Corrupt("profile_credentials.meta".into()))
+}
+
+impl SqlStore {
+    pub(super) async fn put_profile_credential_sql(
+        &self,
+        write: &CredentialWrite<'_>,
+    ) -> Result<CredentialOutcome, StoreError> {
+        let meta = serde_json::to_string(write.meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.db.begin().await?;
+        if let Some(hash) = write.connect_token {
+            let taken = query(
+                "DELETE FROM connect_tokens WHERE token_hash = $1 AND profile_id = $2 AND expires_at > $3
+                 RETURNING profile_id",
+            )
+            .bind(&hash[..])
+            .bind(write.profile.as_uuid())
+            .bind(write.now)
+            .fetch_optional(&mut tx)
+            .await?;
+            if taken.is_none() {
+                tx.rollback().await?;
+                return Ok(CredentialOutcome::LinkUsed);
+            }
+        }
+        let activated = query(
+            "UPDATE auth_profiles SET status = 'active', pending_expires_at = NULL, version = version + 1,
+                    updated_at = $2
+             WHERE id = $1 AND status <> 'revoked'",
+        )
+        .bind(write.profile.as_uuid())
+        .bind(write.now)
+        .execute(&mut tx)
+        .await?;
+        if activated != 1 {
+            tx.rollback().await?;
+            return Ok(CredentialOutcome::ProfileGone);
+        }
+        query(
+            "INSERT INTO profile_credentials (profile_id, credential, meta, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (profile_id) DO UPDATE
+             SET credential = excluded.credential, meta = excluded.meta, updated_at = excluded.updated_at",
+        )
+        .bind(write.profile.as_uuid())
+        .bind(write.ciphertext)
+        .bind(meta)
+        .bind(write.now)
+        .execute(&mut tx)
+        .await?;
+        let row = query(concat!("SELECT ", profile_columns!(), " FROM auth_profiles p WHERE p.id = $1"))
+            .bind(write.profile.as_uuid())
+            .fetch_one(&mut tx)
+            .await?;
+        let profile = rows::profile(&row)?;
+        tx.commit().await?;
+        Ok(CredentialOutcome::Stored(Box::new(profile)))
+    }
+
+    pub(super) async fn profile_credential_sql(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError> {
+        let row = query(
+            "SELECT p.status AS status, c.credential AS credential, c.meta AS meta
+             FROM auth_profiles p LEFT JOIN profile_credentials c ON c.profile_id = p.id
+             WHERE p.id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(self.db.reader())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let status = row.text("status")?;
+        let status =
+            ProfileStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?;
+        let credential = match (row.opt_bytes("credential")?, row.opt_text("meta")?) {
+            (Some(ciphertext), Some(meta)) => Some((ciphertext, decode_meta(&meta)?)),
+            _ => None,
+        };
+        Ok(Some(StoredCredential { status, credential }))
+    }
+}

@@ -1,0 +1,469 @@
+//! Credentials of every kind over HTTP, on both backends: `env` profiles of declared connectors
+//! (the `env_keys` connect form, `PUT …/env`, bad input refused before anything is written),
+//! browser sessions, the one credential endpoint for all kinds, and single-use forms under
+//! concurrent posts.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tessera::config::{Config, ConnectorConfig, EnvField, FieldPattern, ProviderKind};
+use tessera::crypto::keyring::KeyRing;
+use tessera::domain::UserId;
+use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
+
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, json as body, on_both_backends};
+use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
+
+on_both_backends!(
+    env_profiles_need_a_declared_connector_and_interactive_ones_are_refused,
+    an_env_profile_is_connected_through_its_form_and_read_through_credentials,
+    env_values_are_checked_before_anything_is_written,
+    concurrent_posts_of_one_env_form_write_once,
+    concurrent_api_writes_replace_the_values_whole,
+    browser_sessions_are_stored_replaced_and_read_through_credentials,
+    oauth_profiles_answer_credentials_like_token,
+);
+
+const KEY: &str = "sk-abcdefghijklmnopqrstuvwxyz012345";
+const OTHER_KEY: &str = "sk-zyxwvutsrqponmlkjihgfedcba543210";
+
+struct World {
+    app: TestApp,
+    _issuer: LocalIssuer,
+    alice: Member,
+    bob: Member,
+    team: String,
+}
+
+struct Member {
+    browser: Browser,
+    id: UserId,
+}
+
+fn field(name: &str, secret: bool, optional: bool, pattern: Option<&str>) -> EnvField {
+    EnvField {
+        name: name.into(),
+        label: format!("The {name}"),
+        secret,
+        optional,
+        pattern: pattern.map(|p| FieldPattern::new(p).unwrap()),
+    }
+}
+
+fn configure(config: &mut Config, issuer: &LocalIssuer) {
+    config.auth.cookie_secure = false;
+    config.providers.push(provider("local", ProviderKind::Oidc, issuer));
+    config.auth.default_provider = Some("local".into());
+    let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([5u8; 32]));
+    config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+    config.connectors = vec![
+        ConnectorConfig {
+            key: "openai".into(),
+            label: "OpenAI".into(),
+            fields: vec![
+                field("OPENAI_API_KEY", true, false, Some("sk-[A-Za-z0-9_-]{20,}")),
+                field("OPENAI_ORG", false, true, None),
+            ],
+        },
+        ConnectorConfig { key: "github-issues".into(), label: "GitHub issues".into(), fields: vec![] },
+    ];
+}
+
+async fn sign_in(app: &TestApp, issuer: &LocalIssuer, subject: &str) -> Member {
+    issuer.set_next_user(StubUser::new(subject, &format!("{subject}@example.com")));
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(app, "").await.status(), StatusCode::SEE_OTHER);
+    let me = body(browser.me(app).await, 200).await;
+    Member { browser, id: me["id"].as_str().unwrap().parse().unwrap() }
+}
+
+async fn world(backend: Backend) -> World {
+    let issuer = LocalIssuer::start().await.unwrap();
+    issuer.set_client(CLIENT_ID, CLIENT_SECRET);
+    let app = TestApp::spawn_with(backend, |config| configure(config, &issuer)).await;
+    let mut alice = sign_in(&app, &issuer, "alice").await;
+    let bob = sign_in(&app, &issuer, "bob").await;
+    let me = body(alice.browser.me(&app).await, 200).await;
+    let team = me["teams"][0]["slug"].as_str().unwrap().to_owned();
+    let added = app
+        .admin(Method::POST, &format!("/admin/teams/{team}/members"))
+        .json(&json!({"user_id": bob.id, "role": "member"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), StatusCode::CREATED);
+    World { app, _issuer: issuer, alice, bob, team }
+}
+
+impl World {
+    fn on_behalf(&self, method: Method, path: &str, user: UserId) -> reqwest::RequestBuilder {
+        self.app
+            .client
+            .request(method, self.app.url(&format!("/v1/teams/{}{path}", self.team)))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("x-on-behalf-of", user.to_string())
+    }
+
+    async fn create(&self, user: UserId, request: Value) -> reqwest::Response {
+        self.on_behalf(Method::POST, "/auth-profiles", user).json(&request).send().await.unwrap()
+    }
+
+    async fn credentials(&self, user: UserId, slug: &str) -> reqwest::Response {
+        self.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/credentials"), user).send().await.unwrap()
+    }
+
+    async fn profile(&self, slug: &str) -> Value {
+        let response = self.on_behalf(Method::GET, &format!("/auth-profiles/{slug}"), self.alice.id).send().await;
+        body(response.unwrap(), 200).await
+    }
+
+    async fn put_env(&self, user: UserId, slug: &str, values: Value) -> reqwest::Response {
+        let request = self.on_behalf(Method::PUT, &format!("/auth-profiles/{slug}/env"), user);
+        request.json(&json!({ "values": values })).send().await.unwrap()
+    }
+
+    /// Creates an env profile of the `openai` connector for Alice, without values.
+    async fn pending_env(&self, slug: &str) -> Value {
+        let request = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "OpenAI", "slug": slug});
+        body(self.create(self.alice.id, request).await, 201).await
+    }
+}
+
+/// The CSRF token of a page's form.
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + "name=\"csrf\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn page(response: reqwest::Response, status: StatusCode) -> (reqwest::header::HeaderMap, String) {
+    let headers = response.headers().clone();
+    let got = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(got, status, "{text}");
+    (headers, text)
+}
+
+async fn env_profiles_need_a_declared_connector_and_interactive_ones_are_refused(backend: Backend) {
+    let w = world(backend).await;
+    let env = |connector: &str| json!({"connector_key": connector, "profile_kind": "env", "display_name": "Keys"});
+    for connector in ["undeclared", "github-issues"] {
+        let refused = body(w.create(w.alice.id, env(connector)).await, 400).await;
+        assert_eq!(refused["code"], "unknown_connector", "{connector}: {refused}");
+        assert!(refused["detail"].as_str().unwrap().contains("[[connectors]]"), "{refused}");
+    }
+    let interactive = json!({"connector_key": "openai", "profile_kind": "interactive", "display_name": "Typed"});
+    let refused = body(w.create(w.alice.id, interactive).await, 400).await;
+    assert_eq!(refused["code"], "unsupported_profile_kind");
+    assert!(refused["detail"].as_str().unwrap().contains("connect"), "{refused}");
+    // OAuth kinds keep working for connectors that are not declared.
+    let oauth = json!({"connector_key": "undeclared-too", "profile_kind": "oauth_account", "provider": "local",
+                       "display_name": "OAuth"});
+    let created = body(w.create(w.alice.id, oauth).await, 201).await;
+    assert_eq!(created["auth_type"], "oauth");
+    assert!(created["connect_url"].as_str().unwrap().ends_with("/oauth/start"));
+    assert_eq!(w.app.db.sql().await.count("auth_profiles").await, 1, "nothing else was written");
+}
+
+async fn an_env_profile_is_connected_through_its_form_and_read_through_credentials(backend: Backend) {
+    let mut w = world(backend).await;
+    let created = w.pending_env("openai").await;
+    assert_eq!(created["auth_profile"]["status"], "pending_auth");
+    assert_eq!(created["auth_profile"]["provider"], "openai", "the connector's key unless given");
+    assert_eq!(created["auth_profile"]["credential"], Value::Null);
+    assert_eq!(created["auth_type"], "env_keys");
+    let link = created["connect_url"].as_str().unwrap().to_owned();
+    assert!(link.ends_with("/env"), "{link}");
+    assert_eq!(body(w.credentials(w.alice.id, "openai").await, 409).await["code"], "profile_not_connected");
+
+    // Only Alice, signed in, may open it; an env link does not start an OAuth flow.
+    let (_, text) = page(Browser::new().navigate(&link).await, StatusCode::UNAUTHORIZED).await;
+    assert!(text.contains("missing_credentials"), "{text}");
+    let (_, text) = page(w.bob.browser.navigate(&link).await, StatusCode::FORBIDDEN).await;
+    assert!(text.contains("connect_link_not_yours"), "{text}");
+    let oauth_start = link.replace("/env", "/oauth/start");
+    page(w.alice.browser.navigate(&oauth_start).await, StatusCode::NOT_FOUND).await;
+
+    let (headers, form) = page(w.alice.browser.navigate(&link).await, StatusCode::OK).await;
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert!(form.contains("name=\"OPENAI_API_KEY\" type=\"password\""), "{form}");
+    assert!(form.contains("name=\"OPENAI_ORG\" type=\"text\""), "{form}");
+    let csrf = csrf_of(&form);
+
+    // Without the session's CSRF token, or with a refused value, nothing is written and the link
+    // stays usable; the refused secret is not sent back.
+    let forged = w.alice.browser.form(&link, &[("OPENAI_API_KEY", KEY)]).await;
+    assert!(page(forged, StatusCode::FORBIDDEN).await.1.contains("csrf_failed"));
+    let bad = "sk-short\u{7}";
+    let refused =
+        w.alice.browser.form(&link, &[("csrf", &csrf), ("OPENAI_API_KEY", bad), ("OPENAI_ORG", "org-<1>")]).await;
+    let (_, again) = page(refused, StatusCode::BAD_REQUEST).await;
+    assert!(again.contains("OPENAI_API_KEY") && again.contains("control character"), "{again}");
+    assert!(!again.contains("sk-short"), "a refused secret is not echoed: {again}");
+    assert!(again.contains("value=\"org-&lt;1&gt;\"") || again.contains("value=\"org-&#60;1&#62;\""), "{again}");
+    assert!(again.contains("aria-invalid=\"true\""), "{again}");
+
+    let saved = w.alice.browser.form(&link, &[("csrf", &csrf), ("OPENAI_API_KEY", KEY), ("OPENAI_ORG", "")]).await;
+    let (_, text) = page(saved, StatusCode::OK).await;
+    assert!(text.contains("Account connected"), "{text}");
+    let twice = w.alice.browser.form(&link, &[("csrf", &csrf), ("OPENAI_API_KEY", OTHER_KEY)]).await;
+    assert!(page(twice, StatusCode::NOT_FOUND).await.1.contains("invalid_connect_link"));
+
+    let profile = w.profile("openai").await;
+    assert_eq!(profile["status"], "active");
+    assert_eq!(profile["pending_expires_at"], Value::Null);
+    assert_eq!(profile["version"], 1);
+    assert_eq!(profile["credential"]["kind"], "env");
+    let fields = profile["credential"]["fields"].as_array().unwrap();
+    assert_eq!(fields.len(), 1, "an empty optional field is not set: {profile}");
+    assert_eq!(fields[0]["name"], "OPENAI_API_KEY");
+    assert!(fields[0]["set_at"].is_string());
+    assert!(!profile.to_string().contains(KEY), "reads never show a value");
+    let listed = body(w.on_behalf(Method::GET, "/auth-profiles", w.bob.id).send().await.unwrap(), 200).await;
+    assert!(!listed.to_string().contains(KEY));
+
+    // Any member of the team reads a team-wide credential, as with /token.
+    let response = w.credentials(w.bob.id, "openai").await;
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(body(response, 200).await, json!({"kind": "env", "values": {"OPENAI_API_KEY": KEY}}));
+    let token = w.on_behalf(Method::POST, "/auth-profiles/openai/token", w.alice.id).send().await.unwrap();
+    assert_eq!(body(token, 409).await["code"], "not_oauth_profile");
+
+    // At rest the value is a key-ring ciphertext, bound to its row: it does not show, and a copy
+    // on another row does not decrypt.
+    let sql = w.app.db.sql().await;
+    let blobs = sql.blobs("SELECT credential FROM profile_credentials").await;
+    assert_eq!(blobs.len(), 1);
+    assert!(!String::from_utf8_lossy(&blobs[0]).contains("sk-"), "stored encrypted");
+    let other = w.pending_env("other").await;
+    let other_id = match w.app.db.backend {
+        Backend::Sqlite => sql.uuid(other["auth_profile"]["id"].as_str().unwrap()),
+        Backend::Postgres => format!("{}::uuid", sql.uuid(other["auth_profile"]["id"].as_str().unwrap())),
+    };
+    let this_id = sql.uuid(profile["id"].as_str().unwrap());
+    sql.exec(&format!(
+        "INSERT INTO profile_credentials (profile_id, credential, meta, created_at, updated_at)
+         SELECT {other_id}, credential, meta, created_at, updated_at FROM profile_credentials WHERE profile_id = {this_id}"
+    ))
+    .await
+    .unwrap();
+    sql.exec("UPDATE auth_profiles SET status = 'active' WHERE slug = 'other'").await.unwrap();
+    let copied = w.credentials(w.alice.id, "other").await;
+    assert_eq!(copied.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!copied.text().await.unwrap().contains("sk-"));
+
+    // A new link for an active profile replaces its values through the form again.
+    let relink = w.on_behalf(Method::POST, "/auth-profiles/openai/connect", w.alice.id).send().await.unwrap();
+    let relink = body(relink, 200).await;
+    assert_eq!(relink["auth_type"], "env_keys");
+    let link = relink["connect_url"].as_str().unwrap();
+    let csrf = csrf_of(&page(w.alice.browser.navigate(link).await, StatusCode::OK).await.1);
+    let saved =
+        w.alice.browser.form(link, &[("csrf", &csrf), ("OPENAI_API_KEY", OTHER_KEY), ("OPENAI_ORG", "acme")]).await;
+    page(saved, StatusCode::OK).await;
+    let values = body(w.credentials(w.alice.id, "openai").await, 200).await;
+    assert_eq!(values["values"], json!({"OPENAI_API_KEY": OTHER_KEY, "OPENAI_ORG": "acme"}));
+
+    // Revoking wipes the credential.
+    let revoked = w.on_behalf(Method::DELETE, "/auth-profiles/openai", w.alice.id).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_eq!(body(w.credentials(w.alice.id, "openai").await, 404).await["code"], "profile_not_found");
+    assert_eq!(sql.count(&format!("profile_credentials WHERE profile_id = {this_id}")).await, 0);
+}
+
+async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
+    let w = world(backend).await;
+    w.pending_env("keys").await;
+    let long = format!("sk-{}", "a".repeat(5000));
+    for (values, status, code, field) in [
+        (json!({"OPENAI_API_KEY": KEY, "SURPRISE": "x"}), 400, "unknown_env_field", Some("SURPRISE")),
+        (json!({"OPENAI_ORG": "acme"}), 400, "missing_env_field", Some("OPENAI_API_KEY")),
+        (json!({"OPENAI_API_KEY": ""}), 400, "missing_env_field", Some("OPENAI_API_KEY")),
+        (json!({"OPENAI_API_KEY": format!("{KEY}\n")}), 400, "invalid_env_value", Some("OPENAI_API_KEY")),
+        (json!({"OPENAI_API_KEY": "pk-not-a-key-but-secret"}), 400, "invalid_env_value", Some("OPENAI_API_KEY")),
+        (json!({"OPENAI_API_KEY": long}), 400, "field_too_long", Some("OPENAI_API_KEY")),
+        (json!({"OPENAI_API_KEY": 42}), 400, "invalid_request", None),
+    ] {
+        let refused = body(w.put_env(w.alice.id, "keys", values.clone()).await, status).await;
+        assert_eq!(refused["code"], code, "{values}: {refused}");
+        if let Some(field) = field {
+            assert_eq!(refused["field"], field, "{refused}");
+        }
+        let text = refused.to_string();
+        assert!(!text.contains("not-a-key-but-secret") && !text.contains("abcdefgh"), "no value echoed: {text}");
+    }
+    let big = json!({"values": {"OPENAI_API_KEY": "x".repeat(70_000)}});
+    let request = w.on_behalf(Method::PUT, "/auth-profiles/keys/env", w.alice.id).json(&big);
+    assert_eq!(body(request.send().await.unwrap(), 413).await["code"], "payload_too_large");
+    let profile = w.profile("keys").await;
+    assert_eq!((profile["status"].as_str(), profile["version"].as_i64()), (Some("pending_auth"), Some(0)));
+    assert_eq!(w.app.db.sql().await.count("profile_credentials").await, 0, "no partial write");
+
+    // Who may set them: the creator, or a team owner or admin (Bob is a member).
+    assert_eq!(
+        body(w.put_env(w.bob.id, "keys", json!({"OPENAI_API_KEY": KEY})).await, 403).await["code"],
+        "not_team_admin"
+    );
+    let set = body(w.put_env(w.alice.id, "keys", json!({"OPENAI_API_KEY": KEY})).await, 200).await;
+    assert_eq!(set["status"], "active");
+    assert_eq!(set["credential"]["fields"][0]["name"], "OPENAI_API_KEY");
+    assert!(!set.to_string().contains(KEY));
+
+    // Values given at creation make the profile active at once, without a link; refused ones
+    // leave no profile behind.
+    let with = |values: Value| json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Direct", "values": values});
+    let created = body(w.create(w.alice.id, with(json!({"OPENAI_API_KEY": KEY}))).await, 201).await;
+    assert_eq!(created["auth_profile"]["status"], "active");
+    assert_eq!((created["connect_url"].clone(), created["auth_type"].clone()), (Value::Null, Value::Null));
+    let slug = created["auth_profile"]["slug"].as_str().unwrap();
+    assert_eq!(body(w.credentials(w.alice.id, slug).await, 200).await["values"]["OPENAI_API_KEY"], KEY);
+    let before = w.app.db.sql().await.count("auth_profiles").await;
+    let refused = body(w.create(w.alice.id, with(json!({"OPENAI_API_KEY": "nope"}))).await, 400).await;
+    assert_eq!(refused["code"], "invalid_env_value");
+    assert_eq!(w.app.db.sql().await.count("auth_profiles").await, before);
+
+    // The endpoint of another kind is refused by kind.
+    let oauth = json!({"connector_key": "openai", "profile_kind": "oauth_app", "provider": "local",
+                       "display_name": "App", "slug": "app"});
+    body(w.create(w.alice.id, oauth).await, 201).await;
+    let mismatch = body(w.put_env(w.alice.id, "app", json!({"OPENAI_API_KEY": KEY})).await, 409).await;
+    assert_eq!(mismatch["code"], "profile_kind_mismatch");
+    let session = w.on_behalf(Method::PUT, "/auth-profiles/keys/browser-session", w.alice.id);
+    let mismatch = body(session.json(&json!({"storage_state": {}})).send().await.unwrap(), 409).await;
+    assert_eq!(mismatch["code"], "profile_kind_mismatch");
+}
+
+async fn concurrent_posts_of_one_env_form_write_once(backend: Backend) {
+    let mut w = world(backend).await;
+    let created = w.pending_env("raced").await;
+    let link = created["connect_url"].as_str().unwrap().to_owned();
+    let csrf = csrf_of(&page(w.alice.browser.navigate(&link).await, StatusCode::OK).await.1);
+    let cookies: Vec<String> = w.alice.browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let cookie = cookies.join("; ");
+    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let posts = (0..16).map(|i| {
+        let (client, link, cookie, csrf) = (client.clone(), link.clone(), cookie.clone(), csrf.clone());
+        let key = format!("sk-concurrent-value-number-{i:02}");
+        tokio::spawn(async move {
+            let form = [("csrf", csrf.as_str()), ("OPENAI_API_KEY", key.as_str())];
+            let response = client.post(&link).header("cookie", cookie).header("accept", "text/html").form(&form);
+            let response = response.send().await.unwrap();
+            (response.status(), key)
+        })
+    });
+    let outcomes: Vec<(StatusCode, String)> =
+        futures_join(posts.collect()).await.into_iter().map(|joined| joined.unwrap()).collect();
+    let winners: Vec<&String> = outcomes.iter().filter(|(s, _)| *s == StatusCode::OK).map(|(_, k)| k).collect();
+    assert_eq!(winners.len(), 1, "exactly one post writes: {outcomes:?}");
+    assert!(outcomes.iter().all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::NOT_FOUND), "{outcomes:?}");
+    assert_eq!(w.profile("raced").await["version"], 1, "one write");
+    assert_eq!(w.app.db.sql().await.count("profile_credentials").await, 1);
+    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 0, "the link is used up");
+    let values = body(w.credentials(w.alice.id, "raced").await, 200).await;
+    assert_eq!(values["values"]["OPENAI_API_KEY"], winners[0].as_str(), "the winner's values are the ones kept");
+}
+
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::with_capacity(handles.len());
+    for handle in handles {
+        results.push(handle.await);
+    }
+    results
+}
+
+async fn concurrent_api_writes_replace_the_values_whole(backend: Backend) {
+    let w = Arc::new(world(backend).await);
+    w.pending_env("shared").await;
+    let writes = (0..20).map(|i| {
+        let w = w.clone();
+        tokio::spawn(async move {
+            let values = json!({"OPENAI_API_KEY": format!("sk-writer-number-{i:02}-abcdefghij"), "OPENAI_ORG": format!("org-{i:02}")});
+            w.put_env(w.alice.id, "shared", values).await.status()
+        })
+    });
+    for status in futures_join(writes.collect()).await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(w.profile("shared").await["version"], 20, "every write counted, none lost");
+    let values = body(w.credentials(w.alice.id, "shared").await, 200).await;
+    let key = values["values"]["OPENAI_API_KEY"].as_str().unwrap();
+    let n = &key["sk-writer-number-".len().."sk-writer-number-".len() + 2];
+    assert_eq!(values["values"]["OPENAI_ORG"], format!("org-{n}"), "the values of one write, never a mix");
+    assert_eq!(w.app.db.sql().await.count("profile_credentials").await, 1);
+}
+
+async fn browser_sessions_are_stored_replaced_and_read_through_credentials(backend: Backend) {
+    let w = world(backend).await;
+    let request = json!({"connector_key": "linkedin", "profile_kind": "browser_session", "display_name": "LinkedIn",
+                         "slug": "browser"});
+    let created = body(w.create(w.alice.id, request).await, 201).await;
+    assert_eq!(created["auth_profile"]["status"], "pending_auth");
+    assert_eq!((created["connect_url"].clone(), created["auth_type"].clone()), (Value::Null, Value::Null));
+    let link = w.on_behalf(Method::POST, "/auth-profiles/browser/connect", w.alice.id).send().await.unwrap();
+    assert_eq!(body(link, 409).await["code"], "not_oauth_profile");
+    assert_eq!(body(w.credentials(w.alice.id, "browser").await, 409).await["code"], "profile_not_connected");
+
+    let put = |state: Value, cdp: Option<&str>| {
+        let mut request = json!({"storage_state": state, "browser_kind": "chromium"});
+        if let Some(cdp) = cdp {
+            request["cdp_url"] = cdp.into();
+        }
+        w.on_behalf(Method::PUT, "/auth-profiles/browser/browser-session", w.alice.id).json(&request).send()
+    };
+    let first = json!({"cookies": [{"name": "li_at", "value": "cookie-one", "domain": ".linkedin.com", "path": "/"}],
+                       "origins": [{"origin": "https://www.linkedin.com", "localStorage": [{"name": "k", "value": "v"}]}]});
+    let set =
+        body(put(first.clone(), Some("ws://127.0.0.1:9222/devtools/browser/x?token=t0ken")).await.unwrap(), 200).await;
+    assert_eq!(set["status"], "active");
+    assert_eq!(set["credential"]["kind"], "browser_session");
+    assert_eq!(set["credential"]["browser_kind"], "chromium");
+    assert_eq!(set["credential"]["cdp_url"], "ws://127.0.0.1:9222/devtools/browser/x");
+    assert!(!set.to_string().contains("cookie-one") && !set.to_string().contains("t0ken"), "{set}");
+
+    let read = w.credentials(w.bob.id, "browser").await;
+    assert_eq!(read.headers()["cache-control"], "no-store");
+    assert_eq!(
+        body(read, 200).await,
+        json!({"kind": "browser_session", "storage_state": first, "browser_kind": "chromium",
+               "cdp_url": "ws://127.0.0.1:9222/devtools/browser/x?token=t0ken"})
+    );
+
+    // Replaced as a whole: the old cookie and endpoint are gone.
+    let second = json!({"cookies": [{"name": "li_at", "value": "cookie-two"}]});
+    body(put(second.clone(), None).await.unwrap(), 200).await;
+    let read = body(w.credentials(w.alice.id, "browser").await, 200).await;
+    assert_eq!((read["storage_state"].clone(), read["cdp_url"].clone()), (second, Value::Null));
+
+    for (state, cdp) in [(json!({"cookies": "nope"}), None), (json!({"cookies": []}), Some("ftp://host/"))] {
+        let refused = body(put(state, cdp).await.unwrap(), 400).await;
+        assert_eq!(refused["code"], "invalid_browser_session", "{refused}");
+    }
+    assert_eq!(w.profile("browser").await["version"], 2, "refused writes change nothing");
+}
+
+async fn oauth_profiles_answer_credentials_like_token(backend: Backend) {
+    let mut w = world(backend).await;
+    let request = json!({"connector_key": "github-issues", "profile_kind": "oauth_account", "provider": "local",
+                         "display_name": "Issues", "slug": "issues", "scopes": ["openid"]});
+    let created = body(w.create(w.alice.id, request).await, 201).await;
+    assert_eq!(body(w.credentials(w.alice.id, "issues").await, 409).await["code"], "profile_not_connected");
+    let start = w.alice.browser.navigate(created["connect_url"].as_str().unwrap()).await;
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let provider = w.alice.browser.get(&location(&start)).await;
+    let done = w.alice.browser.navigate(&location(&provider)).await;
+    assert_eq!(done.status(), StatusCode::OK);
+
+    let response = w.credentials(w.alice.id, "issues").await;
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let credential = body(response, 200).await;
+    assert_eq!(credential["kind"], "oauth_account");
+    assert_eq!(credential["token_type"], "Bearer");
+    let token = w.on_behalf(Method::POST, "/auth-profiles/issues/token", w.alice.id).send().await.unwrap();
+    assert_eq!(token.headers()["cache-control"], "no-store");
+    assert_eq!(credential["access_token"], body(token, 200).await["access_token"]);
+    // A personal profile is its owner's only.
+    assert_eq!(body(w.credentials(w.bob.id, "issues").await, 403).await["code"], "not_profile_owner");
+}
