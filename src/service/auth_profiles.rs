@@ -248,13 +248,28 @@ impl AuthProfiles {
     }
 
     /// The team and the caller's role in it; a non-member is told the team does not exist.
-    async fn membership(&self, team: &TeamRef, user: UserId) -> Result<(Team, Role), AuthProfileError> {
+    pub(crate) async fn membership(&self, team: &TeamRef, user: UserId) -> Result<(Team, Role), AuthProfileError> {
         let (team, role) = self.teams.role_of(team, user).await?;
         Ok((team, role.ok_or(AuthProfileError::TeamNotFound)?))
     }
 
+    /// The store (for the profile actions of [`super::profile_actions`]).
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The configured providers (for the profile actions of [`super::profile_actions`]).
+    pub(crate) fn providers(&self) -> &crate::upstream::providers::ProviderRegistry {
+        self.flows.providers()
+    }
+
     /// A live profile the caller may use: personal ones only by their owner.
-    async fn usable(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(AuthProfile, Role), AuthProfileError> {
+    pub(crate) async fn usable(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        slug: &Slug,
+    ) -> Result<(AuthProfile, Role), AuthProfileError> {
         let (team, role) = self.membership(team, user).await?;
         let profile = self.store.profile_by_slug(team.id, slug).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         if profile.profile_kind.is_personal() && profile.created_by != user {
@@ -311,6 +326,8 @@ impl AuthProfiles {
                 created_by: user,
                 display_name: request.display_name.clone(),
                 scopes: request.scopes.clone(),
+                granted_scopes: None,
+                is_default: false,
                 upstream_account_id: None,
                 access_token_expires_at: None,
                 pending_expires_at: request.kind.is_oauth().then(|| now + self.pending_ttl),
@@ -657,6 +674,8 @@ impl AuthProfiles {
                     access_token,
                     refresh_token: rotated,
                     expires_at: tokens.expires_at,
+                    // A refresh answer without `scope` grants what was granted before (RFC 6749 §5.1).
+                    granted_scopes: (!tokens.scopes.is_empty()).then(|| tokens.scopes.clone()),
                     now: super::now(),
                 };
                 match self.store.complete_refresh(profile.id, owner, &refreshed).await {
@@ -725,7 +744,7 @@ impl AuthProfiles {
 
 /// Whether `user`, a member with `role`, may connect `profile`: a personal profile only its
 /// owner; a team-wide one its creator or a team owner or admin.
-fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), AuthProfileError> {
+pub(crate) fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), AuthProfileError> {
     let creator = profile.created_by == user;
     match profile.profile_kind.is_personal() {
         true if !creator => Err(AuthProfileError::NotProfileOwner),

@@ -60,6 +60,7 @@ embedded_migrations! {
     9 "0009_oauth_grants" "oauth_grants",
     10 "0010_webhooks" "webhooks",
     11 "0011_session_device" "session_device",
+    13 "0013_profile_actions" "profile_actions",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

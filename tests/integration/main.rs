@@ -19,6 +19,7 @@ mod op_clients;
 mod op_flow;
 mod op_third_party;
 mod pages;
+mod profile_actions;
 mod readiness;
 mod replica;
 mod server;

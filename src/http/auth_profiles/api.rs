@@ -38,7 +38,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/teams/{team}/auth-profiles/{slug}/token", post(auth_profile_token))
 }
 
-fn parse_slug(value: &str) -> Result<Slug, ApiError> {
+pub(super) fn parse_slug(value: &str) -> Result<Slug, ApiError> {
     Slug::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.to_string()).field("slug"))
 }
 
@@ -52,7 +52,7 @@ struct CreateRequest {
     scopes: Option<Vec<String>>,
 }
 
-fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiError> {
+pub(super) fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiError> {
     let value = value.trim().to_ascii_lowercase();
     let valid = !value.is_empty()
         && value.len() <= 64
@@ -77,15 +77,26 @@ fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiError> {
         )
         .field("profile_kind")
     })?;
-    let display_name = DisplayName::parse_optional(Some(required(&request.display_name, "display_name")?))
+    let display_name = parse_display_name(required(&request.display_name, "display_name")?)?;
+    let slug = request.slug.as_deref().map(parse_slug).transpose()?;
+    let scopes = parse_scopes(request.scopes.unwrap_or_default())?;
+    Ok(NewProfile { connector_key, kind, provider, display_name, slug, scopes })
+}
+
+/// A profile's display name.
+pub(super) fn parse_display_name(value: &str) -> Result<String, ApiError> {
+    let display_name = DisplayName::parse_optional(Some(value))
         .map_err(|e| {
             let code =
                 if matches!(e, TextError::TooLong(_)) { ErrorCode::FieldTooLong } else { ErrorCode::InvalidName };
             ApiError::new(code, format!("`display_name`: {e}")).field("display_name")
         })?
         .ok_or_else(|| ApiError::new(ErrorCode::MissingField, "`display_name` is required").field("display_name"))?;
-    let slug = request.slug.as_deref().map(parse_slug).transpose()?;
-    let scopes = request.scopes.unwrap_or_default();
+    Ok(display_name.as_str().to_owned())
+}
+
+/// A profile's requested scopes.
+pub(super) fn parse_scopes(scopes: Vec<String>) -> Result<Vec<String>, ApiError> {
     if scopes.len() > 50
         || scopes
             .iter()
@@ -97,7 +108,7 @@ fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiError> {
         )
         .field("scopes"));
     }
-    Ok(NewProfile { connector_key, kind, provider, display_name: display_name.as_str().to_owned(), slug, scopes })
+    Ok(scopes)
 }
 
 async fn create_auth_profile(

@@ -21,8 +21,9 @@ mod tests;
 use serde::Serialize;
 
 pub use self::auth_profiles::{
-    AuthProfileKind, AuthProfileListResponse, AuthProfileResponse, AuthProfileStatus, AuthProfileTokenResponse,
-    AuthProfileWithLinkResponse, TokenType,
+    AuthProfileKind, AuthProfileListResponse, AuthProfileResponse, AuthProfileStatus, AuthProfileTestResponse,
+    AuthProfileTokenResponse, AuthProfileUpdateResponse, AuthProfileWithLinkResponse, ConnectorCredentialResponse,
+    CredentialSourceResponse, TokenType,
 };
 pub use self::clients::{
     ClientKindResponse, ClientListResponse, ClientResponse, ClientSource, ClientWithSecretResponse,
