@@ -371,8 +371,9 @@ async fn one_default_per_connector_and_concurrent_switches_leave_one(backend: Ba
                 body(response, 200).await
             }));
         }
+        // Every switch succeeds (its answer may already show the next one's result).
         for task in tasks {
-            assert_eq!(task.await.unwrap()["is_default"], true, "round {round}");
+            assert!(task.await.unwrap()["is_default"].is_boolean(), "round {round}");
         }
         let sql = w.app.db.sql().await;
         assert_eq!(sql.count("connector_defaults WHERE connector_key = 'crm'").await, 1, "round {round}");
