@@ -541,9 +541,10 @@ impl AuthProfiles {
             return Err(AuthProfileError::AccountMismatch);
         }
         let (access_token, refresh_token) = encrypt_tokens(keyring, profile, &finished.tokens);
-        let scopes = match finished.tokens.scopes.is_empty() {
+        let granted = granted_scopes(&finished.tokens);
+        let scopes = match granted.is_empty() {
             true => current.scopes.clone(),
-            false => finished.tokens.scopes.clone(),
+            false => granted,
         };
         let activation = Activation {
             access_token,
@@ -675,7 +676,7 @@ impl AuthProfiles {
                     refresh_token: rotated,
                     expires_at: tokens.expires_at,
                     // A refresh answer without `scope` grants what was granted before (RFC 6749 §5.1).
-                    granted_scopes: (!tokens.scopes.is_empty()).then(|| tokens.scopes.clone()),
+                    granted_scopes: Some(granted_scopes(&tokens)).filter(|granted| !granted.is_empty()),
                     now: super::now(),
                 };
                 match self.store.complete_refresh(profile.id, owner, &refreshed).await {
@@ -751,6 +752,17 @@ pub(crate) fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Re
         false if !creator && !matches!(role, Role::Owner | Role::Admin) => Err(AuthProfileError::NotAdmin),
         _ => Ok(()),
     }
+}
+
+/// The scopes a token response says were granted; GitHub separates them with commas.
+fn granted_scopes(tokens: &TokenSet) -> Vec<String> {
+    tokens
+        .scopes
+        .iter()
+        .flat_map(|scope| scope.split(','))
+        .filter(|scope| !scope.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn check_status(status: ProfileStatus) -> Result<(), AuthProfileError> {

@@ -33,6 +33,7 @@ on_both_backends!(
     a_refused_token_is_refreshed_once_then_marks_the_profile,
     tests_of_other_kinds_and_states_are_clean_409s,
     a_test_during_a_refresh_refreshes_once,
+    a_github_profile_is_tested_against_the_user_endpoint,
 );
 
 struct World {
@@ -580,4 +581,32 @@ async fn a_test_during_a_refresh_refreshes_once(backend: Backend) {
     }
     assert_eq!(w.issuer.refreshes(), 1, "tests and token requests share one refresh");
     assert_eq!(tokens.len(), 1);
+}
+
+async fn a_github_profile_is_tested_against_the_user_endpoint(backend: Backend) {
+    let github = crate::github::GitHubStub::start().await;
+    let issuer = LocalIssuer::start().await.unwrap();
+    issuer.set_client(CLIENT_ID, CLIENT_SECRET);
+    let app = TestApp::spawn_with(backend, |config| {
+        configure(config, &issuer);
+        config.providers.push(github.provider("github"));
+    })
+    .await;
+    let mut alice = sign_in(&app, &issuer, "alice").await;
+    let team = body(alice.browser.me(&app).await, 200).await["teams"][0]["slug"].as_str().unwrap().to_owned();
+    let url = |path: &str| app.url(&format!("/v1/teams/{team}/auth-profiles{path}"));
+    let mut created = request("oauth_app", "gh-issues", "gh", &["repo", "read:user"]);
+    created["provider"] = "github".into();
+    let created = body(alice.browser.json(Method::POST, &url(""), &created).await, 201).await;
+    let page = connect(&mut alice.browser, created["connect_url"].as_str().unwrap()).await;
+    assert_eq!(page.status(), StatusCode::OK, "{:?}", page.text().await);
+    // GitHub says what it granted, comma-separated.
+    let profile = body(alice.browser.request(Method::GET, &url("/gh")).await, 200).await;
+    assert_eq!(strings(&profile["granted_scopes"]), ["read:user", "user:email"]);
+    assert_eq!(strings(&profile["scopes"]), ["repo", "read:user"]);
+    let outcome = body(alice.browser.request(Method::POST, &url("/gh/test")).await, 200).await;
+    assert_eq!(
+        outcome,
+        json!({"ok": true, "status": 200, "error": null, "refreshed": false, "profile_status": "active"})
+    );
 }
