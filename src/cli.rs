@@ -1,5 +1,5 @@
-//! The command line: `tessera serve | migrate | check | keys …`. (Benchmarks are a separate
-//! binary, `tessera-bench`, outside the product.)
+//! The command line: `tessera serve | migrate | check | keys … | users … | teams … | clients …`.
+//! (Benchmarks are a separate binary, `tessera-bench`, outside the product.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +13,8 @@ use crate::domain::SigningAlg;
 use crate::service::op::keys::{SigningKeyInfo, SigningKeySettings, SigningKeys, published_keys};
 use crate::startup::{Application, prepare_schema};
 use crate::{service, store, telemetry};
+
+pub mod admin;
 
 /// Tessera: a self-hosted identity broker and user-provisioning service.
 #[derive(Debug, Parser)]
@@ -46,6 +48,24 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: KeysCommand,
+    },
+    /// List, show, disable and enable users, against the configured database.
+    Users {
+        /// What to do.
+        #[command(subcommand)]
+        action: admin::UsersCommand,
+    },
+    /// List and create teams, against the configured database.
+    Teams {
+        /// What to do.
+        #[command(subcommand)]
+        action: admin::TeamsCommand,
+    },
+    /// List and show the OpenID Provider's registered clients, against the configured database.
+    Clients {
+        /// What to do.
+        #[command(subcommand)]
+        action: admin::ClientsCommand,
     },
 }
 
@@ -121,6 +141,9 @@ async fn run(command: Command, config: Config) -> ExitCode {
         }
         Command::Keys { action: KeysCommand::Rotate } => rotate_keys(config).await,
         Command::Keys { action: KeysCommand::Signing { action } } => signing_keys(config, action).await,
+        Command::Users { action } => admin::users(&config, action).await,
+        Command::Teams { action } => admin::teams(&config, action).await,
+        Command::Clients { action } => admin::clients(&config, action).await,
     }
 }
 
@@ -295,12 +318,12 @@ fn print_key(key: &SigningKeyInfo) {
     );
 }
 
-fn time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
+pub(crate) fn time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
     time.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 /// Prints an error with its causes and returns a failing exit code.
-fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+pub(crate) fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
     let mut message = format!("tessera: {error}");
     let mut source = error.source();
     while let Some(cause) = source {

@@ -102,6 +102,8 @@ error_codes! {
     InvalidSlug = (BAD_REQUEST, "invalid_slug", "Invalid slug"),
     /// A role is not one of owner, admin, member.
     InvalidRole = (BAD_REQUEST, "invalid_role", "Invalid role"),
+    /// A listing's `cursor` is not one the server handed out.
+    InvalidCursor = (BAD_REQUEST, "invalid_cursor", "Invalid cursor"),
 
     // Authentication and authorisation.
     /// No credentials were presented.

@@ -21,6 +21,7 @@ use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
 use crate::service::teams::Teams;
+use crate::service::users::Users;
 use crate::service::validation::Validator;
 use crate::service::webhooks::Webhooks;
 use crate::store::{self, Store, StoreError};
@@ -152,6 +153,7 @@ impl Application {
         ));
         let flows = OAuthFlows::new(providers, store.clone(), config.auth.public_url.clone());
         let teams = Teams::new(store.clone(), issuers, principals.clone());
+        let users = Users::new(store.clone(), principals.clone());
         let auth_profiles = AuthProfiles::new(
             store.clone(),
             flows.clone(),
@@ -202,6 +204,7 @@ impl Application {
             op,
             pages: crate::http::pages::Pages::new(&config.branding),
             webhooks,
+            users,
         });
         let config_clients = Some(config.oidc.clients.iter().map(|c| c.client.clone()).collect());
         Ok(Self { listener, state, server: config.server.clone(), last_seen, config_clients })

@@ -1,6 +1,7 @@
 //! Configuration of browser sign-in: the `[auth]` table, the `[[providers]]` list and the
 //! encryption key ring for upstream tokens.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use url::Url;
 use super::{ConfigError, DEFAULT_ALGORITHMS, endpoint_url, parse_algorithm};
 use crate::crypto::keyring::KeyRing;
 use crate::domain::Issuer;
+use crate::upstream::catalogue::{self, Template};
 
 /// Browser sign-in and sessions.
 #[derive(Debug, Clone)]
@@ -45,6 +47,85 @@ pub enum ProviderKind {
     GitHub,
     /// GitLab through its OpenID Connect support (gitlab.com or self-hosted).
     GitLab,
+    /// Plain OAuth 2.0: authorization, token and (optionally) revocation endpoints, and the
+    /// profile read with JSON pointers from a profile endpoint or the token answer.
+    OAuth2,
+}
+
+/// How a client authenticates at a token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAuth {
+    /// HTTP Basic (`client_secret_basic`).
+    ClientSecretBasic,
+    /// In the form body (`client_secret_post`).
+    ClientSecretPost,
+}
+
+/// How an `oauth2` provider's profile endpoint is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserinfoMethod {
+    /// `GET` with the access token.
+    Get,
+    /// `POST` with the access token, and the configured JSON body if any.
+    Post,
+}
+
+/// Where an `oauth2` provider's profile is, and which JSON pointers say what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileMapping {
+    /// How the profile endpoint (`userinfo_endpoint`) is called; without an endpoint the
+    /// pointers read the token answer.
+    pub method: UserinfoMethod,
+    /// The JSON body of a `POST` (e.g. a GraphQL query).
+    pub body: Option<String>,
+    /// The stable account id (a string or a number).
+    pub account_id: String,
+    /// The login.
+    pub login: Option<String>,
+    /// The email.
+    pub email: Option<String>,
+    /// Whether the email is verified (a boolean); without it no email counts as verified.
+    pub email_verified: Option<String>,
+    /// The display name.
+    pub name: Option<String>,
+}
+
+/// The protocol details in which providers differ, most of them from a catalogue template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderProtocol {
+    /// The catalogue template the entry names, if any.
+    pub template: Option<String>,
+    /// Whether the authorization request carries a PKCE S256 challenge.
+    pub pkce: bool,
+    /// How the client authenticates at the token endpoint; `None`: the kind's own way (Basic,
+    /// or the form body for GitHub).
+    pub token_auth: Option<TokenAuth>,
+    /// What joins scopes in the authorization request, and splits them in token answers.
+    pub scope_separator: String,
+    /// Extra parameters of the authorization request (Google's `access_type=offline`).
+    pub authorize_params: Vec<(String, String)>,
+    /// The access-token lifetime assumed when a token answer has no `expires_in`.
+    pub default_expires_in: Option<Duration>,
+    /// Where the profile of an `oauth2` provider is.
+    pub profile: Option<ProfileMapping>,
+    /// Whether people sign in with it; off for providers whose account is a workspace rather
+    /// than a person (Slack, Notion, HubSpot), which serve connected accounts only.
+    pub sign_in: bool,
+}
+
+impl Default for ProviderProtocol {
+    fn default() -> Self {
+        Self {
+            template: None,
+            pkce: true,
+            token_auth: None,
+            scope_separator: " ".into(),
+            authorize_params: Vec::new(),
+            default_expires_in: None,
+            profile: None,
+            sign_in: true,
+        }
+    }
 }
 
 /// One sign-in provider.
@@ -75,6 +156,8 @@ pub struct ProviderConfig {
     pub auto_link_by_email: bool,
     /// Keep the upstream access and refresh tokens, encrypted.
     pub store_tokens: bool,
+    /// PKCE, client authentication, scope separator, extra parameters and profile mapping.
+    pub protocol: ProviderProtocol,
 }
 
 /// Endpoint overrides of a provider.
@@ -110,7 +193,10 @@ pub(super) struct RawAuth {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProvider {
     name: String,
-    kind: String,
+    template: Option<String>,
+    kind: Option<String>,
+    tenant: Option<String>,
+    instance: Option<String>,
     client_id: String,
     /// Refused with a pointer to the two ways a secret is given; the value itself is not kept.
     client_secret: Option<serde::de::IgnoredAny>,
@@ -128,6 +214,19 @@ pub(super) struct RawProvider {
     trusted_email_verification: Option<bool>,
     auto_link_by_email: Option<bool>,
     store_tokens: Option<bool>,
+    pkce: Option<bool>,
+    token_auth: Option<String>,
+    scope_separator: Option<String>,
+    extra_authorize_params: Option<BTreeMap<String, String>>,
+    userinfo_method: Option<String>,
+    userinfo_body: Option<String>,
+    account_id_pointer: Option<String>,
+    login_pointer: Option<String>,
+    email_pointer: Option<String>,
+    email_verified_pointer: Option<String>,
+    name_pointer: Option<String>,
+    default_expires_in: Option<u64>,
+    sign_in: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -220,11 +319,32 @@ fn parse_provider(
     if !valid_name {
         return Err(ConfigError::new(key("name"), "expected 1 to 32 characters of a-z, 0-9, `-` and `_`"));
     }
-    let kind = match raw.kind.trim() {
+    let template = match raw.template.as_deref().map(str::trim) {
+        Some(name) => Some(catalogue::template(name).ok_or_else(|| {
+            ConfigError::new(
+                key("template"),
+                format!("no template is named {name:?}; the catalogue has {}", catalogue::names().join(", ")),
+            )
+        })?),
+        None => None,
+    };
+    let empty = Template::default();
+    let t = template.unwrap_or(&empty);
+    let kind_text = match (&raw.kind, template) {
+        (Some(kind), _) => kind.trim().to_owned(),
+        (None, Some(template)) => template.kind.clone(),
+        (None, None) => {
+            return Err(ConfigError::new(key("kind"), "set kind (oidc, oauth2, github, gitlab) or a template"));
+        }
+    };
+    let kind = match kind_text.as_str() {
         "oidc" => ProviderKind::Oidc,
         "github" => ProviderKind::GitHub,
         "gitlab" => ProviderKind::GitLab,
-        other => return Err(ConfigError::new(key("kind"), format!("{other:?} is not one of oidc, github, gitlab"))),
+        "oauth2" => ProviderKind::OAuth2,
+        other => {
+            return Err(ConfigError::new(key("kind"), format!("{other:?} is not one of oidc, oauth2, github, gitlab")));
+        }
     };
     if raw.client_id.trim().is_empty() {
         return Err(ConfigError::new(key("client_id"), "the client id must not be blank"));
@@ -254,33 +374,88 @@ fn parse_provider(
         )),
         (None, None) => None,
     };
+    // Every key the entry sets wins over the template's; then the placeholders are filled.
+    let pick = |own: &Option<String>, template: &Option<String>| own.clone().or_else(|| template.clone());
+    let urls = [
+        ("issuer", pick(&raw.issuer, &t.issuer)),
+        ("authorization_endpoint", pick(&raw.authorization_endpoint, &t.authorization_endpoint)),
+        ("token_endpoint", pick(&raw.token_endpoint, &t.token_endpoint)),
+        ("userinfo_endpoint", pick(&raw.userinfo_endpoint, &t.userinfo_endpoint)),
+        ("jwks_uri", pick(&raw.jwks_uri, &t.jwks_uri)),
+        ("api_base_url", pick(&raw.api_base_url, &t.api_base_url)),
+        ("revocation_endpoint", pick(&raw.revocation_endpoint, &t.revocation_endpoint)),
+    ];
+    let mut placeholders = Vec::new();
+    for (name, own, default) in [("tenant", &raw.tenant, &t.tenant), ("instance", &raw.instance, &t.instance)] {
+        let used = urls.iter().any(|(_, url)| url.as_deref().is_some_and(|u| u.contains(&format!("{{{name}}}"))));
+        if own.is_some() && !used {
+            return Err(ConfigError::new(key(name), format!("no URL of this provider has a {{{name}}} to fill")));
+        }
+        let value = own.clone().or_else(|| default.clone());
+        if let Some(value) = &value {
+            let valid = !value.is_empty()
+                && value.len() <= 253
+                && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+            if !valid {
+                return Err(ConfigError::new(key(name), "expected a name or host such as contoso.onmicrosoft.com"));
+            }
+        }
+        placeholders.push((name, value));
+    }
+    let mut filled = BTreeMap::new();
+    for (field, url) in urls {
+        let Some(mut url) = url else { continue };
+        for (name, value) in &placeholders {
+            let placeholder = format!("{{{name}}}");
+            if url.contains(&placeholder) {
+                let value = value.as_deref().ok_or_else(|| ConfigError::new(key(name), format!("{field} needs it")))?;
+                url = url.replace(&placeholder, value);
+            }
+        }
+        if url.contains('{') || url.contains('}') {
+            return Err(ConfigError::new(key(field), "has a placeholder other than {tenant} and {instance}"));
+        }
+        filled.insert(field, url);
+    }
     let default_issuer = match kind {
-        ProviderKind::Oidc => None,
+        ProviderKind::Oidc | ProviderKind::OAuth2 => None,
         ProviderKind::GitHub => Some("https://github.com"),
         ProviderKind::GitLab => Some("https://gitlab.com"),
     };
-    let issuer_text = raw
-        .issuer
-        .as_deref()
-        .or(default_issuer)
-        .ok_or_else(|| ConfigError::new(key("issuer"), "an oidc provider needs its issuer URL"))?;
+    let issuer_text = filled.get("issuer").map(String::as_str).or(default_issuer).ok_or_else(|| {
+        ConfigError::new(
+            key("issuer"),
+            match kind {
+                ProviderKind::OAuth2 => {
+                    "an oauth2 provider needs the issuer that keys its identities (its site, e.g. https://slack.com)"
+                }
+                _ => "an oidc provider needs its issuer URL",
+            },
+        )
+    })?;
     let issuer = Issuer::parse(issuer_text).map_err(|e| ConfigError::new(key("issuer"), e.to_string()))?;
-    let endpoint = |field: &str, value: &Option<String>| -> Result<Option<Url>, ConfigError> {
-        value.as_deref().map(|v| endpoint_url(v).map_err(|m| ConfigError::new(key(field), m))).transpose()
+    let endpoint = |field: &str| -> Result<Option<Url>, ConfigError> {
+        filled.get(field).map(|v| endpoint_url(v).map_err(|m| ConfigError::new(key(field), m))).transpose()
     };
     let endpoints = ProviderEndpoints {
-        authorization: endpoint("authorization_endpoint", &raw.authorization_endpoint)?,
-        token: endpoint("token_endpoint", &raw.token_endpoint)?,
-        userinfo: endpoint("userinfo_endpoint", &raw.userinfo_endpoint)?,
-        jwks: endpoint("jwks_uri", &raw.jwks_uri)?,
-        api: endpoint("api_base_url", &raw.api_base_url)?,
-        revocation: endpoint("revocation_endpoint", &raw.revocation_endpoint)?,
+        authorization: endpoint("authorization_endpoint")?,
+        token: endpoint("token_endpoint")?,
+        userinfo: endpoint("userinfo_endpoint")?,
+        jwks: endpoint("jwks_uri")?,
+        api: endpoint("api_base_url")?,
+        revocation: endpoint("revocation_endpoint")?,
     };
     let default_scopes: &[&str] = match kind {
         ProviderKind::Oidc | ProviderKind::GitLab => &["openid", "profile", "email"],
         ProviderKind::GitHub => &["read:user", "user:email"],
+        ProviderKind::OAuth2 => &[],
     };
-    let scopes = raw.scopes.unwrap_or_else(|| default_scopes.iter().map(|s| (*s).to_owned()).collect());
+    let scopes = raw
+        .scopes
+        .clone()
+        .or_else(|| t.scopes.clone())
+        .unwrap_or_else(|| default_scopes.iter().map(|s| (*s).to_owned()).collect());
+    let protocol = parse_protocol(&raw, t, kind, &endpoints, &key)?;
     let algorithms = match raw.algorithms {
         Some(names) => names
             .iter()
@@ -309,6 +484,113 @@ fn parse_provider(
         trusted_email_verification,
         auto_link_by_email,
         store_tokens: raw.store_tokens.unwrap_or(false),
+        protocol,
+    })
+}
+
+/// The protocol details of an entry: its own keys, else its template's, else the defaults.
+fn parse_protocol(
+    raw: &RawProvider,
+    t: &Template,
+    kind: ProviderKind,
+    endpoints: &ProviderEndpoints,
+    key: &dyn Fn(&str) -> String,
+) -> Result<ProviderProtocol, ConfigError> {
+    let pick = |own: &Option<String>, template: &Option<String>| own.clone().or_else(|| template.clone());
+    let token_auth = match pick(&raw.token_auth, &t.token_auth).as_deref().map(str::trim) {
+        None => None,
+        Some("client_secret_basic") => Some(TokenAuth::ClientSecretBasic),
+        Some("client_secret_post") => Some(TokenAuth::ClientSecretPost),
+        Some(other) => {
+            return Err(ConfigError::new(
+                key("token_auth"),
+                format!("{other:?} is not one of client_secret_basic, client_secret_post"),
+            ));
+        }
+    };
+    let scope_separator = pick(&raw.scope_separator, &t.scope_separator).unwrap_or_else(|| " ".into());
+    if scope_separator != " " && scope_separator != "," {
+        return Err(ConfigError::new(key("scope_separator"), "expected \" \" (a space) or \",\""));
+    }
+    let params = raw.extra_authorize_params.clone().or_else(|| t.extra_authorize_params.clone()).unwrap_or_default();
+    const RESERVED: [&str; 8] = [
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "state",
+        "scope",
+        "code_challenge",
+        "code_challenge_method",
+        "nonce",
+    ];
+    if let Some(reserved) = params.keys().find(|k| RESERVED.contains(&k.as_str())) {
+        return Err(ConfigError::new(
+            key("extra_authorize_params"),
+            format!("{reserved:?} is set by Tessera itself (scopes are set with scopes)"),
+        ));
+    }
+    let default_expires_in = match raw.default_expires_in.or(t.default_expires_in) {
+        Some(seconds) if !(60..=30 * 86_400).contains(&seconds) => {
+            return Err(ConfigError::new(key("default_expires_in"), "expected 60 to 2592000 seconds"));
+        }
+        seconds => seconds.map(Duration::from_secs),
+    };
+    let pointer =
+        |field: &str, own: &Option<String>, template: &Option<String>| -> Result<Option<String>, ConfigError> {
+            match pick(own, template) {
+                Some(p) if !p.starts_with('/') => {
+                    Err(ConfigError::new(key(field), "expected a JSON pointer such as /id or /data/viewer/id"))
+                }
+                other => Ok(other),
+            }
+        };
+    let account_id = pointer("account_id_pointer", &raw.account_id_pointer, &t.account_id_pointer)?;
+    let login = pointer("login_pointer", &raw.login_pointer, &t.login_pointer)?;
+    let email = pointer("email_pointer", &raw.email_pointer, &t.email_pointer)?;
+    let email_verified = pointer("email_verified_pointer", &raw.email_verified_pointer, &t.email_verified_pointer)?;
+    let name = pointer("name_pointer", &raw.name_pointer, &t.name_pointer)?;
+    let method = match pick(&raw.userinfo_method, &t.userinfo_method).map(|m| m.trim().to_ascii_uppercase()).as_deref()
+    {
+        None | Some("GET") => UserinfoMethod::Get,
+        Some("POST") => UserinfoMethod::Post,
+        Some(_) => return Err(ConfigError::new(key("userinfo_method"), "expected GET or POST")),
+    };
+    let body = pick(&raw.userinfo_body, &t.userinfo_body);
+    if let Some(body) = &body {
+        if method != UserinfoMethod::Post {
+            return Err(ConfigError::new(key("userinfo_body"), "a body is sent only with userinfo_method = \"POST\""));
+        }
+        if serde_json::from_str::<serde_json::Value>(body).is_err() {
+            return Err(ConfigError::new(key("userinfo_body"), "expected JSON text"));
+        }
+    }
+    let profile = match kind {
+        ProviderKind::OAuth2 => {
+            if endpoints.authorization.is_none() {
+                return Err(ConfigError::new(key("authorization_endpoint"), "an oauth2 provider needs it"));
+            }
+            if endpoints.token.is_none() {
+                return Err(ConfigError::new(key("token_endpoint"), "an oauth2 provider needs it"));
+            }
+            let account_id = account_id.ok_or_else(|| {
+                ConfigError::new(
+                    key("account_id_pointer"),
+                    "an oauth2 provider needs the JSON pointer to the stable account id, e.g. /id",
+                )
+            })?;
+            Some(ProfileMapping { method, body, account_id, login, email, email_verified, name })
+        }
+        _ => None,
+    };
+    Ok(ProviderProtocol {
+        template: raw.template.as_deref().map(|t| t.trim().to_owned()),
+        pkce: raw.pkce.or(t.pkce).unwrap_or(true),
+        token_auth,
+        scope_separator,
+        authorize_params: params.into_iter().collect(),
+        default_expires_in,
+        profile,
+        sign_in: raw.sign_in.or(t.sign_in).unwrap_or(true),
     })
 }
 
@@ -420,6 +702,133 @@ mod tests {
         assert_eq!(error.key, "providers[0].client_secret");
         assert!(error.message.contains("client_secret_env") && error.message.contains("client_secret_file"), "{error}");
         assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    /// One provider entry after `[auth]`, with `body` as its keys.
+    fn entry(body: &str) -> Result<ProviderConfig, ConfigError> {
+        let text = format!("[auth]\npublic_url = \"https://id.example.com\"\n[[providers]]\n{body}");
+        Config::from_toml(&text, env(&[("SECRET", "s")])).map(|mut c| c.providers.remove(0))
+    }
+
+    #[test]
+    fn every_template_makes_a_provider_from_a_minimal_entry() {
+        for name in catalogue::names() {
+            let provider = entry(&format!(
+                "name = \"{name}\"\ntemplate = \"{name}\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\""
+            ))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(provider.protocol.template.as_deref(), Some(name));
+            assert!(provider.client_secret.is_some());
+        }
+    }
+
+    #[test]
+    fn a_template_gives_endpoints_scopes_and_quirks() {
+        let google = entry("name = \"google\"\ntemplate = \"google\"\nclient_id = \"c\"").unwrap();
+        assert_eq!(google.kind, ProviderKind::Oidc);
+        assert_eq!(google.issuer.as_str(), "https://accounts.google.com");
+        assert_eq!(google.scopes, ["openid", "email", "profile"]);
+        assert!(google.protocol.pkce);
+        assert_eq!(
+            google.protocol.authorize_params,
+            [("access_type".to_owned(), "offline".to_owned()), ("prompt".to_owned(), "consent".to_owned())]
+        );
+        let slack = entry("name = \"slack\"\ntemplate = \"slack\"\nclient_id = \"c\"").unwrap();
+        assert_eq!(slack.kind, ProviderKind::OAuth2);
+        assert_eq!(slack.protocol.scope_separator, ",");
+        assert_eq!(slack.protocol.token_auth, Some(TokenAuth::ClientSecretPost));
+        assert_eq!(slack.protocol.profile.as_ref().unwrap().account_id, "/team_id");
+        assert!(!slack.protocol.sign_in, "a workspace is no person to sign in as");
+        assert!(google.protocol.sign_in);
+        let notion = entry("name = \"notion\"\ntemplate = \"notion\"\nclient_id = \"c\"").unwrap();
+        assert_eq!(notion.protocol.token_auth, Some(TokenAuth::ClientSecretBasic));
+        assert!(notion.endpoints.userinfo.is_none(), "the profile is read from the token answer");
+        let salesforce = entry("name = \"sf\"\ntemplate = \"salesforce\"\nclient_id = \"c\"").unwrap();
+        assert_eq!(salesforce.issuer.as_str(), "https://login.salesforce.com");
+        assert_eq!(salesforce.protocol.default_expires_in, Some(Duration::from_secs(7200)));
+        let sandbox =
+            entry("name = \"sf\"\ntemplate = \"salesforce\"\ninstance = \"test.salesforce.com\"\nclient_id = \"c\"")
+                .unwrap();
+        assert_eq!(sandbox.issuer.as_str(), "https://test.salesforce.com");
+        let gitlab =
+            entry("name = \"gl\"\ntemplate = \"gitlab\"\ninstance = \"gitlab.example.com\"\nclient_id = \"c\"")
+                .unwrap();
+        assert_eq!((gitlab.kind, gitlab.issuer.as_str()), (ProviderKind::GitLab, "https://gitlab.example.com"));
+    }
+
+    #[test]
+    fn the_microsoft_tenant_is_filled_into_every_url() {
+        let common = entry("name = \"ms\"\ntemplate = \"microsoft\"\nclient_id = \"c\"").unwrap();
+        assert_eq!(
+            common.endpoints.authorization.unwrap().as_str(),
+            "https://login.microsoftonline.com/common/oauth2/v2.0/authorize"
+        );
+        let contoso =
+            entry("name = \"ms\"\ntemplate = \"microsoft\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"c\"")
+                .unwrap();
+        assert_eq!(
+            contoso.endpoints.token.unwrap().as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(contoso.issuer.as_str(), "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0");
+        let bad = entry("name = \"ms\"\ntemplate = \"microsoft\"\ntenant = \"a/b\"\nclient_id = \"c\"").unwrap_err();
+        assert_eq!(bad.key, "providers[0].tenant");
+        let unused = entry("name = \"g\"\ntemplate = \"google\"\ntenant = \"x\"\nclient_id = \"c\"").unwrap_err();
+        assert_eq!(unused.key, "providers[0].tenant");
+    }
+
+    #[test]
+    fn every_key_of_the_entry_overrides_its_template() {
+        let google = entry(
+            "name = \"g\"\ntemplate = \"google\"\nclient_id = \"c\"\nscopes = [\"openid\"]\nextra_authorize_params = {}\n\
+             token_auth = \"client_secret_post\"\npkce = false\nissuer = \"https://accounts.example.com\"",
+        )
+        .unwrap();
+        assert_eq!(google.scopes, ["openid"]);
+        assert!(google.protocol.authorize_params.is_empty() && !google.protocol.pkce);
+        assert_eq!(google.protocol.token_auth, Some(TokenAuth::ClientSecretPost));
+        assert_eq!(google.issuer.as_str(), "https://accounts.example.com");
+        let as_oidc = entry(
+            "name = \"ms\"\ntemplate = \"microsoft\"\nkind = \"oidc\"\ntenant = \"t1\"\nclient_id = \"c\"\n\
+             authorization_endpoint = \"http://127.0.0.1:9/{tenant}/authorize\"",
+        )
+        .unwrap();
+        assert_eq!(as_oidc.kind, ProviderKind::Oidc);
+        assert_eq!(as_oidc.endpoints.authorization.unwrap().as_str(), "http://127.0.0.1:9/t1/authorize");
+    }
+
+    #[test]
+    fn template_mistakes_name_the_key() {
+        let unknown = entry("name = \"x\"\ntemplate = \"myspace\"\nclient_id = \"c\"").unwrap_err();
+        assert_eq!(unknown.key, "providers[0].template");
+        assert!(unknown.message.contains("google") && unknown.message.contains("zoom"), "{unknown}");
+        let neither = entry("name = \"x\"\nclient_id = \"c\"").unwrap_err();
+        assert_eq!(neither.key, "providers[0].kind");
+        let key_of = |body: &str| entry(body).unwrap_err().key;
+        let oauth2 = "name = \"x\"\nkind = \"oauth2\"\nclient_id = \"c\"\nissuer = \"https://x.example\"\n\
+                      authorization_endpoint = \"https://x.example/a\"\ntoken_endpoint = \"https://x.example/t\"";
+        assert_eq!(key_of(oauth2), "providers[0].account_id_pointer");
+        assert!(entry(&format!("{oauth2}\naccount_id_pointer = \"/id\"")).is_ok());
+        assert_eq!(key_of(&format!("{oauth2}\naccount_id_pointer = \"id\"")), "providers[0].account_id_pointer");
+        assert_eq!(
+            key_of(&format!("{oauth2}\naccount_id_pointer = \"/id\"\nscope_separator = \";\"")),
+            "providers[0].scope_separator"
+        );
+        assert_eq!(
+            key_of(&format!("{oauth2}\naccount_id_pointer = \"/id\"\nextra_authorize_params = {{ state = \"x\" }}")),
+            "providers[0].extra_authorize_params"
+        );
+        assert_eq!(
+            key_of(&format!("{oauth2}\naccount_id_pointer = \"/id\"\nuserinfo_body = \"{{}}\"")),
+            "providers[0].userinfo_body"
+        );
+        let no_token = "name = \"x\"\nkind = \"oauth2\"\nclient_id = \"c\"\nissuer = \"https://x.example\"\n\
+                        authorization_endpoint = \"https://x.example/a\"\naccount_id_pointer = \"/id\"";
+        assert_eq!(key_of(no_token), "providers[0].token_endpoint");
+        assert_eq!(
+            key_of("name = \"x\"\ntemplate = \"slack\"\nclient_id = \"c\"\ntoken_auth = \"private_key_jwt\""),
+            "providers[0].token_auth"
+        );
     }
 
     #[test]

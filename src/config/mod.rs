@@ -23,7 +23,10 @@ mod branding;
 mod oidc;
 mod sources;
 
-pub use auth::{AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProviderConfig, ProviderEndpoints, ProviderKind};
+pub use auth::{
+    AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProfileMapping, ProviderConfig, ProviderEndpoints,
+    ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
+};
 pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR};
 pub use oidc::{ClientConfig, MIN_CLIENT_SECRET_LEN, OidcConfig};
 

@@ -13,6 +13,9 @@ pub const USER_CREATED: &str = "user.created";
 pub const USER_DISABLED: &str = "user.disabled";
 /// A disabled user was enabled again.
 pub const USER_ENABLED: &str = "user.enabled";
+/// A user was deleted with their identities, sessions, memberships and personal connected
+/// accounts (`DELETE /admin/users/{id}`).
+pub const USER_DELETED: &str = "user.deleted";
 /// An identity was linked to an existing user.
 pub const IDENTITY_LINKED: &str = "identity.linked";
 /// An identity was unlinked from its user.
@@ -29,6 +32,7 @@ pub const ALL_TOPICS: &[&str] = &[
     USER_CREATED,
     USER_DISABLED,
     USER_ENABLED,
+    USER_DELETED,
     IDENTITY_LINKED,
     IDENTITY_UNLINKED,
     TEAM_MEMBER_ADDED,
@@ -72,6 +76,18 @@ pub fn user_created(user: &User, identity: &Identity, team: &Team) -> Value {
 /// `user.disabled` / `user.enabled`: `{user}` as it is after the change.
 pub fn user_changed(user: &User) -> Value {
     json!({ "user": user_json(user) })
+}
+
+/// `user.deleted`: `{user, identities, left_teams, deleted_teams}`: the user as they were, the
+/// identities that were unlinked with them, the ids of the teams they were removed from, and of
+/// the teams deleted with them (those they were the only member of).
+pub fn user_deleted(user: &User, identities: &[Identity], left_teams: &[TeamId], deleted_teams: &[TeamId]) -> Value {
+    json!({
+        "user": user_json(user),
+        "identities": identities.iter().map(identity_json).collect::<Vec<_>>(),
+        "left_teams": left_teams,
+        "deleted_teams": deleted_teams,
+    })
 }
 
 /// `identity.linked` / `identity.unlinked`: `{user_id, identity}`.

@@ -5,6 +5,11 @@
 //!   identity was known.
 //! - `POST /admin/users/{user_id}/bootstrap` (legacy) makes sure an existing user has a default team.
 //! - `GET /admin/users/{user_id}` returns the user with identities and teams.
+//! - `PATCH /admin/users/{user_id}` `{disabled}` disables or re-enables them.
+//! - `DELETE /admin/users/{user_id}` deletes them with everything of theirs: 204; 404
+//!   `user_not_found`; 409 `last_owner` while they are the last owner of a team with other members.
+//!
+//! Listings (`GET /admin/users`, teams, members) are in `admin_listing`.
 
 use std::sync::Arc;
 
@@ -27,7 +32,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/users/bootstrap", post(bootstrap_user))
         .route("/admin/users/{user_id}/bootstrap", post(bootstrap_existing_user))
-        .route("/admin/users/{user_id}", get(get_user).patch(update_user))
+        .route("/admin/users/{user_id}", get(get_user).patch(update_user).delete(delete_user))
 }
 
 /// The body of `POST /admin/users/bootstrap`.
@@ -89,6 +94,14 @@ async fn update_user(
         ApiError::new(ErrorCode::MissingField, "`disabled` (true or false) is required").field("disabled")
     })?;
     Ok(Json(state.provisioner.set_disabled(user_id, disabled).await?.into()))
+}
+
+async fn delete_user(
+    State(state): State<Arc<AppState>>,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    state.users.delete(parse_user_id(&user_id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Parses a user id from a path segment.

@@ -4,6 +4,7 @@
 pub mod account;
 pub mod admin;
 pub mod admin_auth;
+pub mod admin_listing;
 pub mod admin_teams;
 pub mod auth;
 pub mod auth_profiles;
@@ -52,6 +53,7 @@ use crate::service::provisioning::Provisioner;
 use crate::service::sessions::Sessions;
 use crate::service::signin::SignIn;
 use crate::service::teams::Teams;
+use crate::service::users::Users;
 use crate::service::validation::Validator;
 use crate::service::webhooks::Webhooks;
 use crate::store::Store;
@@ -91,6 +93,8 @@ pub struct AppState {
     pub pages: pages::Pages,
     /// Webhook endpoints.
     pub webhooks: Webhooks,
+    /// Operators' user listings and deletions.
+    pub users: Users,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -102,6 +106,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Router {
     let admin = admin::routes()
         .merge(admin_teams::routes())
+        .merge(admin_listing::routes())
         .merge(members::admin_routes())
         .merge(op::clients::admin_routes())
         .merge(webhooks::routes())

@@ -11,6 +11,7 @@ pub mod provisioning;
 pub mod sessions;
 pub mod signin;
 pub mod teams;
+pub mod users;
 pub mod validation;
 pub mod webhooks;
 

@@ -150,6 +150,10 @@ impl SignIn {
         link_user: Option<UserId>,
     ) -> Result<Started, SignInError> {
         let provider = self.flows.provider(provider)?;
+        // A provider for connected accounts only (its account is a workspace) signs no one in.
+        if !provider.config().protocol.sign_in {
+            return Err(FlowError::UnknownProvider(provider.name().to_owned()).into());
+        }
         let return_to = match return_to {
             Some(value) => ReturnTo::parse(value, &self.return_to_origins).map_err(|_| SignInError::InvalidReturnTo)?,
             None => ReturnTo::root(),

@@ -7,9 +7,12 @@
 use std::sync::Arc;
 
 use super::principals::PrincipalCache;
-use crate::domain::{DomainClaim, DomainName, Email, Issuer, Role, Team, TeamRef, UserId};
+use super::users::{Page, PageRequest};
+use crate::domain::{DomainClaim, DomainName, Email, Issuer, Role, Slug, Team, TeamId, TeamRef, UserId};
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{ClaimOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store, StoreError};
+use crate::store::{
+    ClaimOutcome, CreateTeamOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store, StoreError, TeamMember, TeamQuery,
+};
 use crate::upstream::issuers::IssuerRegistry;
 
 /// Why a team operation was refused.
@@ -39,6 +42,9 @@ pub enum TeamError {
     /// Only owners may manage members.
     #[error("only team owners may manage members")]
     NotOwner,
+    /// Another team has the slug.
+    #[error("another team has this slug; choose another")]
+    SlugTaken,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -55,6 +61,7 @@ impl PublicError for TeamError {
             TeamError::MemberNotFound => ErrorCode::MemberNotFound,
             TeamError::LastOwner => ErrorCode::LastOwner,
             TeamError::NotOwner => ErrorCode::NotTeamAdmin,
+            TeamError::SlugTaken => ErrorCode::SlugTaken,
             TeamError::Store(e) => e.code(),
         }
     }
@@ -142,6 +149,38 @@ impl Teams {
     /// A team by id or slug.
     pub async fn find(&self, team: &TeamRef) -> Result<Team, TeamError> {
         self.store.find_team(team).await?.ok_or(TeamError::TeamNotFound)
+    }
+
+    /// A page of teams, oldest first; with `slug_prefix`, those whose slug starts with it.
+    pub async fn list(&self, slug_prefix: Option<&str>, page: PageRequest) -> Result<Page<Team>, TeamError> {
+        let query = TeamQuery { slug_prefix: slug_prefix.map(str::to_owned), after: page.after, limit: page.probe() };
+        let teams = self.store.list_teams(&query).await?;
+        Ok(page.page(teams, |t| t.id.as_uuid()))
+    }
+
+    /// A page of a team's members, by user id.
+    pub async fn members(&self, team: &TeamRef, page: PageRequest) -> Result<Page<TeamMember>, TeamError> {
+        let team = self.find(team).await?;
+        let members = self.store.team_members(team.id, page.after, page.probe()).await?;
+        Ok(page.page(members, |m| m.user_id.as_uuid()))
+    }
+
+    /// Creates a team (an operator's: nobody's default team), with `owner` as its owner when
+    /// given.
+    pub async fn create(&self, slug: Slug, name: String, owner: Option<UserId>) -> Result<Team, TeamError> {
+        let now = super::now();
+        let team = Team { id: TeamId::generate(), slug, name, created_at: now };
+        match self.store.create_team(&team, owner, now).await? {
+            CreateTeamOutcome::Created(team) => {
+                if let Some(owner) = owner {
+                    self.principals.invalidate_user(owner);
+                }
+                tracing::info!(team_id = %team.id, "created a team");
+                Ok(team)
+            }
+            CreateTeamOutcome::SlugTaken => Err(TeamError::SlugTaken),
+            CreateTeamOutcome::OwnerNotFound => Err(TeamError::UserNotFound),
+        }
     }
 
     /// Claims `domain` for `team`, routed to `issuer`, or updates the team's claim. Returns the

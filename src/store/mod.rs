@@ -6,6 +6,7 @@
 //! links, one default team per user); the services are the second line, not the first.
 //! Unique violations are mapped where the SQL is, into [`StoreError::Conflict`].
 
+mod admin;
 mod db;
 mod grants;
 mod migrations;
@@ -26,6 +27,7 @@ use crate::domain::{
     UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
+pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 pub use migrations::MigrationStatus;
@@ -1089,6 +1091,40 @@ pub trait Store: Send + Sync + Debug + 'static {
         token_version: i64,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    // ---- Operators: listings and user deletion -------------------------------------------------
+
+    /// A page of users, ordered by id, that match every filter of `query` that is set.
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError>;
+
+    /// A page of teams, ordered by id.
+    async fn list_teams(&self, query: &TeamQuery) -> Result<Vec<Team>, StoreError>;
+
+    /// A page of a team's members (with their email and name), ordered by user id, after the
+    /// user id `after`.
+    async fn team_members(
+        &self,
+        team: TeamId,
+        after: Option<uuid::Uuid>,
+        limit: i64,
+    ) -> Result<Vec<TeamMember>, StoreError>;
+
+    /// Creates a team under its slug, with `owner` as its owner (a `team.member.added` event)
+    /// when given; nothing is written when the slug is taken or the owner does not exist.
+    async fn create_team(
+        &self,
+        team: &Team,
+        owner: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<CreateTeamOutcome, StoreError>;
+
+    /// Deletes a user with their identities (and upstream tokens), sessions, memberships,
+    /// personal connected accounts, connect links and flows, audit rows, grants and consents,
+    /// and the teams they were the only member of, writing a `user.deleted` event, in one
+    /// transaction. Team-wide profiles they created stay, credited to their team's
+    /// longest-standing owner. Refused, with nothing written, while they are the last owner of a
+    /// team with other members.
+    async fn delete_user(&self, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError>;
 }
 
 /// One of a user's sessions, as the account page lists them.

@@ -24,6 +24,7 @@ use super::{
     UnlinkOutcome, UserSession, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
+use super::{CreateTeamOutcome, DeleteUserOutcome, TeamMember, TeamQuery, UserQuery};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events;
 use crate::domain::{
@@ -147,7 +148,7 @@ async fn identity_of(tx: &mut Tx, identity: IdentityId, user: UserId) -> Result<
 }
 
 /// Writes an outbox event in the transaction of the change it reports.
-async fn insert_event(tx: &mut Tx, event: &NewEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub(super) async fn insert_event(tx: &mut Tx, event: &NewEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
     query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES ($1, $2, $3, $4)")
         .bind(event.id.as_uuid())
         .bind(event.topic)
@@ -159,7 +160,7 @@ async fn insert_event(tx: &mut Tx, event: &NewEvent, now: DateTime<Utc>) -> Resu
 }
 
 /// A user by id, read in `tx`.
-async fn user_in(tx: &mut Tx, user: UserId) -> Result<Option<User>, StoreError> {
+pub(super) async fn user_in(tx: &mut Tx, user: UserId) -> Result<Option<User>, StoreError> {
     let row = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1"))
         .bind(user.as_uuid())
         .fetch_optional(tx)
@@ -2271,6 +2272,38 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         profile_actions::mark_needs_reauth(&self.db, id, token_version, now).await
+    }
+
+    // ---- Operators: listings and user deletion (the SQL is in admin.rs) -----------------------
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
+        super::admin::list_users(&self.db, query).await
+    }
+
+    async fn list_teams(&self, query: &TeamQuery) -> Result<Vec<Team>, StoreError> {
+        super::admin::list_teams(&self.db, query).await
+    }
+
+    async fn team_members(
+        &self,
+        team: TeamId,
+        after: Option<uuid::Uuid>,
+        limit: i64,
+    ) -> Result<Vec<TeamMember>, StoreError> {
+        super::admin::team_members(&self.db, team, after, limit).await
+    }
+
+    async fn create_team(
+        &self,
+        team: &Team,
+        owner: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<CreateTeamOutcome, StoreError> {
+        super::admin::create_team(&self.db, team, owner, now).await
+    }
+
+    async fn delete_user(&self, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError> {
+        super::admin::delete_user(&self.db, user, now).await
     }
 }
 

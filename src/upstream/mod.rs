@@ -3,6 +3,7 @@
 //! provider registry and the OAuth authorization-code flows built on it. Tessera's own identity
 //! provider, for downstream apps, is a separate module.
 
+pub mod catalogue;
 pub mod issuers;
 pub mod jwks;
 pub mod oauth_flow;

@@ -1,5 +1,5 @@
-//! The `tessera` binary itself: `serve`, `migrate`, `check` and `keys signing`, run as child
-//! processes.
+//! The `tessera` binary itself: `serve`, `migrate`, `check`, `keys signing` and the operators'
+//! `users`, `teams` and `clients` commands, run as child processes.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use crate::helpers::{Backend, TestDb, on_both_backends};
 on_both_backends!(
     check_reports_pending_migrations_and_broken_invariants,
     keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows,
+    users_and_teams_commands_work_on_the_configured_database,
+    clients_commands_list_and_show_registered_clients,
 );
 
 fn tessera(dir: &std::path::Path) -> Command {
@@ -361,4 +363,137 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
     assert!(after.iter().all(|k| tessera::crypto::keyring::KeyRing::key_id_of(&k.private_key) == Some("k2")));
     let only_new = run(&mut keys(&format!("k2:{}", key(2)), &["signing", "list"])).await;
     assert_eq!(only_new.code, 0, "the old ring key is no longer needed: {}", only_new.stderr);
+}
+
+/// A `tessera` command on the test database.
+fn on_db(dir: &std::path::Path, db: &TestDb, args: &[&str]) -> Command {
+    let mut command = tessera(dir);
+    command.env("TESSERA_DATABASE_URL", &db.url).args(args);
+    command
+}
+
+async fn json_of(dir: &std::path::Path, db: &TestDb, args: &[&str]) -> Value {
+    let output = run(&mut on_db(dir, db, args)).await;
+    assert_eq!(output.code, 0, "{args:?}: {}{}", output.stdout, output.stderr);
+    serde_json::from_str(&output.stdout).unwrap_or_else(|_| panic!("{args:?} printed no JSON: {}", output.stdout))
+}
+
+async fn users_and_teams_commands_work_on_the_configured_database(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for (subject, email) in
+        [("cli-ada", "ada@example.com"), ("cli-bob", "bob@example.com"), ("cli-cy", "cy@example.com")]
+    {
+        let new = tessera::store::NewAccount {
+            user_id: tessera::domain::UserId::generate(),
+            identity_id: tessera::domain::IdentityId::generate(),
+            issuer: tessera::domain::Issuer::parse("https://issuer.example.com").unwrap(),
+            subject: tessera::domain::Subject::parse(subject).unwrap(),
+            provider: "test".into(),
+            email: Some(tessera::domain::Email::parse(email).unwrap()),
+            email_verified: false,
+            name: Some("Cli Person".into()),
+            team: tessera::service::provisioning::team_plan(None),
+            now: chrono::Utc::now(),
+        };
+        store.create_account(&new).await.unwrap();
+        ids.push(new.user_id.to_string());
+    }
+
+    // Listing: JSON in the admin API's shape, pages with a cursor, a table for people.
+    let all = json_of(dir.path(), &db, &["users", "list", "--json"]).await;
+    let listed: Vec<&str> = all["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, ids);
+    assert!(all["next_cursor"].is_null());
+    let first = json_of(dir.path(), &db, &["users", "list", "--limit", "2", "--json"]).await;
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_owned();
+    let second = json_of(dir.path(), &db, &["users", "list", "--limit", "2", "--cursor", &cursor, "--json"]).await;
+    assert_eq!(second["users"][0]["id"], ids[2].as_str());
+    let table = run(&mut on_db(dir.path(), &db, &["users", "list", "--email", "BOB@example.com"])).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let rows: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(rows.len(), 2, "a header and Bob: {}", table.stdout);
+    assert!(rows[0].starts_with("id") && rows[1].starts_with(&ids[1]) && rows[1].contains("bob@example.com"));
+
+    // Show, disable, enable: the same answers as the admin API, the same event.
+    let shown = json_of(dir.path(), &db, &["users", "show", &ids[0], "--json"]).await;
+    assert_eq!(
+        (shown["id"].as_str(), shown["identities"][0]["subject"].as_str()),
+        (Some(ids[0].as_str()), Some("cli-ada"))
+    );
+    let text = run(&mut on_db(dir.path(), &db, &["users", "show", &ids[0]])).await;
+    assert!(text.stdout.contains("ada@example.com") && text.stdout.contains("(default)"), "{}", text.stdout);
+    let disabled = json_of(dir.path(), &db, &["users", "disable", &ids[0], "--json"]).await;
+    assert_eq!(disabled["disabled"], true);
+    let only_disabled = json_of(dir.path(), &db, &["users", "list", "--disabled", "--json"]).await;
+    assert_eq!(only_disabled["users"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        json_of(dir.path(), &db, &["users", "list", "--enabled", "--json"]).await["users"].as_array().unwrap().len(),
+        2
+    );
+    let enabled = run(&mut on_db(dir.path(), &db, &["users", "enable", &ids[0]])).await;
+    assert_eq!(enabled.code, 0, "{}", enabled.stderr);
+    assert!(enabled.stdout.contains("is enabled"), "{}", enabled.stdout);
+    let sql = db.sql().await;
+    assert_eq!(sql.count("outbox_events WHERE topic IN ('user.disabled', 'user.enabled')").await, 2);
+
+    // Refusals name their code; bad arguments are usage errors.
+    let unknown =
+        run(&mut on_db(dir.path(), &db, &["users", "show", &tessera::domain::UserId::generate().to_string()])).await;
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stderr.contains("user_not_found"), "{}", unknown.stderr);
+    let bad_id = run(&mut on_db(dir.path(), &db, &["users", "disable", "someone"])).await;
+    assert_eq!(bad_id.code, 2, "{}", bad_id.stderr);
+    let bad_cursor = run(&mut on_db(dir.path(), &db, &["users", "list", "--cursor", "nope"])).await;
+    assert_eq!(bad_cursor.code, 1);
+    assert!(bad_cursor.stderr.contains("invalid_cursor"), "{}", bad_cursor.stderr);
+    let no_team = run(&mut on_db(dir.path(), &db, &["users", "list", "--team", "nowhere"])).await;
+    assert!(no_team.code == 1 && no_team.stderr.contains("team_not_found"), "{}", no_team.stderr);
+
+    // Teams: create (with an owner), list, refuse a taken slug.
+    let acme = json_of(dir.path(), &db, &["teams", "create", "acme", "Acme Inc", "--owner", &ids[1], "--json"]).await;
+    assert_eq!((acme["slug"].as_str(), acme["name"].as_str()), (Some("acme"), Some("Acme Inc")));
+    let members = json_of(dir.path(), &db, &["users", "list", "--team", "acme", "--json"]).await;
+    assert_eq!(members["users"].as_array().unwrap().len(), 1);
+    assert_eq!(members["users"][0]["id"], ids[1].as_str());
+    let taken = run(&mut on_db(dir.path(), &db, &["teams", "create", "acme", "Again"])).await;
+    assert_eq!(taken.code, 1);
+    assert!(taken.stderr.contains("slug_taken"), "{}", taken.stderr);
+    let bad_slug = run(&mut on_db(dir.path(), &db, &["teams", "create", "Not A Slug", "x"])).await;
+    assert_eq!(bad_slug.code, 2, "{}", bad_slug.stderr);
+    let teams = json_of(dir.path(), &db, &["teams", "list", "--json"]).await;
+    assert_eq!(teams["teams"].as_array().unwrap().len(), 4, "three default teams and acme");
+    let prefixed = run(&mut on_db(dir.path(), &db, &["teams", "list", "--slug-prefix", "ac"])).await;
+    assert_eq!(prefixed.stdout.lines().count(), 2, "{}", prefixed.stdout);
+    assert!(prefixed.stdout.lines().nth(1).unwrap().contains("Acme Inc"), "{}", prefixed.stdout);
+}
+
+async fn clients_commands_list_and_show_registered_clients(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = json_of(dir.path(), &db, &["clients", "list", "--json"]).await;
+    assert_eq!(empty, serde_json::json!({"clients": []}));
+    let clients = tessera::service::op::clients::Clients::new(store.clone(), None);
+    for id in ["grafana", "spa"] {
+        let fields = serde_json::from_value(serde_json::json!({
+            "id": id, "name": format!("App {id}"), "kind": "public", "redirect_uris": ["http://127.0.0.1/callback"]
+        }))
+        .unwrap();
+        clients.create(fields).await.unwrap();
+    }
+    let listed = json_of(dir.path(), &db, &["clients", "list", "--json"]).await;
+    let ids: Vec<&str> =
+        listed["clients"].as_array().unwrap().iter().map(|c| c["client_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["grafana", "spa"]);
+    let table = run(&mut on_db(dir.path(), &db, &["clients", "list"])).await;
+    assert_eq!(table.stdout.lines().count(), 3, "{}", table.stdout);
+    assert!(table.stdout.contains("public") && table.stdout.contains("App spa"), "{}", table.stdout);
+    let shown = json_of(dir.path(), &db, &["clients", "show", "spa", "--json"]).await;
+    assert_eq!((shown["client_id"].as_str(), shown["kind"].as_str()), (Some("spa"), Some("public")));
+    let missing = run(&mut on_db(dir.path(), &db, &["clients", "show", "nope"])).await;
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("client_not_found"), "{}", missing.stderr);
 }

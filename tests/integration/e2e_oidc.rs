@@ -59,6 +59,7 @@ async fn a_browser_signs_in_through_a_real_openid_provider(backend: Backend) {
             trusted_email_verification: false,
             auto_link_by_email: false,
             store_tokens: false,
+            protocol: tessera::config::ProviderProtocol::default(),
         });
     })
     .await;

@@ -99,6 +99,7 @@ impl GitHubStub {
             trusted_email_verification: false,
             auto_link_by_email: false,
             store_tokens: false,
+            protocol: tessera::config::ProviderProtocol::default(),
         }
     }
 }

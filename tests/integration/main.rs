@@ -3,8 +3,10 @@
 
 mod helpers;
 
+mod admin_listing;
 mod bootstrap;
 mod caches;
+mod catalogue;
 mod cli;
 mod connections;
 mod credentials;

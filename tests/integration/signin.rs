@@ -48,6 +48,7 @@ pub fn provider(name: &str, kind: ProviderKind, issuer: &LocalIssuer) -> Provide
         trusted_email_verification: false,
         auto_link_by_email: false,
         store_tokens: false,
+        protocol: tessera::config::ProviderProtocol::default(),
     }
 }
 

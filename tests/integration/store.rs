@@ -16,10 +16,10 @@ use tessera::domain::{
 };
 use tessera::service::provisioning::team_plan;
 use tessera::store::{
-    Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, DataReport, EncryptedTokens, LinkOutcome,
-    LoginState, MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
-    RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError,
-    StoredSecret, UnlinkOutcome, UserSession,
+    Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, DataReport, DeleteUserOutcome,
+    EncryptedTokens, LinkOutcome, LoginState, MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey,
+    ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionRecord,
+    SigningKeyRecord, Store, StoreError, StoredSecret, TeamQuery, UnlinkOutcome, UserQuery, UserSession,
 };
 use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate};
 use uuid::Uuid;
@@ -114,6 +114,13 @@ on_both_backends!(
     concurrent_rotations_of_one_signing_key_have_one_winner,
     concurrent_first_signing_keys_of_an_algorithm_have_one_winner,
     replacing_a_signing_key_ciphertext_compares_and_swaps,
+    // Operators: listings and user deletion
+    users_are_listed_by_id_with_every_filter,
+    teams_are_listed_by_id_and_slug_prefix_and_members_with_their_roles,
+    create_team_refuses_a_taken_slug_or_a_missing_owner_and_writes_nothing,
+    deleting_a_user_takes_everything_of_theirs_and_spares_their_teams_shared_profiles,
+    deleting_the_last_owner_of_a_shared_team_is_refused_and_writes_nothing,
+    concurrent_deletes_of_one_user_have_one_winner,
 );
 
 // ---- Builders -------------------------------------------------------------------------------
@@ -2978,4 +2985,248 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j.attempts == 0));
     assert_eq!(store.replay_webhook(&hook, now() + TimeDelta::seconds(5), now()).await.unwrap(), 0);
+}
+
+// ---- Operators: listings and user deletion ---------------------------------------------------
+
+/// Every user the listing returns, page after page of `limit`.
+async fn all_pages(store: &Arc<dyn Store>, mut query: UserQuery, limit: i64) -> Vec<UserId> {
+    let mut ids = Vec::new();
+    query.limit = limit;
+    loop {
+        let page = store.list_users(&query).await.unwrap();
+        ids.extend(page.iter().map(|u| u.id));
+        if page.len() < limit as usize {
+            return ids;
+        }
+        query.after = page.last().map(|u| u.id.as_uuid());
+    }
+}
+
+async fn users_are_listed_by_id_with_every_filter(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let mut people = Vec::new();
+    for (i, email) in ["ada@example.com", "Ada@Example.com", "bob@example.com", "cy@example.org"].iter().enumerate() {
+        let mut new = account(&format!("list-{i}"), None);
+        new.email = Some(Email::parse(email).unwrap());
+        people.push(sign_up_as(&store, new).await);
+    }
+    let ids: Vec<UserId> = people.iter().map(Person::id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(all_pages(&store, UserQuery::default(), 100).await, sorted, "ordered by id");
+    assert_eq!(all_pages(&store, UserQuery::default(), 1).await, sorted, "pages of one meet end to end");
+    let after_second = UserQuery { after: Some(sorted[1].as_uuid()), limit: 10, ..Default::default() };
+    assert_eq!(store.list_users(&after_second).await.unwrap().len(), 2);
+
+    let by_email = UserQuery { email: Some(Email::parse("ADA@example.COM").unwrap()), ..Default::default() };
+    assert_eq!(all_pages(&store, by_email, 10).await, [ids[0], ids[1]], "the email key, as linking compares");
+    let identity = (Issuer::parse(ISSUER).unwrap(), Subject::parse("list-2").unwrap());
+    let by_identity = UserQuery { identity: Some(identity), ..Default::default() };
+    assert_eq!(all_pages(&store, by_identity, 10).await, [ids[2]]);
+    let unknown = (Issuer::parse(OTHER_ISSUER).unwrap(), Subject::parse("list-2").unwrap());
+    assert!(all_pages(&store, UserQuery { identity: Some(unknown), ..Default::default() }, 10).await.is_empty());
+
+    join(&store, &people[0].team, ids[3], Role::Member, now()).await;
+    let members = UserQuery { team: Some(people[0].team.id), ..Default::default() };
+    let mut expected = vec![ids[0], ids[3]];
+    expected.sort();
+    assert_eq!(all_pages(&store, members, 10).await, expected);
+
+    store.set_user_disabled(ids[2], true, now()).await.unwrap();
+    let disabled = UserQuery { disabled: Some(true), ..Default::default() };
+    assert_eq!(all_pages(&store, disabled, 10).await, [ids[2]]);
+    let enabled = all_pages(&store, UserQuery { disabled: Some(false), ..Default::default() }, 10).await;
+    assert_eq!(enabled.len(), 3);
+    assert!(!enabled.contains(&ids[2]));
+    let both = UserQuery {
+        email: Some(Email::parse("bob@example.com").unwrap()),
+        disabled: Some(false),
+        ..Default::default()
+    };
+    assert!(all_pages(&store, both, 10).await.is_empty(), "filters combine");
+    assert!(store.list_users(&UserQuery { limit: 0, ..Default::default() }).await.unwrap().is_empty());
+}
+
+async fn teams_are_listed_by_id_and_slug_prefix_and_members_with_their_roles(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up_as(&store, account("teams-ada", Some("Ada Lovelace"))).await;
+    let bob = sign_up_as(&store, account("teams-bob", Some("Bob Builder"))).await;
+    let at = now();
+    join(&store, &ada.team, bob.id(), Role::Admin, at).await;
+
+    let all = store.list_teams(&TeamQuery { limit: 10, ..Default::default() }).await.unwrap();
+    let mut expected = vec![ada.team.id, bob.team.id];
+    expected.sort();
+    assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), expected);
+    let first = store.list_teams(&TeamQuery { limit: 1, ..Default::default() }).await.unwrap();
+    let rest = TeamQuery { after: Some(first[0].id.as_uuid()), limit: 10, ..Default::default() };
+    assert_eq!(store.list_teams(&rest).await.unwrap().iter().map(|t| t.id).collect::<Vec<_>>(), expected[1..]);
+    let prefixed = TeamQuery { slug_prefix: Some("adas".into()), limit: 10, ..Default::default() };
+    assert_eq!(store.list_teams(&prefixed).await.unwrap(), std::slice::from_ref(&ada.team));
+    let none = TeamQuery { slug_prefix: Some("adas-team-and-more".into()), limit: 10, ..Default::default() };
+    assert!(store.list_teams(&none).await.unwrap().is_empty());
+
+    let members = store.team_members(ada.team.id, None, 10).await.unwrap();
+    let mut ids: Vec<UserId> = vec![ada.id(), bob.id()];
+    ids.sort();
+    assert_eq!(members.iter().map(|m| m.user_id).collect::<Vec<_>>(), ids, "by user id");
+    let bob_row = members.iter().find(|m| m.user_id == bob.id()).unwrap();
+    assert_eq!((bob_row.role, bob_row.joined_at, bob_row.name.as_deref()), (Role::Admin, at, Some("Bob Builder")));
+    assert_eq!(bob_row.email.as_deref(), Some("store@example.com"));
+    let after = store.team_members(ada.team.id, Some(ids[0].as_uuid()), 10).await.unwrap();
+    assert_eq!(after.iter().map(|m| m.user_id).collect::<Vec<_>>(), ids[1..]);
+    assert!(store.team_members(TeamId::generate(), None, 10).await.unwrap().is_empty());
+}
+
+async fn create_team_refuses_a_taken_slug_or_a_missing_owner_and_writes_nothing(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "create-team").await;
+    let at = now();
+    let team = |slug: &str| Team {
+        id: TeamId::generate(),
+        slug: Slug::parse(slug).unwrap(),
+        name: "Acme".into(),
+        created_at: at,
+    };
+    let acme = team("acme");
+    assert_eq!(store.create_team(&acme, Some(ada.id()), at).await.unwrap(), CreateTeamOutcome::Created(acme.clone()));
+    assert_eq!(store.find_team(&TeamRef::Slug(acme.slug.clone())).await.unwrap(), Some(acme.clone()));
+    let (found, role) = store.team_with_role(&TeamRef::Id(acme.id), ada.id()).await.unwrap().unwrap();
+    assert_eq!((found.id, role), (acme.id, Some(Role::Owner)));
+    let profile = store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap();
+    assert!(profile.teams.iter().any(|m| m.team.id == acme.id && !m.is_default), "not a default team");
+
+    let sql = db.sql().await;
+    let before = sql.provisioning_counts().await;
+    assert_eq!(store.create_team(&team("acme"), None, at).await.unwrap(), CreateTeamOutcome::SlugTaken);
+    assert_eq!(
+        store.create_team(&team("nobodys"), Some(UserId::generate()), at).await.unwrap(),
+        CreateTeamOutcome::OwnerNotFound
+    );
+    assert_eq!(sql.provisioning_counts().await, before, "nothing written");
+    let unowned = team("unowned");
+    assert_eq!(store.create_team(&unowned, None, at).await.unwrap(), CreateTeamOutcome::Created(unowned.clone()));
+    assert!(store.team_members(unowned.id, None, 10).await.unwrap().is_empty());
+
+    // Concurrent creates of one slug: one team.
+    let outcomes = concurrently(8, |_| {
+        let (store, team) = (store.clone(), team("raced"));
+        async move { store.create_team(&team, None, team.created_at).await.unwrap() }
+    })
+    .await;
+    let created = outcomes.iter().filter(|o| matches!(o, CreateTeamOutcome::Created(_))).count();
+    assert_eq!(created, 1, "{outcomes:?}");
+    assert_eq!(sql.count("teams WHERE slug = 'raced'").await, 1);
+}
+
+/// Rows anywhere that still name `user`.
+async fn rows_of(sql: &crate::helpers::Sql, user: UserId) -> Vec<(&'static str, i64)> {
+    let id = sql.uuid(&user.to_string());
+    let mut counts = Vec::new();
+    for (table, column) in [
+        ("users", "id"),
+        ("identities", "user_id"),
+        ("sessions", "user_id"),
+        ("memberships", "user_id"),
+        ("auth_profiles", "created_by"),
+        ("connect_tokens", "user_id"),
+        ("login_states", "link_user_id"),
+        ("identity_events", "user_id"),
+        ("oauth_consents", "user_id"),
+        ("oauth_grants", "user_id"),
+    ] {
+        counts.push((table, sql.count(&format!("{table} WHERE {column} = {id}")).await));
+    }
+    counts
+}
+
+async fn deleting_a_user_takes_everything_of_theirs_and_spares_their_teams_shared_profiles(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "delete-ada").await;
+    let bob = sign_up(&store, "delete-bob").await;
+    let cy = sign_up(&store, "delete-cy").await;
+    let at = now();
+    let second = linked(&store, &ada, "delete-ada-elsewhere").await;
+    store.put_identity_tokens(second.id, &tokens(b"access", Some(b"refresh"), at)).await.unwrap();
+    store.insert_session(&session(&ada, at, TimeDelta::hours(1))).await.unwrap();
+    // Ada is a member of Bob's team, where she made a personal and a team-wide profile, and
+    // an admin of Cy's team, where she made a team-wide profile too; her own team has a profile.
+    join(&store, &bob.team, ada.id(), Role::Member, at).await;
+    join(&store, &cy.team, ada.id(), Role::Admin, at).await;
+    let personal = inserted(&store, profile(&bob.team, ada.id(), ProfileKind::OauthAccount, "ada-own", at)).await;
+    store.mint_connect_token(&connect_token(&personal, ada.id(), at, TimeDelta::minutes(10))).await.unwrap();
+    let shared = inserted(&store, profile(&bob.team, ada.id(), ProfileKind::Env, "ada-shared", at)).await;
+    let in_cy = inserted(&store, profile(&cy.team, ada.id(), ProfileKind::Env, "ada-in-cy", at)).await;
+    let in_own = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "ada-home", at)).await;
+    let sql = db.sql().await;
+    let events_before = sql.count("outbox_events").await;
+
+    let DeleteUserOutcome::Deleted(deleted) = store.delete_user(ada.id(), at).await.unwrap() else {
+        panic!("ada is deleted");
+    };
+    assert_eq!(deleted.user.id, ada.id());
+    assert_eq!(deleted.identities.iter().map(|i| i.id).collect::<Vec<_>>(), [ada.identity(), second.id]);
+    let mut left = vec![bob.team.id, cy.team.id];
+    left.sort();
+    assert_eq!((deleted.left_teams.clone(), deleted.deleted_teams.clone()), (left, vec![ada.team.id]));
+
+    for (table, count) in rows_of(&sql, ada.id()).await {
+        assert_eq!(count, 0, "{table} still holds a row of the deleted user");
+    }
+    assert_eq!(sql.count("identity_tokens").await, 0);
+    assert!(store.find_team(&TeamRef::Id(ada.team.id)).await.unwrap().is_none(), "her own team is gone");
+    assert!(store.profile(personal.id).await.unwrap().is_none());
+    assert!(store.profile(in_own.id).await.unwrap().is_none());
+    assert_eq!(store.profile(shared.id).await.unwrap().unwrap().created_by, bob.id(), "credited to the owner");
+    assert_eq!(store.profile(in_cy.id).await.unwrap().unwrap().created_by, cy.id());
+    assert_eq!(store.team_members(bob.team.id, None, 10).await.unwrap().len(), 1);
+    assert_eq!(sql.count("outbox_events").await, events_before + 1);
+    assert_eq!(sql.count("outbox_events WHERE topic = 'user.deleted'").await, 1);
+    // The others are untouched.
+    for person in [&bob, &cy] {
+        let profile = store.user_profile(person.id(), ReadFrom::Primary).await.unwrap().unwrap();
+        assert_eq!((profile.identities.len(), profile.teams.len()), (1, 1));
+    }
+    assert_eq!(store.delete_user(ada.id(), at).await.unwrap(), DeleteUserOutcome::NotFound);
+    assert_eq!(sql.count("outbox_events").await, events_before + 1, "a repeated delete writes nothing");
+    // The identity is free again: it provisions a new user.
+    assert!(store.find_identity(&ada.account.issuer, &ada.account.subject).await.unwrap().is_none());
+    sign_up_as(&store, account("delete-ada", None)).await;
+}
+
+async fn deleting_the_last_owner_of_a_shared_team_is_refused_and_writes_nothing(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "last-owner-ada").await;
+    let bob = sign_up(&store, "last-owner-bob").await;
+    join(&store, &ada.team, bob.id(), Role::Admin, now()).await;
+    let sql = db.sql().await;
+    let before = (sql.provisioning_counts().await, rows_of(&sql, ada.id()).await);
+    assert_eq!(store.delete_user(ada.id(), now()).await.unwrap(), DeleteUserOutcome::LastOwner(ada.team.clone()));
+    assert_eq!((sql.provisioning_counts().await, rows_of(&sql, ada.id()).await), before, "nothing written");
+
+    // With a second owner, Ada goes and her team stays with Bob.
+    store.put_member(ada.team.id, bob.id(), Role::Owner, now()).await.unwrap();
+    let DeleteUserOutcome::Deleted(deleted) = store.delete_user(ada.id(), now()).await.unwrap() else {
+        panic!("ada is deleted");
+    };
+    assert_eq!((deleted.left_teams, deleted.deleted_teams), (vec![ada.team.id], vec![]));
+    let members = store.team_members(ada.team.id, None, 10).await.unwrap();
+    assert_eq!(members.iter().map(|m| (m.user_id, m.role)).collect::<Vec<_>>(), [(bob.id(), Role::Owner)]);
+}
+
+async fn concurrent_deletes_of_one_user_have_one_winner(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "delete-race").await.id();
+    let outcomes = concurrently(8, |_| {
+        let store = store.clone();
+        async move { store.delete_user(ada, now()).await.unwrap() }
+    })
+    .await;
+    let deleted = outcomes.iter().filter(|o| matches!(o, DeleteUserOutcome::Deleted(_))).count();
+    assert_eq!(deleted, 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| matches!(o, DeleteUserOutcome::Deleted(_) | DeleteUserOutcome::NotFound)));
+    let sql = db.sql().await;
+    assert_eq!(sql.count("outbox_events WHERE topic = 'user.deleted'").await, 1);
+    assert_eq!(sql.provisioning_counts().await[..4], [0, 0, 0, 0]);
 }

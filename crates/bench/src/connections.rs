@@ -76,6 +76,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
         trusted_email_verification: false,
         auto_link_by_email: false,
         store_tokens: false,
+        protocol: tessera::config::ProviderProtocol::default(),
     }];
     let key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>());
     config.encryption = Some(Arc::new(KeyRing::parse(&format!("bench:{key}"))?));

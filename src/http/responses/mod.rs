@@ -30,10 +30,10 @@ pub use self::clients::{
 };
 pub use self::sign_in::{DiscoverResponse, ProviderResponse, ProvidersResponse, ValidateResponse};
 pub use self::teams::{
-    DomainClaimListResponse, DomainClaimResponse, MemberResponse, MemberRole, TeamMembershipResponse, TeamResponse,
-    TeamRoleResponse, TeamSummaryResponse,
+    DomainClaimListResponse, DomainClaimResponse, MemberResponse, MemberRole, TeamListResponse, TeamMemberListResponse,
+    TeamMemberResponse, TeamMembershipResponse, TeamResponse, TeamRoleResponse, TeamSummaryResponse,
 };
-pub use self::users::{BootstrapResponse, IdentityResponse, UserProfileResponse, UserResponse};
+pub use self::users::{BootstrapResponse, IdentityResponse, UserListResponse, UserProfileResponse, UserResponse};
 pub use self::webhooks::{
     DeliveryListResponse, DeliveryResponse, DeliveryStateResponse, ReplayResponse, WebhookListResponse,
     WebhookResponse, WebhookWithSecretResponse,

@@ -5,6 +5,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::domain::{DomainClaim, Role, Team, TeamMembership, TeamRole, UserId};
+use crate::service::users::Page;
+use crate::store::TeamMember;
 
 /// A role in a team.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,6 +51,63 @@ impl From<Team> for TeamResponse {
             name: team.name,
             created_at: team.created_at,
         }
+    }
+}
+
+/// A page of teams: the body of `GET /admin/teams`.
+#[derive(Debug, Serialize)]
+pub struct TeamListResponse {
+    /// The teams, oldest first.
+    pub teams: Vec<TeamResponse>,
+    /// The `cursor` of the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<Page<Team>> for TeamListResponse {
+    fn from(page: Page<Team>) -> Self {
+        Self { teams: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor }
+    }
+}
+
+/// A member of a team, as operators see them.
+#[derive(Debug, Serialize)]
+pub struct TeamMemberResponse {
+    /// The member's user id.
+    pub user_id: Uuid,
+    /// Their role.
+    pub role: MemberRole,
+    /// Their email, if known.
+    pub email: Option<String>,
+    /// Their display name, if known.
+    pub name: Option<String>,
+    /// When they joined the team.
+    pub joined_at: DateTime<Utc>,
+}
+
+impl From<TeamMember> for TeamMemberResponse {
+    fn from(member: TeamMember) -> Self {
+        Self {
+            user_id: member.user_id.as_uuid(),
+            role: member.role.into(),
+            email: member.email,
+            name: member.name,
+            joined_at: member.joined_at,
+        }
+    }
+}
+
+/// A page of a team's members: the body of `GET /admin/teams/{team}/members`.
+#[derive(Debug, Serialize)]
+pub struct TeamMemberListResponse {
+    /// The members, by user id.
+    pub members: Vec<TeamMemberResponse>,
+    /// The `cursor` of the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<Page<TeamMember>> for TeamMemberListResponse {
+    fn from(page: Page<TeamMember>) -> Self {
+        Self { members: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor }
     }
 }
 

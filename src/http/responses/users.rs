@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::{TeamMembershipResponse, TeamSummaryResponse};
 use crate::domain::{Identity, Team, User, UserId, UserProfile};
+use crate::service::users::Page;
 
 /// A user: the body of `PATCH /admin/users/{user_id}`, and the top of a [`UserProfileResponse`].
 #[derive(Debug, Serialize)]
@@ -37,6 +38,21 @@ impl From<User> for UserResponse {
             created_at: user.created_at,
             updated_at: user.updated_at,
         }
+    }
+}
+
+/// A page of users: the body of `GET /admin/users`.
+#[derive(Debug, Serialize)]
+pub struct UserListResponse {
+    /// The users, oldest first.
+    pub users: Vec<UserResponse>,
+    /// The `cursor` of the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<Page<User>> for UserListResponse {
+    fn from(page: Page<User>) -> Self {
+        Self { users: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor }
     }
 }
 

@@ -9,7 +9,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use url::Url;
 
-use super::oauth::{self, ClientAuth};
+use super::oauth;
 use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
 use crate::config::ProviderConfig;
 use crate::domain::{DisplayName, Email};
@@ -105,8 +105,7 @@ impl Provider for GitHubProvider {
         pkce_verifier: &str,
         redirect_uri: &Url,
     ) -> Result<TokenSet, ProviderError> {
-        oauth::exchange_code(&self.http, &self.config, &self.token, ClientAuth::Body, code, pkce_verifier, redirect_uri)
-            .await
+        oauth::exchange_code(&self.http, &self.config, &self.token, code, pkce_verifier, redirect_uri).await
     }
 
     async fn user_info(&self, tokens: &TokenSet, _nonce: &str) -> Result<UserInfo, ProviderError> {
@@ -127,7 +126,7 @@ impl Provider for GitHubProvider {
     }
 
     async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
-        oauth::refresh(&self.http, &self.config, &self.token, ClientAuth::Body, refresh_token).await
+        oauth::refresh(&self.http, &self.config, &self.token, refresh_token).await
     }
 
     async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {

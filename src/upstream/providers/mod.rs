@@ -1,10 +1,12 @@
 //! Upstream sign-in providers behind one trait, and the registry built from configuration.
 //!
 //! Built-in kinds: `oidc` (any OpenID Connect issuer, through discovery; the id_token is verified
-//! with the same key machinery as token validation), `gitlab` (the same, with GitLab's defaults)
-//! and `github` (OAuth2 and the REST API). Adding a provider is a config entry for an OIDC issuer,
-//! or one implementation of [`Provider`].
+//! with the same key machinery as token validation), `gitlab` (the same, with GitLab's defaults),
+//! `github` (OAuth2 and the REST API) and `oauth2` (plain OAuth 2.0, the profile read with JSON
+//! pointers). Adding a provider is a config entry (often just a catalogue template), or one
+//! implementation of [`Provider`].
 
+mod generic;
 mod github;
 mod oauth;
 mod oidc;
@@ -22,6 +24,7 @@ use crate::config::{JwksConfig, ProviderConfig, ProviderKind};
 use crate::domain::{Email, Issuer};
 use crate::error::{ErrorCode, PublicError};
 
+pub use generic::OAuth2Provider;
 pub use github::GitHubProvider;
 pub use oidc::OidcProvider;
 
@@ -53,6 +56,19 @@ pub struct TokenSet {
     pub scopes: Vec<String>,
     /// The OpenID id_token, if any.
     pub id_token: Option<String>,
+    /// The answer's other fields, which some providers' profiles are read from (Notion).
+    pub fields: TokenFields,
+}
+
+/// The other fields of a token answer. They may hold secrets (Slack's webhook URLs), so `Debug`
+/// shows their names only.
+#[derive(Clone, Default)]
+pub struct TokenFields(pub serde_json::Map<String, serde_json::Value>);
+
+impl Debug for TokenFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// A provider-agnostic profile.
@@ -177,6 +193,7 @@ impl ProviderRegistry {
                         Arc::new(OidcProvider::new(config.clone(), http.clone(), jwks))
                     }
                     ProviderKind::GitHub => Arc::new(GitHubProvider::new(config.clone(), http.clone())),
+                    ProviderKind::OAuth2 => Arc::new(OAuth2Provider::new(config.clone(), http.clone())),
                 };
                 (config.name.clone(), provider)
             })
@@ -189,9 +206,10 @@ impl ProviderRegistry {
         self.providers.get(name.or(self.default.as_deref())?)
     }
 
-    /// Every provider, by name.
+    /// Every provider people sign in with, by name (those serving connected accounts only, such
+    /// as Slack's workspaces, are left out).
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
-        let mut providers: Vec<_> = self.providers.values().collect();
+        let mut providers: Vec<_> = self.providers.values().filter(|p| p.config().protocol.sign_in).collect();
         providers.sort_by(|a, b| a.name().cmp(b.name()));
         providers.into_iter()
     }

@@ -19,14 +19,17 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{AuthorizationRequest, ProviderError, TokenSet};
-use crate::config::ProviderConfig;
+use super::{AuthorizationRequest, ProviderError, TokenFields, TokenSet};
+use crate::config::{ProviderConfig, ProviderKind, TokenAuth};
 
-/// The `id_token` field of an OpenID token response.
+/// The `id_token` field of an OpenID token response, and the answer's other fields (Notion's
+/// workspace, Slack's team), which some providers' profiles are read from.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct IdTokenField {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     id_token: Option<String>,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ExtraTokenFields for IdTokenField {}
@@ -47,11 +50,22 @@ type Client = oauth2::Client<
 
 /// How a provider's client authenticates at its token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ClientAuth {
+enum ClientAuth {
     /// HTTP Basic (`client_secret_basic`), the OAuth 2.0 default.
     Basic,
     /// In the form body (`client_secret_post`), as GitHub documents.
     Body,
+}
+
+impl ClientAuth {
+    /// The configured way, else the kind's own: the form body for GitHub, HTTP Basic otherwise.
+    fn of(config: &ProviderConfig) -> Self {
+        match (config.protocol.token_auth, config.kind) {
+            (Some(TokenAuth::ClientSecretBasic), _) => ClientAuth::Basic,
+            (Some(TokenAuth::ClientSecretPost), _) | (None, ProviderKind::GitHub) => ClientAuth::Body,
+            (None, _) => ClientAuth::Basic,
+        }
+    }
 }
 
 fn client(config: &ProviderConfig, auth: ClientAuth) -> Client {
@@ -65,8 +79,9 @@ fn client(config: &ProviderConfig, auth: ClientAuth) -> Client {
     client
 }
 
-/// The authorization URL: response type `code`, the configured scopes, `state`, the S256 PKCE
-/// challenge of `request.pkce_verifier`, and the nonce when `with_nonce`.
+/// The authorization URL: response type `code`, the configured scopes (joined with the
+/// provider's separator), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
+/// provider takes no PKCE, the nonce when `with_nonce`, and the provider's extra parameters.
 pub(super) fn authorization_url(
     config: &ProviderConfig,
     endpoint: &Url,
@@ -78,36 +93,44 @@ pub(super) fn authorization_url(
         .set_auth_uri(AuthUrl::from_url(endpoint.clone()))
         .set_redirect_uri(RedirectUrl::from_url(request.redirect_uri.clone()));
     let state = request.state.to_owned();
-    let mut builder = client
-        .authorize_url(move || CsrfToken::new(state))
-        .add_scopes(request.scopes.unwrap_or(&config.scopes).iter().map(|s| Scope::new(s.clone())))
-        .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
+    let scopes = request.scopes.unwrap_or(&config.scopes);
+    let mut builder = client.authorize_url(move || CsrfToken::new(state));
+    builder = match config.protocol.scope_separator.as_str() {
+        " " => builder.add_scopes(scopes.iter().map(|s| Scope::new(s.clone()))),
+        _ if scopes.is_empty() => builder,
+        separator => builder.add_extra_param("scope", scopes.join(separator)),
+    };
+    if config.protocol.pkce {
+        builder = builder.set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
+    }
     if with_nonce {
         builder = builder.add_extra_param("nonce", request.nonce);
+    }
+    for (name, value) in &config.protocol.authorize_params {
+        builder = builder.add_extra_param(name.as_str(), value.as_str());
     }
     builder.url().0
 }
 
-/// Exchanges an authorization code.
+/// Exchanges an authorization code (with the PKCE verifier, unless the provider takes no PKCE).
 pub(super) async fn exchange_code(
     http: &reqwest::Client,
     config: &ProviderConfig,
     endpoint: &Url,
-    auth: ClientAuth,
     code: &str,
     pkce_verifier: &str,
     redirect_uri: &Url,
 ) -> Result<TokenSet, ProviderError> {
-    let client = client(config, auth)
+    let client = client(config, ClientAuth::of(config))
         .set_token_uri(TokenUrl::from_url(endpoint.clone()))
         .set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()));
     let adapter = Http(http.clone());
-    let response = client
-        .exchange_code(AuthorizationCode::new(code.to_owned()))
-        .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
-        .request_async(&adapter)
-        .await;
-    token_set(response, ProviderError::InvalidCode)
+    let mut request = client.exchange_code(AuthorizationCode::new(code.to_owned()));
+    if config.protocol.pkce {
+        request = request.set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()));
+    }
+    let response = request.request_async(&adapter).await;
+    token_set(config, response, ProviderError::InvalidCode)
 }
 
 /// Exchanges a refresh token.
@@ -115,14 +138,13 @@ pub(super) async fn refresh(
     http: &reqwest::Client,
     config: &ProviderConfig,
     endpoint: &Url,
-    auth: ClientAuth,
     refresh_token: &str,
 ) -> Result<TokenSet, ProviderError> {
-    let client = client(config, auth).set_token_uri(TokenUrl::from_url(endpoint.clone()));
+    let client = client(config, ClientAuth::of(config)).set_token_uri(TokenUrl::from_url(endpoint.clone()));
     let adapter = Http(http.clone());
     let token = RefreshToken::new(refresh_token.to_owned());
     let response = client.exchange_refresh_token(&token).request_async(&adapter).await;
-    token_set(response, ProviderError::InvalidGrant)
+    token_set(config, response, ProviderError::InvalidGrant)
 }
 
 /// Revokes a refresh (or access) token at an RFC 7009 endpoint. Written out rather than through
@@ -136,9 +158,15 @@ pub(super) async fn revoke(
 ) -> Result<(), ProviderError> {
     let mut form = vec![("token", token), ("token_type_hint", "refresh_token")];
     let mut request = http.post(endpoint.clone());
-    match &config.client_secret {
-        Some(secret) => request = request.basic_auth(&config.client_id, Some(secret.expose_secret())),
-        None => form.push(("client_id", &config.client_id)),
+    match (&config.client_secret, ClientAuth::of(config)) {
+        (Some(secret), ClientAuth::Basic) => {
+            request = request.basic_auth(&config.client_id, Some(secret.expose_secret()));
+        }
+        (Some(secret), ClientAuth::Body) => {
+            form.push(("client_id", &config.client_id));
+            form.push(("client_secret", secret.expose_secret()));
+        }
+        (None, _) => form.push(("client_id", &config.client_id)),
     }
     let response = request.form(&form).send().await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
     match response.status() {
@@ -149,6 +177,7 @@ pub(super) async fn revoke(
 }
 
 fn token_set(
+    config: &ProviderConfig,
     response: Result<Response, RequestTokenError<HttpError, BasicErrorResponse>>,
     refused: ProviderError,
 ) -> Result<TokenSet, ProviderError> {
@@ -156,9 +185,25 @@ fn token_set(
         Ok(response) => Ok(TokenSet {
             access_token: SecretString::from(response.access_token().secret().to_owned()),
             refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().to_owned())),
-            expires_at: response.expires_in().and_then(|d| chrono::TimeDelta::from_std(d).ok()).map(|d| Utc::now() + d),
-            scopes: response.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()).unwrap_or_default(),
+            expires_at: response
+                .expires_in()
+                .or(config.protocol.default_expires_in)
+                .and_then(|d| chrono::TimeDelta::from_std(d).ok())
+                .map(|d| Utc::now() + d),
+            // Scopes come back joined with the provider's separator (Slack: commas).
+            scopes: response
+                .scopes()
+                .map(|scopes| {
+                    scopes
+                        .iter()
+                        .flat_map(|s| s.split(config.protocol.scope_separator.as_str()))
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
             id_token: response.extra_fields().id_token.clone(),
+            fields: TokenFields(response.extra_fields().other.clone()),
         }),
         Err(RequestTokenError::ServerResponse(error)) if *error.error() == BasicErrorResponseType::InvalidGrant => {
             Err(refused)
@@ -173,7 +218,14 @@ fn token_set(
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
             match error.as_deref() {
-                Some("invalid_grant" | "bad_verification_code" | "bad_refresh_token") => Err(refused),
+                // GitHub's and Slack's names for a refused code or refresh token.
+                Some(
+                    "invalid_grant"
+                    | "bad_verification_code"
+                    | "bad_refresh_token"
+                    | "invalid_code"
+                    | "invalid_refresh_token",
+                ) => Err(refused),
                 Some(other) => Err(ProviderError::InvalidResponse(format!("the token endpoint answered {other}"))),
                 None => Err(ProviderError::InvalidResponse("the token endpoint's answer does not parse".into())),
             }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::oauth::{self, ClientAuth};
+use super::oauth;
 use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
 use crate::config::{JwksConfig, ProviderConfig};
 use crate::domain::{DisplayName, Email};
@@ -170,16 +170,7 @@ impl Provider for OidcProvider {
         redirect_uri: &Url,
     ) -> Result<TokenSet, ProviderError> {
         let metadata = self.metadata().await?;
-        oauth::exchange_code(
-            &self.http,
-            &self.config,
-            &metadata.token,
-            ClientAuth::Basic,
-            code,
-            pkce_verifier,
-            redirect_uri,
-        )
-        .await
+        oauth::exchange_code(&self.http, &self.config, &metadata.token, code, pkce_verifier, redirect_uri).await
     }
 
     async fn user_info(&self, tokens: &TokenSet, nonce: &str) -> Result<UserInfo, ProviderError> {
@@ -207,7 +198,7 @@ impl Provider for OidcProvider {
 
     async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
         let metadata = self.metadata().await?;
-        oauth::refresh(&self.http, &self.config, &metadata.token, ClientAuth::Basic, refresh_token).await
+        oauth::refresh(&self.http, &self.config, &metadata.token, refresh_token).await
     }
 
     async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {

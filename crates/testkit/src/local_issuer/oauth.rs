@@ -80,6 +80,8 @@ struct PendingCode {
     nonce: Option<String>,
     user: StubUser,
     scope: String,
+    /// Whether the authorization request carried every parameter a refresh token needs.
+    offline: bool,
 }
 
 #[derive(Default)]
@@ -95,6 +97,7 @@ pub(super) struct OAuthState {
     rotate_refresh_tokens: AtomicBool,
     no_refresh_token_on_code: AtomicBool,
     granted_scope: std::sync::Mutex<Option<String>>,
+    refresh_token_needs: std::sync::Mutex<Vec<(String, String)>>,
     token_delay_ms: AtomicU64,
     access_token_ttl: AtomicU64,
     code_exchanges: AtomicU64,
@@ -151,6 +154,14 @@ impl LocalIssuer {
     /// the first consent, the answer has none.
     pub fn refresh_token_on_code_exchange(&self, on: bool) {
         self.state.oauth.no_refresh_token_on_code.store(!on, Ordering::SeqCst);
+    }
+
+    /// Issues a refresh token on a code exchange only when the authorization request carried
+    /// all of `params` — as Google, which needs `access_type=offline` and `prompt=consent` for
+    /// one after the first consent.
+    pub fn refresh_token_only_with(&self, params: &[(&str, &str)]) {
+        *self.state.oauth.refresh_token_needs.lock().expect("lock") =
+            params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     }
 
     /// Makes every token request take this long.
@@ -215,6 +226,8 @@ struct AuthorizeQuery {
     nonce: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
+    #[serde(flatten)]
+    extra: HashMap<String, String>,
 }
 
 async fn authorize(State(state): State<Arc<IssuerState>>, Query(query): Query<AuthorizeQuery>) -> Response {
@@ -237,6 +250,8 @@ async fn authorize(State(state): State<Arc<IssuerState>>, Query(query): Query<Au
         .clone()
         .unwrap_or_else(|| StubUser::new("stub-user", "stub@example.com"));
     let code = random();
+    let offline =
+        state.oauth.refresh_token_needs.lock().expect("lock").iter().all(|(k, v)| query.extra.get(k) == Some(v));
     state.oauth.codes.lock().expect("lock").insert(
         code.clone(),
         PendingCode {
@@ -246,6 +261,7 @@ async fn authorize(State(state): State<Arc<IssuerState>>, Query(query): Query<Au
             nonce: query.nonce,
             user,
             scope: query.scope.unwrap_or_default(),
+            offline,
         },
     );
     {
@@ -335,7 +351,8 @@ async fn token(State(state): State<Arc<IssuerState>>, headers: HeaderMap, Form(f
             }
             state.oauth.code_exchanges.fetch_add(1, Ordering::SeqCst);
             let openid = pending.scope.split(' ').any(|s| s == "openid");
-            issue(&state, &pending.user, &pending.client_id, pending.nonce.as_deref(), openid, None)
+            let refresh = if pending.offline { None } else { Some(Some(String::new())) };
+            issue(&state, &pending.user, &pending.client_id, pending.nonce.as_deref(), openid, refresh)
         }
         "refresh_token" => {
             let known: Option<(StubUser, String)> = form
@@ -357,7 +374,8 @@ async fn token(State(state): State<Arc<IssuerState>>, headers: HeaderMap, Form(f
 }
 
 /// Issues tokens. `refresh`: `None` for a code exchange (a new refresh token); `Some(None)` for a
-/// rotating refresh (a new one); `Some(Some(_))` for a non-rotating refresh (none in the answer).
+/// rotating refresh (a new one); `Some(Some(_))` for a non-rotating refresh, or a code exchange
+/// that may not have one (none in the answer).
 fn issue(
     state: &IssuerState,
     user: &StubUser,

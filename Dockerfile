@@ -1,0 +1,24 @@
+# An example image: a static-ish release build on Debian, run as a non-root user on distroless.
+# Build with `docker build -t tessera .`; see README, "Running in production".
+# syntax=docker/dockerfile:1
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin tessera \
+ && cp target/release/tessera /tessera \
+ && mkdir -p /data
+
+# distroless/cc: glibc, CA certificates and nothing else (no shell); `nonroot` is uid 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /tessera /usr/local/bin/tessera
+COPY --from=build --chown=65532:65532 /data /data
+ENV TESSERA_LISTEN=0.0.0.0:8080 \
+    TESSERA_DATABASE_URL=sqlite:///data/tessera.db
+VOLUME /data
+EXPOSE 8080
+USER nonroot
+ENTRYPOINT ["/usr/local/bin/tessera"]
+CMD ["serve"]

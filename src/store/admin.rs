@@ -1,0 +1,343 @@
+//! Operators' reads and writes: users, teams and members listed a page at a time, teams created
+//! by an operator, and the deletion of a user with everything that is theirs, in one transaction.
+//!
+//! Pages are ordered by id: users and teams have time-ordered (UUIDv7) ids, so that order is the
+//! order of creation, and a page after a given id is stable however rows are added meanwhile.
+
+use chrono::{DateTime, Utc};
+
+use super::db::{Db, Tx, query};
+use super::rows::{self, RowExt, identity_columns, team_columns, user_columns};
+use super::sql::{insert_event, user_in};
+use super::{NewEvent, StoreError, decode_role};
+use crate::domain::events;
+use crate::domain::{Email, Identity, Issuer, Role, Subject, Team, TeamId, User, UserId};
+
+/// What [`Store::list_users`](super::Store::list_users) returns: every filter that is set must
+/// hold.
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// Users whose email has this key ([`Email::key`], the rule of linking).
+    pub email: Option<Email>,
+    /// Users holding this identity.
+    pub identity: Option<(Issuer, Subject)>,
+    /// Members of this team.
+    pub team: Option<TeamId>,
+    /// Disabled (true) or enabled (false) users.
+    pub disabled: Option<bool>,
+    /// Only users whose id is greater (the last id of the previous page).
+    pub after: Option<uuid::Uuid>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// What [`Store::list_teams`](super::Store::list_teams) returns.
+#[derive(Debug, Clone, Default)]
+pub struct TeamQuery {
+    /// Teams whose slug starts with this.
+    pub slug_prefix: Option<String>,
+    /// Only teams whose id is greater.
+    pub after: Option<uuid::Uuid>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// A member of a team, as an operator lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamMember {
+    /// The member's user id.
+    pub user_id: UserId,
+    /// Their role.
+    pub role: Role,
+    /// Their email, if known.
+    pub email: Option<String>,
+    /// Their display name, if known.
+    pub name: Option<String>,
+    /// When they joined.
+    pub joined_at: DateTime<Utc>,
+}
+
+/// What [`Store::create_team`](super::Store::create_team) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateTeamOutcome {
+    /// The team was created (with its owner's membership, when one was named).
+    Created(Team),
+    /// Another team has the slug; nothing was written.
+    SlugTaken,
+    /// The named owner does not exist; nothing was written.
+    OwnerNotFound,
+}
+
+/// What [`Store::delete_user`](super::Store::delete_user) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteUserOutcome {
+    /// The user and everything of theirs are gone.
+    Deleted(DeletedUser),
+    /// No user has that id.
+    NotFound,
+    /// The user is the last owner of a team that has other members; nothing was written.
+    LastOwner(Team),
+}
+
+/// A deleted user: what was deleted with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedUser {
+    /// The user as they were.
+    pub user: User,
+    /// Their identities, unlinked and deleted.
+    pub identities: Vec<Identity>,
+    /// The teams they were removed from (the teams stay).
+    pub left_teams: Vec<TeamId>,
+    /// The teams deleted with them: those they were the only member of.
+    pub deleted_teams: Vec<TeamId>,
+}
+
+/// A page of users.
+pub(super) async fn list_users(db: &Db, q: &UserQuery) -> Result<Vec<User>, StoreError> {
+    let (issuer, subject) = match &q.identity {
+        Some((issuer, subject)) => (Some(issuer.as_str()), Some(subject.as_str())),
+        None => (None, None),
+    };
+    query(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users u
+         WHERE ($1 IS NULL OR u.email_key = $1)
+           AND ($2 IS NULL OR EXISTS (SELECT 1 FROM identities i
+                                      WHERE i.user_id = u.id AND i.issuer = $2 AND i.subject = $3))
+           AND ($4 IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = u.id AND m.team_id = $4))
+           AND ($5 = FALSE OR u.disabled = $6)
+           AND ($7 IS NULL OR u.id > $7)
+         ORDER BY u.id
+         LIMIT $8"
+    ))
+    .bind(q.email.as_ref().map(Email::key))
+    .bind(issuer)
+    .bind(subject)
+    .bind(q.team.map(|t| t.as_uuid()))
+    .bind(q.disabled.is_some())
+    .bind(q.disabled.unwrap_or(false))
+    .bind(q.after)
+    .bind(q.limit.max(0))
+    .fetch_all(db.reader())
+    .await?
+    .iter()
+    .map(rows::user)
+    .collect()
+}
+
+/// A page of teams.
+pub(super) async fn list_teams(db: &Db, q: &TeamQuery) -> Result<Vec<Team>, StoreError> {
+    query(concat!(
+        "SELECT ",
+        team_columns!(),
+        " FROM teams t
+         WHERE ($1 IS NULL OR substr(t.slug, 1, length($1)) = $1)
+           AND ($2 IS NULL OR t.id > $2)
+         ORDER BY t.id
+         LIMIT $3"
+    ))
+    .bind(q.slug_prefix.as_deref())
+    .bind(q.after)
+    .bind(q.limit.max(0))
+    .fetch_all(db.reader())
+    .await?
+    .iter()
+    .map(rows::team)
+    .collect()
+}
+
+/// A page of a team's members, by user id.
+pub(super) async fn team_members(
+    db: &Db,
+    team: TeamId,
+    after: Option<uuid::Uuid>,
+    limit: i64,
+) -> Result<Vec<TeamMember>, StoreError> {
+    query(
+        "SELECT m.user_id, m.role, m.created_at, u.email, u.name
+         FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.team_id = $1 AND ($2 IS NULL OR m.user_id > $2)
+         ORDER BY m.user_id
+         LIMIT $3",
+    )
+    .bind(team.as_uuid())
+    .bind(after)
+    .bind(limit.max(0))
+    .fetch_all(db.reader())
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(TeamMember {
+            user_id: UserId::from_uuid(row.uuid("user_id")?),
+            role: decode_role(&row.text("role")?)?,
+            email: row.opt_text("email")?,
+            name: row.opt_text("name")?,
+            joined_at: row.time("created_at")?,
+        })
+    })
+    .collect()
+}
+
+/// Creates a team, with `owner` as its owner (not their default team) when given.
+pub(super) async fn create_team(
+    db: &Db,
+    team: &Team,
+    owner: Option<UserId>,
+    now: DateTime<Utc>,
+) -> Result<CreateTeamOutcome, StoreError> {
+    let mut tx = db.begin().await?;
+    if let Some(owner) = owner
+        && user_in(&mut tx, owner).await?.is_none()
+    {
+        tx.rollback().await?;
+        return Ok(CreateTeamOutcome::OwnerNotFound);
+    }
+    let inserted = query(
+        "INSERT INTO teams (id, slug, name, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT (slug) DO NOTHING RETURNING id",
+    )
+    .bind(team.id.as_uuid())
+    .bind(team.slug.as_str())
+    .bind(team.name.as_str())
+    .bind(team.created_at)
+    .fetch_optional(&mut tx)
+    .await?;
+    if inserted.is_none() {
+        tx.rollback().await?;
+        return Ok(CreateTeamOutcome::SlugTaken);
+    }
+    if let Some(owner) = owner {
+        query(
+            "INSERT INTO memberships (team_id, user_id, role, is_default, created_at)
+             VALUES ($1, $2, 'owner', FALSE, $3)",
+        )
+        .bind(team.id.as_uuid())
+        .bind(owner.as_uuid())
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        let payload = events::member_changed(team.id, owner, Role::Owner, None);
+        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
+    }
+    tx.commit().await?;
+    Ok(CreateTeamOutcome::Created(team.clone()))
+}
+
+/// One of the user's memberships, with what deleting the user would leave behind.
+struct Membership {
+    team: Team,
+    role: Role,
+    others: i64,
+    other_owners: i64,
+}
+
+async fn memberships_of(tx: &mut Tx, user: UserId) -> Result<Vec<Membership>, StoreError> {
+    query(concat!(
+        "SELECT ",
+        team_columns!(),
+        ", m.role AS role,
+           (SELECT count(*) FROM memberships o WHERE o.team_id = m.team_id AND o.user_id <> m.user_id) AS others,
+           (SELECT count(*) FROM memberships o
+            WHERE o.team_id = m.team_id AND o.user_id <> m.user_id AND o.role = 'owner') AS other_owners
+         FROM memberships m JOIN teams t ON t.id = m.team_id
+         WHERE m.user_id = $1
+         ORDER BY t.id"
+    ))
+    .bind(user.as_uuid())
+    .fetch_all(tx)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(Membership {
+            team: rows::team(row)?,
+            role: decode_role(&row.text("role")?)?,
+            others: row.int("others")?,
+            other_owners: row.int("other_owners")?,
+        })
+    })
+    .collect()
+}
+
+/// Deletes a user and everything of theirs, in one transaction (see [`DeleteUserOutcome`] and
+/// README "More admin endpoints" for the list).
+pub(super) async fn delete_user(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError> {
+    let id = user.as_uuid();
+    let mut tx = db.begin().await?;
+    // The user's row lock serialises deletions of one user with each other and with disabling.
+    let locked = query("SELECT id FROM users WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(&mut tx).await?;
+    let Some(found) = (match locked {
+        Some(_) => user_in(&mut tx, user).await?,
+        None => None,
+    }) else {
+        tx.rollback().await?;
+        return Ok(DeleteUserOutcome::NotFound);
+    };
+    // The team locks serialise this with membership changes of the same teams (as put_member and
+    // remove_member take them), so that no team loses its last owner to a race.
+    query(
+        "SELECT id FROM teams WHERE id IN (SELECT team_id FROM memberships WHERE user_id = $1) ORDER BY id FOR UPDATE",
+    )
+    .bind(id)
+    .execute(&mut tx)
+    .await?;
+    let memberships = memberships_of(&mut tx, user).await?;
+    if let Some(blocking) = memberships.iter().find(|m| m.role == Role::Owner && m.others > 0 && m.other_owners == 0) {
+        let team = blocking.team.clone();
+        tx.rollback().await?;
+        return Ok(DeleteUserOutcome::LastOwner(team));
+    }
+    let (mut left_teams, mut deleted_teams) = (Vec::new(), Vec::new());
+    for membership in &memberships {
+        if membership.others == 0 {
+            // Their own team: it goes, with its domains, profiles, links and flows (cascades).
+            query("DELETE FROM teams WHERE id = $1").bind(membership.team.id.as_uuid()).execute(&mut tx).await?;
+            deleted_teams.push(membership.team.id);
+        } else {
+            left_teams.push(membership.team.id);
+        }
+    }
+    let identities = query(concat!(
+        "SELECT ",
+        identity_columns!(),
+        " FROM identities i WHERE i.user_id = $1 ORDER BY i.created_at, i.id"
+    ))
+    .bind(id)
+    .fetch_all(&mut tx)
+    .await?
+    .iter()
+    .map(rows::identity)
+    .collect::<Result<Vec<_>, _>>()?;
+    for sql in [
+        // Personal connected accounts, wherever they are.
+        "DELETE FROM auth_profiles WHERE created_by = $1 AND profile_kind = 'oauth_account'",
+        // Team-wide profiles they created stay with their team, credited to its longest-standing
+        // owner (or member, in a team without owner).
+        "UPDATE auth_profiles SET created_by = (
+             SELECT o.user_id FROM memberships o
+             WHERE o.team_id = auth_profiles.team_id AND o.user_id <> $1
+             ORDER BY CASE WHEN o.role = 'owner' THEN 0 ELSE 1 END, o.created_at, o.user_id LIMIT 1)
+         WHERE created_by = $1
+           AND EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = auth_profiles.team_id AND o.user_id <> $1)",
+        // … unless nobody is left in that team to credit them to.
+        "DELETE FROM auth_profiles WHERE created_by = $1",
+        "DELETE FROM memberships WHERE user_id = $1",
+        "DELETE FROM sessions WHERE user_id = $1",
+        "DELETE FROM connect_tokens WHERE user_id = $1",
+        "DELETE FROM login_states WHERE link_user_id = $1",
+        // Their identities' audit trail holds their issuer and subject: it goes with them.
+        "DELETE FROM identity_events WHERE user_id = $1",
+        "UPDATE users SET primary_identity_id = NULL WHERE id = $1",
+        // Upstream tokens go with the identities (cascade).
+        "DELETE FROM identities WHERE user_id = $1",
+        // Grants, codes, refresh tokens and consents at the OpenID Provider go with the user
+        // (cascades).
+        "DELETE FROM users WHERE id = $1",
+    ] {
+        query(sql).bind(id).execute(&mut tx).await?;
+    }
+    let payload = events::user_deleted(&found, &identities, &left_teams, &deleted_teams);
+    insert_event(&mut tx, &NewEvent::new(events::USER_DELETED, payload), now).await?;
+    tx.commit().await?;
+    Ok(DeleteUserOutcome::Deleted(DeletedUser { user: found, identities, left_teams, deleted_teams }))
+}

@@ -1,0 +1,174 @@
+//! Plain OAuth 2.0 providers (kind `oauth2`: Slack, Notion, Linear, Microsoft through Graph, …):
+//! the authorization-code flow on configured endpoints, and a profile read with JSON pointers
+//! from a profile endpoint — or, without one, from the token answer itself (Notion).
+//!
+//! Identities are keyed by the configured issuer (the provider's site) and the account id the
+//! pointer finds; an email counts as verified only when a configured pointer says so.
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use url::Url;
+
+use super::oauth;
+use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
+use crate::config::{ProfileMapping, ProviderConfig, UserinfoMethod};
+use crate::domain::{DisplayName, Email};
+
+/// A plain OAuth 2.0 provider.
+#[derive(Debug)]
+pub struct OAuth2Provider {
+    config: ProviderConfig,
+    http: reqwest::Client,
+    authorize: Url,
+    token: Url,
+    profile: ProfileMapping,
+}
+
+impl OAuth2Provider {
+    /// Creates the provider. The configuration guarantees both endpoints and the account-id
+    /// pointer of an `oauth2` entry.
+    pub fn new(config: ProviderConfig, http: reqwest::Client) -> Self {
+        let authorize =
+            config.endpoints.authorization.clone().expect("an oauth2 provider has an authorization endpoint");
+        let token = config.endpoints.token.clone().expect("an oauth2 provider has a token endpoint");
+        let profile = config.protocol.profile.clone().expect("an oauth2 provider has a profile mapping");
+        Self { config, http, authorize, token, profile }
+    }
+
+    /// The profile document: the profile endpoint's answer, or the token answer without one.
+    async fn profile_document(&self, tokens: &TokenSet) -> Result<Value, ProviderError> {
+        let Some(url) = &self.config.endpoints.userinfo else {
+            return Ok(Value::Object(tokens.fields.0.clone()));
+        };
+        let request = match self.profile.method {
+            UserinfoMethod::Get => self.http.get(url.clone()),
+            UserinfoMethod::Post => {
+                let request = self.http.post(url.clone());
+                match &self.profile.body {
+                    Some(body) => request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone()),
+                    None => request,
+                }
+            }
+        };
+        let response = request
+            .bearer_auth(tokens.access_token.expose_secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(ProviderError::Unavailable(format!("the profile endpoint answered {status}")));
+        }
+        if !status.is_success() {
+            return Err(ProviderError::InvalidResponse(format!("the profile endpoint answered {status}")));
+        }
+        response.json().await.map_err(|e| ProviderError::InvalidResponse(format!("the profile endpoint: {e}")))
+    }
+}
+
+/// Maps a profile document to a [`UserInfo`] through the configured pointers.
+fn user_info(profile: &ProfileMapping, document: &Value) -> Result<UserInfo, ProviderError> {
+    let text = |pointer: &Option<String>| -> Option<String> {
+        match document.pointer(pointer.as_deref()?)? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let account_id = text(&Some(profile.account_id.clone())).ok_or_else(|| {
+        ProviderError::InvalidResponse(format!("the profile has no account id at {}", profile.account_id))
+    })?;
+    let email = text(&profile.email).and_then(|e| Email::parse(&e).ok());
+    let email_verified = email.is_some()
+        && profile.email_verified.as_deref().and_then(|p| document.pointer(p)).and_then(Value::as_bool) == Some(true);
+    Ok(UserInfo {
+        account_id,
+        login: text(&profile.login),
+        email,
+        email_verified,
+        name: DisplayName::parse_optional(text(&profile.name).as_deref()).ok().flatten().map(|n| n.as_str().to_owned()),
+        avatar_url: None,
+    })
+}
+
+#[async_trait]
+impl Provider for OAuth2Provider {
+    fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    async fn authorization_url(&self, request: &AuthorizationRequest<'_>) -> Result<Url, ProviderError> {
+        Ok(oauth::authorization_url(&self.config, &self.authorize, request, false))
+    }
+
+    async fn response_issuer(&self) -> Result<ResponseIssuer, ProviderError> {
+        Ok(ResponseIssuer { issuer: self.config.issuer.clone(), required: false })
+    }
+
+    async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &Url,
+    ) -> Result<TokenSet, ProviderError> {
+        oauth::exchange_code(&self.http, &self.config, &self.token, code, pkce_verifier, redirect_uri).await
+    }
+
+    async fn user_info(&self, tokens: &TokenSet, _nonce: &str) -> Result<UserInfo, ProviderError> {
+        let document = self.profile_document(tokens).await?;
+        user_info(&self.profile, &document)
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
+        oauth::refresh(&self.http, &self.config, &self.token, refresh_token).await
+    }
+
+    async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {
+        match &self.config.endpoints.revocation {
+            Some(url) => oauth::revoke(&self.http, &self.config, url, token).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn mapping(account_id: &str) -> ProfileMapping {
+        ProfileMapping {
+            method: UserinfoMethod::Get,
+            body: None,
+            account_id: account_id.into(),
+            login: Some("/workspace_name".into()),
+            email: Some("/owner/user/person/email".into()),
+            email_verified: None,
+            name: Some("/owner/user/name".into()),
+        }
+    }
+
+    #[test]
+    fn pointers_find_the_profile_and_an_unverifiable_email_is_unverified() {
+        let answer = json!({"workspace_id": "ws-1", "workspace_name": "Acme",
+                            "owner": {"user": {"name": "Ada", "person": {"email": "ada@acme.example"}}}});
+        let info = user_info(&mapping("/workspace_id"), &answer).unwrap();
+        assert_eq!(info.account_id, "ws-1");
+        assert_eq!(info.login.as_deref(), Some("Acme"));
+        assert_eq!(info.name.as_deref(), Some("Ada"));
+        assert_eq!(info.email.unwrap().as_str(), "ada@acme.example");
+        assert!(!info.email_verified, "no pointer says it is verified");
+        let numeric = user_info(&mapping("/portalId"), &json!({"portalId": 62515})).unwrap();
+        assert_eq!(numeric.account_id, "62515");
+        let mut verified = mapping("/id");
+        verified.email = Some("/email".into());
+        verified.email_verified = Some("/email_verified".into());
+        let info = user_info(&verified, &json!({"id": "x", "email": "a@b.example", "email_verified": true})).unwrap();
+        assert!(info.email_verified);
+        assert!(user_info(&mapping("/workspace_id"), &json!({"workspace_id": ""})).is_err());
+        assert!(user_info(&mapping("/missing"), &answer).is_err());
+    }
+}
