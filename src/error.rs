@@ -202,6 +202,14 @@ error_codes! {
     ProfileNotConnected = (CONFLICT, "profile_not_connected", "Profile not connected"),
     /// The provider refused the refresh token; the profile must be connected again.
     NeedsReauth = (CONFLICT, "needs_reauth", "Reconnection needed"),
+    /// A member's personal profile cannot be the team's default for its connector.
+    PersonalProfileNotDefault = (CONFLICT, "personal_profile_not_default", "Personal profile cannot be the default"),
+    /// The profile kind cannot be tested (yet).
+    TestNotSupported = (CONFLICT, "test_not_supported", "Test not supported"),
+    /// The profile kept changing while an update was being applied.
+    ProfileChanged = (CONFLICT, "profile_changed", "Profile changed"),
+    /// Neither the caller's own connected account nor an active team default serves the connector.
+    NoCredentialForConnector = (NOT_FOUND, "no_credential_for_connector", "No credential for connector"),
     /// The team's last owner cannot leave.
     LastOwner = (CONFLICT, "last_owner", "Last owner"),
     /// The domain is claimed by another team.

@@ -122,6 +122,11 @@ pub struct AuthProfile {
     pub display_name: String,
     /// Scopes asked for.
     pub scopes: Vec<String>,
+    /// Scopes the provider granted, from its token response (the requested ones when it did not
+    /// say); `None` until connected.
+    pub granted_scopes: Option<Vec<String>>,
+    /// Whether it is the team's default profile of its connector.
+    pub is_default: bool,
     /// The upstream account connected, once connected.
     pub upstream_account_id: Option<String>,
     /// When the current access token expires, if known.

@@ -23,13 +23,15 @@ use serde_json::{Map, Value, json};
 
 use crate::domain::{Slug, TeamRef, UserId};
 use crate::error::ErrorCode;
-use crate::http::auth_profiles::api::{CreateRequest, parse_create, parse_slug};
+use crate::http::auth_profiles::api::{CreateRequest, parse_create, parse_display_name, parse_scopes, parse_slug};
 use crate::http::extract::parse_team;
 use crate::http::problem::ApiError;
 use crate::http::responses::{
-    AuthProfileListResponse, AuthProfileResponse, AuthProfileWithLinkResponse, CredentialResponse,
+    AuthProfileListResponse, AuthProfileResponse, AuthProfileTestResponse, AuthProfileUpdateResponse,
+    AuthProfileWithLinkResponse, CredentialResponse,
 };
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::profile_actions::{ProfileActions, ProfilePatch};
 
 /// The one tool's name, as the system it comes from names it.
 pub const TOOL: &str = "manage_auth_profiles";
@@ -40,9 +42,6 @@ pub const TOOL: &str = "manage_auth_profiles";
 pub struct Caller(pub UserId);
 
 /// What `manage_auth_profiles` does.
-///
-/// Planned beside these (wired when their service functions land): `test`, `update`,
-/// `set_default`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[schemars(crate = "rmcp::schemars", inline)]
@@ -60,9 +59,19 @@ pub enum Action {
     /// A fresh `connect_url` for the profile `slug`: to reconnect it, or repair a `needs_reauth`
     /// one.
     Connect,
-    /// A valid access token of the OAuth profile `slug`, refreshed first when it expires within
-    /// five minutes.
+    /// The credential of the profile `slug`, whatever its kind: an OAuth profile's access token
+    /// (refreshed first when it expires within five minutes), an `env` profile's values, a
+    /// browser session's storage state.
     Credentials,
+    /// Changes the profile `slug`: `display_name`, `new_slug`, `scopes` (wider scopes on a
+    /// connected OAuth profile need a reconnection: the answer says so and carries a
+    /// `connect_url`).
+    Update,
+    /// Makes the profile `slug` the team's default for its connector.
+    #[serde(alias = "set-default")]
+    SetDefault,
+    /// Checks that the credential of the profile `slug` works, at the provider; never returns it.
+    Test,
 }
 
 impl Action {
@@ -74,6 +83,9 @@ impl Action {
             Action::Delete => "delete",
             Action::Connect => "connect",
             Action::Credentials => "credentials",
+            Action::Update => "update",
+            Action::SetDefault => "set_default",
+            Action::Test => "test",
         }
     }
 }
@@ -95,16 +107,19 @@ pub struct Arguments {
     #[serde(default)]
     pub connector_key: Option<String>,
     /// `create`: `oauth_account` (the user's own account), `oauth_app` (a team-wide account),
-    /// `env`, `interactive` or `browser_session`.
+    /// `env` or `browser_session`.
     #[serde(default)]
     pub profile_kind: Option<String>,
     /// `create`: the provider, e.g. `github` (OAuth kinds need a provider configured in Tessera).
     #[serde(default)]
     pub provider: Option<String>,
-    /// `create`: the profile's display name.
+    /// `create`, `update`: the profile's display name.
     #[serde(default)]
     pub display_name: Option<String>,
-    /// `create`: the scopes to ask the provider for (its own defaults when absent).
+    /// `update`: the profile's new slug.
+    #[serde(default)]
+    pub new_slug: Option<String>,
+    /// `create`, `update`: the scopes to ask the provider for (its own defaults when absent).
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
     /// `connect`: whether the link may connect another provider account than the one connected
@@ -119,8 +134,10 @@ pub fn tool() -> Tool {
         TOOL,
         "Manage the auth profiles (connected accounts) of a team you are a member of: list them, read one, \
          create one (an OAuth profile comes back with a connect_url: show it to the user, who opens it in a \
-         browser to connect the account), delete one, get a new connect link, or get a valid access token \
-         (credentials) of a connected OAuth profile. Errors carry a stable `code`; a pending_auth_conflict \
+         browser to connect the account), delete one, get a new connect link, get its credential (an OAuth \
+         access token, an env profile's values or a browser session's storage state), update it (display \
+         name, new_slug, scopes), make it its connector's team default (set_default), or test that its \
+         credential works at the provider. Errors carry a stable `code`; a pending_auth_conflict \
          names the pending profile in `existing_slug`.",
         JsonObject::new(),
     )
@@ -165,6 +182,24 @@ impl McpServer {
             Action::Credentials => {
                 let slug = slug_of(&arguments)?;
                 to_json(CredentialResponse::from(service.credentials(&team, user, &slug).await?))
+            }
+            Action::Update => {
+                let slug = slug_of(&arguments)?;
+                let patch = ProfilePatch {
+                    display_name: arguments.display_name.as_deref().map(parse_display_name).transpose()?,
+                    slug: arguments.new_slug.as_deref().map(parse_slug).transpose()?,
+                    scopes: arguments.scopes.map(parse_scopes).transpose()?,
+                };
+                let updated = ProfileActions::new(service).update(&team, user, &slug, patch).await?;
+                to_json(AuthProfileUpdateResponse::from(updated))
+            }
+            Action::SetDefault => {
+                let slug = slug_of(&arguments)?;
+                to_json(AuthProfileResponse::from(ProfileActions::new(service).set_default(&team, user, &slug).await?))
+            }
+            Action::Test => {
+                let slug = slug_of(&arguments)?;
+                to_json(AuthProfileTestResponse::from(ProfileActions::new(service).test(&team, user, &slug).await?))
             }
         };
         Ok(value)
@@ -294,7 +329,10 @@ mod tests {
             Some(variants) => variants.as_array().unwrap().iter().map(|v| v["const"].as_str().unwrap()).collect(),
             None => action["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect(),
         };
-        assert_eq!(values, ["list", "get", "create", "delete", "connect", "credentials"]);
+        assert_eq!(
+            values,
+            ["list", "get", "create", "delete", "connect", "credentials", "update", "set_default", "test"]
+        );
         assert!(!schema.to_string().contains("$ref"), "{schema}");
     }
 

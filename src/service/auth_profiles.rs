@@ -324,13 +324,23 @@ impl AuthProfiles {
     }
 
     /// The team and the caller's role in it; a non-member is told the team does not exist.
-    pub(super) async fn membership(&self, team: &TeamRef, user: UserId) -> Result<(Team, Role), AuthProfileError> {
+    pub(crate) async fn membership(&self, team: &TeamRef, user: UserId) -> Result<(Team, Role), AuthProfileError> {
         let (team, role) = self.teams.role_of(team, user).await?;
         Ok((team, role.ok_or(AuthProfileError::TeamNotFound)?))
     }
 
+    /// The store (for the profile actions of [`super::profile_actions`]).
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The configured providers (for the profile actions of [`super::profile_actions`]).
+    pub(crate) fn providers(&self) -> &crate::upstream::providers::ProviderRegistry {
+        self.flows.providers()
+    }
+
     /// A live profile the caller may use: personal ones only by their owner.
-    pub(super) async fn usable(
+    pub(crate) async fn usable(
         &self,
         team: &TeamRef,
         user: UserId,
@@ -397,6 +407,8 @@ impl AuthProfiles {
                 created_by: user,
                 display_name: request.display_name.clone(),
                 scopes: request.scopes.clone(),
+                granted_scopes: None,
+                is_default: false,
                 upstream_account_id: None,
                 access_token_expires_at: None,
                 pending_expires_at: Some(now + self.pending_ttl),
@@ -626,9 +638,10 @@ impl AuthProfiles {
             return Err(AuthProfileError::AccountMismatch);
         }
         let (access_token, refresh_token) = encrypt_tokens(keyring, profile, &finished.tokens);
-        let scopes = match finished.tokens.scopes.is_empty() {
+        let granted = granted_scopes(&finished.tokens);
+        let scopes = match granted.is_empty() {
             true => current.scopes.clone(),
-            false => finished.tokens.scopes.clone(),
+            false => granted,
         };
         let activation = Activation {
             access_token,
@@ -759,6 +772,8 @@ impl AuthProfiles {
                     access_token,
                     refresh_token: rotated,
                     expires_at: tokens.expires_at,
+                    // A refresh answer without `scope` grants what was granted before (RFC 6749 §5.1).
+                    granted_scopes: Some(granted_scopes(&tokens)).filter(|granted| !granted.is_empty()),
                     now: super::now(),
                 };
                 match self.store.complete_refresh(profile.id, owner, &refreshed).await {
@@ -827,13 +842,24 @@ impl AuthProfiles {
 
 /// Whether `user`, a member with `role`, may connect `profile`: a personal profile only its
 /// owner; a team-wide one its creator or a team owner or admin.
-pub(super) fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), AuthProfileError> {
+pub(crate) fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), AuthProfileError> {
     let creator = profile.created_by == user;
     match profile.profile_kind.is_personal() {
         true if !creator => Err(AuthProfileError::NotProfileOwner),
         false if !creator && !matches!(role, Role::Owner | Role::Admin) => Err(AuthProfileError::NotAdmin),
         _ => Ok(()),
     }
+}
+
+/// The scopes a token response says were granted; GitHub separates them with commas.
+fn granted_scopes(tokens: &TokenSet) -> Vec<String> {
+    tokens
+        .scopes
+        .iter()
+        .flat_map(|scope| scope.split(','))
+        .filter(|scope| !scope.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 pub(super) fn check_status(status: ProfileStatus) -> Result<(), AuthProfileError> {

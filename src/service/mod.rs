@@ -6,6 +6,7 @@ pub mod check;
 pub mod keys;
 pub mod op;
 pub mod principals;
+pub mod profile_actions;
 pub mod profile_credentials;
 pub mod provisioning;
 pub mod sessions;

@@ -10,6 +10,7 @@ mod admin;
 mod db;
 mod grants;
 mod migrations;
+mod profile_actions;
 mod profile_credentials;
 mod rows;
 mod sql;
@@ -31,6 +32,7 @@ pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, T
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 pub use migrations::MigrationStatus;
+pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate};
 pub use profile_credentials::{CredentialOutcome, CredentialWrite, StoredCredential};
 pub use sql::SqlStore;
 
@@ -476,7 +478,7 @@ pub struct Activation {
     pub expires_at: Option<DateTime<Utc>>,
     /// The upstream account.
     pub upstream_account_id: String,
-    /// Granted scopes.
+    /// Granted scopes (stored as `granted_scopes`; the requested ones stay as they are).
     pub scopes: Vec<String>,
     /// Time of the change.
     pub now: DateTime<Utc>,
@@ -502,6 +504,8 @@ pub struct Refreshed {
     pub refresh_token: Option<Vec<u8>>,
     /// When the new access token expires.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The scopes granted, when the provider said; `None` keeps the stored ones.
+    pub granted_scopes: Option<Vec<String>>,
     /// Time of the change.
     pub now: DateTime<Utc>,
 }
@@ -1042,6 +1046,60 @@ pub trait Store: Send + Sync + Debug + 'static {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    // --- Connected accounts: updates, connector defaults, credential tests ---
+
+    /// Changes a live profile's display name, slug and requested scopes if its version is still
+    /// `expected_version` (a concurrent connection completing is never overwritten: the caller
+    /// reads again and retries). Widened scopes make an active profile `needs_reauth` and bump the
+    /// version. A slug taken by another live profile writes nothing.
+    async fn update_profile(
+        &self,
+        id: ProfileId,
+        expected_version: i64,
+        change: &ProfileChange<'_>,
+    ) -> Result<ProfileUpdate, StoreError>;
+
+    /// Makes a live team-wide profile its connector's default in `team`, replacing the previous
+    /// default in the same statement (one row per team and connector).
+    async fn set_default_profile(
+        &self,
+        team: TeamId,
+        id: ProfileId,
+        now: DateTime<Utc>,
+    ) -> Result<DefaultOutcome, StoreError>;
+
+    /// Makes a profile no longer its connector's default; false when it was not.
+    async fn clear_default_profile(&self, team: TeamId, id: ProfileId) -> Result<bool, StoreError>;
+
+    /// The team's default profile of a connector (whatever its status, revoked excepted).
+    async fn default_profile(&self, team: TeamId, connector_key: &str) -> Result<Option<AuthProfile>, StoreError>;
+
+    /// The member's oldest active personal (`oauth_account`) profile of a connector.
+    async fn active_personal_profile(
+        &self,
+        team: TeamId,
+        user: UserId,
+        connector_key: &str,
+    ) -> Result<Option<AuthProfile>, StoreError>;
+
+    /// Makes an active profile's access token count as expired, if its token version is still
+    /// `token_version` (so that the next use refreshes it); false otherwise.
+    async fn expire_access_token(
+        &self,
+        id: ProfileId,
+        token_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Marks an active profile `needs_reauth`, if its token version is still `token_version` (a
+    /// token refreshed or reconnected meanwhile is not judged by the old one); false otherwise.
+    async fn mark_needs_reauth(
+        &self,
+        id: ProfileId,
+        token_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     // ---- Operators: listings and user deletion -------------------------------------------------
 

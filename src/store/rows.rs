@@ -183,7 +183,9 @@ macro_rules! profile_columns {
         "p.id AS profile_id, p.team_id AS profile_team_id, p.slug AS profile_slug, \
          p.connector_key AS profile_connector_key, p.profile_kind AS profile_kind, p.provider AS profile_provider, \
          p.status AS profile_status, p.created_by AS profile_created_by, p.display_name AS profile_display_name, \
-         p.scopes AS profile_scopes, p.upstream_account_id AS profile_upstream_account_id, \
+         p.scopes AS profile_scopes, p.granted_scopes AS profile_granted_scopes, \
+         EXISTS (SELECT 1 FROM connector_defaults d WHERE d.profile_id = p.id) AS profile_is_default, \
+         p.upstream_account_id AS profile_upstream_account_id, \
          p.access_token_expires_at AS profile_access_token_expires_at, \
          p.pending_expires_at AS profile_pending_expires_at, p.version AS profile_version, \
          p.created_at AS profile_created_at, p.updated_at AS profile_updated_at, \
@@ -209,6 +211,10 @@ pub(super) fn profile(row: &impl RowExt) -> Result<AuthProfile, StoreError> {
         created_by: UserId::from_uuid(row.uuid("profile_created_by")?),
         display_name: row.text("profile_display_name")?,
         scopes: row.text("profile_scopes")?.split_whitespace().map(str::to_owned).collect(),
+        granted_scopes: row
+            .opt_text("profile_granted_scopes")?
+            .map(|scopes| scopes.split_whitespace().map(str::to_owned).collect()),
+        is_default: row.flag("profile_is_default")?,
         upstream_account_id: row.opt_text("profile_upstream_account_id")?,
         access_token_expires_at: row.opt_time("profile_access_token_expires_at")?,
         pending_expires_at: row.opt_time("profile_pending_expires_at")?,

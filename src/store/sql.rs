@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::db::{Db, PoolRef, Tx, query, try_exclusive};
+use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
 use super::rows::{
     self, RowExt, client_columns, domain_columns, identity_columns, profile_columns, signing_key_columns, team_columns,
     user_columns,
@@ -1365,7 +1366,8 @@ impl Store for SqlStore {
         let updated = query(
             "UPDATE auth_profiles SET status = 'active', access_token = $3,
                     refresh_token = COALESCE($4, CASE WHEN upstream_account_id = $6 THEN refresh_token END),
-                    access_token_expires_at = $5, upstream_account_id = $6, scopes = $7, pending_expires_at = NULL,
+                    access_token_expires_at = $5, upstream_account_id = $6, granted_scopes = $7,
+                    pending_expires_at = NULL,
                     refresh_lease_owner = NULL, refresh_lease_until = NULL, version = version + 1,
                     token_version = token_version + 1, updated_at = $8
              WHERE id = $1 AND version = $2 AND status <> 'revoked'",
@@ -1413,7 +1415,7 @@ impl Store for SqlStore {
         let updated = query(
             "UPDATE auth_profiles SET access_token = $3, refresh_token = COALESCE($4, refresh_token),
                     access_token_expires_at = $5, refresh_lease_owner = NULL, refresh_lease_until = NULL,
-                    token_version = token_version + 1, updated_at = $6
+                    token_version = token_version + 1, updated_at = $6, granted_scopes = COALESCE($7, granted_scopes)
              WHERE id = $1 AND refresh_lease_owner = $2",
         )
         .bind(id.as_uuid())
@@ -1422,6 +1424,7 @@ impl Store for SqlStore {
         .bind(refreshed.refresh_token.as_deref())
         .bind(refreshed.expires_at)
         .bind(refreshed.now)
+        .bind(refreshed.granted_scopes.as_ref().map(|scopes| scopes.join(" ")))
         .execute(self.db.writer())
         .await?;
         Ok(updated == 1)
@@ -2230,6 +2233,59 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         Ok(scheduled)
+    }
+
+    async fn update_profile(
+        &self,
+        id: ProfileId,
+        expected_version: i64,
+        change: &ProfileChange<'_>,
+    ) -> Result<ProfileUpdate, StoreError> {
+        profile_actions::update_profile(&self.db, id, expected_version, change).await
+    }
+
+    async fn set_default_profile(
+        &self,
+        team: TeamId,
+        id: ProfileId,
+        now: DateTime<Utc>,
+    ) -> Result<DefaultOutcome, StoreError> {
+        profile_actions::set_default_profile(&self.db, team, id, now).await
+    }
+
+    async fn clear_default_profile(&self, team: TeamId, id: ProfileId) -> Result<bool, StoreError> {
+        profile_actions::clear_default_profile(&self.db, team, id).await
+    }
+
+    async fn default_profile(&self, team: TeamId, connector_key: &str) -> Result<Option<AuthProfile>, StoreError> {
+        profile_actions::default_profile(&self.db, team, connector_key).await
+    }
+
+    async fn active_personal_profile(
+        &self,
+        team: TeamId,
+        user: UserId,
+        connector_key: &str,
+    ) -> Result<Option<AuthProfile>, StoreError> {
+        profile_actions::active_personal_profile(&self.db, team, user, connector_key).await
+    }
+
+    async fn expire_access_token(
+        &self,
+        id: ProfileId,
+        token_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        profile_actions::expire_access_token(&self.db, id, token_version, now).await
+    }
+
+    async fn mark_needs_reauth(
+        &self,
+        id: ProfileId,
+        token_version: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        profile_actions::mark_needs_reauth(&self.db, id, token_version, now).await
     }
 
     // ---- Operators: listings and user deletion (the SQL is in admin.rs) -----------------------

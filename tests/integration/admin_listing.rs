@@ -208,6 +208,8 @@ async fn profile(app: &TestApp, team: &str, by: &str, kind: ProfileKind, slug: &
         created_by: by.parse().unwrap(),
         display_name: slug.into(),
         scopes: vec![],
+        granted_scopes: None,
+        is_default: false,
         upstream_account_id: None,
         access_token_expires_at: None,
         pending_expires_at: None,

@@ -488,7 +488,7 @@ async fn slack_scopes_are_comma_separated_and_its_rotated_refresh_tokens_are_kep
     assert!(!asked.contains_key("code_challenge"), "the template sends no PKCE");
     let profile = w.profile("workspace").await;
     assert_eq!(profile["upstream_account_id"], "T0001", "the workspace is the account");
-    assert_eq!(profile["scopes"], json!(["channels:read", "chat:write"]), "the answer's commas are split");
+    assert_eq!(profile["granted_scopes"], json!(["channels:read", "chat:write"]), "the answer's commas are split");
     assert!((43_000..=43_200).contains(&seconds_until(&profile["access_token_expires_at"])));
 
     // Every refresh rotates the refresh token; the old one stops working at Slack. Three

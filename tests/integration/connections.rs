@@ -262,6 +262,8 @@ async fn the_database_refuses_a_second_pending_profile(backend: Backend) {
         created_by: w.alice.id,
         display_name: "Direct".into(),
         scopes: vec![],
+        granted_scopes: None,
+        is_default: false,
         upstream_account_id: None,
         access_token_expires_at: None,
         pending_expires_at: Some(now + chrono::TimeDelta::hours(1)),

@@ -22,6 +22,7 @@ mod op_clients;
 mod op_flow;
 mod op_third_party;
 mod pages;
+mod profile_actions;
 mod profile_credentials;
 mod readiness;
 mod replica;

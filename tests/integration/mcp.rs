@@ -148,6 +148,7 @@ async fn an_agent_manages_auth_profiles_through_an_mcp_client(backend: Backend) 
             "invalid_request",
             "missing_field",
             "pending_auth_conflict",
+            "personal_profile_not_default",
             "profile_not_connected",
             "profile_not_found",
             "team_not_found"

@@ -22,6 +22,7 @@ use tessera::store::{
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredCredential,
     StoredSecret, TeamQuery, UnlinkOutcome, UserQuery, UserSession,
 };
+use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
@@ -101,6 +102,12 @@ on_both_backends!(
     a_credential_activates_its_profile_and_is_replaced_whole,
     a_credential_written_with_a_connect_token_consumes_it,
     concurrent_credential_writes_with_one_connect_token_have_one_winner,
+    // Profile actions
+    updating_a_profile_compares_and_swaps_its_version,
+    a_connector_has_at_most_one_default_and_switching_is_one_write,
+    a_members_active_personal_profile_is_found_by_connector,
+    a_credential_test_expires_and_marks_only_the_token_it_tested,
+    a_refresh_records_the_granted_scopes_when_the_provider_says,
     // Key rotation
     secrets_are_counted_and_paged_in_whole_rows,
     a_negative_page_size_reads_nothing,
@@ -286,6 +293,8 @@ fn profile(team: &Team, by: UserId, kind: ProfileKind, slug: &str, at: DateTime<
         created_by: by,
         display_name: format!("Profile {slug}"),
         scopes: vec!["repo".into(), "read:user".into()],
+        granted_scopes: None,
+        is_default: false,
         upstream_account_id: None,
         access_token_expires_at: None,
         pending_expires_at: kind.is_oauth().then(|| at + TimeDelta::minutes(30)),
@@ -1557,7 +1566,7 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     assert!(store.activate_profile(pending.id, pending.version, &first).await.unwrap());
     let active = AuthProfile {
         status: ProfileStatus::Active,
-        scopes: first.scopes.clone(),
+        granted_scopes: Some(first.scopes.clone()),
         upstream_account_id: Some("acct-1".into()),
         access_token_expires_at: first.expires_at,
         pending_expires_at: None,
@@ -1686,6 +1695,7 @@ async fn completing_a_refresh_bumps_the_token_version_only(backend: Backend) {
         access_token: b"access-2".to_vec(),
         refresh_token: None,
         expires_at: Some(t1 + TimeDelta::hours(2)),
+        granted_scopes: None,
         now: t1,
     };
     assert!(!store.complete_refresh(app.id, next, &refreshed).await.unwrap(), "only the holder completes");
@@ -1786,7 +1796,13 @@ async fn revoking_a_profile_wipes_its_credentials_and_returns_them(backend: Back
         }
     );
     assert_eq!(store.count_secrets(SecretKind::AuthProfiles).await.unwrap(), 0, "nothing is left to rotate");
-    let refreshed = Refreshed { access_token: b"access-2".to_vec(), refresh_token: None, expires_at: None, now: t1 };
+    let refreshed = Refreshed {
+        access_token: b"access-2".to_vec(),
+        refresh_token: None,
+        expires_at: None,
+        granted_scopes: None,
+        now: t1,
+    };
     assert!(!store.complete_refresh(app.id, holder, &refreshed).await.unwrap(), "the lease went with it");
     assert_eq!(store.revoke_profile(app.id, t1).await.unwrap(), None, "revoked once");
     assert_eq!(store.revoke_profile(ProfileId::generate(), t1).await.unwrap(), None);
@@ -1929,6 +1945,221 @@ async fn concurrent_credential_writes_with_one_connect_token_have_one_winner(bac
     assert_eq!(store.profile(env.id).await.unwrap().unwrap().version, 1);
 }
 
+// ---- Auth profiles: updates, connector defaults, credential tests ---------------------------
+
+fn change<'a>(
+    name: &'a str,
+    slug: &'a Slug,
+    scopes: &'a [String],
+    widened: bool,
+    at: DateTime<Utc>,
+) -> ProfileChange<'a> {
+    ProfileChange { display_name: name, slug, scopes, widened, now: at }
+}
+
+async fn updating_a_profile_compares_and_swaps_its_version(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let active = connected(&store, &ada, "active").await;
+    let t0 = now();
+    let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let other = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "taken", t0)).await;
+    let (renamed, scopes) = (Slug::parse("renamed").unwrap(), vec!["repo".to_owned()]);
+    let t1 = t0 + TimeDelta::seconds(1);
+    let update = change("Renamed", &renamed, &scopes, false, t1);
+    assert_eq!(store.update_profile(pending.id, pending.version + 1, &update).await.unwrap(), ProfileUpdate::Changed);
+    assert_eq!(store.profile(pending.id).await.unwrap().as_ref(), Some(&pending), "a refusal changes nothing");
+    assert_eq!(store.update_profile(pending.id, pending.version, &update).await.unwrap(), ProfileUpdate::Updated);
+    let updated = AuthProfile {
+        display_name: "Renamed".into(),
+        slug: renamed.clone(),
+        scopes: scopes.clone(),
+        updated_at: t1,
+        ..pending.clone()
+    };
+    assert_eq!(store.profile(pending.id).await.unwrap(), Some(updated.clone()), "not widened: the version stays");
+    let taken = change("Renamed", &other.slug, &scopes, false, t1);
+    assert_eq!(store.update_profile(pending.id, pending.version, &taken).await.unwrap(), ProfileUpdate::SlugTaken);
+    assert_eq!(store.profile(pending.id).await.unwrap(), Some(updated), "nothing written");
+
+    // Widened: a pending profile stays pending with a new version; an active one needs reauth.
+    let wider = vec!["repo".to_owned(), "admin".to_owned()];
+    let widen = change("Renamed", &renamed, &wider, true, t1);
+    assert_eq!(store.update_profile(pending.id, pending.version, &widen).await.unwrap(), ProfileUpdate::Updated);
+    let after = store.profile(pending.id).await.unwrap().unwrap();
+    assert_eq!((after.status, after.version), (ProfileStatus::PendingAuth, pending.version + 1));
+    let widen = change("Active", &active.slug, &wider, true, t1);
+    assert_eq!(store.update_profile(active.id, active.version, &widen).await.unwrap(), ProfileUpdate::Updated);
+    let after = store.profile(active.id).await.unwrap().unwrap();
+    assert_eq!((after.status, after.version), (ProfileStatus::NeedsReauth, active.version + 1));
+    assert_eq!(after.granted_scopes, active.granted_scopes, "what was granted stays on record");
+
+    // A revoked profile is not updated; of concurrent updates of one version, one wins.
+    store.revoke_profile(other.id, t1).await.unwrap();
+    let update = change("Gone", &other.slug, &scopes, false, t1);
+    assert_eq!(store.update_profile(other.id, other.version + 1, &update).await.unwrap(), ProfileUpdate::Changed);
+    let fresh = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "raced", t0)).await;
+    let outcomes = concurrently(8, |i| {
+        let (store, id, version) = (store.clone(), fresh.id, fresh.version);
+        async move {
+            let (slug, scopes) = (Slug::parse(&format!("raced-{i}")).unwrap(), vec![format!("s{i}")]);
+            store.update_profile(id, version, &change("Raced", &slug, &scopes, true, now())).await.unwrap()
+        }
+    })
+    .await;
+    assert_eq!(outcomes.iter().filter(|o| **o == ProfileUpdate::Updated).count(), 1, "{outcomes:?}");
+}
+
+async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    let first = connected(&store, &ada, "first").await;
+    let second = connected(&store, &ada, "second").await;
+    assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
+    assert_eq!(store.set_default_profile(ada.team.id, first.id, t0).await.unwrap(), DefaultOutcome::Set);
+    let default = store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap();
+    assert_eq!((default.id, default.is_default), (first.id, true));
+    assert_eq!(store.set_default_profile(ada.team.id, second.id, t0).await.unwrap(), DefaultOutcome::Set);
+    assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap().id, second.id);
+    assert!(!store.profile(first.id).await.unwrap().unwrap().is_default, "switched, not added");
+    assert_eq!(db.sql().await.count("connector_defaults").await, 1);
+    assert_eq!(store.default_profile(ada.team.id, "another-connector").await.unwrap(), None);
+
+    // Refusals: a personal profile, another team's profile, an unknown one.
+    let personal = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "mine", t0)).await;
+    assert_eq!(store.set_default_profile(ada.team.id, personal.id, t0).await.unwrap(), DefaultOutcome::Personal);
+    let bobs = inserted(&store, profile(&bob.team, bob.id(), ProfileKind::Env, "bobs", t0)).await;
+    assert_eq!(store.set_default_profile(ada.team.id, bobs.id, t0).await.unwrap(), DefaultOutcome::NotFound);
+    assert_eq!(
+        store.set_default_profile(ada.team.id, ProfileId::generate(), t0).await.unwrap(),
+        DefaultOutcome::NotFound
+    );
+    assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap().id, second.id);
+
+    // Clearing: only the default's own row.
+    assert!(!store.clear_default_profile(ada.team.id, first.id).await.unwrap());
+    assert!(store.clear_default_profile(ada.team.id, second.id).await.unwrap());
+    assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
+
+    // A revoked profile stops being the default, and cannot become it.
+    assert_eq!(store.set_default_profile(ada.team.id, first.id, t0).await.unwrap(), DefaultOutcome::Set);
+    store.revoke_profile(first.id, t0).await.unwrap();
+    assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
+    assert_eq!(db.sql().await.count("connector_defaults").await, 0);
+    assert_eq!(store.set_default_profile(ada.team.id, first.id, t0).await.unwrap(), DefaultOutcome::NotFound);
+
+    // The database itself refuses a second default of a connector, and a default of another
+    // team's or connector's profile.
+    let sql = db.sql().await;
+    let (team, at) = (sql.uuid(&ada.team.id.to_string()), if backend == Backend::Sqlite { "0" } else { "now()" });
+    let insert = |profile: &AuthProfile, team: &str, connector: &str| {
+        format!(
+            "INSERT INTO connector_defaults (team_id, connector_key, profile_id, updated_at) VALUES ({team}, '{connector}', {}, {at})",
+            sql.uuid(&profile.id.to_string())
+        )
+    };
+    sql.exec(&insert(&second, &team, CONNECTOR)).await.unwrap();
+    assert!(sql.exec(&insert(&personal, &team, CONNECTOR)).await.is_err(), "one row per team and connector");
+    sql.exec("DELETE FROM connector_defaults").await.unwrap();
+    assert!(sql.exec(&insert(&personal, &team, "elsewhere")).await.is_err(), "not the profile's connector");
+    assert!(sql.exec(&insert(&bobs, &team, CONNECTOR)).await.is_err(), "not the profile's team");
+    assert_eq!(sql.count("connector_defaults").await, 0);
+
+    // Concurrent switches: every one succeeds, one row remains.
+    let mut envs = Vec::new();
+    for i in 0..8 {
+        envs.push(inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, &format!("env-{i}"), t0)).await);
+    }
+    let ids: Vec<ProfileId> = envs.iter().map(|p| p.id).collect();
+    let outcomes = concurrently(8, |i| {
+        let (store, team, id) = (store.clone(), ada.team.id, ids[i]);
+        async move { store.set_default_profile(team, id, now()).await.unwrap() }
+    })
+    .await;
+    assert!(outcomes.iter().all(|o| *o == DefaultOutcome::Set), "{outcomes:?}");
+    assert_eq!(sql.count("connector_defaults").await, 1);
+    let default = store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap();
+    assert!(ids.contains(&default.id));
+    let defaults = store.team_profiles(ada.team.id).await.unwrap().into_iter().filter(|p| p.is_default).count();
+    assert_eq!(defaults, 1);
+}
+
+async fn a_members_active_personal_profile_is_found_by_connector(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let t0 = now();
+    join(&store, &ada.team, bob.id(), Role::Member, t0).await;
+    let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "mine", t0)).await;
+    assert_eq!(store.active_personal_profile(ada.team.id, ada.id(), CONNECTOR).await.unwrap(), None, "pending");
+    let credentials = activation("acct-1", b"access-1", Some(b"refresh-1"), t0);
+    assert!(store.activate_profile(pending.id, pending.version, &credentials).await.unwrap());
+    let found = store.active_personal_profile(ada.team.id, ada.id(), CONNECTOR).await.unwrap().unwrap();
+    assert_eq!(found.id, pending.id);
+    assert_eq!(store.active_personal_profile(ada.team.id, bob.id(), CONNECTOR).await.unwrap(), None, "not Bob's");
+    assert_eq!(store.active_personal_profile(ada.team.id, ada.id(), "other").await.unwrap(), None);
+    let app = connected(&store, &ada, "app").await;
+    let found = store.active_personal_profile(ada.team.id, ada.id(), CONNECTOR).await.unwrap().unwrap();
+    assert_ne!(found.id, app.id, "personal profiles only");
+    // The oldest active one, when there are several.
+    let later =
+        inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "later", t0 + TimeDelta::seconds(5)))
+            .await;
+    assert!(store.activate_profile(later.id, later.version, &credentials).await.unwrap());
+    assert_eq!(store.active_personal_profile(ada.team.id, ada.id(), CONNECTOR).await.unwrap().unwrap().id, pending.id);
+}
+
+async fn a_credential_test_expires_and_marks_only_the_token_it_tested(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let app = connected(&store, &ada, "app").await;
+    let before = secrets_of(&store, app.id).await;
+    let t0 = now();
+    assert!(!store.expire_access_token(app.id, before.version + 1, t0).await.unwrap(), "another token");
+    assert_eq!(secrets_of(&store, app.id).await, before);
+    assert!(store.expire_access_token(app.id, before.version, t0).await.unwrap());
+    assert_eq!(secrets_of(&store, app.id).await, ProfileSecrets { expires_at: Some(t0), ..before.clone() });
+    assert!(!store.mark_needs_reauth(app.id, before.version + 1, t0).await.unwrap(), "another token");
+    assert!(store.mark_needs_reauth(app.id, before.version, t0).await.unwrap());
+    let marked = secrets_of(&store, app.id).await;
+    assert_eq!((marked.status, marked.version), (ProfileStatus::NeedsReauth, before.version + 1));
+    assert_eq!(store.profile(app.id).await.unwrap().unwrap().version, app.version, "connect flows still complete");
+    assert!(!store.mark_needs_reauth(app.id, marked.version, t0).await.unwrap(), "only active profiles");
+    assert!(!store.expire_access_token(app.id, marked.version, t0).await.unwrap(), "only active profiles");
+}
+
+async fn a_refresh_records_the_granted_scopes_when_the_provider_says(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let app = connected(&store, &ada, "app").await;
+    assert_eq!(app.scopes, vec!["repo".to_owned(), "read:user".to_owned()], "requested");
+    assert_eq!(app.granted_scopes, Some(vec!["repo".to_owned()]), "granted at the connection");
+    let t0 = now();
+    for (granted, expected) in
+        [(None, vec!["repo"]), (Some(vec!["repo", "gist"]), vec!["repo", "gist"]), (None, vec!["repo", "gist"])]
+    {
+        let holder = Uuid::new_v4();
+        assert!(
+            store
+                .acquire_refresh_lease(app.id, secrets_of(&store, app.id).await.version, &lease(holder, t0))
+                .await
+                .unwrap()
+        );
+        let refreshed = Refreshed {
+            access_token: b"access-2".to_vec(),
+            refresh_token: None,
+            expires_at: None,
+            granted_scopes: granted.map(|g| g.into_iter().map(str::to_owned).collect()),
+            now: t0,
+        };
+        assert!(store.complete_refresh(app.id, holder, &refreshed).await.unwrap());
+        let expected: Vec<String> = expected.into_iter().map(str::to_owned).collect();
+        assert_eq!(store.profile(app.id).await.unwrap().unwrap().granted_scopes, Some(expected));
+    }
+}
+
 // ---- Key rotation ---------------------------------------------------------------------------
 
 /// Walks every page of one kind the way `tessera keys rotate` does, asserting that pages come in
@@ -2065,7 +2296,13 @@ async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
     let access = page.iter().find(|s| s.column == "access_token").unwrap();
     let holder = Uuid::new_v4();
     assert!(store.acquire_refresh_lease(app.id, stored.version, &lease(holder, t0)).await.unwrap());
-    let refreshed = Refreshed { access_token: b"access-2".to_vec(), refresh_token: None, expires_at: None, now: t0 };
+    let refreshed = Refreshed {
+        access_token: b"access-2".to_vec(),
+        refresh_token: None,
+        expires_at: None,
+        granted_scopes: None,
+        now: t0,
+    };
     assert!(store.complete_refresh(app.id, holder, &refreshed).await.unwrap());
     assert!(!store.replace_secret(access, b"rotated-too-late").await.unwrap());
     assert_eq!(secrets_of(&store, app.id).await.access_token, Some(b"access-2".to_vec()));

@@ -1,7 +1,8 @@
 // An MCP client written by others (the official TypeScript SDK, @modelcontextprotocol/sdk) acting
 // as an AI agent against Tessera's MCP endpoint over Streamable HTTP, with a Tessera access token:
 // lists the tools, creates an auth profile (and gets its connect link), lists, reads, hits a
-// pending_auth_conflict and the other tool errors, reuses the pending profile, and deletes it.
+// pending_auth_conflict and the other tool errors, reuses the pending profile, updates it, is
+// refused a personal default and a test of an unconnected profile, and deletes it.
 // Exits non-zero, saying why, at the first surprise; prints a JSON summary as its last line.
 //
 // Environment: MCP_URL, MCP_TOKEN, TEAM (a team of the token's user), OTHER_TEAM (a team they are
@@ -98,13 +99,23 @@ await fails({ action: 'explode', team }, 'invalid_request');
 await fails({ ...request, slug: 'x', profile_kind: 'carrier_pigeon' }, 'invalid_profile_kind');
 await fails({ action: 'list' }, 'missing_field');
 
-// 6. Delete: revoked, gone from the list, the slug free again.
-const deleted = await ok({ action: 'delete', team, slug: 'my-issues' });
-assert.deepEqual(deleted, { slug: 'my-issues', status: 'revoked' });
-assert.deepEqual((await ok({ action: 'list', team })).auth_profiles, []);
+// 6. Update (a new name and slug), set_default and test, each through the REST rules.
+const updated = await ok({ action: 'update', team, slug: 'my-issues', display_name: 'Issues', new_slug: 'issues' });
+assert.equal(updated.auth_profile.id, created.auth_profile.id);
+assert.equal(updated.auth_profile.slug, 'issues');
+assert.equal(updated.auth_profile.display_name, 'Issues');
+assert.equal(updated.reconnect_required, false);
 await fails({ action: 'get', team, slug: 'my-issues' }, 'profile_not_found');
+await fails({ action: 'set-default', team, slug: 'issues' }, 'personal_profile_not_default');
+await fails({ action: 'test', team, slug: 'issues' }, 'profile_not_connected');
 
-// 7. An unknown tool is a protocol error, not a result.
+// 7. Delete: revoked, gone from the list, the slug free again.
+const deleted = await ok({ action: 'delete', team, slug: 'issues' });
+assert.deepEqual(deleted, { slug: 'issues', status: 'revoked' });
+assert.deepEqual((await ok({ action: 'list', team })).auth_profiles, []);
+await fails({ action: 'get', team, slug: 'issues' }, 'profile_not_found');
+
+// 8. An unknown tool is a protocol error, not a result.
 await assert.rejects(client.callTool({ name: 'rm_rf', arguments: {} }));
 
 await client.close();

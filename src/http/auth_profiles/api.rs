@@ -72,7 +72,7 @@ pub(super) fn secret_values(values: BTreeMap<String, String>) -> BTreeMap<String
     values.into_iter().map(|(name, value)| (name, SecretString::from(value))).collect()
 }
 
-fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiError> {
+pub(super) fn key_like(value: &str, field: &str, code: ErrorCode) -> Result<String, ApiError> {
     let value = value.trim().to_ascii_lowercase();
     let valid = !value.is_empty()
         && value.len() <= 64
@@ -118,15 +118,26 @@ pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiErro
         })),
         (None, None) => None,
     };
-    let display_name = DisplayName::parse_optional(Some(required(&request.display_name, "display_name")?))
+    let display_name = parse_display_name(required(&request.display_name, "display_name")?)?;
+    let slug = request.slug.as_deref().map(parse_slug).transpose()?;
+    let scopes = parse_scopes(request.scopes.unwrap_or_default())?;
+    Ok(NewProfile { connector_key, kind, provider, display_name, slug, scopes, credential })
+}
+
+/// A profile's display name.
+pub(crate) fn parse_display_name(value: &str) -> Result<String, ApiError> {
+    let display_name = DisplayName::parse_optional(Some(value))
         .map_err(|e| {
             let code =
                 if matches!(e, TextError::TooLong(_)) { ErrorCode::FieldTooLong } else { ErrorCode::InvalidName };
             ApiError::new(code, format!("`display_name`: {e}")).field("display_name")
         })?
         .ok_or_else(|| ApiError::new(ErrorCode::MissingField, "`display_name` is required").field("display_name"))?;
-    let slug = request.slug.as_deref().map(parse_slug).transpose()?;
-    let scopes = request.scopes.unwrap_or_default();
+    Ok(display_name.as_str().to_owned())
+}
+
+/// A profile's requested scopes.
+pub(crate) fn parse_scopes(scopes: Vec<String>) -> Result<Vec<String>, ApiError> {
     if scopes.len() > 50
         || scopes
             .iter()
@@ -138,15 +149,7 @@ pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiErro
         )
         .field("scopes"));
     }
-    Ok(NewProfile {
-        connector_key,
-        kind,
-        provider,
-        display_name: display_name.as_str().to_owned(),
-        slug,
-        scopes,
-        credential,
-    })
+    Ok(scopes)
 }
 
 async fn create_auth_profile(

@@ -6,7 +6,9 @@
 //!   sessions, tokens);
 //! - [`connect`] — the connect links a member opens in a browser to connect an account;
 //! - [`env_form`] — the form an `env_keys` connect link opens.
+//! - [`actions`] — updates, the default profile per connector, credentials by connector, tests.
 
+pub mod actions;
 pub mod api;
 pub mod connect;
 pub mod credentials;
@@ -20,5 +22,9 @@ use super::AppState;
 
 /// The routes of all of them.
 pub fn routes() -> Router<Arc<AppState>> {
-    api::routes().merge(connect::routes()).merge(credentials::routes()).merge(env_form::routes())
+    api::routes()
+        .merge(connect::routes())
+        .merge(credentials::routes())
+        .merge(env_form::routes())
+        .merge(actions::routes())
 }

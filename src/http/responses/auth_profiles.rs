@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::{AuthProfile, CredentialMeta, ProfileKind, ProfileStatus};
 use crate::service::auth_profiles::{AccessToken, ConnectLink, Created, LinkType};
+use crate::service::profile_actions::{ConnectorCredential, CredentialSource, TestOutcome, Updated};
 use crate::service::profile_credentials::Credential;
 
 /// What kind of credentials an auth profile holds.
@@ -89,6 +90,11 @@ pub struct AuthProfileResponse {
     pub display_name: String,
     /// The scopes asked for.
     pub scopes: Vec<String>,
+    /// The scopes the provider granted (the requested ones when it did not say); null until
+    /// connected.
+    pub granted_scopes: Option<Vec<String>>,
+    /// Whether it is the team's default profile of its connector.
+    pub is_default: bool,
     /// The upstream account connected; null until connected.
     pub upstream_account_id: Option<String>,
     /// When the current access token expires; null when unknown.
@@ -161,6 +167,8 @@ impl From<AuthProfile> for AuthProfileResponse {
             created_by: profile.created_by.as_uuid(),
             display_name: profile.display_name,
             scopes: profile.scopes,
+            granted_scopes: profile.granted_scopes,
+            is_default: profile.is_default,
             upstream_account_id: profile.upstream_account_id,
             access_token_expires_at: profile.access_token_expires_at,
             pending_expires_at: profile.pending_expires_at,
@@ -369,6 +377,132 @@ impl From<Credential> for CredentialResponse {
                     cdp_url: cdp_url.map(|url| url.expose_secret().to_owned()),
                 },
             },
+        }
+    }
+}
+
+/// The body of `PATCH /v1/teams/{team}/auth-profiles/{slug}`: the profile as it is now and, when
+/// the new scopes need a (re)connection, a fresh link. Its `Debug` hides the link.
+#[derive(Serialize)]
+pub struct AuthProfileUpdateResponse {
+    /// The profile.
+    pub auth_profile: AuthProfileResponse,
+    /// Whether the profile must be connected (again) before it serves the new scopes.
+    pub reconnect_required: bool,
+    /// The URL to open in a browser, signed in as the caller, to connect it; null when no
+    /// reconnection is required.
+    pub connect_url: Option<String>,
+    /// When the link stops working; null when there is no link.
+    pub connect_expires_at: Option<DateTime<Utc>>,
+}
+
+impl fmt::Debug for AuthProfileUpdateResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthProfileUpdateResponse")
+            .field("auth_profile", &self.auth_profile)
+            .field("reconnect_required", &self.reconnect_required)
+            .field("connect_url", &self.connect_url.as_ref().map(|_| "[REDACTED]"))
+            .field("connect_expires_at", &self.connect_expires_at)
+            .finish()
+    }
+}
+
+impl From<Updated> for AuthProfileUpdateResponse {
+    fn from(updated: Updated) -> Self {
+        let (connect_url, connect_expires_at) = match updated.link {
+            Some(link) => (Some(link.url.expose_secret().to_owned()), Some(link.expires_at)),
+            None => (None, None),
+        };
+        Self {
+            auth_profile: updated.profile.into(),
+            reconnect_required: updated.reconnect_required,
+            connect_url,
+            connect_expires_at,
+        }
+    }
+}
+
+/// Where a credential by connector came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialSourceResponse {
+    /// The caller's own connected account.
+    Personal,
+    /// The team's default profile of the connector.
+    TeamDefault,
+}
+
+/// The body of `POST /v1/teams/{team}/connectors/{connector_key}/credentials`: the profile that
+/// serves the connector for the caller, and its credential as `POST …/{slug}/credentials` gives
+/// it. Its `Debug` hides the credential.
+#[derive(Serialize)]
+pub struct ConnectorCredentialResponse {
+    /// The profile.
+    pub auth_profile: AuthProfileResponse,
+    /// `personal` (the caller's own account) or `team_default`.
+    pub source: CredentialSourceResponse,
+    /// The credential, by kind (`kind` and the kind's fields).
+    #[serde(flatten)]
+    pub credential: CredentialResponse,
+    /// OAuth kinds: whether this call refreshed the token first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refreshed: Option<bool>,
+}
+
+impl fmt::Debug for ConnectorCredentialResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectorCredentialResponse")
+            .field("auth_profile", &self.auth_profile)
+            .field("source", &self.source)
+            .field("credential", &self.credential)
+            .field("refreshed", &self.refreshed)
+            .finish()
+    }
+}
+
+impl From<ConnectorCredential> for ConnectorCredentialResponse {
+    fn from(found: ConnectorCredential) -> Self {
+        let refreshed = match &found.credential {
+            Credential::OAuth { token, .. } => Some(token.refreshed),
+            _ => None,
+        };
+        Self {
+            auth_profile: found.profile.into(),
+            source: match found.source {
+                CredentialSource::Personal => CredentialSourceResponse::Personal,
+                CredentialSource::TeamDefault => CredentialSourceResponse::TeamDefault,
+            },
+            credential: found.credential.into(),
+            refreshed,
+        }
+    }
+}
+
+/// The body of `POST /v1/teams/{team}/auth-profiles/{slug}/test`. Never holds the credential.
+#[derive(Debug, Serialize)]
+pub struct AuthProfileTestResponse {
+    /// Whether the credential works.
+    pub ok: bool,
+    /// The HTTP status of the provider's last answer; null when it was not asked (the refresh
+    /// token was refused).
+    pub status: Option<u16>,
+    /// Why it does not work: `invalid_token`, `invalid_grant`, `insufficient_scope`, `rejected` or
+    /// `provider_error`; null when it works.
+    pub error: Option<&'static str>,
+    /// Whether the token was refreshed during the test.
+    pub refreshed: bool,
+    /// The profile's status after the test (`needs_reauth` when the provider refused it).
+    pub profile_status: AuthProfileStatus,
+}
+
+impl From<TestOutcome> for AuthProfileTestResponse {
+    fn from(outcome: TestOutcome) -> Self {
+        Self {
+            ok: outcome.ok,
+            status: outcome.status,
+            error: outcome.error.map(|e| e.as_str()),
+            refreshed: outcome.refreshed,
+            profile_status: outcome.profile_status.into(),
         }
     }
 }

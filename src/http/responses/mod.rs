@@ -21,9 +21,10 @@ mod tests;
 use serde::Serialize;
 
 pub use self::auth_profiles::{
-    AuthProfileKind, AuthProfileListResponse, AuthProfileResponse, AuthProfileStatus, AuthProfileTokenResponse,
-    AuthProfileWithLinkResponse, ConnectAuthType, CredentialMetaResponse, CredentialPayload, CredentialResponse,
-    FieldSetResponse, TokenType,
+    AuthProfileKind, AuthProfileListResponse, AuthProfileResponse, AuthProfileStatus, AuthProfileTestResponse,
+    AuthProfileTokenResponse, AuthProfileUpdateResponse, AuthProfileWithLinkResponse, ConnectAuthType,
+    ConnectorCredentialResponse, CredentialMetaResponse, CredentialPayload, CredentialResponse,
+    CredentialSourceResponse, FieldSetResponse, TokenType,
 };
 pub use self::clients::{
     ClientKindResponse, ClientListResponse, ClientResponse, ClientSource, ClientWithSecretResponse,

@@ -172,6 +172,8 @@ fn profiles() -> Vec<AuthProfile> {
                 created_by: UserId::generate(),
                 display_name: "GitHub".to_owned(),
                 scopes: if connected { vec!["repo".to_owned()] } else { vec![] },
+                granted_scopes: connected.then(|| vec!["repo".to_owned()]),
+                is_default: i % 3 == 0,
                 upstream_account_id: connected.then(|| "42".to_owned()),
                 access_token_expires_at: connected.then(now),
                 pending_expires_at: (!connected).then(now),

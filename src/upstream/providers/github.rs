@@ -149,4 +149,16 @@ impl Provider for GitHubProvider {
         }
         Ok(response.status().is_success())
     }
+    async fn check_access_token(&self, access_token: &str) -> Result<Option<u16>, ProviderError> {
+        let response = self
+            .http
+            .get(format!("{}/user", self.api.as_str().trim_end_matches('/')))
+            .bearer_auth(access_token)
+            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        Ok(Some(response.status().as_u16()))
+    }
 }

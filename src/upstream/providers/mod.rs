@@ -165,6 +165,14 @@ pub trait Provider: Send + Sync + Debug {
 
     /// Revokes a token at the provider, where it offers a way to; `Ok(false)` when it does not.
     async fn revoke(&self, token: &str) -> Result<bool, ProviderError>;
+
+    /// Checks that an access token works by calling the provider's user endpoint with it (OpenID
+    /// userinfo, GitHub's `GET /user`): the HTTP status it answered, or `None` when the provider
+    /// has no such endpoint. Only a failure to get an answer at all is an error.
+    async fn check_access_token(&self, access_token: &str) -> Result<Option<u16>, ProviderError> {
+        let _ = access_token;
+        Ok(None)
+    }
 }
 
 /// The configured providers by name.

@@ -207,6 +207,21 @@ impl Provider for OidcProvider {
             None => Ok(false),
         }
     }
+
+    async fn check_access_token(&self, access_token: &str) -> Result<Option<u16>, ProviderError> {
+        let Some(url) = self.metadata().await?.userinfo.clone() else {
+            return Ok(None);
+        };
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(access_token)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        Ok(Some(response.status().as_u16()))
+    }
 }
 
 /// Maps OpenID claims to a [`UserInfo`].

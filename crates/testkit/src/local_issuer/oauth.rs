@@ -96,6 +96,7 @@ pub(super) struct OAuthState {
     send_iss: AtomicBool,
     rotate_refresh_tokens: AtomicBool,
     no_refresh_token_on_code: AtomicBool,
+    granted_scope: std::sync::Mutex<Option<String>>,
     refresh_token_needs: std::sync::Mutex<Vec<(String, String)>>,
     token_delay_ms: AtomicU64,
     access_token_ttl: AtomicU64,
@@ -171,6 +172,24 @@ impl LocalIssuer {
     /// The `expires_in` of new access tokens (default 3600 s).
     pub fn set_access_token_ttl(&self, seconds: u64) {
         self.state.oauth.access_token_ttl.store(seconds, Ordering::SeqCst);
+    }
+
+    /// The `scope` that token responses say was granted (none by default: the answer does not
+    /// say, meaning "what was asked for").
+    pub fn grant_scope(&self, scope: Option<&str>) {
+        *self.state.oauth.granted_scope.lock().expect("lock") = scope.map(str::to_owned);
+    }
+
+    /// Forgets every access token issued so far (userinfo refuses them with 401
+    /// `invalid_token`); refresh tokens keep working.
+    pub fn revoke_access_tokens(&self) {
+        self.state.oauth.access_tokens.lock().expect("lock").clear();
+    }
+
+    /// Forgets every access and refresh token issued so far.
+    pub fn revoke_all_tokens(&self) {
+        self.revoke_access_tokens();
+        self.state.oauth.refresh_tokens.lock().expect("lock").clear();
     }
 
     /// How many codes were exchanged.
@@ -372,6 +391,9 @@ fn issue(
         ttl => ttl,
     };
     let mut body = json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": ttl });
+    if let Some(scope) = state.oauth.granted_scope.lock().expect("lock").clone() {
+        body["scope"] = scope.into();
+    }
     let code_without_refresh = refresh.is_none() && state.oauth.no_refresh_token_on_code.load(Ordering::SeqCst);
     if !matches!(refresh, Some(Some(_))) && !code_without_refresh {
         let refresh_token = random();

@@ -1,0 +1,115 @@
+//! Auth-profile actions over HTTP, for team members (session or bearer token) or a service with
+//! the admin token acting on behalf of a member:
+//!
+//! - `PATCH /v1/teams/{team}/auth-profiles/{slug}` `{display_name?, slug?, scopes?}` →
+//!   `{auth_profile, reconnect_required, connect_url, connect_expires_at}`
+//! - `POST …/{slug}/default` makes a team-wide profile its connector's default; `DELETE …/{slug}/default`
+//!   undoes it → the profile
+//! - `POST …/{slug}/test` → `{ok, status, error, refreshed, profile_status}`
+//! - `POST /v1/teams/{team}/connectors/{connector_key}/credentials` → the profile that serves the
+//!   connector for the caller (their own, else the team default) and its access token
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::{patch, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::api::{key_like, parse_display_name, parse_scopes, parse_slug};
+use crate::error::ErrorCode;
+use crate::http::AppState;
+use crate::http::caller::{OnBehalf, actor};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::problem::ApiError;
+use crate::http::responses::{
+    AuthProfileResponse, AuthProfileTestResponse, AuthProfileUpdateResponse, ConnectorCredentialResponse,
+};
+use crate::service::profile_actions::{ProfileActions, ProfilePatch};
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/teams/{team}/auth-profiles/{slug}", patch(update_auth_profile))
+        .route(
+            "/v1/teams/{team}/auth-profiles/{slug}/default",
+            post(set_default_auth_profile).delete(clear_default_auth_profile),
+        )
+        .route("/v1/teams/{team}/auth-profiles/{slug}/test", post(test_auth_profile))
+        .route("/v1/teams/{team}/connectors/{connector_key}/credentials", post(connector_credentials))
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateRequest {
+    display_name: Option<String>,
+    slug: Option<String>,
+    scopes: Option<Vec<String>>,
+}
+
+fn parse_update(request: UpdateRequest) -> Result<ProfilePatch, ApiError> {
+    Ok(ProfilePatch {
+        display_name: request.display_name.as_deref().map(parse_display_name).transpose()?,
+        slug: request.slug.as_deref().map(parse_slug).transpose()?,
+        scopes: request.scopes.map(parse_scopes).transpose()?,
+    })
+}
+
+async fn update_auth_profile(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+    ApiJson(request): ApiJson<UpdateRequest>,
+) -> Result<Json<AuthProfileUpdateResponse>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let slug = parse_slug(&slug)?;
+    let patch = parse_update(request)?;
+    Ok(Json(ProfileActions::new(&state.auth_profiles).update(&team, user, &slug, patch).await?.into()))
+}
+
+async fn set_default_auth_profile(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<Json<AuthProfileResponse>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let slug = parse_slug(&slug)?;
+    Ok(Json(ProfileActions::new(&state.auth_profiles).set_default(&team, user, &slug).await?.into()))
+}
+
+async fn clear_default_auth_profile(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<Json<AuthProfileResponse>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let slug = parse_slug(&slug)?;
+    Ok(Json(ProfileActions::new(&state.auth_profiles).clear_default(&team, user, &slug).await?.into()))
+}
+
+async fn test_auth_profile(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, slug)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<Json<AuthProfileTestResponse>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let slug = parse_slug(&slug)?;
+    Ok(Json(ProfileActions::new(&state.auth_profiles).test(&team, user, &slug).await?.into()))
+}
+
+async fn connector_credentials(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((team, connector_key)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+) -> Result<Json<ConnectorCredentialResponse>, ApiError> {
+    let (user, team) = actor(&state, &headers, &query, &team).await?;
+    let connector_key = key_like(&connector_key, "connector_key", ErrorCode::InvalidConnectorKey)?;
+    let credential =
+        ProfileActions::new(&state.auth_profiles).connector_credential(&team, user, &connector_key).await?;
+    Ok(Json(credential.into()))
+}

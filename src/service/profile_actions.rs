@@ -1,0 +1,551 @@
+//! Auth-profile actions beyond create, connect and token: updating a profile, the team's default
+//! profile per connector and credentials by connector, and testing that a credential works.
+//!
+//! - An update changes the display name, slug and requested scopes with a compare-and-swap on the
+//!   profile's `version`, so a connection completing meanwhile is never overwritten: the update
+//!   reads the profile again and applies itself to what is there. Scopes that widen what the
+//!   provider granted make an active profile `needs_reauth` and bump its version (a connect flow
+//!   started before, asking for the old scopes, then cannot complete); the caller gets a fresh
+//!   connect link. Narrowing keeps the status.
+//! - A team-wide profile can be its connector's default in the team; the database keeps at most
+//!   one per team and connector, and switching is one upsert. A personal profile cannot be the
+//!   default; a revoked one stops being it.
+//! - By connector, a backend gets the caller's own active personal profile, else the team's
+//!   default when it is active.
+//! - A test gets an access token the normal way (refreshing it if needed) and calls the
+//!   provider's user endpoint with it. A token refused with 401 is refreshed once and tried again;
+//!   refused again (or the refresh refused), the profile becomes `needs_reauth`.
+
+use std::time::Duration;
+
+use crate::domain::{AuthProfile, ProfileStatus, Role, Slug, TeamRef, UserId};
+use crate::error::{ErrorCode, PublicError};
+use crate::store::{DefaultOutcome, ProfileChange, ProfileUpdate, StoreError};
+use crate::upstream::providers::ProviderError;
+
+use super::auth_profiles::{AccessToken, AuthProfileError, AuthProfiles, ConnectLink, may_connect};
+use super::profile_credentials::Credential;
+
+/// How often an update is applied again after losing a compare-and-swap.
+const UPDATE_ATTEMPTS: usize = 5;
+/// How long the provider's user endpoint may take to answer a test.
+const TEST_CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Why a profile action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileActionError {
+    /// One of the auth-profile rules refused it.
+    #[error(transparent)]
+    Profile(#[from] AuthProfileError),
+    /// The update names nothing to change.
+    #[error("send at least one of `display_name`, `slug` and `scopes`")]
+    NothingToUpdate,
+    /// The profile kept changing under the update.
+    #[error("the profile kept changing while it was being updated; send the update again")]
+    Changed,
+    /// A personal profile cannot be the team's default.
+    #[error("a member's personal account cannot be the team's default; use a team-wide (oauth_app) profile")]
+    PersonalNotDefault,
+    /// Nothing serves the connector.
+    #[error("{}", no_credential_detail(.connector_key, .default.as_ref()))]
+    NoCredential {
+        /// The connector asked for.
+        connector_key: String,
+        /// The team's default profile of the connector, when it exists but is not active.
+        default: Option<(Slug, ProfileStatus)>,
+    },
+    /// Profiles of this kind cannot be tested yet, or the provider has no user endpoint.
+    #[error("{0}")]
+    TestNotSupported(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn no_credential_detail(connector_key: &str, default: Option<&(Slug, ProfileStatus)>) -> String {
+    match default {
+        Some((slug, status)) => format!(
+            "you have no connected account for {connector_key:?}, and the team's default ({}) is {}: connect one",
+            slug.as_str(),
+            status.as_str()
+        ),
+        None => format!(
+            "you have no connected account for {connector_key:?} and the team has no default for it: connect one"
+        ),
+    }
+}
+
+impl PublicError for ProfileActionError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ProfileActionError::Profile(e) => e.code(),
+            ProfileActionError::NothingToUpdate => ErrorCode::InvalidRequest,
+            ProfileActionError::Changed => ErrorCode::ProfileChanged,
+            ProfileActionError::PersonalNotDefault => ErrorCode::PersonalProfileNotDefault,
+            ProfileActionError::NoCredential { .. } => ErrorCode::NoCredentialForConnector,
+            ProfileActionError::TestNotSupported(_) => ErrorCode::TestNotSupported,
+            ProfileActionError::Store(e) => e.code(),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ProfileActionError::Profile(e) => e.detail(),
+            other => other.code().fixed_detail().map_or_else(|| other.to_string(), str::to_owned),
+        }
+    }
+
+    fn extensions(&self) -> Vec<(&'static str, serde_json::Value)> {
+        match self {
+            ProfileActionError::Profile(e) => e.extensions(),
+            ProfileActionError::NoCredential { default: Some((slug, status)), .. } => {
+                vec![("default_slug", slug.as_str().into()), ("default_status", status.as_str().into())]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<ProviderError> for ProfileActionError {
+    fn from(error: ProviderError) -> Self {
+        ProfileActionError::Profile(error.into())
+    }
+}
+
+/// What a caller asks to change (validated by the HTTP layer); `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct ProfilePatch {
+    /// A new display name.
+    pub display_name: Option<String>,
+    /// A new slug.
+    pub slug: Option<Slug>,
+    /// New requested scopes (empty: the provider's own).
+    pub scopes: Option<Vec<String>>,
+}
+
+impl ProfilePatch {
+    fn is_empty(&self) -> bool {
+        self.display_name.is_none() && self.slug.is_none() && self.scopes.is_none()
+    }
+}
+
+/// An updated profile.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    /// The profile as it is now.
+    pub profile: AuthProfile,
+    /// Whether the new scopes need a (re)connection before the profile serves them.
+    pub reconnect_required: bool,
+    /// A fresh connect link, when a reconnection is required.
+    pub link: Option<ConnectLink>,
+}
+
+/// Where a credential by connector came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// The caller's own connected account.
+    Personal,
+    /// The team's default profile of the connector.
+    TeamDefault,
+}
+
+/// A credential by connector.
+#[derive(Debug)]
+pub struct ConnectorCredential {
+    /// The profile that serves it.
+    pub profile: AuthProfile,
+    /// Where it came from.
+    pub source: CredentialSource,
+    /// Its credential, whatever the kind (OAuth kinds: an access token, refreshed as for `/token`).
+    pub credential: Credential,
+}
+
+/// Why a test failed, as a stable word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestFailure {
+    /// The provider refused the token (401), also after a refresh.
+    InvalidToken,
+    /// The provider refused the refresh token.
+    InvalidGrant,
+    /// The token lacks a scope the endpoint needs (403).
+    InsufficientScope,
+    /// The provider answered another client error.
+    Rejected,
+    /// The provider answered a server error.
+    ProviderError,
+}
+
+impl TestFailure {
+    /// The serialised form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestFailure::InvalidToken => "invalid_token",
+            TestFailure::InvalidGrant => "invalid_grant",
+            TestFailure::InsufficientScope => "insufficient_scope",
+            TestFailure::Rejected => "rejected",
+            TestFailure::ProviderError => "provider_error",
+        }
+    }
+
+    fn of_status(status: u16) -> Self {
+        match status {
+            401 => TestFailure::InvalidToken,
+            403 => TestFailure::InsufficientScope,
+            500.. => TestFailure::ProviderError,
+            _ => TestFailure::Rejected,
+        }
+    }
+}
+
+/// The outcome of a credential test. Never holds the credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestOutcome {
+    /// Whether the credential works.
+    pub ok: bool,
+    /// The HTTP status of the provider's last answer, if it answered.
+    pub status: Option<u16>,
+    /// Why it does not work.
+    pub error: Option<TestFailure>,
+    /// Whether the token was refreshed during the test.
+    pub refreshed: bool,
+    /// The profile's status after the test.
+    pub profile_status: ProfileStatus,
+}
+
+/// The profile actions, over the auth-profiles service.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileActions<'a> {
+    profiles: &'a AuthProfiles,
+}
+
+impl<'a> ProfileActions<'a> {
+    /// The actions of `profiles`.
+    pub fn new(profiles: &'a AuthProfiles) -> Self {
+        Self { profiles }
+    }
+
+    /// Updates a profile: its owner (personal), or its creator or a team owner or admin
+    /// (team-wide). See the module documentation for scopes and concurrency.
+    pub async fn update(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        slug: &Slug,
+        patch: ProfilePatch,
+    ) -> Result<Updated, ProfileActionError> {
+        if patch.is_empty() {
+            return Err(ProfileActionError::NothingToUpdate);
+        }
+        let store = self.profiles.store();
+        let (mut profile, role) = self.profiles.usable(team, user, slug).await?;
+        may_connect(&profile, user, role)?;
+        let mut widened = None;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let scopes = patch.scopes.clone().unwrap_or_else(|| profile.scopes.clone());
+            let widens = patch.scopes.is_some() && profile.profile_kind.is_oauth() && widens(&profile, &scopes);
+            let change = ProfileChange {
+                display_name: patch.display_name.as_deref().unwrap_or(&profile.display_name),
+                slug: patch.slug.as_ref().unwrap_or(&profile.slug),
+                scopes: &scopes,
+                widened: widens,
+                now: super::now(),
+            };
+            match store.update_profile(profile.id, profile.version, &change).await? {
+                ProfileUpdate::Updated => {
+                    widened = Some(widens);
+                    break;
+                }
+                ProfileUpdate::SlugTaken => return Err(AuthProfileError::SlugTaken.into()),
+                // A connection completed, or another update won: apply this one to what is there.
+                ProfileUpdate::Changed => {
+                    profile = store
+                        .profile(profile.id)
+                        .await?
+                        .filter(|p| p.status != ProfileStatus::Revoked)
+                        .ok_or(AuthProfileError::ProfileNotFound)?;
+                }
+            }
+        }
+        let widened = widened.ok_or(ProfileActionError::Changed)?;
+        tracing::info!(profile_id = %profile.id, widened, "updated an auth profile");
+        if widened {
+            let slug = patch.slug.as_ref().unwrap_or(&profile.slug);
+            let (profile, link) = self.profiles.connect_link(team, user, slug, false).await?;
+            return Ok(Updated { profile, reconnect_required: true, link: Some(link) });
+        }
+        let profile = store.profile(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
+        Ok(Updated { profile, reconnect_required: false, link: None })
+    }
+
+    /// Makes a team-wide profile its connector's default in the team: a team owner or admin, or
+    /// the profile's creator.
+    pub async fn set_default(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        slug: &Slug,
+    ) -> Result<AuthProfile, ProfileActionError> {
+        let profile = self.default_candidate(team, user, slug).await?;
+        match self.profiles.store().set_default_profile(profile.team_id, profile.id, super::now()).await? {
+            DefaultOutcome::Set => {}
+            DefaultOutcome::NotFound => return Err(AuthProfileError::ProfileNotFound.into()),
+            DefaultOutcome::Personal => return Err(ProfileActionError::PersonalNotDefault),
+        }
+        tracing::info!(profile_id = %profile.id, team_id = %profile.team_id, "made an auth profile its connector's default");
+        self.reread(&profile).await
+    }
+
+    /// Makes a profile no longer its connector's default (the same people as
+    /// [`set_default`](Self::set_default)); idempotent.
+    pub async fn clear_default(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        slug: &Slug,
+    ) -> Result<AuthProfile, ProfileActionError> {
+        let profile = self.default_candidate(team, user, slug).await?;
+        if self.profiles.store().clear_default_profile(profile.team_id, profile.id).await? {
+            tracing::info!(profile_id = %profile.id, "an auth profile is no longer its connector's default");
+        }
+        self.reread(&profile).await
+    }
+
+    async fn default_candidate(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        slug: &Slug,
+    ) -> Result<AuthProfile, ProfileActionError> {
+        let (profile, role) = self.profiles.usable(team, user, slug).await?;
+        if profile.profile_kind.is_personal() {
+            return Err(ProfileActionError::PersonalNotDefault);
+        }
+        if profile.created_by != user && !matches!(role, Role::Owner | Role::Admin) {
+            return Err(AuthProfileError::NotAdmin.into());
+        }
+        Ok(profile)
+    }
+
+    async fn reread(&self, profile: &AuthProfile) -> Result<AuthProfile, ProfileActionError> {
+        let profile = self.profiles.store().profile(profile.id).await?;
+        Ok(profile.filter(|p| p.status != ProfileStatus::Revoked).ok_or(AuthProfileError::ProfileNotFound)?)
+    }
+
+    /// The profile that serves `connector_key` for `user`: their own active personal profile of
+    /// the connector (the oldest, if several), else the team's default when it is active.
+    pub async fn resolve_for_connector(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        connector_key: &str,
+    ) -> Result<AuthProfile, ProfileActionError> {
+        Ok(self.resolve(team, user, connector_key).await?.0)
+    }
+
+    async fn resolve(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        connector_key: &str,
+    ) -> Result<(AuthProfile, CredentialSource), ProfileActionError> {
+        let (team, _) = self.profiles.membership(team, user).await?;
+        let store = self.profiles.store();
+        if let Some(own) = store.active_personal_profile(team.id, user, connector_key).await? {
+            return Ok((own, CredentialSource::Personal));
+        }
+        match store.default_profile(team.id, connector_key).await? {
+            Some(default) if default.status == ProfileStatus::Active => Ok((default, CredentialSource::TeamDefault)),
+            default => Err(ProfileActionError::NoCredential {
+                connector_key: connector_key.to_owned(),
+                default: default.map(|p| (p.slug, p.status)),
+            }),
+        }
+    }
+
+    /// A credential for `connector_key` (see [`resolve_for_connector`](Self::resolve_for_connector)),
+    /// whatever the profile's kind, as [`AuthProfiles::credentials`] gives it (OAuth kinds: a
+    /// valid access token, refreshed first when it expires within five minutes).
+    pub async fn connector_credential(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        connector_key: &str,
+    ) -> Result<ConnectorCredential, ProfileActionError> {
+        let (profile, source) = self.resolve(team, user, connector_key).await?;
+        let credential = self.profiles.credentials(team, user, &profile.slug).await?;
+        Ok(ConnectorCredential { profile, source, credential })
+    }
+
+    /// Tests a profile's credential (see the module documentation). Whoever may use the profile
+    /// may test it.
+    pub async fn test(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<TestOutcome, ProfileActionError> {
+        let (profile, _) = self.profiles.usable(team, user, slug).await?;
+        if !profile.profile_kind.is_oauth() {
+            return Err(ProfileActionError::TestNotSupported(format!(
+                "{} profiles cannot be tested yet",
+                profile.profile_kind.as_str()
+            )));
+        }
+        let provider = self
+            .profiles
+            .providers()
+            .get(Some(&profile.provider))
+            .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?
+            .clone();
+        let store = self.profiles.store();
+        let before = store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
+        let token = match self.profiles.access_token(team, user, slug).await {
+            Ok(token) => token,
+            // Active until the provider refused the refresh token just now.
+            Err(AuthProfileError::NeedsReauth) if before.status == ProfileStatus::Active => {
+                return self.needs_reauth(&profile, None, TestFailure::InvalidGrant, false).await;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let status = self.probe(provider.as_ref(), &token).await?;
+        if status != 401 {
+            return self.outcome(&profile, status, token.refreshed).await;
+        }
+        if !token.refreshed {
+            // Refused before it expired: refresh it once (unless someone just did) and try again.
+            store.expire_access_token(profile.id, before.version, super::now()).await?;
+            let token = match self.profiles.access_token(team, user, slug).await {
+                Ok(token) => token,
+                // The refresh was refused, or there was nothing to refresh with.
+                Err(AuthProfileError::NeedsReauth) => {
+                    return self.needs_reauth(&profile, Some(401), TestFailure::InvalidToken, false).await;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let status = self.probe(provider.as_ref(), &token).await?;
+            if status != 401 {
+                return self.outcome(&profile, status, token.refreshed).await;
+            }
+        }
+        self.needs_reauth(&profile, Some(401), TestFailure::InvalidToken, true).await
+    }
+
+    /// The provider's answer to the token, as an HTTP status.
+    async fn probe(
+        &self,
+        provider: &dyn crate::upstream::providers::Provider,
+        token: &AccessToken,
+    ) -> Result<u16, ProfileActionError> {
+        use secrecy::ExposeSecret;
+        let status =
+            match tokio::time::timeout(TEST_CALL_LIMIT, provider.check_access_token(token.token.expose_secret())).await
+            {
+                Ok(answer) => answer?,
+                Err(_) => {
+                    return Err(ProviderError::Unavailable("the user endpoint did not answer in time".into()).into());
+                }
+            };
+        status.ok_or_else(|| {
+            ProfileActionError::TestNotSupported(format!(
+                "the provider {:?} has no user endpoint to test with",
+                provider.name()
+            ))
+        })
+    }
+
+    async fn outcome(
+        &self,
+        profile: &AuthProfile,
+        status: u16,
+        refreshed: bool,
+    ) -> Result<TestOutcome, ProfileActionError> {
+        let ok = (200..300).contains(&status);
+        let profile_status = self.reread(profile).await?.status;
+        Ok(TestOutcome {
+            ok,
+            status: Some(status),
+            error: (!ok).then(|| TestFailure::of_status(status)),
+            refreshed,
+            profile_status,
+        })
+    }
+
+    /// Marks the profile `needs_reauth` (unless its token changed meanwhile) and reports it.
+    async fn needs_reauth(
+        &self,
+        profile: &AuthProfile,
+        status: Option<u16>,
+        error: TestFailure,
+        refreshed: bool,
+    ) -> Result<TestOutcome, ProfileActionError> {
+        let store = self.profiles.store();
+        if let Some(secrets) = store.profile_secrets(profile.id).await?
+            && store.mark_needs_reauth(profile.id, secrets.version, super::now()).await?
+        {
+            tracing::info!(profile_id = %profile.id, "a credential test was refused; the profile needs a reconnection");
+        }
+        let profile_status = self.reread(profile).await?.status;
+        Ok(TestOutcome { ok: false, status, error: Some(error), refreshed, profile_status })
+    }
+}
+
+/// Whether `scopes` asks for more than `profile` was granted (or, not yet connected, asked for).
+/// Going back to the provider's own scopes (none) from explicit ones counts as widening: what the
+/// provider grants then is not known.
+fn widens(profile: &AuthProfile, scopes: &[String]) -> bool {
+    let basis = profile.granted_scopes.as_ref().unwrap_or(&profile.scopes);
+    if scopes.is_empty() {
+        return !profile.scopes.is_empty();
+    }
+    scopes.iter().any(|scope| !basis.contains(scope))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ProfileId, ProfileKind, TeamId};
+
+    fn profile(scopes: &[&str], granted: Option<&[&str]>) -> AuthProfile {
+        let now = chrono::Utc::now();
+        AuthProfile {
+            id: ProfileId::generate(),
+            team_id: TeamId::generate(),
+            slug: Slug::parse("p").unwrap(),
+            connector_key: "c".into(),
+            profile_kind: ProfileKind::OauthApp,
+            provider: "local".into(),
+            status: ProfileStatus::Active,
+            created_by: UserId::generate(),
+            display_name: "P".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            granted_scopes: granted.map(|g| g.iter().map(|s| (*s).to_owned()).collect()),
+            is_default: false,
+            upstream_account_id: None,
+            access_token_expires_at: None,
+            pending_expires_at: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            credential: None,
+        }
+    }
+
+    fn strings(scopes: &[&str]) -> Vec<String> {
+        scopes.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn widening_is_judged_against_what_was_granted() {
+        let p = profile(&["a", "b"], Some(&["a", "b", "c"]));
+        assert!(!widens(&p, &strings(&["a"])), "narrowing");
+        assert!(!widens(&p, &strings(&["a", "c"])), "granted already");
+        assert!(widens(&p, &strings(&["a", "d"])));
+        assert!(widens(&p, &[]), "the provider's own scopes are not known");
+        let pending = profile(&["a"], None);
+        assert!(widens(&pending, &strings(&["a", "b"])), "not connected: against what was asked");
+        assert!(!widens(&profile(&[], Some(&["x"])), &[]), "no change");
+    }
+
+    #[test]
+    fn failures_have_stable_words() {
+        assert_eq!(TestFailure::of_status(401).as_str(), "invalid_token");
+        assert_eq!(TestFailure::of_status(403).as_str(), "insufficient_scope");
+        assert_eq!(TestFailure::of_status(404).as_str(), "rejected");
+        assert_eq!(TestFailure::of_status(503).as_str(), "provider_error");
+    }
+}

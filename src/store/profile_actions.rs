@@ -1,0 +1,211 @@
+//! Auth-profile actions beyond create/connect/refresh: updates (compare-and-swap on `version`),
+//! the team's default profile per connector (`connector_defaults`, one row per team and
+//! connector, switched by one upsert), resolution by connector, and the marks a credential test
+//! leaves. [`SqlStore`](super::SqlStore) delegates these [`Store`](super::Store) methods here.
+
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+use super::db::{Db, query};
+use super::rows::{self, RowExt, profile_columns};
+use crate::domain::{AuthProfile, ProfileId, ProfileKind, Slug, TeamId, UserId};
+
+/// What [`Store::update_profile`](super::Store::update_profile) writes: the new display name, slug
+/// and requested scopes (unchanged ones repeated).
+#[derive(Debug, Clone)]
+pub struct ProfileChange<'a> {
+    /// Display name.
+    pub display_name: &'a str,
+    /// Slug (unique among the team's live profiles).
+    pub slug: &'a Slug,
+    /// Requested scopes.
+    pub scopes: &'a [String],
+    /// Whether the scopes widen what was granted: an active profile becomes `needs_reauth`, and
+    /// `version` is bumped so that connect flows started before (asking for the old scopes) cannot
+    /// complete.
+    pub widened: bool,
+    /// Time of the change.
+    pub now: DateTime<Utc>,
+}
+
+/// What [`Store::update_profile`](super::Store::update_profile) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileUpdate {
+    /// The profile was changed.
+    Updated,
+    /// The profile's version is no longer the expected one (a connection completed, or another
+    /// update won), or it was revoked; nothing was written.
+    Changed,
+    /// Another live profile of the team has the slug; nothing was written.
+    SlugTaken,
+}
+
+/// What [`Store::set_default_profile`](super::Store::set_default_profile) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultOutcome {
+    /// The profile is now its connector's default in its team (replacing any other).
+    Set,
+    /// No live profile of the team has this id.
+    NotFound,
+    /// The profile is a member's personal account, which cannot be the team's default.
+    Personal,
+}
+
+pub(super) async fn update_profile(
+    db: &Db,
+    id: ProfileId,
+    expected_version: i64,
+    change: &ProfileChange<'_>,
+) -> Result<ProfileUpdate, StoreError> {
+    let updated = query(
+        "UPDATE auth_profiles SET display_name = $3, slug = $4, scopes = $5,
+                status = CASE WHEN $6 AND status = 'active' THEN 'needs_reauth' ELSE status END,
+                version = version + $7, updated_at = $8
+         WHERE id = $1 AND version = $2 AND status <> 'revoked'",
+    )
+    .bind(id.as_uuid())
+    .bind(expected_version)
+    .bind(change.display_name)
+    .bind(change.slug.as_str())
+    .bind(change.scopes.join(" "))
+    .bind(change.widened)
+    .bind(i64::from(change.widened))
+    .bind(change.now)
+    .execute(db.writer())
+    .await;
+    match updated {
+        Ok(1) => Ok(ProfileUpdate::Updated),
+        Ok(_) => Ok(ProfileUpdate::Changed),
+        // Only the live-slug index can refuse this row (told by the error's kind: SQLite names no
+        // constraint).
+        Err(StoreError::Database(sqlx::Error::Database(error))) if error.is_unique_violation() => {
+            Ok(ProfileUpdate::SlugTaken)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+pub(super) async fn set_default_profile(
+    db: &Db,
+    team: TeamId,
+    id: ProfileId,
+    now: DateTime<Utc>,
+) -> Result<DefaultOutcome, StoreError> {
+    let mut tx = db.begin().await?;
+    // The lock serialises this with a revocation of the profile: either the revocation sees the
+    // default row (and its trigger deletes it), or this sees the profile revoked.
+    let row = query(
+        "SELECT profile_kind, connector_key FROM auth_profiles
+         WHERE id = $1 AND team_id = $2 AND status <> 'revoked' FOR UPDATE",
+    )
+    .bind(id.as_uuid())
+    .bind(team.as_uuid())
+    .fetch_optional(&mut tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(DefaultOutcome::NotFound);
+    };
+    if row.text("profile_kind")? == ProfileKind::OauthAccount.as_str() {
+        tx.rollback().await?;
+        return Ok(DefaultOutcome::Personal);
+    }
+    query(
+        "INSERT INTO connector_defaults (team_id, connector_key, profile_id, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (team_id, connector_key)
+         DO UPDATE SET profile_id = excluded.profile_id, updated_at = excluded.updated_at",
+    )
+    .bind(team.as_uuid())
+    .bind(row.text("connector_key")?)
+    .bind(id.as_uuid())
+    .bind(now)
+    .execute(&mut tx)
+    .await?;
+    tx.commit().await?;
+    Ok(DefaultOutcome::Set)
+}
+
+pub(super) async fn clear_default_profile(db: &Db, team: TeamId, id: ProfileId) -> Result<bool, StoreError> {
+    let deleted = query("DELETE FROM connector_defaults WHERE team_id = $1 AND profile_id = $2")
+        .bind(team.as_uuid())
+        .bind(id.as_uuid())
+        .execute(db.writer())
+        .await?;
+    Ok(deleted == 1)
+}
+
+pub(super) async fn default_profile(
+    db: &Db,
+    team: TeamId,
+    connector_key: &str,
+) -> Result<Option<AuthProfile>, StoreError> {
+    let row = query(concat!(
+        "SELECT ",
+        profile_columns!(),
+        " FROM connector_defaults cd JOIN auth_profiles p ON p.id = cd.profile_id
+          WHERE cd.team_id = $1 AND cd.connector_key = $2 AND p.status <> 'revoked'"
+    ))
+    .bind(team.as_uuid())
+    .bind(connector_key)
+    .fetch_optional(db.reader())
+    .await?;
+    row.as_ref().map(rows::profile).transpose()
+}
+
+pub(super) async fn active_personal_profile(
+    db: &Db,
+    team: TeamId,
+    user: UserId,
+    connector_key: &str,
+) -> Result<Option<AuthProfile>, StoreError> {
+    let row = query(concat!(
+        "SELECT ",
+        profile_columns!(),
+        " FROM auth_profiles p
+          WHERE p.team_id = $1 AND p.connector_key = $2 AND p.created_by = $3
+            AND p.profile_kind = 'oauth_account' AND p.status = 'active'
+          ORDER BY p.created_at, p.id LIMIT 1"
+    ))
+    .bind(team.as_uuid())
+    .bind(connector_key)
+    .bind(user.as_uuid())
+    .fetch_optional(db.reader())
+    .await?;
+    row.as_ref().map(rows::profile).transpose()
+}
+
+pub(super) async fn expire_access_token(
+    db: &Db,
+    id: ProfileId,
+    token_version: i64,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let updated = query(
+        "UPDATE auth_profiles SET access_token_expires_at = $3
+         WHERE id = $1 AND token_version = $2 AND status = 'active'",
+    )
+    .bind(id.as_uuid())
+    .bind(token_version)
+    .bind(now)
+    .execute(db.writer())
+    .await?;
+    Ok(updated == 1)
+}
+
+pub(super) async fn mark_needs_reauth(
+    db: &Db,
+    id: ProfileId,
+    token_version: i64,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let updated = query(
+        "UPDATE auth_profiles SET status = 'needs_reauth', token_version = token_version + 1, updated_at = $3
+         WHERE id = $1 AND token_version = $2 AND status = 'active'",
+    )
+    .bind(id.as_uuid())
+    .bind(token_version)
+    .bind(now)
+    .execute(db.writer())
+    .await?;
+    Ok(updated == 1)
+}
