@@ -7,6 +7,9 @@
 //! - token reads: `POST …/{slug}/token` for an active, connected profile that needs no refresh;
 //! - env credential reads: `POST …/{slug}/credentials` for an `env` profile with its values set
 //!   (membership, the profile, its ciphertext, one decryption);
+//! - by-connector reads: `POST /v1/teams/{team}/connectors/{connector}/credentials`, where the
+//!   members have no account of their own, so the team default (that `env` profile) answers
+//!   (membership, the personal lookup, the default, then the env credential read);
 //!
 //! each beside the rate of a bare single-row `SELECT` (an auth profile by id) on the same
 //! database, at the same concurrency, in the same run.
@@ -207,6 +210,30 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
     };
     let env_baseline = bare_selects(&store, profile, args.users, args.requests).await?;
 
+    // By connector: the env profile is the team's default for `openai`.
+    api.post(format!("{profiles}/keys/default"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-on-behalf-of", &owner)
+        .send()
+        .await?
+        .error_for_status()?;
+    let connector_run = {
+        let (api, members) = (api.clone(), members.clone());
+        let url = profiles.replace("/auth-profiles", "/connectors/openai/credentials");
+        drive(args.users, args.requests, move |i| {
+            let request = api.post(&url).bearer_auth(ADMIN_TOKEN).header("x-on-behalf-of", &members[i % members.len()]);
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(response.status() == 200, "by-connector answered {}", response.status());
+                let body: Value = response.json().await?;
+                anyhow::ensure!(body["source"] == "team_default", "not the team default");
+                Ok(())
+            }
+        })
+        .await?
+    };
+    let connector_baseline = bare_selects(&store, profile, args.users, args.requests).await?;
+
     println!(
         "tessera-bench connections: {} requests per run, {} concurrent members, on {}",
         args.requests,
@@ -220,6 +247,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
     row("create-or-reuse", &create_run, &create_baseline);
     row("token read", &token_run, &token_baseline);
     row("env credential", &env_run, &env_baseline);
+    row("by connector", &connector_run, &connector_baseline);
     let _ = stop.send(());
     server.await??;
     store.close().await;
