@@ -6,12 +6,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
 
+/// The level the MCP SDK (`rmcp`) logs at, at most.
+const MCP_SDK_FLOOR: &str = "rmcp=warn";
+
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 ///
 /// A log sink that goes away (a closed pipe) must never take the server down, so write errors are
 /// dropped rather than reported on stderr, which is the very stream that failed.
 pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The MCP SDK logs whole requests and results at debug and trace level, and the tool's results
+    // carry credentials: a filter such as `debug` leaves it at warnings and errors.
+    let filter = filter.add_directive(MCP_SDK_FLOOR.parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

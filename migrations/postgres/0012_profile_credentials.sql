@@ -11,3 +11,8 @@ CREATE TABLE profile_credentials (
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL
 );
+
+-- Before this migration `env`, `interactive` and `browser_session` profiles were created `active`
+-- although they could hold nothing: they are waiting for their credential.
+UPDATE auth_profiles SET status = 'pending_auth'
+    WHERE profile_kind IN ('env', 'interactive', 'browser_session') AND status = 'active';

@@ -4,7 +4,8 @@
 -- until connected. Until now a connection overwrote `scopes` with the granted ones, so connected
 -- profiles start with those.
 ALTER TABLE auth_profiles ADD COLUMN granted_scopes TEXT;
-UPDATE auth_profiles SET granted_scopes = scopes WHERE status IN ('active', 'needs_reauth');
+-- GitHub's answer was a comma-separated list stored as one word: split it like every other list.
+UPDATE auth_profiles SET granted_scopes = replace(scopes, ',', ' ') WHERE status IN ('active', 'needs_reauth');
 
 -- A profile's (id, team, connector), as a key that the defaults reference: a default can only
 -- name a profile of its own team and connector.

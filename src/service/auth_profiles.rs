@@ -666,6 +666,11 @@ impl AuthProfiles {
         slug: &Slug,
     ) -> Result<AccessToken, AuthProfileError> {
         let (profile, _) = self.usable(team, user, slug).await?;
+        self.access_token_of(profile).await
+    }
+
+    /// [`access_token`](Self::access_token) of a profile the caller was already allowed to use.
+    pub(crate) async fn access_token_of(&self, profile: AuthProfile) -> Result<AccessToken, AuthProfileError> {
         if !profile.profile_kind.is_oauth() {
             return Err(AuthProfileError::NotOAuth(profile.profile_kind.as_str()));
         }

@@ -371,8 +371,10 @@ impl<'a> ProfileActions<'a> {
         user: UserId,
         connector_key: &str,
     ) -> Result<ConnectorCredential, ProfileActionError> {
+        // The resolution checked membership, and the profile is the caller's own or the team's:
+        // its credential is read by id, never by its slug again (which may move meanwhile).
         let (profile, source) = self.resolve(team, user, connector_key).await?;
-        let credential = self.profiles.credentials(team, user, &profile.slug).await?;
+        let credential = self.profiles.credential_of(profile.clone()).await?;
         Ok(ConnectorCredential { profile, source, credential })
     }
 

@@ -429,9 +429,16 @@ impl AuthProfiles {
     /// `browser_session` the storage state. A profile without one is `profile_not_connected`.
     pub async fn credentials(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<Credential, AuthProfileError> {
         let (profile, _) = self.usable(team, user, slug).await?;
+        self.credential_of(profile).await
+    }
+
+    /// [`credentials`](Self::credentials) of a profile the caller was already allowed to use
+    /// (read once: the credential is this profile's even if its slug moves meanwhile).
+    pub(crate) async fn credential_of(&self, profile: AuthProfile) -> Result<Credential, AuthProfileError> {
         if profile.profile_kind.is_oauth() {
-            let token = self.access_token(team, user, slug).await?;
-            return Ok(Credential::OAuth { kind: profile.profile_kind, token });
+            let kind = profile.profile_kind;
+            let token = self.access_token_of(profile).await?;
+            return Ok(Credential::OAuth { kind, token });
         }
         let keyring = self.keyring.as_ref().ok_or(AuthProfileError::EncryptionNotConfigured)?;
         let stored = self.store.profile_credential(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;

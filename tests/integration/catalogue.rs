@@ -589,6 +589,11 @@ async fn microsoft_needs_the_tenant_in_the_path(backend: Backend) {
     assert_eq!(body(w.token("outlook").await, 200).await["refreshed"], true);
     w.expire_soon("outlook").await;
     assert_eq!(body(w.token("outlook").await, 200).await["refreshed"], true, "the rotated refresh token was kept");
+    // A test calls the template's user endpoint with the token (and never returns it).
+    let tested = w.request(Method::POST, "/auth-profiles/outlook/test").send().await.unwrap();
+    let tested = body(tested, 200).await;
+    assert_eq!((&tested["ok"], &tested["status"]), (&json!(true), &json!(200)), "{tested}");
+    assert_eq!(tested.get("access_token"), None);
 
     // The default tenant, common, is not the one this directory serves: the provider refuses.
     let link = w.create("microsoft-common", "wrong-tenant").await;

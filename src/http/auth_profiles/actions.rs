@@ -17,7 +17,7 @@ use axum::routing::{patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::api::{key_like, parse_display_name, parse_scopes, parse_slug};
+use super::api::{key_like, no_store, parse_display_name, parse_scopes, parse_slug};
 use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
@@ -41,6 +41,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UpdateRequest {
     display_name: Option<String>,
     slug: Option<String>,
@@ -106,10 +107,10 @@ async fn connector_credentials(
     headers: HeaderMap,
     ApiPath((team, connector_key)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
-) -> Result<Json<ConnectorCredentialResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let connector_key = key_like(&connector_key, "connector_key", ErrorCode::InvalidConnectorKey)?;
     let credential =
         ProfileActions::new(&state.auth_profiles).connector_credential(&team, user, &connector_key).await?;
-    Ok(Json(credential.into()))
+    Ok(no_store(Json(ConnectorCredentialResponse::from(credential))))
 }

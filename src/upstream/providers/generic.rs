@@ -36,12 +36,9 @@ impl OAuth2Provider {
         Self { config, http, authorize, token, profile }
     }
 
-    /// The profile document: the profile endpoint's answer, or the token answer without one.
-    async fn profile_document(&self, tokens: &TokenSet) -> Result<Value, ProviderError> {
-        let Some(url) = &self.config.endpoints.userinfo else {
-            return Ok(Value::Object(tokens.fields.0.clone()));
-        };
-        let request = match self.profile.method {
+    /// The request to the user endpoint, as configured (method and body), without credentials.
+    fn profile_request(&self, url: &Url) -> reqwest::RequestBuilder {
+        match self.profile.method {
             UserinfoMethod::Get => self.http.get(url.clone()),
             UserinfoMethod::Post => {
                 let request = self.http.post(url.clone());
@@ -50,7 +47,15 @@ impl OAuth2Provider {
                     None => request,
                 }
             }
+        }
+    }
+
+    /// The profile document: the profile endpoint's answer, or the token answer without one.
+    async fn profile_document(&self, tokens: &TokenSet) -> Result<Value, ProviderError> {
+        let Some(url) = &self.config.endpoints.userinfo else {
+            return Ok(Value::Object(tokens.fields.0.clone()));
         };
+        let request = self.profile_request(url);
         let response = request
             .bearer_auth(tokens.access_token.expose_secret())
             .header(reqwest::header::ACCEPT, "application/json")
@@ -123,6 +128,22 @@ impl Provider for OAuth2Provider {
 
     async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
         oauth::refresh(&self.http, &self.config, &self.token, refresh_token).await
+    }
+
+    /// The status of the configured user endpoint called with the token (the request sign-in
+    /// uses); `None` when the template reads the account from the token answer instead.
+    async fn check_access_token(&self, access_token: &str) -> Result<Option<u16>, ProviderError> {
+        let Some(url) = &self.config.endpoints.userinfo else {
+            return Ok(None);
+        };
+        let response = self
+            .profile_request(url)
+            .bearer_auth(access_token)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        Ok(Some(response.status().as_u16()))
     }
 
     async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {
