@@ -148,7 +148,7 @@ impl Application {
         let providers = Arc::new(ProviderRegistry::new(
             &config.providers,
             config.auth.default_provider.clone(),
-            http,
+            http.clone(),
             &config.jwks,
         ));
         let flows = OAuthFlows::new(providers, store.clone(), config.auth.public_url.clone());
@@ -160,6 +160,7 @@ impl Application {
             teams.clone(),
             config.encryption.clone(),
             config.auth.pending_profile_ttl,
+            http,
         )
         .with_connectors(config.connectors.clone());
         let last_seen = Arc::new(LastSeen::default());

@@ -9,10 +9,22 @@
 //! fields = [{ name = "OPENAI_API_KEY", label = "API key", secret = true, pattern = "^sk-[A-Za-z0-9_-]{20,}$" }]
 //! ```
 //!
-//! A connector without `fields` is only a label for OAuth profiles. (A `probe` table, to test a
-//! connector's values against its service, may be added to a connector later.)
+//! A connector without `fields` is only a label for OAuth profiles.
+//!
+//! An `env` connector may declare a `probe`: the request that tests a profile's values against
+//! its service (`POST …/{slug}/test`). `{FIELD}` placeholders name declared fields; they may
+//! appear in header values and in the URL's query (where the value is URL-encoded):
+//!
+//! ```toml
+//! probe = { url = "https://api.openai.com/v1/models", method = "GET", headers = { Authorization = "Bearer {OPENAI_API_KEY}" } }
+//! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
 
 use regex_automata::meta::Regex;
 use serde::Deserialize;
@@ -23,6 +35,10 @@ use super::ConfigError;
 pub const MAX_FIELDS: usize = 32;
 /// The longest field pattern, in bytes.
 const MAX_PATTERN_LEN: usize = 512;
+/// The most headers a probe sends.
+const MAX_PROBE_HEADERS: usize = 16;
+/// The longest probe URL or header value, as written.
+const MAX_PROBE_TEXT_LEN: usize = 2048;
 
 /// A declared connector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +49,8 @@ pub struct ConnectorConfig {
     pub label: String,
     /// The fields of an `env` connector, in the form's order; empty for others.
     pub fields: Vec<EnvField>,
+    /// The request that tests the values of its `env` profiles, if any.
+    pub probe: Option<ConnectorProbe>,
 }
 
 /// One field of an `env` connector.
@@ -92,6 +110,229 @@ impl PartialEq for FieldPattern {
 
 impl Eq for FieldPattern {}
 
+/// The HTTP method of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMethod {
+    /// `GET` (the default).
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `POST`, without a body.
+    Post,
+}
+
+impl ProbeMethod {
+    /// The method for reqwest.
+    pub fn as_method(self) -> reqwest::Method {
+        match self {
+            ProbeMethod::Get => reqwest::Method::GET,
+            ProbeMethod::Head => reqwest::Method::HEAD,
+            ProbeMethod::Post => reqwest::Method::POST,
+        }
+    }
+}
+
+/// A piece of a probe template: text as written, or a field's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Field(String),
+}
+
+/// A text with `{FIELD}` placeholders, each naming a declared field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    /// Splits `text` at its placeholders; every `{…}` must name one of `fields`.
+    fn parse(text: &str, fields: &[EnvField]) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find(['{', '}']) {
+            if rest.as_bytes()[open] == b'}' {
+                return Err("a `}` without its `{`: braces only enclose placeholders such as {API_KEY}".into());
+            }
+            let Some(close) = rest[open..].find('}').map(|c| open + c) else {
+                return Err("a `{` without its `}`: braces only enclose placeholders such as {API_KEY}".into());
+            };
+            let name = &rest[open + 1..close];
+            if !fields.iter().any(|f| f.name == name) {
+                let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+                return Err(format!(
+                    "the placeholder {{{name}}} does not name a field of this connector; its fields are: {}",
+                    names.join(", ")
+                ));
+            }
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            parts.push(Part::Field(name.to_owned()));
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    /// The text with every placeholder replaced by `value(name)`.
+    fn fill(&self, mut value: impl FnMut(&str) -> String) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Field(name) => out.push_str(&value(name)),
+            }
+        }
+        out
+    }
+
+    fn has_fields(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Field(_)))
+    }
+}
+
+/// The request that tests the values of a connector's `env` profiles. Its templates are checked
+/// at start-up: every placeholder names a declared field, the URL is http(s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorProbe {
+    method: ProbeMethod,
+    /// The URL as written; placeholders only in its query.
+    url: Template,
+    headers: Vec<(HeaderName, Template)>,
+}
+
+/// A probe request filled with a profile's values. Secret: its `Debug` shows neither the URL
+/// nor the headers.
+pub struct FilledProbe {
+    /// The method.
+    pub method: reqwest::Method,
+    /// The URL, values in its query.
+    pub url: Url,
+    /// The headers, values in them (marked sensitive).
+    pub headers: HeaderMap,
+}
+
+impl fmt::Debug for FilledProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilledProbe").field("method", &self.method).finish_non_exhaustive()
+    }
+}
+
+/// Why a probe could not be filled with a profile's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFillError {
+    /// A value cannot go in a header (the field is named, never the value).
+    #[error("the value of `{0}` cannot be sent in a header")]
+    HeaderValue(String),
+    /// The filled URL does not parse (cannot happen with URL-encoded values).
+    #[error("the probe's URL does not parse once filled")]
+    Url,
+}
+
+impl ConnectorProbe {
+    /// Checks a probe of a connector with `fields`. The error names the part at fault relative to
+    /// the probe (`probe.url`, `probe.headers.Authorization`…).
+    pub fn new(
+        method: Option<&str>,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+        fields: &[EnvField],
+    ) -> Result<Self, ConfigError> {
+        let method = match method.map(str::trim) {
+            None => ProbeMethod::Get,
+            Some(m) if m.eq_ignore_ascii_case("GET") => ProbeMethod::Get,
+            Some(m) if m.eq_ignore_ascii_case("HEAD") => ProbeMethod::Head,
+            Some(m) if m.eq_ignore_ascii_case("POST") => ProbeMethod::Post,
+            Some(_) => return Err(ConfigError::new("probe.method", "expected GET, HEAD or POST")),
+        };
+        let url = check_probe_url(url, fields).map_err(|m| ConfigError::new("probe.url", m))?;
+        if headers.len() > MAX_PROBE_HEADERS {
+            return Err(ConfigError::new("probe.headers", format!("at most {MAX_PROBE_HEADERS} headers")));
+        }
+        let mut checked = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let at = format!("probe.headers.{name}");
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::new(&at, "not a valid header name"))?;
+            if matches!(
+                header.as_str(),
+                "host" | "content-length" | "transfer-encoding" | "connection" | "te" | "upgrade"
+            ) {
+                return Err(ConfigError::new(&at, "this header is set by the HTTP client; leave it out"));
+            }
+            if value.len() > MAX_PROBE_TEXT_LEN {
+                return Err(ConfigError::new(&at, format!("at most {MAX_PROBE_TEXT_LEN} bytes")));
+            }
+            let template = Template::parse(value, fields).map_err(|m| ConfigError::new(&at, m))?;
+            if HeaderValue::from_str(&template.fill(|_| String::new())).is_err() {
+                return Err(ConfigError::new(&at, "not a valid header value (visible ASCII characters)"));
+            }
+            checked.push((header, template));
+        }
+        Ok(Self { method, url, headers: checked })
+    }
+
+    /// The method.
+    pub fn method(&self) -> ProbeMethod {
+        self.method
+    }
+
+    /// The request filled with `values` (by field name; an unset field fills in as empty), values
+    /// URL-encoded in the query. Never log what it returns.
+    pub fn fill(&self, values: &BTreeMap<String, SecretString>) -> Result<FilledProbe, ProbeFillError> {
+        let value = |name: &str| values.get(name).map(|v| v.expose_secret().to_owned()).unwrap_or_default();
+        let url = self.url.fill(|name| url::form_urlencoded::byte_serialize(value(name).as_bytes()).collect());
+        let url = Url::parse(&url).map_err(|_| ProbeFillError::Url)?;
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, template) in &self.headers {
+            let mut refused = None;
+            let text = template.fill(|field| {
+                let v = value(field);
+                if HeaderValue::from_bytes(v.as_bytes()).is_err() {
+                    refused.get_or_insert_with(|| field.to_owned());
+                }
+                v
+            });
+            if let Some(field) = refused {
+                return Err(ProbeFillError::HeaderValue(field));
+            }
+            let mut header = HeaderValue::from_bytes(text.as_bytes())
+                .map_err(|_| ProbeFillError::HeaderValue(name.as_str().to_owned()))?;
+            header.set_sensitive(true);
+            headers.insert(name.clone(), header);
+        }
+        Ok(FilledProbe { method: self.method.as_method(), url, headers })
+    }
+}
+
+/// Checks a probe URL: http(s), a host, no user name, password or fragment, placeholders only in
+/// the query.
+fn check_probe_url(url: &str, fields: &[EnvField]) -> Result<Template, String> {
+    let url = url.trim();
+    if url.is_empty() || url.len() > MAX_PROBE_TEXT_LEN {
+        return Err(format!("expected an http:// or https:// URL of at most {MAX_PROBE_TEXT_LEN} bytes"));
+    }
+    let template = Template::parse(url, fields)?;
+    let query_at = url.find('?').unwrap_or(url.len());
+    if Template::parse(&url[..query_at], fields)?.has_fields() {
+        return Err("placeholders may appear only in the URL's query (after `?`) and in header values".into());
+    }
+    let parsed = Url::parse(&template.fill(|_| "x".to_owned())).map_err(|e| format!("not a valid URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err("expected an http:// or https:// URL".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("no user name or password in the URL; put credentials in a header".into());
+    }
+    if parsed.fragment().is_some() {
+        return Err("no fragment (`#…`) in the URL".into());
+    }
+    Ok(template)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConnector {
@@ -99,6 +340,16 @@ pub(super) struct RawConnector {
     label: Option<String>,
     #[serde(default)]
     fields: Vec<RawField>,
+    probe: Option<RawProbe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    url: String,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -174,7 +425,17 @@ pub(super) fn parse_connectors(raw: Vec<RawConnector>) -> Result<Vec<ConnectorCo
                 pattern,
             });
         }
-        connectors.push(ConnectorConfig { key, label: connector_label, fields });
+        let probe = match raw.probe {
+            None => None,
+            Some(_) if fields.is_empty() => {
+                return Err(ConfigError::new(at("probe"), "a probe tests the values of `fields`; declare them"));
+            }
+            Some(probe) => Some(
+                ConnectorProbe::new(probe.method.as_deref(), &probe.url, &probe.headers, &fields)
+                    .map_err(|e| ConfigError::new(at(&e.key), e.message))?,
+            ),
+        };
+        connectors.push(ConnectorConfig { key, label: connector_label, fields, probe });
     }
     Ok(connectors)
 }
@@ -236,5 +497,52 @@ mod tests {
         ] {
             assert_eq!(parse(bad).unwrap_err().key, key, "{bad}");
         }
+    }
+
+    #[test]
+    fn probes_name_declared_fields_and_fill_without_showing_values() {
+        let connectors = parse(
+            r#"
+            [[connectors]]
+            key = "openai"
+            fields = [{ name = "OPENAI_API_KEY" }, { name = "ORG", optional = true }]
+            probe = { url = "https://api.example.com/v1/models?org={ORG}", headers = { Authorization = "Bearer {OPENAI_API_KEY}" } }
+            "#,
+        )
+        .unwrap();
+        let probe = connectors[0].probe.as_ref().unwrap();
+        assert_eq!(probe.method(), ProbeMethod::Get, "GET unless said otherwise");
+        let values: BTreeMap<String, SecretString> = [
+            ("OPENAI_API_KEY".to_owned(), SecretString::from("sk-secret")),
+            ("ORG".to_owned(), SecretString::from("a&b c")),
+        ]
+        .into_iter()
+        .collect();
+        let filled = probe.fill(&values).unwrap();
+        assert_eq!(filled.url.as_str(), "https://api.example.com/v1/models?org=a%26b+c", "URL-encoded in the query");
+        assert_eq!(filled.headers["authorization"], "Bearer sk-secret");
+        assert!(filled.headers["authorization"].is_sensitive());
+        assert!(!format!("{filled:?}").contains("secret"));
+
+        let with =
+            |fields: &str, probe: &str| format!("[[connectors]]\nkey = \"a\"\nfields = [{fields}]\nprobe = {probe}");
+        let field = "{ name = \"KEY\" }";
+        for (bad, key) in [
+            (
+                with(field, r#"{ url = "https://x.test/", headers = { Authorization = "Bearer {TYPO}" } }"#),
+                "connectors[0].probe.headers.Authorization",
+            ),
+            (with(field, r#"{ url = "https://x.test/?k={NOPE}" }"#), "connectors[0].probe.url"),
+            (with(field, r#"{ url = "https://x.test/{KEY}" }"#), "connectors[0].probe.url"),
+            (with(field, r#"{ url = "ftp://x.test/?k={KEY}" }"#), "connectors[0].probe.url"),
+            (with(field, r#"{ url = "https://x.test/", headers = { X = "{KEY" } }"#), "connectors[0].probe.headers.X"),
+            (with(field, r#"{ url = "https://x.test/", method = "PUT" }"#), "connectors[0].probe.method"),
+            ("[[connectors]]\nkey = \"a\"\nprobe = { url = \"https://x.test/\" }".to_owned(), "connectors[0].probe"),
+        ] {
+            let error = parse(&bad).unwrap_err();
+            assert_eq!(error.key, key, "{bad}");
+        }
+        let unknown = parse(&with(field, r#"{ url = "https://x.test/", headers = { A = "{TYPO}" } }"#)).unwrap_err();
+        assert!(unknown.message.contains("TYPO") && unknown.message.contains("KEY"), "{}", unknown.message);
     }
 }

@@ -29,7 +29,9 @@ pub use auth::{
     ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
 };
 pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR};
-pub use connectors::{ConnectorConfig, EnvField, FieldPattern};
+pub use connectors::{
+    ConnectorConfig, ConnectorProbe, EnvField, FieldPattern, FilledProbe, ProbeFillError, ProbeMethod,
+};
 pub use oidc::{ClientConfig, MIN_CLIENT_SECRET_LEN, OidcConfig};
 
 /// A configuration mistake, naming the key at fault.

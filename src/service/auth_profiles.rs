@@ -292,20 +292,26 @@ pub struct AuthProfiles {
     pending_ttl: TimeDelta,
     /// The declared connectors (`[[connectors]]`).
     pub(super) connectors: Arc<[ConnectorConfig]>,
+    /// The process's outbound HTTP client (no redirects), for connector probes.
+    pub(super) http: reqwest::Client,
     /// One refresh at a time per profile in this process.
     refreshing: Arc<Mutex<HashMap<ProfileId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl AuthProfiles {
-    /// Creates the service; pending profiles expire after `pending_ttl`.
+    /// Creates the service; pending profiles expire after `pending_ttl`; `http` is the process's
+    /// outbound client ([`outbound_client`](crate::upstream::issuers::outbound_client)), which
+    /// sends connector probes.
     pub fn new(
         store: Arc<dyn Store>,
         flows: OAuthFlows,
         teams: Teams,
         keyring: Option<Arc<KeyRing>>,
         pending_ttl: Duration,
+        http: reqwest::Client,
     ) -> Self {
         Self {
+            http,
             store,
             flows,
             teams,

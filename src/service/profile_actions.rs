@@ -15,20 +15,26 @@
 //! - A test gets an access token the normal way (refreshing it if needed) and calls the
 //!   provider's user endpoint with it. A token refused with 401 is refreshed once and tried again;
 //!   refused again (or the refresh refused), the profile becomes `needs_reauth`.
+//! - An `env` profile of a connector with a `probe` is tested by sending the probe, filled with
+//!   the profile's values, with the process's outbound client (no redirects, 10 s). Its status
+//!   stays as it is whatever the answer: the values may be fine and the service down, and only
+//!   the member can change them. Neither the values nor the filled request are logged or
+//!   returned. Other `env` profiles and browser sessions cannot be tested.
 
 use std::time::Duration;
 
-use crate::domain::{AuthProfile, ProfileStatus, Role, Slug, TeamRef, UserId};
+use crate::config::ProbeFillError;
+use crate::domain::{AuthProfile, ProfileKind, ProfileStatus, Role, Slug, TeamRef, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{DefaultOutcome, ProfileChange, ProfileUpdate, StoreError};
 use crate::upstream::providers::ProviderError;
 
 use super::auth_profiles::{AccessToken, AuthProfileError, AuthProfiles, ConnectLink, may_connect};
-use super::profile_credentials::Credential;
+use super::profile_credentials::{Credential, EnvProblem};
 
 /// How often an update is applied again after losing a compare-and-swap.
 const UPDATE_ATTEMPTS: usize = 5;
-/// How long the provider's user endpoint may take to answer a test.
+/// How long the provider's user endpoint, or a connector's probe, may take to answer a test.
 const TEST_CALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Why a profile action failed.
@@ -382,6 +388,9 @@ impl<'a> ProfileActions<'a> {
     /// may test it.
     pub async fn test(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<TestOutcome, ProfileActionError> {
         let (profile, _) = self.profiles.usable(team, user, slug).await?;
+        if profile.profile_kind == ProfileKind::Env {
+            return self.test_env(team, user, &profile).await;
+        }
         if !profile.profile_kind.is_oauth() {
             return Err(ProfileActionError::TestNotSupported(format!(
                 "{} profiles cannot be tested yet",
@@ -425,6 +434,78 @@ impl<'a> ProfileActions<'a> {
             }
         }
         self.needs_reauth(&profile, Some(401), TestFailure::InvalidToken, true).await
+    }
+
+    /// Tests an `env` profile with its connector's probe; the profile's status is left as it is.
+    async fn test_env(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        profile: &AuthProfile,
+    ) -> Result<TestOutcome, ProfileActionError> {
+        let probe = self
+            .profiles
+            .connectors
+            .iter()
+            .find(|c| c.key == profile.connector_key)
+            .and_then(|c| c.probe.as_ref())
+            .ok_or_else(|| {
+                ProfileActionError::TestNotSupported(format!(
+                    "the connector {:?} declares no `probe` to test its values with (see `[[connectors]]`)",
+                    profile.connector_key
+                ))
+            })?;
+        let Credential::Env { values } = self.profiles.credentials(team, user, &profile.slug).await? else {
+            return Err(AuthProfileError::NotConnected.into());
+        };
+        let filled = match probe.fill(&values) {
+            Ok(filled) => filled,
+            Err(ProbeFillError::HeaderValue(field)) => {
+                let problem = EnvProblem::ControlCharacter(field.clone());
+                return Err(AuthProfileError::InvalidEnv { problem, field: Some(field) }.into());
+            }
+            Err(ProbeFillError::Url) => {
+                tracing::error!(profile_id = %profile.id, connector = %profile.connector_key, "a connector's probe URL does not parse once filled");
+                return Ok(self.env_outcome(profile, None));
+            }
+        };
+        drop(values);
+        let request =
+            self.profiles.http.request(filled.method, filled.url).headers(filled.headers).timeout(TEST_CALL_LIMIT);
+        let status = match tokio::time::timeout(TEST_CALL_LIMIT, request.send()).await {
+            Ok(Ok(response)) => Some(response.status().as_u16()),
+            // Only the kind of failure is logged: reqwest's errors carry the URL, values and all.
+            Ok(Err(error)) => {
+                let kind = if error.is_timeout() {
+                    "timeout"
+                } else if error.is_connect() {
+                    "connect"
+                } else {
+                    "other"
+                };
+                tracing::info!(profile_id = %profile.id, connector = %profile.connector_key, kind, "a connector's probe got no answer");
+                None
+            }
+            Err(_) => {
+                tracing::info!(profile_id = %profile.id, connector = %profile.connector_key, kind = "timeout", "a connector's probe got no answer");
+                None
+            }
+        };
+        let outcome = self.env_outcome(profile, status);
+        tracing::info!(profile_id = %profile.id, connector = %profile.connector_key, ok = outcome.ok, status, "tested the values of an env profile");
+        Ok(outcome)
+    }
+
+    /// The outcome of an `env` test: ok for 2xx, else the failure of the status (no answer:
+    /// `provider_error`). Never refreshed; the profile's status unchanged.
+    fn env_outcome(&self, profile: &AuthProfile, status: Option<u16>) -> TestOutcome {
+        let ok = status.is_some_and(|s| (200..300).contains(&s));
+        let error = match status {
+            _ if ok => None,
+            Some(status) => Some(TestFailure::of_status(status)),
+            None => Some(TestFailure::ProviderError),
+        };
+        TestOutcome { ok, status, error, refreshed: false, profile_status: profile.status }
     }
 
     /// The provider's answer to the token, as an HTTP status.

@@ -541,6 +541,7 @@ mod tests {
             key: "openai".into(),
             label: "OpenAI".into(),
             fields: vec![field("OPENAI_API_KEY", false, Some("sk-[a-z0-9]{8,}")), field("OPENAI_ORG", true, None)],
+            probe: None,
         }
     }
 

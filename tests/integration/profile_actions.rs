@@ -69,6 +69,7 @@ fn configure(config: &mut Config, issuer: &LocalIssuer) {
                 optional: false,
                 pattern: None,
             }],
+            probe: None,
         })
         .collect();
 }

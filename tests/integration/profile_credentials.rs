@@ -1,14 +1,15 @@
 //! Credentials of every kind over HTTP, on both backends: `env` profiles of declared connectors
 //! (the `env_keys` connect form, `PUT …/env`, bad input refused before anything is written),
-//! browser sessions, the one credential endpoint for all kinds, and single-use forms under
-//! concurrent posts.
+//! browser sessions, the one credential endpoint for all kinds, single-use forms under
+//! concurrent posts, and testing `env` values with a connector's probe.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tessera::config::{Config, ConnectorConfig, EnvField, FieldPattern, ProviderKind};
+use tessera::config::{Config, ConnectorConfig, ConnectorProbe, EnvField, FieldPattern, ProviderKind};
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::UserId;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
@@ -24,6 +25,7 @@ on_both_backends!(
     concurrent_api_writes_replace_the_values_whole,
     browser_sessions_are_stored_replaced_and_read_through_credentials,
     oauth_profiles_answer_credentials_like_token,
+    env_values_are_tested_with_the_connectors_probe,
 );
 
 const KEY: &str = "sk-abcdefghijklmnopqrstuvwxyz012345";
@@ -66,8 +68,15 @@ fn configure(config: &mut Config, issuer: &LocalIssuer) {
                 field("OPENAI_API_KEY", true, false, Some("sk-[A-Za-z0-9_-]{20,}")),
                 field("OPENAI_ORG", false, true, None),
             ],
+            probe: None,
         },
-        ConnectorConfig { key: "github-issues".into(), label: "GitHub issues".into(), fields: vec![] },
+        ConnectorConfig { key: "github-issues".into(), label: "GitHub issues".into(), fields: vec![], probe: None },
+        ConnectorConfig {
+            key: "plain".into(),
+            label: "No probe".into(),
+            fields: vec![field("TOKEN", true, false, None)],
+            probe: None,
+        },
     ];
 }
 
@@ -80,9 +89,17 @@ async fn sign_in(app: &TestApp, issuer: &LocalIssuer, subject: &str) -> Member {
 }
 
 async fn world(backend: Backend) -> World {
+    world_with(backend, |_| {}).await
+}
+
+async fn world_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> World {
     let issuer = LocalIssuer::start().await.unwrap();
     issuer.set_client(CLIENT_ID, CLIENT_SECRET);
-    let app = TestApp::spawn_with(backend, |config| configure(config, &issuer)).await;
+    let app = TestApp::spawn_with(backend, |config| {
+        configure(config, &issuer);
+        adjust(config);
+    })
+    .await;
     let mut alice = sign_in(&app, &issuer, "alice").await;
     let bob = sign_in(&app, &issuer, "bob").await;
     let me = body(alice.browser.me(&app).await, 200).await;
@@ -466,4 +483,72 @@ async fn oauth_profiles_answer_credentials_like_token(backend: Backend) {
     assert_eq!(credential["access_token"], body(token, 200).await["access_token"]);
     // A personal profile is its owner's only.
     assert_eq!(body(w.credentials(w.bob.id, "issues").await, 403).await["code"], "not_profile_owner");
+}
+
+/// A service that knows one API key: 200 when the `Authorization` header carries it (and the
+/// query its organisation), 401 otherwise.
+async fn key_checking_service() -> String {
+    use axum::http::{HeaderMap, StatusCode as Status};
+    use axum::routing::get;
+    async fn models(headers: HeaderMap, query: axum::extract::RawQuery) -> Status {
+        let bearer = headers.get("authorization").and_then(|v| v.to_str().ok());
+        let org_ok = query.0.as_deref() == Some("org=acme+%26+co");
+        if bearer == Some(&format!("Bearer {KEY}")) && org_ok { Status::OK } else { Status::UNAUTHORIZED }
+    }
+    let app = axum::Router::new().route("/v1/models", get(models));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    base
+}
+
+async fn env_values_are_tested_with_the_connectors_probe(backend: Backend) {
+    let service = key_checking_service().await;
+    let w = world_with(backend, |config| {
+        let openai = &mut config.connectors[0];
+        let headers = BTreeMap::from([("Authorization".to_owned(), "Bearer {OPENAI_API_KEY}".to_owned())]);
+        let url = format!("{service}/v1/models?org={{OPENAI_ORG}}");
+        openai.probe = Some(ConnectorProbe::new(Some("GET"), &url, &headers, &openai.fields).unwrap());
+    })
+    .await;
+    let test = |slug: &str| w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/test"), w.bob.id).send();
+    w.pending_env("keys").await;
+    assert_eq!(body(test("keys").await.unwrap(), 409).await["code"], "profile_not_connected");
+
+    body(w.put_env(w.alice.id, "keys", json!({"OPENAI_API_KEY": KEY, "OPENAI_ORG": "acme & co"})).await, 200).await;
+    let response = test("keys").await.unwrap();
+    let text = response.text().await.unwrap();
+    assert!(!text.contains(KEY), "the value is never returned: {text}");
+    let outcome: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        outcome,
+        json!({"ok": true, "status": 200, "error": null, "refreshed": false, "profile_status": "active"})
+    );
+
+    // Another key: the service refuses it, and the profile stays active (only its owner can fix it).
+    body(w.put_env(w.alice.id, "keys", json!({"OPENAI_API_KEY": OTHER_KEY, "OPENAI_ORG": "acme & co"})).await, 200)
+        .await;
+    let response = test("keys").await.unwrap();
+    let text = response.text().await.unwrap();
+    assert!(!text.contains(OTHER_KEY) && !text.contains(KEY), "the value is never returned: {text}");
+    let outcome: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        outcome,
+        json!({"ok": false, "status": 401, "error": "invalid_token", "refreshed": false, "profile_status": "active"})
+    );
+    assert_eq!(w.profile("keys").await["status"], "active", "an env test does not change the status");
+
+    // No probe, or a browser session: nothing to test with.
+    let plain = json!({"connector_key": "plain", "profile_kind": "env", "display_name": "Plain", "slug": "plain",
+                       "values": {"TOKEN": "t0ken-value"}});
+    body(w.create(w.alice.id, plain).await, 201).await;
+    let refused = body(test("plain").await.unwrap(), 409).await;
+    assert_eq!(refused["code"], "test_not_supported", "{refused}");
+    assert!(!refused.to_string().contains("t0ken-value"));
+    let session = json!({"connector_key": "linkedin", "profile_kind": "browser_session", "display_name": "LinkedIn",
+                         "slug": "browser"});
+    body(w.create(w.alice.id, session).await, 201).await;
+    assert_eq!(body(test("browser").await.unwrap(), 409).await["code"], "test_not_supported");
 }

@@ -95,6 +95,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
             optional: false,
             pattern: None,
         }],
+        probe: None,
     }];
     let key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>());
     config.encryption = Some(Arc::new(KeyRing::parse(&format!("bench:{key}"))?));
