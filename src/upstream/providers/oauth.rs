@@ -23,13 +23,23 @@ use super::{AuthorizationRequest, ProviderError, TokenFields, TokenSet};
 use crate::config::{ProviderConfig, ProviderKind, TokenAuth};
 
 /// The `id_token` field of an OpenID token response, and the answer's other fields (Notion's
-/// workspace, Slack's team), which some providers' profiles are read from.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// workspace, Slack's team), which some providers' profiles are read from. Its `Debug` shows the
+/// other fields' names only: they may hold tokens (Slack's `authed_user`).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub(super) struct IdTokenField {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     id_token: Option<String>,
     #[serde(flatten)]
     other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl std::fmt::Debug for IdTokenField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdTokenField")
+            .field("id_token", &self.id_token.as_ref().map(|_| "[REDACTED]"))
+            .field("other", &self.other.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl ExtraTokenFields for IdTokenField {}
