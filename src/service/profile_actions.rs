@@ -389,7 +389,7 @@ impl<'a> ProfileActions<'a> {
     pub async fn test(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<TestOutcome, ProfileActionError> {
         let (profile, _) = self.profiles.usable(team, user, slug).await?;
         if profile.profile_kind == ProfileKind::Env {
-            return self.test_env(team, user, &profile).await;
+            return self.test_env(&profile).await;
         }
         if !profile.profile_kind.is_oauth() {
             return Err(ProfileActionError::TestNotSupported(format!(
@@ -437,12 +437,7 @@ impl<'a> ProfileActions<'a> {
     }
 
     /// Tests an `env` profile with its connector's probe; the profile's status is left as it is.
-    async fn test_env(
-        &self,
-        team: &TeamRef,
-        user: UserId,
-        profile: &AuthProfile,
-    ) -> Result<TestOutcome, ProfileActionError> {
+    async fn test_env(&self, profile: &AuthProfile) -> Result<TestOutcome, ProfileActionError> {
         let probe = self
             .profiles
             .connectors
@@ -455,7 +450,8 @@ impl<'a> ProfileActions<'a> {
                     profile.connector_key
                 ))
             })?;
-        let Credential::Env { values } = self.profiles.credentials(team, user, &profile.slug).await? else {
+        // The caller was allowed to use this profile: its values are read by id, not by slug again.
+        let Credential::Env { values } = self.profiles.credential_of(profile.clone()).await? else {
             return Err(AuthProfileError::NotConnected.into());
         };
         let filled = match probe.fill(&values) {
