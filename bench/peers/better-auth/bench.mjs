@@ -249,37 +249,40 @@ for (let i = 0; i < SESSIONS; i++) {
   baCookies.push(await signInBetterAuth());
   tsCookies.push(await signInTessera());
 }
-const baUser = await whoAmI(`${BA}/api/auth/get-session`, baCookies[0], (b) => b?.user?.email);
-const tsUser = await whoAmI(`${TS}/v1/me`, tsCookies[0], (b) => b?.user?.id ?? b?.id);
+// Every session is the same (returning) user's.
+const users = async (url, cookies, pick) => [...new Set(await Promise.all(cookies.map((c) => whoAmI(url, c, pick))))];
+const baUsers = await users(`${BA}/api/auth/get-session`, baCookies, (b) => b?.user?.id);
+const tsUsers = await users(`${TS}/v1/me`, tsCookies, (b) => b?.id);
+if (baUsers.length !== 1 || tsUsers.length !== 1) throw new Error(`expected one user each, got ${baUsers} and ${tsUsers}`);
+const [baUser, tsUser] = [baUsers[0], tsUsers[0]];
 console.log(`# signed in through the provider, ${SESSIONS} sessions each: better-auth user ${baUser}, Tessera user ${tsUser}`);
 
 // 2. Session → user.
 const rows = [];
-const line = (label, conns, r) =>
-  `${label.padEnd(30)}${String(conns).padStart(5)}${r.rate.toFixed(0).padStart(10)}${r.p50.toFixed(2).padStart(9)}${r.p99.toFixed(2).padStart(9)}` +
-  `${(r.cpu === undefined ? '' : r.cpu.toFixed(3)).padStart(14)}${(r.pg === undefined ? '' : r.pg.toFixed(3)).padStart(11)}`;
-rows.push(`${'session → user'.padEnd(30)}${'conns'.padStart(5)}${'req/s'.padStart(10)}${'p50 ms'.padStart(9)}${'p99 ms'.padStart(9)}${'CPU ms/req'.padStart(14)}${'PG ms/req'.padStart(11)}`);
+const table = (widths) => (...cells) => cells.map((cell, i) => (i === 0 ? String(cell).padEnd(widths[0]) : String(cell).padStart(widths[i]))).join('');
+const row = table([36, 6, 10, 9, 9, 12, 11]);
+const fixed = (value, digits) => (Number.isFinite(value) ? value.toFixed(digits) : '-');
+const ratio = (a, b, digits) => (b > 0 && Number.isFinite(a / b) ? `${(a / b).toFixed(digits)}x` : '-');
+const loadRow = (label, conns, r) => row(label, conns, fixed(r.rate, 0), fixed(r.p50, 2), fixed(r.p99, 2), fixed(r.cpu, 3), fixed(r.pg, 3));
+rows.push(row('session → user', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'CPU ms/req', 'PG ms/req'));
 for (const connections of CONNECTIONS) {
   const ba = await measureLoad(`${BA}/api/auth/get-session`, connections, baCookies, 'ba');
   const ts = await measureLoad(`${TS}/v1/me`, connections, tsCookies, 'ts');
-  rows.push(line('better-auth get-session', connections, ba));
-  rows.push(line('tessera /v1/me', connections, ts));
-  rows.push(
-    `${'  tessera/better-auth'.padEnd(35)}${(ts.rate / ba.rate).toFixed(1).padStart(9)}x${(ts.p50 / ba.p50).toFixed(2).padStart(8)}x${(ts.p99 / ba.p99).toFixed(2).padStart(8)}x` +
-      `${(ts.cpu / ba.cpu).toFixed(3).padStart(13)}x${(ts.pg / ba.pg).toFixed(3).padStart(10)}x`,
-  );
+  rows.push(loadRow('better-auth /api/auth/get-session', connections, ba));
+  rows.push(loadRow('tessera /v1/me', connections, ts));
+  rows.push(row('  tessera/better-auth', '', ratio(ts.rate, ba.rate, 1), ratio(ts.p50, ba.p50, 2), ratio(ts.p99, ba.p99, 2), ratio(ts.cpu, ba.cpu, 3), ratio(ts.pg, ba.pg, 3)));
 }
 const ceiling = await measureLoad(`${TS}/healthz`, Math.max(...CONNECTIONS), undefined, 'ts');
-rows.push(line('(client ceiling: tessera /healthz)', Math.max(...CONNECTIONS), ceiling));
+rows.push(loadRow('(client ceiling: tessera /healthz)', Math.max(...CONNECTIONS), ceiling));
 
 // 3. Returning-user browser sign-ins.
 const baSign = await measureSignIns(signInBetterAuth, 'ba');
 const tsSign = await measureSignIns(signInTessera, 'ts');
+const signRow = table([52, 9, 12, 11]);
 rows.push('');
-rows.push(`${`browser sign-in, returning user (${SIGN_INS} sequential)`.padEnd(44)}${'CPU ms'.padStart(10)}${'PG CPU ms'.padStart(11)}${'wall ms'.padStart(10)}`);
-const signLine = (label, r) => `${label.padEnd(44)}${r.cpu.toFixed(3).padStart(10)}${r.pg.toFixed(3).padStart(11)}${r.wall.toFixed(2).padStart(10)}`;
-rows.push(signLine('better-auth', baSign));
-rows.push(signLine('tessera', tsSign));
-rows.push(`${'  tessera/better-auth'.padEnd(44)}${(tsSign.cpu / baSign.cpu).toFixed(3).padStart(9)}x${(tsSign.pg / baSign.pg).toFixed(3).padStart(10)}x${(tsSign.wall / baSign.wall).toFixed(2).padStart(9)}x`);
+rows.push(signRow(`browser sign-in, returning user (${SIGN_INS} in a row)`, 'wall ms', 'CPU ms', 'PG CPU ms'));
+rows.push(signRow('better-auth', fixed(baSign.wall, 2), fixed(baSign.cpu, 3), fixed(baSign.pg, 3)));
+rows.push(signRow('tessera', fixed(tsSign.wall, 2), fixed(tsSign.cpu, 3), fixed(tsSign.pg, 3)));
+rows.push(signRow('  tessera/better-auth', ratio(tsSign.wall, baSign.wall, 2), ratio(tsSign.cpu, baSign.cpu, 3), ratio(tsSign.pg, baSign.pg, 3)));
 console.log(rows.join('\n'));
 process.exit(0);
