@@ -205,6 +205,7 @@ async function load(url, connections, duration, cookies) {
         url,
         connections,
         duration,
+        timeout: 30, // seconds; a starved peer at 64 connections can take several
         setupClient: cookies ? (client) => client.setHeaders({ cookie: cookies[next++ % cookies.length] }) : undefined,
       },
       (error, done) => (error ? reject(error) : resolve(done)),
