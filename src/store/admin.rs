@@ -6,9 +6,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::cache_sync::{CacheChange, log_changes};
 use super::db::{Db, Tx, query};
 use super::rows::{self, RowExt, identity_columns, team_columns, user_columns};
-use super::cache_sync::{CacheChange, log_changes};
 use super::sql::{insert_event, user_in};
 use super::{NewEvent, StoreError, decode_role};
 use crate::domain::events;
@@ -341,7 +341,9 @@ pub(super) async fn delete_user(db: &Db, user: UserId, now: DateTime<Utc>) -> Re
     let payload = events::user_deleted(&found, &identities, &left_teams, &deleted_teams);
     insert_event(&mut tx, &NewEvent::new(events::USER_DELETED, payload), now).await?;
     let forget: Vec<_> = std::iter::once(CacheChange::User(user))
-        .chain(identities.iter().map(|i| CacheChange::Identity { issuer: i.issuer.clone(), subject: i.subject.clone() }))
+        .chain(
+            identities.iter().map(|i| CacheChange::Identity { issuer: i.issuer.clone(), subject: i.subject.clone() }),
+        )
         .collect();
     log_changes(&mut tx, &forget, now).await?;
     tx.commit().await?;

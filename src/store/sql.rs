@@ -10,6 +10,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::cache_sync::{CacheChange, LoggedChange, log_changes};
 use super::db::{Db, PoolRef, Tx, query, try_exclusive};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
 use super::rows::{
@@ -26,7 +27,6 @@ use super::{
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use super::{CreateTeamOutcome, DeleteUserOutcome, TeamMember, TeamQuery, UserQuery};
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
-use super::cache_sync::{CacheChange, LoggedChange, log_changes};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events;
 use crate::domain::{

@@ -138,23 +138,22 @@ async fn an_identity_unlinked_on_one_instance_stops_resolving_on_another_within_
     let c = cluster(backend).await;
     let (first, second) = (c.token("first-identity"), c.token("second-identity"));
     let user = user_of(&c.a, &first).await;
-    let linked = c
-        .a
-        .store
-        .link_identity(
-            user.parse::<UserId>().unwrap(),
-            &NewLink {
-                identity_id: IdentityId::generate(),
-                issuer: Issuer::parse(c.issuer.issuer()).unwrap(),
-                subject: Subject::parse("second-identity").unwrap(),
-                provider: "local".into(),
-                email: None,
-                email_verified: false,
-                now: tessera::domain::now(),
-            },
-        )
-        .await
-        .unwrap();
+    let linked =
+        c.a.store
+            .link_identity(
+                user.parse::<UserId>().unwrap(),
+                &NewLink {
+                    identity_id: IdentityId::generate(),
+                    issuer: Issuer::parse(c.issuer.issuer()).unwrap(),
+                    subject: Subject::parse("second-identity").unwrap(),
+                    provider: "local".into(),
+                    email: None,
+                    email_verified: false,
+                    now: tessera::domain::now(),
+                },
+            )
+            .await
+            .unwrap();
     assert!(matches!(linked, LinkOutcome::Linked(_)));
     assert_eq!(user_of(&c.a, &second).await, user, "both identities are the user's");
     settle().await;
@@ -188,8 +187,15 @@ async fn a_membership_removed_on_one_instance_fails_the_check_on_another_within_
     let c = cluster(backend).await;
     let token = c.token("member");
     let user = user_of(&c.a, &token).await;
-    body(c.a.admin(Method::POST, "/admin/teams").json(&json!({"slug": "sync-team", "name": "Sync"})).send().await.unwrap(), 201)
-        .await;
+    body(
+        c.a.admin(Method::POST, "/admin/teams")
+            .json(&json!({"slug": "sync-team", "name": "Sync"}))
+            .send()
+            .await
+            .unwrap(),
+        201,
+    )
+    .await;
     let add = c.a.admin(Method::POST, "/admin/teams/sync-team/members");
     let added = add.json(&json!({"user_id": user, "role": "member"})).send().await.unwrap();
     assert!(added.status().is_success(), "{}", added.status());
@@ -217,7 +223,11 @@ async fn a_client_given_a_new_secret_or_deleted_on_one_instance_is_refused_by_an
     let old = created["client_secret"].as_str().unwrap().to_owned();
     settle().await;
     let introspect = |secret: String| {
-        c.b.client.post(c.b.url("/oauth/introspect")).basic_auth("sync-app", Some(secret)).form(&[("token", "x")]).send()
+        c.b.client
+            .post(c.b.url("/oauth/introspect"))
+            .basic_auth("sync-app", Some(secret))
+            .form(&[("token", "x")])
+            .send()
     };
     assert_eq!(introspect(old.clone()).await.unwrap().status(), 200, "the client authenticates; B caches it");
 
@@ -255,11 +265,7 @@ async fn a_change_committed_after_a_later_numbered_one_is_still_applied_on_postg
     let Sql::Postgres(pool) = c.db.sql().await else { unreachable!("a PostgreSQL test") };
     let mut held = pool.begin().await.unwrap();
     let early_id = uuid::Uuid::parse_str(&early_user).unwrap();
-    sqlx::query("UPDATE users SET disabled = TRUE WHERE id = $1")
-        .bind(early_id)
-        .execute(&mut *held)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE users SET disabled = TRUE WHERE id = $1").bind(early_id).execute(&mut *held).await.unwrap();
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO cache_invalidations (kind, user_id, created_at) VALUES ('user', $1, now()) RETURNING seq",
     )

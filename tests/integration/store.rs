@@ -3432,11 +3432,13 @@ mod cache_log {
         store.put_member(bob.team.id, ada.id(), Role::Admin, now()).await.unwrap();
         store.remove_member(bob.team.id, ada.id()).await.unwrap();
         let second = linked(&store, &ada, "log-ada-elsewhere").await;
-        assert!(matches!(
-            store.unlink_identity(ada.id(), second.id, now()).await.unwrap(),
-            UnlinkOutcome::Unlinked(_)
-        ));
-        let team = Team { id: TeamId::generate(), slug: Slug::parse("log-team").unwrap(), name: "Log".into(), created_at: now() };
+        assert!(matches!(store.unlink_identity(ada.id(), second.id, now()).await.unwrap(), UnlinkOutcome::Unlinked(_)));
+        let team = Team {
+            id: TeamId::generate(),
+            slug: Slug::parse("log-team").unwrap(),
+            name: "Log".into(),
+            created_at: now(),
+        };
         assert!(matches!(
             store.create_team(&team, Some(ada.id()), now()).await.unwrap(),
             CreateTeamOutcome::Created(_)
@@ -3518,7 +3520,10 @@ mod cache_log {
         ));
         assert_eq!(store.delete_user(bob.id(), now()).await.unwrap(), DeleteUserOutcome::LastOwner(bob.team.clone()));
         let stale = Client { name: "Stale".into(), ..client.clone() };
-        assert_eq!(store.update_client(&stale, client.updated_at - TimeDelta::seconds(1)).await.unwrap(), ClientUpdate::Changed);
+        assert_eq!(
+            store.update_client(&stale, client.updated_at - TimeDelta::seconds(1)).await.unwrap(),
+            ClientUpdate::Changed
+        );
         assert!(!store.delete_client(&ClientId::parse("no-such-app").unwrap()).await.unwrap());
         assert_eq!(store.cache_changes_head().await.unwrap(), head, "only the new link was logged");
     }
