@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tessera::config::Config;
+use tessera::config::{Config, DatabaseUrl};
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::{IdentityId, Issuer, Subject, UserId};
 use tessera::store::{LinkOutcome, NewLink};
@@ -292,4 +292,49 @@ async fn a_change_committed_after_a_later_numbered_one_is_still_applied_on_postg
     })
     .await;
     c.stop().await;
+}
+
+/// An instance reading a replica that replays 2 s late: once it has read a change from the log, it
+/// reads that user from the primary, so the lagging replica cannot bring the old user back into its
+/// cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_reading_a_lagging_replica_honours_a_change_made_elsewhere_within_a_second() {
+    let issuer = LocalIssuer::start().await.unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    db.store().await.close().await;
+    let replica = crate::replica::replica_url("TESSERA_TEST_PG_DELAYED_REPLICA_URL", &db);
+    let delayed = crate::replica::caught_up(&replica).await;
+    let mut config = db.config();
+    config.issuers.push(local_issuer_config(&issuer));
+    let a = TestApp::start(db.share(), &config).await;
+    config.database.replica_url = Some(DatabaseUrl::parse(&replica).unwrap());
+    let b = TestApp::start(db.share(), &config).await;
+
+    let token = issuer.sign("rsa-1", &issuer.claims("behind-a-replica", AUDIENCE));
+    let user = user_of(&a, &token).await;
+    let id = uuid::Uuid::parse_str(&user).unwrap();
+    let on_replica = || async {
+        sqlx::query_scalar::<_, bool>("SELECT disabled FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&delayed)
+            .await
+            .unwrap()
+    };
+    eventually_within("the replica has the user", Duration::from_secs(20), || async {
+        on_replica().await == Some(false)
+    })
+    .await;
+    settle().await;
+    assert_eq!(user_of(&b, &token).await, user, "cached on B, read from the replica");
+
+    let changed = Instant::now();
+    let path = format!("/admin/users/{user}");
+    body(a.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    honoured_within_bound("a disabled user is refused despite the lagging replica", changed, || async {
+        code_of(b.validate(&token).await).await == refused("user_disabled")
+    })
+    .await;
+    assert_eq!(on_replica().await, Some(false), "the replica really lagged behind the primary");
+    a.stop().await;
+    b.stop().await;
 }
