@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin_listing;
 mod bootstrap;
+mod cache_sync;
 mod caches;
 mod catalogue;
 mod cli;
