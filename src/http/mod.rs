@@ -16,6 +16,7 @@ pub mod extract;
 pub mod health;
 pub mod login;
 pub mod mcp;
+pub mod openapi;
 pub mod me;
 pub mod members;
 pub mod op;
@@ -124,6 +125,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(members::routes())
         .merge(op::routes())
         .merge(mcp::routes(&state))
+        .merge(openapi::routes())
         .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
