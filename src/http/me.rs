@@ -32,7 +32,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     operation_id = "get_me",
     summary = "The token's user, identities and teams.",
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserProfileResponse)),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
 )]
 async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<UserProfileResponse>, ApiError> {
     // A browser with a session and no token: the session and the profile in one read.
@@ -58,7 +58,7 @@ fn parse_identity(value: &str) -> Result<IdentityId, ApiError> {
     summary = "Unlinks one of the user's identities.",
     params(("identity_id" = String, Path, description = "An identity id (UUID)")),
     responses(crate::http::openapi::ApiErrors, (status = 204, description = "Unlinked.")),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
 )]
 async fn unlink_identity(
     State(state): State<Arc<AppState>>,
@@ -78,7 +78,7 @@ async fn unlink_identity(
     summary = "Makes an identity the user's primary one.",
     params(("identity_id" = String, Path, description = "An identity id (UUID)")),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserProfileResponse)),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
 )]
 async fn make_identity_primary(
     State(state): State<Arc<AppState>>,

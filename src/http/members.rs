@@ -62,7 +62,7 @@ fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
     params(("team" = String, Path, description = "A team id or slug"), crate::http::openapi::OnBehalfParams),
     request_body = MemberRequest,
     responses(crate::http::openapi::ApiErrors, (status = 201, description = "The membership.", body = MemberResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn add_team_member(
     State(state): State<Arc<AppState>>,
@@ -86,7 +86,7 @@ async fn add_team_member(
     summary = "Removes a member from a team (owners only, or oneself).",
     params(("team" = String, Path, description = "A team id or slug"), ("user_id" = String, Path, description = "A user id (UUID)"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 204, description = "Removed.")),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn remove_team_member(
     State(state): State<Arc<AppState>>,

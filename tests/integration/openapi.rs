@@ -10,15 +10,21 @@ use serde_json::Value;
 use tessera::error::ErrorCode;
 use tokio::process::Command;
 
-use crate::helpers::{ADMIN_TOKEN, Backend, on_both_backends};
-use crate::op_flow::op_world;
+use reqwest::Method;
+use serde_json::json;
+use tessera_testkit::local_issuer::StubUser;
+
+use crate::helpers::{ADMIN_TOKEN, Backend, identity, json as body, on_both_backends};
+use crate::op_flow::{REDIRECT, op_world, register};
+use crate::signin::{Browser, World};
 
 on_both_backends!(the_document_is_served_and_lists_every_error_code, schemathesis_finds_no_server_error_or_mismatch);
 
 /// Operations Schemathesis does not call (by operation id), each with its reason. Everything
 /// else is called.
-const NOT_FUZZED: &[(&str, &str)] =
-    &[("mcp", "the MCP endpoint speaks JSON-RPC, whose shape the document leaves to the MCP specification")];
+/// None today: redirects to providers are checked as redirects, not followed (the sign-in
+/// provider is the local test issuer anyway).
+const NOT_FUZZED: &[(&str, &str)] = &[];
 
 /// A (method, path) pair; the method is `*` for a `route_service` (every method).
 type Route = (String, String);
@@ -222,17 +228,26 @@ async fn the_document_is_served_and_lists_every_error_code(backend: Backend) {
 }
 
 /// Schemathesis calls every operation (but [`NOT_FUZZED`]) with a bounded number of generated
-/// requests, valid and invalid, with the admin token, and checks each answer against the
-/// document.
+/// requests, valid and invalid, and checks each answer against the document. So that requests
+/// get past authentication and lookups, a user signs in first: admin routes carry the admin
+/// token, every other route that user's session cookie, and the path parameters of the user, their
+/// team, an identity, a client and a webhook are the real ones (except for `DELETE`s, which would
+/// remove them: those get generated values). Admin routes name another user, whom they may
+/// disable without ending the session, and sign-outs get a session of a third user.
 async fn schemathesis_finds_no_server_error_or_mismatch(backend: Backend) {
     let python = std::env::var("TESSERA_TEST_PYTHON")
         .expect("TESSERA_TEST_PYTHON is not set: run the suite with `scripts/test`, which installs Schemathesis");
     let schemathesis = Path::new(&python).with_file_name("schemathesis");
     assert!(schemathesis.exists(), "{} is missing: run `scripts/test`, which installs it", schemathesis.display());
     let w = op_world(backend).await;
-    let report = tempfile::tempdir().unwrap();
+    let seeded = seed(&w).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("schemathesis.toml");
+    std::fs::write(&config, seeded.config()).unwrap();
     let mut command = Command::new(&schemathesis);
     command
+        .arg("--config-file")
+        .arg(&config)
         .arg("run")
         .arg(w.app.url("/openapi.json"))
         .args(["--url", &w.app.url("")])
@@ -241,11 +256,10 @@ async fn schemathesis_finds_no_server_error_or_mismatch(backend: Backend) {
         // recursion depth mismatch"). Redirects are checked, not followed.
         .args(["--max-examples", "5", "--seed", "1", "--workers", "1", "--max-redirects", "0"])
         .args(["--phases", "examples,coverage,fuzzing"])
-        .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
-        .args(["--report", "junit", "--report-dir"])
-        .arg(report.path())
         .args(["--output-truncate", "false"])
         .env("NO_COLOR", "1")
+        // Its cache and reports go to the scratch directory, not the checkout.
+        .current_dir(dir.path())
         .kill_on_drop(true);
     for (operation_id, _reason) in NOT_FUZZED {
         command.args(["--exclude-operation-id", operation_id]);
@@ -260,4 +274,91 @@ async fn schemathesis_finds_no_server_error_or_mismatch(backend: Backend) {
     assert!(output.status.success(), "Schemathesis found problems:\n{stdout}\n{stderr}");
     // A run that tested nothing must not pass.
     assert!(stdout.contains("passed"), "Schemathesis ran no operation:\n{stdout}");
+    // The seeded credentials worked: the signed-in user's own routes answered.
+    assert!(!stdout.contains("GET /v1/me\n"), "the session cookie was refused:\n{stdout}");
+}
+
+/// What the run is given: a session and real identifiers.
+struct Seeded {
+    session: String,
+    other_session: String,
+    user: String,
+    victim: String,
+    team: String,
+    identity: String,
+    client: String,
+    webhook: String,
+}
+
+async fn seed(w: &World) -> Seeded {
+    w.issuer.set_next_user(StubUser::new("fuzz-sub", "fuzz@example.com"));
+    let mut browser = Browser::new();
+    let done = browser.sign_in(&w.app, "provider=local").await;
+    assert_eq!(done.status(), 303, "the sign-in completes");
+    let session = browser.cookies.get("tessera_session").expect("a session cookie").clone();
+    w.issuer.set_next_user(StubUser::new("other-sub", "other@example.com"));
+    let mut other = Browser::new();
+    assert_eq!(other.sign_in(&w.app, "provider=local").await.status(), 303);
+    let other_session = other.cookies.get("tessera_session").expect("a session cookie").clone();
+    let me = body(browser.me(&w.app).await, 200).await;
+    let text = |value: &Value| value.as_str().unwrap().to_owned();
+    let (client, _) = register(&w.app, json!({"name": "Fuzzed", "kind": "confidential", "redirect_uris": [REDIRECT]})).await;
+    let webhook = w
+        .app
+        .admin(Method::POST, "/admin/webhooks")
+        .json(&json!({"url": "https://hooks.example.com/tessera"}))
+        .send()
+        .await
+        .unwrap();
+    let webhook = body(webhook, 201).await;
+    let victim = body(w.app.bootstrap(&identity("victim-sub", "victim@example.com", None)).await, 201).await;
+    Seeded {
+        session,
+        other_session,
+        user: text(&me["id"]),
+        victim: text(&victim["user_id"]),
+        team: text(&me["teams"][0]["slug"]),
+        identity: text(&me["identities"][0]["id"]),
+        client,
+        webhook: text(&webhook["id"]),
+    }
+}
+
+/// Operations that end sessions: they get a session of their own, of another user.
+const SIGN_OUTS: &[&str] = &["logout", "logout_get", "logout_post", "sign_out_others"];
+
+impl Seeded {
+    /// A Schemathesis configuration: for each group of operations (by operation id, from the
+    /// document), its credentials and, but for `DELETE`s, the real path parameters.
+    fn config(&self) -> String {
+        let document = serde_json::to_value(tessera::http::openapi::document()).unwrap();
+        let mut groups: BTreeMap<(bool, bool, bool), Vec<String>> = BTreeMap::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let Some(id) = operation.get("operationId").and_then(Value::as_str) else { continue };
+                let key = (path.starts_with("/admin"), method == "delete", SIGN_OUTS.contains(&id));
+                groups.entry(key).or_default().push(format!("{id:?}"));
+            }
+        }
+        let parameters = |user: &str| {
+            let Seeded { team, identity, client, webhook, .. } = self;
+            format!(
+                "parameters = {{ \"path.user_id\" = \"{user}\", \"path.team\" = \"{team}\", \"path.identity_id\" = \"{identity}\", \"path.identity\" = \"{identity}\", \"path.client_id\" = \"{client}\", \"path.id\" = \"{webhook}\" }}\n"
+            )
+        };
+        let mut config = String::new();
+        for ((admin, delete, sign_out), ids) in groups {
+            config += &format!("[[operations]]\ninclude-operation-id = [{}]\n", ids.join(", "));
+            config += &match (admin, sign_out) {
+                (true, _) => format!("headers = {{ Authorization = \"Bearer {ADMIN_TOKEN}\" }}\n"),
+                (false, true) => format!("headers = {{ Cookie = \"tessera_session={}\" }}\n", self.other_session),
+                (false, false) => format!("headers = {{ Cookie = \"tessera_session={}\" }}\n", self.session),
+            };
+            if !delete {
+                config += &parameters(if admin { &self.victim } else { &self.user });
+            }
+            config += "\n";
+        }
+        config
+    }
 }

@@ -66,7 +66,7 @@ fn parse_update(request: UpdateRequest) -> Result<ProfilePatch, ApiError> {
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     request_body = UpdateRequest,
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileUpdateResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn update_auth_profile(
     State(state): State<Arc<AppState>>,
@@ -89,7 +89,7 @@ async fn update_auth_profile(
     summary = "Makes a profile its connector's default.",
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn set_default_auth_profile(
     State(state): State<Arc<AppState>>,
@@ -110,7 +110,7 @@ async fn set_default_auth_profile(
     summary = "Stops a profile being its connector's default.",
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn clear_default_auth_profile(
     State(state): State<Arc<AppState>>,
@@ -131,7 +131,7 @@ async fn clear_default_auth_profile(
     summary = "Tests a profile's credentials against its connector.",
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The outcome.", body = AuthProfileTestResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn test_auth_profile(
     State(state): State<Arc<AppState>>,
@@ -152,7 +152,7 @@ async fn test_auth_profile(
     summary = "The credentials of a connector's default profile.",
     params(("team" = String, Path, description = "A team id or slug"), ("connector_key" = String, Path, description = "A connector key"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The credentials (`Cache-Control: no-store`).", body = ConnectorCredentialResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn connector_credentials(
     State(state): State<Arc<AppState>>,

@@ -162,7 +162,7 @@ pub(crate) fn parse_scopes(scopes: Vec<String>) -> Result<Vec<String>, ApiError>
     params(("team" = String, Path, description = "A team id or slug"), crate::http::openapi::OnBehalfParams),
     request_body = CreateRequest,
     responses(crate::http::openapi::ApiErrors, (status = 201, description = "The profile.", body = AuthProfileWithLinkResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn create_auth_profile(
     State(state): State<Arc<AppState>>,
@@ -186,7 +186,7 @@ async fn create_auth_profile(
     summary = "The caller's auth profiles in a team.",
     params(("team" = String, Path, description = "A team id or slug"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profiles.", body = AuthProfileListResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn list_auth_profiles(
     State(state): State<Arc<AppState>>,
@@ -206,7 +206,7 @@ async fn list_auth_profiles(
     summary = "An auth profile.",
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn get_auth_profile(
     State(state): State<Arc<AppState>>,
@@ -226,7 +226,7 @@ async fn get_auth_profile(
     summary = "Revokes an auth profile.",
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 204, description = "Revoked.")),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn revoke_auth_profile(
     State(state): State<Arc<AppState>>,
@@ -254,7 +254,7 @@ struct ConnectRequest {
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     request_body(content = Option<ConnectRequest>, description = "Optional: `{\"allow_account_change\": true}`."),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile and link.", body = AuthProfileWithLinkResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn connect_auth_profile(
     State(state): State<Arc<AppState>>,
@@ -282,7 +282,7 @@ async fn connect_auth_profile(
     summary = "A fresh access token of a connected profile.",
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The token (`Cache-Control: no-store`).", body = AuthProfileTokenResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn auth_profile_token(
     State(state): State<Arc<AppState>>,

@@ -49,7 +49,7 @@ struct EnvRequest {
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     request_body = EnvRequest,
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn set_env_values(
     State(state): State<Arc<AppState>>,
@@ -81,7 +81,7 @@ struct BrowserSessionRequest {
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     request_body = BrowserSessionRequest,
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn set_browser_session(
     State(state): State<Arc<AppState>>,
@@ -108,7 +108,7 @@ async fn set_browser_session(
     summary = "A profile's credentials.",
     params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The credentials (`Cache-Control: no-store`).", body = CredentialResponse)),
-    security(("bearer" = []), ("admin_token" = []), ("admin_token_header" = [])),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn profile_credentials(
     State(state): State<Arc<AppState>>,
