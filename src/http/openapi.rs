@@ -1,5 +1,6 @@
-//! The OpenAPI 3.1 document, served at `GET /openapi.json`: every route, generated from the handlers' `#[utoipa::path]` attributes and the response types' schemas.
+//! The OpenAPI 3.1 document of every route, served at `GET /openapi.json`.
 //!
+//! It is generated from the handlers' `#[utoipa::path]` attributes and the body types' schemas.
 //! Errors share one `Problem` schema whose `code` enum is the table of [`ErrorCode`]s, and one set
 //! of error responses ([`ApiErrors`]) with every status that table uses. Pages (HTML) and the
 //! OAuth endpoints (form bodies, RFC 6749 errors) are described with their real content types.
@@ -11,7 +12,6 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
@@ -38,8 +38,11 @@ pub fn document() -> utoipa::openapi::OpenApi {
 }
 
 /// The OpenAPI 3.1 document describing every route.
-#[utoipa::path(get, path = "/openapi.json", tag = "meta",
-    responses((status = 200, description = "This document (OpenAPI 3.1).", content_type = "application/json", body = Object)))]
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", operation_id = "openapi",
+    summary = "This document.",
+    responses(ApiErrors,
+        (status = 200, description = "This document (OpenAPI 3.1).", content_type = "application/json", body = Object)),
+    security(()))]
 async fn openapi_json() -> Response {
     let mut response = DOCUMENT.as_str().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -303,8 +306,9 @@ fn problem_responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
     statuses()
         .into_iter()
         .map(|(status, codes)| {
-            let response =
-                ResponseBuilder::new().description(problem_description(&codes)).content(PROBLEM_JSON, problem_content());
+            let response = ResponseBuilder::new()
+                .description(problem_description(&codes))
+                .content(PROBLEM_JSON, problem_content());
             (status.to_string(), response.build().into())
         })
         .collect()
@@ -391,16 +395,6 @@ impl IntoResponses for OAuthErrors {
 pub struct OnBehalfParams {
     /// With the admin token: the user the call acts for (a user id).
     on_behalf_of: Option<String>,
-}
-
-/// The `{team}` path parameter: a team id or slug.
-pub fn team_param() -> Parameter {
-    ParameterBuilder::new()
-        .name("team")
-        .parameter_in(ParameterIn::Path)
-        .required(utoipa::openapi::Required::True)
-        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
-        .build()
 }
 
 /// Adds the security schemes.

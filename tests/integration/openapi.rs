@@ -187,14 +187,17 @@ fn every_route_is_documented_and_every_documented_route_exists() {
     assert!(undocumented.is_empty(), "routes missing from the OpenAPI document: {undocumented:?}");
     let unserved: Vec<_> = documented
         .iter()
-        .filter(|(method, path)| !source.contains(&(method.clone(), path.clone())) && !source.contains(&("*".to_owned(), path.clone())))
+        .filter(|(method, path)| {
+            !source.contains(&(method.clone(), path.clone())) && !source.contains(&("*".to_owned(), path.clone()))
+        })
         .collect();
     assert!(unserved.is_empty(), "documented operations that no route serves: {unserved:?}");
 }
 
 #[test]
 fn the_route_parser_reads_methods_constants_and_formats() {
-    let text = "const A: &str = \"/a\";\nRouter::new().route(A, get(x).post(y))\n.route(&format!(\"{A}/b\"), delete(z))";
+    let text =
+        "const A: &str = \"/a\";\nRouter::new().route(A, get(x).post(y))\n.route(&format!(\"{A}/b\"), delete(z))";
     let consts = string_consts(text);
     assert_eq!(consts["A"], "/a");
     let at = text.find(".route(").unwrap() + ".route(".len();
@@ -251,7 +254,10 @@ async fn schemathesis_finds_no_server_error_or_mismatch(backend: Backend) {
         .arg("run")
         .arg(w.app.url("/openapi.json"))
         .args(["--url", &w.app.url("")])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
         // One worker: Python 3.11's parser is not safe across Hypothesis threads ("AST constructor
         // recursion depth mismatch"). Redirects are checked, not followed.
         .args(["--max-examples", "5", "--seed", "1", "--workers", "1", "--max-redirects", "0"])
@@ -302,7 +308,8 @@ async fn seed(w: &World) -> Seeded {
     let other_session = other.cookies.get("tessera_session").expect("a session cookie").clone();
     let me = body(browser.me(&w.app).await, 200).await;
     let text = |value: &Value| value.as_str().unwrap().to_owned();
-    let (client, _) = register(&w.app, json!({"name": "Fuzzed", "kind": "confidential", "redirect_uris": [REDIRECT]})).await;
+    let (client, _) =
+        register(&w.app, json!({"name": "Fuzzed", "kind": "confidential", "redirect_uris": [REDIRECT]})).await;
     let webhook = w
         .app
         .admin(Method::POST, "/admin/webhooks")
