@@ -68,7 +68,7 @@ struct ClaimRequest {
     summary = "Claims a domain for a team.",
     params(("team" = String, Path, description = "A team id or slug")),
     request_body = ClaimRequest,
-    responses(crate::http::openapi::ApiErrors, (status = 201, description = "The claim.", body = DomainClaimResponse)),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The domain was already claimed by this team: the claim.", body = DomainClaimResponse), (status = 201, description = "The claim.", body = DomainClaimResponse)),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn claim_team_domain(

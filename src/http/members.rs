@@ -61,7 +61,7 @@ fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
     summary = "Adds a member to a team (owners only).",
     params(("team" = String, Path, description = "A team id or slug"), crate::http::openapi::OnBehalfParams),
     request_body = MemberRequest,
-    responses(crate::http::openapi::ApiErrors, (status = 201, description = "The membership.", body = MemberResponse)),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Already a member: the role is changed.", body = MemberResponse), (status = 201, description = "Added.", body = MemberResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn add_team_member(
@@ -109,7 +109,7 @@ async fn remove_team_member(
     summary = "Adds a member to a team.",
     params(("team" = String, Path, description = "A team id or slug")),
     request_body = MemberRequest,
-    responses(crate::http::openapi::ApiErrors, (status = 201, description = "The membership.", body = MemberResponse)),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Already a member: the role is changed.", body = MemberResponse), (status = 201, description = "Added.", body = MemberResponse)),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn add_member(

@@ -161,7 +161,7 @@ pub(crate) fn parse_scopes(scopes: Vec<String>) -> Result<Vec<String>, ApiError>
     summary = "Creates an auth profile (and its connect link when it needs one).",
     params(("team" = String, Path, description = "A team id or slug"), crate::http::openapi::OnBehalfParams),
     request_body = CreateRequest,
-    responses(crate::http::openapi::ApiErrors, (status = 201, description = "The profile.", body = AuthProfileWithLinkResponse)),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The caller's pending profile for this connector, reused with a new link.", body = AuthProfileWithLinkResponse), (status = 201, description = "The profile.", body = AuthProfileWithLinkResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn create_auth_profile(
