@@ -421,7 +421,9 @@ impl Modify for SecuritySchemes {
         );
         components.add_security_scheme(
             "bearer",
-            bearer("An access or ID token of a configured upstream provider, or an access token of Tessera's OpenID Provider."),
+            bearer(
+                "An upstream provider's token, or an access token of Tessera's OpenID Provider; `X-User-Token: <token>` works too.",
+            ),
         );
         components.add_security_scheme(
             "session",

@@ -260,7 +260,7 @@ async fn schemathesis_finds_no_server_error_or_mismatch(backend: Backend) {
         ])
         // One worker: Python 3.11's parser is not safe across Hypothesis threads ("AST constructor
         // recursion depth mismatch"). Redirects are checked, not followed.
-        .args(["--max-examples", "5", "--seed", "1", "--workers", "1", "--max-redirects", "0"])
+        .args(["--max-examples", "10", "--seed", "1", "--workers", "1", "--max-redirects", "0"])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--output-truncate", "false"])
         .env("NO_COLOR", "1")
