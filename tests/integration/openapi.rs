@@ -6,13 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
-use tessera::error::ErrorCode;
-use tokio::process::Command;
-
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
+use tessera::error::ErrorCode;
 use tessera_testkit::local_issuer::StubUser;
+use tokio::process::Command;
 
 use crate::helpers::{ADMIN_TOKEN, Backend, identity, json as body, on_both_backends};
 use crate::op_flow::{REDIRECT, op_world, register};
@@ -20,10 +18,9 @@ use crate::signin::{Browser, World};
 
 on_both_backends!(the_document_is_served_and_lists_every_error_code, schemathesis_finds_no_server_error_or_mismatch);
 
-/// Operations Schemathesis does not call (by operation id), each with its reason. Everything
-/// else is called.
-/// None today: redirects to providers are checked as redirects, not followed (the sign-in
-/// provider is the local test issuer anyway).
+/// Operations Schemathesis does not call (by operation id), each with its reason; everything
+/// else is called. None today: redirects to a provider are checked as redirects, not followed
+/// (and the sign-in provider is the test's local issuer anyway).
 const NOT_FUZZED: &[(&str, &str)] = &[];
 
 /// A (method, path) pair; the method is `*` for a `route_service` (every method).
