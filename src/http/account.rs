@@ -105,7 +105,8 @@ struct AccountPage {
     other_sessions: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AccountQuery {
     done: Option<String>,
 }
@@ -146,6 +147,16 @@ async fn session(state: &AppState, headers: &HeaderMap, back_to: &str) -> Result
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/account",
+    tag = "pages",
+    operation_id = "show_account",
+    summary = "The account page.",
+    params(AccountQuery),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn show_account(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -299,6 +310,17 @@ where
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/identities/{identity}/unlink",
+    tag = "pages",
+    operation_id = "account_unlink_identity",
+    summary = "Unlinks an identity (form).",
+    params(("identity" = String, Path, description = "An identity id (UUID)")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn unlink_identity(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -312,6 +334,17 @@ async fn unlink_identity(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/identities/{identity}/primary",
+    tag = "pages",
+    operation_id = "account_make_identity_primary",
+    summary = "Makes an identity primary (form).",
+    params(("identity" = String, Path, description = "An identity id (UUID)")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn make_identity_primary(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -325,6 +358,17 @@ async fn make_identity_primary(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/connections/{team}/{slug}/revoke",
+    tag = "pages",
+    operation_id = "revoke_connection",
+    summary = "Revokes a connection (form).",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn revoke_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -339,6 +383,17 @@ async fn revoke_connection(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/connections/{team}/{slug}/reconnect",
+    tag = "pages",
+    operation_id = "reconnect_connection",
+    summary = "Reconnects a connection (form).",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn reconnect_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -353,6 +408,16 @@ async fn reconnect_connection(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/sessions/sign-out-others",
+    tag = "pages",
+    operation_id = "sign_out_others",
+    summary = "Signs out every other session (form).",
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn sign_out_others(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     act(&state, &headers, &body, async |live| {
         state.sessions.revoke_others(live.profile.user.id, &live.hash).await?;

@@ -27,7 +27,8 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/", get(home)).route("/login", get(show_login))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LoginQuery {
     return_to: Option<String>,
     email: Option<String>,
@@ -117,6 +118,16 @@ pub fn chooser(state: &AppState, return_to: Option<&str>, email: &str, notice: O
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/login",
+    tag = "pages",
+    operation_id = "show_login",
+    summary = "The sign-in page.",
+    params(LoginQuery),
+    responses(crate::http::openapi::PageResponses),
+    security(()),
+)]
 async fn show_login(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -166,6 +177,15 @@ async fn show_login(
 
 /// `GET /`: a browser goes to its account page (which asks to sign in first when needed); an
 /// API client gets the usual 404.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "pages",
+    operation_id = "home",
+    summary = "A browser goes to its account page; an API client gets a 404.",
+    responses(crate::http::openapi::PageResponses),
+    security(()),
+)]
 async fn home(headers: HeaderMap) -> Response {
     if pages::wants_html(&headers) {
         return redirect("/account", &[]);

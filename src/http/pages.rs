@@ -242,6 +242,15 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route(STYLESHEET_PATH, get(stylesheet))
 }
 
+#[utoipa::path(
+    get,
+    path = "/assets/tessera.css",
+    tag = "pages",
+    operation_id = "stylesheet",
+    summary = "The pages' stylesheet.",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The stylesheet.", body = String, content_type = "text/css; charset=utf-8")),
+    security(()),
+)]
 async fn stylesheet(State(state): State<Arc<AppState>>) -> Response {
     let mut response = state.pages.css.clone().into_response();
     let headers = response.headers_mut();

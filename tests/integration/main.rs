@@ -22,6 +22,7 @@ mod mcp;
 mod op_clients;
 mod op_flow;
 mod op_third_party;
+mod openapi;
 mod pages;
 mod profile_actions;
 mod profile_credentials;

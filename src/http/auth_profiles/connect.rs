@@ -24,6 +24,16 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/connect/{token}/oauth/start", get(start_connect))
 }
 
+#[utoipa::path(
+    get,
+    path = "/connect/{token}/oauth/start",
+    tag = "pages",
+    operation_id = "start_connect",
+    summary = "Starts connecting an OAuth profile: redirects to the provider.",
+    params(("token" = String, Path, description = "A connect token (from a connect link)")),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn start_connect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -114,6 +114,16 @@ fn render(
     state.pages.render(status, &page)
 }
 
+#[utoipa::path(
+    get,
+    path = "/connect/{token}/env",
+    tag = "pages",
+    operation_id = "show_env_form",
+    summary = "The form for an `env` profile's values.",
+    params(("token" = String, Path, description = "A connect token (from a connect link)")),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn show_env_form(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -132,6 +142,17 @@ async fn show_env_form(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/connect/{token}/env",
+    tag = "pages",
+    operation_id = "submit_env_form",
+    summary = "Submits an `env` profile's values.",
+    params(("token" = String, Path, description = "A connect token (from a connect link)")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn submit_env_form(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
