@@ -84,6 +84,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
         auto_link_by_email: false,
         store_tokens: false,
         protocol: tessera::config::ProviderProtocol::default(),
+        icon_url: None,
     }];
     config.connectors = vec![ConnectorConfig {
         key: "openai".into(),
