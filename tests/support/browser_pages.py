@@ -2,7 +2,9 @@
 
 Walks what a person does: an error page, the sign-in chooser (by keyboard only), the account
 page, linking a second sign-in method, removing it, an existing-account sign-in that must be
-linked (and the link flow it offers), signing out, and a page that does not exist. Every page is
+linked (and the link flow it offers), connecting an account (its start page, the provider, the
+connected page) and disconnecting it, filling the form of an env profile's link and reconnecting
+it from the account page, signing out, and a page that does not exist. Every page is
 checked with axe-core for serious or critical violations at 1280 and 375 px, must load without a
 Content-Security-Policy violation or script error, and is screenshotted at both widths into
 SCREENSHOTS. Exits non-zero, saying why, at the first surprise; prints a JSON summary last.
@@ -186,8 +188,18 @@ def main():
             },
         )
         expect(created.status == 201, f"creating a profile: {created.status} {created.text()}")
-        page.goto(created.json()["connect_url"])
+        # The start page names the connector, the provider and the permissions, and asks first.
+        response = page.goto(created.json()["connect_url"])
+        headers_of(response, "connect-start")
+        # (The heading's text starts with the provider's monogram, hidden from screen readers.)
+        heading = page.get_by_role("heading", level=1, name="Connect Issue tracker", exact=True)
+        expect(heading.count() == 1, f"connect start page: {page.get_by_role('heading', level=1).inner_text()!r}")
+        expect(page.get_by_text("issues:read").count() == 1, "the permissions asked for")
+        check_page(page, "connect-start", "Connect Issue tracker")
+        page.get_by_role("button", name="Continue to Local").click()
+        page.wait_for_load_state()
         expect(page.get_by_role("heading", level=1).inner_text() == "Account connected", "connected page")
+        expect(page.get_by_text("connected to your Local account").count() == 1, "names the account")
         check_page(page, "connected", "Account connected")
         page.get_by_role("link", name="Go to your account").click()
         page.wait_for_url(re.compile(r"/account$"))
@@ -196,6 +208,30 @@ def main():
         page.get_by_role("button", name="Disconnect My Issues").click()
         page.wait_for_url(re.compile(r"/account\?done=revoked$"))
         expect(page.get_by_text("My Issues").count() == 0, "disconnected")
+
+        # An env profile: its link opens a form; filled and saved, the account is connected, and
+        # the account page offers a fresh form to reconnect it.
+        created = context.request.post(
+            BASE + f"/v1/teams/{team}/auth-profiles",
+            data={"connector_key": "openai", "profile_kind": "env", "display_name": "OpenAI key", "slug": "ai"},
+        )
+        expect(created.status == 201, f"creating an env profile: {created.status} {created.text()}")
+        response = page.goto(created.json()["connect_url"])
+        headers_of(response, "env-form")
+        expect(page.get_by_role("heading", level=1).inner_text() == "Connect OpenAI", "env form")
+        check_page(page, "env-form", "Connect OpenAI")
+        page.get_by_label("API key").fill("sk-a-value-typed-in-the-browser")
+        page.get_by_label("Organisation (optional)").fill("org-acme")
+        page.get_by_role("button", name="Save").click()
+        page.wait_for_load_state()
+        expect(page.get_by_role("heading", level=1).inner_text() == "Account connected", "env connected")
+        expect(page.get_by_text("OpenAI key is connected.").count() == 1, "names the connection")
+        check_page(page, "env-connected", "Account connected")
+        page.get_by_role("link", name="Go to your account").click()
+        page.wait_for_url(re.compile(r"/account$"))
+        page.get_by_role("button", name="Reconnect OpenAI key").click()
+        page.wait_for_url(re.compile(r"/connect/[^/]+/env$"))
+        expect(page.get_by_role("heading", level=1).inner_text() == "Connect OpenAI", "a fresh env form")
 
         # Email discovery without a team claim goes to the chooser with a notice.
         goto(page, "/login")
