@@ -24,6 +24,7 @@ use crate::http::AppState;
 use crate::http::credentials::cookie;
 use crate::http::csrf;
 use crate::http::extract::ApiPath;
+use crate::http::pages::icons::Icon;
 use crate::http::pages::{Chrome, errors};
 use crate::http::problem::ApiError;
 use crate::service::auth_profiles::AuthProfileError;
@@ -48,6 +49,7 @@ struct FieldRow {
 struct EnvFormPage {
     chrome: Chrome,
     connector_label: String,
+    icon: Icon,
     display_name: String,
     action: String,
     csrf: String,
@@ -105,6 +107,7 @@ fn render(
     let page = EnvFormPage {
         chrome: state.pages.chrome(true),
         connector_label: form.connector.label,
+        icon: state.pages.icon(&form.profile.provider),
         display_name: form.profile.display_name,
         action,
         csrf: csrf::token(cookie_value),
