@@ -14,7 +14,8 @@
 //!   member who made it; minting a new one invalidates the older ones. That member must still be
 //!   allowed to connect the profile when they open it and when the flow returns (a member; the
 //!   owner of a personal profile; the creator or a team owner or admin of a team-wide one).
-//!   Opening it starts an authorization-code flow with a fresh
+//!   Looking at it ([`AuthProfiles::connect_preview`], the start page) uses nothing up; starting
+//!   it ([`AuthProfiles::start`]) begins an authorization-code flow with a fresh
 //!   state, PKCE verifier and nonce; the link is used up only once the flow has started. The
 //!   callback activates the profile with a compare-and-swap on its version, which only
 //!   connections change (not refreshes): of two concurrent completions one wins.
