@@ -1,7 +1,8 @@
 //! Auth-profile connect links: `GET /connect/{token}/oauth/start` shows the start page to the
 //! signed-in user the link was made for — the connector and its provider (with their icon), the
-//! connection, its team, the permissions asked for and who is signed in — with a "Continue to
-//! <provider>" form and a way back to the account page. The link is not used up by looking.
+//! connection, its team, the permissions asked for and who is signed in — with a form whose
+//! button continues to the provider, and a way back to the account page. The link is not used up
+//! by looking.
 //! `POST` (the form, with the session's CSRF token) checks everything again, consumes the link
 //! and sends the browser to the provider with a fresh state, PKCE verifier and nonce: of
 //! concurrent posts exactly one gets the provider, the others the invalid-link page.
