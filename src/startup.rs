@@ -210,7 +210,7 @@ impl Application {
             clients,
             signing_keys,
             op,
-            pages: crate::http::pages::Pages::new(&config.branding),
+            pages: crate::http::pages::Pages::new(&config.branding).with_providers(&config.providers),
             webhooks,
             users,
         });

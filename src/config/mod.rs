@@ -28,7 +28,7 @@ pub use auth::{
     AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProfileMapping, ProviderConfig, ProviderEndpoints,
     ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
 };
-pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR};
+pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR, image_origin};
 pub use connectors::{
     ConnectorConfig, ConnectorProbe, EnvField, FieldPattern, FilledProbe, ProbeFillError, ProbeMethod,
 };

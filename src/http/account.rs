@@ -1,7 +1,8 @@
 //! The account page, `GET /account` (where a sign-in without `return_to` lands): who I am, my
 //! sign-in methods (link another, make primary, remove — refused for the last one, as the API
-//! does), my teams, the accounts I connected (status, scopes; reconnect, disconnect) and where I
-//! am signed in (sign out everywhere else).
+//! does), my teams, the accounts I connected (status, scopes; connect or reconnect — a fresh link
+//! to the provider, or to the form of an `env` profile —, disconnect) and where I am signed in
+//! (sign out everywhere else). Providers are shown with their icons.
 //!
 //! Its forms post to `/account/…` with the session's CSRF token (see [`super::csrf`]) and answer
 //! `303 See Other` back to `/account?done=…`, which shows what was done. Without a session, the
@@ -26,9 +27,10 @@ use super::credentials::cookie;
 use super::csrf;
 use super::extract::{ApiPath, ApiQuery};
 use super::login::{provider_href, provider_label};
+use super::pages::icons::Icon;
 use super::pages::{Chrome, errors, login_url};
 use super::problem::ApiError;
-use crate::domain::{IdentityId, ProfileStatus, Slug, TeamId, TeamRef};
+use crate::domain::{IdentityId, ProfileKind, ProfileStatus, Slug, TeamId, TeamRef};
 use crate::error::ErrorCode;
 use crate::service::sessions::LiveSession;
 
@@ -46,6 +48,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 struct IdentityRow {
     id: String,
     provider: String,
+    icon: Icon,
     email: Option<String>,
     linked: String,
     last_used: String,
@@ -66,11 +69,13 @@ struct ConnectionRow {
     display_name: String,
     connector: String,
     provider: String,
+    icon: Icon,
     status_label: &'static str,
     status_class: &'static str,
     scopes: Vec<String>,
     refreshed: Option<String>,
-    can_reconnect: bool,
+    /// "Connect" (pending) or "Reconnect", when a fresh link can be made.
+    connect_label: Option<&'static str>,
 }
 
 struct SessionRow {
@@ -83,6 +88,7 @@ struct SessionRow {
 
 struct LinkButton {
     label: String,
+    icon: Icon,
     href: String,
 }
 
@@ -192,6 +198,7 @@ async fn account_page(
         .map(|identity| IdentityRow {
             id: identity.id.to_string(),
             provider: provider_label(&identity.provider),
+            icon: state.pages.icon(&identity.provider),
             email: identity.email.clone(),
             linked: day(identity.created_at),
             last_used: day(identity.last_seen_at),
@@ -206,6 +213,7 @@ async fn account_page(
         .filter(|p| !profile.identities.iter().any(|i| i.provider == p.name()))
         .map(|p| LinkButton {
             label: provider_label(p.name()),
+            icon: state.pages.icon(p.name()),
             href: provider_href("link", p.name(), Some("/account?done=linked")),
         })
         .collect();
@@ -236,11 +244,17 @@ async fn account_page(
                 display_name: p.display_name.clone(),
                 connector: p.connector_key.clone(),
                 provider: provider_label(&p.provider),
+                icon: state.pages.icon(&p.provider),
                 status_label,
                 status_class,
                 scopes: p.scopes.clone(),
                 refreshed: p.access_token_expires_at.map(moment),
-                can_reconnect: p.profile_kind.is_oauth() && p.status != ProfileStatus::PendingAuth,
+                // OAuth and env profiles get a fresh link (to the provider, or to the form).
+                connect_label: match (p.profile_kind.is_oauth() || p.profile_kind == ProfileKind::Env, p.status) {
+                    (false, _) => None,
+                    (true, ProfileStatus::PendingAuth) => Some("Connect"),
+                    (true, _) => Some("Reconnect"),
+                },
             });
         }
     }

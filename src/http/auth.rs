@@ -168,19 +168,13 @@ async fn complete_callback(
         Err(error) => return with_cookie(state.pages.error(&headers, error.into()), clear_login),
     };
     if let Purpose::Connect { .. } = finished.purpose {
+        // The account as the person knows it: their login, else email, else name.
+        let info = &finished.info;
+        let account =
+            info.login.clone().or_else(|| info.email.as_ref().map(|e| e.as_str().to_owned())).or(info.name.clone());
         return match state.auth_profiles.complete(finished, current_user).await {
             Ok(profile) => {
-                let message = Message {
-                    title: "Account connected".into(),
-                    paragraphs: vec![format!(
-                        "{} is connected. You can go back to the app, or close this window.",
-                        profile.display_name
-                    )],
-                    signed_in: true,
-                    ..Message::default()
-                }
-                .action("Go to your account", "/account");
-                with_cookie(state.pages.message(StatusCode::OK, message), clear_login)
+                with_cookie(super::auth_profiles::connect::connected(&state, &profile, account.as_deref()), clear_login)
             }
             Err(error) => with_cookie(state.pages.error(&headers, error.into()), clear_login),
         };

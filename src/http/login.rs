@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::auth::redirect;
 use super::extract::ApiQuery;
+use super::pages::icons::Icon;
 use super::pages::{self, Chrome};
 use super::problem::ApiError;
 use crate::domain::Email;
@@ -39,8 +40,8 @@ struct LoginQuery {
 pub struct ProviderButton {
     /// Its name as people read it.
     pub label: String,
-    /// Its first letter, as a mark.
-    pub initial: String,
+    /// Its icon, or monogram.
+    pub icon: Icon,
     /// Where it goes.
     pub href: String,
 }
@@ -86,13 +87,10 @@ pub fn provider_buttons(state: &AppState, path: &str, return_to: Option<&str>) -
         .flows
         .providers()
         .all()
-        .map(|p| {
-            let label = provider_label(p.name());
-            ProviderButton {
-                initial: label.chars().next().map(|c| c.to_uppercase().to_string()).unwrap_or_default(),
-                label,
-                href: provider_href(path, p.name(), return_to),
-            }
+        .map(|p| ProviderButton {
+            label: provider_label(p.name()),
+            icon: state.pages.icon(p.name()),
+            href: provider_href(path, p.name(), return_to),
         })
         .collect()
 }

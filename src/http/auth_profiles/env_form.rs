@@ -24,7 +24,8 @@ use crate::http::AppState;
 use crate::http::credentials::cookie;
 use crate::http::csrf;
 use crate::http::extract::ApiPath;
-use crate::http::pages::{Chrome, Message, errors};
+use crate::http::pages::icons::Icon;
+use crate::http::pages::{Chrome, errors};
 use crate::http::problem::ApiError;
 use crate::service::auth_profiles::AuthProfileError;
 use crate::service::profile_credentials::EnvForm;
@@ -48,6 +49,7 @@ struct FieldRow {
 struct EnvFormPage {
     chrome: Chrome,
     connector_label: String,
+    icon: Icon,
     display_name: String,
     action: String,
     csrf: String,
@@ -105,6 +107,7 @@ fn render(
     let page = EnvFormPage {
         chrome: state.pages.chrome(true),
         connector_label: form.connector.label,
+        icon: state.pages.icon(&form.profile.provider),
         display_name: form.profile.display_name,
         action,
         csrf: csrf::token(cookie_value),
@@ -182,19 +185,7 @@ async fn submit_env_form(
     let secrets: BTreeMap<String, SecretString> =
         values.iter().map(|(name, value)| (name.clone(), SecretString::from(value.clone()))).collect();
     match state.auth_profiles.submit_env_form(&token, user, &secrets).await {
-        Ok(profile) => {
-            let message = Message {
-                title: "Account connected".into(),
-                paragraphs: vec![format!(
-                    "{} is connected. You can go back to the app, or close this window.",
-                    profile.display_name
-                )],
-                signed_in: true,
-                ..Message::default()
-            }
-            .action("Go to your account", "/account");
-            state.pages.message(StatusCode::OK, message)
-        }
+        Ok(profile) => super::connect::connected(&state, &profile, None),
         Err(AuthProfileError::InvalidEnv { problem, field }) => {
             // The values are refused: the same form again, saying what to fix; the link stays usable.
             match state.auth_profiles.env_form(&token, user).await {
