@@ -20,6 +20,10 @@ pub struct TtlCache<K, V> {
     /// `None` when the cache is disabled (a limit of zero entries).
     entries: Option<Cache<K, Entry<V>>>,
     max_entries: usize,
+    /// Lookups that found a live entry, and those that did not (no-ops until
+    /// [`TtlCache::counted_as`] names the cache).
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 /// A value and the instant it stops being served.
@@ -61,18 +65,33 @@ where
                 .expire_after(UntilDeadline)
                 .build()
         });
-        Self { entries, max_entries }
+        Self { entries, max_entries, hits: metrics::Counter::noop(), misses: metrics::Counter::noop() }
+    }
+
+    /// Counts this cache's lookups in `tessera_cache_lookups_total{cache = name}` (a disabled
+    /// cache counts nothing). The counters are those of the recorder installed now.
+    #[must_use]
+    pub fn counted_as(mut self, name: &'static str) -> Self {
+        if self.entries.is_some() {
+            (self.hits, self.misses) = crate::observability::cache_counters(name);
+        }
+        self
     }
 
     /// The value for `key`, unless absent or past its deadline.
     pub fn get(&self, key: &K, now: Instant) -> Option<V> {
         let entries = self.entries.as_ref()?;
-        let entry = entries.get(key)?;
+        let Some(entry) = entries.get(key) else {
+            self.misses.increment(1);
+            return None;
+        };
         // moka drops an entry at its deadline by its own clock; the caller's `now` decides too.
         if now < entry.until {
+            self.hits.increment(1);
             Some(entry.value)
         } else {
             entries.invalidate(key);
+            self.misses.increment(1);
             None
         }
     }
