@@ -206,6 +206,58 @@ mod tests {
         }
     }
 
+    /// A recorder keeping every counter it hands out, by name and labels.
+    #[derive(Default)]
+    struct Counters(std::sync::Mutex<Vec<(String, std::sync::Arc<std::sync::atomic::AtomicU64>)>>);
+
+    impl Counters {
+        fn get(&self, key: &str) -> u64 {
+            let counters = self.0.lock().unwrap();
+            counters.iter().filter(|(k, _)| k == key).map(|(_, v)| v.load(std::sync::atomic::Ordering::Relaxed)).sum()
+        }
+    }
+
+    impl metrics::Recorder for Counters {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            let labels: Vec<_> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            let value = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            self.0.lock().unwrap().push((format!("{} {}", key.name(), labels.join(",")), value.clone()));
+            metrics::Counter::from_arc(value)
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn a_named_cache_counts_its_hits_and_misses() {
+        let recorder = Counters::default();
+        let (cache, disabled) = metrics::with_local_recorder(&recorder, || {
+            (TtlCache::<&str, i32>::new(10).counted_as("t"), TtlCache::<&str, i32>::new(0).counted_as("off"))
+        });
+        let now = Instant::now();
+        cache.insert("a", 1, now + Duration::from_secs(1), now);
+        assert_eq!(cache.get(&"a", now), Some(1));
+        assert_eq!(cache.get(&"a", now), Some(1));
+        assert_eq!(cache.get(&"b", now), None);
+        assert_eq!(cache.get(&"a", now + Duration::from_secs(2)), None, "expired: a miss");
+        let (hits, misses) =
+            ("tessera_cache_lookups_total cache=t,result=hit", "tessera_cache_lookups_total cache=t,result=miss");
+        assert_eq!((recorder.get(hits), recorder.get(misses)), (2, 2));
+        assert_eq!(disabled.get(&"a", now), None);
+        assert_eq!(
+            recorder.get("tessera_cache_lookups_total cache=off,result=miss"),
+            0,
+            "a disabled cache counts nothing"
+        );
+    }
+
     #[test]
     fn the_cache_stays_bounded() {
         let cache = TtlCache::new(3);
