@@ -33,7 +33,7 @@ on_both_backends!(
 
 /// One sample: its name, labels and value.
 #[derive(Debug, Clone)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
@@ -94,7 +94,7 @@ fn parse(text: &str) -> Vec<Sample> {
 }
 
 /// The sum of the samples named `name` whose labels include `labels`.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
@@ -109,7 +109,7 @@ fn has(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> bool {
 }
 
 /// Scrapes the main listener with the admin token.
-async fn scrape(app: &TestApp) -> (String, Vec<Sample>) {
+pub(crate) async fn scrape(app: &TestApp) -> (String, Vec<Sample>) {
     let response = app.admin(Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
