@@ -59,6 +59,7 @@ async fn openapi_json() -> Response {
     paths(
         crate::http::health::healthz,
         crate::http::health::readyz,
+        crate::http::prometheus::scrape,
         crate::http::admin::bootstrap_user,
         crate::http::admin::bootstrap_existing_user,
         crate::http::admin::get_user,

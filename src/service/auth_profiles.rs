@@ -40,6 +40,7 @@ use crate::crypto::keyring::KeyRing;
 use crate::crypto::sha256;
 use crate::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, ReturnTo, Role, Slug, Team, TeamRef, UserId};
 use crate::error::{ErrorCode, PublicError};
+use crate::observability::{TOKEN_REFRESH_CALLS_TOTAL, TOKEN_REFRESH_WAITS_TOTAL};
 use crate::store::{
     Activation, ConnectToken, PendingKey, ProfileSecrets, RefreshLease, Refreshed, SecretKind, Store, StoreError,
     StoredSecret,
@@ -766,7 +767,13 @@ impl AuthProfiles {
             let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
             gates.entry(profile.id).or_default().clone()
         };
-        let _turn = gate.lock().await;
+        let _turn = match gate.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                metrics::counter!(TOKEN_REFRESH_WAITS_TOTAL, "scope" => "process").increment(1);
+                gate.lock().await
+            }
+        };
         let outcome = self.refresh(keyring, profile).await;
         drop(_turn);
         // Forget the gate once nobody holds it, so the map does not grow with every profile.
@@ -792,6 +799,7 @@ impl AuthProfiles {
     /// Refreshes under the row's lease, or waits for whoever holds it.
     async fn refresh(&self, keyring: &KeyRing, profile: &AuthProfile) -> Result<AccessToken, AuthProfileError> {
         let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
+        let mut waited = false;
         loop {
             let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
             check_status(secrets.status)?;
@@ -815,6 +823,9 @@ impl AuthProfiles {
                 return self.refresh_with_lease(keyring, profile, owner, refresh_ciphertext, &secrets).await;
             }
             // Another process holds the lease (or just refreshed): wait for the row to change.
+            if !std::mem::replace(&mut waited, true) {
+                metrics::counter!(TOKEN_REFRESH_WAITS_TOTAL, "scope" => "lease").increment(1);
+            }
             if tokio::time::Instant::now() >= deadline {
                 if still_valid {
                     let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
@@ -888,7 +899,16 @@ impl AuthProfiles {
             .get(Some(&profile.provider))
             .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?;
         let refresh_token = decrypt(keyring, profile.id, "refresh_token", Some(refresh_ciphertext))?;
-        match tokio::time::timeout(PROVIDER_CALL_LIMIT, provider.refresh(refresh_token.expose_secret())).await {
+        let called = tokio::time::timeout(PROVIDER_CALL_LIMIT, provider.refresh(refresh_token.expose_secret())).await;
+        let outcome = match &called {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(ProviderError::InvalidGrant)) => "invalid_grant",
+            Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        metrics::counter!(TOKEN_REFRESH_CALLS_TOTAL, "provider" => profile.provider.clone(), "outcome" => outcome)
+            .increment(1);
+        match called {
             Ok(Ok(tokens)) => Ok(tokens),
             Ok(Err(ProviderError::InvalidGrant)) => Err(AuthProfileError::NeedsReauth),
             Ok(Err(error)) => Err(error.into()),

@@ -37,7 +37,7 @@ impl PrincipalCache {
     /// A cache keeping entries for `ttl` (zero disables it), purging `tokens` with identities.
     pub fn new(ttl: Duration, max_entries: usize, tokens: Arc<TokenCache>) -> Self {
         Self {
-            entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }),
+            entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }).counted_as("principals"),
             ttl,
             tokens,
             epoch: AtomicU64::new(0),
@@ -48,7 +48,7 @@ impl PrincipalCache {
     /// A principal cache and an empty token cache, both sized from configuration.
     pub fn with_token_cache(config: &crate::config::CacheConfig) -> (Arc<Self>, Arc<TokenCache>) {
         let token_entries = if config.token_ttl.is_zero() { 0 } else { config.max_entries };
-        let tokens = Arc::new(TokenCache::new(token_entries));
+        let tokens = Arc::new(TokenCache::new(token_entries).counted_as("tokens"));
         (Arc::new(Self::new(config.principal_ttl, config.max_entries, tokens.clone())), tokens)
     }
 

@@ -159,15 +159,18 @@ impl Provisioner {
                 if now - found.last_seen_at >= TOUCH_INTERVAL {
                     self.store.touch_identity(found.identity_id, now).await?;
                 }
+                crate::observability::record_provisioning(&claim.issuer, "existing");
                 return Ok(Provisioned { user: found.user, identity_id: found.identity_id, team, created: false });
             }
             let account = new_account(claim, super::now());
             match self.store.create_account(&account).await? {
                 CreateOutcome::Created { user, team } => {
                     tracing::info!(user_id = %user.id, provider = %claim.provider, "provisioned a new user");
+                    crate::observability::record_provisioning(&claim.issuer, "created");
                     return Ok(Provisioned { user, identity_id: account.identity_id, team, created: true });
                 }
-                CreateOutcome::IdentityTaken => continue,
+                // A concurrent request created it first: the next round finds it.
+                CreateOutcome::IdentityTaken => crate::observability::record_provisioning(&claim.issuer, "race_lost"),
             }
         }
         Err(ProvisionError::Store(StoreError::Conflict { what: "identity vanished while provisioning" }))

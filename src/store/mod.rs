@@ -934,6 +934,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Closes all connections.
     async fn close(&self);
 
+    /// A sample of each connection pool (no query is run), for metrics.
+    fn pool_stats(&self) -> Vec<PoolStats>;
+
     // ---- OpenID Provider: registered clients ----------------------------------------------------
 
     /// Registers a client; [`ClientInsert::IdTaken`] (nothing written) when its id is taken.
@@ -1027,6 +1030,10 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// An endpoint's first `limit` pending deliveries, in sequence order, with their events.
     async fn pending_deliveries(&self, endpoint: WebhookId, limit: i64) -> Result<Vec<DeliveryJob>, StoreError>;
+
+    /// Every endpoint, with how many deliveries it has pending and since when the oldest waits
+    /// (zero and `None` when none is pending), for metrics.
+    async fn webhook_queues(&self) -> Result<Vec<WebhookQueue>, StoreError>;
 
     /// Records an attempt of a pending delivery (nothing when it is no longer pending).
     async fn record_attempt(&self, delivery: uuid::Uuid, attempt: &Attempt) -> Result<(), StoreError>;
@@ -1178,6 +1185,31 @@ pub struct UserSession {
     pub last_seen_at: DateTime<Utc>,
     /// Absolute expiry.
     pub expires_at: DateTime<Utc>,
+}
+
+/// A sample of one database pool, for metrics ([`Store::pool_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `primary` or `replica` on PostgreSQL, `writer` or `reader` on SQLite.
+    pub pool: &'static str,
+    /// Connections open.
+    pub size: u32,
+    /// Connections open and idle.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
+}
+
+/// The pending deliveries of one webhook endpoint ([`Store::webhook_queues`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookQueue {
+    /// The endpoint.
+    pub endpoint: WebhookId,
+    /// How many deliveries are pending.
+    pub pending: i64,
+    /// When the oldest pending delivery was scheduled (created, or last replayed); `None` when
+    /// none is pending.
+    pub oldest_scheduled_at: Option<DateTime<Utc>>,
 }
 
 /// The outcome of one delivery attempt, for [`Store::record_attempt`].

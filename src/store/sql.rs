@@ -27,6 +27,7 @@ use super::{
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use super::{CreateTeamOutcome, DeleteUserOutcome, TeamMember, TeamQuery, UserQuery};
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
+use super::{PoolStats, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events;
 use crate::domain::{
@@ -1819,6 +1820,10 @@ impl Store for SqlStore {
         self.db.close().await;
     }
 
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        self.db.pool_stats()
+    }
+
     // ---- OpenID Provider: registered clients ----------------------------------------------------
 
     async fn insert_client(&self, client: &Client) -> Result<ClientInsert, StoreError> {
@@ -2169,6 +2174,27 @@ impl Store for SqlStore {
                     attempts: row.int("attempts")?,
                     scheduled_at: row.time("scheduled_at")?,
                     next_attempt_at: row.time("next_attempt_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn webhook_queues(&self) -> Result<Vec<WebhookQueue>, StoreError> {
+        // The pending index (endpoint_id, event_seq) WHERE state = 'pending' finds the rows.
+        let rows = query(
+            "SELECT e.id, count(d.id) AS pending, min(d.scheduled_at) AS oldest
+             FROM webhook_endpoints e
+             LEFT JOIN webhook_deliveries d ON d.endpoint_id = e.id AND d.state = 'pending'
+             GROUP BY e.id ORDER BY e.id",
+        )
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WebhookQueue {
+                    endpoint: WebhookId::from_uuid(row.uuid("id")?),
+                    pending: row.int("pending")?,
+                    oldest_scheduled_at: row.opt_time("oldest")?,
                 })
             })
             .collect()

@@ -575,6 +575,7 @@ async fn fifty_concurrent_requests_refresh_once(backend: Backend) {
     let slug = w.connected("busy").await;
     w.expire_soon(&slug).await;
     w.issuer.set_token_delay(Duration::from_millis(300));
+    let before = crate::metrics::scrape(&w.app).await.1;
     let w = Arc::new(w);
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -587,6 +588,14 @@ async fn fifty_concurrent_requests_refresh_once(backend: Backend) {
     }
     assert_eq!(w.issuer.refreshes(), 1, "exactly one call to the provider");
     assert_eq!(tokens.len(), 1, "everyone got the refreshed token");
+    // Metrics are per process and other tests refresh too: they grew at least by this test's.
+    let after = crate::metrics::scrape(&w.app).await.1;
+    let grew = |name: &str, labels: &[(&str, &str)]| {
+        crate::metrics::value(&after, name, labels) - crate::metrics::value(&before, name, labels)
+    };
+    let ok = [("provider", "local"), ("outcome", "ok")];
+    assert!(grew("tessera_token_refresh_calls_total", &ok) >= 1.0);
+    assert!(grew("tessera_token_refresh_waits_total", &[("scope", "process")]) >= 1.0, "the others waited");
 }
 
 async fn two_instances_refresh_once(backend: Backend) {

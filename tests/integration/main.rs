@@ -19,6 +19,7 @@ mod jwks_outage;
 mod last_seen;
 mod locale;
 mod mcp;
+mod metrics;
 mod op_clients;
 mod op_flow;
 mod op_third_party;

@@ -3566,3 +3566,80 @@ mod cache_log {
         assert!(next[0].seq > highest, "numbers are never reused, even once the log was emptied");
     }
 }
+
+// ---- Metrics: pool samples and webhook queues -----------------------------------------------
+
+mod metrics {
+    use tessera::store::WebhookQueue;
+
+    use super::*;
+
+    on_both_backends!(
+        pools_are_sampled_by_name_within_their_limits,
+        webhook_queues_count_pending_deliveries_per_endpoint
+    );
+
+    async fn pools_are_sampled_by_name_within_their_limits(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        sign_up(&store, "pool-ada").await;
+        let stats = store.pool_stats();
+        let names: Vec<_> = stats.iter().map(|s| s.pool).collect();
+        match backend {
+            Backend::Sqlite => assert_eq!(names, ["writer", "reader"]),
+            Backend::Postgres => assert_eq!(names, ["primary"], "no replica configured"),
+        }
+        for pool in &stats {
+            assert!(pool.max >= 1 && pool.size <= pool.max && pool.idle <= pool.size, "{pool:?}");
+        }
+        // Writes went through the writer (or primary), which keeps its connection open.
+        assert!(stats[0].size >= 1, "{stats:?}");
+        if backend == Backend::Sqlite {
+            assert_eq!(stats[0].max, 1, "one SQLite writer");
+        }
+    }
+
+    async fn webhook_queues_count_pending_deliveries_per_endpoint(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        assert!(store.webhook_queues().await.unwrap().is_empty(), "no endpoint, no queue");
+        let start = now() - TimeDelta::seconds(1);
+        let (busy, idle) = (endpoint(&[], start), endpoint(&["team.deleted"], start));
+        for hook in [&busy, &idle] {
+            store.insert_webhook(hook).await.unwrap();
+        }
+        sign_up(&store, "queue-ada").await;
+        sign_up(&store, "queue-bob").await;
+        let fanned_at = now();
+        store.fan_out_events(100, fanned_at).await.unwrap();
+        let queues = store.webhook_queues().await.unwrap();
+        let of = |id: WebhookId| queues.iter().find(|q| q.endpoint == id).cloned().unwrap();
+        assert_eq!(queues.len(), 2, "every endpoint, an empty queue too: {queues:?}");
+        assert_eq!(of(idle.id), WebhookQueue { endpoint: idle.id, pending: 0, oldest_scheduled_at: None });
+        let busy_queue = of(busy.id);
+        assert_eq!(busy_queue.pending, 2);
+        let oldest = busy_queue.oldest_scheduled_at.expect("a pending delivery");
+        assert!(oldest <= now() && oldest >= start, "{oldest}");
+
+        // Delivered and failed deliveries leave the queue.
+        let jobs = store.pending_deliveries(busy.id, 10).await.unwrap();
+        let t = now();
+        store
+            .record_attempt(jobs[0].id, &Attempt { at: t, status: Some(204), error: None, retry_at: None })
+            .await
+            .unwrap();
+        assert_eq!(of_now(&store, busy.id).await.pending, 1);
+        let failed = Attempt { at: t, status: Some(500), error: Some("answered 500".into()), retry_at: None };
+        store.record_attempt(jobs[1].id, &failed).await.unwrap();
+        assert_eq!(
+            of_now(&store, busy.id).await,
+            WebhookQueue { endpoint: busy.id, pending: 0, oldest_scheduled_at: None }
+        );
+        // A deleted endpoint has no queue.
+        store.delete_webhook(busy.id).await.unwrap();
+        let left: Vec<_> = store.webhook_queues().await.unwrap().into_iter().map(|q| q.endpoint).collect();
+        assert_eq!(left, [idle.id]);
+    }
+
+    async fn of_now(store: &Arc<dyn Store>, id: WebhookId) -> WebhookQueue {
+        store.webhook_queues().await.unwrap().into_iter().find(|q| q.endpoint == id).unwrap()
+    }
+}

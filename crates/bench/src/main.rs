@@ -9,6 +9,7 @@ mod harness;
 mod me;
 mod op;
 mod scale;
+mod scrape;
 mod signin;
 mod soak;
 mod validate;
@@ -58,6 +59,8 @@ enum Bench {
     /// The memory of each validation cache at its entry limit, beside a plain map of the same
     /// entries, and whether expired entries give their memory back for reuse.
     Caches(caches::CachesArgs),
+    /// The cost of a `/metrics` scrape, as its rate beside `GET /healthz` in the same run.
+    Metrics(scrape::MetricsArgs),
 }
 
 /// The `tessera` binary the benchmarks start: `TESSERA_BIN`, else the one beside this binary
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             Bench::Me(args) => me::run(args).await,
             Bench::Op(args) => op::run(args).await,
             Bench::Caches(args) => caches::run(args).await,
+            Bench::Metrics(args) => scrape::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

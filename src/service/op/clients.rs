@@ -268,7 +268,7 @@ impl Clients {
     /// assertion's `aud` beside the token endpoint), if known.
     pub fn new(store: Arc<dyn Store>, issuer: Option<String>) -> Self {
         let issuer = issuer.map(|i| i.trim_end_matches('/').to_owned());
-        Self { store, cache: Arc::new(TtlCache::new(CACHE_ENTRIES)), issuer }
+        Self { store, cache: Arc::new(TtlCache::new(CACHE_ENTRIES).counted_as("clients")), issuer }
     }
 
     /// A client by id (`None` for an unknown or invalid id), from memory when read within
