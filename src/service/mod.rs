@@ -3,6 +3,7 @@
 
 pub mod auth_profiles;
 pub mod check;
+pub mod import;
 pub mod keys;
 pub mod op;
 pub mod principals;

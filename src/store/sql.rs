@@ -24,7 +24,7 @@ use super::{
     UnlinkOutcome, UserSession, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
-use super::{CreateTeamOutcome, DeleteUserOutcome, TeamMember, TeamQuery, UserQuery};
+use super::{CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserQuery};
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events;
@@ -2326,6 +2326,22 @@ impl Store for SqlStore {
 
     async fn profile_credential(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError> {
         self.profile_credential_sql(id).await
+    }
+
+    async fn existing_identities(
+        &self,
+        issuer: &Issuer,
+        subjects: &[Subject],
+    ) -> Result<Vec<(Subject, UserId)>, StoreError> {
+        super::import::existing_identities(&self.db, issuer, subjects).await
+    }
+
+    async fn export_identities(
+        &self,
+        after: Option<IdentityId>,
+        limit: i64,
+    ) -> Result<Vec<ExportedIdentity>, StoreError> {
+        super::import::export_identities(&self.db, after, limit).await
     }
 }
 
