@@ -323,7 +323,7 @@ enum Source {
     },
     Csv {
         path: String,
-        reader: csv::Reader<Breaks<File>>,
+        reader: Box<csv::Reader<Breaks<File>>>,
         columns: [Option<usize>; COLUMNS.len()],
         width: usize,
         lines: LineCounter,
@@ -342,7 +342,13 @@ impl Source {
                 let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
                 let header = reader.byte_headers().map_err(|e| csv_error(&name, e))?.clone();
                 let (columns, width) = header_columns(&header)?;
-                Ok(Source::Csv { path: name, reader, columns, width, lines: LineCounter { seen, newlines: 0 } })
+                Ok(Source::Csv {
+                    path: name,
+                    reader: Box::new(reader),
+                    columns,
+                    width,
+                    lines: LineCounter { seen, newlines: 0 },
+                })
             }
         }
     }
@@ -592,7 +598,7 @@ impl Reporter {
 /// `import: 120000/1000000 lines (12%), 8123 lines/s, eta 108 s`.
 fn plain_progress(done: u64, total: u64, elapsed: Duration) -> String {
     let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
-    let percent = if total == 0 { 100 } else { done * 100 / total };
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
     let eta = if rate > 0.0 { format!("{:.0} s", total.saturating_sub(done) as f64 / rate) } else { "-".to_owned() };
     format!("import: {done}/{total} lines ({percent}%), {rate:.0} lines/s, eta {eta}")
 }

@@ -3405,9 +3405,9 @@ mod import_export {
         let mut asked: Vec<Subject> = (0..250).map(|i| Subject::parse(&format!("exists-{i}")).unwrap()).collect();
         asked.push(Subject::parse("exists-7").unwrap());
         let mut found = store.existing_identities(&issuer, &asked).await.unwrap();
-        found.sort_by(|a, b| a.1.cmp(&b.1));
+        found.sort_by_key(|a| a.1);
         let mut expected: Vec<(Subject, UserId)> = people.iter().map(|p| (p.account.subject.clone(), p.id())).collect();
-        expected.sort_by(|a, b| a.1.cmp(&b.1));
+        expected.sort_by_key(|a| a.1);
         assert_eq!(found, expected, "each existing subject once, with its user; none of the other issuer's");
 
         let other = Issuer::parse(OTHER_ISSUER).unwrap();
@@ -3423,7 +3423,7 @@ mod import_export {
 
     async fn export_identities_pages_every_identity_with_its_user_in_id_order(backend: Backend) {
         let (_db, store) = setup(backend).await;
-        let mut people = vec![
+        let mut people = [
             sign_up_as(&store, account("export-ada", Some("Ada Lovelace"))).await,
             sign_up(&store, "export-bob").await,
             sign_up(&store, "export-cy").await,
