@@ -565,8 +565,12 @@ impl Reporter {
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             if let Ok(style) = ProgressStyle::with_template(
-                "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} lines, {per_sec}, eta {eta}",
+                "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} lines, {rate} lines/s, eta {eta}",
             ) {
+                let style =
+                    style.with_key("rate", |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                        let _ = write!(out, "{:.0}", state.per_sec());
+                    });
                 bar.set_style(style.progress_chars("=> "));
             }
             let shown = bar.clone();
