@@ -13,6 +13,7 @@ use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
 use crate::service::op::keys::{SigningError, SigningKeySettings, SigningKeys};
 use crate::service::op::provider::OpenIdProvider;
@@ -92,6 +93,10 @@ pub struct Application {
     state: Arc<AppState>,
     server: ServerConfig,
     last_seen: Arc<LastSeen>,
+    /// Applies other instances' changes to this instance's caches.
+    cache_sync: CacheSync,
+    /// How often it reads the log.
+    cache_sync_every: std::time::Duration,
     /// The clients of the configuration file, until they are written to the store.
     config_clients: Option<Vec<Client>>,
 }
@@ -189,6 +194,7 @@ impl Application {
             _ => None,
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
+        let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone());
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
                 .with_own_tokens(op.clone()),
@@ -204,12 +210,20 @@ impl Application {
             clients,
             signing_keys,
             op,
-            pages: crate::http::pages::Pages::new(&config.branding),
+            pages: crate::http::pages::Pages::new(&config.branding).with_providers(&config.providers),
             webhooks,
             users,
         });
         let config_clients = Some(config.oidc.clients.iter().map(|c| c.client.clone()).collect());
-        Ok(Self { listener, state, server: config.server.clone(), last_seen, config_clients })
+        Ok(Self {
+            listener,
+            state,
+            server: config.server.clone(),
+            last_seen,
+            cache_sync,
+            cache_sync_every: config.cache.sync_interval,
+            config_clients,
+        })
     }
 
     /// Writes the clients of the configuration file to the store, replacing those of an earlier
@@ -257,6 +271,8 @@ impl Application {
             signing_keys: self.state.signing_keys.clone(),
             op: self.state.op.clone(),
             webhooks: self.state.webhooks.clone(),
+            cache_sync: self.cache_sync.clone(),
+            cache_sync_every: self.cache_sync_every,
         });
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");

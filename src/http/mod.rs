@@ -19,6 +19,7 @@ pub mod mcp;
 pub mod me;
 pub mod members;
 pub mod op;
+pub mod openapi;
 pub mod pages;
 pub mod problem;
 pub mod responses;
@@ -124,6 +125,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(members::routes())
         .merge(op::routes())
         .merge(mcp::routes(&state))
+        .merge(openapi::routes())
         .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -2,6 +2,7 @@
 //! call the store for everything persistent.
 
 pub mod auth_profiles;
+pub mod cache_sync;
 pub mod check;
 pub mod import;
 pub mod keys;

@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin_listing;
 mod bootstrap;
+mod cache_sync;
 mod caches;
 mod catalogue;
 mod cli;
@@ -22,6 +23,7 @@ mod mcp;
 mod op_clients;
 mod op_flow;
 mod op_third_party;
+mod openapi;
 mod pages;
 mod profile_actions;
 mod profile_credentials;
