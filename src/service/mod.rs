@@ -4,6 +4,7 @@
 pub mod auth_profiles;
 pub mod cache_sync;
 pub mod check;
+pub mod import;
 pub mod keys;
 pub mod op;
 pub mod principals;

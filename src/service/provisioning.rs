@@ -141,6 +141,11 @@ impl Provisioner {
         self.provision(&claim).await
     }
 
+    /// Whether the admin bootstrap accepts identities of `issuer` (it is on the allow-list).
+    pub fn allows(&self, issuer: &Issuer) -> bool {
+        self.issuers.get(issuer).is_some()
+    }
+
     /// Finds the user `claim` belongs to, creating user, identity and default team on first
     /// sight. Callers have already established that the claim is trustworthy.
     pub async fn provision(&self, claim: &IdentityClaim) -> Result<Provisioned, ProvisionError> {

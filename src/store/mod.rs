@@ -10,6 +10,7 @@ mod admin;
 mod cache_sync;
 mod db;
 mod grants;
+mod import;
 mod migrations;
 mod profile_actions;
 mod profile_credentials;
@@ -1168,6 +1169,33 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Deletes the logged cache invalidations written before `before`; returns how many.
     async fn delete_cache_changes_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    // --- Import and export (import.rs) ---
+
+    /// The users of those of `subjects` that have an identity at `issuer` (in no particular
+    /// order, one entry per subject found): the batched existence check of `tessera import`.
+    async fn existing_identities(
+        &self,
+        issuer: &Issuer,
+        subjects: &[Subject],
+    ) -> Result<Vec<(Subject, UserId)>, StoreError>;
+
+    /// A page of at most `limit` identities with ids greater than `after`, in id order, each with
+    /// its user: what `tessera export` writes.
+    async fn export_identities(
+        &self,
+        after: Option<IdentityId>,
+        limit: i64,
+    ) -> Result<Vec<ExportedIdentity>, StoreError>;
+}
+
+/// An identity with its user, as [`Store::export_identities`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedIdentity {
+    /// The identity link.
+    pub identity: Identity,
+    /// Its user (email, verification and name as they are now).
+    pub user: User,
 }
 
 /// One of a user's sessions, as the account page lists them.

@@ -25,7 +25,7 @@ use super::{
     UnlinkOutcome, UserSession, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
-use super::{CreateTeamOutcome, DeleteUserOutcome, TeamMember, TeamQuery, UserQuery};
+use super::{CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserQuery};
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
 use super::{PoolStats, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
@@ -2395,6 +2395,22 @@ impl Store for SqlStore {
 
     async fn delete_cache_changes_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         super::cache_sync::prune(&self.db, before).await
+    }
+
+    async fn existing_identities(
+        &self,
+        issuer: &Issuer,
+        subjects: &[Subject],
+    ) -> Result<Vec<(Subject, UserId)>, StoreError> {
+        super::import::existing_identities(&self.db, issuer, subjects).await
+    }
+
+    async fn export_identities(
+        &self,
+        after: Option<IdentityId>,
+        limit: i64,
+    ) -> Result<Vec<ExportedIdentity>, StoreError> {
+        super::import::export_identities(&self.db, after, limit).await
     }
 }
 

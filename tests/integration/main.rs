@@ -15,6 +15,7 @@ mod discovery;
 mod e2e_oidc;
 mod errors;
 mod github;
+mod import;
 mod jwks_outage;
 mod last_seen;
 mod locale;

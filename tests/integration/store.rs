@@ -3643,3 +3643,71 @@ mod metrics {
         store.webhook_queues().await.unwrap().into_iter().find(|q| q.endpoint == id).unwrap()
     }
 }
+
+/// `tessera import` and `tessera export` (store/import.rs): the batched existence check and the
+/// export's pages.
+mod import_export {
+    use super::*;
+
+    on_both_backends!(
+        existing_identities_answers_for_the_subjects_that_exist_at_the_issuer,
+        export_identities_pages_every_identity_with_its_user_in_id_order,
+    );
+
+    async fn existing_identities_answers_for_the_subjects_that_exist_at_the_issuer(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let issuer = Issuer::parse(ISSUER).unwrap();
+        let mut people = Vec::new();
+        for i in 0..150 {
+            people.push(sign_up(&store, &format!("exists-{i}")).await);
+        }
+        let mut elsewhere = account("exists-0", None);
+        elsewhere.issuer = Issuer::parse(OTHER_ISSUER).unwrap();
+        let elsewhere = sign_up_as(&store, elsewhere).await;
+
+        // 250 subjects (three queries' worth), one of them twice.
+        let mut asked: Vec<Subject> = (0..250).map(|i| Subject::parse(&format!("exists-{i}")).unwrap()).collect();
+        asked.push(Subject::parse("exists-7").unwrap());
+        let mut found = store.existing_identities(&issuer, &asked).await.unwrap();
+        found.sort_by_key(|a| a.1);
+        let mut expected: Vec<(Subject, UserId)> = people.iter().map(|p| (p.account.subject.clone(), p.id())).collect();
+        expected.sort_by_key(|a| a.1);
+        assert_eq!(found, expected, "each existing subject once, with its user; none of the other issuer's");
+
+        let other = Issuer::parse(OTHER_ISSUER).unwrap();
+        let pair = [Subject::parse("exists-0").unwrap(), Subject::parse("exists-1").unwrap()];
+        assert_eq!(store.existing_identities(&other, &pair).await.unwrap(), [(pair[0].clone(), elsewhere.id())]);
+        let unknown = [Subject::parse("nobody").unwrap()];
+        assert!(
+            store.existing_identities(&issuer, &unknown).await.unwrap().is_empty(),
+            "a short batch finds nothing extra"
+        );
+        assert!(store.existing_identities(&issuer, &[]).await.unwrap().is_empty());
+    }
+
+    async fn export_identities_pages_every_identity_with_its_user_in_id_order(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let mut people = [
+            sign_up_as(&store, account("export-ada", Some("Ada Lovelace"))).await,
+            sign_up(&store, "export-bob").await,
+            sign_up(&store, "export-cy").await,
+        ];
+        people.sort_by_key(|p| p.identity());
+        // A disabled user is exported too.
+        store.set_user_disabled(people[1].id(), true, now()).await.unwrap().unwrap();
+
+        let first = store.export_identities(None, 2).await.unwrap();
+        assert_eq!(
+            first.iter().map(|e| e.identity.id).collect::<Vec<_>>(),
+            [people[0].identity(), people[1].identity()]
+        );
+        assert_eq!(first[0].user, people[0].user, "with the user as stored");
+        assert_eq!(first[0].identity.subject, people[0].account.subject);
+        assert_eq!(first[0].identity.issuer.as_str(), ISSUER);
+        assert!(first[1].user.disabled);
+        let rest = store.export_identities(Some(first[1].identity.id), 2).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.identity.id).collect::<Vec<_>>(), [people[2].identity()]);
+        assert!(store.export_identities(Some(people[2].identity()), 2).await.unwrap().is_empty());
+        assert!(store.export_identities(None, 0).await.unwrap().is_empty());
+    }
+}

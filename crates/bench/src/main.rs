@@ -6,6 +6,7 @@ mod bootstrap;
 mod caches;
 mod connections;
 mod harness;
+mod import;
 mod me;
 mod op;
 mod scale;
@@ -35,6 +36,9 @@ enum Bench {
     /// Provisioning over HTTP against the bare provisioning service, on SQLite and PostgreSQL,
     /// plus start-up time and idle memory.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// `tessera import` of new identities from a file against the bare provisioning service, on
+    /// SQLite and PostgreSQL, and the re-run of the same file.
+    Import(import::ImportArgs),
     /// `/v1/validate` over HTTP against its composed ceiling (in-process verification and a bare
     /// endpoint of the same stack), RS256 and ES256.
     Validate(validate::ValidateArgs),
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.which {
             Bench::Bootstrap(args) => bootstrap::run(args).await,
+            Bench::Import(args) => import::run(args).await,
             Bench::Validate(args) => validate::run(args).await,
             Bench::Scale(args) => scale::run(args).await,
             Bench::Signin(args) => signin::run(args).await,
