@@ -87,10 +87,10 @@ impl Cursor {
         let mut fresh = Vec::new();
         for row in rows {
             if row.seq > self.last {
-                let skipped = row.seq - self.last - 1;
-                if skipped > 0 && skipped <= MAX_GAPS as i64 {
-                    self.gaps.extend((self.last + 1..row.seq).map(|seq| (seq, now)));
-                }
+                // The numbers just below a row are the likeliest still in flight: after a jump
+                // larger than MAX_GAPS (e.g. from an empty log's head), those are the ones kept.
+                let lowest = (self.last + 1).max(row.seq - MAX_GAPS as i64);
+                self.gaps.extend((lowest..row.seq).map(|seq| (seq, now)));
                 self.last = row.seq;
                 fresh.push(row);
             } else if self.gaps.remove(&row.seq).is_some() {
@@ -130,7 +130,6 @@ impl CacheSync {
     /// before; returns how many were applied.
     pub async fn poll(&self, cursor: &mut Cursor) -> Result<usize, StoreError> {
         let now = Instant::now();
-        cursor.expire_gaps(now);
         let mut after = cursor.read_after();
         let mut applied = 0;
         loop {
@@ -146,6 +145,9 @@ impl CacheSync {
                 break;
             }
         }
+        // Gaps expire only after a read that could have found them: a slow interval or a failed
+        // poll never drops a gap unread.
+        cursor.expire_gaps(now);
         if now.saturating_duration_since(cursor.polled_at) > OUTAGE_LIMIT {
             tracing::warn!(
                 outage_s = now.saturating_duration_since(cursor.polled_at).as_secs(),
@@ -237,11 +239,13 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_jump_is_not_tracked_number_by_number() {
+    fn a_huge_jump_tracks_only_the_numbers_just_below_it() {
         let now = Instant::now();
         let mut cursor = Cursor::at(0, now);
         cursor.take(rows(&[1_000_000]), now);
-        assert_eq!(cursor.gaps().count(), 0);
+        assert_eq!(cursor.gaps().count(), MAX_GAPS);
+        assert_eq!(cursor.gaps().next(), Some(1_000_000 - MAX_GAPS as i64));
+        assert_eq!(cursor.gaps().last(), Some(999_999));
         // Many small gaps: at most MAX_GAPS are kept, the lowest dropped first.
         let many: Vec<i64> = (0..=MAX_GAPS as i64 + 10).map(|i| 1_000_000 + 2 * (i + 1)).collect();
         cursor.take(rows(&many), now);

@@ -61,11 +61,13 @@ pub(super) async fn export_identities(
         ", ",
         user_columns!(),
         " FROM identities i JOIN users u ON u.id = i.user_id
-         WHERE ($1 IS NULL OR i.id > $1)
+         WHERE i.id > $1
          ORDER BY i.id
          LIMIT $2"
     ))
-    .bind(after.map(|id| id.as_uuid()))
+    // The nil id sorts before every real one: the first page, with a condition the primary-key
+    // index serves (an `IS NULL OR` form would scan from the start on every page).
+    .bind(after.map_or(uuid::Uuid::nil(), |id| id.as_uuid()))
     .bind(limit.max(0))
     .fetch_all(db.reader())
     .await?
