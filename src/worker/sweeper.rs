@@ -1,9 +1,10 @@
 //! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles, the
 //! records of used client assertions, and the OpenID Provider's expired grants, codes and held
-//! requests.
+//! requests, and audit rows past their retention.
 
 use std::time::Duration;
 
+use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::op::clients::Clients;
 use crate::service::op::provider::OpenIdProvider;
@@ -13,7 +14,13 @@ use crate::service::sessions::Sessions;
 const EVERY: Duration = Duration::from_secs(600);
 
 /// Deletes expired sessions, sign-in states and pending profiles every ten minutes.
-pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles, clients: Clients, op: Option<OpenIdProvider>) {
+pub(super) async fn run(
+    sessions: Sessions,
+    auth_profiles: AuthProfiles,
+    clients: Clients,
+    op: Option<OpenIdProvider>,
+    audit: Audit,
+) {
     let mut interval = tokio::time::interval(EVERY);
     loop {
         interval.tick().await;
@@ -38,6 +45,11 @@ pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles, clients
                 Ok(deleted) => tracing::debug!(deleted, "deleted expired grants, codes and held requests"),
                 Err(error) => tracing::warn!(error = %error, "cannot delete expired grants"),
             }
+        }
+        match audit.sweep().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted audit rows past their retention"),
+            Err(error) => tracing::warn!(error = %error, "cannot delete audit rows past their retention"),
         }
     }
 }
