@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -12,6 +13,7 @@ use crate::domain::Client;
 use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
+use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::op::clients::Clients;
 use crate::service::op::keys::{SigningError, SigningKeySettings, SigningKeys};
@@ -92,6 +94,8 @@ pub struct Application {
     state: Arc<AppState>,
     server: ServerConfig,
     last_seen: Arc<LastSeen>,
+    /// How often counted refusals are written to the audit log.
+    audit_every: Duration,
     /// The clients of the configuration file, until they are written to the store.
     config_clients: Option<Vec<Client>>,
 }
@@ -189,9 +193,12 @@ impl Application {
             _ => None,
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
+        let audit = Audit::new(store.clone(), &config.audit);
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
-                .with_own_tokens(op.clone()),
+                .with_own_tokens(op.clone())
+                .with_audit(audit.clone()),
+            audit,
             teams,
             provisioner,
             flows,
@@ -209,7 +216,14 @@ impl Application {
             users,
         });
         let config_clients = Some(config.oidc.clients.iter().map(|c| c.client.clone()).collect());
-        Ok(Self { listener, state, server: config.server.clone(), last_seen, config_clients })
+        Ok(Self {
+            listener,
+            state,
+            server: config.server.clone(),
+            last_seen,
+            audit_every: config.audit.flush_interval,
+            config_clients,
+        })
     }
 
     /// Writes the clients of the configuration file to the store, replacing those of an earlier
@@ -257,6 +271,8 @@ impl Application {
             signing_keys: self.state.signing_keys.clone(),
             op: self.state.op.clone(),
             webhooks: self.state.webhooks.clone(),
+            audit: self.state.audit.clone(),
+            audit_every: self.audit_every,
         });
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");

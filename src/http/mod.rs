@@ -6,6 +6,7 @@ pub mod admin;
 pub mod admin_auth;
 pub mod admin_listing;
 pub mod admin_teams;
+pub mod audit;
 pub mod auth;
 pub mod auth_profiles;
 pub mod caller;
@@ -46,6 +47,7 @@ use tracing::Span;
 use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
+use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::op::clients::Clients;
 use crate::service::op::keys::SigningKeys;
@@ -96,6 +98,8 @@ pub struct AppState {
     pub webhooks: Webhooks,
     /// Operators' user listings and deletions.
     pub users: Users,
+    /// The audit log.
+    pub audit: Audit,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -111,6 +115,9 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(members::admin_routes())
         .merge(op::clients::admin_routes())
         .merge(webhooks::routes())
+        .merge(audit::routes())
+        // Inside the authentication: every successful change by an admin token is audited.
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
     Router::new()
         .merge(health::routes())
