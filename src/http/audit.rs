@@ -61,7 +61,9 @@ async fn list_audit_events(
 fn parse_query(params: AuditParams) -> Result<AuditQuery, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("`limit` must be 1 to {MAX_LIMIT}")).field("limit"));
+        return Err(
+            ApiError::new(ErrorCode::InvalidRequest, format!("`limit` must be 1 to {MAX_LIMIT}")).field("limit")
+        );
     }
     let action = params.action.map(|a| filter(a, "action", 64, is_action)).transpose()?;
     let actor = params.actor.map(|a| filter(a, "actor", 255, is_plain_text)).transpose()?;
@@ -107,8 +109,11 @@ fn filter(value: String, field: &str, max: usize, valid: fn(&str) -> bool) -> Re
             "target_kind" => "a snake_case word, like `user`",
             _ => "text without control characters",
         };
-        return Err(ApiError::new(ErrorCode::InvalidAuditFilter, format!("`{field}` must be 1 to {max} bytes of {rule}"))
-            .field(field));
+        return Err(ApiError::new(
+            ErrorCode::InvalidAuditFilter,
+            format!("`{field}` must be 1 to {max} bytes of {rule}"),
+        )
+        .field(field));
     }
     Ok(value)
 }
@@ -234,9 +239,8 @@ pub async fn record_admin_action(
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
     let actor = request.extensions().get::<AdminActor>().copied();
     let request_id = request_id(request.headers());
-    let params: Vec<(String, String)> = params
-        .map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
-        .unwrap_or_default();
+    let params: Vec<(String, String)> =
+        params.map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()).unwrap_or_default();
     let response = next.run(request).await;
     if !response.status().is_success() {
         return response;
@@ -302,8 +306,10 @@ pub async fn record_admin_action(
 /// A provider name fit for an audit row or a log line: a configured provider's name is
 /// `a-z0-9-_`; anything else a client sent is left out.
 pub fn provider_label(name: &str) -> Option<&str> {
-    (!name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'))
-        .then_some(name)
+    (!name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'))
+    .then_some(name)
 }
 
 /// Records a refused sign-in or link callback. With a sign-in flow in the browser (its login

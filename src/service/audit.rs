@@ -189,7 +189,8 @@ mod tests {
     #[test]
     fn a_counted_refusal_becomes_one_failed_row_with_its_count_and_issuer() {
         let tally = Tally { count: 3, first_at: crate::domain::now(), last_at: crate::domain::now() };
-        let key = RefusalKey { action: TOKEN_REFUSED, reason: ErrorCode::AudienceMismatch, issuer: Some("https://a".into()) };
+        let key =
+            RefusalKey { action: TOKEN_REFUSED, reason: ErrorCode::AudienceMismatch, issuer: Some("https://a".into()) };
         let row = refusal_row(&key, &tally);
         assert_eq!(row.action, "token.refused");
         assert_eq!(row.reason.as_deref(), Some("audience_mismatch"));

@@ -29,8 +29,8 @@ use crate::domain::{
     UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
-pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
+pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 pub use migrations::MigrationStatus;

@@ -43,7 +43,8 @@ fn with_keyring(config: &mut Config) {
 
 /// Every row of the log matching `query` (a query string without `limit`), latest first.
 async fn audit(app: &TestApp, query: &str) -> Vec<Value> {
-    let page = body(app.admin(Method::GET, &format!("/admin/audit?limit=200&{query}")).send().await.unwrap(), 200).await;
+    let page =
+        body(app.admin(Method::GET, &format!("/admin/audit?limit=200&{query}")).send().await.unwrap(), 200).await;
     assert!(page["next_before"].is_null(), "one page: {page}");
     page["events"].as_array().unwrap().clone()
 }
@@ -74,7 +75,8 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     body(enable.send().await.unwrap(), 200).await;
     let team = app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": "acme", "name": "Acme" }));
     let team = body(team.send().await.unwrap(), 201).await["id"].as_str().unwrap().to_owned();
-    let member = app.admin(Method::POST, "/admin/teams/acme/members").json(&json!({ "user_id": user, "role": "admin" }));
+    let member =
+        app.admin(Method::POST, "/admin/teams/acme/members").json(&json!({ "user_id": user, "role": "admin" }));
     assert!(member.send().await.unwrap().status().is_success());
     let claim = json!({ "domain": "acme.example", "issuer": ISSUER, "verified": true });
     body(app.admin(Method::POST, "/admin/teams/acme/domains").json(&claim).send().await.unwrap(), 201).await;
@@ -128,7 +130,10 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     assert_eq!(row("team.member_added")["details"], json!({ "user_id": user, "role": "admin" }));
     assert_eq!(row("team.domain_claimed")["details"], json!({ "domain": "acme.example", "verified": true }));
     assert_eq!(row("webhook.created")["target_id"], hook["id"]);
-    assert_eq!((row("client.created")["target_kind"].clone(), row("client.created")["target_id"].clone()), (json!("client"), json!("grafana")));
+    assert_eq!(
+        (row("client.created")["target_kind"].clone(), row("client.created")["target_id"].clone()),
+        (json!("client"), json!("grafana"))
+    );
     assert_eq!(row("client.secret_rotated")["target_id"], "grafana");
     assert_eq!(row("user.deleted")["target_id"], json!(user));
     for row in &rows {
@@ -211,14 +216,18 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     assert_eq!((&own[0]["request_id"], &own[0]["reason"]), (&json!(request_id), &json!("invalid_state")));
     assert_eq!((&own[0]["outcome"], &own[0]["details"]["provider"]), (&json!("failure"), &json!("local")));
     for counted in failed.iter().filter(|r| !r["actor_name"].is_null()) {
-        assert_eq!((&counted["reason"], &counted["target_kind"], &counted["target_id"]), (&json!("invalid_state"), &json!("provider"), &json!("local")));
+        assert_eq!(
+            (&counted["reason"], &counted["target_kind"], &counted["target_id"]),
+            (&json!("invalid_state"), &json!("provider"), &json!("local"))
+        );
     }
 }
 
 async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Backend) {
     let second = LocalIssuer::start().await.unwrap();
     second.set_client(CLIENT_ID, CLIENT_SECRET);
-    let w = world_with(backend, |config, _| config.providers.push(provider("second", ProviderKind::Oidc, &second))).await;
+    let w =
+        world_with(backend, |config, _| config.providers.push(provider("second", ProviderKind::Oidc, &second))).await;
     w.issuer.set_next_user(StubUser::new("alice", "alice@example.com"));
     let mut alice = Browser::new();
     alice.sign_in(&w.app, "").await;
@@ -230,7 +239,8 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     let link_request = linked.headers()["x-request-id"].to_str().unwrap().to_owned();
     let me = body(alice.me(&w.app).await, 200).await;
     let (user, identity) = (me["id"].clone(), me["identities"][1]["id"].clone());
-    let unlinked = alice.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{}", identity.as_str().unwrap()))).await;
+    let unlinked =
+        alice.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{}", identity.as_str().unwrap()))).await;
     assert_eq!(unlinked.status(), StatusCode::NO_CONTENT);
 
     let rows = audit(&w.app, "target_kind=identity").await;

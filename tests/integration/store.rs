@@ -3417,9 +3417,10 @@ mod audit_log {
             .actor(Some("1".into()), Some("admin_tokens[1]".into()))
             .target("team", "acme")
             .details(serde_json::json!({ "slug": "acme" }));
-        let failed = NewAuditEvent { at: t0 + TimeDelta::seconds(2), ..NewAuditEvent::new(ActorKind::User, "sign_in.failed") }
-            .failed("invalid_state")
-            .details(serde_json::json!({ "provider": "local" }));
+        let failed =
+            NewAuditEvent { at: t0 + TimeDelta::seconds(2), ..NewAuditEvent::new(ActorKind::User, "sign_in.failed") }
+                .failed("invalid_state")
+                .details(serde_json::json!({ "provider": "local" }));
         let deleted = row("user.deleted", t0 + TimeDelta::seconds(3)).target("user", user.clone());
         store.append_audit_events(&[disabled.clone(), created.clone()]).await.unwrap();
         store.append_audit_events(&[failed.clone(), deleted.clone()]).await.unwrap();
@@ -3434,17 +3435,22 @@ mod audit_log {
             let store = store.clone();
             async move { store.audit_events(&AuditQuery { limit: 10, ..q }).await.unwrap() }
         };
-        assert_eq!(actions(&by(AuditQuery { action: Some("user.disabled".into()), ..query(0) }).await), ["user.disabled"]);
-        assert_eq!(actions(&by(AuditQuery { actor: Some("admin_tokens[1]".into()), ..query(0) }).await), ["team.created"]);
+        assert_eq!(
+            actions(&by(AuditQuery { action: Some("user.disabled".into()), ..query(0) }).await),
+            ["user.disabled"]
+        );
+        assert_eq!(
+            actions(&by(AuditQuery { actor: Some("admin_tokens[1]".into()), ..query(0) }).await),
+            ["team.created"]
+        );
         assert_eq!(actions(&by(AuditQuery { actor: Some("1".into()), ..query(0) }).await), ["team.created"]);
         let on_user = AuditQuery { target_kind: Some("user".into()), target_id: Some(user.clone()), ..query(0) };
         assert_eq!(actions(&by(on_user).await), ["user.deleted", "user.disabled"]);
-        assert!(by(AuditQuery { target_kind: Some("team".into()), target_id: Some(user), ..query(0) }).await.is_empty());
-        let window = AuditQuery {
-            since: Some(t0 + TimeDelta::seconds(1)),
-            until: Some(t0 + TimeDelta::seconds(3)),
-            ..query(0)
-        };
+        assert!(
+            by(AuditQuery { target_kind: Some("team".into()), target_id: Some(user), ..query(0) }).await.is_empty()
+        );
+        let window =
+            AuditQuery { since: Some(t0 + TimeDelta::seconds(1)), until: Some(t0 + TimeDelta::seconds(3)), ..query(0) };
         assert_eq!(actions(&by(window).await), ["sign_in.failed", "team.created"], "since included, until not");
         let before = AuditQuery { before: Some(all[1].id), ..query(0) };
         assert_eq!(actions(&by(before).await), ["team.created", "user.disabled"]);
@@ -3473,7 +3479,10 @@ mod audit_log {
         let old: Vec<NewAuditEvent> =
             (0..2100).map(|i| row("team.created", t0 - TimeDelta::days(400) + TimeDelta::seconds(i))).collect();
         store.append_audit_events(&old).await.unwrap();
-        store.append_audit_events(&[row("user.disabled", t0 - TimeDelta::days(10)), row("user.enabled", t0)]).await.unwrap();
+        store
+            .append_audit_events(&[row("user.disabled", t0 - TimeDelta::days(10)), row("user.enabled", t0)])
+            .await
+            .unwrap();
         let cutoff = t0 - TimeDelta::days(365);
         assert_eq!(store.delete_audit_events_before(cutoff, 1000).await.unwrap(), 1000);
         let oldest_left = store.audit_events(&query(5000)).await.unwrap().last().unwrap().event.at;
