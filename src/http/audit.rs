@@ -312,24 +312,19 @@ pub fn provider_label(name: &str) -> Option<&str> {
     .then_some(name)
 }
 
-/// Records a refused sign-in or link callback. With a sign-in flow in the browser (its login
-/// cookie) the failure gets a row of its own; without one (scanners, replayed or stale links) it
-/// is counted, like refused tokens. Logged at info with the code and provider only.
-pub async fn sign_in_failed(
-    state: &AppState,
-    headers: &HeaderMap,
-    provider: &str,
-    linking: bool,
-    had_flow: bool,
-    code: ErrorCode,
-) {
+/// Records a refused sign-in or link callback. A callback whose state does not match a sign-in
+/// started in this browser (`invalid_state`: scanners, replayed or stale links, forged cookies)
+/// is counted, like refused tokens, since anyone can send one; any later failure belongs to a
+/// real flow and gets a row of its own. The provider is named only when it is configured. Logged
+/// at info with the code and provider only.
+pub async fn sign_in_failed(state: &AppState, headers: &HeaderMap, provider: &str, linking: bool, code: ErrorCode) {
     if code.status().is_server_error() {
         return;
     }
-    let provider = provider_label(provider);
+    let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
     let action = if linking { "identity.link_failed" } else { crate::service::audit::SIGN_IN_FAILED };
     tracing::info!(code = code.as_str(), provider = provider.unwrap_or("-"), action, "sign-in refused");
-    if !had_flow {
+    if code == ErrorCode::InvalidState {
         state.audit.sign_in_refused(code, provider);
         return;
     }

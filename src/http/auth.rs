@@ -122,12 +122,11 @@ async fn complete_callback(
     };
     let old_session = session.map(str::to_owned);
     let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
-    let had_flow = browser_state.is_some();
     let finished = match state.flows.finish(&provider, callback, browser_state).await {
         Ok(finished) => finished,
         Err(error) => {
             let error = ApiError::from(error);
-            super::audit::sign_in_failed(&state, &headers, &provider, false, had_flow, error.code()).await;
+            super::audit::sign_in_failed(&state, &headers, &provider, false, error.code()).await;
             return with_cookie(state.pages.error(&headers, error), clear_login);
         }
     };
@@ -168,7 +167,7 @@ async fn complete_callback(
         }
         Err(error) => {
             let error = ApiError::from(error);
-            super::audit::sign_in_failed(&state, &headers, &provider, linking, true, error.code()).await;
+            super::audit::sign_in_failed(&state, &headers, &provider, linking, error.code()).await;
             with_cookie(state.pages.error(&headers, error), clear_login)
         }
     }

@@ -1,8 +1,8 @@
 //! The audit log: admin actions and security decisions as append-only rows.
 //!
 //! Most rows are written right after the change they record succeeded ([`Audit::record`]); a
-//! failure to write one is logged and never undoes or fails the change. Refused tokens and refused
-//! admin credentials are not written per request: they are counted in memory per (action, reason,
+//! failure to write one is logged and never undoes or fails the change. Refused tokens, refused
+//! admin credentials and sign-in callbacks without a matching flow are not written per request: they are counted in memory per (action, reason,
 //! issuer) and written as one row per key every `audit.flush_interval_ms` by the audit worker
 //! ([`Audit::flush`]), and once more at shutdown. Rows older than `audit.retention_days` are
 //! deleted by the sweeper in bounded batches ([`Audit::sweep`]).
@@ -91,8 +91,8 @@ impl Audit {
         self.count(ADMIN_TOKEN_REFUSED, reason, None);
     }
 
-    /// Counts a failed sign-in callback of a browser that carried no sign-in flow (scanners,
-    /// replayed links): such failures are not worth a row each.
+    /// Counts a sign-in callback that matches no sign-in started in its browser (scanners,
+    /// replayed or stale links): anyone can send those, so they do not get a row each.
     pub fn sign_in_refused(&self, reason: ErrorCode, provider: Option<&str>) {
         self.count(SIGN_IN_FAILED, reason, provider);
     }

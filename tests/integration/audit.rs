@@ -185,18 +185,26 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     let alice = body(browser.me(&w.app).await, 200).await["id"].as_str().unwrap().to_owned();
 
-    // A replayed callback, with the browser's sign-in cookie: a row of its own.
+    // Callbacks that match no flow started in their browser (a replay, a forged or missing
+    // cookie) are counted: anyone can send them.
     let callback = browser.start(&w.app, "").await;
     let login_cookie = browser.cookies["tessera_login"].clone();
     assert_eq!(browser.get(&callback).await.status(), StatusCode::SEE_OTHER);
     browser.cookies.insert("tessera_login".into(), login_cookie);
-    let replay = browser.get(&callback).await;
-    let request_id = replay.headers()["x-request-id"].to_str().unwrap().to_owned();
-    assert_eq!(body(replay, 400).await["code"], "invalid_state");
-    // Callbacks without any sign-in flow in the browser are counted, not written one by one.
+    assert_eq!(body(browser.get(&callback).await, 400).await["code"], "invalid_state");
     for _ in 0..3 {
         assert_eq!(body(Browser::new().get(&callback).await, 400).await["code"], "invalid_state");
     }
+    let mut forged = Browser::new();
+    forged.cookies.insert("tessera_login".into(), "forged".into());
+    assert_eq!(body(forged.get(&callback).await, 400).await["code"], "invalid_state");
+    // A failure of a real flow gets a row of its own, with its request id.
+    let disable = w.app.admin(Method::PATCH, &format!("/admin/users/{alice}")).json(&json!({ "disabled": true }));
+    body(disable.send().await.unwrap(), 200).await;
+    w.issuer.set_next_user(StubUser::new("alice-sub", "alice@example.com"));
+    let refused = Browser::new().sign_in(&w.app, "").await;
+    let request_id = refused.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(body(refused, 403).await["code"], "user_disabled");
 
     let succeeded = audit(&w.app, "action=sign_in.succeeded").await;
     assert_eq!(succeeded.len(), 2);
@@ -207,13 +215,13 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     }
     eventually("the counted failures are written", || async {
         let counted = audit(&w.app, "action=sign_in.failed&actor=refusal_counter").await;
-        counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 3
+        counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 5
     })
     .await;
     let failed = audit(&w.app, "action=sign_in.failed").await;
     let own: Vec<&Value> = failed.iter().filter(|r| r["actor_name"].is_null()).collect();
     assert_eq!(own.len(), 1, "{failed:?}");
-    assert_eq!((&own[0]["request_id"], &own[0]["reason"]), (&json!(request_id), &json!("invalid_state")));
+    assert_eq!((&own[0]["request_id"], &own[0]["reason"]), (&json!(request_id), &json!("user_disabled")));
     assert_eq!((&own[0]["outcome"], &own[0]["details"]["provider"]), (&json!("failure"), &json!("local")));
     for counted in failed.iter().filter(|r| !r["actor_name"].is_null()) {
         assert_eq!(
@@ -221,6 +229,14 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
             (&json!("invalid_state"), &json!("provider"), &json!("local"))
         );
     }
+    // A callback for a provider that is not configured is counted without naming it.
+    let unknown = Browser::new().get(&w.app.url("/auth/callback/nosuchprovider?state=x&code=y")).await;
+    assert_eq!(body(unknown, 400).await["code"], "invalid_state");
+    eventually("the unnamed failure is written", || async {
+        let counted = audit(&w.app, "action=sign_in.failed&actor=refusal_counter").await;
+        counted.iter().any(|r| r["target_id"].is_null())
+    })
+    .await;
 }
 
 async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Backend) {
