@@ -1,6 +1,7 @@
 //! The audit log over HTTP: `GET /admin/audit` to read it, and the middleware that records every
-//! successful change made with an admin token (one table below maps each admin route to its
-//! action and target), plus the helpers other handlers use to record sign-ins and links.
+//! successful change made with an admin token, on `/admin/…` or on behalf of a user (one table
+//! below maps each route to its action and target), plus the helpers other handlers use to record
+//! sign-ins and links.
 //!
 //! `GET /admin/audit?action=&actor=&target_kind=&target_id=&since=&until=&before=&limit=`: rows
 //! latest first; pass `next_before` back as `before` for the next page.
@@ -196,6 +197,13 @@ fn rule_for(method: &Method, route: &str) -> Rule {
         ("DELETE", "/admin/teams/{team}/members/{user_id}") => {
             rule("team.member_removed", "team", Path("team"), &[("user_id", Path("user_id"))])
         }
+        // The same on behalf of a user (`X-On-Behalf-Of`).
+        ("POST", "/v1/teams/{team}/members") => {
+            rule("team.member_added", "team", Path("team"), &[("user_id", Body("user_id")), ("role", Body("role"))])
+        }
+        ("DELETE", "/v1/teams/{team}/members/{user_id}") => {
+            rule("team.member_removed", "team", Path("team"), &[("user_id", Path("user_id"))])
+        }
         ("POST", "/admin/clients") => rule("client.created", "client", Body("client_id"), &[]),
         ("PATCH", "/admin/clients/{client_id}") => rule("client.updated", "client", Path("client_id"), &[]),
         ("DELETE", "/admin/clients/{client_id}") => rule("client.deleted", "client", Path("client_id"), &[]),
@@ -223,9 +231,11 @@ impl Rule {
 /// Largest answer read to find the facts of an audit row (admin answers are far smaller).
 const MAX_AUDITED_BODY: usize = 1 << 20;
 
-/// Middleware inside [`super::admin_auth::require_admin`]: after a successful `POST`, `PUT`,
-/// `PATCH` or `DELETE`, appends the row of [`rule_for`] with the admin token's position, the
-/// target and the request id. Reads and refused requests write nothing.
+/// Middleware inside [`super::admin_auth::require_admin`], and on every other route for admin
+/// tokens acting on behalf of a user: after a successful `POST`, `PUT`, `PATCH` or `DELETE` made
+/// with an admin token, appends the row of [`rule_for`] with the token's position, the target,
+/// the request id (and `on_behalf_of`). Reads, refused requests and requests without an admin
+/// token write nothing.
 pub async fn record_admin_action(
     State(state): State<Arc<AppState>>,
     params: Result<RawPathParams, RawPathParamsRejection>,
@@ -237,7 +247,17 @@ pub async fn record_admin_action(
         return next.run(request).await;
     }
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
-    let actor = request.extensions().get::<AdminActor>().copied();
+    // On `/admin/…`, authentication left the token's position; elsewhere an admin token acts on
+    // behalf of a user, and anything else is not an admin request.
+    let actor = match request.extensions().get::<AdminActor>().copied() {
+        Some(actor) => actor,
+        None if route.starts_with("/admin/") => return next.run(request).await,
+        None => match admin_token_of(&state, request.headers()) {
+            Some(actor) => actor,
+            None => return next.run(request).await,
+        },
+    };
+    let on_behalf_of = (!route.starts_with("/admin/")).then(|| on_behalf_of(&request)).flatten();
     let request_id = request_id(request.headers());
     let params: Vec<(String, String)> =
         params.map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()).unwrap_or_default();
@@ -286,8 +306,11 @@ pub async fn record_admin_action(
         details.insert("method".into(), method.as_str().into());
         details.insert("route".into(), route.into());
     }
+    if let Some(user) = on_behalf_of {
+        details.insert("on_behalf_of".into(), user.into());
+    }
     let mut event = NewAuditEvent::new(ActorKind::AdminToken, action)
-        .actor(actor.map(AdminActor::id), actor.map(AdminActor::name))
+        .actor(Some(actor.id()), Some(actor.name()))
         .request(request_id);
     if let (Some(kind), Some(id)) = (rule.target_kind, rule.target.and_then(fact)) {
         let id = match id {
@@ -301,6 +324,23 @@ pub async fn record_admin_action(
     }
     state.audit.record(event).await;
     response
+}
+
+/// The admin token a request outside `/admin/…` carries, if any (a service acting on behalf of a
+/// user). Unreadable credentials are the handler's to refuse, not this layer's.
+fn admin_token_of(state: &AppState, headers: &HeaderMap) -> Option<AdminActor> {
+    let credentials = super::credentials::Credentials::read(headers).ok()?;
+    let index = state.admin_tokens.identify(credentials.admin_token()?)?;
+    Some(AdminActor { index })
+}
+
+/// The user an admin token acts for (`X-On-Behalf-Of` or `?on_behalf_of=`), when it is a user id.
+fn on_behalf_of(request: &Request) -> Option<String> {
+    let header = request.headers().get("x-on-behalf-of").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let query = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "on_behalf_of").map(|(_, v)| v.into_owned())
+    });
+    header.or(query).and_then(|v| v.trim().parse::<uuid::Uuid>().ok()).map(|id| id.to_string())
 }
 
 /// A provider name fit for an audit row or a log line: a configured provider's name is

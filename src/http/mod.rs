@@ -131,6 +131,8 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(members::routes())
         .merge(op::routes())
         .merge(mcp::routes(&state))
+        // Changes an admin token makes on behalf of a user are audited too.
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
         .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -25,6 +25,7 @@ use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider, world
 on_both_backends!(
     admin_changes_are_recorded_with_their_token_target_and_request_id,
     concurrent_admin_changes_write_one_row_per_change_that_happened,
+    changes_an_admin_token_makes_on_behalf_of_a_user_are_recorded,
     sign_ins_and_their_failures_are_recorded,
     links_and_unlinks_are_recorded_with_the_rule_that_decided,
     automatic_links_and_refused_links_name_their_rule,
@@ -176,6 +177,36 @@ async fn concurrent_admin_changes_write_one_row_per_change_that_happened(backend
     targets.dedup();
     assert_eq!(targets.len(), 13);
     assert_eq!(app.db.sql().await.count("audit_events").await, 13);
+}
+
+async fn changes_an_admin_token_makes_on_behalf_of_a_user_are_recorded(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ada = body(app.bootstrap(&identity("ada", "ada@example.com", None)).await, 201).await;
+    let bob = body(app.bootstrap(&identity("bob", "bob@example.com", None)).await, 201).await;
+    let (ada_id, team) = (ada["user_id"].as_str().unwrap(), ada["team"]["slug"].as_str().unwrap());
+    let bob_id = bob["user_id"].as_str().unwrap();
+    let add = app
+        .admin(Method::POST, &format!("/v1/teams/{team}/members"))
+        .header("x-on-behalf-of", ada_id)
+        .header("x-request-id", "req-on-behalf")
+        .json(&json!({ "user_id": bob_id, "role": "member" }));
+    assert_eq!(add.send().await.unwrap().status(), StatusCode::CREATED);
+    let remove = app.admin(Method::DELETE, &format!("/v1/teams/{team}/members/{bob_id}?on_behalf_of={ada_id}"));
+    assert_eq!(remove.send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    // A refused request (Bob is not a member of the team) writes nothing.
+    let refused =
+        app.admin(Method::DELETE, &format!("/v1/teams/{team}/members/{ada_id}")).header("x-on-behalf-of", bob_id);
+    assert!(refused.send().await.unwrap().status().is_client_error());
+
+    let rows = audit(&app, "target_kind=team").await;
+    assert_eq!(actions(&rows), ["team.member_removed", "team.member_added"]);
+    for row in &rows {
+        assert_eq!((&row["actor_kind"], &row["actor_id"]), (&json!("admin_token"), &json!("0")));
+        assert_eq!((&row["target_id"], &row["details"]["on_behalf_of"]), (&json!(team), &json!(ada_id)));
+        assert_eq!(row["details"]["user_id"], json!(bob_id));
+    }
+    assert_eq!(rows[1]["request_id"], "req-on-behalf");
+    assert_eq!(audit(&app, "").await.len(), 4, "two bootstraps and the two changes");
 }
 
 async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
