@@ -104,6 +104,13 @@ where
         }
     }
 
+    /// Removes every entry.
+    pub fn clear(&self) {
+        if let Some(entries) = &self.entries {
+            entries.invalidate_all();
+        }
+    }
+
     /// How many entries are held. Runs the pending housekeeping first, so that expired and
     /// evicted entries are no longer counted (and no longer in memory): for tests and
     /// diagnostics, not for the hot path.

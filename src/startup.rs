@@ -15,6 +15,7 @@ use crate::http::cookies::Cookies;
 use crate::http::{AppState, router};
 use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
 use crate::service::op::keys::{SigningError, SigningKeySettings, SigningKeys};
 use crate::service::op::provider::OpenIdProvider;
@@ -96,6 +97,10 @@ pub struct Application {
     last_seen: Arc<LastSeen>,
     /// How often counted refusals are written to the audit log.
     audit_every: Duration,
+    /// Applies other instances' changes to this instance's caches.
+    cache_sync: CacheSync,
+    /// How often it reads the log.
+    cache_sync_every: std::time::Duration,
     /// The clients of the configuration file, until they are written to the store.
     config_clients: Option<Vec<Client>>,
 }
@@ -194,6 +199,7 @@ impl Application {
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
         let audit = Audit::new(store.clone(), &config.audit);
+        let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone());
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
                 .with_own_tokens(op.clone())
@@ -211,7 +217,7 @@ impl Application {
             clients,
             signing_keys,
             op,
-            pages: crate::http::pages::Pages::new(&config.branding),
+            pages: crate::http::pages::Pages::new(&config.branding).with_providers(&config.providers),
             webhooks,
             users,
         });
@@ -222,6 +228,8 @@ impl Application {
             server: config.server.clone(),
             last_seen,
             audit_every: config.audit.flush_interval,
+            cache_sync,
+            cache_sync_every: config.cache.sync_interval,
             config_clients,
         })
     }
@@ -273,6 +281,8 @@ impl Application {
             webhooks: self.state.webhooks.clone(),
             audit: self.state.audit.clone(),
             audit_every: self.audit_every,
+            cache_sync: self.cache_sync.clone(),
+            cache_sync_every: self.cache_sync_every,
         });
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");

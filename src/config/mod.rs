@@ -28,7 +28,7 @@ pub use auth::{
     AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProfileMapping, ProviderConfig, ProviderEndpoints,
     ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
 };
-pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR};
+pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR, image_origin};
 pub use connectors::{
     ConnectorConfig, ConnectorProbe, EnvField, FieldPattern, FilledProbe, ProbeFillError, ProbeMethod,
 };
@@ -101,6 +101,9 @@ pub struct CacheConfig {
     pub token_ttl: Duration,
     /// Most entries kept in each cache (`cache.max_entries`).
     pub max_entries: usize,
+    /// How often this instance reads the cache-invalidation log, which tells it what other
+    /// instances changed (`cache.sync_interval_ms`).
+    pub sync_interval: Duration,
 }
 
 /// Limits of the HTTP server, against slow or stalled clients.
@@ -458,6 +461,7 @@ struct RawCache {
     principal_ttl_seconds: Option<u64>,
     token_ttl_seconds: Option<u64>,
     max_entries: Option<usize>,
+    sync_interval_ms: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -628,7 +632,11 @@ impl Config {
             principal_ttl: Duration::from_secs(raw.cache.principal_ttl_seconds.unwrap_or(60)),
             token_ttl: Duration::from_secs(raw.cache.token_ttl_seconds.unwrap_or(300)),
             max_entries: raw.cache.max_entries.unwrap_or(100_000),
+            sync_interval: Duration::from_millis(raw.cache.sync_interval_ms.unwrap_or(250)),
         };
+        if !(10..=60_000).contains(&cache.sync_interval.as_millis()) {
+            return Err(ConfigError::new("cache.sync_interval_ms", "expected 10 to 60000 milliseconds"));
+        }
         if cache.principal_ttl > Duration::from_secs(3600) || cache.token_ttl > Duration::from_secs(3600) {
             return Err(ConfigError::new("cache", "cache lifetimes are at most 3600 seconds"));
         }

@@ -36,7 +36,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// The body of `POST /admin/users/bootstrap`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct BootstrapRequest {
     #[serde(alias = "oidc_issuer")]
     issuer: Option<String>,
@@ -50,6 +50,16 @@ struct BootstrapRequest {
     provider: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users/bootstrap",
+    tag = "admin",
+    operation_id = "bootstrap_user",
+    summary = "Finds or creates the user of an identity, with a default team.",
+    request_body = BootstrapRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user existed.", body = BootstrapResponse), (status = 201, description = "The user was created.", body = BootstrapResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn bootstrap_user(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<BootstrapRequest>,
@@ -60,6 +70,16 @@ async fn bootstrap_user(
     Ok((status, Json(BootstrapResponse::new(user.id, created, team))))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users/{user_id}/bootstrap",
+    tag = "admin",
+    operation_id = "bootstrap_existing_user",
+    summary = "Ensures an existing user has a default team.",
+    params(("user_id" = String, Path, description = "A user id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The team existed.", body = BootstrapResponse), (status = 201, description = "The team was created.", body = BootstrapResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn bootstrap_existing_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
@@ -70,6 +90,16 @@ async fn bootstrap_existing_user(
     Ok((status, Json(BootstrapResponse::new(user.id, created, team))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/{user_id}",
+    tag = "admin",
+    operation_id = "get_user",
+    summary = "A user with identities and teams.",
+    params(("user_id" = String, Path, description = "A user id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserProfileResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn get_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
@@ -79,11 +109,22 @@ async fn get_user(
 }
 
 /// The body of `PATCH /admin/users/{user_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct UpdateUserRequest {
     disabled: Option<bool>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/admin/users/{user_id}",
+    tag = "admin",
+    operation_id = "update_user",
+    summary = "Disables or enables a user.",
+    params(("user_id" = String, Path, description = "A user id (UUID)")),
+    request_body = UpdateUserRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn update_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
@@ -96,6 +137,16 @@ async fn update_user(
     Ok(Json(state.provisioner.set_disabled(user_id, disabled).await?.into()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/users/{user_id}",
+    tag = "admin",
+    operation_id = "delete_user",
+    summary = "Deletes a user.",
+    params(("user_id" = String, Path, description = "A user id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "Deleted.")),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn delete_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,

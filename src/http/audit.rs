@@ -37,19 +37,39 @@ const MAX_LIMIT: u32 = 200;
 const DEFAULT_LIMIT: u32 = 50;
 
 /// The query of `GET /admin/audit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
+    /// Rows of this action, e.g. `user.disabled`.
     action: Option<String>,
+    /// Rows whose actor has this id or name (`0`, `admin_tokens[0]`, a user id).
     actor: Option<String>,
+    /// Rows whose target is of this kind (`user`, `team`, `client`…).
     target_kind: Option<String>,
+    /// Rows whose target has this id.
     target_id: Option<String>,
+    /// Rows at or after this RFC 3339 time.
     since: Option<String>,
+    /// Rows before this RFC 3339 time.
     until: Option<String>,
+    /// The `next_before` of the previous page.
     before: Option<String>,
+    /// Rows per page, 1 to 200 (50 by default).
     limit: Option<u32>,
 }
 
+/// The audit log, latest first.
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    tag = "admin",
+    operation_id = "list_audit_events",
+    summary = "The audit log: admin changes and security decisions, latest first, a page at a time.",
+    params(AuditParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "A page of audit rows.", body = AuditListResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn list_audit_events(
     State(state): State<Arc<AppState>>,
     ApiQuery(params): ApiQuery<AuditParams>,

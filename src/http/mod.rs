@@ -20,6 +20,7 @@ pub mod mcp;
 pub mod me;
 pub mod members;
 pub mod op;
+pub mod openapi;
 pub mod pages;
 pub mod problem;
 pub mod responses;
@@ -131,6 +132,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(members::routes())
         .merge(op::routes())
         .merge(mcp::routes(&state))
+        .merge(openapi::routes())
         // Changes an admin token makes on behalf of a user are audited too.
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
         .merge(admin)

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth_profiles;
+pub mod cache_sync;
 pub mod check;
 pub mod keys;
 pub mod op;

@@ -122,7 +122,7 @@ impl Provisioner {
 
     /// Disables or re-enables a user. A disabled user is refused by bootstrap and validation
     /// alike; this instance forgets anything it cached about them at once (other instances
-    /// within `cache.principal_ttl_seconds`).
+    /// within `cache.sync_interval_ms`, from the cache-invalidation log).
     pub async fn set_disabled(&self, user: UserId, disabled: bool) -> Result<User, ProvisionError> {
         let user =
             self.store.set_user_disabled(user, disabled, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;

@@ -63,6 +63,7 @@ embedded_migrations! {
     12 "0012_profile_credentials" "profile_credentials",
     13 "0013_profile_actions" "profile_actions",
     14 "0014_audit_log" "audit_log",
+    15 "0015_cache_invalidations" "cache_invalidations",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

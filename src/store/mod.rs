@@ -8,6 +8,7 @@
 
 mod admin;
 mod audit;
+mod cache_sync;
 mod db;
 mod grants;
 mod migrations;
@@ -31,6 +32,7 @@ use crate::domain::{
 
 pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
 pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
+pub use cache_sync::{CacheChange, LoggedChange};
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 pub use migrations::MigrationStatus;
@@ -1157,6 +1159,20 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Deletes at most `limit` audit rows older than `before`, oldest first (the retention
     /// sweep); how many were deleted.
     async fn delete_audit_events_before(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError>;
+
+    // ---- The cache-invalidation log (rows are written by the changes themselves) ----------------
+
+    /// The highest sequence number of the cache-invalidation log (0 when it is empty), on the
+    /// primary.
+    async fn cache_changes_head(&self) -> Result<i64, StoreError>;
+
+    /// Up to `limit` logged cache invalidations after the sequence number `after`, in order, read
+    /// on the primary. Sequence numbers increase but have gaps, and on PostgreSQL a lower one may
+    /// become visible after a higher one (see `src/service/cache_sync.rs`).
+    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<Vec<LoggedChange>, StoreError>;
+
+    /// Deletes the logged cache invalidations written before `before`; returns how many.
+    async fn delete_cache_changes_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// One of a user's sessions, as the account page lists them.

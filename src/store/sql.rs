@@ -10,6 +10,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::cache_sync::{CacheChange, LoggedChange, log_changes};
 use super::db::{Db, PoolRef, Tx, query, try_exclusive};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
 use super::rows::{
@@ -581,6 +582,9 @@ impl Store for SqlStore {
             let topic = if disabled { events::USER_DISABLED } else { events::USER_ENABLED };
             insert_event(&mut tx, &NewEvent::new(topic, events::user_changed(found)), now).await?;
         }
+        if changed {
+            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        }
         tx.commit().await?;
         Ok(found)
     }
@@ -852,6 +856,7 @@ impl Store for SqlStore {
                 .ok_or(StoreError::Conflict { what: "identity vanished while linking" })?;
             let event = NewEvent::new(events::IDENTITY_LINKED, events::identity_changed(&identity));
             insert_event(&mut tx, &event, link.now).await?;
+            log_changes(&mut tx, &[CacheChange::User(user)], link.now).await?;
             tx.commit().await?;
             return Ok(LinkOutcome::Linked(identity));
         }
@@ -907,6 +912,11 @@ impl Store for SqlStore {
         )
         .await?;
         insert_event(&mut tx, &NewEvent::new(events::IDENTITY_UNLINKED, events::identity_changed(&found)), now).await?;
+        let forget = [
+            CacheChange::User(user),
+            CacheChange::Identity { issuer: found.issuer.clone(), subject: found.subject.clone() },
+        ];
+        log_changes(&mut tx, &forget, now).await?;
         tx.commit().await?;
         Ok(UnlinkOutcome::Unlinked(found))
     }
@@ -1123,6 +1133,7 @@ impl Store for SqlStore {
             if let Some(previous) = previous.filter(|p| *p != role) {
                 let payload = events::member_changed(team, user, role, Some(previous));
                 insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ROLE_CHANGED, payload), now).await?;
+                log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
             }
             tx.commit().await?;
             return Ok(MemberOutcome::Updated);
@@ -1138,6 +1149,7 @@ impl Store for SqlStore {
         .await?;
         let payload = events::member_changed(team, user, role, None);
         insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         tx.commit().await?;
         Ok(MemberOutcome::Added)
     }
@@ -1167,6 +1179,7 @@ impl Store for SqlStore {
         }
         let payload = events::member_changed(team, user, role, None);
         insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), crate::domain::now()).await?;
+        log_changes(&mut tx, &[CacheChange::User(user)], crate::domain::now()).await?;
         tx.commit().await?;
         Ok(RemoveOutcome::Removed)
     }
@@ -1860,10 +1873,14 @@ impl Store for SqlStore {
         client: &Client,
         expected_updated_at: DateTime<Utc>,
     ) -> Result<ClientUpdate, StoreError> {
-        let updated = update_client_query(client, Some(expected_updated_at)).execute(self.db.writer()).await?;
+        let mut tx = self.db.begin().await?;
+        let updated = update_client_query(client, Some(expected_updated_at)).execute(&mut tx).await?;
         if updated == 1 {
+            log_changes(&mut tx, &[CacheChange::Client(client.id.clone())], crate::domain::now()).await?;
+            tx.commit().await?;
             return Ok(ClientUpdate::Updated);
         }
+        tx.rollback().await?;
         let exists = query("SELECT 1 FROM clients WHERE id = $1")
             .bind(client.id.as_str())
             .fetch_optional(self.db.reader())
@@ -1872,7 +1889,14 @@ impl Store for SqlStore {
     }
 
     async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
-        Ok(query("DELETE FROM clients WHERE id = $1").bind(id.as_str()).execute(self.db.writer()).await? == 1)
+        let mut tx = self.db.begin().await?;
+        if query("DELETE FROM clients WHERE id = $1").bind(id.as_str()).execute(&mut tx).await? != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        log_changes(&mut tx, &[CacheChange::Client(id.clone())], crate::domain::now()).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn sync_config_clients(&self, clients: &[Client]) -> Result<ConfigClientSync, StoreError> {
@@ -1887,12 +1911,14 @@ impl Store for SqlStore {
         let mut wanted: Vec<&Client> = clients.iter().collect();
         wanted.sort_by(|a, b| a.id.cmp(&b.id));
         let mut sync = ConfigClientSync::default();
+        let mut forget = Vec::new();
         for client in wanted {
             match stored.iter().find(|s| s.id == client.id) {
                 Some(old) if same_registration(old, client) => {}
                 Some(_) => {
                     update_client_query(client, None).execute(&mut tx).await?;
                     sync.updated += 1;
+                    forget.push(CacheChange::Client(client.id.clone()));
                 }
                 None => {
                     if insert_client_query(client).fetch_optional(&mut tx).await?.is_some() {
@@ -1909,6 +1935,7 @@ impl Store for SqlStore {
                         Some(true) => {
                             update_client_query(client, None).execute(&mut tx).await?;
                             sync.updated += 1;
+                            forget.push(CacheChange::Client(client.id.clone()));
                         }
                         _ => sync.conflicts.push(client.id.clone()),
                     }
@@ -1923,8 +1950,10 @@ impl Store for SqlStore {
                     .await?,
             )
             .unwrap_or(0);
+            forget.push(CacheChange::Client(old.id.clone()));
         }
         if sync.conflicts.is_empty() {
+            log_changes(&mut tx, &forget, crate::domain::now()).await?;
             tx.commit().await?;
         } else {
             tx.rollback().await?;
@@ -2360,6 +2389,20 @@ impl Store for SqlStore {
 
     async fn delete_audit_events_before(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
         super::audit::delete_before(&self.db, before, limit).await
+    }
+
+    // ---- The cache-invalidation log (the SQL is in cache_sync.rs) ------------------------------
+
+    async fn cache_changes_head(&self) -> Result<i64, StoreError> {
+        super::cache_sync::head(&self.db).await
+    }
+
+    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<Vec<LoggedChange>, StoreError> {
+        super::cache_sync::changes_after(&self.db, after, limit).await
+    }
+
+    async fn delete_cache_changes_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        super::cache_sync::prune(&self.db, before).await
     }
 }
 

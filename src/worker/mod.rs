@@ -2,6 +2,7 @@
 //! owns its schedule and logs its own failures; none of them answers a request.
 
 mod audit;
+mod cache_sync;
 pub mod last_seen;
 mod signing_keys;
 mod sweeper;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
 use crate::service::op::keys::SigningKeys;
 use crate::service::op::provider::OpenIdProvider;
@@ -48,6 +50,10 @@ pub struct WorkerDeps {
     pub audit: Audit,
     /// How often counted refusals are written.
     pub audit_every: Duration,
+    /// The caches' view of the cache-invalidation log (the sweeper prunes the log).
+    pub cache_sync: CacheSync,
+    /// How often the log is read (`cache.sync_interval_ms`).
+    pub cache_sync_every: Duration,
 }
 
 /// The running background loops.
@@ -67,10 +73,12 @@ impl Workers {
                 deps.clients.clone(),
                 deps.op.clone(),
                 deps.audit.clone(),
+                deps.cache_sync.clone(),
             )),
             tokio::spawn(audit::run(deps.audit.clone(), deps.audit_every)),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),
             tokio::spawn(webhooks::run(deps.webhooks.clone())),
+            tokio::spawn(cache_sync::run(deps.cache_sync.clone(), deps.cache_sync_every)),
         ];
         if let Some(keys) = &deps.signing_keys {
             handles.push(tokio::spawn(signing_keys::run(keys.clone())));

@@ -1,11 +1,13 @@
 //! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles, the
-//! records of used client assertions, and the OpenID Provider's expired grants, codes and held
-//! requests, and audit rows past their retention.
+//! records of used client assertions, the OpenID Provider's expired grants, codes and held
+//! requests, the rows of the cache-invalidation log older than its retention, and audit rows past
+//! their retention.
 
 use std::time::Duration;
 
 use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
 use crate::service::op::provider::OpenIdProvider;
 use crate::service::sessions::Sessions;
@@ -20,6 +22,7 @@ pub(super) async fn run(
     clients: Clients,
     op: Option<OpenIdProvider>,
     audit: Audit,
+    cache_sync: CacheSync,
 ) {
     let mut interval = tokio::time::interval(EVERY);
     loop {
@@ -38,6 +41,11 @@ pub(super) async fn run(
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted records of expired client assertions"),
             Err(error) => tracing::warn!(error = %error, "cannot delete records of expired client assertions"),
+        }
+        match cache_sync.delete_old().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "deleted old rows of the cache-invalidation log"),
+            Err(error) => tracing::warn!(error = %error, "cannot delete old rows of the cache-invalidation log"),
         }
         if let Some(op) = &op {
             match op.delete_expired().await {

@@ -3380,6 +3380,193 @@ async fn concurrent_deletes_of_one_user_have_one_winner(backend: Backend) {
     assert_eq!(sql.provisioning_counts().await[..4], [0, 0, 0, 0]);
 }
 
+// ---- The cache-invalidation log ---------------------------------------------------------------
+
+mod cache_log {
+    use tessera::domain::client_rules::new_client;
+    use tessera::domain::{Client, ClientId, ClientKind, RedirectUri};
+    use tessera::store::{CacheChange, ClientUpdate, LoggedChange};
+
+    use super::*;
+
+    on_both_backends!(
+        changes_that_caches_must_forget_are_logged_in_their_transaction,
+        client_changes_are_logged,
+        a_change_that_writes_nothing_logs_nothing,
+        concurrent_changes_each_log_one_row_with_a_number_of_its_own,
+        old_rows_are_deleted_and_their_numbers_never_come_back,
+    );
+
+    /// Everything logged after `after`, in order.
+    async fn logged_after(store: &Arc<dyn Store>, after: i64) -> Vec<LoggedChange> {
+        let rows = store.cache_changes_after(after, 1_000).await.unwrap();
+        assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "in order, each number once: {rows:?}");
+        rows
+    }
+
+    fn changes(rows: &[LoggedChange]) -> Vec<CacheChange> {
+        rows.iter().map(|row| row.change.clone()).collect()
+    }
+
+    fn identity(issuer: &str, subject: &str) -> CacheChange {
+        CacheChange::Identity { issuer: Issuer::parse(issuer).unwrap(), subject: Subject::parse(subject).unwrap() }
+    }
+
+    fn app(id: &str, from_config: bool, at: DateTime<Utc>) -> Client {
+        let mut client =
+            new_client(ClientId::parse(id).unwrap(), format!("App {id}"), ClientKind::Public, from_config, at);
+        client.redirect_uris = vec![RedirectUri::parse("https://app.example.com/cb").unwrap()];
+        client
+    }
+
+    async fn changes_that_caches_must_forget_are_logged_in_their_transaction(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        assert_eq!(store.cache_changes_head().await.unwrap(), 0, "an empty log");
+        let ada = sign_up(&store, "log-ada").await;
+        let bob = sign_up(&store, "log-bob").await;
+        assert_eq!(store.cache_changes_head().await.unwrap(), 0, "nothing is cached about a new user");
+
+        store.set_user_disabled(ada.id(), true, now()).await.unwrap();
+        store.set_user_disabled(ada.id(), false, now()).await.unwrap();
+        join(&store, &bob.team, ada.id(), Role::Member, now()).await;
+        store.put_member(bob.team.id, ada.id(), Role::Admin, now()).await.unwrap();
+        store.remove_member(bob.team.id, ada.id()).await.unwrap();
+        let second = linked(&store, &ada, "log-ada-elsewhere").await;
+        assert!(matches!(store.unlink_identity(ada.id(), second.id, now()).await.unwrap(), UnlinkOutcome::Unlinked(_)));
+        let team = Team {
+            id: TeamId::generate(),
+            slug: Slug::parse("log-team").unwrap(),
+            name: "Log".into(),
+            created_at: now(),
+        };
+        assert!(matches!(
+            store.create_team(&team, Some(ada.id()), now()).await.unwrap(),
+            CreateTeamOutcome::Created(_)
+        ));
+        // Bob is the only member of his team: it goes with him, and so does his identity.
+        assert!(matches!(store.delete_user(bob.id(), now()).await.unwrap(), DeleteUserOutcome::Deleted(_)));
+
+        let rows = logged_after(&store, 0).await;
+        let user = |person: &Person| CacheChange::User(person.id());
+        assert_eq!(
+            changes(&rows),
+            [
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                identity(OTHER_ISSUER, "log-ada-elsewhere"),
+                user(&ada),
+                user(&bob),
+                identity(ISSUER, "log-bob"),
+            ]
+        );
+        assert_eq!(store.cache_changes_head().await.unwrap(), rows.last().unwrap().seq);
+        // Read after a number, and a page at a time.
+        assert_eq!(logged_after(&store, rows[8].seq).await, rows[9..]);
+        assert_eq!(store.cache_changes_after(0, 2).await.unwrap(), rows[..2]);
+        assert!(store.cache_changes_after(rows.last().unwrap().seq, 10).await.unwrap().is_empty());
+    }
+
+    async fn client_changes_are_logged(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let t0 = now();
+        let admin = app("log-admin", false, t0);
+        store.insert_client(&admin).await.unwrap();
+        let config = app("log-config", true, t0);
+        store.sync_config_clients(std::slice::from_ref(&config)).await.unwrap();
+        assert_eq!(store.cache_changes_head().await.unwrap(), 0, "a new client was never cached");
+
+        let renamed = Client { name: "Renamed".into(), updated_at: t0 + TimeDelta::seconds(1), ..admin.clone() };
+        assert_eq!(store.update_client(&renamed, t0).await.unwrap(), ClientUpdate::Updated);
+        assert!(store.delete_client(&admin.id).await.unwrap());
+        let changed = Client { name: "Changed".into(), ..config.clone() };
+        store.sync_config_clients(std::slice::from_ref(&changed)).await.unwrap();
+        store.sync_config_clients(&[]).await.unwrap();
+        let client = |c: &Client| CacheChange::Client(c.id.clone());
+        assert_eq!(
+            changes(&logged_after(&store, 0).await),
+            [client(&admin), client(&admin), client(&config), client(&config)]
+        );
+    }
+
+    async fn a_change_that_writes_nothing_logs_nothing(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let ada = sign_up(&store, "quiet-ada").await;
+        let bob = sign_up(&store, "quiet-bob").await;
+        join(&store, &bob.team, ada.id(), Role::Member, now()).await;
+        let client = app("quiet-app", false, now());
+        store.insert_client(&client).await.unwrap();
+        let head = store.cache_changes_head().await.unwrap();
+
+        store.set_user_disabled(ada.id(), false, now()).await.unwrap();
+        assert_eq!(store.set_user_disabled(UserId::generate(), true, now()).await.unwrap(), None);
+        assert_eq!(store.put_member(bob.team.id, ada.id(), Role::Member, now()).await.unwrap(), MemberOutcome::Updated);
+        assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
+        assert_eq!(store.remove_member(bob.team.id, bob.id()).await.unwrap(), RemoveOutcome::LastOwner);
+        let own = store.find_identity(&ada.account.issuer, &ada.account.subject).await.unwrap().unwrap().identity_id;
+        assert_eq!(store.unlink_identity(ada.id(), own, now()).await.unwrap(), UnlinkOutcome::LastIdentity);
+        assert!(matches!(
+            store.link_identity(ada.id(), &new_link("quiet-ada-2", now())).await.unwrap(),
+            LinkOutcome::Linked(_)
+        ));
+        let head = head + 1;
+        assert!(matches!(
+            store.link_identity(ada.id(), &new_link("quiet-ada-2", now())).await.unwrap(),
+            LinkOutcome::AlreadyLinked(_)
+        ));
+        assert_eq!(store.delete_user(bob.id(), now()).await.unwrap(), DeleteUserOutcome::LastOwner(bob.team.clone()));
+        let stale = Client { name: "Stale".into(), ..client.clone() };
+        assert_eq!(
+            store.update_client(&stale, client.updated_at - TimeDelta::seconds(1)).await.unwrap(),
+            ClientUpdate::Changed
+        );
+        assert!(!store.delete_client(&ClientId::parse("no-such-app").unwrap()).await.unwrap());
+        assert_eq!(store.cache_changes_head().await.unwrap(), head, "only the new link was logged");
+    }
+
+    async fn concurrent_changes_each_log_one_row_with_a_number_of_its_own(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let mut people = Vec::new();
+        for i in 0..24 {
+            people.push(sign_up(&store, &format!("log-many-{i}")).await.id());
+        }
+        let before = store.cache_changes_head().await.unwrap();
+        let people = Arc::new(people);
+        concurrently(24, |i| {
+            let (store, people) = (store.clone(), people.clone());
+            async move { store.set_user_disabled(people[i], true, now()).await.unwrap() }
+        })
+        .await;
+        let rows = logged_after(&store, before).await;
+        assert_eq!(rows.len(), 24, "one row per change");
+        let logged: HashSet<CacheChange> = changes(&rows).into_iter().collect();
+        let expected: HashSet<CacheChange> = people.iter().map(|id| CacheChange::User(*id)).collect();
+        assert_eq!(logged, expected);
+    }
+
+    async fn old_rows_are_deleted_and_their_numbers_never_come_back(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let ada = sign_up(&store, "prune-ada").await;
+        for disabled in [true, false, true] {
+            store.set_user_disabled(ada.id(), disabled, now()).await.unwrap();
+        }
+        let highest = store.cache_changes_head().await.unwrap();
+        assert_eq!(store.delete_cache_changes_before(now() - TimeDelta::minutes(10)).await.unwrap(), 0);
+        assert_eq!(store.delete_cache_changes_before(now() + TimeDelta::seconds(1)).await.unwrap(), 3);
+        assert_eq!(db.sql().await.count("cache_invalidations").await, 0);
+        assert_eq!(store.cache_changes_head().await.unwrap(), 0, "an empty log");
+        // A reader that has read up to `highest` sees the next change.
+        store.set_user_disabled(ada.id(), false, now()).await.unwrap();
+        let next = logged_after(&store, highest).await;
+        assert_eq!(changes(&next), [CacheChange::User(ada.id())]);
+        assert!(next[0].seq > highest, "numbers are never reused, even once the log was emptied");
+    }
+}
+
 // ---- The audit log ---------------------------------------------------------------------------
 
 mod audit_log {

@@ -8,6 +8,7 @@ mod connections;
 mod harness;
 mod me;
 mod op;
+mod scale;
 mod signin;
 mod soak;
 mod validate;
@@ -36,6 +37,9 @@ enum Bench {
     /// `/v1/validate` over HTTP against its composed ceiling (in-process verification and a bare
     /// endpoint of the same stack), RS256 and ES256.
     Validate(validate::ValidateArgs),
+    /// `/v1/validate` of never-seen tokens of random identities as the identity table grows
+    /// (1,000 then 1,000,000 rows loaded as a fixture), against the smallest size.
+    Scale(scale::ScaleArgs),
     /// Tessera's own CPU time per browser sign-in against a local OpenID provider, and
     /// sign-ins/s at several concurrent browsers.
     Signin(signin::SigninArgs),
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         match cli.which {
             Bench::Bootstrap(args) => bootstrap::run(args).await,
             Bench::Validate(args) => validate::run(args).await,
+            Bench::Scale(args) => scale::run(args).await,
             Bench::Signin(args) => signin::run(args).await,
             Bench::Connections(args) => connections::run(args).await,
             Bench::Soak(args) => soak::run(args).await,

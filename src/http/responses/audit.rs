@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::store::AuditEvent;
 
 /// One row of the audit log.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditEventResponse {
     /// Its position: later rows have larger ids (the `before` of the next page).
     pub id: i64,
@@ -56,7 +56,7 @@ impl From<AuditEvent> for AuditEventResponse {
 
 /// The body of `GET /admin/audit`: rows latest first, and the `before` of the next page (null on
 /// the last one).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditListResponse {
     /// The rows.
     pub events: Vec<AuditEventResponse>,
