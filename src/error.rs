@@ -256,6 +256,12 @@ error_codes! {
     /// No webhook endpoint has that id.
     WebhookNotFound = (NOT_FOUND, "webhook_not_found", "Webhook not found"),
 
+    // The audit log.
+    /// `until` is not an RFC 3339 time, or is not after `since`.
+    InvalidUntil = (BAD_REQUEST, "invalid_until", "Invalid until"),
+    /// A filter of the audit log (`action`, `actor`, `target_kind`, `target_id`) is not acceptable.
+    InvalidAuditFilter = (BAD_REQUEST, "invalid_audit_filter", "Invalid audit filter"),
+
     // Server side.
     /// The database cannot be reached.
     StoreUnavailable = (SERVICE_UNAVAILABLE, "store_unavailable", "Storage unavailable"),

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -13,6 +14,7 @@ use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::prometheus::Metrics;
 use crate::http::{AppState, metrics_router, router};
+use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
@@ -96,6 +98,8 @@ pub struct Application {
     state: Arc<AppState>,
     server: ServerConfig,
     last_seen: Arc<LastSeen>,
+    /// How often counted refusals are written to the audit log.
+    audit_every: Duration,
     /// Applies other instances' changes to this instance's caches.
     cache_sync: CacheSync,
     /// How often it reads the log.
@@ -208,10 +212,13 @@ impl Application {
             _ => None,
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
+        let audit = Audit::new(store.clone(), &config.audit);
         let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone());
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
-                .with_own_tokens(op.clone()),
+                .with_own_tokens(op.clone())
+                .with_audit(audit.clone()),
+            audit,
             teams,
             provisioner,
             flows,
@@ -236,6 +243,7 @@ impl Application {
             state,
             server: config.server.clone(),
             last_seen,
+            audit_every: config.audit.flush_interval,
             cache_sync,
             cache_sync_every: config.cache.sync_interval,
             config_clients,
@@ -292,6 +300,8 @@ impl Application {
             signing_keys: self.state.signing_keys.clone(),
             op: self.state.op.clone(),
             webhooks: self.state.webhooks.clone(),
+            audit: self.state.audit.clone(),
+            audit_every: self.audit_every,
             cache_sync: self.cache_sync.clone(),
             cache_sync_every: self.cache_sync_every,
         });

@@ -82,6 +82,8 @@ pub struct Config {
     pub branding: BrandingConfig,
     /// Webhook delivery (`[webhooks]`).
     pub webhooks: WebhooksConfig,
+    /// The audit log (`[audit]`).
+    pub audit: AuditConfig,
     /// Declared connectors and the fields of `env` ones (`[[connectors]]`).
     pub connectors: Vec<ConnectorConfig>,
     /// The Prometheus endpoint (`[metrics]`).
@@ -182,6 +184,22 @@ impl Default for WebhooksConfig {
             give_up_after: Duration::from_secs(24 * 3600),
             max_concurrent_endpoints: 32,
         }
+    }
+}
+
+/// The audit log (`[audit]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// How long rows are kept (`audit.retention_days`); `None` keeps them forever (`0`).
+    pub retention: Option<Duration>,
+    /// How often the refused tokens counted in memory are written, one row per reason and issuer
+    /// (`audit.flush_interval_ms`).
+    pub flush_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { retention: Some(Duration::from_secs(365 * 86_400)), flush_interval: Duration::from_secs(60) }
     }
 }
 
@@ -431,6 +449,8 @@ struct RawConfig {
     #[serde(default)]
     webhooks: RawWebhooks,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     connectors: Vec<connectors::RawConnector>,
     #[serde(default)]
     metrics: RawMetrics,
@@ -453,6 +473,13 @@ struct RawWebhooks {
     retry_max_ms: Option<u64>,
     give_up_after_seconds: Option<u64>,
     max_concurrent_endpoints: Option<usize>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    retention_days: Option<u64>,
+    flush_interval_ms: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -699,6 +726,7 @@ impl Config {
 
         let server = parse_server(&raw.server)?;
         let webhooks = parse_webhooks(&raw.webhooks)?;
+        let audit = parse_audit(&raw.audit)?;
         let oidc = oidc::parse_oidc(raw.oidc, env)?;
         let branding = branding::parse_branding(raw.branding)?;
         let connectors = connectors::parse_connectors(raw.connectors)?;
@@ -741,6 +769,7 @@ impl Config {
             oidc,
             branding,
             webhooks,
+            audit,
             connectors,
             metrics,
             warnings,
@@ -756,6 +785,22 @@ impl Config {
         config.database.auto_migrate = true;
         Ok(config)
     }
+}
+
+fn parse_audit(raw: &RawAudit) -> Result<AuditConfig, ConfigError> {
+    let defaults = AuditConfig::default();
+    let retention = match raw.retention_days {
+        None => defaults.retention,
+        Some(0) => None,
+        Some(days) if days <= 36_500 => Some(Duration::from_secs(days * 86_400)),
+        Some(_) => return Err(ConfigError::new("audit.retention_days", "expected 0 (keep forever) to 36500 days")),
+    };
+    let flush_interval = match raw.flush_interval_ms {
+        None => defaults.flush_interval,
+        Some(ms) if (10..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+        Some(_) => return Err(ConfigError::new("audit.flush_interval_ms", "expected 10 to 3600000 milliseconds")),
+    };
+    Ok(AuditConfig { retention, flush_interval })
 }
 
 fn parse_webhooks(raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {

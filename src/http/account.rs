@@ -342,7 +342,9 @@ async fn unlink_identity(
     body: Bytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
-        state.provisioner.unlink_identity(live.profile.user.id, parse_identity(&identity)?).await?;
+        let user = live.profile.user.id;
+        let unlinked = state.provisioner.unlink_identity(user, parse_identity(&identity)?).await?;
+        super::audit::identity_unlinked(&state, &headers, user, &unlinked).await;
         Ok("/account?done=unlinked".to_owned())
     })
     .await

@@ -37,8 +37,17 @@ impl AdminTokens {
 
     /// Whether `presented` is one of the admin tokens.
     pub fn verify(&self, presented: &str) -> bool {
+        self.identify(presented).is_some()
+    }
+
+    /// Which admin token `presented` is: its position in `admin_tokens` (compared with every
+    /// digest, in constant time).
+    pub fn identify(&self, presented: &str) -> Option<usize> {
         let digest = sha256(presented.as_bytes());
-        self.digests.iter().fold(false, |found, known| found | constant_time_eq(&digest, known))
+        self.digests
+            .iter()
+            .enumerate()
+            .fold(None, |found, (index, known)| if constant_time_eq(&digest, known) { Some(index) } else { found })
     }
 
     /// Whether any token is configured.
@@ -50,19 +59,51 @@ impl AdminTokens {
 /// Middleware guarding the admin routes. Runs before any body is read.
 pub async fn require_admin(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let verified = Credentials::read(request.headers())?.admin_token().map(|token| state.admin_tokens.verify(token));
-    match verified {
+    let identified = match Credentials::read(request.headers()) {
+        Ok(credentials) => credentials.admin_token().map(|token| state.admin_tokens.identify(token)),
+        Err(error) => {
+            state.audit.admin_token_refused(error.code());
+            return Err(error);
+        }
+    };
+    match identified {
         None => Err(ApiError::new(
             ErrorCode::MissingCredentials,
             "send an admin token as `Authorization: Bearer <token>` or `X-Admin-Token: <token>`",
         )
         .challenge("Bearer realm=\"tessera-admin\"")),
-        Some(true) => Ok(next.run(request).await),
-        Some(false) => Err(ApiError::new(ErrorCode::InvalidCredentials, "the admin token is not valid")
-            .challenge("Bearer realm=\"tessera-admin\", error=\"invalid_token\"")),
+        Some(Some(index)) => {
+            request.extensions_mut().insert(AdminActor { index });
+            Ok(next.run(request).await)
+        }
+        Some(None) => {
+            state.audit.admin_token_refused(ErrorCode::InvalidCredentials);
+            Err(ApiError::new(ErrorCode::InvalidCredentials, "the admin token is not valid")
+                .challenge("Bearer realm=\"tessera-admin\", error=\"invalid_token\""))
+        }
+    }
+}
+
+/// The admin token a request was authenticated with, as the audit log names it: by position in
+/// `admin_tokens`, never by value or digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminActor {
+    /// The token's position in `admin_tokens` (from 0).
+    pub index: usize,
+}
+
+impl AdminActor {
+    /// The actor id in the audit log: the position, `"0"`.
+    pub fn id(self) -> String {
+        self.index.to_string()
+    }
+
+    /// The actor name in the audit log: `admin_tokens[0]`.
+    pub fn name(self) -> String {
+        format!("admin_tokens[{}]", self.index)
     }
 }
 
@@ -78,6 +119,9 @@ mod tests {
         ]);
         assert!(tokens.verify("first-token-0123456789"));
         assert!(tokens.verify("second-token-0123456789"));
+        assert_eq!(tokens.identify("first-token-0123456789"), Some(0));
+        assert_eq!(tokens.identify("second-token-0123456789"), Some(1));
+        assert_eq!(tokens.identify("third-token-0123456789"), None);
         assert!(!tokens.verify("first-token-012345678"));
         assert!(!tokens.verify(""));
         assert!(!format!("{tokens:?}").contains("token-0123"));

@@ -165,7 +165,11 @@ async fn complete_callback(
     let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
     let finished = match state.flows.finish(&provider, callback, browser_state).await {
         Ok(finished) => finished,
-        Err(error) => return with_cookie(state.pages.error(&headers, error.into()), clear_login),
+        Err(error) => {
+            let error = ApiError::from(error);
+            super::audit::sign_in_failed(&state, &headers, &provider, false, error.code()).await;
+            return with_cookie(state.pages.error(&headers, error), clear_login);
+        }
     };
     if let Purpose::Connect { .. } = finished.purpose {
         // The account as the person knows it: their login, else email, else name.
@@ -180,8 +184,10 @@ async fn complete_callback(
         };
     }
     let device = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).and_then(device_label);
+    let linking = matches!(finished.purpose, Purpose::Link { .. });
     match state.sign_in.complete(finished, current_user, device).await {
         Ok(done) => {
+            super::audit::signed_in(&state, &headers, &provider, &done).await;
             let mut cookies = vec![clear_login];
             if let Some(session) = &done.session {
                 cookies.push(state.cookies.set(state.cookies.session(), session.expose_secret(), state.sessions.ttl()));
@@ -194,7 +200,11 @@ async fn complete_callback(
             }
             redirect(&done.return_to, &cookies)
         }
-        Err(error) => with_cookie(state.pages.error(&headers, error.into()), clear_login),
+        Err(error) => {
+            let error = ApiError::from(error);
+            super::audit::sign_in_failed(&state, &headers, &provider, linking, error.code()).await;
+            with_cookie(state.pages.error(&headers, error), clear_login)
+        }
     }
 }
 

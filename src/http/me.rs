@@ -66,7 +66,8 @@ async fn unlink_identity(
     ApiPath(identity): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let user = caller(&state, &headers).await?;
-    state.provisioner.unlink_identity(user, parse_identity(&identity)?).await?;
+    let unlinked = state.provisioner.unlink_identity(user, parse_identity(&identity)?).await?;
+    super::audit::identity_unlinked(&state, &headers, user, &unlinked).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod admin_auth;
 pub mod admin_listing;
 pub mod admin_teams;
+pub mod audit;
 pub mod auth;
 pub mod auth_profiles;
 pub mod caller;
@@ -48,6 +49,7 @@ use tracing::Span;
 use self::admin_auth::AdminTokens;
 use self::problem::ApiError;
 use crate::error::ErrorCode;
+use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::op::clients::Clients;
 use crate::service::op::keys::SigningKeys;
@@ -100,6 +102,8 @@ pub struct AppState {
     pub users: Users,
     /// The metrics endpoint; `None` while metrics are off (`metrics.enabled`).
     pub metrics: Option<prometheus::Metrics>,
+    /// The audit log.
+    pub audit: Audit,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -114,13 +118,17 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(admin_listing::routes())
         .merge(members::admin_routes())
         .merge(op::clients::admin_routes())
-        .merge(webhooks::routes());
+        .merge(webhooks::routes())
+        .merge(audit::routes());
     // `/metrics` on the main listener needs an admin token, like the admin API.
     let admin = match &state.metrics {
         Some(metrics) if !metrics.own_listener => admin.merge(prometheus::routes()),
         _ => admin,
     };
-    let admin = admin.route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
+    // Inside the authentication: every successful change by an admin token is audited.
+    let admin = admin
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
     let app = Router::new()
         .merge(health::routes())
         .merge(validation::routes())
@@ -134,6 +142,8 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(op::routes())
         .merge(mcp::routes(&state))
         .merge(openapi::routes())
+        // Changes an admin token makes on behalf of a user are audited too.
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
         .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -101,6 +101,31 @@ pub struct Completed {
     pub session: Option<SecretString>,
     /// Where to send the browser.
     pub return_to: String,
+    /// The identity signed in with or linked.
+    pub identity: IdentityId,
+    /// Whether this flow linked the identity to the user, and by which rule (`None`: it was
+    /// theirs already, or it was provisioned with a new user).
+    pub linked: Option<LinkRule>,
+}
+
+/// The rule that linked an identity to an existing user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRule {
+    /// The signed-in user linked it themselves (`/auth/link`).
+    SignedInUser,
+    /// A first sign-in whose verified email is the one existing user's verified email, with a
+    /// provider trusted for email verification and automatic linking on.
+    VerifiedEmail,
+}
+
+impl LinkRule {
+    /// The rule's name in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkRule::SignedInUser => "signed_in_user",
+            LinkRule::VerifiedEmail => "verified_email",
+        }
+    }
 }
 
 /// The sign-in service.
@@ -180,16 +205,17 @@ impl SignIn {
                 if current_user != Some(user) {
                     return Err(FlowError::InvalidState("sign in again to link an identity").into());
                 }
-                let identity = self.link(provider.as_ref(), user, subject, &info).await?;
+                let (identity, new) = self.link(provider.as_ref(), user, subject, &info).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
-                Ok(Completed { user, session: None, return_to })
+                let linked = new.then_some(LinkRule::SignedInUser);
+                Ok(Completed { user, session: None, return_to, identity, linked })
             }
             Purpose::SignIn => {
-                let (user, identity) = self.sign_in_user(provider.as_ref(), subject, &info).await?;
+                let (user, identity, linked) = self.sign_in_user(provider.as_ref(), subject, &info).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
                 let session = self.sessions.create(user.id, Some(identity), device).await?;
                 tracing::info!(user_id = %user.id, provider = provider.name(), "signed in");
-                Ok(Completed { user: user.id, session: Some(session), return_to })
+                Ok(Completed { user: user.id, session: Some(session), return_to, identity, linked })
             }
             Purpose::Connect { .. } => Err(FlowError::InvalidState("this flow connects an account").into()),
         }
@@ -200,13 +226,13 @@ impl SignIn {
         provider: &dyn Provider,
         subject: Subject,
         info: &UserInfo,
-    ) -> Result<(User, IdentityId), SignInError> {
+    ) -> Result<(User, IdentityId, Option<LinkRule>), SignInError> {
         let issuer = provider.identity_issuer().clone();
         if let Some(found) = self.store.find_identity(&issuer, &subject).await? {
             if found.user.disabled {
                 return Err(SignInError::UserDisabled);
             }
-            return Ok((found.user, found.identity_id));
+            return Ok((found.user, found.identity_id, None));
         }
         if let Some(email) = &info.email {
             let owners = self.store.users_with_email(email).await?;
@@ -217,9 +243,9 @@ impl SignIn {
                 && owner.email_verified
                 && !owner.disabled
             {
-                let identity = self.link(provider, owner.id, subject, info).await?;
+                let (identity, new) = self.link(provider, owner.id, subject, info).await?;
                 tracing::info!(user_id = %owner.id, provider = provider.name(), "linked by verified email");
-                return Ok((owner.clone(), identity));
+                return Ok((owner.clone(), identity, new.then_some(LinkRule::VerifiedEmail)));
             }
             if !owners.is_empty() {
                 return Err(SignInError::LinkRequired { provider: provider.name().to_owned() });
@@ -236,7 +262,7 @@ impl SignIn {
                 provider: provider.name().to_owned(),
             })
             .await?;
-        Ok((provisioned.user, provisioned.identity_id))
+        Ok((provisioned.user, provisioned.identity_id, None))
     }
 
     async fn link(
@@ -245,7 +271,7 @@ impl SignIn {
         user: UserId,
         subject: Subject,
         info: &UserInfo,
-    ) -> Result<IdentityId, SignInError> {
+    ) -> Result<(IdentityId, bool), SignInError> {
         let outcome = self
             .store
             .link_identity(
@@ -263,7 +289,8 @@ impl SignIn {
             .await?;
         self.principals.invalidate_user(user);
         match outcome {
-            LinkOutcome::Linked(identity) | LinkOutcome::AlreadyLinked(identity) => Ok(identity.id),
+            LinkOutcome::Linked(identity) => Ok((identity.id, true)),
+            LinkOutcome::AlreadyLinked(identity) => Ok((identity.id, false)),
             LinkOutcome::LinkedToAnotherUser => Err(SignInError::IdentityAlreadyLinked),
         }
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 
+use super::audit::Audit;
 use super::principals::PrincipalCache;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use crate::domain::{DisplayName, Email, Issuer, Principal, Subject, TeamRef, TeamRole, UserId, UserProfile};
@@ -118,6 +119,8 @@ pub struct Validator {
     last_seen: Arc<LastSeen>,
     /// Tessera's own OpenID Provider, whose access tokens are verified locally.
     own: Option<OpenIdProvider>,
+    /// The audit log, where refusals are counted.
+    audit: Option<Audit>,
 }
 
 impl Validator {
@@ -129,7 +132,7 @@ impl Validator {
         principals: Arc<PrincipalCache>,
         last_seen: Arc<LastSeen>,
     ) -> Self {
-        Self { verifier, provisioner, store, principals, last_seen, own: None }
+        Self { verifier, provisioner, store, principals, last_seen, own: None, audit: None }
     }
 
     /// Also accepts the access tokens of Tessera's own OpenID Provider, verified with its keys
@@ -139,8 +142,35 @@ impl Validator {
         self
     }
 
-    /// Verifies `token` and resolves (or provisions) its user.
+    /// Counts refused tokens in the audit log (per reason and issuer, see
+    /// [`Audit::token_refused`]).
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Counts a refusal of `token` (not a failure on Tessera's side) in the audit log.
+    fn refused(&self, token: &str, error: ValidateError) -> ValidateError {
+        let code = error.code();
+        if let Some(audit) = &self.audit
+            && !code.status().is_server_error()
+        {
+            let own = self.own.as_ref().filter(|op| op.issued(token));
+            match own {
+                Some(op) => audit.token_refused(code, Some(op.issuer())),
+                None => audit.token_refused(code, self.verifier.known_issuer(token).as_ref().map(Issuer::as_str)),
+            }
+        }
+        error
+    }
+
+    /// Verifies `token` and resolves (or provisions) its user. A refusal is counted in the audit
+    /// log.
     pub async fn validate(&self, token: &str) -> Result<Validated, ValidateError> {
+        self.verify_and_resolve(token).await.map_err(|error| self.refused(token, error))
+    }
+
+    async fn verify_and_resolve(&self, token: &str) -> Result<Validated, ValidateError> {
         if let Some(op) = &self.own
             && op.issued(token)
         {
@@ -169,6 +199,10 @@ impl Validator {
     /// One of Tessera's own access tokens issued for `resource` (its `aud`, RFC 8707), checked
     /// like [`Validator::validate`] checks them; upstream tokens are refused.
     pub async fn validate_own_for(&self, token: &str, resource: &str) -> Result<Validated, ValidateError> {
+        self.own_for(token, resource).await.map_err(|error| self.refused(token, error))
+    }
+
+    async fn own_for(&self, token: &str, resource: &str) -> Result<Validated, ValidateError> {
         let op = self.own.as_ref().filter(|op| op.issued(token)).ok_or(ValidateError::NotOwn)?;
         let claims = op.verify_access_token(token).await?;
         if claims.aud != resource {

@@ -62,6 +62,7 @@ embedded_migrations! {
     11 "0011_session_device" "session_device",
     12 "0012_profile_credentials" "profile_credentials",
     13 "0013_profile_actions" "profile_actions",
+    14 "0014_audit_log" "audit_log",
     15 "0015_cache_invalidations" "cache_invalidations",
 }
 

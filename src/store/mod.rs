@@ -7,6 +7,7 @@
 //! Unique violations are mapped where the SQL is, into [`StoreError::Conflict`].
 
 mod admin;
+mod audit;
 mod cache_sync;
 mod db;
 mod grants;
@@ -31,6 +32,7 @@ use crate::domain::{
 };
 
 pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
+pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use cache_sync::{CacheChange, LoggedChange};
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
@@ -1155,6 +1157,16 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// A profile's status and its stored credential, if any (`None`: no such profile).
     async fn profile_credential(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError>;
+
+    /// Appends rows to the audit log, in one transaction. Rows are never updated.
+    async fn append_audit_events(&self, events: &[NewAuditEvent]) -> Result<(), StoreError>;
+
+    /// A page of the audit log, latest first (see [`AuditQuery`]), read from the primary.
+    async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Deletes at most `limit` audit rows older than `before`, oldest first (the retention
+    /// sweep); how many were deleted.
+    async fn delete_audit_events_before(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError>;
 
     // ---- The cache-invalidation log (rows are written by the changes themselves) ----------------
 

@@ -1794,6 +1794,28 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        // The audit row commits with the rotation, or neither does.
+        super::audit::insert(
+            &mut tx,
+            &super::NewAuditEvent {
+                at: new.created_at,
+                actor_kind: super::ActorKind::System,
+                actor_id: None,
+                actor_name: Some("signing_keys".into()),
+                action: "keys.rotated".into(),
+                target_kind: Some("signing_key".into()),
+                target_id: Some(new.kid.clone()),
+                request_id: None,
+                success: true,
+                reason: None,
+                details: Some(serde_json::json!({
+                    "alg": new.alg.as_str(),
+                    "previous_kid": retire.kid,
+                    "signs_from": new.signs_from,
+                })),
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -2381,6 +2403,18 @@ impl Store for SqlStore {
 
     async fn profile_credential(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError> {
         self.profile_credential_sql(id).await
+    }
+
+    async fn append_audit_events(&self, events: &[super::NewAuditEvent]) -> Result<(), StoreError> {
+        super::audit::append(&self.db, events).await
+    }
+
+    async fn audit_events(&self, query: &super::AuditQuery) -> Result<Vec<super::AuditEvent>, StoreError> {
+        super::audit::list(&self.db, query).await
+    }
+
+    async fn delete_audit_events_before(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
+        super::audit::delete_before(&self.db, before, limit).await
     }
 
     // ---- The cache-invalidation log (the SQL is in cache_sync.rs) ------------------------------

@@ -1,6 +1,7 @@
 //! Background work: one loop per job, started with the server and stopped with it. Each loop
 //! owns its schedule and logs its own failures; none of them answers a request.
 
+mod audit;
 mod cache_sync;
 pub mod last_seen;
 mod signing_keys;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
@@ -44,6 +46,10 @@ pub struct WorkerDeps {
     pub op: Option<OpenIdProvider>,
     /// Webhook endpoints, whose deliveries the webhook loop makes.
     pub webhooks: Webhooks,
+    /// The audit log: counted refusals to write, old rows to delete.
+    pub audit: Audit,
+    /// How often counted refusals are written.
+    pub audit_every: Duration,
     /// The caches' view of the cache-invalidation log (the sweeper prunes the log).
     pub cache_sync: CacheSync,
     /// How often the log is read (`cache.sync_interval_ms`).
@@ -66,8 +72,10 @@ impl Workers {
                 deps.auth_profiles.clone(),
                 deps.clients.clone(),
                 deps.op.clone(),
+                deps.audit.clone(),
                 deps.cache_sync.clone(),
             )),
+            tokio::spawn(audit::run(deps.audit.clone(), deps.audit_every)),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),
             tokio::spawn(webhooks::run(deps.webhooks.clone())),
             tokio::spawn(cache_sync::run(deps.cache_sync.clone(), deps.cache_sync_every)),
@@ -79,13 +87,16 @@ impl Workers {
     }
 
     /// Stops them (at shutdown, after the server has finished its requests), and writes the
-    /// last-use times still pending.
+    /// last-use times and counted refusals still pending.
     pub async fn stop(self) {
         for handle in self.handles {
             handle.abort();
         }
         if let Err(error) = self.deps.last_seen.flush(self.deps.store.as_ref()).await {
             tracing::warn!(error = %error, "cannot record the last-use times pending at shutdown");
+        }
+        if let Err(error) = self.deps.audit.flush().await {
+            tracing::warn!(error = %error, "cannot write the refusals counted at shutdown to the audit log");
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles, the
 //! records of used client assertions, the OpenID Provider's expired grants, codes and held
-//! requests, and the rows of the cache-invalidation log older than its retention.
+//! requests, the rows of the cache-invalidation log older than its retention, and audit rows past
+//! their retention.
 
 use std::time::Duration;
 
+use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
@@ -19,6 +21,7 @@ pub(super) async fn run(
     auth_profiles: AuthProfiles,
     clients: Clients,
     op: Option<OpenIdProvider>,
+    audit: Audit,
     cache_sync: CacheSync,
 ) {
     let mut interval = tokio::time::interval(EVERY);
@@ -50,6 +53,11 @@ pub(super) async fn run(
                 Ok(deleted) => tracing::debug!(deleted, "deleted expired grants, codes and held requests"),
                 Err(error) => tracing::warn!(error = %error, "cannot delete expired grants"),
             }
+        }
+        match audit.sweep().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted audit rows past their retention"),
+            Err(error) => tracing::warn!(error = %error, "cannot delete audit rows past their retention"),
         }
     }
 }

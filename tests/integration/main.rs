@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin_listing;
+mod audit;
 mod bootstrap;
 mod cache_sync;
 mod caches;

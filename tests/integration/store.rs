@@ -3711,3 +3711,166 @@ mod import_export {
         assert!(store.export_identities(None, 0).await.unwrap().is_empty());
     }
 }
+
+// ---- The audit log ---------------------------------------------------------------------------
+
+mod audit_log {
+    use tessera::store::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
+
+    use super::*;
+
+    on_both_backends!(
+        audit_rows_are_appended_whole_and_read_latest_first_with_every_filter,
+        audit_rows_are_never_updated,
+        audit_rows_past_retention_are_deleted_oldest_first_in_bounded_batches,
+        a_signing_key_rotation_writes_its_audit_row_in_its_transaction,
+        concurrent_appends_keep_every_row_with_distinct_increasing_ids,
+    );
+
+    fn row(action: &str, at: DateTime<Utc>) -> NewAuditEvent {
+        NewAuditEvent { at, ..NewAuditEvent::new(ActorKind::AdminToken, action) }
+            .actor(Some("0".into()), Some("admin_tokens[0]".into()))
+    }
+
+    fn query(limit: i64) -> AuditQuery {
+        AuditQuery { limit, ..AuditQuery::default() }
+    }
+
+    fn actions(rows: &[AuditEvent]) -> Vec<&str> {
+        rows.iter().map(|r| r.event.action.as_str()).collect()
+    }
+
+    async fn audit_rows_are_appended_whole_and_read_latest_first_with_every_filter(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let t0 = now();
+        let user = Uuid::now_v7().to_string();
+        let disabled = row("user.disabled", t0).target("user", user.clone()).request(Some("req-1".into()));
+        let created = row("team.created", t0 + TimeDelta::seconds(1))
+            .actor(Some("1".into()), Some("admin_tokens[1]".into()))
+            .target("team", "acme")
+            .details(serde_json::json!({ "slug": "acme" }));
+        let failed =
+            NewAuditEvent { at: t0 + TimeDelta::seconds(2), ..NewAuditEvent::new(ActorKind::User, "sign_in.failed") }
+                .failed("invalid_state")
+                .details(serde_json::json!({ "provider": "local" }));
+        let deleted = row("user.deleted", t0 + TimeDelta::seconds(3)).target("user", user.clone());
+        store.append_audit_events(&[disabled.clone(), created.clone()]).await.unwrap();
+        store.append_audit_events(&[failed.clone(), deleted.clone()]).await.unwrap();
+        store.append_audit_events(&[]).await.unwrap();
+
+        let all = store.audit_events(&query(10)).await.unwrap();
+        let events: Vec<NewAuditEvent> = all.iter().map(|r| r.event.clone()).collect();
+        assert_eq!(events, [deleted, failed, created, disabled], "whole, latest first");
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+
+        let by = |q: AuditQuery| {
+            let store = store.clone();
+            async move { store.audit_events(&AuditQuery { limit: 10, ..q }).await.unwrap() }
+        };
+        assert_eq!(
+            actions(&by(AuditQuery { action: Some("user.disabled".into()), ..query(0) }).await),
+            ["user.disabled"]
+        );
+        assert_eq!(
+            actions(&by(AuditQuery { actor: Some("admin_tokens[1]".into()), ..query(0) }).await),
+            ["team.created"]
+        );
+        assert_eq!(actions(&by(AuditQuery { actor: Some("1".into()), ..query(0) }).await), ["team.created"]);
+        let on_user = AuditQuery { target_kind: Some("user".into()), target_id: Some(user.clone()), ..query(0) };
+        assert_eq!(actions(&by(on_user).await), ["user.deleted", "user.disabled"]);
+        assert!(
+            by(AuditQuery { target_kind: Some("team".into()), target_id: Some(user), ..query(0) }).await.is_empty()
+        );
+        let window =
+            AuditQuery { since: Some(t0 + TimeDelta::seconds(1)), until: Some(t0 + TimeDelta::seconds(3)), ..query(0) };
+        assert_eq!(actions(&by(window).await), ["sign_in.failed", "team.created"], "since included, until not");
+        let before = AuditQuery { before: Some(all[1].id), ..query(0) };
+        assert_eq!(actions(&by(before).await), ["team.created", "user.disabled"]);
+        assert_eq!(actions(&store.audit_events(&query(2)).await.unwrap()), ["user.deleted", "sign_in.failed"]);
+        assert!(store.audit_events(&query(0)).await.unwrap().is_empty());
+    }
+
+    async fn audit_rows_are_never_updated(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        store.append_audit_events(&[row("user.disabled", now())]).await.unwrap();
+        let sql = db.sql().await;
+        for statement in [
+            "UPDATE audit_events SET action = 'user.enabled'",
+            "UPDATE audit_events SET details = NULL",
+            "UPDATE audit_events SET at = at",
+        ] {
+            let refused = sql.exec(statement).await.expect_err(statement);
+            assert!(refused.to_string().contains("append-only"), "{refused}");
+        }
+        assert_eq!(sql.count("audit_events WHERE action = 'user.disabled'").await, 1);
+    }
+
+    async fn audit_rows_past_retention_are_deleted_oldest_first_in_bounded_batches(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let t0 = now();
+        let old: Vec<NewAuditEvent> =
+            (0..2100).map(|i| row("team.created", t0 - TimeDelta::days(400) + TimeDelta::seconds(i))).collect();
+        store.append_audit_events(&old).await.unwrap();
+        store
+            .append_audit_events(&[row("user.disabled", t0 - TimeDelta::days(10)), row("user.enabled", t0)])
+            .await
+            .unwrap();
+        let cutoff = t0 - TimeDelta::days(365);
+        assert_eq!(store.delete_audit_events_before(cutoff, 1000).await.unwrap(), 1000);
+        let oldest_left = store.audit_events(&query(5000)).await.unwrap().last().unwrap().event.at;
+        assert_eq!(oldest_left, t0 - TimeDelta::days(400) + TimeDelta::seconds(1000), "oldest first");
+        assert_eq!(store.delete_audit_events_before(cutoff, 1000).await.unwrap(), 1000);
+        assert_eq!(store.delete_audit_events_before(cutoff, 1000).await.unwrap(), 100);
+        assert_eq!(store.delete_audit_events_before(cutoff, 1000).await.unwrap(), 0);
+        assert_eq!(actions(&store.audit_events(&query(10)).await.unwrap()), ["user.enabled", "user.disabled"]);
+        assert_eq!(db.sql().await.count("audit_events").await, 2);
+    }
+
+    async fn a_signing_key_rotation_writes_its_audit_row_in_its_transaction(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let t0 = now();
+        store.insert_signing_key(&signing_key("es-1", SigningAlg::ES256, t0)).await.unwrap();
+        assert!(store.audit_events(&query(10)).await.unwrap().is_empty(), "a first key is not a rotation");
+        let next = signing_key("es-2", SigningAlg::ES256, t0 + TimeDelta::seconds(1));
+        let retire = Retirement { kid: "es-1", retired_at: next.signs_from, unpublish_at: next.signs_from };
+        assert!(store.rotate_signing_key(&retire, &next).await.unwrap());
+        // A rotation that loses (the key was retired meanwhile) writes no row.
+        assert!(!store.rotate_signing_key(&retire, &signing_key("es-3", SigningAlg::ES256, t0)).await.unwrap());
+        let rows = store.audit_events(&query(10)).await.unwrap();
+        assert_eq!(actions(&rows), ["keys.rotated"]);
+        let event = &rows[0].event;
+        assert_eq!((event.actor_kind, event.actor_name.as_deref()), (ActorKind::System, Some("signing_keys")));
+        assert_eq!((event.target_kind.as_deref(), event.target_id.as_deref()), (Some("signing_key"), Some("es-2")));
+        let details = event.details.as_ref().unwrap();
+        assert_eq!((details["alg"].as_str(), details["previous_kid"].as_str()), (Some("ES256"), Some("es-1")));
+    }
+
+    async fn concurrent_appends_keep_every_row_with_distinct_increasing_ids(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        concurrently(16, |i| {
+            let store = store.clone();
+            async move {
+                let rows: Vec<NewAuditEvent> = (0..5).map(|_| row(&format!("test.writer_{i}"), now())).collect();
+                store.append_audit_events(&rows).await.unwrap();
+            }
+        })
+        .await;
+        // Every row, once, following the cursor a page at a time.
+        let mut ids = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.audit_events(&AuditQuery { before, ..query(7) }).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            before = page.last().map(|r| r.id);
+            ids.extend(page.iter().map(|r| r.id));
+        }
+        assert_eq!(ids.len(), 80);
+        assert!(ids.windows(2).all(|w| w[0] > w[1]), "strictly decreasing: no row twice");
+        for i in 0..16 {
+            let mine = AuditQuery { action: Some(format!("test.writer_{i}")), ..query(10) };
+            assert_eq!(store.audit_events(&mine).await.unwrap().len(), 5);
+        }
+    }
+}

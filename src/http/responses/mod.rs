@@ -8,6 +8,7 @@
 //!
 //! Errors are problem+json bodies ([`super::problem`]); HTML pages are [`super::pages`].
 
+mod audit;
 mod auth_profiles;
 mod clients;
 mod sign_in;
@@ -20,6 +21,7 @@ mod tests;
 
 use serde::Serialize;
 
+pub use self::audit::{AuditEventResponse, AuditListResponse};
 pub use self::auth_profiles::{
     AuthProfileKind, AuthProfileListResponse, AuthProfileResponse, AuthProfileStatus, AuthProfileTestResponse,
     AuthProfileTokenResponse, AuthProfileUpdateResponse, AuthProfileWithLinkResponse, ConnectAuthType,

@@ -1,0 +1,485 @@
+//! The audit log over HTTP: `GET /admin/audit` to read it, and the middleware that records every
+//! successful change made with an admin token, on `/admin/…` or on behalf of a user (one table
+//! below maps each route to its action and target), plus the helpers other handlers use to record
+//! sign-ins and links.
+//!
+//! `GET /admin/audit?action=&actor=&target_kind=&target_id=&since=&until=&before=&limit=`: rows
+//! latest first; pass `next_before` back as `before` for the next page.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::admin_auth::AdminActor;
+use super::extract::ApiQuery;
+use super::problem::ApiError;
+use super::responses::AuditListResponse;
+use crate::error::ErrorCode;
+use crate::store::{ActorKind, AuditQuery, NewAuditEvent};
+
+/// The routes (authentication is layered on by the caller).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/admin/audit", get(list_audit_events))
+}
+
+/// Most rows in one page, and the default.
+const MAX_LIMIT: u32 = 200;
+const DEFAULT_LIMIT: u32 = 50;
+
+/// The query of `GET /admin/audit`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    /// Rows of this action, e.g. `user.disabled`.
+    action: Option<String>,
+    /// Rows whose actor has this id or name (`0`, `admin_tokens[0]`, a user id).
+    actor: Option<String>,
+    /// Rows whose target is of this kind (`user`, `team`, `client`…).
+    target_kind: Option<String>,
+    /// Rows whose target has this id.
+    target_id: Option<String>,
+    /// Rows at or after this RFC 3339 time.
+    since: Option<String>,
+    /// Rows before this RFC 3339 time.
+    until: Option<String>,
+    /// The `next_before` of the previous page.
+    before: Option<String>,
+    /// Rows per page, 1 to 200 (50 by default).
+    limit: Option<u32>,
+}
+
+/// The audit log, latest first.
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    tag = "admin",
+    operation_id = "list_audit_events",
+    summary = "The audit log: admin changes and security decisions, latest first, a page at a time.",
+    params(AuditParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "A page of audit rows.", body = AuditListResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
+async fn list_audit_events(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(params): ApiQuery<AuditParams>,
+) -> Result<Json<AuditListResponse>, ApiError> {
+    let query = parse_query(params)?;
+    let (rows, next_before) = state.audit.list(&query).await?;
+    Ok(Json(AuditListResponse { events: rows.into_iter().map(Into::into).collect(), next_before }))
+}
+
+fn parse_query(params: AuditParams) -> Result<AuditQuery, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(
+            ApiError::new(ErrorCode::InvalidRequest, format!("`limit` must be 1 to {MAX_LIMIT}")).field("limit")
+        );
+    }
+    let action = params.action.map(|a| filter(a, "action", 64, is_action)).transpose()?;
+    let actor = params.actor.map(|a| filter(a, "actor", 255, is_plain_text)).transpose()?;
+    let target_kind = params.target_kind.map(|k| filter(k, "target_kind", 32, is_kind)).transpose()?;
+    let target_id = params.target_id.map(|t| filter(t, "target_id", 255, is_plain_text)).transpose()?;
+    let since = params
+        .since
+        .map(|s| {
+            time(&s).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidSince, "`since` must be an RFC 3339 time").field("since")
+            })
+        })
+        .transpose()?;
+    let until = params
+        .until
+        .map(|s| {
+            time(&s).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidUntil, "`until` must be an RFC 3339 time").field("until")
+            })
+        })
+        .transpose()?;
+    if let (Some(since), Some(until)) = (since, until)
+        && until <= since
+    {
+        return Err(ApiError::new(ErrorCode::InvalidUntil, "`until` must be after `since`").field("until"));
+    }
+    let before = params
+        .before
+        .map(|b| {
+            b.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidCursor, "`before` must be the `next_before` of a previous page")
+                    .field("before")
+            })
+        })
+        .transpose()?;
+    Ok(AuditQuery { action, actor, target_kind, target_id, since, until, before, limit: i64::from(limit) })
+}
+
+fn filter(value: String, field: &str, max: usize, valid: fn(&str) -> bool) -> Result<String, ApiError> {
+    if value.is_empty() || value.len() > max || !valid(&value) {
+        let rule = match field {
+            "action" => "snake_case words separated by dots, like `user.disabled`",
+            "target_kind" => "a snake_case word, like `user`",
+            _ => "text without control characters",
+        };
+        return Err(ApiError::new(
+            ErrorCode::InvalidAuditFilter,
+            format!("`{field}` must be 1 to {max} bytes of {rule}"),
+        )
+        .field(field));
+    }
+    Ok(value)
+}
+
+fn is_action(value: &str) -> bool {
+    value.split('.').all(is_kind)
+}
+
+fn is_kind(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn is_plain_text(value: &str) -> bool {
+    !value.chars().any(char::is_control)
+}
+
+fn time(value: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The request id of a request (set or kept by the request-id layer), for its audit rows.
+pub fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Where a fact of an audit row comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// A parameter of the matched route.
+    Path(&'static str),
+    /// A scalar member of the JSON answer (never one that may hold a secret).
+    Body(&'static str),
+}
+
+/// What a successful admin request records.
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    action: &'static str,
+    target_kind: Option<&'static str>,
+    target: Option<Source>,
+    details: &'static [(&'static str, Source)],
+}
+
+const fn rule(
+    action: &'static str,
+    target_kind: &'static str,
+    target: Source,
+    details: &'static [(&'static str, Source)],
+) -> Rule {
+    Rule { action, target_kind: Some(target_kind), target: Some(target), details }
+}
+
+/// The audit rule of each admin route that changes something. A route missing here is still
+/// recorded, as `admin.request` with its method and route.
+fn rule_for(method: &Method, route: &str) -> Rule {
+    use Source::{Body, Path};
+    match (method.as_str(), route) {
+        ("POST", "/admin/users/bootstrap") => {
+            rule("user.bootstrapped", "user", Body("user_id"), &[("created", Body("created"))])
+        }
+        ("POST", "/admin/users/{user_id}/bootstrap") => {
+            rule("user.bootstrapped", "user", Path("user_id"), &[("created", Body("created"))])
+        }
+        // `user.disabled` or `user.enabled`, after the answer's `disabled`.
+        ("PATCH", "/admin/users/{user_id}") => rule("user.updated", "user", Path("user_id"), &[]),
+        ("DELETE", "/admin/users/{user_id}") => rule("user.deleted", "user", Path("user_id"), &[]),
+        ("POST", "/admin/teams") => rule("team.created", "team", Body("id"), &[("slug", Body("slug"))]),
+        ("POST", "/admin/teams/{team}/domains") => rule(
+            "team.domain_claimed",
+            "team",
+            Path("team"),
+            &[("domain", Body("domain")), ("verified", Body("verified"))],
+        ),
+        ("DELETE", "/admin/teams/{team}/domains/{domain}") => {
+            rule("team.domain_released", "team", Path("team"), &[("domain", Path("domain"))])
+        }
+        ("POST", "/admin/teams/{team}/members") => {
+            rule("team.member_added", "team", Path("team"), &[("user_id", Body("user_id")), ("role", Body("role"))])
+        }
+        ("DELETE", "/admin/teams/{team}/members/{user_id}") => {
+            rule("team.member_removed", "team", Path("team"), &[("user_id", Path("user_id"))])
+        }
+        // The same on behalf of a user (`X-On-Behalf-Of`).
+        ("POST", "/v1/teams/{team}/members") => {
+            rule("team.member_added", "team", Path("team"), &[("user_id", Body("user_id")), ("role", Body("role"))])
+        }
+        ("DELETE", "/v1/teams/{team}/members/{user_id}") => {
+            rule("team.member_removed", "team", Path("team"), &[("user_id", Path("user_id"))])
+        }
+        ("POST", "/admin/clients") => rule("client.created", "client", Body("client_id"), &[]),
+        ("PATCH", "/admin/clients/{client_id}") => rule("client.updated", "client", Path("client_id"), &[]),
+        ("DELETE", "/admin/clients/{client_id}") => rule("client.deleted", "client", Path("client_id"), &[]),
+        ("POST", "/admin/clients/{client_id}/secret") => {
+            rule("client.secret_rotated", "client", Path("client_id"), &[])
+        }
+        ("POST", "/admin/webhooks") => rule("webhook.created", "webhook", Body("id"), &[]),
+        ("PATCH", "/admin/webhooks/{id}") => rule("webhook.updated", "webhook", Path("id"), &[]),
+        ("DELETE", "/admin/webhooks/{id}") => rule("webhook.deleted", "webhook", Path("id"), &[]),
+        ("POST", "/admin/webhooks/{id}/replay") => {
+            rule("webhook.replayed", "webhook", Path("id"), &[("scheduled", Body("scheduled"))])
+        }
+        _ => Rule { action: "admin.request", target_kind: None, target: None, details: &[] },
+    }
+}
+
+impl Rule {
+    fn reads_body(&self) -> bool {
+        self.action == "user.updated"
+            || matches!(self.target, Some(Source::Body(_)))
+            || self.details.iter().any(|(_, from)| matches!(from, Source::Body(_)))
+    }
+}
+
+/// Largest answer read to find the facts of an audit row (admin answers are far smaller).
+const MAX_AUDITED_BODY: usize = 1 << 20;
+
+/// Middleware inside [`super::admin_auth::require_admin`], and on every other route for admin
+/// tokens acting on behalf of a user: after a successful `POST`, `PUT`, `PATCH` or `DELETE` made
+/// with an admin token, appends the row of [`rule_for`] with the token's position, the target,
+/// the request id (and `on_behalf_of`). Reads, refused requests and requests without an admin
+/// token write nothing.
+pub async fn record_admin_action(
+    State(state): State<Arc<AppState>>,
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    if !matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        return next.run(request).await;
+    }
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    // On `/admin/…`, authentication left the token's position; elsewhere an admin token acts on
+    // behalf of a user, and anything else is not an admin request.
+    let actor = match request.extensions().get::<AdminActor>().copied() {
+        Some(actor) => actor,
+        None if route.starts_with("/admin/") => return next.run(request).await,
+        None => match admin_token_of(&state, request.headers()) {
+            Some(actor) => actor,
+            None => return next.run(request).await,
+        },
+    };
+    let on_behalf_of = (!route.starts_with("/admin/")).then(|| on_behalf_of(&request)).flatten();
+    let request_id = request_id(request.headers());
+    let params: Vec<(String, String)> =
+        params.map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()).unwrap_or_default();
+    let response = next.run(request).await;
+    if !response.status().is_success() {
+        return response;
+    }
+    let rule = rule_for(&method, &route);
+    let (response, body) = if rule.reads_body() {
+        let (parts, body) = response.into_parts();
+        match axum::body::to_bytes(body, MAX_AUDITED_BODY).await {
+            Ok(bytes) => {
+                let json = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+                (Response::from_parts(parts, axum::body::Body::from(bytes)), json)
+            }
+            Err(error) => {
+                tracing::error!(error = %error, route, "cannot read an admin answer for its audit row");
+                return ApiError::new(ErrorCode::InternalError, "an internal error occurred; it has been logged")
+                    .into_response();
+            }
+        }
+    } else {
+        (response, Value::Null)
+    };
+    let fact = |from: Source| -> Option<Value> {
+        match from {
+            Source::Path(name) => params.iter().find(|(k, _)| k == name).map(|(_, v)| Value::String(v.clone())),
+            Source::Body(name) => body.get(name).filter(|v| v.is_string() || v.is_boolean() || v.is_number()).cloned(),
+        }
+    };
+    let action = match rule.action {
+        "user.updated" => match body.get("disabled").and_then(Value::as_bool) {
+            Some(true) => "user.disabled",
+            Some(false) => "user.enabled",
+            None => "user.updated",
+        },
+        action => action,
+    };
+    let mut details = Map::new();
+    for (name, from) in rule.details {
+        if let Some(value) = fact(*from) {
+            details.insert((*name).to_owned(), value);
+        }
+    }
+    if rule.target.is_none() {
+        details.insert("method".into(), method.as_str().into());
+        details.insert("route".into(), route.into());
+    }
+    if let Some(user) = on_behalf_of {
+        details.insert("on_behalf_of".into(), user.into());
+    }
+    let mut event = NewAuditEvent::new(ActorKind::AdminToken, action)
+        .actor(Some(actor.id()), Some(actor.name()))
+        .request(request_id);
+    if let (Some(kind), Some(id)) = (rule.target_kind, rule.target.and_then(fact)) {
+        let id = match id {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        event = event.target(kind, id);
+    }
+    if !details.is_empty() {
+        event = event.details(Value::Object(details));
+    }
+    state.audit.record(event).await;
+    response
+}
+
+/// The admin token a request outside `/admin/…` carries, if any (a service acting on behalf of a
+/// user). Unreadable credentials are the handler's to refuse, not this layer's.
+fn admin_token_of(state: &AppState, headers: &HeaderMap) -> Option<AdminActor> {
+    let credentials = super::credentials::Credentials::read(headers).ok()?;
+    let index = state.admin_tokens.identify(credentials.admin_token()?)?;
+    Some(AdminActor { index })
+}
+
+/// The user an admin token acts for (`X-On-Behalf-Of` or `?on_behalf_of=`), when it is a user id.
+fn on_behalf_of(request: &Request) -> Option<String> {
+    let header = request.headers().get("x-on-behalf-of").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let query = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "on_behalf_of").map(|(_, v)| v.into_owned())
+    });
+    header.or(query).and_then(|v| v.trim().parse::<uuid::Uuid>().ok()).map(|id| id.to_string())
+}
+
+/// A provider name fit for an audit row or a log line: a configured provider's name is
+/// `a-z0-9-_`; anything else a client sent is left out.
+pub fn provider_label(name: &str) -> Option<&str> {
+    (!name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'))
+    .then_some(name)
+}
+
+/// Records a refused sign-in or link callback. A callback whose state does not match a sign-in
+/// started in this browser (`invalid_state`: scanners, replayed or stale links, forged cookies)
+/// is counted, like refused tokens, since anyone can send one; any later failure belongs to a
+/// real flow and gets a row of its own. The provider is named only when it is configured. Logged
+/// at info with the code and provider only.
+pub async fn sign_in_failed(state: &AppState, headers: &HeaderMap, provider: &str, linking: bool, code: ErrorCode) {
+    if code.status().is_server_error() {
+        return;
+    }
+    let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
+    let action = if linking { "identity.link_failed" } else { crate::service::audit::SIGN_IN_FAILED };
+    tracing::info!(code = code.as_str(), provider = provider.unwrap_or("-"), action, "sign-in refused");
+    if code == ErrorCode::InvalidState {
+        state.audit.sign_in_refused(code, provider);
+        return;
+    }
+    let mut details = Map::new();
+    if let Some(provider) = provider {
+        details.insert("provider".into(), provider.into());
+    }
+    if code == ErrorCode::LinkRequired {
+        // The linking rule that decided: an account has this email, and the provider may not
+        // link by email on its own.
+        details.insert("rule".into(), "email_owned_by_existing_user".into());
+    }
+    let event = NewAuditEvent::new(ActorKind::User, action)
+        .request(request_id(headers))
+        .failed(code.as_str())
+        .details(Value::Object(details));
+    state.audit.record(event).await;
+}
+
+/// Records a completed sign-in (`sign_in.succeeded`) or link, and the link a sign-in made
+/// (`identity.linked` with its rule).
+pub async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    provider: &str,
+    done: &crate::service::signin::Completed,
+) {
+    let request = request_id(headers);
+    let user = Some(done.user.to_string());
+    let provider = provider_label(provider);
+    let mut events = Vec::new();
+    if done.session.is_some() {
+        events.push(
+            NewAuditEvent::new(ActorKind::User, "sign_in.succeeded")
+                .actor(user.clone(), None)
+                .target("user", done.user.to_string())
+                .request(request.clone())
+                .details(serde_json::json!({ "provider": provider, "identity_id": done.identity.to_string() })),
+        );
+    }
+    if let Some(rule) = done.linked {
+        events.push(
+            NewAuditEvent::new(ActorKind::User, "identity.linked")
+                .actor(user, None)
+                .target("identity", done.identity.to_string())
+                .request(request)
+                .details(serde_json::json!({ "provider": provider, "rule": rule.as_str() })),
+        );
+    }
+    for event in events {
+        state.audit.record(event).await;
+    }
+}
+
+/// Records an identity unlinked by its user.
+pub async fn identity_unlinked(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: crate::domain::UserId,
+    identity: &crate::domain::Identity,
+) {
+    let event = NewAuditEvent::new(ActorKind::User, "identity.unlinked")
+        .actor(Some(user.to_string()), None)
+        .target("identity", identity.id.to_string())
+        .request(request_id(headers))
+        .details(serde_json::json!({ "provider": identity.provider, "rule": "owner_request" }));
+    state.audit.record(event).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_admin_change_route_has_its_own_action() {
+        for (method, route) in [
+            (Method::POST, "/admin/users/bootstrap"),
+            (Method::PATCH, "/admin/users/{user_id}"),
+            (Method::DELETE, "/admin/users/{user_id}"),
+            (Method::POST, "/admin/teams"),
+            (Method::POST, "/admin/clients/{client_id}/secret"),
+            (Method::POST, "/admin/webhooks"),
+        ] {
+            assert_ne!(rule_for(&method, route).action, "admin.request", "{method} {route}");
+        }
+        assert_eq!(rule_for(&Method::POST, "/admin/unknown").action, "admin.request");
+    }
+
+    #[test]
+    fn filters_refuse_what_no_row_can_hold() {
+        assert!(is_action("user.disabled") && is_action("sign_in.failed"));
+        assert!(!is_action("User.disabled") && !is_action("user..x") && !is_action("user disabled"));
+        assert!(is_kind("signing_key") && !is_kind("a-b"));
+        assert!(!is_plain_text("a\nb"));
+        assert_eq!(provider_label("google"), Some("google"));
+        assert_eq!(provider_label("<script>"), None);
+    }
+}

@@ -1,0 +1,245 @@
+//! The audit log's SQL: rows appended (never updated), read latest first a page at a time, and
+//! deleted past their retention in bounded batches.
+
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+use super::db::{Db, Tx, query};
+use super::rows::RowExt;
+
+/// Who did something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActorKind {
+    /// An admin token (identified by its position in `admin_tokens`, never by its value).
+    AdminToken,
+    /// A person, signed in or signing in.
+    User,
+    /// Tessera itself (a background loop, a command).
+    System,
+}
+
+impl ActorKind {
+    /// The stored and served name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::AdminToken => "admin_token",
+            ActorKind::User => "user",
+            ActorKind::System => "system",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Self, StoreError> {
+        Ok(match value {
+            "admin_token" => ActorKind::AdminToken,
+            "user" => ActorKind::User,
+            "system" => ActorKind::System,
+            other => return Err(StoreError::Corrupt(format!("unknown audit actor kind {other:?}"))),
+        })
+    }
+}
+
+/// An audit row to append. Nothing in it may be a secret, a token, a code, a cookie or an email.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEvent {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Who did it.
+    pub actor_kind: ActorKind,
+    /// Their id (a user id, an admin token's position), if known.
+    pub actor_id: Option<String>,
+    /// Their name (`admin_tokens[0]`, a background job), if any.
+    pub actor_name: Option<String>,
+    /// What, snake_case and dotted: `user.disabled`, `sign_in.failed`.
+    pub action: String,
+    /// The kind of thing it was done to (`user`, `team`, `client`…).
+    pub target_kind: Option<String>,
+    /// Its id.
+    pub target_id: Option<String>,
+    /// The request it was done in.
+    pub request_id: Option<String>,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// Why it failed: an error code.
+    pub reason: Option<String>,
+    /// Further facts (a provider, a linking rule, a count).
+    pub details: Option<serde_json::Value>,
+}
+
+/// A stored audit row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    /// Its position: later rows have larger ids.
+    pub id: i64,
+    /// The row as appended.
+    pub event: NewAuditEvent,
+}
+
+/// Which rows [`Store::audit_events`](super::Store::audit_events) returns, latest first: every
+/// filter that is set must hold.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Rows of this action.
+    pub action: Option<String>,
+    /// Rows whose actor has this id or this name.
+    pub actor: Option<String>,
+    /// Rows whose target is of this kind.
+    pub target_kind: Option<String>,
+    /// Rows whose target has this id.
+    pub target_id: Option<String>,
+    /// Rows at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Rows before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Rows with a smaller id (the last id of the previous page).
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// Appends one row in `tx`.
+pub(super) async fn insert(tx: &mut Tx, event: &NewAuditEvent) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO audit_events
+           (at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome, reason, details)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(event.at)
+    .bind(event.actor_kind.as_str())
+    .bind(event.actor_id.as_deref())
+    .bind(event.actor_name.as_deref())
+    .bind(event.action.as_str())
+    .bind(event.target_kind.as_deref())
+    .bind(event.target_id.as_deref())
+    .bind(event.request_id.as_deref())
+    .bind(if event.success { "success" } else { "failure" })
+    .bind(event.reason.as_deref())
+    .bind(event.details.clone())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Appends rows, in one transaction.
+pub(super) async fn append(db: &Db, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    for event in events {
+        insert(&mut tx, event).await?;
+    }
+    tx.commit().await
+}
+
+/// A page of rows, latest first, from the primary (an operator reading the log expects to see
+/// what was just done).
+pub(super) async fn list(db: &Db, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+    query(
+        "SELECT id, at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
+                reason, details
+         FROM audit_events
+         WHERE ($1 IS NULL OR action = $1)
+           AND ($2 IS NULL OR actor_id = $2 OR actor_name = $2)
+           AND ($3 IS NULL OR target_kind = $3)
+           AND ($4 IS NULL OR target_id = $4)
+           AND ($5 IS NULL OR at >= $5)
+           AND ($6 IS NULL OR at < $6)
+           AND ($7 IS NULL OR id < $7)
+         ORDER BY id DESC
+         LIMIT $8",
+    )
+    .bind(q.action.as_deref())
+    .bind(q.actor.as_deref())
+    .bind(q.target_kind.as_deref())
+    .bind(q.target_id.as_deref())
+    .bind(q.since)
+    .bind(q.until)
+    .bind(q.before)
+    .bind(q.limit.max(0))
+    .fetch_all(db.writer())
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(AuditEvent {
+            id: row.int("id")?,
+            event: NewAuditEvent {
+                at: row.time("at")?,
+                actor_kind: ActorKind::parse(&row.text("actor_kind")?)?,
+                actor_id: row.opt_text("actor_id")?,
+                actor_name: row.opt_text("actor_name")?,
+                action: row.text("action")?,
+                target_kind: row.opt_text("target_kind")?,
+                target_id: row.opt_text("target_id")?,
+                request_id: row.opt_text("request_id")?,
+                success: row.text("outcome")? == "success",
+                reason: row.opt_text("reason")?,
+                details: row.opt_json("details")?,
+            },
+        })
+    })
+    .collect()
+}
+
+/// Deletes at most `limit` rows older than `before`, oldest first; how many went.
+pub(super) async fn delete_before(db: &Db, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
+    query(
+        "DELETE FROM audit_events
+         WHERE id IN (SELECT id FROM audit_events WHERE at < $1 ORDER BY id LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit.max(0))
+    .execute(db.writer())
+    .await
+}
+
+impl NewAuditEvent {
+    /// A successful `action` by an actor of `actor_kind`, now, without anything else yet.
+    pub fn new(actor_kind: ActorKind, action: impl Into<String>) -> Self {
+        Self {
+            at: crate::domain::now(),
+            actor_kind,
+            actor_id: None,
+            actor_name: None,
+            action: action.into(),
+            target_kind: None,
+            target_id: None,
+            request_id: None,
+            success: true,
+            reason: None,
+            details: None,
+        }
+    }
+
+    /// Names the actor.
+    pub fn actor(mut self, id: Option<String>, name: Option<String>) -> Self {
+        self.actor_id = id;
+        self.actor_name = name;
+        self
+    }
+
+    /// Names the target.
+    pub fn target(mut self, kind: &str, id: impl Into<String>) -> Self {
+        self.target_kind = Some(kind.to_owned());
+        self.target_id = Some(id.into());
+        self
+    }
+
+    /// The request it happened in.
+    pub fn request(mut self, request_id: Option<String>) -> Self {
+        self.request_id = request_id;
+        self
+    }
+
+    /// Marks it failed, with the error code that says why.
+    pub fn failed(mut self, reason: &str) -> Self {
+        self.success = false;
+        self.reason = Some(reason.to_owned());
+        self
+    }
+
+    /// Further facts (never a secret, token, code, cookie or email).
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}

@@ -1,0 +1,23 @@
+//! The audit loop: writes the refusals counted in memory (see [`crate::service::audit`]) every
+//! `audit.flush_interval_ms`, one row per reason and issuer; the worker set writes them once more
+//! at shutdown. A crash loses at most one interval of counts.
+
+use std::time::Duration;
+
+use crate::service::audit::Audit;
+
+/// Writes the counted refusals every `every`.
+pub(super) async fn run(audit: Audit, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match audit.flush().await {
+            Ok(0) => {}
+            Ok(written) => tracing::debug!(written, "wrote counted refusals to the audit log"),
+            Err(error) => {
+                tracing::warn!(error = %error, pending = audit.pending(), "cannot write counted refusals to the audit log; will retry")
+            }
+        }
+    }
+}

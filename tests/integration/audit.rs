@@ -1,0 +1,483 @@
+//! The audit log over HTTP, on both backends: the rows of admin changes (token, target, request
+//! id), of sign-ins, links and unlinks (with the rule that decided), counted refusals of tokens and
+//! admin tokens, `GET /admin/audit` with its filters and cursor, and retention.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tessera::config::{AuditConfig, Config, ProviderKind};
+use tessera::crypto::keyring::KeyRing;
+use tessera::domain::Issuer;
+use tessera::service::audit::Audit;
+use tessera::store::{ActorKind, AuditQuery, NewAuditEvent};
+use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
+
+use crate::helpers::{
+    ADMIN_TOKEN, AUDIENCE, Backend, ISSUER, TestApp, TestDb, eventually, identity, json as body, local_issuer_config,
+    on_both_backends,
+};
+use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider, world_with};
+
+on_both_backends!(
+    admin_changes_are_recorded_with_their_token_target_and_request_id,
+    concurrent_admin_changes_write_one_row_per_change_that_happened,
+    changes_an_admin_token_makes_on_behalf_of_a_user_are_recorded,
+    sign_ins_and_their_failures_are_recorded,
+    links_and_unlinks_are_recorded_with_the_rule_that_decided,
+    automatic_links_and_refused_links_name_their_rule,
+    refused_tokens_and_admin_tokens_are_counted_into_one_row_per_reason_and_issuer,
+    the_log_is_read_latest_first_with_filters_and_a_cursor,
+    bad_audit_queries_say_what_to_fix,
+    rows_past_their_retention_are_swept,
+);
+
+const SECOND_TOKEN: &str = "second-admin-token-0123456789abcdef";
+
+fn with_keyring(config: &mut Config) {
+    let ring = format!("k1:{}", STANDARD.encode([7u8; 32]));
+    config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+}
+
+/// Every row of the log matching `query` (a query string without `limit`), latest first.
+async fn audit(app: &TestApp, query: &str) -> Vec<Value> {
+    let page =
+        body(app.admin(Method::GET, &format!("/admin/audit?limit=200&{query}")).send().await.unwrap(), 200).await;
+    assert!(page["next_before"].is_null(), "one page: {page}");
+    page["events"].as_array().unwrap().clone()
+}
+
+fn actions(rows: &[Value]) -> Vec<&str> {
+    rows.iter().map(|r| r["action"].as_str().unwrap()).collect()
+}
+
+async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        with_keyring(config);
+        config.admin_tokens.push(SECOND_TOKEN.to_owned().into());
+    })
+    .await;
+    let bootstrap = app
+        .admin(Method::POST, "/admin/users/bootstrap")
+        .header("x-request-id", "req-bootstrap")
+        .json(&identity("ada", "ada@example.com", None));
+    let user = body(bootstrap.send().await.unwrap(), 201).await["user_id"].as_str().unwrap().to_owned();
+    let disable = app
+        .client
+        .patch(app.url(&format!("/admin/users/{user}")))
+        .bearer_auth(SECOND_TOKEN)
+        .header("x-request-id", "req-disable")
+        .json(&json!({ "disabled": true }));
+    body(disable.send().await.unwrap(), 200).await;
+    let enable = app.admin(Method::PATCH, &format!("/admin/users/{user}")).json(&json!({ "disabled": false }));
+    body(enable.send().await.unwrap(), 200).await;
+    let team = app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": "acme", "name": "Acme" }));
+    let team = body(team.send().await.unwrap(), 201).await["id"].as_str().unwrap().to_owned();
+    let member =
+        app.admin(Method::POST, "/admin/teams/acme/members").json(&json!({ "user_id": user, "role": "admin" }));
+    assert!(member.send().await.unwrap().status().is_success());
+    let claim = json!({ "domain": "acme.example", "issuer": ISSUER, "verified": true });
+    body(app.admin(Method::POST, "/admin/teams/acme/domains").json(&claim).send().await.unwrap(), 201).await;
+    let hook = app.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": "http://127.0.0.1:9/hook" }));
+    let hook = body(hook.send().await.unwrap(), 201).await;
+    let client = json!({"id": "grafana", "name": "Grafana", "kind": "confidential",
+                        "redirect_uris": ["https://app.example.com/callback"]});
+    let client = body(app.admin(Method::POST, "/admin/clients").json(&client).send().await.unwrap(), 201).await;
+    let rotated = body(app.admin(Method::POST, "/admin/clients/grafana/secret").send().await.unwrap(), 200).await;
+    let removed = app.admin(Method::DELETE, &format!("/admin/teams/acme/members/{user}")).send().await.unwrap();
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    let deleted = app.admin(Method::DELETE, &format!("/admin/users/{user}")).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    // Reads and refused requests write nothing.
+    body(app.admin(Method::GET, "/admin/users").send().await.unwrap(), 200).await;
+    body(app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": "acme" })).send().await.unwrap(), 400).await;
+    body(app.admin(Method::DELETE, &format!("/admin/users/{user}")).send().await.unwrap(), 404).await;
+
+    let rows = audit(&app, "").await;
+    let mut oldest_first = actions(&rows);
+    oldest_first.reverse();
+    assert_eq!(
+        oldest_first,
+        [
+            "user.bootstrapped",
+            "user.disabled",
+            "user.enabled",
+            "team.created",
+            "team.member_added",
+            "team.domain_claimed",
+            "webhook.created",
+            "client.created",
+            "client.secret_rotated",
+            "team.member_removed",
+            "user.deleted",
+        ]
+    );
+    let row = |action: &str| rows.iter().find(|r| r["action"] == action).unwrap().clone();
+    let bootstrapped = row("user.bootstrapped");
+    assert_eq!(
+        (&bootstrapped["actor_kind"], &bootstrapped["actor_id"], &bootstrapped["actor_name"]),
+        (&json!("admin_token"), &json!("0"), &json!("admin_tokens[0]"))
+    );
+    assert_eq!((&bootstrapped["target_kind"], &bootstrapped["target_id"]), (&json!("user"), &json!(user)));
+    assert_eq!((&bootstrapped["request_id"], &bootstrapped["outcome"]), (&json!("req-bootstrap"), &json!("success")));
+    assert_eq!(bootstrapped["details"], json!({ "created": true }));
+    let disabled = row("user.disabled");
+    assert_eq!((&disabled["actor_id"], &disabled["actor_name"]), (&json!("1"), &json!("admin_tokens[1]")));
+    assert_eq!((&disabled["target_id"], &disabled["request_id"]), (&json!(user), &json!("req-disable")));
+    assert_eq!(row("team.created")["target_id"], json!(team));
+    assert_eq!(row("team.member_added")["details"], json!({ "user_id": user, "role": "admin" }));
+    assert_eq!(row("team.domain_claimed")["details"], json!({ "domain": "acme.example", "verified": true }));
+    assert_eq!(row("webhook.created")["target_id"], hook["id"]);
+    assert_eq!(
+        (row("client.created")["target_kind"].clone(), row("client.created")["target_id"].clone()),
+        (json!("client"), json!("grafana"))
+    );
+    assert_eq!(row("client.secret_rotated")["target_id"], "grafana");
+    assert_eq!(row("user.deleted")["target_id"], json!(user));
+    for row in &rows {
+        let id = row["request_id"].as_str().unwrap();
+        assert!(!id.is_empty() && row["at"].is_string() && row["id"].is_i64(), "{row}");
+    }
+    // No secret, token or email in any row.
+    let text = serde_json::to_string(&rows).unwrap();
+    for secret in [ADMIN_TOKEN, SECOND_TOKEN, "ada@example.com"]
+        .into_iter()
+        .chain([&hook["secret"], &client["client_secret"], &rotated["client_secret"]].map(|v| v.as_str().unwrap()))
+    {
+        assert!(!text.contains(secret), "{secret} in the audit log");
+    }
+}
+
+async fn concurrent_admin_changes_write_one_row_per_change_that_happened(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
+    // Twelve teams at once, and eight requests for one slug: one wins, seven are refused.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let app = app.clone();
+        let slug = if i < 12 { format!("team-{i}") } else { "contested".to_owned() };
+        tasks.push(tokio::spawn(async move {
+            let request = app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": slug, "name": "T" }));
+            request.send().await.unwrap().status()
+        }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        if task.await.unwrap() == StatusCode::CREATED {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 13);
+    let rows = audit(&app, "action=team.created").await;
+    assert_eq!(rows.len(), 13, "one row per team created, none for the refused requests");
+    let mut targets: Vec<&str> = rows.iter().map(|r| r["target_id"].as_str().unwrap()).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    assert_eq!(targets.len(), 13);
+    assert_eq!(app.db.sql().await.count("audit_events").await, 13);
+}
+
+async fn changes_an_admin_token_makes_on_behalf_of_a_user_are_recorded(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ada = body(app.bootstrap(&identity("ada", "ada@example.com", None)).await, 201).await;
+    let bob = body(app.bootstrap(&identity("bob", "bob@example.com", None)).await, 201).await;
+    let (ada_id, team) = (ada["user_id"].as_str().unwrap(), ada["team"]["slug"].as_str().unwrap());
+    let bob_id = bob["user_id"].as_str().unwrap();
+    let add = app
+        .admin(Method::POST, &format!("/v1/teams/{team}/members"))
+        .header("x-on-behalf-of", ada_id)
+        .header("x-request-id", "req-on-behalf")
+        .json(&json!({ "user_id": bob_id, "role": "member" }));
+    assert_eq!(add.send().await.unwrap().status(), StatusCode::CREATED);
+    let remove = app.admin(Method::DELETE, &format!("/v1/teams/{team}/members/{bob_id}?on_behalf_of={ada_id}"));
+    assert_eq!(remove.send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    // A refused request (Bob is not a member of the team) writes nothing.
+    let refused =
+        app.admin(Method::DELETE, &format!("/v1/teams/{team}/members/{ada_id}")).header("x-on-behalf-of", bob_id);
+    assert!(refused.send().await.unwrap().status().is_client_error());
+
+    let rows = audit(&app, "target_kind=team").await;
+    assert_eq!(actions(&rows), ["team.member_removed", "team.member_added"]);
+    for row in &rows {
+        assert_eq!((&row["actor_kind"], &row["actor_id"]), (&json!("admin_token"), &json!("0")));
+        assert_eq!((&row["target_id"], &row["details"]["on_behalf_of"]), (&json!(team), &json!(ada_id)));
+        assert_eq!(row["details"]["user_id"], json!(bob_id));
+    }
+    assert_eq!(rows[1]["request_id"], "req-on-behalf");
+    assert_eq!(audit(&app, "").await.len(), 4, "two bootstraps and the two changes");
+}
+
+async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
+    let w = world_with(backend, |config, _| config.audit.flush_interval = Duration::from_millis(50)).await;
+    w.issuer.set_next_user(StubUser::new("alice-sub", "alice@example.com"));
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let alice = body(browser.me(&w.app).await, 200).await["id"].as_str().unwrap().to_owned();
+
+    // Callbacks that match no flow started in their browser (a replay, a forged or missing
+    // cookie) are counted: anyone can send them.
+    let callback = browser.start(&w.app, "").await;
+    let login_cookie = browser.cookies["tessera_login"].clone();
+    assert_eq!(browser.get(&callback).await.status(), StatusCode::SEE_OTHER);
+    browser.cookies.insert("tessera_login".into(), login_cookie);
+    assert_eq!(body(browser.get(&callback).await, 400).await["code"], "invalid_state");
+    for _ in 0..3 {
+        assert_eq!(body(Browser::new().get(&callback).await, 400).await["code"], "invalid_state");
+    }
+    let mut forged = Browser::new();
+    forged.cookies.insert("tessera_login".into(), "forged".into());
+    assert_eq!(body(forged.get(&callback).await, 400).await["code"], "invalid_state");
+    // A failure of a real flow gets a row of its own, with its request id.
+    let disable = w.app.admin(Method::PATCH, &format!("/admin/users/{alice}")).json(&json!({ "disabled": true }));
+    body(disable.send().await.unwrap(), 200).await;
+    w.issuer.set_next_user(StubUser::new("alice-sub", "alice@example.com"));
+    let refused = Browser::new().sign_in(&w.app, "").await;
+    let request_id = refused.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(body(refused, 403).await["code"], "user_disabled");
+
+    let succeeded = audit(&w.app, "action=sign_in.succeeded").await;
+    assert_eq!(succeeded.len(), 2);
+    for row in &succeeded {
+        assert_eq!((&row["actor_kind"], &row["actor_id"]), (&json!("user"), &json!(alice)));
+        assert_eq!((&row["target_kind"], &row["target_id"]), (&json!("user"), &json!(alice)));
+        assert_eq!((&row["outcome"], &row["details"]["provider"]), (&json!("success"), &json!("local")));
+    }
+    eventually("the counted failures are written", || async {
+        let counted = audit(&w.app, "action=sign_in.failed&actor=refusal_counter").await;
+        counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 5
+    })
+    .await;
+    let failed = audit(&w.app, "action=sign_in.failed").await;
+    let own: Vec<&Value> = failed.iter().filter(|r| r["actor_name"].is_null()).collect();
+    assert_eq!(own.len(), 1, "{failed:?}");
+    assert_eq!((&own[0]["request_id"], &own[0]["reason"]), (&json!(request_id), &json!("user_disabled")));
+    assert_eq!((&own[0]["outcome"], &own[0]["details"]["provider"]), (&json!("failure"), &json!("local")));
+    for counted in failed.iter().filter(|r| !r["actor_name"].is_null()) {
+        assert_eq!(
+            (&counted["reason"], &counted["target_kind"], &counted["target_id"]),
+            (&json!("invalid_state"), &json!("provider"), &json!("local"))
+        );
+    }
+    // A callback for a provider that is not configured is counted without naming it.
+    let unknown = Browser::new().get(&w.app.url("/auth/callback/nosuchprovider?state=x&code=y")).await;
+    assert_eq!(body(unknown, 400).await["code"], "invalid_state");
+    eventually("the unnamed failure is written", || async {
+        let counted = audit(&w.app, "action=sign_in.failed&actor=refusal_counter").await;
+        counted.iter().any(|r| r["target_id"].is_null())
+    })
+    .await;
+}
+
+async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Backend) {
+    let second = LocalIssuer::start().await.unwrap();
+    second.set_client(CLIENT_ID, CLIENT_SECRET);
+    let w =
+        world_with(backend, |config, _| config.providers.push(provider("second", ProviderKind::Oidc, &second))).await;
+    w.issuer.set_next_user(StubUser::new("alice", "alice@example.com"));
+    let mut alice = Browser::new();
+    alice.sign_in(&w.app, "").await;
+    second.set_next_user(StubUser::new("alice-elsewhere", "alice@elsewhere.example"));
+    let start = alice.get(&w.app.url("/auth/link?provider=second")).await;
+    let provider_page = alice.get(&location(&start)).await;
+    let linked = alice.get(&location(&provider_page)).await;
+    assert_eq!(linked.status(), StatusCode::SEE_OTHER);
+    let link_request = linked.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let me = body(alice.me(&w.app).await, 200).await;
+    let (user, identity) = (me["id"].clone(), me["identities"][1]["id"].clone());
+    let unlinked =
+        alice.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{}", identity.as_str().unwrap()))).await;
+    assert_eq!(unlinked.status(), StatusCode::NO_CONTENT);
+
+    let rows = audit(&w.app, "target_kind=identity").await;
+    assert_eq!(actions(&rows), ["identity.unlinked", "identity.linked"]);
+    for row in &rows {
+        assert_eq!((&row["actor_kind"], &row["actor_id"], &row["target_id"]), (&json!("user"), &user, &identity));
+    }
+    assert_eq!(rows[1]["details"], json!({ "provider": "second", "rule": "signed_in_user" }));
+    assert_eq!(rows[1]["request_id"], link_request);
+    assert_eq!(rows[0]["details"], json!({ "provider": "second", "rule": "owner_request" }));
+    assert!(audit(&w.app, "action=sign_in.succeeded").await.len() == 1, "a link is not a sign-in");
+}
+
+async fn automatic_links_and_refused_links_name_their_rule(backend: Backend) {
+    let w = world_with(backend, |config, _| {
+        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+        local.trusted_email_verification = true;
+        local.auto_link_by_email = true;
+    })
+    .await;
+    let mut claim = identity("dave-admin", "dave@example.com", None);
+    claim["email_verified"] = true.into();
+    let dave = body(w.app.bootstrap(&claim).await, 201).await["user_id"].clone();
+    let mut unverified = identity("erin-admin", "erin@example.com", None);
+    unverified["email_verified"] = false.into();
+    body(w.app.bootstrap(&unverified).await, 201).await;
+
+    w.issuer.set_next_user(StubUser::new("dave-upstream", "dave@example.com"));
+    assert_eq!(Browser::new().sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let linked = audit(&w.app, "action=identity.linked").await;
+    assert_eq!(linked.len(), 1);
+    assert_eq!((&linked[0]["actor_id"], &linked[0]["details"]["rule"]), (&dave, &json!("verified_email")));
+    assert_eq!(audit(&w.app, "action=sign_in.succeeded").await[0]["actor_id"], dave);
+
+    w.issuer.set_next_user(StubUser::new("erin-upstream", "erin@example.com"));
+    assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 409).await["code"], "link_required");
+    let refused = audit(&w.app, "action=sign_in.failed").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!((&refused[0]["reason"], &refused[0]["outcome"]), (&json!("link_required"), &json!("failure")));
+    assert_eq!(refused[0]["details"], json!({ "provider": "local", "rule": "email_owned_by_existing_user" }));
+    assert!(!serde_json::to_string(&audit(&w.app, "").await).unwrap().contains("@example.com"), "no email");
+}
+
+async fn refused_tokens_and_admin_tokens_are_counted_into_one_row_per_reason_and_issuer(backend: Backend) {
+    let issuer = LocalIssuer::start().await.unwrap();
+    let app = Arc::new(
+        TestApp::spawn_with(backend, |config| {
+            config.issuers.push(local_issuer_config(&issuer));
+            // Counts are written at shutdown only here, so each key makes exactly one row.
+            config.audit.flush_interval = Duration::from_secs(3600);
+        })
+        .await,
+    );
+    let wrong_audience = issuer.sign("rsa-1", &issuer.claims("someone", "api://another-service"));
+    let good = issuer.sign("rsa-1", &issuer.claims("someone", AUDIENCE));
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let app = app.clone();
+        let token = match i % 3 {
+            0 => wrong_audience.clone(),
+            1 => "not-a-jwt".to_owned(),
+            _ => String::new(),
+        };
+        tasks.push(tokio::spawn(async move {
+            if token.is_empty() {
+                let refused = app.client.get(app.url("/admin/users")).bearer_auth("wrong-admin-token-0123456789");
+                refused.send().await.unwrap().status()
+            } else {
+                app.validate(&token).await.status()
+            }
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(app.validate(&good).await.status(), StatusCode::OK, "an accepted token is not counted");
+    let app = Arc::into_inner(app).expect("no other handle");
+    let db = app.stop_keeping_db().await;
+    let store = db.store().await;
+    let rows = store.audit_events(&AuditQuery { limit: 100, ..AuditQuery::default() }).await.unwrap();
+    let mut found: Vec<(String, Option<String>, Option<String>, u64)> = rows
+        .iter()
+        .map(|r| {
+            let e = &r.event;
+            assert!(!e.success);
+            assert_eq!((e.actor_kind, e.actor_name.as_deref()), (ActorKind::System, Some("refusal_counter")));
+            let count = e.details.as_ref().unwrap()["count"].as_u64().unwrap();
+            (e.action.clone(), e.reason.clone(), e.target_id.clone(), count)
+        })
+        .collect();
+    found.sort();
+    let local = Issuer::parse(issuer.issuer()).unwrap().as_str().to_owned();
+    assert_eq!(
+        found,
+        [
+            ("admin_token.refused".to_owned(), Some("invalid_credentials".to_owned()), None, 10),
+            ("token.refused".to_owned(), Some("audience_mismatch".to_owned()), Some(local), 10),
+            ("token.refused".to_owned(), Some("malformed_token".to_owned()), None, 10),
+        ]
+    );
+}
+
+async fn the_log_is_read_latest_first_with_filters_and_a_cursor(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let before_all = chrono::Utc::now() - chrono::TimeDelta::seconds(5);
+    body(app.bootstrap(&identity("ada", "ada@example.com", None)).await, 201).await;
+    let mut teams = Vec::new();
+    for i in 0..7 {
+        let team = app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": format!("team-{i}"), "name": "T" }));
+        teams.push(body(team.send().await.unwrap(), 201).await["id"].as_str().unwrap().to_owned());
+    }
+    let after_all = chrono::Utc::now() + chrono::TimeDelta::seconds(5);
+
+    // Pages of three, following `next_before`, meet end to end, latest first.
+    let mut ids = Vec::new();
+    let mut path = "/admin/audit?limit=3".to_owned();
+    loop {
+        let page = body(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
+        ids.extend(page["events"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()));
+        match page["next_before"].as_i64() {
+            Some(next) => path = format!("/admin/audit?limit=3&before={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 8);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]));
+    let all = audit(&app, "").await;
+    assert_eq!(all.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), ids);
+    assert_eq!(actions(&all)[7], "user.bootstrapped");
+
+    assert_eq!(audit(&app, "action=team.created").await.len(), 7);
+    assert_eq!(audit(&app, "action=user.bootstrapped").await.len(), 1);
+    let one = audit(&app, &format!("target_kind=team&target_id={}", teams[3])).await;
+    assert_eq!((one.len(), &one[0]["target_id"]), (1, &json!(teams[3])));
+    assert_eq!(audit(&app, "actor=admin_tokens%5B0%5D").await.len(), 8);
+    assert_eq!(audit(&app, "actor=0").await.len(), 8);
+    assert!(audit(&app, "actor=1").await.is_empty());
+    let rfc = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let window = format!("since={}&until={}", rfc(before_all), rfc(after_all));
+    assert_eq!(audit(&app, &window.replace('+', "%2B")).await.len(), 8);
+    assert!(audit(&app, &format!("since={}", rfc(after_all))).await.is_empty());
+    assert!(audit(&app, &format!("until={}", rfc(before_all))).await.is_empty());
+    let last = ids[5];
+    assert_eq!(audit(&app, &format!("before={last}")).await.len(), 2);
+}
+
+async fn bad_audit_queries_say_what_to_fix(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for (query, code, field) in [
+        ("action=User%20Disabled", "invalid_audit_filter", Some("action")),
+        ("action=user..disabled", "invalid_audit_filter", Some("action")),
+        ("action=", "invalid_audit_filter", Some("action")),
+        ("target_kind=a-b", "invalid_audit_filter", Some("target_kind")),
+        ("target_id=a%0Ab", "invalid_audit_filter", Some("target_id")),
+        ("actor=a%00b", "invalid_audit_filter", Some("actor")),
+        ("before=abc", "invalid_cursor", Some("before")),
+        ("before=0", "invalid_cursor", Some("before")),
+        ("since=yesterday", "invalid_since", Some("since")),
+        ("until=tomorrow", "invalid_until", Some("until")),
+        ("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z", "invalid_until", Some("until")),
+        ("limit=0", "invalid_request", Some("limit")),
+        ("limit=201", "invalid_request", Some("limit")),
+        ("limit=many", "invalid_request", None),
+        ("cursor=abc", "invalid_request", None),
+    ] {
+        let problem = body(app.admin(Method::GET, &format!("/admin/audit?{query}")).send().await.unwrap(), 400).await;
+        assert_eq!(problem["code"], code, "{query}: {problem}");
+        assert_eq!(problem["field"].as_str(), field, "{query}: {problem}");
+    }
+    let anonymous = app.client.get(app.url("/admin/audit")).send().await.unwrap();
+    assert_eq!(body(anonymous, 401).await["code"], "missing_credentials");
+}
+
+async fn rows_past_their_retention_are_swept(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let now = chrono::Utc::now();
+    let row = |days: i64| NewAuditEvent {
+        at: now - chrono::TimeDelta::days(days),
+        ..NewAuditEvent::new(ActorKind::System, "test.old")
+    };
+    let old: Vec<NewAuditEvent> = (0..2100).map(|_| row(400)).collect();
+    store.append_audit_events(&old).await.unwrap();
+    store.append_audit_events(&[row(30), row(0)]).await.unwrap();
+    let forever = Audit::new(store.clone(), &AuditConfig { retention: None, ..AuditConfig::default() });
+    assert_eq!(forever.sweep().await.unwrap(), 0, "0 keeps rows forever");
+    let year = Audit::new(store.clone(), &AuditConfig::default());
+    assert_eq!(year.sweep().await.unwrap(), 2100, "in batches, all of them");
+    assert_eq!(year.sweep().await.unwrap(), 0);
+    let month = AuditConfig { retention: Some(Duration::from_secs(7 * 86_400)), ..AuditConfig::default() };
+    assert_eq!(Audit::new(store.clone(), &month).sweep().await.unwrap(), 1);
+    assert_eq!(db.sql().await.count("audit_events").await, 1);
+}
