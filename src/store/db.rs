@@ -62,6 +62,7 @@ embedded_migrations! {
     11 "0011_session_device" "session_device",
     12 "0012_profile_credentials" "profile_credentials",
     13 "0013_profile_actions" "profile_actions",
+    16 "0016_webhook_rotation" "webhook_rotation",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

@@ -125,8 +125,8 @@ impl reqwest::dns::Resolve for PublicOnly {
 /// Delivers an endpoint's due deliveries in sequence order until one fails, none is left, or the
 /// lease nears its end.
 async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &WebhookEndpoint, deadline: Instant) {
-    let key = match webhooks.signing_key(endpoint) {
-        Ok(key) => key,
+    let keys = match webhooks.signing_keys(endpoint, Utc::now()) {
+        Ok(keys) => keys,
         Err(error) => {
             tracing::error!(webhook = %endpoint.id, error, "cannot decrypt a webhook endpoint's signing key");
             return;
@@ -143,7 +143,7 @@ async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &We
         if job.next_attempt_at > Utc::now() || Instant::now() >= deadline {
             return;
         }
-        let (status, error) = send(client, endpoint, &key, &job, webhooks.settings().allow_private_addresses).await;
+        let (status, error) = send(client, endpoint, &keys, &job, webhooks.settings().allow_private_addresses).await;
         let at = crate::domain::now();
         let retry_at = error.as_ref().and_then(|_| {
             let next = at + TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).ok()?;
@@ -182,11 +182,11 @@ pub fn body(job: &DeliveryJob) -> Vec<u8> {
     serde_json::to_vec(&body).expect("a JSON value serialises")
 }
 
-/// Sends one delivery: the status when the endpoint answered, and an error unless it was a 2xx.
+/// Sends one delivery, signed with each of `keys`: the status when the endpoint answered, and an error unless it was a 2xx.
 async fn send(
     client: &reqwest::Client,
     endpoint: &WebhookEndpoint,
-    key: &[u8],
+    keys: &[Vec<u8>],
     job: &DeliveryJob,
     allow_private: bool,
 ) -> (Option<i64>, Option<String>) {
@@ -205,7 +205,8 @@ async fn send(
     let body = body(job);
     let id = job.event_id.to_string();
     let timestamp = Utc::now().timestamp();
-    let signature = sign(key, &id, timestamp, &body);
+    // During a rotation's overlap, one signature per key, space-separated (Standard Webhooks).
+    let signature = keys.iter().map(|key| sign(key, &id, timestamp, &body)).collect::<Vec<_>>().join(" ");
     let sent = client
         .post(&endpoint.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")

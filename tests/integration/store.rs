@@ -600,7 +600,7 @@ async fn batched_touches_only_move_forward_and_skip_what_is_gone(backend: Backen
             NewSession { token_hash, user_id: user, identity_id: None, device: None, now: a.now, expires_at: later };
         store.insert_session(&new).await.unwrap();
     }
-    assert!(store.delete_session(&gone).await.unwrap());
+    assert!(store.delete_session(&gone, tessera::store::SessionEnd::SignedOut).await.unwrap());
     store.touch_sessions(&[(kept, later), (gone, later)]).await.unwrap();
     assert_eq!(store.session(&kept).await.unwrap().unwrap().last_seen_at, later);
     assert_eq!(store.session(&gone).await.unwrap(), None, "a deleted session stays deleted");
@@ -1185,9 +1185,9 @@ async fn a_session_is_read_touched_and_deleted(backend: Backend) {
     assert_eq!(store.session(&signed_in.token_hash).await.unwrap(), Some(touched), "touches only move forward");
     assert_eq!(store.session(&anonymous.token_hash).await.unwrap(), Some(other), "other sessions are untouched");
 
-    assert!(store.delete_session(&signed_in.token_hash).await.unwrap());
+    assert!(store.delete_session(&signed_in.token_hash, tessera::store::SessionEnd::SignedOut).await.unwrap());
     assert!(store.session(&signed_in.token_hash).await.unwrap().is_none());
-    assert!(!store.delete_session(&signed_in.token_hash).await.unwrap(), "deleted once");
+    assert!(!store.delete_session(&signed_in.token_hash, tessera::store::SessionEnd::SignedOut).await.unwrap(), "deleted once");
     assert!(store.session(&anonymous.token_hash).await.unwrap().is_some());
     assert!(store.session(&hash()).await.unwrap().is_none());
 }
@@ -2867,7 +2867,7 @@ mod grants {
         store.insert_grant(&with_session, &code(t0)).await.unwrap();
         assert!(active(with_session.id, t0).await);
         assert!(!active(with_session.id, t0 + TimeDelta::hours(2)).await, "the session expired");
-        store.delete_session(&browser.token_hash).await.unwrap();
+        store.delete_session(&browser.token_hash, tessera::store::SessionEnd::SignedOut).await.unwrap();
         assert!(!active(with_session.id, t0).await, "the session ended");
         // Bound to an identity: ends when it is unlinked.
         let second = linked(&store, &ada, "ada-elsewhere").await;
@@ -3014,6 +3014,9 @@ fn endpoint(types: &[&str], created_at: DateTime<Utc>) -> WebhookEndpoint {
         event_types: types.iter().map(|t| (*t).to_owned()).collect(),
         enabled: true,
         secret: vec![1, 2, 3],
+        previous_secret: None,
+        previous_secret_until: None,
+        config_name: None,
         created_at,
         updated_at: created_at,
     }
