@@ -75,6 +75,12 @@ pub(super) async fn run(webhooks: Webhooks) {
         };
         for endpoint in claimed {
             if !busy.insert(endpoint.id) {
+                // Its last task released the lease and ended, but has not been joined yet: the
+                // claim leased it again with no task to deliver or release. Give the lease back,
+                // or the endpoint would wait for it to run out; the next round claims it anew.
+                if let Err(error) = webhooks.store().release_webhook(endpoint.id, owner).await {
+                    tracing::warn!(error = %error, webhook = %endpoint.id, "cannot release a webhook endpoint's lease");
+                }
                 continue;
             }
             let (webhooks, client) = (webhooks.clone(), client.clone());
