@@ -886,18 +886,18 @@ fn parse_webhook_endpoint(
     let var = raw.secret_env.as_deref().ok_or_else(|| {
         ConfigError::new(key("secret_env"), "name the environment variable holding the endpoint's whsec_ signing key")
     })?;
-    let value = env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-        ConfigError::new(key("secret_env"), format!("the environment variable {var} is not set"))
-    })?;
+    let value = env(var)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| ConfigError::new(key("secret_env"), format!("the environment variable {var} is not set")))?;
     let signing_key = WebhookKey::from_whsec(&value).ok_or_else(|| {
-            ConfigError::new(
-                key("secret_env"),
-                format!(
-                    "{var} must hold whsec_ and 24 to 64 bytes in base64 (generate one with \
+        ConfigError::new(
+            key("secret_env"),
+            format!(
+                "{var} must hold whsec_ and 24 to 64 bytes in base64 (generate one with \
                      `echo whsec_$(openssl rand -base64 32)`)"
-                ),
-            )
-        })?;
+            ),
+        )
+    })?;
     Ok(ConfigWebhook { name, url, event_types, enabled: raw.enabled.unwrap_or(true), key: signing_key })
 }
 

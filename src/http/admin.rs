@@ -103,7 +103,10 @@ async fn update_user(
     ApiJson(request): ApiJson<UpdateUserRequest>,
 ) -> Result<Json<UserResponse>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    if request.name.is_none() && request.email.is_none() && request.email_verified.is_none() && request.disabled.is_none()
+    if request.name.is_none()
+        && request.email.is_none()
+        && request.email_verified.is_none()
+        && request.disabled.is_none()
     {
         return Err(ApiError::new(
             ErrorCode::MissingField,

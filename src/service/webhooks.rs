@@ -237,15 +237,18 @@ impl Webhooks {
     pub async fn rotate_secret(&self, id: WebhookId) -> Result<(WebhookEndpoint, SecretString), WebhookError> {
         let keyring = self.keyring.as_ref().ok_or(WebhookError::EncryptionNotConfigured)?;
         let key = crate::crypto::random_bytes::<32>();
-        // A concurrent rotation wins the compare-and-swap: read again and rotate after it.
-        for _ in 0..5 {
+        // A concurrent rotation wins the compare-and-swap: read again and rotate after it. Each
+        // lost round means another rotation succeeded, so the bound is only against a runaway.
+        for _ in 0..64 {
             let mut endpoint = self.get_managed(id).await?;
-            let current =
-                keyring.decrypt(&endpoint.secret, &WebhookEndpoint::aad(id)).map_err(|_| WebhookError::KeyUnreadable)?;
+            let current = keyring
+                .decrypt(&endpoint.secret, &WebhookEndpoint::aad(id))
+                .map_err(|_| WebhookError::KeyUnreadable)?;
             let at = now();
             let previous = keyring.encrypt(&current, &WebhookEndpoint::previous_aad(id));
             let secret = keyring.encrypt(&key, &WebhookEndpoint::aad(id));
-            let until = at + chrono::TimeDelta::from_std(self.settings.secret_overlap).unwrap_or(chrono::TimeDelta::MAX);
+            let until =
+                at + chrono::TimeDelta::from_std(self.settings.secret_overlap).unwrap_or(chrono::TimeDelta::MAX);
             let keys = WebhookKeys { secret: &secret, previous: Some(&previous), previous_until: Some(until), now: at };
             if self.store.replace_webhook_secret(id, &endpoint.secret, &keys).await? {
                 endpoint.secret = secret;
@@ -272,7 +275,8 @@ impl Webhooks {
         let keyring = self.keyring.as_ref().ok_or(WebhookError::EncryptionNotConfigured)?;
         for config in wanted {
             let invalid = |reason: String| WebhookError::InvalidConfigEndpoint { name: config.name.clone(), reason };
-            let url = check_url(&config.url, self.settings.allow_private_addresses).map_err(|e| invalid(e.to_string()))?;
+            let url =
+                check_url(&config.url, self.settings.allow_private_addresses).map_err(|e| invalid(e.to_string()))?;
             let at = now();
             let Some(old) = stored.iter().find(|e| e.config_name.as_deref() == Some(config.name.as_str())) else {
                 let id = WebhookId::generate();
@@ -314,7 +318,8 @@ impl Webhooks {
                     at + chrono::TimeDelta::from_std(self.settings.secret_overlap).unwrap_or(chrono::TimeDelta::MAX)
                 });
                 let secret = keyring.encrypt(config.key.expose(), &WebhookEndpoint::aad(old.id));
-                let keys = WebhookKeys { secret: &secret, previous: previous.as_deref(), previous_until: until, now: at };
+                let keys =
+                    WebhookKeys { secret: &secret, previous: previous.as_deref(), previous_until: until, now: at };
                 self.store.replace_webhook_secret(old.id, &old.secret, &keys).await?;
                 changed = true;
             }

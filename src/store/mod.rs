@@ -675,8 +675,12 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// and one `user.disabled`/`user.enabled` when `disabled` changed; fields set to their current
     /// value change nothing and write nothing. Disabling deletes the user's browser sessions
     /// (`session.revoked`). `None` when there is no such user.
-    async fn update_user(&self, user: UserId, change: &UserChange, now: DateTime<Utc>)
-    -> Result<Option<User>, StoreError>;
+    async fn update_user(
+        &self,
+        user: UserId,
+        change: &UserChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError>;
 
     /// A team by id or slug.
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError>;
@@ -1027,8 +1031,12 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Replaces an endpoint's signing keys if its current key's ciphertext is still `expected`
     /// (of two concurrent rotations one wins); false otherwise.
-    async fn replace_webhook_secret(&self, id: WebhookId, expected: &[u8], keys: &WebhookKeys<'_>)
-    -> Result<bool, StoreError>;
+    async fn replace_webhook_secret(
+        &self,
+        id: WebhookId,
+        expected: &[u8],
+        keys: &WebhookKeys<'_>,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes an endpoint with its deliveries; false when there was none.
     async fn delete_webhook(&self, id: WebhookId) -> Result<bool, StoreError>;

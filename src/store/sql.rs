@@ -17,11 +17,11 @@ use super::rows::{
     user_columns,
 };
 use super::{
-    Activation, Attempt, WebhookKeys, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
+    Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
     DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount,
     NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret,
-    UnlinkOutcome, UserSession, decode_role,
+    UnlinkOutcome, UserSession, WebhookKeys, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use super::{CreateTeamOutcome, DeleteUserOutcome, TeamMember, TeamQuery, UserChange, UserQuery};
@@ -306,8 +306,7 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
 const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
 
 /// Columns of `webhook_endpoints`, for [`webhook_row`].
-const WEBHOOK_COLUMNS: &str =
-    "id, url, event_types, enabled, secret, previous_secret, previous_secret_until, config_name, created_at, updated_at";
+const WEBHOOK_COLUMNS: &str = "id, url, event_types, enabled, secret, previous_secret, previous_secret_until, config_name, created_at, updated_at";
 
 fn webhook_row(row: &impl RowExt) -> Result<WebhookEndpoint, StoreError> {
     Ok(WebhookEndpoint {
@@ -606,7 +605,12 @@ impl Store for SqlStore {
         self.update_user(user, &UserChange { disabled: Some(disabled), ..UserChange::default() }, now).await
     }
 
-    async fn update_user(&self, user: UserId, change: &UserChange, now: DateTime<Utc>) -> Result<Option<User>, StoreError> {
+    async fn update_user(
+        &self,
+        user: UserId,
+        change: &UserChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError> {
         let mut tx = self.db.begin().await?;
         // The row lock makes "what was it before?" exact, so that one event reports each change.
         let Some(before) = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1 FOR UPDATE"))
@@ -660,7 +664,8 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut tx)
         .await?;
-        let found = user_in(&mut tx, user).await?.ok_or(StoreError::Conflict { what: "user vanished while updated" })?;
+        let found =
+            user_in(&mut tx, user).await?.ok_or(StoreError::Conflict { what: "user vanished while updated" })?;
         if !changed.is_empty() {
             insert_event(&mut tx, &NewEvent::new(events::USER_UPDATED, events::user_updated(&found, &changed)), now)
                 .await?;

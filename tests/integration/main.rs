@@ -31,4 +31,5 @@ mod signin;
 mod signing_keys;
 mod store;
 mod validation;
+mod webhook_events;
 mod webhooks;

@@ -1187,7 +1187,10 @@ async fn a_session_is_read_touched_and_deleted(backend: Backend) {
 
     assert!(store.delete_session(&signed_in.token_hash, tessera::store::SessionEnd::SignedOut).await.unwrap());
     assert!(store.session(&signed_in.token_hash).await.unwrap().is_none());
-    assert!(!store.delete_session(&signed_in.token_hash, tessera::store::SessionEnd::SignedOut).await.unwrap(), "deleted once");
+    assert!(
+        !store.delete_session(&signed_in.token_hash, tessera::store::SessionEnd::SignedOut).await.unwrap(),
+        "deleted once"
+    );
     assert!(store.session(&anonymous.token_hash).await.unwrap().is_some());
     assert!(store.session(&hash()).await.unwrap().is_none());
 }
@@ -3507,7 +3510,8 @@ mod issue_12_events {
         // An env credential connects its profile.
         let env = pending_env(&store, &ada, "env", t).await;
         let meta = env_meta(&["TOKEN"], t);
-        let write = CredentialWrite { profile: env.id, ciphertext: b"sealed", meta: &meta, connect_token: None, now: t };
+        let write =
+            CredentialWrite { profile: env.id, ciphertext: b"sealed", meta: &meta, connect_token: None, now: t };
         assert!(matches!(store.put_profile_credential(&write).await.unwrap(), CredentialOutcome::Stored(_)));
 
         let written = events_since(&db, start).await;
@@ -3603,7 +3607,10 @@ mod issue_12_events {
         assert_eq!(columns, ["previous_secret", "secret"]);
         let previous = secrets.iter().find(|s| s.column == "previous_secret").unwrap();
         assert!(store.replace_secret(previous, b"re-encrypted").await.unwrap());
-        assert_eq!(store.webhook(hook.id).await.unwrap().unwrap().previous_secret.as_deref(), Some(&b"re-encrypted"[..]));
+        assert_eq!(
+            store.webhook(hook.id).await.unwrap().unwrap().previous_secret.as_deref(),
+            Some(&b"re-encrypted"[..])
+        );
 
         // A second endpoint of the same configuration name is not inserted (another instance's).
         let mut twin = endpoint(&[], now());
