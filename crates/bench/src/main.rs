@@ -11,6 +11,7 @@ mod op;
 mod signin;
 mod soak;
 mod validate;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ enum Bench {
     /// The memory of each validation cache at its entry limit, beside a plain map of the same
     /// entries, and whether expired entries give their memory back for reuse.
     Caches(caches::CachesArgs),
+    /// Webhook delivery to a local receiver (events/s, lag from commit to receipt) beside the
+    /// bare outbox insert rate of the same changes.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 /// The `tessera` binary the benchmarks start: `TESSERA_BIN`, else the one beside this binary
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
             Bench::Me(args) => me::run(args).await,
             Bench::Op(args) => op::run(args).await,
             Bench::Caches(args) => caches::run(args).await,
+            Bench::Webhooks(args) => webhooks::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
