@@ -981,6 +981,50 @@ mod tests {
     }
 
     #[test]
+    fn webhook_endpoints_take_their_keys_from_the_environment() {
+        use base64::Engine;
+        let b64 = |byte: u8, n: usize| base64::engine::general_purpose::STANDARD.encode(vec![byte; n]);
+        let ring = format!("k1:{}", b64(1, 32));
+        let key = format!("whsec_{}", b64(9, 32));
+        let file = |extra: &str| {
+            format!(
+                "[webhooks]\nsecret_overlap_seconds = 60\n[[webhooks.endpoints]]\nname = \"billing\"\n\
+                 url = \"https://billing.example.com/hook\"\nevent_types = [\"user.created\", \"user.created\"]\n{extra}"
+            )
+        };
+        let with_env = "secret_env = \"BILLING\"\n";
+        let config =
+            Config::from_toml(&file(with_env), env(&[(ENCRYPTION_KEYS_VAR, &ring), ("BILLING", &key)])).unwrap();
+        let endpoint = &config.webhooks.endpoints[0];
+        assert_eq!((endpoint.name.as_str(), endpoint.enabled), ("billing", true));
+        assert_eq!(endpoint.event_types, ["user.created"]);
+        assert_eq!(Some(&endpoint.key), WebhookKey::from_whsec(&key).as_ref());
+        assert_eq!(config.webhooks.secret_overlap, Duration::from_secs(60));
+        assert!(!format!("{config:?}").contains(&b64(9, 32)), "the key is never printed");
+        assert_eq!(Config::from_toml("", env(&[])).unwrap().webhooks.secret_overlap, Duration::from_secs(86_400));
+
+        let error = |extra: &str, pairs: &[(&str, &str)]| Config::from_toml(&file(extra), env(pairs)).unwrap_err();
+        let both = [(ENCRYPTION_KEYS_VAR, ring.as_str()), ("BILLING", key.as_str())];
+        let named = "webhooks.endpoints[0] (billing).secret_env";
+        assert_eq!(error(with_env, &both[..1]).key, named, "the variable is not set");
+        let short = format!("whsec_{}", b64(9, 8));
+        for bad in ["nope", short.as_str(), "whsec_!!"] {
+            assert_eq!(error(with_env, &[both[0], ("BILLING", bad)]).key, named, "{bad}");
+        }
+        assert_eq!(error("", &both).key, named, "secret_env is required");
+        assert_eq!(error("secret = \"whsec_x\"\n", &both).key, "webhooks.endpoints[0] (billing).secret");
+        assert_eq!(error(with_env, &both[1..]).key, ENCRYPTION_KEYS_VAR, "the key ring is required");
+        let twice = format!(
+            "{with_env}[[webhooks.endpoints]]\nname = \"billing\"\nurl = \"https://x.example.com/\"\n{with_env}"
+        );
+        assert_eq!(error(&twice, &both).key, "webhooks.endpoints[1].name");
+        let typo = "secret_env = \"BILLING\"\nenabled = false\n[[webhooks.endpoints]]\nname = \"b\"\nurl = \"https://x.example.com/\"\nevent_types = [\"user.exploded\"]\nsecret_env = \"BILLING\"\n";
+        assert_eq!(error(typo, &both).key, "webhooks.endpoints[1] (b).event_types");
+        let overlong = Config::from_toml("[webhooks]\nsecret_overlap_seconds = 2592001", env(&[])).unwrap_err();
+        assert_eq!(overlong.key, "webhooks.secret_overlap_seconds");
+    }
+
+    #[test]
     fn defaults_need_no_configuration_at_all() {
         let config = Config::from_toml("", env(&[])).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
