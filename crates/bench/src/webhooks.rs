@@ -62,9 +62,12 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     database.run(|url| async move { measure(&args, &url).await }).await
 }
 
-/// What a receiver got: per request, when it arrived and the event's own timestamp.
+/// One request a receiver got: when it arrived, and the event's own timestamp.
+type Receipt = (DateTime<Utc>, DateTime<Utc>);
+
+/// What a receiver got.
 #[derive(Clone, Default)]
-struct Receipts(Arc<Mutex<Vec<(DateTime<Utc>, DateTime<Utc>)>>>);
+struct Receipts(Arc<Mutex<Vec<Receipt>>>);
 
 async fn receive(State(receipts): State<Receipts>, body: Bytes) -> StatusCode {
     let at = Utc::now();
