@@ -1229,6 +1229,9 @@ pub struct Attempt {
     /// The next attempt for a failure to retry; `None` with an error: retries ran out, the
     /// delivery has failed.
     pub retry_at: Option<DateTime<Utc>>,
+    /// The start of the series of attempts it belongs to (the job's `scheduled_at`): when a replay
+    /// started another series meanwhile, the attempt is not recorded over it.
+    pub scheduled_at: DateTime<Utc>,
 }
 
 /// What [`Store::insert_client`] did.

@@ -2333,7 +2333,7 @@ impl Store for SqlStore {
         query(
             "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3,
                     last_attempt_at = $4, last_status = $5, last_error = $6, delivered_at = $7
-             WHERE id = $1 AND state = 'pending'",
+             WHERE id = $1 AND state = 'pending' AND scheduled_at = $8",
         )
         .bind(delivery)
         .bind(state.as_str())
@@ -2342,6 +2342,7 @@ impl Store for SqlStore {
         .bind(attempt.status)
         .bind(attempt.error.clone())
         .bind(delivered_at)
+        .bind(attempt.scheduled_at)
         .execute(self.db.writer())
         .await?;
         Ok(())

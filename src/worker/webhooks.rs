@@ -166,7 +166,7 @@ async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &We
                 tracing::warn!(webhook = %endpoint.id, event = %job.event_id, attempts = job.attempts + 1, error = %e, "webhook delivery failed for good")
             }
         }
-        let attempt = Attempt { at, status, error, retry_at };
+        let attempt = Attempt { at, status, error, retry_at, scheduled_at: job.scheduled_at };
         if let Err(error) = webhooks.store().record_attempt(job.id, &attempt).await {
             tracing::warn!(error = %error, webhook = %endpoint.id, "cannot record a webhook delivery attempt");
             return;

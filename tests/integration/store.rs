@@ -3115,7 +3115,9 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     store.fan_out_events(100, now()).await.unwrap();
     let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
     let (t, retry) = (now(), now() + TimeDelta::seconds(60));
-    let failure = |retry_at| Attempt { at: t, status: Some(500), error: Some("answered 500".into()), retry_at };
+    let scheduled_at = jobs[0].scheduled_at;
+    let failure =
+        |retry_at| Attempt { at: t, status: Some(500), error: Some("answered 500".into()), retry_at, scheduled_at };
     store.record_attempt(jobs[0].id, &failure(Some(retry))).await.unwrap();
     let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
     assert_eq!(log.len(), 2);
@@ -3127,7 +3129,8 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
         "the first pending delivery is not due: the endpoint waits, its later events too"
     );
     store.record_attempt(jobs[0].id, &failure(None)).await.unwrap();
-    store.record_attempt(jobs[1].id, &Attempt { at: t, status: Some(204), error: None, retry_at: None }).await.unwrap();
+    let delivered = Attempt { at: t, status: Some(204), error: None, retry_at: None, scheduled_at };
+    store.record_attempt(jobs[1].id, &delivered).await.unwrap();
     store.record_attempt(jobs[1].id, &failure(None)).await.unwrap();
     let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
     assert_eq!((log[1].state, log[1].attempts), (DeliveryState::Failed, 2));
@@ -3140,6 +3143,14 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j.attempts == 0));
     assert_eq!(store.replay_webhook(&hook, now() + TimeDelta::seconds(5), now()).await.unwrap(), 0);
+    // An attempt of the series the replay replaced (sent before it, recorded after) is not
+    // recorded over the new one: the replayed event is still sent.
+    store.record_attempt(jobs[0].id, &delivered).await.unwrap();
+    let again = store.pending_deliveries(hook.id, 100).await.unwrap();
+    assert_eq!(again.len(), 2, "both replayed deliveries are still pending");
+    let current = Attempt { scheduled_at: again[0].scheduled_at, ..delivered };
+    store.record_attempt(again[0].id, &current).await.unwrap();
+    assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap().len(), 1);
 }
 
 // ---- Operators: listings and user deletion ---------------------------------------------------
