@@ -20,6 +20,10 @@ pub struct TtlCache<K, V> {
     /// `None` when the cache is disabled (a limit of zero entries).
     entries: Option<Cache<K, Entry<V>>>,
     max_entries: usize,
+    /// Lookups that found a live entry, and those that did not (no-ops until
+    /// [`TtlCache::counted_as`] names the cache).
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 /// A value and the instant it stops being served.
@@ -61,18 +65,33 @@ where
                 .expire_after(UntilDeadline)
                 .build()
         });
-        Self { entries, max_entries }
+        Self { entries, max_entries, hits: metrics::Counter::noop(), misses: metrics::Counter::noop() }
+    }
+
+    /// Counts this cache's lookups in `tessera_cache_lookups_total{cache = name}` (a disabled
+    /// cache counts nothing). The counters are those of the recorder installed now.
+    #[must_use]
+    pub fn counted_as(mut self, name: &'static str) -> Self {
+        if self.entries.is_some() {
+            (self.hits, self.misses) = crate::observability::cache_counters(name);
+        }
+        self
     }
 
     /// The value for `key`, unless absent or past its deadline.
     pub fn get(&self, key: &K, now: Instant) -> Option<V> {
         let entries = self.entries.as_ref()?;
-        let entry = entries.get(key)?;
+        let Some(entry) = entries.get(key) else {
+            self.misses.increment(1);
+            return None;
+        };
         // moka drops an entry at its deadline by its own clock; the caller's `now` decides too.
         if now < entry.until {
+            self.hits.increment(1);
             Some(entry.value)
         } else {
             entries.invalidate(key);
+            self.misses.increment(1);
             None
         }
     }
@@ -101,6 +120,13 @@ where
             if predicate(&entry.value) {
                 entries.invalidate(&*key);
             }
+        }
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) {
+        if let Some(entries) = &self.entries {
+            entries.invalidate_all();
         }
     }
 
@@ -185,6 +211,58 @@ mod tests {
             assert!(Instant::now() < deadline, "the replaced entry kept the old deadline");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A recorder keeping every counter it hands out, by name and labels.
+    #[derive(Default)]
+    struct Counters(std::sync::Mutex<Vec<(String, std::sync::Arc<std::sync::atomic::AtomicU64>)>>);
+
+    impl Counters {
+        fn get(&self, key: &str) -> u64 {
+            let counters = self.0.lock().unwrap();
+            counters.iter().filter(|(k, _)| k == key).map(|(_, v)| v.load(std::sync::atomic::Ordering::Relaxed)).sum()
+        }
+    }
+
+    impl metrics::Recorder for Counters {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            let labels: Vec<_> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            let value = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            self.0.lock().unwrap().push((format!("{} {}", key.name(), labels.join(",")), value.clone()));
+            metrics::Counter::from_arc(value)
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn a_named_cache_counts_its_hits_and_misses() {
+        let recorder = Counters::default();
+        let (cache, disabled) = metrics::with_local_recorder(&recorder, || {
+            (TtlCache::<&str, i32>::new(10).counted_as("t"), TtlCache::<&str, i32>::new(0).counted_as("off"))
+        });
+        let now = Instant::now();
+        cache.insert("a", 1, now + Duration::from_secs(1), now);
+        assert_eq!(cache.get(&"a", now), Some(1));
+        assert_eq!(cache.get(&"a", now), Some(1));
+        assert_eq!(cache.get(&"b", now), None);
+        assert_eq!(cache.get(&"a", now + Duration::from_secs(2)), None, "expired: a miss");
+        let (hits, misses) =
+            ("tessera_cache_lookups_total cache=t,result=hit", "tessera_cache_lookups_total cache=t,result=miss");
+        assert_eq!((recorder.get(hits), recorder.get(misses)), (2, 2));
+        assert_eq!(disabled.get(&"a", now), None);
+        assert_eq!(
+            recorder.get("tessera_cache_lookups_total cache=off,result=miss"),
+            0,
+            "a disabled cache counts nothing"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The command line: `tessera serve | migrate | check | keys … | users … | teams … | clients …`.
+//! The command line: `tessera serve | migrate | check | keys … | users … | teams … | clients … |
+//! import | export`.
 //! (Benchmarks are a separate binary, `tessera-bench`, outside the product.)
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use crate::startup::{Application, prepare_schema};
 use crate::{service, store, telemetry};
 
 pub mod admin;
+pub mod import;
 
 /// Tessera: a self-hosted identity broker and user-provisioning service.
 #[derive(Debug, Parser)]
@@ -67,6 +69,12 @@ pub enum Command {
         #[command(subcommand)]
         action: admin::ClientsCommand,
     },
+    /// Provision identities in bulk from a JSON Lines or CSV file, as the admin bootstrap does;
+    /// re-running it changes nothing, so an interrupted import is resumed by running it again.
+    Import(import::ImportArgs),
+    /// Write every identity (issuer, subject, email, email_verified, name) as JSON Lines or CSV,
+    /// in the format `tessera import` reads.
+    Export(import::ExportArgs),
 }
 
 /// Key actions.
@@ -105,6 +113,11 @@ fn parse_signing_alg(value: &str) -> Result<SigningAlg, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), |key| std::env::var(key).ok()) {
+        // An import logs no line per provisioned user, unless a log filter was asked for.
+        Ok(mut config) if matches!(cli.command, Command::Import(_)) && config.log.filter == "info" => {
+            config.log.filter = "warn".to_owned();
+            config
+        }
         Ok(config) => config,
         Err(e) => {
             eprintln!("tessera: {e}");
@@ -144,6 +157,8 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Users { action } => admin::users(&config, action).await,
         Command::Teams { action } => admin::teams(&config, action).await,
         Command::Clients { action } => admin::clients(&config, action).await,
+        Command::Import(args) => import::import(&config, args).await,
+        Command::Export(args) => import::export(&config, args).await,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod mcp;
+pub mod observability;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -11,8 +11,10 @@ use crate::config::{Backend, Config, ServerConfig};
 use crate::domain::Client;
 use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
-use crate::http::{AppState, router};
+use crate::http::prometheus::Metrics;
+use crate::http::{AppState, metrics_router, router};
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
 use crate::service::op::keys::{SigningError, SigningKeySettings, SigningKeys};
 use crate::service::op::provider::OpenIdProvider;
@@ -92,9 +94,15 @@ pub enum StartupError {
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    /// The listener of `/metrics` alone (`metrics.listen`), when configured.
+    metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     server: ServerConfig,
     last_seen: Arc<LastSeen>,
+    /// Applies other instances' changes to this instance's caches.
+    cache_sync: CacheSync,
+    /// How often it reads the log.
+    cache_sync_every: std::time::Duration,
     /// The clients of the configuration file, until they are written to the store.
     config_clients: Option<Vec<Client>>,
 }
@@ -123,6 +131,17 @@ impl Application {
     /// bind first, to know the URL browsers will call back to). Reads the OpenID Provider's
     /// signing keys when the provider is on.
     pub async fn build_on(config: &Config, store: Arc<dyn Store>, listener: TcpListener) -> Result<Self, StartupError> {
+        // First: the caches below take their counters from the recorder installed now.
+        let metrics = config.metrics.enabled.then(|| Metrics {
+            handle: crate::observability::install(),
+            own_listener: config.metrics.listen.is_some(),
+        });
+        let metrics_listener = match (config.metrics.enabled, config.metrics.listen) {
+            (true, Some(addr)) => {
+                Some(TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?)
+            }
+            _ => None,
+        };
         // The OpenID Provider runs when browsers can reach Tessera and private keys can be
         // encrypted at rest.
         let signing_keys = match (&config.auth.public_url, &config.encryption) {
@@ -192,6 +211,7 @@ impl Application {
             _ => None,
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
+        let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone());
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
                 .with_own_tokens(op.clone()),
@@ -207,12 +227,22 @@ impl Application {
             clients,
             signing_keys,
             op,
-            pages: crate::http::pages::Pages::new(&config.branding),
+            pages: crate::http::pages::Pages::new(&config.branding).with_providers(&config.providers),
             webhooks,
             users,
+            metrics,
         });
         let config_clients = Some(config.oidc.clients.iter().map(|c| c.client.clone()).collect());
-        Ok(Self { listener, state, server: config.server.clone(), last_seen, config_clients })
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+            server: config.server.clone(),
+            last_seen,
+            cache_sync,
+            cache_sync_every: config.cache.sync_interval,
+            config_clients,
+        })
     }
 
     /// Writes the clients of the configuration file to the store, replacing those of an earlier
@@ -253,6 +283,11 @@ impl Application {
         self.listener.local_addr().expect("a bound TCP listener has a local address")
     }
 
+    /// The bound address of `/metrics`'s own listener, when `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|l| l.local_addr().expect("a bound TCP listener has a local address"))
+    }
+
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the store.
     pub async fn run_until_stopped(
         mut self,
@@ -271,10 +306,40 @@ impl Application {
             signing_keys: self.state.signing_keys.clone(),
             op: self.state.op.clone(),
             webhooks: self.state.webhooks.clone(),
+            cache_sync: self.cache_sync.clone(),
+            cache_sync_every: self.cache_sync_every,
+        });
+        // The metrics listener stops with the main one: when `shutdown` completes, or when the
+        // main server ends otherwise (the sender is dropped either way).
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(());
+        let shutdown = async move {
+            shutdown.await;
+            drop(stop_metrics);
+        };
+        let metrics_server = self.metrics_listener.take().map(|listener| {
+            let app = metrics_router(self.state.clone());
+            let limits = self.server.clone();
+            let mut stopped = metrics_stopped;
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving /metrics");
+            }
+            tokio::spawn(async move {
+                crate::http::serve::serve(listener, app, &limits, async move {
+                    let _ = stopped.changed().await;
+                })
+                .await
+            })
         });
         let app = router(self.state, &self.server);
         tracing::info!(addr = %self.listener.local_addr()?, backend = store.backend().name(), "listening");
         let served = crate::http::serve::serve(self.listener, app, &self.server, shutdown).await;
+        if let Some(server) = metrics_server {
+            match server.await {
+                Ok(Err(error)) => tracing::warn!(error = %error, "the metrics listener ended with an error"),
+                Err(error) => tracing::warn!(error = %error, "the metrics listener's task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
         workers.stop().await;
         store.close().await;
         served

@@ -158,6 +158,9 @@ pub struct ProviderConfig {
     pub store_tokens: bool,
     /// PKCE, client authentication, scope separator, extra parameters and profile mapping.
     pub protocol: ProviderProtocol,
+    /// The icon shown on the pages (an https URL or a path on this server); `None`: a built-in
+    /// one for well-known providers, else a monogram.
+    pub icon_url: Option<String>,
 }
 
 /// Endpoint overrides of a provider.
@@ -227,6 +230,7 @@ pub(super) struct RawProvider {
     name_pointer: Option<String>,
     default_expires_in: Option<u64>,
     sign_in: Option<bool>,
+    icon_url: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -472,6 +476,15 @@ fn parse_provider(
             "automatic linking by email needs trusted_email_verification = true for this provider",
         ));
     }
+    let icon_url = match raw.icon_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+        Some(url) => Some(super::branding::image_url(url).ok_or_else(|| {
+            ConfigError::new(
+                key("icon_url"),
+                "expected an https URL (https://cdn.example.com/icon.svg) or a path on this server",
+            )
+        })?),
+        None => None,
+    };
     Ok(ProviderConfig {
         name,
         kind,
@@ -485,6 +498,7 @@ fn parse_provider(
         auto_link_by_email,
         store_tokens: raw.store_tokens.unwrap_or(false),
         protocol,
+        icon_url,
     })
 }
 
@@ -708,6 +722,25 @@ mod tests {
     fn entry(body: &str) -> Result<ProviderConfig, ConfigError> {
         let text = format!("[auth]\npublic_url = \"https://id.example.com\"\n[[providers]]\n{body}");
         Config::from_toml(&text, env(&[("SECRET", "s")])).map(|mut c| c.providers.remove(0))
+    }
+
+    #[test]
+    fn an_icon_url_is_an_https_url_or_a_local_path() {
+        let with = |icon: &str| {
+            entry(&format!(
+                "name = \"corp\"\nkind = \"oidc\"\nissuer = \"https://sso.example.com\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\nicon_url = \"{icon}\""
+            ))
+        };
+        assert_eq!(
+            with("https://cdn.example.com/corp.svg").unwrap().icon_url.as_deref(),
+            Some("https://cdn.example.com/corp.svg")
+        );
+        assert_eq!(with("/static/corp.svg").unwrap().icon_url.as_deref(), Some("/static/corp.svg"));
+        assert_eq!(with("").unwrap().icon_url, None);
+        for bad in ["http://cdn.example.com/corp.svg", "//cdn.example.com/corp.svg", "javascript:alert(1)", "corp.svg"]
+        {
+            assert_eq!(with(bad).unwrap_err().key, "providers[0].icon_url", "{bad}");
+        }
     }
 
     #[test]

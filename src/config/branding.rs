@@ -41,8 +41,7 @@ impl Default for BrandingConfig {
 impl BrandingConfig {
     /// The origin of an absolute logo URL, for the pages' `img-src`; `None` for a local path.
     pub fn logo_origin(&self) -> Option<String> {
-        let logo = self.logo_url.as_deref()?;
-        Url::parse(logo).ok().map(|url| url.origin().ascii_serialization())
+        image_origin(self.logo_url.as_deref()?)
     }
 }
 
@@ -55,6 +54,19 @@ pub(super) struct RawBranding {
     support_url: Option<String>,
 }
 
+/// An image's URL fit for the pages: an https URL, or a path on this server without quotes,
+/// backslashes or spaces.
+pub(super) fn image_url(url: &str) -> Option<String> {
+    let local = url.starts_with('/') && !url.starts_with("//") && !url.contains(['\\', '"', '\'', ' ']);
+    let remote = Url::parse(url).is_ok_and(|parsed| parsed.scheme() == "https" && parsed.host().is_some());
+    (local || remote).then(|| url.to_owned())
+}
+
+/// The origin of an absolute image URL, for the pages' `img-src`; `None` for a local path.
+pub fn image_origin(url: &str) -> Option<String> {
+    Url::parse(url).ok().map(|parsed| parsed.origin().ascii_serialization())
+}
+
 pub(super) fn parse_branding(raw: RawBranding) -> Result<BrandingConfig, ConfigError> {
     let mut branding = BrandingConfig::default();
     if let Some(name) = raw.product_name {
@@ -65,14 +77,12 @@ pub(super) fn parse_branding(raw: RawBranding) -> Result<BrandingConfig, ConfigE
         branding.product_name = name.to_owned();
     }
     if let Some(logo) = raw.logo_url.map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()) {
-        let local = logo.starts_with('/') && !logo.starts_with("//") && !logo.contains(['\\', '"', '\'', ' ']);
-        let remote = Url::parse(&logo).is_ok_and(|url| url.scheme() == "https" && url.host().is_some());
-        if !local && !remote {
+        let Some(logo) = image_url(&logo) else {
             return Err(ConfigError::new(
                 "branding.logo_url",
                 "expected an https URL (https://cdn.example.com/logo.svg) or a path on this server",
             ));
-        }
+        };
         branding.logo_url = Some(logo);
     }
     if let Some(color) = raw.primary_color {

@@ -28,7 +28,7 @@ pub use auth::{
     AuthConfig, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProfileMapping, ProviderConfig, ProviderEndpoints,
     ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
 };
-pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR};
+pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR, image_origin};
 pub use connectors::{
     ConnectorConfig, ConnectorProbe, EnvField, FieldPattern, FilledProbe, ProbeFillError, ProbeMethod,
 };
@@ -84,6 +84,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Declared connectors and the fields of `env` ones (`[[connectors]]`).
     pub connectors: Vec<ConnectorConfig>,
+    /// The Prometheus endpoint (`[metrics]`).
+    pub metrics: MetricsConfig,
     /// Warnings found while loading (deprecated settings), logged once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -99,6 +101,9 @@ pub struct CacheConfig {
     pub token_ttl: Duration,
     /// Most entries kept in each cache (`cache.max_entries`).
     pub max_entries: usize,
+    /// How often this instance reads the cache-invalidation log, which tells it what other
+    /// instances changed (`cache.sync_interval_ms`).
+    pub sync_interval: Duration,
 }
 
 /// Limits of the HTTP server, against slow or stalled clients.
@@ -126,6 +131,22 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(20),
             last_seen_flush: Duration::from_secs(10),
         }
+    }
+}
+
+/// The Prometheus endpoint, `GET /metrics` (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Whether metrics are recorded and served (`metrics.enabled`, default true).
+    pub enabled: bool,
+    /// A listener of its own for `/metrics`, served there without authentication and not on the
+    /// main listener (`metrics.listen`); `None`: on the main listener, behind an admin token.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: None }
     }
 }
 
@@ -458,6 +479,15 @@ struct RawConfig {
     webhooks: RawWebhooks,
     #[serde(default)]
     connectors: Vec<connectors::RawConnector>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    enabled: Option<bool>,
+    listen: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -493,6 +523,7 @@ struct RawCache {
     principal_ttl_seconds: Option<u64>,
     token_ttl_seconds: Option<u64>,
     max_entries: Option<usize>,
+    sync_interval_ms: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -663,7 +694,11 @@ impl Config {
             principal_ttl: Duration::from_secs(raw.cache.principal_ttl_seconds.unwrap_or(60)),
             token_ttl: Duration::from_secs(raw.cache.token_ttl_seconds.unwrap_or(300)),
             max_entries: raw.cache.max_entries.unwrap_or(100_000),
+            sync_interval: Duration::from_millis(raw.cache.sync_interval_ms.unwrap_or(250)),
         };
+        if !(10..=60_000).contains(&cache.sync_interval.as_millis()) {
+            return Err(ConfigError::new("cache.sync_interval_ms", "expected 10 to 60000 milliseconds"));
+        }
         if cache.principal_ttl > Duration::from_secs(3600) || cache.token_ttl > Duration::from_secs(3600) {
             return Err(ConfigError::new("cache", "cache lifetimes are at most 3600 seconds"));
         }
@@ -741,6 +776,7 @@ impl Config {
         let oidc = oidc::parse_oidc(raw.oidc, env)?;
         let branding = branding::parse_branding(raw.branding)?;
         let connectors = connectors::parse_connectors(raw.connectors)?;
+        let metrics = parse_metrics(&raw.metrics, listen)?;
 
         let json = match raw.log.format.as_deref().map(str::trim) {
             None | Some("text") => false,
@@ -780,6 +816,7 @@ impl Config {
             branding,
             webhooks,
             connectors,
+            metrics,
             warnings,
         })
     }
@@ -899,6 +936,25 @@ fn parse_webhook_endpoint(
         )
     })?;
     Ok(ConfigWebhook { name, url, event_types, enabled: raw.enabled.unwrap_or(true), key: signing_key })
+}
+
+fn parse_metrics(raw: &RawMetrics, main: SocketAddr) -> Result<MetricsConfig, ConfigError> {
+    let listen = match raw.listen.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => {
+            let addr = text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new("metrics.listen", format!("{text:?} is not an address of the form 127.0.0.1:9464"))
+            })?;
+            if addr == main && addr.port() != 0 {
+                return Err(ConfigError::new(
+                    "metrics.listen",
+                    "must differ from `listen`; leave it unset to serve /metrics on the main listener behind an admin token",
+                ));
+            }
+            Some(addr)
+        }
+    };
+    Ok(MetricsConfig { enabled: raw.enabled.unwrap_or(true), listen })
 }
 
 fn parse_server(raw: &RawServer) -> Result<ServerConfig, ConfigError> {
@@ -1121,6 +1177,18 @@ mod tests {
             Config::from_toml("[database]\nauto_migrate = \"no\"\nmax_connections = \"8\"", env(&[])).unwrap();
         assert!(!lenient.database.auto_migrate);
         assert_eq!(lenient.database.max_connections, 8);
+    }
+
+    #[test]
+    fn metrics_are_on_by_default_and_may_have_a_listener_of_their_own() {
+        let default = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(default.metrics, MetricsConfig { enabled: true, listen: None });
+        let set = Config::from_toml("[metrics]\nenabled = false\nlisten = \"127.0.0.1:9464\"", env(&[])).unwrap();
+        assert_eq!(set.metrics, MetricsConfig { enabled: false, listen: Some("127.0.0.1:9464".parse().unwrap()) });
+        let key = |text: &str| Config::from_toml(text, env(&[])).unwrap_err().key;
+        assert_eq!(key("[metrics]\nlisten = \"9464\""), "metrics.listen");
+        assert_eq!(key("listen = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\""), "metrics.listen");
+        assert_eq!(key("[metrics]\npath = \"/m\""), "metrics.path");
     }
 
     #[test]

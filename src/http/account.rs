@@ -1,7 +1,8 @@
 //! The account page, `GET /account` (where a sign-in without `return_to` lands): who I am, my
 //! sign-in methods (link another, make primary, remove — refused for the last one, as the API
-//! does), my teams, the accounts I connected (status, scopes; reconnect, disconnect) and where I
-//! am signed in (sign out everywhere else).
+//! does), my teams, the accounts I connected (status, scopes; connect or reconnect — a fresh link
+//! to the provider, or to the form of an `env` profile —, disconnect) and where I am signed in
+//! (sign out everywhere else). Providers are shown with their icons.
 //!
 //! Its forms post to `/account/…` with the session's CSRF token (see [`super::csrf`]) and answer
 //! `303 See Other` back to `/account?done=…`, which shows what was done. Without a session, the
@@ -26,9 +27,10 @@ use super::credentials::cookie;
 use super::csrf;
 use super::extract::{ApiPath, ApiQuery};
 use super::login::{provider_href, provider_label};
+use super::pages::icons::Icon;
 use super::pages::{Chrome, errors, login_url};
 use super::problem::ApiError;
-use crate::domain::{IdentityId, ProfileStatus, Slug, TeamId, TeamRef};
+use crate::domain::{IdentityId, ProfileKind, ProfileStatus, Slug, TeamId, TeamRef};
 use crate::error::ErrorCode;
 use crate::service::sessions::LiveSession;
 
@@ -46,6 +48,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 struct IdentityRow {
     id: String,
     provider: String,
+    icon: Icon,
     email: Option<String>,
     linked: String,
     last_used: String,
@@ -66,11 +69,13 @@ struct ConnectionRow {
     display_name: String,
     connector: String,
     provider: String,
+    icon: Icon,
     status_label: &'static str,
     status_class: &'static str,
     scopes: Vec<String>,
     refreshed: Option<String>,
-    can_reconnect: bool,
+    /// "Connect" (pending) or "Reconnect", when a fresh link can be made.
+    connect_label: Option<&'static str>,
 }
 
 struct SessionRow {
@@ -83,6 +88,7 @@ struct SessionRow {
 
 struct LinkButton {
     label: String,
+    icon: Icon,
     href: String,
 }
 
@@ -105,7 +111,8 @@ struct AccountPage {
     other_sessions: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AccountQuery {
     done: Option<String>,
 }
@@ -146,6 +153,16 @@ async fn session(state: &AppState, headers: &HeaderMap, back_to: &str) -> Result
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/account",
+    tag = "pages",
+    operation_id = "show_account",
+    summary = "The account page.",
+    params(AccountQuery),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn show_account(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -181,6 +198,7 @@ async fn account_page(
         .map(|identity| IdentityRow {
             id: identity.id.to_string(),
             provider: provider_label(&identity.provider),
+            icon: state.pages.icon(&identity.provider),
             email: identity.email.clone(),
             linked: day(identity.created_at),
             last_used: day(identity.last_seen_at),
@@ -195,6 +213,7 @@ async fn account_page(
         .filter(|p| !profile.identities.iter().any(|i| i.provider == p.name()))
         .map(|p| LinkButton {
             label: provider_label(p.name()),
+            icon: state.pages.icon(p.name()),
             href: provider_href("link", p.name(), Some("/account?done=linked")),
         })
         .collect();
@@ -225,11 +244,17 @@ async fn account_page(
                 display_name: p.display_name.clone(),
                 connector: p.connector_key.clone(),
                 provider: provider_label(&p.provider),
+                icon: state.pages.icon(&p.provider),
                 status_label,
                 status_class,
                 scopes: p.scopes.clone(),
                 refreshed: p.access_token_expires_at.map(moment),
-                can_reconnect: p.profile_kind.is_oauth() && p.status != ProfileStatus::PendingAuth,
+                // OAuth and env profiles get a fresh link (to the provider, or to the form).
+                connect_label: match (p.profile_kind.is_oauth() || p.profile_kind == ProfileKind::Env, p.status) {
+                    (false, _) => None,
+                    (true, ProfileStatus::PendingAuth) => Some("Connect"),
+                    (true, _) => Some("Reconnect"),
+                },
             });
         }
     }
@@ -299,6 +324,17 @@ where
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/identities/{identity}/unlink",
+    tag = "pages",
+    operation_id = "account_unlink_identity",
+    summary = "Unlinks an identity (form).",
+    params(("identity" = String, Path, description = "An identity id (UUID)")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn unlink_identity(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -312,6 +348,17 @@ async fn unlink_identity(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/identities/{identity}/primary",
+    tag = "pages",
+    operation_id = "account_make_identity_primary",
+    summary = "Makes an identity primary (form).",
+    params(("identity" = String, Path, description = "An identity id (UUID)")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn make_identity_primary(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -325,6 +372,17 @@ async fn make_identity_primary(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/connections/{team}/{slug}/revoke",
+    tag = "pages",
+    operation_id = "revoke_connection",
+    summary = "Revokes a connection (form).",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn revoke_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -339,6 +397,17 @@ async fn revoke_connection(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/connections/{team}/{slug}/reconnect",
+    tag = "pages",
+    operation_id = "reconnect_connection",
+    summary = "Reconnects a connection (form).",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn reconnect_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -353,6 +422,16 @@ async fn reconnect_connection(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/account/sessions/sign-out-others",
+    tag = "pages",
+    operation_id = "sign_out_others",
+    summary = "Signs out every other session (form).",
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn sign_out_others(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     act(&state, &headers, &body, async |live| {
         state.sessions.revoke_others(live.profile.user.id, &live.hash).await?;

@@ -38,7 +38,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// The body of `POST /admin/users/bootstrap`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct BootstrapRequest {
     #[serde(alias = "oidc_issuer")]
     issuer: Option<String>,
@@ -52,6 +52,16 @@ struct BootstrapRequest {
     provider: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users/bootstrap",
+    tag = "admin",
+    operation_id = "bootstrap_user",
+    summary = "Finds or creates the user of an identity, with a default team.",
+    request_body = BootstrapRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user existed.", body = BootstrapResponse), (status = 201, description = "The user was created.", body = BootstrapResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn bootstrap_user(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<BootstrapRequest>,
@@ -62,6 +72,16 @@ async fn bootstrap_user(
     Ok((status, Json(BootstrapResponse::new(user.id, created, team))))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users/{user_id}/bootstrap",
+    tag = "admin",
+    operation_id = "bootstrap_existing_user",
+    summary = "Ensures an existing user has a default team.",
+    params(("user_id" = String, Path, description = "A user id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The team existed.", body = BootstrapResponse), (status = 201, description = "The team was created.", body = BootstrapResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn bootstrap_existing_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
@@ -72,6 +92,16 @@ async fn bootstrap_existing_user(
     Ok((status, Json(BootstrapResponse::new(user.id, created, team))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/{user_id}",
+    tag = "admin",
+    operation_id = "get_user",
+    summary = "A user with identities and teams.",
+    params(("user_id" = String, Path, description = "A user id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserProfileResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn get_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
@@ -82,7 +112,7 @@ async fn get_user(
 
 /// The body of `PATCH /admin/users/{user_id}`: any of the fields; `null` clears `name` or
 /// `email`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct UpdateUserRequest {
     #[serde(default, deserialize_with = "present")]
     name: Option<Option<String>>,
@@ -97,6 +127,17 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resul
     Option::<T>::deserialize(d).map(Some)
 }
 
+#[utoipa::path(
+    patch,
+    path = "/admin/users/{user_id}",
+    tag = "admin",
+    operation_id = "update_user",
+    summary = "Changes a user's name, email, email_verified or disabled flag.",
+    params(("user_id" = String, Path, description = "A user id (UUID)")),
+    request_body = UpdateUserRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn update_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
@@ -134,6 +175,16 @@ async fn update_user(
     Ok(Json(state.provisioner.update_user(user_id, &change).await?.into()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/users/{user_id}",
+    tag = "admin",
+    operation_id = "delete_user",
+    summary = "Deletes a user.",
+    params(("user_id" = String, Path, description = "A user id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "Deleted.")),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn delete_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,

@@ -33,7 +33,8 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// The query of `GET /admin/users`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UsersQuery {
     email: Option<String>,
@@ -45,6 +46,16 @@ struct UsersQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users",
+    tag = "admin",
+    operation_id = "list_users",
+    summary = "Lists users, filtered, a page at a time.",
+    params(UsersQuery),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "A page of users.", body = UserListResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn list_users(
     State(state): State<Arc<AppState>>,
     ApiQuery(query): ApiQuery<UsersQuery>,
@@ -92,7 +103,8 @@ async fn list_users(
 }
 
 /// The query of `GET /admin/teams`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TeamsQuery {
     slug_prefix: Option<String>,
@@ -100,6 +112,16 @@ struct TeamsQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/teams",
+    tag = "admin",
+    operation_id = "list_teams",
+    summary = "Lists teams, a page at a time.",
+    params(TeamsQuery),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "A page of teams.", body = TeamListResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn list_teams(
     State(state): State<Arc<AppState>>,
     ApiQuery(query): ApiQuery<TeamsQuery>,
@@ -110,13 +132,24 @@ async fn list_teams(
 }
 
 /// The query of `GET /admin/teams/{team}/members`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PageQuery {
     cursor: Option<String>,
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/teams/{team}/members",
+    tag = "admin",
+    operation_id = "list_team_members",
+    summary = "Lists a team's members, a page at a time.",
+    params(("team" = String, Path, description = "A team id or slug"), PageQuery),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "A page of members.", body = TeamMemberListResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn list_team_members(
     State(state): State<Arc<AppState>>,
     super::extract::ApiPath(team): super::extract::ApiPath<String>,
@@ -128,13 +161,23 @@ async fn list_team_members(
 }
 
 /// The body of `POST /admin/teams`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct CreateTeamRequest {
     slug: Option<String>,
     name: Option<String>,
     owner: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/teams",
+    tag = "admin",
+    operation_id = "create_team",
+    summary = "Creates a team.",
+    request_body = CreateTeamRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 201, description = "The team (`Location` names it).", body = TeamResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn create_team(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<CreateTeamRequest>,

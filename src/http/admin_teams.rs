@@ -35,6 +35,16 @@ fn parse_domain(value: &str) -> Result<DomainName, ApiError> {
     DomainName::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidDomain, e.to_string()).field("domain"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/teams/{team}",
+    tag = "admin",
+    operation_id = "get_team",
+    summary = "A team.",
+    params(("team" = String, Path, description = "A team id or slug")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The team.", body = TeamResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn get_team(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
@@ -42,13 +52,25 @@ async fn get_team(
     Ok(Json(state.teams.find(&parse_team(&team)?).await?.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = DomainClaimRequest)]
 struct ClaimRequest {
     domain: Option<String>,
     issuer: Option<String>,
     verified: Option<bool>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/teams/{team}/domains",
+    tag = "admin",
+    operation_id = "claim_team_domain",
+    summary = "Claims a domain for a team.",
+    params(("team" = String, Path, description = "A team id or slug")),
+    request_body = ClaimRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The domain was already claimed by this team: the claim.", body = DomainClaimResponse), (status = 201, description = "The claim.", body = DomainClaimResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn claim_team_domain(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
@@ -64,6 +86,16 @@ async fn claim_team_domain(
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(claim.into())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/teams/{team}/domains",
+    tag = "admin",
+    operation_id = "list_team_domains",
+    summary = "A team's domain claims.",
+    params(("team" = String, Path, description = "A team id or slug")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The claims.", body = DomainClaimListResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn list_team_domains(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
@@ -71,6 +103,16 @@ async fn list_team_domains(
     Ok(Json(state.teams.domains(&parse_team(&team)?).await?.into()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/teams/{team}/domains/{domain}",
+    tag = "admin",
+    operation_id = "release_team_domain",
+    summary = "Releases a team's domain claim.",
+    params(("team" = String, Path, description = "A team id or slug"), ("domain" = String, Path, description = "A domain name")),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "Released.")),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn release_team_domain(
     State(state): State<Arc<AppState>>,
     ApiPath((team, domain)): ApiPath<(String, String)>,

@@ -43,13 +43,15 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/auth/logout", get(confirm_logout).post(logout))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StartQuery {
     provider: Option<String>,
     return_to: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
@@ -57,11 +59,30 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/auth/providers",
+    tag = "sign-in",
+    operation_id = "list_providers",
+    summary = "The sign-in providers.",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The providers.", body = ProvidersResponse)),
+    security(()),
+)]
 async fn list_providers(State(state): State<Arc<AppState>>) -> Json<ProvidersResponse> {
     let providers = state.flows.providers().all().map(|p| ProviderResponse::new(p.name())).collect();
     Json(ProvidersResponse { providers })
 }
 
+#[utoipa::path(
+    get,
+    path = "/auth/login",
+    tag = "pages",
+    operation_id = "start_login",
+    summary = "Starts a sign-in: redirects to the provider.",
+    params(StartQuery),
+    responses(crate::http::openapi::PageResponses),
+    security(()),
+)]
 async fn start_login(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -77,6 +98,16 @@ async fn start_login(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/auth/link",
+    tag = "pages",
+    operation_id = "start_link",
+    summary = "Starts linking another identity: redirects to the provider.",
+    params(StartQuery),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn start_link(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -102,6 +133,16 @@ async fn start_link(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/auth/callback/{provider}",
+    tag = "pages",
+    operation_id = "complete_callback",
+    summary = "The provider's redirect back after a sign-in.",
+    params(("provider" = String, Path, description = "A sign-in provider id"), CallbackQuery),
+    responses(crate::http::openapi::PageResponses),
+    security(()),
+)]
 async fn complete_callback(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -128,19 +169,13 @@ async fn complete_callback(
         Err(error) => return with_cookie(state.pages.error(&headers, error.into()), clear_login),
     };
     if let Purpose::Connect { .. } = finished.purpose {
+        // The account as the person knows it: their login, else email, else name.
+        let info = &finished.info;
+        let account =
+            info.login.clone().or_else(|| info.email.as_ref().map(|e| e.as_str().to_owned())).or(info.name.clone());
         return match state.auth_profiles.complete(finished, current_user).await {
             Ok(profile) => {
-                let message = Message {
-                    title: "Account connected".into(),
-                    paragraphs: vec![format!(
-                        "{} is connected. You can go back to the app, or close this window.",
-                        profile.display_name
-                    )],
-                    signed_in: true,
-                    ..Message::default()
-                }
-                .action("Go to your account", "/account");
-                with_cookie(state.pages.message(StatusCode::OK, message), clear_login)
+                with_cookie(super::auth_profiles::connect::connected(&state, &profile, account.as_deref()), clear_login)
             }
             Err(error) => with_cookie(state.pages.error(&headers, error.into()), clear_login),
         };
@@ -174,6 +209,15 @@ struct LogoutPage {
 
 /// `GET /auth/logout`: a page that asks to confirm and posts to `POST /auth/logout` (or, without
 /// a session, says that the browser is signed out).
+#[utoipa::path(
+    get,
+    path = "/auth/logout",
+    tag = "pages",
+    operation_id = "confirm_logout",
+    summary = "The sign-out confirmation page.",
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn confirm_logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let value = match cookie(&headers, state.cookies.session()) {
         Ok(Some(value)) => value,
@@ -208,6 +252,16 @@ fn signed_out(state: &AppState, clear: Option<HeaderValue>) -> Response {
 /// `POST /auth/logout`: ends the browser's session. A page's form
 /// (`application/x-www-form-urlencoded`) must carry the session's CSRF token and gets the
 /// signed-out page; an API client gets 204.
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "pages",
+    operation_id = "logout",
+    summary = "Signs out.",
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses, (status = 204, description = "Signed out (API clients).")),
+    security(("session" = [])),
+)]
 async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let clear_session = state.cookies.clear(state.cookies.session());
     let is_form = headers

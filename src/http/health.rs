@@ -16,10 +16,28 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    operation_id = "healthz",
+    summary = "Liveness: the process answers.",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Alive.", body = HealthResponse)),
+    security(()),
+)]
 async fn healthz() -> Json<HealthResponse> {
     Json(HealthResponse { status: HealthStatus::Ok })
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    operation_id = "readyz",
+    summary = "Readiness: the process and its database answer.",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Ready.", body = HealthResponse)),
+    security(()),
+)]
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<HealthResponse>, ApiError> {
     state
         .store

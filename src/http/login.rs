@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::auth::redirect;
 use super::extract::ApiQuery;
+use super::pages::icons::Icon;
 use super::pages::{self, Chrome};
 use super::problem::ApiError;
 use crate::domain::Email;
@@ -27,7 +28,8 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/", get(home)).route("/login", get(show_login))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LoginQuery {
     return_to: Option<String>,
     email: Option<String>,
@@ -38,8 +40,8 @@ struct LoginQuery {
 pub struct ProviderButton {
     /// Its name as people read it.
     pub label: String,
-    /// Its first letter, as a mark.
-    pub initial: String,
+    /// Its icon, or monogram.
+    pub icon: Icon,
     /// Where it goes.
     pub href: String,
 }
@@ -85,13 +87,10 @@ pub fn provider_buttons(state: &AppState, path: &str, return_to: Option<&str>) -
         .flows
         .providers()
         .all()
-        .map(|p| {
-            let label = provider_label(p.name());
-            ProviderButton {
-                initial: label.chars().next().map(|c| c.to_uppercase().to_string()).unwrap_or_default(),
-                label,
-                href: provider_href(path, p.name(), return_to),
-            }
+        .map(|p| ProviderButton {
+            label: provider_label(p.name()),
+            icon: state.pages.icon(p.name()),
+            href: provider_href(path, p.name(), return_to),
         })
         .collect()
 }
@@ -117,6 +116,16 @@ pub fn chooser(state: &AppState, return_to: Option<&str>, email: &str, notice: O
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/login",
+    tag = "pages",
+    operation_id = "show_login",
+    summary = "The sign-in page.",
+    params(LoginQuery),
+    responses(crate::http::openapi::PageResponses),
+    security(()),
+)]
 async fn show_login(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -166,6 +175,15 @@ async fn show_login(
 
 /// `GET /`: a browser goes to its account page (which asks to sign in first when needed); an
 /// API client gets the usual 404.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "pages",
+    operation_id = "home",
+    summary = "A browser goes to its account page; an API client gets a 404.",
+    responses(crate::http::openapi::PageResponses),
+    security(()),
+)]
 async fn home(headers: HeaderMap) -> Response {
     if pages::wants_html(&headers) {
         return redirect("/account", &[]);

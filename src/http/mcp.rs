@@ -66,6 +66,15 @@ fn resource(op: &OpenIdProvider) -> String {
 }
 
 /// RFC 9728 protected-resource metadata.
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-protected-resource",
+    tag = "mcp",
+    operation_id = "mcp_resource_metadata",
+    summary = "The MCP endpoint's protected-resource metadata (RFC 9728).",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The metadata.", body = Object, content_type = "application/json")),
+    security(()),
+)]
 async fn metadata(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let op = provider(&state)?;
     let document = serde_json::json!({

@@ -25,6 +25,15 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/me/identities/{identity_id}/primary", post(make_identity_primary))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "account",
+    operation_id = "get_me",
+    summary = "The token's user, identities and teams.",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserProfileResponse)),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<UserProfileResponse>, ApiError> {
     // A browser with a session and no token: the session and the profile in one read.
     if Credentials::read(&headers)?.user_token().is_none()
@@ -41,6 +50,16 @@ fn parse_identity(value: &str) -> Result<IdentityId, ApiError> {
     value.parse().map_err(|_| ApiError::new(ErrorCode::IdentityNotFound, "no identity has this id"))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/me/identities/{identity_id}",
+    tag = "account",
+    operation_id = "unlink_my_identity",
+    summary = "Unlinks one of the user's identities.",
+    params(("identity_id" = String, Path, description = "An identity id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "Unlinked.")),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn unlink_identity(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -51,6 +70,16 @@ async fn unlink_identity(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/me/identities/{identity_id}/primary",
+    tag = "account",
+    operation_id = "make_my_identity_primary",
+    summary = "Makes an identity the user's primary one.",
+    params(("identity_id" = String, Path, description = "An identity id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserProfileResponse)),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn make_identity_primary(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -37,7 +37,7 @@ pub fn admin_routes() -> Router<Arc<AppState>> {
 }
 
 /// The body of member requests.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct MemberRequest {
     user_id: Option<String>,
     role: Option<String>,
@@ -53,6 +53,17 @@ fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
     Ok((user, role))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{team}/members",
+    tag = "teams",
+    operation_id = "add_team_member",
+    summary = "Adds a member to a team (owners only).",
+    params(("team" = String, Path, description = "A team id or slug"), crate::http::openapi::OnBehalfParams),
+    request_body = MemberRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Already a member: the role is changed.", body = MemberResponse), (status = 201, description = "Added.", body = MemberResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn add_team_member(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -67,6 +78,16 @@ async fn add_team_member(
     Ok((status, Json(MemberResponse::new(user, role))))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/teams/{team}/members/{user_id}",
+    tag = "teams",
+    operation_id = "remove_team_member",
+    summary = "Removes a member from a team (owners only, or oneself).",
+    params(("team" = String, Path, description = "A team id or slug"), ("user_id" = String, Path, description = "A user id (UUID)"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "Removed.")),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn remove_team_member(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -80,6 +101,17 @@ async fn remove_team_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/teams/{team}/members",
+    tag = "admin",
+    operation_id = "admin_add_team_member",
+    summary = "Adds a member to a team.",
+    params(("team" = String, Path, description = "A team id or slug")),
+    request_body = MemberRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Already a member: the role is changed.", body = MemberResponse), (status = 201, description = "Added.", body = MemberResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn add_member(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
@@ -92,6 +124,16 @@ async fn add_member(
     Ok((status, Json(MemberResponse::new(user, role))))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/teams/{team}/members/{user_id}",
+    tag = "admin",
+    operation_id = "admin_remove_team_member",
+    summary = "Removes a member from a team.",
+    params(("team" = String, Path, description = "A team id or slug"), ("user_id" = String, Path, description = "A user id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "Removed.")),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn remove_member(
     State(state): State<Arc<AppState>>,
     ApiPath((team, user)): ApiPath<(String, String)>,

@@ -19,8 +19,10 @@ pub mod mcp;
 pub mod me;
 pub mod members;
 pub mod op;
+pub mod openapi;
 pub mod pages;
 pub mod problem;
+pub mod prometheus;
 pub mod responses;
 pub mod serve;
 pub mod unread_body;
@@ -96,6 +98,8 @@ pub struct AppState {
     pub webhooks: Webhooks,
     /// Operators' user listings and deletions.
     pub users: Users,
+    /// The metrics endpoint; `None` while metrics are off (`metrics.enabled`).
+    pub metrics: Option<prometheus::Metrics>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -110,9 +114,14 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(admin_listing::routes())
         .merge(members::admin_routes())
         .merge(op::clients::admin_routes())
-        .merge(webhooks::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
-    Router::new()
+        .merge(webhooks::routes());
+    // `/metrics` on the main listener needs an admin token, like the admin API.
+    let admin = match &state.metrics {
+        Some(metrics) if !metrics.own_listener => admin.merge(prometheus::routes()),
+        _ => admin,
+    };
+    let admin = admin.route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
+    let app = Router::new()
         .merge(health::routes())
         .merge(validation::routes())
         .merge(auth::routes())
@@ -124,6 +133,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(members::routes())
         .merge(op::routes())
         .merge(mcp::routes(&state))
+        .merge(openapi::routes())
         .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -152,12 +162,23 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         )
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(ErrorCode::InternalError, "an internal error occurred; it has been logged").into_response()
-        }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        }));
+    // Outside the panic catcher, so that a panic counts as the 500 it becomes.
+    let app = match state.metrics {
+        Some(_) => app.layer(middleware::from_fn(prometheus::track_requests)),
+        None => app,
+    };
+    app.layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         // Outermost: a client's id reaches the logs and the response only when it is safe.
         .layer(MapRequestLayer::new(drop_unsafe_request_id))
         .with_state(state)
+}
+
+/// The router of `metrics.listen`: `/metrics` alone, without authentication (that listener is
+/// meant for a private network), requests counted like the main listener's.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    prometheus::routes().fallback(not_found).layer(middleware::from_fn(prometheus::track_requests)).with_state(state)
 }
 
 /// Removes a client's `X-Request-Id` unless it is one header of 1 to [`MAX_REQUEST_ID_LEN`]

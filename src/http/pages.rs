@@ -13,7 +13,9 @@
 //! happened and what to do next ([`errors`]); an API client gets the problem+json body.
 
 pub mod errors;
+pub mod icons;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use askama::Template;
@@ -25,7 +27,8 @@ use axum::routing::get;
 
 use super::AppState;
 use super::problem::ApiError;
-use crate::config::BrandingConfig;
+use crate::config::{BrandingConfig, ProviderConfig};
+use icons::Icon;
 
 /// The stylesheet, before the brand colour is prepended.
 const STYLESHEET: &str = include_str!("../../assets/tessera.css");
@@ -41,6 +44,7 @@ pub struct Pages {
     css: String,
     stylesheet_url: String,
     csp: HeaderValue,
+    icons: HashMap<String, Icon>,
 }
 
 impl Pages {
@@ -49,20 +53,27 @@ impl Pages {
         let css = format!(":root {{ --primary: {}; }}\n{STYLESHEET}", branding.primary_color);
         let digest = crate::crypto::sha256(css.as_bytes());
         let version: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-        let images = match branding.logo_origin() {
-            Some(origin) => format!("'self' {origin}"),
-            None => "'self'".to_owned(),
-        };
-        // No `form-action`: a sign-in form's redirects lead to the providers (and a consent's to
-        // the app), which Chromium checks against it.
-        let csp =
-            format!("default-src 'none'; style-src 'self'; img-src {images}; base-uri 'none'; frame-ancestors 'none'");
         Self {
             branding: branding.clone(),
             css,
             stylesheet_url: format!("{STYLESHEET_PATH}?v={version}"),
-            csp: HeaderValue::from_str(&csp).expect("the policy is ASCII: origins are serialised"),
+            csp: policy(branding.logo_origin().into_iter()),
+            icons: HashMap::new(),
         }
+    }
+
+    /// The pages showing the icons of these providers (see [`icons`]); the origins of
+    /// configured `icon_url`s join the policy's `img-src`.
+    pub fn with_providers(mut self, providers: &[ProviderConfig]) -> Self {
+        let (icons, origins) = icons::of_providers(providers, super::login::provider_label);
+        self.icons = icons;
+        self.csp = policy(self.branding.logo_origin().into_iter().chain(origins));
+        self
+    }
+
+    /// How a provider is shown beside its name: its icon, or a monogram.
+    pub fn icon(&self, provider: &str) -> Icon {
+        self.icons.get(provider).cloned().unwrap_or_else(|| Icon::monogram(&super::login::provider_label(provider)))
     }
 
     /// The shared parts of a page; `signed_in` shows the account links in the header.
@@ -130,6 +141,23 @@ impl Pages {
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         protect(headers);
     }
+}
+
+/// The pages' `Content-Security-Policy`, images allowed from this site and `image_origins`.
+fn policy(image_origins: impl Iterator<Item = String>) -> HeaderValue {
+    let mut images = vec!["'self'".to_owned()];
+    for origin in image_origins {
+        if !images.contains(&origin) {
+            images.push(origin);
+        }
+    }
+    // No `form-action`: a sign-in form's redirects lead to the providers (and a consent's to
+    // the app), which Chromium checks against it.
+    let csp = format!(
+        "default-src 'none'; style-src 'self'; img-src {}; base-uri 'none'; frame-ancestors 'none'",
+        images.join(" ")
+    );
+    HeaderValue::from_str(&csp).expect("the policy is ASCII: origins are serialised")
 }
 
 /// The parts of the layout every page fills in.
@@ -237,11 +265,24 @@ impl Pages {
     }
 }
 
-/// The stylesheet route.
+/// The built-in icons' route (under [`icons::ICONS_PATH`]).
+const ICON_ROUTE: &str = "/assets/icons/{file}";
+
+/// The stylesheet and icon routes.
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route(STYLESHEET_PATH, get(stylesheet))
+    debug_assert!(ICON_ROUTE.starts_with(icons::ICONS_PATH));
+    Router::new().route(STYLESHEET_PATH, get(stylesheet)).route(ICON_ROUTE, get(icons::serve_icon))
 }
 
+#[utoipa::path(
+    get,
+    path = "/assets/tessera.css",
+    tag = "pages",
+    operation_id = "stylesheet",
+    summary = "The pages' stylesheet.",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The stylesheet.", body = String, content_type = "text/css; charset=utf-8")),
+    security(()),
+)]
 async fn stylesheet(State(state): State<Arc<AppState>>) -> Response {
     let mut response = state.pages.css.clone().into_response();
     let headers = response.headers_mut();
@@ -325,5 +366,38 @@ mod tests {
             ..BrandingConfig::default()
         });
         assert!(pages.csp.to_str().unwrap().contains("img-src 'self' https://cdn.example.com;"));
+    }
+
+    #[test]
+    fn provider_icons_are_built_in_configured_or_a_monogram() {
+        let provider = |name: &str, kind, issuer: &str, icon: Option<&str>| ProviderConfig {
+            name: name.into(),
+            kind,
+            client_id: "id".into(),
+            client_secret: None,
+            scopes: Vec::new(),
+            issuer: crate::domain::Issuer::parse(issuer).unwrap(),
+            endpoints: crate::config::ProviderEndpoints::default(),
+            algorithms: crate::config::DEFAULT_ALGORITHMS.to_vec(),
+            trusted_email_verification: false,
+            auto_link_by_email: false,
+            store_tokens: false,
+            protocol: crate::config::ProviderProtocol::default(),
+            icon_url: icon.map(str::to_owned),
+        };
+        use crate::config::ProviderKind::{GitHub, Oidc};
+        let pages = Pages::new(&BrandingConfig::default()).with_providers(&[
+            provider("work-github", GitHub, "https://github.com", None),
+            provider("corp", Oidc, "https://login.microsoftonline.com/tenant/v2.0", None),
+            provider("okta", Oidc, "https://acme.okta.com", Some("https://cdn.acme.example/okta.svg")),
+            provider("keycloak", Oidc, "https://sso.acme.example/realms/a", None),
+        ]);
+        assert_eq!(pages.icon("work-github").src.as_deref(), Some("/assets/icons/github.svg"));
+        assert_eq!(pages.icon("corp").src.as_deref(), Some("/assets/icons/microsoft.svg"));
+        assert_eq!(pages.icon("okta").src.as_deref(), Some("https://cdn.acme.example/okta.svg"));
+        assert_eq!(pages.icon("keycloak"), Icon { src: None, initial: "K".into() });
+        assert_eq!(pages.icon("gone"), Icon { src: None, initial: "G".into() });
+        let csp = pages.csp.to_str().unwrap();
+        assert!(csp.contains("img-src 'self' https://cdn.acme.example;"), "{csp}");
     }
 }

@@ -41,6 +41,15 @@ fn required_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/validate",
+    tag = "sign-in",
+    operation_id = "validate_token",
+    summary = "Validates a bearer token and returns its user (provisioned on first sight).",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The token's user.", body = ValidateResponse)),
+    security(("bearer" = [])),
+)]
 async fn validate_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -48,11 +57,22 @@ async fn validate_token(
     Ok(Json(state.validator.validate(required_token(&headers)?).await?.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CheckQuery {
     team: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/check",
+    tag = "sign-in",
+    operation_id = "check_team",
+    summary = "Whether the token's user is a member of a team.",
+    params(CheckQuery),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "A member.")),
+    security(("bearer" = [])),
+)]
 async fn check_team(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -68,11 +88,21 @@ async fn check_team(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct DiscoverRequest {
     email: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/discover",
+    tag = "sign-in",
+    operation_id = "discover_sign_in",
+    summary = "How an email address signs in.",
+    request_body = DiscoverRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The sign-in method.", body = DiscoverResponse)),
+    security(()),
+)]
 async fn discover_sign_in(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<DiscoverRequest>,

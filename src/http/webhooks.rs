@@ -46,7 +46,8 @@ fn parse_id(value: &str) -> Result<WebhookId, ApiError> {
     value.parse().map_err(|_| ApiError::new(ErrorCode::InvalidWebhookId, "the webhook id must be a UUID"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = WebhookCreateRequest)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
     url: Option<String>,
@@ -54,6 +55,16 @@ struct CreateRequest {
     enabled: Option<bool>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/webhooks",
+    tag = "admin",
+    operation_id = "create_webhook",
+    summary = "Registers a webhook endpoint; the answer holds its signing secret, once.",
+    request_body = CreateRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 201, description = "The endpoint with its secret.", body = WebhookWithSecretResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<CreateRequest>,
@@ -65,11 +76,30 @@ async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/webhooks",
+    tag = "admin",
+    operation_id = "list_webhooks",
+    summary = "Lists webhook endpoints.",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The endpoints.", body = WebhookListResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn list(State(state): State<Arc<AppState>>) -> Result<Json<WebhookListResponse>, ApiError> {
     let webhooks = state.webhooks.list().await?;
     Ok(Json(WebhookListResponse { webhooks: webhooks.into_iter().map(WebhookResponse::from).collect() }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/webhooks/{id}",
+    tag = "admin",
+    operation_id = "get_webhook",
+    summary = "A webhook endpoint.",
+    params(("id" = String, Path, description = "A webhook id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The endpoint.", body = WebhookResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn show(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
@@ -77,7 +107,8 @@ async fn show(
     Ok(Json(state.webhooks.get(parse_id(&id)?).await?.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = WebhookUpdateRequest)]
 #[serde(deny_unknown_fields)]
 struct UpdateRequest {
     url: Option<String>,
@@ -85,6 +116,17 @@ struct UpdateRequest {
     enabled: Option<bool>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/admin/webhooks/{id}",
+    tag = "admin",
+    operation_id = "update_webhook",
+    summary = "Changes a webhook endpoint.",
+    params(("id" = String, Path, description = "A webhook id (UUID)")),
+    request_body = UpdateRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The endpoint.", body = WebhookResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn update(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
@@ -95,17 +137,38 @@ async fn update(
     Ok(Json(state.webhooks.update(id, patch).await?.into()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/webhooks/{id}",
+    tag = "admin",
+    operation_id = "delete_webhook",
+    summary = "Deletes a webhook endpoint.",
+    params(("id" = String, Path, description = "A webhook id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "Deleted.")),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn remove(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
     state.webhooks.delete(parse_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeliveriesQuery {
     before: Option<i64>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/webhooks/{id}/deliveries",
+    tag = "admin",
+    operation_id = "list_webhook_deliveries",
+    summary = "A webhook endpoint's deliveries, newest first.",
+    params(("id" = String, Path, description = "A webhook id (UUID)"), DeliveriesQuery),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "A page of deliveries.", body = DeliveryListResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn deliveries(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
@@ -120,11 +183,22 @@ async fn deliveries(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReplayQuery {
     since: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/webhooks/{id}/replay",
+    tag = "admin",
+    operation_id = "replay_webhook",
+    summary = "Queues again the events since a time.",
+    params(("id" = String, Path, description = "A webhook id (UUID)"), ReplayQuery),
+    responses(crate::http::openapi::ApiErrors, (status = 202, description = "Queued.", body = ReplayResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn replay(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
@@ -139,6 +213,16 @@ async fn replay(
     Ok((StatusCode::ACCEPTED, Json(ReplayResponse { scheduled })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/webhooks/{id}/secret",
+    tag = "admin",
+    operation_id = "rotate_webhook_secret",
+    summary = "Gives an endpoint a new signing secret, shown once; the previous one signs beside it for the overlap.",
+    params(("id" = String, Path, description = "A webhook id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The endpoint with its new secret.", body = WebhookWithSecretResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn rotate_secret(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,

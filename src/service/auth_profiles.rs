@@ -14,7 +14,8 @@
 //!   member who made it; minting a new one invalidates the older ones. That member must still be
 //!   allowed to connect the profile when they open it and when the flow returns (a member; the
 //!   owner of a personal profile; the creator or a team owner or admin of a team-wide one).
-//!   Opening it starts an authorization-code flow with a fresh
+//!   Looking at it ([`AuthProfiles::connect_preview`], the start page) uses nothing up; starting
+//!   it ([`AuthProfiles::start`]) begins an authorization-code flow with a fresh
 //!   state, PKCE verifier and nonce; the link is used up only once the flow has started. The
 //!   callback activates the profile with a compare-and-swap on its version, which only
 //!   connections change (not refreshes): of two concurrent completions one wins.
@@ -39,12 +40,13 @@ use crate::crypto::keyring::KeyRing;
 use crate::crypto::sha256;
 use crate::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, ReturnTo, Role, Slug, Team, TeamRef, UserId};
 use crate::error::{ErrorCode, PublicError};
+use crate::observability::{TOKEN_REFRESH_CALLS_TOTAL, TOKEN_REFRESH_WAITS_TOTAL};
 use crate::store::{
     Activation, ConnectToken, PendingKey, ProfileSecrets, RefreshLease, Refreshed, SecretKind, Store, StoreError,
     StoredSecret,
 };
 use crate::upstream::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
-use crate::upstream::providers::{ProviderError, TokenSet};
+use crate::upstream::providers::{Provider, ProviderError, TokenSet};
 
 /// How long a connect link lives.
 pub const CONNECT_LINK_TTL: TimeDelta = TimeDelta::minutes(30);
@@ -269,6 +271,21 @@ pub struct Created {
     pub link: Option<ConnectLink>,
     /// Whether this call created it (false: the caller's pending profile was reused).
     pub created: bool,
+}
+
+/// What the start page of an OAuth connect link shows.
+#[derive(Debug, Clone)]
+pub struct ConnectPreview {
+    /// The profile the link connects.
+    pub profile: AuthProfile,
+    /// Its connector's label (the declared one, else its key).
+    pub connector_label: String,
+    /// The scopes the flow asks for.
+    pub scopes: Vec<String>,
+    /// The profile's team.
+    pub team: Team,
+    /// Whether another upstream account may replace the one connected now.
+    pub replaces_account: bool,
 }
 
 /// An access token for a backend.
@@ -574,13 +591,15 @@ impl AuthProfiles {
         }
     }
 
-    /// Opens a connect link: checks it is the signed-in user's and that they may still connect
-    /// the profile, starts the flow, and then consumes the link (a failure to start leaves it
-    /// usable; of two concurrent openings one gets it).
-    pub async fn start(&self, token: &str, current_user: Option<UserId>) -> Result<Started, AuthProfileError> {
-        let hash = sha256(token.as_bytes());
-        let now = super::now();
-        let link = self.store.connect_token(&hash, now).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
+    /// The checks of an OAuth connect link, without using it up: it is live, the signed-in
+    /// user's, for an OAuth profile they may still connect, with a configured provider.
+    async fn oauth_link(
+        &self,
+        hash: &[u8; 32],
+        current_user: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<(ConnectToken, AuthProfile, Arc<dyn Provider>), AuthProfileError> {
+        let link = self.store.connect_token(hash, now).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         // Checked before consuming: a link opened by the wrong browser stays usable by its owner.
         match current_user {
             None => return Err(AuthProfileError::NotSignedIn),
@@ -596,7 +615,48 @@ impl AuthProfiles {
             .flows
             .providers()
             .get(Some(&profile.provider))
-            .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?;
+            .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?
+            .clone();
+        Ok((link, profile, provider))
+    }
+
+    /// What the start page of an OAuth connect link shows, after the checks of [`Self::start`];
+    /// the link is not used up.
+    pub async fn connect_preview(
+        &self,
+        token: &str,
+        current_user: Option<UserId>,
+    ) -> Result<ConnectPreview, AuthProfileError> {
+        let hash = sha256(token.as_bytes());
+        let (link, profile, provider) = self.oauth_link(&hash, current_user, super::now()).await?;
+        let (team, _) = self.teams.role_of(&TeamRef::Id(profile.team_id), link.user).await?;
+        let connector_label = self
+            .connectors
+            .iter()
+            .find(|c| c.key == profile.connector_key)
+            .map_or_else(|| profile.connector_key.clone(), |c| c.label.clone());
+        // The flow asks for the profile's scopes, else the provider's own (see `start`).
+        let scopes = match profile.scopes.is_empty() {
+            true => provider.config().scopes.clone(),
+            false => profile.scopes.clone(),
+        };
+        Ok(ConnectPreview {
+            connector_label,
+            scopes,
+            team,
+            replaces_account: profile.upstream_account_id.is_some() && link.allow_account_change,
+            profile,
+        })
+    }
+
+    /// Opens a connect link: checks it is the signed-in user's and that they may still connect
+    /// the profile, starts the flow, and then consumes the link (a failure to start leaves it
+    /// usable; of two concurrent openings one gets it).
+    pub async fn start(&self, token: &str, current_user: Option<UserId>) -> Result<Started, AuthProfileError> {
+        let hash = sha256(token.as_bytes());
+        let now = super::now();
+        let (link, profile, provider) = self.oauth_link(&hash, current_user, now).await?;
+        let provider = &provider;
         let purpose = Purpose::Connect {
             user: link.user,
             profile: profile.id,
@@ -707,7 +767,13 @@ impl AuthProfiles {
             let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
             gates.entry(profile.id).or_default().clone()
         };
-        let _turn = gate.lock().await;
+        let _turn = match gate.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                metrics::counter!(TOKEN_REFRESH_WAITS_TOTAL, "scope" => "process").increment(1);
+                gate.lock().await
+            }
+        };
         let outcome = self.refresh(keyring, profile).await;
         drop(_turn);
         // Forget the gate once nobody holds it, so the map does not grow with every profile.
@@ -733,6 +799,7 @@ impl AuthProfiles {
     /// Refreshes under the row's lease, or waits for whoever holds it.
     async fn refresh(&self, keyring: &KeyRing, profile: &AuthProfile) -> Result<AccessToken, AuthProfileError> {
         let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
+        let mut waited = false;
         loop {
             let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
             check_status(secrets.status)?;
@@ -756,6 +823,9 @@ impl AuthProfiles {
                 return self.refresh_with_lease(keyring, profile, owner, refresh_ciphertext, &secrets).await;
             }
             // Another process holds the lease (or just refreshed): wait for the row to change.
+            if !std::mem::replace(&mut waited, true) {
+                metrics::counter!(TOKEN_REFRESH_WAITS_TOTAL, "scope" => "lease").increment(1);
+            }
             if tokio::time::Instant::now() >= deadline {
                 if still_valid {
                     let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
@@ -829,7 +899,16 @@ impl AuthProfiles {
             .get(Some(&profile.provider))
             .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?;
         let refresh_token = decrypt(keyring, profile.id, "refresh_token", Some(refresh_ciphertext))?;
-        match tokio::time::timeout(PROVIDER_CALL_LIMIT, provider.refresh(refresh_token.expose_secret())).await {
+        let called = tokio::time::timeout(PROVIDER_CALL_LIMIT, provider.refresh(refresh_token.expose_secret())).await;
+        let outcome = match &called {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(ProviderError::InvalidGrant)) => "invalid_grant",
+            Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        metrics::counter!(TOKEN_REFRESH_CALLS_TOTAL, "provider" => profile.provider.clone(), "outcome" => outcome)
+            .increment(1);
+        match called {
             Ok(Ok(tokens)) => Ok(tokens),
             Ok(Err(ProviderError::InvalidGrant)) => Err(AuthProfileError::NeedsReauth),
             Ok(Err(error)) => Err(error.into()),

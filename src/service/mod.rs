@@ -2,7 +2,9 @@
 //! call the store for everything persistent.
 
 pub mod auth_profiles;
+pub mod cache_sync;
 pub mod check;
+pub mod import;
 pub mod keys;
 pub mod op;
 pub mod principals;

@@ -1,7 +1,7 @@
 //! The positive cache of resolved identities (principals), shared by validation, which fills
 //! it, and by provisioning, teams and sign-in, which purge it when what it holds changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +21,9 @@ const READ_YOUR_WRITES: Duration = Duration::from_secs(60);
 /// Two races are closed here. A lookup that began before an invalidation does not cache what it
 /// read (every invalidation bumps an epoch the insert checks). And for [`READ_YOUR_WRITES`] after
 /// a user's invalidation, their principal is read from the primary, so that a lagging replica
-/// cannot bring the old one back. Other instances learn of a change when their entry expires.
+/// cannot bring the old one back. Other instances learn of a change from the cache-invalidation
+/// log, which the change wrote in its transaction ([`crate::service::cache_sync`]), and apply it
+/// here with the same methods.
 #[derive(Debug)]
 pub struct PrincipalCache {
     entries: TtlCache<(Issuer, Subject), Arc<Principal>>,
@@ -35,7 +37,7 @@ impl PrincipalCache {
     /// A cache keeping entries for `ttl` (zero disables it), purging `tokens` with identities.
     pub fn new(ttl: Duration, max_entries: usize, tokens: Arc<TokenCache>) -> Self {
         Self {
-            entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }),
+            entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }).counted_as("principals"),
             ttl,
             tokens,
             epoch: AtomicU64::new(0),
@@ -46,7 +48,7 @@ impl PrincipalCache {
     /// A principal cache and an empty token cache, both sized from configuration.
     pub fn with_token_cache(config: &crate::config::CacheConfig) -> (Arc<Self>, Arc<TokenCache>) {
         let token_entries = if config.token_ttl.is_zero() { 0 } else { config.max_entries };
-        let tokens = Arc::new(TokenCache::new(token_entries));
+        let tokens = Arc::new(TokenCache::new(token_entries).counted_as("tokens"));
         (Arc::new(Self::new(config.principal_ttl, config.max_entries, tokens.clone())), tokens)
     }
 
@@ -99,6 +101,43 @@ impl PrincipalCache {
             changed.insert(user, now);
         }
         self.entries.remove_where(|principal| principal.user.id == user);
+    }
+
+    /// [`PrincipalCache::invalidate_user`] for many users, in one walk over the cache.
+    pub fn invalidate_users(&self, users: &HashSet<UserId>) {
+        if users.is_empty() {
+            return;
+        }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let now = Instant::now();
+        {
+            let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+            changed.retain(|_, at| now.duration_since(*at) < READ_YOUR_WRITES);
+            changed.extend(users.iter().map(|user| (*user, now)));
+        }
+        self.entries.remove_where(|principal| users.contains(&principal.user.id));
+    }
+
+    /// [`PrincipalCache::invalidate_identity`] for many identities, in one walk over the token
+    /// cache.
+    pub fn invalidate_identities(&self, identities: &HashSet<(Issuer, Subject)>) {
+        if identities.is_empty() {
+            return;
+        }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for key in identities {
+            self.entries.remove_key(key);
+        }
+        let by_ref: HashSet<(&Issuer, &Subject)> = identities.iter().map(|(i, s)| (i, s)).collect();
+        self.tokens.remove_where(|token| by_ref.contains(&(&token.issuer, &token.subject)));
+    }
+
+    /// Forgets every principal and verified token (after this instance lost track of the
+    /// cache-invalidation log for a while).
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
+        self.tokens.clear();
     }
 
     /// Whether `user` changed recently enough that a replica may not have it yet.

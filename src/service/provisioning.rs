@@ -122,7 +122,7 @@ impl Provisioner {
 
     /// Disables or re-enables a user. A disabled user is refused by bootstrap and validation
     /// alike; this instance forgets anything it cached about them at once (other instances
-    /// within `cache.principal_ttl_seconds`).
+    /// within `cache.sync_interval_ms`, from the cache-invalidation log).
     pub async fn set_disabled(&self, user: UserId, disabled: bool) -> Result<User, ProvisionError> {
         let user =
             self.store.set_user_disabled(user, disabled, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
@@ -150,6 +150,11 @@ impl Provisioner {
         self.provision(&claim).await
     }
 
+    /// Whether the admin bootstrap accepts identities of `issuer` (it is on the allow-list).
+    pub fn allows(&self, issuer: &Issuer) -> bool {
+        self.issuers.get(issuer).is_some()
+    }
+
     /// Finds the user `claim` belongs to, creating user, identity and default team on first
     /// sight. Callers have already established that the claim is trustworthy.
     pub async fn provision(&self, claim: &IdentityClaim) -> Result<Provisioned, ProvisionError> {
@@ -168,15 +173,18 @@ impl Provisioner {
                 if now - found.last_seen_at >= TOUCH_INTERVAL {
                     self.store.touch_identity(found.identity_id, now).await?;
                 }
+                crate::observability::record_provisioning(&claim.issuer, "existing");
                 return Ok(Provisioned { user: found.user, identity_id: found.identity_id, team, created: false });
             }
             let account = new_account(claim, super::now());
             match self.store.create_account(&account).await? {
                 CreateOutcome::Created { user, team } => {
                     tracing::info!(user_id = %user.id, provider = %claim.provider, "provisioned a new user");
+                    crate::observability::record_provisioning(&claim.issuer, "created");
                     return Ok(Provisioned { user, identity_id: account.identity_id, team, created: true });
                 }
-                CreateOutcome::IdentityTaken => continue,
+                // A concurrent request created it first: the next round finds it.
+                CreateOutcome::IdentityTaken => crate::observability::record_provisioning(&claim.issuer, "race_lost"),
             }
         }
         Err(ProvisionError::Store(StoreError::Conflict { what: "identity vanished while provisioning" }))

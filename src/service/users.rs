@@ -190,7 +190,8 @@ impl Users {
     }
 
     /// Deletes a user with everything of theirs (see [`Store::delete_user`]); this instance
-    /// forgets them at once, others within `cache.principal_ttl_seconds`.
+    /// forgets them at once, others within `cache.sync_interval_ms` (from the cache-invalidation
+    /// log).
     pub async fn delete(&self, user: UserId) -> Result<DeletedUser, UserAdminError> {
         match self.store.delete_user(user, super::now()).await? {
             DeleteUserOutcome::Deleted(deleted) => {

@@ -23,7 +23,7 @@ use crate::config::{ConfigWebhook, WebhooksConfig};
 use crate::crypto::keyring::KeyRing;
 use crate::domain::{WebhookDelivery, WebhookEndpoint, WebhookId, events};
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{Store, StoreError, WebhookKeys};
+use crate::store::{Store, StoreError, WebhookKeys, WebhookQueue};
 
 /// The prefix of a signing key as shown to the operator (Standard Webhooks).
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -143,6 +143,11 @@ impl Webhooks {
     /// The delivery settings.
     pub fn settings(&self) -> &WebhooksConfig {
         &self.settings
+    }
+
+    /// Every endpoint's pending deliveries, for metrics.
+    pub async fn queues(&self) -> Result<Vec<WebhookQueue>, StoreError> {
+        self.store.webhook_queues().await
     }
 
     /// Registers an endpoint; returns it with its signing key (`whsec_…`), shown this once.

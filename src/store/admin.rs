@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::cache_sync::{CacheChange, log_changes};
 use super::db::{Db, Tx, query};
 use super::rows::{self, RowExt, identity_columns, team_columns, user_columns};
 use super::sql::{insert_event, user_in};
@@ -219,6 +220,7 @@ pub(super) async fn create_team(
         .await?;
         let payload = events::member_changed(team.id, owner, Role::Owner, None);
         insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
+        log_changes(&mut tx, &[CacheChange::User(owner)], now).await?;
     }
     tx.commit().await?;
     Ok(CreateTeamOutcome::Created(team.clone()))
@@ -338,6 +340,12 @@ pub(super) async fn delete_user(db: &Db, user: UserId, now: DateTime<Utc>) -> Re
     }
     let payload = events::user_deleted(&found, &identities, &left_teams, &deleted_teams);
     insert_event(&mut tx, &NewEvent::new(events::USER_DELETED, payload), now).await?;
+    let forget: Vec<_> = std::iter::once(CacheChange::User(user))
+        .chain(
+            identities.iter().map(|i| CacheChange::Identity { issuer: i.issuer.clone(), subject: i.subject.clone() }),
+        )
+        .collect();
+    log_changes(&mut tx, &forget, now).await?;
     tx.commit().await?;
     Ok(DeleteUserOutcome::Deleted(DeletedUser { user: found, identities, left_teams, deleted_teams }))
 }

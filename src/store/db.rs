@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::migrations::{self, Applied, Embedded, MigrationStatus};
 use super::rows::{RowExt, impl_row_ext_common};
-use super::{ReadFrom, StoreError};
+use super::{PoolStats, ReadFrom, StoreError};
 use crate::config::{Backend, DatabaseConfig};
 
 /// The migrations built into the binary, one list per backend from one table: each row is a
@@ -62,6 +62,7 @@ embedded_migrations! {
     11 "0011_session_device" "session_device",
     12 "0012_profile_credentials" "profile_credentials",
     13 "0013_profile_actions" "profile_actions",
+    15 "0015_cache_invalidations" "cache_invalidations",
     16 "0016_webhook_rotation" "webhook_rotation",
 }
 
@@ -166,24 +167,30 @@ impl Db {
     /// Where single-statement writes go (they commit on their own).
     pub(super) fn writer(&self) -> PoolRef<'_> {
         match self {
-            Db::Sqlite { writer, .. } => PoolRef::Sqlite(writer),
-            Db::Postgres { primary, .. } => PoolRef::Postgres(primary),
+            Db::Sqlite { writer, .. } => PoolRef::Sqlite(writer, WRITER),
+            Db::Postgres { primary, .. } => PoolRef::Postgres(primary, PRIMARY),
         }
     }
 
     /// Where reads that must see every committed write go.
     pub(super) fn reader(&self) -> PoolRef<'_> {
         match self {
-            Db::Sqlite { reader, .. } => PoolRef::Sqlite(reader),
-            Db::Postgres { primary, .. } => PoolRef::Postgres(primary),
+            Db::Sqlite { reader, .. } => PoolRef::Sqlite(reader, READER),
+            Db::Postgres { primary, .. } => PoolRef::Postgres(primary, PRIMARY),
         }
     }
 
     /// Starts a write transaction.
     pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Db::Sqlite { writer, .. } => Tx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres { primary, .. } => Tx::Postgres(primary.begin().await?),
+            Db::Sqlite { writer, .. } => {
+                note_wait(writer, WRITER);
+                Tx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            Db::Postgres { primary, .. } => {
+                note_wait(primary, PRIMARY);
+                Tx::Postgres(primary.begin().await?)
+            }
         })
     }
 
@@ -197,7 +204,7 @@ impl Db {
         read: impl Fn(PoolRef<'s>) -> BoxFuture<'s, Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         if let Some(replica) = self.replica(from) {
-            match read(PoolRef::Postgres(&replica.pool)).await {
+            match read(PoolRef::Postgres(&replica.pool, REPLICA)).await {
                 Err(error) => replica.failed(&error),
                 done => return done,
             }
@@ -208,7 +215,7 @@ impl Db {
     /// [`Db::read_from`] for one statement's rows.
     pub(super) async fn fetch_all_from(&self, from: ReadFrom, query: &Query<'_>) -> Result<Vec<Row>, StoreError> {
         if let Some(replica) = self.replica(from) {
-            match query.fetch_all(PoolRef::Postgres(&replica.pool)).await {
+            match query.fetch_all(PoolRef::Postgres(&replica.pool, REPLICA)).await {
                 Err(error) => replica.failed(&error),
                 done => return done,
             }
@@ -223,7 +230,7 @@ impl Db {
         query: &Query<'_>,
     ) -> Result<Option<Row>, StoreError> {
         if let Some(replica) = self.replica(from) {
-            match query.fetch_optional(PoolRef::Postgres(&replica.pool)).await {
+            match query.fetch_optional(PoolRef::Postgres(&replica.pool, REPLICA)).await {
                 Err(error) => replica.failed(&error),
                 done => return done,
             }
@@ -279,6 +286,18 @@ impl Db {
         Ok(())
     }
 
+    /// A sample of every pool (of an in-memory SQLite database, the reader is the writer).
+    pub(super) fn pool_stats(&self) -> Vec<PoolStats> {
+        match self {
+            Db::Sqlite { writer, reader } => vec![pool_stats(writer, WRITER), pool_stats(reader, READER)],
+            Db::Postgres { primary, replica } => {
+                let mut stats = vec![pool_stats(primary, PRIMARY)];
+                stats.extend(replica.as_ref().map(|replica| pool_stats(&replica.pool, REPLICA)));
+                stats
+            }
+        }
+    }
+
     /// Closes all connections.
     pub(super) async fn close(&self) {
         match self {
@@ -330,17 +349,48 @@ pub(super) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Se
 /// A pool to run statements on, each committing on its own.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum PoolRef<'a> {
-    /// An SQLite pool.
-    Sqlite(&'a SqlitePool),
-    /// A PostgreSQL pool.
-    Postgres(&'a PgPool),
+    /// An SQLite pool, and its name in metrics.
+    Sqlite(&'a SqlitePool, &'static str),
+    /// A PostgreSQL pool, and its name in metrics.
+    Postgres(&'a PgPool, &'static str),
+}
+
+/// The names of the pools in metrics.
+const WRITER: &str = "writer";
+const READER: &str = "reader";
+const PRIMARY: &str = "primary";
+const REPLICA: &str = "replica";
+
+/// Counts a statement or transaction about to ask `pool` for a connection while every connection
+/// it may open is open and busy: it queues. A sample taken as it asks (sqlx counts no waits), for
+/// `tessera_db_pool_waits_total`.
+fn note_wait<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, name: &'static str) {
+    if pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections() {
+        crate::observability::record_pool_wait(name);
+    }
+}
+
+/// A sample of `pool` for metrics.
+fn pool_stats<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, name: &'static str) -> PoolStats {
+    PoolStats {
+        pool: name,
+        size: pool.size(),
+        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+        max: pool.options().get_max_connections(),
+    }
 }
 
 impl<'a> From<PoolRef<'a>> for On<'a> {
     fn from(pool: PoolRef<'a>) -> Self {
         match pool {
-            PoolRef::Sqlite(pool) => On::SqlitePool(pool),
-            PoolRef::Postgres(pool) => On::PgPool(pool),
+            PoolRef::Sqlite(pool, name) => {
+                note_wait(pool, name);
+                On::SqlitePool(pool)
+            }
+            PoolRef::Postgres(pool, name) => {
+                note_wait(pool, name);
+                On::PgPool(pool)
+            }
         }
     }
 }

@@ -7,8 +7,10 @@
 //! Unique violations are mapped where the SQL is, into [`StoreError::Conflict`].
 
 mod admin;
+mod cache_sync;
 mod db;
 mod grants;
+mod import;
 mod migrations;
 mod profile_actions;
 mod profile_credentials;
@@ -30,6 +32,7 @@ use crate::domain::{
 };
 
 pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
+pub use cache_sync::{CacheChange, LoggedChange};
 pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 pub use migrations::MigrationStatus;
@@ -961,6 +964,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Closes all connections.
     async fn close(&self);
 
+    /// A sample of each connection pool (no query is run), for metrics.
+    fn pool_stats(&self) -> Vec<PoolStats>;
+
     // ---- OpenID Provider: registered clients ----------------------------------------------------
 
     /// Registers a client; [`ClientInsert::IdTaken`] (nothing written) when its id is taken.
@@ -1064,6 +1070,10 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// An endpoint's first `limit` pending deliveries, in sequence order, with their events.
     async fn pending_deliveries(&self, endpoint: WebhookId, limit: i64) -> Result<Vec<DeliveryJob>, StoreError>;
+
+    /// Every endpoint, with how many deliveries it has pending and since when the oldest waits
+    /// (zero and `None` when none is pending), for metrics.
+    async fn webhook_queues(&self) -> Result<Vec<WebhookQueue>, StoreError>;
 
     /// Records an attempt of a pending delivery (nothing when it is no longer pending).
     async fn record_attempt(&self, delivery: uuid::Uuid, attempt: &Attempt) -> Result<(), StoreError>;
@@ -1184,6 +1194,47 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// A profile's status and its stored credential, if any (`None`: no such profile).
     async fn profile_credential(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError>;
+
+    // ---- The cache-invalidation log (rows are written by the changes themselves) ----------------
+
+    /// The highest sequence number of the cache-invalidation log (0 when it is empty), on the
+    /// primary.
+    async fn cache_changes_head(&self) -> Result<i64, StoreError>;
+
+    /// Up to `limit` logged cache invalidations after the sequence number `after`, in order, read
+    /// on the primary. Sequence numbers increase but have gaps, and on PostgreSQL a lower one may
+    /// become visible after a higher one (see `src/service/cache_sync.rs`).
+    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<Vec<LoggedChange>, StoreError>;
+
+    /// Deletes the logged cache invalidations written before `before`; returns how many.
+    async fn delete_cache_changes_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    // --- Import and export (import.rs) ---
+
+    /// The users of those of `subjects` that have an identity at `issuer` (in no particular
+    /// order, one entry per subject found): the batched existence check of `tessera import`.
+    async fn existing_identities(
+        &self,
+        issuer: &Issuer,
+        subjects: &[Subject],
+    ) -> Result<Vec<(Subject, UserId)>, StoreError>;
+
+    /// A page of at most `limit` identities with ids greater than `after`, in id order, each with
+    /// its user: what `tessera export` writes.
+    async fn export_identities(
+        &self,
+        after: Option<IdentityId>,
+        limit: i64,
+    ) -> Result<Vec<ExportedIdentity>, StoreError>;
+}
+
+/// An identity with its user, as [`Store::export_identities`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedIdentity {
+    /// The identity link.
+    pub identity: Identity,
+    /// Its user (email, verification and name as they are now).
+    pub user: User,
 }
 
 /// One of a user's sessions, as the account page lists them.
@@ -1215,6 +1266,31 @@ pub struct WebhookKeys<'a> {
     pub previous_until: Option<DateTime<Utc>>,
     /// Now.
     pub now: DateTime<Utc>,
+}
+
+/// A sample of one database pool, for metrics ([`Store::pool_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `primary` or `replica` on PostgreSQL, `writer` or `reader` on SQLite.
+    pub pool: &'static str,
+    /// Connections open.
+    pub size: u32,
+    /// Connections open and idle.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
+}
+
+/// The pending deliveries of one webhook endpoint ([`Store::webhook_queues`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookQueue {
+    /// The endpoint.
+    pub endpoint: WebhookId,
+    /// How many deliveries are pending.
+    pub pending: i64,
+    /// When the oldest pending delivery was scheduled (created, or last replayed); `None` when
+    /// none is pending.
+    pub oldest_scheduled_at: Option<DateTime<Utc>>,
 }
 
 /// The outcome of one delivery attempt, for [`Store::record_attempt`].

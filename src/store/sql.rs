@@ -10,6 +10,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::cache_sync::{CacheChange, LoggedChange, log_changes};
 use super::db::{Db, PoolRef, Tx, query, try_exclusive};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
 use super::rows::{
@@ -24,8 +25,9 @@ use super::{
     UnlinkOutcome, UserSession, WebhookKeys, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
-use super::{CreateTeamOutcome, DeleteUserOutcome, TeamMember, TeamQuery, UserChange, UserQuery};
+use super::{CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery};
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
+use super::{PoolStats, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
@@ -678,6 +680,9 @@ impl Store for SqlStore {
             let ended = query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
             insert_session_event(&mut tx, user, SessionEnd::UserDisabled, ended, now).await?;
         }
+        if !changed.is_empty() || toggled {
+            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        }
         tx.commit().await?;
         Ok(Some(found))
     }
@@ -959,6 +964,7 @@ impl Store for SqlStore {
                 .ok_or(StoreError::Conflict { what: "identity vanished while linking" })?;
             let event = NewEvent::new(events::IDENTITY_LINKED, events::identity_changed(&identity));
             insert_event(&mut tx, &event, link.now).await?;
+            log_changes(&mut tx, &[CacheChange::User(user)], link.now).await?;
             tx.commit().await?;
             return Ok(LinkOutcome::Linked(identity));
         }
@@ -1014,6 +1020,11 @@ impl Store for SqlStore {
         )
         .await?;
         insert_event(&mut tx, &NewEvent::new(events::IDENTITY_UNLINKED, events::identity_changed(&found)), now).await?;
+        let forget = [
+            CacheChange::User(user),
+            CacheChange::Identity { issuer: found.issuer.clone(), subject: found.subject.clone() },
+        ];
+        log_changes(&mut tx, &forget, now).await?;
         tx.commit().await?;
         Ok(UnlinkOutcome::Unlinked(found))
     }
@@ -1235,6 +1246,7 @@ impl Store for SqlStore {
             if let Some(previous) = previous.filter(|p| *p != role) {
                 let payload = events::member_changed(team, user, role, Some(previous));
                 insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ROLE_CHANGED, payload), now).await?;
+                log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
             }
             tx.commit().await?;
             return Ok(MemberOutcome::Updated);
@@ -1250,6 +1262,7 @@ impl Store for SqlStore {
         .await?;
         let payload = events::member_changed(team, user, role, None);
         insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         tx.commit().await?;
         Ok(MemberOutcome::Added)
     }
@@ -1279,6 +1292,7 @@ impl Store for SqlStore {
         }
         let payload = events::member_changed(team, user, role, None);
         insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), crate::domain::now()).await?;
+        log_changes(&mut tx, &[CacheChange::User(user)], crate::domain::now()).await?;
         tx.commit().await?;
         Ok(RemoveOutcome::Removed)
     }
@@ -1947,6 +1961,10 @@ impl Store for SqlStore {
         self.db.close().await;
     }
 
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        self.db.pool_stats()
+    }
+
     // ---- OpenID Provider: registered clients ----------------------------------------------------
 
     async fn insert_client(&self, client: &Client) -> Result<ClientInsert, StoreError> {
@@ -1979,10 +1997,14 @@ impl Store for SqlStore {
         client: &Client,
         expected_updated_at: DateTime<Utc>,
     ) -> Result<ClientUpdate, StoreError> {
-        let updated = update_client_query(client, Some(expected_updated_at)).execute(self.db.writer()).await?;
+        let mut tx = self.db.begin().await?;
+        let updated = update_client_query(client, Some(expected_updated_at)).execute(&mut tx).await?;
         if updated == 1 {
+            log_changes(&mut tx, &[CacheChange::Client(client.id.clone())], crate::domain::now()).await?;
+            tx.commit().await?;
             return Ok(ClientUpdate::Updated);
         }
+        tx.rollback().await?;
         let exists = query("SELECT 1 FROM clients WHERE id = $1")
             .bind(client.id.as_str())
             .fetch_optional(self.db.reader())
@@ -1991,7 +2013,14 @@ impl Store for SqlStore {
     }
 
     async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
-        Ok(query("DELETE FROM clients WHERE id = $1").bind(id.as_str()).execute(self.db.writer()).await? == 1)
+        let mut tx = self.db.begin().await?;
+        if query("DELETE FROM clients WHERE id = $1").bind(id.as_str()).execute(&mut tx).await? != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        log_changes(&mut tx, &[CacheChange::Client(id.clone())], crate::domain::now()).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn sync_config_clients(&self, clients: &[Client]) -> Result<ConfigClientSync, StoreError> {
@@ -2006,12 +2035,14 @@ impl Store for SqlStore {
         let mut wanted: Vec<&Client> = clients.iter().collect();
         wanted.sort_by(|a, b| a.id.cmp(&b.id));
         let mut sync = ConfigClientSync::default();
+        let mut forget = Vec::new();
         for client in wanted {
             match stored.iter().find(|s| s.id == client.id) {
                 Some(old) if same_registration(old, client) => {}
                 Some(_) => {
                     update_client_query(client, None).execute(&mut tx).await?;
                     sync.updated += 1;
+                    forget.push(CacheChange::Client(client.id.clone()));
                 }
                 None => {
                     if insert_client_query(client).fetch_optional(&mut tx).await?.is_some() {
@@ -2028,6 +2059,7 @@ impl Store for SqlStore {
                         Some(true) => {
                             update_client_query(client, None).execute(&mut tx).await?;
                             sync.updated += 1;
+                            forget.push(CacheChange::Client(client.id.clone()));
                         }
                         _ => sync.conflicts.push(client.id.clone()),
                     }
@@ -2042,8 +2074,10 @@ impl Store for SqlStore {
                     .await?,
             )
             .unwrap_or(0);
+            forget.push(CacheChange::Client(old.id.clone()));
         }
         if sync.conflicts.is_empty() {
+            log_changes(&mut tx, &forget, crate::domain::now()).await?;
             tx.commit().await?;
         } else {
             tx.rollback().await?;
@@ -2312,6 +2346,27 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn webhook_queues(&self) -> Result<Vec<WebhookQueue>, StoreError> {
+        // The pending index (endpoint_id, event_seq) WHERE state = 'pending' finds the rows.
+        let rows = query(
+            "SELECT e.id, count(d.id) AS pending, min(d.scheduled_at) AS oldest
+             FROM webhook_endpoints e
+             LEFT JOIN webhook_deliveries d ON d.endpoint_id = e.id AND d.state = 'pending'
+             GROUP BY e.id ORDER BY e.id",
+        )
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WebhookQueue {
+                    endpoint: WebhookId::from_uuid(row.uuid("id")?),
+                    pending: row.int("pending")?,
+                    oldest_scheduled_at: row.opt_time("oldest")?,
+                })
+            })
+            .collect()
+    }
+
     async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
         let mut tx = self.db.begin().await?;
         let ended = query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
@@ -2498,6 +2553,36 @@ impl Store for SqlStore {
 
     async fn profile_credential(&self, id: ProfileId) -> Result<Option<StoredCredential>, StoreError> {
         self.profile_credential_sql(id).await
+    }
+
+    // ---- The cache-invalidation log (the SQL is in cache_sync.rs) ------------------------------
+
+    async fn cache_changes_head(&self) -> Result<i64, StoreError> {
+        super::cache_sync::head(&self.db).await
+    }
+
+    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<Vec<LoggedChange>, StoreError> {
+        super::cache_sync::changes_after(&self.db, after, limit).await
+    }
+
+    async fn delete_cache_changes_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        super::cache_sync::prune(&self.db, before).await
+    }
+
+    async fn existing_identities(
+        &self,
+        issuer: &Issuer,
+        subjects: &[Subject],
+    ) -> Result<Vec<(Subject, UserId)>, StoreError> {
+        super::import::existing_identities(&self.db, issuer, subjects).await
+    }
+
+    async fn export_identities(
+        &self,
+        after: Option<IdentityId>,
+        limit: i64,
+    ) -> Result<Vec<ExportedIdentity>, StoreError> {
+        super::import::export_identities(&self.db, after, limit).await
     }
 }
 

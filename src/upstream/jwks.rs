@@ -34,6 +34,7 @@ use url::Url;
 use crate::config::{JwksConfig, endpoint_url, parse_algorithm};
 use crate::crypto::sha256;
 use crate::domain::Issuer;
+use crate::observability::{JWKS_FETCH_FAILURES_TOTAL, JWKS_FETCHES_TOTAL, JWKS_REFETCHES_REFUSED_TOTAL};
 
 /// Keys are refreshed at least this often, whatever the issuer says.
 pub const MAX_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -165,6 +166,18 @@ enum Reason {
     Expired,
     /// A token's key was not found, or failed.
     Miss(Miss),
+}
+
+impl Reason {
+    /// The `reason` label of `tessera_jwks_fetches_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Reason::Missing => "initial",
+            Reason::Expired => "expired",
+            Reason::Miss(Miss::UnknownKey) => "unknown_kid",
+            Reason::Miss(Miss::BadSignature) => "bad_signature",
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -345,9 +358,17 @@ impl Inner {
         }
         let now = Instant::now();
         if let Some(wait) = self.refused(&state, reason, now) {
+            let wait_label = match wait {
+                Wait::CoolingDown => "cooldown",
+                Wait::BackingOff => "backoff",
+            };
+            metrics::counter!(JWKS_REFETCHES_REFUSED_TOTAL, "issuer" => self.issuer.to_string(), "wait" => wait_label)
+                .increment(1);
             return Refreshed::Refused(wait);
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(JWKS_FETCHES_TOTAL, "issuer" => self.issuer.to_string(), "reason" => reason.label())
+            .increment(1);
         let fetched = self.fetch().await;
         // The cooldown and the back-off run from the end of the attempt: a fetch that hangs until
         // its timeout must not let the next caller start another at once.
@@ -374,6 +395,7 @@ impl Inner {
                 Refreshed::Fetched(set)
             }
             Err(error) => {
+                metrics::counter!(JWKS_FETCH_FAILURES_TOTAL, "issuer" => self.issuer.to_string()).increment(1);
                 state.failures = state.failures.saturating_add(1);
                 if std::mem::replace(&mut state.down, true) {
                     tracing::debug!(issuer = %self.issuer, error = %error, ?reason, "still cannot fetch issuer keys");

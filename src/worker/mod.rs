@@ -1,6 +1,7 @@
 //! Background work: one loop per job, started with the server and stopped with it. Each loop
 //! owns its schedule and logs its own failures; none of them answers a request.
 
+mod cache_sync;
 pub mod last_seen;
 mod signing_keys;
 mod sweeper;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
 use crate::service::op::keys::SigningKeys;
 use crate::service::op::provider::OpenIdProvider;
@@ -42,6 +44,10 @@ pub struct WorkerDeps {
     pub op: Option<OpenIdProvider>,
     /// Webhook endpoints, whose deliveries the webhook loop makes.
     pub webhooks: Webhooks,
+    /// The caches' view of the cache-invalidation log (the sweeper prunes the log).
+    pub cache_sync: CacheSync,
+    /// How often the log is read (`cache.sync_interval_ms`).
+    pub cache_sync_every: Duration,
 }
 
 /// The running background loops.
@@ -60,9 +66,11 @@ impl Workers {
                 deps.auth_profiles.clone(),
                 deps.clients.clone(),
                 deps.op.clone(),
+                deps.cache_sync.clone(),
             )),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),
             tokio::spawn(webhooks::run(deps.webhooks.clone())),
+            tokio::spawn(cache_sync::run(deps.cache_sync.clone(), deps.cache_sync_every)),
         ];
         if let Some(keys) = &deps.signing_keys {
             handles.push(tokio::spawn(signing_keys::run(keys.clone())));

@@ -1,10 +1,11 @@
 //! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles, the
-//! records of used client assertions, and the OpenID Provider's expired grants, codes and held
-//! requests.
+//! records of used client assertions, the OpenID Provider's expired grants, codes and held
+//! requests, and the rows of the cache-invalidation log older than its retention.
 
 use std::time::Duration;
 
 use crate::service::auth_profiles::AuthProfiles;
+use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
 use crate::service::op::provider::OpenIdProvider;
 use crate::service::sessions::Sessions;
@@ -13,7 +14,13 @@ use crate::service::sessions::Sessions;
 const EVERY: Duration = Duration::from_secs(600);
 
 /// Deletes expired sessions, sign-in states and pending profiles every ten minutes.
-pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles, clients: Clients, op: Option<OpenIdProvider>) {
+pub(super) async fn run(
+    sessions: Sessions,
+    auth_profiles: AuthProfiles,
+    clients: Clients,
+    op: Option<OpenIdProvider>,
+    cache_sync: CacheSync,
+) {
     let mut interval = tokio::time::interval(EVERY);
     loop {
         interval.tick().await;
@@ -31,6 +38,11 @@ pub(super) async fn run(sessions: Sessions, auth_profiles: AuthProfiles, clients
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted records of expired client assertions"),
             Err(error) => tracing::warn!(error = %error, "cannot delete records of expired client assertions"),
+        }
+        match cache_sync.delete_old().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "deleted old rows of the cache-invalidation log"),
+            Err(error) => tracing::warn!(error = %error, "cannot delete old rows of the cache-invalidation log"),
         }
         if let Some(op) = &op {
             match op.delete_expired().await {

@@ -157,6 +157,12 @@ async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &We
             (next <= give_up).then_some(next)
         });
         let failed = error.is_some();
+        let result = match (failed, retry_at) {
+            (false, _) => "delivered",
+            (true, Some(_)) => "retry",
+            (true, None) => "failed",
+        };
+        crate::observability::record_webhook_attempt(endpoint.id, result);
         match (&error, retry_at) {
             (None, _) => tracing::debug!(webhook = %endpoint.id, event = %job.event_id, "webhook delivered"),
             (Some(e), Some(_)) => {

@@ -377,7 +377,7 @@ impl World {
     /// Follows a connect link through the provider; returns the provider's answer to the
     /// authorization request (a redirect back when it accepts it).
     async fn authorize(&mut self, link: &str) -> reqwest::Response {
-        let start = self.browser.navigate(link).await;
+        let start = self.browser.open_connect_link(link).await;
         assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
         self.last_authorize = Some(url::Url::parse(&location(&start)).unwrap());
         self.browser.get(&location(&start)).await

@@ -29,6 +29,7 @@ on_both_backends!(
     a_connect_link_connects_the_profile_once,
     a_connect_link_is_bound_to_its_user_and_single_use,
     concurrent_callbacks_activate_the_profile_once,
+    concurrent_continues_of_one_connect_link_start_one_flow,
     reconnecting_keeps_the_profile_and_guards_the_account,
     tokens_are_refreshed_before_they_expire,
     fifty_concurrent_requests_refresh_once,
@@ -177,7 +178,7 @@ fn profile_request(slug: Option<&str>) -> Value {
 
 /// Follows a connect link in a signed-in browser through the provider to the callback page.
 async fn connect(browser: &mut Browser, link: &str) -> reqwest::Response {
-    let start = browser.navigate(link).await;
+    let start = browser.open_connect_link(link).await;
     assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
     assert_eq!(start.headers()["referrer-policy"], "no-referrer");
     let provider = browser.get(&location(&start)).await;
@@ -195,7 +196,7 @@ fn sql_time(backend: Backend, minutes: i64) -> String {
 /// Starts a connect flow in a browser and stops at the provider's redirect back: returns the
 /// callback URL, to follow later.
 async fn start_flow(browser: &mut Browser, link: &str) -> String {
-    let start = browser.navigate(link).await;
+    let start = browser.open_connect_link(link).await;
     assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
     location(&browser.get(&location(&start)).await)
 }
@@ -451,6 +452,48 @@ async fn a_connect_link_is_bound_to_its_user_and_single_use(backend: Backend) {
     assert_eq!(body(expired, 404).await["code"], "invalid_connect_link");
 }
 
+/// The start page only shows the link; its "Continue" form uses it up, exactly once: of many
+/// concurrent posts one goes to the provider, the others get the invalid-link page.
+async fn concurrent_continues_of_one_connect_link_start_one_flow(backend: Backend) {
+    let mut w = world(backend).await;
+    let created = body(w.create(w.alice.id, profile_request(Some("once"))).await, 201).await;
+    let link = created["connect_url"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let page = w.alice.browser.navigate(&link).await;
+        assert_eq!(page.status(), StatusCode::OK, "looking does not use the link up");
+    }
+    let page = w.alice.browser.navigate(&link).await.text().await.unwrap();
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let session = format!("tessera_session={}", w.alice.browser.cookies["tessera_session"]);
+    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let request = client
+            .post(&link)
+            .header("cookie", &session)
+            .header("accept", "text/html")
+            .form(&[("csrf", csrf.as_str())]);
+        tasks.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let to = response.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+            (response.status(), to)
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    let started: Vec<_> = outcomes.iter().filter(|(s, _)| *s == StatusCode::SEE_OTHER).collect();
+    let refused = outcomes.iter().filter(|(s, _)| *s == StatusCode::NOT_FOUND).count();
+    assert_eq!((started.len(), refused), (1, 11), "{outcomes:?}");
+    let to = started[0].1.as_deref().unwrap();
+    assert!(to.starts_with(w.issuer.issuer()), "to the provider: {to}");
+    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 0, "the link is used up");
+    let gone = w.alice.browser.navigate(&link).await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert!(gone.text().await.unwrap().contains("This link has expired"));
+}
+
 async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
     let mut w = world(backend).await;
     let created = body(w.create(w.alice.id, profile_request(Some("raced"))).await, 201).await;
@@ -458,7 +501,7 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
     let mut callbacks = Vec::new();
     let mut link = created["connect_url"].as_str().unwrap().to_owned();
     for _ in 0..2 {
-        let start = w.alice.browser.navigate(&link).await;
+        let start = w.alice.browser.open_connect_link(&link).await;
         let cookie = w.alice.browser.cookies["tessera_login"].clone();
         let provider = w.alice.browser.get(&location(&start)).await;
         callbacks.push((location(&provider), cookie));
@@ -532,6 +575,7 @@ async fn fifty_concurrent_requests_refresh_once(backend: Backend) {
     let slug = w.connected("busy").await;
     w.expire_soon(&slug).await;
     w.issuer.set_token_delay(Duration::from_millis(300));
+    let before = crate::metrics::scrape(&w.app).await.1;
     let w = Arc::new(w);
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -544,6 +588,14 @@ async fn fifty_concurrent_requests_refresh_once(backend: Backend) {
     }
     assert_eq!(w.issuer.refreshes(), 1, "exactly one call to the provider");
     assert_eq!(tokens.len(), 1, "everyone got the refreshed token");
+    // Metrics are per process and other tests refresh too: they grew at least by this test's.
+    let after = crate::metrics::scrape(&w.app).await.1;
+    let grew = |name: &str, labels: &[(&str, &str)]| {
+        crate::metrics::value(&after, name, labels) - crate::metrics::value(&before, name, labels)
+    };
+    let ok = [("provider", "local"), ("outcome", "ok")];
+    assert!(grew("tessera_token_refresh_calls_total", &ok) >= 1.0);
+    assert!(grew("tessera_token_refresh_waits_total", &[("scope", "process")]) >= 1.0, "the others waited");
 }
 
 async fn two_instances_refresh_once(backend: Backend) {

@@ -60,6 +60,7 @@ async fn a_browser_signs_in_through_a_real_openid_provider(backend: Backend) {
             auto_link_by_email: false,
             store_tokens: false,
             protocol: tessera::config::ProviderProtocol::default(),
+            icon_url: None,
         });
     })
     .await;

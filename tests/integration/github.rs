@@ -100,6 +100,7 @@ impl GitHubStub {
             auto_link_by_email: false,
             store_tokens: false,
             protocol: tessera::config::ProviderProtocol::default(),
+            icon_url: None,
         }
     }
 }

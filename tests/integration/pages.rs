@@ -11,7 +11,7 @@ use tessera::crypto::keyring::KeyRing;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use tessera::config::ProviderKind;
+use tessera::config::{ConnectorConfig, EnvField, ProviderConfig, ProviderKind};
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
 use tokio::process::Command;
 
@@ -27,6 +27,8 @@ on_both_backends!(
     the_chooser_lists_providers_and_sends_a_teams_email_to_its_provider,
     sign_out_everywhere_else_keeps_only_this_browser,
     connected_accounts_are_listed_and_can_be_disconnected,
+    env_profiles_are_connected_and_reconnected_through_a_fresh_form_link,
+    providers_show_built_in_configured_or_monogram_icons,
 );
 
 struct World {
@@ -47,12 +49,33 @@ async fn world(backend: Backend) -> World {
     let app = TestApp::spawn_with(backend, |config| {
         config.auth.cookie_secure = false;
         config.providers.push(provider("local", ProviderKind::Oidc, &local));
-        config.providers.push(provider("second", ProviderKind::Oidc, &second));
+        // A configured icon (a path on Tessera: the built-in GitLab one) for the second.
+        let icon = Some("/assets/icons/gitlab.svg".to_owned());
+        config.providers.push(ProviderConfig { icon_url: icon, ..provider("second", ProviderKind::Oidc, &second) });
         let mut issuer = local_issuer_config(&second);
         issuer.name = "second".into();
         config.issuers.push(issuer);
         let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([3u8; 32]));
         config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+        let field = |name: &str, label: &str, secret, optional| EnvField {
+            name: name.into(),
+            label: label.into(),
+            secret,
+            optional,
+            pattern: None,
+        };
+        config.connectors = vec![
+            ConnectorConfig { key: "issues".into(), label: "Issue tracker".into(), fields: vec![], probe: None },
+            ConnectorConfig {
+                key: "openai".into(),
+                label: "OpenAI".into(),
+                fields: vec![
+                    field("OPENAI_API_KEY", "API key", true, false),
+                    field("OPENAI_ORG", "Organisation", false, true),
+                ],
+                probe: None,
+            },
+        ];
     })
     .await;
     World { app, local, second }
@@ -244,6 +267,8 @@ async fn the_chooser_lists_providers_and_sends_a_teams_email_to_its_provider(bac
     for name in ["local", "second"] {
         assert!(page.contains(&format!("href=\"/auth/login?provider={name}&#38;return_to=%2Fafter\"")), "{page}");
     }
+    // Providers without a built-in or configured icon get a monogram.
+    assert!(page.contains("<span class=\"mark\" aria-hidden=\"true\">L</span>Continue with Local"), "{page}");
     assert!(page.contains("<label for=\"email\">") && page.contains("name=\"return_to\" value=\"/after\""));
     let team = body(w.app.bootstrap(&crate::helpers::identity("owner", "owner@acme.example", Some("Acme"))).await, 201)
         .await["team"]["id"]
@@ -361,19 +386,123 @@ async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend)
     let page = html(Browser::new().navigate(&link).await, StatusCode::UNAUTHORIZED).await;
     let back = url::form_urlencoded::byte_serialize(path.as_bytes()).collect::<String>();
     assert!(page.contains(&format!("href=\"/login?return_to={back}\"")), "{page}");
-    // Opened by its user: the provider, then a page that leads back to the account.
-    let start = browser.navigate(&link).await;
+    // Opened by its user: a page naming what is connected, where, by whom, with which
+    // permissions — looking does not use the link up.
+    let page = html(browser.navigate(&link).await, StatusCode::OK).await;
+    let team_name = me["teams"][0]["name"].as_str().unwrap().replace('&', "&#38;").replace('\'', "&#39;");
+    for expected in [
+        "<title>Connect Issue tracker – Tessera</title>",
+        "<span class=\"mark\" aria-hidden=\"true\">L</span><span>Connect Issue tracker</span>",
+        "My &#60;Issues&#62;",
+        "<span class=\"muted code\">issues</span>",
+        &format!("<dt>Team</dt><dd>{team_name}</dd>"),
+        "<dt>Account at</dt><dd>Local</dd>",
+        "ada@example.com",
+        "<li>openid</li><li>issues:read</li>",
+        &format!("<form method=\"post\" action=\"{path}\">"),
+        "<button type=\"submit\">Continue to Local</button>",
+        "<a class=\"button secondary\" href=\"/account\">Cancel</a>",
+    ] {
+        assert!(page.contains(expected), "{expected}: {page}");
+    }
+    let sql = w.app.db.sql().await;
+    // Its form needs the session's token; a refused post leaves the link usable.
+    html(browser.form(&link, &[]).await, StatusCode::FORBIDDEN).await;
+    html(browser.form(&link, &[("csrf", "forged")]).await, StatusCode::FORBIDDEN).await;
+    assert_eq!(sql.count("connect_tokens").await, 1);
+    // Continue: the provider, then a page naming the account that leads back to the account page.
+    let start = browser.form(&link, &[("csrf", &csrf_of(&page))]).await;
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    assert_eq!(sql.count("connect_tokens").await, 0, "used up");
     let callback = location(&browser.get(&location(&start)).await);
     let page = html(browser.navigate(&callback).await, StatusCode::OK).await;
-    assert!(page.contains("My &#60;Issues&#62; is connected") && page.contains("href=\"/account\""), "{page}");
+    assert!(page.contains("My &#60;Issues&#62; is connected to your Local account"), "{page}");
+    assert!(page.contains("href=\"/account\""), "{page}");
+    let page = html(browser.navigate(&link).await, StatusCode::NOT_FOUND).await;
+    assert!(page.contains("This link has expired"), "a used link: {page}");
     let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
     assert!(page.contains("My &#60;Issues&#62;") && page.contains(">connected<"), "{page}");
     assert!(page.contains("<li>issues:read</li>"), "{page}");
     let token = csrf_of(&page);
+    // Reconnect: a fresh link, whose start page says so.
+    let reconnect = w.app.url(&format!("/account/connections/{team}/issues/reconnect"));
+    let fresh = location(&browser.form(&reconnect, &[("csrf", &token)]).await);
+    assert!(fresh.ends_with("/oauth/start") && fresh != link, "{fresh}");
+    let page = html(browser.navigate(&fresh).await, StatusCode::OK).await;
+    assert!(page.contains("connected again") && page.contains("Choose the same Local account as before"), "{page}");
     let revoke = w.app.url(&format!("/account/connections/{team}/issues/revoke"));
     html(browser.form(&revoke, &[]).await, StatusCode::FORBIDDEN).await;
     let done = browser.form(&revoke, &[("csrf", &token)]).await;
     assert_eq!(location(&done), "/account?done=revoked");
     let page = html(browser.navigate(&w.app.url("/account?done=revoked")).await, StatusCode::OK).await;
     assert!(page.contains("The account was disconnected.") && !page.contains("My &#60;Issues&#62;"), "{page}");
+}
+
+async fn env_profiles_are_connected_and_reconnected_through_a_fresh_form_link(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    sign_in(&mut browser, &w.app, "local").await;
+    let me = body(browser.me(&w.app).await, 200).await;
+    let team = me["teams"][0]["id"].as_str().unwrap().to_owned();
+    let request = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "OpenAI key", "slug": "ai"});
+    let created = browser.json(Method::POST, &w.app.url(&format!("/v1/teams/{team}/auth-profiles")), &request).await;
+    let first = body(created, 201).await["connect_url"].as_str().unwrap().to_owned();
+    // Pending: the account page offers to connect it, with a fresh link to the form.
+    let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
+    assert!(page.contains(">not connected yet<") && page.contains(">Connect<span class=\"vh\"> OpenAI key"), "{page}");
+    let reconnect = w.app.url(&format!("/account/connections/{team}/ai/reconnect"));
+    let link = location(&browser.form(&reconnect, &[("csrf", &csrf_of(&page))]).await);
+    assert!(link.ends_with("/env") && link != first, "{link}");
+    assert_eq!(browser.navigate(&first).await.status(), StatusCode::NOT_FOUND, "the older link is replaced");
+    let form = html(browser.navigate(&link).await, StatusCode::OK).await;
+    assert!(form.contains("Connect OpenAI") && form.contains("type=\"password\""), "{form}");
+    let values = [("csrf", csrf_of(&form)), ("OPENAI_API_KEY", "sk-first-value".into()), ("OPENAI_ORG", String::new())];
+    let values: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let page = html(browser.form(&link, &values).await, StatusCode::OK).await;
+    assert!(page.contains("OpenAI key is connected.") && page.contains("href=\"/account\""), "{page}");
+    // Connected: "Reconnect" makes another fresh form link.
+    let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
+    assert!(page.contains(">connected<") && page.contains(">Reconnect<span class=\"vh\"> OpenAI key"), "{page}");
+    let again = location(&browser.form(&reconnect, &[("csrf", &csrf_of(&page))]).await);
+    assert!(again.ends_with("/env") && again != link, "{again}");
+    html(browser.navigate(&again).await, StatusCode::OK).await;
+    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 1);
+}
+
+async fn providers_show_built_in_configured_or_monogram_icons(backend: Backend) {
+    let issuer = LocalIssuer::start().await.unwrap();
+    let app = TestApp::spawn_with(backend, |config| {
+        config.auth.cookie_secure = false;
+        let configured = ProviderConfig {
+            icon_url: Some("https://icons.example.com/acme.svg".into()),
+            ..provider("acme", ProviderKind::Oidc, &issuer)
+        };
+        config.providers.push(configured);
+        config.providers.push(provider("gitlab", ProviderKind::Oidc, &issuer));
+        config.providers.push(provider("corp", ProviderKind::Oidc, &issuer));
+    })
+    .await;
+    let mut browser = Browser::new();
+    let chooser = browser.navigate(&app.url("/login")).await;
+    let csp = chooser.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("img-src 'self' https://icons.example.com;"), "a configured icon's origin: {csp}");
+    let page = html(chooser, StatusCode::OK).await;
+    for expected in [
+        "<img class=\"icon\" src=\"https://icons.example.com/acme.svg\" alt=\"\" width=\"28\" height=\"28\">Continue with Acme",
+        "<img class=\"icon\" src=\"/assets/icons/gitlab.svg\" alt=\"\" width=\"28\" height=\"28\">Continue with GitLab",
+        "<span class=\"mark\" aria-hidden=\"true\">C</span>Continue with Corp",
+    ] {
+        assert!(page.contains(expected), "{expected}: {page}");
+    }
+    // The built-in icons are served by Tessera itself, as plain SVG that can run nothing.
+    for name in ["github", "gitlab", "google", "microsoft", "slack"] {
+        let icon = browser.get(&app.url(&format!("/assets/icons/{name}.svg"))).await;
+        assert_eq!(icon.status(), StatusCode::OK, "{name}");
+        assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+        assert_eq!(icon.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(icon.headers()["content-security-policy"], "default-src 'none'");
+        assert!(icon.text().await.unwrap().starts_with("<svg "), "{name}");
+    }
+    assert_eq!(body(browser.get(&app.url("/assets/icons/nope.svg")).await, 404).await["code"], "not_found");
+    assert_eq!(browser.get(&app.url("/assets/icons/github")).await.status(), StatusCode::NOT_FOUND);
 }

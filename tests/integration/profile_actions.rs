@@ -116,7 +116,7 @@ fn request(kind: &str, connector: &str, slug: &str, scopes: &[&str]) -> Value {
 
 /// Follows a connect link in a signed-in browser through the provider to the callback page.
 async fn connect(browser: &mut Browser, link: &str) -> reqwest::Response {
-    let start = browser.navigate(link).await;
+    let start = browser.open_connect_link(link).await;
     assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
     let provider = browser.get(&location(&start)).await;
     browser.navigate(&location(&provider)).await
@@ -124,7 +124,7 @@ async fn connect(browser: &mut Browser, link: &str) -> reqwest::Response {
 
 /// Starts a connect flow and stops at the provider's redirect back: the callback URL.
 async fn start_flow(browser: &mut Browser, link: &str) -> String {
-    let start = browser.navigate(link).await;
+    let start = browser.open_connect_link(link).await;
     assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
     location(&browser.get(&location(&start)).await)
 }

@@ -467,7 +467,7 @@ async fn oauth_profiles_answer_credentials_like_token(backend: Backend) {
                          "display_name": "Issues", "slug": "issues", "scopes": ["openid"]});
     let created = body(w.create(w.alice.id, request).await, 201).await;
     assert_eq!(body(w.credentials(w.alice.id, "issues").await, 409).await["code"], "profile_not_connected");
-    let start = w.alice.browser.navigate(created["connect_url"].as_str().unwrap()).await;
+    let start = w.alice.browser.open_connect_link(created["connect_url"].as_str().unwrap()).await;
     assert_eq!(start.status(), StatusCode::SEE_OTHER);
     let provider = w.alice.browser.get(&location(&start)).await;
     let done = w.alice.browser.navigate(&location(&provider)).await;

@@ -12,7 +12,7 @@ use tessera_testkit::local_issuer::LocalIssuer;
 
 use crate::helpers::{AUDIENCE, Backend, TestApp, TestDb, identity, json as body, local_issuer_config};
 
-fn replica_url(variable: &str, db: &TestDb) -> String {
+pub(crate) fn replica_url(variable: &str, db: &TestDb) -> String {
     let base = std::env::var(variable).unwrap_or_else(|_| {
         panic!("{variable} is not set: run the suite with `scripts/test`, which starts the replicas")
     });
@@ -22,7 +22,7 @@ fn replica_url(variable: &str, db: &TestDb) -> String {
 }
 
 /// Waits until the replica has the test database with its migrated schema.
-async fn caught_up(url: &str) -> PgPool {
+pub(crate) async fn caught_up(url: &str) -> PgPool {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(pool) = PgPoolOptions::new().max_connections(2).connect(url).await {

@@ -49,6 +49,7 @@ pub fn provider(name: &str, kind: ProviderKind, issuer: &LocalIssuer) -> Provide
         auto_link_by_email: false,
         store_tokens: false,
         protocol: tessera::config::ProviderProtocol::default(),
+        icon_url: None,
     }
 }
 
@@ -112,6 +113,19 @@ impl Browser {
 
     pub async fn get(&mut self, url: &str) -> reqwest::Response {
         self.request(Method::GET, url).await
+    }
+
+    /// Opens an OAuth connect link as a person does: its start page, then the page's "Continue"
+    /// form (with the CSRF token); returns the form's answer (303 to the provider when all is
+    /// well).
+    pub async fn open_connect_link(&mut self, link: &str) -> reqwest::Response {
+        let page = self.navigate(link).await;
+        let status = page.status();
+        let text = page.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "the start page: {text}");
+        let field = "name=\"csrf\" value=\"";
+        let token = text.split(field).nth(1).expect("a CSRF field").split('"').next().unwrap().to_owned();
+        self.form(link, &[("csrf", &token)]).await
     }
 
     /// Starts a sign-in and follows it to the provider; returns the callback URL the provider

@@ -3397,6 +3397,347 @@ async fn concurrent_deletes_of_one_user_have_one_winner(backend: Backend) {
     assert_eq!(sql.provisioning_counts().await[..4], [0, 0, 0, 0]);
 }
 
+// ---- The cache-invalidation log ---------------------------------------------------------------
+
+mod cache_log {
+    use tessera::domain::client_rules::new_client;
+    use tessera::domain::{Client, ClientId, ClientKind, RedirectUri};
+    use tessera::store::{CacheChange, ClientUpdate, LoggedChange};
+
+    use super::*;
+
+    on_both_backends!(
+        changes_that_caches_must_forget_are_logged_in_their_transaction,
+        client_changes_are_logged,
+        a_change_that_writes_nothing_logs_nothing,
+        concurrent_changes_each_log_one_row_with_a_number_of_its_own,
+        old_rows_are_deleted_and_their_numbers_never_come_back,
+    );
+
+    /// Everything logged after `after`, in order.
+    async fn logged_after(store: &Arc<dyn Store>, after: i64) -> Vec<LoggedChange> {
+        let rows = store.cache_changes_after(after, 1_000).await.unwrap();
+        assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "in order, each number once: {rows:?}");
+        rows
+    }
+
+    fn changes(rows: &[LoggedChange]) -> Vec<CacheChange> {
+        rows.iter().map(|row| row.change.clone()).collect()
+    }
+
+    fn identity(issuer: &str, subject: &str) -> CacheChange {
+        CacheChange::Identity { issuer: Issuer::parse(issuer).unwrap(), subject: Subject::parse(subject).unwrap() }
+    }
+
+    fn app(id: &str, from_config: bool, at: DateTime<Utc>) -> Client {
+        let mut client =
+            new_client(ClientId::parse(id).unwrap(), format!("App {id}"), ClientKind::Public, from_config, at);
+        client.redirect_uris = vec![RedirectUri::parse("https://app.example.com/cb").unwrap()];
+        client
+    }
+
+    async fn changes_that_caches_must_forget_are_logged_in_their_transaction(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        assert_eq!(store.cache_changes_head().await.unwrap(), 0, "an empty log");
+        let ada = sign_up(&store, "log-ada").await;
+        let bob = sign_up(&store, "log-bob").await;
+        assert_eq!(store.cache_changes_head().await.unwrap(), 0, "nothing is cached about a new user");
+
+        store.set_user_disabled(ada.id(), true, now()).await.unwrap();
+        store.set_user_disabled(ada.id(), false, now()).await.unwrap();
+        join(&store, &bob.team, ada.id(), Role::Member, now()).await;
+        store.put_member(bob.team.id, ada.id(), Role::Admin, now()).await.unwrap();
+        store.remove_member(bob.team.id, ada.id()).await.unwrap();
+        let second = linked(&store, &ada, "log-ada-elsewhere").await;
+        assert!(matches!(store.unlink_identity(ada.id(), second.id, now()).await.unwrap(), UnlinkOutcome::Unlinked(_)));
+        let team = Team {
+            id: TeamId::generate(),
+            slug: Slug::parse("log-team").unwrap(),
+            name: "Log".into(),
+            created_at: now(),
+        };
+        assert!(matches!(
+            store.create_team(&team, Some(ada.id()), now()).await.unwrap(),
+            CreateTeamOutcome::Created(_)
+        ));
+        // Bob is the only member of his team: it goes with him, and so does his identity.
+        assert!(matches!(store.delete_user(bob.id(), now()).await.unwrap(), DeleteUserOutcome::Deleted(_)));
+
+        let rows = logged_after(&store, 0).await;
+        let user = |person: &Person| CacheChange::User(person.id());
+        assert_eq!(
+            changes(&rows),
+            [
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                user(&ada),
+                identity(OTHER_ISSUER, "log-ada-elsewhere"),
+                user(&ada),
+                user(&bob),
+                identity(ISSUER, "log-bob"),
+            ]
+        );
+        assert_eq!(store.cache_changes_head().await.unwrap(), rows.last().unwrap().seq);
+        // Read after a number, and a page at a time.
+        assert_eq!(logged_after(&store, rows[8].seq).await, rows[9..]);
+        assert_eq!(store.cache_changes_after(0, 2).await.unwrap(), rows[..2]);
+        assert!(store.cache_changes_after(rows.last().unwrap().seq, 10).await.unwrap().is_empty());
+    }
+
+    async fn client_changes_are_logged(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let t0 = now();
+        let admin = app("log-admin", false, t0);
+        store.insert_client(&admin).await.unwrap();
+        let config = app("log-config", true, t0);
+        store.sync_config_clients(std::slice::from_ref(&config)).await.unwrap();
+        assert_eq!(store.cache_changes_head().await.unwrap(), 0, "a new client was never cached");
+
+        let renamed = Client { name: "Renamed".into(), updated_at: t0 + TimeDelta::seconds(1), ..admin.clone() };
+        assert_eq!(store.update_client(&renamed, t0).await.unwrap(), ClientUpdate::Updated);
+        assert!(store.delete_client(&admin.id).await.unwrap());
+        let changed = Client { name: "Changed".into(), ..config.clone() };
+        store.sync_config_clients(std::slice::from_ref(&changed)).await.unwrap();
+        store.sync_config_clients(&[]).await.unwrap();
+        let client = |c: &Client| CacheChange::Client(c.id.clone());
+        assert_eq!(
+            changes(&logged_after(&store, 0).await),
+            [client(&admin), client(&admin), client(&config), client(&config)]
+        );
+    }
+
+    async fn a_change_that_writes_nothing_logs_nothing(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let ada = sign_up(&store, "quiet-ada").await;
+        let bob = sign_up(&store, "quiet-bob").await;
+        join(&store, &bob.team, ada.id(), Role::Member, now()).await;
+        let client = app("quiet-app", false, now());
+        store.insert_client(&client).await.unwrap();
+        let head = store.cache_changes_head().await.unwrap();
+
+        store.set_user_disabled(ada.id(), false, now()).await.unwrap();
+        assert_eq!(store.set_user_disabled(UserId::generate(), true, now()).await.unwrap(), None);
+        assert_eq!(store.put_member(bob.team.id, ada.id(), Role::Member, now()).await.unwrap(), MemberOutcome::Updated);
+        assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
+        assert_eq!(store.remove_member(bob.team.id, bob.id()).await.unwrap(), RemoveOutcome::LastOwner);
+        let own = store.find_identity(&ada.account.issuer, &ada.account.subject).await.unwrap().unwrap().identity_id;
+        assert_eq!(store.unlink_identity(ada.id(), own, now()).await.unwrap(), UnlinkOutcome::LastIdentity);
+        assert!(matches!(
+            store.link_identity(ada.id(), &new_link("quiet-ada-2", now())).await.unwrap(),
+            LinkOutcome::Linked(_)
+        ));
+        let head = head + 1;
+        assert!(matches!(
+            store.link_identity(ada.id(), &new_link("quiet-ada-2", now())).await.unwrap(),
+            LinkOutcome::AlreadyLinked(_)
+        ));
+        assert_eq!(store.delete_user(bob.id(), now()).await.unwrap(), DeleteUserOutcome::LastOwner(bob.team.clone()));
+        let stale = Client { name: "Stale".into(), ..client.clone() };
+        assert_eq!(
+            store.update_client(&stale, client.updated_at - TimeDelta::seconds(1)).await.unwrap(),
+            ClientUpdate::Changed
+        );
+        assert!(!store.delete_client(&ClientId::parse("no-such-app").unwrap()).await.unwrap());
+        assert_eq!(store.cache_changes_head().await.unwrap(), head, "only the new link was logged");
+    }
+
+    async fn concurrent_changes_each_log_one_row_with_a_number_of_its_own(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let mut people = Vec::new();
+        for i in 0..24 {
+            people.push(sign_up(&store, &format!("log-many-{i}")).await.id());
+        }
+        let before = store.cache_changes_head().await.unwrap();
+        let people = Arc::new(people);
+        concurrently(24, |i| {
+            let (store, people) = (store.clone(), people.clone());
+            async move { store.set_user_disabled(people[i], true, now()).await.unwrap() }
+        })
+        .await;
+        let rows = logged_after(&store, before).await;
+        assert_eq!(rows.len(), 24, "one row per change");
+        let logged: HashSet<CacheChange> = changes(&rows).into_iter().collect();
+        let expected: HashSet<CacheChange> = people.iter().map(|id| CacheChange::User(*id)).collect();
+        assert_eq!(logged, expected);
+    }
+
+    async fn old_rows_are_deleted_and_their_numbers_never_come_back(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let ada = sign_up(&store, "prune-ada").await;
+        for disabled in [true, false, true] {
+            store.set_user_disabled(ada.id(), disabled, now()).await.unwrap();
+        }
+        let highest = store.cache_changes_head().await.unwrap();
+        assert_eq!(store.delete_cache_changes_before(now() - TimeDelta::minutes(10)).await.unwrap(), 0);
+        assert_eq!(store.delete_cache_changes_before(now() + TimeDelta::seconds(1)).await.unwrap(), 3);
+        assert_eq!(db.sql().await.count("cache_invalidations").await, 0);
+        assert_eq!(store.cache_changes_head().await.unwrap(), 0, "an empty log");
+        // A reader that has read up to `highest` sees the next change.
+        store.set_user_disabled(ada.id(), false, now()).await.unwrap();
+        let next = logged_after(&store, highest).await;
+        assert_eq!(changes(&next), [CacheChange::User(ada.id())]);
+        assert!(next[0].seq > highest, "numbers are never reused, even once the log was emptied");
+    }
+}
+
+// ---- Metrics: pool samples and webhook queues -----------------------------------------------
+
+mod metrics {
+    use tessera::store::WebhookQueue;
+
+    use super::*;
+
+    on_both_backends!(
+        pools_are_sampled_by_name_within_their_limits,
+        webhook_queues_count_pending_deliveries_per_endpoint
+    );
+
+    async fn pools_are_sampled_by_name_within_their_limits(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        sign_up(&store, "pool-ada").await;
+        let stats = store.pool_stats();
+        let names: Vec<_> = stats.iter().map(|s| s.pool).collect();
+        match backend {
+            Backend::Sqlite => assert_eq!(names, ["writer", "reader"]),
+            Backend::Postgres => assert_eq!(names, ["primary"], "no replica configured"),
+        }
+        for pool in &stats {
+            assert!(pool.max >= 1 && pool.size <= pool.max && pool.idle <= pool.size, "{pool:?}");
+        }
+        // Writes went through the writer (or primary), which keeps its connection open.
+        assert!(stats[0].size >= 1, "{stats:?}");
+        if backend == Backend::Sqlite {
+            assert_eq!(stats[0].max, 1, "one SQLite writer");
+        }
+    }
+
+    async fn webhook_queues_count_pending_deliveries_per_endpoint(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        assert!(store.webhook_queues().await.unwrap().is_empty(), "no endpoint, no queue");
+        let start = now() - TimeDelta::seconds(1);
+        let (busy, idle) = (endpoint(&[], start), endpoint(&["team.deleted"], start));
+        for hook in [&busy, &idle] {
+            store.insert_webhook(hook).await.unwrap();
+        }
+        sign_up(&store, "queue-ada").await;
+        sign_up(&store, "queue-bob").await;
+        let fanned_at = now();
+        store.fan_out_events(100, fanned_at).await.unwrap();
+        let queues = store.webhook_queues().await.unwrap();
+        let of = |id: WebhookId| queues.iter().find(|q| q.endpoint == id).cloned().unwrap();
+        assert_eq!(queues.len(), 2, "every endpoint, an empty queue too: {queues:?}");
+        assert_eq!(of(idle.id), WebhookQueue { endpoint: idle.id, pending: 0, oldest_scheduled_at: None });
+        let busy_queue = of(busy.id);
+        assert_eq!(busy_queue.pending, 2);
+        let oldest = busy_queue.oldest_scheduled_at.expect("a pending delivery");
+        assert!(oldest <= now() && oldest >= start, "{oldest}");
+
+        // Delivered and failed deliveries leave the queue.
+        let jobs = store.pending_deliveries(busy.id, 10).await.unwrap();
+        let t = now();
+        store
+            .record_attempt(
+                jobs[0].id,
+                &Attempt { at: t, status: Some(204), error: None, retry_at: None, scheduled_at: jobs[0].scheduled_at },
+            )
+            .await
+            .unwrap();
+        assert_eq!(of_now(&store, busy.id).await.pending, 1);
+        let failed = Attempt {
+            at: t,
+            status: Some(500),
+            error: Some("answered 500".into()),
+            retry_at: None,
+            scheduled_at: jobs[1].scheduled_at,
+        };
+        store.record_attempt(jobs[1].id, &failed).await.unwrap();
+        assert_eq!(
+            of_now(&store, busy.id).await,
+            WebhookQueue { endpoint: busy.id, pending: 0, oldest_scheduled_at: None }
+        );
+        // A deleted endpoint has no queue.
+        store.delete_webhook(busy.id).await.unwrap();
+        let left: Vec<_> = store.webhook_queues().await.unwrap().into_iter().map(|q| q.endpoint).collect();
+        assert_eq!(left, [idle.id]);
+    }
+
+    async fn of_now(store: &Arc<dyn Store>, id: WebhookId) -> WebhookQueue {
+        store.webhook_queues().await.unwrap().into_iter().find(|q| q.endpoint == id).unwrap()
+    }
+}
+
+/// `tessera import` and `tessera export` (store/import.rs): the batched existence check and the
+/// export's pages.
+mod import_export {
+    use super::*;
+
+    on_both_backends!(
+        existing_identities_answers_for_the_subjects_that_exist_at_the_issuer,
+        export_identities_pages_every_identity_with_its_user_in_id_order,
+    );
+
+    async fn existing_identities_answers_for_the_subjects_that_exist_at_the_issuer(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let issuer = Issuer::parse(ISSUER).unwrap();
+        let mut people = Vec::new();
+        for i in 0..150 {
+            people.push(sign_up(&store, &format!("exists-{i}")).await);
+        }
+        let mut elsewhere = account("exists-0", None);
+        elsewhere.issuer = Issuer::parse(OTHER_ISSUER).unwrap();
+        let elsewhere = sign_up_as(&store, elsewhere).await;
+
+        // 250 subjects (three queries' worth), one of them twice.
+        let mut asked: Vec<Subject> = (0..250).map(|i| Subject::parse(&format!("exists-{i}")).unwrap()).collect();
+        asked.push(Subject::parse("exists-7").unwrap());
+        let mut found = store.existing_identities(&issuer, &asked).await.unwrap();
+        found.sort_by_key(|a| a.1);
+        let mut expected: Vec<(Subject, UserId)> = people.iter().map(|p| (p.account.subject.clone(), p.id())).collect();
+        expected.sort_by_key(|a| a.1);
+        assert_eq!(found, expected, "each existing subject once, with its user; none of the other issuer's");
+
+        let other = Issuer::parse(OTHER_ISSUER).unwrap();
+        let pair = [Subject::parse("exists-0").unwrap(), Subject::parse("exists-1").unwrap()];
+        assert_eq!(store.existing_identities(&other, &pair).await.unwrap(), [(pair[0].clone(), elsewhere.id())]);
+        let unknown = [Subject::parse("nobody").unwrap()];
+        assert!(
+            store.existing_identities(&issuer, &unknown).await.unwrap().is_empty(),
+            "a short batch finds nothing extra"
+        );
+        assert!(store.existing_identities(&issuer, &[]).await.unwrap().is_empty());
+    }
+
+    async fn export_identities_pages_every_identity_with_its_user_in_id_order(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let mut people = [
+            sign_up_as(&store, account("export-ada", Some("Ada Lovelace"))).await,
+            sign_up(&store, "export-bob").await,
+            sign_up(&store, "export-cy").await,
+        ];
+        people.sort_by_key(|p| p.identity());
+        // A disabled user is exported too.
+        store.set_user_disabled(people[1].id(), true, now()).await.unwrap().unwrap();
+
+        let first = store.export_identities(None, 2).await.unwrap();
+        assert_eq!(
+            first.iter().map(|e| e.identity.id).collect::<Vec<_>>(),
+            [people[0].identity(), people[1].identity()]
+        );
+        assert_eq!(first[0].user, people[0].user, "with the user as stored");
+        assert_eq!(first[0].identity.subject, people[0].account.subject);
+        assert_eq!(first[0].identity.issuer.as_str(), ISSUER);
+        assert!(first[1].user.disabled);
+        let rest = store.export_identities(Some(first[1].identity.id), 2).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.identity.id).collect::<Vec<_>>(), [people[2].identity()]);
+        assert!(store.export_identities(Some(people[2].identity()), 2).await.unwrap().is_empty());
+        assert!(store.export_identities(None, 0).await.unwrap().is_empty());
+    }
+}
+
 // ---- Events of users, connected accounts and sessions; webhook keys (issue 12) -------------------
 
 mod issue_12_events {

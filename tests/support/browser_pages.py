@@ -2,7 +2,9 @@
 
 Walks what a person does: an error page, the sign-in chooser (by keyboard only), the account
 page, linking a second sign-in method, removing it, an existing-account sign-in that must be
-linked (and the link flow it offers), signing out, and a page that does not exist. Every page is
+linked (and the link flow it offers), connecting an account (its start page, the provider, the
+connected page) and disconnecting it, filling the form of an env profile's link and reconnecting
+it from the account page, signing out, and a page that does not exist. Every page is
 checked with axe-core for serious or critical violations at 1280 and 375 px, must load without a
 Content-Security-Policy violation or script error, and is screenshotted at both widths into
 SCREENSHOTS. Exits non-zero, saying why, at the first surprise; prints a JSON summary last.
@@ -15,6 +17,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 from playwright.sync_api import sync_playwright
 
@@ -87,6 +90,21 @@ def headers_of(response, name):
     expect(headers.get("cache-control") == "no-store", f"{name}: cache-control")
 
 
+def watch(page):
+    """Gathers the page's CSP violations and script errors into `problems`."""
+    page.on(
+        "console",
+        lambda m: problems.append(m.text)
+        if m.type == "error" and ("Content Security Policy" in m.text or "Refused" in m.text)
+        else None,
+    )
+    page.on("pageerror", lambda e: problems.append(str(e)))
+
+
+def heading(page):
+    return page.get_by_role("heading", level=1).inner_text()
+
+
 def identities(page):
     return page.locator("section[aria-labelledby=identities] ul.items > li").count()
 
@@ -97,13 +115,7 @@ def main():
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
-        page.on(
-            "console",
-            lambda m: problems.append(m.text)
-            if m.type == "error" and ("Content Security Policy" in m.text or "Refused" in m.text)
-            else None,
-        )
-        page.on("pageerror", lambda e: problems.append(str(e)))
+        watch(page)
 
         # An error page: a provider that does not exist.
         response = goto(page, "/auth/login?provider=nope")
@@ -186,8 +198,25 @@ def main():
             },
         )
         expect(created.status == 201, f"creating a profile: {created.status} {created.text()}")
-        page.goto(created.json()["connect_url"])
+        # The start page names the connector, the provider and the permissions, and asks first.
+        response = page.goto(created.json()["connect_url"])
+        headers_of(response, "connect-start")
+        # (The heading's text starts with the provider's monogram, hidden from screen readers.)
+        title = page.get_by_role("heading", level=1, name="Connect Issue tracker", exact=True)
+        expect(title.count() == 1, f"connect start page: {page.get_by_role('heading', level=1).inner_text()!r}")
+        expect(page.get_by_text("issues:read").count() == 1, "the permissions asked for")
+        check_page(page, "connect-start", "Connect Issue tracker")
+        # By keyboard only: Tab to the button, Enter.
+        for _ in range(15):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.textContent") == "Continue to Local":
+                break
+        else:
+            fail("Tab never reached Continue to Local")
+        page.keyboard.press("Enter")
+        page.wait_for_load_state()
         expect(page.get_by_role("heading", level=1).inner_text() == "Account connected", "connected page")
+        expect(page.get_by_text("connected to your Local account").count() == 1, "names the account")
         check_page(page, "connected", "Account connected")
         page.get_by_role("link", name="Go to your account").click()
         page.wait_for_url(re.compile(r"/account$"))
@@ -196,6 +225,64 @@ def main():
         page.get_by_role("button", name="Disconnect My Issues").click()
         page.wait_for_url(re.compile(r"/account\?done=revoked$"))
         expect(page.get_by_text("My Issues").count() == 0, "disconnected")
+
+        # An env profile: its link opens a form; filled and saved, the account is connected, and
+        # the account page offers a fresh form to reconnect it.
+        created = context.request.post(
+            BASE + f"/v1/teams/{team}/auth-profiles",
+            data={"connector_key": "openai", "profile_kind": "env", "display_name": "OpenAI key", "slug": "ai"},
+        )
+        expect(created.status == 201, f"creating an env profile: {created.status} {created.text()}")
+        response = page.goto(created.json()["connect_url"])
+        headers_of(response, "env-form")
+        expect(page.get_by_role("heading", level=1, name="Connect OpenAI", exact=True).count() == 1, "env form")
+        check_page(page, "env-form", "Connect OpenAI")
+        page.get_by_label("API key").fill("sk-a-value-typed-in-the-browser")
+        page.get_by_label("Organisation (optional)").fill("org-acme")
+        page.get_by_role("button", name="Save").click()
+        page.wait_for_load_state()
+        expect(page.get_by_role("heading", level=1).inner_text() == "Account connected", "env connected")
+        expect(page.get_by_text("OpenAI key is connected.").count() == 1, "names the connection")
+        check_page(page, "env-connected", "Account connected")
+        page.get_by_role("link", name="Go to your account").click()
+        page.wait_for_url(re.compile(r"/account$"))
+        page.get_by_role("button", name="Reconnect OpenAI key").click()
+        page.wait_for_url(re.compile(r"/connect/[^/]+/env$"))
+        expect(page.get_by_role("heading", level=1, name="Connect OpenAI", exact=True).count() == 1, "fresh form")
+
+        # Connect links that cannot be used: an unknown (or used) one, and one opened in a browser
+        # that is not signed in, which offers to sign in and come back.
+        response = goto(page, "/connect/no-such-link/oauth/start")
+        expect(response.status == 404 and heading(page) == "This link has expired", f"expired: {response.status}")
+        check_page(page, "error-connect-link-expired", "link has expired")
+        created = context.request.post(
+            BASE + f"/v1/teams/{team}/auth-profiles",
+            data={"connector_key": "issues", "profile_kind": "oauth_account", "provider": "local",
+                  "display_name": "Later", "slug": "later"},
+        )
+        expect(created.status == 201, f"creating a profile: {created.status} {created.text()}")
+        link = created.json()["connect_url"]
+        elsewhere = browser.new_context(viewport={"width": 1280, "height": 900})
+        other = elsewhere.new_page()
+        watch(other)
+        response = other.goto(link)
+        expect(response.status == 401 and heading(other) == "Please sign in", f"signed out: {response.status}")
+        expect(other.get_by_role("link", name="Sign in").count() == 1, "a way to sign in")
+        check_page(other, "error-connect-signed-out", "Please sign in")
+        elsewhere.close()
+        # The start page's Cancel goes back to the account page.
+        page.goto(link)
+        page.get_by_role("link", name="Cancel").click()
+        page.wait_for_url(re.compile(r"/account$"))
+
+        # A sign-in cancelled at the provider offers to try again.
+        started = context.request.get(BASE + "/auth/login?provider=local", max_redirects=0)
+        expect(started.status == 303, f"a sign-in starts: {started.status}")
+        state = parse_qs(urlparse(started.headers["location"]).query)["state"][0]
+        response = goto(page, f"/auth/callback/local?error=access_denied&state={state}")
+        expect(response.status == 400 and heading(page) == "Sign-in was cancelled", f"cancelled: {response.status}")
+        expect(page.get_by_role("link", name="Try again").count() == 1, "try again")
+        check_page(page, "error-sign-in-cancelled", "cancelled")
 
         # Email discovery without a team claim goes to the chooser with a notice.
         goto(page, "/login")

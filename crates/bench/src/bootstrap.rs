@@ -26,7 +26,8 @@ use tessera::store;
 use tessera::upstream::issuers::{IssuerRegistry, outbound_client};
 use tessera_testkit::ScratchDb as BenchDatabase;
 
-const ISSUER: &str = "https://bench.example.com";
+/// The issuer of every benchmark identity.
+pub(crate) const ISSUER: &str = "https://bench.example.com";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 
 /// Options of `tessera-bench bootstrap`.
@@ -145,7 +146,8 @@ fn print_row(backend: &str, clients: usize, path: &str, run: &Run, ratio: Option
     );
 }
 
-fn claim(run_id: &str, label: &str, i: usize) -> anyhow::Result<IdentityClaim> {
+/// A distinct new identity: run, label and number make its subject.
+pub(crate) fn claim(run_id: &str, label: &str, i: usize) -> anyhow::Result<IdentityClaim> {
     Ok(IdentityClaim {
         issuer: Issuer::parse(ISSUER)?,
         subject: Subject::parse(&format!("{run_id}-{label}-{i}"))?,

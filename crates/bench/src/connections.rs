@@ -84,6 +84,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
         auto_link_by_email: false,
         store_tokens: false,
         protocol: tessera::config::ProviderProtocol::default(),
+        icon_url: None,
     }];
     config.connectors = vec![ConnectorConfig {
         key: "openai".into(),
@@ -319,7 +320,14 @@ async fn sign_in(base: &str) -> anyhow::Result<(String, String)> {
 /// Follows a connect link in the signed-in browser.
 async fn connect(link: &str, session: &str) -> anyhow::Result<()> {
     let browser = no_redirects()?;
-    let start = browser.get(link).header("cookie", session).send().await?;
+    // The link's start page, then its "Continue" form with the session's CSRF token.
+    let page = browser.get(link).header("cookie", session).header("accept", "text/html").send().await?.text().await?;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("the connect page's CSRF token")?;
+    let start = browser.post(link).header("cookie", session).form(&[("csrf", csrf)]).send().await?;
     let binding = cookie(&start, "tessera_login")?;
     let authorized = browser.get(location(&start)?).send().await?;
     let done = browser.get(location(&authorized)?).header("cookie", format!("{session}; {binding}")).send().await?;

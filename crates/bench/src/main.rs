@@ -6,8 +6,11 @@ mod bootstrap;
 mod caches;
 mod connections;
 mod harness;
+mod import;
 mod me;
 mod op;
+mod scale;
+mod scrape;
 mod signin;
 mod soak;
 mod validate;
@@ -34,9 +37,15 @@ enum Bench {
     /// Provisioning over HTTP against the bare provisioning service, on SQLite and PostgreSQL,
     /// plus start-up time and idle memory.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// `tessera import` of new identities from a file against the bare provisioning service, on
+    /// SQLite and PostgreSQL, and the re-run of the same file.
+    Import(import::ImportArgs),
     /// `/v1/validate` over HTTP against its composed ceiling (in-process verification and a bare
     /// endpoint of the same stack), RS256 and ES256.
     Validate(validate::ValidateArgs),
+    /// `/v1/validate` of never-seen tokens of random identities as the identity table grows
+    /// (1,000 then 1,000,000 rows loaded as a fixture), against the smallest size.
+    Scale(scale::ScaleArgs),
     /// Tessera's own CPU time per browser sign-in against a local OpenID provider, and
     /// sign-ins/s at several concurrent browsers.
     Signin(signin::SigninArgs),
@@ -58,6 +67,8 @@ enum Bench {
     /// Webhook delivery to a local receiver (events/s, lag from commit to receipt) beside the
     /// bare outbox insert rate of the same changes.
     Webhooks(webhooks::WebhooksArgs),
+    /// The cost of a `/metrics` scrape, as its rate beside `GET /healthz` in the same run.
+    Metrics(scrape::MetricsArgs),
 }
 
 /// The `tessera` binary the benchmarks start: `TESSERA_BIN`, else the one beside this binary
@@ -90,7 +101,9 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.which {
             Bench::Bootstrap(args) => bootstrap::run(args).await,
+            Bench::Import(args) => import::run(args).await,
             Bench::Validate(args) => validate::run(args).await,
+            Bench::Scale(args) => scale::run(args).await,
             Bench::Signin(args) => signin::run(args).await,
             Bench::Connections(args) => connections::run(args).await,
             Bench::Soak(args) => soak::run(args).await,
@@ -98,6 +111,7 @@ fn main() -> ExitCode {
             Bench::Op(args) => op::run(args).await,
             Bench::Caches(args) => caches::run(args).await,
             Bench::Webhooks(args) => webhooks::run(args).await,
+            Bench::Metrics(args) => scrape::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

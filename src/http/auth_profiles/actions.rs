@@ -40,7 +40,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/teams/{team}/connectors/{connector_key}/credentials", post(connector_credentials))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = AuthProfileUpdateRequest)]
 #[serde(deny_unknown_fields)]
 struct UpdateRequest {
     display_name: Option<String>,
@@ -56,6 +57,17 @@ fn parse_update(request: UpdateRequest) -> Result<ProfilePatch, ApiError> {
     })
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/teams/{team}/auth-profiles/{slug}",
+    tag = "auth-profiles",
+    operation_id = "update_auth_profile",
+    summary = "Renames a profile or changes its scopes.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    request_body = UpdateRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileUpdateResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn update_auth_profile(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -69,6 +81,16 @@ async fn update_auth_profile(
     Ok(Json(ProfileActions::new(&state.auth_profiles).update(&team, user, &slug, patch).await?.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{team}/auth-profiles/{slug}/default",
+    tag = "auth-profiles",
+    operation_id = "set_default_auth_profile",
+    summary = "Makes a profile its connector's default.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn set_default_auth_profile(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -80,6 +102,16 @@ async fn set_default_auth_profile(
     Ok(Json(ProfileActions::new(&state.auth_profiles).set_default(&team, user, &slug).await?.into()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/teams/{team}/auth-profiles/{slug}/default",
+    tag = "auth-profiles",
+    operation_id = "clear_default_auth_profile",
+    summary = "Stops a profile being its connector's default.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn clear_default_auth_profile(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -91,6 +123,16 @@ async fn clear_default_auth_profile(
     Ok(Json(ProfileActions::new(&state.auth_profiles).clear_default(&team, user, &slug).await?.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{team}/auth-profiles/{slug}/test",
+    tag = "auth-profiles",
+    operation_id = "test_auth_profile",
+    summary = "Tests a profile's credentials against its connector.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The outcome.", body = AuthProfileTestResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn test_auth_profile(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -102,6 +144,16 @@ async fn test_auth_profile(
     Ok(Json(ProfileActions::new(&state.auth_profiles).test(&team, user, &slug).await?.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{team}/connectors/{connector_key}/credentials",
+    tag = "auth-profiles",
+    operation_id = "connector_credentials",
+    summary = "The credentials of a connector's default profile.",
+    params(("team" = String, Path, description = "A team id or slug"), ("connector_key" = String, Path, description = "A connector key"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The credentials (`Cache-Control: no-store`).", body = ConnectorCredentialResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn connector_credentials(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -51,7 +51,8 @@ pub(crate) fn parse_slug(value: &str) -> Result<Slug, ApiError> {
 
 /// The body of a create (also the MCP tool's `create` arguments). No `Debug`: it may carry
 /// secrets (`values`, `storage_state`).
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = AuthProfileCreateRequest)]
 pub(crate) struct CreateRequest {
     pub(crate) connector_key: Option<String>,
     pub(crate) profile_kind: Option<String>,
@@ -152,6 +153,17 @@ pub(crate) fn parse_scopes(scopes: Vec<String>) -> Result<Vec<String>, ApiError>
     Ok(scopes)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{team}/auth-profiles",
+    tag = "auth-profiles",
+    operation_id = "create_auth_profile",
+    summary = "Creates an auth profile (and its connect link when it needs one).",
+    params(("team" = String, Path, description = "A team id or slug"), crate::http::openapi::OnBehalfParams),
+    request_body = CreateRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The caller's pending profile for this connector, reused with a new link.", body = AuthProfileWithLinkResponse), (status = 201, description = "The profile.", body = AuthProfileWithLinkResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn create_auth_profile(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -166,6 +178,16 @@ async fn create_auth_profile(
     Ok((status, Json(created.into())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{team}/auth-profiles",
+    tag = "auth-profiles",
+    operation_id = "list_auth_profiles",
+    summary = "The caller's auth profiles in a team.",
+    params(("team" = String, Path, description = "A team id or slug"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profiles.", body = AuthProfileListResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn list_auth_profiles(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -176,6 +198,16 @@ async fn list_auth_profiles(
     Ok(Json(state.auth_profiles.list(&team, user).await?.into()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{team}/auth-profiles/{slug}",
+    tag = "auth-profiles",
+    operation_id = "get_auth_profile",
+    summary = "An auth profile.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn get_auth_profile(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -186,6 +218,16 @@ async fn get_auth_profile(
     Ok(Json(state.auth_profiles.get(&team, user, &parse_slug(&slug)?).await?.into()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/teams/{team}/auth-profiles/{slug}",
+    tag = "auth-profiles",
+    operation_id = "revoke_auth_profile",
+    summary = "Revokes an auth profile.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "Revoked.")),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn revoke_auth_profile(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -197,11 +239,23 @@ async fn revoke_auth_profile(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = AuthProfileConnectRequest)]
 struct ConnectRequest {
     allow_account_change: Option<bool>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{team}/auth-profiles/{slug}/connect",
+    tag = "auth-profiles",
+    operation_id = "connect_auth_profile",
+    summary = "A new connect link for a profile; the body is optional.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    request_body(content = Option<ConnectRequest>, description = "Optional: `{\"allow_account_change\": true}`."),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile and link.", body = AuthProfileWithLinkResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn connect_auth_profile(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -220,6 +274,16 @@ async fn connect_auth_profile(
     Ok(Json(state.auth_profiles.connect_link(&team, user, &parse_slug(&slug)?, allow).await?.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{team}/auth-profiles/{slug}/token",
+    tag = "auth-profiles",
+    operation_id = "auth_profile_token",
+    summary = "A fresh access token of a connected profile.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The token (`Cache-Control: no-store`).", body = AuthProfileTokenResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn auth_profile_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

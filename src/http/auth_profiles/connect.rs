@@ -1,48 +1,185 @@
-//! Auth-profile connect links: `GET /connect/{token}/oauth/start` checks that the signed-in user
-//! is the one the link was made for, consumes the link, and sends the browser to the provider
-//! with a fresh state, PKCE verifier and nonce. Otherwise the flow stops with a page that says
-//! why and what to do next (sign in, or sign in as the right user, coming back to the link). Pages carry `Referrer-Policy: no-referrer`, so the token never leaks to the provider in
-//! `Referer`.
+//! Auth-profile connect links: `GET /connect/{token}/oauth/start` shows the start page to the
+//! signed-in user the link was made for — the connector and its provider (with their icon), the
+//! connection, its team, the permissions asked for and who is signed in — with a form whose
+//! button continues to the provider, and a way back to the account page. The link is not used up
+//! by looking.
+//! `POST` (the form, with the session's CSRF token) checks everything again, consumes the link
+//! and sends the browser to the provider with a fresh state, PKCE verifier and nonce: of
+//! concurrent posts exactly one gets the provider, the others the invalid-link page.
+//!
+//! Otherwise the flow stops with a page that says why and what to do next (sign in, or sign in
+//! as the right user, coming back to the link). Pages carry `Referrer-Policy: no-referrer`, so the
+//! token never leaks to the provider in `Referer`. [`connected`] is the page a connection ends on.
 
 use std::sync::Arc;
 
+use askama::Template;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use secrecy::ExposeSecret;
 
+use crate::domain::{AuthProfile, ProfileStatus};
 use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
 use crate::http::credentials::cookie;
+use crate::http::csrf;
 use crate::http::extract::ApiPath;
-use crate::http::pages::errors;
+use crate::http::login::provider_label;
+use crate::http::pages::icons::Icon;
+use crate::http::pages::{Chrome, Message, errors};
+use crate::service::auth_profiles::AuthProfileError;
+use crate::service::sessions::LiveSession;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/connect/{token}/oauth/start", get(start_connect))
+    Router::new().route("/connect/{token}/oauth/start", get(show_connect).post(start_connect))
 }
 
-async fn start_connect(
+#[derive(Template)]
+#[template(path = "connect.html")]
+struct ConnectPage {
+    chrome: Chrome,
+    connector_label: String,
+    provider: String,
+    icon: Icon,
+    display_name: String,
+    slug: String,
+    team_name: String,
+    who: String,
+    scopes: Vec<String>,
+    reconnect: bool,
+    replaces_account: bool,
+    action: String,
+    csrf: String,
+}
+
+/// The browser's live session and its cookie value (none without a session), or the page to
+/// answer instead.
+async fn session(state: &AppState, headers: &HeaderMap, here: &str) -> Result<Option<(LiveSession, String)>, Response> {
+    let signed_out = errors::Context { return_to: Some(here.to_owned()), signed_in: false };
+    match cookie(headers, state.cookies.session()) {
+        Ok(Some(value)) => match state.sessions.resolve_session(value).await {
+            Ok(live) => Ok(live.map(|live| (live, value.to_owned()))),
+            Err(error) => Err(state.pages.error_in(headers, error.into(), &signed_out)),
+        },
+        Ok(None) => Ok(None),
+        Err(error) => Err(state.pages.error_in(headers, error, &signed_out)),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/connect/{token}/oauth/start",
+    tag = "pages",
+    operation_id = "show_connect",
+    summary = "The connect start page: names the connector, the scopes and the signed-in person.",
+    params(("token" = String, Path, description = "A connect token (from a connect link)")),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
+async fn show_connect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath(token): ApiPath<String>,
 ) -> Response {
     // "Sign in" (as the right user) comes back to this link, still unused.
     let here = format!("/connect/{token}/oauth/start");
-    let signed_out = errors::Context { return_to: Some(here.clone()), signed_in: false };
-    let current_user = match cookie(&headers, state.cookies.session()) {
-        Ok(Some(session)) => match state.sessions.resolve(session).await {
-            Ok(user) => user,
-            Err(error) => return state.pages.error_in(&headers, error.into(), &signed_out),
-        },
-        Ok(None) => None,
-        Err(error) => return state.pages.error_in(&headers, error, &signed_out),
+    let signed_in = match session(&state, &headers, &here).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    let context = errors::Context { return_to: Some(here), signed_in: current_user.is_some() };
-    match state.auth_profiles.start(&token, current_user).await {
+    let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some() };
+    let user = signed_in.as_ref().map(|(live, _)| live.profile.user.id);
+    let preview = match state.auth_profiles.connect_preview(&token, user).await {
+        Ok(preview) => preview,
+        Err(error) => return state.pages.error_in(&headers, error.into(), &context),
+    };
+    let Some((live, cookie_value)) = signed_in else {
+        return state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context);
+    };
+    let person = &live.profile.user;
+    let who = match (&person.name, &person.email) {
+        (Some(name), Some(email)) => format!("{name} ({email})"),
+        (Some(name), None) => name.clone(),
+        (None, Some(email)) => email.clone(),
+        (None, None) => person.id.to_string(),
+    };
+    let profile = preview.profile;
+    let page = ConnectPage {
+        chrome: state.pages.chrome(true),
+        connector_label: preview.connector_label,
+        provider: provider_label(&profile.provider),
+        icon: state.pages.icon(&profile.provider),
+        display_name: profile.display_name,
+        slug: profile.slug.to_string(),
+        team_name: preview.team.name,
+        who,
+        scopes: preview.scopes,
+        reconnect: profile.status != ProfileStatus::PendingAuth,
+        replaces_account: preview.replaces_account,
+        action: here,
+        csrf: csrf::token(&cookie_value),
+    };
+    state.pages.render(StatusCode::OK, &page)
+}
+
+#[utoipa::path(
+    post,
+    path = "/connect/{token}/oauth/start",
+    tag = "pages",
+    operation_id = "start_connect",
+    summary = "Continues a connect link (form): uses the link up and redirects to the provider.",
+    params(("token" = String, Path, description = "A connect token (from a connect link)")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
+async fn start_connect(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath(token): ApiPath<String>,
+    body: Bytes,
+) -> Response {
+    let here = format!("/connect/{token}/oauth/start");
+    let signed_in = match session(&state, &headers, &here).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let context = errors::Context { return_to: Some(here), signed_in: signed_in.is_some() };
+    let Some((live, cookie_value)) = signed_in else {
+        return state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context);
+    };
+    let fields = csrf::form_fields(&body);
+    if let Err(error) = csrf::check(&headers, &cookie_value, csrf::field(&fields, csrf::FIELD)) {
+        return state.pages.error_in(&headers, error, &context);
+    }
+    match state.auth_profiles.start(&token, Some(live.profile.user.id)).await {
         Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
         Err(error) => state.pages.error_in(&headers, error.into(), &context),
     }
+}
+
+/// The page a connection ends on: which account is connected, as what, and the way back to the
+/// account page. `account` names the provider's account (its login or email), when known.
+pub fn connected(state: &AppState, profile: &AuthProfile, account: Option<&str>) -> Response {
+    let what = match account {
+        Some(account) if profile.profile_kind.is_oauth() => format!(
+            "{} is connected to your {} account {account}.",
+            profile.display_name,
+            provider_label(&profile.provider)
+        ),
+        _ => format!("{} is connected.", profile.display_name),
+    };
+    let message = Message {
+        title: "Account connected".into(),
+        paragraphs: vec![what, "You can go back to the app, or close this window.".into()],
+        signed_in: true,
+        ..Message::default()
+    }
+    .action("Go to your account", "/account");
+    state.pages.message(StatusCode::OK, message)
 }

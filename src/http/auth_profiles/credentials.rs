@@ -33,12 +33,24 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/teams/{team}/auth-profiles/{slug}/credentials", post(profile_credentials))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = EnvValuesRequest)]
 #[serde(deny_unknown_fields)]
 struct EnvRequest {
     values: BTreeMap<String, String>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/teams/{team}/auth-profiles/{slug}/env",
+    tag = "auth-profiles",
+    operation_id = "set_env_values",
+    summary = "Sets the values of an `env` profile.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    request_body = EnvRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn set_env_values(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -52,7 +64,7 @@ async fn set_env_values(
     Ok(Json(state.auth_profiles.set_env(&team, user, &slug, &values).await?.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BrowserSessionRequest {
     storage_state: serde_json::Value,
@@ -60,6 +72,17 @@ struct BrowserSessionRequest {
     cdp_url: Option<String>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/teams/{team}/auth-profiles/{slug}/browser-session",
+    tag = "auth-profiles",
+    operation_id = "set_browser_session",
+    summary = "Sets the storage state of a `browser_session` profile.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    request_body = BrowserSessionRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn set_browser_session(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -77,6 +100,16 @@ async fn set_browser_session(
     Ok(Json(state.auth_profiles.set_browser_session(&team, user, &slug, &input).await?.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{team}/auth-profiles/{slug}/credentials",
+    tag = "auth-profiles",
+    operation_id = "profile_credentials",
+    summary = "A profile's credentials.",
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The credentials (`Cache-Control: no-store`).", body = CredentialResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn profile_credentials(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -24,7 +24,8 @@ use crate::http::AppState;
 use crate::http::credentials::cookie;
 use crate::http::csrf;
 use crate::http::extract::ApiPath;
-use crate::http::pages::{Chrome, Message, errors};
+use crate::http::pages::icons::Icon;
+use crate::http::pages::{Chrome, errors};
 use crate::http::problem::ApiError;
 use crate::service::auth_profiles::AuthProfileError;
 use crate::service::profile_credentials::EnvForm;
@@ -48,6 +49,7 @@ struct FieldRow {
 struct EnvFormPage {
     chrome: Chrome,
     connector_label: String,
+    icon: Icon,
     display_name: String,
     action: String,
     csrf: String,
@@ -105,6 +107,7 @@ fn render(
     let page = EnvFormPage {
         chrome: state.pages.chrome(true),
         connector_label: form.connector.label,
+        icon: state.pages.icon(&form.profile.provider),
         display_name: form.profile.display_name,
         action,
         csrf: csrf::token(cookie_value),
@@ -114,6 +117,16 @@ fn render(
     state.pages.render(status, &page)
 }
 
+#[utoipa::path(
+    get,
+    path = "/connect/{token}/env",
+    tag = "pages",
+    operation_id = "show_env_form",
+    summary = "The form for an `env` profile's values.",
+    params(("token" = String, Path, description = "A connect token (from a connect link)")),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn show_env_form(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -132,6 +145,17 @@ async fn show_env_form(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/connect/{token}/env",
+    tag = "pages",
+    operation_id = "submit_env_form",
+    summary = "Submits an `env` profile's values.",
+    params(("token" = String, Path, description = "A connect token (from a connect link)")),
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
 async fn submit_env_form(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -161,19 +185,7 @@ async fn submit_env_form(
     let secrets: BTreeMap<String, SecretString> =
         values.iter().map(|(name, value)| (name.clone(), SecretString::from(value.clone()))).collect();
     match state.auth_profiles.submit_env_form(&token, user, &secrets).await {
-        Ok(profile) => {
-            let message = Message {
-                title: "Account connected".into(),
-                paragraphs: vec![format!(
-                    "{} is connected. You can go back to the app, or close this window.",
-                    profile.display_name
-                )],
-                signed_in: true,
-                ..Message::default()
-            }
-            .action("Go to your account", "/account");
-            state.pages.message(StatusCode::OK, message)
-        }
+        Ok(profile) => super::connect::connected(&state, &profile, None),
         Err(AuthProfileError::InvalidEnv { problem, field }) => {
             // The values are refused: the same form again, saying what to fix; the link stays usable.
             match state.auth_profiles.env_form(&token, user).await {

@@ -61,10 +61,29 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
+#[utoipa::path(
+    get,
+    path = "/oauth/authorize",
+    tag = "oauth",
+    operation_id = "authorize_get",
+    summary = "The authorization endpoint (query parameters of RFC 6749 and OpenID Connect).",
+    responses(crate::http::openapi::OAuthPageResponses),
+    security((), ("session" = [])),
+)]
 async fn authorize_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     authorize(&state, &headers, query_pairs(query.as_deref())).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/oauth/authorize",
+    tag = "oauth",
+    operation_id = "authorize_post",
+    summary = "The authorization endpoint (form parameters).",
+    request_body(content = crate::http::openapi::OAuthForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::OAuthPageResponses),
+    security((), ("session" = [])),
+)]
 async fn authorize_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     match form_pairs(&headers, &body) {
         Ok(pairs) => authorize(&state, &headers, pairs).await,
@@ -199,6 +218,16 @@ fn consent_page(state: &AppState, request_id: &str, client_name: &str, scopes: &
     state.pages.consent(client_name, scopes, request_id)
 }
 
+#[utoipa::path(
+    post,
+    path = "/oauth/consent",
+    tag = "oauth",
+    operation_id = "consent",
+    summary = "The consent page's answer (form).",
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::OAuthPageResponses),
+    security(("session" = [])),
+)]
 async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(op) = state.op.as_ref() else {
         return refuse(
@@ -277,10 +306,29 @@ fn logout_params(pairs: &[(String, String)]) -> Result<LogoutRequest, String> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/oauth/logout",
+    tag = "oauth",
+    operation_id = "logout_get",
+    summary = "RP-initiated logout (query parameters).",
+    responses(crate::http::openapi::OAuthPageResponses),
+    security((), ("session" = [])),
+)]
 async fn logout_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     logout(&state, &headers, query_pairs(query.as_deref()), false).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/oauth/logout",
+    tag = "oauth",
+    operation_id = "logout_post",
+    summary = "RP-initiated logout (form parameters).",
+    request_body(content = crate::http::openapi::OAuthForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::OAuthPageResponses),
+    security((), ("session" = [])),
+)]
 async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     match form_pairs(&headers, &body) {
         Ok(pairs) => logout(&state, &headers, pairs, true).await,

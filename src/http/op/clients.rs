@@ -35,6 +35,16 @@ pub fn admin_routes() -> Router<Arc<AppState>> {
         .route("/admin/clients/{client_id}/secret", post(rotate_secret))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/clients",
+    tag = "admin",
+    operation_id = "create_client",
+    summary = "Registers a client; a confidential client's secret is in this answer only.",
+    request_body = ClientFields,
+    responses(crate::http::openapi::ApiErrors, (status = 201, description = "The client (`Location` names it).", body = ClientWithSecretResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn create_client(
     State(state): State<Arc<AppState>>,
     ApiJson(fields): ApiJson<ClientFields>,
@@ -53,13 +63,24 @@ async fn create_client(
 }
 
 /// The query of `GET /admin/clients`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     after: Option<String>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/clients",
+    tag = "admin",
+    operation_id = "list_clients",
+    summary = "Lists the OpenID Provider's clients.",
+    params(ListQuery),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "A page of clients.", body = ClientListResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn list_clients(
     State(state): State<Arc<AppState>>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -72,6 +93,16 @@ async fn list_clients(
     Ok(Json(ClientListResponse { clients: clients.into_iter().map(ClientResponse::from).collect(), next_after }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/clients/{client_id}",
+    tag = "admin",
+    operation_id = "get_client",
+    summary = "A client.",
+    params(("client_id" = String, Path, description = "A client id")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The client.", body = ClientResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn get_client(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
@@ -79,6 +110,17 @@ async fn get_client(
     Ok(Json(state.clients.find(&id).await?.into()))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/admin/clients/{client_id}",
+    tag = "admin",
+    operation_id = "update_client",
+    summary = "Changes a client.",
+    params(("client_id" = String, Path, description = "A client id")),
+    request_body = ClientFields,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The client.", body = ClientResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn update_client(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
@@ -87,6 +129,16 @@ async fn update_client(
     Ok(Json(state.clients.update(&id, fields).await?.into()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/clients/{client_id}",
+    tag = "admin",
+    operation_id = "delete_client",
+    summary = "Deletes a client.",
+    params(("client_id" = String, Path, description = "A client id")),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "Deleted.")),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn delete_client(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
@@ -95,6 +147,16 @@ async fn delete_client(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/clients/{client_id}/secret",
+    tag = "admin",
+    operation_id = "rotate_client_secret",
+    summary = "Rotates a confidential client's secret.",
+    params(("client_id" = String, Path, description = "A client id")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The client with its new secret.", body = ClientWithSecretResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
 async fn rotate_secret(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let (client, secret) = state.clients.rotate_secret(&id).await?;
     let body =

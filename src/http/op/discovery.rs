@@ -23,6 +23,15 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/oauth/userinfo", get(userinfo).post(userinfo).options(preflight))
 }
 
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    tag = "oauth",
+    operation_id = "openid_configuration",
+    summary = "The OpenID Provider's metadata (also at `/.well-known/oauth-authorization-server`).",
+    responses(crate::http::openapi::OAuthErrors, (status = 200, description = "The metadata.", body = Object, content_type = "application/json")),
+    security(()),
+)]
 async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let algs: Vec<&str> = SigningAlg::ALL.iter().map(|a| a.as_str()).collect();
@@ -80,6 +89,15 @@ fn invalid_token(description: &'static str) -> Response {
     response
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/oauth/userinfo",
+    tag = "oauth",
+    operation_id = "userinfo",
+    summary = "The UserInfo endpoint.",
+    responses(crate::http::openapi::OAuthErrors, (status = 200, description = "The claims.", body = Object, content_type = "application/json"), (status = 401, description = "No valid access token (`WWW-Authenticate: Bearer`, no body).")),
+    security(("bearer" = [])),
+)]
 async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let token = match Credentials::read(&headers) {

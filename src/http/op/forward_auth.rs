@@ -61,6 +61,15 @@ fn audience(query: Option<&str>) -> Option<String> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/auth/verify",
+    tag = "oauth",
+    operation_id = "verify",
+    summary = "Forward authentication for a reverse proxy: 200 with `X-Tessera-*` headers, or 401.",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Allowed (user in headers)."), (status = 401, description = "No valid session or token (`WWW-Authenticate: Bearer`, no body).")),
+    security(("session" = []), ("bearer" = [])),
+)]
 async fn verify(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -20,6 +20,15 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/oauth/jwks", get(get_jwks))
 }
 
+#[utoipa::path(
+    get,
+    path = "/oauth/jwks",
+    tag = "oauth",
+    operation_id = "get_jwks",
+    summary = "The signing keys' public JWK Set.",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The JWK Set.", body = Object, content_type = "application/jwk-set+json")),
+    security(()),
+)]
 async fn get_jwks(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let keys = super::signing_keys(&state)?;
     let jwks = keys.jwks().await?;

@@ -111,6 +111,16 @@ fn ok_json(value: impl serde::Serialize) -> Response {
     response
 }
 
+#[utoipa::path(
+    post,
+    path = "/oauth/token",
+    tag = "oauth",
+    operation_id = "token",
+    summary = "The token endpoint (RFC 6749).",
+    request_body(content = crate::http::openapi::OAuthForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::OAuthErrors, (status = 200, description = "Tokens.", body = Object, content_type = "application/json")),
+    security((), ("client_basic" = [])),
+)]
 async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let pairs = form_pairs(&headers, &body)?;
@@ -142,6 +152,16 @@ async fn client_and_token<'s>(
     Ok((op, client, token))
 }
 
+#[utoipa::path(
+    post,
+    path = "/oauth/introspect",
+    tag = "oauth",
+    operation_id = "introspect",
+    summary = "Token introspection (RFC 7662).",
+    request_body(content = crate::http::openapi::OAuthForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::OAuthErrors, (status = 200, description = "The token's state.", body = Object, content_type = "application/json")),
+    security((), ("client_basic" = [])),
+)]
 async fn introspect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -154,6 +174,16 @@ async fn introspect(
     Ok(ok_json(op.introspect(&client, &token).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/oauth/revoke",
+    tag = "oauth",
+    operation_id = "revoke",
+    summary = "Token revocation (RFC 7009).",
+    request_body(content = crate::http::openapi::OAuthForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::OAuthErrors, (status = 200, description = "Revoked (or unknown).")),
+    security((), ("client_basic" = [])),
+)]
 async fn revoke(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -166,6 +196,16 @@ async fn revoke(
     Ok(response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/oauth/par",
+    tag = "oauth",
+    operation_id = "pushed_authorization_request",
+    summary = "Pushed authorization requests (RFC 9126).",
+    request_body(content = crate::http::openapi::OAuthForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::OAuthErrors, (status = 201, description = "The request URI.", body = Object, content_type = "application/json")),
+    security((), ("client_basic" = [])),
+)]
 async fn push(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let pairs = form_pairs(&headers, &body)?;
@@ -190,6 +230,15 @@ async fn push(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
 }
 
 /// A CORS preflight (the CORS layer adds its headers).
+#[utoipa::path(
+    options,
+    path = "/oauth/token",
+    tag = "oauth",
+    operation_id = "token_preflight",
+    summary = "CORS preflight (also for `/oauth/revoke` and `/oauth/userinfo`).",
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "A CORS preflight (`Origin` and `Access-Control-Request-Method`), answered by the CORS layer."), (status = 204, description = "Not a CORS preflight.")),
+    security(()),
+)]
 pub(super) async fn preflight() -> StatusCode {
     StatusCode::NO_CONTENT
 }

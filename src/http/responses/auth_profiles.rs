@@ -14,7 +14,7 @@ use crate::service::profile_actions::{ConnectorCredential, CredentialSource, Tes
 use crate::service::profile_credentials::Credential;
 
 /// What kind of credentials an auth profile holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthProfileKind {
     /// One member's own account at the provider, connected through OAuth.
@@ -42,7 +42,7 @@ impl From<ProfileKind> for AuthProfileKind {
 }
 
 /// Where an auth profile is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthProfileStatus {
     /// Waiting for its OAuth flow to complete.
@@ -68,7 +68,7 @@ impl From<ProfileStatus> for AuthProfileStatus {
 
 /// An auth profile (a connected account), without its secrets: the body of
 /// `GET /v1/teams/{team}/auth-profiles/{slug}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuthProfileResponse {
     /// The profile's id.
     pub id: Uuid,
@@ -113,7 +113,7 @@ pub struct AuthProfileResponse {
 }
 
 /// What may be shown about the credential of an `env` or `browser_session` profile.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CredentialMetaResponse {
     /// The fields of an `env` profile that hold a value.
@@ -133,7 +133,7 @@ pub enum CredentialMetaResponse {
 }
 
 /// A field of an `env` profile that holds a value.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldSetResponse {
     /// The field's name.
     pub name: String,
@@ -181,7 +181,7 @@ impl From<AuthProfile> for AuthProfileResponse {
 }
 
 /// The body of `GET /v1/teams/{team}/auth-profiles`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuthProfileListResponse {
     /// The team's live profiles that the caller may see.
     pub auth_profiles: Vec<AuthProfileResponse>,
@@ -195,7 +195,7 @@ impl From<Vec<AuthProfile>> for AuthProfileListResponse {
 
 /// A profile and a link that connects it: the body of `POST /v1/teams/{team}/auth-profiles` and
 /// `POST /v1/teams/{team}/auth-profiles/{slug}/connect`. Its `Debug` hides the link.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuthProfileWithLinkResponse {
     /// The profile.
     pub auth_profile: AuthProfileResponse,
@@ -210,7 +210,7 @@ pub struct AuthProfileWithLinkResponse {
 }
 
 /// What a connect link opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectAuthType {
     /// The provider's OAuth flow.
@@ -264,7 +264,7 @@ impl AuthProfileWithLinkResponse {
 }
 
 /// The type of an access token handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum TokenType {
     /// Sent as `Authorization: Bearer <token>`.
     Bearer,
@@ -272,7 +272,7 @@ pub enum TokenType {
 
 /// The body of `POST /v1/teams/{team}/auth-profiles/{slug}/token`: a valid access token for the
 /// connected account. Its `Debug` hides the token.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuthProfileTokenResponse {
     /// The access token.
     pub access_token: String,
@@ -308,7 +308,7 @@ impl From<AccessToken> for AuthProfileTokenResponse {
 
 /// The body of `POST /v1/teams/{team}/auth-profiles/{slug}/credentials`: the credential of the
 /// profile, by kind. Its `Debug` hides every secret.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CredentialResponse {
     /// The profile's kind.
     pub kind: AuthProfileKind,
@@ -318,7 +318,7 @@ pub struct CredentialResponse {
 }
 
 /// The payload of a [`CredentialResponse`].
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum CredentialPayload {
     /// OAuth kinds: a valid access token, refreshed as for `/token`.
@@ -383,7 +383,7 @@ impl From<Credential> for CredentialResponse {
 
 /// The body of `PATCH /v1/teams/{team}/auth-profiles/{slug}`: the profile as it is now and, when
 /// the new scopes need a (re)connection, a fresh link. Its `Debug` hides the link.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuthProfileUpdateResponse {
     /// The profile.
     pub auth_profile: AuthProfileResponse,
@@ -423,7 +423,7 @@ impl From<Updated> for AuthProfileUpdateResponse {
 }
 
 /// Where a credential by connector came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialSourceResponse {
     /// The caller's own connected account.
@@ -435,7 +435,7 @@ pub enum CredentialSourceResponse {
 /// The body of `POST /v1/teams/{team}/connectors/{connector_key}/credentials`: the profile that
 /// serves the connector for the caller, and its credential as `POST …/{slug}/credentials` gives
 /// it. Its `Debug` hides the credential.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ConnectorCredentialResponse {
     /// The profile.
     pub auth_profile: AuthProfileResponse,
@@ -479,7 +479,7 @@ impl From<ConnectorCredential> for ConnectorCredentialResponse {
 }
 
 /// The body of `POST /v1/teams/{team}/auth-profiles/{slug}/test`. Never holds the credential.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuthProfileTestResponse {
     /// Whether the credential works.
     pub ok: bool,

@@ -8,7 +8,7 @@ use crate::domain::{Client, ClientKind};
 use crate::service::op::clients::AuthMethod;
 
 /// Whether a client can keep a secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientKindResponse {
     /// A backend: authenticates with a secret or a signed assertion.
@@ -18,7 +18,7 @@ pub enum ClientKindResponse {
 }
 
 /// Where a client is defined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientSource {
     /// Registered through the admin API.
@@ -28,7 +28,7 @@ pub enum ClientSource {
 }
 
 /// A registered client: the body of `GET /admin/clients/{id}` and `PATCH /admin/clients/{id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClientResponse {
     /// The client id.
     pub client_id: String,
@@ -98,7 +98,7 @@ impl From<Client> for ClientResponse {
 
 /// A client with its new secret: the body of `POST /admin/clients` (201) and
 /// `POST /admin/clients/{id}/secret`. The secret is shown this once; only its hash is kept.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClientWithSecretResponse {
     /// The client.
     #[serde(flatten)]
@@ -108,7 +108,7 @@ pub struct ClientWithSecretResponse {
 }
 
 /// A page of clients: the body of `GET /admin/clients`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClientListResponse {
     /// The clients, ordered by id.
     pub clients: Vec<ClientResponse>,

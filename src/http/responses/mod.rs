@@ -41,14 +41,14 @@ pub use self::webhooks::{
 };
 
 /// The body of `GET /healthz` (`{"status": "ok"}`) and `GET /readyz` (`{"status": "ready"}`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthResponse {
     /// `ok` when the process answers (liveness), `ready` when its database answers too.
     pub status: HealthStatus,
 }
 
 /// What a health check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     /// The process answers.

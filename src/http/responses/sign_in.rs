@@ -10,7 +10,7 @@ use crate::service::teams::Discovery;
 use crate::service::validation::Validated;
 
 /// The body of `POST /v1/validate`: who the token's user is.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ValidateResponse {
     /// The user's id.
     pub user_id: Uuid,
@@ -48,7 +48,7 @@ impl From<Validated> for ValidateResponse {
 
 /// The body of `POST /v1/auth/discover`: how a user with this email signs in, told apart by
 /// `method`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum DiscoverResponse {
     /// Sign in through the identity provider of the team that claims the email's domain.
@@ -81,7 +81,7 @@ impl DiscoverResponse {
 }
 
 /// A sign-in provider, for login pages.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProviderResponse {
     /// The provider's name.
     pub name: String,
@@ -97,7 +97,7 @@ impl ProviderResponse {
 }
 
 /// The body of `GET /auth/providers`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProvidersResponse {
     /// The configured sign-in providers, by name.
     pub providers: Vec<ProviderResponse>,

@@ -9,7 +9,7 @@ use crate::service::users::Page;
 use crate::store::TeamMember;
 
 /// A role in a team.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRole {
     /// Full control, including membership.
@@ -31,7 +31,7 @@ impl From<Role> for MemberRole {
 }
 
 /// A team: the body of `GET /admin/teams/{team}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TeamResponse {
     /// The team's id.
     pub id: Uuid,
@@ -55,7 +55,7 @@ impl From<Team> for TeamResponse {
 }
 
 /// A page of teams: the body of `GET /admin/teams`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TeamListResponse {
     /// The teams, oldest first.
     pub teams: Vec<TeamResponse>,
@@ -70,7 +70,7 @@ impl From<Page<Team>> for TeamListResponse {
 }
 
 /// A member of a team, as operators see them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TeamMemberResponse {
     /// The member's user id.
     pub user_id: Uuid,
@@ -97,7 +97,7 @@ impl From<TeamMember> for TeamMemberResponse {
 }
 
 /// A page of a team's members: the body of `GET /admin/teams/{team}/members`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TeamMemberListResponse {
     /// The members, by user id.
     pub members: Vec<TeamMemberResponse>,
@@ -113,7 +113,7 @@ impl From<Page<TeamMember>> for TeamMemberListResponse {
 
 /// A team as seen by one of its members: the team's fields, the member's role and whether it is
 /// their default team.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TeamMembershipResponse {
     /// The team.
     #[serde(flatten)]
@@ -131,7 +131,7 @@ impl From<TeamMembership> for TeamMembershipResponse {
 }
 
 /// A team in a bootstrap response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TeamSummaryResponse {
     /// The team's id.
     pub id: Uuid,
@@ -148,7 +148,7 @@ impl From<Team> for TeamSummaryResponse {
 }
 
 /// A team the user of a validated token belongs to.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TeamRoleResponse {
     /// The team's id.
     pub id: Uuid,
@@ -166,7 +166,7 @@ impl From<TeamRole> for TeamRoleResponse {
 
 /// A team member and their role: the body of `POST /v1/teams/{team}/members` and
 /// `POST /admin/teams/{team}/members`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MemberResponse {
     /// The member's user id.
     pub user_id: Uuid,
@@ -182,7 +182,7 @@ impl MemberResponse {
 }
 
 /// A team's claim on an email domain: the body of `POST /admin/teams/{team}/domains`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DomainClaimResponse {
     /// The lower-cased domain.
     pub domain: String,
@@ -212,7 +212,7 @@ impl From<DomainClaim> for DomainClaimResponse {
 }
 
 /// The body of `GET /admin/teams/{team}/domains`: a JSON array of the team's domain claims.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct DomainClaimListResponse(
     /// The claims.

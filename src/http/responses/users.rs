@@ -9,7 +9,7 @@ use crate::domain::{Identity, Team, User, UserId, UserProfile};
 use crate::service::users::Page;
 
 /// A user: the body of `PATCH /admin/users/{user_id}`, and the top of a [`UserProfileResponse`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserResponse {
     /// The user's stable id, the only id other services should keep.
     pub id: Uuid,
@@ -42,7 +42,7 @@ impl From<User> for UserResponse {
 }
 
 /// A page of users: the body of `GET /admin/users`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserListResponse {
     /// The users, oldest first.
     pub users: Vec<UserResponse>,
@@ -57,7 +57,7 @@ impl From<Page<User>> for UserListResponse {
 }
 
 /// An external identity (an issuer and subject pair) linked to a user.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IdentityResponse {
     /// The id of the link.
     pub id: Uuid,
@@ -97,7 +97,7 @@ impl From<Identity> for IdentityResponse {
 
 /// A user with their identities and teams: the body of `GET /v1/me`,
 /// `POST /v1/me/identities/{identity_id}/primary` and `GET /admin/users/{user_id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserProfileResponse {
     /// The user's fields.
     #[serde(flatten)]
@@ -122,7 +122,7 @@ impl From<UserProfile> for UserProfileResponse {
 }
 
 /// The body of `POST /admin/users/bootstrap` and `POST /admin/users/{user_id}/bootstrap`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BootstrapResponse {
     /// The user's id.
     pub user_id: Uuid,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::domain::{DeliveryState, WebhookDelivery, WebhookEndpoint};
 
 /// An endpoint: the body of `GET`/`PATCH /admin/webhooks/{id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookResponse {
     /// Its id.
     pub id: uuid::Uuid,
@@ -45,7 +45,7 @@ impl From<WebhookEndpoint> for WebhookResponse {
 }
 
 /// The body of `POST /admin/webhooks`: the endpoint and its signing key, shown this once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookWithSecretResponse {
     /// The endpoint.
     #[serde(flatten)]
@@ -55,14 +55,14 @@ pub struct WebhookWithSecretResponse {
 }
 
 /// The body of `GET /admin/webhooks`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookListResponse {
     /// Every endpoint, oldest first.
     pub webhooks: Vec<WebhookResponse>,
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStateResponse {
     /// Waiting for its first attempt or a retry.
@@ -84,7 +84,7 @@ impl From<DeliveryState> for DeliveryStateResponse {
 }
 
 /// One event for one endpoint.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryResponse {
     /// The delivery's id.
     pub id: uuid::Uuid,
@@ -129,7 +129,7 @@ impl From<WebhookDelivery> for DeliveryResponse {
 }
 
 /// The body of `GET /admin/webhooks/{id}/deliveries`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryListResponse {
     /// Deliveries, latest event first.
     pub deliveries: Vec<DeliveryResponse>,
@@ -138,7 +138,7 @@ pub struct DeliveryListResponse {
 }
 
 /// The body of `POST /admin/webhooks/{id}/replay`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReplayResponse {
     /// How many events were scheduled again.
     pub scheduled: u64,

@@ -11,7 +11,8 @@
 //! store until the assertion expires, so a replay is refused on every instance.
 //!
 //! [`Clients::get`] keeps found clients in memory for [`CACHE_TTL`]; a change through this
-//! instance's admin API drops the entry at once, other instances see it within [`CACHE_TTL`].
+//! instance's admin API drops the entry at once, other instances when they read the change in the
+//! cache-invalidation log (`cache.sync_interval_ms`, see [`crate::service::cache_sync`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -267,7 +268,7 @@ impl Clients {
     /// assertion's `aud` beside the token endpoint), if known.
     pub fn new(store: Arc<dyn Store>, issuer: Option<String>) -> Self {
         let issuer = issuer.map(|i| i.trim_end_matches('/').to_owned());
-        Self { store, cache: Arc::new(TtlCache::new(CACHE_ENTRIES)), issuer }
+        Self { store, cache: Arc::new(TtlCache::new(CACHE_ENTRIES).counted_as("clients")), issuer }
     }
 
     /// A client by id (`None` for an unknown or invalid id), from memory when read within
@@ -580,6 +581,16 @@ impl Clients {
             self.cache.remove_key(&client.id);
         }
         Ok(sync)
+    }
+
+    /// Forgets the cached record of a client (another instance changed it).
+    pub fn forget(&self, id: &ClientId) {
+        self.cache.remove_key(id);
+    }
+
+    /// Forgets every cached client.
+    pub fn forget_all(&self) {
+        self.cache.clear();
     }
 
     /// Deletes the records of used client assertions that expired (the sweeper calls it).

@@ -1,0 +1,251 @@
+//! Cache invalidation across instances: every change that an instance's caches must forget writes
+//! a row to the cache-invalidation log in its own transaction (see `src/store/cache_sync.rs`), and
+//! every instance reads the rows it has not applied yet every `cache.sync_interval_ms` (250 ms by
+//! default) from the primary and applies them to its caches: the principal cache (by user and by
+//! identity, with the identity's verified tokens) and the client cache. An instance re-applies
+//! its own changes too, which is harmless.
+//!
+//! **Out-of-order commits.** On PostgreSQL a row's sequence number is taken at insert and becomes
+//! visible at commit, so a transaction may commit row 7 after another's row 8 was read. Reading
+//! `seq > last` alone would skip row 7 for ever. So the [`Cursor`] remembers the numbers it
+//! skipped (the gaps below the highest it read) for [`GAP_WAIT`], and each poll reads again from
+//! the lowest open gap, applying only rows it has not applied. A gap that does not fill within
+//! [`GAP_WAIT`] was a rolled-back transaction (or a sequence jump after a crash) and is dropped.
+//! Only a change whose transaction takes longer than that between writing its row and committing
+//! is missed, and then only until the cache entry expires. SQLite has one writer, so its rows
+//! always become visible in order. The rule needs no clock shared between instances: gaps age on
+//! the instance's own monotonic clock.
+//!
+//! **Start and outages.** An instance starts [`START_OVERLAP`] rows below the log's head (so that
+//! transactions in flight at start-up are seen) and forgets everything it cached before it knew
+//! the head. After [`OUTAGE_LIMIT`] without a successful poll, rows it needed may have been
+//! pruned ([`RETENTION`]), so it forgets everything on the next successful poll instead.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::TimeDelta;
+
+use super::op::clients::Clients;
+use super::principals::PrincipalCache;
+use crate::store::{CacheChange, LoggedChange, Store, StoreError};
+
+/// How long a skipped sequence number is waited for.
+pub const GAP_WAIT: Duration = Duration::from_secs(10);
+/// Most skipped sequence numbers remembered at once (the oldest go first).
+const MAX_GAPS: usize = 1_000;
+/// How many rows below the head an instance starts reading at.
+const START_OVERLAP: i64 = 100;
+/// Rows read per query.
+const BATCH: i64 = 500;
+/// How long rows are kept in the log (the sweeper deletes older ones).
+pub const RETENTION: Duration = Duration::from_secs(600);
+/// After this long without a successful poll, an instance forgets all it cached.
+pub const OUTAGE_LIMIT: Duration = Duration::from_secs(300);
+
+/// Where an instance is in the log.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    /// The highest sequence number read.
+    last: i64,
+    /// Sequence numbers below `last` not seen yet, with when they were first missed.
+    gaps: BTreeMap<i64, Instant>,
+    /// When the last poll succeeded.
+    polled_at: Instant,
+}
+
+impl Cursor {
+    /// A cursor that has read everything up to `last`.
+    pub fn at(last: i64, now: Instant) -> Self {
+        Self { last, gaps: BTreeMap::new(), polled_at: now }
+    }
+
+    /// The highest sequence number read.
+    pub fn last(&self) -> i64 {
+        self.last
+    }
+
+    /// The sequence numbers skipped and still waited for, lowest first.
+    pub fn gaps(&self) -> impl Iterator<Item = i64> + '_ {
+        self.gaps.keys().copied()
+    }
+
+    /// Where the next read starts (after this number): below the lowest open gap, else at `last`.
+    pub fn read_after(&self) -> i64 {
+        self.gaps.keys().next().map_or(self.last, |first| (first - 1).min(self.last))
+    }
+
+    /// Drops the gaps older than [`GAP_WAIT`].
+    pub fn expire_gaps(&mut self, now: Instant) {
+        self.gaps.retain(|_, missed_at| now.saturating_duration_since(*missed_at) < GAP_WAIT);
+    }
+
+    /// Takes a batch of rows read after [`Cursor::read_after`], in order; returns the rows not
+    /// applied before (new ones, and those that fill a gap).
+    pub fn take(&mut self, rows: Vec<LoggedChange>, now: Instant) -> Vec<LoggedChange> {
+        let mut fresh = Vec::new();
+        for row in rows {
+            if row.seq > self.last {
+                let skipped = row.seq - self.last - 1;
+                if skipped > 0 && skipped <= MAX_GAPS as i64 {
+                    self.gaps.extend((self.last + 1..row.seq).map(|seq| (seq, now)));
+                }
+                self.last = row.seq;
+                fresh.push(row);
+            } else if self.gaps.remove(&row.seq).is_some() {
+                fresh.push(row);
+            }
+        }
+        while self.gaps.len() > MAX_GAPS {
+            self.gaps.pop_first();
+        }
+        fresh
+    }
+}
+
+/// Reads the cache-invalidation log and applies it to this instance's caches.
+#[derive(Debug, Clone)]
+pub struct CacheSync {
+    store: Arc<dyn Store>,
+    principals: Arc<PrincipalCache>,
+    clients: Clients,
+}
+
+impl CacheSync {
+    /// The service, applying the log to `principals` (and their verified tokens) and `clients`.
+    pub fn new(store: Arc<dyn Store>, principals: Arc<PrincipalCache>, clients: Clients) -> Self {
+        Self { store, principals, clients }
+    }
+
+    /// A cursor [`START_OVERLAP`] rows below the log's head. Whatever was cached before is
+    /// forgotten, since changes made meanwhile may be below the cursor.
+    pub async fn start(&self) -> Result<Cursor, StoreError> {
+        let head = self.store.cache_changes_head().await?;
+        self.forget_everything();
+        Ok(Cursor::at((head - START_OVERLAP).max(0), Instant::now()))
+    }
+
+    /// Reads the rows after the cursor (from its lowest open gap) and applies those not applied
+    /// before; returns how many were applied.
+    pub async fn poll(&self, cursor: &mut Cursor) -> Result<usize, StoreError> {
+        let now = Instant::now();
+        cursor.expire_gaps(now);
+        let mut after = cursor.read_after();
+        let mut applied = 0;
+        loop {
+            let rows = self.store.cache_changes_after(after, BATCH).await?;
+            let full = rows.len() as i64 >= BATCH;
+            if let Some(last) = rows.last() {
+                after = last.seq;
+            }
+            let fresh: Vec<CacheChange> = cursor.take(rows, now).into_iter().map(|row| row.change).collect();
+            self.apply(&fresh);
+            applied += fresh.len();
+            if !full {
+                break;
+            }
+        }
+        if now.saturating_duration_since(cursor.polled_at) > OUTAGE_LIMIT {
+            tracing::warn!(
+                outage_s = now.saturating_duration_since(cursor.polled_at).as_secs(),
+                "the cache-invalidation log was unreadable for a long time: forgetting every cached entry"
+            );
+            self.forget_everything();
+        }
+        cursor.polled_at = now;
+        Ok(applied)
+    }
+
+    /// Applies changes to this instance's caches: one walk over each cache for a whole batch.
+    pub fn apply(&self, changes: &[CacheChange]) {
+        let (mut users, mut identities) = (HashSet::new(), HashSet::new());
+        for change in changes {
+            match change {
+                CacheChange::User(user) => {
+                    users.insert(*user);
+                }
+                CacheChange::Identity { issuer, subject } => {
+                    identities.insert((issuer.clone(), subject.clone()));
+                }
+                CacheChange::Client(id) => self.clients.forget(id),
+            }
+        }
+        self.principals.invalidate_users(&users);
+        self.principals.invalidate_identities(&identities);
+    }
+
+    /// Forgets every cached principal, verified token and client.
+    pub fn forget_everything(&self) {
+        self.principals.invalidate_all();
+        self.clients.forget_all();
+    }
+
+    /// Deletes the rows older than [`RETENTION`] (the sweeper calls it).
+    pub async fn delete_old(&self) -> Result<u64, StoreError> {
+        let retention = TimeDelta::from_std(RETENTION).unwrap_or(TimeDelta::minutes(10));
+        self.store.delete_cache_changes_before(crate::domain::now() - retention).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UserId;
+
+    fn rows(seqs: &[i64]) -> Vec<LoggedChange> {
+        seqs.iter().map(|&seq| LoggedChange { seq, change: CacheChange::User(UserId::generate()) }).collect()
+    }
+
+    fn seqs(rows: &[LoggedChange]) -> Vec<i64> {
+        rows.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn rows_in_order_are_applied_once() {
+        let now = Instant::now();
+        let mut cursor = Cursor::at(0, now);
+        assert_eq!(seqs(&cursor.take(rows(&[1, 2, 3]), now)), [1, 2, 3]);
+        assert_eq!(cursor.last(), 3);
+        assert_eq!(cursor.read_after(), 3);
+        assert!(cursor.take(rows(&[2, 3]), now).is_empty(), "rows read again are not applied again");
+    }
+
+    #[test]
+    fn a_row_committed_late_below_the_last_one_read_is_applied_when_it_appears() {
+        let now = Instant::now();
+        let mut cursor = Cursor::at(10, now);
+        // 11 and 13 committed; 12 is still in flight.
+        assert_eq!(seqs(&cursor.take(rows(&[11, 13]), now)), [11, 13]);
+        assert_eq!(cursor.gaps().collect::<Vec<_>>(), [12]);
+        assert_eq!(cursor.read_after(), 11, "the next read starts below the gap");
+        // Next poll: 12 has committed, 14 too.
+        assert_eq!(seqs(&cursor.take(rows(&[12, 13, 14]), now)), [12, 14]);
+        assert_eq!(cursor.gaps().count(), 0);
+        assert_eq!(cursor.read_after(), 14);
+    }
+
+    #[test]
+    fn a_gap_that_never_fills_is_dropped_after_the_wait() {
+        let now = Instant::now();
+        let mut cursor = Cursor::at(0, now);
+        cursor.take(rows(&[1, 3]), now);
+        cursor.expire_gaps(now + GAP_WAIT / 2);
+        assert_eq!(cursor.read_after(), 1);
+        cursor.expire_gaps(now + GAP_WAIT);
+        assert_eq!(cursor.read_after(), 3, "a rolled-back transaction's number is not waited for forever");
+    }
+
+    #[test]
+    fn a_huge_jump_is_not_tracked_number_by_number() {
+        let now = Instant::now();
+        let mut cursor = Cursor::at(0, now);
+        cursor.take(rows(&[1_000_000]), now);
+        assert_eq!(cursor.gaps().count(), 0);
+        // Many small gaps: at most MAX_GAPS are kept, the lowest dropped first.
+        let many: Vec<i64> = (0..=MAX_GAPS as i64 + 10).map(|i| 1_000_000 + 2 * (i + 1)).collect();
+        cursor.take(rows(&many), now);
+        assert_eq!(cursor.gaps().count(), MAX_GAPS);
+        assert!(cursor.gaps().next().unwrap() > 1_000_001);
+    }
+}

@@ -1,0 +1,354 @@
+//! Bulk import and export of identities (`tessera import`, `tessera export`): every imported line
+//! goes through the admin bootstrap's provisioning, so an imported user is the same as a
+//! bootstrapped one (same transaction, same default team, same `user.created` event).
+//!
+//! Re-importing changes nothing: a batched existence check skips identities that already exist
+//! (without touching their `last_seen_at`), and provisioning settles races with other importers.
+//! A line's optional `team` names an existing team (id or slug) that the user joins as `member`;
+//! a user who is already a member keeps their role.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
+use super::teams::{TeamError, Teams};
+use crate::domain::{
+    DisplayName, Email, EmailError, IdentityId, Issuer, IssuerError, Role, Subject, TeamId, TeamRef, TextError, UserId,
+};
+use crate::error::{ErrorCode, PublicError};
+use crate::store::{Store, StoreError};
+
+/// One line of an import or export file, as read: every field optional until validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// The issuer (normalised on import, as everywhere).
+    pub issuer: Option<String>,
+    /// The subject at the issuer.
+    pub subject: Option<String>,
+    /// The email, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Whether the issuer vouched for the email (false when absent).
+    #[serde(default)]
+    pub email_verified: Option<bool>,
+    /// The display name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A team (id or slug) the user joins as member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+}
+
+/// The columns of a record, in file order (the CSV header).
+pub const COLUMNS: [&str; 6] = ["issuer", "subject", "email", "email_verified", "name", "team"];
+
+/// A line of the input: its number in the file and its record, or why it could not be read.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// 1-based line number in the file.
+    pub number: u64,
+    /// The record, or the code of what is wrong with the line's syntax.
+    pub record: Result<Record, ErrorCode>,
+}
+
+/// What became of one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new user was provisioned (or, in a dry run, would be).
+    Created,
+    /// The identity already had a user.
+    Existing,
+    /// The line was refused, for this reason; nothing was written for it.
+    Refused(ErrorCode),
+}
+
+/// What became of one line, with its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineOutcome {
+    /// The line number.
+    pub number: u64,
+    /// Created, existing or refused.
+    pub outcome: Outcome,
+    /// Whether the user joined the line's team (or, in a dry run, would).
+    pub joined: bool,
+}
+
+/// A validated line.
+struct Valid {
+    number: u64,
+    claim: IdentityClaim,
+    team: Option<TeamId>,
+}
+
+/// How often a line is tried again after a transient database failure.
+const RETRIES: u32 = 4;
+
+/// The import service: validates lines and provisions them, a batch at a time.
+#[derive(Debug)]
+pub struct Importer {
+    store: Arc<dyn Store>,
+    provisioner: Provisioner,
+    teams: Teams,
+    dry_run: bool,
+    /// Teams by the reference a file gives (`None`: no such team), looked up once per import.
+    team_cache: Mutex<HashMap<String, Option<TeamId>>>,
+    /// In a dry run, the identities that would be created, so that a repeated line counts once.
+    would_create: Mutex<HashSet<(String, String)>>,
+}
+
+impl Importer {
+    /// Creates the service; with `dry_run` it reads and validates but writes nothing.
+    pub fn new(store: Arc<dyn Store>, provisioner: Provisioner, teams: Teams, dry_run: bool) -> Self {
+        Self {
+            store,
+            provisioner,
+            teams,
+            dry_run,
+            team_cache: Mutex::new(HashMap::new()),
+            would_create: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether this importer writes nothing.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Imports a batch of lines, in order. A refused line does not stop the batch; a database
+    /// failure (after retries of transient ones) does, and is returned: lines before it are
+    /// imported, and a re-run picks up the rest.
+    pub async fn import(&self, lines: Vec<Line>) -> Result<Vec<LineOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(lines.len());
+        let mut valid = Vec::with_capacity(lines.len());
+        for line in lines {
+            match self.validate(line.record).await {
+                Ok((claim, team)) => valid.push(Valid { number: line.number, claim, team }),
+                Err(code) => outcomes.push(refused(line.number, code)),
+            }
+        }
+        let existing = self.existing(&valid).await?;
+        for line in valid {
+            let key = (line.claim.issuer.as_str().to_owned(), line.claim.subject.as_str().to_owned());
+            let outcome = match existing.get(&key) {
+                Some(user) => self.join(line.number, Outcome::Existing, *user, line.team).await?,
+                None => self.provision(line).await?,
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Parses a record into a claim and its team, or the code of the first thing wrong with it.
+    async fn validate(&self, record: Result<Record, ErrorCode>) -> Result<(IdentityClaim, Option<TeamId>), ErrorCode> {
+        let record = record?;
+        let issuer = Issuer::parse(required(record.issuer.as_deref())?)
+            .map_err(|e| if e == IssuerError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidIssuer })?;
+        let subject = Subject::parse(required(record.subject.as_deref())?)
+            .map_err(|e| text_code(e, ErrorCode::InvalidSubject))?;
+        let email = match record.email.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+            None => None,
+            Some(email) => Some(Email::parse(email).map_err(|e| {
+                if e == EmailError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidEmail }
+            })?),
+        };
+        let name = DisplayName::parse_optional(record.name.as_deref().filter(|n| !n.trim().is_empty()))
+            .map_err(|e| text_code(e, ErrorCode::InvalidName))?;
+        if !self.provisioner.allows(&issuer) {
+            return Err(ErrorCode::IssuerNotAllowed);
+        }
+        let team = match record.team.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(team) => Some(self.team(team).await?),
+        };
+        let claim = IdentityClaim {
+            issuer,
+            subject,
+            email,
+            email_verified: record.email_verified.unwrap_or(false),
+            name,
+            provider: String::new(),
+        };
+        Ok((claim, team))
+    }
+
+    /// The id of the team a file names, looked up once per import.
+    async fn team(&self, reference: &str) -> Result<TeamId, ErrorCode> {
+        if let Some(known) = self.team_cache.lock().unwrap_or_else(|e| e.into_inner()).get(reference) {
+            return known.ok_or(ErrorCode::TeamNotFound);
+        }
+        let parsed = TeamRef::parse(reference).map_err(|_| ErrorCode::InvalidTeam)?;
+        let found = match retry(|| self.teams.find(&parsed)).await {
+            Ok(team) => Some(team.id),
+            Err(TeamError::TeamNotFound) => None,
+            Err(e) => return Err(e.code()),
+        };
+        self.team_cache.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.to_owned(), found);
+        found.ok_or(ErrorCode::TeamNotFound)
+    }
+
+    /// The users of those of the lines' identities that exist, by (issuer, subject).
+    async fn existing(&self, lines: &[Valid]) -> Result<HashMap<(String, String), UserId>, StoreError> {
+        let mut by_issuer: HashMap<&Issuer, Vec<Subject>> = HashMap::new();
+        for line in lines {
+            by_issuer.entry(&line.claim.issuer).or_default().push(line.claim.subject.clone());
+        }
+        let mut found = HashMap::new();
+        for (issuer, subjects) in by_issuer {
+            for (subject, user) in retry(|| self.store.existing_identities(issuer, &subjects)).await? {
+                found.insert((issuer.as_str().to_owned(), subject.as_str().to_owned()), user);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Provisions a line's identity through the admin bootstrap.
+    async fn provision(&self, line: Valid) -> Result<LineOutcome, StoreError> {
+        if self.dry_run {
+            let key = (line.claim.issuer.as_str().to_owned(), line.claim.subject.as_str().to_owned());
+            let first = self.would_create.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+            let outcome = if first { Outcome::Created } else { Outcome::Existing };
+            return Ok(LineOutcome { number: line.number, outcome, joined: line.team.is_some() && first });
+        }
+        match retry(|| self.provisioner.bootstrap(line.claim.clone())).await {
+            Ok(provisioned) => {
+                let outcome = if provisioned.created { Outcome::Created } else { Outcome::Existing };
+                self.join(line.number, outcome, provisioned.user.id, line.team).await
+            }
+            // Another importer (or a sign-in) got there first, and the user is disabled.
+            Err(ProvisionError::UserDisabled) => {
+                Ok(LineOutcome { number: line.number, outcome: Outcome::Existing, joined: false })
+            }
+            Err(ProvisionError::Store(e)) => Err(e),
+            Err(e) => Ok(refused(line.number, e.code())),
+        }
+    }
+
+    /// Makes `user` a member of `team` unless they already are one (in any role).
+    async fn join(
+        &self,
+        number: u64,
+        outcome: Outcome,
+        user: UserId,
+        team: Option<TeamId>,
+    ) -> Result<LineOutcome, StoreError> {
+        let Some(team) = team else {
+            return Ok(LineOutcome { number, outcome, joined: false });
+        };
+        let team = TeamRef::Id(team);
+        let role = match retry(|| self.teams.role_of(&team, user)).await {
+            Ok((_, role)) => role,
+            Err(TeamError::Store(e)) => return Err(e),
+            Err(e) => return Ok(refused(number, e.code())),
+        };
+        if role.is_some() {
+            return Ok(LineOutcome { number, outcome, joined: false });
+        }
+        if self.dry_run {
+            return Ok(LineOutcome { number, outcome, joined: true });
+        }
+        match retry(|| self.teams.put_member(&team, None, user, Role::Member)).await {
+            Ok(joined) => Ok(LineOutcome { number, outcome, joined }),
+            Err(TeamError::Store(e)) => Err(e),
+            Err(e) => Ok(refused(number, e.code())),
+        }
+    }
+}
+
+fn refused(number: u64, code: ErrorCode) -> LineOutcome {
+    LineOutcome { number, outcome: Outcome::Refused(code), joined: false }
+}
+
+fn required(value: Option<&str>) -> Result<&str, ErrorCode> {
+    value.filter(|v| !v.trim().is_empty()).ok_or(ErrorCode::MissingField)
+}
+
+fn text_code(error: TextError, invalid: ErrorCode) -> ErrorCode {
+    match error {
+        TextError::TooLong(_) => ErrorCode::FieldTooLong,
+        TextError::Empty => ErrorCode::MissingField,
+        TextError::ControlCharacters => invalid,
+    }
+}
+
+/// Whether an error is a transient database failure worth trying again.
+trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl Transient for ProvisionError {
+    fn is_transient(&self) -> bool {
+        matches!(self, ProvisionError::Store(e) if e.is_transient())
+    }
+}
+
+impl Transient for TeamError {
+    fn is_transient(&self) -> bool {
+        matches!(self, TeamError::Store(e) if e.is_transient())
+    }
+}
+
+/// Runs `attempt` again, with growing pauses, while it fails transiently.
+async fn retry<T, E: Transient, F: Future<Output = Result<T, E>>>(mut attempt: impl FnMut() -> F) -> Result<T, E> {
+    let mut pause = Duration::from_millis(50);
+    for _ in 0..RETRIES {
+        match attempt().await {
+            Err(e) if e.is_transient() => {
+                tokio::time::sleep(pause).await;
+                pause *= 4;
+            }
+            done => return done,
+        }
+    }
+    attempt().await
+}
+
+/// How many identities [`export_page`] reads at a time.
+pub const EXPORT_PAGE: i64 = 1000;
+
+/// A page of identities after `after`, as records (the user's email, verification and name; no
+/// team), with the cursor of the next page (`None`: this was the last).
+pub async fn export_page(
+    store: &dyn Store,
+    after: Option<IdentityId>,
+) -> Result<(Vec<Record>, Option<IdentityId>), StoreError> {
+    let page = store.export_identities(after, EXPORT_PAGE).await?;
+    let next = if page.len() as i64 == EXPORT_PAGE { page.last().map(|e| e.identity.id) } else { None };
+    let records = page
+        .into_iter()
+        .map(|e| Record {
+            issuer: Some(e.identity.issuer.as_str().to_owned()),
+            subject: Some(e.identity.subject.as_str().to_owned()),
+            email: e.user.email,
+            email_verified: Some(e.user.email_verified),
+            name: e.user.name,
+            team: None,
+        })
+        .collect();
+    Ok((records, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_from_json_and_refuses_unknown_fields() {
+        let record: Record =
+            serde_json::from_str(r#"{"issuer":"https://a.example","subject":"s","email_verified":true}"#).unwrap();
+        assert_eq!(record.subject.as_deref(), Some("s"));
+        assert_eq!(record.email_verified, Some(true));
+        assert!(serde_json::from_str::<Record>(r#"{"issuer":"x","subjet":"s"}"#).is_err());
+        let written = serde_json::to_string(&Record { issuer: Some("i".into()), ..Record::default() }).unwrap();
+        assert_eq!(written, r#"{"issuer":"i","subject":null,"email_verified":null}"#);
+    }
+}

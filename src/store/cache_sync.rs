@@ -1,0 +1,103 @@
+//! The change log of cache invalidations (`cache_invalidations`), which keeps the in-memory caches
+//! of many instances in step: the store methods whose changes a cache must forget add their rows
+//! with [`log_changes`] in the transaction of the change, so that a committed change always has
+//! its row, and every instance reads the log with [`Store::cache_changes_after`](super::Store).
+
+use chrono::{DateTime, Utc};
+
+use super::db::{Db, Tx, query};
+use super::rows::RowExt;
+use super::{StoreError, decode_issuer, decode_subject};
+use crate::domain::{ClientId, Issuer, Subject, UserId};
+
+/// Something that instances must forget from their caches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CacheChange {
+    /// Everything cached about a user (disabled, deleted, or their teams or identities changed).
+    User(UserId),
+    /// An identity (unlinked, or deleted with its user): its resolved principal and its verified
+    /// tokens.
+    Identity {
+        /// The identity's issuer.
+        issuer: Issuer,
+        /// Its subject.
+        subject: Subject,
+    },
+    /// A registered client of the OpenID Provider (changed, given a new secret, or deleted).
+    Client(ClientId),
+}
+
+/// One row of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedChange {
+    /// Its place in the log (increasing, with gaps; see `src/service/cache_sync.rs`).
+    pub seq: i64,
+    /// What to forget.
+    pub change: CacheChange,
+}
+
+/// Adds `changes` to the log, in the transaction of the change they describe.
+pub(super) async fn log_changes(tx: &mut Tx, changes: &[CacheChange], now: DateTime<Utc>) -> Result<(), StoreError> {
+    for change in changes {
+        let (kind, user, issuer, subject, client) = match change {
+            CacheChange::User(user) => ("user", Some(user.as_uuid()), None, None, None),
+            CacheChange::Identity { issuer, subject } => {
+                ("identity", None, Some(issuer.as_str()), Some(subject.as_str()), None)
+            }
+            CacheChange::Client(id) => ("client", None, None, None, Some(id.as_str())),
+        };
+        query(
+            "INSERT INTO cache_invalidations (kind, user_id, issuer, subject, client_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(kind)
+        .bind(user)
+        .bind(issuer)
+        .bind(subject)
+        .bind(client)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The highest sequence number in the log (0 when it is empty).
+pub(super) async fn head(db: &Db) -> Result<i64, StoreError> {
+    query("SELECT COALESCE(MAX(seq), 0) AS head FROM cache_invalidations").fetch_one(db.reader()).await?.int("head")
+}
+
+/// Up to `limit` rows after `after`, in order, read where every commit is visible (the primary).
+pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Vec<LoggedChange>, StoreError> {
+    let rows = query(
+        "SELECT seq, kind, user_id, issuer, subject, client_id FROM cache_invalidations
+         WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let kind = row.text("kind")?;
+            let change = match kind.as_str() {
+                "user" => CacheChange::User(UserId::from_uuid(row.uuid("user_id")?)),
+                "identity" => CacheChange::Identity {
+                    issuer: decode_issuer(&row.text("issuer")?)?,
+                    subject: decode_subject(&row.text("subject")?)?,
+                },
+                "client" => CacheChange::Client(
+                    ClientId::parse(&row.text("client_id")?)
+                        .map_err(|_| StoreError::Corrupt("invalid client id in the cache log".into()))?,
+                ),
+                other => return Err(StoreError::Corrupt(format!("unknown cache change kind {other:?}"))),
+            };
+            Ok(LoggedChange { seq: row.int("seq")?, change })
+        })
+        .collect()
+}
+
+/// Deletes the rows written before `before`; returns how many.
+pub(super) async fn prune(db: &Db, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    query("DELETE FROM cache_invalidations WHERE created_at < $1").bind(before).execute(db.writer()).await
+}

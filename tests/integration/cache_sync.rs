@@ -1,0 +1,340 @@
+//! Cache invalidation across instances: two servers on one database (one SQLite file, or one
+//! PostgreSQL database), each with its own caches. A change made through A is honoured by B
+//! within a second, although B had the user, the identity or the client cached: principals are
+//! cached for 60 s and clients for 10 s, so without the cache-invalidation log B would answer
+//! from its cache (the first story shows it with a third instance that reads the log once a
+//! minute only).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tessera::config::{Config, DatabaseUrl};
+use tessera::crypto::keyring::KeyRing;
+use tessera::domain::{IdentityId, Issuer, Subject, UserId};
+use tessera::store::{LinkOutcome, NewLink};
+use tessera_testkit::local_issuer::LocalIssuer;
+
+use crate::helpers::{
+    AUDIENCE, Backend, Sql, TestApp, TestDb, eventually_within, json as body, local_issuer_config, on_both_backends,
+};
+
+on_both_backends!(
+    a_user_disabled_on_one_instance_is_refused_by_another_within_a_second,
+    an_identity_unlinked_on_one_instance_stops_resolving_on_another_within_a_second,
+    a_membership_removed_on_one_instance_fails_the_check_on_another_within_a_second,
+    a_client_given_a_new_secret_or_deleted_on_one_instance_is_refused_by_another_within_a_second,
+);
+
+/// The bound the issue sets: a change is honoured by every instance within this.
+const BOUND: Duration = Duration::from_secs(1);
+
+/// Instances A and B (and more, on request) sharing one database, with the OpenID Provider on.
+struct Cluster {
+    a: TestApp,
+    b: TestApp,
+    issuer: LocalIssuer,
+    config: Config,
+    db: TestDb,
+}
+
+async fn cluster(backend: Backend) -> Cluster {
+    let issuer = LocalIssuer::start().await.unwrap();
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.issuers.push(local_issuer_config(&issuer));
+    let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+    config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+    let a = TestApp::start(db.share(), &config).await;
+    let b = TestApp::start(db.share(), &config).await;
+    Cluster { a, b, issuer, config, db }
+}
+
+impl Cluster {
+    fn token(&self, subject: &str) -> String {
+        self.issuer.sign("rsa-1", &self.issuer.claims(subject, AUDIENCE))
+    }
+
+    /// Another instance on the same database, with the configuration changed by `adjust`.
+    async fn another(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = self.config.clone();
+        adjust(&mut config);
+        TestApp::start(self.db.share(), &config).await
+    }
+
+    async fn stop(self) {
+        self.a.stop().await;
+        self.b.stop().await;
+    }
+}
+
+/// Validates `token` on `app`; returns the user id.
+async fn user_of(app: &TestApp, token: &str) -> String {
+    body(app.validate(token).await, 200).await["user_id"].as_str().unwrap().to_owned()
+}
+
+/// Waits long enough for every instance to have read the log up to now (four polls at the default
+/// 250 ms), so that what a test caches next is not purged by an earlier change.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+}
+
+/// Waits until `condition` holds on the other instance, failing after [`BOUND`] from `since`
+/// (when the change's response arrived); returns how long it took.
+async fn honoured_within_bound<F, Fut>(what: &str, since: Instant, condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(what, BOUND.saturating_sub(since.elapsed()), condition).await;
+    let took = since.elapsed();
+    eprintln!("{what}: honoured by the other instance after {took:?}");
+    took
+}
+
+/// A response's status and problem `code` (empty for a success).
+async fn code_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    (status, answer["code"].as_str().unwrap_or_default().to_owned())
+}
+
+fn refused(code: &str) -> (u16, String) {
+    (403, code.to_owned())
+}
+
+async fn a_user_disabled_on_one_instance_is_refused_by_another_within_a_second(backend: Backend) {
+    let c = cluster(backend).await;
+    // The control: an instance that reads the log once a minute answers from its cache.
+    let slow = c.another(|config| config.cache.sync_interval = Duration::from_secs(60)).await;
+    let token = c.token("to-disable");
+    let user = user_of(&c.a, &token).await;
+    settle().await;
+    for app in [&c.b, &slow] {
+        assert_eq!(user_of(app, &token).await, user, "cached on this instance now");
+    }
+
+    let changed = Instant::now();
+    let path = format!("/admin/users/{user}");
+    body(c.a.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    honoured_within_bound("a disabled user is refused", changed, || async {
+        code_of(c.b.validate(&token).await).await == refused("user_disabled")
+    })
+    .await;
+    assert_eq!(body(c.a.validate(&token).await, 403).await["code"], "user_disabled");
+    let (status, _) = code_of(slow.validate(&token).await).await;
+    assert_eq!(status, 200, "without reading the log, the cache still answers: the test above can fail");
+
+    // Enabled again: the cached refusal is not a thing (refusals are never cached).
+    body(c.a.admin(Method::PATCH, &path).json(&json!({"disabled": false})).send().await.unwrap(), 200).await;
+    assert_eq!(user_of(&c.b, &token).await, user);
+    slow.stop().await;
+    c.stop().await;
+}
+
+async fn an_identity_unlinked_on_one_instance_stops_resolving_on_another_within_a_second(backend: Backend) {
+    let c = cluster(backend).await;
+    let (first, second) = (c.token("first-identity"), c.token("second-identity"));
+    let user = user_of(&c.a, &first).await;
+    let linked =
+        c.a.store
+            .link_identity(
+                user.parse::<UserId>().unwrap(),
+                &NewLink {
+                    identity_id: IdentityId::generate(),
+                    issuer: Issuer::parse(c.issuer.issuer()).unwrap(),
+                    subject: Subject::parse("second-identity").unwrap(),
+                    provider: "local".into(),
+                    email: None,
+                    email_verified: false,
+                    now: tessera::domain::now(),
+                },
+            )
+            .await
+            .unwrap();
+    assert!(matches!(linked, LinkOutcome::Linked(_)));
+    assert_eq!(user_of(&c.a, &second).await, user, "both identities are the user's");
+    settle().await;
+    assert_eq!(user_of(&c.b, &first).await, user, "cached on B now");
+    let me = body(c.a.client.get(c.a.url("/v1/me")).bearer_auth(&second).send().await.unwrap(), 200).await;
+    let first_id = me["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["subject"] == "first-identity")
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .unwrap();
+
+    let changed = Instant::now();
+    let unlink = c.a.client.delete(c.a.url(&format!("/v1/me/identities/{first_id}"))).bearer_auth(&second);
+    assert_eq!(unlink.send().await.unwrap().status(), 204);
+    // The identity is gone, so its token no longer leads to the user: with `jit` on, it
+    // provisions a new one.
+    honoured_within_bound("an unlinked identity no longer resolves to its former user", changed, || async {
+        let response = c.b.validate(&first).await;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        status == 200 && answer["user_id"] != user.as_str()
+    })
+    .await;
+    assert_eq!(user_of(&c.b, &second).await, user, "the other identity still resolves");
+    c.stop().await;
+}
+
+async fn a_membership_removed_on_one_instance_fails_the_check_on_another_within_a_second(backend: Backend) {
+    let c = cluster(backend).await;
+    let token = c.token("member");
+    let user = user_of(&c.a, &token).await;
+    body(
+        c.a.admin(Method::POST, "/admin/teams")
+            .json(&json!({"slug": "sync-team", "name": "Sync"}))
+            .send()
+            .await
+            .unwrap(),
+        201,
+    )
+    .await;
+    let add = c.a.admin(Method::POST, "/admin/teams/sync-team/members");
+    let added = add.json(&json!({"user_id": user, "role": "member"})).send().await.unwrap();
+    assert!(added.status().is_success(), "{}", added.status());
+    settle().await;
+    let check = || c.b.client.get(c.b.url("/v1/check?team=sync-team")).bearer_auth(&token).send();
+    assert_eq!(check().await.unwrap().status(), 204, "a member, as B has cached");
+
+    let changed = Instant::now();
+    let removed = c.a.admin(Method::DELETE, &format!("/admin/teams/sync-team/members/{user}")).send().await.unwrap();
+    assert_eq!(removed.status(), 204);
+    honoured_within_bound("a removed member fails the check", changed, || async {
+        code_of(check().await.unwrap()).await == refused("not_a_member")
+    })
+    .await;
+    c.stop().await;
+}
+
+async fn a_client_given_a_new_secret_or_deleted_on_one_instance_is_refused_by_another_within_a_second(
+    backend: Backend,
+) {
+    let c = cluster(backend).await;
+    let registration = json!({"id": "sync-app", "name": "Sync app", "kind": "confidential",
+                              "redirect_uris": ["https://app.example.com/callback"]});
+    let created = body(c.a.admin(Method::POST, "/admin/clients").json(&registration).send().await.unwrap(), 201).await;
+    let old = created["client_secret"].as_str().unwrap().to_owned();
+    settle().await;
+    let introspect = |secret: String| {
+        c.b.client
+            .post(c.b.url("/oauth/introspect"))
+            .basic_auth("sync-app", Some(secret))
+            .form(&[("token", "x")])
+            .send()
+    };
+    assert_eq!(introspect(old.clone()).await.unwrap().status(), 200, "the client authenticates; B caches it");
+
+    let changed = Instant::now();
+    let rotated = body(c.a.admin(Method::POST, "/admin/clients/sync-app/secret").send().await.unwrap(), 200).await;
+    let new = rotated["client_secret"].as_str().unwrap().to_owned();
+    honoured_within_bound("the old secret is refused", changed, || async {
+        introspect(old.clone()).await.unwrap().status() == 401
+    })
+    .await;
+    assert_eq!(introspect(new.clone()).await.unwrap().status(), 200, "the new secret works on B");
+
+    let changed = Instant::now();
+    assert_eq!(c.a.admin(Method::DELETE, "/admin/clients/sync-app").send().await.unwrap().status(), 204);
+    honoured_within_bound("a deleted client is refused", changed, || async {
+        introspect(new.clone()).await.unwrap().status() == 401
+    })
+    .await;
+    c.stop().await;
+}
+
+/// On PostgreSQL a change's sequence number is taken at insert and visible at commit: a
+/// transaction that wrote its row before another one but commits after it must still be applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_after_a_later_numbered_one_is_still_applied_on_postgres() {
+    let c = cluster(Backend::Postgres).await;
+    let (early, late) = (c.token("commits-late"), c.token("commits-early"));
+    let early_user = user_of(&c.a, &early).await;
+    let late_user = user_of(&c.a, &late).await;
+    settle().await;
+    assert_eq!(user_of(&c.b, &early).await, early_user);
+    assert_eq!(user_of(&c.b, &late).await, late_user);
+
+    // A transaction takes the next number and holds it, uncommitted, as a slow change would.
+    let Sql::Postgres(pool) = c.db.sql().await else { unreachable!("a PostgreSQL test") };
+    let mut held = pool.begin().await.unwrap();
+    let early_id = uuid::Uuid::parse_str(&early_user).unwrap();
+    sqlx::query("UPDATE users SET disabled = TRUE WHERE id = $1").bind(early_id).execute(&mut *held).await.unwrap();
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO cache_invalidations (kind, user_id, created_at) VALUES ('user', $1, now()) RETURNING seq",
+    )
+    .bind(early_id)
+    .fetch_one(&mut *held)
+    .await
+    .unwrap();
+
+    // Another change takes the number after it and commits first; B reads past the held one.
+    let path = format!("/admin/users/{late_user}");
+    body(c.a.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    let later: i64 = sqlx::query_scalar("SELECT max(seq) FROM cache_invalidations").fetch_one(&pool).await.unwrap();
+    assert!(later > seq, "the committed change is numbered after the held one");
+    honoured_within_bound("the change that committed first is applied", Instant::now(), || async {
+        code_of(c.b.validate(&late).await).await == refused("user_disabled")
+    })
+    .await;
+    assert_eq!(user_of(&c.b, &early).await, early_user, "the held change is not visible yet: B still has it cached");
+
+    held.commit().await.unwrap();
+    let committed = Instant::now();
+    honoured_within_bound("the change committed late is applied", committed, || async {
+        code_of(c.b.validate(&early).await).await == refused("user_disabled")
+    })
+    .await;
+    c.stop().await;
+}
+
+/// An instance reading a replica that replays 2 s late: once it has read a change from the log, it
+/// reads that user from the primary, so the lagging replica cannot bring the old user back into its
+/// cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_reading_a_lagging_replica_honours_a_change_made_elsewhere_within_a_second() {
+    let issuer = LocalIssuer::start().await.unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    db.store().await.close().await;
+    let replica = crate::replica::replica_url("TESSERA_TEST_PG_DELAYED_REPLICA_URL", &db);
+    let delayed = crate::replica::caught_up(&replica).await;
+    let mut config = db.config();
+    config.issuers.push(local_issuer_config(&issuer));
+    let a = TestApp::start(db.share(), &config).await;
+    config.database.replica_url = Some(DatabaseUrl::parse(&replica).unwrap());
+    let b = TestApp::start(db.share(), &config).await;
+
+    let token = issuer.sign("rsa-1", &issuer.claims("behind-a-replica", AUDIENCE));
+    let user = user_of(&a, &token).await;
+    let id = uuid::Uuid::parse_str(&user).unwrap();
+    let on_replica = || async {
+        sqlx::query_scalar::<_, bool>("SELECT disabled FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&delayed)
+            .await
+            .unwrap()
+    };
+    eventually_within("the replica has the user", Duration::from_secs(20), || async {
+        on_replica().await == Some(false)
+    })
+    .await;
+    settle().await;
+    assert_eq!(user_of(&b, &token).await, user, "cached on B, read from the replica");
+
+    let changed = Instant::now();
+    let path = format!("/admin/users/{user}");
+    body(a.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    honoured_within_bound("a disabled user is refused despite the lagging replica", changed, || async {
+        code_of(b.validate(&token).await).await == refused("user_disabled")
+    })
+    .await;
+    assert_eq!(on_replica().await, Some(false), "the replica really lagged behind the primary");
+    a.stop().await;
+    b.stop().await;
+}

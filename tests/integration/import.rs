@@ -1,0 +1,386 @@
+//! `tessera import` and `tessera export`, run as child processes against both backends: counts
+//! and refusals, re-runs that change nothing, resuming an interrupted import, dry runs, CSV and
+//! JSON Lines, two importers at once, and the export → import round trip.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
+
+on_both_backends!(
+    an_import_provisions_valid_lines_refuses_the_rest_and_a_rerun_changes_nothing,
+    a_dry_run_reports_what_would_happen_and_writes_nothing,
+    an_interrupted_import_is_finished_by_importing_the_whole_file_again,
+    csv_files_are_read_by_their_header_and_bad_headers_stop_before_writing,
+    two_concurrent_imports_of_one_file_make_each_user_once,
+    an_export_imported_into_an_empty_database_exports_the_same,
+);
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// A `tessera` command on the test database, with only [`ISSUER`] allowed.
+fn tessera(dir: &Path, db: &TestDb, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TESSERA_LOG_FORMAT", "json")
+        .env("TESSERA_DATABASE_URL", &db.url)
+        .env("TESSERA_ALLOWED_ISSUERS", ISSUER)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(mut command: Command) -> Output {
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("the command finished in time")
+        .expect("the command ran");
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs `tessera import FILE --json …`; returns the exit code and the summary.
+async fn import(dir: &Path, db: &TestDb, file: &str, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["import", file, "--json"];
+    args.extend_from_slice(extra);
+    let output = run(tessera(dir, db, &args)).await;
+    let summary = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|_| panic!("import printed no JSON ({}): {}{}", output.code, output.stdout, output.stderr));
+    (output.code, summary)
+}
+
+/// The counts of a summary: lines, created, existing, refused, joined.
+fn counts(summary: &Value) -> [u64; 5] {
+    ["lines", "created", "existing", "refused", "joined"].map(|key| summary[key].as_u64().expect(key))
+}
+
+/// The refusals of a summary, as (code, line numbers), sorted by code.
+fn refusals(summary: &Value) -> Vec<(String, Vec<u64>)> {
+    let mut found: Vec<(String, Vec<u64>)> = summary["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let lines: Vec<u64> = r["lines"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect();
+            assert_eq!(r["count"].as_u64().unwrap(), lines.len() as u64);
+            (r["code"].as_str().unwrap().to_owned(), lines)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn line(subject: &str, email: Option<&str>, name: Option<&str>) -> String {
+    let mut value = json!({"issuer": ISSUER, "subject": subject, "email_verified": true});
+    if let Some(email) = email {
+        value["email"] = json!(email);
+    }
+    if let Some(name) = name {
+        value["name"] = json!(name);
+    }
+    value.to_string()
+}
+
+/// Lines 1 to 41 (one blank): 32 new identities (one joining team `imported`), one repeat, and
+/// seven refusals, one of each kind.
+fn mixed_file() -> String {
+    let mut lines = vec![
+        line("ada", Some("ada@example.com"), Some("Ada Lovelace")),
+        String::new(),
+        "{not json".to_owned(),
+        json!({"issuer": ISSUER, "subject": "x", "colour": "red"}).to_string(),
+        json!({"issuer": ISSUER, "email": "nosubject@example.com"}).to_string(),
+        json!({"issuer": ISSUER, "subject": "bad-email", "email": "not-an-email"}).to_string(),
+        json!({"issuer": "not a url", "subject": "bad-issuer"}).to_string(),
+        json!({"issuer": OTHER_ISSUER, "subject": "elsewhere"}).to_string(),
+        json!({"issuer": ISSUER, "subject": "nowhere", "team": "no-such-team"}).to_string(),
+        json!({"issuer": ISSUER, "subject": "joiner", "team": "imported"}).to_string(),
+        line("ada", Some("ada@example.com"), Some("Ada Lovelace")),
+    ];
+    lines.extend((0..30).map(|i| line(&format!("b{i}"), Some(&format!("b{i}@example.com")), None)));
+    lines.join("\n") + "\n"
+}
+
+fn mixed_refusals() -> Vec<(String, Vec<u64>)> {
+    let mut expected: Vec<(String, Vec<u64>)> = [
+        ("malformed_json", 3),
+        ("invalid_request", 4),
+        ("missing_field", 5),
+        ("invalid_email", 6),
+        ("invalid_issuer", 7),
+        ("issuer_not_allowed", 8),
+        ("team_not_found", 9),
+    ]
+    .into_iter()
+    .map(|(code, line)| (code.to_owned(), vec![line]))
+    .collect();
+    expected.sort();
+    expected
+}
+
+async fn create_team(dir: &Path, db: &TestDb, slug: &str) {
+    let created = run(tessera(dir, db, &["teams", "create", slug, "Imported people"])).await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+}
+
+async fn an_import_provisions_valid_lines_refuses_the_rest_and_a_rerun_changes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_team(dir.path(), &db, "imported").await;
+    std::fs::write(dir.path().join("people.jsonl"), mixed_file()).unwrap();
+
+    let (code, summary) = import(dir.path(), &db, "people.jsonl", &[]).await;
+    assert_eq!(code, 1, "refused lines make the exit code 1: {summary}");
+    assert_eq!(counts(&summary), [40, 32, 1, 7, 1], "{summary}");
+    assert_eq!(summary["dry_run"], false);
+    assert_eq!(refusals(&summary), mixed_refusals());
+    let sql = db.sql().await;
+    // 32 users with their own default team and membership, plus the team `imported` and its one
+    // member; one `user.created` and one `team.member_added` event.
+    let after = sql.provisioning_counts().await;
+    assert_eq!(after, [32, 32, 33, 33, after[4]]);
+    assert_eq!(sql.count("outbox_events WHERE topic = 'user.created'").await, 32);
+    let ada = store
+        .find_identity(
+            &tessera::domain::Issuer::parse(ISSUER).unwrap(),
+            &tessera::domain::Subject::parse("ada").unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("ada was provisioned");
+    assert_eq!(ada.user.email.as_deref(), Some("ada@example.com"));
+    assert!(ada.user.email_verified);
+    assert_eq!(ada.user.name.as_deref(), Some("Ada Lovelace"));
+    assert_eq!(ada.default_team.unwrap().name, "Ada's Team", "the bootstrap's default team");
+    let joiner = sql
+        .count(
+            "memberships m JOIN teams t ON t.id = m.team_id JOIN identities i ON i.user_id = m.user_id
+             WHERE t.slug = 'imported' AND i.subject = 'joiner' AND m.role = 'member' AND NOT m.is_default",
+        )
+        .await;
+    assert_eq!(joiner, 1, "the line's team is joined as member, beside the user's own default team");
+
+    let (code, again) = import(dir.path(), &db, "people.jsonl", &[]).await;
+    assert_eq!(code, 1);
+    assert_eq!(counts(&again), [40, 0, 33, 7, 0], "everything exists: {again}");
+    assert_eq!(sql.provisioning_counts().await, after, "a re-run writes nothing");
+
+    // People read a table, and no email is printed.
+    let table = run(tessera(dir.path(), &db, &["import", "people.jsonl"])).await;
+    assert_eq!(table.code, 1);
+    assert!(
+        table.stdout.contains("existing: 33") && table.stdout.contains("invalid_email: 1 (line 6)"),
+        "{}",
+        table.stdout
+    );
+    assert!(!table.stdout.contains('@') && !table.stderr.contains('@'), "{}{}", table.stdout, table.stderr);
+}
+
+async fn a_dry_run_reports_what_would_happen_and_writes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let _store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_team(dir.path(), &db, "imported").await;
+    std::fs::write(dir.path().join("people.jsonl"), mixed_file()).unwrap();
+    let sql = db.sql().await;
+    let before = sql.provisioning_counts().await;
+
+    let (code, summary) = import(dir.path(), &db, "people.jsonl", &["--dry-run"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(summary["dry_run"], true);
+    assert_eq!(counts(&summary), [40, 32, 1, 7, 1], "the same counts as the import: {summary}");
+    assert_eq!(refusals(&summary), mixed_refusals());
+    assert_eq!(sql.provisioning_counts().await, before, "nothing written");
+
+    let (_, imported) = import(dir.path(), &db, "people.jsonl", &[]).await;
+    assert_eq!(counts(&imported), [40, 32, 1, 7, 1]);
+    let after = sql.provisioning_counts().await;
+    let (_, dry) = import(dir.path(), &db, "people.jsonl", &["--dry-run"]).await;
+    assert_eq!(counts(&dry), [40, 0, 33, 7, 0]);
+    assert_eq!(sql.provisioning_counts().await, after);
+}
+
+async fn an_interrupted_import_is_finished_by_importing_the_whole_file_again(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let _store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..250).map(|i| line(&format!("p{i}"), None, Some(&format!("Person {i}")))).collect();
+    let full = lines.join("\n") + "\n";
+    // What an interrupted copy leaves: 120 whole lines and half of the next.
+    let cut = lines[..120].join("\n").len() + 1 + lines[120].len() / 2;
+    std::fs::write(dir.path().join("part.jsonl"), &full[..cut]).unwrap();
+    std::fs::write(dir.path().join("all.jsonl"), &full).unwrap();
+
+    let (code, part) = import(dir.path(), &db, "part.jsonl", &["--concurrency", "4"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(counts(&part), [121, 120, 0, 1, 0], "{part}");
+    assert_eq!(refusals(&part), [("malformed_json".to_owned(), vec![121])]);
+
+    let (code, all) = import(dir.path(), &db, "all.jsonl", &[]).await;
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(counts(&all), [250, 130, 120, 0, 0], "{all}");
+    let sql = db.sql().await;
+    assert_eq!(sql.provisioning_counts().await[..4], [250, 250, 250, 250]);
+    assert_eq!(sql.count("outbox_events WHERE topic = 'user.created'").await, 250);
+}
+
+async fn csv_files_are_read_by_their_header_and_bad_headers_stop_before_writing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sql = db.sql().await;
+    let csv = format!(
+        "subject,issuer,name,email,email_verified,team\n\
+         c1,{ISSUER},\"Lovelace, Ada\",ada@example.com,yes,\n\
+         c2,{ISSUER},,,,\n\
+         \n\
+         c3,{ISSUER},Too,many,fields,here,extra\n\
+         c4,{ISSUER},Maybe,m@example.com,maybe,\n\
+         \"c5\nwith a line break\",{ISSUER},Bob,bob@example.com,false,\n\
+         c6,{ISSUER},Cy,cy@example.com,0,\n"
+    );
+    std::fs::write(dir.path().join("people.csv"), csv).unwrap();
+    let (code, summary) = import(dir.path(), &db, "people.csv", &[]).await;
+    assert_eq!(code, 1);
+    assert_eq!(counts(&summary), [6, 3, 0, 3, 0], "{summary}");
+    assert_eq!(
+        refusals(&summary),
+        [("invalid_request".to_owned(), vec![5, 6]), ("invalid_subject".to_owned(), vec![7])],
+        "numbered by the file's lines (a quoted line break is no new record)"
+    );
+    let issuer = tessera::domain::Issuer::parse(ISSUER).unwrap();
+    let find = |subject: &str| {
+        let (store, issuer, subject) =
+            (store.clone(), issuer.clone(), tessera::domain::Subject::parse(subject).unwrap());
+        async move { store.find_identity(&issuer, &subject).await.unwrap().expect("provisioned").user }
+    };
+    let ada = find("c1").await;
+    assert_eq!(
+        (ada.name.as_deref(), ada.email.as_deref(), ada.email_verified),
+        (Some("Lovelace, Ada"), Some("ada@example.com"), true)
+    );
+    let anonymous = find("c2").await;
+    assert_eq!((anonymous.name, anonymous.email, anonymous.email_verified), (None, None, false));
+    assert!(!find("c6").await.email_verified);
+    let after = sql.provisioning_counts().await;
+
+    // A header with an unknown or missing column, or a file whose format cannot be told, stops
+    // the import before anything is read: exit 2.
+    for (name, content) in [
+        ("colour.csv", format!("issuer,subject,colour\n{ISSUER},z1,red\n")),
+        ("nosubject.csv", format!("issuer,email\n{ISSUER},z@example.com\n")),
+        ("people.txt", format!("issuer,subject\n{ISSUER},z2\n")),
+    ] {
+        std::fs::write(dir.path().join(name), content).unwrap();
+        let output = run(tessera(dir.path(), &db, &["import", name])).await;
+        assert_eq!(output.code, 2, "{name}: {}{}", output.stdout, output.stderr);
+        assert!(output.stderr.contains("column") || output.stderr.contains("--format"), "{}", output.stderr);
+    }
+    assert_eq!(sql.provisioning_counts().await, after, "nothing written");
+    // `--format` reads a file whatever its name.
+    let (code, txt) = import(dir.path(), &db, "people.txt", &["--format", "csv"]).await;
+    assert_eq!((code, counts(&txt)), (0, [1, 1, 0, 0, 0]), "{txt}");
+}
+
+async fn two_concurrent_imports_of_one_file_make_each_user_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let _store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..400).map(|i| line(&format!("race{i}"), None, None)).collect();
+    std::fs::write(dir.path().join("race.jsonl"), lines.join("\n")).unwrap();
+
+    let (first, second) = tokio::join!(
+        import(dir.path(), &db, "race.jsonl", &["--concurrency", "8"]),
+        import(dir.path(), &db, "race.jsonl", &["--concurrency", "8"]),
+    );
+    for (code, summary) in [&first, &second] {
+        assert_eq!(*code, 0, "{summary}");
+        let [lines, created, existing, refused, _] = counts(summary);
+        assert_eq!((lines, created + existing, refused), (400, 400, 0), "{summary}");
+    }
+    assert_eq!(counts(&first.1)[1] + counts(&second.1)[1], 400, "each identity created by one importer");
+    let sql = db.sql().await;
+    assert_eq!(sql.provisioning_counts().await[..4], [400, 400, 400, 400]);
+    assert_eq!(sql.count("outbox_events WHERE topic = 'user.created'").await, 400);
+}
+
+/// Runs `tessera export ARGS` and returns what it wrote to stdout, or to the file it names.
+async fn export(dir: &Path, db: &TestDb, args: &[&str]) -> String {
+    let mut all = vec!["export"];
+    all.extend_from_slice(args);
+    let output = run(tessera(dir, db, &all)).await;
+    assert_eq!(output.code, 0, "{args:?}: {}", output.stderr);
+    match args.iter().position(|a| *a == "--output") {
+        Some(i) => std::fs::read_to_string(dir.join(args[i + 1])).unwrap(),
+        None => output.stdout,
+    }
+}
+
+fn sorted_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Backend) {
+    let source = TestDb::new(backend).await;
+    let _store = source.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = vec![
+        line("rt-ada", Some("ada@example.com"), Some("Ada \"Countess\" Lovelace, née Byron")),
+        line("rt-noemail", None, Some("Nobody")),
+        line("rt-noname", Some("x@example.com"), None),
+        json!({"issuer": ISSUER, "subject": "rt-unverified", "email": "u@example.com", "email_verified": false})
+            .to_string(),
+        json!({"issuer": ISSUER, "subject": "rt-ünïcode 名前", "name": "Zoë 名前"}).to_string(),
+    ];
+    // More than one export page.
+    lines.extend((0..1100).map(|i| line(&format!("rt{i}"), Some(&format!("rt{i}@example.com")), None)));
+    std::fs::write(dir.path().join("people.jsonl"), lines.join("\n")).unwrap();
+    let (code, summary) = import(dir.path(), &source, "people.jsonl", &[]).await;
+    assert_eq!((code, counts(&summary)[1]), (0, 1105), "{summary}");
+
+    let jsonl = export(dir.path(), &source, &[]).await;
+    assert_eq!(jsonl.lines().count(), 1105);
+    let ada: Value = jsonl
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["subject"] == "rt-ada")
+        .expect("ada is exported");
+    assert_eq!(
+        ada,
+        json!({"issuer": ISSUER, "subject": "rt-ada", "email": "ada@example.com", "email_verified": true,
+               "name": "Ada \"Countess\" Lovelace, née Byron"}),
+        "in the format import reads"
+    );
+    let csv = export(dir.path(), &source, &["--output", "out.csv"]).await;
+    assert!(csv.starts_with("issuer,subject,email,email_verified,name,team\n"), "{csv}");
+    assert_eq!(export(dir.path(), &source, &["--format", "csv"]).await, csv, "stdout or a file, the same");
+    std::fs::write(dir.path().join("out.jsonl"), &jsonl).unwrap();
+
+    for (file, format) in [("out.jsonl", "jsonl"), ("out.csv", "csv")] {
+        let target = TestDb::new(backend).await;
+        let _target_store = target.store().await;
+        let (code, imported) = import(dir.path(), &target, file, &[]).await;
+        assert_eq!((code, counts(&imported)), (0, [1105, 1105, 0, 0, 0]), "{file}: {imported}");
+        let again = export(dir.path(), &target, &["--format", format]).await;
+        let original = if format == "csv" { &csv } else { &jsonl };
+        assert_eq!(sorted_lines(&again), sorted_lines(original), "{file} round-trips");
+    }
+}
