@@ -255,6 +255,8 @@ error_codes! {
     InvalidSince = (BAD_REQUEST, "invalid_since", "Invalid since"),
     /// No webhook endpoint has that id.
     WebhookNotFound = (NOT_FOUND, "webhook_not_found", "Webhook not found"),
+    /// The endpoint is defined in the configuration file and is changed there, not through the API.
+    WebhookManagedInConfig = (CONFLICT, "webhook_managed_in_config", "Webhook managed in the configuration file"),
 
     // The audit log.
     /// `until` is not an RFC 3339 time, or is not after `since`.

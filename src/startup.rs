@@ -75,6 +75,9 @@ pub enum StartupError {
         /// The ids.
         ids: Vec<String>,
     },
+    /// The webhook endpoints of the configuration file cannot be written to the store.
+    #[error("cannot write the webhook endpoints of the configuration file ([[webhooks.endpoints]]) to the database")]
+    ConfigWebhooks(#[source] crate::service::webhooks::WebhookError),
     /// The OpenID Provider's signing keys cannot be read or used.
     #[error("cannot load the OpenID Provider's signing keys")]
     SigningKeys(#[source] SigningError),
@@ -252,9 +255,20 @@ impl Application {
 
     /// Writes the clients of the configuration file to the store, replacing those of an earlier
     /// start and deleting those no longer in the file (never a client registered through the
-    /// admin API). Done once: by [`Application::build_with_store`], else before serving.
+    /// admin API), and likewise its webhook endpoints (`[[webhooks.endpoints]]`, by name). Done
+    /// once: by [`Application::build_with_store`], else before serving.
     pub async fn sync_config_clients(&mut self) -> Result<(), StartupError> {
         let Some(clients) = self.config_clients.take() else { return Ok(()) };
+        let endpoints = self.state.webhooks.settings().endpoints.clone();
+        let synced = self.state.webhooks.sync_config(&endpoints).await.map_err(StartupError::ConfigWebhooks)?;
+        if synced.inserted + synced.updated + synced.deleted > 0 {
+            tracing::info!(
+                inserted = synced.inserted,
+                updated = synced.updated,
+                deleted = synced.deleted,
+                "webhook endpoints of the configuration file written"
+            );
+        }
         let sync = self.state.clients.sync_config(&clients).await.map_err(StartupError::ConfigClients)?;
         if !sync.conflicts.is_empty() {
             return Err(StartupError::ClientIdTaken {

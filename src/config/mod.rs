@@ -171,6 +171,51 @@ pub struct WebhooksConfig {
     pub give_up_after: Duration,
     /// Most endpoints one instance delivers to at the same time (`webhooks.max_concurrent_endpoints`).
     pub max_concurrent_endpoints: usize,
+    /// How long the previous signing key keeps signing after a rotation
+    /// (`webhooks.secret_overlap_seconds`).
+    pub secret_overlap: Duration,
+    /// The endpoints of the configuration file (`[[webhooks.endpoints]]`).
+    pub endpoints: Vec<ConfigWebhook>,
+}
+
+/// An endpoint of the configuration file (`[[webhooks.endpoints]]`), written to the store at
+/// start-up under its name; the admin API cannot change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWebhook {
+    /// Its stable name (`name`): letters, digits, `-`, `_`, `.`, at most 64.
+    pub name: String,
+    /// Where events are POSTed (`url`; checked at start-up like a registration).
+    pub url: String,
+    /// Topics (`event_types`); empty: every topic.
+    pub event_types: Vec<String>,
+    /// Whether events are delivered to it (`enabled`, default true).
+    pub enabled: bool,
+    /// The signing key, from the `whsec_…` value of the environment variable `secret_env`.
+    pub key: WebhookKey,
+}
+
+/// A webhook signing key (the decoded bytes after `whsec_`); never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookKey(Vec<u8>);
+
+impl WebhookKey {
+    /// Parses the Standard Webhooks form: `whsec_` and 24 to 64 bytes in base64.
+    pub fn from_whsec(value: &str) -> Option<Self> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(value.trim().strip_prefix("whsec_")?).ok()?;
+        (24..=64).contains(&bytes.len()).then_some(Self(bytes))
+    }
+
+    /// The key bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookKey([redacted])")
+    }
 }
 
 impl Default for WebhooksConfig {
@@ -183,6 +228,8 @@ impl Default for WebhooksConfig {
             retry_max: Duration::from_secs(2 * 3600),
             give_up_after: Duration::from_secs(24 * 3600),
             max_concurrent_endpoints: 32,
+            secret_overlap: Duration::from_secs(86_400),
+            endpoints: Vec::new(),
         }
     }
 }
@@ -473,6 +520,21 @@ struct RawWebhooks {
     retry_max_ms: Option<u64>,
     give_up_after_seconds: Option<u64>,
     max_concurrent_endpoints: Option<usize>,
+    secret_overlap_seconds: Option<u64>,
+    #[serde(default)]
+    endpoints: Vec<RawWebhookEndpoint>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhookEndpoint {
+    name: Option<String>,
+    url: Option<String>,
+    event_types: Option<Vec<String>>,
+    enabled: Option<bool>,
+    secret_env: Option<String>,
+    /// Refused with a pointer to `secret_env`; the value itself is not kept.
+    secret: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Default, Deserialize)]
@@ -725,7 +787,19 @@ impl Config {
         };
 
         let server = parse_server(&raw.server)?;
-        let webhooks = parse_webhooks(&raw.webhooks)?;
+        let webhooks = parse_webhooks(&raw.webhooks, env)?;
+        if encryption.is_none()
+            && let Some(endpoint) = webhooks.endpoints.first()
+        {
+            return Err(ConfigError::new(
+                ENCRYPTION_KEYS_VAR,
+                format!(
+                    "webhook endpoint {:?} needs the key ring to keep its signing key encrypted: set \
+                     {ENCRYPTION_KEYS_VAR}=<id>:<base64 32 bytes>",
+                    endpoint.name
+                ),
+            ));
+        }
         let audit = parse_audit(&raw.audit)?;
         let oidc = oidc::parse_oidc(raw.oidc, env)?;
         let branding = branding::parse_branding(raw.branding)?;
@@ -803,7 +877,7 @@ fn parse_audit(raw: &RawAudit) -> Result<AuditConfig, ConfigError> {
     Ok(AuditConfig { retention, flush_interval })
 }
 
-fn parse_webhooks(raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
+fn parse_webhooks(raw: &RawWebhooks, env: &dyn Fn(&str) -> Option<String>) -> Result<WebhooksConfig, ConfigError> {
     let defaults = WebhooksConfig::default();
     let millis = |value: Option<u64>, default: Duration, key: &str, range: std::ops::RangeInclusive<u64>| match value {
         None => Ok(default),
@@ -825,6 +899,22 @@ fn parse_webhooks(raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
         Some(n) if (1..=1024).contains(&n) => n,
         Some(_) => return Err(ConfigError::new("webhooks.max_concurrent_endpoints", "expected 1 to 1024")),
     };
+    let secret_overlap = match raw.secret_overlap_seconds {
+        None => defaults.secret_overlap,
+        Some(s) if s <= 30 * 86_400 => Duration::from_secs(s),
+        Some(_) => return Err(ConfigError::new("webhooks.secret_overlap_seconds", "expected 0 to 2592000 seconds")),
+    };
+    let mut endpoints: Vec<ConfigWebhook> = Vec::with_capacity(raw.endpoints.len());
+    for (i, endpoint) in raw.endpoints.iter().enumerate() {
+        let parsed = parse_webhook_endpoint(i, endpoint, env)?;
+        if endpoints.iter().any(|e| e.name == parsed.name) {
+            return Err(ConfigError::new(
+                format!("webhooks.endpoints[{i}].name"),
+                format!("{:?} names another endpoint too", parsed.name),
+            ));
+        }
+        endpoints.push(parsed);
+    }
     Ok(WebhooksConfig {
         allow_private_addresses: raw.allow_private_addresses.unwrap_or(defaults.allow_private_addresses),
         timeout: millis(raw.timeout_ms, defaults.timeout, "webhooks.timeout_ms", 100..=60_000)?,
@@ -833,7 +923,64 @@ fn parse_webhooks(raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
         retry_max,
         give_up_after,
         max_concurrent_endpoints,
+        secret_overlap,
+        endpoints,
     })
+}
+
+/// One `[[webhooks.endpoints]]` entry; errors name it by index and, once known, by name.
+fn parse_webhook_endpoint(
+    i: usize,
+    raw: &RawWebhookEndpoint,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ConfigWebhook, ConfigError> {
+    let name = raw.name.as_deref().map(str::trim).unwrap_or_default().to_owned();
+    let key = |field: &str| {
+        if name.is_empty() {
+            format!("webhooks.endpoints[{i}].{field}")
+        } else {
+            format!("webhooks.endpoints[{i}] ({name}).{field}")
+        }
+    };
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(ConfigError::new(key("name"), "expected 1 to 64 letters, digits, `-`, `_` or `.`"));
+    }
+    let url = raw.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+    let url = url.ok_or_else(|| ConfigError::new(key("url"), "the endpoint's URL is required"))?.to_owned();
+    let mut event_types: Vec<String> = Vec::new();
+    for t in raw.event_types.iter().flatten() {
+        let topic = crate::domain::events::topic(t.trim())
+            .ok_or_else(|| ConfigError::new(key("event_types"), format!("{t:?} is not an event type Tessera sends")))?;
+        if !event_types.iter().any(|e| e == topic) {
+            event_types.push(topic.to_owned());
+        }
+    }
+    if raw.secret.is_some() {
+        return Err(ConfigError::new(
+            key("secret"),
+            "a signing key does not belong in the file: put it in an environment variable and name that with \
+             secret_env",
+        ));
+    }
+    let var = raw.secret_env.as_deref().ok_or_else(|| {
+        ConfigError::new(key("secret_env"), "name the environment variable holding the endpoint's whsec_ signing key")
+    })?;
+    let value = env(var)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| ConfigError::new(key("secret_env"), format!("the environment variable {var} is not set")))?;
+    let signing_key = WebhookKey::from_whsec(&value).ok_or_else(|| {
+        ConfigError::new(
+            key("secret_env"),
+            format!(
+                "{var} must hold whsec_ and 24 to 64 bytes in base64 (generate one with \
+                     `echo whsec_$(openssl rand -base64 32)`)"
+            ),
+        )
+    })?;
+    Ok(ConfigWebhook { name, url, event_types, enabled: raw.enabled.unwrap_or(true), key: signing_key })
 }
 
 fn parse_metrics(raw: &RawMetrics, main: SocketAddr) -> Result<MetricsConfig, ConfigError> {
@@ -932,6 +1079,50 @@ mod tests {
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn webhook_endpoints_take_their_keys_from_the_environment() {
+        use base64::Engine;
+        let b64 = |byte: u8, n: usize| base64::engine::general_purpose::STANDARD.encode(vec![byte; n]);
+        let ring = format!("k1:{}", b64(1, 32));
+        let key = format!("whsec_{}", b64(9, 32));
+        let file = |extra: &str| {
+            format!(
+                "[webhooks]\nsecret_overlap_seconds = 60\n[[webhooks.endpoints]]\nname = \"billing\"\n\
+                 url = \"https://billing.example.com/hook\"\nevent_types = [\"user.created\", \"user.created\"]\n{extra}"
+            )
+        };
+        let with_env = "secret_env = \"BILLING\"\n";
+        let config =
+            Config::from_toml(&file(with_env), env(&[(ENCRYPTION_KEYS_VAR, &ring), ("BILLING", &key)])).unwrap();
+        let endpoint = &config.webhooks.endpoints[0];
+        assert_eq!((endpoint.name.as_str(), endpoint.enabled), ("billing", true));
+        assert_eq!(endpoint.event_types, ["user.created"]);
+        assert_eq!(Some(&endpoint.key), WebhookKey::from_whsec(&key).as_ref());
+        assert_eq!(config.webhooks.secret_overlap, Duration::from_secs(60));
+        assert!(!format!("{config:?}").contains(&b64(9, 32)), "the key is never printed");
+        assert_eq!(Config::from_toml("", env(&[])).unwrap().webhooks.secret_overlap, Duration::from_secs(86_400));
+
+        let error = |extra: &str, pairs: &[(&str, &str)]| Config::from_toml(&file(extra), env(pairs)).unwrap_err();
+        let both = [(ENCRYPTION_KEYS_VAR, ring.as_str()), ("BILLING", key.as_str())];
+        let named = "webhooks.endpoints[0] (billing).secret_env";
+        assert_eq!(error(with_env, &both[..1]).key, named, "the variable is not set");
+        let short = format!("whsec_{}", b64(9, 8));
+        for bad in ["nope", short.as_str(), "whsec_!!"] {
+            assert_eq!(error(with_env, &[both[0], ("BILLING", bad)]).key, named, "{bad}");
+        }
+        assert_eq!(error("", &both).key, named, "secret_env is required");
+        assert_eq!(error("secret = \"whsec_x\"\n", &both).key, "webhooks.endpoints[0] (billing).secret");
+        assert_eq!(error(with_env, &both[1..]).key, ENCRYPTION_KEYS_VAR, "the key ring is required");
+        let twice = format!(
+            "{with_env}[[webhooks.endpoints]]\nname = \"billing\"\nurl = \"https://x.example.com/\"\n{with_env}"
+        );
+        assert_eq!(error(&twice, &both).key, "webhooks.endpoints[1].name");
+        let typo = "secret_env = \"BILLING\"\nenabled = false\n[[webhooks.endpoints]]\nname = \"b\"\nurl = \"https://x.example.com/\"\nevent_types = [\"user.exploded\"]\nsecret_env = \"BILLING\"\n";
+        assert_eq!(error(typo, &both).key, "webhooks.endpoints[1] (b).event_types");
+        let overlong = Config::from_toml("[webhooks]\nsecret_overlap_seconds = 2592001", env(&[])).unwrap_err();
+        assert_eq!(overlong.key, "webhooks.secret_overlap_seconds");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Identity, Role, Team, TeamId, User, UserId};
+use super::{AuthProfile, Identity, Role, Team, TeamId, User, UserId};
 
 /// A user was created with their first identity and default team (the provisioning event).
 pub const USER_CREATED: &str = "user.created";
@@ -27,9 +27,22 @@ pub const TEAM_MEMBER_ROLE_CHANGED: &str = "team.member.role_changed";
 /// A user left a team.
 pub const TEAM_MEMBER_REMOVED: &str = "team.member.removed";
 
+/// A user's name, email or `email_verified` changed (`PATCH /admin/users/{id}`).
+pub const USER_UPDATED: &str = "user.updated";
+/// A connected account was connected or reconnected (a connect flow completed, or an `env` or
+/// `browser_session` credential was written), which makes it `active`.
+pub const AUTH_PROFILE_CONNECTED: &str = "auth_profile.connected";
+/// An active connected account became `needs_reauth`.
+pub const AUTH_PROFILE_NEEDS_REAUTH: &str = "auth_profile.needs_reauth";
+/// A connected account was revoked (disconnected).
+pub const AUTH_PROFILE_REVOKED: &str = "auth_profile.revoked";
+/// Browser sessions of a user ended before their time.
+pub const SESSION_REVOKED: &str = "session.revoked";
+
 /// Every topic Tessera writes, for the event-type filter of webhook endpoints.
 pub const ALL_TOPICS: &[&str] = &[
     USER_CREATED,
+    USER_UPDATED,
     USER_DISABLED,
     USER_ENABLED,
     USER_DELETED,
@@ -38,6 +51,10 @@ pub const ALL_TOPICS: &[&str] = &[
     TEAM_MEMBER_ADDED,
     TEAM_MEMBER_ROLE_CHANGED,
     TEAM_MEMBER_REMOVED,
+    AUTH_PROFILE_CONNECTED,
+    AUTH_PROFILE_NEEDS_REAUTH,
+    AUTH_PROFILE_REVOKED,
+    SESSION_REVOKED,
 ];
 
 /// The topic named `name`, if Tessera writes it.
@@ -103,4 +120,81 @@ pub fn member_changed(team: TeamId, user: UserId, role: Role, previous_role: Opt
         payload["previous_role"] = previous.as_str().into();
     }
     payload
+}
+
+/// `user.updated`: `{user, changed}`: the user as after the change and the names of the fields
+/// that changed (`name`, `email`, `email_verified`).
+pub fn user_updated(user: &User, changed: &[&str]) -> Value {
+    json!({ "user": user_json(user), "changed": changed })
+}
+
+/// Why a connected account needs to be authorised again (`auth_profile.needs_reauth`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReauthReason {
+    /// The provider refused to refresh its token.
+    RefreshRefused,
+    /// A credential test found the credential invalid.
+    TestFailed,
+    /// Its requested scopes were widened beyond what was granted.
+    ScopesWidened,
+}
+
+impl ReauthReason {
+    /// The serialised form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReauthReason::RefreshRefused => "refresh_refused",
+            ReauthReason::TestFailed => "test_failed",
+            ReauthReason::ScopesWidened => "scopes_widened",
+        }
+    }
+}
+
+/// `auth_profile.*`: `{profile}` as after the change: ids, team, connector, slug, kind, provider,
+/// status and owner, never a token or credential value; `connected` adds `previous_status`,
+/// `needs_reauth` adds `reason`.
+pub fn auth_profile_changed(profile: &AuthProfile) -> Value {
+    json!({
+        "profile": {
+            "id": profile.id,
+            "team_id": profile.team_id,
+            "slug": profile.slug.as_str(),
+            "connector_key": profile.connector_key,
+            "kind": profile.profile_kind.as_str(),
+            "provider": profile.provider,
+            "status": profile.status.as_str(),
+            "created_by": profile.created_by,
+            "display_name": profile.display_name,
+        }
+    })
+}
+
+/// Why sessions ended (`session.revoked`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The user signed out (`POST /auth/logout`, the OpenID Provider's logout).
+    SignedOut,
+    /// A new sign-in in the same browser replaced the session.
+    Replaced,
+    /// The user signed out everywhere else (the account page).
+    SignedOutElsewhere,
+    /// The user was disabled.
+    UserDisabled,
+}
+
+impl SessionEnd {
+    /// The serialised form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::SignedOut => "signed_out",
+            SessionEnd::Replaced => "replaced",
+            SessionEnd::SignedOutElsewhere => "signed_out_elsewhere",
+            SessionEnd::UserDisabled => "user_disabled",
+        }
+    }
+}
+
+/// `session.revoked`: `{user_id, reason, sessions}` (how many ended; sessions have no public id).
+pub fn session_revoked(user: UserId, reason: SessionEnd, sessions: u64) -> Value {
+    json!({ "user_id": user, "reason": reason.as_str(), "sessions": sessions })
 }

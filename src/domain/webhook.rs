@@ -19,6 +19,14 @@ pub struct WebhookEndpoint {
     pub enabled: bool,
     /// The key-ring ciphertext of its signing key, bound to [`WebhookEndpoint::aad`].
     pub secret: Vec<u8>,
+    /// The key-ring ciphertext of the signing key it had before its last rotation, bound to
+    /// [`WebhookEndpoint::previous_aad`]: it signs beside `secret` until `previous_secret_until`.
+    pub previous_secret: Option<Vec<u8>>,
+    /// When the previous key stops signing.
+    pub previous_secret_until: Option<DateTime<Utc>>,
+    /// The name of a `[[webhooks.endpoints]]` entry of the configuration file, which manages the
+    /// endpoint (the admin API cannot change it); `None` for endpoints of the admin API.
+    pub config_name: Option<String>,
     /// Registration time: it receives the events written from then on.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -36,6 +44,11 @@ impl WebhookEndpoint {
     pub fn aad(id: WebhookId) -> Vec<u8> {
         format!("webhook_endpoints|{id}|secret").into_bytes()
     }
+
+    /// The associated data of the previous signing key's ciphertext.
+    pub fn previous_aad(id: WebhookId) -> Vec<u8> {
+        format!("webhook_endpoints|{id}|previous_secret").into_bytes()
+    }
 }
 
 impl fmt::Debug for WebhookEndpoint {
@@ -45,6 +58,7 @@ impl fmt::Debug for WebhookEndpoint {
             .field("id", &self.id)
             .field("event_types", &self.event_types)
             .field("enabled", &self.enabled)
+            .field("config_name", &self.config_name)
             .finish_non_exhaustive()
     }
 }

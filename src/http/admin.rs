@@ -5,7 +5,8 @@
 //!   identity was known.
 //! - `POST /admin/users/{user_id}/bootstrap` (legacy) makes sure an existing user has a default team.
 //! - `GET /admin/users/{user_id}` returns the user with identities and teams.
-//! - `PATCH /admin/users/{user_id}` `{disabled}` disables or re-enables them.
+//! - `PATCH /admin/users/{user_id}` `{name?, email?, email_verified?, disabled?}` changes them
+//!   (`user.updated`, `user.disabled`/`user.enabled` events).
 //! - `DELETE /admin/users/{user_id}` deletes them with everything of theirs: 204; 404
 //!   `user_not_found`; 409 `last_owner` while they are the last owner of a team with other members.
 //!
@@ -26,6 +27,7 @@ use super::responses::{BootstrapResponse, UserProfileResponse, UserResponse};
 use crate::domain::{DisplayName, Email, EmailError, Issuer, IssuerError, Subject, TextError, UserId};
 use crate::error::ErrorCode;
 use crate::service::provisioning::{IdentityClaim, Provisioned};
+use crate::store::UserChange;
 
 /// The admin routes (authentication is layered on by the caller).
 pub fn routes() -> Router<Arc<AppState>> {
@@ -108,10 +110,21 @@ async fn get_user(
     Ok(Json(state.provisioner.user_profile(user_id).await?.into()))
 }
 
-/// The body of `PATCH /admin/users/{user_id}`.
+/// The body of `PATCH /admin/users/{user_id}`: any of the fields; `null` clears `name` or
+/// `email`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct UpdateUserRequest {
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    email: Option<Option<String>>,
+    email_verified: Option<bool>,
     disabled: Option<bool>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[utoipa::path(
@@ -119,7 +132,7 @@ struct UpdateUserRequest {
     path = "/admin/users/{user_id}",
     tag = "admin",
     operation_id = "update_user",
-    summary = "Disables or enables a user.",
+    summary = "Changes a user's name, email, email_verified or disabled flag.",
     params(("user_id" = String, Path, description = "A user id (UUID)")),
     request_body = UpdateUserRequest,
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserResponse)),
@@ -131,10 +144,35 @@ async fn update_user(
     ApiJson(request): ApiJson<UpdateUserRequest>,
 ) -> Result<Json<UserResponse>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    let disabled = request.disabled.ok_or_else(|| {
-        ApiError::new(ErrorCode::MissingField, "`disabled` (true or false) is required").field("disabled")
-    })?;
-    Ok(Json(state.provisioner.set_disabled(user_id, disabled).await?.into()))
+    if request.name.is_none()
+        && request.email.is_none()
+        && request.email_verified.is_none()
+        && request.disabled.is_none()
+    {
+        return Err(ApiError::new(
+            ErrorCode::MissingField,
+            "name one of `name`, `email`, `email_verified`, `disabled` (true or false) to change",
+        )
+        .field("disabled"));
+    }
+    let name = match request.name {
+        None => None,
+        Some(name) => Some(
+            DisplayName::parse_optional(name.as_deref())
+                .map_err(|e| text_error(e, "name", ErrorCode::InvalidName))?
+                .map(|n| n.as_str().to_owned()),
+        ),
+    };
+    let email = match request.email.map(|e| e.filter(|e| !e.trim().is_empty())) {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(email)) => Some(Some(Email::parse(&email).map_err(|e| {
+            let code = if e == EmailError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidEmail };
+            ApiError::new(code, format!("`email`: {e}")).field("email")
+        })?)),
+    };
+    let change = UserChange { name, email, email_verified: request.email_verified, disabled: request.disabled };
+    Ok(Json(state.provisioner.update_user(user_id, &change).await?.into()))
 }
 
 #[utoipa::path(

@@ -233,6 +233,7 @@ fn rule_for(method: &Method, route: &str) -> Rule {
         ("POST", "/admin/webhooks") => rule("webhook.created", "webhook", Body("id"), &[]),
         ("PATCH", "/admin/webhooks/{id}") => rule("webhook.updated", "webhook", Path("id"), &[]),
         ("DELETE", "/admin/webhooks/{id}") => rule("webhook.deleted", "webhook", Path("id"), &[]),
+        ("POST", "/admin/webhooks/{id}/secret") => rule("webhook.secret_rotated", "webhook", Path("id"), &[]),
         ("POST", "/admin/webhooks/{id}/replay") => {
             rule("webhook.replayed", "webhook", Path("id"), &[("scheduled", Body("scheduled"))])
         }
@@ -467,6 +468,7 @@ mod tests {
             (Method::POST, "/admin/teams"),
             (Method::POST, "/admin/clients/{client_id}/secret"),
             (Method::POST, "/admin/webhooks"),
+            (Method::POST, "/admin/webhooks/{id}/secret"),
         ] {
             assert_ne!(rule_for(&method, route).action, "admin.request", "{method} {route}");
         }

@@ -10,6 +10,7 @@
 //! `__Host-` cookie; the callback must bring both back. Redirects are `303 See Other` with
 //! `Cache-Control: no-store` and `Referrer-Policy: no-referrer` (the callback URL holds a code).
 
+use crate::store::SessionEnd;
 use std::sync::Arc;
 
 use askama::Template;
@@ -193,7 +194,7 @@ async fn complete_callback(
                 cookies.push(state.cookies.set(state.cookies.session(), session.expose_secret(), state.sessions.ttl()));
                 // The browser's earlier session, whoever it was for, ends with this sign-in.
                 if let Some(old) = &old_session
-                    && let Err(error) = state.sessions.revoke(old).await
+                    && let Err(error) = state.sessions.revoke(old, SessionEnd::Replaced).await
                 {
                     tracing::warn!(error = %error, "ending the replaced session failed");
                 }
@@ -285,7 +286,7 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
                     return state.pages.error(&headers, error);
                 }
             }
-            if let Err(error) = state.sessions.revoke(session).await {
+            if let Err(error) = state.sessions.revoke(session, SessionEnd::SignedOut).await {
                 return state.pages.error(&headers, error.into());
             }
         }

@@ -85,6 +85,7 @@ async fn openapi_json() -> Response {
         crate::http::webhooks::deliveries,
         crate::http::webhooks::replay,
         crate::http::audit::list_audit_events,
+        crate::http::webhooks::rotate_secret,
         crate::http::validation::validate_token,
         crate::http::validation::check_team,
         crate::http::validation::discover_sign_in,

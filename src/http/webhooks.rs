@@ -6,6 +6,10 @@
 //! - `DELETE /admin/webhooks/{id}`: 204, with its delivery log
 //! - `GET /admin/webhooks/{id}/deliveries?before=<seq>&limit=<n>`: the delivery log, latest first
 //! - `POST /admin/webhooks/{id}/replay?since=<RFC 3339>`: 202, every event since then again
+//! - `POST /admin/webhooks/{id}/secret`: 200 with a new signing key, shown once; the previous one
+//!   keeps signing beside it for `webhooks.secret_overlap_seconds`
+//!
+//! Endpoints of the configuration file are read-only here (409 `webhook_managed_in_config`).
 
 use std::sync::Arc;
 
@@ -35,6 +39,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/webhooks/{id}", get(show).patch(update).delete(remove))
         .route("/admin/webhooks/{id}/deliveries", get(deliveries))
         .route("/admin/webhooks/{id}/replay", post(replay))
+        .route("/admin/webhooks/{id}/secret", post(rotate_secret))
 }
 
 fn parse_id(value: &str) -> Result<WebhookId, ApiError> {
@@ -206,4 +211,22 @@ async fn replay(
         .map_err(|_| ApiError::new(ErrorCode::InvalidSince, "`since` must be an RFC 3339 time").field("since"))?;
     let scheduled = state.webhooks.replay(id, since).await?;
     Ok((StatusCode::ACCEPTED, Json(ReplayResponse { scheduled })))
+}
+
+#[utoipa::path(
+    post,
+    path = "/admin/webhooks/{id}/secret",
+    tag = "admin",
+    operation_id = "rotate_webhook_secret",
+    summary = "Gives an endpoint a new signing secret, shown once; the previous one signs beside it for the overlap.",
+    params(("id" = String, Path, description = "A webhook id (UUID)")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The endpoint with its new secret.", body = WebhookWithSecretResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
+async fn rotate_secret(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<WebhookWithSecretResponse>, ApiError> {
+    let (endpoint, secret) = state.webhooks.rotate_secret(parse_id(&id)?).await?;
+    Ok(Json(WebhookWithSecretResponse { webhook: endpoint.into(), secret: secret.expose_secret().to_owned() }))
 }

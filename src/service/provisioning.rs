@@ -17,7 +17,7 @@ use crate::domain::{
     DisplayName, Email, Identity, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
 };
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{CreateOutcome, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome};
+use crate::store::{CreateOutcome, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome, UserChange};
 use crate::upstream::issuers::IssuerRegistry;
 
 /// How often at most an identity's `last_seen_at` is written.
@@ -128,6 +128,15 @@ impl Provisioner {
             self.store.set_user_disabled(user, disabled, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
         self.principals.invalidate_user(user.id);
         tracing::info!(user_id = %user.id, disabled, "changed a user's disabled flag");
+        Ok(user)
+    }
+
+    /// Changes a user's name, email, `email_verified` or `disabled` (`PATCH /admin/users/{id}`),
+    /// in one transaction with its events.
+    pub async fn update_user(&self, user: UserId, change: &UserChange) -> Result<User, ProvisionError> {
+        let user = self.store.update_user(user, change, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
+        self.principals.invalidate_user(user.id);
+        tracing::info!(user_id = %user.id, "changed a user");
         Ok(user)
     }
 

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::sha256;
 use crate::domain::{IdentityId, UserId, UserProfile};
-use crate::store::{NewSession, SessionRecord, Store, StoreError, UserSession};
+use crate::store::{NewSession, SessionEnd, SessionRecord, Store, StoreError, UserSession};
 use crate::worker::LastSeen;
 
 /// How often at most a session's `last_seen_at` is written.
@@ -110,9 +110,9 @@ impl Sessions {
         true
     }
 
-    /// Ends a session; false when there was none.
-    pub async fn revoke(&self, cookie: &str) -> Result<bool, StoreError> {
-        self.store.delete_session(&sha256(cookie.as_bytes())).await
+    /// Ends a session (a `session.revoked` event says why); false when there was none.
+    pub async fn revoke(&self, cookie: &str, reason: SessionEnd) -> Result<bool, StoreError> {
+        self.store.delete_session(&sha256(cookie.as_bytes()), reason).await
     }
 
     /// The user's live sessions (not expired, not idle), most recently used first.

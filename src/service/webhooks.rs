@@ -19,11 +19,11 @@ use secrecy::SecretString;
 use url::Url;
 
 use super::now;
-use crate::config::WebhooksConfig;
+use crate::config::{ConfigWebhook, WebhooksConfig};
 use crate::crypto::keyring::KeyRing;
 use crate::domain::{WebhookDelivery, WebhookEndpoint, WebhookId, events};
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{Store, StoreError, WebhookQueue};
+use crate::store::{Store, StoreError, WebhookKeys, WebhookQueue};
 
 /// The prefix of a signing key as shown to the operator (Standard Webhooks).
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -47,6 +47,20 @@ pub enum WebhookError {
     /// Without a key ring, signing keys cannot be stored.
     #[error("webhooks need the key ring (encryption.keys) to keep their signing keys encrypted")]
     EncryptionNotConfigured,
+    /// The endpoint is defined in the configuration file.
+    #[error("this endpoint is defined in the configuration file ([[webhooks.endpoints]] {0:?}): change it there")]
+    ManagedByConfig(String),
+    /// An endpoint of the configuration file cannot be written.
+    #[error("webhook endpoint {name:?} of the configuration file: {reason}")]
+    InvalidConfigEndpoint {
+        /// Its name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The stored signing key does not decrypt with the key ring.
+    #[error("the signing key of the endpoint does not decrypt with the key ring")]
+    KeyUnreadable,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,6 +73,8 @@ impl PublicError for WebhookError {
             WebhookError::InvalidUrl(_) => ErrorCode::InvalidWebhookUrl,
             WebhookError::InvalidEventType(_) => ErrorCode::InvalidEventType,
             WebhookError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
+            WebhookError::ManagedByConfig(_) => ErrorCode::WebhookManagedInConfig,
+            WebhookError::InvalidConfigEndpoint { .. } | WebhookError::KeyUnreadable => ErrorCode::InternalError,
             WebhookError::Store(e) => e.code(),
         }
     }
@@ -92,6 +108,17 @@ pub struct WebhookPatch {
     pub event_types: Option<Vec<String>>,
     /// Enable or disable.
     pub enabled: Option<bool>,
+}
+
+/// What [`Webhooks::sync_config`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConfigWebhookSync {
+    /// Endpoints inserted.
+    pub inserted: usize,
+    /// Endpoints changed.
+    pub updated: usize,
+    /// Endpoints deleted (no longer in the file).
+    pub deleted: usize,
 }
 
 /// Webhook endpoints and the rules of delivery.
@@ -138,6 +165,9 @@ impl Webhooks {
             event_types,
             enabled: new.enabled.unwrap_or(true),
             secret: keyring.encrypt(&key, &WebhookEndpoint::aad(id)),
+            previous_secret: None,
+            previous_secret_until: None,
+            config_name: None,
             created_at: at,
             updated_at: at,
         };
@@ -157,7 +187,7 @@ impl Webhooks {
 
     /// Changes the fields a patch names.
     pub async fn update(&self, id: WebhookId, patch: WebhookPatch) -> Result<WebhookEndpoint, WebhookError> {
-        let mut endpoint = self.get(id).await?;
+        let mut endpoint = self.get_managed(id).await?;
         if let Some(url) = patch.url {
             endpoint.url = check_url(&url, self.settings.allow_private_addresses)?;
         }
@@ -176,6 +206,7 @@ impl Webhooks {
 
     /// Deletes an endpoint and its delivery log.
     pub async fn delete(&self, id: WebhookId) -> Result<(), WebhookError> {
+        self.get_managed(id).await?;
         if self.store.delete_webhook(id).await? { Ok(()) } else { Err(WebhookError::NotFound) }
     }
 
@@ -196,10 +227,129 @@ impl Webhooks {
         Ok(self.store.replay_webhook(&endpoint, since, now()).await?)
     }
 
-    /// The signing key of an endpoint, decrypted.
-    pub fn signing_key(&self, endpoint: &WebhookEndpoint) -> Result<Vec<u8>, String> {
+    /// An endpoint the admin API may change: not one of the configuration file.
+    async fn get_managed(&self, id: WebhookId) -> Result<WebhookEndpoint, WebhookError> {
+        let endpoint = self.get(id).await?;
+        match &endpoint.config_name {
+            Some(name) => Err(WebhookError::ManagedByConfig(name.clone())),
+            None => Ok(endpoint),
+        }
+    }
+
+    /// Gives an endpoint a new signing key, returned (`whsec_…`) this once; the current one keeps
+    /// signing beside it for `webhooks.secret_overlap_seconds` (a key still overlapping from an
+    /// earlier rotation stops signing now).
+    pub async fn rotate_secret(&self, id: WebhookId) -> Result<(WebhookEndpoint, SecretString), WebhookError> {
+        let keyring = self.keyring.as_ref().ok_or(WebhookError::EncryptionNotConfigured)?;
+        let key = crate::crypto::random_bytes::<32>();
+        // A concurrent rotation wins the compare-and-swap: read again and rotate after it. Each
+        // lost round means another rotation succeeded, so the bound is only against a runaway.
+        for _ in 0..64 {
+            let mut endpoint = self.get_managed(id).await?;
+            let current = keyring
+                .decrypt(&endpoint.secret, &WebhookEndpoint::aad(id))
+                .map_err(|_| WebhookError::KeyUnreadable)?;
+            let at = now();
+            let previous = keyring.encrypt(&current, &WebhookEndpoint::previous_aad(id));
+            let secret = keyring.encrypt(&key, &WebhookEndpoint::aad(id));
+            let until =
+                at + chrono::TimeDelta::from_std(self.settings.secret_overlap).unwrap_or(chrono::TimeDelta::MAX);
+            let keys = WebhookKeys { secret: &secret, previous: Some(&previous), previous_until: Some(until), now: at };
+            if self.store.replace_webhook_secret(id, &endpoint.secret, &keys).await? {
+                endpoint.secret = secret;
+                endpoint.previous_secret = Some(previous);
+                endpoint.previous_secret_until = Some(until);
+                endpoint.updated_at = at;
+                return Ok((endpoint, SecretString::from(format!("{SECRET_PREFIX}{}", STANDARD.encode(key)))));
+            }
+        }
+        Err(WebhookError::Store(StoreError::Conflict { what: "the webhook's signing key kept changing" }))
+    }
+
+    /// Writes the endpoints of the configuration file to the store under their names: new ones
+    /// are inserted, changed ones updated (a changed key makes the stored one the previous key,
+    /// signing beside it for the overlap), and those no longer in the file deleted with their
+    /// delivery logs. Run once at start-up.
+    pub async fn sync_config(&self, wanted: &[ConfigWebhook]) -> Result<ConfigWebhookSync, WebhookError> {
+        let mut sync = ConfigWebhookSync::default();
+        let stored: Vec<WebhookEndpoint> =
+            self.store.list_webhooks().await?.into_iter().filter(|e| e.config_name.is_some()).collect();
+        if wanted.is_empty() && stored.is_empty() {
+            return Ok(sync);
+        }
+        let keyring = self.keyring.as_ref().ok_or(WebhookError::EncryptionNotConfigured)?;
+        for config in wanted {
+            let invalid = |reason: String| WebhookError::InvalidConfigEndpoint { name: config.name.clone(), reason };
+            let url =
+                check_url(&config.url, self.settings.allow_private_addresses).map_err(|e| invalid(e.to_string()))?;
+            let at = now();
+            let Some(old) = stored.iter().find(|e| e.config_name.as_deref() == Some(config.name.as_str())) else {
+                let id = WebhookId::generate();
+                self.store
+                    .insert_webhook(&WebhookEndpoint {
+                        id,
+                        url,
+                        event_types: config.event_types.clone(),
+                        enabled: config.enabled,
+                        secret: keyring.encrypt(config.key.expose(), &WebhookEndpoint::aad(id)),
+                        previous_secret: None,
+                        previous_secret_until: None,
+                        config_name: Some(config.name.clone()),
+                        created_at: at,
+                        updated_at: at,
+                    })
+                    .await?;
+                sync.inserted += 1;
+                continue;
+            };
+            let mut changed = false;
+            if old.url != url || old.event_types != config.event_types || old.enabled != config.enabled {
+                let endpoint = WebhookEndpoint {
+                    url,
+                    event_types: config.event_types.clone(),
+                    enabled: config.enabled,
+                    updated_at: at,
+                    ..old.clone()
+                };
+                self.store.update_webhook(&endpoint).await?;
+                changed = true;
+            }
+            let current = keyring.decrypt(&old.secret, &WebhookEndpoint::aad(old.id)).ok();
+            if current.as_deref() != Some(config.key.expose()) {
+                // The operator changed the key: the stored one (if readable) keeps signing for the
+                // overlap, as after a rotation through the admin API.
+                let previous = current.map(|k| keyring.encrypt(&k, &WebhookEndpoint::previous_aad(old.id)));
+                let until = previous.as_ref().map(|_| {
+                    at + chrono::TimeDelta::from_std(self.settings.secret_overlap).unwrap_or(chrono::TimeDelta::MAX)
+                });
+                let secret = keyring.encrypt(config.key.expose(), &WebhookEndpoint::aad(old.id));
+                let keys =
+                    WebhookKeys { secret: &secret, previous: previous.as_deref(), previous_until: until, now: at };
+                self.store.replace_webhook_secret(old.id, &old.secret, &keys).await?;
+                changed = true;
+            }
+            sync.updated += usize::from(changed);
+        }
+        for old in stored.iter().filter(|e| !wanted.iter().any(|w| Some(w.name.as_str()) == e.config_name.as_deref())) {
+            sync.deleted += usize::from(self.store.delete_webhook(old.id).await?);
+        }
+        Ok(sync)
+    }
+
+    /// The keys that sign an endpoint's deliveries at `at`, decrypted: its key, and the previous
+    /// one while it overlaps after a rotation.
+    pub fn signing_keys(&self, endpoint: &WebhookEndpoint, at: DateTime<Utc>) -> Result<Vec<Vec<u8>>, String> {
         let keyring = self.keyring.as_ref().ok_or("no key ring is configured to decrypt the signing key")?;
-        keyring.decrypt(&endpoint.secret, &WebhookEndpoint::aad(endpoint.id)).map_err(|e| e.to_string())
+        let mut keys =
+            vec![keyring.decrypt(&endpoint.secret, &WebhookEndpoint::aad(endpoint.id)).map_err(|e| e.to_string())?];
+        if let (Some(previous), Some(until)) = (&endpoint.previous_secret, endpoint.previous_secret_until)
+            && until > at
+        {
+            keys.push(
+                keyring.decrypt(previous, &WebhookEndpoint::previous_aad(endpoint.id)).map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(keys)
     }
 
     /// The wait before the next attempt after `attempts` failed ones (1 or more): the base

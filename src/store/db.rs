@@ -64,6 +64,7 @@ embedded_migrations! {
     13 "0013_profile_actions" "profile_actions",
     14 "0014_audit_log" "audit_log",
     15 "0015_cache_invalidations" "cache_invalidations",
+    16 "0016_webhook_rotation" "webhook_rotation",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::config::{Backend, DatabaseConfig};
+pub use crate::domain::events::SessionEnd;
 use crate::domain::{
     AuthProfile, Client, ClientId, DeliveryJob, DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer,
     Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamRef, User,
@@ -94,6 +95,20 @@ impl From<sqlx::Error> for StoreError {
         };
         if unavailable { StoreError::Unavailable(error) } else { StoreError::Database(error) }
     }
+}
+
+/// A change of a user's fields, for [`Store::update_user`]: `None` leaves a field as it is;
+/// `Some(None)` clears `name` or `email`.
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    /// The display name.
+    pub name: Option<Option<String>>,
+    /// The email address.
+    pub email: Option<Option<Email>>,
+    /// Whether the email is verified.
+    pub email_verified: Option<bool>,
+    /// Disabled or enabled.
+    pub disabled: Option<bool>,
 }
 
 /// An outbox event, written in the same transaction as the change it reports (topics and
@@ -353,7 +368,7 @@ pub enum SecretKind {
     IdentityTokens,
     /// `auth_profiles` (columns `access_token`, `refresh_token`).
     AuthProfiles,
-    /// `webhook_endpoints` (column `secret`).
+    /// `webhook_endpoints` (columns `secret`, `previous_secret`).
     WebhookEndpoints,
     /// `profile_credentials` (column `credential`): env values and browser sessions.
     ProfileCredentials,
@@ -659,6 +674,19 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<User>, StoreError>;
 
+    /// Changes the fields of a user that `change` names, in one transaction, writing one
+    /// `user.updated` event naming the changed fields among `name`, `email` and `email_verified`
+    /// (a new email is unverified unless `email_verified` is given),
+    /// and one `user.disabled`/`user.enabled` when `disabled` changed; fields set to their current
+    /// value change nothing and write nothing. Disabling deletes the user's browser sessions
+    /// (`session.revoked`). `None` when there is no such user.
+    async fn update_user(
+        &self,
+        user: UserId,
+        change: &UserChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError>;
+
     /// A team by id or slug.
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError>;
 
@@ -702,8 +730,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// a time never moves back, and sessions deleted meanwhile are skipped.
     async fn touch_sessions(&self, seen: &[([u8; 32], DateTime<Utc>)]) -> Result<(), StoreError>;
 
-    /// Deletes a session; false when there was none.
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Deletes a session, writing a `session.revoked` event with `reason`; false when there was
+    /// none (and nothing is written).
+    async fn delete_session(&self, token_hash: &[u8; 32], reason: SessionEnd) -> Result<bool, StoreError>;
 
     /// Deletes expired login states, connect links and sessions (absolute expiry, or unused since
     /// `idle_before`).
@@ -994,7 +1023,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError>;
     // ---- Webhooks ------------------------------------------------------------------------------
 
-    /// Registers a webhook endpoint.
+    /// Registers a webhook endpoint; one with the `config_name` of another is not inserted (a
+    /// configuration endpoint another instance inserted at the same time).
     async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError>;
 
     /// A webhook endpoint by id.
@@ -1006,6 +1036,15 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Replaces an endpoint's URL, event types, enabled flag and `updated_at`; false when there
     /// is no such endpoint.
     async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError>;
+
+    /// Replaces an endpoint's signing keys if its current key's ciphertext is still `expected`
+    /// (of two concurrent rotations one wins); false otherwise.
+    async fn replace_webhook_secret(
+        &self,
+        id: WebhookId,
+        expected: &[u8],
+        keys: &WebhookKeys<'_>,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes an endpoint with its deliveries; false when there was none.
     async fn delete_webhook(&self, id: WebhookId) -> Result<bool, StoreError>;
@@ -1227,6 +1266,20 @@ pub struct UserSession {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An endpoint's signing keys after a rotation, for [`Store::replace_webhook_secret`]: key-ring
+/// ciphertexts bound to the row and their column.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookKeys<'a> {
+    /// The new current key (`secret`).
+    pub secret: &'a [u8],
+    /// The key that keeps signing beside it (`previous_secret`), if any.
+    pub previous: Option<&'a [u8]>,
+    /// Until when the previous key signs.
+    pub previous_until: Option<DateTime<Utc>>,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
 /// A sample of one database pool, for metrics ([`Store::pool_stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
@@ -1264,6 +1317,9 @@ pub struct Attempt {
     /// The next attempt for a failure to retry; `None` with an error: retries ran out, the
     /// delivery has failed.
     pub retry_at: Option<DateTime<Utc>>,
+    /// The start of the series of attempts it belongs to (the job's `scheduled_at`): when a replay
+    /// started another series meanwhile, the attempt is not recorded over it.
+    pub scheduled_at: DateTime<Utc>,
 }
 
 /// What [`Store::insert_client`] did.

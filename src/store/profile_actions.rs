@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use super::StoreError;
 use super::db::{Db, query};
 use super::rows::{self, RowExt, profile_columns};
+use super::sql::{insert_profile_event, profile_status_in};
+use crate::domain::events::{self, ReauthReason};
 use crate::domain::{AuthProfile, ProfileId, ProfileKind, Slug, TeamId, UserId};
 
 /// What [`Store::update_profile`](super::Store::update_profile) writes: the new display name, slug
@@ -57,6 +59,11 @@ pub(super) async fn update_profile(
     expected_version: i64,
     change: &ProfileChange<'_>,
 ) -> Result<ProfileUpdate, StoreError> {
+    let mut tx = db.begin().await?;
+    let Some(before) = profile_status_in(&mut tx, id).await? else {
+        tx.rollback().await?;
+        return Ok(ProfileUpdate::Changed);
+    };
     let updated = query(
         "UPDATE auth_profiles SET display_name = $3, slug = $4, scopes = $5,
                 status = CASE WHEN $6 AND status = 'active' THEN 'needs_reauth' ELSE status END,
@@ -71,10 +78,17 @@ pub(super) async fn update_profile(
     .bind(change.widened)
     .bind(i64::from(change.widened))
     .bind(change.now)
-    .execute(db.writer())
+    .execute(&mut tx)
     .await;
     match updated {
-        Ok(1) => Ok(ProfileUpdate::Updated),
+        Ok(1) => {
+            if change.widened && before == "active" {
+                let extra = [("reason", ReauthReason::ScopesWidened.as_str().into())];
+                insert_profile_event(&mut tx, id, events::AUTH_PROFILE_NEEDS_REAUTH, &extra, change.now).await?;
+            }
+            tx.commit().await?;
+            Ok(ProfileUpdate::Updated)
+        }
         Ok(_) => Ok(ProfileUpdate::Changed),
         // Only the live-slug index can refuse this row (told by the error's kind: SQLite names no
         // constraint).
@@ -198,6 +212,7 @@ pub(super) async fn mark_needs_reauth(
     token_version: i64,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
+    let mut tx = db.begin().await?;
     let updated = query(
         "UPDATE auth_profiles SET status = 'needs_reauth', token_version = token_version + 1, updated_at = $3
          WHERE id = $1 AND token_version = $2 AND status = 'active'",
@@ -205,7 +220,14 @@ pub(super) async fn mark_needs_reauth(
     .bind(id.as_uuid())
     .bind(token_version)
     .bind(now)
-    .execute(db.writer())
+    .execute(&mut tx)
     .await?;
-    Ok(updated == 1)
+    if updated != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    let extra = [("reason", ReauthReason::TestFailed.as_str().into())];
+    insert_profile_event(&mut tx, id, events::AUTH_PROFILE_NEEDS_REAUTH, &extra, now).await?;
+    tx.commit().await?;
+    Ok(true)
 }

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use super::StoreError;
 use super::db::query;
 use super::rows::{self, RowExt, profile_columns};
-use super::sql::SqlStore;
+use super::sql::{SqlStore, insert_profile_event, profile_status_in};
+use crate::domain::events;
 use crate::domain::{AuthProfile, CredentialMeta, ProfileId, ProfileStatus};
 
 /// A credential to store.
@@ -76,6 +77,10 @@ impl SqlStore {
                 return Ok(CredentialOutcome::LinkUsed);
             }
         }
+        let Some(before) = profile_status_in(&mut tx, write.profile).await? else {
+            tx.rollback().await?;
+            return Ok(CredentialOutcome::ProfileGone);
+        };
         let activated = query(
             "UPDATE auth_profiles SET status = 'active', pending_expires_at = NULL, version = version + 1,
                     updated_at = $2
@@ -106,6 +111,8 @@ impl SqlStore {
             .fetch_one(&mut tx)
             .await?;
         let profile = rows::profile(&row)?;
+        let extra = [("previous_status", serde_json::Value::from(before))];
+        insert_profile_event(&mut tx, write.profile, events::AUTH_PROFILE_CONNECTED, &extra, write.now).await?;
         tx.commit().await?;
         Ok(CredentialOutcome::Stored(Box::new(profile)))
     }

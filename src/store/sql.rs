@@ -22,14 +22,14 @@ use super::{
     DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount,
     NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret,
-    UnlinkOutcome, UserSession, decode_role,
+    UnlinkOutcome, UserSession, WebhookKeys, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
-use super::{CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserQuery};
+use super::{CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery};
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
 use super::{PoolStats, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
-use crate::domain::events;
+use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
     AuthProfile, Client, ClientId, ClientKind, DeliveryJob, DeliveryState, DomainClaim, DomainName, Email, EventId,
     Identity, IdentityId, Issuer, Principal, ProfileId, Role, Slug, Subject, Team, TeamId, TeamMembership, TeamRef,
@@ -171,6 +171,49 @@ pub(super) async fn user_in(tx: &mut Tx, user: UserId) -> Result<Option<User>, S
     row.as_ref().map(rows::user).transpose()
 }
 
+/// The status of a profile, locked for the rest of `tx`; `None` when there is no such profile.
+pub(super) async fn profile_status_in(tx: &mut Tx, id: ProfileId) -> Result<Option<String>, StoreError> {
+    let row = query("SELECT status FROM auth_profiles WHERE id = $1 FOR UPDATE")
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+    row.map(|row| row.text("status")).transpose()
+}
+
+/// Writes an `auth_profile.*` event about a profile as it is now in `tx`, with `extra` members
+/// added to the payload.
+pub(super) async fn insert_profile_event(
+    tx: &mut Tx,
+    id: ProfileId,
+    topic: &'static str,
+    extra: &[(&str, serde_json::Value)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let row = query(concat!("SELECT ", profile_columns!(), " FROM auth_profiles p WHERE p.id = $1"))
+        .bind(id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut payload = events::auth_profile_changed(&rows::profile(&row)?);
+    for (key, value) in extra {
+        payload[*key] = value.clone();
+    }
+    insert_event(tx, &NewEvent::new(topic, payload), now).await
+}
+
+/// Writes a `session.revoked` event when sessions ended.
+async fn insert_session_event(
+    tx: &mut Tx,
+    user: UserId,
+    reason: SessionEnd,
+    ended: u64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if ended == 0 {
+        return Ok(());
+    }
+    insert_event(tx, &NewEvent::new(events::SESSION_REVOKED, events::session_revoked(user, reason, ended)), now).await
+}
+
 /// Decodes one stored ciphertext column into a [`StoredSecret`], if set.
 fn push_secret(
     secrets: &mut Vec<StoredSecret>,
@@ -265,7 +308,7 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
 const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
 
 /// Columns of `webhook_endpoints`, for [`webhook_row`].
-const WEBHOOK_COLUMNS: &str = "id, url, event_types, enabled, secret, created_at, updated_at";
+const WEBHOOK_COLUMNS: &str = "id, url, event_types, enabled, secret, previous_secret, previous_secret_until, config_name, created_at, updated_at";
 
 fn webhook_row(row: &impl RowExt) -> Result<WebhookEndpoint, StoreError> {
     Ok(WebhookEndpoint {
@@ -274,6 +317,9 @@ fn webhook_row(row: &impl RowExt) -> Result<WebhookEndpoint, StoreError> {
         event_types: row.text("event_types")?.split_whitespace().map(str::to_owned).collect(),
         enabled: row.flag("enabled")?,
         secret: row.bytes("secret")?,
+        previous_secret: row.opt_bytes("previous_secret")?,
+        previous_secret_until: row.opt_time("previous_secret_until")?,
+        config_name: row.opt_text("config_name")?,
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
     })
@@ -558,9 +604,18 @@ impl Store for SqlStore {
         disabled: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<User>, StoreError> {
+        self.update_user(user, &UserChange { disabled: Some(disabled), ..UserChange::default() }, now).await
+    }
+
+    async fn update_user(
+        &self,
+        user: UserId,
+        change: &UserChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, StoreError> {
         let mut tx = self.db.begin().await?;
-        // The row lock makes "was it disabled before?" exact, so that one event reports each change.
-        let Some(before) = query("SELECT disabled FROM users WHERE id = $1 FOR UPDATE")
+        // The row lock makes "what was it before?" exact, so that one event reports each change.
+        let Some(before) = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1 FOR UPDATE"))
             .bind(user.as_uuid())
             .fetch_optional(&mut tx)
             .await?
@@ -568,26 +623,68 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(None);
         };
-        let changed = before.flag("disabled")? != disabled;
-        query("UPDATE users SET disabled = $2, updated_at = $3 WHERE id = $1")
-            .bind(user.as_uuid())
-            .bind(disabled)
-            .bind(now)
-            .execute(&mut tx)
-            .await?;
-        if disabled {
-            query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
+        let before = rows::user(&before)?;
+        let mut changed: Vec<&'static str> = Vec::new();
+        if let Some(name) = &change.name
+            && before.name.as_deref() != name.as_deref()
+        {
+            changed.push("name");
         }
-        let found = user_in(&mut tx, user).await?;
-        if changed && let Some(found) = &found {
-            let topic = if disabled { events::USER_DISABLED } else { events::USER_ENABLED };
-            insert_event(&mut tx, &NewEvent::new(topic, events::user_changed(found)), now).await?;
+        if let Some(email) = &change.email
+            && before.email.as_deref() != email.as_ref().map(Email::as_str)
+        {
+            changed.push("email");
         }
-        if changed {
+        // A new address is unverified unless the change says otherwise.
+        let verified = change.email_verified.or(changed.contains(&"email").then_some(false));
+        if let Some(verified) = verified
+            && before.email_verified != verified
+        {
+            changed.push("email_verified");
+        }
+        let toggled = change.disabled.is_some_and(|disabled| disabled != before.disabled);
+        if changed.is_empty() && !toggled {
+            // Nothing changes (disabling a disabled user still ends any session left).
+            if change.disabled == Some(true) {
+                let ended =
+                    query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
+                insert_session_event(&mut tx, user, SessionEnd::UserDisabled, ended, now).await?;
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            return Ok(Some(before));
+        }
+        query(
+            "UPDATE users SET name = $2, email = $3, email_verified = $4, disabled = $5, updated_at = $6 WHERE id = $1",
+        )
+        .bind(user.as_uuid())
+        .bind(change.name.as_ref().map_or(before.name.as_deref(), Option::as_deref))
+        .bind(change.email.as_ref().map_or(before.email.as_deref(), |e| e.as_ref().map(Email::as_str)))
+        .bind(verified.unwrap_or(before.email_verified))
+        .bind(change.disabled.unwrap_or(before.disabled))
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        let found =
+            user_in(&mut tx, user).await?.ok_or(StoreError::Conflict { what: "user vanished while updated" })?;
+        if !changed.is_empty() {
+            insert_event(&mut tx, &NewEvent::new(events::USER_UPDATED, events::user_updated(&found, &changed)), now)
+                .await?;
+        }
+        if toggled {
+            let topic = if found.disabled { events::USER_DISABLED } else { events::USER_ENABLED };
+            insert_event(&mut tx, &NewEvent::new(topic, events::user_changed(&found)), now).await?;
+        }
+        if change.disabled == Some(true) {
+            let ended = query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
+            insert_session_event(&mut tx, user, SessionEnd::UserDisabled, ended, now).await?;
+        }
+        if !changed.is_empty() || toggled {
             log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         }
         tx.commit().await?;
-        Ok(found)
+        Ok(Some(found))
     }
 
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError> {
@@ -801,10 +898,20 @@ impl Store for SqlStore {
         tx.commit().await
     }
 
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        let deleted =
-            query("DELETE FROM sessions WHERE token_hash = $1").bind(&token_hash[..]).execute(self.db.writer()).await?;
-        Ok(deleted > 0)
+    async fn delete_session(&self, token_hash: &[u8; 32], reason: SessionEnd) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let deleted = query("DELETE FROM sessions WHERE token_hash = $1 RETURNING user_id")
+            .bind(&token_hash[..])
+            .fetch_optional(&mut tx)
+            .await?;
+        let Some(deleted) = deleted else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let user = UserId::from_uuid(deleted.uuid("user_id")?);
+        insert_session_event(&mut tx, user, reason, 1, crate::domain::now()).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn delete_expired(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -1020,7 +1127,8 @@ impl Store for SqlStore {
                  WHERE ($1 IS NULL OR id > $1) AND access_token IS NOT NULL ORDER BY id LIMIT $2",
             ),
             SecretKind::WebhookEndpoints => query(
-                "SELECT id AS row_id, secret FROM webhook_endpoints WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2",
+                "SELECT id AS row_id, secret, previous_secret FROM webhook_endpoints
+                 WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2",
             ),
             SecretKind::ProfileCredentials => query(
                 "SELECT profile_id AS row_id, credential FROM profile_credentials
@@ -1033,6 +1141,7 @@ impl Store for SqlStore {
             let row_id = row.uuid("row_id")?;
             if kind == SecretKind::WebhookEndpoints {
                 push_secret(&mut secrets, row, kind, row_id, "secret")?;
+                push_secret(&mut secrets, row, kind, row_id, "previous_secret")?;
                 continue;
             }
             if kind == SecretKind::ProfileCredentials {
@@ -1061,6 +1170,9 @@ impl Store for SqlStore {
             }
             (SecretKind::WebhookEndpoints, "secret") => {
                 "UPDATE webhook_endpoints SET secret = $3 WHERE id = $1 AND secret = $2"
+            }
+            (SecretKind::WebhookEndpoints, "previous_secret") => {
+                "UPDATE webhook_endpoints SET previous_secret = $3 WHERE id = $1 AND previous_secret = $2"
             }
             (SecretKind::ProfileCredentials, "credential") => {
                 "UPDATE profile_credentials SET credential = $3 WHERE profile_id = $1 AND credential = $2"
@@ -1377,6 +1489,11 @@ impl Store for SqlStore {
         expected_version: i64,
         activation: &Activation,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let Some(before) = profile_status_in(&mut tx, id).await? else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
         let updated = query(
             "UPDATE auth_profiles SET status = 'active', access_token = $3,
                     refresh_token = COALESCE($4, CASE WHEN upstream_account_id = $6 THEN refresh_token END),
@@ -1394,9 +1511,16 @@ impl Store for SqlStore {
         .bind(&activation.upstream_account_id)
         .bind(activation.scopes.join(" "))
         .bind(activation.now)
-        .execute(self.db.writer())
+        .execute(&mut tx)
         .await?;
-        Ok(updated == 1)
+        if updated != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let extra = [("previous_status", serde_json::Value::from(before))];
+        insert_profile_event(&mut tx, id, events::AUTH_PROFILE_CONNECTED, &extra, activation.now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn acquire_refresh_lease(
@@ -1451,25 +1575,41 @@ impl Store for SqlStore {
         needs_reauth: bool,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let release = if needs_reauth {
-            query(
-                "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL,
-                        status = 'needs_reauth', token_version = token_version + 1, updated_at = $3
-                 WHERE id = $1 AND refresh_lease_owner = $2",
-            )
-            .bind(id.as_uuid())
-            .bind(owner)
-            .bind(now)
-        } else {
+        if !needs_reauth {
             query(
                 "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL
                  WHERE id = $1 AND refresh_lease_owner = $2",
             )
             .bind(id.as_uuid())
             .bind(owner)
+            .execute(self.db.writer())
+            .await?;
+            return Ok(());
+        }
+        let mut tx = self.db.begin().await?;
+        let held = query("SELECT status FROM auth_profiles WHERE id = $1 AND refresh_lease_owner = $2 FOR UPDATE")
+            .bind(id.as_uuid())
+            .bind(owner)
+            .fetch_optional(&mut tx)
+            .await?;
+        let Some(held) = held else {
+            tx.rollback().await?;
+            return Ok(());
         };
-        release.execute(self.db.writer()).await?;
-        Ok(())
+        query(
+            "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL,
+                    status = 'needs_reauth', token_version = token_version + 1, updated_at = $2
+             WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        if held.text("status")? == "active" {
+            let extra = [("reason", ReauthReason::RefreshRefused.as_str().into())];
+            insert_profile_event(&mut tx, id, events::AUTH_PROFILE_NEEDS_REAUTH, &extra, now).await?;
+        }
+        tx.commit().await
     }
 
     async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError> {
@@ -1499,6 +1639,7 @@ impl Store for SqlStore {
         .await?;
         query("DELETE FROM connect_tokens WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
         query("DELETE FROM profile_credentials WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
+        insert_profile_event(&mut tx, id, events::AUTH_PROFILE_REVOKED, &[], now).await?;
         tx.commit().await?;
         Ok(Some(secrets))
     }
@@ -2023,14 +2164,19 @@ impl Store for SqlStore {
 
     async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError> {
         query(
-            "INSERT INTO webhook_endpoints (id, url, event_types, enabled, secret, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO webhook_endpoints (id, url, event_types, enabled, secret, previous_secret,
+                                            previous_secret_until, config_name, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (config_name) DO NOTHING",
         )
         .bind(endpoint.id.as_uuid())
         .bind(endpoint.url.as_str())
         .bind(endpoint.event_types.join(" "))
         .bind(endpoint.enabled)
         .bind(endpoint.secret.as_slice())
+        .bind(endpoint.previous_secret.as_deref())
+        .bind(endpoint.previous_secret_until)
+        .bind(endpoint.config_name.as_deref())
         .bind(endpoint.created_at)
         .bind(endpoint.updated_at)
         .execute(self.db.writer())
@@ -2064,6 +2210,27 @@ impl Store for SqlStore {
         .bind(endpoint.event_types.join(" "))
         .bind(endpoint.enabled)
         .bind(endpoint.updated_at)
+        .execute(self.db.writer())
+        .await?;
+        Ok(updated == 1)
+    }
+
+    async fn replace_webhook_secret(
+        &self,
+        id: WebhookId,
+        expected: &[u8],
+        keys: &WebhookKeys<'_>,
+    ) -> Result<bool, StoreError> {
+        let updated = query(
+            "UPDATE webhook_endpoints SET secret = $3, previous_secret = $4, previous_secret_until = $5, updated_at = $6
+             WHERE id = $1 AND secret = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(expected)
+        .bind(keys.secret)
+        .bind(keys.previous)
+        .bind(keys.previous_until)
+        .bind(keys.now)
         .execute(self.db.writer())
         .await?;
         Ok(updated == 1)
@@ -2223,11 +2390,15 @@ impl Store for SqlStore {
     }
 
     async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
-        query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
+        let mut tx = self.db.begin().await?;
+        let ended = query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
             .bind(user.as_uuid())
             .bind(&keep[..])
-            .execute(self.db.writer())
-            .await
+            .execute(&mut tx)
+            .await?;
+        insert_session_event(&mut tx, user, SessionEnd::SignedOutElsewhere, ended, crate::domain::now()).await?;
+        tx.commit().await?;
+        Ok(ended)
     }
 
     async fn record_attempt(&self, delivery: uuid::Uuid, attempt: &Attempt) -> Result<(), StoreError> {
@@ -2239,7 +2410,7 @@ impl Store for SqlStore {
         query(
             "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3,
                     last_attempt_at = $4, last_status = $5, last_error = $6, delivered_at = $7
-             WHERE id = $1 AND state = 'pending'",
+             WHERE id = $1 AND state = 'pending' AND scheduled_at = $8",
         )
         .bind(delivery)
         .bind(state.as_str())
@@ -2248,6 +2419,7 @@ impl Store for SqlStore {
         .bind(attempt.status)
         .bind(attempt.error.clone())
         .bind(delivered_at)
+        .bind(attempt.scheduled_at)
         .execute(self.db.writer())
         .await?;
         Ok(())

@@ -75,6 +75,12 @@ pub(super) async fn run(webhooks: Webhooks) {
         };
         for endpoint in claimed {
             if !busy.insert(endpoint.id) {
+                // Its last task released the lease and ended, but has not been joined yet: the
+                // claim leased it again with no task to deliver or release. Give the lease back,
+                // or the endpoint would wait for it to run out; the next round claims it anew.
+                if let Err(error) = webhooks.store().release_webhook(endpoint.id, owner).await {
+                    tracing::warn!(error = %error, webhook = %endpoint.id, "cannot release a webhook endpoint's lease");
+                }
                 continue;
             }
             let (webhooks, client) = (webhooks.clone(), client.clone());
@@ -125,8 +131,8 @@ impl reqwest::dns::Resolve for PublicOnly {
 /// Delivers an endpoint's due deliveries in sequence order until one fails, none is left, or the
 /// lease nears its end.
 async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &WebhookEndpoint, deadline: Instant) {
-    let key = match webhooks.signing_key(endpoint) {
-        Ok(key) => key,
+    let keys = match webhooks.signing_keys(endpoint, Utc::now()) {
+        Ok(keys) => keys,
         Err(error) => {
             tracing::error!(webhook = %endpoint.id, error, "cannot decrypt a webhook endpoint's signing key");
             return;
@@ -143,7 +149,7 @@ async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &We
         if job.next_attempt_at > Utc::now() || Instant::now() >= deadline {
             return;
         }
-        let (status, error) = send(client, endpoint, &key, &job, webhooks.settings().allow_private_addresses).await;
+        let (status, error) = send(client, endpoint, &keys, &job, webhooks.settings().allow_private_addresses).await;
         let at = crate::domain::now();
         let retry_at = error.as_ref().and_then(|_| {
             let next = at + TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).ok()?;
@@ -166,7 +172,7 @@ async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &We
                 tracing::warn!(webhook = %endpoint.id, event = %job.event_id, attempts = job.attempts + 1, error = %e, "webhook delivery failed for good")
             }
         }
-        let attempt = Attempt { at, status, error, retry_at };
+        let attempt = Attempt { at, status, error, retry_at, scheduled_at: job.scheduled_at };
         if let Err(error) = webhooks.store().record_attempt(job.id, &attempt).await {
             tracing::warn!(error = %error, webhook = %endpoint.id, "cannot record a webhook delivery attempt");
             return;
@@ -188,11 +194,11 @@ pub fn body(job: &DeliveryJob) -> Vec<u8> {
     serde_json::to_vec(&body).expect("a JSON value serialises")
 }
 
-/// Sends one delivery: the status when the endpoint answered, and an error unless it was a 2xx.
+/// Sends one delivery, signed with each of `keys`: the status when the endpoint answered, and an error unless it was a 2xx.
 async fn send(
     client: &reqwest::Client,
     endpoint: &WebhookEndpoint,
-    key: &[u8],
+    keys: &[Vec<u8>],
     job: &DeliveryJob,
     allow_private: bool,
 ) -> (Option<i64>, Option<String>) {
@@ -211,7 +217,8 @@ async fn send(
     let body = body(job);
     let id = job.event_id.to_string();
     let timestamp = Utc::now().timestamp();
-    let signature = sign(key, &id, timestamp, &body);
+    // During a rotation's overlap, one signature per key, space-separated (Standard Webhooks).
+    let signature = keys.iter().map(|key| sign(key, &id, timestamp, &body)).collect::<Vec<_>>().join(" ");
     let sent = client
         .post(&endpoint.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")

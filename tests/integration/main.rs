@@ -36,4 +36,5 @@ mod signin;
 mod signing_keys;
 mod store;
 mod validation;
+mod webhook_events;
 mod webhooks;

@@ -600,7 +600,7 @@ async fn batched_touches_only_move_forward_and_skip_what_is_gone(backend: Backen
             NewSession { token_hash, user_id: user, identity_id: None, device: None, now: a.now, expires_at: later };
         store.insert_session(&new).await.unwrap();
     }
-    assert!(store.delete_session(&gone).await.unwrap());
+    assert!(store.delete_session(&gone, tessera::store::SessionEnd::SignedOut).await.unwrap());
     store.touch_sessions(&[(kept, later), (gone, later)]).await.unwrap();
     assert_eq!(store.session(&kept).await.unwrap().unwrap().last_seen_at, later);
     assert_eq!(store.session(&gone).await.unwrap(), None, "a deleted session stays deleted");
@@ -1185,9 +1185,12 @@ async fn a_session_is_read_touched_and_deleted(backend: Backend) {
     assert_eq!(store.session(&signed_in.token_hash).await.unwrap(), Some(touched), "touches only move forward");
     assert_eq!(store.session(&anonymous.token_hash).await.unwrap(), Some(other), "other sessions are untouched");
 
-    assert!(store.delete_session(&signed_in.token_hash).await.unwrap());
+    assert!(store.delete_session(&signed_in.token_hash, tessera::store::SessionEnd::SignedOut).await.unwrap());
     assert!(store.session(&signed_in.token_hash).await.unwrap().is_none());
-    assert!(!store.delete_session(&signed_in.token_hash).await.unwrap(), "deleted once");
+    assert!(
+        !store.delete_session(&signed_in.token_hash, tessera::store::SessionEnd::SignedOut).await.unwrap(),
+        "deleted once"
+    );
     assert!(store.session(&anonymous.token_hash).await.unwrap().is_some());
     assert!(store.session(&hash()).await.unwrap().is_none());
 }
@@ -2867,7 +2870,7 @@ mod grants {
         store.insert_grant(&with_session, &code(t0)).await.unwrap();
         assert!(active(with_session.id, t0).await);
         assert!(!active(with_session.id, t0 + TimeDelta::hours(2)).await, "the session expired");
-        store.delete_session(&browser.token_hash).await.unwrap();
+        store.delete_session(&browser.token_hash, tessera::store::SessionEnd::SignedOut).await.unwrap();
         assert!(!active(with_session.id, t0).await, "the session ended");
         // Bound to an identity: ends when it is unlinked.
         let second = linked(&store, &ada, "ada-elsewhere").await;
@@ -3014,6 +3017,9 @@ fn endpoint(types: &[&str], created_at: DateTime<Utc>) -> WebhookEndpoint {
         event_types: types.iter().map(|t| (*t).to_owned()).collect(),
         enabled: true,
         secret: vec![1, 2, 3],
+        previous_secret: None,
+        previous_secret_until: None,
+        config_name: None,
         created_at,
         updated_at: created_at,
     }
@@ -3109,7 +3115,9 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     store.fan_out_events(100, now()).await.unwrap();
     let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
     let (t, retry) = (now(), now() + TimeDelta::seconds(60));
-    let failure = |retry_at| Attempt { at: t, status: Some(500), error: Some("answered 500".into()), retry_at };
+    let scheduled_at = jobs[0].scheduled_at;
+    let failure =
+        |retry_at| Attempt { at: t, status: Some(500), error: Some("answered 500".into()), retry_at, scheduled_at };
     store.record_attempt(jobs[0].id, &failure(Some(retry))).await.unwrap();
     let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
     assert_eq!(log.len(), 2);
@@ -3121,7 +3129,8 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
         "the first pending delivery is not due: the endpoint waits, its later events too"
     );
     store.record_attempt(jobs[0].id, &failure(None)).await.unwrap();
-    store.record_attempt(jobs[1].id, &Attempt { at: t, status: Some(204), error: None, retry_at: None }).await.unwrap();
+    let delivered = Attempt { at: t, status: Some(204), error: None, retry_at: None, scheduled_at };
+    store.record_attempt(jobs[1].id, &delivered).await.unwrap();
     store.record_attempt(jobs[1].id, &failure(None)).await.unwrap();
     let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
     assert_eq!((log[1].state, log[1].attempts), (DeliveryState::Failed, 2));
@@ -3134,6 +3143,14 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j.attempts == 0));
     assert_eq!(store.replay_webhook(&hook, now() + TimeDelta::seconds(5), now()).await.unwrap(), 0);
+    // An attempt of the series the replay replaced (sent before it, recorded after) is not
+    // recorded over the new one: the replayed event is still sent.
+    store.record_attempt(jobs[0].id, &delivered).await.unwrap();
+    let again = store.pending_deliveries(hook.id, 100).await.unwrap();
+    assert_eq!(again.len(), 2, "both replayed deliveries are still pending");
+    let current = Attempt { scheduled_at: again[0].scheduled_at, ..delivered };
+    store.record_attempt(again[0].id, &current).await.unwrap();
+    assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap().len(), 1);
 }
 
 // ---- Operators: listings and user deletion ---------------------------------------------------
@@ -3623,11 +3640,20 @@ mod metrics {
         let jobs = store.pending_deliveries(busy.id, 10).await.unwrap();
         let t = now();
         store
-            .record_attempt(jobs[0].id, &Attempt { at: t, status: Some(204), error: None, retry_at: None })
+            .record_attempt(
+                jobs[0].id,
+                &Attempt { at: t, status: Some(204), error: None, retry_at: None, scheduled_at: jobs[0].scheduled_at },
+            )
             .await
             .unwrap();
         assert_eq!(of_now(&store, busy.id).await.pending, 1);
-        let failed = Attempt { at: t, status: Some(500), error: Some("answered 500".into()), retry_at: None };
+        let failed = Attempt {
+            at: t,
+            status: Some(500),
+            error: Some("answered 500".into()),
+            retry_at: None,
+            scheduled_at: jobs[1].scheduled_at,
+        };
         store.record_attempt(jobs[1].id, &failed).await.unwrap();
         assert_eq!(
             of_now(&store, busy.id).await,
@@ -3872,5 +3898,244 @@ mod audit_log {
             let mine = AuditQuery { action: Some(format!("test.writer_{i}")), ..query(10) };
             assert_eq!(store.audit_events(&mine).await.unwrap().len(), 5);
         }
+    }
+}
+
+// ---- Events of users, connected accounts and sessions; webhook keys (issue 12) -------------------
+
+mod issue_12_events {
+    use tessera::store::{SessionEnd, UserChange, WebhookKeys};
+
+    use super::*;
+
+    on_both_backends!(
+        user_changes_write_one_user_updated_naming_the_changed_fields,
+        concurrent_identical_user_changes_write_one_event,
+        profile_changes_write_one_auth_profile_event_each,
+        ended_sessions_write_session_revoked_with_their_reason,
+        webhook_keys_are_replaced_by_compare_and_swap_and_config_names_are_unique,
+    );
+
+    /// The topics and payloads of the outbox, in order.
+    async fn events(db: &TestDb) -> Vec<(String, serde_json::Value)> {
+        let sql = db.sql().await;
+        let topics = sql.texts("SELECT topic FROM outbox_events ORDER BY seq").await;
+        let payloads = sql.texts("SELECT CAST(payload AS TEXT) FROM outbox_events ORDER BY seq").await;
+        topics.into_iter().zip(payloads.iter().map(|p| serde_json::from_str(p).unwrap())).collect()
+    }
+
+    async fn events_since(db: &TestDb, skip: usize) -> Vec<(String, serde_json::Value)> {
+        events(db).await.into_iter().skip(skip).collect()
+    }
+
+    async fn user_changes_write_one_user_updated_naming_the_changed_fields(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let ada = sign_up(&store, "ada").await;
+        let start = events(&db).await.len();
+        let t = now();
+        let rename = UserChange { name: Some(Some("Ada L.".into())), ..UserChange::default() };
+        let changed = store.update_user(ada.id(), &rename, t).await.unwrap().unwrap();
+        assert_eq!(changed.name.as_deref(), Some("Ada L."));
+        assert_eq!(store.update_user(ada.id(), &rename, t).await.unwrap().unwrap(), changed, "a no-op");
+        let email = Email::parse("ada@new.example.com").unwrap();
+        let readdress = UserChange { email: Some(Some(email)), ..UserChange::default() };
+        let readdressed = store.update_user(ada.id(), &readdress, t).await.unwrap().unwrap();
+        assert_eq!(readdressed.email.as_deref(), Some("ada@new.example.com"));
+        let verify = UserChange { email_verified: Some(true), disabled: Some(true), ..UserChange::default() };
+        store.update_user(ada.id(), &verify, t).await.unwrap().unwrap();
+        store.update_user(ada.id(), &verify, t).await.unwrap().unwrap();
+        let unnamed = UserChange { name: Some(None), disabled: Some(false), ..UserChange::default() };
+        assert_eq!(store.update_user(ada.id(), &unnamed, t).await.unwrap().unwrap().name, None);
+        assert!(store.update_user(UserId::generate(), &rename, t).await.unwrap().is_none());
+
+        let written = events_since(&db, start).await;
+        let summary: Vec<(&str, serde_json::Value)> = written
+            .iter()
+            .map(|(topic, payload)| (topic.as_str(), payload.get("changed").cloned().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("user.updated", serde_json::json!(["name"])),
+                // A new address is unverified unless the change says otherwise.
+                ("user.updated", serde_json::json!(["email", "email_verified"])),
+                ("user.updated", serde_json::json!(["email_verified"])),
+                ("user.disabled", serde_json::Value::Null),
+                ("user.updated", serde_json::json!(["name"])),
+                ("user.enabled", serde_json::Value::Null),
+            ]
+        );
+        assert_eq!(written[0].1["user"]["name"], "Ada L.");
+        assert_eq!(written[0].1["user"]["id"], ada.id().as_uuid().to_string());
+        assert_eq!(written[1].1["user"]["email"], "ada@new.example.com");
+        assert_eq!(written[4].1["user"]["name"], serde_json::Value::Null);
+    }
+
+    async fn concurrent_identical_user_changes_write_one_event(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let ada = sign_up(&store, "ada").await.id();
+        let start = events(&db).await.len();
+        concurrently(12, |_| {
+            let store = store.clone();
+            async move {
+                let change = UserChange { name: Some(Some("Same".into())), ..UserChange::default() };
+                store.update_user(ada, &change, now()).await.unwrap().unwrap()
+            }
+        })
+        .await;
+        let written = events_since(&db, start).await;
+        assert_eq!(written.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["user.updated"]);
+    }
+
+    async fn profile_changes_write_one_auth_profile_event_each(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let ada = sign_up(&store, "ada").await;
+        let start = events(&db).await.len();
+        // Connected (pending → active), then a refresh refused, reconnected, a test failed,
+        // reconnected, scopes widened, revoked.
+        let app = connected(&store, &ada, "app").await;
+        let t = now();
+        let owner = Uuid::new_v4();
+        let held = secrets_of(&store, app.id).await;
+        assert!(store.acquire_refresh_lease(app.id, held.version, &lease(owner, t)).await.unwrap());
+        store.release_refresh_lease(app.id, owner, true, t).await.unwrap();
+        store.release_refresh_lease(app.id, owner, true, t).await.unwrap();
+        let reconnect = activation("acct-1", b"access-2", None, t);
+        let current = store.profile(app.id).await.unwrap().unwrap();
+        assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap());
+        assert!(!store.activate_profile(app.id, current.version, &reconnect).await.unwrap(), "a stale version");
+        let tested = secrets_of(&store, app.id).await;
+        assert!(store.mark_needs_reauth(app.id, tested.version, t).await.unwrap());
+        assert!(!store.mark_needs_reauth(app.id, tested.version, t).await.unwrap());
+        let current = store.profile(app.id).await.unwrap().unwrap();
+        assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap());
+        let current = store.profile(app.id).await.unwrap().unwrap();
+        let scopes = vec!["repo".to_owned(), "admin:org".to_owned()];
+        let widen = change("App", &current.slug, &scopes, true, t);
+        assert_eq!(store.update_profile(app.id, current.version, &widen).await.unwrap(), ProfileUpdate::Updated);
+        let current = store.profile(app.id).await.unwrap().unwrap();
+        let rename = change("Renamed", &current.slug, &scopes, false, t);
+        assert_eq!(store.update_profile(app.id, current.version, &rename).await.unwrap(), ProfileUpdate::Updated);
+        assert!(store.revoke_profile(app.id, t).await.unwrap().is_some());
+        assert!(store.revoke_profile(app.id, t).await.unwrap().is_none());
+        // A pending profile whose scopes widen is not "needs_reauth": no event.
+        let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "later", t)).await;
+        let widen = change("Later", &pending.slug, &scopes, true, t);
+        assert_eq!(store.update_profile(pending.id, pending.version, &widen).await.unwrap(), ProfileUpdate::Updated);
+        // An env credential connects its profile.
+        let env = pending_env(&store, &ada, "env", t).await;
+        let meta = env_meta(&["TOKEN"], t);
+        let write =
+            CredentialWrite { profile: env.id, ciphertext: b"sealed", meta: &meta, connect_token: None, now: t };
+        assert!(matches!(store.put_profile_credential(&write).await.unwrap(), CredentialOutcome::Stored(_)));
+
+        let written = events_since(&db, start).await;
+        let summary: Vec<(&str, String, serde_json::Value)> = written
+            .iter()
+            .map(|(topic, p)| {
+                let detail = p.get("reason").or(p.get("previous_status")).cloned().unwrap_or_default();
+                (topic.as_str(), p["profile"]["status"].as_str().unwrap().to_owned(), detail)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("auth_profile.connected", "active".into(), "pending_auth".into()),
+                ("auth_profile.needs_reauth", "needs_reauth".into(), "refresh_refused".into()),
+                ("auth_profile.connected", "active".into(), "needs_reauth".into()),
+                ("auth_profile.needs_reauth", "needs_reauth".into(), "test_failed".into()),
+                ("auth_profile.connected", "active".into(), "needs_reauth".into()),
+                ("auth_profile.needs_reauth", "needs_reauth".into(), "scopes_widened".into()),
+                ("auth_profile.revoked", "revoked".into(), serde_json::Value::Null),
+                ("auth_profile.connected", "active".into(), "pending_auth".into()),
+            ]
+        );
+        let first = &written[0].1["profile"];
+        assert_eq!(first["id"], app.id.as_uuid().to_string());
+        assert_eq!(first["team_id"], ada.team.id.as_uuid().to_string());
+        assert_eq!((first["slug"].as_str(), first["connector_key"].as_str()), (Some("app"), Some(CONNECTOR)));
+        assert_eq!(written[7].1["profile"]["kind"], "env");
+        let text = written.iter().map(|(_, p)| p.to_string()).collect::<String>();
+        for secret in ["access-1", "access-2", "refresh-1", "sealed", "acct-1"] {
+            assert!(!text.contains(secret), "no credential in a payload: {secret}");
+        }
+    }
+
+    async fn ended_sessions_write_session_revoked_with_their_reason(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let ada = sign_up(&store, "ada").await;
+        let t = now();
+        let sessions: Vec<NewSession> = (0..4).map(|_| session(&ada, t, TimeDelta::hours(1))).collect();
+        for s in &sessions {
+            store.insert_session(s).await.unwrap();
+        }
+        let start = events(&db).await.len();
+        assert!(store.delete_session(&sessions[0].token_hash, SessionEnd::SignedOut).await.unwrap());
+        assert!(!store.delete_session(&sessions[0].token_hash, SessionEnd::SignedOut).await.unwrap());
+        assert!(store.delete_session(&sessions[1].token_hash, SessionEnd::Replaced).await.unwrap());
+        assert_eq!(store.delete_other_sessions(ada.id(), &sessions[2].token_hash).await.unwrap(), 1);
+        assert_eq!(store.delete_other_sessions(ada.id(), &sessions[2].token_hash).await.unwrap(), 0);
+        store.set_user_disabled(ada.id(), true, t).await.unwrap().unwrap();
+        store.set_user_disabled(ada.id(), true, t).await.unwrap().unwrap();
+
+        let written = events_since(&db, start).await;
+        let summary: Vec<(&str, serde_json::Value, serde_json::Value)> = written
+            .iter()
+            .map(|(topic, p)| (topic.as_str(), p.get("reason").cloned().unwrap_or_default(), p["sessions"].clone()))
+            .collect();
+        let revoked = |reason: &str, n: u64| ("session.revoked", serde_json::json!(reason), serde_json::json!(n));
+        assert_eq!(
+            summary,
+            [
+                revoked("signed_out", 1),
+                revoked("replaced", 1),
+                revoked("signed_out_elsewhere", 1),
+                ("user.disabled", serde_json::Value::Null, serde_json::Value::Null),
+                revoked("user_disabled", 1),
+            ]
+        );
+        assert!(written.iter().all(|(t, p)| t != "session.revoked" || p["user_id"] == ada.id().as_uuid().to_string()));
+    }
+
+    async fn webhook_keys_are_replaced_by_compare_and_swap_and_config_names_are_unique(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let mut hook = endpoint(&[], now());
+        hook.config_name = Some("billing".into());
+        store.insert_webhook(&hook).await.unwrap();
+        let stored = store.webhook(hook.id).await.unwrap().unwrap();
+        assert_eq!((stored.config_name.as_deref(), stored.previous_secret.as_ref()), (Some("billing"), None));
+
+        let t = now();
+        let keys = WebhookKeys { secret: b"new", previous: Some(b"old"), previous_until: Some(t), now: t };
+        assert!(!store.replace_webhook_secret(hook.id, b"not the key", &keys).await.unwrap(), "compare-and-swap");
+        assert!(store.replace_webhook_secret(hook.id, &hook.secret, &keys).await.unwrap());
+        assert!(!store.replace_webhook_secret(hook.id, &hook.secret, &keys).await.unwrap(), "once");
+        let rotated = store.webhook(hook.id).await.unwrap().unwrap();
+        assert_eq!(
+            (rotated.secret.as_slice(), rotated.previous_secret.as_deref(), rotated.previous_secret_until),
+            (&b"new"[..], Some(&b"old"[..]), Some(t))
+        );
+        // The key ring's rotation sees both columns.
+        let secrets = store.secrets_page(SecretKind::WebhookEndpoints, None, 10).await.unwrap();
+        let mut columns: Vec<&str> = secrets.iter().map(|s| s.column).collect();
+        columns.sort_unstable();
+        assert_eq!(columns, ["previous_secret", "secret"]);
+        let previous = secrets.iter().find(|s| s.column == "previous_secret").unwrap();
+        assert!(store.replace_secret(previous, b"re-encrypted").await.unwrap());
+        assert_eq!(
+            store.webhook(hook.id).await.unwrap().unwrap().previous_secret.as_deref(),
+            Some(&b"re-encrypted"[..])
+        );
+
+        // A second endpoint of the same configuration name is not inserted (another instance's).
+        let mut twin = endpoint(&[], now());
+        twin.config_name = Some("billing".into());
+        store.insert_webhook(&twin).await.unwrap();
+        assert!(store.webhook(twin.id).await.unwrap().is_none());
+        // Admin endpoints have no name, and any number of them can exist.
+        for _ in 0..2 {
+            store.insert_webhook(&endpoint(&[], now())).await.unwrap();
+        }
+        assert_eq!(store.list_webhooks().await.unwrap().len(), 3);
     }
 }

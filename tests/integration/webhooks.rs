@@ -28,24 +28,24 @@ on_both_backends!(
 
 /// One request a receiver got.
 #[derive(Debug, Clone)]
-struct Received {
-    id: String,
-    timestamp: String,
-    signature: String,
-    body: Value,
-    raw: Bytes,
+pub(crate) struct Received {
+    pub(crate) id: String,
+    pub(crate) timestamp: String,
+    pub(crate) signature: String,
+    pub(crate) body: Value,
+    pub(crate) raw: Bytes,
 }
 
 /// A webhook receiver: records every request; answers 503 while `failing`.
 #[derive(Clone, Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
     failing: Arc<AtomicBool>,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Receiver {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let mut receiver = Receiver::default();
         let app = Router::new().route("/hook", post(receive)).with_state(receiver.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -54,12 +54,12 @@ impl Receiver {
         receiver
     }
 
-    fn all(&self) -> Vec<Received> {
+    pub(crate) fn all(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 
     /// The event type of every request, in order of arrival.
-    fn types(&self) -> Vec<String> {
+    pub(crate) fn types(&self) -> Vec<String> {
         self.all().iter().map(|r| r.body["type"].as_str().unwrap().to_owned()).collect()
     }
 }
@@ -78,7 +78,7 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
 
 /// The Standard Webhooks check, computed here: `v1,` and the base64 HMAC-SHA256 of
 /// `{id}.{timestamp}.{body}` under the base64 key after `whsec_`.
-fn signature_valid(secret: &str, received: &Received) -> bool {
+pub(crate) fn signature_valid(secret: &str, received: &Received) -> bool {
     let key = STANDARD.decode(secret.strip_prefix("whsec_").expect("whsec_ prefix")).unwrap();
     let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
     let mut signed = format!("{}.{}.", received.id, received.timestamp).into_bytes();
@@ -87,7 +87,7 @@ fn signature_valid(secret: &str, received: &Received) -> bool {
     received.signature.split(' ').any(|s| s == expected)
 }
 
-fn with_keyring(config: &mut Config) {
+pub(crate) fn with_keyring(config: &mut Config) {
     let ring = format!("k1:{}", STANDARD.encode([7u8; 32]));
     config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
 }
@@ -97,12 +97,12 @@ async fn spawn(backend: Backend) -> TestApp {
 }
 
 /// Registers an endpoint; returns its id and secret.
-async fn register(app: &TestApp, body: Value) -> (String, String) {
+pub(crate) async fn register(app: &TestApp, body: Value) -> (String, String) {
     let created = json(app.admin(Method::POST, "/admin/webhooks").json(&body).send().await.unwrap(), 201).await;
     (created["id"].as_str().unwrap().to_owned(), created["secret"].as_str().unwrap().to_owned())
 }
 
-async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
+pub(crate) async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
     let log =
         json(app.admin(Method::GET, &format!("/admin/webhooks/{id}/deliveries")).send().await.unwrap(), 200).await;
     log["deliveries"].as_array().unwrap().clone()

@@ -14,6 +14,7 @@ mod scrape;
 mod signin;
 mod soak;
 mod validate;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,9 @@ enum Bench {
     /// The memory of each validation cache at its entry limit, beside a plain map of the same
     /// entries, and whether expired entries give their memory back for reuse.
     Caches(caches::CachesArgs),
+    /// Webhook delivery to a local receiver (events/s, lag from commit to receipt) beside the
+    /// bare outbox insert rate of the same changes.
+    Webhooks(webhooks::WebhooksArgs),
     /// The cost of a `/metrics` scrape, as its rate beside `GET /healthz` in the same run.
     Metrics(scrape::MetricsArgs),
 }
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             Bench::Me(args) => me::run(args).await,
             Bench::Op(args) => op::run(args).await,
             Bench::Caches(args) => caches::run(args).await,
+            Bench::Webhooks(args) => webhooks::run(args).await,
             Bench::Metrics(args) => scrape::run(args).await,
         }
     });

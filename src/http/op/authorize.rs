@@ -5,6 +5,7 @@
 //! `login_hint`'s verified domain claim names, else the default provider, else the only one;
 //! with several and no hint, a chooser page lists them.
 
+use crate::store::SessionEnd;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -416,7 +417,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     }
     let clear = state.cookies.clear(state.cookies.session());
     if let Ok(Some(session)) = cookie(headers, state.cookies.session())
-        && let Err(e) = state.sessions.revoke(session).await
+        && let Err(e) = state.sessions.revoke(session, SessionEnd::SignedOut).await
     {
         tracing::warn!(error = %e, "ending a session failed");
         return refuse(

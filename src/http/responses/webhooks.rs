@@ -17,6 +17,12 @@ pub struct WebhookResponse {
     pub event_types: Vec<String>,
     /// Whether events are delivered to it.
     pub enabled: bool,
+    /// The name of its `[[webhooks.endpoints]]` entry when the configuration file defines it
+    /// (then the admin API cannot change it); `null` otherwise.
+    pub config_name: Option<String>,
+    /// Until when the key it had before its last rotation still signs beside the current one;
+    /// `null` when no previous key signs.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
     /// Registration time: it receives the events written from then on.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -30,6 +36,8 @@ impl From<WebhookEndpoint> for WebhookResponse {
             url: e.url,
             event_types: e.event_types,
             enabled: e.enabled,
+            config_name: e.config_name,
+            previous_secret_expires_at: e.previous_secret_until.filter(|until| *until > crate::domain::now()),
             created_at: e.created_at,
             updated_at: e.updated_at,
         }
