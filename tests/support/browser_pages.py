@@ -214,6 +214,9 @@ def main():
         else:
             fail("Tab never reached Continue to Local")
         page.keyboard.press("Enter")
+        # A key press does not wait for the navigation it starts: wait until the browser has left
+        # the start page (the form's POST, the provider, the callback), then for the page's load.
+        page.wait_for_url(lambda url: "/oauth/start" not in url)
         page.wait_for_load_state()
         expect(page.get_by_role("heading", level=1).inner_text() == "Account connected", "connected page")
         expect(page.get_by_text("connected to your Local account").count() == 1, "names the account")
