@@ -8,7 +8,9 @@ use crate::service::audit::Audit;
 
 /// Writes the counted refusals every `every`.
 pub(super) async fn run(audit: Audit, every: Duration) {
-    let mut interval = tokio::time::interval(every);
+    // The first write is one interval after start (an interval's first tick is immediate, and
+    // would write whatever was counted in the first moments as a row of its own).
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
