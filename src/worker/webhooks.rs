@@ -138,47 +138,56 @@ async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &We
             return;
         }
     };
-    let jobs = match webhooks.store().pending_deliveries(endpoint.id, DELIVERY_BATCH).await {
-        Ok(jobs) => jobs,
-        Err(error) => {
-            tracing::warn!(error = %error, webhook = %endpoint.id, "cannot read pending webhook deliveries");
-            return;
-        }
-    };
-    for job in jobs {
-        if job.next_attempt_at > Utc::now() || Instant::now() >= deadline {
-            return;
-        }
-        let (status, error) = send(client, endpoint, &keys, &job, webhooks.settings().allow_private_addresses).await;
-        let at = crate::domain::now();
-        let retry_at = error.as_ref().and_then(|_| {
-            let next = at + TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).ok()?;
-            let give_up = job.scheduled_at + TimeDelta::from_std(webhooks.settings().give_up_after).ok()?;
-            (next <= give_up).then_some(next)
-        });
-        let failed = error.is_some();
-        let result = match (failed, retry_at) {
-            (false, _) => "delivered",
-            (true, Some(_)) => "retry",
-            (true, None) => "failed",
+    // Batch after batch while the lease lasts: a backlog drains at the endpoint's pace, not at
+    // one batch per poll interval.
+    loop {
+        let jobs = match webhooks.store().pending_deliveries(endpoint.id, DELIVERY_BATCH).await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::warn!(error = %error, webhook = %endpoint.id, "cannot read pending webhook deliveries");
+                return;
+            }
         };
-        crate::observability::record_webhook_attempt(endpoint.id, result);
-        match (&error, retry_at) {
-            (None, _) => tracing::debug!(webhook = %endpoint.id, event = %job.event_id, "webhook delivered"),
-            (Some(e), Some(_)) => {
-                tracing::info!(webhook = %endpoint.id, event = %job.event_id, attempt = job.attempts + 1, error = %e, "webhook delivery failed; will retry")
+        let full = jobs.len() as i64 >= DELIVERY_BATCH;
+        for job in jobs {
+            if job.next_attempt_at > Utc::now() || Instant::now() >= deadline {
+                return;
             }
-            (Some(e), None) => {
-                tracing::warn!(webhook = %endpoint.id, event = %job.event_id, attempts = job.attempts + 1, error = %e, "webhook delivery failed for good")
+            let (status, error) =
+                send(client, endpoint, &keys, &job, webhooks.settings().allow_private_addresses).await;
+            let at = crate::domain::now();
+            let retry_at = error.as_ref().and_then(|_| {
+                let next = at + TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).ok()?;
+                let give_up = job.scheduled_at + TimeDelta::from_std(webhooks.settings().give_up_after).ok()?;
+                (next <= give_up).then_some(next)
+            });
+            let failed = error.is_some();
+            let result = match (failed, retry_at) {
+                (false, _) => "delivered",
+                (true, Some(_)) => "retry",
+                (true, None) => "failed",
+            };
+            crate::observability::record_webhook_attempt(endpoint.id, result);
+            match (&error, retry_at) {
+                (None, _) => tracing::debug!(webhook = %endpoint.id, event = %job.event_id, "webhook delivered"),
+                (Some(e), Some(_)) => {
+                    tracing::info!(webhook = %endpoint.id, event = %job.event_id, attempt = job.attempts + 1, error = %e, "webhook delivery failed; will retry")
+                }
+                (Some(e), None) => {
+                    tracing::warn!(webhook = %endpoint.id, event = %job.event_id, attempts = job.attempts + 1, error = %e, "webhook delivery failed for good")
+                }
+            }
+            let attempt = Attempt { at, status, error, retry_at, scheduled_at: job.scheduled_at };
+            if let Err(error) = webhooks.store().record_attempt(job.id, &attempt).await {
+                tracing::warn!(error = %error, webhook = %endpoint.id, "cannot record a webhook delivery attempt");
+                return;
+            }
+            // A retry holds the endpoint's later events back; a failure for good does not.
+            if failed && attempt.retry_at.is_some() {
+                return;
             }
         }
-        let attempt = Attempt { at, status, error, retry_at, scheduled_at: job.scheduled_at };
-        if let Err(error) = webhooks.store().record_attempt(job.id, &attempt).await {
-            tracing::warn!(error = %error, webhook = %endpoint.id, "cannot record a webhook delivery attempt");
-            return;
-        }
-        // A retry holds the endpoint's later events back; a failure for good does not.
-        if failed && attempt.retry_at.is_some() {
+        if !full {
             return;
         }
     }
