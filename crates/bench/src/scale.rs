@@ -9,11 +9,9 @@
 //! its default size and lifetime allow. The baseline is the first size, measured in the same
 //! run, on the same server with its caches at their defaults.
 
-use std::sync::Arc;
-
 use anyhow::{Context, bail};
 
-use crate::harness::{Run, drive};
+use crate::validate::validate_run;
 use tessera::config::{Config, IssuerConfig};
 use tessera::domain::Issuer;
 use tessera::startup::{Application, prepare_schema};
@@ -91,7 +89,7 @@ async fn measure(args: &ScaleArgs, kid: &str, url: &str) -> anyhow::Result<()> {
     };
 
     // One real JIT provisioning tells the fixture how Tessera writes the issuer and provider.
-    validate_run(&client, &base, vec![sign("bench-seed", 0)], 1, 1).await.context("seed")?;
+    validate_run(&client, &base, &[sign("bench-seed", 0)], 1, 1).await.context("seed")?;
     let fixture = Fixture::connect(url).await?;
     let (issuer_text, provider) = fixture.seed_identity().await?;
 
@@ -125,9 +123,9 @@ async fn measure(args: &ScaleArgs, kid: &str, url: &str) -> anyhow::Result<()> {
                 .collect()
         };
         // Warm-up: the caches fill the way this traffic fills them.
-        validate_run(&client, &base, tokens_for(args.requests), args.connections, args.requests).await?;
+        validate_run(&client, &base, &tokens_for(args.requests), args.connections, args.requests).await?;
         for round in 0..args.rounds {
-            let run = validate_run(&client, &base, tokens_for(args.requests), args.connections, args.requests).await?;
+            let run = validate_run(&client, &base, &tokens_for(args.requests), args.connections, args.requests).await?;
             let (rate, p99) = (run.rate(), run.quantile_ms(0.99));
             let (base_rate, base_p99) = *baseline.get_or_insert((rate, p99));
             println!(
@@ -154,27 +152,6 @@ async fn measure(args: &ScaleArgs, kid: &str, url: &str) -> anyhow::Result<()> {
 fn random_below(n: u64) -> u64 {
     let bytes = uuid::Uuid::new_v4().into_bytes();
     u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) % n
-}
-
-async fn validate_run(
-    client: &reqwest::Client,
-    base: &str,
-    tokens: Vec<String>,
-    connections: usize,
-    requests: usize,
-) -> anyhow::Result<Run> {
-    let tokens = Arc::new(tokens);
-    let (client, url) = (client.clone(), format!("{base}/v1/validate"));
-    drive(connections, requests, move |i| {
-        let request = client.post(&url).bearer_auth(&tokens[i % tokens.len()]);
-        async move {
-            let response = request.send().await?;
-            anyhow::ensure!(response.status() == 200, "validate answered {}", response.status());
-            response.bytes().await?;
-            Ok(())
-        }
-    })
-    .await
 }
 
 /// The bench fixture's own connection, for bulk inserts in the schema's shape. Benchmark code,

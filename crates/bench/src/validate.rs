@@ -128,7 +128,9 @@ async fn measure(args: &ValidateArgs, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn validate_run(
+/// `requests` validations of `tokens`, round-robin, at `connections` concurrent connections; each
+/// must answer 200.
+pub(crate) async fn validate_run(
     client: &reqwest::Client,
     base: &str,
     tokens: &[String],
