@@ -190,8 +190,13 @@ impl Application {
         )
         .with_connectors(config.connectors.clone());
         let last_seen = Arc::new(LastSeen::default());
-        let sessions =
-            Sessions::new(store.clone(), config.auth.session_ttl, config.auth.session_idle, last_seen.clone());
+        let sessions = Sessions::new(
+            store.clone(),
+            config.auth.session_ttl,
+            config.auth.session_idle,
+            last_seen.clone(),
+            principals.clone(),
+        );
         let sign_in = SignIn::new(
             flows.clone(),
             store.clone(),

@@ -1,11 +1,13 @@
-//! The positive cache of resolved identities (principals), shared by validation, which fills
-//! it, and by provisioning, teams and sign-in, which purge it when what it holds changes.
+//! The positive cache of resolved identities (principals) and of live browser sessions, shared
+//! by validation and sessions, which fill it, and by provisioning, teams and sign-in, which purge
+//! it when what it holds changes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::sessions::LiveSession;
 use crate::cache::TtlCache;
 use crate::domain::{Issuer, Principal, Subject, UserId};
 use crate::upstream::tokens::TokenCache;
@@ -27,6 +29,8 @@ const READ_YOUR_WRITES: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct PrincipalCache {
     entries: TtlCache<(Issuer, Subject), Arc<Principal>>,
+    /// Live sessions with their user's profile, by the hash of the cookie; purged with their user.
+    sessions: TtlCache<[u8; 32], Arc<LiveSession>>,
     ttl: Duration,
     tokens: Arc<TokenCache>,
     epoch: AtomicU64,
@@ -38,6 +42,7 @@ impl PrincipalCache {
     pub fn new(ttl: Duration, max_entries: usize, tokens: Arc<TokenCache>) -> Self {
         Self {
             entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }).counted_as("principals"),
+            sessions: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }).counted_as("sessions"),
             ttl,
             tokens,
             epoch: AtomicU64::new(0),
@@ -101,6 +106,7 @@ impl PrincipalCache {
             changed.insert(user, now);
         }
         self.entries.remove_where(|principal| principal.user.id == user);
+        self.sessions.remove_where(|live| live.record.user_id == user);
     }
 
     /// [`PrincipalCache::invalidate_user`] for many users, in one walk over the cache.
@@ -116,6 +122,7 @@ impl PrincipalCache {
             changed.extend(users.iter().map(|user| (*user, now)));
         }
         self.entries.remove_where(|principal| users.contains(&principal.user.id));
+        self.sessions.remove_where(|live| users.contains(&live.record.user_id));
     }
 
     /// [`PrincipalCache::invalidate_identity`] for many identities, in one walk over the token
@@ -137,7 +144,33 @@ impl PrincipalCache {
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
+        self.sessions.clear();
         self.tokens.clear();
+    }
+
+    /// A cached live session (its expiry and idleness are the caller's to check again).
+    pub(super) fn session(&self, hash: &[u8; 32]) -> Option<Arc<LiveSession>> {
+        self.sessions.get(hash, Instant::now())
+    }
+
+    /// Caches what a session lookup that began at `epoch` found, for at most `life` (and the
+    /// cache's lifetime), unless something was invalidated since.
+    pub(super) fn insert_session(&self, epoch: u64, live: Arc<LiveSession>, life: Duration) {
+        let now = Instant::now();
+        if self.epoch() != epoch {
+            return;
+        }
+        let hash = live.hash;
+        self.sessions.insert(hash, live, now + life.min(self.ttl), now);
+        if self.epoch() != epoch {
+            self.sessions.remove_key(&hash);
+        }
+    }
+
+    /// Forgets one session (ended on this instance; others learn of it from the log).
+    pub fn forget_session(&self, hash: &[u8; 32]) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.sessions.remove_key(hash);
     }
 
     /// Whether `user` changed recently enough that a replica may not have it yet.

@@ -220,6 +220,7 @@ impl Provisioner {
     /// Makes one of a user's identities their primary one.
     pub async fn set_primary_identity(&self, user: UserId, identity: IdentityId) -> Result<(), IdentityError> {
         if self.store.set_primary_identity(user, identity, super::now()).await? {
+            self.principals.invalidate_user(user);
             Ok(())
         } else {
             Err(IdentityError::NotFound)

@@ -1,5 +1,8 @@
 //! Browser sessions: server-side rows keyed by the SHA-256 of a random cookie value (the value
-//! itself is only ever in the browser), with an absolute and an idle expiry.
+//! itself is only ever in the browser), with an absolute and an idle expiry. A live session is
+//! read with its user's profile in one round trip and kept in the [`PrincipalCache`], which a
+//! sign-out, a disabled user or a change of their teams or identities purges at once here and,
+//! through the cache-invalidation log, within a second on other instances.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +10,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::principals::PrincipalCache;
 use crate::crypto::sha256;
 use crate::domain::{IdentityId, UserId, UserProfile};
 use crate::store::{NewSession, SessionEnd, SessionRecord, Store, StoreError, UserSession};
@@ -35,13 +39,20 @@ pub struct Sessions {
     ttl: TimeDelta,
     idle: TimeDelta,
     last_seen: Arc<LastSeen>,
+    cache: Arc<PrincipalCache>,
 }
 
 impl Sessions {
-    /// Sessions lasting at most `ttl`, ending when unused for `idle`.
-    pub fn new(store: Arc<dyn Store>, ttl: Duration, idle: Duration, last_seen: Arc<LastSeen>) -> Self {
+    /// Sessions lasting at most `ttl`, ending when unused for `idle`, cached in `cache`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        ttl: Duration,
+        idle: Duration,
+        last_seen: Arc<LastSeen>,
+        cache: Arc<PrincipalCache>,
+    ) -> Self {
         let delta = |d: Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
-        Self { store, ttl: delta(ttl), idle: delta(idle), last_seen }
+        Self { store, ttl: delta(ttl), idle: delta(idle), last_seen, cache }
     }
 
     /// The absolute lifetime, for the cookie's `Max-Age`.
@@ -74,9 +85,7 @@ impl Sessions {
     /// The user of a session cookie, if the session exists, has not expired and its user is not
     /// disabled.
     pub async fn resolve(&self, cookie: &str) -> Result<Option<UserId>, StoreError> {
-        let hash = sha256(cookie.as_bytes());
-        let session = self.store.session(&hash).await?;
-        Ok(session.filter(|session| self.is_live(hash, session)).map(|session| session.user_id))
+        Ok(self.resolve_session(cookie).await?.map(|live| live.record.user_id))
     }
 
     /// The profile of a session cookie's user, read with the session in one round trip, on the
@@ -85,34 +94,45 @@ impl Sessions {
         Ok(self.resolve_session(cookie).await?.map(|live| live.profile))
     }
 
-    /// A live session with its user's profile, in one round trip, on the same rules as
-    /// [`Sessions::resolve`].
+    /// A live session with its user's profile: from the cache, or in one round trip, on the same
+    /// rules as [`Sessions::resolve`].
     pub async fn resolve_session(&self, cookie: &str) -> Result<Option<LiveSession>, StoreError> {
         let hash = sha256(cookie.as_bytes());
-        let found = self.store.session_profile(&hash).await?;
-        Ok(found.filter(|(session, _)| self.is_live(hash, session)).map(|(record, profile)| LiveSession {
-            hash,
-            record,
-            profile,
-        }))
+        let now = super::now();
+        if let Some(live) = self.cache.session(&hash) {
+            return Ok(self.is_live(&live.record, now).then(|| LiveSession::clone(&live)));
+        }
+        let epoch = self.cache.epoch();
+        let Some((mut record, profile)) = self.store.session_profile(&hash).await? else {
+            return Ok(None);
+        };
+        if !self.is_live(&record, now) {
+            return Ok(None);
+        }
+        if now - record.last_seen_at >= TOUCH_INTERVAL {
+            // Bookkeeping, written by the last-use worker: never a write on this request. The
+            // cached copy says so too, so that its hits do not note it again.
+            self.last_seen.session(hash, now);
+            record.last_seen_at = now;
+        }
+        // Cached no longer than the session stays live without another use.
+        let life = (record.expires_at.min(record.last_seen_at + self.idle) - now).to_std().unwrap_or_default();
+        let live = LiveSession { hash, record, profile };
+        self.cache.insert_session(epoch, Arc::new(live.clone()), life);
+        Ok(Some(live))
     }
 
-    /// Whether a stored session still counts (not expired, not idle, its user not disabled); a
-    /// live one's use is noted for the last-use worker (never written on this request).
-    fn is_live(&self, hash: [u8; 32], session: &SessionRecord) -> bool {
-        let now = super::now();
-        if session.user_disabled || now >= session.expires_at || now - session.last_seen_at >= self.idle {
-            return false;
-        }
-        if now - session.last_seen_at >= TOUCH_INTERVAL {
-            self.last_seen.session(hash, now);
-        }
-        true
+    /// Whether a session still counts at `now`: not expired, not idle, its user not disabled.
+    fn is_live(&self, session: &SessionRecord, now: chrono::DateTime<chrono::Utc>) -> bool {
+        !session.user_disabled && now < session.expires_at && now - session.last_seen_at < self.idle
     }
 
     /// Ends a session (a `session.revoked` event says why); false when there was none.
     pub async fn revoke(&self, cookie: &str, reason: SessionEnd) -> Result<bool, StoreError> {
-        self.store.delete_session(&sha256(cookie.as_bytes()), reason).await
+        let hash = sha256(cookie.as_bytes());
+        let ended = self.store.delete_session(&hash, reason).await?;
+        self.cache.forget_session(&hash);
+        Ok(ended)
     }
 
     /// The user's live sessions (not expired, not idle), most recently used first.
@@ -126,6 +146,7 @@ impl Sessions {
     /// else"); returns how many ended. Grants made from them end with them.
     pub async fn revoke_others(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
         let ended = self.store.delete_other_sessions(user, keep).await?;
+        self.cache.invalidate_user(user);
         tracing::info!(user_id = %user, ended, "signed out other sessions");
         Ok(ended)
     }

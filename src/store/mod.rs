@@ -12,6 +12,7 @@ mod cache_sync;
 mod db;
 mod grants;
 mod import;
+mod last_seen;
 mod migrations;
 mod profile_actions;
 mod profile_credentials;

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::cache_sync::{CacheChange, LoggedChange, log_changes};
 use super::db::{Db, PoolRef, Tx, query, try_exclusive};
+use super::last_seen::{self, Touched};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
 use super::rows::{
     self, RowExt, client_columns, domain_columns, identity_columns, profile_columns, signing_key_columns, team_columns,
@@ -554,13 +555,7 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.db.begin().await?;
-        for (identity, at) in seen {
-            query("UPDATE identities SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
-                .bind(identity.as_uuid())
-                .bind(*at)
-                .execute(&mut tx)
-                .await?;
-        }
+        last_seen::touch(&mut tx, Touched::Identities, seen, IdentityId::as_uuid).await?;
         tx.commit().await
     }
 
@@ -888,13 +883,7 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.db.begin().await?;
-        for (token_hash, at) in seen {
-            query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1 AND last_seen_at < $2")
-                .bind(&token_hash[..])
-                .bind(*at)
-                .execute(&mut tx)
-                .await?;
-        }
+        last_seen::touch(&mut tx, Touched::Sessions, seen, |hash: &[u8; 32]| &hash[..]).await?;
         tx.commit().await
     }
 
@@ -909,7 +898,10 @@ impl Store for SqlStore {
             return Ok(false);
         };
         let user = UserId::from_uuid(deleted.uuid("user_id")?);
-        insert_session_event(&mut tx, user, reason, 1, crate::domain::now()).await?;
+        let now = crate::domain::now();
+        insert_session_event(&mut tx, user, reason, 1, now).await?;
+        // Other instances may have the session cached.
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -1046,6 +1038,8 @@ impl Store for SqlStore {
             .bind(now)
             .execute(&mut tx)
             .await?;
+        // Profiles with the old primary identity may be cached (sessions) here and elsewhere.
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         insert_identity_event(
             &mut tx,
             IdentityEvent {
@@ -2396,7 +2390,11 @@ impl Store for SqlStore {
             .bind(&keep[..])
             .execute(&mut tx)
             .await?;
-        insert_session_event(&mut tx, user, SessionEnd::SignedOutElsewhere, ended, crate::domain::now()).await?;
+        let now = crate::domain::now();
+        insert_session_event(&mut tx, user, SessionEnd::SignedOutElsewhere, ended, now).await?;
+        if ended > 0 {
+            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        }
         tx.commit().await?;
         Ok(ended)
     }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tessera::config::{Config, DatabaseUrl};
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::{IdentityId, Issuer, Subject, UserId};
-use tessera::store::{LinkOutcome, NewLink};
+use tessera::store::{LinkOutcome, NewLink, NewSession};
 use tessera_testkit::local_issuer::LocalIssuer;
 
 use crate::helpers::{
@@ -26,6 +26,7 @@ on_both_backends!(
     an_identity_unlinked_on_one_instance_stops_resolving_on_another_promptly,
     a_membership_removed_on_one_instance_fails_the_check_on_another_promptly,
     a_client_given_a_new_secret_or_deleted_on_one_instance_is_refused_by_another_promptly,
+    a_session_cached_by_another_instance_follows_membership_changes_and_sign_out_promptly,
 );
 
 /// How long a test waits for the other instance. The product's bound is 1 s (the default poll
@@ -214,6 +215,70 @@ async fn a_membership_removed_on_one_instance_fails_the_check_on_another_promptl
         code_of(check().await.unwrap()).await == refused("not_a_member")
     })
     .await;
+    c.stop().await;
+}
+
+/// `GET /v1/me` with a session cookie on `app`: the status and the user's team slugs.
+async fn me_by_session(app: &TestApp, cookie: &str) -> (u16, Vec<String>) {
+    let response = app.client.get(app.url("/v1/me")).header("cookie", cookie);
+    let response = response.send().await.unwrap();
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let teams = answer["teams"]
+        .as_array()
+        .map_or_else(Vec::new, |teams| teams.iter().filter_map(|t| t["slug"].as_str().map(str::to_owned)).collect());
+    (status, teams)
+}
+
+async fn a_session_cached_by_another_instance_follows_membership_changes_and_sign_out_promptly(backend: Backend) {
+    let c = cluster(backend).await;
+    let slow = c.another(|config| config.cache.sync_interval = Duration::from_secs(60)).await;
+    let user = user_of(&c.a, &c.token("session-user")).await;
+    let value = "a-session-cookie-value-for-the-cache-sync-story";
+    let name = if c.config.auth.cookie_secure { "__Host-tessera_session" } else { "tessera_session" };
+    let cookie = &format!("{name}={value}");
+    let now = tessera::domain::now();
+    c.a.store
+        .insert_session(&NewSession {
+            token_hash: tessera::crypto::sha256(value.as_bytes()),
+            user_id: user.parse::<UserId>().unwrap(),
+            identity_id: None,
+            device: None,
+            now,
+            expires_at: now + chrono::TimeDelta::hours(1),
+        })
+        .await
+        .unwrap();
+    settle().await;
+    let (status, before) = me_by_session(&c.b, cookie).await;
+    assert_eq!(status, 200, "the session is live");
+    assert!(!before.contains(&"session-team".to_owned()), "{before:?}");
+    assert_eq!(me_by_session(&slow, cookie).await, (200, before.clone()), "cached on the slow instance now");
+
+    // A membership added on A shows on B, which had the session and the profile cached.
+    let team = c.a.admin(Method::POST, "/admin/teams").json(&json!({"slug": "session-team", "name": "Session"}));
+    body(team.send().await.unwrap(), 201).await;
+    let add = c.a.admin(Method::POST, "/admin/teams/session-team/members");
+    let added = add.json(&json!({"user_id": user, "role": "member"})).send().await.unwrap();
+    assert!(added.status().is_success(), "{}", added.status());
+    let changed = Instant::now();
+    honoured_within_bound("a new membership shows in the cached session's profile", changed, || async {
+        me_by_session(&c.b, cookie).await.1.contains(&"session-team".to_owned())
+    })
+    .await;
+    assert_eq!(me_by_session(&slow, cookie).await, (200, before), "the slow instance still answers from its cache");
+
+    // Signed out on A: refused on A at once, and on B promptly.
+    let signed_out = c.a.client.post(c.a.url("/auth/logout")).header("cookie", cookie);
+    assert_eq!(signed_out.send().await.unwrap().status(), 204);
+    let ended = Instant::now();
+    assert_eq!(me_by_session(&c.a, cookie).await.0, 401, "refused at once where it was ended");
+    honoured_within_bound("an ended session is refused", ended, || async {
+        me_by_session(&c.b, cookie).await.0 == 401
+    })
+    .await;
+    assert_eq!(me_by_session(&slow, cookie).await.0, 200, "without reading the log, the cache still answers");
+    slow.stop().await;
     c.stop().await;
 }
 

@@ -47,6 +47,7 @@ on_both_backends!(
     the_database_allows_one_default_team_per_user,
     touching_an_identity_only_moves_forward,
     batched_touches_only_move_forward_and_skip_what_is_gone,
+    a_batch_of_touches_longer_than_one_statement_writes_every_row,
     the_data_report_counts_broken_invariants,
     // Users
     disabling_a_user_deletes_their_sessions,
@@ -606,6 +607,26 @@ async fn batched_touches_only_move_forward_and_skip_what_is_gone(backend: Backen
     assert_eq!(store.session(&gone).await.unwrap(), None, "a deleted session stays deleted");
     store.touch_sessions(&[(kept, a.now)]).await.unwrap();
     assert_eq!(store.session(&kept).await.unwrap().unwrap().last_seen_at, later, "never moved back");
+}
+
+/// The worker writes a batch in statements of a fixed number of rows (a short one repeats its
+/// last row): 300 rows take three, the last one padded; each row gets its own time.
+async fn a_batch_of_touches_longer_than_one_statement_writes_every_row(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let mut accounts = Vec::new();
+    for n in 0..300 {
+        let new = account(&format!("many-{n}"), None);
+        store.create_account(&new).await.unwrap();
+        accounts.push(new);
+    }
+    let base = accounts[0].now + TimeDelta::minutes(5);
+    let at = |n: usize| base + TimeDelta::seconds(i64::try_from(n).unwrap());
+    let seen: Vec<_> = accounts.iter().enumerate().map(|(n, a)| (a.identity_id, at(n))).collect();
+    store.touch_identities(&seen).await.unwrap();
+    for (n, account) in accounts.iter().enumerate() {
+        let found = store.find_identity(&account.issuer, &account.subject).await.unwrap().unwrap();
+        assert_eq!(found.last_seen_at, at(n), "row {n}");
+    }
 }
 
 async fn the_data_report_counts_broken_invariants(backend: Backend) {

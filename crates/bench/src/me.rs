@@ -69,6 +69,7 @@ async fn measure(args: &MeArgs, url: &str) -> anyhow::Result<()> {
         Duration::from_secs(86_400),
         Duration::from_secs(86_400),
         Arc::new(LastSeen::default()),
+        tessera::service::principals::PrincipalCache::with_token_cache(&config.cache).0,
     );
     let mut users = Vec::with_capacity(args.users);
     let mut cookies = Vec::with_capacity(args.users);

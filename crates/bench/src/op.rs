@@ -131,6 +131,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
         Duration::from_secs(86_400),
         Duration::from_secs(86_400),
         Arc::new(LastSeen::default()),
+        tessera::service::principals::PrincipalCache::with_token_cache(&config.cache).0,
     );
     let cookie = format!("tessera_session={}", sessions.create(user, None, None).await?.expose_secret());
 

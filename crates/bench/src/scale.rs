@@ -41,6 +41,11 @@ pub struct ScaleArgs {
     /// Signing algorithm of the tokens: `RS256` or `ES256`.
     #[arg(long, default_value = "RS256")]
     pub alg: String,
+    /// Turns the principal cache off (`cache.principal_ttl_seconds = 0`), so that every request
+    /// at every size reads its identity from the database: the table's size alone, without the
+    /// cache answering more often at the smaller size.
+    #[arg(long)]
+    pub no_principal_cache: bool,
     /// Admin URL of a PostgreSQL server (a scratch database is created and dropped); SQLite in a
     /// temp file otherwise.
     #[arg(long, env = "TESSERA_BENCH_PG_URL", value_name = "URL")]
@@ -72,6 +77,9 @@ async fn measure(args: &ScaleArgs, kid: &str, url: &str) -> anyhow::Result<()> {
     let mut config = Config::for_database(url)?;
     config.issuers = vec![issuer_config];
     config.database.max_connections = 32;
+    if args.no_principal_cache {
+        config.cache.principal_ttl = std::time::Duration::ZERO;
+    }
     let store = store::connect(&config.database).await.context("connect")?;
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
     let app = Application::build_with_store(&config, store.clone()).await?;
@@ -94,12 +102,13 @@ async fn measure(args: &ScaleArgs, kid: &str, url: &str) -> anyhow::Result<()> {
     let (issuer_text, provider) = fixture.seed_identity().await?;
 
     println!(
-        "tessera-bench scale: {} never-seen {} tokens per run at {} connections, {} run(s) per size, users on {}",
+        "tessera-bench scale: {} never-seen {} tokens per run at {} connections, {} run(s) per size, users on {}, principal cache {}",
         args.requests,
         args.alg,
         args.connections,
         args.rounds,
-        store.backend().name()
+        store.backend().name(),
+        if args.no_principal_cache { "off" } else { "at its defaults" }
     );
     println!(
         "{:>10} {:>9} {:>11} {:>7} {:>7} {:>9} {:>8}",
