@@ -114,6 +114,14 @@ pub struct Application {
 impl Application {
     /// Connects to the configured database, migrates it if allowed (or `force_migrate`), and binds.
     pub async fn build(config: &Config, force_migrate: bool) -> Result<Self, StartupError> {
+        // Two slow, self-contained parts of start-up run on another core while the database is
+        // opened and migrated: the metrics recorder (its clock calibrates itself with a busy
+        // loop of a few milliseconds) and the outbound HTTP client (it reads the system's trust
+        // roots).
+        if config.metrics.enabled {
+            std::thread::spawn(crate::observability::install);
+        }
+        crate::upstream::issuers::prebuild_outbound_client(config.jwks.fetch_timeout);
         let store = store::connect(&config.database)
             .await
             .map_err(|source| StartupError::Connect { url: config.database.url.redacted(), source })?;

@@ -60,9 +60,30 @@ impl IssuerRegistry {
     }
 }
 
+/// A client [`prebuild_outbound_client`] is building, with its timeout.
+type Prebuilt = (Duration, std::thread::JoinHandle<reqwest::Client>);
+static PREBUILT: std::sync::Mutex<Option<Prebuilt>> = std::sync::Mutex::new(None);
+
+/// Starts building the outbound client on another thread (it reads the system's trust roots),
+/// for the next [`outbound_client`] call with the same timeout to take.
+pub fn prebuild_outbound_client(timeout: Duration) {
+    let handle = std::thread::spawn(move || build_outbound_client(timeout));
+    *PREBUILT.lock().unwrap_or_else(|p| p.into_inner()) = Some((timeout, handle));
+}
+
 /// The HTTP client for calls to issuers and providers: bounded time, no redirects (only
 /// configured URLs are ever fetched), no proxies, rustls.
 pub fn outbound_client(timeout: Duration) -> reqwest::Client {
+    let prebuilt = PREBUILT.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match prebuilt {
+        Some((built_for, handle)) if built_for == timeout => {
+            handle.join().unwrap_or_else(|_| build_outbound_client(timeout))
+        }
+        _ => build_outbound_client(timeout),
+    }
+}
+
+fn build_outbound_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(3)))

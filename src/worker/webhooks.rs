@@ -36,7 +36,9 @@ const MAX_ERROR_LEN: usize = 300;
 pub(super) async fn run(webhooks: Webhooks) {
     let owner = uuid::Uuid::new_v4();
     let settings = webhooks.settings().clone();
-    let client = Arc::new(client(settings.timeout, settings.allow_private_addresses));
+    // Made at the first delivery, not at start-up: building it loads the system's trust roots,
+    // which an instance that never delivers a webhook need not pay for.
+    let mut outbound: Option<Arc<reqwest::Client>> = None;
     // A lease covers a whole batch of requests that each may take the timeout.
     let lease = settings.timeout.saturating_mul(6).max(Duration::from_secs(30));
     let mut tasks: JoinSet<WebhookId> = JoinSet::new();
@@ -83,7 +85,10 @@ pub(super) async fn run(webhooks: Webhooks) {
                 }
                 continue;
             }
-            let (webhooks, client) = (webhooks.clone(), client.clone());
+            let client = outbound
+                .get_or_insert_with(|| Arc::new(client(settings.timeout, settings.allow_private_addresses)))
+                .clone();
+            let webhooks = webhooks.clone();
             let deadline = Instant::now() + lease.saturating_sub(settings.timeout.saturating_mul(2));
             tasks.spawn(async move {
                 let id = endpoint.id;
