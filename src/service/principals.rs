@@ -77,16 +77,24 @@ impl PrincipalCache {
 
     /// Caches what a lookup that began at `epoch` found, unless something was invalidated since.
     pub(super) fn insert(&self, epoch: u64, issuer: &Issuer, subject: &Subject, principal: Arc<Principal>) {
-        let now = Instant::now();
-        // Checked after the insert too: an invalidation between the check and the insert would
-        // otherwise not see the new entry.
+        self.insert_unless_invalidated(&self.entries, epoch, (issuer.clone(), subject.clone()), principal, self.ttl);
+    }
+
+    /// Stores `value` in `cache` for `life` unless the epoch moved past `epoch`. Checked after the
+    /// insert too: an invalidation between the check and the insert would otherwise not see the
+    /// new entry.
+    fn insert_unless_invalidated<K, V>(&self, cache: &TtlCache<K, V>, epoch: u64, key: K, value: V, life: Duration)
+    where
+        K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
         if self.epoch() != epoch {
             return;
         }
-        let key = (issuer.clone(), subject.clone());
-        self.entries.insert(key.clone(), principal, now + self.ttl, now);
+        let now = Instant::now();
+        cache.insert(key.clone(), value, now + life, now);
         if self.epoch() != epoch {
-            self.entries.remove_key(&key);
+            cache.remove_key(&key);
         }
     }
 
@@ -156,15 +164,7 @@ impl PrincipalCache {
     /// Caches what a session lookup that began at `epoch` found, for at most `life` (and the
     /// cache's lifetime), unless something was invalidated since.
     pub(super) fn insert_session(&self, epoch: u64, live: Arc<LiveSession>, life: Duration) {
-        let now = Instant::now();
-        if self.epoch() != epoch {
-            return;
-        }
-        let hash = live.hash;
-        self.sessions.insert(hash, live, now + life.min(self.ttl), now);
-        if self.epoch() != epoch {
-            self.sessions.remove_key(&hash);
-        }
+        self.insert_unless_invalidated(&self.sessions, epoch, live.hash, live, life.min(self.ttl));
     }
 
     /// Forgets one session (ended on this instance; others learn of it from the log).
