@@ -113,10 +113,7 @@ async fn measure_backend(backend: &str, url: &str, args: &BootstrapArgs) -> anyh
 
     let app = Application::build_with_store(&config, store.clone()).await?;
     let base = format!("http://{}/admin/users/bootstrap", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = crate::harness::InProcess::start(app);
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(max_clients).build()?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -130,8 +127,7 @@ async fn measure_backend(backend: &str, url: &str, args: &BootstrapArgs) -> anyh
         print_row(backend, clients, "bare", &b, None);
         print_row(backend, clients, "http", &h, Some(h.rate() / b.rate()));
     }
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
     store.close().await;
     Ok(())
 }

@@ -103,10 +103,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
     let store = store::connect(&config.database).await.context("connect")?;
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
     let app = Application::build_on(&config, store.clone(), listener).await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = crate::harness::InProcess::start(app);
     let api = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.users).build()?;
 
     // The team: a browser-signed-in owner (whose connected profile serves the token reads) and
@@ -250,8 +247,7 @@ async fn measure(args: &ConnectionsArgs, url: &str) -> anyhow::Result<()> {
     row("token read", &token_run, &token_baseline);
     row("env credential", &env_run, &env_baseline);
     row("by connector", &connector_run, &connector_baseline);
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
     store.close().await;
     Ok(())
 }

@@ -63,3 +63,27 @@ where
     }
     Ok(Run::new(all, started.elapsed()))
 }
+
+/// A Tessera server running on a task of this process until [`InProcess::stop`].
+pub struct InProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl InProcess {
+    /// Serves `app` until stopped.
+    pub fn start(app: tessera::startup::Application) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self { stop, server }
+    }
+
+    /// Shuts the server down gracefully and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await??;
+        Ok(())
+    }
+}

@@ -97,10 +97,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
     let store = store::connect(&config.database).await.context("connect")?;
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
     let app = Application::build_on(&config, store.clone(), listener).await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = crate::harness::InProcess::start(app);
     let client = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -334,8 +331,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
     println!("{:<34} {ceiling:>11.0}", "composed ceiling (http + verify)");
     println!("forward-auth share of the composed ceiling: {:.0}%", forward.rate() / ceiling * 100.0);
 
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
     store.close().await;
     Ok(())
 }

@@ -84,10 +84,7 @@ async fn measure(args: &ScaleArgs, kid: &str, url: &str) -> anyhow::Result<()> {
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
     let app = Application::build_with_store(&config, store.clone()).await?;
     let base = format!("http://{}", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = crate::harness::InProcess::start(app);
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.connections).build()?;
     let sign = |subject: &str, jti: u64| {
         let mut claims = issuer.claims(subject, AUDIENCE);
@@ -149,8 +146,7 @@ async fn measure(args: &ScaleArgs, kid: &str, url: &str) -> anyhow::Result<()> {
         let count = fixture.identities().await?;
         anyhow::ensure!(count == size + 1, "{count} identities after the runs at {size}: the fixture was not found");
     }
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
     fixture.close().await;
     store.close().await;
     Ok(())

@@ -57,10 +57,7 @@ async fn measure(args: &MetricsArgs, url: &str) -> anyhow::Result<()> {
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
     let app = Application::build_with_store(&config, store.clone()).await?;
     let base = format!("http://{}", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = crate::harness::InProcess::start(app);
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.connections).build()?;
 
     // Series: provisioning per issuer (created, existing), routes with several statuses.
@@ -112,8 +109,7 @@ async fn measure(args: &MetricsArgs, url: &str) -> anyhow::Result<()> {
             );
         }
     }
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
     store.close().await;
     Ok(())
 }

@@ -68,10 +68,7 @@ async fn measure(args: &ValidateArgs, url: &str) -> anyhow::Result<()> {
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
     let app = Application::build_with_store(&config, store.clone()).await?;
     let base = format!("http://{}", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = crate::harness::InProcess::start(app);
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.connections).build()?;
 
     // The verifier of the ceiling: same issuer, same keys, no token cache.
@@ -122,8 +119,7 @@ async fn measure(args: &ValidateArgs, url: &str) -> anyhow::Result<()> {
             );
         }
     }
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
     store.close().await;
     Ok(())
 }

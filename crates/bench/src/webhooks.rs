@@ -110,10 +110,7 @@ async fn measure(args: &WebhooksArgs, url: &str) -> anyhow::Result<()> {
     prepare_schema(store.as_ref(), true).await.context("migrate")?;
     let app = Application::build_with_store(&config, store.clone()).await?;
     let base = format!("http://{}", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = crate::harness::InProcess::start(app);
     let client = reqwest::Client::builder().no_proxy().build()?;
 
     let mut users = Vec::with_capacity(args.users);
@@ -186,8 +183,7 @@ async fn measure(args: &WebhooksArgs, url: &str) -> anyhow::Result<()> {
     print_row("delivered (rate; lag commit → receipt)", &delivered);
     println!("delivery rate / bare outbox write rate: {:.0}%", 100.0 * delivered.rate() / bare.rate());
 
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
     store.close().await;
     Ok(())
 }
