@@ -204,13 +204,10 @@ async fn rotate_keys(config: Config) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let store = match store::connect(&config.database).await {
+    let store = match open_store(&config).await {
         Ok(store) => store,
-        Err(e) => return fail(&e),
+        Err(code) => return code,
     };
-    if let Err(e) = prepare_schema(store.as_ref(), false).await {
-        return fail(&e);
-    }
     println!("re-encrypting stored secrets under key {:?}", keyring.active_id());
     let mut progress = |kind: crate::store::SecretKind, done: u64, total: i64| {
         println!("{}: {done}/{total} rows", kind.table());
@@ -255,13 +252,10 @@ async fn signing_keys(config: Config, action: SigningCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store = match store::connect(&config.database).await {
+    let store = match open_store(&config).await {
         Ok(store) => store,
-        Err(e) => return fail(&e),
+        Err(code) => return code,
     };
-    if let Err(e) = prepare_schema(store.as_ref(), false).await {
-        return fail(&e);
-    }
     let done = match (action, keyring) {
         (SigningCommand::Rotate { alg }, Some(keyring)) => {
             rotate_signing_key(store.clone(), keyring, &config, alg.unwrap_or(config.oidc.signing_alg)).await
@@ -338,6 +332,14 @@ pub(crate) fn time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
 }
 
 /// Prints an error with its causes and returns a failing exit code.
+/// Connects to the configured database and checks that its schema is current (never migrates:
+/// that is `tessera migrate`'s, or `serve`'s with `database.auto_migrate`).
+pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::Store>, ExitCode> {
+    let store = store::connect(&config.database).await.map_err(|e| fail(&e))?;
+    prepare_schema(store.as_ref(), false).await.map_err(|e| fail(&e))?;
+    Ok(store)
+}
+
 pub(crate) fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
     let mut message = format!("tessera: {error}");
     let mut source = error.source();

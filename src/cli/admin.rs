@@ -20,8 +20,7 @@ use crate::service::principals::PrincipalCache;
 use crate::service::provisioning::Provisioner;
 use crate::service::teams::Teams;
 use crate::service::users::{PageRequest, UserFilter, Users};
-use crate::startup::prepare_schema;
-use crate::store::{self, Store};
+use crate::store::Store;
 use crate::upstream::issuers::IssuerRegistry;
 
 /// User actions.
@@ -163,8 +162,7 @@ struct Services {
 
 impl Services {
     async fn open(config: &Config) -> Result<Self, ExitCode> {
-        let store = store::connect(&config.database).await.map_err(|e| fail(&e))?;
-        prepare_schema(store.as_ref(), false).await.map_err(|e| fail(&e))?;
+        let store = super::open_store(config).await?;
         // No key is fetched: the registry only answers which issuers are allowed.
         let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone(), reqwest::Client::new(), &config.jwks));
         let (principals, _) = PrincipalCache::with_token_cache(&config.cache);
@@ -193,7 +191,7 @@ fn refused<E: PublicError>(error: &E) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn print_json(value: &impl Serialize) {
+pub(super) fn print_json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("tessera: {e}"),

@@ -15,15 +15,15 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use super::fail;
+use super::admin::print_json;
+use super::{fail, open_store};
 use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::service::import::{COLUMNS, Importer, Line, LineOutcome, Outcome, Record, export_page};
 use crate::service::principals::PrincipalCache;
 use crate::service::provisioning::Provisioner;
 use crate::service::teams::Teams;
-use crate::startup::prepare_schema;
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::upstream::issuers::IssuerRegistry;
 
 /// Lines handed to a worker at a time (one existence query per issuer and batch).
@@ -216,13 +216,10 @@ pub async fn import(config: &Config, args: ImportArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let store = match store::connect(&config.database).await {
+    let store = match open_store(config).await {
         Ok(store) => store,
-        Err(e) => return fail(&e),
+        Err(code) => return code,
     };
-    if let Err(e) = prepare_schema(store.as_ref(), false).await {
-        return fail(&e);
-    }
     let importer = Arc::new(importer(config, store.clone(), args.dry_run));
     let concurrency = args.concurrency.unwrap_or(config.database.max_connections) as usize;
     let done = import_file(importer, &args.file, format, concurrency, ProgressMode::Auto).await;
@@ -609,10 +606,7 @@ fn plain_progress(done: u64, total: u64, elapsed: Duration) -> String {
 
 fn print_summary(summary: &Summary, file: &Path, json: bool) {
     if json {
-        match serde_json::to_string_pretty(summary) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("tessera: {e}"),
-        }
+        print_json(summary);
         return;
     }
     let rate = summary.lines as f64 / summary.seconds.max(0.001);
@@ -635,13 +629,10 @@ fn print_summary(summary: &Summary, file: &Path, json: bool) {
 /// Runs `tessera export`.
 pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
     let format = args.format.or_else(|| args.output.as_deref().and_then(Format::of_path)).unwrap_or(Format::Jsonl);
-    let store = match store::connect(&config.database).await {
+    let store = match open_store(config).await {
         Ok(store) => store,
-        Err(e) => return fail(&e),
+        Err(code) => return code,
     };
-    if let Err(e) = prepare_schema(store.as_ref(), false).await {
-        return fail(&e);
-    }
     let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => match File::create(path) {
             Ok(file) => Box::new(file),

@@ -40,6 +40,7 @@ pub(super) async fn existing_identities(
             statement = statement.bind(chunk.get(n).unwrap_or(&chunk[0]).as_str());
         }
         for row in statement.fetch_all(db.reader()).await? {
+            // A subject asked twice (in two chunks) is answered twice; it is reported once.
             let subject = decode_subject(&row.text("subject")?)?;
             if !found.iter().any(|(s, _)| *s == subject) {
                 found.push((subject, UserId::from_uuid(row.uuid("user_id")?)));
