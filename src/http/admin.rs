@@ -17,10 +17,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
+use super::audit::AuditAction;
 use super::extract::{ApiJson, ApiPath, required};
 use super::problem::ApiError;
 use super::responses::{BootstrapResponse, UserProfileResponse, UserResponse};
@@ -142,7 +143,7 @@ async fn update_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
     ApiJson(request): ApiJson<UpdateUserRequest>,
-) -> Result<Json<UserResponse>, ApiError> {
+) -> Result<(Extension<AuditAction>, Json<UserResponse>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
     if request.name.is_none()
         && request.email.is_none()
@@ -171,8 +172,14 @@ async fn update_user(
             ApiError::new(code, format!("`email`: {e}")).field("email")
         })?)),
     };
+    let action = match request.disabled {
+        Some(true) => "user.disabled",
+        Some(false) => "user.enabled",
+        None => "user.updated",
+    };
     let change = UserChange { name, email, email_verified: request.email_verified, disabled: request.disabled };
-    Ok(Json(state.provisioner.update_user(user_id, &change).await?.into()))
+    let user = state.provisioner.update_user(user_id, &change).await?;
+    Ok((Extension(AuditAction(action)), Json(user.into())))
 }
 
 #[utoipa::path(

@@ -160,6 +160,12 @@ pub fn request_id(headers: &HeaderMap) -> Option<String> {
     headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
+/// The action of a request's audit row when its route alone does not tell (a `PATCH` of a user
+/// disables, enables or edits it): the handler puts it in its answer's extensions, and it replaces
+/// the action of [`rule_for`].
+#[derive(Debug, Clone, Copy)]
+pub struct AuditAction(pub &'static str);
+
 /// Where a fact of an audit row comes from.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -198,7 +204,7 @@ fn rule_for(method: &Method, route: &str) -> Rule {
         ("POST", "/admin/users/{user_id}/bootstrap") => {
             rule("user.bootstrapped", "user", Path("user_id"), &[("created", Body("created"))])
         }
-        // `user.disabled` or `user.enabled`, after the answer's `disabled`.
+        // The handler names `user.disabled` or `user.enabled` when the request sets `disabled`.
         ("PATCH", "/admin/users/{user_id}") => rule("user.updated", "user", Path("user_id"), &[]),
         ("DELETE", "/admin/users/{user_id}") => rule("user.deleted", "user", Path("user_id"), &[]),
         ("POST", "/admin/teams") => rule("team.created", "team", Body("id"), &[("slug", Body("slug"))]),
@@ -243,8 +249,7 @@ fn rule_for(method: &Method, route: &str) -> Rule {
 
 impl Rule {
     fn reads_body(&self) -> bool {
-        self.action == "user.updated"
-            || matches!(self.target, Some(Source::Body(_)))
+        matches!(self.target, Some(Source::Body(_)))
             || self.details.iter().any(|(_, from)| matches!(from, Source::Body(_)))
     }
 }
@@ -287,6 +292,7 @@ pub async fn record_admin_action(
         return response;
     }
     let rule = rule_for(&method, &route);
+    let action = response.extensions().get::<AuditAction>().map_or(rule.action, |named| named.0);
     let (response, body) = if rule.reads_body() {
         let (parts, body) = response.into_parts();
         match axum::body::to_bytes(body, MAX_AUDITED_BODY).await {
@@ -308,14 +314,6 @@ pub async fn record_admin_action(
             Source::Path(name) => params.iter().find(|(k, _)| k == name).map(|(_, v)| Value::String(v.clone())),
             Source::Body(name) => body.get(name).filter(|v| v.is_string() || v.is_boolean() || v.is_number()).cloned(),
         }
-    };
-    let action = match rule.action {
-        "user.updated" => match body.get("disabled").and_then(Value::as_bool) {
-            Some(true) => "user.disabled",
-            Some(false) => "user.enabled",
-            None => "user.updated",
-        },
-        action => action,
     };
     let mut details = Map::new();
     for (name, from) in rule.details {

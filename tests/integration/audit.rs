@@ -72,6 +72,9 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
         .header("x-request-id", "req-disable")
         .json(&json!({ "disabled": true }));
     body(disable.send().await.unwrap(), 200).await;
+    // Renaming a disabled user is an update, not another disabling.
+    let rename = app.admin(Method::PATCH, &format!("/admin/users/{user}")).json(&json!({ "name": "Ada L." }));
+    assert_eq!(body(rename.send().await.unwrap(), 200).await["disabled"], json!(true));
     let enable = app.admin(Method::PATCH, &format!("/admin/users/{user}")).json(&json!({ "disabled": false }));
     body(enable.send().await.unwrap(), 200).await;
     let team = app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": "acme", "name": "Acme" }));
@@ -104,6 +107,7 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
         [
             "user.bootstrapped",
             "user.disabled",
+            "user.updated",
             "user.enabled",
             "team.created",
             "team.member_added",
