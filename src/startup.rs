@@ -114,14 +114,12 @@ pub struct Application {
 impl Application {
     /// Connects to the configured database, migrates it if allowed (or `force_migrate`), and binds.
     pub async fn build(config: &Config, force_migrate: bool) -> Result<Self, StartupError> {
-        // Two slow, self-contained parts of start-up run on another core while the database is
-        // opened and migrated: the metrics recorder (its clock calibrates itself with a busy
-        // loop of a few milliseconds) and the outbound HTTP client (it reads the system's trust
-        // roots).
+        // The metrics recorder first, while this is the only busy thread: its clock calibrates
+        // itself with a busy loop that ends in about half a millisecond on an idle core, but
+        // can spin for tens of milliseconds when other threads preempt it.
         if config.metrics.enabled {
-            std::thread::spawn(crate::observability::install);
+            crate::observability::install();
         }
-        crate::upstream::issuers::prebuild_outbound_client(config.jwks.fetch_timeout);
         let store = store::connect(&config.database)
             .await
             .map_err(|source| StartupError::Connect { url: config.database.url.redacted(), source })?;
@@ -167,8 +165,8 @@ impl Application {
             }),
             _ => None,
         };
-        // One outbound client for the whole process: the trust roots are loaded once, and
-        // connections to an issuer that is also a sign-in provider are shared.
+        // One outbound client for issuers and providers: connections to an issuer that is also a
+        // sign-in provider are shared. The trust roots are read once, at the first handshake.
         let http = outbound_client(config.jwks.fetch_timeout);
         let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone(), http.clone(), &config.jwks));
         issuers.prefetch();

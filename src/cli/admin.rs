@@ -164,7 +164,7 @@ impl Services {
     async fn open(config: &Config) -> Result<Self, ExitCode> {
         let store = super::open_store(config).await?;
         // No key is fetched: the registry only answers which issuers are allowed.
-        let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone(), reqwest::Client::new(), &config.jwks));
+        let issuers = Arc::new(IssuerRegistry::from_config(config));
         let (principals, _) = PrincipalCache::with_token_cache(&config.cache);
         let issuer = config.auth.public_url.as_ref().map(|url| url.as_str().trim_end_matches('/').to_owned());
         Ok(Self {

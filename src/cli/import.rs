@@ -244,7 +244,7 @@ pub async fn import(config: &Config, args: ImportArgs) -> ExitCode {
 /// The import service on `store`, with the configured issuers.
 pub fn importer(config: &Config, store: Arc<dyn Store>, dry_run: bool) -> Importer {
     // No key is fetched: the registry only answers which issuers are allowed.
-    let issuers = Arc::new(IssuerRegistry::new(config.issuers.clone(), reqwest::Client::new(), &config.jwks));
+    let issuers = Arc::new(IssuerRegistry::from_config(config));
     let (principals, _) = PrincipalCache::with_token_cache(&config.cache);
     let provisioner = Provisioner::new(store.clone(), issuers.clone(), principals.clone());
     let teams = Teams::new(store.clone(), issuers, principals);

@@ -37,6 +37,12 @@ impl IssuerRegistry {
         Self { entries }
     }
 
+    /// The registry of `config`'s issuers with their own outbound client, for commands that
+    /// mostly ask which issuers are allowed (a key is fetched only when a token needs one).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self::new(config.issuers.clone(), outbound_client(config.jwks.fetch_timeout), &config.jwks)
+    }
+
     /// The entry of `issuer`, if it is allowed.
     pub fn get(&self, issuer: &Issuer) -> Option<&IssuerEntry> {
         self.entries.iter().find(|e| &e.config.issuer == issuer)
@@ -60,31 +66,12 @@ impl IssuerRegistry {
     }
 }
 
-/// A client [`prebuild_outbound_client`] is building, with its timeout.
-type Prebuilt = (Duration, std::thread::JoinHandle<reqwest::Client>);
-static PREBUILT: std::sync::Mutex<Option<Prebuilt>> = std::sync::Mutex::new(None);
-
-/// Starts building the outbound client on another thread (it reads the system's trust roots),
-/// for the next [`outbound_client`] call with the same timeout to take.
-pub fn prebuild_outbound_client(timeout: Duration) {
-    let handle = std::thread::spawn(move || build_outbound_client(timeout));
-    *PREBUILT.lock().unwrap_or_else(|p| p.into_inner()) = Some((timeout, handle));
-}
-
 /// The HTTP client for calls to issuers and providers: bounded time, no redirects (only
-/// configured URLs are ever fetched), no proxies, rustls.
+/// configured URLs are ever fetched), no proxies, rustls with the trust roots read at the first
+/// handshake ([`super::tls`]).
 pub fn outbound_client(timeout: Duration) -> reqwest::Client {
-    let prebuilt = PREBUILT.lock().unwrap_or_else(|p| p.into_inner()).take();
-    match prebuilt {
-        Some((built_for, handle)) if built_for == timeout => {
-            handle.join().unwrap_or_else(|_| build_outbound_client(timeout))
-        }
-        _ => build_outbound_client(timeout),
-    }
-}
-
-fn build_outbound_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
+        .tls_backend_preconfigured(super::tls::client_config())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(3)))
         .redirect(reqwest::redirect::Policy::none())

@@ -8,4 +8,5 @@ pub mod issuers;
 pub mod jwks;
 pub mod oauth_flow;
 pub mod providers;
+pub mod tls;
 pub mod tokens;

@@ -36,9 +36,8 @@ const MAX_ERROR_LEN: usize = 300;
 pub(super) async fn run(webhooks: Webhooks) {
     let owner = uuid::Uuid::new_v4();
     let settings = webhooks.settings().clone();
-    // Made at the first delivery, not at start-up: building it loads the system's trust roots,
-    // which an instance that never delivers a webhook need not pay for.
-    let mut outbound: Option<Arc<reqwest::Client>> = None;
+    // Cheap to build: the trust roots are read at its first handshake, if it ever makes one.
+    let outbound = Arc::new(client(settings.timeout, settings.allow_private_addresses));
     // A lease covers a whole batch of requests that each may take the timeout.
     let lease = settings.timeout.saturating_mul(6).max(Duration::from_secs(30));
     let mut tasks: JoinSet<WebhookId> = JoinSet::new();
@@ -85,9 +84,7 @@ pub(super) async fn run(webhooks: Webhooks) {
                 }
                 continue;
             }
-            let client = outbound
-                .get_or_insert_with(|| Arc::new(client(settings.timeout, settings.allow_private_addresses)))
-                .clone();
+            let client = outbound.clone();
             let webhooks = webhooks.clone();
             let deadline = Instant::now() + lease.saturating_sub(settings.timeout.saturating_mul(2));
             tasks.spawn(async move {
@@ -107,6 +104,7 @@ pub(super) async fn run(webhooks: Webhooks) {
 /// a private address (or is re-pointed to one after registration) is never connected to.
 fn client(timeout: Duration, allow_private: bool) -> reqwest::Client {
     let builder = reqwest::Client::builder()
+        .tls_backend_preconfigured(crate::upstream::tls::client_config())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .redirect(reqwest::redirect::Policy::none())

@@ -107,6 +107,112 @@ async fn serve_with_no_configuration_creates_and_migrates_sqlite() {
     assert!(check.stdout.contains(" applied, none pending"), "{}", check.stdout);
 }
 
+/// Outbound TLS trusts the roots the system provides (here `SSL_CERT_FILE`), read at the first
+/// handshake: a server with no usable roots still starts, and refuses an issuer whose certificate
+/// no root vouches for; with the issuer's CA among the roots it fetches the issuer's keys.
+#[tokio::test]
+async fn outbound_tls_reads_the_trust_roots_at_the_first_handshake() {
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tls/");
+    let no_cert_dir = tempfile::tempdir().unwrap();
+    for (roots, trusted) in [("missing.pem", false), ("other-ca.pem", false), ("ca.pem", true)] {
+        let mut issuer = TlsIssuer::start(certs).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = tessera(dir.path());
+        command
+            .env("TESSERA_LISTEN", "127.0.0.1:0")
+            .env("TESSERA_ALLOWED_ISSUERS", &issuer.url)
+            .env("TESSERA_AUDIENCES", "api")
+            .env("SSL_CERT_FILE", format!("{certs}{roots}"))
+            .env("SSL_CERT_DIR", no_cert_dir.path())
+            .arg("serve");
+        let (child, addr) = serve(&mut command).await.unwrap_or_else(|o| panic!("{roots}: {}", o.stderr));
+        assert_eq!(get(&addr, "/readyz").await, 200, "{roots}: serving does not need trust roots");
+        // The keys are fetched in the background at start-up: wait for the handshake.
+        let seen = issuer.first_connection().await;
+        if trusted {
+            assert!(seen.starts_with("GET /"), "{roots}: the issuer answered a request, got {seen}");
+        } else {
+            assert_eq!(seen, "handshake refused", "{roots}: no request reaches an untrusted issuer");
+        }
+        assert_eq!(stop(child).await, 0);
+    }
+}
+
+/// An issuer served over TLS with `server.pem` (signed by `ca.pem`), answering discovery and an
+/// empty key set, and reporting what happened on each connection.
+struct TlsIssuer {
+    url: String,
+    connections: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl TlsIssuer {
+    async fn start(certs: &str) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let chain = CertificateDer::pem_file_iter(format!("{certs}server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(format!("{certs}server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let (report, connections) = tokio::sync::mpsc::unbounded_channel();
+        let base = url.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, report, base) = (acceptor.clone(), report.clone(), base.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        let _ = report.send("handshake refused".to_owned());
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+                    let body = if line.contains("/.well-known/openid-configuration") {
+                        serde_json::json!({"issuer": base, "jwks_uri": format!("{base}/jwks")}).to_string()
+                    } else {
+                        r#"{"keys":[]}"#.to_owned()
+                    };
+                    let _ = report.send(line);
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Self { url, connections }
+    }
+
+    /// What happened on the first connection: `handshake refused`, or the request line.
+    async fn first_connection(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(20), self.connections.recv())
+            .await
+            .expect("tessera connected to the issuer in time")
+            .expect("the issuer is running")
+    }
+}
+
 #[tokio::test]
 async fn a_closed_log_pipe_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
