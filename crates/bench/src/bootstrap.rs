@@ -77,6 +77,13 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
             })
             .await?,
         );
+        // A restart: the first start above migrated `start-0`.
+        startup_lines.push(
+            measure_startups("sqlite (migrated)", args.startups, |_| {
+                format!("sqlite://{}", dir.path().join("start-0").join("tessera.db").display())
+            })
+            .await?,
+        );
     }
     if let Some(admin) = &args.postgres {
         let database = BenchDatabase::create(Some(admin)).await?;
@@ -237,8 +244,12 @@ async fn measure_startups(label: &str, times: usize, url: impl Fn(usize) -> Stri
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Some(pid) = child.id() {
             rss.push(resident_kib(pid)?);
+            // Stopped as an operator would (SIGTERM), so the next start finds a closed database.
+            tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await.ok();
+            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                child.kill().await.ok();
+            }
         }
-        child.kill().await.ok();
     }
     startups.sort_unstable();
     rss.sort_unstable();
