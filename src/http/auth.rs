@@ -158,10 +158,6 @@ async fn complete_callback(
         Ok(found) => found,
         Err(error) => return with_cookie(state.pages.error(&headers, error), clear_login),
     };
-    let current_user = match session {
-        Some(session) => state.sessions.resolve(session).await.ok().flatten(),
-        None => None,
-    };
     let old_session = session.map(str::to_owned);
     let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
     let finished = match state.flows.finish(&provider, callback, browser_state).await {
@@ -171,6 +167,12 @@ async fn complete_callback(
             super::audit::sign_in_failed(&state, &headers, &provider, false, error.code()).await;
             return with_cookie(state.pages.error(&headers, error), clear_login);
         }
+    };
+    // Linking and connecting act for the browser's signed-in user; a sign-in replaces whoever
+    // it was, so it does not read the session it ends.
+    let current_user = match (&finished.purpose, session) {
+        (Purpose::SignIn, _) | (_, None) => None,
+        (_, Some(session)) => state.sessions.resolve(session).await.ok().flatten(),
     };
     if let Purpose::Connect { .. } = finished.purpose {
         // The account as the person knows it: their login, else email, else name.
