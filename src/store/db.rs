@@ -287,7 +287,11 @@ impl Db {
     /// Applies pending migrations.
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Db::Sqlite { writer, .. } => migrations::migrator(SQLITE_MIGRATIONS).run(writer).await?,
+            Db::Sqlite { writer, .. } => {
+                if !create_new_sqlite(writer).await? {
+                    migrations::migrator(SQLITE_MIGRATIONS).run(writer).await?
+                }
+            }
             Db::Postgres { primary, .. } => migrations::migrator(POSTGRES_MIGRATIONS).run(primary).await?,
         }
         Ok(())
@@ -682,6 +686,37 @@ pub async fn create_pg_database(url: &str) -> Result<(), StoreError> {
     Ok(Postgres::create_database(url).await?)
 }
 
+/// The schema all of `migrations/sqlite/` produces, dumped from `sqlite_master` in creation order
+/// (a test keeps it in step with the migrations).
+const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite-schema.sql");
+
+/// On an SQLite database without any table, creates [`SQLITE_SCHEMA`] and records every migration
+/// as applied (as sqlx does: version, description, checksum), in one transaction: a new file gets
+/// its tables in a few milliseconds instead of replaying each migration, several of which rebuild
+/// tables. Returns false, having changed nothing, when the database has tables.
+async fn create_new_sqlite(writer: &SqlitePool) -> Result<bool, StoreError> {
+    // IMMEDIATE: a second process starting on the same new file waits, then finds the tables.
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let objects: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master").fetch_one(&mut *tx).await?;
+    if objects > 0 {
+        return Ok(false);
+    }
+    sqlx::raw_sql(SQLITE_SCHEMA).execute(&mut *tx).await?;
+    for migration in migrations::migrator(SQLITE_MIGRATIONS).iter() {
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (?1, ?2, TRUE, ?3, 0)",
+        )
+        .bind(migration.version)
+        .bind(&*migration.description)
+        .bind(&*migration.checksum)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Drops the PostgreSQL database a URL names, disconnecting its sessions first.
 pub async fn drop_pg_database(url: &str) -> Result<(), StoreError> {
     use sqlx::migrate::MigrateDatabase;
@@ -691,6 +726,66 @@ pub async fn drop_pg_database(url: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One connection to a new in-memory database.
+    async fn memory() -> SqlitePool {
+        SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap()
+    }
+
+    /// Every object of a database's schema, in creation order, as `migrations/sqlite-schema.sql`
+    /// holds them.
+    async fn schema_of(pool: &SqlitePool) -> String {
+        let statements: Vec<String> = sqlx::query_scalar(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let mut out = String::from(
+            "-- Generated from migrations/sqlite/ by `create_new_sqlite_matches_the_migrations` (src/store/db.rs):\n\
+             -- the schema a new SQLite file gets in one transaction. Do not edit; after adding a migration,\n\
+             -- run that test with TESSERA_BLESS_SCHEMA=1 to rewrite this file.\n",
+        );
+        for statement in statements {
+            out.push('\n');
+            out.push_str(&statement);
+            out.push_str(";\n");
+        }
+        out
+    }
+
+    async fn applied(pool: &SqlitePool) -> Vec<(i64, String, Vec<u8>, bool)> {
+        sqlx::query_as("SELECT version, description, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_new_sqlite_matches_the_migrations() {
+        let migrated = memory().await;
+        migrations::migrator(SQLITE_MIGRATIONS).run(&migrated).await.unwrap();
+        let expected = schema_of(&migrated).await;
+        if std::env::var_os("TESSERA_BLESS_SCHEMA").is_some() {
+            std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite-schema.sql"), &expected).unwrap();
+        }
+        assert!(
+            SQLITE_SCHEMA == expected,
+            "migrations/sqlite-schema.sql is not what the migrations produce; rerun this test with \
+             TESSERA_BLESS_SCHEMA=1 to rewrite it. The migrations produce:\n{expected}"
+        );
+
+        let created = memory().await;
+        assert!(create_new_sqlite(&created).await.unwrap(), "an empty database gets the schema");
+        assert_eq!(schema_of(&created).await, expected, "the file recreates the same schema");
+        assert_eq!(applied(&created).await, applied(&migrated).await, "every migration is recorded as sqlx would");
+        // sqlx finds nothing to apply and no checksum that differs.
+        migrations::migrator(SQLITE_MIGRATIONS).run(&created).await.unwrap();
+        assert_eq!(applied(&created).await.len(), SQLITE_MIGRATIONS.len());
+        // A database with tables is left to the migrations.
+        assert!(!create_new_sqlite(&migrated).await.unwrap());
+        assert!(!create_new_sqlite(&created).await.unwrap());
+    }
 
     #[test]
     fn sqlite_spelling_drops_row_locks() {
