@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 use url::Url;
 
 use super::oauth;
@@ -35,7 +35,7 @@ pub struct OidcProvider {
     config: ProviderConfig,
     http: reqwest::Client,
     keys: JwksCache,
-    metadata: Mutex<Option<Arc<Metadata>>>,
+    metadata: OnceCell<Arc<Metadata>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,16 +52,17 @@ impl OidcProvider {
     /// Creates the provider; discovery happens on first use.
     pub fn new(config: ProviderConfig, http: reqwest::Client, jwks: &JwksConfig) -> Self {
         let keys = JwksCache::new(config.issuer.clone(), config.endpoints.jwks.clone(), http.clone(), jwks);
-        Self { config, http, keys, metadata: Mutex::new(None) }
+        Self { config, http, keys, metadata: OnceCell::new() }
     }
 
     /// The provider's endpoints: configured ones win; the rest come from discovery, which is
-    /// cached once it succeeds and retried while it fails.
+    /// cached once it succeeds (read without a lock from then on) and retried while it fails;
+    /// concurrent first callers wait for one discovery.
     async fn metadata(&self) -> Result<Arc<Metadata>, ProviderError> {
-        let mut cached = self.metadata.lock().await;
-        if let Some(metadata) = cached.as_ref() {
-            return Ok(metadata.clone());
-        }
+        self.metadata.get_or_try_init(|| self.discover()).await.cloned()
+    }
+
+    async fn discover(&self) -> Result<Arc<Metadata>, ProviderError> {
         let endpoints = &self.config.endpoints;
         let document = if endpoints.authorization.is_some() && endpoints.token.is_some() {
             Value::Null
@@ -97,7 +98,6 @@ impl OidcProvider {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
         });
-        *cached = Some(metadata.clone());
         Ok(metadata)
     }
 
