@@ -331,7 +331,6 @@ pub(crate) fn time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
     time.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-/// Prints an error with its causes and returns a failing exit code.
 /// Connects to the configured database and checks that its schema is current (never migrates:
 /// that is `tessera migrate`'s, or `serve`'s with `database.auto_migrate`).
 pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::Store>, ExitCode> {
@@ -340,6 +339,7 @@ pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::
     Ok(store)
 }
 
+/// Prints an error with its causes and returns a failing exit code.
 pub(crate) fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
     let mut message = format!("tessera: {error}");
     let mut source = error.source();

@@ -39,7 +39,7 @@ fn provider() -> Arc<CryptoProvider> {
 /// machine without trust roots fails that handshake, and every later one, with the platform
 /// verifier's error.
 #[derive(Debug)]
-pub struct LazyRoots {
+struct LazyRoots {
     provider: Arc<CryptoProvider>,
     verifier: OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
 }

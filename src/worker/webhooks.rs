@@ -37,7 +37,7 @@ pub(super) async fn run(webhooks: Webhooks) {
     let owner = uuid::Uuid::new_v4();
     let settings = webhooks.settings().clone();
     // Cheap to build: the trust roots are read at its first handshake, if it ever makes one.
-    let outbound = Arc::new(client(settings.timeout, settings.allow_private_addresses));
+    let client = Arc::new(client(settings.timeout, settings.allow_private_addresses));
     // A lease covers a whole batch of requests that each may take the timeout.
     let lease = settings.timeout.saturating_mul(6).max(Duration::from_secs(30));
     let mut tasks: JoinSet<WebhookId> = JoinSet::new();
@@ -84,8 +84,7 @@ pub(super) async fn run(webhooks: Webhooks) {
                 }
                 continue;
             }
-            let client = outbound.clone();
-            let webhooks = webhooks.clone();
+            let (webhooks, client) = (webhooks.clone(), client.clone());
             let deadline = Instant::now() + lease.saturating_sub(settings.timeout.saturating_mul(2));
             tasks.spawn(async move {
                 let id = endpoint.id;
