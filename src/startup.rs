@@ -203,6 +203,7 @@ impl Application {
             last_seen.clone(),
             principals.clone(),
         );
+        let audit = Audit::new(store.clone(), &config.audit);
         let sign_in = SignIn::new(
             flows.clone(),
             store.clone(),
@@ -211,6 +212,7 @@ impl Application {
             principals.clone(),
             config.encryption.clone(),
             &config.auth,
+            audit.clone(),
         );
         // The issuer identifier: the public URL without a trailing slash.
         let issuer = config.auth.public_url.as_ref().map(|url| url.as_str().trim_end_matches('/').to_owned());
@@ -226,7 +228,6 @@ impl Application {
             _ => None,
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
-        let audit = Audit::new(store.clone(), &config.audit);
         let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone());
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())

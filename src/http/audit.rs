@@ -403,41 +403,6 @@ pub async fn sign_in_failed(state: &AppState, headers: &HeaderMap, provider: &st
     state.audit.record(event).await;
 }
 
-/// Records a completed sign-in (`sign_in.succeeded`) or link, and the link a sign-in made
-/// (`identity.linked` with its rule).
-pub async fn signed_in(
-    state: &AppState,
-    headers: &HeaderMap,
-    provider: &str,
-    done: &crate::service::signin::Completed,
-) {
-    let request = request_id(headers);
-    let user = Some(done.user.to_string());
-    let provider = provider_label(provider);
-    let mut events = Vec::new();
-    if done.session.is_some() {
-        events.push(
-            NewAuditEvent::new(ActorKind::User, "sign_in.succeeded")
-                .actor(user.clone(), None)
-                .target("user", done.user.to_string())
-                .request(request.clone())
-                .details(serde_json::json!({ "provider": provider, "identity_id": done.identity.to_string() })),
-        );
-    }
-    if let Some(rule) = done.linked {
-        events.push(
-            NewAuditEvent::new(ActorKind::User, "identity.linked")
-                .actor(user, None)
-                .target("identity", done.identity.to_string())
-                .request(request)
-                .details(serde_json::json!({ "provider": provider, "rule": rule.as_str() })),
-        );
-    }
-    for event in events {
-        state.audit.record(event).await;
-    }
-}
-
 /// Records an identity unlinked by its user.
 pub async fn identity_unlinked(
     state: &AppState,

@@ -31,6 +31,7 @@ use super::extract::{ApiPath, ApiQuery};
 use super::pages::{self, Chrome, Message, errors};
 use super::problem::ApiError;
 use super::responses::{ProviderResponse, ProvidersResponse};
+use crate::service::signin::Browser;
 use crate::upstream::oauth_flow::{Callback, FLOW_TTL, Purpose};
 
 /// The routes.
@@ -186,20 +187,19 @@ async fn complete_callback(
             Err(error) => with_cookie(state.pages.error(&headers, error.into()), clear_login),
         };
     }
-    let device = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).and_then(device_label);
     let linking = matches!(finished.purpose, Purpose::Link { .. });
-    match state.sign_in.complete(finished, current_user, device).await {
+    let browser = Browser {
+        current_user,
+        // The browser's earlier session, whoever it was for, ends with a sign-in.
+        session: old_session,
+        device: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).and_then(device_label),
+        request_id: super::audit::request_id(&headers),
+    };
+    match state.sign_in.complete(finished, browser).await {
         Ok(done) => {
-            super::audit::signed_in(&state, &headers, &provider, &done).await;
             let mut cookies = vec![clear_login];
             if let Some(session) = &done.session {
                 cookies.push(state.cookies.set(state.cookies.session(), session.expose_secret(), state.sessions.ttl()));
-                // The browser's earlier session, whoever it was for, ends with this sign-in.
-                if let Some(old) = &old_session
-                    && let Err(error) = state.sessions.revoke(old, SessionEnd::Replaced).await
-                {
-                    tracing::warn!(error = %error, "ending the replaced session failed");
-                }
             }
             redirect(&done.return_to, &cookies)
         }

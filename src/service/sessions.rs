@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::principals::PrincipalCache;
 use crate::crypto::sha256;
 use crate::domain::{IdentityId, UserId, UserProfile};
-use crate::store::{NewSession, SessionEnd, SessionRecord, Store, StoreError, UserSession};
+use crate::store::{NewAuditEvent, NewSession, SessionEnd, SessionRecord, Store, StoreError, UserSession};
 use crate::worker::LastSeen;
 
 /// How often at most a session's `last_seen_at` is written.
@@ -60,25 +60,32 @@ impl Sessions {
         self.ttl.to_std().unwrap_or_default()
     }
 
-    /// Starts a session for `user` on `device` (a short label, if known); returns the cookie value.
+    /// Starts a session for `user` on `device` (a short label, if known) and returns the cookie
+    /// value. In the same transaction it appends `audit` (the sign-in's rows) and ends the
+    /// browser's earlier session, `replaces` (its cookie value), whoever it was for.
     pub async fn create(
         &self,
         user: UserId,
         identity: Option<IdentityId>,
         device: Option<String>,
+        replaces: Option<&str>,
+        audit: &[NewAuditEvent],
     ) -> Result<SecretString, StoreError> {
         let token = random_secret();
         let now = super::now();
-        self.store
-            .insert_session(&NewSession {
-                token_hash: sha256(token.expose_secret().as_bytes()),
-                user_id: user,
-                identity_id: identity,
-                device,
-                now,
-                expires_at: now + self.ttl,
-            })
-            .await?;
+        let replaced = replaces.map(|cookie| sha256(cookie.as_bytes()));
+        let session = NewSession {
+            token_hash: sha256(token.expose_secret().as_bytes()),
+            user_id: user,
+            identity_id: identity,
+            device,
+            now,
+            expires_at: now + self.ttl,
+        };
+        self.store.start_session(&session, replaced.as_ref(), audit).await?;
+        if let Some(replaced) = &replaced {
+            self.cache.forget_session(replaced);
+        }
         Ok(token)
     }
 

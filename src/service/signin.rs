@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::audit::Audit;
 use super::principals::PrincipalCache;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use super::sessions::Sessions;
@@ -21,7 +22,9 @@ use crate::config::AuthConfig;
 use crate::crypto::keyring::KeyRing;
 use crate::domain::{DisplayName, IdentityId, ReturnTo, Subject, User, UserId};
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{EncryptedTokens, LinkOutcome, NewLink, SecretKind, Store, StoreError, StoredSecret};
+use crate::store::{
+    ActorKind, EncryptedTokens, LinkOutcome, NewAuditEvent, NewLink, SecretKind, Store, StoreError, StoredSecret,
+};
 use crate::upstream::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
 use crate::upstream::providers::{Provider, ProviderError, TokenSet, UserInfo};
 
@@ -108,6 +111,19 @@ pub struct Completed {
     pub linked: Option<LinkRule>,
 }
 
+/// What a callback's browser brings besides the flow itself.
+#[derive(Debug, Clone, Default)]
+pub struct Browser {
+    /// The user of the browser's session, if any: a link needs the same user still signed in.
+    pub current_user: Option<UserId>,
+    /// The browser's session cookie, if any: a sign-in ends that session, whoever it was for.
+    pub session: Option<String>,
+    /// A short label of the device, for the new session (see [`Sessions::create`]).
+    pub device: Option<String>,
+    /// The request id, for the audit rows.
+    pub request_id: Option<String>,
+}
+
 /// The rule that linked an identity to an existing user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkRule {
@@ -128,6 +144,21 @@ impl LinkRule {
     }
 }
 
+/// The audit row of an identity linked to `user` by `rule`.
+fn linked_event(
+    provider: &str,
+    user: UserId,
+    identity: IdentityId,
+    rule: LinkRule,
+    request_id: Option<String>,
+) -> NewAuditEvent {
+    NewAuditEvent::new(ActorKind::User, "identity.linked")
+        .actor(Some(user.to_string()), None)
+        .target("identity", identity.to_string())
+        .request(request_id)
+        .details(serde_json::json!({ "provider": provider, "rule": rule.as_str() }))
+}
+
 /// The sign-in service.
 #[derive(Debug, Clone)]
 pub struct SignIn {
@@ -138,10 +169,12 @@ pub struct SignIn {
     principals: Arc<PrincipalCache>,
     keyring: Option<Arc<KeyRing>>,
     return_to_origins: Vec<String>,
+    audit: Audit,
 }
 
 impl SignIn {
-    /// Creates the service.
+    /// Creates the service; completed sign-ins and links are recorded in `audit`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         flows: OAuthFlows,
         store: Arc<dyn Store>,
@@ -150,6 +183,7 @@ impl SignIn {
         principals: Arc<PrincipalCache>,
         keyring: Option<Arc<KeyRing>>,
         auth: &AuthConfig,
+        audit: Audit,
     ) -> Self {
         Self {
             flows,
@@ -159,6 +193,7 @@ impl SignIn {
             principals,
             keyring,
             return_to_origins: auth.return_to_origins.clone(),
+            audit,
         }
     }
 
@@ -190,16 +225,13 @@ impl SignIn {
         Ok(self.flows.begin(provider, &return_to, purpose, None).await?)
     }
 
-    /// Completes a finished sign-in or link flow. `current_user` is the user of the browser's
-    /// session, if any: a link needs the same user still signed in.
-    /// `device` labels the new session (see [`Sessions::create`]).
-    pub async fn complete(
-        &self,
-        finished: Finished,
-        current_user: Option<UserId>,
-        device: Option<String>,
-    ) -> Result<Completed, SignInError> {
+    /// Completes a finished sign-in or link flow from `browser`, with its audit rows: a sign-in
+    /// starts a session, and writes it, its rows (`sign_in.succeeded`, and `identity.linked`
+    /// when a verified email linked the identity) and the end of the browser's earlier session
+    /// in one transaction.
+    pub async fn complete(&self, finished: Finished, browser: Browser) -> Result<Completed, SignInError> {
         let Finished { purpose, provider, tokens, info, subject, return_to } = finished;
+        let Browser { current_user, session, device, request_id } = browser;
         match purpose {
             Purpose::Link { user } => {
                 if current_user != Some(user) {
@@ -208,12 +240,27 @@ impl SignIn {
                 let (identity, new) = self.link(provider.as_ref(), user, subject, &info).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
                 let linked = new.then_some(LinkRule::SignedInUser);
+                if let Some(rule) = linked {
+                    self.audit.record(linked_event(provider.name(), user, identity, rule, request_id)).await;
+                }
                 Ok(Completed { user, session: None, return_to, identity, linked })
             }
             Purpose::SignIn => {
                 let (user, identity, linked) = self.sign_in_user(provider.as_ref(), subject, &info).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
-                let session = self.sessions.create(user.id, Some(identity), device).await?;
+                let mut audit = vec![
+                    NewAuditEvent::new(ActorKind::User, "sign_in.succeeded")
+                        .actor(Some(user.id.to_string()), None)
+                        .target("user", user.id.to_string())
+                        .request(request_id.clone())
+                        .details(
+                            serde_json::json!({ "provider": provider.name(), "identity_id": identity.to_string() }),
+                        ),
+                ];
+                if let Some(rule) = linked {
+                    audit.push(linked_event(provider.name(), user.id, identity, rule, request_id));
+                }
+                let session = self.sessions.create(user.id, Some(identity), device, session.as_deref(), &audit).await?;
                 tracing::info!(user_id = %user.id, provider = provider.name(), "signed in");
                 Ok(Completed { user: user.id, session: Some(session), return_to, identity, linked })
             }

@@ -714,8 +714,17 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<LoginState>, StoreError>;
 
-    /// Stores a new session.
-    async fn insert_session(&self, session: &NewSession) -> Result<(), StoreError>;
+    /// Stores a new session with the audit rows of the sign-in that started it and, when
+    /// `replaces` is the hash of the browser's earlier session, ends that one (reason
+    /// `replaced`, with its `session.revoked` event and cache-invalidation row): one transaction,
+    /// one commit. Returns whether an earlier session ended. Without `replaces` and audit rows it
+    /// is a single `INSERT`.
+    async fn start_session(
+        &self,
+        session: &NewSession,
+        replaces: Option<&[u8; 32]>,
+        audit: &[NewAuditEvent],
+    ) -> Result<bool, StoreError>;
 
     /// A session by the hash of its cookie, if it exists (expiry is the caller's rule).
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;

@@ -215,6 +215,28 @@ async fn insert_session_event(
     insert_event(tx, &NewEvent::new(events::SESSION_REVOKED, events::session_revoked(user, reason, ended)), now).await
 }
 
+/// Deletes a session in `tx` with its `session.revoked` event (`reason`) and the
+/// cache-invalidation row that tells other instances; false when there was none.
+async fn end_session_in(
+    tx: &mut Tx,
+    token_hash: &[u8; 32],
+    reason: SessionEnd,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let deleted = query("DELETE FROM sessions WHERE token_hash = $1 RETURNING user_id")
+        .bind(&token_hash[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(deleted) = deleted else {
+        return Ok(false);
+    };
+    let user = UserId::from_uuid(deleted.uuid("user_id")?);
+    insert_session_event(tx, user, reason, 1, now).await?;
+    // Other instances may have the session cached.
+    log_changes(tx, &[CacheChange::User(user)], now).await?;
+    Ok(true)
+}
+
 /// Decodes one stored ciphertext column into a [`StoredSecret`], if set.
 fn push_secret(
     secrets: &mut Vec<StoredSecret>,
@@ -803,8 +825,13 @@ impl Store for SqlStore {
         Ok((state.expires_at > now).then_some(state))
     }
 
-    async fn insert_session(&self, session: &NewSession) -> Result<(), StoreError> {
-        query(
+    async fn start_session(
+        &self,
+        session: &NewSession,
+        replaces: Option<&[u8; 32]>,
+        audit: &[super::NewAuditEvent],
+    ) -> Result<bool, StoreError> {
+        let insert = query(
             "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device)
              VALUES ($1, $2, $3, $4, $4, $5, $6)",
         )
@@ -813,10 +840,22 @@ impl Store for SqlStore {
         .bind(session.identity_id.map(|i| i.as_uuid()))
         .bind(session.now)
         .bind(session.expires_at)
-        .bind(session.device.as_deref())
-        .execute(self.db.writer())
-        .await?;
-        Ok(())
+        .bind(session.device.as_deref());
+        if replaces.is_none() && audit.is_empty() {
+            insert.execute(self.db.writer()).await?;
+            return Ok(false);
+        }
+        let mut tx = self.db.begin().await?;
+        insert.execute(&mut tx).await?;
+        for event in audit {
+            super::audit::insert(&mut tx, event).await?;
+        }
+        let ended = match replaces {
+            Some(old) => end_session_in(&mut tx, old, SessionEnd::Replaced, session.now).await?,
+            None => false,
+        };
+        tx.commit().await?;
+        Ok(ended)
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
@@ -889,19 +928,10 @@ impl Store for SqlStore {
 
     async fn delete_session(&self, token_hash: &[u8; 32], reason: SessionEnd) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
-        let deleted = query("DELETE FROM sessions WHERE token_hash = $1 RETURNING user_id")
-            .bind(&token_hash[..])
-            .fetch_optional(&mut tx)
-            .await?;
-        let Some(deleted) = deleted else {
+        if !end_session_in(&mut tx, token_hash, reason, crate::domain::now()).await? {
             tx.rollback().await?;
             return Ok(false);
-        };
-        let user = UserId::from_uuid(deleted.uuid("user_id")?);
-        let now = crate::domain::now();
-        insert_session_event(&mut tx, user, reason, 1, now).await?;
-        // Other instances may have the session cached.
-        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

@@ -232,14 +232,18 @@ async fn deleting_a_user_leaves_nothing_of_theirs(backend: Backend) {
     let shared = profile(&app, &bob_team_id, &ada, ProfileKind::Env, "team-key").await;
     let now = Utc::now();
     app.store
-        .insert_session(&NewSession {
-            token_hash: [7; 32],
-            user_id: ada.parse::<UserId>().unwrap(),
-            identity_id: None,
-            device: None,
-            now,
-            expires_at: now + TimeDelta::hours(1),
-        })
+        .start_session(
+            &NewSession {
+                token_hash: [7; 32],
+                user_id: ada.parse::<UserId>().unwrap(),
+                identity_id: None,
+                device: None,
+                now,
+                expires_at: now + TimeDelta::hours(1),
+            },
+            None,
+            &[],
+        )
         .await
         .unwrap();
     let sql = app.db.sql().await;

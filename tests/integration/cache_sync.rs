@@ -239,14 +239,18 @@ async fn a_session_cached_by_another_instance_follows_membership_changes_and_sig
     let cookie = &format!("{name}={value}");
     let now = tessera::domain::now();
     c.a.store
-        .insert_session(&NewSession {
-            token_hash: tessera::crypto::sha256(value.as_bytes()),
-            user_id: user.parse::<UserId>().unwrap(),
-            identity_id: None,
-            device: None,
-            now,
-            expires_at: now + chrono::TimeDelta::hours(1),
-        })
+        .start_session(
+            &NewSession {
+                token_hash: tessera::crypto::sha256(value.as_bytes()),
+                user_id: user.parse::<UserId>().unwrap(),
+                identity_id: None,
+                device: None,
+                now,
+                expires_at: now + chrono::TimeDelta::hours(1),
+            },
+            None,
+            &[],
+        )
         .await
         .unwrap();
     settle().await;

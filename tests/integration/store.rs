@@ -599,7 +599,7 @@ async fn batched_touches_only_move_forward_and_skip_what_is_gone(backend: Backen
     for token_hash in [kept, gone] {
         let new =
             NewSession { token_hash, user_id: user, identity_id: None, device: None, now: a.now, expires_at: later };
-        store.insert_session(&new).await.unwrap();
+        store.start_session(&new, None, &[]).await.unwrap();
     }
     assert!(store.delete_session(&gone, tessera::store::SessionEnd::SignedOut).await.unwrap());
     store.touch_sessions(&[(kept, later), (gone, later)]).await.unwrap();
@@ -667,7 +667,7 @@ async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
     let adas = [session(&ada, t0, TimeDelta::days(1)), session(&ada, t0, TimeDelta::hours(1))];
     let bobs = session(&bob, t0, TimeDelta::days(1));
     for session in adas.iter().chain([&bobs]) {
-        store.insert_session(session).await.unwrap();
+        store.start_session(session, None, &[]).await.unwrap();
     }
 
     let t1 = t0 + TimeDelta::minutes(1);
@@ -681,7 +681,7 @@ async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
 
     // A session written after the fact carries the flag: the backstop.
     let late = session(&ada, t1, TimeDelta::days(1));
-    store.insert_session(&late).await.unwrap();
+    store.start_session(&late, None, &[]).await.unwrap();
     assert!(store.session(&late.token_hash).await.unwrap().unwrap().user_disabled);
 
     let t2 = t1 + TimeDelta::minutes(1);
@@ -1165,7 +1165,7 @@ async fn a_session_is_read_with_its_users_profile_in_one_go(backend: Backend) {
     linked(&store, &ada, "ada-third").await;
     join(&store, &bob.team, ada.id(), Role::Member, t0).await;
     let signed_in = session(&ada, t0, TimeDelta::days(1));
-    store.insert_session(&signed_in).await.unwrap();
+    store.start_session(&signed_in, None, &[]).await.unwrap();
 
     let (record, profile) = store.session_profile(&signed_in.token_hash).await.unwrap().unwrap();
     assert_eq!(Some(record), store.session(&signed_in.token_hash).await.unwrap());
@@ -1185,7 +1185,7 @@ async fn a_session_is_read_touched_and_deleted(backend: Backend) {
     let signed_in = session(&ada, t0, TimeDelta::days(1));
     let anonymous = NewSession { identity_id: None, ..session(&ada, t0, TimeDelta::hours(1)) };
     for session in [&signed_in, &anonymous] {
-        store.insert_session(session).await.unwrap();
+        store.start_session(session, None, &[]).await.unwrap();
     }
     let record = SessionRecord {
         user_id: ada.id(),
@@ -1226,7 +1226,7 @@ async fn a_users_sessions_are_listed_and_the_others_deleted(backend: Backend) {
     let expired = session(&ada, t0 - TimeDelta::days(2), TimeDelta::days(1));
     let bobs = session(&bob, t0, TimeDelta::days(1));
     for s in [&older, &newer, &expired, &bobs] {
-        store.insert_session(s).await.unwrap();
+        store.start_session(s, None, &[]).await.unwrap();
     }
     // The older one was used last: most recently used first.
     store.touch_session(&older.token_hash, t0).await.unwrap();
@@ -1279,7 +1279,7 @@ async fn delete_expired_counts_what_it_deletes(backend: Backend) {
     let sessions =
         [session(&ada, t0 - day, day), session(&ada, t0 - TimeDelta::hours(2), day), session(&ada, t0 - ten, day)];
     for session in &sessions {
-        store.insert_session(session).await.unwrap();
+        store.start_session(session, None, &[]).await.unwrap();
     }
     // Connect links (one per profile: a new link replaces the older ones): expired, and live.
     let first = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "first", t0)).await;
@@ -2886,7 +2886,7 @@ mod grants {
         };
         // Bound to a session: ends with it.
         let browser = session(&ada, t0, TimeDelta::hours(1));
-        store.insert_session(&browser).await.unwrap();
+        store.start_session(&browser, None, &[]).await.unwrap();
         let with_session = grant(&ada, Some(browser.token_hash), t0);
         store.insert_grant(&with_session, &code(t0)).await.unwrap();
         assert!(active(with_session.id, t0).await);
@@ -3336,7 +3336,7 @@ async fn deleting_a_user_takes_everything_of_theirs_and_spares_their_teams_share
     let at = now();
     let second = linked(&store, &ada, "delete-ada-elsewhere").await;
     store.put_identity_tokens(second.id, &tokens(b"access", Some(b"refresh"), at)).await.unwrap();
-    store.insert_session(&session(&ada, at, TimeDelta::hours(1))).await.unwrap();
+    store.start_session(&session(&ada, at, TimeDelta::hours(1)), None, &[]).await.unwrap();
     // Ada is a member of Bob's team, where she made a personal and a team-wide profile, and
     // an admin of Cy's team, where she made a team-wide profile too; her own team has a profile.
     join(&store, &bob.team, ada.id(), Role::Member, at).await;
@@ -3772,6 +3772,7 @@ mod audit_log {
         audit_rows_past_retention_are_deleted_oldest_first_in_bounded_batches,
         a_signing_key_rotation_writes_its_audit_row_in_its_transaction,
         concurrent_appends_keep_every_row_with_distinct_increasing_ids,
+        a_sign_in_writes_its_session_its_rows_and_the_replaced_session_end_together,
     );
 
     fn row(action: &str, at: DateTime<Utc>) -> NewAuditEvent {
@@ -3785,6 +3786,33 @@ mod audit_log {
 
     fn actions(rows: &[AuditEvent]) -> Vec<&str> {
         rows.iter().map(|r| r.event.action.as_str()).collect()
+    }
+
+    async fn a_sign_in_writes_its_session_its_rows_and_the_replaced_session_end_together(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
+        let t = now();
+        let (old, other) = (session(&bob, t, TimeDelta::hours(1)), session(&bob, t, TimeDelta::hours(1)));
+        for s in [&old, &other] {
+            assert!(!store.start_session(s, None, &[]).await.unwrap(), "nothing to replace");
+        }
+        // Ada signs in in the browser where Bob was signed in: his session there ends.
+        let new = session(&ada, t, TimeDelta::hours(1));
+        let rows = [row("sign_in.succeeded", t), row("identity.linked", t)];
+        assert!(store.start_session(&new, Some(&old.token_hash), &rows).await.unwrap());
+        assert_eq!(store.session(&new.token_hash).await.unwrap().unwrap().user_id, ada.id());
+        assert!(store.session(&old.token_hash).await.unwrap().is_none(), "the replaced session ended");
+        assert_eq!(actions(&store.audit_events(&query(10)).await.unwrap()), ["identity.linked", "sign_in.succeeded"]);
+        // A session that is gone already is no longer ended, and the sign-in still stands.
+        let again = session(&ada, t, TimeDelta::hours(1));
+        assert!(!store.start_session(&again, Some(&old.token_hash), &[]).await.unwrap());
+        assert!(store.session(&again.token_hash).await.unwrap().is_some());
+        // All or nothing: a session that cannot be stored (its hash is taken) writes no row and
+        // ends no session.
+        let refused = store.start_session(&new, Some(&other.token_hash), &[row("not.written", t)]).await;
+        assert!(refused.is_err());
+        assert!(store.session(&other.token_hash).await.unwrap().is_some(), "Bob's other session is live");
+        assert_eq!(store.audit_events(&query(10)).await.unwrap().len(), 2, "no row of the failed sign-in");
     }
 
     async fn audit_rows_are_appended_whole_and_read_latest_first_with_every_filter(backend: Backend) {
@@ -4088,7 +4116,7 @@ mod issue_12_events {
         let t = now();
         let sessions: Vec<NewSession> = (0..4).map(|_| session(&ada, t, TimeDelta::hours(1))).collect();
         for s in &sessions {
-            store.insert_session(s).await.unwrap();
+            store.start_session(s, None, &[]).await.unwrap();
         }
         let start = events(&db).await.len();
         assert!(store.delete_session(&sessions[0].token_hash, SessionEnd::SignedOut).await.unwrap());
