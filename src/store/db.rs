@@ -65,6 +65,7 @@ embedded_migrations! {
     14 "0014_audit_log" "audit_log",
     15 "0015_cache_invalidations" "cache_invalidations",
     16 "0016_webhook_rotation" "webhook_rotation",
+    17 "0017_identity_last_seen_updates" "identity_last_seen_updates",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would
