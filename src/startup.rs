@@ -212,7 +212,6 @@ impl Application {
             principals.clone(),
             config.encryption.clone(),
             &config.auth,
-            audit.clone(),
         );
         // The issuer identifier: the public URL without a trailing slash.
         let issuer = config.auth.public_url.as_ref().map(|url| url.as_str().trim_end_matches('/').to_owned());

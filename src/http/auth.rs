@@ -3,8 +3,8 @@
 //! for login pages. A browser (`Accept: text/html`) meets errors as pages; API clients get
 //! problem+json.
 //!
-//! Signing in again in a browser that has a session replaces it: the old session is revoked
-//! once the new one exists.
+//! Signing in again in a browser that has a session replaces it: the new session and the end of
+//! the old one are written in one transaction.
 //!
 //! The state value goes to the provider in the authorization URL and to the browser in a
 //! `__Host-` cookie; the callback must bring both back. Redirects are `303 See Other` with
@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::AppState;
@@ -159,7 +159,7 @@ async fn complete_callback(
         Ok(found) => found,
         Err(error) => return with_cookie(state.pages.error(&headers, error), clear_login),
     };
-    let old_session = session.map(str::to_owned);
+    let old_session = session.map(SecretString::from);
     let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
     let finished = match state.flows.finish(&provider, callback, browser_state).await {
         Ok(finished) => finished,

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::audit::Audit;
 use super::principals::PrincipalCache;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use super::sessions::Sessions;
@@ -117,7 +116,7 @@ pub struct Browser {
     /// The user of the browser's session, if any: a link needs the same user still signed in.
     pub current_user: Option<UserId>,
     /// The browser's session cookie, if any: a sign-in ends that session, whoever it was for.
-    pub session: Option<String>,
+    pub session: Option<SecretString>,
     /// A short label of the device, for the new session (see [`Sessions::create`]).
     pub device: Option<String>,
     /// The request id, for the audit rows.
@@ -144,21 +143,6 @@ impl LinkRule {
     }
 }
 
-/// The audit row of an identity linked to `user` by `rule`.
-fn linked_event(
-    provider: &str,
-    user: UserId,
-    identity: IdentityId,
-    rule: LinkRule,
-    request_id: Option<String>,
-) -> NewAuditEvent {
-    NewAuditEvent::new(ActorKind::User, "identity.linked")
-        .actor(Some(user.to_string()), None)
-        .target("identity", identity.to_string())
-        .request(request_id)
-        .details(serde_json::json!({ "provider": provider, "rule": rule.as_str() }))
-}
-
 /// The sign-in service.
 #[derive(Debug, Clone)]
 pub struct SignIn {
@@ -169,12 +153,10 @@ pub struct SignIn {
     principals: Arc<PrincipalCache>,
     keyring: Option<Arc<KeyRing>>,
     return_to_origins: Vec<String>,
-    audit: Audit,
 }
 
 impl SignIn {
-    /// Creates the service; completed sign-ins and links are recorded in `audit`.
-    #[allow(clippy::too_many_arguments)]
+    /// Creates the service.
     pub fn new(
         flows: OAuthFlows,
         store: Arc<dyn Store>,
@@ -183,7 +165,6 @@ impl SignIn {
         principals: Arc<PrincipalCache>,
         keyring: Option<Arc<KeyRing>>,
         auth: &AuthConfig,
-        audit: Audit,
     ) -> Self {
         Self {
             flows,
@@ -193,7 +174,6 @@ impl SignIn {
             principals,
             keyring,
             return_to_origins: auth.return_to_origins.clone(),
-            audit,
         }
     }
 
@@ -225,10 +205,9 @@ impl SignIn {
         Ok(self.flows.begin(provider, &return_to, purpose, None).await?)
     }
 
-    /// Completes a finished sign-in or link flow from `browser`, with its audit rows: a sign-in
-    /// starts a session, and writes it, its rows (`sign_in.succeeded`, and `identity.linked`
-    /// when a verified email linked the identity) and the end of the browser's earlier session
-    /// in one transaction.
+    /// Completes a finished sign-in or link flow from `browser`, with its audit rows: a link
+    /// writes its `identity.linked` row in its transaction; a sign-in writes the session, its
+    /// `sign_in.succeeded` row and the end of the browser's earlier session in one.
     pub async fn complete(&self, finished: Finished, browser: Browser) -> Result<Completed, SignInError> {
         let Finished { purpose, provider, tokens, info, subject, return_to } = finished;
         let Browser { current_user, session, device, request_id } = browser;
@@ -237,30 +216,25 @@ impl SignIn {
                 if current_user != Some(user) {
                     return Err(FlowError::InvalidState("sign in again to link an identity").into());
                 }
-                let (identity, new) = self.link(provider.as_ref(), user, subject, &info).await?;
+                let rule = (LinkRule::SignedInUser, request_id);
+                let (identity, new) = self.link(provider.as_ref(), user, subject, &info, rule).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
                 let linked = new.then_some(LinkRule::SignedInUser);
-                if let Some(rule) = linked {
-                    self.audit.record(linked_event(provider.name(), user, identity, rule, request_id)).await;
-                }
                 Ok(Completed { user, session: None, return_to, identity, linked })
             }
             Purpose::SignIn => {
-                let (user, identity, linked) = self.sign_in_user(provider.as_ref(), subject, &info).await?;
+                let (user, identity, linked) =
+                    self.sign_in_user(provider.as_ref(), subject, &info, request_id.clone()).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
-                let mut audit = vec![
-                    NewAuditEvent::new(ActorKind::User, "sign_in.succeeded")
-                        .actor(Some(user.id.to_string()), None)
-                        .target("user", user.id.to_string())
-                        .request(request_id.clone())
-                        .details(
-                            serde_json::json!({ "provider": provider.name(), "identity_id": identity.to_string() }),
-                        ),
-                ];
-                if let Some(rule) = linked {
-                    audit.push(linked_event(provider.name(), user.id, identity, rule, request_id));
-                }
-                let session = self.sessions.create(user.id, Some(identity), device, session.as_deref(), &audit).await?;
+                let audit = [NewAuditEvent::new(ActorKind::User, "sign_in.succeeded")
+                    .actor(Some(user.id.to_string()), None)
+                    .target("user", user.id.to_string())
+                    .request(request_id)
+                    .details(serde_json::json!({ "provider": provider.name(), "identity_id": identity.to_string() }))];
+                let session = self
+                    .sessions
+                    .create(user.id, Some(identity), device, session.as_ref().map(|s| s.expose_secret()), &audit)
+                    .await?;
                 tracing::info!(user_id = %user.id, provider = provider.name(), "signed in");
                 Ok(Completed { user: user.id, session: Some(session), return_to, identity, linked })
             }
@@ -273,6 +247,7 @@ impl SignIn {
         provider: &dyn Provider,
         subject: Subject,
         info: &UserInfo,
+        request_id: Option<String>,
     ) -> Result<(User, IdentityId, Option<LinkRule>), SignInError> {
         let issuer = provider.identity_issuer().clone();
         if let Some(found) = self.store.find_identity(&issuer, &subject).await? {
@@ -290,7 +265,8 @@ impl SignIn {
                 && owner.email_verified
                 && !owner.disabled
             {
-                let (identity, new) = self.link(provider, owner.id, subject, info).await?;
+                let rule = (LinkRule::VerifiedEmail, request_id);
+                let (identity, new) = self.link(provider, owner.id, subject, info, rule).await?;
                 tracing::info!(user_id = %owner.id, provider = provider.name(), "linked by verified email");
                 return Ok((owner.clone(), identity, new.then_some(LinkRule::VerifiedEmail)));
             }
@@ -312,28 +288,34 @@ impl SignIn {
         Ok((provisioned.user, provisioned.identity_id, None))
     }
 
+    /// Links the identity to `user` by `rule`, with its `identity.linked` audit row in the same
+    /// transaction; whether the link is new.
     async fn link(
         &self,
         provider: &dyn Provider,
         user: UserId,
         subject: Subject,
         info: &UserInfo,
+        (rule, request_id): (LinkRule, Option<String>),
     ) -> Result<(IdentityId, bool), SignInError> {
-        let outcome = self
-            .store
-            .link_identity(
-                user,
-                &NewLink {
-                    identity_id: IdentityId::generate(),
-                    issuer: provider.identity_issuer().clone(),
-                    subject,
-                    provider: provider.name().to_owned(),
-                    email: info.email.clone(),
-                    email_verified: info.email_verified,
-                    now: super::now(),
-                },
-            )
-            .await?;
+        let identity_id = IdentityId::generate();
+        let link = NewLink {
+            identity_id,
+            issuer: provider.identity_issuer().clone(),
+            subject,
+            provider: provider.name().to_owned(),
+            email: info.email.clone(),
+            email_verified: info.email_verified,
+            now: super::now(),
+            audit: Some(
+                NewAuditEvent::new(ActorKind::User, "identity.linked")
+                    .actor(Some(user.to_string()), None)
+                    .target("identity", identity_id.to_string())
+                    .request(request_id)
+                    .details(serde_json::json!({ "provider": provider.name(), "rule": rule.as_str() })),
+            ),
+        };
+        let outcome = self.store.link_identity(user, &link).await?;
         self.principals.invalidate_user(user);
         match outcome {
             LinkOutcome::Linked(identity) => Ok((identity.id, true)),

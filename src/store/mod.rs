@@ -323,6 +323,9 @@ pub struct NewLink {
     pub email_verified: bool,
     /// Link time.
     pub now: DateTime<Utc>,
+    /// The audit row appended in the link's transaction when the link is made (not when it
+    /// existed already).
+    pub audit: Option<NewAuditEvent>,
 }
 
 /// What [`Store::link_identity`] did.

@@ -987,6 +987,9 @@ impl Store for SqlStore {
             let event = NewEvent::new(events::IDENTITY_LINKED, events::identity_changed(&identity));
             insert_event(&mut tx, &event, link.now).await?;
             log_changes(&mut tx, &[CacheChange::User(user)], link.now).await?;
+            if let Some(row) = &link.audit {
+                super::audit::insert(&mut tx, row).await?;
+            }
             tx.commit().await?;
             return Ok(LinkOutcome::Linked(identity));
         }

@@ -155,6 +155,7 @@ async fn an_identity_unlinked_on_one_instance_stops_resolving_on_another_promptl
                     email: None,
                     email_verified: false,
                     now: tessera::domain::now(),
+                    audit: None,
                 },
             )
             .await

@@ -209,6 +209,7 @@ fn new_link(subject: &str, at: DateTime<Utc>) -> NewLink {
         email: Some(Email::parse("linked@example.org").unwrap()),
         email_verified: false,
         now: at,
+        audit: None,
     }
 }
 
@@ -3002,6 +3003,7 @@ async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend
         email: None,
         email_verified: false,
         now: t,
+        audit: None,
     };
     assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::Linked(_)));
     assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::AlreadyLinked(_)));
@@ -3773,6 +3775,7 @@ mod audit_log {
         a_signing_key_rotation_writes_its_audit_row_in_its_transaction,
         concurrent_appends_keep_every_row_with_distinct_increasing_ids,
         a_sign_in_writes_its_session_its_rows_and_the_replaced_session_end_together,
+        a_link_writes_its_audit_row_in_its_transaction_only_when_it_links,
     );
 
     fn row(action: &str, at: DateTime<Utc>) -> NewAuditEvent {
@@ -3813,6 +3816,19 @@ mod audit_log {
         assert!(refused.is_err());
         assert!(store.session(&other.token_hash).await.unwrap().is_some(), "Bob's other session is live");
         assert_eq!(store.audit_events(&query(10)).await.unwrap().len(), 2, "no row of the failed sign-in");
+    }
+
+    async fn a_link_writes_its_audit_row_in_its_transaction_only_when_it_links(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
+        let link = NewLink { audit: Some(row("identity.linked", now())), ..new_link("ada-elsewhere", now()) };
+        assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::Linked(_)));
+        assert_eq!(actions(&store.audit_events(&query(10)).await.unwrap()), ["identity.linked"]);
+        // Linked already, to her or to someone else: no link made, so no row.
+        assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::AlreadyLinked(_)));
+        let stolen = store.link_identity(bob.id(), &link).await.unwrap();
+        assert!(matches!(stolen, LinkOutcome::LinkedToAnotherUser));
+        assert_eq!(store.audit_events(&query(10)).await.unwrap().len(), 1);
     }
 
     async fn audit_rows_are_appended_whole_and_read_latest_first_with_every_filter(backend: Backend) {
