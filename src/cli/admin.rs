@@ -1,6 +1,7 @@
 //! Operators' commands against the configured database: `tessera users …`, `tessera teams …`,
 //! `tessera clients …`. They go through the same services as the admin API (the same rules,
 //! events and answers), print tables for people and, with `--json`, the admin API's bodies.
+//! Their changes are in the audit log as the admin API's are, by the actor `system` named `cli`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,12 +16,13 @@ use crate::error::PublicError;
 use crate::http::responses::{
     ClientResponse, TeamListResponse, TeamResponse, UserListResponse, UserProfileResponse, UserResponse,
 };
+use crate::service::audit::Audit;
 use crate::service::op::clients::{Clients, MAX_PAGE as MAX_CLIENT_PAGE};
 use crate::service::principals::PrincipalCache;
 use crate::service::provisioning::Provisioner;
 use crate::service::teams::Teams;
 use crate::service::users::{PageRequest, UserFilter, Users};
-use crate::store::Store;
+use crate::store::{ActorKind, NewAuditEvent, Store};
 use crate::upstream::issuers::IssuerRegistry;
 
 /// User actions.
@@ -158,6 +160,7 @@ struct Services {
     users: Users,
     teams: Teams,
     clients: Clients,
+    audit: Audit,
 }
 
 impl Services {
@@ -172,8 +175,19 @@ impl Services {
             users: Users::new(store.clone(), principals.clone()),
             teams: Teams::new(store.clone(), issuers, principals),
             clients: Clients::new(store.clone(), issuer),
+            audit: Audit::new(store.clone(), &config.audit),
             store,
         })
+    }
+
+    /// Records a change made by a command, after it committed (as the admin API's rows are).
+    async fn record(&self, action: &str, target: (&str, String), details: Option<serde_json::Value>) {
+        let mut event =
+            NewAuditEvent::new(ActorKind::System, action).actor(None, Some("cli".into())).target(target.0, target.1);
+        if let Some(details) = details {
+            event = event.details(details);
+        }
+        self.audit.record(event).await;
     }
 
     async fn close(self, code: ExitCode) -> ExitCode {
@@ -285,7 +299,12 @@ async fn run_users(services: &Services, action: UsersCommand) -> ExitCode {
 }
 
 async fn set_disabled(services: &Services, id: UserId, disabled: bool, json: bool) -> ExitCode {
-    match services.provisioner.set_disabled(id, disabled).await {
+    let changed = services.provisioner.set_disabled(id, disabled).await;
+    if changed.is_ok() {
+        let action = if disabled { "user.disabled" } else { "user.enabled" };
+        services.record(action, ("user", id.to_string()), None).await;
+    }
+    match changed {
         Ok(user) if json => {
             print_json(&UserResponse::from(user));
             ExitCode::SUCCESS
@@ -355,7 +374,12 @@ async fn run_teams(services: &Services, action: TeamsCommand) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match services.teams.create(slug, name.as_str().to_owned(), owner).await {
+            let created = services.teams.create(slug, name.as_str().to_owned(), owner).await;
+            if let Ok(team) = &created {
+                let details = serde_json::json!({ "slug": team.slug.as_str() });
+                services.record("team.created", ("team", team.id.to_string()), Some(details)).await;
+            }
+            match created {
                 Ok(team) if json => {
                     print_json(&TeamResponse::from(team));
                     ExitCode::SUCCESS

@@ -544,6 +544,20 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
     assert!(enabled.stdout.contains("is enabled"), "{}", enabled.stdout);
     let sql = db.sql().await;
     assert_eq!(sql.count("outbox_events WHERE topic IN ('user.disabled', 'user.enabled')").await, 2);
+    let audited = |action: &'static str| {
+        let store = store.clone();
+        async move {
+            let query = tessera::store::AuditQuery { action: Some(action.into()), limit: 10, ..Default::default() };
+            store.audit_events(&query).await.unwrap()
+        }
+    };
+    for action in ["user.disabled", "user.enabled"] {
+        let rows = audited(action).await;
+        assert_eq!(rows.len(), 1, "{action}: {rows:?}");
+        let row = &rows[0].event;
+        assert_eq!((row.actor_kind, row.actor_name.as_deref()), (tessera::store::ActorKind::System, Some("cli")));
+        assert_eq!((row.target_kind.as_deref(), row.target_id.as_deref()), (Some("user"), Some(ids[0].as_str())));
+    }
 
     // Refusals name their code; bad arguments are usage errors.
     let unknown =
@@ -567,6 +581,10 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
     let taken = run(&mut on_db(dir.path(), &db, &["teams", "create", "acme", "Again"])).await;
     assert_eq!(taken.code, 1);
     assert!(taken.stderr.contains("slug_taken"), "{}", taken.stderr);
+    let created = audited("team.created").await;
+    assert_eq!(created.len(), 1, "a refused create writes no row: {created:?}");
+    assert_eq!(created[0].event.target_id.as_deref(), acme["id"].as_str());
+    assert_eq!(created[0].event.details, Some(serde_json::json!({ "slug": "acme" })));
     let bad_slug = run(&mut on_db(dir.path(), &db, &["teams", "create", "Not A Slug", "x"])).await;
     assert_eq!(bad_slug.code, 2, "{}", bad_slug.stderr);
     let teams = json_of(dir.path(), &db, &["teams", "list", "--json"]).await;
