@@ -203,7 +203,6 @@ impl Application {
             last_seen.clone(),
             principals.clone(),
         );
-        let audit = Audit::new(store.clone(), &config.audit);
         let sign_in = SignIn::new(
             flows.clone(),
             store.clone(),
@@ -227,6 +226,7 @@ impl Application {
             _ => None,
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
+        let audit = Audit::new(store.clone(), &config.audit);
         let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone());
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())

@@ -68,12 +68,12 @@ impl Sessions {
         user: UserId,
         identity: Option<IdentityId>,
         device: Option<String>,
-        replaces: Option<&str>,
+        replaces: Option<&SecretString>,
         audit: &[NewAuditEvent],
     ) -> Result<SecretString, StoreError> {
         let token = random_secret();
         let now = super::now();
-        let replaced = replaces.map(|cookie| sha256(cookie.as_bytes()));
+        let replaced = replaces.map(|cookie| sha256(cookie.expose_secret().as_bytes()));
         let session = NewSession {
             token_hash: sha256(token.expose_secret().as_bytes()),
             user_id: user,

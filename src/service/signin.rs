@@ -231,10 +231,7 @@ impl SignIn {
                     .target("user", user.id.to_string())
                     .request(request_id)
                     .details(serde_json::json!({ "provider": provider.name(), "identity_id": identity.to_string() }))];
-                let session = self
-                    .sessions
-                    .create(user.id, Some(identity), device, session.as_ref().map(|s| s.expose_secret()), &audit)
-                    .await?;
+                let session = self.sessions.create(user.id, Some(identity), device, session.as_ref(), &audit).await?;
                 tracing::info!(user_id = %user.id, provider = provider.name(), "signed in");
                 Ok(Completed { user: user.id, session: Some(session), return_to, identity, linked })
             }
