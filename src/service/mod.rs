@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth_profiles;
 pub mod cache_sync;
 pub mod check;
+pub mod coalesce;
 pub mod import;
 pub mod keys;
 pub mod op;

@@ -1,8 +1,9 @@
 //! Token validation for other backends: an upstream JWT in, the internal user out.
 //!
 //! A verified token's `(issuer, subject)` is resolved to a [`Principal`] — the user and their
-//! teams — from the in-memory cache, else the read replica, else the primary (so that a token
-//! validated right after a bootstrap never fails because the replica lags). A first-time subject
+//! teams — from the in-memory cache, else the read replica (concurrent misses coalesced into
+//! few reads, [`super::coalesce`]), else the primary (so that a token validated right after a
+//! bootstrap never fails because the replica lags). A first-time subject
 //! is provisioned through the same transaction as the admin bootstrap when its issuer has `jit`
 //! on; otherwise it is refused. The internal id is never the upstream `sub`, and there is no
 //! fallback when the store is down.
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 
 use super::audit::Audit;
+use super::coalesce::Coalescer;
 use super::principals::PrincipalCache;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use crate::domain::{DisplayName, Email, Issuer, Principal, Subject, TeamRef, TeamRole, UserId, UserProfile};
@@ -22,11 +24,15 @@ use axum::http::StatusCode;
 use chrono::DateTime;
 
 use crate::error::{ErrorCode, INVALID_TOKEN_CHALLENGE, PublicError};
-use crate::store::{ReadFrom, Store, StoreError};
+use crate::store::{PRINCIPALS_PER_READ, ReadFrom, Store, StoreError};
 use crate::worker::LastSeen;
 
 /// How often at most an identity's `last_seen_at` is written from the validation path.
 const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
+
+/// How many coalesced principal reads run at once (each on one pool connection): two keep
+/// both of a small machine's cores busy while the other requests queue for the next read.
+const PRINCIPAL_READS_IN_FLIGHT: usize = 2;
 
 /// Why validation failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +123,8 @@ pub struct Validator {
     store: Arc<dyn Store>,
     principals: Arc<PrincipalCache>,
     last_seen: Arc<LastSeen>,
+    /// Principal reads that miss the cache, coalesced into few round trips under load.
+    reads: Arc<Coalescer<(Issuer, Subject), Arc<Principal>>>,
     /// Tessera's own OpenID Provider, whose access tokens are verified locally.
     own: Option<OpenIdProvider>,
     /// The audit log, where refusals are counted.
@@ -132,7 +140,8 @@ impl Validator {
         principals: Arc<PrincipalCache>,
         last_seen: Arc<LastSeen>,
     ) -> Self {
-        Self { verifier, provisioner, store, principals, last_seen, own: None, audit: None }
+        let reads = Arc::new(principal_reads(store.clone()));
+        Self { verifier, provisioner, store, principals, last_seen, reads, own: None, audit: None }
     }
 
     /// Also accepts the access tokens of Tessera's own OpenID Provider, verified with its keys
@@ -275,9 +284,13 @@ impl Validator {
 
     async fn resolve(&self, token: &VerifiedToken) -> Result<(Arc<Principal>, bool), ValidateError> {
         let (issuer, subject) = (&token.issuer, &token.subject);
-        let mut found = self.store.principal(issuer, subject, ReadFrom::Replica).await?;
+        let mut found = match self.reads.get((issuer.clone(), subject.clone())).await {
+            Some(found) => found,
+            // The coalesced read failed: this caller's own read reports why.
+            None => self.store.principal(issuer, subject, ReadFrom::Replica).await?.map(Arc::new),
+        };
         if found.as_ref().is_none_or(|p| self.principals.changed_recently(p.user.id)) {
-            found = self.store.principal(issuer, subject, ReadFrom::Primary).await?;
+            found = self.store.principal(issuer, subject, ReadFrom::Primary).await?.map(Arc::new);
         }
         if let Some(principal) = found {
             let now = super::now();
@@ -285,7 +298,7 @@ impl Validator {
                 // Bookkeeping, written by the last-use worker: never a write on this request.
                 self.last_seen.identity(principal.identity_id, now);
             }
-            return Ok((Arc::new(principal), false));
+            return Ok((principal, false));
         }
         if !token.jit {
             return Err(ValidateError::NotProvisioned);
@@ -306,6 +319,22 @@ impl Validator {
             .ok_or(StoreError::Conflict { what: "identity vanished after provisioning" })?;
         Ok((Arc::new(principal), provisioned.created))
     }
+}
+
+/// Reads of principals from the replica, [`PRINCIPAL_READS_IN_FLIGHT`] at a time, each of up to
+/// [`PRINCIPALS_PER_READ`] identities.
+fn principal_reads(store: Arc<dyn Store>) -> Coalescer<(Issuer, Subject), Arc<Principal>> {
+    Coalescer::new(
+        PRINCIPAL_READS_IN_FLIGHT,
+        PRINCIPALS_PER_READ,
+        Box::new(move |keys| {
+            let store = store.clone();
+            Box::pin(async move {
+                let found = store.principals(&keys, ReadFrom::Replica).await.ok()?;
+                Some(found.into_iter().map(|principal| principal.map(Arc::new)).collect())
+            })
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate};
 pub use profile_credentials::{CredentialOutcome, CredentialWrite, StoredCredential};
 pub use sql::SqlStore;
 
+/// Most identities [`Store::principals`] reads with one statement.
+pub const PRINCIPALS_PER_READ: usize = 64;
+
 /// Errors from the storage layer. Their messages are for logs only, never for clients.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -668,6 +671,14 @@ pub trait Store: Send + Sync + Debug + 'static {
         subject: &Subject,
         from: ReadFrom,
     ) -> Result<Option<Principal>, StoreError>;
+
+    /// [`Store::principal`] for many identities: one entry per key, in the keys' order (`None`
+    /// for an identity nobody has), read with one statement per [`PRINCIPALS_PER_READ`] keys.
+    async fn principals(
+        &self,
+        keys: &[(Issuer, Subject)],
+        from: ReadFrom,
+    ) -> Result<Vec<Option<Principal>>, StoreError>;
 
     /// Disables or re-enables a user; `None` when there is no such user. Disabling deletes the
     /// user's browser sessions in the same transaction.

@@ -7,11 +7,14 @@
 //! per-team check-then-write is needed, a row lock (`FOR UPDATE` on PostgreSQL; SQLite write
 //! transactions are serialised whole).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::cache_sync::{CacheChange, LoggedChange, log_changes};
-use super::db::{Db, PoolRef, Tx, query, try_exclusive};
+use super::db::{Db, PoolRef, Row, Tx, query, try_exclusive};
 use super::last_seen::{self, Touched};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
 use super::rows::{
@@ -28,7 +31,7 @@ use super::{
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use super::{CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery};
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
-use super::{PoolStats, WebhookQueue};
+use super::{PRINCIPALS_PER_READ, PoolStats, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
@@ -599,20 +602,31 @@ impl Store for SqlStore {
         subject: &Subject,
         from: ReadFrom,
     ) -> Result<Option<Principal>, StoreError> {
-        let read = query(concat!(
-            "SELECT i.id AS identity_id, i.last_seen_at AS identity_last_seen_at, ",
-            user_columns!(),
-            ", t.id AS team_id, t.slug AS team_slug, m.role AS role
-              FROM identities i
-              JOIN users u ON u.id = i.user_id
-              LEFT JOIN memberships m ON m.user_id = u.id
-              LEFT JOIN teams t ON t.id = m.team_id
-              WHERE i.issuer = $1 AND i.subject = $2
-              ORDER BY m.is_default DESC NULLS LAST, m.created_at, t.id"
-        ))
-        .bind(issuer.as_str())
-        .bind(subject.as_str());
-        rows::principal(&self.db.fetch_all_from(from, &read).await?)
+        Ok(self.principals(&[(issuer.clone(), subject.clone())], from).await?.pop().flatten())
+    }
+
+    async fn principals(
+        &self,
+        keys: &[(Issuer, Subject)],
+        from: ReadFrom,
+    ) -> Result<Vec<Option<Principal>>, StoreError> {
+        // Each key once: a key listed twice in one statement would join its rows twice.
+        let mut seen = HashSet::new();
+        let distinct: Vec<&(Issuer, Subject)> = keys.iter().filter(|key| seen.insert(*key)).collect();
+        let mut found = HashMap::with_capacity(distinct.len());
+        for chunk in distinct.chunks(PRINCIPALS_PER_READ) {
+            let mut read = query(principals_sql(chunk.len()));
+            for (issuer, subject) in chunk {
+                read = read.bind(issuer.as_str()).bind(subject.as_str());
+            }
+            // The statement is padded to a power of two with pairs that match nothing.
+            for _ in chunk.len()..chunk.len().next_power_of_two() {
+                read = read.bind(None::<&str>).bind(None::<&str>);
+            }
+            let rows = self.db.fetch_all_from(from, &read).await?;
+            found.extend(chunk.iter().copied().zip(principals_by_key(chunk, &rows)?));
+        }
+        Ok(keys.iter().map(|key| found.get(key).cloned().flatten()).collect())
     }
 
     async fn set_user_disabled(
@@ -2786,4 +2800,58 @@ async fn revoke_grant_in(tx: &mut Tx, grant: uuid::Uuid, now: DateTime<Utc>) -> 
         .execute(tx)
         .await?;
     Ok(())
+}
+
+/// The principal statement for `keys` (1 to [`PRINCIPALS_PER_READ`]) keys: their `(issuer,
+/// subject)` pairs as a `VALUES` list joined to the identities' unique index (both databases
+/// use it; a row-value `IN` makes SQLite scan), with each identity's rows together and its teams
+/// default first. The list is padded to a power of two, so that each connection prepares at
+/// most seven statements.
+fn principals_sql(keys: usize) -> &'static str {
+    static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (0..=PRINCIPALS_PER_READ.trailing_zeros())
+            .map(|power| {
+                let values: Vec<String> =
+                    (0..1usize << power).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+                format!(
+                    concat!(
+                        "SELECT i.issuer AS identity_issuer, i.subject AS identity_subject, i.id AS identity_id, ",
+                        "i.last_seen_at AS identity_last_seen_at, ",
+                        user_columns!(),
+                        ", t.id AS team_id, t.slug AS team_slug, m.role AS role \
+                          FROM (VALUES {}) AS k \
+                          JOIN identities i ON i.issuer = k.column1 AND i.subject = k.column2 \
+                          JOIN users u ON u.id = i.user_id \
+                          LEFT JOIN memberships m ON m.user_id = u.id \
+                          LEFT JOIN teams t ON t.id = m.team_id \
+                          ORDER BY i.id, m.is_default DESC NULLS LAST, m.created_at, t.id"
+                    ),
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    let power = keys.clamp(1, PRINCIPALS_PER_READ).next_power_of_two().trailing_zeros();
+    SQL[power as usize].as_str()
+}
+
+/// Assembles the rows of [`principals_sql`] into one entry per (distinct) key, in the keys'
+/// order.
+fn principals_by_key(keys: &[&(Issuer, Subject)], rows: &[Row]) -> Result<Vec<Option<Principal>>, StoreError> {
+    let mut found: Vec<Option<Principal>> = vec![None; keys.len()];
+    let mut start = 0;
+    while start < rows.len() {
+        let identity = rows[start].uuid("identity_id")?;
+        let mut end = start + 1;
+        while end < rows.len() && rows[end].uuid("identity_id")? == identity {
+            end += 1;
+        }
+        let (issuer, subject) = (rows[start].text("identity_issuer")?, rows[start].text("identity_subject")?);
+        let principal = rows::principal(&rows[start..end])?;
+        if let Some(at) = keys.iter().position(|(i, s)| i.as_str() == issuer && s.as_str() == subject) {
+            found[at] = principal;
+        }
+        start = end;
+    }
+    Ok(found)
 }

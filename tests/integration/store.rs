@@ -53,6 +53,7 @@ on_both_backends!(
     disabling_a_user_deletes_their_sessions,
     users_are_found_by_email_exactly_or_ignoring_ascii_case,
     a_principal_carries_the_user_and_their_teams_default_first,
+    principals_are_read_many_at_once_one_entry_per_key_in_order,
     // Identities
     linking_an_identity_reports_who_holds_it,
     the_last_identity_is_never_unlinked,
@@ -767,6 +768,42 @@ async fn a_principal_carries_the_user_and_their_teams_default_first(backend: Bac
     }
     let teamless = store.principal(&ada.account.issuer, &ada.account.subject, ReadFrom::Primary).await.unwrap();
     assert_eq!(teamless, Some(Principal { teams: Vec::new(), ..expected }));
+}
+
+async fn principals_are_read_many_at_once_one_entry_per_key_in_order(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let cy = sign_up(&store, "cy").await;
+    let t0 = now();
+    join(&store, &bob.team, ada.id(), Role::Member, t0 + TimeDelta::minutes(2)).await;
+    join(&store, &cy.team, ada.id(), Role::Admin, t0 + TimeDelta::minutes(1)).await;
+    let key = |person: &Person| (person.account.issuer.clone(), person.account.subject.clone());
+    let unknown = |i: usize| (ada.account.issuer.clone(), Subject::parse(&format!("nobody-{i}")).unwrap());
+    let elsewhere = (Issuer::parse(OTHER_ISSUER).unwrap(), ada.account.subject.clone());
+
+    // Unknown keys, a key twice, a subject known only at another issuer; then more keys than
+    // one statement reads, so that the last of them fall in a second, padded statement.
+    let mut keys = vec![key(&bob), unknown(0), key(&ada), elsewhere, key(&bob), key(&cy)];
+    keys.extend((1..=60).map(unknown));
+    keys.extend([key(&cy), unknown(61), key(&ada)]);
+    assert!(keys.len() > tessera::store::PRINCIPALS_PER_READ);
+    for from in [ReadFrom::Primary, ReadFrom::Replica] {
+        let found = store.principals(&keys, from).await.unwrap();
+        assert_eq!(found.len(), keys.len());
+        for ((issuer, subject), principal) in keys.iter().zip(&found) {
+            let alone = store.principal(issuer, subject, from).await.unwrap();
+            assert_eq!(principal, &alone, "{subject:?} {from:?}");
+        }
+        let users: Vec<Option<UserId>> = found.iter().map(|p| p.as_ref().map(|p| p.user.id)).collect();
+        assert_eq!(users[..6], [Some(bob.id()), None, Some(ada.id()), None, Some(bob.id()), Some(cy.id())]);
+        assert_eq!(users[users.len() - 3..], [Some(cy.id()), None, Some(ada.id())]);
+        assert_eq!(users.iter().flatten().count(), 6);
+        // Ada's teams come default first, as when she is read alone.
+        let teams: Vec<TeamId> = found[2].as_ref().unwrap().teams.iter().map(|t| t.id).collect();
+        assert_eq!(teams, [ada.team.id, cy.team.id, bob.team.id]);
+    }
+    assert!(store.principals(&[], ReadFrom::Replica).await.unwrap().is_empty());
 }
 
 // ---- Identities -----------------------------------------------------------------------------

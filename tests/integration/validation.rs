@@ -30,6 +30,7 @@ on_both_backends!(
     an_unknown_kid_while_the_issuer_is_down_is_a_503,
     no_keys_at_all_is_a_503,
     concurrent_validations_of_one_new_subject_create_one_user,
+    concurrent_validations_of_many_identities_each_find_their_own_user,
     check_answers_for_members_only,
     me_returns_the_user_with_identities_and_teams,
     disabling_a_user_refuses_their_tokens_at_once,
@@ -413,6 +414,55 @@ async fn concurrent_validations_of_one_new_subject_create_one_user(backend: Back
     }
     assert_eq!((users.len(), created), (1, 1));
     assert_eq!(app.db.sql().await.provisioning_counts().await, [1, 1, 1, 1, 1]);
+}
+
+async fn concurrent_validations_of_many_identities_each_find_their_own_user(backend: Backend) {
+    // The principal cache off: every validation reads its principal, and those in flight together
+    // share reads (coalesced), which must still give each token its own user.
+    let w = world_with(backend, |config| config.cache.principal_ttl = Duration::ZERO).await;
+    let mut known = Vec::new();
+    for i in 0..40 {
+        let subject = format!("known-{i}");
+        let user = body(w.app.validate(&w.token(&subject)).await, 200).await["user_id"].as_str().unwrap().to_owned();
+        known.push((subject, user));
+    }
+    let path = format!("/admin/users/{}", known[0].1);
+    body(w.app.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    let before = w.app.db.sql().await.provisioning_counts().await;
+
+    // Fresh tokens (a new `jti`: no token cache) of every known identity and of eight new ones.
+    let subjects: Vec<String> =
+        known.iter().map(|(subject, _)| subject.clone()).chain((0..8).map(|i| format!("new-{i}"))).collect();
+    let tokens: Vec<String> = subjects.iter().map(|s| w.token_with(s, |c| c["jti"] = "again".into())).collect();
+    let app = Arc::new(w.app);
+    let mut tasks = Vec::new();
+    for token in tokens {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = app.validate(&token).await;
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut new_users = HashSet::new();
+    for (subject, task) in subjects.iter().zip(tasks) {
+        let (status, answer) = task.await.unwrap();
+        let known_user = known.iter().find(|(s, _)| s == subject).map(|(_, user)| user);
+        if subject == &known[0].0 {
+            assert_eq!((status, answer["code"].as_str()), (403, Some("user_disabled")), "{subject}");
+        } else if let Some(user) = known_user {
+            assert_eq!(status, 200, "{subject}: {answer}");
+            assert_eq!((answer["user_id"].as_str(), &answer["created"]), (Some(user.as_str()), &json!(false)));
+            assert_eq!(answer["subject"], subject.as_str());
+        } else {
+            assert_eq!((status, &answer["created"]), (200, &json!(true)), "{subject}: {answer}");
+            new_users.insert(answer["user_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(new_users.len(), 8);
+    let after = app.db.sql().await.provisioning_counts().await;
+    // Eight users, identities, teams and memberships more, and their eight `user.created` events.
+    assert_eq!(after.map(|n| n - 8)[..4], before[..4]);
 }
 
 async fn check_answers_for_members_only(backend: Backend) {
