@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 
 use super::audit::Audit;
-use super::coalesce::Coalescer;
+use super::coalesce::{Coalescer, Read};
 use super::principals::PrincipalCache;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use crate::domain::{DisplayName, Email, Issuer, Principal, Subject, TeamRef, TeamRole, UserId, UserProfile};
@@ -61,6 +61,9 @@ pub enum ValidateError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store failed in a read that this request shared with others (each is told).
+    #[error(transparent)]
+    SharedStore(Arc<StoreError>),
 }
 
 impl PublicError for ValidateError {
@@ -74,6 +77,7 @@ impl PublicError for ValidateError {
             ValidateError::NotOwn => ErrorCode::TokenIssuerMismatch,
             ValidateError::OtherResource(_) => ErrorCode::AudienceMismatch,
             ValidateError::Store(e) => e.code(),
+            ValidateError::SharedStore(e) => e.code(),
         }
     }
 
@@ -124,7 +128,7 @@ pub struct Validator {
     principals: Arc<PrincipalCache>,
     last_seen: Arc<LastSeen>,
     /// Principal reads that miss the cache, coalesced into few round trips under load.
-    reads: Arc<Coalescer<(Issuer, Subject), Arc<Principal>>>,
+    reads: Arc<PrincipalReads>,
     /// Tessera's own OpenID Provider, whose access tokens are verified locally.
     own: Option<OpenIdProvider>,
     /// The audit log, where refusals are counted.
@@ -285,9 +289,9 @@ impl Validator {
     async fn resolve(&self, token: &VerifiedToken) -> Result<(Arc<Principal>, bool), ValidateError> {
         let (issuer, subject) = (&token.issuer, &token.subject);
         let mut found = match self.reads.get((issuer.clone(), subject.clone())).await {
-            Some(found) => found,
-            // The coalesced read failed: this caller's own read reports why.
-            None => self.store.principal(issuer, subject, ReadFrom::Replica).await?.map(Arc::new),
+            Read::Found(found) => found,
+            Read::Failed(error) => return Err(ValidateError::SharedStore(error)),
+            Read::Alone => self.store.principal(issuer, subject, ReadFrom::Replica).await?.map(Arc::new),
         };
         if found.as_ref().is_none_or(|p| self.principals.changed_recently(p.user.id)) {
             found = self.store.principal(issuer, subject, ReadFrom::Primary).await?.map(Arc::new);
@@ -321,17 +325,21 @@ impl Validator {
     }
 }
 
+/// Principal reads from the replica, coalesced.
+type PrincipalReads = Coalescer<(Issuer, Subject), Arc<Principal>, Arc<StoreError>>;
+
 /// Reads of principals from the replica, [`PRINCIPAL_READS_IN_FLIGHT`] at a time, each of up to
-/// [`PRINCIPALS_PER_READ`] identities.
-fn principal_reads(store: Arc<dyn Store>) -> Coalescer<(Issuer, Subject), Arc<Principal>> {
+/// [`PRINCIPALS_PER_READ`] identities, with as many requests queued as two such reads take.
+fn principal_reads(store: Arc<dyn Store>) -> PrincipalReads {
     Coalescer::new(
         PRINCIPAL_READS_IN_FLIGHT,
         PRINCIPALS_PER_READ,
+        PRINCIPAL_READS_IN_FLIGHT * PRINCIPALS_PER_READ,
         Box::new(move |keys| {
             let store = store.clone();
             Box::pin(async move {
-                let found = store.principals(&keys, ReadFrom::Replica).await.ok()?;
-                Some(found.into_iter().map(|principal| principal.map(Arc::new)).collect())
+                let found = store.principals(&keys, ReadFrom::Replica).await.map_err(Arc::new)?;
+                Ok(found.into_iter().map(|principal| principal.map(Arc::new)).collect())
             })
         }),
     )

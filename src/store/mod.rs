@@ -673,7 +673,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<Option<Principal>, StoreError>;
 
     /// [`Store::principal`] for many identities: one entry per key, in the keys' order (`None`
-    /// for an identity nobody has), read with one statement per [`PRINCIPALS_PER_READ`] keys.
+    /// for an identity nobody has), read with one statement per [`PRINCIPALS_PER_READ`] distinct
+    /// keys.
     async fn principals(
         &self,
         keys: &[(Issuer, Subject)],

@@ -462,7 +462,7 @@ async fn concurrent_validations_of_many_identities_each_find_their_own_user(back
     assert_eq!(new_users.len(), 8);
     let after = app.db.sql().await.provisioning_counts().await;
     // Eight users, identities, teams and memberships more, and their eight `user.created` events.
-    assert_eq!(after.map(|n| n - 8)[..4], before[..4]);
+    assert_eq!(after.map(|n| n - 8), before);
 }
 
 async fn check_answers_for_members_only(backend: Backend) {
