@@ -725,15 +725,21 @@ async fn users_are_found_by_email_exactly_or_ignoring_ascii_case(backend: Backen
     assert!(users_with_email(&store, "alice@example.org").await.is_empty());
 }
 
+/// Ada, Bob and Cy, each with their default team; Ada also joins Bob's team (first, but with a
+/// later time) and Cy's. Returns them and the time `t0` the joins are counted from.
+async fn ada_in_three_teams(store: &Arc<dyn Store>) -> (Person, Person, Person, DateTime<Utc>) {
+    let ada = sign_up(store, "ada").await;
+    let bob = sign_up(store, "bob").await;
+    let cy = sign_up(store, "cy").await;
+    let t0 = now();
+    join(store, &bob.team, ada.id(), Role::Member, t0 + TimeDelta::minutes(2)).await;
+    join(store, &cy.team, ada.id(), Role::Admin, t0 + TimeDelta::minutes(1)).await;
+    (ada, bob, cy, t0)
+}
+
 async fn a_principal_carries_the_user_and_their_teams_default_first(backend: Backend) {
     let (_db, store) = setup(backend).await;
-    let ada = sign_up(&store, "ada").await;
-    let bob = sign_up(&store, "bob").await;
-    let cy = sign_up(&store, "cy").await;
-    let t0 = now();
-    // Ada is added to Bob's team first, but with a later time than to Cy's.
-    join(&store, &bob.team, ada.id(), Role::Member, t0 + TimeDelta::minutes(2)).await;
-    join(&store, &cy.team, ada.id(), Role::Admin, t0 + TimeDelta::minutes(1)).await;
+    let (ada, bob, cy, t0) = ada_in_three_teams(&store).await;
 
     let role = |team: &Team, role| TeamRole { id: team.id, slug: team.slug.clone(), role };
     let expected = Principal {
@@ -772,12 +778,7 @@ async fn a_principal_carries_the_user_and_their_teams_default_first(backend: Bac
 
 async fn principals_are_read_many_at_once_one_entry_per_key_in_order(backend: Backend) {
     let (_db, store) = setup(backend).await;
-    let ada = sign_up(&store, "ada").await;
-    let bob = sign_up(&store, "bob").await;
-    let cy = sign_up(&store, "cy").await;
-    let t0 = now();
-    join(&store, &bob.team, ada.id(), Role::Member, t0 + TimeDelta::minutes(2)).await;
-    join(&store, &cy.team, ada.id(), Role::Admin, t0 + TimeDelta::minutes(1)).await;
+    let (ada, bob, cy, _) = ada_in_three_teams(&store).await;
     let key = |person: &Person| (person.account.issuer.clone(), person.account.subject.clone());
     let unknown = |i: usize| (ada.account.issuer.clone(), Subject::parse(&format!("nobody-{i}")).unwrap());
     let elsewhere = (Issuer::parse(OTHER_ISSUER).unwrap(), ada.account.subject.clone());
