@@ -17,12 +17,13 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Postgres, Row as _, Sqlite, Transaction};
+use sqlx::{Connection as _, Postgres, Row as _, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::migrations::{self, Applied, Embedded, MigrationStatus};
@@ -111,6 +112,11 @@ impl Replica {
     }
 }
 
+/// A PostgreSQL connection idle this long is pinged before it is handed out; one used more
+/// recently is not. sqlx pings at every checkout by default, which costs each statement a second
+/// round trip to the server. A connection that broke meanwhile fails its statement instead.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// How much of an SQLite file is memory-mapped for reads (`PRAGMA mmap_size`).
 const SQLITE_MMAP_BYTES: &str = "1073741824";
 
@@ -131,26 +137,50 @@ impl Db {
                     // Reads of a large file map it instead of copying each page in with a system
                     // call; pages are only mapped, so an idle process stays small.
                     .pragma("mmap_size", SQLITE_MMAP_BYTES);
+                // No ping at checkout: an SQLite connection has no network to lose, and each ping
+                // is a round trip to the connection's thread.
+                // The writer first: it creates a missing file and switches it to WAL, which two
+                // connections opening at once could each find locked.
                 let writer = SqlitePoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
+                    .test_before_acquire(false)
                     .acquire_timeout(config.acquire_timeout)
                     .connect_with(options.clone())
                     .await?;
-                let reader = if is_in_memory(url) {
-                    writer.clone()
-                } else {
-                    SqlitePoolOptions::new()
-                        .max_connections(config.max_connections.clamp(1, 8))
-                        .acquire_timeout(config.acquire_timeout)
-                        .connect_with(options)
-                        .await?
-                };
+                if is_in_memory(url) {
+                    return Ok(Db::Sqlite { reader: writer.clone(), writer });
+                }
+                let reader = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections.clamp(1, 8))
+                    .test_before_acquire(false)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_lazy_with(options);
+                // Each connection reads the whole schema as it opens (about a millisecond): the
+                // reader's first one opens on its own thread while start-up goes on (the schema
+                // check runs on the writer), ready for the first requests.
+                let first = reader.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = first.acquire().await {
+                        tracing::debug!(error = %error, "the first reader connection did not open; reads will retry");
+                    }
+                });
                 Ok(Db::Sqlite { writer, reader })
             }
             Backend::Postgres => {
                 let options = || {
-                    PgPoolOptions::new().max_connections(config.max_connections).acquire_timeout(config.acquire_timeout)
+                    PgPoolOptions::new()
+                        .max_connections(config.max_connections)
+                        .acquire_timeout(config.acquire_timeout)
+                        .test_before_acquire(false)
+                        .before_acquire(|conn, meta| {
+                            Box::pin(async move {
+                                if meta.idle_for >= PING_IDLE_AFTER {
+                                    conn.ping().await?;
+                                }
+                                Ok(true)
+                            })
+                        })
                 };
                 let primary = options().connect(url).await?;
                 let replica = config
@@ -265,10 +295,14 @@ impl Db {
                 (POSTGRES_MIGRATIONS, "SELECT count(*) AS n FROM pg_class WHERE oid = to_regclass($1)")
             }
         };
-        let exists = query(exists).bind(migrations::TABLE).fetch_one(self.reader()).await?.int("n")? > 0;
+        // Both statements on one connection of the writer (on SQLite, the reader's first
+        // connection is still opening at start-up): asked for twice, a pool opens a second
+        // connection while the first is on its way back.
+        let mut conn = self.writer().acquire().await?;
+        let exists = query(exists).bind(migrations::TABLE).fetch_one(&mut conn).await?.int("n")? > 0;
         let applied = if exists {
             query("SELECT version, checksum, success FROM _sqlx_migrations")
-                .fetch_all(self.reader())
+                .fetch_all(&mut conn)
                 .await?
                 .iter()
                 .map(|row| {
@@ -365,6 +399,38 @@ pub(super) enum PoolRef<'a> {
     Sqlite(&'a SqlitePool, &'static str),
     /// A PostgreSQL pool, and its name in metrics.
     Postgres(&'a PgPool, &'static str),
+}
+
+impl PoolRef<'_> {
+    /// Takes one connection of the pool, for several statements in a row that need not be a
+    /// transaction.
+    pub(super) async fn acquire(self) -> Result<Conn, StoreError> {
+        Ok(match self {
+            PoolRef::Sqlite(pool, name) => {
+                note_wait(pool, name);
+                Conn::Sqlite(pool.acquire().await?)
+            }
+            PoolRef::Postgres(pool, name) => {
+                note_wait(pool, name);
+                Conn::Postgres(pool.acquire().await?)
+            }
+        })
+    }
+}
+
+/// One connection taken from a pool ([`PoolRef::acquire`]); it goes back when dropped.
+pub(super) enum Conn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl<'a> From<&'a mut Conn> for On<'a> {
+    fn from(conn: &'a mut Conn) -> Self {
+        match conn {
+            Conn::Sqlite(conn) => On::SqliteConn(conn),
+            Conn::Postgres(conn) => On::PgConn(conn),
+        }
+    }
 }
 
 /// The names of the pools in metrics.

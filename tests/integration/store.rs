@@ -2402,6 +2402,29 @@ async fn postgres_errors_are_classified_by_postgres_rules() {
     pool.close().await;
 }
 
+/// No PostgreSQL connection is pinged at checkout, except one idle for a second or more: when
+/// the server dropped it meanwhile, the ping finds out, and the statement runs on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_dropped_while_idle_are_replaced_before_use() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
+    store.ping().await.unwrap();
+    let admin = sqlx::PgPool::connect(&crate::helpers::pg_admin_url()).await.unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let dropped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1) AS t",
+    )
+    .bind(&name)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(dropped >= 1, "the store's connection was dropped");
+    // Longer than the idle time after which a connection is pinged (one second).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    store.ping().await.expect("the dropped connection is replaced, not handed out");
+    admin.close().await;
+}
+
 /// SQLite's BUSY is unavailable (retry); a constraint failure is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_errors_are_classified_by_sqlite_rules() {
