@@ -7,7 +7,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin tessera \
+    TESSERA_PACK_RELOCS=1 cargo build --release --locked --bin tessera \
  && cp target/release/tessera /tessera \
  && mkdir -p /data
 

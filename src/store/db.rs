@@ -113,8 +113,9 @@ impl Replica {
 }
 
 /// A PostgreSQL connection idle this long is pinged before it is handed out; one used more
-/// recently is not. sqlx pings at every checkout by default, which costs each statement a second
-/// round trip to the server. A connection that broke meanwhile fails its statement instead.
+/// recently is not. sqlx pings at every checkout by default, which puts a second round trip on
+/// each statement's path (it also pings on release, off that path). A connection that broke less
+/// than this after its last use fails one statement instead, and is closed.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How much of an SQLite file is memory-mapped for reads (`PRAGMA mmap_size`).
@@ -138,7 +139,7 @@ impl Db {
                     // call; pages are only mapped, so an idle process stays small.
                     .pragma("mmap_size", SQLITE_MMAP_BYTES);
                 // No ping at checkout: an SQLite connection has no network to lose, and each ping
-                // is a round trip to the connection's thread.
+                // is a round trip to the connection's thread (sqlx still pings on release).
                 // The writer first: it creates a missing file and switches it to WAL, which two
                 // connections opening at once could each find locked.
                 let writer = SqlitePoolOptions::new()
@@ -162,7 +163,7 @@ impl Db {
                 let first = reader.clone();
                 tokio::spawn(async move {
                     if let Err(error) = first.acquire().await {
-                        tracing::debug!(error = %error, "the first reader connection did not open; reads will retry");
+                        tracing::warn!(error = %error, "the first reader connection did not open; reads will try again");
                     }
                 });
                 Ok(Db::Sqlite { writer, reader })
@@ -420,7 +421,9 @@ impl PoolRef<'_> {
 
 /// One connection taken from a pool ([`PoolRef::acquire`]); it goes back when dropped.
 pub(super) enum Conn {
+    /// A connection of an SQLite pool.
     Sqlite(PoolConnection<Sqlite>),
+    /// A connection of a PostgreSQL pool.
     Postgres(PoolConnection<Postgres>),
 }
 

@@ -2402,8 +2402,8 @@ async fn postgres_errors_are_classified_by_postgres_rules() {
     pool.close().await;
 }
 
-/// No PostgreSQL connection is pinged at checkout, except one idle for a second or more: when
-/// the server dropped it meanwhile, the ping finds out, and the statement runs on a new one.
+/// A PostgreSQL connection idle for a second or more is pinged at checkout: when the server
+/// dropped it meanwhile, the ping finds out, and the statement runs on a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_dropped_while_idle_are_replaced_before_use() {
     let db = TestDb::new(Backend::Postgres).await;
