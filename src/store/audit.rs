@@ -1,6 +1,8 @@
 //! The audit log's SQL: rows appended (never updated), read latest first a page at a time, and
 //! deleted past their retention in bounded batches.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
@@ -96,42 +98,66 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
-/// Appends one row in `tx`.
-pub(super) async fn insert(tx: &mut Tx, event: &NewAuditEvent) -> Result<(), StoreError> {
-    insert_row(event).execute(tx).await?;
+/// Most rows one `INSERT` of [`insert_rows`] writes; longer lists take several, in a transaction.
+pub(super) const ROWS_PER_INSERT: usize = 16;
+
+/// Appends rows in `tx`, in their order.
+pub(super) async fn insert(tx: &mut Tx, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        insert_rows(chunk).execute(&mut *tx).await?;
+    }
     Ok(())
 }
 
-/// The `INSERT` of one row.
-fn insert_row(event: &NewAuditEvent) -> Query<'_> {
-    query(
-        "INSERT INTO audit_events
-           (at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome, reason, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(event.at)
-    .bind(event.actor_kind.as_str())
-    .bind(event.actor_id.as_deref())
-    .bind(event.actor_name.as_deref())
-    .bind(event.action.as_str())
-    .bind(event.target_kind.as_deref())
-    .bind(event.target_id.as_deref())
-    .bind(event.request_id.as_deref())
-    .bind(if event.success { "success" } else { "failure" })
-    .bind(event.reason.as_deref())
-    .bind(event.details.clone())
+/// The `INSERT` of `events` (1 to [`ROWS_PER_INSERT`]) as one multi-row `VALUES`, whose rows take
+/// their ids in the order given.
+pub(super) fn insert_rows(events: &[NewAuditEvent]) -> Query<'_> {
+    static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (1..=ROWS_PER_INSERT)
+            .map(|rows| {
+                let values: Vec<String> = (0..rows)
+                    .map(|row| {
+                        let placeholders: Vec<String> = (1..=11).map(|n| format!("${}", row * 11 + n)).collect();
+                        format!("({})", placeholders.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO audit_events
+                       (at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
+                        reason, details)
+                     VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    assert!((1..=ROWS_PER_INSERT).contains(&events.len()), "1 to {ROWS_PER_INSERT} rows an INSERT");
+    let mut insert = query(SQL[events.len() - 1].as_str());
+    for event in events {
+        insert = insert
+            .bind(event.at)
+            .bind(event.actor_kind.as_str())
+            .bind(event.actor_id.as_deref())
+            .bind(event.actor_name.as_deref())
+            .bind(event.action.as_str())
+            .bind(event.target_kind.as_deref())
+            .bind(event.target_id.as_deref())
+            .bind(event.request_id.as_deref())
+            .bind(if event.success { "success" } else { "failure" })
+            .bind(event.reason.as_deref())
+            .bind(event.details.clone());
+    }
+    insert
 }
 
-/// Appends rows, in one transaction; a single row is one statement (one round trip, not three).
+/// Appends rows, in their order and atomically: one statement for up to [`ROWS_PER_INSERT`].
 pub(super) async fn append(db: &Db, events: &[NewAuditEvent]) -> Result<(), StoreError> {
-    match events {
-        [] => Ok(()),
-        [event] => insert_row(event).execute(db.writer()).await.map(drop),
+    match events.len() {
+        0 => Ok(()),
+        1..=ROWS_PER_INSERT => insert_rows(events).execute(db.writer()).await.map(drop),
         _ => {
             let mut tx = db.begin().await?;
-            for event in events {
-                insert(&mut tx, event).await?;
-            }
+            insert(&mut tx, events).await?;
             tx.commit().await
         }
     }

@@ -233,6 +233,30 @@ impl Db {
         })
     }
 
+    /// Runs `writes`, statements whose results are not needed and that do not depend on each
+    /// other's order, as one atomic unit. On PostgreSQL
+    /// it is one statement (each write but the last a data-modifying `WITH` clause, see
+    /// [`together`]): one round trip where a transaction takes one per write plus `BEGIN` and
+    /// `COMMIT`. On SQLite, which has no such clause and no network, it is a write transaction.
+    pub(super) async fn execute_together(&self, writes: Vec<Query<'_>>) -> Result<(), StoreError> {
+        match self {
+            Db::Postgres { .. } => {
+                together(writes).execute(self.writer()).await?;
+            }
+            Db::Sqlite { .. } if writes.len() == 1 => {
+                writes[0].execute(self.writer()).await?;
+            }
+            Db::Sqlite { .. } => {
+                let mut tx = self.begin().await?;
+                for write in &writes {
+                    write.execute(&mut tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a read of one or several statements on the replica when asked for and configured,
     /// and on the primary otherwise or when the replica fails (unreachable, or behind on the
     /// schema); after a failure, reads skip the replica for [`REPLICA_BACKOFF`]. All the
@@ -725,6 +749,58 @@ fn sqlite_sql(sql: &'static str) -> &'static str {
     })
 }
 
+/// PostgreSQL's one statement for `writes` (at least one): `WITH w0 AS (first), w1 AS (second), …
+/// last`, each statement's placeholders renumbered after those of the statements before it, and
+/// their values bound in the same order. PostgreSQL runs every clause exactly once, on one
+/// snapshot, and a failing one fails the whole statement; but in an order of its choosing, so the
+/// writes must not depend on each other (rows of one table whose order matters, such as audit
+/// rows, go in one multi-row `INSERT`). The statements must not use `$` but for
+/// placeholders (no dollar quoting, no `$` in literals). Each combination is composed once and
+/// kept for the process's life (there are a handful).
+fn together(writes: Vec<Query<'_>>) -> Query<'_> {
+    static COMPOSED: LazyLock<Mutex<HashMap<Vec<&'static str>, &'static str>>> = LazyLock::new(Default::default);
+    let key: Vec<&'static str> = writes.iter().map(|write| write.sql).collect();
+    let sql = *COMPOSED.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert_with(|| {
+        let mut offset = 0;
+        let mut clauses: Vec<String> = writes
+            .iter()
+            .map(|write| {
+                let renumbered = renumber_placeholders(write.sql, offset);
+                offset += write.args.len();
+                renumbered
+            })
+            .collect();
+        let last = clauses.pop().expect("at least one write");
+        let composed = if clauses.is_empty() {
+            last
+        } else {
+            let with: Vec<String> =
+                clauses.iter().enumerate().map(|(n, clause)| format!("w{n} AS ({clause})")).collect();
+            format!("WITH {} {last}", with.join(", "))
+        };
+        Box::leak(composed.into_boxed_str())
+    });
+    Query { sql, args: writes.into_iter().flat_map(|write| write.args).collect() }
+}
+
+/// `sql` with each placeholder `$n` written `$(n + offset)`.
+fn renumber_placeholders(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Takes a lock that one transaction at a time holds until it ends, whatever the instance: on
 /// PostgreSQL a transaction-level advisory lock (false, at once, when another holds it); on
 /// SQLite write transactions are serialised whole, so it always is true.
@@ -863,5 +939,28 @@ mod tests {
         assert_eq!(sqlite_sql("SELECT 1 FROM t LIMIT 2 FOR UPDATE SKIP LOCKED"), "SELECT 1 FROM t LIMIT 2");
         let plain = "SELECT 1";
         assert!(std::ptr::eq(sqlite_sql(plain), plain));
+    }
+
+    #[test]
+    fn writes_together_are_one_statement_with_placeholders_in_order() {
+        let first = query("INSERT INTO a (x, y, z) VALUES ($1, $2, $1)").bind("a").bind(1i64);
+        let second = query("INSERT INTO b (x) VALUES ($1)").bind(true);
+        let third = query("UPDATE c SET x = $2 WHERE id = $1").bind("c").bind(3i64);
+        let composed = together(vec![first, second, third]);
+        assert_eq!(
+            composed.sql,
+            "WITH w0 AS (INSERT INTO a (x, y, z) VALUES ($1, $2, $1)), w1 AS (INSERT INTO b (x) VALUES ($3)) \
+             UPDATE c SET x = $5 WHERE id = $4"
+        );
+        assert_eq!(composed.args.len(), 5);
+        assert!(matches!(&composed.args[2], Arg::Bool(true)));
+        assert!(matches!(&composed.args[3], Arg::Text(Some(text)) if text == "c"));
+        // One write is itself; the same combination is composed once.
+        let alone = together(vec![query("DELETE FROM d WHERE id = $1").bind(1i64)]);
+        assert_eq!(alone.sql, "DELETE FROM d WHERE id = $1");
+        let again = together(vec![query("INSERT INTO b (x) VALUES ($1)").bind(false)]);
+        let once_more = together(vec![query("INSERT INTO b (x) VALUES ($1)").bind(true)]);
+        assert!(std::ptr::eq(again.sql, once_more.sql));
+        assert_eq!(renumber_placeholders("$10 $9 $ $x", 2), "$12 $11 $ $x");
     }
 }

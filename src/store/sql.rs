@@ -855,15 +855,19 @@ impl Store for SqlStore {
         .bind(session.now)
         .bind(session.expires_at)
         .bind(session.device.as_deref());
-        if replaces.is_none() && audit.is_empty() {
-            insert.execute(self.db.writer()).await?;
+        // Without a session to end, the writes need no reads: one round trip on PostgreSQL (the
+        // audit rows in one multi-row INSERT, which keeps their order).
+        if replaces.is_none() && audit.len() <= super::audit::ROWS_PER_INSERT {
+            let mut writes = vec![insert];
+            if !audit.is_empty() {
+                writes.push(super::audit::insert_rows(audit));
+            }
+            self.db.execute_together(writes).await?;
             return Ok(false);
         }
         let mut tx = self.db.begin().await?;
         insert.execute(&mut tx).await?;
-        for event in audit {
-            super::audit::insert(&mut tx, event).await?;
-        }
+        super::audit::insert(&mut tx, audit).await?;
         let ended = match replaces {
             Some(old) => end_session_in(&mut tx, old, SessionEnd::Replaced, session.now).await?,
             None => false,
@@ -1002,7 +1006,7 @@ impl Store for SqlStore {
             insert_event(&mut tx, &event, link.now).await?;
             log_changes(&mut tx, &[CacheChange::User(user)], link.now).await?;
             if let Some(row) = &link.audit {
-                super::audit::insert(&mut tx, row).await?;
+                super::audit::insert(&mut tx, std::slice::from_ref(row)).await?;
             }
             tx.commit().await?;
             return Ok(LinkOutcome::Linked(identity));
@@ -1979,7 +1983,7 @@ impl Store for SqlStore {
         // The audit row commits with the rotation, or neither does.
         super::audit::insert(
             &mut tx,
-            &super::NewAuditEvent {
+            &[super::NewAuditEvent {
                 at: new.created_at,
                 actor_kind: super::ActorKind::System,
                 actor_id: None,
@@ -1995,7 +1999,7 @@ impl Store for SqlStore {
                     "previous_kid": retire.kid,
                     "signs_from": new.signs_from,
                 })),
-            },
+            }],
         )
         .await?;
         tx.commit().await?;

@@ -3874,12 +3874,23 @@ mod audit_log {
         let again = session(&ada, t, TimeDelta::hours(1));
         assert!(!store.start_session(&again, Some(&old.token_hash), &[]).await.unwrap());
         assert!(store.session(&again.token_hash).await.unwrap().is_some());
+        // With no session to end, the session and its rows are written together too (one
+        // statement on PostgreSQL).
+        let fresh = session(&ada, t, TimeDelta::hours(1));
+        let rows = [row("sign_in.succeeded", t), row("session.note", t)];
+        assert!(!store.start_session(&fresh, None, &rows).await.unwrap());
+        assert!(store.session(&fresh.token_hash).await.unwrap().is_some());
+        let logged = store.audit_events(&query(10)).await.unwrap();
+        assert_eq!(actions(&logged[..2]), ["session.note", "sign_in.succeeded"], "in order, latest first");
+        assert_eq!(logged.len(), 4);
         // All or nothing: a session that cannot be stored (its hash is taken) writes no row and
-        // ends no session.
+        // ends no session, with a session to end or without.
         let refused = store.start_session(&new, Some(&other.token_hash), &[row("not.written", t)]).await;
         assert!(refused.is_err());
         assert!(store.session(&other.token_hash).await.unwrap().is_some(), "Bob's other session is live");
-        assert_eq!(store.audit_events(&query(10)).await.unwrap().len(), 2, "no row of the failed sign-in");
+        let refused = store.start_session(&fresh, None, &[row("not.written", t), row("nor.this", t)]).await;
+        assert!(refused.is_err());
+        assert_eq!(store.audit_events(&query(10)).await.unwrap().len(), 4, "no row of the failed sign-ins");
     }
 
     async fn a_link_writes_its_audit_row_in_its_transaction_only_when_it_links(backend: Backend) {
