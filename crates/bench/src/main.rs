@@ -22,6 +22,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// The `tessera` binary's allocator, so that in-process benchmarks measure what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmarks of the hot paths, printed beside baselines measured in the same run.
 #[derive(Debug, Parser)]
 #[command(name = "tessera-bench", version, about)]
