@@ -1,7 +1,7 @@
 //! The `tessera` binary: everything lives in the library.
 
 /// The allocator: mimalloc, whose thread-local free lists take the many short-lived allocations of
-/// request handling off glibc's slower paths (README, "Performance").
+/// request handling off glibc's slower paths (README, "Operations", "Memory allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

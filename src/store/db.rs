@@ -234,17 +234,17 @@ impl Db {
     }
 
     /// Runs `writes`, statements whose results are not needed and that do not depend on each
-    /// other's order, as one atomic unit. On PostgreSQL
-    /// it is one statement (each write but the last a data-modifying `WITH` clause, see
-    /// [`together`]): one round trip where a transaction takes one per write plus `BEGIN` and
-    /// `COMMIT`. On SQLite, which has no such clause and no network, it is a write transaction.
+    /// other's order, as one atomic unit. On PostgreSQL it is one statement (each write but the
+    /// last a data-modifying `WITH` clause, see [`together`]): one round trip where a transaction
+    /// takes one per write plus `BEGIN` and `COMMIT`. On SQLite, which has no such clause and no
+    /// network, it is a write transaction.
     pub(super) async fn execute_together(&self, writes: Vec<Query<'_>>) -> Result<(), StoreError> {
         match self {
+            _ if writes.len() == 1 => {
+                writes[0].execute(self.writer()).await?;
+            }
             Db::Postgres { .. } => {
                 together(writes).execute(self.writer()).await?;
-            }
-            Db::Sqlite { .. } if writes.len() == 1 => {
-                writes[0].execute(self.writer()).await?;
             }
             Db::Sqlite { .. } => {
                 let mut tx = self.begin().await?;
@@ -765,7 +765,11 @@ fn together(writes: Vec<Query<'_>>) -> Query<'_> {
         let mut clauses: Vec<String> = writes
             .iter()
             .map(|write| {
-                let renumbered = renumber_placeholders(write.sql, offset);
+                // The numbering is kept by the statements' text: each must bind exactly as many
+                // values as its highest placeholder, whatever it is called with.
+                let (renumbered, highest) = renumber_placeholders(write.sql, offset);
+                assert_eq!(highest, offset + write.args.len(), "placeholders and values of {:?}", write.sql);
+                assert!(!write.sql.trim_start().starts_with("WITH"), "a WITH statement cannot be a WITH clause");
                 offset += write.args.len();
                 renumbered
             })
@@ -783,22 +787,26 @@ fn together(writes: Vec<Query<'_>>) -> Query<'_> {
     Query { sql, args: writes.into_iter().flat_map(|write| write.args).collect() }
 }
 
-/// `sql` with each placeholder `$n` written `$(n + offset)`.
-fn renumber_placeholders(sql: &str, offset: usize) -> String {
+/// `sql` with each placeholder `$n` written `$(n + offset)`, and the highest one written.
+fn renumber_placeholders(sql: &str, offset: usize) -> (String, usize) {
     let mut out = String::with_capacity(sql.len() + 16);
+    let mut highest = offset;
     let mut rest = sql;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..=at]);
         rest = &rest[at + 1..];
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         match rest[..digits].parse::<usize>() {
-            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Ok(n) => {
+                highest = highest.max(n + offset);
+                out.push_str(&(n + offset).to_string());
+            }
             Err(_) => out.push_str(&rest[..digits]),
         }
         rest = &rest[digits..];
     }
     out.push_str(rest);
-    out
+    (out, highest)
 }
 
 /// Takes a lock that one transaction at a time holds until it ends, whatever the instance: on
@@ -961,6 +969,6 @@ mod tests {
         let again = together(vec![query("INSERT INTO b (x) VALUES ($1)").bind(false)]);
         let once_more = together(vec![query("INSERT INTO b (x) VALUES ($1)").bind(true)]);
         assert!(std::ptr::eq(again.sql, once_more.sql));
-        assert_eq!(renumber_placeholders("$10 $9 $ $x", 2), "$12 $11 $ $x");
+        assert_eq!(renumber_placeholders("$10 $9 $ $x", 2), ("$12 $11 $ $x".to_owned(), 12));
     }
 }

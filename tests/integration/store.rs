@@ -3840,6 +3840,7 @@ mod audit_log {
         concurrent_appends_keep_every_row_with_distinct_increasing_ids,
         a_sign_in_writes_its_session_its_rows_and_the_replaced_session_end_together,
         a_link_writes_its_audit_row_in_its_transaction_only_when_it_links,
+        more_rows_than_one_insert_takes_keep_their_order,
     );
 
     fn row(action: &str, at: DateTime<Utc>) -> NewAuditEvent {
@@ -3891,6 +3892,23 @@ mod audit_log {
         let refused = store.start_session(&fresh, None, &[row("not.written", t), row("nor.this", t)]).await;
         assert!(refused.is_err());
         assert_eq!(store.audit_events(&query(10)).await.unwrap().len(), 4, "no row of the failed sign-ins");
+    }
+
+    async fn more_rows_than_one_insert_takes_keep_their_order(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let ada = sign_up(&store, "ada").await;
+        let t = now();
+        let many: Vec<NewAuditEvent> = (0..17).map(|n| row(&format!("step.{n:02}"), t)).collect();
+        store.append_audit_events(&many).await.unwrap();
+        // A new session with as many rows (more than one statement takes) writes them all too.
+        let signed_in = session(&ada, t, TimeDelta::hours(1));
+        assert!(!store.start_session(&signed_in, None, &many).await.unwrap());
+        assert!(store.session(&signed_in.token_hash).await.unwrap().is_some());
+        let logged = store.audit_events(&query(40)).await.unwrap();
+        let latest_first: Vec<String> = (0..17).rev().map(|n| format!("step.{n:02}")).collect();
+        assert_eq!(logged.len(), 34);
+        assert_eq!(actions(&logged[..17]), latest_first);
+        assert_eq!(actions(&logged[17..]), latest_first);
     }
 
     async fn a_link_writes_its_audit_row_in_its_transaction_only_when_it_links(backend: Backend) {
