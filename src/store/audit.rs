@@ -101,6 +101,9 @@ pub struct AuditQuery {
 /// Most rows one `INSERT` of [`insert_rows`] writes; longer lists take several, in a transaction.
 pub(super) const ROWS_PER_INSERT: usize = 16;
 
+/// The columns each row of [`insert_rows`] binds.
+const COLUMNS: usize = 11;
+
 /// Appends rows in `tx`, in their order.
 pub(super) async fn insert(tx: &mut Tx, events: &[NewAuditEvent]) -> Result<(), StoreError> {
     for chunk in events.chunks(ROWS_PER_INSERT) {
@@ -117,7 +120,8 @@ pub(super) fn insert_rows(events: &[NewAuditEvent]) -> Query<'_> {
             .map(|rows| {
                 let values: Vec<String> = (0..rows)
                     .map(|row| {
-                        let placeholders: Vec<String> = (1..=11).map(|n| format!("${}", row * 11 + n)).collect();
+                        let placeholders: Vec<String> =
+                            (1..=COLUMNS).map(|n| format!("${}", row * COLUMNS + n)).collect();
                         format!("({})", placeholders.join(", "))
                     })
                     .collect();

@@ -240,6 +240,7 @@ impl Db {
     /// network, it is a write transaction.
     pub(super) async fn execute_together(&self, writes: Vec<Query<'_>>) -> Result<(), StoreError> {
         match self {
+            _ if writes.is_empty() => {}
             _ if writes.len() == 1 => {
                 writes[0].execute(self.writer()).await?;
             }
