@@ -300,11 +300,12 @@ async fn run_users(services: &Services, action: UsersCommand) -> ExitCode {
 
 async fn set_disabled(services: &Services, id: UserId, disabled: bool, json: bool) -> ExitCode {
     let changed = services.provisioner.set_disabled(id, disabled).await;
-    if changed.is_ok() {
+    // A user already so (with no session left to end) changed nothing: no audit row.
+    if changed.as_ref().is_ok_and(|update| update.changed) {
         let action = if disabled { "user.disabled" } else { "user.enabled" };
         services.record(action, ("user", id.to_string()), None).await;
     }
-    match changed {
+    match changed.map(|update| update.user) {
         Ok(user) if json => {
             print_json(&UserResponse::from(user));
             ExitCode::SUCCESS

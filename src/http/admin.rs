@@ -21,7 +21,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
-use super::audit::AuditAction;
+use super::audit::{AuditAction, NothingChanged};
 use super::extract::{ApiJson, ApiPath, required};
 use super::problem::ApiError;
 use super::responses::{BootstrapResponse, UserProfileResponse, UserResponse};
@@ -143,7 +143,7 @@ async fn update_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
     ApiJson(request): ApiJson<UpdateUserRequest>,
-) -> Result<(Extension<AuditAction>, Json<UserResponse>), ApiError> {
+) -> Result<(Option<Extension<NothingChanged>>, Extension<AuditAction>, Json<UserResponse>), ApiError> {
     let user_id = parse_user_id(&user_id)?;
     if request.name.is_none()
         && request.email.is_none()
@@ -178,8 +178,9 @@ async fn update_user(
         None => "user.updated",
     };
     let change = UserChange { name, email, email_verified: request.email_verified, disabled: request.disabled };
-    let user = state.provisioner.update_user(user_id, &change).await?;
-    Ok((Extension(AuditAction(action)), Json(user.into())))
+    let update = state.provisioner.update_user(user_id, &change).await?;
+    let unchanged = (!update.changed).then_some(Extension(NothingChanged));
+    Ok((unchanged, Extension(AuditAction(action)), Json(update.user.into())))
 }
 
 #[utoipa::path(

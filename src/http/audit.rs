@@ -166,6 +166,11 @@ pub fn request_id(headers: &HeaderMap) -> Option<String> {
 #[derive(Debug, Clone, Copy)]
 pub struct AuditAction(pub &'static str);
 
+/// In a successful answer's extensions: the request changed nothing (every field it named already
+/// had that value), so it gets no audit row, as it gets no event.
+#[derive(Debug, Clone, Copy)]
+pub struct NothingChanged;
+
 /// Where a fact of an audit row comes from.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -288,7 +293,7 @@ pub async fn record_admin_action(
     let params: Vec<(String, String)> =
         params.map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()).unwrap_or_default();
     let response = next.run(request).await;
-    if !response.status().is_success() {
+    if !response.status().is_success() || response.extensions().get::<NothingChanged>().is_some() {
         return response;
     }
     let rule = rule_for(&method, &route);

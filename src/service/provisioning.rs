@@ -17,7 +17,9 @@ use crate::domain::{
     DisplayName, Email, Identity, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
 };
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{CreateOutcome, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome, UserChange};
+use crate::store::{
+    CreateOutcome, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome, UserChange, UserUpdate,
+};
 use crate::upstream::issuers::IssuerRegistry;
 
 /// How often at most an identity's `last_seen_at` is written.
@@ -123,21 +125,27 @@ impl Provisioner {
     /// Disables or re-enables a user. A disabled user is refused by bootstrap and validation
     /// alike; this instance forgets anything it cached about them at once (other instances
     /// within `cache.sync_interval_ms`, from the cache-invalidation log).
-    pub async fn set_disabled(&self, user: UserId, disabled: bool) -> Result<User, ProvisionError> {
-        let user =
+    /// Whether anything changed: a user already so, with no session left to end, is not.
+    pub async fn set_disabled(&self, user: UserId, disabled: bool) -> Result<UserUpdate, ProvisionError> {
+        let update =
             self.store.set_user_disabled(user, disabled, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
-        self.principals.invalidate_user(user.id);
-        tracing::info!(user_id = %user.id, disabled, "changed a user's disabled flag");
-        Ok(user)
+        // Forgotten even when nothing changed here: another instance may have changed it first.
+        self.principals.invalidate_user(update.user.id);
+        if update.changed {
+            tracing::info!(user_id = %update.user.id, disabled, "changed a user's disabled flag");
+        }
+        Ok(update)
     }
 
     /// Changes a user's name, email, `email_verified` or `disabled` (`PATCH /admin/users/{id}`),
-    /// in one transaction with its events.
-    pub async fn update_user(&self, user: UserId, change: &UserChange) -> Result<User, ProvisionError> {
-        let user = self.store.update_user(user, change, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
-        self.principals.invalidate_user(user.id);
-        tracing::info!(user_id = %user.id, "changed a user");
-        Ok(user)
+    /// in one transaction with its events; whether anything changed.
+    pub async fn update_user(&self, user: UserId, change: &UserChange) -> Result<UserUpdate, ProvisionError> {
+        let update = self.store.update_user(user, change, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
+        self.principals.invalidate_user(update.user.id);
+        if update.changed {
+            tracing::info!(user_id = %update.user.id, "changed a user");
+        }
+        Ok(update)
     }
 
     /// The admin bootstrap: provisions `claim` if its issuer is on the allow-list. Nothing is

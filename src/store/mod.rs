@@ -101,6 +101,16 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// A user after [`Store::update_user`], and whether the call changed anything (a field, the
+/// `disabled` flag, or sessions a repeated disabling ended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserUpdate {
+    /// The user as it now is.
+    pub user: User,
+    /// `false` when every field named already had its value: nothing was written.
+    pub changed: bool,
+}
+
 /// A change of a user's fields, for [`Store::update_user`]: `None` leaves a field as it is;
 /// `Some(None)` clears `name` or `email`.
 #[derive(Debug, Clone, Default)]
@@ -688,7 +698,7 @@ pub trait Store: Send + Sync + Debug + 'static {
         user: UserId,
         disabled: bool,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>, StoreError>;
+    ) -> Result<Option<UserUpdate>, StoreError>;
 
     /// Changes the fields of a user that `change` names, in one transaction, writing one
     /// `user.updated` event naming the changed fields among `name`, `email` and `email_verified`
@@ -701,7 +711,7 @@ pub trait Store: Send + Sync + Debug + 'static {
         user: UserId,
         change: &UserChange,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>, StoreError>;
+    ) -> Result<Option<UserUpdate>, StoreError>;
 
     /// A team by id or slug.
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError>;

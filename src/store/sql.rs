@@ -29,7 +29,9 @@ use super::{
     UnlinkOutcome, UserSession, WebhookKeys, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
-use super::{CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery};
+use super::{
+    CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery, UserUpdate,
+};
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
 use super::{PRINCIPALS_PER_READ, PoolStats, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
@@ -634,7 +636,7 @@ impl Store for SqlStore {
         user: UserId,
         disabled: bool,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>, StoreError> {
+    ) -> Result<Option<UserUpdate>, StoreError> {
         self.update_user(user, &UserChange { disabled: Some(disabled), ..UserChange::default() }, now).await
     }
 
@@ -643,7 +645,7 @@ impl Store for SqlStore {
         user: UserId,
         change: &UserChange,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>, StoreError> {
+    ) -> Result<Option<UserUpdate>, StoreError> {
         let mut tx = self.db.begin().await?;
         // The row lock makes "what was it before?" exact, so that one event reports each change.
         let Some(before) = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1 FOR UPDATE"))
@@ -676,15 +678,15 @@ impl Store for SqlStore {
         let toggled = change.disabled.is_some_and(|disabled| disabled != before.disabled);
         if changed.is_empty() && !toggled {
             // Nothing changes (disabling a disabled user still ends any session left).
+            let mut ended = 0;
             if change.disabled == Some(true) {
-                let ended =
-                    query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
+                ended = query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
                 insert_session_event(&mut tx, user, SessionEnd::UserDisabled, ended, now).await?;
                 tx.commit().await?;
             } else {
                 tx.rollback().await?;
             }
-            return Ok(Some(before));
+            return Ok(Some(UserUpdate { user: before, changed: ended > 0 }));
         }
         query(
             "UPDATE users SET name = $2, email = $3, email_verified = $4, disabled = $5, updated_at = $6 WHERE id = $1",
@@ -715,7 +717,7 @@ impl Store for SqlStore {
             log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         }
         tx.commit().await?;
-        Ok(Some(found))
+        Ok(Some(UserUpdate { user: found, changed: true }))
     }
 
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError> {

@@ -77,6 +77,10 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     assert_eq!(body(rename.send().await.unwrap(), 200).await["disabled"], json!(true));
     let enable = app.admin(Method::PATCH, &format!("/admin/users/{user}")).json(&json!({ "disabled": false }));
     body(enable.send().await.unwrap(), 200).await;
+    // A request that changes nothing (already enabled, already so named) writes no row.
+    let again = json!({ "disabled": false, "name": "Ada L." });
+    let again = app.admin(Method::PATCH, &format!("/admin/users/{user}")).json(&again);
+    assert_eq!(body(again.send().await.unwrap(), 200).await["name"], json!("Ada L."));
     let team = app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": "acme", "name": "Acme" }));
     let team = body(team.send().await.unwrap(), 201).await["id"].as_str().unwrap().to_owned();
     let member =

@@ -542,6 +542,10 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
     let enabled = run(&mut on_db(dir.path(), &db, &["users", "enable", &ids[0]])).await;
     assert_eq!(enabled.code, 0, "{}", enabled.stderr);
     assert!(enabled.stdout.contains("is enabled"), "{}", enabled.stdout);
+    // Enabling an enabled user answers the same and changes nothing: no event, no audit row.
+    let again = run(&mut on_db(dir.path(), &db, &["users", "enable", &ids[0]])).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains("is enabled"), "{}", again.stdout);
     let sql = db.sql().await;
     assert_eq!(sql.count("outbox_events WHERE topic IN ('user.disabled', 'user.enabled')").await, 2);
     let audited = |action: &'static str| {

@@ -674,6 +674,8 @@ async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
 
     let t1 = t0 + TimeDelta::minutes(1);
     let disabled = store.set_user_disabled(ada.id(), true, t1).await.unwrap().unwrap();
+    assert!(disabled.changed);
+    let disabled = disabled.user;
     assert_eq!(disabled, User { disabled: true, updated_at: t1, ..ada.user.clone() });
     assert_eq!(store.get_user(ada.id()).await.unwrap(), Some(disabled));
     for session in &adas {
@@ -687,7 +689,7 @@ async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
     assert!(store.session(&late.token_hash).await.unwrap().unwrap().user_disabled);
 
     let t2 = t1 + TimeDelta::minutes(1);
-    let enabled = store.set_user_disabled(ada.id(), false, t2).await.unwrap().unwrap();
+    let enabled = store.set_user_disabled(ada.id(), false, t2).await.unwrap().unwrap().user;
     assert_eq!(enabled, User { disabled: false, updated_at: t2, ..ada.user.clone() });
     assert_eq!(store.get_user(ada.id()).await.unwrap(), Some(enabled));
     let kept = store.session(&late.token_hash).await.unwrap().expect("re-enabling deletes no session");
@@ -3055,9 +3057,10 @@ async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend
     assert_eq!(payload["identity"]["subject"], "ada");
 
     let t = now();
-    store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap();
-    store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap();
-    store.set_user_disabled(bob.id(), false, t).await.unwrap().unwrap();
+    assert!(store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap().changed);
+    assert!(!store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap().changed, "already disabled");
+    assert!(store.set_user_disabled(bob.id(), false, t).await.unwrap().unwrap().changed);
+    assert!(!store.set_user_disabled(bob.id(), false, t).await.unwrap().unwrap().changed, "already enabled");
     assert!(store.set_user_disabled(UserId::generate(), true, t).await.unwrap().is_none());
     let link = NewLink {
         identity_id: IdentityId::generate(),
@@ -4093,17 +4096,19 @@ mod issue_12_events {
         let t = now();
         let rename = UserChange { name: Some(Some("Ada L.".into())), ..UserChange::default() };
         let changed = store.update_user(ada.id(), &rename, t).await.unwrap().unwrap();
-        assert_eq!(changed.name.as_deref(), Some("Ada L."));
-        assert_eq!(store.update_user(ada.id(), &rename, t).await.unwrap().unwrap(), changed, "a no-op");
+        assert!(changed.changed);
+        assert_eq!(changed.user.name.as_deref(), Some("Ada L."));
+        let again = store.update_user(ada.id(), &rename, t).await.unwrap().unwrap();
+        assert_eq!((again.user, again.changed), (changed.user, false), "a no-op");
         let email = Email::parse("ada@new.example.com").unwrap();
         let readdress = UserChange { email: Some(Some(email)), ..UserChange::default() };
-        let readdressed = store.update_user(ada.id(), &readdress, t).await.unwrap().unwrap();
+        let readdressed = store.update_user(ada.id(), &readdress, t).await.unwrap().unwrap().user;
         assert_eq!(readdressed.email.as_deref(), Some("ada@new.example.com"));
         let verify = UserChange { email_verified: Some(true), disabled: Some(true), ..UserChange::default() };
-        store.update_user(ada.id(), &verify, t).await.unwrap().unwrap();
-        store.update_user(ada.id(), &verify, t).await.unwrap().unwrap();
+        assert!(store.update_user(ada.id(), &verify, t).await.unwrap().unwrap().changed);
+        assert!(!store.update_user(ada.id(), &verify, t).await.unwrap().unwrap().changed);
         let unnamed = UserChange { name: Some(None), disabled: Some(false), ..UserChange::default() };
-        assert_eq!(store.update_user(ada.id(), &unnamed, t).await.unwrap().unwrap().name, None);
+        assert_eq!(store.update_user(ada.id(), &unnamed, t).await.unwrap().unwrap().user.name, None);
         assert!(store.update_user(UserId::generate(), &rename, t).await.unwrap().is_none());
 
         let written = events_since(&db, start).await;
@@ -4133,14 +4138,15 @@ mod issue_12_events {
         let (db, store) = setup(backend).await;
         let ada = sign_up(&store, "ada").await.id();
         let start = events(&db).await.len();
-        concurrently(12, |_| {
+        let changed = concurrently(12, |_| {
             let store = store.clone();
             async move {
                 let change = UserChange { name: Some(Some("Same".into())), ..UserChange::default() };
-                store.update_user(ada, &change, now()).await.unwrap().unwrap()
+                store.update_user(ada, &change, now()).await.unwrap().unwrap().changed
             }
         })
         .await;
+        assert_eq!(changed.iter().filter(|c| **c).count(), 1, "one call changed the name: {changed:?}");
         let written = events_since(&db, start).await;
         assert_eq!(written.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["user.updated"]);
     }
