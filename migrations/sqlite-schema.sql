@@ -414,3 +414,5 @@ CREATE TABLE cache_invalidations (
 CREATE INDEX cache_invalidations_created_idx ON cache_invalidations (created_at);
 
 CREATE UNIQUE INDEX webhook_endpoints_config_name_idx ON webhook_endpoints (config_name);
+
+CREATE INDEX webhook_deliveries_event_idx ON webhook_deliveries (event_id);

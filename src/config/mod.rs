@@ -174,6 +174,9 @@ pub struct WebhooksConfig {
     /// How long the previous signing key keeps signing after a rotation
     /// (`webhooks.secret_overlap_seconds`).
     pub secret_overlap: Duration,
+    /// How long outbox events and their delivery log are kept once every endpoint is done with
+    /// them (`webhooks.retention_days`); `None` keeps them forever (`0`).
+    pub retention: Option<Duration>,
     /// The endpoints of the configuration file (`[[webhooks.endpoints]]`).
     pub endpoints: Vec<ConfigWebhook>,
 }
@@ -229,6 +232,7 @@ impl Default for WebhooksConfig {
             give_up_after: Duration::from_secs(24 * 3600),
             max_concurrent_endpoints: 32,
             secret_overlap: Duration::from_secs(86_400),
+            retention: Some(Duration::from_secs(30 * 86_400)),
             endpoints: Vec::new(),
         }
     }
@@ -521,6 +525,7 @@ struct RawWebhooks {
     give_up_after_seconds: Option<u64>,
     max_concurrent_endpoints: Option<usize>,
     secret_overlap_seconds: Option<u64>,
+    retention_days: Option<u64>,
     #[serde(default)]
     endpoints: Vec<RawWebhookEndpoint>,
 }
@@ -863,18 +868,23 @@ impl Config {
 
 fn parse_audit(raw: &RawAudit) -> Result<AuditConfig, ConfigError> {
     let defaults = AuditConfig::default();
-    let retention = match raw.retention_days {
-        None => defaults.retention,
-        Some(0) => None,
-        Some(days) if days <= 36_500 => Some(Duration::from_secs(days * 86_400)),
-        Some(_) => return Err(ConfigError::new("audit.retention_days", "expected 0 (keep forever) to 36500 days")),
-    };
+    let retention = retention_days(raw.retention_days, defaults.retention, "audit.retention_days")?;
     let flush_interval = match raw.flush_interval_ms {
         None => defaults.flush_interval,
         Some(ms) if (10..=3_600_000).contains(&ms) => Duration::from_millis(ms),
         Some(_) => return Err(ConfigError::new("audit.flush_interval_ms", "expected 10 to 3600000 milliseconds")),
     };
     Ok(AuditConfig { retention, flush_interval })
+}
+
+/// A retention in days: absent, the default; `0`, forever (`None`); at most 100 years.
+fn retention_days(days: Option<u64>, default: Option<Duration>, key: &str) -> Result<Option<Duration>, ConfigError> {
+    match days {
+        None => Ok(default),
+        Some(0) => Ok(None),
+        Some(days) if days <= 36_500 => Ok(Some(Duration::from_secs(days * 86_400))),
+        Some(_) => Err(ConfigError::new(key, "expected 0 (keep forever) to 36500 days")),
+    }
 }
 
 fn parse_webhooks(raw: &RawWebhooks, env: &dyn Fn(&str) -> Option<String>) -> Result<WebhooksConfig, ConfigError> {
@@ -924,6 +934,7 @@ fn parse_webhooks(raw: &RawWebhooks, env: &dyn Fn(&str) -> Option<String>) -> Re
         give_up_after,
         max_concurrent_endpoints,
         secret_overlap,
+        retention: retention_days(raw.retention_days, defaults.retention, "webhooks.retention_days")?,
         endpoints,
     })
 }
@@ -1123,6 +1134,19 @@ mod tests {
         assert_eq!(error(typo, &both).key, "webhooks.endpoints[1] (b).event_types");
         let overlong = Config::from_toml("[webhooks]\nsecret_overlap_seconds = 2592001", env(&[])).unwrap_err();
         assert_eq!(overlong.key, "webhooks.secret_overlap_seconds");
+    }
+
+    #[test]
+    fn retentions_are_days_with_zero_for_forever() {
+        let parsed = |toml: &str| Config::from_toml(toml, env(&[]));
+        let defaults = parsed("").unwrap();
+        assert_eq!(defaults.webhooks.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(defaults.audit.retention, Some(Duration::from_secs(365 * 86_400)));
+        let set = parsed("[webhooks]\nretention_days = 7\n[audit]\nretention_days = 0").unwrap();
+        assert_eq!((set.webhooks.retention, set.audit.retention), (Some(Duration::from_secs(7 * 86_400)), None));
+        assert_eq!(parsed("[webhooks]\nretention_days = 0").unwrap().webhooks.retention, None);
+        assert_eq!(parsed("[webhooks]\nretention_days = 36501").unwrap_err().key, "webhooks.retention_days");
+        assert_eq!(parsed("[audit]\nretention_days = 36501").unwrap_err().key, "audit.retention_days");
     }
 
     #[test]

@@ -29,12 +29,6 @@ pub const SIGN_IN_FAILED: &str = "sign_in.failed";
 /// counted without their issuer, so memory stays bounded whatever tokens arrive.
 const MAX_KEYS: usize = 1024;
 
-/// Rows deleted by one statement of the retention sweep.
-const SWEEP_BATCH: i64 = 1000;
-
-/// Most statements of one retention sweep; the rest waits for the next sweep.
-const SWEEP_MAX_BATCHES: usize = 100;
-
 /// What refusals are counted by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RefusalKey {
@@ -137,20 +131,12 @@ impl Audit {
         }
     }
 
-    /// Deletes the rows older than the retention, in batches of [`SWEEP_BATCH`]; how many went.
-    /// Nothing with a retention of 0 (keep forever).
+    /// Deletes the rows older than the retention, in batches; how many went. Nothing with a
+    /// retention of 0 (keep forever).
     pub async fn sweep(&self) -> Result<u64, StoreError> {
-        let Some(retention) = self.inner.retention else { return Ok(0) };
-        let cutoff = crate::domain::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        let mut deleted = 0;
-        for _ in 0..SWEEP_MAX_BATCHES {
-            let batch = self.inner.store.delete_audit_events_before(cutoff, SWEEP_BATCH).await?;
-            deleted += batch;
-            if batch < SWEEP_BATCH as u64 {
-                break;
-            }
-        }
-        Ok(deleted)
+        let store = &self.inner.store;
+        super::sweep_older_than(self.inner.retention, |cutoff, limit| store.delete_audit_events_before(cutoff, limit))
+            .await
     }
 
     /// A page of rows, latest first, and the cursor of the next page (the last row's id) when

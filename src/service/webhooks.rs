@@ -145,6 +145,15 @@ impl Webhooks {
         &self.settings
     }
 
+    /// Deletes the outbox events older than `webhooks.retention_days` that every endpoint is done
+    /// with, and their delivery log, in batches; how many events went. Nothing with a retention
+    /// of 0 (keep forever). An event with a delivery still pending (an endpoint retrying, or
+    /// disabled) is kept until it is delivered or fails.
+    pub async fn sweep(&self) -> Result<u64, StoreError> {
+        super::sweep_older_than(self.settings.retention, |cutoff, limit| self.store.delete_old_events(cutoff, limit))
+            .await
+    }
+
     /// Every endpoint's pending deliveries, for metrics.
     pub async fn queues(&self) -> Result<Vec<WebhookQueue>, StoreError> {
         self.store.webhook_queues().await

@@ -67,6 +67,7 @@ embedded_migrations! {
     15 "0015_cache_invalidations" "cache_invalidations",
     16 "0016_webhook_rotation" "webhook_rotation",
     17 "0017_identity_last_seen_updates" "identity_last_seen_updates",
+    18 "0018_outbox_retention" "outbox_retention",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

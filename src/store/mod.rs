@@ -1123,6 +1123,11 @@ pub trait Store: Send + Sync + Debug + 'static {
         limit: i64,
     ) -> Result<Vec<WebhookDelivery>, StoreError>;
 
+    /// Deletes at most `limit` outbox events written before `before` that every endpoint is done
+    /// with (fanned out, and no delivery of theirs pending), oldest first, with their delivery
+    /// log rows (the retention sweep); how many events were deleted.
+    async fn delete_old_events(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError>;
+
     /// Schedules every event written since `since` that the endpoint wants again, in one
     /// transaction: missing deliveries are created, existing ones made pending anew (attempts
     /// reset, due at `now`). Returns how many were scheduled.

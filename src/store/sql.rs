@@ -2497,6 +2497,22 @@ impl Store for SqlStore {
         rows.iter().map(delivery_row).collect()
     }
 
+    async fn delete_old_events(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
+        // Rows a replay holds are skipped (PostgreSQL), and a replay waiting on rows deleted here
+        // does not see them: it never schedules an event that is gone.
+        query(
+            "DELETE FROM outbox_events WHERE id IN (
+                 SELECT e.id FROM outbox_events e
+                 WHERE e.created_at < $1 AND e.processed_at IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.state = 'pending')
+                 ORDER BY e.seq LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(before)
+        .bind(limit.max(0))
+        .execute(self.db.writer())
+        .await
+    }
+
     async fn replay_webhook(
         &self,
         endpoint: &WebhookEndpoint,
@@ -2506,7 +2522,8 @@ impl Store for SqlStore {
         let mut tx = self.db.begin().await?;
         // Only events already fanned out: later ones get their deliveries from the fan-out.
         let events = query(
-            "SELECT seq, id, topic FROM outbox_events WHERE created_at >= $1 AND processed_at IS NOT NULL ORDER BY seq",
+            "SELECT seq, id, topic FROM outbox_events WHERE created_at >= $1 AND processed_at IS NOT NULL
+             ORDER BY seq FOR UPDATE",
         )
         .bind(since)
         .fetch_all(&mut tx)

@@ -74,6 +74,7 @@ impl Workers {
                 deps.op.clone(),
                 deps.audit.clone(),
                 deps.cache_sync.clone(),
+                deps.webhooks.clone(),
             )),
             tokio::spawn(audit::run(deps.audit.clone(), deps.audit_every)),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),

@@ -1,7 +1,7 @@
 //! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles, the
 //! records of used client assertions, the OpenID Provider's expired grants, codes and held
-//! requests, the rows of the cache-invalidation log older than its retention, and audit rows past
-//! their retention.
+//! requests, the rows of the cache-invalidation log older than its retention, and audit rows and
+//! outbox events past their retention.
 
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use crate::service::cache_sync::CacheSync;
 use crate::service::op::clients::Clients;
 use crate::service::op::provider::OpenIdProvider;
 use crate::service::sessions::Sessions;
+use crate::service::webhooks::Webhooks;
 
 /// How often the sweeper runs.
 const EVERY: Duration = Duration::from_secs(600);
@@ -23,6 +24,7 @@ pub(super) async fn run(
     op: Option<OpenIdProvider>,
     audit: Audit,
     cache_sync: CacheSync,
+    webhooks: Webhooks,
 ) {
     let mut interval = tokio::time::interval(EVERY);
     loop {
@@ -58,6 +60,11 @@ pub(super) async fn run(
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted audit rows past their retention"),
             Err(error) => tracing::warn!(error = %error, "cannot delete audit rows past their retention"),
+        }
+        match webhooks.sweep().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted outbox events past their retention"),
+            Err(error) => tracing::warn!(error = %error, "cannot delete outbox events past their retention"),
         }
     }
 }

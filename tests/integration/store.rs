@@ -32,6 +32,8 @@ on_both_backends!(
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
     an_endpoint_is_leased_to_one_owner_at_a_time,
     attempts_are_recorded_and_a_replay_schedules_events_again,
+    old_events_go_once_every_endpoint_is_done_with_them,
+    concurrent_sweeps_delete_each_old_event_once,
     each_change_writes_one_outbox_event_in_its_transaction,
     // Schema and connection
     migrations_apply_once_and_report_status,
@@ -3241,6 +3243,68 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     let current = Attempt { scheduled_at: again[0].scheduled_at, ..delivered };
     store.record_attempt(again[0].id, &current).await.unwrap();
     assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap().len(), 1);
+}
+
+async fn old_events_go_once_every_endpoint_is_done_with_them(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let sql = db.sql().await;
+    let (long_ago, cutoff) = (now() - TimeDelta::days(40), now() - TimeDelta::days(30));
+    let hook = endpoint(&["user.created", "user.disabled"], long_ago - TimeDelta::days(1));
+    store.insert_webhook(&hook).await.unwrap();
+    let ada = sign_up(&store, "ada").await;
+    // Two old events: one the endpoint wants, one it does not; and a recent one (the sign-up).
+    store.set_user_disabled(ada.id(), true, long_ago).await.unwrap();
+    store.set_user_disabled(ada.id(), false, long_ago + TimeDelta::minutes(1)).await.unwrap();
+    let topics = async || sql.texts("SELECT topic FROM outbox_events ORDER BY seq").await;
+    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "not fanned out yet");
+
+    store.fan_out_events(100, now()).await.unwrap();
+    // user.enabled had no delivery to make: it goes. user.disabled waits for its delivery.
+    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 1);
+    assert_eq!(topics().await, ["user.created", "user.disabled"]);
+    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "a delivery is pending");
+
+    let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
+    let disabled = jobs.iter().find(|j| j.topic == "user.disabled").unwrap();
+    let delivered =
+        Attempt { at: now(), status: Some(204), error: None, retry_at: None, scheduled_at: disabled.scheduled_at };
+    store.record_attempt(disabled.id, &delivered).await.unwrap();
+    assert_eq!(store.delete_old_events(cutoff, 0).await.unwrap(), 0, "at most the limit");
+    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 1, "delivered: it goes");
+    assert_eq!(topics().await, ["user.created"], "the recent event stays, delivered or not");
+    let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
+    assert_eq!(log.len(), 1, "the delivery log row went with its event");
+    assert_eq!(sql.count("webhook_deliveries").await, 1);
+    // A replay since before the cutoff finds only what is left.
+    assert_eq!(store.replay_webhook(&hook, long_ago - TimeDelta::days(1), now()).await.unwrap(), 1);
+}
+
+async fn concurrent_sweeps_delete_each_old_event_once(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await.id();
+    let long_ago = now() - TimeDelta::days(40);
+    for n in 0..20 {
+        store.set_user_disabled(ada, n % 2 == 0, long_ago + TimeDelta::seconds(n)).await.unwrap();
+    }
+    store.fan_out_events(100, now()).await.unwrap();
+    let cutoff = now() - TimeDelta::days(30);
+    // Eight instances sweep at once, five events a statement each.
+    let deleted = concurrently(8, |_| {
+        let store = store.clone();
+        async move {
+            let mut deleted = 0;
+            loop {
+                let batch = store.delete_old_events(cutoff, 5).await.unwrap();
+                deleted += batch;
+                if batch == 0 {
+                    return deleted;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(deleted.iter().sum::<u64>(), 20, "each old event once: {deleted:?}");
+    assert_eq!(db.sql().await.texts("SELECT topic FROM outbox_events").await, ["user.created"]);
 }
 
 // ---- Operators: listings and user deletion ---------------------------------------------------
