@@ -415,4 +415,6 @@ CREATE INDEX cache_invalidations_created_idx ON cache_invalidations (created_at)
 
 CREATE UNIQUE INDEX webhook_endpoints_config_name_idx ON webhook_endpoints (config_name);
 
+CREATE INDEX outbox_events_created_idx ON outbox_events (created_at);
+
 CREATE INDEX webhook_deliveries_event_idx ON webhook_deliveries (event_id);

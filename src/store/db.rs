@@ -5,7 +5,7 @@
 //!
 //! The store's SQL is written once, in PostgreSQL's spelling with `$n` placeholders (which sqlx
 //! also accepts on SQLite). Before it runs on SQLite, the one PostgreSQL-only construct it uses is
-//! dropped (see [`sqlite_sql`]): row locks (`FOR UPDATE`, `FOR UPDATE SKIP LOCKED`), since SQLite write transactions are
+//! dropped (see [`sqlite_sql`]): row locks (`FOR UPDATE`, `FOR UPDATE SKIP LOCKED`, `FOR SHARE`), since SQLite write transactions are
 //! serialised whole by `BEGIN IMMEDIATE` on one writer connection. Everything else is SQL both
 //! understand alike (`ON CONFLICT`, `RETURNING`, `TRUE`/`FALSE`, `NULLS LAST`; no `GREATEST`,
 //! whose NULL handling differs from SQLite's `MAX`).
@@ -737,17 +737,18 @@ impl RowExt for Row {
     }
 }
 
-/// The SQLite spelling of a statement: `FOR UPDATE` dropped (SQLite has no row locks; its write
-/// transactions are serialised whole). Statements without it are used as they are; rewritten ones
-/// are made once and kept for the process's life (there are a handful).
+/// The SQLite spelling of a statement: row locks (`FOR UPDATE`, `FOR SHARE`) dropped (SQLite has
+/// none; its write transactions are serialised whole). Statements without one are used as they
+/// are; rewritten ones are made once and kept for the process's life (there are a handful).
 fn sqlite_sql(sql: &'static str) -> &'static str {
-    if !sql.contains(" FOR UPDATE") {
+    if !sql.contains(" FOR UPDATE") && !sql.contains(" FOR SHARE") {
         return sql;
     }
     static REWRITTEN: LazyLock<Mutex<HashMap<&'static str, &'static str>>> = LazyLock::new(Default::default);
     let mut rewritten = REWRITTEN.lock().unwrap_or_else(|p| p.into_inner());
     rewritten.entry(sql).or_insert_with(|| {
-        Box::leak(sql.replace(" FOR UPDATE SKIP LOCKED", "").replace(" FOR UPDATE", "").into_boxed_str())
+        let plain = sql.replace(" FOR UPDATE SKIP LOCKED", "").replace(" FOR UPDATE", "").replace(" FOR SHARE", "");
+        Box::leak(plain.into_boxed_str())
     })
 }
 
@@ -947,6 +948,7 @@ mod tests {
     fn sqlite_spelling_drops_row_locks() {
         assert_eq!(sqlite_sql("SELECT 1 FROM users WHERE id = $1 FOR UPDATE"), "SELECT 1 FROM users WHERE id = $1");
         assert_eq!(sqlite_sql("SELECT 1 FROM t LIMIT 2 FOR UPDATE SKIP LOCKED"), "SELECT 1 FROM t LIMIT 2");
+        assert_eq!(sqlite_sql("SELECT 1 FROM t ORDER BY seq FOR SHARE"), "SELECT 1 FROM t ORDER BY seq");
         let plain = "SELECT 1";
         assert!(std::ptr::eq(sqlite_sql(plain), plain));
     }

@@ -2498,19 +2498,35 @@ impl Store for SqlStore {
     }
 
     async fn delete_old_events(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
-        // Rows a replay holds are skipped (PostgreSQL), and a replay waiting on rows deleted here
-        // does not see them: it never schedules an event that is gone.
-        query(
-            "DELETE FROM outbox_events WHERE id IN (
-                 SELECT e.id FROM outbox_events e
-                 WHERE e.created_at < $1 AND e.processed_at IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.state = 'pending')
-                 ORDER BY e.seq LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        let mut tx = self.db.begin().await?;
+        // The candidates, locked; those a replay holds (or another sweep) are skipped.
+        let ids = query(
+            "SELECT e.id FROM outbox_events e
+             WHERE e.created_at < $1 AND e.processed_at IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.state = 'pending')
+             ORDER BY e.created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .bind(before)
         .bind(limit.max(0))
-        .execute(self.db.writer())
-        .await
+        .fetch_all(&mut tx)
+        .await?
+        .iter()
+        .map(|row| row.uuid("id"))
+        .collect::<Result<Vec<_>, _>>()?;
+        // Deleted by a second statement, which sees what committed while the first ran: a replay
+        // that made a delivery pending just before the lock keeps its event. A replay locks the
+        // events it schedules (`FOR SHARE`), so none can start on these until they are gone.
+        let mut deleted = 0;
+        for chunk in ids.chunks(EVENTS_PER_DELETE) {
+            let mut delete = query(DELETE_EVENTS_SQL.as_str());
+            for n in 0..EVENTS_PER_DELETE {
+                // A shorter chunk repeats its last id: the same row, deleted once.
+                delete = delete.bind(*chunk.get(n).unwrap_or(&chunk[chunk.len() - 1]));
+            }
+            deleted += delete.execute(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn replay_webhook(
@@ -2523,7 +2539,7 @@ impl Store for SqlStore {
         // Only events already fanned out: later ones get their deliveries from the fan-out.
         let events = query(
             "SELECT seq, id, topic FROM outbox_events WHERE created_at >= $1 AND processed_at IS NOT NULL
-             ORDER BY seq FOR UPDATE",
+             ORDER BY seq FOR SHARE",
         )
         .bind(since)
         .fetch_all(&mut tx)
@@ -2815,6 +2831,20 @@ async fn insert_refresh_token(
         .await?;
     Ok(())
 }
+
+/// Outbox events one statement of the retention sweep deletes by id.
+const EVENTS_PER_DELETE: usize = 100;
+
+/// `DELETE FROM outbox_events WHERE id IN ($1, …, $100)` of those still without a pending
+/// delivery.
+static DELETE_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let ids: Vec<String> = (1..=EVENTS_PER_DELETE).map(|n| format!("${n}")).collect();
+    format!(
+        "DELETE FROM outbox_events WHERE id IN ({}) AND NOT EXISTS \
+         (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = outbox_events.id AND d.state = 'pending')",
+        ids.join(", ")
+    )
+});
 
 async fn revoke_grant_in(tx: &mut Tx, grant: uuid::Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
     query("UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")

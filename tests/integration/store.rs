@@ -9,12 +9,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use tessera::config::WebhooksConfig;
 use tessera::domain::{
     AuthProfile, CredentialMeta, DeliveryState, DisplayName, DomainClaim, DomainName, Email, FieldSet, Identity,
     IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team,
     TeamId, TeamMembership, TeamRef, TeamRole, User, UserId, WebhookEndpoint, WebhookId,
 };
 use tessera::service::provisioning::team_plan;
+use tessera::service::webhooks::Webhooks;
 use tessera::store::{
     Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, CredentialOutcome,
     CredentialWrite, DataReport, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState, MemberOutcome,
@@ -32,8 +34,8 @@ on_both_backends!(
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
     an_endpoint_is_leased_to_one_owner_at_a_time,
     attempts_are_recorded_and_a_replay_schedules_events_again,
-    old_events_go_once_every_endpoint_is_done_with_them,
-    concurrent_sweeps_delete_each_old_event_once,
+    old_events_go_once_no_delivery_of_theirs_is_pending,
+    a_sweep_never_deletes_an_event_a_replay_scheduled,
     each_change_writes_one_outbox_event_in_its_transaction,
     // Schema and connection
     migrations_apply_once_and_report_status,
@@ -697,6 +699,15 @@ async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
     let kept = store.session(&late.token_hash).await.unwrap().expect("re-enabling deletes no session");
     assert!(!kept.user_disabled);
     assert!(store.set_user_disabled(UserId::generate(), true, t2).await.unwrap().is_none());
+
+    // Disabling a disabled user ends a session written after the fact: that is a change.
+    let t3 = t2 + TimeDelta::minutes(1);
+    assert!(store.set_user_disabled(ada.id(), true, t3).await.unwrap().unwrap().changed);
+    let later = session(&ada, t3, TimeDelta::days(1));
+    store.start_session(&later, None, &[]).await.unwrap();
+    assert!(store.set_user_disabled(ada.id(), true, t3).await.unwrap().unwrap().changed, "it ended a session");
+    assert!(store.session(&later.token_hash).await.unwrap().is_none());
+    assert!(!store.set_user_disabled(ada.id(), true, t3).await.unwrap().unwrap().changed, "nothing left to end");
     assert_eq!(store.get_user(bob.id()).await.unwrap(), Some(bob.user), "other users are untouched");
 }
 
@@ -3245,66 +3256,92 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap().len(), 1);
 }
 
-async fn old_events_go_once_every_endpoint_is_done_with_them(backend: Backend) {
+async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     let (db, store) = setup(backend).await;
     let sql = db.sql().await;
     let (long_ago, cutoff) = (now() - TimeDelta::days(40), now() - TimeDelta::days(30));
-    let hook = endpoint(&["user.created", "user.disabled"], long_ago - TimeDelta::days(1));
-    store.insert_webhook(&hook).await.unwrap();
+    let minute = TimeDelta::minutes(1);
+    let registered = long_ago - TimeDelta::days(1);
+    let (a, b) = (endpoint(&["user.disabled"], registered), endpoint(&["user.disabled"], registered));
+    let c = endpoint(&["user.enabled", "user.created"], registered);
+    for hook in [&a, &b, &c] {
+        store.insert_webhook(hook).await.unwrap();
+    }
     let ada = sign_up(&store, "ada").await;
-    // Two old events: one the endpoint wants, one it does not; and a recent one (the sign-up).
+    // Old events: one for a and b, one for c, one nobody wants; the sign-up is recent.
     store.set_user_disabled(ada.id(), true, long_ago).await.unwrap();
-    store.set_user_disabled(ada.id(), false, long_ago + TimeDelta::minutes(1)).await.unwrap();
+    store.set_user_disabled(ada.id(), false, long_ago + minute).await.unwrap();
+    let rename = |name: &str| tessera::store::UserChange { name: Some(Some(name.into())), ..Default::default() };
+    store.update_user(ada.id(), &rename("Ada L."), long_ago + minute * 2).await.unwrap();
     let topics = async || sql.texts("SELECT topic FROM outbox_events ORDER BY seq").await;
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "not fanned out yet");
 
     store.fan_out_events(100, now()).await.unwrap();
-    // user.enabled had no delivery to make: it goes. user.disabled waits for its delivery.
-    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 1);
-    assert_eq!(topics().await, ["user.created", "user.disabled"]);
-    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "a delivery is pending");
+    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 1, "user.updated had no delivery to make");
+    assert_eq!(topics().await, ["user.created", "user.disabled", "user.enabled"]);
+    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "deliveries are pending");
 
-    let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
-    let disabled = jobs.iter().find(|j| j.topic == "user.disabled").unwrap();
-    let delivered =
-        Attempt { at: now(), status: Some(204), error: None, retry_at: None, scheduled_at: disabled.scheduled_at };
-    store.record_attempt(disabled.id, &delivered).await.unwrap();
+    // c is disabled with its delivery of user.enabled pending; a delivers, b gives up.
+    store.update_webhook(&WebhookEndpoint { enabled: false, updated_at: now(), ..c.clone() }).await.unwrap();
+    for (hook, status, error) in [(&a, 204, None), (&b, 500, Some("answered 500".to_owned()))] {
+        let job = store.pending_deliveries(hook.id, 100).await.unwrap().remove(0);
+        let (at, scheduled_at) = (now(), job.scheduled_at);
+        let attempt = Attempt { at, status: Some(status), error, retry_at: None, scheduled_at };
+        store.record_attempt(job.id, &attempt).await.unwrap();
+    }
+    let states = store.webhook_deliveries(b.id, None, 10).await.unwrap();
+    assert_eq!(states.iter().map(|d| d.state).collect::<Vec<_>>(), [DeliveryState::Failed]);
     assert_eq!(store.delete_old_events(cutoff, 0).await.unwrap(), 0, "at most the limit");
-    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 1, "delivered: it goes");
-    assert_eq!(topics().await, ["user.created"], "the recent event stays, delivered or not");
-    let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
-    assert_eq!(log.len(), 1, "the delivery log row went with its event");
-    assert_eq!(sql.count("webhook_deliveries").await, 1);
+    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 1, "delivered and failed: done with");
+    assert_eq!(topics().await, ["user.created", "user.enabled"], "the recent one, and the one still pending");
+    assert_eq!(sql.count("webhook_deliveries").await, 2, "user.disabled's log rows went with it");
+    assert!(store.webhook_deliveries(a.id, None, 10).await.unwrap().is_empty());
     // A replay since before the cutoff finds only what is left.
-    assert_eq!(store.replay_webhook(&hook, long_ago - TimeDelta::days(1), now()).await.unwrap(), 1);
+    assert_eq!(store.replay_webhook(&c, registered, now()).await.unwrap(), 2);
+
+    // The service: a retention of 0 keeps everything; 30 days lets the old event nobody wants go.
+    store.update_user(ada.id(), &rename("Ada"), long_ago + minute * 3).await.unwrap();
+    store.fan_out_events(100, now()).await.unwrap();
+    let service = |retention| {
+        let settings = WebhooksConfig { retention, ..WebhooksConfig::default() };
+        Webhooks::new(store.clone(), None, settings)
+    };
+    assert_eq!(service(None).sweep().await.unwrap(), 0);
+    assert_eq!(service(Some(std::time::Duration::from_secs(30 * 86_400))).sweep().await.unwrap(), 1);
+    assert_eq!(topics().await, ["user.created", "user.enabled"]);
 }
 
-async fn concurrent_sweeps_delete_each_old_event_once(backend: Backend) {
+async fn a_sweep_never_deletes_an_event_a_replay_scheduled(backend: Backend) {
     let (db, store) = setup(backend).await;
-    let ada = sign_up(&store, "ada").await.id();
+    let sql = db.sql().await;
     let long_ago = now() - TimeDelta::days(40);
-    for n in 0..20 {
-        store.set_user_disabled(ada, n % 2 == 0, long_ago + TimeDelta::seconds(n)).await.unwrap();
-    }
-    store.fan_out_events(100, now()).await.unwrap();
-    let cutoff = now() - TimeDelta::days(30);
-    // Eight instances sweep at once, five events a statement each.
-    let deleted = concurrently(8, |_| {
-        let store = store.clone();
-        async move {
-            let mut deleted = 0;
-            loop {
-                let batch = store.delete_old_events(cutoff, 5).await.unwrap();
-                deleted += batch;
-                if batch == 0 {
-                    return deleted;
-                }
-            }
+    let hook = endpoint(&["user.disabled", "user.enabled"], long_ago - TimeDelta::days(1));
+    store.insert_webhook(&hook).await.unwrap();
+    let ada = sign_up(&store, "ada").await.id();
+    for round in 0..12 {
+        // One more old event, delivered (so the sweep may delete it), then a replay of it and a
+        // sweep at once: either the replay schedules it again and it stays, or it is gone.
+        let written = long_ago + TimeDelta::seconds(round);
+        store.set_user_disabled(ada, round % 2 == 0, written).await.unwrap();
+        store.fan_out_events(100, now()).await.unwrap();
+        for job in store.pending_deliveries(hook.id, 100).await.unwrap() {
+            let attempt =
+                Attempt { at: now(), status: Some(204), error: None, retry_at: None, scheduled_at: job.scheduled_at };
+            store.record_attempt(job.id, &attempt).await.unwrap();
         }
-    })
-    .await;
-    assert_eq!(deleted.iter().sum::<u64>(), 20, "each old event once: {deleted:?}");
-    assert_eq!(db.sql().await.texts("SELECT topic FROM outbox_events").await, ["user.created"]);
+        let replay = {
+            let (store, hook) = (store.clone(), hook.clone());
+            tokio::spawn(async move { store.replay_webhook(&hook, written, now()).await.unwrap() })
+        };
+        let sweep = {
+            let store = store.clone();
+            tokio::spawn(async move { store.delete_old_events(now() - TimeDelta::days(30), 100).await.unwrap() })
+        };
+        let (replayed, _) = (replay.await.unwrap(), sweep.await.unwrap());
+        let pending = sql.count("webhook_deliveries WHERE state = 'pending'").await;
+        let kept = sql.count("outbox_events WHERE topic <> 'user.created'").await;
+        assert_eq!((replayed, pending, kept), if replayed == 1 { (1, 1, 1) } else { (0, 0, 0) }, "round {round}");
+    }
 }
 
 // ---- Operators: listings and user deletion ---------------------------------------------------
