@@ -264,15 +264,18 @@ pub async fn import_file(
     let dry_run = importer.dry_run();
     let empty = || Summary { dry_run, ..Summary::default() };
     let source = Source::open(path, format).map_err(|e| (e, empty()))?;
+    // The total of the progress display is counted beforehand, from a regular file only: a
+    // pipe (`/dev/stdin`, `<(zcat …)`) can be read once, by the import itself.
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
     let total = match progress {
-        ProgressMode::Auto => Some(count_lines(path, format).map_err(|e| (e, empty()))?),
-        ProgressMode::Hidden => None,
+        ProgressMode::Auto if regular => Some(count_lines(path, format).map_err(|e| (e, empty()))?),
+        ProgressMode::Auto | ProgressMode::Hidden => None,
     };
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<Line>>(concurrency.max(1) * 2);
     let reader = tokio::task::spawn_blocking(move || source.read_into(&sender));
     let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
     let tally = Arc::new(Tally::default());
-    let reporter = total.map(|total| Reporter::start(total, tally.clone()));
+    let reporter = (progress == ProgressMode::Auto).then(|| Reporter::start(total, tally.clone()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let (receiver, importer, tally) = (receiver.clone(), importer.clone(), tally.clone());
@@ -557,13 +560,17 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn start(total: u64, tally: Arc<Tally>) -> Self {
+    /// `total`: the lines of the file, when they could be counted beforehand.
+    fn start(total: Option<u64>, tally: Arc<Tally>) -> Self {
         let started = Instant::now();
         if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template(
-                "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} lines, {rate} lines/s, eta {eta}",
-            ) {
+            let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+            let template = if total.is_some() {
+                "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} lines, {rate} lines/s, eta {eta}"
+            } else {
+                "{elapsed_precise} {human_pos} lines, {rate} lines/s"
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
                 let style =
                     style.with_key("rate", |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
                         let _ = write!(out, "{:.0}", state.per_sec());
@@ -596,9 +603,11 @@ impl Reporter {
     }
 }
 
-/// `import: 120000/1000000 lines (12%), 8123 lines/s, eta 108 s`.
-fn plain_progress(done: u64, total: u64, elapsed: Duration) -> String {
+/// `import: 120000/1000000 lines (12%), 8123 lines/s, eta 108 s`, or without a total (a pipe)
+/// `import: 120000 lines, 8123 lines/s`.
+fn plain_progress(done: u64, total: Option<u64>, elapsed: Duration) -> String {
     let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+    let Some(total) = total else { return format!("import: {done} lines, {rate:.0} lines/s") };
     let percent = (done * 100).checked_div(total).unwrap_or(100);
     let eta = if rate > 0.0 { format!("{:.0} s", total.saturating_sub(done) as f64 / rate) } else { "-".to_owned() };
     format!("import: {done}/{total} lines ({percent}%), {rate:.0} lines/s, eta {eta}")
@@ -766,8 +775,9 @@ mod tests {
 
     #[test]
     fn plain_progress_says_how_far_how_fast_and_how_long_still() {
-        let line = plain_progress(250, 1000, Duration::from_secs(5));
+        let line = plain_progress(250, Some(1000), Duration::from_secs(5));
         assert_eq!(line, "import: 250/1000 lines (25%), 50 lines/s, eta 15 s");
+        assert_eq!(plain_progress(250, None, Duration::from_secs(5)), "import: 250 lines, 50 lines/s", "a pipe");
         assert_eq!(Format::of_path(Path::new("x.NDJSON")), Some(Format::Jsonl));
         assert_eq!(Format::of_path(Path::new("x.txt")), None);
     }

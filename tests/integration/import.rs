@@ -18,6 +18,7 @@ on_both_backends!(
     csv_files_are_read_by_their_header_and_bad_headers_stop_before_writing,
     two_concurrent_imports_of_one_file_make_each_user_once,
     an_export_imported_into_an_empty_database_exports_the_same,
+    an_import_from_a_pipe_reads_it_once,
 );
 
 struct Output {
@@ -383,4 +384,25 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
         let original = if format == "csv" { &csv } else { &jsonl };
         assert_eq!(sorted_lines(&again), sorted_lines(original), "{file} round-trips");
     }
+}
+
+async fn an_import_from_a_pipe_reads_it_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.store().await; // migrated
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> =
+        (0..50).map(|n| line(&format!("piped-{n}"), Some(&format!("piped{n}@example.com")), None)).collect();
+    // `tessera import /dev/stdin` with the file on a pipe, as `zcat people.jsonl.gz | …` sends it.
+    let mut command = tessera(dir.path(), &db, &["import", "/dev/stdin", "--format", "jsonl", "--json"]);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, (lines.join("\n") + "\n").as_bytes()).await.unwrap();
+    drop(stdin);
+    let output =
+        tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("in time").unwrap();
+    let summary: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(counts(&summary), [50, 50, 0, 0, 0], "{summary}");
+    assert_eq!(db.sql().await.count("identities").await, 50);
 }
