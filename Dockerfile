@@ -1,6 +1,6 @@
+# syntax=docker/dockerfile:1
 # An example image: a static-ish release build on Debian, run as a non-root user on distroless.
 # Build with `docker build -t tessera .`; see README, "Running in production".
-# syntax=docker/dockerfile:1
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
