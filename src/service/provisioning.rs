@@ -124,23 +124,17 @@ impl Provisioner {
 
     /// Disables or re-enables a user. A disabled user is refused by bootstrap and validation
     /// alike; this instance forgets anything it cached about them at once (other instances
-    /// within `cache.sync_interval_ms`, from the cache-invalidation log).
-    /// Whether anything changed: a user already so, with no session left to end, is not.
+    /// within `cache.sync_interval_ms`, from the cache-invalidation log). Whether anything
+    /// changed: a user already so, with no session left to end, is not.
     pub async fn set_disabled(&self, user: UserId, disabled: bool) -> Result<UserUpdate, ProvisionError> {
-        let update =
-            self.store.set_user_disabled(user, disabled, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
-        // Forgotten even when nothing changed here: another instance may have changed it first.
-        self.principals.invalidate_user(update.user.id);
-        if update.changed {
-            tracing::info!(user_id = %update.user.id, disabled, "changed a user's disabled flag");
-        }
-        Ok(update)
+        self.update_user(user, &UserChange { disabled: Some(disabled), ..UserChange::default() }).await
     }
 
     /// Changes a user's name, email, `email_verified` or `disabled` (`PATCH /admin/users/{id}`),
     /// in one transaction with its events; whether anything changed.
     pub async fn update_user(&self, user: UserId, change: &UserChange) -> Result<UserUpdate, ProvisionError> {
         let update = self.store.update_user(user, change, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
+        // Forgotten even when nothing changed here: another instance may have changed it first.
         self.principals.invalidate_user(update.user.id);
         if update.changed {
             tracing::info!(user_id = %update.user.id, "changed a user");

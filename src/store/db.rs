@@ -5,8 +5,9 @@
 //!
 //! The store's SQL is written once, in PostgreSQL's spelling with `$n` placeholders (which sqlx
 //! also accepts on SQLite). Before it runs on SQLite, the one PostgreSQL-only construct it uses is
-//! dropped (see [`sqlite_sql`]): row locks (`FOR UPDATE`, `FOR UPDATE SKIP LOCKED`, `FOR SHARE`), since SQLite write transactions are
-//! serialised whole by `BEGIN IMMEDIATE` on one writer connection. Everything else is SQL both
+//! dropped (see [`sqlite_sql`]): row locks (`FOR UPDATE`, `FOR UPDATE SKIP LOCKED`, `FOR SHARE`),
+//! since SQLite write transactions are serialised whole by `BEGIN IMMEDIATE` on one writer
+//! connection. Everything else is SQL both
 //! understand alike (`ON CONFLICT`, `RETURNING`, `TRUE`/`FALSE`, `NULLS LAST`; no `GREATEST`,
 //! whose NULL handling differs from SQLite's `MAX`).
 
@@ -750,6 +751,14 @@ fn sqlite_sql(sql: &'static str) -> &'static str {
         let plain = sql.replace(" FOR UPDATE SKIP LOCKED", "").replace(" FOR UPDATE", "").replace(" FOR SHARE", "");
         Box::leak(plain.into_boxed_str())
     })
+}
+
+/// `chunk` (not empty) followed by its last item again, `len` items in all: the values of a
+/// statement prepared for `len` rows, given fewer. The repeated row must be harmless twice (the
+/// same key updated or deleted once).
+pub(super) fn padded<T>(chunk: &[T], len: usize) -> impl Iterator<Item = &T> {
+    let last = chunk.last().expect("a chunk is never empty");
+    chunk.iter().chain(std::iter::repeat(last)).take(len)
 }
 
 /// PostgreSQL's one statement for `writes` (at least one): `WITH w0 AS (first), w1 AS (second), …

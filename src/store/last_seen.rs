@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
-use super::db::{IntoArg, Tx, query};
+use super::db::{IntoArg, Tx, padded, query};
 
 /// Rows one statement writes. The statement is prepared once; a shorter batch repeats its last
 /// row, which writes the same time twice to the same row, i.e. once.
@@ -57,8 +57,7 @@ where
     };
     for chunk in seen.chunks(ROWS_PER_STATEMENT) {
         let mut statement = query(sql);
-        for n in 0..ROWS_PER_STATEMENT {
-            let (key, at) = chunk.get(n).unwrap_or(&chunk[chunk.len() - 1]);
+        for (key, at) in padded(chunk, ROWS_PER_STATEMENT) {
             statement = statement.bind(bind(key)).bind(*at);
         }
         statement.execute(&mut *tx).await?;

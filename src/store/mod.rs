@@ -691,15 +691,6 @@ pub trait Store: Send + Sync + Debug + 'static {
         from: ReadFrom,
     ) -> Result<Vec<Option<Principal>>, StoreError>;
 
-    /// Disables or re-enables a user; `None` when there is no such user. Disabling deletes the
-    /// user's browser sessions in the same transaction.
-    async fn set_user_disabled(
-        &self,
-        user: UserId,
-        disabled: bool,
-        now: DateTime<Utc>,
-    ) -> Result<Option<UserUpdate>, StoreError>;
-
     /// Changes the fields of a user that `change` names, in one transaction, writing one
     /// `user.updated` event naming the changed fields among `name`, `email` and `email_verified`
     /// (a new email is unverified unless `email_verified` is given),

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::cache_sync::{CacheChange, LoggedChange, log_changes};
-use super::db::{Db, PoolRef, Row, Tx, query, try_exclusive};
+use super::db::{Db, PoolRef, Row, Tx, padded, query, try_exclusive};
 use super::last_seen::{self, Touched};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
 use super::rows::{
@@ -629,15 +629,6 @@ impl Store for SqlStore {
             found.extend(chunk.iter().copied().zip(principals_by_key(chunk, &rows)?));
         }
         Ok(keys.iter().map(|key| found.get(key).cloned().flatten()).collect())
-    }
-
-    async fn set_user_disabled(
-        &self,
-        user: UserId,
-        disabled: bool,
-        now: DateTime<Utc>,
-    ) -> Result<Option<UserUpdate>, StoreError> {
-        self.update_user(user, &UserChange { disabled: Some(disabled), ..UserChange::default() }, now).await
     }
 
     async fn update_user(
@@ -2519,9 +2510,9 @@ impl Store for SqlStore {
         let mut deleted = 0;
         for chunk in ids.chunks(EVENTS_PER_DELETE) {
             let mut delete = query(DELETE_EVENTS_SQL.as_str());
-            for n in 0..EVENTS_PER_DELETE {
-                // A shorter chunk repeats its last id: the same row, deleted once.
-                delete = delete.bind(*chunk.get(n).unwrap_or(&chunk[chunk.len() - 1]));
+            // A shorter chunk repeats its last id: the same row, deleted once.
+            for id in padded(chunk, EVENTS_PER_DELETE) {
+                delete = delete.bind(*id);
             }
             deleted += delete.execute(&mut tx).await?;
         }

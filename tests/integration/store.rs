@@ -22,7 +22,7 @@ use tessera::store::{
     CredentialWrite, DataReport, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState, MemberOutcome,
     NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredCredential,
-    StoredSecret, TeamQuery, UnlinkOutcome, UserQuery, UserSession,
+    StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate,
 };
 use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate};
 use uuid::Uuid;
@@ -162,6 +162,16 @@ async fn setup(backend: Backend) -> (TestDb, Arc<dyn Store>) {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     (db, store)
+}
+
+/// Disables or re-enables a user, as the provisioning service does: `update_user` with `disabled`.
+async fn set_user_disabled(
+    store: &Arc<dyn Store>,
+    user: UserId,
+    disabled: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<UserUpdate>, StoreError> {
+    store.update_user(user, &UserChange { disabled: Some(disabled), ..UserChange::default() }, now).await
 }
 
 /// Someone who signed up: the account as written, the user and their default team.
@@ -677,7 +687,7 @@ async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
     }
 
     let t1 = t0 + TimeDelta::minutes(1);
-    let disabled = store.set_user_disabled(ada.id(), true, t1).await.unwrap().unwrap();
+    let disabled = set_user_disabled(&store, ada.id(), true, t1).await.unwrap().unwrap();
     assert!(disabled.changed);
     let disabled = disabled.user;
     assert_eq!(disabled, User { disabled: true, updated_at: t1, ..ada.user.clone() });
@@ -693,21 +703,21 @@ async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
     assert!(store.session(&late.token_hash).await.unwrap().unwrap().user_disabled);
 
     let t2 = t1 + TimeDelta::minutes(1);
-    let enabled = store.set_user_disabled(ada.id(), false, t2).await.unwrap().unwrap().user;
+    let enabled = set_user_disabled(&store, ada.id(), false, t2).await.unwrap().unwrap().user;
     assert_eq!(enabled, User { disabled: false, updated_at: t2, ..ada.user.clone() });
     assert_eq!(store.get_user(ada.id()).await.unwrap(), Some(enabled));
     let kept = store.session(&late.token_hash).await.unwrap().expect("re-enabling deletes no session");
     assert!(!kept.user_disabled);
-    assert!(store.set_user_disabled(UserId::generate(), true, t2).await.unwrap().is_none());
+    assert!(set_user_disabled(&store, UserId::generate(), true, t2).await.unwrap().is_none());
 
     // Disabling a disabled user ends a session written after the fact: that is a change.
     let t3 = t2 + TimeDelta::minutes(1);
-    assert!(store.set_user_disabled(ada.id(), true, t3).await.unwrap().unwrap().changed);
+    assert!(set_user_disabled(&store, ada.id(), true, t3).await.unwrap().unwrap().changed);
     let later = session(&ada, t3, TimeDelta::days(1));
     store.start_session(&later, None, &[]).await.unwrap();
-    assert!(store.set_user_disabled(ada.id(), true, t3).await.unwrap().unwrap().changed, "it ended a session");
+    assert!(set_user_disabled(&store, ada.id(), true, t3).await.unwrap().unwrap().changed, "it ended a session");
     assert!(store.session(&later.token_hash).await.unwrap().is_none());
-    assert!(!store.set_user_disabled(ada.id(), true, t3).await.unwrap().unwrap().changed, "nothing left to end");
+    assert!(!set_user_disabled(&store, ada.id(), true, t3).await.unwrap().unwrap().changed, "nothing left to end");
     assert_eq!(store.get_user(bob.id()).await.unwrap(), Some(bob.user), "other users are untouched");
 }
 
@@ -1231,7 +1241,7 @@ async fn a_session_is_read_with_its_users_profile_in_one_go(backend: Backend) {
     assert_eq!((profile.identities.len(), profile.teams.len()), (3, 2));
     assert_eq!(store.session_profile(&hash()).await.unwrap(), None);
 
-    store.set_user_disabled(ada.id(), true, t0).await.unwrap();
+    set_user_disabled(&store, ada.id(), true, t0).await.unwrap();
     assert_eq!(store.session_profile(&signed_in.token_hash).await.unwrap(), None, "disabling deletes sessions");
 }
 
@@ -2984,9 +2994,9 @@ mod grants {
         let plain = grant(&ada, None, t0);
         store.insert_grant(&plain, &code(t0)).await.unwrap();
         assert!(!active(plain.id, t0 + TimeDelta::days(31)).await);
-        store.set_user_disabled(ada.id(), true, t0).await.unwrap();
+        set_user_disabled(&store, ada.id(), true, t0).await.unwrap();
         assert!(!active(plain.id, t0).await);
-        store.set_user_disabled(ada.id(), false, t0).await.unwrap();
+        set_user_disabled(&store, ada.id(), false, t0).await.unwrap();
         assert!(active(plain.id, t0).await);
         assert!(store.revoke_grant(plain.id, t0).await.unwrap());
         assert!(!store.revoke_grant(plain.id, t0).await.unwrap(), "revoked once");
@@ -3070,11 +3080,11 @@ async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend
     assert_eq!(payload["identity"]["subject"], "ada");
 
     let t = now();
-    assert!(store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap().changed);
-    assert!(!store.set_user_disabled(bob.id(), true, t).await.unwrap().unwrap().changed, "already disabled");
-    assert!(store.set_user_disabled(bob.id(), false, t).await.unwrap().unwrap().changed);
-    assert!(!store.set_user_disabled(bob.id(), false, t).await.unwrap().unwrap().changed, "already enabled");
-    assert!(store.set_user_disabled(UserId::generate(), true, t).await.unwrap().is_none());
+    assert!(set_user_disabled(&store, bob.id(), true, t).await.unwrap().unwrap().changed);
+    assert!(!set_user_disabled(&store, bob.id(), true, t).await.unwrap().unwrap().changed, "already disabled");
+    assert!(set_user_disabled(&store, bob.id(), false, t).await.unwrap().unwrap().changed);
+    assert!(!set_user_disabled(&store, bob.id(), false, t).await.unwrap().unwrap().changed, "already enabled");
+    assert!(set_user_disabled(&store, UserId::generate(), true, t).await.unwrap().is_none());
     let link = NewLink {
         identity_id: IdentityId::generate(),
         issuer: Issuer::parse(ISSUER).unwrap(),
@@ -3156,7 +3166,7 @@ async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: B
     }
     store.insert_webhook(&WebhookEndpoint { enabled: false, ..off.clone() }).await.unwrap();
     let ada = sign_up(&store, "ada").await;
-    store.set_user_disabled(ada.id(), true, now()).await.unwrap();
+    set_user_disabled(&store, ada.id(), true, now()).await.unwrap();
     // Registered after these events: it gets none of them.
     let late = endpoint(&[], now() + TimeDelta::seconds(1));
     store.insert_webhook(&late).await.unwrap();
@@ -3269,9 +3279,9 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     }
     let ada = sign_up(&store, "ada").await;
     // Old events: one for a and b, one for c, one nobody wants; the sign-up is recent.
-    store.set_user_disabled(ada.id(), true, long_ago).await.unwrap();
-    store.set_user_disabled(ada.id(), false, long_ago + minute).await.unwrap();
-    let rename = |name: &str| tessera::store::UserChange { name: Some(Some(name.into())), ..Default::default() };
+    set_user_disabled(&store, ada.id(), true, long_ago).await.unwrap();
+    set_user_disabled(&store, ada.id(), false, long_ago + minute).await.unwrap();
+    let rename = |name: &str| UserChange { name: Some(Some(name.into())), ..UserChange::default() };
     store.update_user(ada.id(), &rename("Ada L."), long_ago + minute * 2).await.unwrap();
     let topics = async || sql.texts("SELECT topic FROM outbox_events ORDER BY seq").await;
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "not fanned out yet");
@@ -3322,7 +3332,7 @@ async fn a_sweep_never_deletes_an_event_a_replay_scheduled(backend: Backend) {
         // One more old event, delivered (so the sweep may delete it), then a replay of it and a
         // sweep at once: either the replay schedules it again and it stays, or it is gone.
         let written = long_ago + TimeDelta::seconds(round);
-        store.set_user_disabled(ada, round % 2 == 0, written).await.unwrap();
+        set_user_disabled(&store, ada, round % 2 == 0, written).await.unwrap();
         store.fan_out_events(100, now()).await.unwrap();
         for job in store.pending_deliveries(hook.id, 100).await.unwrap() {
             let attempt =
@@ -3390,7 +3400,7 @@ async fn users_are_listed_by_id_with_every_filter(backend: Backend) {
     expected.sort();
     assert_eq!(all_pages(&store, members, 10).await, expected);
 
-    store.set_user_disabled(ids[2], true, now()).await.unwrap();
+    set_user_disabled(&store, ids[2], true, now()).await.unwrap();
     let disabled = UserQuery { disabled: Some(true), ..Default::default() };
     assert_eq!(all_pages(&store, disabled, 10).await, [ids[2]]);
     let enabled = all_pages(&store, UserQuery { disabled: Some(false), ..Default::default() }, 10).await;
@@ -3634,8 +3644,8 @@ mod cache_log {
         let bob = sign_up(&store, "log-bob").await;
         assert_eq!(store.cache_changes_head().await.unwrap(), 0, "nothing is cached about a new user");
 
-        store.set_user_disabled(ada.id(), true, now()).await.unwrap();
-        store.set_user_disabled(ada.id(), false, now()).await.unwrap();
+        set_user_disabled(&store, ada.id(), true, now()).await.unwrap();
+        set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
         join(&store, &bob.team, ada.id(), Role::Member, now()).await;
         store.put_member(bob.team.id, ada.id(), Role::Admin, now()).await.unwrap();
         store.remove_member(bob.team.id, ada.id()).await.unwrap();
@@ -3710,8 +3720,8 @@ mod cache_log {
         store.insert_client(&client).await.unwrap();
         let head = store.cache_changes_head().await.unwrap();
 
-        store.set_user_disabled(ada.id(), false, now()).await.unwrap();
-        assert_eq!(store.set_user_disabled(UserId::generate(), true, now()).await.unwrap(), None);
+        set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
+        assert_eq!(set_user_disabled(&store, UserId::generate(), true, now()).await.unwrap(), None);
         assert_eq!(store.put_member(bob.team.id, ada.id(), Role::Member, now()).await.unwrap(), MemberOutcome::Updated);
         assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
         assert_eq!(store.remove_member(bob.team.id, bob.id()).await.unwrap(), RemoveOutcome::LastOwner);
@@ -3746,7 +3756,7 @@ mod cache_log {
         let people = Arc::new(people);
         concurrently(24, |i| {
             let (store, people) = (store.clone(), people.clone());
-            async move { store.set_user_disabled(people[i], true, now()).await.unwrap() }
+            async move { set_user_disabled(&store, people[i], true, now()).await.unwrap() }
         })
         .await;
         let rows = logged_after(&store, before).await;
@@ -3760,7 +3770,7 @@ mod cache_log {
         let (db, store) = setup(backend).await;
         let ada = sign_up(&store, "prune-ada").await;
         for disabled in [true, false, true] {
-            store.set_user_disabled(ada.id(), disabled, now()).await.unwrap();
+            set_user_disabled(&store, ada.id(), disabled, now()).await.unwrap();
         }
         let highest = store.cache_changes_head().await.unwrap();
         assert_eq!(store.delete_cache_changes_before(now() - TimeDelta::minutes(10)).await.unwrap(), 0);
@@ -3768,7 +3778,7 @@ mod cache_log {
         assert_eq!(db.sql().await.count("cache_invalidations").await, 0);
         assert_eq!(store.cache_changes_head().await.unwrap(), 0, "an empty log");
         // A reader that has read up to `highest` sees the next change.
-        store.set_user_disabled(ada.id(), false, now()).await.unwrap();
+        set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
         let next = logged_after(&store, highest).await;
         assert_eq!(changes(&next), [CacheChange::User(ada.id())]);
         assert!(next[0].seq > highest, "numbers are never reused, even once the log was emptied");
@@ -3911,7 +3921,7 @@ mod import_export {
         ];
         people.sort_by_key(|p| p.identity());
         // A disabled user is exported too.
-        store.set_user_disabled(people[1].id(), true, now()).await.unwrap().unwrap();
+        set_user_disabled(&store, people[1].id(), true, now()).await.unwrap().unwrap();
 
         let first = store.export_identities(None, 2).await.unwrap();
         assert_eq!(
@@ -4340,8 +4350,8 @@ mod issue_12_events {
         assert!(store.delete_session(&sessions[1].token_hash, SessionEnd::Replaced).await.unwrap());
         assert_eq!(store.delete_other_sessions(ada.id(), &sessions[2].token_hash).await.unwrap(), 1);
         assert_eq!(store.delete_other_sessions(ada.id(), &sessions[2].token_hash).await.unwrap(), 0);
-        store.set_user_disabled(ada.id(), true, t).await.unwrap().unwrap();
-        store.set_user_disabled(ada.id(), true, t).await.unwrap().unwrap();
+        set_user_disabled(&store, ada.id(), true, t).await.unwrap().unwrap();
+        set_user_disabled(&store, ada.id(), true, t).await.unwrap().unwrap();
 
         let written = events_since(&db, start).await;
         let summary: Vec<(&str, serde_json::Value, serde_json::Value)> = written
