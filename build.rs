@@ -8,8 +8,9 @@
 //! Valgrind); it is a linker script that puts them in one section ahead of the rest of the code.
 //! Its names carry no hashes, so a dependency bump does not invalidate it, and a function it no
 //! longer matches only costs memory, never correctness. Only for release builds for
-//! `x86_64-unknown-linux-gnu`, whose default linker (LLD, since Rust 1.90) takes it, and not when a
-//! linker is configured or `TESSERA_STARTUP_LAYOUT=0`.
+//! `x86_64-unknown-linux-gnu`, whose default linker in rustup's toolchains (LLD, since Rust 1.90)
+//! takes it; skipped, with a warning, when a linker or link flags are configured, and with
+//! `TESSERA_STARTUP_LAYOUT=0`.
 //!
 //! **Packed relocations** (`-z pack-relative-relocs`, DT_RELR): about 600 KB less for the loader
 //! to read and keep resident at every start. Opt-in, because the binary then needs glibc 2.36 or
@@ -37,14 +38,26 @@ fn main() {
 
 /// Passes `build/startup.ld` to the linker where it is known to be LLD.
 fn startup_layout(target: &str) {
-    let wanted = var("TESSERA_STARTUP_LAYOUT").as_deref() != Ok("0");
-    let release = var("PROFILE").as_deref() == Ok("release");
-    // Cargo sets RUSTC_LINKER when a linker is configured for the target; rustflags may pick one too.
-    let own_linker =
-        var("RUSTC_LINKER").is_ok() || var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|flags| flags.contains("link"));
-    if !wanted || !release || target != "x86_64-unknown-linux-gnu" || own_linker {
+    if var("TESSERA_STARTUP_LAYOUT").as_deref() == Ok("0")
+        || var("PROFILE").as_deref() != Ok("release")
+        || target != "x86_64-unknown-linux-gnu"
+    {
         return;
     }
-    let list = std::path::Path::new(&var("CARGO_MANIFEST_DIR").unwrap()).join("build/startup.ld");
-    println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", list.display());
+    // Cargo sets RUSTC_LINKER when a linker is configured for the target; rustflags may pick one too.
+    let linker_flag = var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|flags| flags.contains("link"));
+    if var("RUSTC_LINKER").is_ok() || linker_flag {
+        println!(
+            "cargo:warning=start-up code layout skipped: a linker or link flags are configured (TESSERA_STARTUP_LAYOUT=0 silences this)"
+        );
+        return;
+    }
+    let script = std::path::Path::new(&var("CARGO_MANIFEST_DIR").unwrap()).join("build/startup.ld");
+    if !script.exists() {
+        println!("cargo:warning=start-up code layout skipped: {} is missing", script.display());
+        return;
+    }
+    // Two arguments, so that a comma in the path cannot split it.
+    println!("cargo:rustc-link-arg-bins=-Xlinker");
+    println!("cargo:rustc-link-arg-bins=--script={}", script.display());
 }

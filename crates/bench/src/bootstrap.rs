@@ -218,7 +218,6 @@ async fn measure_startups(label: &str, times: usize, url: impl Fn(usize) -> Stri
             .env_clear()
             .env("TESSERA_DATABASE_URL", url(i))
             .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
-            .env("TESSERA_LOG", "warn")
             .env("TESSERA_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
