@@ -25,7 +25,7 @@ use super::AppState;
 use super::auth::redirect;
 use super::credentials::cookie;
 use super::csrf;
-use super::extract::{ApiPath, ApiQuery};
+use super::extract::{ApiPath, ApiQuery, PageBytes};
 use super::login::{provider_href, provider_label};
 use super::pages::icons::Icon;
 use super::pages::{Chrome, errors, login_url};
@@ -339,7 +339,7 @@ async fn unlink_identity(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath(identity): ApiPath<String>,
-    body: Bytes,
+    PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
         let user = live.profile.user.id;
@@ -365,7 +365,7 @@ async fn make_identity_primary(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath(identity): ApiPath<String>,
-    body: Bytes,
+    PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
         state.provisioner.set_primary_identity(live.profile.user.id, parse_identity(&identity)?).await?;
@@ -389,7 +389,7 @@ async fn revoke_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath((team, slug)): ApiPath<(String, String)>,
-    body: Bytes,
+    PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
         let (team, slug) = parse_connection(&team, &slug)?;
@@ -414,7 +414,7 @@ async fn reconnect_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath((team, slug)): ApiPath<(String, String)>,
-    body: Bytes,
+    PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
         let (team, slug) = parse_connection(&team, &slug)?;
@@ -434,7 +434,11 @@ async fn reconnect_connection(
     responses(crate::http::openapi::PageResponses),
     security(("session" = [])),
 )]
-async fn sign_out_others(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn sign_out_others(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    PageBytes(body): PageBytes,
+) -> Response {
     act(&state, &headers, &body, async |live| {
         state.sessions.revoke_others(live.profile.user.id, &live.hash).await?;
         Ok("/account?done=signed-out-others".to_owned())

@@ -14,7 +14,6 @@ use crate::store::SessionEnd;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +26,7 @@ use super::AppState;
 use super::caller::caller;
 use super::credentials::cookie;
 use super::csrf;
-use super::extract::{ApiPath, ApiQuery};
+use super::extract::{ApiPath, ApiQuery, PageBytes};
 use super::pages::{self, Chrome, Message, errors};
 use super::problem::ApiError;
 use super::responses::{ProviderResponse, ProvidersResponse};
@@ -274,19 +273,23 @@ fn signed_out(state: &AppState, clear: Option<HeaderValue>) -> Response {
     responses(crate::http::openapi::PageResponses, (status = 204, description = "Signed out (API clients).")),
     security(("session" = [])),
 )]
-async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
     let clear_session = state.cookies.clear(state.cookies.session());
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let is_form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| {
+        t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
     match cookie(&headers, state.cookies.session()) {
         Ok(Some(session)) => {
-            if is_form {
+            // A form carries the session's CSRF token; any other body must at least not come
+            // from another origin's page (a same-site page could otherwise sign the user out).
+            let checked = if is_form {
                 let fields = csrf::form_fields(&body);
-                if let Err(error) = csrf::check(&headers, session, csrf::field(&fields, csrf::FIELD)) {
-                    return state.pages.error(&headers, error);
-                }
+                csrf::check(&headers, session, csrf::field(&fields, csrf::FIELD))
+            } else {
+                csrf::from_this_origin(&headers)
+            };
+            if let Err(error) = checked {
+                return state.pages.error(&headers, error);
             }
             if let Err(error) = state.sessions.revoke(session, SessionEnd::SignedOut).await {
                 return state.pages.error(&headers, error.into());

@@ -35,6 +35,8 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, Api
 /// in `X-On-Behalf-Of` (or `?on_behalf_of=`); anyone else is their own user (see [`caller`]).
 pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, ApiError> {
     let admin = Credentials::read(headers)?.admin_token().is_some_and(|token| state.admin_tokens.verify(token));
+    // A repeated session cookie is refused beside the admin token too: one credential per request.
+    cookie(headers, state.cookies.session())?;
     if !admin {
         return caller(state, headers).await;
     }

@@ -28,14 +28,22 @@ pub fn token(session_cookie: &str) -> String {
 
 /// Checks a form post: sent from this site, carrying the session's token.
 pub fn check(headers: &HeaderMap, session_cookie: &str, sent: Option<&str>) -> Result<(), ApiError> {
-    let refused = || ApiError::new(ErrorCode::CsrfFailed, "the form is from an old page or another site; reload it");
-    if let Some(site) = headers.get("sec-fetch-site")
-        && !matches!(site.as_bytes(), b"same-origin" | b"none")
-    {
-        return Err(refused());
-    }
+    from_this_origin(headers)?;
     let Some(sent) = sent else { return Err(refused()) };
     if constant_time_eq(sent.as_bytes(), token(session_cookie).as_bytes()) { Ok(()) } else { Err(refused()) }
+}
+
+/// Refuses a request that a browser says came from another origin (`Sec-Fetch-Site` other than
+/// `same-origin` or `none`); clients that are not browsers send no such header.
+pub fn from_this_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get("sec-fetch-site") {
+        Some(site) if !matches!(site.as_bytes(), b"same-origin" | b"none") => Err(refused()),
+        _ => Ok(()),
+    }
+}
+
+fn refused() -> ApiError {
+    ApiError::new(ErrorCode::CsrfFailed, "the form is from an old page or another site; reload it")
 }
 
 /// The fields of a form body (`application/x-www-form-urlencoded`).

@@ -73,6 +73,23 @@ where
     }
 }
 
+/// A form body posted from one of Tessera's pages: like [`ApiBytes`], but a body that is too
+/// large or cut off gets the error page (problem+json for a client that does not want HTML).
+#[derive(Debug)]
+pub struct PageBytes(pub axum::body::Bytes);
+
+impl FromRequest<std::sync::Arc<super::AppState>> for PageBytes {
+    type Rejection = axum::response::Response;
+
+    async fn from_request(req: Request, state: &std::sync::Arc<super::AppState>) -> Result<Self, Self::Rejection> {
+        let headers = req.headers().clone();
+        match ApiBytes::from_request(req, state).await {
+            Ok(ApiBytes(bytes)) => Ok(PageBytes(bytes)),
+            Err(error) => Err(state.pages.error(&headers, error)),
+        }
+    }
+}
+
 /// Path parameters, with rejections as `invalid_request`.
 #[derive(Debug)]
 pub struct ApiPath<T>(pub T);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -26,7 +27,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, required};
 use super::problem::ApiError;
 use super::responses::{
     DeliveryListResponse, DeliveryResponse, ReplayResponse, WebhookListResponse, WebhookResponse,
-    WebhookWithSecretResponse,
+    WebhookWithSecretResponse, no_store,
 };
 use crate::domain::WebhookId;
 use crate::error::ErrorCode;
@@ -68,12 +69,12 @@ struct CreateRequest {
 async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<CreateRequest>,
-) -> Result<(StatusCode, Json<WebhookWithSecretResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     let url = required(&request.url, "url")?.to_owned();
     let (endpoint, secret) =
         state.webhooks.create(NewWebhook { url, event_types: request.event_types, enabled: request.enabled }).await?;
     let body = WebhookWithSecretResponse { webhook: endpoint.into(), secret: secret.expose_secret().to_owned() };
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok(no_store((StatusCode::CREATED, Json(body))))
 }
 
 #[utoipa::path(
@@ -223,10 +224,10 @@ async fn replay(
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The endpoint with its new secret.", body = WebhookWithSecretResponse)),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]
-async fn rotate_secret(
-    State(state): State<Arc<AppState>>,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<WebhookWithSecretResponse>, ApiError> {
+async fn rotate_secret(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let (endpoint, secret) = state.webhooks.rotate_secret(parse_id(&id)?).await?;
-    Ok(Json(WebhookWithSecretResponse { webhook: endpoint.into(), secret: secret.expose_secret().to_owned() }))
+    Ok(no_store(Json(WebhookWithSecretResponse {
+        webhook: endpoint.into(),
+        secret: secret.expose_secret().to_owned(),
+    })))
 }

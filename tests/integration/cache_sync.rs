@@ -273,6 +273,13 @@ async fn a_session_cached_by_another_instance_follows_membership_changes_and_sig
     .await;
     assert_eq!(me_by_session(&slow, cookie).await, (200, before), "the slow instance still answers from its cache");
 
+    // A page of another origin (a sibling subdomain's, say) cannot sign the user out, even
+    // without a form.
+    let other_origin =
+        c.a.client.post(c.a.url("/auth/logout")).header("cookie", cookie).header("sec-fetch-site", "same-site");
+    assert_eq!(body(other_origin.body("x").send().await.unwrap(), 403).await["code"], "csrf_failed");
+    assert_eq!(me_by_session(&c.a, cookie).await.0, 200);
+
     // Signed out on A: refused on A at once, and on B promptly.
     let signed_out = c.a.client.post(c.a.url("/auth/logout")).header("cookie", cookie);
     assert_eq!(signed_out.send().await.unwrap().status(), 204);

@@ -156,6 +156,16 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
     let ann_token = w.issuer.sign("rsa-1", &w.issuer.claims("ann-token", AUDIENCE));
     let with_token = plain.get(&me).bearer_auth(&ann_token).header("cookie", &one_header);
     ambiguous(with_token.send().await.unwrap()).await;
+    // Nor does a token at forward-auth, or the admin token acting for a user.
+    let verify = plain.get(w.app.url("/auth/verify?audience=notes")).bearer_auth(&ann_token);
+    ambiguous(verify.header("cookie", &one_header).send().await.unwrap()).await;
+    let ann_me =
+        body(plain.get(&me).header("cookie", format!("tessera_session={ann}")).send().await.unwrap(), 200).await;
+    let profiles = w.app.url(&format!("/v1/teams/{}/auth-profiles", ann_me["teams"][0]["slug"].as_str().unwrap()));
+    let as_admin =
+        || plain.get(&profiles).bearer_auth(ADMIN_TOKEN).header("x-on-behalf-of", ann_me["id"].as_str().unwrap());
+    body(as_admin().send().await.unwrap(), 200).await;
+    ambiguous(as_admin().header("cookie", &one_header).send().await.unwrap()).await;
 
     // Logging out with two sessions ends neither, and tells the browser to drop the cookie.
     let sql = w.app.db.sql().await;

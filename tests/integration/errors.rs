@@ -27,6 +27,21 @@ async fn protocol_errors_are_problem_json(backend: Backend) {
     let huge = json!({ "issuer": ISSUER, "subject": "s", "email": "a@example.com", "name": "x".repeat(70 * 1024) });
     let too_large = app.client.post(&url).bearer_auth(ADMIN_TOKEN).json(&huge).send().await.unwrap();
     assert_eq!(body(too_large, 413).await["code"], "payload_too_large");
+    // A form too large for the OAuth endpoints is refused in their own format, never as text;
+    // one posted to a page gets a page.
+    let form = format!("a={}", "x".repeat(70 * 1024));
+    let post_form = |path: &str| {
+        app.client.post(app.url(path)).header("content-type", "application/x-www-form-urlencoded").body(form.clone())
+    };
+    for path in ["/oauth/token", "/oauth/introspect", "/oauth/revoke", "/oauth/par"] {
+        let response = post_form(path).send().await.unwrap();
+        assert_eq!(response.status(), 413, "{path}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+        assert_eq!(response.json::<Value>().await.unwrap()["error"], "invalid_request", "{path}");
+    }
+    let page = post_form("/auth/logout").header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), 413);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"), "{:?}", page.headers());
 
     let malformed = app
         .client

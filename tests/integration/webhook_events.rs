@@ -29,7 +29,11 @@ const TOPICS: [&str; 4] = ["user.updated", "auth_profile.connected", "auth_profi
 fn configure(config: &mut Config, issuer: &LocalIssuer) {
     with_keyring(config);
     config.auth.cookie_secure = false;
-    config.providers.push(provider("local", ProviderKind::Oidc, issuer));
+    // Trusted, so that a sign-in's verified email is recorded as verified (and a new address
+    // then makes it unverified: a `user.updated` naming both fields).
+    let mut local = provider("local", ProviderKind::Oidc, issuer);
+    local.trusted_email_verification = true;
+    config.providers.push(local);
     config.auth.default_provider = Some("local".into());
     let field = EnvField { name: "TOKEN".into(), label: "Token".into(), secret: true, optional: false, pattern: None };
     config.connectors =
@@ -165,6 +169,7 @@ async fn a_rotated_key_signs_beside_the_new_one_until_the_overlap_ends(backend: 
     assert_eq!(signatures(&receiver.all()[0]).len(), 1, "one key, one signature");
 
     let rotated = app.admin(Method::POST, &path).send().await.unwrap();
+    assert_eq!(rotated.headers()["cache-control"], "no-store", "the new key is in the body");
     let text = rotated.text().await.unwrap();
     let rotated: Value = serde_json::from_str(&text).unwrap();
     let new = rotated["secret"].as_str().unwrap().to_owned();

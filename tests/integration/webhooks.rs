@@ -328,7 +328,9 @@ async fn the_webhook_admin_api_validates_and_manages_endpoints() {
     assert_eq!(json(post(bad_type).await.unwrap(), 400).await["code"], "invalid_event_type");
 
     let body = json!({ "url": "https://h.example.com/hook", "event_types": ["user.created", "team.member.added"] });
-    let created = json(post(body).await.unwrap(), 201).await;
+    let created = post(body).await.unwrap();
+    assert_eq!(created.headers()["cache-control"], "no-store", "the secret is in the body");
+    let created = json(created, 201).await;
     let id = created["id"].as_str().unwrap();
     assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
     let path = format!("/admin/webhooks/{id}");

@@ -17,12 +17,13 @@ use axum::routing::{patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::api::{key_like, no_store, parse_display_name, parse_scopes, parse_slug};
+use super::api::{key_like, parse_display_name, parse_scopes, parse_slug};
 use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::problem::ApiError;
+use crate::http::responses::no_store;
 use crate::http::responses::{
     AuthProfileResponse, AuthProfileTestResponse, AuthProfileUpdateResponse, ConnectorCredentialResponse,
 };

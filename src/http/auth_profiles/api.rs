@@ -16,8 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::SecretString;
@@ -30,7 +29,7 @@ use crate::http::caller::{OnBehalf, actor};
 use crate::http::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, required};
 use crate::http::problem::ApiError;
 use crate::http::responses::{
-    AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse,
+    AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse, no_store,
 };
 use crate::service::auth_profiles::NewProfile;
 use crate::service::profile_credentials::{BrowserSessionInput, CredentialInput};
@@ -294,11 +293,4 @@ async fn auth_profile_token(
     let token: AuthProfileTokenResponse =
         state.auth_profiles.access_token(&team, user, &parse_slug(&slug)?).await?.into();
     Ok(no_store(Json(token)))
-}
-
-/// A response that holds a secret: never kept by a cache.
-pub(super) fn no_store(body: impl IntoResponse) -> axum::response::Response {
-    let mut response = body.into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -27,7 +26,7 @@ use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
 use crate::http::credentials::cookie;
 use crate::http::csrf;
-use crate::http::extract::ApiPath;
+use crate::http::extract::{ApiPath, PageBytes};
 use crate::http::login::provider_label;
 use crate::http::pages::icons::Icon;
 use crate::http::pages::{Chrome, Message, errors};
@@ -142,7 +141,7 @@ async fn start_connect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath(token): ApiPath<String>,
-    body: Bytes,
+    PageBytes(body): PageBytes,
 ) -> Response {
     let here = format!("/connect/{token}/oauth/start");
     let signed_in = match session(&state, &headers, &here).await {

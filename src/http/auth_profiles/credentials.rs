@@ -17,11 +17,12 @@ use axum::routing::{post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::api::{no_store, parse_slug, secret_values};
+use super::api::{parse_slug, secret_values};
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::problem::ApiError;
+use crate::http::responses::no_store;
 use crate::http::responses::{AuthProfileResponse, CredentialResponse};
 use crate::service::profile_credentials::BrowserSessionInput;
 

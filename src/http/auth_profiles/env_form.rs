@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -23,7 +22,7 @@ use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::credentials::cookie;
 use crate::http::csrf;
-use crate::http::extract::ApiPath;
+use crate::http::extract::{ApiPath, PageBytes};
 use crate::http::pages::icons::Icon;
 use crate::http::pages::{Chrome, errors};
 use crate::http::problem::ApiError;
@@ -160,7 +159,7 @@ async fn submit_env_form(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath(token): ApiPath<String>,
-    body: Bytes,
+    PageBytes(body): PageBytes,
 ) -> Response {
     let here = format!("/connect/{token}/env");
     let (user, cookie_value) = match signed_in(&state, &headers, &here).await {

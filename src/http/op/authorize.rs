@@ -8,7 +8,6 @@
 use crate::store::SessionEnd;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +21,7 @@ use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
 use crate::http::credentials::cookie;
 use crate::http::csrf;
+use crate::http::extract::PageBytes;
 use crate::http::pages::{self, Message};
 use crate::service::op::authorize::{AuthorizeError, Next, Rejection, SessionView};
 use crate::service::op::tokens::single_valued;
@@ -84,7 +84,11 @@ async fn authorize_get(State(state): State<Arc<AppState>>, headers: HeaderMap, R
     responses(crate::http::openapi::OAuthPageResponses),
     security((), ("session" = [])),
 )]
-async fn authorize_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn authorize_post(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    PageBytes(body): PageBytes,
+) -> Response {
     match form_pairs(&headers, &body) {
         Ok(pairs) => authorize(&state, &headers, pairs).await,
         Err(e) => refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
@@ -228,7 +232,7 @@ fn consent_page(state: &AppState, request_id: &str, client_name: &str, scopes: &
     responses(crate::http::openapi::OAuthPageResponses),
     security(("session" = [])),
 )]
-async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
     let Some(op) = state.op.as_ref() else {
         return refuse(
             &state,
@@ -329,7 +333,7 @@ async fn logout_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQ
     responses(crate::http::openapi::OAuthPageResponses),
     security((), ("session" = [])),
 )]
-async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
     match form_pairs(&headers, &body) {
         Ok(pairs) => logout(&state, &headers, pairs, true).await,
         Err(e) => refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),

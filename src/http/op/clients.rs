@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use super::super::AppState;
 use super::super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::super::problem::ApiError;
-use super::super::responses::{ClientListResponse, ClientResponse, ClientWithSecretResponse};
+use super::super::responses::{ClientListResponse, ClientResponse, ClientWithSecretResponse, no_store};
 use crate::domain::client_rules::ClientFields;
 
 /// The routes (authentication is layered on by the caller).
@@ -53,12 +53,10 @@ async fn create_client(
     let location = format!("/admin/clients/{}", client.id);
     let body =
         ClientWithSecretResponse { client: client.into(), client_secret: secret.map(|s| s.expose_secret().to_owned()) };
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    let mut response = no_store((StatusCode::CREATED, Json(body)));
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    // The secret is in this body: no cache may keep it.
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
@@ -161,7 +159,5 @@ async fn rotate_secret(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<
     let (client, secret) = state.clients.rotate_secret(&id).await?;
     let body =
         ClientWithSecretResponse { client: client.into(), client_secret: Some(secret.expose_secret().to_owned()) };
-    let mut response = Json(body).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(no_store(Json(body)))
 }

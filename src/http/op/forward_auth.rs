@@ -76,6 +76,8 @@ async fn verify(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let credentials = Credentials::read(&headers)?;
+    // Read (and a repeated one refused) even when a token is sent: one credential per request.
+    let session = cookie(&headers, state.cookies.session())?;
     if let Some(token) = credentials.user_token() {
         let (Some(op), Some(audience)) = (state.op.as_ref(), audience(query.as_deref())) else {
             return Ok(unauthorized());
@@ -88,7 +90,7 @@ async fn verify(
             _ => unauthorized(),
         });
     }
-    let Some(session) = cookie(&headers, state.cookies.session())? else { return Ok(unauthorized()) };
+    let Some(session) = session else { return Ok(unauthorized()) };
     Ok(match state.sessions.resolve_profile(session).await? {
         Some(profile) => {
             let teams: Vec<&str> = profile.teams.iter().map(|m| m.team.slug.as_str()).collect();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use super::client_auth::{ClientAuthForm, client_credentials};
 use crate::domain::Client;
 use crate::http::AppState;
+use crate::http::extract::MAX_BODY_BYTES;
 use crate::service::op::authorize::{AuthorizationParams, AuthorizeError};
 use crate::service::op::clients::ClientCredentials;
 use crate::service::op::provider::{OAuthError, OpenIdProvider};
@@ -51,6 +52,26 @@ impl IntoResponse for OAuthResponse {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
         }
         response
+    }
+}
+
+/// The form body of these endpoints: one too large or cut off is refused in their own format,
+/// `invalid_request` (413 when too large) with `Cache-Control: no-store`, not as axum's text.
+pub(super) struct OAuthBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for OAuthBody {
+    type Rejection = OAuthResponse;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(OAuthBody(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(OAuthResponse(OAuthError {
+                error: "invalid_request",
+                description: format!("the body must not exceed {MAX_BODY_BYTES} bytes"),
+                status: StatusCode::PAYLOAD_TOO_LARGE.as_u16(),
+            })),
+            Err(_) => Err(OAuthError::invalid_request("the body could not be read: it was cut off or stalled").into()),
+        }
     }
 }
 
@@ -121,7 +142,11 @@ fn ok_json(value: impl serde::Serialize) -> Response {
     responses(crate::http::openapi::OAuthErrors, (status = 200, description = "Tokens.", body = Object, content_type = "application/json")),
     security((), ("client_basic" = [])),
 )]
-async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
+async fn token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    OAuthBody(body): OAuthBody,
+) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let pairs = form_pairs(&headers, &body)?;
     let map = single_valued(&pairs)?;
@@ -165,7 +190,7 @@ async fn client_and_token<'s>(
 async fn introspect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthResponse> {
     let (op, client, token) = client_and_token(&state, &headers, &body).await?;
     if client.is_public() {
@@ -187,7 +212,7 @@ async fn introspect(
 async fn revoke(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthResponse> {
     let (op, client, token) = client_and_token(&state, &headers, &body).await?;
     op.revoke(&client, &token).await?;
@@ -206,7 +231,11 @@ async fn revoke(
     responses(crate::http::openapi::OAuthErrors, (status = 201, description = "The request URI.", body = Object, content_type = "application/json")),
     security((), ("client_basic" = [])),
 )]
-async fn push(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, OAuthResponse> {
+async fn push(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    OAuthBody(body): OAuthBody,
+) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let pairs = form_pairs(&headers, &body)?;
     let map = single_valued(&pairs)?;

@@ -19,6 +19,8 @@ mod webhooks;
 #[cfg(test)]
 mod tests;
 
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
 use serde::Serialize;
 
 pub use self::audit::{AuditEventResponse, AuditListResponse};
@@ -57,4 +59,12 @@ pub enum HealthStatus {
     Ok,
     /// The process and its database answer.
     Ready,
+}
+
+/// A response that holds a secret (a client secret, a webhook signing key, a credential): no
+/// cache may keep it (`Cache-Control: no-store`).
+pub fn no_store(body: impl IntoResponse) -> axum::response::Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
