@@ -149,7 +149,8 @@ pub struct ProviderConfig {
     pub endpoints: ProviderEndpoints,
     /// Signature algorithms accepted on id_tokens.
     pub algorithms: Vec<Algorithm>,
-    /// Whether this provider's `email_verified` can be trusted for automatic linking.
+    /// Whether this provider's `email_verified` is trusted: only then does a sign-in record the
+    /// email as verified, and may it link to an existing account automatically.
     pub trusted_email_verification: bool,
     /// Link a first sign-in to the existing user with the same verified email (only with
     /// `trusted_email_verification`).

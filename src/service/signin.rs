@@ -277,7 +277,11 @@ impl SignIn {
                 issuer,
                 subject,
                 email: info.email.clone(),
-                email_verified: info.email_verified,
+                // An email is recorded as verified only on the word of a provider trusted for it:
+                // automatic linking relies on the account's flag, and an untrusted provider's
+                // "verified" would let anyone who signs up there in someone's name have that
+                // person's later first sign-in (through a trusted provider) joined to their account.
+                email_verified: info.email_verified && provider.config().trusted_email_verification,
                 name: DisplayName::parse_optional(info.name.as_deref()).ok().flatten(),
                 provider: provider.name().to_owned(),
             })

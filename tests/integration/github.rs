@@ -197,7 +197,10 @@ async fn github_uses_the_primary_verified_email_only(backend: Backend) {
     let github = GitHubStub::start().await;
     let app = TestApp::spawn_with(backend, |config| {
         config.auth.cookie_secure = false;
-        config.providers.push(github.provider("github"));
+        // Trusted: only then is GitHub's "verified" recorded as such.
+        let mut provider = github.provider("github");
+        provider.trusted_email_verification = true;
+        config.providers.push(provider);
     })
     .await;
     let mut browser = Browser::new();

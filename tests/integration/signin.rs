@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
+use serde_json::json;
 use tessera::config::{Config, ProviderConfig, ProviderEndpoints, ProviderKind};
 use tessera::domain::Issuer;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser, Tamper, TokenFault};
@@ -210,7 +211,8 @@ async fn a_sign_in_creates_a_user_and_a_session(backend: Backend) {
 
     let me = body(browser.me(&w.app).await, 200).await;
     assert_eq!(me["email"], "alice@example.com");
-    assert_eq!(me["email_verified"], true);
+    // The provider said verified, but its word is not trusted (`trusted_email_verification`).
+    assert_eq!(me["email_verified"], false);
     assert_eq!(me["identities"][0]["provider"], "local");
     assert_eq!(me["identities"][0]["issuer"], w.issuer.issuer());
     assert_eq!(me["identities"][0]["subject"], "alice-sub");
@@ -510,10 +512,14 @@ pub(crate) async fn a_known_email_is_not_linked_silently(backend: Backend) {
 }
 
 pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: Backend) {
+    // A second provider whose `email_verified` is not trusted (the default).
+    let untrusted = LocalIssuer::start().await.unwrap();
+    untrusted.set_client(CLIENT_ID, CLIENT_SECRET);
     let w = world_with(backend, |config, _| {
         let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
         local.trusted_email_verification = true;
         local.auto_link_by_email = true;
+        config.providers.push(provider("untrusted", ProviderKind::Oidc, &untrusted));
     })
     .await;
     let mut claim = identity("dave-admin", "dave@example.com", None);
@@ -537,6 +543,22 @@ pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: B
     w.issuer.set_next_user(StubUser::new("erin-upstream", "erin@example.com"));
     assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 409).await["code"], "link_required");
     assert_eq!(w.app.db.sql().await.count("users").await, 2);
+
+    // An untrusted provider's "verified" does not make an account's email verified, so a first
+    // sign-in through the trusted one cannot be joined to an account someone made in that name.
+    untrusted.set_next_user(StubUser::new("mallory", "carol@example.com"));
+    let mut mallory = Browser::new();
+    assert_eq!(mallory.sign_in(&w.app, "provider=untrusted").await.status(), StatusCode::SEE_OTHER);
+    let planted = body(mallory.me(&w.app).await, 200).await;
+    assert_eq!((&planted["email"], &planted["email_verified"]), (&json!("carol@example.com"), &json!(false)));
+    w.issuer.set_next_user(StubUser::new("carol-upstream", "carol@example.com"));
+    assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 409).await["code"], "link_required");
+    assert_eq!(w.app.db.sql().await.count("identities").await, 4, "no link to the planted account");
+    // A new user through the trusted provider has its verified email recorded as such.
+    w.issuer.set_next_user(StubUser::new("frank", "frank@example.com"));
+    let mut frank = Browser::new();
+    assert_eq!(frank.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(body(frank.me(&w.app).await, 200).await["email_verified"], true);
 }
 
 async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend) {
