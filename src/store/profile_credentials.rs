@@ -62,6 +62,9 @@ impl SqlStore {
     ) -> Result<CredentialOutcome, StoreError> {
         let meta = serde_json::to_string(write.meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.db.begin().await?;
+        // The profile's row lock first, then the link: the order in which minting a link and
+        // revoking a profile take them, so that none of these can deadlock another.
+        let before = profile_status_in(&mut tx, write.profile).await?;
         if let Some(hash) = write.connect_token {
             let taken = query(
                 "DELETE FROM connect_tokens WHERE token_hash = $1 AND profile_id = $2 AND expires_at > $3
@@ -77,7 +80,7 @@ impl SqlStore {
                 return Ok(CredentialOutcome::LinkUsed);
             }
         }
-        let Some(before) = profile_status_in(&mut tx, write.profile).await? else {
+        let Some(before) = before else {
             tx.rollback().await?;
             return Ok(CredentialOutcome::ProfileGone);
         };
