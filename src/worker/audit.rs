@@ -4,16 +4,22 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::service::audit::Audit;
 
-/// Writes the counted refusals every `every`.
-pub(super) async fn run(audit: Audit, every: Duration) {
+/// Writes the counted refusals every `every`, until `stop` changes (between writes, never
+/// during one).
+pub(super) async fn run(audit: Audit, every: Duration, mut stop: watch::Receiver<bool>) {
     // The first write is one interval after start (an interval's first tick is immediate, and
     // would write whatever was counted in the first moments as a row of its own).
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
         match audit.flush().await {
             Ok(0) => {}
             Ok(written) => tracing::debug!(written, "wrote counted refusals to the audit log"),

@@ -75,12 +75,21 @@ impl LastSeen {
     }
 }
 
-/// Writes the pending last-use times every `every`.
-pub(super) async fn run(last_seen: Arc<LastSeen>, store: Arc<dyn Store>, every: Duration) {
+/// Writes the pending last-use times every `every`, until `stop` changes (between writes, never
+/// during one).
+pub(super) async fn run(
+    last_seen: Arc<LastSeen>,
+    store: Arc<dyn Store>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
         match last_seen.flush(store.as_ref()).await {
             Ok(0) => {}
             Ok(written) => tracing::debug!(written, "recorded last-use times"),

@@ -11,6 +11,7 @@ pub mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::service::audit::Audit;
@@ -60,6 +61,10 @@ pub struct WorkerDeps {
 #[derive(Debug)]
 pub struct Workers {
     handles: Vec<JoinHandle<()>>,
+    /// The loops that write what requests counted in memory: stopped between two writes, so
+    /// that a write under way at shutdown finishes instead of losing what it took.
+    writers: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
     deps: WorkerDeps,
 }
 
@@ -76,15 +81,18 @@ impl Workers {
                 deps.cache_sync.clone(),
                 deps.webhooks.clone(),
             )),
-            tokio::spawn(audit::run(deps.audit.clone(), deps.audit_every)),
-            tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every)),
             tokio::spawn(webhooks::run(deps.webhooks.clone())),
             tokio::spawn(cache_sync::run(deps.cache_sync.clone(), deps.cache_sync_every)),
         ];
         if let Some(keys) = &deps.signing_keys {
             handles.push(tokio::spawn(signing_keys::run(keys.clone())));
         }
-        Self { handles, deps }
+        let (stop, stopped) = watch::channel(false);
+        let writers = vec![
+            tokio::spawn(audit::run(deps.audit.clone(), deps.audit_every, stopped.clone())),
+            tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every, stopped)),
+        ];
+        Self { handles, writers, stop, deps }
     }
 
     /// Stops them (at shutdown, after the server has finished its requests), and writes the
@@ -92,6 +100,12 @@ impl Workers {
     pub async fn stop(self) {
         for handle in self.handles {
             handle.abort();
+        }
+        self.stop.send_replace(true);
+        for writer in self.writers {
+            if let Err(error) = writer.await {
+                tracing::warn!(error = %error, "a background writer ended abnormally");
+            }
         }
         if let Err(error) = self.deps.last_seen.flush(self.deps.store.as_ref()).await {
             tracing::warn!(error = %error, "cannot record the last-use times pending at shutdown");

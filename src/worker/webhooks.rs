@@ -13,8 +13,9 @@
 //!   `FOR UPDATE SKIP LOCKED` on PostgreSQL), so each event reaches each endpoint once in normal
 //!   operation; a lease that outlives a crashed instance runs out and another takes over.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
@@ -41,7 +42,9 @@ pub(super) async fn run(webhooks: Webhooks) {
     // A lease covers a whole batch of requests that each may take the timeout.
     let lease = settings.timeout.saturating_mul(6).max(Duration::from_secs(30));
     let mut tasks: JoinSet<WebhookId> = JoinSet::new();
-    let mut busy: HashSet<WebhookId> = HashSet::new();
+    // Each endpoint with a task, and whether that task has released its lease (it then only
+    // waits to be joined).
+    let mut busy: HashMap<WebhookId, Arc<AtomicBool>> = HashMap::new();
     let mut interval = tokio::time::interval(settings.poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -75,15 +78,21 @@ pub(super) async fn run(webhooks: Webhooks) {
             }
         };
         for endpoint in claimed {
-            if !busy.insert(endpoint.id) {
-                // Its last task released the lease and ended, but has not been joined yet: the
-                // claim leased it again with no task to deliver or release. Give the lease back,
-                // or the endpoint would wait for it to run out; the next round claims it anew.
-                if let Err(error) = webhooks.store().release_webhook(endpoint.id, owner).await {
+            if let Some(released) = busy.get(&endpoint.id) {
+                // Its task released the lease and ended, but has not been joined yet: the claim
+                // leased it again with no task to deliver or release. Give the lease back, or the
+                // endpoint would wait for it to run out; the next round claims it anew. A task
+                // still delivering (its lease ran out under it) keeps the lease the claim renewed:
+                // releasing it would let another instance deliver the same events beside it.
+                if released.load(Ordering::Acquire)
+                    && let Err(error) = webhooks.store().release_webhook(endpoint.id, owner).await
+                {
                     tracing::warn!(error = %error, webhook = %endpoint.id, "cannot release a webhook endpoint's lease");
                 }
                 continue;
             }
+            let released = Arc::new(AtomicBool::new(false));
+            busy.insert(endpoint.id, released.clone());
             let (webhooks, client) = (webhooks.clone(), client.clone());
             let deadline = Instant::now() + lease.saturating_sub(settings.timeout.saturating_mul(2));
             tasks.spawn(async move {
@@ -92,6 +101,7 @@ pub(super) async fn run(webhooks: Webhooks) {
                 if let Err(error) = webhooks.store().release_webhook(id, owner).await {
                     tracing::warn!(error = %error, webhook = %id, "cannot release a webhook endpoint's lease");
                 }
+                released.store(true, Ordering::Release);
                 id
             });
         }
