@@ -88,6 +88,9 @@ error_codes! {
     InvalidIdToken = (BAD_REQUEST, "invalid_id_token", "Invalid id_token"),
     /// The provider reported an error instead of a code (the user refused, for instance).
     ProviderDenied = (BAD_REQUEST, "provider_denied", "Sign-in refused by the provider"),
+    /// A fresh sign-in was asked of the provider (`prompt=login`, `max_age`), and its id_token
+    /// shows an older one.
+    LoginNotFresh = (BAD_REQUEST, "login_not_fresh", "Sign-in not fresh"),
     /// `return_to` is neither a local path nor an allowed origin.
     InvalidReturnTo = (BAD_REQUEST, "invalid_return_to", "Invalid return_to"),
     /// A connector key is not acceptable.
@@ -298,7 +301,7 @@ impl ErrorCode {
             | AudienceMismatch | IdentityNotProvisioned | TokenTypeMismatch | TokenIssuerMismatch | TokenRevoked
             // Sign-in, linking and connect flows.
             | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
-            | ProviderDenied | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
+            | ProviderDenied | LoginNotFresh | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
             | ConnectLinkNotYours | CsrfFailed
             // Client authentication at the OpenID Provider.
             | InvalidClient => tracing::Level::INFO,

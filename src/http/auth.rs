@@ -89,7 +89,9 @@ async fn start_login(
     query: Result<ApiQuery<StartQuery>, ApiError>,
 ) -> Response {
     let started = match query {
-        Ok(ApiQuery(query)) => state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None).await,
+        Ok(ApiQuery(query)) => {
+            state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None, false).await
+        }
         Err(error) => return state.pages.error(&headers, error),
     };
     match started {
@@ -125,7 +127,7 @@ async fn start_link(
         Ok(user) => user,
         Err(error) => return state.pages.error_in(&headers, error, &context),
     };
-    match state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), Some(user)).await {
+    match state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), Some(user), false).await {
         Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
         Err(error) => {
             state.pages.error_in(&headers, error.into(), &errors::Context { return_to: None, signed_in: true })

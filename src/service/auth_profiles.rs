@@ -664,7 +664,7 @@ impl AuthProfiles {
             allow_account_change: link.allow_account_change,
         };
         let scopes = (!profile.scopes.is_empty()).then_some(profile.scopes.as_slice());
-        let started = self.flows.begin(provider, &ReturnTo::root(), purpose, scopes).await?;
+        let started = self.flows.begin(provider, &ReturnTo::root(), purpose, scopes, false).await?;
         // The flow's state is unusable without the redirect this returns, so losing the race here
         // leaves nothing behind that works (the state row expires).
         self.store.take_connect_token(&hash, now).await?.ok_or(AuthProfileError::InvalidConnectLink)?;

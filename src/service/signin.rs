@@ -182,12 +182,15 @@ impl SignIn {
         ReturnTo::parse(value, &self.return_to_origins).map_err(|_| SignInError::InvalidReturnTo)
     }
 
-    /// Starts a sign-in (`link_user` `None`) or the linking of another identity to `link_user`.
+    /// Starts a sign-in (`link_user` `None`) or the linking of another identity to `link_user`;
+    /// with `fresh_login`, one that must come back with a new authentication at the provider
+    /// (see [`crate::upstream::oauth_flow::OAuthFlows::begin`]).
     pub async fn begin(
         &self,
         provider: Option<&str>,
         return_to: Option<&str>,
         link_user: Option<UserId>,
+        fresh_login: bool,
     ) -> Result<Started, SignInError> {
         let provider = self.flows.provider(provider)?;
         // A provider for connected accounts only (its account is a workspace) signs no one in.
@@ -202,7 +205,7 @@ impl SignIn {
             Some(user) => Purpose::Link { user },
             None => Purpose::SignIn,
         };
-        Ok(self.flows.begin(provider, &return_to, purpose, None).await?)
+        Ok(self.flows.begin(provider, &return_to, purpose, None, fresh_login).await?)
     }
 
     /// Completes a finished sign-in or link flow from `browser`, with its audit rows: a link

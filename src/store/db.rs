@@ -69,6 +69,7 @@ embedded_migrations! {
     16 "0016_webhook_rotation" "webhook_rotation",
     17 "0017_identity_last_seen_updates" "identity_last_seen_updates",
     18 "0018_outbox_retention" "outbox_retention",
+    19 "0019_login_fresh" "login_fresh",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

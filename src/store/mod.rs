@@ -283,6 +283,9 @@ pub struct LoginState {
     pub created_at: DateTime<Utc>,
     /// When the state stops being accepted.
     pub expires_at: DateTime<Utc>,
+    /// The sign-in must come back with a fresh authentication at the provider (a relying
+    /// party's `prompt=login` or `max_age`).
+    pub fresh_login: bool,
 }
 
 /// A new session.

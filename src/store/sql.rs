@@ -781,8 +781,8 @@ impl Store for SqlStore {
         query(
             "INSERT INTO login_states
                (state_hash, provider, pkce_verifier, nonce, return_to, link_user_id, profile_id, profile_version,
-                allow_account_change, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                allow_account_change, created_at, expires_at, fresh_login)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&state.state_hash[..])
         .bind(&state.provider)
@@ -795,6 +795,7 @@ impl Store for SqlStore {
         .bind(state.allow_account_change)
         .bind(state.created_at)
         .bind(state.expires_at)
+        .bind(state.fresh_login)
         .execute(self.db.writer())
         .await?;
         Ok(())
@@ -808,7 +809,7 @@ impl Store for SqlStore {
         let row = query(
             "DELETE FROM login_states WHERE state_hash = $1
              RETURNING provider, pkce_verifier, nonce, return_to, link_user_id, profile_id, profile_version,
-                       allow_account_change, created_at, expires_at",
+                       allow_account_change, created_at, expires_at, fresh_login",
         )
         .bind(&state_hash[..])
         .fetch_optional(self.db.writer())
@@ -828,6 +829,7 @@ impl Store for SqlStore {
             allow_account_change: row.flag("allow_account_change")?,
             created_at: row.time("created_at")?,
             expires_at: row.time("expires_at")?,
+            fresh_login: row.flag("fresh_login")?,
         };
         Ok((state.expires_at > now).then_some(state))
     }

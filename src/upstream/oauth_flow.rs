@@ -25,6 +25,10 @@ use crate::store::{LoginState, Store, StoreError};
 /// How long a flow may take, from `begin` to the callback.
 pub const FLOW_TTL: TimeDelta = TimeDelta::minutes(10);
 
+/// How far before the start of a flow that asked for a fresh login the provider's `auth_time`
+/// may lie: the provider's clock may be a little behind ours.
+const FRESH_LOGIN_LEEWAY: TimeDelta = TimeDelta::seconds(60);
+
 /// What a flow is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -69,6 +73,9 @@ pub enum FlowError {
     /// The provider returned an error instead of a code.
     #[error("the provider refused the sign-in ({0})")]
     Denied(String),
+    /// A fresh login was asked for, and the provider's id_token does not show one.
+    #[error("the provider did not sign the user in again, as this sign-in asked")]
+    NotFresh,
     /// A provider call failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -86,6 +93,7 @@ impl PublicError for FlowError {
             FlowError::IssuerMismatch => ErrorCode::IssuerMismatch,
             FlowError::MissingCode => ErrorCode::InvalidCode,
             FlowError::Denied(_) => ErrorCode::ProviderDenied,
+            FlowError::NotFresh => ErrorCode::LoginNotFresh,
             FlowError::Provider(e) => e.code(),
             FlowError::Store(e) => e.code(),
         }
@@ -166,13 +174,16 @@ impl OAuthFlows {
         self.public_url.as_ref().map_or("http://127.0.0.1", |u| u.as_str()).trim_end_matches('/').to_owned()
     }
 
-    /// Starts a flow with `provider`, asking for `scopes` (or the provider's own).
+    /// Starts a flow with `provider`, asking for `scopes` (or the provider's own); with
+    /// `fresh_login`, asking for a new authentication and, at the callback, refusing an answer
+    /// whose `auth_time` is older than the flow (where the provider states it).
     pub async fn begin(
         &self,
         provider: &Arc<dyn Provider>,
         return_to: &ReturnTo,
         purpose: Purpose,
         scopes: Option<&[String]>,
+        fresh_login: bool,
     ) -> Result<Started, FlowError> {
         let state = random_secret();
         let pkce_verifier = random_secret();
@@ -184,6 +195,7 @@ impl OAuthFlows {
                 pkce_verifier: pkce_verifier.expose_secret(),
                 nonce: nonce.expose_secret(),
                 scopes,
+                fresh_login,
             })
             .await?;
         let (link_user, profile, profile_version, allow_account_change) = match purpose {
@@ -207,6 +219,7 @@ impl OAuthFlows {
                 allow_account_change,
                 created_at: now,
                 expires_at: now + FLOW_TTL,
+                fresh_login,
             })
             .await?;
         Ok(Started { location, state })
@@ -254,6 +267,15 @@ impl OAuthFlows {
         let code = callback.code.as_deref().filter(|c| !c.is_empty()).ok_or(FlowError::MissingCode)?;
         let tokens = provider.exchange_code(code, &flow.pkce_verifier, &self.callback_url(provider.name())).await?;
         let info = provider.user_info(&tokens, &flow.nonce).await?;
+        // Asked for is not done: a provider that ignores `prompt=login`, or a browser that drops
+        // it from the URL, would otherwise pass its old session off as a new sign-in. Checked
+        // where the provider says when the user authenticated (OpenID Connect's `auth_time`).
+        if flow.fresh_login
+            && provider.attests_authentication_time()
+            && info.authenticated_at.is_none_or(|at| at < flow.created_at - FRESH_LOGIN_LEEWAY)
+        {
+            return Err(FlowError::NotFresh);
+        }
         let subject = Subject::parse(&info.account_id)
             .map_err(|_| ProviderError::InvalidResponse("the account id is not acceptable".into()))?;
         let purpose = match (flow.link_user, flow.profile, flow.profile_version) {

@@ -625,8 +625,21 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert!(location(&response).starts_with(w.issuer.issuer()), "to the upstream provider: {}", location(&response));
     assert_eq!(param(&location(&response), "prompt").as_deref(), Some("login"), "which must not answer silently");
+    assert_eq!(param(&location(&response), "max_age").as_deref(), Some("0"), "and must say when it signed in");
     let back = follow(&mut browser, location(&response)).await;
     assert!(param(&back, "code").is_some(), "{back}");
+    // A provider that answers from its old session anyway (or a browser that dropped the
+    // parameters on the way): its id_token's auth_time shows it, and no one is signed in.
+    w.issuer.ignore_reauthentication(true);
+    let sessions = w.app.db.sql().await.count("sessions").await;
+    let upstream = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
+    let callback = location(&browser.navigate(&upstream).await);
+    let refused = browser.navigate(&callback).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("Please sign in again") && page.contains("login_not_fresh"), "{page}");
+    assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "no new session");
+    w.issuer.ignore_reauthentication(false);
     // max_age=0 forces a sign-in too; with prompt=none that is login_required.
     let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&max_age=0&prompt=none")).await);
     assert_eq!(param(&to, "error").as_deref(), Some("login_required"));

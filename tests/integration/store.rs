@@ -269,6 +269,7 @@ fn login_state(at: DateTime<Utc>, ttl: TimeDelta) -> LoginState {
         allow_account_change: false,
         created_at: at,
         expires_at: at + ttl,
+        fresh_login: false,
     }
 }
 
@@ -1186,11 +1187,12 @@ async fn a_login_state_is_taken_once(backend: Backend) {
     let t0 = now();
     let connected = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "adas", t0)).await;
     let sign_in = login_state(t0, TimeDelta::minutes(10));
+    let fresh = LoginState { fresh_login: true, ..login_state(t0, TimeDelta::minutes(10)) };
     let connect = LoginState { profile_version: Some(7), ..connect_flow(&connected, ada.id(), t0) };
-    for state in [&sign_in, &connect] {
+    for state in [&sign_in, &fresh, &connect] {
         store.insert_login_state(state).await.unwrap();
     }
-    for state in [&sign_in, &connect] {
+    for state in [&sign_in, &fresh, &connect] {
         assert_eq!(store.take_login_state(&state.state_hash, t0).await.unwrap().as_ref(), Some(state));
         assert_eq!(store.take_login_state(&state.state_hash, t0).await.unwrap(), None, "taken once");
     }

@@ -175,8 +175,9 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Res
 }
 
 /// Starts an upstream sign-in that comes back to `continue_to`; with `reauthenticate`, the
-/// upstream provider is asked for a fresh login too (`prompt=login`), so that its own session
-/// cannot answer a `prompt=login` or `max_age` request silently.
+/// upstream provider is asked for a fresh login too (`prompt=login`, and `max_age=0` of an
+/// OpenID Connect provider, whose `auth_time` is then checked), so that its own session cannot
+/// answer a `prompt=login` or `max_age` request silently.
 async fn sign_in(
     state: &AppState,
     headers: &HeaderMap,
@@ -201,14 +202,8 @@ async fn sign_in(
     let Some(provider) = chosen else {
         return chooser_page(continue_to);
     };
-    match state.sign_in.begin(Some(&provider), Some(continue_to), None).await {
-        Ok(started) => {
-            let mut location = started.location;
-            if reauthenticate {
-                location.query_pairs_mut().append_pair("prompt", "login");
-            }
-            redirect(location.as_str(), &[login_cookie(state, started.state.expose_secret())])
-        }
+    match state.sign_in.begin(Some(&provider), Some(continue_to), None, reauthenticate).await {
+        Ok(started) => redirect(started.location.as_str(), &[login_cookie(state, started.state.expose_secret())]),
         Err(error) => state.pages.error(headers, error.into()),
     }
 }

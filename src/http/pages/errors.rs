@@ -41,6 +41,14 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
                 .into(),
             vec![("Try again", try_again)],
         ),
+        LoginNotFresh => (
+            "Please sign in again",
+            "The app you are signing in to asked that you sign in again, but the sign-in provider let you \
+             through on your earlier sign-in. Sign in again; if your provider offers to sign you out \
+             first, do so."
+                .into(),
+            vec![("Try again", try_again)],
+        ),
         ProviderDenied => (
             "Sign-in was cancelled",
             "The sign-in was cancelled at the provider, so you are not signed in.".into(),

@@ -95,6 +95,7 @@ fn user_info(profile: &ProfileMapping, document: &Value) -> Result<UserInfo, Pro
         email_verified,
         name: DisplayName::parse_optional(text(&profile.name).as_deref()).ok().flatten().map(|n| n.as_str().to_owned()),
         avatar_url: None,
+        authenticated_at: None,
     })
 }
 

@@ -41,6 +41,9 @@ pub struct AuthorizationRequest<'a> {
     pub nonce: &'a str,
     /// Scopes to ask for instead of the provider's configured ones.
     pub scopes: Option<&'a [String]>,
+    /// Ask for a fresh authentication: `prompt=login` (instead of any configured `prompt`), and
+    /// for OpenID Connect `max_age=0`, which makes the id_token carry `auth_time`.
+    pub fresh_login: bool,
 }
 
 /// Tokens from a provider's token endpoint.
@@ -86,6 +89,9 @@ pub struct UserInfo {
     pub name: Option<String>,
     /// Avatar URL.
     pub avatar_url: Option<String>,
+    /// When the user last authenticated at the provider (an id_token's `auth_time`); `None` from
+    /// providers that do not say.
+    pub authenticated_at: Option<DateTime<Utc>>,
 }
 
 /// How the `iss` parameter of an authorization response (RFC 9207) is checked.
@@ -145,6 +151,13 @@ pub trait Provider: Send + Sync + Debug {
 
     /// The URL to send the browser to.
     async fn authorization_url(&self, request: &AuthorizationRequest<'_>) -> Result<Url, ProviderError>;
+
+    /// Whether the provider's answer says when the user authenticated
+    /// ([`UserInfo::authenticated_at`]), so that a fresh authentication can be checked rather
+    /// than only asked for. OpenID Connect providers do; plain OAuth 2.0 ones cannot.
+    fn attests_authentication_time(&self) -> bool {
+        false
+    }
 
     /// How to check the `iss` parameter of the authorization response.
     async fn response_issuer(&self) -> Result<ResponseIssuer, ProviderError>;

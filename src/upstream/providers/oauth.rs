@@ -91,7 +91,9 @@ fn client(config: &ProviderConfig, auth: ClientAuth) -> Client {
 
 /// The authorization URL: response type `code`, the configured scopes (joined with the
 /// provider's separator), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
-/// provider takes no PKCE, the nonce when `with_nonce`, and the provider's extra parameters.
+/// provider takes no PKCE, the nonce when `with_nonce` (OpenID Connect), and the provider's extra
+/// parameters; for a fresh login `prompt=login` (replacing a configured `prompt`), and with the
+/// nonce `max_age=0` too.
 pub(super) fn authorization_url(
     config: &ProviderConfig,
     endpoint: &Url,
@@ -117,7 +119,15 @@ pub(super) fn authorization_url(
         builder = builder.add_extra_param("nonce", request.nonce);
     }
     for (name, value) in &config.protocol.authorize_params {
-        builder = builder.add_extra_param(name.as_str(), value.as_str());
+        if !(request.fresh_login && name == "prompt") {
+            builder = builder.add_extra_param(name.as_str(), value.as_str());
+        }
+    }
+    if request.fresh_login {
+        builder = builder.add_extra_param("prompt", "login");
+        if with_nonce {
+            builder = builder.add_extra_param("max_age", "0");
+        }
     }
     builder.url().0
 }

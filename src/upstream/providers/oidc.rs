@@ -44,6 +44,8 @@ struct IdTokenClaims {
     aud: Value,
     azp: Option<String>,
     nonce: Option<String>,
+    /// When the user authenticated (seconds since the epoch); required when `max_age` was asked.
+    auth_time: Option<i64>,
     #[serde(flatten)]
     profile: Value,
 }
@@ -158,6 +160,10 @@ impl Provider for OidcProvider {
         Ok(oauth::authorization_url(&self.config, &metadata.authorization, request, true))
     }
 
+    fn attests_authentication_time(&self) -> bool {
+        true
+    }
+
     async fn response_issuer(&self) -> Result<ResponseIssuer, ProviderError> {
         let metadata = self.metadata().await?;
         Ok(ResponseIssuer { issuer: self.config.issuer.clone(), required: metadata.iss_parameter_supported })
@@ -193,7 +199,9 @@ impl Provider for OidcProvider {
                 }
             }
         }
-        Ok(profile_into_user_info(claims.sub, &profile))
+        let mut info = profile_into_user_info(claims.sub, &profile);
+        info.authenticated_at = claims.auth_time.and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0));
+        Ok(info)
     }
 
     async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
@@ -245,6 +253,7 @@ fn profile_into_user_info(subject: String, profile: &Value) -> UserInfo {
         email_verified,
         name: DisplayName::parse_optional(name.as_deref()).ok().flatten().map(|n| n.as_str().to_owned()),
         avatar_url: text("picture"),
+        authenticated_at: None,
     }
 }
 

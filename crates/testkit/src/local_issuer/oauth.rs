@@ -73,6 +73,9 @@ pub enum TokenFault {
     ServerError(u16),
 }
 
+/// How long ago the user's session at the stub began, unless they sign in again.
+pub const UPSTREAM_SESSION_AGE_SECONDS: i64 = 600;
+
 struct PendingCode {
     client_id: String,
     redirect_uri: String,
@@ -82,6 +85,8 @@ struct PendingCode {
     scope: String,
     /// Whether the authorization request carried every parameter a refresh token needs.
     offline: bool,
+    /// When the user authenticated, for the id_token's `auth_time`.
+    auth_time: i64,
 }
 
 #[derive(Default)]
@@ -96,6 +101,7 @@ pub(super) struct OAuthState {
     send_iss: AtomicBool,
     rotate_refresh_tokens: AtomicBool,
     no_refresh_token_on_code: AtomicBool,
+    ignore_reauthentication: AtomicBool,
     granted_scope: std::sync::Mutex<Option<String>>,
     refresh_token_needs: std::sync::Mutex<Vec<(String, String)>>,
     token_delay_ms: AtomicU64,
@@ -120,6 +126,13 @@ pub(super) fn routes() -> Router<Arc<IssuerState>> {
 }
 
 impl LocalIssuer {
+    /// Whether `prompt=login` and `max_age` are ignored, as by a provider that answers from its
+    /// existing session: the id_token's `auth_time` is then that session's start,
+    /// [`UPSTREAM_SESSION_AGE_SECONDS`] ago.
+    pub fn ignore_reauthentication(&self, on: bool) {
+        self.state.oauth.ignore_reauthentication.store(on, Ordering::SeqCst);
+    }
+
     /// Registers the one client allowed at the token endpoint (otherwise any client is).
     pub fn set_client(&self, client_id: &str, client_secret: &str) {
         *self.state.oauth.client.lock().expect("lock") = Some((client_id.to_owned(), client_secret.to_owned()));
@@ -249,6 +262,20 @@ async fn authorize(State(state): State<Arc<IssuerState>>, Query(query): Query<Au
         .expect("lock")
         .clone()
         .unwrap_or_else(|| StubUser::new("stub-user", "stub@example.com"));
+    // The user's session here began a while ago; `prompt=login` or a shorter `max_age` makes
+    // them sign in again now (unless told to ignore both).
+    let now = chrono::Utc::now().timestamp();
+    let reauthenticate = query.extra.get("prompt").is_some_and(|p| p.split(' ').any(|v| v == "login"))
+        || query
+            .extra
+            .get("max_age")
+            .and_then(|m| m.parse::<i64>().ok())
+            .is_some_and(|m| m < UPSTREAM_SESSION_AGE_SECONDS);
+    let auth_time = if reauthenticate && !state.oauth.ignore_reauthentication.load(Ordering::SeqCst) {
+        now
+    } else {
+        now - UPSTREAM_SESSION_AGE_SECONDS
+    };
     let code = random();
     let offline =
         state.oauth.refresh_token_needs.lock().expect("lock").iter().all(|(k, v)| query.extra.get(k) == Some(v));
@@ -262,6 +289,7 @@ async fn authorize(State(state): State<Arc<IssuerState>>, Query(query): Query<Au
             user,
             scope: query.scope.unwrap_or_default(),
             offline,
+            auth_time,
         },
     );
     {
@@ -352,7 +380,8 @@ async fn token(State(state): State<Arc<IssuerState>>, headers: HeaderMap, Form(f
             state.oauth.code_exchanges.fetch_add(1, Ordering::SeqCst);
             let openid = pending.scope.split(' ').any(|s| s == "openid");
             let refresh = if pending.offline { None } else { Some(Some(String::new())) };
-            issue(&state, &pending.user, &pending.client_id, pending.nonce.as_deref(), openid, refresh)
+            let signed_in = Some((pending.nonce.as_deref(), pending.auth_time));
+            issue(&state, &pending.user, &pending.client_id, signed_in, openid, refresh)
         }
         "refresh_token" => {
             let known: Option<(StubUser, String)> = form
@@ -380,7 +409,7 @@ fn issue(
     state: &IssuerState,
     user: &StubUser,
     client_id: &str,
-    nonce: Option<&str>,
+    signed_in: Option<(Option<&str>, i64)>,
     openid: bool,
     refresh: Option<Option<String>>,
 ) -> Response {
@@ -406,18 +435,23 @@ fn issue(
         body["refresh_token"] = refresh_token.into();
     }
     if openid {
-        body["id_token"] = id_token(state, user, client_id, nonce).into();
+        body["id_token"] = id_token(state, user, client_id, signed_in).into();
     }
     Json(body).into_response()
 }
 
-fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, nonce: Option<&str>) -> String {
+/// An id_token; `signed_in`: the authorization request's nonce and the `auth_time` (a code
+/// exchange).
+fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, signed_in: Option<(Option<&str>, i64)>) -> String {
     let now = chrono::Utc::now().timestamp();
     let mut claims = json!({
         "iss": state.issuer, "sub": user.subject, "aud": client_id, "iat": now, "exp": now + 300,
     });
-    if let Some(nonce) = nonce {
-        claims["nonce"] = nonce.into();
+    if let Some((nonce, auth_time)) = signed_in {
+        if let Some(nonce) = nonce {
+            claims["nonce"] = nonce.into();
+        }
+        claims["auth_time"] = auth_time.into();
     }
     for (field, value) in [("email", &user.email), ("name", &user.name), ("preferred_username", &user.username)] {
         if let Some(value) = value {
