@@ -1082,6 +1082,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// per event and enabled endpoint that wants its topic and was registered when it was written;
     /// then marks them processed. One instance at a time does this (on PostgreSQL a transaction
     /// advisory lock; others return 0 at once), so deliveries are created in sequence order.
+    /// Events after a missing sequence number wait, while the first of them is less than 10 s
+    /// old, for the transaction that may hold it to commit (one that rolled back never fills it).
     /// Returns how many events were processed.
     async fn fan_out_events(&self, limit: i64, now: DateTime<Utc>) -> Result<u64, StoreError>;
 

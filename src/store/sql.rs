@@ -335,6 +335,12 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
 /// The advisory-lock key of the fan-out of outbox events (one instance at a time).
 const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
 
+/// How long the fan-out waits for a missing outbox sequence number before the events after it.
+/// On PostgreSQL a number is taken at insert and seen at commit, so a transaction still running
+/// may hold a lower one than an event already visible; one that rolled back leaves the gap for
+/// good.
+const OUTBOX_GAP_WAIT: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
 /// Columns of `webhook_endpoints`, for [`webhook_row`].
 const WEBHOOK_COLUMNS: &str = "id, url, event_types, enabled, secret, previous_secret, previous_secret_until, config_name, created_at, updated_at";
 
@@ -2305,6 +2311,24 @@ impl Store for SqlStore {
         .bind(limit.max(1))
         .fetch_all(&mut tx)
         .await?;
+        // Events after a gap wait for it (while the first of them is younger than
+        // OUTBOX_GAP_WAIT), so that an endpoint gets its events in sequence order.
+        let done = query("SELECT seq FROM outbox_events WHERE processed_at IS NOT NULL ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut tx)
+            .await?
+            .map(|row| row.int("seq"))
+            .transpose()?;
+        let mut next = done.map(|seq| seq + 1);
+        let mut ready = 0;
+        for event in &events {
+            let seq = event.int("seq")?;
+            if next.is_some_and(|next| seq != next) && event.time("created_at")? > now - OUTBOX_GAP_WAIT {
+                break;
+            }
+            next = Some(seq + 1);
+            ready += 1;
+        }
+        let events = &events[..ready];
         if events.is_empty() {
             tx.rollback().await?;
             return Ok(0);
@@ -2318,7 +2342,7 @@ impl Store for SqlStore {
                 Ok((WebhookId::from_uuid(row.uuid("id")?), types, row.time("created_at")?))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        for event in &events {
+        for event in events {
             let (seq, id, topic, written) =
                 (event.int("seq")?, event.uuid("id")?, event.text("topic")?, event.time("created_at")?);
             for (endpoint, types, registered) in &endpoints {

@@ -32,6 +32,7 @@ use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
 on_both_backends!(
     webhook_endpoints_are_stored_updated_and_deleted,
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
+    events_after_a_gap_wait_for_the_transaction_that_may_fill_it,
     an_endpoint_is_leased_to_one_owner_at_a_time,
     attempts_are_recorded_and_a_replay_schedules_events_again,
     old_events_go_once_no_delivery_of_theirs_is_pending,
@@ -3188,6 +3189,44 @@ async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: B
     let first = &store.pending_deliveries(all.id, 1).await.unwrap()[0];
     assert_eq!(first.payload["user"]["id"], ada.id().as_uuid().to_string());
     assert_eq!(first.attempts, 0);
+}
+
+async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let hook = endpoint(&[], now() - TimeDelta::seconds(1));
+    store.insert_webhook(&hook).await.unwrap();
+    sign_up(&store, "ada").await;
+    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
+    let sql = db.sql().await;
+    let topics =
+        async || store.pending_deliveries(hook.id, 100).await.unwrap().into_iter().map(|j| j.topic).collect::<Vec<_>>();
+
+    // A number that went missing (as a rolled-back transaction leaves one), a new event after it:
+    // held while young, then fanned out.
+    sign_up(&store, "bob").await;
+    sign_up(&store, "cat").await;
+    let lowest = "SELECT min(seq) FROM outbox_events WHERE processed_at IS NULL";
+    sql.exec(&format!("DELETE FROM outbox_events WHERE seq = ({lowest})")).await.unwrap();
+    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 0, "the event after the gap waits");
+    assert_eq!(store.fan_out_events(100, now() + TimeDelta::seconds(11)).await.unwrap(), 1, "not forever");
+
+    // On PostgreSQL, a transaction still running holds a lower number than an event already
+    // committed: that event waits for it, and the endpoint gets both in sequence order.
+    if let crate::helpers::Sql::Postgres(pool) = &sql {
+        let mut running = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES ($1, 'test.first', '{}', $2)")
+            .bind(Uuid::new_v4())
+            .bind(now())
+            .execute(&mut *running)
+            .await
+            .unwrap();
+        sign_up(&store, "dan").await;
+        assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 0, "dan's event waits for the running one");
+        running.commit().await.unwrap();
+        assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 2);
+        assert_eq!(topics().await[2..], ["test.first", "user.created"], "in sequence order");
+    }
+    assert_eq!(topics().await[..2], ["user.created"; 2], "ada and cat (bob's event went missing)");
 }
 
 async fn an_endpoint_is_leased_to_one_owner_at_a_time(backend: Backend) {
