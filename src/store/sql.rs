@@ -1080,6 +1080,9 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
+        // The user's row lock first, as an unlink takes it: an identity being unlinked is then
+        // either still there or gone when it is looked up, never gone by the time it is set.
+        query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user.as_uuid()).execute(&mut tx).await?;
         let Some(found) = identity_of(&mut tx, identity, user).await? else {
             tx.rollback().await?;
             return Ok(false);

@@ -63,6 +63,7 @@ on_both_backends!(
     linking_an_identity_reports_who_holds_it,
     the_last_identity_is_never_unlinked,
     concurrent_unlinks_leave_one_identity,
+    an_identity_chosen_while_it_is_unlinked_is_either_chosen_or_gone,
     a_primary_identity_is_one_of_the_users_own,
     identity_tokens_are_stored_and_replaced,
     // Teams and members
@@ -912,6 +913,32 @@ async fn concurrent_unlinks_leave_one_identity(backend: Backend) {
     assert_eq!(unlinked, 1, "{outcomes:?}");
     let profile = store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap();
     assert_eq!(profile.identities.len(), 1);
+}
+
+async fn an_identity_chosen_while_it_is_unlinked_is_either_chosen_or_gone(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    for round in 0..8 {
+        let second = linked(&store, &ada, &format!("ada-elsewhere-{round}")).await;
+        // Half the callers choose the identity as primary while the other half unlink it: each
+        // gets an answer (never a store error), and the user ends with a primary identity of
+        // their own.
+        let outcomes = concurrently(16, |i| {
+            let (store, user, identity) = (store.clone(), ada.id(), second.id);
+            async move {
+                if i % 2 == 0 {
+                    store.set_primary_identity(user, identity, now()).await.map(|_| ())
+                } else {
+                    store.unlink_identity(user, identity, now()).await.map(|_| ())
+                }
+            }
+        })
+        .await;
+        assert!(outcomes.iter().all(Result::is_ok), "round {round}: {outcomes:?}");
+        let profile = store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap();
+        assert_eq!(profile.identities.len(), 1, "round {round}");
+        assert_eq!(profile.primary_identity_id, Some(ada.identity()), "round {round}");
+    }
 }
 
 async fn a_primary_identity_is_one_of_the_users_own(backend: Backend) {
