@@ -23,7 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::AppState;
-use super::caller::caller;
+use super::caller::acting_caller;
 use super::credentials::cookie;
 use super::csrf;
 use super::extract::{ApiPath, ApiQuery, PageBytes};
@@ -123,7 +123,7 @@ async fn start_link(
         Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error_in(&headers, error, &context),
     };
-    let user = match caller(&state, &headers).await {
+    let user = match acting_caller(&state, &headers).await {
         Ok(user) => user,
         Err(error) => return state.pages.error_in(&headers, error, &context),
     };

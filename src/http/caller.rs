@@ -10,14 +10,31 @@ use super::problem::ApiError;
 use crate::domain::UserId;
 use crate::error::ErrorCode;
 
-/// The user a request acts for. A bearer token (or `X-User-Token`) wins over a session cookie; a
-/// refused token is refused, never passed over for the cookie. A repeated session cookie is
-/// refused even beside a token.
+/// The user a request is about: who they are, nothing changed. A bearer token (or
+/// `X-User-Token`) wins over a session cookie; a refused token is refused, never passed over for
+/// the cookie. A repeated session cookie is refused even beside a token. Any of Tessera's own
+/// access tokens is accepted, as at `/v1/validate` (a backend asking about its caller).
 pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    resolve(state, headers, false).await
+}
+
+/// The user a request acts for (their teams, connected accounts and identities): as [`caller`],
+/// but one of Tessera's own access tokens must have been issued for Tessera's API
+/// ([`crate::service::validation::Validator::validate_acting`]).
+pub async fn acting_caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    resolve(state, headers, true).await
+}
+
+async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<UserId, ApiError> {
     let token = Credentials::read(headers)?.user_token();
     let session = cookie(headers, state.cookies.session())?;
     if let Some(token) = token {
-        return Ok(state.validator.validate(token).await?.principal.user.id);
+        let validated = if acting {
+            state.validator.validate_acting(token).await?
+        } else {
+            state.validator.validate(token).await?
+        };
+        return Ok(validated.principal.user.id);
     }
     if let Some(session) = session
         && let Some(user) = state.sessions.resolve(session).await?
@@ -32,13 +49,14 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, Api
 }
 
 /// The user a profile or team request acts for: a service holding an admin token names the user
-/// in `X-On-Behalf-Of` (or `?on_behalf_of=`); anyone else is their own user (see [`caller`]).
+/// in `X-On-Behalf-Of` (or `?on_behalf_of=`); anyone else is their own user (see
+/// [`acting_caller`]).
 pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, ApiError> {
     let admin = Credentials::read(headers)?.admin_token().is_some_and(|token| state.admin_tokens.verify(token));
     // A repeated session cookie is refused beside the admin token too: one credential per request.
     cookie(headers, state.cookies.session())?;
     if !admin {
-        return caller(state, headers).await;
+        return acting_caller(state, headers).await;
     }
     let named = on_behalf_of(headers, query)?.ok_or_else(|| {
         ApiError::new(

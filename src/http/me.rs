@@ -9,7 +9,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::AppState;
-use super::caller::caller;
+use super::caller::{acting_caller, caller};
 use super::credentials::{Credentials, cookie};
 use super::extract::ApiPath;
 use super::problem::ApiError;
@@ -65,7 +65,7 @@ async fn unlink_identity(
     headers: HeaderMap,
     ApiPath(identity): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let user = caller(&state, &headers).await?;
+    let user = acting_caller(&state, &headers).await?;
     let unlinked = state.provisioner.unlink_identity(user, parse_identity(&identity)?).await?;
     super::audit::identity_unlinked(&state, &headers, user, &unlinked).await;
     Ok(StatusCode::NO_CONTENT)
@@ -86,7 +86,7 @@ async fn make_identity_primary(
     headers: HeaderMap,
     ApiPath(identity): ApiPath<String>,
 ) -> Result<Json<UserProfileResponse>, ApiError> {
-    let user = caller(&state, &headers).await?;
+    let user = acting_caller(&state, &headers).await?;
     state.provisioner.set_primary_identity(user, parse_identity(&identity)?).await?;
     Ok(Json(state.validator.profile(user).await?.into()))
 }

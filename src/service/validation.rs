@@ -209,6 +209,27 @@ impl Validator {
         self.own_principal(op, claims).await
     }
 
+    /// A token of someone who acts on Tessera's own API for themselves (their teams, connected
+    /// accounts and identities). An upstream token is checked as by [`Validator::validate`]; one
+    /// of Tessera's own access tokens must have been issued for that API — `aud` one of
+    /// [`API_RESOURCE_PATHS`] under the public URL (RFC 8707) —, not for another client's or
+    /// resource's use: a client that holds a user's token for itself must not replay it here to
+    /// read their connected accounts' credentials.
+    pub async fn validate_acting(&self, token: &str) -> Result<Validated, ValidateError> {
+        self.acting(token).await.map_err(|error| self.refused(token, error))
+    }
+
+    async fn acting(&self, token: &str) -> Result<Validated, ValidateError> {
+        let Some(op) = self.own.as_ref().filter(|op| op.issued(token)) else {
+            return self.verify_and_resolve(token).await;
+        };
+        let claims = op.verify_access_token(token).await?;
+        if !API_RESOURCE_PATHS.iter().any(|path| claims.aud == op.endpoint(path)) {
+            return Err(ValidateError::OtherResource(op.endpoint(API_RESOURCE_PATHS[0])));
+        }
+        self.own_principal(op, claims).await
+    }
+
     /// One of Tessera's own access tokens issued for `resource` (its `aud`, RFC 8707), checked
     /// like [`Validator::validate`] checks them; upstream tokens are refused.
     pub async fn validate_own_for(&self, token: &str, resource: &str) -> Result<Validated, ValidateError> {
@@ -325,6 +346,11 @@ impl Validator {
     }
 }
 
+/// The resources (RFC 8707, paths under the public URL) for which Tessera's own access tokens
+/// act for their user on Tessera's API: the REST API (`/v1`) and the MCP endpoint, whose tool
+/// does the same.
+pub const API_RESOURCE_PATHS: [&str; 2] = ["/v1", "/mcp"];
+
 /// Principal reads from the replica, coalesced.
 type PrincipalReads = Coalescer<(Issuer, Subject), Arc<Principal>, Arc<StoreError>>;
 
@@ -348,6 +374,11 @@ fn principal_reads(store: Arc<dyn Store>) -> PrincipalReads {
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_mcp_endpoint_is_one_of_the_api_resources() {
+        assert!(API_RESOURCE_PATHS.contains(&crate::http::mcp::PATH));
+    }
 
     use super::*;
     use crate::domain::{IdentityId, User};

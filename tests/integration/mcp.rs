@@ -39,7 +39,7 @@ impl Agent {
                 "name": "Agent",
                 "kind": "confidential",
                 "redirect_uris": [REDIRECT],
-                "resources": [w.app.url("/mcp"), OTHER_RESOURCE],
+                "resources": [w.app.url("/mcp"), w.app.url("/v1"), OTHER_RESOURCE],
                 "first_party": true,
             }),
         )
@@ -173,6 +173,8 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let second = agent.token(Some(&resource)).await;
     let other = agent.token(Some(OTHER_RESOURCE)).await;
     let plain = agent.token(None).await;
+    let api_resource = agent.w.app.url("/v1");
+    let api = agent.token(Some(&api_resource)).await;
     let app = &agent.w.app;
 
     // The metadata document, at the root and with the resource's path.
@@ -215,6 +217,23 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     for method in [Method::GET, Method::DELETE] {
         let response = app.client.request(method.clone(), app.url("/mcp")).bearer_auth(&mcp).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+    }
+
+    // On the REST API, a Tessera token acts for its user (their connected accounts, teams,
+    // identities) only when issued for Tessera's API (`/v1`) or its MCP endpoint: one the client
+    // got for itself, or for another resource, may say who the user is (`GET /v1/me`), no more.
+    let me = body(app.client.get(app.url("/v1/me")).bearer_auth(&plain).send().await.unwrap(), 200).await;
+    let profiles = app.url(&format!("/v1/teams/{}/auth-profiles", me["teams"][0]["slug"].as_str().unwrap()));
+    let primary = app.url(&format!("/v1/me/identities/{}/primary", me["identities"][0]["id"].as_str().unwrap()));
+    for token in [&plain, &other] {
+        let listed = app.client.get(&profiles).bearer_auth(token).send().await.unwrap();
+        assert_eq!(body(listed, 401).await["code"], "audience_mismatch");
+        let chosen = app.client.post(&primary).bearer_auth(token).send().await.unwrap();
+        assert_eq!(body(chosen, 401).await["code"], "audience_mismatch");
+    }
+    for token in [&api, &mcp] {
+        body(app.client.get(&profiles).bearer_auth(token).send().await.unwrap(), 200).await;
+        body(app.client.post(&primary).bearer_auth(token).send().await.unwrap(), 200).await;
     }
 
     // A tampered token is refused.
