@@ -250,12 +250,14 @@ pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
         Some(text) => {
             let url = Url::parse(text.trim())
                 .map_err(|e| ConfigError::new("auth.public_url (TESSERA_PUBLIC_URL)", format!("not a URL: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.query().is_some() {
-                return Err(ConfigError::new(
+            // It is the OpenID Provider's issuer, and where browsers bring sessions, codes and
+            // connect links: the rules of an issuer (https, or http on a loopback host only).
+            crate::domain::Issuer::parse(url.as_str()).map_err(|e| {
+                ConfigError::new(
                     "auth.public_url (TESSERA_PUBLIC_URL)",
-                    "expected an http(s) URL such as https://id.example.com",
-                ));
-            }
+                    format!("expected an https URL such as https://id.example.com (http only on loopback): {e}"),
+                )
+            })?;
             Some(url)
         }
         None => None,
@@ -371,12 +373,14 @@ fn parse_provider(
         (Some(var), None) => Some(SecretString::from(env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
             ConfigError::new(key("client_secret_env"), format!("the environment variable {var} is not set"))
         })?)),
-        (None, Some(path)) => Some(SecretString::from(
-            std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::new(key("client_secret_file"), format!("cannot read {path}: {e}")))?
-                .trim()
-                .to_owned(),
-        )),
+        (None, Some(path)) => {
+            let secret = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new(key("client_secret_file"), format!("cannot read {path}: {e}")))?;
+            if secret.trim().is_empty() {
+                return Err(ConfigError::new(key("client_secret_file"), format!("{path} is empty")));
+            }
+            Some(SecretString::from(secret.trim().to_owned()))
+        }
         (None, None) => None,
     };
     // Every key the entry sets wins over the template's; then the placeholders are filled.
@@ -703,6 +707,21 @@ mod tests {
         assert_eq!(key_of(&unsafe_link, &[("GH_SECRET", "s")]), "providers[1].auto_link_by_email");
         let no_url = PROVIDERS.replace("public_url = \"https://id.example.com\"", "");
         assert_eq!(key_of(&no_url, &[("GH_SECRET", "s")]), "auth.public_url (TESSERA_PUBLIC_URL)");
+        // Browsers bring sessions, codes and connect links to it: https, or http on loopback.
+        for url in ["http://id.example.com", "https://id.example.com/#top", "https://user:pw@id.example.com"] {
+            let text = PROVIDERS.replace("https://id.example.com", url);
+            assert_eq!(key_of(&text, &[("GH_SECRET", "s")]), "auth.public_url (TESSERA_PUBLIC_URL)", "{url}");
+        }
+        for url in ["http://127.0.0.1:8080", "http://localhost:8080", "https://id.example.com/auth"] {
+            let text = PROVIDERS.replace("https://id.example.com", url);
+            assert!(Config::from_toml(&text, env(&[("GH_SECRET", "s")])).is_ok(), "{url}");
+        }
+        let empty = std::env::temp_dir().join(format!("tessera-empty-secret-{}", std::process::id()));
+        std::fs::write(&empty, "  \n").unwrap();
+        let from_file = PROVIDERS
+            .replace("client_secret_env = \"GH_SECRET\"", &format!("client_secret_file = \"{}\"", empty.display()));
+        assert_eq!(key_of(&from_file, &[]), "providers[0].client_secret_file", "an empty secret file");
+        std::fs::remove_file(&empty).unwrap();
         let stores = PROVIDERS.replace("kind = \"github\"", "kind = \"github\"\nstore_tokens = true");
         assert_eq!(key_of(&stores, &[("GH_SECRET", "s")]), ENCRYPTION_KEYS_VAR);
         assert_eq!(key_of("", &[(ENCRYPTION_KEYS_VAR, "k:short")]), ENCRYPTION_KEYS_VAR);
