@@ -126,12 +126,13 @@ async fn authenticate(state: &AppState, op: &OpenIdProvider, headers: &HeaderMap
 }
 
 /// The error as problem+json; a 401 carries `WWW-Authenticate: Bearer` with the metadata URL
-/// (and `error="invalid_token"` when a token was sent).
+/// (and `error="invalid_token"` when a token was sent): the endpoint's own, whose path is the
+/// resource's (RFC 9728 3.1), so that a strict client finds `resource` equal to the URL it asked.
 fn refuse(op: &OpenIdProvider, error: ApiError) -> Response {
     let missing = error.code() == ErrorCode::MissingCredentials;
     let mut response = error.into_response();
     if response.status() == StatusCode::UNAUTHORIZED {
-        let metadata = op.endpoint(METADATA_PATH);
+        let metadata = op.endpoint(&format!("{METADATA_PATH}{PATH}"));
         let challenge = match missing {
             true => format!("Bearer realm=\"tessera\", resource_metadata=\"{metadata}\""),
             false => format!("Bearer realm=\"tessera\", error=\"invalid_token\", resource_metadata=\"{metadata}\""),

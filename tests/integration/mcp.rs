@@ -100,7 +100,8 @@ async fn refused(agent: &Agent, response: reqwest::Response, status: u16, code: 
     assert_problem_shape(&problem, status);
     assert_eq!(problem["code"], code, "{problem}");
     if status == 401 {
-        let metadata = agent.w.app.url("/.well-known/oauth-protected-resource");
+        // The resource's own metadata URL (RFC 9728 3.1: its path is the resource's).
+        let metadata = agent.w.app.url("/.well-known/oauth-protected-resource/mcp");
         let challenge = challenge.expect("a 401 has a challenge");
         assert!(challenge.starts_with("Bearer "), "{challenge}");
         assert!(challenge.contains(&format!("resource_metadata=\"{metadata}\"")), "{challenge}");
