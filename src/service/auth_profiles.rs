@@ -379,7 +379,7 @@ impl AuthProfiles {
 
     /// Creates a profile, or reuses the caller's pending one (see the module documentation).
     pub async fn create(&self, team: &TeamRef, user: UserId, request: NewProfile) -> Result<Created, AuthProfileError> {
-        let (team, _) = self.membership(team, user).await?;
+        let (team, role) = self.membership(team, user).await?;
         if !request.kind.is_creatable() {
             return Err(AuthProfileError::UnsupportedKind);
         }
@@ -404,7 +404,7 @@ impl AuthProfiles {
             && let Some(pending) = self.store.pending_profile(&key).await?
         {
             if pending.pending_expires_at.is_some_and(|at| at > now) {
-                return self.reuse(pending, request.slug.as_ref(), user).await;
+                return self.reuse(pending, request.slug.as_ref(), user, role).await;
             }
             // Expired: not reused, and deleted so that a new one can take its place.
             self.store.delete_expired_pending(Some(&key), now).await?;
@@ -459,7 +459,7 @@ impl AuthProfiles {
                 && let Some(pending) = self.store.pending_profile(&key).await?
                 && pending.pending_expires_at.is_some_and(|at| at > now)
             {
-                return self.reuse(pending, request.slug.as_ref(), user).await;
+                return self.reuse(pending, request.slug.as_ref(), user, role).await;
             }
             if request.slug.is_some() {
                 return Err(AuthProfileError::SlugTaken);
@@ -468,14 +468,17 @@ impl AuthProfiles {
         Err(AuthProfileError::SlugTaken)
     }
 
-    /// Reuses a pending profile with a fresh link, unless the caller asked for another slug.
+    /// Reuses a pending profile with a fresh link, unless the caller asked for another slug, or
+    /// may not connect it: a team-wide one pending for someone else (only its creator, an owner
+    /// or an admin may), whose link a fresh one would replace.
     async fn reuse(
         &self,
         pending: AuthProfile,
         slug: Option<&Slug>,
         user: UserId,
+        role: Role,
     ) -> Result<Created, AuthProfileError> {
-        if slug.is_some_and(|s| *s != pending.slug) {
+        if slug.is_some_and(|s| *s != pending.slug) || may_connect(&pending, user, role).is_err() {
             return Err(AuthProfileError::PendingAuthConflict { slug: pending.slug.as_str().to_owned() });
         }
         let link = self.mint_link(&pending, user, false).await?;

@@ -21,6 +21,7 @@ use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 on_both_backends!(
     a_repeated_create_without_slug_reuses_the_pending_profile,
     a_different_slug_while_pending_is_a_friendly_409,
+    a_member_cannot_take_over_someone_elses_pending_team_profile,
     two_members_connect_the_same_connector_in_parallel,
     the_database_refuses_a_second_pending_profile,
     concurrent_identical_creates_all_get_the_same_profile,
@@ -231,6 +232,31 @@ async fn a_different_slug_while_pending_is_a_friendly_409(backend: Backend) {
     let same = body(w.create(w.alice.id, profile_request(Some("first-try"))).await, 200).await;
     assert_eq!(same["auth_profile"]["slug"], "first-try");
     assert_eq!(count(&w.app, "").await, 1);
+}
+
+async fn a_member_cannot_take_over_someone_elses_pending_team_profile(backend: Backend) {
+    let w = world(backend).await;
+    let team_wide = || {
+        let mut request = profile_request(None);
+        request["profile_kind"] = "oauth_app".into();
+        request
+    };
+    let created = body(w.create(w.alice.id, team_wide()).await, 201).await;
+    // Bob, a plain member, asks for the same: Alice's pending profile is not his to connect, so
+    // he gets no link to it, and hers keeps working.
+    let taken = body(w.create(w.bob.id, team_wide()).await, 409).await;
+    assert_eq!(
+        (&taken["code"], &taken["existing_slug"]),
+        (&json!("pending_auth_conflict"), &created["auth_profile"]["slug"])
+    );
+    let sql = w.app.db.sql().await;
+    let alices = format!("connect_tokens WHERE user_id = {}", sql.uuid(&w.alice.id.to_string()));
+    assert_eq!((sql.count("connect_tokens").await, sql.count(&alices).await), (1, 1));
+    // Its creator (an owner too) reuses it as before.
+    assert_eq!(
+        body(w.create(w.alice.id, team_wide()).await, 200).await["auth_profile"]["id"],
+        created["auth_profile"]["id"]
+    );
 }
 
 async fn two_members_connect_the_same_connector_in_parallel(backend: Backend) {
