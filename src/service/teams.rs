@@ -111,25 +111,27 @@ impl Teams {
         role: Role,
     ) -> Result<bool, TeamError> {
         let team = self.owner_gate(team, acting).await?;
-        let outcome = self.store.put_member(team.id, user, role, super::now()).await?;
+        let outcome = self.store.put_member(team.id, acting, user, role, super::now()).await?;
         self.principals.invalidate_user(user);
         match outcome {
             MemberOutcome::Added => Ok(true),
             MemberOutcome::Updated => Ok(false),
             MemberOutcome::UserNotFound => Err(TeamError::UserNotFound),
             MemberOutcome::LastOwner => Err(TeamError::LastOwner),
+            MemberOutcome::NotAllowed => Err(TeamError::NotOwner),
         }
     }
 
     /// Removes `user` from a team (never its last owner). With `acting` set, only an owner may.
     pub async fn remove_member(&self, team: &TeamRef, acting: Option<UserId>, user: UserId) -> Result<(), TeamError> {
         let team = self.owner_gate(team, acting).await?;
-        let outcome = self.store.remove_member(team.id, user).await?;
+        let outcome = self.store.remove_member(team.id, acting, user).await?;
         self.principals.invalidate_user(user);
         match outcome {
             RemoveOutcome::Removed => Ok(()),
             RemoveOutcome::NotMember => Err(TeamError::MemberNotFound),
             RemoveOutcome::LastOwner => Err(TeamError::LastOwner),
+            RemoveOutcome::NotAllowed => Err(TeamError::NotOwner),
         }
     }
 

@@ -445,6 +445,8 @@ pub enum MemberOutcome {
     UserNotFound,
     /// The user is the team's last owner and the new role is not owner; nothing changed.
     LastOwner,
+    /// The acting user is not (or no longer) an owner of the team; nothing changed.
+    NotAllowed,
 }
 
 /// What [`Store::remove_member`] did.
@@ -456,6 +458,8 @@ pub enum RemoveOutcome {
     NotMember,
     /// The user is the team's last owner; nothing changed.
     LastOwner,
+    /// The acting user is not (or no longer) an owner of the team; nothing changed.
+    NotAllowed,
 }
 
 /// The key of the one-pending-profile rules.
@@ -815,18 +819,27 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn team_with_role(&self, team: &TeamRef, user: UserId) -> Result<Option<(Team, Option<Role>)>, StoreError>;
 
     /// Adds a member, or changes their role; never demotes the team's last owner (serialised per
-    /// team with [`Store::remove_member`]). Never touches a default-team flag.
+    /// team with [`Store::remove_member`]). Never touches a default-team flag. With `acting`, only
+    /// an owner of the team may: checked under the same lock (`NotAllowed`), so that a request
+    /// from an owner who was just demoted or removed cannot undo that.
     async fn put_member(
         &self,
         team: TeamId,
+        acting: Option<UserId>,
         user: UserId,
         role: Role,
         now: DateTime<Utc>,
     ) -> Result<MemberOutcome, StoreError>;
 
     /// Removes a member; never the team's last owner (serialised per team). Their connect links
-    /// and connect flows for the team's profiles go with them.
-    async fn remove_member(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError>;
+    /// and connect flows for the team's profiles go with them. `acting` as for
+    /// [`Store::put_member`].
+    async fn remove_member(
+        &self,
+        team: TeamId,
+        acting: Option<UserId>,
+        user: UserId,
+    ) -> Result<RemoveOutcome, StoreError>;
 
     /// Inserts a profile unless a uniqueness rule refuses it (a live slug of the team, or the
     /// one-pending-profile rules): then `None`, and nothing is written.

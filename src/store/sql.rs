@@ -178,6 +178,15 @@ pub(super) async fn user_in(tx: &mut Tx, user: UserId) -> Result<Option<User>, S
 }
 
 /// The status of a profile, locked for the rest of `tx`; `None` when there is no such profile.
+/// Whether `acting` (none: the admin API) may change the team's members: an owner of it, read
+/// in `tx` after the team's row lock.
+async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Result<bool, StoreError> {
+    match acting {
+        None => Ok(true),
+        Some(user) => Ok(member_role(tx, team, user).await? == Some(Role::Owner)),
+    }
+}
+
 pub(super) async fn profile_status_in(tx: &mut Tx, id: ProfileId) -> Result<Option<String>, StoreError> {
     let row = query("SELECT status FROM auth_profiles WHERE id = $1 FOR UPDATE")
         .bind(id.as_uuid())
@@ -1268,6 +1277,7 @@ impl Store for SqlStore {
     async fn put_member(
         &self,
         team: TeamId,
+        acting: Option<UserId>,
         user: UserId,
         role: Role,
         now: DateTime<Utc>,
@@ -1280,6 +1290,10 @@ impl Store for SqlStore {
         }
         // Serialises membership changes of one team, so that two cannot remove the last two owners.
         query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut tx).await?;
+        if !acting_owner(&mut tx, team, acting).await? {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::NotAllowed);
+        }
         if let Some(sole_owner) = sole_owner(&mut tx, team, user).await? {
             if sole_owner && role != Role::Owner {
                 tx.rollback().await?;
@@ -1316,10 +1330,19 @@ impl Store for SqlStore {
         Ok(MemberOutcome::Added)
     }
 
-    async fn remove_member(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError> {
+    async fn remove_member(
+        &self,
+        team: TeamId,
+        acting: Option<UserId>,
+        user: UserId,
+    ) -> Result<RemoveOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
         // Serialises membership changes of one team (see put_member).
         query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut tx).await?;
+        if !acting_owner(&mut tx, team, acting).await? {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::NotAllowed);
+        }
         let Some(sole_owner) = sole_owner(&mut tx, team, user).await? else {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotMember);

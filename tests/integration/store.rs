@@ -63,6 +63,7 @@ on_both_backends!(
     linking_an_identity_reports_who_holds_it,
     the_last_identity_is_never_unlinked,
     concurrent_unlinks_leave_one_identity,
+    only_a_current_owner_changes_members,
     an_identity_chosen_while_it_is_unlinked_is_either_chosen_or_gone,
     a_primary_identity_is_one_of_the_users_own,
     identity_tokens_are_stored_and_replaced,
@@ -206,7 +207,7 @@ async fn sign_up_as(store: &Arc<dyn Store>, account: NewAccount) -> Person {
 
 /// `user` joins `team` (they must not be a member yet).
 async fn join(store: &Arc<dyn Store>, team: &Team, user: UserId, role: Role, at: DateTime<Utc>) {
-    assert_eq!(store.put_member(team.id, user, role, at).await.unwrap(), MemberOutcome::Added);
+    assert_eq!(store.put_member(team.id, None, user, role, at).await.unwrap(), MemberOutcome::Added);
 }
 
 /// A fresh, random 32-byte value, for state, session and token hashes.
@@ -798,7 +799,7 @@ async fn a_principal_carries_the_user_and_their_teams_default_first(backend: Bac
     // Left without any team, Ada is still a principal.
     join(&store, &ada.team, bob.id(), Role::Owner, t0).await;
     for team in [&ada.team, &bob.team, &cy.team] {
-        assert_eq!(store.remove_member(team.id, ada.id()).await.unwrap(), RemoveOutcome::Removed);
+        assert_eq!(store.remove_member(team.id, None, ada.id()).await.unwrap(), RemoveOutcome::Removed);
     }
     let teamless = store.principal(&ada.account.issuer, &ada.account.subject, ReadFrom::Primary).await.unwrap();
     assert_eq!(teamless, Some(Principal { teams: Vec::new(), ..expected }));
@@ -897,6 +898,36 @@ async fn the_last_identity_is_never_unlinked(backend: Backend) {
     // Once unlinked, the identity is free to be linked again, to anyone.
     let outcome = store.link_identity(bob.id(), &new_link(second.subject.as_str(), t0)).await.unwrap();
     assert!(matches!(&outcome, LinkOutcome::Linked(identity) if identity.user_id == bob.id()), "{outcome:?}");
+}
+
+async fn only_a_current_owner_changes_members(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let cat = sign_up(&store, "cat").await;
+    let team = ada.team.id;
+    store.put_member(team, Some(ada.id()), bob.id(), Role::Owner, now()).await.unwrap();
+    assert_eq!(
+        store.put_member(team, Some(bob.id()), cat.id(), Role::Member, now()).await.unwrap(),
+        MemberOutcome::Added
+    );
+    // Bob is demoted: whatever he sent as an owner is checked against what he is now, under
+    // the team's lock, so it cannot promote him back or act on others.
+    assert_eq!(
+        store.put_member(team, Some(ada.id()), bob.id(), Role::Member, now()).await.unwrap(),
+        MemberOutcome::Updated
+    );
+    let put = store.put_member(team, Some(bob.id()), bob.id(), Role::Owner, now()).await.unwrap();
+    assert_eq!(put, MemberOutcome::NotAllowed);
+    assert_eq!(store.remove_member(team, Some(bob.id()), cat.id()).await.unwrap(), RemoveOutcome::NotAllowed);
+    assert_eq!(role_in(&store, &ada.team, bob.id()).await, Some(Role::Member));
+    assert_eq!(role_in(&store, &ada.team, cat.id()).await, Some(Role::Member));
+    // Removed, likewise; someone who never was a member neither.
+    assert_eq!(store.remove_member(team, Some(ada.id()), bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    let back = store.put_member(team, Some(bob.id()), bob.id(), Role::Owner, now()).await.unwrap();
+    assert_eq!(back, MemberOutcome::NotAllowed);
+    assert_eq!(store.remove_member(team, Some(UserId::generate()), cat.id()).await.unwrap(), RemoveOutcome::NotAllowed);
+    assert_eq!(role_in(&store, &ada.team, bob.id()).await, None);
 }
 
 async fn concurrent_unlinks_leave_one_identity(backend: Backend) {
@@ -1018,7 +1049,7 @@ async fn put_member_adds_updates_and_never_demotes_the_last_owner(backend: Backe
     let ada = sign_up(&store, "ada").await;
     let bob = sign_up(&store, "bob").await;
     let (team, t0) = (ada.team.id, now());
-    let put = async |user: UserId, role: Role| store.put_member(team, user, role, t0).await.unwrap();
+    let put = async |user: UserId, role: Role| store.put_member(team, None, user, role, t0).await.unwrap();
 
     assert_eq!(put(UserId::generate(), Role::Member).await, MemberOutcome::UserNotFound);
     assert_eq!(put(ada.id(), Role::Admin).await, MemberOutcome::LastOwner);
@@ -1054,7 +1085,7 @@ async fn concurrent_puts_of_one_member_add_them_once(backend: Backend) {
     let bob = sign_up(&store, "bob").await;
     let outcomes = concurrently(16, |_| {
         let (store, team, user) = (store.clone(), ada.team.id, bob.id());
-        async move { store.put_member(team, user, Role::Member, now()).await.unwrap() }
+        async move { store.put_member(team, None, user, Role::Member, now()).await.unwrap() }
     })
     .await;
     let added = outcomes.iter().filter(|o| **o == MemberOutcome::Added).count();
@@ -1078,9 +1109,9 @@ async fn concurrent_demotions_and_removals_leave_one_owner(backend: Backend) {
         let (store, team, user) = (store.clone(), ada.team.id, owners[i]);
         async move {
             if i % 2 == 0 {
-                Ok(store.put_member(team, user, Role::Member, now()).await.unwrap())
+                Ok(store.put_member(team, None, user, Role::Member, now()).await.unwrap())
             } else {
-                Err(store.remove_member(team, user).await.unwrap())
+                Err(store.remove_member(team, None, user).await.unwrap())
             }
         }
     })
@@ -1126,12 +1157,12 @@ async fn removing_a_member_takes_their_connect_links_and_flows_with_them(backend
         store.insert_login_state(flow).await.unwrap();
     }
 
-    assert_eq!(store.remove_member(ada.team.id, ada.id()).await.unwrap(), RemoveOutcome::LastOwner);
+    assert_eq!(store.remove_member(ada.team.id, None, ada.id()).await.unwrap(), RemoveOutcome::LastOwner);
     assert_eq!(role_in(&store, &ada.team, ada.id()).await, Some(Role::Owner));
-    assert_eq!(store.remove_member(ada.team.id, UserId::generate()).await.unwrap(), RemoveOutcome::NotMember);
-    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    assert_eq!(store.remove_member(ada.team.id, None, UserId::generate()).await.unwrap(), RemoveOutcome::NotMember);
+    assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
     assert_eq!(role_in(&store, &ada.team, bob.id()).await, None);
-    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
+    assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
 
     assert!(store.connect_token(&gone_link.token_hash, t0).await.unwrap().is_none());
     assert!(store.take_login_state(&gone_flow.state_hash, t0).await.unwrap().is_none());
@@ -3129,11 +3160,11 @@ async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend
     assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::AlreadyLinked(_)));
     assert!(matches!(store.link_identity(bob.id(), &link).await.unwrap(), LinkOutcome::LinkedToAnotherUser));
     assert!(matches!(store.unlink_identity(ada.id(), link.identity_id, t).await.unwrap(), UnlinkOutcome::Unlinked(_)));
-    assert_eq!(store.put_member(ada.team.id, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Added);
-    assert_eq!(store.put_member(ada.team.id, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Updated);
-    assert_eq!(store.put_member(ada.team.id, bob.id(), Role::Admin, t).await.unwrap(), MemberOutcome::Updated);
-    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::Removed);
-    assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
+    assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Added);
+    assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Updated);
+    assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Admin, t).await.unwrap(), MemberOutcome::Updated);
+    assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
     assert_eq!(
         topics().await,
         [
@@ -3641,7 +3672,7 @@ async fn deleting_the_last_owner_of_a_shared_team_is_refused_and_writes_nothing(
     assert_eq!((sql.provisioning_counts().await, rows_of(&sql, ada.id()).await), before, "nothing written");
 
     // With a second owner, Ada goes and her team stays with Bob.
-    store.put_member(ada.team.id, bob.id(), Role::Owner, now()).await.unwrap();
+    store.put_member(ada.team.id, None, bob.id(), Role::Owner, now()).await.unwrap();
     let DeleteUserOutcome::Deleted(deleted) = store.delete_user(ada.id(), now()).await.unwrap() else {
         panic!("ada is deleted");
     };
@@ -3715,8 +3746,8 @@ mod cache_log {
         set_user_disabled(&store, ada.id(), true, now()).await.unwrap();
         set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
         join(&store, &bob.team, ada.id(), Role::Member, now()).await;
-        store.put_member(bob.team.id, ada.id(), Role::Admin, now()).await.unwrap();
-        store.remove_member(bob.team.id, ada.id()).await.unwrap();
+        store.put_member(bob.team.id, None, ada.id(), Role::Admin, now()).await.unwrap();
+        store.remove_member(bob.team.id, None, ada.id()).await.unwrap();
         let second = linked(&store, &ada, "log-ada-elsewhere").await;
         assert!(matches!(store.unlink_identity(ada.id(), second.id, now()).await.unwrap(), UnlinkOutcome::Unlinked(_)));
         let team = Team {
@@ -3790,9 +3821,12 @@ mod cache_log {
 
         set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
         assert_eq!(set_user_disabled(&store, UserId::generate(), true, now()).await.unwrap(), None);
-        assert_eq!(store.put_member(bob.team.id, ada.id(), Role::Member, now()).await.unwrap(), MemberOutcome::Updated);
-        assert_eq!(store.remove_member(ada.team.id, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
-        assert_eq!(store.remove_member(bob.team.id, bob.id()).await.unwrap(), RemoveOutcome::LastOwner);
+        assert_eq!(
+            store.put_member(bob.team.id, None, ada.id(), Role::Member, now()).await.unwrap(),
+            MemberOutcome::Updated
+        );
+        assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
+        assert_eq!(store.remove_member(bob.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::LastOwner);
         let own = store.find_identity(&ada.account.issuer, &ada.account.subject).await.unwrap().unwrap().identity_id;
         assert_eq!(store.unlink_identity(ada.id(), own, now()).await.unwrap(), UnlinkOutcome::LastIdentity);
         assert!(matches!(
