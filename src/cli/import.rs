@@ -635,6 +635,16 @@ fn print_summary(summary: &Summary, file: &Path, json: bool) {
     }
 }
 
+/// Creates (or truncates) the export file, readable by its owner alone when it is new: it lists
+/// every user's email and name.
+fn private_file(path: &std::path::Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// Runs `tessera export`.
 pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
     let format = args.format.or_else(|| args.output.as_deref().and_then(Format::of_path)).unwrap_or(Format::Jsonl);
@@ -643,7 +653,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
         Err(code) => return code,
     };
     let out: Box<dyn Write + Send> = match &args.output {
-        Some(path) => match File::create(path) {
+        Some(path) => match private_file(path) {
             Ok(file) => Box::new(file),
             Err(e) => {
                 eprintln!("tessera: cannot write {}: {e}", path.display());

@@ -328,7 +328,13 @@ async fn export(dir: &Path, db: &TestDb, args: &[&str]) -> String {
     let output = run(tessera(dir, db, &all)).await;
     assert_eq!(output.code, 0, "{args:?}: {}", output.stderr);
     match args.iter().position(|a| *a == "--output") {
-        Some(i) => std::fs::read_to_string(dir.join(args[i + 1])).unwrap(),
+        Some(i) => {
+            let path = dir.join(args[i + 1]);
+            // Every user's email and name: readable by the owner alone.
+            let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+            std::fs::read_to_string(path).unwrap()
+        }
         None => output.stdout,
     }
 }
