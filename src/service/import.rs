@@ -134,7 +134,9 @@ impl Importer {
         for line in valid {
             let key = (line.claim.issuer.as_str().to_owned(), line.claim.subject.as_str().to_owned());
             let outcome = match existing.get(&key) {
-                Some(user) => self.join(line.number, Outcome::Existing, *user, line.team).await?,
+                // A disabled user joins no team, as on the provisioning path.
+                Some((_, true)) => LineOutcome { number: line.number, outcome: Outcome::Existing, joined: false },
+                Some((user, false)) => self.join(line.number, Outcome::Existing, *user, line.team).await?,
                 None => self.provision(line).await?,
             };
             outcomes.push(outcome);
@@ -191,15 +193,16 @@ impl Importer {
     }
 
     /// The users of those of the lines' identities that exist, by (issuer, subject).
-    async fn existing(&self, lines: &[Valid]) -> Result<HashMap<(String, String), UserId>, StoreError> {
+    /// The lines' identities that exist: their users, and whether each is disabled.
+    async fn existing(&self, lines: &[Valid]) -> Result<HashMap<(String, String), (UserId, bool)>, StoreError> {
         let mut by_issuer: HashMap<&Issuer, Vec<Subject>> = HashMap::new();
         for line in lines {
             by_issuer.entry(&line.claim.issuer).or_default().push(line.claim.subject.clone());
         }
         let mut found = HashMap::new();
         for (issuer, subjects) in by_issuer {
-            for (subject, user) in retry(|| self.store.existing_identities(issuer, &subjects)).await? {
-                found.insert((issuer.as_str().to_owned(), subject.as_str().to_owned()), user);
+            for (subject, user, disabled) in retry(|| self.store.existing_identities(issuer, &subjects)).await? {
+                found.insert((issuer.as_str().to_owned(), subject.as_str().to_owned()), (user, disabled));
             }
         }
         Ok(found)

@@ -16,7 +16,8 @@ const SUBJECTS_PER_QUERY: usize = 100;
 /// that one prepared statement serves every batch; a short batch repeats its first subject.
 static EXISTING_SQL: LazyLock<String> = LazyLock::new(|| {
     let mut sql = String::from(
-        "SELECT i.subject AS subject, i.user_id AS user_id FROM identities i WHERE i.issuer = $1 AND i.subject IN (",
+        "SELECT i.subject AS subject, i.user_id AS user_id, u.disabled AS disabled \
+         FROM identities i JOIN users u ON u.id = i.user_id WHERE i.issuer = $1 AND i.subject IN (",
     );
     for n in 0..SUBJECTS_PER_QUERY {
         let separator = if n == 0 { "" } else { ", " };
@@ -26,12 +27,13 @@ static EXISTING_SQL: LazyLock<String> = LazyLock::new(|| {
     sql
 });
 
-/// The users of those of `subjects` that have an identity at `issuer`.
+/// The users of those of `subjects` that have an identity at `issuer`, each with whether the user
+/// is disabled.
 pub(super) async fn existing_identities(
     db: &Db,
     issuer: &Issuer,
     subjects: &[Subject],
-) -> Result<Vec<(Subject, UserId)>, StoreError> {
+) -> Result<Vec<(Subject, UserId, bool)>, StoreError> {
     let sql: &'static str = EXISTING_SQL.as_str();
     let mut found = Vec::new();
     for chunk in subjects.chunks(SUBJECTS_PER_QUERY) {
@@ -42,8 +44,8 @@ pub(super) async fn existing_identities(
         for row in statement.fetch_all(db.reader()).await? {
             // A subject asked twice (in two chunks) is answered twice; it is reported once.
             let subject = decode_subject(&row.text("subject")?)?;
-            if !found.iter().any(|(s, _)| *s == subject) {
-                found.push((subject, UserId::from_uuid(row.uuid("user_id")?)));
+            if !found.iter().any(|(s, _, _)| *s == subject) {
+                found.push((subject, UserId::from_uuid(row.uuid("user_id")?), row.flag("disabled")?));
             }
         }
     }

@@ -1272,13 +1272,14 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     // --- Import and export (import.rs) ---
 
-    /// The users of those of `subjects` that have an identity at `issuer` (in no particular
-    /// order, one entry per subject found): the batched existence check of `tessera import`.
+    /// The users of those of `subjects` that have an identity at `issuer`, each with whether the
+    /// user is disabled (in no particular order, one entry per subject found): the batched
+    /// existence check of `tessera import`.
     async fn existing_identities(
         &self,
         issuer: &Issuer,
         subjects: &[Subject],
-    ) -> Result<Vec<(Subject, UserId)>, StoreError>;
+    ) -> Result<Vec<(Subject, UserId, bool)>, StoreError>;
 
     /// A page of at most `limit` identities with ids greater than `after`, in id order, each with
     /// its user: what `tessera export` writes.

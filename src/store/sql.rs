@@ -2734,7 +2734,7 @@ impl Store for SqlStore {
         &self,
         issuer: &Issuer,
         subjects: &[Subject],
-    ) -> Result<Vec<(Subject, UserId)>, StoreError> {
+    ) -> Result<Vec<(Subject, UserId, bool)>, StoreError> {
         super::import::existing_identities(&self.db, issuer, subjects).await
     }
 

@@ -19,6 +19,7 @@ on_both_backends!(
     two_concurrent_imports_of_one_file_make_each_user_once,
     an_export_imported_into_an_empty_database_exports_the_same,
     an_import_from_a_pipe_reads_it_once,
+    a_disabled_user_is_not_added_to_a_team,
 );
 
 struct Output {
@@ -411,4 +412,24 @@ async fn an_import_from_a_pipe_reads_it_once(backend: Backend) {
         .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&output.stderr)));
     assert_eq!(counts(&summary), [50, 50, 0, 0, 0], "{summary}");
     assert_eq!(db.sql().await.count("identities").await, 50);
+}
+
+async fn a_disabled_user_is_not_added_to_a_team(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_team(dir.path(), &db, "imported").await;
+    std::fs::write(dir.path().join("first.jsonl"), line("ada", Some("ada@example.com"), None) + "\n").unwrap();
+    assert_eq!(counts(&import(dir.path(), &db, "first.jsonl", &[]).await.1), [1, 1, 0, 0, 0]);
+    let ada = db.sql().await.uuids("SELECT id FROM users").await[0];
+    let disable = tessera::store::UserChange { disabled: Some(true), ..Default::default() };
+    store.update_user(tessera::domain::UserId::from_uuid(ada), &disable, chrono::Utc::now()).await.unwrap();
+
+    // A later file puts her in a team: she exists, disabled, and joins nothing.
+    let joining = json!({"issuer": ISSUER, "subject": "ada", "team": "imported"}).to_string() + "\n";
+    std::fs::write(dir.path().join("second.jsonl"), joining).unwrap();
+    let (code, summary) = import(dir.path(), &db, "second.jsonl", &[]).await;
+    assert_eq!((code, counts(&summary)), (0, [1, 0, 1, 0, 0]), "{summary}");
+    let sql = db.sql().await;
+    assert_eq!(sql.count("memberships m JOIN teams t ON t.id = m.team_id WHERE t.slug = 'imported'").await, 0);
 }

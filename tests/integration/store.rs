@@ -3997,15 +3997,17 @@ mod import_export {
         // 250 subjects (three queries' worth), one of them twice.
         let mut asked: Vec<Subject> = (0..250).map(|i| Subject::parse(&format!("exists-{i}")).unwrap()).collect();
         asked.push(Subject::parse("exists-7").unwrap());
+        set_user_disabled(&store, people[3].id(), true, now()).await.unwrap();
         let mut found = store.existing_identities(&issuer, &asked).await.unwrap();
         found.sort_by_key(|a| a.1);
-        let mut expected: Vec<(Subject, UserId)> = people.iter().map(|p| (p.account.subject.clone(), p.id())).collect();
+        let mut expected: Vec<(Subject, UserId, bool)> =
+            people.iter().enumerate().map(|(i, p)| (p.account.subject.clone(), p.id(), i == 3)).collect();
         expected.sort_by_key(|a| a.1);
         assert_eq!(found, expected, "each existing subject once, with its user; none of the other issuer's");
 
         let other = Issuer::parse(OTHER_ISSUER).unwrap();
         let pair = [Subject::parse("exists-0").unwrap(), Subject::parse("exists-1").unwrap()];
-        assert_eq!(store.existing_identities(&other, &pair).await.unwrap(), [(pair[0].clone(), elsewhere.id())]);
+        assert_eq!(store.existing_identities(&other, &pair).await.unwrap(), [(pair[0].clone(), elsewhere.id(), false)]);
         let unknown = [Subject::parse("nobody").unwrap()];
         assert!(
             store.existing_identities(&issuer, &unknown).await.unwrap().is_empty(),
