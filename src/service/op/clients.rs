@@ -15,6 +15,7 @@
 //! cache-invalidation log (`cache.sync_interval_ms`, see [`crate::service::cache_sync`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -233,6 +234,9 @@ impl PublicError for ClientError {
 pub struct Clients {
     store: Arc<dyn Store>,
     cache: Arc<TtlCache<ClientId, Client>>,
+    /// Moves on every invalidation: a read that was under way when a client changed does not
+    /// cache what it read (it may be from before the change).
+    epoch: Arc<AtomicU64>,
     /// The OpenID Provider's issuer URL, also accepted as a client assertion's `aud`.
     issuer: Option<String>,
 }
@@ -268,7 +272,8 @@ impl Clients {
     /// assertion's `aud` beside the token endpoint), if known.
     pub fn new(store: Arc<dyn Store>, issuer: Option<String>) -> Self {
         let issuer = issuer.map(|i| i.trim_end_matches('/').to_owned());
-        Self { store, cache: Arc::new(TtlCache::new(CACHE_ENTRIES).counted_as("clients")), issuer }
+        let cache = Arc::new(TtlCache::new(CACHE_ENTRIES).counted_as("clients"));
+        Self { store, cache, epoch: Arc::new(AtomicU64::new(0)), issuer }
     }
 
     /// A client by id (`None` for an unknown or invalid id), from memory when read within
@@ -279,9 +284,16 @@ impl Clients {
         if let Some(client) = self.cache.get(&id, now) {
             return Ok(Some(client));
         }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let client = self.store.client(&id).await?;
-        if let Some(client) = &client {
-            self.cache.insert(id, client.clone(), now + CACHE_TTL, now);
+        if let Some(client) = &client
+            && self.epoch.load(Ordering::SeqCst) == epoch
+        {
+            self.cache.insert(id.clone(), client.clone(), now + CACHE_TTL, now);
+            // Invalidated while inserting: the entry may be the old record.
+            if self.epoch.load(Ordering::SeqCst) != epoch {
+                self.cache.remove_key(&id);
+            }
         }
         Ok(client)
     }
@@ -542,7 +554,7 @@ impl Clients {
             return Err(ClientError::ManagedInConfig);
         }
         let deleted = self.store.delete_client(&client.id).await?;
-        self.cache.remove_key(&client.id);
+        self.invalidate(&client.id);
         if deleted { Ok(()) } else { Err(ClientError::NotFound) }
     }
 
@@ -563,7 +575,7 @@ impl Clients {
             client_rules::check(&new)?;
             new.updated_at = crate::domain::now().max(old.updated_at + TimeDelta::microseconds(1));
             let outcome = self.store.update_client(&new, old.updated_at).await?;
-            self.cache.remove_key(&new.id);
+            self.invalidate(&new.id);
             match outcome {
                 ClientUpdate::Updated => return Ok(new),
                 ClientUpdate::NotFound => return Err(ClientError::NotFound),
@@ -578,19 +590,25 @@ impl Clients {
     pub async fn sync_config(&self, clients: &[Client]) -> Result<ConfigClientSync, StoreError> {
         let sync = self.store.sync_config_clients(clients).await?;
         for client in clients {
-            self.cache.remove_key(&client.id);
+            self.invalidate(&client.id);
         }
         Ok(sync)
     }
 
     /// Forgets the cached record of a client (another instance changed it).
     pub fn forget(&self, id: &ClientId) {
-        self.cache.remove_key(id);
+        self.invalidate(id);
     }
 
     /// Forgets every cached client.
     pub fn forget_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.cache.clear();
+    }
+
+    fn invalidate(&self, id: &ClientId) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.remove_key(id);
     }
 
     /// Deletes the records of used client assertions that expired (the sweeper calls it).
