@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -147,6 +148,41 @@ where
     /// The most entries the cache holds (zero when it is disabled).
     pub fn max_entries(&self) -> usize {
         self.max_entries
+    }
+}
+
+/// A generation counter for caches that a change elsewhere may make stale: every invalidation
+/// advances it, and a value read while it moved is not cached (it may be from before the change).
+#[derive(Debug, Default)]
+pub struct Epoch(AtomicU64);
+
+impl Epoch {
+    /// The current generation, to take before a read whose answer will be cached.
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Marks an invalidation.
+    pub fn advance(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Stores `value` in `cache` for `life` unless the epoch moved past `seen`. Checked after the
+    /// insert too: an invalidation between the check and the insert would otherwise not see the
+    /// new entry.
+    pub fn insert_unless_moved<K, V>(&self, cache: &TtlCache<K, V>, seen: u64, key: K, value: V, life: Duration)
+    where
+        K: Clone + Eq + Hash + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        if self.current() != seen {
+            return;
+        }
+        let now = Instant::now();
+        cache.insert(key.clone(), value, now + life, now);
+        if self.current() != seen {
+            cache.remove_key(&key);
+        }
     }
 }
 

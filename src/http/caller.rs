@@ -53,11 +53,11 @@ async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<
 /// [`acting_caller`]).
 pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, ApiError> {
     let admin = Credentials::read(headers)?.admin_token().is_some_and(|token| state.admin_tokens.verify(token));
-    // A repeated session cookie is refused beside the admin token too: one credential per request.
-    cookie(headers, state.cookies.session())?;
     if !admin {
         return acting_caller(state, headers).await;
     }
+    // A repeated session cookie is refused beside the admin token too: one credential per request.
+    cookie(headers, state.cookies.session())?;
     let named = on_behalf_of(headers, query)?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::MissingField,

@@ -3,12 +3,11 @@
 //! it when what it holds changes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::sessions::LiveSession;
-use crate::cache::TtlCache;
+use crate::cache::{Epoch, TtlCache};
 use crate::domain::{Issuer, Principal, Subject, UserId};
 use crate::upstream::tokens::TokenCache;
 
@@ -33,7 +32,7 @@ pub struct PrincipalCache {
     sessions: TtlCache<[u8; 32], Arc<LiveSession>>,
     ttl: Duration,
     tokens: Arc<TokenCache>,
-    epoch: AtomicU64,
+    epoch: Epoch,
     changed: Mutex<HashMap<UserId, Instant>>,
 }
 
@@ -45,7 +44,7 @@ impl PrincipalCache {
             sessions: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }).counted_as("sessions"),
             ttl,
             tokens,
-            epoch: AtomicU64::new(0),
+            epoch: Epoch::default(),
             changed: Mutex::new(HashMap::new()),
         }
     }
@@ -59,7 +58,7 @@ impl PrincipalCache {
 
     /// Forgets an identity: its resolved principal and its verified tokens.
     pub fn invalidate_identity(&self, issuer: &Issuer, subject: &Subject) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epoch.advance();
         let key = (issuer.clone(), subject.clone());
         self.entries.remove_key(&key);
         self.tokens.remove_where(|token| &token.issuer == issuer && &token.subject == subject);
@@ -72,30 +71,12 @@ impl PrincipalCache {
 
     /// The current epoch, to pass to [`PrincipalCache::insert`] after a lookup.
     pub(super) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+        self.epoch.current()
     }
 
     /// Caches what a lookup that began at `epoch` found, unless something was invalidated since.
     pub(super) fn insert(&self, epoch: u64, issuer: &Issuer, subject: &Subject, principal: Arc<Principal>) {
-        self.insert_unless_invalidated(&self.entries, epoch, (issuer.clone(), subject.clone()), principal, self.ttl);
-    }
-
-    /// Stores `value` in `cache` for `life` unless the epoch moved past `epoch`. Checked after the
-    /// insert too: an invalidation between the check and the insert would otherwise not see the
-    /// new entry.
-    fn insert_unless_invalidated<K, V>(&self, cache: &TtlCache<K, V>, epoch: u64, key: K, value: V, life: Duration)
-    where
-        K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
-        V: Clone + Send + Sync + 'static,
-    {
-        if self.epoch() != epoch {
-            return;
-        }
-        let now = Instant::now();
-        cache.insert(key.clone(), value, now + life, now);
-        if self.epoch() != epoch {
-            cache.remove_key(&key);
-        }
+        self.epoch.insert_unless_moved(&self.entries, epoch, (issuer.clone(), subject.clone()), principal, self.ttl);
     }
 
     /// How many principals are cached. Expired entries are not counted: they leave memory at
@@ -106,7 +87,7 @@ impl PrincipalCache {
 
     /// Forgets everything cached about `user`, and reads them from the primary for a while.
     pub fn invalidate_user(&self, user: UserId) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epoch.advance();
         let now = Instant::now();
         {
             let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
@@ -122,7 +103,7 @@ impl PrincipalCache {
         if users.is_empty() {
             return;
         }
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epoch.advance();
         let now = Instant::now();
         {
             let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,7 +120,7 @@ impl PrincipalCache {
         if identities.is_empty() {
             return;
         }
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epoch.advance();
         for key in identities {
             self.entries.remove_key(key);
         }
@@ -150,7 +131,7 @@ impl PrincipalCache {
     /// Forgets every principal and verified token (after this instance lost track of the
     /// cache-invalidation log for a while).
     pub fn invalidate_all(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epoch.advance();
         self.entries.clear();
         self.sessions.clear();
         self.tokens.clear();
@@ -164,12 +145,12 @@ impl PrincipalCache {
     /// Caches what a session lookup that began at `epoch` found, for at most `life` (and the
     /// cache's lifetime), unless something was invalidated since.
     pub(super) fn insert_session(&self, epoch: u64, live: Arc<LiveSession>, life: Duration) {
-        self.insert_unless_invalidated(&self.sessions, epoch, live.hash, live, life.min(self.ttl));
+        self.epoch.insert_unless_moved(&self.sessions, epoch, live.hash, live, life.min(self.ttl));
     }
 
     /// Forgets one session (ended on this instance; others learn of it from the log).
     pub fn forget_session(&self, hash: &[u8; 32]) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epoch.advance();
         self.sessions.remove_key(hash);
     }
 

@@ -375,15 +375,15 @@ fn principal_reads(store: Arc<dyn Store>) -> PrincipalReads {
 mod tests {
     use std::time::{Duration, Instant};
 
-    #[test]
-    fn the_mcp_endpoint_is_one_of_the_api_resources() {
-        assert!(API_RESOURCE_PATHS.contains(&crate::http::mcp::PATH));
-    }
-
     use super::*;
     use crate::domain::{IdentityId, User};
     use crate::domain::{Issuer, Subject};
     use crate::upstream::tokens::TokenCache;
+
+    #[test]
+    fn the_mcp_endpoint_is_one_of_the_api_resources() {
+        assert!(API_RESOURCE_PATHS.contains(&crate::http::mcp::PATH));
+    }
 
     fn principal(user: UserId) -> Arc<Principal> {
         let now = chrono::Utc::now();

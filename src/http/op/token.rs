@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use super::client_auth::{ClientAuthForm, client_credentials};
 use crate::domain::Client;
 use crate::http::AppState;
-use crate::http::extract::MAX_BODY_BYTES;
+use crate::http::extract::ApiBytes;
 use crate::service::op::authorize::{AuthorizationParams, AuthorizeError};
 use crate::service::op::clients::ClientCredentials;
 use crate::service::op::provider::{OAuthError, OpenIdProvider};
@@ -63,15 +63,15 @@ impl<S: Send + Sync> FromRequest<S> for OAuthBody {
     type Rejection = OAuthResponse;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(OAuthBody(bytes)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(OAuthResponse(OAuthError {
+        // ApiBytes's rules and sentences, in RFC 6749's shape.
+        ApiBytes::from_request(req, state).await.map(|ApiBytes(bytes)| OAuthBody(bytes)).map_err(|error| {
+            let described = error.describe();
+            OAuthResponse(OAuthError {
                 error: "invalid_request",
-                description: format!("the body must not exceed {MAX_BODY_BYTES} bytes"),
-                status: StatusCode::PAYLOAD_TOO_LARGE.as_u16(),
-            })),
-            Err(_) => Err(OAuthError::invalid_request("the body could not be read: it was cut off or stalled").into()),
-        }
+                description: described.detail,
+                status: described.status.as_u16(),
+            })
+        })
     }
 }
 

@@ -15,7 +15,6 @@
 //! cache-invalidation log (`cache.sync_interval_ms`, see [`crate::service::cache_sync`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -24,7 +23,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::cache::TtlCache;
+use crate::cache::{Epoch, TtlCache};
 use crate::crypto::{constant_time_eq, random_base36, random_secret, sha256};
 use crate::domain::client_rules::{self, ASSERTION_ALGORITHMS, ClientFields, ClientRule, ClientRuleError, client_keys};
 use crate::domain::{Client, ClientId, ClientKind};
@@ -236,7 +235,7 @@ pub struct Clients {
     cache: Arc<TtlCache<ClientId, Client>>,
     /// Moves on every invalidation: a read that was under way when a client changed does not
     /// cache what it read (it may be from before the change).
-    epoch: Arc<AtomicU64>,
+    epoch: Arc<Epoch>,
     /// The OpenID Provider's issuer URL, also accepted as a client assertion's `aud`.
     issuer: Option<String>,
 }
@@ -273,7 +272,7 @@ impl Clients {
     pub fn new(store: Arc<dyn Store>, issuer: Option<String>) -> Self {
         let issuer = issuer.map(|i| i.trim_end_matches('/').to_owned());
         let cache = Arc::new(TtlCache::new(CACHE_ENTRIES).counted_as("clients"));
-        Self { store, cache, epoch: Arc::new(AtomicU64::new(0)), issuer }
+        Self { store, cache, epoch: Arc::default(), issuer }
     }
 
     /// A client by id (`None` for an unknown or invalid id), from memory when read within
@@ -284,16 +283,10 @@ impl Clients {
         if let Some(client) = self.cache.get(&id, now) {
             return Ok(Some(client));
         }
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let epoch = self.epoch.current();
         let client = self.store.client(&id).await?;
-        if let Some(client) = &client
-            && self.epoch.load(Ordering::SeqCst) == epoch
-        {
-            self.cache.insert(id.clone(), client.clone(), now + CACHE_TTL, now);
-            // Invalidated while inserting: the entry may be the old record.
-            if self.epoch.load(Ordering::SeqCst) != epoch {
-                self.cache.remove_key(&id);
-            }
+        if let Some(client) = &client {
+            self.epoch.insert_unless_moved(&self.cache, epoch, id, client.clone(), CACHE_TTL);
         }
         Ok(client)
     }
@@ -602,12 +595,12 @@ impl Clients {
 
     /// Forgets every cached client.
     pub fn forget_all(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epoch.advance();
         self.cache.clear();
     }
 
     fn invalidate(&self, id: &ClientId) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epoch.advance();
         self.cache.remove_key(id);
     }
 
