@@ -178,7 +178,8 @@ pub enum SessionEnd {
     Replaced,
     /// The user signed out everywhere else (the account page).
     SignedOutElsewhere,
-    /// The user was disabled.
+    /// The user was disabled (or enabled again, ending sessions that a sign-in racing the
+    /// disable left).
     UserDisabled,
 }
 

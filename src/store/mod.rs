@@ -703,7 +703,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// (a new email is unverified unless `email_verified` is given),
     /// and one `user.disabled`/`user.enabled` when `disabled` changed; fields set to their current
     /// value change nothing and write nothing. Disabling deletes the user's browser sessions
-    /// (`session.revoked`). `None` when there is no such user.
+    /// (`session.revoked`), and so does enabling them again (sessions that a sign-in racing the
+    /// disable wrote after its delete). `None` when there is no such user.
     async fn update_user(
         &self,
         user: UserId,

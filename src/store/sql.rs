@@ -715,7 +715,11 @@ impl Store for SqlStore {
             let topic = if found.disabled { events::USER_DISABLED } else { events::USER_ENABLED };
             insert_event(&mut tx, &NewEvent::new(topic, events::user_changed(&found)), now).await?;
         }
-        if change.disabled == Some(true) {
+        // Disabling ends the user's sessions; so does enabling them again, because a disabled
+        // user holds none but those a sign-in that raced the disable wrote after its delete
+        // (sign-in checked the flag before the disable committed): such a session must not come
+        // back to life with the user.
+        if change.disabled == Some(true) || toggled {
             let ended = query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
             insert_session_event(&mut tx, user, SessionEnd::UserDisabled, ended, now).await?;
         }

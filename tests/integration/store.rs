@@ -680,7 +680,9 @@ async fn the_data_report_counts_broken_invariants(backend: Backend) {
 // ---- Users ----------------------------------------------------------------------------------
 
 async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
-    let (_db, store) = setup(backend).await;
+    let (db, store) = setup(backend).await;
+    let sql = db.sql().await;
+    let revoked = async || sql.count("outbox_events WHERE topic = 'session.revoked'").await;
     let ada = sign_up(&store, "ada").await;
     let bob = sign_up(&store, "bob").await;
     let t0 = now();
@@ -701,17 +703,25 @@ async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
     }
     assert!(store.session(&bobs.token_hash).await.unwrap().is_some(), "other users keep theirs");
 
-    // A session written after the fact carries the flag: the backstop.
+    // A session written after the fact (by a sign-in that raced the disable) carries the flag,
+    // and enabling the user again ends it rather than bringing it back.
     let late = session(&ada, t1, TimeDelta::days(1));
     store.start_session(&late, None, &[]).await.unwrap();
     assert!(store.session(&late.token_hash).await.unwrap().unwrap().user_disabled);
 
     let t2 = t1 + TimeDelta::minutes(1);
+    let events_before = revoked().await;
     let enabled = set_user_disabled(&store, ada.id(), false, t2).await.unwrap().unwrap().user;
     assert_eq!(enabled, User { disabled: false, updated_at: t2, ..ada.user.clone() });
     assert_eq!(store.get_user(ada.id()).await.unwrap(), Some(enabled));
-    let kept = store.session(&late.token_hash).await.unwrap().expect("re-enabling deletes no session");
-    assert!(!kept.user_disabled);
+    assert!(store.session(&late.token_hash).await.unwrap().is_none(), "enabling ends a session left from the race");
+    assert_eq!(revoked().await, events_before + 1, "with its session.revoked event");
+    assert!(store.session(&bobs.token_hash).await.unwrap().is_some(), "other users keep theirs");
+    // A session started once the user is enabled is kept by a change that leaves the flag alone.
+    let fresh = session(&ada, t2, TimeDelta::days(1));
+    store.start_session(&fresh, None, &[]).await.unwrap();
+    assert!(!set_user_disabled(&store, ada.id(), false, t2).await.unwrap().unwrap().changed);
+    assert!(store.session(&fresh.token_hash).await.unwrap().is_some(), "enabling an enabled user ends nothing");
     assert!(set_user_disabled(&store, UserId::generate(), true, t2).await.unwrap().is_none());
 
     // Disabling a disabled user ends a session written after the fact: that is a change.
