@@ -234,10 +234,17 @@ impl Provisioner {
         self.store.user_profile(user, ReadFrom::Primary).await?.ok_or(ProvisionError::UserNotFound)
     }
 
+    /// The user's default team, created when they have none (then forgotten by the principal
+    /// cache, which may hold them without a team; other instances learn from the log).
     async fn ensure_team_of(&self, user: &User) -> Result<(Team, bool), ProvisionError> {
         let name = user.name.as_deref().and_then(|n| DisplayName::parse_optional(Some(n)).ok().flatten());
         let plan = team_plan(name.as_ref());
-        self.store.ensure_default_team(user.id, &plan, super::now()).await?.ok_or(ProvisionError::UserNotFound)
+        let (team, created) =
+            self.store.ensure_default_team(user.id, &plan, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
+        if created {
+            self.principals.invalidate_user(user.id);
+        }
+        Ok((team, created))
     }
 }
 

@@ -660,8 +660,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn create_account(&self, account: &NewAccount) -> Result<CreateOutcome, StoreError>;
 
     /// Makes sure `user` has a default team, creating `team` (with an owner membership) when they
-    /// have none. Serialised per user. Returns the team and whether it was created, or `None` when
-    /// the user does not exist.
+    /// have none (logging the change for other instances' caches). Serialised per user. Returns
+    /// the team and whether it was created, or `None` when the user does not exist.
     async fn ensure_default_team(
         &self,
         user: UserId,

@@ -579,6 +579,8 @@ impl Store for SqlStore {
             return Ok(Some((rows::team(&row)?, false)));
         }
         let created = insert_default_team(&mut tx, user, team, now).await?;
+        // Other instances may have the user cached without a team.
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         tx.commit().await?;
         Ok(Some((created, true)))
     }

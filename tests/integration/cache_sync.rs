@@ -25,6 +25,7 @@ on_both_backends!(
     a_user_disabled_on_one_instance_is_refused_by_another_promptly,
     an_identity_unlinked_on_one_instance_stops_resolving_on_another_promptly,
     a_membership_removed_on_one_instance_fails_the_check_on_another_promptly,
+    a_default_team_created_on_one_instance_is_seen_by_both_promptly,
     a_client_given_a_new_secret_or_deleted_on_one_instance_is_refused_by_another_promptly,
     a_session_cached_by_another_instance_follows_membership_changes_and_sign_out_promptly,
 );
@@ -216,6 +217,29 @@ async fn a_membership_removed_on_one_instance_fails_the_check_on_another_promptl
         code_of(check().await.unwrap()).await == refused("not_a_member")
     })
     .await;
+    c.stop().await;
+}
+
+async fn a_default_team_created_on_one_instance_is_seen_by_both_promptly(backend: Backend) {
+    let c = cluster(backend).await;
+    let token = c.token("teamless");
+    let account = json!({"issuer": c.issuer.issuer(), "subject": "teamless", "email": "t@example.com"});
+    let created = body(c.a.bootstrap(&account).await, 201).await;
+    let user = created["user_id"].as_str().unwrap().to_owned();
+    // A user who lost their default team (deleted behind Tessera's back, before either instance
+    // resolved them), whom both instances now cache without a team.
+    let sql = c.db.sql().await;
+    sql.exec(&format!("DELETE FROM teams WHERE id = {}", sql.uuid(created["team"]["id"].as_str().unwrap())))
+        .await
+        .unwrap();
+    let teams = async |app: &TestApp| body(app.validate(&token).await, 200).await["teams"].as_array().unwrap().len();
+    assert_eq!((teams(&c.a).await, teams(&c.b).await), (0, 0));
+
+    let changed = Instant::now();
+    let bootstrap = c.a.admin(Method::POST, &format!("/admin/users/{user}/bootstrap")).send().await.unwrap();
+    assert_eq!(bootstrap.status(), 201, "a new default team");
+    assert_eq!(teams(&c.a).await, 1, "the instance that made the team sees it at once");
+    honoured_within_bound("a new default team", changed, || async { teams(&c.b).await == 1 }).await;
     c.stop().await;
 }
 

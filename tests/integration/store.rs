@@ -526,6 +526,7 @@ async fn ensure_default_team_creates_at_most_one_team(backend: Backend) {
 
     let sql = db.sql().await;
     sql.exec(&format!("DELETE FROM teams WHERE id = {}", sql.uuid(&team.id.to_string()))).await.unwrap();
+    let logged = sql.count("cache_invalidations").await;
     let mut tasks = Vec::new();
     for _ in 0..24 {
         let store = store.clone();
@@ -541,6 +542,7 @@ async fn ensure_default_team_creates_at_most_one_team(backend: Backend) {
     assert_eq!((created, ids.len()), (1, 1));
     assert_eq!(sql.count("teams").await, 1);
     assert_eq!(sql.count("memberships").await, 1);
+    assert_eq!(sql.count("cache_invalidations").await, logged + 1, "the one that created the team logged it");
 }
 
 async fn identity_links_cannot_be_repointed(backend: Backend) {
