@@ -99,5 +99,9 @@ pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Vec
 
 /// Deletes the rows written before `before`; returns how many.
 pub(super) async fn prune(db: &Db, before: DateTime<Utc>) -> Result<u64, StoreError> {
-    query("DELETE FROM cache_invalidations WHERE created_at < $1").bind(before).execute(db.writer()).await
+    let delete = query(
+        "DELETE FROM cache_invalidations WHERE seq IN
+           (SELECT seq FROM cache_invalidations WHERE created_at < $1 LIMIT $2)",
+    );
+    db.delete_in_batches(delete.bind(before)).await
 }

@@ -76,6 +76,9 @@ embedded_migrations! {
 /// otherwise cost every read a connection timeout before it falls back to the primary.
 const REPLICA_BACKOFF: Duration = Duration::from_secs(15);
 
+/// How many rows one statement of [`Db::delete_in_batches`] deletes at most.
+pub(super) const ROWS_PER_DELETE: i64 = 1_000;
+
 /// The connections of one database.
 #[derive(Debug)]
 pub(super) enum Db {
@@ -259,6 +262,23 @@ impl Db {
             }
         }
         Ok(())
+    }
+
+    /// Runs `delete`, a statement whose last placeholder is the `LIMIT` of the rows it deletes,
+    /// bound to [`ROWS_PER_DELETE`], until a run deletes fewer; how many rows went. Each run
+    /// commits on its own, so that a backlog (a flood of abandoned sign-ins, say) never holds the
+    /// writer for long: other writes run between the batches instead of waiting behind one long
+    /// delete (on SQLite, every write waits for the one writer).
+    pub(super) async fn delete_in_batches(&self, delete: Query<'_>) -> Result<u64, StoreError> {
+        let delete = delete.bind(ROWS_PER_DELETE);
+        let mut deleted = 0;
+        loop {
+            let batch = delete.execute(self.writer()).await?;
+            deleted += batch;
+            if batch < ROWS_PER_DELETE.unsigned_abs() {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// Runs a read of one or several statements on the replica when asked for and configured,

@@ -971,16 +971,27 @@ impl Store for SqlStore {
     }
 
     async fn delete_expired(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let states =
-            query("DELETE FROM login_states WHERE expires_at <= $1").bind(now).execute(self.db.writer()).await?;
-        let sessions = query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2")
-            .bind(now)
-            .bind(idle_before)
-            .execute(self.db.writer())
-            .await?;
-        let links =
-            query("DELETE FROM connect_tokens WHERE expires_at <= $1").bind(now).execute(self.db.writer()).await?;
-        Ok(states + sessions + links)
+        let states = query(
+            "DELETE FROM login_states WHERE state_hash IN
+               (SELECT state_hash FROM login_states WHERE expires_at <= $1 LIMIT $2)",
+        )
+        .bind(now);
+        let sessions = query(
+            "DELETE FROM sessions WHERE token_hash IN
+               (SELECT token_hash FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2 LIMIT $3)",
+        )
+        .bind(now)
+        .bind(idle_before);
+        let links = query(
+            "DELETE FROM connect_tokens WHERE token_hash IN
+               (SELECT token_hash FROM connect_tokens WHERE expires_at <= $1 LIMIT $2)",
+        )
+        .bind(now);
+        let mut deleted = 0;
+        for delete in [states, sessions, links] {
+            deleted += self.db.delete_in_batches(delete).await?;
+        }
+        Ok(deleted)
     }
 
     async fn link_identity(&self, user: UserId, link: &NewLink) -> Result<LinkOutcome, StoreError> {
@@ -1425,7 +1436,17 @@ impl Store for SqlStore {
     ) -> Result<u64, StoreError> {
         let delete = match key {
             None => {
-                query("DELETE FROM auth_profiles WHERE status = 'pending_auth' AND pending_expires_at <= $1").bind(now)
+                return self
+                    .db
+                    .delete_in_batches(
+                        query(
+                            "DELETE FROM auth_profiles WHERE id IN
+                               (SELECT id FROM auth_profiles
+                                WHERE status = 'pending_auth' AND pending_expires_at <= $1 LIMIT $2)",
+                        )
+                        .bind(now),
+                    )
+                    .await;
             }
             Some(key) => query(
                 "DELETE FROM auth_profiles
@@ -1960,11 +1981,13 @@ impl Store for SqlStore {
     async fn delete_expired_grants(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut deleted = 0;
         for sql in [
-            "DELETE FROM oauth_codes WHERE expires_at <= $1 AND used_at IS NULL",
-            "DELETE FROM oauth_grants WHERE expires_at <= $1",
-            "DELETE FROM oauth_requests WHERE expires_at <= $1",
+            "DELETE FROM oauth_codes WHERE code_hash IN
+               (SELECT code_hash FROM oauth_codes WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2)",
+            "DELETE FROM oauth_grants WHERE id IN (SELECT id FROM oauth_grants WHERE expires_at <= $1 LIMIT $2)",
+            "DELETE FROM oauth_requests WHERE id_hash IN
+               (SELECT id_hash FROM oauth_requests WHERE expires_at <= $1 LIMIT $2)",
         ] {
-            deleted += query(sql).bind(now).execute(self.db.writer()).await?;
+            deleted += self.db.delete_in_batches(query(sql).bind(now)).await?;
         }
         Ok(deleted)
     }
@@ -2210,7 +2233,11 @@ impl Store for SqlStore {
     }
 
     async fn delete_expired_client_assertions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        query("DELETE FROM client_assertions WHERE expires_at <= $1").bind(now).execute(self.db.writer()).await
+        let delete = query(
+            "DELETE FROM client_assertions WHERE (client_id, jti) IN
+               (SELECT client_id, jti FROM client_assertions WHERE expires_at <= $1 LIMIT $2)",
+        );
+        self.db.delete_in_batches(delete.bind(now)).await
     }
 
     // ---- Pages: a user's sessions ---------------------------------------------------------------

@@ -83,6 +83,7 @@ on_both_backends!(
     a_session_is_read_touched_and_deleted,
     a_session_is_read_with_its_users_profile_in_one_go,
     delete_expired_counts_what_it_deletes,
+    a_backlog_of_expired_rows_is_deleted_whole_in_batches,
     a_users_sessions_are_listed_and_the_others_deleted,
     // Auth profiles
     insert_profile_refuses_a_taken_slug_and_writes_nothing,
@@ -1443,6 +1444,25 @@ async fn delete_expired_counts_what_it_deletes(backend: Backend) {
     assert!(store.connect_token(&links[0].token_hash, links[0].created_at).await.unwrap().is_none());
     assert!(store.connect_token(&links[1].token_hash, t0).await.unwrap().is_some());
     assert!(store.profile(first.id).await.unwrap().is_some(), "profiles are not its business");
+}
+
+async fn a_backlog_of_expired_rows_is_deleted_whole_in_batches(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let t0 = now();
+    let ten = TimeDelta::minutes(10);
+    // More abandoned sign-ins than two statements of the sweep delete (1,000 rows each), and
+    // one live one.
+    let expired = 2_345;
+    for _ in 0..expired {
+        store.insert_login_state(&login_state(t0 - ten * 2, ten)).await.unwrap();
+    }
+    let live = login_state(t0, ten);
+    store.insert_login_state(&live).await.unwrap();
+
+    assert_eq!(store.delete_expired(t0, t0 - TimeDelta::hours(1)).await.unwrap(), expired);
+    let sql = db.sql().await;
+    assert_eq!(sql.count("login_states").await, 1);
+    assert!(store.take_login_state(&live.state_hash, t0).await.unwrap().is_some(), "the live one is kept");
 }
 
 // ---- Auth profiles --------------------------------------------------------------------------
