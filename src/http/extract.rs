@@ -35,7 +35,7 @@ where
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::JsonSyntaxError(_) => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
-        JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::InvalidRequest, e.body_text()),
+        JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::InvalidRequest, without_values(&e.body_text())),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "send the body as JSON with `Content-Type: application/json`",
@@ -44,6 +44,39 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must not exceed {MAX_BODY_BYTES} bytes"))
         }
         other => ApiError::new(ErrorCode::InvalidRequest, other.body_text()),
+    }
+}
+
+/// A shape error's text without the values it quotes: serde names a refused string (`invalid
+/// type: string "…"`) and an unknown enum variant (`` unknown variant `…` ``) verbatim, and such a
+/// value may be a secret pasted into the wrong field. The path of the field and what was expected
+/// stay.
+fn without_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let string = rest.find("string \"").map(|at| (at, "string \"", '"', "a string"));
+        let variant = rest.find("unknown variant `").map(|at| (at, "unknown variant `", '`', "an unknown variant"));
+        let Some((at, opening, closing, replacement)) = string.into_iter().chain(variant).min_by_key(|found| found.0)
+        else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str(replacement);
+        // The quoted value ends at the first closing quote not escaped by a backslash (serde
+        // quotes strings in Rust's debug form).
+        let value = &rest[at + opening.len()..];
+        let mut escaped = false;
+        let end = value.char_indices().find(|&(_, c)| {
+            let closes = c == closing && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes
+        });
+        match end {
+            Some((end, _)) => rest = &value[end + 1..],
+            None => return out,
+        }
     }
 }
 
@@ -142,4 +175,63 @@ pub fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, A
 /// Parses a team reference from a path segment.
 pub(crate) fn parse_team(value: &str) -> Result<crate::domain::TeamRef, ApiError> {
     crate::domain::TeamRef::parse(value).map_err(|e| ApiError::new(crate::error::ErrorCode::InvalidTeam, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use axum::body::Body;
+
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Shape {
+        values: HashMap<String, String>,
+        #[serde(default)]
+        kind: Option<Kind>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Kind {
+        Env,
+    }
+
+    async fn detail_of(body: &str) -> String {
+        let request = Request::post("/").header("content-type", "application/json").body(Body::from(body.to_owned()));
+        let error = ApiJson::<Shape>::from_request(request.unwrap(), &()).await.unwrap_err();
+        assert_eq!(error.code(), ErrorCode::InvalidRequest);
+        error.describe().detail
+    }
+
+    #[tokio::test]
+    async fn a_refused_value_is_not_echoed_but_its_field_is_named() {
+        let detail = detail_of(r#"{"values": "OPENAI_API_KEY=sk-sec\"ret\\"}"#).await;
+        assert!(
+            detail.contains("values") && detail.contains("a string") && detail.contains("expected a map"),
+            "{detail}"
+        );
+        assert!(!detail.contains("sk-sec") && !detail.contains("ret"), "{detail}");
+
+        let detail = detail_of(r#"{"values": {}, "kind": "sk-live-123"}"#).await;
+        assert!(detail.contains("kind") && detail.contains("an unknown variant") && detail.contains("env"), "{detail}");
+        assert!(!detail.contains("sk-live"), "{detail}");
+
+        let detail = detail_of(r#"{"values": {"A": 5}}"#).await;
+        assert!(detail.contains("values.A") && detail.contains("integer `5`"), "numbers stay: {detail}");
+    }
+
+    #[test]
+    fn only_quoted_values_are_cut() {
+        assert_eq!(without_values("plain text"), "plain text");
+        assert_eq!(
+            without_values(r#"a: invalid type: string "x\"y", expected z"#),
+            "a: invalid type: a string, expected z"
+        );
+        assert_eq!(without_values(r#"two: string "1" and string "2"!"#), "two: a string and a string!");
+        assert_eq!(without_values("unknown variant `v`, expected `env`"), "an unknown variant, expected `env`");
+        assert_eq!(without_values(r#"cut: string "never closed"#), "cut: a string");
+    }
 }
