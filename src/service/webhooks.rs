@@ -7,7 +7,7 @@
 //! registered (503 `encryption_not_configured`): a plaintext key in the database would let anyone
 //! who reads a backup forge Tessera's events.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -424,8 +424,9 @@ fn check_event_types(types: Vec<String>) -> Result<Vec<String>, WebhookError> {
 
 /// Whether an address is one a webhook must not reach while private addresses are refused:
 /// loopback, private (RFC 1918, unique-local), link-local, shared (CGNAT), unspecified,
-/// broadcast, multicast, documentation, benchmarking and reserved ranges, and IPv4 addresses
-/// mapped into IPv6.
+/// broadcast, multicast, documentation, benchmarking and reserved ranges; in IPv6 also
+/// site-local, Teredo, NAT64 and discard, and an IPv4 address carried inside IPv6 (mapped,
+/// compatible or 6to4) is judged as that IPv4 address.
 pub fn is_forbidden_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -444,17 +445,30 @@ pub fn is_forbidden_ip(ip: IpAddr) -> bool {
                 || a >= 240
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_forbidden_ip(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            // IPv4 carried inside IPv6: IPv4-compatible (`::a.b.c.d`, deprecated but still
+            // routed by some stacks) and 6to4 (`2002:aabb:ccdd::/48`) are judged by the IPv4
+            // address they carry.
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_forbidden_ip(IpAddr::V4(Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]))));
+            }
+            if s[0] == 0x2002 {
+                return is_forbidden_ip(IpAddr::V4(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2]))));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
-                || (first == 0x64 && v6.segments()[1] == 0xff9b)
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo: tunnels to addresses it hides
+                || (s[0] == 0x2001 && s[1] == 2 && s[2] == 0) // benchmarking
+                || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64, well-known and local-use
+                || (s[0] == 0x100 && s[1..4] == [0; 3]) // discard
         }
     }
 }
@@ -492,7 +506,13 @@ mod tests {
         for ip in ["::1", "fc00::1", "fe80::1", "::ffff:127.0.0.1", "::"] {
             assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+        // IPv4 inside IPv6, and the IPv6 ranges that hide or tunnel to other addresses.
+        let carried = ["::127.0.0.1", "::10.0.0.1", "2002:a00:1::", "2002:7f00:1::1", "2002:a9fe:a9fe::"];
+        let hiding = ["fec0::1", "2001::1", "2001:0:4136:e378::1", "64:ff9b:1::a00:1", "100::1", "2001:2::1"];
+        for ip in carried.into_iter().chain(hiding) {
+            assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "::8.8.8.8", "2002:808:808::1", "2001:4860::8888"] {
             assert!(!is_forbidden_ip(ip.parse().unwrap()), "{ip}");
         }
     }
