@@ -147,7 +147,7 @@ CREATE TABLE auth_profiles (
     refresh_lease_until     INTEGER,
     created_at              INTEGER NOT NULL,
     updated_at              INTEGER NOT NULL
-, token_version INTEGER NOT NULL DEFAULT 0, granted_scopes TEXT) STRICT;
+, token_version INTEGER NOT NULL DEFAULT 0, granted_scopes TEXT, access_token_stored_at INTEGER) STRICT;
 
 CREATE UNIQUE INDEX auth_profiles_team_slug_key ON auth_profiles (team_id, slug) WHERE status <> 'revoked';
 

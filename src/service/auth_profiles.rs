@@ -50,7 +50,8 @@ use crate::upstream::providers::{Provider, ProviderError, TokenSet};
 
 /// How long a connect link lives.
 pub const CONNECT_LINK_TTL: TimeDelta = TimeDelta::minutes(30);
-/// Tokens expiring sooner than this are refreshed before being handed out.
+/// Tokens expiring sooner than this are refreshed before being handed out (or sooner than half
+/// their lifetime, when that is shorter: see [`needs_refresh`]).
 pub const REFRESH_WINDOW: TimeDelta = TimeDelta::minutes(5);
 /// How long a refresh lease lasts (a crashed holder blocks others at most this long).
 const LEASE: TimeDelta = TimeDelta::seconds(30);
@@ -791,8 +792,7 @@ impl AuthProfiles {
     async fn fresh_token(&self, keyring: &KeyRing, id: ProfileId) -> Result<Option<AccessToken>, AuthProfileError> {
         let secrets = self.store.profile_secrets(id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         check_status(secrets.status)?;
-        let fresh = secrets.expires_at.is_none_or(|at| at - super::now() > REFRESH_WINDOW);
-        if !fresh {
+        if needs_refresh(&secrets, super::now()) {
             return Ok(None);
         }
         let token = decrypt(keyring, id, "access_token", secrets.access_token.as_deref())?;
@@ -807,7 +807,7 @@ impl AuthProfiles {
             let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
             check_status(secrets.status)?;
             let now = super::now();
-            if secrets.expires_at.is_none_or(|at| at - now > REFRESH_WINDOW) {
+            if !needs_refresh(&secrets, now) {
                 let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
                 return Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false });
             }
@@ -953,6 +953,20 @@ fn granted_scopes(tokens: &TokenSet) -> Vec<String> {
         .filter(|scope| !scope.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// Whether a stored access token is refreshed before it is handed out: when it expires within
+/// [`REFRESH_WINDOW`], or within half its lifetime when that is shorter. A provider whose tokens
+/// live five minutes or less (Keycloak's default) would otherwise have its fresh token look due at
+/// once, and every use would refresh it again. A token stored before Tessera kept the time it
+/// was stored (migration 20) has the plain window.
+fn needs_refresh(secrets: &ProfileSecrets, now: DateTime<Utc>) -> bool {
+    let Some(expires_at) = secrets.expires_at else { return false };
+    let window = match secrets.stored_at {
+        Some(stored_at) => REFRESH_WINDOW.min((expires_at - stored_at) / 2).max(TimeDelta::zero()),
+        None => REFRESH_WINDOW,
+    };
+    expires_at - now <= window
 }
 
 pub(super) fn check_status(status: ProfileStatus) -> Result<(), AuthProfileError> {

@@ -70,6 +70,7 @@ embedded_migrations! {
     17 "0017_identity_last_seen_updates" "identity_last_seen_updates",
     18 "0018_outbox_retention" "outbox_retention",
     19 "0019_login_fresh" "login_fresh",
+    20 "0020_access_token_stored_at" "access_token_stored_at",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

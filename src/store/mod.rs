@@ -507,6 +507,8 @@ pub struct ProfileSecrets {
     pub refresh_token: Option<Vec<u8>>,
     /// When the access token expires.
     pub expires_at: Option<DateTime<Utc>>,
+    /// When the access token was stored (unknown for tokens stored before migration 20).
+    pub stored_at: Option<DateTime<Utc>>,
     /// Who holds the refresh lease, until when.
     pub lease: Option<(uuid::Uuid, DateTime<Utc>)>,
 }

@@ -243,6 +243,7 @@ pub(super) fn profile_secrets(row: &impl RowExt) -> Result<ProfileSecrets, Store
         access_token: row.opt_bytes("access_token")?,
         refresh_token: row.opt_bytes("refresh_token")?,
         expires_at: row.opt_time("access_token_expires_at")?,
+        stored_at: row.opt_time("access_token_stored_at")?,
         lease,
     })
 }

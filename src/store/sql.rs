@@ -1573,7 +1573,7 @@ impl Store for SqlStore {
     async fn profile_secrets(&self, id: ProfileId) -> Result<Option<ProfileSecrets>, StoreError> {
         let row = query(
             "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
-                    refresh_lease_owner, refresh_lease_until
+                    access_token_stored_at, refresh_lease_owner, refresh_lease_until
              FROM auth_profiles WHERE id = $1",
         )
         .bind(id.as_uuid())
@@ -1596,8 +1596,8 @@ impl Store for SqlStore {
         let updated = query(
             "UPDATE auth_profiles SET status = 'active', access_token = $3,
                     refresh_token = COALESCE($4, CASE WHEN upstream_account_id = $6 THEN refresh_token END),
-                    access_token_expires_at = $5, upstream_account_id = $6, granted_scopes = $7,
-                    pending_expires_at = NULL,
+                    access_token_expires_at = $5, access_token_stored_at = $8, upstream_account_id = $6,
+                    granted_scopes = $7, pending_expires_at = NULL,
                     refresh_lease_owner = NULL, refresh_lease_until = NULL, version = version + 1,
                     token_version = token_version + 1, updated_at = $8
              WHERE id = $1 AND version = $2 AND status <> 'revoked'",
@@ -1651,7 +1651,8 @@ impl Store for SqlStore {
     ) -> Result<bool, StoreError> {
         let updated = query(
             "UPDATE auth_profiles SET access_token = $3, refresh_token = COALESCE($4, refresh_token),
-                    access_token_expires_at = $5, refresh_lease_owner = NULL, refresh_lease_until = NULL,
+                    access_token_expires_at = $5, access_token_stored_at = $6,
+                    refresh_lease_owner = NULL, refresh_lease_until = NULL,
                     token_version = token_version + 1, updated_at = $6, granted_scopes = COALESCE($7, granted_scopes)
              WHERE id = $1 AND refresh_lease_owner = $2",
         )
@@ -1715,7 +1716,7 @@ impl Store for SqlStore {
         let mut tx = self.db.begin().await?;
         let row = query(
             "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
-                    refresh_lease_owner, refresh_lease_until
+                    access_token_stored_at, refresh_lease_owner, refresh_lease_until
              FROM auth_profiles WHERE id = $1 AND status <> 'revoked' FOR UPDATE",
         )
         .bind(id.as_uuid())
@@ -1728,7 +1729,8 @@ impl Store for SqlStore {
         let secrets = rows::profile_secrets(&row)?;
         query(
             "UPDATE auth_profiles SET status = 'revoked', access_token = NULL, refresh_token = NULL,
-                    access_token_expires_at = NULL, refresh_lease_owner = NULL, refresh_lease_until = NULL,
+                    access_token_expires_at = NULL, access_token_stored_at = NULL,
+                    refresh_lease_owner = NULL, refresh_lease_until = NULL,
                     version = version + 1, token_version = token_version + 1, updated_at = $2
              WHERE id = $1",
         )

@@ -412,14 +412,7 @@ impl World {
 
     /// Makes a profile's access token expire `seconds` from now (in the past when negative).
     async fn expire_in(&self, slug: &str, seconds: i64) {
-        let soon = match self.app.db.backend {
-            Backend::Sqlite => {
-                (chrono::Utc::now() + chrono::TimeDelta::seconds(seconds)).timestamp_micros().to_string()
-            }
-            Backend::Postgres => format!("now() + interval '{seconds} seconds'"),
-        };
-        let sql = format!("UPDATE auth_profiles SET access_token_expires_at = {soon} WHERE slug = '{slug}'");
-        assert_eq!(self.app.db.sql().await.exec(&sql).await.unwrap(), 1);
+        assert_eq!(self.app.db.expire_token_in(slug, seconds).await, 1);
     }
 }
 

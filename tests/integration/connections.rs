@@ -33,6 +33,7 @@ on_both_backends!(
     concurrent_continues_of_one_connect_link_start_one_flow,
     reconnecting_keeps_the_profile_and_guards_the_account,
     tokens_are_refreshed_before_they_expire,
+    short_lived_tokens_are_refreshed_at_half_their_life_not_on_every_use,
     fifty_concurrent_requests_refresh_once,
     two_instances_refresh_once,
     rotated_and_kept_refresh_tokens_are_persisted,
@@ -151,15 +152,9 @@ impl World {
     }
 
     /// Makes a profile's access token expire in a minute (inside the refresh window).
+    /// Ages the profile's token: stored an hour ago, expiring in a minute.
     async fn expire_soon(&self, slug: &str) {
-        let sql = self.app.db.sql().await;
-        let soon = match self.app.db.backend {
-            Backend::Sqlite => format!("{}", (chrono::Utc::now() + chrono::TimeDelta::seconds(60)).timestamp_micros()),
-            Backend::Postgres => "now() + interval '60 seconds'".into(),
-        };
-        sql.exec(&format!("UPDATE auth_profiles SET access_token_expires_at = {soon} WHERE slug = '{slug}'"))
-            .await
-            .unwrap();
+        self.app.db.expire_token_in(slug, 60).await;
     }
 }
 
@@ -594,6 +589,26 @@ async fn tokens_are_refreshed_before_they_expire(backend: Backend) {
     let again = body(w.token(w.alice.id, &slug).await, 200).await;
     assert_eq!(again["access_token"], refreshed["access_token"], "the refreshed token is stored");
     assert_eq!(w.issuer.refreshes(), 1);
+}
+
+async fn short_lived_tokens_are_refreshed_at_half_their_life_not_on_every_use(backend: Backend) {
+    let mut w = world(backend).await;
+    // Two minutes, well inside the five-minute refresh window (Keycloak issues five).
+    w.issuer.set_access_token_ttl(120);
+    let slug = w.connected("short").await;
+    let first = body(w.token(w.alice.id, &slug).await, 200).await;
+    assert_eq!(first["refreshed"], false, "a token with two minutes left of two is not due");
+    w.expire_soon(&slug).await;
+    let refreshed = body(w.token(w.alice.id, &slug).await, 200).await;
+    assert_eq!(refreshed["refreshed"], true);
+    for _ in 0..5 {
+        let again = body(w.token(w.alice.id, &slug).await, 200).await;
+        assert_eq!(
+            again["access_token"], refreshed["access_token"],
+            "the refreshed token is used, not refreshed again"
+        );
+    }
+    assert_eq!(w.issuer.refreshes(), 1, "one call to the provider");
 }
 
 async fn fifty_concurrent_requests_refresh_once(backend: Backend) {

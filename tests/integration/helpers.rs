@@ -101,6 +101,23 @@ impl TestDb {
         }
     }
 
+    /// Ages a connected account's access token (the profile with `slug`): stored an hour ago,
+    /// expiring `seconds` from now (in the past when negative). Returns how many rows changed.
+    pub async fn expire_token_in(&self, slug: &str, seconds: i64) -> u64 {
+        let (expires, stored) = match self.backend {
+            Backend::Sqlite => {
+                let at = |delta: chrono::TimeDelta| (chrono::Utc::now() + delta).timestamp_micros().to_string();
+                (at(chrono::TimeDelta::seconds(seconds)), at(chrono::TimeDelta::hours(-1)))
+            }
+            Backend::Postgres => (format!("now() + interval '{seconds} seconds'"), "now() - interval '1 hour'".into()),
+        };
+        let sql = format!(
+            "UPDATE auth_profiles SET access_token_expires_at = {expires}, access_token_stored_at = {stored}
+             WHERE slug = '{slug}'"
+        );
+        self.sql().await.exec(&sql).await.unwrap()
+    }
+
     /// The same database again, for a second server instance.
     pub fn share(&self) -> Self {
         Self { backend: self.backend, url: self.url.clone(), _dir: None }

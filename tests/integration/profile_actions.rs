@@ -172,12 +172,7 @@ impl World {
 
     /// Makes a profile's access token expire in a minute (inside the refresh window).
     async fn expire_soon(&self, slug: &str) {
-        let soon = match self.app.db.backend {
-            Backend::Sqlite => (chrono::Utc::now() + chrono::TimeDelta::seconds(60)).timestamp_micros().to_string(),
-            Backend::Postgres => "now() + interval '60 seconds'".into(),
-        };
-        let sql = format!("UPDATE auth_profiles SET access_token_expires_at = {soon} WHERE slug = '{slug}'");
-        self.app.db.sql().await.exec(&sql).await.unwrap();
+        self.app.db.expire_token_in(slug, 60).await;
     }
 }
 

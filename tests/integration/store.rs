@@ -1739,6 +1739,7 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
             access_token: None,
             refresh_token: None,
             expires_at: None,
+            stored_at: None,
             lease: None
         }
     );
@@ -1765,6 +1766,7 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
         access_token: Some(b"access-1".to_vec()),
         refresh_token: Some(b"refresh-1".to_vec()),
         expires_at: first.expires_at,
+        stored_at: Some(t1),
         lease: None,
     };
     assert_eq!(secrets_of(&store, pending.id).await, credentials);
@@ -1890,6 +1892,7 @@ async fn completing_a_refresh_bumps_the_token_version_only(backend: Backend) {
         version: before.version + 1,
         access_token: Some(b"access-2".to_vec()),
         expires_at: refreshed.expires_at,
+        stored_at: Some(refreshed.now),
         lease: None,
         ..before.clone()
     };
