@@ -1,4 +1,4 @@
-//! CSRF protection for the pages' forms.
+//! CSRF protection for the pages' forms, and for the JSON API a browser session may call.
 //!
 //! Every form that changes something posts a `csrf` field: the token of the browser's session,
 //! `base64url(SHA-256("tessera-csrf-v1" ‖ 0 ‖ session cookie value))`. Only the browser holds
@@ -8,10 +8,17 @@
 //! time, and also refuses a request the browser marks as cross-site (`Sec-Fetch-Site`), on top
 //! of the cookies' `SameSite=Lax`.
 
-use axum::http::HeaderMap;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use super::AppState;
+use super::credentials::cookie;
 use super::problem::ApiError;
 use crate::crypto::{constant_time_eq, sha256};
 use crate::error::ErrorCode;
@@ -40,6 +47,31 @@ pub fn from_this_origin(headers: &HeaderMap) -> Result<(), ApiError> {
         Some(site) if !matches!(site.as_bytes(), b"same-origin" | b"none") => Err(refused()),
         _ => Ok(()),
     }
+}
+
+/// Middleware for the JSON API that a browser session may call (`/v1/me…`, `/v1/teams/…`): a
+/// request that changes something (any method but `GET`, `HEAD` and `OPTIONS`), carries the
+/// session cookie and is marked by the browser as sent from another origin is refused with 403
+/// `csrf_failed`. `SameSite=Lax` keeps the cookie off cross-site posts but not off those from a
+/// sibling subdomain (same site, another origin), which a form or a `fetch` without a preflight
+/// (a bodyless or `text/plain` POST) can send; Tessera's own pages are same-origin, and clients
+/// that are not browsers send no `Sec-Fetch-Site`.
+pub async fn cookie_changes_from_this_origin(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // A repeated cookie is the handler's to refuse (400 `ambiguous_credentials`); here it counts
+    // as present.
+    let with_cookie = cookie(request.headers(), state.cookies.session()).map_or(true, |found| found.is_some());
+    if changes
+        && with_cookie
+        && let Err(refused) = from_this_origin(request.headers())
+    {
+        return refused.into_response();
+    }
+    next.run(request).await
 }
 
 fn refused() -> ApiError {

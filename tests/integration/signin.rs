@@ -78,6 +78,12 @@ impl Browser {
         self.send(self.client.request(method, url)).await
     }
 
+    /// A request that the browser marks as sent from a page of `site` (`Sec-Fetch-Site`:
+    /// `same-origin`, `same-site`, `cross-site` or `none`), carrying the cookies.
+    pub async fn request_from(&mut self, site: &str, method: Method, url: &str) -> reqwest::Response {
+        self.send(self.client.request(method, url).header("sec-fetch-site", site)).await
+    }
+
     /// A request with a JSON body, carrying the cookies.
     pub async fn json(&mut self, method: Method, url: &str, body: &serde_json::Value) -> reqwest::Response {
         self.send(self.client.request(method, url).json(body)).await
@@ -578,7 +584,20 @@ async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend
     browser.get(&location(&provider)).await;
     let me = body(browser.me(&w.app).await, 200).await;
     let second_id = me["identities"][1]["id"].as_str().unwrap().to_owned();
-    let primary = browser.request(Method::POST, &w.app.url(&format!("/v1/me/identities/{second_id}/primary"))).await;
+    // A page of another origin — a sibling subdomain's, which the session cookie's `SameSite=Lax`
+    // does not keep out — cannot change the account with the cookie; reading is not a change.
+    let make_primary = w.app.url(&format!("/v1/me/identities/{second_id}/primary"));
+    for site in ["same-site", "cross-site"] {
+        let forged = browser.request_from(site, Method::POST, &make_primary).await;
+        assert_eq!(body(forged, 403).await["code"], "csrf_failed", "{site}");
+        let unlink = w.app.url(&format!("/v1/me/identities/{second_id}"));
+        let forged = browser.request_from(site, Method::DELETE, &unlink).await;
+        assert_eq!(body(forged, 403).await["code"], "csrf_failed", "{site}");
+    }
+    let read = body(browser.request_from("cross-site", Method::GET, &w.app.url("/v1/me")).await, 200).await;
+    assert_eq!(read["primary_identity_id"], first_id, "nothing changed");
+    assert_eq!(read["identities"].as_array().unwrap().len(), 2, "nothing changed");
+    let primary = browser.request_from("same-origin", Method::POST, &make_primary).await;
     assert_eq!(body(primary, 200).await["primary_identity_id"], second_id);
     let unlinked = browser.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{second_id}"))).await;
     assert_eq!(unlinked.status(), StatusCode::NO_CONTENT);
