@@ -1124,8 +1124,17 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// (zero and `None` when none is pending), for metrics.
     async fn webhook_queues(&self) -> Result<Vec<WebhookQueue>, StoreError>;
 
-    /// Records an attempt of a pending delivery (nothing when it is no longer pending).
-    async fn record_attempt(&self, delivery: uuid::Uuid, attempt: &Attempt) -> Result<(), StoreError>;
+    /// Records an attempt of a pending delivery to `endpoint` as it was leased. Nothing is
+    /// recorded, and false returned, when the delivery is no longer pending in the same series
+    /// (delivered, failed, replayed or deleted) or the endpoint has since been disabled, deleted
+    /// or given another URL: the deliverer stops there, and the delivery stays pending for the
+    /// endpoint as it is now.
+    async fn record_attempt(
+        &self,
+        endpoint: &WebhookEndpoint,
+        delivery: uuid::Uuid,
+        attempt: &Attempt,
+    ) -> Result<bool, StoreError>;
 
     /// An endpoint's deliveries, latest event first, before sequence number `before`.
     async fn webhook_deliveries(

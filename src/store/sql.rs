@@ -2438,7 +2438,12 @@ impl Store for SqlStore {
                          AND (SELECT d.next_attempt_at FROM webhook_deliveries d
                               WHERE d.endpoint_id = e.id AND d.state = 'pending'
                               ORDER BY d.event_seq LIMIT 1) <= $2
-                       ORDER BY e.id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                       -- Longest waiting first: with more endpoints due than a claim takes, the
+                       -- same few (by id) would otherwise be claimed every round.
+                       ORDER BY (SELECT d.next_attempt_at FROM webhook_deliveries d
+                                 WHERE d.endpoint_id = e.id AND d.state = 'pending'
+                                 ORDER BY d.event_seq LIMIT 1), e.id
+                       LIMIT $4 FOR UPDATE SKIP LOCKED)
                      RETURNING {WEBHOOK_COLUMNS}"
                 )
                 .into_boxed_str(),
@@ -2530,16 +2535,23 @@ impl Store for SqlStore {
         Ok(ended)
     }
 
-    async fn record_attempt(&self, delivery: uuid::Uuid, attempt: &Attempt) -> Result<(), StoreError> {
+    async fn record_attempt(
+        &self,
+        endpoint: &WebhookEndpoint,
+        delivery: uuid::Uuid,
+        attempt: &Attempt,
+    ) -> Result<bool, StoreError> {
         let (state, next, delivered_at) = match (&attempt.error, attempt.retry_at) {
             (None, _) => (DeliveryState::Delivered, attempt.at, Some(attempt.at)),
             (Some(_), Some(retry_at)) => (DeliveryState::Pending, retry_at, None),
             (Some(_), None) => (DeliveryState::Failed, attempt.at, None),
         };
-        query(
+        let updated = query(
             "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3,
                     last_attempt_at = $4, last_status = $5, last_error = $6, delivered_at = $7
-             WHERE id = $1 AND state = 'pending' AND scheduled_at = $8",
+             WHERE id = $1 AND state = 'pending' AND scheduled_at = $8
+               AND EXISTS (SELECT 1 FROM webhook_endpoints e
+                           WHERE e.id = webhook_deliveries.endpoint_id AND e.enabled AND e.url = $9)",
         )
         .bind(delivery)
         .bind(state.as_str())
@@ -2549,9 +2561,10 @@ impl Store for SqlStore {
         .bind(attempt.error.clone())
         .bind(delivered_at)
         .bind(attempt.scheduled_at)
+        .bind(endpoint.url.as_str())
         .execute(self.db.writer())
         .await?;
-        Ok(())
+        Ok(updated == 1)
     }
 
     async fn webhook_deliveries(

@@ -190,9 +190,18 @@ async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &We
                 }
             }
             let attempt = Attempt { at, status, error, retry_at, scheduled_at: job.scheduled_at };
-            if let Err(error) = webhooks.store().record_attempt(job.id, &attempt).await {
-                tracing::warn!(error = %error, webhook = %endpoint.id, "cannot record a webhook delivery attempt");
-                return;
+            match webhooks.store().record_attempt(endpoint, job.id, &attempt).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Disabled, deleted, given another URL or replayed while this batch was under
+                    // way: nothing more goes to the endpoint as it was leased.
+                    tracing::debug!(webhook = %endpoint.id, "the endpoint or its deliveries changed; delivery stops");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, webhook = %endpoint.id, "cannot record a webhook delivery attempt");
+                    return;
+                }
             }
             // A retry holds the endpoint's later events back; a failure for good does not.
             if failed && attempt.retry_at.is_some() {

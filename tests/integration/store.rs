@@ -34,6 +34,7 @@ on_both_backends!(
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
     events_after_a_gap_wait_for_the_transaction_that_may_fill_it,
     an_endpoint_is_leased_to_one_owner_at_a_time,
+    the_endpoint_waiting_longest_is_claimed_first,
     attempts_are_recorded_and_a_replay_schedules_events_again,
     old_events_go_once_no_delivery_of_theirs_is_pending,
     a_sweep_never_deletes_an_event_a_replay_scheduled,
@@ -3352,6 +3353,34 @@ async fn an_endpoint_is_leased_to_one_owner_at_a_time(backend: Backend) {
     assert_eq!(store.claim_webhooks(Uuid::new_v4(), later, later, 10).await.unwrap().len(), 1, "released");
 }
 
+async fn the_endpoint_waiting_longest_is_claimed_first(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let registered = now() - TimeDelta::seconds(1);
+    let (first, second) = (endpoint(&[], registered), endpoint(&[], registered));
+    for hook in [&first, &second] {
+        store.insert_webhook(hook).await.unwrap();
+    }
+    sign_up(&store, "ada").await;
+    store.fan_out_events(100, now()).await.unwrap();
+    // The second endpoint's delivery has been due for ten minutes (a retry that came due), the
+    // first's since the fan-out: a claim of one takes the second, whatever the ids' order.
+    let job = store.pending_deliveries(second.id, 1).await.unwrap().remove(0);
+    let (t, long_due) = (now(), now() - TimeDelta::minutes(10));
+    let retry = Attempt {
+        at: t,
+        status: Some(503),
+        error: Some("answered 503".into()),
+        retry_at: Some(long_due),
+        scheduled_at: job.scheduled_at,
+    };
+    assert!(store.record_attempt(&second, job.id, &retry).await.unwrap());
+    let until = t + TimeDelta::seconds(30);
+    let claimed = store.claim_webhooks(Uuid::new_v4(), t, until, 1).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), [second.id]);
+    let claimed = store.claim_webhooks(Uuid::new_v4(), t, until, 1).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), [first.id], "then the next");
+}
+
 async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let start = now() - TimeDelta::seconds(1);
@@ -3365,7 +3394,7 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     let scheduled_at = jobs[0].scheduled_at;
     let failure =
         |retry_at| Attempt { at: t, status: Some(500), error: Some("answered 500".into()), retry_at, scheduled_at };
-    store.record_attempt(jobs[0].id, &failure(Some(retry))).await.unwrap();
+    store.record_attempt(&hook, jobs[0].id, &failure(Some(retry))).await.unwrap();
     let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
     assert_eq!(log.len(), 2);
     let first = &log[1];
@@ -3375,10 +3404,10 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
         store.claim_webhooks(Uuid::new_v4(), now(), now(), 10).await.unwrap().is_empty(),
         "the first pending delivery is not due: the endpoint waits, its later events too"
     );
-    store.record_attempt(jobs[0].id, &failure(None)).await.unwrap();
+    store.record_attempt(&hook, jobs[0].id, &failure(None)).await.unwrap();
     let delivered = Attempt { at: t, status: Some(204), error: None, retry_at: None, scheduled_at };
-    store.record_attempt(jobs[1].id, &delivered).await.unwrap();
-    store.record_attempt(jobs[1].id, &failure(None)).await.unwrap();
+    store.record_attempt(&hook, jobs[1].id, &delivered).await.unwrap();
+    store.record_attempt(&hook, jobs[1].id, &failure(None)).await.unwrap();
     let log = store.webhook_deliveries(hook.id, None, 10).await.unwrap();
     assert_eq!((log[1].state, log[1].attempts), (DeliveryState::Failed, 2));
     assert_eq!((log[0].state, log[0].attempts, log[0].delivered_at), (DeliveryState::Delivered, 1, Some(t)));
@@ -3392,12 +3421,29 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert_eq!(store.replay_webhook(&hook, now() + TimeDelta::seconds(5), now()).await.unwrap(), 0);
     // An attempt of the series the replay replaced (sent before it, recorded after) is not
     // recorded over the new one: the replayed event is still sent.
-    store.record_attempt(jobs[0].id, &delivered).await.unwrap();
+    store.record_attempt(&hook, jobs[0].id, &delivered).await.unwrap();
     let again = store.pending_deliveries(hook.id, 100).await.unwrap();
     assert_eq!(again.len(), 2, "both replayed deliveries are still pending");
-    let current = Attempt { scheduled_at: again[0].scheduled_at, ..delivered };
-    store.record_attempt(again[0].id, &current).await.unwrap();
-    assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap().len(), 1);
+    let current = Attempt { scheduled_at: again[0].scheduled_at, ..delivered.clone() };
+    assert!(store.record_attempt(&hook, again[0].id, &current).await.unwrap());
+    let last = store.pending_deliveries(hook.id, 100).await.unwrap();
+    assert_eq!(last.len(), 1);
+
+    // An attempt sent to the endpoint as it was leased is not recorded once the endpoint has
+    // another URL or is disabled (the deliverer stops; the delivery waits for the endpoint as it
+    // is now), nor once it is gone.
+    let last_attempt = Attempt { scheduled_at: last[0].scheduled_at, ..delivered };
+    let moved = WebhookEndpoint { url: "https://elsewhere.example/hook".into(), updated_at: now(), ..hook.clone() };
+    store.update_webhook(&moved).await.unwrap();
+    assert!(!store.record_attempt(&hook, last[0].id, &last_attempt).await.unwrap(), "another URL");
+    let disabled = WebhookEndpoint { enabled: false, updated_at: now(), ..moved.clone() };
+    store.update_webhook(&disabled).await.unwrap();
+    assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "disabled");
+    assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap(), last, "still pending, unchanged");
+    store.update_webhook(&WebhookEndpoint { enabled: true, updated_at: now(), ..moved.clone() }).await.unwrap();
+    assert!(store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "as it is now");
+    store.delete_webhook(hook.id).await.unwrap();
+    assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "gone");
 }
 
 async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
@@ -3431,7 +3477,7 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
         let job = store.pending_deliveries(hook.id, 100).await.unwrap().remove(0);
         let (at, scheduled_at) = (now(), job.scheduled_at);
         let attempt = Attempt { at, status: Some(status), error, retry_at: None, scheduled_at };
-        store.record_attempt(job.id, &attempt).await.unwrap();
+        assert!(store.record_attempt(hook, job.id, &attempt).await.unwrap());
     }
     let states = store.webhook_deliveries(b.id, None, 10).await.unwrap();
     assert_eq!(states.iter().map(|d| d.state).collect::<Vec<_>>(), [DeliveryState::Failed]);
@@ -3471,7 +3517,7 @@ async fn a_sweep_never_deletes_an_event_a_replay_scheduled(backend: Backend) {
         for job in store.pending_deliveries(hook.id, 100).await.unwrap() {
             let attempt =
                 Attempt { at: now(), status: Some(204), error: None, retry_at: None, scheduled_at: job.scheduled_at };
-            store.record_attempt(job.id, &attempt).await.unwrap();
+            store.record_attempt(&hook, job.id, &attempt).await.unwrap();
         }
         let replay = {
             let (store, hook) = (store.clone(), hook.clone());
@@ -3979,6 +4025,7 @@ mod metrics {
         let t = now();
         store
             .record_attempt(
+                &busy,
                 jobs[0].id,
                 &Attempt { at: t, status: Some(204), error: None, retry_at: None, scheduled_at: jobs[0].scheduled_at },
             )
@@ -3992,7 +4039,7 @@ mod metrics {
             retry_at: None,
             scheduled_at: jobs[1].scheduled_at,
         };
-        store.record_attempt(jobs[1].id, &failed).await.unwrap();
+        store.record_attempt(&busy, jobs[1].id, &failed).await.unwrap();
         assert_eq!(
             of_now(&store, busy.id).await,
             WebhookQueue { endpoint: busy.id, pending: 0, oldest_scheduled_at: None }
