@@ -52,6 +52,9 @@ pub enum ProfileActionError {
     /// A personal profile cannot be the team's default.
     #[error("a member's personal account cannot be the team's default; use a team-wide (oauth_app) profile")]
     PersonalNotDefault,
+    /// A member (not owner or admin) tried to replace a default that is not theirs.
+    #[error("the connector's default is another member's profile; a team owner or admin may replace it")]
+    OthersDefault,
     /// Nothing serves the connector.
     #[error("{}", no_credential_detail(.connector_key, .default.as_ref()))]
     NoCredential {
@@ -88,6 +91,7 @@ impl PublicError for ProfileActionError {
             ProfileActionError::NothingToUpdate => ErrorCode::InvalidRequest,
             ProfileActionError::Changed => ErrorCode::ProfileChanged,
             ProfileActionError::PersonalNotDefault => ErrorCode::PersonalProfileNotDefault,
+            ProfileActionError::OthersDefault => ErrorCode::NotTeamAdmin,
             ProfileActionError::NoCredential { .. } => ErrorCode::NoCredentialForConnector,
             ProfileActionError::TestNotSupported(_) => ErrorCode::TestNotSupported,
             ProfileActionError::Store(e) => e.code(),
@@ -291,11 +295,13 @@ impl<'a> ProfileActions<'a> {
         user: UserId,
         slug: &Slug,
     ) -> Result<AuthProfile, ProfileActionError> {
-        let profile = self.default_candidate(team, user, slug).await?;
-        match self.profiles.store().set_default_profile(profile.team_id, profile.id, super::now()).await? {
+        let (profile, admin) = self.default_candidate(team, user, slug).await?;
+        let member = (!admin).then_some(user);
+        match self.profiles.store().set_default_profile(profile.team_id, profile.id, member, super::now()).await? {
             DefaultOutcome::Set => {}
             DefaultOutcome::NotFound => return Err(AuthProfileError::ProfileNotFound.into()),
             DefaultOutcome::Personal => return Err(ProfileActionError::PersonalNotDefault),
+            DefaultOutcome::OthersDefault => return Err(ProfileActionError::OthersDefault),
         }
         tracing::info!(profile_id = %profile.id, team_id = %profile.team_id, "made an auth profile its connector's default");
         self.reread(&profile).await
@@ -309,27 +315,30 @@ impl<'a> ProfileActions<'a> {
         user: UserId,
         slug: &Slug,
     ) -> Result<AuthProfile, ProfileActionError> {
-        let profile = self.default_candidate(team, user, slug).await?;
+        let (profile, _) = self.default_candidate(team, user, slug).await?;
         if self.profiles.store().clear_default_profile(profile.team_id, profile.id).await? {
             tracing::info!(profile_id = %profile.id, "an auth profile is no longer its connector's default");
         }
         self.reread(&profile).await
     }
 
+    /// The team-wide profile a default change names, and whether the caller is a team owner or
+    /// admin (a member may change only a default of their own profile).
     async fn default_candidate(
         &self,
         team: &TeamRef,
         user: UserId,
         slug: &Slug,
-    ) -> Result<AuthProfile, ProfileActionError> {
+    ) -> Result<(AuthProfile, bool), ProfileActionError> {
         let (profile, role) = self.profiles.usable(team, user, slug).await?;
         if profile.profile_kind.is_personal() {
             return Err(ProfileActionError::PersonalNotDefault);
         }
-        if profile.created_by != user && !matches!(role, Role::Owner | Role::Admin) {
+        let admin = matches!(role, Role::Owner | Role::Admin);
+        if profile.created_by != user && !admin {
             return Err(AuthProfileError::NotAdmin.into());
         }
-        Ok(profile)
+        Ok((profile, admin))
     }
 
     async fn reread(&self, profile: &AuthProfile) -> Result<AuthProfile, ProfileActionError> {

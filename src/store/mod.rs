@@ -1173,11 +1173,15 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<ProfileUpdate, StoreError>;
 
     /// Makes a live team-wide profile its connector's default in `team`, replacing the previous
-    /// default in the same statement (one row per team and connector).
+    /// default in the same statement (one row per team and connector). With `member` (a member
+    /// who is neither owner nor admin), the default is set only where there is none, or where it
+    /// is one of `member`'s own profiles ([`DefaultOutcome::OthersDefault`] otherwise), decided
+    /// in the same statement.
     async fn set_default_profile(
         &self,
         team: TeamId,
         id: ProfileId,
+        member: Option<UserId>,
         now: DateTime<Utc>,
     ) -> Result<DefaultOutcome, StoreError>;
 

@@ -51,6 +51,9 @@ pub enum DefaultOutcome {
     NotFound,
     /// The profile is a member's personal account, which cannot be the team's default.
     Personal,
+    /// The connector's default is another member's profile, which only an owner or admin
+    /// replaces.
+    OthersDefault,
 }
 
 pub(super) async fn update_profile(
@@ -103,6 +106,7 @@ pub(super) async fn set_default_profile(
     db: &Db,
     team: TeamId,
     id: ProfileId,
+    member: Option<UserId>,
     now: DateTime<Utc>,
 ) -> Result<DefaultOutcome, StoreError> {
     let mut tx = db.begin().await?;
@@ -124,17 +128,24 @@ pub(super) async fn set_default_profile(
         tx.rollback().await?;
         return Ok(DefaultOutcome::Personal);
     }
-    query(
+    // A member's call replaces only a default of their own (`$5`; NULL: anyone's).
+    let set = query(
         "INSERT INTO connector_defaults (team_id, connector_key, profile_id, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (team_id, connector_key)
-         DO UPDATE SET profile_id = excluded.profile_id, updated_at = excluded.updated_at",
+         DO UPDATE SET profile_id = excluded.profile_id, updated_at = excluded.updated_at
+         WHERE $5 IS NULL OR connector_defaults.profile_id IN (SELECT id FROM auth_profiles WHERE created_by = $5)",
     )
     .bind(team.as_uuid())
     .bind(row.text("connector_key")?)
     .bind(id.as_uuid())
     .bind(now)
+    .bind(member.map(|user| user.as_uuid()))
     .execute(&mut tx)
     .await?;
+    if set == 0 {
+        tx.rollback().await?;
+        return Ok(DefaultOutcome::OthersDefault);
+    }
     tx.commit().await?;
     Ok(DefaultOutcome::Set)
 }

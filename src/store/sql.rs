@@ -2672,9 +2672,10 @@ impl Store for SqlStore {
         &self,
         team: TeamId,
         id: ProfileId,
+        member: Option<UserId>,
         now: DateTime<Utc>,
     ) -> Result<DefaultOutcome, StoreError> {
-        profile_actions::set_default_profile(&self.db, team, id, now).await
+        profile_actions::set_default_profile(&self.db, team, id, member, now).await
     }
 
     async fn clear_default_profile(&self, team: TeamId, id: ProfileId) -> Result<bool, StoreError> {

@@ -422,6 +422,12 @@ async fn who_may_set_the_default_and_what_can_be_it(backend: Backend) {
     // An owner sets any team-wide one.
     body(w.post(w.alice.id, "/auth-profiles/alices-crm/default").await, 200).await;
     assert_eq!(w.get(w.bob.id, "bobs-crm").await["is_default"], false);
+    // A member does not take the default back from someone else's profile: that would send every
+    // teammate without an account of their own through the member's.
+    let taken_back = body(w.post(w.bob.id, "/auth-profiles/bobs-crm/default").await, 403).await;
+    assert_eq!(taken_back["code"], "not_team_admin");
+    assert!(taken_back["detail"].as_str().unwrap().contains("another member's profile"), "{taken_back}");
+    assert_eq!(w.get(w.bob.id, "alices-crm").await["is_default"], true, "the owner's choice stands");
     // A personal profile never is the team's default.
     let personal = w.post(w.bob.id, "/auth-profiles/bobs-own/default").await;
     assert_eq!(body(personal, 409).await["code"], "personal_profile_not_default");

@@ -2206,22 +2206,31 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     let first = connected(&store, &ada, "first").await;
     let second = connected(&store, &ada, "second").await;
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
-    assert_eq!(store.set_default_profile(ada.team.id, first.id, t0).await.unwrap(), DefaultOutcome::Set);
+    assert_eq!(store.set_default_profile(ada.team.id, first.id, None, t0).await.unwrap(), DefaultOutcome::Set);
     let default = store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap();
     assert_eq!((default.id, default.is_default), (first.id, true));
-    assert_eq!(store.set_default_profile(ada.team.id, second.id, t0).await.unwrap(), DefaultOutcome::Set);
+    assert_eq!(store.set_default_profile(ada.team.id, second.id, None, t0).await.unwrap(), DefaultOutcome::Set);
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap().id, second.id);
     assert!(!store.profile(first.id).await.unwrap().unwrap().is_default, "switched, not added");
     assert_eq!(db.sql().await.count("connector_defaults").await, 1);
+    // A member's call replaces only a default of their own.
+    let others = store.set_default_profile(ada.team.id, first.id, Some(bob.id()), t0).await.unwrap();
+    assert_eq!(others, DefaultOutcome::OthersDefault);
+    assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap().id, second.id, "unchanged");
+    assert_eq!(
+        store.set_default_profile(ada.team.id, first.id, Some(ada.id()), t0).await.unwrap(),
+        DefaultOutcome::Set
+    );
+    assert_eq!(store.set_default_profile(ada.team.id, second.id, None, t0).await.unwrap(), DefaultOutcome::Set);
     assert_eq!(store.default_profile(ada.team.id, "another-connector").await.unwrap(), None);
 
     // Refusals: a personal profile, another team's profile, an unknown one.
     let personal = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "mine", t0)).await;
-    assert_eq!(store.set_default_profile(ada.team.id, personal.id, t0).await.unwrap(), DefaultOutcome::Personal);
+    assert_eq!(store.set_default_profile(ada.team.id, personal.id, None, t0).await.unwrap(), DefaultOutcome::Personal);
     let bobs = inserted(&store, profile(&bob.team, bob.id(), ProfileKind::Env, "bobs", t0)).await;
-    assert_eq!(store.set_default_profile(ada.team.id, bobs.id, t0).await.unwrap(), DefaultOutcome::NotFound);
+    assert_eq!(store.set_default_profile(ada.team.id, bobs.id, None, t0).await.unwrap(), DefaultOutcome::NotFound);
     assert_eq!(
-        store.set_default_profile(ada.team.id, ProfileId::generate(), t0).await.unwrap(),
+        store.set_default_profile(ada.team.id, ProfileId::generate(), None, t0).await.unwrap(),
         DefaultOutcome::NotFound
     );
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap().id, second.id);
@@ -2232,11 +2241,11 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
 
     // A revoked profile stops being the default, and cannot become it.
-    assert_eq!(store.set_default_profile(ada.team.id, first.id, t0).await.unwrap(), DefaultOutcome::Set);
+    assert_eq!(store.set_default_profile(ada.team.id, first.id, None, t0).await.unwrap(), DefaultOutcome::Set);
     store.revoke_profile(first.id, t0).await.unwrap();
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
     assert_eq!(db.sql().await.count("connector_defaults").await, 0);
-    assert_eq!(store.set_default_profile(ada.team.id, first.id, t0).await.unwrap(), DefaultOutcome::NotFound);
+    assert_eq!(store.set_default_profile(ada.team.id, first.id, None, t0).await.unwrap(), DefaultOutcome::NotFound);
 
     // The database itself refuses a second default of a connector, and a default of another
     // team's or connector's profile.
@@ -2263,7 +2272,7 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     let ids: Vec<ProfileId> = envs.iter().map(|p| p.id).collect();
     let outcomes = concurrently(8, |i| {
         let (store, team, id) = (store.clone(), ada.team.id, ids[i]);
-        async move { store.set_default_profile(team, id, now()).await.unwrap() }
+        async move { store.set_default_profile(team, id, None, now()).await.unwrap() }
     })
     .await;
     assert!(outcomes.iter().all(|o| *o == DefaultOutcome::Set), "{outcomes:?}");
