@@ -61,15 +61,15 @@ pub async fn cookie_changes_from_this_origin(
     request: Request,
     next: Next,
 ) -> Response {
+    // Reads (`GET /v1/me`, the hot path) pass without a look at the cookies.
     let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    // A repeated cookie is the handler's to refuse (400 `ambiguous_credentials`); here it counts
-    // as present.
-    let with_cookie = cookie(request.headers(), state.cookies.session()).map_or(true, |found| found.is_some());
-    if changes
-        && with_cookie
-        && let Err(refused) = from_this_origin(request.headers())
-    {
-        return refused.into_response();
+    if changes && let Err(refused) = from_this_origin(request.headers()) {
+        // A repeated cookie is the handler's to refuse (400 `ambiguous_credentials`); here it
+        // counts as present.
+        let with_cookie = cookie(request.headers(), state.cookies.session()).map_or(true, |found| found.is_some());
+        if with_cookie {
+            return refused.into_response();
+        }
     }
     next.run(request).await
 }
