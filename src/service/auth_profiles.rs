@@ -25,7 +25,7 @@
 //!   its own task, so a client hanging up cannot drop a rotated refresh token on the floor, and
 //!   the provider call is cut off well within the lease.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,8 +76,12 @@ pub enum AuthProfileError {
     /// Only team owners and admins may do this.
     #[error("only team owners and admins may do this")]
     NotAdmin,
-    /// The caller has a pending profile for this connector under another slug.
-    #[error("you already have a pending profile for this connector and provider: {slug}")]
+    /// The caller has a pending profile for this connector under another slug, or with other
+    /// scopes or another name than the request's.
+    #[error(
+        "you already have a pending profile for this connector and provider, {slug}, with this request's \
+         name and scopes or others: connect it as it is, change it (PATCH), or revoke it first"
+    )]
     PendingAuthConflict {
         /// The pending profile's slug.
         slug: String,
@@ -405,7 +409,7 @@ impl AuthProfiles {
             && let Some(pending) = self.store.pending_profile(&key).await?
         {
             if pending.pending_expires_at.is_some_and(|at| at > now) {
-                return self.reuse(pending, request.slug.as_ref(), user, role).await;
+                return self.reuse(pending, &request, user, role).await;
             }
             // Expired: not reused, and deleted so that a new one can take its place.
             self.store.delete_expired_pending(Some(&key), now).await?;
@@ -460,7 +464,7 @@ impl AuthProfiles {
                 && let Some(pending) = self.store.pending_profile(&key).await?
                 && pending.pending_expires_at.is_some_and(|at| at > now)
             {
-                return self.reuse(pending, request.slug.as_ref(), user, role).await;
+                return self.reuse(pending, &request, user, role).await;
             }
             if request.slug.is_some() {
                 return Err(AuthProfileError::SlugTaken);
@@ -469,17 +473,23 @@ impl AuthProfiles {
         Err(AuthProfileError::SlugTaken)
     }
 
-    /// Reuses a pending profile with a fresh link, unless the caller asked for another slug, or
-    /// may not connect it: a team-wide one pending for someone else (only its creator, an owner
-    /// or an admin may), whose link a fresh one would replace.
+    /// Reuses a pending profile with a fresh link, unless the request is for another one (another
+    /// slug, name or set of scopes: the pending profile's link would ask for what was not asked
+    /// for), or the caller may not connect it: a team-wide one pending for someone else (only its
+    /// creator, an owner or an admin may), whose link a fresh one would replace.
     async fn reuse(
         &self,
         pending: AuthProfile,
-        slug: Option<&Slug>,
+        request: &NewProfile,
         user: UserId,
         role: Role,
     ) -> Result<Created, AuthProfileError> {
-        if slug.is_some_and(|s| *s != pending.slug) || may_connect(&pending, user, role).is_err() {
+        let (asked, held): (BTreeSet<&String>, BTreeSet<&String>) =
+            (request.scopes.iter().collect(), pending.scopes.iter().collect());
+        let another = request.slug.as_ref().is_some_and(|s| *s != pending.slug)
+            || request.display_name != pending.display_name
+            || asked != held;
+        if another || may_connect(&pending, user, role).is_err() {
             return Err(AuthProfileError::PendingAuthConflict { slug: pending.slug.as_str().to_owned() });
         }
         let link = self.mint_link(&pending, user, false).await?;

@@ -226,6 +226,18 @@ async fn a_different_slug_while_pending_is_a_friendly_409(backend: Backend) {
     assert_no_leak(&text);
     let same = body(w.create(w.alice.id, profile_request(Some("first-try"))).await, 200).await;
     assert_eq!(same["auth_profile"]["slug"], "first-try");
+    // Other scopes or another name are another request: the pending profile's link would ask the
+    // provider for what was not asked for. The same scopes in another order are the same.
+    let mut more = profile_request(None);
+    more["scopes"] = json!(["openid", "issues:read", "issues:write"]);
+    let problem = body(w.create(w.alice.id, more).await, 409).await;
+    assert_eq!((&problem["code"], &problem["existing_slug"]), (&json!("pending_auth_conflict"), &json!("first-try")));
+    let mut renamed = profile_request(None);
+    renamed["display_name"] = "Other Issues".into();
+    assert_eq!(body(w.create(w.alice.id, renamed).await, 409).await["code"], "pending_auth_conflict");
+    let mut reordered = profile_request(None);
+    reordered["scopes"] = json!(["issues:read", "openid"]);
+    assert_eq!(body(w.create(w.alice.id, reordered).await, 200).await["auth_profile"]["slug"], "first-try");
     assert_eq!(count(&w.app, "").await, 1);
 }
 
