@@ -48,33 +48,54 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 }
 
 /// A shape error's text without the values it quotes: serde names a refused string (`invalid
-/// type: string "…"`) and an unknown enum variant (`` unknown variant `…` ``) verbatim, and such a
-/// value may be a secret pasted into the wrong field. The path of the field and what was expected
-/// stay.
+/// type: string "…"`) and an unknown enum variant (`` unknown variant `…`, expected … ``)
+/// verbatim, and axum a path segment it cannot parse (`` with value `…` to a … ``); such a value
+/// may be a secret pasted into the wrong place. The field's name or path, and what was expected,
+/// stay; numbers and booleans are quoted as they are.
 fn without_values(text: &str) -> String {
+    /// Where a quoted value ends.
+    enum Close {
+        /// At the first `"` not escaped by a backslash (Rust's debug form, which serde uses for
+        /// strings).
+        DebugQuote,
+        /// At the first of these texts, which follow the value (quoted in backticks without
+        /// escaping, so a backtick inside the value must not end it); at the end of the text
+        /// when none follows.
+        Before(&'static [&'static str]),
+    }
+    const QUOTED: [(&str, Close, &str); 3] = [
+        ("string \"", Close::DebugQuote, "a string"),
+        ("unknown variant `", Close::Before(&["`, expected", "`, there are no variants"]), "an unknown variant"),
+        ("with value `", Close::Before(&["` to a `"]), "with a value that does not parse"),
+    ];
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     loop {
-        let string = rest.find("string \"").map(|at| (at, "string \"", '"', "a string"));
-        let variant = rest.find("unknown variant `").map(|at| (at, "unknown variant `", '`', "an unknown variant"));
-        let Some((at, opening, closing, replacement)) = string.into_iter().chain(variant).min_by_key(|found| found.0)
-        else {
+        let found = QUOTED.iter().filter_map(|quoted| rest.find(quoted.0).map(|at| (at, quoted))).min_by_key(|f| f.0);
+        let Some((at, (opening, close, replacement))) = found else {
             out.push_str(rest);
             return out;
         };
         out.push_str(&rest[..at]);
         out.push_str(replacement);
-        // The quoted value ends at the first closing quote not escaped by a backslash (serde
-        // quotes strings in Rust's debug form).
         let value = &rest[at + opening.len()..];
-        let mut escaped = false;
-        let end = value.char_indices().find(|&(_, c)| {
-            let closes = c == closing && !escaped;
-            escaped = c == '\\' && !escaped;
-            closes
-        });
-        match end {
-            Some((end, _)) => rest = &value[end + 1..],
+        let resume = match close {
+            Close::DebugQuote => {
+                let mut escaped = false;
+                value
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        let closes = c == '"' && !escaped;
+                        escaped = c == '\\' && !escaped;
+                        closes
+                    })
+                    .map(|(end, _)| end + 1)
+            }
+            // The text after the value stays, minus the value's closing backtick.
+            Close::Before(suffixes) => suffixes.iter().filter_map(|suffix| value.find(suffix)).min().map(|end| end + 1),
+        };
+        match resume {
+            Some(resume) => rest = &value[resume..],
             None => return out,
         }
     }
@@ -138,7 +159,7 @@ where
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| ApiPath(value))
-            .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, rejection.body_text()))
+            .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, without_values(&rejection.body_text())))
     }
 }
 
@@ -157,7 +178,7 @@ where
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| ApiQuery(value))
-            .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, rejection.body_text()))
+            .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, without_values(&rejection.body_text())))
     }
 }
 
@@ -233,5 +254,19 @@ mod tests {
         assert_eq!(without_values(r#"two: string "1" and string "2"!"#), "two: a string and a string!");
         assert_eq!(without_values("unknown variant `v`, expected `env`"), "an unknown variant, expected `env`");
         assert_eq!(without_values(r#"cut: string "never closed"#), "cut: a string");
+        // A backtick or a backslash inside a variant does not end it early.
+        assert_eq!(
+            without_values(r"unknown variant `x`sk-live\`, expected `env`"),
+            "an unknown variant, expected `env`"
+        );
+        assert_eq!(
+            without_values("unknown variant `sk`, there are no variants"),
+            "an unknown variant, there are no variants"
+        );
+        assert_eq!(without_values("unknown variant `never closed"), "an unknown variant");
+        assert_eq!(
+            without_values("Cannot parse `id` with value `sk-1`2` to a `u32`"),
+            "Cannot parse `id` with a value that does not parse to a `u32`"
+        );
     }
 }
