@@ -61,14 +61,20 @@ pub async fn cookie_changes_from_this_origin(
     request: Request,
     next: Next,
 ) -> Response {
-    // Reads (`GET /v1/me`, the hot path) pass without a look at the cookies.
+    // Reads (`GET /v1/me`, the hot path) pass without a look at the cookies; so do the connect
+    // pages' forms beside these routes, which check their own CSRF token and answer with a page.
     let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if changes && let Err(refused) = from_this_origin(request.headers()) {
+    if changes && request.uri().path().starts_with("/v1/") && from_this_origin(request.headers()).is_err() {
         // A repeated cookie is the handler's to refuse (400 `ambiguous_credentials`); here it
         // counts as present.
         let with_cookie = cookie(request.headers(), state.cookies.session()).map_or(true, |found| found.is_some());
         if with_cookie {
-            return refused.into_response();
+            return ApiError::new(
+                ErrorCode::CsrfFailed,
+                "a change sent with the session cookie from a page of another origin is refused; send it from \
+                 this origin, or with a bearer token",
+            )
+            .into_response();
         }
     }
     next.run(request).await

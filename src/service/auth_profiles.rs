@@ -76,11 +76,12 @@ pub enum AuthProfileError {
     /// Only team owners and admins may do this.
     #[error("only team owners and admins may do this")]
     NotAdmin,
-    /// The caller has a pending profile for this connector under another slug, or with other
-    /// scopes or another name than the request's.
+    /// A profile for this connector and provider is pending connection (the caller's, under
+    /// another slug or with other scopes or another name than the request's; or a team-wide one
+    /// that is not the caller's to connect).
     #[error(
-        "you already have a pending profile for this connector and provider, {slug}, with this request's \
-         name and scopes or others: connect it as it is, change it (PATCH), or revoke it first"
+        "a profile for this connector and provider is pending connection: {slug}; connect it as it is, \
+         change it (PATCH), or revoke it first"
     )]
     PendingAuthConflict {
         /// The pending profile's slug.

@@ -425,7 +425,8 @@ fn check_event_types(types: Vec<String>) -> Result<Vec<String>, WebhookError> {
 /// Whether an address is one a webhook must not reach while private addresses are refused:
 /// loopback, private (RFC 1918, unique-local), link-local, shared (CGNAT), unspecified,
 /// broadcast, multicast, documentation, benchmarking and reserved ranges; in IPv6 also
-/// site-local, Teredo, NAT64 and discard, and an IPv4 address carried inside IPv6 (mapped,
+/// site-local, the IETF protocol assignments (`2001::/23`: Teredo, benchmarking, ORCHID),
+/// NAT64, discard and SRv6, and an IPv4 address carried inside IPv6 (mapped, translated,
 /// compatible or 6to4) is judged as that IPv4 address.
 pub fn is_forbidden_ip(ip: IpAddr) -> bool {
     match ip {
@@ -452,8 +453,13 @@ pub fn is_forbidden_ip(ip: IpAddr) -> bool {
             // IPv4 carried inside IPv6: IPv4-compatible (`::a.b.c.d`, deprecated but still
             // routed by some stacks) and 6to4 (`2002:aabb:ccdd::/48`) are judged by the IPv4
             // address they carry.
+            let carried = Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
             if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
-                return is_forbidden_ip(IpAddr::V4(Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]))));
+                return is_forbidden_ip(IpAddr::V4(carried));
+            }
+            // IPv4-translated (`::ffff:0:a.b.c.d`, SIIT).
+            if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+                return is_forbidden_ip(IpAddr::V4(carried));
             }
             if s[0] == 0x2002 {
                 return is_forbidden_ip(IpAddr::V4(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2]))));
@@ -465,8 +471,11 @@ pub fn is_forbidden_ip(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
                 || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || (s[0] == 0x2001 && s[1] == 0) // Teredo: tunnels to addresses it hides
-                || (s[0] == 0x2001 && s[1] == 2 && s[2] == 0) // benchmarking
+                // IETF protocol assignments (Teredo, which tunnels to addresses it hides,
+                // benchmarking, ORCHID, anycast services): no webhook lives there.
+                || (s[0] == 0x2001 && s[1] < 0x200)
+                || (s[0] & 0xfff0) == 0x3ff0 // documentation (3fff::/20)
+                || s[0] == 0x5f00 // segment routing (SRv6) identifiers
                 || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64, well-known and local-use
                 || (s[0] == 0x100 && s[1..4] == [0; 3]) // discard
         }
@@ -509,10 +518,12 @@ mod tests {
         // IPv4 inside IPv6, and the IPv6 ranges that hide or tunnel to other addresses.
         let carried = ["::127.0.0.1", "::10.0.0.1", "2002:a00:1::", "2002:7f00:1::1", "2002:a9fe:a9fe::"];
         let hiding = ["fec0::1", "2001::1", "2001:0:4136:e378::1", "64:ff9b:1::a00:1", "100::1", "2001:2::1"];
-        for ip in carried.into_iter().chain(hiding) {
+        let special = ["2001:1::1", "2001:20::1", "2001:4:112::1", "3fff::1", "5f00::1", "::ffff:0:a00:1"];
+        for ip in carried.into_iter().chain(hiding).chain(special) {
             assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "::8.8.8.8", "2002:808:808::1", "2001:4860::8888"] {
+        let public = ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "::8.8.8.8", "2002:808:808::1", "2001:4860::8888"];
+        for ip in public.into_iter().chain(["::ffff:0:808:808", "2001:200::1"]) {
             assert!(!is_forbidden_ip(ip.parse().unwrap()), "{ip}");
         }
     }

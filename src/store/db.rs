@@ -271,12 +271,17 @@ impl Db {
     /// writer for long: other writes run between the batches instead of waiting behind one long
     /// delete (on SQLite, every write waits for the one writer).
     pub(super) async fn delete_in_batches(&self, delete: Query<'_>) -> Result<u64, StoreError> {
-        let delete = delete.bind(ROWS_PER_DELETE);
+        self.delete_in_batches_of(delete, ROWS_PER_DELETE).await
+    }
+
+    /// [`Db::delete_in_batches`] with `rows` to a statement.
+    async fn delete_in_batches_of(&self, delete: Query<'_>, rows: i64) -> Result<u64, StoreError> {
+        let delete = delete.bind(rows);
         let mut deleted = 0;
         loop {
             let batch = delete.execute(self.writer()).await?;
             deleted += batch;
-            if batch < ROWS_PER_DELETE.unsigned_abs() {
+            if batch < rows.unsigned_abs() {
                 return Ok(deleted);
             }
         }
@@ -947,6 +952,26 @@ mod tests {
             .fetch_all(pool)
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_is_deleted_whole_one_batch_a_statement() {
+        let pool = memory().await;
+        let db = Db::Sqlite { writer: pool.clone(), reader: pool.clone() };
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, expired INTEGER NOT NULL)").execute(&pool).await.unwrap();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 28)
+             INSERT INTO t (id, expired) SELECT i, i <= 25 FROM n",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let delete = query("DELETE FROM t WHERE id IN (SELECT id FROM t WHERE expired = 1 LIMIT $1)");
+        // One statement deletes ten: the backlog of 25 takes three, and all of it goes.
+        assert_eq!(db.delete_in_batches_of(delete.clone(), 10).await.unwrap(), 25);
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&pool).await.unwrap();
+        assert_eq!(left, 3, "the live rows stay");
+        assert_eq!(db.delete_in_batches_of(delete, 10).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -720,7 +720,8 @@ impl Store for SqlStore {
         // Disabling ends the user's sessions; so does enabling them again, because a disabled
         // user holds none but those a sign-in that raced the disable wrote after its delete
         // (sign-in checked the flag before the disable committed): such a session must not come
-        // back to life with the user.
+        // back to life with the user. (A sign-in that read the flag before the disable and
+        // commits only after this delete would still escape it: one that spans both changes.)
         if change.disabled == Some(true) || toggled {
             let ended = query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
             insert_session_event(&mut tx, user, SessionEnd::UserDisabled, ended, now).await?;
