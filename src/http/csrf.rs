@@ -61,10 +61,9 @@ pub async fn cookie_changes_from_this_origin(
     request: Request,
     next: Next,
 ) -> Response {
-    // Reads (`GET /v1/me`, the hot path) pass without a look at the cookies; so do the connect
-    // pages' forms beside these routes, which check their own CSRF token and answer with a page.
+    // Reads (`GET /v1/me`, the hot path) pass without a look at the cookies.
     let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if changes && request.uri().path().starts_with("/v1/") && from_this_origin(request.headers()).is_err() {
+    if changes && from_this_origin(request.headers()).is_err() {
         // A repeated cookie is the handler's to refuse (400 `ambiguous_credentials`); here it
         // counts as present.
         let with_cookie = cookie(request.headers(), state.cookies.session()).map_or(true, |found| found.is_some());

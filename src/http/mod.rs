@@ -136,9 +136,10 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(login::routes())
         .merge(account::routes())
         .merge(pages::routes())
+        .merge(auth_profiles::page_routes())
         .merge(
             me::routes()
-                .merge(auth_profiles::routes())
+                .merge(auth_profiles::api_routes())
                 .merge(members::routes())
                 .route_layer(middleware::from_fn_with_state(state.clone(), csrf::cookie_changes_from_this_origin)),
         )

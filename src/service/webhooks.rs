@@ -447,22 +447,22 @@ pub fn is_forbidden_ip(ip: IpAddr) -> bool {
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            // IPv4 carried inside IPv6 is judged as that IPv4 address: mapped (`::ffff:a.b.c.d`)
+            // and compatible (`::a.b.c.d`, deprecated but still routed by some stacks), which std
+            // decodes (`::1` and `::` are IPv6's own), translated (`::ffff:0:a.b.c.d`, SIIT) and
+            // 6to4 (`2002:aabb:ccdd::/48`).
+            let ipv4 = |high: u16, low: u16| IpAddr::V4(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)));
+            if !v6.is_loopback()
+                && !v6.is_unspecified()
+                && let Some(v4) = v6.to_ipv4()
+            {
                 return is_forbidden_ip(IpAddr::V4(v4));
             }
-            // IPv4 carried inside IPv6: IPv4-compatible (`::a.b.c.d`, deprecated but still
-            // routed by some stacks) and 6to4 (`2002:aabb:ccdd::/48`) are judged by the IPv4
-            // address they carry.
-            let carried = Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
-            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
-                return is_forbidden_ip(IpAddr::V4(carried));
-            }
-            // IPv4-translated (`::ffff:0:a.b.c.d`, SIIT).
             if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
-                return is_forbidden_ip(IpAddr::V4(carried));
+                return is_forbidden_ip(ipv4(s[6], s[7]));
             }
             if s[0] == 0x2002 {
-                return is_forbidden_ip(IpAddr::V4(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2]))));
+                return is_forbidden_ip(ipv4(s[1], s[2]));
             }
             v6.is_loopback()
                 || v6.is_unspecified()

@@ -20,11 +20,13 @@ use axum::Router;
 
 use super::AppState;
 
-/// The routes of all of them.
-pub fn routes() -> Router<Arc<AppState>> {
-    api::routes()
-        .merge(connect::routes())
-        .merge(credentials::routes())
-        .merge(env_form::routes())
-        .merge(actions::routes())
+/// The JSON API under `/v1/teams/{team}/…` ([`api`], [`credentials`], [`actions`]).
+pub fn api_routes() -> Router<Arc<AppState>> {
+    api::routes().merge(credentials::routes()).merge(actions::routes())
+}
+
+/// The pages a connect link opens under `/connect/` ([`connect`], [`env_form`]), whose forms
+/// check their own CSRF token.
+pub fn page_routes() -> Router<Arc<AppState>> {
+    connect::routes().merge(env_form::routes())
 }
