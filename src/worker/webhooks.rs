@@ -142,14 +142,15 @@ impl reqwest::dns::Resolve for PublicOnly {
 
 /// Delivers an endpoint's due deliveries in sequence order until one fails, none is left, or the
 /// lease nears its end.
+///
+/// A signing key that cannot be decrypted (the key ring lost its key id) fails the first due
+/// delivery as an attempt would, with the reason in the delivery log: it backs off and in the
+/// end fails for good, rather than being claimed and given back at every poll.
 async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &WebhookEndpoint, deadline: Instant) {
-    let keys = match webhooks.signing_keys(endpoint, Utc::now()) {
-        Ok(keys) => keys,
-        Err(error) => {
-            tracing::error!(webhook = %endpoint.id, error, "cannot decrypt a webhook endpoint's signing key");
-            return;
-        }
-    };
+    let keys = webhooks.signing_keys(endpoint, Utc::now()).map_err(|error| {
+        tracing::error!(webhook = %endpoint.id, error, "cannot decrypt a webhook endpoint's signing key");
+        format!("not sent: the signing key cannot be decrypted ({error})")
+    });
     // Batch after batch while the lease lasts: a backlog drains at the endpoint's pace, not at
     // one batch per poll interval.
     loop {
@@ -165,8 +166,10 @@ async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &We
             if job.next_attempt_at > Utc::now() || Instant::now() >= deadline {
                 return;
             }
-            let (status, error) =
-                send(client, endpoint, &keys, &job, webhooks.settings().allow_private_addresses).await;
+            let (status, error) = match &keys {
+                Ok(keys) => send(client, endpoint, keys, &job, webhooks.settings().allow_private_addresses).await,
+                Err(unsigned) => (None, Some(unsigned.clone())),
+            };
             let at = crate::domain::now();
             let retry_at = error.as_ref().and_then(|_| {
                 let next = at + TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).ok()?;

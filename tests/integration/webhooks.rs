@@ -88,8 +88,12 @@ pub(crate) fn signature_valid(secret: &str, received: &Received) -> bool {
 }
 
 pub(crate) fn with_keyring(config: &mut Config) {
-    let ring = format!("k1:{}", STANDARD.encode([7u8; 32]));
-    config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+    config.encryption = Some(Arc::new(KeyRing::parse(&with_keyring_value()).unwrap()));
+}
+
+/// The key ring [`with_keyring`] configures, as `TESSERA_ENCRYPTION_KEYS` would give it.
+fn with_keyring_value() -> String {
+    format!("k1:{}", STANDARD.encode([7u8; 32]))
 }
 
 async fn spawn(backend: Backend) -> TestApp {
@@ -272,6 +276,45 @@ async fn a_delivery_fails_for_good_when_retries_run_out() {
     // back meanwhile, had run out of time by its first attempt.
     assert_eq!(log[1]["event_type"], "user.created");
     assert!(log[1]["attempts"].as_i64().unwrap() >= 2, "{log:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_key_the_key_ring_lost_fails_deliveries_with_backoff_until_it_is_back() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = db.config();
+    let ring = |value: &str| Config { encryption: Some(Arc::new(KeyRing::parse(value).unwrap())), ..config.clone() };
+    let (k1, k2) = (with_keyring_value(), format!("k2:{}", STANDARD.encode([9u8; 32])));
+    // First k2 (which encrypts the server's own signing keys), then a rotation to k1, under
+    // which the endpoint's signing key is encrypted...
+    let db = TestApp::start(db, &ring(&k2)).await.stop_keeping_db().await;
+    let app = TestApp::start(db, &ring(&format!("{k1},{k2}"))).await;
+    let receiver = Receiver::start().await;
+    let (id, secret) = register(&app, json!({ "url": receiver.url })).await;
+    let db = app.stop_keeping_db().await;
+
+    // ... then back to a ring without k1.
+    let app = TestApp::start(db, &ring(&k2)).await;
+    json(app.bootstrap(&identity("eve", "eve@example.com", None)).await, 201).await;
+    eventually("the delivery fails, and is tried again", || async {
+        deliveries(&app, &id).await.first().is_some_and(|d| d["attempts"].as_i64().unwrap() >= 2)
+    })
+    .await;
+    let log = deliveries(&app, &id).await;
+    assert_eq!(log[0]["state"], "pending", "retried, not given up: {log:?}");
+    assert!(log[0]["last_status"].is_null());
+    let error = log[0]["last_error"].as_str().unwrap();
+    assert!(error.contains("signing key") && error.contains("\"k1\""), "{error}");
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(time(&log[0]["next_attempt_at"]) > time(&log[0]["last_attempt_at"]), "backs off");
+    assert!(receiver.all().is_empty(), "nothing unsigned was sent");
+    let db = app.stop_keeping_db().await;
+
+    // With k1 back, the same delivery goes out, signed.
+    let app = TestApp::start(db, &ring(&format!("{k2},{k1}"))).await;
+    eventually("the delivery goes out", || async { receiver.all().len() == 1 }).await;
+    assert!(signature_valid(&secret, &receiver.all()[0]));
+    eventually("it is logged as delivered", || async { deliveries(&app, &id).await[0]["state"] == "delivered" }).await;
     app.stop().await;
 }
 
