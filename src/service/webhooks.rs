@@ -31,6 +31,8 @@ pub const SECRET_PREFIX: &str = "whsec_";
 pub const MAX_URL_LEN: usize = 2048;
 /// The most deliveries one page of the log holds.
 pub const MAX_PAGE: usize = 500;
+/// The events a replay schedules per transaction ([`Webhooks::replay`]).
+pub const REPLAY_PAGE: i64 = 500;
 
 /// Why a webhook request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -231,9 +233,26 @@ impl Webhooks {
     }
 
     /// Sends every event written since `since` again; returns how many were scheduled.
+    ///
+    /// A page of [`REPLAY_PAGE`] events per transaction, so that a replay of a long window holds
+    /// neither SQLite's writer nor the locks on a whole retention window of events at once. It
+    /// runs to its end even if the caller goes away; one that fails part way keeps the pages it
+    /// committed, and repeating it schedules the same events again (at least once).
     pub async fn replay(&self, id: WebhookId, since: DateTime<Utc>) -> Result<u64, WebhookError> {
         let endpoint = self.get(id).await?;
-        Ok(self.store.replay_webhook(&endpoint, since, now()).await?)
+        let store = self.store.clone();
+        let replay = tokio::spawn(async move {
+            let (mut scheduled, mut after) = (0, None);
+            loop {
+                let page = store.replay_webhook(&endpoint, since, after, REPLAY_PAGE, now()).await?;
+                scheduled += page.scheduled;
+                match page.next {
+                    Some(seq) => after = Some(seq),
+                    None => return Ok::<_, StoreError>(scheduled),
+                }
+            }
+        });
+        Ok(replay.await.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))?)
     }
 
     /// An endpoint the admin API may change: not one of the configuration file.

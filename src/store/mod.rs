@@ -1149,15 +1149,18 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// log rows (the retention sweep); how many events were deleted.
     async fn delete_old_events(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError>;
 
-    /// Schedules every event written since `since` that the endpoint wants again, in one
-    /// transaction: missing deliveries are created, existing ones made pending anew (attempts
-    /// reset, due at `now`). Returns how many were scheduled.
+    /// Schedules again the events written since `since` that the endpoint wants, a page at a
+    /// time: the first `limit` fanned-out events after sequence number `after` (from the first
+    /// with `None`), in one transaction. Missing deliveries are created, existing ones made
+    /// pending anew (attempts reset, due at `now`).
     async fn replay_webhook(
         &self,
         endpoint: &WebhookEndpoint,
         since: DateTime<Utc>,
+        after: Option<i64>,
+        limit: i64,
         now: DateTime<Utc>,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<ReplayPage, StoreError>;
 
     // --- Connected accounts: updates, connector defaults, credential tests ---
 
@@ -1369,6 +1372,15 @@ pub struct WebhookQueue {
     /// When the oldest pending delivery was scheduled (created, or last replayed); `None` when
     /// none is pending.
     pub oldest_scheduled_at: Option<DateTime<Utc>>,
+}
+
+/// One page of a replay ([`Store::replay_webhook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayPage {
+    /// How many of the page's events the endpoint wants, scheduled again.
+    pub scheduled: u64,
+    /// The sequence number to continue after when the page was full; `None`: the replay is done.
+    pub next: Option<i64>,
 }
 
 /// The outcome of one delivery attempt, for [`Store::record_attempt`].

@@ -33,7 +33,7 @@ use super::{
     CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery, UserUpdate,
 };
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
-use super::{PRINCIPALS_PER_READ, PoolStats, WebhookQueue};
+use super::{PRINCIPALS_PER_READ, PoolStats, ReplayPage, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
@@ -2625,15 +2625,20 @@ impl Store for SqlStore {
         &self,
         endpoint: &WebhookEndpoint,
         since: DateTime<Utc>,
+        after: Option<i64>,
+        limit: i64,
         now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<ReplayPage, StoreError> {
         let mut tx = self.db.begin().await?;
         // Only events already fanned out: later ones get their deliveries from the fan-out.
         let events = query(
-            "SELECT seq, id, topic FROM outbox_events WHERE created_at >= $1 AND processed_at IS NOT NULL
-             ORDER BY seq FOR SHARE",
+            "SELECT seq, id, topic FROM outbox_events
+             WHERE created_at >= $1 AND processed_at IS NOT NULL AND ($2 IS NULL OR seq > $2)
+             ORDER BY seq LIMIT $3 FOR SHARE",
         )
         .bind(since)
+        .bind(after)
+        .bind(limit.max(1))
         .fetch_all(&mut tx)
         .await?;
         let mut scheduled = 0;
@@ -2657,7 +2662,11 @@ impl Store for SqlStore {
             scheduled += 1;
         }
         tx.commit().await?;
-        Ok(scheduled)
+        let next = match events.last() {
+            Some(last) if events.len() as i64 >= limit.max(1) => Some(last.int("seq")?),
+            _ => None,
+        };
+        Ok(ReplayPage { scheduled, next })
     }
 
     async fn update_profile(

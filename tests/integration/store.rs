@@ -16,7 +16,7 @@ use tessera::domain::{
     TeamId, TeamMembership, TeamRef, TeamRole, User, UserId, WebhookEndpoint, WebhookId,
 };
 use tessera::service::provisioning::team_plan;
-use tessera::service::webhooks::Webhooks;
+use tessera::service::webhooks::{REPLAY_PAGE, Webhooks};
 use tessera::store::{
     Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, CredentialOutcome,
     CredentialWrite, DataReport, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState, MemberOutcome,
@@ -24,7 +24,7 @@ use tessera::store::{
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredCredential,
     StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate,
 };
-use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate};
+use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
@@ -36,6 +36,7 @@ on_both_backends!(
     an_endpoint_is_leased_to_one_owner_at_a_time,
     the_endpoint_waiting_longest_is_claimed_first,
     attempts_are_recorded_and_a_replay_schedules_events_again,
+    a_replay_longer_than_a_page_schedules_every_event_it_wants,
     old_events_go_once_no_delivery_of_theirs_is_pending,
     a_sweep_never_deletes_an_event_a_replay_scheduled,
     each_change_writes_one_outbox_event_in_its_transaction,
@@ -3422,12 +3423,20 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert_eq!((log[0].state, log[0].attempts, log[0].delivered_at), (DeliveryState::Delivered, 1, Some(t)));
     assert_eq!(store.webhook_deliveries(hook.id, Some(log[0].event_seq), 10).await.unwrap(), [log[1].clone()]);
 
-    let replayed = store.replay_webhook(&hook, start, now()).await.unwrap();
-    assert_eq!(replayed, 2);
+    // Page by page: one event, then the next after it, then none.
+    let page = |after, limit| store.replay_webhook(&hook, start, after, limit, now());
+    let first = page(None, 1).await.unwrap();
+    assert_eq!(first.scheduled, 1);
+    let second = page(first.next, 1).await.unwrap();
+    assert_eq!(second.scheduled, 1);
+    assert!(second.next > first.next && first.next.is_some(), "{first:?} {second:?}");
+    assert_eq!(page(second.next, 1).await.unwrap(), ReplayPage { scheduled: 0, next: None });
+    assert_eq!(page(None, 100).await.unwrap(), ReplayPage { scheduled: 2, next: None });
     let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j.attempts == 0));
-    assert_eq!(store.replay_webhook(&hook, now() + TimeDelta::seconds(5), now()).await.unwrap(), 0);
+    let later = store.replay_webhook(&hook, now() + TimeDelta::seconds(5), None, 100, now()).await.unwrap();
+    assert_eq!(later, ReplayPage { scheduled: 0, next: None });
     // An attempt of the series the replay replaced (sent before it, recorded after) is not
     // recorded over the new one: the replayed event is still sent.
     store.record_attempt(&hook, jobs[0].id, &delivered).await.unwrap();
@@ -3453,6 +3462,29 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert!(store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "as it is now");
     store.delete_webhook(hook.id).await.unwrap();
     assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "gone");
+}
+
+async fn a_replay_longer_than_a_page_schedules_every_event_it_wants(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let sql = db.sql().await;
+    let start = now() - TimeDelta::hours(1);
+    let ada = sign_up(&store, "ada").await.id();
+    // Over two pages of events, half of them wanted, all older than the endpoint.
+    let toggles = 2 * REPLAY_PAGE + 2;
+    for i in 0..toggles {
+        set_user_disabled(&store, ada, i % 2 == 0, start + TimeDelta::milliseconds(i)).await.unwrap();
+    }
+    while store.fan_out_events(500, now()).await.unwrap() > 0 {}
+    let hook = endpoint(&["user.disabled"], now());
+    store.insert_webhook(&hook).await.unwrap();
+    assert_eq!(store.fan_out_events(500, now()).await.unwrap(), 0);
+    assert_eq!(sql.count("webhook_deliveries").await, 0, "older than the endpoint");
+
+    let webhooks = Webhooks::new(store.clone(), None, WebhooksConfig::default());
+    let scheduled = webhooks.replay(hook.id, start - TimeDelta::seconds(1)).await.unwrap();
+    assert_eq!(scheduled, toggles as u64 / 2);
+    assert_eq!(sql.count("webhook_deliveries WHERE state = 'pending'").await, toggles / 2);
+    assert_eq!(store.pending_deliveries(hook.id, 1).await.unwrap()[0].topic, "user.disabled");
 }
 
 async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
@@ -3496,7 +3528,7 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     assert_eq!(sql.count("webhook_deliveries").await, 2, "user.disabled's log rows went with it");
     assert!(store.webhook_deliveries(a.id, None, 10).await.unwrap().is_empty());
     // A replay since before the cutoff finds only what is left.
-    assert_eq!(store.replay_webhook(&c, registered, now()).await.unwrap(), 2);
+    assert_eq!(store.replay_webhook(&c, registered, None, 100, now()).await.unwrap().scheduled, 2);
 
     // The service: a retention of 0 keeps everything; 30 days lets the old event nobody wants go.
     store.update_user(ada.id(), &rename("Ada"), long_ago + minute * 3).await.unwrap();
@@ -3530,7 +3562,7 @@ async fn a_sweep_never_deletes_an_event_a_replay_scheduled(backend: Backend) {
         }
         let replay = {
             let (store, hook) = (store.clone(), hook.clone());
-            tokio::spawn(async move { store.replay_webhook(&hook, written, now()).await.unwrap() })
+            tokio::spawn(async move { store.replay_webhook(&hook, written, None, 100, now()).await.unwrap().scheduled })
         };
         let sweep = {
             let store = store.clone();
