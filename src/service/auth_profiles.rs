@@ -834,7 +834,7 @@ impl AuthProfiles {
             let owner = uuid::Uuid::new_v4();
             let lease = RefreshLease { owner, until: now + LEASE, now };
             if self.store.acquire_refresh_lease(profile.id, secrets.version, &lease).await? {
-                return self.refresh_with_lease(keyring, profile, owner, refresh_ciphertext, &secrets).await;
+                return self.refresh_with_lease(keyring, profile, &lease, refresh_ciphertext, &secrets).await;
             }
             // Another process holds the lease (or just refreshed): wait for the row to change.
             if !std::mem::replace(&mut waited, true) {
@@ -856,10 +856,11 @@ impl AuthProfiles {
         &self,
         keyring: &KeyRing,
         profile: &AuthProfile,
-        owner: uuid::Uuid,
+        lease: &RefreshLease,
         refresh_ciphertext: &[u8],
         before: &ProfileSecrets,
     ) -> Result<AccessToken, AuthProfileError> {
+        let owner = lease.owner;
         let error = match self.call_refresh(keyring, profile, refresh_ciphertext).await {
             Ok(tokens) => {
                 let (access_token, rotated) = encrypt_tokens(keyring, profile.id, &tokens);
@@ -871,13 +872,15 @@ impl AuthProfiles {
                     granted_scopes: Some(granted_scopes(&tokens)).filter(|granted| !granted.is_empty()),
                     now: super::now(),
                 };
-                match self.store.complete_refresh(profile.id, owner, &refreshed).await {
+                match self.store_refresh(profile.id, lease, &refreshed).await {
                     Ok(true) => {}
                     // The lease ran out and someone else refreshed: theirs is as good.
                     Ok(false) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),
                     Err(error) => {
+                        // The new access token is good whether or not it is stored: this caller
+                        // gets it. The next use refreshes again, with the refresh token stored.
+                        tracing::error!(profile_id = %profile.id, error = %error, "cannot store a refreshed token; handing it out unstored");
                         self.release_lease(profile.id, owner).await;
-                        return Err(error.into());
                     }
                 }
                 tracing::debug!(profile_id = %profile.id, rotated = tokens.refresh_token.is_some(), "refreshed a token");
@@ -932,6 +935,28 @@ impl AuthProfiles {
 
     /// Releases a refresh lease on a path that already has an error to report; a failure here
     /// only delays the next refresh until the lease runs out.
+    /// Stores a refresh's tokens, trying again with growing pauses while the database fails
+    /// transiently and the lease lasts: the provider may have rotated the refresh token (and
+    /// revoked the old one), so losing the answer can cost the profile a reconnection.
+    async fn store_refresh(
+        &self,
+        profile: ProfileId,
+        lease: &RefreshLease,
+        refreshed: &Refreshed,
+    ) -> Result<bool, StoreError> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.store.complete_refresh(profile, lease.owner, refreshed).await {
+                Err(error) if error.is_transient() && super::now() + pause < lease.until => {
+                    tracing::warn!(profile_id = %profile, error = %error, "cannot store a refreshed token yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = pause.saturating_mul(4);
+                }
+                done => return done,
+            }
+        }
+    }
+
     async fn release_lease(&self, profile: ProfileId, owner: uuid::Uuid) {
         if let Err(error) = self.store.release_refresh_lease(profile, owner, false, super::now()).await {
             tracing::warn!(profile_id = %profile, error = %error, "cannot release a refresh lease");

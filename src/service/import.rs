@@ -284,7 +284,7 @@ trait Transient {
 
 impl Transient for StoreError {
     fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        StoreError::is_transient(self)
     }
 }
 

@@ -15,7 +15,7 @@ use tessera::crypto::keyring::KeyRing;
 use tessera::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, Slug, TeamId, UserId};
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser, TokenFault};
 
-use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_no_leak, eventually, json as body, on_both_backends};
+use crate::helpers::{ADMIN_TOKEN, Backend, Sql, TestApp, assert_no_leak, eventually, json as body, on_both_backends};
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 
 on_both_backends!(
@@ -930,6 +930,39 @@ async fn a_refresh_survives_its_client_hanging_up(backend: Backend) {
     assert_eq!(w.issuer.refreshes(), 1);
     w.expire_soon(&slug).await;
     assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "the rotated token works");
+}
+
+/// SQLite only: its write lock, held from a connection of the test's, is how a database that
+/// fails writes for a while is made (every writer waits, and fails when its busy timeout of 5 s
+/// runs out); PostgreSQL has no such timeout configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_that_cannot_be_stored_at_once_is_stored_when_the_database_is_back() {
+    let mut w = world(Backend::Sqlite).await;
+    let slug = w.connected("busy").await;
+    w.issuer.rotate_refresh_tokens(true);
+    w.expire_soon(&slug).await;
+    w.issuer.set_token_delay(Duration::from_millis(1000));
+    let request = w.token(w.alice.id, &slug);
+    let sql = w.app.db.sql().await;
+    let Sql::Sqlite(pool) = w.app.db.sql().await else { unreachable!("SQLite") };
+    let (answer, ()) = tokio::join!(request, async {
+        eventually("the refresh lease is taken", || async {
+            sql.count("auth_profiles WHERE refresh_lease_owner IS NOT NULL").await == 1
+        })
+        .await;
+        // The provider answers (rotating the refresh token, revoking the old one) while every
+        // write waits: the first attempt to store its answer fails when the busy timeout ends.
+        let mut lock = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
+    });
+    assert_eq!(body(answer, 200).await["refreshed"], true);
+    assert_eq!(sql.count("auth_profiles WHERE token_version = 2").await, 1, "stored once the lock was gone");
+    w.issuer.set_token_delay(Duration::ZERO);
+    w.expire_soon(&slug).await;
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "the rotated token works");
+    assert_eq!(w.issuer.refreshes(), 2);
 }
 
 async fn the_last_owner_cannot_step_down(backend: Backend) {
