@@ -55,6 +55,9 @@ pub const CONNECT_LINK_TTL: TimeDelta = TimeDelta::minutes(30);
 pub const REFRESH_WINDOW: TimeDelta = TimeDelta::minutes(5);
 /// How long a refresh lease lasts (a crashed holder blocks others at most this long).
 const LEASE: TimeDelta = TimeDelta::seconds(30);
+/// How much of the lease must be left to try storing a refresh's answer again: a write may wait
+/// this long (SQLite's busy timeout).
+const STORE_RETRY_MARGIN: Duration = Duration::from_secs(5);
 /// How long a request waits for another instance's refresh.
 const REFRESH_WAIT: Duration = Duration::from_secs(10);
 /// How long the provider's refresh call may take: well within [`LEASE`], so that no other
@@ -874,11 +877,15 @@ impl AuthProfiles {
                 };
                 match self.store_refresh(profile.id, lease, &refreshed).await {
                     Ok(true) => {}
-                    // The lease ran out and someone else refreshed: theirs is as good.
+                    // The lease ran out and someone else refreshed: theirs is as good. (Or an
+                    // attempt that reported a failure had committed, and this one found the
+                    // lease gone.)
                     Ok(false) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),
                     Err(error) => {
                         // The new access token is good whether or not it is stored: this caller
-                        // gets it. The next use refreshes again, with the refresh token stored.
+                        // gets it. The next use refreshes again with the stored refresh token,
+                        // which a provider that rotates has revoked (the profile then needs a
+                        // reconnection, as it would without this token).
                         tracing::error!(profile_id = %profile.id, error = %error, "cannot store a refreshed token; handing it out unstored");
                         self.release_lease(profile.id, owner).await;
                     }
@@ -933,11 +940,10 @@ impl AuthProfiles {
         }
     }
 
-    /// Releases a refresh lease on a path that already has an error to report; a failure here
-    /// only delays the next refresh until the lease runs out.
     /// Stores a refresh's tokens, trying again with growing pauses while the database fails
-    /// transiently and the lease lasts: the provider may have rotated the refresh token (and
-    /// revoked the old one), so losing the answer can cost the profile a reconnection.
+    /// transiently and the lease has [`STORE_RETRY_MARGIN`] left beyond the pause: the provider
+    /// may have rotated the refresh token (and revoked the old one), so losing the answer can
+    /// cost the profile a reconnection. An attempt that ends after the lease stores nothing.
     async fn store_refresh(
         &self,
         profile: ProfileId,
@@ -947,7 +953,7 @@ impl AuthProfiles {
         let mut pause = Duration::from_millis(50);
         loop {
             match self.store.complete_refresh(profile, lease.owner, refreshed).await {
-                Err(error) if error.is_transient() && super::now() + pause < lease.until => {
+                Err(error) if error.is_transient() && super::now() + pause + STORE_RETRY_MARGIN < lease.until => {
                     tracing::warn!(profile_id = %profile, error = %error, "cannot store a refreshed token yet; trying again");
                     tokio::time::sleep(pause).await;
                     pause = pause.saturating_mul(4);
@@ -957,6 +963,8 @@ impl AuthProfiles {
         }
     }
 
+    /// Releases a refresh lease on a path that already has an error to report; a failure here
+    /// only delays the next refresh until the lease runs out.
     async fn release_lease(&self, profile: ProfileId, owner: uuid::Uuid) {
         if let Err(error) = self.store.release_refresh_lease(profile, owner, false, super::now()).await {
             tracing::warn!(profile_id = %profile, error = %error, "cannot release a refresh lease");

@@ -236,23 +236,30 @@ impl Webhooks {
     ///
     /// A page of [`REPLAY_PAGE`] events per transaction, so that a replay of a long window holds
     /// neither SQLite's writer nor the locks on a whole retention window of events at once. It
-    /// runs to its end even if the caller goes away; one that fails part way keeps the pages it
-    /// committed, and repeating it schedules the same events again (at least once).
+    /// covers the events fanned out when it starts (later ones are delivered by the fan-out, not
+    /// sent twice), runs to its end even if the caller goes away, and one that fails part way
+    /// keeps the pages it committed: repeating it schedules the same events again (at least once).
     pub async fn replay(&self, id: WebhookId, since: DateTime<Utc>) -> Result<u64, WebhookError> {
         let endpoint = self.get(id).await?;
         let store = self.store.clone();
         let replay = tokio::spawn(async move {
-            let (mut scheduled, mut after) = (0, None);
+            let (mut scheduled, mut from) = (0, None);
             loop {
-                let page = store.replay_webhook(&endpoint, since, after, REPLAY_PAGE, now()).await?;
+                let page = store.replay_webhook(&endpoint, since, from, REPLAY_PAGE, now()).await?;
                 scheduled += page.scheduled;
                 match page.next {
-                    Some(seq) => after = Some(seq),
+                    Some(next) => from = Some(next),
                     None => return Ok::<_, StoreError>(scheduled),
                 }
             }
         });
-        Ok(replay.await.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))?)
+        match replay.await {
+            Ok(scheduled) => Ok(scheduled?),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Only when the runtime shuts down (its pool closing): the pages committed so far
+            // stay scheduled, and the client is told to try again (503).
+            Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolClosed).into()),
+        }
     }
 
     /// An endpoint the admin API may change: not one of the configuration file.
@@ -365,7 +372,8 @@ impl Webhooks {
     }
 
     /// The keys that sign an endpoint's deliveries at `at`, decrypted: its key, and the previous
-    /// one while it overlaps after a rotation.
+    /// one while it overlaps after a rotation. A previous key that does not decrypt is left out
+    /// (receivers that moved to the current key still verify); the current one must decrypt.
     pub fn signing_keys(&self, endpoint: &WebhookEndpoint, at: DateTime<Utc>) -> Result<Vec<Vec<u8>>, String> {
         let keyring = self.keyring.as_ref().ok_or("no key ring is configured to decrypt the signing key")?;
         let mut keys =
@@ -373,9 +381,13 @@ impl Webhooks {
         if let (Some(previous), Some(until)) = (&endpoint.previous_secret, endpoint.previous_secret_until)
             && until > at
         {
-            keys.push(
-                keyring.decrypt(previous, &WebhookEndpoint::previous_aad(endpoint.id)).map_err(|e| e.to_string())?,
-            );
+            match keyring.decrypt(previous, &WebhookEndpoint::previous_aad(endpoint.id)) {
+                Ok(key) => keys.push(key),
+                Err(error) => tracing::warn!(
+                    webhook = %endpoint.id, error = %error,
+                    "the previous signing key does not decrypt; signing with the current one alone"
+                ),
+            }
         }
         Ok(keys)
     }

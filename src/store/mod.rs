@@ -1158,14 +1158,14 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn delete_old_events(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError>;
 
     /// Schedules again the events written since `since` that the endpoint wants, a page at a
-    /// time: the first `limit` fanned-out events after sequence number `after` (from the first
-    /// with `None`), in one transaction. Missing deliveries are created, existing ones made
-    /// pending anew (attempts reset, due at `now`).
+    /// time: the first `limit` fanned-out events from `from` on (`None`: a new replay, which
+    /// covers the events fanned out so far), in one transaction. Missing deliveries are created,
+    /// existing ones made pending anew (attempts reset, due at `now`).
     async fn replay_webhook(
         &self,
         endpoint: &WebhookEndpoint,
         since: DateTime<Utc>,
-        after: Option<i64>,
+        from: Option<ReplayCursor>,
         limit: i64,
         now: DateTime<Utc>,
     ) -> Result<ReplayPage, StoreError>;
@@ -1387,8 +1387,19 @@ pub struct WebhookQueue {
 pub struct ReplayPage {
     /// How many of the page's events the endpoint wants, scheduled again.
     pub scheduled: u64,
-    /// The sequence number to continue after when the page was full; `None`: the replay is done.
-    pub next: Option<i64>,
+    /// Where the next page starts when this one was full; `None`: the replay is done.
+    pub next: Option<ReplayCursor>,
+}
+
+/// Where a replay goes on ([`Store::replay_webhook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReplayCursor {
+    /// The sequence number of the last event already covered.
+    pub after: i64,
+    /// The last event the replay covers: the last fanned out when it started. Events fanned out
+    /// since have their deliveries from the fan-out; scheduling them again would send an event
+    /// just delivered a second time.
+    pub through: i64,
 }
 
 /// The outcome of one delivery attempt, for [`Store::record_attempt`].

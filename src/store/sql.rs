@@ -33,7 +33,7 @@ use super::{
     CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery, UserUpdate,
 };
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
-use super::{PRINCIPALS_PER_READ, PoolStats, ReplayPage, WebhookQueue};
+use super::{PRINCIPALS_PER_READ, PoolStats, ReplayCursor, ReplayPage, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
@@ -2625,19 +2625,33 @@ impl Store for SqlStore {
         &self,
         endpoint: &WebhookEndpoint,
         since: DateTime<Utc>,
-        after: Option<i64>,
+        from: Option<ReplayCursor>,
         limit: i64,
         now: DateTime<Utc>,
     ) -> Result<ReplayPage, StoreError> {
         let mut tx = self.db.begin().await?;
+        let from = match from {
+            Some(from) => from,
+            None => {
+                let last = query("SELECT max(seq) AS last FROM outbox_events WHERE processed_at IS NOT NULL")
+                    .fetch_one(&mut tx)
+                    .await?
+                    .opt_int("last")?;
+                let Some(through) = last else {
+                    return Ok(ReplayPage { scheduled: 0, next: None });
+                };
+                ReplayCursor { after: i64::MIN, through }
+            }
+        };
         // Only events already fanned out: later ones get their deliveries from the fan-out.
         let events = query(
             "SELECT seq, id, topic FROM outbox_events
-             WHERE created_at >= $1 AND processed_at IS NOT NULL AND ($2 IS NULL OR seq > $2)
-             ORDER BY seq LIMIT $3 FOR SHARE",
+             WHERE created_at >= $1 AND processed_at IS NOT NULL AND seq > $2 AND seq <= $3
+             ORDER BY seq LIMIT $4 FOR SHARE",
         )
         .bind(since)
-        .bind(after)
+        .bind(from.after)
+        .bind(from.through)
         .bind(limit.max(1))
         .fetch_all(&mut tx)
         .await?;
@@ -2663,7 +2677,9 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         let next = match events.last() {
-            Some(last) if events.len() as i64 >= limit.max(1) => Some(last.int("seq")?),
+            Some(last) if events.len() as i64 >= limit.max(1) => {
+                Some(ReplayCursor { after: last.int("seq")?, through: from.through })
+            }
             _ => None,
         };
         Ok(ReplayPage { scheduled, next })

@@ -941,7 +941,7 @@ async fn a_rotated_refresh_token_that_cannot_be_stored_at_once_is_stored_when_th
     let slug = w.connected("busy").await;
     w.issuer.rotate_refresh_tokens(true);
     w.expire_soon(&slug).await;
-    w.issuer.set_token_delay(Duration::from_millis(1000));
+    w.issuer.set_token_delay(Duration::from_millis(2000));
     let request = w.token(w.alice.id, &slug);
     let sql = w.app.db.sql().await;
     let Sql::Sqlite(pool) = w.app.db.sql().await else { unreachable!("SQLite") };
@@ -954,7 +954,9 @@ async fn a_rotated_refresh_token_that_cannot_be_stored_at_once_is_stored_when_th
         // write waits: the first attempt to store its answer fails when the busy timeout ends.
         let mut lock = pool.acquire().await.unwrap();
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(6500)).await;
+        assert_eq!(w.issuer.refreshes(), 0, "the lock is held before the provider answers");
+        // It answers at 2 s; the write waits 5 s, fails, and is tried again until 8 s.
+        tokio::time::sleep(Duration::from_millis(8000)).await;
         sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
     });
     assert_eq!(body(answer, 200).await["refreshed"], true);

@@ -3424,7 +3424,7 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert_eq!(store.webhook_deliveries(hook.id, Some(log[0].event_seq), 10).await.unwrap(), [log[1].clone()]);
 
     // Page by page: one event, then the next after it, then none.
-    let page = |after, limit| store.replay_webhook(&hook, start, after, limit, now());
+    let page = |from, limit| store.replay_webhook(&hook, start, from, limit, now());
     let first = page(None, 1).await.unwrap();
     assert_eq!(first.scheduled, 1);
     let second = page(first.next, 1).await.unwrap();
@@ -3485,6 +3485,21 @@ async fn a_replay_longer_than_a_page_schedules_every_event_it_wants(backend: Bac
     assert_eq!(scheduled, toggles as u64 / 2);
     assert_eq!(sql.count("webhook_deliveries WHERE state = 'pending'").await, toggles / 2);
     assert_eq!(store.pending_deliveries(hook.id, 1).await.unwrap()[0].topic, "user.disabled");
+
+    // A replay covers the events fanned out when it began: one fanned out between its pages has
+    // its delivery from the fan-out, and is not scheduled again (it could be sent twice).
+    let first = store.replay_webhook(&hook, start, None, REPLAY_PAGE, now()).await.unwrap();
+    assert_eq!(first.scheduled, REPLAY_PAGE as u64 / 2);
+    set_user_disabled(&store, ada, true, now()).await.unwrap();
+    store.fan_out_events(500, now()).await.unwrap();
+    assert_eq!(sql.count("webhook_deliveries").await, toggles / 2 + 1, "the fan-out's delivery");
+    let mut scheduled = first.scheduled;
+    let mut next = first.next;
+    while let Some(from) = next {
+        let page = store.replay_webhook(&hook, start, Some(from), REPLAY_PAGE, now()).await.unwrap();
+        (scheduled, next) = (scheduled + page.scheduled, page.next);
+    }
+    assert_eq!(scheduled, toggles as u64 / 2, "the later event is not part of it");
 }
 
 async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
