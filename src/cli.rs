@@ -1,5 +1,5 @@
 //! The command line: `tessera serve | migrate | check | keys … | users … | teams … | clients … |
-//! import | export`.
+//! import | export | backup`.
 //! (Benchmarks are a separate binary, `tessera-bench`, outside the product.)
 
 use std::path::PathBuf;
@@ -75,6 +75,12 @@ pub enum Command {
     /// Write every identity (issuer, subject, email, email_verified, name) as JSON Lines or CSV,
     /// in the format `tessera import` reads.
     Export(import::ExportArgs),
+    /// Write a consistent copy of the SQLite database to a new file, while Tessera keeps
+    /// serving (PostgreSQL is backed up with its own tools: pg_dump, base backups).
+    Backup {
+        /// The file to write, readable by its owner only; it must not exist.
+        to: PathBuf,
+    },
 }
 
 /// Key actions.
@@ -159,6 +165,67 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Clients { action } => admin::clients(&config, action).await,
         Command::Import(args) => import::import(&config, args).await,
         Command::Export(args) => import::export(&config, args).await,
+        Command::Backup { to } => backup(config, &to).await,
+    }
+}
+
+async fn backup(config: Config, to: &std::path::Path) -> ExitCode {
+    let url = config.database.url.expose();
+    if config.database.url.backend() != crate::config::Backend::Sqlite {
+        eprintln!(
+            "tessera: `backup` copies an SQLite database; back up PostgreSQL with its own tools (pg_dump, base backups)"
+        );
+        return ExitCode::from(2);
+    }
+    match store::sqlite_database_exists(url) {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("tessera: there is no database at {} to back up", config.database.url.redacted());
+            return ExitCode::from(2);
+        }
+        Err(e) => return fail(&e),
+    }
+    let Some(path) = to.to_str() else {
+        eprintln!("tessera: {} is not a UTF-8 path", to.display());
+        return ExitCode::from(2);
+    };
+    // Created here, empty, for the owner only: the copy holds hashes of secrets and encrypted
+    // tokens. `VACUUM INTO` fills an empty file.
+    let mut new_file = std::fs::OpenOptions::new();
+    new_file.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut new_file, 0o600);
+    if let Err(e) = new_file.open(to) {
+        let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            "exists; name a new file".into()
+        } else {
+            e.to_string()
+        };
+        eprintln!("tessera: cannot create {}: {why}", to.display());
+        return ExitCode::from(2);
+    }
+    let copied = match store::connect(&config.database).await {
+        Ok(store) => {
+            let copied = store.copy_into(path).await;
+            store.close().await;
+            copied
+        }
+        Err(e) => Err(e),
+    };
+    match copied {
+        Ok(_) => {
+            let bytes = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "wrote a consistent copy of {} to {} ({bytes} bytes)",
+                config.database.url.redacted(),
+                to.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(to);
+            fail(&e)
+        }
     }
 }
 

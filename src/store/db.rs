@@ -226,6 +226,19 @@ impl Db {
         }
     }
 
+    /// Writes a consistent copy of an SQLite database into `path`, which must not exist or be
+    /// empty (SQLite's `VACUUM INTO`, on a reader: it runs beside readers and writers, and sees
+    /// one snapshot). `Ok(false)` on PostgreSQL, which is backed up with its own tools.
+    pub(super) async fn copy_into(&self, path: &str) -> Result<bool, StoreError> {
+        match self {
+            Db::Sqlite { .. } => {
+                query("VACUUM INTO $1").bind(path).execute(self.reader()).await?;
+                Ok(true)
+            }
+            Db::Postgres { .. } => Ok(false),
+        }
+    }
+
     /// Starts a write transaction.
     pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {

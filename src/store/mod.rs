@@ -648,6 +648,11 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Writes a consistent copy of the database into `path`, a new (or empty) file, while the
+    /// database stays in use; `Ok(false)` when the backend is backed up with its own tools
+    /// (PostgreSQL).
+    async fn copy_into(&self, path: &str) -> Result<bool, StoreError>;
+
     /// Checks that the database answers within the readiness bound (`database.ready_timeout_ms`),
     /// for `/readyz`: [`StoreError::Unavailable`] when it does not, however long the pool would
     /// have waited.

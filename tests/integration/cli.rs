@@ -1,5 +1,5 @@
 //! The `tessera` binary itself: `serve`, `migrate`, `check`, `keys signing` and the operators'
-//! `users`, `teams` and `clients` commands, run as child processes.
+//! `users`, `teams`, `clients` and `backup` commands, run as child processes.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -482,6 +482,76 @@ async fn json_of(dir: &std::path::Path, db: &TestDb, args: &[&str]) -> Value {
     let output = run(&mut on_db(dir, db, args)).await;
     assert_eq!(output.code, 0, "{args:?}: {}{}", output.stdout, output.stderr);
     serde_json::from_str(&output.stdout).unwrap_or_else(|_| panic!("{args:?} printed no JSON: {}", output.stdout))
+}
+
+/// `tessera backup` while a server runs on the same SQLite file: a copy that the other commands
+/// read as the database it was, owner-only, never over an existing file; PostgreSQL is refused.
+#[tokio::test]
+async fn backup_copies_a_live_sqlite_database_into_a_new_file() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let account = |subject: &str| tessera::store::NewAccount {
+        user_id: tessera::domain::UserId::generate(),
+        identity_id: tessera::domain::IdentityId::generate(),
+        issuer: tessera::domain::Issuer::parse("https://issuer.example.com").unwrap(),
+        subject: tessera::domain::Subject::parse(subject).unwrap(),
+        provider: "test".into(),
+        email: None,
+        email_verified: false,
+        name: None,
+        team: tessera::service::provisioning::team_plan(None),
+        now: chrono::Utc::now(),
+    };
+    let mut ids = Vec::new();
+    for subject in ["backup-ada", "backup-bob"] {
+        let new = account(subject);
+        store.create_account(&new).await.unwrap();
+        ids.push(new.user_id.to_string());
+    }
+    let (server, addr) = serve(on_db(dir.path(), &db, &["serve"]).env("TESSERA_LISTEN", "127.0.0.1:0"))
+        .await
+        .unwrap_or_else(|o| panic!("serve failed ({}): {}", o.code, o.stderr));
+
+    let copy = dir.path().join("copy.db");
+    let done = run(&mut on_db(dir.path(), &db, &["backup", copy.to_str().unwrap()])).await;
+    assert_eq!(done.code, 0, "{}{}", done.stdout, done.stderr);
+    assert!(done.stdout.contains("wrote a consistent copy"), "{}", done.stdout);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600, "owner only");
+    store.create_account(&account("backup-cy")).await.unwrap();
+    assert_eq!(get(&addr, "/readyz").await, 200, "the server kept serving");
+    assert_eq!(stop(server).await, 0);
+
+    // The copy is the database as it was: the other commands read it.
+    let on_copy = |args: &[&str]| {
+        let mut command = tessera(dir.path());
+        command.env("TESSERA_DATABASE_URL", format!("sqlite://{}", copy.display())).args(args);
+        command
+    };
+    let listed = run(&mut on_copy(&["users", "list", "--json"])).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let users: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let copied: Vec<&str> = users["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    assert_eq!(copied, ids, "the two users of the moment, not the one written after");
+    let check = run(&mut on_copy(&["check"])).await;
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+
+    // Never over a file, never from nothing, never PostgreSQL.
+    let before = std::fs::read(&copy).unwrap();
+    let again = run(&mut on_db(dir.path(), &db, &["backup", copy.to_str().unwrap()])).await;
+    assert_eq!(again.code, 2);
+    assert!(again.stderr.contains("exists; name a new file"), "{}", again.stderr);
+    assert_eq!(std::fs::read(&copy).unwrap(), before, "the existing file is untouched");
+    let missing = format!("sqlite://{}", dir.path().join("missing.db").display());
+    let none = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", &missing).args(["backup", "x.db"])).await;
+    assert_eq!(none.code, 2);
+    assert!(none.stderr.contains("there is no database"), "{}", none.stderr);
+    assert!(!dir.path().join("x.db").exists() && !dir.path().join("missing.db").exists());
+    let pg = "postgres://tessera@127.0.0.1:1/tessera";
+    let refused = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", pg).args(["backup", "y.db"])).await;
+    assert_eq!(refused.code, 2);
+    assert!(refused.stderr.contains("pg_dump"), "{}", refused.stderr);
 }
 
 async fn users_and_teams_commands_work_on_the_configured_database(backend: Backend) {
