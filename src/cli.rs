@@ -177,56 +177,94 @@ async fn backup(config: Config, to: &std::path::Path) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match store::sqlite_database_exists(url) {
-        Ok(true) => {}
-        Ok(false) => {
+    match store::sqlite_file(url) {
+        Ok(Some(file)) if file.exists() => {}
+        Ok(Some(_)) => {
             eprintln!("tessera: there is no database at {} to back up", config.database.url.redacted());
+            return ExitCode::from(2);
+        }
+        Ok(None) => {
+            eprintln!("tessera: an in-memory database cannot be backed up");
             return ExitCode::from(2);
         }
         Err(e) => return fail(&e),
     }
-    let Some(path) = to.to_str() else {
-        eprintln!("tessera: {} is not a UTF-8 path", to.display());
-        return ExitCode::from(2);
+    // Absolute, so that SQLite cannot read the name as a URI (`file:…`).
+    let target = match std::path::absolute(to) {
+        Ok(target) if target.to_str().is_some() => target,
+        _ => {
+            eprintln!("tessera: {} is not a usable path (absolute, UTF-8)", to.display());
+            return ExitCode::from(2);
+        }
     };
-    // Created here, empty, for the owner only: the copy holds hashes of secrets and encrypted
-    // tokens. `VACUUM INTO` fills an empty file.
+    if target.symlink_metadata().is_ok() {
+        eprintln!("tessera: {} exists; name a new file", target.display());
+        return ExitCode::from(2);
+    }
+    match write_backup(url, &target).await {
+        Ok(bytes) => {
+            println!(
+                "wrote a consistent copy of {} to {} ({bytes} bytes)",
+                config.database.url.redacted(),
+                target.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(BackupError::Exists) => {
+            eprintln!("tessera: {} exists; name a new file", target.display());
+            ExitCode::from(2)
+        }
+        Err(BackupError::File(what, e)) => {
+            eprintln!("tessera: cannot {what} {}: {e}", target.display());
+            ExitCode::FAILURE
+        }
+        Err(BackupError::Store(e)) => fail(&e),
+    }
+}
+
+/// Why [`write_backup`] failed.
+enum BackupError {
+    /// The target appeared meanwhile.
+    Exists,
+    /// A file operation failed: what it was, and why.
+    File(&'static str, std::io::Error),
+    /// The copy itself failed.
+    Store(store::StoreError),
+}
+
+/// Copies the database into a new owner-only file beside `target` (named `.NAME.RANDOM.partial`),
+/// flushes it to disk, and links it in as `target` only when complete: an interrupted backup
+/// never leaves a partial file under the name of a good one, and an existing file is never
+/// replaced. Returns the copy's size.
+async fn write_backup(url: &str, target: &std::path::Path) -> Result<u64, BackupError> {
+    let dir = target.parent().unwrap_or(std::path::Path::new("/"));
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let suffix: String = crate::crypto::random_bytes::<6>().iter().map(|b| format!("{b:02x}")).collect();
+    let partial = dir.join(format!(".{name}.{suffix}.partial"));
     let mut new_file = std::fs::OpenOptions::new();
     new_file.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut new_file, 0o600);
-    if let Err(e) = new_file.open(to) {
-        let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
-            "exists; name a new file".into()
-        } else {
-            e.to_string()
-        };
-        eprintln!("tessera: cannot create {}: {why}", to.display());
-        return ExitCode::from(2);
+    new_file.open(&partial).map_err(|e| BackupError::File("create a file beside", e))?;
+    let written = async {
+        let path = partial.to_str().expect("the target's directory is UTF-8, and so is the name made here");
+        store::copy_sqlite(url, path).await.map_err(BackupError::Store)?;
+        let copy = std::fs::File::open(&partial).map_err(|e| BackupError::File("reopen the copy of", e))?;
+        copy.sync_all().map_err(|e| BackupError::File("flush the copy of", e))?;
+        // A hard link refuses an existing target, which a rename would replace.
+        match std::fs::hard_link(&partial, target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(BackupError::Exists),
+            Err(e) => return Err(BackupError::File("link the copy as", e)),
+        }
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(copy.metadata().map(|m| m.len()).unwrap_or(0))
     }
-    let copied = match store::connect(&config.database).await {
-        Ok(store) => {
-            let copied = store.copy_into(path).await;
-            store.close().await;
-            copied
-        }
-        Err(e) => Err(e),
-    };
-    match copied {
-        Ok(_) => {
-            let bytes = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
-            println!(
-                "wrote a consistent copy of {} to {} ({bytes} bytes)",
-                config.database.url.redacted(),
-                to.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(to);
-            fail(&e)
-        }
-    }
+    .await;
+    let _ = std::fs::remove_file(&partial);
+    written
 }
 
 async fn serve(config: Config, migrate: bool) -> ExitCode {

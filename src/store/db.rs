@@ -226,19 +226,6 @@ impl Db {
         }
     }
 
-    /// Writes a consistent copy of an SQLite database into `path`, which must not exist or be
-    /// empty (SQLite's `VACUUM INTO`, on a reader: it runs beside readers and writers, and sees
-    /// one snapshot). `Ok(false)` on PostgreSQL, which is backed up with its own tools.
-    pub(super) async fn copy_into(&self, path: &str) -> Result<bool, StoreError> {
-        match self {
-            Db::Sqlite { .. } => {
-                query("VACUUM INTO $1").bind(path).execute(self.reader()).await?;
-                Ok(true)
-            }
-            Db::Postgres { .. } => Ok(false),
-        }
-    }
-
     /// Starts a write transaction.
     pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
@@ -876,6 +863,27 @@ pub(super) async fn try_exclusive(tx: &mut Tx, key: i64) -> Result<bool, StoreEr
 /// Whether an SQLite URL names an in-memory database.
 fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// The database file a `sqlite:` URL names; `None` for an in-memory database.
+pub fn sqlite_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    if is_in_memory(url) {
+        return Ok(None);
+    }
+    Ok(Some(SqliteConnectOptions::from_str(url)?.get_filename().to_path_buf()))
+}
+
+/// Writes a consistent copy of the SQLite database `url` names into `into`, a file that must not
+/// exist or be empty: SQLite's `VACUUM INTO`, on a read-only connection of its own (nothing is
+/// created or switched to WAL), which reads one snapshot — what the `-wal` file holds included —
+/// beside readers and writers. `into` should be absolute: SQLite reads a name that starts with
+/// `file:` as a URI.
+pub async fn copy_sqlite(url: &str, into: &str) -> Result<(), StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?.read_only(true).busy_timeout(Duration::from_secs(5));
+    let mut connection = SqliteConnection::connect_with(&options).await?;
+    sqlx::query("VACUUM INTO ?1").bind(into).execute(&mut connection).await?;
+    connection.close().await?;
+    Ok(())
 }
 
 /// Whether the database file a `sqlite:` URL names exists already (in-memory databases do).

@@ -36,7 +36,7 @@ use crate::domain::{
 pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
 pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use cache_sync::{CacheChange, LoggedChange};
-pub use db::{create_pg_database, drop_pg_database, sqlite_database_exists};
+pub use db::{copy_sqlite, create_pg_database, drop_pg_database, sqlite_database_exists, sqlite_file};
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 pub use migrations::MigrationStatus;
 pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate};
@@ -647,11 +647,6 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Writes a consistent copy of the database into `path`, a new (or empty) file, while the
-    /// database stays in use; `Ok(false)` when the backend is backed up with its own tools
-    /// (PostgreSQL).
-    async fn copy_into(&self, path: &str) -> Result<bool, StoreError>;
 
     /// Checks that the database answers within the readiness bound (`database.ready_timeout_ms`),
     /// for `/readyz`: [`StoreError::Unavailable`] when it does not, however long the pool would

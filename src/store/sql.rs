@@ -417,10 +417,6 @@ impl Store for SqlStore {
         self.db.backend()
     }
 
-    async fn copy_into(&self, path: &str) -> Result<bool, StoreError> {
-        self.db.copy_into(path).await
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         // The reader: on SQLite the writer is one connection, busy with every write transaction.
         query("SELECT 1").execute(self.db.reader()).await?;

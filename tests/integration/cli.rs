@@ -484,8 +484,10 @@ async fn json_of(dir: &std::path::Path, db: &TestDb, args: &[&str]) -> Value {
     serde_json::from_str(&output.stdout).unwrap_or_else(|_| panic!("{args:?} printed no JSON: {}", output.stdout))
 }
 
-/// `tessera backup` while a server runs on the same SQLite file: a copy that the other commands
-/// read as the database it was, owner-only, never over an existing file; PostgreSQL is refused.
+/// `tessera backup` while a server runs on the same SQLite file and the database is written: a
+/// copy that holds what was still only in the `-wal` file, that the other commands read as the
+/// database it was, owner-only, never over an existing file, never a URI; in-memory databases and
+/// PostgreSQL are refused.
 #[tokio::test]
 async fn backup_copies_a_live_sqlite_database_into_a_new_file() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -509,49 +511,87 @@ async fn backup_copies_a_live_sqlite_database_into_a_new_file() {
         store.create_account(&new).await.unwrap();
         ids.push(new.user_id.to_string());
     }
+    let source = tessera::store::sqlite_file(&db.url).unwrap().unwrap();
+    let wal = std::path::PathBuf::from(format!("{}-wal", source.display()));
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "the rows are still in the -wal file: a file copy would miss them"
+    );
     let (server, addr) = serve(on_db(dir.path(), &db, &["serve"]).env("TESSERA_LISTEN", "127.0.0.1:0"))
         .await
         .unwrap_or_else(|o| panic!("serve failed ({}): {}", o.code, o.stderr));
 
+    // Written to all along, through another connection.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (store, writing) = (store.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                store.create_account(&account(&format!("backup-writer-{n}"))).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
     let copy = dir.path().join("copy.db");
-    let done = run(&mut on_db(dir.path(), &db, &["backup", copy.to_str().unwrap()])).await;
+    let done = run(&mut on_db(dir.path(), &db, &["backup", "copy.db"])).await;
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap();
     assert_eq!(done.code, 0, "{}{}", done.stdout, done.stderr);
     assert!(done.stdout.contains("wrote a consistent copy"), "{}", done.stdout);
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600, "owner only");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600, "owner only");
+    }
     store.create_account(&account("backup-cy")).await.unwrap();
     assert_eq!(get(&addr, "/readyz").await, 200, "the server kept serving");
     assert_eq!(stop(server).await, 0);
 
-    // The copy is the database as it was: the other commands read it.
-    let on_copy = |args: &[&str]| {
-        let mut command = tessera(dir.path());
-        command.env("TESSERA_DATABASE_URL", format!("sqlite://{}", copy.display())).args(args);
-        command
-    };
-    let listed = run(&mut on_copy(&["users", "list", "--json"])).await;
+    // The copy is whole, and a database the other commands read.
+    let copy_url = format!("sqlite://{}", copy.display());
+    let check = sqlx::SqlitePool::connect(&format!("{copy_url}?mode=ro")).await.unwrap();
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&check).await.unwrap();
+    assert_eq!(integrity, "ok");
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&check).await.unwrap();
+    assert!((2..=2 + written as i64).contains(&users), "{users} users of {} written", 2 + written);
+    check.close().await;
+    let listed =
+        run(tessera(dir.path()).env("TESSERA_DATABASE_URL", &copy_url).args(["users", "list", "--json"])).await;
     assert_eq!(listed.code, 0, "{}", listed.stderr);
     let users: Value = serde_json::from_str(&listed.stdout).unwrap();
     let copied: Vec<&str> = users["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
-    assert_eq!(copied, ids, "the two users of the moment, not the one written after");
-    let check = run(&mut on_copy(&["check"])).await;
-    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    assert_eq!(copied[..2], ids, "the first two users, from the -wal file");
+    assert!(!users.to_string().contains("backup-cy"), "not the one written after");
 
-    // Never over a file, never from nothing, never PostgreSQL.
+    // Never over a file, never a URI, never from nothing, never PostgreSQL.
     let before = std::fs::read(&copy).unwrap();
     let again = run(&mut on_db(dir.path(), &db, &["backup", copy.to_str().unwrap()])).await;
     assert_eq!(again.code, 2);
     assert!(again.stderr.contains("exists; name a new file"), "{}", again.stderr);
     assert_eq!(std::fs::read(&copy).unwrap(), before, "the existing file is untouched");
+    let uri = run(&mut on_db(dir.path(), &db, &["backup", "file:uri.db"])).await;
+    assert_eq!(uri.code, 0, "{}", uri.stderr);
+    assert!(dir.path().join("file:uri.db").metadata().unwrap().len() > 0, "a file of that very name");
+    assert!(!dir.path().join("uri.db").exists(), "not a URI");
     let missing = format!("sqlite://{}", dir.path().join("missing.db").display());
     let none = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", &missing).args(["backup", "x.db"])).await;
     assert_eq!(none.code, 2);
     assert!(none.stderr.contains("there is no database"), "{}", none.stderr);
     assert!(!dir.path().join("x.db").exists() && !dir.path().join("missing.db").exists());
+    let memory = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", "sqlite::memory:").args(["backup", "m.db"])).await;
+    assert_eq!(memory.code, 2);
+    assert!(memory.stderr.contains("in-memory"), "{}", memory.stderr);
     let pg = "postgres://tessera@127.0.0.1:1/tessera";
     let refused = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", pg).args(["backup", "y.db"])).await;
     assert_eq!(refused.code, 2);
     assert!(refused.stderr.contains("pg_dump"), "{}", refused.stderr);
+    let partial = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().ends_with(".partial"));
+    assert!(!partial, "no partial file is left behind");
 }
 
 async fn users_and_teams_commands_work_on_the_configured_database(backend: Backend) {
