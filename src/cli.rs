@@ -232,35 +232,46 @@ enum BackupError {
     Store(store::StoreError),
 }
 
-/// Copies the database into a new owner-only file beside `target` (named `.NAME.RANDOM.partial`),
-/// flushes it to disk, and links it in as `target` only when complete: an interrupted backup
+/// Copies the database into a new owner-only file beside `target` (`.tessera-backup.RANDOM.partial`),
+/// flushes it to disk, and puts it in place as `target` only when complete: an interrupted backup
 /// never leaves a partial file under the name of a good one, and an existing file is never
 /// replaced. Returns the copy's size.
 async fn write_backup(url: &str, target: &std::path::Path) -> Result<u64, BackupError> {
-    let dir = target.parent().unwrap_or(std::path::Path::new("/"));
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parent = target.parent().unwrap_or(std::path::Path::new("/"));
+    // The directory as the kernel resolves it, so that SQLite (which opens the partial file by
+    // name) and this function name the same file.
+    let dir = std::fs::canonicalize(parent).map_err(|e| BackupError::File("find the directory of", e))?;
     let suffix: String = crate::crypto::random_bytes::<6>().iter().map(|b| format!("{b:02x}")).collect();
-    let partial = dir.join(format!(".{name}.{suffix}.partial"));
+    let partial = dir.join(format!(".tessera-backup.{suffix}.partial"));
     let mut new_file = std::fs::OpenOptions::new();
     new_file.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut new_file, 0o600);
     new_file.open(&partial).map_err(|e| BackupError::File("create a file beside", e))?;
     let written = async {
-        let path = partial.to_str().expect("the target's directory is UTF-8, and so is the name made here");
+        let Some(path) = partial.to_str() else {
+            return Err(BackupError::File("name a UTF-8 file beside", std::io::ErrorKind::InvalidInput.into()));
+        };
         store::copy_sqlite(url, path).await.map_err(BackupError::Store)?;
         let copy = std::fs::File::open(&partial).map_err(|e| BackupError::File("reopen the copy of", e))?;
         copy.sync_all().map_err(|e| BackupError::File("flush the copy of", e))?;
-        // A hard link refuses an existing target, which a rename would replace.
+        let bytes = copy.metadata().map_err(|e| BackupError::File("read the copy of", e))?.len();
+        if bytes == 0 {
+            let empty = std::io::Error::other("SQLite wrote nothing into it");
+            return Err(BackupError::File("copy the database to", empty));
+        }
+        // A hard link refuses an existing target, where a rename would replace it. Where the
+        // file system has no hard links, a rename after checking that the target is still absent.
         match std::fs::hard_link(&partial, target) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(BackupError::Exists),
-            Err(e) => return Err(BackupError::File("link the copy as", e)),
+            Err(_) if target.symlink_metadata().is_ok() => return Err(BackupError::Exists),
+            Err(_) => std::fs::rename(&partial, target).map_err(|e| BackupError::File("move the copy to", e))?,
         }
-        if let Ok(dir) = std::fs::File::open(dir) {
+        if let Ok(dir) = std::fs::File::open(&dir) {
             let _ = dir.sync_all();
         }
-        Ok(copy.metadata().map(|m| m.len()).unwrap_or(0))
+        Ok(bytes)
     }
     .await;
     let _ = std::fs::remove_file(&partial);

@@ -55,9 +55,9 @@ pub const CONNECT_LINK_TTL: TimeDelta = TimeDelta::minutes(30);
 pub const REFRESH_WINDOW: TimeDelta = TimeDelta::minutes(5);
 /// How long a refresh lease lasts (a crashed holder blocks others at most this long).
 const LEASE: TimeDelta = TimeDelta::seconds(30);
-/// How much of the lease must be left to try storing a refresh's answer again: a write may wait
-/// this long (SQLite's busy timeout).
-const STORE_RETRY_MARGIN: Duration = Duration::from_secs(5);
+/// How much of the lease must be left to try storing a refresh's answer again: with the default
+/// settings a write may wait this long (5 s for a connection, then SQLite's busy timeout of 5 s).
+const STORE_RETRY_MARGIN: Duration = Duration::from_secs(10);
 /// How long a request waits for another instance's refresh.
 const REFRESH_WAIT: Duration = Duration::from_secs(10);
 /// How long the provider's refresh call may take: well within [`LEASE`], so that no other
@@ -943,7 +943,8 @@ impl AuthProfiles {
     /// Stores a refresh's tokens, trying again with growing pauses while the database fails
     /// transiently and the lease has [`STORE_RETRY_MARGIN`] left beyond the pause: the provider
     /// may have rotated the refresh token (and revoked the old one), so losing the answer can
-    /// cost the profile a reconnection. An attempt that ends after the lease stores nothing.
+    /// cost the profile a reconnection. An attempt that ends after another process took the
+    /// expired lease stores nothing (the owner no longer matches).
     async fn store_refresh(
         &self,
         profile: ProfileId,

@@ -1400,6 +1400,9 @@ pub struct ReplayCursor {
     /// since have their deliveries from the fan-out; scheduling them again would send an event
     /// just delivered a second time.
     pub through: i64,
+    /// When the replay started: a delivery the fan-out scheduled later (an event below
+    /// `through` whose transaction committed late) is left as the fan-out made it.
+    pub started: DateTime<Utc>,
 }
 
 /// The outcome of one delivery attempt, for [`Store::record_attempt`].

@@ -2629,20 +2629,21 @@ impl Store for SqlStore {
         limit: i64,
         now: DateTime<Utc>,
     ) -> Result<ReplayPage, StoreError> {
-        let mut tx = self.db.begin().await?;
         let from = match from {
             Some(from) => from,
             None => {
+                // Read before the transaction: on SQLite a write transaction takes the writer.
                 let last = query("SELECT max(seq) AS last FROM outbox_events WHERE processed_at IS NOT NULL")
-                    .fetch_one(&mut tx)
+                    .fetch_one(self.db.reader())
                     .await?
                     .opt_int("last")?;
                 let Some(through) = last else {
                     return Ok(ReplayPage { scheduled: 0, next: None });
                 };
-                ReplayCursor { after: i64::MIN, through }
+                ReplayCursor { after: i64::MIN, through, started: now }
             }
         };
+        let mut tx = self.db.begin().await?;
         // Only events already fanned out: later ones get their deliveries from the fan-out.
         let events = query(
             "SELECT seq, id, topic FROM outbox_events
@@ -2661,25 +2662,27 @@ impl Store for SqlStore {
                 continue;
             }
             let (seq, id) = (event.int("seq")?, event.uuid("id")?);
-            if insert_delivery(&mut tx, endpoint.id, id, seq, now).await? == 0 {
-                query(
+            let mut written = insert_delivery(&mut tx, endpoint.id, id, seq, now).await?;
+            if written == 0 {
+                // Not one the fan-out scheduled after the replay began (an event whose
+                // transaction committed late, below the bound): that one is on its way already.
+                written = query(
                     "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, scheduled_at = $3,
                             next_attempt_at = $3, delivered_at = NULL
-                     WHERE endpoint_id = $1 AND event_id = $2",
+                     WHERE endpoint_id = $1 AND event_id = $2 AND scheduled_at <= $4",
                 )
                 .bind(endpoint.id.as_uuid())
                 .bind(id)
                 .bind(now)
+                .bind(from.started)
                 .execute(&mut tx)
                 .await?;
             }
-            scheduled += 1;
+            scheduled += written;
         }
         tx.commit().await?;
         let next = match events.last() {
-            Some(last) if events.len() as i64 >= limit.max(1) => {
-                Some(ReplayCursor { after: last.int("seq")?, through: from.through })
-            }
+            Some(last) if events.len() as i64 >= limit.max(1) => Some(ReplayCursor { after: last.int("seq")?, ..from }),
             _ => None,
         };
         Ok(ReplayPage { scheduled, next })
