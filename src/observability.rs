@@ -2,7 +2,7 @@
 //! helpers that record them. README "Metrics" lists each name with its type and labels.
 //!
 //! Labels never hold a raw path, a token, an email or a subject: routes are templates
-//! (`/admin/users/{id}`), issuers and providers come from the configuration, webhook endpoints
+//! (`/admin/users/{user_id}`), issuers and providers come from the configuration, webhook endpoints
 //! are named by id (their URL may hold a secret).
 
 use std::sync::OnceLock;
@@ -26,7 +26,8 @@ pub const JWKS_FETCH_FAILURES_TOTAL: &str = "tessera_jwks_fetch_failures_total";
 /// Refetches not attempted, by `issuer` and `wait` (`cooldown`: a refetch for the same kind of
 /// miss succeeded within `jwks.refetch_cooldown_seconds`; `backoff`: the last fetch failed).
 pub const JWKS_REFETCHES_REFUSED_TOTAL: &str = "tessera_jwks_refetches_refused_total";
-/// Cache lookups, by `cache` (`tokens`, `principals`, `clients`) and `result` (`hit`, `miss`).
+/// Cache lookups, by `cache` (`tokens`, `principals`, `sessions`, `clients`) and `result` (`hit`,
+/// `miss`).
 pub const CACHE_LOOKUPS_TOTAL: &str = "tessera_cache_lookups_total";
 /// Token refreshes that waited for another one, by `scope` (`process`: a refresh of the same
 /// profile in this process; `lease`: another instance's lease).
