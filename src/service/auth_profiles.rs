@@ -766,12 +766,10 @@ impl AuthProfiles {
         // timeout fires), the refresh still stores what the provider answered, rotated refresh
         // token included.
         let this = self.clone();
-        match tokio::spawn(async move { this.single_flight_refresh(&keyring, &profile).await }).await {
-            Ok(outcome) => outcome,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        super::run_to_end(async move { this.single_flight_refresh(&keyring, &profile).await })
+            .await
             // Only when the runtime shuts down.
-            Err(_) => Err(AuthProfileError::RefreshInProgress),
-        }
+            .unwrap_or(Err(AuthProfileError::RefreshInProgress))
     }
 
     /// Refreshes a profile's token, one task at a time per profile in this process.
@@ -951,17 +949,17 @@ impl AuthProfiles {
         lease: &RefreshLease,
         refreshed: &Refreshed,
     ) -> Result<bool, StoreError> {
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match self.store.complete_refresh(profile, lease.owner, refreshed).await {
-                Err(error) if error.is_transient() && super::now() + pause + STORE_RETRY_MARGIN < lease.until => {
+        super::retry_transient(
+            || self.store.complete_refresh(profile, lease.owner, refreshed),
+            |error, pause| {
+                let again = super::now() + pause + STORE_RETRY_MARGIN < lease.until;
+                if again {
                     tracing::warn!(profile_id = %profile, error = %error, "cannot store a refreshed token yet; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = pause.saturating_mul(4);
                 }
-                done => return done,
-            }
-        }
+                again
+            },
+        )
+        .await
     }
 
     /// Releases a refresh lease on a path that already has an error to report; a failure here

@@ -9,10 +9,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Transient;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use super::teams::{TeamError, Teams};
 use crate::domain::{
@@ -277,17 +277,6 @@ fn text_code(error: TextError, invalid: ErrorCode) -> ErrorCode {
     }
 }
 
-/// Whether an error is a transient database failure worth trying again.
-trait Transient {
-    fn is_transient(&self) -> bool;
-}
-
-impl Transient for StoreError {
-    fn is_transient(&self) -> bool {
-        StoreError::is_transient(self)
-    }
-}
-
 impl Transient for ProvisionError {
     fn is_transient(&self) -> bool {
         matches!(self, ProvisionError::Store(e) if e.is_transient())
@@ -300,19 +289,15 @@ impl Transient for TeamError {
     }
 }
 
-/// Runs `attempt` again, with growing pauses, while it fails transiently.
-async fn retry<T, E: Transient, F: Future<Output = Result<T, E>>>(mut attempt: impl FnMut() -> F) -> Result<T, E> {
-    let mut pause = Duration::from_millis(50);
-    for _ in 0..RETRIES {
-        match attempt().await {
-            Err(e) if e.is_transient() => {
-                tokio::time::sleep(pause).await;
-                pause *= 4;
-            }
-            done => return done,
-        }
-    }
-    attempt().await
+/// Runs `attempt` again, with growing pauses, while it fails transiently: at most [`RETRIES`]
+/// times.
+async fn retry<T, E: Transient, F: Future<Output = Result<T, E>>>(attempt: impl FnMut() -> F) -> Result<T, E> {
+    let mut retries = 0;
+    super::retry_transient(attempt, |_, _| {
+        retries += 1;
+        retries <= RETRIES
+    })
+    .await
 }
 
 /// How many identities [`export_page`] reads at a time.

@@ -28,6 +28,51 @@ use chrono::{DateTime, Utc};
 
 use crate::store::StoreError;
 
+/// Whether an error is a transient database failure, worth the same call again.
+pub(crate) trait Transient {
+    /// True for a transient failure.
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+}
+
+/// Runs `attempt` again after each transient failure, pausing 50 ms and four times longer each
+/// time, for as long as `again(error, pause)` says one more attempt after that pause is worth it.
+pub(crate) async fn retry_transient<T, E, F>(
+    mut attempt: impl FnMut() -> F,
+    mut again: impl FnMut(&E, Duration) -> bool,
+) -> Result<T, E>
+where
+    E: Transient,
+    F: Future<Output = Result<T, E>>,
+{
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Err(error) if error.is_transient() && again(&error, pause) => {
+                tokio::time::sleep(pause).await;
+                pause = pause.saturating_mul(4);
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Runs `work` in a task of its own, so that it goes to its end even if the caller is dropped (a
+/// client that hangs up, a timeout); a panic in it is resumed here. `None` only when the runtime
+/// shut down first.
+pub(crate) async fn run_to_end<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> Option<T> {
+    match tokio::spawn(work).await {
+        Ok(done) => Some(done),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => None,
+    }
+}
+
 /// Rows deleted by one statement of a retention sweep.
 const SWEEP_BATCH: i64 = 1000;
 

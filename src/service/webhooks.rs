@@ -242,7 +242,7 @@ impl Webhooks {
     pub async fn replay(&self, id: WebhookId, since: DateTime<Utc>) -> Result<u64, WebhookError> {
         let endpoint = self.get(id).await?;
         let store = self.store.clone();
-        let replay = tokio::spawn(async move {
+        let replay = super::run_to_end(async move {
             let (mut scheduled, mut from) = (0, None);
             loop {
                 let page = store.replay_webhook(&endpoint, since, from, REPLAY_PAGE, now()).await?;
@@ -253,13 +253,9 @@ impl Webhooks {
                 }
             }
         });
-        match replay.await {
-            Ok(scheduled) => Ok(scheduled?),
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            // Only when the runtime shuts down (its pool closing): the pages committed so far
-            // stay scheduled, and the client is told to try again (503).
-            Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolClosed).into()),
-        }
+        // `None` only when the runtime shuts down (its pool closing): the pages committed so far
+        // stay scheduled, and the client is told to try again (503).
+        Ok(replay.await.unwrap_or_else(|| Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))?)
     }
 
     /// An endpoint the admin API may change: not one of the configuration file.
