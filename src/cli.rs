@@ -197,11 +197,10 @@ async fn backup(config: Config, to: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if target.symlink_metadata().is_ok() {
-        eprintln!("tessera: {} exists; name a new file", target.display());
-        return ExitCode::from(2);
-    }
-    match write_backup(url, &target).await {
+    // Checked first so that no copy is made in vain; `write_backup` never replaces it either.
+    let written =
+        if target.symlink_metadata().is_ok() { Err(BackupError::Exists) } else { write_backup(url, &target).await };
+    match written {
         Ok(bytes) => {
             println!(
                 "wrote a consistent copy of {} to {} ({bytes} bytes)",

@@ -888,10 +888,7 @@ pub async fn copy_sqlite(url: &str, into: &str) -> Result<(), StoreError> {
 
 /// Whether the database file a `sqlite:` URL names exists already (in-memory databases do).
 pub fn sqlite_database_exists(url: &str) -> Result<bool, StoreError> {
-    if is_in_memory(url) {
-        return Ok(true);
-    }
-    Ok(SqliteConnectOptions::from_str(url)?.get_filename().exists())
+    Ok(sqlite_file(url)?.is_none_or(|file| file.exists()))
 }
 
 /// Creates the PostgreSQL database a URL names (for scratch databases of benchmarks and tests).
