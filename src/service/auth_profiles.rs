@@ -45,7 +45,7 @@ use crate::store::{
     Activation, ConnectToken, PendingKey, ProfileSecrets, RefreshLease, Refreshed, SecretKind, Store, StoreError,
     StoredSecret,
 };
-use crate::upstream::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
+use crate::upstream::oauth_flow::{FLOW_TTL, Finished, FlowError, OAuthFlows, Purpose, Started};
 use crate::upstream::providers::{Provider, ProviderError, TokenSet};
 
 /// How long a connect link lives.
@@ -685,7 +685,7 @@ impl AuthProfiles {
         let started = self.flows.begin(provider, &ReturnTo::root(), purpose, scopes, false).await?;
         // The flow's state is unusable without the redirect this returns, so losing the race here
         // leaves nothing behind that works (the state row expires).
-        self.store.take_connect_token(&hash, now).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
+        self.store.take_connect_token(&hash, now, now + FLOW_TTL).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         Ok(started)
     }
 

@@ -883,11 +883,15 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<ConnectToken>, StoreError>;
 
-    /// Consumes a connect token: of two concurrent calls exactly one gets it.
+    /// Consumes a connect token: of two concurrent calls exactly one gets it. A pending profile
+    /// it connects is kept until at least `keep_pending_until` (the end of the flow the link
+    /// starts), so that the sweep of abandoned profiles does not take it, and the flow's state
+    /// with it, while the person is still at the provider.
     async fn take_connect_token(
         &self,
         token_hash: &[u8; 32],
         now: DateTime<Utc>,
+        keep_pending_until: DateTime<Utc>,
     ) -> Result<Option<ConnectToken>, StoreError>;
 
     /// A profile's encrypted credentials and refresh lease.
@@ -949,7 +953,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<Option<(GrantRecord, CodeRecord)>, StoreError>;
 
     /// Uses a code once: the one caller that marks it used stores `refresh_hash` (if any) for its
-    /// grant in the same transaction; any later caller finds it used and revokes the grant.
+    /// grant in the same transaction; any later caller finds it used and revokes the grant. A
+    /// code whose grant has ended meanwhile (signed out, revoked) is `Invalid` and stays unused.
     async fn redeem_code(
         &self,
         code_hash: &[u8; 32],

@@ -187,6 +187,21 @@ async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Resu
     }
 }
 
+/// Keeps a pending profile until at least `until` (never shortens it; sets a missing expiry).
+async fn keep_pending(tx: &mut Tx, profile: ProfileId, until: DateTime<Utc>) -> Result<(), StoreError> {
+    query(
+        "UPDATE auth_profiles
+         SET pending_expires_at = CASE WHEN pending_expires_at IS NULL OR pending_expires_at < $2
+                                       THEN $2 ELSE pending_expires_at END
+         WHERE id = $1 AND status = 'pending_auth'",
+    )
+    .bind(profile.as_uuid())
+    .bind(until)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn profile_status_in(tx: &mut Tx, id: ProfileId) -> Result<Option<String>, StoreError> {
     let row = query("SELECT status FROM auth_profiles WHERE id = $1 FOR UPDATE")
         .bind(id.as_uuid())
@@ -974,18 +989,21 @@ impl Store for SqlStore {
     async fn delete_expired(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> Result<u64, StoreError> {
         let states = query(
             "DELETE FROM login_states WHERE state_hash IN
-               (SELECT state_hash FROM login_states WHERE expires_at <= $1 LIMIT $2)",
+               (SELECT state_hash FROM login_states WHERE expires_at <= $1 LIMIT $2)
+             AND expires_at <= $1",
         )
         .bind(now);
         let sessions = query(
             "DELETE FROM sessions WHERE token_hash IN
-               (SELECT token_hash FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2 LIMIT $3)",
+               (SELECT token_hash FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2 LIMIT $3)
+             AND (expires_at <= $1 OR last_seen_at < $2)",
         )
         .bind(now)
         .bind(idle_before);
         let links = query(
             "DELETE FROM connect_tokens WHERE token_hash IN
-               (SELECT token_hash FROM connect_tokens WHERE expires_at <= $1 LIMIT $2)",
+               (SELECT token_hash FROM connect_tokens WHERE expires_at <= $1 LIMIT $2)
+             AND expires_at <= $1",
         )
         .bind(now);
         let mut deleted = 0;
@@ -1443,7 +1461,8 @@ impl Store for SqlStore {
                         query(
                             "DELETE FROM auth_profiles WHERE id IN
                                (SELECT id FROM auth_profiles
-                                WHERE status = 'pending_auth' AND pending_expires_at <= $1 LIMIT $2)",
+                                WHERE status = 'pending_auth' AND pending_expires_at <= $1 LIMIT $2)
+                             AND status = 'pending_auth' AND pending_expires_at <= $1",
                         )
                         .bind(now),
                     )
@@ -1513,16 +1532,7 @@ impl Store for SqlStore {
             .execute(&mut tx)
             .await?;
         // A pending profile outlives its newest link, so that the janitor does not delete both.
-        query(
-            "UPDATE auth_profiles
-             SET pending_expires_at = CASE WHEN pending_expires_at IS NULL OR pending_expires_at < $2
-                                           THEN $2 ELSE pending_expires_at END
-             WHERE id = $1 AND status = 'pending_auth'",
-        )
-        .bind(token.profile.as_uuid())
-        .bind(token.expires_at)
-        .execute(&mut tx)
-        .await?;
+        keep_pending(&mut tx, token.profile, token.expires_at).await?;
         query(
             "INSERT INTO connect_tokens (token_hash, profile_id, user_id, allow_account_change, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1559,16 +1569,23 @@ impl Store for SqlStore {
         &self,
         token_hash: &[u8; 32],
         now: DateTime<Utc>,
+        keep_pending_until: DateTime<Utc>,
     ) -> Result<Option<ConnectToken>, StoreError> {
+        let mut tx = self.db.begin().await?;
         let row = query(
             "DELETE FROM connect_tokens WHERE token_hash = $1
              RETURNING profile_id, user_id, allow_account_change, created_at, expires_at",
         )
         .bind(&token_hash[..])
-        .fetch_optional(self.db.writer())
+        .fetch_optional(&mut tx)
         .await?;
         let token = row.map(|row| rows::connect_token(&row, token_hash)).transpose()?;
-        Ok(token.filter(|t| t.expires_at > now))
+        let token = token.filter(|t| t.expires_at > now);
+        if let Some(token) = &token {
+            keep_pending(&mut tx, token.profile, keep_pending_until).await?;
+        }
+        tx.commit().await?;
+        Ok(token)
     }
 
     async fn profile_secrets(&self, id: ProfileId) -> Result<Option<ProfileSecrets>, StoreError> {
@@ -1827,8 +1844,14 @@ impl Store for SqlStore {
         .fetch_optional(&mut tx)
         .await?;
         if let Some(row) = used {
+            let grant_id = row.uuid("grant_id")?;
+            // The grant may have ended since the caller read it (a sign-out, a revocation).
+            if !grant_active_in(&mut tx, grant_id, now).await? {
+                tx.rollback().await?;
+                return Ok(RedeemOutcome::Invalid);
+            }
             if let Some(refresh) = refresh_hash {
-                insert_refresh_token(&mut tx, refresh, row.uuid("grant_id")?, now).await?;
+                insert_refresh_token(&mut tx, refresh, grant_id, now).await?;
             }
             tx.commit().await?;
             return Ok(RedeemOutcome::Redeemed);
@@ -1878,15 +1901,7 @@ impl Store for SqlStore {
         .await?;
         if let Some(row) = used {
             let grant_id = row.uuid("grant_id")?;
-            let active = query(grant_select!(" FROM oauth_grants g JOIN users u ON u.id = g.user_id WHERE g.id = $1"))
-                .bind(grant_id)
-                .bind(now)
-                .fetch_optional(&mut tx)
-                .await?
-                .map(|row| row.flag("active"))
-                .transpose()?
-                .unwrap_or(false);
-            if !active {
+            if !grant_active_in(&mut tx, grant_id, now).await? {
                 tx.rollback().await?;
                 return Ok(RotateOutcome::Invalid);
             }
@@ -2922,6 +2937,18 @@ macro_rules! grant_select {
     };
 }
 use grant_select;
+
+/// Whether grant `id` is active at `now`, read in `tx`.
+async fn grant_active_in(tx: &mut Tx, id: uuid::Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    query(grant_select!(" FROM oauth_grants g JOIN users u ON u.id = g.user_id WHERE g.id = $1"))
+        .bind(id)
+        .bind(now)
+        .fetch_optional(tx)
+        .await?
+        .map(|row| row.flag("active"))
+        .transpose()
+        .map(|active| active.unwrap_or(false))
+}
 
 fn grant_record(row: &super::db::Row) -> Result<GrantRecord, StoreError> {
     Ok(GrantRecord {

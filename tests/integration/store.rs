@@ -100,6 +100,7 @@ on_both_backends!(
     minting_a_connect_token_sets_a_missing_pending_expiry,
     a_connect_token_is_read_without_being_consumed_until_it_expires,
     a_connect_token_is_taken_once,
+    taking_a_connect_token_keeps_its_pending_profile_through_the_flow,
     concurrent_takes_of_a_connect_token_have_one_winner,
     // Profile credentials
     activating_a_profile_compares_and_swaps_its_version,
@@ -1624,7 +1625,7 @@ async fn a_new_connect_token_replaces_the_older_ones(backend: Backend) {
     store.mint_connect_token(&newer).await.unwrap();
 
     assert_eq!(store.connect_token(&older.token_hash, t0).await.unwrap(), None);
-    assert_eq!(store.take_connect_token(&older.token_hash, t0).await.unwrap(), None);
+    assert_eq!(store.take_connect_token(&older.token_hash, t0, t0).await.unwrap(), None);
     assert_eq!(store.connect_token(&newer.token_hash, t0).await.unwrap(), Some(newer));
     assert_eq!(store.connect_token(&others.token_hash, t0).await.unwrap(), Some(others), "other profiles keep theirs");
 }
@@ -1699,14 +1700,87 @@ async fn a_connect_token_is_taken_once(backend: Backend) {
     let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
     let token = connect_token(&app, ada.id(), t0, TimeDelta::minutes(15));
     store.mint_connect_token(&token).await.unwrap();
-    assert_eq!(store.take_connect_token(&token.token_hash, t0).await.unwrap().as_ref(), Some(&token));
-    assert_eq!(store.take_connect_token(&token.token_hash, t0).await.unwrap(), None, "taken once");
+    assert_eq!(store.take_connect_token(&token.token_hash, t0, t0).await.unwrap().as_ref(), Some(&token));
+    assert_eq!(store.take_connect_token(&token.token_hash, t0, t0).await.unwrap(), None, "taken once");
     assert_eq!(store.connect_token(&token.token_hash, t0).await.unwrap(), None);
 
     let expired = connect_token(&app, ada.id(), t0, TimeDelta::minutes(15));
     store.mint_connect_token(&expired).await.unwrap();
-    assert_eq!(store.take_connect_token(&expired.token_hash, expired.expires_at).await.unwrap(), None);
-    assert_eq!(store.take_connect_token(&hash(), t0).await.unwrap(), None);
+    assert_eq!(store.take_connect_token(&expired.token_hash, expired.expires_at, t0).await.unwrap(), None);
+    assert_eq!(store.take_connect_token(&hash(), t0, t0).await.unwrap(), None);
+}
+
+async fn taking_a_connect_token_keeps_its_pending_profile_through_the_flow(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let minute = TimeDelta::minutes(1);
+    // Pending until t0 + 30 min, the link's expiry too: opened a minute before, its flow (ten
+    // minutes at the provider) would outlive the profile, and the sweep would take both.
+    let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let token = connect_token(&pending, ada.id(), t0, TimeDelta::minutes(30));
+    store.mint_connect_token(&token).await.unwrap();
+    let opened = t0 + minute * 29;
+    let taken = store.take_connect_token(&token.token_hash, opened, opened + minute * 10).await.unwrap();
+    assert_eq!(taken.as_ref(), Some(&token));
+    let until = store.profile(pending.id).await.unwrap().unwrap().pending_expires_at;
+    assert_eq!(until, Some(opened + minute * 10), "kept to the end of the flow");
+    assert_eq!(store.delete_expired_pending(None, t0 + minute * 35).await.unwrap(), 0);
+    assert!(store.profile(pending.id).await.unwrap().is_some(), "the sweep leaves it while the flow may finish");
+    assert_eq!(store.delete_expired_pending(None, opened + minute * 10).await.unwrap(), 1, "and takes it after");
+
+    // A link that is no longer valid extends nothing.
+    let other = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "adas", t0)).await;
+    let late = connect_token(&other, ada.id(), t0, TimeDelta::minutes(15));
+    store.mint_connect_token(&late).await.unwrap();
+    let after = late.expires_at;
+    assert_eq!(store.take_connect_token(&late.token_hash, after, after + minute * 10).await.unwrap(), None);
+    let until = store.profile(other.id).await.unwrap().unwrap().pending_expires_at;
+    assert_eq!(until, Some(t0 + TimeDelta::minutes(30)), "unchanged");
+}
+
+/// PostgreSQL alone (on SQLite one writer runs at a time): a pending profile connected while
+/// the sweep of expired ones waits for its row is left alone, although the sweep's own read
+/// found it pending and expired. At READ COMMITTED the waiting DELETE re-checks only its own
+/// conditions on the row's new version, not a subquery's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_spares_a_profile_connected_while_it_waited() {
+    use sqlx::Connection;
+    let (db, store) = setup(Backend::Postgres).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let expired = AuthProfile {
+        pending_expires_at: Some(t0 - TimeDelta::minutes(1)),
+        ..profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)
+    };
+    let expired = inserted(&store, expired).await;
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut connecting = holder.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE auth_profiles SET status = 'active', pending_expires_at = NULL, version = version + 1 WHERE id = $1",
+    )
+    .bind(expired.id.as_uuid())
+    .execute(&mut *connecting)
+    .await
+    .unwrap();
+    let sweep = tokio::spawn({
+        let store = store.clone();
+        async move { store.delete_expired_pending(None, t0).await.unwrap() }
+    });
+    // Until the sweep waits for the row the connection holds.
+    let watcher = db.sql().await;
+    let database = db.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    let waiting = format!("pg_stat_activity WHERE datname = '{database}' AND wait_event_type = 'Lock'");
+    let mut polls = 0;
+    while watcher.count(&waiting).await == 0 {
+        polls += 1;
+        assert!(polls < 1_000, "the sweep never waited for the row");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    connecting.commit().await.unwrap();
+    assert_eq!(sweep.await.unwrap(), 0, "the connected profile is not expired any more");
+    let kept = store.profile(expired.id).await.unwrap().expect("still there");
+    assert_eq!(kept.status, ProfileStatus::Active);
 }
 
 async fn concurrent_takes_of_a_connect_token_have_one_winner(backend: Backend) {
@@ -1718,7 +1792,7 @@ async fn concurrent_takes_of_a_connect_token_have_one_winner(backend: Backend) {
     store.mint_connect_token(&token).await.unwrap();
     let taken = concurrently(16, |_| {
         let (store, hash) = (store.clone(), token.token_hash);
-        async move { store.take_connect_token(&hash, t0).await.unwrap() }
+        async move { store.take_connect_token(&hash, t0, t0).await.unwrap() }
     })
     .await;
     let winners: Vec<_> = taken.into_iter().flatten().collect();
@@ -2912,6 +2986,7 @@ mod grants {
     on_both_backends!(
         a_grant_and_its_code_are_read_back_and_the_code_is_redeemed_once,
         an_expired_code_is_invalid_and_revokes_nothing,
+        a_code_of_a_grant_that_ended_is_invalid_and_stays_unused,
         concurrent_redemptions_of_one_code_have_one_winner,
         a_refresh_token_rotates_once_and_reuse_revokes_its_grant,
         concurrent_rotations_of_one_refresh_token_have_one_winner,
@@ -3006,6 +3081,21 @@ mod grants {
         let late = t0 + TimeDelta::seconds(61);
         assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), late).await.unwrap(), RedeemOutcome::Invalid);
         assert!(store.grant(g.id, late).await.unwrap().unwrap().active);
+    }
+
+    async fn a_code_of_a_grant_that_ended_is_invalid_and_stays_unused(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let (g, c) = (grant(&ada, None, t0), code(t0));
+        store.insert_grant(&g, &c).await.unwrap();
+        // Revoked between the token endpoint's read of the code and its redemption.
+        assert!(store.code_grant(&c.code_hash, t0).await.unwrap().unwrap().0.active);
+        assert!(store.revoke_grant(g.id, t0).await.unwrap());
+        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), t0).await.unwrap(), RedeemOutcome::Invalid);
+        assert!(!store.code_grant(&c.code_hash, t0).await.unwrap().unwrap().1.used);
+        assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 0, "no refresh token stored");
     }
 
     async fn concurrent_redemptions_of_one_code_have_one_winner(backend: Backend) {
