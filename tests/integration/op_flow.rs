@@ -29,6 +29,7 @@ on_both_backends!(
     pushed_requests_are_single_use,
     forward_auth_answers_for_sessions_and_tokens,
     logout_ends_the_session_and_its_grants,
+    an_offline_grant_outlives_the_browser_session,
     tessera_access_tokens_work_at_validate_check_and_me,
     private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion,
     browser_apps_on_other_origins_reach_the_public_client_endpoints_only,
@@ -345,6 +346,24 @@ async fn bad_token_requests_are_refused_and_issue_nothing(backend: Backend) {
             "invalid_grant",
         ),
         (
+            vec![("grant_type", "authorization_code"), ("code", &code), ("code_verifier", &verifier)],
+            me,
+            400,
+            "invalid_request",
+        ),
+        (
+            vec![
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &verifier),
+                ("resource", "https://api.example.com"),
+            ],
+            me,
+            400,
+            "invalid_target",
+        ),
+        (
             vec![
                 ("grant_type", "authorization_code"),
                 ("code", &code),
@@ -537,7 +556,13 @@ async fn client_credentials_tokens_name_the_client(backend: Backend) {
     assert_eq!(claims["sub"], client);
     assert_eq!(claims["aud"], "https://api.example.com");
     assert_eq!(claims["scope"], "reports:read");
-    assert_eq!(introspect(&w.app, (&client, &secret), tokens["access_token"].as_str().unwrap()).await["active"], true);
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&w.app, (&client, &secret), access).await["active"], true);
+    // No grant to end: revocation says so instead of answering 200 for a token that still counts.
+    let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
+    let refused = revoke.form(&[("token", access)]).send().await.unwrap();
+    assert_eq!(oauth_error(refused, 400).await, "unsupported_token_type");
+    assert_eq!(introspect(&w.app, (&client, &secret), access).await["active"], true);
     let both = w.app.client.post(w.app.url("/oauth/token")).basic_auth(&client, Some(&secret));
     let both = both.form(&[
         ("grant_type", "client_credentials"),
@@ -757,6 +782,44 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let refused = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
     assert_eq!(oauth_error(refused, 400).await, "invalid_grant");
+}
+
+async fn an_offline_grant_outlives_the_browser_session(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let mut browser = Browser::new();
+    // One grant with offline_access, then one without, from the same browser session.
+    let (verifier, challenge) = pkce();
+    let offline_url = authorize_url(&w.app, &client, &challenge, "")
+        .replace("scope=openid%20email%20teams", "scope=openid%20offline_access");
+    let back = follow(&mut browser, offline_url).await;
+    let code = param(&back, "code").unwrap_or_else(|| panic!("a code in {back}"));
+    let offline = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    assert_eq!(offline["scope"], "openid offline_access");
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let online = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+
+    let id_token = online["id_token"].as_str().unwrap();
+    let logout = format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}", urlencode(POST_LOGOUT));
+    assert_eq!(browser.navigate(&w.app.url(&logout)).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(introspect(&w.app, creds, online["access_token"].as_str().unwrap()).await, json!({"active": false}));
+    // The offline grant goes on: its access token, and a refresh.
+    let access = offline["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&w.app, creds, access).await["active"], true);
+    let refresh = offline["refresh_token"].as_str().unwrap();
+    let elsewhere =
+        [("grant_type", "refresh_token"), ("refresh_token", refresh), ("resource", "https://api.example.com")];
+    assert_eq!(oauth_error(token_request(&w.app, creds, &elsewhere).await, 400).await, "invalid_target");
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh)];
+    let refreshed = body(token_request(&w.app, creds, &form).await, 200).await;
+    // It still ends when revoked.
+    let rotated = refreshed["refresh_token"].as_str().unwrap();
+    let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
+    assert_eq!(revoke.form(&[("token", rotated)]).send().await.unwrap().status(), StatusCode::OK);
+    let access = refreshed["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&w.app, creds, access).await, json!({"active": false}));
 }
 
 /// Sends requests all at once, each from its own task.

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
-use super::provider::{CODE_TTL, MAX_PARAM_LEN, OpenIdProvider, REQUEST_TTL, REQUEST_URI_PREFIX, delta, split_scope};
+use super::provider::{
+    CODE_TTL, MAX_PARAM_LEN, OFFLINE_ACCESS, OpenIdProvider, REQUEST_TTL, REQUEST_URI_PREFIX, delta, split_scope,
+};
 use crate::crypto::{random_secret, sha256};
 use crate::domain::{Client, GrantType, IdentityId, UserId};
 use crate::store::{HeldRequest, NewCode, NewGrant, StoreError};
@@ -452,7 +454,10 @@ impl OpenIdProvider {
                     client_id: request.client.id.to_string(),
                     user_id: session.user,
                     identity_id: session.identity,
-                    session_hash: Some(session.hash),
+                    // Offline access (OpenID Connect Core, section 11) outlives the browser
+                    // session: an agent's refresh token keeps working after the person signs out
+                    // or stays away; any other grant ends with the session.
+                    session_hash: (!request.scopes.iter().any(|s| s == OFFLINE_ACCESS)).then_some(session.hash),
                     scope: request.scopes.join(" "),
                     resource: request.resource.clone(),
                     provider: session.provider.clone(),

@@ -18,6 +18,9 @@ pub const REQUEST_TTL: Duration = Duration::from_secs(600);
 pub const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
 /// The longest parameter value accepted (a URI, a scope list, a state).
 pub const MAX_PARAM_LEN: usize = 2048;
+/// The scope that asks for access while the user is away (OpenID Connect Core, section 11): its
+/// grant is not bound to the browser session it came from.
+pub const OFFLINE_ACCESS: &str = "offline_access";
 
 /// The OpenID Provider service.
 #[derive(Debug, Clone)]
@@ -108,6 +111,11 @@ impl OAuthError {
     /// `unsupported_grant_type`.
     pub fn unsupported_grant_type(description: impl Into<String>) -> Self {
         Self::new("unsupported_grant_type", description, 400)
+    }
+
+    /// `unsupported_token_type` (RFC 7009): a token of a kind that cannot be revoked.
+    pub fn unsupported_token_type(description: impl Into<String>) -> Self {
+        Self::new("unsupported_token_type", description, 400)
     }
 
     /// `invalid_scope`.

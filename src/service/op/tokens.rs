@@ -42,7 +42,8 @@ pub struct TokenForm {
     pub refresh_token: Option<String>,
     /// `refresh_token`, `client_credentials`: scopes (a subset).
     pub scope: Option<String>,
-    /// `client_credentials`: the RFC 8707 resource.
+    /// The RFC 8707 resource: chosen by `client_credentials`; for a code or a refresh, it may
+    /// only name the grant's own.
     pub resource: Option<String>,
 }
 
@@ -199,9 +200,14 @@ impl OpenIdProvider {
             tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
             return Err(invalid());
         }
-        if form.redirect_uri.as_deref() != Some(stored.redirect_uri.as_str()) {
-            return Err(OAuthError::invalid_grant("redirect_uri differs from the authorization request's"));
+        match form.redirect_uri.as_deref() {
+            None => return Err(OAuthError::invalid_request("redirect_uri is missing")),
+            Some(uri) if uri != stored.redirect_uri => {
+                return Err(OAuthError::invalid_grant("redirect_uri differs from the authorization request's"));
+            }
+            Some(_) => {}
         }
+        same_resource(&form, &grant)?;
         match (&stored.code_challenge, form.code_verifier.as_deref()) {
             (Some(challenge), Some(verifier)) => {
                 if !is_pkce_verifier(verifier) || !constant_time_eq(s256(verifier).as_bytes(), challenge.as_bytes()) {
@@ -242,6 +248,7 @@ impl OpenIdProvider {
         if grant.client_id != client.id.as_str() {
             return Err(invalid());
         }
+        same_resource(&form, &grant)?;
         if let Some(scope) = form.scope.as_deref() {
             let granted = split_scope(&grant.scope);
             let asked = split_scope(scope);
@@ -473,10 +480,17 @@ impl OpenIdProvider {
     }
 
     /// RFC 7009: revokes the grant behind `token` when it was issued to `client`; answers the
-    /// same whether or not there was anything to revoke.
+    /// same whether or not there was anything to revoke. A `client_credentials` access token of
+    /// the client's own has no grant: it is refused with `unsupported_token_type` (section
+    /// 2.2.1) rather than reported revoked, since it keeps counting until it expires.
     pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
         let now = crate::domain::now();
         let grant = match self.named(token).await? {
+            Named::Access(claims) if claims.client_id == client.id.as_str() && claims.gid.is_none() => {
+                return Err(OAuthError::unsupported_token_type(
+                    "a client_credentials access token cannot be revoked: it counts until its `exp`",
+                ));
+            }
             Named::Access(claims) if claims.client_id == client.id.as_str() => claims.gid,
             Named::Refresh(grant, _) if grant.client_id == client.id.as_str() => Some(grant.id),
             _ => None,
@@ -531,6 +545,17 @@ pub fn user_claims(profile: &UserProfile, scopes: &[String]) -> UserClaims {
                 .map(|m| TeamClaim { id: m.team.id.to_string(), slug: m.team.slug.to_string(), role: m.role.as_str() })
                 .collect()
         }),
+    }
+}
+
+/// RFC 8707 section 2.2: a code or refresh token yields tokens for the resource it was granted
+/// for; asking for another is `invalid_target`, not a token whose audience the caller did not ask.
+fn same_resource(form: &TokenForm, grant: &GrantRecord) -> Result<(), OAuthError> {
+    match form.resource.as_deref() {
+        Some(asked) if grant.resource.as_deref() != Some(asked) => Err(OAuthError::invalid_target(
+            "resource differs from the one authorized; another resource needs a new authorization",
+        )),
+        _ => Ok(()),
     }
 }
 
