@@ -482,8 +482,13 @@ impl ClientKey {
 /// (RSA, EC or OKP; no symmetric key, no private member), at most [`MAX_JWKS_BYTES`], distinct
 /// `kid`s. The message says what is wrong.
 pub fn client_keys(jwks: &Value) -> Result<Vec<ClientKey>, String> {
-    if jwks.to_string().len() > MAX_JWKS_BYTES {
+    let text = jwks.to_string();
+    if text.len() > MAX_JWKS_BYTES {
         return Err(format!("a JWK Set is at most {MAX_JWKS_BYTES} bytes"));
+    }
+    // Stored as sent: a NUL character, which no key needs, is text PostgreSQL does not store.
+    if text.contains("\\u0000") {
+        return Err("a JWK Set holds no NUL character (\\u0000)".into());
     }
     let keys = jwks
         .get("keys")
@@ -607,6 +612,9 @@ mod tests {
         let mut hs = ec.clone();
         hs["alg"] = "HS256".into();
         assert!(client_keys(&serde_json::json!({"keys": [hs]})).is_err());
+        let mut nul = ec.clone();
+        nul["kid"] = "k\u{0}".into();
+        assert!(client_keys(&serde_json::json!({"keys": [nul]})).unwrap_err().contains("NUL"));
         assert!(client_keys(&serde_json::json!({"keys": [ec.clone(), ec]})).unwrap_err().contains("kid"));
         assert!(client_keys(&serde_json::json!([])).is_err());
     }

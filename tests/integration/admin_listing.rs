@@ -164,6 +164,14 @@ async fn teams_are_created_and_listed_with_their_members(backend: Backend) {
     assert_eq!(all.len(), 4, "two default teams and two created ones: {all:?}");
     let acmes = every_page(&app, "/admin/teams?slug_prefix=acme", "teams").await;
     assert_eq!(acmes, [acme["id"].as_str().unwrap(), plain["id"].as_str().unwrap()]);
+    // No slug has such a prefix: refused, never handed to the database (a NUL is an error there).
+    for prefix in ["%00", "Acme", "acme%20", &"a".repeat(64)] {
+        let problem = get(&app, &format!("/admin/teams?slug_prefix={prefix}"), 400).await;
+        assert_eq!(
+            (problem["code"].as_str(), problem["field"].as_str()),
+            (Some("invalid_request"), Some("slug_prefix"))
+        );
+    }
 
     let added = app.admin(Method::POST, "/admin/teams/acme/members");
     body(added.json(&json!({"user_id": bob, "role": "admin"})).send().await.unwrap(), 201).await;
