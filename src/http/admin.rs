@@ -111,9 +111,10 @@ async fn get_user(
     Ok(Json(state.provisioner.user_profile(user_id).await?.into()))
 }
 
-/// The body of `PATCH /admin/users/{user_id}`: any of the fields; `null` clears `name` or
-/// `email`.
+/// The body of `PATCH /admin/users/{user_id}`: any of the fields; `null` (or blank) clears
+/// `name` or `email`. An unknown field is refused: a misspelt `disable` must not answer 200.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct UpdateUserRequest {
     #[serde(default, deserialize_with = "present")]
     name: Option<Option<String>>,

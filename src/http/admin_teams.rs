@@ -54,6 +54,7 @@ async fn get_team(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[schema(as = DomainClaimRequest)]
+#[serde(deny_unknown_fields)]
 struct ClaimRequest {
     domain: Option<String>,
     issuer: Option<String>,

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use super::admin_auth::AdminActor;
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, page_limit};
 use super::problem::ApiError;
 use super::responses::AuditListResponse;
 use crate::error::ErrorCode;
@@ -80,12 +80,7 @@ async fn list_audit_events(
 }
 
 fn parse_query(params: AuditParams) -> Result<AuditQuery, ApiError> {
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(
-            ApiError::new(ErrorCode::InvalidRequest, format!("`limit` must be 1 to {MAX_LIMIT}")).field("limit")
-        );
-    }
+    let limit = page_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let action = params.action.map(|a| filter(a, "action", 64, is_action)).transpose()?;
     let actor = params.actor.map(|a| filter(a, "actor", 255, is_plain_text)).transpose()?;
     let target_kind = params.target_kind.map(|k| filter(k, "target_kind", 32, is_kind)).transpose()?;
@@ -359,12 +354,14 @@ fn admin_token_of(state: &AppState, headers: &HeaderMap) -> Option<AdminActor> {
 }
 
 /// The user an admin token acts for (`X-On-Behalf-Of` or `?on_behalf_of=`), when it is a user id.
+/// A blank value counts as absent, as it does for the handler (`caller::on_behalf_of`).
 fn on_behalf_of(request: &Request) -> Option<String> {
     let header = request.headers().get("x-on-behalf-of").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let query = request.uri().query().and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "on_behalf_of").map(|(_, v)| v.into_owned())
     });
-    header.or(query).and_then(|v| v.trim().parse::<uuid::Uuid>().ok()).map(|id| id.to_string())
+    let given = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    given(&header).or(given(&query)).and_then(|v| v.parse::<uuid::Uuid>().ok()).map(|id| id.to_string())
 }
 
 /// A provider name fit for an audit row or a log line: a configured provider's name is

@@ -47,6 +47,16 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// Parses a JSON body read as bytes (an optional body, which [`ApiJson`] cannot take) with the
+/// same answers: `malformed_json` for text that is not JSON, `invalid_request` (naming the field,
+/// quoting no value) for JSON of the wrong shape.
+pub fn json_bytes<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::new(ErrorCode::InvalidRequest, without_values(&e.to_string())),
+        _ => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
+    })
+}
+
 /// A shape error's text without the values it quotes: serde names a refused string (`invalid
 /// type: string "…"`) and an unknown enum variant (`` unknown variant `…`, expected … ``)
 /// verbatim, and axum a path segment it cannot parse (`` with value `…` to a … ``); such a value
@@ -191,6 +201,19 @@ pub fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, A
                 .field(field))
         }
     }
+}
+
+/// A listing's `limit` query parameter: `default` when absent, else 1 to `max`; anything
+/// outside is `invalid_request` rather than a silently different page.
+pub fn page_limit<N>(value: Option<N>, default: N, max: N) -> Result<N, ApiError>
+where
+    N: PartialOrd + From<u8> + std::fmt::Display + Copy,
+{
+    let limit = value.unwrap_or(default);
+    if limit < N::from(1) || limit > max {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("`limit` must be 1 to {max}")).field("limit"));
+    }
+    Ok(limit)
 }
 
 /// Parses a team reference from a path segment.

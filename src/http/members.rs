@@ -38,6 +38,7 @@ pub fn admin_routes() -> Router<Arc<AppState>> {
 
 /// The body of member requests.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct MemberRequest {
     user_id: Option<String>,
     role: Option<String>,

@@ -85,6 +85,10 @@ async fn users_are_listed_a_page_at_a_time_with_filters(backend: Backend) {
     assert_eq!(members.len(), 2);
     assert!(members.contains(&ids[1]));
 
+    // A misspelt field is refused, not ignored with a 200 that changed something else.
+    let misspelt = app.admin(Method::PATCH, &format!("/admin/users/{}", ids[4]));
+    let misspelt = body(misspelt.json(&json!({"name": "Di", "disable": true})).send().await.unwrap(), 400).await;
+    assert_eq!(misspelt["code"], "invalid_request");
     let disabled = app.admin(Method::PATCH, &format!("/admin/users/{}", ids[4]));
     body(disabled.json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
     assert_eq!(every_page(&app, "/admin/users?disabled=true", "users").await, [ids[4].clone()]);

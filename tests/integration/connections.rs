@@ -851,6 +851,15 @@ async fn only_its_creator_or_an_admin_reconnects_a_team_profile(backend: Backend
         .json(&json!({"allow_account_change": true}))
         .send();
     assert_eq!(body(by_bob.await.unwrap(), 403).await["code"], "not_team_admin");
+    // The optional body: JSON of the wrong shape is named as such, text that is not JSON too.
+    for (sent, code) in [
+        (r#"{"allow_account_change": "yes"}"#, "invalid_request"),
+        (r#"{"allow": true}"#, "invalid_request"),
+        ("yes", "malformed_json"),
+    ] {
+        let bad = w.on_behalf(Method::POST, "/auth-profiles/team-app/connect", w.alice.id).body(sent).send();
+        assert_eq!(body(bad.await.unwrap(), 400).await["code"], code, "{sent}");
+    }
     // As an admin he may; demoted again before he opens the link, he may not.
     let role = |role: &str| {
         w.app

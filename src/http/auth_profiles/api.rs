@@ -26,7 +26,7 @@ use crate::domain::{DisplayName, ProfileKind, Slug, TextError};
 use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
-use crate::http::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, required};
+use crate::http::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, json_bytes, required};
 use crate::http::problem::ApiError;
 use crate::http::responses::{
     AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse, no_store,
@@ -240,6 +240,7 @@ async fn revoke_auth_profile(
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[schema(as = AuthProfileConnectRequest)]
+#[serde(deny_unknown_fields)]
 struct ConnectRequest {
     allow_account_change: Option<bool>,
 }
@@ -266,8 +267,7 @@ async fn connect_auth_profile(
     // The body is optional: none, or `{"allow_account_change": true}`.
     let request: ConnectRequest = match body.is_empty() {
         true => ConnectRequest::default(),
-        false => serde_json::from_slice(&body)
-            .map_err(|_| ApiError::new(ErrorCode::MalformedJson, "the body must be a JSON object or empty"))?,
+        false => json_bytes(&body)?,
     };
     let allow = request.allow_account_change.unwrap_or(false);
     Ok(Json(state.auth_profiles.connect_link(&team, user, &parse_slug(&slug)?, allow).await?.into()))

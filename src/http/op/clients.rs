@@ -22,7 +22,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::super::AppState;
-use super::super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::super::extract::{ApiJson, ApiPath, ApiQuery, page_limit};
 use super::super::problem::ApiError;
 use super::super::responses::{ClientListResponse, ClientResponse, ClientWithSecretResponse, no_store};
 use crate::domain::client_rules::ClientFields;
@@ -83,11 +83,9 @@ async fn list_clients(
     State(state): State<Arc<AppState>>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ClientListResponse>, ApiError> {
-    let limit = query.limit.unwrap_or(100);
+    let limit = page_limit(query.limit, 100, crate::service::op::clients::MAX_PAGE)?;
     let clients = state.clients.list(query.after.as_deref(), limit).await?;
-    let next_after = (clients.len() >= limit.clamp(1, crate::service::op::clients::MAX_PAGE))
-        .then(|| clients.last().map(|c| c.id.as_str().to_owned()))
-        .flatten();
+    let next_after = (clients.len() >= limit).then(|| clients.last().map(|c| c.id.as_str().to_owned())).flatten();
     Ok(Json(ClientListResponse { clients: clients.into_iter().map(ClientResponse::from).collect(), next_after }))
 }
 
