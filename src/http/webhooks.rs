@@ -23,7 +23,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::AppState;
-use super::extract::{ApiJson, ApiPath, ApiQuery, required};
+use super::extract::{ApiJson, ApiPath, ApiQuery, page_limit, required};
 use super::problem::ApiError;
 use super::responses::{
     DeliveryListResponse, DeliveryResponse, ReplayResponse, WebhookListResponse, WebhookResponse,
@@ -155,6 +155,7 @@ async fn remove(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct DeliveriesQuery {
     before: Option<i64>,
     limit: Option<usize>,
@@ -175,7 +176,7 @@ async fn deliveries(
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> Result<Json<DeliveryListResponse>, ApiError> {
-    let limit = query.limit.unwrap_or(100).clamp(1, crate::service::webhooks::MAX_PAGE);
+    let limit = page_limit(query.limit, 100, crate::service::webhooks::MAX_PAGE)?;
     let deliveries = state.webhooks.deliveries(parse_id(&id)?, query.before, limit).await?;
     let next_before = (deliveries.len() >= limit).then(|| deliveries.last().map(|d| d.event_seq)).flatten();
     Ok(Json(DeliveryListResponse {
@@ -186,6 +187,7 @@ async fn deliveries(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct ReplayQuery {
     since: Option<String>,
 }

@@ -31,6 +31,8 @@ pub const SECRET_PREFIX: &str = "whsec_";
 pub const MAX_URL_LEN: usize = 2048;
 /// The most deliveries one page of the log holds.
 pub const MAX_PAGE: usize = 500;
+/// How many times an update is read and written again when a concurrent one got in first.
+const UPDATE_ATTEMPTS: u32 = 8;
 /// The events a replay schedules per transaction ([`Webhooks::replay`]).
 pub const REPLAY_PAGE: i64 = 500;
 
@@ -60,6 +62,9 @@ pub enum WebhookError {
         /// What is wrong.
         reason: String,
     },
+    /// A change that names no field.
+    #[error("name at least one of `url`, `event_types` and `enabled` to change")]
+    NothingToUpdate,
     /// The stored signing key does not decrypt with the key ring.
     #[error("the signing key of the endpoint does not decrypt with the key ring")]
     KeyUnreadable,
@@ -76,6 +81,7 @@ impl PublicError for WebhookError {
             WebhookError::InvalidEventType(_) => ErrorCode::InvalidEventType,
             WebhookError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
             WebhookError::ManagedByConfig(_) => ErrorCode::WebhookManagedInConfig,
+            WebhookError::NothingToUpdate => ErrorCode::InvalidRequest,
             WebhookError::InvalidConfigEndpoint { .. } | WebhookError::KeyUnreadable => ErrorCode::InternalError,
             WebhookError::Store(e) => e.code(),
         }
@@ -196,23 +202,36 @@ impl Webhooks {
         self.store.webhook(id).await?.ok_or(WebhookError::NotFound)
     }
 
-    /// Changes the fields a patch names.
+    /// Changes the fields a patch names, and only those: the endpoint is read, changed and
+    /// written back if nobody changed it meanwhile (else read again), so that two concurrent
+    /// patches of different fields both stick. A patch naming nothing is refused.
     pub async fn update(&self, id: WebhookId, patch: WebhookPatch) -> Result<WebhookEndpoint, WebhookError> {
-        let mut endpoint = self.get_managed(id).await?;
-        if let Some(url) = patch.url {
-            endpoint.url = check_url(&url, self.settings.allow_private_addresses)?;
+        if patch.url.is_none() && patch.event_types.is_none() && patch.enabled.is_none() {
+            return Err(WebhookError::NothingToUpdate);
         }
-        if let Some(types) = patch.event_types {
-            endpoint.event_types = check_event_types(types)?;
+        let url = patch.url.map(|url| check_url(&url, self.settings.allow_private_addresses)).transpose()?;
+        let event_types = patch.event_types.map(check_event_types).transpose()?;
+        for attempt in 1.. {
+            let mut endpoint = self.get_managed(id).await?;
+            let read_at = endpoint.updated_at;
+            if let Some(url) = &url {
+                endpoint.url = url.clone();
+            }
+            if let Some(types) = &event_types {
+                endpoint.event_types = types.clone();
+            }
+            if let Some(enabled) = patch.enabled {
+                endpoint.enabled = enabled;
+            }
+            endpoint.updated_at = now();
+            // After this many lost races in a row, the last writer wins rather than the caller
+            // waiting on.
+            let expected = (attempt < UPDATE_ATTEMPTS).then_some(read_at);
+            if self.store.update_webhook(&endpoint, expected).await? {
+                return Ok(endpoint);
+            }
         }
-        if let Some(enabled) = patch.enabled {
-            endpoint.enabled = enabled;
-        }
-        endpoint.updated_at = now();
-        if !self.store.update_webhook(&endpoint).await? {
-            return Err(WebhookError::NotFound);
-        }
-        Ok(endpoint)
+        unreachable!("the loop returns")
     }
 
     /// Deletes an endpoint and its delivery log.
@@ -342,7 +361,7 @@ impl Webhooks {
                     updated_at: at,
                     ..old.clone()
                 };
-                self.store.update_webhook(&endpoint).await?;
+                self.store.update_webhook(&endpoint, None).await?;
                 changed = true;
             }
             let current = keyring.decrypt(&old.secret, &WebhookEndpoint::aad(old.id)).ok();

@@ -1092,8 +1092,13 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn list_webhooks(&self) -> Result<Vec<WebhookEndpoint>, StoreError>;
 
     /// Replaces an endpoint's URL, event types, enabled flag and `updated_at`; false when there
-    /// is no such endpoint.
-    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError>;
+    /// is no such endpoint or, given `expected_updated_at`, when its `updated_at` is another one
+    /// (it changed since it was read: a compare-and-swap).
+    async fn update_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        expected_updated_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError>;
 
     /// Replaces an endpoint's signing keys if its current key's ciphertext is still `expected`
     /// (of two concurrent rotations one wins); false otherwise.

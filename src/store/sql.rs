@@ -2324,18 +2324,31 @@ impl Store for SqlStore {
         query(*SQL).fetch_all(self.db.reader()).await?.iter().map(webhook_row).collect()
     }
 
-    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
-        let updated = query(
-            "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5 WHERE id = $1",
-        )
-        .bind(endpoint.id.as_uuid())
-        .bind(endpoint.url.as_str())
-        .bind(endpoint.event_types.join(" "))
-        .bind(endpoint.enabled)
-        .bind(endpoint.updated_at)
-        .execute(self.db.writer())
-        .await?;
-        Ok(updated == 1)
+    async fn update_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        expected_updated_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        let sql = match expected_updated_at {
+            None => {
+                "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5 WHERE id = $1"
+            }
+            Some(_) => {
+                "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5
+                 WHERE id = $1 AND updated_at = $6"
+            }
+        };
+        let update = query(sql)
+            .bind(endpoint.id.as_uuid())
+            .bind(endpoint.url.as_str())
+            .bind(endpoint.event_types.join(" "))
+            .bind(endpoint.enabled)
+            .bind(endpoint.updated_at);
+        let update = match expected_updated_at {
+            Some(at) => update.bind(at),
+            None => update,
+        };
+        Ok(update.execute(self.db.writer()).await? == 1)
     }
 
     async fn replace_webhook_secret(

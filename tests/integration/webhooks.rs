@@ -24,6 +24,7 @@ on_both_backends!(
     events_arrive_signed_once_per_endpoint_and_filtered_by_type,
     a_failing_endpoint_is_retried_in_order_without_delaying_a_healthy_one,
     a_replay_sends_events_again,
+    concurrent_changes_of_different_fields_all_stick,
 );
 
 /// One request a receiver got.
@@ -353,6 +354,31 @@ async fn the_ssrf_guard_refuses_loopback_addresses() {
     app.stop().await;
 }
 
+async fn concurrent_changes_of_different_fields_all_stick(backend: Backend) {
+    let app = spawn(backend).await;
+    let created = app.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": "https://h.example.com/a" }));
+    let created = json(created.send().await.unwrap(), 201).await;
+    let path = format!("/admin/webhooks/{}", created["id"].as_str().unwrap());
+    // Eight rounds of three patches at once, each naming one field.
+    for round in 0..8 {
+        let url = format!("https://h.example.com/{round}");
+        let types = if round % 2 == 0 { json!(["user.created"]) } else { json!(["team.member.added"]) };
+        let enabled = round % 2 == 1;
+        let patches = [json!({ "url": url }), json!({ "event_types": types }), json!({ "enabled": enabled })];
+        let tasks: Vec<_> = patches
+            .into_iter()
+            .map(|patch| tokio::spawn(app.admin(Method::PATCH, &path).json(&patch).send()))
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap().status(), 200);
+        }
+        let now = json(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
+        assert_eq!((now["url"].as_str(), &now["event_types"]), (Some(url.as_str()), &types), "round {round}");
+        assert_eq!(now["enabled"].as_bool(), Some(enabled), "round {round}");
+    }
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_admin_api_validates_and_manages_endpoints() {
     let plain = TestApp::spawn(Backend::Sqlite).await;
@@ -386,6 +412,14 @@ async fn the_webhook_admin_api_validates_and_manages_endpoints() {
     let patched = app.admin(Method::PATCH, &path).json(&json!({ "enabled": false, "event_types": [] }));
     let patched = json(patched.send().await.unwrap(), 200).await;
     assert_eq!((patched["enabled"].as_bool(), patched["event_types"].clone()), (Some(false), json!([])));
+    let empty = app.admin(Method::PATCH, &path).json(&json!({})).send().await.unwrap();
+    assert_eq!(json(empty, 400).await["code"], "invalid_request", "a change that names nothing");
+    let unchanged = json(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
+    assert_eq!(unchanged["updated_at"], patched["updated_at"], "nothing was written");
+    for query in ["limit=0", "limit=501", "page=2"] {
+        let listed = app.admin(Method::GET, &format!("{path}/deliveries?{query}")).send().await.unwrap();
+        assert_eq!(json(listed, 400).await["code"], "invalid_request", "{query}");
+    }
     let stored = app.db.sql().await.blobs("SELECT secret FROM webhook_endpoints").await;
     let key = STANDARD.decode(created["secret"].as_str().unwrap().trim_start_matches("whsec_")).unwrap();
     assert_eq!(key.len(), 32);
