@@ -703,8 +703,7 @@ impl Store for SqlStore {
             // Nothing changes (disabling a disabled user still ends any session left).
             let mut ended = 0;
             if change.disabled == Some(true) {
-                ended = query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
-                insert_session_event(&mut tx, user, SessionEnd::UserDisabled, ended, now).await?;
+                ended = end_access(&mut tx, user, now).await?;
                 tx.commit().await?;
             } else {
                 tx.rollback().await?;
@@ -732,14 +731,13 @@ impl Store for SqlStore {
             let topic = if found.disabled { events::USER_DISABLED } else { events::USER_ENABLED };
             insert_event(&mut tx, &NewEvent::new(topic, events::user_changed(&found)), now).await?;
         }
-        // Disabling ends the user's sessions; so does enabling them again, because a disabled
-        // user holds none but those a sign-in that raced the disable wrote after its delete
+        // Disabling ends the user's sessions and grants; so does enabling them again, because a
+        // disabled user holds none but those a sign-in that raced the disable wrote after its delete
         // (sign-in checked the flag before the disable committed): such a session must not come
         // back to life with the user. (A sign-in that read the flag before the disable and
         // commits only after this delete would still escape it: one that spans both changes.)
         if change.disabled == Some(true) || toggled {
-            let ended = query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut tx).await?;
-            insert_session_event(&mut tx, user, SessionEnd::UserDisabled, ended, now).await?;
+            end_access(&mut tx, user, now).await?;
         }
         if !changed.is_empty() || toggled {
             log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
@@ -3006,6 +3004,20 @@ static DELETE_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
         ids.join(", ")
     )
 });
+
+/// Ends what a disabled user signed in with, for good: their sessions (with a `session.revoked`
+/// event) and their OpenID Provider grants, offline ones included, so that enabling them again
+/// brings back neither. Returns how many sessions ended.
+async fn end_access(tx: &mut Tx, user: UserId, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    let ended = query("DELETE FROM sessions WHERE user_id = $1").bind(user.as_uuid()).execute(&mut *tx).await?;
+    insert_session_event(tx, user, SessionEnd::UserDisabled, ended, now).await?;
+    query("UPDATE oauth_grants SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(user.as_uuid())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    Ok(ended)
+}
 
 async fn revoke_grant_in(tx: &mut Tx, grant: uuid::Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
     query("UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")

@@ -72,7 +72,7 @@ fn assertion(token: &str) -> ClientCredentials {
 
 /// Asserts that authentication fails with the RFC 6749 error `code`.
 async fn refused(clients: &Clients, creds: &ClientCredentials, code: &str) -> ClientAuthError {
-    let error = clients.authenticate(creds, TOKEN_ENDPOINT).await.expect_err("authentication must fail");
+    let error = clients.authenticate(creds, &[TOKEN_ENDPOINT.to_owned()]).await.expect_err("authentication must fail");
     assert_eq!(error.oauth_error(), code, "{error:?}");
     error
 }
@@ -125,7 +125,7 @@ async fn a_client_is_registered_read_changed_and_deleted_with_its_secret_shown_o
     assert!(changed.get("client_secret").is_none());
     assert_ne!(changed["updated_at"], created["updated_at"]);
     assert_eq!(
-        clients(&app).authenticate(&basic("grafana", &secret), TOKEN_ENDPOINT).await.unwrap().name,
+        clients(&app).authenticate(&basic("grafana", &secret), &[TOKEN_ENDPOINT.to_owned()]).await.unwrap().name,
         "Grafana (prod)"
     );
 
@@ -167,7 +167,7 @@ async fn a_new_secret_replaces_the_old_one(backend: Backend) {
     let new = rotated["client_secret"].as_str().unwrap();
     assert_ne!(new, old);
     let service = clients(&app);
-    service.authenticate(&basic("app", new), TOKEN_ENDPOINT).await.unwrap();
+    service.authenticate(&basic("app", new), &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
     refused(&service, &basic("app", &old), "invalid_client").await;
     register(&app, public("spa")).await;
     let public = body(app.admin(Method::POST, "/admin/clients/spa/secret").send().await.unwrap(), 409).await;
@@ -354,9 +354,9 @@ async fn config_clients_are_listed_and_read_only(backend: Backend) {
         assert!(refused["detail"].as_str().unwrap().contains("configuration file"), "{refused}");
     }
     let service = clients(&app);
-    service.authenticate(&basic("wiki", CONFIG_SECRET), TOKEN_ENDPOINT).await.unwrap();
+    service.authenticate(&basic("wiki", CONFIG_SECRET), &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
     let desktop = ClientCredentials { client_id: Some("desktop".into()), ..Default::default() };
-    assert!(service.authenticate(&desktop, TOKEN_ENDPOINT).await.unwrap().from_config);
+    assert!(service.authenticate(&desktop, &[TOKEN_ENDPOINT.to_owned()]).await.unwrap().from_config);
     let stored = app.store.client(&ClientId::parse("wiki").unwrap()).await.unwrap().unwrap();
     assert_eq!(stored.secret_hash, Some(tessera::crypto::sha256(CONFIG_SECRET.as_bytes())));
     app.stop().await;
@@ -402,10 +402,16 @@ async fn a_confidential_client_authenticates_with_its_secret_in_basic_or_post(ba
     let app = TestApp::spawn(backend).await;
     let secret = register(&app, confidential("app")).await["client_secret"].as_str().unwrap().to_owned();
     let service = clients(&app);
-    assert_eq!(service.authenticate(&basic("app", &secret), TOKEN_ENDPOINT).await.unwrap().id.as_str(), "app");
-    assert_eq!(service.authenticate(&post("app", &secret), TOKEN_ENDPOINT).await.unwrap().id.as_str(), "app");
+    assert_eq!(
+        service.authenticate(&basic("app", &secret), &[TOKEN_ENDPOINT.to_owned()]).await.unwrap().id.as_str(),
+        "app"
+    );
+    assert_eq!(
+        service.authenticate(&post("app", &secret), &[TOKEN_ENDPOINT.to_owned()]).await.unwrap().id.as_str(),
+        "app"
+    );
     let with_id = ClientCredentials { client_id: Some("app".into()), ..basic("app", &secret) };
-    service.authenticate(&with_id, TOKEN_ENDPOINT).await.unwrap();
+    service.authenticate(&with_id, &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
 
     for creds in [basic("app", "wrong"), post("app", "wrong"), basic("app", ""), basic("nobody", &secret)] {
         let error = refused(&service, &creds, "invalid_client").await;
@@ -424,7 +430,7 @@ async fn a_public_client_authenticates_with_its_id_only(backend: Backend) {
     register(&app, public("spa")).await;
     let service = clients(&app);
     let id_only = ClientCredentials { client_id: Some("spa".into()), ..Default::default() };
-    let spa = service.authenticate(&id_only, TOKEN_ENDPOINT).await.unwrap();
+    let spa = service.authenticate(&id_only, &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
     assert!(spa.is_public());
     for creds in [post("spa", "anything"), basic("spa", "anything"), basic("spa", "")] {
         let error = refused(&service, &creds, "invalid_client").await;
@@ -496,14 +502,16 @@ async fn private_key_jwt_accepts_a_fresh_assertion_for_the_token_endpoint_or_iss
     for (kid, aud, jti) in [("ec-1", TOKEN_ENDPOINT, "j1"), ("rsa-1", TOKEN_ENDPOINT, "j2"), ("ed-1", OP_ISSUER, "j3")]
     {
         let token = issuer.sign(kid, &claims("backend", aud, 120, jti));
-        let client =
-            service.authenticate(&assertion(&token), TOKEN_ENDPOINT).await.unwrap_or_else(|e| panic!("{kid}: {e}"));
+        let client = service
+            .authenticate(&assertion(&token), &[TOKEN_ENDPOINT.to_owned()])
+            .await
+            .unwrap_or_else(|e| panic!("{kid}: {e}"));
         assert_eq!(client.id.as_str(), "backend");
     }
     // The client_id parameter may name the client too.
     let token = issuer.sign("ec-1", &claims("backend", TOKEN_ENDPOINT, 120, "j4"));
     let named = ClientCredentials { client_id: Some("backend".into()), ..assertion(&token) };
-    service.authenticate(&named, TOKEN_ENDPOINT).await.unwrap();
+    service.authenticate(&named, &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
     assert_eq!(app.db.sql().await.count("client_assertions").await, 4, "each jti is kept until it expires");
     app.stop().await;
 }
@@ -555,7 +563,7 @@ async fn private_key_jwt_refuses_bad_assertions(backend: Backend) {
     let mismatch = ClientCredentials { client_id: Some("other".into()), ..assertion(&token) };
     refused(&service, &mismatch, "invalid_client").await;
     assert_eq!(app.db.sql().await.count("client_assertions").await, 0, "no refused assertion burns a jti");
-    service.authenticate(&assertion(&token), TOKEN_ENDPOINT).await.unwrap();
+    service.authenticate(&assertion(&token), &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
     let replay = refused(&service, &assertion(&token), "invalid_client").await;
     assert!(replay.description().contains("used before"), "{}", replay.description());
     app.stop().await;
@@ -573,7 +581,7 @@ async fn a_replayed_assertion_is_accepted_once_under_concurrency(backend: Backen
             let (service, token, barrier) = (clients(&app), token.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                service.authenticate(&assertion(&token), TOKEN_ENDPOINT).await
+                service.authenticate(&assertion(&token), &[TOKEN_ENDPOINT.to_owned()]).await
             })
         })
         .collect();

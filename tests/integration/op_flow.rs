@@ -891,6 +891,29 @@ async fn private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion(
     let tokens = body(send().await.unwrap(), 200).await;
     assert_eq!(jwt_parts(tokens["access_token"].as_str().unwrap()).1["sub"], client);
     assert_eq!(oauth_error(send().await.unwrap(), 401).await, "invalid_client", "an assertion is used once");
+    // At another endpoint an assertion may name that endpoint (RFC 9126 section 2, for PAR);
+    // the token endpoint does not take it.
+    let for_introspection = |jti: &str| {
+        let claims = json!({"iss": client, "sub": client, "aud": w.app.url("/oauth/introspect"), "iat": now,
+                            "exp": now + 60, "jti": jti});
+        keys.sign("ec-1", &claims)
+    };
+    let assertion = for_introspection("assertion-2");
+    let form = [
+        ("token", tokens["access_token"].as_str().unwrap()),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", assertion.as_str()),
+    ];
+    let introspected = w.app.client.post(w.app.url("/oauth/introspect")).form(&form).send().await.unwrap();
+    assert_eq!(body(introspected, 200).await["active"], true);
+    let assertion = for_introspection("assertion-3");
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", assertion.as_str()),
+    ];
+    let elsewhere = w.app.client.post(w.app.url("/oauth/token")).form(&form).send().await.unwrap();
+    assert_eq!(oauth_error(elsewhere, 401).await, "invalid_client");
 }
 
 async fn browser_apps_on_other_origins_reach_the_public_client_endpoints_only(backend: Backend) {

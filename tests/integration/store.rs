@@ -3187,17 +3187,22 @@ mod grants {
         assert!(active(with_identity.id, t0).await);
         store.unlink_identity(ada.id(), second.id, t0).await.unwrap();
         assert!(!active(with_identity.id, t0).await, "the identity was unlinked");
-        // Ends with its expiry, while the user is disabled, and when revoked.
+        // Ends with its expiry, and when revoked.
         let plain = grant(&ada, None, t0);
         store.insert_grant(&plain, &code(t0)).await.unwrap();
         assert!(!active(plain.id, t0 + TimeDelta::days(31)).await);
-        set_user_disabled(&store, ada.id(), true, t0).await.unwrap();
-        assert!(!active(plain.id, t0).await);
-        set_user_disabled(&store, ada.id(), false, t0).await.unwrap();
         assert!(active(plain.id, t0).await);
         assert!(store.revoke_grant(plain.id, t0).await.unwrap());
         assert!(!store.revoke_grant(plain.id, t0).await.unwrap(), "revoked once");
         assert!(!active(plain.id, t0).await);
+        // Disabling the user ends even a grant bound to nothing (offline access), for good.
+        let offline = grant(&ada, None, t0);
+        store.insert_grant(&offline, &code(t0)).await.unwrap();
+        assert!(active(offline.id, t0).await);
+        set_user_disabled(&store, ada.id(), true, t0).await.unwrap();
+        assert!(!active(offline.id, t0).await);
+        set_user_disabled(&store, ada.id(), false, t0).await.unwrap();
+        assert!(!active(offline.id, t0).await, "enabling the user again brings no grant back");
     }
 
     async fn consents_are_recorded_and_replaced(backend: Backend) {

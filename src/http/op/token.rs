@@ -168,11 +168,12 @@ async fn client_and_token<'s>(
     state: &'s AppState,
     headers: &HeaderMap,
     body: &Bytes,
+    path: &str,
 ) -> Result<(&'s OpenIdProvider, Client, String), OAuthResponse> {
     let op = provider(state)?;
     let pairs = form_pairs(headers, body)?;
     let map = single_valued(&pairs)?;
-    let client = op.authenticate(&credentials(headers, &map)?).await?;
+    let client = op.authenticate(&credentials(headers, &map)?, path).await?;
     let token = get(&map, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
     Ok((op, client, token))
 }
@@ -192,7 +193,7 @@ async fn introspect(
     headers: HeaderMap,
     OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthResponse> {
-    let (op, client, token) = client_and_token(&state, &headers, &body).await?;
+    let (op, client, token) = client_and_token(&state, &headers, &body, "/oauth/introspect").await?;
     if client.is_public() {
         return Err(OAuthError::invalid_client("a public client cannot introspect tokens").into());
     }
@@ -214,7 +215,7 @@ async fn revoke(
     headers: HeaderMap,
     OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthResponse> {
-    let (op, client, token) = client_and_token(&state, &headers, &body).await?;
+    let (op, client, token) = client_and_token(&state, &headers, &body, "/oauth/revoke").await?;
     op.revoke(&client, &token).await?;
     let mut response = StatusCode::OK.into_response();
     no_store(response.headers_mut());
@@ -239,7 +240,7 @@ async fn push(
     let op = provider(&state)?;
     let pairs = form_pairs(&headers, &body)?;
     let map = single_valued(&pairs)?;
-    let client = op.authenticate(&credentials(&headers, &map)?).await?;
+    let client = op.authenticate(&credentials(&headers, &map)?, "/oauth/par").await?;
     let params = authorization_params(&map);
     match op.push(&client, params).await {
         Ok((request_uri, expires_in)) => {

@@ -291,21 +291,21 @@ impl Clients {
         Ok(client)
     }
 
-    /// Authenticates the client of a token request (`token_endpoint`: the URL a client
-    /// assertion's `aud` names).
+    /// Authenticates the client of a request to an endpoint (`audiences`: the URLs a client
+    /// assertion's `aud` may name besides the issuer — the token endpoint and the one called).
     pub async fn authenticate(
         &self,
         creds: &ClientCredentials,
-        token_endpoint: &str,
+        audiences: &[String],
     ) -> Result<Client, ClientAuthError> {
-        self.authenticate_with_method(creds, token_endpoint).await.map(|(client, _)| client)
+        self.authenticate_with_method(creds, audiences).await.map(|(client, _)| client)
     }
 
     /// [`Clients::authenticate`], also saying which method the client used.
     pub async fn authenticate_with_method(
         &self,
         creds: &ClientCredentials,
-        token_endpoint: &str,
+        audiences: &[String],
     ) -> Result<(Client, AuthMethod), ClientAuthError> {
         let assertion = creds.client_assertion_type.is_some() || creds.client_assertion.is_some();
         let methods = [creds.basic.is_some(), creds.client_secret.is_some(), assertion];
@@ -323,7 +323,7 @@ impl Clients {
                     "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
                 ));
             }
-            let client = self.private_key_jwt(assertion, creds.client_id.as_deref(), token_endpoint).await?;
+            let client = self.private_key_jwt(assertion, creds.client_id.as_deref(), audiences).await?;
             return Ok((client, AuthMethod::PrivateKeyJwt));
         }
         if let Some((id, secret)) = &creds.basic {
@@ -374,7 +374,7 @@ impl Clients {
         &self,
         assertion: &str,
         client_id: Option<&str>,
-        token_endpoint: &str,
+        audiences: &[String],
     ) -> Result<Client, ClientAuthError> {
         const MALFORMED: ClientAuthError = ClientAuthError::InvalidClient("the client assertion is not a signed JWT");
         if assertion.len() > MAX_ASSERTION_LEN {
@@ -431,7 +431,7 @@ impl Clients {
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         validation.set_issuer(&[client.id.as_str()]);
         validation.sub = Some(client.id.as_str().to_owned());
-        let mut audiences = vec![token_endpoint.to_owned()];
+        let mut audiences = audiences.to_vec();
         audiences.extend(self.issuer.clone());
         validation.set_audience(&audiences);
         let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &key.key, &validation)

@@ -164,7 +164,7 @@ impl OpenIdProvider {
                 "grant_type must be authorization_code, refresh_token or client_credentials",
             ));
         };
-        let client = self.authenticate(creds).await?;
+        let client = self.authenticate(creds, "/oauth/token").await?;
         if !client.allows(grant) {
             return Err(OAuthError::unauthorized_client(format!("this client may not use {}", grant.as_str())));
         }
@@ -176,10 +176,15 @@ impl OpenIdProvider {
         }
     }
 
-    /// Authenticates a client at the token, introspection, revocation or PAR endpoint.
-    pub async fn authenticate(&self, creds: &ClientCredentials) -> Result<Client, OAuthError> {
-        let endpoint = self.endpoint("/oauth/token");
-        self.clients.authenticate(creds, &endpoint).await.map_err(|e| OAuthError::from_client_auth(&e))
+    /// Authenticates a client at the token, introspection, revocation or PAR endpoint (`path`,
+    /// e.g. `/oauth/par`). A client assertion may name the issuer, the token endpoint or the
+    /// endpoint called as its audience (RFC 7523 section 3, RFC 9126 section 2).
+    pub async fn authenticate(&self, creds: &ClientCredentials, path: &str) -> Result<Client, OAuthError> {
+        let mut audiences = vec![self.endpoint("/oauth/token")];
+        if path != "/oauth/token" {
+            audiences.push(self.endpoint(path));
+        }
+        self.clients.authenticate(creds, &audiences).await.map_err(|e| OAuthError::from_client_auth(&e))
     }
 
     async fn exchange_code(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
