@@ -46,35 +46,6 @@ mod postgres_utf8 {
         })
         .await;
     }
-
-    /// An identity's key is compared byte for byte, whatever the cluster's locale: the columns
-    /// and the unique index every token's lookup walks use "C", not the database's collation.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn identity_keys_compare_bytewise_on_a_locale_cluster() {
-        on_utf8_cluster(async {
-            let db = TestDb::new(Backend::Postgres).await;
-            db.store().await;
-            let sql = db.sql().await;
-            let default = sql.texts("SELECT datcollate FROM pg_database WHERE datname = current_database()").await;
-            assert_eq!(default, ["C.UTF-8"], "the cluster's own collation is not C");
-            let columns = sql
-                .texts(
-                    "SELECT c.collname::text FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
-                     WHERE a.attrelid = 'identities'::regclass AND a.attname IN ('issuer', 'subject')",
-                )
-                .await;
-            assert_eq!(columns, ["C", "C"]);
-            let index = sql
-                .texts(
-                    "SELECT c.collname::text FROM pg_index i, unnest(i.indcollation::oid[]) AS k(oid)
-                     JOIN pg_collation c ON c.oid = k.oid
-                     WHERE i.indexrelid = 'identities_issuer_subject_key'::regclass",
-                )
-                .await;
-            assert_eq!(index, ["C", "C"]);
-        })
-        .await;
-    }
 }
 
 const ISAAC: &str = "isaac.x@corp.example";
