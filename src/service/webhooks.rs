@@ -23,7 +23,7 @@ use crate::config::{ConfigWebhook, WebhooksConfig};
 use crate::crypto::keyring::KeyRing;
 use crate::domain::{WebhookDelivery, WebhookEndpoint, WebhookId, events};
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{Store, StoreError, WebhookKeys, WebhookQueue};
+use crate::store::{Store, StoreError, WebhookChange, WebhookKeys, WebhookQueue};
 
 /// The prefix of a signing key as shown to the operator (Standard Webhooks).
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -31,8 +31,6 @@ pub const SECRET_PREFIX: &str = "whsec_";
 pub const MAX_URL_LEN: usize = 2048;
 /// The most deliveries one page of the log holds.
 pub const MAX_PAGE: usize = 500;
-/// How many times an update is read and written again when a concurrent one got in first.
-const UPDATE_ATTEMPTS: u32 = 8;
 /// The events a replay schedules per transaction ([`Webhooks::replay`]).
 pub const REPLAY_PAGE: i64 = 500;
 
@@ -202,36 +200,20 @@ impl Webhooks {
         self.store.webhook(id).await?.ok_or(WebhookError::NotFound)
     }
 
-    /// Changes the fields a patch names, and only those: the endpoint is read, changed and
-    /// written back if nobody changed it meanwhile (else read again), so that two concurrent
-    /// patches of different fields both stick. A patch naming nothing is refused.
+    /// Changes the fields a patch names, and only those, in one write: two concurrent patches of
+    /// different fields both stick. A patch naming nothing is refused.
     pub async fn update(&self, id: WebhookId, patch: WebhookPatch) -> Result<WebhookEndpoint, WebhookError> {
         if patch.url.is_none() && patch.event_types.is_none() && patch.enabled.is_none() {
             return Err(WebhookError::NothingToUpdate);
         }
-        let url = patch.url.map(|url| check_url(&url, self.settings.allow_private_addresses)).transpose()?;
-        let event_types = patch.event_types.map(check_event_types).transpose()?;
-        for attempt in 1.. {
-            let mut endpoint = self.get_managed(id).await?;
-            let read_at = endpoint.updated_at;
-            if let Some(url) = &url {
-                endpoint.url = url.clone();
-            }
-            if let Some(types) = &event_types {
-                endpoint.event_types = types.clone();
-            }
-            if let Some(enabled) = patch.enabled {
-                endpoint.enabled = enabled;
-            }
-            endpoint.updated_at = now();
-            // After this many lost races in a row, the last writer wins rather than the caller
-            // waiting on.
-            let expected = (attempt < UPDATE_ATTEMPTS).then_some(read_at);
-            if self.store.update_webhook(&endpoint, expected).await? {
-                return Ok(endpoint);
-            }
-        }
-        unreachable!("the loop returns")
+        let change = WebhookChange {
+            url: patch.url.map(|url| check_url(&url, self.settings.allow_private_addresses)).transpose()?,
+            event_types: patch.event_types.map(check_event_types).transpose()?,
+            enabled: patch.enabled,
+        };
+        // Named in the error: an endpoint of the configuration file is changed there.
+        self.get_managed(id).await?;
+        self.store.patch_webhook(id, &change, now()).await?.ok_or(WebhookError::NotFound)
     }
 
     /// Deletes an endpoint and its delivery log.
@@ -361,7 +343,7 @@ impl Webhooks {
                     updated_at: at,
                     ..old.clone()
                 };
-                self.store.update_webhook(&endpoint, None).await?;
+                self.store.update_webhook(&endpoint).await?;
                 changed = true;
             }
             let current = keyring.decrypt(&old.secret, &WebhookEndpoint::aad(old.id)).ok();

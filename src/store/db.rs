@@ -557,7 +557,7 @@ pub(super) enum Arg<'q> {
     Uuid(Option<Uuid>),
     Text(Option<Cow<'q, str>>),
     Int(Option<i64>),
-    Bool(bool),
+    Bool(Option<bool>),
     Time(Option<DateTime<Utc>>),
     Bytes(Option<Cow<'q, [u8]>>),
     Json(&'q serde_json::Value),
@@ -591,7 +591,8 @@ into_arg! {
     Option<String> => |v| Arg::Text(v.map(Cow::Owned));
     i64 => |v| Arg::Int(Some(v));
     Option<i64> => |v| Arg::Int(v);
-    bool => |v| Arg::Bool(v);
+    bool => |v| Arg::Bool(Some(v));
+    Option<bool> => |v| Arg::Bool(v);
     DateTime<Utc> => |v| Arg::Time(Some(v));
     Option<DateTime<Utc>> => |v| Arg::Time(v);
     &'q [u8] => |v| Arg::Bytes(Some(Cow::Borrowed(v)));
@@ -1039,7 +1040,7 @@ mod tests {
              UPDATE c SET x = $5 WHERE id = $4"
         );
         assert_eq!(composed.args.len(), 5);
-        assert!(matches!(&composed.args[2], Arg::Bool(true)));
+        assert!(matches!(&composed.args[2], Arg::Bool(Some(true))));
         assert!(matches!(&composed.args[3], Arg::Text(Some(text)) if text == "c"));
         // One write is itself; the same combination is composed once.
         let alone = together(vec![query("DELETE FROM d WHERE id = $1").bind(1i64)]);

@@ -17,7 +17,8 @@ pub struct NewGrant {
     pub user_id: UserId,
     /// The upstream identity the user signed in with; unlinking it ends the grant.
     pub identity_id: Option<IdentityId>,
-    /// The browser session it came from; ending the session ends the grant.
+    /// The browser session it came from; ending the session ends the grant. `None` for a grant of
+    /// `offline_access`, which outlives the session.
     pub session_hash: Option<[u8; 32]>,
     /// The granted scopes, space-separated.
     pub scope: String,

@@ -119,6 +119,18 @@ pub struct UserUpdate {
     pub changed: bool,
 }
 
+/// A change of a webhook endpoint's fields, for [`Store::patch_webhook`]: `None` leaves one as
+/// it is. The values are already checked.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookChange {
+    /// A new URL.
+    pub url: Option<String>,
+    /// New event types (empty: all).
+    pub event_types: Option<Vec<String>>,
+    /// Enabled or not.
+    pub enabled: Option<bool>,
+}
+
 /// A change of a user's fields, for [`Store::update_user`]: `None` leaves a field as it is;
 /// `Some(None)` clears `name` or `email`.
 #[derive(Debug, Clone, Default)]
@@ -1092,13 +1104,19 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn list_webhooks(&self) -> Result<Vec<WebhookEndpoint>, StoreError>;
 
     /// Replaces an endpoint's URL, event types, enabled flag and `updated_at`; false when there
-    /// is no such endpoint or, given `expected_updated_at`, when its `updated_at` is another one
-    /// (it changed since it was read: a compare-and-swap).
-    async fn update_webhook(
+    /// is no such endpoint.
+    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError>;
+
+    /// Changes the fields of an endpoint that `change` names, and only those, in one statement
+    /// (two concurrent changes of different fields both stick), and sets `updated_at`; the
+    /// endpoint as it then is, or `None` when there is no such endpoint of the API (one of the
+    /// configuration file is never changed here).
+    async fn patch_webhook(
         &self,
-        endpoint: &WebhookEndpoint,
-        expected_updated_at: Option<DateTime<Utc>>,
-    ) -> Result<bool, StoreError>;
+        id: WebhookId,
+        change: &WebhookChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebhookEndpoint>, StoreError>;
 
     /// Replaces an endpoint's signing keys if its current key's ciphertext is still `expected`
     /// (of two concurrent rotations one wins); false otherwise.

@@ -26,7 +26,7 @@ use super::{
     DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount,
     NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret,
-    UnlinkOutcome, UserSession, WebhookKeys, decode_role,
+    UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use super::{
@@ -1997,11 +1997,16 @@ impl Store for SqlStore {
     async fn delete_expired_grants(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut deleted = 0;
         for sql in [
+            // Each re-checks its row: one that changed while the DELETE waited for it (a code
+            // redeemed) keeps what it now is.
             "DELETE FROM oauth_codes WHERE code_hash IN
-               (SELECT code_hash FROM oauth_codes WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2)",
-            "DELETE FROM oauth_grants WHERE id IN (SELECT id FROM oauth_grants WHERE expires_at <= $1 LIMIT $2)",
+               (SELECT code_hash FROM oauth_codes WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2)
+             AND expires_at <= $1 AND used_at IS NULL",
+            "DELETE FROM oauth_grants WHERE id IN (SELECT id FROM oauth_grants WHERE expires_at <= $1 LIMIT $2)
+             AND expires_at <= $1",
             "DELETE FROM oauth_requests WHERE id_hash IN
-               (SELECT id_hash FROM oauth_requests WHERE expires_at <= $1 LIMIT $2)",
+               (SELECT id_hash FROM oauth_requests WHERE expires_at <= $1 LIMIT $2)
+             AND expires_at <= $1",
         ] {
             deleted += self.db.delete_in_batches(query(sql).bind(now)).await?;
         }
@@ -2322,31 +2327,47 @@ impl Store for SqlStore {
         query(*SQL).fetch_all(self.db.reader()).await?.iter().map(webhook_row).collect()
     }
 
-    async fn update_webhook(
+    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
+        let updated = query(
+            "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5 WHERE id = $1",
+        )
+        .bind(endpoint.id.as_uuid())
+        .bind(endpoint.url.as_str())
+        .bind(endpoint.event_types.join(" "))
+        .bind(endpoint.enabled)
+        .bind(endpoint.updated_at)
+        .execute(self.db.writer())
+        .await?;
+        Ok(updated == 1)
+    }
+
+    async fn patch_webhook(
         &self,
-        endpoint: &WebhookEndpoint,
-        expected_updated_at: Option<DateTime<Utc>>,
-    ) -> Result<bool, StoreError> {
-        let sql = match expected_updated_at {
-            None => {
-                "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5 WHERE id = $1"
-            }
-            Some(_) => {
-                "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5
-                 WHERE id = $1 AND updated_at = $6"
-            }
-        };
-        let update = query(sql)
-            .bind(endpoint.id.as_uuid())
-            .bind(endpoint.url.as_str())
-            .bind(endpoint.event_types.join(" "))
-            .bind(endpoint.enabled)
-            .bind(endpoint.updated_at);
-        let update = match expected_updated_at {
-            Some(at) => update.bind(at),
-            None => update,
-        };
-        Ok(update.execute(self.db.writer()).await? == 1)
+        id: WebhookId,
+        change: &WebhookChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebhookEndpoint>, StoreError> {
+        static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+            Box::leak(
+                format!(
+                    "UPDATE webhook_endpoints
+                     SET url = COALESCE($2, url), event_types = COALESCE($3, event_types),
+                         enabled = COALESCE($4, enabled), updated_at = $5
+                     WHERE id = $1 AND config_name IS NULL
+                     RETURNING {WEBHOOK_COLUMNS}"
+                )
+                .into_boxed_str(),
+            )
+        });
+        let row = query(*SQL)
+            .bind(id.as_uuid())
+            .bind(change.url.as_deref())
+            .bind(change.event_types.as_ref().map(|types| types.join(" ")))
+            .bind(change.enabled)
+            .bind(now)
+            .fetch_optional(self.db.writer())
+            .await?;
+        row.as_ref().map(webhook_row).transpose()
     }
 
     async fn replace_webhook_secret(

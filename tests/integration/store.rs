@@ -24,7 +24,7 @@ use tessera::store::{
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredCredential,
     StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate,
 };
-use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage};
+use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage, WebhookChange};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
@@ -3346,20 +3346,24 @@ async fn webhook_endpoints_are_stored_updated_and_deleted(backend: Backend) {
     store.insert_webhook(&hook).await.unwrap();
     assert_eq!(store.webhook(hook.id).await.unwrap(), Some(hook.clone()));
     assert_eq!(store.list_webhooks().await.unwrap(), [hook.clone()]);
-    let read_at = hook.updated_at;
     hook.url = "https://other.example.com/".into();
     hook.event_types = vec![];
     hook.enabled = false;
-    hook.updated_at = now() + TimeDelta::seconds(1);
-    assert!(store.update_webhook(&hook, Some(read_at)).await.unwrap());
+    hook.updated_at = now();
+    assert!(store.update_webhook(&hook).await.unwrap());
     assert_eq!(store.webhook(hook.id).await.unwrap(), Some(hook.clone()));
-    // A writer that read it before that change loses; without an expectation, it wins.
-    let stale = WebhookEndpoint { enabled: true, updated_at: hook.updated_at + TimeDelta::seconds(1), ..hook.clone() };
-    assert!(!store.update_webhook(&stale, Some(read_at)).await.unwrap(), "changed since it was read");
-    assert_eq!(store.webhook(hook.id).await.unwrap(), Some(hook.clone()));
-    assert!(store.update_webhook(&stale, None).await.unwrap());
-    hook = stale;
-    assert!(!store.update_webhook(&endpoint(&[], now()), None).await.unwrap(), "no such endpoint");
+    assert!(!store.update_webhook(&endpoint(&[], now())).await.unwrap(), "no such endpoint");
+    // A patch changes what it names, and only that.
+    let later = now() + TimeDelta::seconds(1);
+    let enabled = WebhookChange { enabled: Some(true), ..Default::default() };
+    let patched = store.patch_webhook(hook.id, &enabled, later).await.unwrap().unwrap();
+    assert_eq!(patched, WebhookEndpoint { enabled: true, updated_at: later, ..hook.clone() });
+    let types = WebhookChange { event_types: Some(vec!["user.created".into()]), ..Default::default() };
+    let patched = store.patch_webhook(hook.id, &types, later).await.unwrap().unwrap();
+    assert_eq!((patched.url.as_str(), patched.enabled), ("https://other.example.com/", true));
+    assert_eq!(patched.event_types, ["user.created"]);
+    assert_eq!(store.webhook(hook.id).await.unwrap(), Some(patched));
+    assert_eq!(store.patch_webhook(WebhookId::generate(), &enabled, later).await.unwrap(), None);
     assert!(store.delete_webhook(hook.id).await.unwrap());
     assert!(!store.delete_webhook(hook.id).await.unwrap());
     assert_eq!(store.webhook(hook.id).await.unwrap(), None);
@@ -3554,13 +3558,13 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     // is now), nor once it is gone.
     let last_attempt = Attempt { scheduled_at: last[0].scheduled_at, ..delivered };
     let moved = WebhookEndpoint { url: "https://elsewhere.example/hook".into(), updated_at: now(), ..hook.clone() };
-    store.update_webhook(&moved, None).await.unwrap();
+    store.update_webhook(&moved).await.unwrap();
     assert!(!store.record_attempt(&hook, last[0].id, &last_attempt).await.unwrap(), "another URL");
     let disabled = WebhookEndpoint { enabled: false, updated_at: now(), ..moved.clone() };
-    store.update_webhook(&disabled, None).await.unwrap();
+    store.update_webhook(&disabled).await.unwrap();
     assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "disabled");
     assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap(), last, "still pending, unchanged");
-    store.update_webhook(&WebhookEndpoint { enabled: true, updated_at: now(), ..moved.clone() }, None).await.unwrap();
+    store.update_webhook(&WebhookEndpoint { enabled: true, updated_at: now(), ..moved.clone() }).await.unwrap();
     assert!(store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "as it is now");
     store.delete_webhook(hook.id).await.unwrap();
     assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "gone");
@@ -3641,7 +3645,7 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "deliveries are pending");
 
     // c is disabled with its delivery of user.enabled pending; a delivers, b gives up.
-    store.update_webhook(&WebhookEndpoint { enabled: false, updated_at: now(), ..c.clone() }, None).await.unwrap();
+    store.update_webhook(&WebhookEndpoint { enabled: false, updated_at: now(), ..c.clone() }).await.unwrap();
     for (hook, status, error) in [(&a, 204, None), (&b, 500, Some("answered 500".to_owned()))] {
         let job = store.pending_deliveries(hook.id, 100).await.unwrap().remove(0);
         let (at, scheduled_at) = (now(), job.scheduled_at);
