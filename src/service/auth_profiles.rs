@@ -50,6 +50,9 @@ use crate::upstream::providers::{Provider, ProviderError, TokenSet};
 
 /// How long a connect link lives.
 pub const CONNECT_LINK_TTL: TimeDelta = TimeDelta::minutes(30);
+/// How long past a connect flow's state a pending profile is kept: the callback exchanges the
+/// code with the provider after the state is used (an outbound request, bounded by its timeout).
+const CALLBACK_GRACE: TimeDelta = TimeDelta::minutes(2);
 /// Tokens expiring sooner than this are refreshed before being handed out (or sooner than half
 /// their lifetime, when that is shorter: see [`needs_refresh`]).
 pub const REFRESH_WINDOW: TimeDelta = TimeDelta::minutes(5);
@@ -685,7 +688,10 @@ impl AuthProfiles {
         let started = self.flows.begin(provider, &ReturnTo::root(), purpose, scopes, false).await?;
         // The flow's state is unusable without the redirect this returns, so losing the race here
         // leaves nothing behind that works (the state row expires).
-        self.store.take_connect_token(&hash, now, now + FLOW_TTL).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
+        // The profile stays while the flow may still come back: the state lives FLOW_TTL from its
+        // start (just now), and the callback's token exchange runs after it is used.
+        let keep_until = super::now() + FLOW_TTL + CALLBACK_GRACE;
+        self.store.take_connect_token(&hash, now, keep_until).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         Ok(started)
     }
 

@@ -335,7 +335,8 @@ async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, Pag
     }
 }
 
-/// Ends the Tessera session (and so every grant made from it), then returns to the client's
+/// Ends the Tessera session (and so every grant made from it, but those with `offline_access`,
+/// which are not bound to it), then returns to the client's
 /// registered post-logout URI when the request names the client (`id_token_hint` or
 /// `client_id`) and the URI is registered exactly; otherwise shows a signed-out page.
 ///

@@ -5,8 +5,9 @@
 //! Access tokens are JWTs (RFC 9068, `typ: at+jwt`) whose `sub` is Tessera's user id and whose
 //! `gid` names the grant; refresh tokens are opaque and stored as hashes. A grant ends — and with
 //! it every token it issued — when it is revoked, when a used code or refresh token is presented
-//! again, when the browser session it came from ends, when the identity used is unlinked, or when
-//! the user is disabled.
+//! again, when the browser session it came from ends (unless it was granted `offline_access`:
+//! such a grant is bound to no session), when the identity used is unlinked, or when the user is
+//! disabled.
 
 use std::collections::BTreeMap;
 
