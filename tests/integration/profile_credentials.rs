@@ -312,6 +312,13 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
         let text = refused.to_string();
         assert!(!text.contains("not-a-key-but-secret") && !text.contains("abcdefgh"), "no value echoed: {text}");
     }
+    // A name twice: refused, whichever value a reader would pick.
+    let twice = format!(r#"{{"values": {{"OPENAI_API_KEY": "{KEY}", "OPENAI_API_KEY": "sk-other-abcdefgh"}}}}"#);
+    let request = w.on_behalf(Method::PUT, "/auth-profiles/keys/env", w.alice.id);
+    let request = request.header("content-type", "application/json").body(twice);
+    let refused = body(request.send().await.unwrap(), 400).await;
+    assert_eq!(refused["code"], "invalid_request", "{refused}");
+    assert!(!refused.to_string().contains("abcdefgh"), "no value echoed: {refused}");
     let big = json!({"values": {"OPENAI_API_KEY": "x".repeat(70_000)}});
     let request = w.on_behalf(Method::PUT, "/auth-profiles/keys/env", w.alice.id).json(&big);
     assert_eq!(body(request.send().await.unwrap(), 413).await["code"], "payload_too_large");

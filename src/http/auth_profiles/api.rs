@@ -59,12 +59,51 @@ pub(crate) struct CreateRequest {
     pub(crate) display_name: Option<String>,
     pub(crate) slug: Option<String>,
     pub(crate) scopes: Option<Vec<String>>,
-    /// The values of an `env` profile, by field name.
+    /// The values of an `env` profile, by field name (each name once).
+    #[serde(default, deserialize_with = "optional_distinct_values")]
     pub(crate) values: Option<BTreeMap<String, String>>,
     /// The storage state of a `browser_session` profile.
     pub(crate) storage_state: Option<serde_json::Value>,
     pub(crate) browser_kind: Option<String>,
     pub(crate) cdp_url: Option<String>,
+}
+
+/// An `env` profile's values as sent, each name once. A JSON object may repeat a name, and a map
+/// would silently keep the last value, where a proxy in front might read the first: a repeated
+/// name is refused, as the form of `env` values refuses a repeated field.
+struct DistinctValues(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for DistinctValues {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = DistinctValues;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of names and string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<DistinctValues, A::Error> {
+                let mut values = BTreeMap::new();
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    if values.insert(name, value).is_some() {
+                        return Err(serde::de::Error::custom("a name appears twice in `values`"));
+                    }
+                }
+                Ok(DistinctValues(values))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// `values`, each name once (see [`DistinctValues`]).
+pub(super) fn distinct_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    DistinctValues::deserialize(d).map(|v| v.0)
+}
+
+fn optional_distinct_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    Option::<DistinctValues>::deserialize(d).map(|v| v.map(|v| v.0))
 }
 
 /// The values of an `env` profile as secrets.

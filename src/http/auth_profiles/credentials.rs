@@ -17,7 +17,7 @@ use axum::routing::{post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::api::{parse_slug, secret_values};
+use super::api::{distinct_values, parse_slug, secret_values};
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
@@ -38,6 +38,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 #[schema(as = EnvValuesRequest)]
 #[serde(deny_unknown_fields)]
 struct EnvRequest {
+    #[serde(deserialize_with = "distinct_values")]
     values: BTreeMap<String, String>,
 }
 
