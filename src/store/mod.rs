@@ -1000,8 +1000,16 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// The scopes `user` consented to for `client`, space-separated.
     async fn consent(&self, user: UserId, client: &str) -> Result<Option<String>, StoreError>;
 
-    /// Records (or widens) a consent.
-    async fn put_consent(&self, user: UserId, client: &str, scope: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Adds `scopes` to what `user` consented to for `client` (creating the consent): what was
+    /// granted before stays granted, also when two approvals run at once. Returns the scopes
+    /// consented to now, in the order they were first granted.
+    async fn widen_consent(
+        &self,
+        user: UserId,
+        client: &str,
+        scopes: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Holds an authorization request for a later step.
     async fn insert_request(&self, request: &HeldRequest) -> Result<(), StoreError>;

@@ -1947,18 +1947,45 @@ impl Store for SqlStore {
         row.map(|row| row.text("scope")).transpose()
     }
 
-    async fn put_consent(&self, user: UserId, client: &str, scope: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn widen_consent(
+        &self,
+        user: UserId,
+        client: &str,
+        scopes: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // The row exists (a concurrent first approval waits here for the other to commit), then
+        // is locked: approvals of one user and client are merged one after the other.
         query(
-            "INSERT INTO oauth_consents (user_id, client_id, scope, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (user_id, client_id) DO UPDATE SET scope = excluded.scope, updated_at = excluded.updated_at",
+            "INSERT INTO oauth_consents (user_id, client_id, scope, updated_at) VALUES ($1, $2, '', $3)
+             ON CONFLICT (user_id, client_id) DO NOTHING",
         )
         .bind(user.as_uuid())
         .bind(client)
-        .bind(scope)
         .bind(now)
-        .execute(self.db.writer())
+        .execute(&mut tx)
         .await?;
-        Ok(())
+        let row = query("SELECT scope FROM oauth_consents WHERE user_id = $1 AND client_id = $2 FOR UPDATE")
+            .bind(user.as_uuid())
+            .bind(client)
+            .fetch_one(&mut tx)
+            .await?;
+        let mut consented: Vec<String> = row.text("scope")?.split_whitespace().map(str::to_owned).collect();
+        for scope in scopes {
+            if !consented.contains(scope) {
+                consented.push(scope.clone());
+            }
+        }
+        query("UPDATE oauth_consents SET scope = $3, updated_at = $4 WHERE user_id = $1 AND client_id = $2")
+            .bind(user.as_uuid())
+            .bind(client)
+            .bind(consented.join(" "))
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await?;
+        Ok(consented)
     }
 
     async fn insert_request(&self, request: &HeldRequest) -> Result<(), StoreError> {

@@ -2991,7 +2991,7 @@ mod grants {
         a_refresh_token_rotates_once_and_reuse_revokes_its_grant,
         concurrent_rotations_of_one_refresh_token_have_one_winner,
         a_grant_counts_while_its_user_session_and_identity_do,
-        consents_are_recorded_and_replaced,
+        consents_widen_and_concurrent_approvals_lose_none,
         a_held_request_is_taken_once_and_not_after_it_expires,
         expired_grants_codes_and_requests_are_deleted,
     );
@@ -3205,17 +3205,33 @@ mod grants {
         assert!(!active(offline.id, t0).await, "enabling the user again brings no grant back");
     }
 
-    async fn consents_are_recorded_and_replaced(backend: Backend) {
+    async fn consents_widen_and_concurrent_approvals_lose_none(backend: Backend) {
         let (_db, store) = setup(backend).await;
         let app = client(&store).await;
         let ada = sign_up(&store, "ada").await;
         let t0 = now();
         assert_eq!(store.consent(ada.id(), &app).await.unwrap(), None);
-        store.put_consent(ada.id(), &app, "openid", t0).await.unwrap();
-        store.put_consent(ada.id(), &app, "openid email", t0).await.unwrap();
+        let scopes = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(store.widen_consent(ada.id(), &app, &scopes(&["openid"]), t0).await.unwrap(), ["openid"]);
+        let widened = store.widen_consent(ada.id(), &app, &scopes(&["email", "openid"]), t0).await.unwrap();
+        assert_eq!(widened, ["openid", "email"]);
         assert_eq!(store.consent(ada.id(), &app).await.unwrap().as_deref(), Some("openid email"));
         let bob = sign_up(&store, "bob").await;
         assert_eq!(store.consent(bob.id(), &app).await.unwrap(), None);
+        // Approvals at once, each of another scope, first ones included: none is lost.
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, app, bob) = (store.clone(), app.clone(), bob.id());
+                tokio::spawn(async move { store.widen_consent(bob, &app, &[format!("scope-{i}")], t0).await.unwrap() })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let consented = store.consent(bob.id(), &app).await.unwrap().unwrap();
+        let mut consented: Vec<&str> = consented.split(' ').collect();
+        consented.sort_unstable();
+        assert_eq!(consented, (0..8).map(|i| format!("scope-{i}")).collect::<Vec<_>>());
     }
 
     async fn a_held_request_is_taken_once_and_not_after_it_expires(backend: Backend) {

@@ -206,10 +206,7 @@ impl OpenIdProvider {
             return Err(request.reject("access_denied", "the user declined"));
         }
         // Consent widens: what was granted before stays granted.
-        let before = self.store.consent(session.user, request.client.id.as_str()).await?;
-        let mut scopes = split_scope(before.as_deref().unwrap_or(""));
-        scopes.extend(request.scopes.iter().filter(|s| !scopes.contains(s)).cloned().collect::<Vec<_>>());
-        self.store.put_consent(session.user, request.client.id.as_str(), &scopes.join(" "), now).await?;
+        self.store.widen_consent(session.user, request.client.id.as_str(), &request.scopes, now).await?;
         self.issue_code(&request, session, now).await
     }
 
