@@ -734,6 +734,7 @@ impl AuthProfiles {
             false => granted,
         };
         let activation = Activation {
+            by: user,
             access_token,
             refresh_token,
             expires_at: finished.tokens.expires_at,
@@ -742,6 +743,9 @@ impl AuthProfiles {
             now: super::now(),
         };
         if !self.store.activate_profile(profile, version, &activation).await? {
+            // Refused because the member lost the right meanwhile (removed, demoted), or because
+            // the profile changed: say which.
+            self.connectable(profile, user).await?;
             return Err(AuthProfileError::ConnectConflict);
         }
         tracing::info!(profile_id = %profile, "connected an auth profile");

@@ -536,6 +536,9 @@ pub struct ProfileSecrets {
 /// The credentials a completed connect flow stores.
 #[derive(Debug, Clone)]
 pub struct Activation {
+    /// The member who connected: still a member of the profile's team when it is written, and
+    /// its creator or a team owner or admin (a removal or demotion meanwhile refuses it).
+    pub by: UserId,
     /// The access token (key-ring ciphertext).
     pub access_token: Vec<u8>,
     /// The refresh token (key-ring ciphertext).

@@ -1605,9 +1605,34 @@ impl Store for SqlStore {
         activation: &Activation,
     ) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
-        let Some(before) = profile_status_in(&mut tx, id).await? else {
-            tx.rollback().await?;
-            return Ok(false);
+        // The team first, shared: membership changes lock it for update, so the member's right
+        // read next holds until this commits (a removal or demotion waits, or came first).
+        query("SELECT 1 FROM teams WHERE id = (SELECT team_id FROM auth_profiles WHERE id = $1) FOR SHARE")
+            .bind(id.as_uuid())
+            .execute(&mut tx)
+            .await?;
+        let right = query(
+            "SELECT m.role, p.created_by FROM auth_profiles p
+             JOIN memberships m ON m.team_id = p.team_id AND m.user_id = $2
+             WHERE p.id = $1",
+        )
+        .bind(id.as_uuid())
+        .bind(activation.by.as_uuid())
+        .fetch_optional(&mut tx)
+        .await?;
+        let allowed = match right {
+            Some(row) => {
+                let creator = row.uuid("created_by")? == activation.by.as_uuid();
+                creator || matches!(decode_role(&row.text("role")?)?, Role::Owner | Role::Admin)
+            }
+            None => false,
+        };
+        let before = match profile_status_in(&mut tx, id).await? {
+            Some(before) if allowed => before,
+            _ => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
         };
         let updated = query(
             "UPDATE auth_profiles SET status = 'active', access_token = $3,

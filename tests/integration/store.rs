@@ -106,6 +106,7 @@ on_both_backends!(
     activating_a_profile_compares_and_swaps_its_version,
     activation_keeps_the_refresh_token_only_for_the_same_account,
     concurrent_activations_have_one_winner,
+    an_activation_needs_the_members_right_when_it_is_written,
     a_refresh_lease_is_held_by_one_owner_until_it_ends,
     concurrent_lease_acquisitions_have_one_winner,
     completing_a_refresh_bumps_the_token_version_only,
@@ -344,8 +345,9 @@ fn key(profile: &AuthProfile) -> PendingKey<'_> {
     }
 }
 
-fn activation(account: &str, access: &[u8], refresh: Option<&[u8]>, at: DateTime<Utc>) -> Activation {
+fn activation(by: UserId, account: &str, access: &[u8], refresh: Option<&[u8]>, at: DateTime<Utc>) -> Activation {
     Activation {
+        by,
         access_token: access.to_vec(),
         refresh_token: refresh.map(<[u8]>::to_vec),
         expires_at: Some(at + TimeDelta::hours(1)),
@@ -359,7 +361,7 @@ fn activation(account: &str, access: &[u8], refresh: Option<&[u8]>, at: DateTime
 /// `refresh-1`.
 async fn connected(store: &Arc<dyn Store>, owner: &Person, slug: &str) -> AuthProfile {
     let pending = inserted(store, profile(&owner.team, owner.id(), ProfileKind::OauthApp, slug, now())).await;
-    let credentials = activation("acct-1", b"access-1", Some(b"refresh-1"), now());
+    let credentials = activation(owner.id(), "acct-1", b"access-1", Some(b"refresh-1"), now());
     assert!(store.activate_profile(pending.id, pending.version, &credentials).await.unwrap());
     store.profile(pending.id).await.unwrap().unwrap()
 }
@@ -1519,7 +1521,7 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
     assert_eq!(store.team_profiles(team.id).await.unwrap().len(), 5);
 
     // Once connected, a profile no longer holds the pending place.
-    assert!(store.activate_profile(adas.id, 0, &activation("acct-1", b"access", None, t0)).await.unwrap());
+    assert!(store.activate_profile(adas.id, 0, &activation(ada.id(), "acct-1", b"access", None, t0)).await.unwrap());
     assert_eq!(store.insert_profile(&adas_second).await.unwrap(), Some(adas_second));
 }
 
@@ -1549,7 +1551,7 @@ async fn pending_profile_finds_the_pending_profile_of_a_key_expired_or_not(backe
         assert_eq!(store.pending_profile(&other).await.unwrap(), None, "{other:?}");
     }
 
-    assert!(store.activate_profile(app.id, 0, &activation("acct-1", b"access", None, t0)).await.unwrap());
+    assert!(store.activate_profile(app.id, 0, &activation(ada.id(), "acct-1", b"access", None, t0)).await.unwrap());
     assert_eq!(store.pending_profile(&key(&app)).await.unwrap(), None, "a connected profile is not pending");
     let env = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "env", t0)).await;
     assert_eq!(store.pending_profile(&key(&env)).await.unwrap(), None);
@@ -1821,7 +1823,7 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     );
 
     let t1 = t0 + TimeDelta::minutes(1);
-    let first = activation("acct-1", b"access-1", Some(b"refresh-1"), t1);
+    let first = activation(ada.id(), "acct-1", b"access-1", Some(b"refresh-1"), t1);
     assert!(!store.activate_profile(pending.id, pending.version + 1, &first).await.unwrap(), "a version it never had");
     assert_eq!(store.profile(pending.id).await.unwrap().as_ref(), Some(&pending), "a refusal changes nothing");
     assert!(store.activate_profile(pending.id, pending.version, &first).await.unwrap());
@@ -1847,7 +1849,7 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     };
     assert_eq!(secrets_of(&store, pending.id).await, credentials);
 
-    let second = activation("acct-1", b"access-2", None, t1 + TimeDelta::minutes(1));
+    let second = activation(ada.id(), "acct-1", b"access-2", None, t1 + TimeDelta::minutes(1));
     assert!(!store.activate_profile(pending.id, pending.version, &second).await.unwrap(), "a stale version loses");
     assert_eq!(secrets_of(&store, pending.id).await, credentials, "and changes nothing");
     assert!(store.activate_profile(pending.id, active.version, &second).await.unwrap(), "a reconnection");
@@ -1875,12 +1877,42 @@ async fn activation_keeps_the_refresh_token_only_for_the_same_account(backend: B
     for (account, refresh, kept, why) in steps {
         let version = store.profile(app.id).await.unwrap().unwrap().version;
         assert!(
-            store.activate_profile(app.id, version, &activation(account, b"access", refresh, now())).await.unwrap()
+            store
+                .activate_profile(app.id, version, &activation(ada.id(), account, b"access", refresh, now()))
+                .await
+                .unwrap()
         );
         assert_eq!(secrets_of(&store, app.id).await.refresh_token.as_deref(), kept, "{why}");
         let stored = store.profile(app.id).await.unwrap().unwrap();
         assert_eq!(stored.upstream_account_id.as_deref(), Some(account));
     }
+}
+
+async fn an_activation_needs_the_members_right_when_it_is_written(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let cara = sign_up(&store, "cara").await;
+    let t0 = now();
+    join(&store, &ada.team, bob.id(), Role::Admin, t0).await;
+    let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let version = async |id| store.profile(id).await.unwrap().unwrap().version;
+    // A team admin may connect the team's profile; demoted to member (not its creator), not.
+    let by_bob = activation(bob.id(), "acct-1", b"access-1", None, t0);
+    assert!(store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap());
+    store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
+    assert!(!store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap(), "demoted meanwhile");
+    // Its creator may, whatever their role; a removed one may not.
+    let own = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::OauthAccount, "bobs", t0)).await;
+    store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
+    assert!(store.activate_profile(own.id, version(own.id).await, &by_bob).await.unwrap());
+    assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    let kept = store.profile(app.id).await.unwrap().unwrap();
+    assert!(!store.activate_profile(app.id, kept.version, &by_bob).await.unwrap(), "removed meanwhile");
+    assert_eq!(store.profile(app.id).await.unwrap().unwrap(), kept, "nothing written");
+    // Never someone outside the team.
+    let by_cara = activation(cara.id(), "acct-1", b"access-1", None, t0);
+    assert!(!store.activate_profile(app.id, kept.version, &by_cara).await.unwrap());
 }
 
 async fn concurrent_activations_have_one_winner(backend: Backend) {
@@ -1889,7 +1921,7 @@ async fn concurrent_activations_have_one_winner(backend: Backend) {
     let app = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", now())).await;
     let won = concurrently(16, |i| {
         let (store, id, version) = (store.clone(), app.id, app.version);
-        let credentials = activation("acct-1", format!("access-{i}").as_bytes(), None, now());
+        let credentials = activation(ada.id(), "acct-1", format!("access-{i}").as_bytes(), None, now());
         async move { store.activate_profile(id, version, &credentials).await.unwrap() }
     })
     .await;
@@ -1986,7 +2018,7 @@ async fn completing_a_refresh_bumps_the_token_version_only(backend: Backend) {
     assert_eq!(secrets_of(&store, app.id).await.refresh_token, Some(b"refresh-2".to_vec()));
 
     // A connect flow that started before both refreshes still completes.
-    let reconnect = activation("acct-1", b"access-3", None, t1);
+    let reconnect = activation(ada.id(), "acct-1", b"access-3", None, t1);
     assert!(store.activate_profile(app.id, app.version, &reconnect).await.unwrap());
 }
 
@@ -2020,7 +2052,7 @@ async fn releasing_a_refresh_lease_can_mark_the_profile_for_reauth(backend: Back
     assert_eq!(stored.status, ProfileStatus::NeedsReauth);
     assert!(!store.acquire_refresh_lease(app.id, marked.version, &lease(first, t0)).await.unwrap(), "no refresh");
 
-    let reconnect = activation("acct-1", b"access-2", Some(b"refresh-2"), t0);
+    let reconnect = activation(ada.id(), "acct-1", b"access-2", Some(b"refresh-2"), t0);
     assert!(store.activate_profile(app.id, stored.version, &reconnect).await.unwrap(), "reconnecting mends it");
     assert_eq!(secrets_of(&store, app.id).await.status, ProfileStatus::Active);
 }
@@ -2366,7 +2398,7 @@ async fn a_members_active_personal_profile_is_found_by_connector(backend: Backen
     join(&store, &ada.team, bob.id(), Role::Member, t0).await;
     let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "mine", t0)).await;
     assert_eq!(store.active_personal_profile(ada.team.id, ada.id(), CONNECTOR).await.unwrap(), None, "pending");
-    let credentials = activation("acct-1", b"access-1", Some(b"refresh-1"), t0);
+    let credentials = activation(ada.id(), "acct-1", b"access-1", Some(b"refresh-1"), t0);
     assert!(store.activate_profile(pending.id, pending.version, &credentials).await.unwrap());
     let found = store.active_personal_profile(ada.team.id, ada.id(), CONNECTOR).await.unwrap().unwrap();
     assert_eq!(found.id, pending.id);
@@ -2513,7 +2545,12 @@ async fn secrets_are_counted_and_paged_in_whole_rows(backend: Backend) {
     assert!(store.revoke_profile(revoked.id, t0).await.unwrap().is_some());
     let access_only =
         inserted(&store, profile(&owner.team, owner.id(), ProfileKind::OauthAccount, "access-only", t0)).await;
-    assert!(store.activate_profile(access_only.id, 0, &activation("acct-2", b"access-2", None, t0)).await.unwrap());
+    assert!(
+        store
+            .activate_profile(access_only.id, 0, &activation(owner.id(), "acct-2", b"access-2", None, t0))
+            .await
+            .unwrap()
+    );
     inserted(&store, profile(&owner.team, owner.id(), ProfileKind::OauthApp, "pending", t0)).await;
     inserted(&store, profile(&owner.team, owner.id(), ProfileKind::Env, "env", t0)).await;
 
@@ -4650,7 +4687,7 @@ mod issue_12_events {
         assert!(store.acquire_refresh_lease(app.id, held.version, &lease(owner, t)).await.unwrap());
         store.release_refresh_lease(app.id, owner, true, t).await.unwrap();
         store.release_refresh_lease(app.id, owner, true, t).await.unwrap();
-        let reconnect = activation("acct-1", b"access-2", None, t);
+        let reconnect = activation(ada.id(), "acct-1", b"access-2", None, t);
         let current = store.profile(app.id).await.unwrap().unwrap();
         assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap());
         assert!(!store.activate_profile(app.id, current.version, &reconnect).await.unwrap(), "a stale version");
