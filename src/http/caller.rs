@@ -26,8 +26,10 @@ pub async fn acting_caller(state: &AppState, headers: &HeaderMap) -> Result<User
 }
 
 async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<UserId, ApiError> {
-    let token = Credentials::read(headers)?.user_token();
+    let credentials = Credentials::read(headers)?;
+    let token = credentials.user_token();
     let session = cookie(headers, state.cookies.session())?;
+    no_admin_beside_session(&credentials, session)?;
     if let Some(token) = token {
         let validated = if acting {
             state.validator.validate_acting(token).await?
@@ -46,6 +48,29 @@ async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<
         "sign in, or send the user's token as `Authorization: Bearer <token>` or `X-User-Token: <token>`",
     )
     .challenge("Bearer realm=\"tessera\""))
+}
+
+/// The session cookie of a request that carries no user token (which would win over it), for a
+/// route that reads the session itself; `None` without one. Refused as in [`caller`].
+pub fn session_without_token<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<Option<&'h str>, ApiError> {
+    let credentials = Credentials::read(headers)?;
+    let session = cookie(headers, state.cookies.session())?;
+    no_admin_beside_session(&credentials, session)?;
+    Ok(session.filter(|_| credentials.user_token().is_none()))
+}
+
+/// `X-Admin-Token` acts for nobody where the session would: beside a session (and no user token)
+/// it would leave open who made the request (the audit would credit the token, the change would
+/// be the session user's): 400 `ambiguous_credentials`.
+fn no_admin_beside_session(credentials: &Credentials<'_>, session: Option<&str>) -> Result<(), ApiError> {
+    if credentials.user_token().is_none() && session.is_some() && credentials.admin_token().is_some() {
+        return Err(ApiError::new(
+            ErrorCode::AmbiguousCredentials,
+            "send the session or `X-Admin-Token`, not both; with the admin token, name the user in \
+             `X-On-Behalf-Of` where a route accepts it",
+        ));
+    }
+    Ok(())
 }
 
 /// The user a profile or team request acts for: a service holding an admin token names the user

@@ -9,8 +9,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::AppState;
-use super::caller::{acting_caller, caller};
-use super::credentials::{Credentials, cookie};
+use super::caller::{acting_caller, caller, session_without_token};
 use super::extract::ApiPath;
 use super::problem::ApiError;
 use super::responses::UserProfileResponse;
@@ -36,8 +35,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 )]
 async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<UserProfileResponse>, ApiError> {
     // A browser with a session and no token: the session and the profile in one read.
-    if Credentials::read(&headers)?.user_token().is_none()
-        && let Some(session) = cookie(&headers, state.cookies.session())?
+    if let Some(session) = session_without_token(&state, &headers)?
         && let Some(profile) = state.sessions.resolve_profile(session).await?
     {
         return Ok(Json(profile.into()));

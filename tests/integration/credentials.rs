@@ -166,6 +166,13 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
         || plain.get(&profiles).bearer_auth(ADMIN_TOKEN).header("x-on-behalf-of", ann_me["id"].as_str().unwrap());
     body(as_admin().send().await.unwrap(), 200).await;
     ambiguous(as_admin().header("cookie", &one_header).send().await.unwrap()).await;
+    // The admin header beside a session, where only the session would act: refused, not
+    // credited to the admin token in the audit while acting as the session's user.
+    let ann_session = format!("tessera_session={ann}");
+    ambiguous(plain.get(&me).header("x-admin-token", ADMIN_TOKEN).header("cookie", &ann_session).send().await.unwrap())
+        .await;
+    let both = plain.get(&profiles).header("x-admin-token", "not-the-token").header("cookie", &ann_session);
+    ambiguous(both.send().await.unwrap()).await;
 
     // Logging out with two sessions ends neither, and tells the browser to drop the cookie.
     let sql = w.app.db.sql().await;
