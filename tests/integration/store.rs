@@ -1902,14 +1902,14 @@ async fn an_activation_needs_the_members_right_when_it_is_written(backend: Backe
     assert!(store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap());
     store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
     assert!(!store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap(), "demoted meanwhile");
-    // Its creator may, whatever their role; a removed one may not.
-    let own = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::OauthAccount, "bobs", t0)).await;
-    store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
-    assert!(store.activate_profile(own.id, version(own.id).await, &by_bob).await.unwrap());
+    // Its creator may, whatever their role; removed from the team, not even their own.
+    let own = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::OauthApp, "bobs", t0)).await;
+    assert!(store.activate_profile(own.id, version(own.id).await, &by_bob).await.unwrap(), "a member creator");
     assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    let kept = store.profile(own.id).await.unwrap().unwrap();
+    assert!(!store.activate_profile(own.id, kept.version, &by_bob).await.unwrap(), "removed meanwhile");
+    assert_eq!(store.profile(own.id).await.unwrap().unwrap(), kept, "nothing written");
     let kept = store.profile(app.id).await.unwrap().unwrap();
-    assert!(!store.activate_profile(app.id, kept.version, &by_bob).await.unwrap(), "removed meanwhile");
-    assert_eq!(store.profile(app.id).await.unwrap().unwrap(), kept, "nothing written");
     // Never someone outside the team.
     let by_cara = activation(cara.id(), "acct-1", b"access-1", None, t0);
     assert!(!store.activate_profile(app.id, kept.version, &by_cara).await.unwrap());
