@@ -507,12 +507,12 @@ fn note_wait<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, name: &'static str) {
 
 /// A sample of `pool` for metrics.
 fn pool_stats<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, name: &'static str) -> PoolStats {
-    PoolStats {
-        pool: name,
-        size: pool.size(),
-        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
-        max: pool.options().get_max_connections(),
-    }
+    let size = pool.size();
+    // sqlx keeps the idle count in an atomic that a release racing an acquire can take below
+    // zero for a moment, where it wraps: such a sample reads as none idle, and idle connections
+    // are never more than the open ones (a gauge of four billion idle connections helps nobody).
+    let idle = u32::try_from(pool.num_idle()).map_or(0, |idle| idle.min(size));
+    PoolStats { pool: name, size, idle, max: pool.options().get_max_connections() }
 }
 
 impl<'a> From<PoolRef<'a>> for On<'a> {
