@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{ProfileId, Slug, TeamId, UserId};
+use super::{ProfileId, Role, Slug, TeamId, UserId};
 
 /// What kind of credentials a profile holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -64,6 +64,26 @@ impl ProfileKind {
     pub fn is_personal(self) -> bool {
         self == ProfileKind::OauthAccount
     }
+
+    /// Who may connect (or reconnect, or set the credentials of) a profile of this kind, as a
+    /// member with `role` who is (`creator`) or is not its creator: a personal profile its
+    /// creator alone, a team's its creator or a team owner or admin.
+    pub fn may_connect(self, creator: bool, role: Role) -> Result<(), ConnectRefusal> {
+        match self.is_personal() {
+            true if !creator => Err(ConnectRefusal::NotCreator),
+            false if !creator && !matches!(role, Role::Owner | Role::Admin) => Err(ConnectRefusal::NotAdmin),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a member may not connect a profile ([`ProfileKind::may_connect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// A personal profile, and not theirs.
+    NotCreator,
+    /// A team's profile, and neither theirs nor are they a team owner or admin.
+    NotAdmin,
 }
 
 /// Where a profile is in its lifecycle.

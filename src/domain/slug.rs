@@ -24,13 +24,19 @@ impl Slug {
     /// Validates an explicit slug.
     pub fn parse(input: &str) -> Result<Self, SlugError> {
         let valid = !input.is_empty()
-            && input.len() <= Self::MAX_LEN
-            && input.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && Self::could_begin(input)
             && !input.starts_with('-')
             && !input.ends_with('-')
             && !input.contains("--")
             && uuid::Uuid::parse_str(input).is_err();
         if valid { Ok(Self(input.to_owned())) } else { Err(SlugError) }
+    }
+
+    /// Whether `prefix` is made of what slugs are made of (`a-z`, `0-9`, `-`) and no longer than
+    /// one: what a search by slug prefix can match at all.
+    pub fn could_begin(prefix: &str) -> bool {
+        prefix.len() <= Self::MAX_LEN
+            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     }
 
     /// Derives a slug from a display text: lower-cased ASCII letters and digits, apostrophes

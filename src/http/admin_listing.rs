@@ -128,10 +128,8 @@ async fn list_teams(
 ) -> Result<Json<TeamListResponse>, ApiError> {
     let page = PageRequest::parse(query.cursor.as_deref(), query.limit)?;
     let prefix = query.slug_prefix.as_deref().filter(|p| !p.is_empty());
-    // A prefix of a slug: nothing else can match, and the database need not see other bytes.
-    if prefix.is_some_and(|p| {
-        p.len() > Slug::MAX_LEN || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    }) {
+    // Nothing else can match, and the database need not see other bytes.
+    if prefix.is_some_and(|p| !Slug::could_begin(p)) {
         let detail = format!("`slug_prefix` is up to {} characters of a-z, 0-9 and -", Slug::MAX_LEN);
         return Err(ApiError::new(ErrorCode::InvalidRequest, detail).field("slug_prefix"));
     }

@@ -38,7 +38,9 @@ use super::teams::{TeamError, Teams};
 use crate::config::ConnectorConfig;
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::sha256;
-use crate::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, ReturnTo, Role, Slug, Team, TeamRef, UserId};
+use crate::domain::{
+    AuthProfile, ConnectRefusal, ProfileId, ProfileKind, ProfileStatus, ReturnTo, Role, Slug, Team, TeamRef, UserId,
+};
 use crate::error::{ErrorCode, PublicError};
 use crate::observability::{TOKEN_REFRESH_CALLS_TOTAL, TOKEN_REFRESH_WAITS_TOTAL};
 use crate::store::{
@@ -986,15 +988,12 @@ impl AuthProfiles {
     }
 }
 
-/// Whether `user`, a member with `role`, may connect `profile`: a personal profile only its
-/// owner; a team-wide one its creator or a team owner or admin.
+/// Whether `user`, a member with `role`, may connect `profile` ([`ProfileKind::may_connect`]).
 pub(crate) fn may_connect(profile: &AuthProfile, user: UserId, role: Role) -> Result<(), AuthProfileError> {
-    let creator = profile.created_by == user;
-    match profile.profile_kind.is_personal() {
-        true if !creator => Err(AuthProfileError::NotProfileOwner),
-        false if !creator && !matches!(role, Role::Owner | Role::Admin) => Err(AuthProfileError::NotAdmin),
-        _ => Ok(()),
-    }
+    profile.profile_kind.may_connect(profile.created_by == user, role).map_err(|refusal| match refusal {
+        ConnectRefusal::NotCreator => AuthProfileError::NotProfileOwner,
+        ConnectRefusal::NotAdmin => AuthProfileError::NotAdmin,
+    })
 }
 
 /// The scopes a token response says were granted; GitHub separates them with commas.

@@ -1505,6 +1505,11 @@ fn decode_role(value: &str) -> Result<crate::domain::Role, StoreError> {
     crate::domain::Role::parse(value).ok_or_else(|| StoreError::Corrupt(format!("unknown role {value:?}")))
 }
 
+/// Decodes a stored profile kind.
+fn decode_kind(value: &str) -> Result<ProfileKind, StoreError> {
+    ProfileKind::parse(value).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {value:?}")))
+}
+
 /// Decodes a stored slug.
 fn decode_slug(value: String) -> Result<Slug, StoreError> {
     Slug::parse(&value).map_err(|_| StoreError::Corrupt(format!("invalid slug {value:?}")))

@@ -8,12 +8,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    ConnectToken, ProfileSecrets, SigningKeyRecord, StoreError, decode_domain, decode_issuer, decode_role, decode_slug,
-    decode_subject,
+    ConnectToken, ProfileSecrets, SigningKeyRecord, StoreError, decode_domain, decode_issuer, decode_kind, decode_role,
+    decode_slug, decode_subject,
 };
 use crate::domain::{
-    AuthProfile, DomainClaim, Identity, IdentityId, Principal, ProfileId, ProfileKind, ProfileStatus, Team, TeamId,
-    TeamMembership, TeamRole, User, UserId, UserProfile,
+    AuthProfile, DomainClaim, Identity, IdentityId, Principal, ProfileId, ProfileStatus, Team, TeamId, TeamMembership,
+    TeamRole, User, UserId, UserProfile,
 };
 
 /// Column accessors with the backend's storage conventions.
@@ -204,7 +204,7 @@ pub(super) fn profile(row: &impl RowExt) -> Result<AuthProfile, StoreError> {
         team_id: TeamId::from_uuid(row.uuid("profile_team_id")?),
         slug: decode_slug(row.text("profile_slug")?)?,
         connector_key: row.text("profile_connector_key")?,
-        profile_kind: ProfileKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind:?}")))?,
+        profile_kind: decode_kind(&kind)?,
         provider: row.text("profile_provider")?,
         status: ProfileStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,

@@ -26,7 +26,7 @@ use super::{
     DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount,
     NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret,
-    UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_role,
+    UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 use super::{
@@ -1612,7 +1612,7 @@ impl Store for SqlStore {
             .execute(&mut tx)
             .await?;
         let right = query(
-            "SELECT m.role, p.created_by FROM auth_profiles p
+            "SELECT m.role, p.created_by, p.profile_kind FROM auth_profiles p
              JOIN memberships m ON m.team_id = p.team_id AND m.user_id = $2
              WHERE p.id = $1",
         )
@@ -1622,8 +1622,9 @@ impl Store for SqlStore {
         .await?;
         let allowed = match right {
             Some(row) => {
+                let kind = decode_kind(&row.text("profile_kind")?)?;
                 let creator = row.uuid("created_by")? == activation.by.as_uuid();
-                creator || matches!(decode_role(&row.text("role")?)?, Role::Owner | Role::Admin)
+                kind.may_connect(creator, decode_role(&row.text("role")?)?).is_ok()
             }
             None => false,
         };

@@ -128,7 +128,12 @@ fn param(url: &str, name: &str) -> Option<String> {
 
 /// Signs `browser` in as a fresh upstream user and authorizes `client`; returns the code.
 pub async fn code_for(w: &World, browser: &mut Browser, client: &str, challenge: &str) -> String {
-    let back = follow(browser, authorize_url(&w.app, client, challenge, "")).await;
+    code_from(w, browser, authorize_url(&w.app, client, challenge, "")).await
+}
+
+/// Follows the authorization request `url` through the sign-in; returns the code it gives.
+async fn code_from(w: &World, browser: &mut Browser, url: String) -> String {
+    let back = follow(browser, url).await;
     assert_eq!(param(&back, "state").as_deref(), Some("st-1"), "{back}");
     assert_eq!(param(&back, "iss").as_deref(), Some(w.app.url("").trim_end_matches('/')), "RFC 9207 iss");
     param(&back, "code").unwrap_or_else(|| panic!("a code in {back}"))
@@ -793,8 +798,7 @@ async fn an_offline_grant_outlives_the_browser_session(backend: Backend) {
     let (verifier, challenge) = pkce();
     let offline_url = authorize_url(&w.app, &client, &challenge, "")
         .replace("scope=openid%20email%20teams", "scope=openid%20offline_access");
-    let back = follow(&mut browser, offline_url).await;
-    let code = param(&back, "code").unwrap_or_else(|| panic!("a code in {back}"));
+    let code = code_from(&w, &mut browser, offline_url).await;
     let offline = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     assert_eq!(offline["scope"], "openid offline_access");
     let (verifier, challenge) = pkce();

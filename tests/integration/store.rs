@@ -3065,6 +3065,26 @@ mod grants {
         }
     }
 
+    /// A database with the client, Ada, and a grant of hers made at `t0` with its unused code.
+    struct Issued {
+        db: TestDb,
+        store: Arc<dyn Store>,
+        ada: Person,
+        t0: DateTime<Utc>,
+        grant: NewGrant,
+        code: NewCode,
+    }
+
+    async fn issued(backend: Backend) -> Issued {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let (grant, code) = (grant(&ada, None, t0), code(t0));
+        store.insert_grant(&grant, &code).await.unwrap();
+        Issued { db, store, ada, t0, grant, code }
+    }
+
     /// A grant with a redeemed code and one refresh token; returns its id and the token's hash.
     async fn granted(store: &Arc<dyn Store>, person: &Person, at: DateTime<Utc>) -> (Uuid, [u8; 32]) {
         let (g, c, refresh) = (grant(person, None, at), code(at), hash());
@@ -3074,12 +3094,7 @@ mod grants {
     }
 
     async fn a_grant_and_its_code_are_read_back_and_the_code_is_redeemed_once(backend: Backend) {
-        let (db, store) = setup(backend).await;
-        client(&store).await;
-        let ada = sign_up(&store, "ada").await;
-        let t0 = now();
-        let (g, c) = (grant(&ada, None, t0), code(t0));
-        store.insert_grant(&g, &c).await.unwrap();
+        let Issued { db, store, ada, t0, grant: g, code: c } = issued(backend).await;
         let (record, stored) = store.code_grant(&c.code_hash, t0).await.unwrap().unwrap();
         assert_eq!((record.id, record.client_id.as_str(), record.user_id), (g.id, "app", ada.id()));
         assert_eq!(
@@ -3109,24 +3124,14 @@ mod grants {
     }
 
     async fn an_expired_code_is_invalid_and_revokes_nothing(backend: Backend) {
-        let (_db, store) = setup(backend).await;
-        client(&store).await;
-        let ada = sign_up(&store, "ada").await;
-        let t0 = now();
-        let (g, c) = (grant(&ada, None, t0), code(t0));
-        store.insert_grant(&g, &c).await.unwrap();
+        let Issued { store, t0, grant: g, code: c, .. } = issued(backend).await;
         let late = t0 + TimeDelta::seconds(61);
         assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), late).await.unwrap(), RedeemOutcome::Invalid);
         assert!(store.grant(g.id, late).await.unwrap().unwrap().active);
     }
 
     async fn a_code_of_a_grant_that_ended_is_invalid_and_stays_unused(backend: Backend) {
-        let (db, store) = setup(backend).await;
-        client(&store).await;
-        let ada = sign_up(&store, "ada").await;
-        let t0 = now();
-        let (g, c) = (grant(&ada, None, t0), code(t0));
-        store.insert_grant(&g, &c).await.unwrap();
+        let Issued { db, store, t0, grant: g, code: c, .. } = issued(backend).await;
         // Revoked between the token endpoint's read of the code and its redemption.
         assert!(store.code_grant(&c.code_hash, t0).await.unwrap().unwrap().0.active);
         assert!(store.revoke_grant(g.id, t0).await.unwrap());
@@ -3136,12 +3141,7 @@ mod grants {
     }
 
     async fn concurrent_redemptions_of_one_code_have_one_winner(backend: Backend) {
-        let (db, store) = setup(backend).await;
-        client(&store).await;
-        let ada = sign_up(&store, "ada").await;
-        let t0 = now();
-        let (g, c) = (grant(&ada, None, t0), code(t0));
-        store.insert_grant(&g, &c).await.unwrap();
+        let Issued { db, store, t0, grant: g, code: c, .. } = issued(backend).await;
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let (store, code) = (store.clone(), c.code_hash);
