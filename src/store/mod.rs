@@ -1005,14 +1005,15 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Adds `scopes` to what `user` consented to for `client` (creating the consent): what was
     /// granted before stays granted, also when two approvals run at once. Returns the scopes
-    /// consented to now, in the order they were first granted.
+    /// consented to now, in the order they were first granted, or `None` when the user or the
+    /// client no longer exists (deleted while the user was approving).
     async fn widen_consent(
         &self,
         user: UserId,
         client: &str,
         scopes: &[String],
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Result<Option<Vec<String>>, StoreError>;
 
     /// Holds an authorization request for a later step.
     async fn insert_request(&self, request: &HeldRequest) -> Result<(), StoreError>;

@@ -1979,11 +1979,12 @@ impl Store for SqlStore {
         client: &str,
         scopes: &[String],
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Option<Vec<String>>, StoreError> {
         let mut tx = self.db.begin().await?;
         // The row exists (a concurrent first approval waits here for the other to commit), then
-        // is locked: approvals of one user and client are merged one after the other.
-        query(
+        // is locked: approvals of one user and client are merged one after the other. A user or
+        // client deleted meanwhile (the consent row goes with either) leaves nothing to widen.
+        let created = query(
             "INSERT INTO oauth_consents (user_id, client_id, scope, updated_at) VALUES ($1, $2, '', $3)
              ON CONFLICT (user_id, client_id) DO NOTHING",
         )
@@ -1991,12 +1992,19 @@ impl Store for SqlStore {
         .bind(client)
         .bind(now)
         .execute(&mut tx)
-        .await?;
+        .await;
+        match created {
+            Err(StoreError::Database(sqlx::Error::Database(error))) if error.is_foreign_key_violation() => {
+                return Ok(None);
+            }
+            other => other?,
+        };
         let row = query("SELECT scope FROM oauth_consents WHERE user_id = $1 AND client_id = $2 FOR UPDATE")
             .bind(user.as_uuid())
             .bind(client)
-            .fetch_one(&mut tx)
+            .fetch_optional(&mut tx)
             .await?;
+        let Some(row) = row else { return Ok(None) };
         let mut consented: Vec<String> = row.text("scope")?.split_whitespace().map(str::to_owned).collect();
         for scope in scopes {
             if !consented.contains(scope) {
@@ -2011,7 +2019,7 @@ impl Store for SqlStore {
             .execute(&mut tx)
             .await?;
         tx.commit().await?;
-        Ok(consented)
+        Ok(Some(consented))
     }
 
     async fn insert_request(&self, request: &HeldRequest) -> Result<(), StoreError> {

@@ -3249,9 +3249,12 @@ mod grants {
         let t0 = now();
         assert_eq!(store.consent(ada.id(), &app).await.unwrap(), None);
         let scopes = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(store.widen_consent(ada.id(), &app, &scopes(&["openid"]), t0).await.unwrap(), ["openid"]);
-        let widened = store.widen_consent(ada.id(), &app, &scopes(&["email", "openid"]), t0).await.unwrap();
-        assert_eq!(widened, ["openid", "email"]);
+        let widen = |user: UserId, list: &[&str]| {
+            let (store, app, list) = (store.clone(), app.clone(), scopes(list));
+            async move { store.widen_consent(user, &app, &list, t0).await.unwrap() }
+        };
+        assert_eq!(widen(ada.id(), &["openid"]).await.unwrap(), ["openid"]);
+        assert_eq!(widen(ada.id(), &["email", "openid"]).await.unwrap(), ["openid", "email"]);
         assert_eq!(store.consent(ada.id(), &app).await.unwrap().as_deref(), Some("openid email"));
         let bob = sign_up(&store, "bob").await;
         assert_eq!(store.consent(bob.id(), &app).await.unwrap(), None);
@@ -3269,6 +3272,14 @@ mod grants {
         let mut consented: Vec<&str> = consented.split(' ').collect();
         consented.sort_unstable();
         assert_eq!(consented, (0..8).map(|i| format!("scope-{i}")).collect::<Vec<_>>());
+        // A user or client deleted while approving leaves nothing to widen: no error, no row.
+        let gone = sign_up(&store, "gone").await;
+        assert!(matches!(store.delete_user(gone.id(), t0).await.unwrap(), DeleteUserOutcome::Deleted(_)));
+        assert_eq!(widen(gone.id(), &["openid"]).await, None);
+        assert!(store.delete_client(&ClientId::parse(&app).unwrap()).await.unwrap());
+        assert_eq!(widen(ada.id(), &["openid"]).await, None);
+        assert_eq!(store.consent(ada.id(), &app).await.unwrap(), None);
+        assert_eq!(store.consent(gone.id(), &app).await.unwrap(), None);
     }
 
     async fn a_held_request_is_taken_once_and_not_after_it_expires(backend: Backend) {

@@ -206,7 +206,14 @@ impl OpenIdProvider {
             return Err(request.reject("access_denied", "the user declined"));
         }
         // Consent widens: what was granted before stays granted.
-        self.store.widen_consent(session.user, request.client.id.as_str(), &request.scopes, now).await?;
+        let widened = self.store.widen_consent(session.user, request.client.id.as_str(), &request.scopes, now).await?;
+        if widened.is_none() {
+            return Err(reject(
+                "invalid_request",
+                "the app or your account was removed while you were approving",
+                None,
+            ));
+        }
         self.issue_code(&request, session, now).await
     }
 
