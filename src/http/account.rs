@@ -2,7 +2,8 @@
 //! sign-in methods (link another, make primary, remove — refused for the last one, as the API
 //! does), my teams, the accounts I connected (status, scopes; connect or reconnect — a fresh link
 //! to the provider, or to the form of an `env` profile —, disconnect) and where I am signed in
-//! (sign out everywhere else). Providers are shown with their icons.
+//! (sign out everywhere else), and the apps of the OpenID Provider I let in (remove one: its grants
+//! end and it asks for consent again). Providers are shown with their icons.
 //!
 //! Its forms post to `/account/…` with the session's CSRF token (see [`super::csrf`]) and answer
 //! `303 See Other` back to `/account?done=…`, which shows what was done. Without a session, the
@@ -30,7 +31,7 @@ use super::login::{provider_href, provider_label};
 use super::pages::icons::Icon;
 use super::pages::{Chrome, errors, login_url};
 use super::problem::ApiError;
-use crate::domain::{IdentityId, ProfileKind, ProfileStatus, Slug, TeamId, TeamRef};
+use crate::domain::{ClientId, IdentityId, ProfileKind, ProfileStatus, Slug, TeamId, TeamRef};
 use crate::error::ErrorCode;
 use crate::service::sessions::LiveSession;
 
@@ -43,6 +44,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/account/connections/{team}/{slug}/revoke", post(revoke_connection))
         .route("/account/connections/{team}/{slug}/reconnect", post(reconnect_connection))
         .route("/account/sessions/sign-out-others", post(sign_out_others))
+        .route("/account/apps/remove", post(remove_app))
 }
 
 struct IdentityRow {
@@ -86,6 +88,15 @@ struct SessionRow {
     last_seen: String,
 }
 
+struct AppRow {
+    client_id: String,
+    name: String,
+    scopes: Vec<String>,
+    since: String,
+    /// "keeps access while you are signed out", "until you sign out", or "remembered consent only".
+    reach: &'static str,
+}
+
 struct LinkButton {
     label: String,
     icon: Icon,
@@ -109,6 +120,8 @@ struct AccountPage {
     connections: Vec<ConnectionRow>,
     sessions: Vec<SessionRow>,
     other_sessions: usize,
+    /// `None` while the OpenID Provider is off.
+    apps: Option<Vec<AppRow>>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -132,6 +145,7 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "primary" => "Your primary sign-in method was changed.",
         "revoked" => "The account was disconnected.",
         "signed-out-others" => "You are signed out everywhere else.",
+        "app-removed" => "The app no longer has access to your account, and will ask again.",
         _ => return None,
     })
 }
@@ -272,6 +286,26 @@ async fn account_page(
         })
         .collect();
     let other_sessions = sessions.iter().filter(|s| !s.current).count();
+    let apps = match &state.op {
+        Some(op) => Some(
+            op.apps_of(user)
+                .await?
+                .into_iter()
+                .map(|app| AppRow {
+                    client_id: app.client_id,
+                    name: app.client_name,
+                    scopes: app.scopes,
+                    since: day(app.since),
+                    reach: match (app.active, app.offline) {
+                        (true, true) => "keeps access while you are signed out",
+                        (true, false) => "has access until you sign out",
+                        (false, _) => "no access now; it will not ask you again",
+                    },
+                })
+                .collect(),
+        ),
+        None => None,
+    };
     Ok(AccountPage {
         chrome: state.pages.chrome(true),
         csrf: csrf::token(cookie_value),
@@ -287,6 +321,7 @@ async fn account_page(
         connections,
         sessions,
         other_sessions,
+        apps,
     })
 }
 
@@ -442,6 +477,31 @@ async fn sign_out_others(
     act(&state, &headers, &body, async |live| {
         state.sessions.revoke_others(live.profile.user.id, &live.hash).await?;
         Ok("/account?done=signed-out-others".to_owned())
+    })
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/account/apps/remove",
+    tag = "pages",
+    operation_id = "remove_app",
+    summary = "Removes an app's access to the account (form: `csrf`, `client`).",
+    request_body(content = crate::http::openapi::RemoveAppForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
+async fn remove_app(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
+    act(&state, &headers, &body, async |live| {
+        let fields = csrf::form_fields(&body);
+        // The id travels in the form, not the path: an id such as `..` would not survive a path.
+        let client = csrf::field(&fields, "client").and_then(|id| ClientId::parse(id).ok());
+        let (Some(op), Some(client)) = (&state.op, client) else {
+            return Err(ApiError::new(ErrorCode::ClientNotFound, "no app has this id"));
+        };
+        // Nothing left to remove (a second click, another tab) is the end asked for.
+        op.remove_app(live.profile.user.id, client.as_str(), super::audit::request_id(&headers)).await?;
+        Ok("/account?done=app-removed".to_owned())
     })
     .await
 }

@@ -126,6 +126,7 @@ async fn openapi_json() -> Response {
         crate::http::account::revoke_connection,
         crate::http::account::reconnect_connection,
         crate::http::account::sign_out_others,
+        crate::http::account::remove_app,
         crate::http::op::authorize::authorize_get,
         crate::http::op::authorize::authorize_post,
         crate::http::op::authorize::consent,
@@ -176,6 +177,16 @@ pub struct ApiDoc;
 pub struct CsrfForm {
     /// The CSRF token of the page that showed the form.
     csrf: String,
+}
+
+/// The form of `POST /account/apps/remove`.
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "a schema only: the form is parsed by the handler")]
+pub struct RemoveAppForm {
+    /// The CSRF token of the page that showed the form.
+    csrf: String,
+    /// The app's client id.
+    client: String,
 }
 
 /// The form parameters of an OAuth or OpenID Connect request (RFC 6749 and the specifications

@@ -125,3 +125,20 @@ pub struct HeldRequest {
     /// When it expires.
     pub expires_at: DateTime<Utc>,
 }
+
+/// An app a user has let in (see [`super::Store::user_apps`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserApp {
+    /// The client's id.
+    pub client_id: String,
+    /// The client's name.
+    pub client_name: String,
+    /// The scopes of the user's active grants to it and of their consent, in first-seen order.
+    pub scopes: Vec<String>,
+    /// Whether an active grant lasts while the user is signed out (`offline_access`).
+    pub offline: bool,
+    /// Whether any grant is active (false: only a remembered consent).
+    pub active: bool,
+    /// The earliest of its active grants and the consent's last change.
+    pub since: DateTime<Utc>,
+}

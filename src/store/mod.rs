@@ -37,7 +37,7 @@ pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, T
 pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use cache_sync::{CacheChange, LoggedChange};
 pub use db::{copy_sqlite, create_pg_database, drop_pg_database, sqlite_database_exists, sqlite_file};
-pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
+pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 pub use migrations::MigrationStatus;
 pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate};
 pub use profile_credentials::{CredentialOutcome, CredentialWrite, StoredCredential};
@@ -1014,6 +1014,21 @@ pub trait Store: Send + Sync + Debug + 'static {
         scopes: &[String],
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// The apps (clients) `user` has let in: one per client with an active grant or a
+    /// remembered consent, by name, with the scopes of both.
+    async fn user_apps(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserApp>, StoreError>;
+
+    /// Ends `user`'s access for `client`: revokes every grant of theirs to it and forgets the
+    /// consent (the app asks again next time), with `audit` in the same transaction. False when
+    /// there was nothing to end (also for a client that does not exist).
+    async fn remove_app(
+        &self,
+        user: UserId,
+        client: &str,
+        now: DateTime<Utc>,
+        audit: &NewAuditEvent,
+    ) -> Result<bool, StoreError>;
 
     /// Holds an authorization request for a later step.
     async fn insert_request(&self, request: &HeldRequest) -> Result<(), StoreError>;

@@ -28,7 +28,7 @@ use super::{
     RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret,
     UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
-use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
+use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 use super::{
     CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery, UserUpdate,
 };
@@ -2022,6 +2022,84 @@ impl Store for SqlStore {
         Ok(Some(consented))
     }
 
+    async fn user_apps(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserApp>, StoreError> {
+        let rows = query(concat!(
+            "SELECT g.client_id, c.name AS client_name, g.scope, MIN(g.created_at) AS since,
+                    MAX(CASE WHEN g.session_hash IS NULL THEN 1 ELSE 0 END) = 1 AS offline, TRUE AS granted
+               FROM oauth_grants g JOIN clients c ON c.id = g.client_id JOIN users u ON u.id = g.user_id
+              WHERE g.user_id = $1 AND ",
+            grant_active!(),
+            " GROUP BY g.client_id, c.name, g.scope
+             UNION ALL
+             SELECT oc.client_id, c.name, oc.scope, oc.updated_at, FALSE, FALSE
+               FROM oauth_consents oc JOIN clients c ON c.id = oc.client_id
+              WHERE oc.user_id = $1"
+        ))
+        .bind(user.as_uuid())
+        .bind(now)
+        .fetch_all(self.db.writer())
+        .await?;
+        let mut apps: Vec<UserApp> = Vec::new();
+        for row in &rows {
+            let client_id = row.text("client_id")?;
+            let index = match apps.iter().position(|app| app.client_id == client_id) {
+                Some(index) => index,
+                None => {
+                    let (client_name, since) = (row.text("client_name")?, row.time("since")?);
+                    apps.push(UserApp {
+                        client_id,
+                        client_name,
+                        scopes: Vec::new(),
+                        offline: false,
+                        active: false,
+                        since,
+                    });
+                    apps.len() - 1
+                }
+            };
+            let app = &mut apps[index];
+            for scope in row.text("scope")?.split_whitespace() {
+                if !app.scopes.iter().any(|s| s == scope) {
+                    app.scopes.push(scope.to_owned());
+                }
+            }
+            app.offline |= row.flag("offline")?;
+            app.active |= row.flag("granted")?;
+            app.since = app.since.min(row.time("since")?);
+        }
+        apps.sort_by(|a, b| a.client_name.cmp(&b.client_name).then_with(|| a.client_id.cmp(&b.client_id)));
+        Ok(apps)
+    }
+
+    async fn remove_app(
+        &self,
+        user: UserId,
+        client: &str,
+        now: DateTime<Utc>,
+        audit: &super::NewAuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let revoked = query(
+            "UPDATE oauth_grants SET revoked_at = $3 WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(user.as_uuid())
+        .bind(client)
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        let forgotten = query("DELETE FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+            .bind(user.as_uuid())
+            .bind(client)
+            .execute(&mut tx)
+            .await?;
+        let removed = revoked + forgotten > 0;
+        if removed {
+            super::audit::insert(&mut tx, std::slice::from_ref(audit)).await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
     async fn insert_request(&self, request: &HeldRequest) -> Result<(), StoreError> {
         query(
             "INSERT INTO oauth_requests (id_hash, client_id, params, session_hash, expires_at)
@@ -3015,16 +3093,25 @@ fn update_client_query(client: &Client, expected: Option<DateTime<Utc>>) -> supe
 
 /// A grant query: its columns, and `active` computed at `$2` (now), followed by `$tail` (the FROM
 /// clause, which must join `oauth_grants g` and `users u`).
+/// Whether grant `g` (of user `u`) counts at `$2`: not revoked or expired, its user enabled,
+/// and the identity and session it is bound to (if any) still there.
+macro_rules! grant_active {
+    () => {
+        "(g.revoked_at IS NULL AND g.expires_at > $2 AND NOT u.disabled
+          AND (g.identity_id IS NULL OR EXISTS (SELECT 1 FROM identities i WHERE i.id = g.identity_id))
+          AND (g.session_hash IS NULL OR EXISTS (
+               SELECT 1 FROM sessions s WHERE s.token_hash = g.session_hash AND s.expires_at > $2)))"
+    };
+}
+use grant_active;
+
 macro_rules! grant_select {
     ($tail:literal) => {
         concat!(
             "SELECT g.id AS grant_id, g.client_id, g.user_id AS grant_user_id, g.identity_id AS grant_identity_id,
-                    g.scope, g.resource, g.provider, g.auth_time, g.expires_at AS grant_expires_at,
-                    (g.revoked_at IS NULL AND g.expires_at > $2 AND NOT u.disabled
-                     AND (g.identity_id IS NULL OR EXISTS (SELECT 1 FROM identities i WHERE i.id = g.identity_id))
-                     AND (g.session_hash IS NULL OR EXISTS (
-                          SELECT 1 FROM sessions s WHERE s.token_hash = g.session_hash AND s.expires_at > $2))
-                    ) AS active",
+                    g.scope, g.resource, g.provider, g.auth_time, g.expires_at AS grant_expires_at, ",
+            grant_active!(),
+            " AS active",
             $tail
         )
     };

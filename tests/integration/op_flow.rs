@@ -13,6 +13,7 @@ use tessera::crypto::keyring::KeyRing;
 use tessera_testkit::local_issuer::StubUser;
 
 use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
+use crate::pages::csrf_of;
 use crate::signin::{Browser, World, location, world_with};
 
 on_both_backends!(
@@ -33,6 +34,7 @@ on_both_backends!(
     tessera_access_tokens_work_at_validate_check_and_me,
     private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion,
     browser_apps_on_other_origins_reach_the_public_client_endpoints_only,
+    a_user_removes_an_apps_access_from_the_account_page,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -794,16 +796,8 @@ async fn an_offline_grant_outlives_the_browser_session(backend: Backend) {
     let (client, secret) = web_app(&w.app).await;
     let creds = (client.as_str(), secret.as_str());
     let mut browser = Browser::new();
-    // One grant with offline_access, then one without, from the same browser session.
-    let (verifier, challenge) = pkce();
-    let offline_url = authorize_url(&w.app, &client, &challenge, "")
-        .replace("scope=openid%20email%20teams", "scope=openid%20offline_access");
-    let code = code_from(&w, &mut browser, offline_url).await;
-    let offline = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    let (offline, online) = offline_and_online(&w, &mut browser, creds).await;
     assert_eq!(offline["scope"], "openid offline_access");
-    let (verifier, challenge) = pkce();
-    let code = code_for(&w, &mut browser, &client, &challenge).await;
-    let online = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
 
     let id_token = online["id_token"].as_str().unwrap();
     let logout = format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}", urlencode(POST_LOGOUT));
@@ -824,6 +818,19 @@ async fn an_offline_grant_outlives_the_browser_session(backend: Backend) {
     assert_eq!(revoke.form(&[("token", rotated)]).send().await.unwrap().status(), StatusCode::OK);
     let access = refreshed["access_token"].as_str().unwrap();
     assert_eq!(introspect(&w.app, creds, access).await, json!({"active": false}));
+}
+
+/// Signs `browser` in and gets the tokens of two grants of `client` from its session: one with
+/// `offline_access` (lasting while signed out), then one without.
+async fn offline_and_online(w: &World, browser: &mut Browser, client: (&str, &str)) -> (Value, Value) {
+    let (verifier, challenge) = pkce();
+    let offline_url = authorize_url(&w.app, client.0, &challenge, "")
+        .replace("scope=openid%20email%20teams", "scope=openid%20offline_access");
+    let code = code_from(w, browser, offline_url).await;
+    let offline = body(exchange(&w.app, client, &code, &verifier).await, 200).await;
+    let (verifier, challenge) = pkce();
+    let code = code_for(w, browser, client.0, &challenge).await;
+    (offline, body(exchange(&w.app, client, &code, &verifier).await, 200).await)
 }
 
 /// Sends requests all at once, each from its own task.
@@ -945,4 +952,86 @@ async fn browser_apps_on_other_origins_reach_the_public_client_endpoints_only(ba
         let asked = w.app.client.post(w.app.url(path)).header("origin", origin).send().await.unwrap();
         assert!(asked.headers().get("access-control-allow-origin").is_none(), "{path}");
     }
+}
+
+async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let (other, _) = register(
+        &w.app,
+        json!({"name": "Partner app", "kind": "public", "redirect_uris": [REDIRECT], "first_party": false}),
+    )
+    .await;
+    let mut browser = Browser::new();
+    let (offline, online) = offline_and_online(&w, &mut browser, creds).await;
+    let (_, challenge) = pkce();
+    // The partner: a consent only (its code is never redeemed, so it holds no token).
+    let page = html_of(browser.navigate(&authorize_url(&w.app, &other, &challenge, "")).await).await;
+    let request_id = page.split("name=\"request_id\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let approve = [("request_id", request_id.as_str()), ("decision", "approve")];
+    assert!(
+        param(&location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &approve).await), "code").is_some()
+    );
+
+    let page = html_of(browser.navigate(&w.app.url("/account")).await).await;
+    let apps = page.split("<h2 id=\"apps\">").nth(1).expect("an apps section");
+    assert!(apps.contains("Web app") && apps.contains("keeps access while you are signed out"), "{apps}");
+    assert!(apps.contains("<li>offline_access</li>") && apps.contains("<li>teams</li>"), "{apps}");
+    assert!(apps.contains("Partner app") && apps.contains("has access until you sign out"), "{apps}");
+    let token = csrf_of(&page);
+
+    // Without the page's token, nothing happens.
+    let forged = browser.form(&w.app.url("/account/apps/remove"), &[("csrf", "forged"), ("client", &client)]).await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let access = offline["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&w.app, creds, access).await["active"], true);
+    // Not an app's id: a page that says so.
+    let bad = browser.form(&w.app.url("/account/apps/remove"), &[("csrf", &token), ("client", "../x")]).await;
+    assert_eq!(bad.status(), StatusCode::NOT_FOUND);
+
+    // Removed many times at once: one removal, one audit row, every grant of the app ended.
+    let cookie: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let removals = (0..8)
+        .map(|_| {
+            no_redirects
+                .post(w.app.url("/account/apps/remove"))
+                .header("cookie", cookie.join("; "))
+                .header("accept", "text/html")
+                .form(&[("csrf", token.as_str()), ("client", client.as_str())])
+        })
+        .collect();
+    for response in concurrently(removals).await {
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(location(&response), "/account?done=app-removed");
+    }
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("audit_events WHERE action = 'app.removed'").await, 1);
+    assert_eq!(sql.count(&format!("oauth_grants WHERE client_id = '{client}' AND revoked_at IS NULL")).await, 0);
+    for tokens in [&offline, &online] {
+        assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await, json!({"active": false}));
+    }
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", offline["refresh_token"].as_str().unwrap())];
+    assert_eq!(oauth_error(token_request(&w.app, creds, &refresh).await, 400).await, "invalid_grant");
+    // The browser stays signed in, and the other app keeps its access.
+    let page = html_of(browser.navigate(&w.app.url("/account?done=app-removed")).await).await;
+    assert!(page.contains("The app no longer has access"), "{page}");
+    let apps = page.split("<h2 id=\"apps\">").nth(1).unwrap();
+    assert!(!apps.contains("Web app") && apps.contains("Partner app"), "{apps}");
+
+    // Removing the partner forgets its consent: it asks again.
+    let token = csrf_of(&page);
+    let done = browser.form(&w.app.url("/account/apps/remove"), &[("csrf", &token), ("client", &other)]).await;
+    assert_eq!(location(&done), "/account?done=app-removed");
+    assert_eq!(sql.count("oauth_consents").await, 0);
+    let again = browser.navigate(&authorize_url(&w.app, &other, &challenge, "")).await;
+    assert_eq!(again.status(), StatusCode::OK, "the consent page again");
+    let page = html_of(browser.navigate(&w.app.url("/account")).await).await;
+    assert!(page.contains("No app signs you in through this account yet."), "{page}");
+}
+
+async fn html_of(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.unwrap()
 }

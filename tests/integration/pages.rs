@@ -100,7 +100,8 @@ async fn sign_in(browser: &mut Browser, app: &TestApp, provider: &str) -> reqwes
     browser.sign_in(app, &format!("provider={provider}")).await
 }
 
-fn csrf_of(page: &str) -> String {
+/// The CSRF token of a page's forms.
+pub fn csrf_of(page: &str) -> String {
     page.split("name=\"csrf\" value=\"").nth(1).expect("a CSRF field").split('"').next().unwrap().to_owned()
 }
 

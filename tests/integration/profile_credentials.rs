@@ -15,6 +15,7 @@ use tessera::domain::UserId;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
 
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, json as body, on_both_backends};
+use crate::pages::csrf_of;
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 
 on_both_backends!(
@@ -146,12 +147,6 @@ impl World {
         let request = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "OpenAI", "slug": slug});
         body(self.create(self.alice.id, request).await, 201).await
     }
-}
-
-/// The CSRF token of a page's form.
-fn csrf_of(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + "name=\"csrf\" value=\"".len();
-    html[at..].split('"').next().unwrap().to_owned()
 }
 
 async fn page(response: reqwest::Response, status: StatusCode) -> (reqwest::header::HeaderMap, String) {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::clients::Clients;
 use super::keys::SigningKeys;
-use crate::store::{Store, StoreError};
+use crate::domain::UserId;
+use crate::store::{ActorKind, NewAuditEvent, Store, StoreError, UserApp};
 
 /// How long an authorization code lives.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
@@ -63,6 +64,27 @@ impl OpenIdProvider {
     /// expired held requests.
     pub async fn delete_expired(&self) -> Result<u64, StoreError> {
         self.store.delete_expired_grants(crate::domain::now()).await
+    }
+
+    /// The apps `user` has let in: active grants and remembered consents, one row per client.
+    pub async fn apps_of(&self, user: UserId) -> Result<Vec<UserApp>, StoreError> {
+        self.store.user_apps(user, crate::domain::now()).await
+    }
+
+    /// Ends `user`'s access for `client`, at their own request: every grant of theirs to it is
+    /// revoked (its refresh tokens stop working, its access tokens stop counting at
+    /// introspection and userinfo) and the consent is forgotten, with an `app.removed` audit row
+    /// in the same transaction. False when there was nothing to end.
+    pub async fn remove_app(&self, user: UserId, client: &str, request_id: Option<String>) -> Result<bool, StoreError> {
+        let audit = NewAuditEvent::new(ActorKind::User, "app.removed")
+            .actor(Some(user.to_string()), None)
+            .target("client", client.to_owned())
+            .request(request_id);
+        let removed = self.store.remove_app(user, client, crate::domain::now(), &audit).await?;
+        if removed {
+            tracing::info!(user_id = %user, client_id = client, "app access removed by its user");
+        }
+        Ok(removed)
     }
 
     /// An endpoint's URL under the issuer.
