@@ -93,7 +93,7 @@ struct AppRow {
     name: String,
     scopes: Vec<String>,
     since: String,
-    /// "keeps access while you are signed out", "until you sign out", or "remembered consent only".
+    /// Whether and how long it has access (see [`account_page`]).
     reach: &'static str,
 }
 
@@ -145,7 +145,7 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "primary" => "Your primary sign-in method was changed.",
         "revoked" => "The account was disconnected.",
         "signed-out-others" => "You are signed out everywhere else.",
-        "app-removed" => "The app no longer has access to your account, and will ask again.",
+        "app-removed" => "The app's access to your account was removed.",
         _ => return None,
     })
 }
@@ -296,10 +296,11 @@ async fn account_page(
                     name: app.client_name,
                     scopes: app.scopes,
                     since: day(app.since),
-                    reach: match (app.active, app.offline) {
-                        (true, true) => "keeps access while you are signed out",
-                        (true, false) => "has access until you sign out",
-                        (false, _) => "no access now; it will not ask you again",
+                    reach: match (app.active, app.offline, app.first_party) {
+                        (true, true, _) => "keeps access while you are signed out",
+                        (true, false, _) => "has access until you sign out",
+                        (false, _, false) => "no access now; your consent is remembered, so it will not ask again",
+                        (false, _, true) => "no access now",
                     },
                 })
                 .collect(),

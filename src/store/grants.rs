@@ -32,6 +32,10 @@ pub struct NewGrant {
     pub now: DateTime<Utc>,
     /// When the grant (and so its refresh tokens) ends at the latest.
     pub expires_at: DateTime<Utc>,
+    /// A third-party client's grant: written only while the user's consent to the client stands
+    /// (checked under a lock in the grant's transaction, so that removing the app's access,
+    /// which deletes the consent, is never followed by a grant decided before it).
+    pub consent_required: bool,
 }
 
 /// A new authorization code.
@@ -139,6 +143,8 @@ pub struct UserApp {
     pub offline: bool,
     /// Whether any grant is active (false: only a remembered consent).
     pub active: bool,
+    /// Whether the client is first-party (it never asks for consent).
+    pub first_party: bool,
     /// The earliest of its active grants and the consent's last change.
     pub since: DateTime<Utc>,
 }

@@ -957,8 +957,10 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     // --- OpenID Provider: grants, codes, refresh tokens, consents, held requests ---
 
-    /// Writes a grant and its authorization code in one transaction.
-    async fn insert_grant(&self, grant: &NewGrant, code: &NewCode) -> Result<(), StoreError>;
+    /// Writes a grant and its authorization code in one transaction; false (nothing written) when
+    /// the grant needs the user's consent and it is gone (see [`NewGrant::consent_required`]), or
+    /// when the user or the client no longer exists.
+    async fn insert_grant(&self, grant: &NewGrant, code: &NewCode) -> Result<bool, StoreError>;
 
     /// The grant and code of a code hash (used or not), read from the primary.
     async fn code_grant(

@@ -1789,9 +1789,19 @@ impl Store for SqlStore {
 
     // --- OpenID Provider: grants, codes, refresh tokens, consents, held requests ---
 
-    async fn insert_grant(&self, grant: &NewGrant, code: &NewCode) -> Result<(), StoreError> {
+    async fn insert_grant(&self, grant: &NewGrant, code: &NewCode) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
-        query(
+        if grant.consent_required {
+            let consent = query("SELECT 1 AS one FROM oauth_consents WHERE user_id = $1 AND client_id = $2 FOR SHARE")
+                .bind(grant.user_id.as_uuid())
+                .bind(grant.client_id.as_str())
+                .fetch_optional(&mut tx)
+                .await?;
+            if consent.is_none() {
+                return Ok(false);
+            }
+        }
+        let inserted = query(
             "INSERT INTO oauth_grants (id, client_id, user_id, identity_id, session_hash, scope, resource, provider,
                                        auth_time, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -1808,7 +1818,14 @@ impl Store for SqlStore {
         .bind(grant.now)
         .bind(grant.expires_at)
         .execute(&mut tx)
-        .await?;
+        .await;
+        match inserted {
+            // The user or the client was deleted since the request was checked.
+            Err(StoreError::Database(sqlx::Error::Database(error))) if error.is_foreign_key_violation() => {
+                return Ok(false);
+            }
+            other => other?,
+        };
         query(
             "INSERT INTO oauth_codes (code_hash, grant_id, redirect_uri, code_challenge, nonce, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1821,7 +1838,8 @@ impl Store for SqlStore {
         .bind(code.expires_at)
         .execute(&mut tx)
         .await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn code_grant(
@@ -2024,16 +2042,17 @@ impl Store for SqlStore {
 
     async fn user_apps(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserApp>, StoreError> {
         let rows = query(concat!(
-            "SELECT g.client_id, c.name AS client_name, g.scope, MIN(g.created_at) AS since,
+            "SELECT g.client_id, c.name AS client_name, c.first_party, g.scope, MIN(g.created_at) AS since,
                     MAX(CASE WHEN g.session_hash IS NULL THEN 1 ELSE 0 END) = 1 AS offline, TRUE AS granted
                FROM oauth_grants g JOIN clients c ON c.id = g.client_id JOIN users u ON u.id = g.user_id
               WHERE g.user_id = $1 AND ",
             grant_active!(),
-            " GROUP BY g.client_id, c.name, g.scope
+            " GROUP BY g.client_id, c.name, c.first_party, g.scope
              UNION ALL
-             SELECT oc.client_id, c.name, oc.scope, oc.updated_at, FALSE, FALSE
+             SELECT oc.client_id, c.name, c.first_party, oc.scope, oc.updated_at, FALSE, FALSE
                FROM oauth_consents oc JOIN clients c ON c.id = oc.client_id
-              WHERE oc.user_id = $1"
+              WHERE oc.user_id = $1
+             ORDER BY since"
         ))
         .bind(user.as_uuid())
         .bind(now)
@@ -2045,14 +2064,14 @@ impl Store for SqlStore {
             let index = match apps.iter().position(|app| app.client_id == client_id) {
                 Some(index) => index,
                 None => {
-                    let (client_name, since) = (row.text("client_name")?, row.time("since")?);
                     apps.push(UserApp {
                         client_id,
-                        client_name,
+                        client_name: row.text("client_name")?,
                         scopes: Vec::new(),
                         offline: false,
                         active: false,
-                        since,
+                        first_party: row.flag("first_party")?,
+                        since: row.time("since")?,
                     });
                     apps.len() - 1
                 }
@@ -2079,6 +2098,14 @@ impl Store for SqlStore {
         audit: &super::NewAuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
+        // The consent first: a grant being written holds it FOR SHARE, so this waits for that
+        // grant to commit, and the UPDATE after it (a statement of its own, which sees what was
+        // committed before it began) revokes that grant too.
+        let forgotten = query("DELETE FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+            .bind(user.as_uuid())
+            .bind(client)
+            .execute(&mut tx)
+            .await?;
         let revoked = query(
             "UPDATE oauth_grants SET revoked_at = $3 WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL",
         )
@@ -2087,11 +2114,6 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut tx)
         .await?;
-        let forgotten = query("DELETE FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
-            .bind(user.as_uuid())
-            .bind(client)
-            .execute(&mut tx)
-            .await?;
         let removed = revoked + forgotten > 0;
         if removed {
             super::audit::insert(&mut tx, std::slice::from_ref(audit)).await?;
@@ -3091,8 +3113,6 @@ fn update_client_query(client: &Client, expected: Option<DateTime<Utc>>) -> supe
     }
 }
 
-/// A grant query: its columns, and `active` computed at `$2` (now), followed by `$tail` (the FROM
-/// clause, which must join `oauth_grants g` and `users u`).
 /// Whether grant `g` (of user `u`) counts at `$2`: not revoked or expired, its user enabled,
 /// and the identity and session it is bound to (if any) still there.
 macro_rules! grant_active {
@@ -3105,6 +3125,8 @@ macro_rules! grant_active {
 }
 use grant_active;
 
+/// A grant query: its columns, and `active` computed at `$2` (now), followed by `$tail` (the FROM
+/// clause, which must join `oauth_grants g` and `users u`).
 macro_rules! grant_select {
     ($tail:literal) => {
         concat!(

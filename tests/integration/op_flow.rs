@@ -958,27 +958,38 @@ async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
     let w = op_world(backend).await;
     let (client, secret) = web_app(&w.app).await;
     let creds = (client.as_str(), secret.as_str());
-    let (other, _) = register(
+    let (partner, _) = register(
         &w.app,
         json!({"name": "Partner app", "kind": "public", "redirect_uris": [REDIRECT], "first_party": false}),
     )
     .await;
     let mut browser = Browser::new();
+    // The web app (first-party): one grant that lasts while signed out, one that does not.
     let (offline, online) = offline_and_online(&w, &mut browser, creds).await;
-    let (_, challenge) = pkce();
-    // The partner: a consent only (its code is never redeemed, so it holds no token).
-    let page = html_of(browser.navigate(&authorize_url(&w.app, &other, &challenge, "")).await).await;
-    let request_id = page.split("name=\"request_id\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    // The partner: consented to, its tokens then revoked by the partner itself: a consent only.
+    let (verifier, challenge) = pkce();
+    let request_id = consent_request(&mut browser, &w.app, &partner, &challenge).await;
     let approve = [("request_id", request_id.as_str()), ("decision", "approve")];
-    assert!(
-        param(&location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &approve).await), "code").is_some()
-    );
+    let code = param(&location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &approve).await), "code");
+    let redeem = [
+        ("grant_type", "authorization_code"),
+        ("code", &code.unwrap()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", &verifier),
+        ("client_id", &partner),
+    ];
+    let partner_tokens =
+        body(w.app.client.post(w.app.url("/oauth/token")).form(&redeem).send().await.unwrap(), 200).await;
+    let revoke = [("token", partner_tokens["access_token"].as_str().unwrap()), ("client_id", &partner)];
+    let revoked = w.app.client.post(w.app.url("/oauth/revoke")).form(&revoke).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
 
     let page = html_of(browser.navigate(&w.app.url("/account")).await).await;
     let apps = page.split("<h2 id=\"apps\">").nth(1).expect("an apps section");
-    assert!(apps.contains("Web app") && apps.contains("keeps access while you are signed out"), "{apps}");
-    assert!(apps.contains("<li>offline_access</li>") && apps.contains("<li>teams</li>"), "{apps}");
-    assert!(apps.contains("Partner app") && apps.contains("has access until you sign out"), "{apps}");
+    let (first, web) = apps.split_once("Web app").expect("both apps, by name");
+    assert!(first.contains("Partner app") && first.contains("no access now; your consent is remembered"), "{apps}");
+    assert!(web.contains("keeps access while you are signed out"), "{apps}");
+    assert!(web.contains("<li>offline_access</li>") && web.contains("<li>teams</li>"), "{apps}");
     let token = csrf_of(&page);
 
     // Without the page's token, nothing happens.
@@ -1014,21 +1025,32 @@ async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
     }
     let refresh = [("grant_type", "refresh_token"), ("refresh_token", offline["refresh_token"].as_str().unwrap())];
     assert_eq!(oauth_error(token_request(&w.app, creds, &refresh).await, 400).await, "invalid_grant");
-    // The browser stays signed in, and the other app keeps its access.
+    // The browser stays signed in; the partner's consent is untouched.
     let page = html_of(browser.navigate(&w.app.url("/account?done=app-removed")).await).await;
-    assert!(page.contains("The app no longer has access"), "{page}");
+    assert!(page.contains("access to your account was removed"), "{page}");
     let apps = page.split("<h2 id=\"apps\">").nth(1).unwrap();
     assert!(!apps.contains("Web app") && apps.contains("Partner app"), "{apps}");
+    // A first-party app never asks: it signs the user in again at once, with a new grant.
+    let (_, challenge) = pkce();
+    code_for(&w, &mut browser, &client, &challenge).await;
+    let page = html_of(browser.navigate(&w.app.url("/account")).await).await;
+    assert!(page.contains("Web app") && page.contains("has access until you sign out"), "{page}");
 
     // Removing the partner forgets its consent: it asks again.
     let token = csrf_of(&page);
-    let done = browser.form(&w.app.url("/account/apps/remove"), &[("csrf", &token), ("client", &other)]).await;
+    let done = browser.form(&w.app.url("/account/apps/remove"), &[("csrf", &token), ("client", &partner)]).await;
     assert_eq!(location(&done), "/account?done=app-removed");
     assert_eq!(sql.count("oauth_consents").await, 0);
-    let again = browser.navigate(&authorize_url(&w.app, &other, &challenge, "")).await;
-    assert_eq!(again.status(), StatusCode::OK, "the consent page again");
-    let page = html_of(browser.navigate(&w.app.url("/account")).await).await;
-    assert!(page.contains("No app signs you in through this account yet."), "{page}");
+    consent_request(&mut browser, &w.app, &partner, &challenge).await;
+    assert_eq!(sql.count("audit_events WHERE action = 'app.removed'").await, 2);
+}
+
+/// Opens an authorization request of the third-party `client` in a signed-in browser that has
+/// not consented; returns the consent page's request id.
+async fn consent_request(browser: &mut Browser, app: &TestApp, client: &str, challenge: &str) -> String {
+    let page = html_of(browser.navigate(&authorize_url(app, client, challenge, "")).await).await;
+    let field = "name=\"request_id\" value=\"";
+    page.split(field).nth(1).expect("the consent page").split('"').next().unwrap().to_owned()
 }
 
 async fn html_of(response: reqwest::Response) -> String {

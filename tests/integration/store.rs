@@ -3019,6 +3019,7 @@ mod grants {
     use tessera::store::{HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 
     use super::*;
+    use tessera::store::{ActorKind, NewAuditEvent};
 
     on_both_backends!(
         a_grant_and_its_code_are_read_back_and_the_code_is_redeemed_once,
@@ -3029,6 +3030,7 @@ mod grants {
         concurrent_rotations_of_one_refresh_token_have_one_winner,
         a_grant_counts_while_its_user_session_and_identity_do,
         consents_widen_and_concurrent_approvals_lose_none,
+        a_grant_needing_consent_is_written_only_while_the_consent_stands,
         a_held_request_is_taken_once_and_not_after_it_expires,
         expired_grants_codes_and_requests_are_deleted,
     );
@@ -3052,6 +3054,7 @@ mod grants {
             auth_time: at,
             now: at,
             expires_at: at + TimeDelta::days(30),
+            consent_required: false,
         }
     }
 
@@ -3280,6 +3283,39 @@ mod grants {
         assert_eq!(widen(ada.id(), &["openid"]).await, None);
         assert_eq!(store.consent(ada.id(), &app).await.unwrap(), None);
         assert_eq!(store.consent(gone.id(), &app).await.unwrap(), None);
+    }
+
+    async fn a_grant_needing_consent_is_written_only_while_the_consent_stands(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let app = client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let audit = NewAuditEvent::new(ActorKind::User, "app.removed");
+        let needing = || NewGrant { consent_required: true, ..grant(&ada, None, t0) };
+        assert!(!store.insert_grant(&needing(), &code(t0)).await.unwrap(), "no consent: nothing written");
+        assert_eq!(db.sql().await.count("oauth_grants").await, 0);
+        store.widen_consent(ada.id(), &app, &["openid".to_owned()], t0).await.unwrap();
+        assert!(store.insert_grant(&needing(), &code(t0)).await.unwrap());
+        // Grants written while the app's access is removed: each is refused or revoked, never
+        // left standing.
+        let writes: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, grant, code) = (store.clone(), needing(), code(t0));
+                tokio::spawn(async move { store.insert_grant(&grant, &code).await.unwrap() })
+            })
+            .collect();
+        assert!(store.remove_app(ada.id(), &app, t0, &audit).await.unwrap());
+        for write in writes {
+            write.await.unwrap();
+        }
+        assert!(store.user_apps(ada.id(), t0).await.unwrap().is_empty());
+        assert_eq!(db.sql().await.count("oauth_grants WHERE revoked_at IS NULL").await, 0);
+        assert!(!store.insert_grant(&needing(), &code(t0)).await.unwrap(), "after the removal: refused");
+        // A grant without the consent rule, of a user deleted meanwhile: refused, not an error.
+        let gone = sign_up(&store, "gone").await;
+        assert!(matches!(store.delete_user(gone.id(), t0).await.unwrap(), DeleteUserOutcome::Deleted(_)));
+        assert!(!store.insert_grant(&grant(&gone, None, t0), &code(t0)).await.unwrap());
+        assert!(!store.remove_app(ada.id(), &app, t0, &audit).await.unwrap(), "nothing left to remove");
     }
 
     async fn a_held_request_is_taken_once_and_not_after_it_expires(backend: Backend) {

@@ -414,6 +414,7 @@ fn new_grant(client: &str, user: UserId) -> NewGrant {
         auth_time: now,
         now,
         expires_at: now + chrono::TimeDelta::days(1),
+        consent_required: false,
     }
 }
 

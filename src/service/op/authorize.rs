@@ -451,7 +451,8 @@ impl OpenIdProvider {
         now: DateTime<Utc>,
     ) -> Result<String, AuthorizeError> {
         let code = random_secret();
-        self.store
+        let written = self
+            .store
             .insert_grant(
                 &NewGrant {
                     id: uuid::Uuid::now_v7(),
@@ -468,6 +469,7 @@ impl OpenIdProvider {
                     auth_time: session.auth_time,
                     now,
                     expires_at: now + delta(request.client.refresh_token_ttl),
+                    consent_required: !request.client.first_party,
                 },
                 &NewCode {
                     code_hash: sha256(code.expose_secret().as_bytes()),
@@ -478,6 +480,11 @@ impl OpenIdProvider {
                 },
             )
             .await?;
+        if !written {
+            return Err(
+                request.reject("access_denied", "the app's access was removed, or the app or the account is gone")
+            );
+        }
         Ok(redirect_with(
             &request.redirect_uri,
             &[("code", code.expose_secret()), ("iss", &self.issuer)],
