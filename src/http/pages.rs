@@ -236,15 +236,17 @@ struct ConsentPage<'a> {
     chrome: Chrome,
     client_name: &'a str,
     scopes: &'a [String],
+    resource: Option<&'a str>,
     request_id: &'a str,
 }
 
 impl Pages {
-    /// The consent page: which app asks for which scopes, and a form that posts the decision
-    /// (`request_id`, `decision`) to `/oauth/consent`. The request id is single-use and bound
-    /// to the session, which makes it the form's CSRF token.
-    pub fn consent(&self, client_name: &str, scopes: &[String], request_id: &str) -> Response {
-        self.render(StatusCode::OK, &ConsentPage { chrome: self.chrome(true), client_name, scopes, request_id })
+    /// The consent page: which app asks for which scopes and, in words, for which resource, and
+    /// a form that posts the decision (`request_id`, `decision`) to `/oauth/consent`. The
+    /// request id is single-use and bound to the session, which makes it the form's CSRF token.
+    pub fn consent(&self, client_name: &str, scopes: &[String], resource: Option<&str>, request_id: &str) -> Response {
+        let page = ConsentPage { chrome: self.chrome(true), client_name, scopes, resource, request_id };
+        self.render(StatusCode::OK, &page)
     }
 }
 

@@ -130,6 +130,15 @@ pub struct HeldRequest {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What a user consented to for a third-party client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consent {
+    /// The scopes, in the order first granted.
+    pub scopes: Vec<String>,
+    /// The resources (RFC 8707), in the order first granted.
+    pub resources: Vec<String>,
+}
+
 /// An app a user has let in (see [`super::Store::user_apps`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserApp {

@@ -37,6 +37,7 @@ pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, T
 pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use cache_sync::{CacheChange, LoggedChange};
 pub use db::{copy_sqlite, create_pg_database, drop_pg_database, sqlite_database_exists, sqlite_file};
+pub use grants::Consent;
 pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 pub use migrations::MigrationStatus;
 pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate};
@@ -1002,20 +1003,21 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Revokes a grant; false when there was none or it was revoked already.
     async fn revoke_grant(&self, id: uuid::Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
-    /// The scopes `user` consented to for `client`, space-separated.
-    async fn consent(&self, user: UserId, client: &str) -> Result<Option<String>, StoreError>;
+    /// What `user` consented to for `client`.
+    async fn consent(&self, user: UserId, client: &str) -> Result<Option<Consent>, StoreError>;
 
-    /// Adds `scopes` to what `user` consented to for `client` (creating the consent): what was
-    /// granted before stays granted, also when two approvals run at once. Returns the scopes
-    /// consented to now, in the order they were first granted, or `None` when the user or the
-    /// client no longer exists (deleted while the user was approving).
+    /// Adds `scopes` and `resource` to what `user` consented to for `client` (creating the
+    /// consent): what was granted before stays granted, also when two approvals run at once.
+    /// Returns the consent now, each list in the order first granted, or `None` when the user or
+    /// the client no longer exists (deleted while the user was approving).
     async fn widen_consent(
         &self,
         user: UserId,
         client: &str,
         scopes: &[String],
+        resource: Option<&str>,
         now: DateTime<Utc>,
-    ) -> Result<Option<Vec<String>>, StoreError>;
+    ) -> Result<Option<Consent>, StoreError>;
 
     /// The apps (clients) `user` has let in: one per client with an active grant or a
     /// remembered consent, by name, with the scopes of both.

@@ -13,6 +13,7 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::Consent;
 use super::cache_sync::{CacheChange, LoggedChange, log_changes};
 use super::db::{Db, PoolRef, Row, Tx, padded, query, try_exclusive};
 use super::last_seen::{self, Touched};
@@ -1982,13 +1983,13 @@ impl Store for SqlStore {
         Ok(updated == 1)
     }
 
-    async fn consent(&self, user: UserId, client: &str) -> Result<Option<String>, StoreError> {
-        let row = query("SELECT scope FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+    async fn consent(&self, user: UserId, client: &str) -> Result<Option<Consent>, StoreError> {
+        let row = query("SELECT scope, resources FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
             .bind(user.as_uuid())
             .bind(client)
             .fetch_optional(self.db.writer())
             .await?;
-        row.map(|row| row.text("scope")).transpose()
+        row.as_ref().map(consent_of).transpose()
     }
 
     async fn widen_consent(
@@ -1996,8 +1997,9 @@ impl Store for SqlStore {
         user: UserId,
         client: &str,
         scopes: &[String],
+        resource: Option<&str>,
         now: DateTime<Utc>,
-    ) -> Result<Option<Vec<String>>, StoreError> {
+    ) -> Result<Option<Consent>, StoreError> {
         let mut tx = self.db.begin().await?;
         // The row exists (a concurrent first approval waits here for the other to commit), then
         // is locked: approvals of one user and client are merged one after the other. A user or
@@ -2017,27 +2019,33 @@ impl Store for SqlStore {
             }
             other => other?,
         };
-        let row = query("SELECT scope FROM oauth_consents WHERE user_id = $1 AND client_id = $2 FOR UPDATE")
+        let row = query("SELECT scope, resources FROM oauth_consents WHERE user_id = $1 AND client_id = $2 FOR UPDATE")
             .bind(user.as_uuid())
             .bind(client)
             .fetch_optional(&mut tx)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let mut consented: Vec<String> = row.text("scope")?.split_whitespace().map(str::to_owned).collect();
-        for scope in scopes {
-            if !consented.contains(scope) {
-                consented.push(scope.clone());
+        let mut consent = consent_of(&row)?;
+        let add = |list: &mut Vec<String>, value: &str| {
+            if !list.iter().any(|v| v == value) {
+                list.push(value.to_owned());
             }
-        }
-        query("UPDATE oauth_consents SET scope = $3, updated_at = $4 WHERE user_id = $1 AND client_id = $2")
-            .bind(user.as_uuid())
-            .bind(client)
-            .bind(consented.join(" "))
-            .bind(now)
-            .execute(&mut tx)
-            .await?;
+        };
+        scopes.iter().for_each(|scope| add(&mut consent.scopes, scope));
+        resource.into_iter().for_each(|resource| add(&mut consent.resources, resource));
+        query(
+            "UPDATE oauth_consents SET scope = $3, resources = $4, updated_at = $5
+             WHERE user_id = $1 AND client_id = $2",
+        )
+        .bind(user.as_uuid())
+        .bind(client)
+        .bind(consent.scopes.join(" "))
+        .bind(consent.resources.join(" "))
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
         tx.commit().await?;
-        Ok(Some(consented))
+        Ok(Some(consent))
     }
 
     async fn user_apps(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserApp>, StoreError> {
@@ -3150,6 +3158,12 @@ async fn grant_active_in(tx: &mut Tx, id: uuid::Uuid, now: DateTime<Utc>) -> Res
         .map(|row| row.flag("active"))
         .transpose()
         .map(|active| active.unwrap_or(false))
+}
+
+/// A consent row's scopes and resources (each stored space-separated).
+fn consent_of(row: &super::db::Row) -> Result<Consent, StoreError> {
+    let list = |col: &str| row.text(col).map(|text| text.split_whitespace().map(str::to_owned).collect());
+    Ok(Consent { scopes: list("scope")?, resources: list("resources")? })
 }
 
 fn grant_record(row: &super::db::Row) -> Result<GrantRecord, StoreError> {

@@ -35,6 +35,7 @@ on_both_backends!(
     private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion,
     browser_apps_on_other_origins_reach_the_public_client_endpoints_only,
     a_user_removes_an_apps_access_from_the_account_page,
+    a_consent_covers_the_resources_it_was_given_for,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -605,7 +606,7 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
         (html.contains("Partner &lt;app&gt;") || html.contains("Partner &#60;app&#62;")) && !html.contains("<app>"),
         "the name is escaped"
     );
-    let request_id = html.split("name=\"request_id\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let request_id = request_id_of(&html);
     // A consent decision needs the same session.
     let stranger = Browser::new().json(Method::POST, &w.app.url("/oauth/consent"), &json!({})).await;
     assert!(stranger.status().is_client_error());
@@ -631,7 +632,7 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     // prompt=consent asks again; denying sends access_denied.
     let page = browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=consent")).await;
     let html = page.text().await.unwrap();
-    let request_id = html.split("name=\"request_id\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let request_id = request_id_of(&html);
     let deny =
         browser_post(&mut browser, &w.app.url("/oauth/consent"), &[("request_id", &request_id), ("decision", "deny")])
             .await;
@@ -1045,10 +1046,62 @@ async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
     assert_eq!(sql.count("audit_events WHERE action = 'app.removed'").await, 2);
 }
 
+async fn a_consent_covers_the_resources_it_was_given_for(backend: Backend) {
+    let w = op_world(backend).await;
+    let mcp = w.app.url("/mcp");
+    let api = "https://api.example.com";
+    let (partner, _) = register(
+        &w.app,
+        json!({"name": "Agent", "kind": "public", "redirect_uris": [REDIRECT], "first_party": false,
+               "resources": [api, mcp]}),
+    )
+    .await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    // Signed in and consented for the partner's own API.
+    let for_api = format!("&resource={}", urlencode(api));
+    let mut url = authorize_url(&w.app, &partner, &challenge, &for_api);
+    let page = loop {
+        let response = browser.navigate(&url).await;
+        if response.status() == StatusCode::OK {
+            break response.text().await.unwrap();
+        }
+        let next = location(&response);
+        url = if next.starts_with('/') { w.app.url(&next) } else { next };
+    };
+    assert!(page.contains(&format!("It also asks to <strong>use {api}</strong>")), "{page}");
+    let request_id = request_id_of(&page);
+    let approve = [("request_id", request_id.as_str()), ("decision", "approve")];
+    assert!(
+        param(&location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &approve).await), "code").is_some()
+    );
+    // The same scopes for Tessera's MCP server are not covered: asked again, in words.
+    let for_mcp = format!("&resource={}", urlencode(&mcp));
+    let silent =
+        browser.navigate(&authorize_url(&w.app, &partner, &challenge, &format!("{for_mcp}&prompt=none"))).await;
+    assert_eq!(param(&location(&silent), "error").as_deref(), Some("consent_required"));
+    let page = html_of(browser.navigate(&authorize_url(&w.app, &partner, &challenge, &for_mcp)).await).await;
+    assert!(page.contains("MCP server") && page.contains("credentials of your connected accounts"), "{page}");
+    let request_id = request_id_of(&page);
+    let approve = [("request_id", request_id.as_str()), ("decision", "approve")];
+    assert!(
+        param(&location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &approve).await), "code").is_some()
+    );
+    // Now both are covered: codes at once.
+    for extra in [&for_api, &for_mcp] {
+        let to = location(&browser.navigate(&authorize_url(&w.app, &partner, &challenge, extra)).await);
+        assert!(param(&to, "code").is_some(), "{to}");
+    }
+}
+
 /// Opens an authorization request of the third-party `client` in a signed-in browser that has
 /// not consented; returns the consent page's request id.
 async fn consent_request(browser: &mut Browser, app: &TestApp, client: &str, challenge: &str) -> String {
-    let page = html_of(browser.navigate(&authorize_url(app, client, challenge, "")).await).await;
+    request_id_of(&html_of(browser.navigate(&authorize_url(app, client, challenge, "")).await).await)
+}
+
+/// The request id of a consent page's form.
+fn request_id_of(page: &str) -> String {
     let field = "name=\"request_id\" value=\"";
     page.split(field).nth(1).expect("the consent page").split('"').next().unwrap().to_owned()
 }

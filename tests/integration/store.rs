@@ -3019,7 +3019,7 @@ mod grants {
     use tessera::store::{HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 
     use super::*;
-    use tessera::store::{ActorKind, NewAuditEvent};
+    use tessera::store::{ActorKind, Consent, NewAuditEvent};
 
     on_both_backends!(
         a_grant_and_its_code_are_read_back_and_the_code_is_redeemed_once,
@@ -3252,35 +3252,44 @@ mod grants {
         let t0 = now();
         assert_eq!(store.consent(ada.id(), &app).await.unwrap(), None);
         let scopes = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let widen = |user: UserId, list: &[&str]| {
+        let widen = |user: UserId, list: &[&str], resource: Option<&'static str>| {
             let (store, app, list) = (store.clone(), app.clone(), scopes(list));
-            async move { store.widen_consent(user, &app, &list, t0).await.unwrap() }
+            async move { store.widen_consent(user, &app, &list, resource, t0).await.unwrap() }
         };
-        assert_eq!(widen(ada.id(), &["openid"]).await.unwrap(), ["openid"]);
-        assert_eq!(widen(ada.id(), &["email", "openid"]).await.unwrap(), ["openid", "email"]);
-        assert_eq!(store.consent(ada.id(), &app).await.unwrap().as_deref(), Some("openid email"));
+        let consent =
+            |scopes_: &[&str], resources: &[&str]| Consent { scopes: scopes(scopes_), resources: scopes(resources) };
+        assert_eq!(widen(ada.id(), &["openid"], None).await, Some(consent(&["openid"], &[])));
+        let api = "https://api.example.com";
+        let widened = widen(ada.id(), &["email", "openid"], Some(api)).await;
+        assert_eq!(widened, Some(consent(&["openid", "email"], &[api])));
+        // Another resource joins the first; one already there is not repeated.
+        widen(ada.id(), &["openid"], Some("https://mcp.example.com")).await;
+        let widened = widen(ada.id(), &[], Some(api)).await;
+        assert_eq!(widened, Some(consent(&["openid", "email"], &[api, "https://mcp.example.com"])));
+        assert_eq!(store.consent(ada.id(), &app).await.unwrap(), widened);
         let bob = sign_up(&store, "bob").await;
         assert_eq!(store.consent(bob.id(), &app).await.unwrap(), None);
         // Approvals at once, each of another scope, first ones included: none is lost.
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let (store, app, bob) = (store.clone(), app.clone(), bob.id());
-                tokio::spawn(async move { store.widen_consent(bob, &app, &[format!("scope-{i}")], t0).await.unwrap() })
+                tokio::spawn(
+                    async move { store.widen_consent(bob, &app, &[format!("scope-{i}")], None, t0).await.unwrap() },
+                )
             })
             .collect();
         for task in tasks {
             task.await.unwrap();
         }
-        let consented = store.consent(bob.id(), &app).await.unwrap().unwrap();
-        let mut consented: Vec<&str> = consented.split(' ').collect();
+        let mut consented = store.consent(bob.id(), &app).await.unwrap().unwrap().scopes;
         consented.sort_unstable();
         assert_eq!(consented, (0..8).map(|i| format!("scope-{i}")).collect::<Vec<_>>());
         // A user or client deleted while approving leaves nothing to widen: no error, no row.
         let gone = sign_up(&store, "gone").await;
         assert!(matches!(store.delete_user(gone.id(), t0).await.unwrap(), DeleteUserOutcome::Deleted(_)));
-        assert_eq!(widen(gone.id(), &["openid"]).await, None);
+        assert_eq!(widen(gone.id(), &["openid"], None).await, None);
         assert!(store.delete_client(&ClientId::parse(&app).unwrap()).await.unwrap());
-        assert_eq!(widen(ada.id(), &["openid"]).await, None);
+        assert_eq!(widen(ada.id(), &["openid"], None).await, None);
         assert_eq!(store.consent(ada.id(), &app).await.unwrap(), None);
         assert_eq!(store.consent(gone.id(), &app).await.unwrap(), None);
     }
@@ -3294,7 +3303,7 @@ mod grants {
         let needing = || NewGrant { consent_required: true, ..grant(&ada, None, t0) };
         assert!(!store.insert_grant(&needing(), &code(t0)).await.unwrap(), "no consent: nothing written");
         assert_eq!(db.sql().await.count("oauth_grants").await, 0);
-        store.widen_consent(ada.id(), &app, &["openid".to_owned()], t0).await.unwrap();
+        store.widen_consent(ada.id(), &app, &["openid".to_owned()], None, t0).await.unwrap();
         assert!(store.insert_grant(&needing(), &code(t0)).await.unwrap());
         // Grants written while the app's access is removed: each is refused or revoked, never
         // left standing.

@@ -145,8 +145,8 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
         Ok(Next::SignIn { continue_to, login_hint, reauthenticate }) => {
             sign_in(state, headers, &continue_to, login_hint.as_deref(), reauthenticate).await
         }
-        Ok(Next::Consent { request_id, client_name, scopes }) => {
-            consent_page(state, &request_id, &client_name, &scopes)
+        Ok(Next::Consent { request_id, client_name, scopes, resource }) => {
+            consent_page(state, &request_id, &client_name, &scopes, resource.as_deref())
         }
         Err(error) => rejected(state, headers, error),
     }
@@ -213,8 +213,33 @@ fn chooser_page(continue_to: &str) -> Response {
     redirect(&pages::login_url(Some(continue_to)), &[])
 }
 
-fn consent_page(state: &AppState, request_id: &str, client_name: &str, scopes: &[String]) -> Response {
-    state.pages.consent(client_name, scopes, request_id)
+fn consent_page(
+    state: &AppState,
+    request_id: &str,
+    client_name: &str,
+    scopes: &[String],
+    resource: Option<&str>,
+) -> Response {
+    let resource = resource.map(|resource| resource_in_words(state, resource));
+    state.pages.consent(client_name, scopes, resource.as_deref(), request_id)
+}
+
+/// What a token for `resource` lets the app do, for the consent page: Tessera's own API and MCP
+/// server act for the user (their connected accounts' credentials included); any other resource
+/// is named as registered.
+fn resource_in_words(state: &AppState, resource: &str) -> String {
+    let own = state.op.as_ref().and_then(|op| resource.strip_prefix(op.issuer()));
+    match own {
+        Some("/v1") => {
+            "act for you on this service's API, including reading the credentials of your connected accounts".into()
+        }
+        Some("/mcp") => {
+            "act for you through this service's MCP server (for AI agents), including reading the credentials of your \
+             connected accounts"
+                .into()
+        }
+        _ => format!("use {resource}"),
+    }
 }
 
 #[utoipa::path(

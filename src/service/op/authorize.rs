@@ -136,8 +136,8 @@ pub enum Next {
         /// must not answer from its own session either.
         reauthenticate: bool,
     },
-    /// The user must consent: show the client's name and the scopes, and post the decision with
-    /// `request_id`.
+    /// The user must consent: show the client's name, the scopes and the resource, and post the
+    /// decision with `request_id`.
     Consent {
         /// Identifies the held request in the consent form.
         request_id: String,
@@ -145,6 +145,8 @@ pub enum Next {
         client_name: String,
         /// The scopes asked for.
         scopes: Vec<String>,
+        /// The resource (RFC 8707) asked for, if any.
+        resource: Option<String>,
     },
     /// Send the browser to the client: a code, or an error.
     Redirect(String),
@@ -206,7 +208,9 @@ impl OpenIdProvider {
             return Err(request.reject("access_denied", "the user declined"));
         }
         // Consent widens: what was granted before stays granted.
-        let widened = self.store.widen_consent(session.user, request.client.id.as_str(), &request.scopes, now).await?;
+        let client = request.client.id.as_str();
+        let widened =
+            self.store.widen_consent(session.user, client, &request.scopes, request.resource.as_deref(), now).await?;
         if widened.is_none() {
             return Err(reject(
                 "invalid_request",
@@ -387,9 +391,11 @@ impl OpenIdProvider {
             return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
         };
         if !request.client.first_party {
-            let granted = self.store.consent(session.user, request.client.id.as_str()).await?;
-            let granted = split_scope(granted.as_deref().unwrap_or(""));
-            let covered = request.scopes.iter().all(|s| granted.contains(s));
+            // A consent covers the scopes and the resource (RFC 8707) it was given for: a token
+            // for another resource (Tessera's own API or MCP server, say) is asked for anew.
+            let granted = self.store.consent(session.user, request.client.id.as_str()).await?.unwrap_or_default();
+            let covered = request.scopes.iter().all(|s| granted.scopes.contains(s))
+                && request.resource.as_ref().is_none_or(|r| granted.resources.contains(r));
             if request.prompt_consent || !covered {
                 if request.prompt_none {
                     return Err(request.reject("consent_required", "the user has not consented to these scopes"));
@@ -399,6 +405,7 @@ impl OpenIdProvider {
                     request_id,
                     client_name: request.client.name.clone(),
                     scopes: request.scopes.clone(),
+                    resource: request.resource.clone(),
                 });
             }
         }
