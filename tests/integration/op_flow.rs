@@ -36,6 +36,7 @@ on_both_backends!(
     browser_apps_on_other_origins_reach_the_public_client_endpoints_only,
     a_user_removes_an_apps_access_from_the_account_page,
     a_consent_covers_the_resources_it_was_given_for,
+    narrowing_a_client_narrows_what_its_standing_grants_issue,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -394,6 +395,8 @@ async fn bad_token_requests_are_refused_and_issue_nothing(backend: Backend) {
             "invalid_client",
         ),
         (vec![("grant_type", "password"), ("username", "a")], me, 400, "unsupported_grant_type"),
+        // Not supported for any client yet (this one has not registered it either).
+        (vec![("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")], me, 400, "unsupported_grant_type"),
         (vec![("grant_type", "client_credentials")], me, 400, "unauthorized_client"),
         (vec![("code", &code)], me, 400, "invalid_request"),
         (
@@ -1092,6 +1095,41 @@ async fn a_consent_covers_the_resources_it_was_given_for(backend: Backend) {
         let to = location(&browser.navigate(&authorize_url(&w.app, &partner, &challenge, extra)).await);
         assert!(param(&to, "code").is_some(), "{to}");
     }
+}
+
+async fn narrowing_a_client_narrows_what_its_standing_grants_issue(backend: Backend) {
+    let w = op_world(backend).await;
+    let api = "https://api.example.com";
+    let (client, secret) = register(
+        &w.app,
+        json!({"name": "Agent", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": true,
+               "grant_types": ["authorization_code", "refresh_token"], "resources": [api],
+               "scopes": ["openid", "email", "offline_access"]}),
+    )
+    .await;
+    let creds = (client.as_str(), secret.as_deref().unwrap());
+    let (verifier, challenge) = pkce();
+    let extra = format!("&resource={}", urlencode(api));
+    let url = authorize_url(&w.app, &client, &challenge, &extra)
+        .replace("scope=openid%20email%20teams", "scope=openid%20email%20offline_access");
+    let code = code_from(&w, &mut Browser::new(), url).await;
+    let mut form = vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)];
+    form.extend([("code_verifier", verifier.as_str()), ("resource", api)]);
+    let tokens = body(token_request(&w.app, creds, &form).await, 200).await;
+    assert_eq!(tokens["scope"], "openid email offline_access");
+    // The admin takes `email` away: the offline grant's next tokens are without it.
+    let patch = json!({"scopes": ["openid", "offline_access"]});
+    body(w.app.admin(Method::PATCH, &format!("/admin/clients/{client}")).json(&patch).send().await.unwrap(), 200).await;
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", tokens["refresh_token"].as_str().unwrap())];
+    let narrowed = body(token_request(&w.app, creds, &refresh).await, 200).await;
+    assert_eq!(narrowed["scope"], "openid offline_access");
+    let (_, claims) = jwt_parts(narrowed["access_token"].as_str().unwrap());
+    assert_eq!((claims["aud"].as_str(), claims.get("email")), (Some(api), None), "{claims}");
+    // And the resource: the grant issues nothing more.
+    let patch = json!({"resources": ["https://other.example.com"]});
+    body(w.app.admin(Method::PATCH, &format!("/admin/clients/{client}")).json(&patch).send().await.unwrap(), 200).await;
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", narrowed["refresh_token"].as_str().unwrap())];
+    assert_eq!(oauth_error(token_request(&w.app, creds, &refresh).await, 400).await, "invalid_grant");
 }
 
 /// Opens an authorization request of the third-party `client` in a signed-in browser that has
