@@ -205,6 +205,8 @@ async fn discovery_describes_the_provider_and_its_keys(backend: Backend) {
         assert_eq!(doc["response_types_supported"], json!(["code"]));
         assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
         assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
+        // Only what changes the answer: `select_account` is accepted but does nothing.
+        assert_eq!(doc["prompt_values_supported"], json!(["none", "login", "consent"]));
     }
     // Without a key ring the provider is off, and says what to configure.
     let off = TestApp::spawn(backend).await;

@@ -61,7 +61,7 @@ async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, O
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "code_challenge_methods_supported": ["S256"],
-        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "prompt_values_supported": ["none", "login", "consent"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp", "amr", "idp", "email", "email_verified", "name", "teams"],
         "authorization_response_iss_parameter_supported": true,
         "request_parameter_supported": false,
