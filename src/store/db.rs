@@ -767,17 +767,22 @@ impl RowExt for Row {
     }
 }
 
-/// The SQLite spelling of a statement: row locks (`FOR UPDATE`, `FOR SHARE`) dropped (SQLite has
-/// none; its write transactions are serialised whole). Statements without one are used as they
-/// are; rewritten ones are made once and kept for the process's life (there are a handful).
+/// The SQLite spelling of a statement: row locks (`FOR UPDATE`, `FOR SHARE`, `FOR KEY SHARE`)
+/// dropped (SQLite has none; its write transactions are serialised whole). Statements without one
+/// are used as they are; rewritten ones are made once and kept for the process's life (there are
+/// a handful).
 fn sqlite_sql(sql: &'static str) -> &'static str {
-    if !sql.contains(" FOR UPDATE") && !sql.contains(" FOR SHARE") {
+    if !sql.contains(" FOR UPDATE") && !sql.contains(" FOR SHARE") && !sql.contains(" FOR KEY SHARE") {
         return sql;
     }
     static REWRITTEN: LazyLock<Mutex<HashMap<&'static str, &'static str>>> = LazyLock::new(Default::default);
     let mut rewritten = REWRITTEN.lock().unwrap_or_else(|p| p.into_inner());
     rewritten.entry(sql).or_insert_with(|| {
-        let plain = sql.replace(" FOR UPDATE SKIP LOCKED", "").replace(" FOR UPDATE", "").replace(" FOR SHARE", "");
+        let plain = sql
+            .replace(" FOR UPDATE SKIP LOCKED", "")
+            .replace(" FOR UPDATE", "")
+            .replace(" FOR KEY SHARE", "")
+            .replace(" FOR SHARE", "");
         Box::leak(plain.into_boxed_str())
     })
 }
@@ -1025,6 +1030,10 @@ mod tests {
         assert_eq!(sqlite_sql("SELECT 1 FROM users WHERE id = $1 FOR UPDATE"), "SELECT 1 FROM users WHERE id = $1");
         assert_eq!(sqlite_sql("SELECT 1 FROM t LIMIT 2 FOR UPDATE SKIP LOCKED"), "SELECT 1 FROM t LIMIT 2");
         assert_eq!(sqlite_sql("SELECT 1 FROM t ORDER BY seq FOR SHARE"), "SELECT 1 FROM t ORDER BY seq");
+        assert_eq!(
+            sqlite_sql("SELECT 1 FROM a, b WHERE a.id = $1 FOR KEY SHARE"),
+            "SELECT 1 FROM a, b WHERE a.id = $1"
+        );
         let plain = "SELECT 1";
         assert!(std::ptr::eq(sqlite_sql(plain), plain));
     }

@@ -1792,6 +1792,17 @@ impl Store for SqlStore {
 
     async fn insert_grant(&self, grant: &NewGrant, code: &NewCode) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
+        // The user and the client first, as their deletions lock them before cascading to the
+        // consent: taking the consent first would let a deletion and this write wait on each
+        // other (PostgreSQL would end one with a deadlock error).
+        let parents = query("SELECT 1 AS one FROM users u, clients c WHERE u.id = $1 AND c.id = $2 FOR KEY SHARE")
+            .bind(grant.user_id.as_uuid())
+            .bind(grant.client_id.as_str())
+            .fetch_optional(&mut tx)
+            .await?;
+        if parents.is_none() {
+            return Ok(false);
+        }
         if grant.consent_required {
             let consent = query("SELECT 1 AS one FROM oauth_consents WHERE user_id = $1 AND client_id = $2 FOR SHARE")
                 .bind(grant.user_id.as_uuid())
@@ -1802,7 +1813,7 @@ impl Store for SqlStore {
                 return Ok(false);
             }
         }
-        let inserted = query(
+        query(
             "INSERT INTO oauth_grants (id, client_id, user_id, identity_id, session_hash, scope, resource, provider,
                                        auth_time, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -1819,14 +1830,7 @@ impl Store for SqlStore {
         .bind(grant.now)
         .bind(grant.expires_at)
         .execute(&mut tx)
-        .await;
-        match inserted {
-            // The user or the client was deleted since the request was checked.
-            Err(StoreError::Database(sqlx::Error::Database(error))) if error.is_foreign_key_violation() => {
-                return Ok(false);
-            }
-            other => other?,
-        };
+        .await?;
         query(
             "INSERT INTO oauth_codes (code_hash, grant_id, redirect_uri, code_challenge, nonce, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6)",

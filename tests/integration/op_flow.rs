@@ -1110,28 +1110,47 @@ async fn narrowing_a_client_narrows_what_its_standing_grants_issue(backend: Back
     )
     .await;
     let creds = (client.as_str(), secret.as_deref().unwrap());
-    let (verifier, challenge) = pkce();
-    let extra = format!("&resource={}", urlencode(api));
-    let url = authorize_url(&w.app, &client, &challenge, &extra)
-        .replace("scope=openid%20email%20teams", "scope=openid%20email%20offline_access");
-    let code = code_from(&w, &mut Browser::new(), url).await;
-    let mut form = vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)];
-    form.extend([("code_verifier", verifier.as_str()), ("resource", api)]);
-    let tokens = body(token_request(&w.app, creds, &form).await, 200).await;
-    assert_eq!(tokens["scope"], "openid email offline_access");
-    // The admin takes `email` away: the offline grant's next tokens are without it.
-    let patch = json!({"scopes": ["openid", "offline_access"]});
-    body(w.app.admin(Method::PATCH, &format!("/admin/clients/{client}")).json(&patch).send().await.unwrap(), 200).await;
-    let refresh = [("grant_type", "refresh_token"), ("refresh_token", tokens["refresh_token"].as_str().unwrap())];
-    let narrowed = body(token_request(&w.app, creds, &refresh).await, 200).await;
+    // Two offline grants for the resource, from two browsers.
+    let mut grants = Vec::new();
+    for _ in 0..2 {
+        let (verifier, challenge) = pkce();
+        let extra = format!("&resource={}", urlencode(api));
+        let url = authorize_url(&w.app, &client, &challenge, &extra)
+            .replace("scope=openid%20email%20teams", "scope=openid%20email%20offline_access");
+        let code = code_from(&w, &mut Browser::new(), url).await;
+        let mut form = vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)];
+        form.extend([("code_verifier", verifier.as_str()), ("resource", api)]);
+        let tokens = body(token_request(&w.app, creds, &form).await, 200).await;
+        assert_eq!(tokens["scope"], "openid email offline_access");
+        grants.push(tokens["refresh_token"].as_str().unwrap().to_owned());
+    }
+    let patch = |fields: Value| {
+        let request = w.app.admin(Method::PATCH, &format!("/admin/clients/{client}")).json(&fields);
+        async move { body(request.send().await.unwrap(), 200).await }
+    };
+    let refresh = |token: String, scope: Option<&'static str>| {
+        let mut form = vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", token)];
+        form.extend(scope.map(|s| ("scope", s.to_owned())));
+        let request = w.app.client.post(w.app.url("/oauth/token")).basic_auth(creds.0, Some(creds.1)).form(&form);
+        async move { request.send().await.unwrap() }
+    };
+    // The admin takes `email` away: the grants' next tokens are without it, and asking for it
+    // is refused.
+    patch(json!({"scopes": ["openid", "offline_access"]})).await;
+    let narrowed = body(refresh(grants[0].clone(), None).await, 200).await;
     assert_eq!(narrowed["scope"], "openid offline_access");
     let (_, claims) = jwt_parts(narrowed["access_token"].as_str().unwrap());
     assert_eq!((claims["aud"].as_str(), claims.get("email")), (Some(api), None), "{claims}");
-    // And the resource: the grant issues nothing more.
-    let patch = json!({"resources": ["https://other.example.com"]});
-    body(w.app.admin(Method::PATCH, &format!("/admin/clients/{client}")).json(&patch).send().await.unwrap(), 200).await;
-    let refresh = [("grant_type", "refresh_token"), ("refresh_token", narrowed["refresh_token"].as_str().unwrap())];
-    assert_eq!(oauth_error(token_request(&w.app, creds, &refresh).await, 400).await, "invalid_grant");
+    let rotated = narrowed["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(introspect(&w.app, creds, &rotated).await["scope"], "openid offline_access");
+    assert_eq!(oauth_error(refresh(grants[1].clone(), Some("email")).await, 400).await, "invalid_scope");
+    // Offline access taken away: an offline grant issues nothing more.
+    patch(json!({"scopes": ["openid"]})).await;
+    assert_eq!(oauth_error(refresh(rotated.clone(), None).await, 400).await, "invalid_grant");
+    assert_eq!(introspect(&w.app, creds, &rotated).await, json!({"active": false}));
+    // And the resource: the same.
+    patch(json!({"scopes": ["openid", "offline_access"], "resources": ["https://other.example.com"]})).await;
+    assert_eq!(oauth_error(refresh(grants[1].clone(), None).await, 400).await, "invalid_grant");
 }
 
 /// Opens an authorization request of the third-party `client` in a signed-in browser that has

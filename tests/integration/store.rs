@@ -3320,9 +3320,23 @@ mod grants {
         assert!(store.user_apps(ada.id(), t0).await.unwrap().is_empty());
         assert_eq!(db.sql().await.count("oauth_grants WHERE revoked_at IS NULL").await, 0);
         assert!(!store.insert_grant(&needing(), &code(t0)).await.unwrap(), "after the removal: refused");
-        // A grant without the consent rule, of a user deleted meanwhile: refused, not an error.
+        // A user deleted while grants needing consent are written: each write either lands (and
+        // goes with the user) or is refused; none fails (no deadlock between the two).
         let gone = sign_up(&store, "gone").await;
+        store.widen_consent(gone.id(), &app, &["openid".to_owned()], None, t0).await.unwrap();
+        let writes: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, grant, code) =
+                    (store.clone(), NewGrant { consent_required: true, ..grant(&gone, None, t0) }, code(t0));
+                tokio::spawn(async move { store.insert_grant(&grant, &code).await })
+            })
+            .collect();
         assert!(matches!(store.delete_user(gone.id(), t0).await.unwrap(), DeleteUserOutcome::Deleted(_)));
+        for write in writes {
+            write.await.unwrap().expect("written or refused, never an error");
+        }
+        assert_eq!(db.sql().await.count("oauth_grants WHERE revoked_at IS NULL").await, 0);
+        // A grant without the consent rule, of a user deleted before: refused, not an error.
         assert!(!store.insert_grant(&grant(&gone, None, t0), &code(t0)).await.unwrap());
         assert!(!store.remove_app(ada.id(), &app, t0, &audit).await.unwrap(), "nothing left to remove");
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clients::ClientCredentials;
 use super::keys::VerifyError;
-use super::provider::{MAX_PARAM_LEN, OAuthError, OpenIdProvider, delta, split_scope};
+use super::provider::{MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, delta, split_scope};
 use crate::crypto::{constant_time_eq, random_secret, sha256};
 use crate::domain::client_rules::DEFAULT_SCOPES as USER_SCOPES;
 use crate::domain::{Client, GrantType, UserId, UserProfile};
@@ -233,6 +233,7 @@ impl OpenIdProvider {
         if !grant.active {
             return Err(invalid());
         }
+        still_registered(client, &grant)?;
         let refresh = client.allows(GrantType::RefreshToken).then(random_secret);
         let refresh_hash = refresh.as_ref().map(|r| sha256(r.expose_secret().as_bytes()));
         // Everything that can fail comes first: once the code is used, a retry is a replay.
@@ -257,11 +258,15 @@ impl OpenIdProvider {
             return Err(invalid());
         }
         same_resource(&form, &grant)?;
+        still_registered(client, &grant)?;
         if let Some(scope) = form.scope.as_deref() {
             let granted = split_scope(&grant.scope);
             let asked = split_scope(scope);
             if asked.is_empty() || asked.iter().any(|s| !granted.contains(s)) {
                 return Err(OAuthError::invalid_scope("a refresh may only narrow the granted scopes"));
+            }
+            if asked.iter().any(|s| !client.scopes.contains(s)) {
+                return Err(OAuthError::invalid_scope("a requested scope is no longer allowed for this client"));
             }
             grant.scope = asked.join(" ");
         }
@@ -328,10 +333,8 @@ impl OpenIdProvider {
         })
     }
 
-    /// Mints the access token (and id token, for `openid`) of a grant, within what the client is
-    /// registered for now: an admin who narrows a client's scopes or resources narrows the tokens
-    /// its standing grants (offline ones included) issue from then on. A grant whose resource
-    /// the client no longer has, or none of whose scopes it still has, issues nothing.
+    /// Mints the access token (and id token, for `openid`) of a grant (see [`still_registered`]),
+    /// with the scopes of the grant the client is still registered for.
     async fn mint(
         &self,
         client: &Client,
@@ -340,17 +343,11 @@ impl OpenIdProvider {
         refresh_token: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<TokenResponse, OAuthError> {
-        let unregistered = || {
-            OAuthError::invalid_grant(
-                "the client is no longer registered for this grant's resource or scopes; authorize again",
-            )
-        };
-        if grant.resource.as_ref().is_some_and(|r| !client.resources.contains(r)) {
-            return Err(unregistered());
-        }
-        let scopes: Vec<String> = split_scope(&grant.scope).into_iter().filter(|s| client.scopes.contains(s)).collect();
+        let scopes = registered_scopes(client, &grant.scope);
         if scopes.is_empty() {
-            return Err(unregistered());
+            return Err(OAuthError::invalid_grant(
+                "the client is no longer registered for any of this grant's scopes; authorize again",
+            ));
         }
         let scope = scopes.join(" ");
         let profile = self.store.user_profile(grant.user_id, ReadFrom::Primary).await?;
@@ -487,13 +484,18 @@ impl OpenIdProvider {
                 Ok(out)
             }
             // A refresh token is only ever shown to the client that holds it.
-            Named::Refresh(grant, used) if !used && grant.active && grant.client_id == client.id.as_str() => {
+            Named::Refresh(grant, used)
+                if !used
+                    && grant.active
+                    && grant.client_id == client.id.as_str()
+                    && still_registered(client, &grant).is_ok() =>
+            {
                 Ok(serde_json::json!({
                     "active": true,
                     "token_type": "refresh_token",
                     "client_id": grant.client_id,
                     "sub": grant.user_id.to_string(),
-                    "scope": grant.scope,
+                    "scope": registered_scopes(client, &grant.scope).join(" "),
                     "exp": grant.expires_at.timestamp(),
                     "iss": self.issuer,
                 }))
@@ -569,6 +571,28 @@ pub fn user_claims(profile: &UserProfile, scopes: &[String]) -> UserClaims {
                 .collect()
         }),
     }
+}
+
+/// Whether `client`, as registered now, still covers `grant`: an admin who narrows a client
+/// narrows what its standing grants issue from then on. A grant for a resource the client no
+/// longer lists, or an offline grant (one that outlives the session) of a client that no longer
+/// has `offline_access`, issues nothing more; scopes taken away are left out of its tokens (see
+/// [`registered_scopes`]).
+fn still_registered(client: &Client, grant: &GrantRecord) -> Result<(), OAuthError> {
+    let offline = split_scope(&grant.scope).iter().any(|s| s == OFFLINE_ACCESS);
+    if grant.resource.as_ref().is_some_and(|r| !client.resources.contains(r))
+        || (offline && !client.scopes.iter().any(|s| s == OFFLINE_ACCESS))
+    {
+        return Err(OAuthError::invalid_grant(
+            "the client is no longer registered for this grant's resource or offline access; authorize again",
+        ));
+    }
+    Ok(())
+}
+
+/// The scopes of `scope` that `client` is still registered for.
+fn registered_scopes(client: &Client, scope: &str) -> Vec<String> {
+    split_scope(scope).into_iter().filter(|s| client.scopes.contains(s)).collect()
 }
 
 /// RFC 8707 section 2.2: a code or refresh token yields tokens for the resource it was granted
