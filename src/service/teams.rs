@@ -119,12 +119,22 @@ impl Teams {
             MemberOutcome::UserNotFound => Err(TeamError::UserNotFound),
             MemberOutcome::LastOwner => Err(TeamError::LastOwner),
             MemberOutcome::NotAllowed => Err(TeamError::NotOwner),
+            MemberOutcome::TeamNotFound => Err(TeamError::TeamNotFound),
         }
     }
 
-    /// Removes `user` from a team (never its last owner). With `acting` set, only an owner may.
+    /// Removes `user` from a team (never its last owner). With `acting` set, only an owner may,
+    /// or the user themselves: a member may always leave.
     pub async fn remove_member(&self, team: &TeamRef, acting: Option<UserId>, user: UserId) -> Result<(), TeamError> {
-        let team = self.owner_gate(team, acting).await?;
+        let (team, acting) = if acting == Some(user) {
+            // Leaving needs no right but membership, which the removal itself checks.
+            match self.role_of(team, user).await? {
+                (team, Some(_)) => (team, None),
+                (_, None) => return Err(TeamError::TeamNotFound),
+            }
+        } else {
+            (self.owner_gate(team, acting).await?, acting)
+        };
         let outcome = self.store.remove_member(team.id, acting, user).await?;
         self.principals.invalidate_user(user);
         match outcome {
@@ -132,6 +142,7 @@ impl Teams {
             RemoveOutcome::NotMember => Err(TeamError::MemberNotFound),
             RemoveOutcome::LastOwner => Err(TeamError::LastOwner),
             RemoveOutcome::NotAllowed => Err(TeamError::NotOwner),
+            RemoveOutcome::TeamNotFound => Err(TeamError::TeamNotFound),
         }
     }
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::cache_sync::{CacheChange, log_changes};
 use super::db::{Db, Tx, query};
 use super::rows::{self, RowExt, identity_columns, team_columns, user_columns};
-use super::sql::{insert_event, user_in};
+use super::sql::{insert_event, lock_user_key, user_in};
 use super::{NewEvent, StoreError, decode_role};
 use crate::domain::events;
 use crate::domain::{Email, Identity, Issuer, Role, Subject, Team, TeamId, User, UserId};
@@ -189,7 +189,7 @@ pub(super) async fn create_team(
 ) -> Result<CreateTeamOutcome, StoreError> {
     let mut tx = db.begin().await?;
     if let Some(owner) = owner
-        && user_in(&mut tx, owner).await?.is_none()
+        && !lock_user_key(&mut tx, owner).await?
     {
         tx.rollback().await?;
         return Ok(CreateTeamOutcome::OwnerNotFound);

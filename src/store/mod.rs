@@ -468,6 +468,8 @@ pub enum MemberOutcome {
     LastOwner,
     /// The acting user is not (or no longer) an owner of the team; nothing changed.
     NotAllowed,
+    /// The team was deleted meanwhile (with its last member); nothing changed.
+    TeamNotFound,
 }
 
 /// What [`Store::remove_member`] did.
@@ -481,6 +483,8 @@ pub enum RemoveOutcome {
     LastOwner,
     /// The acting user is not (or no longer) an owner of the team; nothing changed.
     NotAllowed,
+    /// The team was deleted meanwhile (with its last member); nothing changed.
+    TeamNotFound,
 }
 
 /// The key of the one-pending-profile rules.

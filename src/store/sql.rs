@@ -178,7 +178,25 @@ pub(super) async fn user_in(tx: &mut Tx, user: UserId) -> Result<Option<User>, S
     row.as_ref().map(rows::user).transpose()
 }
 
-/// The status of a profile, locked for the rest of `tx`; `None` when there is no such profile.
+/// Whether `user` exists, its row then locked against deletion for the rest of `tx` (`FOR KEY
+/// SHARE`, the lock a foreign key check takes): a write that references the user checks this
+/// first, so that it either sees the user gone or keeps the user until it commits, where a plain
+/// read would let a deletion commit in between and the write fail its foreign key. Deleting a
+/// user locks the user before its teams; a write that locks both takes them in the same order.
+pub(super) async fn lock_user_key(tx: &mut Tx, user: UserId) -> Result<bool, StoreError> {
+    let row =
+        query("SELECT 1 AS one FROM users WHERE id = $1 FOR KEY SHARE").bind(user.as_uuid()).fetch_optional(tx).await?;
+    Ok(row.is_some())
+}
+
+/// Locks a team's row for the rest of `tx` (membership changes of one team one after the other);
+/// false when the team is gone.
+async fn lock_team(tx: &mut Tx, team: TeamId) -> Result<bool, StoreError> {
+    let row =
+        query("SELECT 1 AS one FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).fetch_optional(tx).await?;
+    Ok(row.is_some())
+}
+
 /// Whether `acting` (none: the admin API) may change the team's members: an owner of it, read
 /// in `tx` after the team's row lock.
 async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Result<bool, StoreError> {
@@ -203,6 +221,7 @@ async fn keep_pending(tx: &mut Tx, profile: ProfileId, until: DateTime<Utc>) -> 
     Ok(())
 }
 
+/// The status of a profile, locked for the rest of `tx`; `None` when there is no such profile.
 pub(super) async fn profile_status_in(tx: &mut Tx, id: ProfileId) -> Result<Option<String>, StoreError> {
     let row = query("SELECT status FROM auth_profiles WHERE id = $1 FOR UPDATE")
         .bind(id.as_uuid())
@@ -1318,13 +1337,16 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<MemberOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
-        let exists = query("SELECT 1 FROM users WHERE id = $1").bind(user.as_uuid()).fetch_optional(&mut tx).await?;
-        if exists.is_none() {
+        // The user, then the team: the order of a user's deletion (see `lock_user_key`).
+        if !lock_user_key(&mut tx, user).await? {
             tx.rollback().await?;
             return Ok(MemberOutcome::UserNotFound);
         }
         // Serialises membership changes of one team, so that two cannot remove the last two owners.
-        query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut tx).await?;
+        if !lock_team(&mut tx, team).await? {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::TeamNotFound);
+        }
         if !acting_owner(&mut tx, team, acting).await? {
             tx.rollback().await?;
             return Ok(MemberOutcome::NotAllowed);
@@ -1373,7 +1395,10 @@ impl Store for SqlStore {
     ) -> Result<RemoveOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
         // Serialises membership changes of one team (see put_member).
-        query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).execute(&mut tx).await?;
+        if !lock_team(&mut tx, team).await? {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::TeamNotFound);
+        }
         if !acting_owner(&mut tx, team, acting).await? {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotAllowed);

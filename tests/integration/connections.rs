@@ -777,6 +777,14 @@ async fn team_members_are_managed_by_owners(backend: Backend) {
     let admin_last =
         w.app.admin(Method::DELETE, &format!("/admin/teams/{}/members/{}", w.team, w.alice.id)).send().await.unwrap();
     assert_eq!(body(admin_last, 409).await["code"], "last_owner");
+    // A plain member removes no one else, but may leave.
+    let by_carol = w.bob.browser.request(Method::DELETE, &w.url(&format!("/members/{}", carol.id))).await;
+    assert_eq!(body(by_carol, 403).await["code"], "not_team_admin");
+    let mut carol_browser = carol.browser;
+    let left = carol_browser.request(Method::DELETE, &w.url(&format!("/members/{}", carol.id))).await;
+    assert_eq!(left.status(), StatusCode::NO_CONTENT);
+    let again = carol_browser.request(Method::DELETE, &w.url(&format!("/members/{}", carol.id))).await;
+    assert_eq!(body(again, 404).await["code"], "team_not_found");
     // Removing Bob takes his access away at once.
     let removed = w.alice.browser.request(Method::DELETE, &w.url(&format!("/members/{}", w.bob.id))).await;
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);

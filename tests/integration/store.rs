@@ -73,6 +73,7 @@ on_both_backends!(
     a_team_is_found_by_id_or_slug_with_the_callers_role,
     put_member_adds_updates_and_never_demotes_the_last_owner,
     concurrent_puts_of_one_member_add_them_once,
+    members_added_while_the_user_or_team_is_deleted_are_refused_not_errors,
     concurrent_demotions_and_removals_leave_one_owner,
     removing_a_member_takes_their_connect_links_and_flows_with_them,
     // Domains
@@ -1111,6 +1112,42 @@ async fn concurrent_puts_of_one_member_add_them_once(backend: Backend) {
     assert_eq!((added, updated), (1, 15), "{outcomes:?}");
     let profile = store.user_profile(bob.id(), ReadFrom::Primary).await.unwrap().unwrap();
     assert_eq!(profile.teams.len(), 2);
+}
+
+async fn members_added_while_the_user_or_team_is_deleted_are_refused_not_errors(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let adds = |team: TeamId, user: UserId| {
+        let store = store.clone();
+        concurrently(8, move |_| {
+            let store = store.clone();
+            async move { store.put_member(team, None, user, Role::Member, now()).await }
+        })
+    };
+    // Bob joins Ada's team while Bob is deleted.
+    let bob = sign_up(&store, "bob").await;
+    let (outcomes, deleted) = tokio::join!(adds(ada.team.id, bob.id()), store.delete_user(bob.id(), now()));
+    assert!(matches!(deleted.unwrap(), DeleteUserOutcome::Deleted(_)));
+    for outcome in outcomes {
+        let outcome = outcome.expect("added, or refused: never an error");
+        assert!(matches!(outcome, MemberOutcome::Added | MemberOutcome::Updated | MemberOutcome::UserNotFound));
+    }
+    // Cid joins Dee's own team while Dee is deleted: either Cid got in first (and Dee, the last
+    // owner of a team with a member, stays), or the team went with Dee.
+    let (cid, dee) = (sign_up(&store, "cid").await, sign_up(&store, "dee").await);
+    let (outcomes, deleted) = tokio::join!(adds(dee.team.id, cid.id()), store.delete_user(dee.id(), now()));
+    let deleted = matches!(deleted.unwrap(), DeleteUserOutcome::Deleted(_));
+    for outcome in outcomes {
+        let outcome = outcome.expect("added, or refused: never an error");
+        assert!(matches!(outcome, MemberOutcome::Added | MemberOutcome::Updated | MemberOutcome::TeamNotFound));
+    }
+    let teams = store.user_profile(cid.id(), ReadFrom::Primary).await.unwrap().unwrap().teams.len();
+    assert_eq!(teams, if deleted { 1 } else { 2 });
+    if deleted {
+        let put = store.put_member(dee.team.id, None, cid.id(), Role::Member, now()).await.unwrap();
+        assert_eq!(put, MemberOutcome::TeamNotFound);
+        assert_eq!(store.remove_member(dee.team.id, None, cid.id()).await.unwrap(), RemoveOutcome::TeamNotFound);
+    }
 }
 
 async fn concurrent_demotions_and_removals_leave_one_owner(backend: Backend) {
