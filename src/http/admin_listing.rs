@@ -165,8 +165,9 @@ async fn list_team_members(
     Ok(Json(state.teams.members(&team, page).await?.into()))
 }
 
-/// The body of `POST /admin/teams`.
+/// The body of `POST /admin/teams` (a misspelt `owner` would make a team without one: refused).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct CreateTeamRequest {
     slug: Option<String>,
     name: Option<String>,

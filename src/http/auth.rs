@@ -149,9 +149,17 @@ async fn complete_callback(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath(provider): ApiPath<String>,
-    ApiQuery(query): ApiQuery<CallbackQuery>,
+    query: Result<ApiQuery<CallbackQuery>, ApiError>,
 ) -> Response {
     let clear_login = state.cookies.clear(state.cookies.login());
+    // A malformed callback (a parameter twice, say) ends the flow with a page, as a refused one does.
+    let query = match query {
+        Ok(ApiQuery(query)) => query,
+        Err(error) => {
+            super::audit::sign_in_failed(&state, &headers, &provider, false, error.code()).await;
+            return with_cookie(state.pages.error(&headers, error), clear_login);
+        }
+    };
     let cookies = cookie(&headers, state.cookies.login()).and_then(|login| {
         let session = cookie(&headers, state.cookies.session())?;
         Ok((login, session))

@@ -79,6 +79,15 @@ fn no_admin_beside_session(credentials: &Credentials<'_>, session: Option<&str>)
 pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, ApiError> {
     let admin = Credentials::read(headers)?.admin_token().is_some_and(|token| state.admin_tokens.verify(token));
     if !admin {
+        // Naming a user without the admin token would otherwise act, silently, for the caller.
+        if on_behalf_of(headers, query)?.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::AmbiguousCredentials,
+                "`X-On-Behalf-Of` and `?on_behalf_of=` go with the admin token; a user's own credential acts \
+                 for that user only",
+            )
+            .field("on_behalf_of"));
+        }
         return acting_caller(state, headers).await;
     }
     // A repeated session cookie is refused beside the admin token too: one credential per request.

@@ -309,7 +309,8 @@ impl SignIn {
             subject,
             provider: provider.name().to_owned(),
             email: info.email.clone(),
-            email_verified: info.email_verified,
+            // As for a new user (see `sign_in_user`): verified only on a trusted provider's word.
+            email_verified: info.email_verified && provider.config().trusted_email_verification,
             now: super::now(),
             audit: Some(
                 NewAuditEvent::new(ActorKind::User, "identity.linked")

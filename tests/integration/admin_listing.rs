@@ -160,6 +160,9 @@ async fn teams_are_created_and_listed_with_their_members(backend: Backend) {
         let problem = body(create(request.clone()).await.unwrap(), 400).await;
         assert_eq!((problem["code"].as_str(), problem["field"].as_str()), (Some(code), Some(field)), "{request}");
     }
+    // A misspelt field would make a team without its owner: refused.
+    let misspelt = body(create(json!({"slug": "fine", "name": "x", "ownr": ada})).await.unwrap(), 400).await;
+    assert_eq!(misspelt["code"], "invalid_request", "{misspelt}");
     let ghost = json!({"slug": "fine", "name": "x", "owner": UserId::generate().to_string()});
     assert_eq!(body(create(ghost).await.unwrap(), 404).await["code"], "user_not_found");
     assert_eq!(get(&app, "/admin/teams/fine", 404).await["code"], "team_not_found", "nothing was written");

@@ -156,6 +156,14 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
     let ann_token = w.issuer.sign("rsa-1", &w.issuer.claims("ann-token", AUDIENCE));
     let with_token = plain.get(&me).bearer_auth(&ann_token).header("cookie", &one_header);
     ambiguous(with_token.send().await.unwrap()).await;
+    // A user's own token acts for that user only: naming another is refused, not ignored.
+    let other = uuid::Uuid::new_v4().to_string();
+    let named =
+        plain.get(w.app.url("/v1/teams/any/auth-profiles")).bearer_auth(&ann_token).header("x-on-behalf-of", &other);
+    assert_eq!(ambiguous(named.send().await.unwrap()).await["field"], "on_behalf_of");
+    let in_query =
+        plain.get(w.app.url(&format!("/v1/teams/any/auth-profiles?on_behalf_of={other}"))).bearer_auth(&ann_token);
+    assert_eq!(ambiguous(in_query.send().await.unwrap()).await["field"], "on_behalf_of");
     // Nor does a token at forward-auth, or the admin token acting for a user.
     let verify = plain.get(w.app.url("/auth/verify?audience=notes")).bearer_auth(&ann_token);
     ambiguous(verify.header("cookie", &one_header).send().await.unwrap()).await;

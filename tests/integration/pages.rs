@@ -131,6 +131,13 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
     let denied = w.app.url(&format!("/auth/callback/local?error=access_denied&state={state}"));
     let page = html(browser.navigate(&denied).await, StatusCode::BAD_REQUEST).await;
     assert!(page.contains("Sign-in was cancelled") && page.contains(">Try again<"), "{page}");
+    // A malformed callback (a parameter twice) is a page too, and ends the flow.
+    browser.start(&w.app, "provider=local").await;
+    let twice = browser.navigate(&w.app.url(&format!("/auth/callback/local?code=a&code=b&state={state}"))).await;
+    let cleared = twice.headers().get_all("set-cookie").iter().any(|c| c.to_str().unwrap().contains("Max-Age=0"));
+    assert!(cleared, "the sign-in cookie is cleared");
+    let page = html(twice, StatusCode::BAD_REQUEST).await;
+    assert!(page.contains("<html") && page.contains("invalid_request"), "{page}");
 
     let page = html(browser.navigate(&w.app.url("/connect/abc/oauth/start")).await, StatusCode::NOT_FOUND).await;
     assert!(page.contains("This link has expired"), "{page}");

@@ -480,6 +480,8 @@ pub(crate) async fn linking_attaches_an_identity_and_never_steals_one(backend: B
     let subjects: Vec<&str> =
         after["identities"].as_array().unwrap().iter().map(|i| i["subject"].as_str().unwrap()).collect();
     assert_eq!(subjects, ["alice", "alice-elsewhere"]);
+    // The second provider says the email is verified, but is not trusted to (the default).
+    assert_eq!(after["identities"][1]["email_verified"], false, "{after}");
     let sql = w.app.db.sql().await;
     assert_eq!(sql.count("identity_events WHERE action = 'link'").await, 2, "the first link and this one");
 
