@@ -160,8 +160,9 @@ impl Provisioner {
     /// Finds the user `claim` belongs to, creating user, identity and default team on first
     /// sight. Callers have already established that the claim is trustworthy.
     pub async fn provision(&self, claim: &IdentityClaim) -> Result<Provisioned, ProvisionError> {
-        // One retry is enough: `IdentityTaken` means the identity now exists. The bound only
-        // guards against an identity vanishing between the two reads.
+        // One retry is enough: `IdentityTaken` means the identity now exists, and a user deleted
+        // between the read and its default team's creation is provisioned anew. The bound only
+        // guards against an identity vanishing again and again.
         for _ in 0..3 {
             if let Some(found) = self.store.find_identity(&claim.issuer, &claim.subject).await? {
                 if found.user.disabled {
@@ -169,7 +170,12 @@ impl Provisioner {
                 }
                 let team = match found.default_team {
                     Some(team) => team,
-                    None => self.ensure_team_of(&found.user).await?.0,
+                    None => match self.ensure_team_of(&found.user).await {
+                        Ok((team, _)) => team,
+                        // Deleted since the read (with the identity): the next round creates it.
+                        Err(ProvisionError::UserNotFound) => continue,
+                        Err(error) => return Err(error),
+                    },
                 };
                 let now = super::now();
                 if now - found.last_seen_at >= TOUCH_INTERVAL {

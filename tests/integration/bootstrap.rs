@@ -17,6 +17,7 @@ on_both_backends!(
     an_issuer_outside_the_allow_list_is_refused_and_nothing_is_written,
     concurrent_bootstraps_of_one_identity_create_one_user,
     concurrent_bootstraps_with_one_name_never_fail_on_a_slug,
+    bootstraps_racing_the_users_deletion_always_answer_with_a_user,
     teams_are_named_after_the_first_name,
     the_legacy_route_ensures_the_default_team_of_an_existing_user,
     the_two_bootstrap_routes_do_not_shadow_each_other,
@@ -130,6 +131,41 @@ async fn concurrent_bootstraps_of_one_identity_create_one_user(backend: Backend)
     assert_eq!(users.len(), 1, "every caller got the same user");
     assert_eq!(teams.len(), 1, "every caller got the same team");
     assert_eq!(app.db.sql().await.provisioning_counts().await, [1, 1, 1, 1, 1]);
+}
+
+async fn bootstraps_racing_the_users_deletion_always_answer_with_a_user(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let claim = identity("leaver", "leaver@example.com", Some("Lee"));
+    let first = body(app.bootstrap(&claim).await, 201).await;
+    let (user, team) =
+        (first["user_id"].as_str().unwrap().to_owned(), first["team"]["id"].as_str().unwrap().to_owned());
+    // The user's default team gets another owner, then the user leaves it: no default team left,
+    // so a bootstrap of the identity makes one — while the user is being deleted.
+    let other = body(app.bootstrap(&identity("stayer", "stayer@example.com", None)).await, 201).await;
+    let add = json!({"user_id": other["user_id"], "role": "owner"});
+    let members = format!("/admin/teams/{team}/members");
+    assert!(app.admin(Method::POST, &members).json(&add).send().await.unwrap().status().is_success());
+    let left = app.admin(Method::DELETE, &format!("{members}/{user}")).send().await.unwrap();
+    assert_eq!(left.status(), 204);
+    let bootstraps: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, claim) = (app.clone(), claim.clone());
+            tokio::spawn(async move { app.bootstrap(&claim).await.status().as_u16() })
+        })
+        .collect();
+    let deleted = app.admin(Method::DELETE, &format!("/admin/users/{user}")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    for bootstrap in bootstraps {
+        let status = bootstrap.await.unwrap();
+        assert!(status == 200 || status == 201, "status {status}: an answer with a user, never user_not_found");
+    }
+    // Afterwards (made anew if every bootstrap ran before the deletion), the identity belongs
+    // to one user with a default team, the same at every call.
+    let again = app.bootstrap(&claim).await;
+    assert!(again.status() == 200 || again.status() == 201);
+    let again: Value = again.json().await.unwrap();
+    let last = body(app.bootstrap(&claim).await, 200).await;
+    assert_eq!((&last["user_id"], &last["team"]), (&again["user_id"], &again["team"]));
 }
 
 async fn concurrent_bootstraps_with_one_name_never_fail_on_a_slug(backend: Backend) {
