@@ -37,6 +37,7 @@ on_both_backends!(
     a_user_removes_an_apps_access_from_the_account_page,
     a_consent_covers_the_resources_it_was_given_for,
     narrowing_a_client_narrows_what_its_standing_grants_issue,
+    forward_auth_says_an_email_is_verified_on_a_trusted_providers_word,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -735,6 +736,8 @@ async fn forward_auth_answers_for_sessions_and_tokens(backend: Backend) {
     assert_eq!(by_session.status(), 200);
     assert_eq!(by_session.headers()["x-tessera-user-id"], user_id.as_str());
     assert_eq!(by_session.headers()["x-tessera-email"], "fa@example.com");
+    // The local provider is not trusted to verify emails (the default): an app is told so.
+    assert_eq!(by_session.headers()["x-tessera-email-verified"], "false");
     // A token counts for the app the proxy names (its aud), and for no other.
     let access = tokens["access_token"].as_str().unwrap();
     let for_app = w.app.url(&format!("/auth/verify?audience={client}"));
@@ -742,6 +745,8 @@ async fn forward_auth_answers_for_sessions_and_tokens(backend: Backend) {
     assert_eq!(by_token.status(), 200);
     assert_eq!(by_token.headers()["x-tessera-user-id"], user_id.as_str());
     assert_eq!(by_token.headers()["x-tessera-teams"], by_session.headers()["x-tessera-teams"]);
+    assert_eq!(by_token.headers()["x-tessera-email"], "fa@example.com");
+    assert_eq!(by_token.headers()["x-tessera-email-verified"], "false");
     let verify = |path: &str| w.app.client.get(w.app.url(path));
     for response in [
         verify("/auth/verify").send().await.unwrap(),
@@ -762,6 +767,7 @@ async fn forward_auth_answers_for_sessions_and_tokens(backend: Backend) {
     let answer = anonymous.get(&w.app.url("/auth/verify")).await;
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.headers()["x-tessera-email"], "");
+    assert_eq!(answer.headers()["x-tessera-email-verified"], "");
 }
 
 async fn logout_ends_the_session_and_its_grants(backend: Backend) {
@@ -1151,6 +1157,21 @@ async fn narrowing_a_client_narrows_what_its_standing_grants_issue(backend: Back
     // And the resource: the same.
     patch(json!({"scopes": ["openid", "offline_access"], "resources": ["https://other.example.com"]})).await;
     assert_eq!(oauth_error(refresh(grants[1].clone(), None).await, 400).await, "invalid_grant");
+}
+
+async fn forward_auth_says_an_email_is_verified_on_a_trusted_providers_word(backend: Backend) {
+    let w = op_world_with(backend, |config| config.providers[0].trusted_email_verification = true).await;
+    let (client, secret) = web_app(&w.app).await;
+    w.issuer.set_next_user(StubUser::new("trusted", "trusted@example.com"));
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let tokens = body(exchange(&w.app, (&client, &secret), &code, &verifier).await, 200).await;
+    let by_session = browser.get(&w.app.url("/auth/verify")).await;
+    assert_eq!(by_session.headers()["x-tessera-email-verified"], "true");
+    let for_app = w.app.url(&format!("/auth/verify?audience={client}"));
+    let by_token = w.app.client.get(&for_app).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await;
+    assert_eq!(by_token.unwrap().headers()["x-tessera-email-verified"], "true");
 }
 
 /// Opens an authorization request of the third-party `client` in a signed-in browser that has

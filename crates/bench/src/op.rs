@@ -247,6 +247,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
         auth_time: None,
         gid: None,
         email: None,
+        email_verified: None,
         teams: None,
     };
     let signing = {

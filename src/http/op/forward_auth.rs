@@ -1,7 +1,7 @@
 //! Forward-auth for reverse proxies (nginx `auth_request`, Traefik ForwardAuth, Caddy
 //! `forward_auth`, Envoy ext_authz): `GET /auth/verify` answers 200 with the user in
-//! `X-Tessera-User-Id`, `X-Tessera-Email` and `X-Tessera-Teams` (all three always present, empty
-//! when unknown, so that a client's own copies never pass through) for a live Tessera session
+//! `X-Tessera-User-Id`, `X-Tessera-Email`, `X-Tessera-Email-Verified` and `X-Tessera-Teams` (all
+//! always present, empty when unknown, so that a client's own copies never pass through) for a live Tessera session
 //! cookie or a valid Tessera access token issued for the protected app, and 401 otherwise.
 //!
 //! A token counts only when the proxy names the app it protects (`?audience=`, an `aud` of the
@@ -27,6 +27,7 @@ use crate::http::problem::ApiError;
 
 const USER_ID: HeaderName = HeaderName::from_static("x-tessera-user-id");
 const EMAIL: HeaderName = HeaderName::from_static("x-tessera-email");
+const EMAIL_VERIFIED: HeaderName = HeaderName::from_static("x-tessera-email-verified");
 const TEAMS: HeaderName = HeaderName::from_static("x-tessera-teams");
 
 /// The routes.
@@ -41,13 +42,21 @@ fn unauthorized() -> Response {
     response
 }
 
-fn allowed(user: &str, email: Option<&str>, teams: &[&str]) -> Response {
+/// The 200 for `user`; `email` with whether it is verified (an email a provider was not trusted
+/// to verify is `false`: an app must not treat it as proof of who the user is).
+fn allowed(user: &str, email: Option<(&str, Option<bool>)>, teams: &[&str]) -> Response {
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let value = |text: &str| HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
     headers.insert(USER_ID, value(user));
-    headers.insert(EMAIL, value(email.unwrap_or("")));
+    headers.insert(EMAIL, value(email.map_or("", |(email, _)| email)));
+    let verified = match email.and_then(|(_, verified)| verified) {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "",
+    };
+    headers.insert(EMAIL_VERIFIED, HeaderValue::from_static(verified));
     headers.insert(TEAMS, value(&teams.join(",")));
     response
 }
@@ -85,7 +94,7 @@ async fn verify(
         return Ok(match op.verify_access(token).await {
             Some(claims) if claims.gid.is_some() && claims.aud == audience => {
                 let teams: Vec<&str> = claims.teams.iter().flatten().map(String::as_str).collect();
-                allowed(&claims.sub, claims.email.as_deref(), &teams)
+                allowed(&claims.sub, claims.email.as_deref().map(|e| (e, claims.email_verified)), &teams)
             }
             _ => unauthorized(),
         });
@@ -94,7 +103,8 @@ async fn verify(
     Ok(match state.sessions.resolve_profile(session).await? {
         Some(profile) => {
             let teams: Vec<&str> = profile.teams.iter().map(|m| m.team.slug.as_str()).collect();
-            allowed(&profile.user.id.to_string(), profile.user.email.as_deref(), &teams)
+            let email = profile.user.email.as_deref().map(|e| (e, Some(profile.user.email_verified)));
+            allowed(&profile.user.id.to_string(), email, &teams)
         }
         None => unauthorized(),
     })

@@ -95,6 +95,9 @@ pub struct AccessClaims {
     /// The user's email (scope `email`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Whether that email is verified (with `email`; tokens issued before this claim have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
     /// The slugs of the user's teams, default first (scope `teams`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<Vec<String>>,
@@ -320,6 +323,7 @@ impl OpenIdProvider {
             auth_time: None,
             gid: None,
             email: None,
+            email_verified: None,
             teams: None,
         };
         let access_token = self.sign_access(client, &claims).await?;
@@ -367,6 +371,7 @@ impl OpenIdProvider {
             auth_time: Some(grant.auth_time.timestamp()),
             gid: Some(grant.id),
             email: user.email.clone(),
+            email_verified: user.email_verified,
             teams: user.teams.as_ref().map(|teams| teams.iter().map(|t| t.slug.clone()).collect()),
         };
         let access_token = self.sign_access(client, &claims).await?;
