@@ -3,7 +3,7 @@
 //! does), my teams, the accounts I connected (status, scopes; connect or reconnect — a fresh link
 //! to the provider, or to the form of an `env` profile —, disconnect) and where I am signed in
 //! (sign out everywhere else), and the apps of the OpenID Provider I let in (remove one: its grants
-//! end and it asks for consent again). Providers are shown with their icons.
+//! end, and a third-party app asks for consent again). Providers are shown with their icons.
 //!
 //! Its forms post to `/account/…` with the session's CSRF token (see [`super::csrf`]) and answer
 //! `303 See Other` back to `/account?done=…`, which shows what was done. Without a session, the

@@ -37,8 +37,9 @@ pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, T
 pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use cache_sync::{CacheChange, LoggedChange};
 pub use db::{copy_sqlite, create_pg_database, drop_pg_database, sqlite_database_exists, sqlite_file};
-pub use grants::Consent;
-pub use grants::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
+pub use grants::{
+    CodeRecord, Consent, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
+};
 pub use migrations::MigrationStatus;
 pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate};
 pub use profile_credentials::{CredentialOutcome, CredentialWrite, StoredCredential};

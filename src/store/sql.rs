@@ -189,6 +189,25 @@ pub(super) async fn lock_user_key(tx: &mut Tx, user: UserId) -> Result<bool, Sto
     Ok(row.is_some())
 }
 
+/// Whether both `user` and `client` exist, their rows then locked against deletion for the rest
+/// of `tx` (see [`lock_user_key`]): for a write that references both. Deletions lock the parent
+/// before cascading to its rows, so a write that took such a row first could deadlock with them.
+async fn lock_user_and_client(tx: &mut Tx, user: UserId, client: &str) -> Result<bool, StoreError> {
+    let row = query("SELECT 1 AS one FROM users u, clients c WHERE u.id = $1 AND c.id = $2 FOR KEY SHARE")
+        .bind(user.as_uuid())
+        .bind(client)
+        .fetch_optional(tx)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Adds `value` to `list` unless it is there already (the order first seen is kept).
+fn add_once(list: &mut Vec<String>, value: &str) {
+    if !list.iter().any(|v| v == value) {
+        list.push(value.to_owned());
+    }
+}
+
 /// Locks a team's row for the rest of `tx` (membership changes of one team one after the other);
 /// false when the team is gone.
 async fn lock_team(tx: &mut Tx, team: TeamId) -> Result<bool, StoreError> {
@@ -1817,15 +1836,8 @@ impl Store for SqlStore {
 
     async fn insert_grant(&self, grant: &NewGrant, code: &NewCode) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
-        // The user and the client first, as their deletions lock them before cascading to the
-        // consent: taking the consent first would let a deletion and this write wait on each
-        // other (PostgreSQL would end one with a deadlock error).
-        let parents = query("SELECT 1 AS one FROM users u, clients c WHERE u.id = $1 AND c.id = $2 FOR KEY SHARE")
-            .bind(grant.user_id.as_uuid())
-            .bind(grant.client_id.as_str())
-            .fetch_optional(&mut tx)
-            .await?;
-        if parents.is_none() {
+        // The user and the client first, before the consent (see `lock_user_and_client`).
+        if !lock_user_and_client(&mut tx, grant.user_id, &grant.client_id).await? {
             return Ok(false);
         }
         if grant.consent_required {
@@ -2030,10 +2042,14 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Consent>, StoreError> {
         let mut tx = self.db.begin().await?;
+        // A user or client deleted meanwhile leaves nothing to widen; one that is not stays until
+        // this commits (see `lock_user_and_client`).
+        if !lock_user_and_client(&mut tx, user, client).await? {
+            return Ok(None);
+        }
         // The row exists (a concurrent first approval waits here for the other to commit), then
-        // is locked: approvals of one user and client are merged one after the other. A user or
-        // client deleted meanwhile (the consent row goes with either) leaves nothing to widen.
-        let created = query(
+        // is locked: approvals of one user and client are merged one after the other.
+        query(
             "INSERT INTO oauth_consents (user_id, client_id, scope, updated_at) VALUES ($1, $2, '', $3)
              ON CONFLICT (user_id, client_id) DO NOTHING",
         )
@@ -2041,27 +2057,15 @@ impl Store for SqlStore {
         .bind(client)
         .bind(now)
         .execute(&mut tx)
-        .await;
-        match created {
-            Err(StoreError::Database(sqlx::Error::Database(error))) if error.is_foreign_key_violation() => {
-                return Ok(None);
-            }
-            other => other?,
-        };
+        .await?;
         let row = query("SELECT scope, resources FROM oauth_consents WHERE user_id = $1 AND client_id = $2 FOR UPDATE")
             .bind(user.as_uuid())
             .bind(client)
-            .fetch_optional(&mut tx)
+            .fetch_one(&mut tx)
             .await?;
-        let Some(row) = row else { return Ok(None) };
         let mut consent = consent_of(&row)?;
-        let add = |list: &mut Vec<String>, value: &str| {
-            if !list.iter().any(|v| v == value) {
-                list.push(value.to_owned());
-            }
-        };
-        scopes.iter().for_each(|scope| add(&mut consent.scopes, scope));
-        resource.into_iter().for_each(|resource| add(&mut consent.resources, resource));
+        scopes.iter().for_each(|scope| add_once(&mut consent.scopes, scope));
+        resource.into_iter().for_each(|resource| add_once(&mut consent.resources, resource));
         query(
             "UPDATE oauth_consents SET scope = $3, resources = $4, updated_at = $5
              WHERE user_id = $1 AND client_id = $2",
@@ -2114,11 +2118,7 @@ impl Store for SqlStore {
                 }
             };
             let app = &mut apps[index];
-            for scope in row.text("scope")?.split_whitespace() {
-                if !app.scopes.iter().any(|s| s == scope) {
-                    app.scopes.push(scope.to_owned());
-                }
-            }
+            row.text("scope")?.split_whitespace().for_each(|scope| add_once(&mut app.scopes, scope));
             app.offline |= row.flag("offline")?;
             app.active |= row.flag("granted")?;
             app.since = app.since.min(row.time("since")?);

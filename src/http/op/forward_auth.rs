@@ -1,8 +1,9 @@
 //! Forward-auth for reverse proxies (nginx `auth_request`, Traefik ForwardAuth, Caddy
 //! `forward_auth`, Envoy ext_authz): `GET /auth/verify` answers 200 with the user in
 //! `X-Tessera-User-Id`, `X-Tessera-Email`, `X-Tessera-Email-Verified` and `X-Tessera-Teams` (all
-//! always present, empty when unknown, so that a client's own copies never pass through) for a live Tessera session
-//! cookie or a valid Tessera access token issued for the protected app, and 401 otherwise.
+//! always present, empty when unknown, so that a client's own copies never pass through) for a
+//! live Tessera session cookie or a valid Tessera access token issued for the protected app, and
+//! 401 otherwise.
 //!
 //! A token counts only when the proxy names the app it protects (`?audience=`, an `aud` of the
 //! token: a client id or a registered resource): a token one app obtained is not a key to
