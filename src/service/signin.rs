@@ -257,12 +257,18 @@ impl SignIn {
             return Ok((found.user, found.identity_id, None));
         }
         if let Some(email) = &info.email {
-            let owners = self.store.users_with_email(email).await?;
+            let verified = info.email_verified && provider.config().trusted_email_verification;
+            let mut owners = self.store.users_with_email(email).await?;
+            if verified {
+                // An address nobody proved is a claim, not ownership: accounts that only claim it
+                // (made through a provider not trusted to verify) neither block the address's
+                // proven owner nor are joined to them — else anyone could lock a person out by
+                // signing up first in their name.
+                owners.retain(|owner| owner.email_verified);
+            }
             if let [owner] = owners.as_slice()
                 && provider.config().auto_link_by_email
-                && provider.config().trusted_email_verification
-                && info.email_verified
-                && owner.email_verified
+                && verified
                 && !owner.disabled
             {
                 let rule = (LinkRule::VerifiedEmail, request_id);

@@ -547,21 +547,45 @@ pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: B
     unverified.email_verified = false;
     w.issuer.set_next_user(unverified);
     assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 409).await["code"], "link_required");
-    // The existing user's email is not verified: no link.
-    w.issuer.set_next_user(StubUser::new("erin-upstream", "erin@example.com"));
-    assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 409).await["code"], "link_required");
+    // The existing user's email is not verified: no link — and no refusal either, since an
+    // account that only claims an address cannot keep its proven owner out: a user of their own.
     assert_eq!(w.app.db.sql().await.count("users").await, 2);
+    w.issuer.set_next_user(StubUser::new("erin-upstream", "erin@example.com"));
+    let mut erin = Browser::new();
+    assert_eq!(erin.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let erin_me = body(erin.me(&w.app).await, 200).await;
+    assert_eq!((&erin_me["email"], &erin_me["email_verified"]), (&json!("erin@example.com"), &json!(true)));
+    assert_eq!(erin_me["identities"].as_array().unwrap().len(), 1, "not joined to the admin-made account");
+    assert_eq!(w.app.db.sql().await.count("users").await, 3);
 
     // An untrusted provider's "verified" does not make an account's email verified, so a first
-    // sign-in through the trusted one cannot be joined to an account someone made in that name.
+    // sign-in through the trusted one cannot be joined to an account someone made in that name;
+    // nor can that account keep the address's owner out.
     untrusted.set_next_user(StubUser::new("mallory", "carol@example.com"));
     let mut mallory = Browser::new();
     assert_eq!(mallory.sign_in(&w.app, "provider=untrusted").await.status(), StatusCode::SEE_OTHER);
     let planted = body(mallory.me(&w.app).await, 200).await;
     assert_eq!((&planted["email"], &planted["email_verified"]), (&json!("carol@example.com"), &json!(false)));
     w.issuer.set_next_user(StubUser::new("carol-upstream", "carol@example.com"));
-    assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 409).await["code"], "link_required");
-    assert_eq!(w.app.db.sql().await.count("identities").await, 4, "no link to the planted account");
+    let mut carol = Browser::new();
+    assert_eq!(carol.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let carol_me = body(carol.me(&w.app).await, 200).await;
+    assert_ne!(carol_me["id"], planted["id"], "no link to the planted account");
+    assert_eq!(carol_me["email_verified"], true);
+    let planted_after = body(mallory.me(&w.app).await, 200).await;
+    assert_eq!(planted_after["identities"].as_array().unwrap().len(), 1, "{planted_after}");
+    // Carol's next first sign-in through the trusted provider joins her account, the one that
+    // proved the address; the planted one is not a second candidate.
+    w.issuer.set_next_user(StubUser::new("carol-work", "carol@example.com"));
+    let mut carol_again = Browser::new();
+    assert_eq!(carol_again.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(body(carol_again.me(&w.app).await, 200).await["id"], carol_me["id"]);
+    // A sign-in that only claims the address still finds accounts with it: link first.
+    untrusted.set_next_user(StubUser::new("mallory-2", "carol@example.com"));
+    let refused = Browser::new().sign_in(&w.app, "provider=untrusted").await;
+    assert_eq!(body(refused, 409).await["code"], "link_required");
+    let sql = w.app.db.sql().await;
+    assert_eq!((sql.count("users").await, sql.count("identities").await), (5, 7));
     // A new user through the trusted provider has its verified email recorded as such.
     w.issuer.set_next_user(StubUser::new("frank", "frank@example.com"));
     let mut frank = Browser::new();
