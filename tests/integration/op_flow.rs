@@ -281,6 +281,8 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
     }
     urls.push(good.replace("&redirect_uri=", "&x="));
     urls.push(format!("{good}&state=again"));
+    urls.push(format!("{good}&redirect_uri={}", urlencode(REDIRECT)));
+    urls.push(format!("{good}&client_id={client}"));
     urls.push(format!("{good}&nonce=a%00b").replace("&nonce=n-1", ""));
     for url in urls {
         let response = browser.navigate(&url).await;
@@ -295,6 +297,8 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         ("&prompt=none", "login_required"),
         ("&resource=https%3A%2F%2Fapi.example.com", "invalid_target"),
         ("&max_age=soon", "invalid_request"),
+        ("&nonce=again", "invalid_request"),
+        ("&resource=https%3A%2F%2Fa.example.com&resource=https%3A%2F%2Fb.example.com", "invalid_target"),
     ] {
         let url = good.clone() + extra;
         let url = if extra.starts_with("&response_type") { url.replace("response_type=code&", "") } else { url };
@@ -396,6 +400,19 @@ async fn bad_token_requests_are_refused_and_issue_nothing(backend: Backend) {
             (&client, "wrong-secret"),
             401,
             "invalid_client",
+        ),
+        (
+            vec![
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &verifier),
+                ("resource", "https://api.example.com"),
+                ("resource", "https://other.example.com"),
+            ],
+            me,
+            400,
+            "invalid_target",
         ),
         (vec![("grant_type", "password"), ("username", "a")], me, 400, "unsupported_grant_type"),
         // Not supported for any client yet (this one has not registered it either).

@@ -5,7 +5,7 @@
 //! `login_hint`'s verified domain claim names, else the default provider, else the only one;
 //! with several and no hint, a chooser page lists them.
 
-use crate::store::SessionEnd;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
@@ -23,10 +23,11 @@ use crate::http::credentials::cookie;
 use crate::http::csrf;
 use crate::http::extract::PageBytes;
 use crate::http::pages::{self, Message};
-use crate::service::op::authorize::{AuthorizeError, Next, Rejection, SessionView};
-use crate::service::op::tokens::single_valued;
+use crate::service::op::authorize::{AuthorizationParams, AuthorizeError, Next, Rejection, SessionView};
+use crate::service::op::tokens::{self, repeated_parameter, single_valued};
 use crate::service::sessions::LiveSession;
 use crate::service::teams::Discovery;
+use crate::store::SessionEnd;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -121,6 +122,9 @@ fn view(live: &LiveSession) -> SessionView {
     }
 }
 
+/// The parameters whose repetition leaves no trusted place to send the error to.
+const UNREDIRECTABLE: [&str; 4] = ["client_id", "redirect_uri", "state", "request_uri"];
+
 async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
     let Some(op) = state.op.as_ref() else {
         return refuse(
@@ -131,10 +135,15 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
             "the OpenID Provider is not enabled here",
         );
     };
-    let params = match single_valued(&pairs) {
-        Ok(map) => authorization_params(&map),
-        Err(e) => return refuse(state, headers, StatusCode::BAD_REQUEST, e.error, &e.description),
-    };
+    // A repeated parameter that decides where an error may go is shown here; any other is
+    // refused through the redirect once the client and its URI check out (RFC 6749 4.1.2.1).
+    let repeated = repeated_parameter(&pairs);
+    if let Some(name) = repeated.filter(|name| UNREDIRECTABLE.contains(name)) {
+        let e = tokens::repeated(name);
+        return refuse(state, headers, StatusCode::BAD_REQUEST, e.error, &e.description);
+    }
+    let first: BTreeMap<&str, &str> = pairs.iter().rev().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+    let params = AuthorizationParams { repeated: repeated.map(str::to_owned), ..authorization_params(&first) };
     let live = match session(state, headers).await {
         Ok(live) => live,
         Err(response) => return response,

@@ -10,7 +10,8 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::provider::{
-    CODE_TTL, MAX_PARAM_LEN, OFFLINE_ACCESS, OpenIdProvider, REQUEST_TTL, REQUEST_URI_PREFIX, delta, split_scope,
+    CODE_TTL, MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, REQUEST_TTL, REQUEST_URI_PREFIX, delta,
+    split_scope,
 };
 use crate::crypto::{random_secret, sha256};
 use crate::domain::{Client, GrantType, IdentityId, UserId};
@@ -47,6 +48,11 @@ pub struct AuthorizationParams {
     pub request_uri: Option<String>,
     /// Only `query`.
     pub response_mode: Option<String>,
+    /// A parameter sent more than once (other than the client, its redirect URI, `state` and
+    /// `request_uri`, which decide where an error may go): refused once the error can go back to
+    /// the client.
+    #[serde(skip)]
+    pub repeated: Option<String>,
 }
 
 /// A request held by Tessera between steps, with what it decided so far.
@@ -295,6 +301,11 @@ impl OpenIdProvider {
         let state = params.state.clone();
         let back = Some((redirect_uri.clone(), state.clone()));
         let fail = |error: &'static str, description: &str| reject(error, description, back.clone());
+
+        if let Some(name) = params.repeated.as_deref() {
+            let OAuthError { error, description, .. } = super::tokens::repeated(name);
+            return Err(fail(error, &description));
+        }
 
         if params.response_type.as_deref() != Some("code") {
             return Err(fail("unsupported_response_type", "response_type must be code"));

@@ -634,13 +634,27 @@ fn s256(verifier: &str) -> String {
 /// Parameters of a form that may not repeat (RFC 6749 3.1: "Request and response parameters
 /// MUST NOT be included more than once").
 pub fn single_valued(pairs: &[(String, String)]) -> Result<BTreeMap<&str, &str>, OAuthError> {
-    let mut map = BTreeMap::new();
-    for (key, value) in pairs {
-        if map.insert(key.as_str(), value.as_str()).is_some() {
-            return Err(OAuthError::invalid_request(format!("parameter {key} is repeated")));
-        }
+    if let Some(name) = repeated_parameter(pairs) {
+        return Err(repeated(name));
     }
-    Ok(map)
+    Ok(pairs.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect())
+}
+
+/// The first parameter of `pairs` that is sent more than once.
+pub fn repeated_parameter(pairs: &[(String, String)]) -> Option<&str> {
+    let mut seen = std::collections::BTreeSet::new();
+    pairs.iter().map(|(key, _)| key.as_str()).find(|key| !seen.insert(*key))
+}
+
+/// The error for parameter `name` sent more than once: RFC 8707 lets a client ask for several
+/// resources, which Tessera does not grant in one token (`invalid_target`); any other parameter
+/// may appear once only (`invalid_request`).
+pub fn repeated(name: &str) -> OAuthError {
+    if name == "resource" {
+        OAuthError::invalid_target("ask for one resource per request; a token here is for a single resource")
+    } else {
+        OAuthError::invalid_request(format!("parameter {name} is repeated"))
+    }
 }
 
 #[cfg(test)]
