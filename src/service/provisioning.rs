@@ -7,9 +7,10 @@
 //! linked the identity first; the loser then reads the winner's user. Every caller gets the same
 //! user and team.
 
+use crate::worker::last_seen::TOUCH_INTERVAL;
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 
 use super::principals::PrincipalCache;
 use crate::crypto;
@@ -21,9 +22,6 @@ use crate::store::{
     CreateOutcome, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome, UserChange, UserUpdate,
 };
 use crate::upstream::issuers::IssuerRegistry;
-
-/// How often at most an identity's `last_seen_at` is written.
-const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 
 /// An external identity as asserted by a trusted caller (the admin API, a verified token, a
 /// completed sign-in).

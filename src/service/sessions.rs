@@ -4,6 +4,7 @@
 //! sign-out, a disabled user or a change of their teams or identities purges at once here and,
 //! through the cache-invalidation log, within a second on other instances.
 
+use crate::worker::last_seen::TOUCH_INTERVAL;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,6 @@ use crate::crypto::sha256;
 use crate::domain::{IdentityId, UserId, UserProfile};
 use crate::store::{NewAuditEvent, NewSession, SessionEnd, SessionRecord, Store, StoreError, UserSession};
 use crate::worker::LastSeen;
-
-/// How often at most a session's `last_seen_at` is written.
-const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 
 pub use crate::crypto::random_secret;
 
@@ -106,7 +104,11 @@ impl Sessions {
     pub async fn resolve_session(&self, cookie: &str) -> Result<Option<LiveSession>, StoreError> {
         let hash = sha256(cookie.as_bytes());
         let now = super::now();
-        if let Some(live) = self.cache.session(&hash) {
+        // A hit whose last use is due to be noted is read again, as a miss: a cached copy must
+        // not hide a session's use from idle expiry for longer than the noting interval.
+        if let Some(live) = self.cache.session(&hash)
+            && now - live.record.last_seen_at < TOUCH_INTERVAL
+        {
             return Ok(self.is_live(&live.record, now).then(|| LiveSession::clone(&live)));
         }
         let epoch = self.cache.epoch();

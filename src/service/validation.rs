@@ -8,9 +8,8 @@
 //! on; otherwise it is refused. The internal id is never the upstream `sub`, and there is no
 //! fallback when the store is down.
 
+use crate::worker::last_seen::TOUCH_INTERVAL;
 use std::sync::Arc;
-
-use chrono::TimeDelta;
 
 use super::audit::Audit;
 use super::coalesce::{Coalescer, Read};
@@ -26,9 +25,6 @@ use chrono::DateTime;
 use crate::error::{ErrorCode, INVALID_TOKEN_CHALLENGE, PublicError};
 use crate::store::{PRINCIPALS_PER_READ, ReadFrom, Store, StoreError};
 use crate::worker::LastSeen;
-
-/// How often at most an identity's `last_seen_at` is written from the validation path.
-const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 
 /// How many coalesced principal reads run at once (each on one pool connection): two keep
 /// both of a small machine's cores busy while the other requests queue for the next read.
@@ -190,7 +186,11 @@ impl Validator {
             return self.validate_own(op, token).await;
         }
         let token = self.verifier.verify(token).await?;
-        if let Some(principal) = self.principals.get(&token.issuer, &token.subject) {
+        // A hit whose last use is due to be noted is resolved again, as a miss (once a minute at
+        // most), so that the stored time does not lag by the cache's lifetime.
+        if let Some(principal) = self.principals.get(&token.issuer, &token.subject)
+            && super::now() - principal.last_seen_at < TOUCH_INTERVAL
+        {
             return Ok(Validated { token, principal, created: false });
         }
         let epoch = self.principals.epoch();
@@ -317,11 +317,13 @@ impl Validator {
         if found.as_ref().is_none_or(|p| self.principals.changed_recently(p.user.id)) {
             found = self.store.principal(issuer, subject, ReadFrom::Primary).await?.map(Arc::new);
         }
-        if let Some(principal) = found {
+        if let Some(mut principal) = found {
             let now = super::now();
             if now - principal.last_seen_at >= TOUCH_INTERVAL {
-                // Bookkeeping, written by the last-use worker: never a write on this request.
+                // Bookkeeping, written by the last-use worker: never a write on this request. The
+                // copy to be cached says so too, so that its hits do not note it again.
                 self.last_seen.identity(principal.identity_id, now);
+                principal = Arc::new(Principal { last_seen_at: now, ..Principal::clone(&principal) });
             }
             return Ok((principal, false));
         }

@@ -7,10 +7,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::domain::IdentityId;
 use crate::store::{Store, StoreError};
+
+/// How often at most a use of one identity or session is noted: a use is noted when the time
+/// last noted for it (stored, or cached with what was read) is this old or more.
+pub const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 
 /// Last-use times waiting to be written. Each key holds its latest time only, so memory is
 /// bounded by the distinct identities and sessions seen in one interval.

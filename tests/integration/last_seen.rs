@@ -7,12 +7,26 @@ use std::time::Duration;
 use tessera_testkit::local_issuer::LocalIssuer;
 
 use crate::helpers::{AUDIENCE, Backend, TestApp, eventually, json as body, local_issuer_config, on_both_backends};
+use crate::signin::{Browser, world_with};
 
-on_both_backends!(validation_leaves_last_use_to_the_worker, the_worker_writes_last_use_on_its_interval);
+on_both_backends!(
+    validation_leaves_last_use_to_the_worker,
+    the_worker_writes_last_use_on_its_interval,
+    cached_sessions_and_identities_still_note_their_use,
+);
 
 /// A long-ago time, as an SQL literal of the backend's encoding.
 fn long_ago(backend: Backend) -> &'static str {
     if backend == Backend::Sqlite { "0" } else { "TIMESTAMPTZ '2000-01-01 00:00:00+00'" }
+}
+
+/// `at` as an SQL literal of the backend's encoding.
+fn literal(backend: Backend, at: chrono::DateTime<chrono::Utc>) -> String {
+    if backend == Backend::Sqlite {
+        at.timestamp_micros().to_string()
+    } else {
+        format!("TIMESTAMPTZ '{}'", at.to_rfc3339())
+    }
 }
 
 async fn app_with_identity(backend: Backend, flush: Duration) -> (TestApp, String, LocalIssuer) {
@@ -51,4 +65,43 @@ async fn the_worker_writes_last_use_on_its_interval(backend: Backend) {
     let sql = app.db.sql().await;
     eventually("the worker records the last use", || async { sql.count(&old).await == 0 }).await;
     app.stop().await;
+}
+
+/// A cache may answer for a session or an identity for up to an hour
+/// (`cache.principal_ttl_seconds`), but its uses are still noted once a minute: else idle expiry
+/// would end a session in daily use, read from the cache all along.
+async fn cached_sessions_and_identities_still_note_their_use(backend: Backend) {
+    let w = world_with(backend, |config, issuer| {
+        config.cache.principal_ttl = Duration::from_secs(3600);
+        config.server.last_seen_flush = Duration::from_millis(100);
+        config.issuers.push(local_issuer_config(issuer));
+    })
+    .await;
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let token = w.issuer.sign("rsa-1", &w.issuer.claims("token-subject", AUDIENCE));
+    body(w.app.bootstrap(&serde_json::json!({ "issuer": w.issuer.issuer(), "subject": "token-subject", "email": "t@example.com" })).await, 201)
+        .await;
+    // Both last used 57 s ago: the first reads below find them under a minute old, note nothing,
+    // and cache them as they are.
+    let planted = chrono::Utc::now() - chrono::TimeDelta::seconds(57);
+    let sql = w.app.db.sql().await;
+    for table in ["sessions", "identities"] {
+        sql.exec(&format!("UPDATE {table} SET last_seen_at = {}", literal(backend, planted))).await.unwrap();
+    }
+    assert_eq!(browser.me(&w.app).await.status(), 200);
+    body(w.app.validate(&token).await, 200).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A minute has passed since the last noted use: these uses are noted, and written.
+    assert_eq!(browser.me(&w.app).await.status(), 200);
+    body(w.app.validate(&token).await, 200).await;
+    let newer = literal(backend, planted + chrono::TimeDelta::seconds(3));
+    eventually("the session's use is written", || async {
+        sql.count(&format!("sessions WHERE last_seen_at > {newer}")).await == 1
+    })
+    .await;
+    eventually("the identity's use is written", || async {
+        sql.count(&format!("identities WHERE subject = 'token-subject' AND last_seen_at > {newer}")).await == 1
+    })
+    .await;
 }
