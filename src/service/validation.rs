@@ -211,10 +211,12 @@ impl Validator {
 
     /// A token of someone who acts on Tessera's own API for themselves (their teams, connected
     /// accounts and identities). An upstream token is checked as by [`Validator::validate`]; one
-    /// of Tessera's own access tokens must have been issued for that API — `aud` one of
-    /// [`API_RESOURCE_PATHS`] under the public URL (RFC 8707) —, not for another client's or
+    /// of Tessera's own access tokens must have been issued for that API — `aud`
+    /// [`API_RESOURCE_PATH`] under the public URL (RFC 8707) —, not for another client's or
     /// resource's use: a client that holds a user's token for itself must not replay it here to
-    /// read their connected accounts' credentials.
+    /// read their connected accounts' credentials. A token for the MCP endpoint is for that
+    /// endpoint alone, whose one tool manages connected accounts: on the REST API it would also
+    /// change the user's teams and identities.
     pub async fn validate_acting(&self, token: &str) -> Result<Validated, ValidateError> {
         self.acting(token).await.map_err(|error| self.refused(token, error))
     }
@@ -224,8 +226,9 @@ impl Validator {
             return self.verify_and_resolve(token).await;
         };
         let claims = op.verify_access_token(token).await?;
-        if !API_RESOURCE_PATHS.iter().any(|path| claims.aud == op.endpoint(path)) {
-            return Err(ValidateError::OtherResource(op.endpoint(API_RESOURCE_PATHS[0])));
+        let api = op.endpoint(API_RESOURCE_PATH);
+        if claims.aud != api {
+            return Err(ValidateError::OtherResource(api));
         }
         self.own_principal(op, claims).await
     }
@@ -348,10 +351,9 @@ impl Validator {
     }
 }
 
-/// The resources (RFC 8707, paths under the public URL) for which Tessera's own access tokens
-/// act for their user on Tessera's API: the REST API (`/v1`) and the MCP endpoint, whose tool
-/// does the same.
-pub const API_RESOURCE_PATHS: [&str; 2] = ["/v1", "/mcp"];
+/// The resource (RFC 8707, a path under the public URL) for which Tessera's own access tokens
+/// act for their user on Tessera's REST API.
+pub const API_RESOURCE_PATH: &str = "/v1";
 
 /// Principal reads from the replica, coalesced.
 type PrincipalReads = Coalescer<(Issuer, Subject), Arc<Principal>, Arc<StoreError>>;
@@ -381,11 +383,6 @@ mod tests {
     use crate::domain::{IdentityId, User};
     use crate::domain::{Issuer, Subject};
     use crate::upstream::tokens::TokenCache;
-
-    #[test]
-    fn the_mcp_endpoint_is_one_of_the_api_resources() {
-        assert!(API_RESOURCE_PATHS.contains(&crate::http::mcp::PATH));
-    }
 
     fn principal(user: UserId) -> Arc<Principal> {
         let now = chrono::Utc::now();

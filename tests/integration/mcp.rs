@@ -221,21 +221,24 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     }
 
     // On the REST API, a Tessera token acts for its user (their connected accounts, teams,
-    // identities) only when issued for Tessera's API (`/v1`) or its MCP endpoint: one the client
-    // got for itself, or for another resource, may say who the user is (`GET /v1/me`), no more.
+    // identities) only when issued for Tessera's API (`/v1`): one the client got for itself, for
+    // another resource, or for the MCP endpoint (whose one tool manages connected accounts, not
+    // teams or identities) may say who the user is (`GET /v1/me`), no more.
     let me = body(app.client.get(app.url("/v1/me")).bearer_auth(&plain).send().await.unwrap(), 200).await;
     let profiles = app.url(&format!("/v1/teams/{}/auth-profiles", me["teams"][0]["slug"].as_str().unwrap()));
     let primary = app.url(&format!("/v1/me/identities/{}/primary", me["identities"][0]["id"].as_str().unwrap()));
-    for token in [&plain, &other] {
+    let members = app.url(&format!("/v1/teams/{}/members", me["teams"][0]["slug"].as_str().unwrap()));
+    for token in [&plain, &other, &mcp] {
+        body(app.client.get(app.url("/v1/me")).bearer_auth(token).send().await.unwrap(), 200).await;
+        let added = app.client.post(&members).bearer_auth(token).json(&json!({"user_id": me["id"], "role": "owner"}));
+        assert_eq!(body(added.send().await.unwrap(), 401).await["code"], "audience_mismatch");
         let listed = app.client.get(&profiles).bearer_auth(token).send().await.unwrap();
         assert_eq!(body(listed, 401).await["code"], "audience_mismatch");
         let chosen = app.client.post(&primary).bearer_auth(token).send().await.unwrap();
         assert_eq!(body(chosen, 401).await["code"], "audience_mismatch");
     }
-    for token in [&api, &mcp] {
-        body(app.client.get(&profiles).bearer_auth(token).send().await.unwrap(), 200).await;
-        body(app.client.post(&primary).bearer_auth(token).send().await.unwrap(), 200).await;
-    }
+    body(app.client.get(&profiles).bearer_auth(&api).send().await.unwrap(), 200).await;
+    body(app.client.post(&primary).bearer_auth(&api).send().await.unwrap(), 200).await;
 
     // A tampered token is refused.
     let mut tampered = mcp.clone().into_bytes();
