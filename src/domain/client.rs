@@ -151,9 +151,19 @@ pub enum RedirectUriError {
     /// A wildcard.
     #[error("a redirect URI must not contain a wildcard ('*'); register each URI exactly")]
     Wildcard,
+    /// A space or a control character, which no URI has (RFC 3986).
+    #[error("a redirect URI must not contain spaces or control characters; percent-encode them")]
+    Whitespace,
     /// A scheme a browser would run or read locally (`javascript:`, `data:`, `file:`, …).
     #[error("a redirect URI must not use the javascript, data, file, vbscript, blob or about scheme")]
     UnsafeScheme,
+}
+
+/// Whether `value` has no whitespace and no control character: RFC 3986 allows neither in a URI,
+/// and a URI parser would quietly encode or drop them, so that what is stored (kept as given)
+/// would differ from what was checked.
+pub fn is_uri_text(value: &str) -> bool {
+    !value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 impl RedirectUri {
@@ -167,6 +177,9 @@ impl RedirectUri {
         }
         if value.contains('*') {
             return Err(RedirectUriError::Wildcard);
+        }
+        if !is_uri_text(value) {
+            return Err(RedirectUriError::Whitespace);
         }
         let url = url::Url::parse(value).map_err(|_| RedirectUriError::NotAbsolute)?;
         if url.fragment().is_some() || value.contains('#') {

@@ -365,12 +365,14 @@ fn parse_resources(values: &[String]) -> Result<Vec<String>, ClientRuleError> {
     for (i, value) in values.iter().enumerate() {
         let ok = value.len() <= RedirectUri::MAX_LEN
             && !value.contains('#')
+            && super::client::is_uri_text(value)
             && url::Url::parse(value).is_ok_and(|u| !u.cannot_be_a_base());
         if !ok {
             return Err(ClientRuleError::new(
                 format!("resources[{i}]"),
                 ClientRule::Metadata,
-                "a resource is an absolute URI without a fragment, such as https://api.example.com",
+                "a resource is an absolute URI without a fragment, spaces or control characters, such as \
+                 https://api.example.com",
             ));
         }
         if resources.contains(value) {

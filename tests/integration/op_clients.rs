@@ -203,6 +203,28 @@ async fn registrations_that_break_a_rule_are_refused_saying_what_to_fix(backend:
             "redirect_uris[0]",
         ),
         (with(confidential("a"), json!({"redirect_uris": []})), "invalid_redirect_uri", "redirect_uris"),
+        // No URI has a space or a control character (a NUL would reach PostgreSQL's JSON).
+        (
+            with(confidential("a"), json!({"redirect_uris": ["https://app.example.com/cb\u{0}"]})),
+            "invalid_redirect_uri",
+            "redirect_uris[0]",
+        ),
+        (
+            with(confidential("a"), json!({"post_logout_redirect_uris": ["https://app.example.com/out\u{0}"]})),
+            "invalid_redirect_uri",
+            "post_logout_redirect_uris[0]",
+        ),
+        // A space would let one registered resource read as two in a stored consent.
+        (
+            with(confidential("a"), json!({"resources": ["https://tools.example.com/a https://id.example.com/mcp"]})),
+            "invalid_client_metadata",
+            "resources[0]",
+        ),
+        (
+            with(confidential("a"), json!({"resources": ["https://tools.example.com/\u{0}"]})),
+            "invalid_client_metadata",
+            "resources[0]",
+        ),
         (with(public("a"), json!({"grant_types": ["client_credentials"]})), "invalid_grant_type", "grant_types"),
         (
             with(confidential("a"), json!({"grant_types": ["authorization_code", "password"]})),
@@ -554,6 +576,7 @@ async fn private_key_jwt_refuses_bad_assertions(backend: Backend) {
         ("a public client", sign(&claims("spa", TOKEN_ENDPOINT, 120, "i")), "no registered keys"),
         ("an unknown client", sign(&claims("nobody", TOKEN_ENDPOINT, 120, "j")), "unknown client"),
         ("not a JWT", "not-a-jwt".to_owned(), "not a signed JWT"),
+        ("a NUL in the jti", sign(&claims("backend", TOKEN_ENDPOINT, 120, "l\u{0}m")), "control characters"),
     ];
     for (what, token, says) in cases {
         let error = refused(&service, &assertion(&token), "invalid_client").await;

@@ -444,9 +444,14 @@ impl Clients {
                 "the client assertion's exp is too far ahead: at most 10 minutes from now",
             ));
         }
-        let jti = claims.jti.filter(|j| (1..=MAX_JTI_LEN).contains(&j.len())).ok_or(ClientAuthError::InvalidClient(
-            "the client assertion needs a jti of 1 to 256 characters, new for each assertion",
-        ))?;
+        // No control characters: the jti is kept in a text column, where PostgreSQL refuses NUL.
+        let jti = claims
+            .jti
+            .filter(|j| (1..=MAX_JTI_LEN).contains(&j.len()) && !j.chars().any(char::is_control))
+            .ok_or(ClientAuthError::InvalidClient(
+                "the client assertion needs a jti of 1 to 256 characters without control characters, new for each \
+                 assertion",
+            ))?;
         // Kept as long as the assertion would be accepted (its exp plus the leeway).
         let keep_until = expires_at + TimeDelta::from_std(ASSERTION_LEEWAY).unwrap_or(TimeDelta::zero());
         if !self.store.use_client_assertion(&client.id, &jti, keep_until, now).await? {
