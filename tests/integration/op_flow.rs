@@ -506,6 +506,20 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
     assert_eq!(sql.count("oauth_refresh_tokens").await, 3, "r1, r2 and the winner's r3");
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1);
     assert_eq!(introspect(&w.app, creds, second["access_token"].as_str().unwrap()).await, json!({"active": false}));
+
+    // A rotated token presented again revokes its grant whatever else the request gets wrong
+    // (here a scope it may not widen to): the reuse is what counts.
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let old =
+        body(exchange(&w.app, creds, &code, &verifier).await, 200).await["refresh_token"].as_str().unwrap().to_owned();
+    let rotated = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &old)]).await;
+    let current = body(rotated, 200).await["refresh_token"].as_str().unwrap().to_owned();
+    let reuse = [("grant_type", "refresh_token"), ("refresh_token", old.as_str()), ("scope", "openid profile")];
+    assert_eq!(oauth_error(token_request(&w.app, creds, &reuse).await, 400).await, "invalid_grant");
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 2);
+    let next = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &current)]).await;
+    assert_eq!(oauth_error(next, 400).await, "invalid_grant");
 }
 
 async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {

@@ -254,10 +254,19 @@ impl OpenIdProvider {
         let hash = sha256(token.as_bytes());
         let invalid =
             || OAuthError::invalid_grant("the refresh token is invalid, expired, revoked or was already used");
-        let Some((mut grant, _used)) = self.store.refresh_grant(&hash, now).await? else {
+        let Some((mut grant, used)) = self.store.refresh_grant(&hash, now).await? else {
             return Err(invalid());
         };
         if grant.client_id != client.id.as_str() {
+            return Err(invalid());
+        }
+        if used {
+            // A rotated token presented again: its grant is revoked, whatever else this request
+            // asks or gets wrong (the rotation below, to a token nobody holds, finds the reuse).
+            let nobody = sha256(random_secret().expose_secret().as_bytes());
+            if self.store.rotate_refresh_token(&hash, &nobody, now).await? == RotateOutcome::Reused {
+                tracing::warn!(client_id = %client.id, "rotated refresh token reused; its grant is revoked");
+            }
             return Err(invalid());
         }
         same_resource(&form, &grant)?;
