@@ -514,7 +514,8 @@ impl AuthProfiles {
         let token = random_secret();
         let now = super::now();
         let expires_at = now + CONNECT_LINK_TTL;
-        self.store
+        let minted = self
+            .store
             .mint_connect_token(&ConnectToken {
                 token_hash: sha256(token.expose_secret().as_bytes()),
                 profile: profile.id,
@@ -524,6 +525,9 @@ impl AuthProfiles {
                 expires_at,
             })
             .await?;
+        if !minted {
+            return Err(AuthProfileError::ProfileNotFound);
+        }
         let (auth_type, path) = match profile.profile_kind {
             ProfileKind::Env => (LinkType::EnvKeys, "env"),
             _ => (LinkType::OAuth, "oauth/start"),

@@ -894,8 +894,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError>;
 
     /// Stores a new connect token for a profile, deleting the profile's older tokens. A pending
-    /// profile's expiry is extended to the link's, at least.
-    async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError>;
+    /// profile's expiry is extended to the link's, at least. False (nothing written) when the
+    /// profile is gone.
+    async fn mint_connect_token(&self, token: &ConnectToken) -> Result<bool, StoreError>;
 
     /// A connect token, unless unknown or expired, without consuming it.
     async fn connect_token(

@@ -1562,14 +1562,19 @@ impl Store for SqlStore {
         .collect()
     }
 
-    async fn mint_connect_token(&self, token: &ConnectToken) -> Result<(), StoreError> {
+    async fn mint_connect_token(&self, token: &ConnectToken) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
         // Serialises the mints of one profile: at READ COMMITTED, a concurrent mint's delete would
-        // not see this one's uncommitted token, and both links would stay alive.
-        query("SELECT 1 FROM auth_profiles WHERE id = $1 FOR UPDATE")
+        // not see this one's uncommitted token, and both links would stay alive. A profile deleted
+        // meanwhile (a sweep of expired pending ones) gets no link.
+        let found = query("SELECT 1 FROM auth_profiles WHERE id = $1 FOR UPDATE")
             .bind(token.profile.as_uuid())
-            .execute(&mut tx)
+            .fetch_optional(&mut tx)
             .await?;
+        if found.is_none() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         query("DELETE FROM connect_tokens WHERE profile_id = $1")
             .bind(token.profile.as_uuid())
             .execute(&mut tx)
@@ -1589,7 +1594,7 @@ impl Store for SqlStore {
         .execute(&mut tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn connect_token(
@@ -1615,6 +1620,15 @@ impl Store for SqlStore {
         keep_pending_until: DateTime<Utc>,
     ) -> Result<Option<ConnectToken>, StoreError> {
         let mut tx = self.db.begin().await?;
+        // The profile's row lock first, then the link, in the order mints and revocations take
+        // them: the other order deadlocks against them on PostgreSQL.
+        query(
+            "SELECT 1 FROM auth_profiles
+             WHERE id = (SELECT profile_id FROM connect_tokens WHERE token_hash = $1) FOR UPDATE",
+        )
+        .bind(&token_hash[..])
+        .execute(&mut tx)
+        .await?;
         let row = query(
             "DELETE FROM connect_tokens WHERE token_hash = $1
              RETURNING profile_id, user_id, allow_account_change, created_at, expires_at",

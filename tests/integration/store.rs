@@ -97,6 +97,7 @@ on_both_backends!(
     // Connect links
     a_new_connect_token_replaces_the_older_ones,
     concurrent_mints_of_connect_tokens_leave_one_alive,
+    taking_and_minting_links_of_one_profile_at_once_never_deadlock,
     minting_a_connect_token_extends_a_pending_profile_never_shortens_it,
     minting_a_connect_token_sets_a_missing_pending_expiry,
     a_connect_token_is_read_without_being_consumed_until_it_expires,
@@ -1667,6 +1668,39 @@ async fn a_new_connect_token_replaces_the_older_ones(backend: Backend) {
     assert_eq!(store.take_connect_token(&older.token_hash, t0, t0).await.unwrap(), None);
     assert_eq!(store.connect_token(&newer.token_hash, t0).await.unwrap(), Some(newer));
     assert_eq!(store.connect_token(&others.token_hash, t0).await.unwrap(), Some(others), "other profiles keep theirs");
+
+    // A profile gone meanwhile (swept, or revoked and deleted) gets no link, and no error.
+    let gone = AuthProfile { id: ProfileId::generate(), ..app.clone() };
+    let orphan = connect_token(&gone, ada.id(), t0, ttl);
+    assert!(!store.mint_connect_token(&orphan).await.unwrap());
+    assert_eq!(store.connect_token(&orphan.token_hash, t0).await.unwrap(), None);
+}
+
+async fn taking_and_minting_links_of_one_profile_at_once_never_deadlock(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "app", t0)).await;
+    let ttl = TimeDelta::minutes(15);
+    for _ in 0..8 {
+        let link = connect_token(&pending, ada.id(), t0, ttl);
+        store.mint_connect_token(&link).await.unwrap();
+        // Using the link (profile, then link) against new mints (profile, then links): every
+        // call answers, and at most the one link taken was used.
+        let results = concurrently(8, |i| {
+            let (store, link, fresh) = (store.clone(), link.clone(), connect_token(&pending, ada.id(), t0, ttl));
+            async move {
+                if i % 2 == 0 {
+                    store.take_connect_token(&link.token_hash, t0, t0 + ttl).await.unwrap().is_some()
+                } else {
+                    store.mint_connect_token(&fresh).await.unwrap();
+                    false
+                }
+            }
+        })
+        .await;
+        assert!(results.iter().filter(|taken| **taken).count() <= 1, "a link is used once");
+    }
 }
 
 async fn concurrent_mints_of_connect_tokens_leave_one_alive(backend: Backend) {
