@@ -234,6 +234,14 @@ pub async fn import(config: &Config, args: ImportArgs) -> ExitCode {
             eprintln!("tessera: run the same import again to go on: what is imported is skipped");
             fail(&ImportError::Store(e))
         }
+        // Read failures after some lines were imported: what was written is summed up, and
+        // the exit code says the database holds some of the file (exit 2 means none of it).
+        Err((e, summary)) if summary.lines > 0 => {
+            print_summary(&summary, &args.file, args.json);
+            eprintln!("tessera: {e}");
+            eprintln!("tessera: run the same import again to go on: what is imported is skipped");
+            ExitCode::FAILURE
+        }
         Err((e, _)) => {
             eprintln!("tessera: {e}");
             ExitCode::from(2)
@@ -635,14 +643,17 @@ fn print_summary(summary: &Summary, file: &Path, json: bool) {
     }
 }
 
-/// Creates (or truncates) the export file, readable by its owner alone when it is new: it lists
-/// every user's email and name.
+/// Creates (or truncates) the export file, readable by its owner alone — an existing file too,
+/// whose mode the creation mode would not change: it lists every user's email and name.
 fn private_file(path: &std::path::Path) -> std::io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
+    let file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Runs `tessera export`.

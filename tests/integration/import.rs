@@ -377,6 +377,9 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
                "name": "Ada \"Countess\" Lovelace, née Byron"}),
         "in the format import reads"
     );
+    // An existing, world-readable file is made private too (the helper checks the mode).
+    std::fs::write(dir.path().join("out.csv"), "old").unwrap();
+    std::fs::set_permissions(dir.path().join("out.csv"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let csv = export(dir.path(), &source, &["--output", "out.csv"]).await;
     assert!(csv.starts_with("issuer,subject,email,email_verified,name,team\n"), "{csv}");
     assert_eq!(export(dir.path(), &source, &["--format", "csv"]).await, csv, "stdout or a file, the same");
