@@ -240,6 +240,7 @@ impl Webhooks {
     /// covers the events fanned out when it starts (later ones are delivered by the fan-out, not
     /// sent twice), runs to its end even if the caller goes away, and one that fails part way
     /// keeps the pages it committed: repeating it schedules the same events again (at least once).
+    /// An endpoint deleted while its replay runs ends it: not found.
     pub async fn replay(&self, id: WebhookId, since: DateTime<Utc>) -> Result<u64, WebhookError> {
         let endpoint = self.get(id).await?;
         let store = self.store.clone();
@@ -247,16 +248,22 @@ impl Webhooks {
             let (mut scheduled, mut from) = (0, None);
             loop {
                 let page = store.replay_webhook(&endpoint, since, from, REPLAY_PAGE, now()).await?;
+                if page.gone {
+                    return Ok::<_, StoreError>(None);
+                }
                 scheduled += page.scheduled;
                 match page.next {
                     Some(next) => from = Some(next),
-                    None => return Ok::<_, StoreError>(scheduled),
+                    None => return Ok(Some(scheduled)),
                 }
             }
         });
         // `None` only when the runtime shuts down (its pool closing): the pages committed so far
         // stay scheduled, and the client is told to try again (503).
-        Ok(replay.await.unwrap_or_else(|| Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))?)
+        replay
+            .await
+            .unwrap_or_else(|| Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))?
+            .ok_or(WebhookError::NotFound)
     }
 
     /// An endpoint the admin API may change: not one of the configuration file.

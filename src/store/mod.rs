@@ -1454,6 +1454,8 @@ pub struct ReplayPage {
     pub scheduled: u64,
     /// Where the next page starts when this one was full; `None`: the replay is done.
     pub next: Option<ReplayCursor>,
+    /// The endpoint was deleted meanwhile: nothing was scheduled, and the replay is over.
+    pub gone: bool,
 }
 
 /// Where a replay goes on ([`Store::replay_webhook`]).

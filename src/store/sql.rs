@@ -2605,6 +2605,8 @@ impl Store for SqlStore {
 
     async fn delete_webhook(&self, id: WebhookId) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
+        // The endpoint first, then its deliveries: the order a replay's page takes them.
+        query("SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR UPDATE").bind(id.as_uuid()).execute(&mut tx).await?;
         query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
         let deleted = query("DELETE FROM webhook_endpoints WHERE id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
         tx.commit().await?;
@@ -2897,12 +2899,22 @@ impl Store for SqlStore {
                     .await?
                     .opt_int("last")?;
                 let Some(through) = last else {
-                    return Ok(ReplayPage { scheduled: 0, next: None });
+                    return Ok(ReplayPage { scheduled: 0, next: None, gone: false });
                 };
                 ReplayCursor { after: i64::MIN, through, started: now }
             }
         };
         let mut tx = self.db.begin().await?;
+        // The endpoint stays for the page (its deletion waits, locking the endpoint first, as
+        // here): a page never writes deliveries of an endpoint being deleted.
+        let alive = query("SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR KEY SHARE")
+            .bind(endpoint.id.as_uuid())
+            .fetch_optional(&mut tx)
+            .await?;
+        if alive.is_none() {
+            tx.rollback().await?;
+            return Ok(ReplayPage { scheduled: 0, next: None, gone: true });
+        }
         // Only events already fanned out: later ones get their deliveries from the fan-out.
         let events = query(
             "SELECT seq, id, topic FROM outbox_events
@@ -2944,7 +2956,7 @@ impl Store for SqlStore {
             Some(last) if events.len() as i64 >= limit.max(1) => Some(ReplayCursor { after: last.int("seq")?, ..from }),
             _ => None,
         };
-        Ok(ReplayPage { scheduled, next })
+        Ok(ReplayPage { scheduled, next, gone: false })
     }
 
     async fn update_profile(

@@ -41,16 +41,25 @@ pub(super) async fn run(webhooks: Webhooks) {
     let client = Arc::new(client(settings.timeout, settings.allow_private_addresses));
     // A lease covers a whole batch of requests that each may take the timeout.
     let lease = settings.timeout.saturating_mul(6).max(Duration::from_secs(30));
-    let mut tasks: JoinSet<WebhookId> = JoinSet::new();
+    let mut tasks: JoinSet<()> = JoinSet::new();
     // Each endpoint with a task, and whether that task has released its lease (it then only
-    // waits to be joined).
+    // waits to be joined); and the endpoint of each task, so that one that panicked frees its
+    // endpoint too.
     let mut busy: HashMap<WebhookId, Arc<AtomicBool>> = HashMap::new();
+    let mut endpoints: HashMap<tokio::task::Id, WebhookId> = HashMap::new();
     let mut interval = tokio::time::interval(settings.poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        while let Some(done) = tasks.try_join_next() {
-            if let Ok(id) = done {
+        while let Some(done) = tasks.try_join_next_with_id() {
+            let task = match done {
+                Ok((task, ())) => task,
+                Err(error) => {
+                    tracing::error!(error = %error, "a webhook delivery task failed; its lease runs out");
+                    error.id()
+                }
+            };
+            if let Some(id) = endpoints.remove(&task) {
                 busy.remove(&id);
             }
         }
@@ -95,15 +104,18 @@ pub(super) async fn run(webhooks: Webhooks) {
             busy.insert(endpoint.id, released.clone());
             let (webhooks, client) = (webhooks.clone(), client.clone());
             let deadline = Instant::now() + lease.saturating_sub(settings.timeout.saturating_mul(2));
-            tasks.spawn(async move {
-                let id = endpoint.id;
+            let id = endpoint.id;
+            let task = tasks.spawn(async move {
                 deliver_to(&webhooks, &client, &endpoint, deadline).await;
+                // Marked first: a claim that follows the release at once then sees a task that
+                // delivers no more, and gives its lease back (see above), instead of keeping it
+                // for no task until it runs out.
+                released.store(true, Ordering::Release);
                 if let Err(error) = webhooks.store().release_webhook(id, owner).await {
                     tracing::warn!(error = %error, webhook = %id, "cannot release a webhook endpoint's lease");
                 }
-                released.store(true, Ordering::Release);
-                id
             });
+            endpoints.insert(task.id(), id);
         }
     }
 }

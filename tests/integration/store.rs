@@ -39,6 +39,7 @@ on_both_backends!(
     a_replay_longer_than_a_page_schedules_every_event_it_wants,
     old_events_go_once_no_delivery_of_theirs_is_pending,
     a_sweep_never_deletes_an_event_a_replay_scheduled,
+    a_replay_racing_the_endpoints_deletion_ends_without_an_error,
     each_change_writes_one_outbox_event_in_its_transaction,
     // Schema and connection
     migrations_apply_once_and_report_status,
@@ -3730,13 +3731,13 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     let second = page(first.next, 1).await.unwrap();
     assert_eq!(second.scheduled, 1);
     assert!(second.next > first.next && first.next.is_some(), "{first:?} {second:?}");
-    assert_eq!(page(second.next, 1).await.unwrap(), ReplayPage { scheduled: 0, next: None });
-    assert_eq!(page(None, 100).await.unwrap(), ReplayPage { scheduled: 2, next: None });
+    assert_eq!(page(second.next, 1).await.unwrap(), ReplayPage { scheduled: 0, next: None, gone: false });
+    assert_eq!(page(None, 100).await.unwrap(), ReplayPage { scheduled: 2, next: None, gone: false });
     let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j.attempts == 0));
     let later = store.replay_webhook(&hook, now() + TimeDelta::seconds(5), None, 100, now()).await.unwrap();
-    assert_eq!(later, ReplayPage { scheduled: 0, next: None });
+    assert_eq!(later, ReplayPage { scheduled: 0, next: None, gone: false });
     // An attempt of the series the replay replaced (sent before it, recorded after) is not
     // recorded over the new one: the replayed event is still sent.
     store.record_attempt(&hook, jobs[0].id, &delivered).await.unwrap();
@@ -3898,6 +3899,35 @@ async fn a_sweep_never_deletes_an_event_a_replay_scheduled(backend: Backend) {
         let pending = sql.count("webhook_deliveries WHERE state = 'pending'").await;
         let kept = sql.count("outbox_events WHERE topic <> 'user.created'").await;
         assert_eq!((replayed, pending, kept), if replayed == 1 { (1, 1, 1) } else { (0, 0, 0) }, "round {round}");
+    }
+}
+
+async fn a_replay_racing_the_endpoints_deletion_ends_without_an_error(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await.id();
+    let start = now() - TimeDelta::minutes(1);
+    for round in 0..6 {
+        let hook = endpoint(&["user.disabled", "user.enabled"], start - TimeDelta::minutes(1));
+        store.insert_webhook(&hook).await.unwrap();
+        set_user_disabled(&store, ada, round % 2 == 0, now()).await.unwrap();
+        store.fan_out_events(100, now()).await.unwrap();
+        // Replays (each page locks the endpoint) against its deletion (the endpoint, then its
+        // deliveries): every call answers, and a replay that lost the race says the endpoint
+        // is gone rather than breaking a foreign key.
+        let replays: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, hook) = (store.clone(), hook.clone());
+                tokio::spawn(async move { store.replay_webhook(&hook, start, None, 1, now()).await.unwrap() })
+            })
+            .collect();
+        assert!(store.delete_webhook(hook.id).await.unwrap());
+        for replay in replays {
+            let page = replay.await.unwrap();
+            assert!(page.gone || page.scheduled <= 1, "round {round}: {page:?}");
+        }
+        let page = store.replay_webhook(&hook, start, None, 100, now()).await.unwrap();
+        assert!(page.gone && page.scheduled == 0, "after the deletion: {page:?}");
+        assert_eq!(db.sql().await.count("webhook_deliveries").await, 0, "round {round}");
     }
 }
 
