@@ -311,6 +311,10 @@ pub struct AccessToken {
     pub expires_at: Option<DateTime<Utc>>,
     /// Whether this call refreshed it.
     pub refreshed: bool,
+    /// The profile's token version this token is stored under; `None` when it was handed out
+    /// without being stored. A judgement of the token (a credential test) applies to that
+    /// version only: a token refreshed or reconnected since is not judged by this one.
+    pub version: Option<i64>,
 }
 
 /// The auth-profiles (connected accounts) service.
@@ -591,6 +595,19 @@ impl AuthProfiles {
         Ok(())
     }
 
+    /// Revokes at the provider, best effort, the tokens a refresh got for a profile revoked
+    /// while it ran: the refresh token when there is one (which ends the grant), else the access
+    /// token.
+    async fn revoke_new_tokens(&self, profile: &AuthProfile, tokens: &TokenSet) {
+        let Some(provider) = self.flows.providers().get(Some(&profile.provider)) else {
+            return;
+        };
+        let token = tokens.refresh_token.as_ref().unwrap_or(&tokens.access_token);
+        if let Err(error) = provider.revoke(token.expose_secret()).await {
+            tracing::warn!(profile_id = %profile.id, error = %error, "cannot revoke the token at the provider");
+        }
+    }
+
     async fn revoke_upstream(&self, profile: &AuthProfile, secrets: &ProfileSecrets) {
         let (Some(keyring), Some(provider)) = (&self.keyring, self.flows.providers().get(Some(&profile.provider)))
         else {
@@ -824,7 +841,12 @@ impl AuthProfiles {
             return Ok(None);
         }
         let token = decrypt(keyring, id, "access_token", secrets.access_token.as_deref())?;
-        Ok(Some(AccessToken { token, expires_at: secrets.expires_at, refreshed: false }))
+        Ok(Some(AccessToken {
+            token,
+            expires_at: secrets.expires_at,
+            refreshed: false,
+            version: Some(secrets.version),
+        }))
     }
 
     /// Refreshes under the row's lease, or waits for whoever holds it.
@@ -837,14 +859,24 @@ impl AuthProfiles {
             let now = super::now();
             if !needs_refresh(&secrets, now) {
                 let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
-                return Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false });
+                return Ok(AccessToken {
+                    token,
+                    expires_at: secrets.expires_at,
+                    refreshed: false,
+                    version: Some(secrets.version),
+                });
             }
             let still_valid = secrets.expires_at.is_some_and(|at| at > now);
             let Some(refresh_ciphertext) = secrets.refresh_token.as_deref() else {
                 // Nothing to refresh with: hand out what is left, or ask for a reconnection.
                 if still_valid {
                     let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
-                    return Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false });
+                    return Ok(AccessToken {
+                        token,
+                        expires_at: secrets.expires_at,
+                        refreshed: false,
+                        version: Some(secrets.version),
+                    });
                 }
                 return Err(AuthProfileError::NeedsReauth);
             };
@@ -860,7 +892,12 @@ impl AuthProfiles {
             if tokio::time::Instant::now() >= deadline {
                 if still_valid {
                     let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
-                    return Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false });
+                    return Ok(AccessToken {
+                        token,
+                        expires_at: secrets.expires_at,
+                        refreshed: false,
+                        version: Some(secrets.version),
+                    });
                 }
                 return Err(AuthProfileError::RefreshInProgress);
             }
@@ -889,12 +926,22 @@ impl AuthProfiles {
                     granted_scopes: Some(granted_scopes(&tokens)).filter(|granted| !granted.is_empty()),
                     now: super::now(),
                 };
+                // The refresh bumps the version the lease was taken at, by one.
+                let mut version = Some(before.version + 1);
                 match self.store_refresh(profile.id, lease, &refreshed).await {
                     Ok(true) => {}
-                    // The lease ran out and someone else refreshed: theirs is as good. (Or an
-                    // attempt that reported a failure had committed, and this one found the
-                    // lease gone.)
-                    Ok(false) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),
+                    // The lease is gone: it ran out and someone else refreshed (theirs is as
+                    // good), an attempt that reported a failure had committed, or the profile was
+                    // revoked (or deleted) meanwhile — then its new tokens are no one's to have.
+                    Ok(false) => {
+                        version = None;
+                        let now = self.store.profile_secrets(profile.id).await?;
+                        if now.is_none_or(|s| s.status == ProfileStatus::Revoked) {
+                            self.revoke_new_tokens(profile, &tokens).await;
+                            return Err(AuthProfileError::ProfileNotFound);
+                        }
+                        tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease");
+                    }
                     Err(error) => {
                         // The new access token is good whether or not it is stored: this caller
                         // gets it. The next use refreshes again with the stored refresh token,
@@ -902,10 +949,16 @@ impl AuthProfiles {
                         // reconnection, as it would without this token).
                         tracing::error!(profile_id = %profile.id, error = %error, "cannot store a refreshed token; handing it out unstored");
                         self.release_lease(profile.id, owner).await;
+                        version = None;
                     }
                 }
                 tracing::debug!(profile_id = %profile.id, rotated = tokens.refresh_token.is_some(), "refreshed a token");
-                return Ok(AccessToken { token: tokens.access_token, expires_at: tokens.expires_at, refreshed: true });
+                return Ok(AccessToken {
+                    token: tokens.access_token,
+                    expires_at: tokens.expires_at,
+                    refreshed: true,
+                    version,
+                });
             }
             Err(error) => error,
         };
@@ -919,7 +972,12 @@ impl AuthProfiles {
             && let Ok(token) = decrypt(keyring, profile.id, "access_token", before.access_token.as_deref())
         {
             tracing::warn!(profile_id = %profile.id, error = %error, "refresh failed; handing out the current token");
-            return Ok(AccessToken { token, expires_at: before.expires_at, refreshed: false });
+            return Ok(AccessToken {
+                token,
+                expires_at: before.expires_at,
+                refreshed: false,
+                version: Some(before.version),
+            });
         }
         Err(error)
     }

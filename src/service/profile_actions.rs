@@ -414,11 +414,13 @@ impl<'a> ProfileActions<'a> {
             .clone();
         let store = self.profiles.store();
         let before = store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
-        let token = match self.profiles.access_token(team, user, slug).await {
+        // The profile read once, by id from here on: a slug moved meanwhile does not make this
+        // test probe (and judge) another profile's token.
+        let token = match self.profiles.access_token_of(profile.clone()).await {
             Ok(token) => token,
             // Active until the provider refused the refresh token just now.
             Err(AuthProfileError::NeedsReauth) if before.status == ProfileStatus::Active => {
-                return self.needs_reauth(&profile, None, TestFailure::InvalidGrant, false).await;
+                return self.needs_reauth(&profile, Some(before.version), None, TestFailure::InvalidGrant, false).await;
             }
             Err(error) => return Err(error.into()),
         };
@@ -426,14 +428,16 @@ impl<'a> ProfileActions<'a> {
         if status != 401 {
             return self.outcome(&profile, status, token.refreshed).await;
         }
-        if !token.refreshed {
+        let mut refused = token;
+        if !refused.refreshed {
             // Refused before it expired: refresh it once (unless someone just did) and try again.
             store.expire_access_token(profile.id, before.version, super::now()).await?;
-            let token = match self.profiles.access_token(team, user, slug).await {
+            let token = match self.profiles.access_token_of(profile.clone()).await {
                 Ok(token) => token,
                 // The refresh was refused, or there was nothing to refresh with.
                 Err(AuthProfileError::NeedsReauth) => {
-                    return self.needs_reauth(&profile, Some(401), TestFailure::InvalidToken, false).await;
+                    let version = refused.version;
+                    return self.needs_reauth(&profile, version, Some(401), TestFailure::InvalidToken, false).await;
                 }
                 Err(error) => return Err(error.into()),
             };
@@ -441,8 +445,9 @@ impl<'a> ProfileActions<'a> {
             if status != 401 {
                 return self.outcome(&profile, status, token.refreshed).await;
             }
+            refused = token;
         }
-        self.needs_reauth(&profile, Some(401), TestFailure::InvalidToken, true).await
+        self.needs_reauth(&profile, refused.version, Some(401), TestFailure::InvalidToken, true).await
     }
 
     /// Tests an `env` profile with its connector's probe; the profile's status is left as it is.
@@ -553,17 +558,20 @@ impl<'a> ProfileActions<'a> {
         })
     }
 
-    /// Marks the profile `needs_reauth` (unless its token changed meanwhile) and reports it.
+    /// Marks the profile `needs_reauth` if its token is still the one refused (`version`, the
+    /// token version it was stored under; `None`: a token never stored, which judges nothing),
+    /// and reports it. A token refreshed or reconnected since the probe is not judged by it.
     async fn needs_reauth(
         &self,
         profile: &AuthProfile,
+        version: Option<i64>,
         status: Option<u16>,
         error: TestFailure,
         refreshed: bool,
     ) -> Result<TestOutcome, ProfileActionError> {
         let store = self.profiles.store();
-        if let Some(secrets) = store.profile_secrets(profile.id).await?
-            && store.mark_needs_reauth(profile.id, secrets.version, super::now()).await?
+        if let Some(version) = version
+            && store.mark_needs_reauth(profile.id, version, super::now()).await?
         {
             tracing::info!(profile_id = %profile.id, "a credential test was refused; the profile needs a reconnection");
         }

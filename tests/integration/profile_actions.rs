@@ -33,6 +33,7 @@ on_both_backends!(
     a_refused_token_is_refreshed_once_then_marks_the_profile,
     tests_of_other_kinds_and_states_are_clean_409s,
     a_test_during_a_refresh_refreshes_once,
+    a_profile_revoked_during_its_refresh_hands_out_no_token,
     a_github_profile_is_tested_against_the_user_endpoint,
 );
 
@@ -608,6 +609,31 @@ async fn a_test_during_a_refresh_refreshes_once(backend: Backend) {
     }
     assert_eq!(w.issuer.refreshes(), 1, "tests and token requests share one refresh");
     assert_eq!(tokens.len(), 1);
+}
+
+async fn a_profile_revoked_during_its_refresh_hands_out_no_token(backend: Backend) {
+    let mut w = world(backend).await;
+    w.connected("oauth_app", "issues", "issues", &["openid"]).await;
+    w.expire_soon("issues").await;
+    w.issuer.set_answer_delay(Duration::from_secs(3));
+    let w = Arc::new(w);
+    let refreshing = {
+        let w = w.clone();
+        tokio::spawn(async move { w.post(w.alice.id, "/auth-profiles/issues/token").await })
+    };
+    // The provider has refreshed (rotating the refresh token) and its answer is on the way
+    // (3 s): the profile is revoked meanwhile, which revokes the stored refresh token there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while w.issuer.refreshes() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let revoked = w.on_behalf(Method::DELETE, "/auth-profiles/issues", w.alice.id).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let revocations = w.issuer.revocations();
+    // The refresh's answer is no one's: not handed out, and its new token revoked too.
+    let answer = refreshing.await.unwrap();
+    assert_eq!(body(answer, 404).await["code"], "profile_not_found");
+    assert_eq!(w.issuer.revocations(), revocations + 1, "the refresh's new token is revoked at the provider");
 }
 
 async fn a_github_profile_is_tested_against_the_user_endpoint(backend: Backend) {

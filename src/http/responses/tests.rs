@@ -216,7 +216,12 @@ fn auth_profiles_serialise_as_before() {
     );
 
     for expires_at in [Some(now()), None] {
-        let token = AccessToken { token: SecretString::from("at-secret"), expires_at, refreshed: expires_at.is_some() };
+        let token = AccessToken {
+            token: SecretString::from("at-secret"),
+            expires_at,
+            refreshed: expires_at.is_some(),
+            version: None,
+        };
         let response = AuthProfileTokenResponse::from(token);
         assert!(!format!("{response:?}").contains("at-secret"));
         assert_eq!(

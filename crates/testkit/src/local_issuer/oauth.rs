@@ -105,6 +105,7 @@ pub(super) struct OAuthState {
     granted_scope: std::sync::Mutex<Option<String>>,
     refresh_token_needs: std::sync::Mutex<Vec<(String, String)>>,
     token_delay_ms: AtomicU64,
+    answer_delay_ms: AtomicU64,
     access_token_ttl: AtomicU64,
     code_exchanges: AtomicU64,
     refreshes: AtomicU64,
@@ -180,6 +181,12 @@ impl LocalIssuer {
     /// Makes every token request take this long.
     pub fn set_token_delay(&self, delay: Duration) {
         self.state.oauth.token_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Makes every token request decided at once (a refresh token used, a new one issued) but
+    /// answered this much later: a provider whose answer is on its way back.
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.state.oauth.answer_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The `expires_in` of new access tokens (default 3600 s).
@@ -336,7 +343,20 @@ fn client_of(headers: &HeaderMap, form: &TokenForm) -> (Option<String>, Option<S
     }
 }
 
-async fn token(State(state): State<Arc<IssuerState>>, headers: HeaderMap, Form(form): Form<TokenForm>) -> Response {
+async fn token(state: State<Arc<IssuerState>>, headers: HeaderMap, form: Form<TokenForm>) -> Response {
+    let answer_delay = state.oauth.answer_delay_ms.load(Ordering::SeqCst);
+    let response = decide_token(state, headers, form).await;
+    if answer_delay > 0 {
+        tokio::time::sleep(Duration::from_millis(answer_delay)).await;
+    }
+    response
+}
+
+async fn decide_token(
+    State(state): State<Arc<IssuerState>>,
+    headers: HeaderMap,
+    Form(form): Form<TokenForm>,
+) -> Response {
     let delay = state.oauth.token_delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
