@@ -643,16 +643,21 @@ fn print_summary(summary: &Summary, file: &Path, json: bool) {
     }
 }
 
-/// Creates (or truncates) the export file, readable by its owner alone — an existing file too,
-/// whose mode the creation mode would not change: it lists every user's email and name.
+/// Creates (or truncates) the export file, readable by its owner alone — an existing regular
+/// file too, whose mode the creation mode would not change, and before anything is written to
+/// it: it lists every user's email and name. Anything else (`/dev/null`, a pipe) is written
+/// to as it is.
 fn private_file(path: &std::path::Path) -> std::io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let file = options.open(path)?;
-    #[cfg(unix)]
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    if file.metadata()?.is_file() {
+        #[cfg(unix)]
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        file.set_len(0)?;
+    }
     Ok(file)
 }
 

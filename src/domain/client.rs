@@ -197,6 +197,13 @@ impl RedirectUri {
         Ok(Self(value.to_owned()))
     }
 
+    /// A URI read back from the store: checked when it was registered, by the rules of the
+    /// time. Not checked again, so that a rule added later (no whitespace) does not make a
+    /// client registered before it unreadable.
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+
     /// The URI as registered.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -22,7 +22,8 @@ use crate::crypto::keyring::KeyRing;
 use crate::domain::{DisplayName, IdentityId, ReturnTo, Subject, User, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{
-    ActorKind, EncryptedTokens, LinkOutcome, NewAuditEvent, NewLink, SecretKind, Store, StoreError, StoredSecret,
+    ActorKind, EncryptedTokens, LinkOutcome, NewAuditEvent, NewLink, ReadFrom, SecretKind, Store, StoreError,
+    StoredSecret,
 };
 use crate::upstream::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
 use crate::upstream::providers::{Provider, ProviderError, TokenSet, UserInfo};
@@ -260,15 +261,24 @@ impl SignIn {
             let verified = info.email_verified && provider.config().trusted_email_verification;
             let mut owners = self.store.users_with_email(email).await?;
             if verified {
-                // An address nobody proved is a claim, not ownership: accounts that only claim it
-                // (made through a provider not trusted to verify) neither block the address's
-                // proven owner nor are joined to them — else anyone could lock a person out by
-                // signing up first in their name.
-                owners.retain(|owner| owner.email_verified);
+                // An address nobody vouched for is a claim, not ownership: an account that only
+                // claims it — its email unverified, every identity of it signed in through a
+                // provider not trusted to verify emails — neither blocks the address's proven
+                // owner nor is joined to them; else anyone could lock a person out by signing up
+                // first in their name. Accounts an operator made (import, bootstrap, a
+                // just-in-time issuer) still ask for a link.
+                let mut kept = Vec::with_capacity(owners.len());
+                for owner in owners {
+                    if owner.email_verified || !self.only_claims(owner.id).await? {
+                        kept.push(owner);
+                    }
+                }
+                owners = kept;
             }
             if let [owner] = owners.as_slice()
                 && provider.config().auto_link_by_email
                 && verified
+                && owner.email_verified
                 && !owner.disabled
             {
                 let rule = (LinkRule::VerifiedEmail, request_id);
@@ -296,6 +306,19 @@ impl SignIn {
             })
             .await?;
         Ok((provisioned.user, provisioned.identity_id, None))
+    }
+
+    /// Whether `user` was made, and is held, only through sign-ins at providers not trusted to
+    /// verify emails: an account whose email is someone's say-so. (A user gone meanwhile counts
+    /// as such: it blocks nobody.)
+    async fn only_claims(&self, user: UserId) -> Result<bool, SignInError> {
+        let Some(profile) = self.store.user_profile(user, ReadFrom::Primary).await? else {
+            return Ok(true);
+        };
+        let providers = self.flows.providers();
+        Ok(profile.identities.iter().all(|identity| {
+            providers.get(Some(&identity.provider)).is_some_and(|p| !p.config().trusted_email_verification)
+        }))
     }
 
     /// Links the identity to `user` by `rule`, with its `identity.linked` audit row in the same

@@ -326,7 +326,7 @@ pub(super) fn client(row: &impl RowExt) -> Result<crate::domain::Client, StoreEr
     let id = row.text("client_id")?;
     let uris = |col: &str| -> Result<Vec<RedirectUri>, StoreError> {
         let list: Vec<String> = serde_json::from_value(row.json(col)?).map_err(|_| corrupt(col))?;
-        list.iter().map(|u| RedirectUri::parse(u).map_err(|_| corrupt(col))).collect()
+        Ok(list.into_iter().map(RedirectUri::from_stored).collect())
     };
     let strings = |col: &str| -> Result<Vec<String>, StoreError> {
         serde_json::from_value(row.json(col)?).map_err(|_| corrupt(col))

@@ -261,6 +261,15 @@ async fn registrations_that_break_a_rule_are_refused_saying_what_to_fix(backend:
     assert_eq!(refused["code"], "invalid_request");
     assert!(refused["detail"].as_str().unwrap().contains("redirect_uri"), "{refused}");
     assert_eq!(app.db.sql().await.count("clients").await, 0, "nothing refused is written");
+    // A client registered before these rules, with a space in a redirect URI, still reads: the
+    // rules apply to what is registered, not to what is stored.
+    register(&app, confidential("older")).await;
+    let sql = app.db.sql().await;
+    sql.exec(r#"UPDATE clients SET redirect_uris = '["https://app.example.com/a b"]' WHERE id = 'older'"#)
+        .await
+        .unwrap();
+    let older = body(app.admin(Method::GET, "/admin/clients/older").send().await.unwrap(), 200).await;
+    assert_eq!(older["redirect_uris"], json!(["https://app.example.com/a b"]));
 
     register(&app, confidential("a")).await;
     let taken =

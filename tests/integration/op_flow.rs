@@ -283,6 +283,8 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
     urls.push(format!("{good}&state=again"));
     urls.push(format!("{good}&redirect_uri={}", urlencode(REDIRECT)));
     urls.push(format!("{good}&client_id={client}"));
+    // Also behind another repeated parameter.
+    urls.push(format!("{good}&nonce=again&redirect_uri={}", urlencode("https://evil.example/cb")));
     urls.push(format!("{good}&nonce=a%00b").replace("&nonce=n-1", ""));
     for url in urls {
         let response = browser.navigate(&url).await;

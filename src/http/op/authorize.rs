@@ -138,7 +138,10 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     // A repeated parameter that decides where an error may go is shown here; any other is
     // refused through the redirect once the client and its URI check out (RFC 6749 4.1.2.1).
     let repeated = repeated_parameter(&pairs);
-    if let Some(name) = repeated.filter(|name| UNREDIRECTABLE.contains(name)) {
+    let sent_twice = |name: &str| pairs.iter().filter(|(key, _)| key == name).nth(1).is_some();
+    if repeated.is_some()
+        && let Some(name) = UNREDIRECTABLE.into_iter().find(|name| sent_twice(name))
+    {
         let e = tokens::repeated(name);
         return refuse(state, headers, StatusCode::BAD_REQUEST, e.error, &e.description);
     }
