@@ -935,12 +935,17 @@ impl AuthProfiles {
                     // revoked (or deleted) meanwhile — then its new tokens are no one's to have.
                     Ok(false) => {
                         version = None;
-                        let now = self.store.profile_secrets(profile.id).await?;
-                        if now.is_none_or(|s| s.status == ProfileStatus::Revoked) {
-                            self.revoke_new_tokens(profile, &tokens).await;
-                            return Err(AuthProfileError::ProfileNotFound);
+                        match self.store.profile_secrets(profile.id).await {
+                            Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
+                                self.revoke_new_tokens(profile, &tokens).await;
+                                return Err(AuthProfileError::ProfileNotFound);
+                            }
+                            Ok(_) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),
+                            // Not known to be revoked: the token is good, and this caller gets it
+                            // rather than an error that would throw it away.
+                            Err(error) => tracing::warn!(profile_id = %profile.id, error = %error,
+                                "a refresh outlived its lease; cannot tell whether its profile was revoked"),
                         }
-                        tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease");
                     }
                     Err(error) => {
                         // The new access token is good whether or not it is stored: this caller
