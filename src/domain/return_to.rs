@@ -29,7 +29,7 @@ impl ReturnTo {
     /// between may decode); its query and fragment are data, where `%20` is fine. An absolute one
     /// must be `http(s)`, without credentials, on an allowed origin exactly.
     pub fn parse(value: &str, allowed_origins: &[String]) -> Result<Self, ReturnToError> {
-        let unsafe_text = |text: &str| text.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\\');
+        let unsafe_text = |text: &str| !super::client::is_uri_text(text) || text.contains('\\');
         if value.is_empty() || value.len() > Self::MAX_LEN || unsafe_text(value) {
             return Err(ReturnToError);
         }

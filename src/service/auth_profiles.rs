@@ -840,13 +840,7 @@ impl AuthProfiles {
         if needs_refresh(&secrets, super::now()) {
             return Ok(None);
         }
-        let token = decrypt(keyring, id, "access_token", secrets.access_token.as_deref())?;
-        Ok(Some(AccessToken {
-            token,
-            expires_at: secrets.expires_at,
-            refreshed: false,
-            version: Some(secrets.version),
-        }))
+        Ok(Some(stored_token(keyring, id, &secrets)?))
     }
 
     /// Refreshes under the row's lease, or waits for whoever holds it.
@@ -858,25 +852,13 @@ impl AuthProfiles {
             check_status(secrets.status)?;
             let now = super::now();
             if !needs_refresh(&secrets, now) {
-                let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
-                return Ok(AccessToken {
-                    token,
-                    expires_at: secrets.expires_at,
-                    refreshed: false,
-                    version: Some(secrets.version),
-                });
+                return stored_token(keyring, profile.id, &secrets);
             }
             let still_valid = secrets.expires_at.is_some_and(|at| at > now);
             let Some(refresh_ciphertext) = secrets.refresh_token.as_deref() else {
                 // Nothing to refresh with: hand out what is left, or ask for a reconnection.
                 if still_valid {
-                    let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
-                    return Ok(AccessToken {
-                        token,
-                        expires_at: secrets.expires_at,
-                        refreshed: false,
-                        version: Some(secrets.version),
-                    });
+                    return stored_token(keyring, profile.id, &secrets);
                 }
                 return Err(AuthProfileError::NeedsReauth);
             };
@@ -891,13 +873,7 @@ impl AuthProfiles {
             }
             if tokio::time::Instant::now() >= deadline {
                 if still_valid {
-                    let token = decrypt(keyring, profile.id, "access_token", secrets.access_token.as_deref())?;
-                    return Ok(AccessToken {
-                        token,
-                        expires_at: secrets.expires_at,
-                        refreshed: false,
-                        version: Some(secrets.version),
-                    });
+                    return stored_token(keyring, profile.id, &secrets);
                 }
                 return Err(AuthProfileError::RefreshInProgress);
             }
@@ -974,15 +950,10 @@ impl AuthProfiles {
         }
         self.release_lease(profile.id, owner).await;
         if before.expires_at.is_some_and(|at| at > super::now())
-            && let Ok(token) = decrypt(keyring, profile.id, "access_token", before.access_token.as_deref())
+            && let Ok(token) = stored_token(keyring, profile.id, before)
         {
             tracing::warn!(profile_id = %profile.id, error = %error, "refresh failed; handing out the current token");
-            return Ok(AccessToken {
-                token,
-                expires_at: before.expires_at,
-                refreshed: false,
-                version: Some(before.version),
-            });
+            return Ok(token);
         }
         Err(error)
     }
@@ -1103,6 +1074,12 @@ fn encrypt_tokens(keyring: &KeyRing, profile: ProfileId, tokens: &TokenSet) -> (
     let refresh =
         tokens.refresh_token.as_ref().map(|t| keyring.encrypt(t.expose_secret().as_bytes(), &aad("refresh_token")));
     (access, refresh)
+}
+
+/// The access token `secrets` hold, as stored (this call refreshed nothing).
+fn stored_token(keyring: &KeyRing, id: ProfileId, secrets: &ProfileSecrets) -> Result<AccessToken, AuthProfileError> {
+    let token = decrypt(keyring, id, "access_token", secrets.access_token.as_deref())?;
+    Ok(AccessToken { token, expires_at: secrets.expires_at, refreshed: false, version: Some(secrets.version) })
 }
 
 fn decrypt(

@@ -7,7 +7,6 @@
 //! linked the identity first; the loser then reads the winner's user. Every caller gets the same
 //! user and team.
 
-use crate::worker::last_seen::TOUCH_INTERVAL;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +21,7 @@ use crate::store::{
     CreateOutcome, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome, UserChange, UserUpdate,
 };
 use crate::upstream::issuers::IssuerRegistry;
+use crate::worker::last_seen::TOUCH_INTERVAL;
 
 /// An external identity as asserted by a trusted caller (the admin API, a verified token, a
 /// completed sign-in).

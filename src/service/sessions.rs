@@ -4,7 +4,6 @@
 //! sign-out, a disabled user or a change of their teams or identities purges at once here and,
 //! through the cache-invalidation log, within a second on other instances.
 
-use crate::worker::last_seen::TOUCH_INTERVAL;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use crate::crypto::sha256;
 use crate::domain::{IdentityId, UserId, UserProfile};
 use crate::store::{NewAuditEvent, NewSession, SessionEnd, SessionRecord, Store, StoreError, UserSession};
 use crate::worker::LastSeen;
+use crate::worker::last_seen::TOUCH_INTERVAL;
 
 pub use crate::crypto::random_secret;
 

@@ -8,7 +8,6 @@
 //! on; otherwise it is refused. The internal id is never the upstream `sub`, and there is no
 //! fallback when the store is down.
 
-use crate::worker::last_seen::TOUCH_INTERVAL;
 use std::sync::Arc;
 
 use super::audit::Audit;
@@ -25,6 +24,7 @@ use chrono::DateTime;
 use crate::error::{ErrorCode, INVALID_TOKEN_CHALLENGE, PublicError};
 use crate::store::{PRINCIPALS_PER_READ, ReadFrom, Store, StoreError};
 use crate::worker::LastSeen;
+use crate::worker::last_seen::TOUCH_INTERVAL;
 
 /// How many coalesced principal reads run at once (each on one pool connection): two keep
 /// both of a small machine's cores busy while the other requests queue for the next read.
