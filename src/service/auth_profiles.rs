@@ -460,7 +460,7 @@ impl AuthProfiles {
             };
             if let Some(created) = self.store.insert_profile(&profile).await? {
                 if let Some(credential) = &credential {
-                    let created = self.store_credential(&created, credential, None).await?;
+                    let created = self.store_credential(&created, user, credential, None).await?;
                     tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), "created an auth profile with its credential");
                     return Ok(Created { profile: created, link: None, created: true });
                 }

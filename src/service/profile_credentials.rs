@@ -353,6 +353,7 @@ impl AuthProfiles {
     pub(super) async fn store_credential(
         &self,
         profile: &AuthProfile,
+        by: UserId,
         credential: &CheckedCredential,
         connect_token: Option<&[u8; 32]>,
     ) -> Result<AuthProfile, AuthProfileError> {
@@ -362,6 +363,7 @@ impl AuthProfiles {
         let ciphertext = keyring.encrypt(&plaintext, &aad);
         let write = CredentialWrite {
             profile: profile.id,
+            by,
             ciphertext: &ciphertext,
             meta: &credential.meta,
             connect_token,
@@ -375,6 +377,12 @@ impl AuthProfiles {
             CredentialOutcome::ProfileGone if connect_token.is_some() => Err(AuthProfileError::InvalidConnectLink),
             CredentialOutcome::ProfileGone => Err(AuthProfileError::ProfileNotFound),
             CredentialOutcome::LinkUsed => Err(AuthProfileError::InvalidConnectLink),
+            // The right checked before was lost meanwhile (a removal or demotion): say which.
+            CredentialOutcome::NotAllowed => Err(match self.teams.role_of(&TeamRef::Id(profile.team_id), by).await? {
+                (_, Some(role)) => may_connect(profile, by, role).err().unwrap_or(AuthProfileError::ConnectConflict),
+                (_, None) if connect_token.is_some() => AuthProfileError::InvalidConnectLink,
+                (_, None) => AuthProfileError::TeamNotFound,
+            }),
         }
     }
 
@@ -408,7 +416,7 @@ impl AuthProfiles {
     ) -> Result<AuthProfile, AuthProfileError> {
         let profile = self.settable(team, user, slug, ProfileKind::Env).await?;
         let checked = self.check_env(self.env_connector(&profile.connector_key)?, values)?;
-        self.store_credential(&profile, &checked, None).await
+        self.store_credential(&profile, user, &checked, None).await
     }
 
     /// Sets the storage state of a `browser_session` profile, replacing it (`PUT …/browser-session`).
@@ -421,7 +429,7 @@ impl AuthProfiles {
     ) -> Result<AuthProfile, AuthProfileError> {
         let profile = self.settable(team, user, slug, ProfileKind::BrowserSession).await?;
         let checked = self.check_browser(input)?;
-        self.store_credential(&profile, &checked, None).await
+        self.store_credential(&profile, user, &checked, None).await
     }
 
     /// The credential of a profile, whatever its kind: for OAuth kinds a valid access token
@@ -484,7 +492,7 @@ impl AuthProfiles {
         &self,
         token: &str,
         current_user: Option<UserId>,
-    ) -> Result<([u8; 32], EnvForm), AuthProfileError> {
+    ) -> Result<([u8; 32], UserId, EnvForm), AuthProfileError> {
         let hash = sha256(token.as_bytes());
         let link = self.store.connect_token(&hash, super::now()).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         match current_user {
@@ -497,12 +505,12 @@ impl AuthProfiles {
             return Err(AuthProfileError::InvalidConnectLink);
         }
         let connector = self.env_connector(&profile.connector_key)?.clone();
-        Ok((hash, EnvForm { profile, connector }))
+        Ok((hash, link.user, EnvForm { profile, connector }))
     }
 
     /// What the form of an `env_keys` connect link shows, after the link's checks.
     pub async fn env_form(&self, token: &str, current_user: Option<UserId>) -> Result<EnvForm, AuthProfileError> {
-        Ok(self.env_link(token, current_user).await?.1)
+        Ok(self.env_link(token, current_user).await?.2)
     }
 
     /// Stores the values posted by the form of an `env_keys` connect link, consuming the link in
@@ -513,9 +521,9 @@ impl AuthProfiles {
         current_user: Option<UserId>,
         values: &BTreeMap<String, SecretString>,
     ) -> Result<AuthProfile, AuthProfileError> {
-        let (hash, form) = self.env_link(token, current_user).await?;
+        let (hash, user, form) = self.env_link(token, current_user).await?;
         let checked = self.check_env(&form.connector, values)?;
-        self.store_credential(&form.profile, &checked, Some(&hash)).await
+        self.store_credential(&form.profile, user, &checked, Some(&hash)).await
     }
 }
 

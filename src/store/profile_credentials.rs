@@ -3,22 +3,26 @@
 //!
 //! A write replaces the credential and activates the profile in one transaction; a write from a
 //! connect form consumes its link in the same transaction (`DELETE … RETURNING`), so that of
-//! concurrent posts of one form exactly one writes, and a failed write leaves the link usable.
+//! concurrent posts of one form exactly one writes, and a failed write leaves the link usable. The
+//! writer's right is read again under the team's lock, as for activating an OAuth profile.
 
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
 use super::db::query;
 use super::rows::{self, RowExt, profile_columns};
-use super::sql::{SqlStore, insert_profile_event, profile_status_in};
+use super::sql::{SqlStore, insert_profile_event, may_connect_in, profile_status_in};
 use crate::domain::events;
-use crate::domain::{AuthProfile, CredentialMeta, ProfileId, ProfileStatus};
+use crate::domain::{AuthProfile, CredentialMeta, ProfileId, ProfileStatus, UserId};
 
 /// A credential to store.
 #[derive(Debug, Clone)]
 pub struct CredentialWrite<'a> {
     /// The profile.
     pub profile: ProfileId,
+    /// The member who writes it: still a member of the profile's team when it is written, and
+    /// its creator or a team owner or admin (a removal or demotion meanwhile refuses it).
+    pub by: UserId,
     /// The key-ring ciphertext of the JSON payload, bound to `profile_credentials`, the profile's
     /// id and the column `credential`.
     pub ciphertext: &'a [u8],
@@ -39,6 +43,9 @@ pub enum CredentialOutcome {
     ProfileGone,
     /// The connect link is used, expired, or not this profile's; nothing was written.
     LinkUsed,
+    /// `by` is no longer a member of the profile's team, or no longer one who may set it;
+    /// nothing was written.
+    NotAllowed,
 }
 
 /// A profile's status and stored credential.
@@ -62,8 +69,10 @@ impl SqlStore {
     ) -> Result<CredentialOutcome, StoreError> {
         let meta = serde_json::to_string(write.meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.db.begin().await?;
-        // The profile's row lock first, then the link: the order in which minting a link and
-        // revoking a profile take them, so that none of these can deadlock another.
+        // The team's row (shared) first, as activating an OAuth profile takes it; then the
+        // profile's row lock, then the link: the order in which minting a link and revoking a
+        // profile take them, so that none of these can deadlock another.
+        let allowed = may_connect_in(&mut tx, write.profile, write.by).await?;
         let before = profile_status_in(&mut tx, write.profile).await?;
         if let Some(hash) = write.connect_token {
             let taken = query(
@@ -84,6 +93,10 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(CredentialOutcome::ProfileGone);
         };
+        if !allowed {
+            tx.rollback().await?;
+            return Ok(CredentialOutcome::NotAllowed);
+        }
         let activated = query(
             "UPDATE auth_profiles SET status = 'active', pending_expires_at = NULL, version = version + 1,
                     updated_at = $2

@@ -225,6 +225,35 @@ async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Resu
     }
 }
 
+/// Whether `by` may connect (or set the credential of) profile `id`: a member of its team, and
+/// its creator or, for a team-wide profile, a team owner or admin. Read in `tx` after a shared
+/// lock of the team's row, taken before any lock of the profile: membership changes lock that
+/// row for update, so a removal or demotion waits until `tx` ends, or came first. False when the
+/// profile is gone.
+pub(super) async fn may_connect_in(tx: &mut Tx, id: ProfileId, by: UserId) -> Result<bool, StoreError> {
+    query("SELECT 1 FROM teams WHERE id = (SELECT team_id FROM auth_profiles WHERE id = $1) FOR SHARE")
+        .bind(id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    let right = query(
+        "SELECT m.role, p.created_by, p.profile_kind FROM auth_profiles p
+         JOIN memberships m ON m.team_id = p.team_id AND m.user_id = $2
+         WHERE p.id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(by.as_uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    match right {
+        Some(row) => {
+            let kind = decode_kind(&row.text("profile_kind")?)?;
+            let creator = row.uuid("created_by")? == by.as_uuid();
+            Ok(kind.may_connect(creator, decode_role(&row.text("role")?)?).is_ok())
+        }
+        None => Ok(false),
+    }
+}
+
 /// Keeps a pending profile until at least `until` (never shortens it; sets a missing expiry).
 async fn keep_pending(tx: &mut Tx, profile: ProfileId, until: DateTime<Utc>) -> Result<(), StoreError> {
     query(
@@ -1664,29 +1693,7 @@ impl Store for SqlStore {
         activation: &Activation,
     ) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
-        // The team first, shared: membership changes lock it for update, so the member's right
-        // read next holds until this commits (a removal or demotion waits, or came first).
-        query("SELECT 1 FROM teams WHERE id = (SELECT team_id FROM auth_profiles WHERE id = $1) FOR SHARE")
-            .bind(id.as_uuid())
-            .execute(&mut tx)
-            .await?;
-        let right = query(
-            "SELECT m.role, p.created_by, p.profile_kind FROM auth_profiles p
-             JOIN memberships m ON m.team_id = p.team_id AND m.user_id = $2
-             WHERE p.id = $1",
-        )
-        .bind(id.as_uuid())
-        .bind(activation.by.as_uuid())
-        .fetch_optional(&mut tx)
-        .await?;
-        let allowed = match right {
-            Some(row) => {
-                let kind = decode_kind(&row.text("profile_kind")?)?;
-                let creator = row.uuid("created_by")? == activation.by.as_uuid();
-                kind.may_connect(creator, decode_role(&row.text("role")?)?).is_ok()
-            }
-            None => false,
-        };
+        let allowed = may_connect_in(&mut tx, id, activation.by).await?;
         let before = match profile_status_in(&mut tx, id).await? {
             Some(before) if allowed => before,
             _ => {

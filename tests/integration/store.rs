@@ -118,6 +118,7 @@ on_both_backends!(
     // Env and browser-session credentials
     a_credential_activates_its_profile_and_is_replaced_whole,
     a_credential_written_with_a_connect_token_consumes_it,
+    a_credential_is_written_only_by_who_may_still_set_it,
     concurrent_credential_writes_with_one_connect_token_have_one_winner,
     // Profile actions
     updating_a_profile_compares_and_swaps_its_version,
@@ -2204,8 +2205,14 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
 
     let (t1, t2) = (t0 + TimeDelta::seconds(1), t0 + TimeDelta::seconds(2));
     let first = env_meta(&["A", "B"], t1);
-    let write =
-        CredentialWrite { profile: env.id, ciphertext: b"sealed-1", meta: &first, connect_token: None, now: t1 };
+    let write = CredentialWrite {
+        profile: env.id,
+        by: ada.id(),
+        ciphertext: b"sealed-1",
+        meta: &first,
+        connect_token: None,
+        now: t1,
+    };
     let expected = AuthProfile {
         status: ProfileStatus::Active,
         pending_expires_at: None,
@@ -2226,8 +2233,14 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
     );
 
     let session = CredentialMeta::BrowserSession { browser_kind: "firefox".into(), cdp_url: None, set_at: t2 };
-    let write =
-        CredentialWrite { profile: env.id, ciphertext: b"sealed-2", meta: &session, connect_token: None, now: t2 };
+    let write = CredentialWrite {
+        profile: env.id,
+        by: ada.id(),
+        ciphertext: b"sealed-2",
+        meta: &session,
+        connect_token: None,
+        now: t2,
+    };
     let CredentialOutcome::Stored(replaced) = store.put_profile_credential(&write).await.unwrap() else {
         panic!("stored");
     };
@@ -2261,7 +2274,14 @@ async fn a_credential_written_with_a_connect_token_consumes_it(backend: Backend)
     store.mint_connect_token(&others).await.unwrap();
     let meta = env_meta(&["A"], t0);
     let with = |hash: &[u8; 32], now| {
-        let write = CredentialWrite { profile: env.id, ciphertext: b"sealed", meta: &meta, connect_token: None, now };
+        let write = CredentialWrite {
+            profile: env.id,
+            by: ada.id(),
+            ciphertext: b"sealed",
+            meta: &meta,
+            connect_token: None,
+            now,
+        };
         (write, *hash)
     };
     let put = async |(write, hash): (CredentialWrite<'_>, [u8; 32])| {
@@ -2286,6 +2306,49 @@ async fn a_credential_written_with_a_connect_token_consumes_it(backend: Backend)
     assert_eq!(store.profile(env.id).await.unwrap().unwrap().version, 1, "written once");
 }
 
+async fn a_credential_is_written_only_by_who_may_still_set_it(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let (bob, cat, dan) = (sign_up(&store, "bob").await, sign_up(&store, "cat").await, sign_up(&store, "dan").await);
+    let (team, t0) = (ada.team.id, now());
+    store.put_member(team, Some(ada.id()), bob.id(), Role::Admin, t0).await.unwrap();
+    store.put_member(team, Some(ada.id()), cat.id(), Role::Member, t0).await.unwrap();
+    let env = pending_env(&store, &ada, "env", t0).await;
+    let meta = env_meta(&["A"], t0);
+    let write = |by: UserId, connect_token| CredentialWrite {
+        profile: env.id,
+        by,
+        ciphertext: b"sealed",
+        meta: &meta,
+        connect_token,
+        now: t0,
+    };
+    // The right is read in the write's transaction, whatever the caller checked before: a team
+    // admin sets a team's profile; a plain member, or someone of another team, does not.
+    assert!(matches!(
+        store.put_profile_credential(&write(bob.id(), None)).await.unwrap(),
+        CredentialOutcome::Stored(_)
+    ));
+    for outsider in [cat.id(), dan.id()] {
+        assert_eq!(store.put_profile_credential(&write(outsider, None)).await.unwrap(), CredentialOutcome::NotAllowed);
+    }
+    // Demoted after his link was minted, Bob's post through it writes nothing and leaves the link.
+    let link = connect_token(&env, bob.id(), t0, TimeDelta::minutes(30));
+    store.mint_connect_token(&link).await.unwrap();
+    store.put_member(team, Some(ada.id()), bob.id(), Role::Member, t0).await.unwrap();
+    let through_link = write(bob.id(), Some(&link.token_hash));
+    assert_eq!(store.put_profile_credential(&through_link).await.unwrap(), CredentialOutcome::NotAllowed);
+    assert!(store.connect_token(&link.token_hash, t0).await.unwrap().is_some(), "not consumed");
+    // A creator who left the team no longer sets their own profile either.
+    let cats = pending_env(&store, &cat, "cats", t0).await;
+    store.put_member(cat.team.id, Some(cat.id()), ada.id(), Role::Owner, t0).await.unwrap();
+    assert_eq!(store.remove_member(cat.team.id, Some(ada.id()), cat.id()).await.unwrap(), RemoveOutcome::Removed);
+    let own = CredentialWrite { profile: cats.id, by: cat.id(), ..write(cat.id(), None) };
+    assert_eq!(store.put_profile_credential(&own).await.unwrap(), CredentialOutcome::NotAllowed);
+    assert_eq!(store.profile(cats.id).await.unwrap().unwrap().version, cats.version, "nothing written");
+    assert_eq!(store.profile(env.id).await.unwrap().unwrap().version, 1, "only the admin's write");
+}
+
 async fn concurrent_credential_writes_with_one_connect_token_have_one_winner(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let ada = sign_up(&store, "ada").await;
@@ -2294,12 +2357,18 @@ async fn concurrent_credential_writes_with_one_connect_token_have_one_winner(bac
     let token = connect_token(&env, ada.id(), t0, TimeDelta::minutes(30));
     store.mint_connect_token(&token).await.unwrap();
     let outcomes = concurrently(16, |i| {
-        let (store, hash, id) = (store.clone(), token.token_hash, env.id);
+        let (store, hash, id, by) = (store.clone(), token.token_hash, env.id, ada.id());
         async move {
             let meta = env_meta(&["A"], t0);
             let sealed = format!("sealed-{i}").into_bytes();
-            let write =
-                CredentialWrite { profile: id, ciphertext: &sealed, meta: &meta, connect_token: Some(&hash), now: t0 };
+            let write = CredentialWrite {
+                profile: id,
+                by,
+                ciphertext: &sealed,
+                meta: &meta,
+                connect_token: Some(&hash),
+                now: t0,
+            };
             (store.put_profile_credential(&write).await.unwrap(), sealed)
         }
     })
@@ -2649,7 +2718,14 @@ async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
     store.insert_webhook(&hook).await.unwrap();
     let env = pending_env(&store, &ada, "env", t0).await;
     let meta = env_meta(&["KEY"], t0);
-    let write = CredentialWrite { profile: env.id, ciphertext: b"sealed-1", meta: &meta, connect_token: None, now: t0 };
+    let write = CredentialWrite {
+        profile: env.id,
+        by: ada.id(),
+        ciphertext: b"sealed-1",
+        meta: &meta,
+        connect_token: None,
+        now: t0,
+    };
     assert!(matches!(store.put_profile_credential(&write).await.unwrap(), CredentialOutcome::Stored(_)));
     for &kind in SecretKind::ALL {
         let secrets = store.secrets_page(kind, None, 10).await.unwrap();
@@ -4883,8 +4959,14 @@ mod issue_12_events {
         // An env credential connects its profile.
         let env = pending_env(&store, &ada, "env", t).await;
         let meta = env_meta(&["TOKEN"], t);
-        let write =
-            CredentialWrite { profile: env.id, ciphertext: b"sealed", meta: &meta, connect_token: None, now: t };
+        let write = CredentialWrite {
+            profile: env.id,
+            by: ada.id(),
+            ciphertext: b"sealed",
+            meta: &meta,
+            connect_token: None,
+            now: t,
+        };
         assert!(matches!(store.put_profile_credential(&write).await.unwrap(), CredentialOutcome::Stored(_)));
 
         let written = events_since(&db, start).await;
