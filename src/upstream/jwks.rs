@@ -250,7 +250,7 @@ impl JwksCache {
                 self.refresh_in_background(stale.generation);
                 Some(stale)
             }
-            None => match self.inner.refresh(Reason::Missing, None).await {
+            None => match self.refresh(Reason::Missing, None).await {
                 Refreshed::Fetched(set) | Refreshed::Newer(set) => Some(set),
                 Refreshed::Refused(_) | Refreshed::Failed => None,
             },
@@ -261,7 +261,7 @@ impl JwksCache {
     /// succeeded and one for the same kind of miss succeeded within the cooldown, or the last
     /// fetch failed within the failure back-off.
     pub async fn refresh_after_miss(&self, seen: &KeySet, miss: Miss) -> AfterMiss {
-        match self.inner.refresh(Reason::Miss(miss), Some(seen.generation)).await {
+        match self.refresh(Reason::Miss(miss), Some(seen.generation)).await {
             Refreshed::Fetched(set) | Refreshed::Newer(set) => AfterMiss::Newer(set),
             Refreshed::Refused(Wait::CoolingDown) => AfterMiss::CoolingDown,
             // Not refetched because the issuer was failing: its keys are not known to be the
@@ -273,6 +273,15 @@ impl JwksCache {
     /// How many times keys were fetched (each fetch may include a discovery request).
     pub fn fetch_count(&self) -> u64 {
         self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// A refresh a request waits for, run in a task of its own: a request ends when its client
+    /// hangs up, and the fetch must not end with it, or its outcome would never reach the
+    /// cooldown and the back-off (hanging up after each forged `kid` would then cost the issuer
+    /// a fetch per request).
+    async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Refreshed {
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.refresh(reason, seen).await }).await.unwrap_or(Refreshed::Failed)
     }
 
     /// Starts a refresh in a task of its own, unless one is running (then it is the one).
@@ -449,16 +458,19 @@ pub(crate) async fn fetch_discovery(http: &reqwest::Client, issuer: &Issuer) -> 
     Ok(document)
 }
 
-/// An endpoint named in a discovery document, validated like configured endpoints.
+/// An endpoint named in a discovery document, validated like configured endpoints; plain
+/// `http` (loopback only) only for an issuer that is itself on plain `http`: an `https` issuer's
+/// document does not get to send Tessera to services on its own host.
 pub(crate) fn discovered_endpoint(document: &Value, field: &str, issuer: &Issuer) -> Result<Option<Url>, FetchError> {
-    document
-        .get(field)
-        .and_then(Value::as_str)
-        .map(|value| {
-            endpoint_url(value)
-                .map_err(|e| FetchError::Invalid { url: issuer.discovery_url(), problem: format!("{field}: {e}") })
-        })
-        .transpose()
+    let invalid = |problem: String| FetchError::Invalid { url: issuer.discovery_url(), problem };
+    let Some(value) = document.get(field).and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let url = endpoint_url(value).map_err(|e| invalid(format!("{field}: {e}")))?;
+    if url.scheme() == "http" && !issuer.as_str().starts_with("http://") {
+        return Err(invalid(format!("{field}: an https issuer's endpoints must use https")));
+    }
+    Ok(Some(url))
 }
 
 /// GETs a JSON document of at most [`MAX_DOCUMENT_BYTES`]; returns it with its `max-age`.
@@ -471,16 +483,25 @@ pub(crate) async fn fetch_json(http: &reqwest::Client, url: &Url) -> Result<(Val
     }
     let max_age =
         response.headers().get(reqwest::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).and_then(parse_max_age);
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(http_error)? {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(FetchError::TooLarge(url.to_string()));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body =
+        read_capped(&mut response).await.map_err(http_error)?.ok_or_else(|| FetchError::TooLarge(url.to_string()))?;
     let document = serde_json::from_slice(&body)
         .map_err(|e| FetchError::Invalid { url: url.to_string(), problem: format!("not JSON: {e}") })?;
     Ok((document, max_age))
+}
+
+/// The body of a response from an issuer or a provider, read as it comes; `None` once it runs
+/// past [`MAX_DOCUMENT_BYTES`] (no answer Tessera reads from them is near that, and a peer that
+/// streams more within the timeout must not make Tessera buffer it).
+pub(crate) async fn read_capped(response: &mut reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// `max-age` of a `Cache-Control` value; `no-store`/`no-cache` count as zero.
@@ -561,6 +582,50 @@ mod tests {
         assert!(parse_jwk(&mismatched).is_none());
         let oct = serde_json::json!({"kty": "oct", "k": "c2VjcmV0", "kid": "s"});
         assert!(parse_jwk(&oct).is_none(), "symmetric keys are never accepted from a JWKS");
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    #[test]
+    fn discovered_endpoints_use_https_unless_the_issuer_does_not() {
+        let document = serde_json::json!({
+            "jwks_uri": "http://127.0.0.1:9000/keys",
+            "token_endpoint": "https://idp.example.com/token",
+        });
+        let secure = Issuer::parse("https://idp.example.com").unwrap();
+        assert!(discovered_endpoint(&document, "jwks_uri", &secure).is_err(), "no plain http behind an https issuer");
+        let token = discovered_endpoint(&document, "token_endpoint", &secure).unwrap().unwrap();
+        assert_eq!(token.as_str(), "https://idp.example.com/token");
+        assert_eq!(discovered_endpoint(&document, "userinfo_endpoint", &secure).unwrap(), None);
+        let local = Issuer::parse("http://127.0.0.1:9000").unwrap();
+        let keys = discovered_endpoint(&document, "jwks_uri", &local).unwrap().unwrap();
+        assert_eq!(keys.as_str(), "http://127.0.0.1:9000/keys", "a loopback issuer on http keeps its endpoints");
+    }
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use axum::extract::Path;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_past_the_cap_are_not_read_whole() {
+        let app = axum::Router::new()
+            .route("/{size}", axum::routing::get(|Path(size): Path<usize>| async move { vec![b'x'; size] }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        for (size, whole) in [(0, true), (MAX_DOCUMENT_BYTES, true), (MAX_DOCUMENT_BYTES + 1, false), (8 << 20, false)]
+        {
+            let mut response = client.get(format!("http://{addr}/{size}")).send().await.unwrap();
+            let body = read_capped(&mut response).await.unwrap();
+            assert_eq!(body.map(|b| b.len()), whole.then_some(size), "{size} bytes");
+        }
     }
 }
 

@@ -163,6 +163,11 @@ impl TokenVerifier {
         }
         let issuer = token_issuer(token)?;
         let entry = self.issuers.get(&issuer).ok_or(TokenError::IssuerNotAllowed)?;
+        // An issuer without audiences only bootstraps users: its tokens are refused before its
+        // keys are looked up (it need not be reachable, and outsiders make no fetches with it).
+        if entry.config.audiences.is_empty() {
+            return Err(TokenError::AudienceMismatch);
+        }
         let rules = Rules {
             algorithms: &entry.config.algorithms,
             audiences: &entry.config.audiences,

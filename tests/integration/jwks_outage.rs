@@ -14,6 +14,8 @@ on_both_backends!(
     a_never_seen_kid_is_a_503_for_the_whole_outage,
     a_rekey_during_an_outage_is_picked_up_within_the_back_off,
     forged_kids_cost_one_fetch_per_cooldown,
+    a_caller_that_hangs_up_still_starts_the_cooldown,
+    tokens_of_an_issuer_without_audiences_are_refused_without_a_fetch,
     forged_kids_during_an_outage_cost_one_fetch_per_back_off,
     after_an_outage_the_first_successful_fetch_starts_the_cooldown,
 );
@@ -172,6 +174,44 @@ async fn forged_kids_cost_one_fetch_per_cooldown(backend: Backend) {
     let tokens = (1..=10).map(|i| w.forged(&format!("forged-{i}"))).collect();
     assert_eq!(concurrently(&w.app, tokens).await, vec![unknown_key(); 10]);
     assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "none of the others is");
+}
+
+/// A caller that hangs up while its forged `kid` is being looked up does not take the lookup
+/// with it: the fetch ends and starts the cooldown, so hanging up and trying the next forged kid
+/// does not make Tessera ask the issuer once per request.
+async fn a_caller_that_hangs_up_still_starts_the_cooldown(backend: Backend) {
+    let w = world(backend, |config| config.jwks.refetch_cooldown = LONG).await;
+    let fetches = w.issuer.jwks_fetches();
+    w.issuer.hold_jwks(true);
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let hung_up = impatient.post(w.app.url("/v1/validate")).bearer_auth(w.forged("forged-0")).send().await.unwrap_err();
+    assert!(hung_up.is_timeout(), "{hung_up:?}");
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "the lookup reached the issuer");
+    w.issuer.hold_jwks(false);
+    eventually("the forged kid is known to be unknown", || async {
+        w.answer(&w.forged("forged-1")).await == unknown_key()
+    })
+    .await;
+    for i in 2..5 {
+        assert_eq!(w.answer(&w.forged(&format!("forged-{i}"))).await, unknown_key());
+    }
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "the lookup of the caller that hung up was the only one");
+}
+
+/// An issuer configured without audiences only bootstraps users: every token of it is refused,
+/// before anything is fetched from it (it need not even be reachable).
+async fn tokens_of_an_issuer_without_audiences_are_refused_without_a_fetch(backend: Backend) {
+    let issuer = LocalIssuer::start().await.unwrap();
+    let app = TestApp::spawn_with(backend, |config| {
+        let mut local = local_issuer_config(&issuer);
+        local.audiences.clear();
+        config.issuers.push(local);
+    })
+    .await;
+    let token = issuer.sign("rsa-1", &issuer.claims("ann", AUDIENCE));
+    let response = app.validate(&token).await;
+    assert_eq!(body(response, 401).await["code"], "audience_mismatch");
+    assert_eq!((issuer.jwks_fetches(), issuer.discovery_fetches()), (0, 0));
 }
 
 /// During an outage, forged kids cannot make Tessera ask the issuer on every request either:

@@ -69,7 +69,7 @@ impl OAuth2Provider {
         if !status.is_success() {
             return Err(ProviderError::InvalidResponse(format!("the profile endpoint answered {status}")));
         }
-        response.json().await.map_err(|e| ProviderError::InvalidResponse(format!("the profile endpoint: {e}")))
+        super::json_answer(response, "the profile endpoint").await
     }
 }
 

@@ -81,7 +81,7 @@ impl GitHubProvider {
         if !status.is_success() {
             return Err(ProviderError::InvalidResponse(format!("GET /{path} answered {status}")));
         }
-        response.json().await.map(Some).map_err(|e| ProviderError::InvalidResponse(format!("GET /{path}: {e}")))
+        super::json_answer(response, &format!("GET /{path}")).await.map(Some)
     }
 }
 

@@ -103,6 +103,19 @@ pub struct ResponseIssuer {
     pub required: bool,
 }
 
+/// A provider's JSON answer, read no further than [`read_capped`](crate::upstream::jwks::read_capped)
+/// allows; `what` names it in the error.
+pub(crate) async fn json_answer<T: serde::de::DeserializeOwned>(
+    mut response: reqwest::Response,
+    what: &str,
+) -> Result<T, ProviderError> {
+    let body = crate::upstream::jwks::read_capped(&mut response)
+        .await
+        .map_err(|e| ProviderError::InvalidResponse(format!("{what}: {e}")))?
+        .ok_or_else(|| ProviderError::InvalidResponse(format!("{what}: the answer is too large")))?;
+    serde_json::from_slice(&body).map_err(|e| ProviderError::InvalidResponse(format!("{what}: {e}")))
+}
+
 /// Why a provider call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {

@@ -21,6 +21,7 @@ use url::Url;
 
 use super::{AuthorizationRequest, ProviderError, TokenFields, TokenSet};
 use crate::config::{ProviderConfig, ProviderKind, TokenAuth};
+use crate::upstream::jwks::read_capped;
 
 /// The `id_token` field of an OpenID token response, and the answer's other fields (Notion's
 /// workspace, Slack's team), which some providers' profiles are read from. Its `Debug` shows the
@@ -278,7 +279,7 @@ impl<'c> AsyncHttpClient<'c> for Http {
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
             let request = reqwest::Request::try_from(request)?;
-            let response = self.0.execute(request).await?;
+            let mut response = self.0.execute(request).await?;
             if response.status().is_server_error() {
                 return Err(HttpError::Server(response.status().as_u16()));
             }
@@ -286,8 +287,10 @@ impl<'c> AsyncHttpClient<'c> for Http {
             for (name, value) in response.headers() {
                 builder = builder.header(name, value);
             }
-            let body = response.bytes().await?;
-            builder.body(body.to_vec()).map_err(|e| HttpError::Invalid(e.to_string()))
+            let body = read_capped(&mut response)
+                .await?
+                .ok_or_else(|| HttpError::Invalid("the answer is too large".into()))?;
+            builder.body(body).map_err(|e| HttpError::Invalid(e.to_string()))
         })
     }
 }

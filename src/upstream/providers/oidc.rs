@@ -145,7 +145,7 @@ impl OidcProvider {
         if !response.status().is_success() {
             return Err(ProviderError::InvalidResponse(format!("userinfo answered {}", response.status())));
         }
-        response.json().await.map_err(|e| ProviderError::InvalidResponse(format!("userinfo: {e}")))
+        super::json_answer(response, "userinfo").await
     }
 }
 
