@@ -27,6 +27,7 @@ pub async fn acting_caller(state: &AppState, headers: &HeaderMap) -> Result<User
 
 async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<UserId, ApiError> {
     let credentials = Credentials::read(headers)?;
+    no_user_named(headers)?;
     let token = credentials.user_token();
     let session = cookie(headers, state.cookies.session())?;
     no_admin_beside_session(&credentials, session)?;
@@ -54,9 +55,25 @@ async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<
 /// route that reads the session itself; `None` without one. Refused as in [`caller`].
 pub fn session_without_token<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<Option<&'h str>, ApiError> {
     let credentials = Credentials::read(headers)?;
+    no_user_named(headers)?;
     let session = cookie(headers, state.cookies.session())?;
     no_admin_beside_session(&credentials, session)?;
     Ok(session.filter(|_| credentials.user_token().is_none()))
+}
+
+/// Where a user's own credential acts, a user named in `X-On-Behalf-Of` would be passed over in
+/// silence, and a backend that meant to ask about that user would get the caller's answer: 400
+/// `ambiguous_credentials`.
+pub fn no_user_named(headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.contains_key("x-on-behalf-of") {
+        return Err(ApiError::new(
+            ErrorCode::AmbiguousCredentials,
+            "`X-On-Behalf-Of` goes with the admin token, on the routes that act for a user; this one \
+             answers for the caller's own credential",
+        )
+        .field("on_behalf_of"));
+    }
+    Ok(())
 }
 
 /// `X-Admin-Token` acts for nobody where the session would: beside a session (and no user token)
@@ -77,8 +94,17 @@ fn no_admin_beside_session(credentials: &Credentials<'_>, session: Option<&str>)
 /// in `X-On-Behalf-Of` (or `?on_behalf_of=`); anyone else is their own user (see
 /// [`acting_caller`]).
 pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<UserId, ApiError> {
-    let admin = Credentials::read(headers)?.admin_token().is_some_and(|token| state.admin_tokens.verify(token));
+    let credentials = Credentials::read(headers)?;
+    let admin = credentials.admin_token().is_some_and(|token| state.admin_tokens.verify(token));
     if !admin {
+        // A wrong `X-Admin-Token` is refused and counted as at the admin API, not taken for no
+        // credential (a `Bearer` token that is no admin token is the user's own).
+        if credentials.admin_header_token().is_some() {
+            no_admin_beside_session(&credentials, cookie(headers, state.cookies.session())?)?;
+            state.audit.admin_token_refused(ErrorCode::InvalidCredentials);
+            return Err(ApiError::new(ErrorCode::InvalidCredentials, "the admin token is not valid")
+                .challenge("Bearer realm=\"tessera-admin\", error=\"invalid_token\""));
+        }
         // Naming a user without the admin token would otherwise act, silently, for the caller.
         if on_behalf_of(headers, query)?.is_some() {
             return Err(ApiError::new(

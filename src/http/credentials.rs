@@ -91,6 +91,11 @@ impl<'h> Credentials<'h> {
         self.token.filter(|_| self.in_authorization || self.in_admin_header)
     }
 
+    /// The token of `X-Admin-Token` itself: meant as an admin token, whatever the route.
+    pub fn admin_header_token(&self) -> Option<&'h str> {
+        self.token.filter(|_| self.in_admin_header)
+    }
+
     /// The upstream user token: from `Authorization: Bearer` or `X-User-Token` (never from
     /// `X-Admin-Token`).
     pub fn user_token(&self) -> Option<&'h str> {

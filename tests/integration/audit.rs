@@ -365,7 +365,14 @@ async fn refused_tokens_and_admin_tokens_are_counted_into_one_row_per_reason_and
         };
         tasks.push(tokio::spawn(async move {
             if token.is_empty() {
-                let refused = app.client.get(app.url("/admin/users")).bearer_auth("wrong-admin-token-0123456789");
+                // At the admin API, and at a route where the admin token acts for a user.
+                let refused = match i % 2 {
+                    0 => app.client.get(app.url("/admin/users")).bearer_auth("wrong-admin-token-0123456789"),
+                    _ => app
+                        .client
+                        .get(app.url(&format!("/v1/teams/any/auth-profiles?on_behalf_of={}", uuid::Uuid::new_v4())))
+                        .header("x-admin-token", "wrong-admin-token-0123456789"),
+                };
                 refused.send().await.unwrap().status()
             } else {
                 app.validate(&token).await.status()

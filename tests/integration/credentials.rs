@@ -164,6 +164,16 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
     let in_query =
         plain.get(w.app.url(&format!("/v1/teams/any/auth-profiles?on_behalf_of={other}"))).bearer_auth(&ann_token);
     assert_eq!(ambiguous(in_query.send().await.unwrap()).await["field"], "on_behalf_of");
+    // Nor where the caller's own credential answers: `/v1/validate`, `/v1/check`, `/v1/me`.
+    for named in [
+        plain.post(w.app.url("/v1/validate")),
+        plain.get(w.app.url("/v1/check?team=any")),
+        plain.get(&me),
+        plain.delete(w.app.url(&format!("/v1/me/identities/{other}"))),
+    ] {
+        let named = named.bearer_auth(&ann_token).header("x-on-behalf-of", &other);
+        assert_eq!(ambiguous(named.send().await.unwrap()).await["field"], "on_behalf_of");
+    }
     // Nor does a token at forward-auth, or the admin token acting for a user.
     let verify = plain.get(w.app.url("/auth/verify?audience=notes")).bearer_auth(&ann_token);
     ambiguous(verify.header("cookie", &one_header).send().await.unwrap()).await;
