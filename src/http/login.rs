@@ -151,11 +151,9 @@ async fn show_login(
     };
     let providers = state.flows.providers();
     let team_provider = match state.teams.discover(&email).await {
-        // The team's provider: by the issuer's configured name, else by its issuer.
-        Ok(Discovery::Sso { provider, issuer }) => providers
-            .get(Some(&provider))
-            .or_else(|| providers.all().find(|p| p.identity_issuer() == &issuer))
-            .map(|p| p.name().to_owned()),
+        Ok(Discovery::Sso { provider, issuer }) => {
+            providers.for_issuer(&provider, &issuer).map(|p| p.name().to_owned())
+        }
         Ok(Discovery::Default) => None,
         Err(error) => return state.pages.error(&headers, error.into()),
     };

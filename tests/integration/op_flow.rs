@@ -27,6 +27,7 @@ on_both_backends!(
     client_credentials_tokens_name_the_client,
     third_party_clients_ask_for_consent_once,
     prompt_and_max_age_are_honoured,
+    a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
     pushed_requests_are_single_use,
     forward_auth_answers_for_sessions_and_tokens,
     logout_ends_the_session_and_its_grants,
@@ -681,6 +682,35 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
 
 async fn browser_post(browser: &mut Browser, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
     browser.form(url, form).await
+}
+
+/// With several providers and no default, an app's `login_hint` of a domain a team claimed goes
+/// straight to that team's provider — found by its issuer when the issuer's configured name is
+/// not a provider's — and without a hint to the sign-in chooser.
+async fn a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider(backend: Backend) {
+    let w = world_with(backend, |config, issuer| {
+        config.encryption = Some(Arc::new(KeyRing::parse(&ring()).unwrap()));
+        config.auth.default_provider = None;
+        config.providers.push(crate::signin::provider("other", tessera::config::ProviderKind::Oidc, issuer));
+        let mut sso = crate::helpers::local_issuer_config(issuer);
+        sso.name = "corp-sso".into();
+        config.issuers.push(sso);
+    })
+    .await;
+    let (client, _) = web_app(&w.app).await;
+    let owner = crate::helpers::identity("owner", "owner@acme.example", Some("Acme"));
+    let team = body(w.app.bootstrap(&owner).await, 201).await["team"]["id"].as_str().unwrap().to_owned();
+    let claim = json!({"domain": "acme.example", "issuer": w.issuer.issuer(), "verified": true});
+    let claimed = w.app.admin(Method::POST, &format!("/admin/teams/{team}/domains")).json(&claim).send().await;
+    body(claimed.unwrap(), 201).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    let hinted = browser.navigate(&authorize_url(&w.app, &client, &challenge, "&login_hint=jane%40acme.example")).await;
+    assert_eq!(hinted.status(), StatusCode::SEE_OTHER);
+    let to = location(&hinted);
+    assert!(to.starts_with(w.issuer.issuer()), "to the team's provider: {to}");
+    let unhinted = browser.navigate(&authorize_url(&w.app, &client, &challenge, "")).await;
+    assert!(location(&unhinted).starts_with("/login?return_to="), "the chooser: {}", location(&unhinted));
 }
 
 async fn prompt_and_max_age_are_honoured(backend: Backend) {

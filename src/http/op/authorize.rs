@@ -200,9 +200,9 @@ async fn sign_in(
     let providers = state.flows.providers();
     let mut chosen = None;
     if let Some(email) = login_hint.and_then(|h| Email::parse(h).ok())
-        && let Ok(Discovery::Sso { provider, .. }) = state.teams.discover(&email).await
+        && let Ok(Discovery::Sso { provider, issuer }) = state.teams.discover(&email).await
     {
-        chosen = Some(provider);
+        chosen = providers.for_issuer(&provider, &issuer).map(|p| p.name().to_owned());
     }
     let chosen = chosen.or_else(|| providers.get(None).map(|p| p.name().to_owned())).or_else(|| {
         let mut all = providers.all();

@@ -232,6 +232,16 @@ impl ProviderRegistry {
         self.providers.get(name.or(self.default.as_deref())?)
     }
 
+    /// The sign-in provider of a team's issuer ([`crate::service::teams::Discovery::Sso`]): the
+    /// one named like the issuer's configuration, else the first (by name) that signs in
+    /// through that issuer.
+    pub fn for_issuer(&self, name: &str, issuer: &Issuer) -> Option<&Arc<dyn Provider>> {
+        self.providers
+            .get(name)
+            .filter(|p| p.config().protocol.sign_in)
+            .or_else(|| self.all().find(|p| p.identity_issuer() == issuer))
+    }
+
     /// Every provider people sign in with, by name (those serving connected accounts only, such
     /// as Slack's workspaces, are left out).
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
