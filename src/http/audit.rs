@@ -382,13 +382,12 @@ pub async fn sign_in_failed(state: &AppState, headers: &HeaderMap, provider: &st
     if code.status().is_server_error() {
         return;
     }
+    if code == ErrorCode::InvalidState {
+        return sign_in_unmatched(state, provider, code);
+    }
     let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
     let action = if linking { "identity.link_failed" } else { crate::service::audit::SIGN_IN_FAILED };
     tracing::info!(code = code.as_str(), provider = provider.unwrap_or("-"), action, "sign-in refused");
-    if code == ErrorCode::InvalidState {
-        state.audit.sign_in_refused(code, provider);
-        return;
-    }
     let mut details = Map::new();
     if let Some(provider) = provider {
         details.insert("provider".into(), provider.into());
@@ -403,6 +402,14 @@ pub async fn sign_in_failed(state: &AppState, headers: &HeaderMap, provider: &st
         .failed(code.as_str())
         .details(Value::Object(details));
     state.audit.record(event).await;
+}
+
+/// Counts a refused callback that was not matched to a flow (its state was not taken: a
+/// mismatch, or a query that does not parse): anyone can send those, so they get no row each.
+pub fn sign_in_unmatched(state: &AppState, provider: &str, code: ErrorCode) {
+    let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
+    tracing::info!(code = code.as_str(), provider = provider.unwrap_or("-"), "sign-in callback refused");
+    state.audit.sign_in_refused(code, provider);
 }
 
 /// Records an identity unlinked by its user.

@@ -156,7 +156,7 @@ async fn complete_callback(
     let query = match query {
         Ok(ApiQuery(query)) => query,
         Err(error) => {
-            super::audit::sign_in_failed(&state, &headers, &provider, false, error.code()).await;
+            super::audit::sign_in_unmatched(&state, &provider, error.code());
             return with_cookie(state.pages.error(&headers, error), clear_login);
         }
     };

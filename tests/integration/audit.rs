@@ -238,6 +238,11 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     let mut forged = Browser::new();
     forged.cookies.insert("tessera_login".into(), "forged".into());
     assert_eq!(body(forged.get(&callback).await, 400).await["code"], "invalid_state");
+    // So are callbacks whose query does not parse (a parameter twice): no flow's state is read.
+    for _ in 0..3 {
+        let repeated = Browser::new().get(&w.app.url("/auth/callback/local?state=a&state=a&code=c")).await;
+        assert_eq!(body(repeated, 400).await["code"], "invalid_request");
+    }
     // A failure of a real flow gets a row of its own, with its request id.
     let disable = w.app.admin(Method::PATCH, &format!("/admin/users/{alice}")).json(&json!({ "disabled": true }));
     body(disable.send().await.unwrap(), 200).await;
@@ -255,7 +260,7 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     }
     eventually("the counted failures are written", || async {
         let counted = audit(&w.app, "action=sign_in.failed&actor=refusal_counter").await;
-        counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 5
+        counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 8
     })
     .await;
     let failed = audit(&w.app, "action=sign_in.failed").await;
@@ -263,12 +268,13 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     assert_eq!(own.len(), 1, "{failed:?}");
     assert_eq!((&own[0]["request_id"], &own[0]["reason"]), (&json!(request_id), &json!("user_disabled")));
     assert_eq!((&own[0]["outcome"], &own[0]["details"]["provider"]), (&json!("failure"), &json!("local")));
+    let mut reasons = std::collections::BTreeMap::new();
     for counted in failed.iter().filter(|r| !r["actor_name"].is_null()) {
-        assert_eq!(
-            (&counted["reason"], &counted["target_kind"], &counted["target_id"]),
-            (&json!("invalid_state"), &json!("provider"), &json!("local"))
-        );
+        assert_eq!((&counted["target_kind"], &counted["target_id"]), (&json!("provider"), &json!("local")));
+        let reason = counted["reason"].as_str().unwrap().to_owned();
+        *reasons.entry(reason).or_default() += counted["details"]["count"].as_u64().unwrap();
     }
+    assert_eq!(reasons, [("invalid_request".to_owned(), 3), ("invalid_state".to_owned(), 5)].into());
     // A callback for a provider that is not configured is counted without naming it.
     let unknown = Browser::new().get(&w.app.url("/auth/callback/nosuchprovider?state=x&code=y")).await;
     assert_eq!(body(unknown, 400).await["code"], "invalid_state");
