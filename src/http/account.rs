@@ -26,7 +26,7 @@ use super::AppState;
 use super::auth::redirect;
 use super::credentials::cookie;
 use super::csrf;
-use super::extract::{ApiPath, ApiQuery, PageBytes};
+use super::extract::{ApiQuery, PageBytes, PagePath};
 use super::login::{provider_href, provider_label};
 use super::pages::icons::Icon;
 use super::pages::{Chrome, errors, login_url};
@@ -374,7 +374,7 @@ where
 async fn unlink_identity(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(identity): ApiPath<String>,
+    PagePath(identity): PagePath<String>,
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
@@ -400,7 +400,7 @@ async fn unlink_identity(
 async fn make_identity_primary(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(identity): ApiPath<String>,
+    PagePath(identity): PagePath<String>,
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
@@ -424,7 +424,7 @@ async fn make_identity_primary(
 async fn revoke_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath((team, slug)): ApiPath<(String, String)>,
+    PagePath((team, slug)): PagePath<(String, String)>,
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
@@ -449,7 +449,7 @@ async fn revoke_connection(
 async fn reconnect_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath((team, slug)): ApiPath<(String, String)>,
+    PagePath((team, slug)): PagePath<(String, String)>,
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {

@@ -26,7 +26,7 @@ use super::AppState;
 use super::caller::acting_caller;
 use super::credentials::cookie;
 use super::csrf;
-use super::extract::{ApiPath, ApiQuery, PageBytes};
+use super::extract::{ApiQuery, PageBytes, PagePath};
 use super::pages::{self, Chrome, Message, errors};
 use super::problem::ApiError;
 use super::responses::{ProviderResponse, ProvidersResponse};
@@ -148,7 +148,7 @@ async fn start_link(
 async fn complete_callback(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(provider): ApiPath<String>,
+    PagePath(provider): PagePath<String>,
     query: Result<ApiQuery<CallbackQuery>, ApiError>,
 ) -> Response {
     let clear_login = state.cookies.clear(state.cookies.login());

@@ -173,6 +173,28 @@ where
     }
 }
 
+/// Path parameters of a page's route: like [`ApiPath`], but a path that does not parse (a
+/// segment that is not UTF-8 once decoded, say) gets the error page.
+#[derive(Debug)]
+pub struct PagePath<T>(pub T);
+
+impl<T> FromRequestParts<std::sync::Arc<super::AppState>> for PagePath<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &std::sync::Arc<super::AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        match ApiPath::<T>::from_request_parts(parts, state).await {
+            Ok(ApiPath(value)) => Ok(PagePath(value)),
+            Err(error) => Err(state.pages.error(&parts.headers, error)),
+        }
+    }
+}
+
 /// Query parameters, with rejections as `invalid_request`.
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);

@@ -141,6 +141,11 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
 
     let page = html(browser.navigate(&w.app.url("/connect/abc/oauth/start")).await, StatusCode::NOT_FOUND).await;
     assert!(page.contains("This link has expired"), "{page}");
+    // A path segment that is not text once decoded is a page as well, on every page route.
+    for path in ["/connect/%FF/oauth/start", "/connect/%FF/env", "/auth/callback/%FF?state=a&code=b"] {
+        let page = html(browser.navigate(&w.app.url(path)).await, StatusCode::BAD_REQUEST).await;
+        assert!(page.contains("invalid_request"), "{path}: {page}");
+    }
 
     // After a sign-in without return_to, a browser lands on its account page.
     let done = sign_in(&mut browser, &w.app, "local").await;

@@ -26,7 +26,7 @@ use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
 use crate::http::credentials::cookie;
 use crate::http::csrf;
-use crate::http::extract::{ApiPath, PageBytes};
+use crate::http::extract::{PageBytes, PagePath};
 use crate::http::login::provider_label;
 use crate::http::pages::icons::Icon;
 use crate::http::pages::{Chrome, Message, errors};
@@ -83,7 +83,7 @@ async fn session(state: &AppState, headers: &HeaderMap, here: &str) -> Result<Op
 async fn show_connect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(token): ApiPath<String>,
+    PagePath(token): PagePath<String>,
 ) -> Response {
     // "Sign in" (as the right user) comes back to this link, still unused.
     let here = format!("/connect/{token}/oauth/start");
@@ -140,7 +140,7 @@ async fn show_connect(
 async fn start_connect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(token): ApiPath<String>,
+    PagePath(token): PagePath<String>,
     PageBytes(body): PageBytes,
 ) -> Response {
     let here = format!("/connect/{token}/oauth/start");

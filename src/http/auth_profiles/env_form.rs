@@ -22,7 +22,7 @@ use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::credentials::cookie;
 use crate::http::csrf;
-use crate::http::extract::{ApiPath, PageBytes};
+use crate::http::extract::{PageBytes, PagePath};
 use crate::http::pages::icons::Icon;
 use crate::http::pages::{Chrome, errors};
 use crate::http::problem::ApiError;
@@ -129,7 +129,7 @@ fn render(
 async fn show_env_form(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(token): ApiPath<String>,
+    PagePath(token): PagePath<String>,
 ) -> Response {
     let here = format!("/connect/{token}/env");
     let (user, cookie_value) = match signed_in(&state, &headers, &here).await {
@@ -158,7 +158,7 @@ async fn show_env_form(
 async fn submit_env_form(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(token): ApiPath<String>,
+    PagePath(token): PagePath<String>,
     PageBytes(body): PageBytes,
 ) -> Response {
     let here = format!("/connect/{token}/env");

@@ -49,7 +49,8 @@ fn refuse(state: &AppState, headers: &HeaderMap, status: StatusCode, error: &str
             ],
             code: Some(error.to_owned()),
             ..Message::default()
-        };
+        }
+        .action("Go to your account", "/account");
         return state.pages.message(status, message);
     }
     let mut response =

@@ -21,6 +21,13 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
     use ErrorCode::*;
     let sign_in = login_url(context.return_to.as_deref());
     let try_again = login_url(context.return_to.as_deref());
+    // After a failure on our side, a signed-in browser tries the page again, not a new sign-in
+    // (which would replace its session).
+    let retry = match (context.signed_in, context.return_to.as_deref()) {
+        (true, Some(page)) => page.to_owned(),
+        (true, None) => "/account".to_owned(),
+        (false, _) => try_again.clone(),
+    };
     let (title, text, actions): (&str, String, Vec<(&str, String)>) = match error.code {
         LinkRequired => {
             let link = error.extension("link_url").unwrap_or("/account");
@@ -113,7 +120,7 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         UserDisabled => (
             "Your account is disabled",
             "An administrator has disabled this account. Contact support if you think this is a mistake.".into(),
-            Vec::new(),
+            vec![("Sign in with another account", login_url(None))],
         ),
         CsrfFailed => (
             "That form has expired",
@@ -143,7 +150,7 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         code if code.status().is_server_error() => (
             "Something went wrong on our side",
             "It is not your fault, and nothing was changed. Please try again in a moment.".into(),
-            vec![("Try again", try_again)],
+            vec![("Try again", retry)],
         ),
         code => (code.title(), sentence(&error.detail), home(context)),
     };
@@ -209,13 +216,25 @@ mod tests {
         for code in ErrorCode::ALL {
             let message = message_for(&described(*code, None), &Context::default());
             assert!(!message.title.is_empty() && !message.paragraphs[0].is_empty(), "{}", code.as_str());
-            if *code != ErrorCode::UserDisabled {
-                assert!(!message.actions.is_empty(), "{} has a next step", code.as_str());
-            }
+            assert!(!message.actions.is_empty(), "{} has a next step", code.as_str());
             if code.status().is_server_error() {
                 assert!(!message.paragraphs[0].contains("some detail"), "a 5xx says nothing internal");
             }
         }
+    }
+
+    #[test]
+    fn a_failure_on_our_side_retries_the_page_of_a_signed_in_browser() {
+        let failed = described(ErrorCode::StoreUnavailable, None);
+        let signed_in = Context { return_to: Some("/account?tab=apps".into()), signed_in: true };
+        assert_eq!(message_for(&failed, &signed_in).actions[0].href, "/account?tab=apps");
+        let home = Context { return_to: None, signed_in: true };
+        assert_eq!(message_for(&failed, &home).actions[0].href, "/account");
+        let anonymous = Context { return_to: Some("/connect/abc/oauth/start".into()), signed_in: false };
+        assert_eq!(
+            message_for(&failed, &anonymous).actions[0].href,
+            "/login?return_to=%2Fconnect%2Fabc%2Foauth%2Fstart"
+        );
     }
 
     #[test]
