@@ -215,6 +215,7 @@ impl Teams {
             ClaimOutcome::Created(claim) => Ok((claim, true)),
             ClaimOutcome::Updated(claim) => Ok((claim, false)),
             ClaimOutcome::ClaimedByAnotherTeam => Err(TeamError::DomainClaimedByAnotherTeam),
+            ClaimOutcome::TeamGone => Err(TeamError::TeamNotFound),
         }
     }
 

@@ -262,8 +262,20 @@ async fn memberships_of(tx: &mut Tx, user: UserId) -> Result<Vec<Membership>, St
 }
 
 /// Deletes a user and everything of theirs, in one transaction (see [`DeleteUserOutcome`] and
-/// README "More admin endpoints" for the list).
+/// README "More admin endpoints" for the list). Two co-owners deleted at once can deadlock on
+/// PostgreSQL (each holds its own row and one waits for their team, which the other holds while
+/// crediting its profiles to the first); the transaction PostgreSQL aborts is run again.
 pub(super) async fn delete_user(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError> {
+    let mut attempts = 0;
+    loop {
+        match delete_user_once(db, user, now).await {
+            Err(error) if error.is_conflict() && attempts < 3 => attempts += 1,
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn delete_user_once(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError> {
     let id = user.as_uuid();
     let mut tx = db.begin().await?;
     // The user's row lock serialises deletions of one user with each other and with disabling.

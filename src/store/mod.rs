@@ -77,6 +77,13 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// Whether PostgreSQL aborted the transaction to let a concurrent one through (a deadlock,
+    /// a serialization failure): the whole transaction may be run again at once.
+    pub fn is_conflict(&self) -> bool {
+        let StoreError::Unavailable(sqlx::Error::Database(db)) = self else { return false };
+        matches!(db.code().as_deref(), Some("40001" | "40P01"))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -278,6 +285,8 @@ pub enum ClaimOutcome {
     Updated(DomainClaim),
     /// Another team claims the domain; nothing changed.
     ClaimedByAnotherTeam,
+    /// The team is gone (deleted meanwhile); nothing changed.
+    TeamGone,
 }
 
 /// A sign-in in progress, as stored.

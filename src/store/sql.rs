@@ -828,6 +828,17 @@ impl Store for SqlStore {
     }
 
     async fn claim_domain(&self, claim: &DomainClaim) -> Result<ClaimOutcome, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // The team's row first, shared: a deletion of the team waits, or came first (then the
+        // claim is refused as such, not by a foreign-key error).
+        let team = query("SELECT 1 AS one FROM teams WHERE id = $1 FOR KEY SHARE")
+            .bind(claim.team_id.as_uuid())
+            .fetch_optional(&mut tx)
+            .await?;
+        if team.is_none() {
+            tx.rollback().await?;
+            return Ok(ClaimOutcome::TeamGone);
+        }
         let row = query(
             "INSERT INTO team_domains (domain, team_id, issuer, verified, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $5)
@@ -841,8 +852,9 @@ impl Store for SqlStore {
         .bind(claim.issuer.as_str())
         .bind(claim.verified)
         .bind(claim.updated_at)
-        .fetch_optional(self.db.writer())
+        .fetch_optional(&mut tx)
         .await?;
+        tx.commit().await?;
         let Some(row) = row else {
             return Ok(ClaimOutcome::ClaimedByAnotherTeam);
         };

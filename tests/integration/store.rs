@@ -144,6 +144,7 @@ on_both_backends!(
     deleting_a_user_takes_everything_of_theirs_and_spares_their_teams_shared_profiles,
     deleting_the_last_owner_of_a_shared_team_is_refused_and_writes_nothing,
     concurrent_deletes_of_one_user_have_one_winner,
+    co_owners_deleted_at_once_are_both_deleted,
 );
 
 // ---- Builders -------------------------------------------------------------------------------
@@ -1275,6 +1276,10 @@ async fn a_domain_claim_is_created_updated_or_refused(backend: Backend) {
     }
     assert_eq!(store.team_domains(ada.team.id).await.unwrap(), [first, updated, last], "in domain order");
     assert!(store.team_domains(bob.team.id).await.unwrap().is_empty());
+    // A team that is gone claims nothing (a deletion racing the claim), and no error says why.
+    let ghost = DomainClaim { team_id: TeamId::generate(), ..domain_claim("ghost.example.org", &ada.team, true, t2) };
+    assert_eq!(store.claim_domain(&ghost).await.unwrap(), ClaimOutcome::TeamGone);
+    assert!(store.domain_claim(&ghost.domain, ReadFrom::Primary).await.unwrap().is_none());
     let unclaimed = DomainName::parse("unclaimed.example.com").unwrap();
     assert!(store.domain_claim(&unclaimed, ReadFrom::Primary).await.unwrap().is_none());
 }
@@ -4249,6 +4254,30 @@ async fn concurrent_deletes_of_one_user_have_one_winner(backend: Backend) {
     let sql = db.sql().await;
     assert_eq!(sql.count("outbox_events WHERE topic = 'user.deleted'").await, 1);
     assert_eq!(sql.provisioning_counts().await[..4], [0, 0, 0, 0]);
+}
+
+/// Two owners of one team, each the creator of a team-wide profile there, deleted at once: the
+/// first to go credits its profiles to the other, whose deletion is under way. Both end deleted
+/// (on PostgreSQL the two can deadlock; the one aborted is run again), never an error.
+async fn co_owners_deleted_at_once_are_both_deleted(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    for round in 0..6 {
+        let ada = sign_up(&store, &format!("co-owner-ada-{round}")).await;
+        let bob = sign_up(&store, &format!("co-owner-bob-{round}")).await;
+        join(&store, &ada.team, bob.id(), Role::Owner, now()).await;
+        for (who, slug) in [(&ada, "adas-app"), (&bob, "bobs-app")] {
+            let own = AuthProfile {
+                connector_key: slug.into(),
+                ..profile(&ada.team, who.id(), ProfileKind::OauthApp, slug, now())
+            };
+            inserted(&store, own).await;
+        }
+        let (first, second) = tokio::join!(store.delete_user(ada.id(), now()), store.delete_user(bob.id(), now()));
+        for deleted in [first, second] {
+            assert!(matches!(deleted, Ok(DeleteUserOutcome::Deleted(_))), "round {round}: {deleted:?}");
+        }
+    }
+    assert_eq!(db.sql().await.count("auth_profiles").await, 0, "the team went with its last owner");
 }
 
 // ---- The cache-invalidation log ---------------------------------------------------------------
