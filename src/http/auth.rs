@@ -1,4 +1,5 @@
-//! Browser sign-in: `GET /auth/login`, `GET /auth/callback/{provider}`, `GET /auth/link`,
+//! Browser sign-in: `GET /auth/login`, `GET /auth/callback/{provider}`, `GET /auth/link` (with
+//! a confirmation page and `POST /auth/link` when opened from another site),
 //! `GET /auth/logout` (a page that confirms) and `POST /auth/logout`, and `GET /auth/providers`
 //! for login pages. A browser (`Accept: text/html`) meets errors as pages; API clients get
 //! problem+json.
@@ -38,7 +39,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/auth/providers", get(list_providers))
         .route("/auth/login", get(start_login))
-        .route("/auth/link", get(start_link))
+        .route("/auth/link", get(start_link).post(start_link_form))
         .route("/auth/callback/{provider}", get(complete_callback))
         .route("/auth/logout", get(confirm_logout).post(logout))
 }
@@ -127,12 +128,115 @@ async fn start_link(
         Ok(user) => user,
         Err(error) => return state.pages.error_in(&headers, error, &context),
     };
-    match state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), Some(user), false).await {
-        Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
+    // Opened from a page of another site, or through a redirect from one: a forced link would
+    // attach whoever the browser is signed in as at the provider — maybe not this person — to
+    // this account. The browser is asked first, with a form of this session's.
+    if csrf::from_this_origin(&headers).is_err() {
+        return confirm_link(&state, &headers, &query, &context).await;
+    }
+    begin_link(&state, &headers, user, query.provider.as_deref(), query.return_to.as_deref()).await
+}
+
+#[derive(Template)]
+#[template(path = "link.html")]
+struct LinkPage {
+    chrome: Chrome,
+    who: String,
+    provider: String,
+    provider_label: String,
+    return_to: Option<String>,
+    csrf: String,
+}
+
+/// The page asking a signed-in browser to confirm a link it did not start from this origin.
+async fn confirm_link(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &StartQuery,
+    context: &errors::Context,
+) -> Response {
+    let Some(session) = cookie(headers, state.cookies.session()).ok().flatten() else {
+        return state.pages.error_in(headers, sign_in_to_link(), context);
+    };
+    let live = match state.sessions.resolve_session(session).await {
+        Ok(Some(live)) => live,
+        Ok(None) => return state.pages.error_in(headers, sign_in_to_link(), context),
+        Err(error) => return state.pages.error_in(headers, error.into(), context),
+    };
+    let signed_in = errors::Context { return_to: None, signed_in: true };
+    let provider = match state.flows.provider(query.provider.as_deref()) {
+        Ok(provider) => provider.name().to_owned(),
+        Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
+    };
+    if let Some(return_to) = &query.return_to
+        && let Err(error) = state.sign_in.check_return_to(return_to)
+    {
+        return state.pages.error_in(headers, error.into(), &signed_in);
+    }
+    let user = &live.profile.user;
+    let page = LinkPage {
+        chrome: state.pages.chrome(true),
+        who: user.name.clone().or_else(|| user.email.clone()).unwrap_or_else(|| user.id.to_string()),
+        provider_label: super::login::provider_label(&provider),
+        provider,
+        return_to: query.return_to.clone(),
+        csrf: csrf::token(session),
+    };
+    state.pages.render(StatusCode::OK, &page)
+}
+
+/// `POST /auth/link`: the confirmation page's form, carrying the session's CSRF token.
+#[utoipa::path(
+    post,
+    path = "/auth/link",
+    tag = "pages",
+    operation_id = "start_link_form",
+    summary = "Starts linking another identity from the confirmation page: redirects to the provider.",
+    request_body(content = crate::http::openapi::LinkForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
+async fn start_link_form(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    PageBytes(body): PageBytes,
+) -> Response {
+    let context = errors::Context { return_to: Some("/account".into()), signed_in: false };
+    let session = match cookie(&headers, state.cookies.session()) {
+        Ok(Some(session)) => session,
+        Ok(None) => return state.pages.error_in(&headers, sign_in_to_link(), &context),
+        Err(error) => return state.pages.error_in(&headers, error, &context),
+    };
+    let fields = csrf::form_fields(&body);
+    if let Err(error) = csrf::check(&headers, session, csrf::field(&fields, csrf::FIELD)) {
+        return state.pages.error(&headers, error);
+    }
+    let user = match state.sessions.resolve(session).await {
+        Ok(Some(user)) => user,
+        Ok(None) => return state.pages.error_in(&headers, sign_in_to_link(), &context),
+        Err(error) => return state.pages.error_in(&headers, error.into(), &context),
+    };
+    begin_link(&state, &headers, user, csrf::field(&fields, "provider"), csrf::field(&fields, "return_to")).await
+}
+
+/// Starts the link flow of `user`: to the provider, with the flow's cookie.
+async fn begin_link(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: crate::domain::UserId,
+    provider: Option<&str>,
+    return_to: Option<&str>,
+) -> Response {
+    match state.sign_in.begin(provider, return_to, Some(user), false).await {
+        Ok(started) => redirect(started.location.as_str(), &[login_cookie(state, started.state.expose_secret())]),
         Err(error) => {
-            state.pages.error_in(&headers, error.into(), &errors::Context { return_to: None, signed_in: true })
+            state.pages.error_in(headers, error.into(), &errors::Context { return_to: None, signed_in: true })
         }
     }
+}
+
+fn sign_in_to_link() -> ApiError {
+    ApiError::new(crate::error::ErrorCode::MissingCredentials, "sign in to link another sign-in method")
 }
 
 #[utoipa::path(

@@ -113,6 +113,7 @@ async fn openapi_json() -> Response {
         crate::http::auth::list_providers,
         crate::http::auth::start_login,
         crate::http::auth::start_link,
+        crate::http::auth::start_link_form,
         crate::http::auth::complete_callback,
         crate::http::auth::confirm_logout,
         crate::http::auth::logout,
@@ -177,6 +178,19 @@ pub struct ApiDoc;
 pub struct CsrfForm {
     /// The CSRF token of the page that showed the form.
     csrf: String,
+}
+
+/// The form of `POST /auth/link` (the page `GET /auth/link` shows when it was opened from
+/// another site).
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "a schema only: the form is parsed by the handler")]
+pub struct LinkForm {
+    /// The CSRF token of the page that showed the form.
+    csrf: String,
+    /// The provider to link.
+    provider: Option<String>,
+    /// Where to go once linked.
+    return_to: Option<String>,
 }
 
 /// The form of `POST /account/apps/remove`.

@@ -21,6 +21,7 @@ use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 on_both_backends!(
     errors_on_browser_routes_are_pages_and_apis_keep_problem_json,
     link_required_offers_the_real_link_flow,
+    a_link_opened_from_another_site_is_confirmed_first,
     the_account_page_shows_the_user_and_its_forms_need_the_csrf_token,
     signing_in_again_replaces_the_browsers_session,
     logout_confirms_on_a_page_and_its_form_needs_the_token,
@@ -182,6 +183,48 @@ async fn link_required_offers_the_real_link_flow(backend: Backend) {
     other.get(&location(&back)).await;
     let me = body(other.me(&w.app).await, 200).await;
     assert_eq!(me["identities"].as_array().unwrap().len(), 2, "linked: {me}");
+}
+
+/// A link flow started by a page of another site (or a redirect through one) would attach
+/// whoever the browser is signed in as at the provider to this account: the browser is asked
+/// first, with a form of this session's, and nothing starts until it is sent.
+async fn a_link_opened_from_another_site_is_confirmed_first(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    sign_in(&mut browser, &w.app, "local").await;
+    let sql = w.app.db.sql().await;
+    let flows = sql.count("login_states").await;
+    let link = w.app.url("/auth/link?provider=second&return_to=%2Faccount%3Fdone%3Dlinked");
+    let mut token = String::new();
+    for site in ["cross-site", "same-site"] {
+        let page = html(browser.request_from(site, Method::GET, &link).await, StatusCode::OK).await;
+        assert!(
+            page.contains("<form method=\"post\" action=\"/auth/link\">") && page.contains("Link Second"),
+            "{page}"
+        );
+        assert!(page.contains("name=\"return_to\" value=\"/account?done=linked\""), "{page}");
+        token = csrf_of(&page);
+    }
+    assert_eq!(sql.count("login_states").await, flows, "asking starts no flow");
+    let post = |csrf: &str| {
+        [("csrf", csrf.to_owned()), ("provider", "second".to_owned()), ("return_to", "/account?done=linked".to_owned())]
+    };
+    let forged = post("forged");
+    let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    html(browser.form(&w.app.url("/auth/link"), &forged).await, StatusCode::FORBIDDEN).await;
+    assert_eq!(sql.count("login_states").await, flows, "a forged form starts nothing");
+    let sent = post(&token);
+    let sent: Vec<(&str, &str)> = sent.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let start = browser.form(&w.app.url("/auth/link"), &sent).await;
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    assert!(location(&start).starts_with(w.second.issuer()), "to the provider: {}", location(&start));
+    let back = browser.get(&location(&start)).await;
+    assert_eq!(location(&browser.get(&location(&back)).await), "/account?done=linked");
+    assert_eq!(body(browser.me(&w.app).await, 200).await["identities"].as_array().unwrap().len(), 2);
+    // Opened from this origin (the account page's link), it starts at once.
+    let direct = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=local")).await;
+    assert_eq!(direct.status(), StatusCode::SEE_OTHER);
+    assert!(location(&direct).starts_with(w.local.issuer()), "{}", location(&direct));
 }
 
 async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backend: Backend) {

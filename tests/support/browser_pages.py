@@ -2,7 +2,7 @@
 
 Walks what a person does: an error page, the sign-in chooser (by keyboard only), the account
 page, linking a second sign-in method, removing it, an existing-account sign-in that must be
-linked (and the link flow it offers), connecting an account (its start page, the provider, the
+linked (and the link flow it offers, confirmed on its page), connecting an account (its start page, the provider, the
 connected page) and disconnecting it, filling the form of an env profile's link and reconnecting
 it from the account page, signing out, and a page that does not exist. Every page is
 checked with axe-core for serious or critical violations at 1280 and 375 px, must load without a
@@ -181,6 +181,12 @@ def main():
         page.get_by_role("link", name="Sign in and link your account").click()
         page.wait_for_url(re.compile(r"/login\?return_to="))
         page.get_by_role("link", name="Continue with Local").click()
+        # The sign-in comes back to the link through the provider's redirects (another site):
+        # the browser is asked before a link starts.
+        page.wait_for_url(re.compile(r"/auth/link\?provider=second$"))
+        expect(page.get_by_role("heading", level=1).inner_text() == "Link Second?", "the link is confirmed first")
+        check_page(page, "link-confirm", "Link a sign-in method")
+        page.get_by_role("button", name="Link Second").click()
         page.wait_for_url(re.compile(r"/account$"))
         expect(identities(page) == 2, "signing in and following the link linked the second method")
 
