@@ -3,7 +3,8 @@
 //!
 //! - `POST /v1/teams/{team}/members` `{user_id, role}`, `DELETE /v1/teams/{team}/members/{user_id}`
 //!   (team owners)
-//! - `POST /admin/teams/{team}/members` `{user_id, role}`: 201 added, 200 role changed;
+//! - `POST /admin/teams/{team}/members` `{user_id, role}`: 201 added, 200 role changed (or
+//!   already that);
 //!   `DELETE /admin/teams/{team}/members/{user_id}`: 204 (never the last owner: 409)
 
 use std::sync::Arc;
@@ -11,16 +12,18 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
+use super::audit::{AuditAction, NothingChanged};
 use super::caller::{OnBehalf, actor};
 use super::extract::{ApiJson, ApiPath, ApiQuery, parse_team, required};
 use super::problem::ApiError;
 use super::responses::MemberResponse;
 use crate::domain::{Role, UserId};
 use crate::error::ErrorCode;
+use crate::service::teams::MemberChange;
 
 /// The routes for team owners.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -62,7 +65,7 @@ fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
     summary = "Adds a member to a team (owners only).",
     params(("team" = String, Path, description = "A team id or slug"), crate::http::openapi::OnBehalfParams),
     request_body = MemberRequest,
-    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Already a member: the role is changed.", body = MemberResponse), (status = 201, description = "Added.", body = MemberResponse)),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Already a member: the role is changed (or was that already).", body = MemberResponse), (status = 201, description = "Added.", body = MemberResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn add_team_member(
@@ -71,12 +74,11 @@ async fn add_team_member(
     ApiPath(team): ApiPath<String>,
     ApiQuery(query): ApiQuery<OnBehalf>,
     ApiJson(request): ApiJson<MemberRequest>,
-) -> Result<(StatusCode, Json<MemberResponse>), ApiError> {
+) -> Result<MemberAnswer, ApiError> {
     let (acting, team) = actor(&state, &headers, &query, &team).await?;
     let (user, role) = parse_member(&request)?;
-    let added = state.teams.put_member(&team, Some(acting), user, role).await?;
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(MemberResponse::new(user, role))))
+    let change = state.teams.put_member(&team, Some(acting), user, role).await?;
+    Ok(member_answer(change, user, role))
 }
 
 #[utoipa::path(
@@ -110,19 +112,18 @@ async fn remove_team_member(
     summary = "Adds a member to a team.",
     params(("team" = String, Path, description = "A team id or slug")),
     request_body = MemberRequest,
-    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Already a member: the role is changed.", body = MemberResponse), (status = 201, description = "Added.", body = MemberResponse)),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Already a member: the role is changed (or was that already).", body = MemberResponse), (status = 201, description = "Added.", body = MemberResponse)),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn add_member(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
     ApiJson(request): ApiJson<MemberRequest>,
-) -> Result<(StatusCode, Json<MemberResponse>), ApiError> {
+) -> Result<MemberAnswer, ApiError> {
     let team = parse_team(&team)?;
     let (user, role) = parse_member(&request)?;
-    let added = state.teams.put_member(&team, None, user, role).await?;
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(MemberResponse::new(user, role))))
+    let change = state.teams.put_member(&team, None, user, role).await?;
+    Ok(member_answer(change, user, role))
 }
 
 #[utoipa::path(
@@ -144,4 +145,16 @@ async fn remove_member(
         user.parse().map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "the user id must be a UUID"))?;
     state.teams.remove_member(&team, None, user).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The answer to adding a member: 201 when they joined, else 200; the audit row names a role
+/// change as such, and a repeat that changed nothing writes none.
+type MemberAnswer =
+    (StatusCode, Option<Extension<AuditAction>>, Option<Extension<NothingChanged>>, Json<MemberResponse>);
+
+fn member_answer(change: MemberChange, user: UserId, role: Role) -> MemberAnswer {
+    let status = if change == MemberChange::Added { StatusCode::CREATED } else { StatusCode::OK };
+    let renamed = (change == MemberChange::RoleChanged).then_some(Extension(AuditAction("team.member_role_changed")));
+    let unchanged = (change == MemberChange::Unchanged).then_some(Extension(NothingChanged));
+    (status, renamed, unchanged, Json(MemberResponse::new(user, role)))
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Transient;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
-use super::teams::{TeamError, Teams};
+use super::teams::{MemberChange, TeamError, Teams};
 use crate::domain::{
     DisplayName, Email, EmailError, IdentityId, Issuer, IssuerError, Role, Subject, TeamId, TeamRef, TextError, UserId,
 };
@@ -254,7 +254,7 @@ impl Importer {
             return Ok(LineOutcome { number, outcome, joined: true });
         }
         match retry(|| self.teams.put_member(&team, None, user, Role::Member)).await {
-            Ok(joined) => Ok(LineOutcome { number, outcome, joined }),
+            Ok(change) => Ok(LineOutcome { number, outcome, joined: change == MemberChange::Added }),
             Err(TeamError::Store(e)) => Err(e),
             Err(e) => Ok(refused(number, e.code())),
         }

@@ -81,6 +81,17 @@ pub enum Discovery {
     Default,
 }
 
+/// What [`Teams::put_member`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// The user joined the team.
+    Added,
+    /// The user was a member; their role changed.
+    RoleChanged,
+    /// The user was a member with that role already; nothing changed.
+    Unchanged,
+}
+
 /// The team service.
 #[derive(Debug, Clone)]
 pub struct Teams {
@@ -101,7 +112,6 @@ impl Teams {
     }
 
     /// Adds `user` to a team with `role`, or changes their role (never demoting the last owner).
-    /// Returns whether they joined.
     /// With `acting` set, only an owner of the team may do it (the admin API passes `None`).
     pub async fn put_member(
         &self,
@@ -109,13 +119,14 @@ impl Teams {
         acting: Option<UserId>,
         user: UserId,
         role: Role,
-    ) -> Result<bool, TeamError> {
+    ) -> Result<MemberChange, TeamError> {
         let team = self.owner_gate(team, acting).await?;
         let outcome = self.store.put_member(team.id, acting, user, role, super::now()).await?;
         self.principals.invalidate_user(user);
         match outcome {
-            MemberOutcome::Added => Ok(true),
-            MemberOutcome::Updated => Ok(false),
+            MemberOutcome::Added => Ok(MemberChange::Added),
+            MemberOutcome::Updated => Ok(MemberChange::RoleChanged),
+            MemberOutcome::Unchanged => Ok(MemberChange::Unchanged),
             MemberOutcome::UserNotFound => Err(TeamError::UserNotFound),
             MemberOutcome::LastOwner => Err(TeamError::LastOwner),
             MemberOutcome::NotAllowed => Err(TeamError::NotOwner),

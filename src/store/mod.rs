@@ -470,8 +470,10 @@ impl StoredSecret {
 pub enum MemberOutcome {
     /// The user joined the team.
     Added,
-    /// The user was a member; their role is now the given one.
+    /// The user was a member with another role; their role is now the given one.
     Updated,
+    /// The user was a member with the given role already; nothing was written.
+    Unchanged,
     /// No such user.
     UserNotFound,
     /// The user is the team's last owner and the new role is not owner; nothing changed.

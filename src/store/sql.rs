@@ -1417,6 +1417,10 @@ impl Store for SqlStore {
                 return Ok(MemberOutcome::LastOwner);
             }
             let previous = member_role(&mut tx, team, user).await?;
+            if previous == Some(role) {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::Unchanged);
+            }
             query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
                 .bind(team.as_uuid())
                 .bind(user.as_uuid())

@@ -83,9 +83,12 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     assert_eq!(body(again.send().await.unwrap(), 200).await["name"], json!("Ada L."));
     let team = app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": "acme", "name": "Acme" }));
     let team = body(team.send().await.unwrap(), 201).await["id"].as_str().unwrap().to_owned();
-    let member =
-        app.admin(Method::POST, "/admin/teams/acme/members").json(&json!({ "user_id": user, "role": "admin" }));
-    assert!(member.send().await.unwrap().status().is_success());
+    // Added, then added again with the same role (nothing changed: no row), then promoted.
+    for (role, status) in [("member", StatusCode::CREATED), ("member", StatusCode::OK), ("admin", StatusCode::OK)] {
+        let member =
+            app.admin(Method::POST, "/admin/teams/acme/members").json(&json!({ "user_id": user, "role": role }));
+        assert_eq!(member.send().await.unwrap().status(), status);
+    }
     let claim = json!({ "domain": "acme.example", "issuer": ISSUER, "verified": true });
     body(app.admin(Method::POST, "/admin/teams/acme/domains").json(&claim).send().await.unwrap(), 201).await;
     let hook = app.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": "http://127.0.0.1:9/hook" }));
@@ -115,6 +118,7 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
             "user.enabled",
             "team.created",
             "team.member_added",
+            "team.member_role_changed",
             "team.domain_claimed",
             "webhook.created",
             "client.created",
@@ -136,7 +140,8 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     assert_eq!((&disabled["actor_id"], &disabled["actor_name"]), (&json!("1"), &json!("admin_tokens[1]")));
     assert_eq!((&disabled["target_id"], &disabled["request_id"]), (&json!(user), &json!("req-disable")));
     assert_eq!(row("team.created")["target_id"], json!(team));
-    assert_eq!(row("team.member_added")["details"], json!({ "user_id": user, "role": "admin" }));
+    assert_eq!(row("team.member_added")["details"], json!({ "user_id": user, "role": "member" }));
+    assert_eq!(row("team.member_role_changed")["details"], json!({ "user_id": user, "role": "admin" }));
     assert_eq!(row("team.domain_claimed")["details"], json!({ "domain": "acme.example", "verified": true }));
     assert_eq!(row("webhook.created")["target_id"], hook["id"]);
     assert_eq!(

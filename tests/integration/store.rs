@@ -1098,7 +1098,7 @@ async fn put_member_adds_updates_and_never_demotes_the_last_owner(backend: Backe
         "a role change keeps the default flag"
     );
     assert_eq!(put(bob.id(), Role::Member).await, MemberOutcome::LastOwner);
-    assert_eq!(put(bob.id(), Role::Owner).await, MemberOutcome::Updated, "the same role again is an update");
+    assert_eq!(put(bob.id(), Role::Owner).await, MemberOutcome::Unchanged, "the same role again writes nothing");
     assert_eq!(role_in(&store, &ada.team, bob.id()).await, Some(Role::Owner));
 }
 
@@ -1112,8 +1112,8 @@ async fn concurrent_puts_of_one_member_add_them_once(backend: Backend) {
     })
     .await;
     let added = outcomes.iter().filter(|o| **o == MemberOutcome::Added).count();
-    let updated = outcomes.iter().filter(|o| **o == MemberOutcome::Updated).count();
-    assert_eq!((added, updated), (1, 15), "{outcomes:?}");
+    let unchanged = outcomes.iter().filter(|o| **o == MemberOutcome::Unchanged).count();
+    assert_eq!((added, unchanged), (1, 15), "{outcomes:?}");
     let profile = store.user_profile(bob.id(), ReadFrom::Primary).await.unwrap().unwrap();
     assert_eq!(profile.teams.len(), 2);
 }
@@ -1134,7 +1134,7 @@ async fn members_added_while_the_user_or_team_is_deleted_are_refused_not_errors(
     assert!(matches!(deleted.unwrap(), DeleteUserOutcome::Deleted(_)));
     for outcome in outcomes {
         let outcome = outcome.expect("added, or refused: never an error");
-        assert!(matches!(outcome, MemberOutcome::Added | MemberOutcome::Updated | MemberOutcome::UserNotFound));
+        assert!(matches!(outcome, MemberOutcome::Added | MemberOutcome::Unchanged | MemberOutcome::UserNotFound));
     }
     // Cid joins Dee's own team while Dee is deleted: either Cid got in first (and Dee, the last
     // owner of a team with a member, stays), or the team went with Dee.
@@ -1143,7 +1143,7 @@ async fn members_added_while_the_user_or_team_is_deleted_are_refused_not_errors(
     let deleted = matches!(deleted.unwrap(), DeleteUserOutcome::Deleted(_));
     for outcome in outcomes {
         let outcome = outcome.expect("added, or refused: never an error");
-        assert!(matches!(outcome, MemberOutcome::Added | MemberOutcome::Updated | MemberOutcome::TeamNotFound));
+        assert!(matches!(outcome, MemberOutcome::Added | MemberOutcome::Unchanged | MemberOutcome::TeamNotFound));
     }
     let teams = store.user_profile(cid.id(), ReadFrom::Primary).await.unwrap().unwrap().teams.len();
     assert_eq!(teams, if deleted { 1 } else { 2 });
