@@ -392,6 +392,7 @@ mod tests {
         let _local = metrics::set_default_local_recorder(&recorder);
         let issuer = Issuer::parse("https://down.example.com").unwrap();
         let mut config = IssuerConfig::new(issuer.clone());
+        config.audiences = vec!["api".into()];
         // Port 9 on loopback refuses at once.
         config.jwks_uri = Some(url::Url::parse("http://127.0.0.1:9/jwks").unwrap());
         let jwks = JwksConfig {
