@@ -449,6 +449,17 @@ pub(crate) fn time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
 /// Connects to the configured database and checks that its schema is current (never migrates:
 /// that is `tessera migrate`'s, or `serve`'s with `database.auto_migrate`).
 pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::Store>, ExitCode> {
+    // Reading commands (and `import --dry-run`) never create a database: a mistyped path would
+    // otherwise leave an empty file behind and blame pending migrations.
+    if config.database.url.backend() == crate::config::Backend::Sqlite
+        && !store::sqlite_database_exists(config.database.url.expose()).map_err(|e| fail(&e))?
+    {
+        eprintln!(
+            "tessera: the SQLite database {} does not exist; `tessera migrate` or `tessera serve` creates it",
+            config.database.url
+        );
+        return Err(ExitCode::FAILURE);
+    }
     let store = store::connect(&config.database).await.map_err(|e| fail(&e))?;
     prepare_schema(store.as_ref(), false).await.map_err(|e| fail(&e))?;
     Ok(store)

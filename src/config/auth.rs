@@ -473,6 +473,10 @@ fn parse_provider(
             .map_err(|m| ConfigError::new(key("algorithms"), m))?,
         None => DEFAULT_ALGORITHMS.to_vec(),
     };
+    if algorithms.is_empty() {
+        // Every id_token would be refused at sign-in.
+        return Err(ConfigError::new(key("algorithms"), "list at least one algorithm"));
+    }
     let trusted_email_verification = raw.trusted_email_verification.unwrap_or(false);
     let auto_link_by_email = raw.auto_link_by_email.unwrap_or(false);
     if auto_link_by_email && !trusted_email_verification {

@@ -413,7 +413,13 @@ impl DatabaseUrl {
     /// Parses a `sqlite:` or `postgres:`/`postgresql:` URL.
     pub fn parse(value: &str) -> Result<Self, String> {
         let value = value.trim();
-        let backend = if value.starts_with("sqlite:") {
+        let backend = if let Some(rest) = value.strip_prefix("sqlite:") {
+            // `sqlite:` or `sqlite://` alone opens a private, temporary database per connection:
+            // the writer's migrations would not be seen by the readers, and nothing would last.
+            let path = rest.trim_start_matches("//");
+            if path.split('?').next().is_none_or(str::is_empty) {
+                return Err("the SQLite URL names no file (e.g. sqlite://tessera.db)".into());
+            }
             Backend::Sqlite
         } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
             url::Url::parse(value).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
@@ -434,15 +440,24 @@ impl DatabaseUrl {
         self.url.expose_secret()
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password replaced by `***`: the user-info's, and a `password` query
+    /// parameter's (which the driver reads as well).
     pub fn redacted(&self) -> String {
-        match url::Url::parse(self.expose()) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("***"));
-                url.to_string()
-            }
-            _ => self.expose().to_owned(),
+        let Ok(mut url) = url::Url::parse(self.expose()) else { return self.expose().to_owned() };
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
         }
+        if url.query_pairs().any(|(name, _)| name == "password") {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(name, value)| {
+                    let value = if name == "password" { "***".to_owned() } else { value.into_owned() };
+                    (name.into_owned(), value)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
     }
 }
 
@@ -761,10 +776,19 @@ impl Config {
                 "sign-in providers need the URL browsers reach Tessera at, to build callback URLs",
             ));
         }
-        if let Some(default) = &auth.default_provider
-            && !providers.iter().any(|p| &p.name == default)
-        {
-            return Err(ConfigError::new("auth.default_provider", format!("no provider is named {default:?}")));
+        if let Some(default) = &auth.default_provider {
+            match providers.iter().find(|p| &p.name == default) {
+                None => {
+                    return Err(ConfigError::new("auth.default_provider", format!("no provider is named {default:?}")));
+                }
+                Some(provider) if !provider.protocol.sign_in => {
+                    return Err(ConfigError::new(
+                        "auth.default_provider",
+                        format!("{default:?} serves connected accounts only: nobody signs in with it"),
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         let mut warnings = Vec::new();
         let encryption = auth::parse_encryption(raw.encryption, env, &mut warnings)?;
@@ -822,7 +846,8 @@ impl Config {
             }
         };
         let filter = raw.log.filter.unwrap_or_else(|| "info".into());
-        if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
+        // A blank filter parses, as one that lets nothing through: errors included.
+        if filter.trim().is_empty() || tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
             return Err(ConfigError::new("log.filter (TESSERA_LOG)", format!("{filter:?} is not a valid filter")));
         }
 
@@ -914,9 +939,10 @@ fn parse_webhooks(raw: &RawWebhooks, env: &dyn Fn(&str) -> Option<String>) -> Re
         Some(s) if s <= 30 * 86_400 => Duration::from_secs(s),
         Some(_) => return Err(ConfigError::new("webhooks.secret_overlap_seconds", "expected 0 to 2592000 seconds")),
     };
+    let allow_private_addresses = raw.allow_private_addresses.unwrap_or(defaults.allow_private_addresses);
     let mut endpoints: Vec<ConfigWebhook> = Vec::with_capacity(raw.endpoints.len());
     for (i, endpoint) in raw.endpoints.iter().enumerate() {
-        let parsed = parse_webhook_endpoint(i, endpoint, env)?;
+        let parsed = parse_webhook_endpoint(i, endpoint, allow_private_addresses, env)?;
         if endpoints.iter().any(|e| e.name == parsed.name) {
             return Err(ConfigError::new(
                 format!("webhooks.endpoints[{i}].name"),
@@ -926,7 +952,7 @@ fn parse_webhooks(raw: &RawWebhooks, env: &dyn Fn(&str) -> Option<String>) -> Re
         endpoints.push(parsed);
     }
     Ok(WebhooksConfig {
-        allow_private_addresses: raw.allow_private_addresses.unwrap_or(defaults.allow_private_addresses),
+        allow_private_addresses,
         timeout: millis(raw.timeout_ms, defaults.timeout, "webhooks.timeout_ms", 100..=60_000)?,
         poll_interval: millis(raw.poll_interval_ms, defaults.poll_interval, "webhooks.poll_interval_ms", 10..=60_000)?,
         retry_base,
@@ -943,6 +969,7 @@ fn parse_webhooks(raw: &RawWebhooks, env: &dyn Fn(&str) -> Option<String>) -> Re
 fn parse_webhook_endpoint(
     i: usize,
     raw: &RawWebhookEndpoint,
+    allow_private: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ConfigWebhook, ConfigError> {
     let name = raw.name.as_deref().map(str::trim).unwrap_or_default().to_owned();
@@ -960,7 +987,10 @@ fn parse_webhook_endpoint(
         return Err(ConfigError::new(key("name"), "expected 1 to 64 letters, digits, `-`, `_` or `.`"));
     }
     let url = raw.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
-    let url = url.ok_or_else(|| ConfigError::new(key("url"), "the endpoint's URL is required"))?.to_owned();
+    let url = url.ok_or_else(|| ConfigError::new(key("url"), "the endpoint's URL is required"))?;
+    // Checked here as the API checks it, so that `tessera check` catches it and `serve` does not
+    // stop half-way through writing the file's endpoints.
+    let url = crate::domain::endpoint_url(url, allow_private).map_err(|m| ConfigError::new(key("url"), m))?;
     let mut event_types: Vec<String> = Vec::new();
     for t in raw.event_types.iter().flatten() {
         let topic = crate::domain::events::topic(t.trim())
@@ -1343,5 +1373,48 @@ mod tests {
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(!debug.contains("supersecretadmintoken"), "{debug}");
         assert_eq!(config.database.url.to_string(), "postgres://u:***@db.example/tessera");
+        // The driver reads a `password` parameter too.
+        let url = DatabaseUrl::parse("postgres://u@db.example/tessera?sslmode=require&password=hunter2").unwrap();
+        assert_eq!(url.to_string(), "postgres://u@db.example/tessera?sslmode=require&password=***");
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn webhook_urls_in_the_file_are_checked_when_it_is_read() {
+        use base64::Engine;
+        let b64 = |byte: u8, n: usize| base64::engine::general_purpose::STANDARD.encode(vec![byte; n]);
+        let (ring, key) = (format!("k1:{}", b64(1, 32)), format!("whsec_{}", b64(9, 32)));
+        let vars = [(ENCRYPTION_KEYS_VAR, ring.as_str()), ("BILLING", key.as_str())];
+        let file = |url: &str, extra: &str| {
+            format!(
+                "[webhooks]\n{extra}[[webhooks.endpoints]]\nname = \"billing\"\nurl = \"{url}\"\nsecret_env = \"BILLING\"\n"
+            )
+        };
+        for (url, problem) in [("http://10.0.0.5/hook", "private"), ("ftp://hooks.example.com/", "scheme")] {
+            let error = Config::from_toml(&file(url, ""), env(&vars)).unwrap_err().to_string();
+            assert!(error.contains("webhooks.endpoints[0] (billing).url") && error.contains(problem), "{error}");
+        }
+        let allowed = Config::from_toml(&file("http://10.0.0.5/hook", "allow_private_addresses = true\n"), env(&vars));
+        assert_eq!(allowed.unwrap().webhooks.endpoints[0].url, "http://10.0.0.5/hook");
+    }
+
+    #[test]
+    fn a_default_provider_must_sign_people_in() {
+        let file = "[auth]\npublic_url = \"https://id.example.com\"\ndefault_provider = \"slack\"\n\
+                    [[providers]]\nname = \"slack\"\ntemplate = \"slack\"\nclient_id = \"c\"\nclient_secret_env = \"SLACK\"\n";
+        let error = Config::from_toml(file, env(&[("SLACK", "s")])).unwrap_err().to_string();
+        assert!(error.contains("auth.default_provider") && error.contains("connected accounts only"), "{error}");
+    }
+
+    #[test]
+    fn a_sqlite_url_must_name_a_file_and_the_log_filter_must_say_something() {
+        for empty in ["sqlite:", "sqlite://", "sqlite://?mode=rwc"] {
+            assert!(DatabaseUrl::parse(empty).is_err(), "{empty}");
+        }
+        for named in ["sqlite://tessera.db", "sqlite:tessera.db", "sqlite:///var/lib/tessera/t.db?mode=rwc"] {
+            assert_eq!(DatabaseUrl::parse(named).unwrap().backend(), Backend::Sqlite, "{named}");
+        }
+        let blank = Config::from_toml("", env(&[("TESSERA_LOG", " ")])).unwrap_err();
+        assert!(blank.to_string().contains("log.filter"), "{blank}");
     }
 }

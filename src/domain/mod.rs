@@ -24,7 +24,7 @@ pub use return_to::{ReturnTo, ReturnToError};
 pub use slug::{Slug, SlugError};
 pub use team_ref::{TeamRef, TeamRefError};
 pub use text::{DisplayName, Subject, TextError};
-pub use webhook::{DeliveryJob, DeliveryState, WebhookDelivery, WebhookEndpoint};
+pub use webhook::{DeliveryJob, DeliveryState, WebhookDelivery, WebhookEndpoint, endpoint_url, is_forbidden_ip};
 
 /// The current time at the precision the databases keep (microseconds), so that a record
 /// returned from a write equals the same record read back.

@@ -7,7 +7,6 @@
 //! registered (503 `encryption_not_configured`): a plaintext key in the database would let anyone
 //! who reads a backup forge Tessera's events.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use url::Url;
 
 use super::now;
 use crate::config::{ConfigWebhook, WebhooksConfig};
@@ -27,8 +25,6 @@ use crate::store::{Store, StoreError, WebhookChange, WebhookKeys, WebhookQueue};
 
 /// The prefix of a signing key as shown to the operator (Standard Webhooks).
 pub const SECRET_PREFIX: &str = "whsec_";
-/// The longest endpoint URL.
-pub const MAX_URL_LEN: usize = 2048;
 /// The most deliveries one page of the log holds.
 pub const MAX_PAGE: usize = 500;
 /// The events a replay schedules per transaction ([`Webhooks::replay`]).
@@ -407,43 +403,9 @@ impl Webhooks {
     }
 }
 
-/// Checks an endpoint URL: absolute `http` or `https`, a host, no user info or fragment, at most
-/// [`MAX_URL_LEN`] bytes; unless private addresses are allowed, no IP literal or `localhost` name
-/// that is not public (names are checked again when resolved, at every delivery).
+/// Checks an endpoint URL ([`crate::domain::endpoint_url`]).
 pub fn check_url(value: &str, allow_private: bool) -> Result<String, WebhookError> {
-    let value = value.trim();
-    if value.len() > MAX_URL_LEN {
-        return Err(WebhookError::InvalidUrl(format!("at most {MAX_URL_LEN} bytes")));
-    }
-    let url = Url::parse(value).map_err(|_| WebhookError::InvalidUrl("not an absolute URL".into()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(WebhookError::InvalidUrl("the scheme must be http or https".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(WebhookError::InvalidUrl("user info is not allowed".into()));
-    }
-    if url.fragment().is_some() {
-        return Err(WebhookError::InvalidUrl("a fragment is not allowed".into()));
-    }
-    let Some(host) = url.host() else {
-        return Err(WebhookError::InvalidUrl("a host is required".into()));
-    };
-    if !allow_private {
-        let refused = match host {
-            url::Host::Ipv4(ip) => is_forbidden_ip(IpAddr::V4(ip)),
-            url::Host::Ipv6(ip) => is_forbidden_ip(IpAddr::V6(ip)),
-            url::Host::Domain(name) => {
-                let name = name.trim_end_matches('.').to_ascii_lowercase();
-                name == "localhost" || name.ends_with(".localhost")
-            }
-        };
-        if refused {
-            return Err(WebhookError::InvalidUrl(
-                "loopback, private and link-local addresses are refused (webhooks.allow_private_addresses)".into(),
-            ));
-        }
-    }
-    Ok(url.to_string())
+    crate::domain::endpoint_url(value, allow_private).map_err(WebhookError::InvalidUrl)
 }
 
 fn check_event_types(types: Vec<String>) -> Result<Vec<String>, WebhookError> {
@@ -455,66 +417,6 @@ fn check_event_types(types: Vec<String>) -> Result<Vec<String>, WebhookError> {
         }
     }
     Ok(out)
-}
-
-/// Whether an address is one a webhook must not reach while private addresses are refused:
-/// loopback, private (RFC 1918, unique-local), link-local, shared (CGNAT), unspecified,
-/// broadcast, multicast, documentation, benchmarking and reserved ranges; in IPv6 also
-/// site-local, the IETF protocol assignments (`2001::/23`: Teredo, benchmarking, ORCHID),
-/// NAT64, discard and SRv6, and an IPv4 address carried inside IPv6 (mapped, translated,
-/// compatible or 6to4) is judged as that IPv4 address.
-pub fn is_forbidden_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0 && v4.octets()[2] == 0)
-                || (a == 198 && (18..20).contains(&b))
-                || a >= 240
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            // IPv4 carried inside IPv6 is judged as that IPv4 address: mapped (`::ffff:a.b.c.d`)
-            // and compatible (`::a.b.c.d`, deprecated but still routed by some stacks), which std
-            // decodes (`::1` and `::` are IPv6's own), translated (`::ffff:0:a.b.c.d`, SIIT) and
-            // 6to4 (`2002:aabb:ccdd::/48`).
-            let ipv4 = |high: u16, low: u16| IpAddr::V4(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)));
-            if !v6.is_loopback()
-                && !v6.is_unspecified()
-                && let Some(v4) = v6.to_ipv4()
-            {
-                return is_forbidden_ip(IpAddr::V4(v4));
-            }
-            if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
-                return is_forbidden_ip(ipv4(s[6], s[7]));
-            }
-            if s[0] == 0x2002 {
-                return is_forbidden_ip(ipv4(s[1], s[2]));
-            }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                // IETF protocol assignments (Teredo, which tunnels to addresses it hides,
-                // benchmarking, ORCHID, anycast services): no webhook lives there.
-                || (s[0] == 0x2001 && s[1] < 0x200)
-                || (s[0] & 0xfff0) == 0x3ff0 // documentation (3fff::/20)
-                || s[0] == 0x5f00 // segment routing (SRv6) identifiers
-                || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64, well-known and local-use
-                || (s[0] == 0x100 && s[1..4] == [0; 3]) // discard
-        }
-    }
 }
 
 /// The Standard Webhooks signature of a message: `v1,` and the base64 HMAC-SHA256, under the
@@ -540,27 +442,6 @@ mod tests {
         let key = STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let signature = sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-    }
-
-    #[test]
-    fn private_and_loopback_addresses_are_forbidden() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0"] {
-            assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["::1", "fc00::1", "fe80::1", "::ffff:127.0.0.1", "::"] {
-            assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
-        }
-        // IPv4 inside IPv6, and the IPv6 ranges that hide or tunnel to other addresses.
-        let carried = ["::127.0.0.1", "::10.0.0.1", "2002:a00:1::", "2002:7f00:1::1", "2002:a9fe:a9fe::"];
-        let hiding = ["fec0::1", "2001::1", "2001:0:4136:e378::1", "64:ff9b:1::a00:1", "100::1", "2001:2::1"];
-        let special = ["2001:1::1", "2001:20::1", "2001:4:112::1", "3fff::1", "5f00::1", "::ffff:0:a00:1"];
-        for ip in carried.into_iter().chain(hiding).chain(special) {
-            assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
-        }
-        let public = ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "::8.8.8.8", "2002:808:808::1", "2001:4860::8888"];
-        for ip in public.into_iter().chain(["::ffff:0:808:808", "2001:200::1"]) {
-            assert!(!is_forbidden_ip(ip.parse().unwrap()), "{ip}");
-        }
     }
 
     #[test]

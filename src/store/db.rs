@@ -137,6 +137,9 @@ impl Db {
         let url = config.url.expose();
         match config.url.backend() {
             Backend::Sqlite => {
+                if !is_in_memory(url) {
+                    create_private_file(SqliteConnectOptions::from_str(url)?.get_filename())?;
+                }
                 let options = SqliteConnectOptions::from_str(url)?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
@@ -870,6 +873,21 @@ pub(super) async fn try_exclusive(tx: &mut Tx, key: i64) -> Result<bool, StoreEr
 /// Whether an SQLite URL names an in-memory database.
 fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Creates a missing database file readable by its owner only (0600): it holds people's emails
+/// and names, and SQLite gives its `-wal` and `-shm` files the database file's mode. An existing
+/// file is left as it is (its mode is the operator's choice).
+fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(StoreError::Database(sqlx::Error::Io(error))),
+    }
 }
 
 /// The database file a `sqlite:` URL names; `None` for an in-memory database.

@@ -22,8 +22,9 @@ use chrono::{TimeDelta, Utc};
 use serde_json::json;
 use tokio::task::JoinSet;
 
+use crate::domain::is_forbidden_ip;
 use crate::domain::{DeliveryJob, WebhookEndpoint, WebhookId};
-use crate::service::webhooks::{Webhooks, is_forbidden_ip, sign};
+use crate::service::webhooks::{Webhooks, sign};
 use crate::store::Attempt;
 
 /// Events fanned out per transaction.

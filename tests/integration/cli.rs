@@ -94,12 +94,22 @@ async fn get(addr: &str, path: &str) -> u16 {
 #[tokio::test]
 async fn serve_with_no_configuration_creates_and_migrates_sqlite() {
     let dir = tempfile::tempdir().unwrap();
+    // A reading command does not create the database it would read.
+    let listed = run(tessera(dir.path()).args(["users", "list"])).await;
+    assert_eq!(listed.code, 1, "{}", listed.stderr);
+    assert!(listed.stderr.contains("does not exist"), "{}", listed.stderr);
+    assert!(!dir.path().join("tessera.db").exists(), "nothing was created");
     let (child, addr) =
         serve(tessera(dir.path()).env("TESSERA_LISTEN", "127.0.0.1:0").arg("serve")).await.unwrap_or_else(|o| {
             panic!("serve failed ({}): {}", o.code, o.stderr);
         });
     assert_eq!(get(&addr, "/readyz").await, 200);
     assert!(dir.path().join("tessera.db").exists(), "the default database is ./tessera.db");
+    for file in ["tessera.db", "tessera.db-wal", "tessera.db-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} is its owner's only");
+    }
     assert_eq!(stop(child).await, 0, "SIGTERM shuts down cleanly");
 
     let check = run(tessera(dir.path()).arg("check")).await;

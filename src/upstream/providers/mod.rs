@@ -234,12 +234,10 @@ impl ProviderRegistry {
 
     /// The sign-in provider of a team's issuer ([`crate::service::teams::Discovery::Sso`]): the
     /// one named like the issuer's configuration, else the first (by name) that signs in
-    /// through that issuer.
+    /// through that issuer — never one of another issuer, whatever its name.
     pub fn for_issuer(&self, name: &str, issuer: &Issuer) -> Option<&Arc<dyn Provider>> {
-        self.providers
-            .get(name)
-            .filter(|p| p.config().protocol.sign_in)
-            .or_else(|| self.all().find(|p| p.identity_issuer() == issuer))
+        let signs_in_there = |p: &&Arc<dyn Provider>| p.config().protocol.sign_in && p.identity_issuer() == issuer;
+        self.providers.get(name).filter(signs_in_there).or_else(|| self.all().find(signs_in_there))
     }
 
     /// Every provider people sign in with, by name (those serving connected accounts only, such
