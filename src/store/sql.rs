@@ -2490,8 +2490,11 @@ impl Store for SqlStore {
 
     async fn delete_expired_client_assertions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let delete = query(
+            // The condition again outside the subquery: a row reused (its expiry pushed on) while
+            // this waited for its lock must stay.
             "DELETE FROM client_assertions WHERE (client_id, jti) IN
-               (SELECT client_id, jti FROM client_assertions WHERE expires_at <= $1 LIMIT $2)",
+               (SELECT client_id, jti FROM client_assertions WHERE expires_at <= $1 LIMIT $2)
+             AND expires_at <= $1",
         );
         self.db.delete_in_batches(delete.bind(now)).await
     }

@@ -32,6 +32,7 @@ on_both_backends!(
     private_key_jwt_accepts_a_fresh_assertion_for_the_token_endpoint_or_issuer,
     private_key_jwt_refuses_bad_assertions,
     a_replayed_assertion_is_accepted_once_under_concurrency,
+    an_assertion_at_the_end_of_its_leeway_is_still_single_use,
 );
 
 const TOKEN_ENDPOINT: &str = "https://id.example.com/oauth/token";
@@ -599,6 +600,32 @@ async fn private_key_jwt_refuses_bad_assertions(backend: Backend) {
     let replay = refused(&service, &assertion(&token), "invalid_client").await;
     assert!(replay.description().contains("used before"), "{}", replay.description());
     app.stop().await;
+}
+
+/// An assertion whose exp lies exactly the leeway (30 s) in the past is still accepted, for the
+/// rest of that second (the JWT library compares whole seconds): it must be single-use all the
+/// while, not found "expired" by the store's finer clock and taken again.
+async fn an_assertion_at_the_end_of_its_leeway_is_still_single_use(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let issuer = LocalIssuer::start().await.unwrap();
+    register_with_keys(&app, &issuer, "backend").await;
+    let service = clients(&app);
+    let endpoints = [TOKEN_ENDPOINT.to_owned()];
+    for attempt in 0..3 {
+        // At the start of a second, so that the first use falls within it; on a machine so busy
+        // that it does not, again.
+        let into_second = chrono::Utc::now().timestamp_subsec_millis();
+        tokio::time::sleep(std::time::Duration::from_millis(u64::from(1050 - into_second.min(1000)))).await;
+        let token = issuer.sign("ec-1", &claims("backend", TOKEN_ENDPOINT, -30, &format!("late-{attempt}")));
+        if service.authenticate(&assertion(&token), &endpoints).await.is_err() {
+            continue;
+        }
+        let replay = service.authenticate(&assertion(&token), &endpoints).await.unwrap_err();
+        assert_eq!(replay.oauth_error(), "invalid_client", "{}", replay.description());
+        app.stop().await;
+        return;
+    }
+    panic!("no assertion was used within its last second");
 }
 
 async fn a_replayed_assertion_is_accepted_once_under_concurrency(backend: Backend) {

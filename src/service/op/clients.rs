@@ -452,8 +452,10 @@ impl Clients {
                 "the client assertion needs a jti of 1 to 256 characters without control characters, new for each \
                  assertion",
             ))?;
-        // Kept as long as the assertion would be accepted (its exp plus the leeway).
-        let keep_until = expires_at + TimeDelta::from_std(ASSERTION_LEEWAY).unwrap_or(TimeDelta::zero());
+        // Kept as long as the assertion would be accepted: its exp plus the leeway, plus the
+        // second in which the JWT library, which compares whole seconds, still takes it.
+        let keep_until =
+            expires_at + TimeDelta::from_std(ASSERTION_LEEWAY).unwrap_or(TimeDelta::zero()) + TimeDelta::seconds(1);
         if !self.store.use_client_assertion(&client.id, &jti, keep_until, now).await? {
             return Err(ClientAuthError::InvalidClient("this client assertion was used before: make a new one"));
         }
