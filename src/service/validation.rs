@@ -302,9 +302,13 @@ impl Validator {
         self.profile(user).await
     }
 
-    /// A user's profile, read from the replica and from the primary when the replica lags.
+    /// A user's profile, read from the replica and from the primary when the replica lags — or
+    /// when the user changed within the last minute (a link, an unlink, a new primary identity,
+    /// a team), so that a change reads back as made.
     pub async fn profile(&self, user: UserId) -> Result<UserProfile, ValidateError> {
-        if let Some(profile) = self.store.user_profile(user, ReadFrom::Replica).await? {
+        if !self.principals.changed_recently(user)
+            && let Some(profile) = self.store.user_profile(user, ReadFrom::Replica).await?
+        {
             return Ok(profile);
         }
         self.store.user_profile(user, ReadFrom::Primary).await?.ok_or(ValidateError::NotProvisioned)

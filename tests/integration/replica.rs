@@ -150,6 +150,31 @@ async fn a_disabled_user_is_refused_even_while_the_replica_lags() {
     assert!(!on_replica, "the replica really lagged behind the primary");
 }
 
+/// A profile read right after a change to it reads the change, though the replica still lags:
+/// for a minute after a change, that user is read from the primary (README, Caches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_read_right_after_a_change_shows_it_while_the_replica_lags() {
+    let (app, issuer, delayed) = app_on_replica("TESSERA_TEST_PG_DELAYED_REPLICA_URL").await;
+    let token = issuer.sign("rsa-1", &issuer.claims("renamed", AUDIENCE));
+    let user_id = body(app.validate(&token).await, 200).await["user_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !identity_on(&delayed, "renamed").await {
+        assert!(Instant::now() < deadline, "the replica never received the identity");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = format!("/admin/users/{user_id}");
+    let renamed = app.admin(reqwest::Method::PATCH, &path).json(&serde_json::json!({"name": "Renamed"})).send();
+    assert_eq!(renamed.await.unwrap().status(), 200);
+    let me = body(app.client.get(app.url("/v1/me")).bearer_auth(&token).send().await.unwrap(), 200).await;
+    assert_eq!(me["name"], "Renamed");
+    let on_replica: Option<String> = sqlx::query_scalar("SELECT name FROM users WHERE id = $1::uuid")
+        .bind(&user_id)
+        .fetch_one(&delayed)
+        .await
+        .unwrap();
+    assert_ne!(on_replica.as_deref(), Some("Renamed"), "the replica really lagged behind the primary");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_replica_is_left_alone_for_a_while() {
     // A "replica" that accepts connections and drops them at once, counting them.
