@@ -138,7 +138,15 @@ impl CacheSync {
             if let Some(last) = rows.last() {
                 after = last.seq;
             }
-            let fresh: Vec<CacheChange> = cursor.take(rows, now).into_iter().map(|row| row.change).collect();
+            let taken = cursor.take(rows, now);
+            if let Some(unreadable) = taken.iter().find(|row| row.change.is_none()) {
+                tracing::warn!(
+                    seq = unreadable.seq,
+                    "a cache-invalidation row cannot be read (written by a newer version?): forgetting every cached entry"
+                );
+                self.forget_everything();
+            }
+            let fresh: Vec<CacheChange> = taken.into_iter().filter_map(|row| row.change).collect();
             self.apply(&fresh);
             applied += fresh.len();
             if !full {
@@ -196,7 +204,7 @@ mod tests {
     use crate::domain::UserId;
 
     fn rows(seqs: &[i64]) -> Vec<LoggedChange> {
-        seqs.iter().map(|&seq| LoggedChange { seq, change: CacheChange::User(UserId::generate()) }).collect()
+        seqs.iter().map(|&seq| LoggedChange { seq, change: Some(CacheChange::User(UserId::generate())) }).collect()
     }
 
     fn seqs(rows: &[LoggedChange]) -> Vec<i64> {

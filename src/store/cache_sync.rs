@@ -32,8 +32,9 @@ pub enum CacheChange {
 pub struct LoggedChange {
     /// Its place in the log (increasing, with gaps; see `src/service/cache_sync.rs`).
     pub seq: i64,
-    /// What to forget.
-    pub change: CacheChange,
+    /// What to forget; `None` for a row this binary cannot read (a kind a newer binary wrote,
+    /// or a value that no longer decodes), after which everything cached must be forgotten.
+    pub change: Option<CacheChange>,
 }
 
 /// Adds `changes` to the log, in the transaction of the change they describe.
@@ -77,24 +78,23 @@ pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Vec
     .bind(limit)
     .fetch_all(db.reader())
     .await?;
-    rows.iter()
-        .map(|row| {
-            let kind = row.text("kind")?;
-            let change = match kind.as_str() {
-                "user" => CacheChange::User(UserId::from_uuid(row.uuid("user_id")?)),
-                "identity" => CacheChange::Identity {
-                    issuer: decode_issuer(&row.text("issuer")?)?,
-                    subject: decode_subject(&row.text("subject")?)?,
-                },
-                "client" => CacheChange::Client(
-                    ClientId::parse(&row.text("client_id")?)
-                        .map_err(|_| StoreError::Corrupt("invalid client id in the cache log".into()))?,
-                ),
-                other => return Err(StoreError::Corrupt(format!("unknown cache change kind {other:?}"))),
-            };
-            Ok(LoggedChange { seq: row.int("seq")?, change })
+    // A row that does not decode is passed on as unreadable rather than failing the batch: the
+    // cursor must move past it, or every instance would stop applying changes at that row.
+    let decode = |row: &super::db::Row| -> Result<CacheChange, StoreError> {
+        Ok(match row.text("kind")?.as_str() {
+            "user" => CacheChange::User(UserId::from_uuid(row.uuid("user_id")?)),
+            "identity" => CacheChange::Identity {
+                issuer: decode_issuer(&row.text("issuer")?)?,
+                subject: decode_subject(&row.text("subject")?)?,
+            },
+            "client" => CacheChange::Client(
+                ClientId::parse(&row.text("client_id")?)
+                    .map_err(|_| StoreError::Corrupt("invalid client id in the cache log".into()))?,
+            ),
+            other => return Err(StoreError::Corrupt(format!("unknown cache change kind {other:?}"))),
         })
-        .collect()
+    };
+    rows.iter().map(|row| Ok(LoggedChange { seq: row.int("seq")?, change: decode(row).ok() })).collect()
 }
 
 /// Deletes the rows written before `before`; returns how many.

@@ -53,8 +53,12 @@ impl LastSeen {
     /// Writes what is pending. What cannot be written is kept for the next attempt.
     pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
         let taken = std::mem::take(&mut *self.lock());
-        let identities: Vec<_> = taken.identities.into_iter().collect();
-        let sessions: Vec<_> = taken.sessions.into_iter().collect();
+        // In key order: instances flushing the same rows at once then lock them in one order,
+        // not each in its map's, which could deadlock two flushes on PostgreSQL.
+        let mut identities: Vec<_> = taken.identities.into_iter().collect();
+        identities.sort_unstable_by_key(|(identity, _)| *identity);
+        let mut sessions: Vec<_> = taken.sessions.into_iter().collect();
+        sessions.sort_unstable_by_key(|(token_hash, _)| *token_hash);
         let written = identities.len() + sessions.len();
         let outcome = match store.touch_identities(&identities).await {
             Ok(()) => store.touch_sessions(&sessions).await.map_err(|e| (e, Vec::new(), sessions)),

@@ -56,6 +56,7 @@ on_both_backends!(
     touching_an_identity_only_moves_forward,
     batched_touches_only_move_forward_and_skip_what_is_gone,
     a_batch_of_touches_longer_than_one_statement_writes_every_row,
+    instances_flushing_the_same_last_uses_at_once_do_not_deadlock,
     the_data_report_counts_broken_invariants,
     // Users
     disabling_a_user_deletes_their_sessions,
@@ -659,6 +660,36 @@ async fn a_batch_of_touches_longer_than_one_statement_writes_every_row(backend: 
     for (n, account) in accounts.iter().enumerate() {
         let found = store.find_identity(&account.issuer, &account.subject).await.unwrap().unwrap();
         assert_eq!(found.last_seen_at, at(n), "row {n}");
+    }
+}
+
+/// Several instances note the same identities in the same minute (a round-robin balancer) and
+/// flush at once: each flush writes its rows in one order, so none deadlocks another and every
+/// flush succeeds.
+async fn instances_flushing_the_same_last_uses_at_once_do_not_deadlock(backend: Backend) {
+    use tessera::worker::last_seen::LastSeen;
+    let (_db, store) = setup(backend).await;
+    let mut identities = Vec::new();
+    for n in 0..400 {
+        let new = account(&format!("flush-{n}"), None);
+        store.create_account(&new).await.unwrap();
+        identities.push(new.identity_id);
+    }
+    for round in 0..4 {
+        let at = now() + TimeDelta::minutes(round + 1);
+        let flushes: Vec<_> = (0..4)
+            .map(|_| {
+                let instance = LastSeen::default();
+                for identity in &identities {
+                    instance.identity(*identity, at);
+                }
+                let store = store.clone();
+                tokio::spawn(async move { instance.flush(store.as_ref()).await })
+            })
+            .collect();
+        for flushed in flushes {
+            assert_eq!(flushed.await.unwrap().expect("no flush fails"), identities.len(), "round {round}");
+        }
     }
 }
 
@@ -3578,7 +3609,7 @@ async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend
     assert!(matches!(store.link_identity(bob.id(), &link).await.unwrap(), LinkOutcome::LinkedToAnotherUser));
     assert!(matches!(store.unlink_identity(ada.id(), link.identity_id, t).await.unwrap(), UnlinkOutcome::Unlinked(_)));
     assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Added);
-    assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Updated);
+    assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Unchanged);
     assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Admin, t).await.unwrap(), MemberOutcome::Updated);
     assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
     assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
@@ -4295,6 +4326,7 @@ mod cache_log {
         a_change_that_writes_nothing_logs_nothing,
         concurrent_changes_each_log_one_row_with_a_number_of_its_own,
         old_rows_are_deleted_and_their_numbers_never_come_back,
+        a_row_that_does_not_decode_is_passed_on_as_unreadable,
     );
 
     /// Everything logged after `after`, in order.
@@ -4305,7 +4337,7 @@ mod cache_log {
     }
 
     fn changes(rows: &[LoggedChange]) -> Vec<CacheChange> {
-        rows.iter().map(|row| row.change.clone()).collect()
+        rows.iter().map(|row| row.change.clone().expect("a readable row")).collect()
     }
 
     fn identity(issuer: &str, subject: &str) -> CacheChange {
@@ -4406,7 +4438,7 @@ mod cache_log {
         assert_eq!(set_user_disabled(&store, UserId::generate(), true, now()).await.unwrap(), None);
         assert_eq!(
             store.put_member(bob.team.id, None, ada.id(), Role::Member, now()).await.unwrap(),
-            MemberOutcome::Updated
+            MemberOutcome::Unchanged
         );
         assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
         assert_eq!(store.remove_member(bob.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::LastOwner);
@@ -4449,6 +4481,28 @@ mod cache_log {
         let logged: HashSet<CacheChange> = changes(&rows).into_iter().collect();
         let expected: HashSet<CacheChange> = people.iter().map(|id| CacheChange::User(*id)).collect();
         assert_eq!(logged, expected);
+    }
+
+    /// A row this binary cannot read (here an issuer that no longer parses) does not fail the
+    /// batch it is in: readers would stop at it, on every instance, until it was pruned.
+    async fn a_row_that_does_not_decode_is_passed_on_as_unreadable(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let ada = sign_up(&store, "unreadable-ada").await;
+        let before = store.cache_changes_head().await.unwrap();
+        set_user_disabled(&store, ada.id(), true, now()).await.unwrap();
+        let created = match backend {
+            Backend::Postgres => "now()",
+            Backend::Sqlite => "0",
+        };
+        let insert = format!(
+            "INSERT INTO cache_invalidations (kind, issuer, subject, created_at) \
+             VALUES ('identity', 'not an issuer', 'someone', {created})"
+        );
+        db.sql().await.exec(&insert).await.unwrap();
+        set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
+        let rows = logged_after(&store, before).await;
+        let read: Vec<Option<CacheChange>> = rows.iter().map(|row| row.change.clone()).collect();
+        assert_eq!(read, [Some(CacheChange::User(ada.id())), None, Some(CacheChange::User(ada.id()))]);
     }
 
     async fn old_rows_are_deleted_and_their_numbers_never_come_back(backend: Backend) {
