@@ -643,22 +643,21 @@ fn print_summary(summary: &Summary, file: &Path, json: bool) {
     }
 }
 
-/// Creates (or truncates) the export file, readable by its owner alone — an existing regular
-/// file too, whose mode the creation mode would not change, and before anything is written to
-/// it: it lists every user's email and name. Anything else (`/dev/null`, a pipe) is written
-/// to as it is.
-fn private_file(path: &std::path::Path) -> std::io::Result<File> {
+/// Where an export is written: a file beside the target, readable by its owner alone (it lists
+/// every user's email and name), renamed over the target once the export is complete, so that
+/// a failure part-way leaves an earlier export in place; or, for a target that is not a regular
+/// file (`/dev/null`, a pipe), the target itself.
+fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<std::path::PathBuf>)> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Ok((std::fs::OpenOptions::new().write(true).open(path)?, None));
+    }
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("the output names no file"))?;
+    let partial = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(path)?;
-    if file.metadata()?.is_file() {
-        #[cfg(unix)]
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        file.set_len(0)?;
-    }
-    Ok(file)
+    Ok((options.open(&partial)?, Some(partial)))
 }
 
 /// Runs `tessera export`.
@@ -668,19 +667,30 @@ pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
         Ok(store) => store,
         Err(code) => return code,
     };
-    let out: Box<dyn Write + Send> = match &args.output {
-        Some(path) => match private_file(path) {
-            Ok(file) => Box::new(file),
+    let (out, partial): (Box<dyn Write + Send>, _) = match &args.output {
+        Some(path) => match export_file(path) {
+            Ok((file, partial)) => (Box::new(file), partial),
             Err(e) => {
                 eprintln!("tessera: cannot write {}: {e}", path.display());
                 store.close().await;
                 return ExitCode::from(2);
             }
         },
-        None => Box::new(std::io::stdout()),
+        None => (Box::new(std::io::stdout()), None),
     };
     let done = export_to(store.as_ref(), format, out).await;
     store.close().await;
+    let done = match (done, partial, &args.output) {
+        (Ok(count), Some(partial), Some(path)) => std::fs::rename(&partial, path).map(|()| count).map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            Box::new(e) as Box<dyn std::error::Error + Send + Sync>
+        }),
+        (Err(e), Some(partial), _) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+        (done, _, _) => done,
+    };
     match done {
         Ok(count) => {
             eprintln!("exported {count} identities");

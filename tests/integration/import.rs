@@ -380,8 +380,19 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
     // An existing, world-readable file is made private too (the helper checks the mode).
     std::fs::write(dir.path().join("out.csv"), "old").unwrap();
     std::fs::set_permissions(dir.path().join("out.csv"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // An earlier export, readable by all, is replaced whole (and made private) once the new one
+    // is complete; nothing is left beside it.
+    std::fs::write(dir.path().join("out.csv"), "an earlier export\n").unwrap();
+    let everyone = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    std::fs::set_permissions(dir.path().join("out.csv"), everyone).unwrap();
     let csv = export(dir.path(), &source, &["--output", "out.csv"]).await;
     assert!(csv.starts_with("issuer,subject,email,email_verified,name,team\n"), "{csv}");
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(export(dir.path(), &source, &["--format", "csv"]).await, csv, "stdout or a file, the same");
     std::fs::write(dir.path().join("out.jsonl"), &jsonl).unwrap();
 
