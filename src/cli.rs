@@ -478,7 +478,20 @@ pub(crate) fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
+/// Resolves at the first SIGTERM or Ctrl-C, and starts the drain; a second one during the drain
+/// stops the process at once (exit 1), as an operator who presses Ctrl-C again expects.
 async fn shutdown_signal() {
+    signal().await;
+    tracing::info!("shutting down; a second signal stops at once");
+    tokio::spawn(async {
+        signal().await;
+        tracing::warn!("a second signal during the drain: stopping at once");
+        std::process::exit(1);
+    });
+}
+
+/// The next SIGTERM or Ctrl-C.
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -497,7 +510,6 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -117,6 +117,46 @@ async fn serve_with_no_configuration_creates_and_migrates_sqlite() {
     assert!(check.stdout.contains(" applied, none pending"), "{}", check.stdout);
 }
 
+/// SIGTERM drains: a request in flight holds the process up to the shutdown timeout; a second
+/// signal stops it at once.
+#[tokio::test]
+async fn a_second_signal_stops_a_draining_server_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // An issuer whose keys never come: a token of it is in flight until the fetch times out.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let keys = format!("http://{}/jwks", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let issuers = format!("[{{issuer = \"https://slow.example.com\", audiences = [\"api\"], jwks_uri = \"{keys}\"}}]");
+    let mut command = tessera(dir.path());
+    command.env("TESSERA_LISTEN", "127.0.0.1:0").env("TESSERA_ISSUERS", issuers).arg("serve");
+    let (mut child, addr) =
+        serve(&mut command).await.unwrap_or_else(|o| panic!("serve failed ({}): {}", o.code, o.stderr));
+    let part =
+        |value: Value| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, value.to_string());
+    let token = format!(
+        "{}.{}.c2ln",
+        part(serde_json::json!({"alg": "RS256", "kid": "k"})),
+        part(serde_json::json!({"iss": "https://slow.example.com", "sub": "s", "aud": "api"}))
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let in_flight = tokio::spawn(client.post(format!("http://{addr}/v1/validate")).bearer_auth(token).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().expect("running").to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let early = child.try_wait().unwrap();
+    assert!(early.is_none(), "the first signal drains: the request in flight holds it ({early:?})");
+    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(3), child.wait()).await.expect("stopped at once").unwrap();
+    assert_eq!(status.code(), Some(1));
+    in_flight.abort();
+}
+
 /// Outbound TLS trusts the roots the system provides (here `SSL_CERT_FILE`), read at the first
 /// handshake: a server with no usable roots still starts, and refuses an issuer whose certificate
 /// no root vouches for; with the issuer's CA among the roots it fetches the issuer's keys.
