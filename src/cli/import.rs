@@ -651,6 +651,8 @@ fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<std::pat
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
         return Ok((std::fs::OpenOptions::new().write(true).open(path)?, None));
     }
+    // A link is followed: the file it points at is the one replaced, the link stays.
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let name = path.file_name().ok_or_else(|| std::io::Error::other("the output names no file"))?;
     let partial = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
     let mut options = std::fs::OpenOptions::new();
@@ -658,6 +660,14 @@ fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<std::pat
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     Ok((options.open(&partial)?, Some(partial)))
+}
+
+/// Moves a complete export over its target: flushed to disk first, so that a power loss leaves
+/// the earlier export or the new one, never an empty file.
+fn replace_with(partial: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
+    File::open(partial)?.sync_all()?;
+    let target = std::fs::canonicalize(target).unwrap_or_else(|_| target.to_owned());
+    std::fs::rename(partial, target)
 }
 
 /// Runs `tessera export`.
@@ -681,7 +691,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
     let done = export_to(store.as_ref(), format, out).await;
     store.close().await;
     let done = match (done, partial, &args.output) {
-        (Ok(count), Some(partial), Some(path)) => std::fs::rename(&partial, path).map(|()| count).map_err(|e| {
+        (Ok(count), Some(partial), Some(path)) => replace_with(&partial, path).map(|()| count).map_err(|e| {
             let _ = std::fs::remove_file(&partial);
             Box::new(e) as Box<dyn std::error::Error + Send + Sync>
         }),

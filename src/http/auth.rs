@@ -128,10 +128,12 @@ async fn start_link(
         Ok(user) => user,
         Err(error) => return state.pages.error_in(&headers, error, &context),
     };
-    // Opened from a page of another site, or through a redirect from one: a forced link would
-    // attach whoever the browser is signed in as at the provider — maybe not this person — to
-    // this account. The browser is asked first, with a form of this session's.
-    if csrf::from_this_origin(&headers).is_err() {
+    // Opened from anywhere but one of this origin's pages — another site, a redirect through
+    // one, a link in a mail or chat app, the address bar (`none`): a forced link would attach
+    // whoever the browser is signed in as at the provider — maybe not this person — to this
+    // account. The browser is asked first, with a form of this session's. (Clients that are not
+    // browsers send no `Sec-Fetch-Site`.)
+    if headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() != b"same-origin") {
         return confirm_link(&state, &headers, &query, &context).await;
     }
     begin_link(&state, &headers, user, query.provider.as_deref(), query.return_to.as_deref()).await

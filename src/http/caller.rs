@@ -55,7 +55,6 @@ async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<
 /// route that reads the session itself; `None` without one. Refused as in [`caller`].
 pub fn session_without_token<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<Option<&'h str>, ApiError> {
     let credentials = Credentials::read(headers)?;
-    no_user_named(headers)?;
     let session = cookie(headers, state.cookies.session())?;
     no_admin_beside_session(&credentials, session)?;
     Ok(session.filter(|_| credentials.user_token().is_none()))
@@ -66,14 +65,35 @@ pub fn session_without_token<'h>(state: &AppState, headers: &'h HeaderMap) -> Re
 /// `ambiguous_credentials`.
 pub fn no_user_named(headers: &HeaderMap) -> Result<(), ApiError> {
     if headers.contains_key("x-on-behalf-of") {
-        return Err(ApiError::new(
-            ErrorCode::AmbiguousCredentials,
-            "`X-On-Behalf-Of` goes with the admin token, on the routes that act for a user; this one \
-             answers for the caller's own credential",
-        )
-        .field("on_behalf_of"));
+        return Err(user_named());
     }
     Ok(())
+}
+
+fn user_named() -> ApiError {
+    ApiError::new(
+        ErrorCode::AmbiguousCredentials,
+        "`X-On-Behalf-Of` and `?on_behalf_of=` go with the admin token, on the routes that act for a user; \
+         this one answers for the caller's own credential",
+    )
+    .field("on_behalf_of")
+}
+
+/// Middleware for the routes that answer for the caller's own credential only (`/v1/validate`,
+/// `/v1/check`, `/v1/me…`): a user named in `X-On-Behalf-Of` or `?on_behalf_of=` is refused
+/// ([`no_user_named`]), not ignored.
+pub async fn refuse_named_user(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let in_query = request
+        .uri()
+        .query()
+        .is_some_and(|query| url::form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "on_behalf_of"));
+    if in_query || request.headers().contains_key("x-on-behalf-of") {
+        return axum::response::IntoResponse::into_response(user_named());
+    }
+    next.run(request).await
 }
 
 /// `X-Admin-Token` acts for nobody where the session would: beside a session (and no user token)

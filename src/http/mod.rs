@@ -131,7 +131,8 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
     let app = Router::new()
         .merge(health::routes())
-        .merge(validation::routes())
+        // These answer for the caller's own credential: a user named beside it is refused.
+        .merge(validation::routes().route_layer(middleware::from_fn(caller::refuse_named_user)))
         .merge(auth::routes())
         .merge(login::routes())
         .merge(account::routes())
@@ -139,6 +140,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(auth_profiles::page_routes())
         .merge(
             me::routes()
+                .route_layer(middleware::from_fn(caller::refuse_named_user))
                 .merge(auth_profiles::api_routes())
                 .merge(members::routes())
                 .route_layer(middleware::from_fn_with_state(state.clone(), csrf::cookie_changes_from_this_origin)),

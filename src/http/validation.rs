@@ -30,12 +30,9 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// The upstream token of a request; 401 `missing_credentials` without one, 400
-/// `ambiguous_credentials` when the credential headers repeat or disagree, or a user is named in
-/// `X-On-Behalf-Of` (the answer is about the token's user only).
+/// `ambiguous_credentials` when the credential headers repeat or disagree.
 fn required_token(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let credentials = Credentials::read(headers)?;
-    super::caller::no_user_named(headers)?;
-    credentials.user_token().ok_or_else(|| {
+    Credentials::read(headers)?.user_token().ok_or_else(|| {
         ApiError::new(
             ErrorCode::MissingCredentials,
             "send the user's token as `Authorization: Bearer <token>` or `X-User-Token: <token>`",

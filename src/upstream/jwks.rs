@@ -281,7 +281,8 @@ impl JwksCache {
     /// a fetch per request).
     async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Refreshed {
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.refresh(reason, seen).await }).await.unwrap_or(Refreshed::Failed)
+        let lookup = async move { inner.refresh(reason, seen).await };
+        tokio::spawn(tracing::Instrument::in_current_span(lookup)).await.unwrap_or(Refreshed::Failed)
     }
 
     /// Starts a refresh in a task of its own, unless one is running (then it is the one).
@@ -460,7 +461,8 @@ pub(crate) async fn fetch_discovery(http: &reqwest::Client, issuer: &Issuer) -> 
 
 /// An endpoint named in a discovery document, validated like configured endpoints; plain
 /// `http` (loopback only) only for an issuer that is itself on plain `http`: an `https` issuer's
-/// document does not get to send Tessera to services on its own host.
+/// document cannot move Tessera's requests to plain HTTP (which host it names is the issuer's
+/// to say, as the issuer itself is the operator's).
 pub(crate) fn discovered_endpoint(document: &Value, field: &str, issuer: &Issuer) -> Result<Option<Url>, FetchError> {
     let invalid = |problem: String| FetchError::Invalid { url: issuer.discovery_url(), problem };
     let Some(value) = document.get(field).and_then(Value::as_str) else {

@@ -60,15 +60,27 @@ impl LastSeen {
         let mut sessions: Vec<_> = taken.sessions.into_iter().collect();
         sessions.sort_unstable_by_key(|(token_hash, _)| *token_hash);
         let written = identities.len() + sessions.len();
-        let outcome = match store.touch_identities(&identities).await {
-            Ok(()) => store.touch_sessions(&sessions).await.map_err(|e| (e, Vec::new(), sessions)),
-            Err(e) => Err((e, identities, sessions)),
+        // Key order is the order of the rows' locks only where PostgreSQL's plan follows the
+        // list; a flush it aborts for a deadlock anyway is run again (the writes never move a
+        // time back, so writing a row twice changes nothing).
+        let mut attempts = 0;
+        let outcome = loop {
+            let outcome = match store.touch_identities(&identities).await {
+                Ok(()) => store.touch_sessions(&sessions).await.map_err(|e| (e, false)),
+                Err(e) => Err((e, true)),
+            };
+            match outcome {
+                Err((error, _)) if error.is_conflict() && attempts < 2 => attempts += 1,
+                outcome => break outcome,
+            }
         };
         match outcome {
             Ok(()) => Ok(written),
-            Err((error, identities, sessions)) => {
-                for (identity, at) in identities {
-                    self.identity(identity, at);
+            Err((error, identities_too)) => {
+                if identities_too {
+                    for (identity, at) in identities {
+                        self.identity(identity, at);
+                    }
                 }
                 for (token_hash, at) in sessions {
                     self.session(token_hash, at);

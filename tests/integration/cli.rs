@@ -133,7 +133,12 @@ async fn a_second_signal_stops_a_draining_server_at_once() {
     });
     let issuers = format!("[{{issuer = \"https://slow.example.com\", audiences = [\"api\"], jwks_uri = \"{keys}\"}}]");
     let mut command = tessera(dir.path());
-    command.env("TESSERA_LISTEN", "127.0.0.1:0").env("TESSERA_ISSUERS", issuers).arg("serve");
+    // A fetch that waits a minute: the request stays in flight whatever the machine's speed.
+    command
+        .env("TESSERA_LISTEN", "127.0.0.1:0")
+        .env("TESSERA_ISSUERS", issuers)
+        .env("TESSERA_JWKS__FETCH_TIMEOUT_MS", "60000")
+        .arg("serve");
     let (mut child, addr) =
         serve(&mut command).await.unwrap_or_else(|o| panic!("serve failed ({}): {}", o.code, o.stderr));
     let part =

@@ -174,6 +174,14 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
         let named = named.bearer_auth(&ann_token).header("x-on-behalf-of", &other);
         assert_eq!(ambiguous(named.send().await.unwrap()).await["field"], "on_behalf_of");
     }
+    for in_query in [
+        plain.post(w.app.url(&format!("/v1/validate?on_behalf_of={other}"))),
+        plain.get(w.app.url(&format!("/v1/check?team=any&on_behalf_of={other}"))),
+        plain.get(w.app.url(&format!("/v1/me?on_behalf_of={other}"))),
+    ] {
+        let named = in_query.bearer_auth(&ann_token);
+        assert_eq!(ambiguous(named.send().await.unwrap()).await["field"], "on_behalf_of");
+    }
     // Nor does a token at forward-auth, or the admin token acting for a user.
     let verify = plain.get(w.app.url("/auth/verify?audience=notes")).bearer_auth(&ann_token);
     ambiguous(verify.header("cookie", &one_header).send().await.unwrap()).await;

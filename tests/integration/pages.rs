@@ -196,7 +196,7 @@ async fn a_link_opened_from_another_site_is_confirmed_first(backend: Backend) {
     let flows = sql.count("login_states").await;
     let link = w.app.url("/auth/link?provider=second&return_to=%2Faccount%3Fdone%3Dlinked");
     let mut token = String::new();
-    for site in ["cross-site", "same-site"] {
+    for site in ["cross-site", "same-site", "none"] {
         let page = html(browser.request_from(site, Method::GET, &link).await, StatusCode::OK).await;
         assert!(
             page.contains("<form method=\"post\" action=\"/auth/link\">") && page.contains("Link Second"),
