@@ -120,7 +120,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), |key| std::env::var(key).ok()) {
         // An import logs no line per provisioned user, unless a log filter was asked for.
-        Ok(mut config) if matches!(cli.command, Command::Import(_)) && config.log.filter == "info" => {
+        Ok(mut config) if matches!(cli.command, Command::Import(_)) && !config.log.filter_given => {
             config.log.filter = "warn".to_owned();
             config
         }

@@ -127,7 +127,7 @@ pub enum ClientsCommand {
 #[derive(Debug, Args)]
 pub struct PageArgs {
     /// How many rows (1 to 200).
-    #[arg(long, default_value_t = crate::service::users::DEFAULT_PAGE)]
+    #[arg(long, default_value_t = crate::service::users::DEFAULT_PAGE, value_parser = clap::value_parser!(u32).range(1..=200))]
     limit: u32,
     /// Where to start: the cursor the previous page printed.
     #[arg(long)]
@@ -197,6 +197,12 @@ impl Services {
 }
 
 /// Prints a refusal with its public code (`tessera: user_not_found: …`); exit code 1.
+/// A malformed argument (a cursor that does not decode): exit 2, as for clap's own refusals.
+fn usage<E: PublicError>(error: &E) -> ExitCode {
+    eprintln!("tessera: {}: {}", error.code().as_str(), error.detail());
+    ExitCode::from(2)
+}
+
 fn refused<E: PublicError>(error: &E) -> ExitCode {
     if error.code().status().is_server_error() {
         return fail(error);
@@ -231,7 +237,7 @@ async fn run_users(services: &Services, action: UsersCommand) -> ExitCode {
         UsersCommand::List { email, team, disabled, enabled, page } => {
             let request = match PageRequest::parse(page.cursor.as_deref(), Some(page.limit)) {
                 Ok(request) => request,
-                Err(e) => return refused(&e),
+                Err(e) => return usage(&e),
             };
             let disabled = if disabled { Some(true) } else { enabled.then_some(false) };
             let filter = UserFilter { email, identity: None, team, disabled };
@@ -340,7 +346,7 @@ async fn run_teams(services: &Services, action: TeamsCommand) -> ExitCode {
         TeamsCommand::List { slug_prefix, page } => {
             let request = match PageRequest::parse(page.cursor.as_deref(), Some(page.limit)) {
                 Ok(request) => request,
-                Err(e) => return refused(&e),
+                Err(e) => return usage(&e),
             };
             let found = match services.teams.list(slug_prefix.as_deref().filter(|p| !p.is_empty()), request).await {
                 Ok(found) => found,

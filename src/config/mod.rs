@@ -381,6 +381,8 @@ pub struct LogConfig {
     pub json: bool,
     /// A `tracing` filter such as `info,tessera=debug` (`log.filter`, `TESSERA_LOG`).
     pub filter: String,
+    /// Whether the filter was given (else it is the default, `info`).
+    pub filter_given: bool,
 }
 
 /// The kind of database a URL points at.
@@ -845,6 +847,7 @@ impl Config {
                 ));
             }
         };
+        let filter_given = raw.log.filter.is_some();
         let filter = raw.log.filter.unwrap_or_else(|| "info".into());
         // A blank filter parses, as one that lets nothing through: errors included.
         if filter.trim().is_empty() || tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
@@ -863,7 +866,7 @@ impl Config {
             },
             admin_tokens: admin_tokens.into_iter().map(SecretString::from).collect(),
             issuers,
-            log: LogConfig { json, filter },
+            log: LogConfig { json, filter, filter_given },
             cache,
             jwks,
             server,

@@ -689,6 +689,11 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
     let rows: Vec<&str> = table.stdout.lines().collect();
     assert_eq!(rows.len(), 2, "a header and Bob: {}", table.stdout);
     assert!(rows[0].starts_with("id") && rows[1].starts_with(&ids[1]) && rows[1].contains("bob@example.com"));
+    // A malformed argument is a usage mistake: exit 2.
+    for bad in [&["users", "list", "--limit", "500"][..], &["teams", "list", "--cursor", "not-a-cursor"][..]] {
+        let refused = run(&mut on_db(dir.path(), &db, bad)).await;
+        assert_eq!(refused.code, 2, "{bad:?}: {}", refused.stderr);
+    }
 
     // Show, disable, enable: the same answers as the admin API, the same event.
     let shown = json_of(dir.path(), &db, &["users", "show", &ids[0], "--json"]).await;
@@ -738,7 +743,7 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
     let bad_id = run(&mut on_db(dir.path(), &db, &["users", "disable", "someone"])).await;
     assert_eq!(bad_id.code, 2, "{}", bad_id.stderr);
     let bad_cursor = run(&mut on_db(dir.path(), &db, &["users", "list", "--cursor", "nope"])).await;
-    assert_eq!(bad_cursor.code, 1);
+    assert_eq!(bad_cursor.code, 2, "a malformed argument");
     assert!(bad_cursor.stderr.contains("invalid_cursor"), "{}", bad_cursor.stderr);
     let no_team = run(&mut on_db(dir.path(), &db, &["users", "list", "--team", "nowhere"])).await;
     assert!(no_team.code == 1 && no_team.stderr.contains("team_not_found"), "{}", no_team.stderr);

@@ -287,7 +287,7 @@ impl TestApp {
     /// `TESSERA_TEST_LOG` (a filter such as `debug`) to see the server's logs.
     pub async fn start(db: TestDb, config: &Config) -> Self {
         if let Ok(filter) = std::env::var("TESSERA_TEST_LOG") {
-            tessera::telemetry::init(&tessera::config::LogConfig { json: false, filter });
+            tessera::telemetry::init(&tessera::config::LogConfig { json: false, filter, filter_given: true });
         }
         let store = store::connect(&config.database).await.expect("connect the store");
         prepare_schema(store.as_ref(), true).await.expect("migrate");
