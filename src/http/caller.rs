@@ -27,7 +27,7 @@ pub async fn acting_caller(state: &AppState, headers: &HeaderMap) -> Result<User
 
 async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<UserId, ApiError> {
     let credentials = Credentials::read(headers)?;
-    no_user_named(headers)?;
+    no_user_named(headers, None)?;
     let token = credentials.user_token();
     let session = cookie(headers, state.cookies.session())?;
     no_admin_beside_session(&credentials, session)?;
@@ -63,8 +63,10 @@ pub fn session_without_token<'h>(state: &AppState, headers: &'h HeaderMap) -> Re
 /// Where a user's own credential acts, a user named in `X-On-Behalf-Of` would be passed over in
 /// silence, and a backend that meant to ask about that user would get the caller's answer: 400
 /// `ambiguous_credentials`.
-pub fn no_user_named(headers: &HeaderMap) -> Result<(), ApiError> {
-    if headers.contains_key("x-on-behalf-of") {
+pub fn no_user_named(headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
+    let in_query = query
+        .is_some_and(|query| url::form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "on_behalf_of"));
+    if in_query || headers.contains_key("x-on-behalf-of") {
         return Err(user_named());
     }
     Ok(())
@@ -79,19 +81,15 @@ fn user_named() -> ApiError {
     .field("on_behalf_of")
 }
 
-/// Middleware for the routes that answer for the caller's own credential only (`/v1/validate`,
-/// `/v1/check`, `/v1/me…`): a user named in `X-On-Behalf-Of` or `?on_behalf_of=` is refused
-/// ([`no_user_named`]), not ignored.
+/// Middleware for the `/v1/me…` routes, which answer for the caller's own credential only: a
+/// user named in `X-On-Behalf-Of` or `?on_behalf_of=` is refused ([`no_user_named`]), not
+/// ignored. (`/v1/validate` and `/v1/check`, the hottest paths, check in their handlers.)
 pub async fn refuse_named_user(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let in_query = request
-        .uri()
-        .query()
-        .is_some_and(|query| url::form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "on_behalf_of"));
-    if in_query || request.headers().contains_key("x-on-behalf-of") {
-        return axum::response::IntoResponse::into_response(user_named());
+    if let Err(refused) = no_user_named(request.headers(), request.uri().query()) {
+        return axum::response::IntoResponse::into_response(refused);
     }
     next.run(request).await
 }

@@ -131,8 +131,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
     let app = Router::new()
         .merge(health::routes())
-        // These answer for the caller's own credential: a user named beside it is refused.
-        .merge(validation::routes().route_layer(middleware::from_fn(caller::refuse_named_user)))
+        .merge(validation::routes())
         .merge(auth::routes())
         .merge(login::routes())
         .merge(account::routes())

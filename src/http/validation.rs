@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -30,9 +30,12 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// The upstream token of a request; 401 `missing_credentials` without one, 400
-/// `ambiguous_credentials` when the credential headers repeat or disagree.
-fn required_token(headers: &HeaderMap) -> Result<&str, ApiError> {
-    Credentials::read(headers)?.user_token().ok_or_else(|| {
+/// `ambiguous_credentials` when the credential headers repeat or disagree, or a user is named
+/// beside it (`X-On-Behalf-Of`, `?on_behalf_of=`): the answer is about the token's user only.
+fn required_token<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<&'h str, ApiError> {
+    let credentials = Credentials::read(headers)?;
+    super::caller::no_user_named(headers, query)?;
+    credentials.user_token().ok_or_else(|| {
         ApiError::new(
             ErrorCode::MissingCredentials,
             "send the user's token as `Authorization: Bearer <token>` or `X-User-Token: <token>`",
@@ -53,8 +56,9 @@ fn required_token(headers: &HeaderMap) -> Result<&str, ApiError> {
 async fn validate_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<ValidateResponse>, ApiError> {
-    Ok(Json(state.validator.validate(required_token(&headers)?).await?.into()))
+    Ok(Json(state.validator.validate(required_token(&headers, query.as_deref())?).await?.into()))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -76,9 +80,10 @@ struct CheckQuery {
 async fn check_team(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     ApiQuery(query): ApiQuery<CheckQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let token = required_token(&headers)?;
+    let token = required_token(&headers, raw.as_deref())?;
     let team = TeamRef::parse(required(&query.team, "team")?)
         .map_err(|e| ApiError::new(ErrorCode::InvalidTeam, e.to_string()).field("team"))?;
     if state.validator.is_member(token, &team).await? {
