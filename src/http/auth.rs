@@ -275,13 +275,25 @@ async fn complete_callback(
         Err(error) => return with_cookie(state.pages.error(&headers, error), clear_login),
     };
     let old_session = session.map(SecretString::from);
-    let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
-    let finished = match state.flows.finish(&provider, callback, browser_state).await {
-        Ok(finished) => finished,
+    let flow = match state.flows.take(&provider, query.state.as_deref(), browser_state).await {
+        Ok(flow) => flow,
         Err(error) => {
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, false, error.code()).await;
             return with_cookie(state.pages.error(&headers, error), clear_login);
+        }
+    };
+    // A sign-in that fails from here on offers to try again towards where the browser was going
+    // (an app's authorization request waiting for it, say), not to the account page.
+    let context =
+        errors::Context { return_to: flow.link_user.is_none().then(|| flow.return_to.clone()), signed_in: false };
+    let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
+    let finished = match state.flows.finish(flow, callback).await {
+        Ok(finished) => finished,
+        Err(error) => {
+            let error = ApiError::from(error);
+            super::audit::sign_in_failed(&state, &headers, &provider, false, error.code()).await;
+            return with_cookie(state.pages.error_in(&headers, error, &context), clear_login);
         }
     };
     // Linking and connecting act for the browser's signed-in user; a sign-in replaces whoever
@@ -321,7 +333,7 @@ async fn complete_callback(
         Err(error) => {
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, linking, error.code()).await;
-            with_cookie(state.pages.error(&headers, error), clear_login)
+            with_cookie(state.pages.error_in(&headers, error, &context), clear_login)
         }
     }
 }

@@ -225,19 +225,16 @@ impl OAuthFlows {
         Ok(Started { location, state })
     }
 
-    /// Finishes a flow from the provider's callback. `browser_state` is the state the browser
-    /// holds in its cookie.
-    pub async fn finish(
+    /// Takes the flow a callback names by its `state` (single-use: taken before anything else
+    /// of the callback is checked), if it is the one `browser_state`, the state the browser holds
+    /// in its cookie, started, for the provider of the callback's path.
+    pub async fn take(
         &self,
         path_provider: &str,
-        callback: Callback,
+        state: Option<&str>,
         browser_state: Option<&str>,
-    ) -> Result<Finished, FlowError> {
-        let state = callback
-            .state
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .ok_or(FlowError::InvalidState("the callback carries no state"))?;
+    ) -> Result<LoginState, FlowError> {
+        let state = state.filter(|s| !s.is_empty()).ok_or(FlowError::InvalidState("the callback carries no state"))?;
         if !browser_state.is_some_and(|cookie| constant_time_eq(cookie.as_bytes(), state.as_bytes())) {
             return Err(FlowError::InvalidState("this sign-in was not started in this browser"));
         }
@@ -250,6 +247,13 @@ impl OAuthFlows {
         if flow.provider != path_provider.to_ascii_lowercase() {
             return Err(FlowError::ProviderMismatch);
         }
+        Ok(flow)
+    }
+
+    /// Completes a flow [`take`](Self::take) returned with the provider's answer: its error, its
+    /// issuer, the code exchanged with the PKCE verifier, the user's claims checked against the
+    /// nonce.
+    pub async fn finish(&self, flow: LoginState, callback: Callback) -> Result<Finished, FlowError> {
         let provider = self.provider(Some(&flow.provider))?.clone();
         if let Some(error) = callback.error {
             // Only the provider's error code is kept: it is chosen from a small registered set.

@@ -126,12 +126,13 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
     assert!(page.contains("Page not found"));
     assert_eq!(body(browser.get(&w.app.url("/no/such/page")).await, 404).await["code"], "not_found");
 
-    // A cancelled sign-in offers to try again.
-    let callback = browser.start(&w.app, "provider=local").await;
+    // A cancelled sign-in offers to try again, towards where the browser was going.
+    let callback = browser.start(&w.app, "provider=local&return_to=/after").await;
     let state = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
     let denied = w.app.url(&format!("/auth/callback/local?error=access_denied&state={state}"));
     let page = html(browser.navigate(&denied).await, StatusCode::BAD_REQUEST).await;
     assert!(page.contains("Sign-in was cancelled") && page.contains(">Try again<"), "{page}");
+    assert!(page.contains("href=\"/login?return_to=%2Fafter\""), "{page}");
     // A malformed callback (a parameter twice) is a page too, and ends the flow.
     browser.start(&w.app, "provider=local").await;
     let twice = browser.navigate(&w.app.url(&format!("/auth/callback/local?code=a&code=b&state={state}"))).await;
