@@ -20,3 +20,16 @@ pub mod store;
 pub mod telemetry;
 pub mod upstream;
 pub mod worker;
+
+/// Runs `work` in a task of its own, so that it goes to its end even if the caller is dropped (a
+/// client that hangs up, a timeout); a panic in it is resumed here. `None` only when the runtime
+/// shut down first. (Here, not in a layer: the services and the upstream key caches use it.)
+pub(crate) async fn run_to_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    match tokio::spawn(work).await {
+        Ok(done) => Some(done),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => None,
+    }
+}

@@ -647,27 +647,34 @@ fn print_summary(summary: &Summary, file: &Path, json: bool) {
 /// every user's email and name), renamed over the target once the export is complete, so that
 /// a failure part-way leaves an earlier export in place; or, for a target that is not a regular
 /// file (`/dev/null`, a pipe), the target itself.
-fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<std::path::PathBuf>)> {
+fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<Replace>)> {
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
         return Ok((std::fs::OpenOptions::new().write(true).open(path)?, None));
     }
     // A link is followed: the file it points at is the one replaced, the link stays.
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let name = path.file_name().ok_or_else(|| std::io::Error::other("the output names no file"))?;
-    let partial = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let name = target.file_name().ok_or_else(|| std::io::Error::other("the output names no file"))?;
+    let partial = target.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    Ok((options.open(&partial)?, Some(partial)))
+    Ok((options.open(&partial)?, Some(Replace { partial, target })))
 }
 
-/// Moves a complete export over its target: flushed to disk first, so that a power loss leaves
-/// the earlier export or the new one, never an empty file.
-fn replace_with(partial: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
-    File::open(partial)?.sync_all()?;
-    let target = std::fs::canonicalize(target).unwrap_or_else(|_| target.to_owned());
-    std::fs::rename(partial, target)
+/// An export written beside its target, to be moved over it once complete.
+struct Replace {
+    partial: std::path::PathBuf,
+    target: std::path::PathBuf,
+}
+
+impl Replace {
+    /// Moves the complete export over its target: flushed to disk first, so that a power loss
+    /// leaves the earlier export or the new one, never an empty file.
+    fn commit(&self) -> std::io::Result<()> {
+        File::open(&self.partial)?.sync_all()?;
+        std::fs::rename(&self.partial, &self.target)
+    }
 }
 
 /// Runs `tessera export`.
@@ -677,9 +684,9 @@ pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
         Ok(store) => store,
         Err(code) => return code,
     };
-    let (out, partial): (Box<dyn Write + Send>, _) = match &args.output {
+    let (out, replace): (Box<dyn Write + Send>, _) = match &args.output {
         Some(path) => match export_file(path) {
-            Ok((file, partial)) => (Box::new(file), partial),
+            Ok((file, replace)) => (Box::new(file), replace),
             Err(e) => {
                 eprintln!("tessera: cannot write {}: {e}", path.display());
                 store.close().await;
@@ -690,16 +697,15 @@ pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
     };
     let done = export_to(store.as_ref(), format, out).await;
     store.close().await;
-    let done = match (done, partial, &args.output) {
-        (Ok(count), Some(partial), Some(path)) => replace_with(&partial, path).map(|()| count).map_err(|e| {
-            let _ = std::fs::remove_file(&partial);
-            Box::new(e) as Box<dyn std::error::Error + Send + Sync>
-        }),
-        (Err(e), Some(partial), _) => {
-            let _ = std::fs::remove_file(&partial);
-            Err(e)
+    let done = match replace {
+        Some(replace) => {
+            let done = done.and_then(|count| replace.commit().map(|()| count).map_err(Into::into));
+            if done.is_err() {
+                let _ = std::fs::remove_file(&replace.partial);
+            }
+            done
         }
-        (done, _, _) => done,
+        None => done,
     };
     match done {
         Ok(count) => {

@@ -24,12 +24,11 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::auth::redirect;
-use super::credentials::cookie;
 use super::csrf;
 use super::extract::{ApiQuery, PageBytes, PagePath};
 use super::login::{provider_href, provider_label};
 use super::pages::icons::Icon;
-use super::pages::{Chrome, errors, login_url};
+use super::pages::{Chrome, errors, live_session, login_url};
 use super::problem::ApiError;
 use crate::domain::{ClientId, IdentityId, ProfileKind, ProfileStatus, Slug, TeamId, TeamRef};
 use crate::error::ErrorCode;
@@ -154,17 +153,7 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
 /// chooser for a browser without one (coming back to `back_to`), an error page for an
 /// ambiguous cookie or a store failure.
 async fn session(state: &AppState, headers: &HeaderMap, back_to: &str) -> Result<(LiveSession, String), Response> {
-    let context = errors::Context { return_to: Some(back_to.to_owned()), signed_in: false };
-    let value = match cookie(headers, state.cookies.session()) {
-        Ok(Some(value)) => value,
-        Ok(None) => return Err(redirect(&login_url(Some(back_to)), &[])),
-        Err(error) => return Err(state.pages.error_in(headers, error, &context)),
-    };
-    match state.sessions.resolve_session(value).await {
-        Ok(Some(live)) => Ok((live, value.to_owned())),
-        Ok(None) => Err(redirect(&login_url(Some(back_to)), &[])),
-        Err(error) => Err(state.pages.error_in(headers, error.into(), &context)),
-    }
+    live_session(state, headers, back_to).await?.ok_or_else(|| redirect(&login_url(Some(back_to)), &[]))
 }
 
 #[utoipa::path(

@@ -157,14 +157,12 @@ async fn confirm_link(
     query: &StartQuery,
     context: &errors::Context,
 ) -> Response {
-    let Some(session) = cookie(headers, state.cookies.session()).ok().flatten() else {
-        return state.pages.error_in(headers, sign_in_to_link(), context);
-    };
-    let live = match state.sessions.resolve_session(session).await {
-        Ok(Some(live)) => live,
-        Ok(None) => return state.pages.error_in(headers, sign_in_to_link(), context),
-        Err(error) => return state.pages.error_in(headers, error.into(), context),
-    };
+    let (live, session) =
+        match pages::live_session(state, headers, context.return_to.as_deref().unwrap_or("/auth/link")).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return state.pages.error_in(headers, sign_in_to_link(), context),
+            Err(response) => return response,
+        };
     let signed_in = errors::Context { return_to: None, signed_in: true };
     let provider = match state.flows.provider(query.provider.as_deref()) {
         Ok(provider) => provider.name().to_owned(),
@@ -182,7 +180,7 @@ async fn confirm_link(
         provider_label: super::login::provider_label(&provider),
         provider,
         return_to: query.return_to.clone(),
-        csrf: csrf::token(session),
+        csrf: csrf::token(&session),
     };
     state.pages.render(StatusCode::OK, &page)
 }
@@ -203,21 +201,19 @@ async fn start_link_form(
     headers: HeaderMap,
     PageBytes(body): PageBytes,
 ) -> Response {
-    let context = errors::Context { return_to: Some("/account".into()), signed_in: false };
-    let session = match cookie(&headers, state.cookies.session()) {
-        Ok(Some(session)) => session,
-        Ok(None) => return state.pages.error_in(&headers, sign_in_to_link(), &context),
-        Err(error) => return state.pages.error_in(&headers, error, &context),
+    let (live, session) = match pages::live_session(&state, &headers, "/account").await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            let context = errors::Context { return_to: Some("/account".into()), signed_in: false };
+            return state.pages.error_in(&headers, sign_in_to_link(), &context);
+        }
+        Err(response) => return response,
     };
     let fields = csrf::form_fields(&body);
-    if let Err(error) = csrf::check(&headers, session, csrf::field(&fields, csrf::FIELD)) {
+    if let Err(error) = csrf::check(&headers, &session, csrf::field(&fields, csrf::FIELD)) {
         return state.pages.error(&headers, error);
     }
-    let user = match state.sessions.resolve(session).await {
-        Ok(Some(user)) => user,
-        Ok(None) => return state.pages.error_in(&headers, sign_in_to_link(), &context),
-        Err(error) => return state.pages.error_in(&headers, error.into(), &context),
-    };
+    let user = live.record.user_id;
     begin_link(&state, &headers, user, csrf::field(&fields, "provider"), csrf::field(&fields, "return_to")).await
 }
 

@@ -306,6 +306,25 @@ pub fn protect(headers: &mut HeaderMap) {
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
 }
 
+/// The browser's live session and its cookie value (`None` without one), or the error page to
+/// answer instead: an ambiguous cookie, or a store failure (with "sign in" coming back to
+/// `here`).
+pub async fn live_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    here: &str,
+) -> Result<Option<(crate::service::sessions::LiveSession, String)>, Response> {
+    let signed_out = errors::Context { return_to: Some(here.to_owned()), signed_in: false };
+    match super::credentials::cookie(headers, state.cookies.session()) {
+        Ok(Some(value)) => match state.sessions.resolve_session(value).await {
+            Ok(live) => Ok(live.map(|live| (live, value.to_owned()))),
+            Err(error) => Err(state.pages.error_in(headers, error.into(), &signed_out)),
+        },
+        Ok(None) => Ok(None),
+        Err(error) => Err(state.pages.error_in(headers, error, &signed_out)),
+    }
+}
+
 /// `/login`, coming back to `return_to` after the sign-in.
 pub fn login_url(return_to: Option<&str>) -> String {
     match return_to {

@@ -799,7 +799,7 @@ impl AuthProfiles {
         // timeout fires), the refresh still stores what the provider answered, rotated refresh
         // token included.
         let this = self.clone();
-        super::run_to_end(async move { this.single_flight_refresh(&keyring, &profile).await })
+        crate::run_to_end(async move { this.single_flight_refresh(&keyring, &profile).await })
             .await
             // Only when the runtime shuts down.
             .unwrap_or(Err(AuthProfileError::RefreshInProgress))

@@ -62,17 +62,6 @@ where
     }
 }
 
-/// Runs `work` in a task of its own, so that it goes to its end even if the caller is dropped (a
-/// client that hangs up, a timeout); a panic in it is resumed here. `None` only when the runtime
-/// shut down first.
-pub(crate) async fn run_to_end<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> Option<T> {
-    match tokio::spawn(work).await {
-        Ok(done) => Some(done),
-        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        Err(_) => None,
-    }
-}
-
 /// Rows deleted by one statement of a retention sweep.
 const SWEEP_BATCH: i64 = 1000;
 

@@ -240,7 +240,7 @@ impl Webhooks {
     pub async fn replay(&self, id: WebhookId, since: DateTime<Utc>) -> Result<u64, WebhookError> {
         let endpoint = self.get(id).await?;
         let store = self.store.clone();
-        let replay = super::run_to_end(async move {
+        let replay = crate::run_to_end(async move {
             let (mut scheduled, mut from) = (0, None);
             loop {
                 let page = store.replay_webhook(&endpoint, since, from, REPLAY_PAGE, now()).await?;

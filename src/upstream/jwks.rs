@@ -282,7 +282,7 @@ impl JwksCache {
     async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Refreshed {
         let inner = self.inner.clone();
         let lookup = async move { inner.refresh(reason, seen).await };
-        tokio::spawn(tracing::Instrument::in_current_span(lookup)).await.unwrap_or(Refreshed::Failed)
+        crate::run_to_end(tracing::Instrument::in_current_span(lookup)).await.unwrap_or(Refreshed::Failed)
     }
 
     /// Starts a refresh in a task of its own, unless one is running (then it is the one).

@@ -643,16 +643,22 @@ async fn batched_touches_only_move_forward_and_skip_what_is_gone(backend: Backen
     assert_eq!(store.session(&kept).await.unwrap().unwrap().last_seen_at, later, "never moved back");
 }
 
+/// `n` accounts made one after the other, their subjects `{prefix}-0`, `{prefix}-1`, ….
+async fn accounts(store: &Arc<dyn Store>, prefix: &str, n: usize) -> Vec<NewAccount> {
+    let mut made = Vec::with_capacity(n);
+    for i in 0..n {
+        let new = account(&format!("{prefix}-{i}"), None);
+        store.create_account(&new).await.unwrap();
+        made.push(new);
+    }
+    made
+}
+
 /// The worker writes a batch in statements of a fixed number of rows (a short one repeats its
 /// last row): 300 rows take three, the last one padded; each row gets its own time.
 async fn a_batch_of_touches_longer_than_one_statement_writes_every_row(backend: Backend) {
     let (_db, store) = setup(backend).await;
-    let mut accounts = Vec::new();
-    for n in 0..300 {
-        let new = account(&format!("many-{n}"), None);
-        store.create_account(&new).await.unwrap();
-        accounts.push(new);
-    }
+    let accounts = accounts(&store, "many", 300).await;
     let base = accounts[0].now + TimeDelta::minutes(5);
     let at = |n: usize| base + TimeDelta::seconds(i64::try_from(n).unwrap());
     let seen: Vec<_> = accounts.iter().enumerate().map(|(n, a)| (a.identity_id, at(n))).collect();
@@ -669,12 +675,7 @@ async fn a_batch_of_touches_longer_than_one_statement_writes_every_row(backend: 
 async fn instances_flushing_the_same_last_uses_at_once_do_not_deadlock(backend: Backend) {
     use tessera::worker::last_seen::LastSeen;
     let (_db, store) = setup(backend).await;
-    let mut identities = Vec::new();
-    for n in 0..400 {
-        let new = account(&format!("flush-{n}"), None);
-        store.create_account(&new).await.unwrap();
-        identities.push(new.identity_id);
-    }
+    let identities: Vec<IdentityId> = accounts(&store, "flush", 400).await.iter().map(|a| a.identity_id).collect();
     for round in 0..4 {
         let at = now() + TimeDelta::minutes(round + 1);
         let flushes: Vec<_> = (0..4)

@@ -24,14 +24,12 @@ use secrecy::ExposeSecret;
 use crate::domain::{AuthProfile, ProfileStatus};
 use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
-use crate::http::credentials::cookie;
 use crate::http::csrf;
 use crate::http::extract::{PageBytes, PagePath};
 use crate::http::login::provider_label;
 use crate::http::pages::icons::Icon;
-use crate::http::pages::{Chrome, Message, errors};
+use crate::http::pages::{Chrome, Message, errors, live_session};
 use crate::service::auth_profiles::AuthProfileError;
-use crate::service::sessions::LiveSession;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -56,20 +54,6 @@ struct ConnectPage {
     csrf: String,
 }
 
-/// The browser's live session and its cookie value (none without a session), or the page to
-/// answer instead.
-async fn session(state: &AppState, headers: &HeaderMap, here: &str) -> Result<Option<(LiveSession, String)>, Response> {
-    let signed_out = errors::Context { return_to: Some(here.to_owned()), signed_in: false };
-    match cookie(headers, state.cookies.session()) {
-        Ok(Some(value)) => match state.sessions.resolve_session(value).await {
-            Ok(live) => Ok(live.map(|live| (live, value.to_owned()))),
-            Err(error) => Err(state.pages.error_in(headers, error.into(), &signed_out)),
-        },
-        Ok(None) => Ok(None),
-        Err(error) => Err(state.pages.error_in(headers, error, &signed_out)),
-    }
-}
-
 #[utoipa::path(
     get,
     path = "/connect/{token}/oauth/start",
@@ -87,7 +71,7 @@ async fn show_connect(
 ) -> Response {
     // "Sign in" (as the right user) comes back to this link, still unused.
     let here = format!("/connect/{token}/oauth/start");
-    let signed_in = match session(&state, &headers, &here).await {
+    let signed_in = match live_session(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,
     };
@@ -144,7 +128,7 @@ async fn start_connect(
     PageBytes(body): PageBytes,
 ) -> Response {
     let here = format!("/connect/{token}/oauth/start");
-    let signed_in = match session(&state, &headers, &here).await {
+    let signed_in = match live_session(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,
     };

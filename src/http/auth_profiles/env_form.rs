@@ -20,11 +20,10 @@ use secrecy::SecretString;
 use crate::domain::UserId;
 use crate::error::ErrorCode;
 use crate::http::AppState;
-use crate::http::credentials::cookie;
 use crate::http::csrf;
 use crate::http::extract::{PageBytes, PagePath};
 use crate::http::pages::icons::Icon;
-use crate::http::pages::{Chrome, errors};
+use crate::http::pages::{Chrome, errors, live_session};
 use crate::http::problem::ApiError;
 use crate::service::auth_profiles::AuthProfileError;
 use crate::service::profile_credentials::EnvForm;
@@ -62,16 +61,10 @@ async fn signed_in(
     headers: &HeaderMap,
     here: &str,
 ) -> Result<(Option<UserId>, Option<String>), Response> {
-    let signed_out = errors::Context { return_to: Some(here.to_owned()), signed_in: false };
-    match cookie(headers, state.cookies.session()) {
-        Ok(Some(value)) => match state.sessions.resolve(value).await {
-            Ok(Some(user)) => Ok((Some(user), Some(value.to_owned()))),
-            Ok(None) => Ok((None, None)),
-            Err(error) => Err(state.pages.error_in(headers, error.into(), &signed_out)),
-        },
-        Ok(None) => Ok((None, None)),
-        Err(error) => Err(state.pages.error_in(headers, error, &signed_out)),
-    }
+    Ok(match live_session(state, headers, here).await? {
+        Some((live, value)) => (Some(live.record.user_id), Some(value)),
+        None => (None, None),
+    })
 }
 
 fn render(
