@@ -50,6 +50,12 @@ pub const DB_POOL_MAX_CONNECTIONS: &str = "tessera_db_pool_max_connections";
 /// Statements and transactions that found every connection of their pool busy and queued for one,
 /// by `pool`.
 pub const DB_POOL_WAITS_TOTAL: &str = "tessera_db_pool_waits_total";
+/// How far the read replica was behind the primary at its last check (at most, when readable;
+/// at least, when behind), to the check's resolution.
+pub const DB_REPLICA_LAG: &str = "tessera_db_replica_lag_seconds";
+/// 1 while reads that tolerate lag go to the read replica, 0 while they go to the primary
+/// (behind by more than `database.replica_max_lag_ms`, unreachable, or not replaying).
+pub const DB_REPLICA_READABLE: &str = "tessera_db_replica_readable";
 /// Always 1, with the `version` of the binary.
 pub const BUILD_INFO: &str = "tessera_build_info";
 
@@ -114,6 +120,12 @@ fn describe() {
     describe_gauge!(DB_POOL_CONNECTIONS, "Database connections, by pool and state (in_use, idle).");
     describe_gauge!(DB_POOL_MAX_CONNECTIONS, "The most connections a pool opens.");
     describe_counter!(DB_POOL_WAITS_TOTAL, "Statements that queued for a connection of a busy pool.");
+    describe_gauge!(
+        DB_REPLICA_LAG,
+        Unit::Seconds,
+        "How far the read replica was behind the primary at its last check."
+    );
+    describe_gauge!(DB_REPLICA_READABLE, "1 while reads go to the read replica, 0 while they go to the primary.");
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the version.");
 }
 

@@ -107,6 +107,8 @@ pub struct Application {
     cache_sync: CacheSync,
     /// How often it reads the log.
     cache_sync_every: std::time::Duration,
+    /// How far behind the read replica may be (`database.replica_max_lag_ms`).
+    replica_max_lag: Duration,
     /// The clients of the configuration file, until they are written to the store.
     config_clients: Option<Vec<Client>>,
 }
@@ -260,6 +262,7 @@ impl Application {
             audit_every: config.audit.flush_interval,
             cache_sync,
             cache_sync_every: config.cache.sync_interval,
+            replica_max_lag: config.database.replica_max_lag,
             config_clients,
         })
     }
@@ -329,6 +332,7 @@ impl Application {
             audit_every: self.audit_every,
             cache_sync: self.cache_sync.clone(),
             cache_sync_every: self.cache_sync_every,
+            replica_max_lag: self.replica_max_lag,
         });
         // The metrics listener stops with the main one: when `shutdown` completes, or when the
         // main server ends otherwise (the sender is dropped either way).

@@ -280,6 +280,10 @@ pub struct DatabaseConfig {
     /// Optional PostgreSQL read replica for reads that tolerate lag (`database.replica_url`,
     /// `TESSERA_DATABASE_REPLICA_URL`).
     pub replica_url: Option<DatabaseUrl>,
+    /// How far behind the primary the replica may be and still be read
+    /// (`database.replica_max_lag_ms`): a read of the replica sees every change committed at
+    /// least this long before it, else the read goes to the primary.
+    pub replica_max_lag: Duration,
     /// Most connections kept open to the primary (`database.max_connections`).
     pub max_connections: u32,
     /// How long to wait for a connection before reporting the store unavailable
@@ -482,6 +486,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How long `/readyz` waits for the database by default: half of the one-second timeout most
 /// probes use (Kubernetes' default), so that the 503 arrives before the probe gives up.
 pub const DEFAULT_READY_TIMEOUT_MS: u64 = 500;
+
+/// The default of `database.replica_max_lag_ms`.
+pub const DEFAULT_REPLICA_MAX_LAG_MS: u64 = 10_000;
+/// The largest `database.replica_max_lag_ms`: well within the minute for which a changed user is
+/// read from the primary rather than the replica (see `service::principals`).
+pub const MAX_REPLICA_MAX_LAG_MS: u64 = 30_000;
 /// The shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
@@ -599,6 +609,7 @@ struct RawJwks {
 struct RawDatabase {
     url: Option<String>,
     replica_url: Option<String>,
+    replica_max_lag_ms: Option<u64>,
     max_connections: Option<u32>,
     acquire_timeout_ms: Option<u64>,
     ready_timeout_ms: Option<u64>,
@@ -679,6 +690,13 @@ impl Config {
             }
             _ => None,
         };
+        let replica_max_lag_ms = raw.database.replica_max_lag_ms.unwrap_or(DEFAULT_REPLICA_MAX_LAG_MS);
+        if !(100..=MAX_REPLICA_MAX_LAG_MS).contains(&replica_max_lag_ms) {
+            return Err(ConfigError::new(
+                "database.replica_max_lag_ms",
+                format!("expected a number of milliseconds from 100 to {MAX_REPLICA_MAX_LAG_MS}"),
+            ));
+        }
         let max_connections = raw.database.max_connections.unwrap_or(16);
         if !(1..=1000).contains(&max_connections) {
             return Err(ConfigError::new(
@@ -859,6 +877,7 @@ impl Config {
             database: DatabaseConfig {
                 url,
                 replica_url,
+                replica_max_lag: Duration::from_millis(replica_max_lag_ms),
                 max_connections,
                 acquire_timeout: Duration::from_millis(acquire_timeout_ms),
                 ready_timeout: Duration::from_millis(ready_timeout_ms),
@@ -1303,6 +1322,20 @@ mod tests {
         for wrong in ["0", "9", "60001"] {
             let error = Config::from_toml(&format!("[database]\nready_timeout_ms = {wrong}"), env(&[])).unwrap_err();
             assert_eq!(error.key, "database.ready_timeout_ms", "{wrong}");
+        }
+    }
+
+    #[test]
+    fn a_replica_may_lag_by_at_most_half_a_minute() {
+        let default = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(default.database.replica_max_lag, Duration::from_millis(DEFAULT_REPLICA_MAX_LAG_MS));
+        let set = Config::from_toml("[database]\nreplica_max_lag_ms = 2500", env(&[])).unwrap();
+        assert_eq!(set.database.replica_max_lag, Duration::from_millis(2500));
+        // Beyond half a minute, a change read from the primary for a minute could be read back
+        // from the replica as it was before.
+        for wrong in ["0", "99", "30001", "\"soon\""] {
+            let error = Config::from_toml(&format!("[database]\nreplica_max_lag_ms = {wrong}"), env(&[])).unwrap_err();
+            assert_eq!(error.key, "database.replica_max_lag_ms", "{wrong}");
         }
     }
 

@@ -15,6 +15,10 @@ use crate::upstream::tokens::TokenCache;
 /// replica, which may not have the change yet.
 const READ_YOUR_WRITES: Duration = Duration::from_secs(60);
 
+// After that minute, the replica is read only while it is known to have every change committed
+// `database.replica_max_lag_ms` before (at most half of it), and so this user's change.
+const _: () = assert!(READ_YOUR_WRITES.as_millis() >= 2 * crate::config::MAX_REPLICA_MAX_LAG_MS as u128);
+
 /// The positive cache of resolved identities. It never holds "not found" nor a disabled user,
 /// and it is purged of a user when they are disabled, or change teams or identities; an
 /// unlinked identity's verified tokens are purged from the token cache too.

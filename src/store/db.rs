@@ -12,7 +12,7 @@
 //! whose NULL handling differs from SQLite's `MAX`).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -102,22 +102,95 @@ pub(super) enum Db {
     },
 }
 
-/// The read replica and its circuit breaker.
+/// The read replica, its circuit breaker and how far behind the primary it is known to be.
+///
+/// A read goes to the replica only while it is known to have replayed everything the primary had
+/// committed at most `max_lag` ago ([`Db::check_replica`], every [`replica_check_interval`]
+/// from the replica-lag loop): until the first check, and whenever the replica falls further
+/// behind, is unreachable, or is not a streaming replica, reads go to the primary.
 #[derive(Debug)]
 pub(super) struct Replica {
     pool: PgPool,
     skip_until: Mutex<Option<Instant>>,
+    max_lag: Duration,
+    /// The replica has replayed everything the primary had committed at this instant.
+    caught_up_to: Mutex<Option<Instant>>,
+    /// The primary's WAL position at each recent check, oldest first: when the replica has
+    /// replayed up to one, it has every change committed before that check began.
+    positions: Mutex<VecDeque<(Instant, i64)>>,
 }
 
 impl Replica {
     fn available(&self) -> bool {
-        self.skip_until.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|until| Instant::now() >= until)
+        let now = Instant::now();
+        let caught_up = lock(&self.caught_up_to).is_some_and(|at| now.saturating_duration_since(at) <= self.max_lag);
+        caught_up && lock(&self.skip_until).is_none_or(|until| now >= until)
     }
 
     fn failed(&self, error: &StoreError) {
-        *self.skip_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + REPLICA_BACKOFF);
+        *lock(&self.skip_until) = Some(Instant::now() + REPLICA_BACKOFF);
+        *lock(&self.caught_up_to) = None;
         tracing::warn!(error = %error, backoff_s = REPLICA_BACKOFF.as_secs(), "the read replica failed; reading from the primary for a while");
     }
+
+    fn backing_off(&self) -> bool {
+        lock(&self.skip_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Records the primary's WAL position read at `at` and the replica's replay position read
+    /// after it (`None`: it is not replaying), and what that shows.
+    fn caught_up(&self, at: Instant, primary: i64, replayed: Option<i64>) -> ReplicaLag {
+        let mut positions = lock(&self.positions);
+        positions.push_back((at, primary));
+        // Positions older than twice the bound are dropped but the newest of them: a replica
+        // behind that one is behind the bound by far, and one that has replayed it is behind by
+        // at most its age.
+        while positions.get(1).is_some_and(|(then, _)| at.saturating_duration_since(*then) > 2 * self.max_lag) {
+            positions.pop_front();
+        }
+        let Some(replayed) = replayed else {
+            *lock(&self.caught_up_to) = None;
+            return ReplicaLag::Behind { lag: None };
+        };
+        let since = positions.iter().rev().find(|(_, position)| *position <= replayed).map(|(then, _)| *then);
+        *lock(&self.caught_up_to) = since;
+        match since.map(|since| at.saturating_duration_since(since)) {
+            Some(lag) if lag <= self.max_lag => ReplicaLag::Readable { lag },
+            Some(lag) => ReplicaLag::Behind { lag: Some(lag) },
+            // Behind every position kept: at least as far as the oldest.
+            None => ReplicaLag::Behind { lag: positions.front().map(|(then, _)| at.saturating_duration_since(*then)) },
+        }
+    }
+}
+
+/// How often the replica's lag is checked: a quarter of the bound, between 50 ms and a second.
+pub fn replica_check_interval(max_lag: Duration) -> Duration {
+    (max_lag / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// What [`Db::check_replica`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaLag {
+    /// No replica is configured.
+    NoReplica,
+    /// The replica has every change the primary had committed `lag` ago (at most), within the
+    /// bound: reads that tolerate lag go to it.
+    Readable {
+        /// How far behind it is, at most (to the check's resolution).
+        lag: Duration,
+    },
+    /// The replica is further behind than the bound, or it is not replaying the primary
+    /// (`None`): reads go to the primary.
+    Behind {
+        /// How far behind it is, at least, when known.
+        lag: Option<Duration>,
+    },
+    /// The replica failed recently and is left alone.
+    Failed,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A PostgreSQL connection idle this long is pinged before it is handed out; one used more
@@ -195,12 +268,16 @@ impl Db {
                         })
                 };
                 let primary = options().connect(url).await?;
-                let replica = config
-                    .replica_url
-                    .as_ref()
-                    .map(|url| options().connect_lazy(url.expose()))
-                    .transpose()?
-                    .map(|pool| Replica { pool, skip_until: Mutex::new(None) });
+                let replica =
+                    config.replica_url.as_ref().map(|url| options().connect_lazy(url.expose())).transpose()?.map(
+                        |pool| Replica {
+                            pool,
+                            skip_until: Mutex::new(None),
+                            max_lag: config.replica_max_lag,
+                            caught_up_to: Mutex::new(None),
+                            positions: Mutex::new(VecDeque::new()),
+                        },
+                    );
                 Ok(Db::Postgres { primary, replica })
             }
         }
@@ -333,6 +410,37 @@ impl Db {
             }
         }
         query.fetch_optional(self.reader()).await
+    }
+
+    /// Measures how far the replica is behind the primary, which decides whether reads go to it
+    /// until the next check: the primary's WAL position, then how far the replica has replayed.
+    /// A replica that cannot be asked is left alone for [`REPLICA_BACKOFF`]; a primary that
+    /// cannot be asked leaves the last finding to age past the bound.
+    pub(super) async fn check_replica(&self) -> Result<ReplicaLag, StoreError> {
+        let Db::Postgres { primary, replica: Some(replica) } = self else {
+            return Ok(ReplicaLag::NoReplica);
+        };
+        if replica.backing_off() {
+            return Ok(ReplicaLag::Failed);
+        }
+        // Taken before the primary is asked: every change committed before it is at or below the
+        // position the primary answers.
+        let at = Instant::now();
+        let position: i64 =
+            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetch_one(primary).await?;
+        let replayed =
+            sqlx::query_scalar::<_, Option<i64>>("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")
+                .fetch_one(&replica.pool)
+                .await;
+        let replayed = match replayed {
+            Ok(replayed) => replayed,
+            Err(error) => {
+                let error = StoreError::from(error);
+                replica.failed(&error);
+                return Err(error);
+            }
+        };
+        Ok(replica.caught_up(at, position, replayed))
     }
 
     fn replica(&self, from: ReadFrom) -> Option<&Replica> {
@@ -962,6 +1070,65 @@ pub async fn drop_pg_database(url: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica that is never connected, for its bookkeeping alone.
+    fn replica(max_lag: Duration) -> Replica {
+        Replica {
+            pool: PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap(),
+            skip_until: Mutex::new(None),
+            max_lag,
+            caught_up_to: Mutex::new(None),
+            positions: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_is_read_only_while_it_is_known_to_be_within_its_bound() {
+        let bound = Duration::from_secs(10);
+        let replica = replica(bound);
+        assert!(!replica.available(), "never checked: not read");
+        let start = Instant::now() - Duration::from_secs(30);
+        let at = |s: u64| start + Duration::from_secs(s);
+        // Behind the only position known: how far is unknown, but it is not read.
+        assert_eq!(replica.caught_up(at(0), 100, Some(90)), ReplicaLag::Behind { lag: Some(Duration::ZERO) });
+        assert!(!replica.available());
+        // It has replayed the position of a check 3 s ago, not the one of this check.
+        replica.caught_up(at(1), 150, Some(100));
+        replica.caught_up(at(2), 200, Some(140));
+        assert_eq!(replica.caught_up(at(4), 260, Some(200)), ReplicaLag::Readable { lag: Duration::from_secs(2) });
+        // Caught up with this check's position: no lag. But that was at(4), 26 s ago: stale now.
+        assert_eq!(replica.caught_up(at(4), 260, Some(260)), ReplicaLag::Readable { lag: Duration::ZERO });
+        assert!(!replica.available(), "what a check found ages: 26 s past a 10 s bound");
+        // Far behind: what it replayed was the primary's 16 s ago.
+        assert_eq!(
+            replica.caught_up(at(20), 400, Some(300)),
+            ReplicaLag::Behind { lag: Some(Duration::from_secs(16)) },
+            "it has replayed the position of at(4), not a later one"
+        );
+        assert_eq!(
+            replica.caught_up(at(26), 450, Some(310)),
+            ReplicaLag::Behind { lag: Some(Duration::from_secs(22)) },
+            "the positions of at(0) to at(2) are dropped, the newest one older than 20 s is kept"
+        );
+        assert_eq!(
+            replica.caught_up(at(26), 450, Some(250)),
+            ReplicaLag::Behind { lag: Some(Duration::from_secs(22)) },
+            "behind every position kept: at least as far as the oldest"
+        );
+        // Not replaying (a server not in recovery): never read.
+        assert_eq!(replica.caught_up(at(29), 500, None), ReplicaLag::Behind { lag: None });
+        assert!(!replica.available());
+        assert_eq!(
+            lock(&replica.positions).len(),
+            5,
+            "at(4) (the newest older than 20 s), at(20), at(26) twice and at(29)"
+        );
+        // A fresh check of a caught-up replica makes it readable; a failure sets it aside.
+        assert_eq!(replica.caught_up(Instant::now(), 500, Some(500)), ReplicaLag::Readable { lag: Duration::ZERO });
+        assert!(replica.available());
+        replica.failed(&StoreError::Conflict { what: "test" });
+        assert!(!replica.available() && replica.backing_off());
+    }
 
     /// One connection to a new in-memory database.
     async fn memory() -> SqlitePool {

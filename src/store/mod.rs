@@ -36,7 +36,10 @@ use crate::domain::{
 pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
 pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use cache_sync::{CacheChange, LoggedChange};
-pub use db::{copy_sqlite, create_pg_database, drop_pg_database, sqlite_database_exists, sqlite_file};
+pub use db::{
+    ReplicaLag, copy_sqlite, create_pg_database, drop_pg_database, replica_check_interval, sqlite_database_exists,
+    sqlite_file,
+};
 pub use grants::{
     CodeRecord, Consent, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
 };
@@ -271,8 +274,9 @@ pub struct IdentityMatch {
 pub enum ReadFrom {
     /// The primary: sees every committed write.
     Primary,
-    /// The read replica when one is configured (it may lag), else the primary. Falls back to the
-    /// primary when the replica is unreachable.
+    /// The read replica when one is configured and was found, at its last check, within
+    /// `database.replica_max_lag_ms` of the primary (see [`Store::check_replica`]), else the
+    /// primary. Falls back to the primary when the replica is unreachable.
     Replica,
 }
 
@@ -1086,6 +1090,11 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// A sample of each connection pool (no query is run), for metrics.
     fn pool_stats(&self) -> Vec<PoolStats>;
+
+    /// Measures how far the read replica is behind the primary, which decides whether
+    /// [`ReadFrom::Replica`] reads go to it until the next check (see [`ReplicaLag`]); until a
+    /// first check, they go to the primary. [`ReplicaLag::NoReplica`] without one.
+    async fn check_replica(&self) -> Result<ReplicaLag, StoreError>;
 
     // ---- OpenID Provider: registered clients ----------------------------------------------------
 

@@ -26,8 +26,8 @@ use super::{
     Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
     DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount,
     NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
-    RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret,
-    UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
+    RemoveOutcome, ReplicaLag, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError,
+    StoredSecret, UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 use super::{
@@ -2342,6 +2342,10 @@ impl Store for SqlStore {
 
     fn pool_stats(&self) -> Vec<PoolStats> {
         self.db.pool_stats()
+    }
+
+    async fn check_replica(&self) -> Result<ReplicaLag, StoreError> {
+        self.db.check_replica().await
     }
 
     // ---- OpenID Provider: registered clients ----------------------------------------------------

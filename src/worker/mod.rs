@@ -4,6 +4,7 @@
 mod audit;
 mod cache_sync;
 pub mod last_seen;
+mod replica;
 mod signing_keys;
 mod sweeper;
 pub mod webhooks;
@@ -55,6 +56,9 @@ pub struct WorkerDeps {
     pub cache_sync: CacheSync,
     /// How often the log is read (`cache.sync_interval_ms`).
     pub cache_sync_every: Duration,
+    /// How far behind the primary the read replica may be and still be read
+    /// (`database.replica_max_lag_ms`), which sets how often it is checked.
+    pub replica_max_lag: Duration,
 }
 
 /// The running background loops.
@@ -83,6 +87,7 @@ impl Workers {
             )),
             tokio::spawn(webhooks::run(deps.webhooks.clone())),
             tokio::spawn(cache_sync::run(deps.cache_sync.clone(), deps.cache_sync_every)),
+            tokio::spawn(replica::run(deps.store.clone(), deps.replica_max_lag)),
         ];
         if let Some(keys) = &deps.signing_keys {
             handles.push(tokio::spawn(signing_keys::run(keys.clone())));

@@ -196,11 +196,71 @@ async fn a_failed_replica_is_left_alone_for_a_while() {
     let discover = || {
         app.client.post(app.url("/v1/auth/discover")).json(&serde_json::json!({"email": "someone@example.com"})).send()
     };
+    // Until a check of its lag succeeds, reads go to the primary: the replica costs no request
+    // a connection attempt, let alone a timeout.
     body(discover().await.unwrap(), 200).await;
-    let after_first = attempts.load(Ordering::SeqCst);
-    assert!(after_first >= 1, "the replica was tried");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attempts.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the replica's lag was never checked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The failed check's connection attempts end within the acquire timeout.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after_check = attempts.load(Ordering::SeqCst);
     for _ in 0..5 {
         body(discover().await.unwrap(), 200).await;
     }
-    assert_eq!(attempts.load(Ordering::SeqCst), after_first, "reads went straight to the primary");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), after_check, "neither reads nor checks went to the failed replica");
+}
+
+/// A replica further behind the primary than `database.replica_max_lag_ms` is not read: a
+/// change no instance knows of (written straight to the primary, as one another instance made
+/// more than a minute ago would be, past its read-your-writes window) reads back as made once
+/// the bound has passed, though the replica still lacks it. An instance with the default bound
+/// (10 s) reads the same replica, 2 s behind, and does not see the change yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_further_behind_than_its_bound_is_not_read() {
+    let db = TestDb::new(Backend::Postgres).await;
+    db.store().await.close().await;
+    let replica = replica_url("TESSERA_TEST_PG_DELAYED_REPLICA_URL", &db);
+    let delayed = caught_up(&replica).await;
+    let issuer = LocalIssuer::start().await.unwrap();
+    let mut config = db.config();
+    config.issuers.push(local_issuer_config(&issuer));
+    let writer = TestApp::start(db.share(), &config).await;
+    config.database.replica_url = Some(DatabaseUrl::parse(&replica).unwrap());
+    let lenient = TestApp::start(db.share(), &config).await;
+    config.database.replica_max_lag = Duration::from_millis(500);
+    let strict = TestApp::start(db.share(), &config).await;
+
+    let token = issuer.sign("rsa-1", &issuer.claims("far-behind", AUDIENCE));
+    let user_id = body(writer.validate(&token).await, 200).await["user_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !identity_on(&delayed, "far-behind").await {
+        assert!(Instant::now() < deadline, "the replica never received the identity");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let name_on = |app: &TestApp| {
+        let me = app.client.get(app.url("/v1/me")).bearer_auth(&token).send();
+        async move { body(me.await.unwrap(), 200).await["name"].clone() }
+    };
+    let before = name_on(&lenient).await;
+    assert_eq!(name_on(&strict).await, before);
+
+    let sql = format!("UPDATE users SET name = 'Renamed far away' WHERE id = '{user_id}'");
+    assert_eq!(writer.db.sql().await.exec(&sql).await.unwrap(), 1);
+    let written = Instant::now();
+    assert_eq!(name_on(&lenient).await, before, "the lenient instance reads the replica, which lags");
+    tokio::time::sleep(Duration::from_millis(800).saturating_sub(written.elapsed())).await;
+    assert_eq!(name_on(&strict).await, "Renamed far away", "the replica is behind the strict bound: the primary");
+    let on_replica: Option<String> = sqlx::query_scalar("SELECT name FROM users WHERE id = $1::uuid")
+        .bind(&user_id)
+        .fetch_one(&delayed)
+        .await
+        .unwrap();
+    assert_ne!(on_replica.as_deref(), Some("Renamed far away"), "the replica really lagged behind the primary");
+    for app in [writer, lenient, strict] {
+        app.stop().await;
+    }
 }
