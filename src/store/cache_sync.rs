@@ -65,10 +65,11 @@ pub(super) async fn log_changes(tx: &mut Tx, changes: &[CacheChange], now: DateT
 
 /// The highest sequence number in the log (0 when it is empty).
 pub(super) async fn head(db: &Db) -> Result<i64, StoreError> {
-    query("SELECT COALESCE(MAX(seq), 0) AS head FROM cache_invalidations").fetch_one(db.reader()).await?.int("head")
+    query("SELECT COALESCE(MAX(seq), 0) AS head FROM cache_invalidations").fetch_one(db.background()).await?.int("head")
 }
 
-/// Up to `limit` rows after `after`, in order, read where every commit is visible (the primary).
+/// Up to `limit` rows after `after`, in order, read where every commit is visible (the primary),
+/// on the background loops' own connection: not queued behind requests.
 pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Vec<LoggedChange>, StoreError> {
     let rows = query(
         "SELECT seq, kind, user_id, issuer, subject, client_id FROM cache_invalidations
@@ -76,7 +77,7 @@ pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Vec
     )
     .bind(after)
     .bind(limit)
-    .fetch_all(db.reader())
+    .fetch_all(db.background())
     .await?;
     // A row that does not decode is passed on as unreadable rather than failing the batch: the
     // cursor must move past it, or every instance would stop applying changes at that row.

@@ -97,6 +97,9 @@ pub(super) enum Db {
     Postgres {
         /// The primary: every write and every read that must see the latest write.
         primary: PgPool,
+        /// One more connection to the primary, for the background reads that must not queue
+        /// behind requests (see [`Db::background`]).
+        background: PgPool,
         /// The replica, for reads that tolerate lag.
         replica: Option<Replica>,
     },
@@ -268,6 +271,7 @@ impl Db {
                         })
                 };
                 let primary = options().connect(url).await?;
+                let background = options().max_connections(1).connect_lazy(url)?;
                 let replica =
                     config.replica_url.as_ref().map(|url| options().connect_lazy(url.expose())).transpose()?.map(
                         |pool| Replica {
@@ -278,7 +282,7 @@ impl Db {
                             positions: Mutex::new(VecDeque::new()),
                         },
                     );
-                Ok(Db::Postgres { primary, replica })
+                Ok(Db::Postgres { primary, background, replica })
             }
         }
     }
@@ -304,6 +308,17 @@ impl Db {
         match self {
             Db::Sqlite { reader, .. } => PoolRef::Sqlite(reader, READER),
             Db::Postgres { primary, .. } => PoolRef::Postgres(primary, PRIMARY),
+        }
+    }
+
+    /// Where the background loops read what cannot wait for a busy request pool: the
+    /// cache-invalidation log (other instances' changes are honoured within a second even while
+    /// every request connection is taken) and the primary's WAL position for the replica's lag
+    /// check. On PostgreSQL, a connection of its own to the primary; on SQLite, the reader.
+    pub(super) fn background(&self) -> PoolRef<'_> {
+        match self {
+            Db::Sqlite { reader, .. } => PoolRef::Sqlite(reader, READER),
+            Db::Postgres { background, .. } => PoolRef::Postgres(background, BACKGROUND),
         }
     }
 
@@ -417,7 +432,7 @@ impl Db {
     /// A replica that cannot be asked is left alone for [`REPLICA_BACKOFF`]; a primary that
     /// cannot be asked leaves the last finding to age past the bound.
     pub(super) async fn check_replica(&self) -> Result<ReplicaLag, StoreError> {
-        let Db::Postgres { primary, replica: Some(replica) } = self else {
+        let Db::Postgres { background, replica: Some(replica), .. } = self else {
             return Ok(ReplicaLag::NoReplica);
         };
         if replica.backing_off() {
@@ -427,7 +442,7 @@ impl Db {
         // position the primary answers.
         let at = Instant::now();
         let position: i64 =
-            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetch_one(primary).await?;
+            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetch_one(background).await?;
         let replayed =
             sqlx::query_scalar::<_, Option<i64>>("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")
                 .fetch_one(&replica.pool)
@@ -503,8 +518,8 @@ impl Db {
     pub(super) fn pool_stats(&self) -> Vec<PoolStats> {
         match self {
             Db::Sqlite { writer, reader } => vec![pool_stats(writer, WRITER), pool_stats(reader, READER)],
-            Db::Postgres { primary, replica } => {
-                let mut stats = vec![pool_stats(primary, PRIMARY)];
+            Db::Postgres { primary, background, replica } => {
+                let mut stats = vec![pool_stats(primary, PRIMARY), pool_stats(background, BACKGROUND)];
                 stats.extend(replica.as_ref().map(|replica| pool_stats(&replica.pool, REPLICA)));
                 stats
             }
@@ -518,7 +533,8 @@ impl Db {
                 reader.close().await;
                 writer.close().await;
             }
-            Db::Postgres { primary, replica } => {
+            Db::Postgres { primary, background, replica } => {
+                background.close().await;
                 primary.close().await;
                 if let Some(replica) = replica {
                     replica.pool.close().await;
@@ -607,6 +623,7 @@ const WRITER: &str = "writer";
 const READER: &str = "reader";
 const PRIMARY: &str = "primary";
 const REPLICA: &str = "replica";
+const BACKGROUND: &str = "background";
 
 /// Counts a statement or transaction about to ask `pool` for a connection while every connection
 /// it may open is open and busy: it queues. A sample taken as it asks (sqlx counts no waits), for

@@ -440,3 +440,56 @@ async fn an_instance_reading_a_lagging_replica_honours_a_change_made_elsewhere_p
     a.stop().await;
     b.stop().await;
 }
+
+/// B's only request connection is held by a request that waits on a lock, so every request of
+/// B that needs the database queues; a user disabled through A is still honoured by B within
+/// the bound, because B reads the log on a connection of its own. (With the log read on the
+/// request pool, the poll would queue too and time out, and B would go on answering from its
+/// cache for as long as the lock is held.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_elsewhere_is_honoured_while_every_request_connection_is_taken() {
+    let c = cluster(Backend::Postgres).await;
+    let b = c
+        .another(|config| {
+            config.database.max_connections = 1;
+            config.database.acquire_timeout = Duration::from_millis(300);
+        })
+        .await;
+    let token = c.token("behind-a-busy-pool");
+    let user = user_of(&c.a, &token).await;
+    settle().await;
+    assert_eq!(user_of(&b, &token).await, user, "cached on B now");
+
+    // A request of B that reads the teams waits for this lock, holding B's one connection.
+    let Sql::Postgres(locker) = c.db.sql().await else { unreachable!() };
+    let mut lock = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE teams IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let waiting = tokio::spawn(b.admin(Method::GET, "/admin/teams").send());
+    eventually_within("B's request waits for the lock", BOUND, || async {
+        let waits: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '%teams%'",
+        )
+        .fetch_one(&locker)
+        .await
+        .unwrap();
+        waits == 1
+    })
+    .await;
+    assert_eq!(code_of(b.validate(&token).await).await.0, 200, "answered from B's cache");
+
+    let changed = Instant::now();
+    let path = format!("/admin/users/{user}");
+    body(c.a.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    // Purged from B's cache, the user must be read again, and that read queues for the busy
+    // connection (503 after B's acquire timeout): anything but the cached answer.
+    honoured_within_bound("a change is honoured while B's request connections are taken", changed, || async {
+        code_of(b.validate(&token).await).await.0 != 200
+    })
+    .await;
+    lock.commit().await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
+    assert_eq!(code_of(b.validate(&token).await).await, refused("user_disabled"));
+    b.stop().await;
+    c.stop().await;
+}

@@ -136,7 +136,7 @@ async fn metrics_need_the_admin_token_and_parse_as_prometheus_text(backend: Back
     // Pools of this backend, sampled by this scrape.
     let pools: &[&str] = match backend {
         Backend::Sqlite => &["writer", "reader"],
-        Backend::Postgres => &["primary"],
+        Backend::Postgres => &["primary", "background"],
     };
     for pool in pools {
         for state in ["in_use", "idle"] {

@@ -4544,7 +4544,10 @@ mod metrics {
         let names: Vec<_> = stats.iter().map(|s| s.pool).collect();
         match backend {
             Backend::Sqlite => assert_eq!(names, ["writer", "reader"]),
-            Backend::Postgres => assert_eq!(names, ["primary"], "no replica configured"),
+            Backend::Postgres => {
+                assert_eq!(names, ["primary", "background"], "no replica configured");
+                assert_eq!(stats[1].max, 1, "the background loops' one connection");
+            }
         }
         for pool in &stats {
             assert!(pool.max >= 1 && pool.size <= pool.max && pool.idle <= pool.size, "{pool:?}");
