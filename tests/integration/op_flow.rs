@@ -1220,6 +1220,32 @@ async fn narrowing_a_client_narrows_what_its_standing_grants_issue(backend: Back
     // And the resource: the same.
     patch(json!({"scopes": ["openid", "offline_access"], "resources": ["https://other.example.com"]})).await;
     assert_eq!(oauth_error(refresh(grants[1].clone(), None).await, 400).await, "invalid_grant");
+    // A grant left with none of its scopes: the same, introspection included.
+    patch(json!({"scopes": ["openid", "email", "offline_access"], "resources": [api]})).await;
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(&w.app, &client, &challenge, "").replace("scope=openid%20email%20teams", "scope=email");
+    let code = code_from(&w, &mut Browser::new(), url).await;
+    let mut form = vec![("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)];
+    form.push(("code_verifier", verifier.as_str()));
+    let tokens = body(token_request(&w.app, creds, &form).await, 200).await;
+    assert_eq!(tokens["scope"], "email");
+    // Its access token is active, but not for userinfo: RFC 6750's insufficient_scope (403), not
+    // invalid_token, which would send a client round a refresh that cannot help.
+    let access = tokens["access_token"].as_str().unwrap();
+    let userinfo = w.app.client.get(w.app.url("/oauth/userinfo"));
+    let refused = userinfo.try_clone().unwrap().bearer_auth(access).send().await.unwrap();
+    let challenge = refused.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.starts_with("Bearer error=\"insufficient_scope\"") && challenge.ends_with("scope=\"openid\""));
+    assert_eq!(oauth_error(refused, 403).await, "insufficient_scope");
+    let twice = userinfo.try_clone().unwrap().bearer_auth(access).header("authorization", format!("Bearer {access}"));
+    assert_eq!(oauth_error(twice.send().await.unwrap(), 400).await, "invalid_request");
+    let unknown = userinfo.bearer_auth("not-a-token").send().await.unwrap();
+    assert_eq!(oauth_error(unknown, 401).await, "invalid_token");
+    let emailed = tokens["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(introspect(&w.app, creds, &emailed).await["active"], true);
+    patch(json!({"scopes": ["openid", "offline_access"]})).await;
+    assert_eq!(oauth_error(refresh(emailed.clone(), None).await, 400).await, "invalid_grant");
+    assert_eq!(introspect(&w.app, creds, &emailed).await, json!({"active": false}));
 }
 
 async fn forward_auth_says_an_email_is_verified_on_a_trusted_providers_word(backend: Backend) {

@@ -14,6 +14,7 @@ use crate::domain::client_rules::{ASSERTION_ALGORITHMS, DEFAULT_SCOPES};
 use crate::domain::{GrantType, SigningAlg};
 use crate::http::AppState;
 use crate::http::credentials::Credentials;
+use crate::service::op::tokens::UserInfoAnswer;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -73,18 +74,16 @@ async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, O
     Ok(response)
 }
 
-fn invalid_token(description: &'static str) -> Response {
-    let mut response = (
-        StatusCode::UNAUTHORIZED,
-        Json(serde_json::json!({ "error": "invalid_token", "error_description": description })),
-    )
-        .into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(
-            "Bearer error=\"invalid_token\", error_description=\"the access token is not active\"",
-        ),
-    );
+/// An RFC 6750 section 3 refusal: `WWW-Authenticate: Bearer error=…` (with the `scope` needed,
+/// for `insufficient_scope`), and the same in a body.
+fn bearer_error(status: StatusCode, error: &'static str, description: &'static str) -> Response {
+    let mut response =
+        (status, Json(serde_json::json!({ "error": error, "error_description": description }))).into_response();
+    let scope = if error == "insufficient_scope" { ", scope=\"openid\"" } else { "" };
+    let challenge = format!("Bearer error=\"{error}\", error_description=\"{description}\"{scope}");
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
     no_store(response.headers_mut());
     response
 }
@@ -95,14 +94,17 @@ fn invalid_token(description: &'static str) -> Response {
     tag = "oauth",
     operation_id = "userinfo",
     summary = "The UserInfo endpoint.",
-    responses(crate::http::openapi::OAuthErrors, (status = 200, description = "The claims.", body = Object, content_type = "application/json"), (status = 401, description = "No valid access token (`WWW-Authenticate: Bearer`, no body).")),
+    responses(crate::http::openapi::OAuthErrors, (status = 200, description = "The claims.", body = Object, content_type = "application/json"), (status = 401, description = "No valid access token (`WWW-Authenticate: Bearer`, no body without a token, else `invalid_token`)."), (status = 403, description = "An active token not issued for `openid` (`insufficient_scope`).")),
     security(("bearer" = [])),
 )]
 async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, OAuthResponse> {
     let op = provider(&state)?;
     let token = match Credentials::read(&headers) {
         Ok(credentials) => credentials.user_token(),
-        Err(_) => return Ok(invalid_token("send one access token, in one Authorization header")),
+        Err(_) => {
+            let description = "send one access token, in one Authorization header";
+            return Ok(bearer_error(StatusCode::BAD_REQUEST, "invalid_request", description));
+        }
     };
     let Some(token) = token else {
         let mut response = StatusCode::UNAUTHORIZED.into_response();
@@ -110,12 +112,19 @@ async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
         no_store(response.headers_mut());
         return Ok(response);
     };
-    match op.userinfo(token).await? {
-        Some(claims) => {
+    Ok(match op.userinfo(token).await? {
+        UserInfoAnswer::Claims(claims) => {
             let mut response = Json(claims).into_response();
             no_store(response.headers_mut());
-            Ok(response)
+            response
         }
-        None => Ok(invalid_token("the access token is not active")),
-    }
+        UserInfoAnswer::Inactive => {
+            bearer_error(StatusCode::UNAUTHORIZED, "invalid_token", "the access token is not active")
+        }
+        UserInfoAnswer::WithoutOpenid => bearer_error(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "the access token was not issued for openid; authorize again with it",
+        ),
+    })
 }

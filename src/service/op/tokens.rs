@@ -103,6 +103,19 @@ pub struct AccessClaims {
     pub teams: Option<Vec<String>>,
 }
 
+/// What the UserInfo endpoint answers.
+#[derive(Debug)]
+pub enum UserInfoAnswer {
+    /// The user's claims, by the token's scopes.
+    Claims(UserClaims),
+    /// The token does not count: not one of Tessera's, expired, of an ended grant, of a client
+    /// (no user), or of a user disabled or gone (RFC 6750 `invalid_token`).
+    Inactive,
+    /// An active token not issued for `openid` (RFC 6750 `insufficient_scope`): refreshing it
+    /// would not help; the application must authorize again with `openid`.
+    WithoutOpenid,
+}
+
 /// A user's claims by scope, for id tokens and userinfo.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UserClaims {
@@ -358,9 +371,7 @@ impl OpenIdProvider {
     ) -> Result<TokenResponse, OAuthError> {
         let scopes = registered_scopes(client, &grant.scope);
         if scopes.is_empty() {
-            return Err(OAuthError::invalid_grant(
-                "the client is no longer registered for any of this grant's scopes; authorize again",
-            ));
+            return Err(no_scope_left());
         }
         let scope = scopes.join(" ");
         let profile = self.store.user_profile(grant.user_id, ReadFrom::Primary).await?;
@@ -542,17 +553,22 @@ impl OpenIdProvider {
         Ok(())
     }
 
-    /// Userinfo: the claims of an active access token's user, by its scopes; `None` when the
-    /// token does not count (or was not issued for `openid`).
-    pub async fn userinfo(&self, token: &str) -> Result<Option<UserClaims>, OAuthError> {
-        let Some(claims) = self.verify_access(token).await else { return Ok(None) };
-        let scopes = split_scope(&claims.scope);
-        if claims.gid.is_none() || !scopes.iter().any(|s| s == "openid") || !self.access_grant_active(&claims).await? {
-            return Ok(None);
+    /// Userinfo: the claims of an active access token's user, by its scopes.
+    pub async fn userinfo(&self, token: &str) -> Result<UserInfoAnswer, OAuthError> {
+        let Some(claims) = self.verify_access(token).await else { return Ok(UserInfoAnswer::Inactive) };
+        if claims.gid.is_none() || !self.access_grant_active(&claims).await? {
+            return Ok(UserInfoAnswer::Inactive);
         }
-        let Ok(user) = claims.sub.parse::<uuid::Uuid>() else { return Ok(None) };
+        let scopes = split_scope(&claims.scope);
+        if !scopes.iter().any(|s| s == "openid") {
+            return Ok(UserInfoAnswer::WithoutOpenid);
+        }
+        let Ok(user) = claims.sub.parse::<uuid::Uuid>() else { return Ok(UserInfoAnswer::Inactive) };
         let profile = self.store.user_profile(UserId::from_uuid(user), ReadFrom::Primary).await?;
-        Ok(profile.filter(|p| !p.user.disabled).map(|p| user_claims(&p, &scopes)))
+        Ok(match profile.filter(|p| !p.user.disabled) {
+            Some(profile) => UserInfoAnswer::Claims(user_claims(&profile, &scopes)),
+            None => UserInfoAnswer::Inactive,
+        })
     }
 
     /// The client a verified id token was issued to (`aud`) and its user (`sub`), for
@@ -590,9 +606,12 @@ pub fn user_claims(profile: &UserProfile, scopes: &[String]) -> UserClaims {
 /// Whether `client`, as registered now, still covers `grant`: an admin who narrows a client
 /// narrows what its standing grants issue from then on. A grant for a resource the client no
 /// longer lists, or an offline grant (one that outlives the session) of a client that no longer
-/// has `offline_access`, issues nothing more; scopes taken away are left out of its tokens (see
-/// [`registered_scopes`]).
+/// has `offline_access`, or one left with none of its scopes, issues nothing more; scopes taken
+/// away are left out of its tokens (see [`registered_scopes`]).
 fn still_registered(client: &Client, grant: &GrantRecord) -> Result<(), OAuthError> {
+    if registered_scopes(client, &grant.scope).is_empty() {
+        return Err(no_scope_left());
+    }
     let offline = split_scope(&grant.scope).iter().any(|s| s == OFFLINE_ACCESS);
     if grant.resource.as_ref().is_some_and(|r| !client.resources.contains(r))
         || (offline && !client.scopes.iter().any(|s| s == OFFLINE_ACCESS))
@@ -602,6 +621,10 @@ fn still_registered(client: &Client, grant: &GrantRecord) -> Result<(), OAuthErr
         ));
     }
     Ok(())
+}
+
+fn no_scope_left() -> OAuthError {
+    OAuthError::invalid_grant("the client is no longer registered for any of this grant's scopes; authorize again")
 }
 
 /// The scopes of `scope` that `client` is still registered for.
