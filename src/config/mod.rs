@@ -836,6 +836,14 @@ impl Config {
         };
 
         let server = parse_server(&raw.server)?;
+        // Last-use times written less often than this would let the sweep and other instances
+        // end a session in use: its stored last use must stay well within the idle timeout.
+        if server.last_seen_flush * 2 > auth.session_idle {
+            return Err(ConfigError::new(
+                "server.last_seen_flush_ms",
+                "must be at most half of auth.session_idle_minutes, or sessions in use would end as idle",
+            ));
+        }
         let webhooks = parse_webhooks(&raw.webhooks, env)?;
         if encryption.is_none()
             && let Some(endpoint) = webhooks.endpoints.first()
@@ -1323,6 +1331,18 @@ mod tests {
             let error = Config::from_toml(&format!("[database]\nready_timeout_ms = {wrong}"), env(&[])).unwrap_err();
             assert_eq!(error.key, "database.ready_timeout_ms", "{wrong}");
         }
+    }
+
+    #[test]
+    fn last_use_times_are_written_well_within_the_idle_timeout() {
+        let config = |flush_ms: u64| {
+            Config::from_toml(
+                &format!("[auth]\nsession_idle_minutes = 1\n[server]\nlast_seen_flush_ms = {flush_ms}"),
+                env(&[]),
+            )
+        };
+        assert_eq!(config(30_000).unwrap().server.last_seen_flush, Duration::from_secs(30));
+        assert_eq!(config(30_001).unwrap_err().key, "server.last_seen_flush_ms");
     }
 
     #[test]

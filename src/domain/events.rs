@@ -181,6 +181,8 @@ pub enum SessionEnd {
     /// The user was disabled (or enabled again, ending sessions that a sign-in racing the
     /// disable left).
     UserDisabled,
+    /// The identity the session signed in with was unlinked.
+    IdentityUnlinked,
 }
 
 impl SessionEnd {
@@ -191,6 +193,7 @@ impl SessionEnd {
             SessionEnd::Replaced => "replaced",
             SessionEnd::SignedOutElsewhere => "signed_out_elsewhere",
             SessionEnd::UserDisabled => "user_disabled",
+            SessionEnd::IdentityUnlinked => "identity_unlinked",
         }
     }
 }

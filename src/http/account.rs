@@ -54,6 +54,8 @@ struct IdentityRow {
     linked: String,
     last_used: String,
     primary: bool,
+    /// This browser's session signed in with it: removing it signs the browser out.
+    current: bool,
 }
 
 struct TeamRow {
@@ -206,6 +208,7 @@ async fn account_page(
             linked: day(identity.created_at),
             last_used: day(identity.last_seen_at),
             primary: Some(identity.id) == primary,
+            current: live.record.identity_id == Some(identity.id),
         })
         .collect();
     let link_providers = state

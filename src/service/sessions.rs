@@ -36,6 +36,9 @@ pub struct Sessions {
     store: Arc<dyn Store>,
     ttl: TimeDelta,
     idle: TimeDelta,
+    /// A use is noted once the stored last use is this old: [`TOUCH_INTERVAL`], or a quarter of
+    /// `idle` when that is shorter, so that a session in use never reaches its idle timeout.
+    touch: TimeDelta,
     last_seen: Arc<LastSeen>,
     cache: Arc<PrincipalCache>,
 }
@@ -50,7 +53,8 @@ impl Sessions {
         cache: Arc<PrincipalCache>,
     ) -> Self {
         let delta = |d: Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
-        Self { store, ttl: delta(ttl), idle: delta(idle), last_seen, cache }
+        let idle = delta(idle);
+        Self { store, ttl: delta(ttl), idle, touch: TOUCH_INTERVAL.min(idle / 4), last_seen, cache }
     }
 
     /// The absolute lifetime, for the cookie's `Max-Age`.
@@ -107,7 +111,7 @@ impl Sessions {
         // A hit whose last use is due to be noted is read again, as a miss: a cached copy must
         // not hide a session's use from idle expiry for longer than the noting interval.
         if let Some(live) = self.cache.session(&hash)
-            && now - live.record.last_seen_at < TOUCH_INTERVAL
+            && now - live.record.last_seen_at < self.touch
         {
             return Ok(self.is_live(&live.record, now).then(|| LiveSession::clone(&live)));
         }
@@ -118,7 +122,7 @@ impl Sessions {
         if !self.is_live(&record, now) {
             return Ok(None);
         }
-        if now - record.last_seen_at >= TOUCH_INTERVAL {
+        if now - record.last_seen_at >= self.touch {
             // Bookkeeping, written by the last-use worker: never a write on this request. The
             // cached copy says so too, so that its hits do not note it again.
             self.last_seen.session(hash, now);

@@ -1172,6 +1172,12 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(UnlinkOutcome::LastIdentity);
         }
+        // The sessions signed in with it end with it (before the identity goes: the foreign key
+        // would only clear their `identity_id`), so that neither they nor what they would
+        // authorise outlive the sign-in method the user took away.
+        let ended =
+            query("DELETE FROM sessions WHERE identity_id = $1").bind(identity.as_uuid()).execute(&mut tx).await?;
+        insert_session_event(&mut tx, user, SessionEnd::IdentityUnlinked, ended, now).await?;
         query("DELETE FROM identities WHERE id = $1").bind(identity.as_uuid()).execute(&mut tx).await?;
         insert_identity_event(
             &mut tx,

@@ -10,7 +10,8 @@ use tessera::config::{Config, ProviderConfig, ProviderEndpoints, ProviderKind};
 use tessera::domain::Issuer;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser, Tamper, TokenFault};
 
-use crate::helpers::{Backend, TestApp, identity, json as body, on_both_backends};
+use crate::helpers::{Backend, TestApp, eventually_within, identity, json as body, on_both_backends};
+use std::time::Duration;
 
 on_both_backends!(
     a_sign_in_creates_a_user_and_a_session,
@@ -28,8 +29,10 @@ on_both_backends!(
     a_known_email_is_not_linked_silently,
     automatic_linking_needs_trust_and_verified_emails,
     identities_can_be_chosen_and_unlinked_but_not_the_last,
+    unlinking_an_identity_signs_out_the_sessions_that_used_it,
     an_unlinked_identity_stops_resolving_to_its_old_user_at_once,
     sessions_end_when_idle_expired_or_logged_out,
+    a_session_in_use_never_reaches_a_short_idle_timeout,
 );
 
 pub const CLIENT_ID: &str = "tessera-test";
@@ -632,6 +635,48 @@ async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend
     assert_eq!(sql.count("identity_events WHERE action = 'primary'").await, 1);
 }
 
+/// A sign-in method someone else controlled stops working when the user removes it: the sessions
+/// it started end with it (else they would live on for days, and could authorise applications
+/// through grants tied to no identity), and those of the user's other methods go on.
+async fn unlinking_an_identity_signs_out_the_sessions_that_used_it(backend: Backend) {
+    let second = LocalIssuer::start().await.unwrap();
+    second.set_client(CLIENT_ID, CLIENT_SECRET);
+    let w =
+        world_with(backend, |config, _| config.providers.push(provider("second", ProviderKind::Oidc, &second))).await;
+    w.issuer.set_next_user(StubUser::new("taken-over", "owner@example.com"));
+    let mut intruder = Browser::new();
+    assert_eq!(intruder.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    // The owner links the second provider from that account, and signs in with it elsewhere.
+    let start = intruder.get(&w.app.url("/auth/link?provider=second")).await;
+    let provider_page = intruder.get(&location(&start)).await;
+    intruder.get(&location(&provider_page)).await;
+    let me = body(intruder.me(&w.app).await, 200).await;
+    let [first_id, second_id] = [0, 1].map(|i| me["identities"][i]["id"].as_str().unwrap().to_owned());
+    let mut owner = Browser::new();
+    assert_eq!(owner.sign_in(&w.app, "provider=second").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(body(owner.me(&w.app).await, 200).await["id"], me["id"]);
+    w.issuer.set_next_user(StubUser::new("taken-over", "owner@example.com"));
+    let mut another = Browser::new();
+    assert_eq!(another.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let page = owner.get(&w.app.url("/account")).await.text().await.unwrap();
+    assert_eq!(page.matches("removing it signs you out").count(), 1, "the method this browser used is marked");
+
+    let unlinked = owner.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{first_id}"))).await;
+    assert_eq!(unlinked.status(), StatusCode::NO_CONTENT);
+    for browser in [&mut intruder, &mut another] {
+        assert_eq!(body(browser.me(&w.app).await, 401).await["code"], "missing_credentials");
+    }
+    let me = body(owner.me(&w.app).await, 200).await;
+    assert_eq!(me["identities"].as_array().unwrap().len(), 1);
+    assert_eq!(me["identities"][0]["id"], second_id.as_str());
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("sessions").await, 1, "the owner's session alone");
+    let revoked = sql.texts("SELECT CAST(payload AS TEXT) FROM outbox_events WHERE topic = 'session.revoked'").await;
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    let payload: serde_json::Value = serde_json::from_str(&revoked[0]).unwrap();
+    assert_eq!((&payload["reason"], &payload["sessions"]), (&json!("identity_unlinked"), &json!(2)));
+}
+
 async fn an_unlinked_identity_stops_resolving_to_its_old_user_at_once(backend: Backend) {
     let second = LocalIssuer::start().await.unwrap();
     second.set_client(CLIENT_ID, CLIENT_SECRET);
@@ -660,6 +705,30 @@ async fn an_unlinked_identity_stops_resolving_to_its_old_user_at_once(backend: B
     let after = body(w.app.validate(&token).await, 200).await;
     assert_ne!(after["user_id"], me["id"], "no cache keeps the old link alive");
     assert_eq!(after["created"], true, "the free identity is provisioned anew (its issuer has jit)");
+}
+
+/// With an idle timeout of a minute, a use is noted once the stored last use is 15 s old (a
+/// quarter of it), not a minute old: at a minute, every session would end a minute after it
+/// began however busy it was, its last use never noted in time.
+async fn a_session_in_use_never_reaches_a_short_idle_timeout(backend: Backend) {
+    let w = world_with(backend, |config, _| {
+        config.auth.session_idle = Duration::from_secs(60);
+        // No cached copy: each request reads the stored last use.
+        config.cache.principal_ttl = Duration::ZERO;
+        config.server.last_seen_flush = Duration::from_millis(100);
+    })
+    .await;
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let sql = w.app.db.sql().await;
+    let ago = |seconds: u32| match backend {
+        Backend::Sqlite => format!("(CAST(strftime('%s', 'now') AS INTEGER) - {seconds}) * 1000000"),
+        Backend::Postgres => format!("now() - interval '{seconds} seconds'"),
+    };
+    sql.exec(&format!("UPDATE sessions SET last_seen_at = {}", ago(20))).await.unwrap();
+    assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK);
+    let recent = format!("sessions WHERE last_seen_at > {}", ago(10));
+    eventually_within("the use is written", Duration::from_secs(5), || async { sql.count(&recent).await == 1 }).await;
 }
 
 async fn sessions_end_when_idle_expired_or_logged_out(backend: Backend) {
