@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -49,13 +49,28 @@ pub fn from_this_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Whether a request without `Sec-Fetch-Site` names an origin other than `ours` (that of
+/// `auth.public_url`; nothing is known without it): browsers without Fetch Metadata (Safari
+/// before 16.4) still send `Origin` on a change, and `null` from a sandboxed or privacy-bound
+/// page. Clients that are not browsers send neither header.
+fn names_another_origin(headers: &HeaderMap, ours: Option<&str>) -> bool {
+    if headers.contains_key("sec-fetch-site") {
+        return false;
+    }
+    match (headers.get(header::ORIGIN), ours) {
+        (Some(sent), Some(ours)) => sent.as_bytes() != ours.as_bytes(),
+        _ => false,
+    }
+}
+
 /// Middleware for the JSON API that a browser session may call (`/v1/me…`, `/v1/teams/…`): a
 /// request that changes something (any method but `GET`, `HEAD` and `OPTIONS`), carries the
 /// session cookie and is marked by the browser as sent from another origin is refused with 403
 /// `csrf_failed`. `SameSite=Lax` keeps the cookie off cross-site posts but not off those from a
 /// sibling subdomain (same site, another origin), which a form or a `fetch` without a preflight
 /// (a bodyless or `text/plain` POST) can send; Tessera's own pages are same-origin, and clients
-/// that are not browsers send no `Sec-Fetch-Site`.
+/// that are not browsers send no `Sec-Fetch-Site`. A browser that sends no `Sec-Fetch-Site` is
+/// judged by its `Origin` instead (see [`names_another_origin`]).
 pub async fn cookie_changes_from_this_origin(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -63,7 +78,10 @@ pub async fn cookie_changes_from_this_origin(
 ) -> Response {
     // Reads (`GET /v1/me`, the hot path) pass without a look at the cookies.
     let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if changes && from_this_origin(request.headers()).is_err() {
+    let cross_origin = |headers: &HeaderMap| {
+        from_this_origin(headers).is_err() || names_another_origin(headers, state.flows.public_origin().as_deref())
+    };
+    if changes && cross_origin(request.headers()) {
         // A repeated cookie is the handler's to refuse (400 `ambiguous_credentials`); here it
         // counts as present.
         let with_cookie = cookie(request.headers(), state.cookies.session()).map_or(true, |found| found.is_some());

@@ -169,6 +169,11 @@ impl OAuthFlows {
         Url::parse(&format!("{base}/auth/callback/{provider}")).expect("a provider name is URL-safe")
     }
 
+    /// The origin of `auth.public_url` (`https://id.example.com`), when it is configured.
+    pub fn public_origin(&self) -> Option<String> {
+        self.public_url.as_ref().map(|url| url.origin().ascii_serialization())
+    }
+
     /// The base URL browsers reach Tessera at.
     pub fn public_url(&self) -> String {
         self.public_url.as_ref().map_or("http://127.0.0.1", |u| u.as_str()).trim_end_matches('/').to_owned()
