@@ -72,6 +72,7 @@ embedded_migrations! {
     19 "0019_login_fresh" "login_fresh",
     20 "0020_access_token_stored_at" "access_token_stored_at",
     21 "0021_consent_resources" "consent_resources",
+    22 "0022_orphaned_sessions" "orphaned_sessions",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

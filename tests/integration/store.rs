@@ -43,6 +43,7 @@ on_both_backends!(
     each_change_writes_one_outbox_event_in_its_transaction,
     // Schema and connection
     migrations_apply_once_and_report_status,
+    sessions_left_without_their_identity_end_with_migration_22,
     a_store_names_its_backend_and_is_unavailable_once_closed,
     // Provisioning
     a_created_account_is_found_by_its_identity,
@@ -429,6 +430,31 @@ async fn migrations_apply_once_and_report_status(backend: Backend) {
     let migrated = store.migration_status().await.unwrap();
     assert!(migrated.is_current(), "{migrated:?}");
     assert_eq!(migrated.applied, fresh.pending.len());
+}
+
+/// Before an unlink ended the sessions signed in with the identity, the foreign key only cleared
+/// their `identity_id`; migration 22 ends such leftovers, and no other session.
+async fn sessions_left_without_their_identity_end_with_migration_22(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "orphaned").await;
+    let t = now();
+    let (kept, orphaned) = (session(&ada, t, TimeDelta::hours(1)), session(&ada, t, TimeDelta::hours(1)));
+    for s in [&kept, &orphaned] {
+        store.start_session(s, None, &[]).await.unwrap();
+    }
+    let sql = db.sql().await;
+    let hex = orphaned.token_hash.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let orphan = match backend {
+        Backend::Sqlite => format!("UPDATE sessions SET identity_id = NULL WHERE hex(token_hash) = upper('{hex}')"),
+        Backend::Postgres => format!("UPDATE sessions SET identity_id = NULL WHERE token_hash = '\\x{hex}'"),
+    };
+    assert_eq!(sql.exec(&orphan).await.unwrap(), 1);
+    // The database as it was before migration 22, with that leftover in it.
+    assert_eq!(sql.exec("DELETE FROM _sqlx_migrations WHERE version = 22").await.unwrap(), 1);
+    store.migrate().await.unwrap();
+    assert!(store.migration_status().await.unwrap().is_current());
+    assert_eq!(sql.count("sessions").await, 1);
+    assert_eq!(sql.count("sessions WHERE identity_id IS NOT NULL").await, 1, "the session with its identity stays");
 }
 
 async fn a_store_names_its_backend_and_is_unavailable_once_closed(backend: Backend) {
