@@ -26,6 +26,7 @@ on_both_backends!(
     introspection_answers_inactive_alike_and_at_once,
     client_credentials_tokens_name_the_client,
     third_party_clients_ask_for_consent_once,
+    a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
     prompt_and_max_age_are_honoured,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
     pushed_requests_are_single_use,
@@ -678,6 +679,45 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
             .await;
     assert_eq!(param(&location(&deny), "error").as_deref(), Some("access_denied"));
     assert_eq!(w.app.db.sql().await.count("oauth_consents").await, 1);
+}
+
+/// RFC 8252 section 8.6: anyone can send a public client's id, and any program on the device can
+/// answer its loopback redirect (on any port), so a remembered consent does not show that the app
+/// asking is the one approved. Through its `https` redirect, the consent is remembered.
+async fn a_public_client_on_a_loopback_redirect_asks_for_consent_every_time(backend: Backend) {
+    let w = op_world(backend).await;
+    let (agent, _) = register(
+        &w.app,
+        json!({"name": "Agent", "kind": "public", "redirect_uris": ["http://127.0.0.1/callback", REDIRECT],
+               "first_party": false}),
+    )
+    .await;
+    let (_, challenge) = pkce();
+    let to = |redirect: &str, extra: &str| {
+        authorize_url(&w.app, &agent, &challenge, extra).replace(&urlencode(REDIRECT), &urlencode(redirect))
+    };
+    let mut browser = Browser::new();
+    let mut url = to("http://127.0.0.1:5555/callback", "");
+    let page = loop {
+        let response = browser.navigate(&url).await;
+        if response.status() == StatusCode::OK {
+            break response;
+        }
+        let next = location(&response);
+        url = if next.starts_with('/') { w.app.url(&next) } else { next };
+    };
+    let request_id = request_id_of(&page.text().await.unwrap());
+    let form = [("request_id", request_id.as_str()), ("decision", "approve")];
+    let approved = location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &form).await);
+    assert!(approved.starts_with("http://127.0.0.1:5555/callback?code="), "{approved}");
+    // Another program, on another port: the page again, not a code; without a page, no code.
+    let again = browser.navigate(&to("http://127.0.0.1:6666/callback", "")).await;
+    assert!(!request_id_of(&html_of(again).await).is_empty(), "asked again");
+    let silent = browser.navigate(&to("http://127.0.0.1:6666/callback", "&prompt=none")).await;
+    assert_eq!(param(&location(&silent), "error").as_deref(), Some("consent_required"));
+    // Its https redirect belongs to the origin that registered it: the consent counts there.
+    let remembered = location(&browser.navigate(&to(REDIRECT, "")).await);
+    assert!(param(&remembered, "code").is_some(), "{remembered}");
 }
 
 async fn browser_post(browser: &mut Browser, url: &str, form: &[(&str, &str)]) -> reqwest::Response {

@@ -407,6 +407,12 @@ impl OpenIdProvider {
             let granted = self.store.consent(session.user, request.client.id.as_str()).await?.unwrap_or_default();
             let covered = request.scopes.iter().all(|s| granted.scopes.contains(s))
                 && request.resource.as_ref().is_none_or(|r| granted.resources.contains(r));
+            // RFC 8252 section 8.6: a public client's id is no secret, and its loopback or
+            // private-use redirect can be answered by any program on the device, so nothing shows
+            // that the app asking now is the one the user approved: it asks every time. (An
+            // `https` redirect goes to the origin that registered it.)
+            let remembered = !request.client.is_public() || request.redirect_uri.starts_with("https://");
+            let covered = covered && remembered;
             if request.prompt_consent || !covered {
                 if request.prompt_none {
                     return Err(request.reject("consent_required", "the user has not consented to these scopes"));
