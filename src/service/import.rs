@@ -253,7 +253,8 @@ impl Importer {
         if self.dry_run {
             return Ok(LineOutcome { number, outcome, joined: true });
         }
-        match retry(|| self.teams.put_member(&team, None, user, Role::Member)).await {
+        // Add-only: a role given between the look above and this write stays as it is.
+        match retry(|| self.teams.add_member(&team, user, Role::Member)).await {
             Ok(change) => Ok(LineOutcome { number, outcome, joined: change == MemberChange::Added }),
             Err(TeamError::Store(e)) => Err(e),
             Err(e) => Ok(refused(number, e.code())),

@@ -123,15 +123,16 @@ impl Teams {
         let team = self.owner_gate(team, acting).await?;
         let outcome = self.store.put_member(team.id, acting, user, role, super::now()).await?;
         self.principals.invalidate_user(user);
-        match outcome {
-            MemberOutcome::Added => Ok(MemberChange::Added),
-            MemberOutcome::Updated => Ok(MemberChange::RoleChanged),
-            MemberOutcome::Unchanged => Ok(MemberChange::Unchanged),
-            MemberOutcome::UserNotFound => Err(TeamError::UserNotFound),
-            MemberOutcome::LastOwner => Err(TeamError::LastOwner),
-            MemberOutcome::NotAllowed => Err(TeamError::NotOwner),
-            MemberOutcome::TeamNotFound => Err(TeamError::TeamNotFound),
-        }
+        member_change(outcome)
+    }
+
+    /// Adds `user` to a team as `role` unless they are a member already, in any role
+    /// ([`MemberChange::Unchanged`]): a join that never changes a role someone gave meanwhile.
+    pub async fn add_member(&self, team: &TeamRef, user: UserId, role: Role) -> Result<MemberChange, TeamError> {
+        let team = self.owner_gate(team, None).await?;
+        let outcome = self.store.add_member(team.id, user, role, super::now()).await?;
+        self.principals.invalidate_user(user);
+        member_change(outcome)
     }
 
     /// Removes `user` from a team (never its last owner). With `acting` set, only an owner may,
@@ -253,5 +254,18 @@ impl Teams {
             }
             _ => Ok(Discovery::Default),
         }
+    }
+}
+
+/// What a membership write did, or why it did nothing.
+fn member_change(outcome: MemberOutcome) -> Result<MemberChange, TeamError> {
+    match outcome {
+        MemberOutcome::Added => Ok(MemberChange::Added),
+        MemberOutcome::Updated => Ok(MemberChange::RoleChanged),
+        MemberOutcome::Unchanged => Ok(MemberChange::Unchanged),
+        MemberOutcome::UserNotFound => Err(TeamError::UserNotFound),
+        MemberOutcome::LastOwner => Err(TeamError::LastOwner),
+        MemberOutcome::NotAllowed => Err(TeamError::NotOwner),
+        MemberOutcome::TeamNotFound => Err(TeamError::TeamNotFound),
     }
 }

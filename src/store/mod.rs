@@ -878,6 +878,17 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<MemberOutcome, StoreError>;
 
+    /// Adds `user` to `team` as `role` unless they are a member already, in any role
+    /// ([`MemberOutcome::Unchanged`], nothing written), under the same locks as
+    /// [`Store::put_member`]: a join (`tessera import`) never changes a role given meanwhile.
+    async fn add_member(
+        &self,
+        team: TeamId,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> Result<MemberOutcome, StoreError>;
+
     /// Removes a member; never the team's last owner (serialised per team). Their connect links
     /// and connect flows for the team's profiles go with them. `acting` as for
     /// [`Store::put_member`].

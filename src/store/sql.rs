@@ -56,6 +56,75 @@ impl SqlStore {
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
         Ok(Self { db: Db::connect(config).await?, ready_timeout: config.ready_timeout })
     }
+
+    /// [`Store::put_member`], or with `only_add` [`Store::add_member`].
+    async fn write_member(
+        &self,
+        team: TeamId,
+        acting: Option<UserId>,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+        only_add: bool,
+    ) -> Result<MemberOutcome, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // The user, then the team: the order of a user's deletion (see `lock_user_key`).
+        if !lock_user_key(&mut tx, user).await? {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::UserNotFound);
+        }
+        // Serialises membership changes of one team, so that two cannot remove the last two owners.
+        if !lock_team(&mut tx, team).await? {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::TeamNotFound);
+        }
+        if !acting_owner(&mut tx, team, acting).await? {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::NotAllowed);
+        }
+        if let Some(sole_owner) = sole_owner(&mut tx, team, user).await? {
+            if only_add {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::Unchanged);
+            }
+            if sole_owner && role != Role::Owner {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::LastOwner);
+            }
+            let previous = member_role(&mut tx, team, user).await?;
+            if previous == Some(role) {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::Unchanged);
+            }
+            query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
+                .bind(team.as_uuid())
+                .bind(user.as_uuid())
+                .bind(role.as_str())
+                .execute(&mut tx)
+                .await?;
+            if let Some(previous) = previous.filter(|p| *p != role) {
+                let payload = events::member_changed(team, user, role, Some(previous));
+                insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ROLE_CHANGED, payload), now).await?;
+                log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+            }
+            tx.commit().await?;
+            return Ok(MemberOutcome::Updated);
+        }
+        query(
+            "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES ($1, $2, $3, FALSE, $4)",
+        )
+        .bind(team.as_uuid())
+        .bind(user.as_uuid())
+        .bind(role.as_str())
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        let payload = events::member_changed(team, user, role, None);
+        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        tx.commit().await?;
+        Ok(MemberOutcome::Added)
+    }
 }
 
 /// Whether `user` is the only owner of `team`; `None` when they are not a member.
@@ -1402,61 +1471,18 @@ impl Store for SqlStore {
         role: Role,
         now: DateTime<Utc>,
     ) -> Result<MemberOutcome, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // The user, then the team: the order of a user's deletion (see `lock_user_key`).
-        if !lock_user_key(&mut tx, user).await? {
-            tx.rollback().await?;
-            return Ok(MemberOutcome::UserNotFound);
-        }
-        // Serialises membership changes of one team, so that two cannot remove the last two owners.
-        if !lock_team(&mut tx, team).await? {
-            tx.rollback().await?;
-            return Ok(MemberOutcome::TeamNotFound);
-        }
-        if !acting_owner(&mut tx, team, acting).await? {
-            tx.rollback().await?;
-            return Ok(MemberOutcome::NotAllowed);
-        }
-        if let Some(sole_owner) = sole_owner(&mut tx, team, user).await? {
-            if sole_owner && role != Role::Owner {
-                tx.rollback().await?;
-                return Ok(MemberOutcome::LastOwner);
-            }
-            let previous = member_role(&mut tx, team, user).await?;
-            if previous == Some(role) {
-                tx.rollback().await?;
-                return Ok(MemberOutcome::Unchanged);
-            }
-            query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
-                .bind(team.as_uuid())
-                .bind(user.as_uuid())
-                .bind(role.as_str())
-                .execute(&mut tx)
-                .await?;
-            if let Some(previous) = previous.filter(|p| *p != role) {
-                let payload = events::member_changed(team, user, role, Some(previous));
-                insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ROLE_CHANGED, payload), now).await?;
-                log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
-            }
-            tx.commit().await?;
-            return Ok(MemberOutcome::Updated);
-        }
-        query(
-            "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES ($1, $2, $3, FALSE, $4)",
-        )
-        .bind(team.as_uuid())
-        .bind(user.as_uuid())
-        .bind(role.as_str())
-        .bind(now)
-        .execute(&mut tx)
-        .await?;
-        let payload = events::member_changed(team, user, role, None);
-        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
-        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
-        tx.commit().await?;
-        Ok(MemberOutcome::Added)
+        self.write_member(team, acting, user, role, now, false).await
     }
 
+    async fn add_member(
+        &self,
+        team: TeamId,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> Result<MemberOutcome, StoreError> {
+        self.write_member(team, None, user, role, now, true).await
+    }
     async fn remove_member(
         &self,
         team: TeamId,

@@ -75,6 +75,7 @@ on_both_backends!(
     // Teams and members
     a_team_is_found_by_id_or_slug_with_the_callers_role,
     put_member_adds_updates_and_never_demotes_the_last_owner,
+    add_member_never_changes_a_role_given_meanwhile,
     concurrent_puts_of_one_member_add_them_once,
     members_added_while_the_user_or_team_is_deleted_are_refused_not_errors,
     concurrent_demotions_and_removals_leave_one_owner,
@@ -1158,6 +1159,38 @@ async fn put_member_adds_updates_and_never_demotes_the_last_owner(backend: Backe
     assert_eq!(put(bob.id(), Role::Member).await, MemberOutcome::LastOwner);
     assert_eq!(put(bob.id(), Role::Owner).await, MemberOutcome::Unchanged, "the same role again writes nothing");
     assert_eq!(role_in(&store, &ada.team, bob.id()).await, Some(Role::Owner));
+}
+
+/// `add_member` (the import's join) adds or leaves alone: racing an owner who makes the same
+/// user an admin, the user ends up an admin whichever comes first, and is added once.
+async fn add_member_never_changes_a_role_given_meanwhile(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let (team, user, owner) = (ada.team.id, bob.id(), ada.id());
+    let outcomes = concurrently(17, |i| {
+        let store = store.clone();
+        async move {
+            if i == 8 {
+                store.put_member(team, Some(owner), user, Role::Admin, now()).await.unwrap()
+            } else {
+                store.add_member(team, user, Role::Member, now()).await.unwrap()
+            }
+        }
+    })
+    .await;
+    assert_eq!(role_in(&store, &ada.team, user).await, Some(Role::Admin), "{outcomes:?}");
+    let added = outcomes.iter().filter(|o| **o == MemberOutcome::Added).count();
+    assert_eq!(added, 1, "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| matches!(o, MemberOutcome::Added | MemberOutcome::Updated | MemberOutcome::Unchanged))
+    );
+    assert_eq!(store.add_member(team, user, Role::Owner, now()).await.unwrap(), MemberOutcome::Unchanged);
+    assert_eq!(role_in(&store, &ada.team, user).await, Some(Role::Admin));
+    assert_eq!(
+        store.add_member(team, UserId::generate(), Role::Member, now()).await.unwrap(),
+        MemberOutcome::UserNotFound
+    );
 }
 
 async fn concurrent_puts_of_one_member_add_them_once(backend: Backend) {
