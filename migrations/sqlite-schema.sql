@@ -273,7 +273,7 @@ CREATE TABLE oauth_consents (
     user_id    BLOB NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     client_id  TEXT NOT NULL REFERENCES clients (id) ON DELETE CASCADE,
     scope      TEXT NOT NULL,
-    updated_at INTEGER NOT NULL, resources TEXT NOT NULL DEFAULT '',
+    updated_at INTEGER NOT NULL, resources TEXT NOT NULL DEFAULT '', resource_scopes TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (user_id, client_id)
 ) STRICT;
 

@@ -73,6 +73,7 @@ embedded_migrations! {
     20 "0020_access_token_stored_at" "access_token_stored_at",
     21 "0021_consent_resources" "consent_resources",
     22 "0022_orphaned_sessions" "orphaned_sessions",
+    23 "0023_consent_per_resource" "consent_per_resource",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

@@ -133,10 +133,44 @@ pub struct HeldRequest {
 /// What a user consented to for a third-party client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Consent {
-    /// The scopes, in the order first granted.
+    /// The scopes approved without a resource (tokens for the client itself), in the order
+    /// first granted.
     pub scopes: Vec<String>,
-    /// The resources (RFC 8707), in the order first granted.
-    pub resources: Vec<String>,
+    /// Each resource (RFC 8707) approved, in the order first granted, with the scopes approved
+    /// together with it.
+    pub resources: Vec<(String, Vec<String>)>,
+}
+
+impl Consent {
+    /// Whether it covers a request for `scopes` with `resource`: every scope was approved
+    /// together with that resource (or, without one, without one) — never a pair the consent
+    /// page did not show.
+    pub fn covers(&self, scopes: &[String], resource: Option<&str>) -> bool {
+        let approved = match resource {
+            None => Some(&self.scopes),
+            Some(resource) => self.resources.iter().find(|(r, _)| r == resource).map(|(_, scopes)| scopes),
+        };
+        approved.is_some_and(|approved| scopes.iter().all(|scope| approved.contains(scope)))
+    }
+
+    /// Adds `scopes` approved with `resource` (or without one).
+    pub fn widen(&mut self, scopes: &[String], resource: Option<&str>) {
+        let approved = match resource {
+            None => &mut self.scopes,
+            Some(resource) => match self.resources.iter().position(|(r, _)| r == resource) {
+                Some(index) => &mut self.resources[index].1,
+                None => {
+                    self.resources.push((resource.to_owned(), Vec::new()));
+                    &mut self.resources.last_mut().expect("just pushed").1
+                }
+            },
+        };
+        for scope in scopes {
+            if !approved.contains(scope) {
+                approved.push(scope.clone());
+            }
+        }
+    }
 }
 
 /// An app a user has let in (see [`super::Store::user_apps`]).

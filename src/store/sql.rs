@@ -2094,7 +2094,7 @@ impl Store for SqlStore {
     }
 
     async fn consent(&self, user: UserId, client: &str) -> Result<Option<Consent>, StoreError> {
-        let row = query("SELECT scope, resources FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+        let row = query("SELECT scope, resource_scopes FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
             .bind(user.as_uuid())
             .bind(client)
             .fetch_optional(self.db.writer())
@@ -2127,22 +2127,30 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut tx)
         .await?;
-        let row = query("SELECT scope, resources FROM oauth_consents WHERE user_id = $1 AND client_id = $2 FOR UPDATE")
-            .bind(user.as_uuid())
-            .bind(client)
-            .fetch_one(&mut tx)
-            .await?;
+        let row = query(
+            "SELECT scope, resources, resource_scopes FROM oauth_consents
+             WHERE user_id = $1 AND client_id = $2 FOR UPDATE",
+        )
+        .bind(user.as_uuid())
+        .bind(client)
+        .fetch_one(&mut tx)
+        .await?;
         let mut consent = consent_of(&row)?;
-        scopes.iter().for_each(|scope| add_once(&mut consent.scopes, scope));
-        resource.into_iter().for_each(|resource| add_once(&mut consent.resources, resource));
+        consent.widen(scopes, resource);
+        // The unpaired list of migration 21, for binaries of before migration 23 (a roll-out).
+        let mut listed: Vec<String> = row.text("resources")?.split_whitespace().map(str::to_owned).collect();
+        resource.into_iter().for_each(|resource| add_once(&mut listed, resource));
+        let paired: Vec<String> =
+            consent.resources.iter().map(|(resource, scopes)| format!("{resource} {}", scopes.join(" "))).collect();
         query(
-            "UPDATE oauth_consents SET scope = $3, resources = $4, updated_at = $5
+            "UPDATE oauth_consents SET scope = $3, resources = $4, resource_scopes = $5, updated_at = $6
              WHERE user_id = $1 AND client_id = $2",
         )
         .bind(user.as_uuid())
         .bind(client)
         .bind(consent.scopes.join(" "))
-        .bind(consent.resources.join(" "))
+        .bind(listed.join(" "))
+        .bind(paired.join("\n"))
         .bind(now)
         .execute(&mut tx)
         .await?;
@@ -2153,13 +2161,14 @@ impl Store for SqlStore {
     async fn user_apps(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserApp>, StoreError> {
         let rows = query(concat!(
             "SELECT g.client_id, c.name AS client_name, c.first_party, g.scope, MIN(g.created_at) AS since,
-                    MAX(CASE WHEN g.session_hash IS NULL THEN 1 ELSE 0 END) = 1 AS offline, TRUE AS granted
+                    MAX(CASE WHEN g.session_hash IS NULL THEN 1 ELSE 0 END) = 1 AS offline, TRUE AS granted,
+                    '' AS resource_scopes
                FROM oauth_grants g JOIN clients c ON c.id = g.client_id JOIN users u ON u.id = g.user_id
               WHERE g.user_id = $1 AND ",
             grant_active!(),
             " GROUP BY g.client_id, c.name, c.first_party, g.scope
              UNION ALL
-             SELECT oc.client_id, c.name, c.first_party, oc.scope, oc.updated_at, FALSE, FALSE
+             SELECT oc.client_id, c.name, c.first_party, oc.scope, oc.updated_at, FALSE, FALSE, oc.resource_scopes
                FROM oauth_consents oc JOIN clients c ON c.id = oc.client_id
               WHERE oc.user_id = $1
              ORDER BY since"
@@ -2188,6 +2197,10 @@ impl Store for SqlStore {
             };
             let app = &mut apps[index];
             row.text("scope")?.split_whitespace().for_each(|scope| add_once(&mut app.scopes, scope));
+            // A consent's resource lines: the resource first, then the scopes approved with it.
+            for line in row.text("resource_scopes")?.lines() {
+                line.split_whitespace().skip(1).for_each(|scope| add_once(&mut app.scopes, scope));
+            }
             app.offline |= row.flag("offline")?;
             app.active |= row.flag("granted")?;
             app.since = app.since.min(row.time("since")?);
@@ -3277,10 +3290,19 @@ async fn grant_active_in(tx: &mut Tx, id: uuid::Uuid, now: DateTime<Utc>) -> Res
         .map(|active| active.unwrap_or(false))
 }
 
-/// A consent row's scopes and resources (each stored space-separated).
+/// A consent row's scopes (space-separated) and its resources with their scopes (a line each:
+/// the resource, then its scopes).
 fn consent_of(row: &super::db::Row) -> Result<Consent, StoreError> {
-    let list = |col: &str| row.text(col).map(|text| text.split_whitespace().map(str::to_owned).collect());
-    Ok(Consent { scopes: list("scope")?, resources: list("resources")? })
+    let words = |text: &str| text.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let resources = row
+        .text("resource_scopes")?
+        .lines()
+        .filter_map(|line| {
+            let mut line = words(line);
+            (!line.is_empty()).then(|| (line.remove(0), line))
+        })
+        .collect();
+    Ok(Consent { scopes: words(&row.text("scope")?), resources })
 }
 
 fn grant_record(row: &super::db::Row) -> Result<GrantRecord, StoreError> {

@@ -1206,6 +1206,22 @@ async fn a_consent_covers_the_resources_it_was_given_for(backend: Backend) {
         let to = location(&browser.navigate(&authorize_url(&w.app, &partner, &challenge, extra)).await);
         assert!(param(&to, "code").is_some(), "{to}");
     }
+    // Offline access approved for the API does not extend to the MCP server: a consent pairs the
+    // scopes with the resource the page showed them with.
+    let offline = |extra: &str| {
+        authorize_url(&w.app, &partner, &challenge, extra)
+            .replace("scope=openid%20email%20teams", "scope=openid%20offline_access")
+    };
+    let page = html_of(browser.navigate(&offline(&for_api)).await).await;
+    let request_id = request_id_of(&page);
+    let approve = [("request_id", request_id.as_str()), ("decision", "approve")];
+    assert!(
+        param(&location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &approve).await), "code").is_some()
+    );
+    let to = location(&browser.navigate(&offline(&for_api)).await);
+    assert!(param(&to, "code").is_some(), "remembered for the API: {to}");
+    let silent = browser.navigate(&offline(&format!("{for_mcp}&prompt=none"))).await;
+    assert_eq!(param(&location(&silent), "error").as_deref(), Some("consent_required"));
 }
 
 async fn narrowing_a_client_narrows_what_its_standing_grants_issue(backend: Backend) {

@@ -3500,17 +3500,27 @@ mod grants {
             let (store, app, list) = (store.clone(), app.clone(), scopes(list));
             async move { store.widen_consent(user, &app, &list, resource, t0).await.unwrap() }
         };
-        let consent =
-            |scopes_: &[&str], resources: &[&str]| Consent { scopes: scopes(scopes_), resources: scopes(resources) };
+        let consent = |scopes_: &[&str], resources: &[(&str, &[&str])]| Consent {
+            scopes: scopes(scopes_),
+            resources: resources.iter().map(|(r, s)| ((*r).to_owned(), scopes(s))).collect(),
+        };
         assert_eq!(widen(ada.id(), &["openid"], None).await, Some(consent(&["openid"], &[])));
         let api = "https://api.example.com";
         let widened = widen(ada.id(), &["email", "openid"], Some(api)).await;
-        assert_eq!(widened, Some(consent(&["openid", "email"], &[api])));
-        // Another resource joins the first; one already there is not repeated.
-        widen(ada.id(), &["openid"], Some("https://mcp.example.com")).await;
-        let widened = widen(ada.id(), &[], Some(api)).await;
-        assert_eq!(widened, Some(consent(&["openid", "email"], &[api, "https://mcp.example.com"])));
+        assert_eq!(widened, Some(consent(&["openid"], &[(api, &["email", "openid"])])), "paired with the resource");
+        // Another resource joins the first, with its own scopes; one already there is widened.
+        let mcp = "https://mcp.example.com";
+        widen(ada.id(), &["openid"], Some(mcp)).await;
+        let widened = widen(ada.id(), &["openid", "offline_access"], Some(api)).await;
+        let expected = consent(&["openid"], &[(api, &["email", "openid", "offline_access"]), (mcp, &["openid"])]);
+        assert_eq!(widened, Some(expected.clone()));
         assert_eq!(store.consent(ada.id(), &app).await.unwrap(), widened);
+        // Covered: only pairs approved together.
+        let covers = |list: &[&str], resource| expected.covers(&scopes(list), resource);
+        assert!(covers(&["openid", "offline_access"], Some(api)) && covers(&["openid"], Some(mcp)));
+        assert!(!covers(&["openid", "offline_access"], Some(mcp)), "offline access was approved for the API only");
+        assert!(!covers(&["email"], None) && covers(&["openid"], None));
+        assert!(!covers(&["openid"], Some("https://other.example.com")));
         let bob = sign_up(&store, "bob").await;
         assert_eq!(store.consent(bob.id(), &app).await.unwrap(), None);
         // Approvals at once, each of another scope, first ones included: none is lost.

@@ -402,11 +402,11 @@ impl OpenIdProvider {
             return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
         };
         if !request.client.first_party {
-            // A consent covers the scopes and the resource (RFC 8707) it was given for: a token
-            // for another resource (Tessera's own API or MCP server, say) is asked for anew.
+            // A consent covers the scopes it was given for together with the resource (RFC 8707)
+            // it was given for: a token for another resource (Tessera's own API or MCP server,
+            // say), or with a scope approved only for another, is asked for anew.
             let granted = self.store.consent(session.user, request.client.id.as_str()).await?.unwrap_or_default();
-            let covered = request.scopes.iter().all(|s| granted.scopes.contains(s))
-                && request.resource.as_ref().is_none_or(|r| granted.resources.contains(r));
+            let covered = granted.covers(&request.scopes, request.resource.as_deref());
             // RFC 8252 section 8.6: a public client's id is no secret, and its loopback or
             // private-use redirect can be answered by any program on the device, so nothing shows
             // that the app asking now is the one the user approved: it asks every time. (An

@@ -1,0 +1,8 @@
+-- What a user consented to for each resource (RFC 8707), paired: one line per resource, the
+-- resource then the scopes approved with it, space-separated. `scope` keeps what was approved
+-- without a resource. Two approvals given apart (offline access for the app's own tokens, a
+-- resource with fewer scopes) no longer add up to a pair the consent page never showed. The
+-- `resources` list of migration 21 did not say which scopes went with which resource: those
+-- consents cover no resource from here on (the app asks once more); it is still written, for
+-- binaries of before this migration during a roll-out.
+ALTER TABLE oauth_consents ADD COLUMN resource_scopes TEXT NOT NULL DEFAULT '';
