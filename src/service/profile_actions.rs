@@ -253,10 +253,12 @@ impl<'a> ProfileActions<'a> {
         for _ in 0..UPDATE_ATTEMPTS {
             let scopes = patch.scopes.clone().unwrap_or_else(|| profile.scopes.clone());
             let widens = patch.scopes.is_some() && profile.profile_kind.is_oauth() && widens(&profile, &scopes);
+            // Only the fields the patch names: another update of other fields stays applied
+            // (the version guards the scopes' comparison with what was granted).
             let change = ProfileChange {
-                display_name: patch.display_name.as_deref().unwrap_or(&profile.display_name),
-                slug: patch.slug.as_ref().unwrap_or(&profile.slug),
-                scopes: &scopes,
+                display_name: patch.display_name.as_deref(),
+                slug: patch.slug.as_ref(),
+                scopes: patch.scopes.is_some().then_some(scopes.as_slice()),
                 widened: widens,
                 now: super::now(),
             };

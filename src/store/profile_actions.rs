@@ -13,15 +13,16 @@ use crate::domain::events::{self, ReauthReason};
 use crate::domain::{AuthProfile, ProfileId, ProfileKind, Slug, TeamId, UserId};
 
 /// What [`Store::update_profile`](super::Store::update_profile) writes: the new display name, slug
-/// and requested scopes (unchanged ones repeated).
+/// and requested scopes, each only when set — a field left `None` keeps what the row holds when
+/// the update runs, so that two updates of different fields both stay applied.
 #[derive(Debug, Clone)]
 pub struct ProfileChange<'a> {
     /// Display name.
-    pub display_name: &'a str,
+    pub display_name: Option<&'a str>,
     /// Slug (unique among the team's live profiles).
-    pub slug: &'a Slug,
+    pub slug: Option<&'a Slug>,
     /// Requested scopes.
-    pub scopes: &'a [String],
+    pub scopes: Option<&'a [String]>,
     /// Whether the scopes widen what was granted: an active profile becomes `needs_reauth`, and
     /// `version` is bumped so that connect flows started before (asking for the old scopes) cannot
     /// complete.
@@ -68,7 +69,8 @@ pub(super) async fn update_profile(
         return Ok(ProfileUpdate::Changed);
     };
     let updated = query(
-        "UPDATE auth_profiles SET display_name = $3, slug = $4, scopes = $5,
+        "UPDATE auth_profiles SET display_name = COALESCE($3, display_name), slug = COALESCE($4, slug),
+                scopes = COALESCE($5, scopes),
                 status = CASE WHEN $6 AND status = 'active' THEN 'needs_reauth' ELSE status END,
                 version = version + $7, updated_at = $8
          WHERE id = $1 AND version = $2 AND status <> 'revoked'",
@@ -76,8 +78,8 @@ pub(super) async fn update_profile(
     .bind(id.as_uuid())
     .bind(expected_version)
     .bind(change.display_name)
-    .bind(change.slug.as_str())
-    .bind(change.scopes.join(" "))
+    .bind(change.slug.map(Slug::as_str))
+    .bind(change.scopes.map(|scopes| scopes.join(" ")))
     .bind(change.widened)
     .bind(i64::from(change.widened))
     .bind(change.now)

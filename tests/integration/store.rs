@@ -2486,7 +2486,7 @@ fn change<'a>(
     widened: bool,
     at: DateTime<Utc>,
 ) -> ProfileChange<'a> {
-    ProfileChange { display_name: name, slug, scopes, widened, now: at }
+    ProfileChange { display_name: Some(name), slug: Some(slug), scopes: Some(scopes), widened, now: at }
 }
 
 async fn updating_a_profile_compares_and_swaps_its_version(backend: Backend) {
@@ -2540,6 +2540,24 @@ async fn updating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     })
     .await;
     assert_eq!(outcomes.iter().filter(|o| **o == ProfileUpdate::Updated).count(), 1, "{outcomes:?}");
+
+    // Updates of different fields, each from the same read (neither widens, so the version
+    // stays): both stay applied — each writes only the field it names.
+    let both = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "both", t0)).await;
+    let (only_name, only_slug) = (
+        ProfileChange { display_name: Some("Billing"), slug: None, scopes: None, widened: false, now: t1 },
+        ProfileChange { display_name: None, slug: Some(&renamed_again()), scopes: None, widened: false, now: t1 },
+    );
+    for update in [&only_name, &only_slug] {
+        assert_eq!(store.update_profile(both.id, both.version, update).await.unwrap(), ProfileUpdate::Updated);
+    }
+    let after = store.profile(both.id).await.unwrap().unwrap();
+    assert_eq!((after.display_name.as_str(), after.slug.as_str()), ("Billing", "billing"));
+    assert_eq!(after.scopes, both.scopes);
+}
+
+fn renamed_again() -> Slug {
+    Slug::parse("billing").unwrap()
 }
 
 async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend: Backend) {
