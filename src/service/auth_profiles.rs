@@ -460,7 +460,17 @@ impl AuthProfiles {
             };
             if let Some(created) = self.store.insert_profile(&profile).await? {
                 if let Some(credential) = &credential {
-                    let created = self.store_credential(&created, user, credential, None).await?;
+                    let created = match self.store_credential(&created, user, credential, None).await {
+                        Ok(created) => created,
+                        Err(error) => {
+                            // The row was written on its own just before: a credential that cannot
+                            // be written takes it back, so that a retry finds its slug free.
+                            if let Err(undo) = self.store.revoke_profile(created.id, super::now()).await {
+                                tracing::warn!(profile_id = %created.id, error = %undo, "cannot take back a profile whose credential was not written");
+                            }
+                            return Err(error);
+                        }
+                    };
                     tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), "created an auth profile with its credential");
                     return Ok(Created { profile: created, link: None, created: true });
                 }
