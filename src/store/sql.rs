@@ -2716,14 +2716,16 @@ impl Store for SqlStore {
             .await?
             .map(|row| row.int("seq"))
             .transpose()?;
-        let mut next = done.map(|seq| seq + 1);
+        // With none processed yet, numbering starts at 1. A number below the next is an event
+        // that committed after later ones were processed: no gap, and the next stays where it is.
+        let mut next = done.map_or(1, |seq| seq + 1);
         let mut ready = 0;
         for event in &events {
             let seq = event.int("seq")?;
-            if next.is_some_and(|next| seq != next) && event.time("created_at")? > now - OUTBOX_GAP_WAIT {
+            if seq > next && event.time("created_at")? > now - OUTBOX_GAP_WAIT {
                 break;
             }
-            next = Some(seq + 1);
+            next = next.max(seq + 1);
             ready += 1;
         }
         let events = &events[..ready];
@@ -2786,11 +2788,20 @@ impl Store for SqlStore {
                 .into_boxed_str(),
             )
         });
-        let due =
-            query("SELECT 1 AS one FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $1 LIMIT 1")
-                .bind(now)
-                .fetch_optional(self.db.reader())
-                .await?;
+        // The claim's own condition, read first: an enabled endpoint not leased whose first
+        // pending delivery is due (a later one queued behind a retry, or one of a disabled
+        // endpoint, is not work, and must not cost every poll a write).
+        let due = query(
+            "SELECT 1 AS one FROM webhook_endpoints e
+             WHERE e.enabled AND (e.lease_until IS NULL OR e.lease_until < $1)
+               AND (SELECT d.next_attempt_at FROM webhook_deliveries d
+                    WHERE d.endpoint_id = e.id AND d.state = 'pending'
+                    ORDER BY d.event_seq LIMIT 1) <= $1
+             LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(self.db.reader())
+        .await?;
         if due.is_none() {
             return Ok(Vec::new());
         }
@@ -2932,6 +2943,8 @@ impl Store for SqlStore {
             "SELECT e.id FROM outbox_events e
              WHERE e.created_at < $1 AND e.processed_at IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.state = 'pending')
+               -- The last event processed stays: the fan-out counts gaps from it.
+               AND e.seq < (SELECT MAX(p.seq) FROM outbox_events p WHERE p.processed_at IS NOT NULL)
              ORDER BY e.created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .bind(before)

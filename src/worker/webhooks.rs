@@ -78,6 +78,8 @@ pub(super) async fn run(webhooks: Webhooks) {
         if free == 0 {
             continue;
         }
+        // Read before the claim: the batch's deadline counts from here, not from the task's start.
+        let claimed_at = Instant::now();
         let now = Utc::now();
         let until = now + TimeDelta::from_std(lease).unwrap_or(TimeDelta::seconds(60));
         let claimed = match webhooks.store().claim_webhooks(owner, now, until, free as i64).await {
@@ -104,7 +106,10 @@ pub(super) async fn run(webhooks: Webhooks) {
             let released = Arc::new(AtomicBool::new(false));
             busy.insert(endpoint.id, released.clone());
             let (webhooks, client) = (webhooks.clone(), client.clone());
-            let deadline = Instant::now() + lease.saturating_sub(settings.timeout.saturating_mul(2));
+            // No request starts after half the lease: the last one ends by two thirds of it
+            // (the lease is at least six timeouts), which leaves a third — at least 10 s — for
+            // recording it, releasing the lease, a slow claim and the instances' clocks.
+            let deadline = claimed_at + lease / 2;
             let id = endpoint.id;
             let task = tasks.spawn(async move {
                 deliver_to(&webhooks, &client, &endpoint, deadline).await;

@@ -3830,6 +3830,26 @@ async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: B
         running.commit().await.unwrap();
         assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 2);
         assert_eq!(topics().await[2..], ["test.first", "user.created"], "in sequence order");
+
+        // One that commits after more than 10 s, below the last number fanned out: it goes out
+        // at once, and holds up no event after it.
+        let mut slow = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES ($1, 'test.late', '{}', $2)")
+            .bind(Uuid::new_v4())
+            .bind(now())
+            .execute(&mut *slow)
+            .await
+            .unwrap();
+        sign_up(&store, "eve").await;
+        assert_eq!(
+            store.fan_out_events(100, now() + TimeDelta::seconds(11)).await.unwrap(),
+            1,
+            "eve's, after the wait"
+        );
+        slow.commit().await.unwrap();
+        sign_up(&store, "fay").await;
+        assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 2, "the late one and fay's, at once");
+        assert_eq!(topics().await[4..], ["test.late", "user.created", "user.created"], "by number");
     }
     assert_eq!(topics().await[..2], ["user.created"; 2], "ada and cat (bob's event went missing)");
 }
@@ -4033,10 +4053,14 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     store.update_user(ada.id(), &rename("Ada L."), long_ago + minute * 2).await.unwrap();
     let topics = async || sql.texts("SELECT topic FROM outbox_events ORDER BY seq").await;
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "not fanned out yet");
+    store.fan_out_events(100, now()).await.unwrap();
+    assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "the last one fanned out stays");
+    // A recent one after it: the old one may go.
+    sign_up(&store, "bob").await;
 
     store.fan_out_events(100, now()).await.unwrap();
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 1, "user.updated had no delivery to make");
-    assert_eq!(topics().await, ["user.created", "user.disabled", "user.enabled"]);
+    assert_eq!(topics().await, ["user.created", "user.disabled", "user.enabled", "user.created"]);
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "deliveries are pending");
 
     // c is disabled with its delivery of user.enabled pending; a delivers, b gives up.
@@ -4051,14 +4075,16 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     assert_eq!(states.iter().map(|d| d.state).collect::<Vec<_>>(), [DeliveryState::Failed]);
     assert_eq!(store.delete_old_events(cutoff, 0).await.unwrap(), 0, "at most the limit");
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 1, "delivered and failed: done with");
-    assert_eq!(topics().await, ["user.created", "user.enabled"], "the recent one, and the one still pending");
-    assert_eq!(sql.count("webhook_deliveries").await, 2, "user.disabled's log rows went with it");
+    let left = ["user.created", "user.enabled", "user.created"];
+    assert_eq!(topics().await, left, "the recent ones, and the one still pending");
+    assert_eq!(sql.count("webhook_deliveries").await, 3, "user.disabled's log rows went with it");
     assert!(store.webhook_deliveries(a.id, None, 10).await.unwrap().is_empty());
     // A replay since before the cutoff finds only what is left.
-    assert_eq!(store.replay_webhook(&c, registered, None, 100, now()).await.unwrap().scheduled, 2);
+    assert_eq!(store.replay_webhook(&c, registered, None, 100, now()).await.unwrap().scheduled, 3);
 
     // The service: a retention of 0 keeps everything; 30 days lets the old event nobody wants go.
     store.update_user(ada.id(), &rename("Ada"), long_ago + minute * 3).await.unwrap();
+    sign_up(&store, "cat").await;
     store.fan_out_events(100, now()).await.unwrap();
     let service = |retention| {
         let settings = WebhooksConfig { retention, ..WebhooksConfig::default() };
@@ -4066,7 +4092,7 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     };
     assert_eq!(service(None).sweep().await.unwrap(), 0);
     assert_eq!(service(Some(std::time::Duration::from_secs(30 * 86_400))).sweep().await.unwrap(), 1);
-    assert_eq!(topics().await, ["user.created", "user.enabled"]);
+    assert_eq!(topics().await, ["user.created", "user.enabled", "user.created", "user.created"]);
 }
 
 async fn a_sweep_never_deletes_an_event_a_replay_scheduled(backend: Backend) {
