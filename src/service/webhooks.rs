@@ -59,9 +59,6 @@ pub enum WebhookError {
     /// A change that names no field.
     #[error("name at least one of `url`, `event_types` and `enabled` to change")]
     NothingToUpdate,
-    /// The stored signing key does not decrypt with the key ring.
-    #[error("the signing key of the endpoint does not decrypt with the key ring")]
-    KeyUnreadable,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -76,7 +73,7 @@ impl PublicError for WebhookError {
             WebhookError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
             WebhookError::ManagedByConfig(_) => ErrorCode::WebhookManagedInConfig,
             WebhookError::NothingToUpdate => ErrorCode::InvalidRequest,
-            WebhookError::InvalidConfigEndpoint { .. } | WebhookError::KeyUnreadable => ErrorCode::InternalError,
+            WebhookError::InvalidConfigEndpoint { .. } => ErrorCode::InternalError,
             WebhookError::Store(e) => e.code(),
         }
     }
@@ -281,19 +278,23 @@ impl Webhooks {
         // lost round means another rotation succeeded, so the bound is only against a runaway.
         for _ in 0..64 {
             let mut endpoint = self.get_managed(id).await?;
-            let current = keyring
-                .decrypt(&endpoint.secret, &WebhookEndpoint::aad(id))
-                .map_err(|_| WebhookError::KeyUnreadable)?;
+            // A key the key ring can no longer read (its key id removed) cannot sign beside the
+            // new one: the rotation is the way out, with no overlap, as for the configuration's.
+            let current = keyring.decrypt(&endpoint.secret, &WebhookEndpoint::aad(id)).ok();
+            if current.is_none() {
+                tracing::warn!(webhook = %id, "the endpoint's signing key cannot be decrypted; rotating without an overlap");
+            }
             let at = now();
-            let previous = keyring.encrypt(&current, &WebhookEndpoint::previous_aad(id));
+            let previous = current.map(|current| keyring.encrypt(&current, &WebhookEndpoint::previous_aad(id)));
             let secret = keyring.encrypt(&key, &WebhookEndpoint::aad(id));
-            let until =
-                at + chrono::TimeDelta::from_std(self.settings.secret_overlap).unwrap_or(chrono::TimeDelta::MAX);
-            let keys = WebhookKeys { secret: &secret, previous: Some(&previous), previous_until: Some(until), now: at };
+            let until = previous.as_ref().map(|_| {
+                at + chrono::TimeDelta::from_std(self.settings.secret_overlap).unwrap_or(chrono::TimeDelta::MAX)
+            });
+            let keys = WebhookKeys { secret: &secret, previous: previous.as_deref(), previous_until: until, now: at };
             if self.store.replace_webhook_secret(id, &endpoint.secret, &keys).await? {
                 endpoint.secret = secret;
-                endpoint.previous_secret = Some(previous);
-                endpoint.previous_secret_until = Some(until);
+                endpoint.previous_secret = previous;
+                endpoint.previous_secret_until = until;
                 endpoint.updated_at = at;
                 return Ok((endpoint, SecretString::from(format!("{SECRET_PREFIX}{}", STANDARD.encode(key)))));
             }

@@ -319,6 +319,38 @@ async fn a_signing_key_the_key_ring_lost_fails_deliveries_with_backoff_until_it_
     app.stop().await;
 }
 
+/// When the key id of an endpoint's signing key is gone for good, rotating the key is the way out:
+/// a new key at once (no overlap: the old one cannot sign), and the waiting delivery goes out
+/// signed with it, and with it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_key_the_key_ring_lost_is_replaced_by_a_rotation() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = db.config();
+    let ring = |value: &str| Config { encryption: Some(Arc::new(KeyRing::parse(value).unwrap())), ..config.clone() };
+    let (k1, k2) = (with_keyring_value(), format!("k2:{}", STANDARD.encode([9u8; 32])));
+    let db = TestApp::start(db, &ring(&k2)).await.stop_keeping_db().await;
+    let app = TestApp::start(db, &ring(&format!("{k1},{k2}"))).await;
+    let receiver = Receiver::start().await;
+    let (id, old_secret) = register(&app, json!({ "url": receiver.url })).await;
+    let db = app.stop_keeping_db().await;
+
+    let app = TestApp::start(db, &ring(&k2)).await;
+    json(app.bootstrap(&identity("eve", "eve@example.com", None)).await, 201).await;
+    eventually("the delivery fails for want of its key", || async {
+        deliveries(&app, &id).await.first().is_some_and(|d| d["attempts"].as_i64().unwrap() >= 1)
+    })
+    .await;
+    let rotated = app.admin(Method::POST, &format!("/admin/webhooks/{id}/secret")).send().await.unwrap();
+    let rotated = json(rotated, 200).await;
+    let secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(secret, old_secret);
+    eventually("the delivery goes out at its next attempt", || async { !receiver.all().is_empty() }).await;
+    let sent = &receiver.all()[0];
+    assert!(signature_valid(&secret, sent), "signed with the new key");
+    assert!(!signature_valid(&old_secret, sent), "and not with the lost one");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ssrf_guard_refuses_loopback_addresses() {
     let db = TestDb::new(Backend::Sqlite).await;
