@@ -65,8 +65,10 @@ pub struct WorkerDeps {
 #[derive(Debug)]
 pub struct Workers {
     handles: Vec<JoinHandle<()>>,
-    /// The loops that write what requests counted in memory: stopped between two writes, so
-    /// that a write under way at shutdown finishes instead of losing what it took.
+    /// The loops stopped between two pieces of work rather than aborted: the writers of what
+    /// requests counted in memory, so that a write under way at shutdown finishes instead of
+    /// losing what it took, and webhook delivery, so that a request under way is recorded and
+    /// its endpoint's lease released.
     writers: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     deps: WorkerDeps,
@@ -85,7 +87,6 @@ impl Workers {
                 deps.cache_sync.clone(),
                 deps.webhooks.clone(),
             )),
-            tokio::spawn(webhooks::run(deps.webhooks.clone())),
             tokio::spawn(cache_sync::run(deps.cache_sync.clone(), deps.cache_sync_every)),
             tokio::spawn(replica::run(deps.store.clone(), deps.replica_max_lag)),
         ];
@@ -94,6 +95,7 @@ impl Workers {
         }
         let (stop, stopped) = watch::channel(false);
         let writers = vec![
+            tokio::spawn(webhooks::run(deps.webhooks.clone(), stopped.clone())),
             tokio::spawn(audit::run(deps.audit.clone(), deps.audit_every, stopped.clone())),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every, stopped)),
         ];

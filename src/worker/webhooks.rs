@@ -34,8 +34,15 @@ const DELIVERY_BATCH: i64 = 100;
 /// The longest error message kept in the delivery log.
 const MAX_ERROR_LEN: usize = 300;
 
-/// Runs the delivery loop until aborted.
-pub(super) async fn run(webhooks: Webhooks) {
+/// How long a stop waits, beyond one request's timeout, for the deliveries under way.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the delivery loop until `stopped` says so (or it is aborted). A stop claims nothing more,
+/// lets each delivery task finish the request it is making (and record it) but start no other,
+/// and waits for them, at most a request timeout and [`STOP_GRACE`]: their leases are released,
+/// so another instance goes on at once instead of waiting for them to run out, and no answered
+/// request is left unrecorded (and sent again).
+pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let owner = uuid::Uuid::new_v4();
     let settings = webhooks.settings().clone();
     // Cheap to build: the trust roots are read at its first handshake, if it ever makes one.
@@ -51,7 +58,10 @@ pub(super) async fn run(webhooks: Webhooks) {
     let mut interval = tokio::time::interval(settings.poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => break,
+        }
         while let Some(done) = tasks.try_join_next_with_id() {
             let task = match done {
                 Ok((task, ())) => task,
@@ -111,8 +121,9 @@ pub(super) async fn run(webhooks: Webhooks) {
             // recording it, releasing the lease, a slow claim and the instances' clocks.
             let deadline = claimed_at + lease / 2;
             let id = endpoint.id;
+            let stopping = stopped.clone();
             let task = tasks.spawn(async move {
-                deliver_to(&webhooks, &client, &endpoint, deadline).await;
+                deliver_to(&webhooks, &client, &endpoint, deadline, &stopping).await;
                 // Marked first: a claim that follows the release at once then sees a task that
                 // delivers no more, and gives its lease back (see above), instead of keeping it
                 // for no task until it runs out.
@@ -123,6 +134,16 @@ pub(super) async fn run(webhooks: Webhooks) {
             });
             endpoints.insert(task.id(), id);
         }
+    }
+    let finished = async {
+        while let Some(done) = tasks.join_next().await {
+            if let Err(error) = done {
+                tracing::error!(error = %error, "a webhook delivery task failed; its lease runs out");
+            }
+        }
+    };
+    if tokio::time::timeout(settings.timeout + STOP_GRACE, finished).await.is_err() {
+        tracing::warn!("webhook deliveries still under way at shutdown were cut off; their leases run out");
     }
 }
 
@@ -164,7 +185,13 @@ impl reqwest::dns::Resolve for PublicOnly {
 /// A signing key that cannot be decrypted (the key ring lost its key id) fails the first due
 /// delivery as an attempt would, with the reason in the delivery log: it backs off and in the
 /// end fails for good, rather than being claimed and given back at every poll.
-async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &WebhookEndpoint, deadline: Instant) {
+async fn deliver_to(
+    webhooks: &Webhooks,
+    client: &reqwest::Client,
+    endpoint: &WebhookEndpoint,
+    deadline: Instant,
+    stopping: &tokio::sync::watch::Receiver<bool>,
+) {
     let keys = webhooks.signing_keys(endpoint, Utc::now()).map_err(|error| {
         tracing::error!(webhook = %endpoint.id, error, "cannot decrypt a webhook endpoint's signing key");
         format!("not sent: the signing key cannot be decrypted ({error})")
@@ -181,7 +208,7 @@ async fn deliver_to(webhooks: &Webhooks, client: &reqwest::Client, endpoint: &We
         };
         let full = jobs.len() as i64 >= DELIVERY_BATCH;
         for job in jobs {
-            if job.next_attempt_at > Utc::now() || Instant::now() >= deadline {
+            if job.next_attempt_at > Utc::now() || Instant::now() >= deadline || *stopping.borrow() {
                 return;
             }
             let (status, error) = match &keys {

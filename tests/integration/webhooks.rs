@@ -2,7 +2,7 @@
 //! 127.0.0.1:0), signatures checked with an HMAC computed here, retries, order, replay, many
 //! instances and the SSRF guard.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::hmac;
@@ -37,11 +37,12 @@ pub(crate) struct Received {
     pub(crate) raw: Bytes,
 }
 
-/// A webhook receiver: records every request; answers 503 while `failing`.
+/// A webhook receiver: records every request; answers 503 while `failing`, after `slow_ms`.
 #[derive(Clone, Default)]
 pub(crate) struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
     failing: Arc<AtomicBool>,
+    slow_ms: Arc<AtomicU64>,
     pub(crate) url: String,
 }
 
@@ -74,6 +75,10 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
         body: serde_json::from_slice(&body).unwrap(),
         raw: body,
     });
+    let slow = receiver.slow_ms.load(Ordering::SeqCst);
+    if slow > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
+    }
     if receiver.failing.load(Ordering::SeqCst) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::NO_CONTENT }
 }
 
@@ -317,6 +322,28 @@ async fn a_signing_key_the_key_ring_lost_fails_deliveries_with_backoff_until_it_
     assert!(signature_valid(&secret, &receiver.all()[0]));
     eventually("it is logged as delivered", || async { deliveries(&app, &id).await[0]["state"] == "delivered" }).await;
     app.stop().await;
+}
+
+/// A shutdown while a delivery is under way lets that request finish and records it, starts no
+/// other, and gives the endpoint's lease back: another instance goes on at once, and the answered
+/// event is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_finishes_the_request_under_way_and_releases_the_lease() {
+    let app = spawn(Backend::Postgres).await;
+    let receiver = Receiver::start().await;
+    receiver.slow_ms.store(1_000, Ordering::SeqCst);
+    let (id, _) = register(&app, json!({ "url": receiver.url })).await;
+    for name in ["ann", "ben"] {
+        json(app.bootstrap(&identity(name, &format!("{name}@example.com"), None)).await, 201).await;
+    }
+    eventually("the first request is under way", || async { !receiver.all().is_empty() }).await;
+    let db = app.stop_keeping_db().await;
+    assert_eq!(receiver.all().len(), 1, "no request started after the stop");
+    let sql = db.sql().await;
+    let states =
+        sql.texts(&format!("SELECT state FROM webhook_deliveries WHERE endpoint_id = '{id}' ORDER BY event_seq")).await;
+    assert_eq!(states, ["delivered", "pending"], "the answered request is recorded");
+    assert_eq!(sql.count(&format!("webhook_endpoints WHERE id = '{id}' AND lease_owner IS NULL")).await, 1, "released");
 }
 
 /// When the key id of an endpoint's signing key is gone for good, rotating the key is the way out:
