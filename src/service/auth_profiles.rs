@@ -612,7 +612,10 @@ impl AuthProfiles {
         let Some(provider) = self.flows.providers().get(Some(&profile.provider)) else {
             return;
         };
-        let token = tokens.refresh_token.as_ref().unwrap_or(&tokens.access_token);
+        let token = match &tokens.refresh_token {
+            Some(refresh) if !provider.revokes_by_access_token() => refresh,
+            _ => &tokens.access_token,
+        };
         if let Err(error) = provider.revoke(token.expose_secret()).await {
             tracing::warn!(profile_id = %profile.id, error = %error, "cannot revoke the token at the provider");
         }
@@ -623,16 +626,15 @@ impl AuthProfiles {
         else {
             return;
         };
-        let token = secrets
-            .refresh_token
-            .as_ref()
-            .map(|ct| (ct, "refresh_token"))
-            .or(secrets.access_token.as_ref().map(|ct| (ct, "access_token")));
+        let refresh = secrets.refresh_token.as_ref().filter(|_| !provider.revokes_by_access_token());
+        let token =
+            refresh.map(|ct| (ct, "refresh_token")).or(secrets.access_token.as_ref().map(|ct| (ct, "access_token")));
         let Some((ciphertext, column)) = token else {
             return;
         };
         let aad = StoredSecret::aad(SecretKind::AuthProfiles, profile.id.as_uuid(), column);
         let Ok(plaintext) = keyring.decrypt(ciphertext, &aad) else {
+            tracing::warn!(profile_id = %profile.id, "cannot decrypt the token to revoke at the provider");
             return;
         };
         let token = String::from_utf8_lossy(&plaintext).into_owned();

@@ -95,6 +95,8 @@ struct Record {
     refreshes: AtomicU64,
     refused_refreshes: AtomicU64,
     refused_clients: AtomicU64,
+    /// The tokens sent to GitHub's revocation endpoint, in order.
+    revoked: Mutex<Vec<String>>,
 }
 
 struct StubState {
@@ -126,6 +128,7 @@ impl Stub {
             .route("/user", get(user).post(user))
             .route("/api/user", get(user))
             .route("/api/user/emails", get(|| async { Json(json!([])) }))
+            .route("/api/applications/{client}/token", axum::routing::delete(revoke_github))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -155,6 +158,20 @@ impl Stub {
     /// Forgets every refresh token, as a provider does when access is withdrawn.
     fn forget_refresh_tokens(&self) {
         self.state.record.refresh_tokens.lock().unwrap().clear();
+    }
+}
+
+/// GitHub's `DELETE /applications/{client_id}/token`: an access token goes (204); a refresh token
+/// is not what it takes (422); anything else is unknown (404).
+async fn revoke_github(State(state): State<Arc<StubState>>, Json(body): Json<Value>) -> StatusCode {
+    let token = body["access_token"].as_str().unwrap_or_default().to_owned();
+    state.record.revoked.lock().unwrap().push(token.clone());
+    if state.record.access_tokens.lock().unwrap().remove(&token) {
+        StatusCode::NO_CONTENT
+    } else if state.record.refresh_tokens.lock().unwrap().contains(&token) {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::NOT_FOUND
     }
 }
 
@@ -620,6 +637,13 @@ async fn github_app_tokens_expire_and_rotate(backend: Backend) {
         assert!(seconds_until(&token["expires_at"]) > 28_000);
     }
     assert_eq!((github.refreshes(), github.refused_refreshes()), (3, 0), "never an old refresh token replayed");
+    // Removing a second connection revokes its access token at GitHub: GitHub's API takes access
+    // tokens, not a GitHub App's refresh token, which the profile holds too.
+    assert_eq!(w.connect("github-app", "spare").await.status(), StatusCode::OK);
+    let spare = body(w.token("spare").await, 200).await["access_token"].as_str().unwrap().to_owned();
+    let removed = w.request(Method::DELETE, "/auth-profiles/spare").send().await.unwrap();
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(*github.state.record.revoked.lock().unwrap(), [spare], "the access token, not the refresh token");
 
     // GitHub refuses an expired or revoked refresh token with status 200: a reconnection is needed.
     github.forget_refresh_tokens();

@@ -45,6 +45,8 @@ struct StubState {
     codes: Mutex<HashMap<String, String>>,
     tokens: Mutex<HashMap<String, (Value, Value)>>,
     refuse_next_code: Mutex<bool>,
+    /// The tokens sent to the revocation endpoint, in order.
+    revoked: Mutex<Vec<String>>,
 }
 
 impl GitHubStub {
@@ -60,7 +62,7 @@ impl GitHubStub {
             .route("/login/oauth/access_token", post(stub_token))
             .route("/api/user", get(stub_user))
             .route("/api/user/emails", get(stub_emails))
-            .route("/api/applications/{client}/token", delete(|| async { StatusCode::NO_CONTENT }))
+            .route("/api/applications/{client}/token", delete(stub_revoke))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -144,6 +146,20 @@ async fn stub_token(State(state): State<Arc<StubState>>, Form(form): Form<TokenF
     let profile = (state.user.lock().unwrap().clone(), state.emails.lock().unwrap().clone());
     state.tokens.lock().unwrap().insert(token.clone(), profile);
     Json(json!({"access_token": token, "token_type": "bearer", "scope": "read:user,user:email"})).into_response()
+}
+
+/// GitHub's `DELETE /applications/{client_id}/token`: an access token it knows goes (204), a
+/// refresh token is not what it takes (422), an unknown token is 404.
+async fn stub_revoke(State(state): State<Arc<StubState>>, Json(body): Json<Value>) -> StatusCode {
+    let token = body["access_token"].as_str().unwrap_or_default().to_owned();
+    state.revoked.lock().unwrap().push(token.clone());
+    if token.starts_with("ghr_") {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else if state.tokens.lock().unwrap().remove(&token).is_some() {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }
 
 fn profile_of(state: &StubState, headers: &HeaderMap) -> Option<(Value, Value)> {
@@ -344,4 +360,25 @@ async fn keys_rotate_re_encrypts_everything_under_the_active_key(backend: Backen
     let unrelated = run(&format!("other:{}", key(9)));
     assert!(!unrelated.status.success());
     assert!(String::from_utf8_lossy(&unrelated.stdout).contains("3 do not decrypt"));
+}
+
+/// GitHub revokes access tokens only: the provider says so, so that a connected account's
+/// revocation sends the access token even when a GitHub App gave a refresh token too; a token
+/// GitHub no longer knows is nothing to end, and any other refusal is an error (logged).
+#[tokio::test]
+async fn github_revokes_access_tokens_and_reports_refusals() {
+    let stub = GitHubStub::start().await;
+    let registry = tessera::upstream::providers::ProviderRegistry::new(
+        &[stub.provider("github")],
+        None,
+        reqwest::Client::new(),
+        &tessera::config::Config::from_toml("", |_: &str| None).unwrap().jwks,
+    );
+    let github = registry.get(Some("github")).unwrap();
+    assert!(github.revokes_by_access_token());
+    stub.state.tokens.lock().unwrap().insert("ghu_live".into(), (json!({}), json!([])));
+    assert!(github.revoke("ghu_live").await.unwrap(), "revoked");
+    assert!(github.revoke("ghu_live").await.unwrap(), "gone already: nothing to end");
+    assert!(github.revoke("ghr_refresh").await.is_err(), "a refusal is an error");
+    assert_eq!(*stub.state.revoked.lock().unwrap(), ["ghu_live", "ghu_live", "ghr_refresh"]);
 }

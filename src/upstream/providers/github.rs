@@ -145,10 +145,21 @@ impl Provider for GitHubProvider {
             .send()
             .await
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        if response.status().is_server_error() {
-            return Err(ProviderError::Unavailable(format!("revocation answered {}", response.status())));
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(ProviderError::Unavailable(format!("revocation answered {status}")));
         }
-        Ok(response.status().is_success())
+        // 404: GitHub knows no such live token (expired, or revoked already): nothing to end.
+        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(true);
+        }
+        Err(ProviderError::InvalidResponse(format!("revocation answered {status}")))
+    }
+
+    fn revokes_by_access_token(&self) -> bool {
+        // `DELETE /applications/{client_id}/token` takes an access token (`gho_`, `ghu_`), not a
+        // GitHub App's refresh token (`ghr_`), which it answers with a 4xx.
+        true
     }
     async fn check_access_token(&self, access_token: &str) -> Result<Option<u16>, ProviderError> {
         let response = self

@@ -190,7 +190,15 @@ pub trait Provider: Send + Sync + Debug {
     async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError>;
 
     /// Revokes a token at the provider, where it offers a way to; `Ok(false)` when it does not.
+    /// Which token: see [`Provider::revokes_by_access_token`].
     async fn revoke(&self, token: &str) -> Result<bool, ProviderError>;
+
+    /// Whether [`Provider::revoke`] takes the access token even when there is a refresh token.
+    /// RFC 7009 providers take the refresh token, which ends the whole grant; GitHub's API
+    /// revokes access tokens only.
+    fn revokes_by_access_token(&self) -> bool {
+        false
+    }
 
     /// Checks that an access token works by calling the provider's user endpoint with it (OpenID
     /// userinfo, GitHub's `GET /user`): the HTTP status it answered, or `None` when the provider
