@@ -192,10 +192,15 @@ async fn deliver_to(
     deadline: Instant,
     stopping: &tokio::sync::watch::Receiver<bool>,
 ) {
-    let keys = webhooks.signing_keys(endpoint, Utc::now()).map_err(|error| {
-        tracing::error!(webhook = %endpoint.id, error, "cannot decrypt a webhook endpoint's signing key");
-        format!("not sent: the signing key cannot be decrypted ({error})")
-    });
+    // The keys are those of the endpoint as it is at each request, not as it was leased: a
+    // rotation during a batch adds the new key's signature from the next request on, and an
+    // overlap that ends drops the previous key's.
+    let keys_now = |endpoint: &WebhookEndpoint| {
+        webhooks.signing_keys(endpoint, Utc::now()).map_err(|error| {
+            tracing::error!(webhook = %endpoint.id, error, "cannot decrypt a webhook endpoint's signing key");
+            format!("not sent: the signing key cannot be decrypted ({error})")
+        })
+    };
     // Batch after batch while the lease lasts: a backlog drains at the endpoint's pace, not at
     // one batch per poll interval.
     loop {
@@ -211,6 +216,16 @@ async fn deliver_to(
             if job.next_attempt_at > Utc::now() || Instant::now() >= deadline || *stopping.borrow() {
                 return;
             }
+            let current = match webhooks.store().webhook(endpoint.id).await {
+                Ok(Some(current)) if current.enabled && current.url == endpoint.url => current,
+                // Disabled, deleted or given another URL: nothing more goes to it as leased.
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(error = %error, webhook = %endpoint.id, "cannot read a webhook endpoint");
+                    return;
+                }
+            };
+            let keys = keys_now(&current);
             let (status, error) = match &keys {
                 Ok(keys) => send(client, endpoint, keys, &job, webhooks.settings().allow_private_addresses).await,
                 Err(unsigned) => (None, Some(unsigned.clone())),

@@ -346,6 +346,27 @@ async fn a_shutdown_finishes_the_request_under_way_and_releases_the_lease() {
     assert_eq!(sql.count(&format!("webhook_endpoints WHERE id = '{id}' AND lease_owner IS NULL")).await, 1, "released");
 }
 
+/// A key rotated while a batch of deliveries is under way signs that batch's next requests: each
+/// request takes the endpoint's keys as they are then, not as they were leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_during_a_batch_signs_its_next_requests() {
+    let app = spawn(Backend::Sqlite).await;
+    let receiver = Receiver::start().await;
+    receiver.slow_ms.store(400, Ordering::SeqCst);
+    let (id, old_secret) = register(&app, json!({ "url": receiver.url })).await;
+    for name in ["ann", "ben", "cid"] {
+        json(app.bootstrap(&identity(name, &format!("{name}@example.com"), None)).await, 201).await;
+    }
+    eventually("the first request is under way", || async { !receiver.all().is_empty() }).await;
+    let rotated = app.admin(Method::POST, &format!("/admin/webhooks/{id}/secret")).send().await.unwrap();
+    let secret = json(rotated, 200).await["secret"].as_str().unwrap().to_owned();
+    eventually("the batch goes on", || async { receiver.all().len() == 3 }).await;
+    let all = receiver.all();
+    assert!(!signature_valid(&secret, &all[0]), "the first went out before the rotation");
+    assert!(signature_valid(&secret, &all[2]) && signature_valid(&old_secret, &all[2]), "both keys, in the overlap");
+    app.stop().await;
+}
+
 /// When the key id of an endpoint's signing key is gone for good, rotating the key is the way out:
 /// a new key at once (no overlap: the old one cannot sign), and the waiting delivery goes out
 /// signed with it, and with it alone.
