@@ -1241,6 +1241,10 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(UnlinkOutcome::LastIdentity);
         }
+        // Locked before its sessions go: a sign-in writing a session with it waits (its foreign
+        // key check shares this row) and then fails, rather than slipping in between and being
+        // left without its identity.
+        query("SELECT 1 FROM identities WHERE id = $1 FOR UPDATE").bind(identity.as_uuid()).execute(&mut tx).await?;
         // The sessions signed in with it end with it (before the identity goes: the foreign key
         // would only clear their `identity_id`), so that neither they nor what they would
         // authorise outlive the sign-in method the user took away.

@@ -3295,7 +3295,29 @@ mod grants {
         a_grant_needing_consent_is_written_only_while_the_consent_stands,
         a_held_request_is_taken_once_and_not_after_it_expires,
         expired_grants_codes_and_requests_are_deleted,
+        grants_tied_to_no_identity_are_revoked_by_migration_22,
     );
+
+    /// The grants an orphaned session made (migration 22's comment) carry no identity, so no
+    /// unlink could end them: the migration revokes them, and no other.
+    async fn grants_tied_to_no_identity_are_revoked_by_migration_22(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let kept = grant(&ada, None, t0);
+        let orphaned = NewGrant { id: Uuid::now_v7(), identity_id: None, ..grant(&ada, None, t0) };
+        for g in [&kept, &orphaned] {
+            assert!(store.insert_grant(g, &code(t0)).await.unwrap());
+        }
+        let active = async |id| store.grant(id, now()).await.unwrap().unwrap().active;
+        assert!(active(kept.id).await && active(orphaned.id).await, "before: both count");
+        let sql = db.sql().await;
+        assert_eq!(sql.exec("DELETE FROM _sqlx_migrations WHERE version = 22").await.unwrap(), 1);
+        store.migrate().await.unwrap();
+        assert!(active(kept.id).await, "a grant with its identity stays");
+        assert!(!active(orphaned.id).await, "one tied to no identity is revoked");
+    }
 
     async fn client(store: &Arc<dyn Store>) -> String {
         let client = new_client(ClientId::parse("app").unwrap(), "App".into(), ClientKind::Confidential, false, now());
