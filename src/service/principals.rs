@@ -38,6 +38,10 @@ pub struct PrincipalCache {
     tokens: Arc<TokenCache>,
     epoch: Epoch,
     changed: Mutex<HashMap<UserId, Instant>>,
+    /// When everything was last forgotten without knowing what changed (start-up, an outage of
+    /// the cache-invalidation log, a row that cannot be read), and for how long after that every
+    /// user counts as changed (see [`PrincipalCache::set_replica_lag`]).
+    all_changed: Mutex<(Option<Instant>, Duration)>,
 }
 
 impl PrincipalCache {
@@ -50,6 +54,7 @@ impl PrincipalCache {
             tokens,
             epoch: Epoch::default(),
             changed: Mutex::new(HashMap::new()),
+            all_changed: Mutex::new((None, READ_YOUR_WRITES)),
         }
     }
 
@@ -136,6 +141,11 @@ impl PrincipalCache {
     /// cache-invalidation log for a while).
     pub fn invalidate_all(&self) {
         self.epoch.advance();
+        // Whatever changed meanwhile is unknown (a user disabled a moment before this instance
+        // started, say): until the replica is known to have it, every user is read from the
+        // primary, as after a change of theirs, so that a lagging replica cannot answer with the
+        // user as they were.
+        self.all_changed.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(Instant::now());
         self.entries.clear();
         self.sessions.clear();
         self.tokens.clear();
@@ -158,8 +168,21 @@ impl PrincipalCache {
         self.sessions.remove_key(hash);
     }
 
+    /// With a read replica at most `lag` behind (`database.replica_max_lag_ms`, which the replica
+    /// is read within), how long after everything is forgotten every user is read from the
+    /// primary: by then the replica has every change made before (a minute without a replica
+    /// bound set).
+    /// Set at start-up, it counts from then: what changed before is unknown too.
+    pub fn set_replica_lag(&self, lag: Duration) {
+        *self.all_changed.lock().unwrap_or_else(|p| p.into_inner()) = (Some(Instant::now()), lag.min(READ_YOUR_WRITES));
+    }
+
     /// Whether `user` changed recently enough that a replica may not have it yet.
     pub(super) fn changed_recently(&self, user: UserId) -> bool {
+        let (all, window) = *self.all_changed.lock().unwrap_or_else(|p| p.into_inner());
+        if all.is_some_and(|at| at.elapsed() < window) {
+            return true;
+        }
         let changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
         changed.get(&user).is_some_and(|at| at.elapsed() < READ_YOUR_WRITES)
     }

@@ -462,5 +462,9 @@ mod tests {
         cache.invalidate_user(changed);
         assert!(cache.changed_recently(changed));
         assert!(!cache.changed_recently(other));
+        // Forgetting everything without knowing what changed (start-up, an outage of the log):
+        // every user is read from the primary.
+        cache.invalidate_all();
+        assert!(cache.changed_recently(other) && cache.changed_recently(UserId::generate()));
     }
 }

@@ -217,8 +217,8 @@ async fn a_failed_replica_is_left_alone_for_a_while() {
 /// A replica further behind the primary than `database.replica_max_lag_ms` is not read: a
 /// change no instance knows of (written straight to the primary, as one another instance made
 /// more than a minute ago would be, past its read-your-writes window) reads back as made once
-/// the bound has passed, though the replica still lacks it. An instance with the default bound
-/// (10 s) reads the same replica, 2 s behind, and does not see the change yet.
+/// the bound has passed, though the replica still lacks it. An instance with a bound of 5 s reads
+/// the same replica, 2 s behind, and does not see the change yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_further_behind_than_its_bound_is_not_read() {
     let db = TestDb::new(Backend::Postgres).await;
@@ -230,7 +230,11 @@ async fn a_replica_further_behind_than_its_bound_is_not_read() {
     config.issuers.push(local_issuer_config(&issuer));
     let writer = TestApp::start(db.share(), &config).await;
     config.database.replica_url = Some(DatabaseUrl::parse(&replica).unwrap());
+    // A bound the replica, 2 s behind, keeps within. An instance reads no user from the replica
+    // for that long after it starts (what changed before is unknown to it): the reads below wait.
+    config.database.replica_max_lag = Duration::from_secs(5);
     let lenient = TestApp::start(db.share(), &config).await;
+    let lenient_readable = Instant::now() + Duration::from_millis(5_500);
     config.database.replica_max_lag = Duration::from_millis(500);
     let strict = TestApp::start(db.share(), &config).await;
 
@@ -245,6 +249,7 @@ async fn a_replica_further_behind_than_its_bound_is_not_read() {
         let me = app.client.get(app.url("/v1/me")).bearer_auth(&token).send();
         async move { body(me.await.unwrap(), 200).await["name"].clone() }
     };
+    tokio::time::sleep_until(lenient_readable.into()).await;
     let before = name_on(&lenient).await;
     assert_eq!(name_on(&strict).await, before);
 
