@@ -410,7 +410,7 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByte
                 let fields = csrf::form_fields(&body);
                 csrf::check(&headers, session, csrf::field(&fields, csrf::FIELD))
             } else {
-                csrf::from_this_origin(&headers)
+                csrf::sent_from_this_origin(&headers, state.flows.public_origin().as_deref())
             };
             if let Err(error) = checked {
                 return state.pages.error(&headers, error);

@@ -63,6 +63,14 @@ fn names_another_origin(headers: &HeaderMap, ours: Option<&str>) -> bool {
     }
 }
 
+/// [`from_this_origin`], and for a browser that sends no `Sec-Fetch-Site`, the `Origin` it names
+/// against `ours` (see [`names_another_origin`]): the check of a change made with the session
+/// cookie but without a form's CSRF token.
+pub fn sent_from_this_origin(headers: &HeaderMap, ours: Option<&str>) -> Result<(), ApiError> {
+    from_this_origin(headers)?;
+    if names_another_origin(headers, ours) { Err(refused()) } else { Ok(()) }
+}
+
 /// Middleware for the JSON API that a browser session may call (`/v1/me…`, `/v1/teams/…`): a
 /// request that changes something (any method but `GET`, `HEAD` and `OPTIONS`), carries the
 /// session cookie and is marked by the browser as sent from another origin is refused with 403
@@ -78,10 +86,7 @@ pub async fn cookie_changes_from_this_origin(
 ) -> Response {
     // Reads (`GET /v1/me`, the hot path) pass without a look at the cookies.
     let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let cross_origin = |headers: &HeaderMap| {
-        from_this_origin(headers).is_err() || names_another_origin(headers, state.flows.public_origin().as_deref())
-    };
-    if changes && cross_origin(request.headers()) {
+    if changes && sent_from_this_origin(request.headers(), state.flows.public_origin().as_deref()).is_err() {
         // A repeated cookie is the handler's to refuse (400 `ambiguous_credentials`); here it
         // counts as present.
         let with_cookie = cookie(request.headers(), state.cookies.session()).map_or(true, |found| found.is_some());

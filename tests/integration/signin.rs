@@ -764,6 +764,12 @@ async fn sessions_end_when_idle_expired_or_logged_out(backend: Backend) {
     browser.sign_in(&w.app, "").await;
     let cookie = browser.cookies["tessera_session"].clone();
     assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK);
+    // A page of another origin cannot sign the user out, even in a browser that sends no
+    // Fetch Metadata (Safari before 16.4): its `Origin` says where it came from.
+    let forged = w.app.client.post(w.app.url("/auth/logout")).header("cookie", format!("tessera_session={cookie}"));
+    let forged = forged.header("origin", "https://sibling.example.com").body("x").send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK, "still signed in");
     let logout = browser.request(Method::POST, &w.app.url("/auth/logout")).await;
     assert_eq!(logout.status(), StatusCode::NO_CONTENT);
     assert!(!browser.cookies.contains_key("tessera_session"), "the cookie is cleared");
