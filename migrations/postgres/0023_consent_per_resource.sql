@@ -6,3 +6,6 @@
 -- consents cover no resource from here on (the app asks once more); it is still written, for
 -- binaries of before this migration during a roll-out.
 ALTER TABLE oauth_consents ADD COLUMN resource_scopes TEXT NOT NULL DEFAULT '';
+-- Before, `scope` held every scope approved, with a resource or not: where a resource was
+-- approved, it cannot say which were approved without one, so it covers none (asked once more).
+UPDATE oauth_consents SET scope = '' WHERE resources <> '';
