@@ -280,12 +280,13 @@ impl<'a> ProfileActions<'a> {
         }
         let widened = widened.ok_or(ProfileActionError::Changed)?;
         tracing::info!(profile_id = %profile.id, widened, "updated an auth profile");
+        // Read back by id: another update may have renamed it meanwhile (only the fields a
+        // patch names are written), so the slug read before is not to be trusted.
+        let profile = store.profile(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         if widened {
-            let slug = patch.slug.as_ref().unwrap_or(&profile.slug);
-            let (profile, link) = self.profiles.connect_link(team, user, slug, false).await?;
+            let (profile, link) = self.profiles.connect_link(team, user, &profile.slug, false).await?;
             return Ok(Updated { profile, reconnect_required: true, link: Some(link) });
         }
-        let profile = store.profile(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         Ok(Updated { profile, reconnect_required: false, link: None })
     }
 
