@@ -337,6 +337,10 @@ async fn a_shutdown_finishes_the_request_under_way_and_releases_the_lease() {
         json(app.bootstrap(&identity(name, &format!("{name}@example.com"), None)).await, 201).await;
     }
     eventually("the first request is under way", || async { !receiver.all().is_empty() }).await;
+    // Both events fanned out (the first request takes a second; polls go on meanwhile).
+    let rows = format!("webhook_deliveries WHERE endpoint_id = '{id}'");
+    let sql = app.db.sql().await;
+    eventually("both deliveries are scheduled", || async { sql.count(&rows).await == 2 }).await;
     let db = app.stop_keeping_db().await;
     assert_eq!(receiver.all().len(), 1, "no request started after the stop");
     let sql = db.sql().await;
