@@ -177,7 +177,9 @@ impl Application {
             tracing::warn!("no admin token is configured (TESSERA_ADMIN_TOKEN): the admin API refuses every request");
         }
         let (principals, tokens) = PrincipalCache::with_token_cache(&config.cache);
-        principals.set_replica_lag(config.database.replica_max_lag);
+        if config.database.replica_url.is_some() {
+            principals.set_replica_lag(config.database.replica_max_lag);
+        }
         let provisioner = Provisioner::new(store.clone(), issuers.clone(), principals.clone());
         let verifier = TokenVerifier::new(issuers.clone(), tokens, config.cache.token_ttl);
         let providers = Arc::new(ProviderRegistry::new(

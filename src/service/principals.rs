@@ -54,7 +54,7 @@ impl PrincipalCache {
             tokens,
             epoch: Epoch::default(),
             changed: Mutex::new(HashMap::new()),
-            all_changed: Mutex::new((None, READ_YOUR_WRITES)),
+            all_changed: Mutex::new((None, Duration::ZERO)),
         }
     }
 
@@ -170,9 +170,9 @@ impl PrincipalCache {
 
     /// With a read replica at most `lag` behind (`database.replica_max_lag_ms`, which the replica
     /// is read within), how long after everything is forgotten every user is read from the
-    /// primary: by then the replica has every change made before (a minute without a replica
-    /// bound set).
-    /// Set at start-up, it counts from then: what changed before is unknown too.
+    /// primary: by then the replica has every change made before. Without a replica (never set),
+    /// every read is from the primary anyway, and nothing is marked. Set at start-up, it counts
+    /// from then: what changed before is unknown too.
     pub fn set_replica_lag(&self, lag: Duration) {
         *self.all_changed.lock().unwrap_or_else(|p| p.into_inner()) = (Some(Instant::now()), lag.min(READ_YOUR_WRITES));
     }

@@ -463,8 +463,15 @@ mod tests {
         assert!(cache.changed_recently(changed));
         assert!(!cache.changed_recently(other));
         // Forgetting everything without knowing what changed (start-up, an outage of the log):
-        // every user is read from the primary.
+        // with a replica, every user is read from the primary for its bound; without one, every
+        // read is from the primary anyway, and nothing is marked.
+        cache.invalidate_all();
+        assert!(!cache.changed_recently(other), "no replica");
+        cache.set_replica_lag(Duration::from_secs(10));
+        assert!(cache.changed_recently(other), "from start-up");
         cache.invalidate_all();
         assert!(cache.changed_recently(other) && cache.changed_recently(UserId::generate()));
+        cache.set_replica_lag(Duration::ZERO);
+        assert!(!cache.changed_recently(other), "for as long as the bound only");
     }
 }
