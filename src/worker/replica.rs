@@ -56,7 +56,7 @@ pub(super) async fn run(store: Arc<dyn Store>, max_lag: Duration) {
                 tracing::warn!(lag_ms, bound_ms, "the read replica is behind its bound; reading from the primary")
             }
             Verdict::NotReplaying => tracing::warn!(
-                "the read replica is not replaying the primary (not a streaming replica, or promoted); reading from the primary"
+                "the read replica is not in recovery (a server started as a primary, not a streaming replica); reading from the primary"
             ),
             Verdict::Unknown => {}
         }
