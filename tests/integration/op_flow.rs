@@ -631,15 +631,7 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     let (_, challenge) = pkce();
     let mut browser = Browser::new();
     // Sign in first, through the provider, and stop at the consent page.
-    let mut url = authorize_url(&w.app, &client, &challenge, "");
-    let page = loop {
-        let response = browser.navigate(&url).await;
-        if response.status() == StatusCode::OK {
-            break response;
-        }
-        let next = location(&response);
-        url = if next.starts_with('/') { w.app.url(&next) } else { next };
-    };
+    let page = first_page(&w.app, &mut browser, authorize_url(&w.app, &client, &challenge, "")).await;
     assert_eq!(page.headers()["x-frame-options"], "DENY");
     let html = page.text().await.unwrap();
     // Escaped with named or numeric references (askama writes `&#60;`).
@@ -697,15 +689,7 @@ async fn a_public_client_on_a_loopback_redirect_asks_for_consent_every_time(back
         authorize_url(&w.app, &agent, &challenge, extra).replace(&urlencode(REDIRECT), &urlencode(redirect))
     };
     let mut browser = Browser::new();
-    let mut url = to("http://127.0.0.1:5555/callback", "");
-    let page = loop {
-        let response = browser.navigate(&url).await;
-        if response.status() == StatusCode::OK {
-            break response;
-        }
-        let next = location(&response);
-        url = if next.starts_with('/') { w.app.url(&next) } else { next };
-    };
+    let page = first_page(&w.app, &mut browser, to("http://127.0.0.1:5555/callback", "")).await;
     let request_id = request_id_of(&page.text().await.unwrap());
     let form = [("request_id", request_id.as_str()), ("decision", "approve")];
     let approved = location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &form).await);
@@ -718,6 +702,19 @@ async fn a_public_client_on_a_loopback_redirect_asks_for_consent_every_time(back
     // Its https redirect belongs to the origin that registered it: the consent counts there.
     let remembered = location(&browser.navigate(&to(REDIRECT, "")).await);
     assert!(param(&remembered, "code").is_some(), "{remembered}");
+}
+
+/// Follows redirects from `url` (signing in through the provider on the way) to the first page
+/// that answers 200.
+async fn first_page(app: &TestApp, browser: &mut Browser, mut url: String) -> reqwest::Response {
+    loop {
+        let response = browser.navigate(&url).await;
+        if response.status() == StatusCode::OK {
+            return response;
+        }
+        let next = location(&response);
+        url = if next.starts_with('/') { app.url(&next) } else { next };
+    }
 }
 
 async fn browser_post(browser: &mut Browser, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
@@ -1174,15 +1171,8 @@ async fn a_consent_covers_the_resources_it_was_given_for(backend: Backend) {
     let mut browser = Browser::new();
     // Signed in and consented for the partner's own API.
     let for_api = format!("&resource={}", urlencode(api));
-    let mut url = authorize_url(&w.app, &partner, &challenge, &for_api);
-    let page = loop {
-        let response = browser.navigate(&url).await;
-        if response.status() == StatusCode::OK {
-            break response.text().await.unwrap();
-        }
-        let next = location(&response);
-        url = if next.starts_with('/') { w.app.url(&next) } else { next };
-    };
+    let url = authorize_url(&w.app, &partner, &challenge, &for_api);
+    let page = first_page(&w.app, &mut browser, url).await.text().await.unwrap();
     assert!(page.contains(&format!("It also asks to <strong>use {api}</strong>")), "{page}");
     let request_id = request_id_of(&page);
     let approve = [("request_id", request_id.as_str()), ("decision", "approve")];

@@ -285,8 +285,17 @@ async fn a_delivery_fails_for_good_when_retries_run_out() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signing_key_the_key_ring_lost_fails_deliveries_with_backoff_until_it_is_back() {
+/// An endpoint whose signing key is encrypted under `k1`, served by an instance whose key ring has
+/// lost `k1`, with an event for it; and the configuration with `k1` back.
+struct LostKey {
+    app: TestApp,
+    receiver: Receiver,
+    id: String,
+    secret: String,
+    restored: Config,
+}
+
+async fn an_endpoint_whose_key_the_ring_lost() -> LostKey {
     let db = TestDb::new(Backend::Sqlite).await;
     let config = db.config();
     let ring = |value: &str| Config { encryption: Some(Arc::new(KeyRing::parse(value).unwrap())), ..config.clone() };
@@ -298,10 +307,15 @@ async fn a_signing_key_the_key_ring_lost_fails_deliveries_with_backoff_until_it_
     let receiver = Receiver::start().await;
     let (id, secret) = register(&app, json!({ "url": receiver.url })).await;
     let db = app.stop_keeping_db().await;
-
     // ... then back to a ring without k1.
     let app = TestApp::start(db, &ring(&k2)).await;
     json(app.bootstrap(&identity("eve", "eve@example.com", None)).await, 201).await;
+    LostKey { app, receiver, id, secret, restored: ring(&format!("{k2},{k1}")) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_key_the_key_ring_lost_fails_deliveries_with_backoff_until_it_is_back() {
+    let LostKey { app, receiver, id, secret, restored } = an_endpoint_whose_key_the_ring_lost().await;
     eventually("the delivery fails, and is tried again", || async {
         deliveries(&app, &id).await.first().is_some_and(|d| d["attempts"].as_i64().unwrap() >= 2)
     })
@@ -317,7 +331,7 @@ async fn a_signing_key_the_key_ring_lost_fails_deliveries_with_backoff_until_it_
     let db = app.stop_keeping_db().await;
 
     // With k1 back, the same delivery goes out, signed.
-    let app = TestApp::start(db, &ring(&format!("{k2},{k1}"))).await;
+    let app = TestApp::start(db, &restored).await;
     eventually("the delivery goes out", || async { receiver.all().len() == 1 }).await;
     assert!(signature_valid(&secret, &receiver.all()[0]));
     eventually("it is logged as delivered", || async { deliveries(&app, &id).await[0]["state"] == "delivered" }).await;
@@ -376,18 +390,7 @@ async fn a_rotation_during_a_batch_signs_its_next_requests() {
 /// signed with it, and with it alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signing_key_the_key_ring_lost_is_replaced_by_a_rotation() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let config = db.config();
-    let ring = |value: &str| Config { encryption: Some(Arc::new(KeyRing::parse(value).unwrap())), ..config.clone() };
-    let (k1, k2) = (with_keyring_value(), format!("k2:{}", STANDARD.encode([9u8; 32])));
-    let db = TestApp::start(db, &ring(&k2)).await.stop_keeping_db().await;
-    let app = TestApp::start(db, &ring(&format!("{k1},{k2}"))).await;
-    let receiver = Receiver::start().await;
-    let (id, old_secret) = register(&app, json!({ "url": receiver.url })).await;
-    let db = app.stop_keeping_db().await;
-
-    let app = TestApp::start(db, &ring(&k2)).await;
-    json(app.bootstrap(&identity("eve", "eve@example.com", None)).await, 201).await;
+    let LostKey { app, receiver, id, secret: old_secret, .. } = an_endpoint_whose_key_the_ring_lost().await;
     eventually("the delivery fails for want of its key", || async {
         deliveries(&app, &id).await.first().is_some_and(|d| d["attempts"].as_i64().unwrap() >= 1)
     })
