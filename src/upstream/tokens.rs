@@ -4,8 +4,8 @@
 //! [`MAX_TOKEN_BYTES`], no `crit` header); its `iss`, normalised, on the allow-list; its `alg` on
 //! that issuer's allow-list (never `none`, never HMAC); a key for its `kid` in the issuer's JWKS
 //! (refetched once, rate-limited, when unknown); the signature (refetched once more when the
-//! cached key fails, for a re-key under the same `kid`); then `exp` and `nbf` with the issuer's
-//! leeway, and `aud` against the issuer's audiences. `jku`, `x5u` and `jwk` headers are ignored.
+//! cached key fails, for a re-key under the same `kid`); then `exp`, `nbf` and `iat` (when present:
+//! a number, not in the future) with the issuer's leeway, and `aud` against the issuer's audiences. `jku`, `x5u` and `jwk` headers are ignored.
 //!
 //! Verified tokens are cached by SHA-256 digest until the sooner of their `exp` and the cache
 //! lifetime, so a token seen again skips the signature check. The cache holds what the token
@@ -126,6 +126,7 @@ struct PeekedClaims {
 struct Claims {
     sub: Value,
     exp: Value,
+    iat: Option<Value>,
     email: Option<Value>,
     email_verified: Option<Value>,
     name: Option<Value>,
@@ -238,8 +239,8 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
 /// Verifies a compact JWS whose issuer the caller has established, with that issuer's `keys`:
 /// the `alg` on the list, a key for the `kid` (one rate-limited refetch when unknown), the
 /// signature (one more when the cached key fails, for a re-key under the same `kid`), then
-/// `exp`, `nbf` and `aud`. Returns the claims.
-pub(crate) async fn verify_signed<C: DeserializeOwned>(
+/// `exp`, `nbf`, `iat` and `aud`. Returns the claims.
+pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
     token: &str,
     keys: &JwksCache,
     rules: &Rules<'_>,
@@ -287,7 +288,35 @@ pub(crate) async fn verify_signed<C: DeserializeOwned>(
     }
     .map_err(map_error)?
     .claims;
+    check_issued_at(claims.issued_at(), rules.leeway, Utc::now())?;
     Ok(claims)
+}
+
+/// Claims that may carry `iat` (seconds since the epoch), which [`verify_signed`] checks.
+pub(crate) trait IssuedAt {
+    /// The `iat` claim as sent, if any.
+    fn issued_at(&self) -> Option<&Value>;
+}
+
+impl IssuedAt for Claims {
+    fn issued_at(&self) -> Option<&Value> {
+        self.iat.as_ref()
+    }
+}
+
+/// `iat`, where a token states it, must be a number and not lie in the future by more than
+/// `leeway`: a token stamped as issued later than now was minted by a clock or a signer that is
+/// wrong, and its `exp` cannot be trusted to bound it either (jsonwebtoken checks `exp` and `nbf`
+/// only).
+fn check_issued_at(iat: Option<&Value>, leeway: Duration, now: DateTime<Utc>) -> Result<(), TokenError> {
+    let Some(iat) = iat else {
+        return Ok(());
+    };
+    let iat = iat.as_f64().filter(|v| v.is_finite()).ok_or(TokenError::Malformed("iat is not a number"))?;
+    if iat > now.timestamp() as f64 + leeway.as_secs_f64() {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
 }
 
 fn map_error(error: jsonwebtoken::errors::Error) -> TokenError {
@@ -349,6 +378,20 @@ mod tests {
     use crate::config::{IssuerConfig, JwksConfig};
     use crate::telemetry::capture::capture;
     use crate::upstream::issuers::outbound_client;
+
+    #[test]
+    fn iat_is_a_number_not_in_the_future_beyond_the_leeway() {
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let leeway = Duration::from_secs(60);
+        let at = |v: Value| check_issued_at(Some(&v), leeway, now);
+        assert_eq!(check_issued_at(None, leeway, now), Ok(()));
+        assert_eq!(at(json!(999_000)), Ok(()));
+        assert_eq!(at(json!(1_000_060)), Ok(()), "within the leeway");
+        assert_eq!(at(json!(1_000_060.5)), Err(TokenError::NotYetValid));
+        assert_eq!(at(json!(1_000_061)), Err(TokenError::NotYetValid));
+        assert_eq!(at(json!("999000")), Err(TokenError::Malformed("iat is not a number")));
+        assert_eq!(at(json!(null)), Err(TokenError::Malformed("iat is not a number")));
+    }
 
     /// A counter handed out: its name, its labels and its value.
     type Registered = (String, Vec<(String, String)>, Arc<AtomicU64>);

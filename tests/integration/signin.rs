@@ -337,9 +337,14 @@ async fn the_issuer_parameter_is_checked(backend: Backend) {
 
 async fn bad_id_tokens_are_refused(backend: Backend) {
     let w = world(backend).await;
-    for tamper in
-        [Tamper::WrongNonce, Tamper::WrongAudience, Tamper::WrongIssuer, Tamper::Expired, Tamper::ForgedSignature]
-    {
+    for tamper in [
+        Tamper::WrongNonce,
+        Tamper::WrongAudience,
+        Tamper::WrongIssuer,
+        Tamper::Expired,
+        Tamper::IssuedInTheFuture,
+        Tamper::ForgedSignature,
+    ] {
         w.issuer.tamper_next_id_token(tamper);
         let mut browser = Browser::new();
         let response = browser.sign_in(&w.app, "").await;

@@ -17,7 +17,7 @@ use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, Token
 use crate::config::{JwksConfig, ProviderConfig};
 use crate::domain::{DisplayName, Email};
 use crate::upstream::jwks::{JwksCache, discovered_endpoint, fetch_discovery};
-use crate::upstream::tokens::{Rules, TokenError, token_issuer, verify_signed};
+use crate::upstream::tokens::{IssuedAt, Rules, TokenError, token_issuer, verify_signed};
 
 /// The endpoints of an OpenID provider.
 #[derive(Debug, Clone)]
@@ -46,8 +46,16 @@ struct IdTokenClaims {
     nonce: Option<String>,
     /// When the user authenticated (seconds since the epoch); required when `max_age` was asked.
     auth_time: Option<i64>,
+    /// When the token was issued (checked by [`verify_signed`]).
+    iat: Option<Value>,
     #[serde(flatten)]
     profile: Value,
+}
+
+impl IssuedAt for IdTokenClaims {
+    fn issued_at(&self) -> Option<&Value> {
+        self.iat.as_ref()
+    }
 }
 
 impl OidcProvider {

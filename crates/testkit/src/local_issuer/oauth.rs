@@ -60,6 +60,8 @@ pub enum Tamper {
     WrongIssuer,
     /// Already expired.
     Expired,
+    /// Stamped as issued two minutes from now (`iat`), beyond a minute's leeway.
+    IssuedInTheFuture,
     /// Signed with a key the JWKS does not publish, under a published `kid`.
     ForgedSignature,
 }
@@ -487,6 +489,7 @@ fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, signed_in: Op
         Some(Tamper::WrongAudience) => claims["aud"] = "someone-else".into(),
         Some(Tamper::WrongIssuer) => claims["iss"] = "https://other-issuer.example.com".into(),
         Some(Tamper::Expired) => claims["exp"] = (now - 3600).into(),
+        Some(Tamper::IssuedInTheFuture) => claims["iat"] = (now + 120).into(),
         Some(Tamper::ForgedSignature) | None => {}
     }
     let header = json!({ "alg": "RS256", "kid": "rsa-1", "typ": "JWT" });
