@@ -49,9 +49,22 @@ pub enum SignInError {
     /// The user is disabled.
     #[error("the user is disabled")]
     UserDisabled,
+    /// The identity or its user was removed while the flow completed (an unlink racing the
+    /// sign-in with that very identity, an account deleted meanwhile).
+    #[error("the account or the sign-in method was removed while signing in; sign in again")]
+    Removed,
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for SignInError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Gone { .. } => SignInError::Removed,
+            other => SignInError::Store(other),
+        }
+    }
 }
 
 impl PublicError for SignInError {
@@ -62,6 +75,7 @@ impl PublicError for SignInError {
             SignInError::IdentityAlreadyLinked => ErrorCode::IdentityAlreadyLinked,
             SignInError::LinkRequired { .. } => ErrorCode::LinkRequired,
             SignInError::UserDisabled => ErrorCode::UserDisabled,
+            SignInError::Removed => ErrorCode::IdentityNotFound,
             SignInError::Store(e) => e.code(),
         }
     }
@@ -86,7 +100,7 @@ impl From<ProvisionError> for SignInError {
     fn from(error: ProvisionError) -> Self {
         match error {
             ProvisionError::UserDisabled => SignInError::UserDisabled,
-            ProvisionError::Store(e) => SignInError::Store(e),
+            ProvisionError::Store(e) => e.into(),
             // Sign-in provisions by identity, with the provider's own issuer: neither happens.
             ProvisionError::IssuerNotAllowed | ProvisionError::UserNotFound => {
                 SignInError::Store(StoreError::Conflict { what: "unexpected provisioning outcome" })

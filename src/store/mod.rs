@@ -63,6 +63,13 @@ pub enum StoreError {
         /// The rule in domain terms, e.g. `"team slug"`.
         what: &'static str,
     },
+    /// A row the write refers to was removed by a concurrent change (a foreign key refused the
+    /// write); `what` names it in domain terms. Mapped where the SQL is, like `Conflict`.
+    #[error("gone: {what}")]
+    Gone {
+        /// The row in domain terms, e.g. `"the identity"`.
+        what: &'static str,
+    },
     /// A stored value does not decode into its domain type.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
@@ -79,6 +86,16 @@ impl StoreError {
     /// succeed if made again.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// This error as [`StoreError::Gone`] (`what`) when a foreign key refused the write.
+    pub(crate) fn or_gone(self, what: &'static str) -> Self {
+        match &self {
+            StoreError::Database(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                StoreError::Gone { what }
+            }
+            _ => self,
+        }
     }
 
     /// Whether PostgreSQL aborted the transaction to let a concurrent one through (a deadlock,

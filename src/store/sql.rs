@@ -1036,16 +1036,19 @@ impl Store for SqlStore {
         .bind(session.device.as_deref());
         // Without a session to end, the writes need no reads: one round trip on PostgreSQL (the
         // audit rows in one multi-row INSERT, which keeps their order).
+        // The user or the identity may have gone meanwhile (an identity unlinked while a sign-in
+        // with it completes): the foreign key refuses the session, which is said as such.
+        let gone = |e: StoreError| e.or_gone("the session's user or identity");
         if replaces.is_none() && audit.len() <= super::audit::ROWS_PER_INSERT {
             let mut writes = vec![insert];
             if !audit.is_empty() {
                 writes.push(super::audit::insert_rows(audit));
             }
-            self.db.execute_together(writes).await?;
+            self.db.execute_together(writes).await.map_err(gone)?;
             return Ok(false);
         }
         let mut tx = self.db.begin().await?;
-        insert.execute(&mut tx).await?;
+        insert.execute(&mut tx).await.map_err(gone)?;
         super::audit::insert(&mut tx, audit).await?;
         let ended = match replaces {
             Some(old) => end_session_in(&mut tx, old, SessionEnd::Replaced, session.now).await?,
@@ -1339,7 +1342,8 @@ impl Store for SqlStore {
         .bind(&tokens.scopes)
         .bind(tokens.updated_at)
         .execute(self.db.writer())
-        .await?;
+        .await
+        .map_err(|e| e.or_gone("the identity"))?;
         Ok(())
     }
 

@@ -31,6 +31,7 @@ on_both_backends!(
     identities_can_be_chosen_and_unlinked_but_not_the_last,
     unlinking_an_identity_signs_out_the_sessions_that_used_it,
     an_unlinked_identity_stops_resolving_to_its_old_user_at_once,
+    a_sign_in_whose_identity_goes_meanwhile_says_so,
     sessions_end_when_idle_expired_or_logged_out,
     a_session_in_use_never_reaches_a_short_idle_timeout,
 );
@@ -694,6 +695,45 @@ async fn unlinking_an_identity_signs_out_the_sessions_that_used_it(backend: Back
     assert_eq!(revoked.len(), 1, "{revoked:?}");
     let payload: serde_json::Value = serde_json::from_str(&revoked[0]).unwrap();
     assert_eq!((&payload["reason"], &payload["sessions"]), (&json!("identity_unlinked"), &json!(2)));
+}
+
+/// An identity unlinked (or a user deleted) between the callback finding it and writing the
+/// session: the foreign key refuses the session, and the browser is told to sign in again rather
+/// than shown an internal error. The removal is injected by a trigger on the session insert.
+async fn a_sign_in_whose_identity_goes_meanwhile_says_so(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let sql = w.app.db.sql().await;
+    let (inject, heal) = match backend {
+        Backend::Sqlite => (
+            vec![
+                "CREATE TRIGGER injected BEFORE INSERT ON sessions BEGIN DELETE FROM identities WHERE id = NEW.identity_id; END",
+            ],
+            "DROP TRIGGER injected",
+        ),
+        Backend::Postgres => (
+            vec![
+                "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN DELETE FROM identities WHERE id = NEW.identity_id; RETURN NEW; END $$",
+                "CREATE TRIGGER injected BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION injected()",
+            ],
+            "DROP TRIGGER injected ON sessions",
+        ),
+    };
+    for statement in inject {
+        sql.exec(statement).await.unwrap();
+    }
+    let mut returning = Browser::new();
+    let refused = returning.sign_in(&w.app, "").await;
+    let problem = body(refused, 404).await;
+    assert_eq!(problem["code"], "identity_not_found", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("sign in again"), "{problem}");
+    assert!(!problem.to_string().to_lowercase().contains("foreign"), "no database error shown: {problem}");
+    assert!(!returning.cookies.contains_key("tessera_session"));
+    assert_eq!(sql.count("sessions").await, 1, "the first sign-in's session alone");
+    sql.exec(heal).await.unwrap();
+    assert_eq!(returning.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(sql.count("sessions").await, 2);
 }
 
 async fn an_unlinked_identity_stops_resolving_to_its_old_user_at_once(backend: Backend) {
