@@ -165,11 +165,15 @@ impl Consent {
                 }
             },
         };
-        for scope in scopes {
-            if !approved.contains(scope) {
-                approved.push(scope.clone());
-            }
-        }
+        scopes.iter().for_each(|scope| add_once(approved, scope));
+    }
+}
+
+/// Appends `value` to `list` unless it is there already (scope and resource lists keep their
+/// first order).
+pub(super) fn add_once(list: &mut Vec<String>, value: &str) {
+    if !list.iter().any(|v| v == value) {
+        list.push(value.to_owned());
     }
 }
 

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use super::Consent;
 use super::cache_sync::{CacheChange, LoggedChange, log_changes};
 use super::db::{Db, PoolRef, Row, Tx, padded, query, try_exclusive};
+use super::grants::add_once;
 use super::last_seen::{self, Touched};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
 use super::rows::{
@@ -268,13 +269,6 @@ async fn lock_user_and_client(tx: &mut Tx, user: UserId, client: &str) -> Result
         .fetch_optional(tx)
         .await?;
     Ok(row.is_some())
-}
-
-/// Adds `value` to `list` unless it is there already (the order first seen is kept).
-fn add_once(list: &mut Vec<String>, value: &str) {
-    if !list.iter().any(|v| v == value) {
-        list.push(value.to_owned());
-    }
 }
 
 /// Locks a team's row for the rest of `tx` (membership changes of one team one after the other);
