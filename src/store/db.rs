@@ -18,13 +18,14 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection as _, Postgres, Row as _, Sqlite, Transaction};
+use sqlx::{Connection as _, Executor as _, Postgres, Row as _, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::migrations::{self, Applied, Embedded, MigrationStatus};
@@ -199,9 +200,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A PostgreSQL connection idle this long is pinged before it is handed out; one used more
-/// recently is not. sqlx pings at every checkout by default, which puts a second round trip on
-/// each statement's path (it also pings on release, off that path). A connection that broke less
-/// than this after its last use fails one statement instead, and is closed.
+/// recently is not (a ping at every checkout would put a second round trip on each statement's
+/// path). A connection that broke less than this after its last use fails one statement instead,
+/// and is closed.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How much of an SQLite file is memory-mapped for reads (`PRAGMA mmap_size`).
@@ -258,24 +259,13 @@ impl Db {
                 Ok(Db::Sqlite { writer, reader })
             }
             Backend::Postgres => {
-                let options = || {
-                    PgPoolOptions::new()
-                        .max_connections(config.max_connections)
-                        .acquire_timeout(config.acquire_timeout)
-                        .test_before_acquire(false)
-                        .before_acquire(|conn, meta| {
-                            Box::pin(async move {
-                                if meta.idle_for >= PING_IDLE_AFTER {
-                                    conn.ping().await?;
-                                }
-                                Ok(true)
-                            })
-                        })
-                };
-                let primary = options().connect(url).await?;
-                let background = options().max_connections(1).connect_lazy(url)?;
+                let pool = |url: &str, max: u32| pg_pool(url, max, config.acquire_timeout);
+                let primary = pool(url, config.max_connections)?;
+                // At once, as sqlx's pool did: a database that cannot be reached stops start-up.
+                drop(pg_conn(&primary).await?);
+                let background = pool(url, 1)?;
                 let replica =
-                    config.replica_url.as_ref().map(|url| options().connect_lazy(url.expose())).transpose()?.map(
+                    config.replica_url.as_ref().map(|url| pool(url.expose(), config.max_connections)).transpose()?.map(
                         |pool| Replica {
                             pool,
                             skip_until: Mutex::new(None),
@@ -331,10 +321,7 @@ impl Db {
                 note_wait(writer, WRITER);
                 Tx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
             }
-            Db::Postgres { primary, .. } => {
-                note_wait(primary, PRIMARY);
-                Tx::Postgres(primary.begin().await?)
-            }
+            Db::Postgres { primary, .. } => Tx::Postgres(PgTx::begin(pg_acquire(primary, PRIMARY).await?).await?),
         })
     }
 
@@ -443,16 +430,23 @@ impl Db {
         // Taken before the primary is asked: every change committed before it is at or below the
         // position the primary answers.
         let at = Instant::now();
-        let position: i64 =
-            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetch_one(background).await?;
-        let replayed =
-            sqlx::query_scalar::<_, Option<i64>>("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")
-                .fetch_one(&replica.pool)
-                .await;
+        let mut conn = pg_conn(background).await?;
+        let position =
+            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetch_one(&mut conn.conn).await;
+        let position: i64 = conn.note(position)?;
+        drop(conn);
+        let replayed = async {
+            let mut conn = pg_conn(&replica.pool).await?;
+            let replayed =
+                sqlx::query_scalar::<_, Option<i64>>("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")
+                    .fetch_one(&mut conn.conn)
+                    .await;
+            Ok::<_, StoreError>(conn.note(replayed)?)
+        }
+        .await;
         let replayed = match replayed {
             Ok(replayed) => replayed,
             Err(error) => {
-                let error = StoreError::from(error);
                 replica.failed(&error);
                 return Err(error);
             }
@@ -511,7 +505,12 @@ impl Db {
                     migrations::migrator(SQLITE_MIGRATIONS).run(writer).await?
                 }
             }
-            Db::Postgres { primary, .. } => migrations::migrator(POSTGRES_MIGRATIONS).run(primary).await?,
+            Db::Postgres { primary, .. } => {
+                // `run_direct` is `run` on a connection already taken (sqlx's way around the
+                // "`Acquire` is not general enough" error of `run` on a `&mut` connection).
+                let mut conn = pg_conn(primary).await?;
+                migrations::migrator(POSTGRES_MIGRATIONS).run_direct(None, &mut conn.conn, false).await?
+            }
         }
         Ok(())
     }
@@ -521,8 +520,8 @@ impl Db {
         match self {
             Db::Sqlite { writer, reader } => vec![pool_stats(writer, WRITER), pool_stats(reader, READER)],
             Db::Postgres { primary, background, replica } => {
-                let mut stats = vec![pool_stats(primary, PRIMARY), pool_stats(background, BACKGROUND)];
-                stats.extend(replica.as_ref().map(|replica| pool_stats(&replica.pool, REPLICA)));
+                let mut stats = vec![pg_pool_stats(primary, PRIMARY), pg_pool_stats(background, BACKGROUND)];
+                stats.extend(replica.as_ref().map(|replica| pg_pool_stats(&replica.pool, REPLICA)));
                 stats
             }
         }
@@ -536,10 +535,10 @@ impl Db {
                 writer.close().await;
             }
             Db::Postgres { primary, background, replica } => {
-                background.close().await;
-                primary.close().await;
+                close_pg(background).await;
+                close_pg(primary).await;
                 if let Some(replica) = replica {
-                    replica.pool.close().await;
+                    close_pg(&replica.pool).await;
                 }
             }
         }
@@ -551,7 +550,7 @@ pub(super) enum Tx {
     /// On SQLite (`BEGIN IMMEDIATE` on the writer).
     Sqlite(Transaction<'static, Sqlite>),
     /// On the PostgreSQL primary.
-    Postgres(Transaction<'static, Postgres>),
+    Postgres(PgTx),
 }
 
 impl Tx {
@@ -559,7 +558,7 @@ impl Tx {
     pub(super) async fn commit(self) -> Result<(), StoreError> {
         match self {
             Tx::Sqlite(tx) => tx.commit().await?,
-            Tx::Postgres(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.finish("COMMIT").await?,
         }
         Ok(())
     }
@@ -568,7 +567,7 @@ impl Tx {
     pub(super) async fn rollback(self) -> Result<(), StoreError> {
         match self {
             Tx::Sqlite(tx) => tx.rollback().await?,
-            Tx::Postgres(tx) => tx.rollback().await?,
+            Tx::Postgres(tx) => tx.finish("ROLLBACK").await?,
         }
         Ok(())
     }
@@ -586,6 +585,180 @@ pub(super) enum PoolRef<'a> {
     Postgres(&'a PgPool, &'static str),
 }
 
+/// PostgreSQL connections, in a pool that takes a connection back the moment it is dropped, as
+/// it is ([deadpool]). sqlx's own pool pings every connection it gets back, from a task it
+/// spawns, before anyone may have it again: a round trip and two thread wake-ups after every
+/// statement, about a fifth of a sign-in's CPU (docs/benchmarks.md). sqlx's PostgreSQL connection
+/// needs no such check: each statement first reads whatever an earlier one, dropped half-way, left
+/// unanswered. A connection idle for [`PING_IDLE_AFTER`] is pinged before it is handed out, one
+/// older than [`PG_MAX_LIFETIME`] is replaced, and a transaction dropped unfinished is rolled back
+/// before its connection is used again ([`PgTx`]).
+pub(super) type PgPool = deadpool::managed::Pool<PgConnector>;
+
+/// Opens and checks the connections of a [`PgPool`].
+#[derive(Debug)]
+pub(super) struct PgConnector {
+    options: PgConnectOptions,
+}
+
+/// A pooled PostgreSQL connection, and whether a statement on it failed in a way that leaves it
+/// unusable (its socket, or the server's session, gone): such a one is closed, not reused.
+#[derive(Debug)]
+pub(super) struct PgConn {
+    conn: PgConnection,
+    broken: bool,
+}
+
+impl PgConn {
+    /// Notes the outcome of a statement run on this connection.
+    fn note<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if let Err(error) = &result {
+            self.broken |= breaks_the_connection(error);
+        }
+        result
+    }
+}
+
+/// Whether `error` leaves the connection it happened on unusable: a network, TLS or protocol
+/// failure, or the server ending the session (connection exceptions, an administrator's or a
+/// crash's shutdown). A statement the server refused (a constraint, a lock timeout) does not.
+fn breaks_the_connection(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// A PostgreSQL connection is replaced after this long (sqlx's pool default), so that a primary
+/// that moved behind a load balancer or a pooler is followed.
+const PG_MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+impl deadpool::managed::Manager for PgConnector {
+    type Type = PgConn;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PgConn, sqlx::Error> {
+        Ok(PgConn { conn: PgConnection::connect_with(&self.options).await?, broken: false })
+    }
+
+    async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
+        if conn.broken {
+            return Err(RecycleError::message("broken"));
+        }
+        if metrics.age() >= PG_MAX_LIFETIME {
+            return Err(RecycleError::message("past its lifetime"));
+        }
+        if metrics.last_used() >= PING_IDLE_AFTER {
+            conn.conn.ping().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A pool of at most `max` connections to `url`, connecting on first use; waiting for a
+/// connection, opening one and checking one each give up after `timeout`.
+fn pg_pool(url: &str, max: u32, timeout: Duration) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url)?;
+    PgPool::builder(PgConnector { options })
+        .max_size(max.max(1) as usize)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|error| StoreError::Corrupt(format!("the PostgreSQL pool: {error}")))
+}
+
+/// One connection of `pool`.
+async fn pg_conn(pool: &PgPool) -> Result<Object<PgConnector>, StoreError> {
+    pool.get().await.map_err(|error| match error {
+        deadpool::managed::PoolError::Backend(error) => StoreError::from(error),
+        deadpool::managed::PoolError::Closed => StoreError::Unavailable(sqlx::Error::PoolClosed),
+        _ => StoreError::Unavailable(sqlx::Error::PoolTimedOut),
+    })
+}
+
+/// [`pg_conn`], counted as a wait when every connection the pool may open is busy.
+async fn pg_acquire(pool: &PgPool, name: &'static str) -> Result<Object<PgConnector>, StoreError> {
+    let status = pool.status();
+    if status.available == 0 && status.size >= status.max_size {
+        crate::observability::record_pool_wait(name);
+    }
+    pg_conn(pool).await
+}
+
+/// Closes `pool`: its idle connections at once, each with a goodbye to the server; those in use
+/// as they come back.
+async fn close_pg(pool: &PgPool) {
+    let idle = pool.retain(|_, _| false).removed;
+    pool.close();
+    for conn in idle {
+        let _ = conn.conn.close().await;
+    }
+}
+
+/// A sample of a PostgreSQL pool for metrics.
+fn pg_pool_stats(pool: &PgPool, name: &'static str) -> PoolStats {
+    let status = pool.status();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    PoolStats { pool: name, size: count(status.size), idle: count(status.available), max: count(status.max_size) }
+}
+
+/// A PostgreSQL transaction on a connection of the pool. Dropped unfinished (an error returned
+/// early, a request cancelled), it is rolled back before the connection goes back to the pool;
+/// a connection that cannot roll back is closed instead.
+pub(super) struct PgTx {
+    conn: Option<Object<PgConnector>>,
+}
+
+impl PgTx {
+    async fn begin(conn: Object<PgConnector>) -> Result<Self, StoreError> {
+        // Owned by the transaction before `BEGIN` is sent: dropped while it is on its way, the
+        // connection is rolled back too, never handed out inside a transaction.
+        let mut tx = PgTx { conn: Some(conn) };
+        let conn = tx.conn();
+        let begun = conn.conn.execute("BEGIN").await;
+        conn.note(begun)?;
+        Ok(tx)
+    }
+
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`.
+    async fn finish(mut self, end: &'static str) -> Result<(), StoreError> {
+        let mut conn = self.conn.take().expect("a transaction is finished once");
+        match conn.conn.execute(end).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // Whatever state the connection is in, it is not used again.
+                drop(Object::take(conn));
+                Err(error.into())
+            }
+        }
+    }
+
+    fn conn(&mut self) -> &mut PgConn {
+        self.conn.as_mut().expect("an unfinished transaction has its connection")
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if conn.conn.execute("ROLLBACK").await.is_err() {
+                        drop(Object::take(conn));
+                    }
+                });
+            }
+            // No runtime to roll back on (the process is ending): the connection is closed, which
+            // rolls back too.
+            Err(_) => drop(Object::take(conn)),
+        }
+    }
+}
+
 impl PoolRef<'_> {
     /// Takes one connection of the pool, for several statements in a row that need not be a
     /// transaction.
@@ -595,10 +768,7 @@ impl PoolRef<'_> {
                 note_wait(pool, name);
                 Conn::Sqlite(pool.acquire().await?)
             }
-            PoolRef::Postgres(pool, name) => {
-                note_wait(pool, name);
-                Conn::Postgres(pool.acquire().await?)
-            }
+            PoolRef::Postgres(pool, name) => Conn::Postgres(pg_acquire(pool, name).await?),
         })
     }
 }
@@ -608,7 +778,7 @@ pub(super) enum Conn {
     /// A connection of an SQLite pool.
     Sqlite(PoolConnection<Sqlite>),
     /// A connection of a PostgreSQL pool.
-    Postgres(PoolConnection<Postgres>),
+    Postgres(Object<PgConnector>),
 }
 
 impl<'a> From<&'a mut Conn> for On<'a> {
@@ -653,10 +823,7 @@ impl<'a> From<PoolRef<'a>> for On<'a> {
                 note_wait(pool, name);
                 On::SqlitePool(pool)
             }
-            PoolRef::Postgres(pool, name) => {
-                note_wait(pool, name);
-                On::PgPool(pool)
-            }
+            PoolRef::Postgres(pool, name) => On::PgPool(pool, name),
         }
     }
 }
@@ -665,19 +832,19 @@ impl<'a> From<PoolRef<'a>> for On<'a> {
 pub(super) enum On<'a> {
     /// An SQLite pool.
     SqlitePool(&'a SqlitePool),
-    /// A PostgreSQL pool.
-    PgPool(&'a PgPool),
+    /// A PostgreSQL pool, and its name in metrics.
+    PgPool(&'a PgPool, &'static str),
     /// An SQLite transaction's connection.
     SqliteConn(&'a mut SqliteConnection),
-    /// A PostgreSQL transaction's connection.
-    PgConn(&'a mut PgConnection),
+    /// A PostgreSQL transaction's connection, or one taken from the pool.
+    PgConn(&'a mut PgConn),
 }
 
 impl<'a> From<&'a mut Tx> for On<'a> {
     fn from(tx: &'a mut Tx) -> Self {
         match tx {
             Tx::Sqlite(tx) => On::SqliteConn(tx),
-            Tx::Postgres(tx) => On::PgConn(tx),
+            Tx::Postgres(tx) => On::PgConn(tx.conn()),
         }
     }
 }
@@ -792,8 +959,15 @@ impl<'q> Query<'q> {
         Ok(match on.into() {
             On::SqlitePool(pool) => self.sqlite().execute(pool).await?.rows_affected(),
             On::SqliteConn(conn) => self.sqlite().execute(conn).await?.rows_affected(),
-            On::PgPool(pool) => self.pg().execute(pool).await?.rows_affected(),
-            On::PgConn(conn) => self.pg().execute(conn).await?.rows_affected(),
+            On::PgPool(pool, name) => {
+                let mut conn = pg_acquire(pool, name).await?;
+                let done = self.pg().execute(&mut conn.conn).await;
+                conn.note(done)?.rows_affected()
+            }
+            On::PgConn(conn) => {
+                let done = self.pg().execute(&mut conn.conn).await;
+                conn.note(done)?.rows_affected()
+            }
         })
     }
 
@@ -802,8 +976,15 @@ impl<'q> Query<'q> {
         Ok(match on.into() {
             On::SqlitePool(pool) => self.sqlite().fetch_optional(pool).await?.map(Row::Sqlite),
             On::SqliteConn(conn) => self.sqlite().fetch_optional(conn).await?.map(Row::Sqlite),
-            On::PgPool(pool) => self.pg().fetch_optional(pool).await?.map(Row::Postgres),
-            On::PgConn(conn) => self.pg().fetch_optional(conn).await?.map(Row::Postgres),
+            On::PgPool(pool, name) => {
+                let mut conn = pg_acquire(pool, name).await?;
+                let row = self.pg().fetch_optional(&mut conn.conn).await;
+                conn.note(row)?.map(Row::Postgres)
+            }
+            On::PgConn(conn) => {
+                let row = self.pg().fetch_optional(&mut conn.conn).await;
+                conn.note(row)?.map(Row::Postgres)
+            }
         })
     }
 
@@ -817,8 +998,15 @@ impl<'q> Query<'q> {
         Ok(match on.into() {
             On::SqlitePool(pool) => self.sqlite().fetch_all(pool).await?.into_iter().map(Row::Sqlite).collect(),
             On::SqliteConn(conn) => self.sqlite().fetch_all(conn).await?.into_iter().map(Row::Sqlite).collect(),
-            On::PgPool(pool) => self.pg().fetch_all(pool).await?.into_iter().map(Row::Postgres).collect(),
-            On::PgConn(conn) => self.pg().fetch_all(conn).await?.into_iter().map(Row::Postgres).collect(),
+            On::PgPool(pool, name) => {
+                let mut conn = pg_acquire(pool, name).await?;
+                let rows = self.pg().fetch_all(&mut conn.conn).await;
+                conn.note(rows)?.into_iter().map(Row::Postgres).collect()
+            }
+            On::PgConn(conn) => {
+                let rows = self.pg().fetch_all(&mut conn.conn).await;
+                conn.note(rows)?.into_iter().map(Row::Postgres).collect()
+            }
         })
     }
 }
@@ -1093,7 +1281,7 @@ mod tests {
     /// A replica that is never connected, for its bookkeeping alone.
     fn replica(max_lag: Duration) -> Replica {
         Replica {
-            pool: PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap(),
+            pool: pg_pool("postgres://nobody@127.0.0.1:9/none", 1, Duration::from_secs(1)).unwrap(),
             skip_until: Mutex::new(None),
             max_lag,
             caught_up_to: Mutex::new(None),

@@ -45,6 +45,7 @@ on_both_backends!(
     migrations_apply_once_and_report_status,
     sessions_left_without_their_identity_end_with_migration_22,
     a_store_names_its_backend_and_is_unavailable_once_closed,
+    a_transaction_that_fails_half_way_leaves_its_connection_clean,
     // Provisioning
     a_created_account_is_found_by_its_identity,
     a_second_account_for_one_identity_writes_nothing,
@@ -471,6 +472,75 @@ async fn a_store_names_its_backend_and_is_unavailable_once_closed(backend: Backe
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     let error = store.get_user(UserId::generate()).await.unwrap_err();
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+}
+
+/// A write transaction that fails half-way (a session written, then the end of the one it
+/// replaces refused by an injected trigger) leaves nothing behind, and the pool's one connection
+/// goes on committing what comes next: it is never handed out again still inside the failed
+/// transaction.
+async fn a_transaction_that_fails_half_way_leaves_its_connection_clean(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.database.max_connections = 1;
+    let store = tessera::store::connect(&config.database).await.unwrap();
+    store.migrate().await.unwrap();
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let doomed = NewSession { device: Some("doomed".into()), ..session(&ada, t0, TimeDelta::days(1)) };
+    store.start_session(&doomed, None, &[]).await.unwrap();
+    let sql = db.sql().await;
+    let inject = match backend {
+        Backend::Sqlite => vec![
+            "CREATE TRIGGER injected BEFORE DELETE ON sessions WHEN OLD.device = 'doomed' \
+             BEGIN SELECT RAISE(ABORT, 'injected'); END",
+        ],
+        Backend::Postgres => vec![
+            "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$",
+            "CREATE TRIGGER injected BEFORE DELETE ON sessions FOR EACH ROW WHEN (OLD.device = 'doomed') \
+             EXECUTE FUNCTION injected()",
+        ],
+    };
+    for statement in inject {
+        sql.exec(statement).await.unwrap();
+    }
+    for _ in 0..3 {
+        let replacing = session(&ada, t0, TimeDelta::days(1));
+        assert!(store.start_session(&replacing, Some(&doomed.token_hash), &[]).await.is_err());
+        let next = session(&ada, t0, TimeDelta::days(1));
+        store.start_session(&next, None, &[]).await.unwrap();
+        assert!(store.session(&replacing.token_hash).await.unwrap().is_none(), "the failed one left nothing");
+        assert!(store.session(&next.token_hash).await.unwrap().is_some());
+    }
+    // Seen from another connection: committed, not held in a transaction left open.
+    assert_eq!(sql.count("sessions").await, 4, "the doomed session and the three written after a failure");
+}
+
+/// A pooled PostgreSQL connection the server ends (a restart, an administrator's
+/// `pg_terminate_backend`) fails the one statement that finds it ended, and is closed: the next
+/// statement gets a new connection, although the pool hands out a recently used connection
+/// without pinging it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_ended_fails_one_statement_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut config = db.config();
+    config.database.max_connections = 1;
+    let store = tessera::store::connect(&config.database).await.unwrap();
+    store.migrate().await.unwrap();
+    let ada = sign_up(&store, "ada").await;
+    let sql = db.sql().await;
+    for round in 0..3 {
+        store.get_user(ada.id()).await.unwrap();
+        let ended = sql
+            .exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            .await
+            .unwrap();
+        assert!(ended >= 1, "round {round}: the pool's connection was ended");
+        let error = store.get_user(ada.id()).await.unwrap_err();
+        assert!(matches!(error, StoreError::Unavailable(_) | StoreError::Database(_)), "{error:?}");
+        // Within the second after its last use: without a ping, only the failure itself can
+        // have taken the ended connection out of the pool.
+        assert_eq!(store.get_user(ada.id()).await.unwrap().map(|user| user.id), Some(ada.id()), "round {round}");
+    }
 }
 
 // ---- Provisioning ---------------------------------------------------------------------------
