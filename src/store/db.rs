@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow, PgSeverity};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -432,14 +432,14 @@ impl Db {
         let at = Instant::now();
         let mut conn = pg_conn(background).await?;
         let position =
-            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetch_one(&mut conn.conn).await;
+            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetch_one(conn.start()).await;
         let position: i64 = conn.note(position)?;
         drop(conn);
         let replayed = async {
             let mut conn = pg_conn(&replica.pool).await?;
             let replayed =
                 sqlx::query_scalar::<_, Option<i64>>("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")
-                    .fetch_one(&mut conn.conn)
+                    .fetch_one(conn.start())
                     .await;
             Ok::<_, StoreError>(conn.note(replayed)?)
         }
@@ -509,7 +509,10 @@ impl Db {
                 // `run_direct` is `run` on a connection already taken (sqlx's way around the
                 // "`Acquire` is not general enough" error of `run` on a `&mut` connection).
                 let mut conn = pg_conn(primary).await?;
-                migrations::migrator(POSTGRES_MIGRATIONS).run_direct(None, &mut conn.conn, false).await?
+                let migrated = migrations::migrator(POSTGRES_MIGRATIONS).run_direct(None, conn.start(), false).await;
+                // A failed migration may leave anything on the connection: it is not reused.
+                conn.in_flight = migrated.is_err();
+                migrated?
             }
         }
         Ok(())
@@ -599,33 +602,69 @@ pub(super) type PgPool = deadpool::managed::Pool<PgConnector>;
 #[derive(Debug)]
 pub(super) struct PgConnector {
     options: PgConnectOptions,
+    /// `database.acquire_timeout`: the bound on getting a connection, and on opening one.
+    timeout: Duration,
 }
 
-/// A pooled PostgreSQL connection, and whether a statement on it failed in a way that leaves it
-/// unusable (its socket, or the server's session, gone): such a one is closed, not reused.
+/// A pooled PostgreSQL connection, and what the pool must know of it before handing it out
+/// again: it is closed, not reused, when a statement on it failed in a way that leaves it unusable
+/// (its socket, or the server's session, gone), when a statement's answer may still be on its way
+/// (the statement's future was dropped half-way: the next user would read that answer, an error
+/// included, as its own), or when it may still be inside a transaction.
 #[derive(Debug)]
 pub(super) struct PgConn {
     conn: PgConnection,
     broken: bool,
+    in_flight: bool,
+    in_transaction: bool,
 }
 
 impl PgConn {
+    /// The connection, for one statement: in flight until [`PgConn::note`] sees its outcome.
+    fn start(&mut self) -> &mut PgConnection {
+        self.in_flight = true;
+        &mut self.conn
+    }
+
     /// Notes the outcome of a statement run on this connection.
     fn note<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        self.in_flight = false;
         if let Err(error) = &result {
             self.broken |= breaks_the_connection(error);
         }
         result
     }
+
+    /// Whether the connection may be handed out again.
+    fn reusable(&self) -> bool {
+        !(self.broken || self.in_flight || self.in_transaction)
+    }
 }
 
 /// Whether `error` leaves the connection it happened on unusable: a network, TLS or protocol
 /// failure, or the server ending the session (connection exceptions, an administrator's or a
-/// crash's shutdown). A statement the server refused (a constraint, a lock timeout) does not.
+/// crash's shutdown, any error of `FATAL` or `PANIC` severity). A statement the server refused (a
+/// constraint, a lock timeout) does not.
 fn breaks_the_connection(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+                || db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some_and(|e| matches!(e.severity(), PgSeverity::Fatal | PgSeverity::Panic))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a connection attempt failed because the server is not accepting connections yet (not
+/// listening, or starting up): worth trying again until the timeout, as a database and Tessera
+/// starting side by side need.
+fn not_accepting_yet(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
         _ => false,
     }
 }
@@ -639,12 +678,23 @@ impl deadpool::managed::Manager for PgConnector {
     type Error = sqlx::Error;
 
     async fn create(&self) -> Result<PgConn, sqlx::Error> {
-        Ok(PgConn { conn: PgConnection::connect_with(&self.options).await?, broken: false })
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match PgConnection::connect_with(&self.options).await {
+                Ok(conn) => return Ok(PgConn { conn, broken: false, in_flight: false, in_transaction: false }),
+                Err(error) if not_accepting_yet(&error) && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
-        if conn.broken {
-            return Err(RecycleError::message("broken"));
+        if !conn.reusable() {
+            return Err(RecycleError::message("broken, answer unread or inside a transaction"));
         }
         if metrics.age() >= PG_MAX_LIFETIME {
             return Err(RecycleError::message("past its lifetime"));
@@ -660,19 +710,25 @@ impl deadpool::managed::Manager for PgConnector {
 /// connection, opening one and checking one each give up after `timeout`.
 fn pg_pool(url: &str, max: u32, timeout: Duration) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url)?;
-    PgPool::builder(PgConnector { options })
+    PgPool::builder(PgConnector { options, timeout })
         .max_size(max.max(1) as usize)
+        // The most recently used first: under light load the others stay idle (and are pinged
+        // when next used) rather than each going a second unused between statements.
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
         .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
+        // Above the creation's own deadline, so that its last error is the one reported.
+        .create_timeout(Some(timeout + Duration::from_secs(1)))
         .recycle_timeout(Some(timeout))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|error| StoreError::Corrupt(format!("the PostgreSQL pool: {error}")))
 }
 
-/// One connection of `pool`.
+/// One connection of `pool`, within `database.acquire_timeout` in all (waiting, checking idle
+/// connections that turn out dead, opening a new one).
 async fn pg_conn(pool: &PgPool) -> Result<Object<PgConnector>, StoreError> {
-    pool.get().await.map_err(|error| match error {
+    let got = tokio::time::timeout(pool.manager().timeout, pool.get()).await;
+    got.map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?.map_err(|error| match error {
         deadpool::managed::PoolError::Backend(error) => StoreError::from(error),
         deadpool::managed::PoolError::Closed => StoreError::Unavailable(sqlx::Error::PoolClosed),
         _ => StoreError::Unavailable(sqlx::Error::PoolTimedOut),
@@ -718,16 +774,25 @@ impl PgTx {
         // connection is rolled back too, never handed out inside a transaction.
         let mut tx = PgTx { conn: Some(conn) };
         let conn = tx.conn();
-        let begun = conn.conn.execute("BEGIN").await;
+        conn.in_transaction = true;
+        let begun = conn.start().execute("BEGIN").await;
         conn.note(begun)?;
         Ok(tx)
     }
 
-    /// Ends the transaction with `COMMIT` or `ROLLBACK`.
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`. Dropped on its way, it is rolled back
+    /// as any unfinished transaction is.
     async fn finish(mut self, end: &'static str) -> Result<(), StoreError> {
-        let mut conn = self.conn.take().expect("a transaction is finished once");
-        match conn.conn.execute(end).await {
-            Ok(_) => Ok(()),
+        let conn = self.conn();
+        let ended = conn.start().execute(end).await;
+        let ended = conn.note(ended);
+        let conn = self.conn.take().expect("a transaction is finished once");
+        match ended {
+            Ok(_) => {
+                let mut conn = conn;
+                conn.in_transaction = false;
+                Ok(())
+            }
             Err(error) => {
                 // Whatever state the connection is in, it is not used again.
                 drop(Object::take(conn));
@@ -744,11 +809,18 @@ impl PgTx {
 impl Drop for PgTx {
     fn drop(&mut self) {
         let Some(mut conn) = self.conn.take() else { return };
+        if conn.broken {
+            drop(Object::take(conn));
+            return;
+        }
+        // Should this task never run (the runtime shutting down), the connection comes back
+        // marked inside a transaction, and the pool closes it.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    if conn.conn.execute("ROLLBACK").await.is_err() {
-                        drop(Object::take(conn));
+                    let rolled_back = conn.start().execute("ROLLBACK").await;
+                    if conn.note(rolled_back).is_ok() {
+                        conn.in_transaction = false;
                     }
                 });
             }
@@ -961,11 +1033,11 @@ impl<'q> Query<'q> {
             On::SqliteConn(conn) => self.sqlite().execute(conn).await?.rows_affected(),
             On::PgPool(pool, name) => {
                 let mut conn = pg_acquire(pool, name).await?;
-                let done = self.pg().execute(&mut conn.conn).await;
+                let done = self.pg().execute(conn.start()).await;
                 conn.note(done)?.rows_affected()
             }
             On::PgConn(conn) => {
-                let done = self.pg().execute(&mut conn.conn).await;
+                let done = self.pg().execute(conn.start()).await;
                 conn.note(done)?.rows_affected()
             }
         })
@@ -978,11 +1050,11 @@ impl<'q> Query<'q> {
             On::SqliteConn(conn) => self.sqlite().fetch_optional(conn).await?.map(Row::Sqlite),
             On::PgPool(pool, name) => {
                 let mut conn = pg_acquire(pool, name).await?;
-                let row = self.pg().fetch_optional(&mut conn.conn).await;
+                let row = self.pg().fetch_optional(conn.start()).await;
                 conn.note(row)?.map(Row::Postgres)
             }
             On::PgConn(conn) => {
-                let row = self.pg().fetch_optional(&mut conn.conn).await;
+                let row = self.pg().fetch_optional(conn.start()).await;
                 conn.note(row)?.map(Row::Postgres)
             }
         })
@@ -1000,11 +1072,11 @@ impl<'q> Query<'q> {
             On::SqliteConn(conn) => self.sqlite().fetch_all(conn).await?.into_iter().map(Row::Sqlite).collect(),
             On::PgPool(pool, name) => {
                 let mut conn = pg_acquire(pool, name).await?;
-                let rows = self.pg().fetch_all(&mut conn.conn).await;
+                let rows = self.pg().fetch_all(conn.start()).await;
                 conn.note(rows)?.into_iter().map(Row::Postgres).collect()
             }
             On::PgConn(conn) => {
-                let rows = self.pg().fetch_all(&mut conn.conn).await;
+                let rows = self.pg().fetch_all(conn.start()).await;
                 conn.note(rows)?.into_iter().map(Row::Postgres).collect()
             }
         })
