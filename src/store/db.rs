@@ -259,21 +259,23 @@ impl Db {
                 Ok(Db::Sqlite { writer, reader })
             }
             Backend::Postgres => {
-                let pool = |url: &str, max: u32| pg_pool(url, max, config.acquire_timeout);
-                let primary = pool(url, config.max_connections)?;
+                let timeout = config.acquire_timeout;
+                let primary = pg_pool(url, config.max_connections, timeout, true)?;
                 // At once, as sqlx's pool did: a database that cannot be reached stops start-up.
                 drop(pg_conn(&primary).await?);
-                let background = pool(url, 1)?;
-                let replica =
-                    config.replica_url.as_ref().map(|url| pool(url.expose(), config.max_connections)).transpose()?.map(
-                        |pool| Replica {
-                            pool,
-                            skip_until: Mutex::new(None),
-                            max_lag: config.replica_max_lag,
-                            caught_up_to: Mutex::new(None),
-                            positions: Mutex::new(VecDeque::new()),
-                        },
-                    );
+                let background = pg_pool(url, 1, timeout, true)?;
+                let replica = config
+                    .replica_url
+                    .as_ref()
+                    .map(|url| pg_pool(url.expose(), config.max_connections, timeout, false))
+                    .transpose()?
+                    .map(|pool| Replica {
+                        pool,
+                        skip_until: Mutex::new(None),
+                        max_lag: config.replica_max_lag,
+                        caught_up_to: Mutex::new(None),
+                        positions: Mutex::new(VecDeque::new()),
+                    });
                 Ok(Db::Postgres { primary, background, replica })
             }
         }
@@ -510,8 +512,12 @@ impl Db {
                 // "`Acquire` is not general enough" error of `run` on a `&mut` connection).
                 let mut conn = pg_conn(primary).await?;
                 let migrated = migrations::migrator(POSTGRES_MIGRATIONS).run_direct(None, conn.start(), false).await;
-                // A failed migration may leave anything on the connection: it is not reused.
-                conn.in_flight = migrated.is_err();
+                conn.in_flight = false;
+                if migrated.is_err() {
+                    // A failed migration may leave anything on the connection (its advisory lock
+                    // included): it is closed, not reused.
+                    drop(Object::take(conn));
+                }
                 migrated?
             }
         }
@@ -604,6 +610,9 @@ pub(super) struct PgConnector {
     options: PgConnectOptions,
     /// `database.acquire_timeout`: the bound on getting a connection, and on opening one.
     timeout: Duration,
+    /// Whether a server not accepting connections yet is tried again within `timeout` (the
+    /// primary); a replica's reads go to the primary at once instead.
+    retry_refused: bool,
 }
 
 /// A pooled PostgreSQL connection, and what the pool must know of it before handing it out
@@ -664,7 +673,8 @@ fn breaks_the_connection(error: &sqlx::Error) -> bool {
 fn not_accepting_yet(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
-        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+        // Starting up; or every connection slot taken (closed connections free theirs shortly).
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("57P03" | "53300")),
         _ => false,
     }
 }
@@ -683,7 +693,7 @@ impl deadpool::managed::Manager for PgConnector {
         loop {
             match PgConnection::connect_with(&self.options).await {
                 Ok(conn) => return Ok(PgConn { conn, broken: false, in_flight: false, in_transaction: false }),
-                Err(error) if not_accepting_yet(&error) && Instant::now() + pause < deadline => {
+                Err(error) if self.retry_refused && not_accepting_yet(&error) && Instant::now() + pause < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
@@ -708,20 +718,55 @@ impl deadpool::managed::Manager for PgConnector {
 
 /// A pool of at most `max` connections to `url`, connecting on first use; waiting for a
 /// connection, opening one and checking one each give up after `timeout`.
-fn pg_pool(url: &str, max: u32, timeout: Duration) -> Result<PgPool, StoreError> {
+fn pg_pool(url: &str, max: u32, timeout: Duration, retry_refused: bool) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url)?;
-    PgPool::builder(PgConnector { options, timeout })
+    let pool = PgPool::builder(PgConnector { options, timeout, retry_refused })
         .max_size(max.max(1) as usize)
         // The most recently used first: under light load the others stay idle (and are pinged
         // when next used) rather than each going a second unused between statements.
         .queue_mode(deadpool::managed::QueueMode::Lifo)
         .wait_timeout(Some(timeout))
-        // Above the creation's own deadline, so that its last error is the one reported.
+        // Above the creation's own deadline, so that a creation that began at once reports its
+        // own last error (one that began after a wait is cut short by `pg_conn`'s bound).
         .create_timeout(Some(timeout + Duration::from_secs(1)))
         .recycle_timeout(Some(timeout))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
-        .map_err(|error| StoreError::Corrupt(format!("the PostgreSQL pool: {error}")))
+        .map_err(|error| StoreError::Corrupt(format!("the PostgreSQL pool: {error}")))?;
+    close_idle(&pool);
+    Ok(pool)
+}
+
+/// How often idle PostgreSQL connections are looked over ([`close_idle`]).
+const PG_IDLE_CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// An idle PostgreSQL connection unused this long is closed (sqlx's pool default).
+const PG_IDLE_CLOSE: Duration = Duration::from_secs(10 * 60);
+
+/// Closes, every [`PG_IDLE_CHECK_EVERY`], the idle connections of `pool` that are unused for
+/// [`PG_IDLE_CLOSE`], older than [`PG_MAX_LIFETIME`] or not reusable, so that a pool shrinks
+/// after a peak (handing out the most recently used first, it would otherwise never look at the
+/// others); until the pool is closed or gone.
+fn close_idle(pool: &PgPool) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let weak = pool.weak();
+    runtime.spawn(async move {
+        let mut every = tokio::time::interval(PG_IDLE_CHECK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let Some(pool) = weak.upgrade().filter(|pool| !pool.is_closed()) else { return };
+            let keep = |conn: &PgConn, metrics: Metrics| {
+                conn.reusable() && metrics.age() < PG_MAX_LIFETIME && metrics.last_used() < PG_IDLE_CLOSE
+            };
+            let removed = pool.retain(keep).removed;
+            drop(pool);
+            for conn in removed {
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.conn.close()).await;
+            }
+        }
+    });
 }
 
 /// One connection of `pool`, within `database.acquire_timeout` in all (waiting, checking idle
@@ -817,10 +862,15 @@ impl Drop for PgTx {
         // marked inside a transaction, and the pool closes it.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
+                let bound = Object::pool(&conn).map_or(Duration::from_secs(5), |pool| pool.manager().timeout);
                 runtime.spawn(async move {
-                    let rolled_back = conn.start().execute("ROLLBACK").await;
-                    if conn.note(rolled_back).is_ok() {
-                        conn.in_transaction = false;
+                    // An error here may be the abandoned statement's own answer, with the
+                    // ROLLBACK never sent: the session could go on holding its locks, so the
+                    // connection is closed (which ends it) unless the ROLLBACK is known done.
+                    let rolled_back = tokio::time::timeout(bound, conn.start().execute("ROLLBACK")).await;
+                    match rolled_back.map(|done| conn.note(done)) {
+                        Ok(Ok(_)) => conn.in_transaction = false,
+                        _ => drop(Object::take(conn)),
                     }
                 });
             }
@@ -1353,7 +1403,7 @@ mod tests {
     /// A replica that is never connected, for its bookkeeping alone.
     fn replica(max_lag: Duration) -> Replica {
         Replica {
-            pool: pg_pool("postgres://nobody@127.0.0.1:9/none", 1, Duration::from_secs(1)).unwrap(),
+            pool: pg_pool("postgres://nobody@127.0.0.1:9/none", 1, Duration::from_secs(1), false).unwrap(),
             skip_until: Mutex::new(None),
             max_lag,
             caught_up_to: Mutex::new(None),

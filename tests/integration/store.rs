@@ -565,7 +565,7 @@ async fn a_statement_dropped_half_way_leaves_nothing_for_the_next_on_postgres() 
     let sql = db.sql().await;
     sql.exec(
         "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN PERFORM pg_sleep(0.4); RAISE EXCEPTION 'injected'; END $$",
+         BEGIN PERFORM pg_sleep(2); RAISE EXCEPTION 'injected'; END $$",
     )
     .await
     .unwrap();
@@ -581,7 +581,14 @@ async fn a_statement_dropped_half_way_leaves_nothing_for_the_next_on_postgres() 
             let store = store.clone();
             async move { store.start_session(&slow, None, &[]).await }
         });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Dropped once the server is inside the statement, its answer (an error) still to come.
+        let sleeping = "pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'";
+        let mut waited = 0;
+        while sql.count(sleeping).await == 0 {
+            assert!(waited < 200, "round {round}: the statement never reached the server");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 1;
+        }
         cancelled.abort();
         assert!(cancelled.await.unwrap_err().is_cancelled());
         let user = store.get_user(ada.id()).await;
