@@ -831,10 +831,9 @@ impl PgTx {
         let conn = self.conn();
         let ended = conn.start().execute(end).await;
         let ended = conn.note(ended);
-        let conn = self.conn.take().expect("a transaction is finished once");
+        let mut conn = self.conn.take().expect("a transaction is finished once");
         match ended {
             Ok(_) => {
-                let mut conn = conn;
                 conn.in_transaction = false;
                 Ok(())
             }

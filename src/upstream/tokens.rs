@@ -5,7 +5,8 @@
 //! that issuer's allow-list (never `none`, never HMAC); a key for its `kid` in the issuer's JWKS
 //! (refetched once, rate-limited, when unknown); the signature (refetched once more when the
 //! cached key fails, for a re-key under the same `kid`); then `exp`, `nbf` and `iat` (when present:
-//! a number, not in the future) with the issuer's leeway, and `aud` against the issuer's audiences. `jku`, `x5u` and `jwk` headers are ignored.
+//! a number, not in the future) with the issuer's leeway, and `aud` against the issuer's
+//! audiences. `jku`, `x5u` and `jwk` headers are ignored.
 //!
 //! Verified tokens are cached by SHA-256 digest until the sooner of their `exp` and the cache
 //! lifetime, so a token seen again skips the signature check. The cache holds what the token

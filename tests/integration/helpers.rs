@@ -173,6 +173,42 @@ pub enum Sql {
 }
 
 impl Sql {
+    /// Injects a fault: the trigger `injected`, `BEFORE <event> ON <table>` for each row (those
+    /// matching `when`, if given), running `sqlite` (the statements of an SQLite trigger body) or
+    /// `postgres` (a PL/pgSQL body), whichever this database is. [`Sql::remove_injected`] takes it
+    /// away.
+    pub async fn inject(&self, event: &str, table: &str, when: Option<&str>, sqlite: &str, postgres: &str) {
+        let statements = match self {
+            Sql::Sqlite(_) => {
+                let when = when.map(|w| format!(" WHEN {w}")).unwrap_or_default();
+                vec![format!("CREATE TRIGGER injected BEFORE {event} ON {table}{when} BEGIN {sqlite} END")]
+            }
+            Sql::Postgres(_) => {
+                let when = when.map(|w| format!(" WHEN ({w})")).unwrap_or_default();
+                vec![
+                    format!(
+                        "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {postgres} END $$"
+                    ),
+                    format!(
+                        "CREATE TRIGGER injected BEFORE {event} ON {table} FOR EACH ROW{when} EXECUTE FUNCTION injected()"
+                    ),
+                ]
+            }
+        };
+        for statement in statements {
+            self.exec(&statement).await.expect("inject the trigger");
+        }
+    }
+
+    /// Removes the trigger [`Sql::inject`] put on `table`.
+    pub async fn remove_injected(&self, table: &str) {
+        let drop = match self {
+            Sql::Sqlite(_) => "DROP TRIGGER injected".to_owned(),
+            Sql::Postgres(_) => format!("DROP TRIGGER injected ON {table}"),
+        };
+        self.exec(&drop).await.expect("remove the trigger");
+    }
+
     /// `SELECT count(*) FROM <from>`.
     pub async fn count(&self, from: &str) -> i64 {
         let sql = format!("SELECT count(*) FROM {from}");

@@ -346,30 +346,20 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
     // A credential the database fails to write (a fault injected with a trigger) takes the
     // profile written just before back with it: the retry finds the slug free.
     let sql = w.app.db.sql().await;
-    let (inject, heal) = match backend {
-        Backend::Sqlite => (
-            vec![
-                "CREATE TRIGGER injected BEFORE INSERT ON profile_credentials BEGIN SELECT RAISE(ABORT, 'injected'); END",
-            ],
-            "DROP TRIGGER injected",
-        ),
-        Backend::Postgres => (
-            vec![
-                "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$",
-                "CREATE TRIGGER injected BEFORE INSERT ON profile_credentials FOR EACH ROW EXECUTE FUNCTION injected()",
-            ],
-            "DROP TRIGGER injected ON profile_credentials",
-        ),
-    };
-    for statement in inject {
-        sql.exec(statement).await.unwrap();
-    }
+    sql.inject(
+        "INSERT",
+        "profile_credentials",
+        None,
+        "SELECT RAISE(ABORT, 'injected');",
+        "RAISE EXCEPTION 'injected';",
+    )
+    .await;
     let slugged = |values: Value| json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Faulty", "slug": "faulty", "values": values});
     let failed = w.create(w.alice.id, slugged(json!({"OPENAI_API_KEY": KEY}))).await;
     assert!(failed.status().is_server_error(), "{}", failed.status());
     assert!(!failed.text().await.unwrap().contains("injected"), "no database error shown");
     assert_eq!(sql.count("auth_profiles WHERE slug = 'faulty' AND status <> 'revoked'").await, 0, "taken back");
-    sql.exec(heal).await.unwrap();
+    sql.remove_injected("profile_credentials").await;
     let retried = body(w.create(w.alice.id, slugged(json!({"OPENAI_API_KEY": KEY}))).await, 201).await;
     assert_eq!(
         (retried["auth_profile"]["slug"].as_str(), retried["auth_profile"]["status"].as_str()),

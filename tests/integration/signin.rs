@@ -705,24 +705,8 @@ async fn a_sign_in_whose_identity_goes_meanwhile_says_so(backend: Backend) {
     let mut browser = Browser::new();
     assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     let sql = w.app.db.sql().await;
-    let (inject, heal) = match backend {
-        Backend::Sqlite => (
-            vec![
-                "CREATE TRIGGER injected BEFORE INSERT ON sessions BEGIN DELETE FROM identities WHERE id = NEW.identity_id; END",
-            ],
-            "DROP TRIGGER injected",
-        ),
-        Backend::Postgres => (
-            vec![
-                "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN DELETE FROM identities WHERE id = NEW.identity_id; RETURN NEW; END $$",
-                "CREATE TRIGGER injected BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION injected()",
-            ],
-            "DROP TRIGGER injected ON sessions",
-        ),
-    };
-    for statement in inject {
-        sql.exec(statement).await.unwrap();
-    }
+    let remove = "DELETE FROM identities WHERE id = NEW.identity_id;";
+    sql.inject("INSERT", "sessions", None, remove, &format!("{remove} RETURN NEW;")).await;
     let mut returning = Browser::new();
     let refused = returning.sign_in(&w.app, "").await;
     let problem = body(refused, 404).await;
@@ -731,7 +715,7 @@ async fn a_sign_in_whose_identity_goes_meanwhile_says_so(backend: Backend) {
     assert!(!problem.to_string().to_lowercase().contains("foreign"), "no database error shown: {problem}");
     assert!(!returning.cookies.contains_key("tessera_session"));
     assert_eq!(sql.count("sessions").await, 1, "the first sign-in's session alone");
-    sql.exec(heal).await.unwrap();
+    sql.remove_injected("sessions").await;
     assert_eq!(returning.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     assert_eq!(sql.count("sessions").await, 2);
 }

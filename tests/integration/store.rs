@@ -474,35 +474,30 @@ async fn a_store_names_its_backend_and_is_unavailable_once_closed(backend: Backe
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
 }
 
-/// A write transaction that fails half-way (a session written, then the end of the one it
-/// replaces refused by an injected trigger) leaves nothing behind, and the pool's one connection
-/// goes on committing what comes next: it is never handed out again still inside the failed
-/// transaction.
-async fn a_transaction_that_fails_half_way_leaves_its_connection_clean(backend: Backend) {
+/// A store on `backend` whose pool has one connection, migrated, with one user signed up.
+async fn one_connection_store(backend: Backend) -> (TestDb, Arc<dyn Store>, Person) {
     let db = TestDb::new(backend).await;
     let mut config = db.config();
     config.database.max_connections = 1;
     let store = tessera::store::connect(&config.database).await.unwrap();
     store.migrate().await.unwrap();
     let ada = sign_up(&store, "ada").await;
+    (db, store, ada)
+}
+
+/// A write transaction that fails half-way (a session written, then the end of the one it
+/// replaces refused by an injected trigger) leaves nothing behind, and the pool's one connection
+/// goes on committing what comes next: it is never handed out again still inside the failed
+/// transaction.
+async fn a_transaction_that_fails_half_way_leaves_its_connection_clean(backend: Backend) {
+    let (db, store, ada) = one_connection_store(backend).await;
     let t0 = now();
     let doomed = NewSession { device: Some("doomed".into()), ..session(&ada, t0, TimeDelta::days(1)) };
     store.start_session(&doomed, None, &[]).await.unwrap();
     let sql = db.sql().await;
-    let inject = match backend {
-        Backend::Sqlite => vec![
-            "CREATE TRIGGER injected BEFORE DELETE ON sessions WHEN OLD.device = 'doomed' \
-             BEGIN SELECT RAISE(ABORT, 'injected'); END",
-        ],
-        Backend::Postgres => vec![
-            "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$",
-            "CREATE TRIGGER injected BEFORE DELETE ON sessions FOR EACH ROW WHEN (OLD.device = 'doomed') \
-             EXECUTE FUNCTION injected()",
-        ],
-    };
-    for statement in inject {
-        sql.exec(statement).await.unwrap();
-    }
+    let doomed_only = Some("OLD.device = 'doomed'");
+    sql.inject("DELETE", "sessions", doomed_only, "SELECT RAISE(ABORT, 'injected');", "RAISE EXCEPTION 'injected';")
+        .await;
     for _ in 0..3 {
         let replacing = session(&ada, t0, TimeDelta::days(1));
         assert!(store.start_session(&replacing, Some(&doomed.token_hash), &[]).await.is_err());
@@ -521,12 +516,7 @@ async fn a_transaction_that_fails_half_way_leaves_its_connection_clean(backend: 
 /// without pinging it first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_server_ended_fails_one_statement_on_postgres() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut config = db.config();
-    config.database.max_connections = 1;
-    let store = tessera::store::connect(&config.database).await.unwrap();
-    store.migrate().await.unwrap();
-    let ada = sign_up(&store, "ada").await;
+    let (db, store, ada) = one_connection_store(Backend::Postgres).await;
     let sql = db.sql().await;
     let mut failed = 0;
     for round in 0..3 {
@@ -556,25 +546,10 @@ async fn a_connection_the_server_ended_fails_one_statement_on_postgres() {
 /// connection next: that caller's statement runs and answers as if nothing had happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_dropped_half_way_leaves_nothing_for_the_next_on_postgres() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut config = db.config();
-    config.database.max_connections = 1;
-    let store = tessera::store::connect(&config.database).await.unwrap();
-    store.migrate().await.unwrap();
-    let ada = sign_up(&store, "ada").await;
+    let (db, store, ada) = one_connection_store(Backend::Postgres).await;
     let sql = db.sql().await;
-    sql.exec(
-        "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN PERFORM pg_sleep(2); RAISE EXCEPTION 'injected'; END $$",
-    )
-    .await
-    .unwrap();
-    sql.exec(
-        "CREATE TRIGGER injected BEFORE INSERT ON sessions FOR EACH ROW WHEN (NEW.device = 'slow') \
-         EXECUTE FUNCTION injected()",
-    )
-    .await
-    .unwrap();
+    let slow_only = Some("NEW.device = 'slow'");
+    sql.inject("INSERT", "sessions", slow_only, "", "PERFORM pg_sleep(2); RAISE EXCEPTION 'injected';").await;
     for round in 0..2 {
         let slow = NewSession { device: Some("slow".into()), ..session(&ada, now(), TimeDelta::days(1)) };
         let cancelled = tokio::spawn({
