@@ -12,8 +12,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::principals::PrincipalCache;
 use crate::crypto::sha256;
-use crate::domain::{IdentityId, UserId, UserProfile};
-use crate::store::{NewAuditEvent, NewSession, SessionEnd, SessionRecord, Store, StoreError, UserSession};
+use crate::domain::{IdentityId, Issuer, Subject, UserId, UserProfile};
+use crate::store::{
+    NewAuditEvent, NewSession, SessionEnd, SessionOfIdentity, SessionRecord, Store, StoreError, UserSession,
+};
 use crate::worker::LastSeen;
 use crate::worker::last_seen::TOUCH_INTERVAL;
 
@@ -89,6 +91,32 @@ impl Sessions {
             self.cache.forget_session(replaced);
         }
         Ok(token)
+    }
+
+    /// Starts a session for the user of the identity `(issuer, subject)` on `device`, when the
+    /// identity exists and its user is not disabled, finding them in the statement that writes
+    /// the session (a returning user's sign-in: no read first). `audit` is appended with it, its
+    /// actor and target the user and `identity_id` added to its details. Returns the user, the
+    /// identity and the cookie value; `None`, with nothing written, otherwise.
+    pub async fn create_for_identity(
+        &self,
+        issuer: &Issuer,
+        subject: &Subject,
+        device: Option<String>,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<(UserId, IdentityId, SecretString)>, StoreError> {
+        let token = random_secret();
+        let now = super::now();
+        let session = SessionOfIdentity {
+            issuer: issuer.clone(),
+            subject: subject.clone(),
+            token_hash: sha256(token.expose_secret().as_bytes()),
+            device,
+            now,
+            expires_at: now + self.ttl,
+        };
+        let started = self.store.start_session_of_identity(&session, audit).await?;
+        Ok(started.map(|(user, identity)| (user, identity, token)))
     }
 
     /// The user of a session cookie, if the session exists, has not expired and its user is not

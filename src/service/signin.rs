@@ -241,6 +241,22 @@ impl SignIn {
                 Ok(Completed { user, session: None, return_to, identity, linked })
             }
             Purpose::SignIn => {
+                // A returning user, with no earlier session to end and no tokens to keep, is found
+                // by the statement that starts the session; anyone else takes the long way below
+                // (a first sign-in, a disabled user, a browser signed in already).
+                if session.is_none() && !self.keeps_tokens(provider.as_ref()) {
+                    let audit = NewAuditEvent::new(ActorKind::User, "sign_in.succeeded")
+                        .target("user", String::new())
+                        .request(request_id.clone())
+                        .details(serde_json::json!({ "provider": provider.name() }));
+                    let issuer = provider.identity_issuer();
+                    if let Some((user, identity, session)) =
+                        self.sessions.create_for_identity(issuer, &subject, device.clone(), &audit).await?
+                    {
+                        tracing::info!(user_id = %user, provider = provider.name(), "signed in");
+                        return Ok(Completed { user, session: Some(session), return_to, identity, linked: None });
+                    }
+                }
                 let (user, identity, linked) =
                     self.sign_in_user(provider.as_ref(), subject, &info, request_id.clone()).await?;
                 self.keep_tokens(provider.as_ref(), identity, &tokens).await?;
@@ -372,6 +388,11 @@ impl SignIn {
         }
     }
 
+    /// Whether a sign-in through `provider` keeps its upstream tokens.
+    fn keeps_tokens(&self, provider: &dyn Provider) -> bool {
+        provider.config().store_tokens && self.keyring.is_some()
+    }
+
     /// Keeps the upstream tokens, encrypted, when the provider is configured to.
     async fn keep_tokens(
         &self,
@@ -379,7 +400,7 @@ impl SignIn {
         identity: IdentityId,
         tokens: &TokenSet,
     ) -> Result<(), SignInError> {
-        let (true, Some(keyring)) = (provider.config().store_tokens, &self.keyring) else {
+        let Some(keyring) = self.keyring.as_ref().filter(|_| self.keeps_tokens(provider)) else {
             return Ok(());
         };
         let kind = SecretKind::IdentityTokens;

@@ -333,23 +333,29 @@ impl Db {
     /// takes one per write plus `BEGIN` and `COMMIT`. On SQLite, which has no such clause and no
     /// network, it is a write transaction.
     pub(super) async fn execute_together(&self, writes: Vec<Query<'_>>) -> Result<(), StoreError> {
+        if !writes.is_empty() {
+            self.fetch_together(writes).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Db::execute_together`] for `writes` (at least one) whose last one returns rows (its
+    /// `RETURNING`): those rows. On SQLite the writes run in their order.
+    pub(super) async fn fetch_together(&self, mut writes: Vec<Query<'_>>) -> Result<Vec<Row>, StoreError> {
         match self {
-            _ if writes.is_empty() => {}
-            _ if writes.len() == 1 => {
-                writes[0].execute(self.writer()).await?;
-            }
-            Db::Postgres { .. } => {
-                together(writes).execute(self.writer()).await?;
-            }
+            _ if writes.len() == 1 => writes[0].fetch_all(self.writer()).await,
+            Db::Postgres { .. } => together(writes).fetch_all(self.writer()).await,
             Db::Sqlite { .. } => {
+                let last = writes.pop().expect("at least one write");
                 let mut tx = self.begin().await?;
                 for write in &writes {
                     write.execute(&mut tx).await?;
                 }
+                let rows = last.fetch_all(&mut tx).await?;
                 tx.commit().await?;
+                Ok(rows)
             }
         }
-        Ok(())
     }
 
     /// Runs `delete`, a statement whose last placeholder is the `LIMIT` of the rows it deletes,
@@ -1224,6 +1230,35 @@ fn sqlite_sql(sql: &'static str) -> &'static str {
             .replace(" FOR SHARE", "");
         Box::leak(plain.into_boxed_str())
     })
+}
+
+/// SQL for the text of the UUID in `column`, as Rust's `Uuid` writes it (lower case, hyphenated):
+/// a cast on PostgreSQL; on SQLite, where a UUID is its 16 bytes, their hex in groups.
+pub(super) fn uuid_text_sql(backend: Backend, column: &str) -> String {
+    match backend {
+        Backend::Postgres => format!("CAST({column} AS TEXT)"),
+        Backend::Sqlite => {
+            let group = |from: usize, len: usize| format!("substr(hex({column}), {from}, {len})");
+            format!(
+                "lower({} || '-' || {} || '-' || {} || '-' || {} || '-' || {})",
+                group(1, 8),
+                group(9, 4),
+                group(13, 4),
+                group(17, 4),
+                group(21, 12)
+            )
+        }
+    }
+}
+
+/// SQL for the JSON object `json` (SQL for a JSON value bound or stored, or NULL for an empty
+/// object) with `key` (a plain word) set to `value` (SQL for a text).
+pub(super) fn json_set_sql(backend: Backend, json: &str, key: &str, value: &str) -> String {
+    debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{key:?} is a plain word");
+    match backend {
+        Backend::Postgres => format!("COALESCE({json}, '{{}}'::jsonb) || jsonb_build_object('{key}', {value})"),
+        Backend::Sqlite => format!("json_set(COALESCE({json}, '{{}}'), '$.{key}', {value})"),
+    }
 }
 
 /// `chunk` (not empty) followed by its last item again, `len` items in all: the values of a

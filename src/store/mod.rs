@@ -357,6 +357,24 @@ pub struct NewSession {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A session to start for whoever an identity belongs to (see
+/// [`Store::start_session_of_identity`]).
+#[derive(Debug, Clone)]
+pub struct SessionOfIdentity {
+    /// The identity's issuer.
+    pub issuer: Issuer,
+    /// Its subject at the issuer.
+    pub subject: Subject,
+    /// SHA-256 of the cookie value.
+    pub token_hash: [u8; 32],
+    /// A short label of the device it was started from, if known.
+    pub device: Option<String>,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+    /// Absolute expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
 /// A stored session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -812,6 +830,18 @@ pub trait Store: Send + Sync + Debug + 'static {
         replaces: Option<&[u8; 32]>,
         audit: &[NewAuditEvent],
     ) -> Result<bool, StoreError>;
+
+    /// Starts `session` for the user of its identity when the identity exists and its user is not
+    /// disabled, finding them in the statement that writes the session (a returning user's
+    /// sign-in: one round trip on PostgreSQL, no read before it), with `audit` appended in the
+    /// same unit: its `actor_id` and `target_id` become the user's id, and the identity's id is
+    /// added to its details as `identity_id`. Returns the user and the identity; `None`, with
+    /// nothing written, when there is no such identity or its user is disabled.
+    async fn start_session_of_identity(
+        &self,
+        session: &SessionOfIdentity,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<(UserId, IdentityId)>, StoreError>;
 
     /// A session by the hash of its cookie, if it exists (expiry is the caller's rule).
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use super::Consent;
 use super::cache_sync::{CacheChange, LoggedChange, log_changes};
-use super::db::{Db, PoolRef, Row, Tx, padded, query, try_exclusive};
+use super::db::{Db, PoolRef, Row, Tx, json_set_sql, padded, query, try_exclusive, uuid_text_sql};
 use super::grants::add_once;
 use super::last_seen::{self, Touched};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
@@ -27,8 +27,8 @@ use super::{
     Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
     DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount,
     NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
-    RemoveOutcome, ReplicaLag, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError,
-    StoredSecret, UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
+    RemoveOutcome, ReplicaLag, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SigningKeyRecord, Store,
+    StoreError, StoredSecret, UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 use super::{
@@ -1050,6 +1050,69 @@ impl Store for SqlStore {
         };
         tx.commit().await?;
         Ok(ended)
+    }
+
+    async fn start_session_of_identity(
+        &self,
+        session: &SessionOfIdentity,
+        audit: &super::NewAuditEvent,
+    ) -> Result<Option<(UserId, IdentityId)>, StoreError> {
+        // The identity and its user are found by both writes alike, on one snapshot (PostgreSQL's
+        // one statement) or in one write transaction (SQLite): both write a row or neither does.
+        const FOUND: &str = "FROM identities i JOIN users u ON u.id = i.user_id
+                             WHERE i.issuer = $1 AND i.subject = $2 AND NOT u.disabled";
+        fn audit_sql(backend: Backend) -> String {
+            let user = uuid_text_sql(backend, "i.user_id");
+            let details = json_set_sql(backend, "$11", "identity_id", &uuid_text_sql(backend, "i.id"));
+            format!(
+                "INSERT INTO audit_events
+                   (at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
+                    reason, details)
+                 SELECT $3, $4, {user}, $5, $6, $7, {user}, $8, $9, $10, {details} {FOUND}"
+            )
+        }
+        static AUDIT: [LazyLock<String>; 2] =
+            [LazyLock::new(|| audit_sql(Backend::Postgres)), LazyLock::new(|| audit_sql(Backend::Sqlite))];
+        static SESSION: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device)
+                 SELECT $3, i.user_id, i.id, $4, $4, $5, $6 {FOUND}
+                 RETURNING user_id, identity_id"
+            )
+        });
+        let audit_sql: &'static str = match self.db.backend() {
+            Backend::Postgres => AUDIT[0].as_str(),
+            Backend::Sqlite => AUDIT[1].as_str(),
+        };
+        let audit = query(audit_sql)
+            .bind(session.issuer.as_str())
+            .bind(session.subject.as_str())
+            .bind(audit.at)
+            .bind(audit.actor_kind.as_str())
+            .bind(audit.actor_name.as_deref())
+            .bind(audit.action.as_str())
+            .bind(audit.target_kind.as_deref())
+            .bind(audit.request_id.as_deref())
+            .bind(if audit.success { "success" } else { "failure" })
+            .bind(audit.reason.as_deref())
+            .bind(audit.details.clone());
+        let insert = query(SESSION.as_str())
+            .bind(session.issuer.as_str())
+            .bind(session.subject.as_str())
+            .bind(&session.token_hash[..])
+            .bind(session.now)
+            .bind(session.expires_at)
+            .bind(session.device.as_deref());
+        // As for `start_session`: the identity unlinked (or the user deleted) after the statement
+        // found it is refused by the foreign key, and said as such.
+        let rows = self
+            .db
+            .fetch_together(vec![audit, insert])
+            .await
+            .map_err(|e| e.or_gone("the session's user or identity"))?;
+        rows.first()
+            .map(|row| Ok((UserId::from_uuid(row.uuid("user_id")?), IdentityId::from_uuid(row.uuid("identity_id")?))))
+            .transpose()
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {

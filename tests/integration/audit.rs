@@ -228,7 +228,16 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     w.issuer.set_next_user(StubUser::new("alice-sub", "alice@example.com"));
     let mut browser = Browser::new();
     assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
-    let alice = body(browser.me(&w.app).await, 200).await["id"].as_str().unwrap().to_owned();
+    let me = body(browser.me(&w.app).await, 200).await;
+    let (alice, alice_identity) = (me["id"].as_str().unwrap().to_owned(), me["identities"][0]["id"].clone());
+    // A returning user in a browser without a session (the session is found with the identity,
+    // in the statement that writes it): the same row, with its request id.
+    w.issuer.set_next_user(StubUser::new("alice-sub", "alice@example.com"));
+    let mut elsewhere = Browser::new();
+    let returning = elsewhere.sign_in(&w.app, "").await;
+    assert_eq!(returning.status(), StatusCode::SEE_OTHER);
+    let returning_request = returning.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(body(elsewhere.me(&w.app).await, 200).await["id"], alice);
 
     // Callbacks that match no flow started in their browser (a replay, a forged or missing
     // cookie) are counted: anyone can send them.
@@ -257,12 +266,14 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     assert_eq!(body(refused, 403).await["code"], "user_disabled");
 
     let succeeded = audit(&w.app, "action=sign_in.succeeded").await;
-    assert_eq!(succeeded.len(), 2);
+    assert_eq!(succeeded.len(), 3);
     for row in &succeeded {
         assert_eq!((&row["actor_kind"], &row["actor_id"]), (&json!("user"), &json!(alice)));
         assert_eq!((&row["target_kind"], &row["target_id"]), (&json!("user"), &json!(alice)));
-        assert_eq!((&row["outcome"], &row["details"]["provider"]), (&json!("success"), &json!("local")));
+        assert_eq!(row["outcome"], "success");
+        assert_eq!(row["details"], json!({ "provider": "local", "identity_id": alice_identity }));
     }
+    assert_eq!(succeeded[1]["request_id"], returning_request);
     eventually("the counted failures are written", || async {
         let counted = audit(&w.app, "action=sign_in.failed&actor=refusal_counter").await;
         counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 8

@@ -715,6 +715,8 @@ async fn a_sign_in_whose_identity_goes_meanwhile_says_so(backend: Backend) {
     assert!(!problem.to_string().to_lowercase().contains("foreign"), "no database error shown: {problem}");
     assert!(!returning.cookies.contains_key("tessera_session"));
     assert_eq!(sql.count("sessions").await, 1, "the first sign-in's session alone");
+    let succeeded = "SELECT action FROM audit_events WHERE action = 'sign_in.succeeded'";
+    assert_eq!(sql.texts(succeeded).await.len(), 1, "nor its audit row");
     sql.remove_injected("sessions").await;
     assert_eq!(returning.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     assert_eq!(sql.count("sessions").await, 2);

@@ -21,8 +21,8 @@ use tessera::store::{
     Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, CredentialOutcome,
     CredentialWrite, DataReport, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState, MemberOutcome,
     NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
-    RemoveOutcome, Retirement, SecretKind, SessionRecord, SigningKeyRecord, Store, StoreError, StoredCredential,
-    StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate,
+    RemoveOutcome, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SigningKeyRecord, Store, StoreError,
+    StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate,
 };
 use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage, WebhookChange};
 use uuid::Uuid;
@@ -4935,6 +4935,7 @@ mod audit_log {
         a_signing_key_rotation_writes_its_audit_row_in_its_transaction,
         concurrent_appends_keep_every_row_with_distinct_increasing_ids,
         a_sign_in_writes_its_session_its_rows_and_the_replaced_session_end_together,
+        a_returning_sign_in_finds_its_user_in_the_statement_that_writes_the_session,
         a_link_writes_its_audit_row_in_its_transaction_only_when_it_links,
         more_rows_than_one_insert_takes_keep_their_order,
     );
@@ -4988,6 +4989,60 @@ mod audit_log {
         let refused = store.start_session(&fresh, None, &[row("not.written", t), row("nor.this", t)]).await;
         assert!(refused.is_err());
         assert_eq!(store.audit_events(&query(10)).await.unwrap().len(), 4, "no row of the failed sign-ins");
+    }
+
+    async fn a_returning_sign_in_finds_its_user_in_the_statement_that_writes_the_session(backend: Backend) {
+        let (_db, store) = setup(backend).await;
+        let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
+        let t = now();
+        let of = |person: &Person| SessionOfIdentity {
+            issuer: person.account.issuer.clone(),
+            subject: person.account.subject.clone(),
+            token_hash: hash(),
+            device: Some("Firefox on Linux".into()),
+            now: t,
+            expires_at: t + TimeDelta::hours(1),
+        };
+        let audit = NewAuditEvent { at: t, ..NewAuditEvent::new(ActorKind::User, "sign_in.succeeded") }
+            .target("user", "")
+            .request(Some("req-1".into()))
+            .details(serde_json::json!({ "provider": "test" }));
+        let ada_session = of(&ada);
+        let started = store.start_session_of_identity(&ada_session, &audit).await.unwrap();
+        assert_eq!(started, Some((ada.id(), ada.identity())));
+        let stored = store.session(&ada_session.token_hash).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.user_id, stored.identity_id, stored.expires_at),
+            (ada.id(), Some(ada.identity()), t + TimeDelta::hours(1))
+        );
+        let logged = store.audit_events(&query(10)).await.unwrap();
+        assert_eq!(logged.len(), 1);
+        let row = &logged[0].event;
+        let ada_id = ada.id().to_string();
+        assert_eq!((row.actor_id.as_deref(), row.target_id.as_deref()), (Some(ada_id.as_str()), Some(ada_id.as_str())));
+        assert_eq!(
+            (row.actor_kind, row.action.as_str(), row.request_id.as_deref()),
+            (ActorKind::User, "sign_in.succeeded", Some("req-1"))
+        );
+        let details = serde_json::json!({ "provider": "test", "identity_id": ada.identity().to_string() });
+        assert_eq!(row.details, Some(details));
+
+        // An identity nobody has, and a disabled user: nothing is written, and the caller is told.
+        let mut stranger = of(&ada);
+        stranger.subject = Subject::parse("nobody").unwrap();
+        assert_eq!(store.start_session_of_identity(&stranger, &audit).await.unwrap(), None);
+        set_user_disabled(&store, bob.id(), true, t).await.unwrap();
+        let bob_session = of(&bob);
+        assert_eq!(store.start_session_of_identity(&bob_session, &audit).await.unwrap(), None);
+        assert!(store.session(&stranger.token_hash).await.unwrap().is_none());
+        assert!(store.session(&bob_session.token_hash).await.unwrap().is_none());
+        let logged = store.audit_events(&query(10)).await.unwrap();
+        assert_eq!(logged.iter().filter(|r| r.event.action == "sign_in.succeeded").count(), 1);
+        // All or nothing: a session whose hash is taken writes no audit row either.
+        let taken = SessionOfIdentity { token_hash: ada_session.token_hash, ..of(&ada) };
+        assert!(store.start_session_of_identity(&taken, &audit).await.is_err());
+        let logged = store.audit_events(&query(10)).await.unwrap();
+        assert_eq!(logged.iter().filter(|r| r.event.action == "sign_in.succeeded").count(), 1);
     }
 
     async fn more_rows_than_one_insert_takes_keep_their_order(backend: Backend) {
