@@ -1212,24 +1212,44 @@ impl RowExt for Row {
     }
 }
 
-/// The SQLite spelling of a statement: row locks (`FOR UPDATE`, `FOR SHARE`, `FOR KEY SHARE`)
-/// dropped (SQLite has none; its write transactions are serialised whole). Statements without one
-/// are used as they are; rewritten ones are made once and kept for the process's life (there are
-/// a handful).
+/// The row-lock clauses of PostgreSQL that SQLite has not.
+const ROW_LOCKS: [&str; 3] = [" FOR UPDATE", " FOR KEY SHARE", " FOR SHARE"];
+
+/// The SQLite spelling of a statement: row locks (`FOR UPDATE`, `FOR SHARE`, `FOR KEY SHARE`,
+/// each with its `OF table` and `SKIP LOCKED`) dropped (SQLite has none; its write transactions
+/// are serialised whole). Statements without one are used as they are; rewritten ones are made
+/// once and kept for the process's life (there are a handful).
 fn sqlite_sql(sql: &'static str) -> &'static str {
-    if !sql.contains(" FOR UPDATE") && !sql.contains(" FOR SHARE") && !sql.contains(" FOR KEY SHARE") {
+    if !ROW_LOCKS.iter().any(|lock| sql.contains(lock)) {
         return sql;
     }
     static REWRITTEN: LazyLock<Mutex<HashMap<&'static str, &'static str>>> = LazyLock::new(Default::default);
     let mut rewritten = REWRITTEN.lock().unwrap_or_else(|p| p.into_inner());
-    rewritten.entry(sql).or_insert_with(|| {
-        let plain = sql
-            .replace(" FOR UPDATE SKIP LOCKED", "")
-            .replace(" FOR UPDATE", "")
-            .replace(" FOR KEY SHARE", "")
-            .replace(" FOR SHARE", "");
-        Box::leak(plain.into_boxed_str())
-    })
+    rewritten.entry(sql).or_insert_with(|| Box::leak(without_row_locks(sql).into_boxed_str()))
+}
+
+/// `sql` without its row-lock clauses (see [`sqlite_sql`]).
+fn without_row_locks(sql: &str) -> String {
+    let mut plain = sql.to_owned();
+    while let Some((at, lock)) = ROW_LOCKS.iter().filter_map(|lock| plain.find(lock).map(|at| (at, lock))).min() {
+        let mut end = at + lock.len();
+        if plain[end..].starts_with(" OF ") {
+            // `OF a, b`: names, each after " OF " or a comma and its spaces.
+            end += " OF ".len();
+            loop {
+                let name = |s: &str| s.bytes().take_while(|b| b.is_ascii_alphanumeric() || b"_.".contains(b)).count();
+                end += name(&plain[end..]);
+                let rest = &plain[end..];
+                let Some(next) = rest.strip_prefix(',') else { break };
+                end += rest.len() - next.trim_start_matches(' ').len();
+            }
+        }
+        if plain[end..].starts_with(" SKIP LOCKED") {
+            end += " SKIP LOCKED".len();
+        }
+        plain.replace_range(at..end, "");
+    }
+    plain
 }
 
 /// SQL for the text of the UUID in `column`, as Rust's `Uuid` writes it (lower case, hyphenated):
@@ -1582,6 +1602,15 @@ mod tests {
             sqlite_sql("SELECT 1 FROM a, b WHERE a.id = $1 FOR KEY SHARE"),
             "SELECT 1 FROM a, b WHERE a.id = $1"
         );
+        assert_eq!(
+            sqlite_sql("INSERT INTO s SELECT 1 FROM a JOIN b ON a.x = b.x FOR SHARE OF b RETURNING a.x"),
+            "INSERT INTO s SELECT 1 FROM a JOIN b ON a.x = b.x RETURNING a.x"
+        );
+        assert_eq!(
+            sqlite_sql("SELECT 1 FROM a, b FOR UPDATE OF a, b SKIP LOCKED\n LIMIT 1"),
+            "SELECT 1 FROM a, b\n LIMIT 1"
+        );
+        assert_eq!(sqlite_sql("SELECT 1 FROM a FOR UPDATE OF a FOR SHARE OF b"), "SELECT 1 FROM a");
         let plain = "SELECT 1";
         assert!(std::ptr::eq(sqlite_sql(plain), plain));
     }

@@ -1059,8 +1059,10 @@ impl Store for SqlStore {
     ) -> Result<Option<(UserId, IdentityId)>, StoreError> {
         // The identity and its user are found by both writes alike, on one snapshot (PostgreSQL's
         // one statement) or in one write transaction (SQLite): both write a row or neither does.
+        // The user's row is share-locked: a user being disabled meanwhile is waited for and read
+        // again (disabled: nothing written), so that no session outlives the disabling.
         const FOUND: &str = "FROM identities i JOIN users u ON u.id = i.user_id
-                             WHERE i.issuer = $1 AND i.subject = $2 AND NOT u.disabled";
+                             WHERE i.issuer = $1 AND i.subject = $2 AND NOT u.disabled FOR SHARE OF u";
         fn audit_sql(backend: Backend) -> String {
             let user = uuid_text_sql(backend, "i.user_id");
             let details = json_set_sql(backend, "$11", "identity_id", &uuid_text_sql(backend, "i.id"));

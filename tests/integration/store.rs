@@ -27,7 +27,7 @@ use tessera::store::{
 use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage, WebhookChange};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestDb, on_both_backends};
+use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, eventually, on_both_backends};
 
 on_both_backends!(
     webhook_endpoints_are_stored_updated_and_deleted,
@@ -5011,21 +5011,28 @@ mod audit_log {
         let started = store.start_session_of_identity(&ada_session, &audit).await.unwrap();
         assert_eq!(started, Some((ada.id(), ada.identity())));
         let stored = store.session(&ada_session.token_hash).await.unwrap().unwrap();
-        assert_eq!(
-            (stored.user_id, stored.identity_id, stored.expires_at),
-            (ada.id(), Some(ada.identity()), t + TimeDelta::hours(1))
-        );
+        let expected = SessionRecord {
+            user_id: ada.id(),
+            identity_id: Some(ada.identity()),
+            created_at: t,
+            last_seen_at: t,
+            expires_at: t + TimeDelta::hours(1),
+            user_disabled: false,
+        };
+        assert_eq!(stored, expected);
+        let devices = store.user_sessions(ada.id(), t).await.unwrap();
+        assert_eq!(devices.iter().map(|s| s.device.as_deref()).collect::<Vec<_>>(), [Some("Firefox on Linux")]);
         let logged = store.audit_events(&query(10)).await.unwrap();
         assert_eq!(logged.len(), 1);
-        let row = &logged[0].event;
         let ada_id = ada.id().to_string();
-        assert_eq!((row.actor_id.as_deref(), row.target_id.as_deref()), (Some(ada_id.as_str()), Some(ada_id.as_str())));
-        assert_eq!(
-            (row.actor_kind, row.action.as_str(), row.request_id.as_deref()),
-            (ActorKind::User, "sign_in.succeeded", Some("req-1"))
-        );
         let details = serde_json::json!({ "provider": "test", "identity_id": ada.identity().to_string() });
-        assert_eq!(row.details, Some(details));
+        let written = NewAuditEvent {
+            actor_id: Some(ada_id.clone()),
+            target_id: Some(ada_id),
+            details: Some(details),
+            ..audit.clone()
+        };
+        assert_eq!(logged[0].event, written);
 
         // An identity nobody has, and a disabled user: nothing is written, and the caller is told.
         let mut stranger = of(&ada);
@@ -5043,6 +5050,54 @@ mod audit_log {
         assert!(store.start_session_of_identity(&taken, &audit).await.is_err());
         let logged = store.audit_events(&query(10)).await.unwrap();
         assert_eq!(logged.iter().filter(|r| r.event.action == "sign_in.succeeded").count(), 1);
+    }
+
+    /// A user being disabled while a returning sign-in's statement runs (PostgreSQL; on SQLite
+    /// the two are serialised whole): the statement waits for the disabling, reads the user
+    /// again and writes nothing. Without its share lock it would not wait (the disabling takes no
+    /// lock the foreign key check conflicts with) and would start a session for a disabled user.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_returning_sign_in_racing_a_disable_writes_nothing() {
+        let (db, store) = setup(Backend::Postgres).await;
+        let ada = sign_up(&store, "ada").await;
+        let Sql::Postgres(pg) = db.sql().await else { unreachable!() };
+        let mut disabling = pg.begin().await.unwrap();
+        sqlx::query("UPDATE users SET disabled = TRUE WHERE id = $1")
+            .bind(ada.id().as_uuid())
+            .execute(&mut *disabling)
+            .await
+            .unwrap();
+        let t = now();
+        let session = SessionOfIdentity {
+            issuer: ada.account.issuer.clone(),
+            subject: ada.account.subject.clone(),
+            token_hash: hash(),
+            device: None,
+            now: t,
+            expires_at: t + TimeDelta::hours(1),
+        };
+        let started = tokio::spawn({
+            let (store, session) = (store.clone(), session.clone());
+            async move {
+                let audit = NewAuditEvent::new(ActorKind::User, "sign_in.succeeded").target("user", "");
+                store.start_session_of_identity(&session, &audit).await
+            }
+        });
+        eventually("the sign-in waits for the disabling", || async {
+            let waits: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '%INSERT INTO sessions%'",
+            )
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+            waits == 1
+        })
+        .await;
+        disabling.commit().await.unwrap();
+        assert_eq!(started.await.unwrap().unwrap(), None);
+        assert!(store.session(&session.token_hash).await.unwrap().is_none());
+        assert!(store.audit_events(&query(10)).await.unwrap().is_empty());
     }
 
     async fn more_rows_than_one_insert_takes_keep_their_order(backend: Backend) {
