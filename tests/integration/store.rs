@@ -3397,7 +3397,50 @@ mod grants {
         a_held_request_is_taken_once_and_not_after_it_expires,
         expired_grants_codes_and_requests_are_deleted,
         grants_tied_to_no_identity_are_revoked_by_migration_22,
+        consents_with_unpaired_resources_are_asked_again_after_migration_23,
     );
+
+    /// Migration 23's data step: a consent of before it that lists resources beside its scopes
+    /// (which scopes went with which resource unknown) covers neither those scopes nor any
+    /// resource after it, so the app asks once more; a consent without a resource keeps its
+    /// scopes.
+    async fn consents_with_unpaired_resources_are_asked_again_after_migration_23(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        let app = client(&store).await;
+        let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
+        let scopes = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        let t = now();
+        store.widen_consent(ada.id(), &app, &scopes(&["openid", "offline_access"]), None, t).await.unwrap();
+        store.widen_consent(bob.id(), &app, &scopes(&["openid"]), None, t).await.unwrap();
+        // The table as migration 21 left it: Bob approved the API besides two scopes, unpaired.
+        let sql = db.sql().await;
+        let before_23 = [
+            "ALTER TABLE oauth_consents DROP COLUMN resource_scopes",
+            "UPDATE oauth_consents SET scope = 'openid api:read', resources = 'https://api.example.com'
+             WHERE scope = 'openid'",
+            "DELETE FROM _sqlx_migrations WHERE version = 23",
+        ];
+        for statement in before_23 {
+            assert_eq!(sql.exec(statement).await.unwrap() > 0, !statement.starts_with("ALTER"), "{statement}");
+        }
+        store.migrate().await.unwrap();
+        assert!(store.migration_status().await.unwrap().is_current());
+
+        let ada_consent = store.consent(ada.id(), &app).await.unwrap().unwrap();
+        assert_eq!(ada_consent.scopes, scopes(&["openid", "offline_access"]), "no resource: kept");
+        assert!(ada_consent.covers(&scopes(&["openid", "offline_access"]), None));
+        let bob_consent = store.consent(bob.id(), &app).await.unwrap();
+        let covers =
+            |wanted: &[&str], resource| bob_consent.as_ref().is_some_and(|c| c.covers(&scopes(wanted), resource));
+        assert!(!covers(&["openid"], None), "unpaired: asked again ({bob_consent:?})");
+        assert!(!covers(&["openid"], Some("https://api.example.com")), "{bob_consent:?}");
+        // Approved again, it covers what was approved, paired.
+        let api = Some("https://api.example.com");
+        store.widen_consent(bob.id(), &app, &scopes(&["api:read"]), api, now()).await.unwrap();
+        let bob_consent = store.consent(bob.id(), &app).await.unwrap().unwrap();
+        assert!(bob_consent.covers(&scopes(&["api:read"]), api));
+        assert!(!bob_consent.covers(&scopes(&["openid"]), api), "{bob_consent:?}");
+    }
 
     /// The grants an orphaned session made (migration 22's comment) carry no identity, so no
     /// unlink could end them: the migration revokes them, and no other.
