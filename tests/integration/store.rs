@@ -3429,11 +3429,10 @@ mod grants {
         let ada_consent = store.consent(ada.id(), &app).await.unwrap().unwrap();
         assert_eq!(ada_consent.scopes, scopes(&["openid", "offline_access"]), "no resource: kept");
         assert!(ada_consent.covers(&scopes(&["openid", "offline_access"]), None));
-        let bob_consent = store.consent(bob.id(), &app).await.unwrap();
-        let covers =
-            |wanted: &[&str], resource| bob_consent.as_ref().is_some_and(|c| c.covers(&scopes(wanted), resource));
-        assert!(!covers(&["openid"], None), "unpaired: asked again ({bob_consent:?})");
-        assert!(!covers(&["openid"], Some("https://api.example.com")), "{bob_consent:?}");
+        // Kept (the app stays among the user's apps), but covering nothing.
+        let bob_consent = store.consent(bob.id(), &app).await.unwrap().unwrap();
+        assert_eq!((bob_consent.scopes.len(), bob_consent.resources.len()), (0, 0), "{bob_consent:?}");
+        assert!(!bob_consent.covers(&scopes(&["openid"]), None), "unpaired: asked again");
         // Approved again, it covers what was approved, paired.
         let api = Some("https://api.example.com");
         store.widen_consent(bob.id(), &app, &scopes(&["api:read"]), api, now()).await.unwrap();
