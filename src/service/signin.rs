@@ -245,8 +245,8 @@ impl SignIn {
                 // by the statement that starts the session; anyone else takes the long way below
                 // (a first sign-in, a disabled user, a browser signed in already).
                 if session.is_none() && !self.keeps_tokens(provider.as_ref()) {
+                    // Its actor and target are the user the statement finds.
                     let audit = NewAuditEvent::new(ActorKind::User, "sign_in.succeeded")
-                        .target("user", String::new())
                         .request(request_id.clone())
                         .details(serde_json::json!({ "provider": provider.name() }));
                     let issuer = provider.identity_issuer();

@@ -101,8 +101,28 @@ pub struct AuditQuery {
 /// Most rows one `INSERT` of [`insert_rows`] writes; longer lists take several, in a transaction.
 pub(super) const ROWS_PER_INSERT: usize = 16;
 
+/// The columns an `INSERT INTO audit_events` names, in the order [`bind`] binds them.
+pub(super) const COLUMNS_SQL: &str =
+    "(at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome, reason, details)";
+
 /// The columns each row of [`insert_rows`] binds.
 const COLUMNS: usize = 11;
+
+/// Binds `event`'s columns to `insert`, in the order of [`COLUMNS_SQL`].
+pub(super) fn bind<'q>(insert: Query<'q>, event: &'q NewAuditEvent) -> Query<'q> {
+    insert
+        .bind(event.at)
+        .bind(event.actor_kind.as_str())
+        .bind(event.actor_id.as_deref())
+        .bind(event.actor_name.as_deref())
+        .bind(event.action.as_str())
+        .bind(event.target_kind.as_deref())
+        .bind(event.target_id.as_deref())
+        .bind(event.request_id.as_deref())
+        .bind(if event.success { "success" } else { "failure" })
+        .bind(event.reason.as_deref())
+        .bind(event.details.clone())
+}
 
 /// Appends rows in `tx`, in their order.
 pub(super) async fn insert(tx: &mut Tx, events: &[NewAuditEvent]) -> Result<(), StoreError> {
@@ -125,31 +145,14 @@ pub(super) fn insert_rows(events: &[NewAuditEvent]) -> Query<'_> {
                         format!("({})", placeholders.join(", "))
                     })
                     .collect();
-                format!(
-                    "INSERT INTO audit_events
-                       (at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
-                        reason, details)
-                     VALUES {}",
-                    values.join(", ")
-                )
+                format!("INSERT INTO audit_events {COLUMNS_SQL} VALUES {}", values.join(", "))
             })
             .collect()
     });
     assert!((1..=ROWS_PER_INSERT).contains(&events.len()), "1 to {ROWS_PER_INSERT} rows an INSERT");
     let mut insert = query(SQL[events.len() - 1].as_str());
     for event in events {
-        insert = insert
-            .bind(event.at)
-            .bind(event.actor_kind.as_str())
-            .bind(event.actor_id.as_deref())
-            .bind(event.actor_name.as_deref())
-            .bind(event.action.as_str())
-            .bind(event.target_kind.as_deref())
-            .bind(event.target_id.as_deref())
-            .bind(event.request_id.as_deref())
-            .bind(if event.success { "success" } else { "failure" })
-            .bind(event.reason.as_deref())
-            .bind(event.details.clone());
+        insert = bind(insert, event);
     }
     insert
 }

@@ -834,8 +834,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Starts `session` for the user of its identity when the identity exists and its user is not
     /// disabled, finding them in the statement that writes the session (a returning user's
     /// sign-in: one round trip on PostgreSQL, no read before it), with `audit` appended in the
-    /// same unit: its `actor_id` and `target_id` become the user's id, and the identity's id is
-    /// added to its details as `identity_id`. Returns the user and the identity; `None`, with
+    /// same unit: its actor and target, where unset, become the user (`actor_id` and `target_id`
+    /// its id, `target_kind` `user`), and the identity's id is added to its details as
+    /// `identity_id`. Returns the user and the identity; `None`, with
     /// nothing written, when there is no such identity or its user is disabled.
     async fn start_session_of_identity(
         &self,

@@ -1065,12 +1065,12 @@ impl Store for SqlStore {
                              WHERE i.issuer = $1 AND i.subject = $2 AND NOT u.disabled FOR SHARE OF u";
         fn audit_sql(backend: Backend) -> String {
             let user = uuid_text_sql(backend, "i.user_id");
-            let details = json_set_sql(backend, "$11", "identity_id", &uuid_text_sql(backend, "i.id"));
+            let details = json_set_sql(backend, "$13", "identity_id", &uuid_text_sql(backend, "i.id"));
             format!(
-                "INSERT INTO audit_events
-                   (at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
-                    reason, details)
-                 SELECT $3, $4, {user}, $5, $6, $7, {user}, $8, $9, $10, {details} {FOUND}"
+                "INSERT INTO audit_events {}
+                 SELECT $3, $4, COALESCE($5, {user}), $6, $7, COALESCE($8, 'user'), COALESCE($9, {user}), $10, $11,
+                        $12, {details} {FOUND}",
+                super::audit::COLUMNS_SQL
             )
         }
         static AUDIT: [LazyLock<String>; 2] =
@@ -1086,18 +1086,8 @@ impl Store for SqlStore {
             Backend::Postgres => AUDIT[0].as_str(),
             Backend::Sqlite => AUDIT[1].as_str(),
         };
-        let audit = query(audit_sql)
-            .bind(session.issuer.as_str())
-            .bind(session.subject.as_str())
-            .bind(audit.at)
-            .bind(audit.actor_kind.as_str())
-            .bind(audit.actor_name.as_deref())
-            .bind(audit.action.as_str())
-            .bind(audit.target_kind.as_deref())
-            .bind(audit.request_id.as_deref())
-            .bind(if audit.success { "success" } else { "failure" })
-            .bind(audit.reason.as_deref())
-            .bind(audit.details.clone());
+        let audit =
+            super::audit::bind(query(audit_sql).bind(session.issuer.as_str()).bind(session.subject.as_str()), audit);
         let insert = query(SESSION.as_str())
             .bind(session.issuer.as_str())
             .bind(session.subject.as_str())

@@ -465,17 +465,7 @@ async fn a_change_made_elsewhere_is_honoured_while_every_request_connection_is_t
     let mut lock = locker.begin().await.unwrap();
     sqlx::query("LOCK TABLE teams IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
     let waiting = tokio::spawn(b.admin(Method::GET, "/admin/teams").send());
-    eventually_within("B's request waits for the lock", BOUND, || async {
-        let waits: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '%teams%'",
-        )
-        .fetch_one(&locker)
-        .await
-        .unwrap();
-        waits == 1
-    })
-    .await;
+    c.db.sql().await.until_waiting_for_a_lock("teams").await;
     assert_eq!(code_of(b.validate(&token).await).await.0, 200, "answered from B's cache");
 
     let changed = Instant::now();

@@ -219,6 +219,20 @@ impl Sql {
         .expect("count")
     }
 
+    /// Waits until a session of this PostgreSQL database waits for a lock in a statement whose
+    /// text contains `statement` (case-insensitive): the moment a test has made a request block
+    /// on a row or table it holds. Fails the test after 10 s, as [`eventually`] does.
+    pub async fn until_waiting_for_a_lock(&self, statement: &str) {
+        let waiting = format!(
+            "pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '%{}%'",
+            statement.replace('\'', "''")
+        );
+        eventually(&format!("a statement with {statement:?} waits for a lock"), || async {
+            self.count(&waiting).await > 0
+        })
+        .await;
+    }
+
     /// The UUIDs a query's first column holds.
     pub async fn uuids(&self, sql: &str) -> Vec<uuid::Uuid> {
         let sql = sql.to_owned();

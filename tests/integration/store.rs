@@ -27,7 +27,7 @@ use tessera::store::{
 use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage, WebhookChange};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, eventually, on_both_backends};
+use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, on_both_backends};
 
 on_both_backends!(
     webhook_endpoints_are_stored_updated_and_deleted,
@@ -2040,15 +2040,7 @@ async fn the_sweep_spares_a_profile_connected_while_it_waited() {
         async move { store.delete_expired_pending(None, t0).await.unwrap() }
     });
     // Until the sweep waits for the row the connection holds.
-    let watcher = db.sql().await;
-    let database = db.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
-    let waiting = format!("pg_stat_activity WHERE datname = '{database}' AND wait_event_type = 'Lock'");
-    let mut polls = 0;
-    while watcher.count(&waiting).await == 0 {
-        polls += 1;
-        assert!(polls < 1_000, "the sweep never waited for the row");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    db.sql().await.until_waiting_for_a_lock("DELETE FROM auth_profiles").await;
     connecting.commit().await.unwrap();
     assert_eq!(sweep.await.unwrap(), 0, "the connected profile is not expired any more");
     let kept = store.profile(expired.id).await.unwrap().expect("still there");
@@ -5046,7 +5038,6 @@ mod audit_log {
             expires_at: t + TimeDelta::hours(1),
         };
         let audit = NewAuditEvent { at: t, ..NewAuditEvent::new(ActorKind::User, "sign_in.succeeded") }
-            .target("user", "")
             .request(Some("req-1".into()))
             .details(serde_json::json!({ "provider": "test" }));
         let ada_session = of(&ada);
@@ -5070,11 +5061,22 @@ mod audit_log {
         let details = serde_json::json!({ "provider": "test", "identity_id": ada.identity().to_string() });
         let written = NewAuditEvent {
             actor_id: Some(ada_id.clone()),
+            target_kind: Some("user".into()),
             target_id: Some(ada_id),
             details: Some(details),
             ..audit.clone()
         };
         assert_eq!(logged[0].event, written);
+        // Only what the caller left unset is the user's: a target it names is kept.
+        let cy = sign_up(&store, "cy").await;
+        let named = audit.clone().target("team", "t-1");
+        assert!(store.start_session_of_identity(&of(&cy), &named).await.unwrap().is_some());
+        let logged = store.audit_events(&query(10)).await.unwrap();
+        let (kind, id) = (logged[0].event.target_kind.as_deref(), logged[0].event.target_id.as_deref());
+        assert_eq!(
+            (kind, id, logged[0].event.actor_id.clone()),
+            (Some("team"), Some("t-1"), Some(cy.id().to_string()))
+        );
 
         // An identity nobody has, and a disabled user: nothing is written, and the caller is told.
         let mut stranger = of(&ada);
@@ -5086,12 +5088,12 @@ mod audit_log {
         assert!(store.session(&stranger.token_hash).await.unwrap().is_none());
         assert!(store.session(&bob_session.token_hash).await.unwrap().is_none());
         let logged = store.audit_events(&query(10)).await.unwrap();
-        assert_eq!(logged.iter().filter(|r| r.event.action == "sign_in.succeeded").count(), 1);
+        assert_eq!(logged.iter().filter(|r| r.event.action == "sign_in.succeeded").count(), 2);
         // All or nothing: a session whose hash is taken writes no audit row either.
         let taken = SessionOfIdentity { token_hash: ada_session.token_hash, ..of(&ada) };
         assert!(store.start_session_of_identity(&taken, &audit).await.is_err());
         let logged = store.audit_events(&query(10)).await.unwrap();
-        assert_eq!(logged.iter().filter(|r| r.event.action == "sign_in.succeeded").count(), 1);
+        assert_eq!(logged.iter().filter(|r| r.event.action == "sign_in.succeeded").count(), 2);
     }
 
     /// A user being disabled while a returning sign-in's statement runs (PostgreSQL; on SQLite
@@ -5121,21 +5123,12 @@ mod audit_log {
         let started = tokio::spawn({
             let (store, session) = (store.clone(), session.clone());
             async move {
-                let audit = NewAuditEvent::new(ActorKind::User, "sign_in.succeeded").target("user", "");
+                let audit = NewAuditEvent::new(ActorKind::User, "sign_in.succeeded");
                 store.start_session_of_identity(&session, &audit).await
             }
         });
-        eventually("the sign-in waits for the disabling", || async {
-            let waits: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '%INSERT INTO sessions%'",
-            )
-            .fetch_one(&pg)
-            .await
-            .unwrap();
-            waits == 1
-        })
-        .await;
+        // Until the sign-in waits for the disabling.
+        db.sql().await.until_waiting_for_a_lock("INSERT INTO sessions").await;
         disabling.commit().await.unwrap();
         assert_eq!(started.await.unwrap().unwrap(), None);
         assert!(store.session(&session.token_hash).await.unwrap().is_none());
