@@ -659,17 +659,20 @@ impl PgConn {
 /// Whether `error` leaves the connection it happened on unusable: a network, TLS or protocol
 /// failure, or the server ending the session (connection exceptions, an administrator's or a
 /// crash's shutdown, any error of `FATAL` or `PANIC` severity). A statement the server refused (a
-/// constraint, a lock timeout) does not.
+/// constraint, a lock timeout) does not, nor a row not found; any other error of the client's own
+/// (a value it could not decode, a type it did not know) may have stopped it reading an answer
+/// half-way, and does.
 fn breaks_the_connection(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::RowNotFound => false,
         sqlx::Error::Database(db) => {
             db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
                 || db
                     .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
                     .is_some_and(|e| matches!(e.severity(), PgSeverity::Fatal | PgSeverity::Panic))
         }
-        _ => false,
+        // The network, TLS, the protocol, or the client's own failure.
+        _ => true,
     }
 }
 
@@ -722,8 +725,14 @@ impl deadpool::managed::Manager for PgConnector {
     }
 }
 
+/// How long the ping of a connection idle for [`PING_IDLE_AFTER`] may take before the connection
+/// is given up and another taken or opened: a quarter of `database.acquire_timeout`, at most 2 s.
+fn ping_bound(acquire_timeout: Duration) -> Duration {
+    (acquire_timeout / 4).min(Duration::from_secs(2))
+}
+
 /// A pool of at most `max` connections to `url`, connecting on first use; waiting for a
-/// connection, opening one and checking one each give up after `timeout`.
+/// connection and opening one each give up after `timeout`, checking one after [`ping_bound`].
 fn pg_pool(url: &str, max: u32, timeout: Duration, retry_refused: bool) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url)?;
     let pool = PgPool::builder(PgConnector { options, timeout, retry_refused })
@@ -735,7 +744,9 @@ fn pg_pool(url: &str, max: u32, timeout: Duration, retry_refused: bool) -> Resul
         // Above the creation's own deadline, so that a creation that began at once reports its
         // own last error (one that began after a wait is cut short by `pg_conn`'s bound).
         .create_timeout(Some(timeout + Duration::from_secs(1)))
-        .recycle_timeout(Some(timeout))
+        // A ping gets a quarter of the bound: a connection whose peer went silent (a failover, a
+        // middlebox that dropped its state) is given up in time to open a new one.
+        .recycle_timeout(Some(ping_bound(timeout)))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|error| StoreError::Corrupt(format!("the PostgreSQL pool: {error}")))?;
@@ -831,8 +842,10 @@ impl PgTx {
         Ok(tx)
     }
 
-    /// Ends the transaction with `COMMIT` or `ROLLBACK`. Dropped on its way, it is rolled back
-    /// as any unfinished transaction is.
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`. Dropped on its way, the connection is
+    /// cleaned up as for any unfinished transaction, but what happened to the transaction is
+    /// unknown: a `COMMIT` already written to the socket is read out (and usually done) before the
+    /// `ROLLBACK`. A caller that cancels a commit must not assume it was undone.
     async fn finish(mut self, end: &'static str) -> Result<(), StoreError> {
         let conn = self.conn();
         let ended = conn.start().execute(end).await;
@@ -1453,6 +1466,17 @@ pub async fn drop_pg_database(url: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_answer_read_to_its_end_leaves_a_connection_reusable() {
+        assert!(!breaks_the_connection(&sqlx::Error::RowNotFound));
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(breaks_the_connection(&sqlx::Error::Io(io)));
+        assert!(breaks_the_connection(&sqlx::Error::Protocol("unexpected message".into())));
+        // A failure of the client's own may have stopped it half-way through an answer.
+        assert!(breaks_the_connection(&sqlx::Error::Decode("a value it could not read".into())));
+        assert!(breaks_the_connection(&sqlx::Error::TypeNotFound { type_name: "citext".into() }));
+    }
 
     /// A replica that is never connected, for its bookkeeping alone.
     fn replica(max_lag: Duration) -> Replica {

@@ -409,6 +409,65 @@ impl TestApp {
     }
 }
 
+/// A TCP relay in front of the test PostgreSQL server, so that a test can fail "the database"
+/// under a store's feet: [`Relay::cut`] closes the port (connections are refused) and drops every
+/// open connection; [`Relay::silence`] makes the open connections go silent (nothing passes either
+/// way, no reset: a failover behind a proxy, a middlebox that lost its state) while new ones pass.
+pub struct Relay {
+    /// The database URL through the relay.
+    pub url: String,
+    silenced: tokio::sync::watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    /// Starts a relay to the server of `database_url`.
+    pub async fn start(database_url: &str) -> Self {
+        let real = url::Url::parse(database_url).unwrap();
+        let target = tokio::net::lookup_host((real.host_str().unwrap(), real.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .expect("the test cluster's address");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let addr = listener.local_addr().unwrap();
+        let (silenced, silence) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            // Dropped with the task, which aborts every relayed connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut silence = silence.clone();
+                let opened_in = *silence.borrow_and_update();
+                connections.spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async { silence.wait_for(|round| *round > opened_in).await.map(drop) } => {
+                            // Both sockets held open, nothing passed, until the relay goes.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        let mut url = real;
+        url.set_ip_host(addr.ip()).unwrap();
+        url.set_port(Some(addr.port())).unwrap();
+        Self { url: url.to_string(), silenced, task }
+    }
+
+    /// Makes the connections open now go silent; later ones pass as before.
+    pub fn silence(&self) {
+        self.silenced.send_modify(|round| *round += 1);
+    }
+
+    /// Takes the database down: the port refuses connections and open ones are dropped.
+    pub async fn cut(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
 /// Waits until `condition` holds, for something that happens in the background; fails the test
 /// after 10 s (a generous bound: nothing here takes more than milliseconds).
 pub async fn eventually<F, Fut>(what: &str, condition: F)

@@ -3023,6 +3023,29 @@ async fn postgres_connections_dropped_while_idle_are_replaced_before_use() {
     admin.close().await;
 }
 
+/// A PostgreSQL connection gone silent while idle (no reset, no answer: a failover behind a proxy,
+/// a middlebox that lost its state) is given up after a bounded ping at checkout, and the
+/// statement runs on a new connection — within the acquire timeout, which the ping alone would
+/// otherwise take whole, failing the statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_connection_gone_silent_is_replaced_within_the_acquire_timeout() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let relay = crate::helpers::Relay::start(&db.url).await;
+    let mut config = db.config();
+    config.database.url = tessera::config::DatabaseUrl::parse(&relay.url).unwrap();
+    config.database.max_connections = 1;
+    config.database.acquire_timeout = std::time::Duration::from_secs(3);
+    let store = tessera::store::connect(&config.database).await.unwrap();
+    store.migrate().await.unwrap();
+    let ada = sign_up(&store, "ada").await;
+    relay.silence();
+    // Longer than the idle time after which a connection is pinged (one second).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let user = store.get_user(ada.id()).await.expect("a new connection, not the silent one");
+    assert_eq!(user.map(|user| user.id), Some(ada.id()));
+    relay.cut().await;
+}
+
 /// SQLite's BUSY is unavailable (retry); a constraint failure is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_errors_are_classified_by_sqlite_rules() {
