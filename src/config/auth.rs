@@ -263,6 +263,14 @@ pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
         None => None,
     };
     let cookie_secure = raw.cookie_secure.unwrap_or(true);
+    // Off is for plain http on this machine; browsers that reach Tessera over https would carry
+    // its session in cookies that also go out over plain http.
+    if !cookie_secure && public_url.as_ref().is_some_and(|url| url.scheme() == "https") {
+        return Err(ConfigError::new(
+            "auth.cookie_secure (TESSERA_COOKIE_SECURE)",
+            "false only with an http auth.public_url on a loopback host; remove it for an https one",
+        ));
+    }
     let mut return_to_origins = Vec::new();
     for (i, origin) in raw.return_to_origins.unwrap_or_default().iter().enumerate() {
         let key = format!("auth.return_to_origins[{i}]");
@@ -684,6 +692,15 @@ mod tests {
 
     fn key() -> String {
         base64::engine::general_purpose::STANDARD.encode([4u8; 32])
+    }
+
+    #[test]
+    fn cookies_without_secure_are_refused_for_an_https_public_url() {
+        let https = "[auth]\npublic_url = \"https://id.example.com\"\ncookie_secure = false\n";
+        let error = Config::from_toml(https, env(&[])).unwrap_err().to_string();
+        assert!(error.contains("auth.cookie_secure"), "{error}");
+        let loopback = "[auth]\npublic_url = \"http://127.0.0.1:8080\"\ncookie_secure = false\n";
+        assert!(!Config::from_toml(loopback, env(&[])).unwrap().auth.cookie_secure);
     }
 
     #[test]

@@ -420,7 +420,7 @@ mod tests {
                 ("TESSERA_ADMIN_TOKEN", "1234567890123456, abcdefabcdefabcdef"),
                 ("TESSERA_LOG", "info,tessera=debug"),
                 ("TESSERA_LOG_FORMAT", "json"),
-                ("TESSERA_PUBLIC_URL", "https://id.example.com"),
+                ("TESSERA_PUBLIC_URL", "http://localhost:9000"),
                 ("TESSERA_COOKIE_SECURE", "off"),
                 ("TESSERA_ALLOWED_ISSUERS", "https://a.example.com,https://b.example.com"),
                 ("TESSERA_AUDIENCES", "api"),
@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(config.admin_tokens.len(), 2, "a token of digits stays a token");
         assert_eq!(config.log.filter, "info,tessera=debug");
         assert!(config.log.json);
-        assert_eq!(config.auth.public_url.as_ref().unwrap().as_str(), "https://id.example.com/");
+        assert_eq!(config.auth.public_url.as_ref().unwrap().as_str(), "http://localhost:9000/");
         assert!(!config.auth.cookie_secure);
         assert_eq!(config.issuers.len(), 2);
         assert_eq!(config.issuers[1].audiences, ["api"]);

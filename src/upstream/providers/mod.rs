@@ -46,8 +46,9 @@ pub struct AuthorizationRequest<'a> {
     pub fresh_login: bool,
 }
 
-/// Tokens from a provider's token endpoint.
-#[derive(Debug, Clone)]
+/// Tokens from a provider's token endpoint. Its `Debug` shows no token: the id_token, like the
+/// others, is a bearer credential at the apps that accept it.
+#[derive(Clone)]
 pub struct TokenSet {
     /// The access token.
     pub access_token: SecretString,
@@ -61,6 +62,19 @@ pub struct TokenSet {
     pub id_token: Option<String>,
     /// The answer's other fields, which some providers' profiles are read from (Notion).
     pub fields: TokenFields,
+}
+
+impl Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("access_token", &self.access_token)
+            .field("refresh_token", &self.refresh_token)
+            .field("expires_at", &self.expires_at)
+            .field("scopes", &self.scopes)
+            .field("id_token", &self.id_token.as_ref().map(|_| "[REDACTED]"))
+            .field("fields", &self.fields)
+            .finish()
+    }
 }
 
 /// The other fields of a token answer. They may hold secrets (Slack's webhook URLs), so `Debug`
@@ -254,5 +268,28 @@ impl ProviderRegistry {
         let mut providers: Vec<_> = self.providers.values().filter(|p| p.config().protocol.sign_in).collect();
         providers.sort_by(|a, b| a.name().cmp(b.name()));
         providers.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_set_debugs_without_its_tokens() {
+        let fields = serde_json::json!({ "incoming_webhook": { "url": "https://hooks.example/T0/secret-path" } });
+        let tokens = TokenSet {
+            access_token: SecretString::from("access-secret"),
+            refresh_token: Some(SecretString::from("refresh-secret")),
+            expires_at: None,
+            scopes: vec!["openid".into()],
+            id_token: Some("eyJhbGciOiJSUzI1NiJ9.id-token-payload.signature".into()),
+            fields: TokenFields(fields.as_object().unwrap().clone()),
+        };
+        let shown = format!("{tokens:?}");
+        for secret in ["access-secret", "refresh-secret", "id-token-payload", "secret-path"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("openid") && shown.contains("incoming_webhook"), "{shown}");
     }
 }
