@@ -22,6 +22,7 @@ on_both_backends!(
     bad_authorization_requests_never_go_to_an_unregistered_uri,
     bad_token_requests_are_refused_and_issue_nothing,
     a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_grant,
+    a_used_code_without_its_verifier_revokes_nothing,
     a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family,
     introspection_answers_inactive_alike_and_at_once,
     client_credentials_tokens_name_the_client,
@@ -476,6 +477,39 @@ async fn a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_gran
     let again =
         token_request(&w.app, (&client, &secret), &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
     assert_eq!(oauth_error(again, 400).await, "invalid_grant");
+}
+
+/// A public client's code leaked after its use (a browser's history, a proxy's log) revokes
+/// nothing in the hands of someone without its flow's PKCE verifier, which is all that tells the
+/// app from anyone else; the app presenting it again is a replay, and revokes the grant.
+async fn a_used_code_without_its_verifier_revokes_nothing(backend: Backend) {
+    let w = op_world(backend).await;
+    let (public, _) =
+        register(&w.app, json!({"name": "SPA", "kind": "public", "redirect_uris": [REDIRECT], "first_party": true}))
+            .await;
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &public, &challenge).await;
+    let redeem = |verifier: Option<&str>| {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("client_id", public.as_str()),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+        ];
+        form.extend(verifier.map(|v| ("code_verifier", v)));
+        w.app.client.post(w.app.url("/oauth/token")).form(&form).send()
+    };
+    let tokens = body(redeem(Some(&verifier)).await.unwrap(), 200).await;
+    assert!(tokens["access_token"].is_string());
+    let (guess, _) = pkce();
+    for attempt in [None, Some(guess.as_str())] {
+        assert_eq!(oauth_error(redeem(attempt).await.unwrap(), 400).await, "invalid_grant", "{attempt:?}");
+    }
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 0, "the grant stands");
+    assert_eq!(oauth_error(redeem(Some(&verifier)).await.unwrap(), 400).await, "invalid_grant");
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1, "a replay revokes");
 }
 
 async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family(backend: Backend) {

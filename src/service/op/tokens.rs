@@ -218,12 +218,6 @@ impl OpenIdProvider {
         if grant.client_id != client.id.as_str() {
             return Err(invalid());
         }
-        if stored.used {
-            // A replay: redeeming again revokes the grant and every token it issued.
-            self.store.redeem_code(&hash, None, now).await?;
-            tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
-            return Err(invalid());
-        }
         match form.redirect_uri.as_deref() {
             None => return Err(OAuthError::invalid_request("redirect_uri is missing")),
             Some(uri) if uri != stored.redirect_uri => {
@@ -245,6 +239,14 @@ impl OpenIdProvider {
                 ));
             }
             (None, None) => {}
+        }
+        if stored.used {
+            // A replay by whoever holds what redeemed it (the client, and the PKCE verifier where
+            // there was one; a code alone, leaked after its use, revokes nothing): redeeming again
+            // revokes the grant and every token it issued.
+            self.store.redeem_code(&hash, None, now).await?;
+            tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
+            return Err(invalid());
         }
         if !grant.active {
             return Err(invalid());
