@@ -58,15 +58,26 @@ const CALLBACK_GRACE: TimeDelta = TimeDelta::minutes(2);
 /// Tokens expiring sooner than this are refreshed before being handed out (or sooner than half
 /// their lifetime, when that is shorter: see [`needs_refresh`]).
 pub const REFRESH_WINDOW: TimeDelta = TimeDelta::minutes(5);
-/// How long a refresh lease lasts (a crashed holder blocks others at most this long).
-const LEASE: TimeDelta = TimeDelta::seconds(30);
+/// How long a refresh lease lasts (a crashed holder blocks others at most this long): the
+/// provider call and the store's retries fit in it with room for a wait for a connection before
+/// the call and for instances' clocks that differ a little.
+const LEASE: TimeDelta = TimeDelta::seconds(60);
 /// How much of the lease must be left to try storing a refresh's answer again: with the default
 /// settings a write may wait this long (5 s for a connection, then SQLite's busy timeout of 5 s).
 const STORE_RETRY_MARGIN: Duration = Duration::from_secs(10);
+/// How long a refresh under `lease` may wait for the provider from `now`: what is left of the
+/// lease (counted from now, not from when it was asked for, which may have waited for a
+/// connection) past [`STORE_RETRY_MARGIN`], at most [`PROVIDER_CALL_LIMIT`].
+fn provider_call_limit(lease: &RefreshLease, now: DateTime<Utc>) -> Duration {
+    let left = (lease.until - now).to_std().unwrap_or_default();
+    left.saturating_sub(STORE_RETRY_MARGIN).min(PROVIDER_CALL_LIMIT)
+}
+
 /// How long a request waits for another instance's refresh.
 const REFRESH_WAIT: Duration = Duration::from_secs(10);
-/// How long the provider's refresh call may take: well within [`LEASE`], so that no other
-/// holder replays the old refresh token while this one is still in flight.
+/// How long the provider's refresh call may take at most; less when less of the lease is left
+/// past [`STORE_RETRY_MARGIN`] once it is taken, so that no other holder replays the old refresh
+/// token while this one is still in flight or being stored.
 const PROVIDER_CALL_LIMIT: Duration = Duration::from_secs(20);
 
 /// Why an auth-profile operation failed.
@@ -903,7 +914,8 @@ impl AuthProfiles {
         before: &ProfileSecrets,
     ) -> Result<AccessToken, AuthProfileError> {
         let owner = lease.owner;
-        let error = match self.call_refresh(keyring, profile, refresh_ciphertext).await {
+        let limit = provider_call_limit(lease, super::now());
+        let error = match self.call_refresh(keyring, profile, refresh_ciphertext, limit).await {
             Ok(tokens) => {
                 let (access_token, rotated) = encrypt_tokens(keyring, profile.id, &tokens);
                 let refreshed = Refreshed {
@@ -970,12 +982,13 @@ impl AuthProfiles {
         Err(error)
     }
 
-    /// Asks the provider for new tokens, within [`PROVIDER_CALL_LIMIT`].
+    /// Asks the provider for new tokens, within `limit`.
     async fn call_refresh(
         &self,
         keyring: &KeyRing,
         profile: &AuthProfile,
         refresh_ciphertext: &[u8],
+        limit: Duration,
     ) -> Result<TokenSet, AuthProfileError> {
         let provider = self
             .flows
@@ -983,7 +996,7 @@ impl AuthProfiles {
             .get(Some(&profile.provider))
             .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?;
         let refresh_token = decrypt(keyring, profile.id, "refresh_token", Some(refresh_ciphertext))?;
-        let called = tokio::time::timeout(PROVIDER_CALL_LIMIT, provider.refresh(refresh_token.expose_secret())).await;
+        let called = tokio::time::timeout(limit, provider.refresh(refresh_token.expose_secret())).await;
         let outcome = match &called {
             Ok(Ok(_)) => "ok",
             Ok(Err(ProviderError::InvalidGrant)) => "invalid_grant",
@@ -1107,4 +1120,21 @@ fn decrypt(
         AuthProfileError::Undecryptable
     })?;
     String::from_utf8(plaintext).map(SecretString::from).map_err(|_| AuthProfileError::Undecryptable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_call_ends_in_time_to_store_its_answer_within_the_lease() {
+        let now = crate::domain::now();
+        let lease = |left: i64| RefreshLease { owner: uuid::Uuid::nil(), until: now + TimeDelta::seconds(left), now };
+        assert_eq!(provider_call_limit(&lease(60), now), PROVIDER_CALL_LIMIT, "a lease just taken");
+        // Taken after 45 s of waiting for a connection: 5 s for the call, 10 s to store.
+        assert_eq!(provider_call_limit(&lease(15), now), Duration::from_secs(5));
+        assert_eq!(provider_call_limit(&lease(8), now), Duration::ZERO);
+        assert_eq!(provider_call_limit(&lease(-1), now), Duration::ZERO, "run out already");
+        assert!(LEASE.to_std().unwrap() >= PROVIDER_CALL_LIMIT + STORE_RETRY_MARGIN);
+    }
 }

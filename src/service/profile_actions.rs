@@ -434,7 +434,9 @@ impl<'a> ProfileActions<'a> {
         let mut refused = token;
         if !refused.refreshed {
             // Refused before it expired: refresh it once (unless someone just did) and try again.
-            store.expire_access_token(profile.id, before.version, super::now()).await?;
+            // The refused token's own version: one refreshed by someone else since `before` was
+            // read is the one to expire.
+            store.expire_access_token(profile.id, refused.version.unwrap_or(before.version), super::now()).await?;
             let token = match self.profiles.access_token_of(profile.clone()).await {
                 Ok(token) => token,
                 // The refresh was refused, or there was nothing to refresh with.
