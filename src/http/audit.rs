@@ -287,62 +287,72 @@ pub async fn record_admin_action(
     let request_id = request_id(request.headers());
     let params: Vec<(String, String)> =
         params.map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()).unwrap_or_default();
-    let response = next.run(request).await;
-    if !response.status().is_success() || response.extensions().get::<NothingChanged>().is_some() {
-        return response;
-    }
-    let rule = rule_for(&method, &route);
-    let action = response.extensions().get::<AuditAction>().map_or(rule.action, |named| named.0);
-    let (response, body) = if rule.reads_body() {
-        let (parts, body) = response.into_parts();
-        match axum::body::to_bytes(body, MAX_AUDITED_BODY).await {
-            Ok(bytes) => {
-                let json = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-                (Response::from_parts(parts, axum::body::Body::from(bytes)), json)
+    // The change and its row go to their end together, in a task of their own: a client that
+    // hangs up once the handler has begun (or a shutdown's drain closing its connection) must not
+    // leave a change made and not recorded.
+    let recorded = crate::run_to_end(async move {
+        let response = next.run(request).await;
+        if !response.status().is_success() || response.extensions().get::<NothingChanged>().is_some() {
+            return response;
+        }
+        let rule = rule_for(&method, &route);
+        let action = response.extensions().get::<AuditAction>().map_or(rule.action, |named| named.0);
+        let (response, body) = if rule.reads_body() {
+            let (parts, body) = response.into_parts();
+            match axum::body::to_bytes(body, MAX_AUDITED_BODY).await {
+                Ok(bytes) => {
+                    let json = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+                    (Response::from_parts(parts, axum::body::Body::from(bytes)), json)
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, route, "cannot read an admin answer for its audit row");
+                    return ApiError::new(ErrorCode::InternalError, "an internal error occurred; it has been logged")
+                        .into_response();
+                }
             }
-            Err(error) => {
-                tracing::error!(error = %error, route, "cannot read an admin answer for its audit row");
-                return ApiError::new(ErrorCode::InternalError, "an internal error occurred; it has been logged")
-                    .into_response();
-            }
-        }
-    } else {
-        (response, Value::Null)
-    };
-    let fact = |from: Source| -> Option<Value> {
-        match from {
-            Source::Path(name) => params.iter().find(|(k, _)| k == name).map(|(_, v)| Value::String(v.clone())),
-            Source::Body(name) => body.get(name).filter(|v| v.is_string() || v.is_boolean() || v.is_number()).cloned(),
-        }
-    };
-    let mut details = Map::new();
-    for (name, from) in rule.details {
-        if let Some(value) = fact(*from) {
-            details.insert((*name).to_owned(), value);
-        }
-    }
-    if rule.target.is_none() {
-        details.insert("method".into(), method.as_str().into());
-        details.insert("route".into(), route.into());
-    }
-    if let Some(user) = on_behalf_of {
-        details.insert("on_behalf_of".into(), user.into());
-    }
-    let mut event = NewAuditEvent::new(ActorKind::AdminToken, action)
-        .actor(Some(actor.id()), Some(actor.name()))
-        .request(request_id);
-    if let (Some(kind), Some(id)) = (rule.target_kind, rule.target.and_then(fact)) {
-        let id = match id {
-            Value::String(s) => s,
-            other => other.to_string(),
+        } else {
+            (response, Value::Null)
         };
-        event = event.target(kind, id);
-    }
-    if !details.is_empty() {
-        event = event.details(Value::Object(details));
-    }
-    state.audit.record(event).await;
-    response
+        let fact = |from: Source| -> Option<Value> {
+            match from {
+                Source::Path(name) => params.iter().find(|(k, _)| k == name).map(|(_, v)| Value::String(v.clone())),
+                Source::Body(name) => {
+                    body.get(name).filter(|v| v.is_string() || v.is_boolean() || v.is_number()).cloned()
+                }
+            }
+        };
+        let mut details = Map::new();
+        for (name, from) in rule.details {
+            if let Some(value) = fact(*from) {
+                details.insert((*name).to_owned(), value);
+            }
+        }
+        if rule.target.is_none() {
+            details.insert("method".into(), method.as_str().into());
+            details.insert("route".into(), route.into());
+        }
+        if let Some(user) = on_behalf_of {
+            details.insert("on_behalf_of".into(), user.into());
+        }
+        let mut event = NewAuditEvent::new(ActorKind::AdminToken, action)
+            .actor(Some(actor.id()), Some(actor.name()))
+            .request(request_id);
+        if let (Some(kind), Some(id)) = (rule.target_kind, rule.target.and_then(fact)) {
+            let id = match id {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            event = event.target(kind, id);
+        }
+        if !details.is_empty() {
+            event = event.details(Value::Object(details));
+        }
+        state.audit.record(event).await;
+        response
+    });
+    recorded.await.unwrap_or_else(|| {
+        ApiError::new(ErrorCode::InternalError, "the server is shutting down; try again").into_response()
+    })
 }
 
 /// The admin token a request outside `/admin/…` carries, if any (a service acting on behalf of a

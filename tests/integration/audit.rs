@@ -522,3 +522,28 @@ async fn rows_past_their_retention_are_swept(backend: Backend) {
     assert_eq!(Audit::new(store.clone(), &month).sweep().await.unwrap(), 1);
     assert_eq!(db.sql().await.count("audit_events").await, 1);
 }
+
+/// An admin change whose client hangs up while it is being made (PostgreSQL, where a trigger can
+/// hold the statement for a second) is made and recorded all the same: the change and its row go
+/// to their end together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_change_whose_client_hangs_up_is_made_and_recorded() {
+    let app = TestApp::spawn_with(Backend::Postgres, |_| {}).await;
+    let bootstrap = app.admin(Method::POST, "/admin/users/bootstrap").json(&identity("ada", "ada@example.com", None));
+    let user = body(bootstrap.send().await.unwrap(), 201).await["user_id"].as_str().unwrap().to_owned();
+    let sql = app.db.sql().await;
+    sql.inject("UPDATE", "users", None, "", "PERFORM pg_sleep(1); RETURN NEW;").await;
+    let hasty = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let disable = hasty
+        .patch(app.url(&format!("/admin/users/{user}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "disabled": true }))
+        .send()
+        .await;
+    assert!(disable.unwrap_err().is_timeout(), "the client hung up first");
+    eventually("the change is recorded", || async { actions(&audit(&app, "action=user.disabled").await).len() == 1 })
+        .await;
+    sql.remove_injected("users").await;
+    let now = body(app.admin(Method::GET, &format!("/admin/users/{user}")).send().await.unwrap(), 200).await;
+    assert_eq!(now["disabled"], json!(true), "and the change was made");
+}
