@@ -232,7 +232,7 @@ impl Application {
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
         let audit = Audit::new(store.clone(), &config.audit);
-        let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone());
+        let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone(), config.cache.sync_interval);
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
                 .with_own_tokens(op.clone())

@@ -44,6 +44,10 @@ pub const RETENTION: Duration = Duration::from_secs(600);
 /// After this long without a successful poll, an instance forgets all it cached.
 pub const OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 
+/// How long past the log's interval a successful read of it lets cached principals and sessions
+/// answer without a read of the database.
+pub const FRESHNESS_MARGIN: Duration = Duration::from_secs(1);
+
 /// Where an instance is in the log.
 #[derive(Debug, Clone)]
 pub struct Cursor {
@@ -113,17 +117,22 @@ pub struct CacheSync {
 }
 
 impl CacheSync {
-    /// The service, applying the log to `principals` (and their verified tokens) and `clients`.
-    pub fn new(store: Arc<dyn Store>, principals: Arc<PrincipalCache>, clients: Clients) -> Self {
+    /// The service, applying the log to `principals` (and their verified tokens) and `clients`,
+    /// read every `every`: from now on, `principals` answer from memory only while the log was
+    /// read within `every` and [`FRESHNESS_MARGIN`] ([`PrincipalCache::follow_log`]).
+    pub fn new(store: Arc<dyn Store>, principals: Arc<PrincipalCache>, clients: Clients, every: Duration) -> Self {
+        principals.follow_log(every + FRESHNESS_MARGIN);
         Self { store, principals, clients }
     }
 
     /// A cursor [`START_OVERLAP`] rows below the log's head. Whatever was cached before is
     /// forgotten, since changes made meanwhile may be below the cursor.
     pub async fn start(&self) -> Result<Cursor, StoreError> {
+        let began = Instant::now();
         let head = self.store.cache_changes_head().await?;
         self.forget_everything();
-        Ok(Cursor::at((head - START_OVERLAP).max(0), Instant::now()))
+        self.principals.log_read(began);
+        Ok(Cursor::at((head - START_OVERLAP).max(0), began))
     }
 
     /// Reads the rows after the cursor (from its lowest open gap) and applies those not applied
@@ -164,6 +173,7 @@ impl CacheSync {
             self.forget_everything();
         }
         cursor.polled_at = now;
+        self.principals.log_read(now);
         Ok(applied)
     }
 

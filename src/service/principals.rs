@@ -3,7 +3,8 @@
 //! it when what it holds changes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::sessions::LiveSession;
@@ -42,6 +43,25 @@ pub struct PrincipalCache {
     /// the cache-invalidation log, a row that cannot be read), and for how long after that every
     /// user counts as changed (see [`PrincipalCache::set_replica_lag`]).
     all_changed: Mutex<(Option<Instant>, Duration)>,
+    /// Set while the cache-invalidation log is followed ([`PrincipalCache::follow_log`]).
+    log: OnceLock<LogFreshness>,
+}
+
+/// How recently the cache-invalidation log was read: until when cached entries may answer
+/// without a read of the database.
+#[derive(Debug)]
+struct LogFreshness {
+    base: Instant,
+    /// How long after a successful read of the log its entries answer.
+    fresh_for: Duration,
+    /// Until when, in milliseconds after `base` (0: not read yet).
+    until_ms: AtomicU64,
+}
+
+impl LogFreshness {
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 impl PrincipalCache {
@@ -55,7 +75,31 @@ impl PrincipalCache {
             epoch: Epoch::default(),
             changed: Mutex::new(HashMap::new()),
             all_changed: Mutex::new((None, Duration::ZERO)),
+            log: OnceLock::new(),
         }
+    }
+
+    /// From now on, what is cached answers without a read of the database only while this
+    /// instance read the cache-invalidation log within `fresh_for` (the log's interval and a
+    /// margin): an instance that cannot read the log (its connection broken, say, while requests
+    /// get theirs) reads the database rather than answer for other instances' changes it has
+    /// not seen. When that read fails too, the cached copy answers, as in any database outage
+    /// ([`PrincipalCache::answers`]).
+    pub fn follow_log(&self, fresh_for: Duration) {
+        let _ = self.log.set(LogFreshness { base: Instant::now(), fresh_for, until_ms: AtomicU64::new(0) });
+    }
+
+    /// Notes a successful read of the cache-invalidation log that began at `at`.
+    pub fn log_read(&self, at: Instant) {
+        if let Some(log) = self.log.get() {
+            log.until_ms.fetch_max(log.ms(at + log.fresh_for), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether cached entries answer without a read of the database: always, unless the
+    /// cache-invalidation log is followed and was not read recently enough.
+    pub(super) fn answers(&self) -> bool {
+        self.log.get().is_none_or(|log| log.ms(Instant::now()) < log.until_ms.load(Ordering::Relaxed))
     }
 
     /// A principal cache and an empty token cache, both sized from configuration.

@@ -137,14 +137,25 @@ impl Sessions {
         let hash = sha256(cookie.as_bytes());
         let now = super::now();
         // A hit whose last use is due to be noted is read again, as a miss: a cached copy must
-        // not hide a session's use from idle expiry for longer than the noting interval.
-        if let Some(live) = self.cache.session(&hash)
+        // not hide a session's use from idle expiry for longer than the noting interval; so is
+        // every hit while the cache-invalidation log has not been read lately.
+        let cached = self.cache.session(&hash);
+        if let Some(live) = &cached
             && now - live.record.last_seen_at < self.touch
+            && self.cache.answers()
         {
-            return Ok(self.is_live(&live.record, now).then(|| LiveSession::clone(&live)));
+            return Ok(self.is_live(&live.record, now).then(|| LiveSession::clone(live)));
         }
         let epoch = self.cache.epoch();
-        let Some((mut record, profile)) = self.store.session_profile(&hash).await? else {
+        let read = match self.store.session_profile(&hash).await {
+            Ok(read) => read,
+            // The database cannot be read: a cached copy answers, as it was when last read.
+            Err(error) => match cached.filter(|_| error.is_transient()) {
+                Some(live) => return Ok(self.is_live(&live.record, now).then(|| LiveSession::clone(&live))),
+                None => return Err(error),
+            },
+        };
+        let Some((mut record, profile)) = read else {
             return Ok(None);
         };
         if !self.is_live(&record, now) {

@@ -91,6 +91,16 @@ impl PublicError for ValidateError {
     }
 }
 
+/// Whether `error` is the database failing for a moment (a read worth answering from a cached
+/// copy instead).
+fn is_transient(error: &ValidateError) -> bool {
+    match error {
+        ValidateError::Store(e) => e.is_transient(),
+        ValidateError::SharedStore(e) => e.is_transient(),
+        _ => false,
+    }
+}
+
 impl From<ProvisionError> for ValidateError {
     fn from(error: ProvisionError) -> Self {
         match error {
@@ -187,14 +197,24 @@ impl Validator {
         }
         let token = self.verifier.verify(token).await?;
         // A hit whose last use is due to be noted is resolved again, as a miss (once a minute at
-        // most), so that the stored time does not lag by the cache's lifetime.
-        if let Some(principal) = self.principals.get(&token.issuer, &token.subject)
+        // most), so that the stored time does not lag by the cache's lifetime; so is every hit
+        // while the cache-invalidation log has not been read lately.
+        let cached = self.principals.get(&token.issuer, &token.subject);
+        if let Some(principal) = &cached
             && super::now() - principal.last_seen_at < TOUCH_INTERVAL
+            && self.principals.answers()
         {
-            return Ok(Validated { token, principal, created: false });
+            return Ok(Validated { token, principal: principal.clone(), created: false });
         }
         let epoch = self.principals.epoch();
-        let (principal, created) = self.resolve(&token).await?;
+        let (principal, created) = match self.resolve(&token).await {
+            Ok(found) => found,
+            // The database cannot be read: a cached copy answers, as it was when last read.
+            Err(error) => match cached.filter(|_| is_transient(&error)) {
+                Some(principal) => return Ok(Validated { token, principal, created: false }),
+                None => return Err(error),
+            },
+        };
         if principal.user.disabled {
             return Err(ValidateError::UserDisabled);
         }

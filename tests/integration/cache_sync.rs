@@ -28,6 +28,7 @@ on_both_backends!(
     a_default_team_created_on_one_instance_is_seen_by_both_promptly,
     a_client_given_a_new_secret_or_deleted_on_one_instance_is_refused_by_another_promptly,
     a_session_cached_by_another_instance_follows_membership_changes_and_sign_out_promptly,
+    cached_principals_answer_through_a_database_outage,
 );
 
 /// How long a test waits for the other instance. The product's bound is 1 s (the default poll
@@ -480,6 +481,69 @@ async fn a_change_made_elsewhere_is_honoured_while_every_request_connection_is_t
     lock.commit().await.unwrap();
     assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
     assert_eq!(code_of(b.validate(&token).await).await, refused("user_disabled"));
+    b.stop().await;
+    c.stop().await;
+}
+
+/// B cannot read the log (its poll waits behind a lock on the log's table) while its requests
+/// read the database as usual: within the log's interval and a second, B stops answering from its
+/// cache and reads the database, which says the user is disabled. The user is disabled with SQL
+/// alone, so no instance could learn of it from the log; without the rule, B would answer from
+/// its cache for the cache's lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_cannot_read_the_log_reads_the_database_instead_of_its_cache() {
+    let c = cluster(Backend::Postgres).await;
+    let token = c.token("log-unreadable");
+    let user = user_of(&c.b, &token).await;
+    settle().await;
+    assert_eq!(user_of(&c.b, &token).await, user, "cached on B");
+    let Sql::Postgres(pool) = c.db.sql().await else { unreachable!() };
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE cache_invalidations IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    c.db.sql().await.until_waiting_for_a_lock("cache_invalidations").await;
+    let id = uuid::Uuid::parse_str(&user).unwrap();
+    sqlx::query("UPDATE users SET disabled = TRUE WHERE id = $1").bind(id).execute(&pool).await.unwrap();
+    let changed = Instant::now();
+    honoured_within_bound("an instance that cannot read the log reads the database", changed, || async {
+        code_of(c.b.validate(&token).await).await == refused("user_disabled")
+    })
+    .await;
+    lock.rollback().await.unwrap();
+    c.stop().await;
+}
+
+/// While the database cannot be reached at all, what an instance cached answers on, also once
+/// the log has gone unread for longer than its bound: a read of the database is tried first, and
+/// its failure falls back to the cached copy, for a principal and for a session alike.
+async fn cached_principals_answer_through_a_database_outage(backend: Backend) {
+    let c = cluster(backend).await;
+    let b = c.another(|config| config.database.acquire_timeout = Duration::from_millis(500)).await;
+    let token = c.token("through-an-outage");
+    let user = user_of(&b, &token).await;
+    let value = "a-session-cookie-value-through-an-outage";
+    let name = if c.config.auth.cookie_secure { "__Host-tessera_session" } else { "tessera_session" };
+    let cookie = &format!("{name}={value}");
+    let now = tessera::domain::now();
+    let session = NewSession {
+        token_hash: tessera::crypto::sha256(value.as_bytes()),
+        user_id: user.parse::<UserId>().unwrap(),
+        identity_id: None,
+        device: None,
+        now,
+        expires_at: now + chrono::TimeDelta::hours(1),
+    };
+    c.a.store.start_session(&session, None, &[]).await.unwrap();
+    settle().await;
+    assert_eq!(user_of(&b, &token).await, user, "cached on B now");
+    let (status, teams) = me_by_session(&b, cookie).await;
+    assert_eq!(status, 200, "the session is live, and cached on B now");
+    crate::errors::make_database_unreachable(&b).await;
+    // Longer than the log's interval and a second: the log is not fresh any more.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(user_of(&b, &token).await, user, "answered from the cache");
+    assert_eq!(me_by_session(&b, cookie).await, (200, teams), "the session too");
+    let stranger = c.token("never-seen-before-the-outage");
+    assert_eq!(code_of(b.validate(&stranger).await).await, (503, "store_unavailable".to_owned()));
     b.stop().await;
     c.stop().await;
 }

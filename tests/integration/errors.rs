@@ -184,7 +184,7 @@ async fn an_unreachable_database_is_a_503_without_details(backend: Backend) {
 
 /// Cuts the server off its database: PostgreSQL refuses new connections to the test database and
 /// drops the open ones; the SQLite file is replaced by a directory, so no connection can open.
-async fn make_database_unreachable(app: &TestApp) {
+pub(crate) async fn make_database_unreachable(app: &TestApp) {
     match app.db.backend {
         Backend::Postgres => {
             let name = app.db.url.rsplit('/').next().unwrap().to_owned();

@@ -9,8 +9,9 @@
 //! token: a client id or a registered resource): a token one app obtained is not a key to
 //! every other app behind the proxy. Without `audience`, only session cookies count.
 //!
-//! A session is read from the database (one round trip), so signing out or disabling the user
-//! takes effect at once. An access token is verified locally, with no database read: it counts
+//! A session is resolved as for `/v1/me` (from the session cache, or one round trip), so signing
+//! out or disabling the user takes effect at once on the instance that did it and within 1 s on
+//! the others. An access token is verified locally, with no database read: it counts
 //! until it expires (ten minutes by default); use introspection where a revocation must show at
 //! once.
 
