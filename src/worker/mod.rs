@@ -65,11 +65,12 @@ pub struct WorkerDeps {
 #[derive(Debug)]
 pub struct Workers {
     handles: Vec<JoinHandle<()>>,
-    /// The loops stopped between two pieces of work rather than aborted: the writers of what
-    /// requests counted in memory, so that a write under way at shutdown finishes instead of
-    /// losing what it took, and webhook delivery, so that a request under way is recorded and
-    /// its endpoint's lease released.
+    /// The writers of what requests counted in memory, stopped between two writes rather than
+    /// aborted, so that a write under way at shutdown finishes instead of losing what it took.
     writers: Vec<JoinHandle<()>>,
+    /// Webhook delivery, stopped between two requests, so that a request under way is recorded
+    /// and its endpoint's lease released; waited for after the writers.
+    deliveries: JoinHandle<()>,
     stop: watch::Sender<bool>,
     deps: WorkerDeps,
 }
@@ -94,12 +95,12 @@ impl Workers {
             handles.push(tokio::spawn(signing_keys::run(keys.clone())));
         }
         let (stop, stopped) = watch::channel(false);
+        let deliveries = tokio::spawn(webhooks::run(deps.webhooks.clone(), stopped.clone()));
         let writers = vec![
-            tokio::spawn(webhooks::run(deps.webhooks.clone(), stopped.clone())),
             tokio::spawn(audit::run(deps.audit.clone(), deps.audit_every, stopped.clone())),
             tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every, stopped)),
         ];
-        Self { handles, writers, stop, deps }
+        Self { handles, writers, deliveries, stop, deps }
     }
 
     /// Stops them (at shutdown, after the server has finished its requests), and writes the
@@ -119,6 +120,11 @@ impl Workers {
         }
         if let Err(error) = self.deps.audit.flush().await {
             tracing::warn!(error = %error, "cannot write the refusals counted at shutdown to the audit log");
+        }
+        // Last: a delivery under way may take up to its timeout, and what is counted in memory
+        // must not wait behind it (an orchestrator's grace period may end first).
+        if let Err(error) = self.deliveries.await {
+            tracing::warn!(error = %error, "webhook delivery ended abnormally");
         }
     }
 }

@@ -364,6 +364,32 @@ async fn a_shutdown_finishes_the_request_under_way_and_releases_the_lease() {
     assert_eq!(sql.count(&format!("webhook_endpoints WHERE id = '{id}' AND lease_owner IS NULL")).await, 1, "released");
 }
 
+/// At shutdown, what requests counted in memory (here a refused admin token) is written before
+/// waiting for a webhook delivery under way, which may take up to its timeout: an orchestrator's
+/// grace period must not end with the counts still unwritten behind a slow endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_writes_the_counts_before_waiting_for_a_slow_delivery() {
+    let app = TestApp::spawn_with(Backend::Postgres, |config| {
+        with_keyring(config);
+        config.audit.flush_interval = std::time::Duration::from_secs(3600);
+        config.webhooks.timeout = std::time::Duration::from_secs(10);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.slow_ms.store(30_000, Ordering::SeqCst);
+    register(&app, json!({ "url": receiver.url })).await;
+    json(app.bootstrap(&identity("ann", "ann@example.com", None)).await, 201).await;
+    eventually("a request is under way", || async { !receiver.all().is_empty() }).await;
+    let refused = app.client.get(app.url("/admin/users")).bearer_auth("wrong-admin-token-0123456789");
+    assert_eq!(refused.send().await.unwrap().status(), 401);
+    let sql = app.db.sql().await;
+    let stopping = tokio::spawn(app.stop_keeping_db());
+    eventually("the count is written", || async { sql.count("audit_events WHERE outcome = 'failure'").await >= 1 })
+        .await;
+    assert!(!stopping.is_finished(), "written while the delivery is still under way");
+    stopping.await.unwrap();
+}
+
 /// A key rotated while a batch of deliveries is under way signs that batch's next requests: each
 /// request takes the endpoint's keys as they are then, not as they were leased.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
