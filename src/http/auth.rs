@@ -129,11 +129,14 @@ async fn start_link(
         Err(error) => return state.pages.error_in(&headers, error, &context),
     };
     // Opened from anywhere but one of this origin's pages — another site, a redirect through
-    // one, a link in a mail or chat app, the address bar (`none`): a forced link would attach
-    // whoever the browser is signed in as at the provider — maybe not this person — to this
-    // account. The browser is asked first, with a form of this session's. (Clients that are not
-    // browsers send no `Sec-Fetch-Site`.)
-    if headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() != b"same-origin") {
+    // one, a link in a mail or chat app, the address bar (`none`), or a browser that does not
+    // say (no `Sec-Fetch-Site`: an older or embedded one) —: a forced link would attach whoever
+    // the browser is signed in as at the provider — maybe not this person — to this account. The
+    // browser is asked first, with a form of this session's. A caller that sent the user's token
+    // rather than the session cookie is not a browser led here by someone else.
+    let same_origin = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"same-origin");
+    let by_token = super::credentials::Credentials::read(&headers).is_ok_and(|c| c.user_token().is_some());
+    if !same_origin && !by_token {
         return confirm_link(&state, &headers, &query, &context).await;
     }
     begin_link(&state, &headers, user, query.provider.as_deref(), query.return_to.as_deref()).await

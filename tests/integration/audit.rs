@@ -310,7 +310,7 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     let mut alice = Browser::new();
     alice.sign_in(&w.app, "").await;
     second.set_next_user(StubUser::new("alice-elsewhere", "alice@elsewhere.example"));
-    let start = alice.get(&w.app.url("/auth/link?provider=second")).await;
+    let start = alice.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
     let provider_page = alice.get(&location(&start)).await;
     let linked = alice.get(&location(&provider_page)).await;
     assert_eq!(linked.status(), StatusCode::SEE_OTHER);

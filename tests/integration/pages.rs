@@ -179,7 +179,12 @@ async fn link_required_offers_the_real_link_flow(backend: Backend) {
     );
     let done = sign_in(&mut other, &w.app, "local&return_to=%2Fauth%2Flink%3Fprovider%3Dsecond").await;
     assert_eq!(location(&done), "/auth/link?provider=second");
-    let to_provider = other.navigate(&w.app.url("/auth/link?provider=second")).await;
+    // Back from a sign-in at the provider (a redirect chain through another site), the browser
+    // is asked before the link starts.
+    let page = html(other.navigate(&w.app.url("/auth/link?provider=second")).await, StatusCode::OK).await;
+    let csrf = csrf_of(&page);
+    let to_provider = other.form(&w.app.url("/auth/link"), &[("csrf", &csrf), ("provider", "second")]).await;
+    assert_eq!(to_provider.status(), StatusCode::SEE_OTHER);
     let back = other.get(&location(&to_provider)).await;
     other.get(&location(&back)).await;
     let me = body(other.me(&w.app).await, 200).await;
@@ -206,6 +211,10 @@ async fn a_link_opened_from_another_site_is_confirmed_first(backend: Backend) {
         assert!(page.contains("name=\"return_to\" value=\"/account?done=linked\""), "{page}");
         token = csrf_of(&page);
     }
+    // A browser that does not say where the request came from (an older or embedded one) too.
+    let page = html(browser.navigate(&link).await, StatusCode::OK).await;
+    assert!(page.contains("<form method=\"post\" action=\"/auth/link\">"), "{page}");
+    assert_eq!(csrf_of(&page), token, "the session's form");
     assert_eq!(sql.count("login_states").await, flows, "asking starts no flow");
     let post = |csrf: &str| {
         [("csrf", csrf.to_owned()), ("provider", "second".to_owned()), ("return_to", "/account?done=linked".to_owned())]

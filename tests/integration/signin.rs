@@ -476,7 +476,9 @@ pub(crate) async fn linking_attaches_an_identity_and_never_steals_one(backend: B
     // Linking goes through /auth/link, with the session.
     let linked_page = {
         let callback = {
-            let start = alice.get(&w.app.url("/auth/link?provider=second&return_to=/settings")).await;
+            let start = alice
+                .request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second&return_to=/settings"))
+                .await;
             assert_eq!(start.status(), StatusCode::SEE_OTHER);
             let provider = alice.get(&location(&start)).await;
             location(&provider)
@@ -499,7 +501,7 @@ pub(crate) async fn linking_attaches_an_identity_and_never_steals_one(backend: B
     let mut bob = Browser::new();
     bob.sign_in(&w.app, "").await;
     second.set_next_user(StubUser::new("alice-elsewhere", "alice@elsewhere.example"));
-    let start = bob.get(&w.app.url("/auth/link?provider=second")).await;
+    let start = bob.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
     let provider = bob.get(&location(&start)).await;
     let stolen = bob.get(&location(&provider)).await;
     assert_eq!(body(stolen, 409).await["code"], "identity_already_linked");
@@ -609,7 +611,7 @@ async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend
     let only = browser.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{first_id}"))).await;
     assert_eq!(body(only, 409).await["code"], "last_identity");
 
-    let start = browser.get(&w.app.url("/auth/link?provider=second")).await;
+    let start = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
     let provider = browser.get(&location(&start)).await;
     browser.get(&location(&provider)).await;
     let me = body(browser.me(&w.app).await, 200).await;
@@ -667,7 +669,7 @@ async fn unlinking_an_identity_signs_out_the_sessions_that_used_it(backend: Back
     let mut intruder = Browser::new();
     assert_eq!(intruder.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     // The owner links the second provider from that account, and signs in with it elsewhere.
-    let start = intruder.get(&w.app.url("/auth/link?provider=second")).await;
+    let start = intruder.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
     let provider_page = intruder.get(&location(&start)).await;
     intruder.get(&location(&provider_page)).await;
     let me = body(intruder.me(&w.app).await, 200).await;
@@ -734,7 +736,7 @@ async fn an_unlinked_identity_stops_resolving_to_its_old_user_at_once(backend: B
     w.issuer.set_next_user(StubUser::new("shared-sub", "shared@example.com"));
     let mut browser = Browser::new();
     browser.sign_in(&w.app, "").await;
-    let start = browser.get(&w.app.url("/auth/link?provider=second")).await;
+    let start = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
     let provider_page = browser.get(&location(&start)).await;
     browser.get(&location(&provider_page)).await;
     let me = body(browser.me(&w.app).await, 200).await;
