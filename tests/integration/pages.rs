@@ -250,7 +250,8 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     assert!(page.contains("href=\"/auth/link?provider=second&#38;return_to=%2Faccount%3Fdone%3Dlinked\""));
 
     // Link the second provider through the page's link.
-    let start = browser.navigate(&w.app.url("/auth/link?provider=second&return_to=%2Faccount%3Fdone%3Dlinked")).await;
+    let link = w.app.url("/auth/link?provider=second&return_to=%2Faccount%3Fdone%3Dlinked");
+    let start = browser.request_from("same-origin", Method::GET, &link).await;
     let back = browser.get(&location(&start)).await;
     let done = browser.get(&location(&back)).await;
     assert_eq!(location(&done), "/account?done=linked");
