@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::caller::acting_caller;
-use super::credentials::cookie;
+use super::credentials::{Credentials, cookie};
 use super::csrf;
 use super::extract::{ApiQuery, PageBytes, PagePath};
 use super::pages::{self, Chrome, Message, errors};
@@ -135,7 +135,7 @@ async fn start_link(
     // browser is asked first, with a form of this session's. A caller that sent the user's token
     // rather than the session cookie is not a browser led here by someone else.
     let same_origin = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"same-origin");
-    let by_token = super::credentials::Credentials::read(&headers).is_ok_and(|c| c.user_token().is_some());
+    let by_token = Credentials::read(&headers).is_ok_and(|c| c.user_token().is_some());
     if !same_origin && !by_token {
         return confirm_link(&state, &headers, &query, &context).await;
     }

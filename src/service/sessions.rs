@@ -96,8 +96,8 @@ impl Sessions {
     /// Starts a session for the user of the identity `(issuer, subject)` on `device`, when the
     /// identity exists and its user is not disabled, finding them in the statement that writes
     /// the session (a returning user's sign-in: no read first). `audit` is appended with it, its
-    /// actor and target (where unset) the user and `identity_id` added to its details. Returns the user, the
-    /// identity and the cookie value; `None`, with nothing written, otherwise.
+    /// actor and target (where unset) the user and `identity_id` added to its details. Returns
+    /// the user, the identity and the cookie value; `None`, with nothing written, otherwise.
     pub async fn create_for_identity(
         &self,
         issuer: &Issuer,

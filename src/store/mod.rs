@@ -836,8 +836,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// sign-in: one round trip on PostgreSQL, no read before it), with `audit` appended in the
     /// same unit: its actor and target, where unset, become the user (`actor_id` and `target_id`
     /// its id, `target_kind` `user`), and the identity's id is added to its details as
-    /// `identity_id`. Returns the user and the identity; `None`, with
-    /// nothing written, when there is no such identity or its user is disabled.
+    /// `identity_id`. Returns the user and the identity; `None`, with nothing written, when there
+    /// is no such identity or its user is disabled.
     async fn start_session_of_identity(
         &self,
         session: &SessionOfIdentity,

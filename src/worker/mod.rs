@@ -103,8 +103,8 @@ impl Workers {
         Self { handles, writers, deliveries, stop, deps }
     }
 
-    /// Stops them (at shutdown, after the server has finished its requests), and writes the
-    /// last-use times and counted refusals still pending.
+    /// Stops them (at shutdown, after the server has finished its requests), writes the last-use
+    /// times and counted refusals still pending, then waits for webhook delivery.
     pub async fn stop(self) {
         for handle in self.handles {
             handle.abort();

@@ -71,6 +71,23 @@ impl Cluster {
         TestApp::start(self.db.share(), &config).await
     }
 
+    /// Starts an hour's session for `user` (written straight to the store) whose cookie value is
+    /// `value`; returns the `Cookie` header's `name=value`.
+    async fn session_of(&self, user: &str, value: &str) -> String {
+        let now = tessera::domain::now();
+        let session = NewSession {
+            token_hash: tessera::crypto::sha256(value.as_bytes()),
+            user_id: user.parse::<UserId>().unwrap(),
+            identity_id: None,
+            device: None,
+            now,
+            expires_at: now + chrono::TimeDelta::hours(1),
+        };
+        self.a.store.start_session(&session, None, &[]).await.unwrap();
+        let name = if self.config.auth.cookie_secure { "__Host-tessera_session" } else { "tessera_session" };
+        format!("{name}={value}")
+    }
+
     async fn stop(self) {
         self.a.stop().await;
         self.b.stop().await;
@@ -260,25 +277,7 @@ async fn a_session_cached_by_another_instance_follows_membership_changes_and_sig
     let c = cluster(backend).await;
     let slow = c.another(|config| config.cache.sync_interval = Duration::from_secs(60)).await;
     let user = user_of(&c.a, &c.token("session-user")).await;
-    let value = "a-session-cookie-value-for-the-cache-sync-story";
-    let name = if c.config.auth.cookie_secure { "__Host-tessera_session" } else { "tessera_session" };
-    let cookie = &format!("{name}={value}");
-    let now = tessera::domain::now();
-    c.a.store
-        .start_session(
-            &NewSession {
-                token_hash: tessera::crypto::sha256(value.as_bytes()),
-                user_id: user.parse::<UserId>().unwrap(),
-                identity_id: None,
-                device: None,
-                now,
-                expires_at: now + chrono::TimeDelta::hours(1),
-            },
-            None,
-            &[],
-        )
-        .await
-        .unwrap();
+    let cookie = &c.session_of(&user, "a-session-cookie-value-for-the-cache-sync-story").await;
     settle().await;
     let (status, before) = me_by_session(&c.b, cookie).await;
     assert_eq!(status, 200, "the session is live");
@@ -520,19 +519,7 @@ async fn cached_principals_answer_through_a_database_outage(backend: Backend) {
     let b = c.another(|config| config.database.acquire_timeout = Duration::from_millis(500)).await;
     let token = c.token("through-an-outage");
     let user = user_of(&b, &token).await;
-    let value = "a-session-cookie-value-through-an-outage";
-    let name = if c.config.auth.cookie_secure { "__Host-tessera_session" } else { "tessera_session" };
-    let cookie = &format!("{name}={value}");
-    let now = tessera::domain::now();
-    let session = NewSession {
-        token_hash: tessera::crypto::sha256(value.as_bytes()),
-        user_id: user.parse::<UserId>().unwrap(),
-        identity_id: None,
-        device: None,
-        now,
-        expires_at: now + chrono::TimeDelta::hours(1),
-    };
-    c.a.store.start_session(&session, None, &[]).await.unwrap();
+    let cookie = &c.session_of(&user, "a-session-cookie-value-through-an-outage").await;
     settle().await;
     assert_eq!(user_of(&b, &token).await, user, "cached on B now");
     let (status, teams) = me_by_session(&b, cookie).await;
