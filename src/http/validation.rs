@@ -44,21 +44,34 @@ fn required_token<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<&'h
     })
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ValidateQuery {
+    /// The audience the token must have been issued for, when it is one of Tessera's own access
+    /// tokens: the calling backend's resource URL or client id (its `aud`). Upstream tokens are
+    /// checked against their issuer's configured audiences.
+    audience: Option<String>,
+}
+
 #[utoipa::path(
     post,
     path = "/v1/validate",
     tag = "sign-in",
     operation_id = "validate_token",
     summary = "Validates a bearer token and returns its user (provisioned on first sight).",
+    params(ValidateQuery),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The token's user.", body = ValidateResponse)),
     security(("bearer" = [])),
 )]
 async fn validate_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    RawQuery(raw): RawQuery,
+    ApiQuery(query): ApiQuery<ValidateQuery>,
 ) -> Result<Json<ValidateResponse>, ApiError> {
-    Ok(Json(state.validator.validate(required_token(&headers, query.as_deref())?).await?.into()))
+    let token = required_token(&headers, raw.as_deref())?;
+    let audience = query.audience.as_ref().map(|_| required(&query.audience, "audience")).transpose()?;
+    Ok(Json(state.validator.validate_for(token, audience).await?.into()))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -54,6 +54,9 @@ pub enum ValidateError {
     /// One of Tessera's own access tokens issued for another resource (RFC 8707).
     #[error("the token was issued for another resource; ask for one with resource={0}")]
     OtherResource(String),
+    /// One of Tessera's own access tokens whose `aud` is not the audience the caller named.
+    #[error("the token was not issued for the audience named in the request")]
+    OtherAudience,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -71,7 +74,7 @@ impl PublicError for ValidateError {
             ValidateError::Own(e) => e.code(),
             ValidateError::Revoked => ErrorCode::TokenRevoked,
             ValidateError::NotOwn => ErrorCode::TokenIssuerMismatch,
-            ValidateError::OtherResource(_) => ErrorCode::AudienceMismatch,
+            ValidateError::OtherResource(_) | ValidateError::OtherAudience => ErrorCode::AudienceMismatch,
             ValidateError::Store(e) => e.code(),
             ValidateError::SharedStore(e) => e.code(),
         }
@@ -123,6 +126,21 @@ pub struct Validated {
     pub principal: Arc<Principal>,
     /// Whether this validation created the user.
     pub created: bool,
+    /// What one of Tessera's own access tokens was issued for; `None` for an upstream token,
+    /// whose `aud` was checked against its issuer's configured audiences.
+    pub issued_for: Option<IssuedFor>,
+}
+
+/// The audience, client and scopes of one of Tessera's own access tokens, for the backend that
+/// received it to check that it was meant for it.
+#[derive(Debug, Clone)]
+pub struct IssuedFor {
+    /// `aud`: the resource it was issued for (RFC 8707) or, without one, the client id.
+    pub audience: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The granted scopes, space-separated.
+    pub scope: String,
 }
 
 /// The validation service.
@@ -186,14 +204,22 @@ impl Validator {
     /// Verifies `token` and resolves (or provisions) its user. A refusal is counted in the audit
     /// log.
     pub async fn validate(&self, token: &str) -> Result<Validated, ValidateError> {
-        self.verify_and_resolve(token).await.map_err(|error| self.refused(token, error))
+        self.validate_for(token, None).await
     }
 
-    async fn verify_and_resolve(&self, token: &str) -> Result<Validated, ValidateError> {
+    /// As [`Validator::validate`]; with an `audience`, one of Tessera's own access tokens must
+    /// have been issued for it (its `aud`: a resource URL or a client id), else
+    /// [`ValidateError::OtherAudience`]. Upstream tokens are checked against their issuer's
+    /// configured audiences, as always.
+    pub async fn validate_for(&self, token: &str, audience: Option<&str>) -> Result<Validated, ValidateError> {
+        self.verify_and_resolve(token, audience).await.map_err(|error| self.refused(token, error))
+    }
+
+    async fn verify_and_resolve(&self, token: &str, audience: Option<&str>) -> Result<Validated, ValidateError> {
         if let Some(op) = &self.own
             && op.issued(token)
         {
-            return self.validate_own(op, token).await;
+            return self.validate_own(op, token, audience).await;
         }
         let token = self.verifier.verify(token).await?;
         // A hit whose last use is due to be noted is resolved again, as a miss (once a minute at
@@ -204,14 +230,14 @@ impl Validator {
             && super::now() - principal.last_seen_at < TOUCH_INTERVAL
             && self.principals.answers()
         {
-            return Ok(Validated { token, principal: principal.clone(), created: false });
+            return Ok(Validated { token, principal: principal.clone(), created: false, issued_for: None });
         }
         let epoch = self.principals.epoch();
         let (principal, created) = match self.resolve(&token).await {
             Ok(found) => found,
             // The database cannot be read: a cached copy answers, as it was when last read.
             Err(error) => match cached.filter(|_| is_transient(&error)) {
-                Some(principal) => return Ok(Validated { token, principal, created: false }),
+                Some(principal) => return Ok(Validated { token, principal, created: false, issued_for: None }),
                 None => return Err(error),
             },
         };
@@ -219,13 +245,21 @@ impl Validator {
             return Err(ValidateError::UserDisabled);
         }
         self.principals.insert(epoch, &token.issuer, &token.subject, principal.clone());
-        Ok(Validated { token, principal, created })
+        Ok(Validated { token, principal, created, issued_for: None })
     }
 
     /// One of Tessera's own access tokens: its signature locally, then its grant (one read of
     /// the primary, so that a revocation shows at once), then its user.
-    async fn validate_own(&self, op: &OpenIdProvider, token: &str) -> Result<Validated, ValidateError> {
+    async fn validate_own(
+        &self,
+        op: &OpenIdProvider,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Validated, ValidateError> {
         let claims = op.verify_access_token(token).await?;
+        if audience.is_some_and(|audience| claims.aud != audience) {
+            return Err(ValidateError::OtherAudience);
+        }
         self.own_principal(op, claims).await
     }
 
@@ -243,7 +277,7 @@ impl Validator {
 
     async fn acting(&self, token: &str) -> Result<Validated, ValidateError> {
         let Some(op) = self.own.as_ref().filter(|op| op.issued(token)) else {
-            return self.verify_and_resolve(token).await;
+            return self.verify_and_resolve(token, None).await;
         };
         let claims = op.verify_access_token(token).await?;
         let api = op.endpoint(API_RESOURCE_PATH);
@@ -304,7 +338,13 @@ impl Validator {
         let teams =
             profile.teams.iter().map(|m| TeamRole { id: m.team.id, slug: m.team.slug.clone(), role: m.role }).collect();
         let principal = Principal { identity_id, last_seen_at: super::now(), user: profile.user, teams };
-        Ok(Validated { token: Arc::new(verified), principal: Arc::new(principal), created: false })
+        let issued_for = IssuedFor { audience: claims.aud, client_id: claims.client_id, scope: claims.scope };
+        Ok(Validated {
+            token: Arc::new(verified),
+            principal: Arc::new(principal),
+            created: false,
+            issued_for: Some(issued_for),
+        })
     }
 
     /// Whether the token's user is a member of `team`.

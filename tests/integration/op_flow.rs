@@ -1008,6 +1008,20 @@ async fn tessera_access_tokens_work_at_validate_check_and_me(backend: Backend) {
     assert_eq!(validated["user_id"], user_id);
     assert_eq!(validated["issuer"], w.app.url("").trim_end_matches('/'));
     assert_eq!(validated["subject"], user_id);
+    // What the token was issued for: no resource was asked, so the client itself.
+    assert_eq!(validated["issued_for"], json!({"audience": client, "client_id": client, "scope": tokens["scope"]}));
+    // A backend that names itself refuses a token issued for anyone else.
+    let validate_for = |audience: &str| {
+        let audience: String = url::form_urlencoded::byte_serialize(audience.as_bytes()).collect();
+        w.app.client.post(w.app.url(&format!("/v1/validate?audience={audience}"))).bearer_auth(access).send()
+    };
+    assert_eq!(body(validate_for(&client).await.unwrap(), 200).await["user_id"], user_id);
+    let other = validate_for("https://api.example.com").await.unwrap();
+    assert_eq!(other.headers()["www-authenticate"], r#"Bearer realm="tessera", error="invalid_token""#);
+    assert_eq!(body(other, 401).await["code"], "audience_mismatch");
+    assert_eq!(body(validate_for("").await.unwrap(), 400).await["code"], "missing_field");
+    let twice = w.app.client.post(w.app.url(&format!("/v1/validate?audience={client}&audience={client}")));
+    assert_eq!(body(twice.bearer_auth(access).send().await.unwrap(), 400).await["code"], "invalid_request");
     let team = validated["teams"][0]["slug"].as_str().unwrap().to_owned();
     let check =
         w.app.client.get(w.app.url(&format!("/v1/check?team={team}"))).bearer_auth(access).send().await.unwrap();

@@ -115,6 +115,10 @@ async fn validate_returns_the_internal_user_and_provisions_on_first_sight(backen
     let second = body(response, 200).await;
     assert_eq!(second["user_id"], first["user_id"]);
     assert_eq!(second["created"], false);
+    assert!(second.get("issued_for").is_none(), "an upstream token has no issued_for: {second}");
+    // `audience` narrows Tessera's own tokens; an upstream one was checked against its issuer's.
+    let named = w.app.client.post(w.app.url("/v1/validate?audience=notes")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(body(named, 200).await["user_id"], first["user_id"]);
     // A token without email makes a user without email.
     let bare = body(w.app.validate(&w.token("no-email")).await, 200).await;
     assert_eq!(bare["email"], Value::Null);

@@ -28,6 +28,22 @@ pub struct ValidateResponse {
     pub teams: Vec<TeamRoleResponse>,
     /// When the token expires (its `exp`).
     pub expires_at: DateTime<Utc>,
+    /// For one of Tessera's own access tokens, what it was issued for; absent for an upstream
+    /// token (whose `aud` was checked against its issuer's configured `audiences`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_for: Option<IssuedForResponse>,
+}
+
+/// What one of Tessera's own access tokens was issued for: a backend that is not its audience
+/// should refuse it (or ask `POST /v1/validate?audience=…` to).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IssuedForResponse {
+    /// The token's `aud`: the resource it was issued for (RFC 8707) or, without one, the client id.
+    pub audience: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// The granted scopes, space-separated.
+    pub scope: String,
 }
 
 impl From<Validated> for ValidateResponse {
@@ -42,6 +58,11 @@ impl From<Validated> for ValidateResponse {
             email_verified: principal.user.email_verified,
             teams: principal.teams.iter().cloned().map(Into::into).collect(),
             expires_at: token.expires_at,
+            issued_for: validated.issued_for.map(|issued| IssuedForResponse {
+                audience: issued.audience,
+                client_id: issued.client_id,
+                scope: issued.scope,
+            }),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::service::auth_profiles::{AccessToken, ConnectLink, Created, LinkType};
 use crate::service::teams::Discovery;
-use crate::service::validation::Validated;
+use crate::service::validation::{IssuedFor, Validated};
 use crate::upstream::tokens::VerifiedToken;
 
 fn value(body: impl Serialize) -> Value {
@@ -117,7 +117,12 @@ fn validation_discovery_providers_and_health_serialise_as_before() {
         expires_at: now(),
     };
     let principal = Principal { identity_id: IdentityId::generate(), last_seen_at: now(), user, teams };
-    let validated = Validated { token: Arc::new(token.clone()), principal: Arc::new(principal.clone()), created: true };
+    let validated = Validated {
+        token: Arc::new(token.clone()),
+        principal: Arc::new(principal.clone()),
+        created: true,
+        issued_for: None,
+    };
     assert_eq!(
         value(ValidateResponse::from(validated)),
         json!({
@@ -130,6 +135,17 @@ fn validation_discovery_providers_and_health_serialise_as_before() {
             "teams": principal.teams,
             "expires_at": token.expires_at,
         })
+    );
+    let issued_for = IssuedFor { audience: "notes".into(), client_id: "notes".into(), scope: "openid email".into() };
+    let own = Validated {
+        token: Arc::new(token.clone()),
+        principal: Arc::new(principal.clone()),
+        created: false,
+        issued_for: Some(issued_for),
+    };
+    assert_eq!(
+        value(ValidateResponse::from(own))["issued_for"],
+        json!({ "audience": "notes", "client_id": "notes", "scope": "openid email" })
     );
 
     let domain = DomainName::parse("example.com").unwrap();
