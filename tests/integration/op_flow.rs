@@ -10,6 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tessera::config::Config;
 use tessera::crypto::keyring::KeyRing;
+use tessera::domain::SigningAlg;
+use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
 use tessera_testkit::local_issuer::StubUser;
 
 use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
@@ -573,6 +575,19 @@ async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
     assert_eq!(active["active"], true);
     assert_eq!(active["client_id"], client);
     assert!(active.get("gid").is_none());
+    // Past its `exp` a token is inactive, although verification allows for clock skew: tokens
+    // signed with the server's own key, one expired 5 s ago beside one valid for a minute.
+    let ring = Arc::new(KeyRing::parse(&ring()).unwrap());
+    let keys = SigningKeys::new(w.app.db.store().await, ring, SigningKeySettings::default()).await.unwrap();
+    let (header, claims) = jwt_parts(access);
+    assert_eq!(header["alg"], "ES256");
+    let now = chrono::Utc::now().timestamp();
+    for (exp, active) in [(now + 60, true), (now - 5, false)] {
+        let mut claims = claims.clone();
+        claims["exp"] = exp.into();
+        let signed = keys.sign(SigningAlg::ES256, "at+jwt", &claims).await;
+        assert_eq!(introspect(&w.app, creds, &signed.unwrap()).await["active"], active, "exp {exp}");
+    }
     let refresh = introspect(&w.app, creds, tokens["refresh_token"].as_str().unwrap()).await;
     assert_eq!(refresh["active"], true);
     // Another client does not see this client's refresh token.
@@ -641,6 +656,18 @@ async fn client_credentials_tokens_name_the_client(backend: Backend) {
     assert_eq!(claims["scope"], "reports:read");
     let access = tokens["access_token"].as_str().unwrap();
     assert_eq!(introspect(&w.app, (&client, &secret), access).await["active"], true);
+    // The resource server it was issued for (registered with that resource) may introspect it;
+    // an unrelated client learns nothing about it (RFC 7662 section 4).
+    let (api, api_secret) = register(
+        &w.app,
+        json!({"name": "Reports API", "kind": "confidential", "redirect_uris": [],
+               "grant_types": ["client_credentials"], "scopes": ["openid"], "resources": ["https://api.example.com"]}),
+    )
+    .await;
+    let at_api = introspect(&w.app, (&api, api_secret.as_deref().unwrap()), access).await;
+    assert_eq!((at_api["active"].clone(), at_api["client_id"].clone()), (json!(true), json!(client)));
+    let (other, other_secret) = web_app(&w.app).await;
+    assert_eq!(introspect(&w.app, (&other, &other_secret), access).await, json!({"active": false}));
     // No grant to end: revocation says so instead of answering 200 for a token that still counts.
     let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
     let refused = revoke.form(&[("token", access)]).send().await.unwrap();

@@ -494,11 +494,21 @@ impl OpenIdProvider {
     }
 
     /// RFC 7662: what `token` is, for an authenticated confidential client. Every token that
-    /// does not count — garbage, expired, revoked, another issuer's — is `{"active": false}`.
+    /// does not count — garbage, expired (past its `exp`, without the verification leeway),
+    /// revoked, another issuer's — is `{"active": false}`. So is a token the client may not
+    /// learn about (section 4): an access token is shown to the client it was issued to and to
+    /// the resource server it was issued for (a client whose id is its `aud`, or that registered
+    /// its `aud` among its `resources`); a refresh token only to the client that holds it.
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<serde_json::Value, OAuthError> {
         let inactive = serde_json::json!({ "active": false });
         match self.named(token).await? {
             Named::Access(claims) => {
+                let audience = claims.client_id == client.id.as_str()
+                    || claims.aud == client.id.as_str()
+                    || client.resources.contains(&claims.aud);
+                if !audience || claims.exp <= crate::domain::now().timestamp() {
+                    return Ok(inactive);
+                }
                 if !self.access_grant_active(&claims).await? {
                     return Ok(inactive);
                 }
@@ -510,7 +520,6 @@ impl OpenIdProvider {
                 }
                 Ok(out)
             }
-            // A refresh token is only ever shown to the client that holds it.
             Named::Refresh(grant, used)
                 if !used
                     && grant.active
