@@ -378,9 +378,13 @@ fn parse_provider(
                 "set client_secret_env or client_secret_file, not both",
             ));
         }
-        (Some(var), None) => Some(SecretString::from(env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-            ConfigError::new(key("client_secret_env"), format!("the environment variable {var} is not set"))
-        })?)),
+        // Trimmed like a file's: a secret made from a file (`kubectl create secret --from-file`)
+        // often ends in a newline that the provider would refuse.
+        (Some(var), None) => {
+            Some(SecretString::from(env(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).ok_or_else(
+                || ConfigError::new(key("client_secret_env"), format!("the environment variable {var} is not set")),
+            )?))
+        }
         (None, Some(path)) => {
             let secret = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::new(key("client_secret_file"), format!("cannot read {path}: {e}")))?;
@@ -633,30 +637,37 @@ pub(super) fn parse_encryption(
     warnings: &mut Vec<String>,
 ) -> Result<Option<Arc<KeyRing>>, ConfigError> {
     let deprecated = env(DEPRECATED_KEY_VAR).filter(|v| !v.trim().is_empty());
-    if let Some(value) = env(ENCRYPTION_KEYS_VAR).filter(|v| !v.trim().is_empty()) {
-        if deprecated.is_some() {
-            warnings.push(format!("{DEPRECATED_KEY_VAR} is ignored because {ENCRYPTION_KEYS_VAR} is set; remove it"));
-        }
-        return KeyRing::parse(&value)
-            .map(|ring| Some(Arc::new(ring)))
-            .map_err(|e| ConfigError::new(ENCRYPTION_KEYS_VAR, e.to_string()));
-    }
-    if let Some(keys) = raw.keys {
-        return KeyRing::parse(&keys.join(","))
-            .map(|ring| Some(Arc::new(ring)))
-            .map_err(|e| ConfigError::new("encryption.keys", e.to_string()));
-    }
-    match deprecated {
-        Some(value) => {
-            warnings.push(format!(
-                "{DEPRECATED_KEY_VAR} is deprecated: set {ENCRYPTION_KEYS_VAR}=default:<the same key> instead"
+    let (ring, source) = if let Some(value) = env(ENCRYPTION_KEYS_VAR).filter(|v| !v.trim().is_empty()) {
+        (KeyRing::parse(&value).map_err(|e| ConfigError::new(ENCRYPTION_KEYS_VAR, e.to_string()))?, ENCRYPTION_KEYS_VAR)
+    } else if let Some(keys) = raw.keys {
+        (
+            KeyRing::parse(&keys.join(",")).map_err(|e| ConfigError::new("encryption.keys", e.to_string()))?,
+            "encryption.keys",
+        )
+    } else {
+        let Some(value) = deprecated else { return Ok(None) };
+        warnings.push(format!(
+            "{DEPRECATED_KEY_VAR} is deprecated: set {ENCRYPTION_KEYS_VAR}=default:<the same key> instead"
+        ));
+        let ring =
+            KeyRing::single("default", &value).map_err(|e| ConfigError::new(DEPRECATED_KEY_VAR, e.to_string()))?;
+        return Ok(Some(Arc::new(ring)));
+    };
+    if deprecated.is_some() {
+        // What the old variable encrypted carries the key id `default`: a ring without it could
+        // not read those secrets back.
+        if !ring.has_key("default") {
+            return Err(ConfigError::new(
+                DEPRECATED_KEY_VAR,
+                format!(
+                    "it is set beside {source}, whose keys have no `default`: the secrets it encrypted could not be \
+                     read; add default:<the same key> to {source} after the active key, then remove {DEPRECATED_KEY_VAR}"
+                ),
             ));
-            KeyRing::single("default", &value)
-                .map(|ring| Some(Arc::new(ring)))
-                .map_err(|e| ConfigError::new(DEPRECATED_KEY_VAR, e.to_string()))
         }
-        None => Ok(None),
+        warnings.push(format!("{DEPRECATED_KEY_VAR} is ignored because {source} holds the `default` key; remove it"));
     }
+    Ok(Some(Arc::new(ring)))
 }
 
 #[cfg(test)]
@@ -712,6 +723,9 @@ mod tests {
         assert_eq!(github.scopes, ["read:user", "user:email"]);
         assert!(github.client_secret.is_some());
         assert!(!format!("{config:?}").contains("s3cret"), "secrets never show in Debug");
+        let from_file = Config::from_toml(PROVIDERS, env(&[("GH_SECRET", "s3cret\n")])).unwrap();
+        let secret = from_file.providers[0].client_secret.as_ref().unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(secret), "s3cret", "trimmed like a file's");
         let corp = &config.providers[1];
         assert_eq!(corp.issuer.as_str(), "https://sso.example.com");
         assert_eq!(corp.scopes, ["openid", "profile", "email"]);
@@ -910,12 +924,19 @@ mod tests {
         let config = Config::from_toml("", env(&[(DEPRECATED_KEY_VAR, &key())])).unwrap();
         assert_eq!(config.encryption.as_ref().unwrap().active_id(), "default");
         assert!(config.warnings[0].contains("deprecated"), "{:?}", config.warnings);
-        let both = Config::from_toml(
-            "",
-            env(&[(DEPRECATED_KEY_VAR, &key()), (ENCRYPTION_KEYS_VAR, &format!("k2:{}", key()))]),
-        )
-        .unwrap();
+        // Beside a ring, the old key's secrets (key id `default`) must stay readable.
+        let keys = format!("k2:{},default:{}", key(), key());
+        let both = Config::from_toml("", env(&[(DEPRECATED_KEY_VAR, &key()), (ENCRYPTION_KEYS_VAR, &keys)])).unwrap();
         assert_eq!(both.encryption.as_ref().unwrap().active_id(), "k2");
-        assert!(!both.warnings.is_empty());
+        assert!(both.warnings[0].contains("remove it"), "{:?}", both.warnings);
+        let without_default = format!("k2:{}", key());
+        let error =
+            Config::from_toml("", env(&[(DEPRECATED_KEY_VAR, &key()), (ENCRYPTION_KEYS_VAR, &without_default)]))
+                .unwrap_err();
+        assert_eq!(error.key, DEPRECATED_KEY_VAR);
+        assert!(error.message.contains("default:<the same key>"), "{}", error.message);
+        let in_file = format!("[encryption]\nkeys = [\"k2:{}\"]\n", key());
+        let error = Config::from_toml(&in_file, env(&[(DEPRECATED_KEY_VAR, &key())])).unwrap_err();
+        assert!(error.message.contains("encryption.keys"), "{}", error.message);
     }
 }

@@ -1470,7 +1470,10 @@ mod tests {
         for named in ["sqlite://tessera.db", "sqlite:tessera.db", "sqlite:///var/lib/tessera/t.db?mode=rwc"] {
             assert_eq!(DatabaseUrl::parse(named).unwrap().backend(), Backend::Sqlite, "{named}");
         }
-        let blank = Config::from_toml("", env(&[("TESSERA_LOG", " ")])).unwrap_err();
+        let blank = Config::from_toml("[log]\nfilter = \" \"\n", env(&[])).unwrap_err();
         assert!(blank.to_string().contains("log.filter"), "{blank}");
+        // A blank variable is an unset one: the default filter.
+        let unset = Config::from_toml("", env(&[("TESSERA_LOG", " ")])).unwrap();
+        assert_eq!(unset.log.filter, Config::from_toml("", env(&[])).unwrap().log.filter);
     }
 }

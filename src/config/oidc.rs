@@ -175,9 +175,11 @@ fn parse_client(i: usize, raw: RawClient, env: &dyn Fn(&str) -> Option<String>) 
         if client.is_public() {
             return Err(ConfigError::new(key("secret_env"), "a public client has no secret: remove secret_env"));
         }
-        let secret = SecretString::from(env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-            ConfigError::new(key("secret_env"), format!("the environment variable {var} is not set"))
-        })?);
+        // Trimmed: a secret made from a file often ends in a newline the client never sends.
+        let secret =
+            SecretString::from(env(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).ok_or_else(|| {
+                ConfigError::new(key("secret_env"), format!("the environment variable {var} is not set"))
+            })?);
         if secret.expose_secret().len() < MIN_CLIENT_SECRET_LEN {
             return Err(ConfigError::new(
                 key("secret_env"),
@@ -282,6 +284,9 @@ mod client_tests {
         assert!(cli.is_public() && cli.secret_hash.is_none());
         assert_eq!(cli.access_token_ttl.as_secs(), 300);
         assert!(!format!("{config:?}").contains(SECRET));
+        // A secret made from a file, newline and all, is the same secret.
+        let from_file = Config::from_toml(CLIENTS, env(&[("GRAFANA_SECRET", &format!("{SECRET}\n"))])).unwrap();
+        assert_eq!(from_file.oidc.clients[0].client.secret_hash, Some(crate::crypto::sha256(SECRET.as_bytes())));
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl Layers {
             figment = figment.merge(Toml::string(text));
         }
         for &(var, key, form) in FORMER_NAMES {
-            let Some(text) = env(var) else { continue };
+            let Some(text) = env(var).filter(|text| !text.trim().is_empty()) else { continue };
             let value = match form {
                 Form::Scalar => Value::from(text.trim().to_owned()),
                 Form::List => Value::from(split_list(&text)),
@@ -405,6 +405,18 @@ mod tests {
         let config = load(Some(file), &[("TESSERA_DATABASE_URL", "sqlite://env.db")]).unwrap();
         assert_eq!(config.database.url.expose(), "sqlite://env.db", "a former name wins over the file too");
         assert_eq!(config.database.max_connections, 3);
+    }
+
+    #[test]
+    fn a_blank_variable_leaves_the_file_s_value() {
+        let file = format!(
+            "admin_tokens = [\"{}\"]\n[database]\nurl = \"postgres://u:p@db.example/t\"\n\
+             replica_url = \"postgres://u:p@replica.example/t\"\n",
+            "a".repeat(32)
+        );
+        let config = load(Some(&file), &[("TESSERA_ADMIN_TOKEN", ""), ("TESSERA_DATABASE_REPLICA_URL", " ")]).unwrap();
+        assert_eq!(config.admin_tokens.len(), 1, "an empty variable is unset, as a template may leave it");
+        assert!(config.database.replica_url.is_some());
     }
 
     #[test]

@@ -108,6 +108,11 @@ impl KeyRing {
         &self.keys[0].id
     }
 
+    /// Whether the ring holds a key with this id (one that encrypts or one that only decrypts).
+    pub fn has_key(&self, id: &str) -> bool {
+        self.keys.iter().any(|k| k.id == id)
+    }
+
     /// Encrypts `plaintext` under the active key, bound to `aad`.
     pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let active = &self.keys[0];
