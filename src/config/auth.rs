@@ -258,6 +258,15 @@ pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
                     format!("expected an https URL such as https://id.example.com (http only on loopback): {e}"),
                 )
             })?;
+            // Pages, forms and redirects name Tessera's own routes by root paths (`/login`,
+            // `/account`): under a path prefix a browser would leave Tessera at its first link.
+            if url.path() != "/" {
+                return Err(ConfigError::new(
+                    "auth.public_url (TESSERA_PUBLIC_URL)",
+                    "serve Tessera at the root of a host of its own, such as https://id.example.com, not under a path: \
+                     its pages and redirects use root paths",
+                ));
+            }
             Some(url)
         }
         None => None,
@@ -743,11 +752,16 @@ mod tests {
         let no_url = PROVIDERS.replace("public_url = \"https://id.example.com\"", "");
         assert_eq!(key_of(&no_url, &[("GH_SECRET", "s")]), "auth.public_url (TESSERA_PUBLIC_URL)");
         // Browsers bring sessions, codes and connect links to it: https, or http on loopback.
-        for url in ["http://id.example.com", "https://id.example.com/#top", "https://user:pw@id.example.com"] {
+        for url in [
+            "http://id.example.com",
+            "https://id.example.com/#top",
+            "https://user:pw@id.example.com",
+            "https://id.example.com/auth",
+        ] {
             let text = PROVIDERS.replace("https://id.example.com", url);
             assert_eq!(key_of(&text, &[("GH_SECRET", "s")]), "auth.public_url (TESSERA_PUBLIC_URL)", "{url}");
         }
-        for url in ["http://127.0.0.1:8080", "http://localhost:8080", "https://id.example.com/auth"] {
+        for url in ["http://127.0.0.1:8080", "http://localhost:8080/", "https://id.example.com"] {
             let text = PROVIDERS.replace("https://id.example.com", url);
             assert!(Config::from_toml(&text, env(&[("GH_SECRET", "s")])).is_ok(), "{url}");
         }
