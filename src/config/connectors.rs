@@ -308,8 +308,8 @@ impl ConnectorProbe {
     }
 }
 
-/// Checks a probe URL: http(s), a host, no user name, password or fragment, placeholders only in
-/// the query.
+/// Checks a probe URL: https (http only on a loopback host), no user name, password or fragment,
+/// placeholders only in the query.
 fn check_probe_url(url: &str, fields: &[EnvField]) -> Result<Template, String> {
     let url = url.trim();
     if url.is_empty() || url.len() > MAX_PROBE_TEXT_LEN {
@@ -321,12 +321,11 @@ fn check_probe_url(url: &str, fields: &[EnvField]) -> Result<Template, String> {
         return Err("placeholders may appear only in the URL's query (after `?`) and in header values".into());
     }
     let parsed = Url::parse(&template.fill(|_| "x".to_owned())).map_err(|e| format!("not a valid URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err("expected an http:// or https:// URL".into());
-    }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("no user name or password in the URL; put credentials in a header".into());
     }
+    // It carries a member's secrets: https, as every endpoint Tessera calls (http on loopback).
+    super::endpoint_url(parsed.as_str())?;
     if parsed.fragment().is_some() {
         return Err("no fragment (`#…`) in the URL".into());
     }
@@ -535,6 +534,7 @@ mod tests {
             (with(field, r#"{ url = "https://x.test/?k={NOPE}" }"#), "connectors[0].probe.url"),
             (with(field, r#"{ url = "https://x.test/{KEY}" }"#), "connectors[0].probe.url"),
             (with(field, r#"{ url = "ftp://x.test/?k={KEY}" }"#), "connectors[0].probe.url"),
+            (with(field, r#"{ url = "http://api.vendor.test/?k={KEY}" }"#), "connectors[0].probe.url"),
             (with(field, r#"{ url = "https://x.test/", headers = { X = "{KEY" } }"#), "connectors[0].probe.headers.X"),
             (with(field, r#"{ url = "https://x.test/", method = "PUT" }"#), "connectors[0].probe.method"),
             ("[[connectors]]\nkey = \"a\"\nprobe = { url = \"https://x.test/\" }".to_owned(), "connectors[0].probe"),
