@@ -18,7 +18,7 @@ use crate::domain::{
 };
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{
-    CreateOutcome, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome, UserChange, UserUpdate,
+    CreateOutcome, DefaultTeam, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome, UserChange, UserUpdate,
 };
 use crate::upstream::issuers::IssuerRegistry;
 use crate::worker::last_seen::TOUCH_INTERVAL;
@@ -243,8 +243,12 @@ impl Provisioner {
     async fn ensure_team_of(&self, user: &User) -> Result<(Team, bool), ProvisionError> {
         let name = user.name.as_deref().and_then(|n| DisplayName::parse_optional(Some(n)).ok().flatten());
         let plan = team_plan(name.as_ref());
-        let (team, created) =
-            self.store.ensure_default_team(user.id, &plan, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
+        let (team, created) = match self.store.ensure_default_team(user.id, &plan, super::now()).await? {
+            DefaultTeam::Found(team) => (team, false),
+            DefaultTeam::Created(team) => (team, true),
+            DefaultTeam::NoUser => return Err(ProvisionError::UserNotFound),
+            DefaultTeam::UserDisabled => return Err(ProvisionError::UserDisabled),
+        };
         if created {
             self.principals.invalidate_user(user.id);
         }

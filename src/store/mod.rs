@@ -273,6 +273,19 @@ pub enum CreateOutcome {
     IdentityTaken,
 }
 
+/// What [`Store::ensure_default_team`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultTeam {
+    /// The user's default team, there already.
+    Found(Team),
+    /// The default team, created now.
+    Created(Team),
+    /// No such user.
+    NoUser,
+    /// The user is disabled (read under the lock that serialises these calls): nothing created.
+    UserDisabled,
+}
+
 /// An identity found by its key, with its user and the user's default team.
 #[derive(Debug, Clone)]
 pub struct IdentityMatch {
@@ -741,14 +754,14 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn create_account(&self, account: &NewAccount) -> Result<CreateOutcome, StoreError>;
 
     /// Makes sure `user` has a default team, creating `team` (with an owner membership) when they
-    /// have none (logging the change for other instances' caches). Serialised per user. Returns
-    /// the team and whether it was created, or `None` when the user does not exist.
+    /// have none (logging the change for other instances' caches). Serialised per user, and
+    /// never for a disabled user: one disabled while this call waited for the lock gets no team.
     async fn ensure_default_team(
         &self,
         user: UserId,
         team: &NewTeam,
         now: DateTime<Utc>,
-    ) -> Result<Option<(Team, bool)>, StoreError>;
+    ) -> Result<DefaultTeam, StoreError>;
 
     /// Records that an identity was seen at `now`.
     async fn touch_identity(&self, identity: IdentityId, now: DateTime<Utc>) -> Result<(), StoreError>;

@@ -25,8 +25,8 @@ use super::rows::{
 };
 use super::{
     Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
-    DataReport, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus, NewAccount,
-    NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
+    DataReport, DefaultTeam, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus,
+    NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
     RemoveOutcome, ReplicaLag, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SigningKeyRecord, Store,
     StoreError, StoredSecret, UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
@@ -703,14 +703,21 @@ impl Store for SqlStore {
         user: UserId,
         team: &NewTeam,
         now: DateTime<Utc>,
-    ) -> Result<Option<(Team, bool)>, StoreError> {
+    ) -> Result<DefaultTeam, StoreError> {
         let mut tx = self.db.begin().await?;
         // Serialises concurrent calls for one user; different users do not wait for each other.
-        let exists =
-            query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user.as_uuid()).fetch_optional(&mut tx).await?;
-        if exists.is_none() {
+        // `disabled` is read under the lock, so that a disable committed meanwhile is seen.
+        let found = query("SELECT disabled FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user.as_uuid())
+            .fetch_optional(&mut tx)
+            .await?;
+        let Some(found) = found else {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(DefaultTeam::NoUser);
+        };
+        if found.flag("disabled")? {
+            tx.rollback().await?;
+            return Ok(DefaultTeam::UserDisabled);
         }
         let existing = query(concat!(
             "SELECT ",
@@ -722,13 +729,13 @@ impl Store for SqlStore {
         .await?;
         if let Some(row) = existing {
             tx.rollback().await?;
-            return Ok(Some((rows::team(&row)?, false)));
+            return Ok(DefaultTeam::Found(rows::team(&row)?));
         }
         let created = insert_default_team(&mut tx, user, team, now).await?;
         // Other instances may have the user cached without a team.
         log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         tx.commit().await?;
-        Ok(Some((created, true)))
+        Ok(DefaultTeam::Created(created))
     }
 
     async fn touch_identity(&self, identity: IdentityId, now: DateTime<Utc>) -> Result<(), StoreError> {

@@ -19,10 +19,11 @@ use tessera::service::provisioning::team_plan;
 use tessera::service::webhooks::{REPLAY_PAGE, Webhooks};
 use tessera::store::{
     Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, CredentialOutcome,
-    CredentialWrite, DataReport, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState, MemberOutcome,
-    NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
-    RemoveOutcome, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SigningKeyRecord, Store, StoreError,
-    StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate,
+    CredentialWrite, DataReport, DefaultTeam, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState,
+    MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease,
+    Refreshed, RemoveOutcome, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SigningKeyRecord, Store,
+    StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession,
+    UserUpdate,
 };
 use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage, WebhookChange};
 use uuid::Uuid;
@@ -658,14 +659,21 @@ async fn when_every_slug_is_taken_nothing_is_written(backend: Backend) {
 
 async fn ensure_default_team_creates_at_most_one_team(backend: Backend) {
     let (db, store) = setup(backend).await;
-    assert!(store.ensure_default_team(UserId::generate(), &team_plan(None), now()).await.unwrap().is_none());
+    let nobody = store.ensure_default_team(UserId::generate(), &team_plan(None), now()).await.unwrap();
+    assert_eq!(nobody, DefaultTeam::NoUser);
     let new = account("ensure", None);
     let CreateOutcome::Created { user, team } = store.create_account(&new).await.unwrap() else { panic!() };
-    let (existing, created) = store.ensure_default_team(user.id, &team_plan(None), now()).await.unwrap().unwrap();
-    assert_eq!((existing, created), (team.clone(), false));
+    let existing = store.ensure_default_team(user.id, &team_plan(None), now()).await.unwrap();
+    assert_eq!(existing, DefaultTeam::Found(team.clone()));
 
     let sql = db.sql().await;
     sql.exec(&format!("DELETE FROM teams WHERE id = {}", sql.uuid(&team.id.to_string()))).await.unwrap();
+    // A disabled user gets no team: the flag is read in the transaction that would create it.
+    let id = sql.uuid(&user.id.to_string());
+    sql.exec(&format!("UPDATE users SET disabled = TRUE WHERE id = {id}")).await.unwrap();
+    let disabled = store.ensure_default_team(user.id, &team_plan(None), now()).await.unwrap();
+    assert_eq!((disabled, sql.count("teams").await), (DefaultTeam::UserDisabled, 0));
+    sql.exec(&format!("UPDATE users SET disabled = FALSE WHERE id = {id}")).await.unwrap();
     let logged = sql.count("cache_invalidations").await;
     let mut tasks = Vec::new();
     for _ in 0..24 {
@@ -675,8 +683,14 @@ async fn ensure_default_team_creates_at_most_one_team(backend: Backend) {
     let mut created = 0;
     let mut ids = std::collections::HashSet::new();
     for task in tasks {
-        let (team, was_created) = task.await.unwrap().unwrap().unwrap();
-        created += usize::from(was_created);
+        let team = match task.await.unwrap().unwrap() {
+            DefaultTeam::Created(team) => {
+                created += 1;
+                team
+            }
+            DefaultTeam::Found(team) => team,
+            other => panic!("{other:?}"),
+        };
         ids.insert(team.id);
     }
     assert_eq!((created, ids.len()), (1, 1));
