@@ -83,7 +83,7 @@ async fn claim_team_domain(
         let code = if e == IssuerError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidIssuer };
         ApiError::new(code, format!("`issuer`: {e}")).field("issuer")
     })?;
-    let (claim, created) = state.teams.claim_domain(&team, domain, issuer, request.verified.unwrap_or(false)).await?;
+    let (claim, created) = state.teams.claim_domain(&team, domain, issuer, request.verified).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(claim.into())))
 }
 

@@ -215,12 +215,22 @@ impl Teams {
         team: &TeamRef,
         domain: DomainName,
         issuer: Issuer,
-        verified: bool,
+        verified: Option<bool>,
     ) -> Result<(DomainClaim, bool), TeamError> {
         if self.issuers.get(&issuer).is_none() {
             return Err(TeamError::IssuerNotAllowed);
         }
         let team = self.find(team).await?;
+        // Left out, `verified` keeps what the team's claim had (a new claim is unverified): a
+        // change of issuer must not quietly stop the domain's single sign-on.
+        let verified = match verified {
+            Some(verified) => verified,
+            None => self
+                .store
+                .domain_claim(&domain, ReadFrom::Primary)
+                .await?
+                .is_some_and(|held| held.team_id == team.id && held.verified),
+        };
         let now = super::now();
         let claim = DomainClaim { domain, team_id: team.id, issuer, verified, created_at: now, updated_at: now };
         match self.store.claim_domain(&claim).await? {
