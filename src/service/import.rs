@@ -125,10 +125,25 @@ impl Importer {
         let mut outcomes = Vec::with_capacity(lines.len());
         let mut valid = Vec::with_capacity(lines.len());
         for line in lines {
-            match self.validate(line.record).await {
-                Ok((claim, team)) => valid.push(Valid { number: line.number, claim, team }),
-                Err(code) => outcomes.push(refused(line.number, code)),
-            }
+            let (claim, team) = match self.validate(line.record) {
+                Ok(valid) => valid,
+                Err(code) => {
+                    outcomes.push(refused(line.number, code));
+                    continue;
+                }
+            };
+            // The database failing is not the line's fault: it stops the import, as below.
+            let team = match team {
+                None => None,
+                Some(reference) => match self.team(&reference).await? {
+                    Ok(team) => Some(team),
+                    Err(code) => {
+                        outcomes.push(refused(line.number, code));
+                        continue;
+                    }
+                },
+            };
+            valid.push(Valid { number: line.number, claim, team });
         }
         let existing = self.existing(&valid).await?;
         for line in valid {
@@ -144,8 +159,9 @@ impl Importer {
         Ok(outcomes)
     }
 
-    /// Parses a record into a claim and its team, or the code of the first thing wrong with it.
-    async fn validate(&self, record: Result<Record, ErrorCode>) -> Result<(IdentityClaim, Option<TeamId>), ErrorCode> {
+    /// Parses a record into a claim and the team it names, or the code of the first thing wrong
+    /// with it.
+    fn validate(&self, record: Result<Record, ErrorCode>) -> Result<(IdentityClaim, Option<String>), ErrorCode> {
         let record = record?;
         let issuer = Issuer::parse(required(record.issuer.as_deref())?)
             .map_err(|e| if e == IssuerError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidIssuer })?;
@@ -162,10 +178,7 @@ impl Importer {
         if !self.provisioner.allows(&issuer) {
             return Err(ErrorCode::IssuerNotAllowed);
         }
-        let team = match record.team.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-            None => None,
-            Some(team) => Some(self.team(team).await?),
-        };
+        let team = record.team.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
         let claim = IdentityClaim {
             issuer,
             subject,
@@ -177,19 +190,21 @@ impl Importer {
         Ok((claim, team))
     }
 
-    /// The id of the team a file names, looked up once per import.
-    async fn team(&self, reference: &str) -> Result<TeamId, ErrorCode> {
+    /// The id of the team a file names, looked up once per import; the line's refusal when there
+    /// is no such team, or the database's failure (after retries), which stops the import.
+    async fn team(&self, reference: &str) -> Result<Result<TeamId, ErrorCode>, StoreError> {
         if let Some(known) = self.team_cache.lock().unwrap_or_else(|e| e.into_inner()).get(reference) {
-            return known.ok_or(ErrorCode::TeamNotFound);
+            return Ok(known.ok_or(ErrorCode::TeamNotFound));
         }
-        let parsed = TeamRef::parse(reference).map_err(|_| ErrorCode::InvalidTeam)?;
+        let Ok(parsed) = TeamRef::parse(reference) else { return Ok(Err(ErrorCode::InvalidTeam)) };
         let found = match retry(|| self.teams.find(&parsed)).await {
             Ok(team) => Some(team.id),
             Err(TeamError::TeamNotFound) => None,
-            Err(e) => return Err(e.code()),
+            Err(TeamError::Store(e)) => return Err(e),
+            Err(e) => return Ok(Err(e.code())),
         };
         self.team_cache.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.to_owned(), found);
-        found.ok_or(ErrorCode::TeamNotFound)
+        Ok(found.ok_or(ErrorCode::TeamNotFound))
     }
 
     /// The users of those of the lines' identities that exist, by (issuer, subject).

@@ -447,3 +447,32 @@ async fn a_disabled_user_is_not_added_to_a_team(backend: Backend) {
     let sql = db.sql().await;
     assert_eq!(sql.count("memberships m JOIN teams t ON t.id = m.team_id WHERE t.slug = 'imported'").await, 0);
 }
+
+/// The database failing while a batch's team is looked up stops the import (after the retries),
+/// as it does everywhere else in it: the lines are not refused as if they were at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_failure_while_looking_up_a_team_stops_the_import() {
+    use tessera::service::import::{Line, Record};
+    let db = TestDb::new(Backend::Postgres).await;
+    let relay = crate::helpers::Relay::start(&db.url).await;
+    let mut config = db.config();
+    config.database.url = tessera::config::DatabaseUrl::parse(&relay.url).unwrap();
+    config.database.acquire_timeout = Duration::from_secs(1);
+    let store = tessera::store::connect(&config.database).await.unwrap();
+    store.migrate().await.unwrap();
+    let importer = tessera::cli::import::importer(&config, store, false);
+    relay.cut().await;
+    let lines = (1..=3)
+        .map(|number| Line {
+            number,
+            record: Ok(Record {
+                issuer: Some(ISSUER.to_owned()),
+                subject: Some(format!("cut-{number}")),
+                team: Some("imported".to_owned()),
+                ..Record::default()
+            }),
+        })
+        .collect();
+    let outcome = importer.import(lines).await;
+    assert!(outcome.is_err(), "{outcome:?}");
+}
