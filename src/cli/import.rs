@@ -384,7 +384,10 @@ impl Source {
                         break;
                     }
                     number += 1;
-                    let text = buffer.trim_ascii();
+                    // A byte-order mark, as spreadsheet and Windows editors write, is not JSON.
+                    let text =
+                        if number == 1 { buffer.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buffer) } else { &buffer };
+                    let text = text.trim_ascii();
                     if text.is_empty() {
                         continue;
                     }
@@ -396,7 +399,9 @@ impl Source {
             Source::Csv { path, mut reader, columns, width, mut lines } => {
                 let mut row = csv::ByteRecord::new();
                 while reader.read_byte_record(&mut row).map_err(|e| csv_error(&path, e))? {
-                    if row.len() == 1 && row[0].trim_ascii().is_empty() {
+                    // A blank line, or a row of empty fields (`,,,,`, as spreadsheets leave at
+                    // the end): nothing to import, as a blank line of JSON Lines.
+                    if row.iter().all(|field| field.trim_ascii().is_empty()) {
                         continue;
                     }
                     let number = lines.first_line(row.position().map_or(0, |p| p.byte()));

@@ -298,6 +298,14 @@ async fn csv_files_are_read_by_their_header_and_bad_headers_stop_before_writing(
     // `--format` reads a file whatever its name.
     let (code, txt) = import(dir.path(), &db, "people.txt", &["--format", "csv"]).await;
     assert_eq!((code, counts(&txt)), (0, [1, 1, 0, 0, 0]), "{txt}");
+    // Spreadsheet leftovers: rows of empty fields are skipped like blank lines, and a JSON Lines
+    // file that starts with a byte-order mark is read.
+    std::fs::write(dir.path().join("sheet.csv"), format!("issuer,subject\n{ISSUER},z3\n,\n ,\n")).unwrap();
+    let (code, sheet) = import(dir.path(), &db, "sheet.csv", &[]).await;
+    assert_eq!((code, counts(&sheet)), (0, [1, 1, 0, 0, 0]), "{sheet}");
+    std::fs::write(dir.path().join("bom.jsonl"), format!("\u{feff}{}\n", line("z4", None, None))).unwrap();
+    let (code, bom) = import(dir.path(), &db, "bom.jsonl", &[]).await;
+    assert_eq!((code, counts(&bom)), (0, [1, 1, 0, 0, 0]), "{bom}");
 }
 
 async fn two_concurrent_imports_of_one_file_make_each_user_once(backend: Backend) {
