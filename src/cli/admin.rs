@@ -80,8 +80,8 @@ pub enum UsersCommand {
 pub enum TeamsCommand {
     /// List teams, oldest first, a page at a time.
     List {
-        /// Only teams whose slug starts with this.
-        #[arg(long)]
+        /// Only teams whose slug starts with this (a-z, 0-9 and -, as slugs are).
+        #[arg(long, value_parser = slug_prefix)]
         slug_prefix: Option<String>,
         /// Paging and output.
         #[command(flatten)]
@@ -198,6 +198,16 @@ impl Services {
 
 /// Prints a refusal with its public code (`tessera: user_not_found: …`); exit code 1.
 /// A malformed argument (a cursor that does not decode): exit 2, as for clap's own refusals.
+/// A `--slug-prefix` that some slug could begin with; anything else (`Acme`) would list nothing
+/// and exit 0, where the API answers 400.
+fn slug_prefix(value: &str) -> Result<String, String> {
+    if value.is_empty() || crate::domain::Slug::could_begin(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("up to {} characters of a-z, 0-9 and -", crate::domain::Slug::MAX_LEN))
+    }
+}
+
 fn usage<E: PublicError>(error: &E) -> ExitCode {
     eprintln!("tessera: {}: {}", error.code().as_str(), error.detail());
     ExitCode::from(2)

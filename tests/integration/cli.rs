@@ -768,6 +768,10 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
     let prefixed = run(&mut on_db(dir.path(), &db, &["teams", "list", "--slug-prefix", "ac"])).await;
     assert_eq!(prefixed.stdout.lines().count(), 2, "{}", prefixed.stdout);
     assert!(prefixed.stdout.lines().nth(1).unwrap().contains("Acme Inc"), "{}", prefixed.stdout);
+    // A prefix no slug can begin with is a usage error, as the API's 400, not an empty list.
+    let capital = run(&mut on_db(dir.path(), &db, &["teams", "list", "--slug-prefix", "Ac"])).await;
+    assert_eq!(capital.code, 2, "{}", capital.stdout);
+    assert!(capital.stderr.contains("a-z, 0-9 and -"), "{}", capital.stderr);
 }
 
 async fn clients_commands_list_and_show_registered_clients(backend: Backend) {
