@@ -659,7 +659,10 @@ fn export_file(path: &std::path::Path) -> std::io::Result<(File, Option<Replace>
     // A link is followed: the file it points at is the one replaced, the link stays.
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let name = target.file_name().ok_or_else(|| std::io::Error::other("the output names no file"))?;
-    let partial = target.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    // A random suffix: a file an interrupted export left behind (its process id reused, as PID 1
+    // in a container always is) must not block the next one.
+    let suffix: String = crate::crypto::random_bytes::<6>().iter().map(|b| format!("{b:02x}")).collect();
+    let partial = target.with_file_name(format!(".{}.partial-{suffix}", name.to_string_lossy()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -785,6 +788,20 @@ async fn each_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partial_export_left_behind_does_not_block_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("people.jsonl");
+        // The first export is interrupted (its partial file stays); the next one, of a process
+        // with the same id, as a container's PID 1 always has, still starts.
+        let (_first, first) = export_file(&target).unwrap();
+        let (_next, next) = export_file(&target).unwrap();
+        let (first, next) = (first.unwrap(), next.unwrap());
+        assert_ne!(first.partial, next.partial);
+        next.commit().unwrap();
+        assert!(target.is_file() && first.partial.is_file());
+    }
 
     /// Reads a CSV file's lines as an import does.
     fn csv_lines(content: &str) -> Vec<(u64, Result<Record, ErrorCode>)> {
