@@ -98,6 +98,15 @@ pub struct Importer {
     team_cache: Mutex<HashMap<String, Option<TeamId>>>,
     /// In a dry run, the identities that would be created, so that a repeated line counts once.
     would_create: Mutex<HashSet<(String, String)>>,
+    /// In a dry run, the memberships that would be added, so that each counts once, as it would.
+    would_join: Mutex<HashSet<(Member, TeamId)>>,
+}
+
+/// Who a dry run would add to a team: an identity it would create, or an existing user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Member {
+    New(String, String),
+    User(UserId),
 }
 
 impl Importer {
@@ -110,6 +119,7 @@ impl Importer {
             dry_run,
             team_cache: Mutex::new(HashMap::new()),
             would_create: Mutex::new(HashSet::new()),
+            would_join: Mutex::new(HashSet::new()),
         }
     }
 
@@ -227,9 +237,10 @@ impl Importer {
     async fn provision(&self, line: Valid) -> Result<LineOutcome, StoreError> {
         if self.dry_run {
             let key = (line.claim.issuer.as_str().to_owned(), line.claim.subject.as_str().to_owned());
-            let first = self.would_create.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+            let first = self.would_create.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
             let outcome = if first { Outcome::Created } else { Outcome::Existing };
-            return Ok(LineOutcome { number: line.number, outcome, joined: line.team.is_some() && first });
+            let joined = line.team.is_some_and(|team| self.would_join(Member::New(key.0, key.1), team));
+            return Ok(LineOutcome { number: line.number, outcome, joined });
         }
         match retry(|| self.provisioner.bootstrap(line.claim.clone())).await {
             Ok(provisioned) => {
@@ -256,6 +267,7 @@ impl Importer {
         let Some(team) = team else {
             return Ok(LineOutcome { number, outcome, joined: false });
         };
+        let team_id = team;
         let team = TeamRef::Id(team);
         let role = match retry(|| self.teams.role_of(&team, user)).await {
             Ok((_, role)) => role,
@@ -266,7 +278,7 @@ impl Importer {
             return Ok(LineOutcome { number, outcome, joined: false });
         }
         if self.dry_run {
-            return Ok(LineOutcome { number, outcome, joined: true });
+            return Ok(LineOutcome { number, outcome, joined: self.would_join(Member::User(user), team_id) });
         }
         // Add-only: a role given between the look above and this write stays as it is.
         match retry(|| self.teams.add_member(&team, user, Role::Member)).await {
@@ -274,6 +286,13 @@ impl Importer {
             Err(TeamError::Store(e)) => Err(e),
             Err(e) => Ok(refused(number, e.code())),
         }
+    }
+}
+
+impl Importer {
+    /// In a dry run, whether adding `member` to `team` is new to this import.
+    fn would_join(&self, member: Member, team: TeamId) -> bool {
+        self.would_join.lock().unwrap_or_else(|e| e.into_inner()).insert((member, team))
     }
 }
 

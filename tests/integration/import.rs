@@ -216,6 +216,22 @@ async fn a_dry_run_reports_what_would_happen_and_writes_nothing(backend: Backend
     let (_, dry) = import(dir.path(), &db, "people.jsonl", &["--dry-run"]).await;
     assert_eq!(counts(&dry), [40, 0, 33, 7, 0]);
     assert_eq!(sql.provisioning_counts().await, after);
+
+    // A new identity named with two teams joins both; an existing user named twice with one
+    // team joins it once: a dry run counts what the import will.
+    create_team(dir.path(), &db, "second").await;
+    let with_team = |subject: &str, team: &str| json!({"issuer": ISSUER, "subject": subject, "team": team}).to_string();
+    let files = [
+        ("new.jsonl", [with_team("d1", "imported"), with_team("d1", "second")], [2, 1, 1, 0, 2]),
+        ("existing.jsonl", [with_team("ada", "second"), with_team("ada", "second")], [2, 0, 2, 0, 1]),
+    ];
+    for (name, lines, expected) in files {
+        std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap();
+        let (_, dry) = import(dir.path(), &db, name, &["--dry-run"]).await;
+        let (_, real) = import(dir.path(), &db, name, &[]).await;
+        assert_eq!(counts(&real), expected, "{name}: {real}");
+        assert_eq!(counts(&dry), expected, "{name}: {dry}");
+    }
 }
 
 async fn an_interrupted_import_is_finished_by_importing_the_whole_file_again(backend: Backend) {
