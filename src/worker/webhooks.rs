@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -179,6 +179,10 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
+/// The `last_error` of a delivery that waited behind earlier ones past
+/// `webhooks.give_up_after_seconds` and failed without being sent.
+pub const NOT_SENT_PAST_GIVE_UP: &str = "not sent: held back behind earlier deliveries until its time ran out";
+
 /// Delivers an endpoint's due deliveries in sequence order until one fails, none is left, or the
 /// lease nears its end.
 ///
@@ -225,13 +229,28 @@ async fn deliver_to(
                     return;
                 }
             };
-            let keys = keys_now(&current);
-            let (status, error) = match &keys {
-                Ok(keys) => send(client, endpoint, keys, &job, webhooks.settings().allow_private_addresses).await,
-                Err(unsigned) => (None, Some(unsigned.clone())),
+            let give_up = TimeDelta::from_std(webhooks.settings().give_up_after)
+                .map_or(DateTime::<Utc>::MAX_UTC, |after| job.scheduled_at + after);
+            // Failed for good without a request: queued before the endpoint's event types were
+            // narrowed, or held back behind earlier deliveries past its time (so that a backlog
+            // behind a dead endpoint drains at once, not one timeout a delivery).
+            let unsent = if !current.wants(&job.topic) {
+                Some(format!("not sent: the endpoint no longer subscribes to {}", job.topic))
+            } else if job.attempts == 0 && Utc::now() >= give_up {
+                Some(NOT_SENT_PAST_GIVE_UP.to_owned())
+            } else {
+                None
+            };
+            let final_without_request = unsent.is_some();
+            let (status, error) = match unsent {
+                Some(unsent) => (None, Some(unsent)),
+                None => match keys_now(&current) {
+                    Ok(keys) => send(client, endpoint, &keys, &job, webhooks.settings().allow_private_addresses).await,
+                    Err(unsigned) => (None, Some(unsigned)),
+                },
             };
             let at = crate::domain::now();
-            let retry_at = error.as_ref().and_then(|_| {
+            let retry_at = error.as_ref().filter(|_| !final_without_request).and_then(|_| {
                 let next = at + TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).ok()?;
                 let give_up = job.scheduled_at + TimeDelta::from_std(webhooks.settings().give_up_after).ok()?;
                 (next <= give_up).then_some(next)

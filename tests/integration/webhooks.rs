@@ -275,13 +275,81 @@ async fn a_delivery_fails_for_good_when_retries_run_out() {
     })
     .await;
     let log = deliveries(&app, &id).await;
-    assert!(
-        log.iter().all(|d| d["next_attempt_at"].is_null() && d["last_error"] == "answered 503 Service Unavailable")
-    );
+    assert!(log.iter().all(|d| d["next_attempt_at"].is_null()), "{log:?}");
     // The first event was retried until its time ran out; the second, scheduled as early but held
-    // back meanwhile, had run out of time by its first attempt.
+    // back meanwhile, had run out of time by the time it was due (sent once, or not at all).
     assert_eq!(log[1]["event_type"], "user.created");
+    assert_eq!(log[1]["last_error"], "answered 503 Service Unavailable");
     assert!(log[1]["attempts"].as_i64().unwrap() >= 2, "{log:?}");
+    app.stop().await;
+}
+
+/// Behind an endpoint that never answers, the deliveries held back past their time fail without
+/// a request each: the backlog drains at once instead of at one timeout a delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_held_back_past_its_time_fails_without_a_request_each() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        with_keyring(config);
+        config.webhooks.give_up_after = std::time::Duration::from_secs(1);
+        config.webhooks.timeout = std::time::Duration::from_secs(3);
+    })
+    .await;
+    let hanging = Receiver::start().await;
+    hanging.slow_ms.store(30_000, Ordering::SeqCst);
+    let (id, _) = register(&app, json!({ "url": hanging.url })).await;
+    for i in 0..12 {
+        json(app.bootstrap(&identity(&format!("h{i}"), &format!("h{i}@example.com"), None)).await, 201).await;
+    }
+    eventually("every delivery fails for good", || async {
+        let log = deliveries(&app, &id).await;
+        log.len() == 12 && log.iter().all(|d| d["state"] == "failed")
+    })
+    .await;
+    // The first one was sent (and timed out); the rest were created within its 3 s timeout, so
+    // they had all run out of time (1 s) by then.
+    assert_eq!(hanging.all().len(), 1);
+    let log = deliveries(&app, &id).await;
+    let unsent = log.iter().filter(|d| d["last_error"] == tessera::worker::webhooks::NOT_SENT_PAST_GIVE_UP).count();
+    assert_eq!(unsent, 11, "{log:?}");
+    app.stop().await;
+}
+
+/// Deliveries queued for event types the endpoint no longer subscribes to are never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_of_event_types_unsubscribed_since_are_not_sent() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        with_keyring(config);
+        config.webhooks.retry_base = std::time::Duration::from_millis(300);
+        config.webhooks.retry_max = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.failing.store(true, Ordering::SeqCst);
+    let (id, _) = register(&app, json!({ "url": receiver.url })).await;
+    let created = json(app.bootstrap(&identity("un", "un@example.com", None)).await, 201).await;
+    disable(&app, created["user_id"].as_str().unwrap(), true).await;
+    eventually("the first delivery is retried", || async { !receiver.all().is_empty() }).await;
+    let path = format!("/admin/webhooks/{id}");
+    let patched = app.admin(Method::PATCH, &path).json(&json!({ "event_types": ["user.disabled"] }));
+    json(patched.send().await.unwrap(), 200).await;
+    // Its next turn (the receiver still failing, so a request already under way changes nothing)
+    // fails it for good, unsent.
+    eventually("user.created fails for good, unsent", || async {
+        deliveries(&app, &id).await.iter().any(|d| {
+            d["event_type"] == "user.created"
+                && d["state"] == "failed"
+                && d["last_error"] == "not sent: the endpoint no longer subscribes to user.created"
+        })
+    })
+    .await;
+    let tried = receiver.all().len();
+    receiver.failing.store(false, Ordering::SeqCst);
+    eventually("user.disabled is delivered", || async {
+        deliveries(&app, &id).await.iter().any(|d| d["event_type"] == "user.disabled" && d["state"] == "delivered")
+    })
+    .await;
+    let since = receiver.types()[tried..].to_vec();
+    assert!(!since.is_empty() && since.iter().all(|t| t == "user.disabled"), "{since:?}");
     app.stop().await;
 }
 
