@@ -175,6 +175,10 @@ pub fn endpoint_url(value: &str, allow_private: bool) -> Result<String, String> 
     let Some(host) = url.host() else {
         return Err("a host is required".into());
     };
+    // The limit holds for the URL as stored: percent-encoding a path can triple it.
+    if url.as_str().len() > MAX_URL_LEN {
+        return Err(format!("at most {MAX_URL_LEN} bytes once percent-encoded"));
+    }
     if !allow_private {
         let refused = match host {
             url::Host::Ipv4(ip) => is_forbidden_ip(IpAddr::V4(ip)),
@@ -195,7 +199,8 @@ pub fn endpoint_url(value: &str, allow_private: bool) -> Result<String, String> 
 
 /// Whether an address is one a webhook must not reach while private addresses are refused:
 /// loopback, private (RFC 1918, unique-local), link-local, shared (CGNAT), unspecified,
-/// broadcast, multicast, documentation, benchmarking and reserved ranges; in IPv6 also
+/// broadcast, multicast, documentation, benchmarking and reserved ranges, and Azure's platform
+/// address (168.63.129.16, which `169.254.0.0/16` does not cover); in IPv6 also
 /// site-local, the IETF protocol assignments (`2001::/23`: Teredo, benchmarking, ORCHID),
 /// NAT64, discard and SRv6, and an IPv4 address carried inside IPv6 (mapped, translated,
 /// compatible or 6to4) is judged as that IPv4 address.
@@ -215,6 +220,8 @@ pub fn is_forbidden_ip(ip: IpAddr) -> bool {
                 || (a == 192 && b == 0 && v4.octets()[2] == 0)
                 || (a == 198 && (18..20).contains(&b))
                 || a >= 240
+                // Azure's platform address (the WireServer): metadata, not a receiver.
+                || v4.octets() == [168, 63, 129, 16]
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -259,7 +266,8 @@ mod address_tests {
 
     #[test]
     fn private_and_loopback_addresses_are_forbidden() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0"] {
+        let v4 = ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0"];
+        for ip in v4.iter().chain(&["168.63.129.16"]) {
             assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["::1", "fc00::1", "fe80::1", "::ffff:127.0.0.1", "::"] {

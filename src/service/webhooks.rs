@@ -455,5 +455,10 @@ mod tests {
             assert!(check_url(private, false).is_err(), "{private}");
             assert!(check_url(private, true).is_ok(), "{private}");
         }
+        // The limit is on the URL as stored: 1,000 é are 2,000 bytes typed, 6,000 encoded.
+        let long = format!("https://hooks.example.com/{}", "é".repeat(1000));
+        assert!(long.len() <= 2048);
+        assert!(check_url(&long, false).is_err());
+        assert!(check_url("http://168.63.129.16/machine", false).is_err(), "Azure's platform address");
     }
 }

@@ -242,6 +242,11 @@ async fn deliver_to(
                 None
             };
             let final_without_request = unsent.is_some();
+            // The reads above may have waited: no request starts after half the lease, when
+            // another instance may take the endpoint over.
+            if !final_without_request && Instant::now() >= deadline {
+                return;
+            }
             let (status, error) = match unsent {
                 Some(unsent) => (None, Some(unsent)),
                 None => match keys_now(&current) {
