@@ -66,7 +66,9 @@ impl fmt::Display for ReturnTo {
 fn percent_decode(value: &str) -> Option<String> {
     let mut current = value.to_owned();
     for _ in 0..3 {
-        let next: Vec<u8> = url::form_urlencoded::parse(format!("x={}", current.replace('+', "%2B")).as_bytes())
+        // `+` and `&` mean nothing here (form decoding would read a space and a new pair).
+        let escaped = current.replace('+', "%2B").replace('&', "%26");
+        let next: Vec<u8> = url::form_urlencoded::parse(format!("x={escaped}").as_bytes())
             .next()
             .map(|(_, v)| v.into_owned().into_bytes())
             .unwrap_or_default();
@@ -113,6 +115,7 @@ mod tests {
             "/%2F%2Fevil.example",
             "/%2f/evil.example",
             "/%5Cevil.example",
+            "/a&%5Cb",
             "/%252F%252Fevil.example",
             "/\t/evil.example",
             "/%09/evil.example",

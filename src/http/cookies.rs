@@ -22,6 +22,11 @@ impl Cookies {
         Self { secure }
     }
 
+    /// Whether the deployment is served over HTTPS (`auth.cookie_secure`).
+    pub fn secure(&self) -> bool {
+        self.secure
+    }
+
     /// The session cookie's name.
     pub fn session(&self) -> &'static str {
         if self.secure { "__Host-tessera_session" } else { "tessera_session" }

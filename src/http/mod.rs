@@ -178,6 +178,20 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(ErrorCode::InternalError, "an internal error occurred; it has been logged").into_response()
         }));
+    // Served over HTTPS (`auth.cookie_secure`, the default): browsers are told to keep to it, so
+    // that a first visit by plain http cannot be intercepted and relayed with its session cookie.
+    // Browsers ignore the header on plain http; a proxy that sets its own keeps its own.
+    let app = if state.cookies.secure() {
+        app.layer(middleware::map_response(|mut response: Response<axum::body::Body>| async move {
+            response
+                .headers_mut()
+                .entry(axum::http::header::STRICT_TRANSPORT_SECURITY)
+                .or_insert(axum::http::HeaderValue::from_static("max-age=31536000"));
+            response
+        }))
+    } else {
+        app
+    };
     // Outside the panic catcher, so that a panic counts as the 500 it becomes.
     let app = match state.metrics {
         Some(_) => app.layer(middleware::from_fn(prometheus::track_requests)),

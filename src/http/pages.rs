@@ -98,7 +98,10 @@ impl Pages {
             Err(error) => {
                 tracing::error!(error = %error, "a page failed to render");
                 let mut response = (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong.").into_response();
-                protect(response.headers_mut());
+                self.secure_headers(response.headers_mut());
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
                 response
             }
         }

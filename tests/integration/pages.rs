@@ -573,3 +573,18 @@ async fn providers_show_built_in_configured_or_monogram_icons(backend: Backend) 
     assert_eq!(body(browser.get(&app.url("/assets/icons/nope.svg")).await, 404).await["code"], "not_found");
     assert_eq!(browser.get(&app.url("/assets/icons/github")).await.status(), StatusCode::NOT_FOUND);
 }
+
+/// Served over HTTPS (`auth.cookie_secure`, the default), every answer — pages, redirects, the
+/// API, errors — tells browsers to keep to HTTPS; plain-HTTP development does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_deployments_send_strict_transport_security() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    for path in ["/login", "/healthz", "/v1/me", "/nowhere", "/"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.headers()["strict-transport-security"], "max-age=31536000", "{path}");
+    }
+    let plain = TestApp::spawn_with(Backend::Sqlite, |config| config.auth.cookie_secure = false).await;
+    let response = plain.client.get(plain.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("strict-transport-security").is_none());
+}
