@@ -137,6 +137,8 @@ pub enum ReauthReason {
     TestFailed,
     /// Its requested scopes were widened beyond what was granted.
     ScopesWidened,
+    /// Its access token expired and it holds no refresh token.
+    ExpiredWithoutRefresh,
 }
 
 impl ReauthReason {
@@ -146,6 +148,7 @@ impl ReauthReason {
             ReauthReason::RefreshRefused => "refresh_refused",
             ReauthReason::TestFailed => "test_failed",
             ReauthReason::ScopesWidened => "scopes_widened",
+            ReauthReason::ExpiredWithoutRefresh => "expired_without_refresh",
         }
     }
 }

@@ -879,9 +879,15 @@ impl AuthProfiles {
             }
             let still_valid = secrets.expires_at.is_some_and(|at| at > now);
             let Some(refresh_ciphertext) = secrets.refresh_token.as_deref() else {
-                // Nothing to refresh with: hand out what is left, or ask for a reconnection.
+                // Nothing to refresh with: hand out what is left, or ask for a reconnection — and
+                // say so in its status, as a refused refresh does, so that listings, the account
+                // page and the choice of a connector's credentials see it too.
                 if still_valid {
                     return stored_token(keyring, profile.id, &secrets);
+                }
+                let reason = crate::domain::events::ReauthReason::ExpiredWithoutRefresh;
+                if self.store.mark_needs_reauth(profile.id, secrets.version, reason, now).await? {
+                    tracing::info!(profile_id = %profile.id, "a token expired without a refresh token; the profile needs a reconnection");
                 }
                 return Err(AuthProfileError::NeedsReauth);
             };

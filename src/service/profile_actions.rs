@@ -576,7 +576,9 @@ impl<'a> ProfileActions<'a> {
     ) -> Result<TestOutcome, ProfileActionError> {
         let store = self.profiles.store();
         if let Some(version) = version
-            && store.mark_needs_reauth(profile.id, version, super::now()).await?
+            && store
+                .mark_needs_reauth(profile.id, version, crate::domain::events::ReauthReason::TestFailed, super::now())
+                .await?
         {
             tracing::info!(profile_id = %profile.id, "a credential test was refused; the profile needs a reconnection");
         }

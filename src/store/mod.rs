@@ -1382,6 +1382,7 @@ pub trait Store: Send + Sync + Debug + 'static {
         &self,
         id: ProfileId,
         token_version: i64,
+        reason: crate::domain::events::ReauthReason,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 

@@ -223,6 +223,7 @@ pub(super) async fn mark_needs_reauth(
     db: &Db,
     id: ProfileId,
     token_version: i64,
+    reason: ReauthReason,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let mut tx = db.begin().await?;
@@ -239,7 +240,7 @@ pub(super) async fn mark_needs_reauth(
         tx.rollback().await?;
         return Ok(false);
     }
-    let extra = [("reason", ReauthReason::TestFailed.as_str().into())];
+    let extra = [("reason", reason.as_str().into())];
     insert_profile_event(&mut tx, id, events::AUTH_PROFILE_NEEDS_REAUTH, &extra, now).await?;
     tx.commit().await?;
     Ok(true)

@@ -3160,9 +3160,10 @@ impl Store for SqlStore {
         &self,
         id: ProfileId,
         token_version: i64,
+        reason: ReauthReason,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        profile_actions::mark_needs_reauth(&self.db, id, token_version, now).await
+        profile_actions::mark_needs_reauth(&self.db, id, token_version, reason, now).await
     }
 
     // ---- Operators: listings and user deletion (the SQL is in admin.rs) -----------------------

@@ -38,6 +38,7 @@ on_both_backends!(
     two_instances_refresh_once,
     rotated_and_kept_refresh_tokens_are_persisted,
     invalid_grant_marks_the_profile_without_a_retry_storm,
+    an_expired_token_without_a_refresh_token_marks_the_profile,
     expired_pending_profiles_are_not_reused,
     revoking_frees_the_slug_and_revokes_upstream,
     team_members_are_managed_by_owners,
@@ -720,6 +721,29 @@ async fn invalid_grant_marks_the_profile_without_a_retry_storm(backend: Backend)
     }
     assert_eq!(w.issuer.refreshes(), calls, "no further calls to the provider");
     // Reconnecting makes it active again.
+    let link = w.connect_link(w.alice.id, &slug, false).await;
+    w.issuer.set_next_user(StubUser::new("alice-upstream", "alice@provider.example"));
+    assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], false);
+}
+
+/// A token that expired with no refresh token to renew it (a provider that gives none, or scopes
+/// without `offline_access`) is answered 409 `needs_reauth`, and the profile says so too: its
+/// listing, and the choice of a connector's credentials, see it.
+async fn an_expired_token_without_a_refresh_token_marks_the_profile(backend: Backend) {
+    let mut w = world(backend).await;
+    w.issuer.set_next_user(StubUser::new("alice-upstream", "alice@provider.example"));
+    let slug = w.connected("no-refresh").await;
+    w.app.db.expire_token_in(&slug, -60).await;
+    let sql = w.app.db.sql().await;
+    sql.exec(&format!("UPDATE auth_profiles SET refresh_token = NULL WHERE slug = '{slug}'")).await.unwrap();
+    assert_eq!(w.sql_profile(&slug).await["status"], "active");
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 409).await["code"], "needs_reauth");
+    assert_eq!(w.sql_profile(&slug).await["status"], "needs_reauth");
+    let shown = w.on_behalf(Method::GET, &format!("/auth-profiles/{slug}"), w.alice.id).send().await.unwrap();
+    assert_eq!(body(shown, 200).await["status"], "needs_reauth");
+    assert_eq!(w.issuer.refreshes(), 0, "nothing to refresh with");
+    // A reconnection makes it active again.
     let link = w.connect_link(w.alice.id, &slug, false).await;
     w.issuer.set_next_user(StubUser::new("alice-upstream", "alice@provider.example"));
     assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);

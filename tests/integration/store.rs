@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use tessera::config::WebhooksConfig;
+use tessera::domain::events::ReauthReason;
 use tessera::domain::{
     AuthProfile, CredentialMeta, DeliveryState, DisplayName, DomainClaim, DomainName, Email, FieldSet, Identity,
     IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team,
@@ -2787,12 +2788,18 @@ async fn a_credential_test_expires_and_marks_only_the_token_it_tested(backend: B
     assert_eq!(secrets_of(&store, app.id).await, before);
     assert!(store.expire_access_token(app.id, before.version, t0).await.unwrap());
     assert_eq!(secrets_of(&store, app.id).await, ProfileSecrets { expires_at: Some(t0), ..before.clone() });
-    assert!(!store.mark_needs_reauth(app.id, before.version + 1, t0).await.unwrap(), "another token");
-    assert!(store.mark_needs_reauth(app.id, before.version, t0).await.unwrap());
+    assert!(
+        !store.mark_needs_reauth(app.id, before.version + 1, ReauthReason::TestFailed, t0).await.unwrap(),
+        "another token"
+    );
+    assert!(store.mark_needs_reauth(app.id, before.version, ReauthReason::TestFailed, t0).await.unwrap());
     let marked = secrets_of(&store, app.id).await;
     assert_eq!((marked.status, marked.version), (ProfileStatus::NeedsReauth, before.version + 1));
     assert_eq!(store.profile(app.id).await.unwrap().unwrap().version, app.version, "connect flows still complete");
-    assert!(!store.mark_needs_reauth(app.id, marked.version, t0).await.unwrap(), "only active profiles");
+    assert!(
+        !store.mark_needs_reauth(app.id, marked.version, ReauthReason::TestFailed, t0).await.unwrap(),
+        "only active profiles"
+    );
     assert!(!store.expire_access_token(app.id, marked.version, t0).await.unwrap(), "only active profiles");
 }
 
@@ -5444,8 +5451,8 @@ mod issue_12_events {
         assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap());
         assert!(!store.activate_profile(app.id, current.version, &reconnect).await.unwrap(), "a stale version");
         let tested = secrets_of(&store, app.id).await;
-        assert!(store.mark_needs_reauth(app.id, tested.version, t).await.unwrap());
-        assert!(!store.mark_needs_reauth(app.id, tested.version, t).await.unwrap());
+        assert!(store.mark_needs_reauth(app.id, tested.version, ReauthReason::TestFailed, t).await.unwrap());
+        assert!(!store.mark_needs_reauth(app.id, tested.version, ReauthReason::TestFailed, t).await.unwrap());
         let current = store.profile(app.id).await.unwrap().unwrap();
         assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap());
         let current = store.profile(app.id).await.unwrap().unwrap();
