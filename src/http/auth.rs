@@ -89,16 +89,65 @@ async fn start_login(
     headers: HeaderMap,
     query: Result<ApiQuery<StartQuery>, ApiError>,
 ) -> Response {
-    let started = match query {
-        Ok(ApiQuery(query)) => {
-            state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None, false).await
-        }
+    let query = match query {
+        Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error(&headers, error),
     };
+    // Another site sent a browser that is signed in here: a sign-in forced that way would end
+    // its session (and the apps' grants bound to it) and might sign it in as someone else. The
+    // browser is asked first; signing in again from this origin (the question's own link, the
+    // chooser) goes ahead.
+    let cross_site = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"cross-site");
+    if cross_site {
+        match pages::live_session(&state, &headers, "/login").await {
+            Ok(Some((live, _))) => return already_signed_in(&state, &headers, &query, &live),
+            Ok(None) => {}
+            Err(response) => return response,
+        }
+    }
+    let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None, false).await;
     match started {
         Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
         Err(error) => state.pages.error(&headers, error.into()),
     }
+}
+
+/// The page for a browser sent from another site to sign in while it is signed in here: go on
+/// as who it is, or sign in anew (a link of this origin's, which then goes ahead).
+fn already_signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &StartQuery,
+    live: &crate::service::sessions::LiveSession,
+) -> Response {
+    let signed_in = errors::Context { return_to: None, signed_in: true };
+    let provider = match state.flows.provider(query.provider.as_deref()) {
+        Ok(provider) => provider.name().to_owned(),
+        Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
+    };
+    let return_to = match query.return_to.as_deref().filter(|r| !r.is_empty()) {
+        Some(value) => match state.sign_in.check_return_to(value) {
+            Ok(checked) => Some(checked.as_str().to_owned()),
+            Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
+        },
+        None => None,
+    };
+    let user = &live.profile.user;
+    let who = user.name.clone().or_else(|| user.email.clone()).unwrap_or_else(|| user.id.to_string());
+    let label = super::login::provider_label(&provider);
+    let message = pages::Message {
+        signed_in: true,
+        ..pages::Message::new(
+            "You are already signed in",
+            format!(
+                "You are signed in as {who}. Go on as {who}, or sign in with {label} instead: \
+                 that ends this browser's session here."
+            ),
+        )
+    }
+    .action(format!("Continue as {who}"), return_to.clone().unwrap_or_else(|| "/account".to_owned()))
+    .action(format!("Sign in with {label}"), super::login::provider_href("login", &provider, return_to.as_deref()));
+    state.pages.message(StatusCode::OK, message)
 }
 
 #[utoipa::path(

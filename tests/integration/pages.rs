@@ -24,6 +24,7 @@ on_both_backends!(
     a_link_opened_from_another_site_is_confirmed_first,
     the_account_page_shows_the_user_and_its_forms_need_the_csrf_token,
     signing_in_again_replaces_the_browsers_session,
+    a_sign_in_sent_from_another_site_asks_a_signed_in_browser_first,
     logout_confirms_on_a_page_and_its_form_needs_the_token,
     the_chooser_lists_providers_and_sends_a_teams_email_to_its_provider,
     sign_out_everywhere_else_keeps_only_this_browser,
@@ -287,6 +288,31 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     let refused = browser.form(&w.app.url(&format!("/account/identities/{last}/unlink")), &[("csrf", &token)]).await;
     let page = html(refused, StatusCode::CONFLICT).await;
     assert!(page.contains("You cannot remove your only sign-in method"), "{page}");
+}
+
+/// Another site cannot make a signed-in browser sign in again (which would end its session, and
+/// might sign it in as someone else): the browser is asked, and the question's own link — a
+/// navigation of this origin's — goes ahead.
+async fn a_sign_in_sent_from_another_site_asks_a_signed_in_browser_first(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let url = w.app.url("/auth/login?provider=local&return_to=/account");
+    // Signed out, a sign-in from anywhere goes to the provider.
+    let signed_out = browser.request_from("cross-site", Method::GET, &url).await;
+    assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
+    sign_in(&mut browser, &w.app, "local").await;
+    let session = browser.cookies["tessera_session"].clone();
+    let forced = browser.request_from("cross-site", Method::GET, &url).await;
+    let page = html(forced, StatusCode::OK).await;
+    assert!(page.contains("You are already signed in"), "{page}");
+    assert!(page.contains("href=\"/account\""), "go on as who it is: {page}");
+    assert!(page.contains("href=\"/auth/login?provider=local&#38;return_to=%2Faccount\""), "{page}");
+    assert_eq!(browser.cookies["tessera_session"], session, "the session stands");
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 1);
+    // The page's link, followed: a same-origin navigation, which goes to the provider.
+    let again = browser.request_from("same-origin", Method::GET, &url).await;
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    assert!(location(&again).starts_with(w.local.issuer()), "{}", location(&again));
 }
 
 async fn signing_in_again_replaces_the_browsers_session(backend: Backend) {
