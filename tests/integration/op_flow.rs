@@ -952,6 +952,19 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
+    // An id token of the same user from an earlier session (its auth_time, a second or more
+    // before this one began) only asks too: it is no proof that this browser's app asked.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut later = Browser::new();
+    let (later_verifier, later_challenge) = pkce();
+    let later_code = code_for(&w, &mut later, &client, &later_challenge).await;
+    let later_tokens = body(exchange(&w.app, creds, &later_code, &later_verifier).await, 200).await;
+    assert_eq!(jwt_parts(later_tokens["id_token"].as_str().unwrap()).1["sub"], jwt_parts(id_token).1["sub"]);
+    let earlier = format!("/oauth/logout?id_token_hint={id_token}");
+    let asked = later.navigate(&w.app.url(&earlier)).await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    assert!(asked.text().await.unwrap().contains("method=\"post\""));
+    assert!(later.cookies.contains_key("tessera_session"), "nothing ended");
     let good =
         format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye", urlencode(POST_LOGOUT));
     let response = browser.navigate(&w.app.url(&good)).await;

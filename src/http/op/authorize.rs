@@ -410,8 +410,8 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         },
         None => None,
     };
-    if let (Some((aud, _)), Some(named)) = (&hinted, &request.client_id)
-        && aud != named
+    if let (Some(hint), Some(named)) = (&hinted, &request.client_id)
+        && hint.aud != *named
     {
         return refuse(
             state,
@@ -423,7 +423,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     }
     let mut target = None;
     if let Some(uri) = request.post_logout_redirect_uri.as_deref() {
-        let client = match hinted.as_ref().map(|(aud, _)| aud.clone()).or(request.client_id.clone()) {
+        let client = match hinted.as_ref().map(|hint| hint.aud.clone()).or(request.client_id.clone()) {
             Some(id) => op.clients().get(&id).await.ok().flatten(),
             None => None,
         };
@@ -445,9 +445,14 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         Err(response) => return response,
     };
     if let (Some(live), Ok(Some(session_cookie))) = (&live, cookie(headers, state.cookies.session())) {
-        let hint_is_the_user = hinted.as_ref().is_some_and(|(_, sub)| *sub == live.record.user_id.to_string());
+        // Only an id token of this very session (its user, signed in when it began) signs out
+        // unasked: any older one of the user's — from logs, storage or an app long gone —
+        // would otherwise end whatever session the browser has now.
+        let hint_is_this_session = hinted.as_ref().is_some_and(|hint| {
+            hint.sub == live.record.user_id.to_string() && hint.auth_time == Some(live.record.created_at.timestamp())
+        });
         let confirmed = posted && csrf::check(headers, session_cookie, csrf::field(&pairs, csrf::FIELD)).is_ok();
-        if !hint_is_the_user && !confirmed {
+        if !hint_is_this_session && !confirmed {
             let fields: Vec<(&str, &str)> =
                 pairs.iter().filter(|(k, _)| k != csrf::FIELD).map(|(k, v)| (k.as_str(), v.as_str())).collect();
             return state.pages.confirm_logout(&fields, &csrf::token(session_cookie));

@@ -582,17 +582,23 @@ impl OpenIdProvider {
         })
     }
 
-    /// The client a verified id token was issued to (`aud`) and its user (`sub`), for
-    /// RP-initiated logout; `None` when it is not one of Tessera's id tokens.
-    pub async fn id_token_client(&self, id_token: &str) -> Option<(String, String)> {
-        #[derive(Deserialize)]
-        struct Hint {
-            aud: String,
-            sub: String,
-        }
-        let hint = self.keys.verify_ignoring_expiry::<Hint>(id_token, ID_TOKEN_TYP, &self.issuer).await.ok()?;
-        Some((hint.aud, hint.sub))
+    /// The client a verified id token was issued to (`aud`), its user (`sub`) and when they
+    /// signed in (`auth_time`: the session's start), for RP-initiated logout; `None` when it is
+    /// not one of Tessera's id tokens.
+    pub async fn id_token_client(&self, id_token: &str) -> Option<IdTokenHint> {
+        self.keys.verify_ignoring_expiry::<IdTokenHint>(id_token, ID_TOKEN_TYP, &self.issuer).await.ok()
     }
+}
+
+/// What RP-initiated logout reads from an `id_token_hint`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdTokenHint {
+    /// The client it was issued to.
+    pub aud: String,
+    /// The user.
+    pub sub: String,
+    /// When the user signed in: the start of the session it was issued in.
+    pub auth_time: Option<i64>,
 }
 
 /// The claims `scopes` release about a user.
