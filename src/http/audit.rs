@@ -388,7 +388,13 @@ pub fn provider_label(name: &str) -> Option<&str> {
 /// is counted, like refused tokens, since anyone can send one; any later failure belongs to a
 /// real flow and gets a row of its own. The provider is named only when it is configured. Logged
 /// at info with the code and provider only.
-pub async fn sign_in_failed(state: &AppState, headers: &HeaderMap, provider: &str, linking: bool, code: ErrorCode) {
+pub async fn sign_in_failed(
+    state: &AppState,
+    headers: &HeaderMap,
+    provider: &str,
+    action: FlowAction,
+    code: ErrorCode,
+) {
     if code.status().is_server_error() {
         return;
     }
@@ -396,7 +402,11 @@ pub async fn sign_in_failed(state: &AppState, headers: &HeaderMap, provider: &st
         return sign_in_unmatched(state, provider, code);
     }
     let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
-    let action = if linking { "identity.link_failed" } else { crate::service::audit::SIGN_IN_FAILED };
+    let action = match action {
+        FlowAction::SignIn => crate::service::audit::SIGN_IN_FAILED,
+        FlowAction::Link => "identity.link_failed",
+        FlowAction::Connect => "auth_profile.connect_failed",
+    };
     tracing::info!(code = code.as_str(), provider = provider.unwrap_or("-"), action, "sign-in refused");
     let mut details = Map::new();
     if let Some(provider) = provider {
@@ -412,6 +422,17 @@ pub async fn sign_in_failed(state: &AppState, headers: &HeaderMap, provider: &st
         .failed(code.as_str())
         .details(Value::Object(details));
     state.audit.record(event).await;
+}
+
+/// What a refused provider flow was for, which names its audit row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowAction {
+    /// Signing in: `sign_in.failed`.
+    SignIn,
+    /// Linking another identity: `identity.link_failed`.
+    Link,
+    /// Connecting an account to a profile: `auth_profile.connect_failed`.
+    Connect,
 }
 
 /// Counts a refused callback that was not matched to a flow (its state was not taken: a

@@ -24,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::AppState;
+use super::audit::FlowAction;
 use super::caller::acting_caller;
 use super::credentials::{Credentials, cookie};
 use super::csrf;
@@ -327,9 +328,15 @@ async fn complete_callback(
         Ok(flow) => flow,
         Err(error) => {
             let error = ApiError::from(error);
-            super::audit::sign_in_failed(&state, &headers, &provider, false, error.code()).await;
+            super::audit::sign_in_failed(&state, &headers, &provider, FlowAction::SignIn, error.code()).await;
             return with_cookie(state.pages.error(&headers, error), clear_login);
         }
+    };
+    // What the flow is for, known before it is finished: a refusal is recorded as such.
+    let action = match (&flow.profile, &flow.link_user) {
+        (Some(_), _) => FlowAction::Connect,
+        (None, Some(_)) => FlowAction::Link,
+        (None, None) => FlowAction::SignIn,
     };
     // A sign-in that fails from here on offers to try again towards where the browser was going
     // (an app's authorization request waiting for it, say), not to the account page.
@@ -340,7 +347,7 @@ async fn complete_callback(
         Ok(finished) => finished,
         Err(error) => {
             let error = ApiError::from(error);
-            super::audit::sign_in_failed(&state, &headers, &provider, false, error.code()).await;
+            super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
             return with_cookie(state.pages.error_in(&headers, error, &context), clear_login);
         }
     };
@@ -359,10 +366,13 @@ async fn complete_callback(
             Ok(profile) => {
                 with_cookie(super::auth_profiles::connect::connected(&state, &profile, account.as_deref()), clear_login)
             }
-            Err(error) => with_cookie(state.pages.error(&headers, error.into()), clear_login),
+            Err(error) => {
+                let error = ApiError::from(error);
+                super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
+                with_cookie(state.pages.error(&headers, error), clear_login)
+            }
         };
     }
-    let linking = matches!(finished.purpose, Purpose::Link { .. });
     let browser = Browser {
         current_user,
         // The browser's earlier session, whoever it was for, ends with a sign-in.
@@ -380,7 +390,7 @@ async fn complete_callback(
         }
         Err(error) => {
             let error = ApiError::from(error);
-            super::audit::sign_in_failed(&state, &headers, &provider, linking, error.code()).await;
+            super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
             with_cookie(state.pages.error_in(&headers, error, &context), clear_login)
         }
     }

@@ -330,6 +330,17 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     assert_eq!(rows[1]["request_id"], link_request);
     assert_eq!(rows[0]["details"], json!({ "provider": "second", "rule": "owner_request" }));
     assert!(audit(&w.app, "action=sign_in.succeeded").await.len() == 1, "a link is not a sign-in");
+
+    // A link the provider refuses is recorded as a failed link, not as a failed sign-in.
+    let start = alice.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
+    let provider_page = alice.get(&location(&start)).await;
+    let back = url::Url::parse(&location(&provider_page)).unwrap();
+    let state = back.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let denied = alice.get(&w.app.url(&format!("/auth/callback/second?state={state}&error=access_denied"))).await;
+    assert!(denied.status().is_client_error(), "{}", denied.status());
+    let failed = audit(&w.app, "action=identity.link_failed").await;
+    assert_eq!((failed.len(), &failed[0]["reason"]), (1, &json!("provider_denied")), "{failed:?}");
+    assert!(audit(&w.app, "action=sign_in.failed").await.is_empty());
 }
 
 async fn automatic_links_and_refused_links_name_their_rule(backend: Backend) {

@@ -573,6 +573,10 @@ async fn reconnecting_keeps_the_profile_and_guards_the_account(backend: Backend)
     let refused = connect(&mut w.alice.browser, &link).await;
     assert_eq!(refused.status(), StatusCode::CONFLICT);
     assert_eq!(w.sql_profile(&slug).await["upstream_account_id"], "first-account");
+    // Recorded as a refused connection, not as a refused sign-in.
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("audit_events WHERE action = 'auth_profile.connect_failed'").await, 1);
+    assert_eq!(sql.count("audit_events WHERE action = 'sign_in.failed'").await, 0);
 
     let link = w.connect_link(w.alice.id, &slug, true).await;
     w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
