@@ -182,8 +182,9 @@ pub struct WebhooksConfig {
 }
 
 /// An endpoint of the configuration file (`[[webhooks.endpoints]]`), written to the store at
-/// start-up under its name; the admin API cannot change it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// start-up under its name; the admin API cannot change it. Its `Debug` hides the URL, which
+/// may carry a credential (as the stored endpoint's does).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConfigWebhook {
     /// Its stable name (`name`): letters, digits, `-`, `_`, `.`, at most 64.
     pub name: String,
@@ -196,6 +197,8 @@ pub struct ConfigWebhook {
     /// The signing key, from the `whsec_…` value of the environment variable `secret_env`.
     pub key: WebhookKey,
 }
+
+crate::debug_redacted!(ConfigWebhook { shown: [name, event_types, enabled, key], secret: [url] });
 
 /// A webhook signing key (the decoded bytes after `whsec_`); never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -1172,7 +1175,9 @@ mod tests {
         assert_eq!(endpoint.event_types, ["user.created"]);
         assert_eq!(Some(&endpoint.key), WebhookKey::from_whsec(&key).as_ref());
         assert_eq!(config.webhooks.secret_overlap, Duration::from_secs(60));
-        assert!(!format!("{config:?}").contains(&b64(9, 32)), "the key is never printed");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(&b64(9, 32)), "the key is never printed");
+        assert!(!debug.contains("billing.example.com/hook"), "nor the URL, which may carry a credential");
         assert_eq!(Config::from_toml("", env(&[])).unwrap().webhooks.secret_overlap, Duration::from_secs(86_400));
 
         let error = |extra: &str, pairs: &[(&str, &str)]| Config::from_toml(&file(extra), env(pairs)).unwrap_err();

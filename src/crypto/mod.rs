@@ -6,6 +6,32 @@ pub mod keyring;
 
 use aws_lc_rs::{constant_time, digest, rand};
 
+/// Shown in place of a secret by the `Debug` of the types made with [`debug_redacted`].
+pub struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// Implements `Debug` for a struct that carries secrets (codes, tokens, client secrets, PKCE
+/// verifiers): the `shown` fields as derived, each `secret` field as `[REDACTED]`, so that no
+/// `?value` in a log line can leak one.
+#[macro_export]
+macro_rules! debug_redacted {
+    ($ty:ident $(<$lt:lifetime>)? { shown: [$($shown:ident),* $(,)?], secret: [$($secret:ident),* $(,)?] $(,)? }) => {
+        impl $(<$lt>)? ::std::fmt::Debug for $ty $(<$lt>)? {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                let mut out = f.debug_struct(stringify!($ty));
+                $(out.field(stringify!($shown), &self.$shown);)*
+                $(let _ = &self.$secret; out.field(stringify!($secret), &$crate::crypto::Redacted);)*
+                out.finish()
+            }
+        }
+    };
+}
+
 /// The SHA-256 digest of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let digest = digest::digest(&digest::SHA256, data);

@@ -52,7 +52,7 @@ struct StartQuery {
     return_to: Option<String>,
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct CallbackQuery {
     code: Option<String>,
@@ -60,6 +60,8 @@ struct CallbackQuery {
     iss: Option<String>,
     error: Option<String>,
 }
+
+crate::debug_redacted!(CallbackQuery { shown: [iss, error], secret: [code, state] });
 
 #[utoipa::path(
     get,

@@ -21,8 +21,8 @@ use crate::error::ErrorCode;
 const ADMIN_TOKEN: HeaderName = HeaderName::from_static("x-admin-token");
 const USER_TOKEN: HeaderName = HeaderName::from_static("x-user-token");
 
-/// The credential headers of a request, checked for ambiguity.
-#[derive(Debug, Clone, Copy, Default)]
+/// The credential headers of a request, checked for ambiguity. Its `Debug` hides the token.
+#[derive(Clone, Copy, Default)]
 pub struct Credentials<'h> {
     /// The one token presented, if any.
     token: Option<&'h str>,
@@ -31,6 +31,11 @@ pub struct Credentials<'h> {
     in_admin_header: bool,
     in_user_header: bool,
 }
+
+crate::debug_redacted!(Credentials<'h> {
+    shown: [in_authorization, in_admin_header, in_user_header],
+    secret: [token],
+});
 
 /// One credential header's value.
 enum Value<'h> {

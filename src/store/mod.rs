@@ -323,8 +323,8 @@ pub enum ClaimOutcome {
     TeamGone,
 }
 
-/// A sign-in in progress, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A sign-in in progress, as stored. Its `Debug` hides the PKCE verifier and the nonce.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LoginState {
     /// SHA-256 of the state value (the value itself is only in the browser).
     pub state_hash: [u8; 32],
@@ -352,6 +352,22 @@ pub struct LoginState {
     /// party's `prompt=login` or `max_age`).
     pub fresh_login: bool,
 }
+
+crate::debug_redacted!(LoginState {
+    shown: [
+        state_hash,
+        provider,
+        return_to,
+        link_user,
+        profile,
+        profile_version,
+        allow_account_change,
+        created_at,
+        expires_at,
+        fresh_login,
+    ],
+    secret: [pkce_verifier, nonce],
+});
 
 /// A new session.
 #[derive(Debug, Clone)]

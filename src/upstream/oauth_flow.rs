@@ -109,8 +109,8 @@ pub struct Started {
     pub state: SecretString,
 }
 
-/// The query of a callback.
-#[derive(Debug, Clone, Default)]
+/// The query of a callback. Its `Debug` hides the code and the state.
+#[derive(Clone, Default)]
 pub struct Callback {
     /// The authorization code.
     pub code: Option<String>,
@@ -121,6 +121,8 @@ pub struct Callback {
     /// An error instead of a code.
     pub error: Option<String>,
 }
+
+crate::debug_redacted!(Callback { shown: [iss, error], secret: [code, state] });
 
 /// A finished flow: the provider's answer, and what the flow was for.
 #[derive(Debug)]

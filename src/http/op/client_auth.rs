@@ -10,7 +10,7 @@ use crate::service::op::clients::{ClientAuthError, ClientCredentials};
 
 /// The client parameters of a token (or introspection, revocation) request body; flatten it
 /// into the endpoint's form (`#[serde(flatten)]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 pub struct ClientAuthForm {
     /// `client_id`.
     pub client_id: Option<String>,
@@ -21,6 +21,11 @@ pub struct ClientAuthForm {
     /// `client_assertion`.
     pub client_assertion: Option<String>,
 }
+
+crate::debug_redacted!(ClientAuthForm {
+    shown: [client_id, client_assertion_type],
+    secret: [client_secret, client_assertion],
+});
 
 /// The client credentials of a request: `Authorization: Basic` (once; its user and password are
 /// form-urlencoded, RFC 6749 2.3.1) and the form's `client_*` parameters. Another scheme in
@@ -100,6 +105,18 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn the_form_s_secret_and_assertion_stay_out_of_debug() {
+        let form = ClientAuthForm {
+            client_id: Some("app".into()),
+            client_secret: Some("secret-value".into()),
+            client_assertion: Some("assertion-value".into()),
+            ..ClientAuthForm::default()
+        };
+        let debug = format!("{form:?}");
+        assert!(debug.contains("app") && !debug.contains("secret-value") && !debug.contains("assertion-value"));
+    }
 
     fn basic(user_and_password: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(user_and_password)

@@ -98,7 +98,7 @@ impl From<Client> for ClientResponse {
 
 /// A client with its new secret: the body of `POST /admin/clients` (201) and
 /// `POST /admin/clients/{id}/secret`. The secret is shown this once; only its hash is kept.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ClientWithSecretResponse {
     /// The client.
     #[serde(flatten)]
@@ -106,6 +106,8 @@ pub struct ClientWithSecretResponse {
     /// The new secret, if one was made (confidential clients without keys); store it now.
     pub client_secret: Option<String>,
 }
+
+crate::debug_redacted!(ClientWithSecretResponse { shown: [client], secret: [client_secret] });
 
 /// A page of clients: the body of `GET /admin/clients`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -45,7 +45,7 @@ impl From<WebhookEndpoint> for WebhookResponse {
 }
 
 /// The body of `POST /admin/webhooks`: the endpoint and its signing key, shown this once.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct WebhookWithSecretResponse {
     /// The endpoint.
     #[serde(flatten)]
@@ -53,6 +53,8 @@ pub struct WebhookWithSecretResponse {
     /// The signing key, `whsec_` and base64 (Standard Webhooks): store it now.
     pub secret: String,
 }
+
+crate::debug_redacted!(WebhookWithSecretResponse { shown: [webhook], secret: [secret] });
 
 /// The body of `GET /admin/webhooks`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -29,7 +29,7 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 pub const ID_TOKEN_TYP: &str = "JWT";
 
 /// A token request's form, less the client's credentials.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 pub struct TokenForm {
     /// The grant type.
     pub grant_type: Option<String>,
@@ -48,8 +48,13 @@ pub struct TokenForm {
     pub resource: Option<String>,
 }
 
+crate::debug_redacted!(TokenForm {
+    shown: [grant_type, redirect_uri, scope, resource],
+    secret: [code, code_verifier, refresh_token],
+});
+
 /// A successful token response (RFC 6749 5.1).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct TokenResponse {
     /// The access token (a JWT).
     pub access_token: String,
@@ -66,6 +71,11 @@ pub struct TokenResponse {
     /// The granted scopes.
     pub scope: String,
 }
+
+crate::debug_redacted!(TokenResponse {
+    shown: [token_type, expires_in, scope],
+    secret: [access_token, refresh_token, id_token],
+});
 
 /// The claims of Tessera's access tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -709,6 +719,29 @@ pub fn repeated(name: &str) -> OAuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_forms_and_responses_hide_their_secrets_in_debug() {
+        let form = TokenForm {
+            grant_type: Some("authorization_code".into()),
+            code: Some("code-secret".into()),
+            code_verifier: Some("verifier-secret".into()),
+            refresh_token: Some("refresh-secret".into()),
+            ..TokenForm::default()
+        };
+        let response = TokenResponse {
+            access_token: "access-secret".into(),
+            token_type: "Bearer",
+            expires_in: 60,
+            refresh_token: Some("refresh-secret".into()),
+            id_token: Some("id-secret".into()),
+            scope: "openid".into(),
+        };
+        for debug in [format!("{form:?}"), format!("{response:?}")] {
+            assert!(!debug.contains("-secret") && debug.contains("[REDACTED]"), "{debug}");
+        }
+        assert!(format!("{form:?}").contains("authorization_code"), "the rest is shown");
+    }
 
     #[test]
     fn s256_is_the_base64url_sha256_of_the_verifier() {

@@ -28,8 +28,9 @@ pub use generic::OAuth2Provider;
 pub use github::GitHubProvider;
 pub use oidc::OidcProvider;
 
-/// What the browser is sent to the provider with.
-#[derive(Debug, Clone, Copy)]
+/// What the browser is sent to the provider with. Its `Debug` hides the state, the PKCE
+/// verifier and the nonce.
+#[derive(Clone, Copy)]
 pub struct AuthorizationRequest<'a> {
     /// Where the provider sends the browser back.
     pub redirect_uri: &'a Url,
@@ -45,6 +46,11 @@ pub struct AuthorizationRequest<'a> {
     /// for OpenID Connect `max_age=0`, which makes the id_token carry `auth_time`.
     pub fresh_login: bool,
 }
+
+crate::debug_redacted!(AuthorizationRequest<'a> {
+    shown: [redirect_uri, scopes, fresh_login],
+    secret: [state, pkce_verifier, nonce],
+});
 
 /// Tokens from a provider's token endpoint. Its `Debug` shows no token: the id_token, like the
 /// others, is a bearer credential at the apps that accept it.
