@@ -284,15 +284,31 @@ pub async fn import_file(
     let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
     let tally = Arc::new(Tally::default());
     let reporter = (progress == ProgressMode::Auto).then(|| Reporter::start(total, tally.clone()));
+    // Set by the first worker the database stops: the others finish the batch they hold (so
+    // that what they wrote is counted) and take no other; the reader stops once nobody receives.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let (receiver, importer, tally) = (receiver.clone(), importer.clone(), tally.clone());
+        let stopping = stopping.clone();
         workers.spawn(async move {
             loop {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(());
+                }
                 let batch = receiver.lock().await.recv().await;
                 let Some(batch) = batch else { return Ok(()) };
-                let outcomes = importer.import(batch).await?;
-                tally.add(&outcomes);
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(());
+                }
+                match importer.import(batch).await {
+                    Ok(outcomes) => tally.add(&outcomes),
+                    Err(stopped) => {
+                        tally.add(&stopped.done);
+                        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return Err(stopped.error);
+                    }
+                }
             }
         });
     }
@@ -302,12 +318,8 @@ pub async fn import_file(
         match done {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                // The others stop too (a transaction cut short rolls back); the reader stops once
-                // nobody receives.
                 failure.get_or_insert(ImportError::Store(e));
-                workers.abort_all();
             }
-            Err(e) if e.is_cancelled() => {}
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }

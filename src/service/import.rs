@@ -102,6 +102,16 @@ pub struct Importer {
     would_join: Mutex<HashSet<(Member, TeamId)>>,
 }
 
+/// A batch stopped by the database failing: the failure, and the outcomes of its lines settled
+/// before it.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The failure.
+    pub error: StoreError,
+    /// The outcomes of the lines imported or refused before it.
+    pub done: Vec<LineOutcome>,
+}
+
 /// Who a dry run would add to a team: an identity it would create, or an existing user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Member {
@@ -129,10 +139,18 @@ impl Importer {
     }
 
     /// Imports a batch of lines, in order. A refused line does not stop the batch; a database
-    /// failure (after retries of transient ones) does, and is returned: lines before it are
-    /// imported, and a re-run picks up the rest.
-    pub async fn import(&self, lines: Vec<Line>) -> Result<Vec<LineOutcome>, StoreError> {
+    /// failure (after retries of transient ones) does, and is returned with the outcomes of the
+    /// lines settled before it (imported, or refused), so that a summary counts them: a re-run
+    /// picks up the rest.
+    pub async fn import(&self, lines: Vec<Line>) -> Result<Vec<LineOutcome>, Stopped> {
         let mut outcomes = Vec::with_capacity(lines.len());
+        match self.import_into(lines, &mut outcomes).await {
+            Ok(()) => Ok(outcomes),
+            Err(error) => Err(Stopped { error, done: outcomes }),
+        }
+    }
+
+    async fn import_into(&self, lines: Vec<Line>, outcomes: &mut Vec<LineOutcome>) -> Result<(), StoreError> {
         let mut valid = Vec::with_capacity(lines.len());
         for line in lines {
             let (claim, team) = match self.validate(line.record) {
@@ -166,7 +184,7 @@ impl Importer {
             };
             outcomes.push(outcome);
         }
-        Ok(outcomes)
+        Ok(())
     }
 
     /// Parses a record into a claim and the team it names, or the code of the first thing wrong

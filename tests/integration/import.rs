@@ -486,7 +486,7 @@ async fn a_database_failure_while_looking_up_a_team_stops_the_import() {
     store.migrate().await.unwrap();
     let importer = tessera::cli::import::importer(&config, store, false);
     relay.cut().await;
-    let lines = (1..=3)
+    let mut lines: Vec<Line> = (1..=3)
         .map(|number| Line {
             number,
             record: Ok(Record {
@@ -497,6 +497,9 @@ async fn a_database_failure_while_looking_up_a_team_stops_the_import() {
             }),
         })
         .collect();
-    let outcome = importer.import(lines).await;
-    assert!(outcome.is_err(), "{outcome:?}");
+    // A line refused before the failure is settled, and reported with it for the summary.
+    lines.insert(0, Line { number: 0, record: Ok(Record { issuer: Some(ISSUER.to_owned()), ..Record::default() }) });
+    let stopped = importer.import(lines).await.expect_err("the database is gone");
+    let done: Vec<_> = stopped.done.iter().map(|o| (o.number, o.outcome)).collect();
+    assert_eq!(done, [(0, tessera::service::import::Outcome::Refused(tessera::error::ErrorCode::MissingField))]);
 }
