@@ -862,6 +862,13 @@ impl Config {
         }
         let audit = parse_audit(&raw.audit)?;
         let oidc = oidc::parse_oidc(raw.oidc, env)?;
+        // Clients of a provider that is off would be written to the store and never served.
+        if !oidc.clients.is_empty() && (auth.public_url.is_none() || encryption.is_none()) {
+            warnings.push(format!(
+                "[[oidc.clients]] are configured, but the OpenID Provider is off until auth.public_url \
+                 (TESSERA_PUBLIC_URL) and the key ring ({ENCRYPTION_KEYS_VAR}) are both set"
+            ));
+        }
         let branding = branding::parse_branding(raw.branding)?;
         let connectors = connectors::parse_connectors(raw.connectors)?;
         let metrics = parse_metrics(&raw.metrics, listen)?;

@@ -284,6 +284,15 @@ mod client_tests {
         assert!(cli.is_public() && cli.secret_hash.is_none());
         assert_eq!(cli.access_token_ttl.as_secs(), 300);
         assert!(!format!("{config:?}").contains(SECRET));
+        // The provider is off here (no public URL, no key ring): the clients would never be
+        // served, and start-up says so.
+        assert!(config.warnings.iter().any(|w| w.contains("[[oidc.clients]]")), "{:?}", config.warnings);
+        let on = format!(
+            "[auth]\npublic_url = \"https://id.example.com\"\n[encryption]\nkeys = [\"k1:{}\"]\n{CLIENTS}",
+            "A".repeat(43) + "="
+        );
+        let on = Config::from_toml(&on, env(&[("GRAFANA_SECRET", SECRET)])).unwrap();
+        assert!(on.warnings.is_empty(), "{:?}", on.warnings);
         // A secret made from a file, newline and all, is the same secret.
         let from_file = Config::from_toml(CLIENTS, env(&[("GRAFANA_SECRET", &format!("{SECRET}\n"))])).unwrap();
         assert_eq!(from_file.oidc.clients[0].client.secret_hash, Some(crate::crypto::sha256(SECRET.as_bytes())));
