@@ -108,7 +108,16 @@ async fn start_login(
             Err(response) => return response,
         }
     }
-    let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None, false).await;
+    // Coming back to an authorization request that asked for a fresh login: the provider is
+    // asked for one as well, even when the browser came by the chooser.
+    let fresh = match (&state.op, query.return_to.as_deref()) {
+        (Some(op), Some(return_to)) => match op.resumes_a_fresh_login(return_to).await {
+            Ok(fresh) => fresh,
+            Err(error) => return state.pages.error(&headers, ApiError::from(error)),
+        },
+        _ => false,
+    };
+    let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None, fresh).await;
     match started {
         Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
         Err(error) => state.pages.error(&headers, error.into()),

@@ -1149,6 +1149,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Takes a held request once; `None` when absent, taken or expired.
     async fn take_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError>;
 
+    /// A held request, left in place; `None` when absent, taken or expired.
+    async fn held_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError>;
+
     /// Deletes expired codes, grants and held requests; returns how many rows went.
     async fn delete_expired_grants(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
     // ---- OpenID Provider: signing keys ------------------------------------------------------

@@ -2338,6 +2338,22 @@ impl Store for SqlStore {
         Ok((request.expires_at > now).then_some(request))
     }
 
+    async fn held_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError> {
+        let row = query("SELECT client_id, params, session_hash, expires_at FROM oauth_requests WHERE id_hash = $1")
+            .bind(&id_hash[..])
+            .fetch_optional(self.db.writer())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let request = HeldRequest {
+            id_hash: *id_hash,
+            client_id: row.text("client_id")?,
+            params: row.text("params")?,
+            session_hash: row.opt_bytes("session_hash")?.map(|b| rows::hash32(&b)).transpose()?,
+            expires_at: row.time("expires_at")?,
+        };
+        Ok((request.expires_at > now).then_some(request))
+    }
+
     async fn delete_expired_grants(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut deleted = 0;
         for sql in [

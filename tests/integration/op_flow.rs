@@ -43,6 +43,8 @@ on_both_backends!(
     a_consent_covers_the_resources_it_was_given_for,
     narrowing_a_client_narrows_what_its_standing_grants_issue,
     forward_auth_says_an_email_is_verified_on_a_trusted_providers_word,
+    an_authorization_request_posted_from_another_site_does_not_replace_the_session,
+    a_fresh_login_asked_for_survives_the_provider_chooser,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -811,6 +813,36 @@ async fn a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider(back
     assert!(location(&unhinted).starts_with("/login?return_to="), "the chooser: {}", location(&unhinted));
 }
 
+/// `prompt=login` through the provider chooser (several providers, no default): the provider
+/// the user picks is asked for a fresh login too, as it is when Tessera picks it — the held
+/// request says so, not a parameter the browser could drop.
+async fn a_fresh_login_asked_for_survives_the_provider_chooser(backend: Backend) {
+    let w = world_with(backend, |config, issuer| {
+        config.encryption = Some(Arc::new(KeyRing::parse(&ring()).unwrap()));
+        config.auth.default_provider = None;
+        config.providers.push(crate::signin::provider("other", tessera::config::ProviderKind::Oidc, issuer));
+    })
+    .await;
+    let (client, _) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    // Through the chooser, picking `other`: the held request's own URL to come back to.
+    let pick = async |browser: &mut Browser, extra: &str| {
+        let chooser = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, extra)).await);
+        let return_to = param(&w.app.url(&chooser), "return_to").expect("the chooser comes back to the request");
+        let picked = format!("/auth/login?provider=other&return_to={}", urlencode(&return_to));
+        browser.request_from("same-origin", Method::GET, &w.app.url(&picked)).await
+    };
+    let first = pick(&mut browser, "").await;
+    assert_eq!(param(&location(&first), "prompt"), None, "an ordinary sign-in");
+    assert!(param(&follow(&mut browser, location(&first)).await, "code").is_some());
+    let again = pick(&mut browser, "&prompt=login").await;
+    let upstream = location(&again);
+    assert!(upstream.starts_with(w.issuer.issuer()), "{upstream}");
+    assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "a fresh login, asked of the provider");
+    assert_eq!(param(&upstream, "max_age").as_deref(), Some("0"));
+}
+
 async fn prompt_and_max_age_are_honoured(backend: Backend) {
     let w = op_world(backend).await;
     let (client, _) = web_app(&w.app).await;
@@ -929,6 +961,32 @@ async fn forward_auth_answers_for_sessions_and_tokens(backend: Backend) {
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.headers()["x-tessera-email"], "");
     assert_eq!(answer.headers()["x-tessera-email-verified"], "");
+}
+
+/// A form posted to the authorization endpoint from another site carries no session cookie
+/// (`SameSite=Lax`): rather than a sign-in (which would end the browser's session on its way
+/// back), it goes on as a GET of the held request, which carries the cookie and finds the session.
+async fn an_authorization_request_posted_from_another_site_does_not_replace_the_session(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, _) = web_app(&w.app).await;
+    let mut browser = Browser::new();
+    let (_, challenge) = pkce();
+    code_for(&w, &mut browser, &client, &challenge).await;
+    let session = browser.cookies["tessera_session"].clone();
+    let url = authorize_url(&w.app, &client, &challenge, "");
+    let (path, query) = url.split_once('?').unwrap();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    // As the browser sends it: no cookie, marked cross-site.
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let posted = plain.post(path).header("sec-fetch-site", "cross-site").form(&form).send().await.unwrap();
+    assert_eq!(posted.status(), StatusCode::SEE_OTHER);
+    let held = location(&posted);
+    assert!(held.starts_with("/oauth/authorize?"), "back to this server, not to the provider: {held}");
+    // Followed with the cookie: a code from the session as it is.
+    let back = follow(&mut browser, w.app.url(&held)).await;
+    assert!(param(&back, "code").is_some(), "{back}");
+    assert_eq!(browser.cookies["tessera_session"], session, "the session stands");
+    assert_eq!(w.app.db.sql().await.count("sessions").await, 1);
 }
 
 async fn logout_ends_the_session_and_its_grants(backend: Backend) {

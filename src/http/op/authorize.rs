@@ -73,7 +73,7 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     security((), ("session" = [])),
 )]
 async fn authorize_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    authorize(&state, &headers, query_pairs(query.as_deref())).await
+    authorize(&state, &headers, query_pairs(query.as_deref()), false).await
 }
 
 #[utoipa::path(
@@ -92,7 +92,7 @@ async fn authorize_post(
     PageBytes(body): PageBytes,
 ) -> Response {
     match form_pairs(&headers, &body) {
-        Ok(pairs) => authorize(&state, &headers, pairs).await,
+        Ok(pairs) => authorize(&state, &headers, pairs, true).await,
         Err(e) => refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     }
 }
@@ -126,7 +126,7 @@ fn view(live: &LiveSession) -> SessionView {
 /// The parameters whose repetition leaves no trusted place to send the error to.
 const UNREDIRECTABLE: [&str; 4] = ["client_id", "redirect_uri", "state", "request_uri"];
 
-async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Response {
+async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>, posted: bool) -> Response {
     let Some(op) = state.op.as_ref() else {
         return refuse(
             state,
@@ -153,8 +153,13 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
         Err(response) => return response,
     };
     let view = live.as_ref().map(view);
+    // A form posted from another site arrives without the session cookie (`SameSite=Lax`): it
+    // would look signed out, and the sign-in it then started would end the browser's session on
+    // its way back. It goes on as a GET of the held request, which carries the cookie.
+    let same_origin = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"same-origin");
     match op.authorize(params, view.as_ref()).await {
         Ok(Next::Redirect(to)) => redirect(&to, &[]),
+        Ok(Next::SignIn { continue_to, .. }) if posted && !same_origin => redirect(&continue_to, &[]),
         Ok(Next::SignIn { continue_to, login_hint, reauthenticate }) => {
             sign_in(state, headers, &continue_to, login_hint.as_deref(), reauthenticate).await
         }

@@ -543,6 +543,27 @@ fn is_pkce_challenge(value: &str) -> bool {
 }
 
 /// The local path that resumes a held request.
+impl OpenIdProvider {
+    /// Whether `return_to`, where a sign-in comes back to, resumes an authorization request
+    /// held for a fresh authentication (`prompt=login`, `max_age`): the sign-in must then ask
+    /// the upstream provider for one too, whichever way the browser reached it (the chooser
+    /// included). Read from the held request, not from the URL, which the browser could change.
+    pub async fn resumes_a_fresh_login(&self, return_to: &str) -> Result<bool, StoreError> {
+        let Some(query) = return_to.strip_prefix("/oauth/authorize?") else { return Ok(false) };
+        let Some((_, uri)) = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "request_uri") else {
+            return Ok(false);
+        };
+        if !uri.starts_with(REQUEST_URI_PREFIX) || uri.len() > MAX_PARAM_LEN {
+            return Ok(false);
+        }
+        let Some(held) = self.store.held_request(&sha256(uri.as_bytes()), crate::domain::now()).await? else {
+            return Ok(false);
+        };
+        let held: Held = serde_json::from_str(&held.params).map_err(|_| StoreError::Corrupt("held request".into()))?;
+        Ok(held.auth_after_us.is_some())
+    }
+}
+
 fn continue_url(client_id: &str, request_uri: &str) -> String {
     let query = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("client_id", client_id)
