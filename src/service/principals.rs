@@ -139,14 +139,19 @@ impl PrincipalCache {
     }
 
     /// Forgets everything cached about `user`, and reads them from the primary for a while.
+    ///
+    /// The mark comes before the epoch moves: a lookup that takes the new epoch must find the
+    /// user marked, or it could read a lagging replica and cache what it found there under an
+    /// epoch that no longer moves. A lookup that took the old one is refused at its insert, or
+    /// its entry is removed below.
     pub fn invalidate_user(&self, user: UserId) {
-        self.epoch.advance();
         let now = Instant::now();
         {
             let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
             changed.retain(|_, at| now.duration_since(*at) < READ_YOUR_WRITES);
             changed.insert(user, now);
         }
+        self.epoch.advance();
         self.entries.remove_where(|principal| principal.user.id == user);
         self.sessions.remove_where(|live| live.record.user_id == user);
     }
@@ -156,13 +161,14 @@ impl PrincipalCache {
         if users.is_empty() {
             return;
         }
-        self.epoch.advance();
         let now = Instant::now();
         {
             let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
             changed.retain(|_, at| now.duration_since(*at) < READ_YOUR_WRITES);
             changed.extend(users.iter().map(|user| (*user, now)));
         }
+        // After the mark, as in `invalidate_user`.
+        self.epoch.advance();
         self.entries.remove_where(|principal| users.contains(&principal.user.id));
         self.sessions.remove_where(|live| users.contains(&live.record.user_id));
     }
@@ -184,12 +190,12 @@ impl PrincipalCache {
     /// Forgets every principal and verified token (after this instance lost track of the
     /// cache-invalidation log for a while).
     pub fn invalidate_all(&self) {
-        self.epoch.advance();
         // Whatever changed meanwhile is unknown (a user disabled a moment before this instance
         // started, say): until the replica is known to have it, every user is read from the
         // primary, as after a change of theirs, so that a lagging replica cannot answer with the
-        // user as they were.
+        // user as they were. Marked before the epoch moves, as in `invalidate_user`.
         self.all_changed.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(Instant::now());
+        self.epoch.advance();
         self.entries.clear();
         self.sessions.clear();
         self.tokens.clear();
