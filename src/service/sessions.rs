@@ -179,12 +179,20 @@ impl Sessions {
         !session.user_disabled && now < session.expires_at && now - session.last_seen_at < self.idle
     }
 
-    /// Ends a session (a `session.revoked` event says why); false when there was none.
+    /// Ends a session (a `session.revoked` event says why); false when there was none. The
+    /// deletion and this instance's forgetting run to their end together, in a task of their
+    /// own: a browser that hangs up once the deletion has begun must not leave the session
+    /// cached here until the change log comes round.
     pub async fn revoke(&self, cookie: &str, reason: SessionEnd) -> Result<bool, StoreError> {
         let hash = sha256(cookie.as_bytes());
-        let ended = self.store.delete_session(&hash, reason).await?;
-        self.cache.forget_session(&hash);
-        Ok(ended)
+        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let work = async move {
+            let ended = store.delete_session(&hash, reason).await;
+            // Forgotten whatever the answer: a commit whose reply was lost still ended it.
+            cache.forget_session(&hash);
+            ended
+        };
+        crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
     }
 
     /// The user's live sessions (not expired, not idle), most recently used first.
