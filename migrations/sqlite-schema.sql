@@ -418,3 +418,15 @@ CREATE UNIQUE INDEX webhook_endpoints_config_name_idx ON webhook_endpoints (conf
 CREATE INDEX outbox_events_created_idx ON outbox_events (created_at);
 
 CREATE INDEX webhook_deliveries_event_idx ON webhook_deliveries (event_id);
+
+CREATE INDEX sessions_identity_id_idx ON sessions (identity_id);
+
+CREATE INDEX users_primary_identity_id_idx ON users (primary_identity_id) WHERE primary_identity_id IS NOT NULL;
+
+CREATE INDEX sessions_last_seen_at_idx ON sessions (last_seen_at);
+
+CREATE INDEX oauth_codes_unused_expiry_idx ON oauth_codes (expires_at) WHERE used_at IS NULL;
+
+CREATE INDEX auth_profiles_team_connector_idx ON auth_profiles (team_id, connector_key);
+
+CREATE INDEX auth_profiles_created_by_idx ON auth_profiles (created_by);

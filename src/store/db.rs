@@ -75,6 +75,7 @@ embedded_migrations! {
     21 "0021_consent_resources" "consent_resources",
     22 "0022_orphaned_sessions" "orphaned_sessions",
     23 "0023_consent_per_resource" "consent_per_resource",
+    24 "0024_lookup_indexes" "lookup_indexes",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would
@@ -1589,6 +1590,42 @@ mod tests {
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&pool).await.unwrap();
         assert_eq!(left, 3, "the live rows stay");
         assert_eq!(db.delete_in_batches_of(delete, 10).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn sweeps_and_unlinks_read_by_index_as_tables_grow() {
+        let db = memory().await;
+        migrations::migrator(SQLITE_MIGRATIONS).run(&db).await.unwrap();
+        let plan = |sql: &'static str| {
+            let db = db.clone();
+            async move {
+                let rows: Vec<(i64, i64, i64, String)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                        .fetch_all(&db)
+                        .await
+                        .unwrap();
+                rows.into_iter().map(|row| row.3).collect::<Vec<_>>().join("; ")
+            }
+        };
+        for (sql, index) in [
+            ("DELETE FROM sessions WHERE identity_id = 1", "sessions_identity_id_idx"),
+            (
+                "SELECT token_hash FROM sessions WHERE expires_at <= 1 OR last_seen_at < 2 LIMIT 3",
+                "sessions_last_seen_at_idx",
+            ),
+            (
+                "SELECT code_hash FROM oauth_codes WHERE expires_at <= 1 AND used_at IS NULL LIMIT 2",
+                "oauth_codes_unused_expiry_idx",
+            ),
+            (
+                "SELECT id FROM auth_profiles p WHERE p.team_id = 1 AND p.connector_key = 'k' AND p.created_by = 2 \
+                 AND p.profile_kind = 'oauth_account' AND p.status = 'active'",
+                "auth_profiles_",
+            ),
+        ] {
+            let plan = plan(sql).await;
+            assert!(plan.contains(index) && !plan.contains("SCAN"), "{sql}: {plan}");
+        }
     }
 
     #[tokio::test]
