@@ -1236,7 +1236,9 @@ impl Store for SqlStore {
         .bind(link.email_verified)
         .bind(link.now)
         .fetch_optional(&mut tx)
-        .await?;
+        .await
+        // The user deleted meanwhile (an admin's delete held their row): not an internal error.
+        .map_err(|e| e.or_gone("the user"))?;
         if inserted.is_some() {
             insert_identity_event(
                 &mut tx,

@@ -1064,6 +1064,10 @@ async fn linking_an_identity_reports_who_holds_it(backend: Backend) {
     assert_eq!(store.link_identity(bob.id(), &again).await.unwrap(), LinkOutcome::LinkedToAnotherUser);
     let adas_first = NewLink { issuer: ada.account.issuer.clone(), subject: ada.account.subject.clone(), ..again };
     assert_eq!(store.link_identity(bob.id(), &adas_first).await.unwrap(), LinkOutcome::LinkedToAnotherUser);
+    // To a user deleted meanwhile: gone, as a sign-in says it, not an internal error.
+    let orphan = new_link("orphan", t0);
+    let gone = store.link_identity(UserId::generate(), &orphan).await.unwrap_err();
+    assert!(matches!(gone, StoreError::Gone { .. }), "{gone:?}");
 
     let found = store.find_identity(&link.issuer, &link.subject).await.unwrap().unwrap();
     assert_eq!((found.identity_id, found.user.id), (link.identity_id, ada.id()));
