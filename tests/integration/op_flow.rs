@@ -308,6 +308,8 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         ("&max_age=soon", "invalid_request"),
         ("&nonce=again", "invalid_request"),
         ("&resource=https%3A%2F%2Fa.example.com&resource=https%3A%2F%2Fb.example.com", "invalid_target"),
+        // A request object is refused, not ignored with whatever it held (OpenID Connect Core 6.1).
+        ("&request=eyJhbGciOiJub25lIn0.eyJtYXhfYWdlIjowfQ.", "request_not_supported"),
     ] {
         let url = good.clone() + extra;
         let url = if extra.starts_with("&response_type") { url.replace("response_type=code&", "") } else { url };

@@ -290,6 +290,7 @@ pub(super) fn authorization_params(map: &BTreeMap<&str, &str>) -> AuthorizationP
         resource: get(map, "resource"),
         request_uri: get(map, "request_uri"),
         response_mode: get(map, "response_mode"),
+        request_object: map.contains_key("request"),
         repeated: None,
     }
 }

@@ -48,6 +48,10 @@ pub struct AuthorizationParams {
     pub request_uri: Option<String>,
     /// Only `query`.
     pub response_mode: Option<String>,
+    /// Whether a request object (`request`, OpenID Connect Core 6.1) was sent: not supported,
+    /// and refused rather than ignored (its parameters would be lost).
+    #[serde(skip)]
+    pub request_object: bool,
     /// A parameter sent more than once (other than the client, its redirect URI, `state` and
     /// `request_uri`, which decide where an error may go): refused once the error can go back to
     /// the client.
@@ -312,6 +316,12 @@ impl OpenIdProvider {
         }
         if params.response_mode.as_deref().is_some_and(|m| m != "query") {
             return Err(fail("invalid_request", "response_mode must be query"));
+        }
+        if params.request_object {
+            return Err(fail(
+                "request_not_supported",
+                "request objects are not supported; send the parameters as such",
+            ));
         }
         if !client.allows(GrantType::AuthorizationCode) {
             return Err(fail("unauthorized_client", "this client may not use the authorization code flow"));
