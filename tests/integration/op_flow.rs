@@ -45,6 +45,7 @@ on_both_backends!(
     forward_auth_says_an_email_is_verified_on_a_trusted_providers_word,
     an_authorization_request_posted_from_another_site_does_not_replace_the_session,
     a_fresh_login_asked_for_survives_the_provider_chooser,
+    prompt_none_with_a_hint_of_another_user_is_login_required,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -843,6 +844,38 @@ async fn a_fresh_login_asked_for_survives_the_provider_chooser(backend: Backend)
     assert!(upstream.starts_with(w.issuer.issuer()), "{upstream}");
     assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "a fresh login, asked of the provider");
     assert_eq!(param(&upstream, "max_age").as_deref(), Some("0"));
+}
+
+/// `prompt=none` with an `id_token_hint` (OpenID Connect Core 3.1.2.1): a browser signed in as
+/// the hinted user gets a code; one signed in as someone else gets `login_required`, not a code
+/// for another user than the app expects. A hint for another client, or not Tessera's, is refused.
+async fn prompt_none_with_a_hint_of_another_user_is_login_required(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let id_token_of = async |browser: &mut Browser| {
+        let (verifier, challenge) = pkce();
+        let code = code_for(&w, browser, &client, &challenge).await;
+        body(exchange(&w.app, creds, &code, &verifier).await, 200).await["id_token"].as_str().unwrap().to_owned()
+    };
+    w.issuer.set_next_user(StubUser::new("hint-ada", "ada@example.com"));
+    let mut ada = Browser::new();
+    let adas = id_token_of(&mut ada).await;
+    w.issuer.set_next_user(StubUser::new("hint-bob", "bob@example.com"));
+    let mut bob = Browser::new();
+    let bobs = id_token_of(&mut bob).await;
+    let (_, challenge) = pkce();
+    let silent = |hint: &str| authorize_url(&w.app, &client, &challenge, &format!("&prompt=none&id_token_hint={hint}"));
+    let to = location(&ada.navigate(&silent(&adas)).await);
+    assert!(param(&to, "code").is_some(), "{to}");
+    let to = location(&ada.navigate(&silent(&bobs)).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("login_required"), "{to}");
+    let (other, _) = web_app(&w.app).await;
+    let elsewhere = authorize_url(&w.app, &other, &challenge, &format!("&prompt=none&id_token_hint={adas}"));
+    let to = location(&ada.navigate(&elsewhere).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "a hint for another client: {to}");
+    let to = location(&ada.navigate(&silent("a.b.c")).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "{to}");
 }
 
 async fn prompt_and_max_age_are_honoured(backend: Backend) {

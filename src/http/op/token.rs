@@ -291,6 +291,7 @@ pub(super) fn authorization_params(map: &BTreeMap<&str, &str>) -> AuthorizationP
         request_uri: get(map, "request_uri"),
         response_mode: get(map, "response_mode"),
         request_object: map.contains_key("request"),
+        id_token_hint: get(map, "id_token_hint"),
         repeated: None,
     }
 }

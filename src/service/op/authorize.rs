@@ -52,6 +52,11 @@ pub struct AuthorizationParams {
     /// and refused rather than ignored (its parameters would be lost).
     #[serde(skip)]
     pub request_object: bool,
+    /// An id token of the user the client expects (OpenID Connect Core 3.1.2.1): with
+    /// `prompt=none`, a browser signed in as someone else gets `login_required`, not a code for
+    /// another user.
+    #[serde(skip)]
+    pub id_token_hint: Option<String>,
     /// A parameter sent more than once (other than the client, its redirect URI, `state` and
     /// `request_uri`, which decide where an error may go): refused once the error can go back to
     /// the client.
@@ -107,6 +112,8 @@ pub struct AuthorizationRequest {
     pub login_hint: Option<String>,
     /// The resource.
     pub resource: Option<String>,
+    /// The user an `id_token_hint` named.
+    pub hinted_user: Option<String>,
     params: AuthorizationParams,
 }
 
@@ -356,6 +363,14 @@ impl OpenIdProvider {
         if prompt_none && prompts.len() > 1 {
             return Err(fail("invalid_request", "prompt=none cannot be combined with other values"));
         }
+        let hinted_user = match params.id_token_hint.as_deref() {
+            None => None,
+            Some(hint) => match self.id_token_client(hint).await {
+                Some(hint) if hint.aud == client.id.as_str() => Some(hint.sub),
+                Some(_) => return Err(fail("invalid_request", "id_token_hint was issued to another client")),
+                None => return Err(fail("invalid_request", "id_token_hint is not an id token this server issued")),
+            },
+        };
         let max_age = match params.max_age.as_deref() {
             None => None,
             Some(v) => match v.parse::<u32>() {
@@ -390,6 +405,7 @@ impl OpenIdProvider {
             auth_after: after.and_then(DateTime::from_timestamp_micros),
             login_hint: params.login_hint.clone(),
             resource: params.resource.clone(),
+            hinted_user,
             params: params.clone(),
         })
     }
@@ -411,6 +427,9 @@ impl OpenIdProvider {
             let reauthenticate = request.auth_after.is_some();
             return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
         };
+        if request.prompt_none && request.hinted_user.as_ref().is_some_and(|user| *user != session.user.to_string()) {
+            return Err(request.reject("login_required", "the browser is signed in as another user than id_token_hint"));
+        }
         if !request.client.first_party {
             // A consent covers the scopes it was given for together with the resource (RFC 8707)
             // it was given for: a token for another resource (Tessera's own API or MCP server,
