@@ -293,9 +293,6 @@ pub async fn import_file(
         let stopping = stopping.clone();
         workers.spawn(async move {
             loop {
-                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Ok(());
-                }
                 let batch = receiver.lock().await.recv().await;
                 let Some(batch) = batch else { return Ok(()) };
                 if stopping.load(std::sync::atomic::Ordering::SeqCst) {

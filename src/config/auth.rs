@@ -387,13 +387,7 @@ fn parse_provider(
                 "set client_secret_env or client_secret_file, not both",
             ));
         }
-        // Trimmed like a file's: a secret made from a file (`kubectl create secret --from-file`)
-        // often ends in a newline that the provider would refuse.
-        (Some(var), None) => {
-            Some(SecretString::from(env(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).ok_or_else(
-                || ConfigError::new(key("client_secret_env"), format!("the environment variable {var} is not set")),
-            )?))
-        }
+        (Some(var), None) => Some(SecretString::from(super::secret_env(env, var, key("client_secret_env"))?)),
         (None, Some(path)) => {
             let secret = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::new(key("client_secret_file"), format!("cannot read {path}: {e}")))?;

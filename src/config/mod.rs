@@ -360,6 +360,16 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     }
 }
 
+/// The secret an environment variable `var` holds, trimmed (one made from a file —
+/// `kubectl create secret --from-file` — often ends in a newline that is no part of it);
+/// unset or blank is an error at `key`.
+pub(super) fn secret_env(env: &dyn Fn(&str) -> Option<String>, var: &str, key: String) -> Result<String, ConfigError> {
+    env(var)
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+        .ok_or_else(|| ConfigError::new(key, format!("the environment variable {var} is not set")))
+}
+
 /// Validates the URL of an endpoint Tessera will call: `https`, or `http` on a loopback host; no
 /// credentials.
 pub fn endpoint_url(value: &str) -> Result<Url, String> {
@@ -1049,9 +1059,7 @@ fn parse_webhook_endpoint(
     let var = raw.secret_env.as_deref().ok_or_else(|| {
         ConfigError::new(key("secret_env"), "name the environment variable holding the endpoint's whsec_ signing key")
     })?;
-    let value = env(var)
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| ConfigError::new(key("secret_env"), format!("the environment variable {var} is not set")))?;
+    let value = secret_env(env, var, key("secret_env"))?;
     let signing_key = WebhookKey::from_whsec(&value).ok_or_else(|| {
         ConfigError::new(
             key("secret_env"),

@@ -175,11 +175,7 @@ fn parse_client(i: usize, raw: RawClient, env: &dyn Fn(&str) -> Option<String>) 
         if client.is_public() {
             return Err(ConfigError::new(key("secret_env"), "a public client has no secret: remove secret_env"));
         }
-        // Trimmed: a secret made from a file often ends in a newline the client never sends.
-        let secret =
-            SecretString::from(env(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).ok_or_else(|| {
-                ConfigError::new(key("secret_env"), format!("the environment variable {var} is not set"))
-            })?);
+        let secret = SecretString::from(super::secret_env(env, var, key("secret_env"))?);
         if secret.expose_secret().len() < MIN_CLIENT_SECRET_LEN {
             return Err(ConfigError::new(
                 key("secret_env"),

@@ -100,8 +100,7 @@ async fn start_login(
     // its session (and the apps' grants bound to it) and might sign it in as someone else. The
     // browser is asked first; signing in again from this origin (the question's own link, the
     // chooser) goes ahead.
-    let cross_site = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"cross-site");
-    if cross_site {
+    if csrf::fetch_site(&headers) == Some(b"cross-site") {
         match pages::live_session(&state, &headers, "/login").await {
             Ok(Some((live, _))) => return already_signed_in(&state, &headers, &query, &live),
             Ok(None) => {}
@@ -122,6 +121,11 @@ async fn start_login(
         Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
         Err(error) => state.pages.error(&headers, error.into()),
     }
+}
+
+/// How a page names the signed-in person: their name, else their email, else their id.
+fn who(user: &crate::domain::User) -> String {
+    user.name.clone().or_else(|| user.email.clone()).unwrap_or_else(|| user.id.to_string())
 }
 
 /// The page for a browser sent from another site to sign in while it is signed in here: go on
@@ -145,7 +149,7 @@ fn already_signed_in(
         None => None,
     };
     let user = &live.profile.user;
-    let who = user.name.clone().or_else(|| user.email.clone()).unwrap_or_else(|| user.id.to_string());
+    let who = who(user);
     let label = super::login::provider_label(&provider);
     let message = pages::Message {
         signed_in: true,
@@ -195,7 +199,7 @@ async fn start_link(
     // the browser is signed in as at the provider — maybe not this person — to this account. The
     // browser is asked first, with a form of this session's. A caller that sent the user's token
     // rather than the session cookie is not a browser led here by someone else.
-    let same_origin = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"same-origin");
+    let same_origin = csrf::fetch_site(&headers) == Some(b"same-origin");
     let by_token = Credentials::read(&headers).is_ok_and(|c| c.user_token().is_some());
     if !same_origin && !by_token {
         return confirm_link(&state, &headers, &query, &context).await;
@@ -240,7 +244,7 @@ async fn confirm_link(
     let user = &live.profile.user;
     let page = LinkPage {
         chrome: state.pages.chrome(true),
-        who: user.name.clone().or_else(|| user.email.clone()).unwrap_or_else(|| user.id.to_string()),
+        who: who(user),
         provider_label: super::login::provider_label(&provider),
         provider,
         return_to: query.return_to.clone(),
@@ -436,7 +440,7 @@ async fn confirm_logout(State(state): State<Arc<AppState>>, headers: HeaderMap) 
     match state.sessions.resolve_session(value).await {
         Ok(Some(live)) => {
             let user = &live.profile.user;
-            let who = user.name.clone().or_else(|| user.email.clone()).unwrap_or_else(|| user.id.to_string());
+            let who = who(user);
             state
                 .pages
                 .render(StatusCode::OK, &LogoutPage { chrome: state.pages.chrome(true), who, csrf: csrf::token(value) })

@@ -40,11 +40,17 @@ pub fn check(headers: &HeaderMap, session_cookie: &str, sent: Option<&str>) -> R
     if constant_time_eq(sent.as_bytes(), token(session_cookie).as_bytes()) { Ok(()) } else { Err(refused()) }
 }
 
+/// Where a browser says a request came from (`Sec-Fetch-Site`: `same-origin`, `same-site`,
+/// `cross-site` or `none`); `None` from clients that say nothing (not browsers, or old ones).
+pub fn fetch_site(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get("sec-fetch-site").map(|site| site.as_bytes())
+}
+
 /// Refuses a request that a browser says came from another origin (`Sec-Fetch-Site` other than
 /// `same-origin` or `none`); clients that are not browsers send no such header.
 pub fn from_this_origin(headers: &HeaderMap) -> Result<(), ApiError> {
-    match headers.get("sec-fetch-site") {
-        Some(site) if !matches!(site.as_bytes(), b"same-origin" | b"none") => Err(refused()),
+    match fetch_site(headers) {
+        Some(site) if !matches!(site, b"same-origin" | b"none") => Err(refused()),
         _ => Ok(()),
     }
 }

@@ -70,7 +70,7 @@ async fn validate_token(
     ApiQuery(query): ApiQuery<ValidateQuery>,
 ) -> Result<Json<ValidateResponse>, ApiError> {
     let token = required_token(&headers, raw.as_deref())?;
-    let audience = query.audience.as_ref().map(|_| required(&query.audience, "audience")).transpose()?;
+    let audience = query.audience.is_some().then(|| required(&query.audience, "audience")).transpose()?;
     Ok(Json(state.validator.validate_for(token, audience).await?.into()))
 }
 

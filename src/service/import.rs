@@ -138,6 +138,11 @@ impl Importer {
         self.dry_run
     }
 
+    /// In a dry run, whether adding `member` to `team` is new to this import.
+    fn would_join(&self, member: Member, team: TeamId) -> bool {
+        self.would_join.lock().unwrap_or_else(|e| e.into_inner()).insert((member, team))
+    }
+
     /// Imports a batch of lines, in order. A refused line does not stop the batch; a database
     /// failure (after retries of transient ones) does, and is returned with the outcomes of the
     /// lines settled before it (imported, or refused), so that a summary counts them: a re-run
@@ -304,13 +309,6 @@ impl Importer {
             Err(TeamError::Store(e)) => Err(e),
             Err(e) => Ok(refused(number, e.code())),
         }
-    }
-}
-
-impl Importer {
-    /// In a dry run, whether adding `member` to `team` is new to this import.
-    fn would_join(&self, member: Member, team: TeamId) -> bool {
-        self.would_join.lock().unwrap_or_else(|e| e.into_inner()).insert((member, team))
     }
 }
 

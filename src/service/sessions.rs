@@ -192,6 +192,8 @@ impl Sessions {
             cache.forget_session(&hash);
             ended
         };
+        // `None` only when the runtime is shutting down and cancelled the task: the store is
+        // going away, which is what `PoolClosed` says.
         crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
     }
 

@@ -2329,15 +2329,7 @@ impl Store for SqlStore {
         .bind(&id_hash[..])
         .fetch_optional(self.db.writer())
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let request = HeldRequest {
-            id_hash: *id_hash,
-            client_id: row.text("client_id")?,
-            params: row.text("params")?,
-            session_hash: row.opt_bytes("session_hash")?.map(|b| rows::hash32(&b)).transpose()?,
-            expires_at: row.time("expires_at")?,
-        };
-        Ok((request.expires_at > now).then_some(request))
+        live_held_request(row, id_hash, now)
     }
 
     async fn held_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError> {
@@ -2345,15 +2337,7 @@ impl Store for SqlStore {
             .bind(&id_hash[..])
             .fetch_optional(self.db.writer())
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let request = HeldRequest {
-            id_hash: *id_hash,
-            client_id: row.text("client_id")?,
-            params: row.text("params")?,
-            session_hash: row.opt_bytes("session_hash")?.map(|b| rows::hash32(&b)).transpose()?,
-            expires_at: row.time("expires_at")?,
-        };
-        Ok((request.expires_at > now).then_some(request))
+        live_held_request(row, id_hash, now)
     }
 
     async fn delete_expired_grants(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -3520,4 +3504,22 @@ fn principals_by_key(keys: &[&(Issuer, Subject)], rows: &[Row]) -> Result<Vec<Op
         start = end;
     }
     Ok(found)
+}
+
+/// A held request's row (`client_id`, `params`, `session_hash`, `expires_at`), unless it has
+/// expired by `now`.
+fn live_held_request(
+    row: Option<Row>,
+    id_hash: &[u8; 32],
+    now: DateTime<Utc>,
+) -> Result<Option<HeldRequest>, StoreError> {
+    let Some(row) = row else { return Ok(None) };
+    let request = HeldRequest {
+        id_hash: *id_hash,
+        client_id: row.text("client_id")?,
+        params: row.text("params")?,
+        session_hash: row.opt_bytes("session_hash")?.map(|b| rows::hash32(&b)).transpose()?,
+        expires_at: row.time("expires_at")?,
+    };
+    Ok((request.expires_at > now).then_some(request))
 }

@@ -257,7 +257,6 @@ async fn deliver_to(
             let at = crate::domain::now();
             let retry_at = error.as_ref().filter(|_| !final_without_request).and_then(|_| {
                 let next = at + TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).ok()?;
-                let give_up = job.scheduled_at + TimeDelta::from_std(webhooks.settings().give_up_after).ok()?;
                 (next <= give_up).then_some(next)
             });
             let failed = error.is_some();

@@ -156,7 +156,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     // A form posted from another site arrives without the session cookie (`SameSite=Lax`): it
     // would look signed out, and the sign-in it then started would end the browser's session on
     // its way back. It goes on as a GET of the held request, which carries the cookie.
-    let same_origin = headers.get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"same-origin");
+    let same_origin = csrf::fetch_site(headers) == Some(b"same-origin");
     match op.authorize(params, view.as_ref()).await {
         Ok(Next::Redirect(to)) => redirect(&to, &[]),
         Ok(Next::SignIn { continue_to, .. }) if posted && !same_origin => redirect(&continue_to, &[]),

@@ -72,6 +72,18 @@ struct Held {
     auth_after_us: Option<i64>,
 }
 
+impl Held {
+    /// The request a stored row holds.
+    fn decode(row: &HeldRequest) -> Result<Self, StoreError> {
+        serde_json::from_str(&row.params).map_err(|_| StoreError::Corrupt("held request".into()))
+    }
+}
+
+/// The store key of a `request_uri` of Tessera's own; `None` for anything else.
+fn request_uri_hash(uri: &str) -> Option<[u8; 32]> {
+    (uri.starts_with(REQUEST_URI_PREFIX) && uri.len() <= MAX_PARAM_LEN).then(|| sha256(uri.as_bytes()))
+}
+
 /// The browser's Tessera session, as the authorization endpoint needs it.
 #[derive(Debug, Clone)]
 pub struct SessionView {
@@ -243,17 +255,15 @@ impl OpenIdProvider {
             return Ok(Held { params, auth_after_us: None });
         };
         let invalid = || reject("invalid_request", "request_uri is unknown, used or expired; start again", None);
-        if !uri.starts_with(REQUEST_URI_PREFIX) || uri.len() > MAX_PARAM_LEN {
-            return Err(invalid());
-        }
-        let Some(held) = self.store.take_request(&sha256(uri.as_bytes()), now).await? else {
+        let Some(hash) = request_uri_hash(uri) else { return Err(invalid()) };
+        let Some(held) = self.store.take_request(&hash, now).await? else {
             return Err(invalid());
         };
         // A consent request is not a request_uri; and a request is used by its own client only.
         if held.session_hash.is_some() || params.client_id.as_deref() != Some(held.client_id.as_str()) {
             return Err(invalid());
         }
-        Ok(serde_json::from_str(&held.params).map_err(|_| StoreError::Corrupt("held request".into()))?)
+        Ok(Held::decode(&held)?)
     }
 
     async fn validate(
@@ -579,17 +589,12 @@ impl OpenIdProvider {
     /// included). Read from the held request, not from the URL, which the browser could change.
     pub async fn resumes_a_fresh_login(&self, return_to: &str) -> Result<bool, StoreError> {
         let Some(query) = return_to.strip_prefix("/oauth/authorize?") else { return Ok(false) };
-        let Some((_, uri)) = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "request_uri") else {
+        let uri = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "request_uri").map(|(_, v)| v);
+        let Some(hash) = uri.as_deref().and_then(request_uri_hash) else { return Ok(false) };
+        let Some(held) = self.store.held_request(&hash, crate::domain::now()).await? else {
             return Ok(false);
         };
-        if !uri.starts_with(REQUEST_URI_PREFIX) || uri.len() > MAX_PARAM_LEN {
-            return Ok(false);
-        }
-        let Some(held) = self.store.held_request(&sha256(uri.as_bytes()), crate::domain::now()).await? else {
-            return Ok(false);
-        };
-        let held: Held = serde_json::from_str(&held.params).map_err(|_| StoreError::Corrupt("held request".into()))?;
-        Ok(held.auth_after_us.is_some())
+        Ok(Held::decode(&held)?.auth_after_us.is_some())
     }
 }
 
