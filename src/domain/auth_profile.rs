@@ -77,6 +77,29 @@ impl ProfileKind {
     }
 }
 
+/// What a member asks to do with a profile, for [`ProfileKind::allows`]. The store checks it
+/// again inside the write, after the team's row lock, so that a member removed or demoted at the
+/// same moment cannot still act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileRight {
+    /// Connect or reconnect it, set its credentials, change its name, slug or scopes
+    /// ([`ProfileKind::may_connect`]).
+    Connect,
+    /// Revoke it, or make it (or stop it being) its connector's default: its creator or a team
+    /// owner or admin, whichever its kind.
+    Manage,
+}
+
+impl ProfileKind {
+    /// Whether a member with `role` who is (`creator`) or is not the profile's creator has `right`.
+    pub fn allows(self, right: ProfileRight, creator: bool, role: Role) -> bool {
+        match right {
+            ProfileRight::Connect => self.may_connect(creator, role).is_ok(),
+            ProfileRight::Manage => creator || matches!(role, Role::Owner | Role::Admin),
+        }
+    }
+}
+
 /// Why a member may not connect a profile ([`ProfileKind::may_connect`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectRefusal {

@@ -14,7 +14,9 @@ mod team_ref;
 mod text;
 mod webhook;
 
-pub use auth_profile::{AuthProfile, ConnectRefusal, CredentialMeta, FieldSet, ProfileKind, ProfileStatus};
+pub use auth_profile::{
+    AuthProfile, ConnectRefusal, CredentialMeta, FieldSet, ProfileKind, ProfileRight, ProfileStatus,
+};
 pub use client::{Client, ClientId, ClientIdError, ClientKind, GrantType, RedirectUri, RedirectUriError, SigningAlg};
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId, WebhookId};

@@ -39,13 +39,14 @@ use crate::config::ConnectorConfig;
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::sha256;
 use crate::domain::{
-    AuthProfile, ConnectRefusal, ProfileId, ProfileKind, ProfileStatus, ReturnTo, Role, Slug, Team, TeamRef, UserId,
+    AuthProfile, ConnectRefusal, ProfileId, ProfileKind, ProfileRight, ProfileStatus, ReturnTo, Role, Slug, Team,
+    TeamRef, UserId,
 };
 use crate::error::{ErrorCode, PublicError};
 use crate::observability::{TOKEN_REFRESH_CALLS_TOTAL, TOKEN_REFRESH_WAITS_TOTAL};
 use crate::store::{
-    Activation, ConnectToken, PendingKey, ProfileSecrets, RefreshLease, Refreshed, SecretKind, Store, StoreError,
-    StoredSecret,
+    Activation, ConnectToken, PendingKey, ProfileSecrets, RefreshLease, Refreshed, Revocation, SecretKind, Store,
+    StoreError, StoredSecret,
 };
 use crate::upstream::oauth_flow::{FLOW_TTL, Finished, FlowError, OAuthFlows, Purpose, Started};
 use crate::upstream::providers::{Provider, ProviderError, TokenSet};
@@ -476,7 +477,7 @@ impl AuthProfiles {
                         Err(error) => {
                             // The row was written on its own just before: a credential that cannot
                             // be written takes it back, so that a retry finds its slug free.
-                            if let Err(undo) = self.store.revoke_profile(created.id, super::now()).await {
+                            if let Err(undo) = self.store.revoke_profile(created.id, None, super::now()).await {
                                 tracing::warn!(profile_id = %created.id, error = %undo, "cannot take back a profile whose credential was not written");
                             }
                             return Err(error);
@@ -600,16 +601,14 @@ impl AuthProfiles {
         let (team_record, role) = self.membership(team, user).await?;
         let profile =
             self.store.profile_by_slug(team_record.id, slug).await?.ok_or(AuthProfileError::ProfileNotFound)?;
-        let admin = matches!(role, Role::Owner | Role::Admin);
-        let owns = profile.created_by == user;
-        if profile.profile_kind.is_personal() && !owns && !admin {
-            return Err(AuthProfileError::NotProfileOwner);
+        if !profile.profile_kind.allows(ProfileRight::Manage, profile.created_by == user, role) {
+            return Err(AuthProfileError::refused(profile.profile_kind));
         }
-        if !profile.profile_kind.is_personal() && !owns && !admin {
-            return Err(AuthProfileError::NotAdmin);
-        }
-        let Some(secrets) = self.store.revoke_profile(profile.id, super::now()).await? else {
-            return Err(AuthProfileError::ProfileNotFound);
+        // Checked again in the write, against a removal or demotion that lands meanwhile.
+        let secrets = match self.store.revoke_profile(profile.id, Some(user), super::now()).await? {
+            Revocation::Revoked(secrets) => secrets,
+            Revocation::NotFound => return Err(AuthProfileError::ProfileNotFound),
+            Revocation::Refused => return Err(AuthProfileError::refused(profile.profile_kind)),
         };
         tracing::info!(profile_id = %profile.id, "revoked an auth profile");
         self.revoke_upstream(&profile, &secrets).await;
@@ -1054,6 +1053,14 @@ impl AuthProfiles {
     /// Deletes expired pending profiles.
     pub async fn delete_expired_pending(&self) -> Result<u64, StoreError> {
         self.store.delete_expired_pending(None, super::now()).await
+    }
+}
+
+impl AuthProfileError {
+    /// The refusal of a right its caller lacks (or no longer has) on a profile of `kind`: a
+    /// personal profile is its creator's alone, a team's needs a team owner or admin.
+    pub(crate) fn refused(kind: ProfileKind) -> Self {
+        if kind.is_personal() { AuthProfileError::NotProfileOwner } else { AuthProfileError::NotAdmin }
     }
 }
 

@@ -24,7 +24,7 @@
 use std::time::Duration;
 
 use crate::config::ProbeFillError;
-use crate::domain::{AuthProfile, ProfileKind, ProfileStatus, Role, Slug, TeamRef, UserId};
+use crate::domain::{AuthProfile, ProfileKind, ProfileRight, ProfileStatus, Slug, TeamRef, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{DefaultOutcome, ProfileChange, ProfileUpdate, StoreError};
 use crate::upstream::providers::ProviderError;
@@ -259,6 +259,7 @@ impl<'a> ProfileActions<'a> {
                 display_name: patch.display_name.as_deref(),
                 slug: patch.slug.as_ref(),
                 scopes: patch.scopes.is_some().then_some(scopes.as_slice()),
+                by: user,
                 widened: widens,
                 now: super::now(),
             };
@@ -268,6 +269,8 @@ impl<'a> ProfileActions<'a> {
                     break;
                 }
                 ProfileUpdate::SlugTaken => return Err(AuthProfileError::SlugTaken.into()),
+                // Removed from the team or demoted since the check above.
+                ProfileUpdate::Refused => return Err(AuthProfileError::refused(profile.profile_kind).into()),
                 // A connection completed, or another update won: apply this one to what is there.
                 ProfileUpdate::Changed => {
                     profile = store
@@ -298,10 +301,10 @@ impl<'a> ProfileActions<'a> {
         user: UserId,
         slug: &Slug,
     ) -> Result<AuthProfile, ProfileActionError> {
-        let (profile, admin) = self.default_candidate(team, user, slug).await?;
-        let member = (!admin).then_some(user);
-        match self.profiles.store().set_default_profile(profile.team_id, profile.id, member, super::now()).await? {
+        let profile = self.default_candidate(team, user, slug).await?;
+        match self.profiles.store().set_default_profile(profile.team_id, profile.id, user, super::now()).await? {
             DefaultOutcome::Set => {}
+            DefaultOutcome::Refused => return Err(AuthProfileError::NotAdmin.into()),
             DefaultOutcome::NotFound => return Err(AuthProfileError::ProfileNotFound.into()),
             DefaultOutcome::Personal => return Err(ProfileActionError::PersonalNotDefault),
             DefaultOutcome::OthersDefault => return Err(ProfileActionError::OthersDefault),
@@ -318,30 +321,34 @@ impl<'a> ProfileActions<'a> {
         user: UserId,
         slug: &Slug,
     ) -> Result<AuthProfile, ProfileActionError> {
-        let (profile, _) = self.default_candidate(team, user, slug).await?;
-        if self.profiles.store().clear_default_profile(profile.team_id, profile.id).await? {
-            tracing::info!(profile_id = %profile.id, "an auth profile is no longer its connector's default");
+        let profile = self.default_candidate(team, user, slug).await?;
+        match self.profiles.store().clear_default_profile(profile.team_id, profile.id, user).await? {
+            Some(true) => {
+                tracing::info!(profile_id = %profile.id, "an auth profile is no longer its connector's default")
+            }
+            Some(false) => {}
+            None => return Err(AuthProfileError::NotAdmin.into()),
         }
         self.reread(&profile).await
     }
 
-    /// The team-wide profile a default change names, and whether the caller is a team owner or
-    /// admin (a member may change only a default of their own profile).
+    /// The team-wide profile a default change names, when the caller may change its default
+    /// ([`ProfileRight::Manage`]; the store checks again in the write, and a member who is not a
+    /// team owner or admin may change only a default of their own profile).
     async fn default_candidate(
         &self,
         team: &TeamRef,
         user: UserId,
         slug: &Slug,
-    ) -> Result<(AuthProfile, bool), ProfileActionError> {
+    ) -> Result<AuthProfile, ProfileActionError> {
         let (profile, role) = self.profiles.usable(team, user, slug).await?;
         if profile.profile_kind.is_personal() {
             return Err(ProfileActionError::PersonalNotDefault);
         }
-        let admin = matches!(role, Role::Owner | Role::Admin);
-        if profile.created_by != user && !admin {
+        if !profile.profile_kind.allows(ProfileRight::Manage, profile.created_by == user, role) {
             return Err(AuthProfileError::NotAdmin.into());
         }
-        Ok((profile, admin))
+        Ok(profile)
     }
 
     async fn reread(&self, profile: &AuthProfile) -> Result<AuthProfile, ProfileActionError> {

@@ -44,7 +44,7 @@ pub use grants::{
     CodeRecord, Consent, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
 };
 pub use migrations::MigrationStatus;
-pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate};
+pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate, Revocation};
 pub use profile_credentials::{CredentialOutcome, CredentialWrite, StoredCredential};
 pub use sql::SqlStore;
 
@@ -1062,8 +1062,15 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<(), StoreError>;
 
     /// Revokes a profile: status `revoked`, credentials wiped, version bumped. Returns the
-    /// credentials it held, for revocation at the provider.
-    async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError>;
+    /// credentials it held, for revocation at the provider. With `by`, a member who must still
+    /// have [`ProfileRight::Manage`](crate::domain::ProfileRight) on it when the write runs
+    /// ([`Revocation::Refused`] otherwise); `None`: Tessera itself.
+    async fn revoke_profile(
+        &self,
+        id: ProfileId,
+        by: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<Revocation, StoreError>;
 
     // --- OpenID Provider: grants, codes, refresh tokens, consents, held requests ---
 
@@ -1360,20 +1367,22 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<ProfileUpdate, StoreError>;
 
     /// Makes a live team-wide profile its connector's default in `team`, replacing the previous
-    /// default in the same statement (one row per team and connector). With `member` (a member
-    /// who is neither owner nor admin), the default is set only where there is none, or where it
-    /// is one of `member`'s own profiles ([`DefaultOutcome::OthersDefault`] otherwise), decided
-    /// in the same statement.
+    /// default in the same statement (one row per team and connector), when `by` still has
+    /// [`ProfileRight::Manage`](crate::domain::ProfileRight) on it ([`DefaultOutcome::Refused`]
+    /// otherwise). A member who is neither owner nor admin sets it only where there is no
+    /// default, or where it is one of their own profiles ([`DefaultOutcome::OthersDefault`]
+    /// otherwise), decided in the same statement.
     async fn set_default_profile(
         &self,
         team: TeamId,
         id: ProfileId,
-        member: Option<UserId>,
+        by: UserId,
         now: DateTime<Utc>,
     ) -> Result<DefaultOutcome, StoreError>;
 
-    /// Makes a profile no longer its connector's default; false when it was not.
-    async fn clear_default_profile(&self, team: TeamId, id: ProfileId) -> Result<bool, StoreError>;
+    /// Makes a profile no longer its connector's default: whether it was; `None` (nothing
+    /// changed) when `by` no longer has [`ProfileRight::Manage`](crate::domain::ProfileRight) on it.
+    async fn clear_default_profile(&self, team: TeamId, id: ProfileId, by: UserId) -> Result<Option<bool>, StoreError>;
 
     /// The team's default profile of a connector (whatever its status, revoked excepted).
     async fn default_profile(&self, team: TeamId, connector_key: &str) -> Result<Option<AuthProfile>, StoreError>;

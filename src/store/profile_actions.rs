@@ -5,12 +5,13 @@
 
 use chrono::{DateTime, Utc};
 
+use super::ProfileSecrets;
 use super::StoreError;
 use super::db::{Db, query};
 use super::rows::{self, RowExt, profile_columns};
-use super::sql::{insert_profile_event, profile_status_in};
+use super::sql::{insert_profile_event, profile_status_in, role_allowed_in};
 use crate::domain::events::{self, ReauthReason};
-use crate::domain::{AuthProfile, ProfileId, ProfileKind, Slug, TeamId, UserId};
+use crate::domain::{AuthProfile, ProfileId, ProfileKind, ProfileRight, Role, Slug, TeamId, UserId};
 
 /// What [`Store::update_profile`](super::Store::update_profile) writes: the new display name, slug
 /// and requested scopes, each only when set — a field left `None` keeps what the row holds when
@@ -23,6 +24,9 @@ pub struct ProfileChange<'a> {
     pub slug: Option<&'a Slug>,
     /// Requested scopes.
     pub scopes: Option<&'a [String]>,
+    /// Who changes it: a member who must still have [`ProfileRight::Connect`] on it when the
+    /// write runs ([`ProfileUpdate::Refused`] otherwise).
+    pub by: UserId,
     /// Whether the scopes widen what was granted: an active profile becomes `needs_reauth`, and
     /// `version` is bumped so that connect flows started before (asking for the old scopes) cannot
     /// complete.
@@ -41,6 +45,20 @@ pub enum ProfileUpdate {
     Changed,
     /// Another live profile of the team has the slug; nothing was written.
     SlugTaken,
+    /// The member changing it is no longer allowed to (removed from the team, or demoted);
+    /// nothing was written.
+    Refused,
+}
+
+/// What [`Store::revoke_profile`](super::Store::revoke_profile) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The profile is revoked; the credentials it held, for revocation at the provider.
+    Revoked(ProfileSecrets),
+    /// No live profile has this id (already revoked, or never was).
+    NotFound,
+    /// The member revoking it is no longer allowed to; nothing was written.
+    Refused,
 }
 
 /// What [`Store::set_default_profile`](super::Store::set_default_profile) did.
@@ -55,6 +73,8 @@ pub enum DefaultOutcome {
     /// The connector's default is another member's profile, which only an owner or admin
     /// replaces.
     OthersDefault,
+    /// The member is no longer allowed to change the profile's default; nothing was written.
+    Refused,
 }
 
 pub(super) async fn update_profile(
@@ -64,6 +84,10 @@ pub(super) async fn update_profile(
     change: &ProfileChange<'_>,
 ) -> Result<ProfileUpdate, StoreError> {
     let mut tx = db.begin().await?;
+    if role_allowed_in(&mut tx, id, change.by, ProfileRight::Connect).await?.is_none() {
+        tx.rollback().await?;
+        return Ok(ProfileUpdate::Refused);
+    }
     let Some(before) = profile_status_in(&mut tx, id).await? else {
         tx.rollback().await?;
         return Ok(ProfileUpdate::Changed);
@@ -108,10 +132,20 @@ pub(super) async fn set_default_profile(
     db: &Db,
     team: TeamId,
     id: ProfileId,
-    member: Option<UserId>,
+    by: UserId,
     now: DateTime<Utc>,
 ) -> Result<DefaultOutcome, StoreError> {
     let mut tx = db.begin().await?;
+    let Some(role) = role_allowed_in(&mut tx, id, by, ProfileRight::Manage).await? else {
+        let live = query("SELECT 1 AS one FROM auth_profiles WHERE id = $1 AND team_id = $2 AND status <> 'revoked'")
+            .bind(id.as_uuid())
+            .bind(team.as_uuid())
+            .fetch_optional(&mut tx)
+            .await?;
+        tx.rollback().await?;
+        return Ok(if live.is_some() { DefaultOutcome::Refused } else { DefaultOutcome::NotFound });
+    };
+    let member = (!matches!(role, Role::Owner | Role::Admin)).then_some(by);
     // The lock serialises this with a revocation of the profile: either the revocation sees the
     // default row (and its trigger deletes it), or this sees the profile revoked.
     let row = query(
@@ -152,13 +186,24 @@ pub(super) async fn set_default_profile(
     Ok(DefaultOutcome::Set)
 }
 
-pub(super) async fn clear_default_profile(db: &Db, team: TeamId, id: ProfileId) -> Result<bool, StoreError> {
+pub(super) async fn clear_default_profile(
+    db: &Db,
+    team: TeamId,
+    id: ProfileId,
+    by: UserId,
+) -> Result<Option<bool>, StoreError> {
+    let mut tx = db.begin().await?;
+    if role_allowed_in(&mut tx, id, by, ProfileRight::Manage).await?.is_none() {
+        tx.rollback().await?;
+        return Ok(None);
+    }
     let deleted = query("DELETE FROM connector_defaults WHERE team_id = $1 AND profile_id = $2")
         .bind(team.as_uuid())
         .bind(id.as_uuid())
-        .execute(db.writer())
+        .execute(&mut tx)
         .await?;
-    Ok(deleted == 1)
+    tx.commit().await?;
+    Ok(Some(deleted == 1))
 }
 
 pub(super) async fn default_profile(

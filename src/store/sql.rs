@@ -27,8 +27,8 @@ use super::{
     Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
     DataReport, DefaultTeam, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus,
     NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
-    RemoveOutcome, ReplicaLag, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SigningKeyRecord, Store,
-    StoreError, StoredSecret, UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
+    RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind, SessionOfIdentity, SessionRecord, SigningKeyRecord,
+    Store, StoreError, StoredSecret, UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 use super::{
@@ -40,8 +40,8 @@ use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
     AuthProfile, Client, ClientId, ClientKind, DeliveryJob, DeliveryState, DomainClaim, DomainName, Email, EventId,
-    Identity, IdentityId, Issuer, Principal, ProfileId, Role, Slug, Subject, Team, TeamId, TeamMembership, TeamRef,
-    User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
+    Identity, IdentityId, Issuer, Principal, ProfileId, ProfileRight, Role, Slug, Subject, Team, TeamId,
+    TeamMembership, TeamRef, User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
 /// Tessera's storage on SQLite or PostgreSQL (with an optional read replica).
@@ -288,17 +288,21 @@ async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Resu
     }
 }
 
-/// Whether `by` may connect (or set the credential of) profile `id`: a member of its team, and
-/// its creator or, for a team-wide profile, a team owner or admin. Read in `tx` after a shared
-/// lock of the team's row, taken before any lock of the profile: membership changes lock that
-/// row for update, so a removal or demotion waits until `tx` ends, or came first. False when the
-/// profile is gone.
-pub(super) async fn may_connect_in(tx: &mut Tx, id: ProfileId, by: UserId) -> Result<bool, StoreError> {
+/// The role of `by` in profile `id`'s team when `by` has `right` on it ([`ProfileKind::allows`]);
+/// `None` when not, or when the profile is gone. Read in `tx` after a shared lock of the team's
+/// row, taken before any lock of the profile: membership changes lock that row for update, so a
+/// removal or demotion waits until `tx` ends, or came first.
+pub(super) async fn role_allowed_in(
+    tx: &mut Tx,
+    id: ProfileId,
+    by: UserId,
+    right: ProfileRight,
+) -> Result<Option<Role>, StoreError> {
     query("SELECT 1 FROM teams WHERE id = (SELECT team_id FROM auth_profiles WHERE id = $1) FOR SHARE")
         .bind(id.as_uuid())
         .execute(&mut *tx)
         .await?;
-    let right = query(
+    let row = query(
         "SELECT m.role, p.created_by, p.profile_kind FROM auth_profiles p
          JOIN memberships m ON m.team_id = p.team_id AND m.user_id = $2
          WHERE p.id = $1",
@@ -307,14 +311,15 @@ pub(super) async fn may_connect_in(tx: &mut Tx, id: ProfileId, by: UserId) -> Re
     .bind(by.as_uuid())
     .fetch_optional(&mut *tx)
     .await?;
-    match right {
-        Some(row) => {
-            let kind = decode_kind(&row.text("profile_kind")?)?;
-            let creator = row.uuid("created_by")? == by.as_uuid();
-            Ok(kind.may_connect(creator, decode_role(&row.text("role")?)?).is_ok())
-        }
-        None => Ok(false),
-    }
+    let Some(row) = row else { return Ok(None) };
+    let kind = decode_kind(&row.text("profile_kind")?)?;
+    let role = decode_role(&row.text("role")?)?;
+    Ok(kind.allows(right, row.uuid("created_by")? == by.as_uuid(), role).then_some(role))
+}
+
+/// Whether `by` may connect (or set the credential of) profile `id` ([`role_allowed_in`]).
+pub(super) async fn may_connect_in(tx: &mut Tx, id: ProfileId, by: UserId) -> Result<bool, StoreError> {
+    Ok(role_allowed_in(tx, id, by, ProfileRight::Connect).await?.is_some())
 }
 
 /// Keeps a pending profile until at least `until` (never shortens it; sets a missing expiry).
@@ -1934,8 +1939,21 @@ impl Store for SqlStore {
         tx.commit().await
     }
 
-    async fn revoke_profile(&self, id: ProfileId, now: DateTime<Utc>) -> Result<Option<ProfileSecrets>, StoreError> {
+    async fn revoke_profile(
+        &self,
+        id: ProfileId,
+        by: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<Revocation, StoreError> {
         let mut tx = self.db.begin().await?;
+        // The team's row (shared) before the profile's, as every write that checks a right does.
+        if let Some(by) = by
+            && role_allowed_in(&mut tx, id, by, ProfileRight::Manage).await?.is_none()
+        {
+            tx.rollback().await?;
+            let live = self.profile(id).await?.is_some_and(|p| p.status != crate::domain::ProfileStatus::Revoked);
+            return Ok(if live { Revocation::Refused } else { Revocation::NotFound });
+        }
         let row = query(
             "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
                     access_token_stored_at, refresh_lease_owner, refresh_lease_until
@@ -1946,7 +1964,7 @@ impl Store for SqlStore {
         .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(Revocation::NotFound);
         };
         let secrets = rows::profile_secrets(&row)?;
         query(
@@ -1964,7 +1982,7 @@ impl Store for SqlStore {
         query("DELETE FROM profile_credentials WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
         insert_profile_event(&mut tx, id, events::AUTH_PROFILE_REVOKED, &[], now).await?;
         tx.commit().await?;
-        Ok(Some(secrets))
+        Ok(Revocation::Revoked(secrets))
     }
 
     // --- OpenID Provider: grants, codes, refresh tokens, consents, held requests ---
@@ -3126,14 +3144,14 @@ impl Store for SqlStore {
         &self,
         team: TeamId,
         id: ProfileId,
-        member: Option<UserId>,
+        by: UserId,
         now: DateTime<Utc>,
     ) -> Result<DefaultOutcome, StoreError> {
-        profile_actions::set_default_profile(&self.db, team, id, member, now).await
+        profile_actions::set_default_profile(&self.db, team, id, by, now).await
     }
 
-    async fn clear_default_profile(&self, team: TeamId, id: ProfileId) -> Result<bool, StoreError> {
-        profile_actions::clear_default_profile(&self.db, team, id).await
+    async fn clear_default_profile(&self, team: TeamId, id: ProfileId, by: UserId) -> Result<Option<bool>, StoreError> {
+        profile_actions::clear_default_profile(&self.db, team, id, by).await
     }
 
     async fn default_profile(&self, team: TeamId, connector_key: &str) -> Result<Option<AuthProfile>, StoreError> {

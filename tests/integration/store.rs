@@ -26,7 +26,7 @@ use tessera::store::{
     StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession,
     UserUpdate,
 };
-use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage, WebhookChange};
+use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage, Revocation, WebhookChange};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, on_both_backends};
@@ -1746,7 +1746,7 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     assert_eq!(store.insert_profile(&elsewhere).await.unwrap(), Some(elsewhere), "slugs are per team");
 
     // Revoking a profile frees its slug.
-    assert!(store.revoke_profile(first.id, t0).await.unwrap().is_some());
+    assert!(matches!(store.revoke_profile(first.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
     let again = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(2));
     assert_eq!(store.insert_profile(&again).await.unwrap(), Some(again.clone()));
     assert_eq!(store.profile_by_slug(ada.team.id, &again.slug).await.unwrap(), Some(again));
@@ -1856,7 +1856,7 @@ async fn team_profiles_lists_live_profiles_oldest_first(backend: Backend) {
     let middle = inserted(&store, env("middle", t0 + minutes(1))).await;
     let revoked = inserted(&store, env("revoked", t0 - minutes(1))).await;
     inserted(&store, profile(&bob.team, bob.id(), ProfileKind::Env, "middle", t0 - minutes(2))).await;
-    assert!(store.revoke_profile(revoked.id, t0).await.unwrap().is_some());
+    assert!(matches!(store.revoke_profile(revoked.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
 
     assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), [oldest, middle.clone(), newest]);
     assert_eq!(store.profile_by_slug(ada.team.id, &middle.slug).await.unwrap(), Some(middle));
@@ -2136,7 +2136,7 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     assert!(store.activate_profile(pending.id, active.version, &second).await.unwrap(), "a reconnection");
     assert_eq!(store.profile(pending.id).await.unwrap().unwrap().version, active.version + 1);
 
-    assert!(store.revoke_profile(pending.id, t1).await.unwrap().is_some());
+    assert!(matches!(store.revoke_profile(pending.id, None, t1).await.unwrap(), Revocation::Revoked(_)));
     let revoked = store.profile(pending.id).await.unwrap().unwrap();
     assert!(!store.activate_profile(pending.id, revoked.version, &first).await.unwrap(), "revoked stays revoked");
     assert_eq!(store.profile(pending.id).await.unwrap(), Some(revoked));
@@ -2354,7 +2354,11 @@ async fn revoking_a_profile_wipes_its_credentials_and_returns_them(backend: Back
     assert!(held.access_token.is_some() && held.refresh_token.is_some());
 
     let t1 = t0 + TimeDelta::minutes(1);
-    assert_eq!(store.revoke_profile(app.id, t1).await.unwrap(), Some(held), "what it held, for the provider");
+    assert_eq!(
+        store.revoke_profile(app.id, None, t1).await.unwrap(),
+        Revocation::Revoked(held),
+        "what it held, for the provider"
+    );
     let wiped = secrets_of(&store, app.id).await;
     assert_eq!(
         (wiped.status, wiped.access_token, wiped.refresh_token, wiped.expires_at, wiped.lease),
@@ -2380,8 +2384,8 @@ async fn revoking_a_profile_wipes_its_credentials_and_returns_them(backend: Back
         now: t1,
     };
     assert!(!store.complete_refresh(app.id, holder, &refreshed).await.unwrap(), "the lease went with it");
-    assert_eq!(store.revoke_profile(app.id, t1).await.unwrap(), None, "revoked once");
-    assert_eq!(store.revoke_profile(ProfileId::generate(), t1).await.unwrap(), None);
+    assert_eq!(store.revoke_profile(app.id, None, t1).await.unwrap(), Revocation::NotFound, "revoked once");
+    assert_eq!(store.revoke_profile(ProfileId::generate(), None, t1).await.unwrap(), Revocation::NotFound);
 }
 
 // ---- Env and browser-session credentials ----------------------------------------------------
@@ -2458,7 +2462,7 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
     assert_eq!(store.count_secrets(SecretKind::ProfileCredentials).await.unwrap(), 1);
 
     // Revoking wipes it, and nothing is written to a revoked profile or to none.
-    assert!(store.revoke_profile(env.id, t2).await.unwrap().is_some());
+    assert!(matches!(store.revoke_profile(env.id, None, t2).await.unwrap(), Revocation::Revoked(_)));
     assert_eq!(
         store.profile_credential(env.id).await.unwrap(),
         Some(StoredCredential { status: ProfileStatus::Revoked, credential: None })
@@ -2592,13 +2596,14 @@ async fn concurrent_credential_writes_with_one_connect_token_have_one_winner(bac
 // ---- Auth profiles: updates, connector defaults, credential tests ---------------------------
 
 fn change<'a>(
+    by: UserId,
     name: &'a str,
     slug: &'a Slug,
     scopes: &'a [String],
     widened: bool,
     at: DateTime<Utc>,
 ) -> ProfileChange<'a> {
-    ProfileChange { display_name: Some(name), slug: Some(slug), scopes: Some(scopes), widened, now: at }
+    ProfileChange { display_name: Some(name), slug: Some(slug), scopes: Some(scopes), by, widened, now: at }
 }
 
 async fn updating_a_profile_compares_and_swaps_its_version(backend: Backend) {
@@ -2610,7 +2615,7 @@ async fn updating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     let other = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "taken", t0)).await;
     let (renamed, scopes) = (Slug::parse("renamed").unwrap(), vec!["repo".to_owned()]);
     let t1 = t0 + TimeDelta::seconds(1);
-    let update = change("Renamed", &renamed, &scopes, false, t1);
+    let update = change(ada.id(), "Renamed", &renamed, &scopes, false, t1);
     assert_eq!(store.update_profile(pending.id, pending.version + 1, &update).await.unwrap(), ProfileUpdate::Changed);
     assert_eq!(store.profile(pending.id).await.unwrap().as_ref(), Some(&pending), "a refusal changes nothing");
     assert_eq!(store.update_profile(pending.id, pending.version, &update).await.unwrap(), ProfileUpdate::Updated);
@@ -2622,32 +2627,32 @@ async fn updating_a_profile_compares_and_swaps_its_version(backend: Backend) {
         ..pending.clone()
     };
     assert_eq!(store.profile(pending.id).await.unwrap(), Some(updated.clone()), "not widened: the version stays");
-    let taken = change("Renamed", &other.slug, &scopes, false, t1);
+    let taken = change(ada.id(), "Renamed", &other.slug, &scopes, false, t1);
     assert_eq!(store.update_profile(pending.id, pending.version, &taken).await.unwrap(), ProfileUpdate::SlugTaken);
     assert_eq!(store.profile(pending.id).await.unwrap(), Some(updated), "nothing written");
 
     // Widened: a pending profile stays pending with a new version; an active one needs reauth.
     let wider = vec!["repo".to_owned(), "admin".to_owned()];
-    let widen = change("Renamed", &renamed, &wider, true, t1);
+    let widen = change(ada.id(), "Renamed", &renamed, &wider, true, t1);
     assert_eq!(store.update_profile(pending.id, pending.version, &widen).await.unwrap(), ProfileUpdate::Updated);
     let after = store.profile(pending.id).await.unwrap().unwrap();
     assert_eq!((after.status, after.version), (ProfileStatus::PendingAuth, pending.version + 1));
-    let widen = change("Active", &active.slug, &wider, true, t1);
+    let widen = change(ada.id(), "Active", &active.slug, &wider, true, t1);
     assert_eq!(store.update_profile(active.id, active.version, &widen).await.unwrap(), ProfileUpdate::Updated);
     let after = store.profile(active.id).await.unwrap().unwrap();
     assert_eq!((after.status, after.version), (ProfileStatus::NeedsReauth, active.version + 1));
     assert_eq!(after.granted_scopes, active.granted_scopes, "what was granted stays on record");
 
     // A revoked profile is not updated; of concurrent updates of one version, one wins.
-    store.revoke_profile(other.id, t1).await.unwrap();
-    let update = change("Gone", &other.slug, &scopes, false, t1);
+    store.revoke_profile(other.id, None, t1).await.unwrap();
+    let update = change(ada.id(), "Gone", &other.slug, &scopes, false, t1);
     assert_eq!(store.update_profile(other.id, other.version + 1, &update).await.unwrap(), ProfileUpdate::Changed);
     let fresh = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "raced", t0)).await;
     let outcomes = concurrently(8, |i| {
-        let (store, id, version) = (store.clone(), fresh.id, fresh.version);
+        let (store, id, version, by) = (store.clone(), fresh.id, fresh.version, ada.id());
         async move {
             let (slug, scopes) = (Slug::parse(&format!("raced-{i}")).unwrap(), vec![format!("s{i}")]);
-            store.update_profile(id, version, &change("Raced", &slug, &scopes, true, now())).await.unwrap()
+            store.update_profile(id, version, &change(by, "Raced", &slug, &scopes, true, now())).await.unwrap()
         }
     })
     .await;
@@ -2657,8 +2662,22 @@ async fn updating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     // stays): both stay applied — each writes only the field it names.
     let both = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "both", t0)).await;
     let (only_name, only_slug) = (
-        ProfileChange { display_name: Some("Billing"), slug: None, scopes: None, widened: false, now: t1 },
-        ProfileChange { display_name: None, slug: Some(&renamed_again()), scopes: None, widened: false, now: t1 },
+        ProfileChange {
+            display_name: Some("Billing"),
+            slug: None,
+            scopes: None,
+            by: ada.id(),
+            widened: false,
+            now: t1,
+        },
+        ProfileChange {
+            display_name: None,
+            slug: Some(&renamed_again()),
+            scopes: None,
+            by: ada.id(),
+            widened: false,
+            now: t1,
+        },
     );
     for update in [&only_name, &only_slug] {
         assert_eq!(store.update_profile(both.id, both.version, update).await.unwrap(), ProfileUpdate::Updated);
@@ -2680,46 +2699,67 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     let first = connected(&store, &ada, "first").await;
     let second = connected(&store, &ada, "second").await;
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
-    assert_eq!(store.set_default_profile(ada.team.id, first.id, None, t0).await.unwrap(), DefaultOutcome::Set);
+    assert_eq!(store.set_default_profile(ada.team.id, first.id, ada.id(), t0).await.unwrap(), DefaultOutcome::Set);
     let default = store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap();
     assert_eq!((default.id, default.is_default), (first.id, true));
-    assert_eq!(store.set_default_profile(ada.team.id, second.id, None, t0).await.unwrap(), DefaultOutcome::Set);
+    assert_eq!(store.set_default_profile(ada.team.id, second.id, ada.id(), t0).await.unwrap(), DefaultOutcome::Set);
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap().id, second.id);
     assert!(!store.profile(first.id).await.unwrap().unwrap().is_default, "switched, not added");
     assert_eq!(db.sql().await.count("connector_defaults").await, 1);
-    // A member's call replaces only a default of their own.
-    let others = store.set_default_profile(ada.team.id, first.id, Some(bob.id()), t0).await.unwrap();
+    // A member (neither owner nor admin) makes a default only of a profile they created, and
+    // replaces only a default of their own; once removed from the team, nothing at all.
+    store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
+    let bobs_own = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::Env, "bobs-own", t0)).await;
+    let others = store.set_default_profile(ada.team.id, bobs_own.id, bob.id(), t0).await.unwrap();
     assert_eq!(others, DefaultOutcome::OthersDefault);
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap().id, second.id, "unchanged");
-    assert_eq!(
-        store.set_default_profile(ada.team.id, first.id, Some(ada.id()), t0).await.unwrap(),
-        DefaultOutcome::Set
-    );
-    assert_eq!(store.set_default_profile(ada.team.id, second.id, None, t0).await.unwrap(), DefaultOutcome::Set);
+    let not_his = store.set_default_profile(ada.team.id, first.id, bob.id(), t0).await.unwrap();
+    assert_eq!(not_his, DefaultOutcome::Refused);
+    assert_eq!(store.clear_default_profile(ada.team.id, second.id, bob.id()).await.unwrap(), None);
+    assert_eq!(store.clear_default_profile(ada.team.id, second.id, ada.id()).await.unwrap(), Some(true));
+    for _ in 0..2 {
+        let own = store.set_default_profile(ada.team.id, bobs_own.id, bob.id(), t0).await.unwrap();
+        assert_eq!(own, DefaultOutcome::Set, "where there is none, then over his own");
+    }
+    assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    let removed = store.set_default_profile(ada.team.id, bobs_own.id, bob.id(), t0).await.unwrap();
+    assert_eq!(removed, DefaultOutcome::Refused);
+    assert_eq!(store.clear_default_profile(ada.team.id, bobs_own.id, bob.id()).await.unwrap(), None);
+    let (slug, scopes) = (Slug::parse("still-his").unwrap(), vec!["repo".to_owned()]);
+    let update = change(bob.id(), "Still his", &slug, &scopes, false, t0);
+    assert_eq!(store.update_profile(bobs_own.id, bobs_own.version, &update).await.unwrap(), ProfileUpdate::Refused);
+    assert_eq!(store.revoke_profile(bobs_own.id, Some(bob.id()), t0).await.unwrap(), Revocation::Refused);
+    let kept = store.profile(bobs_own.id).await.unwrap().unwrap();
+    assert_eq!((kept.status, kept.slug.as_str(), kept.is_default), (ProfileStatus::Active, "bobs-own", true));
+    assert!(matches!(store.revoke_profile(bobs_own.id, Some(ada.id()), t0).await.unwrap(), Revocation::Revoked(_)));
+    assert_eq!(store.set_default_profile(ada.team.id, second.id, ada.id(), t0).await.unwrap(), DefaultOutcome::Set);
     assert_eq!(store.default_profile(ada.team.id, "another-connector").await.unwrap(), None);
 
     // Refusals: a personal profile, another team's profile, an unknown one.
     let personal = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "mine", t0)).await;
-    assert_eq!(store.set_default_profile(ada.team.id, personal.id, None, t0).await.unwrap(), DefaultOutcome::Personal);
-    let bobs = inserted(&store, profile(&bob.team, bob.id(), ProfileKind::Env, "bobs", t0)).await;
-    assert_eq!(store.set_default_profile(ada.team.id, bobs.id, None, t0).await.unwrap(), DefaultOutcome::NotFound);
     assert_eq!(
-        store.set_default_profile(ada.team.id, ProfileId::generate(), None, t0).await.unwrap(),
+        store.set_default_profile(ada.team.id, personal.id, ada.id(), t0).await.unwrap(),
+        DefaultOutcome::Personal
+    );
+    let bobs = inserted(&store, profile(&bob.team, bob.id(), ProfileKind::Env, "bobs", t0)).await;
+    assert_eq!(store.set_default_profile(ada.team.id, bobs.id, ada.id(), t0).await.unwrap(), DefaultOutcome::NotFound);
+    assert_eq!(
+        store.set_default_profile(ada.team.id, ProfileId::generate(), ada.id(), t0).await.unwrap(),
         DefaultOutcome::NotFound
     );
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap().id, second.id);
 
     // Clearing: only the default's own row.
-    assert!(!store.clear_default_profile(ada.team.id, first.id).await.unwrap());
-    assert!(store.clear_default_profile(ada.team.id, second.id).await.unwrap());
+    assert_eq!(store.clear_default_profile(ada.team.id, first.id, ada.id()).await.unwrap(), Some(false));
+    assert_eq!(store.clear_default_profile(ada.team.id, second.id, ada.id()).await.unwrap(), Some(true));
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
 
     // A revoked profile stops being the default, and cannot become it.
-    assert_eq!(store.set_default_profile(ada.team.id, first.id, None, t0).await.unwrap(), DefaultOutcome::Set);
-    store.revoke_profile(first.id, t0).await.unwrap();
+    assert_eq!(store.set_default_profile(ada.team.id, first.id, ada.id(), t0).await.unwrap(), DefaultOutcome::Set);
+    store.revoke_profile(first.id, None, t0).await.unwrap();
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
     assert_eq!(db.sql().await.count("connector_defaults").await, 0);
-    assert_eq!(store.set_default_profile(ada.team.id, first.id, None, t0).await.unwrap(), DefaultOutcome::NotFound);
+    assert_eq!(store.set_default_profile(ada.team.id, first.id, ada.id(), t0).await.unwrap(), DefaultOutcome::NotFound);
 
     // The database itself refuses a second default of a connector, and a default of another
     // team's or connector's profile.
@@ -2745,8 +2785,8 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     }
     let ids: Vec<ProfileId> = envs.iter().map(|p| p.id).collect();
     let outcomes = concurrently(8, |i| {
-        let (store, team, id) = (store.clone(), ada.team.id, ids[i]);
-        async move { store.set_default_profile(team, id, None, now()).await.unwrap() }
+        let (store, team, id, by) = (store.clone(), ada.team.id, ids[i], ada.id());
+        async move { store.set_default_profile(team, id, by, now()).await.unwrap() }
     })
     .await;
     assert!(outcomes.iter().all(|o| *o == DefaultOutcome::Set), "{outcomes:?}");
@@ -2915,7 +2955,7 @@ async fn secrets_are_counted_and_paged_in_whole_rows(backend: Backend) {
     let owner = &people[0];
     let both = connected(&store, owner, "both").await;
     let revoked = connected(&store, owner, "revoked").await;
-    assert!(store.revoke_profile(revoked.id, t0).await.unwrap().is_some());
+    assert!(matches!(store.revoke_profile(revoked.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
     let access_only =
         inserted(&store, profile(&owner.team, owner.id(), ProfileKind::OauthAccount, "access-only", t0)).await;
     assert!(
@@ -5461,16 +5501,16 @@ mod issue_12_events {
         assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap());
         let current = store.profile(app.id).await.unwrap().unwrap();
         let scopes = vec!["repo".to_owned(), "admin:org".to_owned()];
-        let widen = change("App", &current.slug, &scopes, true, t);
+        let widen = change(ada.id(), "App", &current.slug, &scopes, true, t);
         assert_eq!(store.update_profile(app.id, current.version, &widen).await.unwrap(), ProfileUpdate::Updated);
         let current = store.profile(app.id).await.unwrap().unwrap();
-        let rename = change("Renamed", &current.slug, &scopes, false, t);
+        let rename = change(ada.id(), "Renamed", &current.slug, &scopes, false, t);
         assert_eq!(store.update_profile(app.id, current.version, &rename).await.unwrap(), ProfileUpdate::Updated);
-        assert!(store.revoke_profile(app.id, t).await.unwrap().is_some());
-        assert!(store.revoke_profile(app.id, t).await.unwrap().is_none());
+        assert!(matches!(store.revoke_profile(app.id, None, t).await.unwrap(), Revocation::Revoked(_)));
+        assert!(store.revoke_profile(app.id, None, t).await.unwrap() == Revocation::NotFound);
         // A pending profile whose scopes widen is not "needs_reauth": no event.
         let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "later", t)).await;
-        let widen = change("Later", &pending.slug, &scopes, true, t);
+        let widen = change(ada.id(), "Later", &pending.slug, &scopes, true, t);
         assert_eq!(store.update_profile(pending.id, pending.version, &widen).await.unwrap(), ProfileUpdate::Updated);
         // An env credential connects its profile.
         let env = pending_env(&store, &ada, "env", t).await;
