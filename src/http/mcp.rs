@@ -106,7 +106,8 @@ async fn require_token(State(state): State<Arc<AppState>>, mut request: Request,
     match authenticate(&state, op, request.headers()).await {
         Ok(user) => {
             request.extensions_mut().insert(Caller(user));
-            next.run(request).await
+            // A tool's answer can hold a credential: no cache keeps any of them.
+            crate::http::responses::no_store(next.run(request).await)
         }
         Err(error) => refuse(op, error),
     }

@@ -211,6 +211,7 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().get("mcp-session-id").is_none());
     assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["cache-control"], "no-store", "a tool's answer can hold a credential");
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["result"]["serverInfo"]["name"], "tessera", "{answer}");
     assert!(answer["result"]["capabilities"]["tools"].is_object(), "{answer}");
