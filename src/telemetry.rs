@@ -2,28 +2,74 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::layer::{Filter, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogConfig;
-
-/// The level the MCP SDK (`rmcp`) logs at, at most.
-const MCP_SDK_FLOOR: &str = "rmcp=warn";
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 ///
 /// A log sink that goes away (a closed pipe) must never take the server down, so write errors are
 /// dropped rather than reported on stderr, which is the very stream that failed.
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    // The MCP SDK logs whole requests and results at debug and trace level, and the tool's results
-    // carry credentials: a filter such as `debug` leaves it at warnings and errors.
-    let filter = filter.add_directive(MCP_SDK_FLOOR.parse().expect("a valid directive"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false);
-    let _ = if config.json { builder.json().try_init() } else { builder.try_init() };
+    let layer = match config.json {
+        true => layer.json().with_filter(filter(&config.filter)).boxed(),
+        false => layer.with_filter(filter(&config.filter)).boxed(),
+    };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// `log.filter` (`info` when it does not parse), with the MCP SDK (`rmcp`) held at warnings and
+/// errors whatever it says: the SDK logs whole requests and results at debug and trace level, and
+/// the tool's results carry credentials. A separate filter, not a directive of the same
+/// `EnvFilter`, because a span directive (`[request]=trace`) enables every event inside the span,
+/// whatever the event's target.
+fn filter<S: tracing::Subscriber + for<'a> LookupSpan<'a>>(directives: &str) -> impl Filter<S> + use<S> {
+    let configured = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    configured.and(filter_fn(|meta| !mcp_sdk_detail(meta)))
+}
+
+/// Whether an event or span is the MCP SDK's, below warnings.
+fn mcp_sdk_detail(meta: &Metadata<'_>) -> bool {
+    let target = meta.target();
+    (target == "rmcp" || target.starts_with("rmcp::")) && *meta.level() > Level::WARN
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::PoisonError;
+
+    use super::*;
+
+    #[test]
+    fn the_mcp_sdk_stays_at_warnings_even_under_a_span_directive() {
+        let buffer = capture::Buffer::default();
+        let writer = {
+            let buffer = buffer.clone();
+            move || buffer.clone()
+        };
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer);
+        let subscriber = tracing_subscriber::registry().with(layer.with_filter(filter("info,[request]=trace")));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request");
+            let _entered = span.enter();
+            tracing::trace!(target: "rmcp::service", "sdk-trace-with-a-credential");
+            tracing::debug!(target: "rmcp", "sdk-debug-with-a-credential");
+            tracing::warn!(target: "rmcp::service", "sdk-warning");
+            tracing::trace!(target: "tessera::http", "own-trace");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap_or_else(PoisonError::into_inner).clone()).unwrap();
+        assert!(text.contains("own-trace"), "the span directive applies: {text}");
+        assert!(text.contains("sdk-warning"), "{text}");
+        assert!(!text.contains("with-a-credential"), "{text}");
+    }
 }
 
 /// Log capture for unit tests of what is logged.
@@ -39,8 +85,9 @@ pub(crate) mod capture {
     /// while another thread first hits the same call site can be missed.
     static SERIAL: Mutex<()> = Mutex::new(());
 
+    /// A writer into a shared byte buffer.
     #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Buffer(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl Write for Buffer {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
