@@ -181,7 +181,7 @@ fn parse_client(i: usize, raw: RawClient, env: &dyn Fn(&str) -> Option<String>) 
                 key("secret_env"),
                 format!(
                     "the secret in {var} is shorter than {MIN_CLIENT_SECRET_LEN} characters; generate one with \
-                     `openssl rand -base64 32`"
+                     `openssl rand -hex 32`"
                 ),
             ));
         }
