@@ -244,7 +244,7 @@ impl Application {
             sign_in,
             auth_profiles,
             sessions,
-            cookies: Cookies::new(config.auth.cookie_secure),
+            cookies: Cookies::new(config.auth.cookie_secure, config.auth.session_cookie_domain.as_deref()),
             store,
             admin_tokens,
             clients,

@@ -24,6 +24,10 @@ pub struct AuthConfig {
     /// Whether cookies are `Secure` with the `__Host-` prefix (`auth.cookie_secure`,
     /// `TESSERA_COOKIE_SECURE`); turn off only for plain-HTTP development on localhost.
     pub cookie_secure: bool,
+    /// The domain the session cookie is shared with (`auth.session_cookie_domain`): the host of
+    /// `public_url` or a parent of it, so that forward-auth answers for apps on sibling hosts.
+    /// `None` (the default): the cookie is the host's alone (`__Host-`).
+    pub session_cookie_domain: Option<String>,
     /// The provider `/auth/login` uses without `?provider=` (`auth.default_provider`).
     pub default_provider: Option<String>,
     /// Origins an absolute `return_to` may point at (`auth.return_to_origins`); relative paths
@@ -186,6 +190,7 @@ pub struct ProviderEndpoints {
 pub(super) struct RawAuth {
     public_url: Option<String>,
     cookie_secure: Option<bool>,
+    session_cookie_domain: Option<String>,
     default_provider: Option<String>,
     return_to_origins: Option<Vec<String>>,
     session_ttl_hours: Option<u64>,
@@ -280,6 +285,7 @@ pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
             "false only with an http auth.public_url on a loopback host; remove it for an https one",
         ));
     }
+    let session_cookie_domain = session_cookie_domain(raw.session_cookie_domain.as_deref(), public_url.as_ref())?;
     let mut return_to_origins = Vec::new();
     for (i, origin) in raw.return_to_origins.unwrap_or_default().iter().enumerate() {
         let key = format!("auth.return_to_origins[{i}]");
@@ -305,11 +311,37 @@ pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
         pending_profile_ttl: Duration::from_secs(pending_hours * 3600),
         public_url,
         cookie_secure,
+        session_cookie_domain,
         default_provider: raw.default_provider,
         return_to_origins,
         session_ttl: Duration::from_secs(session_ttl_hours * 3600),
         session_idle: Duration::from_secs(session_idle_minutes * 60),
     })
+}
+
+/// `auth.session_cookie_domain`: the host of `public_url` or a parent domain of it (a leading dot
+/// is dropped, as browsers do); a blank value is unset.
+fn session_cookie_domain(raw: Option<&str>, public_url: Option<&Url>) -> Result<Option<String>, ConfigError> {
+    const KEY: &str = "auth.session_cookie_domain";
+    let Some(domain) = raw.map(|d| d.trim().trim_start_matches('.').to_ascii_lowercase()).filter(|d| !d.is_empty())
+    else {
+        return Ok(None);
+    };
+    let Some(host) = public_url.and_then(|url| url.domain()) else {
+        return Err(ConfigError::new(
+            KEY,
+            "set auth.public_url to a URL with a host name too: the cookie's domain is that host or a parent of it",
+        ));
+    };
+    let host = host.to_ascii_lowercase();
+    let is_name = matches!(url::Host::parse(&domain), Ok(url::Host::Domain(_))) && domain.contains('.');
+    if !is_name || !(host == domain || host.ends_with(&format!(".{domain}"))) {
+        return Err(ConfigError::new(
+            KEY,
+            format!("expected {host} (auth.public_url's host) or a parent domain of it, such as example.com"),
+        ));
+    }
+    Ok(Some(domain))
 }
 
 pub(super) fn parse_providers(
@@ -706,6 +738,29 @@ mod tests {
 
     fn key() -> String {
         base64::engine::general_purpose::STANDARD.encode([4u8; 32])
+    }
+
+    #[test]
+    fn the_session_cookie_domain_is_the_public_host_or_a_parent_of_it() {
+        let with = |public: &str, domain: &str| {
+            let toml = format!("[auth]\npublic_url = \"{public}\"\nsession_cookie_domain = \"{domain}\"\n");
+            Config::from_toml(&toml, env(&[])).map(|c| c.auth.session_cookie_domain)
+        };
+        assert_eq!(with("https://id.example.com", ".Example.com").unwrap().as_deref(), Some("example.com"));
+        assert_eq!(with("https://id.example.com", "id.example.com").unwrap().as_deref(), Some("id.example.com"));
+        assert_eq!(with("https://id.example.com", " ").unwrap(), None);
+        for (public, domain) in [
+            ("https://id.example.com", "other.com"),
+            ("https://id.example.com", "ample.com"),
+            ("https://id.example.com", "app.example.com"),
+            ("https://id.example.com", "com"),
+            ("http://127.0.0.1:8080", "127.0.0.1"),
+        ] {
+            let error = with(public, domain).unwrap_err().to_string();
+            assert!(error.contains("auth.session_cookie_domain"), "{domain}: {error}");
+        }
+        let without_url = Config::from_toml("[auth]\nsession_cookie_domain = \"example.com\"\n", env(&[]));
+        assert!(without_url.unwrap_err().to_string().contains("auth.public_url"));
     }
 
     #[test]

@@ -4,22 +4,28 @@
 //! With `auth.cookie_secure` (the default) they are `Secure` and carry the `__Host-` prefix, so
 //! that no subdomain can set or shadow them. For plain-HTTP development on localhost only, turning
 //! it off drops `Secure` and the prefix (browsers refuse `__Host-` cookies without `Secure`).
+//! With `auth.session_cookie_domain`, the session cookie is shared with that domain's hosts
+//! (`Domain=`, and the `__Secure-` prefix, since `__Host-` forbids a domain), for forward-auth of
+//! apps on sibling hosts; the binding cookie stays the host's alone.
 //! Cookies are read through [`super::credentials::cookie`], which refuses a repeated name.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
 
 /// Cookie names and attributes for one deployment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Cookies {
     secure: bool,
+    session_domain: Option<Arc<str>>,
 }
 
 impl Cookies {
-    /// Cookies for a deployment served over HTTPS (`secure`) or plain-HTTP development.
-    pub fn new(secure: bool) -> Self {
-        Self { secure }
+    /// Cookies for a deployment served over HTTPS (`secure`) or plain-HTTP development, with the
+    /// session cookie shared with `session_domain`'s hosts when there is one.
+    pub fn new(secure: bool, session_domain: Option<&str>) -> Self {
+        Self { secure, session_domain: session_domain.map(Arc::from) }
     }
 
     /// Whether the deployment is served over HTTPS (`auth.cookie_secure`).
@@ -29,7 +35,11 @@ impl Cookies {
 
     /// The session cookie's name.
     pub fn session(&self) -> &'static str {
-        if self.secure { "__Host-tessera_session" } else { "tessera_session" }
+        match (self.secure, self.session_domain.is_some()) {
+            (true, false) => "__Host-tessera_session",
+            (true, true) => "__Secure-tessera_session",
+            (false, _) => "tessera_session",
+        }
     }
 
     /// The sign-in binding cookie's name.
@@ -40,11 +50,16 @@ impl Cookies {
     /// A `Set-Cookie` value setting `name` for `max_age`.
     pub fn set(&self, name: &str, value: &str, max_age: Duration) -> HeaderValue {
         let secure = if self.secure { "; Secure" } else { "" };
-        let cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", max_age.as_secs());
-        HeaderValue::from_str(&cookie).expect("cookie values are base64url")
+        let domain = match &self.session_domain {
+            Some(domain) if name == self.session() => format!("; Domain={domain}"),
+            _ => String::new(),
+        };
+        let cookie =
+            format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}{domain}", max_age.as_secs());
+        HeaderValue::from_str(&cookie).expect("cookie values are base64url, and the domain a checked host name")
     }
 
-    /// A `Set-Cookie` value removing `name`.
+    /// A `Set-Cookie` value removing `name` (with the attributes that set it).
     pub fn clear(&self, name: &str) -> HeaderValue {
         self.set(name, "", Duration::ZERO)
     }
@@ -56,14 +71,26 @@ mod tests {
 
     #[test]
     fn secure_cookies_use_the_host_prefix() {
-        let secure = Cookies::new(true);
+        let secure = Cookies::new(true, None);
         let value = secure.set(secure.session(), "v", Duration::from_secs(60));
         assert_eq!(
             value.to_str().unwrap(),
             "__Host-tessera_session=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure"
         );
-        let dev = Cookies::new(false);
+        let dev = Cookies::new(false, None);
         assert!(!dev.set(dev.session(), "v", Duration::from_secs(1)).to_str().unwrap().contains("Secure"));
         assert!(dev.clear(dev.login()).to_str().unwrap().contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn a_shared_session_cookie_names_its_domain_and_the_binding_stays_the_hosts() {
+        let shared = Cookies::new(true, Some("example.com"));
+        assert_eq!(
+            shared.clear(shared.session()).to_str().unwrap(),
+            "__Secure-tessera_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure; Domain=example.com"
+        );
+        let login = shared.set(shared.login(), "v", Duration::from_secs(1));
+        assert!(login.to_str().unwrap().starts_with("__Host-tessera_login=v;"));
+        assert!(!login.to_str().unwrap().contains("Domain"));
     }
 }

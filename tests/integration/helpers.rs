@@ -336,6 +336,12 @@ impl TestApp {
     /// Starts a server on an existing database with the given configuration. Set
     /// `TESSERA_TEST_LOG` (a filter such as `debug`) to see the server's logs.
     pub async fn start(db: TestDb, config: &Config) -> Self {
+        Self::start_as(db, config, "127.0.0.1").await
+    }
+
+    /// [`TestApp::start`], reached by browsers at `http://{host}:{port}` (its `auth.public_url`
+    /// unless the configuration names one): a client resolves `host` to [`TestApp::addr`].
+    pub async fn start_as(db: TestDb, config: &Config, host: &str) -> Self {
         if let Ok(filter) = std::env::var("TESSERA_TEST_LOG") {
             tessera::telemetry::init(&tessera::config::LogConfig { json: false, filter, filter_given: true });
         }
@@ -344,8 +350,8 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let mut config = config.clone();
         if config.auth.public_url.is_none() {
-            config.auth.public_url =
-                Some(url::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap());
+            let port = listener.local_addr().unwrap().port();
+            config.auth.public_url = Some(url::Url::parse(&format!("http://{host}:{port}")).unwrap());
         }
         let app = Application::build_on(&config, store.clone(), listener).await.expect("build the server");
         let addr = app.local_addr();

@@ -10,7 +10,7 @@ use tessera::config::{Config, ProviderConfig, ProviderEndpoints, ProviderKind};
 use tessera::domain::Issuer;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser, Tamper, TokenFault};
 
-use crate::helpers::{Backend, TestApp, eventually_within, identity, json as body, on_both_backends};
+use crate::helpers::{Backend, TestApp, TestDb, eventually_within, identity, json as body, on_both_backends};
 use std::time::Duration;
 
 on_both_backends!(
@@ -34,6 +34,7 @@ on_both_backends!(
     a_sign_in_whose_identity_goes_meanwhile_says_so,
     sessions_end_when_idle_expired_or_logged_out,
     a_session_in_use_never_reaches_a_short_idle_timeout,
+    a_shared_session_cookie_reaches_forward_auth_on_sibling_hosts,
 );
 
 pub const CLIENT_ID: &str = "tessera-test";
@@ -808,4 +809,53 @@ async fn sessions_end_when_idle_expired_or_logged_out(backend: Backend) {
     assert!(!browser.cookies.contains_key("tessera_session"), "the cookie is cleared");
     browser.cookies.insert("tessera_session".into(), cookie);
     assert_eq!(browser.me(&w.app).await.status(), StatusCode::UNAUTHORIZED, "the session row is gone");
+}
+
+/// Forward-auth of an app on another host of the same site: the proxy's subrequest carries what
+/// the browser sent to the app's host. A host-only session cookie (the default) never goes there;
+/// with `auth.session_cookie_domain` it does, until sign-out clears it (with the same domain).
+/// Browsers' cookie rules are those of reqwest's cookie jar, the host names resolved to the server.
+async fn a_shared_session_cookie_reaches_forward_auth_on_sibling_hosts(backend: Backend) {
+    for shared in [false, true] {
+        let issuer = LocalIssuer::start().await.unwrap();
+        issuer.set_client(CLIENT_ID, CLIENT_SECRET);
+        let db = TestDb::new(backend).await;
+        let mut config = db.config();
+        config.auth.cookie_secure = false;
+        config.providers.push(provider("local", ProviderKind::Oidc, &issuer));
+        config.auth.default_provider = Some("local".into());
+        config.auth.session_cookie_domain = shared.then(|| "tessera.test".to_owned());
+        let app = TestApp::start_as(db, &config, "id.tessera.test").await;
+        let browser = reqwest::Client::builder()
+            .no_proxy()
+            .cookie_store(true)
+            .resolve("id.tessera.test", app.addr)
+            .resolve("app.tessera.test", app.addr)
+            .build()
+            .unwrap();
+        let (id, sibling) = (
+            format!("http://id.tessera.test:{}", app.addr.port()),
+            format!("http://app.tessera.test:{}", app.addr.port()),
+        );
+        issuer.set_next_user(StubUser::new("fa-host", "fa@example.com"));
+        browser.get(format!("{id}/auth/login?return_to=/healthz")).send().await.unwrap();
+        let verify = |base: &str| browser.get(format!("{base}/auth/verify")).send();
+        assert_eq!(verify(&id).await.unwrap().status(), StatusCode::OK, "signed in (shared: {shared})");
+        let on_sibling = verify(&sibling).await.unwrap();
+        match shared {
+            false => assert_eq!(on_sibling.status(), StatusCode::UNAUTHORIZED, "a host-only cookie stays home"),
+            true => {
+                assert_eq!(on_sibling.status(), StatusCode::OK);
+                assert_eq!(on_sibling.headers()["x-tessera-email"], "fa@example.com");
+                let out = browser.post(format!("{id}/auth/logout")).send().await.unwrap();
+                let cleared = out.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned());
+                let cleared: Vec<String> = cleared.filter(|c| c.starts_with("tessera_session=")).collect();
+                assert!(
+                    cleared.iter().any(|c| c.contains("Max-Age=0") && c.contains("Domain=tessera.test")),
+                    "{cleared:?}"
+                );
+                assert_eq!(verify(&sibling).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+            }
+        }
+    }
 }
