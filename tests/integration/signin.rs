@@ -35,6 +35,7 @@ on_both_backends!(
     sessions_end_when_idle_expired_or_logged_out,
     a_session_in_use_never_reaches_a_short_idle_timeout,
     a_shared_session_cookie_reaches_forward_auth_on_sibling_hosts,
+    forward_auth_sends_a_browser_to_sign_in_and_back,
 );
 
 pub const CLIENT_ID: &str = "tessera-test";
@@ -858,4 +859,61 @@ async fn a_shared_session_cookie_reaches_forward_auth_on_sibling_hosts(backend: 
             }
         }
     }
+}
+
+/// A browser the proxy turns away is sent to sign in and back to the URL it asked for, query and
+/// all: nginx reads the sign-in URL from the 401's `X-Tessera-Sign-In`; with `redirect=true`
+/// (Traefik, Caddy) a navigation gets the 302 itself. Only URLs on allowed origins come back.
+async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
+    let w = world(backend).await;
+    let wanted = "https://app.example.com/notes?a=1&b=two%20words";
+    let proxy = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let verify = |query: &str| proxy.get(w.app.url(&format!("/auth/verify{query}")));
+    let nginx = verify("").header("x-original-url", wanted).send().await.unwrap();
+    assert_eq!(nginx.status(), StatusCode::UNAUTHORIZED);
+    let sign_in = nginx.headers()["x-tessera-sign-in"].to_str().unwrap().to_owned();
+    let expected_query = url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", wanted).finish();
+    assert_eq!(sign_in, w.app.url(&format!("/auth/login?{expected_query}")));
+
+    let forwarded = |request: reqwest::RequestBuilder| {
+        request
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "app.example.com")
+            .header("x-forwarded-uri", "/notes?a=1&b=two%20words")
+    };
+    let navigation = forwarded(verify("?redirect=true")).header("accept", "text/html,*/*").send().await.unwrap();
+    assert_eq!(navigation.status(), StatusCode::FOUND);
+    assert_eq!(location(&navigation), sign_in);
+    // An API call, or a POST, is told 401, as is a proxy that does not ask for redirects.
+    for refused in [
+        forwarded(verify("?redirect=true")).header("accept", "application/json"),
+        forwarded(verify("?redirect=true")).header("accept", "text/html").header("x-forwarded-method", "POST"),
+        forwarded(verify("")).header("accept", "text/html"),
+    ] {
+        let response = refused.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()["x-tessera-sign-in"].to_str().unwrap(), sign_in);
+    }
+    // Another origin, or one URL told twice, names no sign-in at all.
+    let elsewhere =
+        verify("?redirect=true").header("x-original-url", "https://evil.example/").header("accept", "text/html");
+    let twice = verify("").header("x-original-url", wanted).header("x-original-url", "https://app.example.com/other");
+    for response in [elsewhere.send().await.unwrap(), twice.send().await.unwrap()] {
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers().get("x-tessera-sign-in").is_none());
+    }
+    // A URL on Tessera's own host comes back as a path.
+    let own = verify("").header("x-original-url", w.app.url("/account?tab=1")).send().await.unwrap();
+    assert_eq!(
+        own.headers()["x-tessera-sign-in"].to_str().unwrap(),
+        w.app.url("/auth/login?return_to=%2Faccount%3Ftab%3D1")
+    );
+
+    // Followed, the sign-in ends where the browser was going.
+    w.issuer.set_next_user(StubUser::new("fa-back", "back@example.com"));
+    let mut browser = Browser::new();
+    let query = sign_in.split_once('?').unwrap().1.to_owned();
+    let done = browser.sign_in(&w.app, &query).await;
+    assert_eq!(location(&done), wanted);
+    assert_eq!(browser.get(&w.app.url("/auth/verify")).await.status(), StatusCode::OK);
 }

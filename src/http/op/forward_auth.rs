@@ -9,6 +9,12 @@
 //! token: a client id or a registered resource): a token one app obtained is not a key to
 //! every other app behind the proxy. Without `audience`, only session cookies count.
 //!
+//! A browser turned away is sent to sign in and back to where it was going, when the proxy says
+//! where that was (`X-Original-URL`, or `X-Forwarded-Proto`, `-Host` and `-Uri`) and it is on an
+//! allowed origin: the 401 names the sign-in URL in `X-Tessera-Sign-In` (for nginx, which turns it
+//! into its own redirect), and with `?redirect=true` (Traefik, Caddy, which pass a refusal on as
+//! it is) a browser's navigation gets a 302 to it instead.
+//!
 //! A session is resolved as for `/v1/me` (from the session cache, or one round trip), so signing
 //! out or disabling the user takes effect at once on the instance that did it and within 1 s on
 //! the others. An access token is verified locally, with no database read: it counts
@@ -31,6 +37,7 @@ const USER_ID: HeaderName = HeaderName::from_static("x-tessera-user-id");
 const EMAIL: HeaderName = HeaderName::from_static("x-tessera-email");
 const EMAIL_VERIFIED: HeaderName = HeaderName::from_static("x-tessera-email-verified");
 const TEAMS: HeaderName = HeaderName::from_static("x-tessera-teams");
+const SIGN_IN: HeaderName = HeaderName::from_static("x-tessera-sign-in");
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -42,6 +49,65 @@ fn unauthorized() -> Response {
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The refusal of a request that carried no valid session: a 401 naming where to sign in, or,
+/// when the proxy asks for redirects (`redirect=true`) and the browser is navigating, a 302 there.
+fn sign_in_first(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Response {
+    let Some(url) = sign_in_url(state, headers).and_then(|url| HeaderValue::from_str(&url).ok()) else {
+        return unauthorized();
+    };
+    if param(query, "redirect").as_deref() == Some("true") && navigation(headers) {
+        let mut response = StatusCode::FOUND.into_response();
+        response.headers_mut().insert(header::LOCATION, url);
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
+    let mut response = unauthorized();
+    response.headers_mut().insert(SIGN_IN, url);
+    response
+}
+
+/// `/auth/login` with a `return_to` of the URL the browser asked the proxy for, when that is on
+/// Tessera's own origin or an allowed one (`auth.return_to_origins`).
+fn sign_in_url(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let original = url::Url::parse(&original_url(headers)?).ok()?;
+    let return_to = match state.flows.public_origin() {
+        Some(own) if own == original.origin().ascii_serialization() => {
+            let query = original.query().map(|q| format!("?{q}")).unwrap_or_default();
+            format!("{}{query}", original.path())
+        }
+        _ => original.to_string(),
+    };
+    let return_to = state.sign_in.check_return_to(&return_to).ok()?;
+    let query =
+        url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", return_to.as_str()).finish();
+    Some(format!("{}/auth/login?{query}", state.flows.public_url()))
+}
+
+/// The URL the browser asked the proxy for: `X-Original-URL` (nginx), else `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` and `X-Forwarded-Uri` (Traefik, Caddy); each header once.
+fn original_url(headers: &HeaderMap) -> Option<String> {
+    let once = |name: &str| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(value), None) => value.to_str().ok(),
+            _ => None,
+        }
+    };
+    if let Some(url) = once("x-original-url") {
+        return Some(url.to_owned());
+    }
+    let (proto, host, uri) = (once("x-forwarded-proto")?, once("x-forwarded-host")?, once("x-forwarded-uri")?);
+    uri.starts_with('/').then(|| format!("{proto}://{host}{uri}"))
+}
+
+/// Whether the refused request is a browser's navigation (a `GET` or `HEAD` that asks for
+/// HTML), which a redirect to a sign-in page serves; an API call is better told 401.
+fn navigation(headers: &HeaderMap) -> bool {
+    let method = headers.get("x-forwarded-method").and_then(|m| m.to_str().ok()).unwrap_or("GET");
+    let html = headers.get_all(header::ACCEPT).iter().any(|a| a.to_str().is_ok_and(|a| a.contains("text/html")));
+    matches!(method, "GET" | "HEAD") && html
 }
 
 /// The 200 for `user`; `email` with whether it is verified (an email a provider was not trusted
@@ -63,9 +129,9 @@ fn allowed(user: &str, email: Option<(&str, Option<bool>)>, teams: &[&str]) -> R
     response
 }
 
-/// The `audience` a proxy names, once.
-fn audience(query: Option<&str>) -> Option<String> {
-    let mut found = url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).filter(|(k, _)| k == "audience");
+/// The value of the query parameter `name`, when it is given once and not empty.
+fn param(query: Option<&str>, name: &str) -> Option<String> {
+    let mut found = url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).filter(|(k, _)| k == name);
     match (found.next(), found.next()) {
         (Some((_, value)), None) if !value.is_empty() => Some(value.into_owned()),
         _ => None,
@@ -77,8 +143,12 @@ fn audience(query: Option<&str>) -> Option<String> {
     path = "/auth/verify",
     tag = "oauth",
     operation_id = "verify",
-    summary = "Forward authentication for a reverse proxy: 200 with `X-Tessera-*` headers, or 401.",
-    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Allowed (user in headers)."), (status = 401, description = "No valid session or token (`WWW-Authenticate: Bearer`, no body).")),
+    summary = "Forward authentication for a reverse proxy: 200 with `X-Tessera-*` headers, or 401 (or 302 to sign in).",
+    params(
+        ("audience" = Option<String>, Query, description = "The app the proxy protects (a client id or a registered resource): an access token counts only when this is its `aud`."),
+        ("redirect" = Option<bool>, Query, description = "`true`: a browser's navigation without a session gets a 302 to sign in (where the proxy reports the URL it asked for) instead of a 401."),
+    ),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Allowed (user in headers)."), (status = 302, description = "With `redirect=true`: a browser's navigation without a session, sent to sign in and back."), (status = 401, description = "No valid session or token (`WWW-Authenticate: Bearer`, no body; `X-Tessera-Sign-In` names where a browser signs in, when the proxy reports the URL it asked for).")),
     security(("session" = []), ("bearer" = [])),
 )]
 async fn verify(
@@ -90,7 +160,7 @@ async fn verify(
     // Read (and a repeated one refused) even when a token is sent: one credential per request.
     let session = cookie(&headers, state.cookies.session())?;
     if let Some(token) = credentials.user_token() {
-        let (Some(op), Some(audience)) = (state.op.as_ref(), audience(query.as_deref())) else {
+        let (Some(op), Some(audience)) = (state.op.as_ref(), param(query.as_deref(), "audience")) else {
             return Ok(unauthorized());
         };
         return Ok(match op.verify_access(token).await {
@@ -101,13 +171,13 @@ async fn verify(
             _ => unauthorized(),
         });
     }
-    let Some(session) = session else { return Ok(unauthorized()) };
+    let Some(session) = session else { return Ok(sign_in_first(&state, &headers, query.as_deref())) };
     Ok(match state.sessions.resolve_profile(session).await? {
         Some(profile) => {
             let teams: Vec<&str> = profile.teams.iter().map(|m| m.team.slug.as_str()).collect();
             let email = profile.user.email.as_deref().map(|e| (e, Some(profile.user.email_verified)));
             allowed(&profile.user.id.to_string(), email, &teams)
         }
-        None => unauthorized(),
+        None => sign_in_first(&state, &headers, query.as_deref()),
     })
 }
