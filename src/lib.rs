@@ -21,15 +21,28 @@ pub mod telemetry;
 pub mod upstream;
 pub mod worker;
 
+/// The tasks [`run_to_end`] started, which shutdown waits for ([`finish_in_flight`]).
+static TO_THE_END: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
 /// Runs `work` in a task of its own, so that it goes to its end even if the caller is dropped (a
-/// client that hangs up, a timeout); a panic in it is resumed here. `None` only when the runtime
-/// shut down first. (Here, not in a layer: the services and the upstream key caches use it.)
+/// client that hangs up, a timeout, a shutdown's drain closing its connection); a panic in it is
+/// resumed here. `None` only when the runtime shut down first. (Here, not in a layer: the
+/// services and the upstream key caches use it.)
 pub(crate) async fn run_to_end<T: Send + 'static>(
     work: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Option<T> {
-    match tokio::spawn(work).await {
+    match TO_THE_END.spawn(work).await {
         Ok(done) => Some(done),
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
         Err(_) => None,
     }
+}
+
+/// At shutdown, once requests are drained: waits up to `limit` for the work [`run_to_end`]
+/// started (a change cut off with its connection still writes its audit row); false when some
+/// was still running.
+pub(crate) async fn finish_in_flight(limit: std::time::Duration) -> bool {
+    TO_THE_END.close();
+    tokio::time::timeout(limit, TO_THE_END.wait()).await.is_ok()
 }

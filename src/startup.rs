@@ -92,6 +92,10 @@ pub enum StartupError {
     },
 }
 
+/// How long, once requests are drained, shutdown waits for changes the drain cut off to finish
+/// (with their audit rows), and then for the last-use times and counted refusals to be written.
+pub const AFTER_DRAIN: Duration = Duration::from_secs(5);
+
 /// A built, bound, not yet running server.
 #[derive(Debug)]
 pub struct Application {
@@ -368,7 +372,13 @@ impl Application {
                 Ok(Ok(())) => {}
             }
         }
-        workers.stop().await;
+        if !crate::finish_in_flight(AFTER_DRAIN).await {
+            tracing::warn!(
+                limit_ms = AFTER_DRAIN.as_millis() as u64,
+                "changes cut off by the drain were still running"
+            );
+        }
+        workers.stop(AFTER_DRAIN).await;
         store.close().await;
         served
     }

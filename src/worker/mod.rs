@@ -104,22 +104,38 @@ impl Workers {
     }
 
     /// Stops them (at shutdown, after the server has finished its requests), writes the last-use
-    /// times and counted refusals still pending, then waits for webhook delivery.
-    pub async fn stop(self) {
+    /// times and counted refusals still pending — side by side, and for at most `limit` (a
+    /// database that does not answer, or a table locked by maintenance, must not keep the process
+    /// past its grace period) —, then waits for webhook delivery.
+    pub async fn stop(self, limit: Duration) {
         for handle in self.handles {
             handle.abort();
         }
         self.stop.send_replace(true);
-        for writer in self.writers {
-            if let Err(error) = writer.await {
-                tracing::warn!(error = %error, "a background writer ended abnormally");
+        let deps = &self.deps;
+        let flush = async {
+            for writer in self.writers {
+                if let Err(error) = writer.await {
+                    tracing::warn!(error = %error, "a background writer ended abnormally");
+                }
             }
-        }
-        if let Err(error) = self.deps.last_seen.flush(self.deps.store.as_ref()).await {
-            tracing::warn!(error = %error, "cannot record the last-use times pending at shutdown");
-        }
-        if let Err(error) = self.deps.audit.flush().await {
-            tracing::warn!(error = %error, "cannot write the refusals counted at shutdown to the audit log");
+            let last_seen = async {
+                if let Err(error) = deps.last_seen.flush(deps.store.as_ref()).await {
+                    tracing::warn!(error = %error, "cannot record the last-use times pending at shutdown");
+                }
+            };
+            let audit = async {
+                if let Err(error) = deps.audit.flush().await {
+                    tracing::warn!(error = %error, "cannot write the refusals counted at shutdown to the audit log");
+                }
+            };
+            tokio::join!(last_seen, audit);
+        };
+        if tokio::time::timeout(limit, flush).await.is_err() {
+            tracing::warn!(
+                limit_ms = limit.as_millis() as u64,
+                "the last-use times or counted refusals pending at shutdown were not all written in time"
+            );
         }
         // Last: a delivery under way may take up to its timeout, and what is counted in memory
         // must not wait behind it (an orchestrator's grace period may end first).

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use sqlx::Connection;
+use tessera::store::AuditQuery;
 use tessera_testkit::local_issuer::LocalIssuer;
 
 use crate::helpers::{AUDIENCE, Backend, TestApp, eventually, json as body, local_issuer_config, on_both_backends};
@@ -13,6 +15,7 @@ on_both_backends!(
     validation_leaves_last_use_to_the_worker,
     the_worker_writes_last_use_on_its_interval,
     cached_sessions_and_identities_still_note_their_use,
+    shutdown_does_not_wait_forever_for_a_locked_table,
 );
 
 /// A long-ago time, as an SQL literal of the backend's encoding.
@@ -34,6 +37,7 @@ async fn app_with_identity(backend: Backend, flush: Duration) -> (TestApp, Strin
     let app = TestApp::spawn_with(backend, |config| {
         config.issuers.push(local_issuer_config(&issuer));
         config.server.last_seen_flush = flush;
+        config.audit.flush_interval = flush;
         // Every validation reads the identity from the database, so that it sees the old time.
         config.cache.principal_ttl = Duration::ZERO;
     })
@@ -104,4 +108,37 @@ async fn cached_sessions_and_identities_still_note_their_use(backend: Backend) {
         sql.count(&format!("identities WHERE subject = 'token-subject' AND last_seen_at > {newer}")).await == 1
     })
     .await;
+}
+
+/// Shutdown is bounded: with `identities` locked by maintenance (a `VACUUM FULL`, say), the
+/// last-use flush cannot finish, yet the server stops; on PostgreSQL the refusals counted in
+/// memory are written beside it all the same (SQLite has one writer: the lock holds both back).
+async fn shutdown_does_not_wait_forever_for_a_locked_table(backend: Backend) {
+    let (app, token, _issuer) = app_with_identity(backend, Duration::from_secs(3600)).await;
+    body(app.validate(&token).await, 200).await;
+    assert_eq!(app.validate("not-a-jwt").await.status(), 401, "a refusal, counted in memory");
+    let url = app.db.url.clone();
+    let locker: Box<dyn std::any::Any + Send> = match backend {
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+            sqlx::query("LOCK TABLE identities IN ACCESS EXCLUSIVE MODE").execute(&mut conn).await.unwrap();
+            Box::new(conn)
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+            Box::new(conn)
+        }
+    };
+    let stopping = tokio::time::timeout(Duration::from_secs(120), app.stop_keeping_db());
+    let db = stopping.await.expect("the server stops although the table stays locked");
+    drop(locker);
+    if backend == Backend::Postgres {
+        let store = db.store().await;
+        let rows = store.audit_events(&AuditQuery { limit: 100, ..AuditQuery::default() }).await.unwrap();
+        assert!(rows.iter().any(|r| r.event.actor_name.as_deref() == Some("refusal_counter")), "{rows:?}");
+        let old = format!("identities WHERE last_seen_at = {}", long_ago(backend));
+        assert_eq!(db.sql().await.count(&old).await, 1, "the locked write was given up");
+    }
 }
