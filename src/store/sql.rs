@@ -575,9 +575,16 @@ impl Store for SqlStore {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
-        // Without the bound, a database that is down costs the whole pool acquire timeout (with
-        // connection retries) before the answer. Dropping the ping mid-acquire is safe.
-        tokio::time::timeout(self.ready_timeout, self.ping())
+        // On the background connection, not the request pool: every request connection busy
+        // (a burst of slow queries) is load, not an instance to take out of rotation, which
+        // would only move the load onto the others until none is ready. Without the bound, a
+        // database that is down costs the whole acquire timeout (with connection retries)
+        // before the answer. Dropping the ping mid-acquire is safe.
+        let ping = async {
+            query("SELECT 1").execute(self.db.background()).await?;
+            Ok(())
+        };
+        tokio::time::timeout(self.ready_timeout, ping)
             .await
             .map_err(|_elapsed| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?
     }

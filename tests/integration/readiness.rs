@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use sqlx::Connection;
 use tessera::config::DatabaseUrl;
 
 use crate::helpers::{Backend, Relay, TestApp, TestDb, json as body};
@@ -33,5 +34,39 @@ async fn readiness_fails_within_its_bound_while_postgres_is_down() {
     }
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "liveness does not depend on the database");
+    app.stop().await;
+}
+
+/// Every request connection busy is load, not an unready instance: taking it out of rotation
+/// would move its load onto the others until none is ready. Readiness pings on the connection of
+/// the background loops, so it answers while the request pool (one connection here) waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_holds_while_every_request_connection_is_busy() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut config = db.config();
+    config.database.max_connections = 1;
+    let app = TestApp::start(db, &config).await;
+    let mut locker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+    let blocked = app.admin(reqwest::Method::GET, "/admin/users").send();
+    let blocked = tokio::spawn(blocked);
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    for _ in 0..200 {
+        let (count,): (i64,) = sqlx::query_as(waiting).fetch_one(&mut locker).await.unwrap();
+        if count > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (count,): (i64,) = sqlx::query_as(waiting).fetch_one(&mut locker).await.unwrap();
+    assert_eq!(count, 1, "the request holds the pool's one connection, waiting on the lock");
+    for attempt in 0..3 {
+        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        assert_eq!(body(response, 200).await["status"], "ready", "attempt {attempt}");
+    }
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    assert_eq!(blocked.await.unwrap().unwrap().status(), 200, "the request goes on once the lock is gone");
     app.stop().await;
 }
