@@ -394,25 +394,6 @@ BEGIN
     SELECT RAISE(ABORT, 'audit_events is append-only');
 END;
 
-CREATE TABLE cache_invalidations (
-    -- AUTOINCREMENT: a sequence number is never reused, even once the sweeper has deleted every
-    -- row (a plain rowid would start again below what the instances have read).
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind       TEXT NOT NULL,
-    user_id    BLOB CHECK (user_id IS NULL OR length(user_id) = 16),
-    issuer     TEXT,
-    subject    TEXT,
-    client_id  TEXT,
-    created_at INTEGER NOT NULL,
-    CHECK (
-        (kind = 'user' AND user_id IS NOT NULL)
-        OR (kind = 'identity' AND issuer IS NOT NULL AND subject IS NOT NULL)
-        OR (kind = 'client' AND client_id IS NOT NULL)
-    )
-) STRICT;
-
-CREATE INDEX cache_invalidations_created_idx ON cache_invalidations (created_at);
-
 CREATE UNIQUE INDEX webhook_endpoints_config_name_idx ON webhook_endpoints (config_name);
 
 CREATE INDEX outbox_events_created_idx ON outbox_events (created_at);
@@ -430,3 +411,21 @@ CREATE INDEX oauth_codes_unused_expiry_idx ON oauth_codes (expires_at) WHERE use
 CREATE INDEX auth_profiles_team_connector_idx ON auth_profiles (team_id, connector_key);
 
 CREATE INDEX auth_profiles_created_by_idx ON auth_profiles (created_by);
+
+CREATE TABLE "cache_invalidations" (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT NOT NULL,
+    user_id    BLOB CHECK (user_id IS NULL OR length(user_id) = 16),
+    issuer     TEXT,
+    subject    TEXT,
+    client_id  TEXT,
+    created_at INTEGER NOT NULL,
+    CHECK (
+        (kind = 'user' AND user_id IS NOT NULL)
+        OR (kind = 'identity' AND issuer IS NOT NULL AND subject IS NOT NULL)
+        OR (kind = 'client' AND client_id IS NOT NULL)
+        OR kind = 'signing_keys'
+    )
+) STRICT;
+
+CREATE INDEX cache_invalidations_created_idx ON cache_invalidations (created_at);

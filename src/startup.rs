@@ -223,7 +223,7 @@ impl Application {
         );
         // The issuer identifier: the public URL without a trailing slash.
         let issuer = config.auth.public_url.as_ref().map(|url| url.as_str().trim_end_matches('/').to_owned());
-        let clients = Clients::new(store.clone(), issuer.clone());
+        let clients = Clients::new(store.clone(), issuer.clone()).with_signing_keys(signing_keys.clone());
         let op = match (&signing_keys, issuer) {
             (Some(keys), Some(issuer)) => Some(OpenIdProvider::new(
                 store.clone(),
@@ -236,7 +236,8 @@ impl Application {
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());
         let audit = Audit::new(store.clone(), &config.audit);
-        let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone(), config.cache.sync_interval);
+        let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone(), config.cache.sync_interval)
+            .with_signing_keys(signing_keys.clone());
         let state = Arc::new(AppState {
             validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
                 .with_own_tokens(op.clone())

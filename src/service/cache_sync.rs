@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use chrono::TimeDelta;
 
 use super::op::clients::Clients;
+use super::op::keys::SigningKeys;
 use super::principals::PrincipalCache;
 use crate::store::{CacheChange, LoggedChange, Store, StoreError};
 
@@ -114,6 +115,7 @@ pub struct CacheSync {
     store: Arc<dyn Store>,
     principals: Arc<PrincipalCache>,
     clients: Clients,
+    signing_keys: Option<SigningKeys>,
 }
 
 impl CacheSync {
@@ -122,7 +124,14 @@ impl CacheSync {
     /// read within `every` and [`FRESHNESS_MARGIN`] ([`PrincipalCache::follow_log`]).
     pub fn new(store: Arc<dyn Store>, principals: Arc<PrincipalCache>, clients: Clients, every: Duration) -> Self {
         principals.follow_log(every + FRESHNESS_MARGIN);
-        Self { store, principals, clients }
+        Self { store, principals, clients, signing_keys: None }
+    }
+
+    /// Also marks the OpenID Provider's signing keys out of date when another instance made or
+    /// rotated one.
+    pub fn with_signing_keys(mut self, signing_keys: Option<SigningKeys>) -> Self {
+        self.signing_keys = signing_keys;
+        self
     }
 
     /// A cursor [`START_OVERLAP`] rows below the log's head. Whatever was cached before is
@@ -189,6 +198,7 @@ impl CacheSync {
                     identities.insert((issuer.clone(), subject.clone()));
                 }
                 CacheChange::Client(id) => self.clients.forget(id),
+                CacheChange::SigningKeys => self.signing_keys.iter().for_each(SigningKeys::mark_stale),
             }
         }
         self.principals.invalidate_users(&users);
@@ -199,6 +209,7 @@ impl CacheSync {
     pub fn forget_everything(&self) {
         self.principals.invalidate_all();
         self.clients.forget_all();
+        self.signing_keys.iter().for_each(SigningKeys::mark_stale);
     }
 
     /// Deletes the rows older than [`RETENTION`] (the sweeper calls it).

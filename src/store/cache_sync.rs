@@ -25,6 +25,9 @@ pub enum CacheChange {
     },
     /// A registered client of the OpenID Provider (changed, given a new secret, or deleted).
     Client(ClientId),
+    /// The OpenID Provider's signing keys (a first key of an algorithm made, or a rotation
+    /// started): every instance re-reads them, so that its JWKS names the new key.
+    SigningKeys,
 }
 
 /// One row of the log.
@@ -46,6 +49,7 @@ pub(super) async fn log_changes(tx: &mut Tx, changes: &[CacheChange], now: DateT
                 ("identity", None, Some(issuer.as_str()), Some(subject.as_str()), None)
             }
             CacheChange::Client(id) => ("client", None, None, None, Some(id.as_str())),
+            CacheChange::SigningKeys => ("signing_keys", None, None, None, None),
         };
         query(
             "INSERT INTO cache_invalidations (kind, user_id, issuer, subject, client_id, created_at)
@@ -92,6 +96,7 @@ pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Vec
                 ClientId::parse(&row.text("client_id")?)
                     .map_err(|_| StoreError::Corrupt("invalid client id in the cache log".into()))?,
             ),
+            "signing_keys" => CacheChange::SigningKeys,
             other => return Err(StoreError::Corrupt(format!("unknown cache change kind {other:?}"))),
         })
     };

@@ -76,6 +76,7 @@ embedded_migrations! {
     22 "0022_orphaned_sessions" "orphaned_sessions",
     23 "0023_consent_per_resource" "consent_per_resource",
     24 "0024_lookup_indexes" "lookup_indexes",
+    25 "0025_signing_key_changes" "signing_key_changes",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

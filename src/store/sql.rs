@@ -2389,8 +2389,16 @@ impl Store for SqlStore {
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError> {
         // The partial unique index on un-retired keys settles concurrent first keys: the second
         // insert waits for the first to commit, then does nothing.
-        let inserted = insert_signing_key(key).fetch_optional(self.db.writer()).await?;
-        Ok(inserted.is_some())
+        let mut tx = self.db.begin().await?;
+        let inserted = insert_signing_key(key).fetch_optional(&mut tx).await?;
+        if inserted.is_none() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // Other instances re-read the keys now, not at their next refresh: this key signs at once.
+        log_changes(&mut tx, &[CacheChange::SigningKeys], key.created_at).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn published_signing_keys(&self, now: DateTime<Utc>) -> Result<Vec<SigningKeyRecord>, StoreError> {
@@ -2450,6 +2458,7 @@ impl Store for SqlStore {
             }],
         )
         .await?;
+        log_changes(&mut tx, &[CacheChange::SigningKeys], new.created_at).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -29,6 +29,7 @@ on_both_backends!(
     a_client_given_a_new_secret_or_deleted_on_one_instance_is_refused_by_another_promptly,
     a_session_cached_by_another_instance_follows_membership_changes_and_sign_out_promptly,
     cached_principals_answer_through_a_database_outage,
+    a_new_algorithms_first_key_is_published_by_every_instance_promptly,
 );
 
 /// How long a test waits for the other instance. The product's bound is 1 s (the default poll
@@ -532,5 +533,34 @@ async fn cached_principals_answer_through_a_database_outage(backend: Backend) {
     let stranger = c.token("never-seen-before-the-outage");
     assert_eq!(code_of(b.validate(&stranger).await).await, (503, "store_unavailable".to_owned()));
     b.stop().await;
+    c.stop().await;
+}
+
+/// A first key signs at once, so every instance must publish it before a relying party can hold
+/// a token it signed: it is made when a client of a new algorithm is registered, and the other
+/// instances re-read the keys at once (told through the log), not at their next refresh (a
+/// quarter of `jwks_max_age`: 150 s here), so a JWKS fetched from any instance after the
+/// client's first token names its key.
+async fn a_new_algorithms_first_key_is_published_by_every_instance_promptly(backend: Backend) {
+    let c = cluster(backend).await;
+    assert!(c.config.oidc.jwks_max_age >= Duration::from_secs(600), "B would not re-read by itself");
+    let algs = |app: &TestApp| {
+        let request = app.client.get(app.url("/oauth/jwks"));
+        async move {
+            let jwks: Value = request.send().await.unwrap().json().await.unwrap();
+            jwks["keys"].as_array().unwrap().iter().map(|k| k["alg"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    settle().await;
+    assert_eq!(algs(&c.b).await, ["ES256"], "B's keys, read before the client exists");
+    let registration = json!({"name": "RSA app", "kind": "confidential", "signing_alg": "RS256",
+                              "redirect_uris": ["https://app.example.com/callback"]});
+    let changed = Instant::now();
+    body(c.a.admin(Method::POST, "/admin/clients").json(&registration).send().await.unwrap(), 201).await;
+    assert!(algs(&c.a).await.contains(&"RS256".to_owned()), "made at registration");
+    honoured_within_bound("B publishes the new key", changed, || async {
+        algs(&c.b).await.contains(&"RS256".to_owned())
+    })
+    .await;
     c.stop().await;
 }

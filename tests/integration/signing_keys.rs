@@ -149,7 +149,7 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
     assert!(next.signs_from - next.created_at >= chrono::Duration::from_std(quick().publication_lead()).unwrap());
     other.refresh().await.unwrap(); // what its worker does every refresh interval
     for instance in [&keys, &other] {
-        let published = kids(&instance.jwks().await.unwrap());
+        let published = kids(&instance.jwks().await.unwrap().document);
         assert_eq!(published, [old.clone(), next.kid.clone()], "published at once, before it signs");
         let token = instance.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
         if Utc::now() < next.signs_from {
@@ -170,7 +170,7 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
     for token in &new_tokens {
         assert_eq!(kid(token), next.kid, "both instances switch on time");
     }
-    let jwks = keys.jwks().await.unwrap();
+    let jwks = keys.jwks().await.unwrap().document;
     if Utc::now() < unpublish_at {
         assert!(kids(&jwks).contains(&old), "retired, still published");
         verify_with_jwks(&old_token, &jwks).unwrap();
@@ -183,7 +183,7 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
 
     sleep_until(unpublish_at).await;
     for instance in [&keys, &other] {
-        let jwks = instance.jwks().await.unwrap();
+        let jwks = instance.jwks().await.unwrap().document;
         assert_eq!(kids(&jwks), std::slice::from_ref(&next.kid), "gone once its last token has expired");
         assert_eq!(verify_with_jwks(&old_token, &jwks).unwrap_err(), "unknown kid");
         let refused = instance.verify::<Value>(&old_token, "JWT", ISSUER).await.unwrap_err();
@@ -341,7 +341,7 @@ async fn concurrent_first_signatures_on_two_instances_leave_one_usable_key(backe
     let store = db.store().await;
     assert_eq!(store.all_signing_keys().await.unwrap().len(), 1, "one first key");
     for keys in &instances {
-        let jwks = keys.jwks().await.unwrap();
+        let jwks = keys.jwks().await.unwrap().document;
         assert_eq!(kids(&jwks).len(), 1);
         for token in &tokens {
             verify_with_jwks(token, &jwks).unwrap();
@@ -364,6 +364,6 @@ async fn concurrent_first_signatures_on_two_instances_leave_one_usable_key(backe
     for keys in &instances {
         keys.refresh().await.unwrap();
         let token = keys.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
-        verify_with_jwks(&token, &keys.jwks().await.unwrap()).unwrap();
+        verify_with_jwks(&token, &keys.jwks().await.unwrap().document).unwrap();
     }
 }

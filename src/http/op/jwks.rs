@@ -32,7 +32,10 @@ pub fn routes() -> Router<Arc<AppState>> {
 async fn get_jwks(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let keys = super::signing_keys(&state)?;
     let jwks = keys.jwks().await?;
-    let cache_control = format!("public, max-age={}", keys.jwks_max_age().as_secs());
-    Ok(([(header::CONTENT_TYPE, JWK_SET_JSON.to_owned()), (header::CACHE_CONTROL, cache_control)], jwks.to_string())
+    let cache_control = format!("public, max-age={}", jwks.max_age.as_secs());
+    Ok((
+        [(header::CONTENT_TYPE, JWK_SET_JSON.to_owned()), (header::CACHE_CONTROL, cache_control)],
+        jwks.document.to_string(),
+    )
         .into_response())
 }

@@ -23,6 +23,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::keys::SigningKeys;
 use crate::cache::{Epoch, TtlCache};
 use crate::crypto::{constant_time_eq, random_base36, random_secret, sha256};
 use crate::domain::client_rules::{self, ASSERTION_ALGORITHMS, ClientFields, ClientRule, ClientRuleError, client_keys};
@@ -238,6 +239,9 @@ pub struct Clients {
     epoch: Arc<Epoch>,
     /// The OpenID Provider's issuer URL, also accepted as a client assertion's `aud`.
     issuer: Option<String>,
+    /// The OpenID Provider's keys: a client of an algorithm without a key yet gets one when it is
+    /// registered, not at its first token.
+    signing_keys: Option<SigningKeys>,
 }
 
 impl std::fmt::Debug for Clients {
@@ -272,7 +276,27 @@ impl Clients {
     pub fn new(store: Arc<dyn Store>, issuer: Option<String>) -> Self {
         let issuer = issuer.map(|i| i.trim_end_matches('/').to_owned());
         let cache = Arc::new(TtlCache::new(CACHE_ENTRIES).counted_as("clients"));
-        Self { store, cache, epoch: Arc::default(), issuer }
+        Self { store, cache, epoch: Arc::default(), issuer, signing_keys: None }
+    }
+
+    /// Makes the first key of a registered client's algorithm when it has none (see
+    /// [`Clients::publish_key_of`]).
+    pub fn with_signing_keys(mut self, signing_keys: Option<SigningKeys>) -> Self {
+        self.signing_keys = signing_keys;
+        self
+    }
+
+    /// Makes the first key of `client`'s algorithm now if it has none, rather than at its first
+    /// token: a first key signs at once, and a relying party that fetches the JWKS from another
+    /// instance right after its first token must find it there. Every instance re-reads the keys
+    /// within a second of a new one (the cache-invalidation log), and a client's first token
+    /// comes after a sign-in at the earliest. On failure the first token makes the key.
+    async fn publish_key_of(&self, client: &Client) {
+        if let Some(keys) = &self.signing_keys
+            && let Err(error) = keys.ensure(client.signing_alg).await
+        {
+            tracing::warn!(alg = client.signing_alg.as_str(), error = %error, "cannot make the first signing key of a client's algorithm yet");
+        }
     }
 
     /// A client by id (`None` for an unknown or invalid id), from memory when read within
@@ -489,7 +513,10 @@ impl Clients {
         client.secret_hash = secret.as_ref().map(|s| sha256(s.expose_secret().as_bytes()));
         client_rules::check(&client)?;
         match self.store.insert_client(&client).await? {
-            ClientInsert::Inserted => Ok((client, secret)),
+            ClientInsert::Inserted => {
+                self.publish_key_of(&client).await;
+                Ok((client, secret))
+            }
             ClientInsert::IdTaken => Err(ClientError::IdTaken),
         }
     }
@@ -524,11 +551,14 @@ impl Clients {
         if fields.kind.is_some() {
             return Err(metadata("kind", "the kind cannot be changed: register a new client"));
         }
-        self.change(id, |client| {
-            client_rules::apply(client, fields.clone())?;
-            Ok(())
-        })
-        .await
+        let client = self
+            .change(id, |client| {
+                client_rules::apply(client, fields.clone())?;
+                Ok(())
+            })
+            .await?;
+        self.publish_key_of(&client).await;
+        Ok(client)
     }
 
     /// Gives a confidential client a new secret (replacing its secret, if any), returned here once.
@@ -591,6 +621,7 @@ impl Clients {
         let sync = self.store.sync_config_clients(clients).await?;
         for client in clients {
             self.invalidate(&client.id);
+            self.publish_key_of(client).await;
         }
         Ok(sync)
     }

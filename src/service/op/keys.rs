@@ -22,6 +22,7 @@
 //! that schedule, so rotation happens without traffic too. Key material is never logged.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,23 @@ impl SigningKeySettings {
     pub fn publication_lead(&self) -> Duration {
         self.jwks_max_age + self.refresh_interval()
     }
+
+    /// How long a relying party may cache a JWKS read from the store `age` ago:
+    /// `jwks_max_age`, shortened so that it ends before a key created just after that read starts
+    /// signing (`publication_lead` after its creation). Only keys older than a refresh interval
+    /// (served while the store cannot be read) shorten it.
+    pub fn max_age_at(&self, age: Duration) -> Duration {
+        self.jwks_max_age.min(self.publication_lead().saturating_sub(age))
+    }
+}
+
+/// The JWK Set as served, and how long it may be cached.
+#[derive(Debug, Clone)]
+pub struct Jwks {
+    /// `{"keys": [...]}`.
+    pub document: Value,
+    /// The `max-age` of the response ([`SigningKeySettings::max_age_at`]).
+    pub max_age: Duration,
 }
 
 /// Where a key is in its life.
@@ -273,6 +291,9 @@ struct Inner {
     reload: tokio::sync::Mutex<()>,
     /// One first-key creation at a time in this instance (the store settles it across instances).
     create: tokio::sync::Mutex<()>,
+    /// Another instance made or rotated a key (told through the cache-invalidation log): the
+    /// next use re-reads the keys, whatever their age.
+    stale: AtomicBool,
 }
 
 impl fmt::Debug for SigningKeys {
@@ -349,6 +370,7 @@ impl SigningKeys {
                 cache: RwLock::new(Arc::new(KeySet::empty())),
                 reload: tokio::sync::Mutex::new(()),
                 create: tokio::sync::Mutex::new(()),
+                stale: AtomicBool::new(false),
             }),
         };
         let set = keys.load().await?;
@@ -471,12 +493,18 @@ impl SigningKeys {
     }
 
     /// Every published public key, as a JWK Set.
-    pub async fn jwks(&self) -> Result<Value, SigningError> {
+    pub async fn jwks(&self) -> Result<Jwks, SigningError> {
         let set = self.keys().await?;
         let now = now();
         let keys: Vec<&Value> =
             set.keys.iter().filter(|k| k.unpublish_at.is_none_or(|u| u > now)).map(|k| &k.jwk).collect();
-        Ok(json!({ "keys": keys }))
+        Ok(Jwks { document: json!({ "keys": keys }), max_age: self.inner.settings.max_age_at(set.loaded_at.elapsed()) })
+    }
+
+    /// Marks the cached keys out of date: another instance made or rotated one. The next use
+    /// re-reads them.
+    pub fn mark_stale(&self) {
+        self.inner.stale.store(true, Ordering::Release);
     }
 
     /// Starts a rotation for `alg`: a new key, published now, signs from one
@@ -534,7 +562,7 @@ impl SigningKeys {
     async fn keys(&self) -> Result<Arc<KeySet>, SigningError> {
         let cached = self.cached();
         let age = cached.loaded_at.elapsed();
-        if age < self.inner.settings.refresh_interval() {
+        if age < self.inner.settings.refresh_interval() && !self.inner.stale.load(Ordering::Acquire) {
             return Ok(cached);
         }
         match self.reload(Some(&cached)).await {
@@ -557,6 +585,8 @@ impl SigningKeys {
         {
             return Ok(current);
         }
+        // Cleared before the read: a mark that arrives during it is for a newer change.
+        self.inner.stale.store(false, Ordering::Release);
         let mut set = self.load().await?;
         if self.rotate_due(&set).await? {
             set = self.load().await?;
@@ -841,6 +871,17 @@ pub fn thumbprint(jwk: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jwks_read_long_ago_is_cached_only_until_a_key_made_since_could_sign() {
+        let settings = SigningKeySettings { jwks_max_age: Duration::from_secs(600), ..SigningKeySettings::default() };
+        let at = |age: u64| settings.max_age_at(Duration::from_secs(age)).as_secs();
+        // Keys re-read within a refresh interval (150 s): the whole lifetime.
+        assert_eq!((at(0), at(150)), (600, 600));
+        // Served from the cache while the store cannot be read: until the lead (750 s) of a key
+        // made just after the read.
+        assert_eq!((at(300), at(749), at(800)), (450, 1, 0));
+    }
 
     #[test]
     fn the_thumbprint_is_rfc_7638s() {
