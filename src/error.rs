@@ -276,6 +276,9 @@ error_codes! {
     EncryptionNotConfigured = (SERVICE_UNAVAILABLE, "encryption_not_configured", "Encryption not configured"),
     /// Another instance's refresh of the token did not finish in time.
     RefreshInProgress = (SERVICE_UNAVAILABLE, "refresh_in_progress", "Refresh in progress"),
+    /// A signing key that signs now, or will, does not decrypt with this instance's key ring
+    /// (readiness only: the instance cannot sign tokens).
+    SigningKeyUnusable = (SERVICE_UNAVAILABLE, "signing_key_unusable", "Signing key unusable"),
     /// A sign-in provider cannot be reached or answered something unusable.
     ProviderUnavailable = (BAD_GATEWAY, "provider_unavailable", "Provider unavailable"),
     /// Anything else that went wrong on our side; details are in the server log only.

@@ -44,5 +44,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<HealthRespons
         .ready()
         .await
         .map_err(|e| ApiError::new(ErrorCode::StoreUnavailable, "the database does not answer").with_source(e))?;
+    let unusable = match &state.signing_keys {
+        Some(keys) => keys.unusable_key().await,
+        None => None,
+    };
+    if let Some(kid) = unusable {
+        return Err(ApiError::new(
+            ErrorCode::SigningKeyUnusable,
+            format!(
+                "signing key {kid} does not decrypt with this instance's key ring (TESSERA_ENCRYPTION_KEYS): \
+                 give it the ring key the other instances use"
+            ),
+        ));
+    }
     Ok(Json(HealthResponse { status: HealthStatus::Ready }))
 }

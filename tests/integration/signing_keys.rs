@@ -32,6 +32,7 @@ on_both_backends!(
     a_store_failure_is_not_reported_as_a_bad_token,
     private_keys_are_stored_encrypted_and_bound_to_their_row,
     concurrent_first_signatures_on_two_instances_leave_one_usable_key,
+    an_instance_whose_ring_cannot_decrypt_the_next_key_is_not_ready,
 );
 
 const ISSUER: &str = "https://tessera.example.com";
@@ -366,4 +367,31 @@ async fn concurrent_first_signatures_on_two_instances_leave_one_usable_key(backe
         let token = keys.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
         verify_with_jwks(&token, &keys.jwks().await.unwrap().document).unwrap();
     }
+}
+
+/// The key ring's rollout gone wrong: another instance, whose ring has a newer ring key first,
+/// starts a rotation, and this instance cannot decrypt the next key. Rather than answer every
+/// token request with an error once that key signs, it says at once that it is not ready.
+async fn an_instance_whose_ring_cannot_decrypt_the_next_key_is_not_ready(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.encryption = Some(ring());
+    let store = db.store().await;
+    let app = TestApp::start(db, &config).await;
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let newer = format!("k2:{},k1:{}", STANDARD.encode([9u8; 32]), STANDARD.encode([7u8; 32]));
+    let elsewhere = SigningKeys::new(store, Arc::new(KeyRing::parse(&newer).unwrap()), SigningKeySettings::default())
+        .await
+        .unwrap();
+    let next = elsewhere.rotate(SigningAlg::ES256).await.unwrap();
+    assert_eq!(next.status, KeyStatus::Next);
+    crate::helpers::eventually("the instance is no longer ready", || async {
+        app.client.get(app.url("/readyz")).send().await.unwrap().status() == 503
+    })
+    .await;
+    let answer = json(app.client.get(app.url("/readyz")).send().await.unwrap(), 503).await;
+    assert_eq!(answer["code"], "signing_key_unusable");
+    assert!(answer["detail"].as_str().unwrap().contains(&next.kid), "{answer}");
+    app.stop().await;
 }
