@@ -21,6 +21,9 @@ use crate::worker::last_seen::TOUCH_INTERVAL;
 
 pub use crate::crypto::random_secret;
 
+/// How many of a user's sessions [`Sessions::list`] names at most: the most recently used.
+pub const LISTED_SESSIONS: i64 = 50;
+
 /// A live session, as [`Sessions::resolve_session`] finds it.
 #[derive(Debug, Clone)]
 pub struct LiveSession {
@@ -197,11 +200,12 @@ impl Sessions {
         crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
     }
 
-    /// The user's live sessions (not expired, not idle), most recently used first.
+    /// The user's live sessions (not expired, not idle), most recently used first: the
+    /// [`LISTED_SESSIONS`] most recent (a script that signs in in a loop must not make the
+    /// account page read thousands).
     pub async fn list(&self, user: UserId) -> Result<Vec<UserSession>, StoreError> {
         let now = super::now();
-        let sessions = self.store.user_sessions(user, now).await?;
-        Ok(sessions.into_iter().filter(|s| now - s.last_seen_at < self.idle).collect())
+        self.store.user_sessions(user, now, now - self.idle, LISTED_SESSIONS).await
     }
 
     /// Ends every session of `user` but the one whose hash is `keep` ("sign out everywhere

@@ -1239,10 +1239,16 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     // ---- Pages: a user's sessions ---------------------------------------------------------------
 
-    /// The user's sessions that have not reached their absolute expiry, most recently used first
-    /// (idle ones included: the caller applies its idle rule), each with the provider of the
-    /// identity it was signed in with while that identity is linked.
-    async fn user_sessions(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserSession>, StoreError>;
+    /// Up to `limit` of the user's sessions that have not reached their absolute expiry and were
+    /// last used after `seen_after` (the caller's idle rule), most recently used first, each with
+    /// the provider of the identity it was signed in with while that identity is linked.
+    async fn user_sessions(
+        &self,
+        user: UserId,
+        now: DateTime<Utc>,
+        seen_after: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<UserSession>, StoreError>;
 
     /// Deletes every session of `user` but the one whose hash is `keep`; returns how many.
     async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError>;

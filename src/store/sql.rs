@@ -2650,15 +2650,23 @@ impl Store for SqlStore {
 
     // ---- Pages: a user's sessions ---------------------------------------------------------------
 
-    async fn user_sessions(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserSession>, StoreError> {
+    async fn user_sessions(
+        &self,
+        user: UserId,
+        now: DateTime<Utc>,
+        seen_after: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<UserSession>, StoreError> {
         let rows = query(
             "SELECT s.token_hash, i.provider, s.device, s.created_at, s.last_seen_at, s.expires_at
              FROM sessions s LEFT JOIN identities i ON i.id = s.identity_id AND i.user_id = s.user_id
-             WHERE s.user_id = $1 AND s.expires_at > $2
-             ORDER BY s.last_seen_at DESC, s.created_at DESC",
+             WHERE s.user_id = $1 AND s.expires_at > $2 AND s.last_seen_at > $3
+             ORDER BY s.last_seen_at DESC, s.created_at DESC LIMIT $4",
         )
         .bind(user.as_uuid())
         .bind(now)
+        .bind(seen_after)
+        .bind(limit)
         .fetch_all(self.db.reader())
         .await?;
         rows.iter()

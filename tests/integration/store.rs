@@ -1634,7 +1634,8 @@ async fn a_users_sessions_are_listed_and_the_others_deleted(backend: Backend) {
     store.touch_session(&older.token_hash, t0).await.unwrap();
     let provider =
         store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap().identities[0].provider.clone();
-    let listed = store.user_sessions(ada.id(), t0).await.unwrap();
+    let day_ago = t0 - TimeDelta::days(1);
+    let listed = store.user_sessions(ada.id(), t0, day_ago, 10).await.unwrap();
     assert_eq!(
         listed,
         [
@@ -1657,12 +1658,16 @@ async fn a_users_sessions_are_listed_and_the_others_deleted(backend: Backend) {
         ],
         "expired sessions and other users' are not listed"
     );
+    // The idle rule and the limit: the most recently used first.
+    let recent = store.user_sessions(ada.id(), t0, t0 - TimeDelta::minutes(30), 10).await.unwrap();
+    assert_eq!(recent, listed[..1], "the newer one was last used an hour ago");
+    assert_eq!(store.user_sessions(ada.id(), t0, day_ago, 1).await.unwrap(), listed[..1]);
     assert_eq!(store.delete_other_sessions(ada.id(), &older.token_hash).await.unwrap(), 2, "the newer and expired");
     assert!(store.session(&older.token_hash).await.unwrap().is_some(), "the kept one stays");
     assert!(store.session(&newer.token_hash).await.unwrap().is_none());
     assert!(store.session(&bobs.token_hash).await.unwrap().is_some(), "other users keep theirs");
     assert_eq!(store.delete_other_sessions(ada.id(), &older.token_hash).await.unwrap(), 0);
-    assert_eq!(store.user_sessions(bob.id(), t0).await.unwrap().len(), 1);
+    assert_eq!(store.user_sessions(bob.id(), t0, day_ago, 10).await.unwrap().len(), 1);
 }
 
 async fn delete_expired_counts_what_it_deletes(backend: Backend) {
@@ -5141,7 +5146,7 @@ mod audit_log {
             user_disabled: false,
         };
         assert_eq!(stored, expected);
-        let devices = store.user_sessions(ada.id(), t).await.unwrap();
+        let devices = store.user_sessions(ada.id(), t, t - TimeDelta::days(1), 10).await.unwrap();
         assert_eq!(devices.iter().map(|s| s.device.as_deref()).collect::<Vec<_>>(), [Some("Firefox on Linux")]);
         let logged = store.audit_events(&query(10)).await.unwrap();
         assert_eq!(logged.len(), 1);
