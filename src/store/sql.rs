@@ -366,6 +366,31 @@ pub(super) async fn insert_profile_event(
     insert_event(tx, &NewEvent::new(topic, payload), now).await
 }
 
+/// Revokes profile `id`, whose row `tx` holds locked: status `revoked`, its tokens wiped, version
+/// bumped, its connect links and stored credentials deleted, an `auth_profile.revoked` event
+/// (with `extra` in its payload).
+async fn revoke_locked_profile(
+    tx: &mut Tx,
+    id: ProfileId,
+    extra: &[(&str, serde_json::Value)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query(
+        "UPDATE auth_profiles SET status = 'revoked', access_token = NULL, refresh_token = NULL,
+                access_token_expires_at = NULL, access_token_stored_at = NULL,
+                refresh_lease_owner = NULL, refresh_lease_until = NULL,
+                version = version + 1, token_version = token_version + 1, updated_at = $2
+         WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    query("DELETE FROM connect_tokens WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
+    query("DELETE FROM profile_credentials WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
+    insert_profile_event(tx, id, events::AUTH_PROFILE_REVOKED, extra, now).await
+}
+
 /// Writes a `session.revoked` event when sessions ended.
 async fn insert_session_event(
     tx: &mut Tx,
@@ -1596,9 +1621,26 @@ impl Store for SqlStore {
         ] {
             query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut tx).await?;
         }
+        // Their personal connected accounts in the team: nobody may use them any more (a personal
+        // profile is its creator's alone, and its creator is no longer a member), so their tokens
+        // are not kept. A team-wide profile they made stays the team's.
+        let now = crate::domain::now();
+        let personal = query(
+            "SELECT id FROM auth_profiles
+             WHERE team_id = $1 AND created_by = $2 AND profile_kind = 'oauth_account' AND status <> 'revoked'
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(team.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_all(&mut tx)
+        .await?;
+        for row in &personal {
+            let reason = [("reason", serde_json::Value::from("member_removed"))];
+            revoke_locked_profile(&mut tx, ProfileId::from_uuid(row.uuid("id")?), &reason, now).await?;
+        }
         let payload = events::member_changed(team, user, role, None);
-        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), crate::domain::now()).await?;
-        log_changes(&mut tx, &[CacheChange::User(user)], crate::domain::now()).await?;
+        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         tx.commit().await?;
         Ok(RemoveOutcome::Removed)
     }
@@ -1974,20 +2016,7 @@ impl Store for SqlStore {
             return Ok(Revocation::NotFound);
         };
         let secrets = rows::profile_secrets(&row)?;
-        query(
-            "UPDATE auth_profiles SET status = 'revoked', access_token = NULL, refresh_token = NULL,
-                    access_token_expires_at = NULL, access_token_stored_at = NULL,
-                    refresh_lease_owner = NULL, refresh_lease_until = NULL,
-                    version = version + 1, token_version = token_version + 1, updated_at = $2
-             WHERE id = $1",
-        )
-        .bind(id.as_uuid())
-        .bind(now)
-        .execute(&mut tx)
-        .await?;
-        query("DELETE FROM connect_tokens WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
-        query("DELETE FROM profile_credentials WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut tx).await?;
-        insert_profile_event(&mut tx, id, events::AUTH_PROFILE_REVOKED, &[], now).await?;
+        revoke_locked_profile(&mut tx, id, &[], now).await?;
         tx.commit().await?;
         Ok(Revocation::Revoked(secrets))
     }

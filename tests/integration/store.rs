@@ -129,6 +129,7 @@ on_both_backends!(
     // Profile actions
     updating_a_profile_compares_and_swaps_its_version,
     a_connector_has_at_most_one_default_and_switching_is_one_write,
+    a_removed_members_personal_accounts_in_the_team_are_revoked,
     a_members_active_personal_profile_is_found_by_connector,
     a_credential_test_expires_and_marks_only_the_token_it_tested,
     a_refresh_records_the_granted_scopes_when_the_provider_says,
@@ -5639,4 +5640,38 @@ mod issue_12_events {
         }
         assert_eq!(store.list_webhooks().await.unwrap().len(), 3);
     }
+}
+
+/// A member's personal connected accounts are theirs alone: once they leave the team nobody may
+/// use them, so removing them revokes those (tokens wiped, an event each), in the same
+/// transaction; a team-wide profile they made stays the team's, and their accounts elsewhere stay.
+async fn a_removed_members_personal_accounts_in_the_team_are_revoked(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
+    let t0 = now();
+    store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
+    let personal = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::OauthAccount, "bobs-github", t0)).await;
+    let credentials = activation(bob.id(), "acct-bob", b"access-bob", Some(b"refresh-bob"), t0);
+    assert!(store.activate_profile(personal.id, personal.version, &credentials).await.unwrap());
+    let team_wide = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::Env, "bobs-env", t0)).await;
+    let at_home = inserted(&store, profile(&bob.team, bob.id(), ProfileKind::OauthAccount, "home", t0)).await;
+    let adas = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "adas", t0)).await;
+
+    assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    let revoked = store.profile(personal.id).await.unwrap().unwrap();
+    assert_eq!(revoked.status, ProfileStatus::Revoked);
+    let secrets = secrets_of(&store, personal.id).await;
+    assert_eq!((secrets.access_token, secrets.refresh_token), (None, None), "no token is kept");
+    for (kept, status) in [
+        (&team_wide, ProfileStatus::Active),
+        (&at_home, ProfileStatus::PendingAuth),
+        (&adas, ProfileStatus::PendingAuth),
+    ] {
+        assert_eq!(store.profile(kept.id).await.unwrap().unwrap().status, status, "{}", kept.slug);
+    }
+    let sql = db.sql().await;
+    let events =
+        sql.texts("SELECT CAST(payload AS TEXT) FROM outbox_events WHERE topic = 'auth_profile.revoked'").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].contains("member_removed") && events[0].contains(&personal.id.to_string()), "{events:?}");
 }
