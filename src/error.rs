@@ -325,6 +325,10 @@ impl ErrorCode {
             ErrorCode::ProviderUnavailable => {
                 "the provider cannot be reached or answered something unusable; try again"
             }
+            ErrorCode::SigningKeyUnusable => {
+                "a signing key does not decrypt with this instance's key ring (TESSERA_ENCRYPTION_KEYS); \
+                 the log names it"
+            }
             ErrorCode::InternalError => "an internal error occurred; it has been logged",
             _ => return None,
         })

@@ -48,14 +48,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<HealthRespons
         Some(keys) => keys.unusable_key().await,
         None => None,
     };
-    if let Some(kid) = unusable {
-        return Err(ApiError::new(
-            ErrorCode::SigningKeyUnusable,
-            format!(
-                "signing key {kid} does not decrypt with this instance's key ring (TESSERA_ENCRYPTION_KEYS): \
-                 give it the ring key the other instances use"
-            ),
-        ));
+    if let Some(unusable) = unusable {
+        let code = ErrorCode::SigningKeyUnusable;
+        return Err(ApiError::new(code, code.fixed_detail().unwrap_or_default()).with_source(unusable));
     }
     Ok(Json(HealthResponse { status: HealthStatus::Ready }))
 }

@@ -392,6 +392,6 @@ async fn an_instance_whose_ring_cannot_decrypt_the_next_key_is_not_ready(backend
     .await;
     let answer = json(app.client.get(app.url("/readyz")).send().await.unwrap(), 503).await;
     assert_eq!(answer["code"], "signing_key_unusable");
-    assert!(answer["detail"].as_str().unwrap().contains(&next.kid), "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("TESSERA_ENCRYPTION_KEYS"), "{answer}");
     app.stop().await;
 }

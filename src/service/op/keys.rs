@@ -501,17 +501,19 @@ impl SigningKeys {
         Ok(Jwks { document: json!({ "keys": keys }), max_age: self.inner.settings.max_age_at(set.loaded_at.elapsed()) })
     }
 
-    /// The kid of a key as last read that signs now or will (not retired) but cannot be used
+    /// Why a key as last read that signs now or will (not retired) cannot be used
     /// here — its private key does not decrypt with this instance's key ring (another instance,
     /// with a newer ring, made it) —: readiness fails, so that the instance leaves rotation rather
     /// than answer every token request with an error once that key signs.
-    pub async fn unusable_key(&self) -> Option<String> {
+    pub async fn unusable_key(&self) -> Option<SigningError> {
         // Re-read when due (another instance's rotation marks the keys stale at once); the keys
         // as last read when the store cannot be read (readiness says so by itself).
         let set = self.keys().await.unwrap_or_else(|_| self.cached());
         let now = now();
-        let unusable = |k: &&Arc<LoadedKey>| matches!(k.encoding, Some(Err(_))) && k.retired_at.is_none_or(|r| r > now);
-        set.keys.iter().find(unusable).map(|k| k.kid.clone())
+        set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| match &k.encoding {
+            Some(Err(reason)) => Some(SigningError::Unusable { kid: k.kid.clone(), reason: reason.clone() }),
+            _ => None,
+        })
     }
 
     /// Marks the cached keys out of date: another instance made or rotated one. The next use
