@@ -336,19 +336,29 @@ async fn rotate_keys(config: Config) -> ExitCode {
         Err(e) => return fail(&e),
     };
     store.close().await;
-    let mut failed = 0;
+    let (mut failed, mut left) = (0, 0);
     let report = report.into_iter().map(|(kind, rotation)| (kind.table(), rotation));
     for (table, rotation) in report.chain([("signing_keys", signing)]) {
         println!(
-            "{table}: {} re-encrypted, {} already current, {} changed meanwhile, {} do not decrypt",
-            rotation.rotated, rotation.current, rotation.raced, rotation.failed
+            "{table}: {} re-encrypted, {} current, {} changed meanwhile, {} do not decrypt, {} left under another key",
+            rotation.rotated, rotation.current, rotation.raced, rotation.failed, rotation.left
         );
         failed += rotation.failed;
+        left += rotation.left;
     }
     if failed > 0 {
         eprintln!(
-            "tessera: {failed} value(s) do not decrypt with any key of the ring; keep the old keys until they are fixed"
+            "tessera: {failed} value(s) do not decrypt with the ring (under the active key's id, a key replaced \
+             under the same id?); keep the old keys until they are fixed"
         );
+    }
+    if left > 0 {
+        eprintln!(
+            "tessera: {left} value(s) were still being written under another key: give every instance the new \
+             ring (new key first), then run this again; keep the old keys until it succeeds"
+        );
+    }
+    if failed > 0 || left > 0 {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -2,16 +2,23 @@
 //! that older keys can then be retired.
 //!
 //! Rows are read in pages and rewritten one by one with a compare-and-swap on the old ciphertext,
-//! so a concurrent write (a token refresh) is never overwritten; such rows are already under the
-//! active key. A value that does not decrypt is reported, not skipped silently. The private keys
-//! of the OpenID Provider's signing keys are re-encrypted the same way
-//! ([`rotate_signing_keys`]).
+//! so a concurrent write (a token refresh) is never overwritten. A value is counted current only
+//! once it decrypts under the active key (a key replaced under the same id is caught), and one
+//! that does not decrypt is reported, not skipped silently. A value that changed meanwhile may
+//! have been written under another key (an instance whose ring still has an older active key), so
+//! the scan is repeated until one finds nothing to do ([`MAX_PASSES`] at most); what is still left
+//! then is reported. The private keys of the OpenID Provider's signing keys are re-encrypted the
+//! same way ([`rotate_signing_keys`]).
 
 use crate::crypto::keyring::KeyRing;
 use crate::store::{SecretKind, SigningKeyRecord, Store, StoreError, StoredSecret};
 
 /// Rows read per page.
 const PAGE: i64 = 200;
+
+/// Scans of one kind of secret at most: one, and more while the last one found values to
+/// re-encrypt or values that changed meanwhile.
+pub const MAX_PASSES: u32 = 3;
 
 /// What a rotation did, per kind of secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,10 +27,32 @@ pub struct Rotation {
     pub rotated: u64,
     /// Values already under the active key.
     pub current: u64,
-    /// Values rewritten by someone else meanwhile (so already current).
+    /// Values rewritten by someone else meanwhile (then scanned again).
     pub raced: u64,
-    /// Values that do not decrypt with any key of the ring.
+    /// Values that do not decrypt with any key of the ring (or not under the active key's id).
     pub failed: u64,
+    /// Values the last scan still found under another key or changing: something still writes
+    /// with an older active key.
+    pub left: u64,
+}
+
+impl Rotation {
+    /// Adds a later scan's counts: what it re-encrypted and saw change adds up; what is current,
+    /// failed or left is the later scan's.
+    fn then(self, pass: Rotation) -> Rotation {
+        Rotation {
+            rotated: self.rotated + pass.rotated,
+            raced: self.raced + pass.raced,
+            current: pass.current,
+            failed: pass.failed,
+            left: pass.rotated + pass.raced,
+        }
+    }
+
+    /// Whether a scan found nothing to re-encrypt and nothing changing.
+    fn settled(&self) -> bool {
+        self.rotated == 0 && self.raced == 0
+    }
 }
 
 /// Progress of a rotation: the kind, the rows seen so far and the rows in all.
@@ -37,29 +66,48 @@ pub async fn rotate(
 ) -> Result<Vec<(SecretKind, Rotation)>, StoreError> {
     let mut report = Vec::new();
     for &kind in SecretKind::ALL {
-        let total = store.count_secrets(kind).await?;
         let mut rotation = Rotation::default();
-        let mut after = None;
-        let mut rows_seen = 0u64;
-        loop {
-            let page = store.secrets_page(kind, after, PAGE).await?;
-            let Some(last) = page.last() else {
+        for _ in 0..MAX_PASSES {
+            let pass = rotate_kind(store, keyring, kind, progress).await?;
+            rotation = rotation.then(pass.clone());
+            if pass.settled() {
+                rotation.left = 0;
                 break;
-            };
-            after = Some(last.row_id);
-            let mut last_row = None;
-            for secret in &page {
-                if last_row != Some(secret.row_id) {
-                    rows_seen += 1;
-                    last_row = Some(secret.row_id);
-                }
-                rotate_one(store, keyring, secret, &mut rotation).await?;
             }
-            progress(kind, rows_seen, total);
         }
         report.push((kind, rotation));
     }
     Ok(report)
+}
+
+/// One scan of `kind`.
+async fn rotate_kind(
+    store: &dyn Store,
+    keyring: &KeyRing,
+    kind: SecretKind,
+    progress: &mut Progress<'_>,
+) -> Result<Rotation, StoreError> {
+    let total = store.count_secrets(kind).await?;
+    let mut rotation = Rotation::default();
+    let mut after = None;
+    let mut rows_seen = 0u64;
+    loop {
+        let page = store.secrets_page(kind, after, PAGE).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(last.row_id);
+        let mut last_row = None;
+        for secret in &page {
+            if last_row != Some(secret.row_id) {
+                rows_seen += 1;
+                last_row = Some(secret.row_id);
+            }
+            rotate_one(store, keyring, secret, &mut rotation).await?;
+        }
+        progress(kind, rows_seen, total);
+    }
+    Ok(rotation)
 }
 
 async fn rotate_one(
@@ -68,16 +116,16 @@ async fn rotate_one(
     secret: &StoredSecret,
     rotation: &mut Rotation,
 ) -> Result<(), StoreError> {
-    if KeyRing::key_id_of(&secret.ciphertext) == Some(keyring.active_id()) {
-        rotation.current += 1;
-        return Ok(());
-    }
     let aad = StoredSecret::aad(secret.kind, secret.row_id, secret.column);
     let Ok(plaintext) = keyring.decrypt(&secret.ciphertext, &aad) else {
         tracing::warn!(table = secret.kind.table(), row = %secret.row_id, column = secret.column, "a stored secret does not decrypt");
         rotation.failed += 1;
         return Ok(());
     };
+    if KeyRing::key_id_of(&secret.ciphertext) == Some(keyring.active_id()) {
+        rotation.current += 1;
+        return Ok(());
+    }
     if store.replace_secret(secret, &keyring.encrypt(&plaintext, &aad)).await? {
         rotation.rotated += 1;
     } else {
@@ -90,17 +138,30 @@ async fn rotate_one(
 /// `keyring`'s active key.
 pub async fn rotate_signing_keys(store: &dyn Store, keyring: &KeyRing) -> Result<Rotation, StoreError> {
     let mut rotation = Rotation::default();
-    for key in store.all_signing_keys().await? {
-        if KeyRing::key_id_of(&key.private_key) == Some(keyring.active_id()) {
-            rotation.current += 1;
-            continue;
+    for _ in 0..MAX_PASSES {
+        let pass = rotate_signing_keys_once(store, keyring).await?;
+        rotation = rotation.then(pass.clone());
+        if pass.settled() {
+            rotation.left = 0;
+            break;
         }
+    }
+    Ok(rotation)
+}
+
+async fn rotate_signing_keys_once(store: &dyn Store, keyring: &KeyRing) -> Result<Rotation, StoreError> {
+    let mut rotation = Rotation::default();
+    for key in store.all_signing_keys().await? {
         let aad = SigningKeyRecord::aad(&key.kid);
         let Ok(plaintext) = keyring.decrypt(&key.private_key, &aad) else {
             tracing::warn!(kid = %key.kid, "a signing key does not decrypt");
             rotation.failed += 1;
             continue;
         };
+        if KeyRing::key_id_of(&key.private_key) == Some(keyring.active_id()) {
+            rotation.current += 1;
+            continue;
+        }
         if store.replace_signing_key_ciphertext(&key.kid, &key.private_key, &keyring.encrypt(&plaintext, &aad)).await? {
             rotation.rotated += 1;
         } else {

@@ -524,6 +524,15 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
     assert!(after.iter().all(|k| tessera::crypto::keyring::KeyRing::key_id_of(&k.private_key) == Some("k2")));
     let only_new = run(&mut keys(&format!("k2:{}", key(2)), &["signing", "list"])).await;
     assert_eq!(only_new.code, 0, "the old ring key is no longer needed: {}", only_new.stderr);
+    // Another key under the same id is not "current": every value is checked under it.
+    let replaced = run(&mut keys(&format!("k2:{}", key(3)), &["rotate"])).await;
+    assert_eq!(replaced.code, 1, "{}{}", replaced.stdout, replaced.stderr);
+    assert!(
+        replaced.stdout.contains("signing_keys: 0 re-encrypted, 0 current, 0 changed meanwhile, 3 do not decrypt"),
+        "{}",
+        replaced.stdout
+    );
+    assert!(replaced.stderr.contains("do not decrypt"), "{}", replaced.stderr);
 }
 
 /// A `tessera` command on the test database.
