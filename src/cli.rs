@@ -416,7 +416,8 @@ async fn rotate_signing_key(
     config: &Config,
     alg: SigningAlg,
 ) -> ExitCode {
-    let keys = match SigningKeys::new(store, keyring, SigningKeySettings::from_config(&config.oidc)).await {
+    // Also when a key does not decrypt with this ring: rotating is the way to retire it.
+    let keys = match SigningKeys::open(store, keyring, SigningKeySettings::from_config(&config.oidc)).await {
         Ok(keys) => keys,
         Err(e) => return fail(&e),
     };
@@ -477,13 +478,7 @@ pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::
 
 /// Prints an error with its causes and returns a failing exit code.
 pub(crate) fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
-    let mut message = format!("tessera: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    eprintln!("{message}");
+    eprintln!("tessera: {}", crate::error::Chain(error));
     ExitCode::FAILURE
 }
 

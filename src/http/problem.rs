@@ -3,14 +3,13 @@
 //! secrets; the cause of a 5xx is logged once, here, and never sent.
 
 use std::error::Error as StdError;
-use std::fmt;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 pub use crate::error::INVALID_TOKEN_CHALLENGE;
-use crate::error::{ErrorCode, PublicError};
+use crate::error::{Chain, ErrorCode, PublicError};
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -133,21 +132,6 @@ impl<E: PublicError> From<E> for ApiError {
             api.source = Some(Box::new(error));
         }
         api
-    }
-}
-
-/// Formats an error with its chain of causes, for logs.
-struct Chain<'a>(&'a (dyn StdError + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt;
 
 use crate::config::{Backend, Config};
 use crate::domain::Issuer;
+use crate::error::Chain;
 use crate::store::{self, Store};
 
 /// How serious a finding is.
@@ -100,7 +101,7 @@ pub async fn run(config: &Config) -> Report {
     let store = match store::connect(&config.database).await {
         Ok(store) => store,
         Err(e) => {
-            report.push(Severity::Problem, format!("cannot connect to {}: {e}", config.database.url));
+            report.push(Severity::Problem, format!("cannot connect to {}: {}", config.database.url, Chain(&e)));
             return report;
         }
     };
@@ -111,7 +112,7 @@ pub async fn run(config: &Config) -> Report {
 
 async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
     if let Err(e) = store.ping().await {
-        report.push(Severity::Problem, format!("the database does not answer: {e}"));
+        report.push(Severity::Problem, format!("the database does not answer: {}", Chain(&e)));
         return;
     }
     report.push(Severity::Ok, format!("database reachable ({})", store.backend().name()));

@@ -170,8 +170,9 @@ pub(super) async fn append(db: &Db, events: &[NewAuditEvent]) -> Result<(), Stor
     }
 }
 
-/// A page of rows, latest first, from the primary (an operator reading the log expects to see
-/// what was just done).
+/// A page of rows, latest first, where every commit is visible (an operator reading the log
+/// expects to see what was just done): the primary on PostgreSQL, a reader connection on SQLite
+/// (not the one writer, which a long scan would hold from every write).
 pub(super) async fn list(db: &Db, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
     query(
         "SELECT id, at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
@@ -195,7 +196,7 @@ pub(super) async fn list(db: &Db, q: &AuditQuery) -> Result<Vec<AuditEvent>, Sto
     .bind(q.until)
     .bind(q.before)
     .bind(q.limit.max(0))
-    .fetch_all(db.writer())
+    .fetch_all(db.reader())
     .await?
     .iter()
     .map(|row| {

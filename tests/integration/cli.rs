@@ -533,6 +533,10 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
         replaced.stdout
     );
     assert!(replaced.stderr.contains("do not decrypt"), "{}", replaced.stderr);
+    // A ring that lost the current key's ring key can still rotate it away.
+    let lost = run(&mut keys(&format!("k4:{}", key(4)), &["signing", "rotate", "--alg", "ES256"])).await;
+    assert_eq!(lost.code, 0, "{}{}", lost.stdout, lost.stderr);
+    assert!(lost.stdout.contains("new ES256 key"), "{}", lost.stdout);
 }
 
 /// A `tessera` command on the test database.

@@ -362,6 +362,24 @@ impl SigningKeys {
         keyring: Arc<KeyRing>,
         settings: SigningKeySettings,
     ) -> Result<Self, SigningError> {
+        let keys = Self::open(store, keyring, settings).await?;
+        if let Some(unusable) = keys.cached().keys.iter().find_map(|key| match &key.encoding {
+            Some(Err(reason)) => Some(SigningError::Unusable { kid: key.kid.clone(), reason: reason.clone() }),
+            _ => None,
+        }) {
+            return Err(unusable);
+        }
+        Ok(keys)
+    }
+
+    /// [`SigningKeys::new`] without refusing keys that do not decrypt, for `tessera keys signing
+    /// rotate`: a rotation needs the current key's id, not its private key, and is the way out
+    /// when that key's ring key is lost.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        keyring: Arc<KeyRing>,
+        settings: SigningKeySettings,
+    ) -> Result<Self, SigningError> {
         let keys = Self {
             inner: Arc::new(Inner {
                 store,
@@ -374,11 +392,6 @@ impl SigningKeys {
             }),
         };
         let set = keys.load().await?;
-        for key in &set.keys {
-            if let Some(Err(reason)) = &key.encoding {
-                return Err(SigningError::Unusable { kid: key.kid.clone(), reason: reason.clone() });
-            }
-        }
         keys.replace(set);
         Ok(keys)
     }
