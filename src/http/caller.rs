@@ -43,11 +43,7 @@ async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<
     {
         return Ok(user);
     }
-    Err(ApiError::new(
-        ErrorCode::MissingCredentials,
-        "sign in, or send the user's token as `Authorization: Bearer <token>` or `X-User-Token: <token>`",
-    )
-    .challenge("Bearer realm=\"tessera\""))
+    Err(missing_credentials())
 }
 
 /// The session cookie of a request that carries no user token (which would win over it), for a
@@ -91,6 +87,49 @@ pub async fn refuse_named_user(
         return axum::response::IntoResponse::into_response(refused);
     }
     next.run(request).await
+}
+
+/// Middleware for the `/v1` routes that act for a user: the credentials are checked before
+/// anything else of the request is read, so that an ambiguous credential is answered 400
+/// `ambiguous_credentials` and a missing one 401 `missing_credentials` whatever the body or its
+/// type, and nobody's body is parsed before they say who they are. (Validating the credential is
+/// the handler's, which knows whether the route acts for a named user.)
+pub async fn credentials_first(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Err(refused) = credentials_present(&state, request.headers(), request.uri().query()) {
+        return axum::response::IntoResponse::into_response(refused);
+    }
+    next.run(request).await
+}
+
+fn credentials_present(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
+    let credentials = Credentials::read(headers)?;
+    let session = cookie(headers, state.cookies.session())?;
+    no_admin_beside_session(&credentials, session)?;
+    let named =
+        query.map_or(0, |q| url::form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "on_behalf_of").count());
+    if named > 1 {
+        return Err(ApiError::new(
+            ErrorCode::AmbiguousCredentials,
+            "`?on_behalf_of=` is given more than once; name one user",
+        )
+        .field("on_behalf_of"));
+    }
+    if credentials.user_token().is_none() && credentials.admin_token().is_none() && session.is_none() {
+        return Err(missing_credentials());
+    }
+    Ok(())
+}
+
+fn missing_credentials() -> ApiError {
+    ApiError::new(
+        ErrorCode::MissingCredentials,
+        "sign in, or send the user's token as `Authorization: Bearer <token>` or `X-User-Token: <token>`",
+    )
+    .challenge("Bearer realm=\"tessera\"")
 }
 
 /// `X-Admin-Token` acts for nobody where the session would: beside a session (and no user token)

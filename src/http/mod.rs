@@ -142,7 +142,8 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
                 .route_layer(middleware::from_fn(caller::refuse_named_user))
                 .merge(auth_profiles::api_routes())
                 .merge(members::routes())
-                .route_layer(middleware::from_fn_with_state(state.clone(), csrf::cookie_changes_from_this_origin)),
+                .route_layer(middleware::from_fn_with_state(state.clone(), csrf::cookie_changes_from_this_origin))
+                .route_layer(middleware::from_fn_with_state(state.clone(), caller::credentials_first)),
         )
         .merge(op::routes())
         .merge(mcp::routes(&state))

@@ -129,6 +129,24 @@ async fn the_user_acted_for_must_be_named_once(backend: Backend) {
     let agreeing = as_admin(&format!("{url}?on_behalf_of={ann_id}")).header("x-on-behalf-of", ann_id);
     body(agreeing.send().await.unwrap(), 200).await;
     body(as_admin(&url).header("x-on-behalf-of", ann_id).send().await.unwrap(), 200).await;
+    let in_query_twice = as_admin(&format!("{url}?on_behalf_of={ann_id}&on_behalf_of={bob_id}"));
+    assert_eq!(ambiguous(in_query_twice.send().await.unwrap()).await["field"], "on_behalf_of");
+
+    // Credentials are checked before the body is read: an ambiguous credential is said so, and a
+    // missing one is 401, whatever the body or its type.
+    let members = app.url(&format!("/v1/teams/{}/members", ann["team"]["slug"].as_str().unwrap()));
+    let ambiguous_with_bad_body = app
+        .client
+        .post(&members)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("authorization", "Bearer another-token-0123456789")
+        .header("content-type", "application/json")
+        .body("{");
+    ambiguous(ambiguous_with_bad_body.send().await.unwrap()).await;
+    let anonymous = app.client.post(&members).header("content-type", "text/plain").body("{");
+    assert_eq!(body(anonymous.send().await.unwrap(), 401).await["code"], "missing_credentials");
+    let anonymous_profile = app.client.post(&url).header("content-type", "application/json").body("{");
+    assert_eq!(body(anonymous_profile.send().await.unwrap(), 401).await["code"], "missing_credentials");
 }
 
 async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
