@@ -876,6 +876,21 @@ async fn prompt_none_with_a_hint_of_another_user_is_login_required(backend: Back
     assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "a hint for another client: {to}");
     let to = location(&ada.navigate(&silent("a.b.c")).await);
     assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "{to}");
+
+    // Without `prompt=none`, the hinted user must be signed in by the request: not a code for the
+    // browser's user, but a fresh sign-in, after which the code is for whoever signed in.
+    let (verifier, challenge) = pkce();
+    let hinted = |hint: &str| authorize_url(&w.app, &client, &challenge, &format!("&id_token_hint={hint}"));
+    let to = location(&ada.navigate(&hinted(&adas)).await);
+    assert!(param(&to, "code").is_some(), "the hinted user is the browser's: {to}");
+    let to = location(&ada.navigate(&hinted(&bobs)).await);
+    assert!(!to.starts_with("https://app.example.com/"), "a sign-in, not a code: {to}");
+    assert_eq!(param(&to, "prompt").as_deref(), Some("login"), "a fresh login, asked of the provider: {to}");
+    w.issuer.set_next_user(StubUser::new("hint-bob", "bob@example.com"));
+    let code = code_from(&w, &mut ada, hinted(&bobs)).await;
+    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    let sub = |token: &str| jwt_parts(token).1["sub"].clone();
+    assert_eq!(sub(tokens["id_token"].as_str().unwrap()), sub(&bobs), "signed in as the hinted user");
 }
 
 async fn prompt_and_max_age_are_honoured(backend: Backend) {

@@ -437,8 +437,22 @@ impl OpenIdProvider {
             let reauthenticate = request.auth_after.is_some();
             return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
         };
-        if request.prompt_none && request.hinted_user.as_ref().is_some_and(|user| *user != session.user.to_string()) {
-            return Err(request.reject("login_required", "the browser is signed in as another user than id_token_hint"));
+        if request.hinted_user.as_ref().is_some_and(|user| *user != session.user.to_string()) {
+            if request.prompt_none {
+                return Err(
+                    request.reject("login_required", "the browser is signed in as another user than id_token_hint")
+                );
+            }
+            // OpenID Connect Core 3.1.2.1: the user the hint names must be signed in, or be signed
+            // in by this request. A fresh sign-in, after which the request goes on for whoever
+            // signed in: the hint is dropped from the held request (the client compares `sub`),
+            // so that a user who picks another account is not sent round again.
+            let mut request = request;
+            request.params.id_token_hint = None;
+            request.auth_after = Some(request.auth_after.map_or(now, |after| after.max(now)));
+            let uri = self.hold(&request, None, false, now).await?;
+            let continue_to = continue_url(request.client.id.as_str(), &uri);
+            return Ok(Next::SignIn { continue_to, login_hint: request.login_hint.clone(), reauthenticate: true });
         }
         if !request.client.first_party {
             // A consent covers the scopes it was given for together with the resource (RFC 8707)
