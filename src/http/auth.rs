@@ -96,11 +96,11 @@ async fn start_login(
         Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error(&headers, error),
     };
-    // Another site sent a browser that is signed in here: a sign-in forced that way would end
-    // its session (and the apps' grants bound to it) and might sign it in as someone else. The
-    // browser is asked first; signing in again from this origin (the question's own link, the
-    // chooser) goes ahead.
-    if csrf::fetch_site(&headers) == Some(b"cross-site") {
+    // Another site — or a sibling host of this one (`same-site`) — sent a browser that is signed
+    // in here: a sign-in forced that way would end its session (and the apps' grants bound to
+    // it) and might sign it in as someone else. The browser is asked first; signing in again from
+    // this origin (the question's own link, the chooser) or typed in (`none`) goes ahead.
+    if csrf::fetch_site(&headers).is_some_and(|site| site != b"same-origin" && site != b"none") {
         match pages::live_session(&state, &headers, "/login").await {
             Ok(Some((live, _))) => return already_signed_in(&state, &headers, &query, &live),
             Ok(None) => {}
@@ -363,7 +363,12 @@ async fn complete_callback(
         Err(error) => {
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
-            return with_cookie(state.pages.error_in(&headers, error, &context), clear_login);
+            // A link or a connection acts for the signed-in user, whose session stays as it was.
+            let page = match action {
+                FlowAction::SignIn => state.pages.error_in(&headers, error, &context),
+                _ => state.pages.unfinished_flow(&headers, error, session.is_some()),
+            };
+            return with_cookie(page, clear_login);
         }
     };
     // Linking and connecting act for the browser's signed-in user; a sign-in replaces whoever

@@ -136,6 +136,18 @@ impl Pages {
         response
     }
 
+    /// [`Pages::error_in`] for a link or connect flow that the provider did not finish
+    /// ([`errors::unfinished_link_or_connect`]).
+    pub fn unfinished_flow(&self, headers: &HeaderMap, error: ApiError, signed_in: bool) -> Response {
+        if wants_html(headers) {
+            let described = error.describe();
+            return self.message(described.status, errors::unfinished_link_or_connect(&described, signed_in));
+        }
+        let mut response = error.into_response();
+        protect(response.headers_mut());
+        response
+    }
+
     /// Adds the headers every page carries.
     pub fn secure_headers(&self, headers: &mut HeaderMap) {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));

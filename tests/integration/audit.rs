@@ -341,6 +341,19 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     let failed = audit(&w.app, "action=identity.link_failed").await;
     assert_eq!((failed.len(), &failed[0]["reason"]), (1, &json!("provider_denied")), "{failed:?}");
     assert!(audit(&w.app, "action=sign_in.failed").await.is_empty());
+
+    // Its page says nothing changed and leads to the account, not to a sign-in that would end
+    // the session, which is still there.
+    let start = alice.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
+    let provider_page = alice.get(&location(&start)).await;
+    let back = url::Url::parse(&location(&provider_page)).unwrap();
+    let state = back.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let page = alice.navigate(&w.app.url(&format!("/auth/callback/second?state={state}&error=access_denied"))).await;
+    assert!(page.status().is_client_error(), "{}", page.status());
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Cancelled at the provider") && page.contains("Nothing was linked or connected"), "{page}");
+    assert!(page.contains("href=\"/account\"") && !page.contains("href=\"/login"), "{page}");
+    assert_eq!(alice.get(&w.app.url("/v1/me")).await.status(), StatusCode::OK, "still signed in");
 }
 
 async fn automatic_links_and_refused_links_name_their_rule(backend: Backend) {

@@ -302,6 +302,9 @@ async fn a_sign_in_sent_from_another_site_asks_a_signed_in_browser_first(backend
     assert_eq!(signed_out.status(), StatusCode::SEE_OTHER);
     sign_in(&mut browser, &w.app, "local").await;
     let session = browser.cookies["tessera_session"].clone();
+    // A sibling host of this site's (`same-site`) is asked about just as well.
+    let from_sibling = html(browser.request_from("same-site", Method::GET, &url).await, StatusCode::OK).await;
+    assert!(from_sibling.contains("You are already signed in"), "{from_sibling}");
     let forced = browser.request_from("cross-site", Method::GET, &url).await;
     let page = html(forced, StatusCode::OK).await;
     assert!(page.contains("You are already signed in"), "{page}");

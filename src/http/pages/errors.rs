@@ -163,6 +163,28 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
     }
 }
 
+/// The page for a link or connect flow the provider did not finish (cancelled there, or an
+/// answer that could not be used): nothing was linked or connected and nothing else changed, so
+/// the way on is the account page — not a new sign-in, which would replace the browser's session.
+pub fn unfinished_link_or_connect(error: &Described, signed_in: bool) -> Message {
+    let title = match error.code {
+        ErrorCode::ProviderDenied => "Cancelled at the provider",
+        _ => "The provider did not finish",
+    };
+    Message {
+        title: title.to_owned(),
+        paragraphs: vec![
+            "Nothing was linked or connected, and nothing else changed.".into(),
+            "To connect an account for an app, ask the app for a new link; to link another sign-in method, \
+             start again from your account page."
+                .into(),
+        ],
+        actions: vec![super::Action::new("Go to your account", "/account".to_owned())],
+        code: Some(error.code.as_str().to_owned()),
+        signed_in,
+    }
+}
+
 fn home(context: &Context) -> Vec<(&'static str, String)> {
     if context.signed_in { vec![("Go to your account", "/account".into())] } else { vec![("Sign in", login_url(None))] }
 }
