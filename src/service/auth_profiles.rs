@@ -759,6 +759,37 @@ impl AuthProfiles {
         finished: Finished,
         current_user: Option<UserId>,
     ) -> Result<AuthProfile, AuthProfileError> {
+        let (target, tokens) = match &finished.purpose {
+            Purpose::Connect { profile, .. } => (Some(*profile), Some(finished.tokens.clone())),
+            _ => (None, None),
+        };
+        let completed = self.activate_finished(finished, current_user).await;
+        // The code was exchanged already: tokens a refused connection leaves are no one's to
+        // have, so they are revoked at the provider (best effort), not left live there. Only on
+        // a definite refusal: a store failure may hide an activation that committed.
+        if let (Err(error), Some(id), Some(tokens)) = (&completed, target, tokens)
+            && matches!(
+                error,
+                AuthProfileError::WrongUser
+                    | AuthProfileError::AccountMismatch
+                    | AuthProfileError::ConnectConflict
+                    | AuthProfileError::InvalidConnectLink
+                    | AuthProfileError::ProfileNotFound
+                    | AuthProfileError::NotProfileOwner
+                    | AuthProfileError::NotAdmin
+            )
+            && let Ok(Some(profile)) = self.store.profile(id).await
+        {
+            self.revoke_new_tokens(&profile, &tokens).await;
+        }
+        completed
+    }
+
+    async fn activate_finished(
+        &self,
+        finished: Finished,
+        current_user: Option<UserId>,
+    ) -> Result<AuthProfile, AuthProfileError> {
         let Purpose::Connect { user, profile, version, allow_account_change } = finished.purpose else {
             return Err(FlowError::InvalidState("this flow does not connect an account").into());
         };
@@ -900,7 +931,7 @@ impl AuthProfiles {
                 metrics::counter!(TOKEN_REFRESH_WAITS_TOTAL, "scope" => "lease").increment(1);
             }
             if tokio::time::Instant::now() >= deadline {
-                if still_valid {
+                if serves_in_place(&secrets, super::now()) {
                     return stored_token(keyring, profile.id, &secrets);
                 }
                 return Err(AuthProfileError::RefreshInProgress);
@@ -978,8 +1009,12 @@ impl AuthProfiles {
             return Err(error);
         }
         self.release_lease(profile.id, owner).await;
-        if before.expires_at.is_some_and(|at| at > super::now())
-            && let Ok(token) = stored_token(keyring, profile.id, before)
+        // The row as it is now, not as it was before the call: a revocation or a reconnection
+        // made while the provider was asked wins (a revoked profile's token is not handed out).
+        if let Ok(Some(current)) = self.store.profile_secrets(profile.id).await
+            && current.status == ProfileStatus::Active
+            && serves_in_place(&current, super::now())
+            && let Ok(token) = stored_token(keyring, profile.id, &current)
         {
             tracing::warn!(profile_id = %profile.id, error = %error, "refresh failed; handing out the current token");
             return Ok(token);
@@ -1062,6 +1097,17 @@ impl AuthProfileError {
     pub(crate) fn refused(kind: ProfileKind) -> Self {
         if kind.is_personal() { AuthProfileError::NotProfileOwner } else { AuthProfileError::NotAdmin }
     }
+}
+
+/// What an access token must have left to be handed out in place of a refresh that could not
+/// be made (another instance's still under way, or the provider failing): its `expires_at` is
+/// counted from when the answer arrived, later than the provider's own clock started it, and the
+/// caller needs time to use it.
+const FALLBACK_MARGIN: TimeDelta = TimeDelta::seconds(30);
+
+/// Whether the stored access token may be handed out in place of a refresh ([`FALLBACK_MARGIN`]).
+fn serves_in_place(secrets: &ProfileSecrets, now: DateTime<Utc>) -> bool {
+    secrets.expires_at.is_some_and(|at| at > now + FALLBACK_MARGIN)
 }
 
 /// Whether `user`, a member with `role`, may connect `profile` ([`ProfileKind::may_connect`]).

@@ -41,6 +41,7 @@ on_both_backends!(
     an_expired_token_without_a_refresh_token_marks_the_profile,
     expired_pending_profiles_are_not_reused,
     revoking_frees_the_slug_and_revokes_upstream,
+    a_failed_refresh_never_hands_out_the_token_of_a_profile_revoked_meanwhile,
     team_members_are_managed_by_owners,
     other_kinds_start_without_an_oauth_link,
     a_former_member_s_links_and_flows_stop_working,
@@ -570,8 +571,10 @@ async fn reconnecting_keeps_the_profile_and_guards_the_account(backend: Backend)
 
     w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
     let link = w.connect_link(w.alice.id, &slug, false).await;
+    let revocations = w.issuer.revocations();
     let refused = connect(&mut w.alice.browser, &link).await;
     assert_eq!(refused.status(), StatusCode::CONFLICT);
+    assert_eq!(w.issuer.revocations(), revocations + 1, "the refused connection's new grant is revoked there");
     assert_eq!(w.sql_profile(&slug).await["upstream_account_id"], "first-account");
     // Recorded as a refused connection, not as a refused sign-in.
     let sql = w.app.db.sql().await;
@@ -1063,4 +1066,27 @@ async fn disabling_a_user_ends_their_browser_sessions(backend: Backend) {
     assert_eq!(enable.status(), StatusCode::OK);
     assert_eq!(w.bob.browser.me(&w.app).await.status(), StatusCode::UNAUTHORIZED);
     body(w.alice.browser.me(&w.app).await, 200).await;
+}
+
+/// A refresh the provider fails leaves the stored token to hand out while it lasts — as the row
+/// is after the call, not before it: a profile revoked while the provider was asked hands out
+/// nothing.
+async fn a_failed_refresh_never_hands_out_the_token_of_a_profile_revoked_meanwhile(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("revoked-meanwhile").await;
+    w.expire_soon(&slug).await;
+    let refreshes = w.issuer.refreshes();
+    w.issuer.fail_next_token_request(TokenFault::ServerError(503));
+    w.issuer.set_answer_delay(Duration::from_millis(1_500));
+    let request = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), w.alice.id).send();
+    let waiting = tokio::spawn(request);
+    eventually("the refresh reaches the provider", || async { w.issuer.refreshes() > refreshes }).await;
+    let revoked = w.on_behalf(Method::DELETE, &format!("/auth-profiles/{slug}"), w.alice.id).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let answer = waiting.await.unwrap().unwrap();
+    let status = answer.status();
+    let text = answer.text().await.unwrap();
+    assert_ne!(status, StatusCode::OK, "{text}");
+    assert!(!text.contains("access_token"), "{text}");
+    w.issuer.set_answer_delay(Duration::ZERO);
 }
