@@ -233,26 +233,38 @@ fn token_set(
             Err(ProviderError::InvalidResponse(format!("the token endpoint answered {}", error.error())))
         }
         Err(RequestTokenError::Request(error)) => Err(ProviderError::Unavailable(error.to_string())),
-        // Some providers (GitHub) answer errors with status 200: read the error from the body.
-        Err(RequestTokenError::Parse(_, body)) => {
-            let error = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
-            match error.as_deref() {
-                // GitHub's and Slack's names for a refused code or refresh token.
-                Some(
-                    "invalid_grant"
-                    | "bad_verification_code"
-                    | "bad_refresh_token"
-                    | "invalid_code"
-                    | "invalid_refresh_token",
-                ) => Err(refused),
-                Some(other) => Err(ProviderError::InvalidResponse(format!("the token endpoint answered {other}"))),
-                None => Err(ProviderError::InvalidResponse("the token endpoint's answer does not parse".into())),
-            }
-        }
+        // Some providers answer errors with status 200 (GitHub), or without RFC 6749's `error`
+        // (HubSpot's `{"status": "BAD_REFRESH_TOKEN"}`): read the error from the body.
+        Err(RequestTokenError::Parse(_, body)) => match body_error(&body) {
+            Some(error) if is_refusal(&error) => Err(refused),
+            Some(other) => Err(ProviderError::InvalidResponse(format!("the token endpoint answered {other}"))),
+            None => Err(ProviderError::InvalidResponse("the token endpoint's answer does not parse".into())),
+        },
         Err(RequestTokenError::Other(message)) => Err(ProviderError::InvalidResponse(message)),
     }
+}
+
+/// The error a token endpoint's answer names outside RFC 6749's format: its `error`, else its
+/// `status` (HubSpot), in lower case.
+fn body_error(body: &[u8]) -> Option<String> {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let error = value.get("error").or_else(|| value.get("status"))?.as_str()?;
+    Some(error.to_ascii_lowercase())
+}
+
+/// Whether a provider's own name for an error says the code or refresh token is refused (for
+/// good: the profile needs a reconnection), as `invalid_grant` does: GitHub's, Slack's and
+/// HubSpot's.
+fn is_refusal(error: &str) -> bool {
+    matches!(
+        error,
+        "invalid_grant"
+            | "bad_verification_code"
+            | "bad_refresh_token"
+            | "bad_auth_code"
+            | "invalid_code"
+            | "invalid_refresh_token"
+    )
 }
 
 /// Why an HTTP exchange with a provider failed.
@@ -292,5 +304,21 @@ impl<'c> AsyncHttpClient<'c> for Http {
                 .ok_or_else(|| HttpError::Invalid("the answer is too large".into()))?;
             builder.body(body).map_err(|e| HttpError::Invalid(e.to_string()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_read_from_bodies_outside_the_rfc_format() {
+        let refused = |body: &str| body_error(body.as_bytes()).is_some_and(|e| is_refusal(&e));
+        assert!(refused(r#"{"error": "bad_verification_code"}"#), "GitHub, with status 200");
+        assert!(refused(r#"{"status": "BAD_REFRESH_TOKEN", "message": "missing or unknown refresh token"}"#));
+        assert!(refused(r#"{"status": "BAD_AUTH_CODE"}"#), "HubSpot");
+        assert!(!refused(r#"{"status": "error", "message": "internal"}"#), "not a refusal");
+        assert!(!refused(r#"{"error": "temporarily_unavailable"}"#));
+        assert_eq!(body_error(b"<html>"), None);
     }
 }
