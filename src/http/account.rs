@@ -144,6 +144,7 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "linked" => "The sign-in method is linked to your account.",
         "unlinked" => "The sign-in method was removed.",
         "primary" => "Your primary sign-in method was changed.",
+        "connected" => "The account is connected. You can go back to the app, or close this window.",
         "revoked" => "The account was disconnected.",
         "signed-out-others" => "You are signed out everywhere else.",
         "app-removed" => "The app's access to your account was removed.",

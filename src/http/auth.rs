@@ -378,14 +378,9 @@ async fn complete_callback(
         (_, Some(session)) => state.sessions.resolve(session).await.ok().flatten(),
     };
     if let Purpose::Connect { .. } = finished.purpose {
-        // The account as the person knows it: their login, else email, else name.
-        let info = &finished.info;
-        let account =
-            info.login.clone().or_else(|| info.email.as_ref().map(|e| e.as_str().to_owned())).or(info.name.clone());
         return match state.auth_profiles.complete(finished, current_user).await {
-            Ok(profile) => {
-                with_cookie(super::auth_profiles::connect::connected(&state, &profile, account.as_deref()), clear_login)
-            }
+            // On to a page of its own (a GET): reloading it must not replay this callback.
+            Ok(_) => redirect(super::auth_profiles::connect::CONNECTED, &[clear_login]),
             Err(error) => {
                 let error = ApiError::from(error);
                 super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;

@@ -411,7 +411,7 @@ impl World {
         let link = self.create(provider, slug).await;
         let back = self.authorize(&link).await;
         assert_eq!(back.status(), StatusCode::SEE_OTHER, "the provider sends the browser back");
-        self.browser.navigate(&location(&back)).await
+        self.browser.finish_connect(&location(&back)).await
     }
 
     async fn profile(&self, slug: &str) -> Value {

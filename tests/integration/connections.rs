@@ -174,13 +174,16 @@ fn profile_request(slug: Option<&str>) -> Value {
     request
 }
 
-/// Follows a connect link in a signed-in browser through the provider to the callback page.
+/// Follows a connect link in a signed-in browser through the provider to the callback and, when
+/// it connected, on to the account page it sends the browser to (a 303, so that a reload
+/// replays nothing); returns that page, or the callback's refusal.
 async fn connect(browser: &mut Browser, link: &str) -> reqwest::Response {
     let start = browser.open_connect_link(link).await;
     assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
     assert_eq!(start.headers()["referrer-policy"], "no-referrer");
     let provider = browser.get(&location(&start)).await;
-    browser.navigate(&location(&provider)).await
+    let callback = location(&provider);
+    browser.finish_connect(&callback).await
 }
 
 /// A time `minutes` from now, as an SQL expression of the backend.
@@ -439,7 +442,8 @@ async fn a_connect_link_connects_the_profile_once(backend: Backend) {
     let page = connect(&mut w.alice.browser, &link).await;
     assert_eq!(page.status(), StatusCode::OK);
     assert_eq!(page.headers()["referrer-policy"], "no-referrer");
-    assert!(page.text().await.unwrap().contains("My Issues is connected"));
+    let page = page.text().await.unwrap();
+    assert!(page.contains("The account is connected.") && page.contains("My Issues"), "{page}");
     let profile = w.sql_profile("issues").await;
     assert_eq!(profile["status"], "active");
     assert_eq!(profile["upstream_account_id"], "alice-at-provider");
@@ -556,7 +560,7 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
     for task in tasks {
         outcomes.push(task.await.unwrap());
     }
-    let won = outcomes.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let won = outcomes.iter().filter(|(s, _)| *s == StatusCode::SEE_OTHER).count();
     let lost: Vec<_> = outcomes.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).collect();
     assert_eq!((won, lost.len()), (1, 1), "{outcomes:?}");
     assert!(lost[0].1.contains("connect_conflict"));
@@ -923,7 +927,7 @@ async fn a_refresh_during_a_reconnection_does_not_conflict(backend: Backend) {
     // While Alice is at the provider, a backend's request refreshes the token.
     w.expire_soon(&slug).await;
     assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true);
-    let page = w.alice.browser.navigate(&callback).await;
+    let page = w.alice.browser.finish_connect(&callback).await;
     assert_eq!(page.status(), StatusCode::OK, "{:?}", page.text().await);
     assert_eq!(w.sql_profile(&slug).await["version"], 2, "connected twice; the refresh is not a connection");
 }

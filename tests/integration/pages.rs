@@ -506,14 +506,18 @@ async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend)
     html(browser.form(&link, &[]).await, StatusCode::FORBIDDEN).await;
     html(browser.form(&link, &[("csrf", "forged")]).await, StatusCode::FORBIDDEN).await;
     assert_eq!(sql.count("connect_tokens").await, 1);
-    // Continue: the provider, then a page naming the account that leads back to the account page.
+    // Continue: the provider, then the account page (a redirect: reloading it replays nothing),
+    // which says it is done and lists the connection.
     let start = browser.form(&link, &[("csrf", &csrf_of(&page))]).await;
     assert_eq!(start.status(), StatusCode::SEE_OTHER);
     assert_eq!(sql.count("connect_tokens").await, 0, "used up");
     let callback = location(&browser.get(&location(&start)).await);
-    let page = html(browser.navigate(&callback).await, StatusCode::OK).await;
-    assert!(page.contains("My &#60;Issues&#62; is connected to your Local account"), "{page}");
-    assert!(page.contains("href=\"/account\""), "{page}");
+    let done = browser.navigate(&callback).await;
+    assert_eq!((done.status(), location(&done)), (StatusCode::SEE_OTHER, "/account?done=connected".to_owned()));
+    for _ in 0..2 {
+        let page = html(browser.navigate(&w.app.url("/account?done=connected")).await, StatusCode::OK).await;
+        assert!(page.contains("The account is connected.") && page.contains("My &#60;Issues&#62;"), "{page}");
+    }
     let page = html(browser.navigate(&link).await, StatusCode::NOT_FOUND).await;
     assert!(page.contains("This link has expired"), "a used link: {page}");
     let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
@@ -554,8 +558,10 @@ async fn env_profiles_are_connected_and_reconnected_through_a_fresh_form_link(ba
     assert!(form.contains("Connect OpenAI") && form.contains("type=\"password\""), "{form}");
     let values = [("csrf", csrf_of(&form)), ("OPENAI_API_KEY", "sk-first-value".into()), ("OPENAI_ORG", String::new())];
     let values: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let page = html(browser.form(&link, &values).await, StatusCode::OK).await;
-    assert!(page.contains("OpenAI key is connected.") && page.contains("href=\"/account\""), "{page}");
+    let saved = browser.form(&link, &values).await;
+    assert_eq!((saved.status(), location(&saved)), (StatusCode::SEE_OTHER, "/account?done=connected".to_owned()));
+    let page = html(browser.navigate(&w.app.url("/account?done=connected")).await, StatusCode::OK).await;
+    assert!(page.contains("The account is connected.") && page.contains("OpenAI key"), "{page}");
     // Connected: "Reconnect" makes another fresh form link.
     let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
     assert!(page.contains(">connected<") && page.contains(">Reconnect<span class=\"vh\"> OpenAI key"), "{page}");

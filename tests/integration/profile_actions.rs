@@ -120,7 +120,7 @@ async fn connect(browser: &mut Browser, link: &str) -> reqwest::Response {
     let start = browser.open_connect_link(link).await;
     assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
     let provider = browser.get(&location(&start)).await;
-    browser.navigate(&location(&provider)).await
+    browser.finish_connect(&location(&provider)).await
 }
 
 /// Starts a connect flow and stops at the provider's redirect back: the callback URL.
@@ -331,7 +331,7 @@ async fn an_update_racing_a_connect_completion_loses_neither(backend: Backend) {
             .on_behalf(Method::PATCH, &format!("/auth-profiles/{slug}"), w.alice.id)
             .json(&json!({"display_name": name}))
             .send();
-        let (patched, page) = tokio::join!(patch, w.alice.browser.navigate(&callback));
+        let (patched, page) = tokio::join!(patch, w.alice.browser.finish_connect(&callback));
         assert_eq!(patched.unwrap().status(), StatusCode::OK, "round {round}");
         assert_eq!(page.status(), StatusCode::OK, "round {round}: {:?}", page.text().await);
         let profile = w.get(w.alice.id, &slug).await;
@@ -351,7 +351,7 @@ async fn a_widening_update_racing_a_connect_completion_never_leaves_it_active(ba
         let scopes = json!(["openid", format!("extra-{round}")]);
         let patch =
             w.on_behalf(Method::PATCH, "/auth-profiles/issues", w.alice.id).json(&json!({"scopes": scopes})).send();
-        let (patched, page) = tokio::join!(patch, w.alice.browser.navigate(&callback));
+        let (patched, page) = tokio::join!(patch, w.alice.browser.finish_connect(&callback));
         let patched = body(patched.unwrap(), 200).await;
         assert_eq!(patched["reconnect_required"], true);
         // Either the completion came first (and the update then asked for a reconnection) or the

@@ -219,8 +219,8 @@ async fn an_env_profile_is_connected_through_its_form_and_read_through_credentia
     assert!(again.contains("aria-invalid=\"true\""), "{again}");
 
     let saved = w.alice.browser.form(&link, &[("csrf", &csrf), ("OPENAI_API_KEY", KEY), ("OPENAI_ORG", "")]).await;
-    let (_, text) = page(saved, StatusCode::OK).await;
-    assert!(text.contains("Account connected"), "{text}");
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    assert_eq!(saved.headers()["location"], "/account?done=connected");
     let twice = w.alice.browser.form(&link, &[("csrf", &csrf), ("OPENAI_API_KEY", OTHER_KEY)]).await;
     assert!(page(twice, StatusCode::NOT_FOUND).await.1.contains("invalid_connect_link"));
 
@@ -275,7 +275,7 @@ async fn an_env_profile_is_connected_through_its_form_and_read_through_credentia
     let csrf = csrf_of(&page(w.alice.browser.navigate(link).await, StatusCode::OK).await.1);
     let saved =
         w.alice.browser.form(link, &[("csrf", &csrf), ("OPENAI_API_KEY", OTHER_KEY), ("OPENAI_ORG", "acme")]).await;
-    page(saved, StatusCode::OK).await;
+    page(saved, StatusCode::SEE_OTHER).await;
     let values = body(w.credentials(w.alice.id, "openai").await, 200).await;
     assert_eq!(values["values"], json!({"OPENAI_API_KEY": OTHER_KEY, "OPENAI_ORG": "acme"}));
 
@@ -397,9 +397,9 @@ async fn concurrent_posts_of_one_env_form_write_once(backend: Backend) {
     });
     let outcomes: Vec<(StatusCode, String)> =
         futures_join(posts.collect()).await.into_iter().map(|joined| joined.unwrap()).collect();
-    let winners: Vec<&String> = outcomes.iter().filter(|(s, _)| *s == StatusCode::OK).map(|(_, k)| k).collect();
+    let winners: Vec<&String> = outcomes.iter().filter(|(s, _)| *s == StatusCode::SEE_OTHER).map(|(_, k)| k).collect();
     assert_eq!(winners.len(), 1, "exactly one post writes: {outcomes:?}");
-    assert!(outcomes.iter().all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::NOT_FOUND), "{outcomes:?}");
+    assert!(outcomes.iter().all(|(s, _)| *s == StatusCode::SEE_OTHER || *s == StatusCode::NOT_FOUND), "{outcomes:?}");
     assert_eq!(w.profile("raced").await["version"], 1, "one write");
     assert_eq!(w.app.db.sql().await.count("profile_credentials").await, 1);
     assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 0, "the link is used up");
@@ -494,7 +494,7 @@ async fn oauth_profiles_answer_credentials_like_token(backend: Backend) {
     let start = w.alice.browser.open_connect_link(created["connect_url"].as_str().unwrap()).await;
     assert_eq!(start.status(), StatusCode::SEE_OTHER);
     let provider = w.alice.browser.get(&location(&start)).await;
-    let done = w.alice.browser.navigate(&location(&provider)).await;
+    let done = w.alice.browser.finish_connect(&location(&provider)).await;
     assert_eq!(done.status(), StatusCode::OK);
 
     let response = w.credentials(w.alice.id, "issues").await;

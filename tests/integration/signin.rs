@@ -152,6 +152,19 @@ impl Browser {
         location(&provider)
     }
 
+    /// Visits a connect flow's callback and, when it connected, the account page it sends the
+    /// browser to (a 303, so that reloading replays nothing); returns that page, or the
+    /// callback's refusal.
+    pub async fn finish_connect(&mut self, callback: &str) -> reqwest::Response {
+        let answer = self.navigate(callback).await;
+        if answer.status() != StatusCode::SEE_OTHER {
+            return answer;
+        }
+        assert_eq!(location(&answer), "/account?done=connected");
+        let account = url::Url::parse(callback).unwrap().join("/account?done=connected").unwrap();
+        self.navigate(account.as_str()).await
+    }
+
     /// A whole sign-in; returns the callback's response.
     pub async fn sign_in(&mut self, app: &TestApp, query: &str) -> reqwest::Response {
         let callback = self.start(app, query).await;

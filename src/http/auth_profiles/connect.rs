@@ -21,14 +21,14 @@ use axum::response::Response;
 use axum::routing::get;
 use secrecy::ExposeSecret;
 
-use crate::domain::{AuthProfile, ProfileStatus};
+use crate::domain::ProfileStatus;
 use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
 use crate::http::csrf;
 use crate::http::extract::{PageBytes, PagePath};
 use crate::http::login::provider_label;
 use crate::http::pages::icons::Icon;
-use crate::http::pages::{Chrome, Message, errors, live_session};
+use crate::http::pages::{Chrome, errors, live_session};
 use crate::service::auth_profiles::AuthProfileError;
 
 /// The routes.
@@ -146,23 +146,7 @@ async fn start_connect(
     }
 }
 
-/// The page a connection ends on: which account is connected, as what, and the way back to the
-/// account page. `account` names the provider's account (its login or email), when known.
-pub fn connected(state: &AppState, profile: &AuthProfile, account: Option<&str>) -> Response {
-    let what = match account {
-        Some(account) if profile.profile_kind.is_oauth() => format!(
-            "{} is connected to your {} account {account}.",
-            profile.display_name,
-            provider_label(&profile.provider)
-        ),
-        _ => format!("{} is connected.", profile.display_name),
-    };
-    let message = Message {
-        title: "Account connected".into(),
-        paragraphs: vec![what, "You can go back to the app, or close this window.".into()],
-        signed_in: true,
-        ..Message::default()
-    }
-    .action("Go to your account", "/account");
-    state.pages.message(StatusCode::OK, message)
-}
+/// Where a completed connection sends the browser: the account page, which lists the
+/// connection and says it is done. A redirect (303), so that reloading the page does not replay
+/// the provider's callback or the form's post (whose state or link is used up by then).
+pub const CONNECTED: &str = "/account?done=connected";

@@ -177,7 +177,7 @@ async fn submit_env_form(
     let secrets: BTreeMap<String, SecretString> =
         values.iter().map(|(name, value)| (name.clone(), SecretString::from(value.clone()))).collect();
     match state.auth_profiles.submit_env_form(&token, user, &secrets).await {
-        Ok(profile) => super::connect::connected(&state, &profile, None),
+        Ok(_) => crate::http::auth::redirect(super::connect::CONNECTED, &[]),
         Err(AuthProfileError::InvalidEnv { problem, field }) => {
             // The values are refused: the same form again, saying what to fix; the link stays usable.
             match state.auth_profiles.env_form(&token, user).await {
