@@ -976,6 +976,16 @@ impl AuthProfiles {
                                 self.revoke_new_tokens(profile, &tokens).await;
                                 return Err(AuthProfileError::ProfileNotFound);
                             }
+                            // What the row holds now wins: another refresh's token (as good as
+                            // this one), or a reconnection's — perhaps of another account, which
+                            // this caller must get rather than the old grant's.
+                            Ok(Some(current))
+                                if current.status == ProfileStatus::Active
+                                    && serves_in_place(&current, super::now()) =>
+                            {
+                                tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; handing out the stored token");
+                                return stored_token(keyring, profile.id, &current);
+                            }
                             Ok(_) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),
                             // Not known to be revoked: the token is good, and this caller gets it
                             // rather than an error that would throw it away.

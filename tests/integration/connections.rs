@@ -42,6 +42,7 @@ on_both_backends!(
     expired_pending_profiles_are_not_reused,
     revoking_frees_the_slug_and_revokes_upstream,
     a_failed_refresh_never_hands_out_the_token_of_a_profile_revoked_meanwhile,
+    a_refresh_that_lost_its_lease_to_a_reconnection_hands_out_the_new_connections_token,
     team_members_are_managed_by_owners,
     other_kinds_start_without_an_oauth_link,
     a_former_member_s_links_and_flows_stop_working,
@@ -1093,4 +1094,28 @@ async fn a_failed_refresh_never_hands_out_the_token_of_a_profile_revoked_meanwhi
     assert_ne!(status, StatusCode::OK, "{text}");
     assert!(!text.contains("access_token"), "{text}");
     w.issuer.set_answer_delay(Duration::ZERO);
+}
+
+/// A refresh whose answer comes back after a reconnection (to another account) took its lease:
+/// its caller gets the reconnection's token, which the row holds, not the old grant's.
+async fn a_refresh_that_lost_its_lease_to_a_reconnection_hands_out_the_new_connections_token(backend: Backend) {
+    let mut w = world(backend).await;
+    w.issuer.set_next_user(StubUser::new("old-account", "old@provider.example"));
+    let slug = w.connected("switched").await;
+    w.expire_soon(&slug).await;
+    let refreshes = w.issuer.refreshes();
+    // The refresh is decided at once and answered 3 s later; the reconnection is not delayed.
+    w.issuer.set_answer_delay(Duration::from_secs(3));
+    let request = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), w.alice.id).send();
+    let waiting = tokio::spawn(request);
+    eventually("the refresh reaches the provider", || async { w.issuer.refreshes() > refreshes }).await;
+    w.issuer.set_answer_delay(Duration::ZERO);
+    let link = w.connect_link(w.alice.id, &slug, true).await;
+    w.issuer.set_next_user(StubUser::new("new-account", "new@provider.example"));
+    assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
+    assert_eq!(w.sql_profile(&slug).await["upstream_account_id"], "new-account");
+    let answer = body(waiting.await.unwrap().unwrap(), 200).await;
+    let stored = body(w.token(w.alice.id, &slug).await, 200).await;
+    assert_eq!(stored["refreshed"], false);
+    assert_eq!(answer["access_token"], stored["access_token"], "the reconnection's token, not the old grant's");
 }
