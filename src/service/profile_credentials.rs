@@ -138,6 +138,22 @@ pub enum EnvProblem {
 }
 
 impl EnvProblem {
+    /// The problem in words for the person filling in the connect form, naming the field by
+    /// `label` (what the form calls it) and never its pattern.
+    pub fn for_people(&self, label: &str) -> String {
+        match self {
+            EnvProblem::Unknown(..) => "The form sent a field this connection does not have; reload the page.".into(),
+            EnvProblem::Missing(_) => format!("{label} is required."),
+            EnvProblem::TooLong(_) => format!("{label} is too long: at most {MAX_ENV_VALUE_LEN} bytes."),
+            EnvProblem::ControlCharacter(_) => {
+                format!("{label} contains a line break or another control character: paste the value alone.")
+            }
+            EnvProblem::PatternMismatch(..) => {
+                format!("{label} does not look right: check that you copied the whole value, and only it.")
+            }
+        }
+    }
+
     /// The public code.
     pub fn code(&self) -> ErrorCode {
         match self {

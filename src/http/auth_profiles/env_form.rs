@@ -182,7 +182,11 @@ async fn submit_env_form(
             // The values are refused: the same form again, saying what to fix; the link stays usable.
             match state.auth_profiles.env_form(&token, user).await {
                 Ok(form) => {
-                    let posted = Some((&values, problem.to_string(), field));
+                    let label = field
+                        .as_deref()
+                        .and_then(|name| form.connector.fields.iter().find(|f| f.name == name))
+                        .map_or("A value", |f| f.label.as_str());
+                    let posted = Some((&values, problem.for_people(label), field));
                     render(&state, StatusCode::BAD_REQUEST, form, here, &cookie_value, posted)
                 }
                 Err(error) => state.pages.error_in(&headers, error.into(), &context),
