@@ -705,6 +705,10 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
         (html.contains("Partner &lt;app&gt;") || html.contains("Partner &#60;app&#62;")) && !html.contains("<app>"),
         "the name is escaped"
     );
+    // The scopes in words.
+    for said in ["know who you are", "see your email address", "see your teams and your role in each"] {
+        assert!(html.contains(said), "{said}: {html}");
+    }
     let request_id = request_id_of(&html);
     // A consent decision needs the same session.
     let stranger = Browser::new().json(Method::POST, &w.app.url("/oauth/consent"), &json!({})).await;

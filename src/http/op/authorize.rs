@@ -239,7 +239,23 @@ fn consent_page(
     resource: Option<&str>,
 ) -> Response {
     let resource = resource.map(|resource| resource_in_words(state, resource));
-    state.pages.consent(client_name, scopes, resource.as_deref(), request_id)
+    let scopes: Vec<String> = scopes.iter().map(|scope| scope_in_words(scope)).collect();
+    state.pages.consent(client_name, &scopes, resource.as_deref(), request_id)
+}
+
+/// What a scope lets the app do, for the consent page; a scope Tessera gives no meaning to (an
+/// app's own) is shown as it is.
+fn scope_in_words(scope: &str) -> String {
+    match scope {
+        "openid" => "know who you are (your account's id here)".into(),
+        "profile" => "see your name".into(),
+        "email" => "see your email address".into(),
+        "teams" => "see your teams and your role in each".into(),
+        crate::service::op::provider::OFFLINE_ACCESS => {
+            "keep this access while you are signed out, until you remove it".into()
+        }
+        other => other.to_owned(),
+    }
 }
 
 /// What a token for `resource` lets the app do, for the consent page: Tessera's own API and MCP
