@@ -71,7 +71,7 @@ impl ProfileKind {
     pub fn may_connect(self, creator: bool, role: Role) -> Result<(), ConnectRefusal> {
         match self.is_personal() {
             true if !creator => Err(ConnectRefusal::NotCreator),
-            false if !creator && !matches!(role, Role::Owner | Role::Admin) => Err(ConnectRefusal::NotAdmin),
+            false if !creator && !role.manages_team() => Err(ConnectRefusal::NotAdmin),
             _ => Ok(()),
         }
     }
@@ -95,7 +95,7 @@ impl ProfileKind {
     pub fn allows(self, right: ProfileRight, creator: bool, role: Role) -> bool {
         match right {
             ProfileRight::Connect => self.may_connect(creator, role).is_ok(),
-            ProfileRight::Manage => creator || matches!(role, Role::Owner | Role::Admin),
+            ProfileRight::Manage => creator || role.manages_team(),
         }
     }
 }

@@ -82,6 +82,12 @@ impl Role {
         }
     }
 
+    /// Whether the role manages the team's shared things (its connected accounts, their
+    /// defaults): an owner or an admin.
+    pub fn manages_team(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+
     /// Parses the stored form.
     pub fn parse(s: &str) -> Option<Self> {
         match s {

@@ -100,7 +100,7 @@ async fn start_login(
     // in here: a sign-in forced that way would end its session (and the apps' grants bound to
     // it) and might sign it in as someone else. The browser is asked first; signing in again from
     // this origin (the question's own link, the chooser) or typed in (`none`) goes ahead.
-    if csrf::fetch_site(&headers).is_some_and(|site| site != b"same-origin" && site != b"none") {
+    if csrf::from_this_origin(&headers).is_err() {
         match pages::live_session(&state, &headers, "/login").await {
             Ok(Some((live, _))) => return already_signed_in(&state, &headers, &query, &live),
             Ok(None) => {}

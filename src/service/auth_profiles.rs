@@ -979,12 +979,9 @@ impl AuthProfiles {
                             // What the row holds now wins: another refresh's token (as good as
                             // this one), or a reconnection's — perhaps of another account, which
                             // this caller must get rather than the old grant's.
-                            Ok(Some(current))
-                                if current.status == ProfileStatus::Active
-                                    && serves_in_place(&current, super::now()) =>
-                            {
+                            Ok(Some(current)) if let Some(token) = in_place(keyring, profile.id, &current) => {
                                 tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; handing out the stored token");
-                                return stored_token(keyring, profile.id, &current);
+                                return Ok(token);
                             }
                             Ok(_) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),
                             // Not known to be revoked: the token is good, and this caller gets it
@@ -1022,9 +1019,7 @@ impl AuthProfiles {
         // The row as it is now, not as it was before the call: a revocation or a reconnection
         // made while the provider was asked wins (a revoked profile's token is not handed out).
         if let Ok(Some(current)) = self.store.profile_secrets(profile.id).await
-            && current.status == ProfileStatus::Active
-            && serves_in_place(&current, super::now())
-            && let Ok(token) = stored_token(keyring, profile.id, &current)
+            && let Some(token) = in_place(keyring, profile.id, &current)
         {
             tracing::warn!(profile_id = %profile.id, error = %error, "refresh failed; handing out the current token");
             return Ok(token);
@@ -1118,6 +1113,13 @@ const FALLBACK_MARGIN: TimeDelta = TimeDelta::seconds(30);
 /// Whether the stored access token may be handed out in place of a refresh ([`FALLBACK_MARGIN`]).
 fn serves_in_place(secrets: &ProfileSecrets, now: DateTime<Utc>) -> bool {
     secrets.expires_at.is_some_and(|at| at > now + FALLBACK_MARGIN)
+}
+
+/// The stored access token of an active profile, to hand out in place of a refresh that could
+/// not be made or stored, when it has [`FALLBACK_MARGIN`] left.
+fn in_place(keyring: &KeyRing, id: ProfileId, secrets: &ProfileSecrets) -> Option<AccessToken> {
+    let usable = secrets.status == ProfileStatus::Active && serves_in_place(secrets, super::now());
+    usable.then(|| stored_token(keyring, id, secrets).ok()).flatten()
 }
 
 /// Whether `user`, a member with `role`, may connect `profile` ([`ProfileKind::may_connect`]).

@@ -37,8 +37,9 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// Adds a later scan's counts: what it re-encrypted and saw change adds up; what is current,
-    /// failed or left is the later scan's.
+    /// Adds a later scan's counts: what it re-encrypted and saw change adds up; what is current
+    /// and failed is the later scan's, and what it re-encrypted or saw change is left (none: the
+    /// scan found nothing to do, and the rotation is settled).
     fn then(self, pass: Rotation) -> Rotation {
         Rotation {
             rotated: self.rotated + pass.rotated,
@@ -47,11 +48,6 @@ impl Rotation {
             failed: pass.failed,
             left: pass.rotated + pass.raced,
         }
-    }
-
-    /// Whether a scan found nothing to re-encrypt and nothing changing.
-    fn settled(&self) -> bool {
-        self.rotated == 0 && self.raced == 0
     }
 }
 
@@ -68,10 +64,8 @@ pub async fn rotate(
     for &kind in SecretKind::ALL {
         let mut rotation = Rotation::default();
         for _ in 0..MAX_PASSES {
-            let pass = rotate_kind(store, keyring, kind, progress).await?;
-            rotation = rotation.then(pass.clone());
-            if pass.settled() {
-                rotation.left = 0;
+            rotation = rotation.then(rotate_kind(store, keyring, kind, progress).await?);
+            if rotation.left == 0 {
                 break;
             }
         }
@@ -139,10 +133,8 @@ async fn rotate_one(
 pub async fn rotate_signing_keys(store: &dyn Store, keyring: &KeyRing) -> Result<Rotation, StoreError> {
     let mut rotation = Rotation::default();
     for _ in 0..MAX_PASSES {
-        let pass = rotate_signing_keys_once(store, keyring).await?;
-        rotation = rotation.then(pass.clone());
-        if pass.settled() {
-            rotation.left = 0;
+        rotation = rotation.then(rotate_signing_keys_once(store, keyring).await?);
+        if rotation.left == 0 {
             break;
         }
     }

@@ -11,7 +11,7 @@ use super::db::{Db, query};
 use super::rows::{self, RowExt, profile_columns};
 use super::sql::{insert_profile_event, profile_status_in, role_allowed_in};
 use crate::domain::events::{self, ReauthReason};
-use crate::domain::{AuthProfile, ProfileId, ProfileKind, ProfileRight, Role, Slug, TeamId, UserId};
+use crate::domain::{AuthProfile, ProfileId, ProfileKind, ProfileRight, Slug, TeamId, UserId};
 
 /// What [`Store::update_profile`](super::Store::update_profile) writes: the new display name, slug
 /// and requested scopes, each only when set — a field left `None` keeps what the row holds when
@@ -145,7 +145,7 @@ pub(super) async fn set_default_profile(
         tx.rollback().await?;
         return Ok(if live.is_some() { DefaultOutcome::Refused } else { DefaultOutcome::NotFound });
     };
-    let member = (!matches!(role, Role::Owner | Role::Admin)).then_some(by);
+    let member = (!role.manages_team()).then_some(by);
     // The lock serialises this with a revocation of the profile: either the revocation sees the
     // default row (and its trigger deletes it), or this sees the profile revoked.
     let row = query(

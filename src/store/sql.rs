@@ -2387,9 +2387,11 @@ impl Store for SqlStore {
     }
 
     async fn held_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError> {
+        // A read: a reader connection on SQLite (not the one writer); the primary on PostgreSQL,
+        // which has the request a moment after it was held.
         let row = query("SELECT client_id, params, session_hash, expires_at FROM oauth_requests WHERE id_hash = $1")
             .bind(&id_hash[..])
-            .fetch_optional(self.db.writer())
+            .fetch_optional(self.db.reader())
             .await?;
         live_held_request(row, id_hash, now)
     }

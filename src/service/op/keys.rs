@@ -363,13 +363,11 @@ impl SigningKeys {
         settings: SigningKeySettings,
     ) -> Result<Self, SigningError> {
         let keys = Self::open(store, keyring, settings).await?;
-        if let Some(unusable) = keys.cached().keys.iter().find_map(|key| match &key.encoding {
-            Some(Err(reason)) => Some(SigningError::Unusable { kid: key.kid.clone(), reason: reason.clone() }),
-            _ => None,
-        }) {
-            return Err(unusable);
+        // Only keys that may still sign are decrypted: any that failed is one of those.
+        match keys.cached().keys.iter().find_map(|key| key.unusable()) {
+            Some(unusable) => Err(unusable),
+            None => Ok(keys),
         }
-        Ok(keys)
     }
 
     /// [`SigningKeys::new`] without refusing keys that do not decrypt, for `tessera keys signing
@@ -425,11 +423,10 @@ impl SigningKeys {
             set = self.first_key(alg, &set).await?;
         }
         let key = set.signer(alg, now()).ok_or(SigningError::NoSigningKey(alg))?;
-        let encoding = match &key.encoding {
-            Some(Ok(encoding)) => encoding,
-            Some(Err(reason)) => return Err(SigningError::Unusable { kid: key.kid.clone(), reason: reason.clone() }),
-            None => return Err(SigningError::NoSigningKey(alg)),
-        };
+        if let Some(unusable) = key.unusable() {
+            return Err(unusable);
+        }
+        let Some(Ok(encoding)) = &key.encoding else { return Err(SigningError::NoSigningKey(alg)) };
         let header = Header { typ: Some(typ.to_owned()), kid: Some(key.kid.clone()), ..Header::new(jwt_alg(alg)) };
         jsonwebtoken::encode(&header, claims, encoding).map_err(SigningError::Encode)
     }
@@ -523,10 +520,7 @@ impl SigningKeys {
         // as last read when the store cannot be read (readiness says so by itself).
         let set = self.keys().await.unwrap_or_else(|_| self.cached());
         let now = now();
-        set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| match &k.encoding {
-            Some(Err(reason)) => Some(SigningError::Unusable { kid: k.kid.clone(), reason: reason.clone() }),
-            _ => None,
-        })
+        set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| k.unusable())
     }
 
     /// Marks the cached keys out of date: another instance made or rotated one. The next use
@@ -721,6 +715,14 @@ pub async fn published_keys(store: &dyn Store) -> Result<Vec<SigningKeyInfo>, St
 }
 
 impl LoadedKey {
+    /// Why the key cannot sign here, when its private key did not decrypt or decode.
+    fn unusable(&self) -> Option<SigningError> {
+        match &self.encoding {
+            Some(Err(reason)) => Some(SigningError::Unusable { kid: self.kid.clone(), reason: reason.clone() }),
+            _ => None,
+        }
+    }
+
     fn from_record(record: SigningKeyRecord, keyring: &KeyRing, now: DateTime<Utc>) -> Result<Self, SigningError> {
         let unusable = |reason: &str| SigningError::Unusable { kid: record.kid.clone(), reason: reason.to_owned() };
         let jwk: Value =
