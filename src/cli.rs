@@ -303,8 +303,11 @@ async fn migrate(config: Config) -> ExitCode {
     if before.pending.is_empty() {
         println!("the database is up to date");
     } else {
+        // Said of the database, not of this run: on PostgreSQL another `tessera migrate` may
+        // have applied some of them while this one waited for the lock.
+        println!("{} pending migration(s) are now applied:", before.pending.len());
         for name in &before.pending {
-            println!("applied {name}");
+            println!("  {name}");
         }
     }
     store.close().await;

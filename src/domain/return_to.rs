@@ -39,7 +39,8 @@ impl ReturnTo {
             if unsafe_text(&decoded) || value.starts_with("//") || decoded.starts_with("//") {
                 return Err(ReturnToError);
             }
-            return Ok(Self(value.to_owned()));
+            // Kept as a browser would send it: a `Location` header carries ASCII only.
+            return Ok(Self(percent_encode_non_ascii(value)));
         }
         let url = url::Url::parse(value).map_err(|_| ReturnToError)?;
         let origin = url.origin().ascii_serialization();
@@ -60,6 +61,22 @@ impl fmt::Display for ReturnTo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// `value` with every non-ASCII character percent-encoded as UTF-8 (what a browser does to a
+/// path it is given).
+fn percent_encode_non_ascii(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c.is_ascii() {
+            encoded.push(c);
+        } else {
+            for byte in c.encode_utf8(&mut [0; 4]).bytes() {
+                encoded.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    encoded
 }
 
 /// Percent-decodes repeatedly (up to three times, as layered encodings go) into UTF-8.
@@ -103,6 +120,14 @@ mod tests {
         ] {
             assert!(ReturnTo::parse(ok, &allowed()).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn a_path_with_other_letters_is_kept_encoded_as_a_header_needs() {
+        let to = ReturnTo::parse("/café?q=ü#à", &allowed()).unwrap();
+        assert_eq!(to.as_str(), "/caf%C3%A9?q=%C3%BC#%C3%A0");
+        assert!(axum::http::HeaderValue::from_str(to.as_str()).is_ok());
+        assert_eq!(ReturnTo::parse("/caf%C3%A9", &allowed()).unwrap().as_str(), "/caf%C3%A9");
     }
 
     #[test]

@@ -128,6 +128,25 @@ fn who(user: &crate::domain::User) -> String {
     user.name.clone().or_else(|| user.email.clone()).unwrap_or_else(|| user.id.to_string())
 }
 
+/// Where "Continue as …" goes: `return_to`, unless that is one of Tessera's own flows. A click on
+/// this page is a navigation from this origin, which `/auth/link` takes as the person's own doing;
+/// a `return_to` chosen by another site must not borrow that (`/auth/link?provider=…` would link
+/// whoever the browser is signed in as at the provider without asking), so such a destination
+/// goes to the account page instead.
+fn continue_to(state: &AppState, return_to: Option<&str>) -> String {
+    const ACCOUNT: &str = "/account";
+    let Some(to) = return_to else { return ACCOUNT.to_owned() };
+    // Resolved as the browser will (dot segments and all), against this origin.
+    let here = url::Url::parse(&state.flows.public_url()).ok();
+    let resolved = here.as_ref().and_then(|here| here.join(to).ok().map(|url| (here, url)));
+    let ours = resolved.is_none_or(|(here, url)| {
+        let path = url.path().to_ascii_lowercase();
+        url.origin() == here.origin()
+            && ["/auth/", "/oauth/", "/login", "/logout", "/account/"].iter().any(|flow| path.starts_with(flow))
+    });
+    if ours { ACCOUNT.to_owned() } else { to.to_owned() }
+}
+
 /// The page for a browser sent from another site to sign in while it is signed in here: go on
 /// as who it is, or sign in anew (a link of this origin's, which then goes ahead).
 fn already_signed_in(
@@ -161,7 +180,7 @@ fn already_signed_in(
             ),
         )
     }
-    .action(format!("Continue as {who}"), return_to.clone().unwrap_or_else(|| "/account".to_owned()))
+    .action(format!("Continue as {who}"), continue_to(state, return_to.as_deref()))
     .action(format!("Sign in with {label}"), super::login::provider_href("login", &provider, return_to.as_deref()));
     state.pages.message(StatusCode::OK, message)
 }
@@ -375,7 +394,15 @@ async fn complete_callback(
     // it was, so it does not read the session it ends.
     let current_user = match (&finished.purpose, session) {
         (Purpose::SignIn, _) | (_, None) => None,
-        (_, Some(session)) => state.sessions.resolve(session).await.ok().flatten(),
+        // A store that cannot answer is said as such, not as a flow of another browser.
+        (_, Some(session)) => match state.sessions.resolve(session).await {
+            Ok(user) => user,
+            Err(error) => {
+                let error = ApiError::from(error);
+                super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
+                return with_cookie(state.pages.unfinished_flow(&headers, error, true), clear_login);
+            }
+        },
     };
     if let Purpose::Connect { .. } = finished.purpose {
         return match state.auth_profiles.complete(finished, current_user).await {

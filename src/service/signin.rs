@@ -293,7 +293,8 @@ impl SignIn {
             if verified {
                 // An address nobody vouched for is a claim, not ownership: an account that only
                 // claims it — its email unverified, every identity of it signed in through a
-                // provider not trusted to verify emails — neither blocks the address's proven
+                // provider not trusted to verify emails, or through a trusted one that did not
+                // verify its email — neither blocks the address's proven
                 // owner nor is joined to them; else anyone could lock a person out by signing up
                 // first in their name. Accounts an operator made (import, bootstrap, a
                 // just-in-time issuer) still ask for a link.
@@ -317,6 +318,14 @@ impl SignIn {
                 return Ok((owner.clone(), identity, new.then_some(LinkRule::VerifiedEmail)));
             }
             if !owners.is_empty() {
+                // A first sign-in of this same identity, beside this one, may have made the
+                // account that now holds the address: its answer is this one's too.
+                if let Some(found) = self.store.find_identity(&issuer, &subject).await? {
+                    if found.user.disabled {
+                        return Err(SignInError::UserDisabled);
+                    }
+                    return Ok((found.user, found.identity_id, None));
+                }
                 return Err(SignInError::LinkRequired { provider: provider.name().to_owned() });
             }
         }
@@ -338,16 +347,19 @@ impl SignIn {
         Ok((provisioned.user, provisioned.identity_id, None))
     }
 
-    /// Whether `user` was made, and is held, only through sign-ins at providers not trusted to
-    /// verify emails: an account whose email is someone's say-so. (A user gone meanwhile counts
-    /// as such: it blocks nobody.)
+    /// Whether `user` was made, and is held, only through sign-ins that vouched for no email: at
+    /// providers not trusted to verify emails, or at trusted ones that said the email was not
+    /// verified: an account whose email is someone's say-so. (A user gone meanwhile counts as
+    /// such: it blocks nobody.)
     async fn only_claims(&self, user: UserId) -> Result<bool, SignInError> {
         let Some(profile) = self.store.user_profile(user, ReadFrom::Primary).await? else {
             return Ok(true);
         };
         let providers = self.flows.providers();
         Ok(profile.identities.iter().all(|identity| {
-            providers.get(Some(&identity.provider)).is_some_and(|p| !p.config().trusted_email_verification)
+            providers
+                .get(Some(&identity.provider))
+                .is_some_and(|p| !p.config().trusted_email_verification || !identity.email_verified)
         }))
     }
 

@@ -312,7 +312,7 @@ async fn serve_refuses_pending_migrations_on_postgres_until_migrated() {
     with_db(&mut migrate);
     let migrated = run(migrate.arg("migrate")).await;
     assert_eq!(migrated.code, 0, "{}", migrated.stderr);
-    assert!(migrated.stdout.contains("applied 1_people_identities_teams"), "{}", migrated.stdout);
+    assert!(migrated.stdout.contains("are now applied:\n  1_people_identities_teams\n"), "{}", migrated.stdout);
     let mut again = tessera(dir.path());
     with_db(&mut again);
     assert!(run(again.arg("migrate")).await.stdout.contains("up to date"));

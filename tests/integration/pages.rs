@@ -312,6 +312,23 @@ async fn a_sign_in_sent_from_another_site_asks_a_signed_in_browser_first(backend
     assert!(page.contains("href=\"/auth/login?provider=local&#38;return_to=%2Faccount\""), "{page}");
     assert_eq!(browser.cookies["tessera_session"], session, "the session stands");
     assert_eq!(w.app.db.sql().await.count("sessions").await, 1);
+    // "Continue" goes to the app's page, but never into one of Tessera's own flows: a click there
+    // is a navigation of this origin's, which `/auth/link` would take as the person's own.
+    let to = |return_to: &str| {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("provider", "local")
+            .append_pair("return_to", return_to)
+            .finish();
+        w.app.url(&format!("/auth/login?{query}"))
+    };
+    let app_page =
+        html(browser.request_from("cross-site", Method::GET, &to("/settings?tab=1")).await, StatusCode::OK).await;
+    assert!(app_page.contains("href=\"/settings?tab=1\""), "{app_page}");
+    for flow in ["/auth/link?provider=second", "/x/../auth/link?provider=second", "/oauth/authorize?client_id=a"] {
+        let page = html(browser.request_from("cross-site", Method::GET, &to(flow)).await, StatusCode::OK).await;
+        assert!(page.contains("href=\"/account\""), "{flow}: {page}");
+        assert!(!page.contains("href=\"/auth/link") && !page.contains("href=\"/x/"), "{flow}: {page}");
+    }
     // The page's link, followed: a same-origin navigation, which goes to the provider.
     let again = browser.request_from("same-origin", Method::GET, &url).await;
     assert_eq!(again.status(), StatusCode::SEE_OTHER);

@@ -607,6 +607,21 @@ pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: B
     assert_eq!(body(refused, 409).await["code"], "link_required");
     let sql = w.app.db.sql().await;
     assert_eq!((sql.count("users").await, sql.count("identities").await), (4, 6));
+    // Nor does a trusted provider's sign-in that said the address was not verified (an account
+    // signed up there in someone's name, never confirmed) keep the owner out.
+    let mut unconfirmed = StubUser::new("grace-unconfirmed", "grace@example.com");
+    unconfirmed.email_verified = false;
+    w.issuer.set_next_user(unconfirmed);
+    let mut claimer = Browser::new();
+    assert_eq!(claimer.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let claimed = body(claimer.me(&w.app).await, 200).await;
+    w.issuer.set_next_user(StubUser::new("grace-upstream", "grace@example.com"));
+    let mut grace = Browser::new();
+    assert_eq!(grace.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let grace_me = body(grace.me(&w.app).await, 200).await;
+    assert_ne!(grace_me["id"], claimed["id"], "an account of her own, not the claimer's");
+    assert_eq!(grace_me["email_verified"], true);
+    assert_eq!((sql.count("users").await, sql.count("identities").await), (6, 8));
     // A new user through the trusted provider has its verified email recorded as such.
     w.issuer.set_next_user(StubUser::new("frank", "frank@example.com"));
     let mut frank = Browser::new();
