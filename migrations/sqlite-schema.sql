@@ -429,3 +429,9 @@ CREATE TABLE "cache_invalidations" (
 ) STRICT;
 
 CREATE INDEX cache_invalidations_created_idx ON cache_invalidations (created_at);
+
+CREATE INDEX login_states_profile_id_idx ON login_states (profile_id) WHERE profile_id IS NOT NULL;
+
+CREATE INDEX login_states_link_user_id_idx ON login_states (link_user_id) WHERE link_user_id IS NOT NULL;
+
+CREATE INDEX connect_tokens_user_id_idx ON connect_tokens (user_id);

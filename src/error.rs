@@ -266,6 +266,8 @@ error_codes! {
     InvalidUntil = (BAD_REQUEST, "invalid_until", "Invalid until"),
     /// A filter of the audit log (`action`, `actor`, `target_kind`, `target_id`) is not acceptable.
     InvalidAuditFilter = (BAD_REQUEST, "invalid_audit_filter", "Invalid audit filter"),
+    /// Something the request refers to was removed by a change that ran beside it.
+    ChangedMeanwhile = (CONFLICT, "changed_meanwhile", "Changed meanwhile"),
 
     // Server side.
     /// The database cannot be reached.
@@ -330,6 +332,9 @@ impl ErrorCode {
                  the log names it"
             }
             ErrorCode::InternalError => "an internal error occurred; it has been logged",
+            ErrorCode::ChangedMeanwhile => {
+                "something this request refers to was changed or removed while it ran; look again and resend"
+            }
             _ => return None,
         })
     }
@@ -370,6 +375,7 @@ impl PublicError for crate::store::StoreError {
     fn code(&self) -> ErrorCode {
         match self {
             crate::store::StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
+            crate::store::StoreError::Gone { .. } => ErrorCode::ChangedMeanwhile,
             _ => ErrorCode::InternalError,
         }
     }

@@ -222,18 +222,18 @@ impl Teams {
         }
         let team = self.find(team).await?;
         // Left out, `verified` keeps what the team's claim had (a new claim is unverified): a
-        // change of issuer must not quietly stop the domain's single sign-on.
-        let verified = match verified {
-            Some(verified) => verified,
-            None => self
-                .store
-                .domain_claim(&domain, ReadFrom::Primary)
-                .await?
-                .is_some_and(|held| held.team_id == team.id && held.verified),
-        };
+        // change of issuer must not quietly stop the domain's single sign-on. Kept by the store's
+        // statement itself: a claim deleted meanwhile comes back unverified.
         let now = super::now();
-        let claim = DomainClaim { domain, team_id: team.id, issuer, verified, created_at: now, updated_at: now };
-        match self.store.claim_domain(&claim).await? {
+        let claim = DomainClaim {
+            domain,
+            team_id: team.id,
+            issuer,
+            verified: verified.unwrap_or(false),
+            created_at: now,
+            updated_at: now,
+        };
+        match self.store.claim_domain(&claim, verified.is_none()).await? {
             ClaimOutcome::Created(claim) => Ok((claim, true)),
             ClaimOutcome::Updated(claim) => Ok((claim, false)),
             ClaimOutcome::ClaimedByAnotherTeam => Err(TeamError::DomainClaimedByAnotherTeam),

@@ -77,6 +77,7 @@ embedded_migrations! {
     23 "0023_consent_per_resource" "consent_per_resource",
     24 "0024_lookup_indexes" "lookup_indexes",
     25 "0025_signing_key_changes" "signing_key_changes",
+    26 "0026_flow_owner_indexes" "flow_owner_indexes",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

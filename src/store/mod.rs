@@ -825,8 +825,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// A team by id or slug.
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError>;
 
-    /// Claims a domain for a team, or updates the team's existing claim.
-    async fn claim_domain(&self, claim: &DomainClaim) -> Result<ClaimOutcome, StoreError>;
+    /// Claims a domain for a team, or updates the team's existing claim. With `keep_verified`,
+    /// an existing claim of the team keeps its `verified` (read and written in one statement),
+    /// and a new one takes `claim.verified`.
+    async fn claim_domain(&self, claim: &DomainClaim, keep_verified: bool) -> Result<ClaimOutcome, StoreError>;
 
     /// The domains a team claims.
     async fn team_domains(&self, team: TeamId) -> Result<Vec<DomainClaim>, StoreError>;
@@ -1411,7 +1413,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Marks an active profile `needs_reauth`, if its token version is still `token_version` (a
-    /// token refreshed or reconnected meanwhile is not judged by the old one); false otherwise.
+    /// token refreshed or reconnected meanwhile is not judged by the old one) and no refresh
+    /// lease is live (the refresh under way decides); false otherwise.
     async fn mark_needs_reauth(
         &self,
         id: ProfileId,

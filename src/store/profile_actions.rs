@@ -272,9 +272,12 @@ pub(super) async fn mark_needs_reauth(
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let mut tx = db.begin().await?;
+    // Not while a refresh is under way (a lease does not move the version): the token it brings
+    // is the answer, and a refused refresh marks the profile itself.
     let updated = query(
         "UPDATE auth_profiles SET status = 'needs_reauth', token_version = token_version + 1, updated_at = $3
-         WHERE id = $1 AND token_version = $2 AND status = 'active'",
+         WHERE id = $1 AND token_version = $2 AND status = 'active'
+           AND (refresh_lease_until IS NULL OR refresh_lease_until < $3)",
     )
     .bind(id.as_uuid())
     .bind(token_version)

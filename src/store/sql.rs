@@ -128,11 +128,15 @@ impl SqlStore {
     }
 }
 
-/// Whether `user` is the only owner of `team`; `None` when they are not a member.
+/// Whether `user` is an owner of `team` and no other owner can act (every other one is disabled,
+/// or there is none): removing or demoting them would leave the team to nobody. `None` when they
+/// are not a member.
 async fn sole_owner(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<bool>, StoreError> {
     let row = query(
-        "SELECT m.role = 'owner' AND
-                (SELECT count(*) FROM memberships o WHERE o.team_id = m.team_id AND o.role = 'owner') = 1
+        "SELECT m.role = 'owner' AND NOT EXISTS (
+                    SELECT 1 FROM memberships o JOIN users u ON u.id = o.user_id
+                    WHERE o.team_id = m.team_id AND o.role = 'owner' AND o.user_id <> m.user_id
+                      AND NOT u.disabled)
                 AS sole_owner
          FROM memberships m WHERE m.team_id = $1 AND m.user_id = $2",
     )
@@ -934,7 +938,7 @@ impl Store for SqlStore {
         row.as_ref().map(rows::team).transpose()
     }
 
-    async fn claim_domain(&self, claim: &DomainClaim) -> Result<ClaimOutcome, StoreError> {
+    async fn claim_domain(&self, claim: &DomainClaim, keep_verified: bool) -> Result<ClaimOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
         // The team's row first, shared: a deletion of the team waits, or came first (then the
         // claim is refused as such, not by a foreign-key error).
@@ -950,15 +954,18 @@ impl Store for SqlStore {
             "INSERT INTO team_domains (domain, team_id, issuer, verified, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $5)
              ON CONFLICT (domain) DO UPDATE
-               SET issuer = excluded.issuer, verified = excluded.verified, updated_at = excluded.updated_at
+               SET issuer = excluded.issuer,
+                   verified = CASE WHEN $6 THEN team_domains.verified ELSE excluded.verified END,
+                   updated_at = excluded.updated_at
                WHERE team_domains.team_id = excluded.team_id
-             RETURNING created_at",
+             RETURNING created_at, verified",
         )
         .bind(claim.domain.as_str())
         .bind(claim.team_id.as_uuid())
         .bind(claim.issuer.as_str())
         .bind(claim.verified)
         .bind(claim.updated_at)
+        .bind(keep_verified)
         .fetch_optional(&mut tx)
         .await?;
         tx.commit().await?;
@@ -966,7 +973,7 @@ impl Store for SqlStore {
             return Ok(ClaimOutcome::ClaimedByAnotherTeam);
         };
         let created_at = row.time("created_at")?;
-        let stored = DomainClaim { created_at, ..claim.clone() };
+        let stored = DomainClaim { created_at, verified: row.flag("verified")?, ..claim.clone() };
         Ok(if created_at == claim.updated_at { ClaimOutcome::Created(stored) } else { ClaimOutcome::Updated(stored) })
     }
 
@@ -1019,7 +1026,8 @@ impl Store for SqlStore {
         .bind(state.expires_at)
         .bind(state.fresh_login)
         .execute(self.db.writer())
-        .await?;
+        .await
+        .map_err(|e| e.or_gone("the user or profile the flow is for"))?;
         Ok(())
     }
 
@@ -1621,9 +1629,24 @@ impl Store for SqlStore {
         ] {
             query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut tx).await?;
         }
+        // A team-wide profile they made stays the team's, credited (as when a user is deleted) to
+        // the team's longest-standing owner, else member: a creator may act on their profile
+        // whatever their role, and that right must not outlive the membership (nor come back
+        // with a later one).
+        query(
+            "UPDATE auth_profiles SET created_by = (
+                 SELECT o.user_id FROM memberships o WHERE o.team_id = $1
+                 ORDER BY CASE WHEN o.role = 'owner' THEN 0 ELSE 1 END, o.created_at, o.user_id LIMIT 1)
+             WHERE team_id = $1 AND created_by = $2 AND profile_kind <> 'oauth_account'
+               AND EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = $1)",
+        )
+        .bind(team.as_uuid())
+        .bind(user.as_uuid())
+        .execute(&mut tx)
+        .await?;
         // Their personal connected accounts in the team: nobody may use them any more (a personal
         // profile is its creator's alone, and its creator is no longer a member), so their tokens
-        // are not kept. A team-wide profile they made stays the team's.
+        // are not kept.
         let now = crate::domain::now();
         let personal = query(
             "SELECT id FROM auth_profiles
@@ -1666,7 +1689,8 @@ impl Store for SqlStore {
         .bind(profile.pending_expires_at)
         .bind(profile.created_at)
         .fetch_optional(self.db.writer())
-        .await?;
+        .await
+        .map_err(|e| e.or_gone("the team or the user"))?;
         Ok(inserted.map(|_| profile.clone()))
     }
 
@@ -1789,7 +1813,8 @@ impl Store for SqlStore {
         .bind(token.created_at)
         .bind(token.expires_at)
         .execute(&mut tx)
-        .await?;
+        .await
+        .map_err(|e| e.or_gone("the user"))?;
         tx.commit().await?;
         Ok(true)
     }
@@ -2085,7 +2110,7 @@ impl Store for SqlStore {
         ))
         .bind(&code_hash[..])
         .bind(now)
-        .fetch_optional(self.db.writer())
+        .fetch_optional(self.db.reader())
         .await?;
         row.map(|row| {
             let code = CodeRecord {
@@ -2153,7 +2178,7 @@ impl Store for SqlStore {
         ))
         .bind(&token_hash[..])
         .bind(now)
-        .fetch_optional(self.db.writer())
+        .fetch_optional(self.db.reader())
         .await?;
         row.map(|row| Ok((grant_record(&row)?, row.opt_time("used_at")?.is_some()))).transpose()
     }
@@ -2199,7 +2224,7 @@ impl Store for SqlStore {
         let row = query(grant_select!(" FROM oauth_grants g JOIN users u ON u.id = g.user_id WHERE g.id = $1"))
             .bind(id)
             .bind(now)
-            .fetch_optional(self.db.writer())
+            .fetch_optional(self.db.reader())
             .await?;
         row.map(|row| grant_record(&row)).transpose()
     }
@@ -2217,7 +2242,7 @@ impl Store for SqlStore {
         let row = query("SELECT scope, resource_scopes FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
             .bind(user.as_uuid())
             .bind(client)
-            .fetch_optional(self.db.writer())
+            .fetch_optional(self.db.reader())
             .await?;
         row.as_ref().map(consent_of).transpose()
     }
@@ -2237,24 +2262,35 @@ impl Store for SqlStore {
             return Ok(None);
         }
         // The row exists (a concurrent first approval waits here for the other to commit), then
-        // is locked: approvals of one user and client are merged one after the other.
-        query(
-            "INSERT INTO oauth_consents (user_id, client_id, scope, updated_at) VALUES ($1, $2, '', $3)
-             ON CONFLICT (user_id, client_id) DO NOTHING",
-        )
-        .bind(user.as_uuid())
-        .bind(client)
-        .bind(now)
-        .execute(&mut tx)
-        .await?;
-        let row = query(
-            "SELECT scope, resources, resource_scopes FROM oauth_consents
-             WHERE user_id = $1 AND client_id = $2 FOR UPDATE",
-        )
-        .bind(user.as_uuid())
-        .bind(client)
-        .fetch_one(&mut tx)
-        .await?;
+        // is locked: approvals of one user and client are merged one after the other. A row that
+        // was there, and that the user's "remove access" deleted in between, is made again.
+        let mut locked = None;
+        for _ in 0..2 {
+            query(
+                "INSERT INTO oauth_consents (user_id, client_id, scope, updated_at) VALUES ($1, $2, '', $3)
+                 ON CONFLICT (user_id, client_id) DO NOTHING",
+            )
+            .bind(user.as_uuid())
+            .bind(client)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+            locked = query(
+                "SELECT scope, resources, resource_scopes FROM oauth_consents
+                 WHERE user_id = $1 AND client_id = $2 FOR UPDATE",
+            )
+            .bind(user.as_uuid())
+            .bind(client)
+            .fetch_optional(&mut tx)
+            .await?;
+            if locked.is_some() {
+                break;
+            }
+        }
+        let Some(row) = locked else {
+            tx.rollback().await?;
+            return Err(StoreError::Gone { what: "the consent" });
+        };
         let mut consent = consent_of(&row)?;
         consent.widen(scopes, resource);
         // The unpaired list of migration 21, for binaries of before migration 23 (a roll-out).
@@ -2295,7 +2331,7 @@ impl Store for SqlStore {
         ))
         .bind(user.as_uuid())
         .bind(now)
-        .fetch_all(self.db.writer())
+        .fetch_all(self.db.reader())
         .await?;
         let mut apps: Vec<UserApp> = Vec::new();
         for row in &rows {
@@ -2372,7 +2408,8 @@ impl Store for SqlStore {
         .bind(request.session_hash.as_ref().map(|h| &h[..]))
         .bind(request.expires_at)
         .execute(self.db.writer())
-        .await?;
+        .await
+        .map_err(|e| e.or_gone("the app"))?;
         Ok(())
     }
 
@@ -2664,7 +2701,8 @@ impl Store for SqlStore {
         .bind(expires_at)
         .bind(now)
         .fetch_optional(self.db.writer())
-        .await?;
+        .await
+        .map_err(|e| e.or_gone("the app"))?;
         Ok(used.is_some())
     }
 

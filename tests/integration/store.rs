@@ -1280,6 +1280,14 @@ async fn put_member_adds_updates_and_never_demotes_the_last_owner(backend: Backe
     assert_eq!(put(bob.id(), Role::Member).await, MemberOutcome::LastOwner);
     assert_eq!(put(bob.id(), Role::Owner).await, MemberOutcome::Unchanged, "the same role again writes nothing");
     assert_eq!(role_in(&store, &ada.team, bob.id()).await, Some(Role::Owner));
+
+    // A disabled owner cannot act for the team, so it does not count as another owner.
+    assert_eq!(put(ada.id(), Role::Owner).await, MemberOutcome::Updated);
+    set_user_disabled(&store, ada.id(), true, t0).await.unwrap();
+    assert_eq!(put(bob.id(), Role::Member).await, MemberOutcome::LastOwner);
+    assert_eq!(store.remove_member(team, None, bob.id()).await.unwrap(), RemoveOutcome::LastOwner);
+    set_user_disabled(&store, ada.id(), false, t0).await.unwrap();
+    assert_eq!(put(bob.id(), Role::Member).await, MemberOutcome::Updated, "enabled again, Ada counts");
 }
 
 /// `add_member` (the import's join) adds or leaves alone: racing an owner who makes the same
@@ -1453,7 +1461,7 @@ async fn a_domain_claim_is_created_updated_or_refused(backend: Backend) {
     let bob = sign_up(&store, "bob").await;
     let t0 = now();
     let claim = domain_claim("example.com", &ada.team, false, t0);
-    assert_eq!(store.claim_domain(&claim).await.unwrap(), ClaimOutcome::Created(claim.clone()));
+    assert_eq!(store.claim_domain(&claim, false).await.unwrap(), ClaimOutcome::Created(claim.clone()));
     for from in [ReadFrom::Primary, ReadFrom::Replica] {
         assert_eq!(store.domain_claim(&claim.domain, from).await.unwrap().as_ref(), Some(&claim), "{from:?}");
     }
@@ -1467,12 +1475,18 @@ async fn a_domain_claim_is_created_updated_or_refused(backend: Backend) {
         ..claim.clone()
     };
     let updated = DomainClaim { created_at: t0, ..change.clone() };
-    assert_eq!(store.claim_domain(&change).await.unwrap(), ClaimOutcome::Updated(updated.clone()));
+    assert_eq!(store.claim_domain(&change, false).await.unwrap(), ClaimOutcome::Updated(updated.clone()));
     assert_eq!(store.domain_claim(&claim.domain, ReadFrom::Primary).await.unwrap().as_ref(), Some(&updated));
+    // Keeping `verified`: the stored claim's, whatever the new one says; a new claim takes its own.
+    let kept = DomainClaim { verified: false, ..change.clone() };
+    let outcome = store.claim_domain(&kept, true).await.unwrap();
+    assert_eq!(outcome, ClaimOutcome::Updated(DomainClaim { verified: true, created_at: t0, ..kept.clone() }));
+    let fresh = domain_claim("fresh.example", &ada.team, false, t1);
+    assert_eq!(store.claim_domain(&fresh, true).await.unwrap(), ClaimOutcome::Created(fresh.clone()));
 
     let t2 = t1 + TimeDelta::minutes(1);
     let taken = domain_claim("example.com", &bob.team, true, t2);
-    assert_eq!(store.claim_domain(&taken).await.unwrap(), ClaimOutcome::ClaimedByAnotherTeam);
+    assert_eq!(store.claim_domain(&taken, false).await.unwrap(), ClaimOutcome::ClaimedByAnotherTeam);
     assert_eq!(
         store.domain_claim(&claim.domain, ReadFrom::Primary).await.unwrap().as_ref(),
         Some(&updated),
@@ -1484,13 +1498,13 @@ async fn a_domain_claim_is_created_updated_or_refused(backend: Backend) {
         domain_claim("alpha.example.net", &ada.team, true, t2),
     );
     for claim in [&last, &first] {
-        assert_eq!(store.claim_domain(claim).await.unwrap(), ClaimOutcome::Created(claim.clone()));
+        assert_eq!(store.claim_domain(claim, false).await.unwrap(), ClaimOutcome::Created(claim.clone()));
     }
-    assert_eq!(store.team_domains(ada.team.id).await.unwrap(), [first, updated, last], "in domain order");
+    assert_eq!(store.team_domains(ada.team.id).await.unwrap(), [first, updated, fresh, last], "in domain order");
     assert!(store.team_domains(bob.team.id).await.unwrap().is_empty());
     // A team that is gone claims nothing (a deletion racing the claim), and no error says why.
     let ghost = DomainClaim { team_id: TeamId::generate(), ..domain_claim("ghost.example.org", &ada.team, true, t2) };
-    assert_eq!(store.claim_domain(&ghost).await.unwrap(), ClaimOutcome::TeamGone);
+    assert_eq!(store.claim_domain(&ghost, false).await.unwrap(), ClaimOutcome::TeamGone);
     assert!(store.domain_claim(&ghost.domain, ReadFrom::Primary).await.unwrap().is_none());
     let unclaimed = DomainName::parse("unclaimed.example.com").unwrap();
     assert!(store.domain_claim(&unclaimed, ReadFrom::Primary).await.unwrap().is_none());
@@ -1502,7 +1516,7 @@ async fn a_domain_is_released_only_by_its_team(backend: Backend) {
     let bob = sign_up(&store, "bob").await;
     let t0 = now();
     let claim = domain_claim("example.com", &ada.team, true, t0);
-    store.claim_domain(&claim).await.unwrap();
+    store.claim_domain(&claim, false).await.unwrap();
     assert!(!store.release_domain(bob.team.id, &claim.domain).await.unwrap());
     assert_eq!(store.domain_claim(&claim.domain, ReadFrom::Primary).await.unwrap().as_ref(), Some(&claim));
     assert!(store.release_domain(ada.team.id, &claim.domain).await.unwrap());
@@ -1510,7 +1524,11 @@ async fn a_domain_is_released_only_by_its_team(backend: Backend) {
     assert!(store.team_domains(ada.team.id).await.unwrap().is_empty());
     assert!(!store.release_domain(ada.team.id, &claim.domain).await.unwrap(), "released once");
     let bobs = domain_claim("example.com", &bob.team, true, t0 + TimeDelta::minutes(1));
-    assert_eq!(store.claim_domain(&bobs).await.unwrap(), ClaimOutcome::Created(bobs.clone()), "free to claim again");
+    assert_eq!(
+        store.claim_domain(&bobs, false).await.unwrap(),
+        ClaimOutcome::Created(bobs.clone()),
+        "free to claim again"
+    );
 }
 
 // ---- Sign-in state and sessions -------------------------------------------------------------
@@ -2842,6 +2860,15 @@ async fn a_credential_test_expires_and_marks_only_the_token_it_tested(backend: B
         !store.mark_needs_reauth(app.id, before.version + 1, ReauthReason::TestFailed, t0).await.unwrap(),
         "another token"
     );
+    // Not while a refresh holds its lease (the lease leaves the version as it is): the refresh
+    // decides. Once the lease has run out, the token tested is judged.
+    assert!(store.acquire_refresh_lease(app.id, before.version, &lease(Uuid::new_v4(), t0)).await.unwrap());
+    assert!(
+        !store.mark_needs_reauth(app.id, before.version, ReauthReason::TestFailed, t0).await.unwrap(),
+        "a refresh is under way"
+    );
+    assert_eq!(secrets_of(&store, app.id).await.status, ProfileStatus::Active);
+    let t0 = t0 + TimeDelta::seconds(31);
     assert!(store.mark_needs_reauth(app.id, before.version, ReauthReason::TestFailed, t0).await.unwrap());
     let marked = secrets_of(&store, app.id).await;
     assert_eq!((marked.status, marked.version), (ProfileStatus::NeedsReauth, before.version + 1));
@@ -2924,7 +2951,7 @@ pub(crate) async fn domains_and_issuers_are_listed_in_byte_order(backend: Backen
     let ada = sign_up(&store, "ada").await;
     // A UTF-8 collation ignores the hyphen and would put `ab.` first.
     for domain in ["ab.example.com", "a-c.example.com", "b.example.com"] {
-        store.claim_domain(&domain_claim(domain, &ada.team, true, now())).await.unwrap();
+        store.claim_domain(&domain_claim(domain, &ada.team, true, now()), false).await.unwrap();
     }
     let domains: Vec<_> =
         store.team_domains(ada.team.id).await.unwrap().into_iter().map(|c| c.domain.as_str().to_owned()).collect();
@@ -5669,6 +5696,10 @@ async fn a_removed_members_personal_accounts_in_the_team_are_revoked(backend: Ba
     ] {
         assert_eq!(store.profile(kept.id).await.unwrap().unwrap().status, status, "{}", kept.slug);
     }
+    // The team-wide one stays the team's, no longer Bob's: his creator's rights went with him
+    // (and do not come back with a later membership).
+    assert_eq!(store.profile(team_wide.id).await.unwrap().unwrap().created_by, ada.id());
+    assert_eq!(store.profile(at_home.id).await.unwrap().unwrap().created_by, bob.id(), "another team's is his");
     let sql = db.sql().await;
     let events =
         sql.texts("SELECT CAST(payload AS TEXT) FROM outbox_events WHERE topic = 'auth_profile.revoked'").await;
