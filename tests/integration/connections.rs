@@ -90,9 +90,18 @@ async fn sign_in(app: &TestApp, issuer: &LocalIssuer, subject: &str) -> Member {
 }
 
 async fn world(backend: Backend) -> World {
+    world_with(backend, |_| {}).await
+}
+
+/// [`world`], with `tweak` applied to the configuration last.
+async fn world_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> World {
     let issuer = LocalIssuer::start().await.unwrap();
     issuer.set_client(CLIENT_ID, CLIENT_SECRET);
-    let app = TestApp::spawn_with(backend, |config| configure(config, &issuer)).await;
+    let app = TestApp::spawn_with(backend, |config| {
+        configure(config, &issuer);
+        tweak(config);
+    })
+    .await;
     let mut alice = sign_in(&app, &issuer, "alice").await;
     let bob = sign_in(&app, &issuer, "bob").await;
     let me = body(alice.browser.me(&app).await, 200).await;
@@ -773,7 +782,15 @@ async fn expired_pending_profiles_are_not_reused(backend: Backend) {
 }
 
 async fn revoking_frees_the_slug_and_revokes_upstream(backend: Backend) {
-    let mut w = world(backend).await;
+    // The authorization and token endpoints configured, as for a self-hosted GitLab: the
+    // revocation endpoint still comes from discovery.
+    let mut w = world_with(backend, |config| {
+        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+        let issuer = local.issuer.as_str().trim_end_matches('/').to_owned();
+        local.endpoints.authorization = Some(format!("{issuer}/authorize").parse().unwrap());
+        local.endpoints.token = Some(format!("{issuer}/token").parse().unwrap());
+    })
+    .await;
     let slug = w.connected("gone").await;
     let revoked = w.on_behalf(Method::DELETE, &format!("/auth-profiles/{slug}"), w.alice.id).send().await.unwrap();
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);

@@ -21,6 +21,8 @@ on_both_backends!(
     the_provider_comes_from_the_state_not_the_path,
     the_issuer_parameter_is_checked,
     bad_id_tokens_are_refused,
+    an_email_from_userinfo_is_verified_only_by_userinfo,
+    a_failed_discovery_is_not_retried_by_every_sign_in,
     open_redirects_are_refused,
     an_expired_state_is_refused,
     provider_failures_have_clear_codes,
@@ -356,6 +358,7 @@ async fn bad_id_tokens_are_refused(backend: Backend) {
     for tamper in [
         Tamper::WrongNonce,
         Tamper::WrongAudience,
+        Tamper::OtherAuthorizedParty,
         Tamper::WrongIssuer,
         Tamper::Expired,
         Tamper::IssuedInTheFuture,
@@ -368,6 +371,43 @@ async fn bad_id_tokens_are_refused(backend: Backend) {
         assert!(!browser.cookies.contains_key("tessera_session"));
     }
     assert_eq!(w.app.db.sql().await.count("users").await, 0);
+}
+
+/// An id_token without an email, whose userinfo has one: the email is verified only if
+/// userinfo says so (the id_token's `email_verified` is about no email of its own).
+async fn an_email_from_userinfo_is_verified_only_by_userinfo(backend: Backend) {
+    let w = world_with(backend, |config, _| {
+        config.providers.iter_mut().find(|p| p.name == "local").unwrap().trusted_email_verification = true;
+    })
+    .await;
+    let mut user = StubUser::new("userinfo-email", "ui@example.com");
+    user.email_verified = false;
+    w.issuer.set_next_user(user);
+    w.issuer.tamper_next_id_token(Tamper::EmailOnlyInUserinfo);
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let me = body(browser.me(&w.app).await, 200).await;
+    assert_eq!((&me["email"], &me["email_verified"]), (&json!("ui@example.com"), &json!(false)), "{me}");
+}
+
+/// A provider whose discovery fails is not asked again by every sign-in in turn: until the
+/// failure back-off has passed, sign-ins are answered at once.
+async fn a_failed_discovery_is_not_retried_by_every_sign_in(backend: Backend) {
+    let w = world_with(backend, |config, _| config.jwks.failure_backoff = std::time::Duration::from_secs(60)).await;
+    w.issuer.set_available(false);
+    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let logins: Vec<_> = (0..6)
+        .map(|_| {
+            let request = client.get(w.app.url("/auth/login")).header("accept", "application/json");
+            tokio::spawn(async move { request.send().await.unwrap() })
+        })
+        .collect();
+    for login in logins {
+        assert_eq!(body(login.await.unwrap(), 502).await["code"], "provider_unavailable");
+    }
+    w.issuer.set_available(true);
+    assert_eq!(body(Browser::new().get(&w.app.url("/auth/login")).await, 502).await["code"], "provider_unavailable");
+    assert_eq!(w.issuer.discovery_fetches(), 1, "one discovery for all of them");
 }
 
 async fn open_redirects_are_refused(backend: Backend) {

@@ -209,8 +209,10 @@ fn token_set(
             expires_at: response
                 .expires_in()
                 .or(config.protocol.default_expires_in)
+                // An absurd lifetime (the provider's, not ours to refuse) is held to ten years.
                 .and_then(|d| chrono::TimeDelta::from_std(d).ok())
-                .map(|d| Utc::now() + d),
+                .map(|d| d.min(chrono::TimeDelta::days(3650)))
+                .and_then(|d| Utc::now().checked_add_signed(d)),
             // Scopes come back joined with the provider's separator (Slack: commas).
             scopes: response
                 .scopes()

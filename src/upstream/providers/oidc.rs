@@ -36,6 +36,10 @@ pub struct OidcProvider {
     http: reqwest::Client,
     keys: JwksCache,
     metadata: OnceCell<Arc<Metadata>>,
+    /// When discovery last failed, and how long callers are answered at once from then on
+    /// (`jwks.failure_backoff`): a provider that hangs is not asked again by every sign-in in turn.
+    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    backoff: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,19 +66,57 @@ impl OidcProvider {
     /// Creates the provider; discovery happens on first use.
     pub fn new(config: ProviderConfig, http: reqwest::Client, jwks: &JwksConfig) -> Self {
         let keys = JwksCache::new(config.issuer.clone(), config.endpoints.jwks.clone(), http.clone(), jwks);
-        Self { config, http, keys, metadata: OnceCell::new() }
+        Self {
+            config,
+            http,
+            keys,
+            metadata: OnceCell::new(),
+            failed_at: std::sync::Mutex::new(None),
+            backoff: jwks.failure_backoff,
+        }
     }
 
     /// The provider's endpoints: configured ones win; the rest come from discovery, which is
     /// cached once it succeeds (read without a lock from then on) and retried while it fails;
     /// concurrent first callers wait for one discovery.
     async fn metadata(&self) -> Result<Arc<Metadata>, ProviderError> {
-        self.metadata.get_or_try_init(|| self.discover()).await.cloned()
+        if let Some(metadata) = self.metadata.get() {
+            return Ok(metadata.clone());
+        }
+        let failed_lately = || {
+            let failed_at = *self.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            failed_at.is_some_and(|at| at.elapsed() < self.backoff)
+        };
+        let unavailable = || ProviderError::Unavailable("the provider's discovery failed moments ago".into());
+        if failed_lately() {
+            return Err(unavailable());
+        }
+        self.metadata
+            .get_or_try_init(|| async {
+                // Callers that queued behind a failed discovery do not each try again.
+                if failed_lately() {
+                    return Err(unavailable());
+                }
+                let found = self.discover().await;
+                if found.is_err() {
+                    *self.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(std::time::Instant::now());
+                }
+                found
+            })
+            .await
+            .cloned()
     }
 
     async fn discover(&self) -> Result<Arc<Metadata>, ProviderError> {
         let endpoints = &self.config.endpoints;
-        let document = if endpoints.authorization.is_some() && endpoints.token.is_some() {
+        // Only with every endpoint configured is discovery left out: an endpoint not overridden
+        // (userinfo, revocation) and the RFC 9207 `iss` flag still come from it.
+        let all_configured = endpoints.authorization.is_some()
+            && endpoints.token.is_some()
+            && endpoints.userinfo.is_some()
+            && endpoints.revocation.is_some();
+        let document = if all_configured {
             Value::Null
         } else {
             fetch_discovery(&self.http, &self.config.issuer)
@@ -126,7 +168,11 @@ impl OidcProvider {
             leeway: std::time::Duration::from_secs(60),
         };
         let claims: IdTokenClaims = verify_signed(id_token, &self.keys, &rules).await.map_err(invalid)?;
-        if claims.aud.as_array().is_some_and(|a| a.len() > 1) && claims.azp.as_deref() != Some(&self.config.client_id) {
+        // OpenID Connect Core 3.1.3.7, steps 4 and 5: with several audiences `azp` must be
+        // there, and when it is there it names this client.
+        let several = claims.aud.as_array().is_some_and(|a| a.len() > 1);
+        let azp_differs = claims.azp.as_deref().is_some_and(|azp| azp != self.config.client_id);
+        if azp_differs || (several && claims.azp.is_none()) {
             return Err(ProviderError::InvalidIdToken("azp does not name this client".into()));
         }
         let nonce_matches =
@@ -202,6 +248,9 @@ impl Provider for OidcProvider {
             if extra.get("sub").and_then(Value::as_str) == Some(claims.sub.as_str())
                 && let (Value::Object(profile), Value::Object(extra)) = (&mut profile, extra)
             {
+                // The email comes from userinfo, and so does whether it is verified: the
+                // id_token's `email_verified`, about no email of its own, must not vouch for it.
+                profile.remove("email_verified");
                 for (key, value) in extra {
                     profile.entry(key).or_insert(value);
                 }

@@ -56,6 +56,8 @@ pub enum Tamper {
     WrongNonce,
     /// An audience other than the client.
     WrongAudience,
+    /// The client as its audience, but `azp` naming another client.
+    OtherAuthorizedParty,
     /// Another issuer.
     WrongIssuer,
     /// Already expired.
@@ -64,6 +66,9 @@ pub enum Tamper {
     IssuedInTheFuture,
     /// Signed with a key the JWKS does not publish, under a published `kid`.
     ForgedSignature,
+    /// Valid, but without the email (userinfo has it, with the user's `email_verified`) and with
+    /// `email_verified: true` of its own.
+    EmailOnlyInUserinfo,
 }
 
 /// A failure of the next token request.
@@ -487,9 +492,14 @@ fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, signed_in: Op
     match tamper {
         Some(Tamper::WrongNonce) => claims["nonce"] = "not-the-nonce".into(),
         Some(Tamper::WrongAudience) => claims["aud"] = "someone-else".into(),
+        Some(Tamper::OtherAuthorizedParty) => claims["azp"] = "someone-else".into(),
         Some(Tamper::WrongIssuer) => claims["iss"] = "https://other-issuer.example.com".into(),
         Some(Tamper::Expired) => claims["exp"] = (now - 3600).into(),
         Some(Tamper::IssuedInTheFuture) => claims["iat"] = (now + 120).into(),
+        Some(Tamper::EmailOnlyInUserinfo) => {
+            claims.as_object_mut().expect("claims").remove("email");
+            claims["email_verified"] = true.into();
+        }
         Some(Tamper::ForgedSignature) | None => {}
     }
     let header = json!({ "alg": "RS256", "kid": "rsa-1", "typ": "JWT" });
