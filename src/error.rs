@@ -52,6 +52,8 @@ error_codes! {
     PayloadTooLarge = (PAYLOAD_TOO_LARGE, "payload_too_large", "Request body too large"),
     /// The body is not declared as JSON.
     UnsupportedMediaType = (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type"),
+    /// The `Accept` header names no representation this endpoint answers in.
+    NotAcceptable = (NOT_ACCEPTABLE, "not_acceptable", "Not acceptable"),
     /// The body is not syntactically valid JSON.
     MalformedJson = (BAD_REQUEST, "malformed_json", "Malformed JSON"),
     /// The JSON is valid but does not have the expected shape or types.

@@ -144,7 +144,28 @@ struct Tally {
     created: AtomicU64,
     existing: AtomicU64,
     joined: AtomicU64,
-    refused: Mutex<BTreeMap<&'static str, Vec<u64>>>,
+    refused: Mutex<BTreeMap<&'static str, Reason>>,
+}
+
+/// The refused lines of one reason as they come: how many, and the smallest numbers only (a
+/// file refused whole is not held in memory line by line).
+#[derive(Debug, Default)]
+struct Reason {
+    count: u64,
+    /// At most [`LINES_PER_REASON`], the largest on top.
+    smallest: std::collections::BinaryHeap<u64>,
+}
+
+impl Reason {
+    fn note(&mut self, line: u64) {
+        self.count += 1;
+        if self.smallest.len() < LINES_PER_REASON {
+            self.smallest.push(line);
+        } else if self.smallest.peek().is_some_and(|&largest| line < largest) {
+            self.smallest.pop();
+            self.smallest.push(line);
+        }
+    }
 }
 
 impl Tally {
@@ -166,7 +187,7 @@ impl Tally {
         if !refused.is_empty() {
             let mut by_code = self.refused.lock().unwrap_or_else(|e| e.into_inner());
             for (code, number) in refused {
-                by_code.entry(code.as_str()).or_default().push(number);
+                by_code.entry(code.as_str()).or_default().note(number);
             }
         }
         self.lines.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
@@ -176,12 +197,10 @@ impl Tally {
         let by_code = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         let mut refusals: Vec<Refusals> = by_code
             .iter()
-            .map(|(code, lines)| {
-                let mut lines = lines.clone();
-                lines.sort_unstable();
-                let count = lines.len() as u64;
-                lines.truncate(LINES_PER_REASON);
-                Refusals { code, count, lines }
+            .map(|(code, reason)| Refusals {
+                code,
+                count: reason.count,
+                lines: reason.smallest.clone().into_sorted_vec(),
             })
             .collect();
         refusals.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(b.code)));
@@ -386,13 +405,18 @@ impl Source {
                 let mut number = 0;
                 loop {
                     buffer.clear();
-                    let read = reader
-                        .read_until(b'\n', &mut buffer)
+                    let (read, too_long) = read_line(&mut reader, &mut buffer)
                         .map_err(|source| ImportError::Read { path: path.clone(), source })?;
                     if read == 0 {
                         break;
                     }
                     number += 1;
+                    if too_long {
+                        if !send(Line { number, record: Err(ErrorCode::FieldTooLong) }, &mut batch) {
+                            return Ok(());
+                        }
+                        continue;
+                    }
                     // A byte-order mark, as spreadsheet and Windows editors write, is not JSON.
                     let text =
                         if number == 1 { buffer.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buffer) } else { &buffer };
@@ -414,7 +438,11 @@ impl Source {
                         continue;
                     }
                     let number = lines.first_line(row.position().map_or(0, |p| p.byte()));
-                    if !send(Line { number, record: csv_record(&row, &columns, width) }, &mut batch) {
+                    let record = match row.as_slice().len() > MAX_LINE {
+                        true => Err(ErrorCode::FieldTooLong),
+                        false => csv_record(&row, &columns, width),
+                    };
+                    if !send(Line { number, record }, &mut batch) {
                         return Ok(());
                     }
                 }
@@ -483,6 +511,35 @@ fn csv_error(path: &str, error: csv::Error) -> ImportError {
     ImportError::Read { path: path.to_owned(), source }
 }
 
+/// The longest line (or CSV record) read, in bytes: a record of the longest issuer, subject,
+/// email, name and team is a few KiB; a longer one is a file in another format (a JSON array on
+/// one line, say), refused (`field_too_long`) without being held in memory.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Reads one line (with its `\n`) into `buffer`, at most [`MAX_LINE`] bytes of it; the rest of a
+/// longer line is read past, not kept. Returns the bytes kept (0 at the end of the file) and
+/// whether the line was longer.
+fn read_line(reader: &mut impl BufRead, buffer: &mut Vec<u8>) -> std::io::Result<(usize, bool)> {
+    let read = reader.by_ref().take(MAX_LINE as u64).read_until(b'\n', buffer)?;
+    if read < MAX_LINE || buffer.last() == Some(&b'\n') {
+        return Ok((read, false));
+    }
+    loop {
+        let available = reader.fill_buf()?;
+        match available.iter().position(|&b| b == b'\n') {
+            _ if available.is_empty() => return Ok((read, true)),
+            Some(end) => {
+                reader.consume(end + 1);
+                return Ok((read, true));
+            }
+            None => {
+                let all = available.len();
+                reader.consume(all);
+            }
+        }
+    }
+}
+
 /// The position of each known column in the header; unknown or repeated columns and a missing
 /// `issuer` or `subject` are refused before anything is imported.
 fn header_columns(header: &csv::ByteRecord) -> Result<([Option<usize>; COLUMNS.len()], usize), ImportError> {
@@ -491,8 +548,13 @@ fn header_columns(header: &csv::ByteRecord) -> Result<([Option<usize>; COLUMNS.l
         let name = String::from_utf8_lossy(name);
         let name = name.trim_start_matches('\u{feff}').trim().to_ascii_lowercase();
         let Some(known) = COLUMNS.iter().position(|c| *c == name) else {
+            // Named when it reads as a column's name; else by position: a file without a header
+            // row has a record there, whose first field (an email, say) stays out of the output.
+            let looks_like_a_name =
+                name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b' '));
+            let which = if looks_like_a_name { format!("{name:?}") } else { format!("number {}", index + 1) };
             return Err(ImportError::Header(format!(
-                "has an unknown column {name:?}: the columns are {}",
+                "has an unknown column {which} (is the first line a header?): the columns are {}",
                 COLUMNS.join(", ")
             )));
         };
@@ -551,8 +613,7 @@ fn count_lines(path: &Path, format: Format) -> Result<u64, ImportError> {
             let mut buffer = Vec::new();
             loop {
                 buffer.clear();
-                let read = reader
-                    .read_until(b'\n', &mut buffer)
+                let (read, _) = read_line(&mut reader, &mut buffer)
                     .map_err(|source| ImportError::Read { path: name.clone(), source })?;
                 if read == 0 {
                     break;

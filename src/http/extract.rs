@@ -43,8 +43,23 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must not exceed {MAX_BODY_BYTES} bytes"))
         }
-        other => ApiError::new(ErrorCode::InvalidRequest, other.body_text()),
+        // A body that could not be read (cut off, or stalled past the body-read timeout): said
+        // in a fixed sentence, as `ApiBytes` does, not in the transport's own words.
+        _ => ApiError::new(ErrorCode::InvalidRequest, UNREADABLE_BODY),
     }
+}
+
+/// The detail of a body that could not be read.
+const UNREADABLE_BODY: &str = "the body could not be read: it was cut off or stalled";
+
+/// Whether the request declares its body as JSON (`Content-Type: application/json`, with or
+/// without parameters such as `charset`).
+pub fn declares_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Parses a JSON body read as bytes (an optional body, which [`ApiJson`] cannot take) with the
@@ -130,9 +145,7 @@ where
                 ErrorCode::PayloadTooLarge,
                 format!("the body must not exceed {MAX_BODY_BYTES} bytes"),
             )),
-            Err(_) => {
-                Err(ApiError::new(ErrorCode::InvalidRequest, "the body could not be read: it was cut off or stalled"))
-            }
+            Err(_) => Err(ApiError::new(ErrorCode::InvalidRequest, UNREADABLE_BODY)),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 
 use super::AppState;
 use super::credentials::Credentials;
-use super::extract::MAX_BODY_BYTES;
+use super::extract::{ApiBytes, MAX_BODY_BYTES, declares_json};
 use super::op::signing_keys;
 use super::problem::ApiError;
 use crate::domain::UserId;
@@ -105,6 +105,10 @@ async fn require_token(State(state): State<Arc<AppState>>, mut request: Request,
     };
     match authenticate(&state, op, request.headers()).await {
         Ok(user) => {
+            request = match transport_request(request, &state).await {
+                Ok(request) => request,
+                Err(refused) => return refused,
+            };
             request.extensions_mut().insert(Caller(user));
             // A tool's answer can hold a credential: no cache keeps any of them.
             crate::http::responses::no_store(next.run(request).await)
@@ -124,6 +128,51 @@ async fn authenticate(state: &AppState, op: &OpenIdProvider, headers: &HeaderMap
         ));
     };
     Ok(state.validator.validate_own_for(token, &resource).await?.principal.user.id)
+}
+
+/// What the Streamable HTTP transport would refuse in its own words (plain text, or a 500 for a
+/// body that breaks off), refused here as every other error is: a method other than POST, a body
+/// not declared as JSON, an `Accept` without both `application/json` and `text/event-stream` (the
+/// MCP specification asks clients for both), a body that is too large, cut off, stalled or not
+/// JSON. The body is read here and handed on whole.
+async fn transport_request(request: Request, state: &Arc<AppState>) -> Result<Request, Response> {
+    if request.method() != axum::http::Method::POST {
+        let mut refused =
+            ApiError::new(ErrorCode::MethodNotAllowed, "the MCP endpoint takes POST only").into_response();
+        refused.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return Err(refused);
+    }
+    checked_body(request, state).await.map_err(IntoResponse::into_response)
+}
+
+/// The rest of [`transport_request`]: the headers and the body.
+async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request, ApiError> {
+    let headers = request.headers();
+    let essence = |value: &str| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if !declares_json(headers) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the JSON-RPC message with `Content-Type: application/json`",
+        ));
+    }
+    let accepted: Vec<String> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(essence)
+        .collect();
+    if !["application/json", "text/event-stream"].iter().all(|wanted| accepted.iter().any(|a| a == wanted)) {
+        return Err(ApiError::new(
+            ErrorCode::NotAcceptable,
+            "send `Accept: application/json, text/event-stream`, as the MCP specification asks",
+        ));
+    }
+    let (parts, body) = request.into_parts();
+    let ApiBytes(bytes) = ApiBytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        .map_err(|_| ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"))?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 /// The error as problem+json; a 401 carries `WWW-Authenticate: Bearer` with the metadata URL

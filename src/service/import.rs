@@ -97,7 +97,7 @@ pub struct Importer {
     /// Teams by the reference a file gives (`None`: no such team), looked up once per import.
     team_cache: Mutex<HashMap<String, Option<TeamId>>>,
     /// In a dry run, the identities that would be created, so that a repeated line counts once.
-    would_create: Mutex<HashSet<(String, String)>>,
+    would_create: Mutex<HashSet<IdentityKey>>,
     /// In a dry run, the memberships that would be added, so that each counts once, as it would.
     would_join: Mutex<HashSet<(Member, TeamId)>>,
 }
@@ -115,8 +115,24 @@ pub struct Stopped {
 /// Who a dry run would add to a team: an identity it would create, or an existing user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Member {
-    New(String, String),
+    New(IdentityKey),
     User(UserId),
+}
+
+/// An identity of a dry run, by a 128-bit digest of its issuer and subject: a file of millions of
+/// new identities is remembered in 16 bytes each, not in their text.
+type IdentityKey = [u8; 16];
+
+fn identity_key(issuer: &str, subject: &str) -> IdentityKey {
+    let mut text = Vec::with_capacity(issuer.len() + subject.len() + 1);
+    text.extend_from_slice(issuer.as_bytes());
+    // No issuer holds a NUL: the pair is read back unambiguously.
+    text.push(0);
+    text.extend_from_slice(subject.as_bytes());
+    let digest = crate::crypto::sha256(&text);
+    let mut key = [0; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
 }
 
 impl Importer {
@@ -259,10 +275,10 @@ impl Importer {
     /// Provisions a line's identity through the admin bootstrap.
     async fn provision(&self, line: Valid) -> Result<LineOutcome, StoreError> {
         if self.dry_run {
-            let key = (line.claim.issuer.as_str().to_owned(), line.claim.subject.as_str().to_owned());
-            let first = self.would_create.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+            let key = identity_key(line.claim.issuer.as_str(), line.claim.subject.as_str());
+            let first = self.would_create.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
             let outcome = if first { Outcome::Created } else { Outcome::Existing };
-            let joined = line.team.is_some_and(|team| self.would_join(Member::New(key.0, key.1), team));
+            let joined = line.team.is_some_and(|team| self.would_join(Member::New(key), team));
             return Ok(LineOutcome { number: line.number, outcome, joined });
         }
         match retry(|| self.provisioner.bootstrap(line.claim.clone())).await {
@@ -292,10 +308,17 @@ impl Importer {
         };
         let team_id = team;
         let team = TeamRef::Id(team);
+        // The user is written by now: a team that went away meanwhile (deleted while the import
+        // ran) leaves the line created or existing, not joined, and says so in a warning; the
+        // line is not "refused", which would claim nothing was written.
+        let not_joined = |e: TeamError| {
+            tracing::warn!(line = number, team_id = %team_id, code = e.code().as_str(), "the line's user was not added to its team");
+            LineOutcome { number, outcome, joined: false }
+        };
         let role = match retry(|| self.teams.role_of(&team, user)).await {
             Ok((_, role)) => role,
             Err(TeamError::Store(e)) => return Err(e),
-            Err(e) => return Ok(refused(number, e.code())),
+            Err(e) => return Ok(not_joined(e)),
         };
         if role.is_some() {
             return Ok(LineOutcome { number, outcome, joined: false });
@@ -307,7 +330,7 @@ impl Importer {
         match retry(|| self.teams.add_member(&team, user, Role::Member)).await {
             Ok(change) => Ok(LineOutcome { number, outcome, joined: change == MemberChange::Added }),
             Err(TeamError::Store(e)) => Err(e),
-            Err(e) => Ok(refused(number, e.code())),
+            Err(e) => Ok(not_joined(e)),
         }
     }
 }

@@ -128,6 +128,12 @@ impl Sessions {
         Ok(self.resolve_session(cookie).await?.map(|live| live.record.user_id))
     }
 
+    /// Notes that `identity` was used to sign in at `at`, for the batched last-use writes (no
+    /// write on the sign-in's own path).
+    pub fn identity_seen(&self, identity: crate::domain::IdentityId, at: chrono::DateTime<chrono::Utc>) {
+        self.last_seen.identity(identity, at);
+    }
+
     /// The profile of a session cookie's user, read with the session in one round trip, on the
     /// same rules as [`Sessions::resolve`].
     pub async fn resolve_profile(&self, cookie: &str) -> Result<Option<UserProfile>, StoreError> {

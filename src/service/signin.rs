@@ -254,6 +254,7 @@ impl SignIn {
                         self.sessions.create_for_identity(issuer, &subject, device.clone(), &audit).await?
                     {
                         tracing::info!(user_id = %user, provider = provider.name(), "signed in");
+                        self.sessions.identity_seen(identity, super::now());
                         return Ok(Completed { user, session: Some(session), return_to, identity, linked: None });
                     }
                 }
@@ -267,6 +268,7 @@ impl SignIn {
                     .details(serde_json::json!({ "provider": provider.name(), "identity_id": identity.to_string() }))];
                 let session = self.sessions.create(user.id, Some(identity), device, session.as_ref(), &audit).await?;
                 tracing::info!(user_id = %user.id, provider = provider.name(), "signed in");
+                self.sessions.identity_seen(identity, super::now());
                 Ok(Completed { user: user.id, session: Some(session), return_to, identity, linked })
             }
             Purpose::Connect { .. } => Err(FlowError::InvalidState("this flow connects an account").into()),

@@ -319,24 +319,37 @@ impl Webhooks {
             let url =
                 check_url(&config.url, self.settings.allow_private_addresses).map_err(|e| invalid(e.to_string()))?;
             let at = now();
-            let Some(old) = stored.iter().find(|e| e.config_name.as_deref() == Some(config.name.as_str())) else {
-                let id = WebhookId::generate();
-                self.store
-                    .insert_webhook(&WebhookEndpoint {
-                        id,
-                        url,
-                        event_types: config.event_types.clone(),
-                        enabled: config.enabled,
-                        secret: keyring.encrypt(config.key.expose(), &WebhookEndpoint::aad(id)),
-                        previous_secret: None,
-                        previous_secret_until: None,
-                        config_name: Some(config.name.clone()),
-                        created_at: at,
-                        updated_at: at,
-                    })
-                    .await?;
-                sync.inserted += 1;
-                continue;
+            let named = |e: &WebhookEndpoint| e.config_name.as_deref() == Some(config.name.as_str());
+            let old = match stored.iter().find(|e| named(e)) {
+                Some(old) => old.clone(),
+                None => {
+                    let id = WebhookId::generate();
+                    let inserted = self
+                        .store
+                        .insert_webhook(&WebhookEndpoint {
+                            id,
+                            url: url.clone(),
+                            event_types: config.event_types.clone(),
+                            enabled: config.enabled,
+                            secret: keyring.encrypt(config.key.expose(), &WebhookEndpoint::aad(id)),
+                            previous_secret: None,
+                            previous_secret_until: None,
+                            config_name: Some(config.name.clone()),
+                            created_at: at,
+                            updated_at: at,
+                        })
+                        .await?;
+                    if inserted {
+                        sync.inserted += 1;
+                        continue;
+                    }
+                    // Another instance starting beside this one inserted it first, maybe from
+                    // another version of the file: its row is brought to this file's below.
+                    match self.store.list_webhooks().await?.into_iter().find(|e| named(e)) {
+                        Some(theirs) => theirs,
+                        None => continue,
+                    }
+                }
             };
             let mut changed = false;
             if old.url != url || old.event_types != config.event_types || old.enabled != config.enabled {

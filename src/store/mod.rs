@@ -1257,8 +1257,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     // ---- Webhooks ------------------------------------------------------------------------------
 
     /// Registers a webhook endpoint; one with the `config_name` of another is not inserted (a
-    /// configuration endpoint another instance inserted at the same time).
-    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError>;
+    /// configuration endpoint another instance inserted at the same time): false then.
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError>;
 
     /// A webhook endpoint by id.
     async fn webhook(&self, id: WebhookId) -> Result<Option<WebhookEndpoint>, StoreError>;

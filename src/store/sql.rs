@@ -2752,12 +2752,12 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError> {
-        query(
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
+        let inserted = query(
             "INSERT INTO webhook_endpoints (id, url, event_types, enabled, secret, previous_secret,
                                             previous_secret_until, config_name, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (config_name) DO NOTHING",
+             ON CONFLICT (config_name) DO NOTHING RETURNING id",
         )
         .bind(endpoint.id.as_uuid())
         .bind(endpoint.url.as_str())
@@ -2769,9 +2769,9 @@ impl Store for SqlStore {
         .bind(endpoint.config_name.as_deref())
         .bind(endpoint.created_at)
         .bind(endpoint.updated_at)
-        .execute(self.db.writer())
+        .fetch_optional(self.db.writer())
         .await?;
-        Ok(())
+        Ok(inserted.is_some())
     }
 
     async fn webhook(&self, id: WebhookId) -> Result<Option<WebhookEndpoint>, StoreError> {

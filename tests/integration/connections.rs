@@ -919,9 +919,16 @@ async fn only_its_creator_or_an_admin_reconnects_a_team_profile(backend: Backend
         (r#"{"allow": true}"#, "invalid_request"),
         ("yes", "malformed_json"),
     ] {
-        let bad = w.on_behalf(Method::POST, "/auth-profiles/team-app/connect", w.alice.id).body(sent).send();
+        let bad = w
+            .on_behalf(Method::POST, "/auth-profiles/team-app/connect", w.alice.id)
+            .header("content-type", "application/json")
+            .body(sent)
+            .send();
         assert_eq!(body(bad.await.unwrap(), 400).await["code"], code, "{sent}");
     }
+    // A body not declared as JSON is refused as such, as on every other JSON route.
+    let untyped = w.on_behalf(Method::POST, "/auth-profiles/team-app/connect", w.alice.id).body("{}").send();
+    assert_eq!(body(untyped.await.unwrap(), 415).await["code"], "unsupported_media_type");
     // As an admin he may; demoted again before he opens the link, he may not.
     let role = |role: &str| {
         w.app

@@ -20,6 +20,7 @@ on_both_backends!(
     an_export_imported_into_an_empty_database_exports_the_same,
     an_import_from_a_pipe_reads_it_once,
     a_disabled_user_is_not_added_to_a_team,
+    many_refused_lines_keep_a_count_and_the_first_numbers,
 );
 
 struct Output {
@@ -310,6 +311,12 @@ async fn csv_files_are_read_by_their_header_and_bad_headers_stop_before_writing(
         assert_eq!(output.code, 2, "{name}: {}{}", output.stdout, output.stderr);
         assert!(output.stderr.contains("column") || output.stderr.contains("--format"), "{}", output.stderr);
     }
+    // A file without a header row: its first record is not echoed (it may hold an email).
+    std::fs::write(dir.path().join("headless.csv"), format!("ada@example.com,{ISSUER},u1\n")).unwrap();
+    let output = run(tessera(dir.path(), &db, &["import", "headless.csv"])).await;
+    assert_eq!(output.code, 2, "{}", output.stderr);
+    assert!(output.stderr.contains("unknown column number 1"), "{}", output.stderr);
+    assert!(!output.stderr.contains("ada@") && !output.stdout.contains("ada@"), "{}", output.stderr);
     assert_eq!(sql.provisioning_counts().await, after, "nothing written");
     // `--format` reads a file whatever its name.
     let (code, txt) = import(dir.path(), &db, "people.txt", &["--format", "csv"]).await;
@@ -322,6 +329,30 @@ async fn csv_files_are_read_by_their_header_and_bad_headers_stop_before_writing(
     std::fs::write(dir.path().join("bom.jsonl"), format!("\u{feff}{}\n", line("z4", None, None))).unwrap();
     let (code, bom) = import(dir.path(), &db, "bom.jsonl", &[]).await;
     assert_eq!((code, counts(&bom)), (0, [1, 1, 0, 0, 0]), "{bom}");
+    // A line of 100 KiB (a JSON array on one line, say) is refused, and the lines after it read.
+    let long = format!("[{}]", vec![line("z5", None, None); 2000].join(","));
+    assert!(long.len() > 100 * 1024);
+    let file = format!("{}\n{long}\n{}\n", line("z6", None, None), line("z7", None, None));
+    std::fs::write(dir.path().join("array.jsonl"), file).unwrap();
+    let (code, array) = import(dir.path(), &db, "array.jsonl", &[]).await;
+    assert_eq!((code, counts(&array)), (1, [3, 2, 0, 1, 0]), "{array}");
+    assert_eq!(refusals(&array), [("field_too_long".to_owned(), vec![2])]);
+}
+
+/// Refused lines are counted whole, and listed by their smallest 100 numbers.
+async fn many_refused_lines_keep_a_count_and_the_first_numbers(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.store().await; // migrated
+    let dir = tempfile::tempdir().unwrap();
+    // 250 lines of an issuer that is not allowed, refused by seven workers in no set order.
+    let lines: Vec<String> =
+        (0..250).map(|i| json!({"issuer": OTHER_ISSUER, "subject": format!("r{i}")}).to_string()).collect();
+    std::fs::write(dir.path().join("refused.jsonl"), lines.join("\n") + "\n").unwrap();
+    let (code, summary) = import(dir.path(), &db, "refused.jsonl", &["--concurrency", "7"]).await;
+    assert_eq!((code, counts(&summary)), (1, [250, 0, 0, 250, 0]), "{summary}");
+    let only = &summary["refusals"][0];
+    assert_eq!((&only["code"], &only["count"]), (&json!("issuer_not_allowed"), &json!(250)), "{summary}");
+    assert_eq!(only["lines"], json!((1..=100).collect::<Vec<u64>>()));
 }
 
 async fn two_concurrent_imports_of_one_file_make_each_user_once(backend: Backend) {

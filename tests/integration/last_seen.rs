@@ -16,6 +16,7 @@ on_both_backends!(
     the_worker_writes_last_use_on_its_interval,
     cached_sessions_and_identities_still_note_their_use,
     shutdown_does_not_wait_forever_for_a_locked_table,
+    a_browser_sign_in_notes_its_identitys_use,
 );
 
 /// A long-ago time, as an SQL literal of the backend's encoding.
@@ -108,6 +109,24 @@ async fn cached_sessions_and_identities_still_note_their_use(backend: Backend) {
         sql.count(&format!("identities WHERE subject = 'token-subject' AND last_seen_at > {newer}")).await == 1
     })
     .await;
+}
+
+/// A browser sign-in is a use of its identity (the account page shows it as "last used"):
+/// noted, not written on the sign-in's path, and written by the worker — here at shutdown.
+async fn a_browser_sign_in_notes_its_identitys_use(backend: Backend) {
+    let w = world_with(backend, |config, _| config.server.last_seen_flush = Duration::from_secs(300)).await;
+    Browser::new().sign_in(&w.app, "").await;
+    let sql = w.app.db.sql().await;
+    sql.exec(&format!("UPDATE identities SET last_seen_at = {}", long_ago(backend))).await.unwrap();
+    // A returning user's sign-in (the one-statement path), and one of a browser signed in already.
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(&w.app, "").await.status(), 303);
+    assert_eq!(browser.sign_in(&w.app, "").await.status(), 303);
+    let old = format!("identities WHERE last_seen_at = {}", long_ago(backend));
+    assert_eq!(sql.count(&old).await, 1, "no write on the sign-in's path");
+    drop(sql);
+    let db = w.app.stop_keeping_db().await;
+    assert_eq!(db.sql().await.count(&old).await, 0, "written at shutdown");
 }
 
 /// Shutdown is bounded: with `identities` locked by maintenance (a `VACUUM FULL`, say), the

@@ -218,8 +218,33 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     // No session, so no stream to open and nothing to close.
     for method in [Method::GET, Method::DELETE] {
         let response = app.client.request(method.clone(), app.url("/mcp")).bearer_auth(&mcp).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(response.headers()["allow"], "POST", "{method}");
+        assert_eq!(body(response, 405).await["code"], "method_not_allowed", "{method}");
     }
+    // What the transport refuses is problem+json too, never its own plain text (or a 500).
+    let post = |accept: &str, content_type: &str, payload: Vec<u8>| {
+        app.client
+            .post(app.url("/mcp"))
+            .bearer_auth(&mcp)
+            .header("accept", accept)
+            .header("content-type", content_type)
+            .body(payload)
+    };
+    let both = "application/json, text/event-stream";
+    let ping = br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#.to_vec();
+    for (request, status, code) in [
+        (post("application/json", "application/json", ping.clone()), 406, "not_acceptable"),
+        (post(both, "text/plain", ping.clone()), 415, "unsupported_media_type"),
+        (post(both, "application/json", b"{\"jsonrpc\":".to_vec()), 400, "malformed_json"),
+        (post(both, "application/json", vec![b' '; 70 * 1024]), 413, "payload_too_large"),
+    ] {
+        let problem = body(request.send().await.unwrap(), status).await;
+        assert_problem_shape(&problem, status);
+        assert_eq!(problem["code"], code);
+    }
+    // The body read here reaches the transport whole.
+    let pong = body(post(both, "application/json; charset=utf-8", ping).send().await.unwrap(), 200).await;
+    assert_eq!((&pong["id"], &pong["result"]), (&json!(2), &json!({})), "{pong}");
 
     // On the REST API, a Tessera token acts for its user (their connected accounts, teams,
     // identities) only when issued for Tessera's API (`/v1`): one the client got for itself, for

@@ -624,6 +624,8 @@ async fn providers_show_built_in_configured_or_monogram_icons(backend: Backend) 
     }
     assert_eq!(body(browser.get(&app.url("/assets/icons/nope.svg")).await, 404).await["code"], "not_found");
     assert_eq!(browser.get(&app.url("/assets/icons/github")).await.status(), StatusCode::NOT_FOUND);
+    // A name that does not decode is no icon either: the same problem+json 404, not a plain-text 400.
+    assert_eq!(body(browser.get(&app.url("/assets/icons/%FF.svg")).await, 404).await["code"], "not_found");
 }
 
 /// Served over HTTPS (`auth.cookie_secure`, the default), every answer — pages, redirects, the

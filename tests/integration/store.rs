@@ -4016,9 +4016,17 @@ fn endpoint(types: &[&str], created_at: DateTime<Utc>) -> WebhookEndpoint {
 async fn webhook_endpoints_are_stored_updated_and_deleted(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let mut hook = endpoint(&["user.created", "user.disabled"], now());
-    store.insert_webhook(&hook).await.unwrap();
+    assert!(store.insert_webhook(&hook).await.unwrap());
     assert_eq!(store.webhook(hook.id).await.unwrap(), Some(hook.clone()));
     assert_eq!(store.list_webhooks().await.unwrap(), [hook.clone()]);
+    // A configuration endpoint another instance inserted under the same name first: not inserted,
+    // and said so (that instance's settings are then brought to this one's file).
+    let named = WebhookEndpoint { id: WebhookId::generate(), config_name: Some("billing".into()), ..hook.clone() };
+    assert!(store.insert_webhook(&named).await.unwrap());
+    let again = WebhookEndpoint { id: WebhookId::generate(), ..named.clone() };
+    assert!(!store.insert_webhook(&again).await.unwrap());
+    assert!(store.webhook(again.id).await.unwrap().is_none());
+    assert!(store.delete_webhook(named.id).await.unwrap());
     hook.url = "https://other.example.com/".into();
     hook.event_types = vec![];
     hook.enabled = false;

@@ -26,7 +26,7 @@ use crate::domain::{DisplayName, ProfileKind, Slug, TextError};
 use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
-use crate::http::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, json_bytes, required};
+use crate::http::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, declares_json, json_bytes, required};
 use crate::http::problem::ApiError;
 use crate::http::responses::{
     AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse, no_store,
@@ -306,6 +306,12 @@ async fn connect_auth_profile(
     // The body is optional: none, or `{"allow_account_change": true}`.
     let request: ConnectRequest = match body.is_empty() {
         true => ConnectRequest::default(),
+        false if !declares_json(&headers) => {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body as JSON with `Content-Type: application/json`, or send none",
+            ));
+        }
         false => json_bytes(&body)?,
     };
     let allow = request.allow_account_change.unwrap_or(false);

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::Path;
+use crate::http::extract::ApiPath;
+use crate::http::problem::ApiError;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
@@ -98,7 +99,11 @@ pub fn of_providers(
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The icon.", body = String, content_type = "image/svg+xml")),
     security(()),
 )]
-pub async fn serve_icon(Path(file): Path<String>) -> Response {
+pub async fn serve_icon(file: Result<ApiPath<String>, ApiError>) -> Response {
+    // A name that does not decode (`%FF`) is no icon's either: the same 404, in problem+json.
+    let Ok(ApiPath(file)) = file else {
+        return super::super::not_found().await.into_response();
+    };
     let svg = file.strip_suffix(".svg").and_then(|name| BUILT_IN.iter().find(|(n, _)| *n == name)).map(|(_, s)| *s);
     let Some(svg) = svg else {
         return super::super::not_found().await.into_response();
