@@ -282,6 +282,9 @@ async fn serve(config: Config, migrate: bool) -> ExitCode {
         Ok(app) => app,
         Err(e) => return fail(&e),
     };
+    // The server keeps what it needs (the admin tokens as digests only): the configuration,
+    // with their plain text, is not kept for the life of the process.
+    drop(config);
     match app.run_until_stopped(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

@@ -688,9 +688,20 @@ pub(super) fn parse_encryption(
             KeyRing::single("default", &value).map_err(|e| ConfigError::new(DEPRECATED_KEY_VAR, e.to_string()))?;
         return Ok(Some(Arc::new(ring)));
     };
-    if deprecated.is_some() {
-        // What the old variable encrypted carries the key id `default`: a ring without it could
-        // not read those secrets back.
+    if let Some(value) = &deprecated {
+        // What the old variable encrypted carries the key id `default`: a ring without it, or
+        // with another key under that id (a typo), could not read those secrets back.
+        let old = KeyRing::single("default", value).map_err(|e| ConfigError::new(DEPRECATED_KEY_VAR, e.to_string()))?;
+        const PROBE_AAD: &[u8] = b"tessera:deprecated-key-check";
+        if ring.has_key("default") && ring.decrypt(&old.encrypt(b"probe", PROBE_AAD), PROBE_AAD).is_err() {
+            return Err(ConfigError::new(
+                DEPRECATED_KEY_VAR,
+                format!(
+                    "its key differs from the `default` key of {source}: the secrets it encrypted could not be \
+                     read; make default:<the same key> the one in {source}, then remove {DEPRECATED_KEY_VAR}"
+                ),
+            ));
+        }
         if !ring.has_key("default") {
             return Err(ConfigError::new(
                 DEPRECATED_KEY_VAR,
@@ -1001,5 +1012,13 @@ mod tests {
         let in_file = format!("[encryption]\nkeys = [\"k2:{}\"]\n", key());
         let error = Config::from_toml(&in_file, env(&[(DEPRECATED_KEY_VAR, &key())])).unwrap_err();
         assert!(error.message.contains("encryption.keys"), "{}", error.message);
+        // A `default` key that is not the old variable's (a typo) could not read its secrets either.
+        let other = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+        let wrong_default = format!("k2:{},default:{other}", key());
+        let error = Config::from_toml("", env(&[(DEPRECATED_KEY_VAR, &key()), (ENCRYPTION_KEYS_VAR, &wrong_default)]))
+            .unwrap_err();
+        assert_eq!(error.key, DEPRECATED_KEY_VAR);
+        assert!(error.message.contains("differs"), "{}", error.message);
+        assert!(!error.message.contains(&other) && !error.message.contains(&key()), "no key in the message");
     }
 }

@@ -45,7 +45,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<HealthRespons
         .await
         .map_err(|e| ApiError::new(ErrorCode::StoreUnavailable, "the database does not answer").with_source(e))?;
     let unusable = match &state.signing_keys {
-        Some(keys) => keys.unusable_key().await,
+        Some(keys) => keys.unusable_key(),
         None => None,
     };
     if let Some(unusable) = unusable {

@@ -227,8 +227,13 @@ impl PrincipalCache {
         *self.all_changed.lock().unwrap_or_else(|p| p.into_inner()) = (Some(Instant::now()), lag.min(READ_YOUR_WRITES));
     }
 
-    /// Whether `user` changed recently enough that a replica may not have it yet.
+    /// Whether `user` changed recently enough that a replica may not have it yet. While the
+    /// cache-invalidation log has not been read lately, any user may have: changes made on other
+    /// instances are not known here, so every read goes to the primary.
     pub(super) fn changed_recently(&self, user: UserId) -> bool {
+        if !self.answers() {
+            return true;
+        }
         let (all, window) = *self.all_changed.lock().unwrap_or_else(|p| p.into_inner());
         if all.is_some_and(|at| at.elapsed() < window) {
             return true;

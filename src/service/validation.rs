@@ -533,5 +533,11 @@ mod tests {
         assert!(cache.changed_recently(other) && cache.changed_recently(UserId::generate()));
         cache.set_replica_lag(Duration::ZERO);
         assert!(!cache.changed_recently(other), "for as long as the bound only");
+        // Changes made elsewhere are known only from the log: while it has not been read
+        // lately, any user may have changed.
+        cache.follow_log(Duration::from_secs(1));
+        assert!(cache.changed_recently(other), "the log never read yet");
+        cache.log_read(Instant::now());
+        assert!(!cache.changed_recently(other), "the log read just now");
     }
 }

@@ -1,7 +1,7 @@
 //! The signing-key loop: re-reads the OpenID Provider's signing keys every refresh interval (a
 //! quarter of `oidc.jwks_max_age_seconds`), which rotates a key that has signed for
 //! `oidc.signing_key_rotation_days`, so that rotation happens on time without traffic, and
-//! requests find the keys cached.
+//! requests find the keys cached; and at once when another instance's change marks them stale.
 
 use crate::service::op::keys::SigningKeys;
 
@@ -13,7 +13,10 @@ pub(super) async fn run(keys: SigningKeys) {
     // The keys were read at start-up.
     interval.tick().await;
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = keys.marked_stale() => {}
+        }
         if let Err(error) = keys.refresh().await {
             tracing::warn!(error = %error, "cannot re-read the signing keys");
         }

@@ -294,6 +294,9 @@ struct Inner {
     /// Another instance made or rotated a key (told through the cache-invalidation log): the
     /// next use re-reads the keys, whatever their age.
     stale: AtomicBool,
+    /// Wakes the signing-key worker when the keys are marked stale, so that they are re-read
+    /// (and readiness, which reads only the cached keys, sees them) without waiting for a use.
+    marked: tokio::sync::Notify,
 }
 
 impl fmt::Debug for SigningKeys {
@@ -387,6 +390,7 @@ impl SigningKeys {
                 reload: tokio::sync::Mutex::new(()),
                 create: tokio::sync::Mutex::new(()),
                 stale: AtomicBool::new(false),
+                marked: tokio::sync::Notify::new(),
             }),
         };
         let set = keys.load().await?;
@@ -515,10 +519,11 @@ impl SigningKeys {
     /// here — its private key does not decrypt with this instance's key ring (another instance,
     /// with a newer ring, made it) —: readiness fails, so that the instance leaves rotation rather
     /// than answer every token request with an error once that key signs.
-    pub async fn unusable_key(&self) -> Option<SigningError> {
-        // Re-read when due (another instance's rotation marks the keys stale at once); the keys
-        // as last read when the store cannot be read (readiness says so by itself).
-        let set = self.keys().await.unwrap_or_else(|_| self.cached());
+    pub fn unusable_key(&self) -> Option<SigningError> {
+        // The keys as last read, never a read of its own: a probe must answer within its bound,
+        // not wait for a reload (or a rotation) behind a busy pool. The signing-key worker and
+        // every signing re-read them when due or marked stale.
+        let set = self.cached();
         let now = now();
         set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| k.unusable())
     }
@@ -527,6 +532,12 @@ impl SigningKeys {
     /// re-reads them.
     pub fn mark_stale(&self) {
         self.inner.stale.store(true, Ordering::Release);
+        self.inner.marked.notify_one();
+    }
+
+    /// Waits until the keys are marked stale (see [`SigningKeys::mark_stale`]).
+    pub async fn marked_stale(&self) {
+        self.inner.marked.notified().await;
     }
 
     /// Starts a rotation for `alg`: a new key, published now, signs from one
@@ -607,13 +618,24 @@ impl SigningKeys {
         {
             return Ok(current);
         }
-        // Cleared before the read: a mark that arrives during it is for a newer change.
+        // Cleared before the read: a mark that arrives during it is for a newer change; and set
+        // again when the read fails, so that the change is not forgotten.
         self.inner.stale.store(false, Ordering::Release);
-        let mut set = self.load().await?;
-        if self.rotate_due(&set).await? {
-            set = self.load().await?;
+        let loaded = async {
+            let mut set = self.load().await?;
+            if self.rotate_due(&set).await? {
+                set = self.load().await?;
+            }
+            Ok(set)
         }
-        Ok(self.replace(set))
+        .await;
+        match loaded {
+            Ok(set) => Ok(self.replace(set)),
+            Err(error) => {
+                self.inner.stale.store(true, Ordering::Release);
+                Err(error)
+            }
+        }
     }
 
     /// Reads the published keys, decrypting those that may still sign.
