@@ -99,25 +99,33 @@ pub async fn credentials_first(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if let Err(refused) = credentials_present(&state, request.headers(), request.uri().query()) {
+    if let Err(refused) = credentials_present(&state, request.headers(), request.uri().path(), request.uri().query()) {
         return axum::response::IntoResponse::into_response(refused);
     }
     next.run(request).await
 }
 
-fn credentials_present(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
+fn credentials_present(state: &AppState, headers: &HeaderMap, path: &str, query: Option<&str>) -> Result<(), ApiError> {
     let credentials = Credentials::read(headers)?;
     let session = cookie(headers, state.cookies.session())?;
-    no_admin_beside_session(&credentials, session)?;
-    let named =
-        query.map_or(0, |q| url::form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "on_behalf_of").count());
-    if named > 1 {
+    // Where the session acts (`/v1/me…`) the admin token beside it leaves open who made the
+    // request; on team routes the admin token acts for the user it names, whatever the cookie.
+    if path == "/v1/me" || path.starts_with("/v1/me/") {
+        no_admin_beside_session(&credentials, session)?;
+    }
+    let named: Vec<_> = query.map_or_else(Vec::new, |q| {
+        url::form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "on_behalf_of").map(|(_, v)| v).collect()
+    });
+    if named.len() > 1 {
         return Err(ApiError::new(
             ErrorCode::AmbiguousCredentials,
             "`?on_behalf_of=` is given more than once; name one user",
         )
         .field("on_behalf_of"));
     }
+    // The acting user named twice (`X-On-Behalf-Of` repeated, or disagreeing with the query) is
+    // refused here too, before the body is read.
+    on_behalf_of(headers, named.first().map(|v| v.as_ref()))?;
     if credentials.user_token().is_none() && credentials.admin_token().is_none() && session.is_none() {
         return Err(missing_credentials());
     }

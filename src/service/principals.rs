@@ -98,7 +98,7 @@ impl PrincipalCache {
 
     /// Whether cached entries answer without a read of the database: always, unless the
     /// cache-invalidation log is followed and was not read recently enough.
-    pub(super) fn answers(&self) -> bool {
+    pub(crate) fn answers(&self) -> bool {
         self.log.get().is_none_or(|log| log.ms(Instant::now()) < log.until_ms.load(Ordering::Relaxed))
     }
 

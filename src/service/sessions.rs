@@ -218,7 +218,11 @@ impl Sessions {
     /// else"); returns how many ended. Grants made from them end with them.
     pub async fn revoke_others(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
         let ended = self.store.delete_other_sessions(user, keep).await?;
-        self.cache.invalidate_user(user);
+        // Nothing ended, nothing to forget (a purge walks the caches: a user must not be able to
+        // make one for free, in a loop).
+        if ended > 0 {
+            self.cache.invalidate_user(user);
+        }
         tracing::info!(user_id = %user, ended, "signed out other sessions");
         Ok(ended)
     }

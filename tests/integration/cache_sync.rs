@@ -495,8 +495,21 @@ async fn an_instance_that_cannot_read_the_log_reads_the_database_instead_of_its_
     let c = cluster(Backend::Postgres).await;
     let token = c.token("log-unreadable");
     let user = user_of(&c.b, &token).await;
+    // A client too, which B caches as it authenticates.
+    let registration = json!({"id": "unlogged-app", "name": "App", "kind": "confidential",
+                              "redirect_uris": ["https://app.example.com/callback"]});
+    let created = body(c.a.admin(Method::POST, "/admin/clients").json(&registration).send().await.unwrap(), 201).await;
+    let secret = created["client_secret"].as_str().unwrap().to_owned();
+    let introspect = || {
+        c.b.client
+            .post(c.b.url("/oauth/introspect"))
+            .basic_auth("unlogged-app", Some(secret.clone()))
+            .form(&[("token", "x")])
+            .send()
+    };
     settle().await;
     assert_eq!(user_of(&c.b, &token).await, user, "cached on B");
+    assert_eq!(introspect().await.unwrap().status(), 200, "the client authenticates; B caches it");
     let Sql::Postgres(pool) = c.db.sql().await else { unreachable!() };
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE cache_invalidations IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
@@ -506,6 +519,13 @@ async fn an_instance_that_cannot_read_the_log_reads_the_database_instead_of_its_
     let changed = Instant::now();
     honoured_within_bound("an instance that cannot read the log reads the database", changed, || async {
         code_of(c.b.validate(&token).await).await == refused("user_disabled")
+    })
+    .await;
+    // The client deleted with SQL alone: B does not answer from its cached copy either.
+    sqlx::query("DELETE FROM clients WHERE id = 'unlogged-app'").execute(&pool).await.unwrap();
+    let changed = Instant::now();
+    honoured_within_bound("a client deleted while the log cannot be read", changed, || async {
+        introspect().await.unwrap().status() == 401
     })
     .await;
     lock.rollback().await.unwrap();

@@ -143,6 +143,15 @@ async fn the_user_acted_for_must_be_named_once(backend: Backend) {
         .header("content-type", "application/json")
         .body("{");
     ambiguous(ambiguous_with_bad_body.send().await.unwrap()).await;
+    let named_twice_with_bad_body = app
+        .client
+        .post(&members)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-on-behalf-of", ann_id)
+        .header("x-on-behalf-of", bob_id)
+        .header("content-type", "text/plain")
+        .body("{");
+    assert_eq!(ambiguous(named_twice_with_bad_body.send().await.unwrap()).await["field"], "on_behalf_of");
     let anonymous = app.client.post(&members).header("content-type", "text/plain").body("{");
     assert_eq!(body(anonymous.send().await.unwrap(), 401).await["code"], "missing_credentials");
     let anonymous_profile = app.client.post(&url).header("content-type", "application/json").body("{");
@@ -217,6 +226,17 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
         .await;
     let both = plain.get(&profiles).header("x-admin-token", "not-the-token").header("cookie", &ann_session);
     ambiguous(both.send().await.unwrap()).await;
+    // On a team route a valid admin token acts for the user it names, in whichever header it
+    // comes, whatever session the caller's browser also holds.
+    let named = ann_me["id"].as_str().unwrap();
+    for admin in [("x-admin-token", ADMIN_TOKEN.to_owned()), ("authorization", format!("Bearer {ADMIN_TOKEN}"))] {
+        let with_session = plain
+            .get(&profiles)
+            .header(admin.0, &admin.1)
+            .header("x-on-behalf-of", named)
+            .header("cookie", &ann_session);
+        body(with_session.send().await.unwrap(), 200).await;
+    }
 
     // Logging out with two sessions ends neither, and tells the browser to drop the cookie.
     let sql = w.app.db.sql().await;

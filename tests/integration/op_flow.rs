@@ -234,6 +234,18 @@ async fn a_code_flow_issues_tokens_whose_subject_is_the_internal_user(backend: B
     let tokens = body(exchange(&w.app, (&client, &secret), &code, &verifier).await, 200).await;
     assert_eq!(tokens["token_type"], "Bearer");
     assert_eq!(tokens["expires_in"], 600);
+    // A session cookie sent twice is refused, not taken for no session (whose sign-in would end
+    // in the same refusal at the callback).
+    let session = browser.cookies["tessera_session"].clone();
+    let doubled = w
+        .app
+        .client
+        .get(authorize_url(&w.app, &client, &challenge, ""))
+        .header("cookie", format!("tessera_session={session}; tessera_session={session}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oauth_error(doubled, 400).await, "invalid_request");
     let user_id = w.app.db.sql().await.uuids("SELECT id FROM users").await[0].to_string();
 
     let (header, id_token) = jwt_parts(tokens["id_token"].as_str().unwrap());

@@ -97,9 +97,22 @@ async fn authorize_post(
     }
 }
 
-/// The browser's live session, if any (an ambiguous cookie counts as none).
+/// The browser's live session, if any. A session cookie sent twice is refused (one credential
+/// per request), not taken for no session: a sign-in from here would end in the same refusal.
 async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<LiveSession>, Response> {
-    let Ok(Some(value)) = cookie(headers, state.cookies.session()) else { return Ok(None) };
+    let value = match cookie(headers, state.cookies.session()) {
+        Ok(Some(value)) => value,
+        Ok(None) => return Ok(None),
+        Err(_) => {
+            return Err(refuse(
+                state,
+                headers,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "this browser sent its session cookie twice; clear this site's cookies, then start again from the app",
+            ));
+        }
+    };
     match state.sessions.resolve_session(value).await {
         Ok(found) => Ok(found),
         Err(_) => Err(refuse(

@@ -242,6 +242,10 @@ pub struct Clients {
     /// The OpenID Provider's keys: a client of an algorithm without a key yet gets one when it is
     /// registered, not at its first token.
     signing_keys: Option<SigningKeys>,
+    /// Whether the cache-invalidation log was read lately (`PrincipalCache::answers`): a
+    /// cached client answers only then, so that a secret rotated or a client deleted on another
+    /// instance is not honoured here beyond the log's bound while this one cannot read it.
+    log: Option<Arc<crate::service::principals::PrincipalCache>>,
 }
 
 impl std::fmt::Debug for Clients {
@@ -276,7 +280,14 @@ impl Clients {
     pub fn new(store: Arc<dyn Store>, issuer: Option<String>) -> Self {
         let issuer = issuer.map(|i| i.trim_end_matches('/').to_owned());
         let cache = Arc::new(TtlCache::new(CACHE_ENTRIES).counted_as("clients"));
-        Self { store, cache, epoch: Arc::default(), issuer, signing_keys: None }
+        Self { store, cache, epoch: Arc::default(), issuer, signing_keys: None, log: None }
+    }
+
+    /// Answers from the cache only while `principals` does (the cache-invalidation log read
+    /// lately).
+    pub fn following_log_of(mut self, principals: Arc<crate::service::principals::PrincipalCache>) -> Self {
+        self.log = Some(principals);
+        self
     }
 
     /// Makes the first key of a registered client's algorithm when it has none (see
@@ -304,7 +315,8 @@ impl Clients {
     pub async fn get(&self, id: &str) -> Result<Option<Client>, StoreError> {
         let Ok(id) = ClientId::parse(id) else { return Ok(None) };
         let now = Instant::now();
-        if let Some(client) = self.cache.get(&id, now) {
+        let fresh = self.log.as_ref().is_none_or(|log| log.answers());
+        if fresh && let Some(client) = self.cache.get(&id, now) {
             return Ok(Some(client));
         }
         let epoch = self.epoch.current();
