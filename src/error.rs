@@ -285,6 +285,8 @@ error_codes! {
     SigningKeyUnusable = (SERVICE_UNAVAILABLE, "signing_key_unusable", "Signing key unusable"),
     /// A sign-in provider cannot be reached or answered something unusable.
     ProviderUnavailable = (BAD_GATEWAY, "provider_unavailable", "Provider unavailable"),
+    /// `GET /readyz` only: the instance is shutting down and takes no new work.
+    ShuttingDown = (SERVICE_UNAVAILABLE, "shutting_down", "Shutting down"),
     /// Anything else that went wrong on our side; details are in the server log only.
     InternalError = (INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
 }
@@ -334,6 +336,7 @@ impl ErrorCode {
                  the log names it"
             }
             ErrorCode::InternalError => "an internal error occurred; it has been logged",
+            ErrorCode::ShuttingDown => "this instance is shutting down; send requests to another",
             ErrorCode::ChangedMeanwhile => {
                 "something this request refers to was changed or removed while it ran; look again and resend"
             }

@@ -261,6 +261,7 @@ impl Application {
             webhooks,
             users,
             metrics,
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         let config_clients = Some(config.oidc.clients.iter().map(|c| c.client.clone()).collect());
         Ok(Self {
@@ -347,8 +348,19 @@ impl Application {
         // The metrics listener stops with the main one: when `shutdown` completes, or when the
         // main server ends otherwise (the sender is dropped either way).
         let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(());
+        let (draining, drain_delay) = (self.state.clone(), self.server.drain_delay);
         let shutdown = async move {
             shutdown.await;
+            if !drain_delay.is_zero() {
+                // Out of rotation first, still listening: connections a load balancer sends
+                // before it has seen `/readyz` fail are served.
+                draining.draining.store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(
+                    delay_s = drain_delay.as_secs(),
+                    "draining: /readyz answers 503 before the listener closes"
+                );
+                tokio::time::sleep(drain_delay).await;
+            }
             drop(stop_metrics);
         };
         let metrics_server = self.metrics_listener.take().map(|listener| {

@@ -123,6 +123,10 @@ pub struct ServerConfig {
     /// How often last-use times of identities and sessions are written, in batches, off the
     /// request path (`server.last_seen_flush_ms`).
     pub last_seen_flush: Duration,
+    /// After SIGTERM, how long the server goes on accepting connections while `/readyz` answers
+    /// 503, so that a load balancer takes it out of rotation before it stops listening
+    /// (`server.drain_delay_seconds`; zero: it stops listening at once).
+    pub drain_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +136,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
             last_seen_flush: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -605,6 +610,7 @@ struct RawServer {
     body_read_timeout_ms: Option<u64>,
     shutdown_timeout_seconds: Option<u64>,
     last_seen_flush_ms: Option<u64>,
+    drain_delay_seconds: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1112,6 +1118,11 @@ fn parse_server(raw: &RawServer) -> Result<ServerConfig, ConfigError> {
         body_read_timeout: millis(raw.body_read_timeout_ms, defaults.body_read_timeout, "server.body_read_timeout_ms")?,
         shutdown_timeout,
         last_seen_flush: millis(raw.last_seen_flush_ms, defaults.last_seen_flush, "server.last_seen_flush_ms")?,
+        drain_delay: match raw.drain_delay_seconds {
+            None => defaults.drain_delay,
+            Some(s) if s <= 60 => Duration::from_secs(s),
+            Some(_) => return Err(ConfigError::new("server.drain_delay_seconds", "expected 0 to 60 seconds")),
+        },
     })
 }
 

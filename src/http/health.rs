@@ -39,6 +39,10 @@ async fn healthz() -> Json<HealthResponse> {
     security(()),
 )]
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<HealthResponse>, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        let code = ErrorCode::ShuttingDown;
+        return Err(ApiError::new(code, code.fixed_detail().unwrap_or_default()));
+    }
     state
         .store
         .ready()

@@ -104,6 +104,9 @@ pub struct AppState {
     pub metrics: Option<prometheus::Metrics>,
     /// The audit log.
     pub audit: Audit,
+    /// Set on SIGTERM when `server.drain_delay_seconds` is not zero: `/readyz` answers 503
+    /// while the server still accepts connections.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

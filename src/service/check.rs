@@ -2,6 +2,7 @@
 //! data invariants. Any finding of severity [`Severity::Problem`] makes the command fail.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::config::{Backend, Config};
 use crate::domain::Issuer;
@@ -106,8 +107,30 @@ pub async fn run(config: &Config) -> Report {
         }
     };
     check_store(store.as_ref(), config, &mut report).await;
+    check_signing_keys(&store, config, &mut report).await;
     store.close().await;
     report
+}
+
+/// With the OpenID Provider on, whether the stored signing keys that sign now or will decrypt
+/// with this configuration's key ring: `tessera serve` refuses to start (or, for a key made
+/// since, to be ready) otherwise.
+async fn check_signing_keys(store: &Arc<dyn Store>, config: &Config, report: &mut Report) {
+    let (Some(_), Some(keyring)) = (&config.auth.public_url, &config.encryption) else { return };
+    if report.has_problems() {
+        return;
+    }
+    let settings = crate::service::op::keys::SigningKeySettings::from_config(&config.oidc);
+    match crate::service::op::keys::SigningKeys::open(store.clone(), keyring.clone(), settings).await {
+        Err(e) => report.push(Severity::Problem, format!("cannot read the signing keys: {}", Chain(&e))),
+        Ok(keys) => match keys.unusable_key() {
+            Some(unusable) => report.push(
+                Severity::Problem,
+                format!("{unusable}: add the ring key that encrypted it, or rotate (`tessera keys signing rotate`)"),
+            ),
+            None => report.push(Severity::Ok, "the signing keys decrypt with this key ring"),
+        },
+    }
 }
 
 async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {

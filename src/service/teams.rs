@@ -121,17 +121,38 @@ impl Teams {
         role: Role,
     ) -> Result<MemberChange, TeamError> {
         let team = self.owner_gate(team, acting).await?;
-        let outcome = self.store.put_member(team.id, acting, user, role, super::now()).await?;
-        self.principals.invalidate_user(user);
+        let store = self.store.clone();
+        let outcome = self
+            .changing(user, async move { store.put_member(team.id, acting, user, role, super::now()).await })
+            .await?;
         member_change(outcome)
+    }
+
+    /// Runs a membership change of `user` to its end, even when the request that asked for it
+    /// is dropped (a client that hung up), then forgets what this instance cached about the user,
+    /// whatever the answer: a change committed whose reply was lost is still a change.
+    async fn changing<T: Send + 'static>(
+        &self,
+        user: UserId,
+        change: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let principals = self.principals.clone();
+        let work = async move {
+            let done = change.await;
+            principals.invalidate_user(user);
+            done
+        };
+        // `None` only when the runtime is shutting down: the store is going away.
+        crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
     }
 
     /// Adds `user` to a team as `role` unless they are a member already, in any role
     /// ([`MemberChange::Unchanged`]): a join that never changes a role someone gave meanwhile.
     pub async fn add_member(&self, team: &TeamRef, user: UserId, role: Role) -> Result<MemberChange, TeamError> {
         let team = self.owner_gate(team, None).await?;
-        let outcome = self.store.add_member(team.id, user, role, super::now()).await?;
-        self.principals.invalidate_user(user);
+        let store = self.store.clone();
+        let outcome =
+            self.changing(user, async move { store.add_member(team.id, user, role, super::now()).await }).await?;
         member_change(outcome)
     }
 
@@ -147,8 +168,8 @@ impl Teams {
         } else {
             (self.owner_gate(team, acting).await?, acting)
         };
-        let outcome = self.store.remove_member(team.id, acting, user).await?;
-        self.principals.invalidate_user(user);
+        let store = self.store.clone();
+        let outcome = self.changing(user, async move { store.remove_member(team.id, acting, user).await }).await?;
         match outcome {
             RemoveOutcome::Removed => Ok(()),
             RemoveOutcome::NotMember => Err(TeamError::MemberNotFound),

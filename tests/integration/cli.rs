@@ -537,6 +537,24 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
     let lost = run(&mut keys(&format!("k4:{}", key(4)), &["signing", "rotate", "--alg", "ES256"])).await;
     assert_eq!(lost.code, 0, "{}{}", lost.stdout, lost.stderr);
     assert!(lost.stdout.contains("new ES256 key"), "{}", lost.stdout);
+
+    // `tessera check`, with the OpenID Provider on, says what `serve` would refuse: a ring that
+    // cannot decrypt a key that signs or will (the new ES256 key is k4's).
+    let check = |ring: &str| {
+        let mut command = tessera(dir.path());
+        command
+            .env("TESSERA_DATABASE_URL", &db.url)
+            .env("TESSERA_ENCRYPTION_KEYS", ring)
+            .env("TESSERA_PUBLIC_URL", "http://127.0.0.1:8080")
+            .arg("check");
+        command
+    };
+    let short = run(&mut check(&format!("k2:{}", key(2)))).await;
+    assert_eq!(short.code, 1, "{}{}", short.stdout, short.stderr);
+    assert!(short.stdout.contains("cannot be used") && short.stdout.contains("rotate"), "{}", short.stdout);
+    let whole = run(&mut check(&format!("k4:{},k2:{}", key(4), key(2)))).await;
+    assert_eq!(whole.code, 0, "{}{}", whole.stdout, whole.stderr);
+    assert!(whole.stdout.contains("the signing keys decrypt with this key ring"), "{}", whole.stdout);
 }
 
 /// A `tessera` command on the test database.

@@ -397,6 +397,13 @@ impl TestApp {
         self.store.close().await;
     }
 
+    /// Tells the server to stop (as SIGTERM does) without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn stop(self) {
         self.stop_keeping_db().await;

@@ -70,3 +70,27 @@ async fn readiness_holds_while_every_request_connection_is_busy() {
     assert_eq!(blocked.await.unwrap().unwrap().status(), 200, "the request goes on once the lock is gone");
     app.stop().await;
 }
+
+/// With `server.drain_delay_seconds`, a stopping server first answers `/readyz` 503 while it
+/// still accepts connections and serves requests, so that a load balancer takes it out of
+/// rotation before it stops listening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_is_not_ready_but_still_serves() {
+    let mut app =
+        TestApp::spawn_with(Backend::Sqlite, |config| config.server.drain_delay = Duration::from_secs(8)).await;
+    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    app.begin_stop();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let answer = loop {
+        let answer = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if answer.status() == 503 || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(body(answer, 503).await["code"], "shutting_down");
+    // A new connection is still accepted and served meanwhile.
+    let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(fresh.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    app.stop().await;
+}
