@@ -58,12 +58,15 @@ pub struct Cursor {
     gaps: BTreeMap<i64, Instant>,
     /// When the last poll succeeded.
     polled_at: Instant,
+    /// The same, on the wall clock: a suspended or paused machine's monotonic clock stands
+    /// still, and an instance resumed after longer than the log's retention has missed rows.
+    polled_wall: std::time::SystemTime,
 }
 
 impl Cursor {
     /// A cursor that has read everything up to `last`.
     pub fn at(last: i64, now: Instant) -> Self {
-        Self { last, gaps: BTreeMap::new(), polled_at: now }
+        Self { last, gaps: BTreeMap::new(), polled_at: now, polled_wall: std::time::SystemTime::now() }
     }
 
     /// The highest sequence number read.
@@ -79,6 +82,12 @@ impl Cursor {
     /// Where the next read starts (after this number): below the lowest open gap, else at `last`.
     pub fn read_after(&self) -> i64 {
         self.gaps.keys().next().map_or(self.last, |first| (first - 1).min(self.last))
+    }
+
+    /// How long since the last successful poll, by the longer of the monotonic clock and the
+    /// wall clock (which goes on while the machine is suspended).
+    fn unread_for(&self, now: Instant, wall: std::time::SystemTime) -> Duration {
+        now.saturating_duration_since(self.polled_at).max(wall.duration_since(self.polled_wall).unwrap_or_default())
     }
 
     /// Drops the gaps older than [`GAP_WAIT`].
@@ -174,14 +183,17 @@ impl CacheSync {
         // Gaps expire only after a read that could have found them: a slow interval or a failed
         // poll never drops a gap unread.
         cursor.expire_gaps(now);
-        if now.saturating_duration_since(cursor.polled_at) > OUTAGE_LIMIT {
+        let wall = std::time::SystemTime::now();
+        let since = cursor.unread_for(now, wall);
+        if since > OUTAGE_LIMIT {
             tracing::warn!(
-                outage_s = now.saturating_duration_since(cursor.polled_at).as_secs(),
-                "the cache-invalidation log was unreadable for a long time: forgetting every cached entry"
+                outage_s = since.as_secs(),
+                "the cache-invalidation log was unreadable (or this machine paused) for a long time: forgetting every cached entry"
             );
             self.forget_everything();
         }
         cursor.polled_at = now;
+        cursor.polled_wall = wall;
         self.principals.log_read(now);
         Ok(applied)
     }
@@ -265,6 +277,19 @@ mod tests {
         assert_eq!(cursor.read_after(), 1);
         cursor.expire_gaps(now + GAP_WAIT);
         assert_eq!(cursor.read_after(), 3, "a rolled-back transaction's number is not waited for forever");
+    }
+
+    #[test]
+    fn a_pause_of_the_machine_counts_as_time_unread() {
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        let mut cursor = Cursor::at(0, now);
+        assert!(cursor.unread_for(now, wall) < OUTAGE_LIMIT);
+        // Suspended for ten minutes: the monotonic clock stood still, the wall clock did not.
+        cursor.polled_wall = wall - Duration::from_secs(600);
+        assert!(cursor.unread_for(now, wall) > OUTAGE_LIMIT);
+        // A wall clock set back is no outage by itself; the monotonic clock still counts.
+        cursor.polled_wall = wall + Duration::from_secs(600);
+        assert!(cursor.unread_for(now + OUTAGE_LIMIT * 2, wall) > OUTAGE_LIMIT);
     }
 
     #[test]
