@@ -341,12 +341,14 @@ async fn complete_callback(
     query: Result<ApiQuery<CallbackQuery>, ApiError>,
 ) -> Response {
     let clear_login = state.cookies.clear(state.cookies.login());
-    // A malformed callback (a parameter twice, say) ends the flow with a page, as a refused one does.
+    // A malformed callback (a parameter twice, say), or one that matches no flow of this
+    // browser's, gets a page and leaves the browser's sign-in cookie alone: it may be another
+    // tab's flow under way (and anyone can send a browser to a callback URL).
     let query = match query {
         Ok(ApiQuery(query)) => query,
         Err(error) => {
             super::audit::sign_in_unmatched(&state, &provider, error.code());
-            return with_cookie(state.pages.error(&headers, error), clear_login);
+            return state.pages.error(&headers, error);
         }
     };
     let cookies = cookie(&headers, state.cookies.login()).and_then(|login| {
@@ -363,7 +365,7 @@ async fn complete_callback(
         Err(error) => {
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, FlowAction::SignIn, error.code()).await;
-            return with_cookie(state.pages.error(&headers, error), clear_login);
+            return state.pages.error(&headers, error);
         }
     };
     // What the flow is for, known before it is finished: a refusal is recorded as such.

@@ -317,6 +317,11 @@ async fn a_callback_without_the_browser_cookie_is_refused(backend: Backend) {
     other.cookies.insert("tessera_login".into(), "guessed".into());
     assert_eq!(body(other.get(&callback).await, 400).await["code"], "invalid_state");
     assert_eq!(w.app.db.sql().await.count("sessions").await, 0);
+    // Nor does a callback in the victim's own browser that matches no flow (anyone can send a
+    // browser to a callback URL; another tab's sign-in may be under way): its cookie stays.
+    let junk = w.app.url("/auth/callback/local?state=not-a-state&code=x");
+    assert_eq!(body(victim.get(&junk).await, 400).await["code"], "invalid_state");
+    assert!(victim.cookies.contains_key("tessera_login"), "the sign-in cookie is left alone");
     // The refused attempts did not burn the victim's sign-in.
     assert_eq!(victim.get(&callback).await.status(), StatusCode::SEE_OTHER);
     let missing_state = with_param(&callback, "state", None);
