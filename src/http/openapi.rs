@@ -419,13 +419,33 @@ impl IntoResponses for OAuthErrors {
     }
 }
 
-/// The `on_behalf_of` query parameter of team routes called with the admin token.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[expect(dead_code, reason = "parameters only: the handlers read `caller::OnBehalf`")]
-pub struct OnBehalfParams {
-    /// With the admin token: the user the call acts for (a user id).
-    on_behalf_of: Option<String>,
+/// The user a team route called with the admin token acts for: the `on_behalf_of` query
+/// parameter or the `X-On-Behalf-Of` header (both at once must agree).
+pub struct OnBehalfParams;
+
+impl IntoParams for OnBehalfParams {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        let user_id = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Uuid)))
+        };
+        [(ParameterIn::Query, "on_behalf_of"), (ParameterIn::Header, "X-On-Behalf-Of")]
+            .into_iter()
+            .map(|(place, name)| {
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(place)
+                    .required(utoipa::openapi::Required::False)
+                    .description(Some("With the admin token: the user the call acts for (a user id)."))
+                    .schema(Some(user_id()))
+                    .build()
+            })
+            .collect()
+    }
 }
 
 /// Adds the security schemes.

@@ -225,6 +225,11 @@ async fn the_document_is_served_and_lists_every_error_code(backend: Backend) {
     }
     let not_found = &served["paths"]["/admin/users/{user_id}"]["get"]["responses"]["404"];
     assert_eq!(not_found["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem");
+    // The user an admin-token call acts for, in either place the handlers read it.
+    let params = served["paths"]["/v1/teams/{team}/members"]["post"]["parameters"].as_array().unwrap();
+    let named: Vec<(&str, &str)> =
+        params.iter().map(|p| (p["in"].as_str().unwrap(), p["name"].as_str().unwrap())).collect();
+    assert!(named.contains(&("query", "on_behalf_of")) && named.contains(&("header", "X-On-Behalf-Of")), "{named:?}");
 }
 
 /// Schemathesis calls every operation (but [`NOT_FUZZED`]) with a bounded number of generated
