@@ -139,10 +139,13 @@ fn continue_to(state: &AppState, return_to: Option<&str>) -> String {
     // Resolved as the browser will (dot segments and all), against this origin.
     let here = url::Url::parse(&state.flows.public_url()).ok();
     let resolved = here.as_ref().and_then(|here| here.join(to).ok().map(|url| (here, url)));
+    // By the first non-empty segment: a proxy that merges slashes reads `//auth/link` as
+    // `/auth/link`.
     let ours = resolved.is_none_or(|(here, url)| {
         let path = url.path().to_ascii_lowercase();
+        let first = path.split('/').find(|segment| !segment.is_empty()).unwrap_or_default();
         url.origin() == here.origin()
-            && ["/auth/", "/oauth/", "/login", "/logout", "/account/"].iter().any(|flow| path.starts_with(flow))
+            && (["auth", "oauth", "login", "logout"].contains(&first) || (first == "account" && path.len() > 8))
     });
     if ours { ACCOUNT.to_owned() } else { to.to_owned() }
 }

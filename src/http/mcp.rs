@@ -160,6 +160,14 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
+        // A range with `q=0` is one the client does not accept (RFC 9110 12.4.2), as the SDK reads it.
+        .filter(|range| {
+            !range.split(';').skip(1).any(|param| {
+                param.trim().split_once('=').is_some_and(|(name, value)| {
+                    name.trim().eq_ignore_ascii_case("q") && value.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+                })
+            })
+        })
         .map(essence)
         .collect();
     if !["application/json", "text/event-stream"].iter().all(|wanted| accepted.iter().any(|a| a == wanted)) {

@@ -359,9 +359,13 @@ impl SignIn {
         };
         let providers = self.flows.providers();
         Ok(profile.identities.iter().all(|identity| {
-            providers
-                .get(Some(&identity.provider))
-                .is_some_and(|p| !p.config().trusted_email_verification || !identity.email_verified)
+            // An identity of an `[[issuers]]` issuer came from an operator (the admin bootstrap,
+            // an import, a just-in-time token), whose email flag is the operator's to give: its
+            // account is no mere claim, whatever the flag.
+            let made_by_an_operator = self.provisioner.allows(&identity.issuer);
+            providers.get(Some(&identity.provider)).is_some_and(|p| {
+                !p.config().trusted_email_verification || (!identity.email_verified && !made_by_an_operator)
+            })
         }))
     }
 

@@ -240,8 +240,9 @@ async fn memberships_of(tx: &mut Tx, user: UserId) -> Result<Vec<Membership>, St
         team_columns!(),
         ", m.role AS role,
            (SELECT count(*) FROM memberships o WHERE o.team_id = m.team_id AND o.user_id <> m.user_id) AS others,
-           (SELECT count(*) FROM memberships o
-            WHERE o.team_id = m.team_id AND o.user_id <> m.user_id AND o.role = 'owner') AS other_owners
+           (SELECT count(*) FROM memberships o JOIN users u ON u.id = o.user_id
+            WHERE o.team_id = m.team_id AND o.user_id <> m.user_id AND o.role = 'owner'
+              AND NOT u.disabled) AS other_owners
          FROM memberships m JOIN teams t ON t.id = m.team_id
          WHERE m.user_id = $1
          ORDER BY t.id"
@@ -335,9 +336,10 @@ async fn delete_user_once(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<D
         // Team-wide profiles they created stay with their team, credited to its longest-standing
         // owner (or member, in a team without owner).
         "UPDATE auth_profiles SET created_by = (
-             SELECT o.user_id FROM memberships o
+             SELECT o.user_id FROM memberships o JOIN users u ON u.id = o.user_id
              WHERE o.team_id = auth_profiles.team_id AND o.user_id <> $1
-             ORDER BY CASE WHEN o.role = 'owner' THEN 0 ELSE 1 END, o.created_at, o.user_id LIMIT 1)
+             ORDER BY CASE WHEN o.role = 'owner' AND NOT u.disabled THEN 0 ELSE 1 END, o.created_at, o.user_id
+             LIMIT 1)
          WHERE created_by = $1
            AND EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = auth_profiles.team_id AND o.user_id <> $1)",
         // … unless nobody is left in that team to credit them to.

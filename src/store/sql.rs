@@ -128,6 +128,103 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// [`Store::remove_member`], once.
+    async fn remove_member_once(
+        &self,
+        team: TeamId,
+        acting: Option<UserId>,
+        user: UserId,
+    ) -> Result<RemoveOutcome, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // Serialises membership changes of one team (see put_member).
+        if !lock_team(&mut tx, team).await? {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::TeamNotFound);
+        }
+        if !acting_owner(&mut tx, team, acting).await? {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::NotAllowed);
+        }
+        let Some(sole_owner) = sole_owner(&mut tx, team, user).await? else {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::NotMember);
+        };
+        if sole_owner {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::LastOwner);
+        }
+        let role = member_role(&mut tx, team, user).await?.unwrap_or(Role::Member);
+        // The membership, and the former member's connect links and connect flows for the team.
+        for sql in [
+            "DELETE FROM memberships WHERE team_id = $1 AND user_id = $2",
+            "DELETE FROM connect_tokens
+             WHERE user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
+            "DELETE FROM login_states
+             WHERE link_user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
+        ] {
+            query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut tx).await?;
+        }
+        // A team-wide profile they made stays the team's, credited (as when a user is deleted) to
+        // the team's longest-standing owner, else member: a creator may act on their profile
+        // whatever their role, and that right must not outlive the membership (nor come back
+        // with a later one).
+        query(
+            "UPDATE auth_profiles SET created_by = (
+                 SELECT o.user_id FROM memberships o JOIN users u ON u.id = o.user_id WHERE o.team_id = $1
+                 ORDER BY CASE WHEN o.role = 'owner' AND NOT u.disabled THEN 0 ELSE 1 END, o.created_at, o.user_id
+                 LIMIT 1)
+             WHERE team_id = $1 AND created_by = $2 AND profile_kind <> 'oauth_account'
+               AND EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = $1)",
+        )
+        .bind(team.as_uuid())
+        .bind(user.as_uuid())
+        .execute(&mut tx)
+        .await?;
+        // Their personal connected accounts in the team: nobody may use them any more (a personal
+        // profile is its creator's alone, and its creator is no longer a member), so their tokens
+        // are not kept.
+        let now = crate::domain::now();
+        let personal = query(
+            "SELECT id FROM auth_profiles
+             WHERE team_id = $1 AND created_by = $2 AND profile_kind = 'oauth_account' AND status <> 'revoked'
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(team.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_all(&mut tx)
+        .await?;
+        for row in &personal {
+            let reason = [("reason", serde_json::Value::from("member_removed"))];
+            revoke_locked_profile(&mut tx, ProfileId::from_uuid(row.uuid("id")?), &reason, now).await?;
+        }
+        let payload = events::member_changed(team, user, role, None);
+        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        tx.commit().await?;
+        Ok(RemoveOutcome::Removed)
+    }
+}
+
+/// Runs `once` again, up to five times after a short pause, while PostgreSQL aborts it to let a
+/// concurrent transaction through (a deadlock, a serialization failure).
+async fn retrying_conflicts<T, Fut>(mut once: impl FnMut() -> Fut) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempts: u64 = 0;
+    loop {
+        match once().await {
+            Err(error) if error.is_conflict() && attempts < 5 => {
+                attempts += 1;
+                let jitter = u64::from(crate::crypto::random_bytes::<1>()[0]) / 8;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempts + jitter)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Whether `user` is an owner of `team` and no other owner can act (every other one is disabled,
 /// or there is none): removing or demoting them would leave the team to nobody. `None` when they
 /// are not a member.
@@ -1600,72 +1697,10 @@ impl Store for SqlStore {
         acting: Option<UserId>,
         user: UserId,
     ) -> Result<RemoveOutcome, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // Serialises membership changes of one team (see put_member).
-        if !lock_team(&mut tx, team).await? {
-            tx.rollback().await?;
-            return Ok(RemoveOutcome::TeamNotFound);
-        }
-        if !acting_owner(&mut tx, team, acting).await? {
-            tx.rollback().await?;
-            return Ok(RemoveOutcome::NotAllowed);
-        }
-        let Some(sole_owner) = sole_owner(&mut tx, team, user).await? else {
-            tx.rollback().await?;
-            return Ok(RemoveOutcome::NotMember);
-        };
-        if sole_owner {
-            tx.rollback().await?;
-            return Ok(RemoveOutcome::LastOwner);
-        }
-        let role = member_role(&mut tx, team, user).await?.unwrap_or(Role::Member);
-        // The membership, and the former member's connect links and connect flows for the team.
-        for sql in [
-            "DELETE FROM memberships WHERE team_id = $1 AND user_id = $2",
-            "DELETE FROM connect_tokens
-             WHERE user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
-            "DELETE FROM login_states
-             WHERE link_user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
-        ] {
-            query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut tx).await?;
-        }
-        // A team-wide profile they made stays the team's, credited (as when a user is deleted) to
-        // the team's longest-standing owner, else member: a creator may act on their profile
-        // whatever their role, and that right must not outlive the membership (nor come back
-        // with a later one).
-        query(
-            "UPDATE auth_profiles SET created_by = (
-                 SELECT o.user_id FROM memberships o WHERE o.team_id = $1
-                 ORDER BY CASE WHEN o.role = 'owner' THEN 0 ELSE 1 END, o.created_at, o.user_id LIMIT 1)
-             WHERE team_id = $1 AND created_by = $2 AND profile_kind <> 'oauth_account'
-               AND EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = $1)",
-        )
-        .bind(team.as_uuid())
-        .bind(user.as_uuid())
-        .execute(&mut tx)
-        .await?;
-        // Their personal connected accounts in the team: nobody may use them any more (a personal
-        // profile is its creator's alone, and its creator is no longer a member), so their tokens
-        // are not kept.
-        let now = crate::domain::now();
-        let personal = query(
-            "SELECT id FROM auth_profiles
-             WHERE team_id = $1 AND created_by = $2 AND profile_kind = 'oauth_account' AND status <> 'revoked'
-             ORDER BY id FOR UPDATE",
-        )
-        .bind(team.as_uuid())
-        .bind(user.as_uuid())
-        .fetch_all(&mut tx)
-        .await?;
-        for row in &personal {
-            let reason = [("reason", serde_json::Value::from("member_removed"))];
-            revoke_locked_profile(&mut tx, ProfileId::from_uuid(row.uuid("id")?), &reason, now).await?;
-        }
-        let payload = events::member_changed(team, user, role, None);
-        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
-        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
-        tx.commit().await?;
-        Ok(RemoveOutcome::Removed)
+        // Crediting the member's team-wide profiles to an owner share-locks that owner's row
+        // after the team's, the other order from a user's deletion: PostgreSQL may abort one of
+        // the two, which is then run again.
+        retrying_conflicts(|| self.remove_member_once(team, acting, user)).await
     }
 
     async fn insert_profile(&self, profile: &AuthProfile) -> Result<Option<AuthProfile>, StoreError> {

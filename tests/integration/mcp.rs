@@ -234,6 +234,7 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let ping = br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#.to_vec();
     for (request, status, code) in [
         (post("application/json", "application/json", ping.clone()), 406, "not_acceptable"),
+        (post("application/json, text/event-stream;q=0", "application/json", ping.clone()), 406, "not_acceptable"),
         (post(both, "text/plain", ping.clone()), 415, "unsupported_media_type"),
         (post(both, "application/json", b"{\"jsonrpc\":".to_vec()), 400, "malformed_json"),
         (post(both, "application/json", vec![b' '; 70 * 1024]), 413, "payload_too_large"),

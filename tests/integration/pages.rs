@@ -324,10 +324,18 @@ async fn a_sign_in_sent_from_another_site_asks_a_signed_in_browser_first(backend
     let app_page =
         html(browser.request_from("cross-site", Method::GET, &to("/settings?tab=1")).await, StatusCode::OK).await;
     assert!(app_page.contains("href=\"/settings?tab=1\""), "{app_page}");
-    for flow in ["/auth/link?provider=second", "/x/../auth/link?provider=second", "/oauth/authorize?client_id=a"] {
+    for flow in [
+        "/auth/link?provider=second",
+        "/x/../auth/link?provider=second",
+        "/.//auth/link?provider=second",
+        "/oauth/authorize?client_id=a",
+    ] {
         let page = html(browser.request_from("cross-site", Method::GET, &to(flow)).await, StatusCode::OK).await;
         assert!(page.contains("href=\"/account\""), "{flow}: {page}");
-        assert!(!page.contains("href=\"/auth/link") && !page.contains("href=\"/x/"), "{flow}: {page}");
+        assert!(
+            !page.contains("href=\"/auth/link") && !page.contains("href=\"/x/") && !page.contains("href=\"/."),
+            "{flow}: {page}"
+        );
     }
     // The page's link, followed: a same-origin navigation, which goes to the provider.
     let again = browser.request_from("same-origin", Method::GET, &url).await;

@@ -4667,8 +4667,13 @@ async fn deleting_the_last_owner_of_a_shared_team_is_refused_and_writes_nothing(
     assert_eq!(store.delete_user(ada.id(), now()).await.unwrap(), DeleteUserOutcome::LastOwner(ada.team.clone()));
     assert_eq!((sql.provisioning_counts().await, rows_of(&sql, ada.id()).await), before, "nothing written");
 
-    // With a second owner, Ada goes and her team stays with Bob.
+    // A second owner who is disabled cannot act for the team: still the last owner.
     store.put_member(ada.team.id, None, bob.id(), Role::Owner, now()).await.unwrap();
+    set_user_disabled(&store, bob.id(), true, now()).await.unwrap();
+    assert_eq!(store.delete_user(ada.id(), now()).await.unwrap(), DeleteUserOutcome::LastOwner(ada.team.clone()));
+    set_user_disabled(&store, bob.id(), false, now()).await.unwrap();
+
+    // With a second owner, Ada goes and her team stays with Bob.
     let DeleteUserOutcome::Deleted(deleted) = store.delete_user(ada.id(), now()).await.unwrap() else {
         panic!("ada is deleted");
     };

@@ -297,7 +297,13 @@ struct Inner {
     /// Wakes the signing-key worker when the keys are marked stale, so that they are re-read
     /// (and readiness, which reads only the cached keys, sees them) without waiting for a use.
     marked: tokio::sync::Notify,
+    /// When a re-read last failed: for [`RELOAD_BACKOFF`] after it, uses answer from the cached
+    /// keys rather than each wait for a read of its own (the worker retries).
+    failed_at: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How long after a failed re-read of the keys the cached ones answer without another try.
+const RELOAD_BACKOFF: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for SigningKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -391,6 +397,7 @@ impl SigningKeys {
                 create: tokio::sync::Mutex::new(()),
                 stale: AtomicBool::new(false),
                 marked: tokio::sync::Notify::new(),
+                failed_at: std::sync::Mutex::new(None),
             }),
         };
         let set = keys.load().await?;
@@ -598,6 +605,15 @@ impl SigningKeys {
         if age < self.inner.settings.refresh_interval() && !self.inner.stale.load(Ordering::Acquire) {
             return Ok(cached);
         }
+        let failed_lately = self
+            .inner
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < RELOAD_BACKOFF);
+        if failed_lately && age < self.inner.settings.jwks_max_age {
+            return Ok(cached);
+        }
         match self.reload(Some(&cached)).await {
             Ok(set) => Ok(set),
             Err(error) if age < self.inner.settings.jwks_max_age => {
@@ -629,9 +645,14 @@ impl SigningKeys {
             Ok(set)
         }
         .await;
+        let mut failed_at = self.inner.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match loaded {
-            Ok(set) => Ok(self.replace(set)),
+            Ok(set) => {
+                *failed_at = None;
+                Ok(self.replace(set))
+            }
             Err(error) => {
+                *failed_at = Some(Instant::now());
                 self.inner.stale.store(true, Ordering::Release);
                 Err(error)
             }

@@ -119,9 +119,17 @@ impl OidcProvider {
         let document = if all_configured {
             Value::Null
         } else {
-            fetch_discovery(&self.http, &self.config.issuer)
-                .await
-                .map_err(|e| ProviderError::Unavailable(e.to_string()))?
+            match fetch_discovery(&self.http, &self.config.issuer).await {
+                Ok(document) => document,
+                // With the two endpoints a sign-in needs configured, a provider without a
+                // discovery document (or one this network cannot reach) still signs people in,
+                // without the endpoints and the `iss` flag it would have given.
+                Err(error) if endpoints.authorization.is_some() && endpoints.token.is_some() => {
+                    tracing::warn!(provider = %self.config.name, error = %error, "no discovery document; using the configured endpoints only");
+                    Value::Null
+                }
+                Err(error) => return Err(ProviderError::Unavailable(error.to_string())),
+            }
         };
         let found = |field: &str| {
             discovered_endpoint(&document, field, &self.config.issuer)
