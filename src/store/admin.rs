@@ -267,20 +267,9 @@ async fn memberships_of(tx: &mut Tx, user: UserId) -> Result<Vec<Membership>, St
 /// PostgreSQL (each holds its own row and one waits for their team, which the other holds while
 /// crediting its profiles to the first); the transaction PostgreSQL aborts is run again.
 pub(super) async fn delete_user(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError> {
-    let mut attempts: u64 = 0;
-    loop {
-        match delete_user_once(db, user, now).await {
-            Err(error) if error.is_conflict() && attempts < 5 => {
-                // Not at once: the co-owner's deletion, which PostgreSQL let through, must get
-                // this user's row (to credit its profiles) before this one takes it again, or the
-                // two trade deadlocks.
-                attempts += 1;
-                let jitter = u64::from(crate::crypto::random_bytes::<1>()[0]) / 8;
-                tokio::time::sleep(std::time::Duration::from_millis(20 * attempts + jitter)).await;
-            }
-            outcome => return outcome,
-        }
-    }
+    // Not at once: the co-owner's deletion, which PostgreSQL let through, must get this user's
+    // row (to credit its profiles) before this one takes it again, or the two trade deadlocks.
+    super::sql::retrying_conflicts(|| delete_user_once(db, user, now)).await
 }
 
 async fn delete_user_once(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError> {

@@ -206,9 +206,10 @@ impl SqlStore {
     }
 }
 
-/// Runs `once` again, up to five times after a short pause, while PostgreSQL aborts it to let a
-/// concurrent transaction through (a deadlock, a serialization failure).
-async fn retrying_conflicts<T, Fut>(mut once: impl FnMut() -> Fut) -> Result<T, StoreError>
+/// Runs `once` again, up to five times after a short, growing and jittered pause, while
+/// PostgreSQL aborts it to let a concurrent transaction through (a deadlock, a serialization
+/// failure).
+pub(super) async fn retrying_conflicts<T, Fut>(mut once: impl FnMut() -> Fut) -> Result<T, StoreError>
 where
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
