@@ -118,7 +118,9 @@ async fn start_login(
     };
     let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None, fresh).await;
     match started {
-        Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
+        Ok(started) => {
+            redirect(started.location.as_str(), &[login_cookie(&state, &headers, started.state.expose_secret())])
+        }
         Err(error) => state.pages.error(&headers, error.into()),
     }
 }
@@ -316,7 +318,9 @@ async fn begin_link(
     return_to: Option<&str>,
 ) -> Response {
     match state.sign_in.begin(provider, return_to, Some(user), false).await {
-        Ok(started) => redirect(started.location.as_str(), &[login_cookie(state, started.state.expose_secret())]),
+        Ok(started) => {
+            redirect(started.location.as_str(), &[login_cookie(state, headers, started.state.expose_secret())])
+        }
         Err(error) => {
             state.pages.error_in(headers, error.into(), &errors::Context { return_to: None, signed_in: true })
         }
@@ -343,7 +347,6 @@ async fn complete_callback(
     PagePath(provider): PagePath<String>,
     query: Result<ApiQuery<CallbackQuery>, ApiError>,
 ) -> Response {
-    let clear_login = state.cookies.clear(state.cookies.login());
     // A malformed callback (a parameter twice, say), or one that matches no flow of this
     // browser's, gets a page and leaves the browser's sign-in cookie alone: it may be another
     // tab's flow under way (and anyone can send a browser to a callback URL).
@@ -358,12 +361,15 @@ async fn complete_callback(
         let session = cookie(&headers, state.cookies.session())?;
         Ok((login, session))
     });
-    let (browser_state, session) = match cookies {
-        Ok(found) => found,
-        Err(error) => return with_cookie(state.pages.error(&headers, error), clear_login),
+    let (held, session) = match cookies {
+        Ok((login, session)) => (held_states(login.unwrap_or_default()).collect::<Vec<_>>(), session),
+        Err(error) => {
+            let clear_login = state.cookies.clear(state.cookies.login());
+            return with_cookie(state.pages.error(&headers, error), clear_login);
+        }
     };
     let old_session = session.map(SecretString::from);
-    let flow = match state.flows.take(&provider, query.state.as_deref(), browser_state).await {
+    let flow = match state.flows.take(&provider, query.state.as_deref(), &held).await {
         Ok(flow) => flow,
         Err(error) => {
             let error = ApiError::from(error);
@@ -371,6 +377,8 @@ async fn complete_callback(
             return state.pages.error(&headers, error);
         }
     };
+    // This flow is used up, whatever comes of it; the other tabs' stay under way.
+    let clear_login = login_cookie_without(&state, &held, query.state.as_deref().unwrap_or_default());
     // What the flow is for, known before it is finished: a refusal is recorded as such.
     let action = match (&flow.profile, &flow.link_user) {
         (Some(_), _) => FlowAction::Connect,
@@ -541,9 +549,35 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByte
     response
 }
 
-/// The `Set-Cookie` value binding a flow's state to the browser.
-pub(super) fn login_cookie(state: &AppState, value: &str) -> HeaderValue {
-    state.cookies.set(state.cookies.login(), value, FLOW_TTL.to_std().unwrap_or_default())
+/// How many sign-ins one browser may have under way at once (one per tab): its login cookie
+/// holds the states of the newest this many, newest first, separated by `.`.
+const FLOWS_PER_BROWSER: usize = 4;
+
+/// The `Set-Cookie` value binding a new flow's state to the browser, beside the flows the browser
+/// (its `headers`) already has under way, up to [`FLOWS_PER_BROWSER`] in all.
+pub(super) fn login_cookie(state: &AppState, headers: &HeaderMap, value: &str) -> HeaderValue {
+    let under_way = cookie(headers, state.cookies.login()).ok().flatten().unwrap_or_default();
+    let states: Vec<&str> =
+        std::iter::once(value).chain(held_states(under_way).filter(|s| *s != value)).take(FLOWS_PER_BROWSER).collect();
+    state.cookies.set(state.cookies.login(), &states.join("."), FLOW_TTL.to_std().unwrap_or_default())
+}
+
+/// The flow states in a login cookie's value (anything else in it is ignored: a state is
+/// base64url text of a few dozen characters).
+fn held_states(value: &str) -> impl Iterator<Item = &str> {
+    value.split('.').filter(|s| {
+        (16..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// The `Set-Cookie` value that drops `taken` from the browser's login cookie (`held`): the
+/// other tabs' sign-ins stay under way; with none left, the cookie is cleared.
+fn login_cookie_without(state: &AppState, held: &[&str], taken: &str) -> HeaderValue {
+    let rest: Vec<&str> = held.iter().copied().filter(|s| *s != taken).collect();
+    if rest.is_empty() {
+        return state.cookies.clear(state.cookies.login());
+    }
+    state.cookies.set(state.cookies.login(), &rest.join("."), FLOW_TTL.to_std().unwrap_or_default())
 }
 
 fn with_cookie(mut response: Response, cookie: HeaderValue) -> Response {

@@ -233,16 +233,16 @@ impl OAuthFlows {
     }
 
     /// Takes the flow a callback names by its `state` (single-use: taken before anything else
-    /// of the callback is checked), if it is the one `browser_state`, the state the browser holds
-    /// in its cookie, started, for the provider of the callback's path.
+    /// of the callback is checked), if it is one of `browser_states`, the states of the flows the
+    /// browser holds in its cookie, started for the provider of the callback's path.
     pub async fn take(
         &self,
         path_provider: &str,
         state: Option<&str>,
-        browser_state: Option<&str>,
+        browser_states: &[&str],
     ) -> Result<LoginState, FlowError> {
         let state = state.filter(|s| !s.is_empty()).ok_or(FlowError::InvalidState("the callback carries no state"))?;
-        if !browser_state.is_some_and(|cookie| constant_time_eq(cookie.as_bytes(), state.as_bytes())) {
+        if !browser_states.iter().any(|held| constant_time_eq(held.as_bytes(), state.as_bytes())) {
             return Err(FlowError::InvalidState("this sign-in was not started in this browser"));
         }
         let flow = self

@@ -18,6 +18,7 @@ on_both_backends!(
     the_session_cookie_is_secure_by_default,
     a_replayed_state_is_refused,
     a_callback_without_the_browser_cookie_is_refused,
+    sign_ins_in_several_tabs_each_complete,
     the_provider_comes_from_the_state_not_the_path,
     the_issuer_parameter_is_checked,
     bad_id_tokens_are_refused,
@@ -326,6 +327,37 @@ async fn a_callback_without_the_browser_cookie_is_refused(backend: Backend) {
     assert_eq!(victim.get(&callback).await.status(), StatusCode::SEE_OTHER);
     let missing_state = with_param(&callback, "state", None);
     assert_eq!(body(victim.get(&missing_state).await, 400).await["code"], "invalid_state");
+}
+
+async fn sign_ins_in_several_tabs_each_complete(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    // Five tabs start a sign-in each; the cookie keeps the newest four.
+    let mut callbacks = Vec::new();
+    for _ in 0..5 {
+        callbacks.push(browser.start(&w.app, "").await);
+    }
+    assert_eq!(browser.cookies["tessera_login"].split('.').count(), 4);
+    let oldest = callbacks.remove(0);
+    assert_eq!(body(browser.get(&oldest).await, 400).await["code"], "invalid_state");
+    // The others complete in any order, each leaving the rest under way.
+    for (done, callback) in [3, 0, 2, 1].into_iter().map(|i| callbacks[i].clone()).enumerate() {
+        let answer = browser.get(&callback).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "tab {done}");
+        let left = browser.cookies.get("tessera_login").map_or(0, |v| v.split('.').count());
+        assert_eq!(left, 3 - done, "after {} sign-ins", done + 1);
+    }
+    assert!(!browser.cookies.contains_key("tessera_login"), "the last one clears the cookie");
+    assert_eq!(body(browser.me(&w.app).await, 200).await["identities"][0]["subject"], "stub-user");
+    // Each completed once: a replayed one is refused.
+    browser.cookies.insert("tessera_login".into(), callbacks.iter().map(|c| state_of(c)).collect::<Vec<_>>().join("."));
+    assert_eq!(body(browser.get(&callbacks[0]).await, 400).await["code"], "invalid_state");
+}
+
+/// The `state` parameter of a callback URL.
+fn state_of(callback: &str) -> String {
+    let url = url::Url::parse(callback).unwrap();
+    url.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned()
 }
 
 async fn the_provider_comes_from_the_state_not_the_path(backend: Backend) {

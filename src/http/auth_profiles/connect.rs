@@ -141,7 +141,9 @@ async fn start_connect(
         return state.pages.error_in(&headers, error, &context);
     }
     match state.auth_profiles.start(&token, Some(live.profile.user.id)).await {
-        Ok(started) => redirect(started.location.as_str(), &[login_cookie(&state, started.state.expose_secret())]),
+        Ok(started) => {
+            redirect(started.location.as_str(), &[login_cookie(&state, &headers, started.state.expose_secret())])
+        }
         Err(error) => state.pages.error_in(&headers, error.into(), &context),
     }
 }

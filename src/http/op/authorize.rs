@@ -234,7 +234,9 @@ async fn sign_in(
         return chooser_page(continue_to);
     };
     match state.sign_in.begin(Some(&provider), Some(continue_to), None, reauthenticate).await {
-        Ok(started) => redirect(started.location.as_str(), &[login_cookie(state, started.state.expose_secret())]),
+        Ok(started) => {
+            redirect(started.location.as_str(), &[login_cookie(state, headers, started.state.expose_secret())])
+        }
         Err(error) => state.pages.error(headers, error.into()),
     }
 }
