@@ -16,7 +16,7 @@ pub struct ClientId(String);
 
 /// Why a client id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a client id is 1 to 64 characters of letters, digits, '.', '_' or '-'")]
+#[error("a client id is 1 to 64 characters of letters, digits, '.', '_' or '-', not dots alone")]
 pub struct ClientIdError;
 
 impl ClientId {
@@ -25,8 +25,10 @@ impl ClientId {
 
     /// Validates an id.
     pub fn parse(value: &str) -> Result<Self, ClientIdError> {
+        // Not dots alone: `.` and `..` would be path segments no client could address by.
         let ok = (1..=Self::MAX_LEN).contains(&value.len())
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && value.bytes().any(|b| b != b'.');
         if ok { Ok(Self(value.to_owned())) } else { Err(ClientIdError) }
     }
 
@@ -157,6 +159,11 @@ pub enum RedirectUriError {
     /// A scheme a browser would run or read locally (`javascript:`, `data:`, `file:`, …).
     #[error("a redirect URI must not use the javascript, data, file, vbscript, blob or about scheme")]
     UnsafeScheme,
+    /// A scheme other than `http(s)` that is not a reverse domain name (`ws:`, `ftp:`, `myapp:`).
+    #[error(
+        "a native app's redirect scheme is a reverse domain name it owns, such as com.example.app:/callback (RFC 8252 7.1); a network host takes https"
+    )]
+    NotPrivateUseScheme,
 }
 
 /// Whether `value` has no whitespace and no control character: RFC 3986 allows neither in a URI,
@@ -187,6 +194,12 @@ impl RedirectUri {
         }
         if matches!(url.scheme(), "javascript" | "data" | "file" | "vbscript" | "blob" | "about") {
             return Err(RedirectUriError::UnsafeScheme);
+        }
+        // RFC 8252 7.1: an app's own scheme is a domain name under its control, reversed; one
+        // without a dot is either a network protocol (`ws`, `ftp`), whose codes would travel to
+        // a host in the clear, or a name any other app may claim as well.
+        if !matches!(url.scheme(), "http" | "https") && !url.scheme().contains('.') {
+            return Err(RedirectUriError::NotPrivateUseScheme);
         }
         if url.scheme() == "http" && !is_loopback(&url) {
             return Err(RedirectUriError::InsecureHttp);
@@ -351,6 +364,15 @@ mod tests {
     }
 
     #[test]
+    fn client_ids_are_path_segments() {
+        assert!(ClientId::parse("web.app-1_x").is_ok());
+        assert!(ClientId::parse(".well").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b"] {
+            assert_eq!(ClientId::parse(bad), Err(ClientIdError), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn registration_refuses_what_cannot_be_matched_safely() {
         assert_eq!(RedirectUri::parse("https://*.example.com/cb"), Err(RedirectUriError::Wildcard));
         assert_eq!(RedirectUri::parse("https://a.example/cb#x"), Err(RedirectUriError::Fragment));
@@ -359,6 +381,9 @@ mod tests {
         assert!(RedirectUri::parse("com.example.app:/oauth2redirect").is_ok());
         for unsafe_uri in ["javascript:alert(1)", "data:text/html,x", "file:///etc/passwd"] {
             assert_eq!(RedirectUri::parse(unsafe_uri), Err(RedirectUriError::UnsafeScheme), "{unsafe_uri}");
+        }
+        for network in ["ws://partner.example/cb", "ftp://host/cb", "myapp:/cb"] {
+            assert_eq!(RedirectUri::parse(network), Err(RedirectUriError::NotPrivateUseScheme), "{network}");
         }
     }
 }

@@ -292,7 +292,7 @@ async fn account_page(
                     reach: match (app.active, app.offline, app.first_party) {
                         (true, true, _) => "keeps access while you are signed out",
                         (true, false, _) => "has access until you sign out",
-                        (false, _, false) => "no access now; your consent is remembered, so it will not ask again",
+                        (false, _, false) => "no access now; your consent is remembered",
                         (false, _, true) => "no access now",
                     },
                 })

@@ -784,6 +784,14 @@ async fn a_public_client_on_a_loopback_redirect_asks_for_consent_every_time(back
     // Its https redirect belongs to the origin that registered it: the consent counts there.
     let remembered = location(&browser.navigate(&to(REDIRECT, "")).await);
     assert!(param(&remembered, "code").is_some(), "{remembered}");
+    // Made first-party, it skips the page through its https redirect, but not through the
+    // loopback one, which any program can answer.
+    let path = format!("/admin/clients/{agent}");
+    body(w.app.admin(Method::PATCH, &path).json(&json!({"first_party": true})).send().await.unwrap(), 200).await;
+    let silent = browser.navigate(&to("http://127.0.0.1:7777/callback", "&prompt=none")).await;
+    assert_eq!(param(&location(&silent), "error").as_deref(), Some("consent_required"));
+    let skipped = location(&browser.navigate(&to(REDIRECT, "&prompt=consent")).await);
+    assert!(param(&skipped, "code").is_some(), "{skipped}");
 }
 
 /// Follows redirects from `url` (signing in through the provider on the way) to the first page

@@ -454,18 +454,17 @@ impl OpenIdProvider {
             let continue_to = continue_url(request.client.id.as_str(), &uri);
             return Ok(Next::SignIn { continue_to, login_hint: request.login_hint.clone(), reauthenticate: true });
         }
-        if !request.client.first_party {
+        // RFC 8252 section 8.6: a public client's id is no secret, and its loopback or
+        // private-use redirect can be answered by any program on the device, so nothing shows
+        // that the app asking now is the one the user approved (or the operator made first-party):
+        // it asks every time. (An `https` redirect goes to the origin that registered it.)
+        let remembered = !request.client.is_public() || request.redirect_uri.starts_with("https://");
+        if !request.client.first_party || !remembered {
             // A consent covers the scopes it was given for together with the resource (RFC 8707)
             // it was given for: a token for another resource (Tessera's own API or MCP server,
             // say), or with a scope approved only for another, is asked for anew.
             let granted = self.store.consent(session.user, request.client.id.as_str()).await?.unwrap_or_default();
-            let covered = granted.covers(&request.scopes, request.resource.as_deref());
-            // RFC 8252 section 8.6: a public client's id is no secret, and its loopback or
-            // private-use redirect can be answered by any program on the device, so nothing shows
-            // that the app asking now is the one the user approved: it asks every time. (An
-            // `https` redirect goes to the origin that registered it.)
-            let remembered = !request.client.is_public() || request.redirect_uri.starts_with("https://");
-            let covered = covered && remembered;
+            let covered = granted.covers(&request.scopes, request.resource.as_deref()) && remembered;
             if request.prompt_consent || !covered {
                 if request.prompt_none {
                     return Err(request.reject("consent_required", "the user has not consented to these scopes"));
