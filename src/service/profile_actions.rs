@@ -14,7 +14,8 @@
 //!   default when it is active.
 //! - A test gets an access token the normal way (refreshing it if needed) and calls the
 //!   provider's user endpoint with it. A token refused with 401 is refreshed once and tried again;
-//!   refused again (or the refresh refused), the profile becomes `needs_reauth`.
+//!   the refresh refused (or impossible), the profile becomes `needs_reauth`. A fresh token the
+//!   endpoint refuses too is reported, and the status kept: the provider just honoured the grant.
 //! - An `env` profile of a connector with a `probe` is tested by sending the probe, filled with
 //!   the profile's values, with the process's outbound client (no redirects, 10 s). Its status
 //!   stays as it is whatever the answer: the values may be fine and the service down, and only
@@ -459,7 +460,13 @@ impl<'a> ProfileActions<'a> {
             }
             refused = token;
         }
-        self.needs_reauth(&profile, refused.version, Some(401), TestFailure::InvalidToken, true).await
+        // The provider honoured the refresh token just now, so the grant is alive: its user
+        // endpoint refusing the fresh token says that the token is for another audience (an API
+        // the profile's scopes name), not that the profile needs a reconnection.
+        if refused.refreshed {
+            return self.outcome(&profile, 401, true).await;
+        }
+        self.needs_reauth(&profile, refused.version, Some(401), TestFailure::InvalidToken, false).await
     }
 
     /// Tests an `env` profile with its connector's probe; the profile's status is left as it is.

@@ -545,6 +545,18 @@ async fn a_refused_token_is_refreshed_once_then_marks_the_profile(backend: Backe
         json!({"ok": true, "status": 200, "error": null, "refreshed": true, "profile_status": "active"})
     );
     assert_eq!(w.issuer.refreshes(), 1);
+    // A user endpoint that refuses even a fresh token (one for another audience): reported, but
+    // the grant the provider just honoured stays active.
+    w.issuer.revoke_access_tokens();
+    w.issuer.refuse_userinfo(true);
+    let outcome = body(w.post(w.alice.id, "/auth-profiles/issues/test").await, 200).await;
+    assert_eq!(
+        outcome,
+        json!({"ok": false, "status": 401, "error": "invalid_token", "refreshed": true, "profile_status": "active"})
+    );
+    assert_eq!(w.issuer.refreshes(), 2);
+    assert_eq!(body(w.post(w.alice.id, "/auth-profiles/issues/token").await, 200).await["refreshed"], false);
+    w.issuer.refuse_userinfo(false);
     // Everything forgotten: the refresh is refused, the profile needs a reconnection.
     w.issuer.revoke_all_tokens();
     let outcome = body(w.post(w.alice.id, "/auth-profiles/issues/test").await, 200).await;
@@ -552,7 +564,7 @@ async fn a_refused_token_is_refreshed_once_then_marks_the_profile(backend: Backe
         outcome,
         json!({"ok": false, "status": 401, "error": "invalid_token", "refreshed": false, "profile_status": "needs_reauth"})
     );
-    assert_eq!(w.issuer.refreshes(), 2);
+    assert_eq!(w.issuer.refreshes(), 3);
     let token = w.post(w.alice.id, "/auth-profiles/issues/token").await;
     assert_eq!(body(token, 409).await["code"], "needs_reauth");
 
@@ -565,7 +577,7 @@ async fn a_refused_token_is_refreshed_once_then_marks_the_profile(backend: Backe
         outcome,
         json!({"ok": false, "status": 401, "error": "invalid_token", "refreshed": false, "profile_status": "needs_reauth"})
     );
-    assert_eq!(w.issuer.refreshes(), 2, "nothing to refresh with");
+    assert_eq!(w.issuer.refreshes(), 3, "nothing to refresh with");
     // A test of a profile that needs a reconnection says so, without asking the provider.
     let again = w.post(w.alice.id, "/auth-profiles/mail/test").await;
     assert_eq!(body(again, 409).await["code"], "needs_reauth");

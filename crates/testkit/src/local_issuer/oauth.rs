@@ -109,6 +109,7 @@ pub(super) struct OAuthState {
     rotate_refresh_tokens: AtomicBool,
     no_refresh_token_on_code: AtomicBool,
     ignore_reauthentication: AtomicBool,
+    refuse_userinfo: AtomicBool,
     granted_scope: std::sync::Mutex<Option<String>>,
     refresh_token_needs: std::sync::Mutex<Vec<(String, String)>>,
     token_delay_ms: AtomicU64,
@@ -211,6 +212,12 @@ impl LocalIssuer {
     /// `invalid_token`); refresh tokens keep working.
     pub fn revoke_access_tokens(&self) {
         self.state.oauth.access_tokens.lock().expect("lock").clear();
+    }
+
+    /// Makes the userinfo endpoint refuse every token with 401, as a provider's user endpoint
+    /// does for a token issued for another audience, while refreshes go on working.
+    pub fn refuse_userinfo(&self, refuse: bool) {
+        self.state.oauth.refuse_userinfo.store(refuse, Ordering::SeqCst);
     }
 
     /// Forgets every access and refresh token issued so far.
@@ -517,6 +524,7 @@ async fn userinfo(State(state): State<Arc<IssuerState>>, headers: HeaderMap) -> 
     let token =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let user = token.and_then(|t| state.oauth.access_tokens.lock().expect("lock").get(t).cloned());
+    let user = user.filter(|_| !state.oauth.refuse_userinfo.load(Ordering::SeqCst));
     match user {
         Some(user) => {
             let mut body = json!({ "sub": user.subject });
