@@ -2839,6 +2839,8 @@ impl Store for SqlStore {
     }
 
     async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin().await?;
+        restart_if_enabled(&mut tx, endpoint.id, Some(endpoint.enabled), endpoint.updated_at).await?;
         let updated = query(
             "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5 WHERE id = $1",
         )
@@ -2847,8 +2849,9 @@ impl Store for SqlStore {
         .bind(endpoint.event_types.join(" "))
         .bind(endpoint.enabled)
         .bind(endpoint.updated_at)
-        .execute(self.db.writer())
+        .execute(&mut tx)
         .await?;
+        tx.commit().await?;
         Ok(updated == 1)
     }
 
@@ -2870,15 +2873,24 @@ impl Store for SqlStore {
                 .into_boxed_str(),
             )
         });
+        let mut tx = self.db.begin().await?;
+        restart_if_enabled(&mut tx, id, change.enabled, now).await?;
         let row = query(*SQL)
             .bind(id.as_uuid())
             .bind(change.url.as_deref())
             .bind(change.event_types.as_ref().map(|types| types.join(" ")))
             .bind(change.enabled)
             .bind(now)
-            .fetch_optional(self.db.writer())
+            .fetch_optional(&mut tx)
             .await?;
-        row.as_ref().map(webhook_row).transpose()
+        let endpoint = row.as_ref().map(webhook_row).transpose()?;
+        // A configured endpoint (not changed here) keeps its deliveries as they were.
+        if endpoint.is_some() {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(endpoint)
     }
 
     async fn replace_webhook_secret(
@@ -3607,6 +3619,35 @@ async fn revoke_grant_in(tx: &mut Tx, grant: uuid::Uuid, now: DateTime<Utc>) -> 
         .bind(now)
         .execute(tx)
         .await?;
+    Ok(())
+}
+
+/// When `enabled` turns a disabled endpoint on again, starts its pending deliveries' series of
+/// attempts anew at `now`: their time to give up counts from when they can be sent, not from a
+/// time the endpoint spent disabled (which would fail them all unsent).
+async fn restart_if_enabled(
+    tx: &mut Tx,
+    endpoint: WebhookId,
+    enabled: Option<bool>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if enabled != Some(true) {
+        return Ok(());
+    }
+    let was = query("SELECT enabled FROM webhook_endpoints WHERE id = $1 FOR UPDATE")
+        .bind(endpoint.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if was.map(|row| row.flag("enabled")).transpose()? == Some(false) {
+        query(
+            "UPDATE webhook_deliveries SET attempts = 0, scheduled_at = $2, next_attempt_at = $2
+             WHERE endpoint_id = $1 AND state = 'pending'",
+        )
+        .bind(endpoint.as_uuid())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(())
 }
 

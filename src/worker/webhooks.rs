@@ -29,6 +29,8 @@ use crate::store::Attempt;
 
 /// Events fanned out per transaction.
 const FAN_OUT_BATCH: i64 = 500;
+/// Fan-out transactions per round of the worker at most, before it claims endpoints again.
+const FAN_OUT_BATCHES_PER_ROUND: usize = 10;
 /// Deliveries read per endpoint per lease.
 const DELIVERY_BATCH: i64 = 100;
 /// The longest error message kept in the delivery log.
@@ -74,7 +76,12 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
                 busy.remove(&id);
             }
         }
-        loop {
+        // A backlog (an import's events, say) is worked through a few batches a round, so that
+        // deliveries are claimed between them and a stop is not kept waiting.
+        for _ in 0..FAN_OUT_BATCHES_PER_ROUND {
+            if *stopped.borrow() {
+                break;
+            }
             match webhooks.store().fan_out_events(FAN_OUT_BATCH, crate::domain::now()).await {
                 Ok(n) if n as i64 >= FAN_OUT_BATCH => continue,
                 Ok(_) => break,

@@ -25,6 +25,7 @@ on_both_backends!(
     a_failing_endpoint_is_retried_in_order_without_delaying_a_healthy_one,
     a_replay_sends_events_again,
     concurrent_changes_of_different_fields_all_stick,
+    an_endpoint_enabled_again_sends_what_waited_for_it,
 );
 
 /// One request a receiver got.
@@ -255,6 +256,43 @@ async fn two_instances_deliver_each_event_once_per_endpoint() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// Deliveries that waited for a disabled endpoint longer than the time to give up are sent once
+/// it is enabled again: their time counts from then.
+async fn an_endpoint_enabled_again_sends_what_waited_for_it(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        with_keyring(config);
+        config.webhooks.give_up_after = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.slow_ms.store(3000, Ordering::SeqCst);
+    let (id, _) = register(&app, json!({ "url": receiver.url })).await;
+    for name in ["first", "second"] {
+        json(app.bootstrap(&identity(name, &format!("{name}@example.com"), None)).await, 201).await;
+    }
+    // The first is being sent (slowly) when the endpoint is disabled, which leaves its answer
+    // unrecorded; the second waits behind it.
+    eventually("the first delivery is under way, the second queued", || async {
+        receiver.all().len() == 1 && deliveries(&app, &id).await.len() == 2
+    })
+    .await;
+    let path = format!("/admin/webhooks/{id}");
+    json(app.admin(Method::PATCH, &path).json(&json!({ "enabled": false })).send().await.unwrap(), 200).await;
+    // Past the first one's answer and past both's time to give up.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let log = deliveries(&app, &id).await;
+    assert!(log.iter().all(|d| d["state"] == "pending"), "a disabled endpoint's deliveries wait: {log:?}");
+    receiver.slow_ms.store(0, Ordering::SeqCst);
+    json(app.admin(Method::PATCH, &path).json(&json!({ "enabled": true })).send().await.unwrap(), 200).await;
+    eventually("both deliveries are sent", || async {
+        deliveries(&app, &id).await.iter().all(|d| d["state"] == "delivered")
+    })
+    .await;
+    // The first again (its answer was not recorded), then the second.
+    assert_eq!(receiver.types(), ["user.created", "user.created", "user.created"]);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
