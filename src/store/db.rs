@@ -1377,6 +1377,17 @@ pub(super) async fn try_exclusive(tx: &mut Tx, key: i64) -> Result<bool, StoreEr
     }
 }
 
+/// Waits for the lock of [`try_exclusive`] and holds it until the transaction ends.
+pub(super) async fn exclusive(tx: &mut Tx, key: i64) -> Result<(), StoreError> {
+    match tx {
+        Tx::Sqlite(_) => Ok(()),
+        Tx::Postgres(_) => {
+            query("SELECT pg_advisory_xact_lock($1)").bind(key).execute(tx).await?;
+            Ok(())
+        }
+    }
+}
+
 /// Whether an SQLite URL names an in-memory database.
 fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")

@@ -1257,7 +1257,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     // ---- Webhooks ------------------------------------------------------------------------------
 
     /// Registers a webhook endpoint; one with the `config_name` of another is not inserted (a
-    /// configuration endpoint another instance inserted at the same time): false then.
+    /// configuration endpoint another instance inserted at the same time): false then. It is
+    /// inserted while no fan-out of events runs, registered as of then (the later of its
+    /// `created_at` and the time it got its turn), so that no fan-out passes over it an event
+    /// written after that.
     async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError>;
 
     /// A webhook endpoint by id.

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use super::Consent;
 use super::cache_sync::{CacheChange, LoggedChange, log_changes};
-use super::db::{Db, PoolRef, Row, Tx, json_set_sql, padded, query, try_exclusive, uuid_text_sql};
+use super::db::{Db, PoolRef, Row, Tx, exclusive, json_set_sql, padded, query, try_exclusive, uuid_text_sql};
 use super::grants::add_once;
 use super::last_seen::{self, Touched};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
@@ -2800,6 +2800,11 @@ impl Store for SqlStore {
     }
 
     async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
+        // Registered while no fan-out runs, and as of when it is: a fan-out reading the endpoints
+        // before this commits must not pass an event of a later time over it for good.
+        let mut tx = self.db.begin().await?;
+        exclusive(&mut tx, FAN_OUT_LOCK).await?;
+        let registered = endpoint.created_at.max(crate::domain::now());
         let inserted = query(
             "INSERT INTO webhook_endpoints (id, url, event_types, enabled, secret, previous_secret,
                                             previous_secret_until, config_name, created_at, updated_at)
@@ -2814,10 +2819,11 @@ impl Store for SqlStore {
         .bind(endpoint.previous_secret.as_deref())
         .bind(endpoint.previous_secret_until)
         .bind(endpoint.config_name.as_deref())
-        .bind(endpoint.created_at)
-        .bind(endpoint.updated_at)
-        .fetch_optional(self.db.writer())
+        .bind(registered)
+        .bind(endpoint.updated_at.max(registered))
+        .fetch_optional(&mut tx)
         .await?;
+        tx.commit().await?;
         Ok(inserted.is_some())
     }
 
