@@ -408,6 +408,13 @@ pub(super) fn parse_connectors(raw: Vec<RawConnector>) -> Result<Vec<ConnectorCo
                     "expected an environment variable name: a letter or `_`, then letters, digits and `_` (at most 64)",
                 ));
             }
+            // The connect form posts its CSRF token as `csrf` beside the fields (`http::csrf::FIELD`).
+            if name.eq_ignore_ascii_case("csrf") {
+                return Err(ConfigError::new(
+                    at("name"),
+                    "`csrf` is the connect form's own field: choose another name",
+                ));
+            }
             if fields.iter().any(|f| f.name == name) {
                 return Err(ConfigError::new(at("name"), format!("{name:?} is declared twice")));
             }
@@ -484,6 +491,7 @@ mod tests {
             ("[[connectors]]\nkey = \"Open AI\"", "connectors[0].key"),
             ("[[connectors]]\nkey = \"a\"\n[[connectors]]\nkey = \"a\"", "connectors[1].key"),
             ("[[connectors]]\nkey = \"a\"\nfields = [{ name = \"1X\" }]", "connectors[0].fields[0].name"),
+            ("[[connectors]]\nkey = \"a\"\nfields = [{ name = \"CSRF\" }]", "connectors[0].fields[0].name"),
             (
                 "[[connectors]]\nkey = \"a\"\nfields = [{ name = \"X\" }, { name = \"X\" }]",
                 "connectors[0].fields[1].name",

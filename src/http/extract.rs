@@ -73,8 +73,8 @@ pub fn json_bytes<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 }
 
 /// A shape error's text without the values it quotes: serde names a refused string (`invalid
-/// type: string "…"`) and an unknown enum variant (`` unknown variant `…`, expected … ``)
-/// verbatim, and axum a path segment it cannot parse (`` with value `…` to a … ``); such a value
+/// type: string "…"`), an unknown enum variant (`` unknown variant `…`, expected … ``) and an
+/// unknown field (a map's key: a value pasted as the key, say) verbatim, and axum a path segment it cannot parse (`` with value `…` to a … ``); such a value
 /// may be a secret pasted into the wrong place. The field's name or path, and what was expected,
 /// stay; numbers and booleans are quoted as they are.
 fn without_values(text: &str) -> String {
@@ -88,9 +88,10 @@ fn without_values(text: &str) -> String {
         /// when none follows.
         Before(&'static [&'static str]),
     }
-    const QUOTED: [(&str, Close, &str); 3] = [
+    const QUOTED: [(&str, Close, &str); 4] = [
         ("string \"", Close::DebugQuote, "a string"),
         ("unknown variant `", Close::Before(&["`, expected", "`, there are no variants"]), "an unknown variant"),
+        ("unknown field `", Close::Before(&["`, expected", "`, there are no fields"]), "an unknown field"),
         ("with value `", Close::Before(&["` to a `"]), "with a value that does not parse"),
     ];
     let mut out = String::with_capacity(text.len());
@@ -322,6 +323,10 @@ mod tests {
             "an unknown variant, there are no variants"
         );
         assert_eq!(without_values("unknown variant `never closed"), "an unknown variant");
+        assert_eq!(
+            without_values("unknown field `sk-live-1`, expected `name` or `slug` at line 1 column 12"),
+            "an unknown field, expected `name` or `slug` at line 1 column 12"
+        );
         assert_eq!(
             without_values("Cannot parse `id` with value `sk-1`2` to a `u32`"),
             "Cannot parse `id` with a value that does not parse to a `u32`"

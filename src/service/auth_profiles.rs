@@ -166,6 +166,11 @@ pub enum AuthProfileError {
     /// Nobody is signed in.
     #[error("sign in as the user who created this connect link, then open it again")]
     NotSignedIn,
+    /// The browser's session ended while the provider was asked: the link is used up.
+    #[error(
+        "you were signed out while connecting, and this connect link is now used up; sign in and ask for a new one"
+    )]
+    SignedOutMeanwhile,
     /// The provider account is not the one connected before.
     #[error("this is not the account connected before; ask for a link that allows changing the account")]
     AccountMismatch,
@@ -212,6 +217,8 @@ impl PublicError for AuthProfileError {
             AuthProfileError::InvalidConnectLink => ErrorCode::InvalidConnectLink,
             AuthProfileError::WrongUser => ErrorCode::ConnectLinkNotYours,
             AuthProfileError::NotSignedIn => ErrorCode::MissingCredentials,
+            // Its link is used up: the page says to ask for a new one.
+            AuthProfileError::SignedOutMeanwhile => ErrorCode::InvalidConnectLink,
             AuthProfileError::AccountMismatch => ErrorCode::AccountMismatch,
             AuthProfileError::ConnectConflict => ErrorCode::ConnectConflict,
             AuthProfileError::NotConnected => ErrorCode::ProfileNotConnected,
@@ -771,6 +778,7 @@ impl AuthProfiles {
             && matches!(
                 error,
                 AuthProfileError::WrongUser
+                    | AuthProfileError::SignedOutMeanwhile
                     | AuthProfileError::AccountMismatch
                     | AuthProfileError::ConnectConflict
                     | AuthProfileError::InvalidConnectLink
@@ -793,8 +801,10 @@ impl AuthProfiles {
         let Purpose::Connect { user, profile, version, allow_account_change } = finished.purpose else {
             return Err(FlowError::InvalidState("this flow does not connect an account").into());
         };
-        if current_user != Some(user) {
-            return Err(AuthProfileError::WrongUser);
+        match current_user {
+            None => return Err(AuthProfileError::SignedOutMeanwhile),
+            Some(current) if current != user => return Err(AuthProfileError::WrongUser),
+            Some(_) => {}
         }
         let keyring = self.keyring.as_ref().ok_or(AuthProfileError::EncryptionNotConfigured)?;
         let current = self.connectable(profile, user).await?;

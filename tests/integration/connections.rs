@@ -29,6 +29,7 @@ on_both_backends!(
     membership_decides_who_sees_what,
     a_connect_link_connects_the_profile_once,
     a_connect_link_is_bound_to_its_user_and_single_use,
+    signing_out_while_connecting_says_so_and_revokes_the_tokens,
     concurrent_callbacks_activate_the_profile_once,
     concurrent_continues_of_one_connect_link_start_one_flow,
     reconnecting_keeps_the_profile_and_guards_the_account,
@@ -499,6 +500,25 @@ async fn a_connect_link_is_bound_to_its_user_and_single_use(backend: Backend) {
     w.app.db.sql().await.exec(&format!("UPDATE connect_tokens SET expires_at = {past}")).await.unwrap();
     let expired = w.alice.browser.get(&second).await;
     assert_eq!(body(expired, 404).await["code"], "invalid_connect_link");
+}
+
+async fn signing_out_while_connecting_says_so_and_revokes_the_tokens(backend: Backend) {
+    let mut w = world(backend).await;
+    let created = body(w.create(w.alice.id, profile_request(None)).await, 201).await;
+    let link = created["connect_url"].as_str().unwrap().to_owned();
+    let callback = start_flow(&mut w.alice.browser, &link).await;
+    // Signed out (in another tab, say) while at the provider.
+    let session = w.alice.browser.cookies.remove("tessera_session").unwrap();
+    let page = w.alice.browser.navigate(&callback).await;
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    let text = page.text().await.unwrap();
+    assert!(
+        text.contains("invalid_connect_link") && text.contains("Ask the app that sent you for a new one"),
+        "{text}"
+    );
+    assert_eq!(w.issuer.revocations(), 1, "the tokens nobody will have are revoked");
+    w.alice.browser.cookies.insert("tessera_session".into(), session);
+    assert_eq!(count(&w.app, "WHERE status = 'pending_auth'").await, 1, "the profile is still to be connected");
 }
 
 /// The start page only shows the link; its "Continue" form uses it up, exactly once: of many

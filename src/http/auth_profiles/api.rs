@@ -51,6 +51,7 @@ pub(crate) fn parse_slug(value: &str) -> Result<Slug, ApiError> {
 /// The body of a create (also the MCP tool's `create` arguments). No `Debug`: it may carry
 /// secrets (`values`, `storage_state`).
 #[derive(Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(as = AuthProfileCreateRequest)]
 pub(crate) struct CreateRequest {
     pub(crate) connector_key: Option<String>,
@@ -155,6 +156,12 @@ pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiErro
             browser_kind: request.browser_kind,
             cdp_url: request.cdp_url,
         })),
+        (None, None) if request.browser_kind.is_some() || request.cdp_url.is_some() => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`browser_kind` and `cdp_url` go with a `storage_state` (browser_session)",
+            ));
+        }
         (None, None) => None,
     };
     let display_name = parse_display_name(required(&request.display_name, "display_name")?)?;
@@ -180,11 +187,12 @@ pub(crate) fn parse_scopes(scopes: Vec<String>) -> Result<Vec<String>, ApiError>
     if scopes.len() > 50
         || scopes
             .iter()
-            .any(|s| s.is_empty() || s.len() > 200 || s.chars().any(|c| c.is_whitespace() || c.is_control()))
+            // RFC 6749 section 3.3: a scope token is printable ASCII but for `"` and `\`.
+            .any(|s| s.is_empty() || s.len() > 200 || !s.bytes().all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E)))
     {
         return Err(ApiError::new(
             ErrorCode::InvalidScope,
-            "`scopes` is at most 50 scopes of 1 to 200 characters without spaces",
+            "`scopes` is at most 50 scopes of 1 to 200 printable ASCII characters, without spaces, `\"` or `\\` (RFC 6749 3.3)",
         )
         .field("scopes"));
     }
