@@ -886,7 +886,11 @@ async fn other_kinds_start_without_an_oauth_link(backend: Backend) {
         ("provider", json!(""), "missing_field"),
         ("slug", json!("Not A Slug"), "invalid_slug"),
         ("scopes", json!(["a b"]), "invalid_scope"),
+        ("scopes", json!(["say\"hi\""]), "invalid_scope"),
+        ("scopes", json!(["é"]), "invalid_scope"),
         ("provider", json!("nope"), "unknown_provider"),
+        ("storageState", json!({}), "invalid_request"),
+        ("cdp_url", json!("ws://127.0.0.1:9222"), "invalid_request"),
     ] {
         let mut request = profile_request(None);
         request[field] = value;
