@@ -622,13 +622,27 @@ impl AuthProfiles {
         Ok(())
     }
 
-    /// Revokes at the provider, best effort, the tokens a refresh got for a profile revoked
-    /// while it ran: the refresh token when there is one (which ends the grant), else the access
-    /// token.
-    async fn revoke_new_tokens(&self, profile: &AuthProfile, tokens: &TokenSet) {
+    /// Revokes at the provider, best effort, tokens no one is to have (a refresh's for a profile
+    /// revoked while it ran, a refused connection's): the refresh token when there is one (which
+    /// ends the grant), else the access token — unless a connected profile other than `except`
+    /// holds a grant of the same provider `account`, which a provider that revokes per grant
+    /// would end too.
+    async fn revoke_new_tokens(
+        &self,
+        profile: &AuthProfile,
+        tokens: &TokenSet,
+        account: Option<&str>,
+        except: Option<ProfileId>,
+    ) {
         let Some(provider) = self.flows.providers().get(Some(&profile.provider)) else {
             return;
         };
+        if let Some(account) = account
+            && self.account_in_use(&profile.provider, account, except).await
+        {
+            tracing::info!(profile_id = %profile.id, "not revoked at the provider: a profile holds the same account's grant");
+            return;
+        }
         let token = match &tokens.refresh_token {
             Some(refresh) if !provider.revokes_by_access_token() => refresh,
             _ => &tokens.access_token,
@@ -638,11 +652,26 @@ impl AuthProfiles {
         }
     }
 
+    /// Whether another connected profile holds a grant of `account` at `provider` (see
+    /// [`Store::account_in_use`]); a store that cannot answer counts as yes: a token left live
+    /// at the provider is the lesser harm.
+    async fn account_in_use(&self, provider: &str, account: &str, except: Option<ProfileId>) -> bool {
+        self.store.account_in_use(provider, account, except).await.unwrap_or(true)
+    }
+
     async fn revoke_upstream(&self, profile: &AuthProfile, secrets: &ProfileSecrets) {
         let (Some(keyring), Some(provider)) = (&self.keyring, self.flows.providers().get(Some(&profile.provider)))
         else {
             return;
         };
+        // Another profile of the same account (a mailbox and a calendar through one client): a
+        // provider that revokes per grant would end it too.
+        if let Some(account) = &profile.upstream_account_id
+            && self.account_in_use(&profile.provider, account, Some(profile.id)).await
+        {
+            tracing::info!(profile_id = %profile.id, "not revoked at the provider: another profile holds the same account's grant");
+            return;
+        }
         let refresh = secrets.refresh_token.as_ref().filter(|_| !provider.revokes_by_access_token());
         let token =
             refresh.map(|ct| (ct, "refresh_token")).or(secrets.access_token.as_ref().map(|ct| (ct, "access_token")));
@@ -770,6 +799,7 @@ impl AuthProfiles {
             Purpose::Connect { profile, .. } => (Some(*profile), Some(finished.tokens.clone())),
             _ => (None, None),
         };
+        let account = finished.subject.as_str().to_owned();
         let completed = self.activate_finished(finished, current_user).await;
         // The code was exchanged already: tokens a refused connection leaves are no one's to
         // have, so they are revoked at the provider (best effort), not left live there. Only on
@@ -788,7 +818,9 @@ impl AuthProfiles {
             )
             && let Ok(Some(profile)) = self.store.profile(id).await
         {
-            self.revoke_new_tokens(&profile, &tokens).await;
+            // The same account may have been connected meanwhile (the flow of another tab,
+            // which won): that profile counts too.
+            self.revoke_new_tokens(&profile, &tokens, Some(&account), None).await;
         }
         completed
     }
@@ -983,7 +1015,8 @@ impl AuthProfiles {
                         version = None;
                         match self.store.profile_secrets(profile.id).await {
                             Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
-                                self.revoke_new_tokens(profile, &tokens).await;
+                                let account = profile.upstream_account_id.as_deref();
+                                self.revoke_new_tokens(profile, &tokens, account, Some(profile.id)).await;
                                 return Err(AuthProfileError::ProfileNotFound);
                             }
                             // What the row holds now wins: another refresh's token (as good as

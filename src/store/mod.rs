@@ -995,6 +995,16 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// A profile by id (revoked ones included).
     async fn profile(&self, id: ProfileId) -> Result<Option<AuthProfile>, StoreError>;
 
+    /// Whether a connected profile (active or needing a reconnection) other than `except` holds
+    /// a grant of the `provider` account `account`: a provider that revokes per grant (Google
+    /// ends the whole user–client grant) would end its tokens too.
+    async fn account_in_use(
+        &self,
+        provider: &str,
+        account: &str,
+        except: Option<ProfileId>,
+    ) -> Result<bool, StoreError>;
+
     /// A team's live profiles, oldest first.
     async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError>;
 

@@ -1805,6 +1805,25 @@ impl Store for SqlStore {
         row.as_ref().map(rows::profile).transpose()
     }
 
+    async fn account_in_use(
+        &self,
+        provider: &str,
+        account: &str,
+        except: Option<ProfileId>,
+    ) -> Result<bool, StoreError> {
+        let row = query(
+            "SELECT 1 AS one FROM auth_profiles
+             WHERE provider = $1 AND upstream_account_id = $2 AND status IN ('active', 'needs_reauth') AND id <> $3
+             LIMIT 1",
+        )
+        .bind(provider)
+        .bind(account)
+        .bind(except.map_or(uuid::Uuid::nil(), |id| id.as_uuid()))
+        .fetch_optional(self.db.writer())
+        .await?;
+        Ok(row.is_some())
+    }
+
     async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError> {
         query(concat!(
             "SELECT ",

@@ -595,6 +595,9 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
     assert_eq!((won, lost.len()), (1, 1), "{outcomes:?}");
     assert!(lost[0].1.contains("connect_conflict"));
     assert_eq!(w.sql_profile("raced").await["version"], 1, "activated exactly once");
+    // The loser's tokens are of the account the winner connected: revoking them could end the
+    // winner's grant at the provider.
+    assert_eq!(w.issuer.revocations(), 0);
 }
 
 async fn reconnecting_keeps_the_profile_and_guards_the_account(backend: Backend) {
@@ -818,6 +821,14 @@ async fn revoking_frees_the_slug_and_revokes_upstream(backend: Backend) {
     let gone = w.on_behalf(Method::GET, &format!("/auth-profiles/{slug}"), w.alice.id).send().await.unwrap();
     assert_eq!(body(gone, 404).await["code"], "profile_not_found");
     assert_eq!(count(&w.app, "WHERE status = 'revoked' AND access_token IS NULL").await, 1, "credentials wiped");
+    // Two profiles of one provider account (a mailbox and a calendar through one client): a
+    // provider may revoke the whole grant, so the first one's revocation is not sent there.
+    let (mail, calendar) = (w.connected("mail").await, w.connected("calendar").await);
+    for (slug, sent) in [(mail, 1), (calendar, 2)] {
+        let revoked = w.on_behalf(Method::DELETE, &format!("/auth-profiles/{slug}"), w.alice.id).send().await;
+        assert_eq!(revoked.unwrap().status(), StatusCode::NO_CONTENT);
+        assert_eq!(w.issuer.revocations(), sent, "after {slug}");
+    }
     body(w.create(w.alice.id, profile_request(Some("gone"))).await, 201).await;
 }
 
