@@ -30,7 +30,7 @@ use super::login::{provider_href, provider_label};
 use super::pages::icons::Icon;
 use super::pages::{Chrome, errors, live_session, login_url};
 use super::problem::ApiError;
-use crate::domain::{ClientId, IdentityId, ProfileKind, ProfileStatus, Slug, TeamId, TeamRef};
+use crate::domain::{ClientId, Identity, IdentityId, ProfileKind, ProfileStatus, Slug, TeamId, TeamRef};
 use crate::error::ErrorCode;
 use crate::service::sessions::LiveSession;
 
@@ -56,6 +56,9 @@ struct IdentityRow {
     primary: bool,
     /// This browser's session signed in with it: removing it signs the browser out.
     current: bool,
+    /// Whether it may be removed: not the user's only identity, nor their only one a
+    /// configured provider signs in with.
+    removable: bool,
 }
 
 struct TeamRow {
@@ -115,7 +118,8 @@ struct AccountPage {
     email_verified: bool,
     user_id: String,
     identities: Vec<IdentityRow>,
-    can_unlink: bool,
+    /// Every identity may be removed (else a hint says why some may not).
+    all_removable: bool,
     link_providers: Vec<LinkButton>,
     teams: Vec<TeamRow>,
     connections: Vec<ConnectionRow>,
@@ -198,10 +202,18 @@ async fn account_page(
     let profile = &live.profile;
     let user = profile.user.id;
     let primary = profile.primary_identity_id.or_else(|| profile.identities.first().map(|i| i.id));
+    // The store decides when one is removed; this only says which it would refuse.
+    let sign_in = state.flows.providers().sign_in_issuers();
+    let signs_in = |identity: &Identity| sign_in.contains(&identity.issuer);
+    let removable = |identity: &Identity| {
+        let others = profile.identities.iter().filter(|i| i.id != identity.id);
+        others.clone().next().is_some() && (!signs_in(identity) || others.clone().any(signs_in))
+    };
     let identities: Vec<IdentityRow> = profile
         .identities
         .iter()
         .map(|identity| IdentityRow {
+            removable: removable(identity),
             id: identity.id.to_string(),
             provider: provider_label(&identity.provider),
             icon: state.pages.icon(&identity.provider),
@@ -308,7 +320,7 @@ async fn account_page(
         email: profile.user.email.clone(),
         email_verified: profile.user.email_verified,
         user_id: user.to_string(),
-        can_unlink: identities.len() > 1,
+        all_removable: identities.iter().all(|i| i.removable),
         identities,
         link_providers,
         teams,
@@ -372,7 +384,8 @@ async fn unlink_identity(
 ) -> Response {
     act(&state, &headers, &body, async |live| {
         let user = live.profile.user.id;
-        let unlinked = state.provisioner.unlink_identity(user, parse_identity(&identity)?).await?;
+        let sign_in = state.flows.providers().sign_in_issuers();
+        let unlinked = state.provisioner.unlink_identity(user, parse_identity(&identity)?, &sign_in).await?;
         super::audit::identity_unlinked(&state, &headers, user, &unlinked).await;
         Ok("/account?done=unlinked".to_owned())
     })

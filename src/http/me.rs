@@ -64,7 +64,8 @@ async fn unlink_identity(
     ApiPath(identity): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let user = acting_caller(&state, &headers).await?;
-    let unlinked = state.provisioner.unlink_identity(user, parse_identity(&identity)?).await?;
+    let sign_in = state.flows.providers().sign_in_issuers();
+    let unlinked = state.provisioner.unlink_identity(user, parse_identity(&identity)?, &sign_in).await?;
     super::audit::identity_unlinked(&state, &headers, user, &unlinked).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -207,10 +207,16 @@ impl Provisioner {
         Ok((user, team, created))
     }
 
-    /// Unlinks one of a user's identities (never the last one); the user's cached identities
-    /// are forgotten at once.
-    pub async fn unlink_identity(&self, user: UserId, identity: IdentityId) -> Result<Identity, IdentityError> {
-        let outcome = self.store.unlink_identity(user, identity, super::now()).await?;
+    /// Unlinks one of a user's identities (never the last one, nor the last one of the `sign_in`
+    /// issuers, see [`Store::unlink_identity`]); the user's cached identities are forgotten at
+    /// once.
+    pub async fn unlink_identity(
+        &self,
+        user: UserId,
+        identity: IdentityId,
+        sign_in: &[Issuer],
+    ) -> Result<Identity, IdentityError> {
+        let outcome = self.store.unlink_identity(user, identity, sign_in, super::now()).await?;
         self.principals.invalidate_user(user);
         match outcome {
             UnlinkOutcome::Unlinked(identity) => {

@@ -1427,6 +1427,7 @@ impl Store for SqlStore {
         &self,
         user: UserId,
         identity: IdentityId,
+        sign_in: &[Issuer],
         now: DateTime<Utc>,
     ) -> Result<UnlinkOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
@@ -1436,12 +1437,16 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(UnlinkOutcome::NotFound);
         };
-        let count = query("SELECT count(*) AS n FROM identities WHERE user_id = $1")
+        let others = query("SELECT issuer FROM identities WHERE user_id = $1 AND id <> $2")
             .bind(user.as_uuid())
-            .fetch_one(&mut tx)
+            .bind(identity.as_uuid())
+            .fetch_all(&mut tx)
             .await?
-            .int("n")?;
-        if count <= 1 {
+            .iter()
+            .map(|row| row.text("issuer"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let signs_in = |issuer: &str| sign_in.iter().any(|i| i.as_str() == issuer);
+        if others.is_empty() || (signs_in(found.issuer.as_str()) && !others.iter().any(|issuer| signs_in(issuer))) {
             tx.rollback().await?;
             return Ok(UnlinkOutcome::LastIdentity);
         }

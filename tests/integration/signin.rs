@@ -32,6 +32,7 @@ on_both_backends!(
     a_known_email_is_not_linked_silently,
     automatic_linking_needs_trust_and_verified_emails,
     identities_can_be_chosen_and_unlinked_but_not_the_last,
+    the_last_identity_a_configured_provider_signs_in_with_stays,
     unlinking_an_identity_signs_out_the_sessions_that_used_it,
     an_unlinked_identity_stops_resolving_to_its_old_user_at_once,
     a_sign_in_whose_identity_goes_meanwhile_says_so,
@@ -704,6 +705,37 @@ pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: B
     let mut frank = Browser::new();
     assert_eq!(frank.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     assert_eq!(body(frank.me(&w.app).await, 200).await["email_verified"], true);
+}
+
+/// A provider removed from the configuration leaves identities nobody can sign in with: the
+/// last one that still can is kept, the others may go.
+async fn the_last_identity_a_configured_provider_signs_in_with_stays(backend: Backend) {
+    let second = LocalIssuer::start().await.unwrap();
+    second.set_client(CLIENT_ID, CLIENT_SECRET);
+    let w =
+        world_with(backend, |config, _| config.providers.push(provider("second", ProviderKind::Oidc, &second))).await;
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let start = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
+    let provider_page = browser.get(&location(&start)).await;
+    browser.get(&location(&provider_page)).await;
+    let me = body(browser.me(&w.app).await, 200).await;
+    let id = |i: usize| me["identities"][i]["id"].as_str().unwrap().to_owned();
+    let (first_id, second_id) = (id(0), id(1));
+    // The operator removes the second provider and restarts on the same database.
+    let db = w.app.stop_keeping_db().await;
+    let mut config = db.config();
+    config.auth.cookie_secure = false;
+    config.providers.push(provider("local", ProviderKind::Oidc, &w.issuer));
+    let app = TestApp::start(db, &config).await;
+    let page = browser.navigate(&app.url("/account")).await.text().await.unwrap();
+    assert!(page.contains(&format!("/account/identities/{second_id}/unlink")), "{page}");
+    assert!(!page.contains(&format!("/account/identities/{first_id}/unlink")), "{page}");
+    assert!(page.contains("Your only sign-in method that works here cannot be removed"));
+    let refused = browser.request(Method::DELETE, &app.url(&format!("/v1/me/identities/{first_id}"))).await;
+    assert_eq!(body(refused, 409).await["code"], "last_identity");
+    let removed = browser.request(Method::DELETE, &app.url(&format!("/v1/me/identities/{second_id}"))).await;
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
 }
 
 async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend) {

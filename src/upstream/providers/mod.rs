@@ -268,6 +268,11 @@ impl ProviderRegistry {
         self.providers.get(name).filter(signs_in_there).or_else(|| self.all().find(signs_in_there))
     }
 
+    /// The issuers of the identities people can sign in with here (see [`Self::all`]).
+    pub fn sign_in_issuers(&self) -> Vec<Issuer> {
+        self.all().map(|p| p.identity_issuer().clone()).collect()
+    }
+
     /// Every provider people sign in with, by name (those serving connected accounts only, such
     /// as Slack's workspaces, are left out).
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
