@@ -248,7 +248,12 @@ async fn account_page(
         .collect();
     let mut connections = Vec::new();
     for membership in &profile.teams {
-        let profiles = state.auth_profiles.list(&TeamRef::Id(membership.team.id), user).await?;
+        let profiles = match state.auth_profiles.list(&TeamRef::Id(membership.team.id), user).await {
+            Ok(profiles) => profiles,
+            // A team left (or deleted) since the page's profile was read: nothing of it to show.
+            Err(crate::service::auth_profiles::AuthProfileError::TeamNotFound) => continue,
+            Err(error) => return Err(error.into()),
+        };
         for p in profiles.into_iter().filter(|p| p.created_by == user && p.status != ProfileStatus::Revoked) {
             let (status_label, status_class) = match p.status {
                 ProfileStatus::Active => ("connected", "ok"),
@@ -422,7 +427,7 @@ async fn make_identity_primary(
     tag = "pages",
     operation_id = "revoke_connection",
     summary = "Revokes a connection (form).",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug")),
+    params(("team" = String, Path, description = "A team id (UUID)"), ("slug" = String, Path, description = "An auth profile slug")),
     request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(crate::http::openapi::PageResponses),
     security(("session" = [])),
@@ -447,7 +452,7 @@ async fn revoke_connection(
     tag = "pages",
     operation_id = "reconnect_connection",
     summary = "Reconnects a connection (form).",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug")),
+    params(("team" = String, Path, description = "A team id (UUID)"), ("slug" = String, Path, description = "An auth profile slug")),
     request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(crate::http::openapi::PageResponses),
     security(("session" = [])),
