@@ -3,6 +3,7 @@
 //! single-use value is raced. Real third-party relying parties (openid-client, Authlib) run the
 //! same flows in `op_third_party.rs`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -725,22 +726,42 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     // A consent decision needs the same session.
     let stranger = Browser::new().json(Method::POST, &w.app.url("/oauth/consent"), &json!({})).await;
     assert!(stranger.status().is_client_error());
-    let approve = browser_post(
-        &mut browser,
-        &w.app.url("/oauth/consent"),
-        &[("request_id", &request_id), ("decision", "approve")],
-    )
-    .await;
-    let to = location(&approve);
-    assert!(param(&to, "code").is_some(), "{to}");
-    // The same id cannot be used twice.
-    let again = browser_post(
-        &mut browser,
-        &w.app.url("/oauth/consent"),
-        &[("request_id", &request_id), ("decision", "approve")],
-    )
-    .await;
-    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    // A double click, or eight: each answer sends the browser on with the one code issued (the
+    // browser keeps only the last response).
+    let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let send = http.post(w.app.url("/oauth/consent")).header("cookie", cookies.join("; "));
+        let decision = if i == 7 { "deny" } else { "approve" };
+        let send =
+            send.header("accept", "text/html").form(&[("request_id", request_id.as_str()), ("decision", decision)]);
+        tasks.push(tokio::spawn(async move { send.send().await.unwrap() }));
+    }
+    let mut answers = HashSet::new();
+    for task in tasks {
+        answers.insert(location(&task.await.unwrap()));
+    }
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let to = answers.into_iter().next().unwrap();
+    assert!(param(&to, "code").is_some() || param(&to, "error").as_deref() == Some("access_denied"), "{to}");
+    let approved = param(&to, "code").is_some();
+    assert_eq!(w.app.db.sql().await.count("oauth_codes").await, i64::from(approved), "one answer, at most one code");
+    if !approved {
+        // The deny won the race: approve once more, through a fresh consent page.
+        let page = browser.navigate(&authorize_url(&w.app, &client, &challenge, "")).await;
+        let request_id = request_id_of(&page.text().await.unwrap());
+        let form = [("request_id", request_id.as_str()), ("decision", "approve")];
+        assert!(
+            param(&location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &form).await), "code").is_some()
+        );
+    }
+    // Another session cannot use the id, nor see its answer.
+    let mut stranger = Browser::new();
+    stranger.sign_in(&w.app, "").await;
+    let form = [("request_id", request_id.as_str()), ("decision", "approve")];
+    let refused = browser_post(&mut stranger, &w.app.url("/oauth/consent"), &form).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     // Remembered: the next authorization goes straight back with a code.
     let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "")).await);
     assert!(param(&to, "code").is_some(), "{to}");

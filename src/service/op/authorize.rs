@@ -5,9 +5,12 @@
 //! a page. Every other error goes back to the client's redirect URI with `state` and `iss`
 //! (RFC 9207). Only the authorization code flow exists (no implicit, no hybrid).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
 
 use super::provider::{
     CODE_TTL, MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, REQUEST_TTL, REQUEST_URI_PREFIX, delta,
@@ -129,6 +132,32 @@ pub struct AuthorizationRequest {
     params: AuthorizationParams,
 }
 
+/// A consent form's answer, kept a while for the same form sent again (see
+/// [`OpenIdProvider::consent`]).
+pub struct ConsentAnswer {
+    /// The session that may see it.
+    session_hash: [u8; 32],
+    /// Where the browser went: the client's redirect (a code, or its error); `None` when the
+    /// store failed, so that nothing is known.
+    outcome: OnceCell<Option<Result<String, Rejection>>>,
+}
+
+impl std::fmt::Debug for ConsentAnswer {
+    /// Without the outcome: it may carry a code.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsentAnswer").finish_non_exhaustive()
+    }
+}
+
+/// The answer to a consent form whose request is unknown, expired, used or another session's.
+fn unknown_consent() -> AuthorizeError {
+    reject(
+        "invalid_request",
+        "this consent request has expired or belongs to another sign-in; start again from the app",
+        None,
+    )
+}
+
 /// Where a rejected request's error goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -215,21 +244,59 @@ impl OpenIdProvider {
         Ok((uri, REQUEST_TTL.as_secs()))
     }
 
-    /// Completes a consent step: `approve` or not, by the browser with `session`.
+    /// Completes a consent step: `approve` or not, by the browser with `session`. The held
+    /// request is used up by the first answer; the same form sent again by the same session
+    /// within [`ANSWER_KEPT`](super::provider::ANSWER_KEPT) (a double click, whose first response
+    /// the browser drops) gets the first answer again on this instance, after it is known.
     pub async fn consent(
         &self,
         request_id: &str,
         session: &SessionView,
         approve: bool,
     ) -> Result<String, AuthorizeError> {
+        let id_hash = sha256(request_id.as_bytes());
+        let answer = self
+            .answers
+            .get_with(id_hash, || Arc::new(ConsentAnswer { session_hash: session.hash, outcome: OnceCell::new() }));
+        if !crate::crypto::constant_time_eq(&answer.session_hash, &session.hash) {
+            return Err(unknown_consent());
+        }
+        // The first to get here answers; one at the same time waits for that answer.
+        let mut own_failure = None;
+        let outcome = answer
+            .outcome
+            .get_or_init(|| async {
+                match self.answer_consent(&id_hash, session, approve).await {
+                    Ok(to) => Some(Ok(to)),
+                    Err(AuthorizeError::Rejected(rejection)) => Some(Err(rejection)),
+                    Err(error) => {
+                        own_failure = Some(error);
+                        None
+                    }
+                }
+            })
+            .await;
+        if let Some(error) = own_failure {
+            return Err(error);
+        }
+        match outcome {
+            Some(Ok(to)) => Ok(to.clone()),
+            Some(Err(rejection)) => Err(AuthorizeError::Rejected(rejection.clone())),
+            // The first attempt failed in the store: the request may or may not be used up.
+            None => Err(unknown_consent()),
+        }
+    }
+
+    async fn answer_consent(
+        &self,
+        id_hash: &[u8; 32],
+        session: &SessionView,
+        approve: bool,
+    ) -> Result<String, AuthorizeError> {
         let now = crate::domain::now();
-        let held = self.store.take_request(&sha256(request_id.as_bytes()), now).await?;
+        let held = self.store.take_request(id_hash, now).await?;
         let Some(held) = held.filter(|h| h.session_hash == Some(session.hash)) else {
-            return Err(reject(
-                "invalid_request",
-                "this consent request has expired or belongs to another sign-in; start again from the app",
-                None,
-            ));
+            return Err(unknown_consent());
         };
         let held: Held = serde_json::from_str(&held.params).map_err(|_| StoreError::Corrupt("held request".into()))?;
         let request = self.validate(&held.params, held.auth_after_us, now).await?;

@@ -31,7 +31,14 @@ pub struct OpenIdProvider {
     pub(super) keys: SigningKeys,
     pub(super) issuer: String,
     pub(super) id_token_ttl: Duration,
+    /// The consent answers of the last [`ANSWER_KEPT`], by request id hash (see
+    /// [`super::authorize::ConsentAnswer`]).
+    pub(super) answers: moka::sync::Cache<[u8; 32], Arc<super::authorize::ConsentAnswer>>,
 }
+
+/// How long this instance remembers a consent form's answer, for a second submit of the same
+/// form (a double click).
+pub const ANSWER_KEPT: Duration = Duration::from_secs(30);
 
 impl OpenIdProvider {
     /// A provider whose issuer is `issuer` (the public URL, without a trailing slash).
@@ -42,7 +49,8 @@ impl OpenIdProvider {
         issuer: String,
         id_token_ttl: Duration,
     ) -> Self {
-        Self { store, clients, keys, issuer, id_token_ttl }
+        let answers = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(ANSWER_KEPT).build();
+        Self { store, clients, keys, issuer, id_token_ttl, answers }
     }
 
     /// The issuer identifier.
