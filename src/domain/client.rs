@@ -159,12 +159,20 @@ pub enum RedirectUriError {
     /// A scheme a browser would run or read locally (`javascript:`, `data:`, `file:`, …).
     #[error("a redirect URI must not use the javascript, data, file, vbscript, blob or about scheme")]
     UnsafeScheme,
-    /// A scheme other than `http(s)` that is not a reverse domain name (`ws:`, `ftp:`, `myapp:`).
+    /// A network protocol's scheme other than `http(s)` (`ws:`, `ftp:`): the code would travel
+    /// to a host, perhaps in the clear.
     #[error(
-        "a native app's redirect scheme is a reverse domain name it owns, such as com.example.app:/callback (RFC 8252 7.1); a network host takes https"
+        "a redirect URI to a network host uses https; a native app's own scheme is best a reverse domain name it owns, such as com.example.app:/callback (RFC 8252 7.1)"
     )]
     NotPrivateUseScheme,
 }
+
+/// Schemes of network protocols (IANA's permanent registrations that name a host), which no
+/// native app claims as its own.
+const NETWORK_SCHEMES: [&str; 21] = [
+    "ws", "wss", "ftp", "ftps", "sftp", "ssh", "telnet", "gopher", "ldap", "ldaps", "smtp", "imap", "pop", "irc",
+    "ircs", "news", "nntp", "rtsp", "sip", "sips", "tftp",
+];
 
 /// Whether `value` has no whitespace and no control character: RFC 3986 allows neither in a URI,
 /// and a URI parser would quietly encode or drop them, so that what is stored (kept as given)
@@ -195,10 +203,10 @@ impl RedirectUri {
         if matches!(url.scheme(), "javascript" | "data" | "file" | "vbscript" | "blob" | "about") {
             return Err(RedirectUriError::UnsafeScheme);
         }
-        // RFC 8252 7.1: an app's own scheme is a domain name under its control, reversed; one
-        // without a dot is either a network protocol (`ws`, `ftp`), whose codes would travel to
-        // a host in the clear, or a name any other app may claim as well.
-        if !matches!(url.scheme(), "http" | "https") && !url.scheme().contains('.') {
+        // A native app's own scheme (RFC 8252 7.1: best a reversed domain name, though apps such
+        // as `vscode:` use one word) hands the code to the app; a network protocol's would send
+        // it to a host, perhaps in the clear.
+        if NETWORK_SCHEMES.contains(&url.scheme()) {
             return Err(RedirectUriError::NotPrivateUseScheme);
         }
         if url.scheme() == "http" && !is_loopback(&url) {
@@ -382,8 +390,11 @@ mod tests {
         for unsafe_uri in ["javascript:alert(1)", "data:text/html,x", "file:///etc/passwd"] {
             assert_eq!(RedirectUri::parse(unsafe_uri), Err(RedirectUriError::UnsafeScheme), "{unsafe_uri}");
         }
-        for network in ["ws://partner.example/cb", "ftp://host/cb", "myapp:/cb"] {
+        for network in ["ws://partner.example/cb", "wss://partner.example/cb", "ftp://host/cb"] {
             assert_eq!(RedirectUri::parse(network), Err(RedirectUriError::NotPrivateUseScheme), "{network}");
+        }
+        for app in ["vscode://publisher.ext/cb", "cursor://anysphere.cursor-retrieval/oauth/cb", "myapp:/cb"] {
+            assert!(RedirectUri::parse(app).is_ok(), "{app}");
         }
     }
 }

@@ -440,6 +440,7 @@ impl<'a> ProfileActions<'a> {
             return self.outcome(&profile, status, token.refreshed).await;
         }
         let mut refused = token;
+        let mut fresh = refused.refreshed;
         if !refused.refreshed {
             // Refused before it expired: refresh it once (unless someone just did) and try again.
             // The refused token's own version: one refreshed by someone else since `before` was
@@ -454,6 +455,8 @@ impl<'a> ProfileActions<'a> {
                 }
                 Err(error) => return Err(error.into()),
             };
+            // Refreshed by this test, or meanwhile by another request (stored at a newer version).
+            fresh = token.refreshed || token.version > refused.version;
             let status = self.probe(provider.as_ref(), &token).await?;
             if status != 401 {
                 return self.outcome(&profile, status, token.refreshed).await;
@@ -463,8 +466,8 @@ impl<'a> ProfileActions<'a> {
         // The provider honoured the refresh token just now, so the grant is alive: its user
         // endpoint refusing the fresh token says that the token is for another audience (an API
         // the profile's scopes name), not that the profile needs a reconnection.
-        if refused.refreshed {
-            return self.outcome(&profile, 401, true).await;
+        if fresh {
+            return self.outcome(&profile, 401, refused.refreshed).await;
         }
         self.needs_reauth(&profile, refused.version, Some(401), TestFailure::InvalidToken, false).await
     }

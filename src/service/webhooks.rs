@@ -167,7 +167,7 @@ impl Webhooks {
         let key = crate::crypto::random_bytes::<32>();
         let secret = SecretString::from(format!("{SECRET_PREFIX}{}", STANDARD.encode(key)));
         let at = now();
-        let endpoint = WebhookEndpoint {
+        let mut endpoint = WebhookEndpoint {
             id,
             url,
             event_types,
@@ -179,7 +179,11 @@ impl Webhooks {
             created_at: at,
             updated_at: at,
         };
-        self.store.insert_webhook(&endpoint).await?;
+        // As registered: after the events a fan-out running meanwhile took (see
+        // `Store::insert_webhook`).
+        if let Some(registered) = self.store.insert_webhook(&endpoint).await? {
+            (endpoint.created_at, endpoint.updated_at) = (registered, registered);
+        }
         Ok((endpoint, secret))
     }
 
@@ -338,7 +342,8 @@ impl Webhooks {
                             created_at: at,
                             updated_at: at,
                         })
-                        .await?;
+                        .await?
+                        .is_some();
                     if inserted {
                         sync.inserted += 1;
                         continue;

@@ -1229,10 +1229,10 @@ impl RowExt for Row {
 }
 
 /// The row-lock clauses of PostgreSQL that SQLite has not.
-const ROW_LOCKS: [&str; 3] = [" FOR UPDATE", " FOR KEY SHARE", " FOR SHARE"];
+const ROW_LOCKS: [&str; 4] = [" FOR UPDATE", " FOR NO KEY UPDATE", " FOR KEY SHARE", " FOR SHARE"];
 
-/// The SQLite spelling of a statement: row locks (`FOR UPDATE`, `FOR SHARE`, `FOR KEY SHARE`,
-/// each with its `OF table` and `SKIP LOCKED`) dropped (SQLite has none; its write transactions
+/// The SQLite spelling of a statement: row locks (`FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`,
+/// `FOR KEY SHARE`, each with its `OF table` and `SKIP LOCKED`) dropped (SQLite has none; its write transactions
 /// are serialised whole). Statements without one are used as they are; rewritten ones are made
 /// once and kept for the process's life (there are a handful).
 fn sqlite_sql(sql: &'static str) -> &'static str {
@@ -1670,6 +1670,7 @@ mod tests {
     #[test]
     fn sqlite_spelling_drops_row_locks() {
         assert_eq!(sqlite_sql("SELECT 1 FROM users WHERE id = $1 FOR UPDATE"), "SELECT 1 FROM users WHERE id = $1");
+        assert_eq!(sqlite_sql("SELECT 1 FROM t WHERE id = $1 FOR NO KEY UPDATE"), "SELECT 1 FROM t WHERE id = $1");
         assert_eq!(sqlite_sql("SELECT 1 FROM t LIMIT 2 FOR UPDATE SKIP LOCKED"), "SELECT 1 FROM t LIMIT 2");
         assert_eq!(sqlite_sql("SELECT 1 FROM t ORDER BY seq FOR SHARE"), "SELECT 1 FROM t ORDER BY seq");
         assert_eq!(

@@ -1270,11 +1270,11 @@ pub trait Store: Send + Sync + Debug + 'static {
     // ---- Webhooks ------------------------------------------------------------------------------
 
     /// Registers a webhook endpoint; one with the `config_name` of another is not inserted (a
-    /// configuration endpoint another instance inserted at the same time): false then. It is
-    /// inserted while no fan-out of events runs, registered as of then (the later of its
-    /// `created_at` and the time it got its turn), so that no fan-out passes over it an event
-    /// written after that.
-    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError>;
+    /// configuration endpoint another instance inserted at the same time): `None` then. It is
+    /// inserted while no fan-out of events runs, registered after every event fanned out already
+    /// (its `created_at`, or just after the newest such event's: the `created_at` stored and
+    /// returned), so that no event written after its registration is passed over for it.
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// A webhook endpoint by id.
     async fn webhook(&self, id: WebhookId) -> Result<Option<WebhookEndpoint>, StoreError>;

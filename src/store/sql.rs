@@ -2823,12 +2823,23 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
-        // Registered while no fan-out runs, and as of when it is: a fan-out reading the endpoints
-        // before this commits must not pass an event of a later time over it for good.
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<Option<DateTime<Utc>>, StoreError> {
+        // Registered while no fan-out runs, and after every event fanned out already: a fan-out
+        // that read the endpoints before this committed has passed over it for good the events
+        // it took, so the endpoint must not count as registered before any of them.
         let mut tx = self.db.begin().await?;
         exclusive(&mut tx, FAN_OUT_LOCK).await?;
-        let registered = endpoint.created_at.max(crate::domain::now());
+        let newest_taken = query(
+            "SELECT created_at FROM outbox_events WHERE processed_at IS NOT NULL ORDER BY created_at DESC LIMIT 1",
+        )
+        .fetch_optional(&mut tx)
+        .await?
+        .map(|row| row.time("created_at"))
+        .transpose()?;
+        let registered = match newest_taken {
+            Some(taken) if taken >= endpoint.created_at => taken + chrono::TimeDelta::microseconds(1),
+            _ => endpoint.created_at,
+        };
         let inserted = query(
             "INSERT INTO webhook_endpoints (id, url, event_types, enabled, secret, previous_secret,
                                             previous_secret_until, config_name, created_at, updated_at)
@@ -2848,7 +2859,7 @@ impl Store for SqlStore {
         .fetch_optional(&mut tx)
         .await?;
         tx.commit().await?;
-        Ok(inserted.is_some())
+        Ok(inserted.map(|_| registered))
     }
 
     async fn webhook(&self, id: WebhookId) -> Result<Option<WebhookEndpoint>, StoreError> {
@@ -3664,7 +3675,9 @@ async fn restart_if_enabled(
     if enabled != Some(true) {
         return Ok(());
     }
-    let was = query("SELECT enabled FROM webhook_endpoints WHERE id = $1 FOR UPDATE")
+    // Not `FOR UPDATE`, which would hold off the fan-out's deliveries of every endpoint (their
+    // foreign key checks share this row) while the deliveries below are rewritten.
+    let was = query("SELECT enabled FROM webhook_endpoints WHERE id = $1 FOR NO KEY UPDATE")
         .bind(endpoint.as_uuid())
         .fetch_optional(&mut *tx)
         .await?;

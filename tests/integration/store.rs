@@ -4036,15 +4036,15 @@ fn endpoint(types: &[&str], created_at: DateTime<Utc>) -> WebhookEndpoint {
 async fn webhook_endpoints_are_stored_updated_and_deleted(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let mut hook = endpoint(&["user.created", "user.disabled"], now());
-    assert!(store.insert_webhook(&hook).await.unwrap());
+    assert!(store.insert_webhook(&hook).await.unwrap().is_some());
     assert_eq!(store.webhook(hook.id).await.unwrap(), Some(hook.clone()));
     assert_eq!(store.list_webhooks().await.unwrap(), [hook.clone()]);
     // A configuration endpoint another instance inserted under the same name first: not inserted,
     // and said so (that instance's settings are then brought to this one's file).
     let named = WebhookEndpoint { id: WebhookId::generate(), config_name: Some("billing".into()), ..hook.clone() };
-    assert!(store.insert_webhook(&named).await.unwrap());
+    assert!(store.insert_webhook(&named).await.unwrap().is_some());
     let again = WebhookEndpoint { id: WebhookId::generate(), ..named.clone() };
-    assert!(!store.insert_webhook(&again).await.unwrap());
+    assert!(store.insert_webhook(&again).await.unwrap().is_none());
     assert!(store.webhook(again.id).await.unwrap().is_none());
     assert!(store.delete_webhook(named.id).await.unwrap());
     hook.url = "https://other.example.com/".into();
@@ -4071,7 +4071,7 @@ async fn webhook_endpoints_are_stored_updated_and_deleted(backend: Backend) {
 }
 
 async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: Backend) {
-    let (_db, store) = setup(backend).await;
+    let (db, store) = setup(backend).await;
     let before = now() - TimeDelta::seconds(1);
     let (all, disabled_only, off) =
         (endpoint(&[], before), endpoint(&["user.disabled"], before), endpoint(&[], before));
@@ -4088,6 +4088,13 @@ async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: B
     assert_eq!(store.fan_out_events(1, now()).await.unwrap(), 1, "at most the limit");
     assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
     assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 0, "each event once");
+    // Registered as of a time before events fanned out already (a registration that waited for
+    // a running fan-out): it counts as registered after them, as stored and as returned.
+    let waited = endpoint(&[], before);
+    let registered = store.insert_webhook(&waited).await.unwrap().unwrap();
+    let newest = db.sql().await.count("outbox_events").await;
+    assert!(newest == 2 && registered > before, "{registered} after {before}");
+    assert_eq!(store.webhook(waited.id).await.unwrap().unwrap().created_at, registered);
     let topics = async |hook: &WebhookEndpoint| {
         let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
         assert!(jobs.windows(2).all(|w| w[0].event_seq < w[1].event_seq), "in sequence order");
@@ -4286,6 +4293,13 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "disabled");
     assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap(), last, "still pending, unchanged");
     store.update_webhook(&WebhookEndpoint { enabled: true, updated_at: now(), ..moved.clone() }).await.unwrap();
+    // Enabled again, its pending deliveries start a new series: an attempt of the series before
+    // is not recorded; one of the new series is.
+    let restarted = store.pending_deliveries(hook.id, 100).await.unwrap();
+    assert_eq!((restarted.len(), restarted[0].attempts), (1, 0));
+    assert!(restarted[0].scheduled_at > last[0].scheduled_at, "a new series");
+    assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "the series before");
+    let last_attempt = Attempt { scheduled_at: restarted[0].scheduled_at, ..last_attempt };
     assert!(store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "as it is now");
     store.delete_webhook(hook.id).await.unwrap();
     assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "gone");

@@ -143,6 +143,12 @@ pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiErro
         (None, false) => connector_key.clone(),
         _ => key_like(required(&request.provider, "provider")?, "provider", ErrorCode::InvalidProvider)?,
     };
+    if request.storage_state.is_none() && (request.browser_kind.is_some() || request.cdp_url.is_some()) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "`browser_kind` and `cdp_url` go with a `storage_state` (browser_session)",
+        ));
+    }
     let credential = match (request.values, request.storage_state) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
@@ -156,12 +162,6 @@ pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiErro
             browser_kind: request.browser_kind,
             cdp_url: request.cdp_url,
         })),
-        (None, None) if request.browser_kind.is_some() || request.cdp_url.is_some() => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "`browser_kind` and `cdp_url` go with a `storage_state` (browser_session)",
-            ));
-        }
         (None, None) => None,
     };
     let display_name = parse_display_name(required(&request.display_name, "display_name")?)?;
