@@ -301,6 +301,10 @@ pub struct DatabaseConfig {
     /// (`database.ready_timeout_ms`): shorter than a probe's own timeout, so that a database
     /// outage reads as "not ready" rather than as a probe timeout.
     pub ready_timeout: Duration,
+    /// How long one PostgreSQL statement may wait for its answer before it fails (503) and its
+    /// connection is closed (`database.statement_timeout_ms`): a server gone silent without
+    /// closing the connection would otherwise hold it for the kernel's retransmission timeout.
+    pub statement_timeout: Duration,
     /// Whether `serve` applies pending migrations itself (`database.auto_migrate`,
     /// `TESSERA_AUTO_MIGRATE`). Defaults to true on SQLite and false on PostgreSQL.
     pub auto_migrate: bool,
@@ -632,6 +636,7 @@ struct RawDatabase {
     max_connections: Option<u32>,
     acquire_timeout_ms: Option<u64>,
     ready_timeout_ms: Option<u64>,
+    statement_timeout_ms: Option<u64>,
     auto_migrate: Option<bool>,
 }
 
@@ -735,6 +740,13 @@ impl Config {
             return Err(ConfigError::new(
                 "database.ready_timeout_ms",
                 "expected a number of milliseconds from 10 to 60000",
+            ));
+        }
+        let statement_timeout_ms = raw.database.statement_timeout_ms.unwrap_or(30_000);
+        if !(100..=3_600_000).contains(&statement_timeout_ms) {
+            return Err(ConfigError::new(
+                "database.statement_timeout_ms",
+                "expected a number of milliseconds from 100 to 3600000",
             ));
         }
         let auto_migrate = raw.database.auto_migrate.unwrap_or(url.backend() == Backend::Sqlite);
@@ -915,6 +927,7 @@ impl Config {
                 max_connections,
                 acquire_timeout: Duration::from_millis(acquire_timeout_ms),
                 ready_timeout: Duration::from_millis(ready_timeout_ms),
+                statement_timeout: Duration::from_millis(statement_timeout_ms),
                 auto_migrate,
             },
             admin_tokens: admin_tokens.into_iter().map(SecretString::from).collect(),

@@ -263,14 +263,15 @@ impl Db {
             }
             Backend::Postgres => {
                 let timeout = config.acquire_timeout;
-                let primary = pg_pool(url, config.max_connections, timeout, true)?;
+                let statements = config.statement_timeout;
+                let primary = pg_pool(url, config.max_connections, timeout, statements, true)?;
                 // At once, as sqlx's pool did: a database that cannot be reached stops start-up.
                 drop(pg_conn(&primary).await?);
-                let background = pg_pool(url, 1, timeout, true)?;
+                let background = pg_pool(url, 1, timeout, statements, true)?;
                 let replica = config
                     .replica_url
                     .as_ref()
-                    .map(|url| pg_pool(url.expose(), config.max_connections, timeout, false))
+                    .map(|url| pg_pool(url.expose(), config.max_connections, timeout, statements, false))
                     .transpose()?
                     .map(|pool| Replica {
                         pool,
@@ -622,6 +623,25 @@ pub(super) struct PgConnector {
     /// Whether a server not accepting connections yet is tried again within `timeout` (the
     /// primary); a replica's reads go to the primary at once instead.
     retry_refused: bool,
+    /// `database.statement_timeout`, for each connection it opens.
+    statement_timeout: Duration,
+}
+
+/// `statement` (on a PostgreSQL connection) within `limit`: a server that went silent (a host
+/// gone without a reset, a failover behind a proxy) would otherwise keep the statement, and its
+/// request, waiting until the kernel gives the socket up, some fifteen minutes. Past it, the
+/// statement fails as a timed-out network error, which closes its connection (its answer may
+/// still come).
+async fn within<T>(
+    limit: Duration,
+    statement: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, statement).await.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer within database.statement_timeout_ms",
+        )))
+    })
 }
 
 /// A pooled PostgreSQL connection, and what the pool must know of it before handing it out
@@ -635,6 +655,8 @@ pub(super) struct PgConn {
     broken: bool,
     in_flight: bool,
     in_transaction: bool,
+    /// `database.statement_timeout`: how long a statement on it may take (see [`within`]).
+    statement_timeout: Duration,
 }
 
 impl PgConn {
@@ -704,7 +726,16 @@ impl deadpool::managed::Manager for PgConnector {
         let mut pause = Duration::from_millis(10);
         loop {
             match PgConnection::connect_with(&self.options).await {
-                Ok(conn) => return Ok(PgConn { conn, broken: false, in_flight: false, in_transaction: false }),
+                Ok(conn) => {
+                    let statement_timeout = self.statement_timeout;
+                    return Ok(PgConn {
+                        conn,
+                        broken: false,
+                        in_flight: false,
+                        in_transaction: false,
+                        statement_timeout,
+                    });
+                }
                 Err(error) if self.retry_refused && not_accepting_yet(&error) && Instant::now() + pause < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
@@ -736,9 +767,15 @@ fn ping_bound(acquire_timeout: Duration) -> Duration {
 
 /// A pool of at most `max` connections to `url`, connecting on first use; waiting for a
 /// connection and opening one each give up after `timeout`, checking one after [`ping_bound`].
-fn pg_pool(url: &str, max: u32, timeout: Duration, retry_refused: bool) -> Result<PgPool, StoreError> {
+fn pg_pool(
+    url: &str,
+    max: u32,
+    timeout: Duration,
+    statement_timeout: Duration,
+    retry_refused: bool,
+) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url)?;
-    let pool = PgPool::builder(PgConnector { options, timeout, retry_refused })
+    let pool = PgPool::builder(PgConnector { options, timeout, retry_refused, statement_timeout })
         .max_size(max.max(1) as usize)
         // The most recently used first: under light load the others stay idle (and are pinged
         // when next used) rather than each going a second unused between statements.
@@ -840,7 +877,7 @@ impl PgTx {
         let mut tx = PgTx { conn: Some(conn) };
         let conn = tx.conn();
         conn.in_transaction = true;
-        let begun = conn.start().execute("BEGIN").await;
+        let begun = within(conn.statement_timeout, conn.start().execute("BEGIN")).await;
         conn.note(begun)?;
         Ok(tx)
     }
@@ -851,7 +888,7 @@ impl PgTx {
     /// `ROLLBACK`. A caller that cancels a commit must not assume it was undone.
     async fn finish(mut self, end: &'static str) -> Result<(), StoreError> {
         let conn = self.conn();
-        let ended = conn.start().execute(end).await;
+        let ended = within(conn.statement_timeout, conn.start().execute(end)).await;
         let ended = conn.note(ended);
         let mut conn = self.conn.take().expect("a transaction is finished once");
         match ended {
@@ -1104,11 +1141,11 @@ impl<'q> Query<'q> {
             On::SqliteConn(conn) => self.sqlite().execute(conn).await?.rows_affected(),
             On::PgPool(pool, name) => {
                 let mut conn = pg_acquire(pool, name).await?;
-                let done = self.pg().execute(conn.start()).await;
+                let done = within(conn.statement_timeout, self.pg().execute(conn.start())).await;
                 conn.note(done)?.rows_affected()
             }
             On::PgConn(conn) => {
-                let done = self.pg().execute(conn.start()).await;
+                let done = within(conn.statement_timeout, self.pg().execute(conn.start())).await;
                 conn.note(done)?.rows_affected()
             }
         })
@@ -1121,11 +1158,11 @@ impl<'q> Query<'q> {
             On::SqliteConn(conn) => self.sqlite().fetch_optional(conn).await?.map(Row::Sqlite),
             On::PgPool(pool, name) => {
                 let mut conn = pg_acquire(pool, name).await?;
-                let row = self.pg().fetch_optional(conn.start()).await;
+                let row = within(conn.statement_timeout, self.pg().fetch_optional(conn.start())).await;
                 conn.note(row)?.map(Row::Postgres)
             }
             On::PgConn(conn) => {
-                let row = self.pg().fetch_optional(conn.start()).await;
+                let row = within(conn.statement_timeout, self.pg().fetch_optional(conn.start())).await;
                 conn.note(row)?.map(Row::Postgres)
             }
         })
@@ -1143,11 +1180,11 @@ impl<'q> Query<'q> {
             On::SqliteConn(conn) => self.sqlite().fetch_all(conn).await?.into_iter().map(Row::Sqlite).collect(),
             On::PgPool(pool, name) => {
                 let mut conn = pg_acquire(pool, name).await?;
-                let rows = self.pg().fetch_all(conn.start()).await;
+                let rows = within(conn.statement_timeout, self.pg().fetch_all(conn.start())).await;
                 conn.note(rows)?.into_iter().map(Row::Postgres).collect()
             }
             On::PgConn(conn) => {
-                let rows = self.pg().fetch_all(conn.start()).await;
+                let rows = within(conn.statement_timeout, self.pg().fetch_all(conn.start())).await;
                 conn.note(rows)?.into_iter().map(Row::Postgres).collect()
             }
         })
@@ -1495,7 +1532,14 @@ mod tests {
     /// A replica that is never connected, for its bookkeeping alone.
     fn replica(max_lag: Duration) -> Replica {
         Replica {
-            pool: pg_pool("postgres://nobody@127.0.0.1:9/none", 1, Duration::from_secs(1), false).unwrap(),
+            pool: pg_pool(
+                "postgres://nobody@127.0.0.1:9/none",
+                1,
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                false,
+            )
+            .unwrap(),
             skip_until: Mutex::new(None),
             max_lag,
             caught_up_to: Mutex::new(None),

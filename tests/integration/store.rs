@@ -3155,6 +3155,32 @@ async fn a_postgres_connection_gone_silent_is_replaced_within_the_acquire_timeou
     relay.cut().await;
 }
 
+/// A connection that goes silent right after a statement (too recently used to be pinged at
+/// checkout) fails its next statement at `database.statement_timeout` as unavailable, instead of
+/// waiting for the kernel to give the socket up (some fifteen minutes); the one after runs on a
+/// new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_on_a_connection_gone_silent_fails_at_the_statement_timeout() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let relay = crate::helpers::Relay::start(&db.url).await;
+    let mut config = db.config();
+    config.database.url = tessera::config::DatabaseUrl::parse(&relay.url).unwrap();
+    config.database.max_connections = 1;
+    config.database.statement_timeout = std::time::Duration::from_millis(500);
+    let store = tessera::store::connect(&config.database).await.unwrap();
+    store.migrate().await.unwrap();
+    let ada = sign_up(&store, "ada").await;
+    relay.silence();
+    // A bound for the test, far above the statement timeout, so that a regression fails rather
+    // than hangs.
+    let bound = std::time::Duration::from_secs(20);
+    let silent = tokio::time::timeout(bound, store.get_user(ada.id())).await.expect("failed within the bound");
+    assert!(matches!(silent, Err(StoreError::Unavailable(_))), "{silent:?}");
+    let user = tokio::time::timeout(bound, store.get_user(ada.id())).await.unwrap().expect("a new connection");
+    assert_eq!(user.map(|user| user.id), Some(ada.id()));
+    relay.cut().await;
+}
+
 /// SQLite's BUSY is unavailable (retry); a constraint failure is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_errors_are_classified_by_sqlite_rules() {
