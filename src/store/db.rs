@@ -202,6 +202,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether a read's `error` is the replica's fault, so that the replica is left alone a while:
+/// unreachable or unavailable, or behind on the schema (a table, column or function a migration
+/// added, not replayed yet). Any other error (a row this binary cannot decode, which a newer one
+/// wrote during a roll-out) is likely the primary's too: that read goes to the primary, and the
+/// others keep reading the replica.
+fn replica_fault(error: &StoreError) -> bool {
+    match error {
+        StoreError::Unavailable(_) => true,
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            db.code().is_some_and(|code| matches!(code.as_ref(), "42P01" | "42703" | "42883"))
+        }
+        _ => false,
+    }
+}
+
 /// A PostgreSQL connection idle this long is pinged before it is handed out; one used more
 /// recently is not (a ping at every checkout would put a second round trip on each statement's
 /// path). A connection that broke less than this after its last use fails one statement instead,
@@ -385,8 +400,9 @@ impl Db {
     }
 
     /// Runs a read of one or several statements on the replica when asked for and configured,
-    /// and on the primary otherwise or when the replica fails (unreachable, or behind on the
-    /// schema); after a failure, reads skip the replica for [`REPLICA_BACKOFF`]. All the
+    /// and on the primary otherwise or when the read fails on the replica; after a failure of
+    /// the replica's own ([`replica_fault`]: unreachable, or behind on the schema), reads skip it
+    /// for [`REPLICA_BACKOFF`]. All the
     /// statements of one read go to the same place.
     pub(super) async fn read_from<'s, T>(
         &'s self,
@@ -395,7 +411,9 @@ impl Db {
     ) -> Result<T, StoreError> {
         if let Some(replica) = self.replica(from) {
             match read(PoolRef::Postgres(&replica.pool, REPLICA)).await {
-                Err(error) => replica.failed(&error),
+                Err(error) if replica_fault(&error) => replica.failed(&error),
+                // Asked of the primary too, without leaving the replica alone for it.
+                Err(_) => {}
                 done => return done,
             }
         }
@@ -406,7 +424,9 @@ impl Db {
     pub(super) async fn fetch_all_from(&self, from: ReadFrom, query: &Query<'_>) -> Result<Vec<Row>, StoreError> {
         if let Some(replica) = self.replica(from) {
             match query.fetch_all(PoolRef::Postgres(&replica.pool, REPLICA)).await {
-                Err(error) => replica.failed(&error),
+                Err(error) if replica_fault(&error) => replica.failed(&error),
+                // Asked of the primary too, without leaving the replica alone for it.
+                Err(_) => {}
                 done => return done,
             }
         }
@@ -421,7 +441,9 @@ impl Db {
     ) -> Result<Option<Row>, StoreError> {
         if let Some(replica) = self.replica(from) {
             match query.fetch_optional(PoolRef::Postgres(&replica.pool, REPLICA)).await {
-                Err(error) => replica.failed(&error),
+                Err(error) if replica_fault(&error) => replica.failed(&error),
+                // Asked of the primary too, without leaving the replica alone for it.
+                Err(_) => {}
                 done => return done,
             }
         }
