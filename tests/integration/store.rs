@@ -3181,6 +3181,28 @@ async fn a_statement_on_a_connection_gone_silent_fails_at_the_statement_timeout(
     relay.cut().await;
 }
 
+/// Two processes upgrading one SQLite file at once (both started with `serve`, which migrates
+/// on SQLite) both come up: each migration commits whole, and one applied by the other counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_migrating_one_sqlite_file_at_once_both_succeed() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = db.config();
+    // A file that has a table already, so that the migrations run one by one (a new file gets
+    // the whole schema in one transaction).
+    let options = db.url.parse::<sqlx::sqlite::SqliteConnectOptions>().unwrap().create_if_missing(true);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+    sqlx::query("CREATE TABLE unrelated (id INTEGER PRIMARY KEY)").execute(&pool).await.unwrap();
+    pool.close().await;
+    let (a, b) = (
+        tessera::store::connect(&config.database).await.unwrap(),
+        tessera::store::connect(&config.database).await.unwrap(),
+    );
+    let (first, second) = tokio::join!(a.migrate(), b.migrate());
+    first.unwrap();
+    second.unwrap();
+    assert!(a.migration_status().await.unwrap().is_current());
+}
+
 /// SQLite's BUSY is unavailable (retry); a constraint failure is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_errors_are_classified_by_sqlite_rules() {
