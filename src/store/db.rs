@@ -539,10 +539,10 @@ impl Db {
                     // sqlx's lock is a no-op on SQLite: another process starting on the same file
                     // may apply the same migrations meanwhile, and this run then fails on one it
                     // applied (each migration commits whole with its row). Its work counts.
-                    if let Err(error) = migrations::migrator(SQLITE_MIGRATIONS).run(writer).await {
-                        if !self.migration_status().await.is_ok_and(|status| status.is_current()) {
-                            return Err(error.into());
-                        }
+                    if let Err(error) = migrations::migrator(SQLITE_MIGRATIONS).run(writer).await
+                        && !self.migration_status().await.is_ok_and(|status| status.is_current())
+                    {
+                        return Err(error.into());
                     }
                 }
             }
