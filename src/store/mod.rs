@@ -875,13 +875,11 @@ pub trait Store: Send + Sync + Debug + 'static {
         audit: &NewAuditEvent,
     ) -> Result<Option<(UserId, IdentityId)>, StoreError>;
 
-    /// A session by the hash of its cookie, if it exists (expiry is the caller's rule). One left
-    /// without its identity (an unlink by a binary before migration 22 cleared it) counts as
-    /// ended, and the sweep deletes it.
+    /// A session by the hash of its cookie, if it exists (expiry is the caller's rule).
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
 
     /// A session by the hash of its cookie with its user's profile, in one read (expiry is the
-    /// caller's rule; as [`Store::session`], one without its identity is none).
+    /// caller's rule).
     async fn session_profile(&self, token_hash: &[u8; 32]) -> Result<Option<(SessionRecord, UserProfile)>, StoreError>;
 
     /// Records that a session was used at `now`.

@@ -1260,8 +1260,7 @@ impl Store for SqlStore {
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
         let row = query(
             "SELECT s.user_id, s.identity_id, s.created_at, s.last_seen_at, s.expires_at, u.disabled
-             FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.token_hash = $1 AND s.identity_id IS NOT NULL",
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
         )
         .bind(&token_hash[..])
         .fetch_optional(self.db.reader())
@@ -1287,7 +1286,7 @@ impl Store for SqlStore {
                             s.last_seen_at AS session_last_seen_at,
                             s.expires_at AS session_expires_at, {}
                      FROM sessions s JOIN users u ON u.id = s.user_id {PROFILE_JOINS}
-                     WHERE s.token_hash = $1 AND s.identity_id IS NOT NULL",
+                     WHERE s.token_hash = $1",
                     profile_columns_of_user!()
                 )
                 .into_boxed_str(),
@@ -1345,8 +1344,7 @@ impl Store for SqlStore {
         .bind(now);
         let sessions = query(
             "DELETE FROM sessions WHERE token_hash IN
-               (SELECT token_hash FROM sessions
-                WHERE expires_at <= $1 OR last_seen_at < $2 OR identity_id IS NULL LIMIT $3)
+               (SELECT token_hash FROM sessions WHERE expires_at <= $1 OR last_seen_at < $2 LIMIT $3)
              AND (expires_at <= $1 OR last_seen_at < $2)",
         )
         .bind(now)
