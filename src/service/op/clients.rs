@@ -492,8 +492,14 @@ impl Clients {
         // second in which the JWT library, which compares whole seconds, still takes it.
         let keep_until =
             expires_at + TimeDelta::from_std(ASSERTION_LEEWAY).unwrap_or(TimeDelta::zero()) + TimeDelta::seconds(1);
-        if !self.store.use_client_assertion(&client.id, &jti, keep_until, now).await? {
-            return Err(ClientAuthError::InvalidClient("this client assertion was used before: make a new one"));
+        match self.store.use_client_assertion(&client.id, &jti, keep_until, now).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ClientAuthError::InvalidClient("this client assertion was used before: make a new one"));
+            }
+            // The client was deleted meanwhile (another instance's cached copy answered above).
+            Err(StoreError::Gone { .. }) => return Err(ClientAuthError::InvalidClient("unknown client")),
+            Err(error) => return Err(error.into()),
         }
         Ok(client)
     }

@@ -23,6 +23,10 @@ use crate::domain::client_rules::DEFAULT_SCOPES as USER_SCOPES;
 use crate::domain::{Client, GrantType, UserId, UserProfile};
 use crate::store::{GrantRecord, ReadFrom, RedeemOutcome, RotateOutcome, StoreError};
 
+/// The longest access token Tessera mints or reads (an upstream token's bound too): its claims
+/// grow with the scopes and, with `teams`, with the user's teams.
+pub const MAX_ACCESS_TOKEN_BYTES: usize = crate::upstream::tokens::MAX_TOKEN_BYTES;
+
 /// The `typ` of Tessera's access tokens (RFC 9068).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 /// The `typ` of its id tokens.
@@ -438,10 +442,18 @@ impl OpenIdProvider {
     }
 
     async fn sign_access(&self, client: &Client, claims: &AccessClaims) -> Result<String, OAuthError> {
-        self.keys.sign(client.signing_alg, ACCESS_TOKEN_TYP, claims).await.map_err(|e| {
+        let token = self.keys.sign(client.signing_alg, ACCESS_TOKEN_TYP, claims).await.map_err(|e| {
             tracing::error!(error = %e, "signing an access token failed");
             OAuthError::server_error()
-        })
+        })?;
+        // Never one that Tessera itself (userinfo, introspection, revocation, `/v1/validate`)
+        // would refuse as too long.
+        if token.len() > MAX_ACCESS_TOKEN_BYTES {
+            return Err(OAuthError::invalid_request(
+                "the access token would be too long (the user's teams, or the scopes): ask for fewer scopes",
+            ));
+        }
+        Ok(token)
     }
 
     /// Verifies one of Tessera's access tokens locally: signature, `typ`, issuer, expiry. Says
@@ -465,7 +477,7 @@ impl OpenIdProvider {
 
     /// Verifies one of Tessera's access tokens locally, saying why it was refused.
     pub async fn verify_access_token(&self, token: &str) -> Result<AccessClaims, VerifyError> {
-        if token.len() > 8 * 1024 {
+        if token.len() > MAX_ACCESS_TOKEN_BYTES {
             return Err(VerifyError::Malformed("the token is too long"));
         }
         self.keys.verify::<AccessClaims>(token, ACCESS_TOKEN_TYP, &self.issuer).await
@@ -485,12 +497,17 @@ impl OpenIdProvider {
         let now = crate::domain::now();
         match claims.gid {
             Some(gid) => Ok(self.store.grant(gid, now).await?.is_some_and(|g| g.active)),
-            None => Ok(self.clients.get(&claims.client_id).await?.is_some()),
+            // A client_credentials token counts while its client is registered — the same one:
+            // a client deleted and registered again under its id (after a compromise, say)
+            // does not bring the old one's tokens back — and may still use that grant type.
+            None => Ok(self.clients.get(&claims.client_id).await?.is_some_and(|client| {
+                claims.iat >= client.created_at.timestamp() && client.allows(GrantType::ClientCredentials)
+            })),
         }
     }
 
     async fn named(&self, token: &str) -> Result<Named, OAuthError> {
-        if token.is_empty() || token.len() > MAX_PARAM_LEN * 4 {
+        if token.is_empty() || token.len() > MAX_ACCESS_TOKEN_BYTES {
             return Ok(Named::Unknown);
         }
         if token.contains('.') {
@@ -562,6 +579,16 @@ impl OpenIdProvider {
                     "a client_credentials access token cannot be revoked: it counts until its `exp`",
                 ));
             }
+            // A public client's id is no secret and is in every access token of its, which every
+            // resource server sees: such a token does not end an offline grant (section 2.2 lets
+            // the server decline), so that a resource server cannot cut off an agent's standing
+            // access; the client ends that with its refresh token. (A grant bound to the browser
+            // session, which a sign-in gives again, it does end: an app's sign-out.)
+            Named::Access(claims)
+                if client.is_public() && split_scope(&claims.scope).iter().any(|s| s == OFFLINE_ACCESS) =>
+            {
+                None
+            }
             Named::Access(claims) if claims.client_id == client.id.as_str() => claims.gid,
             Named::Refresh(grant, _) if grant.client_id == client.id.as_str() => Some(grant.id),
             _ => None,
@@ -577,6 +604,10 @@ impl OpenIdProvider {
     /// Userinfo: the claims of an active access token's user, by its scopes.
     pub async fn userinfo(&self, token: &str) -> Result<UserInfoAnswer, OAuthError> {
         let Some(claims) = self.verify_access(token).await else { return Ok(UserInfoAnswer::Inactive) };
+        // Tessera's own token, on Tessera's own clock: no leeway past its `exp`.
+        if claims.exp <= crate::domain::now().timestamp() {
+            return Ok(UserInfoAnswer::Inactive);
+        }
         if claims.gid.is_none() || !self.access_grant_active(&claims).await? {
             return Ok(UserInfoAnswer::Inactive);
         }
@@ -707,12 +738,54 @@ pub fn repeated_parameter(pairs: &[(String, String)]) -> Option<&str> {
 
 /// The error for parameter `name` sent more than once: RFC 8707 lets a client ask for several
 /// resources, which Tessera does not grant in one token (`invalid_target`); any other parameter
-/// may appear once only (`invalid_request`).
+/// may appear once only (`invalid_request`). Only a parameter of the protocol's is named: the
+/// description goes to the client's redirect URI, where another's text (a phisher's "sign in at
+/// …") must not appear.
 pub fn repeated(name: &str) -> OAuthError {
+    const KNOWN: [&str; 36] = [
+        "response_type",
+        "response_mode",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "nonce",
+        "prompt",
+        "max_age",
+        "login_hint",
+        "id_token_hint",
+        "ui_locales",
+        "display",
+        "acr_values",
+        "claims",
+        "request",
+        "request_uri",
+        "code_challenge",
+        "code_challenge_method",
+        "grant_type",
+        "code",
+        "code_verifier",
+        "refresh_token",
+        "client_secret",
+        "client_assertion",
+        "client_assertion_type",
+        "token",
+        "token_type_hint",
+        "subject_token",
+        "subject_token_type",
+        "actor_token",
+        "actor_token_type",
+        "audience",
+        "requested_token_type",
+        "post_logout_redirect_uri",
+        "iss",
+    ];
     if name == "resource" {
         OAuthError::invalid_target("ask for one resource per request; a token here is for a single resource")
-    } else {
+    } else if KNOWN.contains(&name) {
         OAuthError::invalid_request(format!("parameter {name} is repeated"))
+    } else {
+        OAuthError::invalid_request("a parameter is repeated")
     }
 }
 
@@ -750,6 +823,13 @@ mod tests {
         assert!(is_pkce_verifier("dBjftJeZ4CVP-mB92K27uhbUJU2p1r-wW1gFWFOEjXk"));
         assert!(!is_pkce_verifier("too-short"));
         assert!(!is_pkce_verifier(&"a+".repeat(30)));
+    }
+
+    #[test]
+    fn only_the_protocols_parameters_are_named_when_repeated() {
+        assert_eq!(repeated("state").description, "parameter state is repeated");
+        assert_eq!(repeated("Session expired, sign in at evil.example").description, "a parameter is repeated");
+        assert_eq!(repeated("resource").error, "invalid_target");
     }
 
     #[test]
