@@ -637,7 +637,9 @@ impl AuthProfiles {
         let Some(provider) = self.flows.providers().get(Some(&profile.provider)) else {
             return;
         };
+        // A provider that revokes one token at a time (GitHub's application API) ends no other.
         if let Some(account) = account
+            && !provider.revokes_by_access_token()
             && self.account_in_use(&profile.provider, account, except).await
         {
             tracing::info!(profile_id = %profile.id, "not revoked at the provider: a profile holds the same account's grant");
@@ -667,6 +669,7 @@ impl AuthProfiles {
         // Another profile of the same account (a mailbox and a calendar through one client): a
         // provider that revokes per grant would end it too.
         if let Some(account) = &profile.upstream_account_id
+            && !provider.revokes_by_access_token()
             && self.account_in_use(&profile.provider, account, Some(profile.id)).await
         {
             tracing::info!(profile_id = %profile.id, "not revoked at the provider: another profile holds the same account's grant");
