@@ -10,33 +10,19 @@ use super::problem::ApiError;
 use crate::domain::UserId;
 use crate::error::ErrorCode;
 
-/// The user a request is about: who they are, nothing changed. A bearer token (or
-/// `X-User-Token`) wins over a session cookie; a refused token is refused, never passed over for
-/// the cookie. A repeated session cookie is refused even beside a token. Any of Tessera's own
-/// access tokens is accepted, as at `/v1/validate` (a backend asking about its caller).
-pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
-    resolve(state, headers, false).await
-}
-
-/// The user a request acts for (their teams, connected accounts and identities): as [`caller`],
-/// but one of Tessera's own access tokens must have been issued for Tessera's API
-/// ([`crate::service::validation::Validator::validate_acting`]).
+/// The user a request acts for or is about (their profile, teams, connected accounts and
+/// identities). A bearer token (or `X-User-Token`) wins over a session cookie; a refused token is
+/// refused, never passed over for the cookie. A repeated session cookie is refused even beside a
+/// token. One of Tessera's own access tokens must have been issued for Tessera's API
+/// ([`crate::service::validation::Validator::validate_acting`]): an app's token for itself
+/// carries only what the user consented to give that app.
 pub async fn acting_caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
-    resolve(state, headers, true).await
-}
-
-async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<UserId, ApiError> {
     let credentials = Credentials::read(headers)?;
     let token = credentials.user_token();
     let session = cookie(headers, state.cookies.session())?;
     no_admin_beside_session(&credentials, session)?;
     if let Some(token) = token {
-        let validated = if acting {
-            state.validator.validate_acting(token).await?
-        } else {
-            state.validator.validate(token).await?
-        };
-        return Ok(validated.principal.user.id);
+        return Ok(state.validator.validate_acting(token).await?.principal.user.id);
     }
     if let Some(session) = session
         && let Some(user) = state.sessions.resolve(session).await?
@@ -47,7 +33,7 @@ async fn resolve(state: &AppState, headers: &HeaderMap, acting: bool) -> Result<
 }
 
 /// The session cookie of a request that carries no user token (which would win over it), for a
-/// route that reads the session itself; `None` without one. Refused as in [`caller`].
+/// route that reads the session itself; `None` without one. Refused as in [`acting_caller`].
 pub fn session_without_token<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<Option<&'h str>, ApiError> {
     let credentials = Credentials::read(headers)?;
     let session = cookie(headers, state.cookies.session())?;

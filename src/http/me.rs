@@ -9,7 +9,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::AppState;
-use super::caller::{acting_caller, caller, session_without_token};
+use super::caller::{acting_caller, session_without_token};
 use super::extract::ApiPath;
 use super::problem::ApiError;
 use super::responses::UserProfileResponse;
@@ -40,7 +40,9 @@ async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resul
     {
         return Ok(Json(profile.into()));
     }
-    let user = caller(&state, &headers).await?;
+    // One of Tessera's own tokens must be for Tessera's API: an app's token for itself carries
+    // only what its user consented to give it (userinfo), not their identities and teams.
+    let user = acting_caller(&state, &headers).await?;
     Ok(Json(state.validator.profile(user).await?.into()))
 }
 

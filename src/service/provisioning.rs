@@ -229,13 +229,16 @@ impl Provisioner {
         }
     }
 
-    /// Makes one of a user's identities their primary one.
+    /// Makes one of a user's identities their primary one (the one chosen already: nothing
+    /// changes, nothing is purged).
     pub async fn set_primary_identity(&self, user: UserId, identity: IdentityId) -> Result<(), IdentityError> {
-        if self.store.set_primary_identity(user, identity, super::now()).await? {
-            self.principals.invalidate_user(user);
-            Ok(())
-        } else {
-            Err(IdentityError::NotFound)
+        match self.store.set_primary_identity(user, identity, super::now()).await? {
+            Some(true) => {
+                self.principals.invalidate_user(user);
+                Ok(())
+            }
+            Some(false) => Ok(()),
+            None => Err(IdentityError::NotFound),
         }
     }
 

@@ -325,6 +325,20 @@ impl Validator {
             .ok_or(ValidateError::NotProvisioned)?;
         let issuer =
             Issuer::parse(op.issuer()).map_err(|_| StoreError::Corrupt("the public URL is not an issuer".into()))?;
+        // What the user consented to, as userinfo gives it (OpenID Connect Core 5.4): the email
+        // with `email`, the name with `profile`, the teams with `teams`; the id always.
+        let granted = crate::service::op::provider::split_scope(&claims.scope);
+        let has = |scope: &str| granted.iter().any(|s| s == scope);
+        let mut profile = profile;
+        if !has("email") {
+            (profile.user.email, profile.user.email_verified) = (None, false);
+        }
+        if !has("profile") {
+            profile.user.name = None;
+        }
+        if !has("teams") {
+            profile.teams.clear();
+        }
         let verified = VerifiedToken {
             issuer,
             provider: "tessera".into(),

@@ -912,14 +912,15 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<UnlinkOutcome, StoreError>;
 
-    /// Makes one of a user's identities their primary one, with an audit row; false when the
-    /// user has no such identity.
+    /// Makes one of a user's identities their primary one, with an audit row and a cache
+    /// invalidation; `None` when the user has no such identity, `Some(false)` (nothing written)
+    /// when it is their chosen primary already.
     async fn set_primary_identity(
         &self,
         user: UserId,
         identity: IdentityId,
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<bool>, StoreError>;
 
     /// Users whose email equals `email`, ignoring case.
     async fn users_with_email(&self, email: &Email) -> Result<Vec<User>, StoreError>;

@@ -1489,15 +1489,26 @@ impl Store for SqlStore {
         user: UserId,
         identity: IdentityId,
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<bool>, StoreError> {
         let mut tx = self.db.begin().await?;
         // The user's row lock first, as an unlink takes it: an identity being unlinked is then
         // either still there or gone when it is looked up, never gone by the time it is set.
-        query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user.as_uuid()).execute(&mut tx).await?;
+        let chosen = query("SELECT primary_identity_id FROM users WHERE id = $1 FOR UPDATE")
+            .bind(user.as_uuid())
+            .fetch_optional(&mut tx)
+            .await?
+            .map(|row| row.opt_uuid("primary_identity_id"))
+            .transpose()?
+            .flatten();
         let Some(found) = identity_of(&mut tx, identity, user).await? else {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         };
+        // Chosen already: nothing to write, log or purge (a loop of such calls costs nothing).
+        if chosen == Some(identity.as_uuid()) {
+            tx.rollback().await?;
+            return Ok(Some(false));
+        }
         query("UPDATE users SET primary_identity_id = $2, updated_at = $3 WHERE id = $1")
             .bind(user.as_uuid())
             .bind(identity.as_uuid())
@@ -1520,7 +1531,7 @@ impl Store for SqlStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(true))
     }
 
     async fn users_with_email(&self, email: &Email) -> Result<Vec<User>, StoreError> {

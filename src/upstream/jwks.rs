@@ -436,8 +436,10 @@ impl Inner {
         let invalid = |problem: &str| FetchError::Invalid { url: jwks_uri.to_string(), problem: problem.into() };
         let entries = document.get("keys").and_then(Value::as_array).ok_or_else(|| invalid("no `keys` array"))?;
         let keys: Vec<_> = entries.iter().filter_map(parse_jwk).map(Arc::new).collect();
+        // The issuer's answer all the same: one that pulled its keys (a compromise) must not have
+        // them go on verifying from the cache, as they would after a failed fetch.
         if keys.is_empty() {
-            return Err(invalid("no usable signing key"));
+            tracing::warn!(issuer = %self.issuer, "the issuer publishes no usable signing key; its tokens are refused");
         }
         let max_age = max_age.unwrap_or(DEFAULT_MAX_AGE).clamp(self.min_max_age, MAX_MAX_AGE);
         Ok((keys, max_age))

@@ -160,7 +160,10 @@ impl TokenVerifier {
         }
         let digest = sha256(token.as_bytes());
         let now = Instant::now();
-        if let Some(hit) = self.cache.get(&digest, now) {
+        // A hit also before its `exp` by the wall clock: the cache's deadline is on the monotonic
+        // clock, which stands still while the machine is suspended or paused. (Within the leeway
+        // past `exp`, the token is verified again, which applies the leeway.)
+        if let Some(hit) = self.cache.get(&digest, now).filter(|hit| crate::domain::now() < hit.expires_at) {
             return Ok(hit);
         }
         let issuer = token_issuer(token)?;

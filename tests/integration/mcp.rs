@@ -117,8 +117,8 @@ async fn an_agent_manages_auth_profiles_through_an_mcp_client(backend: Backend) 
     let mut agent = Agent::new(backend).await;
     let resource = agent.w.app.url("/mcp");
     let token = agent.token(Some(&resource)).await;
-    let me =
-        body(agent.w.app.client.get(agent.w.app.url("/v1/me")).bearer_auth(&token).send().await.unwrap(), 200).await;
+    // The user's team, as their browser (signed in for the token) sees it.
+    let me = body(agent.browser.me(&agent.w.app).await, 200).await;
     let team = me["teams"][0]["slug"].as_str().unwrap().to_owned();
     // Another user's team, which the agent's user is not a member of.
     agent.w.issuer.set_next_user(StubUser::new("stranger", "stranger@example.com"));
@@ -247,16 +247,18 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let pong = body(post(both, "application/json; charset=utf-8", ping).send().await.unwrap(), 200).await;
     assert_eq!((&pong["id"], &pong["result"]), (&json!(2), &json!({})), "{pong}");
 
-    // On the REST API, a Tessera token acts for its user (their connected accounts, teams,
-    // identities) only when issued for Tessera's API (`/v1`): one the client got for itself, for
-    // another resource, or for the MCP endpoint (whose one tool manages connected accounts, not
-    // teams or identities) may say who the user is (`GET /v1/me`), no more.
-    let me = body(app.client.get(app.url("/v1/me")).bearer_auth(&plain).send().await.unwrap(), 200).await;
+    // On the REST API, a Tessera token acts for its user (their profile, connected accounts,
+    // teams, identities) only when issued for Tessera's API (`/v1`): one the client got for
+    // itself, for another resource, or for the MCP endpoint (whose one tool manages connected
+    // accounts, not teams or identities) is refused there, `GET /v1/me` included, which shows
+    // more than the user consented to give the app.
+    let me = body(app.client.get(app.url("/v1/me")).bearer_auth(&api).send().await.unwrap(), 200).await;
     let profiles = app.url(&format!("/v1/teams/{}/auth-profiles", me["teams"][0]["slug"].as_str().unwrap()));
     let primary = app.url(&format!("/v1/me/identities/{}/primary", me["identities"][0]["id"].as_str().unwrap()));
     let members = app.url(&format!("/v1/teams/{}/members", me["teams"][0]["slug"].as_str().unwrap()));
     for token in [&plain, &other, &mcp] {
-        body(app.client.get(app.url("/v1/me")).bearer_auth(token).send().await.unwrap(), 200).await;
+        let read = app.client.get(app.url("/v1/me")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(body(read, 401).await["code"], "audience_mismatch");
         let added = app.client.post(&members).bearer_auth(token).json(&json!({"user_id": me["id"], "role": "owner"}));
         assert_eq!(body(added.send().await.unwrap(), 401).await["code"], "audience_mismatch");
         let listed = app.client.get(&profiles).bearer_auth(token).send().await.unwrap();

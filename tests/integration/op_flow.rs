@@ -31,6 +31,7 @@ on_both_backends!(
     client_credentials_tokens_name_the_client,
     third_party_clients_ask_for_consent_once,
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
+    a_public_clients_access_token_does_not_end_its_offline_grant,
     prompt_and_max_age_are_honoured,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
     pushed_requests_are_single_use,
@@ -532,6 +533,41 @@ async fn a_used_code_without_its_verifier_revokes_nothing(backend: Backend) {
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1, "a replay revokes");
 }
 
+/// A public client's access token reaches every resource server it is sent to, and its client id
+/// is no secret: with them, anyone could revoke; such a token does not end an offline grant (an
+/// agent's standing access), which the client ends with its refresh token.
+async fn a_public_clients_access_token_does_not_end_its_offline_grant(backend: Backend) {
+    let w = op_world(backend).await;
+    let (public, _) = register(
+        &w.app,
+        json!({"name": "SPA", "kind": "public", "redirect_uris": [REDIRECT], "first_party": true,
+               "scopes": ["openid", "offline_access"]}),
+    )
+    .await;
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let url =
+        authorize_url(&w.app, &public, &challenge, "").replace("openid%20email%20teams", "openid%20offline_access");
+    let code = code_from(&w, &mut browser, url).await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", public.as_str()),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let tokens = body(w.app.client.post(w.app.url("/oauth/token")).form(&form).send().await.unwrap(), 200).await;
+    let revoke = |token: &str| {
+        let form = [("token", token.to_owned()), ("client_id", public.clone())];
+        w.app.client.post(w.app.url("/oauth/revoke")).form(&form).send()
+    };
+    let sql = w.app.db.sql().await;
+    assert_eq!(revoke(tokens["access_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 0, "the offline grant stands");
+    assert_eq!(revoke(tokens["refresh_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1, "its refresh token ends it");
+}
+
 async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family(backend: Backend) {
     let w = op_world(backend).await;
     let (client, secret) = web_app(&w.app).await;
@@ -698,6 +734,17 @@ async fn client_credentials_tokens_name_the_client(backend: Backend) {
         ("client_secret", secret.as_str()),
     ]);
     assert_eq!(oauth_error(both.send().await.unwrap(), 400).await, "invalid_request", "two authentication methods");
+    // Deleted (after a compromise, say) and registered again under its id a second later: the
+    // old client's tokens do not count for the new one.
+    let deleted = w.app.admin(Method::DELETE, &format!("/admin/clients/{client}")).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = json!({"id": client, "name": "Backend job", "kind": "confidential", "redirect_uris": [],
+                       "grant_types": ["client_credentials"], "scopes": ["openid", "reports:read"],
+                       "resources": ["https://api.example.com"]});
+    register(&w.app, again).await;
+    let at_api = introspect(&w.app, (&api, api_secret.as_deref().unwrap()), access).await;
+    assert_eq!(at_api, json!({"active": false}));
 }
 
 async fn third_party_clients_ask_for_consent_once(backend: Backend) {
@@ -1219,8 +1266,10 @@ async fn tessera_access_tokens_work_at_validate_check_and_me(backend: Backend) {
     let check =
         w.app.client.get(w.app.url(&format!("/v1/check?team={team}"))).bearer_auth(access).send().await.unwrap();
     assert_eq!(check.status(), 204);
+    // Not `/v1/me`, whose identities and teams are more than the app was given: that takes a
+    // token for Tessera's API.
     let me = w.app.client.get(w.app.url("/v1/me")).bearer_auth(access).send().await.unwrap();
-    assert_eq!(body(me, 200).await["id"], user_id);
+    assert_eq!(body(me, 401).await["code"], "audience_mismatch");
     // An id token is not an access token.
     let id_token = tokens["id_token"].as_str().unwrap();
     assert_eq!(body(w.app.validate(id_token).await, 401).await["code"], "token_type_mismatch");

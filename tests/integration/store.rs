@@ -1197,11 +1197,15 @@ async fn a_primary_identity_is_one_of_the_users_own(backend: Backend) {
     assert_eq!(primary(&ada).await, Some(ada.identity()), "the oldest until one is chosen");
 
     let t0 = now();
-    assert!(store.set_primary_identity(ada.id(), second.id, t0).await.unwrap());
+    assert_eq!(store.set_primary_identity(ada.id(), second.id, t0).await.unwrap(), Some(true));
     assert_eq!(primary(&ada).await, Some(second.id));
-    assert!(!store.set_primary_identity(ada.id(), bob.identity(), t0).await.unwrap());
-    assert!(!store.set_primary_identity(bob.id(), second.id, t0).await.unwrap());
-    assert!(!store.set_primary_identity(ada.id(), IdentityId::generate(), t0).await.unwrap());
+    // Chosen already: nothing written (no audit row, no cache invalidation).
+    let invalidations = db.sql().await.count("cache_invalidations").await;
+    assert_eq!(store.set_primary_identity(ada.id(), second.id, t0).await.unwrap(), Some(false));
+    assert_eq!(db.sql().await.count("cache_invalidations").await, invalidations);
+    assert_eq!(store.set_primary_identity(ada.id(), bob.identity(), t0).await.unwrap(), None);
+    assert_eq!(store.set_primary_identity(bob.id(), second.id, t0).await.unwrap(), None);
+    assert_eq!(store.set_primary_identity(ada.id(), IdentityId::generate(), t0).await.unwrap(), None);
     assert_eq!(primary(&ada).await, Some(second.id), "refusals change nothing");
     assert_eq!(primary(&bob).await, Some(bob.identity()));
     // Audit rows: two sign-ups, one link, one choice of primary.

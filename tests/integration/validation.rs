@@ -15,6 +15,7 @@ use tessera_testkit::local_issuer::{Alg, LocalIssuer, encode_part};
 use crate::helpers::{AUDIENCE, Backend, TestApp, eventually, json as body, local_issuer_config, on_both_backends};
 
 on_both_backends!(
+    keys_the_issuer_pulled_stop_verifying_even_when_none_is_left,
     validate_returns_the_internal_user_and_provisions_on_first_sight,
     every_algorithm_of_the_allow_list_verifies,
     validate_after_bootstrap_returns_the_bootstrapped_user,
@@ -265,6 +266,21 @@ async fn a_new_key_is_picked_up_without_a_restart(backend: Backend) {
     assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "one refetch for the unknown kid");
     body(w.app.validate(&w.issuer.sign(&rotated, &w.issuer.claims("rot-2", AUDIENCE))).await, 200).await;
     assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "the new key is cached");
+}
+
+/// An issuer that pulls its keys (a compromise) and publishes an empty set meanwhile: the empty
+/// set is its answer, not a failed fetch that would keep the old keys verifying.
+async fn keys_the_issuer_pulled_stop_verifying_even_when_none_is_left(backend: Backend) {
+    let w = world(backend).await;
+    body(w.app.validate(&w.token("pulled")).await, 200).await;
+    let signed_before = w.token("pulled-later");
+    for kid in ["rsa-1", "ec-1", "ed-1"] {
+        w.issuer.remove_key(kid);
+    }
+    // A token under a key id not seen yet makes the keys be fetched again.
+    let probe = w.issuer.add_unpublished_key(Alg::Rs256);
+    refused(w.app.validate(&w.issuer.sign(&probe, &w.issuer.claims("probe", AUDIENCE))).await, "unknown_key").await;
+    refused(w.app.validate(&signed_before).await, "unknown_key").await;
 }
 
 async fn a_rekey_under_the_same_kid_costs_one_refetch(backend: Backend) {
