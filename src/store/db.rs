@@ -538,11 +538,19 @@ impl Db {
                 if !create_new_sqlite(writer).await? {
                     // sqlx's lock is a no-op on SQLite: another process starting on the same file
                     // may apply the same migrations meanwhile, and this run then fails on one it
-                    // applied (each migration commits whole with its row). Its work counts.
-                    if let Err(error) = migrations::migrator(SQLITE_MIGRATIONS).run(writer).await
-                        && !self.migration_status().await.is_ok_and(|status| status.is_current())
-                    {
-                        return Err(error.into());
+                    // applied (each migration commits whole with its row). Its work counts: while
+                    // it makes progress, what is left is run again.
+                    let mut applied = self.migration_status().await?.applied;
+                    while let Err(error) = migrations::migrator(SQLITE_MIGRATIONS).run(writer).await {
+                        let status = self.migration_status().await?;
+                        if status.is_current() {
+                            break;
+                        }
+                        if status.applied <= applied || !status.only_pending() {
+                            return Err(error.into());
+                        }
+                        applied = status.applied;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
             }
