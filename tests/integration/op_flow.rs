@@ -1270,6 +1270,19 @@ async fn tessera_access_tokens_work_at_validate_check_and_me(backend: Backend) {
     // token for Tessera's API.
     let me = w.app.client.get(w.app.url("/v1/me")).bearer_auth(access).send().await.unwrap();
     assert_eq!(body(me, 401).await["code"], "audience_mismatch");
+    // A token narrowed to `openid` says who the user is and no more: no email, no teams (as
+    // userinfo would give it), and `/v1/check` answers as for a non-member.
+    assert!(validated["email"].is_string() && !validated["teams"].as_array().unwrap().is_empty());
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh), ("scope", "openid")];
+    let narrow = body(token_request(&w.app, creds, &form).await, 200).await;
+    let narrow = narrow["access_token"].as_str().unwrap();
+    let said = body(w.app.validate(narrow).await, 200).await;
+    assert_eq!((said["user_id"].clone(), said["email"].clone()), (json!(user_id), Value::Null));
+    assert_eq!((said["email_verified"].clone(), said["teams"].clone()), (json!(false), json!([])));
+    let check =
+        w.app.client.get(w.app.url(&format!("/v1/check?team={team}"))).bearer_auth(narrow).send().await.unwrap();
+    assert_eq!(body(check, 403).await["code"], "not_a_member");
     // An id token is not an access token.
     let id_token = tokens["id_token"].as_str().unwrap();
     assert_eq!(body(w.app.validate(id_token).await, 401).await["code"], "token_type_mismatch");
