@@ -21,7 +21,9 @@ pub use client::{Client, ClientId, ClientIdError, ClientKind, GrantType, Redirec
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId, WebhookId};
 pub use issuer::{Issuer, IssuerError};
-pub use model::{DomainClaim, Identity, Principal, Role, Team, TeamMembership, TeamRole, User, UserProfile};
+pub use model::{
+    DomainClaim, Identity, Principal, Role, Team, TeamMembership, TeamRole, User, UserProfile, may_unlink,
+};
 pub use return_to::{ReturnTo, ReturnToError};
 pub use slug::{Slug, SlugError};
 pub use team_ref::{TeamRef, TeamRefError};

@@ -24,6 +24,14 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Whether an identity of `issuer` may be unlinked when the user's other identities are of
+/// `others`: not their last one, nor their last one of the `sign_in` issuers (those a configured
+/// provider signs in with; the others, of a provider since removed, could not sign them in again).
+pub fn may_unlink(issuer: &str, others: &[&str], sign_in: &[Issuer]) -> bool {
+    let signs_in = |issuer: &str| sign_in.iter().any(|i| i.as_str() == issuer);
+    !others.is_empty() && (!signs_in(issuer) || others.iter().any(|other| signs_in(other)))
+}
+
 /// One external identity, linked to exactly one user, for ever.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Identity {

@@ -204,10 +204,10 @@ async fn account_page(
     let primary = profile.primary_identity_id.or_else(|| profile.identities.first().map(|i| i.id));
     // The store decides when one is removed; this only says which it would refuse.
     let sign_in = state.flows.providers().sign_in_issuers();
-    let signs_in = |identity: &Identity| sign_in.contains(&identity.issuer);
     let removable = |identity: &Identity| {
-        let others = profile.identities.iter().filter(|i| i.id != identity.id);
-        others.clone().next().is_some() && (!signs_in(identity) || others.clone().any(signs_in))
+        let others: Vec<&str> =
+            profile.identities.iter().filter(|i| i.id != identity.id).map(|i| i.issuer.as_str()).collect();
+        crate::domain::may_unlink(identity.issuer.as_str(), &others, &sign_in)
     };
     let identities: Vec<IdentityRow> = profile
         .identities

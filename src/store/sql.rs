@@ -1445,8 +1445,8 @@ impl Store for SqlStore {
             .iter()
             .map(|row| row.text("issuer"))
             .collect::<Result<Vec<_>, _>>()?;
-        let signs_in = |issuer: &str| sign_in.iter().any(|i| i.as_str() == issuer);
-        if others.is_empty() || (signs_in(found.issuer.as_str()) && !others.iter().any(|issuer| signs_in(issuer))) {
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        if !crate::domain::may_unlink(found.issuer.as_str(), &others, sign_in) {
             tx.rollback().await?;
             return Ok(UnlinkOutcome::LastIdentity);
         }

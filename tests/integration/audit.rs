@@ -20,7 +20,7 @@ use crate::helpers::{
     ADMIN_TOKEN, AUDIENCE, Backend, ISSUER, TestApp, TestDb, eventually, identity, json as body, local_issuer_config,
     on_both_backends,
 };
-use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider, world_with};
+use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, provider, world_with};
 
 on_both_backends!(
     admin_changes_are_recorded_with_their_token_target_and_request_id,
@@ -310,9 +310,8 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     let mut alice = Browser::new();
     alice.sign_in(&w.app, "").await;
     second.set_next_user(StubUser::new("alice-elsewhere", "alice@elsewhere.example"));
-    let start = alice.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
-    let provider_page = alice.get(&location(&start)).await;
-    let linked = alice.get(&location(&provider_page)).await;
+    let callback = alice.start_link(&w.app, "provider=second").await;
+    let linked = alice.get(&callback).await;
     assert_eq!(linked.status(), StatusCode::SEE_OTHER);
     let link_request = linked.headers()["x-request-id"].to_str().unwrap().to_owned();
     let me = body(alice.me(&w.app).await, 200).await;
@@ -332,10 +331,7 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     assert!(audit(&w.app, "action=sign_in.succeeded").await.len() == 1, "a link is not a sign-in");
 
     // A link the provider refuses is recorded as a failed link, not as a failed sign-in.
-    let start = alice.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
-    let provider_page = alice.get(&location(&start)).await;
-    let back = url::Url::parse(&location(&provider_page)).unwrap();
-    let state = back.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let state = crate::signin::state_of(&alice.start_link(&w.app, "provider=second").await);
     let denied = alice.get(&w.app.url(&format!("/auth/callback/second?state={state}&error=access_denied"))).await;
     assert!(denied.status().is_client_error(), "{}", denied.status());
     let failed = audit(&w.app, "action=identity.link_failed").await;
@@ -344,10 +340,7 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
 
     // Its page says nothing changed and leads to the account, not to a sign-in that would end
     // the session, which is still there.
-    let start = alice.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
-    let provider_page = alice.get(&location(&start)).await;
-    let back = url::Url::parse(&location(&provider_page)).unwrap();
-    let state = back.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let state = crate::signin::state_of(&alice.start_link(&w.app, "provider=second").await);
     let page = alice.navigate(&w.app.url(&format!("/auth/callback/second?state={state}&error=access_denied"))).await;
     assert!(page.status().is_client_error(), "{}", page.status());
     let page = page.text().await.unwrap();

@@ -156,6 +156,17 @@ impl Browser {
         location(&provider)
     }
 
+    /// Starts linking another provider's account (`query`: `provider=…`) from this browser's
+    /// session, as the account page's own link does, and follows it to the provider; returns the
+    /// callback URL the provider sends the browser to (not yet visited).
+    pub async fn start_link(&mut self, app: &TestApp, query: &str) -> String {
+        let start = self.request_from("same-origin", Method::GET, &app.url(&format!("/auth/link?{query}"))).await;
+        assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
+        let provider = self.get(&location(&start)).await;
+        assert!(provider.status().is_redirection(), "the stub provider redirects back");
+        location(&provider)
+    }
+
     /// Visits a connect flow's callback and, when it connected, the account page it sends the
     /// browser to (a 303, so that reloading replays nothing); returns that page, or the
     /// callback's refusal.
@@ -356,7 +367,7 @@ async fn sign_ins_in_several_tabs_each_complete(backend: Backend) {
 }
 
 /// The `state` parameter of a callback URL.
-fn state_of(callback: &str) -> String {
+pub(crate) fn state_of(callback: &str) -> String {
     let url = url::Url::parse(callback).unwrap();
     url.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned()
 }
@@ -594,9 +605,8 @@ pub(crate) async fn linking_attaches_an_identity_and_never_steals_one(backend: B
     let mut bob = Browser::new();
     bob.sign_in(&w.app, "").await;
     second.set_next_user(StubUser::new("alice-elsewhere", "alice@elsewhere.example"));
-    let start = bob.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
-    let provider = bob.get(&location(&start)).await;
-    let stolen = bob.get(&location(&provider)).await;
+    let callback = bob.start_link(&w.app, "provider=second").await;
+    let stolen = bob.get(&callback).await;
     assert_eq!(body(stolen, 409).await["code"], "identity_already_linked");
     let alice_again = body(alice.me(&w.app).await, 200).await;
     assert_eq!(alice_again["identities"].as_array().unwrap().len(), 2, "nothing changed");
@@ -716,9 +726,8 @@ async fn the_last_identity_a_configured_provider_signs_in_with_stays(backend: Ba
         world_with(backend, |config, _| config.providers.push(provider("second", ProviderKind::Oidc, &second))).await;
     let mut browser = Browser::new();
     browser.sign_in(&w.app, "").await;
-    let start = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
-    let provider_page = browser.get(&location(&start)).await;
-    browser.get(&location(&provider_page)).await;
+    let callback = browser.start_link(&w.app, "provider=second").await;
+    browser.get(&callback).await;
     let me = body(browser.me(&w.app).await, 200).await;
     let id = |i: usize| me["identities"][i]["id"].as_str().unwrap().to_owned();
     let (first_id, second_id) = (id(0), id(1));
@@ -750,9 +759,8 @@ async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend
     let only = browser.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{first_id}"))).await;
     assert_eq!(body(only, 409).await["code"], "last_identity");
 
-    let start = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
-    let provider = browser.get(&location(&start)).await;
-    browser.get(&location(&provider)).await;
+    let callback = browser.start_link(&w.app, "provider=second").await;
+    browser.get(&callback).await;
     let me = body(browser.me(&w.app).await, 200).await;
     let second_id = me["identities"][1]["id"].as_str().unwrap().to_owned();
     // A page of another origin — a sibling subdomain's, which the session cookie's `SameSite=Lax`
@@ -808,9 +816,8 @@ async fn unlinking_an_identity_signs_out_the_sessions_that_used_it(backend: Back
     let mut intruder = Browser::new();
     assert_eq!(intruder.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     // The owner links the second provider from that account, and signs in with it elsewhere.
-    let start = intruder.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
-    let provider_page = intruder.get(&location(&start)).await;
-    intruder.get(&location(&provider_page)).await;
+    let callback = intruder.start_link(&w.app, "provider=second").await;
+    intruder.get(&callback).await;
     let me = body(intruder.me(&w.app).await, 200).await;
     let [first_id, second_id] = [0, 1].map(|i| me["identities"][i]["id"].as_str().unwrap().to_owned());
     let mut owner = Browser::new();
@@ -875,9 +882,8 @@ async fn an_unlinked_identity_stops_resolving_to_its_old_user_at_once(backend: B
     w.issuer.set_next_user(StubUser::new("shared-sub", "shared@example.com"));
     let mut browser = Browser::new();
     browser.sign_in(&w.app, "").await;
-    let start = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
-    let provider_page = browser.get(&location(&start)).await;
-    browser.get(&location(&provider_page)).await;
+    let callback = browser.start_link(&w.app, "provider=second").await;
+    browser.get(&callback).await;
     let me = body(browser.me(&w.app).await, 200).await;
     let token = w.issuer.sign("rsa-1", &w.issuer.claims("shared-sub", crate::helpers::AUDIENCE));
     let validated = body(w.app.validate(&token).await, 200).await;
