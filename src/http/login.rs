@@ -1,6 +1,6 @@
 //! The sign-in chooser, `GET /login?return_to=…`: every configured provider as a button, and an
-//! email field that uses home-realm discovery (`GET /login?email=…`) to go straight to the
-//! team's provider of a verified domain claim. `return_to` is checked before anything is shown,
+//! email field that uses home-realm discovery (`POST /login`, or a link's `GET /login?email=…`)
+//! to go straight to the team's provider of a verified domain claim. `return_to` is checked before anything is shown,
 //! and carried through every button. Also `GET /`, which sends a browser to its account page
 //! (after a sign-in without `return_to`, for instance).
 
@@ -16,16 +16,18 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::auth::redirect;
-use super::extract::ApiQuery;
+use super::csrf;
+use super::extract::{ApiQuery, PageBytes};
 use super::pages::icons::Icon;
 use super::pages::{self, Chrome};
 use super::problem::ApiError;
 use crate::domain::Email;
+use crate::error::ErrorCode;
 use crate::service::teams::Discovery;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/", get(home)).route("/login", get(show_login))
+    Router::new().route("/", get(home)).route("/login", get(show_login).post(submit_login))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -135,19 +137,54 @@ async fn show_login(
         Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error(&headers, error),
     };
-    let return_to = match query.return_to.as_deref().filter(|r| !r.is_empty()) {
+    discover(&state, &headers, query.return_to.as_deref(), query.email.as_deref()).await
+}
+
+/// The chooser's email form, posted so that the address stays out of the URL (and so out of
+/// proxies' access logs and the browser's history): the same discovery as a `GET` link's.
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "pages",
+    operation_id = "submit_login",
+    summary = "The sign-in page's email form: home-realm discovery.",
+    request_body(content_type = "application/x-www-form-urlencoded", description = "`email`, and `return_to` when the page had one."),
+    responses(crate::http::openapi::PageResponses),
+    security(()),
+)]
+async fn submit_login(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
+    let fields = csrf::form_fields(&body);
+    let (Ok(return_to), Ok(email)) = (one(&fields, "return_to"), one(&fields, "email")) else {
+        let error = ApiError::new(ErrorCode::InvalidRequest, "send each of the form's fields at most once");
+        return state.pages.error(&headers, error);
+    };
+    discover(&state, &headers, return_to, email).await
+}
+
+/// A form field's value: none, or the one sent; `Err` when it was sent more than once.
+fn one<'a>(fields: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, ()> {
+    match fields.iter().filter(|(k, _)| k == name).count() {
+        0 => Ok(None),
+        1 => Ok(csrf::field(fields, name)),
+        _ => Err(()),
+    }
+}
+
+/// Home-realm discovery: the chooser, or straight to the provider the email's team signs in with.
+async fn discover(state: &AppState, headers: &HeaderMap, return_to: Option<&str>, email: Option<&str>) -> Response {
+    let return_to = match return_to.filter(|r| !r.is_empty()) {
         Some(value) => match state.sign_in.check_return_to(value) {
             Ok(checked) => Some(checked.as_str().to_owned()),
-            Err(error) => return state.pages.error(&headers, error.into()),
+            Err(error) => return state.pages.error(headers, error.into()),
         },
         None => None,
     };
-    let Some(email_text) = query.email.as_deref().map(str::trim).filter(|e| !e.is_empty()) else {
-        return chooser(&state, return_to.as_deref(), "", None);
+    let Some(email_text) = email.map(str::trim).filter(|e| !e.is_empty()) else {
+        return chooser(state, return_to.as_deref(), "", None);
     };
     let Ok(email) = Email::parse(email_text) else {
         let notice = "Enter an email address like name@example.com.".to_owned();
-        return chooser(&state, return_to.as_deref(), email_text, Some((notice, true)));
+        return chooser(state, return_to.as_deref(), email_text, Some((notice, true)));
     };
     let providers = state.flows.providers();
     let team_provider = match state.teams.discover(&email).await {
@@ -155,7 +192,7 @@ async fn show_login(
             providers.for_issuer(&provider, &issuer).map(|p| p.name().to_owned())
         }
         Ok(Discovery::Default) => None,
-        Err(error) => return state.pages.error(&headers, error.into()),
+        Err(error) => return state.pages.error(headers, error.into()),
     };
     match team_provider {
         Some(provider) => redirect(&provider_href("login", &provider, return_to.as_deref()), &[]),
@@ -165,7 +202,7 @@ async fn show_login(
             None => {
                 let notice =
                     format!("{} has no team sign-in of its own here. Choose how you want to sign in.", email.domain());
-                chooser(&state, return_to.as_deref(), email_text, Some((notice, false)))
+                chooser(state, return_to.as_deref(), email_text, Some((notice, false)))
             }
         },
     }

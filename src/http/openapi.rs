@@ -119,6 +119,7 @@ async fn openapi_json() -> Response {
         crate::http::auth::logout,
         crate::http::login::home,
         crate::http::login::show_login,
+        crate::http::login::submit_login,
         crate::http::pages::stylesheet,
         crate::http::pages::icons::serve_icon,
         crate::http::account::show_account,

@@ -407,12 +407,28 @@ async fn the_chooser_lists_providers_and_sends_a_teams_email_to_its_provider(bac
         .await
         .unwrap();
     assert!(claim.status().is_success(), "{:?}", claim.text().await);
+    // The page's form posts the address, so that it stays out of the URL.
+    assert!(page.contains("<form class=\"stack\" method=\"post\" action=\"/login\">"), "{page}");
+    let login = w.app.url("/login");
+    let to = browser.form(&login, &[("email", "someone@ACME.example"), ("return_to", "/after")]).await;
+    assert_eq!(location(&to), "/auth/login?provider=second&return_to=%2Fafter");
+    // A link that carries the address still works.
     let to = browser.navigate(&w.app.url("/login?email=someone%40ACME.example&return_to=/after")).await;
     assert_eq!(location(&to), "/auth/login?provider=second&return_to=%2Fafter");
-    let page = html(browser.navigate(&w.app.url("/login?email=someone%40other.example")).await, StatusCode::OK).await;
+    let page = html(browser.form(&login, &[("email", "someone@other.example")]).await, StatusCode::OK).await;
     assert!(page.contains("other.example has no team sign-in of its own"), "{page}");
-    let page = html(browser.navigate(&w.app.url("/login?email=not-an-email")).await, StatusCode::OK).await;
+    let page = html(browser.form(&login, &[("email", "not-an-email")]).await, StatusCode::OK).await;
     assert!(page.contains("role=\"alert\"") && page.contains("value=\"not-an-email\""), "{page}");
+    // A field sent twice is refused rather than one of its values picked.
+    let twice = [("email", "someone@ACME.example"), ("return_to", "/after"), ("return_to", "https://evil.example/")];
+    let page = html(browser.form(&login, &twice).await, StatusCode::BAD_REQUEST).await;
+    assert!(page.contains("at most once"), "{page}");
+    let page = html(
+        browser.form(&login, &[("email", "a@acme.example"), ("return_to", "https://evil.example/")]).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(page.contains("This sign-in link cannot be used"), "{page}");
     let page =
         html(browser.navigate(&w.app.url("/login?return_to=https://evil.example/")).await, StatusCode::BAD_REQUEST)
             .await;
