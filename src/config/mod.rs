@@ -115,7 +115,8 @@ pub struct ServerConfig {
     /// kept-alive connection, from the end of the previous response
     /// (`server.header_read_timeout_ms`).
     pub header_read_timeout: Duration,
-    /// How long a request body may stall between two pieces (`server.body_read_timeout_ms`).
+    /// How long a request body may take to arrive, from the first read of it to its end
+    /// (`server.body_read_timeout_ms`).
     pub body_read_timeout: Duration,
     /// After SIGTERM, how long requests in flight may take to finish before their connections
     /// are closed (`server.shutdown_timeout_seconds`).

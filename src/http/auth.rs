@@ -536,7 +536,17 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByte
                 return state.pages.error(&headers, error.into());
             }
         }
-        Ok(None) => {}
+        // No cookie came, and none is cleared: a cross-site form's post carries no `SameSite`
+        // cookie, and its answer may still delete one (RFC 6265bis 5.7) — another site's page
+        // could otherwise drop the browser's session cookie, if not the session.
+        Ok(None) => {
+            if is_form || pages::wants_html(&headers) {
+                return signed_out(&state, None);
+            }
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            pages::protect(response.headers_mut());
+            return response;
+        }
         // Which session to end is ambiguous: none is, but the browser is told to drop the cookie.
         Err(error) => return with_cookie(state.pages.error(&headers, error), clear_session),
     }

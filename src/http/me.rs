@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
@@ -12,7 +13,7 @@ use super::AppState;
 use super::caller::{acting_caller, session_without_token};
 use super::extract::ApiPath;
 use super::problem::ApiError;
-use super::responses::UserProfileResponse;
+use super::responses::{UserProfileResponse, no_store};
 use crate::domain::IdentityId;
 use crate::error::ErrorCode;
 
@@ -33,17 +34,18 @@ pub fn routes() -> Router<Arc<AppState>> {
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The user.", body = UserProfileResponse)),
     security(("bearer" = []), ("session" = [])),
 )]
-async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<UserProfileResponse>, ApiError> {
+async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    // A person's email and identities: kept out of every cache (a browser's disk cache too).
     // A browser with a session and no token: the session and the profile in one read.
     if let Some(session) = session_without_token(&state, &headers)?
         && let Some(profile) = state.sessions.resolve_profile(session).await?
     {
-        return Ok(Json(profile.into()));
+        return Ok(no_store(Json(UserProfileResponse::from(profile))));
     }
     // One of Tessera's own tokens must be for Tessera's API: an app's token for itself carries
     // only what its user consented to give it (userinfo), not their identities and teams.
     let user = acting_caller(&state, &headers).await?;
-    Ok(Json(state.validator.profile(user).await?.into()))
+    Ok(no_store(Json(UserProfileResponse::from(state.validator.profile(user).await?))))
 }
 
 fn parse_identity(value: &str) -> Result<IdentityId, ApiError> {

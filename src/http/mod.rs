@@ -24,9 +24,9 @@ pub mod openapi;
 pub mod pages;
 pub mod problem;
 pub mod prometheus;
+pub mod request_body;
 pub mod responses;
 pub mod serve;
-pub mod unread_body;
 pub mod validation;
 pub mod webhooks;
 
@@ -42,7 +42,6 @@ use axum::response::IntoResponse;
 use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -157,9 +156,8 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
-        // A client that stalls in the middle of a body is cut off.
-        .layer(RequestBodyTimeoutLayer::new(limits.body_read_timeout))
-        .layer(middleware::from_fn(unread_body::close_if_body_unread))
+        // A body declared too large is refused unread; one arriving too slowly is cut off.
+        .layer(middleware::from_fn_with_state(limits.body_read_timeout, request_body::guard))
         .layer(
             // Spans carry the method, the matched route (never the raw URI, whose query may hold
             // codes or tokens) and the request id; no header or body is logged.

@@ -146,7 +146,9 @@ impl World {
         if allow_account_change {
             request = request.json(&json!({"allow_account_change": true}));
         }
-        body(request.send().await.unwrap(), 200).await["connect_url"].as_str().unwrap().to_owned()
+        let response = request.send().await.unwrap();
+        assert_eq!(response.headers()["cache-control"], "no-store", "a connect link is a bearer secret");
+        body(response, 200).await["connect_url"].as_str().unwrap().to_owned()
     }
 
     /// Creates an OAuth profile for Alice and connects it; returns its slug.
@@ -219,7 +221,9 @@ async fn count(app: &TestApp, filter: &str) -> i64 {
 
 async fn a_repeated_create_without_slug_reuses_the_pending_profile(backend: Backend) {
     let w = world(backend).await;
-    let first = body(w.create(w.alice.id, profile_request(None)).await, 201).await;
+    let first = w.create(w.alice.id, profile_request(None)).await;
+    assert_eq!(first.headers()["cache-control"], "no-store", "a connect link is a bearer secret");
+    let first = body(first, 201).await;
     assert_eq!(first["auth_profile"]["status"], "pending_auth");
     assert_eq!(first["auth_profile"]["slug"], "my-issues");
     assert!(first["connect_url"].as_str().unwrap().contains("/connect/"));

@@ -1152,6 +1152,12 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
+    // Another site's form posts without the (SameSite) cookie: its answer clears no cookie,
+    // which the browser would honour.
+    let cross = w.app.client.post(w.app.url("/oauth/logout")).header("sec-fetch-site", "cross-site");
+    let cross = cross.header("accept", "text/html").form(&[("x", "y")]).send().await.unwrap();
+    assert_eq!(cross.status(), StatusCode::OK);
+    assert!(cross.headers().get_all("set-cookie").iter().all(|c| !c.to_str().unwrap().starts_with("tessera_session=")));
     // An id token of the same user from an earlier session (its auth_time, a second or more
     // before this one began) only asks too: it is no proof that this browser's app asked.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -1362,6 +1368,15 @@ async fn browser_apps_on_other_origins_reach_the_public_client_endpoints_only(ba
     }
     let discovery = w.app.client.get(w.app.url("/.well-known/openid-configuration")).header("origin", origin);
     assert_eq!(discovery.send().await.unwrap().headers()["access-control-allow-origin"], "*");
+    // A refused userinfo call says why in WWW-Authenticate, which the app's script may read.
+    let refused = w.app.client.get(w.app.url("/oauth/userinfo")).header("origin", origin).bearer_auth("nope");
+    let refused = refused.send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(refused.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    assert_eq!(
+        refused.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase(),
+        "www-authenticate"
+    );
     // Backend-only endpoints and the browser's own pages are not for other origins.
     for path in ["/oauth/introspect", "/oauth/par", "/oauth/consent", "/admin/clients"] {
         let asked = w.app.client.post(w.app.url(path)).header("origin", origin).send().await.unwrap();

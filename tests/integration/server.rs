@@ -11,6 +11,14 @@ use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, json as body, on_both_backen
 
 on_both_backends!(a_stalled_body_is_cut_off_and_writes_nothing);
 
+/// A bootstrap request's head, declaring a body of `length` bytes, with `extra` headers.
+fn bootstrap_head(length: usize, extra: &str) -> String {
+    format!(
+        "POST /admin/users/bootstrap HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n{extra}\r\n"
+    )
+}
+
 const SHORT: Duration = Duration::from_millis(300);
 
 /// Reads until the server closes the connection, or fails the test after `limit`. Returns what
@@ -57,6 +65,46 @@ async fn a_stalled_body_is_cut_off_and_writes_nothing(backend: Backend) {
     assert!(answered.is_empty() || answered.starts_with("HTTP/1.1 4"), "a client error or nothing: {answered}");
     assert!(!answered.contains("text/plain"), "never a plain-text error: {answered}");
     assert_eq!(app.db.sql().await.count("users").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_in_is_cut_off_at_the_timeout_in_all() {
+    // A byte every 100 ms never stalls for the timeout, but 400 bytes of it would take 40 s.
+    let app =
+        TestApp::spawn_with(Backend::Sqlite, |config| config.server.body_read_timeout = Duration::from_secs(1)).await;
+    let stream = TcpStream::connect(app.addr).await.unwrap();
+    let (mut reading, mut writing) = stream.into_split();
+    writing.write_all(bootstrap_head(400, "").as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..400 {
+            if writing.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answered = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), reading.read_to_end(&mut answered)).await;
+    trickle.abort();
+    read.expect("the server cut the body off long before it was all sent").ok();
+    let answered = String::from_utf8_lossy(&answered);
+    assert!(answered.starts_with("HTTP/1.1 400"), "{answered}");
+    assert!(answered.contains("\"code\":\"invalid_request\""), "{answered}");
+    assert_eq!(app.db.sql().await.count("users").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_declared_too_large_is_refused_unread() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    // The client waits for `100 Continue` before sending 10 MB; it is answered 413 instead.
+    stream.write_all(bootstrap_head(10_000_000, "Expect: 100-continue\r\n").as_bytes()).await.unwrap();
+    let (answered, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(answered.starts_with("HTTP/1.1 413"), "{answered}");
+    assert!(!answered.contains("100 Continue"), "{answered}");
+    assert!(answered.contains("\"code\":\"payload_too_large\""), "{answered}");
     app.stop().await;
 }
 

@@ -941,13 +941,26 @@ async fn sessions_end_when_idle_expired_or_logged_out(backend: Backend) {
     let mut browser = Browser::new();
     browser.sign_in(&w.app, "").await;
     let cookie = browser.cookies["tessera_session"].clone();
-    assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK);
+    let me = browser.me(&w.app).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    assert_eq!(me.headers()["cache-control"], "no-store", "a person's email stays out of caches");
     // A page of another origin cannot sign the user out, even in a browser that sends no
     // Fetch Metadata (Safari before 16.4): its `Origin` says where it came from.
     let forged = w.app.client.post(w.app.url("/auth/logout")).header("cookie", format!("tessera_session={cookie}"));
     let forged = forged.header("origin", "https://sibling.example.com").body("x").send().await.unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
     assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK, "still signed in");
+    // A cross-site form's post comes without the (SameSite) cookie, and its answer must not
+    // delete it: the browser would honour that deletion.
+    for (path, html) in [("/auth/logout", false), ("/auth/logout", true)] {
+        let cross = w.app.client.post(w.app.url(path)).header("sec-fetch-site", "cross-site");
+        let cross = if html { cross.header("accept", "text/html").form(&[("x", "y")]) } else { cross.body("x") };
+        let cross = cross.send().await.unwrap();
+        assert!(cross.status().is_success(), "{path}: {}", cross.status());
+        assert!(
+            cross.headers().get_all("set-cookie").iter().all(|c| !c.to_str().unwrap().starts_with("tessera_session="))
+        );
+    }
     let logout = browser.request(Method::POST, &w.app.url("/auth/logout")).await;
     assert_eq!(logout.status(), StatusCode::NO_CONTENT);
     assert!(!browser.cookies.contains_key("tessera_session"), "the cookie is cleared");

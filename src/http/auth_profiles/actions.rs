@@ -23,9 +23,8 @@ use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::problem::ApiError;
-use crate::http::responses::no_store;
 use crate::http::responses::{
-    AuthProfileResponse, AuthProfileTestResponse, AuthProfileUpdateResponse, ConnectorCredentialResponse,
+    AuthProfileResponse, AuthProfileTestResponse, AuthProfileUpdateResponse, ConnectorCredentialResponse, no_store,
 };
 use crate::service::profile_actions::{ProfileActions, ProfilePatch};
 
@@ -75,11 +74,13 @@ async fn update_auth_profile(
     ApiPath((team, slug)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
     ApiJson(request): ApiJson<UpdateRequest>,
-) -> Result<Json<AuthProfileUpdateResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let slug = parse_slug(&slug)?;
     let patch = parse_update(request)?;
-    Ok(Json(ProfileActions::new(&state.auth_profiles).update(&team, user, &slug, patch).await?.into()))
+    let updated = ProfileActions::new(&state.auth_profiles).update(&team, user, &slug, patch).await?;
+    // It may carry a new connect link, a bearer secret.
+    Ok(no_store(Json(AuthProfileUpdateResponse::from(updated))))
 }
 
 #[utoipa::path(

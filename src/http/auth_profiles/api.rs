@@ -216,12 +216,13 @@ async fn create_auth_profile(
     ApiPath(team): ApiPath<String>,
     ApiQuery(query): ApiQuery<OnBehalf>,
     ApiJson(request): ApiJson<CreateRequest>,
-) -> Result<(StatusCode, Json<AuthProfileWithLinkResponse>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let request = parse_create(request)?;
     let created = state.auth_profiles.create(&team, user, request).await?;
     let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(created.into())))
+    // The connect link in it is a bearer secret.
+    Ok(no_store((status, Json(AuthProfileWithLinkResponse::from(created)))))
 }
 
 #[utoipa::path(
@@ -309,7 +310,7 @@ async fn connect_auth_profile(
     ApiPath((team, slug)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
     ApiBytes(body): ApiBytes,
-) -> Result<Json<AuthProfileWithLinkResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     // The body is optional: none, or `{"allow_account_change": true}`.
     let request: ConnectRequest = match body.is_empty() {
@@ -323,7 +324,8 @@ async fn connect_auth_profile(
         false => json_bytes(&body)?,
     };
     let allow = request.allow_account_change.unwrap_or(false);
-    Ok(Json(state.auth_profiles.connect_link(&team, user, &parse_slug(&slug)?, allow).await?.into()))
+    let linked = state.auth_profiles.connect_link(&team, user, &parse_slug(&slug)?, allow).await?;
+    Ok(no_store(Json(AuthProfileWithLinkResponse::from(linked))))
 }
 
 #[utoipa::path(

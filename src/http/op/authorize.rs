@@ -494,8 +494,14 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
             return state.pages.confirm_logout(&fields, &csrf::token(session_cookie));
         }
     }
-    let clear = state.cookies.clear(state.cookies.session());
-    if let Ok(Some(session)) = cookie(headers, state.cookies.session())
+    // Cleared only when one came: a cross-site form's post carries no `SameSite` cookie, and its
+    // answer could still delete it (RFC 6265bis 5.7).
+    let sent = cookie(headers, state.cookies.session());
+    let clear: Vec<_> = match sent {
+        Ok(None) => Vec::new(),
+        _ => vec![state.cookies.clear(state.cookies.session())],
+    };
+    if let Ok(Some(session)) = sent
         && let Err(e) = state.sessions.revoke(session, SessionEnd::SignedOut).await
     {
         tracing::warn!(error = %e, "ending a session failed");
@@ -516,13 +522,15 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
                 }
                 _ => uri,
             };
-            redirect(&to, &[clear])
+            redirect(&to, &clear)
         }
         None => {
             let message = Message::new("You are signed out", "You are signed out. You can close this window.")
                 .action("Sign in again", "/login");
             let mut response = state.pages.message(StatusCode::OK, message);
-            response.headers_mut().append(header::SET_COOKIE, clear);
+            for clear in clear {
+                response.headers_mut().append(header::SET_COOKIE, clear);
+            }
             response
         }
     }

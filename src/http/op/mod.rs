@@ -41,6 +41,8 @@ fn browser_apps() -> CorsLayer {
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        // Why userinfo refused a token is in this header (RFC 6750 3), not the body.
+        .expose_headers([header::WWW_AUTHENTICATE])
         .max_age(Duration::from_secs(3600))
 }
 
