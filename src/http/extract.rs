@@ -62,6 +62,27 @@ pub fn declares_json(headers: &axum::http::HeaderMap) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The media ranges of the request's `Accept` headers, each with its weight (`q`, 1 when absent;
+/// a malformed one counts as 0), the type lowercased and without its parameters.
+pub fn media_ranges(headers: &axum::http::HeaderMap) -> Vec<(String, f32)> {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|range| {
+            let mut parts = range.split(';');
+            let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|param| param.trim().split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .map_or(1.0, |(_, value)| value.trim().parse::<f32>().unwrap_or(0.0));
+            (essence, q)
+        })
+        .filter(|(essence, _)| !essence.is_empty())
+        .collect()
+}
+
 /// Parses a JSON body read as bytes (an optional body, which [`ApiJson`] cannot take) with the
 /// same answers: `malformed_json` for text that is not JSON, `invalid_request` (naming the field,
 /// quoting no value) for JSON of the wrong shape.

@@ -22,7 +22,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 
 use super::AppState;
 use super::credentials::Credentials;
-use super::extract::{ApiBytes, MAX_BODY_BYTES, declares_json};
+use super::extract::{ApiBytes, MAX_BODY_BYTES, declares_json, media_ranges};
 use super::op::signing_keys;
 use super::problem::ApiError;
 use crate::domain::UserId;
@@ -148,28 +148,15 @@ async fn transport_request(request: Request, state: &Arc<AppState>) -> Result<Re
 /// The rest of [`transport_request`]: the headers and the body.
 async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request, ApiError> {
     let headers = request.headers();
-    let essence = |value: &str| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     if !declares_json(headers) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "send the JSON-RPC message with `Content-Type: application/json`",
         ));
     }
-    let accepted: Vec<String> = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        // A range with `q=0` is one the client does not accept (RFC 9110 12.4.2), as the SDK reads it.
-        .filter(|range| {
-            !range.split(';').skip(1).any(|param| {
-                param.trim().split_once('=').is_some_and(|(name, value)| {
-                    name.trim().eq_ignore_ascii_case("q") && value.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
-                })
-            })
-        })
-        .map(essence)
-        .collect();
+    // A range with `q=0` is one the client does not accept (RFC 9110 12.4.2), as the SDK reads it.
+    let accepted: Vec<String> =
+        media_ranges(headers).into_iter().filter(|(_, q)| *q > 0.0).map(|(essence, _)| essence).collect();
     if !["application/json", "text/event-stream"].iter().all(|wanted| accepted.iter().any(|a| a == wanted)) {
         return Err(ApiError::new(
             ErrorCode::NotAcceptable,

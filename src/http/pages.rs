@@ -310,9 +310,15 @@ async fn stylesheet(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
-/// Whether the client asked for HTML (a browser navigation).
+/// Whether the client asked for HTML (a browser navigation): `text/html` accepted, and weighed
+/// no lower than JSON (`application/json`, `application/problem+json`).
 pub fn wants_html(headers: &HeaderMap) -> bool {
-    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
+    let ranges = super::extract::media_ranges(headers);
+    let weight = |types: &[&str]| {
+        ranges.iter().filter(|(essence, _)| types.contains(&essence.as_str())).map(|(_, q)| *q).fold(0.0, f32::max)
+    };
+    let html = weight(&["text/html"]);
+    html > 0.0 && html >= weight(&["application/json", "application/problem+json"])
 }
 
 /// Adds `Cache-Control: no-store` and `Referrer-Policy: no-referrer`.
@@ -356,6 +362,24 @@ pub fn login_url(return_to: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn html_is_wanted_when_accepted_and_weighed_no_lower_than_json() {
+        let wants = |accept: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in accept {
+                headers.append(header::ACCEPT, HeaderValue::from_str(value).unwrap());
+            }
+            wants_html(&headers)
+        };
+        assert!(wants(&["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"]), "a browser");
+        assert!(wants(&["application/json", "text/html"]), "a tie, in two headers");
+        assert!(!wants(&[]));
+        assert!(!wants(&["application/problem+json, text/html;q=0"]), "q=0 is refused");
+        assert!(!wants(&["application/json, text/html;q=0.5"]), "JSON preferred");
+        assert!(!wants(&["text/html;q=oops"]), "a malformed weight counts as 0");
+        assert!(wants(&["TEXT/HTML ; q=0.9, application/json;q=0.2"]));
+    }
 
     #[test]
     fn pages_escape_their_text_and_carry_the_policy() {

@@ -173,13 +173,17 @@ async fn concurrent_admin_changes_write_one_row_per_change_that_happened(backend
         let slug = if i < 12 { format!("team-{i}") } else { "contested".to_owned() };
         tasks.push(tokio::spawn(async move {
             let request = app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": slug, "name": "T" }));
-            request.send().await.unwrap().status()
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.unwrap())
         }));
     }
     let mut created = 0;
     for task in tasks {
-        if task.await.unwrap() == StatusCode::CREATED {
-            created += 1;
+        match task.await.unwrap() {
+            (StatusCode::CREATED, _) => created += 1,
+            // Refused as taken, not failed.
+            (status, body) => assert_eq!((status, body["code"].as_str()), (StatusCode::CONFLICT, Some("slug_taken"))),
         }
     }
     assert_eq!(created, 13);

@@ -865,13 +865,15 @@ async fn a_public_client_on_a_loopback_redirect_asks_for_consent_every_time(back
 /// Follows redirects from `url` (signing in through the provider on the way) to the first page
 /// that answers 200.
 async fn first_page(app: &TestApp, browser: &mut Browser, mut url: String) -> reqwest::Response {
+    let mut visited = Vec::new();
     loop {
+        assert!(visited.len() < 20, "redirected more than 20 times: {visited:#?}");
         let response = browser.navigate(&url).await;
         if response.status() == StatusCode::OK {
             return response;
         }
         let next = location(&response);
-        url = if next.starts_with('/') { app.url(&next) } else { next };
+        visited.push(std::mem::replace(&mut url, if next.starts_with('/') { app.url(&next) } else { next }));
     }
 }
 

@@ -483,7 +483,9 @@ async fn pages_work_in_a_real_browser() {
     assert!(Path::new(&chromium).exists(), "{chromium} is missing: `scripts/test` installs Debian's chromium");
     assert!(support().join("node_modules/axe-core/axe.min.js").exists(), "axe-core is missing: run `scripts/test`");
     let w = world(Backend::Sqlite).await;
+    // Kept for people to look at after a run; emptied first, so that only this run's are there.
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
     let output = Command::new(python)
         .arg("browser_pages.py")
         .current_dir(support())

@@ -16,7 +16,8 @@ async fn readiness_fails_within_its_bound_while_postgres_is_down() {
     config.database.url = DatabaseUrl::parse(&relay.url).unwrap();
     // The defaults: readiness must not wait for the pool's 5 s acquire timeout.
     let bound = config.database.ready_timeout;
-    assert!(bound < Duration::from_secs(1) && config.database.acquire_timeout >= Duration::from_secs(5));
+    let pool = config.database.acquire_timeout;
+    assert!(bound < Duration::from_secs(1) && pool >= Duration::from_secs(5));
     let app = TestApp::start(db, &config).await;
     let ready = body(app.client.get(app.url("/readyz")).send().await.unwrap(), 200).await;
     assert_eq!(ready["status"], "ready");
@@ -27,9 +28,11 @@ async fn readiness_fails_within_its_bound_while_postgres_is_down() {
         let response = app.client.get(app.url("/readyz")).send().await.unwrap();
         let elapsed = started.elapsed();
         assert_eq!(body(response, 503).await["code"], "store_unavailable", "attempt {attempt}");
+        // Not a timing test of the bound itself (a loaded machine may take longer): whether it
+        // waited for the pool.
         assert!(
-            elapsed < bound + Duration::from_secs(1),
-            "attempt {attempt}: /readyz answered after {elapsed:?}, past its bound of {bound:?} (+1 s slack)"
+            elapsed < pool - Duration::from_secs(1),
+            "attempt {attempt}: /readyz answered after {elapsed:?}: it waited for the pool ({pool:?}), not its bound of {bound:?}"
         );
     }
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();

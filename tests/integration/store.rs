@@ -1578,7 +1578,7 @@ async fn an_expired_login_state_is_not_returned_and_is_gone(backend: Backend) {
 }
 
 async fn concurrent_takes_of_a_login_state_have_one_winner(backend: Backend) {
-    let (_db, store) = setup(backend).await;
+    let (db, store) = setup(backend).await;
     let t0 = now();
     let state = login_state(t0, TimeDelta::minutes(10));
     store.insert_login_state(&state).await.unwrap();
@@ -1589,6 +1589,7 @@ async fn concurrent_takes_of_a_login_state_have_one_winner(backend: Backend) {
     .await;
     let winners: Vec<_> = taken.into_iter().flatten().collect();
     assert_eq!(winners, [state]);
+    assert_eq!(db.sql().await.count("login_states").await, 0, "taken means gone");
 }
 
 async fn a_session_is_read_with_its_users_profile_in_one_go(backend: Backend) {

@@ -26,6 +26,12 @@ on_both_backends!(
     a_replay_sends_events_again,
     concurrent_changes_of_different_fields_all_stick,
     an_endpoint_enabled_again_sends_what_waited_for_it,
+    a_delivery_fails_for_good_when_retries_run_out,
+    a_backlog_held_back_past_its_time_fails_without_a_request_each,
+    deliveries_of_event_types_unsubscribed_since_are_not_sent,
+    a_shutdown_finishes_the_request_under_way_and_releases_the_lease,
+    a_shutdown_writes_the_counts_before_waiting_for_a_slow_delivery,
+    a_rotation_during_a_batch_signs_its_next_requests,
 );
 
 /// One request a receiver got.
@@ -295,9 +301,8 @@ async fn an_endpoint_enabled_again_sends_what_waited_for_it(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_fails_for_good_when_retries_run_out() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+async fn a_delivery_fails_for_good_when_retries_run_out(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
         with_keyring(config);
         config.webhooks.give_up_after = std::time::Duration::from_secs(1);
     })
@@ -324,9 +329,8 @@ async fn a_delivery_fails_for_good_when_retries_run_out() {
 
 /// Behind an endpoint that never answers, the deliveries held back past their time fail without
 /// a request each: the backlog drains at once instead of at one timeout a delivery.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_held_back_past_its_time_fails_without_a_request_each() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+async fn a_backlog_held_back_past_its_time_fails_without_a_request_each(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
         with_keyring(config);
         config.webhooks.give_up_after = std::time::Duration::from_secs(1);
         config.webhooks.timeout = std::time::Duration::from_secs(3);
@@ -353,9 +357,8 @@ async fn a_backlog_held_back_past_its_time_fails_without_a_request_each() {
 }
 
 /// Deliveries queued for event types the endpoint no longer subscribes to are never sent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_of_event_types_unsubscribed_since_are_not_sent() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+async fn deliveries_of_event_types_unsubscribed_since_are_not_sent(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
         with_keyring(config);
         config.webhooks.retry_base = std::time::Duration::from_millis(300);
         config.webhooks.retry_max = std::time::Duration::from_millis(300);
@@ -447,9 +450,8 @@ async fn a_signing_key_the_key_ring_lost_fails_deliveries_with_backoff_until_it_
 /// A shutdown while a delivery is under way lets that request finish and records it, starts no
 /// other, and gives the endpoint's lease back: another instance goes on at once, and the answered
 /// event is not sent again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_finishes_the_request_under_way_and_releases_the_lease() {
-    let app = spawn(Backend::Postgres).await;
+async fn a_shutdown_finishes_the_request_under_way_and_releases_the_lease(backend: Backend) {
+    let app = spawn(backend).await;
     let receiver = Receiver::start().await;
     receiver.slow_ms.store(1_000, Ordering::SeqCst);
     let (id, _) = register(&app, json!({ "url": receiver.url })).await;
@@ -458,24 +460,24 @@ async fn a_shutdown_finishes_the_request_under_way_and_releases_the_lease() {
     }
     eventually("the first request is under way", || async { !receiver.all().is_empty() }).await;
     // Both events fanned out (the first request takes a second; polls go on meanwhile).
-    let rows = format!("webhook_deliveries WHERE endpoint_id = '{id}'");
     let sql = app.db.sql().await;
+    let rows = format!("webhook_deliveries WHERE endpoint_id = {}", sql.uuid(&id));
     eventually("both deliveries are scheduled", || async { sql.count(&rows).await == 2 }).await;
     let db = app.stop_keeping_db().await;
     assert_eq!(receiver.all().len(), 1, "no request started after the stop");
     let sql = db.sql().await;
+    let id = sql.uuid(&id);
     let states =
-        sql.texts(&format!("SELECT state FROM webhook_deliveries WHERE endpoint_id = '{id}' ORDER BY event_seq")).await;
+        sql.texts(&format!("SELECT state FROM webhook_deliveries WHERE endpoint_id = {id} ORDER BY event_seq")).await;
     assert_eq!(states, ["delivered", "pending"], "the answered request is recorded");
-    assert_eq!(sql.count(&format!("webhook_endpoints WHERE id = '{id}' AND lease_owner IS NULL")).await, 1, "released");
+    assert_eq!(sql.count(&format!("webhook_endpoints WHERE id = {id} AND lease_owner IS NULL")).await, 1, "released");
 }
 
 /// At shutdown, what requests counted in memory (here a refused admin token) is written before
 /// waiting for a webhook delivery under way, which may take up to its timeout: an orchestrator's
 /// grace period must not end with the counts still unwritten behind a slow endpoint.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_writes_the_counts_before_waiting_for_a_slow_delivery() {
-    let app = TestApp::spawn_with(Backend::Postgres, |config| {
+async fn a_shutdown_writes_the_counts_before_waiting_for_a_slow_delivery(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
         with_keyring(config);
         config.audit.flush_interval = std::time::Duration::from_secs(3600);
         config.webhooks.timeout = std::time::Duration::from_secs(10);
@@ -498,9 +500,8 @@ async fn a_shutdown_writes_the_counts_before_waiting_for_a_slow_delivery() {
 
 /// A key rotated while a batch of deliveries is under way signs that batch's next requests: each
 /// request takes the endpoint's keys as they are then, not as they were leased.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotation_during_a_batch_signs_its_next_requests() {
-    let app = spawn(Backend::Sqlite).await;
+async fn a_rotation_during_a_batch_signs_its_next_requests(backend: Backend) {
+    let app = spawn(backend).await;
     let receiver = Receiver::start().await;
     receiver.slow_ms.store(400, Ordering::SeqCst);
     let (id, old_secret) = register(&app, json!({ "url": receiver.url })).await;

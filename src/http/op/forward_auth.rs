@@ -88,13 +88,7 @@ fn sign_in_url(state: &AppState, headers: &HeaderMap) -> Option<String> {
 /// The URL the browser asked the proxy for: `X-Original-URL` (nginx), else `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` and `X-Forwarded-Uri` (Traefik, Caddy); each header once.
 fn original_url(headers: &HeaderMap) -> Option<String> {
-    let once = |name: &str| {
-        let mut values = headers.get_all(name).iter();
-        match (values.next(), values.next()) {
-            (Some(value), None) => value.to_str().ok(),
-            _ => None,
-        }
-    };
+    let once = |name: &str| once(headers, name);
     if let Some(url) = once("x-original-url") {
         return Some(url.to_owned());
     }
@@ -105,9 +99,20 @@ fn original_url(headers: &HeaderMap) -> Option<String> {
 /// Whether the refused request is a browser's navigation (a `GET` or `HEAD` that asks for
 /// HTML), which a redirect to a sign-in page serves; an API call is better told 401.
 fn navigation(headers: &HeaderMap) -> bool {
-    let method = headers.get("x-forwarded-method").and_then(|m| m.to_str().ok()).unwrap_or("GET");
-    let html = headers.get_all(header::ACCEPT).iter().any(|a| a.to_str().is_ok_and(|a| a.contains("text/html")));
-    matches!(method, "GET" | "HEAD") && html
+    let method = match headers.contains_key("x-forwarded-method") {
+        true => once(headers, "x-forwarded-method"),
+        false => Some("GET"),
+    };
+    matches!(method, Some("GET" | "HEAD")) && crate::http::pages::wants_html(headers)
+}
+
+/// A header's value when it is sent exactly once (and is text).
+fn once<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value.to_str().ok(),
+        _ => None,
+    }
 }
 
 /// The 200 for `user`; `email` with whether it is verified (an email a provider was not trusted
