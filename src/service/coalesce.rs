@@ -9,17 +9,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-/// Reads many keys in one round trip: one value (or none) per key, in the keys' order, or why
-/// the read failed.
+/// Reads many keys in one round trip: one value (or none, or why that key alone failed) per key,
+/// in the keys' order, or why the whole read failed.
 pub type Load<K, V, E> =
-    Box<dyn Fn(Vec<K>) -> Pin<Box<dyn Future<Output = Result<Vec<Option<V>>, E>> + Send>> + Send + Sync>;
+    Box<dyn Fn(Vec<K>) -> Pin<Box<dyn Future<Output = Result<Vec<Result<Option<V>, E>>, E>> + Send>> + Send + Sync>;
 
 /// What a caller of [`Coalescer::get`] is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read<V, E> {
     /// The shared read ran: the value for the key, if there is one.
     Found(Option<V>),
-    /// The shared read failed, and why (every caller it served is told the same).
+    /// The shared read failed, or failed for this key, and why (every caller of the key is told
+    /// the same).
     Failed(E),
     /// Nothing was read for this caller (the queue is full, or the read was abandoned): it reads
     /// on its own.
@@ -138,7 +139,10 @@ where
             let read = (self.load)(keys).await;
             for (key, reply) in batch {
                 let answer = match &read {
-                    Ok(values) if values.len() == asked => Read::Found(values[slot_of[&key]].clone()),
+                    Ok(values) if values.len() == asked => match &values[slot_of[&key]] {
+                        Ok(value) => Read::Found(value.clone()),
+                        Err(error) => Read::Failed(error.clone()),
+                    },
                     // A load that breaks its contract answers nobody.
                     Ok(_) => Read::Alone,
                     Err(error) => Read::Failed(error.clone()),
@@ -183,7 +187,7 @@ mod tests {
     type Answer = Read<i64, String>;
 
     /// A coalescer over the squares of numbers, whose reads are recorded and wait for `gate`;
-    /// `-1` has no value, a read with `0` in it fails and one with `13` panics.
+    /// `-1` has no value, `-2` fails alone, a read with `0` in it fails and one with `13` panics.
     struct Squares {
         coalescer: Arc<Coalescer<i64, i64, String>>,
         reads: Arc<Mutex<Vec<Vec<i64>>>>,
@@ -211,7 +215,10 @@ mod tests {
                     if keys.contains(&0) {
                         return Err("zero".to_owned());
                     }
-                    Ok(keys.iter().map(|k| (*k >= 0).then_some(k * k)).collect())
+                    Ok(keys
+                        .iter()
+                        .map(|k| if *k == -2 { Err("minus two".to_owned()) } else { Ok((*k >= 0).then_some(k * k)) })
+                        .collect())
                 })
             }),
         );
@@ -331,6 +338,20 @@ mod tests {
         // The coalescer still works afterwards.
         s.gate.add_permits(1);
         assert_eq!(s.get(6).await.unwrap(), found(36));
+    }
+
+    #[tokio::test]
+    async fn a_key_that_fails_alone_fails_only_its_callers() {
+        let s = squares(1, 64);
+        let first = s.get(1);
+        s.settle(1, 0).await;
+        let queued = [s.get(-2), s.get(5), s.get(-2)];
+        s.settle(1, 3).await;
+        s.gate.add_permits(2);
+        assert_eq!(first.await.unwrap(), found(1));
+        let failed = Read::Failed("minus two".to_owned());
+        assert_eq!(answers_of(queued).await, [failed.clone(), found(25), failed]);
+        assert_eq!(s.reads(), [vec![1], vec![-2, 5]]);
     }
 
     #[tokio::test]

@@ -447,7 +447,7 @@ fn principal_reads(store: Arc<dyn Store>) -> PrincipalReads {
             let store = store.clone();
             Box::pin(async move {
                 let found = store.principals(&keys, ReadFrom::Replica).await.map_err(Arc::new)?;
-                Ok(found.into_iter().map(|principal| principal.map(Arc::new)).collect())
+                Ok(found.into_iter().map(|read| read.map(|p| p.map(Arc::new)).map_err(Arc::new)).collect())
             })
         }),
     )

@@ -48,6 +48,10 @@ pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate, Revocati
 pub use profile_credentials::{CredentialOutcome, CredentialWrite, StoredCredential};
 pub use sql::SqlStore;
 
+/// One key's entry in [`Store::principals`]: its principal, none, or why its rows could not be
+/// read.
+pub type PrincipalRead = Result<Option<Principal>, StoreError>;
+
 /// Most identities [`Store::principals`] reads with one statement.
 pub const PRINCIPALS_PER_READ: usize = 64;
 
@@ -801,12 +805,9 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// [`Store::principal`] for many identities: one entry per key, in the keys' order (`None`
     /// for an identity nobody has), read with one statement per [`PRINCIPALS_PER_READ`] distinct
-    /// keys.
-    async fn principals(
-        &self,
-        keys: &[(Issuer, Subject)],
-        from: ReadFrom,
-    ) -> Result<Vec<Option<Principal>>, StoreError>;
+    /// keys. An identity whose rows cannot be decoded is an error for its key alone, not for the
+    /// others read beside it.
+    async fn principals(&self, keys: &[(Issuer, Subject)], from: ReadFrom) -> Result<Vec<PrincipalRead>, StoreError>;
 
     /// Changes the fields of a user that `change` names, in one transaction, writing one
     /// `user.updated` event naming the changed fields among `name`, `email` and `email_verified`

@@ -35,7 +35,7 @@ use super::{
     CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery, UserUpdate,
 };
 use super::{CredentialOutcome, CredentialWrite, StoredCredential};
-use super::{PRINCIPALS_PER_READ, PoolStats, ReplayCursor, ReplayPage, WebhookQueue};
+use super::{PRINCIPALS_PER_READ, PoolStats, PrincipalRead, ReplayCursor, ReplayPage, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
@@ -913,14 +913,10 @@ impl Store for SqlStore {
         subject: &Subject,
         from: ReadFrom,
     ) -> Result<Option<Principal>, StoreError> {
-        Ok(self.principals(&[(issuer.clone(), subject.clone())], from).await?.pop().flatten())
+        self.principals(&[(issuer.clone(), subject.clone())], from).await?.pop().unwrap_or(Ok(None))
     }
 
-    async fn principals(
-        &self,
-        keys: &[(Issuer, Subject)],
-        from: ReadFrom,
-    ) -> Result<Vec<Option<Principal>>, StoreError> {
+    async fn principals(&self, keys: &[(Issuer, Subject)], from: ReadFrom) -> Result<Vec<PrincipalRead>, StoreError> {
         // Each key once: a key listed twice in one statement would join its rows twice.
         let mut seen = HashSet::new();
         let distinct: Vec<&(Issuer, Subject)> = keys.iter().filter(|key| seen.insert(*key)).collect();
@@ -937,7 +933,14 @@ impl Store for SqlStore {
             let rows = self.db.fetch_all_from(from, &read).await?;
             found.extend(chunk.iter().copied().zip(principals_by_key(chunk, &rows)?));
         }
-        Ok(keys.iter().map(|key| found.get(key).cloned().flatten()).collect())
+        Ok(keys
+            .iter()
+            .map(|key| match found.get(key) {
+                Some(Ok(principal)) => Ok(principal.clone()),
+                Some(Err(corrupt)) => Err(StoreError::Corrupt(corrupt.clone())),
+                None => Ok(None),
+            })
+            .collect())
     }
 
     async fn update_user(
@@ -3739,9 +3742,12 @@ fn principals_sql(keys: usize) -> &'static str {
 }
 
 /// Assembles the rows of [`principals_sql`] into one entry per (distinct) key, in the keys'
-/// order.
-fn principals_by_key(keys: &[&(Issuer, Subject)], rows: &[Row]) -> Result<Vec<Option<Principal>>, StoreError> {
-    let mut found: Vec<Option<Principal>> = vec![None; keys.len()];
+/// order: an identity whose rows do not decode is an error (what is wrong) for its key alone.
+fn principals_by_key(
+    keys: &[&(Issuer, Subject)],
+    rows: &[Row],
+) -> Result<Vec<Result<Option<Principal>, String>>, StoreError> {
+    let mut found: Vec<Result<Option<Principal>, String>> = vec![Ok(None); keys.len()];
     let mut start = 0;
     while start < rows.len() {
         let identity = rows[start].uuid("identity_id")?;
@@ -3750,7 +3756,13 @@ fn principals_by_key(keys: &[&(Issuer, Subject)], rows: &[Row]) -> Result<Vec<Op
             end += 1;
         }
         let (issuer, subject) = (rows[start].text("identity_issuer")?, rows[start].text("identity_subject")?);
-        let principal = rows::principal(&rows[start..end])?;
+        let principal = rows::principal(&rows[start..end]).map_err(|error| {
+            tracing::error!(identity_id = %identity, error = %error, "an identity's rows cannot be decoded");
+            match error {
+                StoreError::Corrupt(what) => what,
+                other => other.to_string(),
+            }
+        });
         if let Some(at) = keys.iter().position(|(i, s)| i.as_str() == issuer && s.as_str() == subject) {
             found[at] = principal;
         }

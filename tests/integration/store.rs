@@ -67,6 +67,7 @@ on_both_backends!(
     users_are_found_by_email_exactly_or_ignoring_ascii_case,
     a_principal_carries_the_user_and_their_teams_default_first,
     principals_are_read_many_at_once_one_entry_per_key_in_order,
+    an_undecodable_identity_fails_only_its_own_entry,
     // Identities
     linking_an_identity_reports_who_holds_it,
     the_last_identity_is_never_unlinked,
@@ -1033,9 +1034,32 @@ async fn principals_are_read_many_at_once_one_entry_per_key_in_order(backend: Ba
     expected.extend((1..=60).map(|_| None));
     expected.extend([Some(cy_p), None, Some(ada_p)]);
     for from in [ReadFrom::Primary, ReadFrom::Replica] {
-        assert_eq!(store.principals(&keys, from).await.unwrap(), expected, "{from:?}");
+        let read: Vec<_> = store.principals(&keys, from).await.unwrap().into_iter().map(Result::unwrap).collect();
+        assert_eq!(read, expected, "{from:?}");
     }
     assert!(store.principals(&[], ReadFrom::Replica).await.unwrap().is_empty());
+}
+
+/// A row that no longer decodes (here a team slug written by hand) fails its identity's entry,
+/// not the others read in the same statement.
+async fn an_undecodable_identity_fails_only_its_own_entry(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let (ada, bob, cy, _) = ada_in_three_teams(&store).await;
+    let key = |person: &Person| (person.account.issuer.clone(), person.account.subject.clone());
+    let sql = db.sql().await;
+    sql.exec(&format!("UPDATE teams SET slug = 'Not A Slug!' WHERE id = {}", sql.uuid(&cy.team.id.to_string())))
+        .await
+        .unwrap();
+    // Ada is in Cy's team, so both of theirs fail; Bob's is read beside them.
+    let read = store.principals(&[key(&bob), key(&ada), key(&cy), key(&cy)], ReadFrom::Primary).await.unwrap();
+    assert_eq!(read[0].as_ref().unwrap().as_ref().unwrap().user.id, bob.user.id);
+    for entry in &read[1..] {
+        assert!(matches!(entry, Err(StoreError::Corrupt(_))), "{entry:?}");
+    }
+    assert!(matches!(
+        store.principal(&cy.account.issuer, &cy.account.subject, ReadFrom::Primary).await,
+        Err(StoreError::Corrupt(_))
+    ));
 }
 
 // ---- Identities -----------------------------------------------------------------------------
