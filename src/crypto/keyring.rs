@@ -32,6 +32,9 @@ pub enum KeyRingError {
     /// Two keys share an id.
     #[error("key id {0:?} is used twice")]
     DuplicateId(String),
+    /// Two ids name the same key bytes: a "rotation" to it would re-encrypt under the old key.
+    #[error("keys {0:?} and {1:?} are the same key; a new key must be new (`openssl rand -base64 32`)")]
+    SameKey(String, String),
 }
 
 /// Why a ciphertext did not decrypt.
@@ -72,6 +75,8 @@ impl KeyRing {
             return Err(KeyRingError::Empty);
         }
         let mut keys: Vec<Key> = Vec::with_capacity(entries.len());
+        // Each key's bytes, only while the ring is built, to refuse one given twice.
+        let mut seen: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
             let (id, encoded) = entry.split_once(':').ok_or(KeyRingError::BadEntry(i + 1))?;
             let valid_id = !id.is_empty()
@@ -83,24 +88,33 @@ impl KeyRing {
             if keys.iter().any(|k| k.id == id) {
                 return Err(KeyRingError::DuplicateId(id.to_owned()));
             }
-            keys.push(Key { id: id.to_owned(), key: Self::key(id, encoded)? });
+            let bytes = Self::bytes(id, encoded)?;
+            if let Some(at) = seen.iter().position(|other| *other == bytes) {
+                return Err(KeyRingError::SameKey(keys[at].id.clone(), id.to_owned()));
+            }
+            keys.push(Key { id: id.to_owned(), key: Self::sealing_key(id, &bytes)? });
+            seen.push(bytes);
         }
         Ok(Self { keys })
     }
 
     /// A ring of one key, from a bare base64 key (the deprecated single-key variable).
     pub fn single(id: &str, encoded: &str) -> Result<Self, KeyRingError> {
-        Ok(Self { keys: vec![Key { id: id.to_owned(), key: Self::key(id, encoded)? }] })
+        Ok(Self { keys: vec![Key { id: id.to_owned(), key: Self::sealing_key(id, &Self::bytes(id, encoded)?)? }] })
     }
 
-    fn key(id: &str, encoded: &str) -> Result<RandomizedNonceKey, KeyRingError> {
+    /// A key's 32 bytes, from base64 (standard or URL-safe, padded or not).
+    fn bytes(id: &str, encoded: &str) -> Result<Vec<u8>, KeyRingError> {
         let encoded = encoded.trim();
-        let bytes = [&STANDARD, &URL_SAFE, &URL_SAFE_NO_PAD]
+        [&STANDARD, &URL_SAFE, &URL_SAFE_NO_PAD]
             .iter()
             .find_map(|engine| engine.decode(encoded).ok())
             .filter(|bytes| bytes.len() == 32)
-            .ok_or_else(|| KeyRingError::BadKey(id.to_owned()))?;
-        RandomizedNonceKey::new(&AES_256_GCM, &bytes).map_err(|_| KeyRingError::BadKey(id.to_owned()))
+            .ok_or_else(|| KeyRingError::BadKey(id.to_owned()))
+    }
+
+    fn sealing_key(id: &str, bytes: &[u8]) -> Result<RandomizedNonceKey, KeyRingError> {
+        RandomizedNonceKey::new(&AES_256_GCM, bytes).map_err(|_| KeyRingError::BadKey(id.to_owned()))
     }
 
     /// The id of the key that encrypts.
@@ -211,6 +225,12 @@ mod tests {
         assert_eq!(
             KeyRing::parse(&format!("k:{},k:{}", key(1), key(2))).unwrap_err(),
             KeyRingError::DuplicateId("k".into())
+        );
+        // The same bytes under a new id, even spelt in another base64 alphabet.
+        let url_safe = key(1).replace('+', "-").replace('/', "_").trim_end_matches('=').to_owned();
+        assert_eq!(
+            KeyRing::parse(&format!("new:{url_safe},old:{}", key(1))).unwrap_err(),
+            KeyRingError::SameKey("new".into(), "old".into())
         );
         let ring = KeyRing::parse(&format!("visible-id:{}", key(7))).unwrap();
         let debug = format!("{ring:?}");

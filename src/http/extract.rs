@@ -62,9 +62,10 @@ pub fn declares_json(headers: &axum::http::HeaderMap) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// The media ranges of the request's `Accept` headers, each with its weight (`q`, 1 when absent;
-/// a malformed one counts as 0), the type lowercased and without its parameters.
-pub fn media_ranges(headers: &axum::http::HeaderMap) -> Vec<(String, f32)> {
+/// The media ranges of the request's `Accept` headers, each with its weight (`q`: 1 when absent,
+/// `None` when malformed, for the caller to judge), the type lowercased and without its
+/// parameters.
+pub fn media_ranges(headers: &axum::http::HeaderMap) -> Vec<(String, Option<f32>)> {
     headers
         .get_all(axum::http::header::ACCEPT)
         .iter()
@@ -76,7 +77,7 @@ pub fn media_ranges(headers: &axum::http::HeaderMap) -> Vec<(String, f32)> {
             let q = parts
                 .filter_map(|param| param.trim().split_once('='))
                 .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
-                .map_or(1.0, |(_, value)| value.trim().parse::<f32>().unwrap_or(0.0));
+                .map_or(Some(1.0), |(_, value)| value.trim().parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)));
             (essence, q)
         })
         .filter(|(essence, _)| !essence.is_empty())
@@ -285,6 +286,24 @@ mod tests {
     use axum::body::Body;
 
     use super::*;
+
+    #[test]
+    fn media_ranges_carry_their_weight_or_say_it_is_malformed() {
+        let mut headers = axum::http::HeaderMap::new();
+        let accept = "Application/JSON, text/event-stream;q=abc, text/html ; q=0, a/b;q=-0.1, c/d;level=1;q=0.5";
+        headers.insert(axum::http::header::ACCEPT, accept.parse().unwrap());
+        headers.append(axum::http::header::ACCEPT, "e/f".parse().unwrap());
+        let expected = [
+            ("application/json", Some(1.0)),
+            ("text/event-stream", None),
+            ("text/html", Some(0.0)),
+            ("a/b", None),
+            ("c/d", Some(0.5)),
+            ("e/f", Some(1.0)),
+        ];
+        let expected: Vec<(String, Option<f32>)> = expected.iter().map(|(t, q)| ((*t).to_owned(), *q)).collect();
+        assert_eq!(media_ranges(&headers), expected);
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]

@@ -155,8 +155,9 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
         ));
     }
     // A range with `q=0` is one the client does not accept (RFC 9110 12.4.2), as the SDK reads it.
+    // A malformed weight is passed over, as the SDK does.
     let accepted: Vec<String> =
-        media_ranges(headers).into_iter().filter(|(_, q)| *q > 0.0).map(|(essence, _)| essence).collect();
+        media_ranges(headers).into_iter().filter(|(_, q)| *q != Some(0.0)).map(|(essence, _)| essence).collect();
     if !["application/json", "text/event-stream"].iter().all(|wanted| accepted.iter().any(|a| a == wanted)) {
         return Err(ApiError::new(
             ErrorCode::NotAcceptable,

@@ -315,7 +315,12 @@ async fn stylesheet(State(state): State<Arc<AppState>>) -> Response {
 pub fn wants_html(headers: &HeaderMap) -> bool {
     let ranges = super::extract::media_ranges(headers);
     let weight = |types: &[&str]| {
-        ranges.iter().filter(|(essence, _)| types.contains(&essence.as_str())).map(|(_, q)| *q).fold(0.0, f32::max)
+        // A malformed weight counts as none.
+        ranges
+            .iter()
+            .filter(|(essence, _)| types.contains(&essence.as_str()))
+            .filter_map(|(_, q)| *q)
+            .fold(0.0, f32::max)
     };
     let html = weight(&["text/html"]);
     html > 0.0 && html >= weight(&["application/json", "application/problem+json"])

@@ -72,13 +72,14 @@ impl http_body::Body for Guarded {
         let this = &mut *self;
         let timeout = this.timeout;
         let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if deadline.as_mut().poll(cx).is_ready() {
-            let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "the body took longer than its timeout");
-            return Poll::Ready(Some(Err(axum::Error::new(late))));
-        }
+        // What has arrived is taken first: the deadline is for waiting on more.
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
             this.ended.store(true, Ordering::Release);
+        }
+        if polled.is_pending() && deadline.as_mut().poll(cx).is_ready() {
+            let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "the body took longer than its timeout");
+            return Poll::Ready(Some(Err(axum::Error::new(late))));
         }
         polled
     }

@@ -702,13 +702,15 @@ async fn fifty_concurrent_requests_refresh_once(backend: Backend) {
     }
     assert_eq!(w.issuer.refreshes(), 1, "exactly one call to the provider");
     assert_eq!(tokens.len(), 1, "everyone got the refreshed token");
-    // Metrics are per process and other tests refresh at the same time, so only the series'
-    // names and labels are this test's to check (the single call is counted above).
+    // Metrics are per process and other tests refresh at the same time: the counters grew at
+    // least by this test's (so a series that is not counted, or renamed, fails), but their
+    // exact growth is not this test's to check (the single call is counted above).
     let after = crate::metrics::scrape(&w.app).await.1;
     let grew = |name: &str, labels: &[(&str, &str)]| {
         crate::metrics::value(&after, name, labels) - crate::metrics::value(&before, name, labels)
     };
     assert!(grew("tessera_token_refresh_calls_total", &[("provider", "local"), ("outcome", "ok")]) >= 1.0);
+    assert!(grew("tessera_token_refresh_waits_total", &[("scope", "process")]) >= 1.0, "the others waited");
 }
 
 async fn two_instances_refresh_once(backend: Backend) {

@@ -404,6 +404,15 @@ async fn logout_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQ
 )]
 async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
     match form_pairs(&headers, &body) {
+        // An app's form on another site posts without the (`SameSite=Lax`) session cookie, so
+        // nothing here could end the session: the browser comes back by `GET`, a top-level
+        // navigation that carries the cookie, and the same rules apply there.
+        Ok(pairs) if matches!(cookie(&headers, state.cookies.session()), Ok(None)) => {
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs.iter().filter(|(k, _)| k != csrf::FIELD))
+                .finish();
+            redirect(&format!("/oauth/logout?{query}"), &[])
+        }
         Ok(pairs) => logout(&state, &headers, pairs, true).await,
         Err(e) => refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     }
