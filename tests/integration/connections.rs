@@ -1085,7 +1085,10 @@ async fn a_rotated_refresh_token_that_cannot_be_stored_at_once_is_stored_when_th
         let mut lock = pool.acquire().await.unwrap();
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await.unwrap();
         assert_eq!(w.issuer.refreshes(), 0, "the lock is held before the provider answers");
-        // It answers at 2 s; the write waits 5 s, fails, and is tried again until 8 s.
+        // It answers at 2 s; the write that follows waits its 5 s busy timeout, fails, and is
+        // tried again: the lock goes 8 s after the answer, well after that first attempt failed
+        // however late it began (timed from the answer, not from the lease).
+        eventually("the provider answers", || async { w.issuer.refreshes() == 1 }).await;
         tokio::time::sleep(Duration::from_millis(8000)).await;
         sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
     });
