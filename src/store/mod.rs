@@ -1152,8 +1152,8 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<Consent>, StoreError>;
 
-    /// The apps (clients) `user` has let in: one per client with an active grant or a
-    /// remembered consent, by name, with the scopes of both.
+    /// The apps (clients) `user` has let in: one per client with an active grant whose code was
+    /// redeemed or a remembered consent, by name, with the scopes of both.
     async fn user_apps(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserApp>, StoreError>;
 
     /// Ends `user`'s access for `client`: revokes every grant of theirs to it and forgets the

@@ -2396,7 +2396,10 @@ impl Store for SqlStore {
                FROM oauth_grants g JOIN clients c ON c.id = g.client_id JOIN users u ON u.id = g.user_id
               WHERE g.user_id = $1 AND ",
             grant_active!(),
-            " GROUP BY g.client_id, c.name, c.first_party, g.scope
+            // A grant whose code was never redeemed gave the app nothing (an abandoned sign-in):
+            // it is not an app with access. A redeemed code stays until its grant expires.
+            " AND EXISTS (SELECT 1 FROM oauth_codes oc WHERE oc.grant_id = g.id AND oc.used_at IS NOT NULL)
+             GROUP BY g.client_id, c.name, c.first_party, g.scope
              UNION ALL
              SELECT oc.client_id, c.name, c.first_party, oc.scope, oc.updated_at, FALSE, FALSE, oc.resource_scopes
                FROM oauth_consents oc JOIN clients c ON c.id = oc.client_id

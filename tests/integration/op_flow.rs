@@ -1464,9 +1464,13 @@ async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
     assert!(page.contains("access to your account was removed"), "{page}");
     let apps = page.split("<h2 id=\"apps\">").nth(1).unwrap();
     assert!(!apps.contains("Web app") && apps.contains("Partner app"), "{apps}");
-    // A first-party app never asks: it signs the user in again at once, with a new grant.
-    let (_, challenge) = pkce();
-    code_for(&w, &mut browser, &client, &challenge).await;
+    // A first-party app never asks: it signs the user in again at once, with a new grant — an
+    // app with access once it redeemed the code, not before (an abandoned sign-in gives nothing).
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let page = html_of(browser.navigate(&w.app.url("/account")).await).await;
+    assert!(!page.split("<h2 id=\"apps\">").nth(1).unwrap().contains("Web app"), "{page}");
+    assert_eq!(exchange(&w.app, creds, &code, &verifier).await.status(), StatusCode::OK);
     let page = html_of(browser.navigate(&w.app.url("/account")).await).await;
     assert!(page.contains("Web app") && page.contains("has access until you sign out"), "{page}");
 

@@ -3588,6 +3588,7 @@ mod grants {
     on_both_backends!(
         a_grant_and_its_code_are_read_back_and_the_code_is_redeemed_once,
         an_expired_code_is_invalid_and_revokes_nothing,
+        an_unredeemed_grant_is_not_listed_as_an_app,
         a_code_of_a_grant_that_ended_is_invalid_and_stays_unused,
         concurrent_redemptions_of_one_code_have_one_winner,
         a_refresh_token_rotates_once_and_reuse_revokes_its_grant,
@@ -3752,6 +3753,16 @@ mod grants {
         assert_eq!(store.redeem_code(&hash(), None, t0).await.unwrap(), RedeemOutcome::Invalid);
         assert_eq!(store.code_grant(&hash(), t0).await.unwrap(), None);
         assert_eq!(store.grant(Uuid::now_v7(), t0).await.unwrap(), None);
+    }
+
+    /// An abandoned sign-in (a code never redeemed) gave the app nothing: the user's list of
+    /// apps with access shows it only once its code is redeemed.
+    async fn an_unredeemed_grant_is_not_listed_as_an_app(backend: Backend) {
+        let Issued { db: _db, store, ada, t0, code: c, .. } = issued(backend).await;
+        assert!(store.user_apps(ada.id(), t0).await.unwrap().is_empty());
+        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), t0).await.unwrap(), RedeemOutcome::Redeemed);
+        let apps = store.user_apps(ada.id(), t0).await.unwrap();
+        assert_eq!(apps.iter().map(|a| a.client_id.as_str()).collect::<Vec<_>>(), ["app"]);
     }
 
     async fn an_expired_code_is_invalid_and_revokes_nothing(backend: Backend) {
