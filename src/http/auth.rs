@@ -519,7 +519,7 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByte
     let is_form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| {
         t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
     });
-    match cookie(&headers, state.cookies.session()) {
+    let clear = match cookie(&headers, state.cookies.session()) {
         Ok(Some(session)) => {
             // A form carries the session's CSRF token; any other body must at least not come
             // from another origin's page (a same-site page could otherwise sign the user out).
@@ -535,26 +535,22 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByte
             if let Err(error) = state.sessions.revoke(session, SessionEnd::SignedOut).await {
                 return state.pages.error(&headers, error.into());
             }
+            Some(clear_session)
         }
         // No cookie came, and none is cleared: a cross-site form's post carries no `SameSite`
         // cookie, and its answer may still delete one (RFC 6265bis 5.7) — another site's page
         // could otherwise drop the browser's session cookie, if not the session.
-        Ok(None) => {
-            if is_form || pages::wants_html(&headers) {
-                return signed_out(&state, None);
-            }
-            let mut response = StatusCode::NO_CONTENT.into_response();
-            pages::protect(response.headers_mut());
-            return response;
-        }
+        Ok(None) => None,
         // Which session to end is ambiguous: none is, but the browser is told to drop the cookie.
         Err(error) => return with_cookie(state.pages.error(&headers, error), clear_session),
-    }
+    };
     if is_form || pages::wants_html(&headers) {
-        return signed_out(&state, Some(clear_session));
+        return signed_out(&state, clear);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().append(header::SET_COOKIE, clear_session);
+    if let Some(clear) = clear {
+        response.headers_mut().append(header::SET_COOKIE, clear);
+    }
     pages::protect(response.headers_mut());
     response
 }

@@ -1,7 +1,7 @@
 //! The sign-in chooser, `GET /login?return_to=…`: every configured provider as a button, and an
 //! email field that uses home-realm discovery (`POST /login`, or a link's `GET /login?email=…`)
-//! to go straight to the team's provider of a verified domain claim. `return_to` is checked before anything is shown,
-//! and carried through every button. Also `GET /`, which sends a browser to its account page
+//! to go straight to the team's provider of a verified domain claim. `return_to` is checked
+//! before anything is shown, and carried through every button. Also `GET /`, which sends a browser to its account page
 //! (after a sign-in without `return_to`, for instance).
 
 use std::sync::Arc;

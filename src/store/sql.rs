@@ -2398,7 +2398,7 @@ impl Store for SqlStore {
             grant_active!(),
             // A grant whose code was never redeemed gave the app nothing (an abandoned sign-in):
             // it is not an app with access. A redeemed code stays until its grant expires.
-            " AND EXISTS (SELECT 1 FROM oauth_codes oc WHERE oc.grant_id = g.id AND oc.used_at IS NOT NULL)
+            " AND EXISTS (SELECT 1 FROM oauth_codes used WHERE used.grant_id = g.id AND used.used_at IS NOT NULL)
              GROUP BY g.client_id, c.name, c.first_party, g.scope
              UNION ALL
              SELECT oc.client_id, c.name, c.first_party, oc.scope, oc.updated_at, FALSE, FALSE, oc.resource_scopes
