@@ -278,6 +278,7 @@ async fn write_backup(url: &str, target: &std::path::Path) -> Result<u64, Backup
 }
 
 async fn serve(config: Config, migrate: bool) -> ExitCode {
+    crate::http::serve::fit_open_file_limit(&config.server);
     let app = match Application::build(&config, migrate).await {
         Ok(app) => app,
         Err(e) => return fail(&e),

@@ -6,6 +6,7 @@
 //! are named by id (their URL may hold a secret).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Label, Unit};
@@ -56,6 +57,11 @@ pub const DB_REPLICA_LAG: &str = "tessera_db_replica_lag_seconds";
 /// 1 while reads that tolerate lag go to the read replica, 0 while they go to the primary
 /// (behind by more than `database.replica_max_lag_ms`, unreachable, or not replaying).
 pub const DB_REPLICA_READABLE: &str = "tessera_db_replica_readable";
+/// Connections open on this process's listeners; read at scrape time.
+pub const HTTP_CONNECTIONS_OPEN: &str = "tessera_http_connections_open";
+/// Times a listener reached `server.max_connections` and stopped accepting until a connection
+/// closed.
+pub const HTTP_CONNECTION_LIMIT_REACHED_TOTAL: &str = "tessera_http_connection_limit_reached_total";
 /// Always 1, with the `version` of the binary.
 pub const BUILD_INFO: &str = "tessera_build_info";
 
@@ -127,6 +133,45 @@ fn describe() {
     );
     describe_gauge!(DB_REPLICA_READABLE, "1 while reads go to the read replica, 0 while they go to the primary.");
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the version.");
+    describe_gauge!(HTTP_CONNECTIONS_OPEN, "Connections open on this process's listeners.");
+    describe_counter!(HTTP_CONNECTION_LIMIT_REACHED_TOTAL, "Times a listener reached server.max_connections.");
+}
+
+/// Connections open on every listener of the process.
+static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one open connection until it is dropped.
+#[derive(Debug)]
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    /// Counts a connection just accepted.
+    pub fn new() -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Default for OpenConnection {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Publishes the number of open connections as a gauge.
+pub fn record_connections() {
+    metrics::gauge!(HTTP_CONNECTIONS_OPEN).set(OPEN_CONNECTIONS.load(Ordering::Relaxed) as f64);
+}
+
+/// Counts a listener reaching its connection cap.
+pub fn record_connection_limit_reached() {
+    metrics::counter!(HTTP_CONNECTION_LIMIT_REACHED_TOTAL).increment(1);
 }
 
 /// The hit and miss counters of the cache `name`.

@@ -128,6 +128,9 @@ pub struct ServerConfig {
     /// 503, so that a load balancer takes it out of rotation before it stops listening
     /// (`server.drain_delay_seconds`; zero: it stops listening at once).
     pub drain_delay: Duration,
+    /// Most connections served at once on each listener (`server.max_connections`); at the cap
+    /// the server accepts no more until one closes, and new clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +141,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(20),
             last_seen_flush: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
+            max_connections: 4096,
         }
     }
 }
@@ -616,6 +620,7 @@ struct RawServer {
     shutdown_timeout_seconds: Option<u64>,
     last_seen_flush_ms: Option<u64>,
     drain_delay_seconds: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1137,6 +1142,11 @@ fn parse_server(raw: &RawServer) -> Result<ServerConfig, ConfigError> {
             Some(s) if s <= 60 => Duration::from_secs(s),
             Some(_) => return Err(ConfigError::new("server.drain_delay_seconds", "expected 0 to 60 seconds")),
         },
+        max_connections: match raw.max_connections {
+            None => defaults.max_connections,
+            Some(n) if (1..=1_000_000).contains(&n) => n,
+            Some(_) => return Err(ConfigError::new("server.max_connections", "expected 1 to 1000000 connections")),
+        },
     })
 }
 
@@ -1332,6 +1342,14 @@ mod tests {
             key("[database]\nmax_connections = 0", &[]),
             "database.max_connections (TESSERA_DATABASE_MAX_CONNECTIONS)"
         );
+        assert_eq!(key("[server]\nmax_connections = 0", &[]), "server.max_connections");
+    }
+
+    #[test]
+    fn the_connection_cap_defaults_to_4096_and_may_be_set() {
+        assert_eq!(Config::from_toml("", env(&[])).unwrap().server.max_connections, 4096);
+        let set = Config::from_toml("[server]\nmax_connections = 20", env(&[])).unwrap();
+        assert_eq!(set.server.max_connections, 20);
     }
 
     #[test]

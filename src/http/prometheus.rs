@@ -57,6 +57,7 @@ async fn scrape(State(state): State<Arc<AppState>>) -> Response {
         return ApiError::new(ErrorCode::NotFound, "metrics are off (metrics.enabled)").into_response();
     };
     observability::record_build_info();
+    observability::record_connections();
     observability::record_pools(&state.store.pool_stats());
     match tokio::time::timeout(QUEUE_READ_LIMIT, state.webhooks.queues()).await {
         Ok(Ok(queues)) => observability::record_webhook_queues(&queues, chrono::Utc::now()),

@@ -1,10 +1,11 @@
 //! The server loop: accepts connections and serves the router on each with hyper, within the
 //! limits of [`ServerConfig`] — a header-read timeout (a client that never finishes its headers
-//! is disconnected), and a shutdown deadline after which connections still open are closed.
-//! (`axum::serve` offers neither.) The body-read timeout is a layer of the router.
+//! is disconnected), a cap on connections open at once, and a shutdown deadline after which
+//! connections still open are closed. (`axum::serve` offers none of these.) The body-read timeout
+//! is a layer of the router.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -15,9 +16,48 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::ServerConfig;
+use crate::observability::{self, OpenConnection};
+
+/// Descriptors kept for everything but inbound connections: database connections, SQLite's
+/// files, outbound requests, listeners.
+const OTHER_FILES: u64 = 1024;
+
+/// Raises the process's soft limit on open files, if it is lower, to `limits.max_connections`
+/// plus what the rest of the process needs, as far as the hard limit allows (many systems start
+/// services with a soft limit of 1024); warns when the hard limit is lower still, since the
+/// server would then run out of descriptors before it reached its cap. For the `tessera` binary:
+/// a process embedding the server keeps its own limits.
+pub fn fit_open_file_limit(limits: &ServerConfig) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let wanted = limits.max_connections as u64 + OTHER_FILES;
+    let mut current = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    if current.current.is_some_and(|soft| soft < wanted) {
+        let raised = current.maximum.map_or(wanted, |hard| hard.min(wanted));
+        let before = current.current;
+        current.current = Some(raised);
+        match setrlimit(Resource::Nofile, current) {
+            Ok(()) => tracing::debug!(before = before, after = raised, "raised the open-file limit"),
+            Err(error) => {
+                current.current = before;
+                tracing::debug!(error = %error, "cannot raise the open-file limit");
+            }
+        }
+    }
+    if let Some(soft) = current.current.filter(|soft| *soft < wanted) {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_connections = limits.max_connections,
+            "the open-file limit is below server.max_connections plus {OTHER_FILES}: raise it (LimitNOFILE, ulimit -n) or lower server.max_connections"
+        );
+    }
+}
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting, lets requests in
-/// flight finish within `limits.shutdown_timeout`, and closes what is left.
+/// flight finish within `limits.shutdown_timeout`, and closes what is left. With
+/// `limits.max_connections` open, it accepts nothing until one of them closes (an idle one does
+/// within `limits.header_read_timeout`): new clients wait in the kernel's listen backlog rather
+/// than cost a file descriptor and a task each.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -29,9 +69,25 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_warned = None;
     loop {
         // Reap finished connections, so that the set holds only live ones.
         while connections.try_join_next().is_some() {}
+        if connections.len() >= limits.max_connections {
+            observability::record_connection_limit_reached();
+            // Once a minute at most: a server held at its cap reaches it again at every close.
+            if last_warned.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(60)) {
+                last_warned = Some(Instant::now());
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached: accepting no more until one closes (server.max_connections)"
+                );
+            }
+            tokio::select! {
+                _ = connections.join_next() => continue,
+                () = &mut shutdown => break,
+            }
+        }
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -47,7 +103,9 @@ pub async fn serve(
         stream.set_nodelay(true).ok();
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);
+        let open = OpenConnection::new();
         connections.spawn(async move {
+            let _open = open;
             if let Err(error) = connection.await {
                 tracing::debug!(error = %error, "connection ended with an error");
             }

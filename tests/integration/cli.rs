@@ -832,3 +832,37 @@ async fn clients_commands_list_and_show_registered_clients(backend: Backend) {
     assert_eq!(missing.code, 1);
     assert!(missing.stderr.contains("client_not_found"), "{}", missing.stderr);
 }
+
+/// The soft and hard limits on open files of process `pid`, from `/proc` (`None`: unlimited).
+fn open_file_limits(pid: u32) -> (Option<u64>, Option<u64>) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|line| line.starts_with("Max open files")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let number = |s: &str| s.parse::<u64>().ok();
+    (number(fields[3]), number(fields[4]))
+}
+
+/// A service manager's usual soft limit of 1024 open files (here 256) would run out before the
+/// default cap of 4096 connections: `serve` raises it as far as the hard limit allows.
+#[tokio::test]
+async fn serve_raises_a_low_open_file_limit_to_fit_its_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_tessera");
+    let mut shell = Command::new("sh");
+    shell
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" serve", binary])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TESSERA_LOG_FORMAT", "json")
+        .env("TESSERA_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let (child, addr) = serve(&mut shell).await.unwrap_or_else(|o| panic!("serve failed ({}): {}", o.code, o.stderr));
+    assert_eq!(get(&addr, "/readyz").await, 200);
+    let (soft, hard) = open_file_limits(child.id().unwrap());
+    // 4096 connections and 1024 descriptors for the rest, within the hard limit.
+    let wanted = hard.map_or(5120, |hard| hard.min(5120));
+    assert_eq!(soft, Some(wanted), "hard limit {hard:?}");
+    assert_eq!(stop(child).await, 0);
+}
