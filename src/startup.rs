@@ -227,13 +227,10 @@ impl Application {
             .with_signing_keys(signing_keys.clone())
             .following_log_of(principals.clone());
         let op = match (&signing_keys, issuer) {
-            (Some(keys), Some(issuer)) => Some(OpenIdProvider::new(
-                store.clone(),
-                clients.clone(),
-                keys.clone(),
-                issuer,
-                config.oidc.id_token_ttl,
-            )),
+            (Some(keys), Some(issuer)) => Some(
+                OpenIdProvider::new(store.clone(), clients.clone(), keys.clone(), issuer, config.oidc.id_token_ttl)
+                    .with_refresh_token_reuse(config.oidc.refresh_token_reuse),
+            ),
             _ => None,
         };
         let webhooks = Webhooks::new(store.clone(), config.encryption.clone(), config.webhooks.clone());

@@ -31,6 +31,10 @@ pub struct OidcConfig {
     pub signing_alg: SigningAlg,
     /// Lifetime of id tokens (`oidc.id_token_ttl_seconds`); access tokens' is per client.
     pub id_token_ttl: Duration,
+    /// How long after its first use a rotated refresh token may be used again, each use giving
+    /// another new refresh token (`oidc.refresh_token_reuse_seconds`); zero: a second use revokes
+    /// the grant at once.
+    pub refresh_token_reuse: Duration,
     /// Clients defined in the file (`[[oidc.clients]]`).
     pub clients: Vec<ClientConfig>,
 }
@@ -42,6 +46,7 @@ impl Default for OidcConfig {
             signing_key_rotation: Duration::from_secs(30 * 86_400),
             signing_alg: SigningAlg::default(),
             id_token_ttl: Duration::from_secs(600),
+            refresh_token_reuse: Duration::ZERO,
             clients: Vec::new(),
         }
     }
@@ -70,6 +75,7 @@ pub(super) struct RawOidc {
     signing_key_rotation_days: Option<u64>,
     signing_alg: Option<String>,
     id_token_ttl_seconds: Option<u64>,
+    refresh_token_reuse_seconds: Option<u64>,
     #[serde(default)]
     clients: Vec<RawClient>,
 }
@@ -131,7 +137,12 @@ pub(super) fn parse_oidc(raw: RawOidc, env: &dyn Fn(&str) -> Option<String>) -> 
         }
         clients.push(ClientConfig { client });
     }
-    Ok(OidcConfig { jwks_max_age, signing_key_rotation, signing_alg, id_token_ttl, clients })
+    let refresh_token_reuse = match raw.refresh_token_reuse_seconds {
+        None => defaults.refresh_token_reuse,
+        Some(s) if s <= 60 => Duration::from_secs(s),
+        Some(_) => return Err(ConfigError::new("oidc.refresh_token_reuse_seconds", "expected 0 to 60 seconds")),
+    };
+    Ok(OidcConfig { jwks_max_age, signing_key_rotation, signing_alg, id_token_ttl, refresh_token_reuse, clients })
 }
 
 fn parse_client(i: usize, raw: RawClient, env: &dyn Fn(&str) -> Option<String>) -> Result<Client, ConfigError> {
@@ -268,6 +279,15 @@ mod client_tests {
         scopes = ["openid", "offline_access"]
         access_token_ttl_seconds = 300
     "#;
+
+    #[test]
+    fn refresh_tokens_are_not_reusable_unless_configured_up_to_a_minute() {
+        assert_eq!(Config::from_toml("", env(&[])).unwrap().oidc.refresh_token_reuse, std::time::Duration::ZERO);
+        let set = Config::from_toml("[oidc]\nrefresh_token_reuse_seconds = 30", env(&[])).unwrap();
+        assert_eq!(set.oidc.refresh_token_reuse, std::time::Duration::from_secs(30));
+        let error = Config::from_toml("[oidc]\nrefresh_token_reuse_seconds = 61", env(&[])).unwrap_err();
+        assert_eq!(error.key, "oidc.refresh_token_reuse_seconds");
+    }
 
     #[test]
     fn clients_are_read_with_their_defaults_and_only_a_hash_of_the_secret() {

@@ -1113,20 +1113,22 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<RedeemOutcome, StoreError>;
 
-    /// The grant of a refresh token, and whether the token was rotated already.
+    /// The grant of a refresh token, and when the token was first rotated (`None`: not yet).
     async fn refresh_grant(
         &self,
         token_hash: &[u8; 32],
         now: DateTime<Utc>,
-    ) -> Result<Option<(GrantRecord, bool)>, StoreError>;
+    ) -> Result<Option<(GrantRecord, Option<DateTime<Utc>>)>, StoreError>;
 
-    /// Rotates a refresh token: marks `old` used and stores `new` for the same grant, if the
-    /// grant still counts. A token used before revokes its grant instead.
+    /// Rotates a refresh token: marks `old` used (keeping the time of its first use) and stores
+    /// `new` for the same grant, if the grant still counts. A token first used before
+    /// `reusable_after` (or at all, when it is `None`) revokes its grant instead.
     async fn rotate_refresh_token(
         &self,
         old: &[u8; 32],
         new: &[u8; 32],
         now: DateTime<Utc>,
+        reusable_after: Option<DateTime<Utc>>,
     ) -> Result<RotateOutcome, StoreError>;
 
     /// A grant with whether it still counts at `now`, read from the primary (a revocation must

@@ -2245,7 +2245,7 @@ impl Store for SqlStore {
         &self,
         token_hash: &[u8; 32],
         now: DateTime<Utc>,
-    ) -> Result<Option<(GrantRecord, bool)>, StoreError> {
+    ) -> Result<Option<(GrantRecord, Option<DateTime<Utc>>)>, StoreError> {
         let row = query(grant_select!(
             ", t.used_at FROM oauth_refresh_tokens t JOIN oauth_grants g ON g.id = t.grant_id
              JOIN users u ON u.id = g.user_id WHERE t.token_hash = $1"
@@ -2254,7 +2254,7 @@ impl Store for SqlStore {
         .bind(now)
         .fetch_optional(self.db.reader())
         .await?;
-        row.map(|row| Ok((grant_record(&row)?, row.opt_time("used_at")?.is_some()))).transpose()
+        row.map(|row| Ok((grant_record(&row)?, row.opt_time("used_at")?))).transpose()
     }
 
     async fn rotate_refresh_token(
@@ -2262,13 +2262,17 @@ impl Store for SqlStore {
         old: &[u8; 32],
         new: &[u8; 32],
         now: DateTime<Utc>,
+        reusable_after: Option<DateTime<Utc>>,
     ) -> Result<RotateOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
+        // A NULL `reusable_after` compares to nothing: a used token is then never reusable.
         let used = query(
-            "UPDATE oauth_refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL RETURNING grant_id",
+            "UPDATE oauth_refresh_tokens SET used_at = COALESCE(used_at, $2) \
+             WHERE token_hash = $1 AND (used_at IS NULL OR used_at > $3) RETURNING grant_id",
         )
         .bind(&old[..])
         .bind(now)
+        .bind(reusable_after)
         .fetch_optional(&mut tx)
         .await?;
         if let Some(row) = used {

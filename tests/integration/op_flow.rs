@@ -27,6 +27,7 @@ on_both_backends!(
     a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_grant,
     a_used_code_without_its_verifier_revokes_nothing,
     a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family,
+    within_the_reuse_interval_every_concurrent_refresh_gets_its_own_token,
     introspection_answers_inactive_alike_and_at_once,
     client_credentials_tokens_name_the_client,
     third_party_clients_ask_for_consent_once,
@@ -614,6 +615,44 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 2);
     let next = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &current)]).await;
     assert_eq!(oauth_error(next, 400).await, "invalid_grant");
+}
+
+/// With `oidc.refresh_token_reuse_seconds`, a client that retries a refresh (its answer lost) or
+/// refreshes from two tabs at once is not logged out: each use within the interval gets a new
+/// refresh token of the same grant. (Past the interval a use revokes the grant: the store's tests
+/// run that with set clocks, the test above with no interval.)
+async fn within_the_reuse_interval_every_concurrent_refresh_gets_its_own_token(backend: Backend) {
+    let w = op_world_with(backend, |config| config.oidc.refresh_token_reuse = std::time::Duration::from_secs(60)).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let first = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    let r1 = first["refresh_token"].as_str().unwrap().to_owned();
+    let form = [("grant_type", "refresh_token"), ("refresh_token", r1.as_str())];
+    let responses = concurrently((0..16).map(|_| token_builder(&w.app, creds, &form)).collect()).await;
+    let mut successors = HashSet::new();
+    for response in responses {
+        successors.insert(body(response, 200).await["refresh_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(successors.len(), 16, "each use gets a token of its own");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("oauth_refresh_tokens").await, 17, "r1 and sixteen successors");
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 0);
+    // r1 is still usable within the interval, so introspection says so; every successor works.
+    assert_eq!(introspect(&w.app, creds, &r1).await["active"], true);
+    for successor in &successors {
+        let next = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", successor)]).await;
+        assert_eq!(next.status(), 200);
+    }
+    // Revoking any token of the family ends them all.
+    let any = successors.iter().next().unwrap();
+    let form = [("token", any.as_str())];
+    let revoked = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(creds.0, Some(creds.1)).form(&form).send();
+    assert_eq!(revoked.await.unwrap().status(), 200);
+    let after = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r1)]).await;
+    assert_eq!(oauth_error(after, 400).await, "invalid_grant");
 }
 
 async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {

@@ -3592,6 +3592,7 @@ mod grants {
         a_code_of_a_grant_that_ended_is_invalid_and_stays_unused,
         concurrent_redemptions_of_one_code_have_one_winner,
         a_refresh_token_rotates_once_and_reuse_revokes_its_grant,
+        a_rotated_refresh_token_rotates_again_within_the_reuse_interval,
         concurrent_rotations_of_one_refresh_token_have_one_winner,
         a_grant_counts_while_its_user_session_and_identity_do,
         consents_widen_and_concurrent_approvals_lose_none,
@@ -3744,8 +3745,8 @@ mod grants {
         let refresh = hash();
         assert_eq!(store.redeem_code(&c.code_hash, Some(&refresh), t0).await.unwrap(), RedeemOutcome::Redeemed);
         assert!(store.code_grant(&c.code_hash, t0).await.unwrap().unwrap().1.used);
-        let (by_refresh, used) = store.refresh_grant(&refresh, t0).await.unwrap().unwrap();
-        assert_eq!((by_refresh.id, used), (g.id, false));
+        let (by_refresh, used_at) = store.refresh_grant(&refresh, t0).await.unwrap().unwrap();
+        assert_eq!((by_refresh.id, used_at), (g.id, None));
         // Again: a replay, which revokes the grant and stores nothing.
         assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), t0).await.unwrap(), RedeemOutcome::Replayed);
         assert!(!store.grant(g.id, t0).await.unwrap().unwrap().active);
@@ -3807,16 +3808,48 @@ mod grants {
         let t0 = now();
         let (grant_id, r1) = granted(&store, &ada, t0).await;
         let r2 = hash();
-        assert_eq!(store.rotate_refresh_token(&r1, &r2, t0).await.unwrap(), RotateOutcome::Rotated);
-        assert!(store.refresh_grant(&r1, t0).await.unwrap().unwrap().1, "r1 is used");
-        assert!(!store.refresh_grant(&r2, t0).await.unwrap().unwrap().1);
-        assert_eq!(store.rotate_refresh_token(&r1, &hash(), t0).await.unwrap(), RotateOutcome::Reused);
+        assert_eq!(store.rotate_refresh_token(&r1, &r2, t0, None).await.unwrap(), RotateOutcome::Rotated);
+        assert_eq!(store.refresh_grant(&r1, t0).await.unwrap().unwrap().1, Some(t0), "r1 is used");
+        assert_eq!(store.refresh_grant(&r2, t0).await.unwrap().unwrap().1, None);
+        assert_eq!(store.rotate_refresh_token(&r1, &hash(), t0, None).await.unwrap(), RotateOutcome::Reused);
         assert!(!store.grant(grant_id, t0).await.unwrap().unwrap().active);
         // The family is revoked: r2 rotates no more, and nothing is written.
-        assert_eq!(store.rotate_refresh_token(&r2, &hash(), t0).await.unwrap(), RotateOutcome::Invalid);
-        assert_eq!(store.rotate_refresh_token(&hash(), &hash(), t0).await.unwrap(), RotateOutcome::Invalid);
+        assert_eq!(store.rotate_refresh_token(&r2, &hash(), t0, None).await.unwrap(), RotateOutcome::Invalid);
+        assert_eq!(store.rotate_refresh_token(&hash(), &hash(), t0, None).await.unwrap(), RotateOutcome::Invalid);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 2);
-        assert!(!store.refresh_grant(&r2, t0).await.unwrap().unwrap().1, "a refused rotation leaves r2 unused");
+        assert_eq!(store.refresh_grant(&r2, t0).await.unwrap().unwrap().1, None, "a refused rotation leaves r2 unused");
+    }
+
+    /// Within the reuse interval a rotated token rotates again, keeping the time of its first
+    /// use (the interval does not slide); past it, a use revokes the grant and every sibling.
+    async fn a_rotated_refresh_token_rotates_again_within_the_reuse_interval(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let ada = sign_up(&store, "ada").await;
+        let t0 = now();
+        let (grant_id, r1) = granted(&store, &ada, t0).await;
+        let (r2, r3, r4) = (hash(), hash(), hash());
+        let reuse = chrono::Duration::seconds(10);
+        assert_eq!(store.rotate_refresh_token(&r1, &r2, t0, Some(t0 - reuse)).await.unwrap(), RotateOutcome::Rotated);
+        let t1 = t0 + chrono::Duration::seconds(5);
+        assert_eq!(store.rotate_refresh_token(&r1, &r3, t1, Some(t1 - reuse)).await.unwrap(), RotateOutcome::Rotated);
+        assert_eq!(store.refresh_grant(&r1, t1).await.unwrap().unwrap().1, Some(t0), "the first use is kept");
+        // Both successors are live, each rotates on its own.
+        assert_eq!(store.rotate_refresh_token(&r2, &r4, t1, Some(t1 - reuse)).await.unwrap(), RotateOutcome::Rotated);
+        assert_eq!(store.refresh_grant(&r3, t1).await.unwrap().unwrap().1, None);
+        assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 4);
+        // Eleven seconds after its first use, r1 is past the interval: its grant is revoked.
+        let t2 = t0 + chrono::Duration::seconds(11);
+        assert_eq!(
+            store.rotate_refresh_token(&r1, &hash(), t2, Some(t2 - reuse)).await.unwrap(),
+            RotateOutcome::Reused
+        );
+        assert!(!store.grant(grant_id, t2).await.unwrap().unwrap().active);
+        assert_eq!(
+            store.rotate_refresh_token(&r3, &hash(), t2, Some(t2 - reuse)).await.unwrap(),
+            RotateOutcome::Invalid
+        );
+        assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 4);
     }
 
     async fn concurrent_rotations_of_one_refresh_token_have_one_winner(backend: Backend) {
@@ -3828,7 +3861,7 @@ mod grants {
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.rotate_refresh_token(&r1, &hash(), t0).await.unwrap() })
+                tokio::spawn(async move { store.rotate_refresh_token(&r1, &hash(), t0, None).await.unwrap() })
             })
             .collect();
         let mut outcomes = Vec::new();

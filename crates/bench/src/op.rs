@@ -209,7 +209,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
             async move {
                 let mut held = chains[i % chains.len()].lock().await;
                 let next = sha256(uuid::Uuid::new_v4().as_bytes());
-                let outcome = store.rotate_refresh_token(&held, &next, tessera::domain::now()).await?;
+                let outcome = store.rotate_refresh_token(&held, &next, tessera::domain::now(), None).await?;
                 anyhow::ensure!(outcome == tessera::store::RotateOutcome::Rotated, "rotated");
                 *held = next;
                 Ok(())

@@ -31,6 +31,9 @@ pub struct OpenIdProvider {
     pub(super) keys: SigningKeys,
     pub(super) issuer: String,
     pub(super) id_token_ttl: Duration,
+    /// How long after its first use a rotated refresh token may be used again
+    /// (`oidc.refresh_token_reuse_seconds`).
+    pub(super) refresh_token_reuse: Duration,
     /// The consent answers of the last [`ANSWER_KEPT`], by request id hash (see
     /// [`super::authorize::ConsentAnswer`]).
     pub(super) answers: moka::sync::Cache<[u8; 32], Arc<super::authorize::ConsentAnswer>>,
@@ -50,7 +53,15 @@ impl OpenIdProvider {
         id_token_ttl: Duration,
     ) -> Self {
         let answers = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(ANSWER_KEPT).build();
-        Self { store, clients, keys, issuer, id_token_ttl, answers }
+        Self { store, clients, keys, issuer, id_token_ttl, refresh_token_reuse: Duration::ZERO, answers }
+    }
+
+    /// Lets a rotated refresh token be used again for `reuse` after its first use, each use
+    /// giving another new refresh token (a client that lost the answer to its refresh, or two
+    /// tabs refreshing at once); past it, a use revokes the grant. Zero, the default, allows none.
+    pub fn with_refresh_token_reuse(mut self, reuse: Duration) -> Self {
+        self.refresh_token_reuse = reuse;
+        self
     }
 
     /// The issuer identifier.

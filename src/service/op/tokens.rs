@@ -180,11 +180,24 @@ struct IdClaims<'a> {
 /// Which token a revocation or introspection names.
 enum Named {
     Access(AccessClaims),
+    /// A refresh token's grant, and whether the token is spent (see [`spent`]).
     Refresh(GrantRecord, bool),
     Unknown,
 }
 
+/// Whether a refresh token first used at `used_at` can no longer be used: it was, and not after
+/// `reusable_after` (the start of the reuse interval; `None`: no reuse).
+fn spent(used_at: Option<DateTime<Utc>>, reusable_after: Option<DateTime<Utc>>) -> bool {
+    used_at.is_some_and(|at| reusable_after.is_none_or(|after| at <= after))
+}
+
 impl OpenIdProvider {
+    /// The start of the interval in which a rotated refresh token may be used again
+    /// (`oidc.refresh_token_reuse_seconds` before `now`); `None` when it may not.
+    fn refresh_reusable_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        (!self.refresh_token_reuse.is_zero()).then(|| now - delta(self.refresh_token_reuse))
+    }
+
     /// Answers a token request from a client with `creds`.
     pub async fn token(&self, creds: &ClientCredentials, form: TokenForm) -> Result<TokenResponse, OAuthError> {
         let Some(grant_type) = form.grant_type.as_deref() else {
@@ -283,17 +296,18 @@ impl OpenIdProvider {
         let hash = sha256(token.as_bytes());
         let invalid =
             || OAuthError::invalid_grant("the refresh token is invalid, expired, revoked or was already used");
-        let Some((mut grant, used)) = self.store.refresh_grant(&hash, now).await? else {
+        let Some((mut grant, used_at)) = self.store.refresh_grant(&hash, now).await? else {
             return Err(invalid());
         };
         if grant.client_id != client.id.as_str() {
             return Err(invalid());
         }
-        if used {
+        let reusable_after = self.refresh_reusable_after(now);
+        if spent(used_at, reusable_after) {
             // A rotated token presented again: its grant is revoked, whatever else this request
             // asks or gets wrong (the rotation below, to a token nobody holds, finds the reuse).
             let nobody = sha256(random_secret().expose_secret().as_bytes());
-            if self.store.rotate_refresh_token(&hash, &nobody, now).await? == RotateOutcome::Reused {
+            if self.store.rotate_refresh_token(&hash, &nobody, now, reusable_after).await? == RotateOutcome::Reused {
                 tracing::warn!(client_id = %client.id, "rotated refresh token reused; its grant is revoked");
             }
             return Err(invalid());
@@ -314,7 +328,11 @@ impl OpenIdProvider {
         // Everything that can fail comes first: once the token is rotated, a retry is a reuse.
         let new = random_secret();
         let response = self.mint(client, &grant, None, Some(new.expose_secret().to_owned()), now).await?;
-        match self.store.rotate_refresh_token(&hash, &sha256(new.expose_secret().as_bytes()), now).await? {
+        match self
+            .store
+            .rotate_refresh_token(&hash, &sha256(new.expose_secret().as_bytes()), now, reusable_after)
+            .await?
+        {
             RotateOutcome::Rotated => Ok(response),
             RotateOutcome::Reused => {
                 tracing::warn!(client_id = %client.id, "rotated refresh token reused; its grant is revoked");
@@ -515,7 +533,7 @@ impl OpenIdProvider {
         }
         let now = crate::domain::now();
         Ok(match self.store.refresh_grant(&sha256(token.as_bytes()), now).await? {
-            Some((grant, used)) => Named::Refresh(grant, used),
+            Some((grant, used_at)) => Named::Refresh(grant, spent(used_at, self.refresh_reusable_after(now))),
             None => Named::Unknown,
         })
     }
@@ -836,5 +854,17 @@ mod tests {
     fn repeated_parameters_are_refused() {
         let pairs = vec![("code".to_owned(), "a".to_owned()), ("code".to_owned(), "b".to_owned())];
         assert_eq!(single_valued(&pairs).unwrap_err().error, "invalid_request");
+    }
+
+    #[test]
+    fn a_used_refresh_token_is_spent_unless_first_used_within_the_reuse_interval() {
+        let now = crate::domain::now();
+        let after = Some(now - chrono::Duration::seconds(10));
+        assert!(!spent(None, None), "never used");
+        assert!(!spent(None, after));
+        assert!(spent(Some(now), None), "no interval: any use spends it");
+        assert!(!spent(Some(now - chrono::Duration::seconds(9)), after));
+        assert!(spent(Some(now - chrono::Duration::seconds(10)), after), "the interval's start is outside it");
+        assert!(spent(Some(now - chrono::Duration::seconds(11)), after));
     }
 }
