@@ -278,7 +278,9 @@ async fn write_backup(url: &str, target: &std::path::Path) -> Result<u64, Backup
 }
 
 async fn serve(config: Config, migrate: bool) -> ExitCode {
-    crate::http::serve::fit_open_file_limit(&config.server);
+    // The main listener, and the metrics listener when there is one.
+    let listeners = 1 + usize::from(config.metrics.listen.is_some());
+    crate::http::serve::fit_open_file_limit(&config.server, listeners);
     let app = match Application::build(&config, migrate).await {
         Ok(app) => app,
         Err(e) => return fail(&e),

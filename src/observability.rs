@@ -243,3 +243,21 @@ pub fn record_webhook_attempt(endpoint: crate::domain::WebhookId, result: &'stat
 pub fn record_provisioning(issuer: &crate::domain::Issuer, outcome: &'static str) {
     metrics::counter!(PROVISIONING_TOTAL, "issuer" => issuer.to_string(), "outcome" => outcome).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_connection_is_counted_until_it_is_dropped() {
+        // No other unit test opens connections: the count moves for this test's alone.
+        let count = || OPEN_CONNECTIONS.load(Ordering::Relaxed);
+        let before = count();
+        let (first, second) = (OpenConnection::new(), OpenConnection::new());
+        assert_eq!(count(), before + 2);
+        drop(first);
+        assert_eq!(count(), before + 1);
+        drop(second);
+        assert_eq!(count(), before);
+    }
+}

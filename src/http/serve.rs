@@ -1,10 +1,13 @@
 //! The server loop: accepts connections and serves the router on each with hyper, within the
-//! limits of [`ServerConfig`] — a header-read timeout (a client that never finishes its headers
-//! is disconnected), a cap on connections open at once, and a shutdown deadline after which
+//! limits of [`ServerConfig`] — a header-read timeout (a client that never finishes its headers,
+//! or never reads a response, is disconnected), a cap on connections open at once, and a shutdown deadline after which
 //! connections still open are closed. (`axum::serve` offers none of these.) The body-read timeout
 //! is a layer of the router.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -12,8 +15,10 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 
 use crate::config::ServerConfig;
 use crate::observability::{self, OpenConnection};
@@ -23,13 +28,13 @@ use crate::observability::{self, OpenConnection};
 const OTHER_FILES: u64 = 1024;
 
 /// Raises the process's soft limit on open files, if it is lower, to `limits.max_connections`
-/// plus what the rest of the process needs, as far as the hard limit allows (many systems start
+/// for each of its `listeners` plus what the rest of the process needs, as far as the hard limit allows (many systems start
 /// services with a soft limit of 1024); warns when the hard limit is lower still, since the
 /// server would then run out of descriptors before it reached its cap. For the `tessera` binary:
 /// a process embedding the server keeps its own limits.
-pub fn fit_open_file_limit(limits: &ServerConfig) {
+pub fn fit_open_file_limit(limits: &ServerConfig, listeners: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
-    let wanted = limits.max_connections as u64 + OTHER_FILES;
+    let wanted = (limits.max_connections * listeners) as u64 + OTHER_FILES;
     let mut current = getrlimit(Resource::Nofile);
     // `None` is unlimited.
     if current.current.is_some_and(|soft| soft < wanted) {
@@ -48,7 +53,8 @@ pub fn fit_open_file_limit(limits: &ServerConfig) {
         tracing::warn!(
             open_file_limit = soft,
             max_connections = limits.max_connections,
-            "the open-file limit is below server.max_connections plus {OTHER_FILES}: raise it (LimitNOFILE, ulimit -n) or lower server.max_connections"
+            listeners,
+            "the open-file limit is below server.max_connections (per listener) plus {OTHER_FILES}: raise it (LimitNOFILE, ulimit -n) or lower server.max_connections"
         );
     }
 }
@@ -73,7 +79,8 @@ pub async fn serve(
     loop {
         // Reap finished connections, so that the set holds only live ones.
         while connections.try_join_next().is_some() {}
-        if connections.len() >= limits.max_connections {
+        // At least one: with none, the wait below would return at once, for ever.
+        if connections.len() >= limits.max_connections.max(1) {
             observability::record_connection_limit_reached();
             // Once a minute at most: a server held at its cap reaches it again at every close.
             if last_warned.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(60)) {
@@ -101,6 +108,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         stream.set_nodelay(true).ok();
+        let stream = StallLimit::new(stream, limits.header_read_timeout);
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);
         let open = OpenConnection::new();
@@ -124,4 +132,78 @@ pub async fn serve(
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// A connection's socket whose writes fail once they have made no progress for `limit`: a client
+/// that stops reading (a closed receive window) would otherwise hold its connection, and a place
+/// under `server.max_connections`, for as long as its kernel answers probes.
+struct StallLimit {
+    stream: TcpStream,
+    limit: Duration,
+    /// Running while a write waits for the client to read.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl StallLimit {
+    fn new(stream: TcpStream, limit: Duration) -> Self {
+        Self { stream, limit, stalled: None }
+    }
+
+    /// The answer to a write (or flush, or shutdown) that made progress or failed; a pending one
+    /// starts the stall timer, and fails once it runs out.
+    fn watch<T>(&mut self, polled: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing of the response within the limit",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for StallLimit {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallLimit {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_flush(cx);
+        this.watch(polled, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_shutdown(cx);
+        this.watch(polled, cx)
+    }
 }

@@ -640,8 +640,13 @@ async fn within_the_reuse_interval_every_concurrent_refresh_gets_its_own_token(b
     let sql = w.app.db.sql().await;
     assert_eq!(sql.count("oauth_refresh_tokens").await, 17, "r1 and sixteen successors");
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 0);
-    // r1 is still usable within the interval, so introspection says so; every successor works.
-    assert_eq!(introspect(&w.app, creds, &r1).await["active"], true);
+    // r1 is still usable within the interval, so introspection says so, with the interval's end
+    // as its `exp` (the grant's own lasts days); every successor works.
+    let described = introspect(&w.app, creds, &r1).await;
+    assert_eq!(described["active"], true);
+    let exp = described["exp"].as_i64().unwrap();
+    assert!(exp <= chrono::Utc::now().timestamp() + 60, "{described}");
+    assert!(exp >= chrono::Utc::now().timestamp() + 30, "{described}");
     for successor in &successors {
         let next = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", successor)]).await;
         assert_eq!(next.status(), 200);

@@ -245,3 +245,46 @@ async fn at_its_connection_cap_the_server_accepts_no_more_until_one_closes() {
     assert!(crate::metrics::value(&samples, "tessera_http_connections_open", &[]) >= 1.0);
     app.stop().await;
 }
+
+/// A client that stops reading (its receive window closed) is cut off once a response has made
+/// no progress for the header-read timeout, and frees its place under the connection cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_of_its_responses_is_cut_off() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.server.max_connections = 1;
+        config.server.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut silent = socket.connect(app.addr).await.unwrap();
+    // Twenty OpenAPI documents (about 800 KB each) are far more than the socket buffers hold.
+    silent.write_all(&b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20)).await.unwrap();
+    // Served once the silent one is cut off; without the limit it would hold the only place.
+    let mut next = TcpStream::connect(app.addr).await.unwrap();
+    let answered =
+        healthz(&mut next, Duration::from_secs(20)).await.expect("served once the silent client was cut off");
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    // What the silent client gets, once it reads, is less than it asked for, then the end.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut received)).await;
+    read.expect("the connection was closed").ok();
+    assert!(received.len() < 20 * 700_000, "cut off before the end: {} bytes", received.len());
+    app.stop().await;
+}
+
+/// A server held at its cap still shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_at_its_connection_cap_shuts_down() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.server.max_connections = 1;
+        config.server.header_read_timeout = Duration::from_secs(60);
+        config.server.shutdown_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut held = TcpStream::connect(app.addr).await.unwrap();
+    healthz(&mut held, Duration::from_secs(10)).await.expect("answered");
+    let mut waiting = TcpStream::connect(app.addr).await.unwrap();
+    assert!(healthz(&mut waiting, Duration::from_millis(300)).await.is_err(), "served past the cap");
+    tokio::time::timeout(Duration::from_secs(10), app.stop()).await.expect("stopped within its shutdown timeout");
+}

@@ -180,8 +180,8 @@ struct IdClaims<'a> {
 /// Which token a revocation or introspection names.
 enum Named {
     Access(AccessClaims),
-    /// A refresh token's grant, and whether the token is spent (see [`spent`]).
-    Refresh(GrantRecord, bool),
+    /// A refresh token's grant, and when the token was first used (see [`spent`]).
+    Refresh(GrantRecord, Option<DateTime<Utc>>),
     Unknown,
 }
 
@@ -533,7 +533,7 @@ impl OpenIdProvider {
         }
         let now = crate::domain::now();
         Ok(match self.store.refresh_grant(&sha256(token.as_bytes()), now).await? {
-            Some((grant, used_at)) => Named::Refresh(grant, spent(used_at, self.refresh_reusable_after(now))),
+            Some((grant, used_at)) => Named::Refresh(grant, used_at),
             None => Named::Unknown,
         })
     }
@@ -565,8 +565,8 @@ impl OpenIdProvider {
                 }
                 Ok(out)
             }
-            Named::Refresh(grant, used)
-                if !used
+            Named::Refresh(grant, used_at)
+                if !spent(used_at, self.refresh_reusable_after(crate::domain::now()))
                     && grant.active
                     && grant.client_id == client.id.as_str()
                     && still_registered(client, &grant).is_ok() =>
@@ -577,7 +577,8 @@ impl OpenIdProvider {
                     "client_id": grant.client_id,
                     "sub": grant.user_id.to_string(),
                     "scope": registered_scopes(client, &grant.scope).join(" "),
-                    "exp": grant.expires_at.timestamp(),
+                    // A rotated token still usable is so until the end of its reuse interval.
+                    "exp": used_at.map_or(grant.expires_at, |at| grant.expires_at.min(at + delta(self.refresh_token_reuse))).timestamp(),
                     "iss": self.issuer,
                 }))
             }
