@@ -20,6 +20,13 @@
 //! transactions in flight at start-up are seen) and forgets everything it cached before it knew
 //! the head. After [`OUTAGE_LIMIT`] without a successful poll, rows it needed may have been
 //! pruned ([`RETENTION`]), so it forgets everything on the next successful poll instead.
+//!
+//! **A log that goes back.** A failover to a replica that had not received the last commits, or
+//! a restored backup, leaves the log's head below what an instance read, and new rows take the
+//! lost numbers again: read as `seq > last`, they would be skipped until the numbers passed the
+//! cursor. Each poll reads the head in the same statement as its rows; a head below the cursor
+//! makes the instance forget everything and start again at the head. (An empty log says nothing:
+//! the sweeper empties it after [`RETENTION`] without changes.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -30,7 +37,7 @@ use chrono::TimeDelta;
 use super::op::clients::Clients;
 use super::op::keys::SigningKeys;
 use super::principals::PrincipalCache;
-use crate::store::{CacheChange, LoggedChange, Store, StoreError};
+use crate::store::{CacheChange, LogPage, LoggedChange, Store, StoreError};
 
 /// How long a skipped sequence number is waited for.
 pub const GAP_WAIT: Duration = Duration::from_secs(10);
@@ -159,8 +166,8 @@ impl CacheSync {
         let now = Instant::now();
         let mut after = cursor.read_after();
         let mut applied = 0;
-        loop {
-            let rows = self.store.cache_changes_after(after, BATCH).await?;
+        let head = loop {
+            let LogPage { head, rows } = self.store.cache_changes_after(after, BATCH).await?;
             let full = rows.len() as i64 >= BATCH;
             if let Some(last) = rows.last() {
                 after = last.seq;
@@ -177,8 +184,20 @@ impl CacheSync {
             self.apply(&fresh);
             applied += fresh.len();
             if !full {
-                break;
+                break head;
             }
+        };
+        if head > 0 && head < cursor.last() {
+            // Rows this instance read are gone and new ones take their numbers again: changes
+            // made from now on would be below the cursor, skipped for ever. What the lost rows
+            // said, and what was cached since, is unknown: start again at the head.
+            tracing::warn!(
+                head,
+                read = cursor.last(),
+                "the cache-invalidation log went back (a failover that lost its last writes, or a restored backup): forgetting every cached entry"
+            );
+            self.forget_everything();
+            *cursor = Cursor::at(head, now);
         }
         // Gaps expire only after a read that could have found them: a slow interval or a failed
         // poll never drops a gap unread.

@@ -72,12 +72,27 @@ pub(super) async fn head(db: &Db) -> Result<i64, StoreError> {
     query("SELECT COALESCE(MAX(seq), 0) AS head FROM cache_invalidations").fetch_one(db.background()).await?.int("head")
 }
 
-/// Up to `limit` rows after `after`, in order, read where every commit is visible (the primary),
-/// on the background loops' own connection: not queued behind requests.
-pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Vec<LoggedChange>, StoreError> {
+/// A page of the log read by [`changes_after`], with the log's head at the same moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPage {
+    /// The highest sequence number in the log (0 when it is empty). Below a reader's own highest
+    /// one, the log went back: a failover lost its last rows, or a backup was restored.
+    pub head: i64,
+    /// The rows after the number asked for, in order.
+    pub rows: Vec<LoggedChange>,
+}
+
+/// Up to `limit` rows after `after`, in order, with the log's head, in one statement, read where
+/// every commit is visible (the primary), on the background loops' own connection: not queued
+/// behind requests.
+pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<LogPage, StoreError> {
+    // The head comes as a row of its own joined to the page, so that an empty page still has it.
     let rows = query(
-        "SELECT seq, kind, user_id, issuer, subject, client_id FROM cache_invalidations
-         WHERE seq > $1 ORDER BY seq LIMIT $2",
+        "SELECT h.head, c.seq, c.kind, c.user_id, c.issuer, c.subject, c.client_id
+         FROM (SELECT COALESCE(MAX(seq), 0) AS head FROM cache_invalidations) AS h
+         LEFT JOIN (SELECT seq, kind, user_id, issuer, subject, client_id FROM cache_invalidations
+                    WHERE seq > $1 ORDER BY seq LIMIT $2) AS c ON TRUE
+         ORDER BY c.seq",
     )
     .bind(after)
     .bind(limit)
@@ -100,7 +115,17 @@ pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Vec
             other => return Err(StoreError::Corrupt(format!("unknown cache change kind {other:?}"))),
         })
     };
-    rows.iter().map(|row| Ok(LoggedChange { seq: row.int("seq")?, change: decode(row).ok() })).collect()
+    let head = match rows.first() {
+        Some(row) => row.int("head")?,
+        None => 0,
+    };
+    let mut page = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(seq) = row.opt_int("seq")? {
+            page.push(LoggedChange { seq, change: decode(row).ok() });
+        }
+    }
+    Ok(LogPage { head, rows: page })
 }
 
 /// Deletes the rows written before `before`; returns how many.

@@ -35,7 +35,7 @@ use crate::domain::{
 
 pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
 pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
-pub use cache_sync::{CacheChange, LoggedChange};
+pub use cache_sync::{CacheChange, LogPage, LoggedChange};
 pub use db::{
     ReplicaLag, copy_sqlite, create_pg_database, drop_pg_database, replica_check_interval, sqlite_database_exists,
     sqlite_file,
@@ -1504,10 +1504,11 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// primary.
     async fn cache_changes_head(&self) -> Result<i64, StoreError>;
 
-    /// Up to `limit` logged cache invalidations after the sequence number `after`, in order, read
-    /// on the primary. Sequence numbers increase but have gaps, and on PostgreSQL a lower one may
-    /// become visible after a higher one (see `src/service/cache_sync.rs`).
-    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<Vec<LoggedChange>, StoreError>;
+    /// Up to `limit` logged cache invalidations after the sequence number `after`, in order, with
+    /// the log's head at the same moment, read on the primary. Sequence numbers increase but have
+    /// gaps, and on PostgreSQL a lower one may become visible after a higher one (see
+    /// `src/service/cache_sync.rs`).
+    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<LogPage, StoreError>;
 
     /// Deletes the logged cache invalidations written before `before`; returns how many.
     async fn delete_cache_changes_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::Consent;
-use super::cache_sync::{CacheChange, LoggedChange, log_changes};
+use super::cache_sync::{CacheChange, LogPage, log_changes};
 use super::db::{Db, PoolRef, Row, Tx, exclusive, json_set_sql, padded, query, try_exclusive, uuid_text_sql};
 use super::grants::add_once;
 use super::last_seen::{self, Touched};
@@ -3458,7 +3458,7 @@ impl Store for SqlStore {
         super::cache_sync::head(&self.db).await
     }
 
-    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<Vec<LoggedChange>, StoreError> {
+    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<LogPage, StoreError> {
         super::cache_sync::changes_after(&self.db, after, limit).await
     }
 

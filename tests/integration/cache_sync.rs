@@ -30,6 +30,7 @@ on_both_backends!(
     a_session_cached_by_another_instance_follows_membership_changes_and_sign_out_promptly,
     cached_principals_answer_through_a_database_outage,
     a_new_algorithms_first_key_is_published_by_every_instance_promptly,
+    a_log_that_went_back_is_followed_from_its_new_head,
 );
 
 /// How long a test waits for the other instance. The product's bound is 1 s (the default poll
@@ -583,4 +584,58 @@ async fn a_new_algorithms_first_key_is_published_by_every_instance_promptly(back
     })
     .await;
     c.stop().await;
+}
+
+/// A failover to a replica that had not received the last commits (or a restored backup) takes
+/// the log's last rows with it, and new changes take their numbers again. An instance that had
+/// read those rows must not skip the new ones as already read: a user disabled after the log
+/// went back is refused by B within the bound, although B read past that number before.
+async fn a_log_that_went_back_is_followed_from_its_new_head(backend: Backend) {
+    let c = cluster(backend).await;
+    let token = c.token("after-the-failover");
+    let user = user_of(&c.a, &token).await;
+    // Rows for B to read past: another user disabled and enabled again, four times.
+    let other = user_of(&c.a, &c.token("churns-the-log")).await;
+    let other_path = format!("/admin/users/{other}");
+    for disabled in [true, false, true, false] {
+        body(c.a.admin(Method::PATCH, &other_path).json(&json!({"disabled": disabled})).send().await.unwrap(), 200)
+            .await;
+    }
+    settle().await;
+
+    // The log loses its last three rows and its sequence goes back with them.
+    let sql = c.db.sql().await;
+    let highest = highest_seq(&sql).await;
+    assert!(highest >= 4, "the churn was logged");
+    let kept = highest - 3;
+    sql.exec(&format!("DELETE FROM cache_invalidations WHERE seq > {kept}")).await.unwrap();
+    sql.exec(&match &sql {
+        Sql::Sqlite(_) => format!("UPDATE sqlite_sequence SET seq = {kept} WHERE name = 'cache_invalidations'"),
+        Sql::Postgres(_) => format!("SELECT setval(pg_get_serial_sequence('cache_invalidations', 'seq'), {kept})"),
+    })
+    .await
+    .unwrap();
+    settle().await;
+    assert_eq!(user_of(&c.b, &token).await, user, "cached on B");
+
+    let changed = Instant::now();
+    let path = format!("/admin/users/{user}");
+    body(c.a.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    let renumbered = highest_seq(&sql).await;
+    assert!(renumbered <= highest, "the change took a number B had read before ({renumbered} <= {highest})");
+    honoured_within_bound("a change numbered below what B had read is applied", changed, || async {
+        code_of(c.b.validate(&token).await).await == refused("user_disabled")
+    })
+    .await;
+    c.stop().await;
+}
+
+/// The highest sequence number in the log.
+async fn highest_seq(sql: &Sql) -> i64 {
+    let highest = "SELECT max(seq) FROM cache_invalidations";
+    match sql {
+        Sql::Sqlite(pool) => sqlx::query_scalar(highest).fetch_one(pool).await,
+        Sql::Postgres(pool) => sqlx::query_scalar(highest).fetch_one(pool).await,
+    }
+    .unwrap()
 }

@@ -4876,7 +4876,7 @@ async fn co_owners_deleted_at_once_are_both_deleted(backend: Backend) {
 mod cache_log {
     use tessera::domain::client_rules::new_client;
     use tessera::domain::{Client, ClientId, ClientKind, RedirectUri};
-    use tessera::store::{CacheChange, ClientUpdate, LoggedChange};
+    use tessera::store::{CacheChange, ClientUpdate, LogPage, LoggedChange};
 
     use super::*;
 
@@ -4891,8 +4891,10 @@ mod cache_log {
 
     /// Everything logged after `after`, in order.
     async fn logged_after(store: &Arc<dyn Store>, after: i64) -> Vec<LoggedChange> {
-        let rows = store.cache_changes_after(after, 1_000).await.unwrap();
+        let page = store.cache_changes_after(after, 1_000).await.unwrap();
+        let rows = page.rows;
         assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "in order, each number once: {rows:?}");
+        assert_eq!(page.head, store.cache_changes_head().await.unwrap(), "the page carries the log's head");
         rows
     }
 
@@ -4962,8 +4964,11 @@ mod cache_log {
         assert_eq!(store.cache_changes_head().await.unwrap(), rows.last().unwrap().seq);
         // Read after a number, and a page at a time.
         assert_eq!(logged_after(&store, rows[8].seq).await, rows[9..]);
-        assert_eq!(store.cache_changes_after(0, 2).await.unwrap(), rows[..2]);
-        assert!(store.cache_changes_after(rows.last().unwrap().seq, 10).await.unwrap().is_empty());
+        let head = rows.last().unwrap().seq;
+        assert_eq!(store.cache_changes_after(0, 2).await.unwrap(), LogPage { head, rows: rows[..2].to_vec() });
+        // Past the head, a page is empty but still says where the head is.
+        assert_eq!(store.cache_changes_after(head, 10).await.unwrap(), LogPage { head, rows: vec![] });
+        assert_eq!(store.cache_changes_after(head + 100, 10).await.unwrap(), LogPage { head, rows: vec![] });
     }
 
     async fn client_changes_are_logged(backend: Backend) {
@@ -5079,6 +5084,7 @@ mod cache_log {
         assert_eq!(store.delete_cache_changes_before(now() + TimeDelta::seconds(1)).await.unwrap(), 3);
         assert_eq!(db.sql().await.count("cache_invalidations").await, 0);
         assert_eq!(store.cache_changes_head().await.unwrap(), 0, "an empty log");
+        assert_eq!(store.cache_changes_after(highest, 10).await.unwrap(), LogPage { head: 0, rows: vec![] });
         // A reader that has read up to `highest` sees the next change.
         set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
         let next = logged_after(&store, highest).await;
