@@ -315,7 +315,7 @@ CREATE TABLE webhook_endpoints (
     -- The instance delivering to this endpoint, and until when.
     lease_owner BLOB,
     lease_until INTEGER
-, previous_secret BLOB, previous_secret_until INTEGER, config_name TEXT) STRICT;
+, previous_secret BLOB, previous_secret_until INTEGER, config_name TEXT, disabled_at INTEGER) STRICT;
 
 CREATE TABLE webhook_deliveries (
     id              BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),

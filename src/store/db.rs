@@ -78,6 +78,7 @@ embedded_migrations! {
     24 "0024_lookup_indexes" "lookup_indexes",
     25 "0025_signing_key_changes" "signing_key_changes",
     26 "0026_flow_owner_indexes" "flow_owner_indexes",
+    27 "0027_webhook_disabled_at" "webhook_disabled_at",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

@@ -2904,7 +2904,9 @@ impl Store for SqlStore {
         let mut tx = self.db.begin().await?;
         restart_if_enabled(&mut tx, endpoint.id, Some(endpoint.enabled), endpoint.updated_at).await?;
         let updated = query(
-            "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5 WHERE id = $1",
+            "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5,
+               disabled_at = CASE WHEN $4 THEN NULL WHEN enabled THEN $5 ELSE disabled_at END
+             WHERE id = $1",
         )
         .bind(endpoint.id.as_uuid())
         .bind(endpoint.url.as_str())
@@ -2928,7 +2930,9 @@ impl Store for SqlStore {
                 format!(
                     "UPDATE webhook_endpoints
                      SET url = COALESCE($2, url), event_types = COALESCE($3, event_types),
-                         enabled = COALESCE($4, enabled), updated_at = $5
+                         enabled = COALESCE($4, enabled), updated_at = $5,
+                         disabled_at = CASE WHEN COALESCE($4, enabled) THEN NULL
+                                            WHEN enabled THEN $5 ELSE disabled_at END
                      WHERE id = $1 AND config_name IS NULL
                      RETURNING {WEBHOOK_COLUMNS}"
                 )
@@ -3031,20 +3035,26 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(0);
         }
-        let endpoints = query("SELECT id, event_types, created_at FROM webhook_endpoints WHERE enabled")
-            .fetch_all(&mut tx)
-            .await?
-            .iter()
-            .map(|row| {
-                let types: Vec<String> = row.text("event_types")?.split_whitespace().map(str::to_owned).collect();
-                Ok((WebhookId::from_uuid(row.uuid("id")?), types, row.time("created_at")?))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        // An endpoint disabled since an event was written still gets it (the delivery waits until
+        // the endpoint is enabled again): how far behind the fan-out runs must not decide.
+        let endpoints = query(
+            "SELECT id, event_types, created_at, disabled_at FROM webhook_endpoints
+             WHERE enabled OR disabled_at IS NOT NULL",
+        )
+        .fetch_all(&mut tx)
+        .await?
+        .iter()
+        .map(|row| {
+            let types: Vec<String> = row.text("event_types")?.split_whitespace().map(str::to_owned).collect();
+            Ok((WebhookId::from_uuid(row.uuid("id")?), types, row.time("created_at")?, row.opt_time("disabled_at")?))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
         for event in events {
             let (seq, id, topic, written) =
                 (event.int("seq")?, event.uuid("id")?, event.text("topic")?, event.time("created_at")?);
-            for (endpoint, types, registered) in &endpoints {
-                if *registered <= written && (types.is_empty() || types.contains(&topic)) {
+            for (endpoint, types, registered, disabled) in &endpoints {
+                let live = disabled.is_none_or(|disabled| written < disabled);
+                if *registered <= written && live && (types.is_empty() || types.contains(&topic)) {
                     insert_delivery(&mut tx, *endpoint, id, seq, now).await?;
                 }
             }
@@ -3080,7 +3090,10 @@ impl Store for SqlStore {
                        ORDER BY (SELECT d.next_attempt_at FROM webhook_deliveries d
                                  WHERE d.endpoint_id = e.id AND d.state = 'pending'
                                  ORDER BY d.event_seq LIMIT 1), e.id
-                       LIMIT $4 FOR UPDATE SKIP LOCKED)
+                       -- Not `FOR UPDATE`: that conflicts with the key-share locks the fan-out's
+                       -- new deliveries take on their endpoints, so every other instance would
+                       -- skip exactly the endpoints just given work until the fan-out commits.
+                       LIMIT $4 FOR NO KEY UPDATE SKIP LOCKED)
                      RETURNING {WEBHOOK_COLUMNS}"
                 )
                 .into_boxed_str(),

@@ -34,6 +34,7 @@ use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, on_both_backend
 on_both_backends!(
     webhook_endpoints_are_stored_updated_and_deleted,
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
+    an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_before,
     events_after_a_gap_wait_for_the_transaction_that_may_fill_it,
     an_endpoint_is_leased_to_one_owner_at_a_time,
     the_endpoint_waiting_longest_is_claimed_first,
@@ -4228,6 +4229,78 @@ async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: B
     let first = &store.pending_deliveries(all.id, 1).await.unwrap()[0];
     assert_eq!(first.payload["user"]["id"], ada.id().as_uuid().to_string());
     assert_eq!(first.attempts, 0);
+}
+
+/// Events written while an endpoint was enabled are its, however far behind the fan-out is when
+/// the endpoint is disabled: their deliveries wait until it is enabled again. Events written
+/// after it was disabled are not.
+async fn an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_before(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let registered = now() - TimeDelta::seconds(1);
+    let (patched, configured) = (endpoint(&[], registered), endpoint(&[], registered));
+    for hook in [&patched, &configured] {
+        store.insert_webhook(hook).await.unwrap();
+    }
+    let ada = sign_up(&store, "ada").await;
+    // Both disabled before the fan-out ran: one through the API, one by the configuration file.
+    let disabled = now() + TimeDelta::seconds(1);
+    let off = WebhookChange { enabled: Some(false), ..Default::default() };
+    store.patch_webhook(patched.id, &off, disabled).await.unwrap().unwrap();
+    store
+        .update_webhook(&WebhookEndpoint { enabled: false, updated_at: disabled, ..configured.clone() })
+        .await
+        .unwrap();
+    // Written after: for no one.
+    set_user_disabled(&store, ada.id(), true, disabled + TimeDelta::seconds(1)).await.unwrap();
+    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 2);
+    for hook in [&patched, &configured] {
+        let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
+        let topics: Vec<_> = jobs.iter().map(|job| job.topic.as_str()).collect();
+        assert_eq!(topics, ["user.created"], "what was written before the endpoint was disabled");
+    }
+    // Disabled, the deliveries wait; a repeated disable does not move the time.
+    let owner = uuid::Uuid::new_v4();
+    let lease = now() + TimeDelta::minutes(1);
+    assert!(store.claim_webhooks(owner, now(), lease, 10).await.unwrap().is_empty(), "nothing is sent while disabled");
+    store.patch_webhook(patched.id, &off, disabled + TimeDelta::seconds(2)).await.unwrap().unwrap();
+    set_user_disabled(&store, ada.id(), false, disabled + TimeDelta::seconds(1)).await.unwrap();
+    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
+    assert_eq!(
+        store.pending_deliveries(patched.id, 100).await.unwrap().len(),
+        1,
+        "nothing written since the first disable"
+    );
+    // Enabled again: they go, and the endpoint gets new events as before.
+    let on = WebhookChange { enabled: Some(true), ..Default::default() };
+    store.patch_webhook(patched.id, &on, now()).await.unwrap().unwrap();
+    let claimed = store.claim_webhooks(owner, now(), lease, 10).await.unwrap();
+    assert_eq!(claimed.iter().map(|hook| hook.id).collect::<Vec<_>>(), [patched.id]);
+    set_user_disabled(&store, ada.id(), true, disabled + TimeDelta::seconds(3)).await.unwrap();
+    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
+    assert_eq!(store.pending_deliveries(patched.id, 100).await.unwrap().len(), 2);
+    assert_eq!(store.pending_deliveries(configured.id, 100).await.unwrap().len(), 1);
+}
+
+/// While a fan-out's transaction is open, its new deliveries' foreign keys hold a key-share lock
+/// on each endpoint they went to: another instance's claim must still take those endpoints (a
+/// claim that locked them `FOR UPDATE` would skip exactly the endpoints just given work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_under_a_running_fan_out_is_still_claimed_on_postgres() {
+    let (db, store) = setup(Backend::Postgres).await;
+    let hook = endpoint(&[], now() - TimeDelta::seconds(1));
+    store.insert_webhook(&hook).await.unwrap();
+    sign_up(&store, "ada").await;
+    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
+    let Sql::Postgres(pool) = db.sql().await else { unreachable!("a PostgreSQL test") };
+    let mut fan_out = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR KEY SHARE")
+        .bind(hook.id.as_uuid())
+        .execute(&mut *fan_out)
+        .await
+        .unwrap();
+    let claimed = store.claim_webhooks(uuid::Uuid::new_v4(), now(), now() + TimeDelta::minutes(1), 10).await.unwrap();
+    assert_eq!(claimed.iter().map(|claimed| claimed.id).collect::<Vec<_>>(), [hook.id]);
+    fan_out.rollback().await.unwrap();
 }
 
 async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: Backend) {
