@@ -1,8 +1,8 @@
 //! The server loop: accepts connections and serves the router on each with hyper, within the
 //! limits of [`ServerConfig`] — a header-read timeout (a client that never finishes its headers,
-//! or never reads a response, is disconnected), a cap on connections open at once, and a shutdown deadline after which
-//! connections still open are closed. (`axum::serve` offers none of these.) The body-read timeout
-//! is a layer of the router.
+//! or never reads a response, is disconnected), a cap on connections open at once, and a
+//! shutdown deadline after which connections still open are closed. (`axum::serve` offers none
+//! of these.) The body-read timeout is a layer of the router.
 
 use std::future::Future;
 use std::io;
@@ -28,10 +28,10 @@ use crate::observability::{self, OpenConnection};
 const OTHER_FILES: u64 = 1024;
 
 /// Raises the process's soft limit on open files, if it is lower, to `limits.max_connections`
-/// for each of its `listeners` plus what the rest of the process needs, as far as the hard limit allows (many systems start
-/// services with a soft limit of 1024); warns when the hard limit is lower still, since the
-/// server would then run out of descriptors before it reached its cap. For the `tessera` binary:
-/// a process embedding the server keeps its own limits.
+/// for each of its `listeners` plus what the rest of the process needs, as far as the hard limit
+/// allows (many systems start services with a soft limit of 1024); warns when the hard limit is
+/// lower still, since the server would then run out of descriptors before it reached its cap.
+/// For the `tessera` binary: a process embedding the server keeps its own limits.
 pub fn fit_open_file_limit(limits: &ServerConfig, listeners: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let wanted = (limits.max_connections * listeners) as u64 + OTHER_FILES;
