@@ -193,6 +193,9 @@ const fn rule(
     Rule { action, target_kind: Some(target_kind), target: Some(target), details }
 }
 
+/// The facts that name a user, a team or a webhook by id (a team may be named by its slug too).
+const UUID_FACTS: [&str; 3] = ["user_id", "team", "id"];
+
 /// The audit rule of each admin route that changes something. A route missing here is still
 /// recorded, as `admin.request` with its method and route.
 fn rule_for(method: &Method, route: &str) -> Rule {
@@ -314,12 +317,21 @@ pub async fn record_admin_action(
             (response, Value::Null)
         };
         let fact = |from: Source| -> Option<Value> {
-            match from {
+            let value = match from {
                 Source::Path(name) => params.iter().find(|(k, _)| k == name).map(|(_, v)| Value::String(v.clone())),
                 Source::Body(name) => {
                     body.get(name).filter(|v| v.is_string() || v.is_boolean() || v.is_number()).cloned()
                 }
-            }
+            }?;
+            // A user, team or webhook id is accepted in any form `Uuid` parses (upper case, no
+            // hyphens, braces); it is recorded in the one form the audit log is searched by.
+            let name = match from {
+                Source::Path(name) | Source::Body(name) => name,
+            };
+            Some(match value.as_str().filter(|_| UUID_FACTS.contains(&name)).map(uuid::Uuid::try_parse) {
+                Some(Ok(id)) => Value::String(id.to_string()),
+                _ => value,
+            })
         };
         let mut details = Map::new();
         for (name, from) in rule.details {

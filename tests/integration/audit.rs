@@ -65,9 +65,11 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
         .header("x-request-id", "req-bootstrap")
         .json(&identity("ada", "ada@example.com", None));
     let user = body(bootstrap.send().await.unwrap(), 201).await["user_id"].as_str().unwrap().to_owned();
+    // A user id may be written in any form a UUID parses from; rows hold the canonical one.
+    let shouting = user.to_uppercase().replace('-', "");
     let disable = app
         .client
-        .patch(app.url(&format!("/admin/users/{user}")))
+        .patch(app.url(&format!("/admin/users/{shouting}")))
         .bearer_auth(SECOND_TOKEN)
         .header("x-request-id", "req-disable")
         .json(&json!({ "disabled": true }));
@@ -97,9 +99,10 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
                         "redirect_uris": ["https://app.example.com/callback"]});
     let client = body(app.admin(Method::POST, "/admin/clients").json(&client).send().await.unwrap(), 201).await;
     let rotated = body(app.admin(Method::POST, "/admin/clients/grafana/secret").send().await.unwrap(), 200).await;
-    let removed = app.admin(Method::DELETE, &format!("/admin/teams/acme/members/{user}")).send().await.unwrap();
+    let braced = format!("{{{}}}", user.to_uppercase());
+    let removed = app.admin(Method::DELETE, &format!("/admin/teams/acme/members/{braced}")).send().await.unwrap();
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
-    let deleted = app.admin(Method::DELETE, &format!("/admin/users/{user}")).send().await.unwrap();
+    let deleted = app.admin(Method::DELETE, &format!("/admin/users/urn:uuid:{user}")).send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     // Reads and refused requests write nothing.
     body(app.admin(Method::GET, "/admin/users").send().await.unwrap(), 200).await;
@@ -149,7 +152,14 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
         (json!("client"), json!("grafana"))
     );
     assert_eq!(row("client.secret_rotated")["target_id"], "grafana");
+    assert_eq!(row("team.member_removed")["details"], json!({ "user_id": user }));
     assert_eq!(row("user.deleted")["target_id"], json!(user));
+    let about_the_user = audit(&app, &format!("target_id={user}")).await;
+    assert_eq!(
+        actions(&about_the_user),
+        ["user.deleted", "user.enabled", "user.updated", "user.disabled", "user.bootstrapped"],
+        "each found by the canonical id"
+    );
     for row in &rows {
         let id = row["request_id"].as_str().unwrap();
         assert!(!id.is_empty() && row["at"].is_string() && row["id"].is_i64(), "{row}");
