@@ -122,6 +122,12 @@ pub fn member_changed(team: TeamId, user: UserId, role: Role, previous_role: Opt
     payload
 }
 
+/// `team.member.removed`: `{team_id, user_id, role, team_deleted}`, the former role, and whether
+/// the team went with its only member.
+pub fn member_removed(team: TeamId, user: UserId, role: Role, team_deleted: bool) -> Value {
+    json!({ "team_id": team, "user_id": user, "role": role.as_str(), "team_deleted": team_deleted })
+}
+
 /// `user.updated`: `{user, changed}`: the user as after the change and the names of the fields
 /// that changed (`name`, `email`, `email_verified`).
 pub fn user_updated(user: &User, changed: &[&str]) -> Value {

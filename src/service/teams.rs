@@ -157,9 +157,11 @@ impl Teams {
     }
 
     /// Removes `user` from a team (never its last owner). With `acting` set, only an owner may,
-    /// or the user themselves: a member may always leave.
+    /// or the user themselves: a member may always leave, and so may a last owner who is the
+    /// team's only member, unless it is their default team: the team is then deleted.
     pub async fn remove_member(&self, team: &TeamRef, acting: Option<UserId>, user: UserId) -> Result<(), TeamError> {
-        let (team, acting) = if acting == Some(user) {
+        let acting_was_user = acting == Some(user);
+        let (team, acting) = if acting_was_user {
             // Leaving needs no right but membership, which the removal itself checks.
             match self.role_of(team, user).await? {
                 (team, Some(_)) => (team, None),
@@ -169,7 +171,15 @@ impl Teams {
             (self.owner_gate(team, acting).await?, acting)
         };
         let store = self.store.clone();
-        let outcome = self.changing(user, async move { store.remove_member(team.id, acting, user).await }).await?;
+        let outcome = self
+            .changing(user, async move {
+                if acting_was_user {
+                    store.leave_team(team.id, user).await
+                } else {
+                    store.remove_member(team.id, acting, user).await
+                }
+            })
+            .await?;
         match outcome {
             RemoveOutcome::Removed => Ok(()),
             RemoveOutcome::NotMember => Err(TeamError::MemberNotFound),

@@ -983,6 +983,11 @@ pub trait Store: Send + Sync + Debug + 'static {
         user: UserId,
     ) -> Result<RemoveOutcome, StoreError>;
 
+    /// `user` leaves a team, as [`Store::remove_member`] removes them, except that the last owner
+    /// who is also the team's only member may leave a team that is not their default one: the
+    /// team is deleted with them leaving (with its domains, profiles, links and flows).
+    async fn leave_team(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError>;
+
     /// Inserts a profile unless a uniqueness rule refuses it (a live slug of the team, or the
     /// one-pending-profile rules): then `None`, and nothing is written.
     async fn insert_profile(&self, profile: &AuthProfile) -> Result<Option<AuthProfile>, StoreError>;

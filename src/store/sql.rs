@@ -129,12 +129,13 @@ impl SqlStore {
 }
 
 impl SqlStore {
-    /// [`Store::remove_member`], once.
+    /// [`Store::remove_member`] (or, `leaving`, [`Store::leave_team`]), once.
     async fn remove_member_once(
         &self,
         team: TeamId,
         acting: Option<UserId>,
         user: UserId,
+        leaving: bool,
     ) -> Result<RemoveOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
         // Serialises membership changes of one team (see put_member).
@@ -151,6 +152,17 @@ impl SqlStore {
             return Ok(RemoveOutcome::NotMember);
         };
         if sole_owner {
+            if leaving && alone_in(&mut tx, team, user).await? {
+                // The team goes with its only member, with its domains, profiles, links and
+                // flows (cascades), as when a user is deleted.
+                let now = crate::domain::now();
+                query("DELETE FROM teams WHERE id = $1").bind(team.as_uuid()).execute(&mut tx).await?;
+                let payload = events::member_removed(team, user, Role::Owner, true);
+                insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
+                log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+                tx.commit().await?;
+                return Ok(RemoveOutcome::Removed);
+            }
             tx.rollback().await?;
             return Ok(RemoveOutcome::LastOwner);
         }
@@ -198,7 +210,7 @@ impl SqlStore {
             let reason = [("reason", serde_json::Value::from("member_removed"))];
             revoke_locked_profile(&mut tx, ProfileId::from_uuid(row.uuid("id")?), &reason, now).await?;
         }
-        let payload = events::member_changed(team, user, role, None);
+        let payload = events::member_removed(team, user, role, false);
         insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
         log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         tx.commit().await?;
@@ -243,6 +255,22 @@ async fn sole_owner(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<bo
     .fetch_optional(tx)
     .await?;
     row.map(|row| row.flag("sole_owner")).transpose()
+}
+
+/// Whether `user` is the only member of `team` and it is not their default team (which its only
+/// member cannot leave: the team would go with them).
+async fn alone_in(tx: &mut Tx, team: TeamId, user: UserId) -> Result<bool, StoreError> {
+    let row = query(
+        "SELECT NOT m.is_default AND NOT EXISTS (
+                    SELECT 1 FROM memberships o WHERE o.team_id = m.team_id AND o.user_id <> m.user_id)
+                AS alone
+         FROM memberships m WHERE m.team_id = $1 AND m.user_id = $2",
+    )
+    .bind(team.as_uuid())
+    .bind(user.as_uuid())
+    .fetch_optional(tx)
+    .await?;
+    Ok(row.map(|row| row.flag("alone")).transpose()?.unwrap_or(false))
 }
 
 /// `user`'s role in `team`, read in `tx`; `None` when they are not a member.
@@ -1720,7 +1748,11 @@ impl Store for SqlStore {
         // Crediting the member's team-wide profiles to an owner share-locks that owner's row
         // after the team's, the other order from a user's deletion: PostgreSQL may abort one of
         // the two, which is then run again.
-        retrying_conflicts(|| self.remove_member_once(team, acting, user)).await
+        retrying_conflicts(|| self.remove_member_once(team, acting, user, false)).await
+    }
+
+    async fn leave_team(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError> {
+        retrying_conflicts(|| self.remove_member_once(team, None, user, true)).await
     }
 
     async fn insert_profile(&self, profile: &AuthProfile) -> Result<Option<AuthProfile>, StoreError> {

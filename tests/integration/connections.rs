@@ -53,6 +53,7 @@ on_both_backends!(
     a_new_link_keeps_its_pending_profile_alive,
     a_refresh_survives_its_client_hanging_up,
     the_last_owner_cannot_step_down,
+    the_last_owner_alone_in_a_team_may_leave_it_and_the_team_goes,
     concurrent_adds_of_one_member_make_one_membership,
     disabling_a_user_ends_their_browser_sessions,
 );
@@ -1114,6 +1115,46 @@ async fn the_last_owner_cannot_step_down(backend: Backend) {
     let bob_down = json!({"user_id": w.bob.id, "role": "admin"});
     let refused = w.bob.browser.json(Method::POST, &w.url("/members"), &bob_down).await;
     assert_eq!(body(refused, 409).await["code"], "last_owner");
+}
+
+/// An owner may make anyone an owner of their team, and then leave it: the user so made the last
+/// owner must not be held there for good. Alone in it, they may leave, and the team goes with
+/// them; their own default team they cannot leave that way.
+async fn the_last_owner_alone_in_a_team_may_leave_it_and_the_team_goes(backend: Backend) {
+    let mut w = world(backend).await;
+    let carol = sign_in(&w.app, &w.issuer, "carol").await;
+    let (carol_id, mut carol_browser) = (carol.id, carol.browser);
+    let own_team = body(carol_browser.me(&w.app).await, 200).await["teams"][0]["slug"].as_str().unwrap().to_owned();
+    let made_owner =
+        w.alice.browser.json(Method::POST, &w.url("/members"), &json!({"user_id": carol_id, "role": "owner"})).await;
+    assert_eq!(made_owner.status(), StatusCode::CREATED);
+    let alice_left = w.alice.browser.request(Method::DELETE, &w.url(&format!("/members/{}", w.alice.id))).await;
+    assert_eq!(alice_left.status(), StatusCode::NO_CONTENT);
+    // With a member beside her, the last owner still cannot leave.
+    let leave = w.url(&format!("/members/{carol_id}"));
+    assert_eq!(body(carol_browser.request(Method::DELETE, &leave).await, 409).await["code"], "last_owner");
+    let bob_removed = carol_browser.request(Method::DELETE, &w.url(&format!("/members/{}", w.bob.id))).await;
+    assert_eq!(bob_removed.status(), StatusCode::NO_CONTENT);
+    // Alone now: an admin still may not remove her, but she may leave, and the team goes.
+    let by_admin = w.app.admin(Method::DELETE, &format!("/admin/teams/{}/members/{carol_id}", w.team)).send();
+    assert_eq!(body(by_admin.await.unwrap(), 409).await["code"], "last_owner");
+    assert_eq!(carol_browser.request(Method::DELETE, &leave).await.status(), StatusCode::NO_CONTENT);
+    let gone = w.app.admin(Method::GET, &format!("/admin/teams/{}", w.team)).send().await.unwrap();
+    assert_eq!(body(gone, 404).await["code"], "team_not_found");
+    let teams = body(carol_browser.me(&w.app).await, 200).await["teams"].clone();
+    assert_eq!(teams.as_array().unwrap().len(), 1, "her own team only: {teams}");
+    let sql = w.app.db.sql().await;
+    let removed = sql
+        .texts("SELECT CAST(payload AS TEXT) FROM outbox_events WHERE topic = 'team.member.removed' ORDER BY seq")
+        .await;
+    let removed: Vec<Value> = removed.iter().map(|text| serde_json::from_str(text).unwrap()).collect();
+    let deleted: Vec<&Value> = removed.iter().filter(|event| event["team_deleted"] == true).collect();
+    assert_eq!(deleted.len(), 1, "{removed:?}");
+    assert_eq!(deleted[0]["user_id"], carol_id.to_string());
+    assert_eq!(removed.iter().filter(|event| event["team_deleted"] == false).count(), 2, "Alice's and Bob's");
+    // Her default team, which she is alone in, she cannot leave.
+    let own = w.app.url(&format!("/v1/teams/{own_team}/members/{carol_id}"));
+    assert_eq!(body(carol_browser.request(Method::DELETE, &own).await, 409).await["code"], "last_owner");
 }
 
 async fn concurrent_adds_of_one_member_make_one_membership(backend: Backend) {
