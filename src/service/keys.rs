@@ -31,6 +31,10 @@ pub struct Rotation {
     pub raced: u64,
     /// Values that do not decrypt with any key of the ring (or not under the active key's id).
     pub failed: u64,
+    /// Private keys of retired signing keys that do not decrypt: never decrypted again (a retired
+    /// key only verifies, with its public half), so left as they are rather than failing every
+    /// rotation after a lost ring key was rotated away.
+    pub retired: u64,
     /// Values the last scan still found under another key or changing: something still writes
     /// with an older active key.
     pub left: u64,
@@ -46,6 +50,7 @@ impl Rotation {
             raced: self.raced + pass.raced,
             current: pass.current,
             failed: pass.failed,
+            retired: pass.retired,
             left: pass.rotated + pass.raced,
         }
     }
@@ -143,11 +148,16 @@ pub async fn rotate_signing_keys(store: &dyn Store, keyring: &KeyRing) -> Result
 
 async fn rotate_signing_keys_once(store: &dyn Store, keyring: &KeyRing) -> Result<Rotation, StoreError> {
     let mut rotation = Rotation::default();
+    let now = crate::domain::now();
     for key in store.all_signing_keys().await? {
         let aad = SigningKeyRecord::aad(&key.kid);
         let Ok(plaintext) = keyring.decrypt(&key.private_key, &aad) else {
-            tracing::warn!(kid = %key.kid, "a signing key does not decrypt");
-            rotation.failed += 1;
+            if key.retired_at.is_some_and(|retired| retired <= now) {
+                rotation.retired += 1;
+            } else {
+                tracing::warn!(kid = %key.kid, "a signing key does not decrypt");
+                rotation.failed += 1;
+            }
             continue;
         };
         if KeyRing::key_id_of(&key.private_key) == Some(keyring.active_id()) {

@@ -1623,21 +1623,24 @@ impl Store for SqlStore {
         let read = match kind {
             SecretKind::IdentityTokens => query(
                 "SELECT identity_id AS row_id, access_token, refresh_token FROM identity_tokens
-                 WHERE $1 IS NULL OR identity_id > $1 ORDER BY identity_id LIMIT $2",
+                 WHERE identity_id > $1 ORDER BY identity_id LIMIT $2",
             ),
             SecretKind::AuthProfiles => query(
                 "SELECT id AS row_id, access_token, refresh_token FROM auth_profiles
-                 WHERE ($1 IS NULL OR id > $1) AND access_token IS NOT NULL ORDER BY id LIMIT $2",
+                 WHERE id > $1 AND access_token IS NOT NULL ORDER BY id LIMIT $2",
             ),
             SecretKind::WebhookEndpoints => query(
                 "SELECT id AS row_id, secret, previous_secret FROM webhook_endpoints
-                 WHERE $1 IS NULL OR id > $1 ORDER BY id LIMIT $2",
+                 WHERE id > $1 ORDER BY id LIMIT $2",
             ),
             SecretKind::ProfileCredentials => query(
                 "SELECT profile_id AS row_id, credential FROM profile_credentials
-                 WHERE $1 IS NULL OR profile_id > $1 ORDER BY profile_id LIMIT $2",
+                 WHERE profile_id > $1 ORDER BY profile_id LIMIT $2",
             ),
         };
+        // The nil id sorts before every real one: the first page, with a condition the primary-key
+        // index serves (an `IS NULL OR` form would scan from the start on every page).
+        let after = after.unwrap_or(uuid::Uuid::nil());
         let rows = read.bind(after).bind(limit.max(0)).fetch_all(self.db.reader()).await?;
         let mut secrets = Vec::with_capacity(rows.len() * 2);
         for row in &rows {

@@ -142,6 +142,7 @@ on_both_backends!(
     replacing_a_secret_compares_and_swaps,
     // OpenID Provider: signing keys
     one_signing_key_per_algorithm_is_unretired_and_keys_are_listed_while_published,
+    a_retired_signing_key_that_does_not_decrypt_does_not_fail_a_rotation_of_the_ring,
     a_rotation_retires_the_current_signing_key_and_inserts_the_next,
     concurrent_rotations_of_one_signing_key_have_one_winner,
     concurrent_first_signing_keys_of_an_algorithm_have_one_winner,
@@ -3487,6 +3488,41 @@ fn signing_key(kid: &str, alg: SigningAlg, created_at: DateTime<Utc>) -> Signing
         retired_at: None,
         unpublish_at: None,
     }
+}
+
+/// `tessera keys rotate` re-encrypts signing keys' private keys; a retired one whose ring key was
+/// lost (it was rotated away for that reason) is never decrypted again and must not fail every
+/// later rotation; one that signs, or will, still does.
+async fn a_retired_signing_key_that_does_not_decrypt_does_not_fail_a_rotation_of_the_ring(backend: Backend) {
+    use tessera::crypto::keyring::KeyRing;
+    use tessera::service::keys::rotate_signing_keys;
+    let (_db, store) = setup(backend).await;
+    let ring = |id: &str, byte: u8| {
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [byte; 32]);
+        KeyRing::parse(&format!("{id}:{key}")).unwrap()
+    };
+    let (lost, kept) = (ring("k1", 1), ring("k2", 2));
+    let t0 = now() - TimeDelta::hours(2);
+    let sealed = |ring: &KeyRing, kid: &str| ring.encrypt(b"pkcs8", &SigningKeyRecord::aad(kid));
+    // Each algorithm's first key is under the lost ring key; its successor under the kept one.
+    // ES256's was retired an hour ago; RS256's signs for another hour.
+    for (alg, old, new, retired_at) in [
+        (SigningAlg::ES256, "es-old", "es-new", now() - TimeDelta::hours(1)),
+        (SigningAlg::RS256, "rs-old", "rs-new", now() + TimeDelta::hours(1)),
+    ] {
+        let first = SigningKeyRecord { private_key: sealed(&lost, old), ..signing_key(old, alg, t0) };
+        assert!(store.insert_signing_key(&first).await.unwrap());
+        let next = SigningKeyRecord {
+            private_key: sealed(&kept, new),
+            signs_from: retired_at,
+            ..signing_key(new, alg, t0 + TimeDelta::minutes(1))
+        };
+        let retire = Retirement { kid: old, retired_at, unpublish_at: retired_at + TimeDelta::hours(2) };
+        assert!(store.rotate_signing_key(&retire, &next).await.unwrap());
+    }
+    // The retired key is passed over; the one that still signs is needed, and fails.
+    let rotation = rotate_signing_keys(store.as_ref(), &kept).await.unwrap();
+    assert_eq!((rotation.current, rotation.failed, rotation.retired, rotation.left), (2, 1, 1, 0), "{rotation:?}");
 }
 
 async fn one_signing_key_per_algorithm_is_unretired_and_keys_are_listed_while_published(backend: Backend) {
