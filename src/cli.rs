@@ -15,8 +15,29 @@ use crate::service::op::keys::{SigningKeyInfo, SigningKeySettings, SigningKeys, 
 use crate::startup::{Application, prepare_schema};
 use crate::{service, store, telemetry};
 
+/// `println!` for a command's output: when the reader has gone (`tessera users list | head -3`)
+/// the rest of the output is dropped and the command ends with its own exit code, where
+/// `println!` would panic (exit 101).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::print_line(format_args!($($arg)*)) };
+}
+
 pub mod admin;
 pub mod import;
+
+/// Writes one line of a command's output to stdout (see `out!`): a closed pipe is not an error;
+/// any other failure to write is reported and ends the process with status 1.
+pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}") {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("tessera: cannot write the output: {error}");
+            std::process::exit(1);
+        }
+        _ => {}
+    }
+}
 
 /// Tessera: a self-hosted identity broker and user-provisioning service.
 #[derive(Debug, Parser)]
@@ -154,7 +175,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
         Command::Check => {
             let report = service::check::run(&config).await;
             for finding in &report.findings {
-                println!("{finding}");
+                out!("{finding}");
             }
             if report.has_problems() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
@@ -202,7 +223,7 @@ async fn backup(config: Config, to: &std::path::Path) -> ExitCode {
         if target.symlink_metadata().is_ok() { Err(BackupError::Exists) } else { write_backup(url, &target).await };
     match written {
         Ok(bytes) => {
-            println!(
+            out!(
                 "wrote a consistent copy of {} to {} ({bytes} bytes)",
                 config.database.url.redacted(),
                 target.display()
@@ -307,13 +328,13 @@ async fn migrate(config: Config) -> ExitCode {
         return fail(&e);
     }
     if before.pending.is_empty() {
-        println!("the database is up to date");
+        out!("the database is up to date");
     } else {
         // Said of the database, not of this run: on PostgreSQL another `tessera migrate` may
         // have applied some of them while this one waited for the lock.
-        println!("{} pending migration(s) are now applied:", before.pending.len());
+        out!("{} pending migration(s) are now applied:", before.pending.len());
         for name in &before.pending {
-            println!("  {name}");
+            out!("  {name}");
         }
     }
     store.close().await;
@@ -332,9 +353,9 @@ async fn rotate_keys(config: Config) -> ExitCode {
         Ok(store) => store,
         Err(code) => return code,
     };
-    println!("re-encrypting stored secrets under key {:?}", keyring.active_id());
+    out!("re-encrypting stored secrets under key {:?}", keyring.active_id());
     let mut progress = |kind: crate::store::SecretKind, done: u64, total: i64| {
-        println!("{}: {done}/{total} rows", kind.table());
+        out!("{}: {done}/{total} rows", kind.table());
     };
     let report = match service::keys::rotate(store.as_ref(), &keyring, &mut progress).await {
         Ok(report) => report,
@@ -348,9 +369,17 @@ async fn rotate_keys(config: Config) -> ExitCode {
     let (mut failed, mut left) = (0, 0);
     let report = report.into_iter().map(|(kind, rotation)| (kind.table(), rotation));
     for (table, rotation) in report.chain([("signing_keys", signing)]) {
-        println!(
-            "{table}: {} re-encrypted, {} current, {} changed meanwhile, {} do not decrypt, {} left under another key",
-            rotation.rotated, rotation.current, rotation.raced, rotation.failed, rotation.left
+        let retired = match rotation.retired {
+            0 => String::new(),
+            n => format!(" ({n} retired that do not decrypt: never used again, left as they are)"),
+        };
+        out!(
+            "{table}: {} re-encrypted, {} current, {} changed meanwhile, {} do not decrypt, {} left under another key{retired}",
+            rotation.rotated,
+            rotation.current,
+            rotation.raced,
+            rotation.failed,
+            rotation.left
         );
         failed += rotation.failed;
         left += rotation.left;
@@ -406,12 +435,17 @@ async fn list_signing_keys(store: &dyn store::Store) -> ExitCode {
         Err(e) => return fail(&e),
     };
     if list.is_empty() {
-        println!("no signing key yet: the first token of an algorithm makes its first key");
+        out!("no signing key yet: the first token of an algorithm makes its first key");
         return ExitCode::SUCCESS;
     }
-    println!(
+    out!(
         "{:<44} {:<6} {:<8} {:<20} {:<20} {:<20} unpublish_at",
-        "kid", "alg", "status", "created_at", "signs_from", "retired_at"
+        "kid",
+        "alg",
+        "status",
+        "created_at",
+        "signs_from",
+        "retired_at"
     );
     for key in &list {
         print_key(key);
@@ -435,9 +469,9 @@ async fn rotate_signing_key(
         Err(e) => return fail(&e),
     };
     if key.signs_from <= key.created_at {
-        println!("made the first {} key, {}; it signs at once", alg.as_str(), key.kid);
+        out!("made the first {} key, {}; it signs at once", alg.as_str(), key.kid);
     } else {
-        println!(
+        out!(
             "new {} key {} is published now and signs from {}; the current key signs until then, \
              and stays published {} s longer",
             alg.as_str(),
@@ -450,7 +484,7 @@ async fn rotate_signing_key(
 }
 
 fn print_key(key: &SigningKeyInfo) {
-    println!(
+    out!(
         "{:<44} {:<6} {:<8} {:<20} {:<20} {:<20} {}",
         key.kid,
         key.alg.as_str(),

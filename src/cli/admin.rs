@@ -223,7 +223,7 @@ fn refused<E: PublicError>(error: &E) -> ExitCode {
 
 pub(super) fn print_json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => out!("{text}"),
         Err(e) => eprintln!("tessera: {e}"),
     }
 }
@@ -259,9 +259,9 @@ async fn run_users(services: &Services, action: UsersCommand) -> ExitCode {
                 print_json(&UserListResponse::from(found));
                 return ExitCode::SUCCESS;
             }
-            println!("{:<36} {:<32} {:<24} {:<8} created_at", "id", "email", "name", "disabled");
+            out!("{:<36} {:<32} {:<24} {:<8} created_at", "id", "email", "name", "disabled");
             for user in &found.items {
-                println!(
+                out!(
                     "{:<36} {:<32} {:<24} {:<8} {}",
                     user.id,
                     or_dash(user.email.as_deref()),
@@ -280,25 +280,25 @@ async fn run_users(services: &Services, action: UsersCommand) -> ExitCode {
             }
             Ok(profile) => {
                 let user = &profile.user;
-                println!("id:         {}", user.id);
-                println!("email:      {}", or_dash(user.email.as_deref()));
-                println!("name:       {}", or_dash(user.name.as_deref()));
-                println!("disabled:   {}", if user.disabled { "yes" } else { "no" });
-                println!("created_at: {}", time(Some(user.created_at)));
-                println!("identities:");
+                out!("id:         {}", user.id);
+                out!("email:      {}", or_dash(user.email.as_deref()));
+                out!("name:       {}", or_dash(user.name.as_deref()));
+                out!("disabled:   {}", if user.disabled { "yes" } else { "no" });
+                out!("created_at: {}", time(Some(user.created_at)));
+                out!("identities:");
                 for identity in &profile.identities {
                     let primary = if profile.primary_identity_id == Some(identity.id) { " (primary)" } else { "" };
-                    println!(
+                    out!(
                         "  {} {} via {}{primary}",
                         identity.issuer.as_str(),
                         identity.subject.as_str(),
                         identity.provider
                     );
                 }
-                println!("teams:");
+                out!("teams:");
                 for membership in &profile.teams {
                     let default = if membership.is_default { " (default)" } else { "" };
-                    println!(
+                    out!(
                         "  {} {} {}{default}",
                         membership.team.id,
                         membership.team.slug.as_str(),
@@ -327,7 +327,7 @@ async fn set_disabled(services: &Services, id: UserId, disabled: bool, json: boo
             ExitCode::SUCCESS
         }
         Ok(user) => {
-            println!("user {} is {}", user.id, if user.disabled { "disabled" } else { "enabled" });
+            out!("user {} is {}", user.id, if user.disabled { "disabled" } else { "enabled" });
             ExitCode::SUCCESS
         }
         Err(e) => refused(&e),
@@ -366,15 +366,9 @@ async fn run_teams(services: &Services, action: TeamsCommand) -> ExitCode {
                 print_json(&TeamListResponse::from(found));
                 return ExitCode::SUCCESS;
             }
-            println!("{:<36} {:<32} {:<32} created_at", "id", "slug", "name");
+            out!("{:<36} {:<32} {:<32} created_at", "id", "slug", "name");
             for team in &found.items {
-                println!(
-                    "{:<36} {:<32} {:<32} {}",
-                    team.id,
-                    team.slug.as_str(),
-                    team.name,
-                    time(Some(team.created_at))
-                );
+                out!("{:<36} {:<32} {:<32} {}", team.id, team.slug.as_str(), team.name, time(Some(team.created_at)));
             }
             print_next(found.next_cursor.as_deref());
             ExitCode::SUCCESS
@@ -402,7 +396,7 @@ async fn run_teams(services: &Services, action: TeamsCommand) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Ok(team) => {
-                    println!("created team {} ({})", team.slug.as_str(), team.id);
+                    out!("created team {} ({})", team.slug.as_str(), team.id);
                     ExitCode::SUCCESS
                 }
                 Err(e) => refused(&e),
@@ -448,9 +442,9 @@ async fn run_clients(services: &Services, action: ClientsCommand) -> ExitCode {
                 print_json(&ClientList { clients });
                 return ExitCode::SUCCESS;
             }
-            println!("{:<32} {:<12} {:<8} {:<32} created_at", "client_id", "kind", "source", "name");
+            out!("{:<32} {:<12} {:<8} {:<32} created_at", "client_id", "kind", "source", "name");
             for client in &clients {
-                println!(
+                out!(
                     "{:<32} {:<12} {:<8} {:<32} {}",
                     client.client_id,
                     enum_text(&client.kind),
@@ -468,15 +462,15 @@ async fn run_clients(services: &Services, action: ClientsCommand) -> ExitCode {
                     print_json(&client);
                     return ExitCode::SUCCESS;
                 }
-                println!("client_id:     {}", client.client_id);
-                println!("name:          {}", client.name);
-                println!("kind:          {}", enum_text(&client.kind));
-                println!("source:        {}", enum_text(&client.source));
-                println!("has_secret:    {}", if client.has_secret { "yes" } else { "no" });
-                println!("redirect_uris: {}", client.redirect_uris.join(" "));
-                println!("scopes:        {}", client.scopes.join(" "));
-                println!("grant_types:   {}", client.grant_types.join(" "));
-                println!("created_at:    {}", time(Some(client.created_at)));
+                out!("client_id:     {}", client.client_id);
+                out!("name:          {}", client.name);
+                out!("kind:          {}", enum_text(&client.kind));
+                out!("source:        {}", enum_text(&client.source));
+                out!("has_secret:    {}", if client.has_secret { "yes" } else { "no" });
+                out!("redirect_uris: {}", client.redirect_uris.join(" "));
+                out!("scopes:        {}", client.scopes.join(" "));
+                out!("grant_types:   {}", client.grant_types.join(" "));
+                out!("created_at:    {}", time(Some(client.created_at)));
                 ExitCode::SUCCESS
             }
             Err(e) => refused(&e),

@@ -627,7 +627,8 @@ fn count_lines(path: &Path, format: Format) -> Result<u64, ImportError> {
             let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
             let mut row = csv::ByteRecord::new();
             while reader.read_byte_record(&mut row).map_err(|e| csv_error(&name, e))? {
-                if !(row.len() == 1 && row[0].trim_ascii().is_empty()) {
+                // The rows `Source::read_into` skips are not counted.
+                if !row.iter().all(|field| field.trim_ascii().is_empty()) {
                     count += 1;
                 }
             }
@@ -703,18 +704,18 @@ fn print_summary(summary: &Summary, file: &Path, json: bool) {
     }
     let rate = summary.lines as f64 / summary.seconds.max(0.001);
     let dry = if summary.dry_run { " (dry run: nothing was written)" } else { "" };
-    println!("{}: {} lines in {:.1} s, {rate:.0} lines/s{dry}", file.display(), summary.lines, summary.seconds);
+    out!("{}: {} lines in {:.1} s, {rate:.0} lines/s{dry}", file.display(), summary.lines, summary.seconds);
     let created = if summary.dry_run { "would create" } else { "created" };
-    println!("{created}: {}", summary.created);
-    println!("existing: {}", summary.existing);
-    println!("refused: {}", summary.refused);
-    println!("joined a team: {}", summary.joined);
+    out!("{created}: {}", summary.created);
+    out!("existing: {}", summary.existing);
+    out!("refused: {}", summary.refused);
+    out!("joined a team: {}", summary.joined);
     for reason in &summary.refusals {
         let mut lines: Vec<String> = reason.lines.iter().take(10).map(u64::to_string).collect();
         if reason.count > lines.len() as u64 {
             lines.push("…".to_owned());
         }
-        println!("  {}: {} (line {})", reason.code, reason.count, lines.join(", "));
+        out!("  {}: {} (line {})", reason.code, reason.count, lines.join(", "));
     }
 }
 

@@ -91,6 +91,24 @@ async fn get(addr: &str, path: &str) -> u16 {
     client.get(format!("http://{addr}{path}")).send().await.unwrap().status().as_u16()
 }
 
+/// A reader that went away (`tessera check | head -1`) is no error: the command finishes and
+/// exits with its own status (`println!` would panic, exit 101).
+#[tokio::test]
+async fn output_to_a_closed_pipe_ends_with_the_commands_own_status() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [["migrate"], ["check"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status =
+            tokio::time::timeout(Duration::from_secs(30), tessera(dir.path()).args(args).stdout(writer).status())
+                .await
+                .expect("the command finished in time")
+                .unwrap();
+        assert_eq!(status.code(), Some(0), "tessera {args:?}");
+    }
+    assert!(dir.path().join("tessera.db").exists(), "migrated, although nobody read what it said");
+}
+
 #[tokio::test]
 async fn serve_with_no_configuration_creates_and_migrates_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -329,6 +329,13 @@ async fn csv_files_are_read_by_their_header_and_bad_headers_stop_before_writing(
     std::fs::write(dir.path().join("bom.jsonl"), format!("\u{feff}{}\n", line("z4", None, None))).unwrap();
     let (code, bom) = import(dir.path(), &db, "bom.jsonl", &[]).await;
     assert_eq!((code, counts(&bom)), (0, [1, 1, 0, 0, 0]), "{bom}");
+    // So is a CSV file behind a byte-order mark whose column names are quoted (PowerShell's
+    // `Export-Csv`; the CSV reader skips the mark before it parses), its lines numbered as before.
+    let quoted = format!("\u{feff}\"issuer\",\"subject\"\n{ISSUER},z8\n{ISSUER},z9,extra\n,,\n");
+    std::fs::write(dir.path().join("bom.csv"), quoted).unwrap();
+    let (code, bom) = import(dir.path(), &db, "bom.csv", &[]).await;
+    assert_eq!((code, counts(&bom)), (1, [2, 1, 0, 1, 0]), "{bom}");
+    assert_eq!(refusals(&bom), [("invalid_request".to_owned(), vec![3])]);
     // A line of 100 KiB (a JSON array on one line, say) is refused, and the lines after it read.
     let long = format!("[{}]", vec![line("z5", None, None); 2000].join(","));
     assert!(long.len() > 100 * 1024);
