@@ -674,17 +674,28 @@ async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
     assert_eq!(active["client_id"], client);
     assert!(active.get("gid").is_none());
     // Past its `exp` a token is inactive, although verification allows for clock skew: tokens
-    // signed with the server's own key, one expired 5 s ago beside one valid for a minute.
+    // signed with the server's own key, one expired 5 s ago beside one valid for a minute. So it
+    // is everywhere a token of Tessera's is taken: userinfo, and forward-auth for its audience.
     let ring = Arc::new(KeyRing::parse(&ring()).unwrap());
     let keys = SigningKeys::new(w.app.db.store().await, ring, SigningKeySettings::default()).await.unwrap();
     let (header, claims) = jwt_parts(access);
     assert_eq!(header["alg"], "ES256");
+    let audience = claims["aud"].as_str().unwrap().to_owned();
     let now = chrono::Utc::now().timestamp();
     for (exp, active) in [(now + 60, true), (now - 5, false)] {
         let mut claims = claims.clone();
         claims["exp"] = exp.into();
-        let signed = keys.sign(SigningAlg::ES256, "at+jwt", &claims).await;
-        assert_eq!(introspect(&w.app, creds, &signed.unwrap()).await["active"], active, "exp {exp}");
+        let signed = keys.sign(SigningAlg::ES256, "at+jwt", &claims).await.unwrap();
+        assert_eq!(introspect(&w.app, creds, &signed).await["active"], active, "exp {exp}");
+        let info = w.app.client.get(w.app.url("/oauth/userinfo")).bearer_auth(&signed).send().await.unwrap();
+        assert_eq!(info.status().is_success(), active, "userinfo, exp {exp}");
+        let verify = w.app.url(&format!("/auth/verify?audience={audience}"));
+        let verified = w.app.client.get(verify).bearer_auth(&signed).send().await.unwrap();
+        assert_eq!(verified.status().is_success(), active, "forward-auth, exp {exp}");
+        if !active {
+            let challenge = verified.headers()["www-authenticate"].to_str().unwrap();
+            assert_eq!(challenge, r#"Bearer error="invalid_token""#, "a refused token is told apart from none");
+        }
     }
     let refresh = introspect(&w.app, creds, tokens["refresh_token"].as_str().unwrap()).await;
     assert_eq!(refresh["active"], true);

@@ -45,8 +45,18 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 fn unauthorized() -> Response {
+    challenge("Bearer")
+}
+
+/// The refusal of a token that was sent and does not count here (RFC 6750 section 3.1): so that
+/// a client behind the proxy can tell a refused token from a missing one.
+fn token_refused() -> Response {
+    challenge(r#"Bearer error="invalid_token""#)
+}
+
+fn challenge(value: &'static str) -> Response {
     let mut response = StatusCode::UNAUTHORIZED.into_response();
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -153,7 +163,7 @@ fn param(query: Option<&str>, name: &str) -> Option<String> {
         ("audience" = Option<String>, Query, description = "The app the proxy protects (a client id or a registered resource): an access token counts only when this is its `aud`."),
         ("redirect" = Option<bool>, Query, description = "`true`: a browser's navigation without a session gets a 302 to sign in (where the proxy reports the URL it asked for) instead of a 401."),
     ),
-    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Allowed (user in headers)."), (status = 302, description = "With `redirect=true`: a browser's navigation without a session, sent to sign in and back."), (status = 401, description = "No valid session or token (`WWW-Authenticate: Bearer`, no body; `X-Tessera-Sign-In` names where a browser signs in, when the proxy reports the URL it asked for).")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Allowed (user in headers)."), (status = 302, description = "With `redirect=true`: a browser's navigation without a session, sent to sign in and back."), (status = 401, description = "No valid session or token (`WWW-Authenticate: Bearer`, with `error=\"invalid_token\"` when a token was sent and refused; no body; `X-Tessera-Sign-In` names where a browser signs in, when the proxy reports the URL it asked for).")),
     security(("session" = []), ("bearer" = [])),
 )]
 async fn verify(
@@ -166,14 +176,14 @@ async fn verify(
     let session = cookie(&headers, state.cookies.session())?;
     if let Some(token) = credentials.user_token() {
         let (Some(op), Some(audience)) = (state.op.as_ref(), param(query.as_deref(), "audience")) else {
-            return Ok(unauthorized());
+            return Ok(token_refused());
         };
         return Ok(match op.verify_access(token).await {
             Some(claims) if claims.gid.is_some() && claims.aud == audience => {
                 let teams: Vec<&str> = claims.teams.iter().flatten().map(String::as_str).collect();
                 allowed(&claims.sub, claims.email.as_deref().map(|e| (e, claims.email_verified)), &teams)
             }
-            _ => unauthorized(),
+            _ => token_refused(),
         });
     }
     let Some(session) = session else { return Ok(sign_in_first(&state, &headers, query.as_deref())) };

@@ -493,12 +493,18 @@ impl OpenIdProvider {
         serde_json::from_slice::<Iss>(&bytes).is_ok_and(|c| c.iss.as_deref() == Some(self.issuer.as_str()))
     }
 
-    /// Verifies one of Tessera's access tokens locally, saying why it was refused.
+    /// Verifies one of Tessera's access tokens locally, saying why it was refused. Tessera's own
+    /// token, on Tessera's own clock: no leeway past its `exp` (the verification's leeway is for
+    /// `nbf`), wherever it is presented — `/v1`, `/mcp`, forward-auth, userinfo, introspection.
     pub async fn verify_access_token(&self, token: &str) -> Result<AccessClaims, VerifyError> {
         if token.len() > MAX_ACCESS_TOKEN_BYTES {
             return Err(VerifyError::Malformed("the token is too long"));
         }
-        self.keys.verify::<AccessClaims>(token, ACCESS_TOKEN_TYP, &self.issuer).await
+        let claims = self.keys.verify::<AccessClaims>(token, ACCESS_TOKEN_TYP, &self.issuer).await?;
+        if claims.exp <= crate::domain::now().timestamp() {
+            return Err(VerifyError::Expired);
+        }
+        Ok(claims)
     }
 
     /// The grant of a verified access token with a user (`None` for `client_credentials`
@@ -551,7 +557,7 @@ impl OpenIdProvider {
                 let audience = claims.client_id == client.id.as_str()
                     || claims.aud == client.id.as_str()
                     || client.resources.contains(&claims.aud);
-                if !audience || claims.exp <= crate::domain::now().timestamp() {
+                if !audience {
                     return Ok(inactive);
                 }
                 if !self.access_grant_active(&claims).await? {
@@ -623,10 +629,6 @@ impl OpenIdProvider {
     /// Userinfo: the claims of an active access token's user, by its scopes.
     pub async fn userinfo(&self, token: &str) -> Result<UserInfoAnswer, OAuthError> {
         let Some(claims) = self.verify_access(token).await else { return Ok(UserInfoAnswer::Inactive) };
-        // Tessera's own token, on Tessera's own clock: no leeway past its `exp`.
-        if claims.exp <= crate::domain::now().timestamp() {
-            return Ok(UserInfoAnswer::Inactive);
-        }
         if claims.gid.is_none() || !self.access_grant_active(&claims).await? {
             return Ok(UserInfoAnswer::Inactive);
         }
