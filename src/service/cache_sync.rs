@@ -25,8 +25,11 @@
 //! a restored backup, leaves the log's head below what an instance read, and new rows take the
 //! lost numbers again: read as `seq > last`, they would be skipped until the numbers passed the
 //! cursor. Each poll reads the head in the same statement as its rows; a head below the cursor
-//! makes the instance forget everything and start again at the head. (An empty log says nothing:
-//! the sweeper empties it after [`RETENTION`] without changes.)
+//! makes the instance forget everything and start again [`START_OVERLAP`] rows below the head.
+//! (The sweeper deletes rows in the log's order, so the head goes only with every other row: a
+//! head below the cursor is never pruning, and an empty log says nothing.) Only an instance that polls before the new
+//! rows' numbers pass its cursor notices: one that was cut off longer misses the renumbered
+//! changes until its entries expire, or, after [`OUTAGE_LIMIT`], forgets everything anyway.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -197,7 +200,9 @@ impl CacheSync {
                 "the cache-invalidation log went back (a failover that lost its last writes, or a restored backup): forgetting every cached entry"
             );
             self.forget_everything();
-            *cursor = Cursor::at(head, now);
+            // Below the head, as at start-up: a transaction that took a number before it and is
+            // still open will be seen when it commits.
+            *cursor = Cursor::at((head - START_OVERLAP).max(0), now);
         }
         // Gaps expire only after a read that could have found them: a slow interval or a failed
         // poll never drops a gap unread.

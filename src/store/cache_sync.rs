@@ -128,11 +128,17 @@ pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Log
     Ok(LogPage { head, rows: page })
 }
 
-/// Deletes the rows written before `before`; returns how many.
+/// Deletes the rows written before `before`, in the log's order: those below the first row not
+/// that old (each row's `created_at` is its writer's clock, so the two orders can differ a
+/// little). The head goes only with every other row, so a head below what a reader read means
+/// the log went back, never a prune. Returns how many.
 pub(super) async fn prune(db: &Db, before: DateTime<Utc>) -> Result<u64, StoreError> {
     let delete = query(
         "DELETE FROM cache_invalidations WHERE seq IN
-           (SELECT seq FROM cache_invalidations WHERE created_at < $1 LIMIT $2)",
+           (SELECT seq FROM cache_invalidations
+            WHERE seq < COALESCE((SELECT MIN(seq) FROM cache_invalidations WHERE created_at >= $1),
+                                 (SELECT MAX(seq) + 1 FROM cache_invalidations))
+            LIMIT $2)",
     );
     db.delete_in_batches(delete.bind(before)).await
 }

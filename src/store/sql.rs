@@ -3072,8 +3072,10 @@ impl Store for SqlStore {
         }
         // An endpoint disabled since an event was written still gets it (the delivery waits until
         // the endpoint is enabled again): how far behind the fan-out runs must not decide.
+        // (An enabled endpoint gets every event, whatever its `disabled_at`: a binary from before
+        // the column enables an endpoint without clearing it.)
         let endpoints = query(
-            "SELECT id, event_types, created_at, disabled_at FROM webhook_endpoints
+            "SELECT id, event_types, created_at, enabled, disabled_at FROM webhook_endpoints
              WHERE enabled OR disabled_at IS NOT NULL",
         )
         .fetch_all(&mut tx)
@@ -3081,14 +3083,15 @@ impl Store for SqlStore {
         .iter()
         .map(|row| {
             let types: Vec<String> = row.text("event_types")?.split_whitespace().map(str::to_owned).collect();
-            Ok((WebhookId::from_uuid(row.uuid("id")?), types, row.time("created_at")?, row.opt_time("disabled_at")?))
+            let live_until = if row.flag("enabled")? { None } else { row.opt_time("disabled_at")? };
+            Ok((WebhookId::from_uuid(row.uuid("id")?), types, row.time("created_at")?, live_until))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
         for event in events {
             let (seq, id, topic, written) =
                 (event.int("seq")?, event.uuid("id")?, event.text("topic")?, event.time("created_at")?);
-            for (endpoint, types, registered, disabled) in &endpoints {
-                let live = disabled.is_none_or(|disabled| written < disabled);
+            for (endpoint, types, registered, live_until) in &endpoints {
+                let live = live_until.is_none_or(|disabled| written < disabled);
                 if *registered <= written && live && (types.is_empty() || types.contains(&topic)) {
                     insert_delivery(&mut tx, *endpoint, id, seq, now).await?;
                 }

@@ -4271,7 +4271,7 @@ async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: B
 /// the endpoint is disabled: their deliveries wait until it is enabled again. Events written
 /// after it was disabled are not.
 async fn an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_before(backend: Backend) {
-    let (_db, store) = setup(backend).await;
+    let (db, store) = setup(backend).await;
     let registered = now() - TimeDelta::seconds(1);
     let (patched, configured) = (endpoint(&[], registered), endpoint(&[], registered));
     for hook in [&patched, &configured] {
@@ -4311,10 +4311,19 @@ async fn an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_b
     store.patch_webhook(patched.id, &on, now()).await.unwrap().unwrap();
     let claimed = store.claim_webhooks(owner, now(), lease, 10).await.unwrap();
     assert_eq!(claimed.iter().map(|hook| hook.id).collect::<Vec<_>>(), [patched.id]);
+    // Enabled by a binary from before `disabled_at` (during a roll-out), which leaves it set: the
+    // endpoint gets what is written from then on all the same.
+    let sql = db.sql().await;
+    let configured_id = sql.uuid(&configured.id.to_string());
+    sql.exec(&format!("UPDATE webhook_endpoints SET enabled = TRUE WHERE id = {configured_id}")).await.unwrap();
+    assert_eq!(
+        sql.count(&format!("webhook_endpoints WHERE id = {configured_id} AND disabled_at IS NOT NULL")).await,
+        1
+    );
     set_user_disabled(&store, ada.id(), true, disabled + TimeDelta::seconds(3)).await.unwrap();
     assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
     assert_eq!(store.pending_deliveries(patched.id, 100).await.unwrap().len(), 2);
-    assert_eq!(store.pending_deliveries(configured.id, 100).await.unwrap().len(), 1);
+    assert_eq!(store.pending_deliveries(configured.id, 100).await.unwrap().len(), 2);
 }
 
 /// While a fan-out's transaction is open, its new deliveries' foreign keys hold a key-share lock
@@ -5190,8 +5199,23 @@ mod cache_log {
         }
         let highest = store.cache_changes_head().await.unwrap();
         assert_eq!(store.delete_cache_changes_before(now() - TimeDelta::minutes(10)).await.unwrap(), 0);
-        assert_eq!(store.delete_cache_changes_before(now() + TimeDelta::seconds(1)).await.unwrap(), 3);
-        assert_eq!(db.sql().await.count("cache_invalidations").await, 0);
+        // Rows go in the log's order: a row younger than the cutoff keeps the ones after it, also
+        // older ones (a writer's clock behind), so that the head goes only with every row.
+        let sql = db.sql().await;
+        let rows = logged_after(&store, 0).await;
+        let second = rows[1].seq;
+        let an_hour_later = match &sql {
+            Sql::Sqlite(_) => "created_at + 3600000000",
+            Sql::Postgres(_) => "created_at + interval '1 hour'",
+        };
+        let skewed = format!("UPDATE cache_invalidations SET created_at = {an_hour_later} WHERE seq = {second}");
+        sql.exec(&skewed).await.unwrap();
+        assert_eq!(store.delete_cache_changes_before(now() + TimeDelta::seconds(1)).await.unwrap(), 1);
+        let kept: Vec<i64> = logged_after(&store, 0).await.iter().map(|row| row.seq).collect();
+        assert_eq!(kept, [second, highest], "the head, and the young row before it");
+        sql.exec(&format!("DELETE FROM cache_invalidations WHERE seq = {second}")).await.unwrap();
+        assert_eq!(store.delete_cache_changes_before(now() + TimeDelta::seconds(1)).await.unwrap(), 1);
+        assert_eq!(sql.count("cache_invalidations").await, 0);
         assert_eq!(store.cache_changes_head().await.unwrap(), 0, "an empty log");
         assert_eq!(store.cache_changes_after(highest, 10).await.unwrap(), LogPage { head: 0, rows: vec![] });
         // A reader that has read up to `highest` sees the next change.
