@@ -325,13 +325,11 @@ pub async fn record_admin_action(
             }?;
             // A user, team or webhook id is accepted in any form `Uuid` parses (upper case, no
             // hyphens, braces); it is recorded in the one form the audit log is searched by.
-            let name = match from {
-                Source::Path(name) | Source::Body(name) => name,
-            };
-            Some(match value.as_str().filter(|_| UUID_FACTS.contains(&name)).map(uuid::Uuid::try_parse) {
-                Some(Ok(id)) => Value::String(id.to_string()),
-                _ => value,
-            })
+            let (Source::Path(name) | Source::Body(name)) = from;
+            match value.as_str().filter(|_| UUID_FACTS.contains(&name)).map(uuid::Uuid::try_parse) {
+                Some(Ok(id)) => Some(Value::String(id.to_string())),
+                _ => Some(value),
+            }
         };
         let mut details = Map::new();
         for (name, from) in rule.details {

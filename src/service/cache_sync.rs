@@ -27,9 +27,10 @@
 //! cursor. Each poll reads the head in the same statement as its rows; a head below the cursor
 //! makes the instance forget everything and start again [`START_OVERLAP`] rows below the head.
 //! (The sweeper deletes rows in the log's order, so the head goes only with every other row: a
-//! head below the cursor is never pruning, and an empty log says nothing.) Only an instance that polls before the new
-//! rows' numbers pass its cursor notices: one that was cut off longer misses the renumbered
-//! changes until its entries expire, or, after [`OUTAGE_LIMIT`], forgets everything anyway.
+//! head below the cursor is never pruning, and an empty log says nothing.) Only an instance that
+//! polls before the new rows' numbers pass its cursor notices: one that was cut off longer misses
+//! the renumbered changes until its entries expire, or, after [`OUTAGE_LIMIT`], forgets
+//! everything anyway.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -193,7 +194,7 @@ impl CacheSync {
         if head > 0 && head < cursor.last() {
             // Rows this instance read are gone and new ones take their numbers again: changes
             // made from now on would be below the cursor, skipped for ever. What the lost rows
-            // said, and what was cached since, is unknown: start again at the head.
+            // said, and what was cached since, is unknown: start again below the head.
             tracing::warn!(
                 head,
                 read = cursor.last(),

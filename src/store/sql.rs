@@ -83,7 +83,7 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(MemberOutcome::NotAllowed);
         }
-        if let Some(sole_owner) = sole_owner(&mut tx, team, user).await? {
+        if let Some(Standing { sole_owner, .. }) = standing(&mut tx, team, user).await? {
             if only_add {
                 tx.rollback().await?;
                 return Ok(MemberOutcome::Unchanged);
@@ -147,12 +147,12 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotAllowed);
         }
-        let Some(sole_owner) = sole_owner(&mut tx, team, user).await? else {
+        let Some(Standing { sole_owner, alone }) = standing(&mut tx, team, user).await? else {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotMember);
         };
         if sole_owner {
-            if leaving && alone_in(&mut tx, team, user).await? {
+            if leaving && alone {
                 // The team goes with its only member, with its domains, profiles, links and
                 // flows (cascades), as when a user is deleted.
                 let now = crate::domain::now();
@@ -238,30 +238,25 @@ where
     }
 }
 
-/// Whether `user` is an owner of `team` and no other owner can act (every other one is disabled,
-/// or there is none): removing or demoting them would leave the team to nobody. `None` when they
-/// are not a member.
-async fn sole_owner(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<bool>, StoreError> {
+/// Where a member stands in a team, as far as leaving it goes.
+struct Standing {
+    /// They are an owner and no other owner can act (every other one is disabled, or there is
+    /// none): removing or demoting them would leave the team to nobody.
+    sole_owner: bool,
+    /// They are its only member and it is not their default team (which its only member cannot
+    /// leave: the team would go with them).
+    alone: bool,
+}
+
+/// Where `user` stands in `team`, read in `tx`; `None` when they are not a member.
+async fn standing(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<Standing>, StoreError> {
     let row = query(
         "SELECT m.role = 'owner' AND NOT EXISTS (
                     SELECT 1 FROM memberships o JOIN users u ON u.id = o.user_id
                     WHERE o.team_id = m.team_id AND o.role = 'owner' AND o.user_id <> m.user_id
                       AND NOT u.disabled)
-                AS sole_owner
-         FROM memberships m WHERE m.team_id = $1 AND m.user_id = $2",
-    )
-    .bind(team.as_uuid())
-    .bind(user.as_uuid())
-    .fetch_optional(tx)
-    .await?;
-    row.map(|row| row.flag("sole_owner")).transpose()
-}
-
-/// Whether `user` is the only member of `team` and it is not their default team (which its only
-/// member cannot leave: the team would go with them).
-async fn alone_in(tx: &mut Tx, team: TeamId, user: UserId) -> Result<bool, StoreError> {
-    let row = query(
-        "SELECT NOT m.is_default AND NOT EXISTS (
+                AS sole_owner,
+                NOT m.is_default AND NOT EXISTS (
                     SELECT 1 FROM memberships o WHERE o.team_id = m.team_id AND o.user_id <> m.user_id)
                 AS alone
          FROM memberships m WHERE m.team_id = $1 AND m.user_id = $2",
@@ -270,7 +265,7 @@ async fn alone_in(tx: &mut Tx, team: TeamId, user: UserId) -> Result<bool, Store
     .bind(user.as_uuid())
     .fetch_optional(tx)
     .await?;
-    Ok(row.map(|row| row.flag("alone")).transpose()?.unwrap_or(false))
+    row.map(|row| Ok(Standing { sole_owner: row.flag("sole_owner")?, alone: row.flag("alone")? })).transpose()
 }
 
 /// `user`'s role in `team`, read in `tx`; `None` when they are not a member.
@@ -657,6 +652,11 @@ const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
 const OUTBOX_GAP_WAIT: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 /// Columns of `webhook_endpoints`, for [`webhook_row`].
+/// The `SET` of an endpoint's `enabled` from `$4` (`NULL` keeps it) with its `disabled_at`: the
+/// time `$5` when it goes from enabled to disabled, kept while it stays disabled, cleared when it
+/// is enabled (the fan-out gives a disabled endpoint the events written before that time).
+const SET_ENABLED: &str = "enabled = COALESCE($4, enabled),
+    disabled_at = CASE WHEN COALESCE($4, enabled) THEN NULL WHEN enabled THEN $5 ELSE disabled_at END";
 const WEBHOOK_COLUMNS: &str = "id, url, event_types, enabled, secret, previous_secret, previous_secret_until, config_name, created_at, updated_at";
 
 fn webhook_row(row: &impl RowExt) -> Result<WebhookEndpoint, StoreError> {
@@ -2938,18 +2938,23 @@ impl Store for SqlStore {
     async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
         restart_if_enabled(&mut tx, endpoint.id, Some(endpoint.enabled), endpoint.updated_at).await?;
-        let updated = query(
-            "UPDATE webhook_endpoints SET url = $2, event_types = $3, enabled = $4, updated_at = $5,
-               disabled_at = CASE WHEN $4 THEN NULL WHEN enabled THEN $5 ELSE disabled_at END
-             WHERE id = $1",
-        )
-        .bind(endpoint.id.as_uuid())
-        .bind(endpoint.url.as_str())
-        .bind(endpoint.event_types.join(" "))
-        .bind(endpoint.enabled)
-        .bind(endpoint.updated_at)
-        .execute(&mut tx)
-        .await?;
+        static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+            Box::leak(
+                format!(
+                    "UPDATE webhook_endpoints SET url = $2, event_types = $3, updated_at = $5, {SET_ENABLED}
+                     WHERE id = $1"
+                )
+                .into_boxed_str(),
+            )
+        });
+        let updated = query(*SQL)
+            .bind(endpoint.id.as_uuid())
+            .bind(endpoint.url.as_str())
+            .bind(endpoint.event_types.join(" "))
+            .bind(endpoint.enabled)
+            .bind(endpoint.updated_at)
+            .execute(&mut tx)
+            .await?;
         tx.commit().await?;
         Ok(updated == 1)
     }
@@ -2965,9 +2970,7 @@ impl Store for SqlStore {
                 format!(
                     "UPDATE webhook_endpoints
                      SET url = COALESCE($2, url), event_types = COALESCE($3, event_types),
-                         enabled = COALESCE($4, enabled), updated_at = $5,
-                         disabled_at = CASE WHEN COALESCE($4, enabled) THEN NULL
-                                            WHEN enabled THEN $5 ELSE disabled_at END
+                         updated_at = $5, {SET_ENABLED}
                      WHERE id = $1 AND config_name IS NULL
                      RETURNING {WEBHOOK_COLUMNS}"
                 )
