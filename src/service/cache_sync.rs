@@ -23,14 +23,16 @@
 //!
 //! **A log that goes back.** A failover to a replica that had not received the last commits, or
 //! a restored backup, leaves the log's head below what an instance read, and new rows take the
-//! lost numbers again: read as `seq > last`, they would be skipped until the numbers passed the
-//! cursor. Each poll reads the head in the same statement as its rows; a head below the cursor
-//! makes the instance forget everything and start again [`START_OVERLAP`] rows below the head.
-//! (The sweeper deletes rows in the log's order, so the head goes only with every other row: a
-//! head below the cursor is never pruning, and an empty log says nothing.) Only an instance that
-//! polls before the new rows' numbers pass its cursor notices: one that was cut off longer misses
-//! the renumbered changes until its entries expire, or, after [`OUTAGE_LIMIT`], forgets
-//! everything anyway.
+//! lost numbers again: read as `seq > last`, they would be skipped. Each poll reads, in the same
+//! statement as its rows, the log's head and when the last row the instance read was written. A
+//! head below the cursor, or that row written at another time (new rows took its number, and
+//! went past it, while the instance could not poll — as every instance cannot during the
+//! failover itself), makes the instance forget everything and start again [`START_OVERLAP`]
+//! rows below the head. (The sweeper deletes rows in the log's order, so the head goes only with
+//! every other row: a head below the cursor is never pruning, and an empty log says nothing. A
+//! last-read row that is gone says nothing either: the sweeper may have taken it.) Missed still:
+//! new rows that take the lost numbers but not the cursor's own (its number went to a
+//! transaction that rolled back), until their entries expire.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -65,6 +67,8 @@ pub const FRESHNESS_MARGIN: Duration = Duration::from_secs(1);
 pub struct Cursor {
     /// The highest sequence number read.
     last: i64,
+    /// When the row numbered `last` was written, if this cursor read it (not one set at a number).
+    last_written_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Sequence numbers below `last` not seen yet, with when they were first missed.
     gaps: BTreeMap<i64, Instant>,
     /// When the last poll succeeded.
@@ -77,7 +81,28 @@ pub struct Cursor {
 impl Cursor {
     /// A cursor that has read everything up to `last`.
     pub fn at(last: i64, now: Instant) -> Self {
-        Self { last, gaps: BTreeMap::new(), polled_at: now, polled_wall: std::time::SystemTime::now() }
+        Self {
+            last,
+            last_written_at: None,
+            gaps: BTreeMap::new(),
+            polled_at: now,
+            polled_wall: std::time::SystemTime::now(),
+        }
+    }
+
+    /// The number of the last row read, for the next read to say when it was written (none for
+    /// a cursor set at a number).
+    fn anchor(&self) -> Option<i64> {
+        self.last_written_at.map(|_| self.last)
+    }
+
+    /// Whether `page` (read with [`Cursor::anchor`]) shows that the log went back: its head is
+    /// below the rows read, or the last row read has been replaced by another with its number.
+    pub fn went_back(&self, page: &LogPage) -> bool {
+        let head_below = page.head > 0 && page.head < self.last;
+        let renumbered =
+            matches!((self.last_written_at, page.anchor_written_at), (Some(read), Some(now)) if read != now);
+        head_below || renumbered
     }
 
     /// The highest sequence number read.
@@ -117,6 +142,7 @@ impl Cursor {
                 let lowest = (self.last + 1).max(row.seq - MAX_GAPS as i64);
                 self.gaps.extend((lowest..row.seq).map(|seq| (seq, now)));
                 self.last = row.seq;
+                self.last_written_at = Some(row.written_at);
                 fresh.push(row);
             } else if self.gaps.remove(&row.seq).is_some() {
                 fresh.push(row);
@@ -170,8 +196,24 @@ impl CacheSync {
         let now = Instant::now();
         let mut after = cursor.read_after();
         let mut applied = 0;
-        let head = loop {
-            let LogPage { head, rows } = self.store.cache_changes_after(after, BATCH).await?;
+        loop {
+            let page = self.store.cache_changes_after(after, BATCH, cursor.anchor()).await?;
+            if cursor.went_back(&page) {
+                // Rows this instance read are gone and new ones take their numbers again: changes
+                // made from now on would be below the cursor, skipped for ever. What the lost rows
+                // said, and what was cached since, is unknown: start again below the head.
+                tracing::warn!(
+                    head = page.head,
+                    read = cursor.last(),
+                    "the cache-invalidation log went back (a failover that lost its last writes, or a restored backup): forgetting every cached entry"
+                );
+                self.forget_everything();
+                // Below the head, as at start-up: a transaction that took a number before it and
+                // is still open will be seen when it commits.
+                *cursor = Cursor::at((page.head - START_OVERLAP).max(0), now);
+                break;
+            }
+            let LogPage { rows, .. } = page;
             let full = rows.len() as i64 >= BATCH;
             if let Some(last) = rows.last() {
                 after = last.seq;
@@ -188,22 +230,8 @@ impl CacheSync {
             self.apply(&fresh);
             applied += fresh.len();
             if !full {
-                break head;
+                break;
             }
-        };
-        if head > 0 && head < cursor.last() {
-            // Rows this instance read are gone and new ones take their numbers again: changes
-            // made from now on would be below the cursor, skipped for ever. What the lost rows
-            // said, and what was cached since, is unknown: start again below the head.
-            tracing::warn!(
-                head,
-                read = cursor.last(),
-                "the cache-invalidation log went back (a failover that lost its last writes, or a restored backup): forgetting every cached entry"
-            );
-            self.forget_everything();
-            // Below the head, as at start-up: a transaction that took a number before it and is
-            // still open will be seen when it commits.
-            *cursor = Cursor::at((head - START_OVERLAP).max(0), now);
         }
         // Gaps expire only after a read that could have found them: a slow interval or a failed
         // poll never drops a gap unread.
@@ -262,7 +290,41 @@ mod tests {
     use crate::domain::UserId;
 
     fn rows(seqs: &[i64]) -> Vec<LoggedChange> {
-        seqs.iter().map(|&seq| LoggedChange { seq, change: Some(CacheChange::User(UserId::generate())) }).collect()
+        seqs.iter().map(|&seq| row(seq, written(seq))).collect()
+    }
+
+    fn row(seq: i64, written_at: chrono::DateTime<chrono::Utc>) -> LoggedChange {
+        LoggedChange { seq, change: Some(CacheChange::User(UserId::generate())), written_at }
+    }
+
+    /// A time for the row numbered `seq` (a second apart each).
+    fn written(seq: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(1_800_000_000 + seq, 0).unwrap()
+    }
+
+    fn page(head: i64, anchor_written_at: Option<chrono::DateTime<chrono::Utc>>) -> LogPage {
+        LogPage { head, anchor_written_at, rows: vec![] }
+    }
+
+    #[test]
+    fn a_log_went_back_when_its_head_is_below_or_the_last_row_read_was_written_again() {
+        let now = Instant::now();
+        let mut cursor = Cursor::at(10, now);
+        assert_eq!(cursor.anchor(), None, "a cursor set at a number has no row to compare");
+        assert!(!cursor.went_back(&page(12, Some(written(99)))));
+        cursor.take(rows(&[11, 12]), now);
+        assert_eq!(cursor.anchor(), Some(12));
+        assert!(!cursor.went_back(&page(12, Some(written(12)))), "the same row");
+        assert!(!cursor.went_back(&page(15, Some(written(12)))), "rows after it");
+        assert!(!cursor.went_back(&page(15, None)), "pruned by the sweeper, or lost: nothing to tell");
+        assert!(!cursor.went_back(&page(0, None)), "an empty log says nothing");
+        assert!(cursor.went_back(&page(11, None)), "the head below the rows read");
+        assert!(cursor.went_back(&page(15, Some(written(13)))), "row 12 written again after the log went back");
+        // A row filling a gap below the last one read does not move the anchor.
+        cursor.take(vec![row(13, written(13)), row(15, written(15))], now);
+        cursor.take(vec![row(14, written(14))], now);
+        assert_eq!(cursor.anchor(), Some(15));
+        assert!(!cursor.went_back(&page(15, Some(written(15)))));
     }
 
     fn seqs(rows: &[LoggedChange]) -> Vec<i64> {

@@ -38,6 +38,9 @@ pub struct LoggedChange {
     /// What to forget; `None` for a row this binary cannot read (a kind a newer binary wrote,
     /// or a value that no longer decodes), after which everything cached must be forgotten.
     pub change: Option<CacheChange>,
+    /// When it was written (its writer's clock): with `seq`, what tells this row from another
+    /// that took its number after the log went back.
+    pub written_at: DateTime<Utc>,
 }
 
 /// Adds `changes` to the log, in the transaction of the change they describe.
@@ -78,24 +81,34 @@ pub struct LogPage {
     /// The highest sequence number in the log (0 when it is empty). Below a reader's own highest
     /// one, the log went back: a failover lost its last rows, or a backup was restored.
     pub head: i64,
+    /// When the row numbered as asked (the last one the reader read) was written, if it is still
+    /// there. Another time than the reader saw means the log went back and new rows have taken
+    /// its numbers again, past the reader's; none means it was pruned (or lost).
+    pub anchor_written_at: Option<DateTime<Utc>>,
     /// The rows after the number asked for, in order.
     pub rows: Vec<LoggedChange>,
 }
 
-/// Up to `limit` rows after `after`, in order, with the log's head, in one statement, read where
-/// every commit is visible (the primary), on the background loops' own connection: not queued
-/// behind requests.
-pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<LogPage, StoreError> {
-    // The head comes as a row of its own joined to the page, so that an empty page still has it.
+/// Up to `limit` rows after `after`, in order, with the log's head and when the row numbered
+/// `anchor` was written, in one statement, read where every commit is visible (the primary), on
+/// the background loops' own connection: not queued behind requests.
+pub(super) async fn changes_after(db: &Db, after: i64, limit: i64, anchor: Option<i64>) -> Result<LogPage, StoreError> {
+    // The head and the anchor come as a row of their own joined to the page, so that an empty
+    // page still has them.
     let rows = query(
-        "SELECT h.head, c.seq, c.kind, c.user_id, c.issuer, c.subject, c.client_id
-         FROM (SELECT COALESCE(MAX(seq), 0) AS head FROM cache_invalidations) AS h
-         LEFT JOIN (SELECT seq, kind, user_id, issuer, subject, client_id FROM cache_invalidations
+        "SELECT h.head, h.anchor_written_at,
+                c.seq, c.kind, c.user_id, c.issuer, c.subject, c.client_id, c.created_at
+         FROM (SELECT COALESCE(MAX(seq), 0) AS head,
+                      (SELECT created_at FROM cache_invalidations WHERE seq = $3) AS anchor_written_at
+               FROM cache_invalidations) AS h
+         LEFT JOIN (SELECT seq, kind, user_id, issuer, subject, client_id, created_at
+                    FROM cache_invalidations
                     WHERE seq > $1 ORDER BY seq LIMIT $2) AS c ON TRUE
          ORDER BY c.seq",
     )
     .bind(after)
     .bind(limit)
+    .bind(anchor)
     .fetch_all(db.background())
     .await?;
     // A row that does not decode is passed on as unreadable rather than failing the batch: the
@@ -115,17 +128,17 @@ pub(super) async fn changes_after(db: &Db, after: i64, limit: i64) -> Result<Log
             other => return Err(StoreError::Corrupt(format!("unknown cache change kind {other:?}"))),
         })
     };
-    let head = match rows.first() {
-        Some(row) => row.int("head")?,
-        None => 0,
+    let (head, anchor_written_at) = match rows.first() {
+        Some(row) => (row.int("head")?, row.opt_time("anchor_written_at")?),
+        None => (0, None),
     };
     let mut page = Vec::with_capacity(rows.len());
     for row in &rows {
         if let Some(seq) = row.opt_int("seq")? {
-            page.push(LoggedChange { seq, change: decode(row).ok() });
+            page.push(LoggedChange { seq, change: decode(row).ok(), written_at: row.time("created_at")? });
         }
     }
-    Ok(LogPage { head, rows: page })
+    Ok(LogPage { head, anchor_written_at, rows: page })
 }
 
 /// Deletes the rows written before `before`, in the log's order: those below the first row not

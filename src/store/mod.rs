@@ -1510,10 +1510,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn cache_changes_head(&self) -> Result<i64, StoreError>;
 
     /// Up to `limit` logged cache invalidations after the sequence number `after`, in order, with
-    /// the log's head at the same moment, read on the primary. Sequence numbers increase but have
-    /// gaps, and on PostgreSQL a lower one may become visible after a higher one (see
-    /// `src/service/cache_sync.rs`).
-    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<LogPage, StoreError>;
+    /// the log's head and when the row numbered `anchor` was written, at the same moment, read on
+    /// the primary. Sequence numbers increase but have gaps, and on PostgreSQL a lower one may
+    /// become visible after a higher one (see `src/service/cache_sync.rs`).
+    async fn cache_changes_after(&self, after: i64, limit: i64, anchor: Option<i64>) -> Result<LogPage, StoreError>;
 
     /// Deletes the logged cache invalidations written before `before`; returns how many.
     async fn delete_cache_changes_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;

@@ -3512,8 +3512,8 @@ impl Store for SqlStore {
         super::cache_sync::head(&self.db).await
     }
 
-    async fn cache_changes_after(&self, after: i64, limit: i64) -> Result<LogPage, StoreError> {
-        super::cache_sync::changes_after(&self.db, after, limit).await
+    async fn cache_changes_after(&self, after: i64, limit: i64, anchor: Option<i64>) -> Result<LogPage, StoreError> {
+        super::cache_sync::changes_after(&self.db, after, limit, anchor).await
     }
 
     async fn delete_cache_changes_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {

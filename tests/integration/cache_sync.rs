@@ -31,6 +31,7 @@ on_both_backends!(
     cached_principals_answer_through_a_database_outage,
     a_new_algorithms_first_key_is_published_by_every_instance_promptly,
     a_log_that_went_back_is_followed_from_its_new_head,
+    a_log_that_went_back_and_past_an_instances_cursor_while_it_could_not_poll_is_noticed,
 );
 
 /// How long a test waits for the other instance. The product's bound is 1 s (the default poll
@@ -623,6 +624,69 @@ async fn a_log_that_went_back_is_followed_from_its_new_head(backend: Backend) {
     body(c.a.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
     let renumbered = highest_seq(&sql).await;
     assert!(renumbered <= highest, "the change took a number B had read before ({renumbered} <= {highest})");
+    honoured_within_bound("a change numbered below what B had read is applied", changed, || async {
+        code_of(c.b.validate(&token).await).await == refused("user_disabled")
+    })
+    .await;
+    c.stop().await;
+}
+
+/// The same failover, but the instance cannot poll until the new rows have gone past the numbers
+/// it read (every instance is cut off while the failover itself runs): the head is no lower than
+/// its cursor, yet the last row it read is another now. The test makes the failover and the
+/// changes after it in one transaction, so that B cannot poll in between: the rows B read lose
+/// their numbers to the user's being disabled and to four changes of another user, the last two
+/// past B's cursor.
+async fn a_log_that_went_back_and_past_an_instances_cursor_while_it_could_not_poll_is_noticed(backend: Backend) {
+    let c = cluster(backend).await;
+    let token = c.token("overtaken");
+    let user = user_of(&c.a, &token).await;
+    let other = user_of(&c.a, &c.token("churns-before-and-after")).await;
+    let other_path = format!("/admin/users/{other}");
+    for disabled in [true, false, true, false] {
+        body(c.a.admin(Method::PATCH, &other_path).json(&json!({"disabled": disabled})).send().await.unwrap(), 200)
+            .await;
+    }
+    settle().await;
+    assert_eq!(user_of(&c.b, &token).await, user, "cached on B");
+
+    let sql = c.db.sql().await;
+    let highest = highest_seq(&sql).await;
+    let kept = highest - 3;
+    let (set_back, yes, written) = match &sql {
+        Sql::Sqlite(_) => (
+            format!("UPDATE sqlite_sequence SET seq = {kept} WHERE name = 'cache_invalidations'"),
+            "1",
+            tessera::domain::now().timestamp_micros().to_string(),
+        ),
+        Sql::Postgres(_) => (
+            format!("SELECT setval(pg_get_serial_sequence('cache_invalidations', 'seq'), {kept})"),
+            "TRUE",
+            "now()".to_owned(),
+        ),
+    };
+    let logged = |id: &str| {
+        format!(
+            "INSERT INTO cache_invalidations (kind, user_id, created_at) VALUES ('user', {}, {written});",
+            sql.uuid(id)
+        )
+    };
+    let changed = Instant::now();
+    sql.exec(&format!(
+        "BEGIN;
+         DELETE FROM cache_invalidations WHERE seq > {kept};
+         {set_back};
+         UPDATE users SET disabled = {yes} WHERE id = {user_id};
+         {disabled}
+         {churn}
+         COMMIT;",
+        user_id = sql.uuid(&user),
+        disabled = logged(&user),
+        churn = logged(&other).repeat(4),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(highest_seq(&sql).await, highest + 2, "the new rows went past what B had read");
     honoured_within_bound("a change numbered below what B had read is applied", changed, || async {
         code_of(c.b.validate(&token).await).await == refused("user_disabled")
     })

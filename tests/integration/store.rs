@@ -5009,7 +5009,8 @@ mod cache_log {
 
     /// Everything logged after `after`, in order.
     async fn logged_after(store: &Arc<dyn Store>, after: i64) -> Vec<LoggedChange> {
-        let page = store.cache_changes_after(after, 1_000).await.unwrap();
+        let page = store.cache_changes_after(after, 1_000, None).await.unwrap();
+        assert_eq!(page.anchor_written_at, None, "no row asked about");
         let rows = page.rows;
         assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "in order, each number once: {rows:?}");
         assert_eq!(page.head, store.cache_changes_head().await.unwrap(), "the page carries the log's head");
@@ -5083,10 +5084,21 @@ mod cache_log {
         // Read after a number, and a page at a time.
         assert_eq!(logged_after(&store, rows[8].seq).await, rows[9..]);
         let head = rows.last().unwrap().seq;
-        assert_eq!(store.cache_changes_after(0, 2).await.unwrap(), LogPage { head, rows: rows[..2].to_vec() });
-        // Past the head, a page is empty but still says where the head is.
-        assert_eq!(store.cache_changes_after(head, 10).await.unwrap(), LogPage { head, rows: vec![] });
-        assert_eq!(store.cache_changes_after(head + 100, 10).await.unwrap(), LogPage { head, rows: vec![] });
+        // With when the row asked about was written (the last one its reader read), if it is there.
+        let anchored = |i: usize| Some(rows[i].written_at);
+        assert_eq!(
+            store.cache_changes_after(0, 2, Some(rows[5].seq)).await.unwrap(),
+            LogPage { head, anchor_written_at: anchored(5), rows: rows[..2].to_vec() }
+        );
+        // Past the head, a page is empty but still says where the head is, and the anchor.
+        assert_eq!(
+            store.cache_changes_after(head, 10, Some(head)).await.unwrap(),
+            LogPage { head, anchor_written_at: anchored(10), rows: vec![] }
+        );
+        assert_eq!(
+            store.cache_changes_after(head + 100, 10, Some(head + 100)).await.unwrap(),
+            LogPage { head, anchor_written_at: None, rows: vec![] }
+        );
     }
 
     async fn client_changes_are_logged(backend: Backend) {
@@ -5217,7 +5229,10 @@ mod cache_log {
         assert_eq!(store.delete_cache_changes_before(now() + TimeDelta::seconds(1)).await.unwrap(), 1);
         assert_eq!(sql.count("cache_invalidations").await, 0);
         assert_eq!(store.cache_changes_head().await.unwrap(), 0, "an empty log");
-        assert_eq!(store.cache_changes_after(highest, 10).await.unwrap(), LogPage { head: 0, rows: vec![] });
+        assert_eq!(
+            store.cache_changes_after(highest, 10, Some(highest)).await.unwrap(),
+            LogPage { head: 0, anchor_written_at: None, rows: vec![] }
+        );
         // A reader that has read up to `highest` sees the next change.
         set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
         let next = logged_after(&store, highest).await;
