@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use reqwest::{Method, StatusCode};
@@ -15,7 +16,7 @@ use tessera::domain::SigningAlg;
 use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
 use tessera_testkit::local_issuer::StubUser;
 
-use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
+use crate::helpers::{Backend, Sql, TestApp, json as body, on_both_backends};
 use crate::pages::csrf_of;
 use crate::signin::{Browser, World, location, world_with};
 
@@ -49,6 +50,7 @@ on_both_backends!(
     an_authorization_request_posted_from_another_site_does_not_replace_the_session,
     a_fresh_login_asked_for_survives_the_provider_chooser,
     prompt_none_with_a_hint_of_another_user_is_login_required,
+    a_consent_whose_first_click_the_browser_dropped_answers_the_second_alike,
 );
 
 pub const REDIRECT: &str = "https://app.example.com/callback";
@@ -338,6 +340,11 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         assert_eq!(param(&to, "error").as_deref(), Some(expected), "{url}");
         assert_eq!(param(&to, "state").as_deref(), Some("st-1"));
     }
+    // A missing response_type is a missing parameter (RFC 6749 4.1.2.1), not an unsupported one.
+    let missing = good.replace("response_type=code&", "");
+    assert_ne!(missing, good);
+    let to = location(&browser.navigate(&missing).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "{to}");
     // A public client must use PKCE.
     let (public, _) =
         register(&w.app, json!({"name": "SPA", "kind": "public", "redirect_uris": [REDIRECT], "first_party": true}))
@@ -878,6 +885,63 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     assert_eq!(w.app.db.sql().await.count("oauth_consents").await, 1);
 }
 
+/// A double click whose first request the browser drops (it keeps only the last) once the first
+/// began to use the held request up: the second gets the code the first issued, not "expired".
+/// The held requests are locked meanwhile (a transaction of the test's), so that the first is
+/// dropped while it waits inside the store.
+async fn a_consent_whose_first_click_the_browser_dropped_answers_the_second_alike(backend: Backend) {
+    let w = op_world(backend).await;
+    let third_party =
+        json!({"name": "Partner", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": false});
+    let (client, _secret) = register(&w.app, third_party).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    let page = first_page(&w.app, &mut browser, authorize_url(&w.app, &client, &challenge, "")).await;
+    let request_id = request_id_of(&page.text().await.unwrap());
+    let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let click = || {
+        http.post(w.app.url("/oauth/consent"))
+            .header("cookie", cookies.join("; "))
+            .header("accept", "text/html")
+            .form(&[("request_id", request_id.as_str()), ("decision", "approve")])
+    };
+
+    let sql = w.app.db.sql().await;
+    let lock = match &sql {
+        Sql::Sqlite(pool) => {
+            let mut conn = pool.acquire().await.unwrap().detach();
+            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+            Held::Sqlite(conn)
+        }
+        Sql::Postgres(pool) => {
+            let mut conn = pool.acquire().await.unwrap().detach();
+            sqlx::raw_sql("BEGIN; SELECT 1 FROM oauth_requests FOR UPDATE").execute(&mut conn).await.unwrap();
+            Held::Postgres(conn)
+        }
+    };
+    let first = click().timeout(Duration::from_millis(700)).send().await;
+    assert!(first.is_err_and(|e| e.is_timeout()), "the first click waits on the lock, and is dropped");
+    let second = tokio::spawn(click().send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match lock {
+        Held::Sqlite(mut conn) => sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.map(drop),
+        Held::Postgres(mut conn) => sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.map(drop),
+    }
+    .unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.status(), StatusCode::SEE_OTHER, "{:?}", second.text().await);
+    let to = location(&second);
+    assert!(param(&to, "code").is_some(), "the code the first click issued: {to}");
+    assert_eq!(sql.count("oauth_codes").await, 1, "one code");
+}
+
+/// A connection of the test's, holding a lock.
+enum Held {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
 /// RFC 8252 section 8.6: anyone can send a public client's id, and any program on the device can
 /// answer its loopback redirect (on any port), so a remembered consent does not show that the app
 /// asking is the one approved. Through its `https` redirect, the consent is remembered.
@@ -1025,6 +1089,33 @@ async fn prompt_none_with_a_hint_of_another_user_is_login_required(backend: Back
     assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "a hint for another client: {to}");
     let to = location(&ada.navigate(&silent("a.b.c")).await);
     assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "{to}");
+    // The hint holds for a request held before it is used: pushed (RFC 9126), or posted from
+    // the app's site (which goes on as a GET that carries the session cookie).
+    for (hint, user) in [(&bobs, "bob"), (&adas, "ada")] {
+        let form = [
+            ("response_type", "code"),
+            ("redirect_uri", REDIRECT),
+            ("state", "st-1"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("prompt", "none"),
+            ("id_token_hint", hint.as_str()),
+        ];
+        let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&form);
+        let pushed = body(pushed.send().await.unwrap(), 201).await;
+        let uri = urlencode(pushed["request_uri"].as_str().unwrap());
+        let to = location(
+            &ada.navigate(&w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={uri}"))).await,
+        );
+        let posted = cross_site_post(&silent(hint)).await;
+        let bounced = location(&ada.navigate(&w.app.url(&posted)).await);
+        for to in [to, bounced] {
+            match user {
+                "bob" => assert_eq!(param(&to, "error").as_deref(), Some("login_required"), "{to}"),
+                _ => assert!(param(&to, "code").is_some(), "{to}"),
+            }
+        }
+    }
 
     // Without `prompt=none`, the hinted user must be signed in by the request: not a code for the
     // browser's user, but a fresh sign-in, after which the code is for whoever signed in.
@@ -1172,20 +1263,30 @@ async fn an_authorization_request_posted_from_another_site_does_not_replace_the_
     let (_, challenge) = pkce();
     code_for(&w, &mut browser, &client, &challenge).await;
     let session = browser.cookies["tessera_session"].clone();
-    let url = authorize_url(&w.app, &client, &challenge, "");
-    let (path, query) = url.split_once('?').unwrap();
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    // As the browser sends it: no cookie, marked cross-site.
-    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let posted = plain.post(path).header("sec-fetch-site", "cross-site").form(&form).send().await.unwrap();
-    assert_eq!(posted.status(), StatusCode::SEE_OTHER);
-    let held = location(&posted);
-    assert!(held.starts_with("/oauth/authorize?"), "back to this server, not to the provider: {held}");
+    // Back to this server, not to the provider.
+    let held = cross_site_post(&authorize_url(&w.app, &client, &challenge, "")).await;
     // Followed with the cookie: a code from the session as it is.
     let back = follow(&mut browser, w.app.url(&held)).await;
     assert!(param(&back, "code").is_some(), "{back}");
     assert_eq!(browser.cookies["tessera_session"], session, "the session stands");
     assert_eq!(w.app.db.sql().await.count("sessions").await, 1);
+    // `prompt=none` too: decided on the GET, which finds the session, not `login_required`.
+    let held = cross_site_post(&authorize_url(&w.app, &client, &challenge, "&prompt=none")).await;
+    let to = location(&browser.navigate(&w.app.url(&held)).await);
+    assert!(param(&to, "code").is_some(), "{to}");
+}
+
+/// Posts the authorization request `url` as a form from another site (no cookie, marked
+/// cross-site); returns where it sends the browser (a path of this server's).
+async fn cross_site_post(url: &str) -> String {
+    let (path, query) = url.split_once('?').unwrap();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let posted = plain.post(path).header("sec-fetch-site", "cross-site").form(&form).send().await.unwrap();
+    assert_eq!(posted.status(), StatusCode::SEE_OTHER);
+    let held = location(&posted);
+    assert!(held.starts_with("/oauth/authorize?"), "back to this server: {held}");
+    held
 }
 
 async fn logout_ends_the_session_and_its_grants(backend: Backend) {

@@ -167,12 +167,17 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     };
     let view = live.as_ref().map(view);
     // A form posted from another site arrives without the session cookie (`SameSite=Lax`): it
-    // would look signed out, and the sign-in it then started would end the browser's session on
-    // its way back. It goes on as a GET of the held request, which carries the cookie.
-    let same_origin = csrf::fetch_site(headers) == Some(b"same-origin");
+    // would look signed out (`login_required` for `prompt=none`, and a sign-in that ends the
+    // browser's session on its way back). It is held as sent and goes on as a GET, which
+    // carries the cookie.
+    if posted && view.is_none() && csrf::fetch_site(headers) != Some(b"same-origin") {
+        return match op.bounce(params).await {
+            Ok(continue_to) => redirect(&continue_to, &[]),
+            Err(error) => rejected(state, headers, error),
+        };
+    }
     match op.authorize(params, view.as_ref()).await {
         Ok(Next::Redirect(to)) => redirect(&to, &[]),
-        Ok(Next::SignIn { continue_to, .. }) if posted && !same_origin => redirect(&continue_to, &[]),
         Ok(Next::SignIn { continue_to, login_hint, reauthenticate }) => {
             sign_in(state, headers, &continue_to, login_hint.as_deref(), reauthenticate).await
         }
@@ -440,10 +445,23 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         Ok(found) => found,
         Err(description) => return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
     };
+    let unavailable = || {
+        refuse(
+            state,
+            headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the service is temporarily unavailable; retry shortly",
+        )
+    };
     let hinted = match request.id_token_hint.as_deref() {
         Some(hint) => match op.id_token_client(hint).await {
-            Some(found) => Some(found),
-            None => {
+            Ok(Some(found)) => Some(found),
+            Err(error) => {
+                tracing::warn!(error = %error, "an id_token_hint could not be verified: the signing keys are unreadable");
+                return unavailable();
+            }
+            Ok(None) => {
                 return refuse(
                     state,
                     headers,
@@ -469,7 +487,13 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     let mut target = None;
     if let Some(uri) = request.post_logout_redirect_uri.as_deref() {
         let client = match hinted.as_ref().map(|hint| hint.aud.clone()).or(request.client_id.clone()) {
-            Some(id) => op.clients().get(&id).await.ok().flatten(),
+            Some(id) => match op.clients().get(&id).await {
+                Ok(client) => client,
+                Err(error) => {
+                    tracing::warn!(error = %error, "the client of a logout request could not be read");
+                    return unavailable();
+                }
+            },
             None => None,
         };
         match client.filter(|c| c.post_logout_redirect_uris.iter().any(|r| r.as_str() == uri)) {

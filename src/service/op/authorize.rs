@@ -57,7 +57,8 @@ pub struct AuthorizationParams {
     pub request_object: bool,
     /// An id token of the user the client expects (OpenID Connect Core 3.1.2.1): with
     /// `prompt=none`, a browser signed in as someone else gets `login_required`, not a code for
-    /// another user.
+    /// another user. Not held as such (it carries the user's claims): a held request keeps the
+    /// user it names ([`Held::hinted_user`]).
     #[serde(skip)]
     pub id_token_hint: Option<String>,
     /// A parameter sent more than once (other than the client, its redirect URI, `state` and
@@ -73,9 +74,17 @@ struct Held {
     params: AuthorizationParams,
     /// The session must have started at or after this (unix microseconds).
     auth_after_us: Option<i64>,
+    /// The user a verified `id_token_hint` named (absent from requests held before it was kept).
+    #[serde(default)]
+    hinted_user: Option<String>,
 }
 
 impl Held {
+    /// A request as it was sent, nothing decided yet.
+    fn as_sent(params: AuthorizationParams) -> Self {
+        Self { params, auth_after_us: None, hinted_user: None }
+    }
+
     /// The request a stored row holds.
     fn decode(row: &HeldRequest) -> Result<Self, StoreError> {
         serde_json::from_str(&row.params).map_err(|_| StoreError::Corrupt("held request".into()))
@@ -181,6 +190,17 @@ pub enum AuthorizeError {
     Store(#[from] StoreError),
 }
 
+impl From<super::keys::SigningError> for AuthorizeError {
+    /// The signing keys could not be read (to verify an `id_token_hint`): a failure of the
+    /// service, never the client's.
+    fn from(error: super::keys::SigningError) -> Self {
+        match error {
+            super::keys::SigningError::Store(error) => Self::Store(error),
+            other => Self::Store(StoreError::Corrupt(other.to_string())),
+        }
+    }
+}
+
 /// The next step of an authorization request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -220,8 +240,23 @@ impl OpenIdProvider {
     ) -> Result<Next, AuthorizeError> {
         let now = crate::domain::now();
         let held = self.unhold(params, now).await?;
-        let request = self.validate(&held.params, held.auth_after_us, now).await?;
+        let request = self.validate(&held, now).await?;
         self.decide(request, session, now).await
+    }
+
+    /// Holds a request as sent, to go on as a GET of its continuation URL (returned): a form
+    /// posted from the client's site arrives without the browser's `SameSite=Lax` session
+    /// cookie, so deciding on it would take a signed-in user for signed out (`login_required` for
+    /// `prompt=none`, or a sign-in that ends the browser's session on its way back). A request
+    /// already held (`request_uri`) goes on as it is, taken by that GET.
+    pub async fn bounce(&self, params: AuthorizationParams) -> Result<String, AuthorizeError> {
+        if let (Some(client_id), Some(uri)) = (params.client_id.as_deref(), params.request_uri.as_deref()) {
+            return Ok(continue_url(client_id, uri));
+        }
+        let now = crate::domain::now();
+        let request = self.validate(&Held::as_sent(params), now).await?;
+        let uri = self.hold(&request, None, true, now).await?;
+        Ok(continue_url(request.client.id.as_str(), &uri))
     }
 
     /// Validates a pushed request (RFC 9126) from an authenticated `client` and holds it;
@@ -235,7 +270,7 @@ impl OpenIdProvider {
         }
         let params = AuthorizationParams { client_id: Some(client.id.to_string()), ..params };
         let now = crate::domain::now();
-        let request = self.validate(&params, None, now).await.map_err(|error| match error {
+        let request = self.validate(&Held::as_sent(params), now).await.map_err(|error| match error {
             AuthorizeError::Rejected(r) => AuthorizeError::Rejected(Rejection { redirect: None, ..r }),
             other => other,
         })?;
@@ -261,27 +296,38 @@ impl OpenIdProvider {
         if !crate::crypto::constant_time_eq(&answer.session_hash, &session.hash) {
             return Err(unknown_consent());
         }
-        // The first to get here answers; one at the same time waits for that answer.
-        let mut own_failure = None;
-        let outcome = answer
-            .outcome
-            .get_or_init(|| async {
-                match self.answer_consent(&id_hash, session, approve).await {
-                    Ok(to) => Some(Ok(to)),
-                    Err(AuthorizeError::Rejected(rejection)) => Some(Err(rejection)),
-                    Err(error) => {
-                        own_failure = Some(error);
-                        None
+        // The first to get here answers; one at the same time waits for that answer. In a task
+        // that runs to its end: a double click's first request is dropped by the browser, and
+        // the answer it began (the held request already used up) must still be the one the
+        // second gets, not an unset cell whose next initialiser finds the request gone.
+        let (this, session) = (self.clone(), session.clone());
+        let work = async move {
+            let mut own_failure = None;
+            let outcome = answer
+                .outcome
+                .get_or_init(|| async {
+                    match this.answer_consent(&id_hash, &session, approve).await {
+                        Ok(to) => Some(Ok(to)),
+                        Err(AuthorizeError::Rejected(rejection)) => Some(Err(rejection)),
+                        Err(error) => {
+                            own_failure = Some(error);
+                            None
+                        }
                     }
-                }
-            })
-            .await;
+                })
+                .await
+                .clone();
+            (outcome, own_failure)
+        };
+        let (outcome, own_failure) = crate::run_to_end(work)
+            .await
+            .unwrap_or((None, Some(AuthorizeError::Store(StoreError::Unavailable(sqlx::Error::PoolClosed)))));
         if let Some(error) = own_failure {
             return Err(error);
         }
         match outcome {
-            Some(Ok(to)) => Ok(to.clone()),
-            Some(Err(rejection)) => Err(AuthorizeError::Rejected(rejection.clone())),
+            Some(Ok(to)) => Ok(to),
+            Some(Err(rejection)) => Err(AuthorizeError::Rejected(rejection)),
             // The first attempt failed in the store: the request may or may not be used up.
             None => Err(unknown_consent()),
         }
@@ -298,8 +344,7 @@ impl OpenIdProvider {
         let Some(held) = held.filter(|h| h.session_hash == Some(session.hash)) else {
             return Err(unknown_consent());
         };
-        let held: Held = serde_json::from_str(&held.params).map_err(|_| StoreError::Corrupt("held request".into()))?;
-        let request = self.validate(&held.params, held.auth_after_us, now).await?;
+        let request = self.validate(&Held::decode(&held)?, now).await?;
         if !approve {
             return Err(request.reject("access_denied", "the user declined"));
         }
@@ -319,7 +364,7 @@ impl OpenIdProvider {
 
     async fn unhold(&self, params: AuthorizationParams, now: DateTime<Utc>) -> Result<Held, AuthorizeError> {
         let Some(uri) = params.request_uri.as_deref() else {
-            return Ok(Held { params, auth_after_us: None });
+            return Ok(Held::as_sent(params));
         };
         let invalid = || reject("invalid_request", "request_uri is unknown, used or expired; start again", None);
         let Some(hash) = request_uri_hash(uri) else { return Err(invalid()) };
@@ -333,12 +378,8 @@ impl OpenIdProvider {
         Ok(Held::decode(&held)?)
     }
 
-    async fn validate(
-        &self,
-        params: &AuthorizationParams,
-        auth_after_us: Option<i64>,
-        now: DateTime<Utc>,
-    ) -> Result<AuthorizationRequest, AuthorizeError> {
+    async fn validate(&self, held: &Held, now: DateTime<Utc>) -> Result<AuthorizationRequest, AuthorizeError> {
+        let Held { params, auth_after_us, hinted_user } = held;
         let too_long = [
             &params.response_type,
             &params.client_id,
@@ -395,8 +436,10 @@ impl OpenIdProvider {
             return Err(fail(error, &description));
         }
 
-        if params.response_type.as_deref() != Some("code") {
-            return Err(fail("unsupported_response_type", "response_type must be code"));
+        match params.response_type.as_deref() {
+            Some("code") => {}
+            None => return Err(fail("invalid_request", "response_type is missing (it must be code)")),
+            Some(_) => return Err(fail("unsupported_response_type", "response_type must be code")),
         }
         if params.response_mode.as_deref().is_some_and(|m| m != "query") {
             return Err(fail("invalid_request", "response_mode must be query"));
@@ -441,8 +484,8 @@ impl OpenIdProvider {
             return Err(fail("invalid_request", "prompt=none cannot be combined with other values"));
         }
         let hinted_user = match params.id_token_hint.as_deref() {
-            None => None,
-            Some(hint) => match self.id_token_client(hint).await {
+            None => hinted_user.clone(),
+            Some(hint) => match self.id_token_client(hint).await? {
                 Some(hint) if hint.aud == client.id.as_str() => Some(hint.sub),
                 Some(_) => return Err(fail("invalid_request", "id_token_hint was issued to another client")),
                 None => return Err(fail("invalid_request", "id_token_hint is not an id token this server issued")),
@@ -462,7 +505,7 @@ impl OpenIdProvider {
         }
         // In microseconds: a session started in the same second as a `prompt=login` request
         // is not a fresh sign-in.
-        let mut after = auth_after_us;
+        let mut after = *auth_after_us;
         let mut raise = |t: i64| after = Some(after.map_or(t, |a| a.max(t)));
         if let Some(max_age) = max_age {
             raise(now.timestamp_micros() - max_age * 1_000_000);
@@ -499,6 +542,9 @@ impl OpenIdProvider {
                 return Err(request.reject("login_required", "the user is not signed in"));
             }
             let login_hint = request.login_hint.clone();
+            // Whoever signs in now was signed in by this request, which answers the hint (OpenID
+            // Connect Core 3.1.2.1; the client compares `sub`): it is not held for after.
+            let request = AuthorizationRequest { hinted_user: None, ..request };
             let uri = self.hold(&request, None, false, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
             let reauthenticate = request.auth_after.is_some();
@@ -515,7 +561,7 @@ impl OpenIdProvider {
             // signed in: the hint is dropped from the held request (the client compares `sub`),
             // so that a user who picks another account is not sent round again.
             let mut request = request;
-            request.params.id_token_hint = None;
+            request.hinted_user = None;
             request.auth_after = Some(request.auth_after.map_or(now, |after| after.max(now)));
             let uri = self.hold(&request, None, false, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
@@ -558,8 +604,13 @@ impl OpenIdProvider {
         as_sent: bool,
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
+        let hinted_user = request.hinted_user.clone();
         let held = if as_sent {
-            Held { params: AuthorizationParams { request_uri: None, ..request.params.clone() }, auth_after_us: None }
+            Held {
+                params: AuthorizationParams { request_uri: None, ..request.params.clone() },
+                auth_after_us: None,
+                hinted_user,
+            }
         } else {
             let prompt = split_scope(request.params.prompt.as_deref().unwrap_or(""))
                 .into_iter()
@@ -572,7 +623,7 @@ impl OpenIdProvider {
                 request_uri: None,
                 ..request.params.clone()
             };
-            Held { params, auth_after_us: request.auth_after.map(|t| t.timestamp_micros()) }
+            Held { params, auth_after_us: request.auth_after.map(|t| t.timestamp_micros()), hinted_user }
         };
         let id = format!("{REQUEST_URI_PREFIX}{}", random_secret().expose_secret());
         self.store

@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::clients::ClientCredentials;
-use super::keys::VerifyError;
+use super::keys::{SigningError, VerifyError};
 use super::provider::{MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, delta, split_scope};
 use crate::crypto::{constant_time_eq, random_secret, sha256};
 use crate::domain::client_rules::DEFAULT_SCOPES as USER_SCOPES;
@@ -646,9 +646,14 @@ impl OpenIdProvider {
 
     /// The client a verified id token was issued to (`aud`), its user (`sub`) and when they
     /// signed in (`auth_time`: the session's start), for RP-initiated logout; `None` when it is
-    /// not one of Tessera's id tokens.
-    pub async fn id_token_client(&self, id_token: &str) -> Option<IdTokenHint> {
-        self.keys.verify_ignoring_expiry::<IdTokenHint>(id_token, ID_TOKEN_TYP, &self.issuer).await.ok()
+    /// not one of Tessera's id tokens, an error when the keys could not be read (the token may
+    /// well be one).
+    pub async fn id_token_client(&self, id_token: &str) -> Result<Option<IdTokenHint>, SigningError> {
+        match self.keys.verify_ignoring_expiry::<IdTokenHint>(id_token, ID_TOKEN_TYP, &self.issuer).await {
+            Ok(hint) => Ok(Some(hint)),
+            Err(VerifyError::Keys(error)) => Err(error),
+            Err(_) => Ok(None),
+        }
     }
 }
 
