@@ -465,17 +465,22 @@ impl Db {
         // Taken before the primary is asked: every change committed before it is at or below the
         // position the primary answers.
         let at = Instant::now();
+        // Each statement within the bound (at least a second; at most the statement timeout): a
+        // server gone silent must not hold the check, and the background loops' one connection
+        // with it, for the statement timeout or the kernel's fifteen minutes.
+        let bound = |conn: &PgConn| replica.max_lag.max(Duration::from_secs(1)).min(conn.statement_timeout);
         let mut conn = pg_conn(background).await?;
-        let position =
-            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetch_one(conn.start()).await;
+        // The insert position, not the write position (`pg_current_wal_lsn`): with
+        // `synchronous_commit = off` a commit is visible before its record is written.
+        let position = sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint");
+        let position = within(bound(&conn), position.fetch_one(conn.start())).await;
         let position: i64 = conn.note(position)?;
         drop(conn);
         let replayed = async {
             let mut conn = pg_conn(&replica.pool).await?;
             let replayed =
-                sqlx::query_scalar::<_, Option<i64>>("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")
-                    .fetch_one(conn.start())
-                    .await;
+                sqlx::query_scalar::<_, Option<i64>>("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint");
+            let replayed = within(bound(&conn), replayed.fetch_one(conn.start())).await;
             Ok::<_, StoreError>(conn.note(replayed)?)
         }
         .await;
@@ -559,13 +564,16 @@ impl Db {
                 // `run_direct` is `run` on a connection already taken (sqlx's way around the
                 // "`Acquire` is not general enough" error of `run` on a `&mut` connection).
                 let mut conn = pg_conn(primary).await?;
+                // Migrations are not bounded by the statement timeout (README): the server's own
+                // bound, set on every connection, is lifted for this one, which is then closed,
+                // not reused (a failed migration may also leave anything on it, its advisory lock
+                // included).
+                let unbounded = sqlx::query("SELECT set_config('statement_timeout', '0', false)");
+                let unbounded = within(conn.statement_timeout, unbounded.execute(conn.start())).await;
+                conn.note(unbounded)?;
                 let migrated = migrations::migrator(POSTGRES_MIGRATIONS).run_direct(None, conn.start(), false).await;
                 conn.in_flight = false;
-                if migrated.is_err() {
-                    // A failed migration may leave anything on the connection (its advisory lock
-                    // included): it is closed, not reused.
-                    drop(Object::take(conn));
-                }
+                drop(Object::take(conn));
                 migrated?
             }
         }
@@ -729,7 +737,10 @@ fn breaks_the_connection(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::RowNotFound => false,
         sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+            // `25006`: a write refused by a server that is read-only now (a primary demoted by a
+            // failover, reached again through stale DNS or an endpoint that moved): the next
+            // connection may reach the new primary, this one never will.
+            db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "25006")
                 || db
                     .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
                     .is_some_and(|e| matches!(e.severity(), PgSeverity::Fatal | PgSeverity::Panic))
@@ -751,6 +762,10 @@ fn not_accepting_yet(error: &sqlx::Error) -> bool {
     }
 }
 
+/// How much longer than `database.statement_timeout` the server lets a statement run before
+/// ending it itself.
+const SERVER_STATEMENT_MARGIN: Duration = Duration::from_secs(1);
+
 /// A PostgreSQL connection is replaced after this long (sqlx's pool default), so that a primary
 /// that moved behind a load balancer or a pooler is followed.
 const PG_MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
@@ -764,8 +779,16 @@ impl deadpool::managed::Manager for PgConnector {
         let mut pause = Duration::from_millis(10);
         loop {
             match PgConnection::connect_with(&self.options).await {
-                Ok(conn) => {
+                Ok(mut conn) => {
                     let statement_timeout = self.statement_timeout;
+                    // The server's own bound, a second above the client's: a statement given up
+                    // by the client (its connection closed) would otherwise go on running, or
+                    // waiting for a lock, on the server, which does not notice the closed socket
+                    // until it has something to send. (A `SET`, not a start-up option, which
+                    // connection poolers such as PgBouncer refuse.)
+                    let server_bound = (statement_timeout + SERVER_STATEMENT_MARGIN).as_millis().to_string();
+                    let set = sqlx::query("SELECT set_config('statement_timeout', $1, false)").bind(server_bound);
+                    within(self.timeout, set.execute(&mut conn)).await?;
                     return Ok(PgConn {
                         conn,
                         broken: false,

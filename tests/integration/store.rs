@@ -3212,6 +3212,38 @@ async fn a_statement_on_a_connection_gone_silent_fails_at_the_statement_timeout(
     relay.cut().await;
 }
 
+/// A statement the client gives up at `database.statement_timeout` (here one waiting for a row
+/// lock) is ended by the server too, a second later, rather than left waiting with its locks on
+/// a connection nobody reads; migrations are not bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_given_up_by_the_client_is_ended_by_the_server_too() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut config = db.config();
+    config.database.statement_timeout = std::time::Duration::from_millis(300);
+    let store = tessera::store::connect(&config.database).await.unwrap();
+    store.migrate().await.unwrap();
+    let ada = sign_up(&store, "ada").await;
+    let Sql::Postgres(pool) = db.sql().await else { unreachable!() };
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users FOR UPDATE").execute(&mut *holder).await.unwrap();
+    let waited = set_user_disabled(&store, ada.id(), true, now()).await;
+    assert!(matches!(waited, Err(StoreError::Unavailable(_))), "{waited:?}");
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let mut left = -1;
+    for _ in 0..50 {
+        left = sqlx::query_scalar::<_, i64>(waiting).fetch_one(&pool).await.unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the abandoned UPDATE still waits for the lock on the server");
+    holder.rollback().await.unwrap();
+    // The store goes on, on a new connection.
+    set_user_disabled(&store, ada.id(), true, now()).await.unwrap();
+}
+
 /// Two processes upgrading one SQLite file at once (both started with `serve`, which migrates
 /// on SQLite) both come up: each migration commits whole, and one applied by the other counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
