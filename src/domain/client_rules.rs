@@ -92,6 +92,42 @@ pub struct ClientFields {
     pub client_secret: Option<Option<serde::de::IgnoredAny>>,
 }
 
+impl ClientFields {
+    /// Whether no field is present (`null` of a field other than `jwks` reads as absent).
+    pub fn names_nothing(&self) -> bool {
+        let Self {
+            id,
+            kind,
+            name,
+            jwks,
+            redirect_uris,
+            post_logout_redirect_uris,
+            scopes,
+            grant_types,
+            resources,
+            first_party,
+            signing_alg,
+            access_token_ttl_seconds,
+            refresh_token_ttl_seconds,
+            client_secret,
+        } = self;
+        id.is_none()
+            && kind.is_none()
+            && name.is_none()
+            && jwks.is_none()
+            && redirect_uris.is_none()
+            && post_logout_redirect_uris.is_none()
+            && scopes.is_none()
+            && grant_types.is_none()
+            && resources.is_none()
+            && first_party.is_none()
+            && signing_alg.is_none()
+            && access_token_ttl_seconds.is_none()
+            && refresh_token_ttl_seconds.is_none()
+            && client_secret.is_none()
+    }
+}
+
 /// `Some(value)` for a present field, `null` included (`Some(None)`); absent fields stay `None`
 /// through `#[serde(default)]`.
 fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
@@ -208,8 +244,12 @@ pub fn parse_name(value: &str) -> Result<String, ClientRuleError> {
             format!("the name is at most {MAX_NAME_CHARS} characters"),
         ));
     }
-    if name.chars().any(char::is_control) {
-        return Err(ClientRuleError::new("name", ClientRule::Name, "the name must not contain control characters"));
+    if name.chars().any(crate::domain::is_hidden_control) {
+        return Err(ClientRuleError::new(
+            "name",
+            ClientRule::Name,
+            "the name must not contain control characters (bidirectional overrides included)",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -366,13 +406,14 @@ fn parse_resources(values: &[String]) -> Result<Vec<String>, ClientRuleError> {
         let ok = value.len() <= RedirectUri::MAX_LEN
             && !value.contains('#')
             && super::client::is_uri_text(value)
-            && url::Url::parse(value).is_ok_and(|u| !u.cannot_be_a_base());
+            // RFC 8707 section 2: an absolute URI (RFC 3986 section 4.3), a URN included.
+            && url::Url::parse(value).is_ok();
         if !ok {
             return Err(ClientRuleError::new(
                 format!("resources[{i}]"),
                 ClientRule::Metadata,
                 "a resource is an absolute URI without a fragment, spaces or control characters, such as \
-                 https://api.example.com",
+                 https://api.example.com or urn:example:api",
             ));
         }
         if resources.contains(value) {

@@ -88,10 +88,12 @@ fn valid_local(local: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c) || (!c.is_ascii() && c.is_alphanumeric()))
 }
 
-/// Whether `domain` is a plausible mail domain: two or more labels of letters, digits and `-`.
+/// Whether `domain` is a plausible mail domain: two or more labels of letters, digits and `-`,
+/// the last not all digits (no top-level domain is; `127.0.0.1` is an address, not a domain).
 fn valid_domain(domain: &str) -> bool {
     let labels: Vec<&str> = domain.split('.').collect();
     labels.len() >= 2
+        && labels.last().is_some_and(|tld| !tld.chars().all(|c| c.is_ascii_digit()))
         && domain.len() <= 253
         && labels.iter().all(|label| {
             !label.is_empty()
@@ -148,6 +150,9 @@ mod tests {
         assert!(DomainName::parse("localhost").is_err());
         assert!(DomainName::parse("exa mple.com").is_err());
         assert!(DomainName::parse("@example.com").is_err());
+        assert!(DomainName::parse("127.0.0.1").is_err(), "an address, not a domain");
+        assert!(Email::parse("ada@10.0.0.1").is_err());
+        assert!(DomainName::parse("1password.com").is_ok(), "digits are fine outside the top level");
         let email = Email::parse("a@Sub.Example.com").unwrap();
         assert_eq!(email.domain_name().as_str(), "sub.example.com");
     }

@@ -13,9 +13,17 @@ pub enum TextError {
     /// Longer than the limit, which is carried.
     #[error("the value is longer than {0} characters")]
     TooLong(usize),
-    /// Contains control characters (including NUL).
+    /// Contains control characters (including NUL; in a display name, also the bidirectional
+    /// embeddings, overrides and isolates).
     #[error("the value contains control characters")]
     ControlCharacters,
+}
+
+/// Whether `c` has no place in text shown to people: a control character, or a bidirectional
+/// embedding, override or isolate (U+202A–U+202E, U+2066–U+2069), which would let a name reorder
+/// what a page shows around it (`\u{202E}` turns "evil" into "live").
+pub fn is_hidden_control(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// The subject (`sub`) of an identity at its issuer: opaque, compared byte for byte.
@@ -70,7 +78,7 @@ impl DisplayName {
         if input.chars().count() > Self::MAX_CHARS {
             return Err(TextError::TooLong(Self::MAX_CHARS));
         }
-        if input.chars().any(char::is_control) {
+        if input.chars().any(is_hidden_control) {
             return Err(TextError::ControlCharacters);
         }
         Ok(Some(Self(input.to_owned())))
@@ -107,5 +115,11 @@ mod tests {
         assert_eq!(name.as_str(), "Ada  Lovelace");
         assert_eq!(name.first_name(), "Ada");
         assert_eq!(DisplayName::parse_optional(Some("bad\u{7}name")), Err(TextError::ControlCharacters));
+        for hidden in ['\u{202E}', '\u{202A}', '\u{2066}', '\u{2069}'] {
+            let name = format!("{hidden}evil");
+            assert_eq!(DisplayName::parse_optional(Some(&name)), Err(TextError::ControlCharacters), "{name:?}");
+        }
+        // Right-to-left text itself is a name like any other.
+        assert!(DisplayName::parse_optional(Some("\u{5D3}\u{5E0}\u{5D4}")).unwrap().is_some());
     }
 }

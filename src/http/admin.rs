@@ -40,6 +40,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 /// The body of `POST /admin/users/bootstrap`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct BootstrapRequest {
     #[serde(alias = "oidc_issuer")]
     issuer: Option<String>,
@@ -173,6 +174,10 @@ async fn update_user(
             ApiError::new(code, format!("`email`: {e}")).field("email")
         })?)),
     };
+    if email.as_ref().is_some_and(Option::is_none) && request.email_verified == Some(true) {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "an email that is removed cannot be verified")
+            .field("email_verified"));
+    }
     let action = match request.disabled {
         Some(true) => "user.disabled",
         Some(false) => "user.enabled",
@@ -234,15 +239,15 @@ fn parse_claim(request: BootstrapRequest) -> Result<IdentityClaim, ApiError> {
     })?;
     let name = DisplayName::parse_optional(request.name.as_deref())
         .map_err(|e| text_error(e, "name", ErrorCode::InvalidName))?;
+    // As an issuer's `name`, which is what an identity records by default (its host, say): a
+    // value read back from `GET /admin/users/{id}` is accepted as it is.
     let provider = match request.provider.as_deref().map(str::trim) {
         None | Some("") => String::new(),
-        Some(p) if p.len() <= 64 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
-            p.to_ascii_lowercase()
-        }
+        Some(p) if p.chars().count() <= 64 && !p.chars().any(crate::domain::is_hidden_control) => p.to_owned(),
         Some(_) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
-                "`provider` must be 1 to 64 characters of letters, digits, `-` and `_`",
+                "`provider` must be 1 to 64 characters, without control characters",
             )
             .field("provider"));
         }

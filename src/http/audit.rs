@@ -85,6 +85,14 @@ fn parse_query(params: AuditParams) -> Result<AuditQuery, ApiError> {
     let actor = params.actor.map(|a| filter(a, "actor", 255, is_plain_text)).transpose()?;
     let target_kind = params.target_kind.map(|k| filter(k, "target_kind", 32, is_kind)).transpose()?;
     let target_id = params.target_id.map(|t| filter(t, "target_id", 255, is_plain_text)).transpose()?;
+    // A user, team or webhook id is recorded in its canonical form (see `UUID_FACTS`): found by
+    // any spelling `Uuid` parses. A client's id is its own text.
+    let target_id = match (target_id, target_kind.as_deref()) {
+        (Some(id), None | Some("user" | "team" | "webhook")) => {
+            Some(uuid::Uuid::try_parse(&id).map_or(id, |uuid| uuid.to_string()))
+        }
+        (id, _) => id,
+    };
     let since = params
         .since
         .map(|s| {

@@ -25,17 +25,46 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        // Every body is an object: serde would also fill a struct from an array of its fields in
+        // order, a shape no client means.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => ApiError::new(ErrorCode::InvalidRequest, "the body must be a JSON object"),
+                Err(_) => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
+            });
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
 }
 
+/// Whether the request's content type is JSON as axum's `Json` reads it: `application/json`, or
+/// `application/…+json`.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(mime) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || essence.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"))
+}
+
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::JsonSyntaxError(_) => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
-        JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::InvalidRequest, without_values(&e.body_text())),
+        JsonRejection::JsonDataError(e) => {
+            let text = e.body_text();
+            let text = text.strip_prefix("Failed to deserialize the JSON body into the target type: ").unwrap_or(&text);
+            ApiError::new(ErrorCode::InvalidRequest, without_values(text))
+        }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "send the body as JSON with `Content-Type: application/json`",
@@ -116,8 +145,9 @@ fn without_values(text: &str) -> String {
         ("unknown field `", Close::Before(&["`, expected", "`, there are no fields"]), "an unknown field"),
         ("with value `", Close::Before(&["` to a `"]), "with a value that does not parse"),
     ];
+    let text = without_type_names(text);
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut rest = text.as_str();
     loop {
         let found = QUOTED.iter().filter_map(|quoted| rest.find(quoted.0).map(|at| (at, quoted))).min_by_key(|f| f.0);
         let Some((at, (opening, close, replacement))) = found else {
@@ -147,6 +177,35 @@ fn without_values(text: &str) -> String {
             None => return out,
         }
     }
+}
+
+/// A shape error's text without the names of Tessera's own types (serde says `expected struct
+/// BootstrapRequest`, and `with 6 elements` for an array in its place): "a JSON object" instead.
+fn without_type_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("struct ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "struct ".len()..];
+        let name_len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        if name_len == 0 {
+            out.push_str("struct ");
+            rest = after;
+            continue;
+        }
+        out.push_str("a JSON object");
+        rest = &after[name_len..];
+        // ` with 6 elements`, the struct's field count.
+        if let Some(tail) = rest.strip_prefix(" with ")
+            && let Some(end) = tail.find(" element")
+            && tail[..end].bytes().all(|b| b.is_ascii_digit())
+        {
+            let word_end = tail[end + 1..].find(|c: char| !c.is_ascii_alphabetic()).map_or(tail.len(), |e| end + 1 + e);
+            rest = &tail[word_end..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A raw body, for routes whose body is optional: a body over [`MAX_BODY_BYTES`] is
@@ -346,6 +405,14 @@ mod tests {
     #[test]
     fn only_quoted_values_are_cut() {
         assert_eq!(without_values("plain text"), "plain text");
+        assert_eq!(
+            without_values("invalid length 0, expected struct BootstrapRequest with 6 elements at line 1 column 2"),
+            "invalid length 0, expected a JSON object at line 1 column 2"
+        );
+        assert_eq!(
+            without_values(r#"team: invalid type: string "x", expected struct TeamRef"#),
+            "team: invalid type: a string, expected a JSON object"
+        );
         assert_eq!(
             without_values(r#"a: invalid type: string "x\"y", expected z"#),
             "a: invalid type: a string, expected z"

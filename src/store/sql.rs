@@ -999,8 +999,11 @@ impl Store for SqlStore {
         {
             changed.push("email");
         }
-        // A new address is unverified unless the change says otherwise.
+        // A new address is unverified unless the change says otherwise; no address, nothing
+        // verified.
+        let has_email = change.email.as_ref().map_or(before.email.is_some(), Option::is_some);
         let verified = change.email_verified.or(changed.contains(&"email").then_some(false));
+        let verified = if has_email { verified } else { Some(false) };
         if let Some(verified) = verified
             && before.email_verified != verified
         {

@@ -160,6 +160,11 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
         ["user.deleted", "user.enabled", "user.updated", "user.disabled", "user.bootstrapped"],
         "each found by the canonical id"
     );
+    for spelling in [shouting.clone(), braced.clone(), format!("urn:uuid:{user}")] {
+        let encoded: String = url::form_urlencoded::byte_serialize(spelling.as_bytes()).collect();
+        let found = audit(&app, &format!("target_kind=user&target_id={encoded}")).await;
+        assert_eq!(actions(&found), actions(&about_the_user), "found by {spelling} too");
+    }
     for row in &rows {
         let id = row["request_id"].as_str().unwrap();
         assert!(!id.is_empty() && row["at"].is_string() && row["id"].is_i64(), "{row}");

@@ -26,6 +26,7 @@ on_both_backends!(
     admin_routes_require_a_valid_token,
     health_and_readiness_answer,
     an_injection_attempt_is_stored_verbatim,
+    bodies_of_another_shape_are_refused_and_what_a_user_reads_is_accepted_back,
 );
 
 async fn bootstrap_creates_a_user_then_returns_the_same_answer(backend: Backend) {
@@ -369,4 +370,46 @@ async fn an_injection_attempt_is_stored_verbatim(backend: Backend) {
     assert_eq!(user["identities"][0]["subject"], subject);
     assert_eq!(user["name"], name);
     assert_eq!(app.db.sql().await.provisioning_counts().await, [1, 1, 1, 1, 1]);
+}
+
+/// Admin bodies are JSON objects of known fields (an array in a struct's place, or an unknown
+/// field, is refused, and the detail names no type of Tessera's); a `provider` read from a user
+/// is accepted back as it is; a name cannot reorder the text around it; an email that is
+/// removed is not verified.
+async fn bodies_of_another_shape_are_refused_and_what_a_user_reads_is_accepted_back(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let positional = json!([ISSUER, "pos-1", "pos@example.com", "Pos Itional", true, "ory"]);
+    let refused = body(app.bootstrap(&positional).await, 400).await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["detail"].as_str()),
+        (Some("invalid_request"), Some("the body must be a JSON object"))
+    );
+    let mut unknown = identity("u9", "u9@example.com", None);
+    unknown["foo"] = json!(1);
+    assert_eq!(body(app.bootstrap(&unknown).await, 400).await["code"], "invalid_request");
+    let string = body(app.bootstrap(&json!("x")).await, 400).await;
+    let detail = string["detail"].as_str().unwrap();
+    assert!(!detail.contains("BootstrapRequest") && !detail.contains("Failed to deserialize"), "{detail}");
+    let mut reordering = identity("u10", "u10@example.com", None);
+    reordering["name"] = json!("\u{202E}evil");
+    let refused = body(app.bootstrap(&reordering).await, 400).await;
+    assert_eq!((refused["code"].as_str(), refused["field"].as_str()), (Some("invalid_name"), Some("name")));
+    assert_eq!(app.db.sql().await.count("users").await, 0, "nothing written");
+
+    let mut named = identity("u11", "u11@example.com", None);
+    named["provider"] = json!("Okta Prod.eu");
+    named["email_verified"] = json!(true);
+    let user = body(app.bootstrap(&named).await, 201).await["user_id"].as_str().unwrap().to_owned();
+    let path = format!("/admin/users/{user}");
+    let read = body(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
+    assert_eq!(read["identities"][0]["provider"], "Okta Prod.eu");
+    assert_eq!(read["email_verified"], true);
+    let contradiction = json!({"email": null, "email_verified": true});
+    let refused = body(app.admin(Method::PATCH, &path).json(&contradiction).send().await.unwrap(), 400).await;
+    assert_eq!(refused["field"], "email_verified");
+    let removed = body(app.admin(Method::PATCH, &path).json(&json!({"email": null})).send().await.unwrap(), 200).await;
+    assert_eq!((&removed["email"], &removed["email_verified"]), (&json!(null), &json!(false)));
+    let verified = json!({"email_verified": true});
+    let unverified = body(app.admin(Method::PATCH, &path).json(&verified).send().await.unwrap(), 200).await;
+    assert_eq!(unverified["email_verified"], false, "no address, nothing verified");
 }

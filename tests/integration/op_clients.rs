@@ -132,6 +132,20 @@ async fn a_client_is_registered_read_changed_and_deleted_with_its_secret_shown_o
 
     let kind = app.admin(Method::PATCH, "/admin/clients/grafana").json(&json!({"kind": "public"})).send().await;
     assert_eq!(body(kind.unwrap(), 400).await["field"], "kind");
+    // A change that names nothing is refused; one that changes nothing writes nothing.
+    let sql = app.db.sql().await;
+    let logged = sql.count("cache_invalidations").await;
+    for nothing in [json!({}), json!({"name": null})] {
+        let patch = app.admin(Method::PATCH, "/admin/clients/grafana").json(&nothing).send().await;
+        assert_eq!(body(patch.unwrap(), 400).await["code"], "invalid_request", "{nothing}");
+    }
+    let same = app.admin(Method::PATCH, "/admin/clients/grafana").json(&json!({"name": "Grafana (prod)"})).send();
+    let same = body(same.await.unwrap(), 200).await;
+    assert_eq!(same["updated_at"], changed["updated_at"], "not rewritten");
+    assert_eq!(sql.count("cache_invalidations").await, logged, "nothing for other instances to forget");
+    // A resource is any absolute URI (RFC 8707), a URN included.
+    let urn = app.admin(Method::PATCH, "/admin/clients/grafana").json(&json!({"resources": ["urn:example:api"]}));
+    assert_eq!(body(urn.send().await.unwrap(), 200).await["resources"], json!(["urn:example:api"]));
 
     let deleted = app.admin(Method::DELETE, "/admin/clients/grafana").send().await.unwrap();
     assert_eq!(deleted.status(), 204);

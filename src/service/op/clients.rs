@@ -192,6 +192,9 @@ pub enum ClientError {
     /// A public client has no secret.
     #[error("a public client has no secret; it authenticates with PKCE")]
     PublicClient,
+    /// A change that names no field (or only `null`s of fields that cannot be removed).
+    #[error("name at least one field to change")]
+    NothingToUpdate,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -217,6 +220,7 @@ impl PublicError for ClientError {
             Self::ManagedInConfig => ErrorCode::ClientManagedInConfig,
             Self::Changed => ErrorCode::ClientChanged,
             Self::PublicClient => ErrorCode::ClientIsPublic,
+            Self::NothingToUpdate => ErrorCode::InvalidRequest,
             Self::Store(e) => e.code(),
         }
     }
@@ -569,6 +573,9 @@ impl Clients {
         if fields.kind.is_some() {
             return Err(metadata("kind", "the kind cannot be changed: register a new client"));
         }
+        if fields.names_nothing() {
+            return Err(ClientError::NothingToUpdate);
+        }
         let client = self
             .change(id, |client| {
                 client_rules::apply(client, fields.clone())?;
@@ -621,6 +628,10 @@ impl Clients {
             let mut new = old.clone();
             edit(&mut new)?;
             client_rules::check(&new)?;
+            if new == old {
+                // Nothing changes: no write, no audit of a change, nothing for caches to forget.
+                return Ok(old);
+            }
             new.updated_at = crate::domain::now().max(old.updated_at + TimeDelta::microseconds(1));
             let outcome = self.store.update_client(&new, old.updated_at).await?;
             self.invalidate(&new.id);
