@@ -803,8 +803,12 @@ impl Config {
         if !(10..=60_000).contains(&cache.sync_interval.as_millis()) {
             return Err(ConfigError::new("cache.sync_interval_ms", "expected 10 to 60000 milliseconds"));
         }
-        if cache.principal_ttl > Duration::from_secs(3600) || cache.token_ttl > Duration::from_secs(3600) {
-            return Err(ConfigError::new("cache", "cache lifetimes are at most 3600 seconds"));
+        for (key, ttl) in
+            [("cache.principal_ttl_seconds", cache.principal_ttl), ("cache.token_ttl_seconds", cache.token_ttl)]
+        {
+            if ttl > Duration::from_secs(3600) {
+                return Err(ConfigError::new(key, "cache lifetimes are at most 3600 seconds"));
+            }
         }
         let cooldown = raw.jwks.refetch_cooldown_seconds.unwrap_or(30);
         if !(1..=3600).contains(&cooldown) {

@@ -302,6 +302,7 @@ fn describe_expected(expected: &str) -> String {
 fn describe_actual(actual: &Actual) -> &'static str {
     match actual {
         Actual::Bool(_) => "a boolean",
+        Actual::Signed(n) if *n < 0 => "a negative number",
         Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
         Actual::Float(_) => "a decimal number",
         Actual::Char(_) | Actual::Str(_) => "a string",
@@ -498,6 +499,13 @@ mod tests {
         let wrong_type = error("TESSERA_DATABASE__MAX_CONNECTIONS", "many");
         assert_eq!(wrong_type.key, "database.max_connections (TESSERA_DATABASE__MAX_CONNECTIONS)");
         assert_eq!(wrong_type.message, "expected a whole number, found a string");
+        let negative = error("TESSERA_CACHE__PRINCIPAL_TTL_SECONDS", "-1");
+        assert_eq!(negative.message, "expected a whole number, found a negative number");
+        assert_eq!(
+            error("TESSERA_CACHE__PRINCIPAL_TTL_SECONDS", "3601").key,
+            "cache.principal_ttl_seconds (TESSERA_CACHE__PRINCIPAL_TTL_SECONDS)",
+            "the lifetime out of range, not the whole table"
+        );
         assert_eq!(
             error("TESSERA_DATABASE__MAX_CONNECTIONS", "0").key,
             "database.max_connections (TESSERA_DATABASE__MAX_CONNECTIONS)",
