@@ -592,17 +592,7 @@ async fn a_new_algorithms_first_key_is_published_by_every_instance_promptly(back
 /// read those rows must not skip the new ones as already read: a user disabled after the log
 /// went back is refused by B within the bound, although B read past that number before.
 async fn a_log_that_went_back_is_followed_from_its_new_head(backend: Backend) {
-    let c = cluster(backend).await;
-    let token = c.token("after-the-failover");
-    let user = user_of(&c.a, &token).await;
-    // Rows for B to read past: another user disabled and enabled again, four times.
-    let other = user_of(&c.a, &c.token("churns-the-log")).await;
-    let other_path = format!("/admin/users/{other}");
-    for disabled in [true, false, true, false] {
-        body(c.a.admin(Method::PATCH, &other_path).json(&json!({"disabled": disabled})).send().await.unwrap(), 200)
-            .await;
-    }
-    settle().await;
+    let (c, token, user, _) = churned_cluster(backend).await;
 
     // The log loses its last three rows and its sequence goes back with them.
     let sql = c.db.sql().await;
@@ -638,16 +628,7 @@ async fn a_log_that_went_back_is_followed_from_its_new_head(backend: Backend) {
 /// their numbers to the user's being disabled and to four changes of another user, the last two
 /// past B's cursor.
 async fn a_log_that_went_back_and_past_an_instances_cursor_while_it_could_not_poll_is_noticed(backend: Backend) {
-    let c = cluster(backend).await;
-    let token = c.token("overtaken");
-    let user = user_of(&c.a, &token).await;
-    let other = user_of(&c.a, &c.token("churns-before-and-after")).await;
-    let other_path = format!("/admin/users/{other}");
-    for disabled in [true, false, true, false] {
-        body(c.a.admin(Method::PATCH, &other_path).json(&json!({"disabled": disabled})).send().await.unwrap(), 200)
-            .await;
-    }
-    settle().await;
+    let (c, token, user, other) = churned_cluster(backend).await;
     assert_eq!(user_of(&c.b, &token).await, user, "cached on B");
 
     let sql = c.db.sql().await;
@@ -692,6 +673,22 @@ async fn a_log_that_went_back_and_past_an_instances_cursor_while_it_could_not_po
     })
     .await;
     c.stop().await;
+}
+
+/// A cluster with a user (its token and id) and rows in the log for B to read past: another user
+/// (whose id comes last) disabled and enabled again, four times, and B settled after them.
+async fn churned_cluster(backend: Backend) -> (Cluster, String, String, String) {
+    let c = cluster(backend).await;
+    let token = c.token("after-the-failover");
+    let user = user_of(&c.a, &token).await;
+    let other = user_of(&c.a, &c.token("churns-the-log")).await;
+    let other_path = format!("/admin/users/{other}");
+    for disabled in [true, false, true, false] {
+        body(c.a.admin(Method::PATCH, &other_path).json(&json!({"disabled": disabled})).send().await.unwrap(), 200)
+            .await;
+    }
+    settle().await;
+    (c, token, user, other)
 }
 
 /// The highest sequence number in the log.

@@ -199,15 +199,20 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Res
         },
         AuthorizeError::Store(e) => {
             tracing::warn!(error = %e, "authorization failed on the store");
-            refuse(
-                state,
-                headers,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the service is temporarily unavailable; retry shortly",
-            )
+            unavailable(state, headers)
         }
     }
+}
+
+/// The page (or error) of a request the service cannot answer now: 503 `temporarily_unavailable`.
+fn unavailable(state: &AppState, headers: &HeaderMap) -> Response {
+    refuse(
+        state,
+        headers,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the service is temporarily unavailable; retry shortly",
+    )
 }
 
 /// Starts an upstream sign-in that comes back to `continue_to`; with `reauthenticate`, the
@@ -445,21 +450,12 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         Ok(found) => found,
         Err(description) => return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
     };
-    let unavailable = || {
-        refuse(
-            state,
-            headers,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the service is temporarily unavailable; retry shortly",
-        )
-    };
     let hinted = match request.id_token_hint.as_deref() {
         Some(hint) => match op.id_token_client(hint).await {
             Ok(Some(found)) => Some(found),
             Err(error) => {
                 tracing::warn!(error = %error, "an id_token_hint could not be verified: the signing keys are unreadable");
-                return unavailable();
+                return unavailable(state, headers);
             }
             Ok(None) => {
                 return refuse(
@@ -491,7 +487,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
                 Ok(client) => client,
                 Err(error) => {
                     tracing::warn!(error = %error, "the client of a logout request could not be read");
-                    return unavailable();
+                    return unavailable(state, headers);
                 }
             },
             None => None,
