@@ -283,6 +283,9 @@ error_codes! {
     /// A signing key that signs now, or will, does not decrypt with this instance's key ring
     /// (readiness only: the instance cannot sign tokens).
     SigningKeyUnusable = (SERVICE_UNAVAILABLE, "signing_key_unusable", "Signing key unusable"),
+    /// A stored credential of a connected account does not decrypt with this instance's key ring
+    /// (a ring rolled out to some instances only, or a key removed too early).
+    CredentialUndecryptable = (SERVICE_UNAVAILABLE, "credential_undecryptable", "Credential undecryptable"),
     /// A sign-in provider cannot be reached or answered something unusable.
     ProviderUnavailable = (BAD_GATEWAY, "provider_unavailable", "Provider unavailable"),
     /// `GET /readyz` only: the instance is shutting down and takes no new work.
@@ -334,6 +337,10 @@ impl ErrorCode {
             ErrorCode::SigningKeyUnusable => {
                 "a signing key does not decrypt with this instance's key ring (TESSERA_ENCRYPTION_KEYS); \
                  the log names it"
+            }
+            ErrorCode::CredentialUndecryptable => {
+                "a stored credential does not decrypt with this instance's key ring (TESSERA_ENCRYPTION_KEYS); \
+                 the log names its key"
             }
             ErrorCode::InternalError => "an internal error occurred; it has been logged",
             ErrorCode::ShuttingDown => "this instance is shutting down; send requests to another",

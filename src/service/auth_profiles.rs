@@ -224,7 +224,7 @@ impl PublicError for AuthProfileError {
             AuthProfileError::NotConnected => ErrorCode::ProfileNotConnected,
             AuthProfileError::NeedsReauth => ErrorCode::NeedsReauth,
             AuthProfileError::RefreshInProgress => ErrorCode::RefreshInProgress,
-            AuthProfileError::Undecryptable => ErrorCode::InternalError,
+            AuthProfileError::Undecryptable => ErrorCode::CredentialUndecryptable,
             AuthProfileError::Flow(e) => e.code(),
             AuthProfileError::Store(e) => e.code(),
         }

@@ -159,6 +159,11 @@ impl Stub {
     fn forget_refresh_tokens(&self) {
         self.state.record.refresh_tokens.lock().unwrap().clear();
     }
+
+    /// Answers tokens with this `expires_in` from now on.
+    fn set_expires_in(&self, seconds: Option<u64>) {
+        self.state.quirks.lock().unwrap().expires_in = seconds;
+    }
 }
 
 /// GitHub's `DELETE /applications/{client_id}/token`: an access token goes (204); a refresh token
@@ -558,6 +563,16 @@ async fn notion_takes_basic_auth_and_its_token_is_never_refreshed(backend: Backe
     }
     assert_eq!(notion.refreshes(), 0, "never refreshed");
     assert_eq!(notion.refused_clients(), 0);
+    // Some providers say `"expires_in": 0` for a token that does not expire: the same.
+    notion.set_expires_in(Some(0));
+    let page = w.connect("notion", "docs-zero").await;
+    assert_eq!(page.status(), StatusCode::OK, "{:?}", page.text().await);
+    assert_eq!(w.profile("docs-zero").await["access_token_expires_at"], Value::Null);
+    for _ in 0..2 {
+        let answer = body(w.token("docs-zero").await, 200).await;
+        assert_eq!((&answer["refreshed"], &answer["expires_at"]), (&json!(false), &Value::Null));
+    }
+    assert_eq!(w.profile("docs-zero").await["status"], "active");
 
     // The stub holds Notion's rule: the client in the form body is refused.
     let link = w.create("notion-post", "docs-post").await;

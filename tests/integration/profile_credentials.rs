@@ -434,7 +434,17 @@ async fn concurrent_api_writes_replace_the_values_whole(backend: Backend) {
     let key = values["values"]["OPENAI_API_KEY"].as_str().unwrap();
     let n = &key["sk-writer-number-".len().."sk-writer-number-".len() + 2];
     assert_eq!(values["values"]["OPENAI_ORG"], format!("org-{n}"), "the values of one write, never a mix");
-    assert_eq!(w.app.db.sql().await.count("profile_credentials").await, 1);
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("profile_credentials").await, 1);
+    // A credential this instance cannot decrypt (its key not in this ring; here, bytes that are
+    // no ciphertext of the ring) is a 503 with its own code, not an internal error.
+    let garbage = match &sql {
+        crate::helpers::Sql::Sqlite(_) => "X'0001020304'",
+        crate::helpers::Sql::Postgres(_) => "'\\x0001020304'::bytea",
+    };
+    sql.exec(&format!("UPDATE profile_credentials SET credential = {garbage}")).await.unwrap();
+    let refused = body(w.credentials(w.alice.id, "shared").await, 503).await;
+    assert_eq!(refused["code"], "credential_undecryptable");
 }
 
 async fn browser_sessions_are_stored_replaced_and_read_through_credentials(backend: Backend) {

@@ -203,11 +203,22 @@ fn token_set(
     refused: ProviderError,
 ) -> Result<TokenSet, ProviderError> {
     match response {
+        Ok(response) if response.access_token().secret().is_empty() => {
+            Err(ProviderError::InvalidResponse("the token answer's access_token is empty".into()))
+        }
         Ok(response) => Ok(TokenSet {
             access_token: SecretString::from(response.access_token().secret().to_owned()),
-            refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().to_owned())),
+            // An empty refresh token is none: stored, it would replace the one a refresh keeps.
+            refresh_token: response
+                .refresh_token()
+                .filter(|t| !t.secret().is_empty())
+                .map(|t| SecretString::from(t.secret().to_owned())),
+            // `"expires_in": 0` is how some providers (Mailchimp) say the token does not expire:
+            // as absent, so that `default_expires_in` applies; taken as "now", every use would
+            // refresh, or with no refresh token end the account at once.
             expires_at: response
                 .expires_in()
+                .filter(|d| !d.is_zero())
                 .or(config.protocol.default_expires_in)
                 // An absurd lifetime (the provider's, not ours to refuse) is held to ten years.
                 .and_then(|d| chrono::TimeDelta::from_std(d).ok())
