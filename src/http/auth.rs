@@ -143,11 +143,15 @@ fn continue_to(state: &AppState, return_to: Option<&str>) -> String {
     let resolved = here.as_ref().and_then(|here| here.join(to).ok().map(|url| (here, url)));
     // By the first non-empty segment: a proxy that merges slashes reads `//auth/link` as
     // `/auth/link`.
+    // A path with percent-encoding is ours too: a proxy that decodes it (`/%61uth/link`) would
+    // forward one of Tessera's own flows.
     let ours = resolved.is_none_or(|(here, url)| {
         let path = url.path().to_ascii_lowercase();
         let first = path.split('/').find(|segment| !segment.is_empty()).unwrap_or_default();
         url.origin() == here.origin()
-            && (["auth", "oauth", "login", "logout"].contains(&first) || (first == "account" && path.len() > 8))
+            && (path.contains('%')
+                || ["auth", "oauth", "login", "logout"].contains(&first)
+                || (first == "account" && path.len() > 8))
     });
     if ours { ACCOUNT.to_owned() } else { to.to_owned() }
 }

@@ -329,12 +329,16 @@ async fn a_sign_in_sent_from_another_site_asks_a_signed_in_browser_first(backend
         "/auth/link?provider=second",
         "/x/../auth/link?provider=second",
         "/.//auth/link?provider=second",
+        "/%61uth/link?provider=second",
         "/oauth/authorize?client_id=a",
     ] {
         let page = html(browser.request_from("cross-site", Method::GET, &to(flow)).await, StatusCode::OK).await;
         assert!(page.contains("href=\"/account\""), "{flow}: {page}");
         assert!(
-            !page.contains("href=\"/auth/link") && !page.contains("href=\"/x/") && !page.contains("href=\"/."),
+            !page.contains("href=\"/auth/link")
+                && !page.contains("href=\"/x/")
+                && !page.contains("href=\"/.")
+                && !page.contains("href=\"/%61"),
             "{flow}: {page}"
         );
     }
