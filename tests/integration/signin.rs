@@ -24,6 +24,7 @@ on_both_backends!(
     bad_id_tokens_are_refused,
     an_email_from_userinfo_is_verified_only_by_userinfo,
     a_failed_discovery_is_not_retried_by_every_sign_in,
+    configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read,
     open_redirects_are_refused,
     an_expired_state_is_refused,
     provider_failures_have_clear_codes,
@@ -457,6 +458,34 @@ async fn a_failed_discovery_is_not_retried_by_every_sign_in(backend: Backend) {
     w.issuer.set_available(true);
     assert_eq!(body(Browser::new().get(&w.app.url("/auth/login")).await, 502).await["code"], "provider_unavailable");
     assert_eq!(w.issuer.discovery_fetches(), 1, "one discovery for all of them");
+}
+
+/// With the authorization and token endpoints configured, a sign-in goes ahead while discovery
+/// fails; the discovery document (for userinfo, revocation and the `iss` flag) is read again once
+/// the back-off has passed, not left out until the process restarts.
+async fn configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read(backend: Backend) {
+    let w = world_with(backend, |config, _| {
+        config.jwks.failure_backoff = std::time::Duration::from_millis(100);
+        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+        let issuer = local.issuer.as_str().trim_end_matches('/').to_owned();
+        local.endpoints.authorization = Some(format!("{issuer}/authorize").parse().unwrap());
+        local.endpoints.token = Some(format!("{issuer}/token").parse().unwrap());
+    })
+    .await;
+    let start = || async {
+        let started = Browser::new().get(&w.app.url("/auth/login")).await;
+        assert_eq!(started.status(), StatusCode::SEE_OTHER);
+        assert!(location(&started).starts_with(w.issuer.issuer()), "to the provider: {}", location(&started));
+    };
+    w.issuer.set_available(false);
+    start().await;
+    assert_eq!(w.issuer.discovery_fetches(), 1);
+    w.issuer.set_available(true);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    start().await;
+    assert_eq!(w.issuer.discovery_fetches(), 2, "read again once the back-off passed");
+    start().await;
+    assert_eq!(w.issuer.discovery_fetches(), 2, "and kept once read");
 }
 
 async fn open_redirects_are_refused(backend: Backend) {

@@ -27,6 +27,17 @@ struct Metadata {
     userinfo: Option<Url>,
     revocation: Option<Url>,
     iss_parameter_supported: bool,
+    /// Made of the configured endpoints alone because discovery failed: used, but not kept, so
+    /// that discovery is tried again (after the back-off) for the rest.
+    partial: bool,
+}
+
+/// Why discovery gave no metadata to keep.
+enum Miss {
+    /// It failed, and nothing can stand in.
+    Failed(ProviderError),
+    /// It failed; the configured endpoints stand in for now.
+    Partial(Arc<Metadata>),
 }
 
 /// An OpenID Connect provider.
@@ -36,6 +47,8 @@ pub struct OidcProvider {
     http: reqwest::Client,
     keys: JwksCache,
     metadata: OnceCell<Arc<Metadata>>,
+    /// The configured endpoints alone, after discovery last failed (see [`Metadata::partial`]).
+    partial: std::sync::Mutex<Option<Arc<Metadata>>>,
     /// When discovery last failed, and how long callers are answered at once from then on
     /// (`jwks.failure_backoff`): a provider that hangs is not asked again by every sign-in in turn.
     failed_at: std::sync::Mutex<Option<std::time::Instant>>,
@@ -71,6 +84,7 @@ impl OidcProvider {
             http,
             keys,
             metadata: OnceCell::new(),
+            partial: std::sync::Mutex::new(None),
             failed_at: std::sync::Mutex::new(None),
             backoff: jwks.failure_backoff,
         }
@@ -88,24 +102,40 @@ impl OidcProvider {
             failed_at.is_some_and(|at| at.elapsed() < self.backoff)
         };
         let unavailable = || ProviderError::Unavailable("the provider's discovery failed moments ago".into());
+        // While discovery is failing, the configured endpoints stand in, if they can.
+        let stand_in = |error: ProviderError| {
+            self.partial.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().ok_or(error)
+        };
         if failed_lately() {
-            return Err(unavailable());
+            return stand_in(unavailable());
         }
-        self.metadata
+        let found = self
+            .metadata
             .get_or_try_init(|| async {
                 // Callers that queued behind a failed discovery do not each try again.
                 if failed_lately() {
-                    return Err(unavailable());
+                    return Err(Miss::Failed(unavailable()));
                 }
                 let found = self.discover().await;
-                if found.is_err() {
-                    *self.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Some(std::time::Instant::now());
+                if found.as_ref().is_ok_and(|metadata| !metadata.partial) {
+                    return found.map_err(Miss::Failed);
                 }
-                found
+                *self.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(std::time::Instant::now());
+                Err(match found {
+                    Ok(partial) => {
+                        *self.partial.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(partial.clone());
+                        Miss::Partial(partial)
+                    }
+                    Err(error) => Miss::Failed(error),
+                })
             })
-            .await
-            .cloned()
+            .await;
+        match found {
+            Ok(metadata) => Ok(metadata.clone()),
+            Err(Miss::Partial(partial)) => Ok(partial),
+            Err(Miss::Failed(error)) => stand_in(error),
+        }
     }
 
     async fn discover(&self) -> Result<Arc<Metadata>, ProviderError> {
@@ -116,6 +146,7 @@ impl OidcProvider {
             && endpoints.token.is_some()
             && endpoints.userinfo.is_some()
             && endpoints.revocation.is_some();
+        let mut partial = false;
         let document = if all_configured {
             Value::Null
         } else {
@@ -125,7 +156,8 @@ impl OidcProvider {
                 // discovery document (or one this network cannot reach) still signs people in,
                 // without the endpoints and the `iss` flag it would have given.
                 Err(error) if endpoints.authorization.is_some() && endpoints.token.is_some() => {
-                    tracing::warn!(provider = %self.config.name, error = %error, "no discovery document; using the configured endpoints only");
+                    tracing::warn!(provider = %self.config.name, error = %error, "no discovery document; using the configured endpoints only until it is read");
+                    partial = true;
                     Value::Null
                 }
                 Err(error) => return Err(ProviderError::Unavailable(error.to_string())),
@@ -157,6 +189,7 @@ impl OidcProvider {
                 .get("authorization_response_iss_parameter_supported")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            partial,
         });
         Ok(metadata)
     }
