@@ -45,6 +45,8 @@ struct StubState {
     codes: Mutex<HashMap<String, String>>,
     tokens: Mutex<HashMap<String, (Value, Value)>>,
     refuse_next_code: Mutex<bool>,
+    /// The emails are answered 403 with `x-ratelimit-remaining: 0`, as GitHub's rate limit does.
+    rate_limited: Mutex<bool>,
     /// The tokens sent to the revocation endpoint, in order.
     revoked: Mutex<Vec<String>>,
 }
@@ -175,6 +177,9 @@ async fn stub_user(State(state): State<Arc<StubState>>, headers: HeaderMap) -> R
 }
 
 async fn stub_emails(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
+    if *state.rate_limited.lock().unwrap() {
+        return (StatusCode::FORBIDDEN, [("x-ratelimit-remaining", "0")], "API rate limit exceeded").into_response();
+    }
     match profile_of(&state, &headers) {
         Some((_, emails)) => Json(emails).into_response(),
         None => StatusCode::UNAUTHORIZED.into_response(),
@@ -249,6 +254,13 @@ async fn a_refused_github_code_is_an_invalid_code(backend: Backend) {
     github.refuse_next_code();
     let mut browser = Browser::new();
     assert_eq!(body(browser.sign_in(&app, "provider=github").await, 400).await["code"], "invalid_code");
+    assert_eq!(app.db.sql().await.count("users").await, 0);
+    // GitHub's rate limit (403 with no requests left) is the provider unavailable, not a user
+    // without an email: provisioned without one, a person whose address an account holds would
+    // get a second account instead of the link question.
+    *github.state.rate_limited.lock().unwrap() = true;
+    let refused = body(Browser::new().sign_in(&app, "provider=github").await, 502).await;
+    assert_eq!(refused["code"], "provider_unavailable");
     assert_eq!(app.db.sql().await.count("users").await, 0);
 }
 

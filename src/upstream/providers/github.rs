@@ -75,6 +75,17 @@ impl GitHubProvider {
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!("GET /{path} answered {status}")));
         }
+        // A rate limit (429, or 403 with no requests left or a wait named) is GitHub unavailable
+        // for now, not a refusal: read as "no emails", it would provision a person without the
+        // address an existing account of theirs holds.
+        let headers = response.headers();
+        let rate_limited = status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || (status == reqwest::StatusCode::FORBIDDEN
+                && (headers.get("x-ratelimit-remaining").is_some_and(|left| left == "0")
+                    || headers.contains_key(reqwest::header::RETRY_AFTER)));
+        if rate_limited {
+            return Err(ProviderError::Unavailable(format!("GET /{path} is rate limited")));
+        }
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
             return Ok(None);
         }
