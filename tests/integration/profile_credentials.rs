@@ -265,8 +265,11 @@ async fn an_env_profile_is_connected_through_its_form_and_read_through_credentia
     .unwrap();
     sql.exec("UPDATE auth_profiles SET status = 'active' WHERE slug = 'other'").await.unwrap();
     let copied = w.credentials(w.alice.id, "other").await;
-    assert_eq!(copied.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(!copied.text().await.unwrap().contains("sk-"));
+    let copied = copied.text().await.unwrap();
+    assert!(!copied.contains("sk-"));
+    let copied: Value = serde_json::from_str(&copied).unwrap();
+    assert_eq!(copied["code"], "credential_undecryptable", "{copied}");
+    assert_eq!(copied["status"], 503);
 
     // A new link for an active profile replaces its values through the form again.
     let relink = w.on_behalf(Method::POST, "/auth-profiles/openai/connect", w.alice.id).send().await.unwrap();
