@@ -97,7 +97,7 @@ CREATE TABLE sessions (
     created_at   INTEGER NOT NULL,
     last_seen_at INTEGER NOT NULL,
     expires_at   INTEGER NOT NULL
-, device TEXT) STRICT;
+, device TEXT, authenticated_at INTEGER) STRICT;
 
 CREATE INDEX sessions_user_id_idx ON sessions (user_id);
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::principals::PrincipalCache;
@@ -67,14 +67,16 @@ impl Sessions {
         self.ttl.to_std().unwrap_or_default()
     }
 
-    /// Starts a session for `user` on `device` (a short label, if known) and returns the cookie
-    /// value. In the same transaction it appends `audit` (the sign-in's rows) and ends the
+    /// Starts a session for `user` on `device` (a short label, if known), who last authenticated
+    /// at the provider at `authenticated_at` (as far as the sign-in proves it), and returns the
+    /// cookie value. In the same transaction it appends `audit` (the sign-in's rows) and ends the
     /// browser's earlier session, `replaces` (its cookie value), whoever it was for.
     pub async fn create(
         &self,
         user: UserId,
         identity: Option<IdentityId>,
         device: Option<String>,
+        authenticated_at: Option<DateTime<Utc>>,
         replaces: Option<&SecretString>,
         audit: &[NewAuditEvent],
     ) -> Result<SecretString, StoreError> {
@@ -86,6 +88,7 @@ impl Sessions {
             user_id: user,
             identity_id: identity,
             device,
+            authenticated_at,
             now,
             expires_at: now + self.ttl,
         };
@@ -96,7 +99,8 @@ impl Sessions {
         Ok(token)
     }
 
-    /// Starts a session for the user of the identity `(issuer, subject)` on `device`, when the
+    /// Starts a session for the user of the identity `(issuer, subject)` on `device` (who last
+    /// authenticated at the provider at `authenticated_at`), when the
     /// identity exists and its user is not disabled, finding them in the statement that writes
     /// the session (a returning user's sign-in: no read first). `audit` is appended with it, its
     /// actor and target (where unset) the user and `identity_id` added to its details. Returns
@@ -106,6 +110,7 @@ impl Sessions {
         issuer: &Issuer,
         subject: &Subject,
         device: Option<String>,
+        authenticated_at: Option<DateTime<Utc>>,
         audit: &NewAuditEvent,
     ) -> Result<Option<(UserId, IdentityId, SecretString)>, StoreError> {
         let token = random_secret();
@@ -115,6 +120,7 @@ impl Sessions {
             subject: subject.clone(),
             token_hash: sha256(token.expose_secret().as_bytes()),
             device,
+            authenticated_at,
             now,
             expires_at: now + self.ttl,
         };

@@ -227,7 +227,7 @@ impl SignIn {
     /// writes its `identity.linked` row in its transaction; a sign-in writes the session, its
     /// `sign_in.succeeded` row and the end of the browser's earlier session in one.
     pub async fn complete(&self, finished: Finished, browser: Browser) -> Result<Completed, SignInError> {
-        let Finished { purpose, provider, tokens, info, subject, return_to } = finished;
+        let Finished { purpose, provider, tokens, info, subject, return_to, authenticated_at } = finished;
         let Browser { current_user, session, device, request_id } = browser;
         match purpose {
             Purpose::Link { user } => {
@@ -250,8 +250,10 @@ impl SignIn {
                         .request(request_id.clone())
                         .details(serde_json::json!({ "provider": provider.name() }));
                     let issuer = provider.identity_issuer();
-                    if let Some((user, identity, session)) =
-                        self.sessions.create_for_identity(issuer, &subject, device.clone(), &audit).await?
+                    if let Some((user, identity, session)) = self
+                        .sessions
+                        .create_for_identity(issuer, &subject, device.clone(), authenticated_at, &audit)
+                        .await?
                     {
                         tracing::info!(user_id = %user, provider = provider.name(), "signed in");
                         self.sessions.identity_seen(identity, super::now());
@@ -266,7 +268,10 @@ impl SignIn {
                     .target("user", user.id.to_string())
                     .request(request_id)
                     .details(serde_json::json!({ "provider": provider.name(), "identity_id": identity.to_string() }))];
-                let session = self.sessions.create(user.id, Some(identity), device, session.as_ref(), &audit).await?;
+                let session = self
+                    .sessions
+                    .create(user.id, Some(identity), device, authenticated_at, session.as_ref(), &audit)
+                    .await?;
                 tracing::info!(user_id = %user.id, provider = provider.name(), "signed in");
                 self.sessions.identity_seen(identity, super::now());
                 Ok(Completed { user: user.id, session: Some(session), return_to, identity, linked })

@@ -79,6 +79,7 @@ embedded_migrations! {
     25 "0025_signing_key_changes" "signing_key_changes",
     26 "0026_flow_owner_indexes" "flow_owner_indexes",
     27 "0027_webhook_disabled_at" "webhook_disabled_at",
+    28 "0028_session_authenticated_at" "session_authenticated_at",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

@@ -384,6 +384,8 @@ pub struct NewSession {
     pub identity_id: Option<IdentityId>,
     /// A short label of the device it was started from ("Firefox on Linux"), if known.
     pub device: Option<String>,
+    /// When the user last authenticated at the provider, as far as the sign-in proves it.
+    pub authenticated_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub now: DateTime<Utc>,
     /// Absolute expiry.
@@ -402,6 +404,8 @@ pub struct SessionOfIdentity {
     pub token_hash: [u8; 32],
     /// A short label of the device it was started from, if known.
     pub device: Option<String>,
+    /// When the user last authenticated at the provider, as far as the sign-in proves it.
+    pub authenticated_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub now: DateTime<Utc>,
     /// Absolute expiry.
@@ -415,8 +419,13 @@ pub struct SessionRecord {
     pub user_id: UserId,
     /// The identity they signed in with, while it is linked.
     pub identity_id: Option<IdentityId>,
-    /// Creation time.
+    /// Creation time (the `auth_time` of the id tokens issued in it).
     pub created_at: DateTime<Utc>,
+    /// When the user last authenticated at the upstream provider, as far as the sign-in that
+    /// started the session proves it; `None` when unknown. `prompt=login` and `max_age` are
+    /// measured against this, not the session's start: a sign-in the provider answered from its
+    /// own session is no fresh authentication.
+    pub authenticated_at: Option<DateTime<Utc>>,
     /// Last use.
     pub last_seen_at: DateTime<Utc>,
     /// Absolute expiry.
@@ -620,6 +629,8 @@ pub struct ProfileSecrets {
     pub stored_at: Option<DateTime<Utc>>,
     /// Who holds the refresh lease, until when.
     pub lease: Option<(uuid::Uuid, DateTime<Utc>)>,
+    /// The provider account the tokens are for, read with them.
+    pub upstream_account_id: Option<String>,
 }
 
 /// The credentials a completed connect flow stores.

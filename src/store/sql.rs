@@ -1203,15 +1203,17 @@ impl Store for SqlStore {
         audit: &[super::NewAuditEvent],
     ) -> Result<bool, StoreError> {
         let insert = query(
-            "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device)
-             VALUES ($1, $2, $3, $4, $4, $5, $6)",
+            "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device,
+                                   authenticated_at)
+             VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
         )
         .bind(&session.token_hash[..])
         .bind(session.user_id.as_uuid())
         .bind(session.identity_id.map(|i| i.as_uuid()))
         .bind(session.now)
         .bind(session.expires_at)
-        .bind(session.device.as_deref());
+        .bind(session.device.as_deref())
+        .bind(session.authenticated_at);
         // Without a session to end, the writes need no reads: one round trip on PostgreSQL (the
         // audit rows in one multi-row INSERT, which keeps their order).
         // The user or the identity may have gone meanwhile (an identity unlinked while a sign-in
@@ -1261,8 +1263,9 @@ impl Store for SqlStore {
             [LazyLock::new(|| audit_sql(Backend::Postgres)), LazyLock::new(|| audit_sql(Backend::Sqlite))];
         static SESSION: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device)
-                 SELECT $3, i.user_id, i.id, $4, $4, $5, $6 {FOUND}
+                "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device,
+                                       authenticated_at)
+                 SELECT $3, i.user_id, i.id, $4, $4, $5, $6, $7 {FOUND}
                  RETURNING user_id, identity_id"
             )
         });
@@ -1278,7 +1281,8 @@ impl Store for SqlStore {
             .bind(&session.token_hash[..])
             .bind(session.now)
             .bind(session.expires_at)
-            .bind(session.device.as_deref());
+            .bind(session.device.as_deref())
+            .bind(session.authenticated_at);
         // As for `start_session`: the identity unlinked (or the user deleted) after the statement
         // found it is refused by the foreign key, and said as such.
         let rows = self
@@ -1293,7 +1297,7 @@ impl Store for SqlStore {
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
         let row = query(
-            "SELECT s.user_id, s.identity_id, s.created_at, s.last_seen_at, s.expires_at, u.disabled
+            "SELECT s.user_id, s.identity_id, s.created_at, s.authenticated_at, s.last_seen_at, s.expires_at, u.disabled
              FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
         )
         .bind(&token_hash[..])
@@ -1304,6 +1308,7 @@ impl Store for SqlStore {
                 user_id: UserId::from_uuid(row.uuid("user_id")?),
                 identity_id: row.opt_uuid("identity_id")?.map(IdentityId::from_uuid),
                 created_at: row.time("created_at")?,
+                authenticated_at: row.opt_time("authenticated_at")?,
                 last_seen_at: row.time("last_seen_at")?,
                 expires_at: row.time("expires_at")?,
                 user_disabled: row.flag("disabled")?,
@@ -1317,7 +1322,7 @@ impl Store for SqlStore {
             Box::leak(
                 format!(
                     "SELECT s.identity_id AS session_identity_id, s.created_at AS session_created_at,
-                            s.last_seen_at AS session_last_seen_at,
+                            s.authenticated_at AS session_authenticated_at, s.last_seen_at AS session_last_seen_at,
                             s.expires_at AS session_expires_at, {}
                      FROM sessions s JOIN users u ON u.id = s.user_id {PROFILE_JOINS}
                      WHERE s.token_hash = $1",
@@ -1334,6 +1339,7 @@ impl Store for SqlStore {
             user_id: UserId::from_uuid(first.uuid("user_id")?),
             identity_id: first.opt_uuid("session_identity_id")?.map(IdentityId::from_uuid),
             created_at: first.time("session_created_at")?,
+            authenticated_at: first.opt_time("session_authenticated_at")?,
             last_seen_at: first.time("session_last_seen_at")?,
             expires_at: first.time("session_expires_at")?,
             user_disabled: first.flag("user_disabled")?,
@@ -1982,7 +1988,7 @@ impl Store for SqlStore {
     async fn profile_secrets(&self, id: ProfileId) -> Result<Option<ProfileSecrets>, StoreError> {
         let row = query(
             "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
-                    access_token_stored_at, refresh_lease_owner, refresh_lease_until
+                    access_token_stored_at, refresh_lease_owner, refresh_lease_until, upstream_account_id
              FROM auth_profiles WHERE id = $1",
         )
         .bind(id.as_uuid())
@@ -2142,7 +2148,7 @@ impl Store for SqlStore {
         }
         let row = query(
             "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
-                    access_token_stored_at, refresh_lease_owner, refresh_lease_until
+                    access_token_stored_at, refresh_lease_owner, refresh_lease_until, upstream_account_id
              FROM auth_profiles WHERE id = $1 AND status <> 'revoked' FOR UPDATE",
         )
         .bind(id.as_uuid())

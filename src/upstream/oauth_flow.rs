@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -139,6 +139,11 @@ pub struct Finished {
     pub subject: Subject,
     /// Where to send the browser.
     pub return_to: String,
+    /// When the user last authenticated at the provider, as far as the flow proves it: the
+    /// provider's `auth_time` (no later than now, and for a flow that asked for a fresh login no
+    /// earlier than the flow's start, which the check allowed for the provider's clock), else the
+    /// start of a flow that asked a provider that cannot say; `None` when unknown.
+    pub authenticated_at: Option<DateTime<Utc>>,
 }
 
 /// The flow machinery.
@@ -262,11 +267,8 @@ impl OAuthFlows {
     /// nonce.
     pub async fn finish(&self, flow: LoginState, callback: Callback) -> Result<Finished, FlowError> {
         let provider = self.provider(Some(&flow.provider))?.clone();
-        if let Some(error) = callback.error {
-            // Only the provider's error code is kept: it is chosen from a small registered set.
-            let code: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
-            return Err(FlowError::Denied(code));
-        }
+        // RFC 9207 section 2.4: error responses too. An error sent in another issuer's name (a
+        // mix-up) is not this provider's word, and is not reported as such.
         let expected = provider.response_issuer().await?;
         match callback.iss.as_deref() {
             Some(iss) if Issuer::parse(iss).ok().as_ref() != Some(&expected.issuer) => {
@@ -274,6 +276,11 @@ impl OAuthFlows {
             }
             None if expected.required => return Err(FlowError::IssuerMismatch),
             _ => {}
+        }
+        if let Some(error) = callback.error {
+            // Only the provider's error code is kept: it is chosen from a small registered set.
+            let code: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            return Err(FlowError::Denied(code));
         }
         let code = callback.code.as_deref().filter(|c| !c.is_empty()).ok_or(FlowError::MissingCode)?;
         let tokens = provider.exchange_code(code, &flow.pkce_verifier, &self.callback_url(provider.name())).await?;
@@ -287,6 +294,13 @@ impl OAuthFlows {
         {
             return Err(FlowError::NotFresh);
         }
+        let now = crate::domain::now();
+        let authenticated_at = match (info.authenticated_at, flow.fresh_login) {
+            (Some(at), true) => Some(at.clamp(flow.created_at, now.max(flow.created_at))),
+            (Some(at), false) => Some(at.min(now)),
+            (None, true) => Some(flow.created_at),
+            (None, false) => None,
+        };
         let subject = Subject::parse(&info.account_id)
             .map_err(|_| ProviderError::InvalidResponse("the account id is not acceptable".into()))?;
         let purpose = match (flow.link_user, flow.profile, flow.profile_version) {
@@ -296,6 +310,6 @@ impl OAuthFlows {
             (Some(user), _, _) => Purpose::Link { user },
             (None, _, _) => Purpose::SignIn,
         };
-        Ok(Finished { purpose, provider, tokens, info, subject, return_to: flow.return_to })
+        Ok(Finished { purpose, provider, tokens, info, subject, return_to: flow.return_to, authenticated_at })
     }
 }

@@ -253,6 +253,7 @@ async fn deleting_a_user_leaves_nothing_of_theirs(backend: Backend) {
                 user_id: ada.parse::<UserId>().unwrap(),
                 identity_id: None,
                 device: None,
+                authenticated_at: None,
                 now,
                 expires_at: now + TimeDelta::hours(1),
             },

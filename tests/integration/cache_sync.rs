@@ -83,6 +83,7 @@ impl Cluster {
             user_id: user.parse::<UserId>().unwrap(),
             identity_id: None,
             device: None,
+            authenticated_at: None,
             now,
             expires_at: now + chrono::TimeDelta::hours(1),
         };

@@ -14,7 +14,7 @@ use tessera::config::Config;
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::SigningAlg;
 use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
-use tessera_testkit::local_issuer::StubUser;
+use tessera_testkit::local_issuer::{StubUser, UPSTREAM_SESSION_AGE_SECONDS};
 
 use crate::helpers::{Backend, Sql, TestApp, json as body, on_both_backends};
 use crate::pages::csrf_of;
@@ -1057,6 +1057,28 @@ async fn a_fresh_login_asked_for_survives_the_provider_chooser(backend: Backend)
     assert!(upstream.starts_with(w.issuer.issuer()), "{upstream}");
     assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "a fresh login, asked of the provider");
     assert_eq!(param(&upstream, "max_age").as_deref(), Some("0"));
+
+    // Leaving that flow for a sign-in of one's own choosing — the same provider, opened without
+    // the request to come back to, which its own session answers — and then going back to the
+    // request: a new session, but no fresh authentication, so the request asks for one again.
+    let chooser = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
+    let held = param(&w.app.url(&chooser), "return_to").unwrap();
+    let own = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/login?provider=other")).await;
+    let upstream = location(&own);
+    assert_eq!(param(&upstream, "prompt"), None, "an ordinary sign-in");
+    let callback = location(&browser.navigate(&upstream).await);
+    let landed = browser.navigate(&callback).await;
+    assert_eq!(landed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&landed), "/", "signed in, with a new session");
+    let sessions = w.app.db.sql().await.count("sessions").await;
+    let resumed = location(&browser.navigate(&w.app.url(&held)).await);
+    assert!(resumed.starts_with("/login?"), "no code without the fresh login asked for, but the chooser: {resumed}");
+    let return_to = param(&w.app.url(&resumed), "return_to").expect("the chooser again");
+    let picked = format!("/auth/login?provider=other&return_to={}", urlencode(&return_to));
+    let upstream = location(&browser.request_from("same-origin", Method::GET, &w.app.url(&picked)).await);
+    assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "{upstream}");
+    assert!(param(&follow(&mut browser, upstream).await, "code").is_some(), "and then a code");
+    assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "the fresh sign-in replaced the session");
 }
 
 /// `prompt=none` with an `id_token_hint` (OpenID Connect Core 3.1.2.1): a browser signed in as
@@ -1142,6 +1164,14 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     // Signed in: prompt=none answers at once.
     let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=none")).await);
     assert!(param(&to, "code").is_some());
+    // The provider answered that sign-in from its own session, begun ten minutes before (its
+    // id_token's auth_time): max_age is measured from then, not from the session's start.
+    let max_age = |seconds: i64| authorize_url(&w.app, &client, &challenge, &format!("&max_age={seconds}"));
+    let older = UPSTREAM_SESSION_AGE_SECONDS;
+    let to = location(&browser.navigate(&max_age(older + 60)).await);
+    assert!(param(&to, "code").is_some(), "authenticated within max_age: {to}");
+    let to = location(&browser.navigate(&max_age(older - 60)).await);
+    assert!(to.starts_with(w.issuer.issuer()), "authenticated too long ago, though signed in just now: {to}");
     // prompt=login sends the user upstream again, and back with a code.
     let response = browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -1150,6 +1180,8 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     assert_eq!(param(&location(&response), "max_age").as_deref(), Some("0"), "and must say when it signed in");
     let back = follow(&mut browser, location(&response)).await;
     assert!(param(&back, "code").is_some(), "{back}");
+    let to = location(&browser.navigate(&max_age(older - 60)).await);
+    assert!(param(&to, "code").is_some(), "authenticated afresh: {to}");
     // A provider that answers from its old session anyway (or a browser that dropped the
     // parameters on the way): its id_token's auth_time shows it, and no one is signed in.
     w.issuer.ignore_reauthentication(true);

@@ -399,6 +399,16 @@ async fn the_issuer_parameter_is_checked(backend: Backend) {
     let stripped = with_param(&callback, "iss", None);
     assert_eq!(body(browser.get(&stripped).await, 400).await["code"], "issuer_mismatch", "advertised, so required");
 
+    // An error response is checked as well (RFC 9207 2.4): one in another issuer's name is a
+    // mix-up, not this provider denying the sign-in.
+    let callback = browser.start(&w.app, "").await;
+    let denied = with_param(&with_param(&callback, "code", None), "error", Some("access_denied"));
+    let forged = with_param(&denied, "iss", Some("https://evil.example.com"));
+    assert_eq!(body(browser.get(&forged).await, 400).await["code"], "issuer_mismatch");
+    let callback = browser.start(&w.app, "").await;
+    let denied = with_param(&with_param(&callback, "code", None), "error", Some("access_denied"));
+    assert_eq!(body(browser.get(&denied).await, 400).await["code"], "provider_denied", "{denied}");
+
     let callback = browser.start(&w.app, "").await;
     assert_eq!(browser.get(&callback).await.status(), StatusCode::SEE_OTHER);
 }
@@ -412,6 +422,7 @@ async fn bad_id_tokens_are_refused(backend: Backend) {
         Tamper::WrongIssuer,
         Tamper::Expired,
         Tamper::IssuedInTheFuture,
+        Tamper::NoIssuedAt,
         Tamper::ForgedSignature,
     ] {
         w.issuer.tamper_next_id_token(tamper);

@@ -313,6 +313,7 @@ fn session(person: &Person, at: DateTime<Utc>, ttl: TimeDelta) -> NewSession {
         user_id: person.id(),
         identity_id: Some(person.identity()),
         device: Some("Firefox on Linux".into()),
+        authenticated_at: Some(at - TimeDelta::minutes(3)),
         now: at,
         expires_at: at + ttl,
     }
@@ -778,8 +779,15 @@ async fn batched_touches_only_move_forward_and_skip_what_is_gone(backend: Backen
     let user = store.find_identity(&a.issuer, &a.subject).await.unwrap().unwrap().user.id;
     let (kept, gone) = ([1u8; 32], [2u8; 32]);
     for token_hash in [kept, gone] {
-        let new =
-            NewSession { token_hash, user_id: user, identity_id: None, device: None, now: a.now, expires_at: later };
+        let new = NewSession {
+            token_hash,
+            user_id: user,
+            identity_id: None,
+            device: None,
+            authenticated_at: None,
+            now: a.now,
+            expires_at: later,
+        };
         store.start_session(&new, None, &[]).await.unwrap();
     }
     assert!(store.delete_session(&gone, tessera::store::SessionEnd::SignedOut).await.unwrap());
@@ -1646,7 +1654,7 @@ async fn a_session_is_read_touched_and_deleted(backend: Backend) {
     let ada = sign_up(&store, "ada").await;
     let t0 = now();
     let signed_in = session(&ada, t0, TimeDelta::days(1));
-    let anonymous = NewSession { identity_id: None, ..session(&ada, t0, TimeDelta::hours(1)) };
+    let anonymous = NewSession { identity_id: None, authenticated_at: None, ..session(&ada, t0, TimeDelta::hours(1)) };
     for session in [&signed_in, &anonymous] {
         store.start_session(session, None, &[]).await.unwrap();
     }
@@ -1654,12 +1662,18 @@ async fn a_session_is_read_touched_and_deleted(backend: Backend) {
         user_id: ada.id(),
         identity_id: signed_in.identity_id,
         created_at: t0,
+        authenticated_at: Some(t0 - TimeDelta::minutes(3)),
         last_seen_at: t0,
         expires_at: t0 + TimeDelta::days(1),
         user_disabled: false,
     };
     assert_eq!(store.session(&signed_in.token_hash).await.unwrap(), Some(record.clone()));
-    let other = SessionRecord { identity_id: None, expires_at: t0 + TimeDelta::hours(1), ..record.clone() };
+    let other = SessionRecord {
+        identity_id: None,
+        authenticated_at: None,
+        expires_at: t0 + TimeDelta::hours(1),
+        ..record.clone()
+    };
     assert_eq!(store.session(&anonymous.token_hash).await.unwrap(), Some(other.clone()));
 
     let t5 = t0 + TimeDelta::minutes(5);
@@ -2165,7 +2179,8 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
             refresh_token: None,
             expires_at: None,
             stored_at: None,
-            lease: None
+            lease: None,
+            upstream_account_id: None,
         }
     );
 
@@ -2193,6 +2208,7 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
         expires_at: first.expires_at,
         stored_at: Some(t1),
         lease: None,
+        upstream_account_id: Some("acct-1".into()),
     };
     assert_eq!(secrets_of(&store, pending.id).await, credentials);
 
@@ -5512,6 +5528,7 @@ mod audit_log {
             subject: person.account.subject.clone(),
             token_hash: hash(),
             device: Some("Firefox on Linux".into()),
+            authenticated_at: Some(t - TimeDelta::seconds(30)),
             now: t,
             expires_at: t + TimeDelta::hours(1),
         };
@@ -5526,6 +5543,7 @@ mod audit_log {
             user_id: ada.id(),
             identity_id: Some(ada.identity()),
             created_at: t,
+            authenticated_at: Some(t - TimeDelta::seconds(30)),
             last_seen_at: t,
             expires_at: t + TimeDelta::hours(1),
             user_disabled: false,
@@ -5595,6 +5613,7 @@ mod audit_log {
             subject: ada.account.subject.clone(),
             token_hash: hash(),
             device: None,
+            authenticated_at: None,
             now: t,
             expires_at: t + TimeDelta::hours(1),
         };

@@ -84,7 +84,7 @@ async fn measure(args: &MeArgs, url: &str) -> anyhow::Result<()> {
             .json()
             .await?;
         let user: UserId = created["user_id"].as_str().context("user_id")?.parse()?;
-        let cookie = sessions.create(user, None, None, None, &[]).await?;
+        let cookie = sessions.create(user, None, None, None, None, &[]).await?;
         users.push(user);
         cookies.push(format!("tessera_session={}", cookie.expose_secret()));
     }

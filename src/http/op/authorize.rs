@@ -131,6 +131,7 @@ fn view(live: &LiveSession) -> SessionView {
         user: live.record.user_id,
         hash: live.hash,
         auth_time: live.record.created_at,
+        authenticated_at: live.record.authenticated_at,
         identity,
         provider: live.profile.identities.iter().find(|i| Some(i.id) == identity).map(|i| i.provider.clone()),
     }

@@ -103,8 +103,11 @@ pub struct SessionView {
     pub user: UserId,
     /// SHA-256 of the session cookie.
     pub hash: [u8; 32],
-    /// When the user signed in (the session's start).
+    /// When the user signed in (the session's start): the `auth_time` of its id tokens.
     pub auth_time: DateTime<Utc>,
+    /// When the user last authenticated at the upstream provider, as far as the sign-in proves
+    /// it (`None`: unknown); what `prompt=login` and `max_age` are measured against.
+    pub authenticated_at: Option<DateTime<Utc>>,
     /// The identity they signed in with.
     pub identity: Option<IdentityId>,
     /// That identity's provider.
@@ -536,7 +539,12 @@ impl OpenIdProvider {
         session: Option<&SessionView>,
         now: DateTime<Utc>,
     ) -> Result<Next, AuthorizeError> {
-        let fresh = |s: &SessionView| request.auth_after.is_none_or(|after| s.auth_time >= after);
+        // Measured against the authentication the sign-in proved, not the session's start: a
+        // session begun by a sign-in the provider answered from its own session (opened at
+        // `/auth/login` directly, say, rather than by this request's fresh login) is no fresh
+        // authentication, nor one whose provider did not say when the user authenticated.
+        let fresh =
+            |s: &SessionView| request.auth_after.is_none_or(|after| s.authenticated_at.is_some_and(|at| at >= after));
         let Some(session) = session.filter(|s| fresh(s)) else {
             if request.prompt_none {
                 return Err(request.reject("login_required", "the user is not signed in"));

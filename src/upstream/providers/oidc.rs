@@ -209,6 +209,10 @@ impl OidcProvider {
             leeway: std::time::Duration::from_secs(60),
         };
         let claims: IdTokenClaims = verify_signed(id_token, &self.keys, &rules).await.map_err(invalid)?;
+        // OpenID Connect Core 2: `iat` is required (verify_signed checks it where present).
+        if claims.iat.is_none() {
+            return Err(ProviderError::InvalidIdToken("the id_token has no iat".into()));
+        }
         // OpenID Connect Core 3.1.3.7, steps 4 and 5: with several audiences `azp` must be
         // there, and when it is there it names this client.
         let several = claims.aud.as_array().is_some_and(|a| a.len() > 1);
@@ -327,6 +331,10 @@ impl Provider for OidcProvider {
             .await
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         Ok(Some(response.status().as_u16()))
+    }
+
+    async fn checks_access_tokens(&self) -> Result<bool, ProviderError> {
+        Ok(self.metadata().await?.userinfo.is_some())
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 mod oauth;
 
-pub use oauth::{StubUser, Tamper, TokenFault};
+pub use oauth::{StubUser, Tamper, TokenFault, UPSTREAM_SESSION_AGE_SECONDS};
 
 /// The signature algorithms the local issuer can sign with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

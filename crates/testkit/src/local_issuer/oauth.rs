@@ -64,6 +64,8 @@ pub enum Tamper {
     Expired,
     /// Stamped as issued two minutes from now (`iat`), beyond a minute's leeway.
     IssuedInTheFuture,
+    /// Without `iat`.
+    NoIssuedAt,
     /// Signed with a key the JWKS does not publish, under a published `kid`.
     ForgedSignature,
     /// Valid, but without the email (userinfo has it, with the user's `email_verified`) and with
@@ -110,6 +112,7 @@ pub(super) struct OAuthState {
     no_refresh_token_on_code: AtomicBool,
     ignore_reauthentication: AtomicBool,
     refuse_userinfo: AtomicBool,
+    account_in_token_answers: AtomicBool,
     granted_scope: std::sync::Mutex<Option<String>>,
     refresh_token_needs: std::sync::Mutex<Vec<(String, String)>>,
     token_delay_ms: AtomicU64,
@@ -200,6 +203,13 @@ impl LocalIssuer {
     /// The `expires_in` of new access tokens (default 3600 s).
     pub fn set_access_token_ttl(&self, seconds: u64) {
         self.state.oauth.access_token_ttl.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Whether token answers name the user's account (`"account": {"id": subject}`), as
+    /// providers whose profile is read from the token answer do (Notion's `owner`, Slack's
+    /// `authed_user`).
+    pub fn name_account_in_token_answers(&self, on: bool) {
+        self.state.oauth.account_in_token_answers.store(on, Ordering::SeqCst);
     }
 
     /// The `scope` that token responses say was granted (none by default: the answer does not
@@ -471,6 +481,9 @@ fn issue(
     if openid {
         body["id_token"] = id_token(state, user, client_id, signed_in).into();
     }
+    if state.oauth.account_in_token_answers.load(Ordering::SeqCst) {
+        body["account"] = json!({ "id": user.subject });
+    }
     Json(body).into_response()
 }
 
@@ -503,6 +516,9 @@ fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, signed_in: Op
         Some(Tamper::WrongIssuer) => claims["iss"] = "https://other-issuer.example.com".into(),
         Some(Tamper::Expired) => claims["exp"] = (now - 3600).into(),
         Some(Tamper::IssuedInTheFuture) => claims["iat"] = (now + 120).into(),
+        Some(Tamper::NoIssuedAt) => {
+            claims.as_object_mut().expect("an object").remove("iat");
+        }
         Some(Tamper::EmailOnlyInUserinfo) => {
             claims.as_object_mut().expect("claims").remove("email");
             claims["email_verified"] = true.into();
