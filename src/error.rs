@@ -183,6 +183,8 @@ error_codes! {
     InvalidConnectLink = (NOT_FOUND, "invalid_connect_link", "Invalid connect link"),
     /// No sign-in provider has that name.
     UnknownProvider = (NOT_FOUND, "unknown_provider", "Unknown provider"),
+    /// A connected account's provider was removed from the configuration.
+    ProviderNotConfigured = (CONFLICT, "provider_not_configured", "Provider not configured"),
     /// The user has no identity with that id.
     IdentityNotFound = (NOT_FOUND, "identity_not_found", "Identity not found"),
     /// The identity belongs to another user.

@@ -113,6 +113,12 @@ pub enum AuthProfileError {
     /// OAuth profiles need a configured provider of that name.
     #[error("no sign-in provider is named {0:?}")]
     UnknownProvider(String),
+    /// A stored profile's provider is no longer in the configuration.
+    #[error(
+        "the profile's provider {0:?} is no longer configured: put it back in the configuration, or connect a \
+         profile with another provider"
+    )]
+    ProviderNotConfigured(String),
     /// The profile kind is not connected through OAuth.
     #[error("{0} profiles are not connected through OAuth")]
     NotOAuth(&'static str),
@@ -207,6 +213,7 @@ impl PublicError for AuthProfileError {
             AuthProfileError::PendingAuthConflict { .. } => ErrorCode::PendingAuthConflict,
             AuthProfileError::SlugTaken => ErrorCode::SlugTaken,
             AuthProfileError::UnknownProvider(_) => ErrorCode::UnknownProvider,
+            AuthProfileError::ProviderNotConfigured(_) => ErrorCode::ProviderNotConfigured,
             AuthProfileError::NotOAuth(_) | AuthProfileError::NoConnectLink => ErrorCode::NotOauthProfile,
             AuthProfileError::UnknownConnector(_) => ErrorCode::UnknownConnector,
             AuthProfileError::UnsupportedKind => ErrorCode::UnsupportedProfileKind,
@@ -667,8 +674,10 @@ impl AuthProfiles {
             return;
         };
         // Another profile of the same account (a mailbox and a calendar through one client): a
-        // provider that revokes per grant would end it too.
-        if let Some(account) = &profile.upstream_account_id
+        // provider that revokes per grant would end it too. The account the tokens are for, read
+        // with them in the revoking transaction: a reconnection to another account that landed
+        // after the profile was read is the one judged.
+        if let Some(account) = &secrets.upstream_account_id
             && !provider.revokes_by_access_token()
             && self.account_in_use(&profile.provider, account, Some(profile.id)).await
         {
@@ -720,7 +729,7 @@ impl AuthProfiles {
             .flows
             .providers()
             .get(Some(&profile.provider))
-            .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?
+            .ok_or_else(|| AuthProfileError::ProviderNotConfigured(profile.provider.clone()))?
             .clone();
         Ok((link, profile, provider))
     }
@@ -1085,7 +1094,7 @@ impl AuthProfiles {
             .flows
             .providers()
             .get(Some(&profile.provider))
-            .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?;
+            .ok_or_else(|| AuthProfileError::ProviderNotConfigured(profile.provider.clone()))?;
         let refresh_token = decrypt(keyring, profile.id, "refresh_token", Some(refresh_ciphertext))?;
         let called = tokio::time::timeout(limit, provider.refresh(refresh_token.expose_secret())).await;
         let outcome = match &called {

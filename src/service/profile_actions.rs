@@ -421,8 +421,12 @@ impl<'a> ProfileActions<'a> {
             .profiles
             .providers()
             .get(Some(&profile.provider))
-            .ok_or_else(|| AuthProfileError::UnknownProvider(profile.provider.clone()))?
+            .ok_or_else(|| AuthProfileError::ProviderNotConfigured(profile.provider.clone()))?
             .clone();
+        // Before the token is read: a test that cannot be made refreshes nothing.
+        if !provider.checks_access_tokens().await? {
+            return Err(no_user_endpoint(provider.as_ref()));
+        }
         let store = self.profiles.store();
         let before = store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         // The profile read once, by id from here on: a slug moved meanwhile does not make this
@@ -555,12 +559,7 @@ impl<'a> ProfileActions<'a> {
                     return Err(ProviderError::Unavailable("the user endpoint did not answer in time".into()).into());
                 }
             };
-        status.ok_or_else(|| {
-            ProfileActionError::TestNotSupported(format!(
-                "the provider {:?} has no user endpoint to test with",
-                provider.name()
-            ))
-        })
+        status.ok_or_else(|| no_user_endpoint(provider))
     }
 
     async fn outcome(
@@ -602,6 +601,14 @@ impl<'a> ProfileActions<'a> {
         let profile_status = self.reread(profile).await?.status;
         Ok(TestOutcome { ok: false, status, error: Some(error), refreshed, profile_status })
     }
+}
+
+/// A provider without a user endpoint: its tokens cannot be tested.
+fn no_user_endpoint(provider: &dyn crate::upstream::providers::Provider) -> ProfileActionError {
+    ProfileActionError::TestNotSupported(format!(
+        "the provider {:?} has no user endpoint to test with",
+        provider.name()
+    ))
 }
 
 /// Whether `scopes` asks for more than `profile` was granted (or, not yet connected, asked for).

@@ -245,6 +245,7 @@ pub(super) fn profile_secrets(row: &impl RowExt) -> Result<ProfileSecrets, Store
         expires_at: row.opt_time("access_token_expires_at")?,
         stored_at: row.opt_time("access_token_stored_at")?,
         lease,
+        upstream_account_id: row.opt_text("upstream_account_id")?,
     })
 }
 

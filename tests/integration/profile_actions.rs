@@ -9,7 +9,9 @@ use std::time::Duration;
 use base64::Engine;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tessera::config::{Config, ConnectorConfig, EnvField, ProviderKind};
+use tessera::config::{
+    Config, ConnectorConfig, EnvField, ProfileMapping, ProviderConfig, ProviderKind, UserinfoMethod,
+};
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::UserId;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
@@ -54,6 +56,7 @@ struct Member {
 fn configure(config: &mut Config, issuer: &LocalIssuer) {
     config.auth.cookie_secure = false;
     config.providers.push(provider("local", ProviderKind::Oidc, issuer));
+    config.providers.push(plain_provider(issuer));
     config.auth.default_provider = Some("local".into());
     let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([5u8; 32]));
     config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
@@ -73,6 +76,27 @@ fn configure(config: &mut Config, issuer: &LocalIssuer) {
             probe: None,
         })
         .collect();
+}
+
+/// A plain OAuth 2.0 provider at the local issuer, for connected accounts only, that reads the
+/// account from the token answer: it has no user endpoint to test a token with.
+fn plain_provider(issuer: &LocalIssuer) -> ProviderConfig {
+    let endpoint = |path: &str| Some(url::Url::parse(&format!("{}{path}", issuer.issuer())).unwrap());
+    let mut plain = provider("plain", ProviderKind::OAuth2, issuer);
+    plain.issuer = tessera::domain::Issuer::parse("https://plain.example.com").unwrap();
+    plain.endpoints.authorization = endpoint("/authorize");
+    plain.endpoints.token = endpoint("/token");
+    plain.protocol.sign_in = false;
+    plain.protocol.profile = Some(ProfileMapping {
+        method: UserinfoMethod::Get,
+        body: None,
+        account_id: "/account/id".into(),
+        login: None,
+        email: None,
+        email_verified: None,
+        name: None,
+    });
+    plain
 }
 
 async fn sign_in(app: &TestApp, issuer: &LocalIssuer, subject: &str) -> Member {
@@ -584,7 +608,7 @@ async fn a_refused_token_is_refreshed_once_then_marks_the_profile(backend: Backe
 }
 
 async fn tests_of_other_kinds_and_states_are_clean_409s(backend: Backend) {
-    let w = world(backend).await;
+    let mut w = world(backend).await;
     w.create(w.alice.id, request("env", "ci", "ci", &[])).await;
     w.create(w.alice.id, request("oauth_account", "issues", "pending", &[])).await;
     assert_eq!(body(w.post(w.alice.id, "/auth-profiles/ci/test").await, 409).await["code"], "test_not_supported");
@@ -592,6 +616,30 @@ async fn tests_of_other_kinds_and_states_are_clean_409s(backend: Backend) {
     assert_eq!(body(pending, 409).await["code"], "profile_not_connected");
     let missing = w.post(w.alice.id, "/auth-profiles/missing/test").await;
     assert_eq!(body(missing, 404).await["code"], "profile_not_found");
+
+    // A provider without a user endpoint: no test, and its token is not refreshed for one.
+    let mut notes = request("oauth_account", "notes", "notes", &[]);
+    notes["provider"] = json!("plain");
+    let created = w.create(w.alice.id, notes).await;
+    w.issuer.name_account_in_token_answers(true);
+    let page = connect(&mut w.alice.browser, created["connect_url"].as_str().unwrap()).await;
+    assert_eq!(page.status(), StatusCode::OK, "{:?}", page.text().await);
+    w.expire_soon("notes").await;
+    let refreshes = w.issuer.refreshes();
+    let refused = body(w.post(w.alice.id, "/auth-profiles/notes/test").await, 409).await;
+    assert_eq!(refused["code"], "test_not_supported", "{refused}");
+    assert_eq!(w.issuer.refreshes(), refreshes, "nothing refreshed for a test that cannot be made");
+
+    // The provider taken out of the configuration: the profile stays, and says why it cannot work.
+    let mut config = w.app.db.config();
+    configure(&mut config, &w.issuer);
+    config.providers.retain(|p| p.name != "plain");
+    let without = TestApp::start(w.app.db.share(), &config).await;
+    let url = without.url(&format!("/v1/teams/{}/auth-profiles/notes/test", w.team));
+    let request = without.client.post(url).bearer_auth(ADMIN_TOKEN).header("x-on-behalf-of", w.alice.id.to_string());
+    let refused = body(request.send().await.unwrap(), 409).await;
+    assert_eq!(refused["code"], "provider_not_configured", "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("\"plain\" is no longer configured"), "{refused}");
 }
 
 async fn a_test_during_a_refresh_refreshes_once(backend: Backend) {

@@ -147,6 +147,10 @@ impl Provider for OAuth2Provider {
         Ok(Some(response.status().as_u16()))
     }
 
+    async fn checks_access_tokens(&self) -> Result<bool, ProviderError> {
+        Ok(self.config.endpoints.userinfo.is_some())
+    }
+
     async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {
         match &self.config.endpoints.revocation {
             Some(url) => oauth::revoke(&self.http, &self.config, url, token).await.map(|()| true),

@@ -184,4 +184,8 @@ impl Provider for GitHubProvider {
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         Ok(Some(response.status().as_u16()))
     }
+
+    async fn checks_access_tokens(&self) -> Result<bool, ProviderError> {
+        Ok(true)
+    }
 }

@@ -227,6 +227,12 @@ pub trait Provider: Send + Sync + Debug {
         let _ = access_token;
         Ok(None)
     }
+
+    /// Whether [`Provider::check_access_token`] has an endpoint to call: asked before a token is
+    /// read (and perhaps refreshed) for a check that cannot be made.
+    async fn checks_access_tokens(&self) -> Result<bool, ProviderError> {
+        Ok(false)
+    }
 }
 
 /// The configured providers by name.
