@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use super::cache_sync::{CacheChange, log_changes};
 use super::db::{Db, Tx, query};
 use super::rows::{self, RowExt, identity_columns, team_columns, user_columns};
-use super::sql::{insert_event, lock_user_key, user_in};
+use super::sql::{delete_team_in, insert_event, lock_user_key, revoke_locked_profile, user_in};
 use super::{NewEvent, StoreError, decode_role};
 use crate::domain::events;
-use crate::domain::{Email, Identity, Issuer, Role, Subject, Team, TeamId, User, UserId};
+use crate::domain::{Email, Identity, Issuer, ProfileId, Role, Subject, Team, TeamId, User, UserId};
 
 /// What [`Store::list_users`](super::Store::list_users) returns: every filter that is set must
 /// hold.
@@ -302,7 +302,7 @@ async fn delete_user_once(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<D
     for membership in &memberships {
         if membership.others == 0 {
             // Their own team: it goes, with its domains, profiles, links and flows (cascades).
-            query("DELETE FROM teams WHERE id = $1").bind(membership.team.id.as_uuid()).execute(&mut tx).await?;
+            delete_team_in(&mut tx, membership.team.id, now).await?;
             deleted_teams.push(membership.team.id);
         } else {
             left_teams.push(membership.team.id);
@@ -319,6 +319,19 @@ async fn delete_user_once(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<D
     .iter()
     .map(rows::identity)
     .collect::<Result<Vec<_>, _>>()?;
+    // Their personal connected accounts in the teams they leave end with them, each told as a
+    // revocation (those of the teams deleted with them were, with the team).
+    let personal = query(
+        "SELECT id FROM auth_profiles WHERE created_by = $1 AND profile_kind = 'oauth_account' AND status <> 'revoked'
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_all(&mut tx)
+    .await?;
+    for row in &personal {
+        let reason = [("reason", serde_json::Value::from("user_deleted"))];
+        revoke_locked_profile(&mut tx, ProfileId::from_uuid(row.uuid("id")?), &reason, now).await?;
+    }
     for sql in [
         // Personal connected accounts, wherever they are.
         "DELETE FROM auth_profiles WHERE created_by = $1 AND profile_kind = 'oauth_account'",

@@ -156,7 +156,7 @@ impl SqlStore {
                 // The team goes with its only member, with its domains, profiles, links and
                 // flows (cascades), as when a user is deleted.
                 let now = crate::domain::now();
-                query("DELETE FROM teams WHERE id = $1").bind(team.as_uuid()).execute(&mut tx).await?;
+                delete_team_in(&mut tx, team, now).await?;
                 let payload = events::member_removed(team, user, Role::Owner, true);
                 insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
                 log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
@@ -494,7 +494,7 @@ pub(super) async fn insert_profile_event(
 /// Revokes profile `id`, whose row `tx` holds locked: status `revoked`, its tokens wiped, version
 /// bumped, its connect links and stored credentials deleted, an `auth_profile.revoked` event
 /// (with `extra` in its payload).
-async fn revoke_locked_profile(
+pub(super) async fn revoke_locked_profile(
     tx: &mut Tx,
     id: ProfileId,
     extra: &[(&str, serde_json::Value)],
@@ -514,6 +514,22 @@ async fn revoke_locked_profile(
     query("DELETE FROM connect_tokens WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
     query("DELETE FROM profile_credentials WHERE profile_id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
     insert_profile_event(tx, id, events::AUTH_PROFILE_REVOKED, extra, now).await
+}
+
+/// Deletes a team with its domains, profiles, links and flows (cascades); each of its live
+/// profiles is revoked first, so that the connected accounts that end with it are each told
+/// (`auth_profile.revoked`, `"reason": "team_deleted"`), as a revocation of one would be.
+pub(super) async fn delete_team_in(tx: &mut Tx, team: TeamId, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let live = query("SELECT id FROM auth_profiles WHERE team_id = $1 AND status <> 'revoked' ORDER BY id FOR UPDATE")
+        .bind(team.as_uuid())
+        .fetch_all(&mut *tx)
+        .await?;
+    for row in &live {
+        let reason = [("reason", serde_json::Value::from("team_deleted"))];
+        revoke_locked_profile(tx, ProfileId::from_uuid(row.uuid("id")?), &reason, now).await?;
+    }
+    query("DELETE FROM teams WHERE id = $1").bind(team.as_uuid()).execute(&mut *tx).await?;
+    Ok(())
 }
 
 /// Writes a `session.revoked` event when sessions ended.

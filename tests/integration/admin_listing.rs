@@ -238,13 +238,16 @@ async fn profile(app: &TestApp, team: &str, by: &str, kind: ProfileKind, slug: &
 
 async fn deleting_a_user_leaves_nothing_of_theirs(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let (ada, _) = bootstrap(&app, "ada", "ada@example.com").await;
+    let (ada, ada_team) = bootstrap(&app, "ada", "ada@example.com").await;
     let (bob, bob_team) = bootstrap(&app, "bob", "bob@example.com").await;
-    let bob_team_id = get(&app, &format!("/admin/teams/{bob_team}"), 200).await["id"].as_str().unwrap().to_owned();
+    let team_id =
+        async |slug: &str| get(&app, &format!("/admin/teams/{slug}"), 200).await["id"].as_str().unwrap().to_owned();
+    let bob_team_id = team_id(&bob_team).await;
     let added = app.admin(Method::POST, &format!("/admin/teams/{bob_team}/members"));
     body(added.json(&json!({"user_id": ada, "role": "admin"})).send().await.unwrap(), 201).await;
     let personal = profile(&app, &bob_team_id, &ada, ProfileKind::OauthAccount, "adas-account").await;
     let shared = profile(&app, &bob_team_id, &ada, ProfileKind::Env, "team-key").await;
+    let in_own_team = profile(&app, &team_id(&ada_team).await, &ada, ProfileKind::OauthApp, "adas-app").await;
     let now = Utc::now();
     app.store
         .start_session(
@@ -278,7 +281,7 @@ async fn deleting_a_user_leaves_nothing_of_theirs(backend: Backend) {
         }
         counts
     };
-    assert_eq!(count_of_ada().await, [1, 1, 1, 2, 2, 1], "an identity audit row from provisioning");
+    assert_eq!(count_of_ada().await, [1, 1, 1, 2, 3, 1], "an identity audit row from provisioning");
     let teams_before = sql.count("teams").await;
 
     let deleted = app.admin(Method::DELETE, &format!("/admin/users/{ada}")).send().await.unwrap();
@@ -291,6 +294,28 @@ async fn deleting_a_user_leaves_nothing_of_theirs(backend: Backend) {
 
     let events = sql.texts("SELECT topic FROM outbox_events ORDER BY seq").await;
     assert_eq!(events.last().map(String::as_str), Some("user.deleted"), "{events:?}");
+    // Each connected account that ended with her is told, as a revocation would be.
+    let revoked = sql
+        .texts("SELECT CAST(payload AS TEXT) FROM outbox_events WHERE topic = 'auth_profile.revoked' ORDER BY seq")
+        .await;
+    let mut revoked: Vec<(String, String, String)> = revoked
+        .iter()
+        .map(|text| serde_json::from_str::<Value>(text).unwrap())
+        .map(|e| {
+            (
+                e["profile"]["id"].as_str().unwrap().to_owned(),
+                e["profile"]["status"].to_string(),
+                e["reason"].to_string(),
+            )
+        })
+        .collect();
+    revoked.sort();
+    let mut expected = vec![
+        (in_own_team.to_string(), "\"revoked\"".to_owned(), "\"team_deleted\"".to_owned()),
+        (personal.to_string(), "\"revoked\"".to_owned(), "\"user_deleted\"".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(revoked, expected);
     assert_eq!(get(&app, &format!("/admin/users/{ada}"), 404).await["code"], "user_not_found");
     let again = app.admin(Method::DELETE, &format!("/admin/users/{ada}")).send().await.unwrap();
     assert_eq!(body(again, 404).await["code"], "user_not_found");
