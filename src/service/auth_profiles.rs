@@ -593,6 +593,10 @@ impl AuthProfiles {
             ProfileKind::Interactive => return Err(AuthProfileError::UnsupportedKind),
         }
         may_connect(&profile, user, role)?;
+        // A link to a provider taken out of the configuration could never be completed.
+        if profile.profile_kind.is_oauth() && self.flows.providers().get(Some(&profile.provider)).is_none() {
+            return Err(AuthProfileError::ProviderNotConfigured(profile.provider.clone()));
+        }
         let link = self.mint_link(&profile, user, allow_account_change).await?;
         Ok((profile, link))
     }

@@ -49,6 +49,7 @@ on_both_backends!(
     forward_auth_says_an_email_is_verified_on_a_trusted_providers_word,
     an_authorization_request_posted_from_another_site_does_not_replace_the_session,
     a_fresh_login_asked_for_survives_the_provider_chooser,
+    a_provider_that_does_not_say_when_the_user_authenticated_is_asked_again,
     prompt_none_with_a_hint_of_another_user_is_login_required,
     a_consent_whose_first_click_the_browser_dropped_answers_the_second_alike,
 );
@@ -1079,6 +1080,36 @@ async fn a_fresh_login_asked_for_survives_the_provider_chooser(backend: Backend)
     assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "{upstream}");
     assert!(param(&follow(&mut browser, upstream).await, "code").is_some(), "and then a code");
     assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "the fresh sign-in replaced the session");
+}
+
+/// A plain OAuth 2.0 provider does not say when the user authenticated: a session it started is
+/// no proof of a recent authentication, so `max_age` sends the user to it again, asking for a
+/// fresh login, after which the request is answered (asked, not checked).
+async fn a_provider_that_does_not_say_when_the_user_authenticated_is_asked_again(backend: Backend) {
+    let w = world_with(backend, |config, issuer| {
+        config.encryption = Some(Arc::new(KeyRing::parse(&ring()).unwrap()));
+        let mut plain = crate::profile_actions::plain_provider(issuer);
+        plain.protocol.sign_in = true;
+        config.providers.push(plain);
+        config.auth.default_provider = Some("plain".into());
+    })
+    .await;
+    w.issuer.name_account_in_token_answers(true);
+    let (client, _) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    assert!(!code.is_empty());
+    let within_an_hour = authorize_url(&w.app, &client, &challenge, "&max_age=3600");
+    let upstream = location(&browser.navigate(&within_an_hour).await);
+    assert!(
+        upstream.starts_with(w.issuer.issuer()),
+        "signed in a moment ago, but when it authenticated is unknown: {upstream}"
+    );
+    assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "{upstream}");
+    assert!(param(&follow(&mut browser, upstream).await, "code").is_some(), "asked for a fresh login: a code");
+    let to = location(&browser.navigate(&within_an_hour).await);
+    assert!(param(&to, "code").is_some(), "the fresh login's start counts: {to}");
 }
 
 /// `prompt=none` with an `id_token_hint` (OpenID Connect Core 3.1.2.1): a browser signed in as

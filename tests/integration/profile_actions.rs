@@ -80,7 +80,7 @@ fn configure(config: &mut Config, issuer: &LocalIssuer) {
 
 /// A plain OAuth 2.0 provider at the local issuer, for connected accounts only, that reads the
 /// account from the token answer: it has no user endpoint to test a token with.
-fn plain_provider(issuer: &LocalIssuer) -> ProviderConfig {
+pub(crate) fn plain_provider(issuer: &LocalIssuer) -> ProviderConfig {
     let endpoint = |path: &str| Some(url::Url::parse(&format!("{}{path}", issuer.issuer())).unwrap());
     let mut plain = provider("plain", ProviderKind::OAuth2, issuer);
     plain.issuer = tessera::domain::Issuer::parse("https://plain.example.com").unwrap();
@@ -635,11 +635,14 @@ async fn tests_of_other_kinds_and_states_are_clean_409s(backend: Backend) {
     configure(&mut config, &w.issuer);
     config.providers.retain(|p| p.name != "plain");
     let without = TestApp::start(w.app.db.share(), &config).await;
-    let url = without.url(&format!("/v1/teams/{}/auth-profiles/notes/test", w.team));
-    let request = without.client.post(url).bearer_auth(ADMIN_TOKEN).header("x-on-behalf-of", w.alice.id.to_string());
-    let refused = body(request.send().await.unwrap(), 409).await;
-    assert_eq!(refused["code"], "provider_not_configured", "{refused}");
-    assert!(refused["detail"].as_str().unwrap().contains("\"plain\" is no longer configured"), "{refused}");
+    for action in ["test", "connect"] {
+        let url = without.url(&format!("/v1/teams/{}/auth-profiles/notes/{action}", w.team));
+        let request =
+            without.client.post(url).bearer_auth(ADMIN_TOKEN).header("x-on-behalf-of", w.alice.id.to_string());
+        let refused = body(request.send().await.unwrap(), 409).await;
+        assert_eq!(refused["code"], "provider_not_configured", "{action}: {refused}");
+        assert!(refused["detail"].as_str().unwrap().contains("\"plain\" is no longer configured"), "{refused}");
+    }
 }
 
 async fn a_test_during_a_refresh_refreshes_once(backend: Backend) {

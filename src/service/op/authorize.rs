@@ -72,7 +72,8 @@ pub struct AuthorizationParams {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Held {
     params: AuthorizationParams,
-    /// The session must have started at or after this (unix microseconds).
+    /// The user must have authenticated at the provider at or after this (unix microseconds), as
+    /// the session's sign-in proved it.
     auth_after_us: Option<i64>,
     /// The user a verified `id_token_hint` named (absent from requests held before it was kept).
     #[serde(default)]
@@ -506,8 +507,8 @@ impl OpenIdProvider {
         {
             return Err(fail("invalid_target", "resource is not one of the client's registered resources"));
         }
-        // In microseconds: a session started in the same second as a `prompt=login` request
-        // is not a fresh sign-in.
+        // In microseconds: an authentication in the same second as a `prompt=login` request, but
+        // before it, is not a fresh one.
         let mut after = *auth_after_us;
         let mut raise = |t: i64| after = Some(after.map_or(t, |a| a.max(t)));
         if let Some(max_age) = max_age {
