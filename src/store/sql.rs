@@ -2787,6 +2787,16 @@ impl Store for SqlStore {
         for client in wanted {
             match stored.iter().find(|s| s.id == client.id) {
                 Some(old) if same_registration(old, client) => {}
+                // A confidential client made public (or the reverse) is another client under the
+                // same id, as the admin API has it: the grants, refresh tokens and consents given
+                // to the old one end with it (cascades), or a refresh token of a confidential
+                // client would now be redeemed without its secret.
+                Some(old) if old.kind != client.kind => {
+                    query("DELETE FROM clients WHERE id = $1").bind(client.id.as_str()).execute(&mut tx).await?;
+                    insert_client_query(client).execute(&mut tx).await?;
+                    sync.updated += 1;
+                    forget.push(CacheChange::Client(client.id.clone()));
+                }
                 Some(_) => {
                     update_client_query(client, None).execute(&mut tx).await?;
                     sync.updated += 1;

@@ -707,6 +707,16 @@ async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
     }
     let refresh = introspect(&w.app, creds, tokens["refresh_token"].as_str().unwrap()).await;
     assert_eq!(refresh["active"], true);
+    // A client no longer allowed to refresh cannot use its refresh token: not active while so.
+    for (grant_types, active) in
+        [(json!(["authorization_code"]), false), (json!(["authorization_code", "refresh_token"]), true)]
+    {
+        let patch = w.app.admin(Method::PATCH, &format!("/admin/clients/{client}"));
+        let patched = patch.json(&json!({ "grant_types": grant_types })).send().await.unwrap();
+        assert_eq!(patched.status(), StatusCode::OK);
+        let refresh = introspect(&w.app, creds, tokens["refresh_token"].as_str().unwrap()).await;
+        assert_eq!(refresh["active"], active, "{grant_types}");
+    }
     // Another client does not see this client's refresh token.
     let (other, other_secret) = web_app(&w.app).await;
     assert_eq!(

@@ -3453,7 +3453,20 @@ mod clients {
         let second = store.sync_config_clients(&[c.clone(), a2.clone(), b2]).await.unwrap();
         assert_eq!(second, ConfigClientSync { inserted: 1, updated: 1, ..Default::default() });
         assert_eq!(store.client(&a.id).await.unwrap(), Some(Client { created_at: t0, ..a2 }));
-        assert_eq!(store.client(&b.id).await.unwrap(), Some(b), "an unchanged client is not written");
+        assert_eq!(store.client(&b.id).await.unwrap(), Some(b.clone()), "an unchanged client is not written");
+
+        // A client whose kind changes is a new one: what its users gave the old one ends.
+        let ada = sign_up(&store, "ada").await;
+        for app in [&a.id, &b.id] {
+            store.widen_consent(ada.id(), app.as_str(), &["openid".into()], None, t1).await.unwrap().unwrap();
+        }
+        let b3 = Client { from_config: true, ..public("cfg-b", t1) };
+        let a3 = Client { created_at: t1, updated_at: t1, ..a.clone() };
+        let kinds = store.sync_config_clients(&[c.clone(), a3.clone(), b3.clone()]).await.unwrap();
+        assert_eq!(kinds, ConfigClientSync { updated: 2, ..Default::default() });
+        assert_eq!(store.client(&b.id).await.unwrap(), Some(b3), "registered anew");
+        assert!(store.consent(ada.id(), b.id.as_str()).await.unwrap().is_none(), "its consent ended with it");
+        assert!(store.consent(ada.id(), a.id.as_str()).await.unwrap().is_some(), "another change keeps them");
         let third = store.sync_config_clients(std::slice::from_ref(&c)).await.unwrap();
         assert_eq!(third, ConfigClientSync { deleted: 2, ..Default::default() });
         let ids: Vec<_> = store.list_clients(None, 10).await.unwrap().into_iter().map(|c| c.id).collect();

@@ -575,6 +575,8 @@ impl OpenIdProvider {
                 if !spent(used_at, self.refresh_reusable_after(crate::domain::now()))
                     && grant.active
                     && grant.client_id == client.id.as_str()
+                    // A client no longer allowed to refresh cannot use it: not active.
+                    && client.allows(GrantType::RefreshToken)
                     && still_registered(client, &grant).is_ok() =>
             {
                 Ok(serde_json::json!({
