@@ -30,6 +30,7 @@ on_both_backends!(
     a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family,
     within_the_reuse_interval_every_concurrent_refresh_gets_its_own_token,
     introspection_answers_inactive_alike_and_at_once,
+    a_token_that_cannot_be_checked_is_not_answered_as_revoked,
     client_credentials_tokens_name_the_client,
     third_party_clients_ask_for_consent_once,
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
@@ -666,6 +667,35 @@ async fn within_the_reuse_interval_every_concurrent_refresh_gets_its_own_token(b
     assert_eq!(revoked.await.unwrap().status(), 200);
     let after = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r1)]).await;
     assert_eq!(oauth_error(after, 400).await, "invalid_grant");
+}
+
+/// A token whose key the instance cannot read (a key made by another instance, while the
+/// database is unreachable) may well be one of Tessera's: revocation answers 503 rather than
+/// 200 for a grant it did not end (RFC 7009 2.2.1), and introspection does not call it inactive.
+async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    // The client is read (and kept for a while) before the database goes.
+    assert_eq!(introspect(&w.app, creds, "garbage").await, json!({"active": false}));
+    let encode = |value: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string());
+    let header = encode(json!({"alg": "ES256", "typ": "at+jwt", "kid": "made-by-another-instance"}));
+    let now = chrono::Utc::now().timestamp();
+    let issuer = w.app.url("");
+    let payload =
+        encode(json!({"iss": issuer.trim_end_matches('/'), "sub": "u", "client_id": client, "exp": now + 60}));
+    let token = format!("{header}.{payload}.c2lnbmF0dXJl");
+    // Past the instance's first poll of the cache log (within a second of its start, which has
+    // it re-read the keys once) and then the second to wait between two reads of the keys for an
+    // unknown kid: the next such token makes it read them, from a database now gone.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    w.app.close_store().await;
+    let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
+    let answer = revoke.form(&[("token", token.as_str())]).send().await.unwrap();
+    assert_eq!(oauth_error(answer, 503).await, "temporarily_unavailable");
+    let looked = w.app.client.post(w.app.url("/oauth/introspect")).basic_auth(&client, Some(&secret));
+    let answer = looked.form(&[("token", token.as_str())]).send().await.unwrap();
+    assert_eq!(oauth_error(answer, 503).await, "temporarily_unavailable");
 }
 
 async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {

@@ -535,7 +535,16 @@ impl OpenIdProvider {
             return Ok(Named::Unknown);
         }
         if token.contains('.') {
-            return Ok(self.verify_access(token).await.map_or(Named::Unknown, Named::Access));
+            return match self.verify_access_token(token).await {
+                Ok(claims) => Ok(Named::Access(claims)),
+                // The keys could not be read: the token may well be one of ours, which a revocation
+                // must not answer as done (RFC 7009 2.2.1), nor introspection call inactive.
+                Err(VerifyError::Keys(error)) => {
+                    tracing::warn!(error = %error, "cannot read the signing keys to verify a token");
+                    Err(OAuthError::unavailable())
+                }
+                Err(_) => Ok(Named::Unknown),
+            };
         }
         let now = crate::domain::now();
         Ok(match self.store.refresh_grant(&sha256(token.as_bytes()), now).await? {
