@@ -4971,15 +4971,18 @@ async fn deleting_a_user_takes_everything_of_theirs_and_spares_their_teams_share
     assert_eq!(store.profile(shared.id).await.unwrap().unwrap().created_by, bob.id(), "credited to the owner");
     assert_eq!(store.profile(in_cy.id).await.unwrap().unwrap().created_by, cy.id());
     assert_eq!(store.team_members(bob.team.id, None, 10).await.unwrap().len(), 1);
-    assert_eq!(sql.count("outbox_events").await, events_before + 1);
+    // The user's deletion, after the revocations of the two profiles that ended with her: her
+    // personal one in Bob's team, and the one of her own team, deleted with her.
+    assert_eq!(sql.count("outbox_events").await, events_before + 3);
     assert_eq!(sql.count("outbox_events WHERE topic = 'user.deleted'").await, 1);
+    assert_eq!(sql.count("outbox_events WHERE topic = 'auth_profile.revoked'").await, 2);
     // The others are untouched.
     for person in [&bob, &cy] {
         let profile = store.user_profile(person.id(), ReadFrom::Primary).await.unwrap().unwrap();
         assert_eq!((profile.identities.len(), profile.teams.len()), (1, 1));
     }
     assert_eq!(store.delete_user(ada.id(), at).await.unwrap(), DeleteUserOutcome::NotFound);
-    assert_eq!(sql.count("outbox_events").await, events_before + 1, "a repeated delete writes nothing");
+    assert_eq!(sql.count("outbox_events").await, events_before + 3, "a repeated delete writes nothing");
     // The identity is free again: it provisions a new user.
     assert!(store.find_identity(&ada.account.issuer, &ada.account.subject).await.unwrap().is_none());
     sign_up_as(&store, account("delete-ada", None)).await;
