@@ -26,10 +26,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if !json_content_type(req.headers()) {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "send the body as JSON with `Content-Type: application/json`",
-            ));
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, SEND_JSON));
         }
         let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
         // Every body is an object: serde would also fill a struct from an array of its fields in
@@ -50,12 +47,13 @@ where
 /// Whether the request's content type is JSON as axum's `Json` reads it: `application/json`, or
 /// `application/…+json`.
 fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
-    let Some(mime) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || essence.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"))
+    content_type_essence(headers).is_some_and(|essence| {
+        essence == "application/json" || essence.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"))
+    })
 }
+
+/// The detail of a body sent without a JSON content type.
+const SEND_JSON: &str = "send the body as JSON with `Content-Type: application/json`";
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
@@ -65,10 +63,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             let text = text.strip_prefix("Failed to deserialize the JSON body into the target type: ").unwrap_or(&text);
             ApiError::new(ErrorCode::InvalidRequest, without_values(text))
         }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(ErrorCode::UnsupportedMediaType, SEND_JSON),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must not exceed {MAX_BODY_BYTES} bytes"))
         }
@@ -84,11 +79,13 @@ const UNREADABLE_BODY: &str = "the body could not be read: it was cut off or sta
 /// Whether the request declares its body as JSON (`Content-Type: application/json`, with or
 /// without parameters such as `charset`).
 pub fn declares_json(headers: &axum::http::HeaderMap) -> bool {
-    headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+    content_type_essence(headers).is_some_and(|essence| essence == "application/json")
+}
+
+/// The request's media type without its parameters, lowercased.
+fn content_type_essence(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
 }
 
 /// The media ranges of the request's `Accept` headers, each with its weight (`q`: 1 when absent,

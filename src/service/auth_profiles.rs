@@ -401,11 +401,6 @@ impl AuthProfiles {
         &self.store
     }
 
-    /// The configured providers (for the profile actions of [`super::profile_actions`]).
-    pub(crate) fn providers(&self) -> &crate::upstream::providers::ProviderRegistry {
-        self.flows.providers()
-    }
-
     /// A live profile the caller may use: personal ones only by their owner.
     pub(crate) async fn usable(
         &self,
@@ -576,6 +571,16 @@ impl AuthProfiles {
         Ok(ConnectLink { url: SecretString::from(url), expires_at, auth_type })
     }
 
+    /// The configured provider of a stored profile: `ProviderNotConfigured` when it was taken out
+    /// of the configuration since.
+    pub(super) fn provider_of(&self, profile: &AuthProfile) -> Result<Arc<dyn Provider>, AuthProfileError> {
+        self.flows
+            .providers()
+            .get(Some(&profile.provider))
+            .cloned()
+            .ok_or_else(|| AuthProfileError::ProviderNotConfigured(profile.provider.clone()))
+    }
+
     /// A fresh connect link for a profile (to reconnect an active one, or after `needs_reauth`).
     /// A team-wide profile is reconnected only by its creator or a team owner or admin: its account
     /// is what every backend of the team uses.
@@ -594,8 +599,8 @@ impl AuthProfiles {
         }
         may_connect(&profile, user, role)?;
         // A link to a provider taken out of the configuration could never be completed.
-        if profile.profile_kind.is_oauth() && self.flows.providers().get(Some(&profile.provider)).is_none() {
-            return Err(AuthProfileError::ProviderNotConfigured(profile.provider.clone()));
+        if profile.profile_kind.is_oauth() {
+            self.provider_of(&profile)?;
         }
         let link = self.mint_link(&profile, user, allow_account_change).await?;
         Ok((profile, link))
@@ -729,12 +734,7 @@ impl AuthProfiles {
         if !profile.profile_kind.is_oauth() {
             return Err(AuthProfileError::InvalidConnectLink);
         }
-        let provider = self
-            .flows
-            .providers()
-            .get(Some(&profile.provider))
-            .ok_or_else(|| AuthProfileError::ProviderNotConfigured(profile.provider.clone()))?
-            .clone();
+        let provider = self.provider_of(&profile)?;
         Ok((link, profile, provider))
     }
 
@@ -1094,11 +1094,7 @@ impl AuthProfiles {
         refresh_ciphertext: &[u8],
         limit: Duration,
     ) -> Result<TokenSet, AuthProfileError> {
-        let provider = self
-            .flows
-            .providers()
-            .get(Some(&profile.provider))
-            .ok_or_else(|| AuthProfileError::ProviderNotConfigured(profile.provider.clone()))?;
+        let provider = self.provider_of(profile)?;
         let refresh_token = decrypt(keyring, profile.id, "refresh_token", Some(refresh_ciphertext))?;
         let called = tokio::time::timeout(limit, provider.refresh(refresh_token.expose_secret())).await;
         let outcome = match &called {

@@ -417,12 +417,7 @@ impl<'a> ProfileActions<'a> {
                 profile.profile_kind.as_str()
             )));
         }
-        let provider = self
-            .profiles
-            .providers()
-            .get(Some(&profile.provider))
-            .ok_or_else(|| AuthProfileError::ProviderNotConfigured(profile.provider.clone()))?
-            .clone();
+        let provider = self.profiles.provider_of(&profile)?;
         // Before the token is read: a test that cannot be made refreshes nothing.
         if !provider.checks_access_tokens().await? {
             return Err(no_user_endpoint(provider.as_ref()));

@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use super::cache_sync::{CacheChange, log_changes};
 use super::db::{Db, Tx, query};
 use super::rows::{self, RowExt, identity_columns, team_columns, user_columns};
-use super::sql::{delete_team_in, insert_event, lock_user_key, revoke_locked_profile, user_in};
+use super::sql::{delete_team_in, insert_event, lock_user_key, revoke_found_profiles, user_in};
 use super::{NewEvent, StoreError, decode_role};
 use crate::domain::events;
-use crate::domain::{Email, Identity, Issuer, ProfileId, Role, Subject, Team, TeamId, User, UserId};
+use crate::domain::{Email, Identity, Issuer, Role, Subject, Team, TeamId, User, UserId};
 
 /// What [`Store::list_users`](super::Store::list_users) returns: every filter that is set must
 /// hold.
@@ -325,13 +325,8 @@ async fn delete_user_once(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<D
         "SELECT id FROM auth_profiles WHERE created_by = $1 AND profile_kind = 'oauth_account' AND status <> 'revoked'
          ORDER BY id FOR UPDATE",
     )
-    .bind(id)
-    .fetch_all(&mut tx)
-    .await?;
-    for row in &personal {
-        let reason = [("reason", serde_json::Value::from("user_deleted"))];
-        revoke_locked_profile(&mut tx, ProfileId::from_uuid(row.uuid("id")?), &reason, now).await?;
-    }
+    .bind(id);
+    revoke_found_profiles(&mut tx, personal, "user_deleted", now).await?;
     for sql in [
         // Personal connected accounts, wherever they are.
         "DELETE FROM auth_profiles WHERE created_by = $1 AND profile_kind = 'oauth_account'",

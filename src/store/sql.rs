@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use super::Consent;
 use super::cache_sync::{CacheChange, LogPage, log_changes};
-use super::db::{Db, PoolRef, Row, Tx, exclusive, json_set_sql, padded, query, try_exclusive, uuid_text_sql};
+use super::db::{Db, PoolRef, Query, Row, Tx, exclusive, json_set_sql, padded, query, try_exclusive, uuid_text_sql};
 use super::grants::add_once;
 use super::last_seen::{self, Touched};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
@@ -203,13 +203,8 @@ impl SqlStore {
              ORDER BY id FOR UPDATE",
         )
         .bind(team.as_uuid())
-        .bind(user.as_uuid())
-        .fetch_all(&mut tx)
-        .await?;
-        for row in &personal {
-            let reason = [("reason", serde_json::Value::from("member_removed"))];
-            revoke_locked_profile(&mut tx, ProfileId::from_uuid(row.uuid("id")?), &reason, now).await?;
-        }
+        .bind(user.as_uuid());
+        revoke_found_profiles(&mut tx, personal, "member_removed", now).await?;
         let payload = events::member_removed(team, user, role, false);
         insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
         log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
@@ -494,7 +489,7 @@ pub(super) async fn insert_profile_event(
 /// Revokes profile `id`, whose row `tx` holds locked: status `revoked`, its tokens wiped, version
 /// bumped, its connect links and stored credentials deleted, an `auth_profile.revoked` event
 /// (with `extra` in its payload).
-pub(super) async fn revoke_locked_profile(
+async fn revoke_locked_profile(
     tx: &mut Tx,
     id: ProfileId,
     extra: &[(&str, serde_json::Value)],
@@ -521,14 +516,26 @@ pub(super) async fn revoke_locked_profile(
 /// (`auth_profile.revoked`, `"reason": "team_deleted"`), as a revocation of one would be.
 pub(super) async fn delete_team_in(tx: &mut Tx, team: TeamId, now: DateTime<Utc>) -> Result<(), StoreError> {
     let live = query("SELECT id FROM auth_profiles WHERE team_id = $1 AND status <> 'revoked' ORDER BY id FOR UPDATE")
-        .bind(team.as_uuid())
-        .fetch_all(&mut *tx)
-        .await?;
-    for row in &live {
-        let reason = [("reason", serde_json::Value::from("team_deleted"))];
+        .bind(team.as_uuid());
+    revoke_found_profiles(tx, live, "team_deleted", now).await?;
+    query("DELETE FROM teams WHERE id = $1").bind(team.as_uuid()).execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Revokes each profile `found` selects (its `id`, locked `FOR UPDATE` in id order), as
+/// [`revoke_locked_profile`] does, the event's payload saying `reason`: profiles that end with
+/// something else (a membership, a team, a user) rather than by themselves.
+pub(super) async fn revoke_found_profiles(
+    tx: &mut Tx,
+    found: Query<'_>,
+    reason: &'static str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let rows = found.fetch_all(&mut *tx).await?;
+    let reason = [("reason", serde_json::Value::from(reason))];
+    for row in &rows {
         revoke_locked_profile(tx, ProfileId::from_uuid(row.uuid("id")?), &reason, now).await?;
     }
-    query("DELETE FROM teams WHERE id = $1").bind(team.as_uuid()).execute(&mut *tx).await?;
     Ok(())
 }
 
