@@ -837,17 +837,24 @@ async fn client_credentials_tokens_name_the_client(backend: Backend) {
         ("client_secret", secret.as_str()),
     ]);
     assert_eq!(oauth_error(both.send().await.unwrap(), 400).await, "invalid_request", "two authentication methods");
-    // Deleted (after a compromise, say) and registered again under its id a second later: the
-    // old client's tokens do not count for the new one.
+    // Deleted (after a compromise, say) and registered again under its id within the second its
+    // last token was issued in: the old client's tokens do not count for the new one.
+    let past_second = 1_000_000_000 - chrono::Utc::now().timestamp_subsec_nanos() as u64;
+    tokio::time::sleep(Duration::from_nanos(past_second + 20_000_000)).await;
+    let fresh = w.app.client.post(w.app.url("/oauth/token")).basic_auth(&client, Some(&secret));
+    let fresh = fresh.form(&[("grant_type", "client_credentials"), ("resource", "https://api.example.com")]);
+    let fresh = body(fresh.send().await.unwrap(), 200).await["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(introspect(&w.app, (&client, &secret), &fresh).await["active"], true);
     let deleted = w.app.admin(Method::DELETE, &format!("/admin/clients/{client}")).send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let again = json!({"id": client, "name": "Backend job", "kind": "confidential", "redirect_uris": [],
                        "grant_types": ["client_credentials"], "scopes": ["openid", "reports:read"],
                        "resources": ["https://api.example.com"]});
     register(&w.app, again).await;
-    let at_api = introspect(&w.app, (&api, api_secret.as_deref().unwrap()), access).await;
-    assert_eq!(at_api, json!({"active": false}));
+    for token in [access, fresh.as_str()] {
+        let at_api = introspect(&w.app, (&api, api_secret.as_deref().unwrap()), token).await;
+        assert_eq!(at_api, json!({"active": false}));
+    }
 }
 
 async fn third_party_clients_ask_for_consent_once(backend: Backend) {

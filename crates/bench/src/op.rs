@@ -250,6 +250,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
         email: None,
         email_verified: None,
         teams: None,
+        client_registered_us: Some(chrono::Utc::now().timestamp_micros()),
     };
     let signing = {
         let (keys, claims) = (keys.clone(), Arc::new(claims));

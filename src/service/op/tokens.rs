@@ -115,6 +115,11 @@ pub struct AccessClaims {
     /// The slugs of the user's teams, default first (scope `teams`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<Vec<String>>,
+    /// When its client was registered, in microseconds (`client_credentials` tokens): the
+    /// token counts for that registration only, not for a client registered again under the
+    /// same id — even within the same second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_registered_us: Option<i64>,
 }
 
 /// What the UserInfo endpoint answers.
@@ -381,6 +386,7 @@ impl OpenIdProvider {
             email: None,
             email_verified: None,
             teams: None,
+            client_registered_us: Some(client.created_at.timestamp_micros()),
         };
         let access_token = self.sign_access(client, &claims).await?;
         Ok(TokenResponse {
@@ -427,6 +433,7 @@ impl OpenIdProvider {
             email: user.email.clone(),
             email_verified: user.email_verified,
             teams: user.teams.as_ref().map(|teams| teams.iter().map(|t| t.slug.clone()).collect()),
+            client_registered_us: None,
         };
         let access_token = self.sign_access(client, &claims).await?;
         let id_token = if scopes.iter().any(|s| s == "openid") {
@@ -525,7 +532,12 @@ impl OpenIdProvider {
             // a client deleted and registered again under its id (after a compromise, say)
             // does not bring the old one's tokens back — and may still use that grant type.
             None => Ok(self.clients.get(&claims.client_id).await?.is_some_and(|client| {
-                claims.iat >= client.created_at.timestamp() && client.allows(GrantType::ClientCredentials)
+                let same_registration = match claims.client_registered_us {
+                    Some(registered) => registered == client.created_at.timestamp_micros(),
+                    // Minted before tokens carried it: registered no later than it was issued.
+                    None => claims.iat >= client.created_at.timestamp(),
+                };
+                same_registration && client.allows(GrantType::ClientCredentials)
             })),
         }
     }
@@ -577,6 +589,7 @@ impl OpenIdProvider {
                     map.insert("active".into(), true.into());
                     map.insert("token_type".into(), "Bearer".into());
                     map.remove("gid");
+                    map.remove("client_registered_us");
                 }
                 Ok(out)
             }
