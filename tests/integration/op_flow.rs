@@ -31,6 +31,7 @@ on_both_backends!(
     within_the_reuse_interval_every_concurrent_refresh_gets_its_own_token,
     introspection_answers_inactive_alike_and_at_once,
     a_token_that_cannot_be_checked_is_not_answered_as_revoked,
+    an_expired_access_token_still_revokes_its_grant,
     client_credentials_tokens_name_the_client,
     third_party_clients_ask_for_consent_once,
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
@@ -696,6 +697,54 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
     let looked = w.app.client.post(w.app.url("/oauth/introspect")).basic_auth(&client, Some(&secret));
     let answer = looked.form(&[("token", token.as_str())]).send().await.unwrap();
     assert_eq!(oauth_error(answer, 503).await, "temporarily_unavailable");
+}
+
+/// A client signing out with the last access token it holds, expired by then, ends the grant
+/// behind it — the refresh token stops too — rather than nothing (RFC 7009 lets it; a sign-out
+/// that leaves the refresh token working is not one). An expired `client_credentials` token has
+/// nothing left to end: 200, not `unsupported_token_type`.
+async fn an_expired_access_token_still_revokes_its_grant(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let ring = Arc::new(KeyRing::parse(&ring()).unwrap());
+    let keys = SigningKeys::new(w.app.db.store().await, ring, SigningKeySettings::default()).await.unwrap();
+    let (_, mut claims) = jwt_parts(tokens["access_token"].as_str().unwrap());
+    claims["exp"] = (chrono::Utc::now().timestamp() - 5).into();
+    let expired = keys.sign(SigningAlg::ES256, "at+jwt", &claims).await.unwrap();
+    assert_eq!(introspect(&w.app, creds, &expired).await["active"], false);
+    // Another client's revocation of it ends nothing.
+    let (other, other_secret) = web_app(&w.app).await;
+    let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&other, Some(&other_secret));
+    assert_eq!(revoke.form(&[("token", expired.as_str())]).send().await.unwrap().status(), 200);
+    assert_eq!(introspect(&w.app, creds, refresh).await["active"], true);
+    let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
+    assert_eq!(revoke.form(&[("token", expired.as_str())]).send().await.unwrap().status(), 200);
+    assert_eq!(introspect(&w.app, creds, refresh).await["active"], false);
+    let refreshed = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
+    assert_eq!(oauth_error(refreshed, 400).await, "invalid_grant");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1);
+
+    let (job, job_secret) = register(
+        &w.app,
+        json!({"name": "Job", "kind": "confidential", "redirect_uris": [], "grant_types": ["client_credentials"],
+               "scopes": ["openid", "jobs"]}),
+    )
+    .await;
+    let job_secret = job_secret.unwrap();
+    let minted = w.app.client.post(w.app.url("/oauth/token")).basic_auth(&job, Some(&job_secret));
+    let minted = minted.form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+    let (_, mut claims) = jwt_parts(body(minted, 200).await["access_token"].as_str().unwrap());
+    claims["exp"] = (chrono::Utc::now().timestamp() - 5).into();
+    let expired = keys.sign(SigningAlg::ES256, "at+jwt", &claims).await.unwrap();
+    let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&job, Some(&job_secret));
+    assert_eq!(revoke.form(&[("token", expired.as_str())]).send().await.unwrap().status(), 200);
 }
 
 async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {

@@ -542,12 +542,20 @@ impl OpenIdProvider {
         }
     }
 
-    async fn named(&self, token: &str) -> Result<Named, OAuthError> {
+    /// What `token` is: an active access token of this issuer's, a refresh token (whatever its
+    /// state), or nothing known. With `expired_too`, an access token past its `exp` is named too
+    /// (for revocation: its grant may well outlive it).
+    async fn named(&self, token: &str, expired_too: bool) -> Result<Named, OAuthError> {
         if token.is_empty() || token.len() > MAX_ACCESS_TOKEN_BYTES {
             return Ok(Named::Unknown);
         }
         if token.contains('.') {
-            return match self.verify_access_token(token).await {
+            let verified = if expired_too {
+                self.keys.verify_ignoring_expiry::<AccessClaims>(token, ACCESS_TOKEN_TYP, &self.issuer).await
+            } else {
+                self.verify_access_token(token).await
+            };
+            return match verified {
                 Ok(claims) => Ok(Named::Access(claims)),
                 // The keys could not be read: the token may well be one of ours, which a revocation
                 // must not answer as done (RFC 7009 2.2.1), nor introspection call inactive.
@@ -573,7 +581,7 @@ impl OpenIdProvider {
     /// its `aud` among its `resources`); a refresh token only to the client that holds it.
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<serde_json::Value, OAuthError> {
         let inactive = serde_json::json!({ "active": false });
-        match self.named(token).await? {
+        match self.named(token, false).await? {
             Named::Access(claims) => {
                 let audience = claims.client_id == client.id.as_str()
                     || claims.aud == client.id.as_str()
@@ -622,8 +630,13 @@ impl OpenIdProvider {
     /// 2.2.1) rather than reported revoked, since it keeps counting until it expires.
     pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
         let now = crate::domain::now();
-        let grant = match self.named(token).await? {
-            Named::Access(claims) if claims.client_id == client.id.as_str() && claims.gid.is_none() => {
+        // An expired access token still names its grant: a client signing out with the last one
+        // it holds ends the grant (and its refresh token) rather than nothing.
+        let grant = match self.named(token, true).await? {
+            // (An expired one counts no more: nothing to refuse.)
+            Named::Access(claims)
+                if claims.client_id == client.id.as_str() && claims.gid.is_none() && claims.exp > now.timestamp() =>
+            {
                 return Err(OAuthError::unsupported_token_type(
                     "a client_credentials access token cannot be revoked: it counts until its `exp`",
                 ));
