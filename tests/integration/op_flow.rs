@@ -32,6 +32,7 @@ on_both_backends!(
     introspection_answers_inactive_alike_and_at_once,
     a_token_that_cannot_be_checked_is_not_answered_as_revoked,
     an_expired_access_token_still_revokes_its_grant,
+    an_access_token_never_outlives_its_grant,
     client_credentials_tokens_name_the_client,
     third_party_clients_ask_for_consent_once,
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
@@ -745,6 +746,33 @@ async fn an_expired_access_token_still_revokes_its_grant(backend: Backend) {
     let expired = keys.sign(SigningAlg::ES256, "at+jwt", &claims).await.unwrap();
     let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&job, Some(&job_secret));
     assert_eq!(revoke.form(&[("token", expired.as_str())]).send().await.unwrap().status(), 200);
+}
+
+/// A refresh near the end of its grant gets an access token that ends with the grant, not a
+/// full lifetime past it: a resource server that verifies it locally would take it for longer.
+async fn an_access_token_never_outlives_its_grant(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(&w, &mut browser, &client, &challenge).await;
+    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+    assert_eq!(tokens["expires_in"], 600, "a full lifetime while the grant lasts longer");
+    let ends = match backend {
+        Backend::Sqlite => (chrono::Utc::now() + chrono::TimeDelta::seconds(90)).timestamp_micros().to_string(),
+        Backend::Postgres => "now() + interval '90 seconds'".to_owned(),
+    };
+    let changed = w.app.db.sql().await.exec(&format!("UPDATE oauth_grants SET expires_at = {ends}")).await.unwrap();
+    assert_eq!(changed, 1);
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let refreshed = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
+    let refreshed = body(refreshed, 200).await;
+    let expires_in = refreshed["expires_in"].as_u64().unwrap();
+    assert!((80..=90).contains(&expires_in), "{refreshed}");
+    let (_, claims) = jwt_parts(refreshed["access_token"].as_str().unwrap());
+    let exp = claims["exp"].as_i64().unwrap();
+    assert!(exp <= chrono::Utc::now().timestamp() + 90, "{claims}");
 }
 
 async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {

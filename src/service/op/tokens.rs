@@ -419,11 +419,14 @@ impl OpenIdProvider {
             return Err(OAuthError::invalid_grant("the user is disabled or gone"));
         };
         let user = user_claims(&profile, &scopes);
+        // Never past the grant's own end: a resource server that verifies it locally, without
+        // asking about the grant, must not take it for longer than the grant lasts.
+        let expires = (now + delta(client.access_token_ttl)).min(grant.expires_at);
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             sub: grant.user_id.to_string(),
             aud: grant.resource.clone().unwrap_or_else(|| client.id.to_string()),
-            exp: (now + delta(client.access_token_ttl)).timestamp(),
+            exp: expires.timestamp(),
             iat: now.timestamp(),
             jti: uuid::Uuid::new_v4().to_string(),
             client_id: client.id.to_string(),
@@ -459,7 +462,7 @@ impl OpenIdProvider {
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer",
-            expires_in: client.access_token_ttl.as_secs(),
+            expires_in: u64::try_from((expires - now).num_seconds()).unwrap_or(0),
             refresh_token,
             id_token,
             scope: claims.scope,
