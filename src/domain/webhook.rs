@@ -114,7 +114,8 @@ pub struct WebhookDelivery {
     pub state: DeliveryState,
     /// Attempts made since `scheduled_at`.
     pub attempts: i64,
-    /// Start of the current series of attempts (creation, or the last replay).
+    /// Start of the current series of attempts: its first request; until then, when it was
+    /// queued (created, replayed, or its endpoint enabled again).
     pub scheduled_at: DateTime<Utc>,
     /// When the next attempt is due (pending deliveries).
     pub next_attempt_at: DateTime<Utc>,
@@ -145,7 +146,7 @@ pub struct DeliveryJob {
     pub event_created_at: DateTime<Utc>,
     /// Attempts made since `scheduled_at`.
     pub attempts: i64,
-    /// Start of the current series of attempts.
+    /// Start of the current series of attempts (see [`WebhookDelivery::scheduled_at`]).
     pub scheduled_at: DateTime<Utc>,
     /// When the next attempt is due.
     pub next_attempt_at: DateTime<Utc>,

@@ -3290,7 +3290,9 @@ impl Store for SqlStore {
         };
         let updated = query(
             "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3,
-                    last_attempt_at = $4, last_status = $5, last_error = $6, delivered_at = $7
+                    last_attempt_at = $4, last_status = $5, last_error = $6, delivered_at = $7,
+                    -- The series of attempts counts from its first.
+                    scheduled_at = CASE WHEN attempts = 0 THEN $4 ELSE scheduled_at END
              WHERE id = $1 AND state = 'pending' AND scheduled_at = $8
                AND EXISTS (SELECT 1 FROM webhook_endpoints e
                            WHERE e.id = webhook_deliveries.endpoint_id AND e.enabled AND e.url = $9)",
@@ -3421,7 +3423,8 @@ impl Store for SqlStore {
                 // transaction committed late, below the bound): that one is on its way already.
                 written = query(
                     "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, scheduled_at = $3,
-                            next_attempt_at = $3, delivered_at = NULL
+                            next_attempt_at = $3, delivered_at = NULL, last_attempt_at = NULL,
+                            last_status = NULL, last_error = NULL
                      WHERE endpoint_id = $1 AND event_id = $2 AND scheduled_at <= $4",
                 )
                 .bind(endpoint.id.as_uuid())

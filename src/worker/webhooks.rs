@@ -188,7 +188,7 @@ impl reqwest::dns::Resolve for PublicOnly {
 
 /// The `last_error` of a delivery that waited behind earlier ones past
 /// `webhooks.give_up_after_seconds` and failed without being sent.
-pub const NOT_SENT_PAST_GIVE_UP: &str = "not sent: held back behind earlier deliveries until its time ran out";
+pub const NOT_SENT_PAST_GIVE_UP: &str = "not sent: held back past its time behind an endpoint that is not answering";
 
 /// Delivers an endpoint's due deliveries in sequence order until one fails, none is left, or the
 /// lease nears its end.
@@ -212,6 +212,9 @@ async fn deliver_to(
             format!("not sent: the signing key cannot be decrypted ({error})")
         })
     };
+    // Whether an overdue delivery's one request failed in this run: the endpoint is down, and
+    // the rest of the overdue backlog fails unsent.
+    let mut endpoint_failing = false;
     // Batch after batch while the lease lasts: a backlog drains at the endpoint's pace, not at
     // one batch per poll interval.
     loop {
@@ -236,14 +239,22 @@ async fn deliver_to(
                     return;
                 }
             };
-            let give_up = TimeDelta::from_std(webhooks.settings().give_up_after)
-                .map_or(DateTime::<Utc>::MAX_UTC, |after| job.scheduled_at + after);
+            let after = TimeDelta::from_std(webhooks.settings().give_up_after).unwrap_or(TimeDelta::MAX);
+            // The series of attempts starts with its first request (`scheduled_at` is when it was
+            // queued until then, and that request's time after it).
+            let started = if job.attempts == 0 { Utc::now() } else { job.scheduled_at };
+            let give_up = started.checked_add_signed(after).unwrap_or(DateTime::<Utc>::MAX_UTC);
+            // Held back, untried, for longer than a series lasts (behind earlier deliveries, or
+            // while the workers were down): one request, no retries.
+            let overdue =
+                job.attempts == 0 && job.scheduled_at.checked_add_signed(after).is_some_and(|due| Utc::now() >= due);
             // Failed for good without a request: queued before the endpoint's event types were
-            // narrowed, or held back behind earlier deliveries past its time (so that a backlog
-            // behind a dead endpoint drains at once, not one timeout a delivery).
+            // narrowed, or overdue behind an endpoint whose last overdue request failed in this
+            // run (so that a backlog behind a dead endpoint drains at once, not at one timeout a
+            // delivery, while a slow but healthy one gets every event).
             let unsent = if !current.wants(&job.topic) {
                 Some(format!("not sent: the endpoint no longer subscribes to {}", job.topic))
-            } else if job.attempts == 0 && Utc::now() >= give_up {
+            } else if overdue && endpoint_failing {
                 Some(NOT_SENT_PAST_GIVE_UP.to_owned())
             } else {
                 None
@@ -262,11 +273,15 @@ async fn deliver_to(
                 },
             };
             let at = crate::domain::now();
-            let retry_at = error.as_ref().filter(|_| !final_without_request).and_then(|_| {
-                let next = at + TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).ok()?;
-                (next <= give_up).then_some(next)
+            // Retried until its time is up, the last retry at that time at the latest.
+            let retry_at = error.as_ref().filter(|_| !final_without_request && !overdue && at < give_up).map(|_| {
+                let wait = TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).unwrap_or(TimeDelta::MAX);
+                at.checked_add_signed(wait).map_or(give_up, |next| next.min(give_up))
             });
             let failed = error.is_some();
+            if failed && overdue && !final_without_request {
+                endpoint_failing = true;
+            }
             let result = match (failed, retry_at) {
                 (false, _) => "delivered",
                 (true, Some(_)) => "retry",

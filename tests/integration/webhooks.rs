@@ -28,6 +28,8 @@ on_both_backends!(
     an_endpoint_enabled_again_sends_what_waited_for_it,
     a_delivery_fails_for_good_when_retries_run_out,
     a_backlog_held_back_past_its_time_fails_without_a_request_each,
+    a_slow_receiver_gets_every_event_however_long_its_backlog_waits,
+    the_last_retry_comes_when_the_time_to_give_up_is_reached,
     deliveries_of_event_types_unsubscribed_since_are_not_sent,
     a_shutdown_finishes_the_request_under_way_and_releases_the_lease,
     a_shutdown_writes_the_counts_before_waiting_for_a_slow_delivery,
@@ -214,8 +216,17 @@ async fn a_replay_sends_events_again(backend: Backend) {
 
     let since = before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let path = format!("/admin/webhooks/{id}/replay?since={}", since.replace('+', "%2B"));
+    // Slowly answered, so that the replayed later event still waits behind the earlier one.
+    receiver.slow_ms.store(1500, Ordering::SeqCst);
     let replayed = json(app.admin(Method::POST, &path).send().await.unwrap(), 202).await;
     assert_eq!(replayed["scheduled"], 2);
+    // A delivery scheduled again shows no attempt of its earlier series.
+    let log = deliveries(&app, &id).await;
+    let waiting: Vec<_> = log.iter().filter(|d| d["attempts"] == 0).collect();
+    assert!(!waiting.is_empty(), "{log:?}");
+    for d in waiting {
+        assert!(d["last_status"].is_null() && d["last_attempt_at"].is_null() && d["last_error"].is_null(), "{d}");
+    }
     eventually("both events arrive", || async { receiver.all().len() == 3 }).await;
     let got = receiver.all();
     assert_eq!(got[1].body["data"]["identity"]["subject"], "early", "in sequence order");
@@ -348,11 +359,65 @@ async fn a_backlog_held_back_past_its_time_fails_without_a_request_each(backend:
     })
     .await;
     // The first one was sent (and timed out); the rest were created within its 3 s timeout, so
-    // they had all run out of time (1 s) by then.
-    assert_eq!(hanging.all().len(), 1);
+    // they had all been held back longer than their time (1 s) by then: in each round of the
+    // worker (the twelve may reach the queue over more than one) the first overdue one is sent
+    // once and times out too, and the others fail unsent.
+    let sent = hanging.all().len();
+    assert!((1..=5).contains(&sent), "{sent} requests");
     let log = deliveries(&app, &id).await;
     let unsent = log.iter().filter(|d| d["last_error"] == tessera::worker::webhooks::NOT_SENT_PAST_GIVE_UP).count();
-    assert_eq!(unsent, 11, "{log:?}");
+    assert_eq!(unsent, 12 - sent, "{log:?}");
+    app.stop().await;
+}
+
+/// A receiver that answers, slowly, gets every event although the last ones wait in the queue
+/// far longer than the time to give up: that time counts from a delivery's first attempt, and
+/// an overdue one still gets its request.
+async fn a_slow_receiver_gets_every_event_however_long_its_backlog_waits(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        with_keyring(config);
+        config.webhooks.give_up_after = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let slow = Receiver::start().await;
+    slow.slow_ms.store(1200, Ordering::SeqCst);
+    let (id, _) = register(&app, json!({ "url": slow.url })).await;
+    for i in 0..4 {
+        json(app.bootstrap(&identity(&format!("s{i}"), &format!("s{i}@example.com"), None)).await, 201).await;
+    }
+    eventually_within("every delivery is delivered", std::time::Duration::from_secs(30), || async {
+        let log = deliveries(&app, &id).await;
+        log.len() == 4 && log.iter().all(|d| d["state"] != "pending")
+    })
+    .await;
+    let log = deliveries(&app, &id).await;
+    assert!(log.iter().all(|d| d["state"] == "delivered" && d["attempts"] == 1), "{log:?}");
+    assert_eq!(slow.all().len(), 4);
+    app.stop().await;
+}
+
+/// A delivery whose next wait would end after its time to give up is retried when that time is
+/// reached rather than failed at once: a receiver back by then gets it.
+async fn the_last_retry_comes_when_the_time_to_give_up_is_reached(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        with_keyring(config);
+        config.webhooks.give_up_after = std::time::Duration::from_secs(2);
+        config.webhooks.retry_base = std::time::Duration::from_secs(60);
+        config.webhooks.retry_max = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.failing.store(true, Ordering::SeqCst);
+    let (id, _) = register(&app, json!({ "url": receiver.url })).await;
+    json(app.bootstrap(&identity("lr", "lr@example.com", None)).await, 201).await;
+    eventually("the first attempt fails", || async { receiver.all().len() == 1 }).await;
+    receiver.failing.store(false, Ordering::SeqCst);
+    eventually("delivered at the second attempt", || async {
+        deliveries(&app, &id).await.iter().all(|d| d["state"] != "pending")
+    })
+    .await;
+    let log = deliveries(&app, &id).await;
+    assert_eq!((log[0]["state"].clone(), log[0]["attempts"].clone()), (json!("delivered"), json!(2)), "{log:?}");
     app.stop().await;
 }
 
