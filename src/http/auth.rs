@@ -102,7 +102,15 @@ async fn start_login(
     // this origin (the question's own link, the chooser) or typed in (`none`) goes ahead.
     if csrf::from_this_origin(&headers).is_err() {
         match pages::live_session(&state, &headers, "/login").await {
-            Ok(Some((live, _))) => return already_signed_in(&state, &headers, &query, &live),
+            Ok(Some((live, _))) => {
+                return already_signed_in(
+                    &state,
+                    &headers,
+                    query.provider.as_deref(),
+                    query.return_to.as_deref(),
+                    &live,
+                );
+            }
             Ok(None) => {}
             Err(response) => return response,
         }
@@ -158,18 +166,22 @@ fn continue_to(state: &AppState, return_to: Option<&str>) -> String {
 
 /// The page for a browser sent from another site to sign in while it is signed in here: go on
 /// as who it is, or sign in anew (a link of this origin's, which then goes ahead).
-fn already_signed_in(
+/// The question asked of a browser signed in here that another site sends to sign in again
+/// (through `provider`, coming back to `return_to`): go on as who it is, or sign in anew — which
+/// ends its session here, and the apps' grants bound to it.
+pub(super) fn already_signed_in(
     state: &AppState,
     headers: &HeaderMap,
-    query: &StartQuery,
+    provider: Option<&str>,
+    return_to: Option<&str>,
     live: &crate::service::sessions::LiveSession,
 ) -> Response {
     let signed_in = errors::Context { return_to: None, signed_in: true };
-    let provider = match state.flows.provider(query.provider.as_deref()) {
+    let provider = match state.flows.provider(provider) {
         Ok(provider) => provider.name().to_owned(),
         Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
     };
-    let return_to = match query.return_to.as_deref().filter(|r| !r.is_empty()) {
+    let return_to = match return_to.filter(|r| !r.is_empty()) {
         Some(value) => match state.sign_in.check_return_to(value) {
             Ok(checked) => Some(checked.as_str().to_owned()),
             Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),

@@ -38,6 +38,7 @@ on_both_backends!(
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
     a_public_clients_access_token_does_not_end_its_offline_grant,
     prompt_and_max_age_are_honoured,
+    another_site_cannot_force_a_signed_in_browser_to_sign_in_again,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
     pushed_requests_are_single_use,
     forward_auth_answers_for_sessions_and_tokens,
@@ -1355,6 +1356,39 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     // A fresh browser with prompt=none: login_required, nothing held.
     let to = location(&Browser::new().navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=none")).await);
     assert_eq!(param(&to, "error").as_deref(), Some("login_required"));
+}
+
+/// `prompt=login` (or `max_age=0`) from another site would end a signed-in browser's session,
+/// and every app grant bound to it, with no click — a plain OAuth provider answers a fresh login
+/// silently. The browser is asked first; its own click on that page signs in afresh.
+async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, _) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    code_for(&w, &mut browser, &client, &challenge).await;
+    let sessions = w.app.db.sql().await.count("sessions").await;
+    for forcing in ["&prompt=login", "&max_age=0"] {
+        let url = authorize_url(&w.app, &client, &challenge, forcing);
+        let asked = browser.request_from("cross-site", Method::GET, &url).await;
+        assert_eq!(asked.status(), StatusCode::OK, "{forcing}");
+        let page = asked.text().await.unwrap();
+        assert!(page.contains("You are already signed in"), "{forcing}: {page}");
+        assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "{forcing}: the session lives");
+        // The page's own link, followed from this origin, goes upstream for a fresh login.
+        let href =
+            page.split("href=\"").map(|rest| rest.split('"').next().unwrap()).find(|h| h.starts_with("/auth/login"));
+        let href = href.unwrap().replace("&amp;", "&").replace("&#38;", "&");
+        let started = browser.request_from("same-origin", Method::GET, &w.app.url(&href)).await;
+        assert_eq!(started.status(), StatusCode::SEE_OTHER);
+        let upstream = location(&started);
+        assert!(upstream.starts_with(w.issuer.issuer()), "{forcing}: {upstream}");
+        assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "{forcing}: {upstream}");
+    }
+    // From this origin (the chooser, an app on it) the sign-in goes ahead as asked.
+    let url = authorize_url(&w.app, &client, &challenge, "&prompt=login");
+    let ahead = browser.request_from("same-origin", Method::GET, &url).await;
+    assert!(location(&ahead).starts_with(w.issuer.issuer()));
 }
 
 async fn pushed_requests_are_single_use(backend: Backend) {

@@ -180,7 +180,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     match op.authorize(params, view.as_ref()).await {
         Ok(Next::Redirect(to)) => redirect(&to, &[]),
         Ok(Next::SignIn { continue_to, login_hint, reauthenticate }) => {
-            sign_in(state, headers, &continue_to, login_hint.as_deref(), reauthenticate).await
+            sign_in(state, headers, live.as_ref(), &continue_to, login_hint.as_deref(), reauthenticate).await
         }
         Ok(Next::Consent { request_id, client_name, scopes, resource }) => {
             consent_page(state, &request_id, &client_name, &scopes, resource.as_deref())
@@ -223,6 +223,7 @@ fn unavailable(state: &AppState, headers: &HeaderMap) -> Response {
 async fn sign_in(
     state: &AppState,
     headers: &HeaderMap,
+    live: Option<&LiveSession>,
     continue_to: &str,
     login_hint: Option<&str>,
     reauthenticate: bool,
@@ -244,6 +245,14 @@ async fn sign_in(
     let Some(provider) = chosen else {
         return chooser_page(continue_to);
     };
+    // A browser signed in here, sent by another site to sign in again (`prompt=login`,
+    // `max_age=0`, a hint of someone else): that would end its session here and the apps' grants
+    // bound to it, without a click. It is asked first, as at `/auth/login`.
+    if let Some(live) = live
+        && csrf::from_this_origin(headers).is_err()
+    {
+        return crate::http::auth::already_signed_in(state, headers, Some(&provider), Some(continue_to), live);
+    }
     match state.sign_in.begin(Some(&provider), Some(continue_to), None, reauthenticate).await {
         Ok(started) => {
             redirect(started.location.as_str(), &[login_cookie(state, headers, started.state.expose_secret())])
