@@ -21,7 +21,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
-use super::audit::{AuditAction, NothingChanged};
+use super::audit::{AuditAction, AuditDetails, NothingChanged};
 use super::extract::{ApiJson, ApiPath, required};
 use super::problem::ApiError;
 use super::responses::{BootstrapResponse, UserProfileResponse, UserResponse};
@@ -145,7 +145,10 @@ async fn update_user(
     State(state): State<Arc<AppState>>,
     ApiPath(user_id): ApiPath<String>,
     ApiJson(request): ApiJson<UpdateUserRequest>,
-) -> Result<(Option<Extension<NothingChanged>>, Extension<AuditAction>, Json<UserResponse>), ApiError> {
+) -> Result<
+    (Option<Extension<NothingChanged>>, Extension<AuditAction>, Extension<AuditDetails>, Json<UserResponse>),
+    ApiError,
+> {
     let user_id = parse_user_id(&user_id)?;
     if request.name.is_none()
         && request.email.is_none()
@@ -178,15 +181,21 @@ async fn update_user(
         return Err(ApiError::new(ErrorCode::InvalidRequest, "an email that is removed cannot be verified")
             .field("email_verified"));
     }
-    let action = match request.disabled {
-        Some(true) => "user.disabled",
-        Some(false) => "user.enabled",
-        None => "user.updated",
-    };
     let change = UserChange { name, email, email_verified: request.email_verified, disabled: request.disabled };
     let update = state.provisioner.update_user(user_id, &change).await?;
     let unchanged = (!update.changed).then_some(Extension(NothingChanged));
-    Ok((unchanged, Extension(AuditAction(action)), Json(update.user.into())))
+    // Named by what changed, not by what was sent: `disabled: false` beside a new email is an
+    // update of the email, not an enabling. Disabling a user already disabled that still ended
+    // a session left is a disabling.
+    let toggled = update.fields.contains(&"disabled");
+    let action = match (toggled || update.fields.is_empty(), update.user.disabled) {
+        (true, true) => "user.disabled",
+        (true, false) => "user.enabled",
+        (false, _) => "user.updated",
+    };
+    let fields: Vec<serde_json::Value> = update.fields.iter().map(|f| (*f).into()).collect();
+    let details = AuditDetails(serde_json::Map::from_iter([("fields".to_owned(), fields.into())]));
+    Ok((unchanged, Extension(AuditAction(action)), Extension(details), Json(update.user.into())))
 }
 
 #[utoipa::path(

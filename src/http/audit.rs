@@ -169,6 +169,11 @@ pub fn request_id(headers: &HeaderMap) -> Option<String> {
 #[derive(Debug, Clone, Copy)]
 pub struct AuditAction(pub &'static str);
 
+/// Facts a handler adds to its request's audit row (an object, merged into the row's details):
+/// what only the handler knows, like which of a user's fields a `PATCH` changed.
+#[derive(Debug, Clone)]
+pub struct AuditDetails(pub Map<String, Value>);
+
 /// In a successful answer's extensions: the request changed nothing (every field it named already
 /// had that value), so it gets no audit row, as it gets no event.
 #[derive(Debug, Clone, Copy)]
@@ -348,6 +353,9 @@ pub async fn record_admin_action(
         if rule.target.is_none() {
             details.insert("method".into(), method.as_str().into());
             details.insert("route".into(), route.into());
+        }
+        if let Some(AuditDetails(added)) = response.extensions().get::<AuditDetails>() {
+            details.extend(added.clone());
         }
         if let Some(user) = on_behalf_of {
             details.insert("on_behalf_of".into(), user.into());

@@ -150,6 +150,8 @@ pub struct UserUpdate {
     pub user: User,
     /// `false` when every field named already had its value: nothing was written.
     pub changed: bool,
+    /// The fields whose value changed (`name`, `email`, `email_verified`, `disabled`).
+    pub fields: Vec<&'static str>,
 }
 
 /// A change of a webhook endpoint's fields, for [`Store::patch_webhook`]: `None` leaves one as

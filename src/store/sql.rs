@@ -1042,7 +1042,7 @@ impl Store for SqlStore {
             } else {
                 tx.rollback().await?;
             }
-            return Ok(Some(UserUpdate { user: before, changed: ended > 0 }));
+            return Ok(Some(UserUpdate { user: before, changed: ended > 0, fields: Vec::new() }));
         }
         query(
             "UPDATE users SET name = $2, email = $3, email_verified = $4, disabled = $5, updated_at = $6 WHERE id = $1",
@@ -1077,7 +1077,10 @@ impl Store for SqlStore {
             log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         }
         tx.commit().await?;
-        Ok(Some(UserUpdate { user: found, changed: true }))
+        if toggled {
+            changed.push("disabled");
+        }
+        Ok(Some(UserUpdate { user: found, changed: true, fields: changed }))
     }
 
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError> {

@@ -83,6 +83,11 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     let again = json!({ "disabled": false, "name": "Ada L." });
     let again = app.admin(Method::PATCH, &format!("/admin/users/{user}")).json(&again);
     assert_eq!(body(again.send().await.unwrap(), 200).await["name"], json!("Ada L."));
+    // Named by what changed: `disabled: false` beside a new email, for a user enabled already,
+    // is an update of the email (the row names the fields, never their values).
+    let email = json!({ "disabled": false, "email": "ada.new@example.com", "email_verified": true });
+    let email = app.admin(Method::PATCH, &format!("/admin/users/{user}")).json(&email);
+    body(email.send().await.unwrap(), 200).await;
     let team = app.admin(Method::POST, "/admin/teams").json(&json!({ "slug": "acme", "name": "Acme" }));
     let team = body(team.send().await.unwrap(), 201).await["id"].as_str().unwrap().to_owned();
     // Added, then added again with the same role (nothing changed: no row), then promoted.
@@ -119,6 +124,7 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
             "user.disabled",
             "user.updated",
             "user.enabled",
+            "user.updated",
             "team.created",
             "team.member_added",
             "team.member_role_changed",
@@ -140,6 +146,9 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     assert_eq!((&bootstrapped["request_id"], &bootstrapped["outcome"]), (&json!("req-bootstrap"), &json!("success")));
     assert_eq!(bootstrapped["details"], json!({ "created": true }));
     let disabled = row("user.disabled");
+    assert_eq!(disabled["details"], json!({ "fields": ["disabled"] }));
+    assert_eq!(row("user.updated")["details"], json!({ "fields": ["email", "email_verified"] }), "the latest update");
+    assert_eq!(row("user.enabled")["details"], json!({ "fields": ["disabled"] }));
     assert_eq!((&disabled["actor_id"], &disabled["actor_name"]), (&json!("1"), &json!("admin_tokens[1]")));
     assert_eq!((&disabled["target_id"], &disabled["request_id"]), (&json!(user), &json!("req-disable")));
     assert_eq!(row("team.created")["target_id"], json!(team));
@@ -157,7 +166,7 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     let about_the_user = audit(&app, &format!("target_id={user}")).await;
     assert_eq!(
         actions(&about_the_user),
-        ["user.deleted", "user.enabled", "user.updated", "user.disabled", "user.bootstrapped"],
+        ["user.deleted", "user.updated", "user.enabled", "user.updated", "user.disabled", "user.bootstrapped"],
         "each found by the canonical id"
     );
     for spelling in [shouting.clone(), braced.clone(), format!("urn:uuid:{user}")] {
@@ -171,7 +180,7 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     }
     // No secret, token or email in any row.
     let text = serde_json::to_string(&rows).unwrap();
-    for secret in [ADMIN_TOKEN, SECOND_TOKEN, "ada@example.com"]
+    for secret in [ADMIN_TOKEN, SECOND_TOKEN, "ada@example.com", "ada.new@example.com"]
         .into_iter()
         .chain([&hook["secret"], &client["client_secret"], &rotated["client_secret"]].map(|v| v.as_str().unwrap()))
     {
