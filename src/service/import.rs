@@ -214,8 +214,13 @@ impl Importer {
         let record = record?;
         let issuer = Issuer::parse(required(record.issuer.as_deref())?)
             .map_err(|e| if e == IssuerError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidIssuer })?;
-        let subject = Subject::parse(required(record.subject.as_deref())?)
-            .map_err(|e| text_code(e, ErrorCode::InvalidSubject))?;
+        let subject = required(record.subject.as_deref())?;
+        // Every other field is trimmed; a subject is taken as written, so spaces around it (a
+        // CSV written `issuer, subject`) would make an identity the provider never names.
+        if subject.trim() != subject {
+            return Err(ErrorCode::InvalidSubject);
+        }
+        let subject = Subject::parse(subject).map_err(|e| text_code(e, ErrorCode::InvalidSubject))?;
         let email = match record.email.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
             None => None,
             Some(email) => Some(Email::parse(email).map_err(|e| {

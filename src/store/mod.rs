@@ -975,9 +975,10 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<MemberOutcome, StoreError>;
 
-    /// Adds `user` to `team` as `role` unless they are a member already, in any role
-    /// ([`MemberOutcome::Unchanged`], nothing written), under the same locks as
-    /// [`Store::put_member`]: a join (`tessera import`) never changes a role given meanwhile.
+    /// Adds `user` to `team` as `role` unless they are a member already, in any role, or
+    /// disabled ([`MemberOutcome::Unchanged`], nothing written), under the same locks as
+    /// [`Store::put_member`]: a join (`tessera import`) never changes a role given meanwhile,
+    /// nor adds a user disabled meanwhile.
     async fn add_member(
         &self,
         team: TeamId,

@@ -69,8 +69,23 @@ impl SqlStore {
         only_add: bool,
     ) -> Result<MemberOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
-        // The user, then the team: the order of a user's deletion (see `lock_user_key`).
-        if !lock_user_key(&mut tx, user).await? {
+        // The user, then the team: the order of a user's deletion (see `lock_user_key`). A join
+        // (`only_add`) reads whether the user is disabled, under a lock that a disable waits
+        // for: a disabled user joins no team, as on the provisioning path.
+        if only_add {
+            let row = query("SELECT disabled FROM users WHERE id = $1 FOR SHARE")
+                .bind(user.as_uuid())
+                .fetch_optional(&mut tx)
+                .await?;
+            let Some(row) = row else {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::UserNotFound);
+            };
+            if row.flag("disabled")? {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::Unchanged);
+            }
+        } else if !lock_user_key(&mut tx, user).await? {
             tx.rollback().await?;
             return Ok(MemberOutcome::UserNotFound);
         }

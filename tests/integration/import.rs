@@ -272,15 +272,17 @@ async fn csv_files_are_read_by_their_header_and_bad_headers_stop_before_writing(
          c3,{ISSUER},Too,many,fields,here,extra\n\
          c4,{ISSUER},Maybe,m@example.com,maybe,\n\
          \"c5\nwith a line break\",{ISSUER},Bob,bob@example.com,false,\n\
-         c6,{ISSUER},Cy,cy@example.com,0,\n"
+         c6,{ISSUER},Cy,cy@example.com,0,\n          c7,{ISSUER},Padded,,,\n"
     );
     std::fs::write(dir.path().join("people.csv"), csv).unwrap();
     let (code, summary) = import(dir.path(), &db, "people.csv", &[]).await;
     assert_eq!(code, 1);
-    assert_eq!(counts(&summary), [6, 3, 0, 3, 0], "{summary}");
+    assert_eq!(counts(&summary), [7, 3, 0, 4, 0], "{summary}");
+    // A subject with spaces around it (` c7`) is refused, not imported as another subject than
+    // the provider's `c7`, which would sign in as a second user.
     assert_eq!(
         refusals(&summary),
-        [("invalid_request".to_owned(), vec![5, 6]), ("invalid_subject".to_owned(), vec![7])],
+        [("invalid_request".to_owned(), vec![5, 6]), ("invalid_subject".to_owned(), vec![7, 10])],
         "numbered by the file's lines (a quoted line break is no new record)"
     );
     let issuer = tessera::domain::Issuer::parse(ISSUER).unwrap();

@@ -1369,6 +1369,12 @@ async fn add_member_never_changes_a_role_given_meanwhile(backend: Backend) {
         store.add_member(team, UserId::generate(), Role::Member, now()).await.unwrap(),
         MemberOutcome::UserNotFound
     );
+    // A disabled user joins no team (as on the provisioning path); racing the disable, the join
+    // comes before it (a member, then disabled) or after it (not added), never both.
+    let cy = sign_up(&store, "cy").await;
+    set_user_disabled(&store, cy.id(), true, now()).await.unwrap();
+    assert_eq!(store.add_member(team, cy.id(), Role::Member, now()).await.unwrap(), MemberOutcome::Unchanged);
+    assert_eq!(role_in(&store, &ada.team, cy.id()).await, None);
 }
 
 async fn concurrent_puts_of_one_member_add_them_once(backend: Backend) {
