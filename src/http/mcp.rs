@@ -53,11 +53,15 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     config.max_request_body_bytes = MAX_BODY_BYTES;
     let service =
         StreamableHttpService::new(move || Ok(server.clone()), Arc::new(NeverSessionManager::default()), config);
+    // Bearer tokens only, never cookies: an MCP client running in a browser (an inspector, an
+    // agent's web app) may read the metadata, the challenge and the answers from any origin.
+    let mcp_headers = ["mcp-protocol-version", "mcp-session-id", "last-event-id"].map(header::HeaderName::from_static);
     Router::new()
         .route_service(PATH, service)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route(METADATA_PATH, get(metadata))
         .route(&format!("{METADATA_PATH}{PATH}"), get(metadata))
+        .layer(super::op::browser_apps_sending(&mcp_headers))
 }
 
 /// The resource identifier of the endpoint.
@@ -179,9 +183,13 @@ fn refuse(op: &OpenIdProvider, error: ApiError) -> Response {
     let mut response = error.into_response();
     if response.status() == StatusCode::UNAUTHORIZED {
         let metadata = op.endpoint(&format!("{METADATA_PATH}{PATH}"));
+        // The scopes to ask for, as the MCP authorization spec asks a server to name them.
+        let scope = SCOPES.join(" ");
         let challenge = match missing {
-            true => format!("Bearer realm=\"tessera\", resource_metadata=\"{metadata}\""),
-            false => format!("Bearer realm=\"tessera\", error=\"invalid_token\", resource_metadata=\"{metadata}\""),
+            true => format!("Bearer realm=\"tessera\", resource_metadata=\"{metadata}\", scope=\"{scope}\""),
+            false => format!(
+                "Bearer realm=\"tessera\", error=\"invalid_token\", resource_metadata=\"{metadata}\", scope=\"{scope}\""
+            ),
         };
         if let Ok(value) = HeaderValue::from_str(&challenge) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, value);

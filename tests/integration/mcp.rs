@@ -106,6 +106,7 @@ async fn refused(agent: &Agent, response: reqwest::Response, status: u16, code: 
         assert!(challenge.starts_with("Bearer "), "{challenge}");
         assert!(challenge.contains(&format!("resource_metadata=\"{metadata}\"")), "{challenge}");
         assert_eq!(challenge.contains("error=\"invalid_token\""), code != "missing_credentials", "{challenge}");
+        assert!(challenge.contains("scope=\"openid offline_access\""), "the scopes to ask for: {challenge}");
     }
 }
 
@@ -186,6 +187,26 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
         assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
         assert_eq!(doc["scopes_supported"], json!(["openid", "offline_access"]));
     }
+    // A client in a browser page of another origin reads the metadata, and the challenge of a
+    // refused call (bearer tokens only: no credentials mode).
+    let origin = "https://inspector.example";
+    let doc = app.client.get(app.url("/.well-known/oauth-protected-resource/mcp")).header("origin", origin);
+    let doc = doc.send().await.unwrap();
+    assert_eq!(doc.headers()["access-control-allow-origin"], "*");
+    let preflight = app.client.request(Method::OPTIONS, app.url("/mcp")).header("origin", origin);
+    let preflight = preflight
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization, content-type, mcp-protocol-version")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("mcp-protocol-version") && allowed.contains("authorization"), "{allowed}");
+    let unauthenticated = app.client.post(app.url("/mcp")).header("origin", origin).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    let exposed = unauthenticated.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(exposed.contains("www-authenticate"), "{exposed}");
 
     // Without the OpenID Provider (no key ring), nothing can get a token: 404 saying why.
     let off = TestApp::spawn(backend).await;

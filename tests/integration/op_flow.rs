@@ -331,6 +331,8 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         ("&max_age=soon", "invalid_request"),
         ("&nonce=again", "invalid_request"),
         ("&resource=https%3A%2F%2Fa.example.com&resource=https%3A%2F%2Fb.example.com", "invalid_target"),
+        // An empty one (a template that did not fill it in) is not taken for none.
+        ("&resource=", "invalid_target"),
         // A request object is refused, not ignored with whatever it held (OpenID Connect Core 6.1).
         ("&request=eyJhbGciOiJub25lIn0.eyJtYXhfYWdlIjowfQ.", "request_not_supported"),
     ] {
@@ -448,6 +450,18 @@ async fn bad_token_requests_are_refused_and_issue_nothing(backend: Backend) {
                 ("code_verifier", &verifier),
                 ("resource", "https://api.example.com"),
                 ("resource", "https://other.example.com"),
+            ],
+            me,
+            400,
+            "invalid_target",
+        ),
+        (
+            vec![
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &verifier),
+                ("resource", ""),
             ],
             me,
             400,

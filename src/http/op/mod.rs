@@ -37,10 +37,18 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 /// CORS for browser apps on any origin, without credentials (no cookie is ever sent or read).
 fn browser_apps() -> CorsLayer {
+    browser_apps_sending(&[])
+}
+
+/// [`browser_apps`], allowing the request headers `extra` besides `Authorization` and
+/// `Content-Type` (an MCP client's, say).
+pub(crate) fn browser_apps_sending(extra: &[header::HeaderName]) -> CorsLayer {
+    let allowed: Vec<header::HeaderName> =
+        [header::AUTHORIZATION, header::CONTENT_TYPE].into_iter().chain(extra.iter().cloned()).collect();
     CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_headers(allowed)
         // Why userinfo refused a token is in this header (RFC 6750 3), not the body.
         .expose_headers([header::WWW_AUTHENTICATE])
         .max_age(Duration::from_secs(3600))

@@ -114,6 +114,13 @@ fn get(map: &BTreeMap<&str, &str>, key: &str) -> Option<String> {
     map.get(key).filter(|v| !v.is_empty()).map(|v| (*v).to_owned())
 }
 
+/// `resource`, empty or not: an empty one (a client's template left unfilled) is a resource
+/// that is not registered (`invalid_target`, RFC 8707 section 2), not a request without one —
+/// which would get a token for the client itself.
+fn resource(map: &BTreeMap<&str, &str>) -> Option<String> {
+    map.get("resource").map(|v| (*v).to_owned())
+}
+
 /// The client's credentials: HTTP Basic and the form's `client_*` parameters (read by
 /// [`client_credentials`]).
 pub(super) fn credentials(headers: &HeaderMap, map: &BTreeMap<&str, &str>) -> Result<ClientCredentials, OAuthError> {
@@ -158,7 +165,7 @@ async fn token(
         code_verifier: get(&map, "code_verifier"),
         refresh_token: get(&map, "refresh_token"),
         scope: get(&map, "scope"),
-        resource: get(&map, "resource"),
+        resource: resource(&map),
     };
     Ok(ok_json(op.token(&creds, form).await?))
 }
@@ -287,7 +294,7 @@ pub(super) fn authorization_params(map: &BTreeMap<&str, &str>) -> AuthorizationP
         prompt: get(map, "prompt"),
         max_age: get(map, "max_age"),
         login_hint: get(map, "login_hint"),
-        resource: get(map, "resource"),
+        resource: resource(map),
         request_uri: get(map, "request_uri"),
         response_mode: get(map, "response_mode"),
         request_object: map.contains_key("request"),
