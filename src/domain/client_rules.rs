@@ -181,9 +181,19 @@ impl ClientRuleError {
     }
 }
 
-/// Parses a client id.
+/// Parses the id of a client being registered: not one that reads as a UUID, since it is the
+/// `sub` of the client's `client_credentials` tokens, where a user's id would be — a resource
+/// server keying on `sub` must not take the client for a user.
 pub fn parse_client_id(value: &str) -> Result<ClientId, ClientRuleError> {
-    ClientId::parse(value).map_err(|e| ClientRuleError::new("id", ClientRule::ClientId, e.to_string()))
+    let id = ClientId::parse(value).map_err(|e| ClientRuleError::new("id", ClientRule::ClientId, e.to_string()))?;
+    if uuid::Uuid::try_parse(value).is_ok() {
+        return Err(ClientRuleError::new(
+            "id",
+            ClientRule::ClientId,
+            "a client id must not be a UUID: it is the `sub` of the client's own tokens, where a user's id would be",
+        ));
+    }
+    Ok(id)
 }
 
 /// Parses a kind (`confidential` or `public`).

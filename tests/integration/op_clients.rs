@@ -259,6 +259,9 @@ async fn registrations_that_break_a_rule_are_refused_saying_what_to_fix(backend:
         (with(confidential("a"), json!({"client_secret": "chosen-by-me"})), "invalid_client_metadata", "client_secret"),
         (with(confidential("a"), json!({"kind": "spa"})), "invalid_client_metadata", "kind"),
         (with(confidential("a"), json!({"id": "not ok!"})), "invalid_client_id", "id"),
+        // A client's id is the `sub` of its client_credentials tokens, where a user's id would be.
+        (with(confidential("a"), json!({"id": "0193a5e2-7c1d-7b2e-9f00-1234567890ab"})), "invalid_client_id", "id"),
+        (with(confidential("a"), json!({"id": "0193a5e27c1d7b2e9f001234567890ab"})), "invalid_client_id", "id"),
         (with(confidential("a"), json!({"name": "  "})), "missing_field", "name"),
         (with(public("a"), json!({"jwks": {"keys": []}})), "invalid_client_metadata", "jwks"),
         (with(confidential("a"), json!({"jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}})), "invalid_jwks", "jwks"),
