@@ -4554,7 +4554,12 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
         store.claim_webhooks(Uuid::new_v4(), now(), now(), 10).await.unwrap().is_empty(),
         "the first pending delivery is not due: the endpoint waits, its later events too"
     );
-    store.record_attempt(&hook, jobs[0].id, &failure(None)).await.unwrap();
+    // The series of attempts now counts from its first (the time to give up runs from there).
+    let series = store.pending_deliveries(hook.id, 100).await.unwrap()[0].scheduled_at;
+    assert_eq!(series, t);
+    let stale = Attempt { scheduled_at, ..failure(None) };
+    assert!(!store.record_attempt(&hook, jobs[0].id, &stale).await.unwrap(), "not of the current series");
+    store.record_attempt(&hook, jobs[0].id, &Attempt { scheduled_at: series, ..failure(None) }).await.unwrap();
     let delivered = Attempt { at: t, status: Some(204), error: None, retry_at: None, scheduled_at };
     store.record_attempt(&hook, jobs[1].id, &delivered).await.unwrap();
     store.record_attempt(&hook, jobs[1].id, &failure(None)).await.unwrap();
