@@ -154,6 +154,15 @@ pub struct UserUpdate {
     pub fields: Vec<&'static str>,
 }
 
+/// What one [`Store::fan_out_events`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanOut {
+    /// How many events were processed.
+    pub events: u64,
+    /// The missing sequence number that the events after it wait for, if any.
+    pub waiting_for: Option<i64>,
+}
+
 /// A change of a webhook endpoint's fields, for [`Store::patch_webhook`]: `None` leaves one as
 /// it is. The values are already checked.
 #[derive(Debug, Clone, Default)]
@@ -1336,10 +1345,11 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// per event and enabled endpoint that wants its topic and was registered when it was written;
     /// then marks them processed. One instance at a time does this (on PostgreSQL a transaction
     /// advisory lock; others return 0 at once), so deliveries are created in sequence order.
-    /// Events after a missing sequence number wait, while the first of them is less than 10 s
-    /// old, for the transaction that may hold it to commit (one that rolled back never fills it).
-    /// Returns how many events were processed.
-    async fn fan_out_events(&self, limit: i64, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Events after a missing sequence number wait for the transaction that may hold it to
+    /// commit (one that rolled back never fills it) — unless that number is `past_gap`, which the
+    /// caller has waited for long enough: the answer names the number they wait for.
+    async fn fan_out_events(&self, limit: i64, past_gap: Option<i64>, now: DateTime<Utc>)
+    -> Result<FanOut, StoreError>;
 
     /// Leases up to `limit` enabled endpoints whose first pending delivery (in sequence order) is
     /// due at `now` and whose lease (if any) ran out, to `owner` until `until`. On PostgreSQL the

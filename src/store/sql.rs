@@ -25,10 +25,11 @@ use super::rows::{
 };
 use super::{
     Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
-    DataReport, DefaultTeam, EncryptedTokens, IdentityMatch, LinkOutcome, LoginState, MemberOutcome, MigrationStatus,
-    NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed,
-    RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind, SessionOfIdentity, SessionRecord, SigningKeyRecord,
-    Store, StoreError, StoredSecret, UnlinkOutcome, UserSession, WebhookChange, WebhookKeys, decode_kind, decode_role,
+    DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, LinkOutcome, LoginState, MemberOutcome,
+    MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
+    RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind, SessionOfIdentity,
+    SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession, WebhookChange,
+    WebhookKeys, decode_kind, decode_role,
 };
 use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 use super::{
@@ -682,12 +683,6 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
 
 /// The advisory-lock key of the fan-out of outbox events (one instance at a time).
 const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
-
-/// How long the fan-out waits for a missing outbox sequence number before the events after it.
-/// On PostgreSQL a number is taken at insert and seen at commit, so a transaction still running
-/// may hold a lower one than an event already visible; one that rolled back leaves the gap for
-/// good.
-const OUTBOX_GAP_WAIT: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 /// Columns of `webhook_endpoints`, for [`webhook_row`].
 /// The `SET` of an endpoint's `enabled` from `$4` (`NULL` keeps it) with its `disabled_at`: the
@@ -3088,19 +3083,25 @@ impl Store for SqlStore {
         Ok(deleted == 1)
     }
 
-    async fn fan_out_events(&self, limit: i64, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn fan_out_events(
+        &self,
+        limit: i64,
+        past_gap: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<FanOut, StoreError> {
+        let nothing = FanOut { events: 0, waiting_for: None };
         // A read first: every instance polls, and most polls find nothing to do (on SQLite a write
         // transaction would take the one writer connection each time).
         let waiting = query("SELECT 1 AS one FROM outbox_events WHERE processed_at IS NULL LIMIT 1")
             .fetch_optional(self.db.reader())
             .await?;
         if waiting.is_none() {
-            return Ok(0);
+            return Ok(nothing);
         }
         let mut tx = self.db.begin().await?;
         if !try_exclusive(&mut tx, FAN_OUT_LOCK).await? {
             tx.rollback().await?;
-            return Ok(0);
+            return Ok(nothing);
         }
         let events = query(
             "SELECT seq, id, topic, created_at FROM outbox_events WHERE processed_at IS NULL
@@ -3109,8 +3110,8 @@ impl Store for SqlStore {
         .bind(limit.max(1))
         .fetch_all(&mut tx)
         .await?;
-        // Events after a gap wait for it (while the first of them is younger than
-        // OUTBOX_GAP_WAIT), so that an endpoint gets its events in sequence order.
+        // Events after a gap wait for it (until the caller has waited long enough), so that an
+        // endpoint gets its events in sequence order.
         let done = query("SELECT seq FROM outbox_events WHERE processed_at IS NOT NULL ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut tx)
             .await?
@@ -3119,10 +3120,11 @@ impl Store for SqlStore {
         // With none processed yet, numbering starts at 1. A number below the next is an event
         // that committed after later ones were processed: no gap, and the next stays where it is.
         let mut next = done.map_or(1, |seq| seq + 1);
-        let mut ready = 0;
+        let (mut ready, mut waiting_for) = (0, None);
         for event in &events {
             let seq = event.int("seq")?;
-            if seq > next && event.time("created_at")? > now - OUTBOX_GAP_WAIT {
+            if seq > next && past_gap != Some(next) {
+                waiting_for = Some(next);
                 break;
             }
             next = next.max(seq + 1);
@@ -3131,7 +3133,7 @@ impl Store for SqlStore {
         let events = &events[..ready];
         if events.is_empty() {
             tx.rollback().await?;
-            return Ok(0);
+            return Ok(FanOut { events: 0, waiting_for });
         }
         // An endpoint disabled since an event was written still gets it (the delivery waits until
         // the endpoint is enabled again): how far behind the fan-out runs must not decide.
@@ -3166,7 +3168,7 @@ impl Store for SqlStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(events.len() as u64)
+        Ok(FanOut { events: events.len() as u64, waiting_for })
     }
 
     async fn claim_webhooks(

@@ -33,6 +33,13 @@ const FAN_OUT_BATCH: i64 = 500;
 const FAN_OUT_BATCHES_PER_ROUND: usize = 10;
 /// Deliveries read per endpoint per lease.
 const DELIVERY_BATCH: i64 = 100;
+/// How long the fan-out waits for a missing outbox sequence number before the events after it,
+/// counted from when it first found them waiting. On PostgreSQL a number is taken at insert and
+/// seen at commit, so a transaction still running may hold a lower one than an event already
+/// visible; one that rolled back leaves the gap for good. Counted on this instance's own clock
+/// from what it saw, not from the events' times, which come from the writers' clocks before
+/// their transactions waited for a connection or a lock.
+pub const OUTBOX_GAP_WAIT: Duration = Duration::from_secs(10);
 /// The longest error message kept in the delivery log.
 const MAX_ERROR_LEN: usize = 300;
 
@@ -57,6 +64,8 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
     // endpoint too.
     let mut busy: HashMap<WebhookId, Arc<AtomicBool>> = HashMap::new();
     let mut endpoints: HashMap<tokio::task::Id, WebhookId> = HashMap::new();
+    // The missing outbox number the fan-out found events waiting for, and since when.
+    let mut gap: Option<(i64, Instant)> = None;
     let mut interval = tokio::time::interval(settings.poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -82,9 +91,18 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
             if *stopped.borrow() {
                 break;
             }
-            match webhooks.store().fan_out_events(FAN_OUT_BATCH, crate::domain::now()).await {
-                Ok(n) if n as i64 >= FAN_OUT_BATCH => continue,
-                Ok(_) => break,
+            let past_gap = gap.filter(|(_, since)| since.elapsed() >= OUTBOX_GAP_WAIT).map(|(seq, _)| seq);
+            match webhooks.store().fan_out_events(FAN_OUT_BATCH, past_gap, crate::domain::now()).await {
+                Ok(done) => {
+                    gap = match (done.waiting_for, gap) {
+                        (Some(seq), Some((seen, since))) if seen == seq => Some((seen, since)),
+                        (Some(seq), _) => Some((seq, Instant::now())),
+                        (None, _) => None,
+                    };
+                    if (done.events as i64) < FAN_OUT_BATCH {
+                        break;
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(error = %error, "cannot fan out outbox events to webhook endpoints");
                     break;

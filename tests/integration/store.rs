@@ -26,7 +26,7 @@ use tessera::store::{
     StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession,
     UserUpdate,
 };
-use tessera::store::{DefaultOutcome, ProfileChange, ProfileUpdate, ReplayPage, Revocation, WebhookChange};
+use tessera::store::{DefaultOutcome, FanOut, ProfileChange, ProfileUpdate, ReplayPage, Revocation, WebhookChange};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, on_both_backends};
@@ -4310,9 +4310,9 @@ async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: B
     let late = endpoint(&[], now() + TimeDelta::seconds(1));
     store.insert_webhook(&late).await.unwrap();
 
-    assert_eq!(store.fan_out_events(1, now()).await.unwrap(), 1, "at most the limit");
-    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
-    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 0, "each event once");
+    assert_eq!(store.fan_out_events(1, None, now()).await.unwrap().events, 1, "at most the limit");
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 1);
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 0, "each event once");
     // Registered as of a time before events fanned out already (a registration that waited for
     // a running fan-out): it counts as registered after them, as stored and as returned.
     let waited = endpoint(&[], before);
@@ -4355,7 +4355,7 @@ async fn an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_b
         .unwrap();
     // Written after: for no one.
     set_user_disabled(&store, ada.id(), true, disabled + TimeDelta::seconds(1)).await.unwrap();
-    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 2);
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 2);
     for hook in [&patched, &configured] {
         let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
         let topics: Vec<_> = jobs.iter().map(|job| job.topic.as_str()).collect();
@@ -4367,7 +4367,7 @@ async fn an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_b
     assert!(store.claim_webhooks(owner, now(), lease, 10).await.unwrap().is_empty(), "nothing is sent while disabled");
     store.patch_webhook(patched.id, &off, disabled + TimeDelta::seconds(2)).await.unwrap().unwrap();
     set_user_disabled(&store, ada.id(), false, disabled + TimeDelta::seconds(1)).await.unwrap();
-    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 1);
     assert_eq!(
         store.pending_deliveries(patched.id, 100).await.unwrap().len(),
         1,
@@ -4388,7 +4388,7 @@ async fn an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_b
         1
     );
     set_user_disabled(&store, ada.id(), true, disabled + TimeDelta::seconds(3)).await.unwrap();
-    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 1);
     assert_eq!(store.pending_deliveries(patched.id, 100).await.unwrap().len(), 2);
     assert_eq!(store.pending_deliveries(configured.id, 100).await.unwrap().len(), 2);
 }
@@ -4402,7 +4402,7 @@ async fn an_endpoint_under_a_running_fan_out_is_still_claimed_on_postgres() {
     let hook = endpoint(&[], now() - TimeDelta::seconds(1));
     store.insert_webhook(&hook).await.unwrap();
     sign_up(&store, "ada").await;
-    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 1);
     let Sql::Postgres(pool) = db.sql().await else { unreachable!("a PostgreSQL test") };
     let mut fan_out = pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR KEY SHARE")
@@ -4420,7 +4420,7 @@ async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: B
     let hook = endpoint(&[], now() - TimeDelta::seconds(1));
     store.insert_webhook(&hook).await.unwrap();
     sign_up(&store, "ada").await;
-    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 1);
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 1);
     let sql = db.sql().await;
     let topics =
         async || store.pending_deliveries(hook.id, 100).await.unwrap().into_iter().map(|j| j.topic).collect::<Vec<_>>();
@@ -4431,8 +4431,16 @@ async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: B
     sign_up(&store, "cat").await;
     let lowest = "SELECT min(seq) FROM outbox_events WHERE processed_at IS NULL";
     sql.exec(&format!("DELETE FROM outbox_events WHERE seq = ({lowest})")).await.unwrap();
-    assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 0, "the event after the gap waits");
-    assert_eq!(store.fan_out_events(100, now() + TimeDelta::seconds(11)).await.unwrap(), 1, "not forever");
+    let held = store.fan_out_events(100, None, now()).await.unwrap();
+    let missing: i64 = sql.texts(&format!("SELECT CAST(({lowest}) - 1 AS TEXT)")).await[0].parse().unwrap();
+    assert_eq!(held, FanOut { events: 0, waiting_for: Some(missing) }, "the event after the gap waits");
+    // Until the caller has waited long enough for that number (the worker counts from when it
+    // first saw the gap): not forever.
+    assert_eq!(store.fan_out_events(100, Some(missing - 1), now()).await.unwrap().events, 0, "another gap");
+    // However old the waiting event looks: its time is its writer's, taken before it waited.
+    let later = now() + TimeDelta::hours(1);
+    assert_eq!(store.fan_out_events(100, None, later).await.unwrap().events, 0, "not by the events' times");
+    assert_eq!(store.fan_out_events(100, Some(missing), now()).await.unwrap().events, 1, "not forever");
 
     // On PostgreSQL, a transaction still running holds a lower number than an event already
     // committed: that event waits for it, and the endpoint gets both in sequence order.
@@ -4445,9 +4453,13 @@ async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: B
             .await
             .unwrap();
         sign_up(&store, "dan").await;
-        assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 0, "dan's event waits for the running one");
+        assert_eq!(
+            store.fan_out_events(100, None, now()).await.unwrap().events,
+            0,
+            "dan's event waits for the running one"
+        );
         running.commit().await.unwrap();
-        assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 2);
+        assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 2);
         assert_eq!(topics().await[2..], ["test.first", "user.created"], "in sequence order");
 
         // One that commits after more than 10 s, below the last number fanned out: it goes out
@@ -4460,14 +4472,13 @@ async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: B
             .await
             .unwrap();
         sign_up(&store, "eve").await;
-        assert_eq!(
-            store.fan_out_events(100, now() + TimeDelta::seconds(11)).await.unwrap(),
-            1,
-            "eve's, after the wait"
-        );
+        let held = store.fan_out_events(100, None, now()).await.unwrap();
+        assert_eq!(held.events, 0, "eve's waits for the slow one");
+        let eves = store.fan_out_events(100, held.waiting_for, now()).await.unwrap();
+        assert_eq!(eves.events, 1, "eve's, after the wait");
         slow.commit().await.unwrap();
         sign_up(&store, "fay").await;
-        assert_eq!(store.fan_out_events(100, now()).await.unwrap(), 2, "the late one and fay's, at once");
+        assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 2, "the late one and fay's, at once");
         assert_eq!(topics().await[4..], ["test.late", "user.created", "user.created"], "by number");
     }
     assert_eq!(topics().await[..2], ["user.created"; 2], "ada and cat (bob's event went missing)");
@@ -4480,7 +4491,7 @@ async fn an_endpoint_is_leased_to_one_owner_at_a_time(backend: Backend) {
     let (t, until) = (now(), now() + TimeDelta::seconds(30));
     assert!(store.claim_webhooks(Uuid::new_v4(), t, until, 10).await.unwrap().is_empty(), "nothing to deliver");
     sign_up(&store, "ada").await;
-    store.fan_out_events(100, now()).await.unwrap();
+    store.fan_out_events(100, None, now()).await.unwrap();
 
     let t = now();
     let claims = (0..8).map(|_| {
@@ -4511,7 +4522,7 @@ async fn the_endpoint_waiting_longest_is_claimed_first(backend: Backend) {
         store.insert_webhook(hook).await.unwrap();
     }
     sign_up(&store, "ada").await;
-    store.fan_out_events(100, now()).await.unwrap();
+    store.fan_out_events(100, None, now()).await.unwrap();
     // The second endpoint's delivery has been due for ten minutes (a retry that came due), the
     // first's since the fan-out: a claim of one takes the second, whatever the ids' order.
     let job = store.pending_deliveries(second.id, 1).await.unwrap().remove(0);
@@ -4538,7 +4549,7 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     store.insert_webhook(&hook).await.unwrap();
     sign_up(&store, "ada").await;
     sign_up(&store, "bob").await;
-    store.fan_out_events(100, now()).await.unwrap();
+    store.fan_out_events(100, None, now()).await.unwrap();
     let jobs = store.pending_deliveries(hook.id, 100).await.unwrap();
     let (t, retry) = (now(), now() + TimeDelta::seconds(60));
     let scheduled_at = jobs[0].scheduled_at;
@@ -4626,10 +4637,10 @@ async fn a_replay_longer_than_a_page_schedules_every_event_it_wants(backend: Bac
     for i in 0..toggles {
         set_user_disabled(&store, ada, i % 2 == 0, start + TimeDelta::milliseconds(i)).await.unwrap();
     }
-    while store.fan_out_events(500, now()).await.unwrap() > 0 {}
+    while store.fan_out_events(500, None, now()).await.unwrap().events > 0 {}
     let hook = endpoint(&["user.disabled"], now());
     store.insert_webhook(&hook).await.unwrap();
-    assert_eq!(store.fan_out_events(500, now()).await.unwrap(), 0);
+    assert_eq!(store.fan_out_events(500, None, now()).await.unwrap().events, 0);
     assert_eq!(sql.count("webhook_deliveries").await, 0, "older than the endpoint");
 
     let webhooks = Webhooks::new(store.clone(), None, WebhooksConfig::default());
@@ -4643,7 +4654,7 @@ async fn a_replay_longer_than_a_page_schedules_every_event_it_wants(backend: Bac
     let first = store.replay_webhook(&hook, start, None, REPLAY_PAGE, now()).await.unwrap();
     assert_eq!(first.scheduled, REPLAY_PAGE as u64 / 2);
     set_user_disabled(&store, ada, true, now()).await.unwrap();
-    store.fan_out_events(500, now()).await.unwrap();
+    store.fan_out_events(500, None, now()).await.unwrap();
     assert_eq!(sql.count("webhook_deliveries").await, toggles / 2 + 1, "the fan-out's delivery");
     let mut scheduled = first.scheduled;
     let mut next = first.next;
@@ -4684,12 +4695,12 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     store.update_user(ada.id(), &rename("Ada L."), long_ago + minute * 2).await.unwrap();
     let topics = async || sql.texts("SELECT topic FROM outbox_events ORDER BY seq").await;
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "not fanned out yet");
-    store.fan_out_events(100, now()).await.unwrap();
+    store.fan_out_events(100, None, now()).await.unwrap();
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "the last one fanned out stays");
     // A recent one after it: the old one may go.
     sign_up(&store, "bob").await;
 
-    store.fan_out_events(100, now()).await.unwrap();
+    store.fan_out_events(100, None, now()).await.unwrap();
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 1, "user.updated had no delivery to make");
     assert_eq!(topics().await, ["user.created", "user.disabled", "user.enabled", "user.created"]);
     assert_eq!(store.delete_old_events(cutoff, 100).await.unwrap(), 0, "deliveries are pending");
@@ -4716,7 +4727,7 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     // The service: a retention of 0 keeps everything; 30 days lets the old event nobody wants go.
     store.update_user(ada.id(), &rename("Ada"), long_ago + minute * 3).await.unwrap();
     sign_up(&store, "cat").await;
-    store.fan_out_events(100, now()).await.unwrap();
+    store.fan_out_events(100, None, now()).await.unwrap();
     let service = |retention| {
         let settings = WebhooksConfig { retention, ..WebhooksConfig::default() };
         Webhooks::new(store.clone(), None, settings)
@@ -4738,7 +4749,7 @@ async fn a_sweep_never_deletes_an_event_a_replay_scheduled(backend: Backend) {
         // sweep at once: either the replay schedules it again and it stays, or it is gone.
         let written = long_ago + TimeDelta::seconds(round);
         set_user_disabled(&store, ada, round % 2 == 0, written).await.unwrap();
-        store.fan_out_events(100, now()).await.unwrap();
+        store.fan_out_events(100, None, now()).await.unwrap();
         for job in store.pending_deliveries(hook.id, 100).await.unwrap() {
             let attempt =
                 Attempt { at: now(), status: Some(204), error: None, retry_at: None, scheduled_at: job.scheduled_at };
@@ -4767,7 +4778,7 @@ async fn a_replay_racing_the_endpoints_deletion_ends_without_an_error(backend: B
         let hook = endpoint(&["user.disabled", "user.enabled"], start - TimeDelta::minutes(1));
         store.insert_webhook(&hook).await.unwrap();
         set_user_disabled(&store, ada, round % 2 == 0, now()).await.unwrap();
-        store.fan_out_events(100, now()).await.unwrap();
+        store.fan_out_events(100, None, now()).await.unwrap();
         // Replays (each page locks the endpoint) against its deletion (the endpoint, then its
         // deliveries): every call answers, and a replay that lost the race says the endpoint
         // is gone rather than breaking a foreign key.
@@ -5361,7 +5372,7 @@ mod metrics {
         sign_up(&store, "queue-ada").await;
         sign_up(&store, "queue-bob").await;
         let fanned_at = now();
-        store.fan_out_events(100, fanned_at).await.unwrap();
+        store.fan_out_events(100, None, fanned_at).await.unwrap();
         let queues = store.webhook_queues().await.unwrap();
         let of = |id: WebhookId| queues.iter().find(|q| q.endpoint == id).cloned().unwrap();
         assert_eq!(queues.len(), 2, "every endpoint, an empty queue too: {queues:?}");
