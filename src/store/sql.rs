@@ -3074,6 +3074,23 @@ impl Store for SqlStore {
     }
 
     async fn delete_webhook(&self, id: WebhookId) -> Result<bool, StoreError> {
+        // Its delivery log may hold a month of rows: deleted in one statement, under the
+        // endpoint's lock, it would hold up the fan-out (whose new deliveries wait on that lock)
+        // for every endpoint, and could outlast the statement timeout every time. So: disabled
+        // first, and not live for the fan-out (no `disabled_at`), so that nothing more is queued,
+        // claimed or recorded for it; its deliveries in batches; the endpoint last, with what a
+        // replay's page may have queued meanwhile. Stopped part-way, it is left disabled, and a
+        // second deletion finishes.
+        let stopped = query("UPDATE webhook_endpoints SET enabled = FALSE, disabled_at = NULL WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(self.db.writer())
+            .await?;
+        if stopped == 0 {
+            return Ok(false);
+        }
+        let batch = "DELETE FROM webhook_deliveries WHERE id IN
+                       (SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 LIMIT $2)";
+        self.db.delete_in_batches(query(batch).bind(id.as_uuid())).await?;
         let mut tx = self.db.begin().await?;
         // The endpoint first, then its deliveries: the order a replay's page takes them.
         query("SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR UPDATE").bind(id.as_uuid()).execute(&mut tx).await?;

@@ -39,6 +39,7 @@ on_both_backends!(
     an_endpoint_is_leased_to_one_owner_at_a_time,
     the_endpoint_waiting_longest_is_claimed_first,
     attempts_are_recorded_and_a_replay_schedules_events_again,
+    a_webhook_deletion_stopped_part_way_leaves_it_disabled_and_a_second_finishes,
     a_replay_longer_than_a_page_schedules_every_event_it_wants,
     old_events_go_once_no_delivery_of_theirs_is_pending,
     a_sweep_never_deletes_an_event_a_replay_scheduled,
@@ -4625,6 +4626,34 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     assert!(store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "as it is now");
     store.delete_webhook(hook.id).await.unwrap();
     assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "gone");
+}
+
+/// An endpoint's deletion stops its deliveries first, then removes its log (in batches, outside
+/// the endpoint's lock), then the endpoint: one stopped before the end leaves the endpoint
+/// disabled — nothing more is queued for it — and a second deletion finishes.
+async fn a_webhook_deletion_stopped_part_way_leaves_it_disabled_and_a_second_finishes(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let sql = db.sql().await;
+    let hook = endpoint(&[], now() - TimeDelta::seconds(1));
+    store.insert_webhook(&hook).await.unwrap();
+    for name in ["ada", "bob", "cat"] {
+        sign_up(&store, name).await;
+    }
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 3);
+    assert_eq!(sql.count("webhook_deliveries").await, 3);
+    sql.inject("DELETE", "webhook_endpoints", None, "SELECT RAISE(ABORT, 'injected');", "RAISE EXCEPTION 'injected';")
+        .await;
+    assert!(store.delete_webhook(hook.id).await.is_err());
+    sql.remove_injected("webhook_endpoints").await;
+    let left = store.webhook(hook.id).await.unwrap().expect("still there");
+    assert!(!left.enabled, "disabled, so that nothing more goes to it");
+    assert_eq!(sql.count("webhook_deliveries").await, 0, "its log went first");
+    sign_up(&store, "dan").await;
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 1);
+    assert_eq!(sql.count("webhook_deliveries").await, 0, "nothing queued for an endpoint being deleted");
+    assert!(store.delete_webhook(hook.id).await.unwrap());
+    assert!(store.webhook(hook.id).await.unwrap().is_none());
+    assert!(!store.delete_webhook(hook.id).await.unwrap(), "gone");
 }
 
 async fn a_replay_longer_than_a_page_schedules_every_event_it_wants(backend: Backend) {
