@@ -212,5 +212,10 @@ async fn create_team(
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
+    // Who was made its owner, which the answer does not show: the audit row names them.
+    if let Some(owner) = owner {
+        let details = serde_json::Map::from_iter([("owner".to_owned(), owner.to_string().into())]);
+        response.extensions_mut().insert(super::audit::AuditDetails(details));
+    }
     Ok(response)
 }

@@ -469,6 +469,29 @@ pub fn sign_in_unmatched(state: &AppState, provider: &str, code: ErrorCode) {
     state.audit.sign_in_refused(code, provider);
 }
 
+/// Records a change of a team's members made by a member (an owner, or someone leaving) with
+/// their own session or token; an admin token's, on behalf of a user or not, is recorded by
+/// [`record_admin_action`] instead. `team` is the team as the path named it, as in the admin
+/// token's rows.
+pub async fn team_member_changed(
+    state: &AppState,
+    headers: &HeaderMap,
+    acting: crate::domain::UserId,
+    team: &str,
+    action: &'static str,
+    details: Value,
+) {
+    if admin_token_of(state, headers).is_some() {
+        return;
+    }
+    let event = NewAuditEvent::new(ActorKind::User, action)
+        .actor(Some(acting.to_string()), None)
+        .target("team", team.to_owned())
+        .request(request_id(headers))
+        .details(details);
+    state.audit.record(event).await;
+}
+
 /// Records an identity unlinked by its user.
 pub async fn identity_unlinked(
     state: &AppState,

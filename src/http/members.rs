@@ -16,7 +16,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
-use super::audit::{AuditAction, NothingChanged};
+use super::audit::{self, AuditAction, NothingChanged};
 use super::caller::{OnBehalf, actor};
 use super::extract::{ApiJson, ApiPath, ApiQuery, parse_team, required};
 use super::problem::ApiError;
@@ -71,14 +71,33 @@ fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
 async fn add_team_member(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    ApiPath(team): ApiPath<String>,
+    ApiPath(named): ApiPath<String>,
     ApiQuery(query): ApiQuery<OnBehalf>,
     ApiJson(request): ApiJson<MemberRequest>,
 ) -> Result<MemberAnswer, ApiError> {
-    let (acting, team) = actor(&state, &headers, &query, &team).await?;
+    let (acting, team) = actor(&state, &headers, &query, &named).await?;
     let (user, role) = parse_member(&request)?;
-    let change = state.teams.put_member(&team, Some(acting), user, role).await?;
-    Ok(member_answer(change, user, role))
+    // The change and its audit row go to their end together (a client that hangs up must not
+    // leave a membership given and not recorded).
+    let work = async move {
+        let change = state.teams.put_member(&team, Some(acting), user, role).await?;
+        let action = match change {
+            MemberChange::Added => Some("team.member_added"),
+            MemberChange::RoleChanged => Some("team.member_role_changed"),
+            MemberChange::Unchanged => None,
+        };
+        if let Some(action) = action {
+            let details = serde_json::json!({ "user_id": user.to_string(), "role": role.as_str() });
+            audit::team_member_changed(&state, &headers, acting, &named, action, details).await;
+        }
+        Ok(member_answer(change, user, role))
+    };
+    crate::run_to_end(work).await.unwrap_or_else(|| Err(shutting_down()))
+}
+
+/// The answer of a change cut off by the shutdown.
+fn shutting_down() -> ApiError {
+    ApiError::new(ErrorCode::InternalError, "the server is shutting down; try again")
 }
 
 #[utoipa::path(
@@ -97,11 +116,17 @@ async fn remove_team_member(
     ApiPath((team, user)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<StatusCode, ApiError> {
-    let (acting, team) = actor(&state, &headers, &query, &team).await?;
+    let named = team;
+    let (acting, team) = actor(&state, &headers, &query, &named).await?;
     let user: UserId =
         user.parse().map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "the user id must be a UUID"))?;
-    state.teams.remove_member(&team, Some(acting), user).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let work = async move {
+        state.teams.remove_member(&team, Some(acting), user).await?;
+        let details = serde_json::json!({ "user_id": user.to_string() });
+        audit::team_member_changed(&state, &headers, acting, &named, "team.member_removed", details).await;
+        Ok(StatusCode::NO_CONTENT)
+    };
+    crate::run_to_end(work).await.unwrap_or_else(|| Err(shutting_down()))
 }
 
 #[utoipa::path(

@@ -26,6 +26,7 @@ on_both_backends!(
     admin_changes_are_recorded_with_their_token_target_and_request_id,
     concurrent_admin_changes_write_one_row_per_change_that_happened,
     changes_an_admin_token_makes_on_behalf_of_a_user_are_recorded,
+    members_changed_by_a_team_owner_are_recorded,
     sign_ins_and_their_failures_are_recorded,
     links_and_unlinks_are_recorded_with_the_rule_that_decided,
     automatic_links_and_refused_links_name_their_rule,
@@ -249,6 +250,45 @@ async fn changes_an_admin_token_makes_on_behalf_of_a_user_are_recorded(backend: 
     }
     assert_eq!(rows[1]["request_id"], "req-on-behalf");
     assert_eq!(audit(&app, "").await.len(), 4, "two bootstraps and the two changes");
+}
+
+/// A team owner who adds, promotes or removes a member with their own session (no admin token)
+/// leaves a row each, naming them: a grant of ownership is what the log is for.
+async fn members_changed_by_a_team_owner_are_recorded(backend: Backend) {
+    let w = world_with(backend, |_, _| {}).await;
+    let mut people = Vec::new();
+    for name in ["ada", "bob"] {
+        w.issuer.set_next_user(StubUser::new(name, &format!("{name}@example.com")));
+        let mut browser = Browser::new();
+        assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+        let me = body(browser.me(&w.app).await, 200).await;
+        people.push((browser, me));
+    }
+    let (mut ada, ada_me) = people.remove(0);
+    let bob_id = people[0].1["id"].as_str().unwrap().to_owned();
+    let (ada_id, team) = (ada_me["id"].as_str().unwrap(), ada_me["teams"][0]["slug"].as_str().unwrap());
+    let members = w.app.url(&format!("/v1/teams/{team}/members"));
+    for (role, status) in [("member", StatusCode::CREATED), ("owner", StatusCode::OK), ("owner", StatusCode::OK)] {
+        let answer = ada.json(Method::POST, &members, &json!({ "user_id": bob_id, "role": role })).await;
+        assert_eq!(answer.status(), status, "{role}");
+    }
+    let removed = ada.request(Method::DELETE, &format!("{members}/{bob_id}")).await;
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+
+    let rows = audit(&w.app, "target_kind=team").await;
+    assert_eq!(actions(&rows), ["team.member_removed", "team.member_role_changed", "team.member_added"]);
+    for row in &rows {
+        assert_eq!((&row["actor_kind"], &row["actor_id"]), (&json!("user"), &json!(ada_id)), "{row}");
+        assert_eq!((&row["target_id"], &row["details"]["user_id"]), (&json!(team), &json!(bob_id)), "{row}");
+        assert!(row["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{row}");
+    }
+    assert_eq!(rows[1]["details"]["role"], "owner");
+    // A team an admin creates with an owner: the row names who was made its owner.
+    let guild = json!({ "slug": "guild", "name": "Guild", "owner": ada_id });
+    let guild = body(w.app.admin(Method::POST, "/admin/teams").json(&guild).send().await.unwrap(), 201).await;
+    let created = audit(&w.app, "action=team.created").await;
+    assert_eq!(created[0]["target_id"], guild["id"]);
+    assert_eq!(created[0]["details"], json!({ "slug": "guild", "owner": ada_id }));
 }
 
 async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
