@@ -51,6 +51,9 @@ pub struct Audit {
     inner: Arc<Inner>,
 }
 
+/// How long [`Audit::record`] keeps trying to write a row after transient failures.
+const RECORD_RETRY_FOR: Duration = Duration::from_millis(5000);
+
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn Store>,
@@ -64,10 +67,23 @@ impl Audit {
         Self { inner: Arc::new(Inner { store, retention: config.retention, refusals: Mutex::default() }) }
     }
 
-    /// Appends `event` now. A failure is logged, not returned: the change it records has
-    /// happened, and the caller's answer does not depend on its record.
+    /// Appends `event` now, and again after a transient failure (a busy SQLite writer, a
+    /// PostgreSQL failover or serialization failure) while the pauses (50 ms, then four times
+    /// longer each time) add up to at most [`RECORD_RETRY_FOR`]: five attempts over about 4.3 s.
+    /// A failure that lasts is logged, not returned: the change it records has happened, and the
+    /// caller's answer does not depend on its record.
     pub async fn record(&self, event: NewAuditEvent) {
-        if let Err(error) = self.inner.store.append_audit_events(std::slice::from_ref(&event)).await {
+        let store = &self.inner.store;
+        let mut waited = Duration::ZERO;
+        let written = super::retry_transient(
+            || store.append_audit_events(std::slice::from_ref(&event)),
+            |_, pause| {
+                waited += pause;
+                waited <= RECORD_RETRY_FOR
+            },
+        )
+        .await;
+        if let Err(error) = written {
             tracing::error!(error = %error, action = %event.action, "cannot write an audit row");
         }
     }

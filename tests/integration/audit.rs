@@ -291,6 +291,30 @@ async fn members_changed_by_a_team_owner_are_recorded(backend: Backend) {
     assert_eq!(created[0]["details"], json!({ "slug": "guild", "owner": ada_id }));
 }
 
+/// An admin change is committed before its row is written: a transient failure of that write
+/// (a failover, a serialization failure) is tried again rather than leaving the change without
+/// its row. PostgreSQL only: an SQLite trigger cannot fail with a busy database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_first_writes_fail_transiently_is_written_still() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let sql = app.db.sql().await;
+    sql.exec("CREATE SEQUENCE injected_failures").await.unwrap();
+    sql.inject(
+        "INSERT",
+        "audit_events",
+        None,
+        "",
+        "IF nextval('injected_failures') <= 2 THEN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END IF; \
+         RETURN NEW;",
+    )
+    .await;
+    let created = body(app.bootstrap(&identity("ada", "ada@example.com", None)).await, 201).await;
+    let rows = audit(&app, "action=user.bootstrapped").await;
+    assert_eq!(rows.len(), 1, "written at the third attempt");
+    assert_eq!(rows[0]["target_id"], created["user_id"]);
+    sql.remove_injected("audit_events").await;
+}
+
 async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     let w = world_with(backend, |config, _| config.audit.flush_interval = Duration::from_millis(50)).await;
     w.issuer.set_next_user(StubUser::new("alice-sub", "alice@example.com"));
