@@ -373,7 +373,7 @@ pub async fn record_admin_action(
         if !details.is_empty() {
             event = event.details(Value::Object(details));
         }
-        state.audit.record(event).await;
+        state.audit.record_change(event).await;
         response
     });
     recorded.await.unwrap_or_else(|| {
@@ -489,7 +489,7 @@ pub async fn team_member_changed(
         .target("team", team.to_owned())
         .request(request_id(headers))
         .details(details);
-    state.audit.record(event).await;
+    state.audit.record_change(event).await;
 }
 
 /// Records an identity unlinked by its user.

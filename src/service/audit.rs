@@ -51,7 +51,7 @@ pub struct Audit {
     inner: Arc<Inner>,
 }
 
-/// How long [`Audit::record`] keeps trying to write a row after transient failures.
+/// How long [`Audit::record_change`] keeps trying to write a row after transient failures.
 const RECORD_RETRY_FOR: Duration = Duration::from_millis(5000);
 
 #[derive(Debug)]
@@ -67,12 +67,20 @@ impl Audit {
         Self { inner: Arc::new(Inner { store, retention: config.retention, refusals: Mutex::default() }) }
     }
 
-    /// Appends `event` now, and again after a transient failure (a busy SQLite writer, a
-    /// PostgreSQL failover or serialization failure) while the pauses (50 ms, then four times
-    /// longer each time) add up to at most [`RECORD_RETRY_FOR`]: five attempts over about 4.3 s.
-    /// A failure that lasts is logged, not returned: the change it records has happened, and the
-    /// caller's answer does not depend on its record.
+    /// Appends `event` now. A failure is logged, not returned: what it records has happened,
+    /// and the caller's answer does not depend on its record.
     pub async fn record(&self, event: NewAuditEvent) {
+        if let Err(error) = self.inner.store.append_audit_events(std::slice::from_ref(&event)).await {
+            tracing::error!(error = %error, action = %event.action, "cannot write an audit row");
+        }
+    }
+
+    /// [`Audit::record`] for the row of a change already committed (an admin's, a team
+    /// owner's), which nothing else records: again after a transient failure (a busy SQLite
+    /// writer, a PostgreSQL failover or serialization failure) while the pauses (50 ms, then
+    /// four times longer each time) add up to at most [`RECORD_RETRY_FOR`] — five attempts
+    /// over about 4.3 s.
+    pub async fn record_change(&self, event: NewAuditEvent) {
         let store = &self.inner.store;
         let mut waited = Duration::ZERO;
         let written = super::retry_transient(
