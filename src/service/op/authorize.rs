@@ -200,6 +200,8 @@ impl From<super::keys::SigningError> for AuthorizeError {
     fn from(error: super::keys::SigningError) -> Self {
         match error {
             super::keys::SigningError::Store(error) => Self::Store(error),
+            // The store failed a moment ago: the same answer as its failure now.
+            super::keys::SigningError::Unreadable => Self::Store(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
             other => Self::Store(StoreError::Corrupt(other.to_string())),
         }
     }

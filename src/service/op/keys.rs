@@ -204,12 +204,17 @@ pub enum SigningError {
     /// The claims could not be serialised or signed.
     #[error("cannot sign the token")]
     Encode(#[source] jsonwebtoken::errors::Error),
+    /// A re-read of the keys failed a moment ago (while this caller waited for it, or within
+    /// the back-off after it): the same answer, without a read of its own.
+    #[error("the signing keys could not be read a moment ago")]
+    Unreadable,
 }
 
 impl PublicError for SigningError {
     fn code(&self) -> ErrorCode {
         match self {
             SigningError::Store(e) => e.code(),
+            SigningError::Unreadable => ErrorCode::StoreUnavailable,
             _ => ErrorCode::InternalError,
         }
     }
@@ -477,7 +482,15 @@ impl SigningKeys {
         let mut set = self.cached();
         let age = set.loaded_at.elapsed();
         let unknown = set.published(kid, now).is_none();
-        if age >= self.inner.settings.refresh_interval() || (unknown && age >= UNKNOWN_KID_COOLDOWN) {
+        let due = age >= self.inner.settings.refresh_interval() || (unknown && age >= UNKNOWN_KID_COOLDOWN);
+        // Within the back-off after a failed re-read, a known key answers from the cache and an
+        // unknown one is refused as unreadable, without a read of its own: requests do not queue
+        // up behind a database that hangs (the worker keeps trying).
+        if due && self.failed_within(RELOAD_BACKOFF) {
+            if unknown {
+                return Err(VerifyError::Keys(SigningError::Unreadable));
+            }
+        } else if due {
             match self.reload(Some(&set)).await {
                 Ok(fresh) => set = fresh,
                 // Keys only leave by their unpublish time, checked on each use: a known key can
@@ -605,13 +618,7 @@ impl SigningKeys {
         if age < self.inner.settings.refresh_interval() && !self.inner.stale.load(Ordering::Acquire) {
             return Ok(cached);
         }
-        let failed_lately = self
-            .inner
-            .failed_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < RELOAD_BACKOFF);
-        if failed_lately && age < self.inner.settings.jwks_max_age {
+        if self.failed_within(RELOAD_BACKOFF) && age < self.inner.settings.jwks_max_age {
             return Ok(cached);
         }
         match self.reload(Some(&cached)).await {
@@ -627,12 +634,18 @@ impl SigningKeys {
     /// Re-reads the keys and rotates those due. With `seen`, a re-read that another caller
     /// finished since `seen` was taken is used instead of a new one.
     async fn reload(&self, seen: Option<&Arc<KeySet>>) -> Result<Arc<KeySet>, SigningError> {
+        let asked = Instant::now();
         let _one_at_a_time = self.inner.reload.lock().await;
         let current = self.cached();
         if let Some(seen) = seen
             && !Arc::ptr_eq(&current, seen)
         {
             return Ok(current);
+        }
+        // A re-read that failed while this caller waited for it answers for it too: callers
+        // queued behind a database that hangs do not each wait for a read of their own.
+        if seen.is_some() && self.failed_within(asked.elapsed()) {
+            return Err(SigningError::Unreadable);
         }
         // Cleared before the read: a mark that arrives during it is for a newer change; and set
         // again when the read fails, so that the change is not forgotten.
@@ -657,6 +670,12 @@ impl SigningKeys {
                 Err(error)
             }
         }
+    }
+
+    /// Whether a re-read of the keys failed within `window`.
+    fn failed_within(&self, window: Duration) -> bool {
+        let failed_at = self.inner.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        failed_at.is_some_and(|at| at.elapsed() <= window)
     }
 
     /// Reads the published keys, decrypting those that may still sign.
