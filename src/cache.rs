@@ -169,13 +169,16 @@ impl Epoch {
 
     /// Stores `value` in `cache` for `life` unless the epoch moved past `seen`. Checked after the
     /// insert too: an invalidation between the check and the insert would otherwise not see the
-    /// new entry.
+    /// new entry. When it moved, an older entry under `key` goes too: the read that found `value`
+    /// is newer than it, and it must not answer later in its place (when the database cannot be
+    /// read, say).
     pub fn insert_unless_moved<K, V>(&self, cache: &TtlCache<K, V>, seen: u64, key: K, value: V, life: Duration)
     where
         K: Clone + Eq + Hash + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
     {
         if self.current() != seen {
+            cache.remove_key(&key);
             return;
         }
         let now = Instant::now();
@@ -314,6 +317,19 @@ mod tests {
         disabled.insert(1, 1, later, now);
         assert_eq!(disabled.get(&1, now), None);
         assert_eq!(disabled.len(), 0);
+    }
+
+    #[test]
+    fn an_insert_refused_for_a_moved_epoch_takes_the_older_entry_away() {
+        let cache: TtlCache<&str, u32> = TtlCache::new(10);
+        let epoch = Epoch::default();
+        let seen = epoch.current();
+        epoch.insert_unless_moved(&cache, seen, "k", 1, Duration::from_secs(60));
+        assert_eq!(cache.get(&"k", Instant::now()), Some(1));
+        let before = epoch.current();
+        epoch.advance();
+        epoch.insert_unless_moved(&cache, before, "k", 2, Duration::from_secs(60));
+        assert_eq!(cache.get(&"k", Instant::now()), None, "neither the refused value nor the older one");
     }
 
     #[test]

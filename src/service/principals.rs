@@ -122,6 +122,17 @@ impl PrincipalCache {
         self.entries.get(&(issuer.clone(), subject.clone()), Instant::now())
     }
 
+    /// Drops a cached principal that a read of the database has just found gone or disabled:
+    /// it must not answer later, when the database cannot be read.
+    pub(super) fn drop_principal(&self, issuer: &Issuer, subject: &Subject) {
+        self.entries.remove_key(&(issuer.clone(), subject.clone()));
+    }
+
+    /// Drops a cached session that a read of the database has just found ended or expired.
+    pub(super) fn drop_session(&self, hash: &[u8; 32]) {
+        self.sessions.remove_key(hash);
+    }
+
     /// The current epoch, to pass to [`PrincipalCache::insert`] after a lookup.
     pub(super) fn epoch(&self) -> u64 {
         self.epoch.current()

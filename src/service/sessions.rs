@@ -170,12 +170,14 @@ impl Sessions {
                 None => return Err(error),
             },
         };
-        let Some((mut record, profile)) = read else {
+        // Found ended or expired: a cached copy must not answer for it later, when the database
+        // cannot be read.
+        let Some((mut record, profile)) = read.filter(|(record, _)| self.is_live(record, now)) else {
+            if cached.is_some() {
+                self.cache.drop_session(&hash);
+            }
             return Ok(None);
         };
-        if !self.is_live(&record, now) {
-            return Ok(None);
-        }
         if now - record.last_seen_at >= self.touch {
             // Bookkeeping, written by the last-use worker: never a write on this request. The
             // cached copy says so too, so that its hits do not note it again.

@@ -236,12 +236,22 @@ impl Validator {
         let (principal, created) = match self.resolve(&token).await {
             Ok(found) => found,
             // The database cannot be read: a cached copy answers, as it was when last read.
-            Err(error) => match cached.filter(|_| is_transient(&error)) {
+            Err(error) if is_transient(&error) => match cached {
                 Some(principal) => return Ok(Validated { token, principal, created: false, issued_for: None }),
                 None => return Err(error),
             },
+            // Found gone (or refused): a cached copy must not answer for it later.
+            Err(error) => {
+                if cached.is_some() {
+                    self.principals.drop_principal(&token.issuer, &token.subject);
+                }
+                return Err(error);
+            }
         };
         if principal.user.disabled {
+            if cached.is_some() {
+                self.principals.drop_principal(&token.issuer, &token.subject);
+            }
             return Err(ValidateError::UserDisabled);
         }
         self.principals.insert(epoch, &token.issuer, &token.subject, principal.clone());

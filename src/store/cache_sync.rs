@@ -151,7 +151,9 @@ pub(super) async fn prune(db: &Db, before: DateTime<Utc>) -> Result<u64, StoreEr
            (SELECT seq FROM cache_invalidations
             WHERE seq < COALESCE((SELECT MIN(seq) FROM cache_invalidations WHERE created_at >= $1),
                                  (SELECT MAX(seq) + 1 FROM cache_invalidations))
-            LIMIT $2)",
+            -- Lowest first, batch after batch: PostgreSQL's plan order would not keep the head
+            -- (the highest) for the last batch, and readers would take the log for gone back.
+            ORDER BY seq LIMIT $2)",
     );
     db.delete_in_batches(delete.bind(before)).await
 }
