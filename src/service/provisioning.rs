@@ -131,9 +131,18 @@ impl Provisioner {
     /// Changes a user's name, email, `email_verified` or `disabled` (`PATCH /admin/users/{id}`),
     /// in one transaction with its events; whether anything changed.
     pub async fn update_user(&self, user: UserId, change: &UserChange) -> Result<UserUpdate, ProvisionError> {
-        let update = self.store.update_user(user, change, super::now()).await?.ok_or(ProvisionError::UserNotFound)?;
-        // Forgotten even when nothing changed here: another instance may have changed it first.
-        self.principals.invalidate_user(update.user.id);
+        let (store, principals, change) = (self.store.clone(), self.principals.clone(), change.clone());
+        // To its end even when the request is dropped, then forgotten whatever the answer: a
+        // commit whose reply was lost is still a change, which this instance must honour at once
+        // (not at its next read of the log). Forgotten even when nothing changed here: another
+        // instance may have changed it first.
+        let work = async move {
+            let done = store.update_user(user, &change, super::now()).await;
+            principals.invalidate_user(user);
+            done
+        };
+        let done = crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)));
+        let update = done?.ok_or(ProvisionError::UserNotFound)?;
         if update.changed {
             tracing::info!(user_id = %update.user.id, "changed a user");
         }
@@ -217,9 +226,11 @@ impl Provisioner {
         sign_in: &[Issuer],
     ) -> Result<Identity, IdentityError> {
         let outcome = self.store.unlink_identity(user, identity, sign_in, super::now()).await?;
-        self.principals.invalidate_user(user);
         match outcome {
+            // Only a change purges (a purge walks the caches: a refused unlink, in a loop, must
+            // not cost one).
             UnlinkOutcome::Unlinked(identity) => {
+                self.principals.invalidate_user(user);
                 self.principals.invalidate_identity(&identity.issuer, &identity.subject);
                 tracing::info!(user_id = %user, identity_id = %identity.id, provider = %identity.provider, "unlinked an identity");
                 Ok(identity)

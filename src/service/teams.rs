@@ -123,23 +123,30 @@ impl Teams {
         let team = self.owner_gate(team, acting).await?;
         let store = self.store.clone();
         let outcome = self
-            .changing(user, async move { store.put_member(team.id, acting, user, role, super::now()).await })
+            .changing(user, |outcome| matches!(outcome, MemberOutcome::Added | MemberOutcome::Updated), async move {
+                store.put_member(team.id, acting, user, role, super::now()).await
+            })
             .await?;
         member_change(outcome)
     }
 
     /// Runs a membership change of `user` to its end, even when the request that asked for it
-    /// is dropped (a client that hung up), then forgets what this instance cached about the user,
-    /// whatever the answer: a change committed whose reply was lost is still a change.
+    /// is dropped (a client that hung up), then forgets what this instance cached about the user
+    /// when something `changed` — or may have: a change committed whose reply was lost (an
+    /// error) is still a change. An outcome that changed nothing purges nothing: a purge walks
+    /// the caches, and a request that is refused must not cost one, in a loop.
     async fn changing<T: Send + 'static>(
         &self,
         user: UserId,
+        changed: fn(&T) -> bool,
         change: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
         let principals = self.principals.clone();
         let work = async move {
             let done = change.await;
-            principals.invalidate_user(user);
+            if done.as_ref().map_or(true, changed) {
+                principals.invalidate_user(user);
+            }
             done
         };
         // `None` only when the runtime is shutting down: the store is going away.
@@ -151,8 +158,11 @@ impl Teams {
     pub async fn add_member(&self, team: &TeamRef, user: UserId, role: Role) -> Result<MemberChange, TeamError> {
         let team = self.owner_gate(team, None).await?;
         let store = self.store.clone();
-        let outcome =
-            self.changing(user, async move { store.add_member(team.id, user, role, super::now()).await }).await?;
+        let outcome = self
+            .changing(user, |outcome| *outcome == MemberOutcome::Added, async move {
+                store.add_member(team.id, user, role, super::now()).await
+            })
+            .await?;
         member_change(outcome)
     }
 
@@ -172,7 +182,7 @@ impl Teams {
         };
         let store = self.store.clone();
         let outcome = self
-            .changing(user, async move {
+            .changing(user, |outcome| *outcome == RemoveOutcome::Removed, async move {
                 if acting_was_user {
                     store.leave_team(team.id, user).await
                 } else {

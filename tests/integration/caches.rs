@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tessera::config::Config;
 use tessera::service::principals::PrincipalCache;
 use tessera::service::provisioning::Provisioner;
+use tessera::service::teams::Teams;
 use tessera::service::validation::Validator;
 use tessera::upstream::issuers::{IssuerRegistry, outbound_client};
 use tessera::upstream::tokens::TokenVerifier;
@@ -19,7 +20,7 @@ use tessera_testkit::local_issuer::LocalIssuer;
 
 use crate::helpers::{AUDIENCE, Backend, TestDb, local_issuer_config, on_both_backends};
 
-on_both_backends!(expired_entries_leave_both_validation_caches);
+on_both_backends!(expired_entries_leave_both_validation_caches, refused_changes_purge_nothing);
 
 /// Distinct subjects driven through validation.
 const SUBJECTS: usize = 50;
@@ -73,4 +74,38 @@ async fn expired_entries_leave_both_validation_caches(backend: Backend) {
     assert!(!again.created, "the user was kept; only the cache entry went");
     assert_eq!(principals.entry_count(), 1);
     assert_eq!(tokens.len(), 1);
+}
+
+/// A change that is refused (an identity that is not the user's, a member who is not one)
+/// changes nothing, and purges nothing: a purge walks the whole cache, and anyone signed in
+/// could otherwise ask for one in a loop. A change that happens purges the user.
+async fn refused_changes_purge_nothing(backend: Backend) {
+    let issuer = LocalIssuer::start().await.unwrap();
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.issuers.push(local_issuer_config(&issuer));
+    let store = db.store().await;
+    let issuers =
+        Arc::new(IssuerRegistry::new(config.issuers.clone(), outbound_client(config.jwks.fetch_timeout), &config.jwks));
+    let (principals, tokens) = PrincipalCache::with_token_cache(&config.cache);
+    let provisioner = Provisioner::new(store.clone(), issuers.clone(), principals.clone());
+    let teams = Teams::new(store.clone(), issuers.clone(), principals.clone());
+    let verifier = TokenVerifier::new(issuers, tokens, config.cache.token_ttl);
+    let validator = Validator::new(verifier, provisioner.clone(), store, principals.clone(), Default::default());
+
+    let ada = validator.validate(&issuer.sign("rsa-1", &issuer.claims("ada", AUDIENCE))).await.unwrap();
+    let bob = validator.validate(&issuer.sign("rsa-1", &issuer.claims("bob", AUDIENCE))).await.unwrap();
+    assert_eq!(principals.entry_count(), 2);
+    let (ada_id, bob_id) = (ada.principal.user.id, bob.principal.user.id);
+    let own_team = tessera::domain::TeamRef::Id(ada.principal.teams[0].id);
+    let sign_in = [tessera::domain::Issuer::parse(issuer.issuer()).unwrap()];
+
+    let someone_elses = bob.principal.identity_id;
+    assert!(provisioner.unlink_identity(ada_id, someone_elses, &sign_in).await.is_err());
+    assert!(teams.remove_member(&own_team, Some(ada_id), bob_id).await.is_err(), "bob is no member");
+    assert!(teams.remove_member(&own_team, Some(ada_id), ada_id).await.is_err(), "her default team");
+    assert_eq!(principals.entry_count(), 2, "nothing changed, nothing purged");
+
+    teams.put_member(&own_team, Some(ada_id), bob_id, tessera::domain::Role::Member).await.unwrap();
+    assert_eq!(principals.entry_count(), 1, "bob joined: his entry goes");
 }
