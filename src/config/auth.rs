@@ -511,7 +511,35 @@ fn parse_provider(
         .clone()
         .or_else(|| t.scopes.clone())
         .unwrap_or_else(|| default_scopes.iter().map(|s| (*s).to_owned()).collect());
+    // GitHub's and GitLab's issuer is a default only for their public sites: identities are
+    // keyed by issuer and account number, so a GitHub Enterprise or self-managed GitLab left on
+    // it would sign its users in as the public site's users of the same number.
+    if let Some(default) = default_issuer.filter(|_| !filled.contains_key("issuer")) {
+        let home = url::Url::parse(default).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let elsewhere = [&endpoints.authorization, &endpoints.token, &endpoints.userinfo, &endpoints.api]
+            .into_iter()
+            .flatten()
+            .filter_map(|url| url.host_str())
+            .find(|host| *host != home && !host.ends_with(&format!(".{home}")));
+        if let Some(host) = elsewhere {
+            return Err(ConfigError::new(
+                key("issuer"),
+                format!(
+                    "set the issuer to this instance's URL (e.g. https://{host}): without it, its users would be \
+                     taken for {default}'s users of the same account number"
+                ),
+            ));
+        }
+    }
     let protocol = parse_protocol(&raw, t, kind, &endpoints, &key)?;
+    // A client without a secret is public: PKCE is all that binds its code to this server.
+    if client_secret.is_none() && !protocol.pkce {
+        return Err(ConfigError::new(
+            key("pkce"),
+            "a provider without a client secret needs PKCE (pkce = true): otherwise anyone who sees a code \
+             can redeem it with the client id alone",
+        ));
+    }
     let algorithms = match raw.algorithms {
         Some(names) => names
             .iter()
@@ -583,7 +611,8 @@ fn parse_protocol(
         return Err(ConfigError::new(key("scope_separator"), "expected \" \" (a space) or \",\""));
     }
     let params = raw.extra_authorize_params.clone().or_else(|| t.extra_authorize_params.clone()).unwrap_or_default();
-    const RESERVED: [&str; 8] = [
+    // `max_age` too: a fresh login asked of the provider sets `max_age=0`.
+    const RESERVED: [&str; 9] = [
         "response_type",
         "client_id",
         "redirect_uri",
@@ -592,6 +621,7 @@ fn parse_protocol(
         "code_challenge",
         "code_challenge_method",
         "nonce",
+        "max_age",
     ];
     if let Some(reserved) = params.keys().find(|k| RESERVED.contains(&k.as_str())) {
         return Err(ConfigError::new(
@@ -895,14 +925,17 @@ mod tests {
             google.protocol.authorize_params,
             [("access_type".to_owned(), "offline".to_owned()), ("prompt".to_owned(), "consent".to_owned())]
         );
-        let slack = entry("name = \"slack\"\ntemplate = \"slack\"\nclient_id = \"c\"").unwrap();
+        let slack =
+            entry("name = \"slack\"\ntemplate = \"slack\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"").unwrap();
         assert_eq!(slack.kind, ProviderKind::OAuth2);
         assert_eq!(slack.protocol.scope_separator, ",");
         assert_eq!(slack.protocol.token_auth, Some(TokenAuth::ClientSecretPost));
         assert_eq!(slack.protocol.profile.as_ref().unwrap().account_id, "/team_id");
         assert!(!slack.protocol.sign_in, "a workspace is no person to sign in as");
         assert!(google.protocol.sign_in);
-        let notion = entry("name = \"notion\"\ntemplate = \"notion\"\nclient_id = \"c\"").unwrap();
+        let notion =
+            entry("name = \"notion\"\ntemplate = \"notion\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"")
+                .unwrap();
         assert_eq!(notion.protocol.token_auth, Some(TokenAuth::ClientSecretBasic));
         assert!(notion.endpoints.userinfo.is_none(), "the profile is read from the token answer");
         let salesforce = entry("name = \"sf\"\ntemplate = \"salesforce\"\nclient_id = \"c\"").unwrap();
@@ -943,7 +976,8 @@ mod tests {
     fn every_key_of_the_entry_overrides_its_template() {
         let google = entry(
             "name = \"g\"\ntemplate = \"google\"\nclient_id = \"c\"\nscopes = [\"openid\"]\nextra_authorize_params = {}\n\
-             token_auth = \"client_secret_post\"\npkce = false\nissuer = \"https://accounts.example.com\"",
+             token_auth = \"client_secret_post\"\npkce = false\nissuer = \"https://accounts.example.com\"\n\
+             client_secret_env = \"SECRET\"",
         )
         .unwrap();
         assert_eq!(google.scopes, ["openid"]);
@@ -957,6 +991,39 @@ mod tests {
         .unwrap();
         assert_eq!(as_oidc.kind, ProviderKind::Oidc);
         assert_eq!(as_oidc.endpoints.authorization.unwrap().as_str(), "http://127.0.0.1:9/t1/authorize");
+    }
+
+    #[test]
+    fn a_self_hosted_github_or_gitlab_needs_its_own_issuer() {
+        let ghe = "name = \"ghe\"\nkind = \"github\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n\
+                   authorization_endpoint = \"https://git.corp.example/login/oauth/authorize\"\n\
+                   token_endpoint = \"https://git.corp.example/login/oauth/access_token\"\n\
+                   api_base_url = \"https://git.corp.example/api/v3\"";
+        let refused = entry(ghe).unwrap_err();
+        assert_eq!(refused.key, "providers[0].issuer");
+        assert!(refused.to_string().contains("https://git.corp.example"), "{refused}");
+        let own = entry(&format!("{ghe}\nissuer = \"https://git.corp.example\"")).unwrap();
+        assert_eq!(own.issuer.as_str(), "https://git.corp.example");
+        // The public site's own hosts keep the default.
+        let github = entry(
+            "name = \"gh\"\nkind = \"github\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n\
+             api_base_url = \"https://api.github.com\"",
+        )
+        .unwrap();
+        assert_eq!(github.issuer.as_str(), "https://github.com");
+        let gitlab = "name = \"gl\"\nkind = \"gitlab\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n\
+                      token_endpoint = \"https://gitlab.corp.example/oauth/token\"";
+        assert_eq!(entry(gitlab).unwrap_err().key, "providers[0].issuer");
+    }
+
+    #[test]
+    fn a_provider_without_a_secret_needs_pkce_and_max_age_is_reserved() {
+        let public = "name = \"p\"\nkind = \"oidc\"\nissuer = \"https://sso.example.com\"\nclient_id = \"c\"";
+        assert!(entry(public).is_ok(), "PKCE by default");
+        assert_eq!(entry(&format!("{public}\npkce = false")).unwrap_err().key, "providers[0].pkce");
+        assert!(entry(&format!("{public}\npkce = false\nclient_secret_env = \"SECRET\"")).is_ok());
+        let max_age = entry(&format!("{public}\nextra_authorize_params = {{ max_age = \"3600\" }}")).unwrap_err();
+        assert_eq!(max_age.key, "providers[0].extra_authorize_params");
     }
 
     #[test]
