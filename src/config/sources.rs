@@ -73,8 +73,22 @@ impl Provider for FormerName {
 
 /// The `__` spelling: every `TESSERA_` variable with `__` in its name, and those naming a
 /// top-level key (`TESSERA_ADMIN_TOKENS`), except the names of earlier releases.
+/// The `TESSERA_<TABLE>__<KEY>` variables. One that is empty or blank counts as unset, as the
+/// former names do: a deployment template that leaves `TESSERA_DATABASE__REPLICA_URL=` must not
+/// clear the file's replica.
 fn nested_env() -> Env {
-    Env::prefixed(PREFIX).filter(|name| read_by_splitter(name.as_str())).split(SEPARATOR)
+    Env::prefixed(PREFIX)
+        .filter(|name| read_by_splitter(name.as_str()) && !blank(&format!("{PREFIX}{}", name.as_str())))
+        .split(SEPARATOR)
+}
+
+/// Whether the variable `var` is set to an empty or blank value (matched in any case, as the
+/// prefix is).
+fn blank(var: &str) -> bool {
+    std::env::vars_os().any(|(name, value)| {
+        name.to_str().is_some_and(|name| name.eq_ignore_ascii_case(var))
+            && value.to_str().is_some_and(|value| value.trim().is_empty())
+    })
 }
 
 fn read_by_splitter(name: &str) -> bool {

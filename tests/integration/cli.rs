@@ -463,6 +463,16 @@ async fn nested_environment_variables_override_the_file() {
     assert!(check.stdout.contains("database sqlite://nested.db, 0 issuer(s), 1 admin token(s)"), "{}", check.stdout);
     assert!(check.stdout.contains("the SQLite database sqlite://nested.db does not exist yet"), "{}", check.stdout);
 
+    // A blank one (as a deployment template may leave it) counts as unset, as the former names do.
+    let blank = run(tessera(dir.path()).env("TESSERA_DATABASE__URL", " ").env("TESSERA_LOG__FILTER", "").args([
+        "--config",
+        "tessera.toml",
+        "check",
+    ]))
+    .await;
+    assert_eq!(blank.code, 1, "{}{}", blank.stdout, blank.stderr);
+    assert!(blank.stdout.contains("database sqlite://file.db"), "the file's value: {}", blank.stdout);
+
     let wrong = run(tessera(dir.path()).env("TESSERA_CACHE__MAX_ENTRIES", "plenty").arg("check")).await;
     assert_eq!(wrong.code, 2);
     assert!(wrong.stderr.contains("`cache.max_entries (TESSERA_CACHE__MAX_ENTRIES)`"), "{}", wrong.stderr);
