@@ -163,6 +163,12 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
         assert!(Utc::now() < next.signs_from, "the checks before the switch ran past it");
         assert_eq!(kid(&token), old, "the current key signs until the next one starts");
     }
+    // Signed by the old key while it still signs, saying it was issued after the key retires:
+    // what a leaked key would sign.
+    let mut later = claims("mallory");
+    later["iat"] = (next.signs_from.timestamp() + 120).into();
+    let forged = keys.sign(SigningAlg::ES256, "JWT", &later).await.unwrap();
+    assert_eq!(kid(&forged), old);
     let listed = keys.list().await.unwrap();
     let retiring = listed.iter().find(|k| k.kid == old).unwrap();
     assert_eq!(retiring.retired_at, Some(next.signs_from), "the old key stops when the next one starts");
@@ -181,6 +187,8 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
     assert!(kids(&jwks).contains(&old), "retired, still published");
     verify_with_jwks(&old_token, &jwks).unwrap();
     let _: Value = keys.verify(&old_token, "JWT", ISSUER).await.unwrap();
+    let refused = keys.verify::<Value>(&forged, "JWT", ISSUER).await.unwrap_err();
+    assert!(matches!(refused, VerifyError::SignatureInvalid), "issued after its key retired: {refused:?}");
     let statuses: Vec<KeyStatus> = keys.list().await.unwrap().iter().map(|k| k.status).collect();
     assert_eq!(statuses, [KeyStatus::Retired, KeyStatus::Signing]);
     assert!(Utc::now() < unpublish_at, "the checks of the retired key ran past its unpublication");

@@ -523,6 +523,15 @@ impl SigningKeys {
             ErrorKind::InvalidAlgorithm => VerifyError::AlgorithmNotAllowed,
             _ => VerifyError::Malformed("the token's claims are not valid"),
         })?;
+        // A retired key signs nothing more: a token it signed that says it was issued after its
+        // retirement (beyond the leeway) was not signed by Tessera — its private key leaked, the
+        // case a rotation is for. Tessera's tokens all carry `iat`.
+        if let Some(retired) = key.retired_at.filter(|retired| *retired <= now) {
+            let latest = retired.timestamp().saturating_add(LEEWAY.as_secs() as i64);
+            if issued_at(token).is_none_or(|iat| iat > latest) {
+                return Err(VerifyError::SignatureInvalid);
+            }
+        }
         Ok(data.claims)
     }
 
@@ -826,6 +835,18 @@ fn jwt_alg(alg: SigningAlg) -> Algorithm {
         SigningAlg::RS256 => Algorithm::RS256,
         SigningAlg::EdDSA => Algorithm::EdDSA,
     }
+}
+
+/// The `iat` of a compact JWS whose signature was verified (`None` without one).
+fn issued_at(token: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Iat {
+        iat: Option<i64>,
+    }
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Iat>(&bytes).ok()?.iat
 }
 
 /// Whether a `typ` header names the expected type (RFC 7515 section 4.1.9: case-insensitive, the
