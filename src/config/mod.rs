@@ -782,14 +782,37 @@ impl Config {
             issuers.push(issuer);
         }
         let env_audiences = env("TESSERA_AUDIENCES").map(|list| split_list(&list)).unwrap_or_default();
-        if let Some(list) = env("TESSERA_ALLOWED_ISSUERS") {
+        let env_issuers = env("TESSERA_ALLOWED_ISSUERS").filter(|list| !list.trim().is_empty());
+        // Audiences with no issuer to apply to would be dropped without a word.
+        if !env_audiences.is_empty() && env_issuers.is_none() {
+            return Err(ConfigError::new(
+                "TESSERA_AUDIENCES",
+                "applies to the issuers of TESSERA_ALLOWED_ISSUERS, which is not set: set it too, or give the \
+                 audiences in the file's [[issuers]]",
+            ));
+        }
+        if let Some(list) = env_issuers {
             for item in split_list(&list) {
                 let issuer = Issuer::parse(&item)
                     .map_err(|e| ConfigError::new("TESSERA_ALLOWED_ISSUERS", format!("{item:?}: {e}")))?;
-                if !issuers.iter().any(|known| known.issuer == issuer) {
-                    let mut config = IssuerConfig::new(issuer);
-                    config.audiences = env_audiences.clone();
-                    issuers.push(config);
+                match issuers.iter_mut().find(|known| known.issuer == issuer) {
+                    // Listed in the file too: the variable's audiences where the file gives none,
+                    // a conflict where both do.
+                    Some(known) if !env_audiences.is_empty() && known.audiences != env_audiences => {
+                        if !known.audiences.is_empty() {
+                            return Err(ConfigError::new(
+                                "TESSERA_AUDIENCES",
+                                format!("{issuer} has other audiences in the file: give them in one place"),
+                            ));
+                        }
+                        known.audiences = env_audiences.clone();
+                    }
+                    Some(_) => {}
+                    None => {
+                        let mut config = IssuerConfig::new(issuer);
+                        config.audiences = env_audiences.clone();
+                        issuers.push(config);
+                    }
                 }
             }
         }
@@ -1467,6 +1490,20 @@ mod tests {
         assert_eq!(quick.audiences, ["a", "b"]);
         assert_eq!(quick.algorithms, DEFAULT_ALGORITHMS);
         assert!(quick.jit && quick.jwks_uri.is_none());
+
+        // The variables name an issuer of the file: its audiences where the file gives none, and
+        // a conflict where it gives others; audiences with no issuer variable are refused.
+        let bare = "[[issuers]]\nissuer = \"https://kc.example.com\"\n";
+        let kc = ("TESSERA_ALLOWED_ISSUERS", "https://kc.example.com");
+        let filled = Config::from_toml(bare, env(&[kc, ("TESSERA_AUDIENCES", "api")])).unwrap();
+        assert_eq!(filled.issuers[0].audiences, ["api"]);
+        let realm = ("TESSERA_ALLOWED_ISSUERS", "https://kc.example.com/realms/main");
+        let conflict = Config::from_toml(text, env(&[realm, ("TESSERA_AUDIENCES", "other")])).unwrap_err();
+        assert_eq!(conflict.key, "TESSERA_AUDIENCES");
+        let same = Config::from_toml(text, env(&[realm, ("TESSERA_AUDIENCES", "api")])).unwrap();
+        assert_eq!(same.issuers[0].audiences, ["api"]);
+        let alone = Config::from_toml(bare, env(&[("TESSERA_AUDIENCES", "api")])).unwrap_err();
+        assert_eq!(alone.key, "TESSERA_AUDIENCES");
     }
 
     #[test]
