@@ -302,14 +302,30 @@ async fn serve(config: Config, migrate: bool) -> ExitCode {
     // The main listener, and the metrics listener when there is one.
     let listeners = 1 + usize::from(config.metrics.listen.is_some());
     crate::http::serve::fit_open_file_limit(&config.server, listeners);
-    let app = match Application::build(&config, migrate).await {
+    // Signals are caught from the start: as the first process of a container, one with no
+    // handler yet would be ignored, and a stop during start-up (connecting, migrating, making
+    // keys) would wait for the kill. Such a stop ends start-up where it is, as a process
+    // without handlers would: what the database had not committed rolls back.
+    let mut stopped = tokio::spawn(signal());
+    let built = tokio::select! {
+        built = Application::build(&config, migrate) => built,
+        _ = &mut stopped => {
+            tracing::info!("stopped during start-up");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let app = match built {
         Ok(app) => app,
         Err(e) => return fail(&e),
     };
     // The server keeps what it needs (the admin tokens as digests only): the configuration,
     // with their plain text, is not kept for the life of the process.
     drop(config);
-    match app.run_until_stopped(shutdown_signal()).await {
+    let shutdown = async move {
+        let _ = stopped.await;
+        shutdown_started();
+    };
+    match app.run_until_stopped(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -528,8 +544,8 @@ pub(crate) fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
 /// Completes on Ctrl-C or SIGTERM.
 /// Resolves at the first SIGTERM or Ctrl-C, and starts the drain; a second one during the drain
 /// stops the process at once (exit 1), as an operator who presses Ctrl-C again expects.
-async fn shutdown_signal() {
-    signal().await;
+/// After the first signal: says so, and makes a second one stop at once.
+fn shutdown_started() {
     tracing::info!("shutting down; a second signal stops at once");
     tokio::spawn(async {
         signal().await;

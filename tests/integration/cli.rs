@@ -109,6 +109,42 @@ async fn output_to_a_closed_pipe_ends_with_the_commands_own_status() {
     assert!(dir.path().join("tessera.db").exists(), "migrated, although nobody read what it said");
 }
 
+/// A stop during start-up (here: connecting to a database that never answers) ends the process
+/// at once with status 0, handled — not left to the signal's default, which the first process
+/// of a container does not get: it would wait for the kill.
+#[tokio::test]
+async fn a_sigterm_during_start_up_stops_it() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Takes connections and says nothing.
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tessera(dir.path())
+        .env("TESSERA_DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/tessera"))
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().expect("still starting").to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("stopped at once").unwrap();
+    assert_eq!(status.code(), Some(0), "handled, not killed by the signal: {status:?}");
+    let mut log = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        log.push_str(&line);
+    }
+    assert!(log.contains("stopped during start-up"), "{log}");
+    held.abort();
+}
+
 #[tokio::test]
 async fn serve_with_no_configuration_creates_and_migrates_sqlite() {
     let dir = tempfile::tempdir().unwrap();
