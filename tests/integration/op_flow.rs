@@ -79,6 +79,17 @@ pub async fn op_world_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -
     .await
 }
 
+/// A web app and a user signed in to it through the provider: the app's id and secret, and the
+/// tokens of its first code.
+async fn first_tokens(w: &World) -> (String, String, Value) {
+    let (client, secret) = web_app(&w.app).await;
+    let mut browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let code = code_for(w, &mut browser, &client, &challenge).await;
+    let tokens = body(exchange(&w.app, (&client, &secret), &code, &verifier).await, 200).await;
+    (client, secret, tokens)
+}
+
 /// Registers a client through the admin API; returns its id and secret (if confidential).
 pub async fn register(app: &TestApp, fields: Value) -> (String, Option<String>) {
     let response = app.admin(Method::POST, "/admin/clients").json(&fields).send().await.unwrap();
@@ -721,12 +732,8 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
 /// nothing left to end: 200, not `unsupported_token_type`.
 async fn an_expired_access_token_still_revokes_its_grant(backend: Backend) {
     let w = op_world(backend).await;
-    let (client, secret) = web_app(&w.app).await;
+    let (client, secret, tokens) = first_tokens(&w).await;
     let creds = (client.as_str(), secret.as_str());
-    let mut browser = Browser::new();
-    let (verifier, challenge) = pkce();
-    let code = code_for(&w, &mut browser, &client, &challenge).await;
-    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let ring = Arc::new(KeyRing::parse(&ring()).unwrap());
     let keys = SigningKeys::new(w.app.db.store().await, ring, SigningKeySettings::default()).await.unwrap();
@@ -767,12 +774,8 @@ async fn an_expired_access_token_still_revokes_its_grant(backend: Backend) {
 /// full lifetime past it: a resource server that verifies it locally would take it for longer.
 async fn an_access_token_never_outlives_its_grant(backend: Backend) {
     let w = op_world(backend).await;
-    let (client, secret) = web_app(&w.app).await;
+    let (client, secret, tokens) = first_tokens(&w).await;
     let creds = (client.as_str(), secret.as_str());
-    let mut browser = Browser::new();
-    let (verifier, challenge) = pkce();
-    let code = code_for(&w, &mut browser, &client, &challenge).await;
-    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     assert_eq!(tokens["expires_in"], 600, "a full lifetime while the grant lasts longer");
     let ends = match backend {
         Backend::Sqlite => (chrono::Utc::now() + chrono::TimeDelta::seconds(90)).timestamp_micros().to_string(),
@@ -792,12 +795,8 @@ async fn an_access_token_never_outlives_its_grant(backend: Backend) {
 
 async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
     let w = op_world(backend).await;
-    let (client, secret) = web_app(&w.app).await;
+    let (client, secret, tokens) = first_tokens(&w).await;
     let creds = (client.as_str(), secret.as_str());
-    let mut browser = Browser::new();
-    let (verifier, challenge) = pkce();
-    let code = code_for(&w, &mut browser, &client, &challenge).await;
-    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     let access = tokens["access_token"].as_str().unwrap();
     let active = introspect(&w.app, creds, access).await;
     assert_eq!(active["active"], true);
@@ -1636,12 +1635,8 @@ fn token_builder(app: &TestApp, client: (&str, &str), form: &[(&str, &str)]) -> 
 
 async fn tessera_access_tokens_work_at_validate_check_and_me(backend: Backend) {
     let w = op_world(backend).await;
-    let (client, secret) = web_app(&w.app).await;
+    let (client, secret, tokens) = first_tokens(&w).await;
     let creds = (client.as_str(), secret.as_str());
-    let mut browser = Browser::new();
-    let (verifier, challenge) = pkce();
-    let code = code_for(&w, &mut browser, &client, &challenge).await;
-    let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     let access = tokens["access_token"].as_str().unwrap();
     let user_id = w.app.db.sql().await.uuids("SELECT id FROM users").await[0].to_string();
 
