@@ -91,6 +91,11 @@ impl KeySet {
         }
     }
 
+    /// Whether the set holds a key with this `kid`, whatever algorithms it accepts.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
     /// How many usable keys the set holds.
     pub fn len(&self) -> usize {
         self.keys.len()

@@ -258,6 +258,9 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
     let mut set = keys.keys().await.ok_or(TokenError::IssuerUnavailable)?;
     let mut key = match set.find(kid, alg) {
         Some(key) => key.clone(),
+        // The issuer publishes this kid for another algorithm (an ES256 header on an RSA key's
+        // id): the token is refused for its algorithm, without a refetch that could not help.
+        None if kid.is_some_and(|kid| set.has_kid(kid)) => return Err(TokenError::AlgorithmNotAllowed),
         None => {
             set = match keys.refresh_after_miss(&set, Miss::UnknownKey).await {
                 AfterMiss::Newer(set) => set,

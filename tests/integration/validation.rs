@@ -191,6 +191,10 @@ async fn every_refused_token_has_its_code_and_writes_nothing(backend: Backend) {
     refused(app.validate(&none).await, "algorithm_not_allowed").await;
     let ps256 = issuer.sign_with_header("rsa-1", &json!({"alg": "PS256", "kid": "rsa-1"}), &claims);
     refused(app.validate(&ps256).await, "algorithm_not_allowed").await;
+    // An allowed algorithm on a published key of another kind (an ES256 signature naming the
+    // RSA key): refused for its algorithm, not as a key the issuer does not publish.
+    let crossed = issuer.sign_with_header("ec-1", &json!({"alg": "ES256", "kid": "rsa-1"}), &claims);
+    refused(app.validate(&crossed).await, "algorithm_not_allowed").await;
     // Algorithm confusion: HS256 "signed" with the issuer's public key as the HMAC secret.
     let jwks: Value = reqwest::get(issuer.jwks_uri()).await.unwrap().json().await.unwrap();
     let public_n = jwks["keys"][0]["n"].as_str().unwrap().to_owned();
