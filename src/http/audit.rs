@@ -376,9 +376,7 @@ pub async fn record_admin_action(
         state.audit.record_change(event).await;
         response
     });
-    recorded.await.unwrap_or_else(|| {
-        ApiError::new(ErrorCode::InternalError, "the server is shutting down; try again").into_response()
-    })
+    recorded.await.unwrap_or_else(|| shutting_down().into_response())
 }
 
 /// The admin token a request outside `/admin/…` carries, if any (a service acting on behalf of a
@@ -467,6 +465,11 @@ pub fn sign_in_unmatched(state: &AppState, provider: &str, code: ErrorCode) {
     let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
     tracing::info!(code = code.as_str(), provider = provider.unwrap_or("-"), "sign-in callback refused");
     state.audit.sign_in_refused(code, provider);
+}
+
+/// The answer of a change (and its audit row) cut off by the shutdown.
+pub(super) fn shutting_down() -> ApiError {
+    ApiError::new(ErrorCode::InternalError, "the server is shutting down; try again")
 }
 
 /// Records a change of a team's members made by a member (an owner, or someone leaving) with

@@ -92,12 +92,7 @@ async fn add_team_member(
         }
         Ok(member_answer(change, user, role))
     };
-    crate::run_to_end(work).await.unwrap_or_else(|| Err(shutting_down()))
-}
-
-/// The answer of a change cut off by the shutdown.
-fn shutting_down() -> ApiError {
-    ApiError::new(ErrorCode::InternalError, "the server is shutting down; try again")
+    crate::run_to_end(work).await.unwrap_or_else(|| Err(audit::shutting_down()))
 }
 
 #[utoipa::path(
@@ -126,7 +121,7 @@ async fn remove_team_member(
         audit::team_member_changed(&state, &headers, acting, &named, "team.member_removed", details).await;
         Ok(StatusCode::NO_CONTENT)
     };
-    crate::run_to_end(work).await.unwrap_or_else(|| Err(shutting_down()))
+    crate::run_to_end(work).await.unwrap_or_else(|| Err(audit::shutting_down()))
 }
 
 #[utoipa::path(
