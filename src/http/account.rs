@@ -390,8 +390,10 @@ async fn unlink_identity(
     act(&state, &headers, &body, async |live| {
         let user = live.profile.user.id;
         let sign_in = state.flows.providers().sign_in_issuers();
-        let unlinked = state.provisioner.unlink_identity(user, parse_identity(&identity)?, &sign_in).await?;
-        super::audit::identity_unlinked(&state, &headers, user, &unlinked).await;
+        state
+            .provisioner
+            .unlink_identity(user, parse_identity(&identity)?, &sign_in, super::audit::request_id(&headers))
+            .await?;
         Ok("/account?done=unlinked".to_owned())
     })
     .await

@@ -469,7 +469,7 @@ pub fn sign_in_unmatched(state: &AppState, provider: &str, code: ErrorCode) {
 
 /// The answer of a change (and its audit row) cut off by the shutdown.
 pub(super) fn shutting_down() -> ApiError {
-    ApiError::new(ErrorCode::InternalError, "the server is shutting down; try again")
+    ApiError::new(ErrorCode::ShuttingDown, "this instance is shutting down; send requests to another")
 }
 
 /// Records a change of a team's members made by a member (an owner, or someone leaving) with
@@ -493,21 +493,6 @@ pub async fn team_member_changed(
         .request(request_id(headers))
         .details(details);
     state.audit.record_change(event).await;
-}
-
-/// Records an identity unlinked by its user.
-pub async fn identity_unlinked(
-    state: &AppState,
-    headers: &HeaderMap,
-    user: crate::domain::UserId,
-    identity: &crate::domain::Identity,
-) {
-    let event = NewAuditEvent::new(ActorKind::User, "identity.unlinked")
-        .actor(Some(user.to_string()), None)
-        .target("identity", identity.id.to_string())
-        .request(request_id(headers))
-        .details(serde_json::json!({ "provider": identity.provider, "rule": "owner_request" }));
-    state.audit.record(event).await;
 }
 
 #[cfg(test)]

@@ -118,7 +118,8 @@ fn credentials_present(state: &AppState, headers: &HeaderMap, path: &str, query:
     Ok(())
 }
 
-fn missing_credentials() -> ApiError {
+/// 401 `missing_credentials`: no token, and no live session.
+pub fn missing_credentials() -> ApiError {
     ApiError::new(
         ErrorCode::MissingCredentials,
         "sign in, or send the user's token as `Authorization: Bearer <token>` or `X-User-Token: <token>`",

@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::AppState;
-use super::caller::{acting_caller, session_without_token};
+use super::caller::{acting_caller, missing_credentials, session_without_token};
 use super::extract::ApiPath;
 use super::problem::ApiError;
 use super::responses::{UserProfileResponse, no_store};
@@ -36,10 +36,10 @@ pub fn routes() -> Router<Arc<AppState>> {
 )]
 async fn get_me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     // A person's email and identities: kept out of every cache (a browser's disk cache too).
-    // A browser with a session and no token: the session and the profile in one read.
-    if let Some(session) = session_without_token(&state, &headers)?
-        && let Some(profile) = state.sessions.resolve_profile(session).await?
-    {
+    // A browser with a session and no token: the session and the profile in one read (and a
+    // session that has ended is answered from it, not read a second time).
+    if let Some(session) = session_without_token(&state, &headers)? {
+        let profile = state.sessions.resolve_profile(session).await?.ok_or_else(missing_credentials)?;
         return Ok(no_store(Json(UserProfileResponse::from(profile))));
     }
     // One of Tessera's own tokens must be for Tessera's API: an app's token for itself carries
@@ -69,8 +69,10 @@ async fn unlink_identity(
 ) -> Result<StatusCode, ApiError> {
     let user = acting_caller(&state, &headers).await?;
     let sign_in = state.flows.providers().sign_in_issuers();
-    let unlinked = state.provisioner.unlink_identity(user, parse_identity(&identity)?, &sign_in).await?;
-    super::audit::identity_unlinked(&state, &headers, user, &unlinked).await;
+    state
+        .provisioner
+        .unlink_identity(user, parse_identity(&identity)?, &sign_in, super::audit::request_id(&headers))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -88,8 +90,8 @@ async fn make_identity_primary(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiPath(identity): ApiPath<String>,
-) -> Result<Json<UserProfileResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let user = acting_caller(&state, &headers).await?;
     state.provisioner.set_primary_identity(user, parse_identity(&identity)?).await?;
-    Ok(Json(state.validator.profile(user).await?.into()))
+    Ok(no_store(Json(UserProfileResponse::from(state.validator.profile(user).await?))))
 }

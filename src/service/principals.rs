@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::sessions::LiveSession;
 use crate::cache::{Epoch, TtlCache};
 use crate::domain::{Issuer, Principal, Subject, UserId};
+use crate::store::StoreError;
 use crate::upstream::tokens::TokenCache;
 
 /// How long after a change to a user their principal is read from the primary rather than the
@@ -45,6 +46,27 @@ pub struct PrincipalCache {
     all_changed: Mutex<(Option<Instant>, Duration)>,
     /// Set while the cache-invalidation log is followed ([`PrincipalCache::follow_log`]).
     log: OnceLock<LogFreshness>,
+}
+
+/// Runs a change to its end even when the request that asked for it is dropped (a client that
+/// hung up), then has `forget` purge from this instance's caches what the answer says changed —
+/// an error included: a commit whose reply was lost is still a change, which this instance must
+/// honour at once, not at its next read of the cache-invalidation log. An answer that changed
+/// nothing should purge nothing: a purge walks the caches, and a request that is refused must
+/// not cost one, in a loop. A runtime shutting down first is `Unavailable`: the store is going
+/// away.
+pub(crate) async fn change_to_end<T: Send + 'static>(
+    principals: &Arc<PrincipalCache>,
+    change: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    forget: impl FnOnce(&PrincipalCache, Result<&T, &StoreError>) + Send + 'static,
+) -> Result<T, StoreError> {
+    let principals = principals.clone();
+    let work = async move {
+        let done = change.await;
+        forget(&principals, done.as_ref());
+        done
+    };
+    crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
 }
 
 /// How recently the cache-invalidation log was read: until when cached entries may answer

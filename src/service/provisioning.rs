@@ -11,14 +11,15 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::principals::PrincipalCache;
+use super::principals::{PrincipalCache, change_to_end};
 use crate::crypto;
 use crate::domain::{
     DisplayName, Email, Identity, IdentityId, Issuer, Slug, Subject, Team, TeamId, User, UserId, UserProfile,
 };
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{
-    CreateOutcome, DefaultTeam, NewAccount, NewTeam, ReadFrom, Store, StoreError, UnlinkOutcome, UserChange, UserUpdate,
+    ActorKind, CreateOutcome, DefaultTeam, NewAccount, NewAuditEvent, NewTeam, ReadFrom, Store, StoreError,
+    UnlinkOutcome, UserChange, UserUpdate,
 };
 use crate::upstream::issuers::IssuerRegistry;
 use crate::worker::last_seen::TOUCH_INTERVAL;
@@ -131,18 +132,15 @@ impl Provisioner {
     /// Changes a user's name, email, `email_verified` or `disabled` (`PATCH /admin/users/{id}`),
     /// in one transaction with its events; whether anything changed.
     pub async fn update_user(&self, user: UserId, change: &UserChange) -> Result<UserUpdate, ProvisionError> {
-        let (store, principals, change) = (self.store.clone(), self.principals.clone(), change.clone());
-        // To its end even when the request is dropped, then forgotten whatever the answer: a
-        // commit whose reply was lost is still a change, which this instance must honour at once
-        // (not at its next read of the log). Forgotten even when nothing changed here: another
-        // instance may have changed it first.
-        let work = async move {
-            let done = store.update_user(user, &change, super::now()).await;
-            principals.invalidate_user(user);
-            done
-        };
-        let done = crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)));
-        let update = done?.ok_or(ProvisionError::UserNotFound)?;
+        let (store, change) = (self.store.clone(), change.clone());
+        // Forgotten whatever the answer, even when nothing changed here: another instance may
+        // have changed it first.
+        let done = change_to_end(
+            &self.principals,
+            async move { store.update_user(user, &change, super::now()).await },
+            move |principals, _| principals.invalidate_user(user),
+        );
+        let update = done.await?.ok_or(ProvisionError::UserNotFound)?;
         if update.changed {
             tracing::info!(user_id = %update.user.id, "changed a user");
         }
@@ -224,14 +222,30 @@ impl Provisioner {
         user: UserId,
         identity: IdentityId,
         sign_in: &[Issuer],
+        request_id: Option<String>,
     ) -> Result<Identity, IdentityError> {
-        let outcome = self.store.unlink_identity(user, identity, sign_in, super::now()).await?;
-        match outcome {
-            // Only a change purges (a purge walks the caches: a refused unlink, in a loop, must
-            // not cost one).
+        let (store, sign_in) = (self.store.clone(), sign_in.to_vec());
+        let audit = NewAuditEvent::new(ActorKind::User, "identity.unlinked")
+            .actor(Some(user.to_string()), None)
+            .target("identity", identity.to_string())
+            .request(request_id)
+            .details(serde_json::json!({ "rule": "owner_request" }));
+        let outcome = change_to_end(
+            &self.principals,
+            async move { store.unlink_identity(user, identity, &sign_in, super::now(), Some(&audit)).await },
+            move |principals, done| match done {
+                Ok(UnlinkOutcome::Unlinked(identity)) => {
+                    principals.invalidate_user(user);
+                    principals.invalidate_identity(&identity.issuer, &identity.subject);
+                }
+                // Which identity went, if one did, is unknown: the user's principals go, and
+                // the identity's verified tokens then resolve to nobody.
+                Err(_) => principals.invalidate_user(user),
+                Ok(_) => {}
+            },
+        );
+        match outcome.await? {
             UnlinkOutcome::Unlinked(identity) => {
-                self.principals.invalidate_user(user);
-                self.principals.invalidate_identity(&identity.issuer, &identity.subject);
                 tracing::info!(user_id = %user, identity_id = %identity.id, provider = %identity.provider, "unlinked an identity");
                 Ok(identity)
             }
@@ -243,12 +257,18 @@ impl Provisioner {
     /// Makes one of a user's identities their primary one (the one chosen already: nothing
     /// changes, nothing is purged).
     pub async fn set_primary_identity(&self, user: UserId, identity: IdentityId) -> Result<(), IdentityError> {
-        match self.store.set_primary_identity(user, identity, super::now()).await? {
-            Some(true) => {
-                self.principals.invalidate_user(user);
-                Ok(())
-            }
-            Some(false) => Ok(()),
+        let store = self.store.clone();
+        let changed = change_to_end(
+            &self.principals,
+            async move { store.set_primary_identity(user, identity, super::now()).await },
+            move |principals, done| {
+                if matches!(done, Ok(Some(true)) | Err(_)) {
+                    principals.invalidate_user(user);
+                }
+            },
+        );
+        match changed.await? {
+            Some(_) => Ok(()),
             None => Err(IdentityError::NotFound),
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::principals::PrincipalCache;
+use super::principals::{PrincipalCache, change_to_end};
 use crate::crypto::sha256;
 use crate::domain::{IdentityId, Issuer, Subject, UserId, UserProfile};
 use crate::store::{
@@ -225,12 +225,18 @@ impl Sessions {
     /// Ends every session of `user` but the one whose hash is `keep` ("sign out everywhere
     /// else"); returns how many ended. Grants made from them end with them.
     pub async fn revoke_others(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
-        let ended = self.store.delete_other_sessions(user, keep).await?;
-        // Nothing ended, nothing to forget (a purge walks the caches: a user must not be able to
-        // make one for free, in a loop).
-        if ended > 0 {
-            self.cache.invalidate_user(user);
-        }
+        let (store, keep) = (self.store.clone(), *keep);
+        let ended = change_to_end(
+            &self.cache,
+            async move { store.delete_other_sessions(user, &keep).await },
+            // Nothing ended, nothing to forget.
+            move |cache, done| {
+                if done.map_or(true, |ended| *ended > 0) {
+                    cache.invalidate_user(user);
+                }
+            },
+        )
+        .await?;
         tracing::info!(user_id = %user, ended, "signed out other sessions");
         Ok(ended)
     }

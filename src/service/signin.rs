@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::principals::PrincipalCache;
+use super::principals::{PrincipalCache, change_to_end};
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use super::sessions::Sessions;
 use crate::config::AuthConfig;
@@ -402,9 +402,17 @@ impl SignIn {
                     .details(serde_json::json!({ "provider": provider.name(), "rule": rule.as_str() })),
             ),
         };
-        let outcome = self.store.link_identity(user, &link).await?;
-        self.principals.invalidate_user(user);
-        match outcome {
+        let store = self.store.clone();
+        let outcome = change_to_end(
+            &self.principals,
+            async move { store.link_identity(user, &link).await },
+            move |principals, done| {
+                if matches!(done, Ok(LinkOutcome::Linked(_)) | Err(_)) {
+                    principals.invalidate_user(user);
+                }
+            },
+        );
+        match outcome.await? {
             LinkOutcome::Linked(identity) => Ok((identity.id, true)),
             LinkOutcome::AlreadyLinked(identity) => Ok((identity.id, false)),
             LinkOutcome::LinkedToAnotherUser => Err(SignInError::IdentityAlreadyLinked),

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::principals::PrincipalCache;
+use super::principals::{PrincipalCache, change_to_end};
 use super::users::{Page, PageRequest};
 use crate::domain::{DomainClaim, DomainName, Email, Issuer, Role, Slug, Team, TeamId, TeamRef, UserId};
 use crate::error::{ErrorCode, PublicError};
@@ -130,27 +130,21 @@ impl Teams {
         member_change(outcome)
     }
 
-    /// Runs a membership change of `user` to its end, even when the request that asked for it
-    /// is dropped (a client that hung up), then forgets what this instance cached about the user
-    /// when something `changed` — or may have: a change committed whose reply was lost (an
-    /// error) is still a change. An outcome that changed nothing purges nothing: a purge walks
-    /// the caches, and a request that is refused must not cost one, in a loop.
+    /// Runs a membership change of `user` to its end (see [`change_to_end`]), then forgets what
+    /// this instance cached about the user when something `changed` — or may have: a change
+    /// committed whose reply was lost (an error) is still a change.
     async fn changing<T: Send + 'static>(
         &self,
         user: UserId,
         changed: fn(&T) -> bool,
         change: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let principals = self.principals.clone();
-        let work = async move {
-            let done = change.await;
-            if done.as_ref().map_or(true, changed) {
+        change_to_end(&self.principals, change, move |principals, done| {
+            if done.map_or(true, changed) {
                 principals.invalidate_user(user);
             }
-            done
-        };
-        // `None` only when the runtime is shutting down: the store is going away.
-        crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
+        })
+        .await
     }
 
     /// Adds `user` to a team as `role` unless they are a member already, in any role
@@ -236,11 +230,18 @@ impl Teams {
     pub async fn create(&self, slug: Slug, name: String, owner: Option<UserId>) -> Result<Team, TeamError> {
         let now = super::now();
         let team = Team { id: TeamId::generate(), slug, name, created_at: now };
-        match self.store.create_team(&team, owner, now).await? {
-            CreateTeamOutcome::Created(team) => {
-                if let Some(owner) = owner {
-                    self.principals.invalidate_user(owner);
+        let store = self.store.clone();
+        let created = change_to_end(
+            &self.principals,
+            async move { store.create_team(&team, owner, now).await },
+            move |principals, done| {
+                if let (Some(owner), Ok(CreateTeamOutcome::Created(_)) | Err(_)) = (owner, done) {
+                    principals.invalidate_user(owner);
                 }
+            },
+        );
+        match created.await? {
+            CreateTeamOutcome::Created(team) => {
                 tracing::info!(team_id = %team.id, "created a team");
                 Ok(team)
             }

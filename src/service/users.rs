@@ -7,7 +7,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::principals::PrincipalCache;
+use super::principals::{PrincipalCache, change_to_end};
 use crate::domain::{Email, Issuer, Subject, Team, TeamRef, User, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{DeleteUserOutcome, DeletedUser, Store, StoreError, UserQuery};
@@ -193,12 +193,25 @@ impl Users {
     /// forgets them at once, others within `cache.sync_interval_ms` (from the cache-invalidation
     /// log).
     pub async fn delete(&self, user: UserId) -> Result<DeletedUser, UserAdminError> {
-        match self.store.delete_user(user, super::now()).await? {
-            DeleteUserOutcome::Deleted(deleted) => {
-                self.principals.invalidate_user(user);
-                for identity in &deleted.identities {
-                    self.principals.invalidate_identity(&identity.issuer, &identity.subject);
+        let store = self.store.clone();
+        let deleted = change_to_end(
+            &self.principals,
+            async move { store.delete_user(user, super::now()).await },
+            move |principals, done| match done {
+                Ok(DeleteUserOutcome::Deleted(deleted)) => {
+                    principals.invalidate_user(user);
+                    for identity in &deleted.identities {
+                        principals.invalidate_identity(&identity.issuer, &identity.subject);
+                    }
                 }
+                // Which identities went, if the user did, is unknown: their principals go, and
+                // their verified tokens then resolve to nobody.
+                Err(_) => principals.invalidate_user(user),
+                Ok(_) => {}
+            },
+        );
+        match deleted.await? {
+            DeleteUserOutcome::Deleted(deleted) => {
                 tracing::info!(
                     user_id = %user,
                     identities = deleted.identities.len(),

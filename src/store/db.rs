@@ -252,9 +252,14 @@ impl Db {
                 // is a round trip to the connection's thread (sqlx still pings on release).
                 // The writer first: it creates a missing file and switches it to WAL, which two
                 // connections opening at once could each find locked.
+                // It lives as long as the pool: sqlx would close it after 10 idle minutes or 30
+                // in all, and the connection opened in its place would hold a new, empty
+                // database when the database is in memory.
                 let writer = SqlitePoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
                     .test_before_acquire(false)
                     .acquire_timeout(config.acquire_timeout)
                     .connect_with(options.clone())
@@ -1752,6 +1757,16 @@ mod tests {
             let plan = plan(sql).await;
             assert!(plan.contains(index) && !plan.contains("SCAN"), "{sql}: {plan}");
         }
+    }
+
+    /// sqlx closes a pooled connection after 10 idle minutes or 30 in all; the one opened in its
+    /// place to an in-memory database would hold a new, empty one.
+    #[tokio::test]
+    async fn the_sqlite_writer_is_never_closed_for_age_or_idleness() {
+        let config = crate::config::Config::for_database("sqlite::memory:").unwrap();
+        let Db::Sqlite { writer, .. } = Db::connect(&config.database).await.unwrap() else { unreachable!() };
+        assert_eq!(writer.options().get_idle_timeout(), None);
+        assert_eq!(writer.options().get_max_lifetime(), None);
     }
 
     #[tokio::test]

@@ -924,15 +924,17 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// linked already (to this user or another: links are never re-pointed).
     async fn link_identity(&self, user: UserId, link: &NewLink) -> Result<LinkOutcome, StoreError>;
 
-    /// Unlinks one of a user's identities, with an audit row; never their last one, nor their
-    /// last one of the `sign_in` issuers (those a configured provider signs in with: the others,
-    /// of a provider since removed, say, could not sign them in again).
+    /// Unlinks one of a user's identities, with `audit` (whose details gain the identity's
+    /// `provider`) in the same transaction; never their last one, nor their last one of the
+    /// `sign_in` issuers (those a configured provider signs in with: the others, of a provider
+    /// since removed, say, could not sign them in again).
     async fn unlink_identity(
         &self,
         user: UserId,
         identity: IdentityId,
         sign_in: &[Issuer],
         now: DateTime<Utc>,
+        audit: Option<&NewAuditEvent>,
     ) -> Result<UnlinkOutcome, StoreError>;
 
     /// Makes one of a user's identities their primary one, with an audit row and a cache

@@ -183,16 +183,11 @@ impl SqlStore {
             return Ok(RemoveOutcome::LastOwner);
         }
         let role = member_role(&mut tx, team, user).await?.unwrap_or(Role::Member);
-        // The membership, and the former member's connect links and connect flows for the team.
-        for sql in [
-            "DELETE FROM memberships WHERE team_id = $1 AND user_id = $2",
-            "DELETE FROM connect_tokens
-             WHERE user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
-            "DELETE FROM login_states
-             WHERE link_user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
-        ] {
-            query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut tx).await?;
-        }
+        query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
+            .bind(team.as_uuid())
+            .bind(user.as_uuid())
+            .execute(&mut tx)
+            .await?;
         // A team-wide profile they made stays the team's, credited (as when a user is deleted) to
         // the team's longest-standing owner, else member: a creator may act on their profile
         // whatever their role, and that right must not outlive the membership (nor come back
@@ -221,6 +216,17 @@ impl SqlStore {
         .bind(team.as_uuid())
         .bind(user.as_uuid());
         revoke_found_profiles(&mut tx, personal, "member_removed", now).await?;
+        // The former member's connect links and connect flows for the team — after the profiles
+        // above are locked, in the order a link's mint and use take them (profile, then link):
+        // the other order deadlocks with a link opened meanwhile.
+        for sql in [
+            "DELETE FROM connect_tokens
+             WHERE user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
+            "DELETE FROM login_states
+             WHERE link_user_id = $2 AND profile_id IN (SELECT id FROM auth_profiles WHERE team_id = $1)",
+        ] {
+            query(sql).bind(team.as_uuid()).bind(user.as_uuid()).execute(&mut tx).await?;
+        }
         let payload = events::member_removed(team, user, role, false);
         insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
         log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
@@ -932,6 +938,10 @@ impl Store for SqlStore {
             return Ok(DefaultTeam::Found(rows::team(&row)?));
         }
         let created = insert_default_team(&mut tx, user, team, now).await?;
+        // A default team made after the user's first (which `user.created` carries): announced
+        // like any other membership, so that a consumer learns of the team.
+        let payload = events::member_changed(created.id, user, Role::Owner, None);
+        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
         // Other instances may have the user cached without a team.
         log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         tx.commit().await?;
@@ -1488,9 +1498,12 @@ impl Store for SqlStore {
             query(concat!("SELECT ", identity_columns!(), " FROM identities i WHERE i.issuer = $1 AND i.subject = $2"))
                 .bind(link.issuer.as_str())
                 .bind(link.subject.as_str())
-                .fetch_one(&mut tx)
+                .fetch_optional(&mut tx)
                 .await?;
         tx.rollback().await?;
+        // Unlinked by its owner between the insert and this read (PostgreSQL reads each
+        // statement afresh): changed meanwhile, which a second try settles, not an internal error.
+        let Some(existing) = existing else { return Err(StoreError::Gone { what: "the identity" }) };
         let identity = rows::identity(&existing)?;
         Ok(if identity.user_id == user {
             LinkOutcome::AlreadyLinked(identity)
@@ -1505,6 +1518,7 @@ impl Store for SqlStore {
         identity: IdentityId,
         sign_in: &[Issuer],
         now: DateTime<Utc>,
+        audit: Option<&super::NewAuditEvent>,
     ) -> Result<UnlinkOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
         // Serialises unlinks of one user, so that two concurrent ones cannot remove the last two.
@@ -1551,6 +1565,13 @@ impl Store for SqlStore {
         )
         .await?;
         insert_event(&mut tx, &NewEvent::new(events::IDENTITY_UNLINKED, events::identity_changed(&found)), now).await?;
+        if let Some(audit) = audit {
+            let mut row = audit.clone();
+            if let Some(serde_json::Value::Object(details)) = &mut row.details {
+                details.insert("provider".into(), found.provider.clone().into());
+            }
+            super::audit::insert(&mut tx, std::slice::from_ref(&row)).await?;
+        }
         let forget = [
             CacheChange::User(user),
             CacheChange::Identity { issuer: found.issuer.clone(), subject: found.subject.clone() },

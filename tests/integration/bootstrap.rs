@@ -242,6 +242,12 @@ async fn the_legacy_route_ensures_the_default_team_of_an_existing_user(backend: 
     assert_eq!(created_count, 1);
     assert_eq!(team_ids.len(), 1);
     assert_eq!(sql.count("memberships WHERE is_default").await, 1);
+    // The new team is announced once (the first one was, in `user.created`).
+    let added = sql.texts("SELECT CAST(payload AS TEXT) FROM outbox_events WHERE topic = 'team.member.added'").await;
+    assert_eq!(added.len(), 1, "{added:?}");
+    let added: Value = serde_json::from_str(&added[0]).unwrap();
+    assert_eq!(added["team_id"].as_str(), team_ids.iter().next().map(String::as_str));
+    assert_eq!((added["user_id"].as_str(), added["role"].as_str()), (Some(user_id), Some("owner")));
 
     let unknown = format!("/admin/users/{}/bootstrap", uuid::Uuid::now_v7());
     let problem = body(app.admin(Method::POST, &unknown).send().await.unwrap(), 404).await;

@@ -101,7 +101,7 @@ async fn refused_changes_purge_nothing(backend: Backend) {
     let sign_in = [tessera::domain::Issuer::parse(issuer.issuer()).unwrap()];
 
     let someone_elses = bob.principal.identity_id;
-    assert!(provisioner.unlink_identity(ada_id, someone_elses, &sign_in).await.is_err());
+    assert!(provisioner.unlink_identity(ada_id, someone_elses, &sign_in, None).await.is_err());
     assert!(teams.remove_member(&own_team, Some(ada_id), bob_id).await.is_err(), "bob is no member");
     assert!(teams.remove_member(&own_team, Some(ada_id), ada_id).await.is_err(), "her default team");
     assert_eq!(principals.entry_count(), 2, "nothing changed, nothing purged");

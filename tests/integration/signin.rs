@@ -831,6 +831,7 @@ async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend
     assert_eq!(read["primary_identity_id"], first_id, "nothing changed");
     assert_eq!(read["identities"].as_array().unwrap().len(), 2, "nothing changed");
     let primary = with_origin(Method::POST, &make_primary, &ours).await.unwrap();
+    assert_eq!(primary.headers()["cache-control"], "no-store", "a person's profile is kept out of caches");
     assert_eq!(body(primary, 200).await["primary_identity_id"], second_id, "from this origin");
     let unlinked = browser.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{second_id}"))).await;
     assert_eq!(unlinked.status(), StatusCode::NO_CONTENT);

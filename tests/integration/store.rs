@@ -1123,15 +1123,18 @@ async fn the_last_identity_is_never_unlinked(backend: Backend) {
     let second = linked(&store, &ada, "ada-elsewhere").await;
     let t0 = now();
     for (user, identity) in [(ada.id(), bob.identity()), (ada.id(), IdentityId::generate()), (bob.id(), second.id)] {
-        assert_eq!(store.unlink_identity(user, identity, &[], t0).await.unwrap(), UnlinkOutcome::NotFound);
+        assert_eq!(store.unlink_identity(user, identity, &[], t0, None).await.unwrap(), UnlinkOutcome::NotFound);
     }
     assert_eq!(
-        store.unlink_identity(ada.id(), second.id, &[], t0).await.unwrap(),
+        store.unlink_identity(ada.id(), second.id, &[], t0, None).await.unwrap(),
         UnlinkOutcome::Unlinked(second.clone())
     );
     assert!(store.find_identity(&second.issuer, &second.subject).await.unwrap().is_none());
-    assert_eq!(store.unlink_identity(ada.id(), second.id, &[], t0).await.unwrap(), UnlinkOutcome::NotFound);
-    assert_eq!(store.unlink_identity(ada.id(), ada.identity(), &[], t0).await.unwrap(), UnlinkOutcome::LastIdentity);
+    assert_eq!(store.unlink_identity(ada.id(), second.id, &[], t0, None).await.unwrap(), UnlinkOutcome::NotFound);
+    assert_eq!(
+        store.unlink_identity(ada.id(), ada.identity(), &[], t0, None).await.unwrap(),
+        UnlinkOutcome::LastIdentity
+    );
     assert!(store.find_identity(&ada.account.issuer, &ada.account.subject).await.unwrap().is_some());
     // Audit rows: two sign-ups, one link, one unlink.
     assert_eq!(db.sql().await.count("identity_events").await, 4);
@@ -1139,9 +1142,9 @@ async fn the_last_identity_is_never_unlinked(backend: Backend) {
     // first is the last one she could sign in with: it stays; the other may go.
     let third = linked(&store, &ada, "ada-elsewhere-again").await;
     let sign_in = [ada.account.issuer.clone()];
-    let last = store.unlink_identity(ada.id(), ada.identity(), &sign_in, t0).await.unwrap();
+    let last = store.unlink_identity(ada.id(), ada.identity(), &sign_in, t0, None).await.unwrap();
     assert_eq!(last, UnlinkOutcome::LastIdentity);
-    let other = store.unlink_identity(ada.id(), third.id, &sign_in, t0).await.unwrap();
+    let other = store.unlink_identity(ada.id(), third.id, &sign_in, t0, None).await.unwrap();
     assert!(matches!(other, UnlinkOutcome::Unlinked(_)), "{other:?}");
 
     // Once unlinked, the identity is free to be linked again, to anyone.
@@ -1186,7 +1189,7 @@ async fn concurrent_unlinks_leave_one_identity(backend: Backend) {
     let identities = [ada.identity(), second.id];
     let outcomes = concurrently(16, |i| {
         let (store, user, identity) = (store.clone(), ada.id(), identities[i % 2]);
-        async move { store.unlink_identity(user, identity, &[], now()).await.unwrap() }
+        async move { store.unlink_identity(user, identity, &[], now(), None).await.unwrap() }
     })
     .await;
     let unlinked = outcomes.iter().filter(|o| matches!(o, UnlinkOutcome::Unlinked(_))).count();
@@ -1209,7 +1212,7 @@ async fn an_identity_chosen_while_it_is_unlinked_is_either_chosen_or_gone(backen
                 if i % 2 == 0 {
                     store.set_primary_identity(user, identity, now()).await.map(|_| ())
                 } else {
-                    store.unlink_identity(user, identity, &[], now()).await.map(|_| ())
+                    store.unlink_identity(user, identity, &[], now(), None).await.map(|_| ())
                 }
             }
         })
@@ -1246,7 +1249,10 @@ async fn a_primary_identity_is_one_of_the_users_own(backend: Backend) {
     // Audit rows: two sign-ups, one link, one choice of primary.
     assert_eq!(db.sql().await.count("identity_events").await, 4);
 
-    assert!(matches!(store.unlink_identity(ada.id(), second.id, &[], t0).await.unwrap(), UnlinkOutcome::Unlinked(_)));
+    assert!(matches!(
+        store.unlink_identity(ada.id(), second.id, &[], t0, None).await.unwrap(),
+        UnlinkOutcome::Unlinked(_)
+    ));
     assert_eq!(primary(&ada).await, Some(ada.identity()), "back to the oldest when the chosen one goes");
 }
 
@@ -4002,7 +4008,7 @@ mod grants {
         let with_identity = NewGrant { identity_id: Some(second.id), ..grant(&ada, None, t0) };
         store.insert_grant(&with_identity, &code(t0)).await.unwrap();
         assert!(active(with_identity.id, t0).await);
-        store.unlink_identity(ada.id(), second.id, &[], t0).await.unwrap();
+        store.unlink_identity(ada.id(), second.id, &[], t0, None).await.unwrap();
         assert!(!active(with_identity.id, t0).await, "the identity was unlinked");
         // Ends with its expiry, and when revoked.
         let plain = grant(&ada, None, t0);
@@ -4217,7 +4223,7 @@ async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend
     assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::AlreadyLinked(_)));
     assert!(matches!(store.link_identity(bob.id(), &link).await.unwrap(), LinkOutcome::LinkedToAnotherUser));
     assert!(matches!(
-        store.unlink_identity(ada.id(), link.identity_id, &[], t).await.unwrap(),
+        store.unlink_identity(ada.id(), link.identity_id, &[], t, None).await.unwrap(),
         UnlinkOutcome::Unlinked(_)
     ));
     assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Added);
@@ -5161,7 +5167,7 @@ mod cache_log {
         store.remove_member(bob.team.id, None, ada.id()).await.unwrap();
         let second = linked(&store, &ada, "log-ada-elsewhere").await;
         assert!(matches!(
-            store.unlink_identity(ada.id(), second.id, &[], now()).await.unwrap(),
+            store.unlink_identity(ada.id(), second.id, &[], now(), None).await.unwrap(),
             UnlinkOutcome::Unlinked(_)
         ));
         let team = Team {
@@ -5256,7 +5262,7 @@ mod cache_log {
         assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
         assert_eq!(store.remove_member(bob.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::LastOwner);
         let own = store.find_identity(&ada.account.issuer, &ada.account.subject).await.unwrap().unwrap().identity_id;
-        assert_eq!(store.unlink_identity(ada.id(), own, &[], now()).await.unwrap(), UnlinkOutcome::LastIdentity);
+        assert_eq!(store.unlink_identity(ada.id(), own, &[], now(), None).await.unwrap(), UnlinkOutcome::LastIdentity);
         assert!(matches!(
             store.link_identity(ada.id(), &new_link("quiet-ada-2", now())).await.unwrap(),
             LinkOutcome::Linked(_)
