@@ -129,7 +129,7 @@ impl Pages {
         if wants_html(headers) {
             let described = error.describe();
             let status = described.status;
-            return self.message(status, errors::message_for(&described, context));
+            return with_challenge(self.message(status, errors::message_for(&described, context)), described.challenge);
         }
         let mut response = error.into_response();
         protect(response.headers_mut());
@@ -141,7 +141,8 @@ impl Pages {
     pub fn unfinished_flow(&self, headers: &HeaderMap, error: ApiError, signed_in: bool) -> Response {
         if wants_html(headers) {
             let described = error.describe();
-            return self.message(described.status, errors::unfinished_link_or_connect(&described, signed_in));
+            let page = self.message(described.status, errors::unfinished_link_or_connect(&described, signed_in));
+            return with_challenge(page, described.challenge);
         }
         let mut response = error.into_response();
         protect(response.headers_mut());
@@ -362,6 +363,14 @@ pub fn login_url(return_to: Option<&str>) -> String {
         }
         None => "/login".to_owned(),
     }
+}
+
+/// An error page with the `WWW-Authenticate` challenge of its error, if any (every 401 has one).
+fn with_challenge(mut page: Response, challenge: Option<HeaderValue>) -> Response {
+    if let Some(challenge) = challenge {
+        page.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    page
 }
 
 #[cfg(test)]

@@ -70,7 +70,8 @@ impl ApiError {
     /// `into_response`, since the page replaces it.
     pub fn describe(self) -> Described {
         let status = self.log();
-        Described { status, code: self.code, detail: self.detail, extensions: self.extensions }
+        let challenge = challenge_of(status, self.www_authenticate);
+        Described { status, code: self.code, detail: self.detail, extensions: self.extensions, challenge }
     }
 
     /// Logs the error as the response is made, at its code's level (see
@@ -107,6 +108,15 @@ pub struct Described {
     pub detail: String,
     /// The body members, such as `link_url`.
     pub extensions: Map<String, Value>,
+    /// The `WWW-Authenticate` challenge a 401 carries (see [`challenge_of`]).
+    pub challenge: Option<HeaderValue>,
+}
+
+/// The challenge to send: the error's own, or for a 401 without one, `Bearer realm="tessera"` —
+/// every 401 carries one (RFC 9110 section 15.5.2), and a bearer token is what every route that
+/// can answer 401 accepts.
+pub fn challenge_of(status: StatusCode, own: Option<HeaderValue>) -> Option<HeaderValue> {
+    own.or_else(|| (status == StatusCode::UNAUTHORIZED).then(|| HeaderValue::from_static("Bearer realm=\"tessera\"")))
 }
 
 impl Described {
@@ -151,7 +161,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(challenge) = self.www_authenticate {
+        if let Some(challenge) = challenge_of(status, self.www_authenticate) {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response

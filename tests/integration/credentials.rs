@@ -1,6 +1,7 @@
 //! One credential per request: a credential header sent twice, two credential headers that
-//! disagree, or a session or sign-in cookie sent twice is a 400 `ambiguous_credentials`, and the
-//! request writes nothing — whichever copy a proxy in front would have read.
+//! disagree, or a session or sign-in cookie sent twice is a 400 `ambiguous_credentials` (at
+//! forward-auth, a 401 `invalid_request` challenge), and the request writes nothing — whichever
+//! copy a proxy in front would have read.
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -209,9 +210,20 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
         let named = in_query.bearer_auth(&ann_token);
         assert_eq!(ambiguous(named.send().await.unwrap()).await["field"], "on_behalf_of");
     }
-    // Nor does a token at forward-auth, or the admin token acting for a user.
-    let verify = plain.get(w.app.url("/auth/verify?audience=notes")).bearer_auth(&ann_token);
-    ambiguous(verify.header("cookie", &one_header).send().await.unwrap()).await;
+    // Nor does a token at forward-auth, or the admin token acting for a user. Forward-auth
+    // refuses with the 401 a proxy passes on (nginx makes a 500 of a 400), letting nobody in.
+    let verify = |query: &str| plain.get(w.app.url(&format!("/auth/verify{query}")));
+    for refused in [
+        verify("?audience=notes").bearer_auth(&ann_token).header("cookie", &one_header),
+        verify("").header("cookie", &one_header),
+        verify("").header("cookie", &same_twice),
+        verify("?audience=notes").bearer_auth(&ann_token).header("x-user-token", "another"),
+    ] {
+        let answer = refused.send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.headers()["www-authenticate"], r#"Bearer error="invalid_request""#);
+        assert!(answer.headers().get("x-tessera-user-id").is_none(), "nobody is let in");
+    }
     let ann_me =
         body(plain.get(&me).header("cookie", format!("tessera_session={ann}")).send().await.unwrap(), 200).await;
     let profiles = w.app.url(&format!("/v1/teams/{}/auth-profiles", ann_me["teams"][0]["slug"].as_str().unwrap()));

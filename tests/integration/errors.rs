@@ -12,6 +12,7 @@ on_both_backends!(
     hostile_inputs_never_cause_a_server_error_or_a_leak,
     an_unreachable_database_is_a_503_without_details,
     client_request_ids_are_kept_only_when_short_and_safe,
+    every_401_carries_a_challenge,
 );
 
 async fn protocol_errors_are_problem_json(backend: Backend) {
@@ -258,6 +259,24 @@ struct RawResponse {
 
 /// Sends `request` as raw bytes (from a task of its own, so that a server that answers before
 /// reading everything is seen), and reads until the server closes or 5 s have passed.
+/// Every 401 carries a `WWW-Authenticate` challenge (RFC 9110 section 15.5.2), whether it is
+/// problem+json or a page: the routes below answer 401 without one of their own.
+async fn every_401_carries_a_challenge(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let html = |request: reqwest::RequestBuilder| request.header("accept", "text/html");
+    for (what, request) in [
+        ("POST /auth/link", app.client.post(app.url("/auth/link"))),
+        ("GET /auth/link, a browser", html(app.client.get(app.url("/auth/link?provider=any")))),
+        ("GET /v1/me", app.client.get(app.url("/v1/me"))),
+        ("GET /v1/me, a browser", html(app.client.get(app.url("/v1/me")))),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{what}");
+        let challenge = response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="tessera""#), "{what}");
+    }
+}
+
 async fn raw_exchange(addr: std::net::SocketAddr, request: Vec<u8>) -> Result<RawResponse, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;

@@ -724,6 +724,17 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
     let looked = w.app.client.post(w.app.url("/oauth/introspect")).basic_auth(&client, Some(&secret));
     let answer = looked.form(&[("token", token.as_str())]).send().await.unwrap();
     assert_eq!(oauth_error(answer, 503).await, "temporarily_unavailable");
+    // A sign-in request whose session cannot be read: a browser gets the page of
+    // `store_unavailable` (try again), not one blaming the app for its request; a client, the
+    // RFC's JSON.
+    let (_, challenge) = pkce();
+    let authorize =
+        w.app.client.get(authorize_url(&w.app, &client, &challenge, "")).header("cookie", "tessera_session=s");
+    let page = authorize.try_clone().unwrap().header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), 503);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("store_unavailable") && !html.contains("The app that sent you here"), "{html}");
+    assert_eq!(oauth_error(authorize.send().await.unwrap(), 503).await, "temporarily_unavailable");
 }
 
 /// A client signing out with the last access token it holds, expired by then, ends the grant
@@ -978,6 +989,14 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     // browser keeps only the last response).
     let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // Without a session at all: 401 `login_required`, with the challenge every 401 carries.
+    for accept in ["application/json", "text/html"] {
+        let form = [("request_id", request_id.as_str()), ("decision", "approve")];
+        let anonymous = http.post(w.app.url("/oauth/consent")).header("accept", accept).form(&form);
+        let anonymous = anonymous.send().await.unwrap();
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{accept}");
+        assert_eq!(anonymous.headers()["www-authenticate"], r#"Bearer realm="tessera""#, "{accept}");
+    }
     let mut tasks = Vec::new();
     for i in 0..8 {
         let send = http.post(w.app.url("/oauth/consent")).header("cookie", cookies.join("; "));
@@ -2019,6 +2038,16 @@ async fn forward_auth_says_an_email_is_verified_on_a_trusted_providers_word(back
     let for_app = w.app.url(&format!("/auth/verify?audience={client}"));
     let by_token = w.app.client.get(&for_app).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await;
     assert_eq!(by_token.unwrap().headers()["x-tessera-email-verified"], "true");
+
+    // An internationalised address goes as its UTF-8 bytes, beside its flag: never an empty
+    // email beside a "true" that would vouch for nothing.
+    w.issuer.set_next_user(StubUser::new("jörg", "jörg@example.com"));
+    let mut browser = Browser::new();
+    code_for(&w, &mut browser, &client, &challenge).await;
+    let by_session = browser.get(&w.app.url("/auth/verify")).await;
+    assert_eq!(by_session.status(), StatusCode::OK);
+    assert_eq!(by_session.headers()["x-tessera-email"].as_bytes(), "jörg@example.com".as_bytes());
+    assert_eq!(by_session.headers()["x-tessera-email-verified"], "true");
 }
 
 /// Opens an authorization request of the third-party `client` in a signed-in browser that has

@@ -17,13 +17,16 @@ use secrecy::ExposeSecret;
 
 use super::token::{authorization_params, form_pairs};
 use crate::domain::Email;
+use crate::error::{ErrorCode, PublicError};
 use crate::http::AppState;
 use crate::http::auth::{login_cookie, redirect};
 use crate::http::credentials::cookie;
 use crate::http::csrf;
 use crate::http::extract::PageBytes;
 use crate::http::pages::{self, Message};
+use crate::http::problem::ApiError;
 use crate::service::op::authorize::{AuthorizationParams, AuthorizeError, Next, Rejection, SessionView};
+use crate::service::op::provider::OAuthError;
 use crate::service::op::tokens::{self, repeated_parameter, single_valued};
 use crate::service::sessions::LiveSession;
 use crate::service::teams::Discovery;
@@ -40,6 +43,14 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// A page (or, for a non-browser, an OAuth JSON error) for a request that cannot go back to
 /// the client.
 fn refuse(state: &AppState, headers: &HeaderMap, status: StatusCode, error: &str, description: &str) -> Response {
+    let mut response = refusal(state, headers, status, error, description);
+    if let Some(challenge) = crate::http::problem::challenge_of(status, None) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
+}
+
+fn refusal(state: &AppState, headers: &HeaderMap, status: StatusCode, error: &str, description: &str) -> Response {
     if pages::wants_html(headers) {
         let message = Message {
             title: "This sign-in request cannot be completed".into(),
@@ -113,16 +124,7 @@ async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<LiveSes
             ));
         }
     };
-    match state.sessions.resolve_session(value).await {
-        Ok(found) => Ok(found),
-        Err(_) => Err(refuse(
-            state,
-            headers,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the service is temporarily unavailable; retry shortly",
-        )),
-    }
+    state.sessions.resolve_session(value).await.map_err(|e| failed(state, headers, e, "reading a session"))
 }
 
 fn view(live: &LiveSession) -> SessionView {
@@ -142,13 +144,7 @@ const UNREDIRECTABLE: [&str; 4] = ["client_id", "redirect_uri", "state", "reques
 
 async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>, posted: bool) -> Response {
     let Some(op) = state.op.as_ref() else {
-        return refuse(
-            state,
-            headers,
-            StatusCode::NOT_FOUND,
-            "invalid_request",
-            "the OpenID Provider is not enabled here",
-        );
+        return provider_off(state, headers);
     };
     // A repeated parameter that decides where an error may go is shown here; any other is
     // refused through the redirect once the client and its URI check out (RFC 6749 4.1.2.1).
@@ -198,22 +194,38 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Res
                 refuse(state, headers, StatusCode::BAD_REQUEST, error, &description)
             }
         },
-        AuthorizeError::Store(e) => {
-            tracing::warn!(error = %e, "authorization failed on the store");
-            unavailable(state, headers)
-        }
+        AuthorizeError::Store(e) => failed(state, headers, e, "an authorization request"),
     }
 }
 
-/// The page (or error) of a request the service cannot answer now: 503 `temporarily_unavailable`.
-fn unavailable(state: &AppState, headers: &HeaderMap) -> Response {
+/// The answer to a request this service failed (its store, its signing keys): for a browser,
+/// the error page of the failure's code, which says what to do (`store_unavailable`: retry
+/// shortly) and does not blame the app; for a client, the RFC's JSON (503
+/// `temporarily_unavailable`, or 500 `server_error`). The cause is logged once, with its chain.
+fn failed<E: PublicError>(state: &AppState, headers: &HeaderMap, error: E, doing: &'static str) -> Response {
+    if pages::wants_html(headers) {
+        return state.pages.error(headers, ApiError::from(error));
+    }
+    let OAuthError { error, description, status } = OAuthError::from_failure(&error, doing);
     refuse(
         state,
         headers,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "temporarily_unavailable",
-        "the service is temporarily unavailable; retry shortly",
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        error,
+        &description,
     )
+}
+
+/// The answer when the OpenID Provider is off: for a browser, the page of
+/// `openid_provider_disabled`; for a client, 404 `invalid_request`.
+fn provider_off(state: &AppState, headers: &HeaderMap) -> Response {
+    if pages::wants_html(headers) {
+        return state.pages.error(
+            headers,
+            ApiError::new(ErrorCode::OpenidProviderDisabled, "the OpenID Provider is not enabled here"),
+        );
+    }
+    refuse(state, headers, StatusCode::NOT_FOUND, "invalid_request", "the OpenID Provider is not enabled here")
 }
 
 /// Starts an upstream sign-in that comes back to `continue_to`; with `reauthenticate`, the
@@ -323,13 +335,7 @@ fn resource_in_words(state: &AppState, resource: &str) -> String {
 )]
 async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
     let Some(op) = state.op.as_ref() else {
-        return refuse(
-            &state,
-            &headers,
-            StatusCode::NOT_FOUND,
-            "invalid_request",
-            "the OpenID Provider is not enabled here",
-        );
+        return provider_off(&state, &headers);
     };
     let pairs = match form_pairs(&headers, &body) {
         Ok(pairs) => pairs,
@@ -448,13 +454,7 @@ async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, Pag
 /// the request back with the session's CSRF token.
 async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, String)>, posted: bool) -> Response {
     let Some(op) = state.op.as_ref() else {
-        return refuse(
-            state,
-            headers,
-            StatusCode::NOT_FOUND,
-            "invalid_request",
-            "the OpenID Provider is not enabled here",
-        );
+        return provider_off(state, headers);
     };
     let request = match logout_params(&pairs) {
         Ok(found) => found,
@@ -463,10 +463,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     let hinted = match request.id_token_hint.as_deref() {
         Some(hint) => match op.id_token_client(hint).await {
             Ok(Some(found)) => Some(found),
-            Err(error) => {
-                tracing::warn!(error = %error, "an id_token_hint could not be verified: the signing keys are unreadable");
-                return unavailable(state, headers);
-            }
+            Err(error) => return failed(state, headers, error, "verifying an id_token_hint"),
             Ok(None) => {
                 return refuse(
                     state,
@@ -495,10 +492,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         let client = match hinted.as_ref().map(|hint| hint.aud.clone()).or(request.client_id.clone()) {
             Some(id) => match op.clients().get(&id).await {
                 Ok(client) => client,
-                Err(error) => {
-                    tracing::warn!(error = %error, "the client of a logout request could not be read");
-                    return unavailable(state, headers);
-                }
+                Err(error) => return failed(state, headers, error, "reading the client of a logout request"),
             },
             None => None,
         };
@@ -543,14 +537,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     if let Ok(Some(session)) = sent
         && let Err(e) = state.sessions.revoke(session, SessionEnd::SignedOut).await
     {
-        tracing::warn!(error = %e, "ending a session failed");
-        return refuse(
-            state,
-            headers,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the service is temporarily unavailable; retry shortly",
-        );
+        return failed(state, headers, e, "ending a session");
     }
     match target {
         Some(uri) => {

@@ -3,7 +3,7 @@
 //! `X-Tessera-User-Id`, `X-Tessera-Email`, `X-Tessera-Email-Verified` and `X-Tessera-Teams` (all
 //! always present, empty when unknown, so that a client's own copies never pass through) for a
 //! live Tessera session cookie or a valid Tessera access token issued for the protected app, and
-//! 401 otherwise.
+//! 401 otherwise (also for a credential sent twice: `error="invalid_request"`).
 //!
 //! A token counts only when the proxy names the app it protects (`?audience=`, an `aud` of the
 //! token: a client id or a registered resource): a token one app obtained is not a key to
@@ -171,9 +171,17 @@ async fn verify(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let credentials = Credentials::read(&headers)?;
     // Read (and a repeated one refused) even when a token is sent: one credential per request.
-    let session = cookie(&headers, state.cookies.session())?;
+    let (credentials, session) = match (Credentials::read(&headers), cookie(&headers, state.cookies.session())) {
+        (Ok(credentials), Ok(session)) => (credentials, session),
+        // Refused as a 401, the one refusal every proxy passes on as such (nginx turns any
+        // other status of its auth request into a 500), with RFC 6750's error for a malformed
+        // request. No sign-in is offered: signing in again would not take the copy away.
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::info!(code = error.code().as_str(), "forward-auth request refused");
+            return Ok(challenge(r#"Bearer error="invalid_request""#));
+        }
+    };
     if let Some(token) = credentials.user_token() {
         let (Some(op), Some(audience)) = (state.op.as_ref(), param(query.as_deref(), "audience")) else {
             return Ok(token_refused());

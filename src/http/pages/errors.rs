@@ -222,7 +222,7 @@ mod tests {
         if let Some(link) = link {
             extensions.insert("link_url".into(), Value::from(link));
         }
-        Described { status: code.status(), code, detail: "some detail".into(), extensions }
+        Described { status: code.status(), code, detail: "some detail".into(), extensions, challenge: None }
     }
 
     #[test]

@@ -172,6 +172,9 @@ impl OAuthError {
     /// A client authentication failure: `invalid_client` is a 401, a store failure a 503 or 500,
     /// anything else a 400.
     pub fn from_client_auth(error: &super::clients::ClientAuthError) -> Self {
+        if let super::clients::ClientAuthError::Store(store) = error {
+            return Self::from_failure(store, "authenticating a client");
+        }
         let status = match error.oauth_error() {
             "invalid_client" => 401,
             "temporarily_unavailable" => 503,
@@ -192,18 +195,33 @@ impl OAuthError {
     }
 }
 
-impl From<StoreError> for OAuthError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Unavailable(_) => {
-                tracing::warn!(error = %error, "store unavailable");
+impl OAuthError {
+    /// A failure of Tessera's own (the store, the signing keys) as the RFC's error, by its
+    /// public code: `temporarily_unavailable` (503) for what a retry may cure, `invalid_request`
+    /// for a row the request named that a concurrent change removed, `server_error` (500) for
+    /// anything else. The cause, with its chain, is logged here — the only place it is written.
+    pub fn from_failure(error: &(impl crate::error::PublicError + 'static), doing: &'static str) -> Self {
+        let chain = crate::error::Chain(error);
+        match error.code() {
+            crate::error::ErrorCode::StoreUnavailable => {
+                tracing::warn!(error = %chain, "{doing} failed: the store is unavailable");
                 Self::unavailable()
             }
-            other => {
-                tracing::error!(error = %other, "store failed");
+            crate::error::ErrorCode::ChangedMeanwhile => {
+                tracing::info!(error = %chain, "{doing} was refused: changed meanwhile");
+                Self::invalid_request("what the request refers to changed while it was being made; send it again")
+            }
+            _ => {
+                tracing::error!(error = %chain, "{doing} failed");
                 Self::server_error()
             }
         }
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(error: StoreError) -> Self {
+        Self::from_failure(&error, "an OAuth request")
     }
 }
 

@@ -452,10 +452,12 @@ impl OpenIdProvider {
                 idp: grant.provider.as_deref(),
                 user: &user,
             };
-            Some(self.keys.sign(client.signing_alg, super::tokens::ID_TOKEN_TYP, &id).await.map_err(|e| {
-                tracing::error!(error = %e, "signing an id token failed");
-                OAuthError::server_error()
-            })?)
+            Some(
+                self.keys
+                    .sign(client.signing_alg, super::tokens::ID_TOKEN_TYP, &id)
+                    .await
+                    .map_err(|e| OAuthError::from_failure(&e, "signing an id token"))?,
+            )
         } else {
             None
         };
@@ -470,10 +472,11 @@ impl OpenIdProvider {
     }
 
     async fn sign_access(&self, client: &Client, claims: &AccessClaims) -> Result<String, OAuthError> {
-        let token = self.keys.sign(client.signing_alg, ACCESS_TOKEN_TYP, claims).await.map_err(|e| {
-            tracing::error!(error = %e, "signing an access token failed");
-            OAuthError::server_error()
-        })?;
+        let token = self
+            .keys
+            .sign(client.signing_alg, ACCESS_TOKEN_TYP, claims)
+            .await
+            .map_err(|e| OAuthError::from_failure(&e, "signing an access token"))?;
         // Never one that Tessera itself (userinfo, introspection, revocation, `/v1/validate`)
         // would refuse as too long.
         if token.len() > MAX_ACCESS_TOKEN_BYTES {
