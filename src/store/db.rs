@@ -1757,6 +1757,12 @@ mod tests {
             let plan = plan(sql).await;
             assert!(plan.contains(index) && !plan.contains("SCAN"), "{sql}: {plan}");
         }
+        // An admin's listing of a team's members, or of an identity's user, reads no more than
+        // those: never every user.
+        for sql in [super::super::admin::USERS_OF_TEAM, super::super::admin::USERS_OF_IDENTITY] {
+            let plan = plan(sql).await;
+            assert!(!plan.contains("SCAN"), "{sql}: {plan}");
+        }
     }
 
     /// sqlx closes a pooled connection after 10 idle minutes or 30 in all; the one opened in its
