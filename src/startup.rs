@@ -229,7 +229,8 @@ impl Application {
         let op = match (&signing_keys, issuer) {
             (Some(keys), Some(issuer)) => Some(
                 OpenIdProvider::new(store.clone(), clients.clone(), keys.clone(), issuer, config.oidc.id_token_ttl)
-                    .with_refresh_token_reuse(config.oidc.refresh_token_reuse),
+                    .with_refresh_token_reuse(config.oidc.refresh_token_reuse)
+                    .with_session_idle(config.auth.session_idle),
             ),
             _ => None,
         };

@@ -245,6 +245,9 @@ pub(super) struct RawEncryption {
     keys: Option<Vec<String>>,
 }
 
+/// How long a browser session lasts unused by default (`auth.session_idle_minutes`): a day.
+pub const DEFAULT_SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 /// The environment variable of the key ring.
 pub const ENCRYPTION_KEYS_VAR: &str = "TESSERA_ENCRYPTION_KEYS";
 /// The deprecated single-key variable, still accepted.
@@ -299,7 +302,7 @@ pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
     if !(1..=24 * 365).contains(&session_ttl_hours) {
         return Err(ConfigError::new("auth.session_ttl_hours", "expected 1 to 8760 hours"));
     }
-    let session_idle_minutes = raw.session_idle_minutes.unwrap_or(24 * 60);
+    let session_idle_minutes = raw.session_idle_minutes.unwrap_or(DEFAULT_SESSION_IDLE.as_secs() / 60);
     if !(1..=session_ttl_hours * 60).contains(&session_idle_minutes) {
         return Err(ConfigError::new("auth.session_idle_minutes", "expected 1 minute up to the session lifetime"));
     }

@@ -53,6 +53,17 @@ pub struct NewCode {
     pub expires_at: DateTime<Utc>,
 }
 
+/// When a grant is judged: `now`, and the last use of a browser session before which it is idle
+/// (`now` less `auth.session_idle_minutes`): a grant bound to a session ends when the session
+/// does, by sign-out, expiry or idleness alike, whether or not the sweep has removed it yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantAt {
+    /// The time.
+    pub now: DateTime<Utc>,
+    /// A session last used before this is idle.
+    pub idle_before: DateTime<Utc>,
+}
+
 /// A grant as read back, with whether it still counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRecord {
@@ -74,7 +85,8 @@ pub struct GrantRecord {
     pub auth_time: DateTime<Utc>,
     /// When it ends at the latest.
     pub expires_at: DateTime<Utc>,
-    /// Not revoked, not expired, its user not disabled, its session and identity still there.
+    /// Not revoked, not expired, its user not disabled, its identity still there, and its
+    /// session (if bound to one) neither ended, expired nor idle.
     pub active: bool,
 }
 

@@ -41,7 +41,7 @@ pub use db::{
     sqlite_file,
 };
 pub use grants::{
-    CodeRecord, Consent, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
+    CodeRecord, Consent, GrantAt, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
 };
 pub use migrations::MigrationStatus;
 pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate, Revocation};
@@ -1130,7 +1130,7 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn code_grant(
         &self,
         code_hash: &[u8; 32],
-        now: DateTime<Utc>,
+        at: GrantAt,
     ) -> Result<Option<(GrantRecord, CodeRecord)>, StoreError>;
 
     /// Uses a code once: the one caller that marks it used stores `refresh_hash` (if any) for its
@@ -1140,14 +1140,14 @@ pub trait Store: Send + Sync + Debug + 'static {
         &self,
         code_hash: &[u8; 32],
         refresh_hash: Option<&[u8; 32]>,
-        now: DateTime<Utc>,
+        at: GrantAt,
     ) -> Result<RedeemOutcome, StoreError>;
 
     /// The grant of a refresh token, and when the token was first rotated (`None`: not yet).
     async fn refresh_grant(
         &self,
         token_hash: &[u8; 32],
-        now: DateTime<Utc>,
+        at: GrantAt,
     ) -> Result<Option<(GrantRecord, Option<DateTime<Utc>>)>, StoreError>;
 
     /// Rotates a refresh token: marks `old` used (keeping the time of its first use) and stores
@@ -1157,13 +1157,13 @@ pub trait Store: Send + Sync + Debug + 'static {
         &self,
         old: &[u8; 32],
         new: &[u8; 32],
-        now: DateTime<Utc>,
+        at: GrantAt,
         reusable_after: Option<DateTime<Utc>>,
     ) -> Result<RotateOutcome, StoreError>;
 
     /// A grant with whether it still counts at `now`, read from the primary (a revocation must
     /// show at once).
-    async fn grant(&self, id: uuid::Uuid, now: DateTime<Utc>) -> Result<Option<GrantRecord>, StoreError>;
+    async fn grant(&self, id: uuid::Uuid, at: GrantAt) -> Result<Option<GrantRecord>, StoreError>;
 
     /// Revokes a grant; false when there was none or it was revoked already.
     async fn revoke_grant(&self, id: uuid::Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
@@ -1186,7 +1186,7 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// The apps (clients) `user` has let in: one per client with an active grant whose code was
     /// redeemed or a remembered consent, by name, with the scopes of both.
-    async fn user_apps(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserApp>, StoreError>;
+    async fn user_apps(&self, user: UserId, at: GrantAt) -> Result<Vec<UserApp>, StoreError>;
 
     /// Ends `user`'s access for `client`: revokes every grant of theirs to it and forgets the
     /// consent (the app asks again next time), with `audit` in the same transaction. False when

@@ -31,7 +31,7 @@ use super::{
     SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession, WebhookChange,
     WebhookKeys, decode_kind, decode_role,
 };
-use super::{CodeRecord, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
+use super::{CodeRecord, GrantAt, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 use super::{
     CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery, UserUpdate,
 };
@@ -2276,7 +2276,7 @@ impl Store for SqlStore {
     async fn code_grant(
         &self,
         code_hash: &[u8; 32],
-        now: DateTime<Utc>,
+        at: GrantAt,
     ) -> Result<Option<(GrantRecord, CodeRecord)>, StoreError> {
         let row = query(grant_select!(
             ", c.redirect_uri, c.code_challenge, c.nonce, c.expires_at AS code_expires_at, c.used_at
@@ -2284,7 +2284,8 @@ impl Store for SqlStore {
              WHERE c.code_hash = $1"
         ))
         .bind(&code_hash[..])
-        .bind(now)
+        .bind(at.now)
+        .bind(at.idle_before)
         .fetch_optional(self.db.reader())
         .await?;
         row.map(|row| {
@@ -2304,8 +2305,9 @@ impl Store for SqlStore {
         &self,
         code_hash: &[u8; 32],
         refresh_hash: Option<&[u8; 32]>,
-        now: DateTime<Utc>,
+        at: GrantAt,
     ) -> Result<RedeemOutcome, StoreError> {
+        let now = at.now;
         let mut tx = self.db.begin().await?;
         // A concurrent redeemer waits on the row, then finds it used.
         let used = query(
@@ -2319,7 +2321,7 @@ impl Store for SqlStore {
         if let Some(row) = used {
             let grant_id = row.uuid("grant_id")?;
             // The grant may have ended since the caller read it (a sign-out, a revocation).
-            if !grant_active_in(&mut tx, grant_id, now).await? {
+            if !grant_active_in(&mut tx, grant_id, at).await? {
                 tx.rollback().await?;
                 return Ok(RedeemOutcome::Invalid);
             }
@@ -2345,14 +2347,15 @@ impl Store for SqlStore {
     async fn refresh_grant(
         &self,
         token_hash: &[u8; 32],
-        now: DateTime<Utc>,
+        at: GrantAt,
     ) -> Result<Option<(GrantRecord, Option<DateTime<Utc>>)>, StoreError> {
         let row = query(grant_select!(
             ", t.used_at FROM oauth_refresh_tokens t JOIN oauth_grants g ON g.id = t.grant_id
              JOIN users u ON u.id = g.user_id WHERE t.token_hash = $1"
         ))
         .bind(&token_hash[..])
-        .bind(now)
+        .bind(at.now)
+        .bind(at.idle_before)
         .fetch_optional(self.db.reader())
         .await?;
         row.map(|row| Ok((grant_record(&row)?, row.opt_time("used_at")?))).transpose()
@@ -2362,9 +2365,10 @@ impl Store for SqlStore {
         &self,
         old: &[u8; 32],
         new: &[u8; 32],
-        now: DateTime<Utc>,
+        at: GrantAt,
         reusable_after: Option<DateTime<Utc>>,
     ) -> Result<RotateOutcome, StoreError> {
+        let now = at.now;
         let mut tx = self.db.begin().await?;
         // A NULL `reusable_after` compares to nothing: a used token is then never reusable.
         let used = query(
@@ -2378,7 +2382,7 @@ impl Store for SqlStore {
         .await?;
         if let Some(row) = used {
             let grant_id = row.uuid("grant_id")?;
-            if !grant_active_in(&mut tx, grant_id, now).await? {
+            if !grant_active_in(&mut tx, grant_id, at).await? {
                 tx.rollback().await?;
                 return Ok(RotateOutcome::Invalid);
             }
@@ -2399,10 +2403,11 @@ impl Store for SqlStore {
         Ok(RotateOutcome::Reused)
     }
 
-    async fn grant(&self, id: uuid::Uuid, now: DateTime<Utc>) -> Result<Option<GrantRecord>, StoreError> {
+    async fn grant(&self, id: uuid::Uuid, at: GrantAt) -> Result<Option<GrantRecord>, StoreError> {
         let row = query(grant_select!(" FROM oauth_grants g JOIN users u ON u.id = g.user_id WHERE g.id = $1"))
             .bind(id)
-            .bind(now)
+            .bind(at.now)
+            .bind(at.idle_before)
             .fetch_optional(self.db.reader())
             .await?;
         row.map(|row| grant_record(&row)).transpose()
@@ -2493,7 +2498,7 @@ impl Store for SqlStore {
         Ok(Some(consent))
     }
 
-    async fn user_apps(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<UserApp>, StoreError> {
+    async fn user_apps(&self, user: UserId, at: GrantAt) -> Result<Vec<UserApp>, StoreError> {
         let rows = query(concat!(
             "SELECT g.client_id, c.name AS client_name, c.first_party, g.scope, MIN(g.created_at) AS since,
                     MAX(CASE WHEN g.session_hash IS NULL THEN 1 ELSE 0 END) = 1 AS offline, TRUE AS granted,
@@ -2512,7 +2517,8 @@ impl Store for SqlStore {
              ORDER BY since"
         ))
         .bind(user.as_uuid())
-        .bind(now)
+        .bind(at.now)
+        .bind(at.idle_before)
         .fetch_all(self.db.reader())
         .await?;
         let mut apps: Vec<UserApp> = Vec::new();
@@ -3720,14 +3726,16 @@ fn update_client_query(client: &Client, expected: Option<DateTime<Utc>>) -> supe
     }
 }
 
-/// Whether grant `g` (of user `u`) counts at `$2`: not revoked or expired, its user enabled,
-/// and the identity and session it is bound to (if any) still there.
+/// Whether grant `g` (of user `u`) counts at `$2` (a [`GrantAt`]'s `now`, with its
+/// `idle_before` as `$3`): not revoked or expired, its user enabled, the identity it is bound to
+/// (if any) still there, and so the session (if any), neither expired nor idle.
 macro_rules! grant_active {
     () => {
         "(g.revoked_at IS NULL AND g.expires_at > $2 AND NOT u.disabled
           AND (g.identity_id IS NULL OR EXISTS (SELECT 1 FROM identities i WHERE i.id = g.identity_id))
           AND (g.session_hash IS NULL OR EXISTS (
-               SELECT 1 FROM sessions s WHERE s.token_hash = g.session_hash AND s.expires_at > $2)))"
+               SELECT 1 FROM sessions s
+                WHERE s.token_hash = g.session_hash AND s.expires_at > $2 AND s.last_seen_at > $3)))"
     };
 }
 use grant_active;
@@ -3747,11 +3755,12 @@ macro_rules! grant_select {
 }
 use grant_select;
 
-/// Whether grant `id` is active at `now`, read in `tx`.
-async fn grant_active_in(tx: &mut Tx, id: uuid::Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+/// Whether grant `id` is active `at`, read in `tx`.
+async fn grant_active_in(tx: &mut Tx, id: uuid::Uuid, at: GrantAt) -> Result<bool, StoreError> {
     query(grant_select!(" FROM oauth_grants g JOIN users u ON u.id = g.user_id WHERE g.id = $1"))
         .bind(id)
-        .bind(now)
+        .bind(at.now)
+        .bind(at.idle_before)
         .fetch_optional(tx)
         .await?
         .map(|row| row.flag("active"))

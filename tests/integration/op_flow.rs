@@ -43,6 +43,7 @@ on_both_backends!(
     pushed_requests_are_single_use,
     forward_auth_answers_for_sessions_and_tokens,
     logout_ends_the_session_and_its_grants,
+    a_grant_ends_when_its_session_goes_idle_not_at_the_sweep,
     an_offline_grant_outlives_the_browser_session,
     tessera_access_tokens_work_at_validate_check_and_me,
     private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion,
@@ -1592,6 +1593,30 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert!(!browser.cookies.contains_key("tessera_session"));
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await, json!({"active": false}));
     let refresh = tokens["refresh_token"].as_str().unwrap();
+    let refused = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
+    assert_eq!(oauth_error(refused, 400).await, "invalid_grant");
+}
+
+/// A grant bound to a browser session ends when the session goes idle, as the session itself
+/// does — not later, when the sweep removes the row: introspection, userinfo and refresh stop at
+/// once. A session in use is never idle (its use is written well within the timeout).
+async fn a_grant_ends_when_its_session_goes_idle_not_at_the_sweep(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret, tokens) = first_tokens(&w).await;
+    let creds = (client.as_str(), secret.as_str());
+    let (access, refresh) = (tokens["access_token"].as_str().unwrap(), tokens["refresh_token"].as_str().unwrap());
+    assert_eq!(introspect(&w.app, creds, access).await["active"], true);
+    let sql = w.app.db.sql().await;
+    // Unused for a little over the default idle timeout (a day); its row is still there.
+    let idle = match backend {
+        Backend::Sqlite => "(CAST(strftime('%s', 'now') AS INTEGER) - 86500) * 1000000",
+        Backend::Postgres => "now() - interval '86500 seconds'",
+    };
+    sql.exec(&format!("UPDATE sessions SET last_seen_at = {idle}")).await.unwrap();
+    assert_eq!(sql.count("sessions").await, 1);
+    assert_eq!(introspect(&w.app, creds, access).await, json!({"active": false}));
+    let userinfo = w.app.client.get(w.app.url("/oauth/userinfo")).bearer_auth(access).send().await.unwrap();
+    assert_eq!(oauth_error(userinfo, 401).await, "invalid_token");
     let refused = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
     assert_eq!(oauth_error(refused, 400).await, "invalid_grant");
 }

@@ -164,6 +164,11 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// Grants judged at `now`, sessions idle after the default day.
+fn grant_at(now: DateTime<Utc>) -> tessera::store::GrantAt {
+    tessera::store::GrantAt { now, idle_before: now - TimeDelta::days(1) }
+}
+
 fn account(subject: &str, name: Option<&str>) -> NewAccount {
     let name = DisplayName::parse_optional(name).unwrap();
     let team = team_plan(name.as_ref());
@@ -3767,7 +3772,7 @@ mod grants {
         for g in [&kept, &orphaned] {
             assert!(store.insert_grant(g, &code(t0)).await.unwrap());
         }
-        let active = async |id| store.grant(id, now()).await.unwrap().unwrap().active;
+        let active = async |id| store.grant(id, grant_at(now())).await.unwrap().unwrap().active;
         assert!(active(kept.id).await && active(orphaned.id).await, "before: both count");
         let sql = db.sql().await;
         assert_eq!(sql.exec("DELETE FROM _sqlx_migrations WHERE version = 22").await.unwrap(), 1);
@@ -3833,13 +3838,16 @@ mod grants {
     async fn granted(store: &Arc<dyn Store>, person: &Person, at: DateTime<Utc>) -> (Uuid, [u8; 32]) {
         let (g, c, refresh) = (grant(person, None, at), code(at), hash());
         store.insert_grant(&g, &c).await.unwrap();
-        assert_eq!(store.redeem_code(&c.code_hash, Some(&refresh), at).await.unwrap(), RedeemOutcome::Redeemed);
+        assert_eq!(
+            store.redeem_code(&c.code_hash, Some(&refresh), grant_at(at)).await.unwrap(),
+            RedeemOutcome::Redeemed
+        );
         (g.id, refresh)
     }
 
     async fn a_grant_and_its_code_are_read_back_and_the_code_is_redeemed_once(backend: Backend) {
         let Issued { db, store, ada, t0, grant: g, code: c } = issued(backend).await;
-        let (record, stored) = store.code_grant(&c.code_hash, t0).await.unwrap().unwrap();
+        let (record, stored) = store.code_grant(&c.code_hash, grant_at(t0)).await.unwrap().unwrap();
         assert_eq!((record.id, record.client_id.as_str(), record.user_id), (g.id, "app", ada.id()));
         assert_eq!(
             (record.scope.as_str(), record.resource.as_deref()),
@@ -3854,43 +3862,55 @@ mod grants {
         assert_eq!(stored.code_challenge, c.code_challenge);
 
         let refresh = hash();
-        assert_eq!(store.redeem_code(&c.code_hash, Some(&refresh), t0).await.unwrap(), RedeemOutcome::Redeemed);
-        assert!(store.code_grant(&c.code_hash, t0).await.unwrap().unwrap().1.used);
-        let (by_refresh, used_at) = store.refresh_grant(&refresh, t0).await.unwrap().unwrap();
+        assert_eq!(
+            store.redeem_code(&c.code_hash, Some(&refresh), grant_at(t0)).await.unwrap(),
+            RedeemOutcome::Redeemed
+        );
+        assert!(store.code_grant(&c.code_hash, grant_at(t0)).await.unwrap().unwrap().1.used);
+        let (by_refresh, used_at) = store.refresh_grant(&refresh, grant_at(t0)).await.unwrap().unwrap();
         assert_eq!((by_refresh.id, used_at), (g.id, None));
         // Again: a replay, which revokes the grant and stores nothing.
-        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), t0).await.unwrap(), RedeemOutcome::Replayed);
-        assert!(!store.grant(g.id, t0).await.unwrap().unwrap().active);
+        assert_eq!(
+            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(t0)).await.unwrap(),
+            RedeemOutcome::Replayed
+        );
+        assert!(!store.grant(g.id, grant_at(t0)).await.unwrap().unwrap().active);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 1);
-        assert_eq!(store.redeem_code(&hash(), None, t0).await.unwrap(), RedeemOutcome::Invalid);
-        assert_eq!(store.code_grant(&hash(), t0).await.unwrap(), None);
-        assert_eq!(store.grant(Uuid::now_v7(), t0).await.unwrap(), None);
+        assert_eq!(store.redeem_code(&hash(), None, grant_at(t0)).await.unwrap(), RedeemOutcome::Invalid);
+        assert_eq!(store.code_grant(&hash(), grant_at(t0)).await.unwrap(), None);
+        assert_eq!(store.grant(Uuid::now_v7(), grant_at(t0)).await.unwrap(), None);
     }
 
     /// An abandoned sign-in (a code never redeemed) gave the app nothing: the user's list of
     /// apps with access shows it only once its code is redeemed.
     async fn an_unredeemed_grant_is_not_listed_as_an_app(backend: Backend) {
         let Issued { db: _db, store, ada, t0, code: c, .. } = issued(backend).await;
-        assert!(store.user_apps(ada.id(), t0).await.unwrap().is_empty());
-        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), t0).await.unwrap(), RedeemOutcome::Redeemed);
-        let apps = store.user_apps(ada.id(), t0).await.unwrap();
+        assert!(store.user_apps(ada.id(), grant_at(t0)).await.unwrap().is_empty());
+        assert_eq!(
+            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(t0)).await.unwrap(),
+            RedeemOutcome::Redeemed
+        );
+        let apps = store.user_apps(ada.id(), grant_at(t0)).await.unwrap();
         assert_eq!(apps.iter().map(|a| a.client_id.as_str()).collect::<Vec<_>>(), ["app"]);
     }
 
     async fn an_expired_code_is_invalid_and_revokes_nothing(backend: Backend) {
         let Issued { store, t0, grant: g, code: c, .. } = issued(backend).await;
         let late = t0 + TimeDelta::seconds(61);
-        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), late).await.unwrap(), RedeemOutcome::Invalid);
-        assert!(store.grant(g.id, late).await.unwrap().unwrap().active);
+        assert_eq!(
+            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(late)).await.unwrap(),
+            RedeemOutcome::Invalid
+        );
+        assert!(store.grant(g.id, grant_at(late)).await.unwrap().unwrap().active);
     }
 
     async fn a_code_of_a_grant_that_ended_is_invalid_and_stays_unused(backend: Backend) {
         let Issued { db, store, t0, grant: g, code: c, .. } = issued(backend).await;
         // Revoked between the token endpoint's read of the code and its redemption.
-        assert!(store.code_grant(&c.code_hash, t0).await.unwrap().unwrap().0.active);
+        assert!(store.code_grant(&c.code_hash, grant_at(t0)).await.unwrap().unwrap().0.active);
         assert!(store.revoke_grant(g.id, t0).await.unwrap());
-        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), t0).await.unwrap(), RedeemOutcome::Invalid);
-        assert!(!store.code_grant(&c.code_hash, t0).await.unwrap().unwrap().1.used);
+        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), grant_at(t0)).await.unwrap(), RedeemOutcome::Invalid);
+        assert!(!store.code_grant(&c.code_hash, grant_at(t0)).await.unwrap().unwrap().1.used);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 0, "no refresh token stored");
     }
 
@@ -3899,7 +3919,7 @@ mod grants {
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let (store, code) = (store.clone(), c.code_hash);
-                tokio::spawn(async move { store.redeem_code(&code, Some(&hash()), t0).await.unwrap() })
+                tokio::spawn(async move { store.redeem_code(&code, Some(&hash()), grant_at(t0)).await.unwrap() })
             })
             .collect();
         let mut outcomes = Vec::new();
@@ -3909,7 +3929,7 @@ mod grants {
         assert_eq!(outcomes.iter().filter(|o| **o == RedeemOutcome::Redeemed).count(), 1);
         assert_eq!(outcomes.iter().filter(|o| **o == RedeemOutcome::Replayed).count(), 15);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 1);
-        assert!(!store.grant(g.id, t0).await.unwrap().unwrap().active, "the replays revoked the grant");
+        assert!(!store.grant(g.id, grant_at(t0)).await.unwrap().unwrap().active, "the replays revoked the grant");
     }
 
     async fn a_refresh_token_rotates_once_and_reuse_revokes_its_grant(backend: Backend) {
@@ -3919,16 +3939,23 @@ mod grants {
         let t0 = now();
         let (grant_id, r1) = granted(&store, &ada, t0).await;
         let r2 = hash();
-        assert_eq!(store.rotate_refresh_token(&r1, &r2, t0, None).await.unwrap(), RotateOutcome::Rotated);
-        assert_eq!(store.refresh_grant(&r1, t0).await.unwrap().unwrap().1, Some(t0), "r1 is used");
-        assert_eq!(store.refresh_grant(&r2, t0).await.unwrap().unwrap().1, None);
-        assert_eq!(store.rotate_refresh_token(&r1, &hash(), t0, None).await.unwrap(), RotateOutcome::Reused);
-        assert!(!store.grant(grant_id, t0).await.unwrap().unwrap().active);
+        assert_eq!(store.rotate_refresh_token(&r1, &r2, grant_at(t0), None).await.unwrap(), RotateOutcome::Rotated);
+        assert_eq!(store.refresh_grant(&r1, grant_at(t0)).await.unwrap().unwrap().1, Some(t0), "r1 is used");
+        assert_eq!(store.refresh_grant(&r2, grant_at(t0)).await.unwrap().unwrap().1, None);
+        assert_eq!(store.rotate_refresh_token(&r1, &hash(), grant_at(t0), None).await.unwrap(), RotateOutcome::Reused);
+        assert!(!store.grant(grant_id, grant_at(t0)).await.unwrap().unwrap().active);
         // The family is revoked: r2 rotates no more, and nothing is written.
-        assert_eq!(store.rotate_refresh_token(&r2, &hash(), t0, None).await.unwrap(), RotateOutcome::Invalid);
-        assert_eq!(store.rotate_refresh_token(&hash(), &hash(), t0, None).await.unwrap(), RotateOutcome::Invalid);
+        assert_eq!(store.rotate_refresh_token(&r2, &hash(), grant_at(t0), None).await.unwrap(), RotateOutcome::Invalid);
+        assert_eq!(
+            store.rotate_refresh_token(&hash(), &hash(), grant_at(t0), None).await.unwrap(),
+            RotateOutcome::Invalid
+        );
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 2);
-        assert_eq!(store.refresh_grant(&r2, t0).await.unwrap().unwrap().1, None, "a refused rotation leaves r2 unused");
+        assert_eq!(
+            store.refresh_grant(&r2, grant_at(t0)).await.unwrap().unwrap().1,
+            None,
+            "a refused rotation leaves r2 unused"
+        );
     }
 
     /// Within the reuse interval a rotated token rotates again, keeping the time of its first
@@ -3941,23 +3968,32 @@ mod grants {
         let (grant_id, r1) = granted(&store, &ada, t0).await;
         let (r2, r3, r4) = (hash(), hash(), hash());
         let reuse = chrono::Duration::seconds(10);
-        assert_eq!(store.rotate_refresh_token(&r1, &r2, t0, Some(t0 - reuse)).await.unwrap(), RotateOutcome::Rotated);
+        assert_eq!(
+            store.rotate_refresh_token(&r1, &r2, grant_at(t0), Some(t0 - reuse)).await.unwrap(),
+            RotateOutcome::Rotated
+        );
         let t1 = t0 + chrono::Duration::seconds(5);
-        assert_eq!(store.rotate_refresh_token(&r1, &r3, t1, Some(t1 - reuse)).await.unwrap(), RotateOutcome::Rotated);
-        assert_eq!(store.refresh_grant(&r1, t1).await.unwrap().unwrap().1, Some(t0), "the first use is kept");
+        assert_eq!(
+            store.rotate_refresh_token(&r1, &r3, grant_at(t1), Some(t1 - reuse)).await.unwrap(),
+            RotateOutcome::Rotated
+        );
+        assert_eq!(store.refresh_grant(&r1, grant_at(t1)).await.unwrap().unwrap().1, Some(t0), "the first use is kept");
         // Both successors are live, each rotates on its own.
-        assert_eq!(store.rotate_refresh_token(&r2, &r4, t1, Some(t1 - reuse)).await.unwrap(), RotateOutcome::Rotated);
-        assert_eq!(store.refresh_grant(&r3, t1).await.unwrap().unwrap().1, None);
+        assert_eq!(
+            store.rotate_refresh_token(&r2, &r4, grant_at(t1), Some(t1 - reuse)).await.unwrap(),
+            RotateOutcome::Rotated
+        );
+        assert_eq!(store.refresh_grant(&r3, grant_at(t1)).await.unwrap().unwrap().1, None);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 4);
         // Eleven seconds after its first use, r1 is past the interval: its grant is revoked.
         let t2 = t0 + chrono::Duration::seconds(11);
         assert_eq!(
-            store.rotate_refresh_token(&r1, &hash(), t2, Some(t2 - reuse)).await.unwrap(),
+            store.rotate_refresh_token(&r1, &hash(), grant_at(t2), Some(t2 - reuse)).await.unwrap(),
             RotateOutcome::Reused
         );
-        assert!(!store.grant(grant_id, t2).await.unwrap().unwrap().active);
+        assert!(!store.grant(grant_id, grant_at(t2)).await.unwrap().unwrap().active);
         assert_eq!(
-            store.rotate_refresh_token(&r3, &hash(), t2, Some(t2 - reuse)).await.unwrap(),
+            store.rotate_refresh_token(&r3, &hash(), grant_at(t2), Some(t2 - reuse)).await.unwrap(),
             RotateOutcome::Invalid
         );
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 4);
@@ -3972,7 +4008,7 @@ mod grants {
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.rotate_refresh_token(&r1, &hash(), t0, None).await.unwrap() })
+                tokio::spawn(async move { store.rotate_refresh_token(&r1, &hash(), grant_at(t0), None).await.unwrap() })
             })
             .collect();
         let mut outcomes = Vec::new();
@@ -3982,7 +4018,7 @@ mod grants {
         assert_eq!(outcomes.iter().filter(|o| **o == RotateOutcome::Rotated).count(), 1);
         assert_eq!(outcomes.iter().filter(|o| **o == RotateOutcome::Reused).count(), 15);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 2);
-        assert!(!store.grant(grant_id, t0).await.unwrap().unwrap().active);
+        assert!(!store.grant(grant_id, grant_at(t0)).await.unwrap().unwrap().active);
     }
 
     async fn a_grant_counts_while_its_user_session_and_identity_do(backend: Backend) {
@@ -3992,7 +4028,7 @@ mod grants {
         let t0 = now();
         let active = |id: Uuid, at: DateTime<Utc>| {
             let store = store.clone();
-            async move { store.grant(id, at).await.unwrap().unwrap().active }
+            async move { store.grant(id, grant_at(at)).await.unwrap().unwrap().active }
         };
         // Bound to a session: ends with it.
         let browser = session(&ada, t0, TimeDelta::hours(1));
@@ -4110,7 +4146,7 @@ mod grants {
         for write in writes {
             write.await.unwrap();
         }
-        assert!(store.user_apps(ada.id(), t0).await.unwrap().is_empty());
+        assert!(store.user_apps(ada.id(), grant_at(t0)).await.unwrap().is_empty());
         assert_eq!(db.sql().await.count("oauth_grants WHERE revoked_at IS NULL").await, 0);
         assert!(!store.insert_grant(&needing(), &code(t0)).await.unwrap(), "after the removal: refused");
         // A user deleted while grants needing consent are written: each write either lands (and

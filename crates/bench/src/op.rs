@@ -163,7 +163,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
             let (store, codes) = (store.clone(), codes.clone());
             async move {
                 let refresh = sha256(format!("bench-refresh-{i}").as_bytes());
-                let outcome = store.redeem_code(&codes[i], Some(&refresh), tessera::domain::now()).await?;
+                let outcome = store.redeem_code(&codes[i], Some(&refresh), grant_at()).await?;
                 anyhow::ensure!(outcome == tessera::store::RedeemOutcome::Redeemed, "redeemed");
                 Ok(())
             }
@@ -210,7 +210,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
             async move {
                 let mut held = chains[i % chains.len()].lock().await;
                 let next = sha256(uuid::Uuid::new_v4().as_bytes());
-                let outcome = store.rotate_refresh_token(&held, &next, tessera::domain::now(), None).await?;
+                let outcome = store.rotate_refresh_token(&held, &next, grant_at(), None).await?;
                 anyhow::ensure!(outcome == tessera::store::RotateOutcome::Rotated, "rotated");
                 *held = next;
                 Ok(())
@@ -454,8 +454,15 @@ async fn store_chains(
     let mut out = Vec::with_capacity(n);
     for code in codes {
         let refresh = sha256(uuid::Uuid::new_v4().as_bytes());
-        store.redeem_code(&code, Some(&refresh), tessera::domain::now()).await?;
+        store.redeem_code(&code, Some(&refresh), grant_at()).await?;
         out.push(Mutex::new(refresh));
     }
     Ok(out)
+}
+
+/// Grants judged now, sessions idle after the default timeout (the benchmark's grants are bound
+/// to no session).
+fn grant_at() -> tessera::store::GrantAt {
+    let now = tessera::domain::now();
+    tessera::store::GrantAt { now, idle_before: now - chrono::TimeDelta::days(1) }
 }

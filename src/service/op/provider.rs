@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::clients::Clients;
 use super::keys::SigningKeys;
 use crate::domain::UserId;
-use crate::store::{ActorKind, NewAuditEvent, Store, StoreError, UserApp};
+use crate::store::{ActorKind, GrantAt, NewAuditEvent, Store, StoreError, UserApp};
 
 /// How long an authorization code lives.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
@@ -34,6 +34,9 @@ pub struct OpenIdProvider {
     /// How long after its first use a rotated refresh token may be used again
     /// (`oidc.refresh_token_reuse_seconds`).
     pub(super) refresh_token_reuse: Duration,
+    /// How long a browser session lasts unused (`auth.session_idle_minutes`): a grant bound to
+    /// one ends with it.
+    pub(super) session_idle: Duration,
     /// The consent answers of the last [`ANSWER_KEPT`], by request id hash (see
     /// [`super::authorize::ConsentAnswer`]).
     pub(super) answers: moka::sync::Cache<[u8; 32], Arc<super::authorize::ConsentAnswer>>,
@@ -53,7 +56,31 @@ impl OpenIdProvider {
         id_token_ttl: Duration,
     ) -> Self {
         let answers = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(ANSWER_KEPT).build();
-        Self { store, clients, keys, issuer, id_token_ttl, refresh_token_reuse: Duration::ZERO, answers }
+        Self {
+            store,
+            clients,
+            keys,
+            issuer,
+            id_token_ttl,
+            refresh_token_reuse: Duration::ZERO,
+            session_idle: crate::config::DEFAULT_SESSION_IDLE,
+            answers,
+        }
+    }
+
+    /// Ends the grants bound to a browser session once it has gone unused for `idle`, as the
+    /// session itself does (`auth.session_idle_minutes`).
+    pub fn with_session_idle(mut self, idle: Duration) -> Self {
+        self.session_idle = idle;
+        self
+    }
+
+    /// When grants are judged at `now` (see [`GrantAt`]).
+    pub(super) fn grant_at(&self, now: chrono::DateTime<chrono::Utc>) -> GrantAt {
+        GrantAt {
+            now,
+            idle_before: now - chrono::TimeDelta::from_std(self.session_idle).unwrap_or(chrono::TimeDelta::MAX),
+        }
     }
 
     /// Lets a rotated refresh token be used again for `reuse` after its first use, each use
@@ -87,7 +114,7 @@ impl OpenIdProvider {
 
     /// The apps `user` has let in: active grants and remembered consents, one row per client.
     pub async fn apps_of(&self, user: UserId) -> Result<Vec<UserApp>, StoreError> {
-        self.store.user_apps(user, crate::domain::now()).await
+        self.store.user_apps(user, self.grant_at(crate::domain::now())).await
     }
 
     /// Ends `user`'s access for `client`, at their own request: every grant of theirs to it is

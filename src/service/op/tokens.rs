@@ -244,7 +244,7 @@ impl OpenIdProvider {
         let hash = sha256(code.as_bytes());
         let invalid =
             || OAuthError::invalid_grant("the code is invalid, expired, used, or was issued to another client");
-        let Some((grant, stored)) = self.store.code_grant(&hash, now).await? else {
+        let Some((grant, stored)) = self.store.code_grant(&hash, self.grant_at(now)).await? else {
             return Err(invalid());
         };
         if grant.client_id != client.id.as_str() {
@@ -276,7 +276,7 @@ impl OpenIdProvider {
             // A replay by whoever holds what redeemed it (the client, and the PKCE verifier where
             // there was one; a code alone, leaked after its use, revokes nothing): redeeming again
             // revokes the grant and every token it issued.
-            self.store.redeem_code(&hash, None, now).await?;
+            self.store.redeem_code(&hash, None, self.grant_at(now)).await?;
             tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
             return Err(invalid());
         }
@@ -289,7 +289,7 @@ impl OpenIdProvider {
         // Everything that can fail comes first: once the code is used, a retry is a replay.
         let refresh_token = refresh.map(|r| r.expose_secret().to_owned());
         let response = self.mint(client, &grant, stored.nonce.as_deref(), refresh_token, now).await?;
-        match self.store.redeem_code(&hash, refresh_hash.as_ref(), now).await? {
+        match self.store.redeem_code(&hash, refresh_hash.as_ref(), self.grant_at(now)).await? {
             RedeemOutcome::Redeemed => Ok(response),
             RedeemOutcome::Replayed | RedeemOutcome::Invalid => Err(invalid()),
         }
@@ -301,7 +301,7 @@ impl OpenIdProvider {
         let hash = sha256(token.as_bytes());
         let invalid =
             || OAuthError::invalid_grant("the refresh token is invalid, expired, revoked or was already used");
-        let Some((mut grant, used_at)) = self.store.refresh_grant(&hash, now).await? else {
+        let Some((mut grant, used_at)) = self.store.refresh_grant(&hash, self.grant_at(now)).await? else {
             return Err(invalid());
         };
         if grant.client_id != client.id.as_str() {
@@ -312,7 +312,9 @@ impl OpenIdProvider {
             // A rotated token presented again: its grant is revoked, whatever else this request
             // asks or gets wrong (the rotation below, to a token nobody holds, finds the reuse).
             let nobody = sha256(random_secret().expose_secret().as_bytes());
-            if self.store.rotate_refresh_token(&hash, &nobody, now, reusable_after).await? == RotateOutcome::Reused {
+            if self.store.rotate_refresh_token(&hash, &nobody, self.grant_at(now), reusable_after).await?
+                == RotateOutcome::Reused
+            {
                 tracing::warn!(client_id = %client.id, "rotated refresh token reused; its grant is revoked");
             }
             return Err(invalid());
@@ -335,7 +337,7 @@ impl OpenIdProvider {
         let response = self.mint(client, &grant, None, Some(new.expose_secret().to_owned()), now).await?;
         match self
             .store
-            .rotate_refresh_token(&hash, &sha256(new.expose_secret().as_bytes()), now, reusable_after)
+            .rotate_refresh_token(&hash, &sha256(new.expose_secret().as_bytes()), self.grant_at(now), reusable_after)
             .await?
         {
             RotateOutcome::Rotated => Ok(response),
@@ -524,7 +526,7 @@ impl OpenIdProvider {
     /// tokens, or when the grant is gone).
     pub async fn access_grant(&self, claims: &AccessClaims) -> Result<Option<GrantRecord>, StoreError> {
         match claims.gid {
-            Some(gid) => self.store.grant(gid, crate::domain::now()).await,
+            Some(gid) => self.store.grant(gid, self.grant_at(crate::domain::now())).await,
             None => Ok(None),
         }
     }
@@ -533,7 +535,7 @@ impl OpenIdProvider {
     pub async fn access_grant_active(&self, claims: &AccessClaims) -> Result<bool, OAuthError> {
         let now = crate::domain::now();
         match claims.gid {
-            Some(gid) => Ok(self.store.grant(gid, now).await?.is_some_and(|g| g.active)),
+            Some(gid) => Ok(self.store.grant(gid, self.grant_at(now)).await?.is_some_and(|g| g.active)),
             // A client_credentials token counts while its client is registered — the same one:
             // a client deleted and registered again under its id (after a compromise, say)
             // does not bring the old one's tokens back — and may still use that grant type.
@@ -573,7 +575,7 @@ impl OpenIdProvider {
             };
         }
         let now = crate::domain::now();
-        Ok(match self.store.refresh_grant(&sha256(token.as_bytes()), now).await? {
+        Ok(match self.store.refresh_grant(&sha256(token.as_bytes()), self.grant_at(now)).await? {
             Some((grant, used_at)) => Named::Refresh(grant, used_at),
             None => Named::Unknown,
         })
