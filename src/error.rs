@@ -399,6 +399,21 @@ impl PublicError for crate::store::StoreError {
 /// command line; never for an API answer.
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
+/// [`Chain`] as a method of every error (and, through auto-deref, of every reference to one):
+/// `tracing::warn!(error = %error.chain(), …)` logs the causes a bare `%error` leaves out (a
+/// reqwest error's "error sending request" without why, a store error without the database's
+/// word).
+pub trait ErrorChain {
+    /// This error with its causes.
+    fn chain(&self) -> Chain<'_>;
+}
+
+impl<E: std::error::Error + 'static> ErrorChain for E {
+    fn chain(&self) -> Chain<'_> {
+        Chain(self)
+    }
+}
+
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)?;

@@ -28,11 +28,12 @@ static TO_THE_END: std::sync::LazyLock<tokio_util::task::TaskTracker> =
 /// Runs `work` in a task of its own, so that it goes to its end even if the caller is dropped (a
 /// client that hangs up, a timeout, a shutdown's drain closing its connection); a panic in it is
 /// resumed here. `None` only when the runtime shut down first. (Here, not in a layer: the
-/// services and the upstream key caches use it.)
+/// services and the upstream key caches use it.) What it logs is logged in the caller's span
+/// (the request's id, method and route).
 pub(crate) async fn run_to_end<T: Send + 'static>(
     work: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Option<T> {
-    match TO_THE_END.spawn(work).await {
+    match TO_THE_END.spawn(tracing::Instrument::in_current_span(work)).await {
         Ok(done) => Some(done),
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
         Err(_) => None,

@@ -72,7 +72,8 @@ const BUCKETS: [f64; 13] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Gauges not set for this long leave the output (a deleted webhook endpoint's queue, say). Every
-/// gauge Tessera keeps is set again at each scrape.
+/// gauge Tessera keeps is set again at each scrape, or, for the replica's, at each of its checks
+/// (every second or so).
 const GAUGE_IDLE: Duration = Duration::from_secs(600);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Backend, Config, ServerConfig};
 use crate::domain::Client;
+use crate::error::ErrorChain as _;
 use crate::http::admin_auth::AdminTokens;
 use crate::http::cookies::Cookies;
 use crate::http::prometheus::Metrics;
@@ -380,8 +381,8 @@ impl Application {
         let served = crate::http::serve::serve(self.listener, app, &self.server, shutdown).await;
         if let Some(server) = metrics_server {
             match server.await {
-                Ok(Err(error)) => tracing::warn!(error = %error, "the metrics listener ended with an error"),
-                Err(error) => tracing::warn!(error = %error, "the metrics listener's task failed"),
+                Ok(Err(error)) => tracing::warn!(error = %error.chain(), "the metrics listener ended with an error"),
+                Err(error) => tracing::warn!(error = %error.chain(), "the metrics listener's task failed"),
                 Ok(Ok(())) => {}
             }
         }

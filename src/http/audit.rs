@@ -320,11 +320,8 @@ pub async fn record_admin_action(
                     let json = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
                     (Response::from_parts(parts, axum::body::Body::from(bytes)), json)
                 }
-                Err(error) => {
-                    tracing::error!(error = %error, route, "cannot read an admin answer for its audit row");
-                    return ApiError::new(ErrorCode::InternalError, "an internal error occurred; it has been logged")
-                        .into_response();
-                }
+                // Logged once, with its cause, as the 500 is made.
+                Err(error) => return ApiError::internal(error).into_response(),
             }
         } else {
             (response, Value::Null)

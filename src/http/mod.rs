@@ -158,6 +158,16 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         // A body declared too large is refused unread; one arriving too slowly is cut off.
         .layer(middleware::from_fn_with_state(limits.body_read_timeout, request_body::guard))
+        // Inside the request's span: the 500 a panic becomes is logged with the request id and
+        // the panic's message, and answered with its "response" line like any other.
+        .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
+            let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                (Some(text), _) => (*text).to_owned(),
+                (None, Some(text)) => text.clone(),
+                (None, None) => "a panic without a message".to_owned(),
+            };
+            ApiError::internal(std::io::Error::other(format!("panicked: {message}"))).into_response()
+        }))
         .layer(
             // Spans carry the method, the matched route (never the raw URI, whose query may hold
             // codes or tokens) and the request id; no header or body is logged.
@@ -176,10 +186,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
                     );
                 })
                 .on_failure(()),
-        )
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(ErrorCode::InternalError, "an internal error occurred; it has been logged").into_response()
-        }));
+        );
     // Served over HTTPS (`auth.cookie_secure`, the default): browsers are told to keep to it, so
     // that a first visit by plain http cannot be intercepted and relayed with its session cookie.
     // Browsers ignore the header on plain http; a proxy that sets its own keeps its own.

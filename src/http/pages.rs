@@ -28,6 +28,7 @@ use axum::routing::get;
 use super::AppState;
 use super::problem::ApiError;
 use crate::config::{BrandingConfig, ProviderConfig};
+use crate::error::ErrorChain as _;
 use icons::Icon;
 
 /// The stylesheet, before the brand colour is prepended.
@@ -96,7 +97,7 @@ impl Pages {
                 response
             }
             Err(error) => {
-                tracing::error!(error = %error, "a page failed to render");
+                tracing::error!(error = %error.chain(), "a page failed to render");
                 let mut response = (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong.").into_response();
                 self.secure_headers(response.headers_mut());
                 response

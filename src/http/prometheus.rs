@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::AppState;
 use super::problem::ApiError;
+use crate::error::ErrorChain as _;
 use crate::error::ErrorCode;
 use crate::observability;
 
@@ -61,7 +62,7 @@ async fn scrape(State(state): State<Arc<AppState>>) -> Response {
     observability::record_pools(&state.store.pool_stats());
     match tokio::time::timeout(QUEUE_READ_LIMIT, state.webhooks.queues()).await {
         Ok(Ok(queues)) => observability::record_webhook_queues(&queues, chrono::Utc::now()),
-        Ok(Err(error)) => tracing::warn!(error = %error, "cannot read the webhook queues for /metrics"),
+        Ok(Err(error)) => tracing::warn!(error = %error.chain(), "cannot read the webhook queues for /metrics"),
         Err(_) => tracing::warn!(
             limit_ms = QUEUE_READ_LIMIT.as_millis() as u64,
             "reading the webhook queues for /metrics timed out"

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
 use crate::config::ServerConfig;
+use crate::error::ErrorChain as _;
 use crate::observability::{self, OpenConnection};
 
 /// Descriptors kept for everything but inbound connections: database connections, SQLite's
@@ -45,7 +46,7 @@ pub fn fit_open_file_limit(limits: &ServerConfig, listeners: usize) {
             Ok(()) => tracing::debug!(before = before, after = raised, "raised the open-file limit"),
             Err(error) => {
                 current.current = before;
-                tracing::debug!(error = %error, "cannot raise the open-file limit");
+                tracing::debug!(error = %error.chain(), "cannot raise the open-file limit");
             }
         }
     }
@@ -76,6 +77,7 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut last_warned = None;
+    let mut accept_failed_warned = None;
     loop {
         // Reap finished connections, so that the set holds only live ones.
         while connections.try_join_next().is_some() {}
@@ -99,8 +101,12 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of file descriptors, for instance: wait rather than spin.
-                    tracing::warn!(error = %error, "cannot accept a connection");
+                    // Out of file descriptors, for instance: wait rather than spin, and say so
+                    // once a minute at most, not twenty times a second.
+                    if accept_failed_warned.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(60)) {
+                        accept_failed_warned = Some(Instant::now());
+                        tracing::warn!(error = %error.chain(), "cannot accept a connection (said again in a minute at most)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -115,7 +121,7 @@ pub async fn serve(
         connections.spawn(async move {
             let _open = open;
             if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
+                tracing::debug!(error = %error.chain(), "connection ended with an error");
             }
         });
     }

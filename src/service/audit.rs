@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::config::AuditConfig;
+use crate::error::ErrorChain as _;
 use crate::error::ErrorCode;
 use crate::store::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent, Store, StoreError};
 
@@ -71,7 +72,7 @@ impl Audit {
     /// and the caller's answer does not depend on its record.
     pub async fn record(&self, event: NewAuditEvent) {
         if let Err(error) = self.inner.store.append_audit_events(std::slice::from_ref(&event)).await {
-            tracing::error!(error = %error, action = %event.action, "cannot write an audit row");
+            tracing::error!(error = %error.chain(), action = %event.action, "cannot write an audit row");
         }
     }
 
@@ -92,7 +93,7 @@ impl Audit {
         )
         .await;
         if let Err(error) = written {
-            tracing::error!(error = %error, action = %event.action, "cannot write an audit row");
+            tracing::error!(error = %error.chain(), action = %event.action, "cannot write an audit row");
         }
     }
 

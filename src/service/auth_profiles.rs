@@ -42,6 +42,7 @@ use crate::domain::{
     AuthProfile, ConnectRefusal, ProfileId, ProfileKind, ProfileRight, ProfileStatus, ReturnTo, Role, Slug, Team,
     TeamRef, UserId,
 };
+use crate::error::ErrorChain as _;
 use crate::error::{ErrorCode, PublicError};
 use crate::observability::{TOKEN_REFRESH_CALLS_TOTAL, TOKEN_REFRESH_WAITS_TOTAL};
 use crate::store::{
@@ -487,7 +488,7 @@ impl AuthProfiles {
                             // The row was written on its own just before: a credential that cannot
                             // be written takes it back, so that a retry finds its slug free.
                             if let Err(undo) = self.store.revoke_profile(created.id, None, super::now()).await {
-                                tracing::warn!(profile_id = %created.id, error = %undo, "cannot take back a profile whose credential was not written");
+                                tracing::warn!(profile_id = %created.id, error = %undo.chain(), "cannot take back a profile whose credential was not written");
                             }
                             return Err(error);
                         }
@@ -666,7 +667,7 @@ impl AuthProfiles {
             _ => &tokens.access_token,
         };
         if let Err(error) = provider.revoke(token.expose_secret()).await {
-            tracing::warn!(profile_id = %profile.id, error = %error, "cannot revoke the token at the provider");
+            tracing::warn!(profile_id = %profile.id, error = %error.chain(), "cannot revoke the token at the provider");
         }
     }
 
@@ -709,7 +710,7 @@ impl AuthProfiles {
             Ok(true) => tracing::debug!(profile_id = %profile.id, "revoked the token at the provider"),
             Ok(false) => {}
             Err(error) => {
-                tracing::warn!(profile_id = %profile.id, error = %error, "cannot revoke the token at the provider")
+                tracing::warn!(profile_id = %profile.id, error = %error.chain(), "cannot revoke the token at the provider")
             }
         }
     }
@@ -1045,7 +1046,7 @@ impl AuthProfiles {
                             Ok(_) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),
                             // Not known to be revoked: the token is good, and this caller gets it
                             // rather than an error that would throw it away.
-                            Err(error) => tracing::warn!(profile_id = %profile.id, error = %error,
+                            Err(error) => tracing::warn!(profile_id = %profile.id, error = %error.chain(),
                                 "a refresh outlived its lease; cannot tell whether its profile was revoked"),
                         }
                     }
@@ -1054,7 +1055,7 @@ impl AuthProfiles {
                         // gets it. The next use refreshes again with the stored refresh token,
                         // which a provider that rotates has revoked (the profile then needs a
                         // reconnection, as it would without this token).
-                        tracing::error!(profile_id = %profile.id, error = %error, "cannot store a refreshed token; handing it out unstored");
+                        tracing::error!(profile_id = %profile.id, error = %error.chain(), "cannot store a refreshed token; handing it out unstored");
                         self.release_lease(profile.id, owner).await;
                         version = None;
                     }
@@ -1080,7 +1081,7 @@ impl AuthProfiles {
         if let Ok(Some(current)) = self.store.profile_secrets(profile.id).await
             && let Some(token) = in_place(keyring, profile.id, &current)
         {
-            tracing::warn!(profile_id = %profile.id, error = %error, "refresh failed; handing out the current token");
+            tracing::warn!(profile_id = %profile.id, error = %error.chain(), "refresh failed; handing out the current token");
             return Ok(token);
         }
         Err(error)
@@ -1129,7 +1130,7 @@ impl AuthProfiles {
             |error, pause| {
                 let again = super::now() + pause + STORE_RETRY_MARGIN < lease.until;
                 if again {
-                    tracing::warn!(profile_id = %profile, error = %error, "cannot store a refreshed token yet; trying again");
+                    tracing::warn!(profile_id = %profile, error = %error.chain(), "cannot store a refreshed token yet; trying again");
                 }
                 again
             },
@@ -1141,7 +1142,7 @@ impl AuthProfiles {
     /// only delays the next refresh until the lease runs out.
     async fn release_lease(&self, profile: ProfileId, owner: uuid::Uuid) {
         if let Err(error) = self.store.release_refresh_lease(profile, owner, false, super::now()).await {
-            tracing::warn!(profile_id = %profile, error = %error, "cannot release a refresh lease");
+            tracing::warn!(profile_id = %profile, error = %error.chain(), "cannot release a refresh lease");
         }
     }
 
@@ -1242,7 +1243,7 @@ fn decrypt(
     let ciphertext = ciphertext.ok_or(AuthProfileError::NotConnected)?;
     let aad = StoredSecret::aad(SecretKind::AuthProfiles, profile.as_uuid(), column);
     let plaintext = keyring.decrypt(ciphertext, &aad).map_err(|error| {
-        tracing::error!(profile_id = %profile, column, error = %error, "a stored credential does not decrypt");
+        tracing::error!(profile_id = %profile, column, error = %error.chain(), "a stored credential does not decrypt");
         AuthProfileError::Undecryptable
     })?;
     String::from_utf8(plaintext).map(SecretString::from).map_err(|_| AuthProfileError::Undecryptable)

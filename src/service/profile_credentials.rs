@@ -26,6 +26,7 @@ use super::auth_profiles::{AccessToken, AuthProfileError, AuthProfiles, NewProfi
 use crate::config::ConnectorConfig;
 use crate::crypto::sha256;
 use crate::domain::{AuthProfile, CredentialMeta, FieldSet, ProfileId, ProfileKind, Slug, TeamRef, UserId};
+use crate::error::ErrorChain as _;
 use crate::error::ErrorCode;
 use crate::store::{CredentialOutcome, CredentialWrite, SecretKind, StoredSecret};
 
@@ -471,7 +472,7 @@ impl AuthProfiles {
             return Err(AuthProfileError::NotConnected);
         };
         let plaintext = keyring.decrypt(&ciphertext, &credential_aad(profile.id)).map_err(|error| {
-            tracing::error!(profile_id = %profile.id, error = %error, "a stored credential does not decrypt");
+            tracing::error!(profile_id = %profile.id, error = %error.chain(), "a stored credential does not decrypt");
             AuthProfileError::Undecryptable
         })?;
         let mut payload: Value = serde_json::from_slice(&plaintext).map_err(|_| AuthProfileError::Undecryptable)?;

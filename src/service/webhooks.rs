@@ -20,6 +20,7 @@ use super::now;
 use crate::config::{ConfigWebhook, WebhooksConfig};
 use crate::crypto::keyring::KeyRing;
 use crate::domain::{WebhookDelivery, WebhookEndpoint, WebhookId, events};
+use crate::error::ErrorChain as _;
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{Store, StoreError, WebhookChange, WebhookKeys, WebhookQueue};
 
@@ -403,7 +404,7 @@ impl Webhooks {
             match keyring.decrypt(previous, &WebhookEndpoint::previous_aad(endpoint.id)) {
                 Ok(key) => keys.push(key),
                 Err(error) => tracing::warn!(
-                    webhook = %endpoint.id, error = %error,
+                    webhook = %endpoint.id, error = %error.chain(),
                     "the previous signing key does not decrypt; signing with the current one alone"
                 ),
             }

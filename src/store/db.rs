@@ -32,6 +32,7 @@ use super::migrations::{self, Applied, Embedded, MigrationStatus};
 use super::rows::{RowExt, impl_row_ext_common};
 use super::{PoolStats, ReadFrom, StoreError};
 use crate::config::{Backend, DatabaseConfig};
+use crate::error::ErrorChain as _;
 
 /// The migrations built into the binary, one list per backend from one table: each row is a
 /// version, its file name (the same under `migrations/sqlite/` and `migrations/postgres/`: they are
@@ -141,7 +142,7 @@ impl Replica {
     fn failed(&self, error: &StoreError) {
         *lock(&self.skip_until) = Some(Instant::now() + REPLICA_BACKOFF);
         *lock(&self.caught_up_to) = None;
-        tracing::warn!(error = %error, backoff_s = REPLICA_BACKOFF.as_secs(), "the read replica failed; reading from the primary for a while");
+        tracing::warn!(error = %error.chain(), backoff_s = REPLICA_BACKOFF.as_secs(), "the read replica failed; reading from the primary for a while");
     }
 
     fn backing_off(&self) -> bool {
@@ -278,7 +279,7 @@ impl Db {
                 let first = reader.clone();
                 tokio::spawn(async move {
                     if let Err(error) = first.acquire().await {
-                        tracing::warn!(error = %error, "the first reader connection did not open; reads will try again");
+                        tracing::warn!(error = %error.chain(), "the first reader connection did not open; reads will try again");
                     }
                 });
                 Ok(Db::Sqlite { writer, reader })

@@ -3753,6 +3753,7 @@ macro_rules! grant_select {
         )
     };
 }
+use crate::error::ErrorChain as _;
 use grant_select;
 
 /// Whether grant `id` is active `at`, read in `tx`.
@@ -3930,7 +3931,7 @@ fn principals_by_key(
         }
         let (issuer, subject) = (rows[start].text("identity_issuer")?, rows[start].text("identity_subject")?);
         let principal = rows::principal(&rows[start..end]).map_err(|error| {
-            tracing::error!(identity_id = %identity, error = %error, "an identity's rows cannot be decoded");
+            tracing::error!(identity_id = %identity, error = %error.chain(), "an identity's rows cannot be decoded");
             match error {
                 StoreError::Corrupt(what) => what,
                 other => other.to_string(),

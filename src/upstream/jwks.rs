@@ -34,6 +34,7 @@ use url::Url;
 use crate::config::{JwksConfig, endpoint_url, parse_algorithm};
 use crate::crypto::sha256;
 use crate::domain::Issuer;
+use crate::error::ErrorChain as _;
 use crate::observability::{JWKS_FETCH_FAILURES_TOTAL, JWKS_FETCHES_TOTAL, JWKS_REFETCHES_REFUSED_TOTAL};
 
 /// Keys are refreshed at least this often, whatever the issuer says.
@@ -287,7 +288,7 @@ impl JwksCache {
     async fn refresh(&self, reason: Reason, seen: Option<u64>) -> Refreshed {
         let inner = self.inner.clone();
         let lookup = async move { inner.refresh(reason, seen).await };
-        crate::run_to_end(tracing::Instrument::in_current_span(lookup)).await.unwrap_or(Refreshed::Failed)
+        crate::run_to_end(lookup).await.unwrap_or(Refreshed::Failed)
     }
 
     /// Starts a refresh in a task of its own, unless one is running (then it is the one).
@@ -413,11 +414,11 @@ impl Inner {
                 metrics::counter!(JWKS_FETCH_FAILURES_TOTAL, "issuer" => self.issuer.to_string()).increment(1);
                 state.failures = state.failures.saturating_add(1);
                 if std::mem::replace(&mut state.down, true) {
-                    tracing::debug!(issuer = %self.issuer, error = %error, ?reason, "still cannot fetch issuer keys");
+                    tracing::debug!(issuer = %self.issuer, error = %error.chain(), ?reason, "still cannot fetch issuer keys");
                 } else {
                     let cached = self.current().is_some();
                     tracing::warn!(
-                        issuer = %self.issuer, error = %error, ?reason, serving_cached_keys = cached,
+                        issuer = %self.issuer, error = %error.chain(), ?reason, serving_cached_keys = cached,
                         "cannot fetch issuer keys; logged again only when they can be fetched again"
                     );
                 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::error::ErrorChain as _;
 use crate::service::audit::Audit;
 
 /// Writes the counted refusals every `every`, until `stop` changes (between writes, never
@@ -24,7 +25,7 @@ pub(super) async fn run(audit: Audit, every: Duration, mut stop: watch::Receiver
             Ok(0) => {}
             Ok(written) => tracing::debug!(written, "wrote counted refusals to the audit log"),
             Err(error) => {
-                tracing::warn!(error = %error, pending = audit.pending(), "cannot write counted refusals to the audit log; will retry")
+                tracing::warn!(error = %error.chain(), pending = audit.pending(), "cannot write counted refusals to the audit log; will retry")
             }
         }
     }

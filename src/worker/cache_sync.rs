@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::error::ErrorChain as _;
 use crate::service::cache_sync::{CacheSync, Cursor};
 
 /// Reads and applies the log until aborted.
@@ -31,7 +32,7 @@ pub(super) async fn run(sync: CacheSync, every: Duration) {
             Ok(()) => {}
             Err(error) if !failing => {
                 failing = true;
-                tracing::warn!(error = %error, "cannot read the cache-invalidation log; other instances' changes wait");
+                tracing::warn!(error = %error.chain(), "cannot read the cache-invalidation log; other instances' changes wait");
             }
             Err(_) => {}
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::domain::IdentityId;
+use crate::error::ErrorChain as _;
 use crate::store::{Store, StoreError};
 
 /// How often at most a use of one identity or session is noted: a use is noted when the time
@@ -114,7 +115,7 @@ pub(super) async fn run(
             Ok(0) => {}
             Ok(written) => tracing::debug!(written, "recorded last-use times"),
             Err(error) => {
-                tracing::warn!(error = %error, pending = last_seen.pending(), "cannot record last-use times; will retry")
+                tracing::warn!(error = %error.chain(), pending = last_seen.pending(), "cannot record last-use times; will retry")
             }
         }
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::error::ErrorChain as _;
 use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::cache_sync::CacheSync;
@@ -116,17 +117,17 @@ impl Workers {
         let flush = async {
             for writer in self.writers {
                 if let Err(error) = writer.await {
-                    tracing::warn!(error = %error, "a background writer ended abnormally");
+                    tracing::warn!(error = %error.chain(), "a background writer ended abnormally");
                 }
             }
             let last_seen = async {
                 if let Err(error) = deps.last_seen.flush(deps.store.as_ref()).await {
-                    tracing::warn!(error = %error, "cannot record the last-use times pending at shutdown");
+                    tracing::warn!(error = %error.chain(), "cannot record the last-use times pending at shutdown");
                 }
             };
             let audit = async {
                 if let Err(error) = deps.audit.flush().await {
-                    tracing::warn!(error = %error, "cannot write the refusals counted at shutdown to the audit log");
+                    tracing::warn!(error = %error.chain(), "cannot write the refusals counted at shutdown to the audit log");
                 }
             };
             tokio::join!(last_seen, audit);
@@ -140,7 +141,7 @@ impl Workers {
         // Last: a delivery under way may take up to its timeout, and what is counted in memory
         // must not wait behind it (an orchestrator's grace period may end first).
         if let Err(error) = self.deliveries.await {
-            tracing::warn!(error = %error, "webhook delivery ended abnormally");
+            tracing::warn!(error = %error.chain(), "webhook delivery ended abnormally");
         }
     }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::ErrorChain as _;
 use crate::observability::{DB_REPLICA_LAG, DB_REPLICA_READABLE};
 use crate::store::{ReplicaLag, Store, replica_check_interval};
 
@@ -24,6 +25,9 @@ pub(super) async fn run(store: Arc<dyn Store>, max_lag: Duration) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let bound_ms = max_lag.as_millis() as u64;
     let mut last = None;
+    // The last lag measured, set again at every check: a gauge left unset for ten minutes leaves
+    // the output, and the lag is documented to stay as it was while it cannot be measured.
+    let mut measured = None;
     loop {
         interval.tick().await;
         let (verdict, lag) = match store.check_replica().await {
@@ -35,13 +39,14 @@ pub(super) async fn run(store: Arc<dyn Store>, max_lag: Duration) {
             Ok(ReplicaLag::Failed) => (Verdict::Unknown, None),
             Err(error) => {
                 if last != Some(Verdict::Unknown) {
-                    tracing::warn!(error = %error, "cannot measure the read replica's lag; reading from the primary");
+                    tracing::warn!(error = %error.chain(), "cannot measure the read replica's lag; reading from the primary");
                 }
                 (Verdict::Unknown, None)
             }
         };
         metrics::gauge!(DB_REPLICA_READABLE).set(if verdict == Verdict::Readable { 1.0 } else { 0.0 });
-        if let Some(lag) = lag {
+        measured = lag.or(measured);
+        if let Some(lag) = measured {
             metrics::gauge!(DB_REPLICA_LAG).set(lag.as_secs_f64());
         }
         if last == Some(verdict) {

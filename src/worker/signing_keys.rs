@@ -3,6 +3,7 @@
 //! `oidc.signing_key_rotation_days`, so that rotation happens on time without traffic, and
 //! requests find the keys cached; and at once when another instance's change marks them stale.
 
+use crate::error::ErrorChain as _;
 use crate::service::op::keys::SigningKeys;
 
 /// Refreshes the keys on their schedule.
@@ -18,7 +19,7 @@ pub(super) async fn run(keys: SigningKeys) {
             () = keys.marked_stale() => {}
         }
         if let Err(error) = keys.refresh().await {
-            tracing::warn!(error = %error, "cannot re-read the signing keys");
+            tracing::warn!(error = %error.chain(), "cannot re-read the signing keys");
         }
     }
 }

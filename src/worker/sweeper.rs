@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::error::ErrorChain as _;
 use crate::service::audit::Audit;
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::cache_sync::CacheSync;
@@ -32,39 +33,41 @@ pub(super) async fn run(
         match sessions.delete_expired().await {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted expired sessions and sign-in states"),
-            Err(error) => tracing::warn!(error = %error, "cannot delete expired sessions"),
+            Err(error) => tracing::warn!(error = %error.chain(), "cannot delete expired sessions"),
         }
         match auth_profiles.delete_expired_pending().await {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted expired pending auth profiles"),
-            Err(error) => tracing::warn!(error = %error, "cannot delete expired pending auth profiles"),
+            Err(error) => tracing::warn!(error = %error.chain(), "cannot delete expired pending auth profiles"),
         }
         match clients.delete_expired_assertions().await {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted records of expired client assertions"),
-            Err(error) => tracing::warn!(error = %error, "cannot delete records of expired client assertions"),
+            Err(error) => tracing::warn!(error = %error.chain(), "cannot delete records of expired client assertions"),
         }
         match cache_sync.delete_old().await {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted old rows of the cache-invalidation log"),
-            Err(error) => tracing::warn!(error = %error, "cannot delete old rows of the cache-invalidation log"),
+            Err(error) => {
+                tracing::warn!(error = %error.chain(), "cannot delete old rows of the cache-invalidation log")
+            }
         }
         if let Some(op) = &op {
             match op.delete_expired().await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::debug!(deleted, "deleted expired grants, codes and held requests"),
-                Err(error) => tracing::warn!(error = %error, "cannot delete expired grants"),
+                Err(error) => tracing::warn!(error = %error.chain(), "cannot delete expired grants"),
             }
         }
         match audit.sweep().await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted audit rows past their retention"),
-            Err(error) => tracing::warn!(error = %error, "cannot delete audit rows past their retention"),
+            Err(error) => tracing::warn!(error = %error.chain(), "cannot delete audit rows past their retention"),
         }
         match webhooks.sweep().await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted outbox events past their retention"),
-            Err(error) => tracing::warn!(error = %error, "cannot delete outbox events past their retention"),
+            Err(error) => tracing::warn!(error = %error.chain(), "cannot delete outbox events past their retention"),
         }
     }
 }

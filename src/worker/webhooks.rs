@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::domain::is_forbidden_ip;
 use crate::domain::{DeliveryJob, WebhookEndpoint, WebhookId};
+use crate::error::ErrorChain as _;
 use crate::service::webhooks::{Webhooks, sign};
 use crate::store::Attempt;
 
@@ -77,7 +78,7 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
             let task = match done {
                 Ok((task, ())) => task,
                 Err(error) => {
-                    tracing::error!(error = %error, "a webhook delivery task failed; its lease runs out");
+                    tracing::error!(error = %error.chain(), "a webhook delivery task failed; its lease runs out");
                     error.id()
                 }
             };
@@ -104,7 +105,7 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, "cannot fan out outbox events to webhook endpoints");
+                    tracing::warn!(error = %error.chain(), "cannot fan out outbox events to webhook endpoints");
                     break;
                 }
             }
@@ -120,7 +121,7 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
         let claimed = match webhooks.store().claim_webhooks(owner, now, until, free as i64).await {
             Ok(claimed) => claimed,
             Err(error) => {
-                tracing::warn!(error = %error, "cannot claim webhook endpoints");
+                tracing::warn!(error = %error.chain(), "cannot claim webhook endpoints");
                 continue;
             }
         };
@@ -134,7 +135,7 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
                 if released.load(Ordering::Acquire)
                     && let Err(error) = webhooks.store().release_webhook(endpoint.id, owner).await
                 {
-                    tracing::warn!(error = %error, webhook = %endpoint.id, "cannot release a webhook endpoint's lease");
+                    tracing::warn!(error = %error.chain(), webhook = %endpoint.id, "cannot release a webhook endpoint's lease");
                 }
                 continue;
             }
@@ -154,7 +155,7 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
                 // for no task until it runs out.
                 released.store(true, Ordering::Release);
                 if let Err(error) = webhooks.store().release_webhook(id, owner).await {
-                    tracing::warn!(error = %error, webhook = %id, "cannot release a webhook endpoint's lease");
+                    tracing::warn!(error = %error.chain(), webhook = %id, "cannot release a webhook endpoint's lease");
                 }
             });
             endpoints.insert(task.id(), id);
@@ -163,7 +164,7 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
     let finished = async {
         while let Some(done) = tasks.join_next().await {
             if let Err(error) = done {
-                tracing::error!(error = %error, "a webhook delivery task failed; its lease runs out");
+                tracing::error!(error = %error.chain(), "a webhook delivery task failed; its lease runs out");
             }
         }
     };
@@ -239,7 +240,7 @@ async fn deliver_to(
         let jobs = match webhooks.store().pending_deliveries(endpoint.id, DELIVERY_BATCH).await {
             Ok(jobs) => jobs,
             Err(error) => {
-                tracing::warn!(error = %error, webhook = %endpoint.id, "cannot read pending webhook deliveries");
+                tracing::warn!(error = %error.chain(), webhook = %endpoint.id, "cannot read pending webhook deliveries");
                 return;
             }
         };
@@ -253,7 +254,7 @@ async fn deliver_to(
                 // Disabled, deleted or given another URL: nothing more goes to it as leased.
                 Ok(_) => return,
                 Err(error) => {
-                    tracing::warn!(error = %error, webhook = %endpoint.id, "cannot read a webhook endpoint");
+                    tracing::warn!(error = %error.chain(), webhook = %endpoint.id, "cannot read a webhook endpoint");
                     return;
                 }
             };
@@ -325,7 +326,7 @@ async fn deliver_to(
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, webhook = %endpoint.id, "cannot record a webhook delivery attempt");
+                    tracing::warn!(error = %error.chain(), webhook = %endpoint.id, "cannot record a webhook delivery attempt");
                     return;
                 }
             }

@@ -43,6 +43,16 @@ impl IntoResponse for OAuthResponse {
     fn into_response(self) -> Response {
         let error = self.0;
         let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST);
+        // As the API logs its refusals: a refused client credential or grant at INFO with its
+        // code only (the description may name what was sent), anything else at DEBUG; a 5xx was
+        // logged with its cause where it was made.
+        match error.error {
+            _ if status.is_server_error() => {}
+            "invalid_client" | "invalid_grant" | "unauthorized_client" => {
+                tracing::info!(code = error.error, "oauth request refused")
+            }
+            _ => tracing::debug!(code = error.error, "oauth request refused"),
+        }
         let body = serde_json::json!({ "error": error.error, "error_description": error.description });
         let mut response = (status, Json(body)).into_response();
         no_store(response.headers_mut());

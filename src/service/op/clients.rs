@@ -28,6 +28,7 @@ use crate::cache::{Epoch, TtlCache};
 use crate::crypto::{constant_time_eq, random_base36, random_secret, sha256};
 use crate::domain::client_rules::{self, ASSERTION_ALGORITHMS, ClientFields, ClientRule, ClientRuleError, client_keys};
 use crate::domain::{Client, ClientId, ClientKind};
+use crate::error::ErrorChain as _;
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{ClientInsert, ClientUpdate, ConfigClientSync, Store, StoreError};
 
@@ -310,7 +311,7 @@ impl Clients {
         if let Some(keys) = &self.signing_keys
             && let Err(error) = keys.ensure(client.signing_alg).await
         {
-            tracing::warn!(alg = client.signing_alg.as_str(), error = %error, "cannot make the first signing key of a client's algorithm yet");
+            tracing::warn!(alg = client.signing_alg.as_str(), error = %error.chain(), "cannot make the first signing key of a client's algorithm yet");
         }
     }
 

@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 use crate::config::OidcConfig;
 use crate::crypto::keyring::KeyRing;
 use crate::domain::{SigningAlg, now};
+use crate::error::ErrorChain as _;
 use crate::error::{ErrorCode, INVALID_TOKEN_CHALLENGE, PublicError};
 use crate::store::{Retirement, SigningKeyRecord, Store, StoreError};
 
@@ -496,7 +497,7 @@ impl SigningKeys {
                 // Keys only leave by their unpublish time, checked on each use: a known key can
                 // be trusted from an old read.
                 Err(error) if !unknown => {
-                    tracing::warn!(error = %error, age_s = age.as_secs(), "cannot re-read the signing keys; verifying with the cached ones");
+                    tracing::warn!(error = %error.chain(), age_s = age.as_secs(), "cannot re-read the signing keys; verifying with the cached ones");
                 }
                 // The key may well exist: the store cannot say.
                 Err(error) => return Err(VerifyError::Keys(error)),
@@ -633,7 +634,7 @@ impl SigningKeys {
         match self.reload(Some(&cached)).await {
             Ok(set) => Ok(set),
             Err(error) if age < self.inner.settings.jwks_max_age => {
-                tracing::warn!(error = %error, age_s = age.as_secs(), "cannot re-read the signing keys; using the cached ones");
+                tracing::warn!(error = %error.chain(), age_s = age.as_secs(), "cannot re-read the signing keys; using the cached ones");
                 Ok(cached)
             }
             Err(error) => Err(error),

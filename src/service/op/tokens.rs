@@ -21,6 +21,7 @@ use super::provider::{MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider,
 use crate::crypto::{constant_time_eq, random_secret, sha256};
 use crate::domain::client_rules::DEFAULT_SCOPES as USER_SCOPES;
 use crate::domain::{Client, GrantType, UserId, UserProfile};
+use crate::error::ErrorChain as _;
 use crate::store::{GrantRecord, ReadFrom, RedeemOutcome, RotateOutcome, StoreError};
 
 /// The longest access token Tessera mints or reads (an upstream token's bound too): its claims
@@ -568,7 +569,7 @@ impl OpenIdProvider {
                 // The keys could not be read: the token may well be one of ours, which a revocation
                 // must not answer as done (RFC 7009 2.2.1), nor introspection call inactive.
                 Err(VerifyError::Keys(error)) => {
-                    tracing::warn!(error = %error, "cannot read the signing keys to verify a token");
+                    tracing::warn!(error = %error.chain(), "cannot read the signing keys to verify a token");
                     Err(OAuthError::unavailable())
                 }
                 Err(_) => Ok(Named::Unknown),

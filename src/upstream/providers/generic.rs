@@ -5,6 +5,7 @@
 //! Identities are keyed by the configured issuer (the provider's site) and the account id the
 //! pointer finds; an email counts as verified only when a configured pointer says so.
 
+use crate::error::ErrorChain as _;
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -61,7 +62,7 @@ impl OAuth2Provider {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
         let status = response.status();
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!("the profile endpoint answered {status}")));
@@ -143,7 +144,7 @@ impl Provider for OAuth2Provider {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
         Ok(Some(response.status().as_u16()))
     }
 

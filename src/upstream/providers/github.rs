@@ -4,6 +4,7 @@
 //! numeric account id — never the login, which users can change. The email is the primary
 //! verified one from `GET /user/emails`, when the `user:email` scope grants it.
 
+use crate::error::ErrorChain as _;
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -70,7 +71,7 @@ impl GitHubProvider {
             .header("X-GitHub-Api-Version", "2022-11-28")
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
         let status = response.status();
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!("GET /{path} answered {status}")));
@@ -155,7 +156,7 @@ impl Provider for GitHubProvider {
             .json(&serde_json::json!({ "access_token": token }))
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
         let status = response.status();
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!("revocation answered {status}")));
@@ -181,7 +182,7 @@ impl Provider for GitHubProvider {
             .header("X-GitHub-Api-Version", "2022-11-28")
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
         Ok(Some(response.status().as_u16()))
     }
 

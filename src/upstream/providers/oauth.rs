@@ -2,6 +2,7 @@
 //! (with PKCE S256 and, for OpenID, a nonce) and the code and refresh-token exchanges, over
 //! Tessera's HTTP client; plus RFC 7009 revocation.
 
+use crate::error::ErrorChain as _;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -189,7 +190,7 @@ pub(super) async fn revoke(
         }
         (None, _) => form.push(("client_id", &config.client_id)),
     }
-    let response = request.form(&form).send().await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+    let response = request.form(&form).send().await.map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
     match response.status() {
         status if status.is_success() => Ok(()),
         status if status.is_server_error() => Err(ProviderError::Unavailable(format!("revocation answered {status}"))),
@@ -245,7 +246,7 @@ fn token_set(
         Err(RequestTokenError::ServerResponse(error)) => {
             Err(ProviderError::InvalidResponse(format!("the token endpoint answered {}", error.error())))
         }
-        Err(RequestTokenError::Request(error)) => Err(ProviderError::Unavailable(error.to_string())),
+        Err(RequestTokenError::Request(error)) => Err(ProviderError::Unavailable(error.chain().to_string())),
         // Some providers answer errors with status 200 (GitHub), or without RFC 6749's `error`
         // (HubSpot's `{"status": "BAD_REFRESH_TOKEN"}`): read the error from the body.
         Err(RequestTokenError::Parse(_, body)) => match body_error(&body) {

@@ -16,6 +16,7 @@ use super::oauth;
 use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
 use crate::config::{JwksConfig, ProviderConfig};
 use crate::domain::{DisplayName, Email};
+use crate::error::ErrorChain as _;
 use crate::upstream::jwks::{JwksCache, discovered_endpoint, fetch_discovery};
 use crate::upstream::tokens::{IssuedAt, Rules, TokenError, token_issuer, verify_signed};
 
@@ -156,11 +157,11 @@ impl OidcProvider {
                 // discovery document (or one this network cannot reach) still signs people in,
                 // without the endpoints and the `iss` flag it would have given.
                 Err(error) if endpoints.authorization.is_some() && endpoints.token.is_some() => {
-                    tracing::warn!(provider = %self.config.name, error = %error, "no discovery document; using the configured endpoints only until it is read");
+                    tracing::warn!(provider = %self.config.name, error = %error.chain(), "no discovery document; using the configured endpoints only until it is read");
                     partial = true;
                     Value::Null
                 }
-                Err(error) => return Err(ProviderError::Unavailable(error.to_string())),
+                Err(error) => return Err(ProviderError::Unavailable(error.chain().to_string())),
             }
         };
         let found = |field: &str| {
@@ -237,7 +238,7 @@ impl OidcProvider {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
         if response.status().is_server_error() {
             return Err(ProviderError::Unavailable(format!("userinfo answered {}", response.status())));
         }
@@ -329,7 +330,7 @@ impl Provider for OidcProvider {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
         Ok(Some(response.status().as_u16()))
     }
 
