@@ -481,6 +481,21 @@ impl Relay {
     }
 }
 
+/// Runs a third-party tool (a relying party, a browser test, a fuzzer) to its end, within
+/// `limit`: a tool that hangs fails the test, with what it said, rather than stalling the suite.
+/// Python's asserts are kept (`PYTHONOPTIMIZE` would strip them).
+pub async fn run_tool(
+    command: &mut tokio::process::Command,
+    what: &str,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    command.env_remove("PYTHONOPTIMIZE").kill_on_drop(true);
+    tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+        .unwrap_or_else(|error| panic!("{what} could not be started: {error}"))
+}
+
 /// Waits until `condition` holds, for something that happens in the background; fails the test
 /// after 10 s (a generous bound: nothing here takes more than milliseconds).
 pub async fn eventually<F, Fut>(what: &str, condition: F)

@@ -137,7 +137,7 @@ async fn an_agent_manages_auth_profiles_through_an_mcp_client(backend: Backend) 
         .env("TEAM", &team)
         .env("OTHER_TEAM", &other_team)
         .env("PROVIDER", "local");
-    let output = command.kill_on_drop(true).output().await.expect("node runs");
+    let output = crate::helpers::run_tool(&mut command, "the MCP client", std::time::Duration::from_secs(300)).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the MCP client failed:\n{stdout}\n{stderr}");

@@ -6,12 +6,13 @@
 //! the test.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::json;
 use tessera_testkit::local_issuer::StubUser;
 use tokio::process::Command;
 
-use crate::helpers::{Backend, on_both_backends};
+use crate::helpers::{Backend, on_both_backends, run_tool};
 use crate::op_flow::{POST_LOGOUT, REDIRECT, op_world, register};
 
 on_both_backends!(openid_client_runs_every_flow, authlib_runs_every_flow);
@@ -21,7 +22,7 @@ fn support() -> PathBuf {
 }
 
 async fn run(mut command: Command) -> serde_json::Value {
-    let output = command.kill_on_drop(true).output().await.expect("the relying party runs");
+    let output = run_tool(&mut command, "the relying party", Duration::from_secs(300)).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the relying party failed:\n{stdout}\n{stderr}");

@@ -490,16 +490,14 @@ async fn pages_work_in_a_real_browser() {
     // Kept for people to look at after a run; emptied first, so that only this run's are there.
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     let _ = std::fs::remove_dir_all(&shots);
-    let output = Command::new(python)
+    let mut command = Command::new(python);
+    command
         .arg("browser_pages.py")
         .current_dir(support())
         .env("TESSERA_URL", w.app.url(""))
         .env("SCREENSHOTS", &shots)
-        .env("CHROMIUM", &chromium)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("the browser test runs");
+        .env("CHROMIUM", &chromium);
+    let output = crate::helpers::run_tool(&mut command, "the browser test", std::time::Duration::from_secs(600)).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the browser test failed:\n{stdout}\n{stderr}");
