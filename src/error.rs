@@ -9,6 +9,10 @@
 //! blanket conversion turns any of them into the HTTP response. A 5xx never shows its own message:
 //! the client gets the code's fixed sentence, the cause goes to the log, once.
 
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use axum::http::StatusCode;
 use serde_json::Value;
 
@@ -304,6 +308,9 @@ impl ErrorCode {
     /// - `issuer_unavailable`: debug; the outage is logged once when it starts and once when it
     ///   ends by the issuer's key cache, and every refused request is counted in the metric
     ///   `tessera_issuer_unavailable_total`;
+    /// - `store_unavailable` and `provider_unavailable` (an outage, which every request meets):
+    ///   error once every [`OUTAGE_LOG_EVERY`], debug otherwise, so that clients retrying in a
+    ///   loop cannot flood the log (see [`ErrorCode::log_level_now`]);
     /// - any other 5xx: error;
     /// - any other 4xx: debug.
     pub fn log_level(self) -> tracing::Level {
@@ -322,6 +329,28 @@ impl ErrorCode {
             IssuerUnavailable => tracing::Level::DEBUG,
             code if code.status().is_server_error() => tracing::Level::ERROR,
             _ => tracing::Level::DEBUG,
+        }
+    }
+
+    /// [`ErrorCode::log_level`] for an answer made now: an outage's code (`store_unavailable`,
+    /// `provider_unavailable`) is at error for the first answer in each [`OUTAGE_LOG_EVERY`]
+    /// and at debug for the others.
+    pub fn log_level_now(self) -> tracing::Level {
+        static LAST_MS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+        static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+        let slot = match self {
+            ErrorCode::StoreUnavailable => &LAST_MS[0],
+            ErrorCode::ProviderUnavailable => &LAST_MS[1],
+            _ => return self.log_level(),
+        };
+        // Milliseconds since the first outage answer, plus one: 0 is "never".
+        let now = BASE.elapsed().as_millis() as u64 + 1;
+        let last = slot.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= OUTAGE_LOG_EVERY.as_millis() as u64;
+        if due && slot.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            self.log_level()
+        } else {
+            tracing::Level::DEBUG
         }
     }
 
@@ -394,6 +423,10 @@ impl PublicError for crate::store::StoreError {
         }
     }
 }
+
+/// How often an outage's answers (`store_unavailable`, `provider_unavailable`) are logged at
+/// error: the first in each such interval; the others at debug.
+pub const OUTAGE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Formats an error with its chain of causes (`error: cause: cause`), for logs and the
 /// command line; never for an API answer.

@@ -80,7 +80,7 @@ impl ApiError {
     /// else at DEBUG. Returns the status.
     fn log(&self) -> StatusCode {
         let code = self.code.as_str();
-        match self.code.log_level() {
+        match self.code.log_level_now() {
             tracing::Level::ERROR => match &self.source {
                 Some(source) => tracing::error!(code, error = %Chain(source.as_ref()), "request failed"),
                 None => tracing::error!(code, "request failed"),
@@ -215,5 +215,24 @@ mod tests {
             let _ = ApiError::from(ValidateError::Token(TokenError::IssuerUnavailable)).into_response();
         });
         assert!(log.is_empty(), "an issuer outage is logged by its key cache, not per request: {log}");
+    }
+
+    #[test]
+    fn an_outage_is_logged_at_error_once_in_a_while_not_per_request() {
+        for code in [ErrorCode::StoreUnavailable, ErrorCode::ProviderUnavailable] {
+            let log = logged_at_info(|| {
+                for _ in 0..5 {
+                    let _ = ApiError::new(code, "down").into_response();
+                }
+            });
+            assert!(log.matches("ERROR").count() <= 1, "{}: {log}", code.as_str());
+        }
+        // Other 5xx are logged each time.
+        let log = logged_at_info(|| {
+            for _ in 0..3 {
+                let _ = ApiError::internal(std::io::Error::other("disk on fire")).into_response();
+            }
+        });
+        assert_eq!(log.matches("ERROR").count(), 3, "{log}");
     }
 }

@@ -230,8 +230,13 @@ impl OAuthError {
     pub fn from_failure(error: &(impl crate::error::PublicError + 'static), doing: &'static str) -> Self {
         let chain = crate::error::Chain(error);
         match error.code() {
-            crate::error::ErrorCode::StoreUnavailable => {
-                tracing::warn!(error = %chain, "{doing} failed: the store is unavailable");
+            code @ crate::error::ErrorCode::StoreUnavailable => {
+                // At most once every few seconds: every request meets an outage.
+                if code.log_level_now() == tracing::Level::ERROR {
+                    tracing::warn!(error = %chain, "{doing} failed: the store is unavailable");
+                } else {
+                    tracing::debug!(error = %chain, "{doing} failed: the store is unavailable");
+                }
                 Self::unavailable()
             }
             crate::error::ErrorCode::ChangedMeanwhile => {
