@@ -116,11 +116,13 @@ async fn output_to_a_closed_pipe_ends_with_the_commands_own_status() {
 async fn a_sigterm_during_start_up_stops_it() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = silent.local_addr().unwrap().port();
-    // Takes connections and says nothing.
+    // Takes connections and says nothing; says when the first came (the server is connecting).
+    let (connected, mut connecting) = tokio::sync::mpsc::channel::<()>(1);
     let held = tokio::spawn(async move {
         let mut open = Vec::new();
         while let Ok((socket, _)) = silent.accept().await {
             open.push(socket);
+            let _ = connected.try_send(());
         }
     });
     let dir = tempfile::tempdir().unwrap();
@@ -132,7 +134,7 @@ async fn a_sigterm_during_start_up_stops_it() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(30), connecting.recv()).await.expect("it connects to the database");
     let pid = child.id().expect("still starting").to_string();
     Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("stopped at once").unwrap();
