@@ -216,7 +216,14 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
 /// The router of `metrics.listen`: `/metrics` alone, without authentication (that listener is
 /// meant for a private network), requests counted like the main listener's.
 pub fn metrics_router(state: Arc<AppState>) -> Router {
-    prometheus::routes().fallback(not_found).layer(middleware::from_fn(prometheus::track_requests)).with_state(state)
+    prometheus::routes()
+        .fallback(not_found)
+        .layer(middleware::from_fn(prometheus::track_requests))
+        // An `X-Request-Id` on every answer here too, kept from the client only when safe.
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(MapRequestLayer::new(drop_unsafe_request_id))
+        .with_state(state)
 }
 
 /// Removes a client's `X-Request-Id` unless it is one header of 1 to [`MAX_REQUEST_ID_LEN`]

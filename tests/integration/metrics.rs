@@ -301,6 +301,7 @@ async fn a_listener_of_its_own_serves_metrics_without_a_token_and_the_main_one_d
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let open = client.get(format!("http://{metrics}/metrics")).send().await.unwrap();
     assert_eq!(open.status(), 200);
+    assert!(open.headers().contains_key("x-request-id"), "every answer carries a request id");
     let samples = parse(&open.text().await.unwrap());
     assert!(has(&samples, "tessera_db_pool_connections", &[("pool", "writer")]));
     // Only /metrics there.
