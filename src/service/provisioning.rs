@@ -162,6 +162,16 @@ impl Provisioner {
         self.issuers.get(issuer).is_some()
     }
 
+    /// Whether `identity` came from an operator's path — the admin bootstrap, an import, a
+    /// just-in-time token — as far as it tells: those name its issuer's `[[issuers]]` entry as
+    /// the provider (unless a bootstrap named another), a browser sign-in names its provider.
+    /// An identity of an allow-listed issuer signed in through a browser provider is not one.
+    /// (An entry and a browser provider of one issuer with the same name cannot be told apart:
+    /// counted as the operator's.)
+    pub fn made_by_an_operator(&self, identity: &Identity) -> bool {
+        self.issuers.get(&identity.issuer).is_some_and(|entry| entry.config.name == identity.provider)
+    }
+
     /// Finds the user `claim` belongs to, creating user, identity and default team on first
     /// sight. Callers have already established that the claim is trustworthy.
     pub async fn provision(&self, claim: &IdentityClaim) -> Result<Provisioned, ProvisionError> {

@@ -364,10 +364,11 @@ impl SignIn {
         };
         let providers = self.flows.providers();
         Ok(profile.identities.iter().all(|identity| {
-            // An identity of an `[[issuers]]` issuer came from an operator (the admin bootstrap,
-            // an import, a just-in-time token), whose email flag is the operator's to give: its
-            // account is no mere claim, whatever the flag.
-            let made_by_an_operator = self.provisioner.allows(&identity.issuer);
+            // An identity an operator made (the admin bootstrap, an import, a just-in-time token
+            // of an `[[issuers]]` issuer) has the email flag the operator gave: its account is no
+            // mere claim, whatever the flag. One signed in through a browser provider is judged
+            // by that provider's word, even when its issuer is also on the allow-list.
+            let made_by_an_operator = self.provisioner.made_by_an_operator(identity);
             providers.get(Some(&identity.provider)).is_some_and(|p| {
                 !p.config().trusted_email_verification || (!identity.email_verified && !made_by_an_operator)
             })

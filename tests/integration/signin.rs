@@ -32,6 +32,7 @@ on_both_backends!(
     linking_attaches_an_identity_and_never_steals_one,
     a_known_email_is_not_linked_silently,
     automatic_linking_needs_trust_and_verified_emails,
+    an_unverified_sign_in_keeps_nobody_out_when_its_issuer_is_also_allowed,
     identities_can_be_chosen_and_unlinked_but_not_the_last,
     the_last_identity_a_configured_provider_signs_in_with_stays,
     unlinking_an_identity_signs_out_the_sessions_that_used_it,
@@ -755,6 +756,42 @@ pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: B
     let mut frank = Browser::new();
     assert_eq!(frank.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     assert_eq!(body(frank.me(&w.app).await, 200).await["email_verified"], true);
+}
+
+/// A browser provider whose issuer is also on the allow-list (`[[issuers]]`, for its API
+/// tokens, under another name): an account a sign-in there made without verifying the address is
+/// a claim all the same and keeps the address's proven owner out of nothing; one an operator made
+/// for the address (a bootstrap through the entry) still asks for a link.
+async fn an_unverified_sign_in_keeps_nobody_out_when_its_issuer_is_also_allowed(backend: Backend) {
+    let w = world_with(backend, |config, issuer| {
+        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+        local.trusted_email_verification = true;
+        local.auto_link_by_email = true;
+        let mut entry = crate::helpers::local_issuer_config(issuer);
+        entry.name = "local-api".into();
+        config.issuers.push(entry);
+    })
+    .await;
+    let mut unconfirmed = StubUser::new("hana-unconfirmed", "hana@example.com");
+    unconfirmed.email_verified = false;
+    w.issuer.set_next_user(unconfirmed);
+    let mut claimer = Browser::new();
+    assert_eq!(claimer.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let claimed = body(claimer.me(&w.app).await, 200).await;
+    w.issuer.set_next_user(StubUser::new("hana-upstream", "hana@example.com"));
+    let mut hana = Browser::new();
+    assert_eq!(hana.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    let hana_me = body(hana.me(&w.app).await, 200).await;
+    assert_ne!(hana_me["id"], claimed["id"], "an account of her own, not the claimer's");
+    assert_eq!(hana_me["email_verified"], true);
+
+    let made = json!({"issuer": w.issuer.issuer(), "subject": "ivy-admin", "email": "ivy@example.com",
+                      "email_verified": false});
+    body(w.app.bootstrap(&made).await, 201).await;
+    w.issuer.set_next_user(StubUser::new("ivy-upstream", "ivy@example.com"));
+    assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 409).await["code"], "link_required");
+    let sql = w.app.db.sql().await;
+    assert_eq!((sql.count("users").await, sql.count("identities").await), (3, 3));
 }
 
 /// A provider removed from the configuration leaves identities nobody can sign in with: the
