@@ -202,16 +202,12 @@ impl Sessions {
     /// cached here until the change log comes round.
     pub async fn revoke(&self, cookie: &str, reason: SessionEnd) -> Result<bool, StoreError> {
         let hash = sha256(cookie.as_bytes());
-        let (store, cache) = (self.store.clone(), self.cache.clone());
-        let work = async move {
-            let ended = store.delete_session(&hash, reason).await;
-            // Forgotten whatever the answer: a commit whose reply was lost still ended it.
-            cache.forget_session(&hash);
-            ended
-        };
-        // `None` only when the runtime is shutting down and cancelled the task: the store is
-        // going away, which is what `PoolClosed` says.
-        crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
+        let store = self.store.clone();
+        // Forgotten whatever the answer: a commit whose reply was lost still ended it.
+        change_to_end(&self.cache, async move { store.delete_session(&hash, reason).await }, move |cache, _| {
+            cache.forget_session(&hash)
+        })
+        .await
     }
 
     /// The user's live sessions (not expired, not idle), most recently used first: the
