@@ -554,25 +554,34 @@ fn shutdown_started() {
     });
 }
 
-/// The next SIGTERM or Ctrl-C.
-async fn signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
+/// The next SIGTERM or Ctrl-C. The handlers are installed here, before the future is first
+/// polled: one installed only when a spawned task first ran would leave a window at start-up
+/// (the database connection already under way) in which a SIGTERM kills the process.
+#[cfg(unix)]
+fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    async fn next(signal: Option<Signal>) {
+        match signal {
+            Some(mut signal) => {
                 signal.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    }
+    let (terminate, interrupt) = (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
+    async move {
+        tokio::select! {
+            () = next(terminate) => {},
+            () = next(interrupt) => {},
+        }
+    }
+}
+
+/// The next Ctrl-C.
+#[cfg(not(unix))]
+fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
