@@ -42,6 +42,7 @@ on_both_backends!(
     an_expired_token_without_a_refresh_token_marks_the_profile,
     expired_pending_profiles_are_not_reused,
     revoking_frees_the_slug_and_revokes_upstream,
+    concurrent_revocations_revoke_once,
     a_failed_refresh_never_hands_out_the_token_of_a_profile_revoked_meanwhile,
     a_refresh_that_lost_its_lease_to_a_reconnection_hands_out_the_new_connections_token,
     team_members_are_managed_by_owners,
@@ -848,6 +849,34 @@ async fn revoking_frees_the_slug_and_revokes_upstream(backend: Backend) {
         assert_eq!(w.issuer.revocations(), sent, "after {slug}");
     }
     body(w.create(w.alice.id, profile_request(Some("gone"))).await, 201).await;
+}
+
+/// Several revocations of one connection at once (a double click, a retried request): one
+/// succeeds, the rest find nothing to revoke, and the provider is asked once.
+async fn concurrent_revocations_revoke_once(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("twice").await;
+    let sql = w.app.db.sql().await;
+    let before = sql.count("outbox_events WHERE topic = 'auth_profile.revoked'").await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let request = w.on_behalf(Method::DELETE, &format!("/auth-profiles/{slug}"), w.alice.id);
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            request.send().await.unwrap().status()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::NO_CONTENT).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::NO_CONTENT || *s == StatusCode::NOT_FOUND), "{statuses:?}");
+    assert_eq!(w.issuer.revocations(), 1, "revoked at the provider once");
+    assert_eq!(sql.count("outbox_events WHERE topic = 'auth_profile.revoked'").await - before, 1);
+    assert_eq!(count(&w.app, "WHERE status = 'revoked' AND access_token IS NULL").await, 1);
 }
 
 async fn team_members_are_managed_by_owners(backend: Backend) {

@@ -35,12 +35,14 @@ on_both_backends!(
     an_access_token_never_outlives_its_grant,
     client_credentials_tokens_name_the_client,
     third_party_clients_ask_for_consent_once,
+    consent_clicks_sent_to_two_instances_issue_one_code,
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
     a_public_clients_access_token_does_not_end_its_offline_grant,
     prompt_and_max_age_are_honoured,
     another_site_cannot_force_a_signed_in_browser_to_sign_in_again,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
     pushed_requests_are_single_use,
+    a_pushed_request_used_at_once_on_two_instances_issues_one_code,
     forward_auth_answers_for_sessions_and_tokens,
     logout_ends_the_session_and_its_grants,
     a_grant_ends_when_its_session_goes_idle_not_at_the_sweep,
@@ -1058,6 +1060,56 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     assert_eq!(w.app.db.sql().await.count("oauth_consents").await, 1);
 }
 
+/// Clicks on one consent page reaching two instances at once (a double click behind a load
+/// balancer): the database's single use of the held request decides, so one code and one grant
+/// are issued; an instance that lost the race answers that the request is used up.
+async fn consent_clicks_sent_to_two_instances_issue_one_code(backend: Backend) {
+    let w = op_world(backend).await;
+    let other = w.another().await;
+    let third_party =
+        json!({"name": "Partner", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": false});
+    let (client, _secret) = register(&w.app, third_party).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    let page = first_page(&w.app, &mut browser, authorize_url(&w.app, &client, &challenge, "")).await;
+    let request_id = request_id_of(&page.text().await.unwrap());
+    let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let app = if i % 2 == 0 { &w.app } else { &other };
+        let click = http
+            .post(app.url("/oauth/consent"))
+            .header("cookie", cookies.join("; "))
+            .header("accept", "text/html")
+            .form(&[("request_id", request_id.as_str()), ("decision", "approve")]);
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            click.send().await.unwrap()
+        }));
+    }
+    let (mut codes, mut refused) = (HashSet::new(), 0);
+    for task in tasks {
+        let answer = task.await.unwrap();
+        match answer.status() {
+            StatusCode::SEE_OTHER => {
+                codes.insert(param(&location(&answer), "code").expect("a redirect carries the code"));
+            }
+            StatusCode::BAD_REQUEST => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(codes.len(), 1, "one code, whichever instance answered: {codes:?} ({refused} refused)");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("oauth_codes").await, 1);
+    assert_eq!(sql.count("oauth_grants").await, 1);
+    assert_eq!(sql.count("oauth_consents").await, 1);
+    assert_eq!(sql.count("oauth_requests").await, 0, "the held request is used up");
+    other.stop().await;
+}
+
 /// A double click whose first request the browser drops (it keeps only the last) once the first
 /// began to use the held request up: the second gets the code the first issued, not "expired".
 /// The held requests are locked meanwhile (a transaction of the test's), so that the first is
@@ -1471,6 +1523,61 @@ async fn pushed_requests_are_single_use(backend: Backend) {
     let bad = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret));
     let bad = bad.form(&[("response_type", "code"), ("redirect_uri", "https://evil.example/cb")]).send().await.unwrap();
     assert_eq!(oauth_error(bad, 400).await, "invalid_request");
+}
+
+/// One pushed request's URI sent by a signed-in browser to two instances at once: it is used
+/// once, so one code is issued and every other request is refused without a redirect.
+async fn a_pushed_request_used_at_once_on_two_instances_issues_one_code(backend: Backend) {
+    let w = op_world(backend).await;
+    let other = w.another().await;
+    let (client, secret) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&[
+        ("response_type", "code"),
+        ("redirect_uri", REDIRECT),
+        ("scope", "openid"),
+        ("state", "st-1"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ]);
+    let pushed = body(pushed.send().await.unwrap(), 201).await;
+    let path = format!(
+        "/oauth/authorize?client_id={client}&request_uri={}",
+        urlencode(pushed["request_uri"].as_str().unwrap())
+    );
+    let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let app = if i % 2 == 0 { &w.app } else { &other };
+        let request = http.get(app.url(&path)).header("cookie", cookies.join("; ")).header("accept", "text/html");
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            request.send().await.unwrap()
+        }));
+    }
+    let (mut codes, mut refused) = (0, 0);
+    for task in tasks {
+        let answer = task.await.unwrap();
+        match answer.status() {
+            StatusCode::SEE_OTHER => {
+                let to = location(&answer);
+                assert!(to.starts_with(REDIRECT) && param(&to, "code").is_some(), "{to}");
+                codes += 1;
+            }
+            StatusCode::BAD_REQUEST => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((codes, refused), (1, 15));
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("oauth_codes").await, 1);
+    assert_eq!(sql.count("oauth_requests").await, 0, "the pushed request is used up");
+    other.stop().await;
 }
 
 async fn forward_auth_answers_for_sessions_and_tokens(backend: Backend) {

@@ -29,6 +29,7 @@ on_both_backends!(
     an_expired_state_is_refused,
     provider_failures_have_clear_codes,
     concurrent_callbacks_complete_exactly_once,
+    concurrent_sign_outs_end_the_session_once,
     linking_attaches_an_identity_and_never_steals_one,
     a_known_email_is_not_linked_silently,
     automatic_linking_needs_trust_and_verified_emails,
@@ -218,6 +219,14 @@ fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
 pub(crate) struct World {
     pub(crate) app: TestApp,
     pub(crate) issuer: LocalIssuer,
+    config: Config,
+}
+
+impl World {
+    /// Another instance on the same database, with the same configuration.
+    pub(crate) async fn another(&self) -> TestApp {
+        TestApp::start(self.app.db.share(), &self.config).await
+    }
 }
 
 pub(crate) async fn world(backend: Backend) -> World {
@@ -227,15 +236,17 @@ pub(crate) async fn world(backend: Backend) -> World {
 pub(crate) async fn world_with(backend: Backend, adjust: impl FnOnce(&mut Config, &LocalIssuer)) -> World {
     let issuer = LocalIssuer::start().await.unwrap();
     issuer.set_client(CLIENT_ID, CLIENT_SECRET);
+    let mut kept = None;
     let app = TestApp::spawn_with(backend, |config| {
         config.auth.cookie_secure = false;
         config.providers.push(provider("local", ProviderKind::Oidc, &issuer));
         config.auth.default_provider = Some("local".into());
         config.auth.return_to_origins = vec!["https://app.example.com".into()];
         adjust(config, &issuer);
+        kept = Some(config.clone());
     })
     .await;
-    World { app, issuer }
+    World { app, issuer, config: kept.expect("configured") }
 }
 
 async fn a_sign_in_creates_a_user_and_a_session(backend: Backend) {
@@ -603,6 +614,41 @@ async fn concurrent_callbacks_complete_exactly_once(backend: Backend) {
     assert!(statuses.iter().all(|s| *s == StatusCode::SEE_OTHER || *s == StatusCode::BAD_REQUEST));
     assert_eq!(w.app.db.sql().await.count("sessions").await, 1);
     assert_eq!(w.issuer.code_exchanges(), 1, "the code was exchanged once");
+}
+
+/// A double-clicked sign-out (or several tabs signing out at once) ends the session once: one
+/// `session.revoked` event, however many requests raced.
+async fn concurrent_sign_outs_end_the_session_once(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let cookie = format!("tessera_session={}", browser.cookies["tessera_session"]);
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("sessions").await, 1);
+    let before = sql.count("outbox_events WHERE topic = 'session.revoked'").await;
+    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(12));
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let request = client
+            .post(w.app.url("/auth/logout"))
+            .header("cookie", cookie.clone())
+            .header("sec-fetch-site", "same-origin");
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            request.send().await.unwrap().status()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT, "signing out of an ended session is not an error");
+    }
+    assert_eq!(sql.count("sessions").await, 0);
+    assert_eq!(
+        sql.count("outbox_events WHERE topic = 'session.revoked'").await - before,
+        1,
+        "one event, not one per request"
+    );
 }
 
 pub(crate) async fn linking_attaches_an_identity_and_never_steals_one(backend: Backend) {

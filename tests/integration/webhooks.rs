@@ -34,6 +34,7 @@ on_both_backends!(
     a_shutdown_finishes_the_request_under_way_and_releases_the_lease,
     a_shutdown_writes_the_counts_before_waiting_for_a_slow_delivery,
     a_rotation_during_a_batch_signs_its_next_requests,
+    two_instances_deliver_each_event_once_per_endpoint,
 );
 
 /// One request a receiver got.
@@ -238,9 +239,10 @@ async fn a_replay_sends_events_again(backend: Backend) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_deliver_each_event_once_per_endpoint() {
-    let db = TestDb::new(Backend::Postgres).await;
+/// Two instances on one database (one SQLite file, or one PostgreSQL database) fan events out
+/// and deliver them: one delivery row per event and endpoint, each sent once.
+async fn two_instances_deliver_each_event_once_per_endpoint(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let mut config = db.config();
     with_keyring(&mut config);
     let shared = db.share();
@@ -264,6 +266,9 @@ async fn two_instances_deliver_each_event_once_per_endpoint() {
     let log = deliveries(&a, &one_id).await;
     assert_eq!(log.len(), USERS);
     assert!(log.iter().all(|d| d["state"] == "delivered" && d["attempts"] == 1), "{log:?}");
+    let sql = a.db.sql().await;
+    assert_eq!(sql.count("webhook_deliveries").await, 2 * USERS as i64, "one row per event and endpoint");
+    assert_eq!(sql.count("webhook_deliveries WHERE state = 'delivered' AND attempts = 1").await, 2 * USERS as i64);
     for receiver in [&one, &two] {
         let ids: std::collections::HashSet<_> = receiver.all().iter().map(|r| r.id.clone()).collect();
         assert_eq!(ids.len(), USERS);
