@@ -11,6 +11,7 @@
 //! `__Host-` cookie; the callback must bring both back. Redirects are `303 See Other` with
 //! `Cache-Control: no-store` and `Referrer-Policy: no-referrer` (the callback URL holds a code).
 
+use crate::error::{ErrorChain as _, ErrorCode};
 use crate::store::SessionEnd;
 use std::sync::Arc;
 
@@ -411,6 +412,11 @@ async fn complete_callback(
         Err(error) => {
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
+            if action == FlowAction::SignIn
+                && let Some(to) = app_told(&state, context.return_to.as_deref(), error.code()).await
+            {
+                return redirect(&to, &[clear_login]);
+            }
             // A link or a connection acts for the signed-in user, whose session stays as it was.
             let page = match action {
                 FlowAction::SignIn => state.pages.error_in(&headers, error, &context),
@@ -664,6 +670,28 @@ pub(super) fn device_label(user_agent: &str) -> Option<String> {
         (Some(b), Some(s)) => Some(format!("{b} on {s}")),
         (Some(one), None) | (None, Some(one)) => Some(one.to_owned()),
         (None, None) => None,
+    }
+}
+
+/// Where to send the browser when a sign-in that an app's authorization request was waiting for
+/// (`return_to`) ends for good in a way the app must hear of (RFC 6749 4.1.2.1, OpenID Connect
+/// Core 3.1.2.6): the user cancelled (or the provider refused) upstream — `access_denied` —, or
+/// the provider did not sign the user in afresh as the request asked — `login_required`. The
+/// request is used up. `None` for any other failure (one a retry may cure: the page offers it),
+/// or when no request was waiting.
+async fn app_told(state: &AppState, return_to: Option<&str>, code: ErrorCode) -> Option<String> {
+    let (error, description) = match code {
+        ErrorCode::ProviderDenied => ("access_denied", "the sign-in was cancelled or refused at the upstream provider"),
+        ErrorCode::LoginNotFresh => ("login_required", "the upstream provider did not sign the user in afresh"),
+        _ => return None,
+    };
+    let (op, return_to) = (state.op.as_ref()?, return_to?);
+    match op.give_up(return_to, error, description).await {
+        Ok(to) => to,
+        Err(failure) => {
+            tracing::warn!(error = %failure.chain(), "cannot end the authorization request a failed sign-in was resuming");
+            None
+        }
     }
 }
 

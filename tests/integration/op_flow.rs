@@ -1438,17 +1438,47 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     let to = location(&browser.navigate(&max_age(older - 60)).await);
     assert!(param(&to, "code").is_some(), "authenticated afresh: {to}");
     // A provider that answers from its old session anyway (or a browser that dropped the
-    // parameters on the way): its id_token's auth_time shows it, and no one is signed in.
+    // parameters on the way): its id_token's auth_time shows it, no one is signed in, and the
+    // app hears `login_required` (OpenID Connect Core 3.1.2.6), its request used up.
     w.issuer.ignore_reauthentication(true);
-    let sessions = w.app.db.sql().await.count("sessions").await;
+    let sql = w.app.db.sql().await;
+    let sessions = sql.count("sessions").await;
+    let held = sql.count("oauth_requests").await;
     let upstream = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
     let callback = location(&browser.navigate(&upstream).await);
-    let refused = browser.navigate(&callback).await;
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    let page = refused.text().await.unwrap();
-    assert!(page.contains("Please sign in again") && page.contains("login_not_fresh"), "{page}");
-    assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "no new session");
+    let refused = location(&browser.navigate(&callback).await);
+    assert!(refused.starts_with(REDIRECT), "{refused}");
+    assert_eq!(param(&refused, "error").as_deref(), Some("login_required"), "{refused}");
+    assert_eq!(param(&refused, "state").as_deref(), Some("st-1"));
+    assert!(param(&refused, "iss").is_some(), "{refused}");
+    assert_eq!(sql.count("sessions").await, sessions, "no new session");
+    assert_eq!(sql.count("oauth_requests").await, held, "the request is used up");
     w.issuer.ignore_reauthentication(false);
+    // The user cancels at the provider: the app hears `access_denied`. A sign-in refused for a
+    // reason a retry may cure (here, a callback whose code is missing) offers the retry instead.
+    let upstream = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
+    let back_to = param(&upstream, "redirect_uri").unwrap();
+    let upstream_state = param(&upstream, "state").unwrap();
+    let cancelled = url::Url::parse_with_params(
+        &back_to,
+        [("state", upstream_state.as_str()), ("error", "access_denied"), ("iss", w.issuer.issuer())],
+    )
+    .unwrap();
+    let told = location(&browser.navigate(cancelled.as_str()).await);
+    assert!(told.starts_with(REDIRECT), "{told}");
+    assert_eq!(param(&told, "error").as_deref(), Some("access_denied"), "{told}");
+    assert_eq!(param(&told, "state").as_deref(), Some("st-1"));
+    assert_eq!(sql.count("oauth_requests").await, held, "the request is used up");
+    let upstream = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
+    let no_code = url::Url::parse_with_params(
+        &param(&upstream, "redirect_uri").unwrap(),
+        [("state", param(&upstream, "state").unwrap().as_str()), ("iss", w.issuer.issuer())],
+    )
+    .unwrap();
+    let page = browser.navigate(no_code.as_str()).await;
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert!(page.text().await.unwrap().contains("invalid_code"));
+    assert_eq!(sql.count("oauth_requests").await, held + 1, "still held, for the retry the page offers");
     // max_age=0 forces a sign-in too; with prompt=none that is login_required.
     let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&max_age=0&prompt=none")).await);
     assert_eq!(param(&to, "error").as_deref(), Some("login_required"));

@@ -730,14 +730,47 @@ impl OpenIdProvider {
     /// the upstream provider for one too, whichever way the browser reached it (the chooser
     /// included). Read from the held request, not from the URL, which the browser could change.
     pub async fn resumes_a_fresh_login(&self, return_to: &str) -> Result<bool, StoreError> {
-        let Some(query) = return_to.strip_prefix("/oauth/authorize?") else { return Ok(false) };
-        let uri = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "request_uri").map(|(_, v)| v);
-        let Some(hash) = uri.as_deref().and_then(request_uri_hash) else { return Ok(false) };
+        let Some(hash) = resumed_request(return_to) else { return Ok(false) };
         let Some(held) = self.store.held_request(&hash, crate::domain::now()).await? else {
             return Ok(false);
         };
         Ok(Held::decode(&held)?.auth_after_us.is_some())
     }
+
+    /// Ends the authorization request that a sign-in which failed for good was to resume
+    /// (`return_to`, where the sign-in was to come back to): the request is used up and its
+    /// client is sent `error` (RFC 6749 4.1.2.1; `access_denied` when the user cancelled at the
+    /// upstream provider, say), with its `state` and `iss`. Returns where to send the browser;
+    /// `None` when `return_to` resumes no request, or one already used up or expired, or whose
+    /// client or redirect URI no longer check out: the failure is then the user's page.
+    pub async fn give_up(
+        &self,
+        return_to: &str,
+        error: &'static str,
+        description: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(hash) = resumed_request(return_to) else { return Ok(None) };
+        let now = crate::domain::now();
+        let Some(held) = self.store.take_request(&hash, now).await? else { return Ok(None) };
+        if held.session_hash.is_some() {
+            return Ok(None);
+        }
+        match self.validate(&Held::decode(&held)?, now).await {
+            Ok(request) => {
+                let redirect = Some((request.redirect_uri, request.state));
+                Ok(self.error_redirect(&Rejection { error, description: description.to_owned(), redirect }))
+            }
+            Err(AuthorizeError::Rejected(_)) => Ok(None),
+            Err(AuthorizeError::Store(error)) => Err(error),
+        }
+    }
+}
+
+/// The store key of the held request a local `return_to` resumes (`/oauth/authorize?…&request_uri=…`).
+fn resumed_request(return_to: &str) -> Option<[u8; 32]> {
+    let query = return_to.strip_prefix("/oauth/authorize?")?;
+    let uri = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "request_uri").map(|(_, v)| v);
+    uri.as_deref().and_then(request_uri_hash)
 }
 
 fn continue_url(client_id: &str, request_uri: &str) -> String {
