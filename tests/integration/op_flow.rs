@@ -349,6 +349,12 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         ("&resource=", "invalid_target"),
         // A request object is refused, not ignored with whatever it held (OpenID Connect Core 6.1).
         ("&request=eyJhbGciOiJub25lIn0.eyJtYXhfYWdlIjowfQ.", "request_not_supported"),
+        // So is one by reference (6.2): a request_uri that this server did not hand out.
+        ("&request_uri=https%3A%2F%2Fapp.example.com%2Frequest.jwt", "request_uri_not_supported"),
+        (
+            "&registration=%7B%22logo_uri%22%3A%22https%3A%2F%2Fapp.example.com%2Flogo.png%22%7D",
+            "registration_not_supported",
+        ),
     ] {
         let url = good.clone() + extra;
         let url = if extra.starts_with("&response_type") { url.replace("response_type=code&", "") } else { url };
@@ -361,6 +367,9 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         assert_eq!(param(&to, "error").as_deref(), Some(expected), "{url}");
         assert_eq!(param(&to, "state").as_deref(), Some("st-1"));
     }
+    // A parameter of no protocol's is ignored, repeated or not (RFC 6749 3.1): on to sign in.
+    let to = location(&browser.navigate(&format!("{good}&utm_x=1&utm_x=2")).await);
+    assert!(param(&to, "error").is_none() && !to.starts_with(REDIRECT), "on to sign in: {to}");
     // A missing response_type is a missing parameter (RFC 6749 4.1.2.1), not an unsupported one.
     let missing = good.replace("response_type=code&", "");
     assert_ne!(missing, good);

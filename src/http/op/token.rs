@@ -307,7 +307,13 @@ pub(super) fn authorization_params(map: &BTreeMap<&str, &str>) -> AuthorizationP
         resource: resource(map),
         request_uri: get(map, "request_uri"),
         response_mode: get(map, "response_mode"),
-        request_object: map.contains_key("request"),
+        unsupported: if map.contains_key("request") {
+            Some("request_not_supported")
+        } else if map.contains_key("registration") {
+            Some("registration_not_supported")
+        } else {
+            None
+        },
         id_token_hint: get(map, "id_token_hint"),
         repeated: None,
     }

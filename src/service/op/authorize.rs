@@ -51,10 +51,13 @@ pub struct AuthorizationParams {
     pub request_uri: Option<String>,
     /// Only `query`.
     pub response_mode: Option<String>,
-    /// Whether a request object (`request`, OpenID Connect Core 6.1) was sent: not supported,
-    /// and refused rather than ignored (its parameters would be lost).
+    /// A parameter of OpenID Connect Core that Tessera does not support, refused rather than
+    /// ignored (what it carries would be lost), as the error its section 3.1.2.6 names:
+    /// `request_not_supported` (a request object, section 6.1), `request_uri_not_supported` (a
+    /// request object by reference: a `request_uri` not pushed here, section 6.2) or
+    /// `registration_not_supported` (section 7.2.1).
     #[serde(skip)]
-    pub request_object: bool,
+    pub unsupported: Option<&'static str>,
     /// An id token of the user the client expects (OpenID Connect Core 3.1.2.1): with
     /// `prompt=none`, a browser signed in as someone else gets `login_required`, not a code for
     /// another user. Not held as such (it carries the user's claims): a held request keeps the
@@ -373,7 +376,12 @@ impl OpenIdProvider {
             return Ok(Held::as_sent(params));
         };
         let invalid = || reject("invalid_request", "request_uri is unknown, used or expired; start again", None);
-        let Some(hash) = request_uri_hash(uri) else { return Err(invalid()) };
+        let Some(hash) = request_uri_hash(uri) else {
+            // Not one of Tessera's: a request object by reference, refused once the client and
+            // its redirect URI (in the query, as section 6.2 lets a client send) check out.
+            let unsupported = Some("request_uri_not_supported");
+            return Ok(Held::as_sent(AuthorizationParams { request_uri: None, unsupported, ..params }));
+        };
         let Some(held) = self.store.take_request(&hash, now).await? else {
             return Err(invalid());
         };
@@ -450,11 +458,15 @@ impl OpenIdProvider {
         if params.response_mode.as_deref().is_some_and(|m| m != "query") {
             return Err(fail("invalid_request", "response_mode must be query"));
         }
-        if params.request_object {
-            return Err(fail(
-                "request_not_supported",
-                "request objects are not supported; send the parameters as such",
-            ));
+        if let Some(error) = params.unsupported {
+            let description = match error {
+                "request_not_supported" => "request objects are not supported; send the parameters as such",
+                "request_uri_not_supported" => {
+                    "request_uri is accepted only as this server's answer to a pushed request (request objects by reference are not supported)"
+                }
+                _ => "the registration parameter is not supported; the operator registers clients",
+            };
+            return Err(fail(error, description));
         }
         if !client.allows(GrantType::AuthorizationCode) {
             return Err(fail("unauthorized_client", "this client may not use the authorization code flow"));

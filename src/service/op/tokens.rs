@@ -802,59 +802,70 @@ pub fn single_valued(pairs: &[(String, String)]) -> Result<BTreeMap<&str, &str>,
     Ok(pairs.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect())
 }
 
-/// The first parameter of `pairs` that is sent more than once.
+/// The first of the protocol's parameters that `pairs` sends more than once. A parameter of
+/// no protocol Tessera speaks is ignored, repeated or not (RFC 6749 3.1: "MUST ignore
+/// unrecognized request parameters"; a tracker's `utm_x=1&utm_x=2` is no error).
 pub fn repeated_parameter(pairs: &[(String, String)]) -> Option<&str> {
     let mut seen = std::collections::BTreeSet::new();
-    pairs.iter().map(|(key, _)| key.as_str()).find(|key| !seen.insert(*key))
+    pairs
+        .iter()
+        .map(|(key, _)| key.as_str())
+        .filter(|key| *key == "resource" || PROTOCOL_PARAMETERS.contains(key))
+        .find(|key| !seen.insert(*key))
 }
 
+/// The parameters of the protocols Tessera's OAuth endpoints speak (RFC 6749, 7009, 7523, 7636,
+/// 7662, 8693, 8707, 9126, 9207, OpenID Connect Core and RP-Initiated Logout): each may be sent
+/// once.
+const PROTOCOL_PARAMETERS: [&str; 37] = [
+    "response_type",
+    "response_mode",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "prompt",
+    "max_age",
+    "login_hint",
+    "id_token_hint",
+    "ui_locales",
+    "display",
+    "acr_values",
+    "claims",
+    "request",
+    "request_uri",
+    "registration",
+    "code_challenge",
+    "code_challenge_method",
+    "grant_type",
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "token",
+    "token_type_hint",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "audience",
+    "requested_token_type",
+    "post_logout_redirect_uri",
+    "iss",
+];
+
 /// The error for parameter `name` sent more than once: RFC 8707 lets a client ask for several
-/// resources, which Tessera does not grant in one token (`invalid_target`); any other parameter
-/// may appear once only (`invalid_request`). Only a parameter of the protocol's is named: the
-/// description goes to the client's redirect URI, where another's text (a phisher's "sign in at
-/// …") must not appear.
+/// resources, which Tessera does not grant in one token (`invalid_target`); any other of the
+/// protocol's parameters may appear once only (`invalid_request`). Only a parameter of the
+/// protocol's is named: the description goes to the client's redirect URI, where another's text
+/// (a phisher's "sign in at …") must not appear.
 pub fn repeated(name: &str) -> OAuthError {
-    const KNOWN: [&str; 36] = [
-        "response_type",
-        "response_mode",
-        "client_id",
-        "redirect_uri",
-        "scope",
-        "state",
-        "nonce",
-        "prompt",
-        "max_age",
-        "login_hint",
-        "id_token_hint",
-        "ui_locales",
-        "display",
-        "acr_values",
-        "claims",
-        "request",
-        "request_uri",
-        "code_challenge",
-        "code_challenge_method",
-        "grant_type",
-        "code",
-        "code_verifier",
-        "refresh_token",
-        "client_secret",
-        "client_assertion",
-        "client_assertion_type",
-        "token",
-        "token_type_hint",
-        "subject_token",
-        "subject_token_type",
-        "actor_token",
-        "actor_token_type",
-        "audience",
-        "requested_token_type",
-        "post_logout_redirect_uri",
-        "iss",
-    ];
     if name == "resource" {
         OAuthError::invalid_target("ask for one resource per request; a token here is for a single resource")
-    } else if KNOWN.contains(&name) {
+    } else if PROTOCOL_PARAMETERS.contains(&name) {
         OAuthError::invalid_request(format!("parameter {name} is repeated"))
     } else {
         OAuthError::invalid_request("a parameter is repeated")
@@ -908,6 +919,18 @@ mod tests {
     fn repeated_parameters_are_refused() {
         let pairs = vec![("code".to_owned(), "a".to_owned()), ("code".to_owned(), "b".to_owned())];
         assert_eq!(single_valued(&pairs).unwrap_err().error, "invalid_request");
+        let resources = vec![("resource".to_owned(), "a".to_owned()), ("resource".to_owned(), "b".to_owned())];
+        assert_eq!(single_valued(&resources).unwrap_err().error, "invalid_target");
+    }
+
+    #[test]
+    fn repeated_unknown_parameters_are_ignored() {
+        let pairs: Vec<(String, String)> = [("utm_x", "1"), ("code", "c"), ("utm_x", "2")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(repeated_parameter(&pairs), None);
+        assert_eq!(single_valued(&pairs).unwrap()["code"], "c");
     }
 
     #[test]
