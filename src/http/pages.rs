@@ -273,14 +273,34 @@ impl Pages {
 struct ConfirmLogoutPage<'a> {
     chrome: Chrome,
     fields: &'a [(&'a str, &'a str)],
-    csrf: &'a str,
+    csrf: Option<&'a str>,
+    resumed_field: &'static str,
 }
+
+/// The field of the form that [`Pages::continue_logout`] shows, so that its post is not taken
+/// for another site's again.
+pub const LOGOUT_RESUMED_FIELD: &str = "resumed";
 
 impl Pages {
     /// Asks to confirm an app's sign-out request: a form posting the request's parameters
     /// (`fields`) back to `/oauth/logout` with the session's CSRF token.
     pub fn confirm_logout(&self, fields: &[(&str, &str)], csrf: &str) -> Response {
-        self.render(StatusCode::OK, &ConfirmLogoutPage { chrome: self.chrome(true), fields, csrf })
+        let page = ConfirmLogoutPage {
+            chrome: self.chrome(true),
+            fields,
+            csrf: Some(csrf),
+            resumed_field: LOGOUT_RESUMED_FIELD,
+        };
+        self.render(StatusCode::OK, &page)
+    }
+
+    /// Continues an app's sign-out request posted from another site, which came without the
+    /// session cookie (`SameSite=Lax`): a form posting the same `fields` from this origin, which
+    /// carries it — so that an `id_token_hint` never goes into a URL, as a redirect would put it.
+    pub fn continue_logout(&self, fields: &[(&str, &str)]) -> Response {
+        let page =
+            ConfirmLogoutPage { chrome: self.chrome(true), fields, csrf: None, resumed_field: LOGOUT_RESUMED_FIELD };
+        self.render(StatusCode::OK, &page)
     }
 }
 

@@ -1724,13 +1724,28 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
-    // An app's form on another site posts without the (SameSite) cookie: the browser is sent
-    // back by GET, which carries it, with the same parameters; no cookie is cleared on the way.
-    let mut elsewhere = Browser::new();
-    let cross = elsewhere.form(&w.app.url("/oauth/logout"), &[("client_id", client.as_str()), ("state", "s p")]).await;
-    assert_eq!(cross.status(), StatusCode::SEE_OTHER);
-    assert_eq!(location(&cross), format!("/oauth/logout?client_id={client}&state=s+p"));
+    // An app's form on another site posts without the (SameSite) cookie: a page posts the same
+    // parameters from this origin, which carries it; no cookie is cleared on the way, and the
+    // id token stays out of every URL.
+    let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let fields = [("id_token_hint", id_token), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "s p")];
+    let cross = plain.post(w.app.url("/oauth/logout")).header("sec-fetch-site", "cross-site").form(&fields);
+    let cross = cross.send().await.unwrap();
+    assert_eq!(cross.status(), StatusCode::OK);
+    assert!(cross.headers().get("location").is_none());
     assert!(cross.headers().get_all("set-cookie").iter().all(|c| !c.to_str().unwrap().starts_with("tessera_session=")));
+    let page = cross.text().await.unwrap();
+    assert!(page.contains(r#"<form method="post" action="/oauth/logout">"#), "{page}");
+    for (name, value) in [("id_token_hint", id_token), ("state", "s p"), ("resumed", "1")] {
+        assert!(page.contains(&format!(r#"name="{name}" value="{value}""#)), "{name}: {page}");
+    }
+    assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
+    // Its post from a browser without a session goes on (not the same page again): there is
+    // nothing to end, and it returns to the app.
+    let mut elsewhere = Browser::new();
+    let resumed = [fields.as_slice(), &[("resumed", "1")]].concat();
+    let gone_on = elsewhere.form(&w.app.url("/oauth/logout"), &resumed).await;
+    assert_eq!(location(&gone_on), format!("{POST_LOGOUT}?state=s+p"));
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
     // An id token of the same user from an earlier session (its auth_time, a second or more
     // before this one began) only asks too: it is no proof that this browser's app asked.
@@ -1745,9 +1760,10 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));
     assert!(later.cookies.contains_key("tessera_session"), "nothing ended");
-    let good =
-        format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye", urlencode(POST_LOGOUT));
-    let response = browser.navigate(&w.app.url(&good)).await;
+    // The page's post, from the signed-in browser: its own id token ends the session at once.
+    let fields = [("id_token_hint", id_token), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "bye")];
+    let resumed = [fields.as_slice(), &[("resumed", "1")]].concat();
+    let response = browser.form(&w.app.url("/oauth/logout"), &resumed).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), format!("{POST_LOGOUT}?state=bye"));
     assert!(!browser.cookies.contains_key("tessera_session"));

@@ -431,13 +431,17 @@ async fn logout_get(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQ
 async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
     match form_pairs(&headers, &body) {
         // An app's form on another site posts without the (`SameSite=Lax`) session cookie, so
-        // nothing here could end the session: the browser comes back by `GET`, a top-level
-        // navigation that carries the cookie, and the same rules apply there.
-        Ok(pairs) if matches!(cookie(&headers, state.cookies.session()), Ok(None)) => {
-            let query = url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(pairs.iter().filter(|(k, _)| k != csrf::FIELD))
-                .finish();
-            redirect(&format!("/oauth/logout?{query}"), &[])
+        // nothing here could end the session: a page posts the same fields from this origin,
+        // which carries the cookie, and the same rules apply there. Not a redirect to a `GET`:
+        // that would put the `id_token_hint` (the user's claims) in the URL, the browser's
+        // history and the proxies' logs. Its own post, cookie or not, goes on.
+        Ok(pairs)
+            if matches!(cookie(&headers, state.cookies.session()), Ok(None))
+                && !pairs.iter().any(|(k, _)| k == pages::LOGOUT_RESUMED_FIELD) =>
+        {
+            let fields: Vec<(&str, &str)> =
+                pairs.iter().filter(|(k, _)| k != csrf::FIELD).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            state.pages.continue_logout(&fields)
         }
         Ok(pairs) => logout(&state, &headers, pairs, true).await,
         Err(e) => refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
@@ -522,8 +526,8 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         });
         let confirmed = posted && csrf::check(headers, session_cookie, csrf::field(&pairs, csrf::FIELD)).is_ok();
         if !hint_is_this_session && !confirmed {
-            let fields: Vec<(&str, &str)> =
-                pairs.iter().filter(|(k, _)| k != csrf::FIELD).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let fields = pairs.iter().filter(|(k, _)| k != csrf::FIELD && k != pages::LOGOUT_RESUMED_FIELD);
+            let fields: Vec<(&str, &str)> = fields.map(|(k, v)| (k.as_str(), v.as_str())).collect();
             return state.pages.confirm_logout(&fields, &csrf::token(session_cookie));
         }
     }
