@@ -218,7 +218,10 @@ async fn concurrent_admin_changes_write_one_row_per_change_that_happened(backend
     targets.sort_unstable();
     targets.dedup();
     assert_eq!(targets.len(), 13);
-    assert_eq!(app.db.sql().await.count("audit_events").await, 13);
+    let sql = app.db.sql().await;
+    assert_eq!(sql.count("audit_events").await, 13);
+    assert_eq!(sql.count("teams WHERE slug = 'contested'").await, 1);
+    assert_eq!(sql.count("teams WHERE slug LIKE 'team-%'").await, 12);
 }
 
 async fn changes_an_admin_token_makes_on_behalf_of_a_user_are_recorded(backend: Backend) {

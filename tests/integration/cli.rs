@@ -15,6 +15,7 @@ on_both_backends!(
     keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows,
     users_and_teams_commands_work_on_the_configured_database,
     clients_commands_list_and_show_registered_clients,
+    concurrent_migrate_runs_apply_each_migration_once,
 );
 
 fn tessera(dir: &std::path::Path) -> Command {
@@ -394,6 +395,37 @@ async fn serve_migrates_postgres_when_told_to() {
         assert_eq!(get(&addr, "/readyz").await, 200);
         assert_eq!(stop(child).await, 0);
     }
+}
+
+/// Four `tessera migrate` runs at once on a new database (a deployment's job started twice, or
+/// several instances with `--migrate`): every run succeeds, each migration is recorded once, and
+/// the schema checks out.
+async fn concurrent_migrate_runs_apply_each_migration_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut command = tessera(dir.path());
+        command.env("TESSERA_DATABASE_URL", &db.url).arg("migrate");
+        runs.spawn(async move { run(&mut command).await });
+    }
+    while let Some(output) = runs.join_next().await {
+        let output = output.unwrap();
+        assert_eq!(output.code, 0, "{}{}", output.stdout, output.stderr);
+    }
+    let sql = db.sql().await;
+    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    let migrations = std::fs::read_dir(folder).unwrap().count();
+    assert_eq!(sql.count("_sqlx_migrations").await, migrations as i64);
+    assert_eq!(sql.count("(SELECT DISTINCT version FROM _sqlx_migrations) AS applied").await, migrations as i64);
+    let mut check = tessera(dir.path());
+    check
+        .env("TESSERA_DATABASE_URL", &db.url)
+        .env("TESSERA_ALLOWED_ISSUERS", "https://issuer.example.com")
+        .env("TESSERA_ADMIN_TOKEN", "an-admin-token-for-the-check-test")
+        .arg("check");
+    let checked = run(&mut check).await;
+    assert_eq!(checked.code, 0, "{}{}", checked.stdout, checked.stderr);
 }
 
 async fn check_reports_pending_migrations_and_broken_invariants(backend: Backend) {

@@ -9,6 +9,7 @@ on_both_backends!(
     verified_domains_route_to_their_issuer_and_nothing_else_does,
     the_answer_does_not_depend_on_whether_the_email_has_an_account,
     domain_claims_are_validated_and_owned_by_one_team,
+    concurrent_claims_of_one_domain_give_it_to_one_team,
 );
 
 async fn discover(app: &TestApp, email: &str) -> reqwest::Response {
@@ -108,4 +109,38 @@ async fn domain_claims_are_validated_and_owned_by_one_team(backend: Backend) {
     let by_id = app.admin(Method::GET, &format!("/admin/teams/{}/domains", team["id"].as_str().unwrap())).send().await;
     assert_eq!(body(by_id.unwrap(), 200).await[0]["domain"], "shared.example");
     assert_eq!(app.db.sql().await.count("team_domains").await, 1);
+}
+
+/// Twelve claims of one domain at once, half by each of two teams: one team holds it, with one
+/// row; its own other claims update it (200), the other team's are refused (409).
+async fn concurrent_claims_of_one_domain_give_it_to_one_team(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
+    let teams = [team_of(&app, "first-admin").await, team_of(&app, "second-admin").await];
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(12));
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (app, team, barrier) = (app.clone(), teams[i % 2].clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let request = json!({"domain": "contested.example", "issuer": ISSUER, "verified": true});
+            barrier.wait().await;
+            let response = claim(&app, &team, request).await;
+            let status = response.status().as_u16();
+            (team, status, response.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    let created: Vec<&String> =
+        answers.iter().filter(|(_, status, _)| *status == 201).map(|(team, _, _)| team).collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    for (team, status, answer) in &answers {
+        if team == created[0] {
+            assert!(*status == 201 || *status == 200, "{answer}");
+        } else {
+            assert_eq!((*status, answer["code"].as_str()), (409, Some("domain_already_claimed")), "{answer}");
+        }
+    }
+    assert_eq!(app.db.sql().await.count("team_domains WHERE domain = 'contested.example'").await, 1);
 }

@@ -72,6 +72,7 @@ on_both_backends!(
     an_undecodable_identity_fails_only_its_own_entry,
     // Identities
     linking_an_identity_reports_who_holds_it,
+    concurrent_links_of_one_identity_give_it_to_one_user,
     the_last_identity_is_never_unlinked,
     concurrent_unlinks_leave_one_identity,
     only_a_current_owner_changes_members,
@@ -1119,6 +1120,38 @@ async fn linking_an_identity_reports_who_holds_it(backend: Backend) {
     assert_eq!(bobs.identities.iter().map(|i| i.id).collect::<Vec<_>>(), [bob.identity()]);
     // Audit rows: one per sign-up and one for the link made, none for the refusals.
     assert_eq!(db.sql().await.count("identity_events").await, 3);
+}
+
+/// Sixteen links of one (issuer, subject) at once, half to one user and half to another (two
+/// browsers finishing a link with the same provider account): one user gets it, once; every
+/// other attempt says who holds it, and one link event and one `identity.linked` are written.
+async fn concurrent_links_of_one_identity_give_it_to_one_user(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let sql = db.sql().await;
+    let (events, linked_events) =
+        (sql.count("identity_events").await, sql.count("outbox_events WHERE topic = 'identity.linked'").await);
+    let users = [ada.id(), bob.id()];
+    let outcomes = concurrently(16, |i| {
+        let (store, user) = (store.clone(), users[i % 2]);
+        async move { (user, store.link_identity(user, &new_link("contested", now())).await.unwrap()) }
+    })
+    .await;
+    let winners: Vec<UserId> =
+        outcomes.iter().filter(|(_, o)| matches!(o, LinkOutcome::Linked(_))).map(|(user, _)| *user).collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    for (user, outcome) in &outcomes {
+        match outcome {
+            LinkOutcome::Linked(identity) | LinkOutcome::AlreadyLinked(identity) => {
+                assert_eq!((*user, identity.user_id), (winners[0], winners[0]), "{outcome:?}");
+            }
+            LinkOutcome::LinkedToAnotherUser => assert_ne!(*user, winners[0]),
+        }
+    }
+    assert_eq!(sql.count("identities WHERE subject = 'contested'").await, 1);
+    assert_eq!(sql.count("identity_events").await - events, 1, "one link event");
+    assert_eq!(sql.count("outbox_events WHERE topic = 'identity.linked'").await - linked_events, 1);
 }
 
 async fn the_last_identity_is_never_unlinked(backend: Backend) {
