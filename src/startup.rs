@@ -225,6 +225,7 @@ impl Application {
         // The issuer identifier: the public URL without a trailing slash.
         let issuer = config.auth.public_url.as_ref().map(|url| url.as_str().trim_end_matches('/').to_owned());
         let clients = Clients::new(store.clone(), issuer.clone())
+            .with_default_alg(config.oidc.signing_alg)
             .with_signing_keys(signing_keys.clone())
             .following_log_of(principals.clone());
         let op = match (&signing_keys, issuer) {

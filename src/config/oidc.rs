@@ -128,7 +128,7 @@ pub(super) fn parse_oidc(raw: RawOidc, env: &dyn Fn(&str) -> Option<String>) -> 
     };
     let mut clients: Vec<ClientConfig> = Vec::new();
     for (i, raw) in raw.clients.into_iter().enumerate() {
-        let client = parse_client(i, raw, env)?;
+        let client = parse_client(i, raw, signing_alg, env)?;
         if clients.iter().any(|c| c.client.id == client.id) {
             return Err(ConfigError::new(
                 format!("oidc.clients[{i}].id"),
@@ -145,7 +145,12 @@ pub(super) fn parse_oidc(raw: RawOidc, env: &dyn Fn(&str) -> Option<String>) -> 
     Ok(OidcConfig { jwks_max_age, signing_key_rotation, signing_alg, id_token_ttl, refresh_token_reuse, clients })
 }
 
-fn parse_client(i: usize, raw: RawClient, env: &dyn Fn(&str) -> Option<String>) -> Result<Client, ConfigError> {
+fn parse_client(
+    i: usize,
+    raw: RawClient,
+    default_alg: SigningAlg,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Client, ConfigError> {
     let key = |field: &str| format!("oidc.clients[{i}].{field}");
     let rule = |e: client_rules::ClientRuleError| ConfigError::new(key(&e.field), e.message);
     if raw.secret.is_some() {
@@ -164,7 +169,7 @@ fn parse_client(i: usize, raw: RawClient, env: &dyn Fn(&str) -> Option<String>) 
         }
         other => other,
     };
-    let mut client = client_rules::new_client(id, name, kind, true, crate::domain::now());
+    let mut client = client_rules::new_client(id, name, kind, default_alg, true, crate::domain::now());
     client_rules::apply(
         &mut client,
         ClientFields {

@@ -212,11 +212,13 @@ pub fn parse_kind(value: &str) -> Result<ClientKind, ClientRuleError> {
 }
 
 /// A new registration with the defaults: no secret or keys, no URIs, the default scopes and grant
-/// types, ES256, 10-minute access tokens, 30-day refresh tokens, not first-party.
+/// types, tokens signed with `signing_alg` (the deployment's `oidc.signing_alg`), 10-minute access
+/// tokens, 30-day refresh tokens, not first-party.
 pub fn new_client(
     id: ClientId,
     name: String,
     kind: ClientKind,
+    signing_alg: SigningAlg,
     from_config: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Client {
@@ -232,7 +234,7 @@ pub fn new_client(
         grant_types: DEFAULT_GRANT_TYPES.to_vec(),
         resources: Vec::new(),
         first_party: false,
-        signing_alg: SigningAlg::default(),
+        signing_alg,
         access_token_ttl: DEFAULT_ACCESS_TOKEN_TTL,
         refresh_token_ttl: DEFAULT_REFRESH_TOKEN_TTL,
         from_config,
@@ -601,7 +603,14 @@ mod tests {
     use super::*;
 
     fn client(kind: ClientKind) -> Client {
-        let mut client = new_client(ClientId::parse("app").unwrap(), "App".into(), kind, false, super::super::now());
+        let mut client = new_client(
+            ClientId::parse("app").unwrap(),
+            "App".into(),
+            kind,
+            SigningAlg::ES256,
+            false,
+            super::super::now(),
+        );
         client.redirect_uris = vec![RedirectUri::parse("https://app.example.com/cb").unwrap()];
         if kind == ClientKind::Confidential {
             client.secret_hash = Some([1; 32]);

@@ -19,6 +19,7 @@ use crate::helpers::{Backend, TestApp, TestDb, json as body, on_both_backends};
 on_both_backends!(
     // The admin API
     a_client_is_registered_read_changed_and_deleted_with_its_secret_shown_once,
+    a_client_registered_without_an_algorithm_gets_the_deployments,
     a_new_secret_replaces_the_old_one,
     registrations_that_break_a_rule_are_refused_saying_what_to_fix,
     clients_are_listed_a_page_at_a_time,
@@ -79,6 +80,18 @@ async fn refused(clients: &Clients, creds: &ClientCredentials, code: &str) -> Cl
 }
 
 // ---- The admin API -----------------------------------------------------------------------------
+
+/// `oidc.signing_alg` is the algorithm of a client that names none (RS256 here, for relying
+/// parties that know nothing else); one that names its own keeps it.
+async fn a_client_registered_without_an_algorithm_gets_the_deployments(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| config.oidc.signing_alg = tessera::domain::SigningAlg::RS256).await;
+    assert_eq!(register(&app, confidential("plain")).await["signing_alg"], "RS256");
+    let mut named = confidential("named");
+    named["signing_alg"] = json!("EdDSA");
+    assert_eq!(register(&app, named).await["signing_alg"], "EdDSA");
+    let read = body(app.admin(Method::GET, "/admin/clients/plain").send().await.unwrap(), 200).await;
+    assert_eq!(read["signing_alg"], "RS256");
+}
 
 async fn a_client_is_registered_read_changed_and_deleted_with_its_secret_shown_once(backend: Backend) {
     let app = TestApp::spawn(backend).await;

@@ -3383,8 +3383,14 @@ mod clients {
 
     /// A confidential client with every field set to something other than the default.
     fn client(id: &str, from_config: bool, at: DateTime<Utc>) -> Client {
-        let mut client =
-            new_client(ClientId::parse(id).unwrap(), format!("App {id}"), ClientKind::Confidential, from_config, at);
+        let mut client = new_client(
+            ClientId::parse(id).unwrap(),
+            format!("App {id}"),
+            ClientKind::Confidential,
+            SigningAlg::ES256,
+            from_config,
+            at,
+        );
         client.secret_hash = Some(hash());
         client.jwks = Some(serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}));
@@ -3404,7 +3410,8 @@ mod clients {
     }
 
     fn public(id: &str, at: DateTime<Utc>) -> Client {
-        let mut client = new_client(ClientId::parse(id).unwrap(), "Public".into(), ClientKind::Public, false, at);
+        let mut client =
+            new_client(ClientId::parse(id).unwrap(), "Public".into(), ClientKind::Public, SigningAlg::ES256, false, at);
         client.redirect_uris = vec![RedirectUri::parse("com.example.app:/cb").unwrap()];
         client
     }
@@ -3815,7 +3822,14 @@ mod grants {
     }
 
     async fn client(store: &Arc<dyn Store>) -> String {
-        let client = new_client(ClientId::parse("app").unwrap(), "App".into(), ClientKind::Confidential, false, now());
+        let client = new_client(
+            ClientId::parse("app").unwrap(),
+            "App".into(),
+            ClientKind::Confidential,
+            SigningAlg::ES256,
+            false,
+            now(),
+        );
         store.insert_client(&client).await.unwrap();
         "app".into()
     }
@@ -5216,8 +5230,14 @@ mod cache_log {
     }
 
     fn app(id: &str, from_config: bool, at: DateTime<Utc>) -> Client {
-        let mut client =
-            new_client(ClientId::parse(id).unwrap(), format!("App {id}"), ClientKind::Public, from_config, at);
+        let mut client = new_client(
+            ClientId::parse(id).unwrap(),
+            format!("App {id}"),
+            ClientKind::Public,
+            SigningAlg::ES256,
+            from_config,
+            at,
+        );
         client.redirect_uris = vec![RedirectUri::parse("https://app.example.com/cb").unwrap()];
         client
     }

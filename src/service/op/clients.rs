@@ -27,7 +27,7 @@ use super::keys::SigningKeys;
 use crate::cache::{Epoch, TtlCache};
 use crate::crypto::{constant_time_eq, random_base36, random_secret, sha256};
 use crate::domain::client_rules::{self, ASSERTION_ALGORITHMS, ClientFields, ClientRule, ClientRuleError, client_keys};
-use crate::domain::{Client, ClientId, ClientKind};
+use crate::domain::{Client, ClientId, ClientKind, SigningAlg};
 use crate::error::ErrorChain as _;
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{ClientInsert, ClientUpdate, ConfigClientSync, Store, StoreError};
@@ -251,6 +251,8 @@ pub struct Clients {
     /// cached client answers only then, so that a secret rotated or a client deleted on another
     /// instance is not honoured here beyond the log's bound while this one cannot read it.
     log: Option<Arc<crate::service::principals::PrincipalCache>>,
+    /// The algorithm of a client registered without `signing_alg` (`oidc.signing_alg`).
+    default_alg: SigningAlg,
 }
 
 impl std::fmt::Debug for Clients {
@@ -285,7 +287,15 @@ impl Clients {
     pub fn new(store: Arc<dyn Store>, issuer: Option<String>) -> Self {
         let issuer = issuer.map(|i| i.trim_end_matches('/').to_owned());
         let cache = Arc::new(TtlCache::new(CACHE_ENTRIES).counted_as("clients"));
-        Self { store, cache, epoch: Arc::default(), issuer, signing_keys: None, log: None }
+        let default_alg = SigningAlg::default();
+        Self { store, cache, epoch: Arc::default(), issuer, signing_keys: None, log: None, default_alg }
+    }
+
+    /// Signs the tokens of a client registered without `signing_alg` with `alg`
+    /// (`oidc.signing_alg`; ES256 unless told).
+    pub fn with_default_alg(mut self, alg: SigningAlg) -> Self {
+        self.default_alg = alg;
+        self
     }
 
     /// Answers from the cache only while `principals` does (the cache-invalidation log read
@@ -530,7 +540,7 @@ impl Clients {
             Some(name) => client_rules::parse_name(&name)?,
             None => return Err(missing("name", "`name` (shown to users on the consent page) is required")),
         };
-        let mut client = client_rules::new_client(id, name, kind, false, crate::domain::now());
+        let mut client = client_rules::new_client(id, name, kind, self.default_alg, false, crate::domain::now());
         client_rules::apply(&mut client, fields)?;
         let secret = (kind == ClientKind::Confidential && client.jwks.is_none()).then(random_secret);
         client.secret_hash = secret.as_ref().map(|s| sha256(s.expose_secret().as_bytes()));
