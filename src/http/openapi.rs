@@ -155,6 +155,7 @@ async fn openapi_json() -> Response {
         mcp_resource_metadata_at_path,
         oauth_authorization_server_metadata,
         revoke_preflight,
+        par_preflight,
         userinfo_preflight,
     ),
     components(schemas(Problem, OAuthError)),
@@ -253,6 +254,15 @@ fn oauth_authorization_server_metadata() {}
     security(()))]
 #[expect(dead_code, reason = "documents a route served by `op::token::preflight`")]
 fn revoke_preflight() {}
+
+/// CORS preflight of `/oauth/par`.
+#[utoipa::path(options, path = "/oauth/par", tag = "oauth", operation_id = "par_preflight",
+    summary = "CORS preflight.",
+    responses(ApiErrors, (status = 200, description = "A CORS preflight, answered by the CORS layer."),
+        (status = 204, description = "Not a CORS preflight.")),
+    security(()))]
+#[expect(dead_code, reason = "documents a route served by `op::token::preflight`")]
+fn par_preflight() {}
 
 /// CORS preflight of `/oauth/userinfo`.
 #[utoipa::path(options, path = "/oauth/userinfo", tag = "oauth", operation_id = "userinfo_preflight",

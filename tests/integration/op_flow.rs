@@ -238,6 +238,12 @@ async fn discovery_describes_the_provider_and_its_keys(backend: Backend) {
         assert_eq!(doc["response_types_supported"], json!(["code"]));
         assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
         assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
+        // RFC 8414 section 2: with private_key_jwt listed, each endpoint names its algorithms.
+        let assertion_algs = &doc["token_endpoint_auth_signing_alg_values_supported"];
+        assert!(assertion_algs.as_array().is_some_and(|algs| algs.contains(&json!("RS256"))), "{doc}");
+        for endpoint in ["introspection", "revocation"] {
+            assert_eq!(&doc[format!("{endpoint}_endpoint_auth_signing_alg_values_supported")], assertion_algs);
+        }
         // Only what changes the answer: `select_account` is accepted but does nothing.
         assert_eq!(doc["prompt_values_supported"], json!(["none", "login", "consent"]));
     }
@@ -1961,7 +1967,7 @@ async fn private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion(
 async fn browser_apps_on_other_origins_reach_the_public_client_endpoints_only(backend: Backend) {
     let w = op_world(backend).await;
     let origin = "https://spa.example.net";
-    for path in ["/oauth/token", "/oauth/revoke", "/oauth/userinfo"] {
+    for path in ["/oauth/token", "/oauth/revoke", "/oauth/userinfo", "/oauth/par"] {
         let preflight = w
             .app
             .client
@@ -1988,7 +1994,7 @@ async fn browser_apps_on_other_origins_reach_the_public_client_endpoints_only(ba
         "www-authenticate"
     );
     // Backend-only endpoints and the browser's own pages are not for other origins.
-    for path in ["/oauth/introspect", "/oauth/par", "/oauth/consent", "/admin/clients"] {
+    for path in ["/oauth/introspect", "/oauth/consent", "/admin/clients"] {
         let asked = w.app.client.post(w.app.url(path)).header("origin", origin).send().await.unwrap();
         assert!(asked.headers().get("access-control-allow-origin").is_none(), "{path}");
     }

@@ -25,7 +25,7 @@ use crate::service::op::tokens::{TokenForm, single_valued};
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/oauth/introspect", post(introspect)).route("/oauth/par", post(push))
+    Router::new().route("/oauth/introspect", post(introspect))
 }
 
 /// The routes a public client in a browser calls (served with CORS).
@@ -34,6 +34,8 @@ pub fn public_client_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/oauth/token", post(token).options(preflight))
         .route("/oauth/revoke", post(revoke).options(preflight))
+        // A public client in a browser may push its request too (RFC 9126 section 2).
+        .route("/oauth/par", post(push).options(preflight))
 }
 
 /// An OAuth error response (RFC 6749 5.2).

@@ -440,14 +440,13 @@ impl Clients {
         if header.crit.is_some() {
             return Err(ClientAuthError::InvalidClient("critical header extensions are not supported"));
         }
-        let alg = header
-            .alg
-            .parse::<Algorithm>()
-            .ok()
-            .filter(|a| ASSERTION_ALGORITHMS.contains(a))
-            .ok_or(ClientAuthError::InvalidClient(
-                "the client assertion's alg is not accepted: sign it with RS256, PS256, ES256 or EdDSA (never none or HS*)",
-            ))?;
+        let alg = header.alg.parse::<Algorithm>().ok().filter(|a| ASSERTION_ALGORITHMS.contains(a)).ok_or(
+            ClientAuthError::InvalidClient(
+                "the client assertion's alg is not accepted: sign it with one of the token endpoint's \
+                 token_endpoint_auth_signing_alg_values_supported (RS256/384/512, PS256/384/512, ES256/384, EdDSA; \
+                 never none or HS*)",
+            ),
+        )?;
         let subject: AssertionSubject = decode_part(payload).ok_or(MALFORMED)?;
         let Some(serde_json::Value::String(sub)) = subject.sub else {
             return Err(ClientAuthError::InvalidClient("the client assertion's sub must be the client id"));
