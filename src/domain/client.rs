@@ -231,7 +231,10 @@ impl RedirectUri {
     }
 
     /// Whether a requested `redirect_uri` matches this registration: the same string exactly,
-    /// or, for an `http` loopback IP literal, the same URI with any port (RFC 8252 7.3). The
+    /// or, for an `http` loopback IP literal, the same URI with any port (RFC 8252 7.3); for
+    /// `http://localhost` too, which RFC 8252 8.3 discourages but native tools and MCP clients
+    /// send (with a port they pick at random), and which browsers resolve to the loopback
+    /// interface only (RFC 6761 6.3). The
     /// requested URI must then be in normal form, without userinfo or fragment, so that what is
     /// compared is what a browser would be sent to.
     pub fn matches(&self, requested: &str) -> bool {
@@ -241,16 +244,9 @@ impl RedirectUri {
         let (Ok(registered), Ok(asked)) = (url::Url::parse(&self.0), url::Url::parse(requested)) else {
             return false;
         };
-        let loopback_ip = |u: &url::Url| {
-            u.scheme() == "http"
-                && match u.host() {
-                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                    _ => false,
-                }
-        };
-        loopback_ip(&registered)
-            && loopback_ip(&asked)
+        let loopback = |u: &url::Url| u.scheme() == "http" && is_loopback(u);
+        loopback(&registered)
+            && loopback(&asked)
             && asked.as_str() == requested
             && asked.username().is_empty()
             && asked.password().is_none()
@@ -348,16 +344,18 @@ mod tests {
     }
 
     #[test]
-    fn loopback_ip_redirects_match_on_any_port_only() {
+    fn loopback_redirects_match_on_any_port_only() {
         let r = RedirectUri::parse("http://127.0.0.1/callback").unwrap();
         assert!(r.matches("http://127.0.0.1:51234/callback"));
         assert!(!r.matches("http://127.0.0.1:51234/callback/x"));
         assert!(!r.matches("http://127.0.0.2:51234/callback"));
         let v6 = RedirectUri::parse("http://[::1]:8080/cb").unwrap();
         assert!(v6.matches("http://[::1]:9999/cb"));
-        // `localhost` may be registered but is matched exactly.
+        // `localhost` too, but only as `localhost`: the host is compared as registered.
         let named = RedirectUri::parse("http://localhost:3000/cb").unwrap();
-        assert!(!named.matches("http://localhost:3001/cb"));
+        assert!(named.matches("http://localhost:3001/cb") && named.matches("http://localhost/cb"));
+        assert!(!named.matches("http://127.0.0.1:3001/cb") && !named.matches("http://localhost.evil.example:3001/cb"));
+        assert!(!named.matches("https://localhost:3001/cb"), "only http");
         // Only the port may differ: no fragment, userinfo, backslash or non-normal form.
         for tricky in [
             "http://127.0.0.1:1234#x/callback",
