@@ -107,8 +107,9 @@ pub enum Command {
 /// Key actions.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Re-encrypt every stored secret (upstream tokens, signing keys' private keys) under the
-    /// active (first) key of TESSERA_ENCRYPTION_KEYS, so that older keys can be removed afterwards.
+    /// Re-encrypt every stored secret (upstream tokens, connected accounts' tokens and
+    /// credentials, webhook signing keys, signing keys' private keys) under the active (first)
+    /// key of TESSERA_ENCRYPTION_KEYS, so that older keys can be removed afterwards.
     Rotate,
     /// The keys Tessera signs its own tokens with, as an OpenID Provider.
     Signing {

@@ -180,14 +180,14 @@ impl Services {
         })
     }
 
-    /// Records a change made by a command, after it committed (as the admin API's rows are).
-    async fn record(&self, action: &str, target: (&str, String), details: Option<serde_json::Value>) {
-        let mut event =
-            NewAuditEvent::new(ActorKind::System, action).actor(None, Some("cli".into())).target(target.0, target.1);
-        if let Some(details) = details {
-            event = event.details(details);
-        }
-        self.audit.record(event).await;
+    /// Records a change made by a command, after it committed, with the details and the retries
+    /// of the admin API's rows for the same change.
+    async fn record(&self, action: &str, target: (&str, String), details: serde_json::Value) {
+        let event = NewAuditEvent::new(ActorKind::System, action)
+            .actor(None, Some("cli".into()))
+            .target(target.0, target.1)
+            .details(details);
+        self.audit.record_change(event).await;
     }
 
     async fn close(self, code: ExitCode) -> ExitCode {
@@ -319,7 +319,7 @@ async fn set_disabled(services: &Services, id: UserId, disabled: bool, json: boo
     // A user already so (with no session left to end) changed nothing: no audit row.
     if changed.as_ref().is_ok_and(|update| update.changed) {
         let action = if disabled { "user.disabled" } else { "user.enabled" };
-        services.record(action, ("user", id.to_string()), None).await;
+        services.record(action, ("user", id.to_string()), serde_json::json!({ "fields": ["disabled"] })).await;
     }
     match changed.map(|update| update.user) {
         Ok(user) if json => {
@@ -387,8 +387,11 @@ async fn run_teams(services: &Services, action: TeamsCommand) -> ExitCode {
             };
             let created = services.teams.create(slug, name.as_str().to_owned(), owner).await;
             if let Ok(team) = &created {
-                let details = serde_json::json!({ "slug": team.slug.as_str() });
-                services.record("team.created", ("team", team.id.to_string()), Some(details)).await;
+                let mut details = serde_json::json!({ "slug": team.slug.as_str() });
+                if let Some(owner) = owner {
+                    details["owner"] = owner.to_string().into();
+                }
+                services.record("team.created", ("team", team.id.to_string()), details).await;
             }
             match created {
                 Ok(team) if json => {

@@ -862,6 +862,7 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
         let row = &rows[0].event;
         assert_eq!((row.actor_kind, row.actor_name.as_deref()), (tessera::store::ActorKind::System, Some("cli")));
         assert_eq!((row.target_kind.as_deref(), row.target_id.as_deref()), (Some("user"), Some(ids[0].as_str())));
+        assert_eq!(row.details, Some(serde_json::json!({ "fields": ["disabled"] })), "as the admin API's");
     }
 
     // Refusals name their code; bad arguments are usage errors.
@@ -889,7 +890,7 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
     let created = audited("team.created").await;
     assert_eq!(created.len(), 1, "a refused create writes no row: {created:?}");
     assert_eq!(created[0].event.target_id.as_deref(), acme["id"].as_str());
-    assert_eq!(created[0].event.details, Some(serde_json::json!({ "slug": "acme" })));
+    assert_eq!(created[0].event.details, Some(serde_json::json!({ "slug": "acme", "owner": ids[1] })));
     let bad_slug = run(&mut on_db(dir.path(), &db, &["teams", "create", "Not A Slug", "x"])).await;
     assert_eq!(bad_slug.code, 2, "{}", bad_slug.stderr);
     let teams = json_of(dir.path(), &db, &["teams", "list", "--json"]).await;
