@@ -202,12 +202,8 @@ impl OAuthError {
         if let super::clients::ClientAuthError::Store(store) = error {
             return Self::from_failure(store, "authenticating a client");
         }
-        let status = match error.oauth_error() {
-            "invalid_client" => 401,
-            "temporarily_unavailable" => 503,
-            "server_error" => 500,
-            _ => 400,
-        };
+        // What is left is the client's: a failed authentication (401) or a malformed one.
+        let status = if error.oauth_error() == "invalid_client" { 401 } else { 400 };
         Self::new(error.oauth_error(), error.description(), status)
     }
 
@@ -220,9 +216,7 @@ impl OAuthError {
     pub fn server_error() -> Self {
         Self::new("server_error", "an internal error occurred; it has been logged", 500)
     }
-}
 
-impl OAuthError {
     /// A failure of Tessera's own (the store, the signing keys) as the RFC's error, by its
     /// public code: `temporarily_unavailable` (503) for what a retry may cure, `invalid_request`
     /// for a row the request named that a concurrent change removed, `server_error` (500) for
