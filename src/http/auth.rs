@@ -189,21 +189,40 @@ pub(super) fn already_signed_in(
         },
         None => None,
     };
-    let user = &live.profile.user;
-    let who = who(user);
-    let label = super::login::provider_label(&provider);
+    let go_on = continue_to(state, return_to.as_deref());
+    account_choice(state, live, "You are already signed in", Some(&provider), &go_on, return_to.as_deref())
+}
+
+/// A page that lets a signed-in browser go on as who it is (to `go_on`) or sign in anew through
+/// `provider` (the chooser when `None`), coming back to `return_to`: signing in anew ends its
+/// session here.
+pub(super) fn account_choice(
+    state: &AppState,
+    live: &crate::service::sessions::LiveSession,
+    title: &str,
+    provider: Option<&str>,
+    go_on: &str,
+    return_to: Option<&str>,
+) -> Response {
+    let who = who(&live.profile.user);
+    let (through, href) = match provider {
+        Some(provider) => {
+            (super::login::provider_label(provider), super::login::provider_href("login", provider, return_to))
+        }
+        None => ("another account".to_owned(), pages::login_url(return_to)),
+    };
     let message = pages::Message {
         signed_in: true,
         ..pages::Message::new(
-            "You are already signed in",
+            title,
             format!(
-                "You are signed in as {who}. Go on as {who}, or sign in with {label} instead: \
-                 that ends this browser's session here."
+                "You are signed in as {who}. Go on as {who}, or sign in with {through} instead: that \
+                 ends this browser's session here."
             ),
         )
     }
-    .action(format!("Continue as {who}"), continue_to(state, return_to.as_deref()))
-    .action(format!("Sign in with {label}"), super::login::provider_href("login", &provider, return_to.as_deref()));
+    .action(format!("Continue as {who}"), go_on.to_owned())
+    .action(format!("Sign in with {through}"), href);
     state.pages.message(StatusCode::OK, message)
 }
 

@@ -39,6 +39,7 @@ on_both_backends!(
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
     a_public_clients_access_token_does_not_end_its_offline_grant,
     prompt_and_max_age_are_honoured,
+    select_account_lets_a_signed_in_user_go_on_or_use_another_account,
     another_site_cannot_force_a_signed_in_browser_to_sign_in_again,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
     pushed_requests_are_single_use,
@@ -245,7 +246,7 @@ async fn discovery_describes_the_provider_and_its_keys(backend: Backend) {
             assert_eq!(&doc[format!("{endpoint}_endpoint_auth_signing_alg_values_supported")], assertion_algs);
         }
         // Only what changes the answer: `select_account` is accepted but does nothing.
-        assert_eq!(doc["prompt_values_supported"], json!(["none", "login", "consent"]));
+        assert_eq!(doc["prompt_values_supported"], json!(["none", "login", "consent", "select_account"]));
     }
     // Without a key ring the provider is off, and says what to configure.
     let off = TestApp::spawn(backend).await;
@@ -1500,6 +1501,55 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     // A fresh browser with prompt=none: login_required, nothing held.
     let to = location(&Browser::new().navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=none")).await);
     assert_eq!(param(&to, "error").as_deref(), Some("login_required"));
+}
+
+/// `prompt=select_account` (OpenID Connect Core 3.1.2.1) shows a signed-in browser a choice:
+/// go on as who is signed in (a code for them), or sign in with another account — the upstream
+/// provider then asked for a fresh login, so that its own session does not pick the account.
+async fn select_account_lets_a_signed_in_user_go_on_or_use_another_account(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let (verifier, challenge) = pkce();
+    let mut browser = Browser::new();
+    w.issuer.set_next_user(StubUser::new("choosing-ada", "ada@example.com"));
+    let first = code_for(&w, &mut browser, &client, &challenge).await;
+    let sub = |tokens: &Value| jwt_parts(tokens["id_token"].as_str().unwrap()).1["sub"].clone();
+    let ada = sub(&body(exchange(&w.app, creds, &first, &verifier).await, 200).await);
+    let hrefs = |page: &str| -> Vec<String> {
+        page.split("href=\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap().replace("&amp;", "&").replace("&#38;", "&"))
+            .collect()
+    };
+    let choose = authorize_url(&w.app, &client, &challenge, "&prompt=select_account");
+    let page = browser.navigate(&choose).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Choose an account") && page.contains("Continue as"), "{page}");
+    let links = hrefs(&page);
+    let go_on = links.iter().find(|h| h.starts_with("/oauth/authorize?")).expect("a link back to the request");
+    let code = code_from(&w, &mut browser, w.app.url(go_on)).await;
+    assert_eq!(sub(&body(exchange(&w.app, creds, &code, &verifier).await, 200).await), ada, "went on as Ada");
+
+    let page = browser.navigate(&choose).await.text().await.unwrap();
+    let another = hrefs(&page).into_iter().find(|h| h.starts_with("/auth/login?")).expect("a link to sign in anew");
+    w.issuer.set_next_user(StubUser::new("choosing-bob", "bob@example.com"));
+    let started = browser.request_from("same-origin", Method::GET, &w.app.url(&another)).await;
+    let upstream = location(&started);
+    assert!(upstream.starts_with(w.issuer.issuer()), "{upstream}");
+    assert_eq!(
+        param(&upstream, "prompt").as_deref(),
+        Some("login"),
+        "the provider's session must not choose: {upstream}"
+    );
+    let code = code_from(&w, &mut browser, upstream).await;
+    let bob = sub(&body(exchange(&w.app, creds, &code, &verifier).await, 200).await);
+    assert_ne!(bob, ada, "signed in with the other account");
+    // prompt=none cannot be combined with it.
+    let to =
+        location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=none%20select_account")).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"));
 }
 
 /// `prompt=login` (or `max_age=0`) from another site would end a signed-in browser's session,

@@ -181,6 +181,22 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
         Ok(Next::Consent { request_id, client_name, scopes, resource }) => {
             consent_page(state, &request_id, &client_name, &scopes, resource.as_deref())
         }
+        Ok(Next::SelectAccount { continue_to }) => match live.as_ref() {
+            Some(live) => {
+                let provider = default_provider(state);
+                let title = "Choose an account";
+                crate::http::auth::account_choice(
+                    state,
+                    live,
+                    title,
+                    provider.as_deref(),
+                    &continue_to,
+                    Some(&continue_to),
+                )
+            }
+            // Decided on a session, which this request carried.
+            None => redirect(&continue_to, &[]),
+        },
         Err(error) => rejected(state, headers, error),
     }
 }
@@ -247,13 +263,7 @@ async fn sign_in(
     {
         chosen = providers.for_issuer(&provider, &issuer).map(|p| p.name().to_owned());
     }
-    let chosen = chosen.or_else(|| providers.get(None).map(|p| p.name().to_owned())).or_else(|| {
-        let mut all = providers.all();
-        match (all.next(), all.next()) {
-            (Some(only), None) => Some(only.name().to_owned()),
-            _ => None,
-        }
-    });
+    let chosen = chosen.or_else(|| default_provider(state));
     let Some(provider) = chosen else {
         return chooser_page(continue_to);
     };
@@ -271,6 +281,19 @@ async fn sign_in(
         }
         Err(error) => state.pages.error(headers, error.into()),
     }
+}
+
+/// The provider a sign-in without a choice goes through: `auth.default_provider`, else the only
+/// one; `None` when several are configured and none is the default (the chooser decides).
+fn default_provider(state: &AppState) -> Option<String> {
+    let providers = state.flows.providers();
+    providers.get(None).map(|p| p.name().to_owned()).or_else(|| {
+        let mut all = providers.all();
+        match (all.next(), all.next()) {
+            (Some(only), None) => Some(only.name().to_owned()),
+            _ => None,
+        }
+    })
 }
 
 /// Several providers and no way to choose: the sign-in chooser, coming back to `continue_to`.

@@ -65,7 +65,7 @@ async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, O
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "code_challenge_methods_supported": ["S256"],
-        "prompt_values_supported": ["none", "login", "consent"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp", "amr", "idp", "email", "email_verified", "name", "teams"],
         "authorization_response_iss_parameter_supported": true,
         "request_parameter_supported": false,

@@ -81,12 +81,17 @@ struct Held {
     /// The user a verified `id_token_hint` named (absent from requests held before it was kept).
     #[serde(default)]
     hinted_user: Option<String>,
+    /// `prompt=select_account` was answered by letting the user choose: a sign-in that resumes
+    /// this request asks the upstream provider for a fresh login, so that another account can be
+    /// given there.
+    #[serde(default)]
+    account_choice: bool,
 }
 
 impl Held {
     /// A request as it was sent, nothing decided yet.
     fn as_sent(params: AuthorizationParams) -> Self {
-        Self { params, auth_after_us: None, hinted_user: None }
+        Self { params, auth_after_us: None, hinted_user: None, account_choice: false }
     }
 
     /// The request a stored row holds.
@@ -137,6 +142,8 @@ pub struct AuthorizationRequest {
     pub prompt_none: bool,
     /// `prompt=consent`: ask even if consent was given before.
     pub prompt_consent: bool,
+    /// `prompt=select_account`: let a signed-in user go on or sign in with another account.
+    pub prompt_select_account: bool,
     /// The session must have authenticated at or after this.
     pub auth_after: Option<DateTime<Utc>>,
     /// The login hint.
@@ -234,6 +241,12 @@ pub enum Next {
         scopes: Vec<String>,
         /// The resource (RFC 8707) asked for, if any.
         resource: Option<String>,
+    },
+    /// A signed-in user asked to select an account (`prompt=select_account`): go on as who
+    /// they are, or sign in with another account, both coming back to `continue_to`.
+    SelectAccount {
+        /// The held request, without the prompt.
+        continue_to: String,
     },
     /// Send the browser to the client: a code, or an error.
     Redirect(String),
@@ -393,7 +406,7 @@ impl OpenIdProvider {
     }
 
     async fn validate(&self, held: &Held, now: DateTime<Utc>) -> Result<AuthorizationRequest, AuthorizeError> {
-        let Held { params, auth_after_us, hinted_user } = held;
+        let Held { params, auth_after_us, hinted_user, .. } = held;
         let too_long = [
             &params.response_type,
             &params.client_id,
@@ -540,6 +553,7 @@ impl OpenIdProvider {
             code_challenge,
             prompt_none,
             prompt_consent: prompts.iter().any(|p| p == "consent"),
+            prompt_select_account: prompts.iter().any(|p| p == "select_account"),
             auth_after: after.and_then(DateTime::from_timestamp_micros),
             login_hint: params.login_hint.clone(),
             resource: params.resource.clone(),
@@ -570,7 +584,9 @@ impl OpenIdProvider {
             let request = AuthorizationRequest { hinted_user: None, ..request };
             let uri = self.hold(&request, None, false, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
-            let reauthenticate = request.auth_after.is_some();
+            // An account to be selected is given at the provider: its own session must not
+            // answer for it.
+            let reauthenticate = request.auth_after.is_some() || request.prompt_select_account;
             return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
         };
         if request.hinted_user.as_ref().is_some_and(|user| *user != session.user.to_string()) {
@@ -589,6 +605,12 @@ impl OpenIdProvider {
             let uri = self.hold(&request, None, false, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
             return Ok(Next::SignIn { continue_to, login_hint: request.login_hint.clone(), reauthenticate: true });
+        }
+        // OpenID Connect Core 3.1.2.1: the user chooses — go on as who is signed in, or sign in
+        // with another account — and the request, held without the prompt, goes on either way.
+        if request.prompt_select_account {
+            let uri = self.hold(&request, None, false, now).await?;
+            return Ok(Next::SelectAccount { continue_to: continue_url(request.client.id.as_str(), &uri) });
         }
         // RFC 8252 section 8.6: a public client's id is no secret, and its loopback or
         // private-use redirect can be answered by any program on the device, so nothing shows
@@ -633,11 +655,12 @@ impl OpenIdProvider {
                 params: AuthorizationParams { request_uri: None, ..request.params.clone() },
                 auth_after_us: None,
                 hinted_user,
+                account_choice: false,
             }
         } else {
             let prompt = split_scope(request.params.prompt.as_deref().unwrap_or(""))
                 .into_iter()
-                .filter(|p| p != "login")
+                .filter(|p| p != "login" && p != "select_account")
                 .collect::<Vec<_>>()
                 .join(" ");
             let params = AuthorizationParams {
@@ -646,7 +669,12 @@ impl OpenIdProvider {
                 request_uri: None,
                 ..request.params.clone()
             };
-            Held { params, auth_after_us: request.auth_after.map(|t| t.timestamp_micros()), hinted_user }
+            Held {
+                params,
+                auth_after_us: request.auth_after.map(|t| t.timestamp_micros()),
+                hinted_user,
+                account_choice: request.prompt_select_account,
+            }
         };
         let id = format!("{REQUEST_URI_PREFIX}{}", random_secret().expose_secret());
         self.store
@@ -738,15 +766,17 @@ fn is_pkce_challenge(value: &str) -> bool {
 /// The local path that resumes a held request.
 impl OpenIdProvider {
     /// Whether `return_to`, where a sign-in comes back to, resumes an authorization request
-    /// held for a fresh authentication (`prompt=login`, `max_age`): the sign-in must then ask
-    /// the upstream provider for one too, whichever way the browser reached it (the chooser
-    /// included). Read from the held request, not from the URL, which the browser could change.
+    /// held for a fresh authentication (`prompt=login`, `max_age`, or another account chosen for
+    /// `prompt=select_account`): the sign-in must then ask the upstream provider for one too,
+    /// whichever way the browser reached it (the chooser included). Read from the held request,
+    /// not from the URL, which the browser could change.
     pub async fn resumes_a_fresh_login(&self, return_to: &str) -> Result<bool, StoreError> {
         let Some(hash) = resumed_request(return_to) else { return Ok(false) };
         let Some(held) = self.store.held_request(&hash, crate::domain::now()).await? else {
             return Ok(false);
         };
-        Ok(Held::decode(&held)?.auth_after_us.is_some())
+        let held = Held::decode(&held)?;
+        Ok(held.auth_after_us.is_some() || held.account_choice)
     }
 
     /// Ends the authorization request that a sign-in which failed for good was to resume
