@@ -11,7 +11,7 @@
 //! `__Host-` cookie; the callback must bring both back. Redirects are `303 See Other` with
 //! `Cache-Control: no-store` and `Referrer-Policy: no-referrer` (the callback URL holds a code).
 
-use crate::error::{ErrorChain as _, ErrorCode};
+use crate::error::ErrorChain as _;
 use crate::store::SessionEnd;
 use std::sync::Arc;
 
@@ -429,10 +429,15 @@ async fn complete_callback(
     let finished = match state.flows.finish(flow, callback).await {
         Ok(finished) => finished,
         Err(error) => {
+            // The user cancelled at the provider (its `access_denied`, not another of its errors,
+            // which a retry or the operator may cure).
+            let cancelled =
+                matches!(&error, crate::upstream::oauth_flow::FlowError::Denied(code) if code == "access_denied");
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
             if action == FlowAction::SignIn
-                && let Some(to) = app_told(&state, context.return_to.as_deref(), error.code()).await
+                && cancelled
+                && let Some(to) = app_told(&state, context.return_to.as_deref()).await
             {
                 return redirect(&to, &[clear_login]);
             }
@@ -692,20 +697,16 @@ pub(super) fn device_label(user_agent: &str) -> Option<String> {
     }
 }
 
-/// Where to send the browser when a sign-in that an app's authorization request was waiting for
-/// (`return_to`) ends for good in a way the app must hear of (RFC 6749 4.1.2.1, OpenID Connect
-/// Core 3.1.2.6): the user cancelled (or the provider refused) upstream — `access_denied` —, or
-/// the provider did not sign the user in afresh as the request asked — `login_required`. The
-/// request is used up. `None` for any other failure (one a retry may cure: the page offers it),
-/// or when no request was waiting.
-async fn app_told(state: &AppState, return_to: Option<&str>, code: ErrorCode) -> Option<String> {
-    let (error, description) = match code {
-        ErrorCode::ProviderDenied => ("access_denied", "the sign-in was cancelled or refused at the upstream provider"),
-        ErrorCode::LoginNotFresh => ("login_required", "the upstream provider did not sign the user in afresh"),
-        _ => return None,
-    };
+/// Where to send the browser when the user cancelled at the upstream provider a sign-in that an
+/// app's authorization request was waiting for (`return_to`): the app is told `access_denied`
+/// (RFC 6749 4.1.2.1) and the request is used up. `None` when no request was waiting. Any other
+/// failure shows the page, whose "try again" resumes the request: a provider's other errors may
+/// be cured by a retry or by the operator, and a `login_not_fresh` sent on to the app as
+/// `login_required` would have it ask again, the provider answer silently again, round and round.
+async fn app_told(state: &AppState, return_to: Option<&str>) -> Option<String> {
+    let description = "the sign-in was cancelled at the upstream provider";
     let (op, return_to) = (state.op.as_ref()?, return_to?);
-    match op.give_up(return_to, error, description).await {
+    match op.give_up(return_to, "access_denied", description).await {
         Ok(to) => to,
         Err(failure) => {
             tracing::warn!(error = %failure.chain(), "cannot end the authorization request a failed sign-in was resuming");

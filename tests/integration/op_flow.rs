@@ -245,7 +245,6 @@ async fn discovery_describes_the_provider_and_its_keys(backend: Backend) {
         for endpoint in ["introspection", "revocation"] {
             assert_eq!(&doc[format!("{endpoint}_endpoint_auth_signing_alg_values_supported")], assertion_algs);
         }
-        // Only what changes the answer: `select_account` is accepted but does nothing.
         assert_eq!(doc["prompt_values_supported"], json!(["none", "login", "consent", "select_account"]));
     }
     // Without a key ring the provider is off, and says what to configure.
@@ -377,6 +376,16 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
     // A parameter of no protocol's is ignored, repeated or not (RFC 6749 3.1): on to sign in.
     let to = location(&browser.navigate(&format!("{good}&utm_x=1&utm_x=2")).await);
     assert!(param(&to, "error").is_none() && !to.starts_with(REDIRECT), "on to sign in: {to}");
+    // A request object by reference posted from another site is refused the same way (at once:
+    // no session decides it), not held and taken for a request without one.
+    let foreign = format!("{good}&request_uri=https%3A%2F%2Fapp.example.com%2Frequest.jwt");
+    let (path, query) = foreign.split_once('?').unwrap();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let posted = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let posted = posted.post(path).header("sec-fetch-site", "cross-site").form(&form).send().await.unwrap();
+    let to = location(&posted);
+    assert!(to.starts_with(REDIRECT), "{to}");
+    assert_eq!(param(&to, "error").as_deref(), Some("request_uri_not_supported"), "{to}");
     // A missing response_type is a missing parameter (RFC 6749 4.1.2.1), not an unsupported one.
     let missing = good.replace("response_type=code&", "");
     assert_ne!(missing, good);
@@ -1454,22 +1463,23 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     let to = location(&browser.navigate(&max_age(older - 60)).await);
     assert!(param(&to, "code").is_some(), "authenticated afresh: {to}");
     // A provider that answers from its old session anyway (or a browser that dropped the
-    // parameters on the way): its id_token's auth_time shows it, no one is signed in, and the
-    // app hears `login_required` (OpenID Connect Core 3.1.2.6), its request used up.
+    // parameters on the way): its id_token's auth_time shows it, and no one is signed in. The
+    // page says so, and its retry resumes the request, still held: sent on to the app as
+    // `login_required`, it would have the app ask again, and the provider answer silently again.
     w.issuer.ignore_reauthentication(true);
     let sql = w.app.db.sql().await;
     let sessions = sql.count("sessions").await;
     let held = sql.count("oauth_requests").await;
     let upstream = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
     let callback = location(&browser.navigate(&upstream).await);
-    let refused = location(&browser.navigate(&callback).await);
-    assert!(refused.starts_with(REDIRECT), "{refused}");
-    assert_eq!(param(&refused, "error").as_deref(), Some("login_required"), "{refused}");
-    assert_eq!(param(&refused, "state").as_deref(), Some("st-1"));
-    assert!(param(&refused, "iss").is_some(), "{refused}");
+    let refused = browser.navigate(&callback).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("Please sign in again") && page.contains("login_not_fresh"), "{page}");
     assert_eq!(sql.count("sessions").await, sessions, "no new session");
-    assert_eq!(sql.count("oauth_requests").await, held, "the request is used up");
+    assert_eq!(sql.count("oauth_requests").await, held + 1, "still held, for the retry");
     w.issuer.ignore_reauthentication(false);
+    let held = held + 1;
     // The user cancels at the provider: the app hears `access_denied`. A sign-in refused for a
     // reason a retry may cure (here, a callback whose code is missing) offers the retry instead.
     let upstream = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
@@ -1485,6 +1495,22 @@ async fn prompt_and_max_age_are_honoured(backend: Backend) {
     assert_eq!(param(&told, "error").as_deref(), Some("access_denied"), "{told}");
     assert_eq!(param(&told, "state").as_deref(), Some("st-1"));
     assert_eq!(sql.count("oauth_requests").await, held, "the request is used up");
+    // Another of the provider's errors may be cured by a retry or by the operator: the page.
+    let upstream = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
+    let failed = url::Url::parse_with_params(
+        &param(&upstream, "redirect_uri").unwrap(),
+        [
+            ("state", param(&upstream, "state").unwrap().as_str()),
+            ("error", "temporarily_unavailable"),
+            ("iss", w.issuer.issuer()),
+        ],
+    )
+    .unwrap();
+    let page = browser.navigate(failed.as_str()).await;
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert!(page.text().await.unwrap().contains("provider_denied"));
+    assert_eq!(sql.count("oauth_requests").await, held + 1, "still held");
+    let held = held + 1;
     let upstream = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
     let no_code = url::Url::parse_with_params(
         &param(&upstream, "redirect_uri").unwrap(),
@@ -1546,6 +1572,29 @@ async fn select_account_lets_a_signed_in_user_go_on_or_use_another_account(backe
     let code = code_from(&w, &mut browser, upstream).await;
     let bob = sub(&body(exchange(&w.app, creds, &code, &verifier).await, 200).await);
     assert_ne!(bob, ada, "signed in with the other account");
+    // With an id_token_hint of Ada's: choosing Bob's account answers it (the app compares `sub`),
+    // with no second sign-in.
+    let ada_hint = {
+        let mut other = Browser::new();
+        w.issuer.set_next_user(StubUser::new("choosing-ada", "ada@example.com"));
+        let code = code_for(&w, &mut other, &client, &challenge).await;
+        body(exchange(&w.app, creds, &code, &verifier).await, 200).await["id_token"].as_str().unwrap().to_owned()
+    };
+    let mut ada_browser = Browser::new();
+    w.issuer.set_next_user(StubUser::new("choosing-ada", "ada@example.com"));
+    code_for(&w, &mut ada_browser, &client, &challenge).await;
+    let hinted = format!("&prompt=select_account&id_token_hint={ada_hint}");
+    let page = ada_browser.navigate(&authorize_url(&w.app, &client, &challenge, &hinted)).await.text().await.unwrap();
+    let another = hrefs(&page).into_iter().find(|h| h.starts_with("/auth/login?")).expect("a link to sign in anew");
+    w.issuer.set_next_user(StubUser::new("choosing-bob", "bob@example.com"));
+    let started = ada_browser.request_from("same-origin", Method::GET, &w.app.url(&another)).await;
+    let code = code_from(&w, &mut ada_browser, location(&started)).await;
+    assert_eq!(sub(&body(exchange(&w.app, creds, &code, &verifier).await, 200).await), bob);
+    // Without a session, signing in is the choice: the provider is not asked for a fresh login.
+    let mut fresh = Browser::new();
+    let upstream = location(&fresh.navigate(&choose).await);
+    assert!(upstream.starts_with(w.issuer.issuer()), "{upstream}");
+    assert_eq!(param(&upstream, "prompt"), None, "{upstream}");
     // prompt=none cannot be combined with it.
     let to =
         location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=none%20select_account")).await);
@@ -1796,6 +1845,12 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
         assert!(page.contains(&format!(r#"name="{name}" value="{value}""#)), "{name}: {page}");
     }
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
+    // The mark is the page's own: another site's form that carries it gets the page too.
+    let forged = [fields.as_slice(), &[("resumed", "1")]].concat();
+    let forged = plain.post(w.app.url("/oauth/logout")).header("sec-fetch-site", "cross-site").form(&forged);
+    let forged = forged.send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::OK, "not answered as a signed-out browser");
+    assert!(forged.headers().get("location").is_none());
     // Its post from a browser without a session goes on (not the same page again): there is
     // nothing to end, and it returns to the app.
     let mut elsewhere = Browser::new();

@@ -460,7 +460,7 @@ async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, Pag
         // history and the proxies' logs. Its own post, cookie or not, goes on.
         Ok(pairs)
             if matches!(cookie(&headers, state.cookies.session()), Ok(None))
-                && !pairs.iter().any(|(k, _)| k == pages::LOGOUT_RESUMED_FIELD) =>
+                && !resumed_here(&state, &headers, &pairs) =>
         {
             let fields: Vec<(&str, &str)> =
                 pairs.iter().filter(|(k, _)| k != csrf::FIELD).map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -469,6 +469,13 @@ async fn logout_post(State(state): State<Arc<AppState>>, headers: HeaderMap, Pag
         Ok(pairs) => logout(&state, &headers, pairs, true).await,
         Err(e) => refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     }
+}
+
+/// Whether a logout post is the "Continue signing out" page's own: marked so, and sent from this
+/// origin (another site's form could carry the mark, to be answered as a signed-out browser).
+fn resumed_here(state: &AppState, headers: &HeaderMap, pairs: &[(String, String)]) -> bool {
+    pairs.iter().any(|(k, _)| k == pages::LOGOUT_RESUMED_FIELD)
+        && csrf::sent_from_this_origin(headers, state.flows.public_origin().as_deref()).is_ok()
 }
 
 /// Ends the Tessera session (and so every grant made from it, but those with `offline_access`,
@@ -523,7 +530,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
             },
             None => None,
         };
-        match client.filter(|c| c.post_logout_redirect_uris.iter().any(|r| r.as_str() == uri)) {
+        match client.filter(|c| c.post_logout_redirect_uris.iter().any(|r| r.matches(uri))) {
             Some(_) => target = Some(uri.to_owned()),
             None => {
                 return refuse(

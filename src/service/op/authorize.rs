@@ -272,11 +272,13 @@ impl OpenIdProvider {
     /// `prompt=none`, or a sign-in that ends the browser's session on its way back). A request
     /// already held (`request_uri`) goes on as it is, taken by that GET.
     pub async fn bounce(&self, params: AuthorizationParams) -> Result<String, AuthorizeError> {
-        if let (Some(client_id), Some(uri)) = (params.client_id.as_deref(), params.request_uri.as_deref()) {
+        if let (Some(client_id), Some(uri)) = (params.client_id.as_deref(), params.request_uri.as_deref())
+            && request_uri_hash(uri).is_some()
+        {
             return Ok(continue_url(client_id, uri));
         }
         let now = crate::domain::now();
-        let request = self.validate(&Held::as_sent(params), now).await?;
+        let request = self.validate(&Held::as_sent(without_foreign_request_uri(params)), now).await?;
         let uri = self.hold(&request, None, true, now).await?;
         Ok(continue_url(request.client.id.as_str(), &uri))
     }
@@ -390,10 +392,7 @@ impl OpenIdProvider {
         };
         let invalid = || reject("invalid_request", "request_uri is unknown, used or expired; start again", None);
         let Some(hash) = request_uri_hash(uri) else {
-            // Not one of Tessera's: a request object by reference, refused once the client and
-            // its redirect URI (in the query, as section 6.2 lets a client send) check out.
-            let unsupported = Some("request_uri_not_supported");
-            return Ok(Held::as_sent(AuthorizationParams { request_uri: None, unsupported, ..params }));
+            return Ok(Held::as_sent(without_foreign_request_uri(params)));
         };
         let Some(held) = self.store.take_request(&hash, now).await? else {
             return Err(invalid());
@@ -581,12 +580,11 @@ impl OpenIdProvider {
             let login_hint = request.login_hint.clone();
             // Whoever signs in now was signed in by this request, which answers the hint (OpenID
             // Connect Core 3.1.2.1; the client compares `sub`): it is not held for after.
-            let request = AuthorizationRequest { hinted_user: None, ..request };
+            // Signing in is the choice of an account, for `prompt=select_account` too.
+            let request = AuthorizationRequest { hinted_user: None, prompt_select_account: false, ..request };
             let uri = self.hold(&request, None, false, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
-            // An account to be selected is given at the provider: its own session must not
-            // answer for it.
-            let reauthenticate = request.auth_after.is_some() || request.prompt_select_account;
+            let reauthenticate = request.auth_after.is_some();
             return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
         };
         if request.hinted_user.as_ref().is_some_and(|user| *user != session.user.to_string()) {
@@ -609,6 +607,8 @@ impl OpenIdProvider {
         // OpenID Connect Core 3.1.2.1: the user chooses — go on as who is signed in, or sign in
         // with another account — and the request, held without the prompt, goes on either way.
         if request.prompt_select_account {
+            // The choice answers an `id_token_hint` as a sign-in does (the client compares `sub`).
+            let request = AuthorizationRequest { hinted_user: None, ..request };
             let uri = self.hold(&request, None, false, now).await?;
             return Ok(Next::SelectAccount { continue_to: continue_url(request.client.id.as_str(), &uri) });
         }
@@ -771,7 +771,7 @@ impl OpenIdProvider {
     /// whichever way the browser reached it (the chooser included). Read from the held request,
     /// not from the URL, which the browser could change.
     pub async fn resumes_a_fresh_login(&self, return_to: &str) -> Result<bool, StoreError> {
-        let Some(hash) = resumed_request(return_to) else { return Ok(false) };
+        let Some((hash, _)) = resumed_request(return_to) else { return Ok(false) };
         let Some(held) = self.store.held_request(&hash, crate::domain::now()).await? else {
             return Ok(false);
         };
@@ -791,12 +791,15 @@ impl OpenIdProvider {
         error: &'static str,
         description: &str,
     ) -> Result<Option<String>, StoreError> {
-        let Some(hash) = resumed_request(return_to) else { return Ok(None) };
+        let Some((hash, client_id)) = resumed_request(return_to) else { return Ok(None) };
         let now = crate::domain::now();
-        let Some(held) = self.store.take_request(&hash, now).await? else { return Ok(None) };
-        if held.session_hash.is_some() {
+        // Looked at before it is used up: a consent request is no request_uri, and a request is
+        // its own client's only.
+        let Some(held) = self.store.held_request(&hash, now).await? else { return Ok(None) };
+        if held.session_hash.is_some() || client_id.as_deref() != Some(held.client_id.as_str()) {
             return Ok(None);
         }
+        let Some(held) = self.store.take_request(&hash, now).await? else { return Ok(None) };
         match self.validate(&Held::decode(&held)?, now).await {
             Ok(request) => {
                 let redirect = Some((request.redirect_uri, request.state));
@@ -808,11 +811,25 @@ impl OpenIdProvider {
     }
 }
 
-/// The store key of the held request a local `return_to` resumes (`/oauth/authorize?…&request_uri=…`).
-fn resumed_request(return_to: &str) -> Option<[u8; 32]> {
+/// `params` with a `request_uri` that is not one of Tessera's (a request object by reference)
+/// taken out and marked unsupported: refused once the client and its redirect URI (in the query,
+/// as OpenID Connect Core 6.2 lets a client send them) check out.
+fn without_foreign_request_uri(params: AuthorizationParams) -> AuthorizationParams {
+    match params.request_uri.as_deref() {
+        Some(uri) if request_uri_hash(uri).is_none() => {
+            AuthorizationParams { request_uri: None, unsupported: Some("request_uri_not_supported"), ..params }
+        }
+        _ => params,
+    }
+}
+
+/// The store key of the held request a local `return_to` resumes (`/oauth/authorize?…&request_uri=…`),
+/// and the client it names.
+fn resumed_request(return_to: &str) -> Option<([u8; 32], Option<String>)> {
     let query = return_to.strip_prefix("/oauth/authorize?")?;
-    let uri = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "request_uri").map(|(_, v)| v);
-    uri.as_deref().and_then(request_uri_hash)
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    Some((get("request_uri").as_deref().and_then(request_uri_hash)?, get("client_id")))
 }
 
 fn continue_url(client_id: &str, request_uri: &str) -> String {

@@ -815,9 +815,9 @@ pub fn repeated_parameter(pairs: &[(String, String)]) -> Option<&str> {
 }
 
 /// The parameters of the protocols Tessera's OAuth endpoints speak (RFC 6749, 7009, 7523, 7636,
-/// 7662, 8693, 8707, 9126, 9207, OpenID Connect Core and RP-Initiated Logout): each may be sent
-/// once.
-const PROTOCOL_PARAMETERS: [&str; 37] = [
+/// 7662, 8693, 8707, 9126, 9207, OpenID Connect Core and RP-Initiated Logout), and of its consent
+/// form: each may be sent once.
+const PROTOCOL_PARAMETERS: [&str; 39] = [
     "response_type",
     "response_mode",
     "client_id",
@@ -855,6 +855,9 @@ const PROTOCOL_PARAMETERS: [&str; 37] = [
     "requested_token_type",
     "post_logout_redirect_uri",
     "iss",
+    // Tessera's consent form.
+    "request_id",
+    "decision",
 ];
 
 /// The error for parameter `name` sent more than once: RFC 8707 lets a client ask for several
