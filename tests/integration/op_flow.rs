@@ -1085,12 +1085,9 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     assert_eq!(w.app.db.sql().await.count("oauth_consents").await, 1);
 }
 
-/// Clicks on one consent page reaching two instances at once (a double click behind a load
-/// balancer): the database's single use of the held request decides, so one code and one grant
-/// are issued; an instance that lost the race answers that the request is used up.
-async fn consent_clicks_sent_to_two_instances_issue_one_code(backend: Backend) {
-    let w = op_world(backend).await;
-    let other = w.another().await;
+/// A third-party app's authorization request, a browser signed in through it and stopped at its
+/// consent page: the consent request's id and the browser's cookies.
+async fn partner_consent_page(w: &World) -> (String, Vec<String>) {
     let third_party =
         json!({"name": "Partner", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": false});
     let (client, _secret) = register(&w.app, third_party).await;
@@ -1098,7 +1095,16 @@ async fn consent_clicks_sent_to_two_instances_issue_one_code(backend: Backend) {
     let mut browser = Browser::new();
     let page = first_page(&w.app, &mut browser, authorize_url(&w.app, &client, &challenge, "")).await;
     let request_id = request_id_of(&page.text().await.unwrap());
-    let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    (request_id, browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+/// Clicks on one consent page reaching two instances at once (a double click behind a load
+/// balancer): the database's single use of the held request decides, so one code and one grant
+/// are issued; an instance that lost the race answers that the request is used up.
+async fn consent_clicks_sent_to_two_instances_issue_one_code(backend: Backend) {
+    let w = op_world(backend).await;
+    let other = w.another().await;
+    let (request_id, cookies) = partner_consent_page(&w).await;
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(16));
     let mut tasks = Vec::new();
@@ -1141,14 +1147,7 @@ async fn consent_clicks_sent_to_two_instances_issue_one_code(backend: Backend) {
 /// dropped while it waits inside the store.
 async fn a_consent_whose_first_click_the_browser_dropped_answers_the_second_alike(backend: Backend) {
     let w = op_world(backend).await;
-    let third_party =
-        json!({"name": "Partner", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": false});
-    let (client, _secret) = register(&w.app, third_party).await;
-    let (_, challenge) = pkce();
-    let mut browser = Browser::new();
-    let page = first_page(&w.app, &mut browser, authorize_url(&w.app, &client, &challenge, "")).await;
-    let request_id = request_id_of(&page.text().await.unwrap());
-    let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let (request_id, cookies) = partner_consent_page(&w).await;
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let click = || {
         http.post(w.app.url("/oauth/consent"))
