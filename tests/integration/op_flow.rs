@@ -1637,26 +1637,9 @@ async fn pushed_requests_are_single_use(backend: Backend) {
     let w = op_world(backend).await;
     let (client, secret) = web_app(&w.app).await;
     let (_, challenge) = pkce();
-    let pushed = w
-        .app
-        .client
-        .post(w.app.url("/oauth/par"))
-        .basic_auth(&client, Some(&secret))
-        .form(&[
-            ("response_type", "code"),
-            ("redirect_uri", REDIRECT),
-            ("scope", "openid"),
-            ("state", "st-1"),
-            ("code_challenge", challenge.as_str()),
-            ("code_challenge_method", "S256"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let pushed = body(pushed, 201).await;
-    let uri = pushed["request_uri"].as_str().unwrap();
+    let uri = push_code_request(&w.app, (&client, &secret), &challenge).await;
     assert!(uri.starts_with("urn:ietf:params:oauth:request_uri:"));
-    let url = w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(uri)));
+    let url = w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)));
     let mut browser = Browser::new();
     let back = follow(&mut browser, url.clone()).await;
     assert!(param(&back, "code").is_some());
@@ -1668,6 +1651,20 @@ async fn pushed_requests_are_single_use(backend: Backend) {
     assert_eq!(oauth_error(bad, 400).await, "invalid_request");
 }
 
+/// Pushes a code request of `client` (RFC 9126) for `REDIRECT`, state `st-1`; returns its
+/// `request_uri`.
+async fn push_code_request(app: &TestApp, client: (&str, &str), challenge: &str) -> String {
+    let pushed = app.client.post(app.url("/oauth/par")).basic_auth(client.0, Some(client.1)).form(&[
+        ("response_type", "code"),
+        ("redirect_uri", REDIRECT),
+        ("scope", "openid"),
+        ("state", "st-1"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    body(pushed.send().await.unwrap(), 201).await["request_uri"].as_str().unwrap().to_owned()
+}
+
 /// One pushed request's URI sent by a signed-in browser to two instances at once: it is used
 /// once, so one code is issued and every other request is refused without a redirect.
 async fn a_pushed_request_used_at_once_on_two_instances_issues_one_code(backend: Backend) {
@@ -1677,19 +1674,8 @@ async fn a_pushed_request_used_at_once_on_two_instances_issues_one_code(backend:
     let (_, challenge) = pkce();
     let mut browser = Browser::new();
     browser.sign_in(&w.app, "").await;
-    let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&[
-        ("response_type", "code"),
-        ("redirect_uri", REDIRECT),
-        ("scope", "openid"),
-        ("state", "st-1"),
-        ("code_challenge", challenge.as_str()),
-        ("code_challenge_method", "S256"),
-    ]);
-    let pushed = body(pushed.send().await.unwrap(), 201).await;
-    let path = format!(
-        "/oauth/authorize?client_id={client}&request_uri={}",
-        urlencode(pushed["request_uri"].as_str().unwrap())
-    );
+    let uri = push_code_request(&w.app, (&client, &secret), &challenge).await;
+    let path = format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri));
     let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(16));
