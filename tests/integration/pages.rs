@@ -487,6 +487,11 @@ async fn pages_work_in_a_real_browser() {
     assert!(Path::new(&chromium).exists(), "{chromium} is missing: `scripts/test` installs Debian's chromium");
     assert!(support().join("node_modules/axe-core/axe.min.js").exists(), "axe-core is missing: run `scripts/test`");
     let w = world(Backend::Sqlite).await;
+    // An app signing people in through Tessera, for the account choice and the app's sign-out.
+    let app = json!({"id": "pages-app", "name": "Pages app", "kind": "confidential", "first_party": true,
+                     "redirect_uris": ["https://app.example.com/callback"],
+                     "post_logout_redirect_uris": ["https://app.example.com/bye"]});
+    body(w.app.admin(reqwest::Method::POST, "/admin/clients").json(&app).send().await.unwrap(), 201).await;
     // Kept for people to look at after a run; emptied first, so that only this run's are there.
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     let _ = std::fs::remove_dir_all(&shots);
@@ -495,6 +500,7 @@ async fn pages_work_in_a_real_browser() {
         .arg("browser_pages.py")
         .current_dir(support())
         .env("TESSERA_URL", w.app.url(""))
+        .env("TESSERA_CLIENT_ID", "pages-app")
         .env("SCREENSHOTS", &shots)
         .env("CHROMIUM", &chromium);
     let output = crate::helpers::run_tool(&mut command, "the browser test", std::time::Duration::from_secs(600)).await;

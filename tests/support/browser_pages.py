@@ -4,12 +4,15 @@ Walks what a person does: an error page, the sign-in chooser (by keyboard only),
 page, linking a second sign-in method, removing it, an existing-account sign-in that must be
 linked (and the link flow it offers, confirmed on its page), connecting an account (its start page, the provider, the
 connected page) and disconnecting it, filling the form of an env profile's link and reconnecting
-it from the account page, signing out, and a page that does not exist. Every page is
+it from the account page, an app's "choose an account" request and its sign-out form posted from
+its own site, signing out, and a page that does not exist. Every page is
 checked with axe-core for serious or critical violations at 1280 and 375 px, must load without a
 Content-Security-Policy violation or script error, and is screenshotted at both widths into
 SCREENSHOTS. Exits non-zero, saying why, at the first surprise; prints a JSON summary last.
 
-Environment: TESSERA_URL, SCREENSHOTS (a folder), CHROMIUM (default /usr/bin/chromium).
+Environment: TESSERA_URL, TESSERA_CLIENT_ID (a registered app redirecting to
+https://app.example.com/callback, post-logout https://app.example.com/bye), SCREENSHOTS (a
+folder), CHROMIUM (default /usr/bin/chromium).
 """
 
 import json
@@ -34,6 +37,23 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+CLIENT = os.environ["TESSERA_CLIENT_ID"]
+# An authorization request of the registered app (any 43-character PKCE challenge will do).
+AUTHORIZE = (
+    f"/oauth/authorize?response_type=code&client_id={CLIENT}"
+    "&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcallback&scope=openid&state=st-1"
+    "&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+)
+APP_PAGE = '<!doctype html><html lang="en"><title>App</title><main><h1>App</h1></main></html>'
+# The app's sign-out form, on its own site.
+APP_SIGN_OUT = f"""<!doctype html><html lang="en"><title>App</title><main>
+<form method="post" action="{BASE}/oauth/logout">
+<input type="hidden" name="client_id" value="{CLIENT}">
+<input type="hidden" name="post_logout_redirect_uri" value="https://app.example.com/bye">
+<input type="hidden" name="state" value="bye">
+<button type="submit">Sign out of Tessera</button>
+</form></main></html>"""
 
 checked = []
 problems = []  # CSP violations and script errors, gathered from every page
@@ -161,6 +181,43 @@ def main():
         page.wait_for_url(re.compile(r"/account\?done=unlinked$"))
         expect(identities(page) == 1, "one sign-in method after removing")
         check_page(page, "account-unlinked", "Your account")
+
+        # An app asks the signed-in person to choose an account (prompt=select_account): going on
+        # as Ada lands back at the app with a code. The app's pages are served by the route below.
+        app_pages = []
+
+        def app(route):
+            app_pages.append(route.request.url)
+            html = APP_SIGN_OUT if route.request.url.endswith("/signout") else APP_PAGE
+            route.fulfill(status=200, content_type="text/html", body=html)
+
+        page.route(re.compile(r"^https?://app\.example\.(com|test)/"), app)
+        goto(page, AUTHORIZE + "&prompt=select_account")
+        expect(heading(page) == "Choose an account", f"the account choice: {heading(page)!r}")
+        check_page(page, "select-account", "Choose an account")
+        page.get_by_role("link", name=re.compile(r"^Continue as")).click()
+        page.wait_for_url(re.compile(r"^https://app\.example\.com/callback\?"))
+        expect("code=" in page.url and "state=st-1" in page.url, f"back at the app with a code: {page.url}")
+
+        # The app's own sign-out form, on its site, posts without the (SameSite=Lax) session
+        # cookie: Tessera's page continues it from its own origin, which carries the cookie; then
+        # the confirmation (no id_token_hint here), and back to the app's post-logout page.
+        page.goto("http://app.example.test/signout")
+        page.get_by_role("button", name="Sign out of Tessera").click()
+        page.wait_for_url(re.compile(r"/oauth/logout$"))
+        expect(heading(page) == "Continue signing out", f"the continue page: {heading(page)!r}")
+        check_page(page, "logout-continue", "Sign out")
+        page.get_by_role("button", name="Continue").click()
+        expect(heading(page) == "Sign out?", f"the confirmation: {heading(page)!r}")
+        page.get_by_role("button", name="Sign out").click()
+        page.wait_for_url(re.compile(r"^https://app\.example\.com/bye\?state=bye$"))
+        goto(page, "/account")
+        page.wait_for_url(re.compile(r"/login\?return_to=%2Faccount$"))
+        expect(any(u.endswith("/signout") for u in app_pages), "the app's page was served")
+
+        # Sign in again, for the rest of the walk.
+        goto(page, "/auth/login?provider=local")
+        page.wait_for_url(re.compile(r"/account$"))
 
         # Sign out: a page that confirms, then the signed-out page.
         page.get_by_role("link", name="Sign out").click()
