@@ -191,6 +191,10 @@ pub struct Rejection {
     /// The client's redirect URI and state, once both client and URI are known to be right;
     /// `None`: the error must be shown to the user, never redirected.
     pub redirect: Option<(String, Option<String>)>,
+    /// Sent in the redirect's fragment, not its query: the answer to a `response_type` that
+    /// includes `token` or `id_token`, which a client reads from the fragment (OAuth 2.0 Multiple
+    /// Response Type Encoding Practices, section 5; RFC 6749 4.2.2.1).
+    pub in_fragment: bool,
 }
 
 /// Why an authorization request failed.
@@ -465,7 +469,12 @@ impl OpenIdProvider {
         match params.response_type.as_deref() {
             Some("code") => {}
             None => return Err(fail("invalid_request", "response_type is missing (it must be code)")),
-            Some(_) => return Err(fail("unsupported_response_type", "response_type must be code")),
+            Some(other) => {
+                let in_fragment = other.split(' ').any(|t| t == "token" || t == "id_token");
+                let description = "response_type must be code".to_owned();
+                let error = "unsupported_response_type";
+                return Err(AuthorizeError::Rejected(Rejection { error, description, redirect: back, in_fragment }));
+            }
         }
         if params.response_mode.as_deref().is_some_and(|m| m != "query") {
             return Err(fail("invalid_request", "response_mode must be query"));
@@ -740,11 +749,11 @@ impl OpenIdProvider {
     /// The redirect that reports `rejection` to the client (RFC 6749 4.1.2.1, RFC 9207 `iss`).
     pub fn error_redirect(&self, rejection: &Rejection) -> Option<String> {
         let (uri, state) = rejection.redirect.as_ref()?;
-        Some(redirect_with(
-            uri,
-            &[("error", rejection.error), ("error_description", &rejection.description), ("iss", &self.issuer)],
-            state.as_deref(),
-        ))
+        let pairs = [("error", rejection.error), ("error_description", &rejection.description), ("iss", &self.issuer)];
+        if rejection.in_fragment {
+            return Some(fragment_with(uri, &pairs, state.as_deref()));
+        }
+        Some(redirect_with(uri, &pairs, state.as_deref()))
     }
 }
 
@@ -755,7 +764,7 @@ impl AuthorizationRequest {
 }
 
 fn reject(error: &'static str, description: &str, redirect: Option<(String, Option<String>)>) -> AuthorizeError {
-    AuthorizeError::Rejected(Rejection { error, description: description.to_owned(), redirect })
+    AuthorizeError::Rejected(Rejection { error, description: description.to_owned(), redirect, in_fragment: false })
 }
 
 /// Whether `value` is a PKCE S256 challenge: the base64url SHA-256 of a verifier, 43 characters.
@@ -803,7 +812,8 @@ impl OpenIdProvider {
         match self.validate(&Held::decode(&held)?, now).await {
             Ok(request) => {
                 let redirect = Some((request.redirect_uri, request.state));
-                Ok(self.error_redirect(&Rejection { error, description: description.to_owned(), redirect }))
+                let rejection = Rejection { error, description: description.to_owned(), redirect, in_fragment: false };
+                Ok(self.error_redirect(&rejection))
             }
             Err(AuthorizeError::Rejected(_)) => Ok(None),
             Err(AuthorizeError::Store(error)) => Err(error),
@@ -852,6 +862,18 @@ fn redirect_with(uri: &str, pairs: &[(&str, &str)], state: Option<&str>) -> Stri
             query.append_pair("state", state);
         }
     }
+    url.to_string()
+}
+
+/// `uri` with `pairs` and `state` in its fragment (a registered redirect URI has none).
+fn fragment_with(uri: &str, pairs: &[(&str, &str)], state: Option<&str>) -> String {
+    let Ok(mut url) = url::Url::parse(uri) else { return uri.to_owned() };
+    let mut fragment = url::form_urlencoded::Serializer::new(String::new());
+    fragment.extend_pairs(pairs);
+    if let Some(state) = state {
+        fragment.append_pair("state", state);
+    }
+    url.set_fragment(Some(&fragment.finish()));
     url.to_string()
 }
 
