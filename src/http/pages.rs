@@ -298,8 +298,9 @@ impl Pages {
     /// session cookie (`SameSite=Lax`): a form posting the same `fields` from this origin, which
     /// carries it — so that an `id_token_hint` never goes into a URL, as a redirect would put it.
     pub fn continue_logout(&self, fields: &[(&str, &str)]) -> Response {
-        let page =
-            ConfirmLogoutPage { chrome: self.chrome(true), fields, csrf: None, resumed_field: LOGOUT_RESUMED_FIELD };
+        // Whether this browser is signed in is not known here (no cookie came): no account links.
+        let chrome = self.chrome(false);
+        let page = ConfirmLogoutPage { chrome, fields, csrf: None, resumed_field: LOGOUT_RESUMED_FIELD };
         self.render(StatusCode::OK, &page)
     }
 }
