@@ -283,10 +283,7 @@ fn check_browser_session(input: &BrowserSessionInput) -> Result<CheckedSession, 
             if !url.username().is_empty() || url.password().is_some() {
                 return Err(refuse("cdp_url", "no user name or password in the URL; a token goes in its query"));
             }
-            let mut shown = url.clone();
-            shown.set_query(None);
-            shown.set_fragment(None);
-            (Some(url.to_string()), Some(shown.to_string()))
+            (Some(url.to_string()), Some(shown_endpoint(&url)))
         }
     };
     let payload = json!({
@@ -295,6 +292,12 @@ fn check_browser_session(input: &BrowserSessionInput) -> Result<CheckedSession, 
         "cdp_url": cdp_url,
     });
     Ok(CheckedSession { payload, browser_kind, shown_cdp_url })
+}
+
+/// What may be shown of a browser's DevTools endpoint: where it is (its origin), not its path
+/// (`/devtools/browser/<id>` is all it takes to drive the browser) nor a token in its query.
+pub fn shown_endpoint(url: &Url) -> String {
+    url.origin().ascii_serialization()
 }
 
 /// A credential checked and ready to store: its JSON payload and what may be shown.
@@ -607,7 +610,7 @@ mod tests {
     }
 
     #[test]
-    fn browser_sessions_are_checked_and_their_endpoint_shown_without_its_query() {
+    fn browser_sessions_are_checked_and_their_endpoint_shown_by_its_origin_only() {
         let input = |state: Value, kind: Option<&str>, cdp: Option<&str>| BrowserSessionInput {
             storage_state: state,
             browser_kind: kind.map(str::to_owned),
@@ -619,7 +622,7 @@ mod tests {
             check_browser_session(&input(state.clone(), None, Some("wss://browser.example:9222/devtools?token=t0k")))
                 .unwrap();
         assert_eq!(checked.browser_kind, "chromium");
-        assert_eq!(checked.shown_cdp_url.as_deref(), Some("wss://browser.example:9222/devtools"));
+        assert_eq!(checked.shown_cdp_url.as_deref(), Some("wss://browser.example:9222"), "its origin only");
         assert_eq!(checked.payload["cdp_url"], "wss://browser.example:9222/devtools?token=t0k");
         assert_eq!(checked.payload["storage_state"], state);
         assert!(!format!("{:?}", input(state.clone(), None, Some("ws://x/?token=t0k"))).contains("t0k"));

@@ -475,7 +475,7 @@ async fn browser_sessions_are_stored_replaced_and_read_through_credentials(backe
     assert_eq!(set["status"], "active");
     assert_eq!(set["credential"]["kind"], "browser_session");
     assert_eq!(set["credential"]["browser_kind"], "chromium");
-    assert_eq!(set["credential"]["cdp_url"], "ws://127.0.0.1:9222/devtools/browser/x");
+    assert_eq!(set["credential"]["cdp_url"], "ws://127.0.0.1:9222", "where it is, not the path that drives it");
     assert!(!set.to_string().contains("cookie-one") && !set.to_string().contains("t0ken"), "{set}");
 
     let read = w.credentials(w.bob.id, "browser").await;

@@ -148,6 +148,11 @@ impl From<CredentialMeta> for CredentialMetaResponse {
                 fields: fields.into_iter().map(|f| FieldSetResponse { name: f.name, set_at: f.set_at }).collect(),
             },
             CredentialMeta::BrowserSession { browser_kind, cdp_url, set_at } => {
+                // Stored before only the origin was kept, a shown URL may still have its path.
+                let cdp_url = cdp_url
+                    .as_deref()
+                    .and_then(|u| url::Url::parse(u).ok())
+                    .map(|u| crate::service::profile_credentials::shown_endpoint(&u));
                 CredentialMetaResponse::BrowserSession { browser_kind, cdp_url, set_at }
             }
         }
