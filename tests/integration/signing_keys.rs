@@ -33,6 +33,7 @@ on_both_backends!(
     private_keys_are_stored_encrypted_and_bound_to_their_row,
     concurrent_first_signatures_on_two_instances_leave_one_usable_key,
     an_instance_whose_ring_cannot_decrypt_the_next_key_is_not_ready,
+    a_public_key_that_is_not_its_key_ids_is_refused,
 );
 
 const ISSUER: &str = "https://tessera.example.com";
@@ -405,4 +406,27 @@ async fn an_instance_whose_ring_cannot_decrypt_the_next_key_is_not_ready(backend
     assert_eq!(answer["code"], "signing_key_unusable");
     assert!(answer["detail"].as_str().unwrap().contains("TESSERA_ENCRYPTION_KEYS"), "{answer}");
     app.stop().await;
+}
+
+/// A key's id is its public key's thumbprint: a row whose public key was replaced (another key's
+/// written over it, by someone who can write to the database but not decrypt it) is refused as
+/// unusable, not published and trusted for verification.
+async fn a_public_key_that_is_not_its_key_ids_is_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let keys = signing_keys(store.clone(), SigningKeySettings::default()).await;
+    for alg in [SigningAlg::ES256, SigningAlg::EdDSA] {
+        keys.sign(alg, "JWT", &claims("ada")).await.unwrap();
+    }
+    let stored = store.all_signing_keys().await.unwrap();
+    let (victim, other) = (&stored[0], &stored[1]);
+    assert!(SigningKeys::new(store.clone(), ring(), SigningKeySettings::default()).await.is_ok(), "as written");
+    let swap = format!(
+        "UPDATE signing_keys SET public_jwk = (SELECT public_jwk FROM signing_keys WHERE kid = '{}') WHERE kid = '{}'",
+        other.kid, victim.kid
+    );
+    db.sql().await.exec(&swap).await.unwrap();
+    let error = SigningKeys::new(store.clone(), ring(), SigningKeySettings::default()).await.unwrap_err();
+    assert!(matches!(&error, SigningError::Unusable { kid, .. } if *kid == victim.kid), "{error:?}");
+    assert!(error.to_string().contains("does not match its key id"), "{error}");
 }

@@ -802,6 +802,12 @@ impl LoadedKey {
         let parsed: jsonwebtoken::jwk::Jwk =
             serde_json::from_value(jwk.clone()).map_err(|_| unusable("the public JWK is not a JWK"))?;
         let decoding = DecodingKey::from_jwk(&parsed).map_err(|_| unusable("the public JWK is not a usable key"))?;
+        // The key id is the public key's thumbprint (RFC 7638): a public key written over another
+        // row's (by someone who could write to the database, not decrypt it) is refused, not
+        // published and trusted.
+        if thumbprint(&jwk) != record.kid {
+            return Err(unusable("the public JWK does not match its key id (its RFC 7638 thumbprint)"));
+        }
         let may_sign = record.retired_at.is_none_or(|retired| retired > now);
         let encoding = may_sign.then(|| {
             let pkcs8 = keyring
