@@ -37,6 +37,7 @@ on_both_backends!(
     a_test_during_a_refresh_refreshes_once,
     a_profile_revoked_during_its_refresh_hands_out_no_token,
     a_github_profile_is_tested_against_the_user_endpoint,
+    a_success_that_names_no_account_is_a_refusal,
 );
 
 struct World {
@@ -57,6 +58,7 @@ fn configure(config: &mut Config, issuer: &LocalIssuer) {
     config.auth.cookie_secure = false;
     config.providers.push(provider("local", ProviderKind::Oidc, issuer));
     config.providers.push(plain_provider(issuer));
+    config.providers.push(chat_provider(issuer));
     config.auth.default_provider = Some("local".into());
     let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([5u8; 32]));
     config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
@@ -97,6 +99,19 @@ pub(crate) fn plain_provider(issuer: &LocalIssuer) -> ProviderConfig {
         name: None,
     });
     plain
+}
+
+/// A plain OAuth 2.0 provider at the local issuer whose user endpoint answers a refused token
+/// as Slack's `auth.test` does, when the issuer is told to (`refuse_userinfo_in_a_200`).
+fn chat_provider(issuer: &LocalIssuer) -> ProviderConfig {
+    let mut chat = plain_provider(issuer);
+    chat.name = "chat".into();
+    chat.issuer = tessera::domain::Issuer::parse("https://chat.example.com").unwrap();
+    chat.endpoints.userinfo = Some(url::Url::parse(&format!("{}/userinfo", issuer.issuer())).unwrap());
+    if let Some(profile) = chat.protocol.profile.as_mut() {
+        profile.account_id = "/sub".into();
+    }
+    chat
 }
 
 async fn sign_in(app: &TestApp, issuer: &LocalIssuer, subject: &str) -> Member {
@@ -724,5 +739,26 @@ async fn a_github_profile_is_tested_against_the_user_endpoint(backend: Backend) 
     assert_eq!(
         outcome,
         json!({"ok": true, "status": 200, "error": null, "refreshed": false, "profile_status": "active"})
+    );
+}
+
+/// A user endpoint that answers a dead token with a 200 whose body names no account (Slack's
+/// `auth.test`: `{"ok": false, "error": "token_revoked"}`): the test reports the refusal, and a
+/// refresh the provider refuses too marks the profile, as a 401 would.
+async fn a_success_that_names_no_account_is_a_refusal(backend: Backend) {
+    let mut w = world(backend).await;
+    let mut chat = request("oauth_account", "chat", "chat", &[]);
+    chat["provider"] = json!("chat");
+    let created = w.create(w.alice.id, chat).await;
+    let page = connect(&mut w.alice.browser, created["connect_url"].as_str().unwrap()).await;
+    assert_eq!(page.status(), StatusCode::OK, "{:?}", page.text().await);
+    let live = body(w.post(w.alice.id, "/auth-profiles/chat/test").await, 200).await;
+    assert_eq!((live["ok"].as_bool(), live["status"].as_u64()), (Some(true), Some(200)), "{live}");
+    w.issuer.refuse_userinfo_in_a_200(true);
+    w.issuer.revoke_all_tokens();
+    let dead = body(w.post(w.alice.id, "/auth-profiles/chat/test").await, 200).await;
+    assert_eq!(
+        dead,
+        json!({"ok": false, "status": 401, "error": "invalid_token", "refreshed": false, "profile_status": "needs_reauth"})
     );
 }

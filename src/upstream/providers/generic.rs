@@ -133,7 +133,9 @@ impl Provider for OAuth2Provider {
     }
 
     /// The status of the configured user endpoint called with the token (the request sign-in
-    /// uses); `None` when the template reads the account from the token answer instead.
+    /// uses); `None` when the template reads the account from the token answer instead. A
+    /// success whose body names no account (Slack's `auth.test` answers a revoked token with
+    /// `200 {"ok": false, "error": "token_revoked"}`) is the refusal it is: 401.
     async fn check_access_token(&self, access_token: &str) -> Result<Option<u16>, ProviderError> {
         let Some(url) = &self.config.endpoints.userinfo else {
             return Ok(None);
@@ -145,7 +147,16 @@ impl Provider for OAuth2Provider {
             .send()
             .await
             .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
-        Ok(Some(response.status().as_u16()))
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Ok(Some(status));
+        }
+        let names_an_account = match super::json_answer(response, "the profile endpoint").await {
+            Ok(document) => user_info(&self.profile, &document).is_ok(),
+            Err(ProviderError::Unavailable(why)) => return Err(ProviderError::Unavailable(why)),
+            Err(_) => false,
+        };
+        Ok(Some(if names_an_account { status } else { 401 }))
     }
 
     async fn checks_access_tokens(&self) -> Result<bool, ProviderError> {

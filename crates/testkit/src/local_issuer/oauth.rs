@@ -112,6 +112,7 @@ pub(super) struct OAuthState {
     no_refresh_token_on_code: AtomicBool,
     ignore_reauthentication: AtomicBool,
     refuse_userinfo: AtomicBool,
+    refusals_in_a_200: AtomicBool,
     account_in_token_answers: AtomicBool,
     granted_scope: std::sync::Mutex<Option<String>>,
     refresh_token_needs: std::sync::Mutex<Vec<(String, String)>>,
@@ -228,6 +229,12 @@ impl LocalIssuer {
     /// does for a token issued for another audience, while refreshes go on working.
     pub fn refuse_userinfo(&self, refuse: bool) {
         self.state.oauth.refuse_userinfo.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Makes the userinfo endpoint refuse a token as Slack's `auth.test` does: `200 {"ok": false,
+    /// "error": "token_revoked"}`, not a 401.
+    pub fn refuse_userinfo_in_a_200(&self, on: bool) {
+        self.state.oauth.refusals_in_a_200.store(on, Ordering::SeqCst);
     }
 
     /// Forgets every access and refresh token issued so far.
@@ -549,6 +556,9 @@ async fn userinfo(State(state): State<Arc<IssuerState>>, headers: HeaderMap) -> 
                 body["email_verified"] = user.email_verified.into();
             }
             Json(body).into_response()
+        }
+        None if state.oauth.refusals_in_a_200.load(Ordering::SeqCst) => {
+            Json(json!({ "ok": false, "error": "token_revoked" })).into_response()
         }
         None => oauth_error(StatusCode::UNAUTHORIZED, "invalid_token"),
     }
