@@ -418,28 +418,25 @@ async fn concurrent_migrate_runs_apply_each_migration_once(backend: Backend) {
     let migrations = std::fs::read_dir(folder).unwrap().count();
     assert_eq!(sql.count("_sqlx_migrations").await, migrations as i64);
     assert_eq!(sql.count("(SELECT DISTINCT version FROM _sqlx_migrations) AS applied").await, migrations as i64);
-    let mut check = tessera(dir.path());
-    check
+    let checked = run(&mut check(dir.path(), &db)).await;
+    assert_eq!(checked.code, 0, "{}{}", checked.stdout, checked.stderr);
+}
+
+/// `tessera check` on `db`, with the least configuration it needs.
+fn check(dir: &std::path::Path, db: &TestDb) -> Command {
+    let mut command = tessera(dir);
+    command
         .env("TESSERA_DATABASE_URL", &db.url)
         .env("TESSERA_ALLOWED_ISSUERS", "https://issuer.example.com")
         .env("TESSERA_ADMIN_TOKEN", "an-admin-token-for-the-check-test")
         .arg("check");
-    let checked = run(&mut check).await;
-    assert_eq!(checked.code, 0, "{}{}", checked.stdout, checked.stderr);
+    command
 }
 
 async fn check_reports_pending_migrations_and_broken_invariants(backend: Backend) {
     let db = TestDb::new(backend).await;
     let dir = tempfile::tempdir().unwrap();
-    let check = || {
-        let mut command = tessera(dir.path());
-        command
-            .env("TESSERA_DATABASE_URL", &db.url)
-            .env("TESSERA_ALLOWED_ISSUERS", "https://issuer.example.com")
-            .env("TESSERA_ADMIN_TOKEN", "an-admin-token-for-the-check-test")
-            .arg("check");
-        command
-    };
+    let check = || check(dir.path(), &db);
     let fresh = run(&mut check()).await;
     assert_eq!(fresh.code, 1, "{}", fresh.stdout);
     let expected = match backend {

@@ -15,7 +15,9 @@ use tessera::crypto::keyring::KeyRing;
 use tessera::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, Slug, TeamId, UserId};
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser, TokenFault};
 
-use crate::helpers::{ADMIN_TOKEN, Backend, Sql, TestApp, assert_no_leak, eventually, json as body, on_both_backends};
+use crate::helpers::{
+    ADMIN_TOKEN, Backend, Sql, TestApp, assert_no_leak, eventually, json as body, on_both_backends, send_at_once,
+};
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 
 on_both_backends!(
@@ -858,20 +860,9 @@ async fn concurrent_revocations_revoke_once(backend: Backend) {
     let slug = w.connected("twice").await;
     let sql = w.app.db.sql().await;
     let before = sql.count("outbox_events WHERE topic = 'auth_profile.revoked'").await;
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let request = w.on_behalf(Method::DELETE, &format!("/auth-profiles/{slug}"), w.alice.id);
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            request.send().await.unwrap().status()
-        }));
-    }
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.unwrap());
-    }
+    let revoke = || w.on_behalf(Method::DELETE, &format!("/auth-profiles/{slug}"), w.alice.id);
+    let answers = send_at_once(&(0..8).map(|_| revoke()).collect::<Vec<_>>()).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(reqwest::Response::status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::NO_CONTENT).count(), 1, "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == StatusCode::NO_CONTENT || *s == StatusCode::NOT_FOUND), "{statuses:?}");
     assert_eq!(w.issuer.revocations(), 1, "revoked at the provider once");

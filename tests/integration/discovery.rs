@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestApp, identity, json as body, on_both_backends};
+use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, TestApp, identity, json as body, on_both_backends, send_at_once};
 
 on_both_backends!(
     verified_domains_route_to_their_issuer_and_nothing_else_does,
@@ -114,23 +114,16 @@ async fn domain_claims_are_validated_and_owned_by_one_team(backend: Backend) {
 /// Twelve claims of one domain at once, half by each of two teams: one team holds it, with one
 /// row; its own other claims update it (200), the other team's are refused (409).
 async fn concurrent_claims_of_one_domain_give_it_to_one_team(backend: Backend) {
-    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
+    let app = TestApp::spawn(backend).await;
     let teams = [team_of(&app, "first-admin").await, team_of(&app, "second-admin").await];
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(12));
-    let mut tasks = Vec::new();
-    for i in 0..12 {
-        let (app, team, barrier) = (app.clone(), teams[i % 2].clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            let request = json!({"domain": "contested.example", "issuer": ISSUER, "verified": true});
-            barrier.wait().await;
-            let response = claim(&app, &team, request).await;
-            let status = response.status().as_u16();
-            (team, status, response.json::<Value>().await.unwrap())
-        }));
-    }
+    let request = json!({"domain": "contested.example", "issuer": ISSUER, "verified": true});
+    let claims: Vec<_> = (0..12)
+        .map(|i| app.admin(Method::POST, &format!("/admin/teams/{}/domains", teams[i % 2])).json(&request))
+        .collect();
     let mut answers = Vec::new();
-    for task in tasks {
-        answers.push(task.await.unwrap());
+    for (i, response) in send_at_once(&claims).await.into_iter().enumerate() {
+        let status = response.status().as_u16();
+        answers.push((teams[i % 2].clone(), status, response.json::<Value>().await.unwrap()));
     }
     let created: Vec<&String> =
         answers.iter().filter(|(_, status, _)| *status == 201).map(|(team, _, _)| team).collect();

@@ -581,3 +581,37 @@ pub fn identity(subject: &str, email: &str, name: Option<&str>) -> Value {
     }
     body
 }
+
+/// Runs `n` tasks at once (they start together, behind a barrier) and returns their results in
+/// task order.
+pub async fn concurrently<T, Fut>(n: usize, task: impl Fn(usize) -> Fut) -> Vec<T>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, work) = (barrier.clone(), task(i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                work.await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for handle in handles {
+        results.push(handle.await.expect("a concurrent task panicked"));
+    }
+    results
+}
+
+/// Sends `requests` at once (they start together, behind a barrier); returns the answers in
+/// order.
+pub async fn send_at_once(requests: &[reqwest::RequestBuilder]) -> Vec<reqwest::Response> {
+    concurrently(requests.len(), |i| {
+        let request = requests[i].try_clone().expect("a request whose body is in memory");
+        async move { request.send().await.expect("the request was sent") }
+    })
+    .await
+}

@@ -16,7 +16,7 @@ use tessera::domain::SigningAlg;
 use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
 use tessera_testkit::local_issuer::{StubUser, UPSTREAM_SESSION_AGE_SECONDS};
 
-use crate::helpers::{Backend, Sql, TestApp, json as body, on_both_backends};
+use crate::helpers::{Backend, Sql, TestApp, json as body, on_both_backends, send_at_once};
 use crate::pages::csrf_of;
 use crate::signin::{Browser, World, location, world_with};
 
@@ -1119,24 +1119,15 @@ async fn consent_clicks_sent_to_two_instances_issue_one_code(backend: Backend) {
     let other = w.another().await;
     let (request_id, cookies) = partner_consent_page(&w).await;
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
-    let mut tasks = Vec::new();
-    for i in 0..16 {
-        let app = if i % 2 == 0 { &w.app } else { &other };
-        let click = http
-            .post(app.url("/oauth/consent"))
+    let click = |app: &TestApp| {
+        http.post(app.url("/oauth/consent"))
             .header("cookie", cookies.join("; "))
             .header("accept", "text/html")
-            .form(&[("request_id", request_id.as_str()), ("decision", "approve")]);
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            click.send().await.unwrap()
-        }));
-    }
+            .form(&[("request_id", request_id.as_str()), ("decision", "approve")])
+    };
+    let clicks: Vec<_> = (0..16).map(|i| click(if i % 2 == 0 { &w.app } else { &other })).collect();
     let (mut codes, mut refused) = (HashSet::new(), 0);
-    for task in tasks {
-        let answer = task.await.unwrap();
+    for answer in send_at_once(&clicks).await {
         match answer.status() {
             StatusCode::SEE_OTHER => {
                 codes.insert(param(&location(&answer), "code").expect("a redirect carries the code"));
@@ -1691,20 +1682,11 @@ async fn a_pushed_request_used_at_once_on_two_instances_issues_one_code(backend:
     let path = format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri));
     let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
-    let mut tasks = Vec::new();
-    for i in 0..16 {
-        let app = if i % 2 == 0 { &w.app } else { &other };
-        let request = http.get(app.url(&path)).header("cookie", cookies.join("; ")).header("accept", "text/html");
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            request.send().await.unwrap()
-        }));
-    }
+    let open =
+        |app: &TestApp| http.get(app.url(&path)).header("cookie", cookies.join("; ")).header("accept", "text/html");
+    let requests: Vec<_> = (0..16).map(|i| open(if i % 2 == 0 { &w.app } else { &other })).collect();
     let (mut codes, mut refused) = (0, 0);
-    for task in tasks {
-        let answer = task.await.unwrap();
+    for answer in send_at_once(&requests).await {
         match answer.status() {
             StatusCode::SEE_OTHER => {
                 let to = location(&answer);

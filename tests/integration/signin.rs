@@ -10,7 +10,9 @@ use tessera::config::{Config, ProviderConfig, ProviderEndpoints, ProviderKind};
 use tessera::domain::Issuer;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser, Tamper, TokenFault};
 
-use crate::helpers::{Backend, TestApp, TestDb, eventually_within, identity, json as body, on_both_backends};
+use crate::helpers::{
+    Backend, TestApp, TestDb, eventually_within, identity, json as body, on_both_backends, send_at_once,
+};
 use std::time::Duration;
 
 on_both_backends!(
@@ -627,21 +629,11 @@ async fn concurrent_sign_outs_end_the_session_once(backend: Backend) {
     assert_eq!(sql.count("sessions").await, 1);
     let before = sql.count("outbox_events WHERE topic = 'session.revoked'").await;
     let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(12));
-    let mut tasks = Vec::new();
-    for _ in 0..12 {
-        let request = client
-            .post(w.app.url("/auth/logout"))
-            .header("cookie", cookie.clone())
-            .header("sec-fetch-site", "same-origin");
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            request.send().await.unwrap().status()
-        }));
-    }
-    for task in tasks {
-        assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT, "signing out of an ended session is not an error");
+    let sign_out = || {
+        client.post(w.app.url("/auth/logout")).header("cookie", cookie.clone()).header("sec-fetch-site", "same-origin")
+    };
+    for answer in send_at_once(&(0..12).map(|_| sign_out()).collect::<Vec<_>>()).await {
+        assert_eq!(answer.status(), StatusCode::NO_CONTENT, "signing out of an ended session is not an error");
     }
     assert_eq!(sql.count("sessions").await, 0);
     assert_eq!(

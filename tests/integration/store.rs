@@ -5,7 +5,6 @@
 //! the precision both backends keep.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
@@ -29,7 +28,7 @@ use tessera::store::{
 use tessera::store::{DefaultOutcome, FanOut, ProfileChange, ProfileUpdate, ReplayPage, Revocation, WebhookChange};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, on_both_backends};
+use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, concurrently, on_both_backends};
 
 on_both_backends!(
     webhook_endpoints_are_stored_updated_and_deleted,
@@ -406,30 +405,6 @@ fn connect_token(profile: &AuthProfile, user: UserId, at: DateTime<Utc>, ttl: Ti
 
 fn lease(owner: Uuid, at: DateTime<Utc>) -> RefreshLease {
     RefreshLease { owner, until: at + TimeDelta::seconds(30), now: at }
-}
-
-/// Runs `n` tasks at once (they start together, behind a barrier) and returns their results in
-/// task order.
-async fn concurrently<T, Fut>(n: usize, task: impl Fn(usize) -> Fut) -> Vec<T>
-where
-    T: Send + 'static,
-    Fut: Future<Output = T> + Send + 'static,
-{
-    let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            let (barrier, work) = (barrier.clone(), task(i));
-            tokio::spawn(async move {
-                barrier.wait().await;
-                work.await
-            })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(n);
-    for handle in handles {
-        results.push(handle.await.expect("a concurrent task panicked"));
-    }
-    results
 }
 
 // ---- Schema and connection ------------------------------------------------------------------

@@ -18,7 +18,7 @@ use super::client_auth::{ClientAuthForm, client_credentials};
 use crate::domain::Client;
 use crate::http::AppState;
 use crate::http::extract::ApiBytes;
-use crate::service::op::authorize::{AuthorizationParams, AuthorizeError};
+use crate::service::op::authorize::{AuthorizationParams, AuthorizeError, Unsupported};
 use crate::service::op::clients::ClientCredentials;
 use crate::service::op::provider::{OAuthError, OpenIdProvider};
 use crate::service::op::tokens::{TokenForm, single_valued};
@@ -310,9 +310,9 @@ pub(super) fn authorization_params(map: &BTreeMap<&str, &str>) -> AuthorizationP
         request_uri: get(map, "request_uri"),
         response_mode: get(map, "response_mode"),
         unsupported: if map.contains_key("request") {
-            Some("request_not_supported")
+            Some(Unsupported::RequestObject)
         } else if map.contains_key("registration") {
-            Some("registration_not_supported")
+            Some(Unsupported::Registration)
         } else {
             None
         },

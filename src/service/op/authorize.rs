@@ -52,12 +52,9 @@ pub struct AuthorizationParams {
     /// Only `query`.
     pub response_mode: Option<String>,
     /// A parameter of OpenID Connect Core that Tessera does not support, refused rather than
-    /// ignored (what it carries would be lost), as the error its section 3.1.2.6 names:
-    /// `request_not_supported` (a request object, section 6.1), `request_uri_not_supported` (a
-    /// request object by reference: a `request_uri` not pushed here, section 6.2) or
-    /// `registration_not_supported` (section 7.2.1).
+    /// ignored (what it carries would be lost).
     #[serde(skip)]
-    pub unsupported: Option<&'static str>,
+    pub unsupported: Option<Unsupported>,
     /// An id token of the user the client expects (OpenID Connect Core 3.1.2.1): with
     /// `prompt=none`, a browser signed in as someone else gets `login_required`, not a code for
     /// another user. Not held as such (it carries the user's claims): a held request keeps the
@@ -69,6 +66,39 @@ pub struct AuthorizationParams {
     /// the client.
     #[serde(skip)]
     pub repeated: Option<String>,
+}
+
+/// A parameter of OpenID Connect Core that Tessera does not support, refused with the error its
+/// section 3.1.2.6 names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsupported {
+    /// A request object (`request`, section 6.1).
+    RequestObject,
+    /// A request object by reference: a `request_uri` not handed out for a pushed request here
+    /// (section 6.2).
+    RequestUri,
+    /// `registration` (section 7.2.1).
+    Registration,
+}
+
+impl Unsupported {
+    /// The OAuth error and its description.
+    fn error(self) -> (&'static str, &'static str) {
+        match self {
+            Self::RequestObject => {
+                ("request_not_supported", "request objects are not supported; send the parameters as such")
+            }
+            Self::RequestUri => (
+                "request_uri_not_supported",
+                "request_uri is accepted only as this server's answer to a pushed request (request objects by \
+                 reference are not supported)",
+            ),
+            Self::Registration => (
+                "registration_not_supported",
+                "the registration parameter is not supported; the operator registers clients",
+            ),
+        }
+    }
 }
 
 /// A request held by Tessera between steps, with what it decided so far.
@@ -479,14 +509,7 @@ impl OpenIdProvider {
         if params.response_mode.as_deref().is_some_and(|m| m != "query") {
             return Err(fail("invalid_request", "response_mode must be query"));
         }
-        if let Some(error) = params.unsupported {
-            let description = match error {
-                "request_not_supported" => "request objects are not supported; send the parameters as such",
-                "request_uri_not_supported" => {
-                    "request_uri is accepted only as this server's answer to a pushed request (request objects by reference are not supported)"
-                }
-                _ => "the registration parameter is not supported; the operator registers clients",
-            };
+        if let Some((error, description)) = params.unsupported.map(Unsupported::error) {
             return Err(fail(error, description));
         }
         if !client.allows(GrantType::AuthorizationCode) {
@@ -743,6 +766,7 @@ impl OpenIdProvider {
             &request.redirect_uri,
             &[("code", code.expose_secret()), ("iss", &self.issuer)],
             request.state.as_deref(),
+            false,
         ))
     }
 
@@ -750,10 +774,7 @@ impl OpenIdProvider {
     pub fn error_redirect(&self, rejection: &Rejection) -> Option<String> {
         let (uri, state) = rejection.redirect.as_ref()?;
         let pairs = [("error", rejection.error), ("error_description", &rejection.description), ("iss", &self.issuer)];
-        if rejection.in_fragment {
-            return Some(fragment_with(uri, &pairs, state.as_deref()));
-        }
-        Some(redirect_with(uri, &pairs, state.as_deref()))
+        Some(redirect_with(uri, &pairs, state.as_deref(), rejection.in_fragment))
     }
 }
 
@@ -827,7 +848,7 @@ impl OpenIdProvider {
 fn without_foreign_request_uri(params: AuthorizationParams) -> AuthorizationParams {
     match params.request_uri.as_deref() {
         Some(uri) if request_uri_hash(uri).is_none() => {
-            AuthorizationParams { request_uri: None, unsupported: Some("request_uri_not_supported"), ..params }
+            AuthorizationParams { request_uri: None, unsupported: Some(Unsupported::RequestUri), ..params }
         }
         _ => params,
     }
@@ -850,30 +871,18 @@ fn continue_url(client_id: &str, request_uri: &str) -> String {
     format!("/oauth/authorize?{query}")
 }
 
-/// `uri` with `pairs` and `state` added to its query (keeping the query it has).
-fn redirect_with(uri: &str, pairs: &[(&str, &str)], state: Option<&str>) -> String {
+/// `uri` with `pairs` and `state` added to its query (keeping the query it has), or, `in_fragment`,
+/// put in its fragment (a registered redirect URI has none).
+fn redirect_with(uri: &str, pairs: &[(&str, &str)], state: Option<&str>, in_fragment: bool) -> String {
     let Ok(mut url) = url::Url::parse(uri) else { return uri.to_owned() };
-    {
-        let mut query = url.query_pairs_mut();
-        for (key, value) in pairs {
-            query.append_pair(key, value);
-        }
-        if let Some(state) = state {
-            query.append_pair("state", state);
-        }
+    let state = state.map(|state| ("state", state));
+    if in_fragment {
+        let mut fragment = url::form_urlencoded::Serializer::new(String::new());
+        fragment.extend_pairs(pairs.iter().copied().chain(state));
+        url.set_fragment(Some(&fragment.finish()));
+    } else {
+        url.query_pairs_mut().extend_pairs(pairs.iter().copied().chain(state));
     }
-    url.to_string()
-}
-
-/// `uri` with `pairs` and `state` in its fragment (a registered redirect URI has none).
-fn fragment_with(uri: &str, pairs: &[(&str, &str)], state: Option<&str>) -> String {
-    let Ok(mut url) = url::Url::parse(uri) else { return uri.to_owned() };
-    let mut fragment = url::form_urlencoded::Serializer::new(String::new());
-    fragment.extend_pairs(pairs);
-    if let Some(state) = state {
-        fragment.append_pair("state", state);
-    }
-    url.set_fragment(Some(&fragment.finish()));
     url.to_string()
 }
 
@@ -887,6 +896,7 @@ mod tests {
             "https://app.example/cb?tenant=a",
             &[("code", "c1"), ("iss", "https://id.example")],
             Some("s&1"),
+            false,
         );
         assert_eq!(to, "https://app.example/cb?tenant=a&code=c1&iss=https%3A%2F%2Fid.example&state=s%261");
     }

@@ -810,14 +810,14 @@ pub fn repeated_parameter(pairs: &[(String, String)]) -> Option<&str> {
     pairs
         .iter()
         .map(|(key, _)| key.as_str())
-        .filter(|key| *key == "resource" || PROTOCOL_PARAMETERS.contains(key))
+        .filter(|key| PROTOCOL_PARAMETERS.contains(key))
         .find(|key| !seen.insert(*key))
 }
 
 /// The parameters of the protocols Tessera's OAuth endpoints speak (RFC 6749, 7009, 7523, 7636,
 /// 7662, 8693, 8707, 9126, 9207, OpenID Connect Core and RP-Initiated Logout), and of its consent
 /// form: each may be sent once.
-const PROTOCOL_PARAMETERS: [&str; 39] = [
+const PROTOCOL_PARAMETERS: [&str; 40] = [
     "response_type",
     "response_mode",
     "client_id",
@@ -855,6 +855,7 @@ const PROTOCOL_PARAMETERS: [&str; 39] = [
     "requested_token_type",
     "post_logout_redirect_uri",
     "iss",
+    "resource",
     // Tessera's consent form.
     "request_id",
     "decision",

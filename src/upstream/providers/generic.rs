@@ -52,17 +52,21 @@ impl OAuth2Provider {
     }
 
     /// The profile document: the profile endpoint's answer, or the token answer without one.
+    /// The user endpoint `url` called with `access_token`, as sign-in and a token's test call it.
+    async fn call_user_endpoint(&self, url: &Url, access_token: &str) -> Result<reqwest::Response, ProviderError> {
+        self.profile_request(url)
+            .bearer_auth(access_token)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))
+    }
+
     async fn profile_document(&self, tokens: &TokenSet) -> Result<Value, ProviderError> {
         let Some(url) = &self.config.endpoints.userinfo else {
             return Ok(Value::Object(tokens.fields.0.clone()));
         };
-        let request = self.profile_request(url);
-        let response = request
-            .bearer_auth(tokens.access_token.expose_secret())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
+        let response = self.call_user_endpoint(url, tokens.access_token.expose_secret()).await?;
         let status = response.status();
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!("the profile endpoint answered {status}")));
@@ -140,13 +144,7 @@ impl Provider for OAuth2Provider {
         let Some(url) = &self.config.endpoints.userinfo else {
             return Ok(None);
         };
-        let response = self
-            .profile_request(url)
-            .bearer_auth(access_token)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
+        let response = self.call_user_endpoint(url, access_token).await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             return Ok(Some(status));
