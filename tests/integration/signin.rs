@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
-use serde_json::json;
+use serde_json::{Value, json};
 use tessera::config::{Config, ProviderConfig, ProviderEndpoints, ProviderKind};
 use tessera::domain::Issuer;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser, Tamper, TokenFault};
@@ -776,16 +776,7 @@ pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: B
     assert_eq!((sql.count("users").await, sql.count("identities").await), (4, 6));
     // Nor does a trusted provider's sign-in that said the address was not verified (an account
     // signed up there in someone's name, never confirmed) keep the owner out.
-    let mut unconfirmed = StubUser::new("grace-unconfirmed", "grace@example.com");
-    unconfirmed.email_verified = false;
-    w.issuer.set_next_user(unconfirmed);
-    let mut claimer = Browser::new();
-    assert_eq!(claimer.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
-    let claimed = body(claimer.me(&w.app).await, 200).await;
-    w.issuer.set_next_user(StubUser::new("grace-upstream", "grace@example.com"));
-    let mut grace = Browser::new();
-    assert_eq!(grace.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
-    let grace_me = body(grace.me(&w.app).await, 200).await;
+    let (claimed, grace_me) = claim_then_owner(&w, "grace", "grace@example.com").await;
     assert_ne!(grace_me["id"], claimed["id"], "an account of her own, not the claimer's");
     assert_eq!(grace_me["email_verified"], true);
     assert_eq!((sql.count("users").await, sql.count("identities").await), (6, 8));
@@ -794,6 +785,23 @@ pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: B
     let mut frank = Browser::new();
     assert_eq!(frank.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     assert_eq!(body(frank.me(&w.app).await, 200).await["email_verified"], true);
+}
+
+/// Someone signs up through the provider in `name`'s place with `email`, unconfirmed there
+/// (`{name}-unconfirmed`); then `name` signs in with the address verified (`{name}-upstream`).
+/// Returns what `/v1/me` says to each.
+async fn claim_then_owner(w: &World, name: &str, email: &str) -> (Value, Value) {
+    let mut unconfirmed = StubUser::new(&format!("{name}-unconfirmed"), email);
+    unconfirmed.email_verified = false;
+    let mut answers = Vec::new();
+    for user in [unconfirmed, StubUser::new(&format!("{name}-upstream"), email)] {
+        w.issuer.set_next_user(user);
+        let mut browser = Browser::new();
+        assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+        answers.push(body(browser.me(&w.app).await, 200).await);
+    }
+    let owner = answers.pop().unwrap();
+    (answers.pop().unwrap(), owner)
 }
 
 /// A browser provider whose issuer is also on the allow-list (`[[issuers]]`, for its API
@@ -810,16 +818,7 @@ async fn an_unverified_sign_in_keeps_nobody_out_when_its_issuer_is_also_allowed(
         config.issuers.push(entry);
     })
     .await;
-    let mut unconfirmed = StubUser::new("hana-unconfirmed", "hana@example.com");
-    unconfirmed.email_verified = false;
-    w.issuer.set_next_user(unconfirmed);
-    let mut claimer = Browser::new();
-    assert_eq!(claimer.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
-    let claimed = body(claimer.me(&w.app).await, 200).await;
-    w.issuer.set_next_user(StubUser::new("hana-upstream", "hana@example.com"));
-    let mut hana = Browser::new();
-    assert_eq!(hana.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
-    let hana_me = body(hana.me(&w.app).await, 200).await;
+    let (claimed, hana_me) = claim_then_owner(&w, "hana", "hana@example.com").await;
     assert_ne!(hana_me["id"], claimed["id"], "an account of her own, not the claimer's");
     assert_eq!(hana_me["email_verified"], true);
 
