@@ -106,8 +106,12 @@ pub struct ProviderProtocol {
     pub token_auth: Option<TokenAuth>,
     /// What joins scopes in the authorization request, and splits them in token answers.
     pub scope_separator: String,
-    /// Extra parameters of the authorization request (Google's `access_type=offline`).
+    /// Extra parameters of every authorization request (Atlassian's `audience`).
     pub authorize_params: Vec<(String, String)>,
+    /// Extra parameters of the authorization requests whose tokens Tessera keeps (Google's
+    /// `access_type=offline&prompt=consent`): a sign-in that keeps none does not ask for a
+    /// refresh token, nor make Google show its consent screen every time.
+    pub offline_authorize_params: Vec<(String, String)>,
     /// The access-token lifetime assumed when a token answer has no `expires_in`.
     pub default_expires_in: Option<Duration>,
     /// Where the profile of an `oauth2` provider is.
@@ -125,6 +129,7 @@ impl Default for ProviderProtocol {
             token_auth: None,
             scope_separator: " ".into(),
             authorize_params: Vec::new(),
+            offline_authorize_params: Vec::new(),
             default_expires_in: None,
             profile: None,
             sign_in: true,
@@ -227,6 +232,7 @@ pub(super) struct RawProvider {
     token_auth: Option<String>,
     scope_separator: Option<String>,
     extra_authorize_params: Option<BTreeMap<String, String>>,
+    offline_authorize_params: Option<BTreeMap<String, String>>,
     userinfo_method: Option<String>,
     userinfo_body: Option<String>,
     account_id_pointer: Option<String>,
@@ -613,7 +619,6 @@ fn parse_protocol(
     if scope_separator != " " && scope_separator != "," {
         return Err(ConfigError::new(key("scope_separator"), "expected \" \" (a space) or \",\""));
     }
-    let params = raw.extra_authorize_params.clone().or_else(|| t.extra_authorize_params.clone()).unwrap_or_default();
     // `max_age` too: a fresh login asked of the provider sets `max_age=0`.
     const RESERVED: [&str; 9] = [
         "response_type",
@@ -626,12 +631,19 @@ fn parse_protocol(
         "nonce",
         "max_age",
     ];
-    if let Some(reserved) = params.keys().find(|k| RESERVED.contains(&k.as_str())) {
-        return Err(ConfigError::new(
-            key("extra_authorize_params"),
-            format!("{reserved:?} is set by Tessera itself (scopes are set with scopes)"),
-        ));
-    }
+    let params = |field: &str, own: &Option<BTreeMap<String, String>>, template: &Option<BTreeMap<String, String>>| {
+        let params = own.clone().or_else(|| template.clone()).unwrap_or_default();
+        match params.keys().find(|k| RESERVED.contains(&k.as_str())) {
+            Some(reserved) => Err(ConfigError::new(
+                key(field),
+                format!("{reserved:?} is set by Tessera itself (scopes are set with scopes)"),
+            )),
+            None => Ok(params.into_iter().collect::<Vec<_>>()),
+        }
+    };
+    let authorize_params = params("extra_authorize_params", &raw.extra_authorize_params, &t.extra_authorize_params)?;
+    let offline_authorize_params =
+        params("offline_authorize_params", &raw.offline_authorize_params, &t.offline_authorize_params)?;
     let default_expires_in = match raw.default_expires_in.or(t.default_expires_in) {
         Some(seconds) if !(60..=30 * 86_400).contains(&seconds) => {
             return Err(ConfigError::new(key("default_expires_in"), "expected 60 to 2592000 seconds"));
@@ -690,7 +702,8 @@ fn parse_protocol(
         pkce: raw.pkce.or(t.pkce).unwrap_or(true),
         token_auth,
         scope_separator,
-        authorize_params: params.into_iter().collect(),
+        authorize_params,
+        offline_authorize_params,
         default_expires_in,
         profile,
         sign_in: raw.sign_in.or(t.sign_in).unwrap_or(true),
@@ -924,8 +937,9 @@ mod tests {
         assert_eq!(google.issuer.as_str(), "https://accounts.google.com");
         assert_eq!(google.scopes, ["openid", "email", "profile"]);
         assert!(google.protocol.pkce);
+        assert!(google.protocol.authorize_params.is_empty());
         assert_eq!(
-            google.protocol.authorize_params,
+            google.protocol.offline_authorize_params,
             [("access_type".to_owned(), "offline".to_owned()), ("prompt".to_owned(), "consent".to_owned())]
         );
         let slack =
@@ -978,13 +992,13 @@ mod tests {
     #[test]
     fn every_key_of_the_entry_overrides_its_template() {
         let google = entry(
-            "name = \"g\"\ntemplate = \"google\"\nclient_id = \"c\"\nscopes = [\"openid\"]\nextra_authorize_params = {}\n\
+            "name = \"g\"\ntemplate = \"google\"\nclient_id = \"c\"\nscopes = [\"openid\"]\noffline_authorize_params = {}\n\
              token_auth = \"client_secret_post\"\npkce = false\nissuer = \"https://accounts.example.com\"\n\
              client_secret_env = \"SECRET\"",
         )
         .unwrap();
         assert_eq!(google.scopes, ["openid"]);
-        assert!(google.protocol.authorize_params.is_empty() && !google.protocol.pkce);
+        assert!(google.protocol.offline_authorize_params.is_empty() && !google.protocol.pkce);
         assert_eq!(google.protocol.token_auth, Some(TokenAuth::ClientSecretPost));
         assert_eq!(google.issuer.as_str(), "https://accounts.example.com");
         let as_oidc = entry(
@@ -1027,6 +1041,8 @@ mod tests {
         assert!(entry(&format!("{public}\npkce = false\nclient_secret_env = \"SECRET\"")).is_ok());
         let max_age = entry(&format!("{public}\nextra_authorize_params = {{ max_age = \"3600\" }}")).unwrap_err();
         assert_eq!(max_age.key, "providers[0].extra_authorize_params");
+        let nonce = entry(&format!("{public}\noffline_authorize_params = {{ nonce = \"n\" }}")).unwrap_err();
+        assert_eq!(nonce.key, "providers[0].offline_authorize_params");
     }
 
     #[test]

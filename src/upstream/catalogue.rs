@@ -64,6 +64,10 @@ pub struct Template {
     pub scope_separator: Option<String>,
     /// Extra parameters of the authorization request.
     pub extra_authorize_params: Option<BTreeMap<String, String>>,
+    /// Extra parameters only of the authorization requests whose tokens Tessera keeps
+    /// (connected accounts, and sign-ins through an entry with `store_tokens`): those that ask
+    /// for a refresh token, such as Google's `access_type=offline&prompt=consent`.
+    pub offline_authorize_params: Option<BTreeMap<String, String>>,
     /// `GET` or `POST` for the profile endpoint (`oauth2`).
     pub userinfo_method: Option<String>,
     /// A JSON body sent to the profile endpoint with `POST` (`oauth2`).

@@ -200,6 +200,7 @@ impl OAuthFlows {
         let state = random_secret();
         let pkce_verifier = random_secret();
         let nonce = random_secret();
+        let offline = matches!(purpose, Purpose::Connect { .. }) || provider.config().store_tokens;
         let location = provider
             .authorization_url(&AuthorizationRequest {
                 redirect_uri: &self.callback_url(provider.name()),
@@ -208,6 +209,7 @@ impl OAuthFlows {
                 nonce: nonce.expose_secret(),
                 scopes,
                 fresh_login,
+                offline,
             })
             .await?;
         let (link_user, profile, profile_version, allow_account_change) = match purpose {

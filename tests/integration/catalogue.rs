@@ -17,7 +17,6 @@ use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tessera::config::{Config, ProviderKind};
-use tessera::crypto::keyring::KeyRing;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
 
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, json as body, on_both_backends};
@@ -348,8 +347,13 @@ struct World {
 
 async fn world(backend: Backend, providers: &str) -> World {
     let text = format!("[auth]\npublic_url = \"http://127.0.0.1\"\n{providers}");
-    let parsed = Config::from_toml(&text, |var| (var == "CLIENT_SECRET").then(|| CLIENT_SECRET.to_owned()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([5u8; 32]));
+    let parsed = Config::from_toml(&text, |var| match var {
+        "CLIENT_SECRET" => Some(CLIENT_SECRET.to_owned()),
+        "TESSERA_ENCRYPTION_KEYS" => Some(ring.clone()),
+        _ => None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let issuer = LocalIssuer::start().await.unwrap();
     issuer.set_client(CLIENT_ID, CLIENT_SECRET);
     let app = TestApp::spawn_with(backend, |config| {
@@ -357,8 +361,7 @@ async fn world(backend: Backend, providers: &str) -> World {
         config.providers = parsed.providers;
         config.providers.push(provider("local", ProviderKind::Oidc, &issuer));
         config.auth.default_provider = Some("local".into());
-        let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([5u8; 32]));
-        config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
+        config.encryption = parsed.encryption;
     })
     .await;
     issuer.set_next_user(StubUser::new("alice", "alice@example.com"));
@@ -452,11 +455,27 @@ async fn google_gives_a_refresh_token_because_the_template_asks_for_offline_cons
     google.refresh_token_only_with(&[("access_type", "offline"), ("prompt", "consent")]);
     let issuer = format!("issuer = \"{}\"", google.issuer());
     let providers = format!(
-        "{}{}",
+        "{}{}{}",
         entry("google", "google", &issuer),
-        entry("google-online", "google", &format!("{issuer}\nextra_authorize_params = {{}}"))
+        entry("google-online", "google", &format!("{issuer}\noffline_authorize_params = {{}}")),
+        entry("google-kept", "google", &format!("{issuer}\nstore_tokens = true"))
     );
     let mut w = world(backend, &providers).await;
+
+    // A sign-in keeps no tokens: no refresh token asked for, and no consent screen every time.
+    let asked_by_sign_in = |provider: &str| {
+        let url = w.app.url(&format!("/auth/login?provider={provider}"));
+        async move {
+            let start = Browser::new().get(&url).await;
+            assert_eq!(start.status(), StatusCode::SEE_OTHER);
+            let to = url::Url::parse(&location(&start)).unwrap();
+            let asked = |name: &str| to.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+            (asked("access_type"), asked("prompt"))
+        }
+    };
+    assert_eq!(asked_by_sign_in("google").await, (None, None));
+    let kept = (Some("offline".to_owned()), Some("consent".to_owned()));
+    assert_eq!(asked_by_sign_in("google-kept").await, kept, "a sign-in that keeps the tokens asks for a refresh token");
 
     google.set_next_user(StubUser::new("google-account-1", "ada@gmail.example"));
     let page = w.connect("google", "drive").await;

@@ -45,10 +45,13 @@ pub struct AuthorizationRequest<'a> {
     /// Ask for a fresh authentication: `prompt=login` (instead of any configured `prompt`), and
     /// for OpenID Connect `max_age=0`, which makes the id_token carry `auth_time`.
     pub fresh_login: bool,
+    /// Whether Tessera keeps the tokens of this flow (a connected account, or a sign-in through
+    /// an entry with `store_tokens`): the provider's offline parameters are sent too.
+    pub offline: bool,
 }
 
 crate::debug_redacted!(AuthorizationRequest<'a> {
-    shown: [redirect_uri, scopes, fresh_login],
+    shown: [redirect_uri, scopes, fresh_login, offline],
     secret: [state, pkce_verifier, nonce],
 });
 

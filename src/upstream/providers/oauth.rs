@@ -94,7 +94,7 @@ fn client(config: &ProviderConfig, auth: ClientAuth) -> Client {
 /// The authorization URL: response type `code`, the configured scopes (joined with the
 /// provider's separator), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
 /// provider takes no PKCE, the nonce when `with_nonce` (OpenID Connect), and the provider's extra
-/// parameters; for a fresh login `prompt=login` (replacing a configured `prompt`), and with the
+/// parameters (with its offline ones when `request.offline`); for a fresh login `prompt=login` (replacing a configured `prompt`), and with the
 /// nonce `max_age=0` too.
 pub(super) fn authorization_url(
     config: &ProviderConfig,
@@ -120,7 +120,8 @@ pub(super) fn authorization_url(
     if with_nonce {
         builder = builder.add_extra_param("nonce", request.nonce);
     }
-    for (name, value) in &config.protocol.authorize_params {
+    let offline = if request.offline { config.protocol.offline_authorize_params.as_slice() } else { &[] };
+    for (name, value) in config.protocol.authorize_params.iter().chain(offline) {
         if !(request.fresh_login && name == "prompt") {
             builder = builder.add_extra_param(name.as_str(), value.as_str());
         }
