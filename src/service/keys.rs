@@ -149,7 +149,8 @@ pub async fn rotate_signing_keys(store: &dyn Store, keyring: &KeyRing) -> Result
 async fn rotate_signing_keys_once(store: &dyn Store, keyring: &KeyRing) -> Result<Rotation, StoreError> {
     let mut rotation = Rotation::default();
     let now = crate::domain::now();
-    for key in store.all_signing_keys().await? {
+    // An unpublished key's private key is emptied by the sweeper: nothing to re-encrypt.
+    for key in store.all_signing_keys().await?.into_iter().filter(|key| !key.private_key.is_empty()) {
         let aad = SigningKeyRecord::aad(&key.kid);
         let Ok(plaintext) = keyring.decrypt(&key.private_key, &aad) else {
             if key.retired_at.is_some_and(|retired| retired <= now) {

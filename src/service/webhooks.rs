@@ -154,6 +154,12 @@ impl Webhooks {
             .await
     }
 
+    /// Forgets the previous signing keys whose overlap has ended (the sweeper's task): they sign
+    /// nothing more, so keeping them only keeps a secret. Returns how many.
+    pub async fn forget_expired_previous_keys(&self) -> Result<u64, StoreError> {
+        self.store.forget_expired_webhook_secrets(now()).await
+    }
+
     /// Every endpoint's pending deliveries, for metrics.
     pub async fn queues(&self) -> Result<Vec<WebhookQueue>, StoreError> {
         self.store.webhook_queues().await

@@ -718,7 +718,8 @@ pub struct SigningKeyRecord {
     /// The public key as a JWK (with `kid`, `alg` and `use`), JSON text.
     pub public_jwk: String,
     /// The key-ring ciphertext of the private key's PKCS#8 DER, bound to
-    /// [`SigningKeyRecord::aad`].
+    /// [`SigningKeyRecord::aad`]; empty once the key is unpublished and the sweeper has
+    /// forgotten it.
     pub private_key: Vec<u8>,
     /// When it was made, and published.
     pub created_at: DateTime<Utc>,
@@ -1232,6 +1233,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Every signing key, unpublished ones included, oldest first (`tessera keys rotate`).
     async fn all_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 
+    /// Empties the private key of every key unpublished by `now` (nothing signs with it or is
+    /// verified against it again; the row stays, for the record); returns how many it emptied.
+    async fn forget_unpublished_private_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// Closes all connections.
     async fn close(&self);
 
@@ -1330,6 +1335,10 @@ pub trait Store: Send + Sync + Debug + 'static {
         change: &WebhookChange,
         now: DateTime<Utc>,
     ) -> Result<Option<WebhookEndpoint>, StoreError>;
+
+    /// Forgets every endpoint's previous signing key whose overlap ended by `now` (it signs
+    /// nothing more); returns how many.
+    async fn forget_expired_webhook_secrets(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Replaces an endpoint's signing keys if its current key's ciphertext is still `expected`
     /// (of two concurrent rotations one wins); false otherwise.

@@ -2748,6 +2748,15 @@ impl Store for SqlStore {
         rows.iter().map(rows::signing_key).collect()
     }
 
+    async fn forget_unpublished_private_keys(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let forgotten: &[u8] = &[];
+        Ok(query("UPDATE signing_keys SET private_key = $2 WHERE unpublish_at <= $1 AND private_key <> $2")
+            .bind(now)
+            .bind(forgotten)
+            .execute(self.db.writer())
+            .await?)
+    }
+
     async fn close(&self) {
         self.db.close().await;
     }
@@ -3077,6 +3086,17 @@ impl Store for SqlStore {
             tx.rollback().await?;
         }
         Ok(endpoint)
+    }
+
+    async fn forget_expired_webhook_secrets(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        // Re-checked on the row: a rotation that committed meanwhile set a new overlap.
+        Ok(query(
+            "UPDATE webhook_endpoints SET previous_secret = NULL, previous_secret_until = NULL
+             WHERE previous_secret_until <= $1",
+        )
+        .bind(now)
+        .execute(self.db.writer())
+        .await?)
     }
 
     async fn replace_webhook_secret(

@@ -1,6 +1,7 @@
 //! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles, the
 //! records of used client assertions, the OpenID Provider's expired grants, codes and held
-//! requests, the rows of the cache-invalidation log older than its retention, and audit rows and
+//! requests (and the private keys of its unpublished signing keys, and webhooks' previous
+//! signing keys once their overlap ended), the rows of the cache-invalidation log older than its retention, and audit rows and
 //! outbox events past their retention.
 
 use std::time::Duration;
@@ -58,6 +59,11 @@ pub(super) async fn run(
                 Ok(deleted) => tracing::debug!(deleted, "deleted expired grants, codes and held requests"),
                 Err(error) => tracing::warn!(error = %error.chain(), "cannot delete expired grants"),
             }
+            match op.keys().forget_unpublished().await {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::info!(forgotten, "forgot the private keys of unpublished signing keys"),
+                Err(error) => tracing::warn!(error = %error.chain(), "cannot forget unpublished signing keys"),
+            }
         }
         match audit.sweep().await {
             Ok(0) => {}
@@ -68,6 +74,13 @@ pub(super) async fn run(
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted outbox events past their retention"),
             Err(error) => tracing::warn!(error = %error.chain(), "cannot delete outbox events past their retention"),
+        }
+        match webhooks.forget_expired_previous_keys().await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(forgotten, "forgot webhook signing keys whose overlap ended"),
+            Err(error) => {
+                tracing::warn!(error = %error.chain(), "cannot forget webhook signing keys whose overlap ended")
+            }
         }
     }
 }

@@ -205,6 +205,24 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
             verify_with_jwks(token, &jwks).unwrap();
         }
     }
+
+    // The sweeper forgets the unpublished key's private key, once; the row stays, and a
+    // re-encryption under a new ring key passes it by.
+    assert_eq!(keys.forget_unpublished().await.unwrap(), 1);
+    assert_eq!(other.forget_unpublished().await.unwrap(), 0, "already forgotten");
+    let store = db.store().await;
+    let stored = store.all_signing_keys().await.unwrap();
+    let private_of = |kid: &str| stored.iter().find(|k| k.kid == kid).unwrap().private_key.clone();
+    assert!(private_of(&old).is_empty());
+    assert!(ring().decrypt(&private_of(&next.kid), &SigningKeyRecord::aad(&next.kid)).is_ok(), "the signing key kept");
+    let rotated = Arc::new(
+        KeyRing::parse(&format!("k2:{},k1:{}", STANDARD.encode([8u8; 32]), STANDARD.encode([7u8; 32]))).unwrap(),
+    );
+    let rotation = tessera::service::keys::rotate_signing_keys(store.as_ref(), &rotated).await.unwrap();
+    assert_eq!((rotation.rotated, rotation.failed, rotation.retired), (1, 0, 0), "{rotation:?}");
+    for token in &new_tokens {
+        let _: Value = keys.verify(token, "JWT", ISSUER).await.unwrap();
+    }
 }
 
 async fn a_key_that_signed_for_the_rotation_period_is_rotated_on_refresh(backend: Backend) {

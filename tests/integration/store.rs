@@ -6168,6 +6168,16 @@ mod issue_12_events {
             store.webhook(hook.id).await.unwrap().unwrap().previous_secret.as_deref(),
             Some(&b"re-encrypted"[..])
         );
+        // Once its overlap has ended the previous key is forgotten, once; the current one stays.
+        let before = t - chrono::TimeDelta::seconds(1);
+        assert_eq!(store.forget_expired_webhook_secrets(before).await.unwrap(), 0, "still overlapping");
+        assert_eq!(store.forget_expired_webhook_secrets(t).await.unwrap(), 1);
+        assert_eq!(store.forget_expired_webhook_secrets(t).await.unwrap(), 0);
+        let forgotten = store.webhook(hook.id).await.unwrap().unwrap();
+        assert_eq!(
+            (forgotten.secret.as_slice(), forgotten.previous_secret, forgotten.previous_secret_until),
+            (&b"new"[..], None, None)
+        );
 
         // A second endpoint of the same configuration name is not inserted (another instance's).
         let mut twin = endpoint(&[], now());

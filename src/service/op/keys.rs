@@ -604,6 +604,13 @@ impl SigningKeys {
         self.reload(None).await.map(drop)
     }
 
+    /// Forgets the private keys of the keys unpublished by now (the sweeper's task): a key
+    /// stops signing at its retirement and leaves the JWKS once its last token has expired, so
+    /// from then on its private key is a liability only. Returns how many were forgotten.
+    pub async fn forget_unpublished(&self) -> Result<u64, StoreError> {
+        self.inner.store.forget_unpublished_private_keys(now()).await
+    }
+
     /// Every published key, oldest first, read from the store.
     pub async fn list(&self) -> Result<Vec<SigningKeyInfo>, SigningError> {
         Ok(published_keys(self.inner.store.as_ref()).await?)
