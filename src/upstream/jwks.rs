@@ -431,7 +431,7 @@ impl Inner {
         let jwks_uri = match &self.jwks_uri {
             Some(uri) => uri.clone(),
             None => {
-                let document = fetch_discovery(&self.http, &self.issuer).await?;
+                let (document, _) = fetch_discovery(&self.http, &self.issuer).await?;
                 discovered_endpoint(&document, "jwks_uri", &self.issuer)?.ok_or_else(|| FetchError::Invalid {
                     url: self.issuer.discovery_url(),
                     problem: "no jwks_uri".into(),
@@ -452,11 +452,15 @@ impl Inner {
     }
 }
 
-/// Reads an issuer's OpenID discovery document, after checking that it describes this issuer.
-pub(crate) async fn fetch_discovery(http: &reqwest::Client, issuer: &Issuer) -> Result<Value, FetchError> {
+/// Reads an issuer's OpenID discovery document, after checking that it describes this issuer,
+/// with the `max-age` of its `Cache-Control`.
+pub(crate) async fn fetch_discovery(
+    http: &reqwest::Client,
+    issuer: &Issuer,
+) -> Result<(Value, Option<Duration>), FetchError> {
     let url = Url::parse(&issuer.discovery_url())
         .map_err(|e| FetchError::Invalid { url: issuer.discovery_url(), problem: e.to_string() })?;
-    let (document, _) = fetch_json(http, &url).await?;
+    let (document, max_age) = fetch_json(http, &url).await?;
     let named = document.get("issuer").and_then(Value::as_str).unwrap_or_default();
     if Issuer::parse(named).ok().as_ref() != Some(issuer) {
         return Err(FetchError::Invalid {
@@ -464,7 +468,7 @@ pub(crate) async fn fetch_discovery(http: &reqwest::Client, issuer: &Issuer) -> 
             problem: format!("the document names issuer {named:?}"),
         });
     }
-    Ok(document)
+    Ok((document, max_age))
 }
 
 /// An endpoint named in a discovery document, validated like configured endpoints; plain

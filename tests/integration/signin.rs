@@ -27,6 +27,7 @@ on_both_backends!(
     an_email_from_userinfo_is_verified_only_by_userinfo,
     a_failed_discovery_is_not_retried_by_every_sign_in,
     configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read,
+    the_discovery_document_is_read_again_after_its_max_age,
     open_redirects_are_refused,
     an_expired_state_is_refused,
     provider_failures_have_clear_codes,
@@ -511,6 +512,34 @@ async fn configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read(b
     assert_eq!(w.issuer.discovery_fetches(), 2, "read again once the back-off passed");
     start().await;
     assert_eq!(w.issuer.discovery_fetches(), 2, "and kept once read");
+}
+
+/// Discovered endpoints are kept for the document's `max-age`, then read again by the next
+/// sign-in; while the document cannot be read again, the endpoints read before stay in use.
+async fn the_discovery_document_is_read_again_after_its_max_age(backend: Backend) {
+    let w = world_with(backend, |config, issuer| {
+        config.jwks.min_max_age = std::time::Duration::from_secs(1);
+        config.jwks.failure_backoff = std::time::Duration::from_millis(100);
+        issuer.set_discovery_max_age(1);
+    })
+    .await;
+    let start = || async {
+        let started = Browser::new().get(&w.app.url("/auth/login")).await;
+        assert_eq!(started.status(), StatusCode::SEE_OTHER);
+        let to = location(&started);
+        assert!(to.starts_with(&format!("{}/authorize", w.issuer.issuer())), "to the provider: {to}");
+    };
+    start().await;
+    let read = w.issuer.discovery_fetches();
+    let past_max_age = || tokio::time::sleep(std::time::Duration::from_millis(1100));
+    past_max_age().await;
+    start().await;
+    assert_eq!(w.issuer.discovery_fetches(), read + 1, "read again once its max-age passed");
+
+    w.issuer.set_available(false);
+    past_max_age().await;
+    start().await; // with the endpoints read before
+    assert_eq!(w.issuer.discovery_fetches(), read + 2, "tried");
 }
 
 async fn open_redirects_are_refused(backend: Backend) {

@@ -3,13 +3,13 @@
 //! issuer, audience (the client id, with `azp` when there are several), expiry, the algorithm
 //! allow-list, and the nonce sent with the authorization request.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::OnceCell;
 use url::Url;
 
 use super::oauth;
@@ -17,7 +17,7 @@ use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, Token
 use crate::config::{JwksConfig, ProviderConfig};
 use crate::domain::{DisplayName, Email};
 use crate::error::ErrorChain as _;
-use crate::upstream::jwks::{JwksCache, discovered_endpoint, fetch_discovery};
+use crate::upstream::jwks::{JwksCache, MAX_MAX_AGE, discovered_endpoint, fetch_discovery};
 use crate::upstream::tokens::{IssuedAt, Rules, TokenError, token_issuer, verify_signed};
 
 /// The endpoints of an OpenID provider.
@@ -33,12 +33,15 @@ struct Metadata {
     partial: bool,
 }
 
-/// Why discovery gave no metadata to keep.
-enum Miss {
-    /// It failed, and nothing can stand in.
-    Failed(ProviderError),
-    /// It failed; the configured endpoints stand in for now.
-    Partial(Arc<Metadata>),
+/// How long discovered endpoints are kept when the document names no `Cache-Control: max-age`
+/// (it is clamped to `jwks.min_max_age` … 24 hours).
+const DISCOVERY_DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// Complete endpoints, and until when they are fresh.
+#[derive(Debug)]
+struct Kept {
+    metadata: Arc<Metadata>,
+    fresh_until: Instant,
 }
 
 /// An OpenID Connect provider.
@@ -47,13 +50,17 @@ pub struct OidcProvider {
     config: ProviderConfig,
     http: reqwest::Client,
     keys: JwksCache,
-    metadata: OnceCell<Arc<Metadata>>,
+    /// The endpoints of the last discovery that succeeded.
+    kept: RwLock<Option<Kept>>,
+    /// Held by the one caller that reads the discovery document (again).
+    discovering: tokio::sync::Mutex<()>,
     /// The configured endpoints alone, after discovery last failed (see [`Metadata::partial`]).
-    partial: std::sync::Mutex<Option<Arc<Metadata>>>,
+    partial: Mutex<Option<Arc<Metadata>>>,
     /// When discovery last failed, and how long callers are answered at once from then on
     /// (`jwks.failure_backoff`): a provider that hangs is not asked again by every sign-in in turn.
-    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
-    backoff: std::time::Duration,
+    failed_at: Mutex<Option<Instant>>,
+    backoff: Duration,
+    min_max_age: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,62 +91,80 @@ impl OidcProvider {
             config,
             http,
             keys,
-            metadata: OnceCell::new(),
-            partial: std::sync::Mutex::new(None),
-            failed_at: std::sync::Mutex::new(None),
+            kept: RwLock::new(None),
+            discovering: tokio::sync::Mutex::new(()),
+            partial: Mutex::new(None),
+            failed_at: Mutex::new(None),
             backoff: jwks.failure_backoff,
+            min_max_age: jwks.min_max_age,
         }
     }
 
-    /// The provider's endpoints: configured ones win; the rest come from discovery, which is
-    /// cached once it succeeds (read without a lock from then on) and retried while it fails;
+    /// The endpoints of the last discovery that succeeded, and whether they are still fresh.
+    fn kept(&self) -> Option<(Arc<Metadata>, bool)> {
+        let kept = self.kept.read().unwrap_or_else(PoisonError::into_inner);
+        kept.as_ref().map(|kept| (kept.metadata.clone(), Instant::now() < kept.fresh_until))
+    }
+
+    /// The provider's endpoints: configured ones win; the rest come from discovery, kept for the
+    /// document's `max-age` (read without a lock meanwhile), then read again by one caller while
+    /// the others go on with the kept ones. While discovery fails, the endpoints read before,
+    /// else the configured ones, stand in, and it is tried again once the back-off has passed;
     /// concurrent first callers wait for one discovery.
     async fn metadata(&self) -> Result<Arc<Metadata>, ProviderError> {
-        if let Some(metadata) = self.metadata.get() {
+        let kept = self.kept();
+        if let Some((metadata, true)) = &kept {
             return Ok(metadata.clone());
         }
+        let stale = kept.map(|(metadata, _)| metadata);
         let failed_lately = || {
-            let failed_at = *self.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let failed_at = *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner);
             failed_at.is_some_and(|at| at.elapsed() < self.backoff)
         };
         let unavailable = || ProviderError::Unavailable("the provider's discovery failed moments ago".into());
-        // While discovery is failing, the configured endpoints stand in, if they can.
         let stand_in = |error: ProviderError| {
-            self.partial.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().ok_or(error)
+            stale.clone().or_else(|| self.partial.lock().unwrap_or_else(PoisonError::into_inner).clone()).ok_or(error)
         };
         if failed_lately() {
             return stand_in(unavailable());
         }
-        let found = self
-            .metadata
-            .get_or_try_init(|| async {
-                // Callers that queued behind a failed discovery do not each try again.
-                if failed_lately() {
-                    return Err(Miss::Failed(unavailable()));
-                }
-                let found = self.discover().await;
-                if found.as_ref().is_ok_and(|metadata| !metadata.partial) {
-                    return found.map_err(Miss::Failed);
-                }
-                *self.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some(std::time::Instant::now());
-                Err(match found {
-                    Ok(partial) => {
-                        *self.partial.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(partial.clone());
-                        Miss::Partial(partial)
-                    }
-                    Err(error) => Miss::Failed(error),
-                })
-            })
-            .await;
+        let _discovering = match (&stale, self.discovering.try_lock()) {
+            (_, Ok(guard)) => guard,
+            (Some(stale), Err(_)) => return Ok(stale.clone()),
+            (None, Err(_)) => self.discovering.lock().await,
+        };
+        // Callers that queued behind a discovery do not each read it again.
+        if let Some((metadata, true)) = self.kept() {
+            return Ok(metadata);
+        }
+        if failed_lately() {
+            return stand_in(unavailable());
+        }
+        let found = self.discover().await;
+        if let Ok((metadata, max_age)) = &found
+            && !metadata.partial
+        {
+            let max_age = max_age.unwrap_or(DISCOVERY_DEFAULT_MAX_AGE).clamp(self.min_max_age, MAX_MAX_AGE);
+            let kept = Kept { metadata: metadata.clone(), fresh_until: Instant::now() + max_age };
+            *self.kept.write().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+            return Ok(metadata.clone());
+        }
+        *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        if stale.is_some() {
+            tracing::warn!(provider = %self.config.name, "cannot read the discovery document again; keeping the endpoints read before");
+        }
         match found {
-            Ok(metadata) => Ok(metadata.clone()),
-            Err(Miss::Partial(partial)) => Ok(partial),
-            Err(Miss::Failed(error)) => stand_in(error),
+            Ok((partial, _)) => {
+                *self.partial.lock().unwrap_or_else(PoisonError::into_inner) = Some(partial.clone());
+                Ok(stale.unwrap_or(partial))
+            }
+            Err(error) => stand_in(error),
         }
     }
 
-    async fn discover(&self) -> Result<Arc<Metadata>, ProviderError> {
+    /// Reads the discovery document (unless every endpoint is configured); the endpoints, with
+    /// the document's `max-age`.
+    async fn discover(&self) -> Result<(Arc<Metadata>, Option<Duration>), ProviderError> {
         let endpoints = &self.config.endpoints;
         // Only with every endpoint configured is discovery left out: an endpoint not overridden
         // (userinfo, revocation) and the RFC 9207 `iss` flag still come from it.
@@ -148,18 +173,18 @@ impl OidcProvider {
             && endpoints.userinfo.is_some()
             && endpoints.revocation.is_some();
         let mut partial = false;
-        let document = if all_configured {
-            Value::Null
+        let (document, max_age) = if all_configured {
+            (Value::Null, Some(MAX_MAX_AGE))
         } else {
             match fetch_discovery(&self.http, &self.config.issuer).await {
-                Ok(document) => document,
+                Ok(found) => found,
                 // With the two endpoints a sign-in needs configured, a provider without a
                 // discovery document (or one this network cannot reach) still signs people in,
                 // without the endpoints and the `iss` flag it would have given.
                 Err(error) if endpoints.authorization.is_some() && endpoints.token.is_some() => {
                     tracing::warn!(provider = %self.config.name, error = %error.chain(), "no discovery document; using the configured endpoints only until it is read");
                     partial = true;
-                    Value::Null
+                    (Value::Null, None)
                 }
                 Err(error) => return Err(ProviderError::Unavailable(error.chain().to_string())),
             }
@@ -192,7 +217,7 @@ impl OidcProvider {
                 .unwrap_or(false),
             partial,
         });
-        Ok(metadata)
+        Ok((metadata, max_age))
     }
 
     async fn verify_id_token(&self, id_token: &str, nonce: &str) -> Result<IdTokenClaims, ProviderError> {

@@ -119,6 +119,8 @@ struct IssuerState {
     /// While false, JWKS requests wait (an issuer that accepts connections but hangs).
     jwks_open: tokio::sync::watch::Sender<bool>,
     max_age: AtomicU64,
+    /// The discovery document's `Cache-Control: max-age` (0: none sent).
+    discovery_max_age: AtomicU64,
     jwks_fetches: AtomicU64,
     discovery_fetches: AtomicU64,
     oauth: oauth::OAuthState,
@@ -179,6 +181,7 @@ impl LocalIssuer {
             available: AtomicBool::new(true),
             jwks_open: tokio::sync::watch::Sender::new(true),
             max_age: AtomicU64::new(300),
+            discovery_max_age: AtomicU64::new(0),
             jwks_fetches: AtomicU64::new(0),
             discovery_fetches: AtomicU64::new(0),
             oauth: oauth::OAuthState::default(),
@@ -264,6 +267,11 @@ impl LocalIssuer {
         self.state.max_age.store(seconds, Ordering::SeqCst);
     }
 
+    /// Sets the `Cache-Control: max-age` of the discovery document (none by default).
+    pub fn set_discovery_max_age(&self, seconds: u64) {
+        self.state.discovery_max_age.store(seconds, Ordering::SeqCst);
+    }
+
     /// How many times the JWKS was fetched.
     pub fn jwks_fetches(&self) -> u64 {
         self.state.jwks_fetches.load(Ordering::SeqCst)
@@ -330,7 +338,7 @@ async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
     if !state.available.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    Json(json!({
+    let document = Json(json!({
         "issuer": state.issuer,
         "jwks_uri": format!("{}/jwks", state.issuer),
         "authorization_endpoint": format!("{}/authorize", state.issuer),
@@ -341,8 +349,11 @@ async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
         "code_challenge_methods_supported": ["S256"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
         "authorization_response_iss_parameter_supported": state.oauth.sends_iss(),
-    }))
-    .into_response()
+    }));
+    match state.discovery_max_age.load(Ordering::SeqCst) {
+        0 => document.into_response(),
+        max_age => ([(header::CACHE_CONTROL, format!("public, max-age={max_age}"))], document).into_response(),
+    }
 }
 
 async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
