@@ -429,14 +429,7 @@ fn parse_provider(
             ));
         }
         (Some(var), None) => Some(SecretString::from(super::secret_env(env, var, key("client_secret_env"))?)),
-        (None, Some(path)) => {
-            let secret = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::new(key("client_secret_file"), format!("cannot read {path}: {e}")))?;
-            if secret.trim().is_empty() {
-                return Err(ConfigError::new(key("client_secret_file"), format!("{path} is empty")));
-            }
-            Some(SecretString::from(secret.trim().to_owned()))
-        }
+        (None, Some(path)) => Some(SecretString::from(super::secret_file(path, key("client_secret_file"))?)),
         (None, None) => None,
     };
     // Every key the entry sets wins over the template's; then the placeholders are filled.

@@ -384,6 +384,19 @@ pub(super) fn secret_env(env: &dyn Fn(&str) -> Option<String>, var: &str, key: S
         .ok_or_else(|| ConfigError::new(key, format!("the environment variable {var} is not set")))
 }
 
+/// The secret in the file at `path`, trimmed (a file written by `echo` or a secrets manager
+/// often ends in a newline that is no part of it); unreadable or blank is an error at `key`
+/// that names the path, never the content.
+pub(super) fn secret_file(path: &str, key: impl Into<String>) -> Result<String, ConfigError> {
+    let key = key.into();
+    let secret = std::fs::read_to_string(path.trim())
+        .map_err(|e| ConfigError::new(key.clone(), format!("cannot read {}: {e}", path.trim())))?;
+    match secret.trim() {
+        "" => Err(ConfigError::new(key, format!("{} is empty", path.trim()))),
+        secret => Ok(secret.to_owned()),
+    }
+}
+
 /// Validates the URL of an endpoint Tessera will call: `https`, or `http` on a loopback host; no
 /// credentials.
 pub fn endpoint_url(value: &str) -> Result<Url, String> {
@@ -682,6 +695,7 @@ impl Config {
             None => None,
         };
         let file = file.as_ref().map(|(text, label)| (text.as_str(), label.as_str()));
+        let env = sources::with_secret_files(env)?;
         Self::from_layers(&sources::Layers::new(file, &env, true)?, &env)
     }
 
@@ -689,6 +703,7 @@ impl Config {
     /// earlier releases and those a key names. The process environment is not read, so the
     /// `__` spelling is [`Config::load`]'s alone; for tests.
     pub fn from_toml(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = sources::with_secret_files(env)?;
         Self::from_layers(&sources::Layers::new(Some((text, "config file")), &env, false)?, &env)
     }
 
@@ -1349,6 +1364,48 @@ mod tests {
         assert_eq!(config.admin_tokens.len(), 2);
         let issuers: Vec<_> = config.issuers.iter().map(|i| (i.issuer.as_str(), i.name.as_str())).collect();
         assert_eq!(issuers, [("https://auth.example.com", "ory"), ("https://other.example", "other.example")]);
+    }
+
+    #[test]
+    fn secrets_may_come_from_files_named_by_file_variables() {
+        let dir = std::env::temp_dir().join(format!("tessera-secret-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, content: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            path.display().to_string()
+        };
+        let token = file("admin", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb\n");
+        let database = file("database", "postgres://u:hunter2@db.example/tessera\n");
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [3u8; 32]);
+        let ring = file("ring", &format!("k1:{key}\n"));
+        let config = Config::from_toml(
+            "",
+            env(&[
+                ("TESSERA_ADMIN_TOKEN_FILE", &token),
+                ("TESSERA_DATABASE_URL_FILE", &database),
+                ("TESSERA_ENCRYPTION_KEYS_FILE", &ring),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.admin_tokens.len(), 2, "a list, as in the variable");
+        assert_eq!(config.admin_tokens[1].expose_secret(), "bbbbbbbbbbbbbbbb");
+        assert_eq!(config.database.url.backend(), Backend::Postgres);
+        assert_eq!(config.encryption.as_ref().map(|ring| ring.active_id().to_owned()).as_deref(), Some("k1"));
+
+        let error = |pairs: &[(&str, &str)]| Config::from_toml("", env(pairs)).unwrap_err();
+        let both = error(&[("TESSERA_ADMIN_TOKEN", "cccccccccccccccc"), ("TESSERA_ADMIN_TOKEN_FILE", &token)]);
+        assert_eq!(both.key, "TESSERA_ADMIN_TOKEN, TESSERA_ADMIN_TOKEN_FILE");
+        let missing = dir.join("missing").display().to_string();
+        let unreadable = error(&[("TESSERA_DATABASE_URL_FILE", &missing)]);
+        assert_eq!(unreadable.key, "TESSERA_DATABASE_URL_FILE");
+        assert!(unreadable.message.contains(&missing), "names the path: {unreadable}");
+        let blank = error(&[("TESSERA_ENCRYPTION_KEYS_FILE", &file("blank", " \n"))]);
+        assert_eq!(blank.key, "TESSERA_ENCRYPTION_KEYS_FILE");
+        // A bad value read from a file is reported like the variable's, without the value.
+        let short = error(&[("TESSERA_ADMIN_TOKEN_FILE", &file("short", "hunter2"))]);
+        assert!(short.key.contains("TESSERA_ADMIN_TOKEN") && !short.to_string().contains("hunter2"), "{short}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -52,6 +52,33 @@ const FORMER_NAMES: &[(&str, &str, Form)] = &[
     (super::ENCRYPTION_KEYS_VAR, "encryption.keys", Form::Validated),
 ];
 
+/// The variables that hold secrets. Each may instead be given as a file: `<VAR>_FILE` names it
+/// (Docker and Kubernetes secrets mounted as files), so the secret stays out of the process
+/// environment, which `/proc/<pid>/environ`, `docker inspect` and crash reports show.
+const SECRET_VARS: &[&str] =
+    &["TESSERA_ADMIN_TOKEN", "TESSERA_DATABASE_URL", "TESSERA_DATABASE_REPLICA_URL", super::ENCRYPTION_KEYS_VAR];
+
+/// `env`, with each of [`SECRET_VARS`] whose `_FILE` variable is set read from that file (its
+/// content trimmed). Setting both spellings of one variable is refused, as is a file that cannot
+/// be read or is blank.
+pub(super) fn with_secret_files(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<impl Fn(&str) -> Option<String>, ConfigError> {
+    let mut from_files = Vec::new();
+    for &var in SECRET_VARS {
+        let file_var = format!("{var}_FILE");
+        let Some(path) = env(&file_var).filter(|path| !path.trim().is_empty()) else { continue };
+        if env(var).is_some_and(|value| !value.trim().is_empty()) {
+            return Err(ConfigError::new(format!("{var}, {file_var}"), "both are set; keep one"));
+        }
+        from_files.push((var, super::secret_file(&path, file_var)?));
+    }
+    Ok(move |var: &str| match from_files.iter().find(|(name, _)| *name == var) {
+        Some((_, value)) => Some(value.clone()),
+        None => env(var),
+    })
+}
+
 /// One variable of an earlier release, as a figment provider named after the variable, so that
 /// an error in its value names it.
 struct FormerName {

@@ -540,6 +540,21 @@ async fn nested_environment_variables_override_the_file() {
     assert_eq!(blank.code, 1, "{}{}", blank.stdout, blank.stderr);
     assert!(blank.stdout.contains("database sqlite://file.db"), "the file's value: {}", blank.stdout);
 
+    // Secrets from files (Docker and Kubernetes secrets), named by `<VAR>_FILE`.
+    std::fs::write(dir.path().join("database-url"), "sqlite://from-a-file.db\n").unwrap();
+    std::fs::write(dir.path().join("admin-token"), "an-admin-token-from-a-file\n").unwrap();
+    let from_files = run(tessera(dir.path())
+        .env("TESSERA_DATABASE_URL_FILE", dir.path().join("database-url"))
+        .env("TESSERA_ADMIN_TOKEN_FILE", dir.path().join("admin-token"))
+        .arg("check"))
+    .await;
+    assert_eq!(from_files.code, 1, "{}{}", from_files.stdout, from_files.stderr);
+    assert!(
+        from_files.stdout.contains("database sqlite://from-a-file.db, 0 issuer(s), 1 admin token(s)"),
+        "{}",
+        from_files.stdout
+    );
+
     let wrong = run(tessera(dir.path()).env("TESSERA_CACHE__MAX_ENTRIES", "plenty").arg("check")).await;
     assert_eq!(wrong.code, 2);
     assert!(wrong.stderr.contains("`cache.max_entries (TESSERA_CACHE__MAX_ENTRIES)`"), "{}", wrong.stderr);
