@@ -50,7 +50,7 @@ use crate::store::{
     StoreError, StoredSecret,
 };
 use crate::upstream::oauth_flow::{FLOW_TTL, Finished, FlowError, OAuthFlows, Purpose, Started};
-use crate::upstream::providers::{Provider, ProviderError, TokenSet};
+use crate::upstream::providers::{Provider, ProviderError, TokenKind, TokenSet};
 
 /// How long a connect link lives.
 pub const CONNECT_LINK_TTL: TimeDelta = TimeDelta::minutes(30);
@@ -662,11 +662,11 @@ impl AuthProfiles {
             tracing::info!(profile_id = %profile.id, "not revoked at the provider: a profile holds the same account's grant");
             return;
         }
-        let token = match &tokens.refresh_token {
-            Some(refresh) if !provider.revokes_by_access_token() => refresh,
-            _ => &tokens.access_token,
+        let (token, kind) = match &tokens.refresh_token {
+            Some(refresh) if !provider.revokes_by_access_token() => (refresh, TokenKind::Refresh),
+            _ => (&tokens.access_token, TokenKind::Access),
         };
-        if let Err(error) = provider.revoke(token.expose_secret()).await {
+        if let Err(error) = provider.revoke(token.expose_secret(), kind).await {
             tracing::warn!(profile_id = %profile.id, error = %error.chain(), "cannot revoke the token at the provider");
         }
     }
@@ -695,18 +695,21 @@ impl AuthProfiles {
             return;
         }
         let refresh = secrets.refresh_token.as_ref().filter(|_| !provider.revokes_by_access_token());
-        let token =
-            refresh.map(|ct| (ct, "refresh_token")).or(secrets.access_token.as_ref().map(|ct| (ct, "access_token")));
-        let Some((ciphertext, column)) = token else {
+        let token = refresh
+            .map(|ct| (ct, TokenKind::Refresh))
+            .or(secrets.access_token.as_ref().map(|ct| (ct, TokenKind::Access)));
+        let Some((ciphertext, kind)) = token else {
             return;
         };
+        // The columns are named as the hints are.
+        let column = kind.hint();
         let aad = StoredSecret::aad(SecretKind::AuthProfiles, profile.id.as_uuid(), column);
         let Ok(plaintext) = keyring.decrypt(ciphertext, &aad) else {
             tracing::warn!(profile_id = %profile.id, "cannot decrypt the token to revoke at the provider");
             return;
         };
         let token = String::from_utf8_lossy(&plaintext).into_owned();
-        match provider.revoke(&token).await {
+        match provider.revoke(&token, kind).await {
             Ok(true) => tracing::debug!(profile_id = %profile.id, "revoked the token at the provider"),
             Ok(false) => {}
             Err(error) => {

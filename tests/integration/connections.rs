@@ -839,6 +839,7 @@ async fn revoking_frees_the_slug_and_revokes_upstream(backend: Backend) {
     let revoked = w.on_behalf(Method::DELETE, &format!("/auth-profiles/{slug}"), w.alice.id).send().await.unwrap();
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
     assert_eq!(w.issuer.revocations(), 1, "revoked at the provider too");
+    assert_eq!(w.issuer.revocation_hints(), ["refresh_token"], "the refresh token, which ends the grant");
     let gone = w.on_behalf(Method::GET, &format!("/auth-profiles/{slug}"), w.alice.id).send().await.unwrap();
     assert_eq!(body(gone, 404).await["code"], "profile_not_found");
     assert_eq!(count(&w.app, "WHERE status = 'revoked' AND access_token IS NULL").await, 1, "credentials wiped");
@@ -850,6 +851,12 @@ async fn revoking_frees_the_slug_and_revokes_upstream(backend: Backend) {
         assert_eq!(revoked.unwrap().status(), StatusCode::NO_CONTENT);
         assert_eq!(w.issuer.revocations(), sent, "after {slug}");
     }
+    // A grant without a refresh token: its access token is revoked, and named as one.
+    w.issuer.refresh_token_only_with(&[("never", "sent")]);
+    let online = w.connected("online").await;
+    let revoked = w.on_behalf(Method::DELETE, &format!("/auth-profiles/{online}"), w.alice.id).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_eq!(w.issuer.revocation_hints().last().map(String::as_str), Some("access_token"));
     body(w.create(w.alice.id, profile_request(Some("gone"))).await, 201).await;
 }
 

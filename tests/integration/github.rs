@@ -17,6 +17,7 @@ use tessera::config::{ProviderConfig, ProviderEndpoints, ProviderKind};
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::Issuer;
 use tessera::store::{SecretKind, StoredSecret};
+use tessera::upstream::providers::TokenKind;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
 
 use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
@@ -389,8 +390,8 @@ async fn github_revokes_access_tokens_and_reports_refusals() {
     let github = registry.get(Some("github")).unwrap();
     assert!(github.revokes_by_access_token());
     stub.state.tokens.lock().unwrap().insert("ghu_live".into(), (json!({}), json!([])));
-    assert!(github.revoke("ghu_live").await.unwrap(), "revoked");
-    assert!(github.revoke("ghu_live").await.unwrap(), "gone already: nothing to end");
-    assert!(github.revoke("ghr_refresh").await.is_err(), "a refusal is an error");
+    assert!(github.revoke("ghu_live", TokenKind::Access).await.unwrap(), "revoked");
+    assert!(github.revoke("ghu_live", TokenKind::Access).await.unwrap(), "gone already: nothing to end");
+    assert!(github.revoke("ghr_refresh", TokenKind::Access).await.is_err(), "a refusal is an error");
     assert_eq!(*stub.state.revoked.lock().unwrap(), ["ghu_live", "ghu_live", "ghr_refresh"]);
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::oauth;
-use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
+use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenKind, TokenSet, UserInfo};
 use crate::config::{ProfileMapping, ProviderConfig, UserinfoMethod};
 use crate::domain::{DisplayName, Email};
 
@@ -161,9 +161,9 @@ impl Provider for OAuth2Provider {
         Ok(self.config.endpoints.userinfo.is_some())
     }
 
-    async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {
+    async fn revoke(&self, token: &str, kind: TokenKind) -> Result<bool, ProviderError> {
         match &self.config.endpoints.revocation {
-            Some(url) => oauth::revoke(&self.http, &self.config, url, token).await.map(|()| true),
+            Some(url) => oauth::revoke(&self.http, &self.config, url, token, kind).await.map(|()| true),
             None => Ok(false),
         }
     }

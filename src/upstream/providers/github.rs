@@ -11,7 +11,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::oauth;
-use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
+use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenKind, TokenSet, UserInfo};
 use crate::config::ProviderConfig;
 use crate::domain::{DisplayName, Email};
 
@@ -142,7 +142,7 @@ impl Provider for GitHubProvider {
         oauth::refresh(&self.http, &self.config, &self.token, refresh_token).await
     }
 
-    async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {
+    async fn revoke(&self, token: &str, _: TokenKind) -> Result<bool, ProviderError> {
         // GitHub's own revocation API: DELETE /applications/{client_id}/token, as the app.
         let Some(secret) = &self.config.client_secret else {
             return Ok(false);

@@ -55,6 +55,25 @@ crate::debug_redacted!(AuthorizationRequest<'a> {
     secret: [state, pkce_verifier, nonce],
 });
 
+/// Which of a grant's tokens a revocation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// The access token.
+    Access,
+    /// The refresh token (which ends the whole grant at an RFC 7009 provider).
+    Refresh,
+}
+
+impl TokenKind {
+    /// RFC 7009's `token_type_hint` for it.
+    pub fn hint(self) -> &'static str {
+        match self {
+            TokenKind::Access => "access_token",
+            TokenKind::Refresh => "refresh_token",
+        }
+    }
+}
+
 /// Tokens from a provider's token endpoint. Its `Debug` shows no token: the id_token, like the
 /// others, is a bearer credential at the apps that accept it.
 #[derive(Clone)]
@@ -213,8 +232,9 @@ pub trait Provider: Send + Sync + Debug {
     async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError>;
 
     /// Revokes a token at the provider, where it offers a way to; `Ok(false)` when it does not.
-    /// Which token: see [`Provider::revokes_by_access_token`].
-    async fn revoke(&self, token: &str) -> Result<bool, ProviderError>;
+    /// Which token: see [`Provider::revokes_by_access_token`]; `kind` says which it is (RFC 7009's
+    /// `token_type_hint`).
+    async fn revoke(&self, token: &str, kind: TokenKind) -> Result<bool, ProviderError>;
 
     /// Whether [`Provider::revoke`] takes the access token even when there is a refresh token.
     /// RFC 7009 providers take the refresh token, which ends the whole grant; GitHub's API

@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{AuthorizationRequest, ProviderError, TokenFields, TokenSet};
+use super::{AuthorizationRequest, ProviderError, TokenFields, TokenKind, TokenSet};
 use crate::config::{ProviderConfig, ProviderKind, TokenAuth};
 use crate::upstream::jwks::read_capped;
 
@@ -178,8 +178,9 @@ pub(super) async fn revoke(
     config: &ProviderConfig,
     endpoint: &Url,
     token: &str,
+    kind: TokenKind,
 ) -> Result<(), ProviderError> {
-    let mut form = vec![("token", token), ("token_type_hint", "refresh_token")];
+    let mut form = vec![("token", token), ("token_type_hint", kind.hint())];
     let mut request = http.post(endpoint.clone());
     match (&config.client_secret, ClientAuth::of(config)) {
         (Some(secret), ClientAuth::Basic) => {

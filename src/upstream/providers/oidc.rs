@@ -13,7 +13,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::oauth;
-use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenSet, UserInfo};
+use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenKind, TokenSet, UserInfo};
 use crate::config::{JwksConfig, ProviderConfig};
 use crate::domain::{DisplayName, Email};
 use crate::error::ErrorChain as _;
@@ -337,9 +337,9 @@ impl Provider for OidcProvider {
         oauth::refresh(&self.http, &self.config, &metadata.token, refresh_token).await
     }
 
-    async fn revoke(&self, token: &str) -> Result<bool, ProviderError> {
+    async fn revoke(&self, token: &str, kind: TokenKind) -> Result<bool, ProviderError> {
         match self.metadata().await?.revocation.clone() {
-            Some(url) => oauth::revoke(&self.http, &self.config, &url, token).await.map(|()| true),
+            Some(url) => oauth::revoke(&self.http, &self.config, &url, token, kind).await.map(|()| true),
             None => Ok(false),
         }
     }

@@ -122,6 +122,8 @@ pub(super) struct OAuthState {
     code_exchanges: AtomicU64,
     refreshes: AtomicU64,
     revocations: AtomicU64,
+    /// The `token_type_hint` of each revocation request, in order ("" without one).
+    revocation_hints: std::sync::Mutex<Vec<String>>,
 }
 
 impl OAuthState {
@@ -251,6 +253,11 @@ impl LocalIssuer {
     /// How many refresh-token grants were answered (successfully or not).
     pub fn refreshes(&self) -> u64 {
         self.state.oauth.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// The `token_type_hint` of each revocation request so far, in order ("" without one).
+    pub fn revocation_hints(&self) -> Vec<String> {
+        self.state.oauth.revocation_hints.lock().expect("lock").clone()
     }
 
     /// How many revocation requests arrived.
@@ -566,6 +573,8 @@ async fn userinfo(State(state): State<Arc<IssuerState>>, headers: HeaderMap) -> 
 
 async fn revoke(State(state): State<Arc<IssuerState>>, Form(form): Form<HashMap<String, String>>) -> Response {
     state.oauth.revocations.fetch_add(1, Ordering::SeqCst);
+    let hint = form.get("token_type_hint").cloned().unwrap_or_default();
+    state.oauth.revocation_hints.lock().expect("lock").push(hint);
     if let Some(token) = form.get("token") {
         state.oauth.refresh_tokens.lock().expect("lock").remove(token);
         state.oauth.access_tokens.lock().expect("lock").remove(token);
