@@ -635,8 +635,12 @@ fn parse_protocol(
         }
     };
     let authorize_params = params("extra_authorize_params", &raw.extra_authorize_params, &t.extra_authorize_params)?;
-    let offline_authorize_params =
-        params("offline_authorize_params", &raw.offline_authorize_params, &t.offline_authorize_params)?;
+    // A name the entry's extra parameters set is theirs: a parameter is never sent twice.
+    let offline_authorize_params: Vec<_> =
+        params("offline_authorize_params", &raw.offline_authorize_params, &t.offline_authorize_params)?
+            .into_iter()
+            .filter(|(name, _)| !authorize_params.iter().any(|(extra, _)| extra == name))
+            .collect();
     let default_expires_in = match raw.default_expires_in.or(t.default_expires_in) {
         Some(seconds) if !(60..=30 * 86_400).contains(&seconds) => {
             return Err(ConfigError::new(key("default_expires_in"), "expected 60 to 2592000 seconds"));
@@ -992,6 +996,16 @@ mod tests {
         .unwrap();
         assert_eq!(google.scopes, ["openid"]);
         assert!(google.protocol.offline_authorize_params.is_empty() && !google.protocol.pkce);
+        let chooser = entry(
+            "name = \"g\"\ntemplate = \"google\"\nclient_id = \"c\"\nextra_authorize_params = { prompt = \"select_account\" }",
+        )
+        .unwrap();
+        assert_eq!(chooser.protocol.authorize_params, [("prompt".to_owned(), "select_account".to_owned())]);
+        assert_eq!(
+            chooser.protocol.offline_authorize_params,
+            [("access_type".to_owned(), "offline".to_owned())],
+            "the entry's prompt wins: never sent twice"
+        );
         assert_eq!(google.protocol.token_auth, Some(TokenAuth::ClientSecretPost));
         assert_eq!(google.issuer.as_str(), "https://accounts.example.com");
         let as_oidc = entry(

@@ -1400,6 +1400,9 @@ mod tests {
         let unreadable = error(&[("TESSERA_DATABASE_URL_FILE", &missing)]);
         assert_eq!(unreadable.key, "TESSERA_DATABASE_URL_FILE");
         assert!(unreadable.message.contains(&missing), "names the path: {unreadable}");
+        let pasted = error(&[("TESSERA_ADMIN_TOKEN_FILE", "the-token-itself-0123")]);
+        assert_eq!(pasted.key, "TESSERA_ADMIN_TOKEN_FILE");
+        assert!(!pasted.to_string().contains("the-token-itself"), "a value that is no path is not shown: {pasted}");
         let blank = error(&[("TESSERA_ENCRYPTION_KEYS_FILE", &file("blank", " \n"))]);
         assert_eq!(blank.key, "TESSERA_ENCRYPTION_KEYS_FILE");
         // A bad value read from a file is reported like the variable's, without the value.

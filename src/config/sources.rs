@@ -71,6 +71,13 @@ pub(super) fn with_secret_files(
         if env(var).is_some_and(|value| !value.trim().is_empty()) {
             return Err(ConfigError::new(format!("{var}, {file_var}"), "both are set; keep one"));
         }
+        // Not echoed unless it is a path: the secret itself is a likely mistake here.
+        if !std::path::Path::new(path.trim()).is_absolute() {
+            return Err(ConfigError::new(
+                file_var,
+                "expected the absolute path of a file that holds the secret (the value is not shown: it may be the secret itself)",
+            ));
+        }
         from_files.push((var, super::secret_file(&path, file_var)?));
     }
     Ok(move |var: &str| match from_files.iter().find(|(name, _)| *name == var) {
@@ -288,6 +295,20 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>) -> Result
         let name = name.as_str();
         if name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
             continue;
+        }
+        // `TESSERA_ADMIN_TOKENS_FILE`, `TESSERA_LISTEN_FILE`: a `_FILE` form of a setting that
+        // has none would be ignored, leaving the admin API shut or no key ring.
+        if let Some(base) = name.strip_suffix("_file")
+            && !SECRET_VARS.iter().any(|var| var[PREFIX.len()..].eq_ignore_ascii_case(base))
+            && (is_former_name(base)
+                || is_key(base)
+                || base.eq_ignore_ascii_case(&super::DEPRECATED_KEY_VAR[PREFIX.len()..]))
+        {
+            let forms: Vec<String> = SECRET_VARS.iter().map(|var| format!("{var}_FILE")).collect();
+            return Err(ConfigError::new(
+                env_name(name),
+                format!("this variable is not read: only {} take a file", forms.join(", ")),
+            ));
         }
         if let Some((table, rest)) = name.split_once('_')
             && is_key(&format!("{table}.{rest}"))

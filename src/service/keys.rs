@@ -133,8 +133,8 @@ async fn rotate_one(
     Ok(())
 }
 
-/// Re-encrypts the private key of every signing key (unpublished ones included) under
-/// `keyring`'s active key.
+/// Re-encrypts the private key of every signing key (unpublished ones included, until the
+/// sweeper has emptied theirs) under `keyring`'s active key.
 pub async fn rotate_signing_keys(store: &dyn Store, keyring: &KeyRing) -> Result<Rotation, StoreError> {
     let mut rotation = Rotation::default();
     for _ in 0..MAX_PASSES {

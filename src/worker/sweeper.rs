@@ -1,8 +1,8 @@
 //! The sweeper: deletes expired sessions, sign-in states, connect links, pending profiles, the
 //! records of used client assertions, the OpenID Provider's expired grants, codes and held
-//! requests (and the private keys of its unpublished signing keys, and webhooks' previous
-//! signing keys once their overlap ended), the rows of the cache-invalidation log older than its retention, and audit rows and
-//! outbox events past their retention.
+//! requests, the rows of the cache-invalidation log older than its retention, and audit rows and
+//! outbox events past their retention; and forgets keys that sign nothing more (unpublished
+//! signing keys' private keys, webhooks' previous keys once their overlap ended).
 
 use std::time::Duration;
 

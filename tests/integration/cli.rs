@@ -555,6 +555,15 @@ async fn nested_environment_variables_override_the_file() {
         from_files.stdout
     );
 
+    let no_such_form =
+        run(tessera(dir.path()).env("TESSERA_ADMIN_TOKENS_FILE", dir.path().join("admin-token")).arg("check")).await;
+    assert_eq!(no_such_form.code, 2, "{}", no_such_form.stderr);
+    assert!(
+        no_such_form.stderr.contains("`TESSERA_ADMIN_TOKENS_FILE`: this variable is not read"),
+        "{}",
+        no_such_form.stderr
+    );
+
     let wrong = run(tessera(dir.path()).env("TESSERA_CACHE__MAX_ENTRIES", "plenty").arg("check")).await;
     assert_eq!(wrong.code, 2);
     assert!(wrong.stderr.contains("`cache.max_entries (TESSERA_CACHE__MAX_ENTRIES)`"), "{}", wrong.stderr);

@@ -192,6 +192,7 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
     assert!(matches!(refused, VerifyError::SignatureInvalid), "issued after its key retired: {refused:?}");
     let statuses: Vec<KeyStatus> = keys.list().await.unwrap().iter().map(|k| k.status).collect();
     assert_eq!(statuses, [KeyStatus::Retired, KeyStatus::Signing]);
+    assert_eq!(keys.forget_unpublished().await.unwrap(), 0, "retired, still published: its private key is kept");
     assert!(Utc::now() < unpublish_at, "the checks of the retired key ran past its unpublication");
 
     sleep_until(unpublish_at).await;

@@ -94,8 +94,8 @@ fn client(config: &ProviderConfig, auth: ClientAuth) -> Client {
 /// The authorization URL: response type `code`, the configured scopes (joined with the
 /// provider's separator), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
 /// provider takes no PKCE, the nonce when `with_nonce` (OpenID Connect), and the provider's extra
-/// parameters (with its offline ones when `request.offline`); for a fresh login `prompt=login` (replacing a configured `prompt`), and with the
-/// nonce `max_age=0` too.
+/// parameters (with its offline ones when `request.offline`); for a fresh login `prompt=login`
+/// (replacing a configured `prompt`), and with the nonce `max_age=0` too.
 pub(super) fn authorization_url(
     config: &ProviderConfig,
     endpoint: &Url,
