@@ -119,6 +119,9 @@ pub struct ProviderProtocol {
     /// Whether people sign in with it; off for providers whose account is a workspace rather
     /// than a person (Slack, Notion, HubSpot), which serve connected accounts only.
     pub sign_in: bool,
+    /// Audiences besides the client id that an id_token may also name (OpenID Connect Core
+    /// 3.1.3.7: one with an audience the client does not trust is refused).
+    pub trusted_audiences: Vec<String>,
 }
 
 impl Default for ProviderProtocol {
@@ -133,6 +136,7 @@ impl Default for ProviderProtocol {
             default_expires_in: None,
             profile: None,
             sign_in: true,
+            trusted_audiences: Vec::new(),
         }
     }
 }
@@ -233,6 +237,7 @@ pub(super) struct RawProvider {
     scope_separator: Option<String>,
     extra_authorize_params: Option<BTreeMap<String, String>>,
     offline_authorize_params: Option<BTreeMap<String, String>>,
+    trusted_audiences: Option<Vec<String>>,
     userinfo_method: Option<String>,
     userinfo_body: Option<String>,
     account_id_pointer: Option<String>,
@@ -641,6 +646,11 @@ fn parse_protocol(
             .into_iter()
             .filter(|(name, _)| !authorize_params.iter().any(|(extra, _)| extra == name))
             .collect();
+    let trusted_audiences: Vec<String> =
+        raw.trusted_audiences.iter().flatten().map(|audience| audience.trim().to_owned()).collect();
+    if trusted_audiences.iter().any(String::is_empty) {
+        return Err(ConfigError::new(key("trusted_audiences"), "an audience must not be blank"));
+    }
     let default_expires_in = match raw.default_expires_in.or(t.default_expires_in) {
         Some(seconds) if !(60..=30 * 86_400).contains(&seconds) => {
             return Err(ConfigError::new(key("default_expires_in"), "expected 60 to 2592000 seconds"));
@@ -704,6 +714,7 @@ fn parse_protocol(
         default_expires_in,
         profile,
         sign_in: raw.sign_in.or(t.sign_in).unwrap_or(true),
+        trusted_audiences,
     })
 }
 
@@ -1048,6 +1059,10 @@ mod tests {
         assert!(entry(&format!("{public}\npkce = false\nclient_secret_env = \"SECRET\"")).is_ok());
         let max_age = entry(&format!("{public}\nextra_authorize_params = {{ max_age = \"3600\" }}")).unwrap_err();
         assert_eq!(max_age.key, "providers[0].extra_authorize_params");
+        let blank = entry(&format!("{public}\ntrusted_audiences = [\" \"]")).unwrap_err();
+        assert_eq!(blank.key, "providers[0].trusted_audiences");
+        let trusted = entry(&format!("{public}\ntrusted_audiences = [\"api\"]")).unwrap();
+        assert_eq!(trusted.protocol.trusted_audiences, ["api"]);
         let nonce = entry(&format!("{public}\noffline_authorize_params = {{ nonce = \"n\" }}")).unwrap_err();
         assert_eq!(nonce.key, "providers[0].offline_authorize_params");
     }

@@ -28,6 +28,7 @@ on_both_backends!(
     a_failed_discovery_is_not_retried_by_every_sign_in,
     configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read,
     the_discovery_document_is_read_again_after_its_max_age,
+    an_extra_audience_is_accepted_when_trusted,
     open_redirects_are_refused,
     an_expired_state_is_refused,
     provider_failures_have_clear_codes,
@@ -434,6 +435,7 @@ async fn bad_id_tokens_are_refused(backend: Backend) {
         Tamper::WrongNonce,
         Tamper::WrongAudience,
         Tamper::OtherAuthorizedParty,
+        Tamper::ExtraAudience,
         Tamper::WrongIssuer,
         Tamper::Expired,
         Tamper::IssuedInTheFuture,
@@ -447,6 +449,19 @@ async fn bad_id_tokens_are_refused(backend: Backend) {
         assert!(!browser.cookies.contains_key("tessera_session"));
     }
     assert_eq!(w.app.db.sql().await.count("users").await, 0);
+}
+
+/// An id_token that names another audience besides the client is accepted once the provider
+/// entry trusts that audience.
+async fn an_extra_audience_is_accepted_when_trusted(backend: Backend) {
+    let w = world_with(backend, |config, _| {
+        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+        local.protocol.trusted_audiences = vec!["other-api".into()];
+    })
+    .await;
+    w.issuer.tamper_next_id_token(Tamper::ExtraAudience);
+    assert_eq!(Browser::new().sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(w.app.db.sql().await.count("users").await, 1);
 }
 
 /// An id_token without an email, whose userinfo has one: the email is verified only if

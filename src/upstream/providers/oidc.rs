@@ -1,6 +1,7 @@
 //! Any OpenID Connect issuer (and GitLab, which is one): endpoints from discovery unless
 //! configured, and an id_token verified with the same key machinery as token validation —
-//! issuer, audience (the client id, with `azp` when there are several), expiry, the algorithm
+//! issuer, audience (the client id, and only audiences the entry trusts besides it, with `azp`
+//! when there are several), expiry, the algorithm
 //! allow-list, and the nonce sent with the authorization request.
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -239,8 +240,21 @@ impl OidcProvider {
         if claims.iat.is_none() {
             return Err(ProviderError::InvalidIdToken("the id_token has no iat".into()));
         }
-        // OpenID Connect Core 3.1.3.7, steps 4 and 5: with several audiences `azp` must be
-        // there, and when it is there it names this client.
+        // OpenID Connect Core 3.1.3.7, step 3: every other audience is one this client trusts
+        // (a token minted for another relying party too is not this sign-in's).
+        let untrusted = claims.aud.as_array().into_iter().flatten().any(|audience| {
+            audience.as_str().is_none_or(|audience| {
+                audience != self.config.client_id
+                    && !self.config.protocol.trusted_audiences.iter().any(|t| t == audience)
+            })
+        });
+        if untrusted {
+            return Err(ProviderError::InvalidIdToken(
+                "the id_token names an audience this client does not trust".into(),
+            ));
+        }
+        // Steps 4 and 5: with several audiences `azp` must be there, and when it is there it
+        // names this client.
         let several = claims.aud.as_array().is_some_and(|a| a.len() > 1);
         let azp_differs = claims.azp.as_deref().is_some_and(|azp| azp != self.config.client_id);
         if azp_differs || (several && claims.azp.is_none()) {

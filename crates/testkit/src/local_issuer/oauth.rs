@@ -58,6 +58,8 @@ pub enum Tamper {
     WrongAudience,
     /// The client as its audience, but `azp` naming another client.
     OtherAuthorizedParty,
+    /// Two audiences, the client and `other-api`, with `azp` naming the client.
+    ExtraAudience,
     /// Another issuer.
     WrongIssuer,
     /// Already expired.
@@ -527,6 +529,10 @@ fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, signed_in: Op
         Some(Tamper::WrongNonce) => claims["nonce"] = "not-the-nonce".into(),
         Some(Tamper::WrongAudience) => claims["aud"] = "someone-else".into(),
         Some(Tamper::OtherAuthorizedParty) => claims["azp"] = "someone-else".into(),
+        Some(Tamper::ExtraAudience) => {
+            claims["aud"] = json!([client_id, "other-api"]);
+            claims["azp"] = client_id.into();
+        }
         Some(Tamper::WrongIssuer) => claims["iss"] = "https://other-issuer.example.com".into(),
         Some(Tamper::Expired) => claims["exp"] = (now - 3600).into(),
         Some(Tamper::IssuedInTheFuture) => claims["iat"] = (now + 120).into(),
