@@ -1,8 +1,8 @@
 //! Any OpenID Connect issuer (and GitLab, which is one): endpoints from discovery unless
 //! configured, and an id_token verified with the same key machinery as token validation —
 //! issuer, audience (the client id, and only audiences the entry trusts besides it, with `azp`
-//! when there are several), expiry, the algorithm
-//! allow-list, and the nonce sent with the authorization request.
+//! when there are several), expiry, the algorithm allow-list, and the nonce sent with the
+//! authorization request.
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -148,10 +148,13 @@ impl OidcProvider {
             let max_age = max_age.unwrap_or(DISCOVERY_DEFAULT_MAX_AGE).clamp(self.min_max_age, MAX_MAX_AGE);
             let kept = Kept { metadata: metadata.clone(), fresh_until: Instant::now() + max_age };
             *self.kept.write().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+            *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
             return Ok(metadata.clone());
         }
-        *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        if stale.is_some() {
+        // Logged when the failures start, not at every retry while the provider stays down.
+        let first_failure =
+            self.failed_at.lock().unwrap_or_else(PoisonError::into_inner).replace(Instant::now()).is_none();
+        if stale.is_some() && first_failure {
             tracing::warn!(provider = %self.config.name, "cannot read the discovery document again; keeping the endpoints read before");
         }
         match found {
