@@ -435,3 +435,7 @@ CREATE INDEX login_states_profile_id_idx ON login_states (profile_id) WHERE prof
 CREATE INDEX login_states_link_user_id_idx ON login_states (link_user_id) WHERE link_user_id IS NOT NULL;
 
 CREATE INDEX connect_tokens_user_id_idx ON connect_tokens (user_id);
+
+CREATE INDEX audit_events_actor_id_idx ON audit_events (actor_id, id);
+
+CREATE INDEX audit_events_actor_name_idx ON audit_events (actor_name, id);

@@ -170,54 +170,85 @@ pub(super) async fn append(db: &Db, events: &[NewAuditEvent]) -> Result<(), Stor
     }
 }
 
+/// One page of [`list`]: `$lead` is the condition an index answers (one of the filters,
+/// repeated among the others), so that a rare actor, action or target is found through its index
+/// rather than by walking the log from its newest row; on SQLite, `($1 IS NULL OR …)` alone uses
+/// no index.
+macro_rules! audit_page {
+    ($lead:literal) => {
+        concat!(
+            "SELECT id, at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
+                    reason, details
+             FROM audit_events
+             WHERE ",
+            $lead,
+            "
+               AND ($1 IS NULL OR action = $1)
+               AND ($2 IS NULL OR actor_id = $2 OR actor_name = $2)
+               AND ($3 IS NULL OR target_kind = $3)
+               AND ($4 IS NULL OR target_id = $4)
+               AND ($5 IS NULL OR at >= $5)
+               AND ($6 IS NULL OR at < $6)
+               AND ($7 IS NULL OR id < $7)
+             ORDER BY id DESC
+             LIMIT $8"
+        )
+    };
+}
+
+/// A page led by its target (`audit_events_target_idx`).
+pub(super) const PAGE_BY_TARGET: &str = audit_page!("target_kind = $3 AND target_id = $4");
+/// A page led by its actor (`audit_events_actor_id_idx`, `audit_events_actor_name_idx`).
+pub(super) const PAGE_BY_ACTOR: &str = audit_page!("(actor_id = $2 OR actor_name = $2)");
+/// A page led by its action (`audit_events_action_idx`).
+pub(super) const PAGE_BY_ACTION: &str = audit_page!("action = $1");
+/// A page without any of those filters: the newest rows, by id.
+pub(super) const PAGE: &str = audit_page!("TRUE");
+
 /// A page of rows, latest first, where every commit is visible (an operator reading the log
 /// expects to see what was just done): the primary on PostgreSQL, a reader connection on SQLite
 /// (not the one writer, which a long scan would hold from every write).
 pub(super) async fn list(db: &Db, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
-    query(
-        "SELECT id, at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
-                reason, details
-         FROM audit_events
-         WHERE ($1 IS NULL OR action = $1)
-           AND ($2 IS NULL OR actor_id = $2 OR actor_name = $2)
-           AND ($3 IS NULL OR target_kind = $3)
-           AND ($4 IS NULL OR target_id = $4)
-           AND ($5 IS NULL OR at >= $5)
-           AND ($6 IS NULL OR at < $6)
-           AND ($7 IS NULL OR id < $7)
-         ORDER BY id DESC
-         LIMIT $8",
-    )
-    .bind(q.action.as_deref())
-    .bind(q.actor.as_deref())
-    .bind(q.target_kind.as_deref())
-    .bind(q.target_id.as_deref())
-    .bind(q.since)
-    .bind(q.until)
-    .bind(q.before)
-    .bind(q.limit.max(0))
-    .fetch_all(db.reader())
-    .await?
-    .iter()
-    .map(|row| {
-        Ok(AuditEvent {
-            id: row.int("id")?,
-            event: NewAuditEvent {
-                at: row.time("at")?,
-                actor_kind: ActorKind::parse(&row.text("actor_kind")?)?,
-                actor_id: row.opt_text("actor_id")?,
-                actor_name: row.opt_text("actor_name")?,
-                action: row.text("action")?,
-                target_kind: row.opt_text("target_kind")?,
-                target_id: row.opt_text("target_id")?,
-                request_id: row.opt_text("request_id")?,
-                success: row.text("outcome")? == "success",
-                reason: row.opt_text("reason")?,
-                details: row.opt_json("details")?,
-            },
+    let sql = if q.target_kind.is_some() && q.target_id.is_some() {
+        PAGE_BY_TARGET
+    } else if q.actor.is_some() {
+        PAGE_BY_ACTOR
+    } else if q.action.is_some() {
+        PAGE_BY_ACTION
+    } else {
+        PAGE
+    };
+    query(sql)
+        .bind(q.action.as_deref())
+        .bind(q.actor.as_deref())
+        .bind(q.target_kind.as_deref())
+        .bind(q.target_id.as_deref())
+        .bind(q.since)
+        .bind(q.until)
+        .bind(q.before)
+        .bind(q.limit.max(0))
+        .fetch_all(db.reader())
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AuditEvent {
+                id: row.int("id")?,
+                event: NewAuditEvent {
+                    at: row.time("at")?,
+                    actor_kind: ActorKind::parse(&row.text("actor_kind")?)?,
+                    actor_id: row.opt_text("actor_id")?,
+                    actor_name: row.opt_text("actor_name")?,
+                    action: row.text("action")?,
+                    target_kind: row.opt_text("target_kind")?,
+                    target_id: row.opt_text("target_id")?,
+                    request_id: row.opt_text("request_id")?,
+                    success: row.text("outcome")? == "success",
+                    reason: row.opt_text("reason")?,
+                    details: row.opt_json("details")?,
+                },
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// Deletes at most `limit` rows older than `before`, oldest first; how many went.

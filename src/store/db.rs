@@ -81,6 +81,7 @@ embedded_migrations! {
     26 "0026_flow_owner_indexes" "flow_owner_indexes",
     27 "0027_webhook_disabled_at" "webhook_disabled_at",
     28 "0028_session_authenticated_at" "session_authenticated_at",
+    29 "0029_audit_actor_indexes" "audit_actor_indexes",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would
@@ -1757,6 +1758,16 @@ mod tests {
         ] {
             let plan = plan(sql).await;
             assert!(plan.contains(index) && !plan.contains("SCAN"), "{sql}: {plan}");
+        }
+        // A filtered page of the audit log is found through the filter's index, not by walking
+        // the log from its newest row.
+        for (sql, index) in [
+            (super::super::audit::PAGE_BY_TARGET, "audit_events_target_idx"),
+            (super::super::audit::PAGE_BY_ACTOR, "audit_events_actor_name_idx"),
+            (super::super::audit::PAGE_BY_ACTION, "audit_events_action_idx"),
+        ] {
+            let plan = plan(sql).await;
+            assert!(plan.contains(index) && !plan.contains("SCAN audit_events"), "{sql}: {plan}");
         }
         // An admin's listing of a team's members, or of an identity's user, reads no more than
         // those: never every user.
