@@ -170,17 +170,15 @@ pub(super) async fn append(db: &Db, events: &[NewAuditEvent]) -> Result<(), Stor
     }
 }
 
-/// One page of [`list`]: `$lead` is the condition an index answers (one of the filters,
-/// repeated among the others), so that a rare actor, action or target is found through its index
-/// rather than by walking the log from its newest row; on SQLite, `($1 IS NULL OR …)` alone uses
-/// no index.
-macro_rules! audit_page {
+/// The filters of a page after `$lead`, the condition an index answers (one of the filters,
+/// repeated), latest first: a rare actor, action or target is found through its index rather
+/// than by walking the log from its newest row (on SQLite, `($1 IS NULL OR …)` alone uses no
+/// index), and a later page starts in the index where the previous one ended (`id < $7`, never
+/// `$7 IS NULL OR …`).
+macro_rules! audit_where {
     ($lead:literal) => {
         concat!(
-            "SELECT id, at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
-                    reason, details
-             FROM audit_events
-             WHERE ",
+            " WHERE ",
             $lead,
             "
                AND ($1 IS NULL OR action = $1)
@@ -189,21 +187,39 @@ macro_rules! audit_page {
                AND ($4 IS NULL OR target_id = $4)
                AND ($5 IS NULL OR at >= $5)
                AND ($6 IS NULL OR at < $6)
-               AND ($7 IS NULL OR id < $7)
+               AND id < COALESCE($7, 9223372036854775807)
              ORDER BY id DESC
              LIMIT $8"
         )
     };
 }
 
-/// A page led by its target (`audit_events_target_idx`).
-pub(super) const PAGE_BY_TARGET: &str = audit_page!("target_kind = $3 AND target_id = $4");
-/// A page led by its actor (`audit_events_actor_id_idx`, `audit_events_actor_name_idx`).
-pub(super) const PAGE_BY_ACTOR: &str = audit_page!("(actor_id = $2 OR actor_name = $2)");
+/// The columns of a page.
+macro_rules! audit_columns {
+    () => {
+        "SELECT id, at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome,
+                reason, details
+         FROM audit_events"
+    };
+}
+
+/// A page led by its target, kind and id (`audit_events_target_idx`).
+pub(super) const PAGE_BY_TARGET: &str = concat!(audit_columns!(), audit_where!("target_kind = $3 AND target_id = $4"));
+/// A page led by its actor: the newest ids by actor id and by actor name, each read in order from
+/// its index (`audit_events_actor_id_idx`, `audit_events_actor_name_idx`) and merged, so that an
+/// actor with a million rows costs a page, not a sort of its million.
+pub(super) const PAGE_BY_ACTOR: &str = concat!(
+    audit_columns!(),
+    " WHERE id IN (SELECT id FROM (SELECT id FROM audit_events",
+    audit_where!("actor_id = $2"),
+    ") AS by_id UNION SELECT id FROM (SELECT id FROM audit_events",
+    audit_where!("actor_name = $2"),
+    ") AS by_name) ORDER BY id DESC LIMIT $8"
+);
 /// A page led by its action (`audit_events_action_idx`).
-pub(super) const PAGE_BY_ACTION: &str = audit_page!("action = $1");
+pub(super) const PAGE_BY_ACTION: &str = concat!(audit_columns!(), audit_where!("action = $1"));
 /// A page without any of those filters: the newest rows, by id.
-pub(super) const PAGE: &str = audit_page!("TRUE");
+pub(super) const PAGE: &str = concat!(audit_columns!(), audit_where!("TRUE"));
 
 /// A page of rows, latest first, where every commit is visible (an operator reading the log
 /// expects to see what was just done): the primary on PostgreSQL, a reader connection on SQLite

@@ -1767,7 +1767,12 @@ mod tests {
             (super::super::audit::PAGE_BY_ACTION, "audit_events_action_idx"),
         ] {
             let plan = plan(sql).await;
-            assert!(plan.contains(index) && !plan.contains("SCAN audit_events"), "{sql}: {plan}");
+            // Nor by sorting every row of a frequent actor (the actor's page merges two
+            // index-ordered reads of a page each).
+            assert!(
+                plan.contains(index) && !plan.contains("SCAN audit_events") && !plan.contains("FOR ORDER BY"),
+                "{sql}: {plan}"
+            );
         }
         // An admin's listing of a team's members, or of an identity's user, reads no more than
         // those: never every user.

@@ -554,37 +554,45 @@ async fn the_log_is_read_latest_first_with_filters_and_a_cursor(backend: Backend
     }
     let after_all = chrono::Utc::now() + chrono::TimeDelta::seconds(5);
 
-    // Pages of three, following `next_before`, meet end to end, latest first.
-    let mut ids = Vec::new();
-    let mut path = "/admin/audit?limit=3".to_owned();
-    loop {
-        let page = body(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
-        ids.extend(page["events"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()));
-        match page["next_before"].as_i64() {
-            Some(next) => path = format!("/admin/audit?limit=3&before={next}"),
-            None => break,
+    // Pages of three, following `next_before`, meet end to end, latest first: unfiltered, and
+    // through the actor's indexes (by id, and by name).
+    let app = &app;
+    let pages = |filter: &'static str| async move {
+        let mut ids = Vec::new();
+        let mut path = format!("/admin/audit?limit=3{filter}");
+        loop {
+            let page = body(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
+            ids.extend(page["events"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()));
+            match page["next_before"].as_i64() {
+                Some(next) => path = format!("/admin/audit?limit=3{filter}&before={next}"),
+                None => break,
+            }
         }
-    }
+        ids
+    };
+    let ids = pages("").await;
+    assert_eq!(pages("&actor=0").await, ids);
+    assert_eq!(pages("&actor=admin_tokens%5B0%5D").await, ids);
     assert_eq!(ids.len(), 8);
     assert!(ids.windows(2).all(|w| w[0] > w[1]));
-    let all = audit(&app, "").await;
+    let all = audit(app, "").await;
     assert_eq!(all.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), ids);
     assert_eq!(actions(&all)[7], "user.bootstrapped");
 
-    assert_eq!(audit(&app, "action=team.created").await.len(), 7);
-    assert_eq!(audit(&app, "action=user.bootstrapped").await.len(), 1);
-    let one = audit(&app, &format!("target_kind=team&target_id={}", teams[3])).await;
+    assert_eq!(audit(app, "action=team.created").await.len(), 7);
+    assert_eq!(audit(app, "action=user.bootstrapped").await.len(), 1);
+    let one = audit(app, &format!("target_kind=team&target_id={}", teams[3])).await;
     assert_eq!((one.len(), &one[0]["target_id"]), (1, &json!(teams[3])));
-    assert_eq!(audit(&app, "actor=admin_tokens%5B0%5D").await.len(), 8);
-    assert_eq!(audit(&app, "actor=0").await.len(), 8);
-    assert!(audit(&app, "actor=1").await.is_empty());
+    assert_eq!(audit(app, "actor=admin_tokens%5B0%5D").await.len(), 8);
+    assert_eq!(audit(app, "actor=0").await.len(), 8);
+    assert!(audit(app, "actor=1").await.is_empty());
     let rfc = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let window = format!("since={}&until={}", rfc(before_all), rfc(after_all));
-    assert_eq!(audit(&app, &window.replace('+', "%2B")).await.len(), 8);
-    assert!(audit(&app, &format!("since={}", rfc(after_all))).await.is_empty());
-    assert!(audit(&app, &format!("until={}", rfc(before_all))).await.is_empty());
+    assert_eq!(audit(app, &window.replace('+', "%2B")).await.len(), 8);
+    assert!(audit(app, &format!("since={}", rfc(after_all))).await.is_empty());
+    assert!(audit(app, &format!("until={}", rfc(before_all))).await.is_empty());
     let last = ids[5];
-    assert_eq!(audit(&app, &format!("before={last}")).await.len(), 2);
+    assert_eq!(audit(app, &format!("before={last}")).await.len(), 2);
 }
 
 async fn bad_audit_queries_say_what_to_fix(backend: Backend) {
