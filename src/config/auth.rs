@@ -434,7 +434,7 @@ fn parse_provider(
             ));
         }
         (Some(var), None) => Some(SecretString::from(super::secret_env(env, var, key("client_secret_env"))?)),
-        (None, Some(path)) => Some(SecretString::from(super::secret_file(path, key("client_secret_file"))?)),
+        (None, Some(path)) => Some(SecretString::from(super::secret_file(path, key("client_secret_file"), true)?)),
         (None, None) => None,
     };
     // Every key the entry sets wins over the template's; then the placeholders are filled.
@@ -650,6 +650,12 @@ fn parse_protocol(
         raw.trusted_audiences.iter().flatten().map(|audience| audience.trim().to_owned()).collect();
     if trusted_audiences.iter().any(String::is_empty) {
         return Err(ConfigError::new(key("trusted_audiences"), "an audience must not be blank"));
+    }
+    if !trusted_audiences.is_empty() && !matches!(kind, ProviderKind::Oidc | ProviderKind::GitLab) {
+        return Err(ConfigError::new(
+            key("trusted_audiences"),
+            "only the id_tokens of an oidc or gitlab provider have audiences",
+        ));
     }
     let default_expires_in = match raw.default_expires_in.or(t.default_expires_in) {
         Some(seconds) if !(60..=30 * 86_400).contains(&seconds) => {
@@ -1063,6 +1069,9 @@ mod tests {
         assert_eq!(blank.key, "providers[0].trusted_audiences");
         let trusted = entry(&format!("{public}\ntrusted_audiences = [\"api\"]")).unwrap();
         assert_eq!(trusted.protocol.trusted_audiences, ["api"]);
+        let slack = "name = \"s\"\ntemplate = \"slack\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"";
+        let no_id_token = entry(&format!("{slack}\ntrusted_audiences = [\"api\"]")).unwrap_err();
+        assert_eq!(no_id_token.key, "providers[0].trusted_audiences");
         let nonce = entry(&format!("{public}\noffline_authorize_params = {{ nonce = \"n\" }}")).unwrap_err();
         assert_eq!(nonce.key, "providers[0].offline_authorize_params");
     }

@@ -385,14 +385,16 @@ pub(super) fn secret_env(env: &dyn Fn(&str) -> Option<String>, var: &str, key: S
 }
 
 /// The secret in the file at `path`, trimmed (a file written by `echo` or a secrets manager
-/// often ends in a newline that is no part of it); unreadable or blank is an error at `key`
-/// that names the path, never the content.
-pub(super) fn secret_file(path: &str, key: impl Into<String>) -> Result<String, ConfigError> {
+/// often ends in a newline that is no part of it); unreadable or blank is an error at `key`,
+/// which names the path only `with_path` (never where the path may be a misplaced secret), and
+/// never the content.
+pub(super) fn secret_file(path: &str, key: impl Into<String>, with_path: bool) -> Result<String, ConfigError> {
     let key = key.into();
+    let named = if with_path { path.trim().to_owned() } else { "the file it names".to_owned() };
     let secret = std::fs::read_to_string(path.trim())
-        .map_err(|e| ConfigError::new(key.clone(), format!("cannot read {}: {e}", path.trim())))?;
+        .map_err(|e| ConfigError::new(key.clone(), format!("cannot read {named}: {}", e.kind())))?;
     match secret.trim() {
-        "" => Err(ConfigError::new(key, format!("{} is empty", path.trim()))),
+        "" => Err(ConfigError::new(key, format!("{named} is empty"))),
         secret => Ok(secret.to_owned()),
     }
 }
@@ -1399,7 +1401,9 @@ mod tests {
         let missing = dir.join("missing").display().to_string();
         let unreadable = error(&[("TESSERA_DATABASE_URL_FILE", &missing)]);
         assert_eq!(unreadable.key, "TESSERA_DATABASE_URL_FILE");
-        assert!(unreadable.message.contains(&missing), "names the path: {unreadable}");
+        assert!(!unreadable.to_string().contains(&missing), "the value is not shown: {unreadable}");
+        let pasted_path = error(&[("TESSERA_ADMIN_TOKEN_FILE", "/a-token-that-starts-with-a-slash")]);
+        assert!(!pasted_path.to_string().contains("a-token-that"), "{pasted_path}");
         let pasted = error(&[("TESSERA_ADMIN_TOKEN_FILE", "the-token-itself-0123")]);
         assert_eq!(pasted.key, "TESSERA_ADMIN_TOKEN_FILE");
         assert!(!pasted.to_string().contains("the-token-itself"), "a value that is no path is not shown: {pasted}");

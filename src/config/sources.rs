@@ -58,9 +58,14 @@ const FORMER_NAMES: &[(&str, &str, Form)] = &[
 const SECRET_VARS: &[&str] =
     &["TESSERA_ADMIN_TOKEN", "TESSERA_DATABASE_URL", "TESSERA_DATABASE_REPLICA_URL", super::ENCRYPTION_KEYS_VAR];
 
+/// Secrets whose `_FILE` form does not exist, though it looks as if it should: the `__`
+/// spelling of the admin tokens, and the deprecated key variable.
+const MISTAKEN_SECRET_FILES: &[&str] = &["admin_tokens", "token_encryption_key"];
+
 /// `env`, with each of [`SECRET_VARS`] whose `_FILE` variable is set read from that file (its
-/// content trimmed). Setting both spellings of one variable is refused, as is a file that cannot
-/// be read or is blank.
+/// content trimmed). Setting both spellings of one variable is refused, as is a value that is
+/// not an absolute path, and a file that cannot be read or is blank; no such error shows the
+/// value (a secret pasted in the wrong place would be printed).
 pub(super) fn with_secret_files(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<impl Fn(&str) -> Option<String>, ConfigError> {
@@ -78,7 +83,7 @@ pub(super) fn with_secret_files(
                 "expected the absolute path of a file that holds the secret (the value is not shown: it may be the secret itself)",
             ));
         }
-        from_files.push((var, super::secret_file(&path, file_var)?));
+        from_files.push((var, super::secret_file(&path, file_var, false)?));
     }
     Ok(move |var: &str| match from_files.iter().find(|(name, _)| *name == var) {
         Some((_, value)) => Some(value.clone()),
@@ -278,7 +283,8 @@ impl Layers {
 /// Refuses a key set both through its former name and its `__` spelling, and a single
 /// underscore where `__` was meant (`TESSERA_CACHE_PRINCIPAL_TTL_SECONDS` would otherwise be
 /// ignored silently: unrelated `TESSERA_` variables, such as `TESSERA_CONFIG` or those a
-/// container platform adds, are not mistakes).
+/// container platform adds, are not mistakes), and a `_FILE` form of a secret that has none
+/// ([`MISTAKEN_SECRET_FILES`]).
 fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
     let nested_figment = Figment::from(nested.clone());
     for &(var, key, _) in FORMER_NAMES {
@@ -296,13 +302,12 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>) -> Result
         if name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
             continue;
         }
-        // `TESSERA_ADMIN_TOKENS_FILE`, `TESSERA_LISTEN_FILE`: a `_FILE` form of a setting that
-        // has none would be ignored, leaving the admin API shut or no key ring.
+        // `TESSERA_ADMIN_TOKENS_FILE`, `TESSERA_TOKEN_ENCRYPTION_KEY_FILE`: the `_FILE` form of a
+        // secret that has none would be ignored, leaving the admin API shut or no key ring. (Only
+        // those: `TESSERA_LOG_FILE` or `TESSERA_DATABASE_FILE` may well be a wrapper's own.)
         if let Some(base) = name.strip_suffix("_file")
-            && !SECRET_VARS.iter().any(|var| var[PREFIX.len()..].eq_ignore_ascii_case(base))
-            && (is_former_name(base)
-                || is_key(base)
-                || base.eq_ignore_ascii_case(&super::DEPRECATED_KEY_VAR[PREFIX.len()..]))
+            && MISTAKEN_SECRET_FILES.iter().any(|mistaken| mistaken.eq_ignore_ascii_case(base))
+            && !blank(&format!("{PREFIX}{name}"))
         {
             let forms: Vec<String> = SECRET_VARS.iter().map(|var| format!("{var}_FILE")).collect();
             return Err(ConfigError::new(

@@ -186,7 +186,10 @@ impl OidcProvider {
                 // discovery document (or one this network cannot reach) still signs people in,
                 // without the endpoints and the `iss` flag it would have given.
                 Err(error) if endpoints.authorization.is_some() && endpoints.token.is_some() => {
-                    tracing::warn!(provider = %self.config.name, error = %error.chain(), "no discovery document; using the configured endpoints only until it is read");
+                    // Logged when the failures start, not at every retry (see `metadata`).
+                    if self.failed_at.lock().unwrap_or_else(PoisonError::into_inner).is_none() {
+                        tracing::warn!(provider = %self.config.name, error = %error.chain(), "no discovery document; going on with the endpoints known until it is read");
+                    }
                     partial = true;
                     (Value::Null, None)
                 }
