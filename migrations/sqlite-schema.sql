@@ -86,7 +86,7 @@ CREATE TABLE login_states (
     link_user_id  BLOB REFERENCES users (id) ON DELETE CASCADE,
     created_at    INTEGER NOT NULL,
     expires_at    INTEGER NOT NULL
-, profile_id BLOB REFERENCES auth_profiles (id) ON DELETE CASCADE, profile_version INTEGER, allow_account_change INTEGER NOT NULL DEFAULT 0, fresh_login INTEGER NOT NULL DEFAULT 0 CHECK (fresh_login IN (0, 1))) STRICT;
+, profile_id BLOB REFERENCES auth_profiles (id) ON DELETE CASCADE, profile_version INTEGER, allow_account_change INTEGER NOT NULL DEFAULT 0, fresh_login INTEGER NOT NULL DEFAULT 0 CHECK (fresh_login IN (0, 1)), secret_salt BLOB) STRICT;
 
 CREATE INDEX login_states_expires_at_idx ON login_states (expires_at);
 

@@ -4,7 +4,7 @@
 
 pub mod keyring;
 
-use aws_lc_rs::{constant_time, digest, rand};
+use aws_lc_rs::{constant_time, digest, hmac, rand};
 
 /// Shown in place of a secret by the `Debug` of the types made with [`debug_redacted`].
 pub struct Redacted;
@@ -75,6 +75,18 @@ pub fn random_secret() -> secrecy::SecretString {
     secrecy::SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
 }
 
+/// A secret derived from two others, in the form of [`random_secret`]: HMAC-SHA256 keyed with
+/// `key`, of `label`, a zero byte and `salt`. Whoever holds only one of `key` and `salt` learns
+/// nothing of it; each `label` gives an unrelated secret.
+pub fn derive_secret(key: &[u8], label: &str, salt: &[u8]) -> secrecy::SecretString {
+    use base64::Engine;
+    let mut context = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
+    context.update(label.as_bytes());
+    context.update(&[0]);
+    context.update(salt);
+    secrecy::SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(context.sign()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +110,22 @@ mod tests {
         let s = random_base36(40);
         assert_eq!(s.len(), 40);
         assert!(s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+    }
+
+    #[test]
+    fn a_derived_secret_is_hmac_sha256_of_label_and_salt() {
+        use secrecy::ExposeSecret;
+        // Python: base64.urlsafe_b64encode(hmac.new(b"state", b"pkce_verifier\0salt", "sha256").digest())
+        let derived = derive_secret(b"state", "pkce_verifier", b"salt");
+        assert_eq!(derived.expose_secret(), "OiCDSBHtlwQgat3SmB6wBHo0MEkE-yCrQfluTPKfNXE");
+        assert_eq!(derived.expose_secret().len(), random_secret().expose_secret().len());
+        for other in [
+            derive_secret(b"state", "nonce", b"salt"),
+            derive_secret(b"other", "pkce_verifier", b"salt"),
+            derive_secret(b"state", "pkce_verifier", b"pepper"),
+            derive_secret(b"state", "pkce_verifie", b"rsalt"),
+        ] {
+            assert_ne!(other.expose_secret(), derived.expose_secret());
+        }
     }
 }

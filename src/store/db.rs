@@ -82,6 +82,7 @@ embedded_migrations! {
     27 "0027_webhook_disabled_at" "webhook_disabled_at",
     28 "0028_session_authenticated_at" "session_authenticated_at",
     29 "0029_audit_actor_indexes" "audit_actor_indexes",
+    30 "0030_login_state_salt" "login_state_salt",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

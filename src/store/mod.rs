@@ -339,16 +339,14 @@ pub enum ClaimOutcome {
 }
 
 /// A sign-in in progress, as stored. Its `Debug` hides the PKCE verifier and the nonce.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoginState {
     /// SHA-256 of the state value (the value itself is only in the browser).
     pub state_hash: [u8; 32],
     /// The provider the flow started with.
     pub provider: String,
-    /// The PKCE verifier.
-    pub pkce_verifier: String,
-    /// The OpenID nonce.
-    pub nonce: String,
+    /// How its PKCE verifier and OpenID nonce are kept.
+    pub secrets: FlowSecrets,
     /// Where to send the browser afterwards.
     pub return_to: String,
     /// For a link or connect flow, the signed-in user it is for.
@@ -368,21 +366,34 @@ pub struct LoginState {
     pub fresh_login: bool,
 }
 
-crate::debug_redacted!(LoginState {
-    shown: [
-        state_hash,
-        provider,
-        return_to,
-        link_user,
-        profile,
-        profile_version,
-        allow_account_change,
-        created_at,
-        expires_at,
-        fresh_login,
-    ],
-    secret: [pkce_verifier, nonce],
-});
+/// How a sign-in in progress keeps its PKCE verifier and OpenID nonce.
+#[derive(Clone, PartialEq, Eq)]
+pub enum FlowSecrets {
+    /// Derived from the state, which only the browser holds, and this random salt, which only the
+    /// database holds: a copy of the database, or an authorization response caught on its way
+    /// (code and state), gives neither.
+    Derived {
+        /// The salt.
+        salt: [u8; 32],
+    },
+    /// The values themselves: a row written by a release before migration 30, or a flow taken
+    /// with its state (the derived values).
+    Known {
+        /// The PKCE verifier.
+        pkce_verifier: String,
+        /// The OpenID nonce.
+        nonce: String,
+    },
+}
+
+impl std::fmt::Debug for FlowSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlowSecrets::Derived { .. } => "Derived",
+            FlowSecrets::Known { .. } => "Known([REDACTED])",
+        })
+    }
+}
 
 /// A new session.
 #[derive(Debug, Clone)]

@@ -16,14 +16,22 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::providers::{AuthorizationRequest, Provider, ProviderError, ProviderRegistry, TokenSet, UserInfo};
-use crate::crypto::random_secret;
-use crate::crypto::{constant_time_eq, sha256};
+use crate::crypto::{constant_time_eq, derive_secret, random_bytes, random_secret, sha256};
 use crate::domain::{Issuer, ProfileId, ReturnTo, Subject, UserId};
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{LoginState, Store, StoreError};
+use crate::store::{FlowSecrets, LoginState, Store, StoreError};
 
 /// How long a flow may take, from `begin` to the callback.
 pub const FLOW_TTL: TimeDelta = TimeDelta::minutes(10);
+
+/// A flow's PKCE verifier and OpenID nonce, from its state and its salt ([`FlowSecrets::Derived`]).
+fn derived_secrets(state: &str, salt: &[u8; 32]) -> (SecretString, SecretString) {
+    let key = state.as_bytes();
+    (
+        derive_secret(key, "tessera login_state pkce_verifier", salt),
+        derive_secret(key, "tessera login_state nonce", salt),
+    )
+}
 
 /// How far before the start of a flow that asked for a fresh login the provider's `auth_time`
 /// may lie: the provider's clock may be a little behind ours.
@@ -198,8 +206,8 @@ impl OAuthFlows {
         fresh_login: bool,
     ) -> Result<Started, FlowError> {
         let state = random_secret();
-        let pkce_verifier = random_secret();
-        let nonce = random_secret();
+        let salt = random_bytes::<32>();
+        let (pkce_verifier, nonce) = derived_secrets(state.expose_secret(), &salt);
         let offline = matches!(purpose, Purpose::Connect { .. }) || provider.config().store_tokens;
         let location = provider
             .authorization_url(&AuthorizationRequest {
@@ -224,8 +232,7 @@ impl OAuthFlows {
             .insert_login_state(&LoginState {
                 state_hash: sha256(state.expose_secret().as_bytes()),
                 provider: provider.name().to_owned(),
-                pkce_verifier: pkce_verifier.expose_secret().to_owned(),
-                nonce: nonce.expose_secret().to_owned(),
+                secrets: FlowSecrets::Derived { salt },
                 return_to: return_to.as_str().to_owned(),
                 link_user,
                 profile,
@@ -241,7 +248,8 @@ impl OAuthFlows {
 
     /// Takes the flow a callback names by its `state` (single-use: taken before anything else
     /// of the callback is checked), if it is one of `browser_states`, the states of the flows the
-    /// browser holds in its cookie, started for the provider of the callback's path.
+    /// browser holds in its cookie, started for the provider of the callback's path; its
+    /// secrets are [`FlowSecrets::Known`], derived from the state.
     pub async fn take(
         &self,
         path_provider: &str,
@@ -252,11 +260,18 @@ impl OAuthFlows {
         if !browser_states.iter().any(|held| constant_time_eq(held.as_bytes(), state.as_bytes())) {
             return Err(FlowError::InvalidState("this sign-in was not started in this browser"));
         }
-        let flow = self
+        let mut flow = self
             .store
             .take_login_state(&sha256(state.as_bytes()), crate::domain::now())
             .await?
             .ok_or(FlowError::InvalidState("the sign-in is unknown, expired or already completed"))?;
+        if let FlowSecrets::Derived { salt } = &flow.secrets {
+            let (pkce_verifier, nonce) = derived_secrets(state, salt);
+            flow.secrets = FlowSecrets::Known {
+                pkce_verifier: pkce_verifier.expose_secret().to_owned(),
+                nonce: nonce.expose_secret().to_owned(),
+            };
+        }
         // Provider names are lower case; the path is compared the same way.
         if flow.provider != path_provider.to_ascii_lowercase() {
             return Err(FlowError::ProviderMismatch);
@@ -285,8 +300,11 @@ impl OAuthFlows {
             return Err(FlowError::Denied(code));
         }
         let code = callback.code.as_deref().filter(|c| !c.is_empty()).ok_or(FlowError::MissingCode)?;
-        let tokens = provider.exchange_code(code, &flow.pkce_verifier, &self.callback_url(provider.name())).await?;
-        let info = provider.user_info(&tokens, &flow.nonce).await?;
+        let FlowSecrets::Known { pkce_verifier, nonce } = &flow.secrets else {
+            return Err(FlowError::InvalidState("the sign-in was not taken with its state"));
+        };
+        let tokens = provider.exchange_code(code, pkce_verifier, &self.callback_url(provider.name())).await?;
+        let info = provider.user_info(&tokens, nonce).await?;
         // Asked for is not done: a provider that ignores `prompt=login`, or a browser that drops
         // it from the URL, would otherwise pass its old session off as a new sign-in. Checked
         // where the provider says when the user authenticated (OpenID Connect's `auth_time`).

@@ -31,6 +31,8 @@ on_both_backends!(
     an_extra_audience_is_accepted_when_trusted,
     open_redirects_are_refused,
     an_expired_state_is_refused,
+    a_flow_in_progress_stores_neither_its_pkce_verifier_nor_its_nonce,
+    a_flow_an_earlier_release_started_completes,
     provider_failures_have_clear_codes,
     concurrent_callbacks_complete_exactly_once,
     concurrent_sign_outs_end_the_session_once,
@@ -596,6 +598,67 @@ async fn an_expired_state_is_refused(backend: Backend) {
     let past = if backend == Backend::Sqlite { "1" } else { "now() - interval '1 minute'" };
     sql.exec(&format!("UPDATE login_states SET expires_at = {past}")).await.unwrap();
     assert_eq!(body(browser.get(&callback).await, 400).await["code"], "invalid_state");
+}
+
+/// The authorization request a sign-in sends the browser to, and its parameters.
+async fn authorization_request(browser: &mut Browser, app: &TestApp) -> (url::Url, HashMap<String, String>) {
+    let login = browser.get(&app.url("/auth/login")).await;
+    let authorize = url::Url::parse(&location(&login)).unwrap();
+    let params = authorize.query_pairs().into_owned().collect();
+    (authorize, params)
+}
+
+async fn a_flow_in_progress_stores_neither_its_pkce_verifier_nor_its_nonce(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let (authorize, params) = authorization_request(&mut browser, &w.app).await;
+    let (_, second) = authorization_request(&mut Browser::new(), &w.app).await;
+    assert_ne!(params["nonce"], second["nonce"]);
+    assert_ne!(params["code_challenge"], second["code_challenge"]);
+    let sql = w.app.db.sql().await;
+    let stored = sql.texts("SELECT pkce_verifier || '|' || nonce FROM login_states").await;
+    assert_eq!(stored, ["|", "|"], "neither value is stored");
+    let salts = sql.blobs("SELECT secret_salt FROM login_states").await;
+    assert!(salts.iter().all(|salt| salt.len() == 32), "{salts:?}");
+    assert_ne!(salts[0], salts[1]);
+    // The provider checks the verifier against the challenge, and Tessera the id_token's nonce:
+    // both are derived again from the state the callback brings.
+    let provider = browser.get(authorize.as_str()).await;
+    let done = browser.get(&location(&provider)).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER, "{:?}", done.text().await);
+    assert!(browser.cookies.contains_key("tessera_session"));
+    assert_eq!(sql.count("login_states").await, 1, "the other flow is still under way");
+    // A nonce other than the flow's is still refused.
+    w.issuer.tamper_next_id_token(Tamper::WrongNonce);
+    assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 400).await["code"], "invalid_id_token");
+}
+
+async fn a_flow_an_earlier_release_started_completes(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let (mut authorize, params) = authorization_request(&mut browser, &w.app).await;
+    // What a release before migration 30 wrote: the values themselves, no salt, and the
+    // authorization request made of them.
+    let (verifier, nonce) = ("an-earlier-release-s-pkce-verifier-0123456789", "an-earlier-release-s-nonce");
+    let challenge = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        tessera::crypto::sha256(verifier.as_bytes()),
+    );
+    let sql = w.app.db.sql().await;
+    let rewritten = sql
+        .exec(&format!("UPDATE login_states SET pkce_verifier = '{verifier}', nonce = '{nonce}', secret_salt = NULL"))
+        .await
+        .unwrap();
+    assert_eq!(rewritten, 1);
+    authorize.query_pairs_mut().clear().extend_pairs(params.iter().map(|(name, value)| match name.as_str() {
+        "code_challenge" => (name.as_str(), challenge.as_str()),
+        "nonce" => (name.as_str(), nonce),
+        _ => (name.as_str(), value.as_str()),
+    }));
+    let provider = browser.get(authorize.as_str()).await;
+    let done = browser.get(&location(&provider)).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER, "{:?}", done.text().await);
+    assert!(browser.cookies.contains_key("tessera_session"));
 }
 
 async fn provider_failures_have_clear_codes(backend: Backend) {
