@@ -39,6 +39,17 @@ pub struct GitHubStub {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// How GitHub answers 403.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// The primary rate limit: `x-ratelimit-remaining: 0`.
+    RateLimit,
+    /// A secondary rate limit: requests left, no `retry-after`, only the message says so.
+    SecondaryRateLimit,
+    /// A token that may not read the emails (a GitHub App without the permission).
+    NotAccessible,
+}
+
 #[derive(Default)]
 struct StubState {
     user: Mutex<Value>,
@@ -46,8 +57,8 @@ struct StubState {
     codes: Mutex<HashMap<String, String>>,
     tokens: Mutex<HashMap<String, (Value, Value)>>,
     refuse_next_code: Mutex<bool>,
-    /// The emails are answered 403 with `x-ratelimit-remaining: 0`, as GitHub's rate limit does.
-    rate_limited: Mutex<bool>,
+    /// The emails are answered 403 this way.
+    emails_refused: Mutex<Option<Refusal>>,
     /// The tokens sent to the revocation endpoint, in order.
     revoked: Mutex<Vec<String>>,
 }
@@ -178,8 +189,17 @@ async fn stub_user(State(state): State<Arc<StubState>>, headers: HeaderMap) -> R
 }
 
 async fn stub_emails(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
-    if *state.rate_limited.lock().unwrap() {
-        return (StatusCode::FORBIDDEN, [("x-ratelimit-remaining", "0")], "API rate limit exceeded").into_response();
+    let (remaining, message) = match *state.emails_refused.lock().unwrap() {
+        None => ("4999", ""),
+        Some(Refusal::RateLimit) => ("0", "API rate limit exceeded for user ID 583231."),
+        Some(Refusal::SecondaryRateLimit) => {
+            ("4998", "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.")
+        }
+        Some(Refusal::NotAccessible) => ("4997", "Resource not accessible by integration"),
+    };
+    if !message.is_empty() {
+        let body = json!({"message": message, "documentation_url": "https://docs.github.com/rest"});
+        return (StatusCode::FORBIDDEN, [("x-ratelimit-remaining", remaining)], Json(body)).into_response();
     }
     match profile_of(&state, &headers) {
         Some((_, emails)) => Json(emails).into_response(),
@@ -259,10 +279,18 @@ async fn a_refused_github_code_is_an_invalid_code(backend: Backend) {
     // GitHub's rate limit (403 with no requests left) is the provider unavailable, not a user
     // without an email: provisioned without one, a person whose address an account holds would
     // get a second account instead of the link question.
-    *github.state.rate_limited.lock().unwrap() = true;
-    let refused = body(Browser::new().sign_in(&app, "provider=github").await, 502).await;
-    assert_eq!(refused["code"], "provider_unavailable");
-    assert_eq!(app.db.sql().await.count("users").await, 0);
+    // A secondary rate limit leaves requests and names no wait; only its message says so.
+    for limit in [Refusal::RateLimit, Refusal::SecondaryRateLimit] {
+        *github.state.emails_refused.lock().unwrap() = Some(limit);
+        let refused = body(Browser::new().sign_in(&app, "provider=github").await, 502).await;
+        assert_eq!(refused["code"], "provider_unavailable");
+        assert_eq!(app.db.sql().await.count("users").await, 0);
+    }
+    // A token that may not read the emails signs in without one.
+    *github.state.emails_refused.lock().unwrap() = Some(Refusal::NotAccessible);
+    let mut browser = Browser::new();
+    assert_eq!(browser.sign_in(&app, "provider=github").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(body(browser.me(&app).await, 200).await["email"], Value::Null);
 }
 
 async fn gitlab_signs_in_through_openid_connect(backend: Backend) {

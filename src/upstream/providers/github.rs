@@ -76,9 +76,9 @@ impl GitHubProvider {
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!("GET /{path} answered {status}")));
         }
-        // A rate limit (429, or 403 with no requests left or a wait named) is GitHub unavailable
-        // for now, not a refusal: read as "no emails", it would provision a person without the
-        // address an existing account of theirs holds.
+        // A rate limit (429, or 403 with no requests left, a wait named, or saying so) is GitHub
+        // unavailable for now, not a refusal: read as "no emails", it would provision a person
+        // without the address an existing account of theirs holds.
         let headers = response.headers();
         let rate_limited = status == reqwest::StatusCode::TOO_MANY_REQUESTS
             || (status == reqwest::StatusCode::FORBIDDEN
@@ -87,7 +87,17 @@ impl GitHubProvider {
         if rate_limited {
             return Err(ProviderError::Unavailable(format!("GET /{path} is rate limited")));
         }
-        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
+        if status == reqwest::StatusCode::FORBIDDEN {
+            // A secondary rate limit may leave requests and name no wait: only its message tells
+            // it from a token without the scope (GitHub's documented way to recognise one).
+            let mut response = response;
+            let message = crate::upstream::jwks::read_capped(&mut response).await.ok().flatten().unwrap_or_default();
+            if String::from_utf8_lossy(&message).to_ascii_lowercase().contains("rate limit") {
+                return Err(ProviderError::Unavailable(format!("GET /{path} is rate limited")));
+            }
+            return Ok(None);
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !status.is_success() {
