@@ -89,10 +89,15 @@ impl GitHubProvider {
         }
         if status == reqwest::StatusCode::FORBIDDEN {
             // A secondary rate limit may leave requests and name no wait: only its message tells
-            // it from a token without the scope (GitHub's documented way to recognise one).
+            // it from a token without the scope (GitHub's documented way to recognise one; older
+            // GitHub Enterprise Server words it "abuse detection"). A message that cannot be read
+            // is not taken for "no emails" either.
             let mut response = response;
-            let message = crate::upstream::jwks::read_capped(&mut response).await.ok().flatten().unwrap_or_default();
-            if String::from_utf8_lossy(&message).to_ascii_lowercase().contains("rate limit") {
+            let Ok(Some(message)) = crate::upstream::jwks::read_capped(&mut response).await else {
+                return Err(ProviderError::Unavailable(format!("GET /{path} answered 403 without a readable message")));
+            };
+            let message = String::from_utf8_lossy(&message).to_ascii_lowercase();
+            if message.contains("rate limit") || message.contains("abuse detection") {
                 return Err(ProviderError::Unavailable(format!("GET /{path} is rate limited")));
             }
             return Ok(None);
