@@ -122,6 +122,9 @@ pub struct ProviderProtocol {
     /// Audiences besides the client id that an id_token may also name (OpenID Connect Core
     /// 3.1.3.7: one with an audience the client does not trust is refused).
     pub trusted_audiences: Vec<String>,
+    /// Token-endpoint error codes that, besides `invalid_grant`, mean the code or refresh token
+    /// is refused for good (Zoom's `invalid_request`), in lower case.
+    pub refusal_errors: Vec<String>,
 }
 
 impl Default for ProviderProtocol {
@@ -137,6 +140,7 @@ impl Default for ProviderProtocol {
             profile: None,
             sign_in: true,
             trusted_audiences: Vec::new(),
+            refusal_errors: Vec::new(),
         }
     }
 }
@@ -238,6 +242,7 @@ pub(super) struct RawProvider {
     extra_authorize_params: Option<BTreeMap<String, String>>,
     offline_authorize_params: Option<BTreeMap<String, String>>,
     trusted_audiences: Option<Vec<String>>,
+    refusal_errors: Option<Vec<String>>,
     userinfo_method: Option<String>,
     userinfo_body: Option<String>,
     account_id_pointer: Option<String>,
@@ -657,6 +662,23 @@ fn parse_protocol(
             "only the id_tokens of an oidc or gitlab provider have audiences",
         ));
     }
+    let refusal_errors: Vec<String> = raw
+        .refusal_errors
+        .as_ref()
+        .or(t.refusal_errors.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|error| error.trim().to_ascii_lowercase())
+        .collect();
+    if let Some(bad) = refusal_errors
+        .iter()
+        .find(|e| e.is_empty() || e.len() > 64 || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        return Err(ConfigError::new(
+            key("refusal_errors"),
+            format!("{bad:?} is not an error code (1 to 64 letters, digits or _)"),
+        ));
+    }
     let default_expires_in = match raw.default_expires_in.or(t.default_expires_in) {
         Some(seconds) if !(60..=30 * 86_400).contains(&seconds) => {
             return Err(ConfigError::new(key("default_expires_in"), "expected 60 to 2592000 seconds"));
@@ -721,6 +743,7 @@ fn parse_protocol(
         profile,
         sign_in: raw.sign_in.or(t.sign_in).unwrap_or(true),
         trusted_audiences,
+        refusal_errors,
     })
 }
 
@@ -1074,6 +1097,14 @@ mod tests {
         assert_eq!(no_id_token.key, "providers[0].trusted_audiences");
         let nonce = entry(&format!("{public}\noffline_authorize_params = {{ nonce = \"n\" }}")).unwrap_err();
         assert_eq!(nonce.key, "providers[0].offline_authorize_params");
+        let zoom = "name = \"z\"\ntemplate = \"zoom\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"";
+        assert_eq!(entry(zoom).unwrap().protocol.refusal_errors, ["invalid_request"], "the template's");
+        let own = entry(&format!("{public}\nrefusal_errors = [\" Bad_Token \"]")).unwrap();
+        assert_eq!(own.protocol.refusal_errors, ["bad_token"]);
+        for bad in ["\"\"", "\"invalid request\"", "\"a-b\""] {
+            let refused = entry(&format!("{public}\nrefusal_errors = [{bad}]")).unwrap_err();
+            assert_eq!(refused.key, "providers[0].refusal_errors", "{bad}");
+        }
     }
 
     #[test]

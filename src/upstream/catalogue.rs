@@ -84,6 +84,9 @@ pub struct Template {
     pub name_pointer: Option<String>,
     /// The access-token lifetime assumed when a token answer has no `expires_in` (Salesforce).
     pub default_expires_in: Option<u64>,
+    /// Token-endpoint errors that, besides `invalid_grant`, refuse a code or refresh token for
+    /// good (Zoom's `invalid_request`).
+    pub refusal_errors: Option<Vec<String>>,
     /// Whether people may sign in with it (off when the account is a workspace).
     pub sign_in: Option<bool>,
     /// The default of the `{tenant}` placeholder.

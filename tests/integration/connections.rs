@@ -41,6 +41,7 @@ on_both_backends!(
     two_instances_refresh_once,
     rotated_and_kept_refresh_tokens_are_persisted,
     invalid_grant_marks_the_profile_without_a_retry_storm,
+    a_refusal_named_by_the_entry_marks_the_profile,
     an_expired_token_without_a_refresh_token_marks_the_profile,
     expired_pending_profiles_are_not_reused,
     revoking_frees_the_slug_and_revokes_upstream,
@@ -790,6 +791,29 @@ async fn invalid_grant_marks_the_profile_without_a_retry_storm(backend: Backend)
     w.issuer.set_next_user(StubUser::new("alice-upstream", "alice@provider.example"));
     assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
     assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], false);
+}
+
+/// A provider whose refusal is another error than `invalid_grant` (Zoom's `invalid_request`) is
+/// read as one only where its entry says so (`refusal_errors`); elsewhere that error is the
+/// provider's failure, which leaves the profile as it is and hands out the stored token.
+async fn a_refusal_named_by_the_entry_marks_the_profile(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("zoom-like-untold").await;
+    w.expire_soon(&slug).await;
+    w.issuer.fail_next_token_request(TokenFault::Error("invalid_request"));
+    let failed = w.token(w.alice.id, &slug).await;
+    assert_eq!(body(failed, 200).await["refreshed"], false, "the stored token, while it lasts");
+    assert_eq!(w.sql_profile(&slug).await["status"], "active");
+
+    let mut w = world_with(backend, |config| {
+        config.providers[0].protocol.refusal_errors = vec!["invalid_request".into()];
+    })
+    .await;
+    let slug = w.connected("zoom-like").await;
+    w.expire_soon(&slug).await;
+    w.issuer.fail_next_token_request(TokenFault::Error("invalid_request"));
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 409).await["code"], "needs_reauth");
+    assert_eq!(w.sql_profile(&slug).await["status"], "needs_reauth");
 }
 
 /// A token that expired with no refresh token to renew it (a provider that gives none, or scopes

@@ -242,7 +242,10 @@ fn token_set(
             id_token: response.extra_fields().id_token.clone(),
             fields: TokenFields(response.extra_fields().other.clone()),
         }),
-        Err(RequestTokenError::ServerResponse(error)) if *error.error() == BasicErrorResponseType::InvalidGrant => {
+        Err(RequestTokenError::ServerResponse(error))
+            if *error.error() == BasicErrorResponseType::InvalidGrant
+                || is_configured_refusal(config, error.error().as_ref()) =>
+        {
             Err(refused)
         }
         Err(RequestTokenError::ServerResponse(error)) => {
@@ -252,7 +255,7 @@ fn token_set(
         // Some providers answer errors with status 200 (GitHub), or without RFC 6749's `error`
         // (HubSpot's `{"status": "BAD_REFRESH_TOKEN"}`): read the error from the body.
         Err(RequestTokenError::Parse(_, body)) => match body_error(&body) {
-            Some(error) if is_refusal(&error) => Err(refused),
+            Some(error) if is_refusal(&error) || is_configured_refusal(config, &error) => Err(refused),
             Some(other) => Err(ProviderError::InvalidResponse(format!("the token endpoint answered {other}"))),
             None => Err(ProviderError::InvalidResponse("the token endpoint's answer does not parse".into())),
         },
@@ -281,6 +284,12 @@ fn is_refusal(error: &str) -> bool {
             | "invalid_code"
             | "invalid_refresh_token"
     )
+}
+
+/// Whether the entry says that `error` refuses the code or refresh token for good
+/// (`refusal_errors`).
+fn is_configured_refusal(config: &ProviderConfig, error: &str) -> bool {
+    config.protocol.refusal_errors.iter().any(|refusal| refusal.eq_ignore_ascii_case(error))
 }
 
 /// Why an HTTP exchange with a provider failed.

@@ -82,6 +82,8 @@ pub enum TokenFault {
     InvalidGrant,
     /// A server error status.
     ServerError(u16),
+    /// `400 {"error": <code>}`, another error than `invalid_grant` (Zoom's `invalid_request`).
+    Error(&'static str),
 }
 
 /// How long ago the user's session at the stub began, unless they sign in again.
@@ -410,6 +412,7 @@ async fn decide_token(
     };
     match fault {
         Some(TokenFault::InvalidGrant) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+        Some(TokenFault::Error(code)) => return oauth_error(StatusCode::BAD_REQUEST, code),
         Some(TokenFault::ServerError(status)) => {
             return StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY).into_response();
         }
