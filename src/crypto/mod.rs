@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn a_derived_secret_is_hmac_sha256_of_label_and_salt() {
         use secrecy::ExposeSecret;
-        // Python: base64.urlsafe_b64encode(hmac.new(b"state", b"pkce_verifier\0salt", "sha256").digest())
+        // Python: base64.urlsafe_b64encode(hmac.new(b"state", b"pkce_verifier\0salt", "sha256").digest()).rstrip(b"=")
         let derived = derive_secret(b"state", "pkce_verifier", b"salt");
         assert_eq!(derived.expose_secret(), "OiCDSBHtlwQgat3SmB6wBHo0MEkE-yCrQfluTPKfNXE");
         assert_eq!(derived.expose_secret().len(), random_secret().expose_secret().len());

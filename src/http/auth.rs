@@ -128,7 +128,7 @@ async fn start_login(
     let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None, fresh).await;
     match started {
         Ok(started) => {
-            redirect(started.location.as_str(), &[login_cookie(&state, &headers, started.state.expose_secret())])
+            redirect(started.location.as_str(), &[login_cookie(&state, &headers, started.binding.expose_secret())])
         }
         Err(error) => state.pages.error(&headers, error.into()),
     }
@@ -355,7 +355,7 @@ async fn begin_link(
 ) -> Response {
     match state.sign_in.begin(provider, return_to, Some(user), false).await {
         Ok(started) => {
-            redirect(started.location.as_str(), &[login_cookie(state, headers, started.state.expose_secret())])
+            redirect(started.location.as_str(), &[login_cookie(state, headers, started.binding.expose_secret())])
         }
         Err(error) => {
             state.pages.error_in(headers, error.into(), &errors::Context { return_to: None, signed_in: true })
@@ -405,8 +405,8 @@ async fn complete_callback(
         }
     };
     let old_session = session.map(SecretString::from);
-    let flow = match state.flows.take(&provider, query.state.as_deref(), &held).await {
-        Ok(flow) => flow,
+    let taken = match state.flows.take(&provider, query.state.as_deref(), &held).await {
+        Ok(taken) => taken,
         Err(error) => {
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, FlowAction::SignIn, error.code()).await;
@@ -414,8 +414,9 @@ async fn complete_callback(
         }
     };
     // This flow is used up, whatever comes of it; the other tabs' stay under way.
-    let clear_login = login_cookie_without(&state, &held, query.state.as_deref().unwrap_or_default());
+    let clear_login = login_cookie_without(&state, &held, taken.binding);
     // What the flow is for, known before it is finished: a refusal is recorded as such.
+    let flow = &taken.flow;
     let action = match (&flow.profile, &flow.link_user) {
         (Some(_), _) => FlowAction::Connect,
         (None, Some(_)) => FlowAction::Link,
@@ -426,7 +427,7 @@ async fn complete_callback(
     let context =
         errors::Context { return_to: flow.link_user.is_none().then(|| flow.return_to.clone()), signed_in: false };
     let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
-    let finished = match state.flows.finish(flow, callback).await {
+    let finished = match state.flows.finish(taken, callback).await {
         Ok(finished) => finished,
         Err(error) => {
             // The user cancelled at the provider (its `access_denied`, not another of its errors,
@@ -602,11 +603,12 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByte
 }
 
 /// How many sign-ins one browser may have under way at once (one per tab): its login cookie
-/// holds the states of the newest this many, newest first, separated by `.`.
+/// holds the binding secrets of the newest this many (each flow's `state` is the SHA-256 of
+/// one), newest first, separated by `.`.
 const FLOWS_PER_BROWSER: usize = 4;
 
-/// The `Set-Cookie` value binding a new flow's state to the browser, beside the flows the browser
-/// (its `headers`) already has under way, up to [`FLOWS_PER_BROWSER`] in all.
+/// The `Set-Cookie` value binding a new flow (its binding secret, `value`) to the browser, beside
+/// the flows the browser (its `headers`) already has under way, up to [`FLOWS_PER_BROWSER`] in all.
 pub(super) fn login_cookie(state: &AppState, headers: &HeaderMap, value: &str) -> HeaderValue {
     let under_way = cookie(headers, state.cookies.login()).ok().flatten().unwrap_or_default();
     let states: Vec<&str> =
@@ -614,8 +616,8 @@ pub(super) fn login_cookie(state: &AppState, headers: &HeaderMap, value: &str) -
     state.cookies.set(state.cookies.login(), &states.join("."), FLOW_TTL.to_std().unwrap_or_default())
 }
 
-/// The flow states in a login cookie's value (anything else in it is ignored: a state is
-/// base64url text of a few dozen characters).
+/// The binding secrets in a login cookie's value (anything else in it is ignored: a binding
+/// secret is base64url text of a few dozen characters).
 fn held_states(value: &str) -> impl Iterator<Item = &str> {
     value.split('.').filter(|s| {
         (16..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

@@ -338,15 +338,18 @@ pub enum ClaimOutcome {
     TeamGone,
 }
 
-/// A sign-in in progress, as stored. Its `Debug` hides the PKCE verifier and the nonce.
+/// A sign-in in progress, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoginState {
     /// SHA-256 of the state value (the value itself is only in the browser).
     pub state_hash: [u8; 32],
     /// The provider the flow started with.
     pub provider: String,
-    /// How its PKCE verifier and OpenID nonce are kept.
-    pub secrets: FlowSecrets,
+    /// The random salt its PKCE verifier and OpenID nonce are derived from, with the browser's
+    /// binding secret (which only the browser holds): neither value is stored. `None` for a row
+    /// a release before migration 30 wrote, which held the values themselves; such a flow cannot
+    /// be completed (the browser's cookie holds its state, not a binding secret).
+    pub salt: Option<[u8; 32]>,
     /// Where to send the browser afterwards.
     pub return_to: String,
     /// For a link or connect flow, the signed-in user it is for.
@@ -364,35 +367,6 @@ pub struct LoginState {
     /// The sign-in must come back with a fresh authentication at the provider (a relying
     /// party's `prompt=login` or `max_age`).
     pub fresh_login: bool,
-}
-
-/// How a sign-in in progress keeps its PKCE verifier and OpenID nonce.
-#[derive(Clone, PartialEq, Eq)]
-pub enum FlowSecrets {
-    /// Derived from the state, which only the browser holds, and this random salt, which only the
-    /// database holds: a copy of the database, or an authorization response caught on its way
-    /// (code and state), gives neither.
-    Derived {
-        /// The salt.
-        salt: [u8; 32],
-    },
-    /// The values themselves: a row written by a release before migration 30, or a flow taken
-    /// with its state (the derived values).
-    Known {
-        /// The PKCE verifier.
-        pkce_verifier: String,
-        /// The OpenID nonce.
-        nonce: String,
-    },
-}
-
-impl std::fmt::Debug for FlowSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FlowSecrets::Derived { .. } => "Derived",
-            FlowSecrets::Known { .. } => "Known([REDACTED])",
-        })
-    }
 }
 
 /// A new session.

@@ -25,11 +25,11 @@ use super::rows::{
 };
 use super::{
     Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
-    DataReport, DefaultTeam, EncryptedTokens, FanOut, FlowSecrets, IdentityMatch, LinkOutcome, LoginState,
-    MemberOutcome, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets,
-    ReadFrom, RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind,
-    SessionOfIdentity, SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession,
-    WebhookChange, WebhookKeys, decode_kind, decode_role,
+    DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, LinkOutcome, LoginState, MemberOutcome,
+    MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
+    RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind, SessionOfIdentity,
+    SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession, WebhookChange,
+    WebhookKeys, decode_kind, decode_role,
 };
 use super::{CodeRecord, GrantAt, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 use super::{
@@ -1185,31 +1185,30 @@ impl Store for SqlStore {
     }
 
     async fn insert_login_state(&self, state: &LoginState) -> Result<(), StoreError> {
-        let write = query(
+        query(
             "INSERT INTO login_states
                (state_hash, provider, pkce_verifier, nonce, secret_salt, return_to, link_user_id, profile_id,
                 profile_version, allow_account_change, created_at, expires_at, fresh_login)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&state.state_hash[..])
-        .bind(&state.provider);
-        // A derived flow's columns of the values themselves are left empty (they are NOT NULL).
-        let write = match &state.secrets {
-            FlowSecrets::Derived { salt } => write.bind("").bind("").bind(Some(&salt[..])),
-            FlowSecrets::Known { pkce_verifier, nonce } => write.bind(pkce_verifier).bind(nonce).bind(None::<&[u8]>),
-        };
-        write
-            .bind(&state.return_to)
-            .bind(state.link_user.map(|u| u.as_uuid()))
-            .bind(state.profile.map(|p| p.as_uuid()))
-            .bind(state.profile_version)
-            .bind(state.allow_account_change)
-            .bind(state.created_at)
-            .bind(state.expires_at)
-            .bind(state.fresh_login)
-            .execute(self.db.writer())
-            .await
-            .map_err(|e| e.or_gone("the user or profile the flow is for"))?;
+        .bind(&state.provider)
+        // The columns of the values themselves, which an earlier release filled, are left empty
+        // (they are NOT NULL).
+        .bind("")
+        .bind("")
+        .bind(state.salt.as_ref().map(|salt| &salt[..]))
+        .bind(&state.return_to)
+        .bind(state.link_user.map(|u| u.as_uuid()))
+        .bind(state.profile.map(|p| p.as_uuid()))
+        .bind(state.profile_version)
+        .bind(state.allow_account_change)
+        .bind(state.created_at)
+        .bind(state.expires_at)
+        .bind(state.fresh_login)
+        .execute(self.db.writer())
+        .await
+        .map_err(|e| e.or_gone("the user or profile the flow is for"))?;
         Ok(())
     }
 
@@ -1220,7 +1219,7 @@ impl Store for SqlStore {
     ) -> Result<Option<LoginState>, StoreError> {
         let row = query(
             "DELETE FROM login_states WHERE state_hash = $1
-             RETURNING provider, pkce_verifier, nonce, secret_salt, return_to, link_user_id, profile_id,
+             RETURNING provider, secret_salt, return_to, link_user_id, profile_id,
                        profile_version, allow_account_change, created_at, expires_at, fresh_login",
         )
         .bind(&state_hash[..])
@@ -1232,10 +1231,7 @@ impl Store for SqlStore {
         let state = LoginState {
             state_hash: *state_hash,
             provider: row.text("provider")?,
-            secrets: match row.opt_bytes("secret_salt")? {
-                Some(salt) => FlowSecrets::Derived { salt: rows::hash32(&salt)? },
-                None => FlowSecrets::Known { pkce_verifier: row.text("pkce_verifier")?, nonce: row.text("nonce")? },
-            },
+            salt: row.opt_bytes("secret_salt")?.as_deref().map(rows::hash32).transpose()?,
             return_to: row.text("return_to")?,
             link_user: row.opt_uuid("link_user_id")?.map(UserId::from_uuid),
             profile: row.opt_uuid("profile_id")?.map(ProfileId::from_uuid),

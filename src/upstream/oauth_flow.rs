@@ -1,10 +1,13 @@
 //! The server-side authorization-code flow shared by sign-in, identity linking and connected
 //! accounts.
 //!
-//! [`OAuthFlows::begin`] stores the flow — the SHA-256 of a fresh 256-bit state value, the
-//! provider, a fresh PKCE verifier and nonce, `return_to`, what the flow is for, and a 10-minute
-//! expiry — and returns the provider's authorization URL plus the state value, which the HTTP
-//! layer also puts in a cookie so that the callback can prove it comes back to the same browser.
+//! [`OAuthFlows::begin`] draws a 256-bit binding secret for the browser, whose SHA-256 is the
+//! flow's `state`, and stores the flow — the SHA-256 of that state, the provider, a random salt,
+//! `return_to`, what the flow is for, and a 10-minute expiry — and returns the provider's
+//! authorization URL plus the binding secret, which the HTTP layer puts in a cookie so that the
+//! callback can prove it comes back to the same browser. The PKCE verifier and the nonce are
+//! derived from the binding secret and the salt, so neither the database nor the URLs the
+//! browser visits (state and code) hold what it takes to complete the flow.
 //! [`OAuthFlows::finish`] consumes that row atomically (exactly once), takes the provider from it
 //! (never from the callback), checks the RFC 9207 `iss`, exchanges the code and reads the profile.
 //! What happens next depends on the flow's [`Purpose`].
@@ -19,14 +22,20 @@ use super::providers::{AuthorizationRequest, Provider, ProviderError, ProviderRe
 use crate::crypto::{constant_time_eq, derive_secret, random_bytes, random_secret, sha256};
 use crate::domain::{Issuer, ProfileId, ReturnTo, Subject, UserId};
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{FlowSecrets, LoginState, Store, StoreError};
+use crate::store::{LoginState, Store, StoreError};
 
 /// How long a flow may take, from `begin` to the callback.
 pub const FLOW_TTL: TimeDelta = TimeDelta::minutes(10);
 
-/// A flow's PKCE verifier and OpenID nonce, from its state and its salt ([`FlowSecrets::Derived`]).
-fn derived_secrets(state: &str, salt: &[u8; 32]) -> (SecretString, SecretString) {
-    let key = state.as_bytes();
+/// The `state` of the flow whose browser holds `binding`: its SHA-256, base64url.
+fn state_of(binding: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(binding.as_bytes()))
+}
+
+/// A flow's PKCE verifier and OpenID nonce, from the browser's binding secret and the flow's salt.
+fn derived_secrets(binding: &str, salt: &[u8; 32]) -> (SecretString, SecretString) {
+    let key = binding.as_bytes();
     (
         derive_secret(key, "tessera login_state pkce_verifier", salt),
         derive_secret(key, "tessera login_state nonce", salt),
@@ -108,13 +117,22 @@ impl PublicError for FlowError {
     }
 }
 
-/// A started flow: where to send the browser, and the state value to bind to it.
+/// A started flow: where to send the browser, and the secret to bind it to the browser.
 #[derive(Debug)]
 pub struct Started {
     /// The provider's authorization URL.
     pub location: Url,
-    /// The state value (for the browser-binding cookie).
-    pub state: SecretString,
+    /// The binding secret, for the browser's cookie only: the flow's `state` is its SHA-256.
+    pub binding: SecretString,
+}
+
+/// A flow [`OAuthFlows::take`] took for its callback.
+#[derive(Debug)]
+pub struct Taken<'a> {
+    /// The flow, as it was stored.
+    pub flow: LoginState,
+    /// The browser's binding secret that matched the callback's state (for its cookie to drop).
+    pub binding: &'a str,
 }
 
 /// The query of a callback. Its `Debug` hides the code and the state.
@@ -205,14 +223,15 @@ impl OAuthFlows {
         scopes: Option<&[String]>,
         fresh_login: bool,
     ) -> Result<Started, FlowError> {
-        let state = random_secret();
+        let binding = random_secret();
+        let state = state_of(binding.expose_secret());
         let salt = random_bytes::<32>();
-        let (pkce_verifier, nonce) = derived_secrets(state.expose_secret(), &salt);
+        let (pkce_verifier, nonce) = derived_secrets(binding.expose_secret(), &salt);
         let offline = matches!(purpose, Purpose::Connect { .. }) || provider.config().store_tokens;
         let location = provider
             .authorization_url(&AuthorizationRequest {
                 redirect_uri: &self.callback_url(provider.name()),
-                state: state.expose_secret(),
+                state: &state,
                 pkce_verifier: pkce_verifier.expose_secret(),
                 nonce: nonce.expose_secret(),
                 scopes,
@@ -230,9 +249,9 @@ impl OAuthFlows {
         let now = crate::domain::now();
         self.store
             .insert_login_state(&LoginState {
-                state_hash: sha256(state.expose_secret().as_bytes()),
+                state_hash: sha256(state.as_bytes()),
                 provider: provider.name().to_owned(),
-                secrets: FlowSecrets::Derived { salt },
+                salt: Some(salt),
                 return_to: return_to.as_str().to_owned(),
                 link_user,
                 profile,
@@ -243,46 +262,41 @@ impl OAuthFlows {
                 fresh_login,
             })
             .await?;
-        Ok(Started { location, state })
+        Ok(Started { location, binding })
     }
 
     /// Takes the flow a callback names by its `state` (single-use: taken before anything else
-    /// of the callback is checked), if it is one of `browser_states`, the states of the flows the
-    /// browser holds in its cookie, started for the provider of the callback's path; its
-    /// secrets are [`FlowSecrets::Known`], derived from the state.
-    pub async fn take(
+    /// of the callback is checked), if it is the state of one of `bindings`, the binding secrets
+    /// the browser holds in its cookie, started for the provider of the callback's path.
+    pub async fn take<'a>(
         &self,
         path_provider: &str,
         state: Option<&str>,
-        browser_states: &[&str],
-    ) -> Result<LoginState, FlowError> {
+        bindings: &[&'a str],
+    ) -> Result<Taken<'a>, FlowError> {
         let state = state.filter(|s| !s.is_empty()).ok_or(FlowError::InvalidState("the callback carries no state"))?;
-        if !browser_states.iter().any(|held| constant_time_eq(held.as_bytes(), state.as_bytes())) {
-            return Err(FlowError::InvalidState("this sign-in was not started in this browser"));
-        }
-        let mut flow = self
+        let binding = bindings
+            .iter()
+            .copied()
+            .find(|held| constant_time_eq(state_of(held).as_bytes(), state.as_bytes()))
+            .ok_or(FlowError::InvalidState("this sign-in was not started in this browser"))?;
+        let flow = self
             .store
             .take_login_state(&sha256(state.as_bytes()), crate::domain::now())
             .await?
             .ok_or(FlowError::InvalidState("the sign-in is unknown, expired or already completed"))?;
-        if let FlowSecrets::Derived { salt } = &flow.secrets {
-            let (pkce_verifier, nonce) = derived_secrets(state, salt);
-            flow.secrets = FlowSecrets::Known {
-                pkce_verifier: pkce_verifier.expose_secret().to_owned(),
-                nonce: nonce.expose_secret().to_owned(),
-            };
-        }
         // Provider names are lower case; the path is compared the same way.
         if flow.provider != path_provider.to_ascii_lowercase() {
             return Err(FlowError::ProviderMismatch);
         }
-        Ok(flow)
+        Ok(Taken { flow, binding })
     }
 
     /// Completes a flow [`take`](Self::take) returned with the provider's answer: its error, its
     /// issuer, the code exchanged with the PKCE verifier, the user's claims checked against the
     /// nonce.
-    pub async fn finish(&self, flow: LoginState, callback: Callback) -> Result<Finished, FlowError> {
+    pub async fn finish(&self, taken: Taken<'_>, callback: Callback) -> Result<Finished, FlowError> {
+        let Taken { flow, binding } = taken;
         let provider = self.provider(Some(&flow.provider))?.clone();
         // RFC 9207 section 2.4: error responses too. An error sent in another issuer's name (a
         // mix-up) is not this provider's word, and is not reported as such.
@@ -300,11 +314,13 @@ impl OAuthFlows {
             return Err(FlowError::Denied(code));
         }
         let code = callback.code.as_deref().filter(|c| !c.is_empty()).ok_or(FlowError::MissingCode)?;
-        let FlowSecrets::Known { pkce_verifier, nonce } = &flow.secrets else {
-            return Err(FlowError::InvalidState("the sign-in was not taken with its state"));
-        };
-        let tokens = provider.exchange_code(code, pkce_verifier, &self.callback_url(provider.name())).await?;
-        let info = provider.user_info(&tokens, nonce).await?;
+        // A row an earlier release wrote has no salt; its browser's cookie holds no binding secret
+        // either, so it is not taken that far.
+        let salt = flow.salt.ok_or(FlowError::InvalidState("the sign-in was started by an earlier release"))?;
+        let (pkce_verifier, nonce) = derived_secrets(binding, &salt);
+        let tokens =
+            provider.exchange_code(code, pkce_verifier.expose_secret(), &self.callback_url(provider.name())).await?;
+        let info = provider.user_info(&tokens, nonce.expose_secret()).await?;
         // Asked for is not done: a provider that ignores `prompt=login`, or a browser that drops
         // it from the URL, would otherwise pass its old session off as a new sign-in. Checked
         // where the provider says when the user authenticated (OpenID Connect's `auth_time`).
@@ -331,5 +347,32 @@ impl OAuthFlows {
             (None, _, _) => Purpose::SignIn,
         };
         Ok(Finished { purpose, provider, tokens, info, subject, return_to: flow.return_to, authenticated_at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_values_need_both_the_binding_and_the_salt() {
+        let reveal = |(verifier, nonce): (SecretString, SecretString)| {
+            (verifier.expose_secret().to_owned(), nonce.expose_secret().to_owned())
+        };
+        let (binding, salt) = ("a-binding-secret-of-the-browser", [7; 32]);
+        let (verifier, nonce) = reveal(derived_secrets(binding, &salt));
+        assert_ne!(verifier, nonce);
+        assert_eq!(reveal(derived_secrets(binding, &salt)), (verifier.clone(), nonce.clone()));
+        for other in [derived_secrets("another-binding-secret", &salt), derived_secrets(binding, &[8; 32])] {
+            let (other_verifier, other_nonce) = reveal(other);
+            assert!(other_verifier != verifier && other_nonce != nonce);
+        }
+        // The state is not the binding secret, nor does it give the values.
+        let state = state_of(binding);
+        assert_ne!(state, binding);
+        assert_ne!(reveal(derived_secrets(&state, &salt)).0, verifier);
+        // RFC 7636 4.1: 43 to 128 unreserved characters.
+        assert_eq!(verifier.len(), 43);
+        assert!(verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     }
 }

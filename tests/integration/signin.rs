@@ -32,7 +32,7 @@ on_both_backends!(
     open_redirects_are_refused,
     an_expired_state_is_refused,
     a_flow_in_progress_stores_neither_its_pkce_verifier_nor_its_nonce,
-    a_flow_an_earlier_release_started_completes,
+    the_state_in_a_url_does_not_complete_the_flow_without_the_browsers_cookie,
     provider_failures_have_clear_codes,
     concurrent_callbacks_complete_exactly_once,
     concurrent_sign_outs_end_the_session_once,
@@ -371,6 +371,7 @@ async fn sign_ins_in_several_tabs_each_complete(backend: Backend) {
     assert_eq!(browser.cookies["tessera_login"].split('.').count(), 4);
     let oldest = callbacks.remove(0);
     assert_eq!(body(browser.get(&oldest).await, 400).await["code"], "invalid_state");
+    let held = browser.cookies["tessera_login"].clone();
     // The others complete in any order, each leaving the rest under way.
     for (done, callback) in [3, 0, 2, 1].into_iter().map(|i| callbacks[i].clone()).enumerate() {
         let answer = browser.get(&callback).await;
@@ -381,7 +382,7 @@ async fn sign_ins_in_several_tabs_each_complete(backend: Backend) {
     assert!(!browser.cookies.contains_key("tessera_login"), "the last one clears the cookie");
     assert_eq!(body(browser.me(&w.app).await, 200).await["identities"][0]["subject"], "stub-user");
     // Each completed once: a replayed one is refused.
-    browser.cookies.insert("tessera_login".into(), callbacks.iter().map(|c| state_of(c)).collect::<Vec<_>>().join("."));
+    browser.cookies.insert("tessera_login".into(), held);
     assert_eq!(body(browser.get(&callbacks[0]).await, 400).await["code"], "invalid_state");
 }
 
@@ -633,30 +634,23 @@ async fn a_flow_in_progress_stores_neither_its_pkce_verifier_nor_its_nonce(backe
     assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 400).await["code"], "invalid_id_token");
 }
 
-async fn a_flow_an_earlier_release_started_completes(backend: Backend) {
+/// The browser's cookie holds a secret whose SHA-256 is the state: whoever catches the state on
+/// its way (in the callback URL, with the code) cannot pass for the browser.
+async fn the_state_in_a_url_does_not_complete_the_flow_without_the_browsers_cookie(backend: Backend) {
     let w = world(backend).await;
     let mut browser = Browser::new();
-    let (mut authorize, params) = authorization_request(&mut browser, &w.app).await;
-    // What a release before migration 30 wrote: the values themselves, no salt, and the
-    // authorization request made of them.
-    let (verifier, nonce) = ("an-earlier-release-s-pkce-verifier-0123456789", "an-earlier-release-s-nonce");
-    let challenge = base64::Engine::encode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        tessera::crypto::sha256(verifier.as_bytes()),
-    );
-    let sql = w.app.db.sql().await;
-    let rewritten = sql
-        .exec(&format!("UPDATE login_states SET pkce_verifier = '{verifier}', nonce = '{nonce}', secret_salt = NULL"))
-        .await
-        .unwrap();
-    assert_eq!(rewritten, 1);
-    authorize.query_pairs_mut().clear().extend_pairs(params.iter().map(|(name, value)| match name.as_str() {
-        "code_challenge" => (name.as_str(), challenge.as_str()),
-        "nonce" => (name.as_str(), nonce),
-        _ => (name.as_str(), value.as_str()),
-    }));
-    let provider = browser.get(authorize.as_str()).await;
-    let done = browser.get(&location(&provider)).await;
+    let callback = browser.start(&w.app, "").await;
+    let state = state_of(&callback);
+    let cookie = browser.cookies["tessera_login"].clone();
+    assert_ne!(cookie, state);
+    let digest = tessera::crypto::sha256(cookie.as_bytes());
+    assert_eq!(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, digest), state);
+    let mut thief = Browser::new();
+    thief.cookies.insert("tessera_login".into(), state.clone());
+    assert_eq!(body(thief.get(&callback).await, 400).await["code"], "invalid_state");
+    assert!(!thief.cookies.contains_key("tessera_session"));
+    // The flow is still the browser's to complete.
+    let done = browser.get(&callback).await;
     assert_eq!(done.status(), StatusCode::SEE_OTHER, "{:?}", done.text().await);
     assert!(browser.cookies.contains_key("tessera_session"));
 }

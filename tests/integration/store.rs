@@ -19,7 +19,7 @@ use tessera::service::provisioning::team_plan;
 use tessera::service::webhooks::{REPLAY_PAGE, Webhooks};
 use tessera::store::{
     Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, CredentialOutcome,
-    CredentialWrite, DataReport, DefaultTeam, DeleteUserOutcome, EncryptedTokens, FlowSecrets, LinkOutcome, LoginState,
+    CredentialWrite, DataReport, DefaultTeam, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState,
     MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease,
     Refreshed, RemoveOutcome, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SigningKeyRecord, Store,
     StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession,
@@ -289,7 +289,7 @@ fn login_state(at: DateTime<Utc>, ttl: TimeDelta) -> LoginState {
     LoginState {
         state_hash: hash(),
         provider: "test".into(),
-        secrets: FlowSecrets::Derived { salt: hash() },
+        salt: Some(hash()),
         return_to: "/after".into(),
         link_user: None,
         profile: None,
@@ -1615,9 +1615,8 @@ async fn a_login_state_is_taken_once(backend: Backend) {
     let sign_in = login_state(t0, TimeDelta::minutes(10));
     let fresh = LoginState { fresh_login: true, ..login_state(t0, TimeDelta::minutes(10)) };
     let connect = LoginState { profile_version: Some(7), ..connect_flow(&connected, ada.id(), t0) };
-    // As an earlier release wrote them, with the values themselves.
-    let known = FlowSecrets::Known { pkce_verifier: "pkce-verifier".into(), nonce: "nonce".into() };
-    let earlier = LoginState { secrets: known, ..login_state(t0, TimeDelta::minutes(10)) };
+    // As an earlier release wrote them, without a salt.
+    let earlier = LoginState { salt: None, ..login_state(t0, TimeDelta::minutes(10)) };
     for state in [&sign_in, &fresh, &connect, &earlier] {
         store.insert_login_state(state).await.unwrap();
     }

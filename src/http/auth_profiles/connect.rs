@@ -142,7 +142,7 @@ async fn start_connect(
     }
     match state.auth_profiles.start(&token, Some(live.profile.user.id)).await {
         Ok(started) => {
-            redirect(started.location.as_str(), &[login_cookie(&state, &headers, started.state.expose_secret())])
+            redirect(started.location.as_str(), &[login_cookie(&state, &headers, started.binding.expose_secret())])
         }
         Err(error) => state.pages.error_in(&headers, error.into(), &context),
     }

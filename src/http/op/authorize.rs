@@ -277,7 +277,7 @@ async fn sign_in(
     }
     match state.sign_in.begin(Some(&provider), Some(continue_to), None, reauthenticate).await {
         Ok(started) => {
-            redirect(started.location.as_str(), &[login_cookie(state, headers, started.state.expose_secret())])
+            redirect(started.location.as_str(), &[login_cookie(state, headers, started.binding.expose_secret())])
         }
         Err(error) => state.pages.error(headers, error.into()),
     }
