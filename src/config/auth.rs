@@ -679,6 +679,22 @@ fn parse_protocol(
             format!("{bad:?} is not an error code (1 to 64 letters, digits or _)"),
         ));
     }
+    // A fault of the client's configuration or of the provider is no refusal of one account's
+    // token: named here, it would mark every account of the entry `needs_reauth` at once.
+    const FAULTS: [&str; 6] = [
+        "invalid_client",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "server_error",
+        "temporarily_unavailable",
+    ];
+    if let Some(fault) = refusal_errors.iter().find(|e| FAULTS.contains(&e.as_str())) {
+        return Err(ConfigError::new(
+            key("refusal_errors"),
+            format!("{fault:?} is a fault of the client or the provider, not a refused token"),
+        ));
+    }
     let default_expires_in = match raw.default_expires_in.or(t.default_expires_in) {
         Some(seconds) if !(60..=30 * 86_400).contains(&seconds) => {
             return Err(ConfigError::new(key("default_expires_in"), "expected 60 to 2592000 seconds"));
@@ -1101,7 +1117,7 @@ mod tests {
         assert_eq!(entry(zoom).unwrap().protocol.refusal_errors, ["invalid_request"], "the template's");
         let own = entry(&format!("{public}\nrefusal_errors = [\" Bad_Token \"]")).unwrap();
         assert_eq!(own.protocol.refusal_errors, ["bad_token"]);
-        for bad in ["\"\"", "\"invalid request\"", "\"a-b\""] {
+        for bad in ["\"\"", "\"invalid request\"", "\"a-b\"", "\"Invalid_Client\"", "\"server_error\""] {
             let refused = entry(&format!("{public}\nrefusal_errors = [{bad}]")).unwrap_err();
             assert_eq!(refused.key, "providers[0].refusal_errors", "{bad}");
         }

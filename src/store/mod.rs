@@ -338,10 +338,11 @@ pub enum ClaimOutcome {
     TeamGone,
 }
 
-/// A sign-in in progress, as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A sign-in in progress, as stored. Its `Debug` hides the salt.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LoginState {
-    /// SHA-256 of the state value (the value itself is only in the browser).
+    /// SHA-256 of the state value (the value itself is in the URLs of the flow; the browser holds
+    /// the binding secret it is the SHA-256 of).
     pub state_hash: [u8; 32],
     /// The provider the flow started with.
     pub provider: String,
@@ -368,6 +369,22 @@ pub struct LoginState {
     /// party's `prompt=login` or `max_age`).
     pub fresh_login: bool,
 }
+
+crate::debug_redacted!(LoginState {
+    shown: [
+        state_hash,
+        provider,
+        return_to,
+        link_user,
+        profile,
+        profile_version,
+        allow_account_change,
+        created_at,
+        expires_at,
+        fresh_login,
+    ],
+    secret: [salt],
+});
 
 /// A new session.
 #[derive(Debug, Clone)]

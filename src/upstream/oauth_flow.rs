@@ -126,14 +126,15 @@ pub struct Started {
     pub binding: SecretString,
 }
 
-/// A flow [`OAuthFlows::take`] took for its callback.
-#[derive(Debug)]
+/// A flow [`OAuthFlows::take`] took for its callback. Its `Debug` hides the binding secret.
 pub struct Taken<'a> {
     /// The flow, as it was stored.
     pub flow: LoginState,
     /// The browser's binding secret that matched the callback's state (for its cookie to drop).
     pub binding: &'a str,
 }
+
+crate::debug_redacted!(Taken<'a> { shown: [flow], secret: [binding] });
 
 /// The query of a callback. Its `Debug` hides the code and the state.
 #[derive(Clone, Default)]

@@ -48,6 +48,8 @@ enum Refusal {
     SecondaryRateLimit,
     /// A token that may not read the emails (a GitHub App without the permission).
     NotAccessible,
+    /// A proxy's 403 in front of GitHub, without GitHub's JSON message.
+    Proxy,
 }
 
 #[derive(Default)]
@@ -189,13 +191,18 @@ async fn stub_user(State(state): State<Arc<StubState>>, headers: HeaderMap) -> R
 }
 
 async fn stub_emails(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
-    let (remaining, message) = match *state.emails_refused.lock().unwrap() {
+    let refusal = *state.emails_refused.lock().unwrap();
+    if let Some(Refusal::Proxy) = refusal {
+        return (StatusCode::FORBIDDEN, "Forbidden").into_response();
+    }
+    let (remaining, message) = match refusal {
         None => ("4999", ""),
         Some(Refusal::RateLimit) => ("0", "API rate limit exceeded for user ID 583231."),
         Some(Refusal::SecondaryRateLimit) => {
             ("4998", "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.")
         }
         Some(Refusal::NotAccessible) => ("4997", "Resource not accessible by integration"),
+        Some(Refusal::Proxy) => unreachable!("answered above"),
     };
     if !message.is_empty() {
         let body = json!({"message": message, "documentation_url": "https://docs.github.com/rest"});
@@ -280,7 +287,8 @@ async fn a_refused_github_code_is_an_invalid_code(backend: Backend) {
     // without an email: provisioned without one, a person whose address an account holds would
     // get a second account instead of the link question.
     // A secondary rate limit leaves requests and names no wait; only its message says so.
-    for limit in [Refusal::RateLimit, Refusal::SecondaryRateLimit] {
+    // Nor is a 403 that is not GitHub's (a proxy's) read as "no emails".
+    for limit in [Refusal::RateLimit, Refusal::SecondaryRateLimit, Refusal::Proxy] {
         *github.state.emails_refused.lock().unwrap() = Some(limit);
         let refused = body(Browser::new().sign_in(&app, "provider=github").await, 502).await;
         assert_eq!(refused["code"], "provider_unavailable");

@@ -90,13 +90,20 @@ impl GitHubProvider {
         if status == reqwest::StatusCode::FORBIDDEN {
             // A secondary rate limit may leave requests and name no wait: only its message tells
             // it from a token without the scope (GitHub's documented way to recognise one; older
-            // GitHub Enterprise Server words it "abuse detection"). A message that cannot be read
-            // is not taken for "no emails" either.
+            // GitHub Enterprise Server words it "abuse detection"). A 403 without GitHub's JSON
+            // message (a proxy's, say) is not taken for "no emails" either.
             let mut response = response;
-            let Ok(Some(message)) = crate::upstream::jwks::read_capped(&mut response).await else {
-                return Err(ProviderError::Unavailable(format!("GET /{path} answered 403 without a readable message")));
+            #[derive(Deserialize)]
+            struct Refusal {
+                message: String,
+            }
+            let read = crate::upstream::jwks::read_capped(&mut response).await;
+            let Some(Refusal { message }) =
+                read.ok().flatten().and_then(|body| serde_json::from_slice::<Refusal>(&body).ok())
+            else {
+                return Err(ProviderError::Unavailable(format!("GET /{path} answered 403 without GitHub's message")));
             };
-            let message = String::from_utf8_lossy(&message).to_ascii_lowercase();
+            let message = message.to_ascii_lowercase();
             if message.contains("rate limit") || message.contains("abuse detection") {
                 return Err(ProviderError::Unavailable(format!("GET /{path} is rate limited")));
             }
