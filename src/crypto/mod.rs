@@ -40,6 +40,13 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The SHA-256 digest of `data`, base64url without padding (43 characters): a PKCE S256
+/// challenge, a JWK thumbprint, a flow's state.
+pub fn sha256_base64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(data))
+}
+
 /// Compares two byte strings in time independent of their contents (not of their lengths).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     constant_time::verify_slices_are_equal(a, b).is_ok()

@@ -14,13 +14,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::AppState;
 use super::credentials::cookie;
 use super::problem::ApiError;
-use crate::crypto::{constant_time_eq, sha256};
+use crate::crypto::{constant_time_eq, sha256_base64url};
 use crate::error::ErrorCode;
 
 /// The name of the form field.
@@ -30,7 +28,7 @@ pub const FIELD: &str = "csrf";
 pub fn token(session_cookie: &str) -> String {
     let mut input = b"tessera-csrf-v1\0".to_vec();
     input.extend_from_slice(session_cookie.as_bytes());
-    URL_SAFE_NO_PAD.encode(sha256(&input))
+    sha256_base64url(&input)
 }
 
 /// Checks a form post: sent from this site, carrying the session's token.

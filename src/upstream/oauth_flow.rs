@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::providers::{AuthorizationRequest, Provider, ProviderError, ProviderRegistry, TokenSet, UserInfo};
-use crate::crypto::{constant_time_eq, derive_secret, random_bytes, random_secret, sha256};
+use crate::crypto::{constant_time_eq, derive_secret, random_bytes, random_secret, sha256, sha256_base64url};
 use crate::domain::{Issuer, ProfileId, ReturnTo, Subject, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{LoginState, Store, StoreError};
@@ -29,8 +29,7 @@ pub const FLOW_TTL: TimeDelta = TimeDelta::minutes(10);
 
 /// The `state` of the flow whose browser holds `binding`: its SHA-256, base64url.
 fn state_of(binding: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(binding.as_bytes()))
+    sha256_base64url(binding.as_bytes())
 }
 
 /// A flow's PKCE verifier and OpenID nonce, from the browser's binding secret and the flow's salt.

@@ -992,7 +992,7 @@ pub fn thumbprint(jwk: &Value) -> String {
             Value::from(member("x"))
         ),
     };
-    URL_SAFE_NO_PAD.encode(crate::crypto::sha256(canonical.as_bytes()))
+    crate::crypto::sha256_base64url(canonical.as_bytes())
 }
 
 #[cfg(test)]

@@ -789,8 +789,7 @@ fn is_pkce_verifier(value: &str) -> bool {
 
 /// The S256 challenge of a verifier.
 fn s256(verifier: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(verifier.as_bytes()))
+    crate::crypto::sha256_base64url(verifier.as_bytes())
 }
 
 /// Parameters of a form that may not repeat (RFC 6749 3.1: "Request and response parameters
