@@ -9,6 +9,7 @@ mod harness;
 mod import;
 mod me;
 mod op;
+mod purge;
 mod scale;
 mod scrape;
 mod signin;
@@ -68,6 +69,9 @@ enum Bench {
     /// The memory of each validation cache at its entry limit, beside a plain map of the same
     /// entries, and whether expired entries give their memory back for reuse.
     Caches(caches::CachesArgs),
+    /// What a change to one user costs the instance that makes it (its caches purged of the
+    /// user) as the principal cache fills, against a small cache in the same run.
+    Purge(purge::PurgeArgs),
     /// Webhook delivery to a local receiver (events/s, lag from commit to receipt) beside the
     /// bare outbox insert rate of the same changes.
     Webhooks(webhooks::WebhooksArgs),
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             Bench::Me(args) => me::run(args).await,
             Bench::Op(args) => op::run(args).await,
             Bench::Caches(args) => caches::run(args).await,
+            Bench::Purge(args) => purge::run(args).await,
             Bench::Webhooks(args) => webhooks::run(args).await,
             Bench::Metrics(args) => scrape::run(args).await,
         }

@@ -161,13 +161,13 @@ fn random_below(n: u64) -> u64 {
 
 /// The bench fixture's own connection, for bulk inserts in the schema's shape. Benchmark code,
 /// not the product: the product's SQL stays in its store.
-enum Fixture {
+pub(crate) enum Fixture {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
 }
 
 impl Fixture {
-    async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
         use std::str::FromStr;
         if url.starts_with("sqlite:") {
             let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
@@ -180,7 +180,7 @@ impl Fixture {
     }
 
     /// The issuer and provider strings of the identity the seed token provisioned.
-    async fn seed_identity(&self) -> anyhow::Result<(String, String)> {
+    pub(crate) async fn seed_identity(&self) -> anyhow::Result<(String, String)> {
         const QUERY: &str = "SELECT issuer, provider FROM identities WHERE subject = 'bench-seed'";
         Ok(match self {
             Self::Sqlite(pool) => sqlx::query_as(QUERY).fetch_one(pool).await?,
@@ -189,7 +189,7 @@ impl Fixture {
     }
 
     /// How many identities exist.
-    async fn identities(&self) -> anyhow::Result<u64> {
+    pub(crate) async fn identities(&self) -> anyhow::Result<u64> {
         const QUERY: &str = "SELECT COUNT(*) FROM identities";
         let count: i64 = match self {
             Self::Sqlite(pool) => sqlx::query_scalar(QUERY).fetch_one(pool).await?,
@@ -199,7 +199,7 @@ impl Fixture {
     }
 
     /// Adds the rows numbered `from..to`, in chunks of one transaction each.
-    async fn load(&self, from: u64, to: u64, issuer: &str, provider: &str) -> anyhow::Result<()> {
+    pub(crate) async fn load(&self, from: u64, to: u64, issuer: &str, provider: &str) -> anyhow::Result<()> {
         let mut lo = from;
         while lo < to {
             let hi = (lo + CHUNK).min(to);
@@ -219,7 +219,7 @@ impl Fixture {
         Ok(())
     }
 
-    async fn close(&self) {
+    pub(crate) async fn close(&self) {
         match self {
             Self::Sqlite(pool) => pool.close().await,
             Self::Postgres(pool) => pool.close().await,
