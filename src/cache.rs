@@ -113,17 +113,6 @@ where
         }
     }
 
-    /// Removes every entry whose value matches `predicate` (a walk over all entries: for purges,
-    /// not for the hot path).
-    pub fn remove_where(&self, predicate: impl Fn(&V) -> bool) {
-        let Some(entries) = &self.entries else { return };
-        for (key, entry) in entries.iter() {
-            if predicate(&entry.value) {
-                entries.invalidate(&*key);
-            }
-        }
-    }
-
     /// Removes every entry.
     pub fn clear(&self) {
         if let Some(entries) = &self.entries {
@@ -162,9 +151,9 @@ impl Epoch {
         self.0.load(Ordering::SeqCst)
     }
 
-    /// Marks an invalidation.
-    pub fn advance(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+    /// Marks an invalidation; returns the new generation.
+    pub fn advance(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Stores `value` in `cache` for `life` unless the epoch moved past `seen`. Checked after the
@@ -333,18 +322,16 @@ mod tests {
     }
 
     #[test]
-    fn entries_can_be_purged_by_key_and_by_value() {
+    fn entries_can_be_purged_by_key() {
         let cache = TtlCache::new(100);
         let now = Instant::now();
         let later = now + Duration::from_secs(60);
         for i in 0..10 {
             cache.insert(i, i % 2, later, now);
         }
-        cache.remove_where(|v| *v == 1);
         cache.remove_key(&0);
-        assert_eq!(cache.get(&1, now), None);
         assert_eq!(cache.get(&0, now), None);
         assert_eq!(cache.get(&2, now), Some(0));
-        assert_eq!(cache.len(), 4);
+        assert_eq!(cache.len(), 9);
     }
 }

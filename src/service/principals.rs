@@ -2,9 +2,9 @@
 //! by validation and sessions, which fill it, and by provisioning, teams and sign-in, which purge
 //! it when what it holds changes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use super::sessions::LiveSession;
@@ -19,11 +19,15 @@ const READ_YOUR_WRITES: Duration = Duration::from_secs(60);
 
 // After that minute, the replica is read only while it is known to have every change committed
 // `database.replica_max_lag_ms` before (at most half of it), and so this user's change.
+/// The fewest users noted as changed before a burst of changes empties the caches instead
+/// ([`PrincipalCache::invalidate_users`]); otherwise `cache.max_entries`.
+const MIN_MAX_CHANGED: usize = 10_000;
+
 const _: () = assert!(READ_YOUR_WRITES.as_millis() >= 2 * crate::config::MAX_REPLICA_MAX_LAG_MS as u128);
 
 /// The positive cache of resolved identities. It never holds "not found" nor a disabled user,
-/// and it is purged of a user when they are disabled, or change teams or identities; an
-/// unlinked identity's verified tokens are purged from the token cache too.
+/// and it is purged of a user when they are disabled, or change teams or identities, in time
+/// independent of how much it holds (a purge notes the user rather than walk the entries).
 ///
 /// Two races are closed here. A lookup that began before an invalidation does not cache what it
 /// read (every invalidation bumps an epoch the insert checks). And for [`READ_YOUR_WRITES`] after
@@ -33,19 +37,71 @@ const _: () = assert!(READ_YOUR_WRITES.as_millis() >= 2 * crate::config::MAX_REP
 /// here with the same methods.
 #[derive(Debug)]
 pub struct PrincipalCache {
-    entries: TtlCache<(Issuer, Subject), Arc<Principal>>,
+    entries: TtlCache<(Issuer, Subject), Stamped<Arc<Principal>>>,
     /// Live sessions with their user's profile, by the hash of the cookie; purged with their user.
-    sessions: TtlCache<[u8; 32], Arc<LiveSession>>,
+    sessions: TtlCache<[u8; 32], Stamped<Arc<LiveSession>>>,
     ttl: Duration,
     tokens: Arc<TokenCache>,
     epoch: Epoch,
-    changed: Mutex<HashMap<UserId, Instant>>,
+    /// The users changed lately: read from the primary for a while, and their entries cached
+    /// before the change no longer answer. Read on every hit, written by purges.
+    changed: RwLock<Changes>,
+    /// Most users [`PrincipalCache::changed`] holds; past it, the caches are emptied instead.
+    max_changed: usize,
     /// When everything was last forgotten without knowing what changed (start-up, an outage of
     /// the cache-invalidation log, a row that cannot be read), and for how long after that every
     /// user counts as changed (see [`PrincipalCache::set_replica_lag`]).
     all_changed: Mutex<(Option<Instant>, Duration)>,
     /// Set while the cache-invalidation log is followed ([`PrincipalCache::follow_log`]).
     log: OnceLock<LogFreshness>,
+}
+
+/// A cached value and the epoch its lookup began at: it no longer answers once its user was
+/// purged at a later epoch.
+#[derive(Debug, Clone)]
+struct Stamped<T> {
+    value: T,
+    epoch: u64,
+}
+
+/// The users purged lately. A purge does not walk the caches (a walk over 100,000 entries took
+/// tens of milliseconds, on every instance, for every change): it notes the epoch it advanced
+/// to, and an entry of that user stamped with an earlier epoch is a miss when next read. A note
+/// is kept for as long as an entry stamped before it can live (the cache's lifetime) and for
+/// [`READ_YOUR_WRITES`], then dropped, oldest first.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Each user's last purge: the epoch it advanced to, and when.
+    by_user: HashMap<UserId, (u64, Instant)>,
+    /// The purges in the order they were made, to drop their notes in that order.
+    order: VecDeque<(Instant, UserId)>,
+}
+
+impl Changes {
+    /// Notes that `user` was purged at `epoch`.
+    fn note(&mut self, user: UserId, epoch: u64, now: Instant) {
+        self.by_user.insert(user, (epoch, now));
+        self.order.push_back((now, user));
+    }
+
+    /// Drops the notes made more than `keep` before `now`.
+    fn expire(&mut self, now: Instant, keep: Duration) {
+        while let Some(&(at, user)) = self.order.front() {
+            if now.saturating_duration_since(at) < keep {
+                break;
+            }
+            self.order.pop_front();
+            // A user purged again since keeps the later note.
+            if self.by_user.get(&user).is_some_and(|(_, last)| *last == at) {
+                self.by_user.remove(&user);
+            }
+        }
+    }
+
+    /// Whether an entry of `user` stamped with `epoch` was cached before a purge of the user.
+    fn purged_since(&self, user: UserId, epoch: u64) -> bool {
+        self.by_user.get(&user).is_some_and(|(purged, _)| *purged > epoch)
+    }
 }
 
 /// Runs a change to its end even when the request that asked for it is dropped (a client that
@@ -87,7 +143,8 @@ impl LogFreshness {
 }
 
 impl PrincipalCache {
-    /// A cache keeping entries for `ttl` (zero disables it), purging `tokens` with identities.
+    /// A cache keeping entries for `ttl` (zero disables it), emptying `tokens` with itself when
+    /// everything is forgotten.
     pub fn new(ttl: Duration, max_entries: usize, tokens: Arc<TokenCache>) -> Self {
         Self {
             entries: TtlCache::new(if ttl.is_zero() { 0 } else { max_entries }).counted_as("principals"),
@@ -95,7 +152,8 @@ impl PrincipalCache {
             ttl,
             tokens,
             epoch: Epoch::default(),
-            changed: Mutex::new(HashMap::new()),
+            changed: RwLock::new(Changes::default()),
+            max_changed: max_entries.max(MIN_MAX_CHANGED),
             all_changed: Mutex::new((None, Duration::ZERO)),
             log: OnceLock::new(),
         }
@@ -131,17 +189,30 @@ impl PrincipalCache {
         (Arc::new(Self::new(config.principal_ttl, config.max_entries, tokens.clone())), tokens)
     }
 
-    /// Forgets an identity: its resolved principal and its verified tokens.
+    /// Forgets an identity's resolved principal. Its verified tokens stay cached: they hold what
+    /// the token says, which no change here alters, and whom the identity belongs to is looked up
+    /// in this cache, by issuer and subject, on every use of the token.
     pub fn invalidate_identity(&self, issuer: &Issuer, subject: &Subject) {
         self.epoch.advance();
-        let key = (issuer.clone(), subject.clone());
-        self.entries.remove_key(&key);
-        self.tokens.remove_where(|token| &token.issuer == issuer && &token.subject == subject);
+        self.entries.remove_key(&(issuer.clone(), subject.clone()));
     }
 
-    pub(super) fn get(&self, issuer: &Issuer, subject: &Subject) -> Option<Arc<Principal>> {
+    /// The cached principal of an identity, unless its user was purged since it was cached.
+    pub fn get(&self, issuer: &Issuer, subject: &Subject) -> Option<Arc<Principal>> {
         // The key is cloned for the lookup; issuers and subjects are short.
-        self.entries.get(&(issuer.clone(), subject.clone()), Instant::now())
+        let key = (issuer.clone(), subject.clone());
+        let hit = self.entries.get(&key, Instant::now())?;
+        if self.purged_since(hit.value.user.id, hit.epoch) {
+            self.entries.remove_key(&key);
+            return None;
+        }
+        Some(hit.value)
+    }
+
+    /// Whether an entry of `user` cached by a lookup that began at `epoch` predates a purge of
+    /// the user.
+    fn purged_since(&self, user: UserId, epoch: u64) -> bool {
+        self.changed.read().unwrap_or_else(|p| p.into_inner()).purged_since(user, epoch)
     }
 
     /// Drops a cached principal that a read of the database has just found gone or disabled:
@@ -162,7 +233,8 @@ impl PrincipalCache {
 
     /// Caches what a lookup that began at `epoch` found, unless something was invalidated since.
     pub(super) fn insert(&self, epoch: u64, issuer: &Issuer, subject: &Subject, principal: Arc<Principal>) {
-        self.epoch.insert_unless_moved(&self.entries, epoch, (issuer.clone(), subject.clone()), principal, self.ttl);
+        let (key, stamped) = ((issuer.clone(), subject.clone()), Stamped { value: principal, epoch });
+        self.epoch.insert_unless_moved(&self.entries, epoch, key, stamped, self.ttl);
     }
 
     /// How many principals are cached. Expired entries are not counted: they leave memory at
@@ -172,42 +244,40 @@ impl PrincipalCache {
     }
 
     /// Forgets everything cached about `user`, and reads them from the primary for a while.
-    ///
-    /// The mark comes before the epoch moves: a lookup that takes the new epoch must find the
-    /// user marked, or it could read a lagging replica and cache what it found there under an
-    /// epoch that no longer moves. A lookup that took the old one is refused at its insert, or
-    /// its entry is removed below.
     pub fn invalidate_user(&self, user: UserId) {
-        let now = Instant::now();
-        {
-            let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
-            changed.retain(|_, at| now.duration_since(*at) < READ_YOUR_WRITES);
-            changed.insert(user, now);
-        }
-        self.epoch.advance();
-        self.entries.remove_where(|principal| principal.user.id == user);
-        self.sessions.remove_where(|live| live.record.user_id == user);
+        self.invalidate_users(&HashSet::from([user]));
     }
 
-    /// [`PrincipalCache::invalidate_user`] for many users, in one walk over the cache.
+    /// [`PrincipalCache::invalidate_user`] for many users, without a walk over the caches: each
+    /// user is noted with the epoch this purge advances to, and their entries cached before are
+    /// misses from then on ([`Changes`]). Past [`PrincipalCache::max_changed`] users noted (a
+    /// burst of changes, an import's say), the caches are emptied instead.
+    ///
+    /// The note is made under the lock that every read of it takes, with the epoch's move: a
+    /// lookup that takes the new epoch finds the user noted, or it could read a lagging replica
+    /// and cache what it found there under an epoch that no longer moves. A lookup that took an
+    /// older one is refused at its insert, or its entry answers no more.
     pub fn invalidate_users(&self, users: &HashSet<UserId>) {
         if users.is_empty() {
             return;
         }
         let now = Instant::now();
-        {
-            let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
-            changed.retain(|_, at| now.duration_since(*at) < READ_YOUR_WRITES);
-            changed.extend(users.iter().map(|user| (*user, now)));
+        let mut changed = self.changed.write().unwrap_or_else(|p| p.into_inner());
+        changed.expire(now, self.ttl.max(READ_YOUR_WRITES));
+        let epoch = self.epoch.advance();
+        for user in users {
+            changed.note(*user, epoch, now);
         }
-        // After the mark, as in `invalidate_user`.
-        self.epoch.advance();
-        self.entries.remove_where(|principal| users.contains(&principal.user.id));
-        self.sessions.remove_where(|live| users.contains(&live.record.user_id));
+        if changed.by_user.len() > self.max_changed {
+            // Emptied caches need no notes, and `invalidate_all` counts every user as changed
+            // for as long as a replica may lag, which is all the notes are needed for then. Under
+            // the lock: a purge noted meanwhile must not be dropped with these.
+            *changed = Changes::default();
+            self.invalidate_all();
+        }
     }
 
-    /// [`PrincipalCache::invalidate_identity`] for many identities, in one walk over the token
-    /// cache.
+    /// [`PrincipalCache::invalidate_identity`] for many identities.
     pub fn invalidate_identities(&self, identities: &HashSet<(Issuer, Subject)>) {
         if identities.is_empty() {
             return;
@@ -216,8 +286,6 @@ impl PrincipalCache {
         for key in identities {
             self.entries.remove_key(key);
         }
-        let by_ref: HashSet<(&Issuer, &Subject)> = identities.iter().map(|(i, s)| (i, s)).collect();
-        self.tokens.remove_where(|token| by_ref.contains(&(&token.issuer, &token.subject)));
     }
 
     /// Forgets every principal and verified token (after this instance lost track of the
@@ -236,13 +304,19 @@ impl PrincipalCache {
 
     /// A cached live session (its expiry and idleness are the caller's to check again).
     pub(super) fn session(&self, hash: &[u8; 32]) -> Option<Arc<LiveSession>> {
-        self.sessions.get(hash, Instant::now())
+        let hit = self.sessions.get(hash, Instant::now())?;
+        if self.purged_since(hit.value.record.user_id, hit.epoch) {
+            self.sessions.remove_key(hash);
+            return None;
+        }
+        Some(hit.value)
     }
 
     /// Caches what a session lookup that began at `epoch` found, for at most `life` (and the
     /// cache's lifetime), unless something was invalidated since.
     pub(super) fn insert_session(&self, epoch: u64, live: Arc<LiveSession>, life: Duration) {
-        self.epoch.insert_unless_moved(&self.sessions, epoch, live.hash, live, life.min(self.ttl));
+        let (key, stamped) = (live.hash, Stamped { value: live, epoch });
+        self.epoch.insert_unless_moved(&self.sessions, epoch, key, stamped, life.min(self.ttl));
     }
 
     /// Forgets one session (ended on this instance; others learn of it from the log).
@@ -271,7 +345,135 @@ impl PrincipalCache {
         if all.is_some_and(|at| at.elapsed() < window) {
             return true;
         }
-        let changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
-        changed.get(&user).is_some_and(|at| at.elapsed() < READ_YOUR_WRITES)
+        let changed = self.changed.read().unwrap_or_else(|p| p.into_inner());
+        changed.by_user.get(&user).is_some_and(|(_, at)| at.elapsed() < READ_YOUR_WRITES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::domain::{IdentityId, User};
+
+    fn principal(user: UserId) -> Arc<Principal> {
+        let now = chrono::Utc::now();
+        Arc::new(Principal {
+            identity_id: IdentityId::generate(),
+            last_seen_at: now,
+            user: User {
+                id: user,
+                email: None,
+                email_verified: false,
+                name: None,
+                disabled: false,
+                created_at: now,
+                updated_at: now,
+            },
+            teams: Vec::new(),
+        })
+    }
+
+    fn cache() -> PrincipalCache {
+        PrincipalCache::new(Duration::from_secs(60), 100, Arc::new(TokenCache::new(100)))
+    }
+
+    #[test]
+    fn a_lookup_that_raced_an_invalidation_is_not_cached() {
+        let cache = cache();
+        let (issuer, subject) = (Issuer::parse("https://issuer.example.com").unwrap(), Subject::parse("s").unwrap());
+        let user = UserId::generate();
+        let epoch = cache.epoch();
+        // The user is disabled while the lookup runs: what it read is already stale.
+        cache.invalidate_user(user);
+        cache.insert(epoch, &issuer, &subject, principal(user));
+        assert!(cache.get(&issuer, &subject).is_none());
+        // A lookup that began after the invalidation is cached.
+        cache.insert(cache.epoch(), &issuer, &subject, principal(user));
+        assert!(cache.get(&issuer, &subject).is_some());
+    }
+
+    #[test]
+    fn a_purge_drops_only_what_was_cached_of_the_user_before_it() {
+        let cache = cache();
+        let issuer = Issuer::parse("https://issuer.example.com").unwrap();
+        let key = |subject: &str| Subject::parse(subject).unwrap();
+        let (purged, other) = (UserId::generate(), UserId::generate());
+        for (subject, user) in [("a", purged), ("b", purged), ("c", other)] {
+            cache.insert(cache.epoch(), &issuer, &key(subject), principal(user));
+        }
+        cache.invalidate_user(purged);
+        assert!(cache.get(&issuer, &key("a")).is_none() && cache.get(&issuer, &key("b")).is_none());
+        assert!(cache.get(&issuer, &key("c")).is_some(), "another user's entry stays");
+        // Cached again by a lookup that began after the purge: it answers.
+        cache.insert(cache.epoch(), &issuer, &key("a"), principal(purged));
+        assert!(cache.get(&issuer, &key("a")).is_some());
+        // Purged again, in a batch with others.
+        cache.invalidate_users(&HashSet::from([purged, UserId::generate()]));
+        assert!(cache.get(&issuer, &key("a")).is_none());
+        assert!(cache.get(&issuer, &key("c")).is_some());
+    }
+
+    #[test]
+    fn purge_notes_last_as_long_as_what_they_mark_can_be_cached() {
+        let (user, again) = (UserId::generate(), UserId::generate());
+        let (start, life) = (Instant::now(), Duration::from_secs(60));
+        let mut changes = Changes::default();
+        changes.note(user, 5, start);
+        changes.note(again, 5, start);
+        changes.note(again, 9, start + Duration::from_secs(30));
+        assert!(changes.purged_since(user, 4) && !changes.purged_since(user, 5), "entries stamped before the purge");
+        changes.expire(start + life - Duration::from_millis(1), life);
+        assert!(changes.purged_since(user, 4), "still within the cache's lifetime");
+        changes.expire(start + life, life);
+        assert!(!changes.purged_since(user, 4), "nothing stamped before it can be cached any more");
+        assert!(changes.purged_since(again, 8), "a user purged again keeps the later note");
+        changes.expire(start + life + Duration::from_secs(30), life);
+        assert!(changes.by_user.is_empty() && changes.order.is_empty());
+    }
+
+    #[test]
+    fn a_burst_of_purges_past_the_limit_empties_the_caches() {
+        let cache = cache();
+        let issuer = Issuer::parse("https://issuer.example.com").unwrap();
+        let subject = Subject::parse("kept-until-the-burst").unwrap();
+        let bystander = UserId::generate();
+        cache.insert(cache.epoch(), &issuer, &subject, principal(bystander));
+        let burst: HashSet<UserId> = (0..MIN_MAX_CHANGED).map(|_| UserId::generate()).collect();
+        cache.invalidate_users(&burst);
+        assert!(cache.get(&issuer, &subject).is_some(), "at the limit, the notes are kept");
+        assert!(cache.changed_recently(*burst.iter().next().unwrap()));
+        cache.invalidate_user(UserId::generate());
+        assert!(cache.get(&issuer, &subject).is_none(), "past it, the caches are emptied");
+        assert!(!cache.changed_recently(*burst.iter().next().unwrap()), "and the notes dropped (no replica)");
+        cache.insert(cache.epoch(), &issuer, &subject, principal(bystander));
+        assert!(cache.get(&issuer, &subject).is_some());
+    }
+
+    #[test]
+    fn a_changed_user_is_read_from_the_primary_for_a_while() {
+        let cache = cache();
+        let (changed, other) = (UserId::generate(), UserId::generate());
+        cache.invalidate_user(changed);
+        assert!(cache.changed_recently(changed));
+        assert!(!cache.changed_recently(other));
+        // Forgetting everything without knowing what changed (start-up, an outage of the log):
+        // with a replica, every user is read from the primary for its bound; without one, every
+        // read is from the primary anyway, and nothing is marked.
+        cache.invalidate_all();
+        assert!(!cache.changed_recently(other), "no replica");
+        cache.set_replica_lag(Duration::from_secs(10));
+        assert!(cache.changed_recently(other), "from start-up");
+        cache.invalidate_all();
+        assert!(cache.changed_recently(other) && cache.changed_recently(UserId::generate()));
+        cache.set_replica_lag(Duration::ZERO);
+        assert!(!cache.changed_recently(other), "for as long as the bound only");
+        // Changes made elsewhere are known only from the log: while it has not been read
+        // lately, any user may have changed.
+        cache.follow_log(Duration::from_secs(1));
+        assert!(cache.changed_recently(other), "the log never read yet");
+        cache.log_read(Instant::now());
+        assert!(!cache.changed_recently(other), "the log read just now");
     }
 }
