@@ -87,3 +87,37 @@ impl InProcess {
         Ok(())
     }
 }
+
+/// A Tessera server of a configuration on a task of this process, on its database's schema
+/// migrated first.
+pub struct Served {
+    /// The server's store.
+    pub store: std::sync::Arc<dyn tessera::store::Store>,
+    /// `http://` and the address it listens on.
+    pub base: String,
+    /// The server, to stop.
+    pub server: InProcess,
+}
+
+impl Served {
+    /// Connects, migrates and serves `config`.
+    pub async fn start(config: &tessera::config::Config) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let store = tessera::store::connect(&config.database).await.context("connect")?;
+        tessera::startup::prepare_schema(store.as_ref(), true).await.context("migrate")?;
+        let app = tessera::startup::Application::build_with_store(config, store.clone()).await?;
+        let base = format!("http://{}", app.local_addr());
+        Ok(Self { store, base, server: InProcess::start(app) })
+    }
+}
+
+/// The issuer entry `bench` of the local OpenID provider, accepting `audience`.
+pub fn bench_issuer(
+    issuer: &tessera_testkit::local_issuer::LocalIssuer,
+    audience: &str,
+) -> anyhow::Result<tessera::config::IssuerConfig> {
+    let mut config = tessera::config::IssuerConfig::new(tessera::domain::Issuer::parse(issuer.issuer())?);
+    config.name = "bench".into();
+    config.audiences = vec![audience.into()];
+    Ok(config)
+}

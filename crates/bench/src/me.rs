@@ -10,8 +10,7 @@ use secrecy::ExposeSecret;
 use tessera::config::{Config, IssuerConfig};
 use tessera::domain::{Issuer, UserId};
 use tessera::service::sessions::Sessions;
-use tessera::startup::{Application, prepare_schema};
-use tessera::store::{self, Store};
+use tessera::store::Store;
 use tessera::worker::LastSeen;
 use tessera_testkit::ScratchDb;
 
@@ -53,11 +52,7 @@ async fn measure(args: &MeArgs, url: &str) -> anyhow::Result<()> {
     config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
     config.database.max_connections = 32;
     config.auth.cookie_secure = false;
-    let store = store::connect(&config.database).await.context("connect")?;
-    prepare_schema(store.as_ref(), true).await.context("migrate")?;
-    let app = Application::build_with_store(&config, store.clone()).await?;
-    let base = format!("http://{}", app.local_addr());
-    let server = crate::harness::InProcess::start(app);
+    let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.connections).build()?;
 
     // Users through the admin API, each with a session made by the session service itself.

@@ -15,10 +15,7 @@ use serde_json::json;
 
 use crate::scale::Fixture;
 use crate::validate::validate_run;
-use tessera::config::{Config, IssuerConfig};
-use tessera::domain::Issuer;
-use tessera::startup::{Application, prepare_schema};
-use tessera::store;
+use tessera::config::Config;
 use tessera_testkit::ScratchDb as BenchDatabase;
 use tessera_testkit::local_issuer::LocalIssuer;
 
@@ -57,18 +54,12 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<()> {
 
 async fn measure(args: &PurgeArgs, url: &str) -> anyhow::Result<()> {
     let issuer = LocalIssuer::start().await?;
-    let mut issuer_config = IssuerConfig::new(Issuer::parse(issuer.issuer())?);
-    issuer_config.name = "bench".into();
-    issuer_config.audiences = vec![AUDIENCE.into()];
+    let issuer_config = crate::harness::bench_issuer(&issuer, AUDIENCE)?;
     let mut config = Config::for_database(url)?;
     config.issuers = vec![issuer_config];
     config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
     config.database.max_connections = 32;
-    let store = store::connect(&config.database).await.context("connect")?;
-    prepare_schema(store.as_ref(), true).await.context("migrate")?;
-    let app = Application::build_with_store(&config, store.clone()).await?;
-    let base = format!("http://{}", app.local_addr());
-    let server = crate::harness::InProcess::start(app);
+    let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.connections).build()?;
     let sign = |subject: &str| {
         let mut claims = issuer.claims(subject, AUDIENCE);

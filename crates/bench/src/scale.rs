@@ -12,10 +12,7 @@
 use anyhow::{Context, bail};
 
 use crate::validate::validate_run;
-use tessera::config::{Config, IssuerConfig};
-use tessera::domain::Issuer;
-use tessera::startup::{Application, prepare_schema};
-use tessera::store;
+use tessera::config::Config;
 use tessera_testkit::ScratchDb as BenchDatabase;
 use tessera_testkit::local_issuer::LocalIssuer;
 
@@ -71,20 +68,14 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
 
 async fn measure(args: &ScaleArgs, kid: &str, url: &str) -> anyhow::Result<()> {
     let issuer = LocalIssuer::start().await?;
-    let mut issuer_config = IssuerConfig::new(Issuer::parse(issuer.issuer())?);
-    issuer_config.name = "bench".into();
-    issuer_config.audiences = vec![AUDIENCE.into()];
+    let issuer_config = crate::harness::bench_issuer(&issuer, AUDIENCE)?;
     let mut config = Config::for_database(url)?;
     config.issuers = vec![issuer_config];
     config.database.max_connections = 32;
     if args.no_principal_cache {
         config.cache.principal_ttl = std::time::Duration::ZERO;
     }
-    let store = store::connect(&config.database).await.context("connect")?;
-    prepare_schema(store.as_ref(), true).await.context("migrate")?;
-    let app = Application::build_with_store(&config, store.clone()).await?;
-    let base = format!("http://{}", app.local_addr());
-    let server = crate::harness::InProcess::start(app);
+    let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.connections).build()?;
     let sign = |subject: &str, jti: u64| {
         let mut claims = issuer.claims(subject, AUDIENCE);

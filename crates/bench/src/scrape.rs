@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use tessera::config::{Config, IssuerConfig};
 use tessera::domain::Issuer;
-use tessera::startup::{Application, prepare_schema};
-use tessera::store;
 use tessera_testkit::ScratchDb;
 
 use crate::harness::{Run, drive};
@@ -53,11 +51,7 @@ async fn measure(args: &MetricsArgs, url: &str) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
-    let store = store::connect(&config.database).await.context("connect")?;
-    prepare_schema(store.as_ref(), true).await.context("migrate")?;
-    let app = Application::build_with_store(&config, store.clone()).await?;
-    let base = format!("http://{}", app.local_addr());
-    let server = crate::harness::InProcess::start(app);
+    let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.connections).build()?;
 
     // Series: provisioning per issuer (created, existing), routes with several statuses.

@@ -15,13 +15,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::harness::{Run, drive};
-use tessera::config::{Config, IssuerConfig};
-use tessera::domain::Issuer;
-use tessera::startup::{Application, prepare_schema};
-use tessera::store;
+use tessera::config::Config;
 use tessera::upstream::issuers::{IssuerRegistry, outbound_client};
 use tessera::upstream::tokens::{TokenCache, TokenVerifier};
 use tessera_testkit::ScratchDb as BenchDatabase;
@@ -58,17 +55,11 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<()> {
 
 async fn measure(args: &ValidateArgs, url: &str) -> anyhow::Result<()> {
     let issuer = LocalIssuer::start().await?;
-    let mut issuer_config = IssuerConfig::new(Issuer::parse(issuer.issuer())?);
-    issuer_config.name = "bench".into();
-    issuer_config.audiences = vec![AUDIENCE.into()];
+    let issuer_config = crate::harness::bench_issuer(&issuer, AUDIENCE)?;
     let mut config = Config::for_database(url)?;
     config.issuers = vec![issuer_config.clone()];
     config.database.max_connections = 32;
-    let store = store::connect(&config.database).await.context("connect")?;
-    prepare_schema(store.as_ref(), true).await.context("migrate")?;
-    let app = Application::build_with_store(&config, store.clone()).await?;
-    let base = format!("http://{}", app.local_addr());
-    let server = crate::harness::InProcess::start(app);
+    let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.connections).build()?;
 
     // The verifier of the ceiling: same issuer, same keys, no token cache.

@@ -20,8 +20,7 @@ use chrono::{DateTime, Utc};
 use tessera::config::{Config, IssuerConfig};
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::{Issuer, UserId};
-use tessera::startup::{Application, prepare_schema};
-use tessera::store::{self, Store, UserChange};
+use tessera::store::{Store, UserChange};
 use tessera_testkit::ScratchDb;
 
 use crate::harness::{Run, drive};
@@ -106,11 +105,7 @@ async fn measure(args: &WebhooksArgs, url: &str) -> anyhow::Result<()> {
     config.encryption = Some(Arc::new(KeyRing::parse(&ring).context("the key ring")?));
     config.webhooks.allow_private_addresses = true;
     config.webhooks.poll_interval = Duration::from_millis(args.poll_interval_ms);
-    let store = store::connect(&config.database).await.context("connect")?;
-    prepare_schema(store.as_ref(), true).await.context("migrate")?;
-    let app = Application::build_with_store(&config, store.clone()).await?;
-    let base = format!("http://{}", app.local_addr());
-    let server = crate::harness::InProcess::start(app);
+    let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
     let client = reqwest::Client::builder().no_proxy().build()?;
 
     let mut users = Vec::with_capacity(args.users);
