@@ -2,7 +2,7 @@
 //! a row to the cache-invalidation log in its own transaction (see `src/store/cache_sync.rs`), and
 //! every instance reads the rows it has not applied yet every `cache.sync_interval_ms` (250 ms by
 //! default) from the primary and applies them to its caches: the principal cache (by user and by
-//! identity, with the identity's verified tokens) and the client cache. An instance re-applies
+//! identity) and the client cache. An instance re-applies
 //! its own changes too, which is harmless.
 //!
 //! **Out-of-order commits.** On PostgreSQL a row's sequence number is taken at insert and becomes
@@ -251,7 +251,7 @@ impl CacheSync {
         Ok(applied)
     }
 
-    /// Applies changes to this instance's caches: one walk over each cache for a whole batch.
+    /// Applies changes to this instance's caches: one purge for a whole batch.
     pub fn apply(&self, changes: &[CacheChange]) {
         let (mut users, mut identities) = (HashSet::new(), HashSet::new());
         for change in changes {

@@ -17,12 +17,12 @@ use crate::upstream::tokens::TokenCache;
 /// replica, which may not have the change yet.
 const READ_YOUR_WRITES: Duration = Duration::from_secs(60);
 
-// After that minute, the replica is read only while it is known to have every change committed
-// `database.replica_max_lag_ms` before (at most half of it), and so this user's change.
-/// The fewest users noted as changed before a burst of changes empties the caches instead
+/// The fewest users noted as changed at once before the oldest notes are dropped
 /// ([`PrincipalCache::invalidate_users`]); otherwise `cache.max_entries`.
 const MIN_MAX_CHANGED: usize = 10_000;
 
+// After that minute, the replica is read only while it is known to have every change committed
+// `database.replica_max_lag_ms` before (at most half of it), and so this user's change.
 const _: () = assert!(READ_YOUR_WRITES.as_millis() >= 2 * crate::config::MAX_REPLICA_MAX_LAG_MS as u128);
 
 /// The positive cache of resolved identities. It never holds "not found" nor a disabled user,
@@ -46,8 +46,11 @@ pub struct PrincipalCache {
     /// The users changed lately: read from the primary for a while, and their entries cached
     /// before the change no longer answer. Read on every hit, written by purges.
     changed: RwLock<Changes>,
-    /// Most users [`PrincipalCache::changed`] holds; past it, the caches are emptied instead.
+    /// Most users [`PrincipalCache::changed`] holds; past it, the oldest notes are dropped.
     max_changed: usize,
+    /// The epoch of the last purge of a user: an entry stamped since is not looked up in
+    /// [`PrincipalCache::changed`].
+    last_purge: AtomicU64,
     /// When everything was last forgotten without knowing what changed (start-up, an outage of
     /// the cache-invalidation log, a row that cannot be read), and for how long after that every
     /// user counts as changed (see [`PrincipalCache::set_replica_lag`]).
@@ -68,13 +71,17 @@ struct Stamped<T> {
 /// tens of milliseconds, on every instance, for every change): it notes the epoch it advanced
 /// to, and an entry of that user stamped with an earlier epoch is a miss when next read. A note
 /// is kept for as long as an entry stamped before it can live (the cache's lifetime) and for
-/// [`READ_YOUR_WRITES`], then dropped, oldest first.
+/// [`READ_YOUR_WRITES`], then dropped, oldest first. Past a limit of notes, the oldest are
+/// dropped early, and every entry stamped before the newest of those is a miss (the floor).
 #[derive(Debug, Default)]
 struct Changes {
     /// Each user's last purge: the epoch it advanced to, and when.
     by_user: HashMap<UserId, (u64, Instant)>,
-    /// The purges in the order they were made, to drop their notes in that order.
+    /// The purges in the order they were made, to drop their notes in that order (a user purged
+    /// again has an entry for each purge until they are dropped or compacted).
     order: VecDeque<(Instant, UserId)>,
+    /// Entries stamped with an earlier epoch are misses, whoever their user.
+    floor: u64,
 }
 
 impl Changes {
@@ -82,6 +89,25 @@ impl Changes {
     fn note(&mut self, user: UserId, epoch: u64, now: Instant) {
         self.by_user.insert(user, (epoch, now));
         self.order.push_back((now, user));
+        // A user purged in a loop must not grow the queue for the notes' whole life.
+        if self.order.len() > 2 * self.by_user.len() + 64 {
+            let by_user = &self.by_user;
+            self.order.retain(|(at, user)| by_user.get(user).is_some_and(|(_, last)| last == at));
+        }
+    }
+
+    /// Drops the oldest note; `None` when there is none left.
+    fn drop_oldest(&mut self) -> Option<(UserId, u64, Instant)> {
+        while let Some((at, user)) = self.order.pop_front() {
+            // A user purged again since keeps the later note.
+            if let Some(&(epoch, last)) = self.by_user.get(&user)
+                && last == at
+            {
+                self.by_user.remove(&user);
+                return Some((user, epoch, at));
+            }
+        }
+        None
     }
 
     /// Drops the notes made more than `keep` before `now`.
@@ -98,9 +124,21 @@ impl Changes {
         }
     }
 
+    /// Drops the oldest notes until at most `max` are left, raising the floor to the newest
+    /// dropped; returns when that one was made, if any was dropped.
+    fn limit(&mut self, max: usize) -> Option<Instant> {
+        let mut newest = None;
+        while self.by_user.len() > max {
+            let Some((_, epoch, at)) = self.drop_oldest() else { break };
+            self.floor = self.floor.max(epoch);
+            newest = Some(at);
+        }
+        newest
+    }
+
     /// Whether an entry of `user` stamped with `epoch` was cached before a purge of the user.
     fn purged_since(&self, user: UserId, epoch: u64) -> bool {
-        self.by_user.get(&user).is_some_and(|(purged, _)| *purged > epoch)
+        epoch < self.floor || self.by_user.get(&user).is_some_and(|(purged, _)| *purged > epoch)
     }
 }
 
@@ -108,8 +146,8 @@ impl Changes {
 /// hung up), then has `forget` purge from this instance's caches what the answer says changed —
 /// an error included: a commit whose reply was lost is still a change, which this instance must
 /// honour at once, not at its next read of the cache-invalidation log. An answer that changed
-/// nothing should purge nothing: a purge walks the caches, and a request that is refused must
-/// not cost one, in a loop. A runtime shutting down first is `Unavailable`: the store is going
+/// nothing should purge nothing: a purged user's next requests read the database, and a request
+/// that is refused must not cost that, in a loop. A runtime shutting down first is `Unavailable`: the store is going
 /// away.
 pub(crate) async fn change_to_end<T: Send + 'static>(
     principals: &Arc<PrincipalCache>,
@@ -154,6 +192,7 @@ impl PrincipalCache {
             epoch: Epoch::default(),
             changed: RwLock::new(Changes::default()),
             max_changed: max_entries.max(MIN_MAX_CHANGED),
+            last_purge: AtomicU64::new(0),
             all_changed: Mutex::new((None, Duration::ZERO)),
             log: OnceLock::new(),
         }
@@ -212,6 +251,11 @@ impl PrincipalCache {
     /// Whether an entry of `user` cached by a lookup that began at `epoch` predates a purge of
     /// the user.
     fn purged_since(&self, user: UserId, epoch: u64) -> bool {
+        // Cached after the last purge: nothing to look up (and no lock shared by every hit
+        // while no one changes).
+        if epoch >= self.last_purge.load(Ordering::SeqCst) {
+            return false;
+        }
         self.changed.read().unwrap_or_else(|p| p.into_inner()).purged_since(user, epoch)
     }
 
@@ -250,31 +294,41 @@ impl PrincipalCache {
 
     /// [`PrincipalCache::invalidate_user`] for many users, without a walk over the caches: each
     /// user is noted with the epoch this purge advances to, and their entries cached before are
-    /// misses from then on ([`Changes`]). Past [`PrincipalCache::max_changed`] users noted (a
-    /// burst of changes, an import's say), the caches are emptied instead.
+    /// misses from then on. Past `cache.max_entries` users noted (at least 10,000) within
+    /// the notes' life (many sign-outs with a long `cache.principal_ttl_seconds`, an import's
+    /// changes), the oldest notes are dropped, and with them every entry cached before the
+    /// newest dropped; a note younger than [`READ_YOUR_WRITES`] dropped so counts every user as
+    /// changed for as long as a replica may lag, as [`PrincipalCache::invalidate_all`] does.
     ///
     /// The note is made under the lock that every read of it takes, with the epoch's move: a
     /// lookup that takes the new epoch finds the user noted, or it could read a lagging replica
     /// and cache what it found there under an epoch that no longer moves. A lookup that took an
-    /// older one is refused at its insert, or its entry answers no more.
+    /// older one is refused at its insert, or its entry answers no more. The note's time is
+    /// taken after the move, so that every entry it marks was cached before it, and expires
+    /// before it does.
     pub fn invalidate_users(&self, users: &HashSet<UserId>) {
         if users.is_empty() {
             return;
         }
-        let now = Instant::now();
         let mut changed = self.changed.write().unwrap_or_else(|p| p.into_inner());
-        changed.expire(now, self.ttl.max(READ_YOUR_WRITES));
         let epoch = self.epoch.advance();
+        let now = Instant::now();
+        changed.expire(now, self.note_life());
         for user in users {
             changed.note(*user, epoch, now);
         }
-        if changed.by_user.len() > self.max_changed {
-            // Emptied caches need no notes, and `invalidate_all` counts every user as changed
-            // for as long as a replica may lag, which is all the notes are needed for then. Under
-            // the lock: a purge noted meanwhile must not be dropped with these.
-            *changed = Changes::default();
-            self.invalidate_all();
+        if let Some(dropped) = changed.limit(self.max_changed)
+            && now.saturating_duration_since(dropped) < READ_YOUR_WRITES
+        {
+            self.all_changed.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(now);
         }
+        self.last_purge.store(epoch, Ordering::SeqCst);
+    }
+
+    /// How long a purge's note is kept: as long as an entry cached before it can live, and as
+    /// long as its user is read from the primary.
+    fn note_life(&self) -> Duration {
+        self.ttl.max(READ_YOUR_WRITES)
     }
 
     /// [`PrincipalCache::invalidate_identity`] for many identities.
@@ -357,22 +411,35 @@ mod tests {
     use super::*;
     use crate::domain::{IdentityId, User};
 
-    fn principal(user: UserId) -> Arc<Principal> {
+    fn user(id: UserId) -> User {
+        let now = chrono::Utc::now();
+        User { id, email: None, email_verified: false, name: None, disabled: false, created_at: now, updated_at: now }
+    }
+
+    fn principal(id: UserId) -> Arc<Principal> {
         let now = chrono::Utc::now();
         Arc::new(Principal {
             identity_id: IdentityId::generate(),
             last_seen_at: now,
-            user: User {
-                id: user,
-                email: None,
-                email_verified: false,
-                name: None,
-                disabled: false,
-                created_at: now,
-                updated_at: now,
-            },
+            user: user(id),
             teams: Vec::new(),
         })
+    }
+
+    fn session(id: UserId, hash: [u8; 32]) -> Arc<LiveSession> {
+        let now = chrono::Utc::now();
+        let record = crate::store::SessionRecord {
+            user_id: id,
+            identity_id: None,
+            created_at: now,
+            authenticated_at: None,
+            last_seen_at: now,
+            expires_at: now + chrono::TimeDelta::hours(1),
+            user_disabled: false,
+        };
+        let profile =
+            crate::domain::UserProfile { user: user(id), identities: vec![], primary_identity_id: None, teams: vec![] };
+        Arc::new(LiveSession { hash, record, profile })
     }
 
     fn cache() -> PrincipalCache {
@@ -434,21 +501,56 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_of_purges_past_the_limit_empties_the_caches() {
+    fn a_purged_users_cached_sessions_answer_no_more() {
+        let cache = cache();
+        let (purged, other) = (UserId::generate(), UserId::generate());
+        let life = Duration::from_secs(60);
+        cache.insert_session(cache.epoch(), session(purged, [1; 32]), life);
+        cache.insert_session(cache.epoch(), session(other, [2; 32]), life);
+        cache.invalidate_user(purged);
+        assert!(cache.session(&[1; 32]).is_none());
+        assert!(cache.session(&[2; 32]).is_some(), "another user's session stays");
+        cache.insert_session(cache.epoch(), session(purged, [1; 32]), life);
+        assert!(cache.session(&[1; 32]).is_some(), "cached again after the purge");
+    }
+
+    #[test]
+    fn notes_live_as_long_as_the_cache_or_the_reads_from_the_primary() {
+        let with_ttl = |seconds| PrincipalCache::new(Duration::from_secs(seconds), 100, Arc::new(TokenCache::new(100)));
+        assert_eq!(with_ttl(600).note_life(), Duration::from_secs(600));
+        assert_eq!(with_ttl(10).note_life(), READ_YOUR_WRITES);
+    }
+
+    #[test]
+    fn past_the_limit_of_notes_the_oldest_go_with_what_was_cached_before_them() {
         let cache = cache();
         let issuer = Issuer::parse("https://issuer.example.com").unwrap();
-        let subject = Subject::parse("kept-until-the-burst").unwrap();
-        let bystander = UserId::generate();
-        cache.insert(cache.epoch(), &issuer, &subject, principal(bystander));
-        let burst: HashSet<UserId> = (0..MIN_MAX_CHANGED).map(|_| UserId::generate()).collect();
-        cache.invalidate_users(&burst);
-        assert!(cache.get(&issuer, &subject).is_some(), "at the limit, the notes are kept");
-        assert!(cache.changed_recently(*burst.iter().next().unwrap()));
+        let (early, late) = (Subject::parse("cached-before-the-burst").unwrap(), Subject::parse("after").unwrap());
+        cache.insert(cache.epoch(), &issuer, &early, principal(UserId::generate()));
+        let burst: Vec<UserId> = (0..MIN_MAX_CHANGED).map(|_| UserId::generate()).collect();
+        cache.invalidate_users(&burst.iter().copied().collect());
+        assert!(cache.get(&issuer, &early).is_some(), "at the limit, nothing else is dropped");
+        cache.insert(cache.epoch(), &issuer, &late, principal(UserId::generate()));
+        let tokens_before = cache.tokens.len();
+
         cache.invalidate_user(UserId::generate());
-        assert!(cache.get(&issuer, &subject).is_none(), "past it, the caches are emptied");
-        assert!(!cache.changed_recently(*burst.iter().next().unwrap()), "and the notes dropped (no replica)");
-        cache.insert(cache.epoch(), &issuer, &subject, principal(bystander));
-        assert!(cache.get(&issuer, &subject).is_some());
+        let still_noted = burst.iter().filter(|user| cache.changed_recently(**user)).count();
+        assert_eq!(still_noted, MIN_MAX_CHANGED - 1, "one note past the limit: the oldest goes");
+        assert!(cache.get(&issuer, &early).is_none(), "cached before the dropped note");
+        assert!(cache.get(&issuer, &late).is_some(), "cached after it");
+        assert_eq!(cache.tokens.len(), tokens_before, "verified tokens are not touched");
+    }
+
+    #[test]
+    fn a_user_purged_in_a_loop_does_not_grow_the_queue_of_notes() {
+        let mut changes = Changes::default();
+        let (user, start) = (UserId::generate(), Instant::now());
+        for i in 0..10_000u64 {
+            changes.note(user, i, start + Duration::from_millis(i));
+        }
+        assert_eq!(changes.by_user.len(), 1);
+        assert!(changes.order.len() <= 2 + 64, "{} entries queued for one user", changes.order.len());
+        assert!(changes.purged_since(user, 9_998) && !changes.purged_since(user, 9_999));
     }
 
     #[test]

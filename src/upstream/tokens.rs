@@ -13,7 +13,8 @@
 //! says, never what Tessera knows about the user: that is resolved on every request. It is a
 //! performance cache only: one set of claims can have several valid strings (an ES256
 //! signature's high-s twin verifies too, and is accepted), so nothing may decide on the token
-//! string, and purges go by identity ([`PrincipalCache::invalidate_identity`](super::validation::PrincipalCache::invalidate_identity)).
+//! string. Nothing needs purging from it: whom an identity belongs to is looked up in the
+//! [`PrincipalCache`](crate::service::principals::PrincipalCache) on every use of the token.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,8 +136,9 @@ struct Claims {
     family_name: Option<Value>,
 }
 
-/// Verified tokens by SHA-256 digest; shared with the [`PrincipalCache`](super::principals::PrincipalCache),
-/// which purges an identity's tokens when the identity is unlinked.
+/// Verified tokens by SHA-256 digest; shared with the
+/// [`PrincipalCache`](crate::service::principals::PrincipalCache), which empties it with itself
+/// when everything is forgotten.
 pub type TokenCache = TtlCache<[u8; 32], Arc<VerifiedToken>>;
 
 /// Verifies tokens against the configured issuers.
