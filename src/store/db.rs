@@ -228,6 +228,32 @@ fn replica_fault(error: &StoreError) -> bool {
 /// and is closed.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// How long opening an SQLite file is tried again while another process switches it to WAL.
+const SQLITE_OPEN_BUSY_FOR: Duration = Duration::from_secs(5);
+
+/// Opens the SQLite writer, again while the file is busy: processes that open a new file at the
+/// same moment (two `tessera migrate` jobs, instances starting together) each switch it to WAL,
+/// which takes an exclusive lock from a shared one, and SQLite answers one of two such
+/// connections `SQLITE_BUSY` at once, without waiting out the busy timeout, since both waiting
+/// would deadlock. By the next try the other has switched it, and the switch is a no-op.
+async fn connect_sqlite_writer(
+    pool: SqlitePoolOptions,
+    options: &SqliteConnectOptions,
+) -> Result<SqlitePool, sqlx::Error> {
+    let until = std::time::Instant::now() + SQLITE_OPEN_BUSY_FOR;
+    loop {
+        match pool.clone().connect_with(options.clone()).await {
+            Err(sqlx::Error::Database(error))
+                if error.code().as_deref() == Some("5") && std::time::Instant::now() < until =>
+            {
+                let pause = 5 + u64::from(crate::crypto::random_bytes::<1>()[0] % 45);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// How much of an SQLite file is memory-mapped for reads (`PRAGMA mmap_size`).
 const SQLITE_MMAP_BYTES: &str = "1073741824";
 
@@ -264,9 +290,8 @@ impl Db {
                     .idle_timeout(None)
                     .max_lifetime(None)
                     .test_before_acquire(false)
-                    .acquire_timeout(config.acquire_timeout)
-                    .connect_with(options.clone())
-                    .await?;
+                    .acquire_timeout(config.acquire_timeout);
+                let writer = connect_sqlite_writer(writer, &options).await?;
                 if is_in_memory(url) {
                     return Ok(Db::Sqlite { reader: writer.clone(), writer });
                 }
