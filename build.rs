@@ -57,7 +57,15 @@ fn startup_layout(target: &str) {
         println!("cargo:warning=start-up code layout skipped: {} is missing", script.display());
         return;
     }
+    // The linker reads a copy in OUT_DIR, not the checkout's own file: another checkout of the
+    // same sources built into this target directory (a worktree built for a comparison) shares
+    // this script's output, and a path into that checkout fails every later link once it is gone.
+    let copy = std::path::Path::new(&var("OUT_DIR").unwrap()).join("startup.ld");
+    if let Err(error) = std::fs::copy(&script, &copy) {
+        println!("cargo:warning=start-up code layout skipped: cannot copy {}: {error}", script.display());
+        return;
+    }
     // Two arguments, so that a comma in the path cannot split it.
     println!("cargo:rustc-link-arg-bins=-Xlinker");
-    println!("cargo:rustc-link-arg-bins=--script={}", script.display());
+    println!("cargo:rustc-link-arg-bins=--script={}", copy.display());
 }

@@ -395,11 +395,13 @@ impl PrincipalCache {
         if !self.answers() {
             return true;
         }
+        // Both under the lock a purge notes and marks under: a lookup that took the epoch a purge
+        // advanced to finds the purge's marks, everything marked changed included.
+        let changed = self.changed.read().unwrap_or_else(|p| p.into_inner());
         let (all, window) = *self.all_changed.lock().unwrap_or_else(|p| p.into_inner());
         if all.is_some_and(|at| at.elapsed() < window) {
             return true;
         }
-        let changed = self.changed.read().unwrap_or_else(|p| p.into_inner());
         changed.by_user.get(&user).is_some_and(|(_, at)| at.elapsed() < READ_YOUR_WRITES)
     }
 }
@@ -531,14 +533,29 @@ mod tests {
         cache.invalidate_users(&burst.iter().copied().collect());
         assert!(cache.get(&issuer, &early).is_some(), "at the limit, nothing else is dropped");
         cache.insert(cache.epoch(), &issuer, &late, principal(UserId::generate()));
-        let tokens_before = cache.tokens.len();
+        let verified = Arc::new(crate::upstream::tokens::VerifiedToken {
+            issuer: issuer.clone(),
+            provider: "test".into(),
+            jit: true,
+            subject: early.clone(),
+            email: None,
+            email_verified: false,
+            name: None,
+            expires_at: chrono::Utc::now() + chrono::TimeDelta::hours(1),
+        });
+        let now = Instant::now();
+        cache.tokens.insert([7; 32], verified, now + Duration::from_secs(60), now);
+        // A replica whose lag bound started long ago: only a dropped note marks everyone again.
+        *cache.all_changed.lock().unwrap() = (None, Duration::from_secs(10));
+        assert!(!cache.changed_recently(UserId::generate()));
 
         cache.invalidate_user(UserId::generate());
-        let still_noted = burst.iter().filter(|user| cache.changed_recently(**user)).count();
+        let still_noted = burst.iter().filter(|user| cache.changed.read().unwrap().by_user.contains_key(user)).count();
         assert_eq!(still_noted, MIN_MAX_CHANGED - 1, "one note past the limit: the oldest goes");
         assert!(cache.get(&issuer, &early).is_none(), "cached before the dropped note");
         assert!(cache.get(&issuer, &late).is_some(), "cached after it");
-        assert_eq!(cache.tokens.len(), tokens_before, "verified tokens are not touched");
+        assert!(cache.tokens.get(&[7; 32], Instant::now()).is_some(), "verified tokens are not touched");
+        assert!(cache.changed_recently(UserId::generate()), "a note younger than a minute went: everyone counts");
     }
 
     #[test]

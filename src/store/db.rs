@@ -243,8 +243,10 @@ async fn connect_sqlite_writer(
     let until = std::time::Instant::now() + SQLITE_OPEN_BUSY_FOR;
     loop {
         match pool.clone().connect_with(options.clone()).await {
+            // The extended result codes of SQLITE_BUSY (5) keep it in their low byte.
             Err(sqlx::Error::Database(error))
-                if error.code().as_deref() == Some("5") && std::time::Instant::now() < until =>
+                if error.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| code & 0xff == 5)
+                    && std::time::Instant::now() < until =>
             {
                 let pause = 5 + u64::from(crate::crypto::random_bytes::<1>()[0] % 45);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
