@@ -327,6 +327,12 @@ async fn connect(link: &str, session: &str) -> anyhow::Result<()> {
     let binding = cookie(&start, "tessera_login")?;
     let authorized = browser.get(location(&start)?).send().await?;
     let done = browser.get(location(&authorized)?).header("cookie", format!("{session}; {binding}")).send().await?;
-    anyhow::ensure!(done.status() == 200, "connecting answered {}", done.status());
+    // A completed connection sends the browser to the account page.
+    let to = done.headers().get("location").and_then(|l| l.to_str().ok()).unwrap_or_default();
+    anyhow::ensure!(
+        done.status() == 303 && to.ends_with(tessera::http::auth_profiles::connect::CONNECTED),
+        "connecting answered {} (to {to:?})",
+        done.status()
+    );
     Ok(())
 }
