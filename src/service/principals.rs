@@ -96,42 +96,34 @@ impl Changes {
         }
     }
 
-    /// Drops the oldest note; `None` when there is none left.
-    fn drop_oldest(&mut self) -> Option<(UserId, u64, Instant)> {
-        while let Some((at, user)) = self.order.pop_front() {
-            // A user purged again since keeps the later note.
-            if let Some(&(epoch, last)) = self.by_user.get(&user)
-                && last == at
-            {
-                self.by_user.remove(&user);
-                return Some((user, epoch, at));
-            }
-        }
-        None
+    /// Takes the oldest entry of the queue away, with its user's note when that entry is it (no
+    /// later purge of the user replaced it): the note's epoch and time.
+    fn drop_front(&mut self) -> Option<(u64, Instant)> {
+        let (at, user) = self.order.pop_front()?;
+        let &(epoch, last) = self.by_user.get(&user)?;
+        (last == at).then(|| {
+            self.by_user.remove(&user);
+            (epoch, at)
+        })
     }
 
     /// Drops the notes made more than `keep` before `now`.
     fn expire(&mut self, now: Instant, keep: Duration) {
-        while let Some(&(at, user)) = self.order.front() {
-            if now.saturating_duration_since(at) < keep {
-                break;
-            }
-            self.order.pop_front();
-            // A user purged again since keeps the later note.
-            if self.by_user.get(&user).is_some_and(|(_, last)| *last == at) {
-                self.by_user.remove(&user);
-            }
+        while self.order.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= keep) {
+            self.drop_front();
         }
     }
 
     /// Drops the oldest notes until at most `max` are left, raising the floor to the newest
-    /// dropped; returns when that one was made, if any was dropped.
+    /// dropped; returns when that one was made, if any was dropped. (Every note has its entry in
+    /// the queue, so the queue lasts as long as there are notes to drop.)
     fn limit(&mut self, max: usize) -> Option<Instant> {
         let mut newest = None;
-        while self.by_user.len() > max {
-            let Some((_, epoch, at)) = self.drop_oldest() else { break };
-            self.floor = self.floor.max(epoch);
-            newest = Some(at);
+        while self.by_user.len() > max && !self.order.is_empty() {
+            if let Some((epoch, at)) = self.drop_front() {
+                self.floor = self.floor.max(epoch);
+                newest = Some(at);
+            }
         }
         newest
     }
