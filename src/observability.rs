@@ -62,6 +62,9 @@ pub const HTTP_CONNECTIONS_OPEN: &str = "tessera_http_connections_open";
 /// Times a listener reached `server.max_connections` and stopped accepting until a connection
 /// closed.
 pub const HTTP_CONNECTION_LIMIT_REACHED_TOTAL: &str = "tessera_http_connection_limit_reached_total";
+/// Seconds since this instance's last successful read of the cache-invalidation log began; read
+/// at scrape time, absent before the first read.
+pub const CACHE_SYNC_AGE: &str = "tessera_cache_sync_age_seconds";
 /// Always 1, with the `version` of the binary.
 pub const BUILD_INFO: &str = "tessera_build_info";
 
@@ -134,6 +137,11 @@ fn describe() {
     );
     describe_gauge!(DB_REPLICA_READABLE, "1 while reads go to the read replica, 0 while they go to the primary.");
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the version.");
+    describe_gauge!(
+        CACHE_SYNC_AGE,
+        Unit::Seconds,
+        "Time since this instance last read the cache-invalidation log (other instances' changes)."
+    );
     describe_gauge!(HTTP_CONNECTIONS_OPEN, "Connections open on this process's listeners.");
     describe_counter!(HTTP_CONNECTION_LIMIT_REACHED_TOTAL, "Times a listener reached server.max_connections.");
 }
@@ -218,6 +226,14 @@ pub fn record_pools(pools: &[crate::store::PoolStats]) {
 /// Counts a statement or transaction that queued for a connection of `pool`.
 pub fn record_pool_wait(pool: &'static str) {
     metrics::counter!(DB_POOL_WAITS_TOTAL, "pool" => pool).increment(1);
+}
+
+/// Publishes how long ago this instance's last read of the cache-invalidation log began, when
+/// it has read it.
+pub fn record_cache_sync_age(last_read_at: Option<std::time::Instant>) {
+    if let Some(at) = last_read_at {
+        metrics::gauge!(CACHE_SYNC_AGE).set(at.elapsed().as_secs_f64());
+    }
 }
 
 /// Publishes the build information (again: gauges not set for a while leave the output).

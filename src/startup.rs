@@ -108,8 +108,6 @@ pub struct Application {
     last_seen: Arc<LastSeen>,
     /// How often counted refusals are written to the audit log.
     audit_every: Duration,
-    /// Applies other instances' changes to this instance's caches.
-    cache_sync: CacheSync,
     /// How often it reads the log.
     cache_sync_every: std::time::Duration,
     /// How far behind the read replica may be (`database.replica_max_lag_ms`).
@@ -245,6 +243,7 @@ impl Application {
                 .with_own_tokens(op.clone())
                 .with_audit(audit.clone()),
             audit,
+            cache_sync,
             teams,
             provisioner,
             flows,
@@ -271,7 +270,6 @@ impl Application {
             server: config.server.clone(),
             last_seen,
             audit_every: config.audit.flush_interval,
-            cache_sync,
             cache_sync_every: config.cache.sync_interval,
             replica_max_lag: config.database.replica_max_lag,
             config_clients,
@@ -311,6 +309,11 @@ impl Application {
         Ok(())
     }
 
+    /// What applies other instances' changes to this server's caches (when it last read the log).
+    pub fn cache_sync(&self) -> CacheSync {
+        self.state.cache_sync.clone()
+    }
+
     /// The bound address (with the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound TCP listener has a local address")
@@ -341,7 +344,7 @@ impl Application {
             webhooks: self.state.webhooks.clone(),
             audit: self.state.audit.clone(),
             audit_every: self.audit_every,
-            cache_sync: self.cache_sync.clone(),
+            cache_sync: self.state.cache_sync.clone(),
             cache_sync_every: self.cache_sync_every,
             replica_max_lag: self.replica_max_lag,
         });

@@ -103,6 +103,8 @@ pub struct AppState {
     pub metrics: Option<prometheus::Metrics>,
     /// The audit log.
     pub audit: Audit,
+    /// Applies other instances' changes to this instance's caches (its last read for `/metrics`).
+    pub cache_sync: crate::service::cache_sync::CacheSync,
     /// Set on SIGTERM when `server.drain_delay_seconds` is not zero: `/readyz` answers 503
     /// while the server still accepts connections.
     pub draining: std::sync::atomic::AtomicBool,

@@ -59,6 +59,7 @@ async fn scrape(State(state): State<Arc<AppState>>) -> Response {
     };
     observability::record_build_info();
     observability::record_connections();
+    observability::record_cache_sync_age(state.cache_sync.last_read_at());
     observability::record_pools(&state.store.pool_stats());
     match tokio::time::timeout(QUEUE_READ_LIMIT, state.webhooks.queues()).await {
         Ok(Ok(queues)) => observability::record_webhook_queues(&queues, chrono::Utc::now()),

@@ -270,6 +270,12 @@ impl CacheSync {
         self.principals.invalidate_identities(&identities);
     }
 
+    /// When this instance's last successful read of the log began (`None` before the first):
+    /// every change committed before then has been applied.
+    pub fn last_read_at(&self) -> Option<Instant> {
+        self.principals.log_read_at()
+    }
+
     /// Forgets every cached principal, verified token and client.
     pub fn forget_everything(&self) {
         self.principals.invalidate_all();

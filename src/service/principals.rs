@@ -207,6 +207,15 @@ impl PrincipalCache {
         }
     }
 
+    /// When the last successful read of the cache-invalidation log began, to the millisecond
+    /// (never later than it did); `None` before the first, or when the log is not followed.
+    pub fn log_read_at(&self) -> Option<Instant> {
+        let log = self.log.get()?;
+        let until = log.until_ms.load(Ordering::Relaxed);
+        let fresh_ms = u64::try_from(log.fresh_for.as_millis()).unwrap_or(u64::MAX);
+        (until > 0).then(|| log.base + Duration::from_millis(until.saturating_sub(fresh_ms)))
+    }
+
     /// Whether cached entries answer without a read of the database: always, unless the
     /// cache-invalidation log is followed and was not read recently enough.
     pub(crate) fn answers(&self) -> bool {

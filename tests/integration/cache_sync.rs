@@ -59,6 +59,8 @@ async fn cluster(backend: Backend) -> Cluster {
     config.encryption = Some(Arc::new(KeyRing::parse(&ring).unwrap()));
     let a = TestApp::start(db.share(), &config).await;
     let b = TestApp::start(db.share(), &config).await;
+    started(&a).await;
+    started(&b).await;
     Cluster { a, b, issuer, config, db }
 }
 
@@ -71,7 +73,9 @@ impl Cluster {
     async fn another(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = self.config.clone();
         adjust(&mut config);
-        TestApp::start(self.db.share(), &config).await
+        let app = TestApp::start(self.db.share(), &config).await;
+        started(&app).await;
+        app
     }
 
     /// Starts an hour's session for `user` (written straight to the store) whose cookie value is
@@ -103,10 +107,27 @@ async fn user_of(app: &TestApp, token: &str) -> String {
     body(app.validate(token).await, 200).await["user_id"].as_str().unwrap().to_owned()
 }
 
-/// Waits long enough for every instance to have read the log up to now (four polls at the default
-/// 250 ms), so that what a test caches next is not purged by an earlier change.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+/// How long an instance may take to read the log at all (its next poll, on a loaded machine).
+const READ_BOUND: Duration = Duration::from_secs(30);
+
+/// Waits until each of `apps` has read the log in a read that began after this call, and so has
+/// applied every change committed before it: what a test caches next is not purged by an earlier
+/// change.
+async fn settle(apps: &[&TestApp]) {
+    let since = Instant::now();
+    eventually_within("every instance has read the log", READ_BOUND, || async {
+        apps.iter().all(|app| app.cache_sync.last_read_at().is_some_and(|at| at > since))
+    })
+    .await;
+}
+
+/// Waits until `app` has read the log once: its first read forgets whatever was cached before,
+/// so a test caches nothing on it until then.
+async fn started(app: &TestApp) {
+    eventually_within("the instance has read the log", READ_BOUND, || async {
+        app.cache_sync.last_read_at().is_some()
+    })
+    .await;
 }
 
 /// Waits until `condition` holds on the other instance, failing after [`BOUND`] from `since`
@@ -139,7 +160,7 @@ async fn a_user_disabled_on_one_instance_is_refused_by_another_promptly(backend:
     let slow = c.another(|config| config.cache.sync_interval = Duration::from_secs(60)).await;
     let token = c.token("to-disable");
     let user = user_of(&c.a, &token).await;
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     for app in [&c.b, &slow] {
         assert_eq!(user_of(app, &token).await, user, "cached on this instance now");
     }
@@ -185,7 +206,7 @@ async fn an_identity_unlinked_on_one_instance_stops_resolving_on_another_promptl
             .unwrap();
     assert!(matches!(linked, LinkOutcome::Linked(_)));
     assert_eq!(user_of(&c.a, &second).await, user, "both identities are the user's");
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     assert_eq!(user_of(&c.b, &first).await, user, "cached on B now");
     let me = body(c.a.client.get(c.a.url("/v1/me")).bearer_auth(&second).send().await.unwrap(), 200).await;
     let first_id = me["identities"]
@@ -228,7 +249,7 @@ async fn a_membership_removed_on_one_instance_fails_the_check_on_another_promptl
     let add = c.a.admin(Method::POST, "/admin/teams/sync-team/members");
     let added = add.json(&json!({"user_id": user, "role": "member"})).send().await.unwrap();
     assert!(added.status().is_success(), "{}", added.status());
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     let check = || c.b.client.get(c.b.url("/v1/check?team=sync-team")).bearer_auth(&token).send();
     assert_eq!(check().await.unwrap().status(), 204, "a member, as B has cached");
 
@@ -282,7 +303,7 @@ async fn a_session_cached_by_another_instance_follows_membership_changes_and_sig
     let slow = c.another(|config| config.cache.sync_interval = Duration::from_secs(60)).await;
     let user = user_of(&c.a, &c.token("session-user")).await;
     let cookie = &c.session_of(&user, "a-session-cookie-value-for-the-cache-sync-story").await;
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     let (status, before) = me_by_session(&c.b, cookie).await;
     assert_eq!(status, 200, "the session is live");
     assert!(!before.contains(&"session-team".to_owned()), "{before:?}");
@@ -328,7 +349,7 @@ async fn a_client_given_a_new_secret_or_deleted_on_one_instance_is_refused_by_an
                               "redirect_uris": ["https://app.example.com/callback"]});
     let created = body(c.a.admin(Method::POST, "/admin/clients").json(&registration).send().await.unwrap(), 201).await;
     let old = created["client_secret"].as_str().unwrap().to_owned();
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     let introspect = |secret: String| {
         c.b.client
             .post(c.b.url("/oauth/introspect"))
@@ -364,7 +385,7 @@ async fn a_change_committed_after_a_later_numbered_one_is_still_applied_on_postg
     let (early, late) = (c.token("commits-late"), c.token("commits-early"));
     let early_user = user_of(&c.a, &early).await;
     let late_user = user_of(&c.a, &late).await;
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     assert_eq!(user_of(&c.b, &early).await, early_user);
     assert_eq!(user_of(&c.b, &late).await, late_user);
 
@@ -430,7 +451,7 @@ async fn an_instance_reading_a_lagging_replica_honours_a_change_made_elsewhere_p
         on_replica().await == Some(false)
     })
     .await;
-    settle().await;
+    settle(&[&a, &b]).await;
     assert_eq!(user_of(&b, &token).await, user, "cached on B, read from the replica");
 
     let changed = Instant::now();
@@ -461,7 +482,7 @@ async fn a_change_made_elsewhere_is_honoured_while_every_request_connection_is_t
         .await;
     let token = c.token("behind-a-busy-pool");
     let user = user_of(&c.a, &token).await;
-    settle().await;
+    settle(&[&c.a, &c.b, &b]).await;
     assert_eq!(user_of(&b, &token).await, user, "cached on B now");
 
     // A request of B that reads the teams waits for this lock, holding B's one connection.
@@ -510,7 +531,7 @@ async fn an_instance_that_cannot_read_the_log_reads_the_database_instead_of_its_
             .form(&[("token", "x")])
             .send()
     };
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     assert_eq!(user_of(&c.b, &token).await, user, "cached on B");
     assert_eq!(introspect().await.unwrap().status(), 200, "the client authenticates; B caches it");
     let Sql::Postgres(pool) = c.db.sql().await else { unreachable!() };
@@ -544,7 +565,7 @@ async fn cached_principals_answer_through_a_database_outage(backend: Backend) {
     let token = c.token("through-an-outage");
     let user = user_of(&b, &token).await;
     let cookie = &c.session_of(&user, "a-session-cookie-value-through-an-outage").await;
-    settle().await;
+    settle(&[&c.a, &c.b, &b]).await;
     assert_eq!(user_of(&b, &token).await, user, "cached on B now");
     let (status, teams) = me_by_session(&b, cookie).await;
     assert_eq!(status, 200, "the session is live, and cached on B now");
@@ -574,7 +595,7 @@ async fn a_new_algorithms_first_key_is_published_by_every_instance_promptly(back
             jwks["keys"].as_array().unwrap().iter().map(|k| k["alg"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
         }
     };
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     assert_eq!(algs(&c.b).await, ["ES256"], "B's keys, read before the client exists");
     let registration = json!({"name": "RSA app", "kind": "confidential", "signing_alg": "RS256",
                               "redirect_uris": ["https://app.example.com/callback"]});
@@ -607,7 +628,7 @@ async fn a_log_that_went_back_is_followed_from_its_new_head(backend: Backend) {
     })
     .await
     .unwrap();
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     assert_eq!(user_of(&c.b, &token).await, user, "cached on B");
 
     let changed = Instant::now();
@@ -688,7 +709,7 @@ async fn churned_cluster(backend: Backend) -> (Cluster, String, String, String) 
         body(c.a.admin(Method::PATCH, &other_path).json(&json!({"disabled": disabled})).send().await.unwrap(), 200)
             .await;
     }
-    settle().await;
+    settle(&[&c.a, &c.b]).await;
     (c, token, user, other)
 }
 

@@ -317,6 +317,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: TestDb,
     pub store: Arc<dyn Store>,
+    /// The server's reader of the cache-invalidation log (when it last read it).
+    pub cache_sync: tessera::service::cache_sync::CacheSync,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -355,6 +357,7 @@ impl TestApp {
         }
         let app = Application::build_on(&config, store.clone(), listener).await.expect("build the server");
         let addr = app.local_addr();
+        let cache_sync = app.cache_sync();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             app.run_until_stopped(async {
@@ -364,7 +367,7 @@ impl TestApp {
             .expect("server ran");
         });
         let client = reqwest::Client::builder().no_proxy().build().expect("client");
-        Self { addr, client, db, store, shutdown: Some(tx), handle: Some(handle) }
+        Self { addr, client, db, store, cache_sync, shutdown: Some(tx), handle: Some(handle) }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -124,6 +124,8 @@ async fn metrics_need_the_admin_token_and_parse_as_prometheus_text(backend: Back
     let wrong = app.client.get(app.url("/metrics")).bearer_auth("not-the-admin-token-at-all").send().await.unwrap();
     assert_eq!(json(wrong, 401).await["code"], "invalid_credentials");
 
+    // Once the instance has read the cache-invalidation log, the scrape says how long ago.
+    crate::helpers::eventually("the log has been read", || async { app.cache_sync.last_read_at().is_some() }).await;
     let response = app.admin(Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
@@ -133,6 +135,8 @@ async fn metrics_need_the_admin_token_and_parse_as_prometheus_text(backend: Back
     assert!(text.contains("# TYPE tessera_http_request_duration_seconds histogram\n"), "{text}");
     assert!(text.contains("# TYPE tessera_db_pool_connections gauge\n"), "{text}");
     assert_eq!(value(&samples, "tessera_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    assert!(text.contains("# TYPE tessera_cache_sync_age_seconds gauge\n"), "{text}");
+    assert!(value(&samples, "tessera_cache_sync_age_seconds", &[]) >= 0.0);
     // Pools of this backend, sampled by this scrape.
     let pools: &[&str] = match backend {
         Backend::Sqlite => &["writer", "reader"],
