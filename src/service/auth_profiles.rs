@@ -541,7 +541,7 @@ impl AuthProfiles {
         Ok(Created { profile: pending, link: Some(link), created: false })
     }
 
-    async fn mint_link(
+    pub(super) async fn mint_link(
         &self,
         profile: &AuthProfile,
         user: UserId,

@@ -254,6 +254,11 @@ impl<'a> ProfileActions<'a> {
         for _ in 0..UPDATE_ATTEMPTS {
             let scopes = patch.scopes.clone().unwrap_or_else(|| profile.scopes.clone());
             let widens = patch.scopes.is_some() && profile.profile_kind.is_oauth() && widens(&profile, &scopes);
+            // A widening needs a reconnection: refused before anything is written when the
+            // provider was taken out of the configuration, since no link could complete it.
+            if widens {
+                self.profiles.provider_of(&profile)?;
+            }
             // Only the fields the patch names: another update of other fields stays applied
             // (the version guards the scopes' comparison with what was granted).
             let change = ProfileChange {
@@ -288,7 +293,8 @@ impl<'a> ProfileActions<'a> {
         // patch names are written), so the slug read before is not to be trusted.
         let profile = store.profile(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         if widened {
-            let (profile, link) = self.profiles.connect_link(team, user, &profile.slug, false).await?;
+            // For this profile, by id: its slug may be another profile's by now.
+            let link = self.profiles.mint_link(&profile, user, false).await?;
             return Ok(Updated { profile, reconnect_required: true, link: Some(link) });
         }
         Ok(Updated { profile, reconnect_required: false, link: None })

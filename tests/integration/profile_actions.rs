@@ -658,6 +658,16 @@ async fn tests_of_other_kinds_and_states_are_clean_409s(backend: Backend) {
         assert_eq!(refused["code"], "provider_not_configured", "{action}: {refused}");
         assert!(refused["detail"].as_str().unwrap().contains("\"plain\" is no longer configured"), "{refused}");
     }
+    // Widening its scopes would need a reconnection that cannot happen: refused before anything
+    // is written, so the profile keeps its scopes, its status and its working token.
+    let url = without.url(&format!("/v1/teams/{}/auth-profiles/notes", w.team));
+    let widen = without.client.patch(url).bearer_auth(ADMIN_TOKEN).header("x-on-behalf-of", w.alice.id.to_string());
+    let refused = body(widen.json(&json!({"scopes": ["notes", "more"]})).send().await.unwrap(), 409).await;
+    assert_eq!(refused["code"], "provider_not_configured", "{refused}");
+    let profile = w.get(w.alice.id, "notes").await;
+    assert_eq!(profile["status"], "active", "{profile}");
+    assert_eq!(profile["scopes"], json!([]), "{profile}");
+    without.stop().await;
 }
 
 async fn a_test_during_a_refresh_refreshes_once(backend: Backend) {
