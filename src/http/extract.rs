@@ -29,14 +29,7 @@ where
             return Err(ApiError::new(ErrorCode::UnsupportedMediaType, SEND_JSON));
         }
         let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
-        // Every body is an object: serde would also fill a struct from an array of its fields in
-        // order, a shape no client means.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-            return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-                Ok(_) => ApiError::new(ErrorCode::InvalidRequest, "the body must be a JSON object"),
-                Err(_) => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
-            });
-        }
+        refuse_array(&bytes)?;
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(json_rejection(rejection)),
@@ -44,9 +37,21 @@ where
     }
 }
 
+/// Refuses a body that is a JSON array: every body is an object, and serde would also fill a
+/// struct from an array of its fields in order, a shape no client means.
+fn refuse_array(bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return Ok(());
+    }
+    Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        Ok(_) => ApiError::new(ErrorCode::InvalidRequest, "the body must be a JSON object"),
+        Err(_) => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
+    })
+}
+
 /// Whether the request's content type is JSON as axum's `Json` reads it: `application/json`, or
 /// `application/…+json`.
-fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+pub fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
     content_type_essence(headers).is_some_and(|essence| {
         essence == "application/json" || essence.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"))
     })
@@ -111,9 +116,10 @@ pub fn media_ranges(headers: &axum::http::HeaderMap) -> Vec<(String, Option<f32>
 }
 
 /// Parses a JSON body read as bytes (an optional body, which [`ApiJson`] cannot take) with the
-/// same answers: `malformed_json` for text that is not JSON, `invalid_request` (naming the field,
+/// same answers: an array refused, `malformed_json` for text that is not JSON, `invalid_request` (naming the field,
 /// quoting no value) for JSON of the wrong shape.
 pub fn json_bytes<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    refuse_array(body)?;
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(ErrorCode::InvalidRequest, without_values(&e.to_string())),
         _ => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),

@@ -1022,6 +1022,7 @@ async fn only_its_creator_or_an_admin_reconnects_a_team_profile(backend: Backend
         (r#"{"allow_account_change": "yes"}"#, "invalid_request"),
         (r#"{"allow": true}"#, "invalid_request"),
         ("yes", "malformed_json"),
+        ("[true]", "invalid_request"),
     ] {
         let bad = w
             .on_behalf(Method::POST, "/auth-profiles/team-app/connect", w.alice.id)
@@ -1033,6 +1034,10 @@ async fn only_its_creator_or_an_admin_reconnects_a_team_profile(backend: Backend
     // A body not declared as JSON is refused as such, as on every other JSON route.
     let untyped = w.on_behalf(Method::POST, "/auth-profiles/team-app/connect", w.alice.id).body("{}").send();
     assert_eq!(body(untyped.await.unwrap(), 415).await["code"], "unsupported_media_type");
+    // Any JSON media type is JSON here too.
+    let typed = w.on_behalf(Method::POST, "/auth-profiles/team-app/connect", w.alice.id);
+    let typed = typed.header("content-type", "application/merge-patch+json").body("{}").send();
+    assert_eq!(typed.await.unwrap().status(), StatusCode::OK);
     // As an admin he may; demoted again before he opens the link, he may not.
     let role = |role: &str| {
         w.app

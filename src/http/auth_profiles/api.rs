@@ -26,7 +26,7 @@ use crate::domain::{DisplayName, ProfileKind, Slug, TextError};
 use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
-use crate::http::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, declares_json, json_bytes, required};
+use crate::http::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery, json_bytes, json_content_type, required};
 use crate::http::problem::ApiError;
 use crate::http::responses::{
     AuthProfileListResponse, AuthProfileResponse, AuthProfileTokenResponse, AuthProfileWithLinkResponse, no_store,
@@ -315,7 +315,7 @@ async fn connect_auth_profile(
     // The body is optional: none, or `{"allow_account_change": true}`.
     let request: ConnectRequest = match body.is_empty() {
         true => ConnectRequest::default(),
-        false if !declares_json(&headers) => {
+        false if !json_content_type(&headers) => {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
                 "send the body as JSON with `Content-Type: application/json`, or send none",
