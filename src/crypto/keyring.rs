@@ -103,6 +103,12 @@ impl KeyRing {
         Ok(Self { keys: vec![Key { id: id.to_owned(), key: Self::sealing_key(id, &Self::bytes(id, encoded)?)? }] })
     }
 
+    /// A ring of one key given as its bytes (one derived for a single purpose, not configured).
+    pub fn of_key(id: &str, bytes: &[u8; 32]) -> Self {
+        let key = Self::sealing_key(id, bytes).expect("32 bytes are an AES-256 key");
+        Self { keys: vec![Key { id: id.to_owned(), key }] }
+    }
+
     /// A key's 32 bytes, from base64 (standard or URL-safe, padded or not).
     fn bytes(id: &str, encoded: &str) -> Result<Vec<u8>, KeyRingError> {
         let encoded = encoded.trim();

@@ -87,11 +87,16 @@ pub fn random_secret() -> secrecy::SecretString {
 /// nothing of it; each `label` gives an unrelated secret.
 pub fn derive_secret(key: &[u8], label: &str, salt: &[u8]) -> secrecy::SecretString {
     use base64::Engine;
+    secrecy::SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(derive_key(key, label, salt)))
+}
+
+/// The 32 bytes [`derive_secret`] encodes: a key for [`keyring::KeyRing::of_key`].
+pub fn derive_key(key: &[u8], label: &str, salt: &[u8]) -> [u8; 32] {
     let mut context = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
     context.update(label.as_bytes());
     context.update(&[0]);
     context.update(salt);
-    secrecy::SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(context.sign()))
+    context.sign().as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
 }
 
 #[cfg(test)]

@@ -351,7 +351,9 @@ pub struct LoginState {
     /// a release before migration 30 wrote, which held the values themselves; such a flow cannot
     /// be completed (the browser's cookie holds its state, not a binding secret).
     pub salt: Option<[u8; 32]>,
-    /// Where to send the browser afterwards.
+    /// Where to send the browser afterwards: as stored, sealed under a key only the browser's
+    /// binding secret and the salt give (an earlier release's rows: in the clear); opened when
+    /// the flow is taken.
     pub return_to: String,
     /// For a link or connect flow, the signed-in user it is for.
     pub link_user: Option<UserId>,

@@ -3,7 +3,8 @@
 //!
 //! [`OAuthFlows::begin`] draws a 256-bit binding secret for the browser, whose SHA-256 is the
 //! flow's `state`, and stores the flow — the SHA-256 of that state, the provider, a random salt,
-//! `return_to`, what the flow is for, and a 10-minute expiry — and returns the provider's
+//! `return_to` (sealed under a key derived from the binding secret and the salt), what the flow
+//! is for, and a 10-minute expiry — and returns the provider's
 //! authorization URL plus the binding secret, which the HTTP layer puts in a cookie so that the
 //! callback can prove it comes back to the same browser. The PKCE verifier and the nonce are
 //! derived from the binding secret and the salt, so neither the database nor the URLs the
@@ -19,7 +20,12 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::providers::{AuthorizationRequest, Provider, ProviderError, ProviderRegistry, TokenSet, UserInfo};
-use crate::crypto::{constant_time_eq, derive_secret, random_bytes, random_secret, sha256, sha256_base64url};
+use base64::Engine as _;
+
+use crate::crypto::keyring::KeyRing;
+use crate::crypto::{
+    constant_time_eq, derive_key, derive_secret, random_bytes, random_secret, sha256, sha256_base64url,
+};
 use crate::domain::{Issuer, ProfileId, ReturnTo, Subject, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{LoginState, Store, StoreError};
@@ -39,6 +45,34 @@ fn derived_secrets(binding: &str, salt: &[u8; 32]) -> (SecretString, SecretStrin
         derive_secret(key, "tessera login_state pkce_verifier", salt),
         derive_secret(key, "tessera login_state nonce", salt),
     )
+}
+
+/// The prefix of a stored `return_to` sealed under a key derived from the binding secret and the
+/// salt (a path may hold a secret: a connect link's token, while its user signs in first).
+/// Rows of an earlier release hold it in the clear; no `return_to` starts with this.
+const SEALED: &str = "sealed:";
+
+/// The key that seals a flow's `return_to`: only the browser's binding secret and the flow's
+/// salt together give it.
+fn return_to_key(binding: &str, salt: &[u8; 32]) -> KeyRing {
+    KeyRing::of_key("flow", &derive_key(binding.as_bytes(), "tessera login_state return_to", salt))
+}
+
+/// `return_to` as stored: sealed, bound to the flow's state.
+fn seal_return_to(binding: &str, salt: &[u8; 32], state_hash: &[u8; 32], return_to: &str) -> String {
+    let sealed = return_to_key(binding, salt).encrypt(return_to.as_bytes(), state_hash);
+    format!("{SEALED}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
+}
+
+/// The `return_to` of a stored flow: opened when sealed, else as an earlier release stored it.
+fn open_return_to(binding: &str, flow: &LoginState) -> Result<String, FlowError> {
+    let (Some(sealed), Some(salt)) = (flow.return_to.strip_prefix(SEALED), flow.salt.as_ref()) else {
+        return Ok(flow.return_to.clone());
+    };
+    let unreadable = || FlowError::InvalidState("the sign-in's stored state cannot be read");
+    let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sealed).map_err(|_| unreadable())?;
+    let opened = return_to_key(binding, salt).decrypt(&sealed, &flow.state_hash).map_err(|_| unreadable())?;
+    String::from_utf8(opened).map_err(|_| unreadable())
 }
 
 /// How far before the start of a flow that asked for a fresh login the provider's `auth_time`
@@ -247,12 +281,13 @@ impl OAuthFlows {
             }
         };
         let now = crate::domain::now();
+        let state_hash = sha256(state.as_bytes());
         self.store
             .insert_login_state(&LoginState {
-                state_hash: sha256(state.as_bytes()),
+                state_hash,
                 provider: provider.name().to_owned(),
                 salt: Some(salt),
-                return_to: return_to.as_str().to_owned(),
+                return_to: seal_return_to(binding.expose_secret(), &salt, &state_hash, return_to.as_str()),
                 link_user,
                 profile,
                 profile_version,
@@ -280,7 +315,7 @@ impl OAuthFlows {
             .copied()
             .find(|held| constant_time_eq(state_of(held).as_bytes(), state.as_bytes()))
             .ok_or(FlowError::InvalidState("this sign-in was not started in this browser"))?;
-        let flow = self
+        let mut flow = self
             .store
             .take_login_state(&sha256(state.as_bytes()), crate::domain::now())
             .await?
@@ -289,6 +324,7 @@ impl OAuthFlows {
         if flow.provider != path_provider.to_ascii_lowercase() {
             return Err(FlowError::ProviderMismatch);
         }
+        flow.return_to = open_return_to(binding, &flow)?;
         Ok(Taken { flow, binding })
     }
 
@@ -353,6 +389,43 @@ impl OAuthFlows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flow(return_to: String, salt: Option<[u8; 32]>) -> LoginState {
+        let now = crate::domain::now();
+        LoginState {
+            state_hash: [1; 32],
+            provider: "local".into(),
+            salt,
+            return_to,
+            link_user: None,
+            profile: None,
+            profile_version: None,
+            allow_account_change: false,
+            created_at: now,
+            expires_at: now + FLOW_TTL,
+            fresh_login: false,
+        }
+    }
+
+    #[test]
+    fn a_sealed_return_to_opens_only_with_its_binding_salt_and_state() {
+        let (binding, salt) = ("a-binding-secret-of-the-browser", [7; 32]);
+        let sealed = seal_return_to(binding, &salt, &[1; 32], "/connect/token/oauth/start");
+        assert!(sealed.starts_with(SEALED) && !sealed.contains("token"), "{sealed}");
+        assert_eq!(open_return_to(binding, &flow(sealed.clone(), Some(salt))).unwrap(), "/connect/token/oauth/start");
+        let mut other_state = flow(sealed.clone(), Some(salt));
+        other_state.state_hash = [2; 32];
+        for wrong in [
+            open_return_to("another-binding-secret", &flow(sealed.clone(), Some(salt))),
+            open_return_to(binding, &flow(sealed.clone(), Some([8; 32]))),
+            open_return_to(binding, &other_state),
+            open_return_to(binding, &flow(format!("{SEALED}not base64!"), Some(salt))),
+        ] {
+            assert!(matches!(wrong, Err(FlowError::InvalidState(_))), "{wrong:?}");
+        }
+        // An earlier release's row, in the clear.
+        assert_eq!(open_return_to(binding, &flow("/account".into(), Some(salt))).unwrap(), "/account");
+    }
 
     #[test]
     fn the_derived_values_need_both_the_binding_and_the_salt() {

@@ -603,7 +603,16 @@ async fn an_expired_state_is_refused(backend: Backend) {
 
 /// The authorization request a sign-in sends the browser to, and its parameters.
 async fn authorization_request(browser: &mut Browser, app: &TestApp) -> (url::Url, HashMap<String, String>) {
-    let login = browser.get(&app.url("/auth/login")).await;
+    authorization_request_to(browser, app, "/auth/login").await
+}
+
+/// [`authorization_request`] of the sign-in `login` (a path and query) starts.
+async fn authorization_request_to(
+    browser: &mut Browser,
+    app: &TestApp,
+    login: &str,
+) -> (url::Url, HashMap<String, String>) {
+    let login = browser.get(&app.url(login)).await;
     let authorize = url::Url::parse(&location(&login)).unwrap();
     let params = authorize.query_pairs().into_owned().collect();
     (authorize, params)
@@ -612,7 +621,14 @@ async fn authorization_request(browser: &mut Browser, app: &TestApp) -> (url::Ur
 async fn a_flow_in_progress_stores_neither_its_pkce_verifier_nor_its_nonce(backend: Backend) {
     let w = world(backend).await;
     let mut browser = Browser::new();
-    let (authorize, params) = authorization_request(&mut browser, &w.app).await;
+    // Where the browser goes afterwards may hold a secret too (a connect link's token, while
+    // its user signs in first): it is stored sealed.
+    let return_to = "/connect/a-connect-token-in-the-path/oauth/start";
+    let login = format!(
+        "/auth/login?return_to={}",
+        url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>()
+    );
+    let (authorize, params) = authorization_request_to(&mut browser, &w.app, &login).await;
     let (_, second) = authorization_request(&mut Browser::new(), &w.app).await;
     assert_ne!(params["nonce"], second["nonce"]);
     assert_ne!(params["code_challenge"], second["code_challenge"]);
@@ -622,11 +638,14 @@ async fn a_flow_in_progress_stores_neither_its_pkce_verifier_nor_its_nonce(backe
     let salts = sql.blobs("SELECT secret_salt FROM login_states").await;
     assert!(salts.iter().all(|salt| salt.len() == 32), "{salts:?}");
     assert_ne!(salts[0], salts[1]);
+    let stored = sql.texts("SELECT return_to FROM login_states").await;
+    assert!(stored.iter().all(|r| r.starts_with("sealed:") && !r.contains("connect")), "{stored:?}");
     // The provider checks the verifier against the challenge, and Tessera the id_token's nonce:
     // both are derived again from the state the callback brings.
     let provider = browser.get(authorize.as_str()).await;
     let done = browser.get(&location(&provider)).await;
     assert_eq!(done.status(), StatusCode::SEE_OTHER, "{:?}", done.text().await);
+    assert_eq!(location(&done), return_to, "opened again at the callback");
     assert!(browser.cookies.contains_key("tessera_session"));
     assert_eq!(sql.count("login_states").await, 1, "the other flow is still under way");
     // A nonce other than the flow's is still refused.
