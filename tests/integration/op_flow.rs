@@ -39,6 +39,7 @@ on_both_backends!(
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
     a_public_clients_access_token_does_not_end_its_offline_grant,
     prompt_and_max_age_are_honoured,
+    a_failure_after_the_request_is_validated_is_told_to_the_app,
     select_account_lets_a_signed_in_user_go_on_or_use_another_account,
     another_site_cannot_force_a_signed_in_browser_to_sign_in_again,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
@@ -1436,6 +1437,33 @@ async fn prompt_none_with_a_hint_of_another_user_is_login_required(backend: Back
     let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     let sub = |token: &str| jwt_parts(token).1["sub"].clone();
     assert_eq!(sub(tokens["id_token"].as_str().unwrap()), sub(&bobs), "signed in as the hinted user");
+}
+
+/// RFC 6749 4.1.2.1: once the client and its redirect URI are known good, a failure of
+/// Tessera's own is told to the app at its redirect URI, with the state and `iss` — a silent
+/// `prompt=none` check in a hidden frame would otherwise never hear back — and without the
+/// cause, which is logged.
+async fn a_failure_after_the_request_is_validated_is_told_to_the_app(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, _) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    code_for(&w, &mut browser, &client, &challenge).await;
+    // The grants' table gone, as a broken database would fail the code's write.
+    let sql = w.app.db.sql().await;
+    sql.exec("ALTER TABLE oauth_grants RENAME TO oauth_grants_away").await.unwrap();
+    for prompt in ["&prompt=none", ""] {
+        let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, prompt)).await);
+        assert!(to.starts_with(REDIRECT), "{prompt}: {to}");
+        assert_eq!(param(&to, "error").as_deref(), Some("server_error"), "{to}");
+        assert_eq!(param(&to, "state").as_deref(), Some("st-1"), "{to}");
+        assert_eq!(param(&to, "iss").as_deref(), Some(w.app.url("").trim_end_matches('/')), "{to}");
+        assert!(param(&to, "code").is_none(), "{to}");
+        assert!(!to.contains("oauth_grants"), "no SQL in the answer: {to}");
+    }
+    sql.exec("ALTER TABLE oauth_grants_away RENAME TO oauth_grants").await.unwrap();
+    let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=none")).await);
+    assert!(param(&to, "code").is_some(), "{to}");
 }
 
 async fn prompt_and_max_age_are_honoured(backend: Backend) {

@@ -297,7 +297,8 @@ impl OpenIdProvider {
         let now = crate::domain::now();
         let held = self.unhold(params, now).await?;
         let request = self.validate(&held, now).await?;
-        self.decide(request, session, now).await
+        let back = (request.redirect_uri.clone(), request.state.clone());
+        self.decide(request, session, now).await.map_err(|error| failure_to_client(error, back))
     }
 
     /// Holds a request as sent, to go on as a GET of its continuation URL (returned): a form
@@ -406,6 +407,17 @@ impl OpenIdProvider {
         if !approve {
             return Err(request.reject("access_denied", "the user declined"));
         }
+        let back = (request.redirect_uri.clone(), request.state.clone());
+        self.grant_consented(request, session, now).await.map_err(|error| failure_to_client(error, back))
+    }
+
+    /// Records the consent a user gave to a validated `request`, and issues its code.
+    async fn grant_consented(
+        &self,
+        request: AuthorizationRequest,
+        session: &SessionView,
+        now: DateTime<Utc>,
+    ) -> Result<String, AuthorizeError> {
         // Consent widens: what was granted before stays granted.
         let client = request.client.id.as_str();
         let widened =
@@ -781,6 +793,21 @@ impl OpenIdProvider {
 impl AuthorizationRequest {
     fn reject(&self, error: &'static str, description: &str) -> AuthorizeError {
         reject(error, description, Some((self.redirect_uri.clone(), self.state.clone())))
+    }
+}
+
+/// A failure of this service after the request was validated: told to the client at its
+/// redirect URI (`back`, with the request's `state`), as RFC 6749 4.1.2.1 says
+/// (`temporarily_unavailable` while the store is down, else `server_error`; the cause is logged),
+/// so that an app waiting for an answer — a silent `prompt=none` check in a hidden frame — gets
+/// one.
+fn failure_to_client(error: AuthorizeError, back: (String, Option<String>)) -> AuthorizeError {
+    match error {
+        AuthorizeError::Store(error) => {
+            let OAuthError { error, description, .. } = OAuthError::from_failure(&error, "an authorization request");
+            reject(error, &description, Some(back))
+        }
+        rejected @ AuthorizeError::Rejected(_) => rejected,
     }
 }
 
