@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use rmcp::model::{ClientJsonRpcMessage, ProtocolVersion};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
@@ -137,8 +138,9 @@ async fn authenticate(state: &AppState, op: &OpenIdProvider, headers: &HeaderMap
 /// What the Streamable HTTP transport would refuse in its own words (plain text, or a 500 for a
 /// body that breaks off), refused here as every other error is: a method other than POST, a body
 /// not declared as JSON, an `Accept` without both `application/json` and `text/event-stream` (the
-/// MCP specification asks clients for both), a body that is too large, cut off, stalled or not
-/// JSON. The body is read here and handed on whole.
+/// MCP specification asks clients for both), an `MCP-Protocol-Version` it does not know, a body
+/// that is too large, cut off, stalled, not JSON or not one JSON-RPC message. The body is read
+/// here and handed on whole.
 async fn transport_request(request: Request, state: &Arc<AppState>) -> Result<Request, Response> {
     if request.method() != axum::http::Method::POST {
         let mut refused =
@@ -168,12 +170,38 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
             "send `Accept: application/json, text/event-stream`, as the MCP specification asks",
         ));
     }
+    // As the SDK reads it: a header naming a revision it does not speak is refused (absent, the
+    // client speaks 2025-03-26).
+    if let Some(version) = headers.get(MCP_PROTOCOL_VERSION) {
+        let known = ProtocolVersion::KNOWN_VERSIONS.iter().any(|v| v.as_str().as_bytes() == version.as_bytes());
+        if !known {
+            let known: Vec<&str> = ProtocolVersion::KNOWN_VERSIONS.iter().map(ProtocolVersion::as_str).collect();
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "MCP-Protocol-Version names a revision this server does not speak; send one of {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
     let (parts, body) = request.into_parts();
     let ApiBytes(bytes) = ApiBytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
     serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
         .map_err(|_| ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"))?;
+    // JSON, but not one JSON-RPC message (`{}`, a request without its method, or a batch, which
+    // MCP dropped in 2025-06-18): the transport would answer 415 in plain text.
+    serde_json::from_slice::<ClientJsonRpcMessage>(&bytes).map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the body is not one JSON-RPC request, notification or response (batches are not part of MCP)",
+        )
+    })?;
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
+
+/// The header naming the MCP revision a client speaks.
+const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
 
 /// The error as problem+json; a 401 carries `WWW-Authenticate: Bearer` with the metadata URL
 /// (and `error="invalid_token"` when a token was sent): the endpoint's own, whose path is the

@@ -259,6 +259,14 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
         (post(both, "text/plain", ping.clone()), 415, "unsupported_media_type"),
         (post(both, "application/json", b"{\"jsonrpc\":".to_vec()), 400, "malformed_json"),
         (post(both, "application/json", vec![b' '; 70 * 1024]), 413, "payload_too_large"),
+        (post(both, "application/json", br#"{"jsonrpc":"2.0","id":1}"#.to_vec()), 400, "invalid_request"),
+        (post(both, "application/json", b"{}".to_vec()), 400, "invalid_request"),
+        (post(both, "application/json", [b"[", &ping[..], b"]"].concat()), 400, "invalid_request"),
+        (
+            post(both, "application/json", ping.clone()).header("mcp-protocol-version", "1999-01-01"),
+            400,
+            "invalid_request",
+        ),
     ] {
         let problem = body(request.send().await.unwrap(), status).await;
         assert_problem_shape(&problem, status);
