@@ -823,7 +823,14 @@ impl deadpool::managed::Manager for PgConnector {
                     // until it has something to send. (A `SET`, not a start-up option, which
                     // connection poolers such as PgBouncer refuse.)
                     let server_bound = (statement_timeout + SERVER_STATEMENT_MARGIN).as_millis().to_string();
-                    let set = sqlx::query("SELECT set_config('statement_timeout', $1, false)").bind(server_bound);
+                    // Single statements outside a transaction read committed too: under REPEATABLE
+                    // READ, a conditional `UPDATE` (a code or token used once) that meets a
+                    // concurrent one fails with a serialization error instead of re-checking.
+                    let set = sqlx::query(
+                        "SELECT set_config('statement_timeout', $1, false), \
+                         set_config('default_transaction_isolation', 'read committed', false)",
+                    )
+                    .bind(server_bound);
                     within(self.timeout, set.execute(&mut conn)).await?;
                     return Ok(PgConn {
                         conn,
@@ -974,7 +981,10 @@ impl PgTx {
         let mut tx = PgTx { conn: Some(conn) };
         let conn = tx.conn();
         conn.in_transaction = true;
-        let begun = within(conn.statement_timeout, conn.start().execute("BEGIN")).await;
+        // READ COMMITTED whatever the database's or role's default: the store's transactions
+        // wait for a lock and then read again what committed meanwhile, which a transaction-wide
+        // snapshot (REPEATABLE READ) would hide from them.
+        let begun = within(conn.statement_timeout, conn.start().execute("BEGIN ISOLATION LEVEL READ COMMITTED")).await;
         conn.note(begun)?;
         Ok(tx)
     }

@@ -498,6 +498,43 @@ async fn a_transaction_that_fails_half_way_leaves_its_connection_clean(backend: 
     assert_eq!(sql.count("sessions").await, 4, "the doomed session and the three written after a failure");
 }
 
+/// A database whose default isolation an operator set to REPEATABLE READ: the store's
+/// transactions still read, after waiting for a lock, what committed meanwhile (they run READ
+/// COMMITTED, as their rules assume), so concurrent adds of one member and concurrent default
+/// teams of one user still end in one row each, and never in an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_reads_committed_whatever_the_databases_default_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let admin = sqlx::PgPool::connect(&crate::helpers::pg_admin_url()).await.unwrap();
+    let default = format!("ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'");
+    sqlx::query(sqlx::AssertSqlSafe(default)).execute(&admin).await.unwrap();
+    let store = db.store().await;
+    let sql = db.sql().await;
+    assert_eq!(sql.texts("SHOW default_transaction_isolation").await, ["repeatable read"]);
+    for round in 0..4 {
+        let ada = sign_up(&store, &format!("ada-{round}")).await;
+        let bob = sign_up(&store, &format!("bob-{round}")).await;
+        let outcomes = concurrently(16, |_| {
+            let (store, team, user) = (store.clone(), ada.team.id, bob.id());
+            async move { store.put_member(team, None, user, Role::Member, now()).await }
+        })
+        .await;
+        let outcomes: Vec<MemberOutcome> = outcomes.into_iter().map(|o| o.expect("added or unchanged")).collect();
+        let added = outcomes.iter().filter(|o| **o == MemberOutcome::Added).count();
+        assert_eq!(added, 1, "round {round}: {outcomes:?}");
+
+        sql.exec(&format!("DELETE FROM teams WHERE id = {}", sql.uuid(&bob.team.id.to_string()))).await.unwrap();
+        let teams = concurrently(16, |_| {
+            let (store, user) = (store.clone(), bob.id());
+            async move { store.ensure_default_team(user, &team_plan(None), now()).await }
+        })
+        .await;
+        let created = teams.into_iter().filter(|t| matches!(t, Ok(DefaultTeam::Created(_)))).count();
+        assert_eq!(created, 1, "round {round}: one default team, and no error");
+    }
+}
+
 /// A pooled PostgreSQL connection the server ends (a restart, an administrator's
 /// `pg_terminate_backend`) fails the one statement that finds it ended, and is closed: the next
 /// statement gets a new connection, although the pool hands out a recently used connection
