@@ -161,6 +161,8 @@ pub struct FanOut {
     pub events: u64,
     /// The missing sequence number that the events after it wait for, if any.
     pub waiting_for: Option<i64>,
+    /// Another instance was fanning out: nothing was looked at, so nothing is known of a gap.
+    pub busy: bool,
 }
 
 /// A change of a webhook endpoint's fields, for [`Store::patch_webhook`]: `None` leaves one as

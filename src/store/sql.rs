@@ -3155,7 +3155,7 @@ impl Store for SqlStore {
         past_gap: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<FanOut, StoreError> {
-        let nothing = FanOut { events: 0, waiting_for: None };
+        let nothing = FanOut { events: 0, waiting_for: None, busy: false };
         // A read first: every instance polls, and most polls find nothing to do (on SQLite a write
         // transaction would take the one writer connection each time).
         let waiting = query("SELECT 1 AS one FROM outbox_events WHERE processed_at IS NULL LIMIT 1")
@@ -3167,7 +3167,7 @@ impl Store for SqlStore {
         let mut tx = self.db.begin().await?;
         if !try_exclusive(&mut tx, FAN_OUT_LOCK).await? {
             tx.rollback().await?;
-            return Ok(nothing);
+            return Ok(FanOut { busy: true, ..nothing });
         }
         let events = query(
             "SELECT seq, id, topic, created_at FROM outbox_events WHERE processed_at IS NULL
@@ -3199,7 +3199,7 @@ impl Store for SqlStore {
         let events = &events[..ready];
         if events.is_empty() {
             tx.rollback().await?;
-            return Ok(FanOut { events: 0, waiting_for });
+            return Ok(FanOut { events: 0, waiting_for, busy: false });
         }
         // An endpoint disabled since an event was written still gets it (the delivery waits until
         // the endpoint is enabled again): how far behind the fan-out runs must not decide.
@@ -3234,7 +3234,7 @@ impl Store for SqlStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(FanOut { events: events.len() as u64, waiting_for })
+        Ok(FanOut { events: events.len() as u64, waiting_for, busy: false })
     }
 
     async fn claim_webhooks(

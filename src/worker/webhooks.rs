@@ -26,7 +26,7 @@ use crate::domain::is_forbidden_ip;
 use crate::domain::{DeliveryJob, WebhookEndpoint, WebhookId};
 use crate::error::ErrorChain as _;
 use crate::service::webhooks::{Webhooks, sign};
-use crate::store::Attempt;
+use crate::store::{Attempt, FanOut};
 
 /// Events fanned out per transaction.
 const FAN_OUT_BATCH: i64 = 500;
@@ -95,11 +95,7 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
             let past_gap = gap.filter(|(_, since)| since.elapsed() >= OUTBOX_GAP_WAIT).map(|(seq, _)| seq);
             match webhooks.store().fan_out_events(FAN_OUT_BATCH, past_gap, crate::domain::now()).await {
                 Ok(done) => {
-                    gap = match (done.waiting_for, gap) {
-                        (Some(seq), Some((seen, since))) if seen == seq => Some((seen, since)),
-                        (Some(seq), _) => Some((seq, Instant::now())),
-                        (None, _) => None,
-                    };
+                    gap = next_gap(&done, gap, Instant::now());
                     if (done.events as i64) < FAN_OUT_BATCH {
                         break;
                     }
@@ -176,6 +172,22 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
 /// The outbound client: no redirects, no proxy from the environment, the timeout; when private
 /// addresses are refused, names are resolved through [`PublicOnly`], so a name that resolves to
 /// a private address (or is re-pointed to one after registration) is never connected to.
+/// The gap the fan-out waits behind after a round that answered `done`, and since when: the same
+/// number keeps its first sighting (the wait is [`OUTBOX_GAP_WAIT`] from then), another starts
+/// anew, none ends the wait. A round that found another instance fanning out learned nothing,
+/// and keeps the wait as it was: with several instances polling, losing the lock now and then
+/// must not hold the events behind a gap for ever.
+fn next_gap(done: &FanOut, gap: Option<(i64, Instant)>, now: Instant) -> Option<(i64, Instant)> {
+    if done.busy {
+        return gap;
+    }
+    match (done.waiting_for, gap) {
+        (Some(seq), Some((seen, since))) if seen == seq => Some((seen, since)),
+        (Some(seq), _) => Some((seq, now)),
+        (None, _) => None,
+    }
+}
+
 fn client(timeout: Duration, allow_private: bool) -> reqwest::Client {
     let builder = reqwest::Client::builder()
         .tls_backend_preconfigured(crate::upstream::tls::client_config())
@@ -425,4 +437,22 @@ fn describe(error: reqwest::Error) -> String {
         text.truncate(cut);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_is_waited_for_from_its_first_sighting_whoever_fans_out_meanwhile() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(3);
+        let round = |waiting_for, busy| FanOut { events: 0, waiting_for, busy };
+        let seen = next_gap(&round(Some(7), false), None, start);
+        assert_eq!(seen, Some((7, start)));
+        assert_eq!(next_gap(&round(Some(7), false), seen, later), seen, "the same gap keeps its first sighting");
+        assert_eq!(next_gap(&round(None, true), seen, later), seen, "another instance's round changes nothing");
+        assert_eq!(next_gap(&round(Some(9), false), seen, later), Some((9, later)), "another gap starts anew");
+        assert_eq!(next_gap(&round(None, false), seen, later), None, "no gap: no wait");
+    }
 }

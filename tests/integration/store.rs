@@ -4496,6 +4496,28 @@ async fn an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_b
     assert_eq!(store.pending_deliveries(configured.id, 100).await.unwrap().len(), 2);
 }
 
+/// A fan-out that finds another instance's under way says so (`busy`), rather than answer as
+/// if no event waited behind a gap: the worker then keeps its wait for the gap as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_under_way_elsewhere_is_reported_busy_on_postgres() {
+    let (db, store) = setup(Backend::Postgres).await;
+    store.insert_webhook(&endpoint(&[], now() - TimeDelta::seconds(1))).await.unwrap();
+    sign_up(&store, "ada").await;
+    let Sql::Postgres(pool) = db.sql().await else { unreachable!("a PostgreSQL test") };
+    let mut elsewhere = pool.begin().await.unwrap();
+    // The fan-out's advisory lock (FAN_OUT_LOCK in the store), as another instance holds it.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(0x7465_7373_6f75_7401_i64)
+        .execute(&mut *elsewhere)
+        .await
+        .unwrap();
+    let busy = store.fan_out_events(100, None, now()).await.unwrap();
+    assert_eq!((busy.events, busy.busy), (0, true));
+    elsewhere.rollback().await.unwrap();
+    let done = store.fan_out_events(100, None, now()).await.unwrap();
+    assert_eq!((done.events, done.busy), (1, false));
+}
+
 /// While a fan-out's transaction is open, its new deliveries' foreign keys hold a key-share lock
 /// on each endpoint they went to: another instance's claim must still take those endpoints (a
 /// claim that locked them `FOR UPDATE` would skip exactly the endpoints just given work).
@@ -4536,7 +4558,7 @@ async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: B
     sql.exec(&format!("DELETE FROM outbox_events WHERE seq = ({lowest})")).await.unwrap();
     let held = store.fan_out_events(100, None, now()).await.unwrap();
     let missing: i64 = sql.texts(&format!("SELECT CAST(({lowest}) - 1 AS TEXT)")).await[0].parse().unwrap();
-    assert_eq!(held, FanOut { events: 0, waiting_for: Some(missing) }, "the event after the gap waits");
+    assert_eq!(held, FanOut { events: 0, waiting_for: Some(missing), busy: false }, "the event after the gap waits");
     // Until the caller has waited long enough for that number (the worker counts from when it
     // first saw the gap): not forever.
     assert_eq!(store.fan_out_events(100, Some(missing - 1), now()).await.unwrap().events, 0, "another gap");
