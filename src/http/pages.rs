@@ -38,6 +38,12 @@ const STYLESHEET: &str = include_str!("../../assets/tessera.css");
 /// be cached for long and still change with the configuration).
 pub const STYLESHEET_PATH: &str = "/assets/tessera.css";
 
+/// The page of a page that failed to render: fixed, with the error's code and a next step.
+const UNRENDERED_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<title>Something went wrong</title></head><body><main><h1>Something went wrong</h1>\
+<p>This page could not be shown (<code>internal_error</code>); it has been logged. Try again in a \
+moment, or <a href=\"/account\">go to your account</a>.</p></main></body></html>\n";
+
 /// What every page shares: the branding, the stylesheet and the security policy.
 #[derive(Debug, Clone)]
 pub struct Pages {
@@ -98,11 +104,11 @@ impl Pages {
             }
             Err(error) => {
                 tracing::error!(error = %error.chain(), "a page failed to render");
-                let mut response = (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong.").into_response();
+                let mut response = (StatusCode::INTERNAL_SERVER_ERROR, UNRENDERED_PAGE).into_response();
                 self.secure_headers(response.headers_mut());
                 response
                     .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
                 response
             }
         }
