@@ -19,7 +19,7 @@ use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
 use super::sessions::Sessions;
 use crate::config::AuthConfig;
 use crate::crypto::keyring::KeyRing;
-use crate::domain::{DisplayName, IdentityId, ReturnTo, Subject, User, UserId};
+use crate::domain::{DisplayName, Email, IdentityId, ReturnTo, Subject, User, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{
     ActorKind, EncryptedTokens, LinkOutcome, NewAuditEvent, NewLink, ReadFrom, SecretKind, Store, StoreError,
@@ -307,7 +307,7 @@ impl SignIn {
                 // just-in-time issuer) still ask for a link.
                 let mut kept = Vec::with_capacity(owners.len());
                 for owner in owners {
-                    if owner.email_verified || !self.only_claims(owner.id).await? {
+                    if owner.email_verified || !self.only_claims(owner.id, email).await? {
                         kept.push(owner);
                     }
                 }
@@ -354,11 +354,11 @@ impl SignIn {
         Ok((provisioned.user, provisioned.identity_id, None))
     }
 
-    /// Whether `user` was made, and is held, only through sign-ins that vouched for no email: at
-    /// providers not trusted to verify emails, or at trusted ones that said the email was not
-    /// verified: an account whose email is someone's say-so. (A user gone meanwhile counts as
-    /// such: it blocks nobody.)
-    async fn only_claims(&self, user: UserId) -> Result<bool, SignInError> {
+    /// Whether `user` was made, and is held, only through sign-ins that vouched for no email at
+    /// `email`: at providers not trusted to verify emails, or at trusted ones that said the email
+    /// was not verified, or verified another address: an account whose hold on `email` is
+    /// someone's say-so. (A user gone meanwhile counts as such: it blocks nobody.)
+    async fn only_claims(&self, user: UserId, email: &Email) -> Result<bool, SignInError> {
         let Some(profile) = self.store.user_profile(user, ReadFrom::Primary).await? else {
             return Ok(true);
         };
@@ -369,9 +369,13 @@ impl SignIn {
             // mere claim, whatever the flag. One signed in through a browser provider is judged
             // by that provider's word, even when its issuer is also on the allow-list.
             let made_by_an_operator = self.provisioner.made_by_an_operator(identity);
-            providers.get(Some(&identity.provider)).is_some_and(|p| {
-                !p.config().trusted_email_verification || (!identity.email_verified && !made_by_an_operator)
-            })
+            // A trusted identity vouches for the address it verified, not for another the
+            // account claims: one linked with its own verified address proves nothing of this one.
+            let vouches = identity.email_verified
+                && identity.email.as_deref().and_then(|e| Email::parse(e).ok()).is_some_and(|e| e.key() == email.key());
+            providers
+                .get(Some(&identity.provider))
+                .is_some_and(|p| !p.config().trusted_email_verification || (!vouches && !made_by_an_operator))
         }))
     }
 

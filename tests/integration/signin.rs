@@ -900,6 +900,22 @@ pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: B
     assert_ne!(grace_me["id"], claimed["id"], "an account of her own, not the claimer's");
     assert_eq!(grace_me["email_verified"], true);
     assert_eq!((sql.count("users").await, sql.count("identities").await), (6, 8));
+    // Nor does a claim account that holds a trusted identity of its own, whose verified address
+    // is another: that identity vouches for its own address, not for the one claimed.
+    untrusted.set_next_user(StubUser::new("mallory-3", "heidi@example.com"));
+    let mut squatter = Browser::new();
+    assert_eq!(squatter.sign_in(&w.app, "provider=untrusted").await.status(), StatusCode::SEE_OTHER);
+    w.issuer.set_next_user(StubUser::new("mallory-trusted", "mallory@example.com"));
+    let callback = squatter.start_link(&w.app, "provider=local").await;
+    assert_eq!(squatter.navigate(&callback).await.status(), StatusCode::SEE_OTHER, "linked");
+    let squatted = body(squatter.me(&w.app).await, 200).await;
+    assert_eq!(squatted["identities"].as_array().unwrap().len(), 2, "{squatted}");
+    w.issuer.set_next_user(StubUser::new("heidi-upstream", "heidi@example.com"));
+    let mut heidi = Browser::new();
+    assert_eq!(heidi.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER, "not kept out");
+    let heidi_me = body(heidi.me(&w.app).await, 200).await;
+    assert_ne!(heidi_me["id"], squatted["id"], "an account of her own");
+    assert_eq!(heidi_me["email_verified"], true);
     // A new user through the trusted provider has its verified email recorded as such.
     w.issuer.set_next_user(StubUser::new("frank", "frank@example.com"));
     let mut frank = Browser::new();
