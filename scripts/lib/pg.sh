@@ -6,10 +6,14 @@
 
 pg_bindir() {
     local dir
-    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-    if [ -n "$dir" ] && [ -x "$dir/initdb" ]; then
-        echo "$dir"
-    elif command -v initdb >/dev/null 2>&1; then
+    # The newest version that has the server: a newer client-only package may sit beside it.
+    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
+        if [ -x "$dir/initdb" ]; then
+            echo "$dir"
+            return 0
+        fi
+    done
+    if command -v initdb >/dev/null 2>&1; then
         dirname "$(command -v initdb)"
     else
         echo "pg.sh: no PostgreSQL server binaries (initdb, pg_ctl) found; install PostgreSQL" >&2

@@ -523,6 +523,11 @@ fn parse_provider(
         .clone()
         .or_else(|| t.scopes.clone())
         .unwrap_or_else(|| default_scopes.iter().map(|s| (*s).to_owned()).collect());
+    // Without `openid` an OpenID Connect provider answers with no id_token, and every sign-in
+    // would fail at the callback.
+    if matches!(kind, ProviderKind::Oidc | ProviderKind::GitLab) && !scopes.iter().any(|s| s == "openid") {
+        return Err(ConfigError::new(key("scopes"), "an OpenID Connect provider needs the `openid` scope"));
+    }
     // GitHub's and GitLab's issuer is a default only for their public sites: identities are
     // keyed by issuer and account number, so a GitHub Enterprise or self-managed GitLab left on
     // it would sign its users in as the public site's users of the same number.
@@ -969,6 +974,19 @@ mod tests {
         {
             assert_eq!(with(bad).unwrap_err().key, "providers[0].icon_url", "{bad}");
         }
+    }
+
+    #[test]
+    fn an_openid_connect_provider_must_ask_for_openid() {
+        let with = |kind: &str, scopes: &str| {
+            entry(&format!(
+                "name = \"corp\"\nkind = \"{kind}\"\nissuer = \"https://sso.example.com\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\nscopes = {scopes}"
+            ))
+        };
+        let refused = with("oidc", "[\"email\", \"profile\"]").unwrap_err();
+        assert_eq!(refused.key, "providers[0].scopes", "{refused}");
+        assert!(refused.message.contains("openid"), "{refused}");
+        assert_eq!(with("oidc", "[\"openid\", \"email\"]").unwrap().scopes, ["openid", "email"]);
     }
 
     #[test]

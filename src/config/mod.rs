@@ -809,9 +809,10 @@ impl Config {
             ));
         }
         if let Some(list) = env_issuers {
-            for item in split_list(&list) {
+            for (n, item) in split_list(&list).into_iter().enumerate() {
+                // The item by its place, not its text: a URL may hold credentials.
                 let issuer = Issuer::parse(&item)
-                    .map_err(|e| ConfigError::new("TESSERA_ALLOWED_ISSUERS", format!("{item:?}: {e}")))?;
+                    .map_err(|e| ConfigError::new("TESSERA_ALLOWED_ISSUERS", format!("item {}: {e}", n + 1)))?;
                 match issuers.iter_mut().find(|known| known.issuer == issuer) {
                     // Listed in the file too: the variable's audiences where the file gives none,
                     // a conflict where both do.
@@ -1200,7 +1201,7 @@ fn parse_issuer(i: usize, raw: RawIssuer) -> Result<IssuerConfig, ConfigError> {
     let mut config = IssuerConfig::new(issuer);
     if let Some(name) = raw.name {
         let name = name.trim();
-        if name.is_empty() || name.len() > 64 {
+        if name.is_empty() || name.chars().count() > 64 {
             return Err(ConfigError::new(key("name"), "expected 1 to 64 characters"));
         }
         config.name = name.to_owned();
@@ -1209,7 +1210,8 @@ fn parse_issuer(i: usize, raw: RawIssuer) -> Result<IssuerConfig, ConfigError> {
         if audiences.iter().any(|a| a.trim().is_empty()) {
             return Err(ConfigError::new(key("audiences"), "an audience must not be blank"));
         }
-        config.audiences = audiences;
+        // Trimmed, as the environment's and the providers' audience lists are.
+        config.audiences = audiences.iter().map(|a| a.trim().to_owned()).collect();
     }
     if let Some(names) = raw.algorithms {
         if names.is_empty() {
@@ -1413,6 +1415,24 @@ mod tests {
         let short = error(&[("TESSERA_ADMIN_TOKEN_FILE", &file("short", "hunter2"))]);
         assert!(short.key.contains("TESSERA_ADMIN_TOKEN") && !short.to_string().contains("hunter2"), "{short}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn issuer_entries_are_read_as_written_within_their_bounds() {
+        let with = |text: &str, pairs: &[(&str, &str)]| Config::from_toml(text, env(pairs));
+        // An issuer URL with credentials is refused without repeating it.
+        let credentials =
+            with("", &[("TESSERA_ALLOWED_ISSUERS", "https://a.example,https://svc:hunter2@idp.example.com")]);
+        let credentials = credentials.unwrap_err().to_string();
+        assert!(credentials.contains("item 2") && !credentials.contains("hunter2"), "{credentials}");
+        // A name is counted in characters, not bytes; audiences are trimmed.
+        let name = "Вход через корпоративный портал компании";
+        let text = format!("[[issuers]]\nissuer = \"https://a.example\"\nname = \"{name}\"\naudiences = [\" api \"]");
+        let config = with(&text, &[]).unwrap();
+        let issuer = config.issuers.iter().find(|i| i.issuer.as_str() == "https://a.example").unwrap();
+        assert_eq!((issuer.name.as_str(), issuer.audiences.as_slice()), (name, &["api".to_owned()][..]));
+        let long = format!("[[issuers]]\nissuer = \"https://a.example\"\nname = \"{}\"", "я".repeat(65));
+        assert_eq!(with(&long, &[]).unwrap_err().key, "issuers[0].name");
     }
 
     #[test]
