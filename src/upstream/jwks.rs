@@ -92,6 +92,20 @@ impl KeySet {
         }
     }
 
+    /// The keys other than the one with fingerprint `tried` under the same `kid` that accept
+    /// `alg`: a set may hold several (an issuer reusing a key id across a rotation, against
+    /// RFC 7517's advice). None without a `kid`.
+    pub fn others_under<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+        tried: &'a [u8; 32],
+    ) -> impl Iterator<Item = &'a Arc<VerificationKey>> + 'a {
+        self.keys
+            .iter()
+            .filter(move |k| kid.is_some() && k.kid.as_deref() == kid && k.accepts(alg) && k.fingerprint != *tried)
+    }
+
     /// Whether the set holds a key with this `kid`, whatever algorithms it accepts.
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))

@@ -280,6 +280,19 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
     validation.set_required_spec_claims(&["exp", "sub", "aud"]);
     validation.set_audience(rules.audiences);
     let claims = match jsonwebtoken::decode::<C>(token, &key.key, &validation) {
+        // Another key of the set under the same kid (an issuer that reuses one across a
+        // rotation): tried before a refetch, which would find the same set.
+        Err(e)
+            if *e.kind() == ErrorKind::InvalidSignature
+                && let Some(answer) = set.others_under(kid, alg, &key.fingerprint).find_map(|other| {
+                    match jsonwebtoken::decode::<C>(token, &other.key, &validation) {
+                        Err(e) if *e.kind() == ErrorKind::InvalidSignature => None,
+                        answer => Some(answer),
+                    }
+                }) =>
+        {
+            answer
+        }
         Err(e) if *e.kind() == ErrorKind::InvalidSignature => {
             // The issuer may have re-keyed under the same kid: look once more, rate-limited.
             // A signature that fails with the key of its kid is most likely just bad: an

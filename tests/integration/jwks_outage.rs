@@ -18,6 +18,7 @@ on_both_backends!(
     tokens_of_an_issuer_without_audiences_are_refused_without_a_fetch,
     forged_kids_during_an_outage_cost_one_fetch_per_back_off,
     after_an_outage_the_first_successful_fetch_starts_the_cooldown,
+    every_key_under_a_reused_kid_is_tried_before_a_refetch,
 );
 
 /// Far longer than any test: whatever a cooldown holds back is held back for the whole test.
@@ -250,4 +251,33 @@ async fn after_an_outage_the_first_successful_fetch_starts_the_cooldown(backend:
         assert_eq!(w.answer(&w.forged(&format!("forged-{i}"))).await, unknown_key());
     }
     assert_eq!(w.issuer.jwks_fetches(), fetches, "no fetch within the cooldown");
+}
+
+/// An issuer that publishes two keys under one `kid` (reused across a rotation, against RFC 7517's
+/// advice): a token signed by the second is valid, found without a refetch, which would bring the
+/// same set; a token whose signature neither key made is still refused.
+async fn every_key_under_a_reused_kid_is_tried_before_a_refetch(backend: Backend) {
+    let w = world(backend, |_| {}).await;
+    w.issuer.add_key_reusing_kid("rsa-1");
+    // Another server, whose first fetch brings the set with both keys.
+    let app = TestApp::spawn_with(backend, |config| {
+        let mut local = local_issuer_config(&w.issuer);
+        local.jwks_uri = Some(url::Url::parse(&w.issuer.jwks_uri()).unwrap());
+        config.issuers.push(local);
+    })
+    .await;
+    let first = body(app.validate(&w.token("rsa-1", "first-key")).await, 200).await;
+    let fetches = w.issuer.jwks_fetches();
+    let second = w.issuer.sign_with_last("rsa-1", &w.issuer.claims("second-key", AUDIENCE));
+    let answer = body(app.validate(&second).await, 200).await;
+    assert_ne!(answer["user_id"], first["user_id"], "{answer}");
+    assert_eq!(w.issuer.jwks_fetches(), fetches, "found in the cached set");
+    // The first key's signature over the second token's header and claims, swapped: neither key
+    // made it for this message.
+    let (message, _) = second.rsplit_once('.').unwrap();
+    let (_, other_signature) =
+        w.token("rsa-1", "another").rsplit_once('.').map(|(m, s)| (m.to_owned(), s.to_owned())).unwrap();
+    let forged = format!("{message}.{other_signature}");
+    assert_eq!(body(app.validate(&forged).await, 401).await["code"], "signature_invalid");
+    app.stop().await;
 }

@@ -242,6 +242,23 @@ impl LocalIssuer {
         kid
     }
 
+    /// Publishes a second key under the id of the key `kid`, after it in the JWKS: an issuer that
+    /// reuses a key id across a rotation (against RFC 7517's advice). [`LocalIssuer::sign_with_last`]
+    /// signs with it.
+    pub fn add_key_reusing_kid(&self, kid: &str) {
+        let alg = self.with_key(kid, |key| key.alg);
+        self.state.keys.write().expect("keys lock").push(SigningKey::generate(kid, alg));
+    }
+
+    /// [`LocalIssuer::sign`] with the last key published under `kid`.
+    pub fn sign_with_last(&self, kid: &str, claims: &Value) -> String {
+        let keys = self.state.keys.read().expect("keys lock");
+        let key = keys.iter().rev().find(|k| k.kid == kid).unwrap_or_else(|| panic!("no key {kid}"));
+        let header = json!({ "alg": key.alg.name(), "kid": kid, "typ": "JWT" });
+        let message = format!("{}.{}", encode_part(&header), encode_part(claims));
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(key.sign(message.as_bytes())))
+    }
+
     /// Removes a key from the JWKS (and from signing).
     pub fn remove_key(&self, kid: &str) {
         self.state.keys.write().expect("keys lock").retain(|key| key.kid != kid);
