@@ -37,7 +37,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderMap;
 use axum::http::{HeaderName, Response};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::IntoResponse;
 use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -162,8 +162,14 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .layer(middleware::from_fn_with_state(limits.body_read_timeout, request_body::guard))
         // Inside the request's span: the 500 a panic becomes is logged with the request id and
         // the panic's message, and answered with its "response" line like any other.
-        .layer(CatchPanicLayer::custom(panicked))
-        .layer(middleware::from_fn_with_state(state.pages.clone(), answer_panic))
+        .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
+            let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                (Some(text), _) => (*text).to_owned(),
+                (None, Some(text)) => text.clone(),
+                (None, None) => "a panic without a message".to_owned(),
+            };
+            ApiError::internal(std::io::Error::other(format!("panicked: {message}"))).into_response()
+        }))
         .layer(
             // Spans carry the method, the matched route (never the raw URI, whose query may hold
             // codes or tokens) and the request id; no header or body is logged.
@@ -207,42 +213,6 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         // Outermost: a client's id reaches the logs and the response only when it is safe.
         .layer(MapRequestLayer::new(drop_unsafe_request_id))
         .with_state(state)
-}
-
-/// What a handler's panic left for [`answer_panic`]: its message.
-#[derive(Debug, Clone)]
-struct Panicked(String);
-
-/// The panic catcher's answer: a bare 500 that carries the panic's message to [`answer_panic`].
-fn panicked(panic: Box<dyn std::any::Any + Send>) -> axum::response::Response {
-    let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-        (Some(text), _) => (*text).to_owned(),
-        (None, Some(text)) => text.clone(),
-        (None, None) => "a panic without a message".to_owned(),
-    };
-    let mut placeholder = axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    placeholder.extensions_mut().insert(Panicked(message));
-    placeholder
-}
-
-/// Answers a request whose handler panicked (the panic catcher inside cannot see the request):
-/// the panic is logged once, with its message, and the answer is the `internal_error` page for a
-/// browser, problem+json otherwise, like any other failure.
-async fn answer_panic(State(pages): State<pages::Pages>, request: Request, next: Next) -> axum::response::Response {
-    // Only a request that may want a page keeps its headers (cheaply: most ask for JSON).
-    let accept = request.headers().get(axum::http::header::ACCEPT);
-    let headers = match accept.is_some_and(|a| a.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"html"))) {
-        true => request.headers().clone(),
-        false => HeaderMap::new(),
-    };
-    let mut response = next.run(request).await;
-    match response.extensions_mut().remove::<Panicked>() {
-        Some(Panicked(message)) => {
-            let error = ApiError::internal(std::io::Error::other(format!("panicked: {message}")));
-            pages.error(&headers, error)
-        }
-        None => response,
-    }
 }
 
 /// The router of `metrics.listen`: `/metrics` alone, without authentication (that listener is
@@ -300,40 +270,6 @@ async fn method_not_allowed(State(state): State<Arc<AppState>>, headers: HeaderM
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn boom() -> &'static str {
-        panic!("a handler's bug")
-    }
-
-    #[tokio::test]
-    async fn a_panic_is_a_page_for_a_browser_and_a_problem_otherwise() {
-        use tower::ServiceExt as _;
-        let pages = pages::Pages::new(&crate::config::BrandingConfig::default());
-        let app = Router::new()
-            .route("/boom", axum::routing::get(boom))
-            .route("/fine", axum::routing::get(|| async { "fine" }))
-            .layer(CatchPanicLayer::custom(panicked))
-            .layer(middleware::from_fn_with_state(pages, answer_panic));
-        let answer = |path: &str, accept: &str| {
-            let request = Request::get(path).header("accept", accept).body(axum::body::Body::empty()).unwrap();
-            let app = app.clone();
-            async move {
-                let response = app.oneshot(request).await.unwrap();
-                let status = response.status();
-                let kind = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
-                let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-                (status, kind.unwrap_or_default(), String::from_utf8(body.to_vec()).unwrap())
-            }
-        };
-        let (status, kind, body) = answer("/boom", "text/html,application/xhtml+xml").await;
-        assert_eq!((status.as_u16(), kind.as_str()), (500, "text/html; charset=utf-8"), "{body}");
-        assert!(body.contains("internal_error") && body.contains("href="), "a page with a next step: {body}");
-        assert!(!body.contains("a handler's bug"), "the panic is logged, not shown");
-        let (status, kind, body) = answer("/boom", "application/json").await;
-        assert_eq!((status.as_u16(), kind.as_str()), (500, "application/problem+json"), "{body}");
-        assert!(body.contains("\"code\":\"internal_error\"") && !body.contains("a handler's bug"), "{body}");
-        assert_eq!(answer("/fine", "text/html").await.2, "fine");
-    }
 
     #[test]
     fn only_short_safe_request_ids_are_kept() {
