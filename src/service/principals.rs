@@ -164,11 +164,21 @@ struct LogFreshness {
     fresh_for: Duration,
     /// Until when, in milliseconds after `base` (0: not read yet).
     until_ms: AtomicU64,
+    /// The same on the wall clock, in milliseconds since the Unix epoch: the monotonic clock
+    /// stands still while the machine is suspended (or the VM paused), and cached entries must
+    /// not answer after a pause for changes made during it.
+    wall_until_ms: AtomicU64,
 }
 
 impl LogFreshness {
     fn ms(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The wall clock now, in milliseconds since the Unix epoch.
+    fn wall_ms() -> u64 {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -197,13 +207,24 @@ impl PrincipalCache {
     /// not seen. When that read fails too, the cached copy answers, as in any database outage
     /// ([`PrincipalCache::answers`]).
     pub fn follow_log(&self, fresh_for: Duration) {
-        let _ = self.log.set(LogFreshness { base: Instant::now(), fresh_for, until_ms: AtomicU64::new(0) });
+        let log = LogFreshness {
+            base: Instant::now(),
+            fresh_for,
+            until_ms: AtomicU64::new(0),
+            wall_until_ms: AtomicU64::new(0),
+        };
+        let _ = self.log.set(log);
     }
 
-    /// Notes a successful read of the cache-invalidation log that began at `at`.
+    /// Notes a successful read of the cache-invalidation log that began at `at` (after it
+    /// applied what it read: a lookup that finds the log fresh also finds the purges).
     pub fn log_read(&self, at: Instant) {
         if let Some(log) = self.log.get() {
-            log.until_ms.fetch_max(log.ms(at + log.fresh_for), Ordering::Relaxed);
+            let fresh_ms = u64::try_from(log.fresh_for.as_millis()).unwrap_or(u64::MAX);
+            let began = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let wall = LogFreshness::wall_ms().saturating_sub(began).saturating_add(fresh_ms);
+            log.wall_until_ms.fetch_max(wall, Ordering::Release);
+            log.until_ms.fetch_max(log.ms(at + log.fresh_for), Ordering::Release);
         }
     }
 
@@ -211,15 +232,20 @@ impl PrincipalCache {
     /// (never later than it did); `None` before the first, or when the log is not followed.
     pub fn log_read_at(&self) -> Option<Instant> {
         let log = self.log.get()?;
-        let until = log.until_ms.load(Ordering::Relaxed);
+        let until = log.until_ms.load(Ordering::Acquire);
         let fresh_ms = u64::try_from(log.fresh_for.as_millis()).unwrap_or(u64::MAX);
         (until > 0).then(|| log.base + Duration::from_millis(until.saturating_sub(fresh_ms)))
     }
 
     /// Whether cached entries answer without a read of the database: always, unless the
     /// cache-invalidation log is followed and was not read recently enough.
+    /// Check it before looking an entry up: a read of the log that makes it fresh has applied
+    /// its purges first.
     pub(crate) fn answers(&self) -> bool {
-        self.log.get().is_none_or(|log| log.ms(Instant::now()) < log.until_ms.load(Ordering::Relaxed))
+        self.log.get().is_none_or(|log| {
+            log.ms(Instant::now()) < log.until_ms.load(Ordering::Acquire)
+                && LogFreshness::wall_ms() < log.wall_until_ms.load(Ordering::Acquire)
+        })
     }
 
     /// A principal cache and an empty token cache, both sized from configuration.

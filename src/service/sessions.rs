@@ -92,9 +92,18 @@ impl Sessions {
             now,
             expires_at: now + self.ttl,
         };
-        self.store.start_session(&session, replaced.as_ref(), audit).await?;
-        if let Some(replaced) = &replaced {
-            self.cache.forget_session(replaced);
+        match replaced {
+            None => {
+                self.store.start_session(&session, None, audit).await?;
+            }
+            // The earlier session's end runs to its end with this instance's forgetting it, as
+            // a sign-out does: a browser that hangs up, or a commit whose reply is lost, must not
+            // leave it cached here until the change log comes round.
+            Some(replaced) => {
+                let (store, audit) = (self.store.clone(), audit.to_vec());
+                let change = async move { store.start_session(&session, Some(&replaced), &audit).await };
+                change_to_end(&self.cache, change, move |cache, _| cache.forget_session(&replaced)).await?;
+            }
         }
         Ok(token)
     }
@@ -154,18 +163,21 @@ impl Sessions {
         // A hit whose last use is due to be noted is read again, as a miss: a cached copy must
         // not hide a session's use from idle expiry for longer than the noting interval; so is
         // every hit while the cache-invalidation log has not been read lately.
+        // Freshness first: a read of the log that makes it fresh has applied its purges.
+        let fresh = self.cache.answers();
         let cached = self.cache.session(&hash);
         if let Some(live) = &cached
             && now - live.record.last_seen_at < self.touch
-            && self.cache.answers()
+            && fresh
         {
             return Ok(self.is_live(&live.record, now).then(|| LiveSession::clone(live)));
         }
         let epoch = self.cache.epoch();
         let read = match self.store.session_profile(&hash).await {
             Ok(read) => read,
-            // The database cannot be read: a cached copy answers, as it was when last read.
-            Err(error) => match cached.filter(|_| error.is_transient()) {
+            // The database cannot be read: a cached copy answers, as it was when last read —
+            // looked up again, since a change may have purged it while the read was tried.
+            Err(error) => match self.cache.session(&hash).filter(|_| error.is_transient()) {
                 Some(live) => return Ok(self.is_live(&live.record, now).then(|| LiveSession::clone(&live))),
                 None => return Err(error),
             },

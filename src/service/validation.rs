@@ -225,18 +225,21 @@ impl Validator {
         // A hit whose last use is due to be noted is resolved again, as a miss (once a minute at
         // most), so that the stored time does not lag by the cache's lifetime; so is every hit
         // while the cache-invalidation log has not been read lately.
+        // Freshness first: a read of the log that makes it fresh has applied its purges.
+        let fresh = self.principals.answers();
         let cached = self.principals.get(&token.issuer, &token.subject);
         if let Some(principal) = &cached
             && super::now() - principal.last_seen_at < TOUCH_INTERVAL
-            && self.principals.answers()
+            && fresh
         {
             return Ok(Validated { token, principal: principal.clone(), created: false, issued_for: None });
         }
         let epoch = self.principals.epoch();
         let (principal, created) = match self.resolve(&token).await {
             Ok(found) => found,
-            // The database cannot be read: a cached copy answers, as it was when last read.
-            Err(error) if is_transient(&error) => match cached {
+            // The database cannot be read: a cached copy answers, as it was when last read —
+            // looked up again, since a change may have purged it while the read was tried.
+            Err(error) if is_transient(&error) => match self.principals.get(&token.issuer, &token.subject) {
                 Some(principal) => return Ok(Validated { token, principal, created: false, issued_for: None }),
                 None => return Err(error),
             },
