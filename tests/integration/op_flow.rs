@@ -1879,6 +1879,18 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));
     assert!(later.cookies.contains_key("tessera_session"), "nothing ended");
+    // An id token signed by a key no longer published (kept since before a rotation, while the
+    // session lives on) cannot be verified: it only asks too, rather than refuse the logout.
+    let (header, rest) = id_token.split_once('.').unwrap();
+    let mut header: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    header["kid"] = json!("a-key-no-longer-published");
+    let unverifiable =
+        format!("{}.{rest}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header.to_string()));
+    let asked = later.navigate(&w.app.url(&format!("/oauth/logout?id_token_hint={unverifiable}"))).await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    assert!(asked.text().await.unwrap().contains("method=\"post\""));
+    assert!(later.cookies.contains_key("tessera_session"), "nothing ended");
     // The page's post, from the signed-in browser: its own id token ends the session at once.
     let fields = [("id_token_hint", id_token), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "bye")];
     let resumed = [fields.as_slice(), &[("resumed", "1")]].concat();

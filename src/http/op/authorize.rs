@@ -27,7 +27,7 @@ use crate::http::pages::{self, Message};
 use crate::http::problem::ApiError;
 use crate::service::op::authorize::{AuthorizationParams, AuthorizeError, Next, Rejection, SessionView};
 use crate::service::op::provider::OAuthError;
-use crate::service::op::tokens::{self, repeated_parameter, single_valued};
+use crate::service::op::tokens::{self, HintCheck, repeated_parameter, single_valued};
 use crate::service::sessions::LiveSession;
 use crate::service::teams::Discovery;
 use crate::store::SessionEnd;
@@ -495,10 +495,14 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         Err(description) => return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
     };
     let hinted = match request.id_token_hint.as_deref() {
-        Some(hint) => match op.id_token_client(hint).await {
-            Ok(Some(found)) => Some(found),
+        Some(hint) => match op.check_id_token_hint(hint).await {
+            Ok(HintCheck::Verified(found)) => Some(found),
             Err(error) => return failed(state, headers, error, "verifying an id_token_hint"),
-            Ok(None) => {
+            // Signed by a key no longer published (an id token kept since before a rotation,
+            // while its session lives on): it names nobody, so the user is asked, as without one
+            // (RP-Initiated Logout 1.0 section 4: old hints of live sessions are accepted).
+            Ok(HintCheck::KeyGone) => None,
+            Ok(HintCheck::NotOurs) => {
                 return refuse(
                     state,
                     headers,

@@ -536,7 +536,13 @@ impl OpenIdProvider {
     pub async fn access_grant_active(&self, claims: &AccessClaims) -> Result<bool, OAuthError> {
         let now = crate::domain::now();
         match claims.gid {
-            Some(gid) => Ok(self.store.grant(gid, self.grant_at(now)).await?.is_some_and(|g| g.active)),
+            // The grant must be the token's own (its user, its client): a token minted with a
+            // leaked key cannot borrow a real grant's id to pass for another user.
+            Some(gid) => {
+                Ok(self.store.grant(gid, self.grant_at(now)).await?.is_some_and(|g| {
+                    g.active && g.client_id == claims.client_id && g.user_id.to_string() == claims.sub
+                }))
+            }
             // A client_credentials token counts while its client is registered — the same one:
             // a client deleted and registered again under its id (after a compromise, say)
             // does not bring the old one's tokens back — and may still use that grant type.
@@ -695,12 +701,35 @@ impl OpenIdProvider {
     /// not one of Tessera's id tokens, an error when the keys could not be read (the token may
     /// well be one).
     pub async fn id_token_client(&self, id_token: &str) -> Result<Option<IdTokenHint>, SigningError> {
+        Ok(match self.check_id_token_hint(id_token).await? {
+            HintCheck::Verified(hint) => Some(hint),
+            HintCheck::KeyGone | HintCheck::NotOurs => None,
+        })
+    }
+
+    /// What an `id_token_hint` is: [`id_token_client`](Self::id_token_client), telling apart a
+    /// hint whose key is no longer published (an id token kept since before a rotation and the
+    /// day its key stayed published, while the session it was issued in lives on), which cannot
+    /// be verified either way.
+    pub async fn check_id_token_hint(&self, id_token: &str) -> Result<HintCheck, SigningError> {
         match self.keys.verify_ignoring_expiry::<IdTokenHint>(id_token, ID_TOKEN_TYP, &self.issuer).await {
-            Ok(hint) => Ok(Some(hint)),
+            Ok(hint) => Ok(HintCheck::Verified(hint)),
             Err(VerifyError::Keys(error)) => Err(error),
-            Err(_) => Ok(None),
+            Err(VerifyError::UnknownKey) => Ok(HintCheck::KeyGone),
+            Err(_) => Ok(HintCheck::NotOurs),
         }
     }
+}
+
+/// What [`OpenIdProvider::check_id_token_hint`] found.
+#[derive(Debug, Clone)]
+pub enum HintCheck {
+    /// One of Tessera's id tokens, its signature verified (its expiry is not checked).
+    Verified(IdTokenHint),
+    /// It names a key Tessera does not publish (any more): it cannot be verified.
+    KeyGone,
+    /// Not one of Tessera's id tokens.
+    NotOurs,
 }
 
 /// What RP-initiated logout reads from an `id_token_hint`.
