@@ -187,15 +187,15 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
     }
     let (parts, body) = request.into_parts();
     let ApiBytes(bytes) = ApiBytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-        .map_err(|_| ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"))?;
-    // JSON, but not one JSON-RPC message (`{}`, a request without its method, or a batch, which
-    // MCP dropped in 2025-06-18): the transport would answer 415 in plain text.
-    serde_json::from_slice::<ClientJsonRpcMessage>(&bytes).map_err(|_| {
-        ApiError::new(
+    // Text that is not JSON, or JSON that is not one JSON-RPC message (`{}`, a request without
+    // its method, or a batch, which MCP dropped in 2025-06-18): the transport would answer 415 in
+    // plain text.
+    serde_json::from_slice::<ClientJsonRpcMessage>(&bytes).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => ApiError::new(
             ErrorCode::InvalidRequest,
             "the body is not one JSON-RPC request, notification or response (batches are not part of MCP)",
-        )
+        ),
+        _ => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
     })?;
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }

@@ -239,6 +239,7 @@ impl PrincipalCache {
 
     /// Whether cached entries answer without a read of the database: always, unless the
     /// cache-invalidation log is followed and was not read recently enough.
+    ///
     /// Check it before looking an entry up: a read of the log that makes it fresh has applied
     /// its purges first.
     pub(crate) fn answers(&self) -> bool {

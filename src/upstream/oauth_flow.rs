@@ -15,13 +15,12 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::providers::{AuthorizationRequest, Provider, ProviderError, ProviderRegistry, TokenSet, UserInfo};
-use base64::Engine as _;
-
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::{
     constant_time_eq, derive_key, derive_secret, random_bytes, random_secret, sha256, sha256_base64url,

@@ -169,9 +169,6 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
     }
 }
 
-/// The outbound client: no redirects, no proxy from the environment, the timeout; when private
-/// addresses are refused, names are resolved through [`PublicOnly`], so a name that resolves to
-/// a private address (or is re-pointed to one after registration) is never connected to.
 /// The gap the fan-out waits behind after a round that answered `done`, and since when: the same
 /// number keeps its first sighting (the wait is [`OUTBOX_GAP_WAIT`] from then), another starts
 /// anew, none ends the wait. A round that found another instance fanning out learned nothing,
@@ -188,6 +185,9 @@ fn next_gap(done: &FanOut, gap: Option<(i64, Instant)>, now: Instant) -> Option<
     }
 }
 
+/// The outbound client: no redirects, no proxy from the environment, the timeout; when private
+/// addresses are refused, names are resolved through [`PublicOnly`], so a name that resolves to
+/// a private address (or is re-pointed to one after registration) is never connected to.
 fn client(timeout: Duration, allow_private: bool) -> reqwest::Client {
     let builder = reqwest::Client::builder()
         .tls_backend_preconfigured(crate::upstream::tls::client_config())

@@ -89,6 +89,12 @@ impl SigningKey {
         }
     }
 
+    /// A compact JWS of `claims` under `header`, signed with this key.
+    fn sign_jws(&self, header: &Value, claims: &Value) -> String {
+        let message = format!("{}.{}", encode_part(header), encode_part(claims));
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(self.sign(message.as_bytes())))
+    }
+
     fn jwk(&self) -> Value {
         let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
         match &self.material {
@@ -219,9 +225,7 @@ impl LocalIssuer {
 
     /// Signs `claims` with the key `kid` under an arbitrary `header`, for tests of hostile headers.
     pub fn sign_with_header(&self, kid: &str, header: &Value, claims: &Value) -> String {
-        let message = format!("{}.{}", encode_part(header), encode_part(claims));
-        let signature = self.with_key(kid, |key| key.sign(message.as_bytes()));
-        format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+        self.with_key(kid, |key| key.sign_jws(header, claims))
     }
 
     /// Adds a published key with a fresh key id and returns the id.
@@ -254,9 +258,7 @@ impl LocalIssuer {
     pub fn sign_with_last(&self, kid: &str, claims: &Value) -> String {
         let keys = self.state.keys.read().expect("keys lock");
         let key = keys.iter().rev().find(|k| k.kid == kid).unwrap_or_else(|| panic!("no key {kid}"));
-        let header = json!({ "alg": key.alg.name(), "kid": kid, "typ": "JWT" });
-        let message = format!("{}.{}", encode_part(&header), encode_part(claims));
-        format!("{message}.{}", URL_SAFE_NO_PAD.encode(key.sign(message.as_bytes())))
+        key.sign_jws(&json!({ "alg": key.alg.name(), "kid": kid, "typ": "JWT" }), claims)
     }
 
     /// Removes a key from the JWKS (and from signing).

@@ -549,14 +549,12 @@ fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, signed_in: Op
         Some(Tamper::ForgedSignature) | None => {}
     }
     let header = json!({ "alg": "RS256", "kid": "rsa-1", "typ": "JWT" });
-    let message = format!("{}.{}", super::encode_part(&header), super::encode_part(&claims));
-    let signature = if tamper == Some(Tamper::ForgedSignature) {
-        super::SigningKey::generate("rsa-1", super::Alg::Rs256).sign(message.as_bytes())
+    if tamper == Some(Tamper::ForgedSignature) {
+        super::SigningKey::generate("rsa-1", super::Alg::Rs256).sign_jws(&header, &claims)
     } else {
         let keys = state.keys.read().expect("keys lock");
-        keys.iter().find(|k| k.kid == "rsa-1").expect("the rsa-1 key").sign(message.as_bytes())
-    };
-    format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+        keys.iter().find(|k| k.kid == "rsa-1").expect("the rsa-1 key").sign_jws(&header, &claims)
+    }
 }
 
 async fn userinfo(State(state): State<Arc<IssuerState>>, headers: HeaderMap) -> Response {
