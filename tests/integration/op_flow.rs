@@ -644,6 +644,19 @@ async fn a_public_clients_access_token_does_not_end_its_offline_grant(backend: B
     let sql = w.app.db.sql().await;
     assert_eq!(revoke(tokens["access_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 0, "the offline grant stands");
+    // An access token narrowed by a refresh to less than `offline_access` is still one of the
+    // offline grant's: it is the grant's scope that counts, not the token's.
+    let refresh = [
+        ("grant_type", "refresh_token"),
+        ("client_id", public.as_str()),
+        ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ("scope", "openid"),
+    ];
+    let narrowed = body(w.app.client.post(w.app.url("/oauth/token")).form(&refresh).send().await.unwrap(), 200).await;
+    assert_eq!(narrowed["scope"], "openid");
+    assert_eq!(revoke(narrowed["access_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 0, "a narrowed token does not end it");
+    let tokens = narrowed;
     assert_eq!(revoke(tokens["refresh_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1, "its refresh token ends it");
 }

@@ -660,13 +660,15 @@ impl OpenIdProvider {
             // resource server sees: such a token does not end an offline grant (section 2.2 lets
             // the server decline), so that a resource server cannot cut off an agent's standing
             // access; the client ends that with its refresh token. (A grant bound to the browser
-            // session, which a sign-in gives again, it does end: an app's sign-out.)
-            Named::Access(claims)
-                if client.is_public() && split_scope(&claims.scope).iter().any(|s| s == OFFLINE_ACCESS) =>
-            {
-                None
-            }
-            Named::Access(claims) if claims.client_id == client.id.as_str() => claims.gid,
+            // session, which a sign-in gives again, it does end: an app's sign-out.) It is the
+            // grant's scope that says offline, not the token's: a refresh may have narrowed that.
+            Named::Access(claims) if claims.client_id == client.id.as_str() => match claims.gid {
+                Some(gid) if client.is_public() => {
+                    let grant = self.store.grant(gid, self.grant_at(now)).await?;
+                    grant.filter(|g| !split_scope(&g.scope).iter().any(|s| s == OFFLINE_ACCESS)).map(|g| g.id)
+                }
+                gid => gid,
+            },
             Named::Refresh(grant, _) if grant.client_id == client.id.as_str() => Some(grant.id),
             _ => None,
         };
