@@ -448,4 +448,30 @@ async fn a_public_key_that_is_not_its_key_ids_is_refused(backend: Backend) {
     let error = SigningKeys::new(store.clone(), ring(), SigningKeySettings::default()).await.unwrap_err();
     assert!(matches!(&error, SigningError::Unusable { kid, .. } if *kid == victim.kid), "{error:?}");
     assert!(error.to_string().contains("does not match its key id"), "{error}");
+
+    // A running instance that re-reads the keys keeps the others: it publishes and signs with
+    // them, does not publish the damaged one, refuses its algorithm by name and says so.
+    let signed_by_victim = keys.sign(victim.alg, "JWT", &claims("ada")).await.unwrap();
+    keys.refresh().await.unwrap();
+    let published = keys.jwks().await.unwrap().document;
+    let kids: Vec<&str> = published["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, [other.kid.as_str()], "{published}");
+    let token = keys.sign(other.alg, "JWT", &claims("ada")).await.unwrap();
+    verify_with_jwks(&token, &published).unwrap();
+    let error = keys.sign(victim.alg, "JWT", &claims("ada")).await.unwrap_err();
+    assert!(matches!(&error, SigningError::Unusable { kid, .. } if *kid == victim.kid), "{error:?}");
+    assert!(matches!(keys.unusable_key(), Some(SigningError::Unusable { kid, .. }) if kid == victim.kid));
+    let refused = keys.verify::<Value>(&signed_by_victim, "JWT", ISSUER).await.unwrap_err();
+    assert!(matches!(refused, VerifyError::UnknownKey), "{refused:?}");
+
+    // The way out: `tessera keys signing rotate` opens the keys regardless and rotates it away
+    // (here with no publication lead, so that its successor signs at once).
+    let no_lead = SigningKeySettings { jwks_max_age: Duration::ZERO, ..SigningKeySettings::default() };
+    let opened = SigningKeys::open(store.clone(), ring(), no_lead).await.unwrap();
+    let successor = opened.rotate(victim.alg).await.unwrap();
+    keys.refresh().await.unwrap();
+    assert!(keys.unusable_key().is_none(), "the damaged key is retired");
+    let token = keys.sign(victim.alg, "JWT", &claims("ada")).await.unwrap();
+    verify_with_jwks(&token, &keys.jwks().await.unwrap().document).unwrap();
+    assert_eq!(jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(), Some(successor.kid.as_str()));
 }

@@ -331,11 +331,13 @@ struct KeySet {
 struct LoadedKey {
     kid: String,
     alg: SigningAlg,
-    jwk: Value,
     signs_from: DateTime<Utc>,
     retired_at: Option<DateTime<Utc>>,
     unpublish_at: Option<DateTime<Utc>>,
-    decoding: DecodingKey,
+    /// The public key as published and as it verifies; `Err(reason)` when the row's is not a
+    /// usable JWK or not the one its key id names: such a key is neither published nor trusted,
+    /// but stays known, so that it is reported (readiness, start-up) and can be rotated away.
+    public: Result<(Value, DecodingKey), String>,
     /// `Ok` for keys that may still sign; `Err(reason)` when the private key does not decrypt;
     /// `None` for retired keys (never decrypted again).
     encoding: Option<Result<EncodingKey, String>>,
@@ -364,30 +366,29 @@ impl KeySet {
 
     /// A key published at `now`, by kid.
     fn published(&self, kid: &str, now: DateTime<Utc>) -> Option<&Arc<LoadedKey>> {
-        self.keys.iter().find(|k| k.kid == kid && k.unpublish_at.is_none_or(|u| u > now))
+        self.keys.iter().find(|k| k.kid == kid && k.public.is_ok() && k.unpublish_at.is_none_or(|u| u > now))
     }
 }
 
 impl SigningKeys {
     /// The service, with the keys published now read from the store (nothing is written: a first
     /// key is made on first use). Fails when the store cannot be read or a key that may still
-    /// sign does not decrypt with `keyring`.
+    /// sign does not decrypt with `keyring` or its public key is not its own.
     pub async fn new(
         store: Arc<dyn Store>,
         keyring: Arc<KeyRing>,
         settings: SigningKeySettings,
     ) -> Result<Self, SigningError> {
         let keys = Self::open(store, keyring, settings).await?;
-        // Only keys that may still sign are decrypted: any that failed is one of those.
-        match keys.cached().keys.iter().find_map(|key| key.unusable()) {
+        match keys.unusable_key() {
             Some(unusable) => Err(unusable),
             None => Ok(keys),
         }
     }
 
-    /// [`SigningKeys::new`] without refusing keys that do not decrypt, for `tessera keys signing
-    /// rotate`: a rotation needs the current key's id, not its private key, and is the way out
-    /// when that key's ring key is lost.
+    /// [`SigningKeys::new`] without refusing unusable keys, for `tessera keys signing rotate`: a
+    /// rotation needs the current key's id, not its keys, and is the way out when that key's
+    /// ring key is lost or its row was damaged.
     pub async fn open(
         store: Arc<dyn Store>,
         keyring: Arc<KeyRing>,
@@ -514,7 +515,8 @@ impl SigningKeys {
         validation.validate_aud = false;
         validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "iss"]);
-        let data = jsonwebtoken::decode::<T>(token, &key.decoding, &validation).map_err(|e| match e.kind() {
+        let Ok((_, decoding)) = &key.public else { return Err(VerifyError::UnknownKey) };
+        let data = jsonwebtoken::decode::<T>(token, decoding, &validation).map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature => VerifyError::SignatureInvalid,
             ErrorKind::ExpiredSignature => VerifyError::Expired,
             ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
@@ -540,14 +542,18 @@ impl SigningKeys {
     pub async fn jwks(&self) -> Result<Jwks, SigningError> {
         let set = self.keys().await?;
         let now = now();
-        let keys: Vec<&Value> =
-            set.keys.iter().filter(|k| k.unpublish_at.is_none_or(|u| u > now)).map(|k| &k.jwk).collect();
+        let keys: Vec<&Value> = set
+            .keys
+            .iter()
+            .filter(|k| k.unpublish_at.is_none_or(|u| u > now))
+            .filter_map(|k| k.public.as_ref().ok().map(|(jwk, _)| jwk))
+            .collect();
         Ok(Jwks { document: json!({ "keys": keys }), max_age: self.inner.settings.max_age_at(set.loaded_at.elapsed()) })
     }
 
     /// Why a key as last read that signs now or will (not retired) cannot be used
     /// here — its private key does not decrypt with this instance's key ring (another instance,
-    /// with a newer ring, made it) —: readiness fails, so that the instance leaves rotation rather
+    /// with a newer ring, made it), or its row's public key is not its own —: readiness fails, so that the instance leaves rotation rather
     /// than answer every token request with an error once that key signs.
     pub fn unusable_key(&self) -> Option<SigningError> {
         // The keys as last read, never a read of its own: a probe must answer within its bound,
@@ -701,8 +707,8 @@ impl SigningKeys {
         let records = self.inner.store.published_signing_keys(now).await?;
         let keys = records
             .into_iter()
-            .map(|record| LoadedKey::from_record(record, &self.inner.keyring, now).map(Arc::new))
-            .collect::<Result<_, _>>()?;
+            .map(|record| Arc::new(LoadedKey::from_record(record, &self.inner.keyring, now)))
+            .collect();
         Ok(KeySet { loaded_at: Instant::now(), keys })
     }
 
@@ -794,28 +800,25 @@ pub async fn published_keys(store: &dyn Store) -> Result<Vec<SigningKeyInfo>, St
 }
 
 impl LoadedKey {
-    /// Why the key cannot sign here, when its private key did not decrypt or decode.
+    /// Why the key cannot be used here: its public key is not its own, or its private key did
+    /// not decrypt or decode.
     fn unusable(&self) -> Option<SigningError> {
-        match &self.encoding {
-            Some(Err(reason)) => Some(SigningError::Unusable { kid: self.kid.clone(), reason: reason.clone() }),
+        match (&self.public, &self.encoding) {
+            (Err(reason), _) | (_, Some(Err(reason))) => {
+                Some(SigningError::Unusable { kid: self.kid.clone(), reason: reason.clone() })
+            }
             _ => None,
         }
     }
 
-    fn from_record(record: SigningKeyRecord, keyring: &KeyRing, now: DateTime<Utc>) -> Result<Self, SigningError> {
-        let unusable = |reason: &str| SigningError::Unusable { kid: record.kid.clone(), reason: reason.to_owned() };
-        let jwk: Value =
-            serde_json::from_str(&record.public_jwk).map_err(|_| unusable("the public JWK is not JSON"))?;
-        let parsed: jsonwebtoken::jwk::Jwk =
-            serde_json::from_value(jwk.clone()).map_err(|_| unusable("the public JWK is not a JWK"))?;
-        let decoding = DecodingKey::from_jwk(&parsed).map_err(|_| unusable("the public JWK is not a usable key"))?;
-        // The key id is the public key's thumbprint (RFC 7638): a public key written over another
-        // row's (by someone who could write to the database, not decrypt it) is refused, not
-        // published and trusted.
-        if thumbprint(&jwk) != record.kid {
-            return Err(unusable("the public JWK does not match its key id (its RFC 7638 thumbprint)"));
+    /// The key of a row. A damaged row does not fail the read of the others: its key is kept as
+    /// [unusable](Self::unusable), neither published nor trusted.
+    fn from_record(record: SigningKeyRecord, keyring: &KeyRing, now: DateTime<Utc>) -> Self {
+        let public = public_key(&record);
+        if let Err(reason) = &public {
+            tracing::warn!(kid = %record.kid, reason = %reason, "a signing key's row is damaged: it is not published");
         }
-        let may_sign = record.retired_at.is_none_or(|retired| retired > now);
+        let may_sign = record.retired_at.is_none_or(|retired| retired > now) && public.is_ok();
         let encoding = may_sign.then(|| {
             let pkcs8 = keyring
                 .decrypt(&record.private_key, &SigningKeyRecord::aad(&record.kid))
@@ -825,17 +828,31 @@ impl LoadedKey {
         if let Some(Err(reason)) = &encoding {
             tracing::warn!(kid = %record.kid, reason = %reason, "a signing key cannot sign");
         }
-        Ok(Self {
+        Self {
             kid: record.kid,
             alg: record.alg,
-            jwk,
             signs_from: record.signs_from,
             retired_at: record.retired_at,
             unpublish_at: record.unpublish_at,
-            decoding,
+            public,
             encoding,
-        })
+        }
     }
+}
+
+/// A row's public key, as published and as it verifies; why not when it is not usable.
+fn public_key(record: &SigningKeyRecord) -> Result<(Value, DecodingKey), String> {
+    let jwk: Value = serde_json::from_str(&record.public_jwk).map_err(|_| "the public JWK is not JSON")?;
+    let parsed: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(jwk.clone()).map_err(|_| "the public JWK is not a JWK")?;
+    let decoding = DecodingKey::from_jwk(&parsed).map_err(|_| "the public JWK is not a usable key")?;
+    // The key id is the public key's thumbprint (RFC 7638): a public key written over another
+    // row's (by someone who could write to the database, not decrypt it) is refused, not
+    // published and trusted.
+    if thumbprint(&jwk) != record.kid {
+        return Err("the public JWK does not match its key id (its RFC 7638 thumbprint)".to_owned());
+    }
+    Ok((jwk, decoding))
 }
 
 fn to_chrono(duration: Duration) -> chrono::Duration {
