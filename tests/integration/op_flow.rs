@@ -21,6 +21,7 @@ use crate::pages::csrf_of;
 use crate::signin::{Browser, World, location, world_with};
 
 on_both_backends!(
+    a_token_borrowing_another_grant_is_refused,
     discovery_describes_the_provider_and_its_keys,
     a_code_flow_issues_tokens_whose_subject_is_the_internal_user,
     bad_authorization_requests_never_go_to_an_unregistered_uri,
@@ -834,6 +835,35 @@ async fn an_expired_access_token_still_revokes_its_grant(backend: Backend) {
     let expired = keys.sign(SigningAlg::ES256, "at+jwt", &claims).await.unwrap();
     let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&job, Some(&job_secret));
     assert_eq!(revoke.form(&[("token", expired.as_str())]).send().await.unwrap().status(), 200);
+}
+
+/// A token minted with a leaked key cannot borrow a real grant's id to pass for another user or
+/// client: where Tessera reads the grant (`/v1`, userinfo, introspection), it must be the
+/// token's own.
+async fn a_token_borrowing_another_grant_is_refused(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret, tokens) = first_tokens(&w).await;
+    let creds = (client.as_str(), secret.as_str());
+    let ring = Arc::new(KeyRing::parse(&ring()).unwrap());
+    let keys = SigningKeys::new(w.app.db.store().await, ring, SigningKeySettings::default()).await.unwrap();
+    let (_, claims) = jwt_parts(tokens["access_token"].as_str().unwrap());
+    let as_is = keys.sign(SigningAlg::ES256, "at+jwt", &claims).await.unwrap();
+    let mut other_user = claims.clone();
+    other_user["sub"] = json!(uuid::Uuid::new_v4().to_string());
+    let mut other_client = claims.clone();
+    other_client["client_id"] = json!("trusted-app");
+    let other_user = keys.sign(SigningAlg::ES256, "at+jwt", &other_user).await.unwrap();
+    let other_client = keys.sign(SigningAlg::ES256, "at+jwt", &other_client).await.unwrap();
+    let userinfo = |token: String| w.app.client.get(w.app.url("/oauth/userinfo")).bearer_auth(token).send();
+    // The same claims, signed again, pass everywhere: what is refused below is the borrowing.
+    assert_eq!(w.app.validate(&as_is).await.status(), StatusCode::OK);
+    assert_eq!(userinfo(as_is.clone()).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(introspect(&w.app, creds, &as_is).await["active"], true);
+    for forged in [other_user, other_client] {
+        assert_eq!(body(w.app.validate(&forged).await, 401).await["code"], "token_revoked", "{forged}");
+        assert_eq!(userinfo(forged.clone()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(introspect(&w.app, creds, &forged).await["active"], false);
+    }
 }
 
 /// A refresh near the end of its grant gets an access token that ends with the grant, not a

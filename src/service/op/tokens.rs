@@ -524,25 +524,19 @@ impl OpenIdProvider {
     }
 
     /// The grant of a verified access token with a user (`None` for `client_credentials`
-    /// tokens, or when the grant is gone).
+    /// tokens, or when the grant is gone). The grant must be the token's own (its user, its
+    /// client): a token minted with a leaked key cannot borrow a real grant's id to pass for
+    /// another user or client.
     pub async fn access_grant(&self, claims: &AccessClaims) -> Result<Option<GrantRecord>, StoreError> {
-        match claims.gid {
-            Some(gid) => self.store.grant(gid, self.grant_at(crate::domain::now())).await,
-            None => Ok(None),
-        }
+        let Some(gid) = claims.gid else { return Ok(None) };
+        let grant = self.store.grant(gid, self.grant_at(crate::domain::now())).await?;
+        Ok(grant.filter(|g| g.client_id == claims.client_id && g.user_id.to_string() == claims.sub))
     }
 
     /// Whether a verified access token's grant (or, without one, its client) still counts.
     pub async fn access_grant_active(&self, claims: &AccessClaims) -> Result<bool, OAuthError> {
-        let now = crate::domain::now();
         match claims.gid {
-            // The grant must be the token's own (its user, its client): a token minted with a
-            // leaked key cannot borrow a real grant's id to pass for another user.
-            Some(gid) => {
-                Ok(self.store.grant(gid, self.grant_at(now)).await?.is_some_and(|g| {
-                    g.active && g.client_id == claims.client_id && g.user_id.to_string() == claims.sub
-                }))
-            }
+            Some(_) => Ok(self.access_grant(claims).await?.is_some_and(|g| g.active)),
             // A client_credentials token counts while its client is registered — the same one:
             // a client deleted and registered again under its id (after a compromise, say)
             // does not bring the old one's tokens back — and may still use that grant type.
