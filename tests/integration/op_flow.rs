@@ -348,6 +348,8 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
     for (extra, error) in [
         ("&response_type=token", "invalid_request"),
         ("&scope=openid%20admin", "invalid_scope"),
+        // An empty one is not taken for none (which would mean `openid`).
+        ("&scope=", "invalid_scope"),
         ("&prompt=none", "login_required"),
         ("&resource=https%3A%2F%2Fapi.example.com", "invalid_target"),
         ("&max_age=soon", "invalid_request"),

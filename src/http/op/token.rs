@@ -298,7 +298,8 @@ pub(super) fn authorization_params(map: &BTreeMap<&str, &str>) -> AuthorizationP
         response_type: get(map, "response_type"),
         client_id: get(map, "client_id"),
         redirect_uri: get(map, "redirect_uri"),
-        scope: get(map, "scope"),
+        // Empty or not: an empty one is `invalid_scope`, not a request without one (`openid`).
+        scope: map.get("scope").map(|v| (*v).to_owned()),
         state: get(map, "state"),
         nonce: get(map, "nonce"),
         code_challenge: get(map, "code_challenge"),
