@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::issuers::{IssuerEntry, IssuerRegistry};
-use super::jwks::{AfterMiss, JwksCache, Miss};
+use super::jwks::{AfterMiss, JwksCache, Miss, VerificationKey};
 use crate::cache::TtlCache;
 use crate::config::parse_algorithm;
 use crate::crypto::sha256;
@@ -258,7 +258,7 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
     }
     let kid = header.kid.as_deref();
     let mut set = keys.keys().await.ok_or(TokenError::IssuerUnavailable)?;
-    let mut key = match set.find(kid, alg) {
+    let key = match set.find(kid, alg) {
         Some(key) => key.clone(),
         // The issuer publishes this kid for another algorithm (an ES256 header on an RSA key's
         // id): the token is refused for its algorithm, without a refetch that could not help.
@@ -282,29 +282,29 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
     let claims = match jsonwebtoken::decode::<C>(token, &key.key, &validation) {
         // Another key of the set under the same kid (an issuer that reuses one across a
         // rotation): tried before a refetch, which would find the same set.
-        Err(e)
-            if *e.kind() == ErrorKind::InvalidSignature
-                && let Some(answer) = set.others_under(kid, alg, &key.fingerprint).find_map(|other| {
-                    match jsonwebtoken::decode::<C>(token, &other.key, &validation) {
-                        Err(e) if *e.kind() == ErrorKind::InvalidSignature => None,
-                        answer => Some(answer),
-                    }
-                }) =>
-        {
-            answer
-        }
         Err(e) if *e.kind() == ErrorKind::InvalidSignature => {
-            // The issuer may have re-keyed under the same kid: look once more, rate-limited.
-            // A signature that fails with the key of its kid is most likely just bad: an
-            // outage does not change that answer.
-            let AfterMiss::Newer(fresh) = keys.refresh_after_miss(&set, Miss::BadSignature).await else {
-                return Err(TokenError::SignatureInvalid);
-            };
-            match fresh.find(kid, alg) {
-                Some(newer) if newer.fingerprint != key.fingerprint => key = newer.clone(),
-                _ => return Err(TokenError::SignatureInvalid),
+            match first_verifying(token, set.others_under(kid, alg, &key.fingerprint), &validation) {
+                Some(answer) => answer,
+                None => {
+                    // The issuer may have re-keyed under the same kid: look once more,
+                    // rate-limited. A signature that fails with every key of its kid is most
+                    // likely just bad: an outage does not change that answer.
+                    let AfterMiss::Newer(fresh) = keys.refresh_after_miss(&set, Miss::BadSignature).await else {
+                        return Err(TokenError::SignatureInvalid);
+                    };
+                    // Every key under the kid that the fresh set holds and the cached one did not.
+                    let tried = |k: &VerificationKey| {
+                        k.fingerprint == key.fingerprint
+                            || set.others_under(kid, alg, &key.fingerprint).any(|o| o.fingerprint == k.fingerprint)
+                    };
+                    let first = fresh.find(kid, alg);
+                    let under = first
+                        .into_iter()
+                        .chain(first.into_iter().flat_map(|f| fresh.others_under(kid, alg, &f.fingerprint)));
+                    first_verifying(token, under.filter(|k| !tried(k)), &validation)
+                        .ok_or(TokenError::SignatureInvalid)?
+                }
             }
-            jsonwebtoken::decode::<C>(token, &key.key, &validation)
         }
         other => other,
     }
@@ -312,6 +312,19 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
     .claims;
     check_issued_at(claims.issued_at(), rules.leeway, Utc::now())?;
     Ok(claims)
+}
+
+/// The answer of the first of `keys` whose signature the token's verifies; `None` when it verifies
+/// with none of them.
+fn first_verifying<'a, C: DeserializeOwned>(
+    token: &str,
+    mut keys: impl Iterator<Item = &'a Arc<VerificationKey>>,
+    validation: &Validation,
+) -> Option<jsonwebtoken::errors::Result<jsonwebtoken::TokenData<C>>> {
+    keys.find_map(|key| match jsonwebtoken::decode::<C>(token, &key.key, validation) {
+        Err(e) if *e.kind() == ErrorKind::InvalidSignature => None,
+        answer => Some(answer),
+    })
 }
 
 /// Claims that may carry `iat` (seconds since the epoch), which [`verify_signed`] checks.

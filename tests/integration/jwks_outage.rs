@@ -11,6 +11,7 @@ use tessera_testkit::local_issuer::{Alg, LocalIssuer};
 use crate::helpers::{AUDIENCE, Backend, TestApp, eventually, json as body, local_issuer_config, on_both_backends};
 
 on_both_backends!(
+    a_key_added_under_a_cached_kid_is_found_by_the_refetch,
     a_never_seen_kid_is_a_503_for_the_whole_outage,
     a_rekey_during_an_outage_is_picked_up_within_the_back_off,
     forged_kids_cost_one_fetch_per_cooldown,
@@ -280,4 +281,18 @@ async fn every_key_under_a_reused_kid_is_tried_before_a_refetch(backend: Backend
     let forged = format!("{message}.{other_signature}");
     assert_eq!(body(app.validate(&forged).await, 401).await["code"], "signature_invalid");
     app.stop().await;
+}
+
+/// An issuer that adds a key under a kid its cached set already holds, and signs with it: the
+/// refetch that the failed signature causes brings the new key, which is tried — not only the
+/// first key under the kid, the one that just failed.
+async fn a_key_added_under_a_cached_kid_is_found_by_the_refetch(backend: Backend) {
+    let w = world(backend, |_| {}).await;
+    body(w.app.validate(&w.token("rsa-1", "before")).await, 200).await;
+    let fetches = w.issuer.jwks_fetches();
+    w.issuer.add_key_reusing_kid("rsa-1");
+    let second = w.issuer.sign_with_last("rsa-1", &w.issuer.claims("after", AUDIENCE));
+    body(w.app.validate(&second).await, 200).await;
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "one refetch");
+    body(w.app.validate(&w.token("rsa-1", "before")).await, 200).await;
 }
