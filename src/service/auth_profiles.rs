@@ -1033,6 +1033,24 @@ impl AuthProfiles {
                     // revoked (or deleted) meanwhile — then its new tokens are no one's to have.
                     Ok(false) => {
                         version = None;
+                        // A reconnection of the same account that brought no refresh token kept
+                        // the one this refresh spent, which a provider that rotates has revoked:
+                        // the rotated one takes its place.
+                        if let Some(rotated) = &refreshed.refresh_token {
+                            match self
+                                .store
+                                .replace_spent_refresh_token(profile.id, refresh_ciphertext, rotated, super::now())
+                                .await
+                            {
+                                Ok(true) => {
+                                    tracing::info!(profile_id = %profile.id, "a refresh outlived its lease; kept its rotated refresh token")
+                                }
+                                Ok(false) => {}
+                                Err(error) => {
+                                    tracing::warn!(profile_id = %profile.id, error = %error.chain(), "cannot keep a rotated refresh token")
+                                }
+                            }
+                        }
                         match self.store.profile_secrets(profile.id).await {
                             Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
                                 let account = profile.upstream_account_id.as_deref();
@@ -1045,6 +1063,19 @@ impl AuthProfiles {
                             Ok(Some(current)) if let Some(token) = in_place(keyring, profile.id, &current) => {
                                 tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; handing out the stored token");
                                 return Ok(token);
+                            }
+                            // A row that needs a reconnection now (a widened scope, say) hands
+                            // out nothing; one reconnected to another account hands out that
+                            // account's token, however near its end — never the old grant's.
+                            Ok(Some(current)) if current.status != ProfileStatus::Active => {
+                                tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; the profile changed meanwhile");
+                                check_status(current.status)?;
+                            }
+                            Ok(Some(current)) if current.upstream_account_id != profile.upstream_account_id => {
+                                tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; the profile was reconnected to another account");
+                                let account = profile.upstream_account_id.as_deref();
+                                self.revoke_new_tokens(profile, &tokens, account, Some(profile.id)).await;
+                                return stored_token(keyring, profile.id, &current);
                             }
                             Ok(_) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),
                             // Not known to be revoked: the token is good, and this caller gets it

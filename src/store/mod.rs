@@ -1106,6 +1106,18 @@ pub trait Store: Send + Sync + Debug + 'static {
         refreshed: &Refreshed,
     ) -> Result<bool, StoreError>;
 
+    /// Puts the rotated refresh token `new` in place of `spent`, if the row still holds `spent`:
+    /// a refresh that lost its lease to a reconnection of the same account whose code exchange
+    /// brought no refresh token (and so kept the spent one) leaves the provider's rotated token
+    /// rather than the one it revoked. Bumps the token version; whether it was written.
+    async fn replace_spent_refresh_token(
+        &self,
+        id: ProfileId,
+        spent: &[u8],
+        new: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Releases the refresh lease held by `owner`; with `needs_reauth`, marks the profile so.
     async fn release_refresh_lease(
         &self,

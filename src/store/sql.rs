@@ -2146,6 +2146,26 @@ impl Store for SqlStore {
         Ok(updated == 1)
     }
 
+    async fn replace_spent_refresh_token(
+        &self,
+        id: ProfileId,
+        spent: &[u8],
+        new: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let updated = query(
+            "UPDATE auth_profiles SET refresh_token = $3, token_version = token_version + 1, updated_at = $4
+             WHERE id = $1 AND refresh_token = $2 AND status <> 'revoked'",
+        )
+        .bind(id.as_uuid())
+        .bind(spent)
+        .bind(new)
+        .bind(now)
+        .execute(self.db.writer())
+        .await?;
+        Ok(updated == 1)
+    }
+
     async fn release_refresh_lease(
         &self,
         id: ProfileId,

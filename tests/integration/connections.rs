@@ -48,6 +48,7 @@ on_both_backends!(
     concurrent_revocations_revoke_once,
     a_failed_refresh_never_hands_out_the_token_of_a_profile_revoked_meanwhile,
     a_refresh_that_lost_its_lease_to_a_reconnection_hands_out_the_new_connections_token,
+    a_refresh_that_lost_its_lease_to_a_same_account_reconnection_keeps_its_rotated_token,
     team_members_are_managed_by_owners,
     other_kinds_start_without_an_oauth_link,
     a_former_member_s_links_and_flows_stop_working,
@@ -1273,25 +1274,64 @@ async fn a_failed_refresh_never_hands_out_the_token_of_a_profile_revoked_meanwhi
 }
 
 /// A refresh whose answer comes back after a reconnection (to another account) took its lease:
-/// its caller gets the reconnection's token, which the row holds, not the old grant's.
+/// its caller gets the reconnection's token, which the row holds, not the old grant's — also
+/// when that token is too near its end to be handed out in place of a refresh.
 async fn a_refresh_that_lost_its_lease_to_a_reconnection_hands_out_the_new_connections_token(backend: Backend) {
     let mut w = world(backend).await;
-    w.issuer.set_next_user(StubUser::new("old-account", "old@provider.example"));
-    let slug = w.connected("switched").await;
+    for (slug, ttl) in [("switched", 3600), ("switched-short", 20)] {
+        w.issuer.set_access_token_ttl(3600);
+        w.issuer.set_next_user(StubUser::new("old-account", "old@provider.example"));
+        let slug = w.connected(slug).await;
+        w.expire_soon(&slug).await;
+        let refreshes = w.issuer.refreshes();
+        // The refresh is decided at once and answered 3 s later; the reconnection is not delayed.
+        w.issuer.set_answer_delay(Duration::from_secs(3));
+        let request = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), w.alice.id).send();
+        let waiting = tokio::spawn(request);
+        eventually("the refresh reaches the provider", || async { w.issuer.refreshes() > refreshes }).await;
+        w.issuer.set_answer_delay(Duration::ZERO);
+        w.issuer.set_access_token_ttl(ttl);
+        let link = w.connect_link(w.alice.id, &slug, true).await;
+        w.issuer.set_next_user(StubUser::new("new-account", "new@provider.example"));
+        assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
+        assert_eq!(w.sql_profile(&slug).await["upstream_account_id"], "new-account");
+        let answer = body(waiting.await.unwrap().unwrap(), 200).await;
+        // Whose token it is, as the provider says.
+        let whose = reqwest::Client::new()
+            .get(format!("{}/userinfo", w.issuer.issuer()))
+            .bearer_auth(answer["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            body(whose, 200).await["sub"],
+            "new-account",
+            "ttl {ttl}: the reconnection's token, not the old grant's"
+        );
+    }
+}
+
+/// A refresh whose answer comes back after a reconnection of the same account whose code
+/// exchange brought no refresh token (so the row kept the one the refresh spent): the provider's
+/// rotated refresh token is kept, not lost with the answer — the next refresh works.
+async fn a_refresh_that_lost_its_lease_to_a_same_account_reconnection_keeps_its_rotated_token(backend: Backend) {
+    let mut w = world(backend).await;
+    w.issuer.set_next_user(StubUser::new("same-account", "same@provider.example"));
+    let slug = w.connected("kept-rotation").await;
+    w.issuer.rotate_refresh_tokens(true);
+    w.issuer.refresh_token_on_code_exchange(false);
     w.expire_soon(&slug).await;
     let refreshes = w.issuer.refreshes();
-    // The refresh is decided at once and answered 3 s later; the reconnection is not delayed.
     w.issuer.set_answer_delay(Duration::from_secs(3));
     let request = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), w.alice.id).send();
     let waiting = tokio::spawn(request);
     eventually("the refresh reaches the provider", || async { w.issuer.refreshes() > refreshes }).await;
     w.issuer.set_answer_delay(Duration::ZERO);
-    let link = w.connect_link(w.alice.id, &slug, true).await;
-    w.issuer.set_next_user(StubUser::new("new-account", "new@provider.example"));
+    let link = w.connect_link(w.alice.id, &slug, false).await;
+    w.issuer.set_next_user(StubUser::new("same-account", "same@provider.example"));
     assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
-    assert_eq!(w.sql_profile(&slug).await["upstream_account_id"], "new-account");
-    let answer = body(waiting.await.unwrap().unwrap(), 200).await;
-    let stored = body(w.token(w.alice.id, &slug).await, 200).await;
-    assert_eq!(stored["refreshed"], false);
-    assert_eq!(answer["access_token"], stored["access_token"], "the reconnection's token, not the old grant's");
+    body(waiting.await.unwrap().unwrap(), 200).await;
+    w.expire_soon(&slug).await;
+    let next = body(w.token(w.alice.id, &slug).await, 200).await;
+    assert_eq!(next["refreshed"], true, "the rotated refresh token was kept: {next}");
 }
