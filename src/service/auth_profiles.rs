@@ -978,9 +978,11 @@ impl AuthProfiles {
                     return stored_token(keyring, profile.id, &secrets);
                 }
                 let reason = crate::domain::events::ReauthReason::ExpiredWithoutRefresh;
-                if self.store.mark_needs_reauth(profile.id, secrets.version, reason, now).await? {
-                    tracing::info!(profile_id = %profile.id, "a token expired without a refresh token; the profile needs a reconnection");
+                if !self.store.mark_needs_reauth(profile.id, secrets.version, reason, now).await? {
+                    // The row changed meanwhile (a reconnection, say): read it again.
+                    continue;
                 }
+                tracing::info!(profile_id = %profile.id, "a token expired without a refresh token; the profile needs a reconnection");
                 return Err(AuthProfileError::NeedsReauth);
             };
             let owner = uuid::Uuid::new_v4();

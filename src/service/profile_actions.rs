@@ -446,6 +446,11 @@ impl<'a> ProfileActions<'a> {
         }
         let mut refused = token;
         let mut fresh = refused.refreshed;
+        // Nothing to refresh with (the row as read holds the refused token): the test's verdict,
+        // not an expiry it did not see ("expired_without_refresh").
+        if !refused.refreshed && before.refresh_token.is_none() && refused.version == Some(before.version) {
+            return self.needs_reauth(&profile, refused.version, Some(401), TestFailure::InvalidToken, false).await;
+        }
         if !refused.refreshed {
             // Refused before it expired: refresh it once (unless someone just did) and try again.
             // The refused token's own version: one refreshed by someone else since `before` was

@@ -617,6 +617,13 @@ async fn a_refused_token_is_refreshed_once_then_marks_the_profile(backend: Backe
         json!({"ok": false, "status": 401, "error": "invalid_token", "refreshed": false, "profile_status": "needs_reauth"})
     );
     assert_eq!(w.issuer.refreshes(), 3, "nothing to refresh with");
+    // Marked for what the test found, not for an expiry: the token had not expired.
+    let sql = w.app.db.sql().await;
+    let marked = sql
+        .texts("SELECT CAST(payload AS TEXT) FROM outbox_events WHERE topic = 'auth_profile.needs_reauth' ORDER BY seq")
+        .await;
+    let last: Value = serde_json::from_str(marked.last().unwrap()).unwrap();
+    assert_eq!(last["reason"], "test_failed", "{marked:?}");
     // A test of a profile that needs a reconnection says so, without asking the provider.
     let again = w.post(w.alice.id, "/auth-profiles/mail/test").await;
     assert_eq!(body(again, 409).await["code"], "needs_reauth");
