@@ -439,3 +439,7 @@ CREATE INDEX connect_tokens_user_id_idx ON connect_tokens (user_id);
 CREATE INDEX audit_events_actor_id_idx ON audit_events (actor_id, id);
 
 CREATE INDEX audit_events_actor_name_idx ON audit_events (actor_name, id);
+
+CREATE INDEX outbox_events_processed_seq_idx ON outbox_events (seq) WHERE processed_at IS NOT NULL;
+
+CREATE INDEX outbox_events_processed_created_idx ON outbox_events (created_at) WHERE processed_at IS NOT NULL;

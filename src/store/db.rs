@@ -83,6 +83,7 @@ embedded_migrations! {
     28 "0028_session_authenticated_at" "session_authenticated_at",
     29 "0029_audit_actor_indexes" "audit_actor_indexes",
     30 "0030_login_state_salt" "login_state_salt",
+    31 "0031_processed_event_indexes" "processed_event_indexes",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would
