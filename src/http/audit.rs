@@ -486,7 +486,9 @@ pub async fn team_member_changed(
     }
     let event = NewAuditEvent::new(ActorKind::User, action)
         .actor(Some(acting.to_string()), None)
-        .target("team", team.to_owned())
+        // A team id in its canonical form (as every other id is recorded), whatever the path's
+        // spelling; a slug as named.
+        .target("team", uuid::Uuid::try_parse(team).map_or_else(|_| team.to_owned(), |id| id.to_string()))
         .request(request_id(headers))
         .details(details);
     state.audit.record_change(event).await;

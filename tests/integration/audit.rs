@@ -286,6 +286,13 @@ async fn members_changed_by_a_team_owner_are_recorded(backend: Backend) {
         assert!(row["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{row}");
     }
     assert_eq!(rows[1]["details"]["role"], "owner");
+    // A team named by its id in another spelling is recorded under its canonical id.
+    let team_id = ada_me["teams"][0]["id"].as_str().unwrap();
+    let upper = w.app.url(&format!("/v1/teams/{}/members", team_id.to_uppercase()));
+    let added = ada.json(Method::POST, &upper, &json!({ "user_id": bob_id, "role": "member" })).await;
+    assert_eq!(added.status(), StatusCode::CREATED);
+    let by_id = audit(&w.app, &format!("target_kind=team&target_id={team_id}")).await;
+    assert_eq!(actions(&by_id), ["team.member_added"]);
     // A team an admin creates with an owner: the row names who was made its owner.
     let guild = json!({ "slug": "guild", "name": "Guild", "owner": ada_id });
     let guild = body(w.app.admin(Method::POST, "/admin/teams").json(&guild).send().await.unwrap(), 201).await;
