@@ -470,7 +470,21 @@ impl DatabaseUrl {
             }
             Backend::Sqlite
         } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
-            url::Url::parse(value).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            let url = url::Url::parse(value).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            for (name, value) in url.query_pairs() {
+                // Named, never with its value (a libpq parameter such as `sslpassword` is one).
+                if !PG_PARAMETERS.contains(&name.as_ref()) && !name.starts_with("options[") {
+                    return Err(format!(
+                        "the PostgreSQL URL has the parameter `{name}`, which Tessera's driver does not read (it reads {})",
+                        PG_PARAMETERS.join(", ")
+                    ));
+                }
+                if matches!(name.as_ref(), "sslmode" | "ssl-mode")
+                    && !SSL_MODES.contains(&value.to_ascii_lowercase().as_str())
+                {
+                    return Err(format!("sslmode must be one of {}", SSL_MODES.join(", ")));
+                }
+            }
             Backend::Postgres
         } else {
             return Err("expected a URL starting with sqlite: or postgres://".into());
@@ -488,18 +502,22 @@ impl DatabaseUrl {
         self.url.expose_secret()
     }
 
-    /// The URL with any password replaced by `***`: the user-info's, and a `password` query
-    /// parameter's (which the driver reads as well).
+    /// The URL with any password replaced by `***`: the user-info's, and the value of every query
+    /// parameter but those known to hold no secret (`sslmode`, `host`, a certificate's path…).
     pub fn redacted(&self) -> String {
         let Ok(mut url) = url::Url::parse(self.expose()) else { return self.expose().to_owned() };
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
-        if url.query_pairs().any(|(name, _)| name == "password") {
+        if url.query_pairs().any(|(name, _)| !NOT_SECRET_PARAMETERS.contains(&name.as_ref())) {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(name, value)| {
-                    let value = if name == "password" { "***".to_owned() } else { value.into_owned() };
+                    let value = if NOT_SECRET_PARAMETERS.contains(&name.as_ref()) {
+                        value.into_owned()
+                    } else {
+                        "***".to_owned()
+                    };
                     (name.into_owned(), value)
                 })
                 .collect();
@@ -520,6 +538,57 @@ impl fmt::Display for DatabaseUrl {
         f.write_str(&self.redacted())
     }
 }
+
+/// The query parameters of a PostgreSQL URL that sqlx reads (besides `options[…]`): any other is
+/// refused, rather than ignored — and logged with its value — by the driver.
+const PG_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The values of `sslmode`.
+const SSL_MODES: &[&str] = &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
+
+/// The query parameters of a database URL shown as they are in messages; every other's value is
+/// `***`.
+const NOT_SECRET_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "application_name",
+    "mode",
+    "cache",
+    "immutable",
+    "vfs",
+];
 
 /// The default database: a SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tessera.db";
@@ -1621,6 +1690,16 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://u@db.example/tessera?sslmode=require&password=hunter2").unwrap();
         assert_eq!(url.to_string(), "postgres://u@db.example/tessera?sslmode=require&password=***");
         assert!(!format!("{url:?}").contains("hunter2"));
+        // So does `options`, which may carry anything: masked too.
+        let url = DatabaseUrl::parse("postgres://u@db.example/t?application_name=a&options=-c%20x%3Dhunter2").unwrap();
+        assert_eq!(url.to_string(), "postgres://u@db.example/t?application_name=a&options=***");
+        // A parameter the driver does not read (libpq's `sslpassword`) is refused by name, never
+        // shown with its value; so is an sslmode the driver does not know (a typo).
+        let refused = DatabaseUrl::parse("postgres://u@db.example/t?sslpassword=hunter2").unwrap_err();
+        assert!(refused.contains("`sslpassword`") && !refused.contains("hunter2"), "{refused}");
+        let refused = DatabaseUrl::parse("postgres://u@db.example/t?sslmode=requir").unwrap_err();
+        assert!(refused.starts_with("sslmode must be one of"), "{refused}");
+        assert!(DatabaseUrl::parse("postgres://u@db.example/t?sslmode=Verify-Full&options[search_path]=x").is_ok());
     }
 
     #[test]
