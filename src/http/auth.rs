@@ -179,7 +179,9 @@ pub(super) fn already_signed_in(
 ) -> Response {
     let signed_in = errors::Context { return_to: None, signed_in: true };
     let provider = match state.flows.provider(provider) {
-        Ok(provider) => provider.name().to_owned(),
+        Ok(found) => Some(found.name().to_owned()),
+        // None named, and no default among several: signing in anew goes through the chooser.
+        Err(_) if provider.is_none() => None,
         Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
     };
     let return_to = match return_to.filter(|r| !r.is_empty()) {
@@ -190,7 +192,7 @@ pub(super) fn already_signed_in(
         None => None,
     };
     let go_on = continue_to(state, return_to.as_deref());
-    account_choice(state, live, "You are already signed in", Some(&provider), &go_on, return_to.as_deref())
+    account_choice(state, live, "You are already signed in", provider.as_deref(), &go_on, return_to.as_deref())
 }
 
 /// A page that lets a signed-in browser go on as who it is (to `go_on`) or sign in anew through

@@ -1351,6 +1351,16 @@ async fn a_fresh_login_asked_for_survives_the_provider_chooser(backend: Backend)
     let first = pick(&mut browser, "").await;
     assert_eq!(param(&location(&first), "prompt"), None, "an ordinary sign-in");
     assert!(param(&follow(&mut browser, location(&first)).await, "code").is_some());
+    // Another site's `prompt=login` asks the signed-in browser first here too, rather than
+    // showing the chooser, a click on which (this origin's) would end its session unasked.
+    let sessions = w.app.db.sql().await.count("sessions").await;
+    let url = authorize_url(&w.app, &client, &challenge, "&prompt=login");
+    let asked = browser.request_from("cross-site", Method::GET, &url).await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    let page = asked.text().await.unwrap();
+    assert!(page.contains("You are already signed in"), "{page}");
+    assert!(page.contains("href=\"/login?return_to="), "signing in anew goes by the chooser: {page}");
+    assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "the session lives");
     let again = pick(&mut browser, "&prompt=login").await;
     let upstream = location(&again);
     assert!(upstream.starts_with(w.issuer.issuer()), "{upstream}");
