@@ -522,6 +522,21 @@ async fn a_connect_link_is_bound_to_its_user_and_single_use(backend: Backend) {
     w.app.db.sql().await.exec(&format!("UPDATE connect_tokens SET expires_at = {past}")).await.unwrap();
     let expired = w.alice.browser.get(&second).await;
     assert_eq!(body(expired, 404).await["code"], "invalid_connect_link");
+    // A "token" that is not of a token's form is no link, whoever opens it — not a path that
+    // the page's own links would carry elsewhere on this origin: with the store failing, a
+    // signed-in browser's error page offers to try this page again.
+    let sql = w.app.db.sql().await;
+    sql.exec("ALTER TABLE connect_tokens RENAME TO connect_tokens_away").await.unwrap();
+    for page in ["oauth/start", "env"] {
+        let forged = w.app.url(&format!("/connect/..%2F..%2Fauth%2Flink%3Fprovider%3Dlocal/{page}"));
+        let opened = w.alice.browser.navigate(&forged).await;
+        let status = opened.status();
+        let text = opened.text().await.unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{page}: {text}");
+        assert!(text.contains("invalid_connect_link"), "{page}: {text}");
+        assert!(!text.contains("auth/link"), "{page}: {text}");
+    }
+    sql.exec("ALTER TABLE connect_tokens_away RENAME TO connect_tokens").await.unwrap();
 }
 
 async fn signing_out_while_connecting_says_so_and_revokes_the_tokens(backend: Backend) {

@@ -70,7 +70,7 @@ async fn show_connect(
     PagePath(token): PagePath<String>,
 ) -> Response {
     // "Sign in" (as the right user) comes back to this link, still unused.
-    let here = format!("/connect/{token}/oauth/start");
+    let Some(here) = super::connect_page(&token, "oauth/start") else { return super::not_a_link(&state, &headers) };
     let signed_in = match live_session(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,
@@ -127,7 +127,7 @@ async fn start_connect(
     PagePath(token): PagePath<String>,
     PageBytes(body): PageBytes,
 ) -> Response {
-    let here = format!("/connect/{token}/oauth/start");
+    let Some(here) = super::connect_page(&token, "oauth/start") else { return super::not_a_link(&state, &headers) };
     let signed_in = match live_session(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,

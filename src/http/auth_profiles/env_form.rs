@@ -124,7 +124,7 @@ async fn show_env_form(
     headers: HeaderMap,
     PagePath(token): PagePath<String>,
 ) -> Response {
-    let here = format!("/connect/{token}/env");
+    let Some(here) = super::connect_page(&token, "env") else { return super::not_a_link(&state, &headers) };
     let (user, cookie_value) = match signed_in(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,
@@ -154,7 +154,7 @@ async fn submit_env_form(
     PagePath(token): PagePath<String>,
     PageBytes(body): PageBytes,
 ) -> Response {
-    let here = format!("/connect/{token}/env");
+    let Some(here) = super::connect_page(&token, "env") else { return super::not_a_link(&state, &headers) };
     let (user, cookie_value) = match signed_in(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,
