@@ -473,7 +473,8 @@ async fn complete_callback(
             Err(error) => {
                 let error = ApiError::from(error);
                 super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
-                with_cookie(state.pages.error(&headers, error), clear_login)
+                // As the other failures of a connection: the signed-in browser is not sent to sign in.
+                with_cookie(state.pages.unfinished_flow(&headers, error, current_user.is_some()), clear_login)
             }
         };
     }
@@ -535,7 +536,11 @@ async fn confirm_logout(State(state): State<Arc<AppState>>, headers: HeaderMap) 
                 .render(StatusCode::OK, &LogoutPage { chrome: state.pages.chrome(true), who, csrf: csrf::token(value) })
         }
         Ok(None) => signed_out(&state, Some(state.cookies.clear(state.cookies.session()))),
-        Err(error) => state.pages.error(&headers, error.into()),
+        // Still signed in as far as anyone knows: "try again" comes back here, not to a sign-in.
+        Err(error) => {
+            let context = errors::Context { return_to: Some("/auth/logout".into()), signed_in: true };
+            state.pages.error_in(&headers, error.into(), &context)
+        }
     }
 }
 

@@ -661,6 +661,10 @@ async fn providers_show_built_in_configured_or_monogram_icons(backend: Backend) 
     assert_eq!(browser.get(&app.url("/assets/icons/github")).await.status(), StatusCode::NOT_FOUND);
     // A name that does not decode is no icon either: the same problem+json 404, not a plain-text 400.
     assert_eq!(body(browser.get(&app.url("/assets/icons/%FF.svg")).await, 404).await["code"], "not_found");
+    // Opened in a browser, the page of any path that does not exist.
+    let opened = browser.navigate(&app.url("/assets/icons/nope.svg")).await;
+    assert_eq!(opened.status(), StatusCode::NOT_FOUND);
+    assert!(opened.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
 }
 
 /// Served over HTTPS (`auth.cookie_secure`, the default), every answer — pages, redirects, the

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 on_both_backends!(
     a_sign_in_creates_a_user_and_a_session,
+    a_sign_out_page_that_cannot_read_the_session_offers_itself_again,
     the_session_cookie_is_secure_by_default,
     a_replayed_state_is_refused,
     a_callback_without_the_browser_cookie_is_refused,
@@ -1217,6 +1218,23 @@ async fn sessions_end_when_idle_expired_or_logged_out(backend: Backend) {
     assert!(!browser.cookies.contains_key("tessera_session"), "the cookie is cleared");
     browser.cookies.insert("tessera_session".into(), cookie);
     assert_eq!(browser.me(&w.app).await.status(), StatusCode::UNAUTHORIZED, "the session row is gone");
+}
+
+/// `GET /auth/logout` while the store cannot say whose session it is: the browser is still
+/// signed in as far as anyone knows, so the page offers to try the sign-out again, not a sign-in.
+async fn a_sign_out_page_that_cannot_read_the_session_offers_itself_again(backend: Backend) {
+    let w = world_with(backend, |config, _| config.cache.principal_ttl = std::time::Duration::ZERO).await;
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let sql = w.app.db.sql().await;
+    sql.exec("ALTER TABLE sessions RENAME TO sessions_away").await.unwrap();
+    let page = browser.navigate(&w.app.url("/auth/logout")).await;
+    let status = page.status();
+    let text = page.text().await.unwrap();
+    sql.exec("ALTER TABLE sessions_away RENAME TO sessions").await.unwrap();
+    assert!(status.is_server_error(), "{status}: {text}");
+    assert!(text.contains("href=\"/auth/logout\""), "{text}");
+    assert!(!text.contains("href=\"/login"), "{text}");
 }
 
 /// Forward-auth of an app on another host of the same site: the proxy's subrequest carries what

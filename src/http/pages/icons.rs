@@ -99,14 +99,18 @@ pub fn of_providers(
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The icon.", body = String, content_type = "image/svg+xml")),
     security(()),
 )]
-pub async fn serve_icon(file: Result<ApiPath<String>, ApiError>) -> Response {
-    // A name that does not decode (`%FF`) is no icon's either: the same 404, in problem+json.
-    let Ok(ApiPath(file)) = file else {
-        return super::super::not_found().await.into_response();
-    };
-    let svg = file.strip_suffix(".svg").and_then(|name| BUILT_IN.iter().find(|(n, _)| *n == name)).map(|(_, s)| *s);
+pub async fn serve_icon(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::http::AppState>>,
+    headers: axum::http::HeaderMap,
+    file: Result<ApiPath<String>, ApiError>,
+) -> Response {
+    // A name that does not decode (`%FF`) is no icon's either: the same 404 — a page for a
+    // browser, problem+json otherwise, as for any path that does not exist.
+    let svg = file.ok().and_then(|ApiPath(file)| {
+        file.strip_suffix(".svg").and_then(|name| BUILT_IN.iter().find(|(n, _)| *n == name)).map(|(_, s)| *s)
+    });
     let Some(svg) = svg else {
-        return super::super::not_found().await.into_response();
+        return state.pages.error(&headers, super::super::not_found().await);
     };
     let mut response = svg.into_response();
     let headers = response.headers_mut();
