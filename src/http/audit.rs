@@ -294,9 +294,11 @@ pub async fn record_admin_action(
     let actor = match request.extensions().get::<AdminActor>().copied() {
         Some(actor) => actor,
         None if route.starts_with("/admin/") => return next.run(request).await,
+        // Only where it names the user it acts for: an admin token sent to a route that acts
+        // for nobody (`/v1/auth/discover`, `/oauth/token`) changes nothing in anyone's name.
         None => match admin_token_of(&state, request.headers()) {
-            Some(actor) => actor,
-            None => return next.run(request).await,
+            Some(actor) if on_behalf_of(&request).is_some() => actor,
+            _ => return next.run(request).await,
         },
     };
     let on_behalf_of = (!route.starts_with("/admin/")).then(|| on_behalf_of(&request)).flatten();

@@ -253,6 +253,14 @@ async fn changes_an_admin_token_makes_on_behalf_of_a_user_are_recorded(backend: 
     }
     assert_eq!(rows[1]["request_id"], "req-on-behalf");
     assert_eq!(audit(&app, "").await.len(), 4, "two bootstraps and the two changes");
+    // An admin token sent to a route that acts for nobody is not an admin change.
+    let discover = app
+        .client
+        .post(app.url("/v1/auth/discover"))
+        .header("x-admin-token", crate::helpers::ADMIN_TOKEN)
+        .json(&json!({ "email": "ada@example.com" }));
+    assert!(discover.send().await.unwrap().status().is_success());
+    assert_eq!(audit(&app, "").await.len(), 4, "nothing recorded for it");
 }
 
 /// A team owner who adds, promotes or removes a member with their own session (no admin token)
