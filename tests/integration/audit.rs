@@ -668,14 +668,13 @@ async fn an_admin_change_whose_client_hangs_up_is_made_and_recorded() {
     let user = body(bootstrap.send().await.unwrap(), 201).await["user_id"].as_str().unwrap().to_owned();
     let sql = app.db.sql().await;
     sql.inject("UPDATE", "users", None, "", "PERFORM pg_sleep(1); RETURN NEW;").await;
-    let hasty = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
-    let disable = hasty
-        .patch(app.url(&format!("/admin/users/{user}")))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "disabled": true }))
-        .send()
-        .await;
-    assert!(disable.unwrap_err().is_timeout(), "the client hung up first");
+    let disable = app.admin(Method::PATCH, &format!("/admin/users/{user}")).json(&json!({ "disabled": true })).send();
+    let disable = tokio::spawn(disable);
+    // The client hangs up once the change is under way (its statement in the trigger's sleep).
+    let sleeping = "pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'";
+    eventually("the change is under way", || async { sql.count(sleeping).await > 0 }).await;
+    disable.abort();
+    assert!(disable.await.unwrap_err().is_cancelled(), "the client hung up first");
     eventually("the change is recorded", || async { actions(&audit(&app, "action=user.disabled").await).len() == 1 })
         .await;
     sql.remove_injected("users").await;

@@ -414,7 +414,10 @@ async fn concurrent_migrate_runs_apply_each_migration_once(backend: Backend) {
         assert_eq!(output.code, 0, "{}{}", output.stdout, output.stderr);
     }
     let sql = db.sql().await;
-    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    let folder = match backend {
+        Backend::Sqlite => concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"),
+        Backend::Postgres => concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"),
+    };
     let migrations = std::fs::read_dir(folder).unwrap().count();
     assert_eq!(sql.count("_sqlx_migrations").await, migrations as i64);
     assert_eq!(sql.count("(SELECT DISTINCT version FROM _sqlx_migrations) AS applied").await, migrations as i64);

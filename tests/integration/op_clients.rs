@@ -652,6 +652,10 @@ async fn an_assertion_at_the_end_of_its_leeway_is_still_single_use(backend: Back
         }
         let replay = service.authenticate(&assertion(&token), &endpoints).await.unwrap_err();
         assert_eq!(replay.oauth_error(), "invalid_client", "{}", replay.description());
+        // Refused as expired, the replay fell into the next second: it proves nothing; again.
+        if !replay.description().contains("used before") {
+            continue;
+        }
         app.stop().await;
         return;
     }

@@ -14,10 +14,12 @@ async fn readiness_fails_within_its_bound_while_postgres_is_down() {
     let relay = Relay::start(&db.url).await;
     let mut config = db.config();
     config.database.url = DatabaseUrl::parse(&relay.url).unwrap();
-    // The defaults: readiness must not wait for the pool's 5 s acquire timeout.
+    // Readiness must not wait for the pool's acquire timeout: made 20 s here, so that a
+    // loaded machine's slowness cannot pass for that wait, nor that wait for slowness.
     let bound = config.database.ready_timeout;
+    config.database.acquire_timeout = Duration::from_secs(20);
     let pool = config.database.acquire_timeout;
-    assert!(bound < Duration::from_secs(1) && pool >= Duration::from_secs(5));
+    assert!(bound < Duration::from_secs(1));
     let app = TestApp::start(db, &config).await;
     let ready = body(app.client.get(app.url("/readyz")).send().await.unwrap(), 200).await;
     assert_eq!(ready["status"], "ready");
@@ -31,7 +33,7 @@ async fn readiness_fails_within_its_bound_while_postgres_is_down() {
         // Not a timing test of the bound itself (a loaded machine may take longer): whether it
         // waited for the pool.
         assert!(
-            elapsed < pool - Duration::from_secs(1),
+            elapsed < pool / 2,
             "attempt {attempt}: /readyz answered after {elapsed:?}: it waited for the pool ({pool:?}), not its bound of {bound:?}"
         );
     }

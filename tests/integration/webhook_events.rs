@@ -150,7 +150,7 @@ async fn the_new_events_reach_an_endpoint_once_with_their_payloads(backend: Back
 }
 
 async fn a_rotated_key_signs_beside_the_new_one_until_the_overlap_ends(backend: Backend) {
-    const OVERLAP: Duration = Duration::from_secs(4);
+    const OVERLAP: Duration = Duration::from_secs(10);
     let app = TestApp::spawn_with(backend, |config| {
         with_keyring(config);
         config.webhooks.secret_overlap = OVERLAP;
