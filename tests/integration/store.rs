@@ -42,6 +42,7 @@ on_both_backends!(
     a_replay_longer_than_a_page_schedules_every_event_it_wants,
     old_events_go_once_no_delivery_of_theirs_is_pending,
     a_sweep_never_deletes_an_event_a_replay_scheduled,
+    concurrent_sweeps_delete_each_old_event_once,
     a_replay_racing_the_endpoints_deletion_ends_without_an_error,
     each_change_writes_one_outbox_event_in_its_transaction,
     // Schema and connection
@@ -4888,6 +4889,37 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     assert_eq!(service(None).sweep().await.unwrap(), 0);
     assert_eq!(service(Some(std::time::Duration::from_secs(30 * 86_400))).sweep().await.unwrap(), 1);
     assert_eq!(topics().await, ["user.created", "user.enabled", "user.created", "user.created"]);
+}
+
+/// Retention sweeps of several instances at once skip each other's rows: none fails, and every
+/// event deleted is counted by exactly one of them.
+async fn concurrent_sweeps_delete_each_old_event_once(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let sql = db.sql().await;
+    let (long_ago, cutoff) = (now() - TimeDelta::days(40), now() - TimeDelta::days(30));
+    let ada = sign_up(&store, "ada").await.id();
+    for i in 0..60 {
+        set_user_disabled(&store, ada, i % 2 == 0, long_ago + TimeDelta::seconds(i)).await.unwrap();
+    }
+    // A recent one after them, so that the last old one fanned out may go too.
+    sign_up(&store, "bob").await;
+    store.fan_out_events(100, None, now()).await.unwrap();
+    let old = "outbox_events WHERE topic <> 'user.created'";
+    assert_eq!(sql.count(old).await, 60);
+    let sweeps: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.delete_old_events(cutoff, 10).await.unwrap() })
+        })
+        .collect();
+    let mut deleted = 0;
+    for sweep in sweeps {
+        deleted += sweep.await.unwrap();
+    }
+    assert!(deleted > 0);
+    assert_eq!(sql.count(old).await, 60 - deleted as i64, "each deleted event counted once");
+    while store.delete_old_events(cutoff, 10).await.unwrap() > 0 {}
+    assert_eq!(sql.count(old).await, 0);
 }
 
 async fn a_sweep_never_deletes_an_event_a_replay_scheduled(backend: Backend) {
