@@ -182,10 +182,12 @@ async fn a_second_signal_stops_a_draining_server_at_once() {
     // An issuer whose keys never come: a token of it is in flight until the fetch times out.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let keys = format!("http://{}/jwks", silent.local_addr().unwrap());
+    let (reached, mut fetching) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = silent.accept().await {
             held.push(stream);
+            reached.send_replace(true);
         }
     });
     let issuers = format!("[{{issuer = \"https://slow.example.com\", audiences = [\"api\"], jwks_uri = \"{keys}\"}}]");
@@ -207,7 +209,11 @@ async fn a_second_signal_stops_a_draining_server_at_once() {
     );
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let in_flight = tokio::spawn(client.post(format!("http://{addr}/v1/validate")).bearer_auth(token).send());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight: its key fetch has reached the silent server.
+    tokio::time::timeout(Duration::from_secs(30), fetching.wait_for(|reached| *reached))
+        .await
+        .expect("the request's key fetch reached the issuer")
+        .unwrap();
     let pid = child.id().expect("running").to_string();
     Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -66,6 +66,9 @@ async fn identity_on(pool: &PgPool, subject: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_validate_right_after_a_bootstrap_never_fails_on_a_lagging_replica() {
     let (app, issuer, delayed) = app_on_replica("TESSERA_TEST_PG_DELAYED_REPLICA_URL").await;
+    // Whether the replica still lagged when each round was done (the rounds that ran past its
+    // 2 s delay, on a loaded machine, checked the easy case only).
+    let mut lagged = 0;
     for i in 0..5 {
         let subject = format!("fresh-{i}");
         let mut claim = identity(&subject, "fresh@example.com", None);
@@ -77,8 +80,9 @@ async fn a_validate_right_after_a_bootstrap_never_fails_on_a_lagging_replica() {
         assert_eq!(validated["created"], false, "found on the primary, not provisioned twice");
         let me = app.client.get(app.url("/v1/me")).bearer_auth(&token).send().await.unwrap();
         assert_eq!(body(me, 200).await["id"], booted["user_id"]);
-        assert!(!identity_on(&delayed, &subject).await, "the replica really lagged behind the primary");
+        lagged += usize::from(!identity_on(&delayed, &subject).await);
     }
+    assert!(lagged > 0, "the replica never lagged behind the primary: nothing was checked");
     assert_eq!(app.db.sql().await.count("users").await, 5);
 }
 
@@ -209,7 +213,7 @@ async fn a_failed_replica_is_left_alone_for_a_while() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The failed check's connection attempts end within the acquire timeout.
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
     let after_check = attempts.load(Ordering::SeqCst);
     for _ in 0..5 {
         body(discover().await.unwrap(), 200).await;

@@ -128,8 +128,9 @@ async fn shutdown_closes_connections_left_open_at_the_deadline() {
         )
         .await
         .unwrap();
-    // The request is in flight before the shutdown begins.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The request is in flight before the shutdown begins (its head read: nothing outside the
+    // server can see that, so a generous pause).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(10), app.stop()).await.expect("the server stopped by its deadline");
     let took = started.elapsed();
