@@ -19,7 +19,7 @@ use askama::Template;
 use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -44,6 +44,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/auth/link", get(start_link).post(start_link_form))
         .route("/auth/callback/{provider}", get(complete_callback))
         .route("/auth/logout", get(confirm_logout).post(logout))
+        .route("/auth/continue", post(keep_session))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -192,7 +193,74 @@ pub(super) fn already_signed_in(
         None => None,
     };
     let go_on = continue_to(state, return_to.as_deref());
-    account_choice(state, live, "You are already signed in", provider.as_deref(), &go_on, return_to.as_deref())
+    let title = "You are already signed in";
+    // Going on as who it is, for an app's authorization request that asked for a new sign-in:
+    // that request is answered (declined) rather than left waiting — a change, so a form.
+    let keeps = return_to.as_deref().filter(|to| state.op.as_ref().is_some_and(|op| op.resumes_a_request(to)));
+    if let (Some(return_to), Ok(Some(session))) = (keeps, cookie(headers, state.cookies.session())) {
+        let fields =
+            vec![(csrf::FIELD.to_owned(), csrf::token(session)), ("return_to".to_owned(), return_to.to_owned())];
+        let go_on = GoOn::Post { href: KEEP_SESSION_PATH, fields };
+        return account_choice(state, live, title, provider.as_deref(), go_on, Some(return_to));
+    }
+    account_choice(state, live, title, provider.as_deref(), GoOn::Link(&go_on), return_to.as_deref())
+}
+
+/// Where "Continue as …" goes: a link, or a form posted (with its fields).
+pub(super) enum GoOn<'a> {
+    /// A link.
+    Link(&'a str),
+    /// A form posted to `href`.
+    Post {
+        /// Where.
+        href: &'static str,
+        /// Its fields.
+        fields: Vec<(String, String)>,
+    },
+}
+
+/// The path of [`keep_session`] (its route names it too).
+const KEEP_SESSION_PATH: &str = "/auth/continue";
+
+/// `POST /auth/continue`: "Continue as …" on the question asked of a browser signed in here
+/// that another site sent to sign in again for an app's authorization request (`prompt=login`,
+/// `max_age`, another user's hint): the person keeps their session, so the new sign-in the request asked for will not
+/// happen — the request is used up and its app told `access_denied` (RFC 6749 4.1.2.1) rather
+/// than left waiting. A request already gone, or none: the account page.
+#[utoipa::path(
+    post,
+    path = "/auth/continue",
+    tag = "pages",
+    operation_id = "keep_session",
+    summary = "\"Continue as …\" where another site sent a signed-in browser to sign in again for an app: the app is told access_denied.",
+    request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(crate::http::openapi::PageResponses),
+    security(("session" = [])),
+)]
+async fn keep_session(State(state): State<Arc<AppState>>, headers: HeaderMap, PageBytes(body): PageBytes) -> Response {
+    let fields = csrf::form_fields(&body);
+    let session = match cookie(&headers, state.cookies.session()) {
+        Ok(Some(session)) => session,
+        Ok(None) => {
+            return state.pages.error(
+                &headers,
+                ApiError::new(
+                    crate::error::ErrorCode::MissingCredentials,
+                    "sign in first: this answers a question asked of a signed-in browser",
+                ),
+            );
+        }
+        Err(error) => return state.pages.error(&headers, error),
+    };
+    if let Err(error) = csrf::check(&headers, session, csrf::field(&fields, csrf::FIELD)) {
+        return state.pages.error(&headers, error);
+    }
+    let return_to = csrf::field(&fields, "return_to");
+    let description = "the user kept their current session rather than sign in again";
+    match app_told(&state, return_to, description).await {
+        Some(to) => redirect(&to, &[]),
+        None => redirect(&continue_to(&state, None), &[]),
+    }
 }
 
 /// A page that lets a signed-in browser go on as who it is (to `go_on`) or sign in anew through
@@ -203,7 +271,7 @@ pub(super) fn account_choice(
     live: &crate::service::sessions::LiveSession,
     title: &str,
     provider: Option<&str>,
-    go_on: &str,
+    go_on: GoOn<'_>,
     return_to: Option<&str>,
 ) -> Response {
     let who = who(&live.profile.user);
@@ -222,8 +290,11 @@ pub(super) fn account_choice(
                  ends this browser's session here."
             ),
         )
+    };
+    let message = match go_on {
+        GoOn::Link(to) => message.action(format!("Continue as {who}"), to.to_owned()),
+        GoOn::Post { href, fields } => message.post_action(format!("Continue as {who}"), href, fields),
     }
-    .action(format!("Continue as {who}"), go_on.to_owned())
     .action(format!("Sign in with {through}"), href);
     state.pages.message(StatusCode::OK, message)
 }
@@ -440,7 +511,9 @@ async fn complete_callback(
             super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
             if action == FlowAction::SignIn
                 && cancelled
-                && let Some(to) = app_told(&state, context.return_to.as_deref()).await
+                && let Some(to) =
+                    app_told(&state, context.return_to.as_deref(), "the sign-in was cancelled at the upstream provider")
+                        .await
             {
                 return redirect(&to, &[clear_login]);
             }
@@ -712,8 +785,7 @@ pub(super) fn device_label(user_agent: &str) -> Option<String> {
 /// failure shows the page, whose "try again" resumes the request: a provider's other errors may
 /// be cured by a retry or by the operator, and a `login_not_fresh` sent on to the app as
 /// `login_required` would have it ask again, the provider answer silently again, round and round.
-async fn app_told(state: &AppState, return_to: Option<&str>) -> Option<String> {
-    let description = "the sign-in was cancelled at the upstream provider";
+async fn app_told(state: &AppState, return_to: Option<&str>, description: &str) -> Option<String> {
     let (op, return_to) = (state.op.as_ref()?, return_to?);
     match op.give_up(return_to, "access_denied", description).await {
         Ok(to) => to,

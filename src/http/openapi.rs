@@ -117,6 +117,7 @@ async fn openapi_json() -> Response {
         crate::http::auth::complete_callback,
         crate::http::auth::confirm_logout,
         crate::http::auth::logout,
+        crate::http::auth::keep_session,
         crate::http::login::home,
         crate::http::login::show_login,
         crate::http::login::submit_login,

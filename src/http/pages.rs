@@ -205,12 +205,14 @@ pub struct Action {
     pub label: String,
     /// Where it goes (a local path, or a configured URL).
     pub href: String,
+    /// A form's fields, posted to `href`; none for a link.
+    pub fields: Vec<(String, String)>,
 }
 
 impl Action {
     /// A next step.
     pub fn new(label: impl Into<String>, href: impl Into<String>) -> Self {
-        Self { label: label.into(), href: href.into() }
+        Self { label: label.into(), href: href.into(), fields: Vec::new() }
     }
 }
 
@@ -238,6 +240,17 @@ impl Message {
     /// Adds a next step.
     pub fn action(mut self, label: impl Into<String>, href: impl Into<String>) -> Self {
         self.actions.push(Action::new(label, href));
+        self
+    }
+
+    /// Adds a next step that posts `fields` to `href` (a change, which a link must not make).
+    pub fn post_action(
+        mut self,
+        label: impl Into<String>,
+        href: impl Into<String>,
+        fields: Vec<(String, String)>,
+    ) -> Self {
+        self.actions.push(Action { fields, ..Action::new(label, href) });
         self
     }
 }

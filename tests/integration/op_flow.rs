@@ -1713,6 +1713,26 @@ async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend:
         let upstream = location(&started);
         assert!(upstream.starts_with(w.issuer.issuer()), "{forcing}: {upstream}");
         assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "{forcing}: {upstream}");
+        // "Continue as …" keeps the session, and the app is told so rather than left waiting.
+        assert!(page.contains("action=\"/auth/continue\""), "{forcing}: {page}");
+        let field = |name: &str| {
+            let value = page.split(&format!("name=\"{name}\" value=\"")).nth(1).unwrap().split('"').next().unwrap();
+            value.replace("&amp;", "&").replace("&#38;", "&").replace("&#x2f;", "/").replace("&#47;", "/")
+        };
+        let (csrf, return_to) = (field("csrf"), field("return_to"));
+        let form = [("csrf", csrf.as_str()), ("return_to", return_to.as_str())];
+        let continue_url = w.app.url("/auth/continue");
+        let kept = browser.form(&continue_url, &form).await;
+        assert_eq!(kept.status(), StatusCode::SEE_OTHER, "{forcing}");
+        let told = location(&kept);
+        assert!(told.starts_with(REDIRECT), "{forcing}: {told}");
+        assert_eq!(param(&told, "error").as_deref(), Some("access_denied"), "{forcing}: {told}");
+        assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "{forcing}: the session lives");
+        // Once: the request is used up; the same form again goes to the account page.
+        assert_eq!(location(&browser.form(&continue_url, &form).await), "/account", "{forcing}");
+        // Without the session's token, nothing is answered.
+        let forged = [("csrf", "forged"), ("return_to", return_to.as_str())];
+        assert_eq!(browser.form(&continue_url, &forged).await.status(), StatusCode::FORBIDDEN);
     }
     // From this origin (the chooser, an app on it) the sign-in goes ahead as asked.
     let url = authorize_url(&w.app, &client, &challenge, "&prompt=login");

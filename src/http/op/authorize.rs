@@ -190,7 +190,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
                     live,
                     title,
                     provider.as_deref(),
-                    &continue_to,
+                    crate::http::auth::GoOn::Link(&continue_to),
                     Some(&continue_to),
                 )
             }

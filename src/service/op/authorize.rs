@@ -836,6 +836,13 @@ impl OpenIdProvider {
         Ok(held.auth_after_us.is_some() || held.account_choice)
     }
 
+    /// Whether `return_to` (where a sign-in is to come back to) resumes a held authorization
+    /// request, by its form: whether that request is still there is [`give_up`](Self::give_up)'s
+    /// to find out.
+    pub fn resumes_a_request(&self, return_to: &str) -> bool {
+        resumed_request(return_to).is_some()
+    }
+
     /// Ends the authorization request that a sign-in which failed for good was to resume
     /// (`return_to`, where the sign-in was to come back to): the request is used up and its
     /// client is sent `error` (RFC 6749 4.1.2.1; `access_denied` when the user cancelled at the
