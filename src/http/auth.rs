@@ -546,8 +546,9 @@ async fn complete_callback(
             Err(error) => {
                 let error = ApiError::from(error);
                 super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
-                // As the other failures of a connection: the signed-in browser is not sent to sign in.
-                with_cookie(state.pages.unfinished_flow(&headers, error, current_user.is_some()), clear_login)
+                // A signed-in browser is not sent to sign in (which would end its session).
+                let context = errors::Context { return_to: None, signed_in: current_user.is_some() };
+                with_cookie(state.pages.error_in(&headers, error, &context), clear_login)
             }
         };
     }
