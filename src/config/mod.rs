@@ -455,6 +455,9 @@ impl Backend {
 pub struct DatabaseUrl {
     url: SecretString,
     backend: Backend,
+    /// The names of the URL's query parameters that the driver does not read, taken out of
+    /// [`expose`](Self::expose) (the driver would log their values).
+    ignored: Vec<String>,
 }
 
 impl DatabaseUrl {
@@ -470,26 +473,46 @@ impl DatabaseUrl {
             }
             Backend::Sqlite
         } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
-            let url = url::Url::parse(value).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            let mut url = url::Url::parse(value).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            let (mut read, mut ignored) = (Vec::new(), Vec::new());
             for (name, value) in url.query_pairs() {
-                // Named, never with its value (a libpq parameter such as `sslpassword` is one).
-                if !PG_PARAMETERS.contains(&name.as_ref()) && !name.starts_with("options[") {
-                    return Err(format!(
-                        "the PostgreSQL URL has the parameter `{name}`, which Tessera's driver does not read (it reads {})",
-                        PG_PARAMETERS.join(", ")
-                    ));
-                }
                 if matches!(name.as_ref(), "sslmode" | "ssl-mode")
                     && !SSL_MODES.contains(&value.to_ascii_lowercase().as_str())
                 {
                     return Err(format!("sslmode must be one of {}", SSL_MODES.join(", ")));
                 }
+                // One that asks for a guarantee the driver cannot give is refused, by name: left
+                // out, it would be dropped without a word.
+                if let Some(why) = unkept_guarantee(&name, &value) {
+                    return Err(format!("the PostgreSQL URL's `{name}` {why}: Tessera's driver (sqlx) cannot keep it"));
+                }
+                // A libpq parameter the driver does not read (`connect_timeout`, `sslpassword`):
+                // kept from the driver, which would log its value, and named at start-up
+                // (`ignored_parameters`).
+                match PG_PARAMETERS.contains(&name.as_ref()) || name.starts_with("options[") {
+                    true => read.push((name.into_owned(), value.into_owned())),
+                    false => ignored.push(name.into_owned()),
+                }
+            }
+            if !ignored.is_empty() {
+                if read.is_empty() {
+                    url.set_query(None);
+                } else {
+                    url.query_pairs_mut().clear().extend_pairs(read);
+                }
+                return Ok(Self { url: SecretString::from(url.to_string()), backend: Backend::Postgres, ignored });
             }
             Backend::Postgres
         } else {
             return Err("expected a URL starting with sqlite: or postgres://".into());
         };
-        Ok(Self { url: SecretString::from(value.to_owned()), backend })
+        Ok(Self { url: SecretString::from(value.to_owned()), backend, ignored: Vec::new() })
+    }
+
+    /// The names of the URL's query parameters that the driver does not read: left out of the
+    /// URL it is given, and worth a warning at start-up (never with their values).
+    pub fn ignored_parameters(&self) -> &[String] {
+        &self.ignored
     }
 
     /// Which backend the URL selects.
@@ -540,7 +563,7 @@ impl fmt::Display for DatabaseUrl {
 }
 
 /// The query parameters of a PostgreSQL URL that sqlx reads (besides `options[…]`): any other is
-/// refused, rather than ignored — and logged with its value — by the driver.
+/// left out of the URL the driver gets (which would log it with its value) and named at start-up.
 const PG_PARAMETERS: &[&str] = &[
     "sslmode",
     "ssl-mode",
@@ -561,6 +584,20 @@ const PG_PARAMETERS: &[&str] = &[
     "application_name",
     "options",
 ];
+
+/// What a libpq parameter of a PostgreSQL URL asks for that sqlx cannot do, if anything.
+fn unkept_guarantee(name: &str, value: &str) -> Option<&'static str> {
+    let value = value.to_ascii_lowercase();
+    match name {
+        "channel_binding" if value == "require" => Some("requires channel binding"),
+        "target_session_attrs" if value != "any" => Some("asks for a kind of server"),
+        "gssencmode" if value == "require" => Some("requires GSSAPI encryption"),
+        "sslcrl" | "sslcrldir" => Some("names certificate revocation lists"),
+        "ssl_min_protocol_version" if value == "tlsv1.3" => Some("requires TLS 1.3"),
+        "sslnegotiation" if value == "direct" => Some("asks for direct TLS negotiation"),
+        _ => None,
+    }
+}
 
 /// The values of `sslmode`.
 const SSL_MODES: &[&str] = &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
@@ -1693,10 +1730,21 @@ mod tests {
         // So does `options`, which may carry anything: masked too.
         let url = DatabaseUrl::parse("postgres://u@db.example/t?application_name=a&options=-c%20x%3Dhunter2").unwrap();
         assert_eq!(url.to_string(), "postgres://u@db.example/t?application_name=a&options=***");
-        // A parameter the driver does not read (libpq's `sslpassword`) is refused by name, never
-        // shown with its value; so is an sslmode the driver does not know (a typo).
-        let refused = DatabaseUrl::parse("postgres://u@db.example/t?sslpassword=hunter2").unwrap_err();
-        assert!(refused.contains("`sslpassword`") && !refused.contains("hunter2"), "{refused}");
+        // A parameter the driver does not read (libpq's `sslpassword`, `connect_timeout`) is
+        // kept from it and named, never shown with its value; an sslmode the driver does not know
+        // (a typo) is refused.
+        let url = DatabaseUrl::parse("postgres://u@db.example/t?sslpassword=hunter2&sslmode=require&connect_timeout=5")
+            .unwrap();
+        assert_eq!(url.expose(), "postgres://u@db.example/t?sslmode=require");
+        assert_eq!(url.ignored_parameters(), ["sslpassword", "connect_timeout"]);
+        assert!(!format!("{url:?}").contains("hunter2"));
+        let url = DatabaseUrl::parse("postgres://u@db.example/t?connect_timeout=5").unwrap();
+        assert_eq!(url.expose(), "postgres://u@db.example/t");
+        // One that asks for what the driver cannot do is refused by name, not dropped.
+        let refused = DatabaseUrl::parse("postgres://u:hunter2@db.example/t?channel_binding=require").unwrap_err();
+        assert!(refused.contains("`channel_binding`") && !refused.contains("hunter2"), "{refused}");
+        assert!(DatabaseUrl::parse("postgres://u@db.example/t?channel_binding=prefer").is_ok());
+        assert!(DatabaseUrl::parse("postgres://u@db.example/t?target_session_attrs=read-write").is_err());
         let refused = DatabaseUrl::parse("postgres://u@db.example/t?sslmode=requir").unwrap_err();
         assert!(refused.starts_with("sslmode must be one of"), "{refused}");
         assert!(DatabaseUrl::parse("postgres://u@db.example/t?sslmode=Verify-Full&options[search_path]=x").is_ok());

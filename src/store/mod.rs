@@ -1734,6 +1734,11 @@ pub struct ConfigClientSync {
 
 /// Connects to the database the configuration names.
 pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
+    for (key, url) in [("database.url", Some(&config.url)), ("database.replica_url", config.replica_url.as_ref())] {
+        if let Some(ignored) = url.map(|url| url.ignored_parameters()).filter(|ignored| !ignored.is_empty()) {
+            tracing::warn!(key, parameters = %ignored.join(", "), "the database URL has parameters Tessera's driver does not read: they are ignored");
+        }
+    }
     Ok(Arc::new(SqlStore::connect(config).await?))
 }
 
