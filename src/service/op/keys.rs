@@ -373,7 +373,7 @@ impl KeySet {
 impl SigningKeys {
     /// The service, with the keys published now read from the store (nothing is written: a first
     /// key is made on first use). Fails when the store cannot be read or a key that may still
-    /// sign does not decrypt with `keyring` or its public key is not its own.
+    /// sign does not decrypt with `keyring`.
     pub async fn new(
         store: Arc<dyn Store>,
         keyring: Arc<KeyRing>,
@@ -386,9 +386,9 @@ impl SigningKeys {
         }
     }
 
-    /// [`SigningKeys::new`] without refusing unusable keys, for `tessera keys signing rotate`: a
-    /// rotation needs the current key's id, not its keys, and is the way out when that key's
-    /// ring key is lost or its row was damaged.
+    /// [`SigningKeys::new`] without refusing keys that do not decrypt, for `tessera keys signing
+    /// rotate`: a rotation needs the current key's id, not its private key, and is the way out
+    /// when that key's ring key is lost (or its row was damaged).
     pub async fn open(
         store: Arc<dyn Store>,
         keyring: Arc<KeyRing>,
@@ -441,7 +441,7 @@ impl SigningKeys {
             set = self.first_key(alg, &set).await?;
         }
         let key = set.signer(alg, now()).ok_or(SigningError::NoSigningKey(alg))?;
-        if let Some(unusable) = key.unusable() {
+        if let Some(unusable) = key.unusable().or_else(|| key.damaged()) {
             return Err(unusable);
         }
         let Some(Ok(encoding)) = &key.encoding else { return Err(SigningError::NoSigningKey(alg)) };
@@ -553,7 +553,7 @@ impl SigningKeys {
 
     /// Why a key as last read that signs now or will (not retired) cannot be used
     /// here — its private key does not decrypt with this instance's key ring (another instance,
-    /// with a newer ring, made it), or its row's public key is not its own —: readiness fails, so that the instance leaves rotation rather
+    /// with a newer ring, made it) —: readiness fails, so that the instance leaves rotation rather
     /// than answer every token request with an error once that key signs.
     pub fn unusable_key(&self) -> Option<SigningError> {
         // The keys as last read, never a read of its own: a probe must answer within its bound,
@@ -729,10 +729,13 @@ impl SigningKeys {
         Ok(rotated)
     }
 
-    /// Writes a rotation from `current`; false when another instance rotated it first.
+    /// Writes a rotation from `current`; false when another instance rotated it first. A key
+    /// whose row is damaged signs nothing and verifies nothing: its successor signs at once (as a
+    /// first key does) rather than after the publication lead.
     async fn rotate_from(&self, current: &LoadedKey) -> Result<bool, SigningError> {
         let settings = &self.inner.settings;
-        let new = self.generate(current.alg, settings.publication_lead()).await?;
+        let lead = if current.damaged().is_some() { Duration::ZERO } else { settings.publication_lead() };
+        let new = self.generate(current.alg, lead).await?;
         let signs_from = new.signs_from;
         let retire = Retirement {
             kid: &current.kid,
@@ -800,15 +803,23 @@ pub async fn published_keys(store: &dyn Store) -> Result<Vec<SigningKeyInfo>, St
 }
 
 impl LoadedKey {
-    /// Why the key cannot be used here: its public key is not its own, or its private key did
-    /// not decrypt or decode.
+    /// Why the key cannot sign here: its private key did not decrypt or decode (with this
+    /// instance's key ring — readiness reports it).
     fn unusable(&self) -> Option<SigningError> {
-        match (&self.public, &self.encoding) {
-            (Err(reason), _) | (_, Some(Err(reason))) => {
-                Some(SigningError::Unusable { kid: self.kid.clone(), reason: reason.clone() })
-            }
+        match &self.encoding {
+            Some(Err(reason)) => Some(SigningError::Unusable { kid: self.kid.clone(), reason: reason.clone() }),
             _ => None,
         }
+    }
+
+    /// Why the key's row is damaged: its public key is not its own. Every instance reads the
+    /// same row, so readiness does not report it (it would take them all out of rotation); a
+    /// signature with it is refused, and a rotation retires it at once.
+    fn damaged(&self) -> Option<SigningError> {
+        self.public
+            .as_ref()
+            .err()
+            .map(|reason| SigningError::Unusable { kid: self.kid.clone(), reason: reason.clone() })
     }
 
     /// The key of a row. A damaged row does not fail the read of the others: its key is kept as
