@@ -667,7 +667,7 @@ async fn an_admin_change_whose_client_hangs_up_is_made_and_recorded() {
     let bootstrap = app.admin(Method::POST, "/admin/users/bootstrap").json(&identity("ada", "ada@example.com", None));
     let user = body(bootstrap.send().await.unwrap(), 201).await["user_id"].as_str().unwrap().to_owned();
     let sql = app.db.sql().await;
-    sql.inject("UPDATE", "users", None, "", "PERFORM pg_sleep(1); RETURN NEW;").await;
+    sql.inject("UPDATE", "users", None, "", "PERFORM pg_sleep(5); RETURN NEW;").await;
     let disable = app.admin(Method::PATCH, &format!("/admin/users/{user}")).json(&json!({ "disabled": true })).send();
     let disable = tokio::spawn(disable);
     // The client hangs up once the change is under way (its statement in the trigger's sleep).

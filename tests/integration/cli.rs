@@ -209,11 +209,13 @@ async fn a_second_signal_stops_a_draining_server_at_once() {
     );
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let in_flight = tokio::spawn(client.post(format!("http://{addr}/v1/validate")).bearer_auth(token).send());
-    // In flight: its key fetch has reached the silent server.
+    // The server's own key fetch (at start-up) hangs at the silent issuer, and the request waits
+    // behind it; nothing outside the server shows that the request got there, so a generous pause.
     tokio::time::timeout(Duration::from_secs(30), fetching.wait_for(|reached| *reached))
         .await
-        .expect("the request's key fetch reached the issuer")
+        .expect("a key fetch reached the issuer")
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let pid = child.id().expect("running").to_string();
     Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
