@@ -532,15 +532,11 @@ impl DatabaseUrl {
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
-        if url.query_pairs().any(|(name, _)| !NOT_SECRET_PARAMETERS.contains(&name.as_ref())) {
+        if url.query_pairs().any(|(name, _)| !not_secret(&name)) {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(name, value)| {
-                    let value = if NOT_SECRET_PARAMETERS.contains(&name.as_ref()) {
-                        value.into_owned()
-                    } else {
-                        "***".to_owned()
-                    };
+                    let value = if not_secret(&name) { value.into_owned() } else { "***".to_owned() };
                     (name.into_owned(), value)
                 })
                 .collect();
@@ -602,30 +598,13 @@ fn unkept_guarantee(name: &str, value: &str) -> Option<&'static str> {
 /// The values of `sslmode`.
 const SSL_MODES: &[&str] = &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
 
-/// The query parameters of a database URL shown as they are in messages; every other's value is
-/// `***`.
-const NOT_SECRET_PARAMETERS: &[&str] = &[
-    "sslmode",
-    "ssl-mode",
-    "sslrootcert",
-    "ssl-root-cert",
-    "ssl-ca",
-    "sslcert",
-    "ssl-cert",
-    "sslkey",
-    "ssl-key",
-    "statement-cache-capacity",
-    "host",
-    "hostaddr",
-    "port",
-    "dbname",
-    "user",
-    "application_name",
-    "mode",
-    "cache",
-    "immutable",
-    "vfs",
-];
+/// Whether a database URL's query parameter is shown as it is in messages (every other's value
+/// is `***`): those sqlx reads but `password` and `options` (which may carry anything), and
+/// SQLite's.
+fn not_secret(name: &str) -> bool {
+    (PG_PARAMETERS.contains(&name) && !matches!(name, "password" | "options"))
+        || ["mode", "cache", "immutable", "vfs"].contains(&name)
+}
 
 /// The default database: a SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tessera.db";

@@ -124,6 +124,19 @@ async fn world_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> World 
 }
 
 impl World {
+    /// A token request whose refresh the provider decides at once and answers 3 s later (what
+    /// comes after it — a reconnection — is not delayed): the request, under way.
+    async fn refresh_answered_late(&self, slug: &str) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        self.expire_soon(slug).await;
+        let refreshes = self.issuer.refreshes();
+        self.issuer.set_answer_delay(Duration::from_secs(3));
+        let request = self.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), self.alice.id).send();
+        let waiting = tokio::spawn(request);
+        eventually("the refresh reaches the provider", || async { self.issuer.refreshes() > refreshes }).await;
+        self.issuer.set_answer_delay(Duration::ZERO);
+        waiting
+    }
+
     fn url(&self, path: &str) -> String {
         self.app.url(&format!("/v1/teams/{}{path}", self.team))
     }
@@ -1301,14 +1314,7 @@ async fn a_refresh_that_lost_its_lease_to_a_reconnection_hands_out_the_new_conne
         w.issuer.set_access_token_ttl(3600);
         w.issuer.set_next_user(StubUser::new("old-account", "old@provider.example"));
         let slug = w.connected(slug).await;
-        w.expire_soon(&slug).await;
-        let refreshes = w.issuer.refreshes();
-        // The refresh is decided at once and answered 3 s later; the reconnection is not delayed.
-        w.issuer.set_answer_delay(Duration::from_secs(3));
-        let request = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), w.alice.id).send();
-        let waiting = tokio::spawn(request);
-        eventually("the refresh reaches the provider", || async { w.issuer.refreshes() > refreshes }).await;
-        w.issuer.set_answer_delay(Duration::ZERO);
+        let waiting = w.refresh_answered_late(&slug).await;
         w.issuer.set_access_token_ttl(ttl);
         let link = w.connect_link(w.alice.id, &slug, true).await;
         w.issuer.set_next_user(StubUser::new("new-account", "new@provider.example"));
@@ -1339,13 +1345,7 @@ async fn a_refresh_that_lost_its_lease_to_a_same_account_reconnection_keeps_its_
     let slug = w.connected("kept-rotation").await;
     w.issuer.rotate_refresh_tokens(true);
     w.issuer.refresh_token_on_code_exchange(false);
-    w.expire_soon(&slug).await;
-    let refreshes = w.issuer.refreshes();
-    w.issuer.set_answer_delay(Duration::from_secs(3));
-    let request = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), w.alice.id).send();
-    let waiting = tokio::spawn(request);
-    eventually("the refresh reaches the provider", || async { w.issuer.refreshes() > refreshes }).await;
-    w.issuer.set_answer_delay(Duration::ZERO);
+    let waiting = w.refresh_answered_late(&slug).await;
     let link = w.connect_link(w.alice.id, &slug, false).await;
     w.issuer.set_next_user(StubUser::new("same-account", "same@provider.example"));
     assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
