@@ -114,7 +114,8 @@ pub async fn run(config: &Config) -> Report {
 
 /// With the OpenID Provider on, whether the stored signing keys that sign now or will decrypt
 /// with this configuration's key ring: `tessera serve` refuses to start (or, for a key made
-/// since, to be ready) otherwise.
+/// since, to be ready) otherwise; and whether one of them has a damaged row (which does not stop
+/// `serve`, but its algorithm's signatures fail until it is rotated away).
 async fn check_signing_keys(store: &Arc<dyn Store>, config: &Config, report: &mut Report) {
     let (Some(_), Some(keyring)) = (&config.auth.public_url, &config.encryption) else { return };
     if report.has_problems() {
@@ -123,13 +124,21 @@ async fn check_signing_keys(store: &Arc<dyn Store>, config: &Config, report: &mu
     let settings = crate::service::op::keys::SigningKeySettings::from_config(&config.oidc);
     match crate::service::op::keys::SigningKeys::open(store.clone(), keyring.clone(), settings).await {
         Err(e) => report.push(Severity::Problem, format!("cannot read the signing keys: {}", Chain(&e))),
-        Ok(keys) => match keys.unusable_key() {
-            Some(unusable) => report.push(
-                Severity::Problem,
-                format!("{unusable}: add the ring key that encrypted it, or rotate (`tessera keys signing rotate`)"),
-            ),
-            None => report.push(Severity::Ok, "the signing keys decrypt with this key ring"),
-        },
+        Ok(keys) => {
+            match keys.unusable_key() {
+                Some(unusable) => report.push(
+                    Severity::Problem,
+                    format!(
+                        "{unusable}: add the ring key that encrypted it, or rotate (`tessera keys signing rotate`)"
+                    ),
+                ),
+                None => report.push(Severity::Ok, "the signing keys decrypt with this key ring"),
+            }
+            if let Some(damaged) = keys.damaged_key() {
+                let fix = "its row was changed since it was made; rotate it away (`tessera keys signing rotate`)";
+                report.push(Severity::Problem, format!("{damaged}: {fix}"));
+            }
+        }
     }
 }
 

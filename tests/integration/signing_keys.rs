@@ -469,6 +469,8 @@ async fn a_public_key_that_is_not_its_key_ids_is_refused(backend: Backend) {
     assert!(matches!(&error, SigningError::Unusable { kid, .. } if *kid == victim.kid), "{error:?}");
     assert!(error.to_string().contains("does not match its key id"), "{error}");
     assert!(keys.unusable_key().is_none(), "readiness is for this instance's ring, not a shared row");
+    // `tessera check` names it.
+    assert!(matches!(keys.damaged_key(), Some(SigningError::Unusable { kid, .. }) if kid == victim.kid));
     let refused = keys.verify::<Value>(&signed_by_victim, "JWT", ISSUER).await.unwrap_err();
     assert!(matches!(refused, VerifyError::UnknownKey), "{refused:?}");
 
@@ -478,6 +480,7 @@ async fn a_public_key_that_is_not_its_key_ids_is_refused(backend: Backend) {
     let successor = opened.rotate(victim.alg).await.unwrap();
     assert_eq!(successor.status, KeyStatus::Signing);
     keys.refresh().await.unwrap();
+    assert!(keys.damaged_key().is_none(), "retired, it signs nothing more");
     let token = keys.sign(victim.alg, "JWT", &claims("ada")).await.unwrap();
     verify_with_jwks(&token, &keys.jwks().await.unwrap().document).unwrap();
     assert_eq!(jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(), Some(successor.kid.as_str()));

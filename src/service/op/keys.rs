@@ -564,6 +564,15 @@ impl SigningKeys {
         set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| k.unusable())
     }
 
+    /// Why a key as last read that signs now or will (not retired) has a damaged row — its public
+    /// key is not its own —, for `tessera check`: every instance reads that row, so readiness does
+    /// not report it ([`unusable_key`](Self::unusable_key) is about this instance's key ring).
+    pub fn damaged_key(&self) -> Option<SigningError> {
+        let set = self.cached();
+        let now = now();
+        set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| k.damaged())
+    }
+
     /// Marks the cached keys out of date: another instance made or rotated one. The next use
     /// re-reads them.
     pub fn mark_stale(&self) {
