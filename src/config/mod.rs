@@ -464,49 +464,57 @@ impl DatabaseUrl {
     /// Parses a `sqlite:` or `postgres:`/`postgresql:` URL.
     pub fn parse(value: &str) -> Result<Self, String> {
         let value = value.trim();
-        let backend = if let Some(rest) = value.strip_prefix("sqlite:") {
-            // `sqlite:` or `sqlite://` alone opens a private, temporary database per connection:
-            // the writer's migrations would not be seen by the readers, and nothing would last.
-            let path = rest.trim_start_matches("//");
-            if path.split('?').next().is_none_or(str::is_empty) {
-                return Err("the SQLite URL names no file (e.g. sqlite://tessera.db)".into());
-            }
-            Backend::Sqlite
-        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
-            let mut url = url::Url::parse(value).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
-            let (mut read, mut ignored) = (Vec::new(), Vec::new());
-            for (name, value) in url.query_pairs() {
-                if matches!(name.as_ref(), "sslmode" | "ssl-mode")
-                    && !SSL_MODES.contains(&value.to_ascii_lowercase().as_str())
-                {
-                    return Err(format!("sslmode must be one of {}", SSL_MODES.join(", ")));
-                }
-                // One that asks for a guarantee the driver cannot give is refused, by name: left
-                // out, it would be dropped without a word.
-                if let Some(why) = unkept_guarantee(&name, &value) {
-                    return Err(format!("the PostgreSQL URL's `{name}` {why}: Tessera's driver (sqlx) cannot keep it"));
-                }
-                // A libpq parameter the driver does not read (`connect_timeout`, `sslpassword`):
-                // kept from the driver, which would log its value, and named at start-up
-                // (`ignored_parameters`).
-                match PG_PARAMETERS.contains(&name.as_ref()) || name.starts_with("options[") {
-                    true => read.push((name.into_owned(), value.into_owned())),
-                    false => ignored.push(name.into_owned()),
-                }
-            }
-            if !ignored.is_empty() {
-                if read.is_empty() {
-                    url.set_query(None);
-                } else {
-                    url.query_pairs_mut().clear().extend_pairs(read);
-                }
-                return Ok(Self { url: SecretString::from(url.to_string()), backend: Backend::Postgres, ignored });
-            }
-            Backend::Postgres
-        } else {
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            return Self::parse_postgres(value);
+        }
+        let Some(rest) = value.strip_prefix("sqlite:") else {
             return Err("expected a URL starting with sqlite: or postgres://".into());
         };
-        Ok(Self { url: SecretString::from(value.to_owned()), backend, ignored: Vec::new() })
+        // `sqlite:` or `sqlite://` alone opens a private, temporary database per connection: the
+        // writer's migrations would not be seen by the readers, and nothing would last.
+        let path = rest.trim_start_matches("//");
+        if path.split('?').next().is_none_or(str::is_empty) {
+            return Err("the SQLite URL names no file (e.g. sqlite://tessera.db)".into());
+        }
+        Ok(Self { url: SecretString::from(value.to_owned()), backend: Backend::Sqlite, ignored: Vec::new() })
+    }
+
+    /// [`parse`](Self::parse) of a PostgreSQL URL: the parameters the driver does not read are
+    /// taken out (and named), those it cannot keep refused.
+    fn parse_postgres(value: &str) -> Result<Self, String> {
+        let mut url = url::Url::parse(value).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+        let (mut read, mut ignored) = (Vec::new(), Vec::new());
+        for (name, value) in url.query_pairs() {
+            if matches!(name.as_ref(), "sslmode" | "ssl-mode")
+                && !SSL_MODES.contains(&value.to_ascii_lowercase().as_str())
+            {
+                return Err(format!("sslmode must be one of {}", SSL_MODES.join(", ")));
+            }
+            // One that asks for a guarantee the driver cannot give is refused, by name: left out,
+            // it would be dropped without a word.
+            if let Some(why) = unkept_guarantee(&name, &value) {
+                return Err(format!("the PostgreSQL URL's `{name}` {why}: Tessera's driver (sqlx) cannot keep it"));
+            }
+            // A libpq parameter the driver does not read (`connect_timeout`, `sslpassword`): kept
+            // from the driver, which would log its value, and named at start-up
+            // (`ignored_parameters`).
+            match PG_PARAMETERS.contains(&name.as_ref()) || name.starts_with("options[") {
+                true => read.push((name.into_owned(), value.into_owned())),
+                false => ignored.push(name.into_owned()),
+            }
+        }
+        let url = match (ignored.is_empty(), read.is_empty()) {
+            (true, _) => value.to_owned(),
+            (false, true) => {
+                url.set_query(None);
+                url.to_string()
+            }
+            (false, false) => {
+                url.query_pairs_mut().clear().extend_pairs(read);
+                url.to_string()
+            }
+        };
+        Ok(Self { url: SecretString::from(url), backend: Backend::Postgres, ignored })
     }
 
     /// The names of the URL's query parameters that the driver does not read: left out of the

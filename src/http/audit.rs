@@ -88,9 +88,7 @@ fn parse_query(params: AuditParams) -> Result<AuditQuery, ApiError> {
     // A user, team or webhook id is recorded in its canonical form (see `UUID_FACTS`): found by
     // any spelling `Uuid` parses. A client's id is its own text.
     let target_id = match (target_id, target_kind.as_deref()) {
-        (Some(id), None | Some("user" | "team" | "webhook")) => {
-            Some(uuid::Uuid::try_parse(&id).map_or(id, |uuid| uuid.to_string()))
-        }
+        (Some(id), None | Some("user" | "team" | "webhook")) => Some(canonical_id(&id)),
         (id, _) => id,
     };
     let since = params
@@ -208,6 +206,13 @@ const fn rule(
 
 /// The facts that name a user, a team or a webhook by id (a team may be named by its slug too).
 const UUID_FACTS: [&str; 3] = ["user_id", "team", "id"];
+
+/// An id in the one form the audit log records and is searched by: a UUID in any spelling `Uuid`
+/// parses (upper case, no hyphens, braces) lower-case and hyphenated; anything else (a slug, a
+/// client's id) as it is.
+fn canonical_id(id: &str) -> String {
+    uuid::Uuid::try_parse(id).map_or_else(|_| id.to_owned(), |uuid| uuid.to_string())
+}
 
 /// The audit rule of each admin route that changes something. A route missing here is still
 /// recorded, as `admin.request` with its method and route.
@@ -338,9 +343,9 @@ pub async fn record_admin_action(
             // A user, team or webhook id is accepted in any form `Uuid` parses (upper case, no
             // hyphens, braces); it is recorded in the one form the audit log is searched by.
             let (Source::Path(name) | Source::Body(name)) = from;
-            match value.as_str().filter(|_| UUID_FACTS.contains(&name)).map(uuid::Uuid::try_parse) {
-                Some(Ok(id)) => Some(Value::String(id.to_string())),
-                _ => Some(value),
+            match value.as_str().filter(|_| UUID_FACTS.contains(&name)) {
+                Some(id) => Some(Value::String(canonical_id(id))),
+                None => Some(value),
             }
         };
         let mut details = Map::new();
@@ -490,7 +495,7 @@ pub async fn team_member_changed(
         .actor(Some(acting.to_string()), None)
         // A team id in its canonical form (as every other id is recorded), whatever the path's
         // spelling; a slug as named.
-        .target("team", uuid::Uuid::try_parse(team).map_or_else(|_| team.to_owned(), |id| id.to_string()))
+        .target("team", canonical_id(team))
         .request(request_id(headers))
         .details(details);
     state.audit.record_change(event).await;

@@ -92,6 +92,17 @@ impl KeySet {
         }
     }
 
+    /// Every key a token with `kid` and `alg` may be signed with: those under the `kid` that
+    /// accept `alg`; without a `kid`, [`find`](Self::find)'s one.
+    pub fn under<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a Arc<VerificationKey>> + 'a {
+        let without_kid = if kid.is_none() { self.find(None, alg) } else { None };
+        self.keys.iter().filter(move |k| kid.is_some() && k.kid.as_deref() == kid && k.accepts(alg)).chain(without_kid)
+    }
+
     /// The keys other than the one with fingerprint `tried` under the same `kid` that accept
     /// `alg`: a set may hold several (an issuer reusing a key id across a rotation, against
     /// RFC 7517's advice). None without a `kid`.

@@ -293,15 +293,8 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
                         return Err(TokenError::SignatureInvalid);
                     };
                     // Every key under the kid that the fresh set holds and the cached one did not.
-                    let tried = |k: &VerificationKey| {
-                        k.fingerprint == key.fingerprint
-                            || set.others_under(kid, alg, &key.fingerprint).any(|o| o.fingerprint == k.fingerprint)
-                    };
-                    let first = fresh.find(kid, alg);
-                    let under = first
-                        .into_iter()
-                        .chain(first.into_iter().flat_map(|f| fresh.others_under(kid, alg, &f.fingerprint)));
-                    first_verifying(token, under.filter(|k| !tried(k)), &validation)
+                    let tried = |k: &VerificationKey| set.under(kid, alg).any(|o| o.fingerprint == k.fingerprint);
+                    first_verifying(token, fresh.under(kid, alg).filter(|k| !tried(k)), &validation)
                         .ok_or(TokenError::SignatureInvalid)?
                 }
             }

@@ -336,7 +336,7 @@ struct LoadedKey {
     unpublish_at: Option<DateTime<Utc>>,
     /// The public key as published and as it verifies; `Err(reason)` when the row's is not a
     /// usable JWK or not the one its key id names: such a key is neither published nor trusted,
-    /// but stays known, so that it is reported (readiness, start-up) and can be rotated away.
+    /// but stays known, so that it is reported (`tessera check`) and can be rotated away.
     public: Result<(Value, DecodingKey), String>,
     /// `Ok` for keys that may still sign; `Err(reason)` when the private key does not decrypt;
     /// `None` for retired keys (never decrypted again).
@@ -559,18 +559,21 @@ impl SigningKeys {
         // The keys as last read, never a read of its own: a probe must answer within its bound,
         // not wait for a reload (or a rotation) behind a busy pool. The signing-key worker and
         // every signing re-read them when due or marked stale.
-        let set = self.cached();
-        let now = now();
-        set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| k.unusable())
+        self.first_unretired(LoadedKey::unusable)
     }
 
     /// Why a key as last read that signs now or will (not retired) has a damaged row — its public
     /// key is not its own —, for `tessera check`: every instance reads that row, so readiness does
     /// not report it ([`unusable_key`](Self::unusable_key) is about this instance's key ring).
     pub fn damaged_key(&self) -> Option<SigningError> {
+        self.first_unretired(LoadedKey::damaged)
+    }
+
+    /// The first `what` of a key as last read that signs now or will (not retired).
+    fn first_unretired(&self, what: impl Fn(&LoadedKey) -> Option<SigningError>) -> Option<SigningError> {
         let set = self.cached();
         let now = now();
-        set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| k.damaged())
+        set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| what(k))
     }
 
     /// Marks the cached keys out of date: another instance made or rotated one. The next use
@@ -832,7 +835,7 @@ impl LoadedKey {
     }
 
     /// The key of a row. A damaged row does not fail the read of the others: its key is kept as
-    /// [unusable](Self::unusable), neither published nor trusted.
+    /// [damaged](Self::damaged), neither published nor trusted.
     fn from_record(record: SigningKeyRecord, keyring: &KeyRing, now: DateTime<Utc>) -> Self {
         let public = public_key(&record);
         if let Err(reason) = &public {
