@@ -46,8 +46,8 @@ use crate::error::ErrorChain as _;
 use crate::error::{ErrorCode, PublicError};
 use crate::observability::{TOKEN_REFRESH_CALLS_TOTAL, TOKEN_REFRESH_WAITS_TOTAL};
 use crate::store::{
-    Activation, ConnectToken, PendingKey, ProfileSecrets, RefreshLease, Refreshed, Revocation, SecretKind, Store,
-    StoreError, StoredSecret,
+    Activation, ConnectToken, FirstWrite, PendingKey, ProfileSecrets, RefreshLease, Refreshed, Revocation, SecretKind,
+    Store, StoreError, StoredSecret,
 };
 use crate::upstream::oauth_flow::{FLOW_TTL, Finished, FlowError, OAuthFlows, Purpose, Started};
 use crate::upstream::providers::{Provider, ProviderError, TokenKind, TokenSet};
@@ -480,28 +480,27 @@ impl AuthProfiles {
                 updated_at: now,
                 credential: None,
             };
-            if let Some(created) = self.store.insert_profile(&profile).await? {
-                if let Some(credential) = &credential {
-                    let created = match self.store_credential(&created, user, credential, None).await {
-                        Ok(created) => created,
-                        Err(error) => {
-                            // The row was written on its own just before: a credential that cannot
-                            // be written takes it back, so that a retry finds its slug free.
-                            if let Err(undo) = self.store.revoke_profile(created.id, None, super::now()).await {
-                                tracing::warn!(profile_id = %created.id, error = %undo.chain(), "cannot take back a profile whose credential was not written");
-                            }
-                            return Err(error);
-                        }
-                    };
-                    tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), "created an auth profile with its credential");
-                    return Ok(Created { profile: created, link: None, created: true });
-                }
-                let link = match created.profile_kind {
-                    ProfileKind::BrowserSession => None,
-                    _ => Some(self.mint_link(&created, user, false).await?),
-                };
-                tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), "created an auth profile");
-                return Ok(Created { profile: created, link, created: true });
+            // The profile and its credential or first link are written in one transaction:
+            // a failure leaves neither, and the slug free for a retry.
+            let sealed = credential.as_ref().map(|credential| self.seal(profile.id, credential)).transpose()?;
+            let link = match (&sealed, profile.profile_kind) {
+                (Some(_), _) | (None, ProfileKind::BrowserSession) => None,
+                (None, _) => Some(self.new_link(&profile, user, false)),
+            };
+            let first = match (&sealed, &credential, &link) {
+                (Some(ciphertext), Some(credential), _) => FirstWrite::Credential(ciphertext, &credential.meta),
+                (_, _, Some((token, _))) => FirstWrite::Link(token),
+                _ => FirstWrite::Nothing,
+            };
+            let inserted = match self.store.insert_profile(&profile, first).await {
+                Ok(inserted) => inserted,
+                // Removed from the team (or the team deleted) since the check above.
+                Err(StoreError::Gone { .. }) => return Err(AuthProfileError::TeamNotFound),
+                Err(error) => return Err(error.into()),
+            };
+            if let Some(created) = inserted {
+                tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), with_credential = sealed.is_some(), "created an auth profile");
+                return Ok(Created { profile: created, link: link.map(|(_, link)| link), created: true });
             }
             // A uniqueness rule refused the row: the caller's own pending profile (created by a
             // concurrent request), or the slug.
@@ -547,29 +546,32 @@ impl AuthProfiles {
         user: UserId,
         allow_account_change: bool,
     ) -> Result<ConnectLink, AuthProfileError> {
+        let (token, link) = self.new_link(profile, user, allow_account_change);
+        if !self.store.mint_connect_token(&token).await? {
+            return Err(AuthProfileError::ProfileNotFound);
+        }
+        Ok(link)
+    }
+
+    /// A new connect link for `profile`, opened by `user` only, and what is stored of it.
+    fn new_link(&self, profile: &AuthProfile, user: UserId, allow_account_change: bool) -> (ConnectToken, ConnectLink) {
         let token = random_secret();
         let now = super::now();
         let expires_at = now + CONNECT_LINK_TTL;
-        let minted = self
-            .store
-            .mint_connect_token(&ConnectToken {
-                token_hash: sha256(token.expose_secret().as_bytes()),
-                profile: profile.id,
-                user,
-                allow_account_change,
-                created_at: now,
-                expires_at,
-            })
-            .await?;
-        if !minted {
-            return Err(AuthProfileError::ProfileNotFound);
-        }
+        let stored = ConnectToken {
+            token_hash: sha256(token.expose_secret().as_bytes()),
+            profile: profile.id,
+            user,
+            allow_account_change,
+            created_at: now,
+            expires_at,
+        };
         let (auth_type, path) = match profile.profile_kind {
             ProfileKind::Env => (LinkType::EnvKeys, "env"),
             _ => (LinkType::OAuth, "oauth/start"),
         };
         let url = format!("{}/connect/{}/{path}", self.flows.public_url(), token.expose_secret());
-        Ok(ConnectLink { url: SecretString::from(url), expires_at, auth_type })
+        (stored, ConnectLink { url: SecretString::from(url), expires_at, auth_type })
     }
 
     /// The configured provider of a stored profile: `ProviderNotConfigured` when it was taken out

@@ -303,7 +303,7 @@ pub fn shown_endpoint(url: &Url) -> String {
 /// A credential checked and ready to store: its JSON payload and what may be shown.
 pub(super) struct CheckedCredential {
     payload: Value,
-    meta: CredentialMeta,
+    pub(super) meta: CredentialMeta,
 }
 
 impl AuthProfiles {
@@ -370,6 +370,13 @@ impl AuthProfiles {
 
     /// Encrypts and stores a checked credential, activating the profile; with a connect token,
     /// consuming it in the same transaction.
+    /// The key-ring ciphertext of a credential, bound to its profile.
+    pub(super) fn seal(&self, profile: ProfileId, credential: &CheckedCredential) -> Result<Vec<u8>, AuthProfileError> {
+        let keyring = self.keyring.as_ref().ok_or(AuthProfileError::EncryptionNotConfigured)?;
+        let plaintext = serde_json::to_vec(&credential.payload).map_err(|_| AuthProfileError::Undecryptable)?;
+        Ok(keyring.encrypt(&plaintext, &credential_aad(profile)))
+    }
+
     pub(super) async fn store_credential(
         &self,
         profile: &AuthProfile,
@@ -377,10 +384,7 @@ impl AuthProfiles {
         credential: &CheckedCredential,
         connect_token: Option<&[u8; 32]>,
     ) -> Result<AuthProfile, AuthProfileError> {
-        let keyring = self.keyring.as_ref().ok_or(AuthProfileError::EncryptionNotConfigured)?;
-        let aad = credential_aad(profile.id);
-        let plaintext = serde_json::to_vec(&credential.payload).map_err(|_| AuthProfileError::Undecryptable)?;
-        let ciphertext = keyring.encrypt(&plaintext, &aad);
+        let ciphertext = self.seal(profile.id, credential)?;
         let write = CredentialWrite {
             profile: profile.id,
             by,

@@ -28,9 +28,9 @@ use chrono::{DateTime, Utc};
 use crate::config::{Backend, DatabaseConfig};
 pub use crate::domain::events::SessionEnd;
 use crate::domain::{
-    AuthProfile, Client, ClientId, DeliveryJob, DomainClaim, DomainName, Email, EventId, Identity, IdentityId, Issuer,
-    Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team, TeamId, TeamRef, User,
-    UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
+    AuthProfile, Client, ClientId, CredentialMeta, DeliveryJob, DomainClaim, DomainName, Email, EventId, Identity,
+    IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team,
+    TeamId, TeamRef, User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
 pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
@@ -629,6 +629,18 @@ pub struct ConnectToken {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What [`Store::insert_profile`] writes with a new profile.
+#[derive(Debug, Clone, Copy)]
+pub enum FirstWrite<'a> {
+    /// Nothing: the profile stays pending.
+    Nothing,
+    /// Its credential: the key-ring ciphertext (bound to the new profile's id) and what may be
+    /// shown about it.
+    Credential(&'a [u8], &'a CredentialMeta),
+    /// Its first connect link.
+    Link(&'a ConnectToken),
+}
+
 /// A profile's encrypted credentials and refresh lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileSecrets {
@@ -1021,8 +1033,18 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn leave_team(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError>;
 
     /// Inserts a profile unless a uniqueness rule refuses it (a live slug of the team, or the
-    /// one-pending-profile rules): then `None`, and nothing is written.
-    async fn insert_profile(&self, profile: &AuthProfile) -> Result<Option<AuthProfile>, StoreError>;
+    /// one-pending-profile rules): then `None`, and nothing is written. Its creator must still be
+    /// a member of its team, read under the team's shared lock, as a removal takes it for update:
+    /// otherwise [`StoreError::Gone`] and nothing is written, so that a profile is never created
+    /// for a member whose removal (which hands over or revokes their profiles) came first. With
+    /// it, in the same transaction, `first`: its credential (the profile then `active`, with an
+    /// `auth_profile.connected` event, as [`Store::put_profile_credential`] writes it) or its first
+    /// connect link; a failure writes none of them.
+    async fn insert_profile(
+        &self,
+        profile: &AuthProfile,
+        first: FirstWrite<'_>,
+    ) -> Result<Option<AuthProfile>, StoreError>;
 
     /// The pending OAuth profile of a connector (`created_by` for personal ones), expired or not.
     async fn pending_profile(&self, key: &PendingKey<'_>) -> Result<Option<AuthProfile>, StoreError>;
@@ -1052,7 +1074,7 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Stores a new connect token for a profile, deleting the profile's older tokens. A pending
     /// profile's expiry is extended to the link's, at least. False (nothing written) when the
-    /// profile is gone.
+    /// profile is gone or revoked.
     async fn mint_connect_token(&self, token: &ConnectToken) -> Result<bool, StoreError>;
 
     /// A connect token, unless unknown or expired, without consuming it.

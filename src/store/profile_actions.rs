@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::ProfileSecrets;
 use super::StoreError;
-use super::db::{Db, query};
+use super::db::{Db, Tx, query};
 use super::rows::{self, RowExt, profile_columns};
 use super::sql::{insert_profile_event, profile_status_in, role_allowed_in};
 use crate::domain::events::{self, ReauthReason};
@@ -77,6 +77,16 @@ pub enum DefaultOutcome {
     Refused,
 }
 
+/// Whether profile `id` of `team` is live (not revoked, not deleted), read in `tx`.
+async fn live_in(tx: &mut Tx, id: ProfileId, team: TeamId) -> Result<bool, StoreError> {
+    let live = query("SELECT 1 AS one FROM auth_profiles WHERE id = $1 AND team_id = $2 AND status <> 'revoked'")
+        .bind(id.as_uuid())
+        .bind(team.as_uuid())
+        .fetch_optional(tx)
+        .await?;
+    Ok(live.is_some())
+}
+
 pub(super) async fn update_profile(
     db: &Db,
     id: ProfileId,
@@ -85,8 +95,11 @@ pub(super) async fn update_profile(
 ) -> Result<ProfileUpdate, StoreError> {
     let mut tx = db.begin().await?;
     if role_allowed_in(&mut tx, id, change.by, ProfileRight::Connect).await?.is_none() {
+        // Revoked or deleted meanwhile: for the caller to read again (and find it gone), not a
+        // right lost.
+        let live = profile_status_in(&mut tx, id).await?.is_some_and(|status| status != "revoked");
         tx.rollback().await?;
-        return Ok(ProfileUpdate::Refused);
+        return Ok(if live { ProfileUpdate::Refused } else { ProfileUpdate::Changed });
     }
     let Some(before) = profile_status_in(&mut tx, id).await? else {
         tx.rollback().await?;
@@ -137,13 +150,9 @@ pub(super) async fn set_default_profile(
 ) -> Result<DefaultOutcome, StoreError> {
     let mut tx = db.begin().await?;
     let Some(role) = role_allowed_in(&mut tx, id, by, ProfileRight::Manage).await? else {
-        let live = query("SELECT 1 AS one FROM auth_profiles WHERE id = $1 AND team_id = $2 AND status <> 'revoked'")
-            .bind(id.as_uuid())
-            .bind(team.as_uuid())
-            .fetch_optional(&mut tx)
-            .await?;
+        let live = live_in(&mut tx, id, team).await?;
         tx.rollback().await?;
-        return Ok(if live.is_some() { DefaultOutcome::Refused } else { DefaultOutcome::NotFound });
+        return Ok(if live { DefaultOutcome::Refused } else { DefaultOutcome::NotFound });
     };
     let member = (!role.manages_team()).then_some(by);
     // The lock serialises this with a revocation of the profile: either the revocation sees the
@@ -194,8 +203,10 @@ pub(super) async fn clear_default_profile(
 ) -> Result<Option<bool>, StoreError> {
     let mut tx = db.begin().await?;
     if role_allowed_in(&mut tx, id, by, ProfileRight::Manage).await?.is_none() {
+        // Revoked or deleted meanwhile: no default to clear, not a right lost.
+        let live = live_in(&mut tx, id, team).await?;
         tx.rollback().await?;
-        return Ok(None);
+        return Ok((!live).then_some(false));
     }
     let deleted = query("DELETE FROM connector_defaults WHERE team_id = $1 AND profile_id = $2")
         .bind(team.as_uuid())

@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
-use super::db::query;
+use super::db::{Tx, query};
 use super::rows::{self, RowExt, profile_columns};
 use super::sql::{SqlStore, insert_profile_event, may_connect_in, profile_status_in};
 use crate::domain::events;
@@ -62,12 +62,57 @@ pub(super) fn decode_meta(text: &str) -> Result<CredentialMeta, StoreError> {
     serde_json::from_str(text).map_err(|_| StoreError::Corrupt("profile_credentials.meta".into()))
 }
 
+/// Stores a profile's credential in `tx` and activates the profile (from `before`, its status):
+/// the profile as it is then, with its `auth_profile.connected` event written; `None` (nothing
+/// written) when it is revoked.
+pub(super) async fn activate_with(
+    tx: &mut Tx,
+    profile: ProfileId,
+    ciphertext: &[u8],
+    meta: &CredentialMeta,
+    before: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<AuthProfile>, StoreError> {
+    let meta = serde_json::to_string(meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let activated = query(
+        "UPDATE auth_profiles SET status = 'active', pending_expires_at = NULL, version = version + 1,
+                updated_at = $2
+         WHERE id = $1 AND status <> 'revoked'",
+    )
+    .bind(profile.as_uuid())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if activated != 1 {
+        return Ok(None);
+    }
+    query(
+        "INSERT INTO profile_credentials (profile_id, credential, meta, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT (profile_id) DO UPDATE
+         SET credential = excluded.credential, meta = excluded.meta, updated_at = excluded.updated_at",
+    )
+    .bind(profile.as_uuid())
+    .bind(ciphertext)
+    .bind(meta)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let row = query(concat!("SELECT ", profile_columns!(), " FROM auth_profiles p WHERE p.id = $1"))
+        .bind(profile.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+    let stored = rows::profile(&row)?;
+    let extra = [("previous_status", serde_json::Value::from(before))];
+    insert_profile_event(tx, profile, events::AUTH_PROFILE_CONNECTED, &extra, now).await?;
+    Ok(Some(stored))
+}
+
 impl SqlStore {
     pub(super) async fn put_profile_credential_sql(
         &self,
         write: &CredentialWrite<'_>,
     ) -> Result<CredentialOutcome, StoreError> {
-        let meta = serde_json::to_string(write.meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.db.begin().await?;
         // The team's row (shared) first, as activating an OAuth profile takes it; then the
         // profile's row lock, then the link: the order in which minting a link and revoking a
@@ -97,38 +142,12 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(CredentialOutcome::NotAllowed);
         }
-        let activated = query(
-            "UPDATE auth_profiles SET status = 'active', pending_expires_at = NULL, version = version + 1,
-                    updated_at = $2
-             WHERE id = $1 AND status <> 'revoked'",
-        )
-        .bind(write.profile.as_uuid())
-        .bind(write.now)
-        .execute(&mut tx)
-        .await?;
-        if activated != 1 {
+        let Some(profile) =
+            activate_with(&mut tx, write.profile, write.ciphertext, write.meta, &before, write.now).await?
+        else {
             tx.rollback().await?;
             return Ok(CredentialOutcome::ProfileGone);
-        }
-        query(
-            "INSERT INTO profile_credentials (profile_id, credential, meta, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $4)
-             ON CONFLICT (profile_id) DO UPDATE
-             SET credential = excluded.credential, meta = excluded.meta, updated_at = excluded.updated_at",
-        )
-        .bind(write.profile.as_uuid())
-        .bind(write.ciphertext)
-        .bind(meta)
-        .bind(write.now)
-        .execute(&mut tx)
-        .await?;
-        let row = query(concat!("SELECT ", profile_columns!(), " FROM auth_profiles p WHERE p.id = $1"))
-            .bind(write.profile.as_uuid())
-            .fetch_one(&mut tx)
-            .await?;
-        let profile = rows::profile(&row)?;
-        let extra = [("previous_status", serde_json::Value::from(before))];
-        insert_profile_event(&mut tx, write.profile, events::AUTH_PROFILE_CONNECTED, &extra, write.now).await?;
+        };
         tx.commit().await?;
         Ok(CredentialOutcome::Stored(Box::new(profile)))
     }

@@ -19,6 +19,7 @@ use super::db::{Db, PoolRef, Query, Row, Tx, exclusive, json_set_sql, padded, qu
 use super::grants::add_once;
 use super::last_seen::{self, Touched};
 use super::profile_actions::{self, DefaultOutcome, ProfileChange, ProfileUpdate};
+use super::profile_credentials::activate_with;
 use super::rows::{
     self, RowExt, client_columns, domain_columns, identity_columns, profile_columns, signing_key_columns, team_columns,
     user_columns,
@@ -35,7 +36,7 @@ use super::{CodeRecord, GrantAt, GrantRecord, HeldRequest, NewCode, NewGrant, Re
 use super::{
     CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery, UserUpdate,
 };
-use super::{CredentialOutcome, CredentialWrite, StoredCredential};
+use super::{CredentialOutcome, CredentialWrite, FirstWrite, StoredCredential};
 use super::{PRINCIPALS_PER_READ, PoolStats, PrincipalRead, ReplayCursor, ReplayPage, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
@@ -462,6 +463,24 @@ pub(super) async fn role_allowed_in(
 /// Whether `by` may connect (or set the credential of) profile `id` ([`role_allowed_in`]).
 pub(super) async fn may_connect_in(tx: &mut Tx, id: ProfileId, by: UserId) -> Result<bool, StoreError> {
     Ok(role_allowed_in(tx, id, by, ProfileRight::Connect).await?.is_some())
+}
+
+/// Stores a connect link in `tx`.
+async fn insert_connect_token(tx: &mut Tx, token: &ConnectToken) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO connect_tokens (token_hash, profile_id, user_id, allow_account_change, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&token.token_hash[..])
+    .bind(token.profile.as_uuid())
+    .bind(token.user.as_uuid())
+    .bind(token.allow_account_change)
+    .bind(token.created_at)
+    .bind(token.expires_at)
+    .execute(tx)
+    .await
+    .map_err(|e| e.or_gone("the user"))?;
+    Ok(())
 }
 
 /// Keeps a pending profile until at least `until` (never shortens it; sets a missing expiry).
@@ -1826,7 +1845,19 @@ impl Store for SqlStore {
         retrying_conflicts(|| self.remove_member_once(team, None, user, true)).await
     }
 
-    async fn insert_profile(&self, profile: &AuthProfile) -> Result<Option<AuthProfile>, StoreError> {
+    async fn insert_profile(
+        &self,
+        profile: &AuthProfile,
+        first: FirstWrite<'_>,
+    ) -> Result<Option<AuthProfile>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // The team's row shared, as a removal takes it for update: the creator is a member until
+        // this commits, or their removal (which hands over or revokes their profiles) came first.
+        query("SELECT 1 FROM teams WHERE id = $1 FOR SHARE").bind(profile.team_id.as_uuid()).execute(&mut tx).await?;
+        if member_role(&mut tx, profile.team_id, profile.created_by).await?.is_none() {
+            tx.rollback().await?;
+            return Err(StoreError::Gone { what: "the membership" });
+        }
         let inserted = query(
             "INSERT INTO auth_profiles
                (id, team_id, slug, connector_key, profile_kind, provider, status, created_by, display_name, scopes,
@@ -1846,10 +1877,30 @@ impl Store for SqlStore {
         .bind(profile.scopes.join(" "))
         .bind(profile.pending_expires_at)
         .bind(profile.created_at)
-        .fetch_optional(self.db.writer())
+        .fetch_optional(&mut tx)
         .await
         .map_err(|e| e.or_gone("the team or the user"))?;
-        Ok(inserted.map(|_| profile.clone()))
+        if inserted.is_none() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let created = match first {
+            FirstWrite::Nothing => profile.clone(),
+            FirstWrite::Credential(ciphertext, meta) => {
+                let before = profile.status.as_str();
+                activate_with(&mut tx, profile.id, ciphertext, meta, before, profile.created_at)
+                    .await?
+                    .ok_or(StoreError::Gone { what: "the profile" })?
+            }
+            FirstWrite::Link(token) => {
+                keep_pending(&mut tx, profile.id, token.expires_at).await?;
+                insert_connect_token(&mut tx, token).await?;
+                let kept = profile.pending_expires_at.map_or(token.expires_at, |at| at.max(token.expires_at));
+                AuthProfile { pending_expires_at: Some(kept), ..profile.clone() }
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(created))
     }
 
     async fn pending_profile(&self, key: &PendingKey<'_>) -> Result<Option<AuthProfile>, StoreError> {
@@ -1964,8 +2015,8 @@ impl Store for SqlStore {
         let mut tx = self.db.begin().await?;
         // Serialises the mints of one profile: at READ COMMITTED, a concurrent mint's delete would
         // not see this one's uncommitted token, and both links would stay alive. A profile deleted
-        // meanwhile (a sweep of expired pending ones) gets no link.
-        let found = query("SELECT 1 FROM auth_profiles WHERE id = $1 FOR UPDATE")
+        // (a sweep of expired pending ones) or revoked meanwhile gets no link.
+        let found = query("SELECT 1 FROM auth_profiles WHERE id = $1 AND status <> 'revoked' FOR UPDATE")
             .bind(token.profile.as_uuid())
             .fetch_optional(&mut tx)
             .await?;
@@ -1979,19 +2030,7 @@ impl Store for SqlStore {
             .await?;
         // A pending profile outlives its newest link, so that the janitor does not delete both.
         keep_pending(&mut tx, token.profile, token.expires_at).await?;
-        query(
-            "INSERT INTO connect_tokens (token_hash, profile_id, user_id, allow_account_change, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&token.token_hash[..])
-        .bind(token.profile.as_uuid())
-        .bind(token.user.as_uuid())
-        .bind(token.allow_account_change)
-        .bind(token.created_at)
-        .bind(token.expires_at)
-        .execute(&mut tx)
-        .await
-        .map_err(|e| e.or_gone("the user"))?;
+        insert_connect_token(&mut tx, token).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -8,7 +8,7 @@ use chrono::{TimeDelta, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tessera::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, Slug, TeamId, UserId};
-use tessera::store::NewSession;
+use tessera::store::{FirstWrite, NewSession};
 
 use crate::helpers::{Backend, TestApp, identity, json as body, on_both_backends};
 
@@ -233,7 +233,7 @@ async fn profile(app: &TestApp, team: &str, by: &str, kind: ProfileKind, slug: &
         updated_at: now,
         credential: None,
     };
-    app.store.insert_profile(&profile).await.unwrap().expect("inserted").id
+    app.store.insert_profile(&profile, FirstWrite::Nothing).await.unwrap().expect("inserted").id
 }
 
 async fn deleting_a_user_leaves_nothing_of_theirs(backend: Backend) {

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tessera::config::{Config, ProviderKind};
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::{AuthProfile, ProfileId, ProfileKind, ProfileStatus, Slug, TeamId, UserId};
+use tessera::store::FirstWrite;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser, TokenFault};
 
 use crate::helpers::{
@@ -357,16 +358,23 @@ async fn the_database_refuses_a_second_pending_profile(backend: Backend) {
         updated_at: now,
         credential: None,
     };
-    assert_eq!(store.insert_profile(&duplicate).await.unwrap(), None, "refused by the database, not an error");
+    assert_eq!(
+        store.insert_profile(&duplicate, FirstWrite::Nothing).await.unwrap(),
+        None,
+        "refused by the database, not an error"
+    );
     let mut bobs = duplicate.clone();
     bobs.id = ProfileId::generate();
     bobs.created_by = w.bob.id;
-    assert!(store.insert_profile(&bobs).await.unwrap().is_some(), "another member may");
+    assert!(store.insert_profile(&bobs, FirstWrite::Nothing).await.unwrap().is_some(), "another member may");
     let mut active = duplicate.clone();
     active.id = ProfileId::generate();
     active.slug = Slug::parse("third-slug").unwrap();
     active.status = ProfileStatus::Active;
-    assert!(store.insert_profile(&active).await.unwrap().is_some(), "the rule only binds pending profiles");
+    assert!(
+        store.insert_profile(&active, FirstWrite::Nothing).await.unwrap().is_some(),
+        "the rule only binds pending profiles"
+    );
     store.close().await;
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use reqwest::{Method, StatusCode};
@@ -14,7 +15,7 @@ use tessera::crypto::keyring::KeyRing;
 use tessera::domain::UserId;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
 
-use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, json as body, on_both_backends};
+use crate::helpers::{ADMIN_TOKEN, Backend, Sql, TestApp, json as body, on_both_backends};
 use crate::pages::csrf_of;
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 
@@ -27,6 +28,7 @@ on_both_backends!(
     browser_sessions_are_stored_replaced_and_read_through_credentials,
     oauth_profiles_answer_credentials_like_token,
     env_values_are_tested_with_the_connectors_probe,
+    a_create_that_waits_on_the_creators_removal_writes_nothing,
 );
 
 const KEY: &str = "sk-abcdefghijklmnopqrstuvwxyz012345";
@@ -302,6 +304,8 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
         (json!({"OPENAI_API_KEY": "pk-not-a-key-but-secret"}), 400, "invalid_env_value", Some("OPENAI_API_KEY")),
         (json!({"OPENAI_API_KEY": long}), 400, "field_too_long", Some("OPENAI_API_KEY")),
         (json!({"OPENAI_API_KEY": 42}), 400, "invalid_request", None),
+        // A secret pasted as a name, with a value that is not a string: the name is not echoed.
+        (json!({"sk-proj-abcdefgh": 1}), 400, "invalid_request", None),
     ] {
         let refused = body(w.put_env(w.alice.id, "keys", values.clone()).await, status).await;
         assert_eq!(refused["code"], code, "{values}: {refused}");
@@ -359,10 +363,12 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
     )
     .await;
     let slugged = |values: Value| json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Faulty", "slug": "faulty", "values": values});
+    let events = sql.count("outbox_events").await;
     let failed = w.create(w.alice.id, slugged(json!({"OPENAI_API_KEY": KEY}))).await;
     assert!(failed.status().is_server_error(), "{}", failed.status());
     assert!(!failed.text().await.unwrap().contains("injected"), "no database error shown");
-    assert_eq!(sql.count("auth_profiles WHERE slug = 'faulty' AND status <> 'revoked'").await, 0, "taken back");
+    assert_eq!(sql.count("auth_profiles WHERE slug = 'faulty'").await, 0, "not written, not even revoked");
+    assert_eq!(sql.count("outbox_events").await, events, "no event of a profile never created");
     sql.remove_injected("profile_credentials").await;
     let retried = body(w.create(w.alice.id, slugged(json!({"OPENAI_API_KEY": KEY}))).await, 201).await;
     assert_eq!(
@@ -379,6 +385,19 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
     let session = w.on_behalf(Method::PUT, "/auth-profiles/keys/browser-session", w.alice.id);
     let mismatch = body(session.json(&json!({"storage_state": {}})).send().await.unwrap(), 409).await;
     assert_eq!(mismatch["code"], "profile_kind_mismatch");
+    // A create whose credential is of another kind is a fault of the request, naming the field.
+    let before = w.app.db.sql().await.count("auth_profiles").await;
+    for (kind, extra, field) in [
+        ("oauth_app", json!({"provider": "local", "values": {"OPENAI_API_KEY": KEY}}), "values"),
+        ("browser_session", json!({"values": {"OPENAI_API_KEY": KEY}}), "values"),
+        ("env", json!({"storage_state": {"cookies": [], "origins": []}}), "storage_state"),
+    ] {
+        let mut request = json!({"connector_key": "openai", "profile_kind": kind, "display_name": "Mixed"});
+        request.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let refused = body(w.create(w.alice.id, request).await, 400).await;
+        assert_eq!((refused["code"].as_str(), refused["field"].as_str()), (Some("invalid_request"), Some(field)));
+    }
+    assert_eq!(w.app.db.sql().await.count("auth_profiles").await, before, "nothing written");
 }
 
 async fn concurrent_posts_of_one_env_form_write_once(backend: Backend) {
@@ -589,4 +608,55 @@ async fn env_values_are_tested_with_the_connectors_probe(backend: Backend) {
                          "slug": "browser"});
     body(w.create(w.alice.id, session).await, 201).await;
     assert_eq!(body(test("browser").await.unwrap(), 409).await["code"], "test_not_supported");
+}
+
+/// A member whose removal commits while their create waits for the team's lock gets no profile
+/// (nor a link): the create reads the membership again under that lock, after the removal, which
+/// hands over or revokes a removed member's profiles, could not see it.
+async fn a_create_that_waits_on_the_creators_removal_writes_nothing(backend: Backend) {
+    let w = world(backend).await;
+    let sql = w.app.db.sql().await;
+    // The removal, as the store makes it: the team's row locked, Bob's membership deleted.
+    let remove = format!(
+        "DELETE FROM memberships WHERE role = 'member' AND team_id = (SELECT id FROM teams WHERE slug = '{}')",
+        w.team
+    );
+    let mut held = match &sql {
+        Sql::Sqlite(pool) => {
+            let mut conn = pool.acquire().await.unwrap().detach();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN IMMEDIATE; {remove}"))).execute(&mut conn).await.unwrap();
+            Held::Sqlite(conn)
+        }
+        Sql::Postgres(pool) => {
+            let mut conn = pool.acquire().await.unwrap().detach();
+            let lock = format!("BEGIN; SELECT 1 FROM teams WHERE slug = '{}' FOR UPDATE; {remove}", w.team);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(lock)).execute(&mut conn).await.unwrap();
+            Held::Postgres(conn)
+        }
+    };
+    let request = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Late", "slug": "late"});
+    let create = tokio::spawn({
+        let request = w.on_behalf(Method::POST, "/auth-profiles", w.bob.id).json(&request);
+        async move { request.send().await.unwrap() }
+    });
+    match &sql {
+        Sql::Postgres(_) => sql.until_waiting_for_a_lock("teams").await,
+        // Nothing shows an SQLite writer waiting: long enough for the request to reach the write.
+        Sql::Sqlite(_) => tokio::time::sleep(Duration::from_millis(700)).await,
+    }
+    match &mut held {
+        Held::Sqlite(conn) => sqlx::raw_sql("COMMIT").execute(conn).await.map(drop),
+        Held::Postgres(conn) => sqlx::raw_sql("COMMIT").execute(conn).await.map(drop),
+    }
+    .unwrap();
+    let refused = body(create.await.unwrap(), 404).await;
+    assert_eq!(refused["code"], "team_not_found", "{refused}");
+    assert_eq!(sql.count("auth_profiles").await, 0, "no profile");
+    assert_eq!(sql.count("connect_tokens").await, 0, "no link");
+}
+
+/// A connection of the test's, holding a lock.
+enum Held {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
 }

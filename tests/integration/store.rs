@@ -25,7 +25,9 @@ use tessera::store::{
     StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession,
     UserUpdate,
 };
-use tessera::store::{DefaultOutcome, FanOut, ProfileChange, ProfileUpdate, ReplayPage, Revocation, WebhookChange};
+use tessera::store::{
+    DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileUpdate, ReplayPage, Revocation, WebhookChange,
+};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, concurrently, on_both_backends};
@@ -354,7 +356,7 @@ fn profile(team: &Team, by: UserId, kind: ProfileKind, slug: &str, at: DateTime<
 }
 
 async fn inserted(store: &Arc<dyn Store>, profile: AuthProfile) -> AuthProfile {
-    store.insert_profile(&profile).await.unwrap().expect("the profile is inserted")
+    store.insert_profile(&profile, FirstWrite::Nothing).await.unwrap().expect("the profile is inserted")
 }
 
 fn key(profile: &AuthProfile) -> PendingKey<'_> {
@@ -1879,21 +1881,31 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     let bob = sign_up(&store, "bob").await;
     let t0 = now();
     let first = profile(&ada.team, ada.id(), ProfileKind::Env, "main", t0);
-    assert_eq!(store.insert_profile(&first).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.insert_profile(&first, FirstWrite::Nothing).await.unwrap(), Some(first.clone()));
     assert_eq!(store.profile(first.id).await.unwrap(), Some(first.clone()), "what the write returned is stored");
 
     let clash = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(1));
-    assert_eq!(store.insert_profile(&clash).await.unwrap(), None);
+    assert_eq!(store.insert_profile(&clash, FirstWrite::Nothing).await.unwrap(), None);
     assert_eq!(store.profile(clash.id).await.unwrap(), None);
     assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), std::slice::from_ref(&first));
 
+    // Only a member of the team may create one there.
+    let strangers = profile(&ada.team, bob.id(), ProfileKind::Interactive, "strangers", t0);
+    let refused = store.insert_profile(&strangers, FirstWrite::Nothing).await;
+    assert!(matches!(refused, Err(StoreError::Gone { .. })), "{refused:?}");
+    assert_eq!(store.profile(strangers.id).await.unwrap(), None);
+
     let elsewhere = profile(&bob.team, bob.id(), ProfileKind::Interactive, "main", t0);
-    assert_eq!(store.insert_profile(&elsewhere).await.unwrap(), Some(elsewhere), "slugs are per team");
+    assert_eq!(
+        store.insert_profile(&elsewhere, FirstWrite::Nothing).await.unwrap(),
+        Some(elsewhere),
+        "slugs are per team"
+    );
 
     // Revoking a profile frees its slug.
     assert!(matches!(store.revoke_profile(first.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
     let again = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(2));
-    assert_eq!(store.insert_profile(&again).await.unwrap(), Some(again.clone()));
+    assert_eq!(store.insert_profile(&again, FirstWrite::Nothing).await.unwrap(), Some(again.clone()));
     assert_eq!(store.profile_by_slug(ada.team.id, &again.slug).await.unwrap(), Some(again));
 }
 
@@ -1909,13 +1921,21 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
 
     let adas = inserted(&store, personal(ada.id(), "adas")).await;
     let adas_second = personal(ada.id(), "adas-second");
-    assert_eq!(store.insert_profile(&adas_second).await.unwrap(), None, "one pending personal profile per member");
+    assert_eq!(
+        store.insert_profile(&adas_second, FirstWrite::Nothing).await.unwrap(),
+        None,
+        "one pending personal profile per member"
+    );
     assert_eq!(store.profile(adas_second.id).await.unwrap(), None);
     inserted(&store, personal(bob.id(), "bobs")).await;
 
     inserted(&store, team_wide(ada.id(), "app")).await;
     let bobs_app = team_wide(bob.id(), "bobs-app");
-    assert_eq!(store.insert_profile(&bobs_app).await.unwrap(), None, "one pending team-wide profile per team");
+    assert_eq!(
+        store.insert_profile(&bobs_app, FirstWrite::Nothing).await.unwrap(),
+        None,
+        "one pending team-wide profile per team"
+    );
     assert_eq!(store.profile(bobs_app.id).await.unwrap(), None);
     inserted(&store, AuthProfile { provider: "gitlab".into(), ..team_wide(ada.id(), "gitlab-app") }).await;
     inserted(&store, AuthProfile { connector_key: "github-actions".into(), ..personal(ada.id(), "actions") }).await;
@@ -1923,7 +1943,7 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
 
     // Once connected, a profile no longer holds the pending place.
     assert!(store.activate_profile(adas.id, 0, &activation(ada.id(), "acct-1", b"access", None, t0)).await.unwrap());
-    assert_eq!(store.insert_profile(&adas_second).await.unwrap(), Some(adas_second));
+    assert_eq!(store.insert_profile(&adas_second, FirstWrite::Nothing).await.unwrap(), Some(adas_second));
 }
 
 async fn pending_profile_finds_the_pending_profile_of_a_key_expired_or_not(backend: Backend) {
@@ -2037,6 +2057,11 @@ async fn a_new_connect_token_replaces_the_older_ones(backend: Backend) {
     let orphan = connect_token(&gone, ada.id(), t0, ttl);
     assert!(!store.mint_connect_token(&orphan).await.unwrap());
     assert_eq!(store.connect_token(&orphan.token_hash, t0).await.unwrap(), None);
+    // Nor does a revoked one.
+    assert!(matches!(store.revoke_profile(other.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
+    let late = connect_token(&other, ada.id(), t0 + TimeDelta::minutes(2), ttl);
+    assert!(!store.mint_connect_token(&late).await.unwrap());
+    assert_eq!(store.connect_token(&late.token_hash, t0).await.unwrap(), None);
 }
 
 async fn taking_and_minting_links_of_one_profile_at_once_never_deadlock(backend: Backend) {
@@ -2879,6 +2904,11 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     let kept = store.profile(bobs_own.id).await.unwrap().unwrap();
     assert_eq!((kept.status, kept.slug.as_str(), kept.is_default), (ProfileStatus::Active, "bobs-own", true));
     assert!(matches!(store.revoke_profile(bobs_own.id, Some(ada.id()), t0).await.unwrap(), Revocation::Revoked(_)));
+    // Revoked meanwhile: not a right lost, a profile to read again (and find gone).
+    let adas_update = change(ada.id(), "Gone", &slug, &scopes, false, t0);
+    let gone = store.update_profile(bobs_own.id, kept.version, &adas_update).await.unwrap();
+    assert_eq!(gone, ProfileUpdate::Changed);
+    assert_eq!(store.clear_default_profile(ada.team.id, bobs_own.id, ada.id()).await.unwrap(), Some(false));
     assert_eq!(store.set_default_profile(ada.team.id, second.id, ada.id(), t0).await.unwrap(), DefaultOutcome::Set);
     assert_eq!(store.default_profile(ada.team.id, "another-connector").await.unwrap(), None);
 

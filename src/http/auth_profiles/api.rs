@@ -84,7 +84,13 @@ impl<'de> Deserialize<'de> for DistinctValues {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<DistinctValues, A::Error> {
                 let mut values = BTreeMap::new();
-                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                // Each value is read as any JSON and refused here, not by its own deserializer,
+                // whose error would carry the name in its path: a secret pasted as a name would
+                // be echoed in the answer.
+                while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    let serde_json::Value::String(value) = value else {
+                        return Err(serde::de::Error::custom("each value in `values` must be a string"));
+                    };
                     if values.insert(name, value).is_some() {
                         return Err(serde::de::Error::custom("a name appears twice in `values`"));
                     }
@@ -164,6 +170,23 @@ pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiErro
         })),
         (None, None) => None,
     };
+    // A credential of another kind than the profile's is a fault of this request (no profile
+    // exists yet to have a kind of its own).
+    match (&credential, kind) {
+        (Some(CredentialInput::Env(_)), ProfileKind::Env)
+        | (Some(CredentialInput::BrowserSession(_)), ProfileKind::BrowserSession)
+        | (None, _) => {}
+        (Some(CredentialInput::Env(_)), _) => {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "`values` go with an `env` profile").field("values"));
+        }
+        (Some(CredentialInput::BrowserSession(_)), _) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`storage_state` goes with a `browser_session` profile",
+            )
+            .field("storage_state"));
+        }
+    }
     let display_name = parse_display_name(required(&request.display_name, "display_name")?)?;
     let slug = request.slug.as_deref().map(parse_slug).transpose()?;
     let scopes = parse_scopes(request.scopes.unwrap_or_default())?;

@@ -101,7 +101,8 @@ pub struct AuthProfileResponse {
     pub access_token_expires_at: Option<DateTime<Utc>>,
     /// When a pending profile stops being reusable; null once connected.
     pub pending_expires_at: Option<DateTime<Utc>>,
-    /// Bumped when the profile is connected, reconnected or revoked (not by token refreshes).
+    /// Bumped when the profile is connected or reconnected, its credential written, its scopes
+    /// widened, or it is revoked (not by token refreshes).
     pub version: i64,
     /// When it was created.
     pub created_at: DateTime<Utc>,
@@ -204,8 +205,9 @@ impl From<Vec<AuthProfile>> for AuthProfileListResponse {
 pub struct AuthProfileWithLinkResponse {
     /// The profile.
     pub auth_profile: AuthProfileResponse,
-    /// The URL to open in a browser, signed in as the caller, to connect the account; null for
-    /// kinds not connected through OAuth.
+    /// The URL to open in a browser, signed in as the caller, to connect the account (OAuth
+    /// kinds) or to fill in its values (`env`); null when there is no link (a browser session,
+    /// or a credential given with the request).
     pub connect_url: Option<String>,
     /// When the link stops working; null when there is no link.
     pub connect_expires_at: Option<DateTime<Utc>>,
