@@ -375,8 +375,16 @@ impl Webhooks {
                 self.store.update_webhook(&endpoint).await?;
                 changed = true;
             }
-            let current = keyring.decrypt(&old.secret, &WebhookEndpoint::aad(old.id)).ok();
-            if current.as_deref() != Some(config.key.expose()) {
+            // Compare-and-swap on the stored ciphertext: a concurrent write (`tessera keys rotate`
+            // re-encrypting it, another instance's start-up) makes it read the row again.
+            let mut stored_secret = old.secret.clone();
+            let mut settled = false;
+            for _ in 0..5 {
+                let current = keyring.decrypt(&stored_secret, &WebhookEndpoint::aad(old.id)).ok();
+                if current.as_deref() == Some(config.key.expose()) {
+                    settled = true;
+                    break;
+                }
                 // The operator changed the key: the stored one (if readable) keeps signing for the
                 // overlap, as after a rotation through the admin API.
                 let previous = current.map(|k| keyring.encrypt(&k, &WebhookEndpoint::previous_aad(old.id)));
@@ -386,8 +394,20 @@ impl Webhooks {
                 let secret = keyring.encrypt(config.key.expose(), &WebhookEndpoint::aad(old.id));
                 let keys =
                     WebhookKeys { secret: &secret, previous: previous.as_deref(), previous_until: until, now: at };
-                self.store.replace_webhook_secret(old.id, &old.secret, &keys).await?;
-                changed = true;
+                if self.store.replace_webhook_secret(old.id, &stored_secret, &keys).await? {
+                    (changed, settled) = (true, true);
+                    break;
+                }
+                match self.store.webhook(old.id).await? {
+                    Some(now) => stored_secret = now.secret,
+                    None => {
+                        settled = true;
+                        break;
+                    }
+                }
+            }
+            if !settled {
+                tracing::warn!(webhook = %old.id, name = %config.name, "the configured key of a webhook endpoint was not stored: its row kept changing meanwhile; it is tried again at the next start");
             }
             sync.updated += usize::from(changed);
         }

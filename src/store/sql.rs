@@ -3089,7 +3089,8 @@ impl Store for SqlStore {
 
     async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
-        restart_if_enabled(&mut tx, endpoint.id, Some(endpoint.enabled), endpoint.updated_at).await?;
+        let (id, url) = (endpoint.id, Some(endpoint.url.as_str()));
+        restart_series(&mut tx, id, Some(endpoint.enabled), url, endpoint.updated_at).await?;
         static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
             Box::leak(
                 format!(
@@ -3130,7 +3131,7 @@ impl Store for SqlStore {
             )
         });
         let mut tx = self.db.begin().await?;
-        restart_if_enabled(&mut tx, id, change.enabled, now).await?;
+        restart_series(&mut tx, id, change.enabled, change.url.as_deref(), now).await?;
         let row = query(*SQL)
             .bind(id.as_uuid())
             .bind(change.url.as_deref())
@@ -3932,25 +3933,33 @@ async fn revoke_grant_in(tx: &mut Tx, grant: uuid::Uuid, now: DateTime<Utc>) -> 
     Ok(())
 }
 
-/// When `enabled` turns a disabled endpoint on again, starts its pending deliveries' series of
-/// attempts anew at `now`: their time to give up counts from when they can be sent, not from a
-/// time the endpoint spent disabled (which would fail them all unsent).
-async fn restart_if_enabled(
+/// When `enabled` turns a disabled endpoint on again, or `url` points it elsewhere, starts its
+/// pending deliveries' series of attempts anew at `now`: their time to give up counts from when
+/// they can be sent, to where they now go, not from a time the endpoint spent disabled or failing
+/// at its old address (which would fail them unsent, or hold them back by the old backoff).
+async fn restart_series(
     tx: &mut Tx,
     endpoint: WebhookId,
     enabled: Option<bool>,
+    url: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if enabled != Some(true) {
+    if enabled != Some(true) && url.is_none() {
         return Ok(());
     }
     // Not `FOR UPDATE`, which would hold off the fan-out's deliveries of every endpoint (their
     // foreign key checks share this row) while the deliveries below are rewritten.
-    let was = query("SELECT enabled FROM webhook_endpoints WHERE id = $1 FOR NO KEY UPDATE")
+    let was = query("SELECT enabled, url FROM webhook_endpoints WHERE id = $1 FOR NO KEY UPDATE")
         .bind(endpoint.as_uuid())
         .fetch_optional(&mut *tx)
         .await?;
-    if was.map(|row| row.flag("enabled")).transpose()? == Some(false) {
+    let Some(was) = was else { return Ok(()) };
+    let enabling = enabled == Some(true) && !was.flag("enabled")?;
+    let moving = match url {
+        Some(url) => url != was.text("url")?,
+        None => false,
+    };
+    if enabling || moving {
         query(
             "UPDATE webhook_deliveries SET attempts = 0, scheduled_at = $2, next_attempt_at = $2
              WHERE endpoint_id = $1 AND state = 'pending'",

@@ -10,7 +10,7 @@
 //! - Isolation: endpoints are delivered to concurrently (`webhooks.max_concurrent_endpoints`), each
 //!   request has a timeout, so a slow or dead endpoint holds only its own queue.
 //! - Many instances: an endpoint is leased to one instance at a time (claimed with
-//!   `FOR UPDATE SKIP LOCKED` on PostgreSQL), so each event reaches each endpoint once in normal
+//!   `FOR NO KEY UPDATE SKIP LOCKED` on PostgreSQL), so each event reaches each endpoint once in normal
 //!   operation; a lease that outlives a crashed instance runs out and another takes over.
 
 use std::collections::HashMap;
@@ -296,21 +296,29 @@ async fn deliver_to(
             if !final_without_request && Instant::now() >= deadline {
                 return;
             }
+            // A signing key that cannot be decrypted is this side's fault, not the endpoint's:
+            // retried (an overdue delivery too, from now) until the key is back, and no reason to
+            // fail the rest of an overdue backlog unsent.
+            let mut unsigned = false;
             let (status, error) = match unsent {
                 Some(unsent) => (None, Some(unsent)),
                 None => match keys_now(&current) {
                     Ok(keys) => send(client, endpoint, &keys, &job, webhooks.settings().allow_private_addresses).await,
-                    Err(unsigned) => (None, Some(unsigned)),
+                    Err(why) => {
+                        unsigned = true;
+                        (None, Some(why))
+                    }
                 },
             };
             let at = crate::domain::now();
             // Retried until its time is up, the last retry at that time at the latest.
-            let retry_at = error.as_ref().filter(|_| !final_without_request && !overdue && at < give_up).map(|_| {
-                let wait = TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).unwrap_or(TimeDelta::MAX);
-                at.checked_add_signed(wait).map_or(give_up, |next| next.min(give_up))
-            });
+            let retry_at =
+                error.as_ref().filter(|_| !final_without_request && (!overdue || unsigned) && at < give_up).map(|_| {
+                    let wait = TimeDelta::from_std(webhooks.retry_delay(job.attempts + 1)).unwrap_or(TimeDelta::MAX);
+                    at.checked_add_signed(wait).map_or(give_up, |next| next.min(give_up))
+                });
             let failed = error.is_some();
-            if failed && overdue && !final_without_request {
+            if failed && overdue && !final_without_request && !unsigned {
                 endpoint_failing = true;
             }
             let result = match (failed, retry_at) {

@@ -26,6 +26,8 @@ on_both_backends!(
     a_replay_sends_events_again,
     concurrent_changes_of_different_fields_all_stick,
     an_endpoint_enabled_again_sends_what_waited_for_it,
+    an_endpoint_pointed_elsewhere_sends_its_queue_there_at_once,
+    a_signing_key_out_of_the_key_ring_fails_no_backlog_unsent,
     a_delivery_fails_for_good_when_retries_run_out,
     a_backlog_held_back_past_its_time_fails_without_a_request_each,
     a_slow_receiver_gets_every_event_however_long_its_backlog_waits,
@@ -314,6 +316,68 @@ async fn an_endpoint_enabled_again_sends_what_waited_for_it(backend: Backend) {
     .await;
     // The first again (its answer was not recorded), then the second.
     assert_eq!(receiver.types(), ["user.created", "user.created", "user.created"]);
+    app.stop().await;
+}
+
+/// Pointing an endpoint at a new address (the usual remedy for failing deliveries) starts its
+/// queue's series of attempts anew there, not after the backoff earned at the old address.
+async fn an_endpoint_pointed_elsewhere_sends_its_queue_there_at_once(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        with_keyring(config);
+        config.webhooks.retry_base = std::time::Duration::from_secs(600);
+        config.webhooks.retry_max = std::time::Duration::from_secs(600);
+    })
+    .await;
+    let (dead, alive) = (Receiver::start().await, Receiver::start().await);
+    dead.failing.store(true, Ordering::SeqCst);
+    let (id, _) = register(&app, json!({ "url": dead.url })).await;
+    json(app.bootstrap(&identity("dee", "dee@example.com", None)).await, 201).await;
+    eventually("the first attempt failed", || async {
+        deliveries(&app, &id).await.first().is_some_and(|d| d["attempts"] == 1)
+    })
+    .await;
+    let path = format!("/admin/webhooks/{id}");
+    json(app.admin(Method::PATCH, &path).json(&json!({ "url": alive.url })).send().await.unwrap(), 200).await;
+    eventually("the delivery is sent to the new address", || async {
+        deliveries(&app, &id).await.iter().all(|d| d["state"] == "delivered")
+    })
+    .await;
+    assert_eq!(alive.types(), ["user.created"]);
+    app.stop().await;
+}
+
+/// A signing key the key ring no longer holds is this side's fault, not the endpoint's: each
+/// delivery of a backlog held back past its time is tried (and fails unsigned) on its own, none
+/// is failed unsent as if the endpoint were not answering.
+async fn a_signing_key_out_of_the_key_ring_fails_no_backlog_unsent(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    with_keyring(&mut config);
+    config.webhooks.give_up_after = std::time::Duration::from_secs(1);
+    let shared = db.share();
+    let receiver = Receiver::start().await;
+    let registering = TestApp::start(shared, &config).await;
+    let (id, _) = register(&registering, json!({ "url": receiver.url })).await;
+    // The OpenID Provider's signing key, under the same key, would stop the next start.
+    registering.db.sql().await.exec("DELETE FROM signing_keys").await.unwrap();
+    registering.stop().await;
+    // Another key ring, without the key the endpoint's secret was encrypted under.
+    config.encryption = Some(Arc::new(KeyRing::parse(&format!("k2:{}", STANDARD.encode([8u8; 32]))).unwrap()));
+    let app = TestApp::start(db, &config).await;
+    for name in ["one", "two", "three"] {
+        json(app.bootstrap(&identity(name, &format!("{name}@example.com"), None)).await, 201).await;
+    }
+    // Each waits behind the one before, past its time to give up: overdue when its turn comes.
+    eventually("every delivery failed for good", || async {
+        let log = deliveries(&app, &id).await;
+        log.len() == 3 && log.iter().all(|d| d["state"] == "failed")
+    })
+    .await;
+    for delivery in deliveries(&app, &id).await {
+        let error = delivery["last_error"].as_str().unwrap();
+        assert!(error.starts_with("not sent: the signing key cannot be decrypted"), "{delivery}");
+    }
+    assert!(receiver.all().is_empty(), "nothing sent unsigned");
     app.stop().await;
 }
 
