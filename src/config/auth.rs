@@ -318,7 +318,9 @@ pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
     if !(1..=24 * 365).contains(&session_ttl_hours) {
         return Err(ConfigError::new("auth.session_ttl_hours", "expected 1 to 8760 hours"));
     }
-    let session_idle_minutes = raw.session_idle_minutes.unwrap_or(DEFAULT_SESSION_IDLE.as_secs() / 60);
+    // Unless given, the default idle timeout, or the whole lifetime of a shorter session.
+    let session_idle_minutes =
+        raw.session_idle_minutes.unwrap_or((DEFAULT_SESSION_IDLE.as_secs() / 60).min(session_ttl_hours * 60));
     if !(1..=session_ttl_hours * 60).contains(&session_idle_minutes) {
         return Err(ConfigError::new("auth.session_idle_minutes", "expected 1 minute up to the session lifetime"));
     }
@@ -923,7 +925,7 @@ mod tests {
             "https://id.example.com/auth",
         ] {
             let text = PROVIDERS.replace("https://id.example.com", url);
-            assert_eq!(key_of(&text, &[("GH_SECRET", "s")]), "auth.public_url (TESSERA_PUBLIC_URL)", "{url}");
+            assert_eq!(key_of(&text, &[("GH_SECRET", "s")]), "auth.public_url", "{url}: set in the file");
         }
         for url in ["http://127.0.0.1:8080", "http://localhost:8080/", "https://id.example.com"] {
             let text = PROVIDERS.replace("https://id.example.com", url);

@@ -523,6 +523,33 @@ impl DatabaseUrl {
         &self.ignored
     }
 
+    /// Why a connection to this PostgreSQL URL would not verify the server it reaches, if it
+    /// would not: an `sslmode` below `verify-ca` (the URL's, else `PGSSLMODE`'s, else the
+    /// driver's `prefer`, which also falls back to plain text) for a host other than this machine
+    /// (a loopback address, `localhost` or a Unix socket).
+    pub fn unverified_tls(&self) -> Option<String> {
+        self.unverified_tls_with(std::env::var("PGSSLMODE").ok())
+    }
+
+    fn unverified_tls_with(&self, env_sslmode: Option<String>) -> Option<String> {
+        if self.backend != Backend::Postgres {
+            return None;
+        }
+        let url = url::Url::parse(self.expose()).ok()?;
+        let param = |names: &[&str]| {
+            url.query_pairs().find(|(name, _)| names.contains(&name.as_ref())).map(|(_, value)| value.into_owned())
+        };
+        let host = param(&["host"]).or_else(|| url.host_str().map(str::to_owned)).unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let local = host.is_empty()
+            || host.starts_with('/')
+            || host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let mode = param(&["sslmode", "ssl-mode"]).or(env_sslmode).unwrap_or_else(|| "prefer".to_owned());
+        let verified = matches!(mode.to_ascii_lowercase().as_str(), "verify-ca" | "verify-full");
+        (!local && !verified).then(|| format!("sslmode={mode}"))
+    }
+
     /// Which backend the URL selects.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -1542,10 +1569,13 @@ mod tests {
         );
         assert_eq!(key("", &[("TESSERA_LOG_FORMAT", "xml")]), "log.format (TESSERA_LOG_FORMAT)");
         assert_eq!(key("lissen = \"x\"", &[]), "lissen");
+        // The variable is named only when it set the value.
+        assert_eq!(key("[database]\nmax_connections = 0", &[]), "database.max_connections");
         assert_eq!(
-            key("[database]\nmax_connections = 0", &[]),
+            key("", &[("TESSERA_DATABASE_MAX_CONNECTIONS", "0")]),
             "database.max_connections (TESSERA_DATABASE_MAX_CONNECTIONS)"
         );
+        assert_eq!(key("listen = \"nowhere\"", &[]), "listen");
         assert_eq!(key("[server]\nmax_connections = 0", &[]), "server.max_connections");
     }
 
@@ -1610,6 +1640,20 @@ mod tests {
         };
         assert_eq!(config(30_000).unwrap().server.last_seen_flush, Duration::from_secs(30));
         assert_eq!(config(30_001).unwrap_err().key, "server.last_seen_flush_ms");
+    }
+
+    #[test]
+    fn a_session_shorter_than_a_day_is_idle_for_its_whole_lifetime_unless_told() {
+        let short = Config::from_toml("[auth]\nsession_ttl_hours = 8", env(&[])).unwrap();
+        assert_eq!(
+            (short.auth.session_ttl, short.auth.session_idle),
+            (Duration::from_secs(8 * 3600), Duration::from_secs(8 * 3600))
+        );
+        let default = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(default.auth.session_idle, Duration::from_secs(24 * 3600));
+        let given =
+            Config::from_toml("[auth]\nsession_ttl_hours = 8\nsession_idle_minutes = 481", env(&[])).unwrap_err();
+        assert_eq!(given.key, "auth.session_idle_minutes", "a longer one, given, is refused");
     }
 
     #[test]
@@ -1728,6 +1772,27 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://u@db.example/t?connect_timeout=5").unwrap();
         assert_eq!(url.expose(), "postgres://u@db.example/t");
         // One that asks for what the driver cannot do is refused by name, not dropped.
+        let unverified =
+            |url: &str, env: Option<&str>| DatabaseUrl::parse(url).unwrap().unverified_tls_with(env.map(str::to_owned));
+        assert_eq!(unverified("postgres://u@db.example/t", None).as_deref(), Some("sslmode=prefer"));
+        assert_eq!(unverified("postgres://u@db.example/t?sslmode=require", None).as_deref(), Some("sslmode=require"));
+        assert_eq!(unverified("postgres://u@db.example/t", Some("disable")).as_deref(), Some("sslmode=disable"));
+        assert_eq!(
+            unverified("postgres://u@db.example/t", Some("verify-full")),
+            None,
+            "PGSSLMODE read as the driver does"
+        );
+        assert_eq!(unverified("postgres://u@db.example/t?sslmode=verify-ca", Some("disable")), None, "the URL wins");
+        for local in [
+            "postgres://u@localhost/t",
+            "postgres://u@127.0.0.1:5433/t",
+            "postgres://u@[::1]/t",
+            "postgres://u@localhost/t?host=/run/postgresql",
+        ] {
+            assert_eq!(unverified(local, None), None, "{local}");
+        }
+        assert_eq!(unverified("postgres://u@localhost/t?host=db.example", None).as_deref(), Some("sslmode=prefer"));
+        assert_eq!(unverified("sqlite://tessera.db", None), None);
         let refused = DatabaseUrl::parse("postgres://u:hunter2@db.example/t?channel_binding=require").unwrap_err();
         assert!(refused.contains("`channel_binding`") && !refused.contains("hunter2"), "{refused}");
         assert!(DatabaseUrl::parse("postgres://u@db.example/t?channel_binding=prefer").is_ok());

@@ -163,6 +163,8 @@ pub(super) struct Layers {
     nested: Option<Env>,
     /// How the file is named in a syntax error.
     file_label: String,
+    /// The variables of earlier releases that are set (and so set their keys).
+    former_set: Vec<&'static str>,
 }
 
 impl Layers {
@@ -182,8 +184,10 @@ impl Layers {
             }
             figment = figment.merge(Toml::string(text));
         }
+        let mut former_set = Vec::new();
         for &(var, key, form) in FORMER_NAMES {
             let Some(text) = env(var).filter(|text| !text.trim().is_empty()) else { continue };
+            former_set.push(var);
             let value = match form {
                 Form::Scalar => Value::from(text.trim().to_owned()),
                 Form::List => Value::from(split_list(&text)),
@@ -199,7 +203,7 @@ impl Layers {
         } else {
             None
         };
-        Ok(Self { figment, nested, file_label })
+        Ok(Self { figment, nested, file_label, former_set })
     }
 
     /// Deserializes the merged layers. Booleans take `true`/`false`, `yes`/`no`, `on`/`off`,
@@ -211,8 +215,18 @@ impl Layers {
     /// Rewrites a validation error about a key set through the `__` spelling so that it names
     /// that variable instead of the file key's former variable (`database.max_connections
     /// (TESSERA_DATABASE_MAX_CONNECTIONS)` becomes `… (TESSERA_DATABASE__MAX_CONNECTIONS)`).
+    /// An error naming a variable of an earlier release that is not set (the value came from the
+    /// file) names the key alone.
     pub(super) fn attribute(&self, error: ConfigError) -> ConfigError {
         let base = error.key.split(" (").next().unwrap_or_default().to_owned();
+        // A variable of an earlier release named beside a key that the file set (that variable
+        // being unset): the key alone. For a value set nowhere, the variable stays, as a hint.
+        let former = error.key.strip_prefix(&format!("{base} (")).and_then(|rest| rest.strip_suffix(')'));
+        if let Some(var) = former.filter(|var| FORMER_NAMES.iter().any(|(name, ..)| name == var))
+            && (self.former_set.contains(&var) || self.figment.find_value(&base).is_err())
+        {
+            return error;
+        }
         let segments: Vec<&str> = base.split(['.', '[', ']']).filter(|s| !s.is_empty()).collect();
         if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
             return error;
@@ -224,6 +238,7 @@ impl Layers {
         let source = self.figment.get_metadata(value.tag()).map(|m| m.name.to_string());
         match self.nested_var(source.as_deref(), &segments) {
             Some(var) => ConfigError { key: format!("{base} ({var})"), ..error },
+            None if former.is_some() => ConfigError { key: base, ..error },
             None => error,
         }
     }

@@ -1754,11 +1754,39 @@ pub struct ConfigClientSync {
     pub conflicts: Vec<ClientId>,
 }
 
+/// The environment variables sqlx reads for a PostgreSQL connection (besides `~/.pgpass`).
+const PG_ENVIRONMENT: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGAPPNAME",
+    "PGOPTIONS",
+    "PGPASSFILE",
+];
+
 /// Connects to the database the configuration names.
 pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
     for (key, url) in [("database.url", Some(&config.url)), ("database.replica_url", config.replica_url.as_ref())] {
         if let Some(ignored) = url.map(|url| url.ignored_parameters()).filter(|ignored| !ignored.is_empty()) {
             tracing::warn!(key, parameters = %ignored.join(", "), "the database URL has parameters Tessera's driver does not read: they are ignored");
+        }
+        if let Some(mode) = url.and_then(crate::config::DatabaseUrl::unverified_tls) {
+            tracing::warn!(key, %mode, "the connection to PostgreSQL does not verify the server's certificate: set sslmode=verify-full (with sslrootcert) in the URL");
+        }
+    }
+    // The driver reads these where the URL says nothing: named (never with their values), so
+    // that one set in the environment by accident is seen.
+    if config.url.backend() == crate::config::Backend::Postgres {
+        let set: Vec<&str> = PG_ENVIRONMENT.iter().copied().filter(|name| std::env::var_os(name).is_some()).collect();
+        if !set.is_empty() {
+            tracing::info!(variables = %set.join(", "), "PostgreSQL environment variables are set: the driver reads them for what the database URL does not say");
         }
     }
     Ok(Arc::new(SqlStore::connect(config).await?))
