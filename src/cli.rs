@@ -91,9 +91,10 @@ pub enum Command {
         action: admin::ClientsCommand,
     },
     /// Provision identities in bulk from a JSON Lines or CSV file, as the admin bootstrap does;
-    /// re-running it changes nothing, so an interrupted import is resumed by running it again.
+    /// re-running it writes nothing for what it made already, so an interrupted import is resumed
+    /// by running it again.
     Import(import::ImportArgs),
-    /// Write every identity (issuer, subject, email, email_verified, name) as JSON Lines or CSV,
+    /// Write every identity (issuer, subject, email, email_verified, name, provider) as JSON Lines or CSV,
     /// in the format `tessera import` reads.
     Export(import::ExportArgs),
     /// Write a consistent copy of the SQLite database to a new file, while Tessera keeps

@@ -548,13 +548,11 @@ fn header_columns(header: &csv::ByteRecord) -> Result<([Option<usize>; COLUMNS.l
         let name = String::from_utf8_lossy(name);
         let name = name.trim_start_matches('\u{feff}').trim().to_ascii_lowercase();
         let Some(known) = COLUMNS.iter().position(|c| *c == name) else {
-            // Named when it reads as a column's name; else by position: a file without a header
-            // row has a record there, whose first field (an email, say) stays out of the output.
-            let looks_like_a_name =
-                name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b' '));
-            let which = if looks_like_a_name { format!("{name:?}") } else { format!("number {}", index + 1) };
+            // Named by position, never by its text: a file without a header row has a record
+            // there, whose fields (a person's name, an email) stay out of the output.
             return Err(ImportError::Header(format!(
-                "has an unknown column {which} (is the first line a header?): the columns are {}",
+                "has an unknown column number {} (is the first line a header?): the columns are {}",
+                index + 1,
                 COLUMNS.join(", ")
             )));
         };
@@ -585,21 +583,26 @@ fn csv_record(
     if row.len() != width {
         return Err(ErrorCode::InvalidRequest);
     }
-    let mut fields = [None, None, None, None, None, None];
+    let mut fields = [None, None, None, None, None, None, None];
     for (field, column) in fields.iter_mut().zip(columns) {
         if let Some(index) = column {
             let text = std::str::from_utf8(&row[*index]).map_err(|_| ErrorCode::InvalidRequest)?;
             *field = Some(text.to_owned()).filter(|t| !t.trim().is_empty());
         }
     }
-    let [issuer, subject, email, email_verified, name, team] = fields;
+    let [issuer, subject, email, email_verified, name, team, provider] = fields;
+    // Every other field is trimmed; spaces around a subject (a CSV written `issuer, subject`)
+    // would make an identity the provider never names.
+    if subject.as_deref().is_some_and(|subject| subject.trim() != subject) {
+        return Err(ErrorCode::InvalidSubject);
+    }
     let email_verified = match email_verified.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
         None => None,
         Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Some(true),
         Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Some(false),
         Some(_) => return Err(ErrorCode::InvalidRequest),
     };
-    Ok(Record { issuer, subject, email, email_verified, name, team })
+    Ok(Record { issuer, subject, email, email_verified, name, team, provider })
 }
 
 /// Counts the lines an import will read, for the progress bar's length.
@@ -791,8 +794,28 @@ pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
             eprintln!("exported {count} identities");
             ExitCode::SUCCESS
         }
+        // The reader of stdout has gone (`tessera export | head`): not a failure, as for the
+        // other commands' output.
+        Err(e) if args.output.is_none() && broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => fail(e.as_ref()),
     }
+}
+
+/// Whether a write failed because the reader of a pipe has gone.
+fn broken_pipe(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let kind = if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        Some(io.kind())
+    } else if let Some(json) = error.downcast_ref::<serde_json::Error>() {
+        json.io_error_kind()
+    } else if let Some(csv) = error.downcast_ref::<csv::Error>() {
+        match csv.kind() {
+            csv::ErrorKind::Io(io) => Some(io.kind()),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    kind == Some(std::io::ErrorKind::BrokenPipe)
 }
 
 /// Writes every identity to `out`, a page at a time; returns how many.
@@ -826,6 +849,7 @@ pub async fn export_to(
                     verified,
                     record.name.as_deref().unwrap_or(""),
                     record.team.as_deref().unwrap_or(""),
+                    record.provider.as_deref().unwrap_or(""),
                 ])?;
                 Ok(())
             })

@@ -26,6 +26,17 @@ pub fn is_hidden_control(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// The provider label an identity records, as given to a bootstrap or an import: trimmed, empty
+/// when absent or blank (the issuer entry's name is then recorded), `None` when longer than 64
+/// characters or holding a control character.
+pub fn provider_label(value: Option<&str>) -> Option<String> {
+    match value.map(str::trim) {
+        None | Some("") => Some(String::new()),
+        Some(p) if p.chars().count() <= 64 && !p.chars().any(is_hidden_control) => Some(p.to_owned()),
+        Some(_) => None,
+    }
+}
+
 /// The subject (`sub`) of an identity at its issuer: opaque, compared byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]

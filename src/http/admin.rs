@@ -250,17 +250,10 @@ fn parse_claim(request: BootstrapRequest) -> Result<IdentityClaim, ApiError> {
         .map_err(|e| text_error(e, "name", ErrorCode::InvalidName))?;
     // As an issuer's `name`, which is what an identity records by default (its host, say): a
     // value read back from `GET /admin/users/{id}` is accepted as it is.
-    let provider = match request.provider.as_deref().map(str::trim) {
-        None | Some("") => String::new(),
-        Some(p) if p.chars().count() <= 64 && !p.chars().any(crate::domain::is_hidden_control) => p.to_owned(),
-        Some(_) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "`provider` must be 1 to 64 characters, without control characters",
-            )
-            .field("provider"));
-        }
-    };
+    let provider = crate::domain::provider_label(request.provider.as_deref()).ok_or_else(|| {
+        ApiError::new(ErrorCode::InvalidRequest, "`provider` must be 1 to 64 characters, without control characters")
+            .field("provider")
+    })?;
     Ok(IdentityClaim {
         issuer,
         subject,

@@ -41,10 +41,14 @@ pub struct Record {
     /// A team (id or slug) the user joins as member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    /// The provider the identity came through (as `POST /admin/users/bootstrap` takes it); the
+    /// issuer entry's name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// The columns of a record, in file order (the CSV header).
-pub const COLUMNS: [&str; 6] = ["issuer", "subject", "email", "email_verified", "name", "team"];
+pub const COLUMNS: [&str; 7] = ["issuer", "subject", "email", "email_verified", "name", "team", "provider"];
 
 /// A line of the input: its number in the file and its record, or why it could not be read.
 #[derive(Debug, Clone)]
@@ -83,6 +87,9 @@ struct Valid {
     claim: IdentityClaim,
     team: Option<TeamId>,
 }
+
+/// How many team references an import remembers.
+const TEAM_CACHE_ENTRIES: usize = 10_000;
 
 /// How often a line is tried again after a transient database failure.
 const RETRIES: u32 = 4;
@@ -199,11 +206,18 @@ impl Importer {
             let key = (line.claim.issuer.as_str().to_owned(), line.claim.subject.as_str().to_owned());
             let outcome = match existing.get(&key) {
                 // A disabled user joins no team, as on the provisioning path.
-                Some((_, true)) => LineOutcome { number: line.number, outcome: Outcome::Existing, joined: false },
-                Some((user, false)) => self.join(line.number, Outcome::Existing, *user, line.team).await?,
-                None => self.provision(line).await?,
+                Some((_, true)) => Ok(LineOutcome { number: line.number, outcome: Outcome::Existing, joined: false }),
+                Some((user, false)) => self.join(line.number, Outcome::Existing, *user, line.team).await,
+                None => self.provision(line).await,
             };
-            outcomes.push(outcome);
+            match outcome {
+                Ok(outcome) => outcomes.push(outcome),
+                // A user written before the failure (its team not joined) is counted.
+                Err(Failure { error, settled }) => {
+                    outcomes.extend(settled);
+                    return Err(error);
+                }
+            }
         }
         Ok(())
     }
@@ -214,12 +228,8 @@ impl Importer {
         let record = record?;
         let issuer = Issuer::parse(required(record.issuer.as_deref())?)
             .map_err(|e| if e == IssuerError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidIssuer })?;
+        // Taken as written (a CSV record's spaces around it are refused when it is read).
         let subject = required(record.subject.as_deref())?;
-        // Every other field is trimmed; a subject is taken as written, so spaces around it (a
-        // CSV written `issuer, subject`) would make an identity the provider never names.
-        if subject.trim() != subject {
-            return Err(ErrorCode::InvalidSubject);
-        }
         let subject = Subject::parse(subject).map_err(|e| text_code(e, ErrorCode::InvalidSubject))?;
         let email = match record.email.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
             None => None,
@@ -233,13 +243,14 @@ impl Importer {
             return Err(ErrorCode::IssuerNotAllowed);
         }
         let team = record.team.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
+        let provider = crate::domain::provider_label(record.provider.as_deref()).ok_or(ErrorCode::InvalidRequest)?;
         let claim = IdentityClaim {
             issuer,
             subject,
             email,
             email_verified: record.email_verified.unwrap_or(false),
             name,
-            provider: String::new(),
+            provider,
         };
         Ok((claim, team))
     }
@@ -257,7 +268,12 @@ impl Importer {
             Err(TeamError::Store(e)) => return Err(e),
             Err(e) => return Ok(Err(e.code())),
         };
-        self.team_cache.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.to_owned(), found);
+        let mut cache = self.team_cache.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded, so that a file naming a million teams that do not exist does not hold them
+        // all: past the bound, references are looked up each time.
+        if cache.len() < TEAM_CACHE_ENTRIES {
+            cache.insert(reference.to_owned(), found);
+        }
         Ok(found.ok_or(ErrorCode::TeamNotFound))
     }
 
@@ -278,7 +294,7 @@ impl Importer {
     }
 
     /// Provisions a line's identity through the admin bootstrap.
-    async fn provision(&self, line: Valid) -> Result<LineOutcome, StoreError> {
+    async fn provision(&self, line: Valid) -> Result<LineOutcome, Failure> {
         if self.dry_run {
             let key = identity_key(line.claim.issuer.as_str(), line.claim.subject.as_str());
             let first = self.would_create.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
@@ -295,7 +311,7 @@ impl Importer {
             Err(ProvisionError::UserDisabled) => {
                 Ok(LineOutcome { number: line.number, outcome: Outcome::Existing, joined: false })
             }
-            Err(ProvisionError::Store(e)) => Err(e),
+            Err(ProvisionError::Store(e)) => Err(e.into()),
             Err(e) => Ok(refused(line.number, e.code())),
         }
     }
@@ -307,7 +323,9 @@ impl Importer {
         outcome: Outcome,
         user: UserId,
         team: Option<TeamId>,
-    ) -> Result<LineOutcome, StoreError> {
+    ) -> Result<LineOutcome, Failure> {
+        // The line's user is written by now: a failure reports it, not joined.
+        let failed = |error| Failure { error, settled: Some(LineOutcome { number, outcome, joined: false }) };
         let Some(team) = team else {
             return Ok(LineOutcome { number, outcome, joined: false });
         };
@@ -322,7 +340,7 @@ impl Importer {
         };
         let role = match retry(|| self.teams.role_of(&team, user)).await {
             Ok((_, role)) => role,
-            Err(TeamError::Store(e)) => return Err(e),
+            Err(TeamError::Store(e)) => return Err(failed(e)),
             Err(e) => return Ok(not_joined(e)),
         };
         if role.is_some() {
@@ -334,9 +352,22 @@ impl Importer {
         // Add-only: a role given between the look above and this write stays as it is.
         match retry(|| self.teams.add_member(&team, user, Role::Member)).await {
             Ok(change) => Ok(LineOutcome { number, outcome, joined: change == MemberChange::Added }),
-            Err(TeamError::Store(e)) => Err(e),
+            Err(TeamError::Store(e)) => Err(failed(e)),
             Err(e) => Ok(not_joined(e)),
         }
+    }
+}
+
+/// A database failure while importing a line, with the line's outcome when its user was written
+/// before it.
+struct Failure {
+    error: StoreError,
+    settled: Option<LineOutcome>,
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Self { error, settled: None }
     }
 }
 
@@ -399,6 +430,7 @@ pub async fn export_page(
             email_verified: Some(e.user.email_verified),
             name: e.user.name,
             team: None,
+            provider: Some(e.identity.provider),
         })
         .collect();
     Ok((records, next))

@@ -21,6 +21,8 @@ on_both_backends!(
     an_import_from_a_pipe_reads_it_once,
     a_disabled_user_is_not_added_to_a_team,
     many_refused_lines_keep_a_count_and_the_first_numbers,
+    an_export_whose_reader_goes_away_ends_quietly,
+    a_user_written_before_the_database_failed_is_counted,
 );
 
 struct Output {
@@ -421,15 +423,20 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
         json!({"issuer": ISSUER, "subject": "rt-unverified", "email": "u@example.com", "email_verified": false})
             .to_string(),
         json!({"issuer": ISSUER, "subject": "rt-ünïcode 名前", "name": "Zoë 名前"}).to_string(),
+        // The provider an identity came through (here not the issuer entry's name, as a sign-in
+        // through a browser provider records it) and a subject with a space at its end, as an
+        // issuer may name one, survive the round trip.
+        json!({"issuer": ISSUER, "subject": "rt-provider", "provider": "sketchy"}).to_string(),
+        json!({"issuer": ISSUER, "subject": "rt-spaced "}).to_string(),
     ];
     // More than one export page.
     lines.extend((0..1100).map(|i| line(&format!("rt{i}"), Some(&format!("rt{i}@example.com")), None)));
     std::fs::write(dir.path().join("people.jsonl"), lines.join("\n")).unwrap();
     let (code, summary) = import(dir.path(), &source, "people.jsonl", &[]).await;
-    assert_eq!((code, counts(&summary)[1]), (0, 1105), "{summary}");
+    assert_eq!((code, counts(&summary)[1]), (0, 1107), "{summary}");
 
     let jsonl = export(dir.path(), &source, &[]).await;
-    assert_eq!(jsonl.lines().count(), 1105);
+    assert_eq!(jsonl.lines().count(), 1107);
     let ada: Value = jsonl
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -438,7 +445,7 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
     assert_eq!(
         ada,
         json!({"issuer": ISSUER, "subject": "rt-ada", "email": "ada@example.com", "email_verified": true,
-               "name": "Ada \"Countess\" Lovelace, née Byron"}),
+               "name": "Ada \"Countess\" Lovelace, née Byron", "provider": "issuer.example.com"}),
         "in the format import reads"
     );
     // An existing, world-readable file is made private too (the helper checks the mode).
@@ -450,7 +457,7 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
     let everyone = std::os::unix::fs::PermissionsExt::from_mode(0o644);
     std::fs::set_permissions(dir.path().join("out.csv"), everyone).unwrap();
     let csv = export(dir.path(), &source, &["--output", "out.csv"]).await;
-    assert!(csv.starts_with("issuer,subject,email,email_verified,name,team\n"), "{csv}");
+    assert!(csv.starts_with("issuer,subject,email,email_verified,name,team,provider\n"), "{csv}");
     let left: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
@@ -464,10 +471,18 @@ async fn an_export_imported_into_an_empty_database_exports_the_same(backend: Bac
         let target = TestDb::new(backend).await;
         let _target_store = target.store().await;
         let (code, imported) = import(dir.path(), &target, file, &[]).await;
-        assert_eq!((code, counts(&imported)), (0, [1105, 1105, 0, 0, 0]), "{file}: {imported}");
         let again = export(dir.path(), &target, &["--format", format]).await;
-        let original = if format == "csv" { &csv } else { &jsonl };
-        assert_eq!(sorted_lines(&again), sorted_lines(original), "{file} round-trips");
+        if format == "jsonl" {
+            assert_eq!((code, counts(&imported)), (0, [1107, 1107, 0, 0, 0]), "{file}: {imported}");
+            assert_eq!(sorted_lines(&again), sorted_lines(&jsonl), "{file} round-trips");
+        } else {
+            // CSV cannot tell a subject's own spaces from those of `issuer, subject`: that line
+            // alone is refused, and the rest round-trips.
+            assert_eq!((code, counts(&imported)), (1, [1107, 1106, 0, 1, 0]), "{file}: {imported}");
+            assert_eq!(refusals(&imported)[0].0, "invalid_subject");
+            let original: Vec<String> = sorted_lines(&csv).into_iter().filter(|l| !l.contains("rt-spaced")).collect();
+            assert_eq!(sorted_lines(&again), original, "{file} round-trips");
+        }
     }
 }
 
@@ -542,4 +557,53 @@ async fn a_database_failure_while_looking_up_a_team_stops_the_import() {
     let stopped = importer.import(lines).await.expect_err("the database is gone");
     let done: Vec<_> = stopped.done.iter().map(|o| (o.number, o.outcome)).collect();
     assert_eq!(done, [(0, tessera::service::import::Outcome::Refused(tessera::error::ErrorCode::MissingField))]);
+}
+
+/// `tessera export | head -1`: the reader goes away after a line, and the export ends as other
+/// commands do when their output's reader has gone, without an error.
+async fn an_export_whose_reader_goes_away_ends_quietly(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let _store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    // More than a pipe's buffer (64 KiB) of output, so that the export is still writing.
+    let lines: Vec<String> =
+        (0..1500).map(|i| line(&format!("pipe{i}"), Some(&format!("pipe{i}@example.com")), Some("P"))).collect();
+    std::fs::write(dir.path().join("many.jsonl"), lines.join("\n")).unwrap();
+    assert_eq!(import(dir.path(), &db, "many.jsonl", &[]).await.0, 0);
+    let mut export = tessera(dir.path(), &db, &["export"]);
+    let mut child = export.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first).await.unwrap();
+    assert!(first.contains("pipe"), "{first}");
+    drop(stdout);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
+
+/// A line whose user is written before the database fails (on the team it joins) is counted as
+/// created in the summary, not lost with the failure.
+async fn a_user_written_before_the_database_failed_is_counted(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let _store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_team(dir.path(), &db, "joined").await;
+    // Every join as a plain member fails (a user's own default team makes them its owner).
+    let sql = db.sql().await;
+    sql.inject(
+        "INSERT",
+        "memberships",
+        Some("NEW.role = 'member'"),
+        "SELECT RAISE(ABORT, 'injected');",
+        "RAISE EXCEPTION 'injected';",
+    )
+    .await;
+    let record = json!({"issuer": ISSUER, "subject": "before-failure", "team": "joined"});
+    std::fs::write(dir.path().join("one.jsonl"), record.to_string()).unwrap();
+    let (code, summary) = import(dir.path(), &db, "one.jsonl", &[]).await;
+    assert_ne!(code, 0, "{summary}");
+    assert_eq!(counts(&summary)[1..3], [1, 0], "the user was created: {summary}");
+    assert_eq!(sql.count("users").await, 1);
 }
