@@ -293,7 +293,7 @@ pub struct Client {
     pub first_party: bool,
     /// The algorithm of its id tokens and access tokens.
     pub signing_alg: SigningAlg,
-    /// Lifetime of its access tokens (and id tokens).
+    /// Lifetime of its access tokens (id tokens live `oidc.id_token_ttl_seconds`).
     pub access_token_ttl: Duration,
     /// Lifetime of its refresh tokens (since the grant started).
     pub refresh_token_ttl: Duration,

@@ -926,6 +926,7 @@ async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
     }
     let refresh = introspect(&w.app, creds, tokens["refresh_token"].as_str().unwrap()).await;
     assert_eq!(refresh["active"], true);
+    assert!(refresh.get("token_type").is_none(), "RFC 7662's token_type is an access token's: {refresh}");
     // A client no longer allowed to refresh cannot use its refresh token: not active while so.
     for (grant_types, active) in
         [(json!(["authorization_code"]), false), (json!(["authorization_code", "refresh_token"]), true)]

@@ -618,9 +618,10 @@ impl OpenIdProvider {
                     && client.allows(GrantType::RefreshToken)
                     && still_registered(client, &grant).is_ok() =>
             {
+                // No `token_type`: RFC 7662 means a type of RFC 6749 section 7.1 (`Bearer`),
+                // which a refresh token does not have.
                 Ok(serde_json::json!({
                     "active": true,
-                    "token_type": "refresh_token",
                     "client_id": grant.client_id,
                     "sub": grant.user_id.to_string(),
                     "scope": registered_scopes(client, &grant.scope).join(" "),
