@@ -179,8 +179,8 @@ impl Application {
         if admin_tokens.is_empty() {
             tracing::warn!("no admin token is configured (TESSERA_ADMIN_TOKEN): the admin API refuses every request");
         }
-        for issuer in config.issuers.iter().filter(|issuer| issuer.audiences.is_empty()) {
-            tracing::warn!(issuer = %issuer.issuer, "an issuer has no audiences (issuers[].audiences or TESSERA_AUDIENCES): /v1/validate refuses its tokens");
+        for issuer in config.issuers_without_audiences() {
+            tracing::warn!(issuer = %issuer.issuer, "an issuer {}", crate::config::NO_AUDIENCES);
         }
         let (principals, tokens) = PrincipalCache::with_token_cache(&config.cache);
         if config.database.replica_url.is_some() {

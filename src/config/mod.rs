@@ -528,24 +528,36 @@ impl DatabaseUrl {
     /// driver's `prefer`, which also falls back to plain text) for a host other than this machine
     /// (a loopback address, `localhost` or a Unix socket).
     pub fn unverified_tls(&self) -> Option<String> {
-        self.unverified_tls_with(std::env::var("PGSSLMODE").ok())
+        self.unverified_tls_with(|name| std::env::var(name).ok())
     }
 
-    fn unverified_tls_with(&self, env_sslmode: Option<String>) -> Option<String> {
+    /// [`unverified_tls`](Self::unverified_tls), reading the environment through `env`.
+    fn unverified_tls_with(&self, env: impl Fn(&str) -> Option<String>) -> Option<String> {
         if self.backend != Backend::Postgres {
             return None;
         }
         let url = url::Url::parse(self.expose()).ok()?;
+        // The last of a parameter given twice, as the driver reads them.
         let param = |names: &[&str]| {
-            url.query_pairs().find(|(name, _)| names.contains(&name.as_ref())).map(|(_, value)| value.into_owned())
+            url.query_pairs()
+                .filter(|(name, _)| names.contains(&name.as_ref()))
+                .last()
+                .map(|(_, value)| value.into_owned())
         };
-        let host = param(&["host"]).or_else(|| url.host_str().map(str::to_owned)).unwrap_or_default();
+        // Where the driver connects: `hostaddr` over `host` over the URL's host; without any, the
+        // environment's, else the local socket.
+        let host = param(&["hostaddr"])
+            .or_else(|| param(&["host"]))
+            .filter(|host| !host.is_empty())
+            .or_else(|| url.host_str().filter(|host| !host.is_empty()).map(str::to_owned))
+            .or_else(|| env("PGHOSTADDR").or_else(|| env("PGHOST")))
+            .unwrap_or_default();
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let local = host.is_empty()
             || host.starts_with('/')
             || host.eq_ignore_ascii_case("localhost")
             || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        let mode = param(&["sslmode", "ssl-mode"]).or(env_sslmode).unwrap_or_else(|| "prefer".to_owned());
+        let mode = param(&["sslmode", "ssl-mode"]).or_else(|| env("PGSSLMODE")).unwrap_or_else(|| "prefer".to_owned());
         let verified = matches!(mode.to_ascii_lowercase().as_str(), "verify-ca" | "verify-full");
         (!local && !verified).then(|| format!("sslmode={mode}"))
     }
@@ -800,7 +812,16 @@ struct RawLog {
     filter: Option<String>,
 }
 
+/// Why an issuer without audiences is worth a warning (`serve` logs it, `tessera check` reports it).
+pub const NO_AUDIENCES: &str =
+    "has no audiences (issuers[].audiences or TESSERA_AUDIENCES): /v1/validate refuses its tokens";
+
 impl Config {
+    /// The issuers without audiences, every token of which is refused.
+    pub fn issuers_without_audiences(&self) -> impl Iterator<Item = &IssuerConfig> {
+        self.issuers.iter().filter(|issuer| issuer.audiences.is_empty())
+    }
+
     /// Loads the configuration: the defaults, then the optional TOML file, then the `TESSERA_`
     /// environment variables — every key in its `__` spelling (`TESSERA_CACHE__MAX_ENTRIES`),
     /// read from the process environment, and the names of earlier releases (`TESSERA_LISTEN`,
@@ -1772,8 +1793,10 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://u@db.example/t?connect_timeout=5").unwrap();
         assert_eq!(url.expose(), "postgres://u@db.example/t");
         // One that asks for what the driver cannot do is refused by name, not dropped.
-        let unverified =
-            |url: &str, env: Option<&str>| DatabaseUrl::parse(url).unwrap().unverified_tls_with(env.map(str::to_owned));
+        let unverified = |url: &str, sslmode: Option<&str>| {
+            let env = |name: &str| if name == "PGSSLMODE" { sslmode.map(str::to_owned) } else { None };
+            DatabaseUrl::parse(url).unwrap().unverified_tls_with(env)
+        };
         assert_eq!(unverified("postgres://u@db.example/t", None).as_deref(), Some("sslmode=prefer"));
         assert_eq!(unverified("postgres://u@db.example/t?sslmode=require", None).as_deref(), Some("sslmode=require"));
         assert_eq!(unverified("postgres://u@db.example/t", Some("disable")).as_deref(), Some("sslmode=disable"));
@@ -1792,6 +1815,7 @@ mod tests {
             assert_eq!(unverified(local, None), None, "{local}");
         }
         assert_eq!(unverified("postgres://u@localhost/t?host=db.example", None).as_deref(), Some("sslmode=prefer"));
+        assert_eq!(unverified("postgres://u@localhost/t?hostaddr=10.0.0.5", None).as_deref(), Some("sslmode=prefer"));
         assert_eq!(unverified("sqlite://tessera.db", None), None);
         let refused = DatabaseUrl::parse("postgres://u:hunter2@db.example/t?channel_binding=require").unwrap_err();
         assert!(refused.contains("`channel_binding`") && !refused.contains("hunter2"), "{refused}");

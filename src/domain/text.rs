@@ -27,13 +27,14 @@ pub fn is_hidden_control(c: char) -> bool {
 }
 
 /// The provider label an identity records, as given to a bootstrap or an import: trimmed, empty
-/// when absent or blank (the issuer entry's name is then recorded), `None` when longer than 64
-/// characters or holding a control character.
-pub fn provider_label(value: Option<&str>) -> Option<String> {
+/// when absent or blank (the issuer entry's name is then recorded); at most 64 characters,
+/// without control characters.
+pub fn provider_label(value: Option<&str>) -> Result<String, TextError> {
     match value.map(str::trim) {
-        None | Some("") => Some(String::new()),
-        Some(p) if p.chars().count() <= 64 && !p.chars().any(is_hidden_control) => Some(p.to_owned()),
-        Some(_) => None,
+        None | Some("") => Ok(String::new()),
+        Some(p) if p.chars().count() > 64 => Err(TextError::TooLong(64)),
+        Some(p) if p.chars().any(is_hidden_control) => Err(TextError::ControlCharacters),
+        Some(p) => Ok(p.to_owned()),
     }
 }
 

@@ -145,6 +145,15 @@ pub enum AuthProfileError {
         /// The kind the endpoint is for.
         expected: &'static str,
     },
+    /// A create request carries a credential of another kind than the profile's: `values`
+    /// with another kind than `env`, or `storage_state` with another than `browser_session`.
+    #[error("`{field}` goes with {kind} profiles only")]
+    CredentialOfAnotherKind {
+        /// The field sent.
+        field: &'static str,
+        /// The kind it goes with.
+        kind: &'static str,
+    },
     /// An `env` value is not acceptable.
     #[error("{problem}")]
     InvalidEnv {
@@ -219,6 +228,7 @@ impl PublicError for AuthProfileError {
             AuthProfileError::UnknownConnector(_) => ErrorCode::UnknownConnector,
             AuthProfileError::UnsupportedKind => ErrorCode::UnsupportedProfileKind,
             AuthProfileError::KindMismatch { .. } => ErrorCode::ProfileKindMismatch,
+            AuthProfileError::CredentialOfAnotherKind { .. } => ErrorCode::InvalidRequest,
             AuthProfileError::InvalidEnv { problem, .. } => problem.code(),
             AuthProfileError::InvalidBrowserSession { .. } => ErrorCode::InvalidBrowserSession,
             AuthProfileError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
@@ -242,7 +252,8 @@ impl PublicError for AuthProfileError {
         match self {
             AuthProfileError::PendingAuthConflict { slug } => vec![("existing_slug", slug.as_str().into())],
             AuthProfileError::InvalidEnv { field: Some(field), .. } => vec![("field", field.as_str().into())],
-            AuthProfileError::InvalidBrowserSession { field, .. } => vec![("field", (*field).into())],
+            AuthProfileError::InvalidBrowserSession { field, .. }
+            | AuthProfileError::CredentialOfAnotherKind { field, .. } => vec![("field", (*field).into())],
             _ => Vec::new(),
         }
     }

@@ -78,14 +78,8 @@ pub async fn run(config: &Config) -> Report {
         report
             .push(Severity::Warning, "no issuer configured (TESSERA_ALLOWED_ISSUERS): bootstrap refuses every issuer");
     }
-    for issuer in config.issuers.iter().filter(|i| i.audiences.is_empty()) {
-        report.push(
-            Severity::Warning,
-            format!(
-                "issuer {} has no audiences (issuers[].audiences or TESSERA_AUDIENCES): /v1/validate refuses its tokens",
-                issuer.issuer
-            ),
-        );
+    for issuer in config.issuers_without_audiences() {
+        report.push(Severity::Warning, format!("issuer {} {}", issuer.issuer, crate::config::NO_AUDIENCES));
     }
     if config.database.url.backend() == Backend::Sqlite
         && !store::sqlite_database_exists(config.database.url.expose()).unwrap_or(true)

@@ -243,7 +243,8 @@ impl Importer {
             return Err(ErrorCode::IssuerNotAllowed);
         }
         let team = record.team.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
-        let provider = crate::domain::provider_label(record.provider.as_deref()).ok_or(ErrorCode::InvalidRequest)?;
+        let provider = crate::domain::provider_label(record.provider.as_deref())
+            .map_err(|e| text_code(e, ErrorCode::InvalidRequest))?;
         let claim = IdentityClaim {
             issuer,
             subject,

@@ -320,27 +320,24 @@ impl AuthProfiles {
         &self,
         request: &NewProfile,
     ) -> Result<Option<CheckedCredential>, AuthProfileError> {
+        // A credential of another kind is a fault of the request (no profile exists yet to have
+        // a kind of its own): 400, naming the field.
+        let another_kind = |field, kind| Err(AuthProfileError::CredentialOfAnotherKind { field, kind });
         match (request.kind, &request.credential) {
             (ProfileKind::Env, input) => {
                 let connector = self.env_connector(&request.connector_key)?;
                 match input {
                     None => Ok(None),
                     Some(CredentialInput::Env(values)) => Ok(Some(self.check_env(connector, values)?)),
-                    Some(CredentialInput::BrowserSession(_)) => {
-                        Err(AuthProfileError::KindMismatch { actual: "env", expected: "browser_session" })
-                    }
+                    Some(CredentialInput::BrowserSession(_)) => another_kind("storage_state", "browser_session"),
                 }
             }
             (ProfileKind::BrowserSession, None) => Ok(None),
             (ProfileKind::BrowserSession, Some(CredentialInput::BrowserSession(input))) => {
                 Ok(Some(self.check_browser(input)?))
             }
-            (kind, Some(CredentialInput::Env(_))) => {
-                Err(AuthProfileError::KindMismatch { actual: kind.as_str(), expected: "env" })
-            }
-            (kind, Some(CredentialInput::BrowserSession(_))) => {
-                Err(AuthProfileError::KindMismatch { actual: kind.as_str(), expected: "browser_session" })
-            }
+            (_, Some(CredentialInput::Env(_))) => another_kind("values", "env"),
+            (_, Some(CredentialInput::BrowserSession(_))) => another_kind("storage_state", "browser_session"),
             (_, None) => Ok(None),
         }
     }
@@ -368,8 +365,6 @@ impl AuthProfiles {
         Ok(CheckedCredential { payload: checked.payload, meta })
     }
 
-    /// Encrypts and stores a checked credential, activating the profile; with a connect token,
-    /// consuming it in the same transaction.
     /// The key-ring ciphertext of a credential, bound to its profile.
     pub(super) fn seal(&self, profile: ProfileId, credential: &CheckedCredential) -> Result<Vec<u8>, AuthProfileError> {
         let keyring = self.keyring.as_ref().ok_or(AuthProfileError::EncryptionNotConfigured)?;
@@ -377,6 +372,8 @@ impl AuthProfiles {
         Ok(keyring.encrypt(&plaintext, &credential_aad(profile)))
     }
 
+    /// Encrypts and stores a checked credential, activating the profile; with a connect token,
+    /// consuming it in the same transaction.
     pub(super) async fn store_credential(
         &self,
         profile: &AuthProfile,

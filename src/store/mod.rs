@@ -1488,8 +1488,9 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<DefaultOutcome, StoreError>;
 
-    /// Makes a profile no longer its connector's default: whether it was; `None` (nothing
-    /// changed) when `by` no longer has [`ProfileRight::Manage`](crate::domain::ProfileRight) on it.
+    /// Makes a profile no longer its connector's default: whether it was (`false` too when the
+    /// profile was revoked or deleted meanwhile); `None` (nothing changed) when `by` no longer has
+    /// [`ProfileRight::Manage`](crate::domain::ProfileRight) on the live profile.
     async fn clear_default_profile(&self, team: TeamId, id: ProfileId, by: UserId) -> Result<Option<bool>, StoreError>;
 
     /// The team's default profile of a connector (whatever its status, revoked excepted).

@@ -94,17 +94,18 @@ pub(super) async fn update_profile(
     change: &ProfileChange<'_>,
 ) -> Result<ProfileUpdate, StoreError> {
     let mut tx = db.begin().await?;
-    if role_allowed_in(&mut tx, id, change.by, ProfileRight::Connect).await?.is_none() {
+    let allowed = role_allowed_in(&mut tx, id, change.by, ProfileRight::Connect).await?.is_some();
+    let before = profile_status_in(&mut tx, id).await?;
+    let Some(before) = before.filter(|status| status != "revoked") else {
         // Revoked or deleted meanwhile: for the caller to read again (and find it gone), not a
         // right lost.
-        let live = profile_status_in(&mut tx, id).await?.is_some_and(|status| status != "revoked");
-        tx.rollback().await?;
-        return Ok(if live { ProfileUpdate::Refused } else { ProfileUpdate::Changed });
-    }
-    let Some(before) = profile_status_in(&mut tx, id).await? else {
         tx.rollback().await?;
         return Ok(ProfileUpdate::Changed);
     };
+    if !allowed {
+        tx.rollback().await?;
+        return Ok(ProfileUpdate::Refused);
+    }
     let updated = query(
         "UPDATE auth_profiles SET display_name = COALESCE($3, display_name), slug = COALESCE($4, slug),
                 scopes = COALESCE($5, scopes),

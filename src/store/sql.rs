@@ -146,6 +146,73 @@ impl SqlStore {
 }
 
 impl SqlStore {
+    /// [`Store::insert_profile`], once (a deadlock or serialization failure is the caller's to
+    /// retry).
+    async fn insert_profile_once(
+        &self,
+        profile: &AuthProfile,
+        first: FirstWrite<'_>,
+    ) -> Result<Option<AuthProfile>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // The creator's row first, then the team's, the order in which a user's deletion locks
+        // them (see [`lock_user_key`]).
+        if !lock_user_key(&mut tx, profile.created_by).await? {
+            tx.rollback().await?;
+            return Err(StoreError::Gone { what: "the user" });
+        }
+        // The team's row shared, as a removal takes it for update: the creator is a member until
+        // this commits, or their removal (which hands over or revokes their profiles) came first.
+        query("SELECT 1 FROM teams WHERE id = $1 FOR SHARE").bind(profile.team_id.as_uuid()).execute(&mut tx).await?;
+        if member_role(&mut tx, profile.team_id, profile.created_by).await?.is_none() {
+            tx.rollback().await?;
+            return Err(StoreError::Gone { what: "the membership" });
+        }
+        let inserted = query(
+            "INSERT INTO auth_profiles
+               (id, team_id, slug, connector_key, profile_kind, provider, status, created_by, display_name, scopes,
+                pending_expires_at, version, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $12)
+             ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(profile.id.as_uuid())
+        .bind(profile.team_id.as_uuid())
+        .bind(profile.slug.as_str())
+        .bind(&profile.connector_key)
+        .bind(profile.profile_kind.as_str())
+        .bind(&profile.provider)
+        .bind(profile.status.as_str())
+        .bind(profile.created_by.as_uuid())
+        .bind(&profile.display_name)
+        .bind(profile.scopes.join(" "))
+        .bind(profile.pending_expires_at)
+        .bind(profile.created_at)
+        .fetch_optional(&mut tx)
+        .await
+        .map_err(|e| e.or_gone("the team or the user"))?;
+        if inserted.is_none() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let created = match first {
+            FirstWrite::Nothing => profile.clone(),
+            FirstWrite::Credential(ciphertext, meta) => {
+                let before = profile.status.as_str();
+                // Inserted just above in this transaction: it cannot be revoked.
+                activate_with(&mut tx, profile.id, ciphertext, meta, before, profile.created_at)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("a profile revoked as it was created".into()))?
+            }
+            FirstWrite::Link(token) => {
+                keep_pending(&mut tx, profile.id, token.expires_at).await?;
+                insert_connect_token(&mut tx, token).await?;
+                let kept = profile.pending_expires_at.map_or(token.expires_at, |at| at.max(token.expires_at));
+                AuthProfile { pending_expires_at: Some(kept), ..profile.clone() }
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(created))
+    }
+
     /// [`Store::remove_member`] (or, `leaving`, [`Store::leave_team`]), once.
     async fn remove_member_once(
         &self,
@@ -1850,57 +1917,7 @@ impl Store for SqlStore {
         profile: &AuthProfile,
         first: FirstWrite<'_>,
     ) -> Result<Option<AuthProfile>, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // The team's row shared, as a removal takes it for update: the creator is a member until
-        // this commits, or their removal (which hands over or revokes their profiles) came first.
-        query("SELECT 1 FROM teams WHERE id = $1 FOR SHARE").bind(profile.team_id.as_uuid()).execute(&mut tx).await?;
-        if member_role(&mut tx, profile.team_id, profile.created_by).await?.is_none() {
-            tx.rollback().await?;
-            return Err(StoreError::Gone { what: "the membership" });
-        }
-        let inserted = query(
-            "INSERT INTO auth_profiles
-               (id, team_id, slug, connector_key, profile_kind, provider, status, created_by, display_name, scopes,
-                pending_expires_at, version, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $12)
-             ON CONFLICT DO NOTHING RETURNING id",
-        )
-        .bind(profile.id.as_uuid())
-        .bind(profile.team_id.as_uuid())
-        .bind(profile.slug.as_str())
-        .bind(&profile.connector_key)
-        .bind(profile.profile_kind.as_str())
-        .bind(&profile.provider)
-        .bind(profile.status.as_str())
-        .bind(profile.created_by.as_uuid())
-        .bind(&profile.display_name)
-        .bind(profile.scopes.join(" "))
-        .bind(profile.pending_expires_at)
-        .bind(profile.created_at)
-        .fetch_optional(&mut tx)
-        .await
-        .map_err(|e| e.or_gone("the team or the user"))?;
-        if inserted.is_none() {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let created = match first {
-            FirstWrite::Nothing => profile.clone(),
-            FirstWrite::Credential(ciphertext, meta) => {
-                let before = profile.status.as_str();
-                activate_with(&mut tx, profile.id, ciphertext, meta, before, profile.created_at)
-                    .await?
-                    .ok_or(StoreError::Gone { what: "the profile" })?
-            }
-            FirstWrite::Link(token) => {
-                keep_pending(&mut tx, profile.id, token.expires_at).await?;
-                insert_connect_token(&mut tx, token).await?;
-                let kept = profile.pending_expires_at.map_or(token.expires_at, |at| at.max(token.expires_at));
-                AuthProfile { pending_expires_at: Some(kept), ..profile.clone() }
-            }
-        };
-        tx.commit().await?;
-        Ok(Some(created))
+        retrying_conflicts(|| self.insert_profile_once(profile, first)).await
     }
 
     async fn pending_profile(&self, key: &PendingKey<'_>) -> Result<Option<AuthProfile>, StoreError> {

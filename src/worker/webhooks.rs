@@ -246,6 +246,10 @@ async fn deliver_to(
     // Whether an overdue delivery's one request failed in this run: the endpoint is down, and
     // the rest of the overdue backlog fails unsent.
     let mut endpoint_failing = false;
+    // Why an overdue delivery failed for good in this run because its signing key could not be
+    // decrypted: the rest of the overdue backlog fails unsent with the same reason, so that a
+    // key gone for good fails a backlog in one series of attempts, not one series a delivery.
+    let mut unsigned_for_good: Option<String> = None;
     // Batch after batch while the lease lasts: a backlog drains at the endpoint's pace, not at
     // one batch per poll interval.
     loop {
@@ -288,7 +292,7 @@ async fn deliver_to(
             } else if overdue && endpoint_failing {
                 Some(NOT_SENT_PAST_GIVE_UP.to_owned())
             } else {
-                None
+                unsigned_for_good.clone().filter(|_| overdue)
             };
             let final_without_request = unsent.is_some();
             // The reads above may have waited: no request starts after half the lease, when
@@ -297,8 +301,8 @@ async fn deliver_to(
                 return;
             }
             // A signing key that cannot be decrypted is this side's fault, not the endpoint's:
-            // retried (an overdue delivery too, from now) until the key is back, and no reason to
-            // fail the rest of an overdue backlog unsent.
+            // retried (an overdue delivery too, its series starting now) until the key is back or
+            // its time runs out, and no sign that the endpoint is down.
             let mut unsigned = false;
             let (status, error) = match unsent {
                 Some(unsent) => (None, Some(unsent)),
@@ -320,6 +324,9 @@ async fn deliver_to(
             let failed = error.is_some();
             if failed && overdue && !final_without_request && !unsigned {
                 endpoint_failing = true;
+            }
+            if unsigned && retry_at.is_none() {
+                unsigned_for_good = error.clone();
             }
             let result = match (failed, retry_at) {
                 (false, _) => "delivered",

@@ -4769,7 +4769,10 @@ async fn attempts_are_recorded_and_a_replay_schedules_events_again(backend: Back
     let disabled = WebhookEndpoint { enabled: false, updated_at: now(), ..moved.clone() };
     store.update_webhook(&disabled).await.unwrap();
     assert!(!store.record_attempt(&moved, last[0].id, &last_attempt).await.unwrap(), "disabled");
-    assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap(), last, "still pending, unchanged");
+    // Still pending, untried, its series started anew when the URL changed.
+    let waiting = store.pending_deliveries(hook.id, 100).await.unwrap();
+    assert_eq!((waiting.len(), waiting[0].id, waiting[0].attempts), (1, last[0].id, 0));
+    assert!(waiting[0].scheduled_at > last[0].scheduled_at, "restarted at the new URL: {waiting:?}");
     store.update_webhook(&WebhookEndpoint { enabled: true, updated_at: now(), ..moved.clone() }).await.unwrap();
     // Enabled again, its pending deliveries start a new series: an attempt of the series before
     // is not recorded; one of the new series is.

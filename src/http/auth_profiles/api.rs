@@ -170,23 +170,6 @@ pub(crate) fn parse_create(request: CreateRequest) -> Result<NewProfile, ApiErro
         })),
         (None, None) => None,
     };
-    // A credential of another kind than the profile's is a fault of this request (no profile
-    // exists yet to have a kind of its own).
-    match (&credential, kind) {
-        (Some(CredentialInput::Env(_)), ProfileKind::Env)
-        | (Some(CredentialInput::BrowserSession(_)), ProfileKind::BrowserSession)
-        | (None, _) => {}
-        (Some(CredentialInput::Env(_)), _) => {
-            return Err(ApiError::new(ErrorCode::InvalidRequest, "`values` go with an `env` profile").field("values"));
-        }
-        (Some(CredentialInput::BrowserSession(_)), _) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "`storage_state` goes with a `browser_session` profile",
-            )
-            .field("storage_state"));
-        }
-    }
     let display_name = parse_display_name(required(&request.display_name, "display_name")?)?;
     let slug = request.slug.as_deref().map(parse_slug).transpose()?;
     let scopes = parse_scopes(request.scopes.unwrap_or_default())?;
