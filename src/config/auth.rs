@@ -433,17 +433,12 @@ fn parse_provider(
              name that with client_secret_env, or in a file and name that with client_secret_file",
         ));
     }
-    let client_secret = match (&raw.client_secret_env, &raw.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                key("client_secret_env"),
-                "set client_secret_env or client_secret_file, not both",
-            ));
-        }
-        (Some(var), None) => Some(SecretString::from(super::secret_env(env, var, key("client_secret_env"))?)),
-        (None, Some(path)) => Some(SecretString::from(super::secret_file(path, key("client_secret_file"), true)?)),
-        (None, None) => None,
-    };
+    let client_secret = super::env_or_file(
+        env,
+        (key("client_secret_env"), raw.client_secret_env.as_deref()),
+        (key("client_secret_file"), raw.client_secret_file.as_deref()),
+    )?
+    .map(|(secret, _)| secret);
     // Every key the entry sets wins over the template's; then the placeholders are filled.
     let pick = |own: &Option<String>, template: &Option<String>| own.clone().or_else(|| template.clone());
     let urls = [

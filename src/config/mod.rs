@@ -399,6 +399,29 @@ pub(super) fn secret_file(path: &str, key: impl Into<String>, with_path: bool) -
     }
 }
 
+/// A secret named by an environment variable (`var`, the key `env_key`) or a file (`path`, the
+/// key `file_key`), not both: with the name of where it came from (the variable, or "the file
+/// `file_key` names"), or `None` when neither is set.
+pub(super) fn env_or_file(
+    env: &dyn Fn(&str) -> Option<String>,
+    (env_key, var): (String, Option<&str>),
+    (file_key, path): (String, Option<&str>),
+) -> Result<Option<(SecretString, String)>, ConfigError> {
+    match (var, path) {
+        (Some(_), Some(_)) => {
+            let (env_name, file_name) =
+                (env_key.rsplit('.').next().unwrap_or_default(), file_key.rsplit('.').next().unwrap_or_default());
+            Err(ConfigError::new(env_key.clone(), format!("set {env_name} or {file_name}, not both")))
+        }
+        (Some(var), None) => Ok(Some((SecretString::from(secret_env(env, var, env_key)?), var.to_owned()))),
+        (None, Some(path)) => {
+            let from = format!("the file {} names", file_key.rsplit('.').next().unwrap_or_default());
+            Ok(Some((SecretString::from(secret_file(path, file_key, true)?), from)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Validates the URL of an endpoint Tessera will call: `https`, or `http` on a loopback host; no
 /// credentials.
 pub fn endpoint_url(value: &str) -> Result<Url, String> {
@@ -739,6 +762,7 @@ struct RawWebhookEndpoint {
     event_types: Option<Vec<String>>,
     enabled: Option<bool>,
     secret_env: Option<String>,
+    secret_file: Option<String>,
     /// Refused with a pointer to `secret_env`; the value itself is not kept.
     secret: Option<serde::de::IgnoredAny>,
 }
@@ -1264,18 +1288,23 @@ fn parse_webhook_endpoint(
         return Err(ConfigError::new(
             key("secret"),
             "a signing key does not belong in the file: put it in an environment variable and name that with \
-             secret_env",
+             secret_env, or in a file and name that with secret_file",
         ));
     }
-    let var = raw.secret_env.as_deref().ok_or_else(|| {
-        ConfigError::new(key("secret_env"), "name the environment variable holding the endpoint's whsec_ signing key")
-    })?;
-    let value = secret_env(env, var, key("secret_env"))?;
-    let signing_key = WebhookKey::from_whsec(&value).ok_or_else(|| {
+    let named = (key("secret_env"), raw.secret_env.as_deref());
+    let (value, from) =
+        env_or_file(env, named, (key("secret_file"), raw.secret_file.as_deref()))?.ok_or_else(|| {
+            ConfigError::new(
+                key("secret_env"),
+                "name the environment variable (secret_env) or the file (secret_file) holding the endpoint's whsec_ \
+             signing key",
+            )
+        })?;
+    let signing_key = WebhookKey::from_whsec(value.expose_secret()).ok_or_else(|| {
         ConfigError::new(
-            key("secret_env"),
+            key(if raw.secret_file.is_some() { "secret_file" } else { "secret_env" }),
             format!(
-                "{var} must hold whsec_ and 24 to 64 bytes in base64 (generate one with \
+                "{from} must hold whsec_ and 24 to 64 bytes in base64 (generate one with \
                      `echo whsec_$(openssl rand -base64 32)`)"
             ),
         )
@@ -1426,6 +1455,16 @@ mod tests {
             assert_eq!(error(with_env, &[both[0], ("BILLING", bad)]).key, named, "{bad}");
         }
         assert_eq!(error("", &both).key, named, "secret_env is required");
+        // Or a file holding it (a mounted secret), but not both.
+        let path = std::env::temp_dir().join(format!("tessera-whsec-{}", std::process::id()));
+        std::fs::write(&path, format!("{key}\n")).unwrap();
+        let with_file = format!("secret_file = \"{}\"\n", path.display());
+        let from_file = Config::from_toml(&file(&with_file), env(&both[..1])).unwrap();
+        assert_eq!(Some(&from_file.webhooks.endpoints[0].key), WebhookKey::from_whsec(&key).as_ref());
+        assert_eq!(error(&format!("{with_env}{with_file}"), &both).key, named, "not both");
+        std::fs::write(&path, "nope").unwrap();
+        assert_eq!(error(&with_file, &both[..1]).key, "webhooks.endpoints[0] (billing).secret_file");
+        std::fs::remove_file(&path).unwrap();
         assert_eq!(error("secret = \"whsec_x\"\n", &both).key, "webhooks.endpoints[0] (billing).secret");
         assert_eq!(error(with_env, &both[1..]).key, ENCRYPTION_KEYS_VAR, "the key ring is required");
         let twice = format!(

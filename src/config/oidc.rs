@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::ConfigError;
@@ -90,6 +90,7 @@ pub(super) struct RawClient {
     #[serde(alias = "client_secret")]
     secret: Option<serde::de::IgnoredAny>,
     secret_env: Option<String>,
+    secret_file: Option<String>,
     /// A JWK Set, as a table or as a JSON string.
     jwks: Option<serde_json::Value>,
     redirect_uris: Option<Vec<String>>,
@@ -187,16 +188,20 @@ fn parse_client(
         },
     )
     .map_err(rule)?;
-    if let Some(var) = &raw.secret_env {
+    let secret_key = if raw.secret_file.is_some() { "secret_file" } else { "secret_env" };
+    let named = (key("secret_env"), raw.secret_env.as_deref());
+    if let Some((secret, from)) = super::env_or_file(env, named, (key("secret_file"), raw.secret_file.as_deref()))? {
         if client.is_public() {
-            return Err(ConfigError::new(key("secret_env"), "a public client has no secret: remove secret_env"));
+            return Err(ConfigError::new(
+                key(secret_key),
+                format!("a public client has no secret: remove {secret_key}"),
+            ));
         }
-        let secret = SecretString::from(super::secret_env(env, var, key("secret_env"))?);
         if secret.expose_secret().len() < MIN_CLIENT_SECRET_LEN {
             return Err(ConfigError::new(
-                key("secret_env"),
+                key(secret_key),
                 format!(
-                    "the secret in {var} is shorter than {MIN_CLIENT_SECRET_LEN} characters; generate one with \
+                    "the secret in {from} is shorter than {MIN_CLIENT_SECRET_LEN} characters; generate one with \
                      `openssl rand -hex 32`"
                 ),
             ));
@@ -205,7 +210,8 @@ fn parse_client(
     } else if !client.is_public() && client.jwks.is_none() {
         return Err(ConfigError::new(
             key("secret_env"),
-            "a confidential client needs secret_env (the environment variable holding its secret) or jwks",
+            "a confidential client needs secret_env or secret_file (the environment variable or the file holding \
+             its secret) or jwks",
         ));
     }
     client_rules::check(&client).map_err(rule)?;
@@ -317,6 +323,20 @@ mod client_tests {
         // A secret made from a file, newline and all, is the same secret.
         let from_file = Config::from_toml(CLIENTS, env(&[("GRAFANA_SECRET", &format!("{SECRET}\n"))])).unwrap();
         assert_eq!(from_file.oidc.clients[0].client.secret_hash, Some(crate::crypto::sha256(SECRET.as_bytes())));
+        // So is one read from a file that `secret_file` names (a mounted secret).
+        let path = std::env::temp_dir().join(format!("tessera-client-secret-{}", std::process::id()));
+        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+        let named =
+            CLIENTS.replace("secret_env = \"GRAFANA_SECRET\"", &format!("secret_file = \"{}\"", path.display()));
+        let mounted = Config::from_toml(&named, env(&[])).unwrap();
+        assert_eq!(mounted.oidc.clients[0].client.secret_hash, Some(crate::crypto::sha256(SECRET.as_bytes())));
+        let both = CLIENTS.replace(
+            "secret_env = \"GRAFANA_SECRET\"",
+            &format!("secret_env = \"GRAFANA_SECRET\"\nsecret_file = \"{}\"", path.display()),
+        );
+        let refused = Config::from_toml(&both, env(&[("GRAFANA_SECRET", SECRET)])).unwrap_err();
+        assert_eq!(refused.key, "oidc.clients[0].secret_env", "not both");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
