@@ -102,8 +102,29 @@ pub async fn run(config: &Config) -> Report {
     };
     check_store(store.as_ref(), config, &mut report).await;
     check_signing_keys(&store, config, &mut report).await;
+    check_config_clients(store.as_ref(), config, &mut report).await;
     store.close().await;
     report
+}
+
+/// Whether a client of the configuration file has the id of one registered through the admin
+/// API: `tessera serve` refuses to start then (it would not take over an app it did not make).
+async fn check_config_clients(store: &dyn Store, config: &Config, report: &mut Report) {
+    for configured in &config.oidc.clients {
+        let id = &configured.client.id;
+        match store.client(id).await {
+            Ok(Some(stored)) if !stored.from_config => report.push(
+                Severity::Problem,
+                format!(
+                    "the client id {} of [[oidc.clients]] is taken by a client registered through the admin API: \
+                     rename one of them (`tessera serve` refuses to start)",
+                    id.as_str()
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => report.push(Severity::Problem, format!("cannot read the client {}: {}", id.as_str(), Chain(&e))),
+        }
+    }
 }
 
 /// With the OpenID Provider on, whether the stored signing keys that sign now or will decrypt

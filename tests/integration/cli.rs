@@ -493,6 +493,29 @@ async fn check_reports_pending_migrations_and_broken_invariants(backend: Backend
     let broken = run(&mut check()).await;
     assert_eq!(broken.code, 1, "{}", broken.stdout);
     assert!(broken.stdout.contains("1 user(s) with more than one default team"), "{}", broken.stdout);
+
+    // A client of the file whose id one registered through the API holds: `serve` would refuse
+    // to start, and `check` says so first.
+    let app = "[[oidc.clients]]\nid = \"grafana\"\nname = \"Grafana\"\nkind = \"public\"\n\
+               redirect_uris = [\"http://127.0.0.1/callback\"]\n";
+    std::fs::write(dir.path().join("tessera.toml"), app).unwrap();
+    let with_file = || {
+        let mut command = check();
+        command.env("TESSERA_CONFIG", "tessera.toml");
+        command
+    };
+    let free = run(&mut with_file()).await;
+    assert!(free.stderr.contains("[[oidc.clients]]"), "the file is read (its warning): {}", free.stderr);
+    assert!(!free.stdout.contains("[[oidc.clients]] is taken"), "{}", free.stdout);
+    let clients = tessera::service::op::clients::Clients::new(store.clone(), None);
+    let fields = serde_json::from_value(serde_json::json!({
+        "id": "grafana", "name": "Registered", "kind": "public", "redirect_uris": ["http://127.0.0.1/callback"]
+    }))
+    .unwrap();
+    clients.create(fields).await.unwrap();
+    let taken = run(&mut with_file()).await;
+    assert_eq!(taken.code, 1, "{}", taken.stdout);
+    assert!(taken.stdout.contains("the client id grafana of [[oidc.clients]] is taken"), "{}", taken.stdout);
 }
 
 #[tokio::test]
