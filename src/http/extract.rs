@@ -131,7 +131,7 @@ pub fn json_bytes<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 /// unknown field (a map's key: a value pasted as the key, say) verbatim, and axum a path segment it cannot parse (`` with value `…` to a … ``); such a value
 /// may be a secret pasted into the wrong place. The field's name or path, and what was expected,
 /// stay; numbers and booleans are quoted as they are.
-fn without_values(text: &str) -> String {
+pub(crate) fn without_values(text: &str) -> String {
     /// Where a quoted value ends.
     enum Close {
         /// At the first `"` not escaped by a backslash (Rust's debug form, which serde uses for
@@ -304,9 +304,16 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Self::from_uri(&parts.uri)
+    }
+}
+
+impl<T: DeserializeOwned> ApiQuery<T> {
+    /// Parses a request's query, with the same answers as the extractor: for a handler that must
+    /// check something else first.
+    pub fn from_uri(uri: &axum::http::Uri) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(uri)
             .map(|axum::extract::Query(value)| ApiQuery(value))
             .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, without_values(&rejection.body_text())))
     }

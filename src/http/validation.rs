@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -44,8 +44,10 @@ fn required_token<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<&'h
     })
 }
 
+/// An unknown parameter is refused: `audiance=…` ignored would skip the audience check asked for.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct ValidateQuery {
     /// The audience the token must have been issued for, when it is one of Tessera's own access
     /// tokens: the calling backend's resource URL or client id (its `aud`). Upstream tokens are
@@ -66,16 +68,18 @@ struct ValidateQuery {
 async fn validate_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    ApiQuery(query): ApiQuery<ValidateQuery>,
+    uri: Uri,
 ) -> Result<Json<ValidateResponse>, ApiError> {
-    let token = required_token(&headers, raw.as_deref())?;
+    // The credential first: `?on_behalf_of=` is answered as such, not as an unknown parameter.
+    let token = required_token(&headers, uri.query())?;
+    let ApiQuery(query) = ApiQuery::<ValidateQuery>::from_uri(&uri)?;
     let audience = query.audience.is_some().then(|| required(&query.audience, "audience")).transpose()?;
     Ok(Json(state.validator.validate_for(token, audience).await?.into()))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct CheckQuery {
     team: Option<String>,
 }
@@ -90,13 +94,9 @@ struct CheckQuery {
     responses(crate::http::openapi::ApiErrors, (status = 204, description = "A member.")),
     security(("bearer" = [])),
 )]
-async fn check_team(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    ApiQuery(query): ApiQuery<CheckQuery>,
-) -> Result<StatusCode, ApiError> {
-    let token = required_token(&headers, raw.as_deref())?;
+async fn check_team(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Result<StatusCode, ApiError> {
+    let token = required_token(&headers, uri.query())?;
+    let ApiQuery(query) = ApiQuery::<CheckQuery>::from_uri(&uri)?;
     let team = TeamRef::parse(required(&query.team, "team")?)
         .map_err(|e| ApiError::new(ErrorCode::InvalidTeam, e.to_string()).field("team"))?;
     if state.validator.is_member(token, &team).await? {
@@ -107,6 +107,7 @@ async fn check_team(
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct DiscoverRequest {
     email: Option<String>,
 }

@@ -227,9 +227,13 @@ fn parse_arguments(arguments: Option<JsonObject>) -> Result<Arguments, ApiError>
         let message = error.to_string();
         match message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
             Some(field) => ApiError::new(ErrorCode::MissingField, format!("`{field}` is required")).field(field),
+            // Without the values serde quotes (a token pasted into the wrong argument, say).
             None => ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("the arguments do not fit the tool's schema: {message}"),
+                format!(
+                    "the arguments do not fit the tool's schema: {}",
+                    crate::http::extract::without_values(&message)
+                ),
             ),
         }
     })
@@ -347,7 +351,11 @@ mod tests {
         assert_eq!(parse(json!({"team": "t"}))["field"], "action");
         let unknown = parse(json!({"action": "list", "team": "t", "org": "x"}));
         assert_eq!(unknown["code"], "invalid_request");
-        assert!(unknown["detail"].as_str().unwrap().contains("`org`"), "{unknown}");
+        assert!(unknown["detail"].as_str().unwrap().contains("unknown field"), "{unknown}");
+        // A value sent is not quoted back (a secret pasted into the wrong argument).
+        let pasted = parse(json!({"action": "get", "team": "t", "allow_account_change": "ghp_SECRET"}));
+        assert_eq!(pasted["code"], "invalid_request");
+        assert!(!pasted.to_string().contains("ghp_SECRET"), "{pasted}");
         assert_eq!(parse(json!({"action": "explode", "team": "t"}))["code"], "invalid_request");
         assert_eq!(parse(json!({"action": "get", "team": 7}))["code"], "invalid_request");
         let parsed = parse_arguments(json!({"action": "get", "team": "t", "slug": "s"}).as_object().cloned()).unwrap();

@@ -40,9 +40,9 @@ pub enum WebhookError {
     /// The URL cannot be registered.
     #[error("`url`: {0}")]
     InvalidUrl(String),
-    /// An event type is unknown.
-    #[error("`event_types`: {0:?} is not an event type Tessera sends (see the README's list)")]
-    InvalidEventType(String),
+    /// An event type is unknown: its position in the list (the text is not quoted back).
+    #[error("`event_types[{0}]` is not an event type Tessera sends (see the README's list)")]
+    InvalidEventType(usize),
     /// Without a key ring, signing keys cannot be stored.
     #[error("webhooks need the key ring (encryption.keys) to keep their signing keys encrypted")]
     EncryptionNotConfigured,
@@ -456,8 +456,8 @@ pub fn check_url(value: &str, allow_private: bool) -> Result<String, WebhookErro
 
 fn check_event_types(types: Vec<String>) -> Result<Vec<String>, WebhookError> {
     let mut out: Vec<String> = Vec::with_capacity(types.len());
-    for t in types {
-        let topic = events::topic(t.trim()).ok_or(WebhookError::InvalidEventType(t.clone()))?;
+    for (i, t) in types.iter().enumerate() {
+        let topic = events::topic(t.trim()).ok_or(WebhookError::InvalidEventType(i))?;
         if !out.iter().any(|o| o == topic) {
             out.push(topic.to_owned());
         }

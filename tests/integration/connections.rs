@@ -62,6 +62,8 @@ on_both_backends!(
     the_last_owner_alone_in_a_team_may_leave_it_and_the_team_goes,
     concurrent_adds_of_one_member_make_one_membership,
     disabling_a_user_ends_their_browser_sessions,
+    concurrent_disables_of_one_user_end_their_sessions_once,
+    concurrent_removals_of_one_member_remove_them_once,
 );
 
 struct World {
@@ -1288,6 +1290,63 @@ async fn disabling_a_user_ends_their_browser_sessions(backend: Backend) {
     assert_eq!(enable.status(), StatusCode::OK);
     assert_eq!(w.bob.browser.me(&w.app).await.status(), StatusCode::UNAUTHORIZED);
     body(w.alice.browser.me(&w.app).await, 200).await;
+}
+
+/// Several disables of one user at once (an operator's retries, two consoles): each answers
+/// 200, the user's sessions end, and there is one `user.disabled` event, one `session.revoked`
+/// for them all and one audit row, not one per request.
+async fn concurrent_disables_of_one_user_end_their_sessions_once(backend: Backend) {
+    let w = world(backend).await;
+    for _ in 0..2 {
+        sign_in(&w.app, &w.issuer, "bob").await;
+    }
+    let sql = w.app.db.sql().await;
+    let bobs_sessions = format!("sessions WHERE user_id = {}", sql.uuid(&w.bob.id.to_string()));
+    assert_eq!(sql.count(&bobs_sessions).await, 3);
+    let counts = || async {
+        [
+            sql.count("outbox_events WHERE topic = 'user.disabled'").await,
+            sql.count("outbox_events WHERE topic = 'session.revoked'").await,
+            sql.count("audit_events WHERE action = 'user.disabled'").await,
+        ]
+    };
+    let before = counts().await;
+    let path = format!("/admin/users/{}", w.bob.id);
+    let disable = w.app.admin(Method::PATCH, &path).json(&json!({"disabled": true}));
+    for answer in send_at_once(&(0..8).map(|_| disable.try_clone().unwrap()).collect::<Vec<_>>()).await {
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    assert_eq!(sql.count(&bobs_sessions).await, 0);
+    let after = counts().await;
+    assert_eq!([after[0] - before[0], after[1] - before[1], after[2] - before[2]], [1, 1, 1], "once each");
+}
+
+/// Several removals of one member at once (owners clicking together, the member leaving): one
+/// succeeds, the others find no member, and the removal's event and audit row are written once.
+async fn concurrent_removals_of_one_member_remove_them_once(backend: Backend) {
+    let w = world(backend).await;
+    let sql = w.app.db.sql().await;
+    let bobs = format!("memberships WHERE user_id = {}", sql.uuid(&w.bob.id.to_string()));
+    assert_eq!(sql.count(&bobs).await, 2, "his own team and Alice's");
+    let counts = || async {
+        [
+            sql.count("outbox_events WHERE topic = 'team.member.removed'").await,
+            sql.count("audit_events WHERE action = 'team.member_removed'").await,
+        ]
+    };
+    let before = counts().await;
+    let path = format!("/admin/teams/{}/members/{}", w.team, w.bob.id);
+    let remove = w.app.admin(Method::DELETE, &path);
+    let mut removals: Vec<reqwest::RequestBuilder> = (0..8).map(|_| remove.try_clone().unwrap()).collect();
+    let leave = w.bob.browser.prepared(Method::DELETE, &w.url(&format!("/members/{}", w.bob.id)));
+    removals.extend((0..4).map(|_| leave.try_clone().unwrap()));
+    let answers = send_at_once(&removals).await;
+    let done = answers.iter().filter(|a| a.status() == StatusCode::NO_CONTENT).count();
+    assert_eq!(done, 1, "{:?}", answers.iter().map(reqwest::Response::status).collect::<Vec<_>>());
+    assert!(answers.iter().all(|a| matches!(a.status().as_u16(), 204 | 404)));
+    assert_eq!(sql.count(&bobs).await, 1, "his own team only");
+    let after = counts().await;
+    assert_eq!([after[0] - before[0], after[1] - before[1]], [1, 1], "once each");
 }
 
 /// A refresh the provider fails leaves the stored token to hand out while it lasts — as the row

@@ -2085,6 +2085,12 @@ async fn tessera_access_tokens_work_at_validate_check_and_me(backend: Backend) {
     assert_eq!(body(validate_for("").await.unwrap(), 400).await["code"], "missing_field");
     let twice = w.app.client.post(w.app.url(&format!("/v1/validate?audience={client}&audience={client}")));
     assert_eq!(body(twice.bearer_auth(access).send().await.unwrap(), 400).await["code"], "invalid_request");
+    // A misspelt parameter is refused, not ignored: ignored, it would skip the check asked for.
+    let misspelt = w.app.client.post(w.app.url("/v1/validate?audiance=https://api.example.com"));
+    let misspelt = body(misspelt.bearer_auth(access).send().await.unwrap(), 400).await;
+    assert_eq!(misspelt["code"], "invalid_request", "{misspelt}");
+    let check_misspelt = w.app.client.get(w.app.url("/v1/check?taem=x")).bearer_auth(access).send().await.unwrap();
+    assert_eq!(body(check_misspelt, 400).await["code"], "invalid_request");
     let team = validated["teams"][0]["slug"].as_str().unwrap().to_owned();
     let check =
         w.app.client.get(w.app.url(&format!("/v1/check?team={team}"))).bearer_auth(access).send().await.unwrap();

@@ -36,6 +36,7 @@ on_both_backends!(
     the_state_in_a_url_does_not_complete_the_flow_without_the_browsers_cookie,
     provider_failures_have_clear_codes,
     concurrent_callbacks_complete_exactly_once,
+    concurrent_first_sign_ins_of_one_person_make_one_user,
     concurrent_sign_outs_end_the_session_once,
     linking_attaches_an_identity_and_never_steals_one,
     a_known_email_is_not_linked_silently,
@@ -96,6 +97,13 @@ impl Browser {
 
     pub async fn request(&mut self, method: Method, url: &str) -> reqwest::Response {
         self.send(self.client.request(method, url)).await
+    }
+
+    /// A request carrying the cookies, not sent (to send with others at once); the cookies it
+    /// gets back are not kept.
+    pub fn prepared(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        let header: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.client.request(method, url).header("cookie", header.join("; "))
     }
 
     /// A request that the browser marks as sent from a page of `site` (`Sec-Fetch-Site`:
@@ -737,6 +745,36 @@ async fn concurrent_callbacks_complete_exactly_once(backend: Backend) {
     assert!(statuses.iter().all(|s| *s == StatusCode::SEE_OTHER || *s == StatusCode::BAD_REQUEST));
     assert_eq!(w.app.db.sql().await.count("sessions").await, 1);
     assert_eq!(w.issuer.code_exchanges(), 1, "the code was exchanged once");
+}
+
+/// One new person signing in from several tabs or devices at once (each its own flow, the same
+/// account at the provider): one user, one identity, one default team, one `user.created`
+/// event, and every browser signed in as that user.
+async fn concurrent_first_sign_ins_of_one_person_make_one_user(backend: Backend) {
+    let w = world(backend).await;
+    w.issuer.set_next_user(StubUser::new("newcomer", "newcomer@example.com"));
+    let sql = w.app.db.sql().await;
+    let before = sql.provisioning_counts().await;
+    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut callbacks = Vec::new();
+    for _ in 0..12 {
+        let mut browser = Browser::new();
+        let callback = browser.start(&w.app, "").await;
+        let cookie = format!("tessera_login={}", browser.cookies["tessera_login"]);
+        callbacks.push(client.get(&callback).header("cookie", cookie));
+    }
+    for answer in send_at_once(&callbacks).await {
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "every browser is signed in: {:?}", answer.text().await);
+    }
+    let after = sql.provisioning_counts().await;
+    let made: Vec<i64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    // A user, an identity, a default team, its membership; one user.created event among the
+    // new events (the sign-ins' own session events besides).
+    assert_eq!(made[..4], [1, 1, 1, 1], "{made:?}");
+    assert_eq!(sql.count("outbox_events WHERE topic = 'user.created'").await, 1);
+    assert_eq!(sql.count("sessions").await, 12);
+    assert_eq!(sql.count("(SELECT DISTINCT user_id FROM sessions) AS signed_in").await, 1, "all as one user");
+    assert_eq!(w.issuer.code_exchanges(), 12);
 }
 
 /// A double-clicked sign-out (or several tabs signing out at once) ends the session once: one

@@ -149,7 +149,11 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         ),
         code if code.status().is_server_error() => (
             "Something went wrong on our side",
-            "It is not your fault, and nothing was changed. Please try again in a moment.".into(),
+            // Not "nothing was changed": a change may have been written before the failure (a
+            // shutdown, a database lost after its commit).
+            "It is not your fault. Please try again in a moment; if you were changing something, check \
+             first whether the change was made."
+                .into(),
             vec![("Try again", retry)],
         ),
         code => (code.title(), sentence(&error.detail), home(context)),
