@@ -294,7 +294,8 @@ error_codes! {
     CredentialUndecryptable = (SERVICE_UNAVAILABLE, "credential_undecryptable", "Credential undecryptable"),
     /// A sign-in provider cannot be reached or answered something unusable.
     ProviderUnavailable = (BAD_GATEWAY, "provider_unavailable", "Provider unavailable"),
-    /// `GET /readyz` only: the instance is shutting down and takes no new work.
+    /// The instance is shutting down and takes no new work (`GET /readyz`, and a change it will
+    /// not start).
     ShuttingDown = (SERVICE_UNAVAILABLE, "shutting_down", "Shutting down"),
     /// Anything else that went wrong on our side; details are in the server log only.
     InternalError = (INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
