@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::http::{HeaderName, Response};
 use axum::middleware;
 use axum::response::IntoResponse;
@@ -255,16 +255,34 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no route matches this path")
 }
 
-/// The fallback: a page for a browser, problem+json otherwise.
-async fn no_route(State(state): State<Arc<AppState>>, headers: HeaderMap) -> axum::response::Response {
-    state.pages.error(&headers, not_found().await)
+/// The fallback: a page for a browser; under `/oauth/`, RFC 6749's JSON (`invalid_request`, with
+/// the status); problem+json otherwise.
+async fn no_route(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> axum::response::Response {
+    refused_route(&state, &uri, &headers, not_found().await)
 }
 
-async fn method_not_allowed(State(state): State<Arc<AppState>>, headers: HeaderMap) -> axum::response::Response {
-    state.pages.error(
-        &headers,
-        ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept this method; see the Allow header"),
-    )
+async fn method_not_allowed(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let error =
+        ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept this method; see the Allow header");
+    refused_route(&state, &uri, &headers, error)
+}
+
+/// A request no route takes, answered in the format of the path's clients (see [`no_route`]).
+fn refused_route(state: &AppState, uri: &Uri, headers: &HeaderMap, error: ApiError) -> axum::response::Response {
+    if uri.path().starts_with("/oauth/") && !pages::wants_html(headers) {
+        let described = error.describe();
+        let error = crate::service::op::provider::OAuthError {
+            error: "invalid_request",
+            description: described.detail,
+            status: described.status.as_u16(),
+        };
+        return op::token::OAuthResponse(error).into_response();
+    }
+    state.pages.error(headers, error)
 }
 
 #[cfg(test)]

@@ -23,6 +23,20 @@ async fn protocol_errors_are_problem_json(backend: Backend) {
     let wrong_method = app.client.delete(app.url("/healthz")).send().await.unwrap();
     assert_eq!(wrong_method.headers()["allow"], "GET,HEAD");
     assert_eq!(body(wrong_method, 405).await["code"], "method_not_allowed");
+    // Under /oauth/, what no route takes is answered in RFC 6749's format (the clients there
+    // read no problem+json), with the status; a browser still gets a page.
+    let token_by_get = app.client.get(app.url("/oauth/token")).send().await.unwrap();
+    assert_eq!(token_by_get.headers()["allow"], "POST,OPTIONS");
+    assert_eq!(token_by_get.headers()["cache-control"], "no-store");
+    assert_eq!(token_by_get.status(), 405);
+    assert_eq!(token_by_get.headers()["content-type"], "application/json");
+    assert_eq!(token_by_get.json::<serde_json::Value>().await.unwrap()["error"], "invalid_request");
+    let nowhere = app.client.get(app.url("/oauth/nowhere")).send().await.unwrap();
+    assert_eq!(nowhere.status(), 404);
+    assert_eq!(nowhere.json::<serde_json::Value>().await.unwrap()["error"], "invalid_request");
+    let browser = app.client.get(app.url("/oauth/nowhere")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(browser.status(), 404);
+    assert!(browser.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
 
     let url = app.url("/admin/users/bootstrap");
     let huge = json!({ "issuer": ISSUER, "subject": "s", "email": "a@example.com", "name": "x".repeat(70 * 1024) });

@@ -39,7 +39,7 @@ pub fn public_client_routes() -> Router<Arc<AppState>> {
 }
 
 /// An OAuth error response (RFC 6749 5.2).
-pub(super) struct OAuthResponse(pub OAuthError);
+pub(in crate::http) struct OAuthResponse(pub OAuthError);
 
 impl IntoResponse for OAuthResponse {
     fn into_response(self) -> Response {
