@@ -39,6 +39,7 @@ on_both_backends!(
     tokens_are_refreshed_before_they_expire,
     short_lived_tokens_are_refreshed_at_half_their_life_not_on_every_use,
     fifty_concurrent_requests_refresh_once,
+    concurrent_requests_meeting_a_refused_refresh_ask_the_provider_once,
     two_instances_refresh_once,
     rotated_and_kept_refresh_tokens_are_persisted,
     invalid_grant_marks_the_profile_without_a_retry_storm,
@@ -755,6 +756,32 @@ async fn fifty_concurrent_requests_refresh_once(backend: Backend) {
     };
     assert!(grew("tessera_token_refresh_calls_total", &[("provider", "local"), ("outcome", "ok")]) >= 1.0);
     assert!(grew("tessera_token_refresh_waits_total", &[("scope", "process")]) >= 1.0, "the others waited");
+}
+
+/// Many requests for a token whose refresh the provider refuses (`invalid_grant`): one call to
+/// the provider, every request told `needs_reauth`, one `auth_profile.needs_reauth` event — the
+/// waiters read the refusal rather than each trying the dead refresh token again.
+async fn concurrent_requests_meeting_a_refused_refresh_ask_the_provider_once(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("refused-at-once").await;
+    w.expire_soon(&slug).await;
+    w.issuer.set_token_delay(Duration::from_millis(300));
+    w.issuer.fail_next_token_request(TokenFault::InvalidGrant);
+    let sql = w.app.db.sql().await;
+    let events = || sql.count("outbox_events WHERE topic = 'auth_profile.needs_reauth'");
+    let (before, calls) = (events().await, w.issuer.refreshes());
+    let w = Arc::new(w);
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let (w, slug) = (w.clone(), slug.clone());
+        tasks.push(tokio::spawn(async move { body(w.token(w.alice.id, &slug).await, 409).await }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap()["code"], "needs_reauth");
+    }
+    assert_eq!(w.issuer.refreshes() - calls, 1, "one call to the provider");
+    assert_eq!(events().await - before, 1, "one event");
+    assert_eq!(w.sql_profile(&slug).await["status"], "needs_reauth");
 }
 
 async fn two_instances_refresh_once(backend: Backend) {
