@@ -34,6 +34,7 @@ use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, concurrently, o
 
 on_both_backends!(
     webhook_endpoints_are_stored_updated_and_deleted,
+    instances_starting_together_insert_a_config_endpoint_once,
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
     an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_before,
     events_after_a_gap_wait_for_the_transaction_that_may_fill_it,
@@ -3419,6 +3420,7 @@ mod clients {
         updating_a_client_compares_its_last_change,
         deleting_a_client_takes_its_used_assertions_with_it,
         config_clients_are_synced_and_admin_clients_never_touched,
+        instances_starting_together_write_the_config_clients_once,
         a_config_client_with_the_id_of_an_admin_client_writes_nothing,
         a_client_assertion_is_used_once_until_it_expires,
         concurrent_uses_of_one_client_assertion_have_one_winner,
@@ -3534,6 +3536,30 @@ mod clients {
         assert!(!store.delete_client(&app.id).await.unwrap(), "deleted once");
         assert_eq!(store.client(&app.id).await.unwrap(), None);
         assert_eq!(db.sql().await.count("client_assertions").await, 0);
+    }
+
+    /// Instances started together with one file (a rolling deploy's first pods) each sync it:
+    /// every sync succeeds, without a conflict, and the clients are written once.
+    async fn instances_starting_together_write_the_config_clients_once(backend: Backend) {
+        let (db, _store) = setup(backend).await;
+        let t0 = now();
+        let file = vec![client("cfg-a", true, t0), client("cfg-b", true, t0)];
+        let mut stores = Vec::new();
+        for _ in 0..8 {
+            stores.push(db.store().await);
+        }
+        let stores = Arc::new(stores);
+        let synced = crate::helpers::concurrently(8, |i| {
+            let (stores, file) = (stores.clone(), file.clone());
+            async move { stores[i].sync_config_clients(&file).await.unwrap() }
+        })
+        .await;
+        assert!(synced.iter().all(|sync| sync.conflicts.is_empty()), "{synced:?}");
+        assert_eq!(synced.iter().map(|sync| sync.inserted).sum::<usize>(), 2, "{synced:?}");
+        assert_eq!(db.sql().await.count("clients").await, 2);
+        for client in &file {
+            assert_eq!(stores[0].client(&client.id).await.unwrap().as_ref(), Some(client));
+        }
     }
 
     async fn config_clients_are_synced_and_admin_clients_never_touched(backend: Backend) {
@@ -4390,6 +4416,28 @@ fn endpoint(types: &[&str], created_at: DateTime<Utc>) -> WebhookEndpoint {
         created_at,
         updated_at: created_at,
     }
+}
+
+/// Instances started together with one file each insert its endpoint: one row, one winner (the
+/// others are told, and bring its settings to their file's).
+async fn instances_starting_together_insert_a_config_endpoint_once(backend: Backend) {
+    let (db, _store) = setup(backend).await;
+    let mut stores = Vec::new();
+    for _ in 0..8 {
+        stores.push(db.store().await);
+    }
+    let stores = Arc::new(stores);
+    let named = WebhookEndpoint { config_name: Some("billing".into()), ..endpoint(&["user.created"], now()) };
+    let inserted = crate::helpers::concurrently(8, |i| {
+        let (stores, named) = (stores.clone(), named.clone());
+        async move {
+            let mine = WebhookEndpoint { id: WebhookId::generate(), ..named };
+            stores[i].insert_webhook(&mine).await.unwrap().is_some()
+        }
+    })
+    .await;
+    assert_eq!(inserted.iter().filter(|won| **won).count(), 1, "{inserted:?}");
+    assert_eq!(db.sql().await.count("webhook_endpoints WHERE config_name = 'billing'").await, 1);
 }
 
 async fn webhook_endpoints_are_stored_updated_and_deleted(backend: Backend) {
