@@ -201,12 +201,11 @@ pub fn parse_kind(value: &str) -> Result<ClientKind, ClientRuleError> {
     match value {
         "confidential" => Ok(ClientKind::Confidential),
         "public" => Ok(ClientKind::Public),
-        other => Err(ClientRuleError::new(
+        // What was sent is not quoted back (it may be anything pasted there).
+        _ => Err(ClientRuleError::new(
             "kind",
             ClientRule::Metadata,
-            format!(
-                "{other:?} is not one of confidential (a backend that keeps a secret), public (a browser or native app)"
-            ),
+            "`kind` must be confidential (a backend that keeps a secret) or public (a browser or native app)",
         )),
     }
 }
@@ -305,7 +304,7 @@ pub fn apply(client: &mut Client, fields: ClientFields) -> Result<(), ClientRule
             ClientRuleError::new(
                 "signing_alg",
                 ClientRule::Metadata,
-                format!("{alg:?} is not one of ES256, RS256, EdDSA"),
+                "`signing_alg` must be one of ES256, RS256, EdDSA",
             )
         })?;
     }
@@ -394,7 +393,7 @@ fn parse_grant_types(values: &[String]) -> Result<Vec<GrantType>, ClientRuleErro
             ClientRuleError::new(
                 format!("grant_types[{i}]"),
                 ClientRule::GrantTypes,
-                format!("{value:?} is not one of {}", known.join(", ")),
+                format!("`grant_types[{i}]` must be one of {}", known.join(", ")),
             )
         })?;
         if grants.contains(&grant) {
@@ -575,7 +574,7 @@ fn client_key(value: &Value) -> Result<ClientKey, String> {
         None => None,
         Some(Value::String(name)) => {
             Some(name.parse::<Algorithm>().ok().filter(|a| ASSERTION_ALGORITHMS.contains(a)).ok_or_else(|| {
-                format!("{name:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA")
+                "a key's `alg` must be one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA".to_owned()
             })?)
         }
         Some(_) => return Err("`alg` is a string".into()),

@@ -284,6 +284,18 @@ async fn registrations_that_break_a_rule_are_refused_saying_what_to_fix(backend:
         assert_eq!((refused["code"].as_str().unwrap(), refused["field"].as_str().unwrap()), (code, field), "{request}");
         assert!(!refused["detail"].as_str().unwrap().is_empty());
     }
+    // What was sent in a field with a fixed set of values is not quoted back.
+    for (field, value) in [
+        ("kind", json!("sk-pasted-here")),
+        ("signing_alg", json!("sk-pasted-here")),
+        ("grant_types", json!(["sk-pasted-here"])),
+    ] {
+        let mut request = confidential("a");
+        request[field] = value;
+        let refused =
+            app.admin(Method::POST, "/admin/clients").json(&request).send().await.unwrap().text().await.unwrap();
+        assert!(!refused.contains("sk-pasted"), "{field}: {refused}");
+    }
     let missing_kind = json!({"id": "a", "name": "A", "redirect_uris": ["https://a.example/cb"]});
     let refused = body(app.admin(Method::POST, "/admin/clients").json(&missing_kind).send().await.unwrap(), 400).await;
     assert_eq!((refused["code"].as_str(), refused["field"].as_str()), (Some("missing_field"), Some("kind")));
