@@ -435,10 +435,11 @@ fn parse_provider(
     }
     let client_secret = super::env_or_file(
         env,
-        (key("client_secret_env"), raw.client_secret_env.as_deref()),
-        (key("client_secret_file"), raw.client_secret_file.as_deref()),
+        &key,
+        ("client_secret_env", raw.client_secret_env.as_deref()),
+        ("client_secret_file", raw.client_secret_file.as_deref()),
     )?
-    .map(|(secret, _)| secret);
+    .map(|secret| secret.value);
     // Every key the entry sets wins over the template's; then the placeholders are filled.
     let pick = |own: &Option<String>, template: &Option<String>| own.clone().or_else(|| template.clone());
     let urls = [

@@ -399,25 +399,38 @@ pub(super) fn secret_file(path: &str, key: impl Into<String>, with_path: bool) -
     }
 }
 
-/// A secret named by an environment variable (`var`, the key `env_key`) or a file (`path`, the
-/// key `file_key`), not both: with the name of where it came from (the variable, or "the file
-/// `file_key` names"), or `None` when neither is set.
+/// A secret read from where an entry's configuration names it.
+pub(super) struct NamedSecret {
+    /// The secret, trimmed.
+    pub value: SecretString,
+    /// Where it came from, for a message: the variable's name, or "the file `<key>` names".
+    pub from: String,
+    /// The full key that named it (`<entry>.secret_env` or `<entry>.secret_file`), for an error
+    /// about the secret itself.
+    pub key: String,
+}
+
+/// A secret named by an environment variable (the setting `env_name`, holding `var`) or a file
+/// (the setting `file_name`, holding `path`), not both; `key` makes an entry's full key of a
+/// setting's name. `None` when neither is set.
 pub(super) fn env_or_file(
     env: &dyn Fn(&str) -> Option<String>,
-    (env_key, var): (String, Option<&str>),
-    (file_key, path): (String, Option<&str>),
-) -> Result<Option<(SecretString, String)>, ConfigError> {
+    key: &dyn Fn(&str) -> String,
+    (env_name, var): (&str, Option<&str>),
+    (file_name, path): (&str, Option<&str>),
+) -> Result<Option<NamedSecret>, ConfigError> {
     match (var, path) {
-        (Some(_), Some(_)) => {
-            let (env_name, file_name) =
-                (env_key.rsplit('.').next().unwrap_or_default(), file_key.rsplit('.').next().unwrap_or_default());
-            Err(ConfigError::new(env_key.clone(), format!("set {env_name} or {file_name}, not both")))
-        }
-        (Some(var), None) => Ok(Some((SecretString::from(secret_env(env, var, env_key)?), var.to_owned()))),
-        (None, Some(path)) => {
-            let from = format!("the file {} names", file_key.rsplit('.').next().unwrap_or_default());
-            Ok(Some((SecretString::from(secret_file(path, file_key, true)?), from)))
-        }
+        (Some(_), Some(_)) => Err(ConfigError::new(key(env_name), format!("set {env_name} or {file_name}, not both"))),
+        (Some(var), None) => Ok(Some(NamedSecret {
+            value: SecretString::from(secret_env(env, var, key(env_name))?),
+            from: var.to_owned(),
+            key: key(env_name),
+        })),
+        (None, Some(path)) => Ok(Some(NamedSecret {
+            value: SecretString::from(secret_file(path, key(file_name), true)?),
+            from: format!("the file {file_name} names"),
+            key: key(file_name),
+        })),
         (None, None) => Ok(None),
     }
 }
@@ -1291,21 +1304,21 @@ fn parse_webhook_endpoint(
              secret_env, or in a file and name that with secret_file",
         ));
     }
-    let named = (key("secret_env"), raw.secret_env.as_deref());
-    let (value, from) =
-        env_or_file(env, named, (key("secret_file"), raw.secret_file.as_deref()))?.ok_or_else(|| {
-            ConfigError::new(
-                key("secret_env"),
-                "name the environment variable (secret_env) or the file (secret_file) holding the endpoint's whsec_ \
-             signing key",
-            )
-        })?;
-    let signing_key = WebhookKey::from_whsec(value.expose_secret()).ok_or_else(|| {
+    let named = ("secret_env", raw.secret_env.as_deref());
+    let secret = env_or_file(env, &key, named, ("secret_file", raw.secret_file.as_deref()))?.ok_or_else(|| {
         ConfigError::new(
-            key(if raw.secret_file.is_some() { "secret_file" } else { "secret_env" }),
+            key("secret_env"),
+            "name the environment variable (secret_env) or the file (secret_file) holding the endpoint's whsec_ \
+             signing key",
+        )
+    })?;
+    let signing_key = WebhookKey::from_whsec(secret.value.expose_secret()).ok_or_else(|| {
+        ConfigError::new(
+            secret.key.clone(),
             format!(
-                "{from} must hold whsec_ and 24 to 64 bytes in base64 (generate one with \
-                     `echo whsec_$(openssl rand -base64 32)`)"
+                "{} must hold whsec_ and 24 to 64 bytes in base64 (generate one with \
+                     `echo whsec_$(openssl rand -base64 32)`)",
+                secret.from
             ),
         )
     })?;
@@ -1456,15 +1469,15 @@ mod tests {
         }
         assert_eq!(error("", &both).key, named, "secret_env is required");
         // Or a file holding it (a mounted secret), but not both.
-        let path = std::env::temp_dir().join(format!("tessera-whsec-{}", std::process::id()));
-        std::fs::write(&path, format!("{key}\n")).unwrap();
+        let file_holding = tempfile::NamedTempFile::new().unwrap();
+        let path = file_holding.path();
+        std::fs::write(path, format!("{key}\n")).unwrap();
         let with_file = format!("secret_file = \"{}\"\n", path.display());
         let from_file = Config::from_toml(&file(&with_file), env(&both[..1])).unwrap();
         assert_eq!(Some(&from_file.webhooks.endpoints[0].key), WebhookKey::from_whsec(&key).as_ref());
         assert_eq!(error(&format!("{with_env}{with_file}"), &both).key, named, "not both");
-        std::fs::write(&path, "nope").unwrap();
+        std::fs::write(path, "nope").unwrap();
         assert_eq!(error(&with_file, &both[..1]).key, "webhooks.endpoints[0] (billing).secret_file");
-        std::fs::remove_file(&path).unwrap();
         assert_eq!(error("secret = \"whsec_x\"\n", &both).key, "webhooks.endpoints[0] (billing).secret");
         assert_eq!(error(with_env, &both[1..]).key, ENCRYPTION_KEYS_VAR, "the key ring is required");
         let twice = format!(

@@ -188,25 +188,23 @@ fn parse_client(
         },
     )
     .map_err(rule)?;
-    let secret_key = if raw.secret_file.is_some() { "secret_file" } else { "secret_env" };
-    let named = (key("secret_env"), raw.secret_env.as_deref());
-    if let Some((secret, from)) = super::env_or_file(env, named, (key("secret_file"), raw.secret_file.as_deref()))? {
+    let named = ("secret_env", raw.secret_env.as_deref());
+    if let Some(secret) = super::env_or_file(env, &key, named, ("secret_file", raw.secret_file.as_deref()))? {
+        let setting = secret.key.rsplit('.').next().unwrap_or_default().to_owned();
         if client.is_public() {
-            return Err(ConfigError::new(
-                key(secret_key),
-                format!("a public client has no secret: remove {secret_key}"),
-            ));
+            return Err(ConfigError::new(secret.key, format!("a public client has no secret: remove {setting}")));
         }
-        if secret.expose_secret().len() < MIN_CLIENT_SECRET_LEN {
+        if secret.value.expose_secret().len() < MIN_CLIENT_SECRET_LEN {
             return Err(ConfigError::new(
-                key(secret_key),
+                secret.key,
                 format!(
-                    "the secret in {from} is shorter than {MIN_CLIENT_SECRET_LEN} characters; generate one with \
-                     `openssl rand -hex 32`"
+                    "the secret in {} is shorter than {MIN_CLIENT_SECRET_LEN} characters; generate one with \
+                     `openssl rand -hex 32`",
+                    secret.from
                 ),
             ));
         }
-        client.secret_hash = Some(sha256(secret.expose_secret().as_bytes()));
+        client.secret_hash = Some(sha256(secret.value.expose_secret().as_bytes()));
     } else if !client.is_public() && client.jwks.is_none() {
         return Err(ConfigError::new(
             key("secret_env"),
@@ -324,8 +322,9 @@ mod client_tests {
         let from_file = Config::from_toml(CLIENTS, env(&[("GRAFANA_SECRET", &format!("{SECRET}\n"))])).unwrap();
         assert_eq!(from_file.oidc.clients[0].client.secret_hash, Some(crate::crypto::sha256(SECRET.as_bytes())));
         // So is one read from a file that `secret_file` names (a mounted secret).
-        let path = std::env::temp_dir().join(format!("tessera-client-secret-{}", std::process::id()));
-        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+        let file_holding = tempfile::NamedTempFile::new().unwrap();
+        let path = file_holding.path();
+        std::fs::write(path, format!("{SECRET}\n")).unwrap();
         let named =
             CLIENTS.replace("secret_env = \"GRAFANA_SECRET\"", &format!("secret_file = \"{}\"", path.display()));
         let mounted = Config::from_toml(&named, env(&[])).unwrap();
@@ -336,7 +335,6 @@ mod client_tests {
         );
         let refused = Config::from_toml(&both, env(&[("GRAFANA_SECRET", SECRET)])).unwrap_err();
         assert_eq!(refused.key, "oidc.clients[0].secret_env", "not both");
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

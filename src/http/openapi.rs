@@ -412,14 +412,14 @@ fn page_responses(oauth_json: bool) -> BTreeMap<String, RefOr<utoipa::openapi::R
 
 /// The responses of the OpenID Provider's protocol endpoints when they fail: an [`OAuthError`]
 /// (`400`, `401` for client authentication, `404` or `503` while the provider is off or the store
-/// is down, `413` for a form over the body limit, `500`) or, from the shared layers (an unknown
-/// method, say), a [`Problem`].
+/// is down, `405` for a method the endpoint does not take, `413` for a form over the body limit,
+/// `500`) or, from the shared layers (a request the HTTP layer refuses, say), a [`Problem`].
 pub struct OAuthErrors;
 
 impl IntoResponses for OAuthErrors {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
         let mut responses = problem_responses();
-        for status in ["400", "401", "404", "413", "500", "503"] {
+        for status in ["400", "401", "404", "405", "413", "500", "503"] {
             let response = ResponseBuilder::new()
                 .description("An OAuth 2.0 error (RFC 6749 section 5.2).")
                 .content("application/json", oauth_error_content())

@@ -107,7 +107,6 @@ async fn check_team(State(state): State<Arc<AppState>>, headers: HeaderMap, uri:
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 struct DiscoverRequest {
     email: Option<String>,
 }

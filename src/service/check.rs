@@ -100,9 +100,12 @@ pub async fn run(config: &Config) -> Report {
             return report;
         }
     };
-    check_store(store.as_ref(), config, &mut report).await;
+    let schema_usable = check_store(store.as_ref(), config, &mut report).await;
     check_signing_keys(&store, config, &mut report).await;
-    check_config_clients(store.as_ref(), config, &mut report).await;
+    // Against a schema that is missing, behind or ahead, every read would only repeat that.
+    if schema_usable {
+        check_config_clients(store.as_ref(), config, &mut report).await;
+    }
     store.close().await;
     report
 }
@@ -157,19 +160,26 @@ async fn check_signing_keys(store: &Arc<dyn Store>, config: &Config, report: &mu
     }
 }
 
-async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
+/// The database's reachability, migrations and data invariants; whether its schema is this
+/// binary's (reachable, migrated, nothing pending, unknown, changed or failed).
+async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) -> bool {
     if let Err(e) = store.ping().await {
         report.push(Severity::Problem, format!("the database does not answer: {}", Chain(&e)));
-        return;
+        return false;
     }
     report.push(Severity::Ok, format!("database reachable ({})", store.backend().name()));
     let status = match store.migration_status().await {
         Ok(status) => status,
         Err(e) => {
             report.push(Severity::Problem, format!("cannot read the migration history: {e}"));
-            return;
+            return false;
         }
     };
+    let usable = status.applied > 0
+        && status.pending.is_empty()
+        && status.unknown.is_empty()
+        && status.modified.is_empty()
+        && status.failed.is_empty();
     if status.pending.is_empty() {
         report.push(Severity::Ok, format!("migrations: {} applied, none pending", status.applied));
     } else {
@@ -195,13 +205,13 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
         report.push(Severity::Problem, format!("migration {version} failed part-way; repair it by hand"));
     }
     if status.applied == 0 {
-        return;
+        return false;
     }
     let data = match store.data_report().await {
         Ok(data) => data,
         Err(e) => {
             report.push(Severity::Problem, format!("cannot inspect the data: {e}"));
-            return;
+            return usable;
         }
     };
     let mut clean = true;
@@ -244,4 +254,5 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) {
     if clean {
         report.push(Severity::Ok, "data invariants hold");
     }
+    usable
 }

@@ -102,8 +102,13 @@ impl Browser {
     /// A request carrying the cookies, not sent (to send with others at once); the cookies it
     /// gets back are not kept.
     pub fn prepared(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
-        let header: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.client.request(method, url).header("cookie", header.join("; "))
+        self.client.request(method, url).header("cookie", self.cookie_header())
+    }
+
+    /// The `Cookie` header of the cookies held.
+    fn cookie_header(&self) -> String {
+        let pairs: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.join("; ")
     }
 
     /// A request that the browser marks as sent from a page of `site` (`Sec-Fetch-Site`:
@@ -129,8 +134,7 @@ impl Browser {
 
     async fn send(&mut self, mut request: reqwest::RequestBuilder) -> reqwest::Response {
         if !self.cookies.is_empty() {
-            let header: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            request = request.header("cookie", header.join("; "));
+            request = request.header("cookie", self.cookie_header());
         }
         let response = request.send().await.unwrap();
         for set in response.headers().get_all("set-cookie") {

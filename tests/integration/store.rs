@@ -4418,8 +4418,8 @@ fn endpoint(types: &[&str], created_at: DateTime<Utc>) -> WebhookEndpoint {
     }
 }
 
-/// Instances started together with one file each insert its endpoint: one row, one winner (the
-/// others are told, and bring its settings to their file's).
+/// Instances started together with one file each insert its endpoint: one row, one winner, the
+/// others told so (what their start-up does next is `Webhooks::sync_config`'s, not tested here).
 async fn instances_starting_together_insert_a_config_endpoint_once(backend: Backend) {
     let (db, _store) = setup(backend).await;
     let mut stores = Vec::new();

@@ -764,8 +764,11 @@ async fn the_webhook_admin_api_validates_and_manages_endpoints() {
         json(post(json!({ "url": "ftp://x.example.com" })).await.unwrap(), 400).await["code"],
         "invalid_webhook_url"
     );
-    let bad_type = json!({ "url": "https://h.example.com/", "event_types": ["user.exploded"] });
-    assert_eq!(json(post(bad_type).await.unwrap(), 400).await["code"], "invalid_event_type");
+    let bad_type = json!({ "url": "https://h.example.com/", "event_types": ["user.created", "user.exploded"] });
+    let refused = json(post(bad_type).await.unwrap(), 400).await;
+    assert_eq!(refused["code"], "invalid_event_type");
+    let detail = refused["detail"].as_str().unwrap();
+    assert!(detail.contains("event_types[1]") && !detail.contains("exploded"), "named by position: {detail}");
 
     let body = json!({ "url": "https://h.example.com/hook", "event_types": ["user.created", "team.member.added"] });
     let created = post(body).await.unwrap();
