@@ -1404,7 +1404,7 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Leases up to `limit` enabled endpoints whose first pending delivery (in sequence order) is
     /// due at `now` and whose lease (if any) ran out, to `owner` until `until`. On PostgreSQL the
-    /// rows are claimed `FOR UPDATE SKIP LOCKED`, so concurrent instances claim different ones.
+    /// rows are claimed `FOR NO KEY UPDATE SKIP LOCKED`, so concurrent instances claim different ones.
     async fn claim_webhooks(
         &self,
         owner: uuid::Uuid,

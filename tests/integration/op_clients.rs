@@ -14,7 +14,7 @@ use tessera::domain::ClientId;
 use tessera::service::op::clients::{ClientAuthError, ClientCredentials, Clients, JWT_BEARER};
 use tessera_testkit::local_issuer::{LocalIssuer, encode_part};
 
-use crate::helpers::{Backend, TestApp, TestDb, json as body, on_both_backends};
+use crate::helpers::{Backend, TestApp, TestDb, json as body, on_both_backends, send_at_once};
 
 on_both_backends!(
     // The admin API
@@ -26,6 +26,8 @@ on_both_backends!(
     the_client_api_is_for_admins_only,
     config_clients_are_listed_and_read_only,
     a_config_client_leaves_the_store_when_it_leaves_the_file,
+    concurrent_registrations_of_one_id_register_it_once,
+    concurrent_secret_rotations_leave_one_working_secret,
     // Client authentication
     a_confidential_client_authenticates_with_its_secret_in_basic_or_post,
     a_public_client_authenticates_with_its_id_only,
@@ -202,6 +204,51 @@ async fn a_new_secret_replaces_the_old_one(backend: Backend) {
     assert_eq!(public["code"], "client_is_public");
     let none = body(app.admin(Method::POST, "/admin/clients/nope/secret").send().await.unwrap(), 404).await;
     assert_eq!(none["code"], "client_not_found");
+    app.stop().await;
+}
+
+/// Sixteen registrations of one chosen id at once (a deploy script run twice, say): one is
+/// registered, the others told the id is taken; one row, one `client.created` audit row.
+async fn concurrent_registrations_of_one_id_register_it_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let register = app.admin(Method::POST, "/admin/clients").json(&confidential("raced"));
+    let answers = send_at_once(&(0..16).map(|_| register.try_clone().unwrap()).collect::<Vec<_>>()).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|a| a.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!((statuses[0], statuses[1..].iter().all(|s| *s == 409)), (201, true), "{statuses:?}");
+    for answer in answers.into_iter().filter(|a| a.status() == 409) {
+        assert_eq!(body(answer, 409).await["code"], "client_id_taken");
+    }
+    let sql = app.db.sql().await;
+    assert_eq!(sql.count("clients WHERE id = 'raced'").await, 1);
+    assert_eq!(sql.count("audit_events WHERE action = 'client.created'").await, 1);
+    app.stop().await;
+}
+
+/// Eight secret rotations of one client at once: each answers with a new secret (or asks to be
+/// sent again), and exactly one of the secrets handed out works afterwards — the last written,
+/// never a mix of two.
+async fn concurrent_secret_rotations_leave_one_working_secret(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let old = register(&app, confidential("rotated")).await["client_secret"].as_str().unwrap().to_owned();
+    let rotate = app.admin(Method::POST, "/admin/clients/rotated/secret");
+    let answers = send_at_once(&(0..8).map(|_| rotate.try_clone().unwrap()).collect::<Vec<_>>()).await;
+    let mut secrets = Vec::new();
+    for answer in answers {
+        match answer.status().as_u16() {
+            200 => secrets.push(body(answer, 200).await["client_secret"].as_str().unwrap().to_owned()),
+            _ => assert_eq!(body(answer, 409).await["code"], "client_changed"),
+        }
+    }
+    assert!(!secrets.is_empty(), "at least one rotation went through");
+    let service = clients(&app);
+    let mut working = 0;
+    for secret in secrets.iter().chain(std::iter::once(&old)) {
+        if service.authenticate(&basic("rotated", secret), &[TOKEN_ENDPOINT.to_owned()]).await.is_ok() {
+            working += 1;
+        }
+    }
+    assert_eq!(working, 1, "one working secret of {} handed out, the old one refused", secrets.len());
     app.stop().await;
 }
 
