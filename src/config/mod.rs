@@ -405,8 +405,9 @@ pub(super) struct NamedSecret {
     pub value: SecretString,
     /// Where it came from, for a message: the variable's name, or "the file `<key>` names".
     pub from: String,
-    /// The full key that named it (`<entry>.secret_env` or `<entry>.secret_file`), for an error
-    /// about the secret itself.
+    /// The setting that named it (`secret_env` or `secret_file`, say).
+    pub setting: String,
+    /// Its full key (`<entry>.<setting>`), for an error about the secret itself.
     pub key: String,
 }
 
@@ -424,11 +425,13 @@ pub(super) fn env_or_file(
         (Some(var), None) => Ok(Some(NamedSecret {
             value: SecretString::from(secret_env(env, var, key(env_name))?),
             from: var.to_owned(),
+            setting: env_name.to_owned(),
             key: key(env_name),
         })),
         (None, Some(path)) => Ok(Some(NamedSecret {
             value: SecretString::from(secret_file(path, key(file_name), true)?),
             from: format!("the file {file_name} names"),
+            setting: file_name.to_owned(),
             key: key(file_name),
         })),
         (None, None) => Ok(None),

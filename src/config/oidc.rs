@@ -190,9 +190,9 @@ fn parse_client(
     .map_err(rule)?;
     let named = ("secret_env", raw.secret_env.as_deref());
     if let Some(secret) = super::env_or_file(env, &key, named, ("secret_file", raw.secret_file.as_deref()))? {
-        let setting = secret.key.rsplit('.').next().unwrap_or_default().to_owned();
         if client.is_public() {
-            return Err(ConfigError::new(secret.key, format!("a public client has no secret: remove {setting}")));
+            let remove = format!("a public client has no secret: remove {}", secret.setting);
+            return Err(ConfigError::new(secret.key, remove));
         }
         if secret.value.expose_secret().len() < MIN_CLIENT_SECRET_LEN {
             return Err(ConfigError::new(

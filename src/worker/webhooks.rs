@@ -243,13 +243,11 @@ async fn deliver_to(
             format!("not sent: the signing key cannot be decrypted ({error})")
         })
     };
-    // Whether an overdue delivery's one request failed in this run: the endpoint is down, and
-    // the rest of the overdue backlog fails unsent.
-    let mut endpoint_failing = false;
-    // Why an overdue delivery failed for good in this run because its signing key could not be
-    // decrypted: the rest of the overdue backlog fails unsent with the same reason, so that a
-    // key gone for good fails a backlog in one series of attempts, not one series a delivery.
-    let mut unsigned_for_good: Option<String> = None;
+    // Why the rest of the overdue backlog fails unsent, once known in this run: an overdue
+    // delivery's one request failed (the endpoint is down), or a delivery failed for good because
+    // its signing key cannot be decrypted (so that a key gone for good fails a backlog in one
+    // series of attempts, not one series a delivery).
+    let mut backlog_fails: Option<String> = None;
     // Batch after batch while the lease lasts: a backlog drains at the endpoint's pace, not at
     // one batch per poll interval.
     loop {
@@ -289,10 +287,8 @@ async fn deliver_to(
             // delivery, while a slow but healthy one gets every event).
             let unsent = if !current.wants(&job.topic) {
                 Some(format!("not sent: the endpoint no longer subscribes to {}", job.topic))
-            } else if overdue && endpoint_failing {
-                Some(NOT_SENT_PAST_GIVE_UP.to_owned())
             } else {
-                unsigned_for_good.clone().filter(|_| overdue)
+                backlog_fails.clone().filter(|_| overdue)
             };
             let final_without_request = unsent.is_some();
             // The reads above may have waited: no request starts after half the lease, when
@@ -323,10 +319,10 @@ async fn deliver_to(
                 });
             let failed = error.is_some();
             if failed && overdue && !final_without_request && !unsigned {
-                endpoint_failing = true;
+                backlog_fails = Some(NOT_SENT_PAST_GIVE_UP.to_owned());
             }
             if unsigned && retry_at.is_none() {
-                unsigned_for_good = error.clone();
+                backlog_fails = error.clone();
             }
             let result = match (failed, retry_at) {
                 (false, _) => "delivered",
