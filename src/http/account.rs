@@ -489,8 +489,12 @@ async fn sign_out_others(
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
-        state.sessions.revoke_others(live.profile.user.id, &live.hash).await?;
-        Ok("/account?done=signed-out-others".to_owned())
+        Ok(match state.sessions.revoke_others(live.profile.user.id, &live.hash).await? {
+            Some(_) => "/account?done=signed-out-others".to_owned(),
+            // This browser was signed out meanwhile (by another's click, say): as if it had been
+            // before it asked.
+            None => login_url(Some("/account")),
+        })
     })
     .await
 }

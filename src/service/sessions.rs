@@ -231,21 +231,25 @@ impl Sessions {
     }
 
     /// Ends every session of `user` but the one whose hash is `keep` ("sign out everywhere
-    /// else"); returns how many ended. Grants made from them end with them.
-    pub async fn revoke_others(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
+    /// else"); returns how many ended, or `None` when the session `keep` has itself ended (by
+    /// another browser's click, a sign-out or expiry): it no longer speaks for the user. Grants
+    /// made from them end with them.
+    pub async fn revoke_others(&self, user: UserId, keep: &[u8; 32]) -> Result<Option<u64>, StoreError> {
         let (store, keep) = (self.store.clone(), *keep);
         let ended = change_to_end(
             &self.cache,
             async move { store.delete_other_sessions(user, &keep).await },
             // Nothing ended, nothing to forget.
             move |cache, done| {
-                if done.map_or(true, |ended| *ended > 0) {
+                if done.map_or(true, |ended| ended.is_some_and(|ended| ended > 0)) {
                     cache.invalidate_user(user);
                 }
             },
         )
         .await?;
-        tracing::info!(user_id = %user, ended, "signed out other sessions");
+        if let Some(ended) = ended {
+            tracing::info!(user_id = %user, ended, "signed out other sessions");
+        }
         Ok(ended)
     }
 

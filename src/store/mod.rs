@@ -1344,8 +1344,9 @@ pub trait Store: Send + Sync + Debug + 'static {
         limit: i64,
     ) -> Result<Vec<UserSession>, StoreError>;
 
-    /// Deletes every session of `user` but the one whose hash is `keep`; returns how many.
-    async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError>;
+    /// Deletes every session of `user` but the one whose hash is `keep`; returns how many, or
+    /// `None` (and deletes nothing) when `keep` is no longer a session of `user`.
+    async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<Option<u64>, StoreError>;
     // ---- Webhooks ------------------------------------------------------------------------------
 
     /// Registers a webhook endpoint; one with the `config_name` of another is not inserted (a

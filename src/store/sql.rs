@@ -3424,8 +3424,25 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<u64, StoreError> {
+    async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<Option<u64>, StoreError> {
         let mut tx = self.db.begin().await?;
+        // One user's "everywhere else" one at a time (the user's row; SQLite's write lock), each
+        // only while the session it keeps still lives: two browsers clicking it at once would
+        // otherwise each end the other's session, leaving none, where one of them was already
+        // signed out when its click took effect.
+        query("SELECT 1 AS one FROM users WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(user.as_uuid())
+            .execute(&mut tx)
+            .await?;
+        let kept = query("SELECT 1 AS one FROM sessions WHERE token_hash = $1 AND user_id = $2")
+            .bind(&keep[..])
+            .bind(user.as_uuid())
+            .fetch_optional(&mut tx)
+            .await?;
+        if kept.is_none() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let ended = query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
             .bind(user.as_uuid())
             .bind(&keep[..])
@@ -3437,7 +3454,7 @@ impl Store for SqlStore {
             log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
         }
         tx.commit().await?;
-        Ok(ended)
+        Ok(Some(ended))
     }
 
     async fn record_attempt(

@@ -28,6 +28,7 @@ on_both_backends!(
     logout_confirms_on_a_page_and_its_form_needs_the_token,
     the_chooser_lists_providers_and_sends_a_teams_email_to_its_provider,
     sign_out_everywhere_else_keeps_only_this_browser,
+    two_browsers_signing_each_other_out_at_once_leave_one_signed_in,
     connected_accounts_are_listed_and_can_be_disconnected,
     env_profiles_are_connected_and_reconnected_through_a_fresh_form_link,
     providers_show_built_in_configured_or_monogram_icons,
@@ -471,6 +472,39 @@ async fn sign_out_everywhere_else_keeps_only_this_browser(backend: Backend) {
             && !page.contains("Firefox on Linux")
             && !page.contains("Sign out everywhere else")
     );
+}
+
+/// Two browsers of one person clicking "sign out everywhere else" at once: one of them stays
+/// signed in, as after the two clicks one after the other. Each click counts only while its own
+/// session lives; were it checked only when the request came in, each could end the other's
+/// session and leave the person signed out everywhere.
+async fn two_browsers_signing_each_other_out_at_once_leave_one_signed_in(backend: Backend) {
+    let w = world(backend).await;
+    let sql = w.app.db.sql().await;
+    let url = w.app.url("/account/sessions/sign-out-others");
+    for round in 0..8 {
+        let mut pair = [Browser::new(), Browser::new()];
+        for browser in &mut pair {
+            sign_in(browser, &w.app, "local").await;
+        }
+        let mut clicks = Vec::new();
+        for browser in &mut pair {
+            let token = csrf_of(&html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await);
+            clicks.push(browser.prepared(Method::POST, &url).header("accept", "text/html").form(&[("csrf", token)]));
+        }
+        let answers = crate::helpers::send_at_once(&clicks).await;
+        let places: Vec<String> = answers.iter().map(location).collect();
+        assert_eq!(
+            places.iter().filter(|to| *to == "/account?done=signed-out-others").count(),
+            1,
+            "round {round}: one click signs out the other browser: {places:?}"
+        );
+        assert!(
+            places.contains(&"/login?return_to=%2Faccount".to_owned()),
+            "round {round}: the other signs in again: {places:?}"
+        );
+        assert_eq!(sql.count("sessions").await, 1, "round {round}: one browser stays signed in");
+    }
 }
 
 fn support() -> PathBuf {

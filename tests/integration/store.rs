@@ -1805,11 +1805,19 @@ async fn a_users_sessions_are_listed_and_the_others_deleted(backend: Backend) {
     let recent = store.user_sessions(ada.id(), t0, t0 - TimeDelta::minutes(30), 10).await.unwrap();
     assert_eq!(recent, listed[..1], "the newer one was last used an hour ago");
     assert_eq!(store.user_sessions(ada.id(), t0, day_ago, 1).await.unwrap(), listed[..1]);
-    assert_eq!(store.delete_other_sessions(ada.id(), &older.token_hash).await.unwrap(), 2, "the newer and expired");
+    // A session that is not (or no longer) the user's speaks for nobody: nothing is deleted.
+    assert_eq!(store.delete_other_sessions(ada.id(), &bobs.token_hash).await.unwrap(), None, "Bob's");
+    assert_eq!(store.delete_other_sessions(ada.id(), &[7; 32]).await.unwrap(), None, "ended or never there");
+    assert!(store.session(&newer.token_hash).await.unwrap().is_some());
+    assert_eq!(
+        store.delete_other_sessions(ada.id(), &older.token_hash).await.unwrap(),
+        Some(2),
+        "the newer and expired"
+    );
     assert!(store.session(&older.token_hash).await.unwrap().is_some(), "the kept one stays");
     assert!(store.session(&newer.token_hash).await.unwrap().is_none());
     assert!(store.session(&bobs.token_hash).await.unwrap().is_some(), "other users keep theirs");
-    assert_eq!(store.delete_other_sessions(ada.id(), &older.token_hash).await.unwrap(), 0);
+    assert_eq!(store.delete_other_sessions(ada.id(), &older.token_hash).await.unwrap(), Some(0));
     assert_eq!(store.user_sessions(bob.id(), t0, day_ago, 10).await.unwrap().len(), 1);
 }
 
@@ -6288,8 +6296,8 @@ mod issue_12_events {
         assert!(store.delete_session(&sessions[0].token_hash, SessionEnd::SignedOut).await.unwrap());
         assert!(!store.delete_session(&sessions[0].token_hash, SessionEnd::SignedOut).await.unwrap());
         assert!(store.delete_session(&sessions[1].token_hash, SessionEnd::Replaced).await.unwrap());
-        assert_eq!(store.delete_other_sessions(ada.id(), &sessions[2].token_hash).await.unwrap(), 1);
-        assert_eq!(store.delete_other_sessions(ada.id(), &sessions[2].token_hash).await.unwrap(), 0);
+        assert_eq!(store.delete_other_sessions(ada.id(), &sessions[2].token_hash).await.unwrap(), Some(1));
+        assert_eq!(store.delete_other_sessions(ada.id(), &sessions[2].token_hash).await.unwrap(), Some(0));
         set_user_disabled(&store, ada.id(), true, t).await.unwrap().unwrap();
         set_user_disabled(&store, ada.id(), true, t).await.unwrap().unwrap();
 
