@@ -29,6 +29,7 @@ on_both_backends!(
     a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_grant,
     a_used_code_without_its_verifier_revokes_nothing,
     a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family,
+    revocations_racing_a_refresh_leave_nothing_of_the_grant_working,
     within_the_reuse_interval_every_concurrent_refresh_gets_its_own_token,
     introspection_answers_inactive_alike_and_at_once,
     a_token_that_cannot_be_checked_is_not_answered_as_revoked,
@@ -662,6 +663,47 @@ async fn a_public_clients_access_token_does_not_end_its_offline_grant(backend: B
     let tokens = narrowed;
     assert_eq!(revoke(tokens["refresh_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1, "its refresh token ends it");
+}
+
+/// Eight revocations of a refresh token sent at once with a refresh of it: every revocation is
+/// answered 200 and the grant is revoked once; whichever way the race went, nothing of the grant
+/// works afterwards — the refresh is refused, or the tokens it handed out are dead already.
+async fn revocations_racing_a_refresh_leave_nothing_of_the_grant_working(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let creds = (client.as_str(), secret.as_str());
+    let sql = w.app.db.sql().await;
+    for round in 0..6 {
+        let mut browser = Browser::new();
+        let (verifier, challenge) = pkce();
+        let code = code_for(&w, &mut browser, &client, &challenge).await;
+        let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
+        let refresh = tokens["refresh_token"].as_str().unwrap();
+        let mut requests =
+            vec![token_builder(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", refresh)])];
+        for _ in 0..8 {
+            let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
+            requests.push(revoke.form(&[("token", refresh)]));
+        }
+        let mut answers = send_at_once(&requests).await.into_iter();
+        let rotated = answers.next().unwrap();
+        for revoked in answers {
+            assert_eq!(revoked.status(), StatusCode::OK, "round {round}");
+        }
+        assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, round + 1, "round {round}");
+        let mut dead = vec![tokens["access_token"].as_str().unwrap().to_owned()];
+        if rotated.status() == StatusCode::OK {
+            let new = body(rotated, 200).await;
+            let again = [("grant_type", "refresh_token"), ("refresh_token", new["refresh_token"].as_str().unwrap())];
+            assert_eq!(oauth_error(token_request(&w.app, creds, &again).await, 400).await, "invalid_grant");
+            dead.push(new["access_token"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(oauth_error(rotated, 400).await, "invalid_grant", "round {round}");
+        }
+        for token in dead {
+            assert_eq!(introspect(&w.app, creds, &token).await, json!({"active": false}), "round {round}");
+        }
+    }
 }
 
 async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family(backend: Backend) {
