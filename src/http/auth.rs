@@ -126,7 +126,21 @@ async fn start_login(
         },
         _ => false,
     };
-    let started = state.sign_in.begin(query.provider.as_deref(), query.return_to.as_deref(), None, fresh).await;
+    // No provider named and none to take without asking (several, none the default): the
+    // chooser asks, and comes back to the same `return_to` (forward-auth's sign-in link, say).
+    let provider = match query.provider {
+        Some(named) => named,
+        None => match state.flows.providers().default_or_only() {
+            Some(provider) => provider.name().to_owned(),
+            None => {
+                if let Some(Err(error)) = query.return_to.as_deref().map(|to| state.sign_in.check_return_to(to)) {
+                    return state.pages.error(&headers, error.into());
+                }
+                return redirect(&pages::login_url(query.return_to.as_deref()), &[]);
+            }
+        },
+    };
+    let started = state.sign_in.begin(Some(&provider), query.return_to.as_deref(), None, fresh).await;
     match started {
         Ok(started) => {
             redirect(started.location.as_str(), &[login_cookie(&state, &headers, started.binding.expose_secret())])

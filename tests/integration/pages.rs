@@ -29,6 +29,7 @@ on_both_backends!(
     the_chooser_lists_providers_and_sends_a_teams_email_to_its_provider,
     sign_out_everywhere_else_keeps_only_this_browser,
     two_browsers_signing_each_other_out_at_once_leave_one_signed_in,
+    a_sign_in_without_a_provider_and_no_default_goes_by_the_chooser,
     connected_accounts_are_listed_and_can_be_disconnected,
     env_profiles_are_connected_and_reconnected_through_a_fresh_form_link,
     providers_show_built_in_configured_or_monogram_icons,
@@ -472,6 +473,28 @@ async fn sign_out_everywhere_else_keeps_only_this_browser(backend: Backend) {
             && !page.contains("Firefox on Linux")
             && !page.contains("Sign out everywhere else")
     );
+}
+
+/// `/auth/login` without a provider, several configured and none the default (forward-auth's
+/// sign-in link, say): the chooser asks, and the sign-in goes back to the same `return_to`.
+async fn a_sign_in_without_a_provider_and_no_default_goes_by_the_chooser(backend: Backend) {
+    let w = world(backend).await;
+    let mut browser = Browser::new();
+    let started = browser.navigate(&w.app.url("/auth/login?return_to=%2Faccount%3Fdone%3Dx")).await;
+    assert_eq!(started.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&started), "/login?return_to=%2Faccount%3Fdone%3Dx");
+    let chooser = html(browser.navigate(&w.app.url(&location(&started))).await, StatusCode::OK).await;
+    assert!(chooser.contains("href=\"/auth/login?provider=local&#38;return_to=%2Faccount%3Fdone%3Dx\""), "{chooser}");
+    let back = sign_in(&mut browser, &w.app, "local&return_to=%2Faccount%3Fdone%3Dx").await;
+    assert_eq!(location(&back), "/account?done=x");
+    // Without `return_to`, the chooser alone; a `return_to` that may not be used is refused here.
+    assert_eq!(location(&Browser::new().navigate(&w.app.url("/auth/login")).await), "/login");
+    let page = html(
+        Browser::new().navigate(&w.app.url("/auth/login?return_to=https://evil.example/")).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(page.contains("This sign-in link cannot be used"), "{page}");
 }
 
 /// Two browsers of one person clicking "sign out everywhere else" at once: one of them stays

@@ -284,17 +284,10 @@ async fn sign_in(
     }
 }
 
-/// The provider a sign-in without a choice goes through: `auth.default_provider`, else the only
-/// one; `None` when several are configured and none is the default (the chooser decides).
+/// The provider a sign-in without a choice goes through (see
+/// [`ProviderRegistry::default_or_only`](crate::upstream::providers::ProviderRegistry::default_or_only)).
 fn default_provider(state: &AppState) -> Option<String> {
-    let providers = state.flows.providers();
-    providers.get(None).map(|p| p.name().to_owned()).or_else(|| {
-        let mut all = providers.all();
-        match (all.next(), all.next()) {
-            (Some(only), None) => Some(only.name().to_owned()),
-            _ => None,
-        }
-    })
+    state.flows.providers().default_or_only().map(|p| p.name().to_owned())
 }
 
 /// Several providers and no way to choose: the sign-in chooser, coming back to `continue_to`.

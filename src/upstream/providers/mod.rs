@@ -289,6 +289,19 @@ impl ProviderRegistry {
         self.providers.get(name.or(self.default.as_deref())?)
     }
 
+    /// The provider a sign-in without a choice goes through: `auth.default_provider`, else the
+    /// only one people sign in with; `None` when several are and none is the default (the
+    /// chooser decides).
+    pub fn default_or_only(&self) -> Option<&Arc<dyn Provider>> {
+        self.get(None).or_else(|| {
+            let mut all = self.all();
+            match (all.next(), all.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        })
+    }
+
     /// The sign-in provider of a team's issuer ([`crate::service::teams::Discovery::Sso`]): the
     /// one named like the issuer's configuration, else the first (by name) that signs in
     /// through that issuer — never one of another issuer, whatever its name.
