@@ -82,11 +82,13 @@ async fn list_audit_events(
 fn parse_query(params: AuditParams) -> Result<AuditQuery, ApiError> {
     let limit = page_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let action = params.action.map(|a| filter(a, "action", 64, is_action)).transpose()?;
-    let actor = params.actor.map(|a| filter(a, "actor", 255, is_plain_text)).transpose()?;
+    // A user actor is recorded by its canonical id too; a name (`admin_tokens[0]`, `cli`) never
+    // reads as a UUID.
+    let actor = params.actor.map(|a| filter(a, "actor", 255, is_plain_text)).transpose()?.map(|a| canonical_id(&a));
     let target_kind = params.target_kind.map(|k| filter(k, "target_kind", 32, is_kind)).transpose()?;
     let target_id = params.target_id.map(|t| filter(t, "target_id", 255, is_plain_text)).transpose()?;
     // A user, team or webhook id is recorded in its canonical form (see `UUID_FACTS`): found by
-    // any spelling `Uuid` parses. A client's id is its own text.
+    // any spelling `Uuid` parses. A client's id is its own text (never a UUID).
     let target_id = match (target_id, target_kind.as_deref()) {
         (Some(id), None | Some("user" | "team" | "webhook")) => Some(canonical_id(&id)),
         (id, _) => id,

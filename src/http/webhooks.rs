@@ -177,8 +177,7 @@ async fn deliveries(
     ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> Result<Json<DeliveryListResponse>, ApiError> {
     let limit = page_limit(query.limit, 100, crate::service::webhooks::MAX_PAGE)?;
-    let deliveries = state.webhooks.deliveries(parse_id(&id)?, query.before, limit).await?;
-    let next_before = (deliveries.len() >= limit).then(|| deliveries.last().map(|d| d.event_seq)).flatten();
+    let (deliveries, next_before) = state.webhooks.deliveries(parse_id(&id)?, query.before, limit).await?;
     Ok(Json(DeliveryListResponse {
         deliveries: deliveries.into_iter().map(DeliveryResponse::from).collect(),
         next_before,

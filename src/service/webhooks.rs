@@ -226,15 +226,19 @@ impl Webhooks {
         if self.store.delete_webhook(id).await? { Ok(()) } else { Err(WebhookError::NotFound) }
     }
 
-    /// A page of the delivery log, latest event first.
+    /// A page of the delivery log, latest event first, and the `before` of the next page (`None`
+    /// on the last: one row more than the page is read to tell).
     pub async fn deliveries(
         &self,
         id: WebhookId,
         before: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<WebhookDelivery>, WebhookError> {
+    ) -> Result<(Vec<WebhookDelivery>, Option<i64>), WebhookError> {
         self.get(id).await?;
-        Ok(self.store.webhook_deliveries(id, before, limit.clamp(1, MAX_PAGE) as i64).await?)
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut page = self.store.webhook_deliveries(id, before, limit as i64 + 1).await?;
+        let next = (page.len() > limit).then(|| page.truncate(limit)).and_then(|()| page.last().map(|d| d.event_seq));
+        Ok((page, next))
     }
 
     /// Sends every event written since `since` again; returns how many were scheduled.

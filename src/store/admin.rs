@@ -102,7 +102,7 @@ macro_rules! user_filters {
                                      WHERE i.user_id = u.id AND i.issuer = $2 AND i.subject = $3))
           AND ($4 IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = u.id AND m.team_id = $4))
           AND ($5 = FALSE OR u.disabled = $6)
-          AND ($7 IS NULL OR u.id > $7)
+          AND u.id > $7
          ORDER BY u.id
          LIMIT $8"
     };
@@ -115,6 +115,9 @@ pub(super) const USERS_OF_IDENTITY: &str = concat!(
     " FROM identities d JOIN users u ON u.id = d.user_id WHERE d.issuer = $2 AND d.subject = $3",
     user_filters!()
 );
+/// [`list_users`] with an email filter and no identity or team filter (which read fewer rows).
+pub(super) const USERS_OF_EMAIL: &str =
+    concat!("SELECT ", user_columns!(), " FROM users u WHERE u.email_key = $1", user_filters!());
 /// [`list_users`] with a team filter and no identity filter.
 pub(super) const USERS_OF_TEAM: &str = concat!(
     "SELECT ",
@@ -122,13 +125,15 @@ pub(super) const USERS_OF_TEAM: &str = concat!(
     " FROM memberships t JOIN users u ON u.id = t.user_id WHERE t.team_id = $4",
     user_filters!()
 );
-const USERS: &str = concat!("SELECT ", user_columns!(), " FROM users u WHERE TRUE", user_filters!());
+/// [`list_users`] with none of those filters.
+pub(super) const USERS: &str = concat!("SELECT ", user_columns!(), " FROM users u WHERE TRUE", user_filters!());
 
-/// A page of users. An identity or a team filter drives the read from its own index (one
-/// identity; the team's memberships, in user order by their key): read from the users in id
-/// order with the filter beside, a team of three among a million users is a scan of all of
-/// them, which a `LIMIT` does not stop (PostgreSQL does not turn a subquery under an `OR` into a
-/// join).
+/// A page of users. An identity, a team or an email filter drives the read from its own index
+/// (one identity; the team's memberships, in user order by their key; the users of an email):
+/// read from the users in id order with the filter beside, a team of three among a million users
+/// is a scan of all of them, which a `LIMIT` does not stop (PostgreSQL does not turn a subquery
+/// under an `OR` into a join, and SQLite uses no index for a condition under an `OR`). The cursor
+/// is a plain `>` for the same reason: after the nil id when there is none, which no user has.
 pub(super) async fn list_users(db: &Db, q: &UserQuery) -> Result<Vec<User>, StoreError> {
     let (issuer, subject) = match &q.identity {
         Some((issuer, subject)) => (Some(issuer.as_str()), Some(subject.as_str())),
@@ -137,6 +142,7 @@ pub(super) async fn list_users(db: &Db, q: &UserQuery) -> Result<Vec<User>, Stor
     let sql = match (&q.identity, q.team) {
         (Some(_), _) => USERS_OF_IDENTITY,
         (None, Some(_)) => USERS_OF_TEAM,
+        (None, None) if q.email.is_some() => USERS_OF_EMAIL,
         (None, None) => USERS,
     };
     query(sql)
@@ -146,7 +152,7 @@ pub(super) async fn list_users(db: &Db, q: &UserQuery) -> Result<Vec<User>, Stor
         .bind(q.team.map(|t| t.as_uuid()))
         .bind(q.disabled.is_some())
         .bind(q.disabled.unwrap_or(false))
-        .bind(q.after)
+        .bind(q.after.unwrap_or_else(uuid::Uuid::nil))
         .bind(q.limit.max(0))
         .fetch_all(db.reader())
         .await?
@@ -155,25 +161,35 @@ pub(super) async fn list_users(db: &Db, q: &UserQuery) -> Result<Vec<User>, Stor
         .collect()
 }
 
+/// [`list_teams`]: a page from the cursor on, in id order.
+pub(super) const TEAMS: &str = concat!(
+    "SELECT ",
+    team_columns!(),
+    " FROM teams t
+     WHERE ($1 IS NULL OR substr(t.slug, 1, length($1)) = $1)
+       AND t.id > $2
+     ORDER BY t.id
+     LIMIT $3"
+);
+
+/// [`team_members`]: a page from the cursor on, in user order.
+pub(super) const TEAM_MEMBERS: &str = "SELECT m.user_id, m.role, m.created_at, u.email, u.name
+     FROM memberships m JOIN users u ON u.id = m.user_id
+     WHERE m.team_id = $1 AND m.user_id > $2
+     ORDER BY m.user_id
+     LIMIT $3";
+
 /// A page of teams.
 pub(super) async fn list_teams(db: &Db, q: &TeamQuery) -> Result<Vec<Team>, StoreError> {
-    query(concat!(
-        "SELECT ",
-        team_columns!(),
-        " FROM teams t
-         WHERE ($1 IS NULL OR substr(t.slug, 1, length($1)) = $1)
-           AND ($2 IS NULL OR t.id > $2)
-         ORDER BY t.id
-         LIMIT $3"
-    ))
-    .bind(q.slug_prefix.as_deref())
-    .bind(q.after)
-    .bind(q.limit.max(0))
-    .fetch_all(db.reader())
-    .await?
-    .iter()
-    .map(rows::team)
-    .collect()
+    query(TEAMS)
+        .bind(q.slug_prefix.as_deref())
+        .bind(q.after.unwrap_or_else(uuid::Uuid::nil))
+        .bind(q.limit.max(0))
+        .fetch_all(db.reader())
+        .await?
+        .iter()
+        .map(rows::team)
+        .collect()
 }
 
 /// A page of a team's members, by user id.
@@ -183,29 +199,23 @@ pub(super) async fn team_members(
     after: Option<uuid::Uuid>,
     limit: i64,
 ) -> Result<Vec<TeamMember>, StoreError> {
-    query(
-        "SELECT m.user_id, m.role, m.created_at, u.email, u.name
-         FROM memberships m JOIN users u ON u.id = m.user_id
-         WHERE m.team_id = $1 AND ($2 IS NULL OR m.user_id > $2)
-         ORDER BY m.user_id
-         LIMIT $3",
-    )
-    .bind(team.as_uuid())
-    .bind(after)
-    .bind(limit.max(0))
-    .fetch_all(db.reader())
-    .await?
-    .iter()
-    .map(|row| {
-        Ok(TeamMember {
-            user_id: UserId::from_uuid(row.uuid("user_id")?),
-            role: decode_role(&row.text("role")?)?,
-            email: row.opt_text("email")?,
-            name: row.opt_text("name")?,
-            joined_at: row.time("created_at")?,
+    query(TEAM_MEMBERS)
+        .bind(team.as_uuid())
+        .bind(after.unwrap_or_else(uuid::Uuid::nil))
+        .bind(limit.max(0))
+        .fetch_all(db.reader())
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(TeamMember {
+                user_id: UserId::from_uuid(row.uuid("user_id")?),
+                role: decode_role(&row.text("role")?)?,
+                email: row.opt_text("email")?,
+                name: row.opt_text("name")?,
+                joined_at: row.time("created_at")?,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// Creates a team, with `owner` as its owner (not their default team) when given.

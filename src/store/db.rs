@@ -1819,6 +1819,19 @@ mod tests {
             let plan = plan(sql).await;
             assert!(!plan.contains("SCAN"), "{sql}: {plan}");
         }
+        // Nor every user of the database to find an email's.
+        let of_email = plan(super::super::admin::USERS_OF_EMAIL).await;
+        assert!(of_email.contains("users_email_key_idx") && !of_email.contains("SCAN"), "{of_email}");
+        // A later page of a listing starts at its cursor, not from the first row again.
+        for (sql, seek) in [
+            (super::super::admin::USERS, "(id>?)"),
+            (super::super::admin::TEAMS, "(id>?)"),
+            (super::super::admin::TEAM_MEMBERS, "(team_id=? AND user_id>?)"),
+            (super::super::sql::DELIVERIES, "(endpoint_id=? AND event_seq<?)"),
+        ] {
+            let plan = plan(sql).await;
+            assert!(plan.contains(seek), "{sql}: {plan}");
+        }
     }
 
     /// sqlx closes a pooled connection after 10 idle minutes or 30 in all; the one opened in its

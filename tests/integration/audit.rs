@@ -301,6 +301,9 @@ async fn members_changed_by_a_team_owner_are_recorded(backend: Backend) {
     assert_eq!(added.status(), StatusCode::CREATED);
     let by_id = audit(&w.app, &format!("target_kind=team&target_id={team_id}")).await;
     assert_eq!(actions(&by_id), ["team.member_added"]);
+    // The acting user is found by any spelling of their id, as a target is.
+    let by_actor = audit(&w.app, &format!("actor={}", ada_id.to_uppercase())).await;
+    assert_eq!(by_actor.len(), 5, "{by_actor:?}");
     // A team an admin creates with an owner: the row names who was made its owner.
     let guild = json!({ "slug": "guild", "name": "Guild", "owner": ada_id });
     let guild = body(w.app.admin(Method::POST, "/admin/teams").json(&guild).send().await.unwrap(), 201).await;

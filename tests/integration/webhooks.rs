@@ -138,7 +138,7 @@ async fn disable(app: &TestApp, user: &str, disabled: bool) {
 async fn events_arrive_signed_once_per_endpoint_and_filtered_by_type(backend: Backend) {
     let app = spawn(backend).await;
     let (all, only_disabled) = (Receiver::start().await, Receiver::start().await);
-    let (_, secret) = register(&app, json!({ "url": all.url })).await;
+    let (all_id, secret) = register(&app, json!({ "url": all.url })).await;
     let (_, other_secret) = register(&app, json!({ "url": only_disabled.url, "event_types": ["user.disabled"] })).await;
 
     let created = json(app.bootstrap(&identity("ada", "ada@example.com", Some("Ada Lovelace"))).await, 201).await;
@@ -167,6 +167,25 @@ async fn events_arrive_signed_once_per_endpoint_and_filtered_by_type(backend: Ba
     assert!(first.body["timestamp"].is_string());
     let ids: std::collections::HashSet<_> = all.all().iter().map(|r| r.id.clone()).collect();
     assert_eq!(ids.len(), 3, "each event has its own webhook-id");
+    // The log in pages: `next_before` leads on while there is more, and is null on the last page,
+    // also when that page is full.
+    let page = |query: String| {
+        let request = app.admin(Method::GET, &format!("/admin/webhooks/{all_id}/deliveries?{query}"));
+        async move { json(request.send().await.unwrap(), 200).await }
+    };
+    let whole = page("limit=3".into()).await;
+    assert_eq!(whole["deliveries"].as_array().unwrap().len(), 3);
+    assert!(whole["next_before"].is_null(), "three of three: {whole}");
+    let seqs: Vec<i64> =
+        whole["deliveries"].as_array().unwrap().iter().map(|d| d["event_seq"].as_i64().unwrap()).collect();
+    let first = page("limit=2".into()).await;
+    assert_eq!(first["next_before"], seqs[1], "{first}");
+    let rest = page(format!("limit=2&before={}", seqs[1])).await;
+    assert_eq!(
+        rest["deliveries"].as_array().unwrap().iter().map(|d| d["event_seq"].clone()).collect::<Vec<_>>(),
+        [seqs[2]]
+    );
+    assert!(rest["next_before"].is_null(), "{rest}");
     app.stop().await;
 }
 
