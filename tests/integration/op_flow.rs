@@ -417,6 +417,19 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         .replace(&format!("&code_challenge={challenge}&code_challenge_method=S256"), "");
     let to = location(&browser.navigate(&no_pkce).await);
     assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"));
+    // So must a confidential one, but for an OpenID Connect sign-in with a nonce, which binds the
+    // code to the client's session in PKCE's place: without `openid`, or without the nonce, the
+    // request is refused.
+    let no_pkce = good.replace(&format!("&code_challenge={challenge}&code_challenge_method=S256"), "");
+    assert_ne!(no_pkce, good);
+    for refused in [no_pkce.replace("&nonce=n-1", ""), no_pkce.replace("scope=openid%20email%20teams", "scope=email")] {
+        let to = location(&browser.navigate(&refused).await);
+        assert!(to.starts_with(REDIRECT), "{refused}: {to}");
+        assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "{refused}");
+        assert!(param(&to, "error_description").unwrap().contains("PKCE is required"), "{to}");
+    }
+    let to = location(&browser.navigate(&no_pkce).await);
+    assert!(param(&to, "error").is_none() && !to.starts_with(REDIRECT), "on to sign in: {to}");
     assert_eq!(w.app.db.sql().await.count("oauth_grants").await, 0, "nothing was granted");
 }
 

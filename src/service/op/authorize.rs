@@ -535,9 +535,17 @@ impl OpenIdProvider {
         if scopes.iter().any(|s| !client.scopes.contains(s)) {
             return Err(fail("invalid_scope", "a requested scope is not allowed for this client"));
         }
+        // PKCE is required (OAuth 2.1 section 4.1.1, and so MCP's authorization), but from a
+        // confidential client that signs in with OpenID Connect and sends a `nonce`: the id
+        // token's nonce then binds the code to the client's session, as RFC 9700 2.1.1 allows.
+        let nonce_instead = !client.is_public() && scopes.iter().any(|s| s == "openid") && params.nonce.is_some();
         let code_challenge = match (params.code_challenge.as_deref(), params.code_challenge_method.as_deref()) {
-            (None, None) if client.is_public() => {
-                return Err(fail("invalid_request", "PKCE is required: send code_challenge with method S256"));
+            (None, None) if !nonce_instead => {
+                let how = if client.is_public() { "" } else { " (or, for an OpenID Connect sign-in, a nonce)" };
+                return Err(fail(
+                    "invalid_request",
+                    &format!("PKCE is required: send code_challenge with method S256{how}"),
+                ));
             }
             (None, None) => None,
             (Some(c), Some("S256")) if is_pkce_challenge(c) => Some(c.to_owned()),
