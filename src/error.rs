@@ -161,6 +161,9 @@ error_codes! {
     /// One of Tessera's own access tokens whose grant has ended (revoked, signed out, user
     /// disabled, identity unlinked).
     TokenRevoked = (UNAUTHORIZED, "token_revoked", "Token revoked"),
+    /// One of Tessera's own access tokens that acts for no user (`client_credentials`: its
+    /// subject is the client), where a user is needed.
+    TokenWithoutUser = (UNAUTHORIZED, "token_without_user", "Token acts for no user"),
     /// The identity is unknown and its issuer does not provision on first sight.
     IdentityNotProvisioned = (FORBIDDEN, "identity_not_provisioned", "Identity not provisioned"),
     /// The caller is not a member of the team (or the team does not exist).
@@ -321,6 +324,7 @@ impl ErrorCode {
             InvalidCredentials | AmbiguousCredentials | IssuerNotAllowed | UserDisabled | MalformedToken
             | AlgorithmNotAllowed | UnknownKey | SignatureInvalid | TokenExpired | TokenNotYetValid
             | AudienceMismatch | IdentityNotProvisioned | TokenTypeMismatch | TokenIssuerMismatch | TokenRevoked
+            | TokenWithoutUser
             // Sign-in, linking and connect flows.
             | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
             | ProviderDenied | LoginNotFresh | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked

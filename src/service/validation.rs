@@ -48,6 +48,9 @@ pub enum ValidateError {
     /// One of Tessera's own access tokens whose grant has ended.
     #[error("the token's grant has ended (revoked, signed out, or the identity was unlinked)")]
     Revoked,
+    /// One of Tessera's own access tokens that acts for no user (`client_credentials`).
+    #[error("this token acts for no user: it is a client's own (client_credentials)")]
+    NoUser,
     /// Not one of Tessera's own access tokens, where only those are accepted.
     #[error("only access tokens issued by this Tessera are accepted here")]
     NotOwn,
@@ -73,6 +76,7 @@ impl PublicError for ValidateError {
             ValidateError::UserDisabled => ErrorCode::UserDisabled,
             ValidateError::Own(e) => e.code(),
             ValidateError::Revoked => ErrorCode::TokenRevoked,
+            ValidateError::NoUser => ErrorCode::TokenWithoutUser,
             ValidateError::NotOwn => ErrorCode::TokenIssuerMismatch,
             ValidateError::OtherResource(_) | ValidateError::OtherAudience => ErrorCode::AudienceMismatch,
             ValidateError::Store(e) => e.code(),
@@ -322,6 +326,10 @@ impl Validator {
         op: &OpenIdProvider,
         claims: crate::service::op::tokens::AccessClaims,
     ) -> Result<Validated, ValidateError> {
+        // A client's own token (no grant, no user) may count, but says who no user is.
+        if claims.gid.is_none() {
+            return Err(ValidateError::NoUser);
+        }
         let grant = op.access_grant(&claims).await?;
         let Some(grant) = grant.filter(|g| g.active) else {
             return Err(ValidateError::Revoked);

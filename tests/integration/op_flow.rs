@@ -837,6 +837,12 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
     let looked = w.app.client.post(w.app.url("/oauth/introspect")).basic_auth(&client, Some(&secret));
     let answer = looked.form(&[("token", token.as_str())]).send().await.unwrap();
     assert_eq!(oauth_error(answer, 503).await, "temporarily_unavailable");
+    // Userinfo and forward-auth alike: an outage to retry, not a token to throw away.
+    let info = w.app.client.get(w.app.url("/oauth/userinfo")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(oauth_error(info, 503).await, "temporarily_unavailable");
+    let verify = w.app.client.get(w.app.url("/auth/verify?audience=https%3A%2F%2Fapi.example.com"));
+    let verified = verify.bearer_auth(&token).send().await.unwrap();
+    assert_eq!(verified.status(), 503);
     // A sign-in request whose session cannot be read: a browser gets the page of
     // `store_unavailable` (try again), not one blaming the app for its request; a client, the
     // RFC's JSON.
@@ -1058,6 +1064,10 @@ async fn client_credentials_tokens_name_the_client(backend: Backend) {
     assert_eq!(claims["scope"], "reports:read");
     let access = tokens["access_token"].as_str().unwrap();
     assert_eq!(introspect(&w.app, (&client, &secret), access).await["active"], true);
+    // Where a user is needed it is refused as a client's token, not as a revoked one.
+    let at_validate = w.app.validate(access).await;
+    assert!(at_validate.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    assert_eq!(body(at_validate, 401).await["code"], "token_without_user");
     // The resource server it was issued for (registered with that resource) may introspect it;
     // an unrelated client learns nothing about it (RFC 7662 section 4).
     let (api, api_secret) = register(

@@ -186,7 +186,8 @@ async fn verify(
         let (Some(op), Some(audience)) = (state.op.as_ref(), param(query.as_deref(), "audience")) else {
             return Ok(token_refused());
         };
-        return Ok(match op.verify_access(token).await {
+        // Keys that could not be read are an outage (503), not a refusal of the token.
+        return Ok(match op.verify_access(token).await? {
             Some(claims) if claims.gid.is_some() && claims.aud == audience => {
                 let teams: Vec<&str> = claims.teams.iter().flatten().map(String::as_str).collect();
                 allowed(&claims.sub, claims.email.as_deref().map(|e| (e, claims.email_verified)), &teams)

@@ -191,6 +191,19 @@ enum Named {
     Unknown,
 }
 
+/// A verification's result as most callers take it: the claims, `None` for a token that does not
+/// verify, or the error when the keys could not be read (logged here, once).
+fn counted(verified: Result<AccessClaims, VerifyError>) -> Result<Option<AccessClaims>, VerifyError> {
+    match verified {
+        Ok(claims) => Ok(Some(claims)),
+        Err(VerifyError::Keys(error)) => {
+            tracing::warn!(error = %error.chain(), "cannot read the signing keys to verify a token");
+            Err(VerifyError::Keys(error))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 /// Whether a refresh token first used at `used_at` can no longer be used: it was, and not after
 /// `reusable_after` (the start of the reuse interval; `None`: no reuse).
 fn spent(used_at: Option<DateTime<Utc>>, reusable_after: Option<DateTime<Utc>>) -> bool {
@@ -491,9 +504,12 @@ impl OpenIdProvider {
     }
 
     /// Verifies one of Tessera's access tokens locally: signature, `typ`, issuer, expiry. Says
-    /// nothing of its grant (see [`OpenIdProvider::access_grant_active`]).
-    pub async fn verify_access(&self, token: &str) -> Option<AccessClaims> {
-        self.verify_access_token(token).await.ok()
+    /// nothing of its grant (see [`OpenIdProvider::access_grant_active`]). `None` for a token
+    /// that does not verify; an error (only [`VerifyError::Keys`]) when the signing keys could
+    /// not be read to tell: the token may well be one of ours, which must not be answered as
+    /// refused (an outage, 503).
+    pub async fn verify_access(&self, token: &str) -> Result<Option<AccessClaims>, VerifyError> {
+        counted(self.verify_access_token(token).await)
     }
 
     /// Whether `token` claims to be one of this provider's (its unverified `iss` is this
@@ -564,15 +580,11 @@ impl OpenIdProvider {
             } else {
                 self.verify_access_token(token).await
             };
-            return match verified {
-                Ok(claims) => Ok(Named::Access(claims)),
-                // The keys could not be read: the token may well be one of ours, which a revocation
-                // must not answer as done (RFC 7009 2.2.1), nor introspection call inactive.
-                Err(VerifyError::Keys(error)) => {
-                    tracing::warn!(error = %error.chain(), "cannot read the signing keys to verify a token");
-                    Err(OAuthError::unavailable())
-                }
-                Err(_) => Ok(Named::Unknown),
+            // Keys that could not be read: a revocation must not answer as done (RFC 7009
+            // 2.2.1), nor introspection call inactive, what may well be one of ours.
+            return match counted(verified) {
+                Ok(claims) => Ok(claims.map_or(Named::Unknown, Named::Access)),
+                Err(_) => Err(OAuthError::unavailable()),
             };
         }
         let now = crate::domain::now();
@@ -677,7 +689,9 @@ impl OpenIdProvider {
 
     /// Userinfo: the claims of an active access token's user, by its scopes.
     pub async fn userinfo(&self, token: &str) -> Result<UserInfoAnswer, OAuthError> {
-        let Some(claims) = self.verify_access(token).await else { return Ok(UserInfoAnswer::Inactive) };
+        let Some(claims) = self.verify_access(token).await.map_err(|_| OAuthError::unavailable())? else {
+            return Ok(UserInfoAnswer::Inactive);
+        };
         if claims.gid.is_none() || !self.access_grant_active(&claims).await? {
             return Ok(UserInfoAnswer::Inactive);
         }
