@@ -2032,6 +2032,18 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));
     assert!(later.cookies.contains_key("tessera_session"), "nothing ended");
+    // With the app's post_logout_redirect_uri and no client_id (what most apps send), its
+    // unverified audience says whose registered URIs to match, as a client_id would: asked, not
+    // an error page that leaves the user signed in. A URI the app did not register is refused.
+    let back = |uri: &str| {
+        format!("/oauth/logout?id_token_hint={unverifiable}&post_logout_redirect_uri={}&state=s", urlencode(uri))
+    };
+    let asked = later.navigate(&w.app.url(&back(POST_LOGOUT))).await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    assert!(asked.text().await.unwrap().contains("method=\"post\""));
+    let refused = later.navigate(&w.app.url(&back("https://elsewhere.example/bye"))).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(later.cookies.contains_key("tessera_session"), "nothing ended");
     // The page's post, from the signed-in browser: its own id token ends the session at once.
     let fields = [("id_token_hint", id_token), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "bye")];
     let resumed = [fields.as_slice(), &[("resumed", "1")]].concat();

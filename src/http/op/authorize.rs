@@ -488,14 +488,21 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         Ok(found) => found,
         Err(description) => return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
     };
+    // The client an unverifiable hint says it was issued to: no more than a bare `client_id`.
+    let mut hint_client = None;
     let hinted = match request.id_token_hint.as_deref() {
         Some(hint) => match op.check_id_token_hint(hint).await {
             Ok(HintCheck::Verified(found)) => Some(found),
             Err(error) => return failed(state, headers, error, "verifying an id_token_hint"),
             // Signed by a key no longer published (an id token kept since before a rotation,
             // while its session lives on): it names nobody, so the user is asked, as without one
-            // (RP-Initiated Logout 1.0 section 4: old hints of live sessions are accepted).
-            Ok(HintCheck::KeyGone) => None,
+            // (RP-Initiated Logout 1.0 section 4: old hints of live sessions are accepted). Its
+            // `aud` still says whose logout URIs to match, as a `client_id` would: most apps send
+            // none beside the hint, and their user would be left signed in on an error page.
+            Ok(HintCheck::KeyGone { aud }) => {
+                hint_client = aud;
+                None
+            }
             Ok(HintCheck::NotOurs) => {
                 return refuse(
                     state,
@@ -521,7 +528,8 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     }
     let mut target = None;
     if let Some(uri) = request.post_logout_redirect_uri.as_deref() {
-        let client = match hinted.as_ref().map(|hint| hint.aud.clone()).or(request.client_id.clone()) {
+        let named = hinted.as_ref().map(|hint| hint.aud.clone()).or(request.client_id.clone()).or(hint_client);
+        let client = match named {
             Some(id) => match op.clients().get(&id).await {
                 Ok(client) => client,
                 Err(error) => return failed(state, headers, error, "reading the client of a logout request"),

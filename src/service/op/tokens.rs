@@ -191,6 +191,15 @@ enum Named {
     Unknown,
 }
 
+/// A JWT's payload, read without verifying anything: only for what a caller could as well have
+/// been told in the clear (which verifier to use, which client a request names).
+fn unverified<T: serde::de::DeserializeOwned>(token: &str) -> Option<T> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// A verification's result as most callers take it: the claims, `None` for a token that does not
 /// verify, or the error when the keys could not be read (logged here, once).
 fn counted(verified: Result<AccessClaims, VerifyError>) -> Result<Option<AccessClaims>, VerifyError> {
@@ -519,10 +528,7 @@ impl OpenIdProvider {
         struct Iss {
             iss: Option<String>,
         }
-        use base64::Engine;
-        let Some(payload) = token.split('.').nth(1) else { return false };
-        let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else { return false };
-        serde_json::from_slice::<Iss>(&bytes).is_ok_and(|c| c.iss.as_deref() == Some(self.issuer.as_str()))
+        unverified::<Iss>(token).is_some_and(|c| c.iss.as_deref() == Some(self.issuer.as_str()))
     }
 
     /// Verifies one of Tessera's access tokens locally, saying why it was refused. Tessera's own
@@ -714,7 +720,7 @@ impl OpenIdProvider {
     pub async fn id_token_client(&self, id_token: &str) -> Result<Option<IdTokenHint>, SigningError> {
         Ok(match self.check_id_token_hint(id_token).await? {
             HintCheck::Verified(hint) => Some(hint),
-            HintCheck::KeyGone | HintCheck::NotOurs => None,
+            HintCheck::KeyGone { .. } | HintCheck::NotOurs => None,
         })
     }
 
@@ -726,7 +732,13 @@ impl OpenIdProvider {
         match self.keys.verify_ignoring_expiry::<IdTokenHint>(id_token, ID_TOKEN_TYP, &self.issuer).await {
             Ok(hint) => Ok(HintCheck::Verified(hint)),
             Err(VerifyError::Keys(error)) => Err(error),
-            Err(VerifyError::UnknownKey) => Ok(HintCheck::KeyGone),
+            Err(VerifyError::UnknownKey) => {
+                #[derive(Deserialize)]
+                struct Aud {
+                    aud: Option<String>,
+                }
+                Ok(HintCheck::KeyGone { aud: unverified::<Aud>(id_token).and_then(|c| c.aud) })
+            }
             Err(_) => Ok(HintCheck::NotOurs),
         }
     }
@@ -737,8 +749,13 @@ impl OpenIdProvider {
 pub enum HintCheck {
     /// One of Tessera's id tokens, its signature verified (its expiry is not checked).
     Verified(IdTokenHint),
-    /// It names a key Tessera does not publish (any more): it cannot be verified.
-    KeyGone,
+    /// It names a key Tessera does not publish (any more): it cannot be verified. `aud` is the
+    /// client it says it was issued to, unverified: good for no more than a bare `client_id`
+    /// (whose registered logout URIs to match), never for who the user is.
+    KeyGone {
+        /// The unverified `aud`.
+        aud: Option<String>,
+    },
     /// Not one of Tessera's id tokens.
     NotOurs,
 }
