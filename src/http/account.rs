@@ -32,6 +32,8 @@ use super::pages::{Chrome, errors, live_session, login_url};
 use super::problem::ApiError;
 use crate::domain::{ClientId, Identity, IdentityId, ProfileKind, ProfileStatus, Slug, TeamId, TeamRef};
 use crate::error::ErrorCode;
+use crate::service::auth_profiles::AuthProfileError;
+use crate::service::provisioning::IdentityError;
 use crate::service::sessions::LiveSession;
 
 /// The routes.
@@ -390,11 +392,16 @@ async fn unlink_identity(
     act(&state, &headers, &body, async |live| {
         let user = live.profile.user.id;
         let sign_in = state.flows.providers().sign_in_issuers();
-        state
+        let unlinked = state
             .provisioner
             .unlink_identity(user, parse_identity(&identity)?, &sign_in, super::audit::request_id(&headers))
-            .await?;
-        Ok("/account?done=unlinked".to_owned())
+            .await;
+        match unlinked {
+            // Gone already (a double click whose first answer the browser dropped, another tab):
+            // the end asked for, as for an app's removal.
+            Ok(_) | Err(IdentityError::NotFound) => Ok("/account?done=unlinked".to_owned()),
+            Err(error) => Err(error.into()),
+        }
     })
     .await
 }
@@ -442,8 +449,11 @@ async fn revoke_connection(
 ) -> Response {
     act(&state, &headers, &body, async |live| {
         let (team, slug) = parse_connection(&team, &slug)?;
-        state.auth_profiles.revoke(&team, live.profile.user.id, &slug).await?;
-        Ok("/account?done=revoked".to_owned())
+        match state.auth_profiles.revoke(&team, live.profile.user.id, &slug).await {
+            // Revoked already (a double click, another tab): the end asked for.
+            Ok(()) | Err(AuthProfileError::ProfileNotFound) => Ok("/account?done=revoked".to_owned()),
+            Err(error) => Err(error.into()),
+        }
     })
     .await
 }

@@ -566,6 +566,9 @@ async fn complete_callback(
             }
         };
     }
+    // A link acts for the signed-in user, whose session stays whatever comes of it: a page of
+    // its failure offers their account, not a sign-in that would replace the session.
+    let context = errors::Context { signed_in: current_user.is_some(), ..context };
     let browser = Browser {
         current_user,
         // The browser's earlier session, whoever it was for, ends with a sign-in.

@@ -283,6 +283,9 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     assert_eq!(body(browser.me(&w.app).await, 200).await["primary_identity_id"], second.as_str());
     let done = browser.form(&unlink, &[("csrf", &token)]).await;
     assert_eq!(location(&done), "/account?done=unlinked");
+    // The same click again (a double click whose first answer the browser dropped): done
+    // already, not "page not found".
+    assert_eq!(location(&browser.form(&unlink, &[("csrf", &token)]).await), "/account?done=unlinked");
     let page = html(browser.navigate(&w.app.url("/account?done=unlinked")).await, StatusCode::OK).await;
     assert!(page.contains("The sign-in method was removed."));
     // The last one is refused, as the API does.
@@ -643,6 +646,7 @@ async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend)
     html(browser.form(&revoke, &[]).await, StatusCode::FORBIDDEN).await;
     let done = browser.form(&revoke, &[("csrf", &token)]).await;
     assert_eq!(location(&done), "/account?done=revoked");
+    assert_eq!(location(&browser.form(&revoke, &[("csrf", &token)]).await), "/account?done=revoked", "again");
     let page = html(browser.navigate(&w.app.url("/account?done=revoked")).await, StatusCode::OK).await;
     assert!(page.contains("The account was disconnected.") && !page.contains("My &#60;Issues&#62;"), "{page}");
 }

@@ -850,6 +850,16 @@ pub(crate) async fn linking_attaches_an_identity_and_never_steals_one(backend: B
     let callback = bob.start_link(&w.app, "provider=second").await;
     let stolen = bob.get(&callback).await;
     assert_eq!(body(stolen, 409).await["code"], "identity_already_linked");
+    // In a browser, the page keeps Bob's session in view: his account, not a sign-in again.
+    second.set_next_user(StubUser::new("alice-elsewhere", "alice@elsewhere.example"));
+    let callback = bob.start_link(&w.app, "provider=second").await;
+    let page = bob.navigate(&callback).await;
+    assert_eq!(page.status(), StatusCode::CONFLICT);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("belongs to someone else") && page.contains("<a href=\"/auth/logout\">Sign out</a>"),
+        "{page}"
+    );
     let alice_again = body(alice.me(&w.app).await, 200).await;
     assert_eq!(alice_again["identities"].as_array().unwrap().len(), 2, "nothing changed");
     assert_eq!(sql.count("identities").await, 3);
