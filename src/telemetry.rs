@@ -33,7 +33,14 @@ pub fn init(config: &LogConfig) {
 /// whatever the event's target.
 fn filter<S: tracing::Subscriber + for<'a> LookupSpan<'a>>(directives: &str) -> impl Filter<S> + use<S> {
     let configured = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
-    configured.and(filter_fn(|meta| !mcp_sdk_detail(meta)))
+    configured.and(filter_fn(|meta| !mcp_sdk_detail(meta) && !database_options(meta)))
+}
+
+/// Whether an event is sqlx's reading of PostgreSQL connection options, at any level: it logs a
+/// malformed `~/.pgpass` line whole, password included, at a warning (and an unknown URL
+/// parameter with its value).
+fn database_options(meta: &Metadata<'_>) -> bool {
+    meta.target().starts_with("sqlx_postgres::options")
 }
 
 /// Whether an event or span is the MCP SDK's, below warnings.
@@ -49,7 +56,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_mcp_sdk_stays_at_warnings_even_under_a_span_directive() {
+    fn the_mcp_sdk_stays_at_warnings_and_sqlx_options_unlogged_even_under_a_span_directive() {
         let buffer = capture::Buffer::default();
         let writer = {
             let buffer = buffer.clone();
@@ -64,6 +71,7 @@ mod tests {
             tracing::debug!(target: "rmcp", "sdk-debug-with-a-credential");
             tracing::warn!(target: "rmcp::service", "sdk-warning");
             tracing::trace!(target: "tessera::http", "own-trace");
+            tracing::warn!(target: "sqlx_postgres::options::pgpass", "pgpass-line-with-a-credential");
         });
         let text = String::from_utf8(buffer.0.lock().unwrap_or_else(PoisonError::into_inner).clone()).unwrap();
         assert!(text.contains("own-trace"), "the span directive applies: {text}");
