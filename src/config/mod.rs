@@ -283,6 +283,9 @@ pub struct JwksConfig {
     /// Keys are kept at least this long whatever `max-age` the issuer sends
     /// (`jwks.min_max_age_seconds`); they are refreshed at least daily.
     pub min_max_age: Duration,
+    /// How long past their `max-age` keys are still served while they cannot be fetched again
+    /// (`jwks.max_stale_seconds`): a key the issuer withdrew stops verifying then at the latest.
+    pub max_stale: Duration,
 }
 
 /// Where and how data is stored.
@@ -818,6 +821,7 @@ struct RawJwks {
     failure_backoff_max_ms: Option<u64>,
     fetch_timeout_ms: Option<u64>,
     min_max_age_seconds: Option<u64>,
+    max_stale_seconds: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1090,12 +1094,17 @@ impl Config {
         if !(1..=3600).contains(&min_max_age) {
             return Err(ConfigError::new("jwks.min_max_age_seconds", "expected 1 to 3600 seconds"));
         }
+        let max_stale = raw.jwks.max_stale_seconds.unwrap_or(86_400);
+        if max_stale > 7 * 86_400 {
+            return Err(ConfigError::new("jwks.max_stale_seconds", "expected 0 to 604800 seconds (a week)"));
+        }
         let jwks = JwksConfig {
             refetch_cooldown: Duration::from_secs(cooldown),
             failure_backoff: Duration::from_millis(failure_backoff),
             failure_backoff_max: Duration::from_millis(failure_backoff_max),
             fetch_timeout: Duration::from_millis(fetch_timeout),
             min_max_age: Duration::from_secs(min_max_age),
+            max_stale: Duration::from_secs(max_stale),
         };
 
         let server = parse_server(&raw.server)?;
@@ -1535,6 +1544,14 @@ mod tests {
         assert_eq!(key("failure_backoff_ms = 60001"), "jwks.failure_backoff_ms");
         assert_eq!(key("failure_backoff_ms = 2000\nfailure_backoff_max_ms = 1000"), "jwks.failure_backoff_max_ms");
         assert_eq!(key("failure_backoff_max_ms = 600000"), "jwks.failure_backoff_max_ms");
+    }
+
+    #[test]
+    fn expired_keys_are_served_a_day_by_default_and_at_most_a_week() {
+        let jwks = |text: &str| Config::from_toml(&format!("[jwks]\n{text}"), env(&[])).map(|c| c.jwks);
+        assert_eq!(jwks("").unwrap().max_stale, Duration::from_secs(86_400));
+        assert_eq!(jwks("max_stale_seconds = 0").unwrap().max_stale, Duration::ZERO);
+        assert_eq!(jwks("max_stale_seconds = 604801").unwrap_err().key, "jwks.max_stale_seconds");
     }
 
     #[test]

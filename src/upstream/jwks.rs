@@ -25,7 +25,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
@@ -76,6 +76,10 @@ pub struct KeySet {
     keys: Vec<Arc<VerificationKey>>,
     generation: u64,
     fresh_until: Instant,
+    /// Until when, on the wall clock (which, unlike `Instant`, runs on while the machine is
+    /// suspended), the set may still be served expired: `max-age` plus `jwks.max_stale_seconds`
+    /// after its fetch.
+    usable_until: SystemTime,
 }
 
 impl KeySet {
@@ -242,6 +246,7 @@ struct Inner {
     failure_backoff: Duration,
     failure_backoff_max: Duration,
     min_max_age: Duration,
+    max_stale: Duration,
     current: RwLock<Option<Arc<KeySet>>>,
     refresh: tokio::sync::Mutex<RefreshState>,
     generation: AtomicU64,
@@ -261,6 +266,7 @@ impl JwksCache {
             failure_backoff: config.failure_backoff,
             failure_backoff_max: config.failure_backoff_max,
             min_max_age: config.min_max_age,
+            max_stale: config.max_stale,
             current: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
             generation: AtomicU64::new(0),
@@ -272,15 +278,21 @@ impl JwksCache {
 
     /// The current keys. Fresh ones are returned as they are. Expired ones are returned at once
     /// too, while one background task refreshes them (so a slow or unreachable issuer never holds
-    /// requests up; its old keys keep working). With no keys yet, waits for a fetch; `None` when
-    /// there are none and none can be fetched.
+    /// requests up; its old keys keep working) — for `jwks.max_stale_seconds` past their expiry:
+    /// later, they are no longer the issuer's word (it may have withdrawn a key), and a fetch is
+    /// waited for as with none. With no keys yet, waits for a fetch; `None` when there are none
+    /// (or only long-expired ones) and none can be fetched.
     pub async fn keys(&self) -> Option<Arc<KeySet>> {
         match self.inner.current() {
             Some(set) if Instant::now() < set.fresh_until => Some(set),
-            Some(stale) => {
+            Some(stale) if SystemTime::now() < stale.usable_until => {
                 self.refresh_in_background(stale.generation);
                 Some(stale)
             }
+            Some(too_old) => match self.refresh(Reason::Expired, Some(too_old.generation)).await {
+                Refreshed::Fetched(set) | Refreshed::Newer(set) => Some(set),
+                Refreshed::Refused(_) | Refreshed::Failed => None,
+            },
             None => match self.refresh(Reason::Missing, None).await {
                 Refreshed::Fetched(set) | Refreshed::Newer(set) => Some(set),
                 Refreshed::Refused(_) | Refreshed::Failed => None,
@@ -430,6 +442,7 @@ impl Inner {
                     keys,
                     generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
                     fresh_until: Instant::now() + max_age,
+                    usable_until: SystemTime::now() + max_age + self.max_stale,
                 });
                 tracing::debug!(issuer = %self.issuer, keys = set.len(), ?reason, "fetched issuer keys");
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(set.clone());
@@ -679,6 +692,7 @@ mod wait_tests {
             failure_backoff_max: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(5),
             min_max_age: Duration::from_secs(60),
+            max_stale: Duration::from_secs(86_400),
         };
         JwksCache::new(Issuer::parse("https://issuer.example.com").unwrap(), None, reqwest::Client::new(), &config)
     }
@@ -736,6 +750,7 @@ mod outage_tests {
             failure_backoff_max: Duration::ZERO,
             fetch_timeout: Duration::from_secs(5),
             min_max_age: Duration::ZERO,
+            max_stale: Duration::from_secs(86_400),
         };
         let jwks_uri = Url::parse(&local.jwks_uri()).unwrap();
         let cache = JwksCache::new(issuer, Some(jwks_uri), reqwest::Client::new(), &config);
@@ -766,5 +781,32 @@ mod outage_tests {
         let (warnings, back) = (logs.lines("WARN"), logs.lines("INFO"));
         assert_eq!((warnings.len(), back.len()), (2, 2), "{}", logs.text());
         assert!(warnings.iter().chain(&back).all(|line| line.contains(local.issuer())), "each names its issuer");
+    }
+
+    /// Expired keys are served through an outage for `jwks.max_stale_seconds`, and no longer: a
+    /// key the issuer withdrew meanwhile must stop verifying some time.
+    #[tokio::test]
+    async fn expired_keys_are_served_through_an_outage_for_max_stale_only() {
+        let local = LocalIssuer::start().await.unwrap();
+        local.set_max_age(0);
+        let cache = |max_stale| {
+            let config = JwksConfig {
+                refetch_cooldown: Duration::ZERO,
+                failure_backoff: Duration::ZERO,
+                failure_backoff_max: Duration::ZERO,
+                fetch_timeout: Duration::from_secs(5),
+                min_max_age: Duration::ZERO,
+                max_stale,
+            };
+            let jwks_uri = Url::parse(&local.jwks_uri()).unwrap();
+            JwksCache::new(Issuer::parse(local.issuer()).unwrap(), Some(jwks_uri), reqwest::Client::new(), &config)
+        };
+        let (lenient, strict) = (cache(Duration::from_secs(3600)), cache(Duration::ZERO));
+        assert!(lenient.keys().await.is_some() && strict.keys().await.is_some(), "fetched");
+        local.set_available(false);
+        assert!(lenient.keys().await.is_some_and(|set| !set.is_empty()), "expired, within max_stale: served");
+        assert!(strict.keys().await.is_none(), "expired past max_stale, and the issuer down: none");
+        local.set_available(true);
+        assert!(strict.keys().await.is_some(), "fetched again");
     }
 }

@@ -472,6 +472,7 @@ mod tests {
             failure_backoff_max: Duration::ZERO,
             fetch_timeout: Duration::from_secs(2),
             min_max_age: Duration::ZERO,
+            max_stale: Duration::from_secs(86_400),
         };
         let issuers = Arc::new(IssuerRegistry::new(vec![config], outbound_client(jwks.fetch_timeout), &jwks));
         let verifier = TokenVerifier::new(issuers, Arc::new(TokenCache::new(10)), Duration::from_secs(60));
