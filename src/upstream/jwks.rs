@@ -577,10 +577,29 @@ fn parse_jwk(value: &Value) -> Option<VerificationKey> {
     if value.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
         return None;
     }
-    let alg = match value.get("alg").and_then(Value::as_str) {
+    // A key whose operations are listed is for verifying only if they say so (RFC 7517 4.3).
+    if let Some(ops) = value.get("key_ops")
+        && !ops.as_array().is_some_and(|ops| ops.iter().any(|op| op.as_str() == Some("verify")))
+    {
+        return None;
+    }
+    let named = match value.get("alg").and_then(Value::as_str) {
         Some(name) => Some(parse_algorithm(name).ok()?),
         None => None,
     };
+    // An elliptic curve key signs with one algorithm, its curve's: a P-384 key is not an ES256
+    // candidate although both are EC (and a curve no algorithm here uses is no key at all).
+    let curve = match (value.get("kty").and_then(Value::as_str), value.get("crv").and_then(Value::as_str)) {
+        (Some("EC"), Some("P-256")) => Some(Algorithm::ES256),
+        (Some("EC"), Some("P-384")) => Some(Algorithm::ES384),
+        (Some("OKP"), Some("Ed25519")) => Some(Algorithm::EdDSA),
+        (Some("EC" | "OKP"), _) => return None,
+        _ => None,
+    };
+    if named.is_some() && curve.is_some() && named != curve {
+        return None;
+    }
+    let alg = named.or(curve);
     let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(value.clone()).ok()?;
     let key = DecodingKey::from_jwk(&jwk).ok()?;
     let family = key.family();
@@ -634,6 +653,44 @@ mod tests {
         assert!(parse_jwk(&mismatched).is_none());
         let oct = serde_json::json!({"kty": "oct", "k": "c2VjcmV0", "kid": "s"});
         assert!(parse_jwk(&oct).is_none(), "symmetric keys are never accepted from a JWKS");
+        let mut for_encrypting = rsa.clone();
+        for_encrypting.as_object_mut().unwrap().remove("use");
+        for_encrypting["key_ops"] = serde_json::json!(["encrypt"]);
+        assert!(parse_jwk(&for_encrypting).is_none(), "key_ops without verify");
+        for_encrypting["key_ops"] = serde_json::json!(["verify"]);
+        assert!(parse_jwk(&for_encrypting).is_some());
+    }
+
+    /// An EC or OKP key without `alg` takes its curve's algorithm: a P-384 key is no ES256
+    /// candidate, and a curve no algorithm here signs with is no key.
+    #[test]
+    fn a_curve_names_its_algorithm() {
+        let p256 = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "e1",
+            "x": "iz_tRL7Uj8xrh7pmC_VvHi3xqxbsyNaJY9HnJrPPmEI", "y": "zmNrsLB75O3B8onI3AbdjyhW0DS0zajOAVqwWwrylOQ"});
+        let p384 = serde_json::json!({"kty": "EC", "crv": "P-384", "kid": "e2",
+            "x": "189WHYr-6ClsbVHktRWkFGlHtLRGWoWZbJzgtOp8FO2blsTsqdL_mzGsQKdxFK1U",
+            "y": "nPbiaZyj9f_DXSIKmARKq1SuY9HsbfN_HNQwnWGQTU78wQ1YLJ6zp__dTSAeup5E"});
+        let ed = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "d1",
+            "x": "J_ZK0QaypaP-xVMLmyY-nXQc0mCCNS6Kpm5bM2Jdy8s"});
+        let x25519 = serde_json::json!({"kty": "OKP", "crv": "X25519", "kid": "x1",
+            "x": "8xQ87DxTj-jlOa80zbpBDaUhKLvMdVAywgs6u31S0XM"});
+        let p256_key = parse_jwk(&p256).unwrap();
+        assert!(p256_key.accepts(Algorithm::ES256) && !p256_key.accepts(Algorithm::ES384));
+        let p384_key = parse_jwk(&p384).unwrap();
+        assert!(p384_key.accepts(Algorithm::ES384) && !p384_key.accepts(Algorithm::ES256));
+        assert!(parse_jwk(&ed).unwrap().accepts(Algorithm::EdDSA));
+        assert!(parse_jwk(&x25519).is_none(), "a key-agreement curve");
+        let mut misnamed = p384.clone();
+        misnamed["alg"] = "ES256".into();
+        assert!(parse_jwk(&misnamed).is_none(), "an alg its curve does not sign with");
+        let set = KeySet {
+            keys: [p256, p384].iter().map(|k| Arc::new(parse_jwk(k).unwrap())).collect(),
+            generation: 1,
+            fresh_until: Instant::now(),
+            usable_until: SystemTime::now(),
+        };
+        assert_eq!(set.find(None, Algorithm::ES256).and_then(|k| k.kid.as_deref()), Some("e1"), "kid-less: the one");
+        assert!(set.find(Some("e2"), Algorithm::ES256).is_none(), "the P-384 key is not an ES256 one");
     }
 }
 
