@@ -49,9 +49,9 @@ fn required_token<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<&'h
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ValidateQuery {
-    /// The audience the token must have been issued for, when it is one of Tessera's own access
-    /// tokens: the calling backend's resource URL or client id (its `aud`). Upstream tokens are
-    /// checked against their issuer's configured audiences.
+    /// The audience the token must have been issued for (in its `aud`): for one of Tessera's own
+    /// access tokens, the calling backend's resource URL or client id; for an upstream token,
+    /// one of its issuer's configured audiences.
     audience: Option<String>,
 }
 

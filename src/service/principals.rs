@@ -570,6 +570,7 @@ mod tests {
             email_verified: false,
             name: None,
             expires_at: chrono::Utc::now() + chrono::TimeDelta::hours(1),
+            audiences: vec!["api".into()],
         });
         let now = Instant::now();
         cache.tokens.insert([7; 32], verified, now + Duration::from_secs(60), now);

@@ -211,10 +211,10 @@ impl Validator {
         self.validate_for(token, None).await
     }
 
-    /// As [`Validator::validate`]; with an `audience`, one of Tessera's own access tokens must
-    /// have been issued for it (its `aud`: a resource URL or a client id), else
-    /// [`ValidateError::OtherAudience`]. Upstream tokens are checked against their issuer's
-    /// configured audiences, as always.
+    /// As [`Validator::validate`]; with an `audience`, the token must have been issued for it,
+    /// else [`ValidateError::OtherAudience`]: one of Tessera's own access tokens by its `aud` (a
+    /// resource URL or a client id), an upstream token by an `aud` that is one of its issuer's
+    /// configured audiences (which are checked as always, with or without it).
     pub async fn validate_for(&self, token: &str, audience: Option<&str>) -> Result<Validated, ValidateError> {
         self.verify_and_resolve(token, audience).await.map_err(|error| self.refused(token, error))
     }
@@ -226,6 +226,11 @@ impl Validator {
             return self.validate_own(op, token, audience).await;
         }
         let token = self.verifier.verify(token).await?;
+        if let Some(audience) = audience
+            && !token.audiences.iter().any(|a| a == audience)
+        {
+            return Err(ValidateError::OtherAudience);
+        }
         // A hit whose last use is due to be noted is resolved again, as a miss (once a minute at
         // most), so that the stored time does not lag by the cache's lifetime; so is every hit
         // while the cache-invalidation log has not been read lately.
@@ -369,6 +374,7 @@ impl Validator {
             email_verified: profile.user.email_verified,
             name: DisplayName::parse_optional(profile.user.name.as_deref()).ok().flatten(),
             expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or_default(),
+            audiences: vec![claims.aud.clone()],
         };
         let teams =
             profile.teams.iter().map(|m| TeamRole { id: m.team.id, slug: m.team.slug.clone(), role: m.role }).collect();

@@ -110,6 +110,8 @@ pub struct VerifiedToken {
     pub name: Option<DisplayName>,
     /// The `exp` claim.
     pub expires_at: DateTime<Utc>,
+    /// The issuer's configured audiences the token's `aud` names (at least one).
+    pub audiences: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +130,9 @@ struct PeekedClaims {
 struct Claims {
     sub: Value,
     exp: Value,
+    /// Checked by the verification (which refuses a token without it) before it is read here.
+    #[serde(default)]
+    aud: Value,
     iat: Option<Value>,
     email: Option<Value>,
     email_verified: Option<Value>,
@@ -382,6 +387,14 @@ fn claims_into_token(claims: Claims, entry: &IssuerEntry) -> Result<VerifiedToke
         (!parts.is_empty()).then(|| parts.join(" "))
     });
     let name = DisplayName::parse_optional(full_name.as_deref()).ok().flatten();
+    // Of the configured audiences, those `aud` names (one string or an array: verified to hold
+    // one of them already); only those are kept, so that a token's long list costs no memory.
+    let named = |audience: &String| match &claims.aud {
+        Value::String(aud) => aud == audience,
+        Value::Array(auds) => auds.iter().any(|a| a.as_str() == Some(audience.as_str())),
+        _ => false,
+    };
+    let audiences = entry.config.audiences.iter().filter(|a| named(a)).cloned().collect();
     Ok(VerifiedToken {
         issuer: entry.config.issuer.clone(),
         provider: entry.config.name.clone(),
@@ -391,6 +404,7 @@ fn claims_into_token(claims: Claims, entry: &IssuerEntry) -> Result<VerifiedToke
         email_verified,
         name,
         expires_at,
+        audiences,
     })
 }
 

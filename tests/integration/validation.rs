@@ -38,6 +38,7 @@ on_both_backends!(
     a_cached_token_is_refused_once_expired,
     store_failure_is_a_503_never_a_fallback,
     both_es256_signature_forms_are_one_token_to_every_decision,
+    a_backend_naming_itself_refuses_upstream_tokens_meant_for_another,
 );
 
 struct World {
@@ -117,9 +118,13 @@ async fn validate_returns_the_internal_user_and_provisions_on_first_sight(backen
     assert_eq!(second["user_id"], first["user_id"]);
     assert_eq!(second["created"], false);
     assert!(second.get("issued_for").is_none(), "an upstream token has no issued_for: {second}");
-    // `audience` narrows Tessera's own tokens; an upstream one was checked against its issuer's.
-    let named = w.app.client.post(w.app.url("/v1/validate?audience=notes")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(body(named, 200).await["user_id"], first["user_id"]);
+    // `audience` narrows upstream tokens too: to those whose `aud` names it.
+    let named = |audience: &str| {
+        let url = w.app.url(&format!("/v1/validate?audience={audience}"));
+        w.app.client.post(url).bearer_auth(&token).send()
+    };
+    assert_eq!(body(named(AUDIENCE).await.unwrap(), 200).await["user_id"], first["user_id"]);
+    refused(named("notes").await.unwrap(), "audience_mismatch").await;
     // A token without email makes a user without email.
     let bare = body(w.app.validate(&w.token("no-email")).await, 200).await;
     assert_eq!(bare["email"], Value::Null);
@@ -641,3 +646,25 @@ const ED25519_ORDER_LE: [u8; 32] = [
     0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
 ];
+
+/// An issuer whose tokens serve two backends (two configured audiences): with `?audience=`, each
+/// backend is answered only for the tokens meant for it — also from the token cache, warmed by
+/// the other's request.
+async fn a_backend_naming_itself_refuses_upstream_tokens_meant_for_another(backend: Backend) {
+    let w = world_with(backend, |config| config.issuers.last_mut().unwrap().audiences.push("reports".into())).await;
+    let validate = |token: String, audience: &str| {
+        let url = w.app.url(&format!("/v1/validate?audience={audience}"));
+        w.app.client.post(url).bearer_auth(token).send()
+    };
+    let for_api = w.token("ada");
+    let for_reports = w.token_with("ada", |c| c["aud"] = json!(["reports", "elsewhere"]));
+    for token in [&for_api, &for_reports] {
+        body(w.app.validate(token).await, 200).await;
+    }
+    body(validate(for_api.clone(), AUDIENCE).await.unwrap(), 200).await;
+    body(validate(for_reports.clone(), "reports").await.unwrap(), 200).await;
+    refused(validate(for_api, "reports").await.unwrap(), "audience_mismatch").await;
+    refused(validate(for_reports.clone(), AUDIENCE).await.unwrap(), "audience_mismatch").await;
+    // An audience the issuer is not configured with names no backend here.
+    refused(validate(for_reports, "elsewhere").await.unwrap(), "audience_mismatch").await;
+}

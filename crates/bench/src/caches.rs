@@ -233,6 +233,7 @@ fn token(i: usize) -> ([u8; 32], Arc<VerifiedToken>) {
         email_verified: true,
         name: DisplayName::parse_optional(Some(&format!("User Number {i:06}"))).expect("name"),
         expires_at: Utc::now() + chrono::Duration::minutes(5),
+        audiences: vec!["api".into()],
     };
     (digest, Arc::new(token))
 }

@@ -115,6 +115,7 @@ fn validation_discovery_providers_and_health_serialise_as_before() {
         email_verified: false,
         name: None,
         expires_at: now(),
+        audiences: vec!["api".into()],
     };
     let principal = Principal { identity_id: IdentityId::generate(), last_seen_at: now(), user, teams };
     let validated = Validated {
