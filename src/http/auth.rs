@@ -494,10 +494,16 @@ async fn complete_callback(
     let old_session = session.map(SecretString::from);
     let taken = match state.flows.take(&provider, query.state.as_deref(), &held).await {
         Ok(taken) => taken,
-        Err(error) => {
+        Err((error, binding)) => {
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, FlowAction::SignIn, error.code()).await;
-            return state.pages.error(&headers, error);
+            let page = state.pages.error(&headers, error);
+            // A state of none of this browser's sign-ins leaves the cookie as it is (it may be
+            // another tab's sign-in under way); one of them is dropped, its flow being gone.
+            return match binding {
+                Some(binding) => with_cookie(page, login_cookie_without(&state, &held, binding)),
+                None => page,
+            };
         }
     };
     // This flow is used up, whatever comes of it; the other tabs' stay under way.

@@ -301,29 +301,34 @@ impl OAuthFlows {
 
     /// Takes the flow a callback names by its `state` (single-use: taken before anything else
     /// of the callback is checked), if it is the state of one of `bindings`, the binding secrets
-    /// the browser holds in its cookie, started for the provider of the callback's path.
+    /// the browser holds in its cookie, started for the provider of the callback's path. A
+    /// refusal comes with the binding the state was found to be of, if any: whatever else is
+    /// wrong, its flow is gone (taken, expired or completed), and the cookie is to drop it.
     pub async fn take<'a>(
         &self,
         path_provider: &str,
         state: Option<&str>,
         bindings: &[&'a str],
-    ) -> Result<Taken<'a>, FlowError> {
-        let state = state.filter(|s| !s.is_empty()).ok_or(FlowError::InvalidState("the callback carries no state"))?;
+    ) -> Result<Taken<'a>, (FlowError, Option<&'a str>)> {
+        let state =
+            state.filter(|s| !s.is_empty()).ok_or((FlowError::InvalidState("the callback carries no state"), None))?;
         let binding = bindings
             .iter()
             .copied()
             .find(|held| constant_time_eq(state_of(held).as_bytes(), state.as_bytes()))
-            .ok_or(FlowError::InvalidState("this sign-in was not started in this browser"))?;
+            .ok_or((FlowError::InvalidState("this sign-in was not started in this browser"), None))?;
+        let refused = |error: FlowError| (error, Some(binding));
         let mut flow = self
             .store
             .take_login_state(&sha256(state.as_bytes()), crate::domain::now())
-            .await?
-            .ok_or(FlowError::InvalidState("the sign-in is unknown, expired or already completed"))?;
+            .await
+            .map_err(|error| refused(error.into()))?
+            .ok_or_else(|| refused(FlowError::InvalidState("the sign-in is unknown, expired or already completed")))?;
         // Provider names are lower case; the path is compared the same way.
         if flow.provider != path_provider.to_ascii_lowercase() {
-            return Err(FlowError::ProviderMismatch);
+            return Err(refused(FlowError::ProviderMismatch));
         }
-        flow.return_to = open_return_to(binding, &flow)?;
+        flow.return_to = open_return_to(binding, &flow).map_err(refused)?;
         Ok(Taken { flow, binding })
     }
 

@@ -414,6 +414,7 @@ async fn the_provider_comes_from_the_state_not_the_path(backend: Backend) {
     let callback = browser.start(&w.app, "provider=local").await;
     let swapped = callback.replace("/auth/callback/local", "/auth/callback/other");
     assert_eq!(body(browser.get(&swapped).await, 400).await["code"], "provider_mismatch");
+    assert!(!browser.cookies.contains_key("tessera_login"), "its flow is gone, and so is its secret");
     let unknown = body(browser.get(&w.app.url("/auth/login?provider=nope")).await, 404).await;
     assert_eq!(unknown["code"], "unknown_provider");
 }
