@@ -150,7 +150,7 @@ async fn start_login(
 }
 
 /// How a page names the signed-in person: their name, else their email, else their id.
-fn who(user: &crate::domain::User) -> String {
+pub(crate) fn who(user: &crate::domain::User) -> String {
     user.name.clone().or_else(|| user.email.clone()).unwrap_or_else(|| user.id.to_string())
 }
 

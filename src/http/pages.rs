@@ -270,6 +270,7 @@ struct MessagePage {
 #[template(path = "consent.html")]
 struct ConsentPage<'a> {
     chrome: Chrome,
+    who: &'a str,
     client_name: &'a str,
     scopes: &'a [String],
     resource: Option<&'a str>,
@@ -277,11 +278,19 @@ struct ConsentPage<'a> {
 }
 
 impl Pages {
-    /// The consent page: which app asks for which scopes and, in words, for which resource, and
-    /// a form that posts the decision (`request_id`, `decision`) to `/oauth/consent`. The
-    /// request id is single-use and bound to the session, which makes it the form's CSRF token.
-    pub fn consent(&self, client_name: &str, scopes: &[String], resource: Option<&str>, request_id: &str) -> Response {
-        let page = ConsentPage { chrome: self.chrome(true), client_name, scopes, resource, request_id };
+    /// The consent page: who is signed in (the account the app would get), which app asks for
+    /// which scopes and, in words, for which resource, and a form that posts the decision
+    /// (`request_id`, `decision`) to `/oauth/consent`. The request id is single-use and bound
+    /// to the session, which makes it the form's CSRF token.
+    pub fn consent(
+        &self,
+        who: &str,
+        client_name: &str,
+        scopes: &[String],
+        resource: Option<&str>,
+        request_id: &str,
+    ) -> Response {
+        let page = ConsentPage { chrome: self.chrome(true), who, client_name, scopes, resource, request_id };
         self.render(StatusCode::OK, &page)
     }
 }

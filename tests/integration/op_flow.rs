@@ -1148,6 +1148,10 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     for said in ["know who you are", "see your email address", "see your teams and your role in each"] {
         assert!(html.contains(said), "{said}: {html}");
     }
+    // And the account the app would get, on a browser several people may share.
+    let me = body(browser.me(&w.app).await, 200).await;
+    let who = me["name"].as_str().or(me["email"].as_str()).unwrap();
+    assert!(html.contains(&format!("Signed in as <strong>{who}</strong>")), "{who}: {html}");
     let request_id = request_id_of(&html);
     // A consent decision needs the same session.
     let stranger = Browser::new().json(Method::POST, &w.app.url("/oauth/consent"), &json!({})).await;

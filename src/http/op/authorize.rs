@@ -179,7 +179,9 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
             sign_in(state, headers, live.as_ref(), &continue_to, login_hint.as_deref(), reauthenticate).await
         }
         Ok(Next::Consent { request_id, client_name, scopes, resource }) => {
-            consent_page(state, &request_id, &client_name, &scopes, resource.as_deref())
+            // Consent is asked of a signed-in browser only.
+            let who = live.as_ref().map(|live| crate::http::auth::who(&live.profile.user)).unwrap_or_default();
+            consent_page(state, &who, &request_id, &client_name, &scopes, resource.as_deref())
         }
         Ok(Next::SelectAccount { continue_to }) => match live.as_ref() {
             Some(live) => {
@@ -297,6 +299,7 @@ fn chooser_page(continue_to: &str) -> Response {
 
 fn consent_page(
     state: &AppState,
+    who: &str,
     request_id: &str,
     client_name: &str,
     scopes: &[String],
@@ -304,7 +307,7 @@ fn consent_page(
 ) -> Response {
     let resource = resource.map(|resource| resource_in_words(state, resource));
     let scopes: Vec<String> = scopes.iter().map(|scope| scope_in_words(scope)).collect();
-    state.pages.consent(client_name, &scopes, resource.as_deref(), request_id)
+    state.pages.consent(who, client_name, &scopes, resource.as_deref(), request_id)
 }
 
 /// What a scope lets the app do, for the consent page; a scope Tessera gives no meaning to (an
