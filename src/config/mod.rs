@@ -327,6 +327,10 @@ pub struct IssuerConfig {
     pub name: String,
     /// Audiences a token must name (one of) to be accepted; none means no token is accepted.
     pub audiences: Vec<String>,
+    /// Of `audiences`, those a token must name (one of) to act for its user on Tessera's own API
+    /// beyond `/v1/validate` and `/v1/check` (`/v1/me`, teams, identities, connected accounts);
+    /// `None`: any of them (`issuers[].api_audiences`).
+    pub api_audiences: Option<Vec<String>>,
     /// Signature algorithms accepted from this issuer. Never `none`, never HMAC.
     pub algorithms: Vec<Algorithm>,
     /// Where the issuer's keys are; `None` means OpenID Connect discovery.
@@ -348,6 +352,7 @@ impl IssuerConfig {
             name: issuer.host().to_owned(),
             issuer,
             audiences: Vec::new(),
+            api_audiences: None,
             algorithms: DEFAULT_ALGORITHMS.to_vec(),
             jwks_uri: None,
             leeway: Duration::from_secs(60),
@@ -843,6 +848,7 @@ struct RawIssuer {
     issuer: String,
     name: Option<String>,
     audiences: Option<Vec<String>>,
+    api_audiences: Option<Vec<String>>,
     algorithms: Option<Vec<String>>,
     jwks_uri: Option<String>,
     leeway_seconds: Option<u64>,
@@ -1017,6 +1023,19 @@ impl Config {
                         issuers.push(config);
                     }
                 }
+            }
+        }
+
+        // Checked once the environment's audiences are in: each must be one of them, or it could
+        // never be met.
+        for (i, issuer) in issuers.iter().enumerate() {
+            if let Some(api) = &issuer.api_audiences
+                && let Some(stray) = api.iter().find(|a| !issuer.audiences.contains(a))
+            {
+                return Err(ConfigError::new(
+                    format!("issuers[{i}].api_audiences"),
+                    format!("{stray:?} is not one of the issuer's audiences"),
+                ));
             }
         }
 
@@ -1408,6 +1427,12 @@ fn parse_issuer(i: usize, raw: RawIssuer) -> Result<IssuerConfig, ConfigError> {
         // Trimmed, as the environment's and the providers' audience lists are.
         config.audiences = audiences.iter().map(|a| a.trim().to_owned()).collect();
     }
+    if let Some(api) = raw.api_audiences {
+        if api.iter().any(|a| a.trim().is_empty()) {
+            return Err(ConfigError::new(key("api_audiences"), "an audience must not be blank"));
+        }
+        config.api_audiences = Some(api.iter().map(|a| a.trim().to_owned()).collect());
+    }
     if let Some(names) = raw.algorithms {
         if names.is_empty() {
             return Err(ConfigError::new(key("algorithms"), "list at least one algorithm"));
@@ -1544,6 +1569,21 @@ mod tests {
         assert_eq!(key("failure_backoff_ms = 60001"), "jwks.failure_backoff_ms");
         assert_eq!(key("failure_backoff_ms = 2000\nfailure_backoff_max_ms = 1000"), "jwks.failure_backoff_max_ms");
         assert_eq!(key("failure_backoff_max_ms = 600000"), "jwks.failure_backoff_max_ms");
+    }
+
+    #[test]
+    fn api_audiences_are_among_the_issuers_audiences() {
+        let issuer = |extra: &str| {
+            let text = format!(
+                "[[issuers]]\nissuer = \"https://id.example.com\"\naudiences = [\"api\", \"tessera\"]\n{extra}"
+            );
+            Config::from_toml(&text, env(&[]))
+        };
+        assert_eq!(issuer("").unwrap().issuers[0].api_audiences, None);
+        let narrowed = issuer("api_audiences = [\"tessera\"]").unwrap();
+        assert_eq!(narrowed.issuers[0].api_audiences.as_deref(), Some(&["tessera".to_owned()][..]));
+        assert_eq!(issuer("api_audiences = [\"other\"]").unwrap_err().key, "issuers[0].api_audiences");
+        assert_eq!(issuer("api_audiences = [\" \"]").unwrap_err().key, "issuers[0].api_audiences");
     }
 
     #[test]

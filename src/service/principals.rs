@@ -571,6 +571,7 @@ mod tests {
             name: None,
             expires_at: chrono::Utc::now() + chrono::TimeDelta::hours(1),
             audiences: vec!["api".into()],
+            acts_on_api: true,
         });
         let now = Instant::now();
         cache.tokens.insert([7; 32], verified, now + Duration::from_secs(60), now);

@@ -48,6 +48,10 @@ pub enum ValidateError {
     /// One of Tessera's own access tokens whose grant has ended.
     #[error("the token's grant has ended (revoked, signed out, or the identity was unlinked)")]
     Revoked,
+    /// An upstream token whose audience its issuer does not let act on Tessera's own API
+    /// (`issuers[].api_audiences`).
+    #[error("this token's audience may not act on Tessera's API: its issuer's api_audiences name others")]
+    NotForApi,
     /// One of Tessera's own access tokens that acts for no user (`client_credentials`).
     #[error("this token acts for no user: it is a client's own (client_credentials)")]
     NoUser,
@@ -78,7 +82,9 @@ impl PublicError for ValidateError {
             ValidateError::Revoked => ErrorCode::TokenRevoked,
             ValidateError::NoUser => ErrorCode::TokenWithoutUser,
             ValidateError::NotOwn => ErrorCode::TokenIssuerMismatch,
-            ValidateError::OtherResource(_) | ValidateError::OtherAudience => ErrorCode::AudienceMismatch,
+            ValidateError::OtherResource(_) | ValidateError::OtherAudience | ValidateError::NotForApi => {
+                ErrorCode::AudienceMismatch
+            }
             ValidateError::Store(e) => e.code(),
             ValidateError::SharedStore(e) => e.code(),
         }
@@ -216,10 +222,17 @@ impl Validator {
     /// resource URL or a client id), an upstream token by an `aud` that is one of its issuer's
     /// configured audiences (which are checked as always, with or without it).
     pub async fn validate_for(&self, token: &str, audience: Option<&str>) -> Result<Validated, ValidateError> {
-        self.verify_and_resolve(token, audience).await.map_err(|error| self.refused(token, error))
+        self.verify_and_resolve(token, audience, false).await.map_err(|error| self.refused(token, error))
     }
 
-    async fn verify_and_resolve(&self, token: &str, audience: Option<&str>) -> Result<Validated, ValidateError> {
+    /// With `acting`, an upstream token must be one its issuer lets act on Tessera's own API
+    /// (checked before its user is resolved, or provisioned).
+    async fn verify_and_resolve(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+        acting: bool,
+    ) -> Result<Validated, ValidateError> {
         if let Some(op) = &self.own
             && op.issued(token)
         {
@@ -230,6 +243,9 @@ impl Validator {
             && !token.audiences.iter().any(|a| a == audience)
         {
             return Err(ValidateError::OtherAudience);
+        }
+        if acting && !token.acts_on_api {
+            return Err(ValidateError::NotForApi);
         }
         // A hit whose last use is due to be noted is resolved again, as a miss (once a minute at
         // most), so that the stored time does not lag by the cache's lifetime; so is every hit
@@ -299,7 +315,7 @@ impl Validator {
 
     async fn acting(&self, token: &str) -> Result<Validated, ValidateError> {
         let Some(op) = self.own.as_ref().filter(|op| op.issued(token)) else {
-            return self.verify_and_resolve(token, None).await;
+            return self.verify_and_resolve(token, None, true).await;
         };
         let claims = op.verify_access_token(token).await?;
         let api = op.endpoint(API_RESOURCE_PATH);
@@ -375,6 +391,7 @@ impl Validator {
             name: DisplayName::parse_optional(profile.user.name.as_deref()).ok().flatten(),
             expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or_default(),
             audiences: vec![claims.aud.clone()],
+            acts_on_api: true,
         };
         let teams =
             profile.teams.iter().map(|m| TeamRole { id: m.team.id, slug: m.team.slug.clone(), role: m.role }).collect();

@@ -112,6 +112,9 @@ pub struct VerifiedToken {
     pub expires_at: DateTime<Utc>,
     /// The issuer's configured audiences the token's `aud` names (at least one).
     pub audiences: Vec<String>,
+    /// Whether it may act for its user on Tessera's own API (one of its audiences is among the
+    /// issuer's `api_audiences`, or those are not narrowed).
+    pub acts_on_api: bool,
 }
 
 #[derive(Deserialize)]
@@ -394,7 +397,8 @@ fn claims_into_token(claims: Claims, entry: &IssuerEntry) -> Result<VerifiedToke
         Value::Array(auds) => auds.iter().any(|a| a.as_str() == Some(audience.as_str())),
         _ => false,
     };
-    let audiences = entry.config.audiences.iter().filter(|a| named(a)).cloned().collect();
+    let audiences: Vec<String> = entry.config.audiences.iter().filter(|a| named(a)).cloned().collect();
+    let acts_on_api = entry.config.api_audiences.as_ref().is_none_or(|api| audiences.iter().any(|a| api.contains(a)));
     Ok(VerifiedToken {
         issuer: entry.config.issuer.clone(),
         provider: entry.config.name.clone(),
@@ -405,6 +409,7 @@ fn claims_into_token(claims: Claims, entry: &IssuerEntry) -> Result<VerifiedToke
         name,
         expires_at,
         audiences,
+        acts_on_api,
     })
 }
 

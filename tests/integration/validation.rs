@@ -39,6 +39,7 @@ on_both_backends!(
     store_failure_is_a_503_never_a_fallback,
     both_es256_signature_forms_are_one_token_to_every_decision,
     a_backend_naming_itself_refuses_upstream_tokens_meant_for_another,
+    api_audiences_keep_other_backends_tokens_off_tesseras_own_api,
 );
 
 struct World {
@@ -667,4 +668,25 @@ async fn a_backend_naming_itself_refuses_upstream_tokens_meant_for_another(backe
     refused(validate(for_reports.clone(), AUDIENCE).await.unwrap(), "audience_mismatch").await;
     // An audience the issuer is not configured with names no backend here.
     refused(validate(for_reports, "elsewhere").await.unwrap(), "audience_mismatch").await;
+}
+
+/// An issuer whose `api_audiences` name the audience meant for Tessera's own API: a token meant
+/// for another backend still says who its user is at `/v1/validate`, but does not act for them on
+/// `/v1/me` and the rest — refused before its user is looked up or made.
+async fn api_audiences_keep_other_backends_tokens_off_tesseras_own_api(backend: Backend) {
+    let w = world_with(backend, |config| {
+        let issuer = config.issuers.last_mut().unwrap();
+        issuer.audiences.push("tessera-api".into());
+        issuer.api_audiences = Some(vec!["tessera-api".into()]);
+    })
+    .await;
+    let me = |token: &str| w.app.client.get(w.app.url("/v1/me")).bearer_auth(token).send();
+    let for_a_backend = w.token("newcomer");
+    refused(me(&for_a_backend).await.unwrap(), "audience_mismatch").await;
+    assert_eq!(w.app.db.sql().await.count("users").await, 0, "nobody was provisioned by the refused token");
+    body(w.app.validate(&for_a_backend).await, 200).await;
+    refused(me(&for_a_backend).await.unwrap(), "audience_mismatch").await;
+    let for_tessera = w.token_with("newcomer", |c| c["aud"] = json!(["tessera-api"]));
+    let mine = body(me(&for_tessera).await.unwrap(), 200).await;
+    assert_eq!(mine["identities"][0]["subject"], "newcomer");
 }

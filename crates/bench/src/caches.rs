@@ -234,6 +234,7 @@ fn token(i: usize) -> ([u8; 32], Arc<VerifiedToken>) {
         name: DisplayName::parse_optional(Some(&format!("User Number {i:06}"))).expect("name"),
         expires_at: Utc::now() + chrono::Duration::minutes(5),
         audiences: vec!["api".into()],
+        acts_on_api: true,
     };
     (digest, Arc::new(token))
 }

@@ -116,6 +116,7 @@ fn validation_discovery_providers_and_health_serialise_as_before() {
         name: None,
         expires_at: now(),
         audiences: vec!["api".into()],
+        acts_on_api: true,
     };
     let principal = Principal { identity_id: IdentityId::generate(), last_seen_at: now(), user, teams };
     let validated = Validated {
