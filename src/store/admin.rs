@@ -122,7 +122,8 @@ pub(super) const USERS_OF_EMAIL: &str =
 pub(super) const USERS_OF_TEAM: &str = concat!(
     "SELECT ",
     user_columns!(),
-    " FROM memberships t JOIN users u ON u.id = t.user_id WHERE t.team_id = $4",
+    // The cursor on the driving table too: PostgreSQL does not carry `u.id > $7` over the join.
+    " FROM memberships t JOIN users u ON u.id = t.user_id WHERE t.team_id = $4 AND t.user_id > $7",
     user_filters!()
 );
 /// [`list_users`] with none of those filters.

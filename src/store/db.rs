@@ -1825,6 +1825,7 @@ mod tests {
         // A later page of a listing starts at its cursor, not from the first row again.
         for (sql, seek) in [
             (super::super::admin::USERS, "(id>?)"),
+            (super::super::admin::USERS_OF_TEAM, "(team_id=? AND user_id>?)"),
             (super::super::admin::TEAMS, "(id>?)"),
             (super::super::admin::TEAM_MEMBERS, "(team_id=? AND user_id>?)"),
             (super::super::sql::DELIVERIES, "(endpoint_id=? AND event_seq<?)"),

@@ -48,7 +48,8 @@ const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 pub struct VerificationKey {
     /// The key id, if the JWK has one.
     pub kid: Option<String>,
-    /// The algorithm the JWK is restricted to, if it names one.
+    /// The algorithm the JWK is restricted to, if it names one — or, for an EC or OKP key, its
+    /// curve's.
     pub alg: Option<Algorithm>,
     /// The key's family (RSA, EC, Ed).
     pub family: AlgorithmFamily,
@@ -284,7 +285,8 @@ impl JwksCache {
     /// (or only long-expired ones) and none can be fetched.
     pub async fn keys(&self) -> Option<Arc<KeySet>> {
         match self.inner.current() {
-            Some(set) if Instant::now() < set.fresh_until => Some(set),
+            // Fresh by both clocks: after a suspend or a paused VM, the monotonic one lags.
+            Some(set) if Instant::now() < set.fresh_until && SystemTime::now() < set.usable_until => Some(set),
             Some(stale) if SystemTime::now() < stale.usable_until => {
                 self.refresh_in_background(stale.generation);
                 Some(stale)
@@ -844,6 +846,8 @@ mod outage_tests {
     /// key the issuer withdrew meanwhile must stop verifying some time.
     #[tokio::test]
     async fn expired_keys_are_served_through_an_outage_for_max_stale_only() {
+        // Its failed fetches log at the call sites the test above captures: one at a time.
+        let _logs = capture();
         let local = LocalIssuer::start().await.unwrap();
         local.set_max_age(0);
         let cache = |max_stale| {

@@ -302,8 +302,8 @@ impl OAuthFlows {
     /// Takes the flow a callback names by its `state` (single-use: taken before anything else
     /// of the callback is checked), if it is the state of one of `bindings`, the binding secrets
     /// the browser holds in its cookie, started for the provider of the callback's path. A
-    /// refusal comes with the binding the state was found to be of, if any: whatever else is
-    /// wrong, its flow is gone (taken, expired or completed), and the cookie is to drop it.
+    /// refusal comes with the binding the state was found to be of, if its flow is gone (taken,
+    /// expired or completed), for the cookie to drop it; not when the store could not be asked.
     pub async fn take<'a>(
         &self,
         path_provider: &str,
@@ -322,7 +322,8 @@ impl OAuthFlows {
             .store
             .take_login_state(&sha256(state.as_bytes()), crate::domain::now())
             .await
-            .map_err(|error| refused(error.into()))?
+            // The store did not answer: the flow may well be there still, for a reload.
+            .map_err(|error| (error.into(), None))?
             .ok_or_else(|| refused(FlowError::InvalidState("the sign-in is unknown, expired or already completed")))?;
         // Provider names are lower case; the path is compared the same way.
         if flow.provider != path_provider.to_ascii_lowercase() {
