@@ -24,6 +24,7 @@ on_both_backends!(
     events_arrive_signed_once_per_endpoint_and_filtered_by_type,
     a_failing_endpoint_is_retried_in_order_without_delaying_a_healthy_one,
     a_replay_sends_events_again,
+    replays_sent_at_once_keep_one_delivery_per_event,
     concurrent_changes_of_different_fields_all_stick,
     an_endpoint_enabled_again_sends_what_waited_for_it,
     an_endpoint_pointed_elsewhere_sends_its_queue_there_at_once,
@@ -257,6 +258,37 @@ async fn a_replay_sends_events_again(backend: Backend) {
 
     let bad = app.admin(Method::POST, &format!("/admin/webhooks/{id}/replay?since=yesterday")).send().await.unwrap();
     assert_eq!(json(bad, 400).await["code"], "invalid_since");
+    app.stop().await;
+}
+
+/// Eight replays of one window sent at once: each is answered, and the log keeps one delivery
+/// per event and endpoint, each sent again — none written twice, none refused for a conflict.
+async fn replays_sent_at_once_keep_one_delivery_per_event(backend: Backend) {
+    let app = spawn(backend).await;
+    let receiver = Receiver::start().await;
+    let before = chrono::Utc::now() - chrono::TimeDelta::seconds(5);
+    let (id, _) = register(&app, json!({ "url": receiver.url })).await;
+    for name in ["ann", "bea", "cid"] {
+        json(app.bootstrap(&identity(name, &format!("{name}@example.com"), None)).await, 201).await;
+    }
+    eventually("the three events arrive", || async { receiver.all().len() == 3 }).await;
+    let since = before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let path = format!("/admin/webhooks/{id}/replay?since={}", since.replace('+', "%2B"));
+    let replays: Vec<_> = (0..8).map(|_| app.admin(Method::POST, &path)).collect();
+    // Each counts what it scheduled: an event another replay scheduled after this one began is
+    // on its way already, and not scheduled twice.
+    let mut scheduled = Vec::new();
+    for answer in crate::helpers::send_at_once(&replays).await {
+        scheduled.push(json(answer, 202).await["scheduled"].as_u64().unwrap());
+    }
+    assert!(scheduled.iter().all(|n| *n <= 3) && scheduled.iter().sum::<u64>() >= 3, "{scheduled:?}");
+    assert_eq!(app.db.sql().await.count("webhook_deliveries").await, 3, "one row per event");
+    eventually("each is sent again", || async {
+        receiver.all().len() >= 6 && deliveries(&app, &id).await.iter().all(|d| d["state"] == "delivered")
+    })
+    .await;
+    let ids: std::collections::HashSet<_> = receiver.all().iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 3, "the same three events, by their webhook-id");
     app.stop().await;
 }
 
