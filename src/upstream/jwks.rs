@@ -798,21 +798,26 @@ mod outage_tests {
     use crate::telemetry::capture::capture;
     use tessera_testkit::local_issuer::LocalIssuer;
 
-    #[tokio::test]
-    async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
-        let logs = capture();
-        let local = LocalIssuer::start().await.unwrap();
-        let issuer = Issuer::parse(local.issuer()).unwrap();
+    /// A cache of `local`'s keys that never waits between fetches, serving expired keys for
+    /// `max_stale`.
+    fn eager(local: &LocalIssuer, max_stale: Duration) -> JwksCache {
         let config = JwksConfig {
             refetch_cooldown: Duration::ZERO,
             failure_backoff: Duration::ZERO,
             failure_backoff_max: Duration::ZERO,
             fetch_timeout: Duration::from_secs(5),
             min_max_age: Duration::ZERO,
-            max_stale: Duration::from_secs(86_400),
+            max_stale,
         };
         let jwks_uri = Url::parse(&local.jwks_uri()).unwrap();
-        let cache = JwksCache::new(issuer, Some(jwks_uri), reqwest::Client::new(), &config);
+        JwksCache::new(Issuer::parse(local.issuer()).unwrap(), Some(jwks_uri), reqwest::Client::new(), &config)
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
+        let logs = capture();
+        let local = LocalIssuer::start().await.unwrap();
+        let cache = eager(&local, Duration::from_secs(86_400));
 
         // Down from the start: every request fails, the outage is logged once.
         local.set_available(false);
@@ -850,19 +855,7 @@ mod outage_tests {
         let _logs = capture();
         let local = LocalIssuer::start().await.unwrap();
         local.set_max_age(0);
-        let cache = |max_stale| {
-            let config = JwksConfig {
-                refetch_cooldown: Duration::ZERO,
-                failure_backoff: Duration::ZERO,
-                failure_backoff_max: Duration::ZERO,
-                fetch_timeout: Duration::from_secs(5),
-                min_max_age: Duration::ZERO,
-                max_stale,
-            };
-            let jwks_uri = Url::parse(&local.jwks_uri()).unwrap();
-            JwksCache::new(Issuer::parse(local.issuer()).unwrap(), Some(jwks_uri), reqwest::Client::new(), &config)
-        };
-        let (lenient, strict) = (cache(Duration::from_secs(3600)), cache(Duration::ZERO));
+        let (lenient, strict) = (eager(&local, Duration::from_secs(3600)), eager(&local, Duration::ZERO));
         assert!(lenient.keys().await.is_some() && strict.keys().await.is_some(), "fetched");
         local.set_available(false);
         assert!(lenient.keys().await.is_some_and(|set| !set.is_empty()), "expired, within max_stale: served");

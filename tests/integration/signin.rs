@@ -397,6 +397,8 @@ async fn sign_ins_in_several_tabs_each_complete(backend: Backend) {
     // Each completed once: a replayed one is refused.
     browser.cookies.insert("tessera_login".into(), held);
     assert_eq!(body(browser.get(&callbacks[0]).await, 400).await["code"], "invalid_state");
+    // Its secret, whose flow is gone, is dropped from the cookie; the others are left as they are.
+    assert_eq!(browser.cookies["tessera_login"].split('.').count(), 3);
 }
 
 /// The `state` parameter of a callback URL.
