@@ -1420,18 +1420,18 @@ fn parse_issuer(i: usize, raw: RawIssuer) -> Result<IssuerConfig, ConfigError> {
         }
         config.name = name.to_owned();
     }
-    if let Some(audiences) = raw.audiences {
-        if audiences.iter().any(|a| a.trim().is_empty()) {
-            return Err(ConfigError::new(key("audiences"), "an audience must not be blank"));
+    // Trimmed, as the environment's and the providers' audience lists are.
+    let audiences = |field: &str, list: Vec<String>| {
+        if list.iter().any(|a| a.trim().is_empty()) {
+            return Err(ConfigError::new(key(field), "an audience must not be blank"));
         }
-        // Trimmed, as the environment's and the providers' audience lists are.
-        config.audiences = audiences.iter().map(|a| a.trim().to_owned()).collect();
+        Ok(list.iter().map(|a| a.trim().to_owned()).collect::<Vec<_>>())
+    };
+    if let Some(list) = raw.audiences {
+        config.audiences = audiences("audiences", list)?;
     }
-    if let Some(api) = raw.api_audiences {
-        if api.iter().any(|a| a.trim().is_empty()) {
-            return Err(ConfigError::new(key("api_audiences"), "an audience must not be blank"));
-        }
-        config.api_audiences = Some(api.iter().map(|a| a.trim().to_owned()).collect());
+    if let Some(list) = raw.api_audiences {
+        config.api_audiences = Some(audiences("api_audiences", list)?);
     }
     if let Some(names) = raw.algorithms {
         if names.is_empty() {

@@ -274,13 +274,7 @@ async fn method_not_allowed(
 /// A request no route takes, answered in the format of the path's clients (see [`no_route`]).
 fn refused_route(state: &AppState, uri: &Uri, headers: &HeaderMap, error: ApiError) -> axum::response::Response {
     if uri.path().starts_with("/oauth/") && !pages::wants_html(headers) {
-        let described = error.describe();
-        let error = crate::service::op::provider::OAuthError {
-            error: "invalid_request",
-            description: described.detail,
-            status: described.status.as_u16(),
-        };
-        return op::token::OAuthResponse(error).into_response();
+        return op::token::OAuthResponse::from(error).into_response();
     }
     state.pages.error(headers, error)
 }

@@ -390,7 +390,8 @@ impl Validator {
             email_verified: profile.user.email_verified,
             name: DisplayName::parse_optional(profile.user.name.as_deref()).ok().flatten(),
             expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or_default(),
-            audiences: vec![claims.aud.clone()],
+            // What its `aud` says is in `issued_for`; these two are an upstream token's.
+            audiences: Vec::new(),
             acts_on_api: true,
         };
         let teams =

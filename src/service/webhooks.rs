@@ -237,7 +237,9 @@ impl Webhooks {
         self.get(id).await?;
         let limit = limit.clamp(1, MAX_PAGE);
         let mut page = self.store.webhook_deliveries(id, before, limit as i64 + 1).await?;
-        let next = (page.len() > limit).then(|| page.truncate(limit)).and_then(|()| page.last().map(|d| d.event_seq));
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = if more { page.last().map(|d| d.event_seq) } else { None };
         Ok((page, next))
     }
 

@@ -291,14 +291,16 @@ impl JwksCache {
                 self.refresh_in_background(stale.generation);
                 Some(stale)
             }
-            Some(too_old) => match self.refresh(Reason::Expired, Some(too_old.generation)).await {
-                Refreshed::Fetched(set) | Refreshed::Newer(set) => Some(set),
-                Refreshed::Refused(_) | Refreshed::Failed => None,
-            },
-            None => match self.refresh(Reason::Missing, None).await {
-                Refreshed::Fetched(set) | Refreshed::Newer(set) => Some(set),
-                Refreshed::Refused(_) | Refreshed::Failed => None,
-            },
+            Some(too_old) => self.waited(Reason::Expired, Some(too_old.generation)).await,
+            None => self.waited(Reason::Missing, None).await,
+        }
+    }
+
+    /// A fetch waited for: its keys, or `None` when there are none to be had now.
+    async fn waited(&self, reason: Reason, seen: Option<u64>) -> Option<Arc<KeySet>> {
+        match self.refresh(reason, seen).await {
+            Refreshed::Fetched(set) | Refreshed::Newer(set) => Some(set),
+            Refreshed::Refused(_) | Refreshed::Failed => None,
         }
     }
 

@@ -110,7 +110,8 @@ pub struct VerifiedToken {
     pub name: Option<DisplayName>,
     /// The `exp` claim.
     pub expires_at: DateTime<Utc>,
-    /// The issuer's configured audiences the token's `aud` names (at least one).
+    /// The issuer's configured audiences the token's `aud` names (at least one; none for one of
+    /// Tessera's own tokens, whose `aud` is checked apart).
     pub audiences: Vec<String>,
     /// Whether it may act for its user on Tessera's own API (one of its audiences is among the
     /// issuer's `api_audiences`, or those are not narrowed).
@@ -245,7 +246,8 @@ pub(crate) fn token_issuer(token: &str) -> Result<Issuer, TokenError> {
     Issuer::parse(iss).map_err(|_| TokenError::IssuerNotAllowed)
 }
 
-fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
+/// One base64url part of a compact JWS, decoded as JSON; `None` when it is not that.
+pub(crate) fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
     let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
     serde_json::from_slice(&bytes).ok()
 }

@@ -76,14 +76,16 @@ impl<S: Send + Sync> FromRequest<S> for OAuthBody {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         // ApiBytes's rules and sentences, in RFC 6749's shape.
-        ApiBytes::from_request(req, state).await.map(|ApiBytes(bytes)| OAuthBody(bytes)).map_err(|error| {
-            let described = error.describe();
-            OAuthResponse(OAuthError {
-                error: "invalid_request",
-                description: described.detail,
-                status: described.status.as_u16(),
-            })
-        })
+        ApiBytes::from_request(req, state).await.map(|ApiBytes(bytes)| OAuthBody(bytes)).map_err(OAuthResponse::from)
+    }
+}
+
+/// An error of the request itself (its body, its route) in RFC 6749's shape: `invalid_request`,
+/// with the error's sentence and status.
+impl From<crate::http::problem::ApiError> for OAuthResponse {
+    fn from(error: crate::http::problem::ApiError) -> Self {
+        let described = error.describe();
+        Self(OAuthError { error: "invalid_request", description: described.detail, status: described.status.as_u16() })
     }
 }
 

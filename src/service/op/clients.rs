@@ -436,7 +436,7 @@ impl Clients {
         else {
             return Err(MALFORMED);
         };
-        let header: AssertionHeader = decode_part(header).ok_or(MALFORMED)?;
+        let header: AssertionHeader = crate::upstream::tokens::decode_part(header).ok_or(MALFORMED)?;
         if header.crit.is_some() {
             return Err(ClientAuthError::InvalidClient("critical header extensions are not supported"));
         }
@@ -447,7 +447,7 @@ impl Clients {
                  never none or HS*)",
             ),
         )?;
-        let subject: AssertionSubject = decode_part(payload).ok_or(MALFORMED)?;
+        let subject: AssertionSubject = crate::upstream::tokens::decode_part(payload).ok_or(MALFORMED)?;
         let Some(serde_json::Value::String(sub)) = subject.sub else {
             return Err(ClientAuthError::InvalidClient("the client assertion's sub must be the client id"));
         };
@@ -693,12 +693,6 @@ fn missing(field: &str, message: &str) -> ClientError {
 
 fn metadata(field: &str, message: &str) -> ClientError {
     ClientError::Invalid(ClientRuleError { field: field.into(), rule: ClientRule::Metadata, message: message.into() })
-}
-
-fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 fn assertion_error(error: &jsonwebtoken::errors::Error) -> &'static str {

@@ -897,10 +897,7 @@ fn issued_at(token: &str) -> Option<i64> {
     struct Iat {
         iat: Option<i64>,
     }
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice::<Iat>(&bytes).ok()?.iat
+    crate::upstream::tokens::decode_part::<Iat>(token.split('.').nth(1)?)?.iat
 }
 
 /// Whether a `typ` header names the expected type (RFC 7515 section 4.1.9: case-insensitive, the

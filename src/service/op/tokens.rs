@@ -21,7 +21,6 @@ use super::provider::{MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider,
 use crate::crypto::{constant_time_eq, random_secret, sha256};
 use crate::domain::client_rules::DEFAULT_SCOPES as USER_SCOPES;
 use crate::domain::{Client, GrantType, UserId, UserProfile};
-use crate::error::ErrorChain as _;
 use crate::store::{GrantRecord, ReadFrom, RedeemOutcome, RotateOutcome, StoreError};
 
 /// The longest access token Tessera mints or reads (an upstream token's bound too): its claims
@@ -194,21 +193,16 @@ enum Named {
 /// A JWT's payload, read without verifying anything: only for what a caller could as well have
 /// been told in the clear (which verifier to use, which client a request names).
 fn unverified<T: serde::de::DeserializeOwned>(token: &str) -> Option<T> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    crate::upstream::tokens::decode_part(token.split('.').nth(1)?)
 }
 
 /// A verification's result as most callers take it: the claims, `None` for a token that does not
-/// verify, or the error when the keys could not be read (logged here, once).
+/// verify, or the error when the keys could not be read (for the caller to answer, and log, as
+/// an outage).
 fn counted(verified: Result<AccessClaims, VerifyError>) -> Result<Option<AccessClaims>, VerifyError> {
     match verified {
         Ok(claims) => Ok(Some(claims)),
-        Err(VerifyError::Keys(error)) => {
-            tracing::warn!(error = %error.chain(), "cannot read the signing keys to verify a token");
-            Err(VerifyError::Keys(error))
-        }
+        Err(error @ VerifyError::Keys(_)) => Err(error),
         Err(_) => Ok(None),
     }
 }
@@ -588,10 +582,9 @@ impl OpenIdProvider {
             };
             // Keys that could not be read: a revocation must not answer as done (RFC 7009
             // 2.2.1), nor introspection call inactive, what may well be one of ours.
-            return match counted(verified) {
-                Ok(claims) => Ok(claims.map_or(Named::Unknown, Named::Access)),
-                Err(_) => Err(OAuthError::unavailable()),
-            };
+            return counted(verified)
+                .map(|claims| claims.map_or(Named::Unknown, Named::Access))
+                .map_err(|error| OAuthError::from_failure(&error, "reading the signing keys to verify a token"));
         }
         let now = crate::domain::now();
         Ok(match self.store.refresh_grant(&sha256(token.as_bytes()), self.grant_at(now)).await? {
@@ -695,7 +688,10 @@ impl OpenIdProvider {
 
     /// Userinfo: the claims of an active access token's user, by its scopes.
     pub async fn userinfo(&self, token: &str) -> Result<UserInfoAnswer, OAuthError> {
-        let Some(claims) = self.verify_access(token).await.map_err(|_| OAuthError::unavailable())? else {
+        let verified = self.verify_access(token).await;
+        let verified =
+            verified.map_err(|error| OAuthError::from_failure(&error, "reading the signing keys for userinfo"))?;
+        let Some(claims) = verified else {
             return Ok(UserInfoAnswer::Inactive);
         };
         if claims.gid.is_none() || !self.access_grant_active(&claims).await? {
