@@ -46,6 +46,7 @@ on_both_backends!(
     another_site_cannot_force_a_signed_in_browser_to_sign_in_again,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
     pushed_requests_are_single_use,
+    a_reloaded_page_of_a_used_request_shows_it_again_in_that_browser_only,
     a_pushed_request_used_at_once_on_two_instances_issues_one_code,
     forward_auth_answers_for_sessions_and_tokens,
     logout_ends_the_session_and_its_grants,
@@ -1833,6 +1834,59 @@ async fn pushed_requests_are_single_use(backend: Backend) {
     let bad = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret));
     let bad = bad.form(&[("response_type", "code"), ("redirect_uri", "https://evil.example/cb")]).send().await.unwrap();
     assert_eq!(oauth_error(bad, 400).await, "invalid_request");
+}
+
+/// The consent page a sign-in comes back to, and the account chooser of a pushed request, are
+/// shown at a URL naming a request they used up: a reload shows the same page again (RFC 9126
+/// section 4 allows for reloads), to that browser only, and no more once it is answered.
+async fn a_reloaded_page_of_a_used_request_shows_it_again_in_that_browser_only(backend: Backend) {
+    let w = op_world(backend).await;
+    let sql = w.app.db.sql().await;
+    let third_party =
+        json!({"name": "Partner", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": false});
+    let (client, _) = register(&w.app, third_party).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    let page = first_page(&w.app, &mut browser, authorize_url(&w.app, &client, &challenge, "")).await;
+    let at = page.url().to_string();
+    assert!(at.contains("request_uri="), "the page of a held request: {at}");
+    let request_id = request_id_of(&html_of(page).await);
+    for _ in 0..2 {
+        assert_eq!(request_id_of(&html_of(browser.navigate(&at).await).await), request_id, "the same consent");
+    }
+    assert_eq!(sql.count("oauth_requests").await, 1, "one consent request, however often shown");
+    let mut stranger = Browser::new();
+    stranger.sign_in(&w.app, "").await;
+    assert_eq!(stranger.navigate(&at).await.status(), StatusCode::BAD_REQUEST, "another browser's");
+    assert_eq!(Browser::new().navigate(&at).await.status(), StatusCode::BAD_REQUEST, "nobody's");
+    let form = [("request_id", request_id.as_str()), ("decision", "approve")];
+    let to = location(&browser_post(&mut browser, &w.app.url("/oauth/consent"), &form).await);
+    assert!(param(&to, "code").is_some(), "{to}");
+    assert_eq!(browser.navigate(&at).await.status(), StatusCode::BAD_REQUEST, "answered");
+    assert_eq!(sql.count("oauth_codes").await, 1);
+
+    // A pushed request asking the user to choose an account.
+    let (client, secret) = web_app(&w.app).await;
+    let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&[
+        ("response_type", "code"),
+        ("redirect_uri", REDIRECT),
+        ("scope", "openid"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("prompt", "select_account"),
+    ]);
+    let uri = body(pushed.send().await.unwrap(), 201).await["request_uri"].as_str().unwrap().to_owned();
+    let at = w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)));
+    let go_on = |page: &str| {
+        let link = page.split("href=\"").skip(1).map(|rest| rest.split('"').next().unwrap().replace("&amp;", "&"));
+        link.map(|href| href.replace("&#38;", "&")).find(|href| href.starts_with("/oauth/authorize?")).unwrap()
+    };
+    let first = go_on(&html_of(browser.navigate(&at).await).await);
+    assert_eq!(go_on(&html_of(browser.navigate(&at).await).await), first, "the same choice");
+    assert_eq!(stranger.navigate(&at).await.status(), StatusCode::BAD_REQUEST);
+    let back = follow(&mut browser, w.app.url(&first)).await;
+    assert!(param(&back, "code").is_some(), "{back}");
+    assert_eq!(browser.navigate(&at).await.status(), StatusCode::BAD_REQUEST, "chosen");
 }
 
 /// Pushes a code request of `client` (RFC 9126) for `REDIRECT`, state `st-1`; returns its

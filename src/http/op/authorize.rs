@@ -108,9 +108,10 @@ async fn authorize_post(
     }
 }
 
-/// The browser's live session, if any. A session cookie sent twice is refused (one credential
-/// per request), not taken for no session: a sign-in from here would end in the same refusal.
-async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<LiveSession>, Response> {
+/// The browser's live session, if any, and its cookie's value. A session cookie sent twice is
+/// refused (one credential per request), not taken for no session: a sign-in from here would
+/// end in the same refusal.
+async fn session<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<Option<(LiveSession, &'h str)>, Response> {
     let value = match cookie(headers, state.cookies.session()) {
         Ok(Some(value)) => value,
         Ok(None) => return Ok(None),
@@ -124,10 +125,14 @@ async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<LiveSes
             ));
         }
     };
-    state.sessions.resolve_session(value).await.map_err(|e| failed(state, headers, e, "reading a session"))
+    match state.sessions.resolve_session(value).await {
+        Ok(live) => Ok(live.map(|live| (live, value))),
+        Err(e) => Err(failed(state, headers, e, "reading a session")),
+    }
 }
 
-fn view(live: &LiveSession) -> SessionView {
+/// The session as the authorization rules see it; `cookie` is its cookie's value.
+fn view(live: &LiveSession, cookie: &str) -> SessionView {
     let identity = live.record.identity_id;
     SessionView {
         user: live.record.user_id,
@@ -136,6 +141,7 @@ fn view(live: &LiveSession) -> SessionView {
         authenticated_at: live.record.authenticated_at,
         identity,
         provider: live.profile.identities.iter().find(|i| Some(i.id) == identity).map(|i| i.provider.clone()),
+        browser_key: crate::crypto::derive_key(cookie.as_bytes(), "tessera-browser-key-v1", &[]),
     }
 }
 
@@ -158,11 +164,14 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     }
     let first: BTreeMap<&str, &str> = pairs.iter().rev().map(|(key, value)| (key.as_str(), value.as_str())).collect();
     let params = AuthorizationParams { repeated: repeated.map(str::to_owned), ..authorization_params(&first) };
-    let live = match session(state, headers).await {
-        Ok(live) => live,
+    let (live, view) = match session(state, headers).await {
+        Ok(Some((live, cookie))) => {
+            let view = view(&live, cookie);
+            (Some(live), Some(view))
+        }
+        Ok(None) => (None, None),
         Err(response) => return response,
     };
-    let view = live.as_ref().map(view);
     // A form posted from another site arrives without the session cookie (`SameSite=Lax`): it
     // would look signed out (`login_required` for `prompt=none`, and a sign-in that ends the
     // browser's session on its way back). It is held as sent and goes on as a GET, which
@@ -365,8 +374,8 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByt
         Ok(map) => map,
         Err(e) => return refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     };
-    let live = match session(&state, &headers).await {
-        Ok(Some(live)) => live,
+    let (live, cookie) = match session(&state, &headers).await {
+        Ok(Some(signed_in)) => signed_in,
         Ok(None) => {
             return refuse(
                 &state,
@@ -400,7 +409,7 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByt
             );
         }
     };
-    match op.consent(request_id, &view(&live), approve).await {
+    match op.consent(request_id, &view(&live, cookie), approve).await {
         Ok(to) => redirect(&to, &[]),
         Err(error) => rejected(&state, &headers, error),
     }
@@ -556,7 +565,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         Ok(live) => live,
         Err(response) => return response,
     };
-    if let (Some(live), Ok(Some(session_cookie))) = (&live, cookie(headers, state.cookies.session())) {
+    if let Some((live, session_cookie)) = live {
         // Only an id token of this very session (its user, signed in when it began) signs out
         // unasked: any older one of the user's — from logs, storage or an app long gone —
         // would otherwise end whatever session the browser has now.

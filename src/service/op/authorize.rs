@@ -151,6 +151,10 @@ pub struct SessionView {
     pub identity: Option<IdentityId>,
     /// That identity's provider.
     pub provider: Option<String>,
+    /// A digest of the browser's session cookie that the store does not hold: the id a request
+    /// this browser used is continued under is derived from it ([`continuation_id`]), so that
+    /// only this browser finds the continuation again (a reload of a consent page).
+    pub browser_key: [u8; 32],
 }
 
 /// A validated authorization request.
@@ -295,10 +299,56 @@ impl OpenIdProvider {
         session: Option<&SessionView>,
     ) -> Result<Next, AuthorizeError> {
         let now = crate::domain::now();
-        let held = self.unhold(params, now).await?;
+        // A request held under its own URI goes on, for a signed-in browser, under an id only
+        // that browser can derive: a reload of the page it answered with (the URL still names
+        // the used request) finds that page's request again rather than a dead end (RFC 9126
+        // section 4 allows for reloads).
+        let used = params.request_uri.clone().filter(|uri| request_uri_hash(uri).is_some());
+        let continued_as = used.as_deref().zip(session).map(|(uri, session)| continuation_id(uri, session));
+        let client_id = params.client_id.clone();
+        let Some(held) = self.unhold(params, now).await? else {
+            if let (Some(id), Some(session)) = (continued_as, session)
+                && let Some(next) = self.reload(&id, client_id.as_deref(), session, now).await?
+            {
+                return Ok(next);
+            }
+            return Err(reject("invalid_request", "request_uri is unknown, used or expired; start again", None));
+        };
         let request = self.validate(&held, now).await?;
         let back = (request.redirect_uri.clone(), request.state.clone());
-        self.decide(request, session, now).await.map_err(|error| failure_to_client(error, back))
+        self.decide(request, session, continued_as, now).await.map_err(|error| failure_to_client(error, back))
+    }
+
+    /// The page a browser's request `id` (a [`continuation_id`]) was continued as, shown again:
+    /// its consent page (a request held for this session), or its account chooser (one held
+    /// for the choice). `None` when there is none (answered, expired, another client's).
+    async fn reload(
+        &self,
+        id: &str,
+        client_id: Option<&str>,
+        session: &SessionView,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Next>, AuthorizeError> {
+        let Some(row) = self.store.held_request(&sha256(id.as_bytes()), now).await? else { return Ok(None) };
+        if client_id != Some(row.client_id.as_str()) {
+            return Ok(None);
+        }
+        let held = Held::decode(&row)?;
+        match row.session_hash {
+            Some(hash) if crate::crypto::constant_time_eq(&hash, &session.hash) => {
+                let request = self.validate(&held, now).await?;
+                Ok(Some(Next::Consent {
+                    request_id: id.to_owned(),
+                    client_name: request.client.name,
+                    scopes: request.scopes,
+                    resource: request.resource,
+                }))
+            }
+            None if held.account_choice => {
+                Ok(Some(Next::SelectAccount { continue_to: continue_url(&row.client_id, id) }))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Holds a request as sent, to go on as a GET of its continuation URL (returned): a form
@@ -314,7 +364,7 @@ impl OpenIdProvider {
         }
         let now = crate::domain::now();
         let request = self.validate(&Held::as_sent(without_foreign_request_uri(params)), now).await?;
-        let uri = self.hold(&request, None, true, now).await?;
+        let uri = self.hold(&request, None, true, None, now).await?;
         Ok(continue_url(request.client.id.as_str(), &uri))
     }
 
@@ -334,7 +384,7 @@ impl OpenIdProvider {
             other => other,
         })?;
         // Held as sent: `max_age` and `prompt=login` are measured when the request is used.
-        let uri = self.hold(&request, None, true, now).await?;
+        let uri = self.hold(&request, None, true, None, now).await?;
         Ok((uri, REQUEST_TTL.as_secs()))
     }
 
@@ -432,22 +482,23 @@ impl OpenIdProvider {
         self.issue_code(&request, session, now).await
     }
 
-    async fn unhold(&self, params: AuthorizationParams, now: DateTime<Utc>) -> Result<Held, AuthorizeError> {
+    /// The request `params` make: as sent, or the one held under its `request_uri`, used up;
+    /// `None` when that one is unknown, used, expired, a consent request or another client's.
+    async fn unhold(&self, params: AuthorizationParams, now: DateTime<Utc>) -> Result<Option<Held>, AuthorizeError> {
         let Some(uri) = params.request_uri.as_deref() else {
-            return Ok(Held::as_sent(params));
+            return Ok(Some(Held::as_sent(params)));
         };
-        let invalid = || reject("invalid_request", "request_uri is unknown, used or expired; start again", None);
         let Some(hash) = request_uri_hash(uri) else {
-            return Ok(Held::as_sent(without_foreign_request_uri(params)));
+            return Ok(Some(Held::as_sent(without_foreign_request_uri(params))));
         };
         let Some(held) = self.store.take_request(&hash, now).await? else {
-            return Err(invalid());
+            return Ok(None);
         };
         // A consent request is not a request_uri; and a request is used by its own client only.
         if held.session_hash.is_some() || params.client_id.as_deref() != Some(held.client_id.as_str()) {
-            return Err(invalid());
+            return Ok(None);
         }
-        Ok(Held::decode(&held)?)
+        Ok(Some(Held::decode(&held)?))
     }
 
     async fn validate(&self, held: &Held, now: DateTime<Utc>) -> Result<AuthorizationRequest, AuthorizeError> {
@@ -613,10 +664,14 @@ impl OpenIdProvider {
         })
     }
 
+    /// The next step of a validated `request` for a browser with `session`. A page shown at the
+    /// request's URL (consent, the account chooser) holds its request under `continued_as` when
+    /// given (the request came by its URI: see [`authorize`](Self::authorize)).
     async fn decide(
         &self,
         request: AuthorizationRequest,
         session: Option<&SessionView>,
+        continued_as: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Next, AuthorizeError> {
         // Measured against the authentication the sign-in proved, not the session's start: a
@@ -634,7 +689,7 @@ impl OpenIdProvider {
             // Connect Core 3.1.2.1; the client compares `sub`): it is not held for after.
             // Signing in is the choice of an account, for `prompt=select_account` too.
             let request = AuthorizationRequest { hinted_user: None, prompt_select_account: false, ..request };
-            let uri = self.hold(&request, None, false, now).await?;
+            let uri = self.hold(&request, None, false, None, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
             let reauthenticate = request.auth_after.is_some();
             return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
@@ -652,7 +707,7 @@ impl OpenIdProvider {
             let mut request = request;
             request.hinted_user = None;
             request.auth_after = Some(request.auth_after.map_or(now, |after| after.max(now)));
-            let uri = self.hold(&request, None, false, now).await?;
+            let uri = self.hold(&request, None, false, None, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
             return Ok(Next::SignIn { continue_to, login_hint: request.login_hint.clone(), reauthenticate: true });
         }
@@ -661,7 +716,7 @@ impl OpenIdProvider {
         if request.prompt_select_account {
             // The choice answers an `id_token_hint` as a sign-in does (the client compares `sub`).
             let request = AuthorizationRequest { hinted_user: None, ..request };
-            let uri = self.hold(&request, None, false, now).await?;
+            let uri = self.hold(&request, None, false, continued_as, now).await?;
             return Ok(Next::SelectAccount { continue_to: continue_url(request.client.id.as_str(), &uri) });
         }
         // RFC 8252 section 8.6: a public client's id is no secret, and its loopback or
@@ -679,7 +734,7 @@ impl OpenIdProvider {
                 if request.prompt_none {
                     return Err(request.reject("consent_required", "the user has not consented to these scopes"));
                 }
-                let request_id = self.hold(&request, Some(session.hash), false, now).await?;
+                let request_id = self.hold(&request, Some(session.hash), false, continued_as, now).await?;
                 return Ok(Next::Consent {
                     request_id,
                     client_name: request.client.name.clone(),
@@ -691,14 +746,16 @@ impl OpenIdProvider {
         Ok(Next::Redirect(self.issue_code(&request, session, now).await?))
     }
 
-    /// Holds a validated request; returns its request URI (or, bound to a session, the consent
-    /// request id). A pushed request is held `as_sent`; otherwise prompts already being answered
-    /// are not held: after signing in, `prompt=login` and `max_age` are answered by `auth_after`.
+    /// Holds a validated request, under `id` or a new random one; returns that request URI (or,
+    /// bound to a session, the consent request id). A pushed request is held `as_sent`;
+    /// otherwise prompts already being answered are not held: after signing in, `prompt=login`
+    /// and `max_age` are answered by `auth_after`.
     async fn hold(
         &self,
         request: &AuthorizationRequest,
         session_hash: Option<[u8; 32]>,
         as_sent: bool,
+        id: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
         let hinted_user = request.hinted_user.clone();
@@ -728,7 +785,7 @@ impl OpenIdProvider {
                 account_choice: request.prompt_select_account,
             }
         };
-        let id = format!("{REQUEST_URI_PREFIX}{}", random_secret().expose_secret());
+        let id = id.unwrap_or_else(|| format!("{REQUEST_URI_PREFIX}{}", random_secret().expose_secret()));
         self.store
             .insert_request(&HeldRequest {
                 id_hash: sha256(id.as_bytes()),
@@ -903,6 +960,14 @@ fn resumed_request(return_to: &str) -> Option<([u8; 32], Option<String>)> {
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     Some((get("request_uri").as_deref().and_then(request_uri_hash)?, get("client_id")))
+}
+
+/// The id a request that the browser of `session` used by its URI `used` goes on under: a
+/// request URI that only this browser (which holds the cookie `browser_key` is derived from)
+/// can derive again, and the client that knows `used` cannot.
+fn continuation_id(used: &str, session: &SessionView) -> String {
+    let id = crate::crypto::derive_secret(&session.browser_key, "tessera-continued-request-v1", used.as_bytes());
+    format!("{REQUEST_URI_PREFIX}{}", id.expose_secret())
 }
 
 fn continue_url(client_id: &str, request_uri: &str) -> String {
