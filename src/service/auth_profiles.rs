@@ -32,6 +32,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::answers::Answers;
 use super::profile_credentials::{CredentialInput, EnvProblem};
 use super::sessions::random_secret;
 use super::teams::{TeamError, Teams};
@@ -355,6 +356,11 @@ pub struct AccessToken {
     pub version: Option<i64>,
 }
 
+/// What a form's answer is when the runtime shut down under its work: nothing is known.
+pub(super) fn shut_down() -> AuthProfileError {
+    AuthProfileError::Store(StoreError::Unavailable(sqlx::Error::PoolClosed))
+}
+
 /// The auth-profiles (connected accounts) service.
 #[derive(Debug, Clone)]
 pub struct AuthProfiles {
@@ -369,6 +375,10 @@ pub struct AuthProfiles {
     pub(super) http: reqwest::Client,
     /// One refresh at a time per profile in this process.
     refreshing: Arc<Mutex<HashMap<ProfileId, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The connect forms' answers (the flow each started), kept for the same form sent again.
+    pub(super) started: Arc<Answers<Started>>,
+    /// The `env` forms' answers (the profile each stored), kept for the same form sent again.
+    pub(super) stored: Arc<Answers<AuthProfile>>,
 }
 
 impl AuthProfiles {
@@ -392,6 +402,8 @@ impl AuthProfiles {
             pending_ttl: TimeDelta::from_std(pending_ttl).unwrap_or(TimeDelta::hours(24)),
             connectors: Arc::from(Vec::new()),
             refreshing: Arc::new(Mutex::new(HashMap::new())),
+            started: Arc::default(),
+            stored: Arc::default(),
         }
     }
 
@@ -787,10 +799,19 @@ impl AuthProfiles {
     /// Opens a connect link: checks it is the signed-in user's and that they may still connect
     /// the profile, starts the flow, and then consumes the link (a failure to start leaves it
     /// usable; of two concurrent openings one gets it).
-    pub async fn start(&self, token: &str, current_user: Option<UserId>) -> Result<Started, AuthProfileError> {
+    /// The same form posted again by the browser of `session` within [`KEPT`](super::answers::KEPT) (a double click,
+    /// whose first response the browser drops) gets the first answer on this instance: the same
+    /// flow, not the used-up link.
+    pub async fn start(&self, token: &str, user: UserId, session: &[u8; 32]) -> Result<Started, AuthProfileError> {
         let hash = sha256(token.as_bytes());
+        let this = self.clone();
+        let work = move || async move { this.start_once(&hash, user).await };
+        self.started.answer(&hash, session, work).await.map_err(|error| error.unwrap_or_else(shut_down))
+    }
+
+    async fn start_once(&self, hash: &[u8; 32], user: UserId) -> Result<Started, AuthProfileError> {
         let now = super::now();
-        let (link, profile, provider) = self.oauth_link(&hash, current_user, now).await?;
+        let (link, profile, provider) = self.oauth_link(hash, Some(user), now).await?;
         let provider = &provider;
         let purpose = Purpose::Connect {
             user: link.user,
@@ -805,7 +826,7 @@ impl AuthProfiles {
         // The profile stays while the flow may still come back: the state lives FLOW_TTL from its
         // start (just now), and the callback's token exchange runs after it is used.
         let keep_until = super::now() + FLOW_TTL + CALLBACK_GRACE;
-        self.store.take_connect_token(&hash, now, keep_until).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
+        self.store.take_connect_token(hash, now, keep_until).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         Ok(started)
     }
 

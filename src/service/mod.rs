@@ -1,6 +1,7 @@
 //! Services: the rules of Tessera. The HTTP layer calls these after parsing and authorising; they
 //! call the store for everything persistent.
 
+pub mod answers;
 pub mod audit;
 pub mod auth_profiles;
 pub mod cache_sync;

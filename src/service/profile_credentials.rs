@@ -535,16 +535,37 @@ impl AuthProfiles {
     }
 
     /// Stores the values posted by the form of an `env_keys` connect link, consuming the link in
-    /// the same transaction. Refused values leave the link usable.
+    /// the same transaction. Refused values leave the link usable. The same values posted again
+    /// by the browser of `session` within [`KEPT`](super::answers::KEPT) (a double click, whose
+    /// first response the browser drops) get the first answer on this instance, not the used-up
+    /// link.
     pub async fn submit_env_form(
         &self,
         token: &str,
-        current_user: Option<UserId>,
-        values: &BTreeMap<String, SecretString>,
+        user: UserId,
+        session: &[u8; 32],
+        values: BTreeMap<String, SecretString>,
     ) -> Result<AuthProfile, AuthProfileError> {
-        let (hash, user, form) = self.env_link(token, current_user).await?;
-        let checked = self.check_env(&form.connector, values)?;
-        self.store_credential(&form.profile, user, &checked, Some(&hash)).await
+        // Other values are another form (the back button, say): they are not taken as stored.
+        let mut sent = Vec::new();
+        for (name, value) in &values {
+            for part in [name.as_bytes(), value.expose_secret().as_bytes()] {
+                sent.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                sent.extend_from_slice(part);
+            }
+        }
+        let sender = crate::crypto::derive_key(session, "tessera-env-form-v1", &sent);
+        let form = sha256(token.as_bytes());
+        let (this, token) = (self.clone(), token.to_owned());
+        let work = move || async move {
+            let (hash, user, form) = this.env_link(&token, Some(user)).await?;
+            let checked = this.check_env(&form.connector, &values)?;
+            this.store_credential(&form.profile, user, &checked, Some(&hash)).await
+        };
+        self.stored
+            .answer(&form, &sender, work)
+            .await
+            .map_err(|error| error.unwrap_or_else(super::auth_profiles::shut_down))
     }
 }
 

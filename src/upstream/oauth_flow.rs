@@ -150,7 +150,7 @@ impl PublicError for FlowError {
 }
 
 /// A started flow: where to send the browser, and the secret to bind it to the browser.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Started {
     /// The provider's authorization URL.
     pub location: Url,

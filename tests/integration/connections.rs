@@ -582,8 +582,9 @@ async fn signing_out_while_connecting_says_so_and_revokes_the_tokens(backend: Ba
     assert_eq!(count(&w.app, "WHERE status = 'pending_auth'").await, 1, "the profile is still to be connected");
 }
 
-/// The start page only shows the link; its "Continue" form uses it up, exactly once: of many
-/// concurrent posts one goes to the provider, the others get the invalid-link page.
+/// The start page only shows the link; its "Continue" form uses it up, exactly once: many
+/// concurrent posts of one browser (a double click, whose first response the browser drops) all
+/// go on to the one flow started; another browser of the same person gets the invalid-link page.
 async fn concurrent_continues_of_one_connect_link_start_one_flow(backend: Backend) {
     let mut w = world(backend).await;
     let created = body(w.create(w.alice.id, profile_request(Some("once"))).await, 201).await;
@@ -592,33 +593,32 @@ async fn concurrent_continues_of_one_connect_link_start_one_flow(backend: Backen
         let page = w.alice.browser.navigate(&link).await;
         assert_eq!(page.status(), StatusCode::OK, "looking does not use the link up");
     }
-    let page = w.alice.browser.navigate(&link).await.text().await.unwrap();
-    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-    let session = format!("tessera_session={}", w.alice.browser.cookies["tessera_session"]);
     let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let mut tasks = Vec::new();
-    for _ in 0..12 {
-        let request = client
-            .post(&link)
-            .header("cookie", &session)
-            .header("accept", "text/html")
-            .form(&[("csrf", csrf.as_str())]);
-        tasks.push(tokio::spawn(async move {
-            let response = request.send().await.unwrap();
-            let to = response.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
-            (response.status(), to)
-        }));
-    }
+    let continue_from = |browser_page: &str, cookie: &str| {
+        let csrf = browser_page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+        client.post(&link).header("cookie", cookie).header("accept", "text/html").form(&[("csrf", csrf)])
+    };
+    // Alice again, in another browser: the same person, another session.
+    let mut other = sign_in(&w.app, &w.issuer, "alice").await;
+    assert_eq!(other.id, w.alice.id);
+    let other_page = other.browser.navigate(&link).await.text().await.unwrap();
+    let page = w.alice.browser.navigate(&link).await.text().await.unwrap();
+    let session = format!("tessera_session={}", w.alice.browser.cookies["tessera_session"]);
     let mut outcomes = Vec::new();
-    for task in tasks {
-        outcomes.push(task.await.unwrap());
+    for response in send_at_once(&(0..12).map(|_| continue_from(&page, &session)).collect::<Vec<_>>()).await {
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        let cookie = response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+        outcomes.push((location(&response), cookie));
     }
-    let started: Vec<_> = outcomes.iter().filter(|(s, _)| *s == StatusCode::SEE_OTHER).collect();
-    let refused = outcomes.iter().filter(|(s, _)| *s == StatusCode::NOT_FOUND).count();
-    assert_eq!((started.len(), refused), (1, 11), "{outcomes:?}");
-    let to = started[0].1.as_deref().unwrap();
-    assert!(to.starts_with(w.issuer.issuer()), "to the provider: {to}");
-    assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 0, "the link is used up");
+    outcomes.dedup();
+    assert_eq!(outcomes.len(), 1, "one flow, the same answer to every post: {outcomes:?}");
+    assert!(outcomes[0].0.starts_with(w.issuer.issuer()), "to the provider: {outcomes:?}");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("connect_tokens").await, 0, "the link is used up");
+    assert_eq!(sql.count("login_states WHERE profile_id IS NOT NULL").await, 1, "one flow started");
+    let session = format!("tessera_session={}", other.browser.cookies["tessera_session"]);
+    let refused = continue_from(&other_page, &session).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND, "another browser's post");
     let gone = w.alice.browser.navigate(&link).await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     assert!(gone.text().await.unwrap().contains("This link has expired"));

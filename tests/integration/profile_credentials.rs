@@ -15,7 +15,7 @@ use tessera::crypto::keyring::KeyRing;
 use tessera::domain::UserId;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
 
-use crate::helpers::{ADMIN_TOKEN, Backend, Sql, TestApp, json as body, on_both_backends};
+use crate::helpers::{ADMIN_TOKEN, Backend, Sql, TestApp, json as body, on_both_backends, send_at_once};
 use crate::pages::csrf_of;
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 
@@ -428,6 +428,23 @@ async fn concurrent_posts_of_one_env_form_write_once(backend: Backend) {
     assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 0, "the link is used up");
     let values = body(w.credentials(w.alice.id, "raced").await, 200).await;
     assert_eq!(values["values"]["OPENAI_API_KEY"], winners[0].as_str(), "the winner's values are the ones kept");
+
+    // The same form sent again at once (a double click, whose first response the browser
+    // drops): every post is answered as the one that wrote, and it is written once.
+    let created = w.pending_env("clicked").await;
+    let link = created["connect_url"].as_str().unwrap().to_owned();
+    let csrf = csrf_of(&page(w.alice.browser.navigate(&link).await, StatusCode::OK).await.1);
+    let form = [("csrf", csrf.as_str()), ("OPENAI_API_KEY", "sk-clicked-twice-number-1")];
+    let post = || client.post(&link).header("cookie", &cookie).header("accept", "text/html").form(&form);
+    for answer in send_at_once(&(0..8).map(|_| post()).collect::<Vec<_>>()).await {
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{:?}", answer.text().await);
+    }
+    assert_eq!(w.profile("clicked").await["version"], 1, "one write");
+    assert_eq!(w.app.db.sql().await.count("profile_credentials").await, 2);
+    // Other values are another form: the link is used up for them.
+    let other = [("csrf", csrf.as_str()), ("OPENAI_API_KEY", "sk-clicked-twice-number-2")];
+    let refused = client.post(&link).header("cookie", &cookie).header("accept", "text/html").form(&other);
+    assert_eq!(refused.send().await.unwrap().status(), StatusCode::NOT_FOUND);
 }
 
 async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<Result<T, tokio::task::JoinError>> {

@@ -5,7 +5,8 @@
 //! by looking.
 //! `POST` (the form, with the session's CSRF token) checks everything again, consumes the link
 //! and sends the browser to the provider with a fresh state, PKCE verifier and nonce: of
-//! concurrent posts exactly one gets the provider, the others the invalid-link page.
+//! concurrent posts exactly one starts a flow, the others get the invalid-link page — unless they
+//! come from the same session (a double click): those get the same flow.
 //!
 //! Otherwise the flow stops with a page that says why and what to do next (sign in, or sign in
 //! as the right user, coming back to the link). Pages carry `Referrer-Policy: no-referrer`, so the
@@ -140,7 +141,7 @@ async fn start_connect(
     if let Err(error) = csrf::check(&headers, &cookie_value, csrf::field(&fields, csrf::FIELD)) {
         return state.pages.error_in(&headers, error, &context);
     }
-    match state.auth_profiles.start(&token, Some(live.profile.user.id)).await {
+    match state.auth_profiles.start(&token, live.profile.user.id, &live.hash).await {
         Ok(started) => {
             redirect(started.location.as_str(), &[login_cookie(&state, &headers, started.binding.expose_secret())])
         }

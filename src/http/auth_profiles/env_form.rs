@@ -60,11 +60,8 @@ async fn signed_in(
     state: &AppState,
     headers: &HeaderMap,
     here: &str,
-) -> Result<(Option<UserId>, Option<String>), Response> {
-    Ok(match live_session(state, headers, here).await? {
-        Some((live, value)) => (Some(live.record.user_id), Some(value)),
-        None => (None, None),
-    })
+) -> Result<Option<(UserId, [u8; 32], String)>, Response> {
+    Ok(live_session(state, headers, here).await?.map(|(live, value)| (live.record.user_id, live.hash, value)))
 }
 
 fn render(
@@ -125,13 +122,13 @@ async fn show_env_form(
     PagePath(token): PagePath<String>,
 ) -> Response {
     let Some(here) = super::connect_page(&token, "env") else { return super::not_a_link(&state, &headers) };
-    let (user, cookie_value) = match signed_in(&state, &headers, &here).await {
+    let signed_in = match signed_in(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,
     };
-    let context = errors::Context { return_to: Some(here.clone()), signed_in: user.is_some() };
-    match (state.auth_profiles.env_form(&token, user).await, cookie_value) {
-        (Ok(form), Some(cookie_value)) => render(&state, StatusCode::OK, form, here, &cookie_value, None),
+    let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some() };
+    match (state.auth_profiles.env_form(&token, signed_in.as_ref().map(|s| s.0)).await, signed_in) {
+        (Ok(form), Some((_, _, cookie_value))) => render(&state, StatusCode::OK, form, here, &cookie_value, None),
         (Ok(_), None) => state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context),
         (Err(error), _) => state.pages.error_in(&headers, error.into(), &context),
     }
@@ -155,12 +152,12 @@ async fn submit_env_form(
     PageBytes(body): PageBytes,
 ) -> Response {
     let Some(here) = super::connect_page(&token, "env") else { return super::not_a_link(&state, &headers) };
-    let (user, cookie_value) = match signed_in(&state, &headers, &here).await {
+    let signed_in = match signed_in(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,
     };
-    let context = errors::Context { return_to: Some(here.clone()), signed_in: user.is_some() };
-    let Some(cookie_value) = cookie_value else {
+    let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some() };
+    let Some((user, session, cookie_value)) = signed_in else {
         return state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context);
     };
     let fields = csrf::form_fields(&body);
@@ -176,11 +173,11 @@ async fn submit_env_form(
     }
     let secrets: BTreeMap<String, SecretString> =
         values.iter().map(|(name, value)| (name.clone(), SecretString::from(value.clone()))).collect();
-    match state.auth_profiles.submit_env_form(&token, user, &secrets).await {
+    match state.auth_profiles.submit_env_form(&token, user, &session, secrets).await {
         Ok(_) => crate::http::auth::redirect(super::connect::CONNECTED, &[]),
         Err(AuthProfileError::InvalidEnv { problem, field }) => {
             // The values are refused: the same form again, saying what to fix; the link stays usable.
-            match state.auth_profiles.env_form(&token, user).await {
+            match state.auth_profiles.env_form(&token, Some(user)).await {
                 Ok(form) => {
                     let label = field
                         .as_deref()

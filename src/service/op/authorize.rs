@@ -5,12 +5,9 @@
 //! a page. Every other error goes back to the client's redirect URI with `state` and `iss`
 //! (RFC 9207). Only the authorization code flow exists (no implicit, no hybrid).
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
 
 use super::provider::{
     CODE_TTL, MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, REQUEST_TTL, REQUEST_URI_PREFIX, delta,
@@ -187,23 +184,6 @@ pub struct AuthorizationRequest {
     /// The user an `id_token_hint` named.
     pub hinted_user: Option<String>,
     params: AuthorizationParams,
-}
-
-/// A consent form's answer, kept a while for the same form sent again (see
-/// [`OpenIdProvider::consent`]).
-pub struct ConsentAnswer {
-    /// The session that may see it.
-    session_hash: [u8; 32],
-    /// Where the browser went: the client's redirect (a code, or its error); `None` when the
-    /// store failed, so that nothing is known.
-    outcome: OnceCell<Option<Result<String, Rejection>>>,
-}
-
-impl std::fmt::Debug for ConsentAnswer {
-    /// Without the outcome: it may carry a code.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsentAnswer").finish_non_exhaustive()
-    }
 }
 
 /// The answer to a consent form whose request is unknown, expired, used or another session's.
@@ -390,8 +370,8 @@ impl OpenIdProvider {
 
     /// Completes a consent step: `approve` or not, by the browser with `session`. The held
     /// request is used up by the first answer; the same form sent again by the same session
-    /// within [`ANSWER_KEPT`](super::provider::ANSWER_KEPT) (a double click, whose first response
-    /// the browser drops) gets the first answer again on this instance, after it is known.
+    /// within [`KEPT`](crate::service::answers::KEPT) (a double click, whose first response the
+    /// browser drops) gets the first answer again on this instance.
     pub async fn consent(
         &self,
         request_id: &str,
@@ -399,46 +379,19 @@ impl OpenIdProvider {
         approve: bool,
     ) -> Result<String, AuthorizeError> {
         let id_hash = sha256(request_id.as_bytes());
-        let answer = self
-            .answers
-            .get_with(id_hash, || Arc::new(ConsentAnswer { session_hash: session.hash, outcome: OnceCell::new() }));
-        if !crate::crypto::constant_time_eq(&answer.session_hash, &session.hash) {
-            return Err(unknown_consent());
-        }
-        // The first to get here answers; one at the same time waits for that answer. In a task
-        // that runs to its end: a double click's first request is dropped by the browser, and
-        // the answer it began (the held request already used up) must still be the one the
-        // second gets, not an unset cell whose next initialiser finds the request gone.
-        let (this, session) = (self.clone(), session.clone());
-        let work = async move {
-            let mut own_failure = None;
-            let outcome = answer
-                .outcome
-                .get_or_init(|| async {
-                    match this.answer_consent(&id_hash, &session, approve).await {
-                        Ok(to) => Some(Ok(to)),
-                        Err(AuthorizeError::Rejected(rejection)) => Some(Err(rejection)),
-                        Err(error) => {
-                            own_failure = Some(error);
-                            None
-                        }
-                    }
-                })
-                .await
-                .clone();
-            (outcome, own_failure)
+        let (this, view) = (self.clone(), session.clone());
+        let work = move || async move {
+            match this.answer_consent(&id_hash, &view, approve).await {
+                Ok(to) => Ok(Ok(to)),
+                Err(AuthorizeError::Rejected(rejection)) => Ok(Err(rejection)),
+                Err(error) => Err(error),
+            }
         };
-        let (outcome, own_failure) = crate::run_to_end(work)
-            .await
-            .unwrap_or((None, Some(AuthorizeError::Store(StoreError::Unavailable(sqlx::Error::PoolClosed)))));
-        if let Some(error) = own_failure {
-            return Err(error);
-        }
-        match outcome {
-            Some(Ok(to)) => Ok(to),
-            Some(Err(rejection)) => Err(AuthorizeError::Rejected(rejection)),
-            // The first attempt failed in the store: the request may or may not be used up.
-            None => Err(unknown_consent()),
+        match self.answers.answer(&id_hash, &session.hash, work).await {
+            Ok(Ok(to)) => Ok(to),
+            Ok(Err(rejection)) => Err(AuthorizeError::Rejected(rejection)),
+            Err(Some(error)) => Err(error),
+            Err(None) => Err(AuthorizeError::Store(StoreError::Unavailable(sqlx::Error::PoolClosed))),
         }
     }
 

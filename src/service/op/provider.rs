@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::clients::Clients;
 use super::keys::SigningKeys;
 use crate::domain::UserId;
+use crate::service::answers::Answers;
 use crate::store::{ActorKind, GrantAt, NewAuditEvent, Store, StoreError, UserApp};
 
 /// How long an authorization code lives.
@@ -37,14 +38,9 @@ pub struct OpenIdProvider {
     /// How long a browser session lasts unused (`auth.session_idle_minutes`): a grant bound to
     /// one ends with it.
     pub(super) session_idle: Duration,
-    /// The consent answers of the last [`ANSWER_KEPT`], by request id hash (see
-    /// [`super::authorize::ConsentAnswer`]).
-    pub(super) answers: moka::sync::Cache<[u8; 32], Arc<super::authorize::ConsentAnswer>>,
+    /// The consent forms' answers, by request id hash, kept for the same form sent again.
+    pub(super) answers: Arc<Answers<Result<String, super::authorize::Rejection>>>,
 }
-
-/// How long this instance remembers a consent form's answer, for a second submit of the same
-/// form (a double click).
-pub const ANSWER_KEPT: Duration = Duration::from_secs(30);
 
 impl OpenIdProvider {
     /// A provider whose issuer is `issuer` (the public URL, without a trailing slash).
@@ -55,7 +51,7 @@ impl OpenIdProvider {
         issuer: String,
         id_token_ttl: Duration,
     ) -> Self {
-        let answers = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(ANSWER_KEPT).build();
+        let answers = Arc::default();
         Self {
             store,
             clients,

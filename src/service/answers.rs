@@ -1,0 +1,81 @@
+//! Single-use forms answered once per instance: the same form sent again by its sender (a double
+//! click, whose first response the browser drops) gets the first answer, not a used-up error.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+/// How long an instance keeps a form's answer for the same form sent again.
+pub const KEPT: Duration = Duration::from_secs(30);
+
+/// The answers of the last [`KEPT`], by form and sender.
+pub struct Answers<O> {
+    kept: moka::sync::Cache<[u8; 32], Arc<OnceCell<O>>>,
+}
+
+impl<O> std::fmt::Debug for Answers<O> {
+    /// Without the outcomes: they may carry a code or a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers").field("kept", &self.kept.entry_count()).finish_non_exhaustive()
+    }
+}
+
+impl<O: Clone + Send + Sync + 'static> Default for Answers<O> {
+    fn default() -> Self {
+        Self { kept: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(KEPT).build() }
+    }
+}
+
+impl<O: Clone + Send + Sync + 'static> Answers<O> {
+    /// The answer to the form `form` (the hash of its single-use id) sent by `sender` (the hash
+    /// of the session that sent it, say). The first to come works it out with `work` — in a task
+    /// that runs to its end, so that a first request the browser dropped still answers the
+    /// second —; one at the same time waits for it; later ones within [`KEPT`] get it. Each
+    /// sender has an answer of its own (one cannot see or block another's: the store decides
+    /// between them). A failure is kept by nobody: the next sending works again (and finds what
+    /// the first left). `Err(None)` when the runtime shut down under the work.
+    pub async fn answer<E, F, Fut>(&self, form: &[u8; 32], sender: &[u8; 32], work: F) -> Result<O, Option<E>>
+    where
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+    {
+        let key = crate::crypto::sha256(&[&form[..], &sender[..]].concat());
+        let answer = self.kept.get_with(key, Arc::default);
+        let done = crate::run_to_end(async move { answer.get_or_try_init(work).await.cloned() }).await;
+        done.map_or(Err(None), |outcome| outcome.map_err(Some))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_answer_is_every_answer_and_a_failure_is_worked_again() {
+        let answers = Answers::<u32>::default();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let work = |result: Result<u32, &'static str>| {
+            let runs = runs.clone();
+            move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                result
+            }
+        };
+        let (form, sender) = ([1; 32], [7; 32]);
+        let failed = answers.answer(&form, &sender, work(Err("store down"))).await;
+        assert_eq!(failed, Err(Some("store down")));
+        let (a, b) =
+            tokio::join!(answers.answer(&form, &sender, work(Ok(5))), answers.answer(&form, &sender, work(Ok(6))));
+        assert_eq!((a, b), (Ok(5), Ok(5)), "one answer for both");
+        assert_eq!(answers.answer(&form, &sender, work(Ok(9))).await, Ok(5), "kept");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "worked out once after the failure");
+        assert_eq!(answers.answer(&form, &[8; 32], work(Ok(8))).await, Ok(8), "another sender's own");
+        assert_eq!(answers.answer(&[2; 32], &sender, work(Ok(2))).await, Ok(2), "another form");
+    }
+}
