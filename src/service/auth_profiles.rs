@@ -356,6 +356,9 @@ pub struct AccessToken {
     pub version: Option<i64>,
 }
 
+/// A profile's refresh turn in this process; it holds when the last refresh through it failed.
+type RefreshGate = tokio::sync::Mutex<Option<tokio::time::Instant>>;
+
 /// What a form's answer is when the runtime shut down under its work: nothing is known.
 pub(super) fn shut_down() -> AuthProfileError {
     AuthProfileError::Store(StoreError::Unavailable(sqlx::Error::PoolClosed))
@@ -374,7 +377,7 @@ pub struct AuthProfiles {
     /// The process's outbound HTTP client (no redirects), for connector probes.
     pub(super) http: reqwest::Client,
     /// One refresh at a time per profile in this process.
-    refreshing: Arc<Mutex<HashMap<ProfileId, Arc<tokio::sync::Mutex<()>>>>>,
+    refreshing: Arc<Mutex<HashMap<ProfileId, Arc<RefreshGate>>>>,
     /// The connect forms' answers (the flow each started), kept for the same form sent again.
     pub(super) started: Arc<Answers<Started>>,
     /// The `env` forms' answers (the profile each stored), kept for the same form sent again.
@@ -965,21 +968,46 @@ impl AuthProfiles {
             let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
             gates.entry(profile.id).or_default().clone()
         };
-        let _turn = match gate.try_lock() {
-            Ok(turn) => turn,
+        let (mut turn, waited_since) = match gate.try_lock() {
+            Ok(turn) => (turn, None),
             Err(_) => {
                 metrics::counter!(TOKEN_REFRESH_WAITS_TOTAL, "scope" => "process").increment(1);
-                gate.lock().await
+                let since = tokio::time::Instant::now();
+                (gate.lock().await, Some(since))
             }
         };
-        let outcome = self.refresh(keyring, profile).await;
-        drop(_turn);
+        // A refresh that failed while this one waited for it answers for it too: the provider is
+        // asked once, not once per waiting request in turn (each up to the call's time limit).
+        let outcome = match (*turn, waited_since) {
+            (Some(failed), Some(since)) if failed >= since => self.after_failed_refresh(keyring, profile).await,
+            _ => {
+                let outcome = self.refresh(keyring, profile).await;
+                *turn = outcome.is_err().then(tokio::time::Instant::now);
+                outcome
+            }
+        };
+        drop(turn);
         // Forget the gate once nobody holds it, so the map does not grow with every profile.
         let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
         if Arc::strong_count(&gate) <= 2 {
             gates.remove(&profile.id);
         }
         outcome
+    }
+
+    /// What a request that waited for a refresh that failed gets: the row as it is now, if its
+    /// token is still good (or was refreshed by another instance), else the provider's failure.
+    async fn after_failed_refresh(
+        &self,
+        keyring: &KeyRing,
+        profile: &AuthProfile,
+    ) -> Result<AccessToken, AuthProfileError> {
+        let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
+        check_status(secrets.status)?;
+        if let Some(token) = in_place(keyring, profile.id, &secrets) {
+            return Ok(token);
+        }
+        Err(ProviderError::Unavailable("a refresh of this connection failed just now; try again shortly".into()).into())
     }
 
     /// The stored token when it does not need a refresh.

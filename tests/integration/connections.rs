@@ -40,6 +40,7 @@ on_both_backends!(
     short_lived_tokens_are_refreshed_at_half_their_life_not_on_every_use,
     fifty_concurrent_requests_refresh_once,
     concurrent_requests_meeting_a_refused_refresh_ask_the_provider_once,
+    concurrent_requests_meeting_a_failed_refresh_ask_the_provider_once,
     two_instances_refresh_once,
     rotated_and_kept_refresh_tokens_are_persisted,
     invalid_grant_marks_the_profile_without_a_retry_storm,
@@ -782,6 +783,27 @@ async fn concurrent_requests_meeting_a_refused_refresh_ask_the_provider_once(bac
     assert_eq!(w.issuer.refreshes() - calls, 1, "one call to the provider");
     assert_eq!(events().await - before, 1, "one event");
     assert_eq!(w.sql_profile(&slug).await["status"], "needs_reauth");
+}
+
+/// A refresh the provider fails (a 503) while 24 requests wait for it: it is asked once, not
+/// once per waiting request in turn; each gets the failure (the stored token has too little
+/// left to hand out), and the next request asks again.
+async fn concurrent_requests_meeting_a_failed_refresh_ask_the_provider_once(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("failed-at-once").await;
+    w.app.db.expire_token_in(&slug, 10).await;
+    w.issuer.set_token_delay(Duration::from_millis(300));
+    w.issuer.fail_next_token_request(TokenFault::ServerError(503));
+    let calls = w.issuer.refreshes();
+    let path = format!("/auth-profiles/{slug}/token");
+    let requests: Vec<_> = (0..24).map(|_| w.on_behalf(Method::POST, &path, w.alice.id)).collect();
+    for answer in send_at_once(&requests).await {
+        assert_eq!(body(answer, 502).await["code"], "provider_unavailable");
+    }
+    assert_eq!(w.issuer.refreshes() - calls, 1, "one call to the provider");
+    let answer = body(w.token(w.alice.id, &slug).await, 200).await;
+    assert_eq!(answer["refreshed"], true, "{answer}");
+    assert_eq!(w.issuer.refreshes() - calls, 2, "the next request asks again");
 }
 
 async fn two_instances_refresh_once(backend: Backend) {
