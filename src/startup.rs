@@ -282,19 +282,11 @@ impl Application {
     /// Writes the clients of the configuration file to the store, replacing those of an earlier
     /// start and deleting those no longer in the file (never a client registered through the
     /// admin API), and likewise its webhook endpoints (`[[webhooks.endpoints]]`, by name). Done
-    /// once: by [`Application::build_with_store`], else before serving.
+    /// once: by [`Application::build_with_store`], else before serving. The clients first, in one
+    /// transaction, so that a client id the admin API already uses stops the start before any
+    /// endpoint is written (the instances still running would deliver by the new file's).
     pub async fn sync_config_clients(&mut self) -> Result<(), StartupError> {
         let Some(clients) = self.config_clients.take() else { return Ok(()) };
-        let endpoints = self.state.webhooks.settings().endpoints.clone();
-        let synced = self.state.webhooks.sync_config(&endpoints).await.map_err(StartupError::ConfigWebhooks)?;
-        if synced.inserted + synced.updated + synced.deleted > 0 {
-            tracing::info!(
-                inserted = synced.inserted,
-                updated = synced.updated,
-                deleted = synced.deleted,
-                "webhook endpoints of the configuration file written"
-            );
-        }
         let sync = self.state.clients.sync_config(&clients).await.map_err(StartupError::ConfigClients)?;
         if !sync.conflicts.is_empty() {
             return Err(StartupError::ClientIdTaken {
@@ -307,6 +299,16 @@ impl Application {
                 updated = sync.updated,
                 deleted = sync.deleted,
                 "clients of the configuration file written"
+            );
+        }
+        let endpoints = self.state.webhooks.settings().endpoints.clone();
+        let synced = self.state.webhooks.sync_config(&endpoints).await.map_err(StartupError::ConfigWebhooks)?;
+        if synced.inserted + synced.updated + synced.deleted > 0 {
+            tracing::info!(
+                inserted = synced.inserted,
+                updated = synced.updated,
+                deleted = synced.deleted,
+                "webhook endpoints of the configuration file written"
             );
         }
         Ok(())

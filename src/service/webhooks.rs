@@ -331,10 +331,16 @@ impl Webhooks {
             return Ok(sync);
         }
         let keyring = self.keyring.as_ref().ok_or(WebhookError::EncryptionNotConfigured)?;
+        // Every endpoint is checked before any is written: a bad one stops the start with nothing
+        // of the file written.
+        let mut urls = Vec::with_capacity(wanted.len());
         for config in wanted {
             let invalid = |reason: String| WebhookError::InvalidConfigEndpoint { name: config.name.clone(), reason };
-            let url =
-                check_url(&config.url, self.settings.allow_private_addresses).map_err(|e| invalid(e.to_string()))?;
+            urls.push(
+                check_url(&config.url, self.settings.allow_private_addresses).map_err(|e| invalid(e.to_string()))?,
+            );
+        }
+        for (config, url) in wanted.iter().zip(urls) {
             let at = now();
             let named = |e: &WebhookEndpoint| e.config_name.as_deref() == Some(config.name.as_str());
             let old = match stored.iter().find(|e| named(e)) {

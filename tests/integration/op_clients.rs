@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tessera::config::Config;
+use tessera::config::{Config, ConfigWebhook, WebhookKey};
 use tessera::domain::ClientId;
 use tessera::service::op::clients::{ClientAuthError, ClientCredentials, Clients, JWT_BEARER};
 use tessera_testkit::local_issuer::{LocalIssuer, encode_part};
@@ -506,15 +506,37 @@ async fn a_config_client_leaves_the_store_when_it_leaves_the_file(backend: Backe
         kind = "public"
         redirect_uris = ["http://127.0.0.1/cb"]
     "#;
+    // With a webhook endpoint beside it, which the instances still running would deliver to.
+    let mut clashing = with_config_clients(&db, clash);
+    let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([3u8; 32]));
+    clashing.encryption = Some(Arc::new(tessera::crypto::keyring::KeyRing::parse(&ring).unwrap()));
+    let key = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([9u8; 32]));
+    clashing.webhooks.endpoints.push(ConfigWebhook {
+        name: "billing".into(),
+        url: "https://hooks.example.com/billing".into(),
+        event_types: vec!["user.created".into()],
+        enabled: true,
+        key: WebhookKey::from_whsec(&key).unwrap(),
+    });
     let store = db.store().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut server = tessera::startup::Application::build_on(&with_config_clients(&db, clash), store.clone(), listener)
-        .await
-        .unwrap();
+    let mut server = tessera::startup::Application::build_on(&clashing, store.clone(), listener).await.unwrap();
     let error = server.sync_config_clients().await.unwrap_err();
     assert!(error.to_string().contains("admin-made"), "{error}");
     assert_eq!(store.client(&ClientId::parse("admin-made").unwrap()).await.unwrap().unwrap().name, "App admin-made");
     assert!(store.client(&ClientId::parse("desktop").unwrap()).await.unwrap().is_some(), "nothing was written");
+    assert_eq!(db.sql().await.count("webhook_endpoints").await, 0, "nor the file's webhook endpoint");
+    // An endpoint whose URL is refused stops the start before any other endpoint is written.
+    let mut broken = clashing.clone();
+    broken.oidc.clients.clear();
+    let mut bad = broken.webhooks.endpoints[0].clone();
+    (bad.name, bad.url) = ("broken".into(), "ftp://hooks.example.com/billing".into());
+    broken.webhooks.endpoints.push(bad);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut server = tessera::startup::Application::build_on(&broken, store.clone(), listener).await.unwrap();
+    let error = server.sync_config_clients().await.unwrap_err();
+    assert!(format!("{error:?}").contains("broken"), "{error:?}");
+    assert_eq!(db.sql().await.count("webhook_endpoints").await, 0, "nothing of the file");
 }
 
 // ---- Client authentication ---------------------------------------------------------------------
