@@ -1160,6 +1160,9 @@ impl Config {
         let branding = branding::parse_branding(raw.branding)?;
         let connectors = connectors::parse_connectors(raw.connectors)?;
         let metrics = parse_metrics(&raw.metrics, listen)?;
+        if !metrics.enabled && metrics.listen.is_some() {
+            warnings.push("metrics.listen is set but metrics.enabled is false: nothing listens there".to_owned());
+        }
 
         let json = match raw.log.format.as_deref().map(str::trim) {
             None | Some("text") => false,
@@ -1744,6 +1747,8 @@ mod tests {
         assert_eq!(default.metrics, MetricsConfig { enabled: true, listen: None });
         let set = Config::from_toml("[metrics]\nenabled = false\nlisten = \"127.0.0.1:9464\"", env(&[])).unwrap();
         assert_eq!(set.metrics, MetricsConfig { enabled: false, listen: Some("127.0.0.1:9464".parse().unwrap()) });
+        assert!(set.warnings.iter().any(|w| w.contains("nothing listens there")), "{:?}", set.warnings);
+        assert!(default.warnings.is_empty(), "{:?}", default.warnings);
         let key = |text: &str| Config::from_toml(text, env(&[])).unwrap_err().key;
         assert_eq!(key("[metrics]\nlisten = \"9464\""), "metrics.listen");
         assert_eq!(key("listen = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\""), "metrics.listen");

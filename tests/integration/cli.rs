@@ -506,6 +506,8 @@ async fn check_reports_pending_migrations_and_broken_invariants(backend: Backend
     };
     let free = run(&mut with_file()).await;
     assert!(free.stderr.contains("[[oidc.clients]]"), "the file is read (its warning): {}", free.stderr);
+    let warned = free.stdout.lines().find(|l| l.contains("[[oidc.clients]] are configured"));
+    assert!(warned.is_some_and(|l| l.starts_with("warning")), "a finding of check's own: {}", free.stdout);
     assert!(!free.stdout.contains("[[oidc.clients]] is taken"), "{}", free.stdout);
     let clients = tessera::service::op::clients::Clients::new(store.clone(), None);
     let fields = serde_json::from_value(serde_json::json!({
