@@ -139,9 +139,15 @@ impl Workers {
             );
         }
         // Last: a delivery under way may take up to its timeout, and what is counted in memory
-        // must not wait behind it (an orchestrator's grace period may end first).
-        if let Err(error) = self.deliveries.await {
-            tracing::warn!(error = %error.chain(), "webhook delivery ended abnormally");
+        // must not wait behind it (an orchestrator's grace period may end first). Bounded here
+        // too: the loop may still be in a fan-out or a claim on a database that does not answer.
+        let bound = self.deps.webhooks.settings().timeout + webhooks::STOP_GRACE;
+        match tokio::time::timeout(bound, self.deliveries).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(error = %error.chain(), "webhook delivery ended abnormally"),
+            Err(_) => {
+                tracing::warn!("webhook deliveries still under way at shutdown were cut off; their leases run out")
+            }
         }
     }
 }

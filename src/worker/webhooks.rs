@@ -45,7 +45,7 @@ pub const OUTBOX_GAP_WAIT: Duration = Duration::from_secs(10);
 const MAX_ERROR_LEN: usize = 300;
 
 /// How long a stop waits, beyond one request's timeout, for the deliveries under way.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the delivery loop until `stopped` says so (or it is aborted). A stop claims nothing more,
 /// lets each delivery task finish the request it is making (and record it) but start no other,
@@ -105,6 +105,10 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
                     break;
                 }
             }
+        }
+        // A stop that came during the fan-out claims nothing more.
+        if *stopped.borrow() {
+            break;
         }
         let free = settings.max_concurrent_endpoints.saturating_sub(busy.len());
         if free == 0 {
