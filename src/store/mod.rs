@@ -159,10 +159,20 @@ pub struct UserUpdate {
 pub struct FanOut {
     /// How many events were processed.
     pub events: u64,
-    /// The missing sequence number that the events after it wait for, if any.
-    pub waiting_for: Option<i64>,
+    /// The events that wait for a missing sequence number, if any.
+    pub waiting: Option<Waiting>,
     /// Another instance was fanning out: nothing was looked at, so nothing is known of a gap.
     pub busy: bool,
+}
+
+/// Events that [`Store::fan_out_events`] held back behind a missing sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// The first missing number.
+    pub missing: i64,
+    /// The highest number among the events looked at: those up to it (and any other number
+    /// missing below it) were seen waiting then.
+    pub up_to: i64,
 }
 
 /// A change of a webhook endpoint's fields, for [`Store::patch_webhook`]: `None` leaves one as
@@ -1398,10 +1408,15 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// then marks them processed. One instance at a time does this (on PostgreSQL a transaction
     /// advisory lock; others return 0 at once), so deliveries are created in sequence order.
     /// Events after a missing sequence number wait for the transaction that may hold it to
-    /// commit (one that rolled back never fills it) — unless that number is `past_gap`, which the
-    /// caller has waited for long enough: the answer names the number they wait for.
-    async fn fan_out_events(&self, limit: i64, past_gap: Option<i64>, now: DateTime<Utc>)
-    -> Result<FanOut, StoreError>;
+    /// commit (one that rolled back never fills it) — unless they are numbered up to
+    /// `waited_up_to`: the caller has waited long enough since it saw them waiting (every number
+    /// missing below them was missing then). The answer says which wait ([`Waiting`]).
+    async fn fan_out_events(
+        &self,
+        limit: i64,
+        waited_up_to: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<FanOut, StoreError>;
 
     /// Leases up to `limit` enabled endpoints whose first pending delivery (in sequence order) is
     /// due at `now` and whose lease (if any) ran out, to `owner` until `until`. On PostgreSQL the

@@ -29,8 +29,8 @@ use super::{
     DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, LinkOutcome, LoginState, MemberOutcome,
     MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
     RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind, SessionOfIdentity,
-    SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession, WebhookChange,
-    WebhookKeys, decode_kind, decode_role,
+    SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession, Waiting,
+    WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
 use super::{CodeRecord, GrantAt, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
 use super::{
@@ -3229,10 +3229,10 @@ impl Store for SqlStore {
     async fn fan_out_events(
         &self,
         limit: i64,
-        past_gap: Option<i64>,
+        waited_up_to: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<FanOut, StoreError> {
-        let nothing = FanOut { events: 0, waiting_for: None, busy: false };
+        let nothing = FanOut { events: 0, waiting: None, busy: false };
         // A read first: every instance polls, and most polls find nothing to do (on SQLite a write
         // transaction would take the one writer connection each time).
         let waiting = query("SELECT 1 AS one FROM outbox_events WHERE processed_at IS NULL LIMIT 1")
@@ -3263,11 +3263,12 @@ impl Store for SqlStore {
         // With none processed yet, numbering starts at 1. A number below the next is an event
         // that committed after later ones were processed: no gap, and the next stays where it is.
         let mut next = done.map_or(1, |seq| seq + 1);
-        let (mut ready, mut waiting_for) = (0, None);
+        let (mut ready, mut waiting) = (0, None);
         for event in &events {
             let seq = event.int("seq")?;
-            if seq > next && past_gap != Some(next) {
-                waiting_for = Some(next);
+            if seq > next && waited_up_to.is_none_or(|up_to| seq > up_to) {
+                let up_to = events.last().map(|last| last.int("seq")).transpose()?.unwrap_or(seq);
+                waiting = Some(Waiting { missing: next, up_to });
                 break;
             }
             next = next.max(seq + 1);
@@ -3276,7 +3277,7 @@ impl Store for SqlStore {
         let events = &events[..ready];
         if events.is_empty() {
             tx.rollback().await?;
-            return Ok(FanOut { events: 0, waiting_for, busy: false });
+            return Ok(FanOut { events: 0, waiting, busy: false });
         }
         // An endpoint disabled since an event was written still gets it (the delivery waits until
         // the endpoint is enabled again): how far behind the fan-out runs must not decide.
@@ -3311,7 +3312,7 @@ impl Store for SqlStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(FanOut { events: events.len() as u64, waiting_for, busy: false })
+        Ok(FanOut { events: events.len() as u64, waiting, busy: false })
     }
 
     async fn claim_webhooks(

@@ -26,7 +26,7 @@ use crate::domain::is_forbidden_ip;
 use crate::domain::{DeliveryJob, WebhookEndpoint, WebhookId};
 use crate::error::ErrorChain as _;
 use crate::service::webhooks::{Webhooks, sign};
-use crate::store::{Attempt, FanOut};
+use crate::store::{Attempt, FanOut, Waiting};
 
 /// Events fanned out per transaction.
 const FAN_OUT_BATCH: i64 = 500;
@@ -65,8 +65,8 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
     // endpoint too.
     let mut busy: HashMap<WebhookId, Arc<AtomicBool>> = HashMap::new();
     let mut endpoints: HashMap<tokio::task::Id, WebhookId> = HashMap::new();
-    // The missing outbox number the fan-out found events waiting for, and since when.
-    let mut gap: Option<(i64, Instant)> = None;
+    // The events the fan-out found waiting for a missing outbox number, and since when.
+    let mut gap: Option<(Waiting, Instant)> = None;
     let mut interval = tokio::time::interval(settings.poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -92,8 +92,9 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
             if *stopped.borrow() {
                 break;
             }
-            let past_gap = gap.filter(|(_, since)| since.elapsed() >= OUTBOX_GAP_WAIT).map(|(seq, _)| seq);
-            match webhooks.store().fan_out_events(FAN_OUT_BATCH, past_gap, crate::domain::now()).await {
+            // Every gap below the events seen waiting then is as old: all are waited past at once.
+            let waited = gap.filter(|(_, since)| since.elapsed() >= OUTBOX_GAP_WAIT).map(|(w, _)| w.up_to);
+            match webhooks.store().fan_out_events(FAN_OUT_BATCH, waited, crate::domain::now()).await {
                 Ok(done) => {
                     gap = next_gap(&done, gap, Instant::now());
                     if (done.events as i64) < FAN_OUT_BATCH {
@@ -178,13 +179,13 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
 /// anew, none ends the wait. A round that found another instance fanning out learned nothing,
 /// and keeps the wait as it was: with several instances polling, losing the lock now and then
 /// must not hold the events behind a gap for ever.
-fn next_gap(done: &FanOut, gap: Option<(i64, Instant)>, now: Instant) -> Option<(i64, Instant)> {
+fn next_gap(done: &FanOut, gap: Option<(Waiting, Instant)>, now: Instant) -> Option<(Waiting, Instant)> {
     if done.busy {
         return gap;
     }
-    match (done.waiting_for, gap) {
-        (Some(seq), Some((seen, since))) if seen == seq => Some((seen, since)),
-        (Some(seq), _) => Some((seq, now)),
+    match (done.waiting, gap) {
+        (Some(waiting), Some((seen, since))) if seen.missing == waiting.missing => Some((seen, since)),
+        (Some(waiting), _) => Some((waiting, now)),
         (None, _) => None,
     }
 }
@@ -462,12 +463,15 @@ mod tests {
     fn a_gap_is_waited_for_from_its_first_sighting_whoever_fans_out_meanwhile() {
         let start = Instant::now();
         let later = start + Duration::from_secs(3);
-        let round = |waiting_for, busy| FanOut { events: 0, waiting_for, busy };
-        let seen = next_gap(&round(Some(7), false), None, start);
-        assert_eq!(seen, Some((7, start)));
-        assert_eq!(next_gap(&round(Some(7), false), seen, later), seen, "the same gap keeps its first sighting");
+        let waiting = |missing, up_to| Some(Waiting { missing, up_to });
+        let round = |waiting, busy| FanOut { events: 0, waiting, busy };
+        let seen = next_gap(&round(waiting(7, 12), false), None, start);
+        assert_eq!(seen, Some((Waiting { missing: 7, up_to: 12 }, start)));
+        let again = round(waiting(7, 20), false);
+        assert_eq!(next_gap(&again, seen, later), seen, "the same gap keeps its first sighting, and what it saw");
         assert_eq!(next_gap(&round(None, true), seen, later), seen, "another instance's round changes nothing");
-        assert_eq!(next_gap(&round(Some(9), false), seen, later), Some((9, later)), "another gap starts anew");
+        let other = next_gap(&round(waiting(9, 20), false), seen, later);
+        assert_eq!(other, Some((Waiting { missing: 9, up_to: 20 }, later)), "another gap starts anew");
         assert_eq!(next_gap(&round(None, false), seen, later), None, "no gap: no wait");
     }
 }

@@ -26,7 +26,7 @@ use tessera::store::{
     UserUpdate,
 };
 use tessera::store::{
-    DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileUpdate, ReplayPage, Revocation, WebhookChange,
+    DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileUpdate, ReplayPage, Revocation, Waiting, WebhookChange,
 };
 use uuid::Uuid;
 
@@ -4645,14 +4645,15 @@ async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: B
     sql.exec(&format!("DELETE FROM outbox_events WHERE seq = ({lowest})")).await.unwrap();
     let held = store.fan_out_events(100, None, now()).await.unwrap();
     let missing: i64 = sql.texts(&format!("SELECT CAST(({lowest}) - 1 AS TEXT)")).await[0].parse().unwrap();
-    assert_eq!(held, FanOut { events: 0, waiting_for: Some(missing), busy: false }, "the event after the gap waits");
-    // Until the caller has waited long enough for that number (the worker counts from when it
-    // first saw the gap): not forever.
-    assert_eq!(store.fan_out_events(100, Some(missing - 1), now()).await.unwrap().events, 0, "another gap");
+    let waiting = Waiting { missing, up_to: missing + 1 };
+    assert_eq!(held, FanOut { events: 0, waiting: Some(waiting), busy: false }, "the event after the gap waits");
+    // Until the caller has waited long enough since it saw that event wait (the worker counts
+    // from then): not forever.
+    assert_eq!(store.fan_out_events(100, Some(missing), now()).await.unwrap().events, 0, "not seen waiting");
     // However old the waiting event looks: its time is its writer's, taken before it waited.
     let later = now() + TimeDelta::hours(1);
     assert_eq!(store.fan_out_events(100, None, later).await.unwrap().events, 0, "not by the events' times");
-    assert_eq!(store.fan_out_events(100, Some(missing), now()).await.unwrap().events, 1, "not forever");
+    assert_eq!(store.fan_out_events(100, Some(waiting.up_to), now()).await.unwrap().events, 1, "not forever");
 
     // On PostgreSQL, a transaction still running holds a lower number than an event already
     // committed: that event waits for it, and the endpoint gets both in sequence order.
@@ -4686,7 +4687,7 @@ async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: B
         sign_up(&store, "eve").await;
         let held = store.fan_out_events(100, None, now()).await.unwrap();
         assert_eq!(held.events, 0, "eve's waits for the slow one");
-        let eves = store.fan_out_events(100, held.waiting_for, now()).await.unwrap();
+        let eves = store.fan_out_events(100, held.waiting.map(|w| w.up_to), now()).await.unwrap();
         assert_eq!(eves.events, 1, "eve's, after the wait");
         slow.commit().await.unwrap();
         sign_up(&store, "fay").await;
@@ -4694,6 +4695,23 @@ async fn events_after_a_gap_wait_for_the_transaction_that_may_fill_it(backend: B
         assert_eq!(topics().await[4..], ["test.late", "user.created", "user.created"], "by number");
     }
     assert_eq!(topics().await[..2], ["user.created"; 2], "ada and cat (bob's event went missing)");
+
+    // Two numbers missing at once (a burst of rollbacks): one wait passes both, not one wait each.
+    let before = topics().await.len();
+    for name in ["gil", "hal", "ivy", "jon"] {
+        sign_up(&store, name).await;
+    }
+    let pending =
+        sql.texts("SELECT CAST(seq AS TEXT) AS n FROM outbox_events WHERE processed_at IS NULL ORDER BY seq").await;
+    sql.exec(&format!("DELETE FROM outbox_events WHERE seq IN ({}, {})", pending[0], pending[2])).await.unwrap();
+    let held = store.fan_out_events(100, None, now()).await.unwrap();
+    let waiting = held.waiting.expect("hal's and jon's events wait");
+    assert_eq!(
+        (held.events, waiting.missing, waiting.up_to.to_string()),
+        (0, pending[0].parse().unwrap(), pending[3].clone())
+    );
+    assert_eq!(store.fan_out_events(100, Some(waiting.up_to), now()).await.unwrap().events, 2, "both at once");
+    assert_eq!(topics().await.len(), before + 2);
 }
 
 async fn an_endpoint_is_leased_to_one_owner_at_a_time(backend: Backend) {
