@@ -776,6 +776,10 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
 /// The advisory-lock key of the fan-out of outbox events (one instance at a time).
 const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
 
+/// How far ahead of a new webhook endpoint's own time the events fanned out already may move its
+/// registration (their writers' clocks); beyond it, an event from a clock far ahead does not.
+const WEBHOOK_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
 /// Columns of `webhook_endpoints`, for [`webhook_row`].
 /// The `SET` of an endpoint's `enabled` from `$4` (`NULL` keeps it) with its `disabled_at`: the
 /// time `$5` when it goes from enabled to disabled, kept while it stays disabled, cleared when it
@@ -3061,8 +3065,12 @@ impl Store for SqlStore {
         .await?
         .map(|row| row.time("created_at"))
         .transpose()?;
+        // A writer's clock a little ahead moves the registration with it; one far ahead (an event
+        // dated days from now) must not leave every endpoint registered from then on with nothing
+        // sent to it until that date.
+        let latest = endpoint.created_at + WEBHOOK_CLOCK_SKEW;
         let registered = match newest_taken {
-            Some(taken) if taken >= endpoint.created_at => taken + chrono::TimeDelta::microseconds(1),
+            Some(taken) if taken >= endpoint.created_at => (taken + chrono::TimeDelta::microseconds(1)).min(latest),
             _ => endpoint.created_at,
         };
         let inserted = query(
