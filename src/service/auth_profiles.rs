@@ -1168,12 +1168,19 @@ impl AuthProfiles {
             }
             Err(error) => error,
         };
-        if matches!(error, AuthProfileError::NeedsReauth) {
-            self.store.release_refresh_lease(profile.id, owner, true, super::now()).await?;
+        let refused = matches!(error, AuthProfileError::NeedsReauth);
+        if refused && self.store.release_refresh_lease(profile.id, owner, Some(before.version), super::now()).await? {
             tracing::info!(profile_id = %profile.id, "the provider refused the refresh token; the profile needs a reconnection");
             return Err(error);
         }
-        self.release_lease(profile.id, owner).await;
+        if refused {
+            // The lease was lost, or the row moved on: a refresh that outlived its lease stored a
+            // rotated refresh token, say, which is not the one refused. Not this call's to judge;
+            // the row as it is now answers, or the next request refreshes with what it holds.
+            tracing::warn!(profile_id = %profile.id, "the provider refused a refresh token the profile no longer holds");
+        } else {
+            self.release_lease(profile.id, owner).await;
+        }
         // The row as it is now, not as it was before the call: a revocation or a reconnection
         // made while the provider was asked wins (a revoked profile's token is not handed out).
         if let Ok(Some(current)) = self.store.profile_secrets(profile.id).await
@@ -1181,6 +1188,10 @@ impl AuthProfiles {
         {
             tracing::warn!(profile_id = %profile.id, error = %error.chain(), "refresh failed; handing out the current token");
             return Ok(token);
+        }
+        if refused {
+            let moved = "the connection's refresh token changed while it was refreshed; try again";
+            return Err(ProviderError::Unavailable(moved.into()).into());
         }
         Err(error)
     }
@@ -1239,7 +1250,7 @@ impl AuthProfiles {
     /// Releases a refresh lease on a path that already has an error to report; a failure here
     /// only delays the next refresh until the lease runs out.
     async fn release_lease(&self, profile: ProfileId, owner: uuid::Uuid) {
-        if let Err(error) = self.store.release_refresh_lease(profile, owner, false, super::now()).await {
+        if let Err(error) = self.store.release_refresh_lease(profile, owner, None, super::now()).await {
             tracing::warn!(profile_id = %profile, error = %error.chain(), "cannot release a refresh lease");
         }
     }

@@ -1150,14 +1150,17 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Releases the refresh lease held by `owner`; with `needs_reauth`, marks the profile so.
+    /// Releases the refresh lease held by `owner`. With `refused_at` — the token version the
+    /// lease was taken at, whose refresh token the provider refused — it also marks the profile
+    /// `needs_reauth`, if it is still at that version (a refresh that outlived its lease may have
+    /// stored a rotated refresh token since, which is not refused). Returns whether it marked it.
     async fn release_refresh_lease(
         &self,
         id: ProfileId,
         owner: uuid::Uuid,
-        needs_reauth: bool,
+        refused_at: Option<i64>,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Revokes a profile: status `revoked`, credentials wiped, version bumped. Returns the
     /// credentials it held, for revocation at the provider. With `by`, a member who must still

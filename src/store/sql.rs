@@ -2230,30 +2230,32 @@ impl Store for SqlStore {
         &self,
         id: ProfileId,
         owner: uuid::Uuid,
-        needs_reauth: bool,
+        refused_at: Option<i64>,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        if !needs_reauth {
-            query(
-                "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL
-                 WHERE id = $1 AND refresh_lease_owner = $2",
-            )
-            .bind(id.as_uuid())
-            .bind(owner)
-            .execute(self.db.writer())
-            .await?;
-            return Ok(());
-        }
+    ) -> Result<bool, StoreError> {
+        let release = "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL
+                       WHERE id = $1 AND refresh_lease_owner = $2";
+        let Some(version) = refused_at else {
+            query(release).bind(id.as_uuid()).bind(owner).execute(self.db.writer()).await?;
+            return Ok(false);
+        };
         let mut tx = self.db.begin().await?;
-        let held = query("SELECT status FROM auth_profiles WHERE id = $1 AND refresh_lease_owner = $2 FOR UPDATE")
-            .bind(id.as_uuid())
-            .bind(owner)
-            .fetch_optional(&mut tx)
-            .await?;
+        let held = query(
+            "SELECT status, token_version FROM auth_profiles WHERE id = $1 AND refresh_lease_owner = $2 FOR UPDATE",
+        )
+        .bind(id.as_uuid())
+        .bind(owner)
+        .fetch_optional(&mut tx)
+        .await?;
         let Some(held) = held else {
             tx.rollback().await?;
-            return Ok(());
+            return Ok(false);
         };
+        if held.int("token_version")? != version {
+            query(release).bind(id.as_uuid()).bind(owner).execute(&mut tx).await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
         query(
             "UPDATE auth_profiles SET refresh_lease_owner = NULL, refresh_lease_until = NULL,
                     status = 'needs_reauth', token_version = token_version + 1, updated_at = $2
@@ -2267,7 +2269,8 @@ impl Store for SqlStore {
             let extra = [("reason", ReauthReason::RefreshRefused.as_str().into())];
             insert_profile_event(&mut tx, id, events::AUTH_PROFILE_NEEDS_REAUTH, &extra, now).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn revoke_profile(

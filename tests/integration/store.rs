@@ -2494,9 +2494,9 @@ async fn releasing_a_refresh_lease_can_mark_the_profile_for_reauth(backend: Back
     let held_by = |owner| Some((owner, t0 + TimeDelta::seconds(30)));
     assert!(store.acquire_refresh_lease(app.id, version, &lease(first, t0)).await.unwrap());
 
-    store.release_refresh_lease(app.id, second, false, t0).await.unwrap();
+    store.release_refresh_lease(app.id, second, None, t0).await.unwrap();
     assert_eq!(secrets_of(&store, app.id).await.lease, held_by(first), "only the holder releases");
-    store.release_refresh_lease(app.id, first, false, t0).await.unwrap();
+    store.release_refresh_lease(app.id, first, None, t0).await.unwrap();
     let released = secrets_of(&store, app.id).await;
     assert_eq!((released.status, released.lease), (ProfileStatus::Active, None));
     assert!(
@@ -2504,10 +2504,19 @@ async fn releasing_a_refresh_lease_can_mark_the_profile_for_reauth(backend: Back
         "a released lease is free at once, at the same token version"
     );
 
-    store.release_refresh_lease(app.id, first, true, t0).await.unwrap();
+    assert!(!store.release_refresh_lease(app.id, first, Some(version), t0).await.unwrap());
     let untouched = secrets_of(&store, app.id).await;
     assert_eq!((untouched.status, untouched.lease), (ProfileStatus::Active, held_by(second)), "not the holder");
-    store.release_refresh_lease(app.id, second, true, t0).await.unwrap();
+    // A refresh that outlived its lease stored a rotated refresh token meanwhile: the refusal of
+    // the one the lease was taken with judges nothing.
+    let spent = secrets_of(&store, app.id).await.refresh_token.unwrap();
+    assert!(store.replace_spent_refresh_token(app.id, &spent, b"rotated", t0).await.unwrap());
+    assert!(!store.release_refresh_lease(app.id, second, Some(version), t0).await.unwrap());
+    let moved = secrets_of(&store, app.id).await;
+    assert_eq!((moved.status, moved.lease), (ProfileStatus::Active, None), "released, not marked");
+    let version = moved.version;
+    assert!(store.acquire_refresh_lease(app.id, version, &lease(second, t0)).await.unwrap());
+    assert!(store.release_refresh_lease(app.id, second, Some(version), t0).await.unwrap());
     let marked = secrets_of(&store, app.id).await;
     assert_eq!((marked.status, marked.lease), (ProfileStatus::NeedsReauth, None));
     let stored = store.profile(app.id).await.unwrap().unwrap();
@@ -6247,8 +6256,8 @@ mod issue_12_events {
         let owner = Uuid::new_v4();
         let held = secrets_of(&store, app.id).await;
         assert!(store.acquire_refresh_lease(app.id, held.version, &lease(owner, t)).await.unwrap());
-        store.release_refresh_lease(app.id, owner, true, t).await.unwrap();
-        store.release_refresh_lease(app.id, owner, true, t).await.unwrap();
+        assert!(store.release_refresh_lease(app.id, owner, Some(held.version), t).await.unwrap());
+        assert!(!store.release_refresh_lease(app.id, owner, Some(held.version), t).await.unwrap());
         let reconnect = activation(ada.id(), "acct-1", b"access-2", None, t);
         let current = store.profile(app.id).await.unwrap().unwrap();
         assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap());
