@@ -1638,7 +1638,9 @@ mod tests {
         let token = file("admin", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb\n");
         let database = file("database", "postgres://u:hunter2@db.example/tessera\n");
         let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [3u8; 32]);
-        let ring = file("ring", &format!("k1:{key}\n"));
+        let old = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [4u8; 32]);
+        // A list's entries one per line, as a mounted secret is naturally written.
+        let ring = file("ring", &format!("k1:{key}\n\nk0:{old}\n"));
         let config = Config::from_toml(
             "",
             env(&[
@@ -1652,6 +1654,10 @@ mod tests {
         assert_eq!(config.admin_tokens[1].expose_secret(), "bbbbbbbbbbbbbbbb");
         assert_eq!(config.database.url.backend(), Backend::Postgres);
         assert_eq!(config.encryption.as_ref().map(|ring| ring.active_id().to_owned()).as_deref(), Some("k1"));
+        assert!(config.encryption.as_ref().is_some_and(|ring| ring.has_key("k0")), "both keys of the file");
+        let lines = file("admin-lines", "aaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbb\n");
+        let config = Config::from_toml("", env(&[("TESSERA_ADMIN_TOKEN_FILE", &lines)])).unwrap();
+        assert_eq!(config.admin_tokens.len(), 2, "one token per line");
 
         let error = |pairs: &[(&str, &str)]| Config::from_toml("", env(pairs)).unwrap_err();
         let both = error(&[("TESSERA_ADMIN_TOKEN", "cccccccccccccccc"), ("TESSERA_ADMIN_TOKEN_FILE", &token)]);

@@ -58,6 +58,10 @@ const FORMER_NAMES: &[(&str, &str, Form)] = &[
 const SECRET_VARS: &[&str] =
     &["TESSERA_ADMIN_TOKEN", "TESSERA_DATABASE_URL", "TESSERA_DATABASE_REPLICA_URL", super::ENCRYPTION_KEYS_VAR];
 
+/// Those of [`SECRET_VARS`] that hold a comma-separated list: their file may also hold one entry
+/// per line (a natural way to write a mounted secret).
+const LIST_VARS: &[&str] = &["TESSERA_ADMIN_TOKEN", super::ENCRYPTION_KEYS_VAR];
+
 /// Secrets whose `_FILE` form does not exist, though it looks as if it should: the `__`
 /// spelling of the admin tokens, and the deprecated key variable.
 const MISTAKEN_SECRET_FILES: &[&str] = &["admin_tokens", "token_encryption_key"];
@@ -83,7 +87,11 @@ pub(super) fn with_secret_files(
                 "expected the absolute path of a file that holds the secret (the value is not shown: it may be the secret itself)",
             ));
         }
-        from_files.push((var, super::secret_file(&path, file_var, false)?));
+        let mut value = super::secret_file(&path, file_var, false)?;
+        if LIST_VARS.contains(&var) {
+            value = value.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(",");
+        }
+        from_files.push((var, value));
     }
     Ok(move |var: &str| match from_files.iter().find(|(name, _)| *name == var) {
         Some((_, value)) => Some(value.clone()),
