@@ -32,10 +32,10 @@ impl<O: Clone + Send + Sync + 'static> Answers<O> {
     /// The answer to the form `form` (the hash of its single-use id) sent by `sender` (the hash
     /// of the session that sent it, say). The first to come works it out with `work` — in a task
     /// that runs to its end, so that a first request the browser dropped still answers the
-    /// second —; one at the same time waits for it; later ones within [`KEPT`] get it. Each
-    /// sender has an answer of its own (one cannot see or block another's: the store decides
-    /// between them). A failure is kept by nobody: the next sending works again (and finds what
-    /// the first left). `Err(None)` when the runtime shut down under the work.
+    /// second —; one at the same time waits for it; later ones within [`KEPT`] of the answer
+    /// get it. Each sender has an answer of its own (one cannot see or block another's: the
+    /// store decides between them). A failure is kept by nobody: the next sending works again
+    /// (and finds what the first left). `Err(None)` when the runtime shut down under the work.
     pub async fn answer<E, F, Fut>(&self, form: &[u8; 32], sender: &[u8; 32], work: F) -> Result<O, Option<E>>
     where
         E: Send + 'static,
@@ -44,7 +44,13 @@ impl<O: Clone + Send + Sync + 'static> Answers<O> {
     {
         let key = crate::crypto::sha256(&[&form[..], &sender[..]].concat());
         let answer = self.kept.get_with(key, Arc::default);
-        let done = crate::run_to_end(async move { answer.get_or_try_init(work).await.cloned() }).await;
+        let cell = answer.clone();
+        let done = crate::run_to_end(async move { cell.get_or_try_init(work).await.cloned() }).await;
+        if matches!(done, Some(Ok(_))) {
+            // Kept for KEPT from the answer, not from the first sending: a slow answer's second
+            // click must not find it gone.
+            self.kept.insert(key, answer);
+        }
         done.map_or(Err(None), |outcome| outcome.map_err(Some))
     }
 }

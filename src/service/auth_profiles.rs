@@ -976,13 +976,17 @@ impl AuthProfiles {
                 (gate.lock().await, Some(since))
             }
         };
-        // A refresh that failed while this one waited for it answers for it too: the provider is
-        // asked once, not once per waiting request in turn (each up to the call's time limit).
+        // A refresh the provider failed while this one waited for it answers for it too: the
+        // provider is asked once, not once per waiting request in turn (each up to the call's
+        // time limit).
         let outcome = match (*turn, waited_since) {
             (Some(failed), Some(since)) if failed >= since => self.after_failed_refresh(keyring, profile).await,
             _ => {
                 let outcome = self.refresh(keyring, profile).await;
-                *turn = outcome.is_err().then(tokio::time::Instant::now);
+                // Only the provider's failure is shared: another (the store's, another
+                // instance's lease held too long) is each waiter's to meet for itself.
+                let provider_failed = matches!(outcome, Err(AuthProfileError::Flow(FlowError::Provider(_))));
+                *turn = provider_failed.then(tokio::time::Instant::now);
                 outcome
             }
         };

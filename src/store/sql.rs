@@ -3069,11 +3069,13 @@ impl Store for SqlStore {
         .map(|row| row.time("created_at"))
         .transpose()?;
         // A writer's clock a little ahead moves the registration with it; one far ahead (an event
-        // dated days from now) must not leave every endpoint registered from then on with nothing
-        // sent to it until that date.
-        let latest = endpoint.created_at + WEBHOOK_CLOCK_SKEW;
+        // dated days from now) is an outlier, which must neither leave every endpoint registered
+        // from then on with nothing sent to it until that date, nor cost it the events of the
+        // next minute (replay has the outlier, written before the endpoint was).
         let registered = match newest_taken {
-            Some(taken) if taken >= endpoint.created_at => (taken + chrono::TimeDelta::microseconds(1)).min(latest),
+            Some(taken) if taken >= endpoint.created_at && taken <= endpoint.created_at + WEBHOOK_CLOCK_SKEW => {
+                taken + chrono::TimeDelta::microseconds(1)
+            }
             _ => endpoint.created_at,
         };
         let inserted = query(

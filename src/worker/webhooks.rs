@@ -174,17 +174,21 @@ pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Rec
     }
 }
 
-/// The gap the fan-out waits behind after a round that answered `done`, and since when: the same
-/// number keeps its first sighting (the wait is [`OUTBOX_GAP_WAIT`] from then), another starts
-/// anew, none ends the wait. A round that found another instance fanning out learned nothing,
-/// and keeps the wait as it was: with several instances polling, losing the lock now and then
-/// must not hold the events behind a gap for ever.
+/// The gap the fan-out waits behind after a round that answered `done`, and since when: a number
+/// that was missing at the first sighting keeps it (the wait is [`OUTBOX_GAP_WAIT`] from then),
+/// one above what that sighting saw starts anew, none ends the wait. A round that found another
+/// instance fanning out learned nothing, and keeps the wait as it was: with several instances
+/// polling, losing the lock now and then must not hold the events behind a gap for ever.
 fn next_gap(done: &FanOut, gap: Option<(Waiting, Instant)>, now: Instant) -> Option<(Waiting, Instant)> {
     if done.busy {
         return gap;
     }
     match (done.waiting, gap) {
-        (Some(waiting), Some((seen, since))) if seen.missing == waiting.missing => Some((seen, since)),
+        // Still a number that was missing at the first sighting (below what it saw waiting): the
+        // wait goes on from then, though numbers below it came meanwhile.
+        (Some(waiting), Some((seen, since))) if (seen.missing..seen.up_to).contains(&waiting.missing) => {
+            Some((seen, since))
+        }
         (Some(waiting), _) => Some((waiting, now)),
         (None, _) => None,
     }
@@ -470,8 +474,10 @@ mod tests {
         let again = round(waiting(7, 20), false);
         assert_eq!(next_gap(&again, seen, later), seen, "the same gap keeps its first sighting, and what it saw");
         assert_eq!(next_gap(&round(None, true), seen, later), seen, "another instance's round changes nothing");
-        let other = next_gap(&round(waiting(9, 20), false), seen, later);
-        assert_eq!(other, Some((Waiting { missing: 9, up_to: 20 }, later)), "another gap starts anew");
+        let filled = round(waiting(9, 20), false);
+        assert_eq!(next_gap(&filled, seen, later), seen, "7 came, 9 was missing then too: the same wait");
+        let other = next_gap(&round(waiting(13, 20), false), seen, later);
+        assert_eq!(other, Some((Waiting { missing: 13, up_to: 20 }, later)), "a gap above what it saw starts anew");
         assert_eq!(next_gap(&round(None, false), seen, later), None, "no gap: no wait");
     }
 }

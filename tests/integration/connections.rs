@@ -792,7 +792,7 @@ async fn concurrent_requests_meeting_a_failed_refresh_ask_the_provider_once(back
     let mut w = world(backend).await;
     let slug = w.connected("failed-at-once").await;
     w.app.db.expire_token_in(&slug, 10).await;
-    w.issuer.set_token_delay(Duration::from_millis(300));
+    w.issuer.set_token_delay(Duration::from_millis(1000));
     w.issuer.fail_next_token_request(TokenFault::ServerError(503));
     let calls = w.issuer.refreshes();
     let path = format!("/auth-profiles/{slug}/token");

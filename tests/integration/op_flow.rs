@@ -1887,6 +1887,27 @@ async fn a_reloaded_page_of_a_used_request_shows_it_again_in_that_browser_only(b
     let back = follow(&mut browser, w.app.url(&first)).await;
     assert!(param(&back, "code").is_some(), "{back}");
     assert_eq!(browser.navigate(&at).await.status(), StatusCode::BAD_REQUEST, "chosen");
+
+    // A pushed request for a fresh login, sent by another site to a browser signed in here: the
+    // page asking whether to sign in again comes back too, going on to the same held request.
+    let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&[
+        ("response_type", "code"),
+        ("redirect_uri", REDIRECT),
+        ("scope", "openid"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("prompt", "login"),
+    ]);
+    let uri = body(pushed.send().await.unwrap(), 201).await["request_uri"].as_str().unwrap().to_owned();
+    let at = w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)));
+    let asked = |page: &str| {
+        assert!(page.contains("You are already signed in"), "{page}");
+        page.split("name=\"return_to\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned()
+    };
+    let first = asked(&html_of(browser.request_from("cross-site", Method::GET, &at).await).await);
+    let again = asked(&html_of(browser.request_from("cross-site", Method::GET, &at).await).await);
+    assert_eq!(again, first, "the same held request");
+    assert_eq!(stranger.request_from("cross-site", Method::GET, &at).await.status(), StatusCode::BAD_REQUEST);
 }
 
 /// Pushes a code request of `client` (RFC 9126) for `REDIRECT`, state `st-1`; returns its

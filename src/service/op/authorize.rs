@@ -132,8 +132,9 @@ fn request_uri_hash(uri: &str) -> Option<[u8; 32]> {
     (uri.starts_with(REQUEST_URI_PREFIX) && uri.len() <= MAX_PARAM_LEN).then(|| sha256(uri.as_bytes()))
 }
 
-/// The browser's Tessera session, as the authorization endpoint needs it.
-#[derive(Debug, Clone)]
+/// The browser's Tessera session, as the authorization endpoint needs it. Its `Debug` leaves the
+/// session's hash and the browser's key out.
+#[derive(Clone)]
 pub struct SessionView {
     /// The user.
     pub user: UserId,
@@ -152,6 +153,18 @@ pub struct SessionView {
     /// this browser used is continued under is derived from it ([`continuation_id`]), so that
     /// only this browser finds the continuation again (a reload of a consent page).
     pub browser_key: [u8; 32],
+}
+
+impl std::fmt::Debug for SessionView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionView")
+            .field("user", &self.user)
+            .field("auth_time", &self.auth_time)
+            .field("authenticated_at", &self.authenticated_at)
+            .field("identity", &self.identity)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A validated authorization request.
@@ -300,8 +313,10 @@ impl OpenIdProvider {
     }
 
     /// The page a browser's request `id` (a [`continuation_id`]) was continued as, shown again:
-    /// its consent page (a request held for this session), or its account chooser (one held
-    /// for the choice). `None` when there is none (answered, expired, another client's).
+    /// its consent page (a request held for this session), its account chooser (one held for
+    /// the choice), or its sign-in (one held for a fresh one: the page asking a browser signed in
+    /// here whether to sign in again). `None` when there is none (answered, expired, another
+    /// client's).
     async fn reload(
         &self,
         id: &str,
@@ -327,7 +342,12 @@ impl OpenIdProvider {
             None if held.account_choice => {
                 Ok(Some(Next::SelectAccount { continue_to: continue_url(&row.client_id, id) }))
             }
-            _ => Ok(None),
+            None => Ok(Some(Next::SignIn {
+                continue_to: continue_url(&row.client_id, id),
+                login_hint: held.params.login_hint.clone(),
+                reauthenticate: held.auth_after_us.is_some(),
+            })),
+            Some(_) => Ok(None),
         }
     }
 
@@ -617,9 +637,10 @@ impl OpenIdProvider {
         })
     }
 
-    /// The next step of a validated `request` for a browser with `session`. A page shown at the
-    /// request's URL (consent, the account chooser) holds its request under `continued_as` when
-    /// given (the request came by its URI: see [`authorize`](Self::authorize)).
+    /// The next step of a validated `request` for a browser with `session`. The request a next
+    /// step holds (for consent, the account chooser or a sign-in) is held under `continued_as`
+    /// when given (the request came by its URI: see [`authorize`](Self::authorize)), so that a
+    /// page shown at that URL comes back on a reload.
     async fn decide(
         &self,
         request: AuthorizationRequest,
@@ -642,7 +663,7 @@ impl OpenIdProvider {
             // Connect Core 3.1.2.1; the client compares `sub`): it is not held for after.
             // Signing in is the choice of an account, for `prompt=select_account` too.
             let request = AuthorizationRequest { hinted_user: None, prompt_select_account: false, ..request };
-            let uri = self.hold(&request, None, false, None, now).await?;
+            let uri = self.hold(&request, None, false, continued_as, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
             let reauthenticate = request.auth_after.is_some();
             return Ok(Next::SignIn { continue_to, login_hint, reauthenticate });
@@ -660,7 +681,7 @@ impl OpenIdProvider {
             let mut request = request;
             request.hinted_user = None;
             request.auth_after = Some(request.auth_after.map_or(now, |after| after.max(now)));
-            let uri = self.hold(&request, None, false, None, now).await?;
+            let uri = self.hold(&request, None, false, continued_as, now).await?;
             let continue_to = continue_url(request.client.id.as_str(), &uri);
             return Ok(Next::SignIn { continue_to, login_hint: request.login_hint.clone(), reauthenticate: true });
         }
