@@ -336,7 +336,7 @@ async fn serve(config: Config, migrate: bool) -> ExitCode {
 async fn migrate(config: Config) -> ExitCode {
     let store = match store::connect(&config.database).await {
         Ok(store) => store,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&crate::startup::connect_failed(&config, e)),
     };
     let before = match store.migration_status().await {
         Ok(status) => status,
@@ -532,7 +532,7 @@ pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::
         );
         return Err(ExitCode::FAILURE);
     }
-    let store = store::connect(&config.database).await.map_err(|e| fail(&e))?;
+    let store = store::connect(&config.database).await.map_err(|e| fail(&crate::startup::connect_failed(config, e)))?;
     prepare_schema(store.as_ref(), false).await.map_err(|e| fail(&e))?;
     Ok(store)
 }

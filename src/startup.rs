@@ -48,6 +48,15 @@ pub enum StartupError {
         #[source]
         source: StoreError,
     },
+    /// The SQLite database does not exist and auto-migration, which would create it, is off.
+    #[error(
+        "the SQLite database {url} does not exist, and database.auto_migrate is off; run `tessera migrate`, or start \
+         with `tessera serve --migrate`"
+    )]
+    NoDatabase {
+        /// The URL.
+        url: String,
+    },
     /// Migrations are pending and auto-migration is off.
     #[error(
         "the database has {} pending migration(s) ({}); run `tessera migrate`, or start with `tessera serve --migrate`",
@@ -125,10 +134,17 @@ impl Application {
         if config.metrics.enabled {
             crate::observability::install();
         }
-        let store = store::connect(&config.database)
-            .await
-            .map_err(|source| StartupError::Connect { url: config.database.url.redacted(), source })?;
-        prepare_schema(store.as_ref(), config.database.auto_migrate || force_migrate).await?;
+        let migrate = config.database.auto_migrate || force_migrate;
+        // Without migrating, nothing creates a database: connecting would leave an empty file
+        // behind (a mistyped path, say) for the next start to blame on pending migrations.
+        if !migrate
+            && config.database.url.backend() == Backend::Sqlite
+            && !store::sqlite_database_exists(config.database.url.expose()).unwrap_or(true)
+        {
+            return Err(StartupError::NoDatabase { url: config.database.url.redacted() });
+        }
+        let store = store::connect(&config.database).await.map_err(|source| connect_failed(config, source))?;
+        prepare_schema(store.as_ref(), migrate).await?;
         Self::build_with_store(config, store).await
     }
 
@@ -405,6 +421,11 @@ impl Application {
         store.close().await;
         served
     }
+}
+
+/// A failure to connect to the configured database, naming it (its password redacted).
+pub fn connect_failed(config: &Config, source: StoreError) -> StartupError {
+    StartupError::Connect { url: config.database.url.redacted(), source }
 }
 
 /// Applies the migration policy: refuse a schema this binary does not know, apply pending

@@ -156,6 +156,21 @@ async fn serve_with_no_configuration_creates_and_migrates_sqlite() {
     assert_eq!(listed.code, 1, "{}", listed.stderr);
     assert!(listed.stderr.contains("does not exist"), "{}", listed.stderr);
     assert!(!dir.path().join("tessera.db").exists(), "nothing was created");
+    // Nor does `serve` when it may not migrate: it says so, naming the database.
+    let mut kept = tessera(dir.path());
+    kept.env("TESSERA_LISTEN", "127.0.0.1:0").env("TESSERA_AUTO_MIGRATE", "false").arg("serve");
+    let refused = serve(&mut kept).await.expect_err("no database to serve");
+    assert!(refused.stderr.contains("tessera.db does not exist"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("tessera migrate"), "{}", refused.stderr);
+    assert!(!dir.path().join("tessera.db").exists(), "nothing was created");
+    // A database that cannot be reached is named (its password not).
+    let unreachable = "postgres://tessera:hunter2@127.0.0.1:1/tessera?connect_timeout=2";
+    for command in [vec!["migrate"], vec!["users", "list"]] {
+        let failed = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", unreachable).args(&command)).await;
+        assert_eq!(failed.code, 1, "{command:?}: {}", failed.stderr);
+        assert!(failed.stderr.contains("127.0.0.1:1/tessera"), "{command:?}: {}", failed.stderr);
+        assert!(!failed.stderr.contains("hunter2"), "{command:?}: {}", failed.stderr);
+    }
     let (child, addr) =
         serve(tessera(dir.path()).env("TESSERA_LISTEN", "127.0.0.1:0").arg("serve")).await.unwrap_or_else(|o| {
             panic!("serve failed ({}): {}", o.code, o.stderr);
