@@ -36,6 +36,9 @@ pub const TOKEN_REFRESH_WAITS_TOTAL: &str = "tessera_token_refresh_waits_total";
 /// Refresh calls to a provider's token endpoint, by `provider` and `outcome` (`ok`,
 /// `invalid_grant`, `error`, `timeout`).
 pub const TOKEN_REFRESH_CALLS_TOTAL: &str = "tessera_token_refresh_calls_total";
+/// Background loops started again after a panic, by `worker` (`sweeper`, `cache_sync`, `replica`,
+/// `signing_keys`, `webhooks`, `audit`, `last_seen`).
+pub const WORKER_RESTARTS_TOTAL: &str = "tessera_worker_restarts_total";
 /// Webhook delivery attempts, by `endpoint` (its id) and `result` (`delivered`, `retry`, `failed`).
 pub const WEBHOOK_ATTEMPTS_TOTAL: &str = "tessera_webhook_attempts_total";
 /// Pending deliveries of each endpoint, by `endpoint`; read at scrape time.
@@ -125,6 +128,7 @@ fn describe() {
     describe_counter!(TOKEN_REFRESH_WAITS_TOTAL, "Token refreshes that waited for another one.");
     describe_counter!(TOKEN_REFRESH_CALLS_TOTAL, "Refresh calls to a provider, by outcome.");
     describe_counter!(WEBHOOK_ATTEMPTS_TOTAL, "Webhook delivery attempts, by endpoint id and result.");
+    describe_counter!(WORKER_RESTARTS_TOTAL, "Background loops started again after a panic, by worker.");
     describe_gauge!(WEBHOOK_QUEUE_DEPTH, "Pending webhook deliveries, by endpoint id.");
     describe_gauge!(WEBHOOK_QUEUE_LAG, Unit::Seconds, "Age of the oldest pending delivery, by endpoint id.");
     describe_gauge!(DB_POOL_CONNECTIONS, "Database connections, by pool and state (in_use, idle).");

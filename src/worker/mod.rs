@@ -79,27 +79,45 @@ pub struct Workers {
 impl Workers {
     /// Starts every background loop.
     pub fn start(deps: WorkerDeps) -> Self {
+        let d = deps.clone();
         let mut handles = vec![
-            tokio::spawn(sweeper::run(
-                deps.sessions.clone(),
-                deps.auth_profiles.clone(),
-                deps.clients.clone(),
-                deps.op.clone(),
-                deps.audit.clone(),
-                deps.cache_sync.clone(),
-                deps.webhooks.clone(),
-            )),
-            tokio::spawn(cache_sync::run(deps.cache_sync.clone(), deps.cache_sync_every)),
-            tokio::spawn(replica::run(deps.store.clone(), deps.replica_max_lag)),
+            supervised("sweeper", move || {
+                sweeper::run(
+                    d.sessions.clone(),
+                    d.auth_profiles.clone(),
+                    d.clients.clone(),
+                    d.op.clone(),
+                    d.audit.clone(),
+                    d.cache_sync.clone(),
+                    d.webhooks.clone(),
+                )
+            }),
+            supervised("cache_sync", {
+                let (sync, every) = (deps.cache_sync.clone(), deps.cache_sync_every);
+                move || cache_sync::run(sync.clone(), every)
+            }),
+            supervised("replica", {
+                let (store, lag) = (deps.store.clone(), deps.replica_max_lag);
+                move || replica::run(store.clone(), lag)
+            }),
         ];
-        if let Some(keys) = &deps.signing_keys {
-            handles.push(tokio::spawn(signing_keys::run(keys.clone())));
+        if let Some(keys) = deps.signing_keys.clone() {
+            handles.push(supervised("signing_keys", move || signing_keys::run(keys.clone())));
         }
         let (stop, stopped) = watch::channel(false);
-        let deliveries = tokio::spawn(webhooks::run(deps.webhooks.clone(), stopped.clone()));
+        let deliveries = supervised("webhooks", {
+            let (webhooks, stopped) = (deps.webhooks.clone(), stopped.clone());
+            move || webhooks::run(webhooks.clone(), stopped.clone())
+        });
         let writers = vec![
-            tokio::spawn(audit::run(deps.audit.clone(), deps.audit_every, stopped.clone())),
-            tokio::spawn(last_seen::run(deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every, stopped)),
+            supervised("audit", {
+                let (audit, every, stopped) = (deps.audit.clone(), deps.audit_every, stopped.clone());
+                move || audit::run(audit.clone(), every, stopped.clone())
+            }),
+            supervised("last_seen", {
+                let (last_seen, store, every) = (deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every);
+                move || last_seen::run(last_seen.clone(), store.clone(), every, stopped.clone())
+            }),
         ];
         Self { handles, writers, deliveries, stop, deps }
     }
@@ -149,5 +167,89 @@ impl Workers {
                 tracing::warn!("webhook deliveries still under way at shutdown were cut off; their leases run out")
             }
         }
+    }
+}
+
+/// How long a loop that panicked waits before it starts again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs the loop `make` makes, and starts it again (after [`RESTART_PAUSE`]) whenever it panics:
+/// a loop that died would stop its job for the life of the process, with `/readyz` still green —
+/// the last-use writer, say, after which sessions in use would be idle-expired. Ends when the
+/// loop returns (a stop); aborting the returned handle aborts the loop too.
+fn supervised<F, Fut>(worker: &'static str, make: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(supervise(worker, make, RESTART_PAUSE))
+}
+
+async fn supervise<F, Fut>(worker: &'static str, make: F, pause: Duration)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let run = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(make()));
+        match run.await {
+            Err(error) if error.is_panic() => {
+                tracing::error!(worker, "a background loop panicked; it starts again shortly");
+                metrics::counter!(crate::observability::WORKER_RESTARTS_TOTAL, "worker" => worker).increment(1);
+                tokio::time::sleep(pause).await;
+            }
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_loop_that_panics_starts_again_and_one_that_returns_ends() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let made = move || {
+            let run = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if run < 2 {
+                    panic!("a bug in a loop");
+                }
+            }
+        };
+        supervise("test", made, Duration::from_millis(1)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "two panics, then the run that returned");
+
+        // Aborted (a stop), its loop goes with it rather than running on detached.
+        struct Dropped(Arc<AtomicUsize>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (started, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (s, d) = (started.clone(), dropped.clone());
+        let handle = supervised("test", move || {
+            let (s, guard) = (s.clone(), Dropped(d.clone()));
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            }
+        });
+        while started.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        handle.abort();
+        let gone = tokio::time::timeout(Duration::from_secs(10), async {
+            while dropped.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert!(gone.await.is_ok(), "the loop was dropped with its supervisor");
     }
 }
