@@ -309,24 +309,10 @@ impl Application {
                 ids: sync.conflicts.iter().map(|id| id.as_str().to_owned()).collect(),
             });
         }
-        if sync.inserted + sync.updated + sync.deleted > 0 {
-            tracing::info!(
-                inserted = sync.inserted,
-                updated = sync.updated,
-                deleted = sync.deleted,
-                "clients of the configuration file written"
-            );
-        }
+        written("clients", sync.inserted, sync.updated, sync.deleted);
         let endpoints = self.state.webhooks.settings().endpoints.clone();
         let synced = self.state.webhooks.sync_config(&endpoints).await.map_err(StartupError::ConfigWebhooks)?;
-        if synced.inserted + synced.updated + synced.deleted > 0 {
-            tracing::info!(
-                inserted = synced.inserted,
-                updated = synced.updated,
-                deleted = synced.deleted,
-                "webhook endpoints of the configuration file written"
-            );
-        }
+        written("webhook endpoints", synced.inserted, synced.updated, synced.deleted);
         Ok(())
     }
 
@@ -420,6 +406,13 @@ impl Application {
         workers.stop(AFTER_DRAIN).await;
         store.close().await;
         served
+    }
+}
+
+/// Logs what a start-up wrote of the configuration file's `what`, when it wrote anything.
+fn written(what: &'static str, inserted: usize, updated: usize, deleted: usize) {
+    if inserted + updated + deleted > 0 {
+        tracing::info!(inserted, updated, deleted, "{what} of the configuration file written");
     }
 }
 

@@ -1867,16 +1867,21 @@ async fn a_reloaded_page_of_a_used_request_shows_it_again_in_that_browser_only(b
 
     // A pushed request asking the user to choose an account.
     let (client, secret) = web_app(&w.app).await;
-    let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&[
-        ("response_type", "code"),
-        ("redirect_uri", REDIRECT),
-        ("scope", "openid"),
-        ("code_challenge", challenge.as_str()),
-        ("code_challenge_method", "S256"),
-        ("prompt", "select_account"),
-    ]);
-    let uri = body(pushed.send().await.unwrap(), 201).await["request_uri"].as_str().unwrap().to_owned();
-    let at = w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)));
+    // The URL of a pushed request with `prompt`.
+    let pushed = async |prompt: &str| {
+        let form = [
+            ("response_type", "code"),
+            ("redirect_uri", REDIRECT),
+            ("scope", "openid"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("prompt", prompt),
+        ];
+        let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&form);
+        let uri = body(pushed.send().await.unwrap(), 201).await["request_uri"].as_str().unwrap().to_owned();
+        w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)))
+    };
+    let at = pushed("select_account").await;
     let go_on = |page: &str| {
         let link = page.split("href=\"").skip(1).map(|rest| rest.split('"').next().unwrap().replace("&amp;", "&"));
         link.map(|href| href.replace("&#38;", "&")).find(|href| href.starts_with("/oauth/authorize?")).unwrap()
@@ -1890,16 +1895,7 @@ async fn a_reloaded_page_of_a_used_request_shows_it_again_in_that_browser_only(b
 
     // A pushed request for a fresh login, sent by another site to a browser signed in here: the
     // page asking whether to sign in again comes back too, going on to the same held request.
-    let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&[
-        ("response_type", "code"),
-        ("redirect_uri", REDIRECT),
-        ("scope", "openid"),
-        ("code_challenge", challenge.as_str()),
-        ("code_challenge_method", "S256"),
-        ("prompt", "login"),
-    ]);
-    let uri = body(pushed.send().await.unwrap(), 201).await["request_uri"].as_str().unwrap().to_owned();
-    let at = w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)));
+    let at = pushed("login").await;
     let asked = |page: &str| {
         assert!(page.contains("You are already signed in"), "{page}");
         page.split("name=\"return_to\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned()
