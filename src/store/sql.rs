@@ -3376,7 +3376,13 @@ impl Store for SqlStore {
         if due.is_none() {
             return Ok(Vec::new());
         }
-        let rows = query(*SQL).bind(owner).bind(now).bind(until).bind(limit.max(1)).fetch_all(self.db.writer()).await?;
+        // In a transaction committed once the rows are read: a claim whose answer is lost (a
+        // connection dropped while reading it) leases nothing, rather than endpoints no task
+        // delivers to until their leases run out. (Decoded after: a damaged row must not roll
+        // back every claim, and so every delivery, while it is the longest waiting.)
+        let mut tx = self.db.begin().await?;
+        let rows = query(*SQL).bind(owner).bind(now).bind(until).bind(limit.max(1)).fetch_all(&mut tx).await?;
+        tx.commit().await?;
         rows.iter().map(webhook_row).collect()
     }
 
