@@ -430,13 +430,12 @@ async fn run_clients(services: &Services, action: ClientsCommand) -> ExitCode {
             let mut all = Vec::new();
             loop {
                 let after = all.last().map(|c: &crate::domain::Client| c.id.as_str().to_owned());
-                let page = match services.clients.list(after.as_deref(), MAX_CLIENT_PAGE).await {
+                let (page, more) = match services.clients.list(after.as_deref(), MAX_CLIENT_PAGE).await {
                     Ok(page) => page,
                     Err(e) => return refused(&e),
                 };
-                let last = page.len() < MAX_CLIENT_PAGE;
                 all.extend(page);
-                if last {
+                if !more {
                     break;
                 }
             }

@@ -43,11 +43,14 @@ pub fn session_without_token<'h>(state: &AppState, headers: &'h HeaderMap) -> Re
 
 /// Where a user's own credential acts, a user named in `X-On-Behalf-Of` would be passed over in
 /// silence, and a backend that meant to ask about that user would get the caller's answer: 400
-/// `ambiguous_credentials`.
+/// `ambiguous_credentials`. A blank one names nobody, as everywhere else.
 pub fn no_user_named(headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
-    let in_query = query
-        .is_some_and(|query| url::form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "on_behalf_of"));
-    if in_query || headers.contains_key("x-on-behalf-of") {
+    let in_query = query.is_some_and(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .any(|(name, value)| name == "on_behalf_of" && !value.trim().is_empty())
+    });
+    let in_header = headers.get_all("x-on-behalf-of").iter().any(|value| !value.as_bytes().trim_ascii().is_empty());
+    if in_query || in_header {
         return Err(user_named());
     }
     Ok(())

@@ -129,10 +129,18 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         Some(metrics) if !metrics.own_listener => admin.merge(prometheus::routes()),
         _ => admin,
     };
-    // Inside the authentication: every successful change by an admin token is audited.
+    // Inside the authentication: every successful change by an admin token is audited. Every
+    // answer is kept out of caches: users' emails and identities, clients' secrets at creation
+    // (the admin token may come in `X-Admin-Token`, which does not bar a shared cache as
+    // `Authorization` does).
     let admin = admin
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
-        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin));
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin))
+        .route_layer(middleware::map_response(|mut response: axum::response::Response| async move {
+            let no_store = axum::http::HeaderValue::from_static("no-store");
+            response.headers_mut().entry(axum::http::header::CACHE_CONTROL).or_insert(no_store);
+            response
+        }));
     let app = Router::new()
         .merge(health::routes())
         .merge(validation::routes())

@@ -259,10 +259,11 @@ impl Teams {
         issuer: Issuer,
         verified: Option<bool>,
     ) -> Result<(DomainClaim, bool), TeamError> {
+        // The team first: a team that does not exist is that, whatever the issuer.
+        let team = self.find(team).await?;
         if self.issuers.get(&issuer).is_none() {
             return Err(TeamError::IssuerNotAllowed);
         }
-        let team = self.find(team).await?;
         // Left out, `verified` keeps what the team's claim had (a new claim is unverified): a
         // change of issuer must not quietly stop the domain's single sign-on. Kept by the store's
         // statement itself: a claim deleted meanwhile comes back unverified.

@@ -102,6 +102,9 @@ async fn domain_claims_are_validated_and_owned_by_one_team(backend: Backend) {
     }
     let unknown_team = claim(&app, "no-such-team", json!({"domain": "y.example", "issuer": ISSUER})).await;
     assert_eq!(body(unknown_team, 404).await["code"], "team_not_found");
+    // Whatever the issuer: a team that does not exist is that first.
+    let evil = json!({"domain": "y.example", "issuer": "https://evil.example.com"});
+    assert_eq!(body(claim(&app, "no-such-team", evil).await, 404).await["code"], "team_not_found");
     let bad_team = claim(&app, "Bad%20Team", json!({"domain": "y.example", "issuer": ISSUER})).await;
     assert_eq!(body(bad_team, 400).await["code"], "invalid_team");
     // By id as well as by slug.

@@ -390,7 +390,13 @@ async fn clients_are_listed_a_page_at_a_time(backend: Backend) {
     let next = body(app.admin(Method::GET, "/admin/clients?limit=2&after=b").send().await.unwrap(), 200).await;
     assert_eq!(next["clients"][0]["client_id"], "c");
     assert_eq!(next["next_after"], Value::Null);
-    let all = body(app.admin(Method::GET, "/admin/clients").send().await.unwrap(), 200).await;
+    // A full last page says so too: no cursor to an empty page.
+    let full = body(app.admin(Method::GET, "/admin/clients?limit=1&after=b").send().await.unwrap(), 200).await;
+    assert_eq!((&full["clients"][0]["client_id"], &full["next_after"]), (&json!("c"), &Value::Null));
+    // Admin answers stay out of caches (the token may come in `X-Admin-Token`).
+    let listed = app.admin(Method::GET, "/admin/clients").send().await.unwrap();
+    assert_eq!(listed.headers()["cache-control"], "no-store");
+    let all = body(listed, 200).await;
     assert_eq!(all["clients"].as_array().unwrap().len(), 3);
     let bad = body(app.admin(Method::GET, "/admin/clients?after=%20x").send().await.unwrap(), 400).await;
     assert_eq!(bad["field"], "after");

@@ -84,8 +84,8 @@ async fn list_clients(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ClientListResponse>, ApiError> {
     let limit = page_limit(query.limit, 100, crate::service::op::clients::MAX_PAGE)?;
-    let clients = state.clients.list(query.after.as_deref(), limit).await?;
-    let next_after = (clients.len() >= limit).then(|| clients.last().map(|c| c.id.as_str().to_owned())).flatten();
+    let (clients, more) = state.clients.list(query.after.as_deref(), limit).await?;
+    let next_after = more.then(|| clients.last().map(|c| c.id.as_str().to_owned())).flatten();
     Ok(Json(ClientListResponse { clients: clients.into_iter().map(ClientResponse::from).collect(), next_after }))
 }
 

@@ -1,7 +1,8 @@
 //! Forward-auth for reverse proxies (nginx `auth_request`, Traefik ForwardAuth, Caddy
 //! `forward_auth`, Envoy ext_authz): `GET /auth/verify` answers 200 with the user in
 //! `X-Tessera-User-Id`, `X-Tessera-Email`, `X-Tessera-Email-Verified` and `X-Tessera-Teams` (all
-//! always present, empty when unknown, so that a client's own copies never pass through) for a
+//! always present, empty when unknown, so that a proxy that replaces them never passes a client's
+//! own copies through; Caddy skips empty ones, so README has it remove them first) for a
 //! live Tessera session cookie or a valid Tessera access token issued for the protected app, and
 //! 401 otherwise (also for a credential sent twice: `error="invalid_request"`).
 //!

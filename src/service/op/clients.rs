@@ -559,8 +559,9 @@ impl Clients {
         self.store.client(&id).await?.ok_or(ClientError::NotFound)
     }
 
-    /// Up to `limit` clients (1 to [`MAX_PAGE`]) ordered by id, after the id `after`.
-    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Client>, ClientError> {
+    /// Up to `limit` clients (1 to [`MAX_PAGE`]) ordered by id, after the id `after`, and
+    /// whether more follow (one row more is read to tell).
+    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<(Vec<Client>, bool), ClientError> {
         let after = after
             .map(|a| {
                 ClientId::parse(a).map_err(|_| ClientRuleError {
@@ -570,8 +571,11 @@ impl Clients {
                 })
             })
             .transpose()?;
-        let limit = i64::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(100);
-        Ok(self.store.list_clients(after.as_ref(), limit).await?)
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut clients = self.store.list_clients(after.as_ref(), i64::try_from(limit + 1).unwrap_or(101)).await?;
+        let more = clients.len() > limit;
+        clients.truncate(limit);
+        Ok((clients, more))
     }
 
     /// Changes the present fields of a client registered through the admin API (`id` and `kind`
