@@ -302,7 +302,7 @@ async fn write_backup(url: &str, target: &std::path::Path) -> Result<u64, Backup
 
 async fn serve(config: Config, migrate: bool) -> ExitCode {
     // The main listener, and the metrics listener when there is one.
-    let listeners = 1 + usize::from(config.metrics.enabled && config.metrics.listen.is_some());
+    let listeners = 1 + usize::from(config.metrics.own_listener().is_some());
     crate::http::serve::fit_open_file_limit(&config.server, listeners);
     // Signals are caught from the start: as the first process of a container, one with no
     // handler yet would be ignored, and a stop during start-up (connecting, migrating, making

@@ -167,11 +167,9 @@ impl Application {
             handle: crate::observability::install(),
             own_listener: config.metrics.listen.is_some(),
         });
-        let metrics_listener = match (config.metrics.enabled, config.metrics.listen) {
-            (true, Some(addr)) => {
-                Some(TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?)
-            }
-            _ => None,
+        let metrics_listener = match config.metrics.own_listener() {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?),
+            None => None,
         };
         // The OpenID Provider runs when browsers can reach Tessera and private keys can be
         // encrypted at rest.

@@ -156,6 +156,13 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+impl MetricsConfig {
+    /// Where `/metrics` has a listener of its own: `listen`, when metrics are on at all.
+    pub fn own_listener(&self) -> Option<SocketAddr> {
+        self.listen.filter(|_| self.enabled)
+    }
+}
+
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self { enabled: true, listen: None }

@@ -136,10 +136,8 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
     let admin = admin
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin))
-        .route_layer(middleware::map_response(|mut response: axum::response::Response| async move {
-            let no_store = axum::http::HeaderValue::from_static("no-store");
-            response.headers_mut().entry(axum::http::header::CACHE_CONTROL).or_insert(no_store);
-            response
+        .route_layer(middleware::map_response(|response: axum::response::Response| async {
+            responses::no_store(response)
         }));
     let app = Router::new()
         .merge(health::routes())

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -27,7 +27,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, page_limit, required};
 use super::problem::ApiError;
 use super::responses::{
     DeliveryListResponse, DeliveryResponse, ReplayResponse, WebhookListResponse, WebhookResponse,
-    WebhookWithSecretResponse, no_store,
+    WebhookWithSecretResponse,
 };
 use crate::domain::WebhookId;
 use crate::error::ErrorCode;
@@ -74,7 +74,8 @@ async fn create(
     let (endpoint, secret) =
         state.webhooks.create(NewWebhook { url, event_types: request.event_types, enabled: request.enabled }).await?;
     let body = WebhookWithSecretResponse { webhook: endpoint.into(), secret: secret.expose_secret().to_owned() };
-    Ok(no_store((StatusCode::CREATED, Json(body))))
+    // Out of caches as every admin answer (the admin router's layer): it holds the secret.
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 #[utoipa::path(
@@ -227,8 +228,6 @@ async fn replay(
 )]
 async fn rotate_secret(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let (endpoint, secret) = state.webhooks.rotate_secret(parse_id(&id)?).await?;
-    Ok(no_store(Json(WebhookWithSecretResponse {
-        webhook: endpoint.into(),
-        secret: secret.expose_secret().to_owned(),
-    })))
+    Ok(Json(WebhookWithSecretResponse { webhook: endpoint.into(), secret: secret.expose_secret().to_owned() })
+        .into_response())
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
+use crate::store::StoreError;
+
 /// How long an instance keeps a form's answer for the same form sent again.
 pub const KEPT: Duration = Duration::from_secs(30);
 
@@ -35,10 +37,11 @@ impl<O: Clone + Send + Sync + 'static> Answers<O> {
     /// second —; one at the same time waits for it; later ones within [`KEPT`] of the answer
     /// get it. Each sender has an answer of its own (one cannot see or block another's: the
     /// store decides between them). A failure is kept by nobody: the next sending works again
-    /// (and finds what the first left). `Err(None)` when the runtime shut down under the work.
-    pub async fn answer<E, F, Fut>(&self, form: &[u8; 32], sender: &[u8; 32], work: F) -> Result<O, Option<E>>
+    /// (and finds what the first left). When the runtime shut down under the work, nothing is
+    /// known: the store is answered as unavailable.
+    pub async fn answer<E, F, Fut>(&self, form: &[u8; 32], sender: &[u8; 32], work: F) -> Result<O, E>
     where
-        E: Send + 'static,
+        E: From<StoreError> + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<O, E>> + Send + 'static,
     {
@@ -51,7 +54,7 @@ impl<O: Clone + Send + Sync + 'static> Answers<O> {
             // click must not find it gone.
             self.kept.insert(key, answer);
         }
-        done.map_or(Err(None), |outcome| outcome.map_err(Some))
+        done.unwrap_or_else(|| Err(StoreError::Unavailable(sqlx::Error::PoolClosed).into()))
     }
 }
 
@@ -64,8 +67,15 @@ mod tests {
     #[tokio::test]
     async fn the_first_answer_is_every_answer_and_a_failure_is_worked_again() {
         let answers = Answers::<u32>::default();
+        #[derive(Debug, PartialEq)]
+        struct Failed(&'static str);
+        impl From<StoreError> for Failed {
+            fn from(_: StoreError) -> Self {
+                Failed("shut down")
+            }
+        }
         let runs = Arc::new(AtomicUsize::new(0));
-        let work = |result: Result<u32, &'static str>| {
+        let work = |result: Result<u32, Failed>| {
             let runs = runs.clone();
             move || async move {
                 runs.fetch_add(1, Ordering::SeqCst);
@@ -74,8 +84,8 @@ mod tests {
             }
         };
         let (form, sender) = ([1; 32], [7; 32]);
-        let failed = answers.answer(&form, &sender, work(Err("store down"))).await;
-        assert_eq!(failed, Err(Some("store down")));
+        let failed = answers.answer(&form, &sender, work(Err(Failed("store down")))).await;
+        assert_eq!(failed, Err(Failed("store down")));
         let (a, b) =
             tokio::join!(answers.answer(&form, &sender, work(Ok(5))), answers.answer(&form, &sender, work(Ok(6))));
         assert_eq!((a, b), (Ok(5), Ok(5)), "one answer for both");

@@ -359,11 +359,6 @@ pub struct AccessToken {
 /// A profile's refresh turn in this process; it holds when the last refresh through it failed.
 type RefreshGate = tokio::sync::Mutex<Option<tokio::time::Instant>>;
 
-/// What a form's answer is when the runtime shut down under its work: nothing is known.
-pub(super) fn shut_down() -> AuthProfileError {
-    AuthProfileError::Store(StoreError::Unavailable(sqlx::Error::PoolClosed))
-}
-
 /// The auth-profiles (connected accounts) service.
 #[derive(Debug, Clone)]
 pub struct AuthProfiles {
@@ -809,7 +804,7 @@ impl AuthProfiles {
         let hash = sha256(token.as_bytes());
         let this = self.clone();
         let work = move || async move { this.start_once(&hash, user).await };
-        self.started.answer(&hash, session, work).await.map_err(|error| error.unwrap_or_else(shut_down))
+        self.started.answer(&hash, session, work).await
     }
 
     async fn start_once(&self, hash: &[u8; 32], user: UserId) -> Result<Started, AuthProfileError> {
@@ -1173,17 +1168,16 @@ impl AuthProfiles {
             Err(error) => error,
         };
         let refused = matches!(error, AuthProfileError::NeedsReauth);
-        if refused && self.store.release_refresh_lease(profile.id, owner, Some(before.version), super::now()).await? {
+        if !refused {
+            self.release_lease(profile.id, owner).await;
+        } else if self.store.release_refresh_lease(profile.id, owner, Some(before.version), super::now()).await? {
             tracing::info!(profile_id = %profile.id, "the provider refused the refresh token; the profile needs a reconnection");
             return Err(error);
-        }
-        if refused {
+        } else {
             // The lease was lost, or the row moved on: a refresh that outlived its lease stored a
             // rotated refresh token, say, which is not the one refused. Not this call's to judge;
             // the row as it is now answers, or the next request refreshes with what it holds.
             tracing::warn!(profile_id = %profile.id, "the provider refused a refresh token the profile no longer holds");
-        } else {
-            self.release_lease(profile.id, owner).await;
         }
         // The row as it is now, not as it was before the call: a revocation or a reconnection
         // made while the provider was asked wins (a revoked profile's token is not handed out).

@@ -562,10 +562,7 @@ impl AuthProfiles {
             let checked = this.check_env(&form.connector, &values)?;
             this.store_credential(&form.profile, user, &checked, Some(&hash)).await
         };
-        self.stored
-            .answer(&form, &sender, work)
-            .await
-            .map_err(|error| error.unwrap_or_else(super::auth_profiles::shut_down))
+        self.stored.answer(&form, &sender, work).await
     }
 }
 

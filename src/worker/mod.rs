@@ -159,12 +159,16 @@ impl Workers {
         // Last: a delivery under way may take up to its timeout, and what is counted in memory
         // must not wait behind it (an orchestrator's grace period may end first). Bounded here
         // too: the loop may still be in a fan-out or a claim on a database that does not answer.
+        // (The loop's own wait for its deliveries, with the same bound, began at the stop and
+        // says when it cut them off; this one only aborts a loop that never got to it.)
         let bound = self.deps.webhooks.settings().timeout + webhooks::STOP_GRACE;
-        match tokio::time::timeout(bound, self.deliveries).await {
+        let mut deliveries = self.deliveries;
+        match tokio::time::timeout(bound, &mut deliveries).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(error = %error.chain(), "webhook delivery ended abnormally"),
             Err(_) => {
-                tracing::warn!("webhook deliveries still under way at shutdown were cut off; their leases run out")
+                deliveries.abort();
+                tracing::warn!("the webhook loop did not stop in time (a database that does not answer?); aborted");
             }
         }
     }

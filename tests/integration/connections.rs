@@ -19,6 +19,7 @@ use tessera_testkit::local_issuer::{LocalIssuer, StubUser, TokenFault};
 use crate::helpers::{
     ADMIN_TOKEN, Backend, Sql, TestApp, assert_no_leak, eventually, json as body, on_both_backends, send_at_once,
 };
+use crate::pages::csrf_of;
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 
 on_both_backends!(
@@ -594,19 +595,16 @@ async fn concurrent_continues_of_one_connect_link_start_one_flow(backend: Backen
         let page = w.alice.browser.navigate(&link).await;
         assert_eq!(page.status(), StatusCode::OK, "looking does not use the link up");
     }
-    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let continue_from = |browser_page: &str, cookie: &str| {
-        let csrf = browser_page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap();
-        client.post(&link).header("cookie", cookie).header("accept", "text/html").form(&[("csrf", csrf)])
+    let continue_from = |browser: &Browser, page: &str| {
+        browser.prepared(Method::POST, &link).header("accept", "text/html").form(&[("csrf", csrf_of(page))])
     };
     // Alice again, in another browser: the same person, another session.
     let mut other = sign_in(&w.app, &w.issuer, "alice").await;
     assert_eq!(other.id, w.alice.id);
     let other_page = other.browser.navigate(&link).await.text().await.unwrap();
     let page = w.alice.browser.navigate(&link).await.text().await.unwrap();
-    let session = format!("tessera_session={}", w.alice.browser.cookies["tessera_session"]);
     let mut outcomes = Vec::new();
-    for response in send_at_once(&(0..12).map(|_| continue_from(&page, &session)).collect::<Vec<_>>()).await {
+    for response in send_at_once(&(0..12).map(|_| continue_from(&w.alice.browser, &page)).collect::<Vec<_>>()).await {
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         let cookie = response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
         outcomes.push((location(&response), cookie));
@@ -617,8 +615,7 @@ async fn concurrent_continues_of_one_connect_link_start_one_flow(backend: Backen
     let sql = w.app.db.sql().await;
     assert_eq!(sql.count("connect_tokens").await, 0, "the link is used up");
     assert_eq!(sql.count("login_states WHERE profile_id IS NOT NULL").await, 1, "one flow started");
-    let session = format!("tessera_session={}", other.browser.cookies["tessera_session"]);
-    let refused = continue_from(&other_page, &session).send().await.unwrap();
+    let refused = continue_from(&other.browser, &other_page).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::NOT_FOUND, "another browser's post");
     let gone = w.alice.browser.navigate(&link).await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);

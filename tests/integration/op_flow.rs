@@ -1699,12 +1699,6 @@ async fn select_account_lets_a_signed_in_user_go_on_or_use_another_account(backe
     let first = code_for(&w, &mut browser, &client, &challenge).await;
     let sub = |tokens: &Value| jwt_parts(tokens["id_token"].as_str().unwrap()).1["sub"].clone();
     let ada = sub(&body(exchange(&w.app, creds, &first, &verifier).await, 200).await);
-    let hrefs = |page: &str| -> Vec<String> {
-        page.split("href=\"")
-            .skip(1)
-            .map(|rest| rest.split('"').next().unwrap().replace("&amp;", "&").replace("&#38;", "&"))
-            .collect()
-    };
     let choose = authorize_url(&w.app, &client, &challenge, "&prompt=select_account");
     let page = browser.navigate(&choose).await;
     assert_eq!(page.status(), StatusCode::OK);
@@ -1882,10 +1876,7 @@ async fn a_reloaded_page_of_a_used_request_shows_it_again_in_that_browser_only(b
         w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)))
     };
     let at = pushed("select_account").await;
-    let go_on = |page: &str| {
-        let link = page.split("href=\"").skip(1).map(|rest| rest.split('"').next().unwrap().replace("&amp;", "&"));
-        link.map(|href| href.replace("&#38;", "&")).find(|href| href.starts_with("/oauth/authorize?")).unwrap()
-    };
+    let go_on = |page: &str| hrefs(page).into_iter().find(|href| href.starts_with("/oauth/authorize?")).unwrap();
     let first = go_on(&html_of(browser.navigate(&at).await).await);
     assert_eq!(go_on(&html_of(browser.navigate(&at).await).await), first, "the same choice");
     assert_eq!(stranger.navigate(&at).await.status(), StatusCode::BAD_REQUEST);
@@ -2627,6 +2618,14 @@ async fn forward_auth_says_an_email_is_verified_on_a_trusted_providers_word(back
 /// not consented; returns the consent page's request id.
 async fn consent_request(browser: &mut Browser, app: &TestApp, client: &str, challenge: &str) -> String {
     request_id_of(&html_of(browser.navigate(&authorize_url(app, client, challenge, "")).await).await)
+}
+
+/// The links of a page, unescaped.
+fn hrefs(page: &str) -> Vec<String> {
+    page.split("href=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().replace("&amp;", "&").replace("&#38;", "&"))
+        .collect()
 }
 
 /// The request id of a consent page's form.

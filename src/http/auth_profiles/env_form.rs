@@ -17,7 +17,6 @@ use axum::response::Response;
 use axum::routing::get;
 use secrecy::SecretString;
 
-use crate::domain::UserId;
 use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::csrf;
@@ -53,15 +52,6 @@ struct EnvFormPage {
     csrf: String,
     error: Option<String>,
     fields: Vec<FieldRow>,
-}
-
-/// The signed-in user and their session cookie, or the page to answer instead.
-async fn signed_in(
-    state: &AppState,
-    headers: &HeaderMap,
-    here: &str,
-) -> Result<Option<(UserId, [u8; 32], String)>, Response> {
-    Ok(live_session(state, headers, here).await?.map(|(live, value)| (live.record.user_id, live.hash, value)))
 }
 
 fn render(
@@ -122,13 +112,14 @@ async fn show_env_form(
     PagePath(token): PagePath<String>,
 ) -> Response {
     let Some(here) = super::connect_page(&token, "env") else { return super::not_a_link(&state, &headers) };
-    let signed_in = match signed_in(&state, &headers, &here).await {
+    let signed_in = match live_session(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,
     };
     let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some() };
-    match (state.auth_profiles.env_form(&token, signed_in.as_ref().map(|s| s.0)).await, signed_in) {
-        (Ok(form), Some((_, _, cookie_value))) => render(&state, StatusCode::OK, form, here, &cookie_value, None),
+    let user = signed_in.as_ref().map(|(live, _)| live.record.user_id);
+    match (state.auth_profiles.env_form(&token, user).await, signed_in) {
+        (Ok(form), Some((_, cookie_value))) => render(&state, StatusCode::OK, form, here, &cookie_value, None),
         (Ok(_), None) => state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context),
         (Err(error), _) => state.pages.error_in(&headers, error.into(), &context),
     }
@@ -152,14 +143,15 @@ async fn submit_env_form(
     PageBytes(body): PageBytes,
 ) -> Response {
     let Some(here) = super::connect_page(&token, "env") else { return super::not_a_link(&state, &headers) };
-    let signed_in = match signed_in(&state, &headers, &here).await {
+    let signed_in = match live_session(&state, &headers, &here).await {
         Ok(found) => found,
         Err(response) => return response,
     };
     let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some() };
-    let Some((user, session, cookie_value)) = signed_in else {
+    let Some((live, cookie_value)) = signed_in else {
         return state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context);
     };
+    let (user, session) = (live.record.user_id, live.hash);
     let fields = csrf::form_fields(&body);
     if let Err(error) = csrf::check(&headers, &cookie_value, csrf::field(&fields, csrf::FIELD)) {
         return state.pages.error_in(&headers, error, &context);

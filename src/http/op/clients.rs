@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use super::super::AppState;
 use super::super::extract::{ApiJson, ApiPath, ApiQuery, page_limit};
 use super::super::problem::ApiError;
-use super::super::responses::{ClientListResponse, ClientResponse, ClientWithSecretResponse, no_store};
+use super::super::responses::{ClientListResponse, ClientResponse, ClientWithSecretResponse};
 use crate::domain::client_rules::ClientFields;
 
 /// The routes (authentication is layered on by the caller).
@@ -53,7 +53,8 @@ async fn create_client(
     let location = format!("/admin/clients/{}", client.id);
     let body =
         ClientWithSecretResponse { client: client.into(), client_secret: secret.map(|s| s.expose_secret().to_owned()) };
-    let mut response = no_store((StatusCode::CREATED, Json(body)));
+    // Out of caches as every admin answer (the admin router's layer): it holds the secret.
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -157,5 +158,5 @@ async fn rotate_secret(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<
     let (client, secret) = state.clients.rotate_secret(&id).await?;
     let body =
         ClientWithSecretResponse { client: client.into(), client_secret: Some(secret.expose_secret().to_owned()) };
-    Ok(no_store(Json(body)))
+    Ok(Json(body).into_response())
 }

@@ -132,8 +132,8 @@ fn request_uri_hash(uri: &str) -> Option<[u8; 32]> {
     (uri.starts_with(REQUEST_URI_PREFIX) && uri.len() <= MAX_PARAM_LEN).then(|| sha256(uri.as_bytes()))
 }
 
-/// The browser's Tessera session, as the authorization endpoint needs it. Its `Debug` leaves the
-/// session's hash and the browser's key out.
+/// The browser's Tessera session, as the authorization endpoint needs it. Its `Debug` redacts the
+/// session's hash and the browser's key.
 #[derive(Clone)]
 pub struct SessionView {
     /// The user.
@@ -155,17 +155,10 @@ pub struct SessionView {
     pub browser_key: [u8; 32],
 }
 
-impl std::fmt::Debug for SessionView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionView")
-            .field("user", &self.user)
-            .field("auth_time", &self.auth_time)
-            .field("authenticated_at", &self.authenticated_at)
-            .field("identity", &self.identity)
-            .field("provider", &self.provider)
-            .finish_non_exhaustive()
-    }
-}
+crate::debug_redacted!(SessionView {
+    shown: [user, auth_time, authenticated_at, identity, provider],
+    secret: [hash, browser_key],
+});
 
 /// A validated authorization request.
 #[derive(Debug, Clone)]
@@ -407,12 +400,7 @@ impl OpenIdProvider {
                 Err(error) => Err(error),
             }
         };
-        match self.answers.answer(&id_hash, &session.hash, work).await {
-            Ok(Ok(to)) => Ok(to),
-            Ok(Err(rejection)) => Err(AuthorizeError::Rejected(rejection)),
-            Err(Some(error)) => Err(error),
-            Err(None) => Err(AuthorizeError::Store(StoreError::Unavailable(sqlx::Error::PoolClosed))),
-        }
+        self.answers.answer(&id_hash, &session.hash, work).await?.map_err(AuthorizeError::Rejected)
     }
 
     async fn answer_consent(
