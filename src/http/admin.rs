@@ -22,10 +22,10 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::audit::{AuditAction, AuditDetails, NothingChanged};
-use super::extract::{ApiJson, ApiPath, required};
+use super::extract::{ApiJson, ApiPath, parse_user_id, required};
 use super::problem::ApiError;
 use super::responses::{BootstrapResponse, UserProfileResponse, UserResponse};
-use crate::domain::{DisplayName, Email, EmailError, Issuer, IssuerError, Subject, TextError, UserId};
+use crate::domain::{DisplayName, Email, EmailError, Issuer, IssuerError, Subject, TextError};
 use crate::error::ErrorCode;
 use crate::service::provisioning::{IdentityClaim, Provisioned};
 use crate::store::UserChange;
@@ -214,16 +214,6 @@ async fn delete_user(
 ) -> Result<StatusCode, ApiError> {
     state.users.delete(parse_user_id(&user_id)?).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Parses a user id from a path segment.
-pub(super) fn parse_user_id(value: &str) -> Result<UserId, ApiError> {
-    value.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidUserId,
-            "the user id must be a UUID such as 0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a",
-        )
-    })
 }
 
 fn text_error(error: TextError, field: &str, invalid: ErrorCode) -> ApiError {

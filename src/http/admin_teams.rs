@@ -12,16 +12,18 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
+use super::audit::NothingChanged;
 use super::extract::parse_team;
 use super::extract::{ApiJson, ApiPath, required};
 use super::problem::ApiError;
 use super::responses::{DomainClaimListResponse, DomainClaimResponse, TeamResponse};
 use crate::domain::{DomainName, Issuer, IssuerError};
 use crate::error::ErrorCode;
+use crate::service::teams::ClaimChange;
 
 /// The routes (authentication is layered on by the caller).
 pub fn routes() -> Router<Arc<AppState>> {
@@ -76,15 +78,18 @@ async fn claim_team_domain(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
     ApiJson(request): ApiJson<ClaimRequest>,
-) -> Result<(StatusCode, Json<DomainClaimResponse>), ApiError> {
+) -> Result<(StatusCode, Option<Extension<NothingChanged>>, Json<DomainClaimResponse>), ApiError> {
     let team = parse_team(&team)?;
     let domain = parse_domain(required(&request.domain, "domain")?)?;
     let issuer = Issuer::parse(required(&request.issuer, "issuer")?).map_err(|e| {
         let code = if e == IssuerError::TooLong { ErrorCode::FieldTooLong } else { ErrorCode::InvalidIssuer };
         ApiError::new(code, format!("`issuer`: {e}")).field("issuer")
     })?;
-    let (claim, created) = state.teams.claim_domain(&team, domain, issuer, request.verified).await?;
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(claim.into())))
+    let (claim, change) = state.teams.claim_domain(&team, domain, issuer, request.verified).await?;
+    // A repeated claim changed nothing: no audit row for it.
+    let unchanged = (change == ClaimChange::Unchanged).then_some(Extension(NothingChanged));
+    let status = if change == ClaimChange::Created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, unchanged, Json(claim.into())))
 }
 
 #[utoipa::path(

@@ -348,6 +348,16 @@ pub(crate) fn parse_team(value: &str) -> Result<crate::domain::TeamRef, ApiError
     crate::domain::TeamRef::parse(value).map_err(|e| ApiError::new(crate::error::ErrorCode::InvalidTeam, e.to_string()))
 }
 
+/// Parses a user id from a path segment.
+pub(crate) fn parse_user_id(value: &str) -> Result<crate::domain::UserId, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::new(
+            crate::error::ErrorCode::InvalidUserId,
+            "the user id must be a UUID such as 0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

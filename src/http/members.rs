@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::audit::{self, AuditAction, NothingChanged};
 use super::caller::{OnBehalf, actor};
-use super::extract::{ApiJson, ApiPath, ApiQuery, parse_team, required};
+use super::extract::{ApiJson, ApiPath, ApiQuery, parse_team, parse_user_id, required};
 use super::problem::ApiError;
 use super::responses::MemberResponse;
 use crate::domain::{Role, UserId};
@@ -113,8 +113,7 @@ async fn remove_team_member(
 ) -> Result<StatusCode, ApiError> {
     let named = team;
     let (acting, team) = actor(&state, &headers, &query, &named).await?;
-    let user: UserId =
-        user.parse().map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "the user id must be a UUID"))?;
+    let user = parse_user_id(&user)?;
     let work = async move {
         state.teams.remove_member(&team, Some(acting), user).await?;
         let details = serde_json::json!({ "user_id": user.to_string() });
@@ -161,8 +160,7 @@ async fn remove_member(
     ApiPath((team, user)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let team = parse_team(&team)?;
-    let user: UserId =
-        user.parse().map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "the user id must be a UUID"))?;
+    let user = parse_user_id(&user)?;
     state.teams.remove_member(&team, None, user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

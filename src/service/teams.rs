@@ -92,6 +92,17 @@ pub enum MemberChange {
     Unchanged,
 }
 
+/// What [`Teams::claim_domain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimChange {
+    /// The domain is newly the team's.
+    Created,
+    /// The team's claim changed issuer or verification.
+    Updated,
+    /// The team claimed it already, with that issuer and verification.
+    Unchanged,
+}
+
 /// The team service.
 #[derive(Debug, Clone)]
 pub struct Teams {
@@ -251,14 +262,14 @@ impl Teams {
     }
 
     /// Claims `domain` for `team`, routed to `issuer`, or updates the team's claim. Returns the
-    /// claim and whether it is new.
+    /// claim as stored and what changed: a repeated claim changes nothing, not even `updated_at`.
     pub async fn claim_domain(
         &self,
         team: &TeamRef,
         domain: DomainName,
         issuer: Issuer,
         verified: Option<bool>,
-    ) -> Result<(DomainClaim, bool), TeamError> {
+    ) -> Result<(DomainClaim, ClaimChange), TeamError> {
         // The team first: a team that does not exist is that, whatever the issuer.
         let team = self.find(team).await?;
         if self.issuers.get(&issuer).is_none() {
@@ -277,8 +288,9 @@ impl Teams {
             updated_at: now,
         };
         match self.store.claim_domain(&claim, verified.is_none()).await? {
-            ClaimOutcome::Created(claim) => Ok((claim, true)),
-            ClaimOutcome::Updated(claim) => Ok((claim, false)),
+            ClaimOutcome::Created(claim) => Ok((claim, ClaimChange::Created)),
+            ClaimOutcome::Updated(claim) => Ok((claim, ClaimChange::Updated)),
+            ClaimOutcome::Unchanged(claim) => Ok((claim, ClaimChange::Unchanged)),
             ClaimOutcome::ClaimedByAnotherTeam => Err(TeamError::DomainClaimedByAnotherTeam),
             ClaimOutcome::TeamGone => Err(TeamError::TeamNotFound),
         }

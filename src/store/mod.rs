@@ -342,8 +342,10 @@ pub enum ReadFrom {
 pub enum ClaimOutcome {
     /// The domain was unclaimed and now belongs to the team.
     Created(DomainClaim),
-    /// The team already claimed it; issuer and verification were updated.
+    /// The team already claimed it; issuer or verification changed (and `updated_at`).
     Updated(DomainClaim),
+    /// The team already claimed it with that issuer and verification: the claim as it was.
+    Unchanged(DomainClaim),
     /// Another team claims the domain; nothing changed.
     ClaimedByAnotherTeam,
     /// The team is gone (deleted meanwhile); nothing changed.

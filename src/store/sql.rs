@@ -1224,9 +1224,12 @@ impl Store for SqlStore {
              ON CONFLICT (domain) DO UPDATE
                SET issuer = excluded.issuer,
                    verified = CASE WHEN $6 THEN team_domains.verified ELSE excluded.verified END,
-                   updated_at = excluded.updated_at
+                   updated_at = CASE
+                       WHEN team_domains.issuer = excluded.issuer
+                        AND ($6 OR team_domains.verified = excluded.verified)
+                       THEN team_domains.updated_at ELSE excluded.updated_at END
                WHERE team_domains.team_id = excluded.team_id
-             RETURNING created_at, verified",
+             RETURNING created_at, updated_at, verified",
         )
         .bind(claim.domain.as_str())
         .bind(claim.team_id.as_uuid())
@@ -1240,9 +1243,15 @@ impl Store for SqlStore {
         let Some(row) = row else {
             return Ok(ClaimOutcome::ClaimedByAnotherTeam);
         };
-        let created_at = row.time("created_at")?;
-        let stored = DomainClaim { created_at, verified: row.flag("verified")?, ..claim.clone() };
-        Ok(if created_at == claim.updated_at { ClaimOutcome::Created(stored) } else { ClaimOutcome::Updated(stored) })
+        let (created_at, updated_at) = (row.time("created_at")?, row.time("updated_at")?);
+        let stored = DomainClaim { created_at, updated_at, verified: row.flag("verified")?, ..claim.clone() };
+        Ok(if created_at == claim.updated_at {
+            ClaimOutcome::Created(stored)
+        } else if updated_at == claim.updated_at {
+            ClaimOutcome::Updated(stored)
+        } else {
+            ClaimOutcome::Unchanged(stored)
+        })
     }
 
     async fn team_domains(&self, team: TeamId) -> Result<Vec<DomainClaim>, StoreError> {

@@ -99,6 +99,8 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
     }
     let claim = json!({ "domain": "acme.example", "issuer": ISSUER, "verified": true });
     body(app.admin(Method::POST, "/admin/teams/acme/domains").json(&claim).send().await.unwrap(), 201).await;
+    // Claimed again as it is: nothing changed, no row.
+    body(app.admin(Method::POST, "/admin/teams/acme/domains").json(&claim).send().await.unwrap(), 200).await;
     let hook = app.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": "http://127.0.0.1:9/hook" }));
     let hook = body(hook.send().await.unwrap(), 201).await;
     let client = json!({"id": "grafana", "name": "Grafana", "kind": "confidential",

@@ -1593,9 +1593,16 @@ async fn a_domain_claim_is_created_updated_or_refused(backend: Backend) {
     assert_eq!(store.claim_domain(&change, false).await.unwrap(), ClaimOutcome::Updated(updated.clone()));
     assert_eq!(store.domain_claim(&claim.domain, ReadFrom::Primary).await.unwrap().as_ref(), Some(&updated));
     // Keeping `verified`: the stored claim's, whatever the new one says; a new claim takes its own.
-    let kept = DomainClaim { verified: false, ..change.clone() };
-    let outcome = store.claim_domain(&kept, true).await.unwrap();
-    assert_eq!(outcome, ClaimOutcome::Updated(DomainClaim { verified: true, created_at: t0, ..kept.clone() }));
+    // With the same issuer that changes nothing, not even the time of the last change.
+    let later = t1 + TimeDelta::seconds(30);
+    let kept = DomainClaim { verified: false, created_at: later, updated_at: later, ..change.clone() };
+    assert_eq!(store.claim_domain(&kept, true).await.unwrap(), ClaimOutcome::Unchanged(updated.clone()));
+    let same = DomainClaim { created_at: later, updated_at: later, ..change.clone() };
+    assert_eq!(store.claim_domain(&same, false).await.unwrap(), ClaimOutcome::Unchanged(updated.clone()));
+    let moved = DomainClaim { issuer: Issuer::parse(ISSUER).unwrap(), ..kept.clone() };
+    let outcome = store.claim_domain(&moved, true).await.unwrap();
+    assert_eq!(outcome, ClaimOutcome::Updated(DomainClaim { verified: true, created_at: t0, ..moved.clone() }));
+    store.claim_domain(&change, false).await.unwrap();
     let fresh = domain_claim("fresh.example", &ada.team, false, t1);
     assert_eq!(store.claim_domain(&fresh, true).await.unwrap(), ClaimOutcome::Created(fresh.clone()));
 
