@@ -98,11 +98,12 @@ async fn start_login(
         Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error(&headers, error),
     };
-    // Another site — or a sibling host of this one (`same-site`) — sent a browser that is signed
-    // in here: a sign-in forced that way would end its session (and the apps' grants bound to
-    // it) and might sign it in as someone else. The browser is asked first; signing in again from
-    // this origin (the question's own link, the chooser) or typed in (`none`) goes ahead.
-    if csrf::from_this_origin(&headers).is_err() {
+    // A browser signed in here, sent by another site — or a sibling host of this one
+    // (`same-site`), or a link opened from a mail or chat app (`none`, as typed in): a sign-in
+    // forced that way would end its session (and the apps' grants bound to it) and might sign it
+    // in as someone else. The browser is asked first; signing in again from this origin's pages
+    // (the question's own link, the chooser) goes ahead.
+    if !csrf::from_our_pages(&headers) {
         match pages::live_session(&state, &headers, "/login").await {
             Ok(Some((live, _))) => {
                 return already_signed_in(

@@ -44,9 +44,17 @@ pub fn fetch_site(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get("sec-fetch-site").map(|site| site.as_bytes())
 }
 
+/// Whether a request may have been sent by one of this origin's own pages: a browser says
+/// `Sec-Fetch-Site: same-origin`, or says nothing (an old one, which could never say it, and
+/// must not be asked at every step). Not another site, not a sibling host, not a link opened
+/// from a mail or chat app or the address bar (`none`).
+pub fn from_our_pages(headers: &HeaderMap) -> bool {
+    matches!(fetch_site(headers), None | Some(b"same-origin"))
+}
+
 /// Refuses a request that a browser says came from another origin (`Sec-Fetch-Site` other than
 /// `same-origin` or `none`); clients that are not browsers send no such header.
-pub fn from_this_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+fn from_this_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     match fetch_site(headers) {
         Some(site) if !matches!(site, b"same-origin" | b"none") => Err(refused()),
         _ => Ok(()),

@@ -1767,9 +1767,9 @@ async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend:
     let mut browser = Browser::new();
     code_for(&w, &mut browser, &client, &challenge).await;
     let sessions = w.app.db.sql().await.count("sessions").await;
-    for forcing in ["&prompt=login", "&max_age=0"] {
+    for (forcing, from) in [("&prompt=login", "cross-site"), ("&max_age=0", "cross-site"), ("&prompt=login", "none")] {
         let url = authorize_url(&w.app, &client, &challenge, forcing);
-        let asked = browser.request_from("cross-site", Method::GET, &url).await;
+        let asked = browser.request_from(from, Method::GET, &url).await;
         assert_eq!(asked.status(), StatusCode::OK, "{forcing}");
         let page = asked.text().await.unwrap();
         assert!(page.contains("You are already signed in"), "{forcing}: {page}");

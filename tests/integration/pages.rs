@@ -296,9 +296,9 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     assert!(page.contains("You cannot remove your only sign-in method"), "{page}");
 }
 
-/// Another site cannot make a signed-in browser sign in again (which would end its session, and
-/// might sign it in as someone else): the browser is asked, and the question's own link — a
-/// navigation of this origin's — goes ahead.
+/// Another site (or a link opened from an app) cannot make a signed-in browser sign in again
+/// (which would end its session, and might sign it in as someone else): the browser is asked,
+/// and the question's own link — a navigation of this origin's — goes ahead.
 async fn a_sign_in_sent_from_another_site_asks_a_signed_in_browser_first(backend: Backend) {
     let w = world(backend).await;
     let mut browser = Browser::new();
@@ -311,6 +311,9 @@ async fn a_sign_in_sent_from_another_site_asks_a_signed_in_browser_first(backend
     // A sibling host of this site's (`same-site`) is asked about just as well.
     let from_sibling = html(browser.request_from("same-site", Method::GET, &url).await, StatusCode::OK).await;
     assert!(from_sibling.contains("You are already signed in"), "{from_sibling}");
+    // So is a link opened from a mail or chat app (`none`, as the address bar says).
+    let from_an_app = html(browser.request_from("none", Method::GET, &url).await, StatusCode::OK).await;
+    assert!(from_an_app.contains("You are already signed in"), "{from_an_app}");
     let forced = browser.request_from("cross-site", Method::GET, &url).await;
     let page = html(forced, StatusCode::OK).await;
     assert!(page.contains("You are already signed in"), "{page}");

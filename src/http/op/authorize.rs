@@ -275,12 +275,13 @@ async fn sign_in(
         chosen = providers.for_issuer(&provider, &issuer).map(|p| p.name().to_owned());
     }
     let chosen = chosen.or_else(|| default_provider(state));
-    // A browser signed in here, sent by another site to sign in again (`prompt=login`,
-    // `max_age=0`, a hint of someone else): that would end its session here and the apps' grants
-    // bound to it, without a click. It is asked first, as at `/auth/login` — also when the
-    // chooser would decide the provider, since a click there is this origin's.
+    // A browser signed in here, sent by another site (or a link opened from a mail or chat app)
+    // to sign in again (`prompt=login`, `max_age=0`, a hint of someone else): that would end its
+    // session here and the apps' grants bound to it, without a click. It is asked first, as at
+    // `/auth/login` — also when the chooser would decide the provider, since a click there is
+    // this origin's.
     if let Some(live) = live
-        && csrf::from_this_origin(headers).is_err()
+        && !csrf::from_our_pages(headers)
     {
         return crate::http::auth::already_signed_in(state, headers, chosen.as_deref(), Some(continue_to), live);
     }
