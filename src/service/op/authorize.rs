@@ -686,7 +686,9 @@ impl OpenIdProvider {
         // that the app asking now is the one the user approved (or the operator made first-party):
         // it asks every time. (An `https` redirect goes to the origin that registered it.)
         let remembered = !request.client.is_public() || request.redirect_uri.starts_with("https://");
-        if !request.client.first_party || !remembered {
+        // A first-party app is not asked for, unless it asks itself (`prompt=consent`: OpenID
+        // Connect Core 3.1.2.1 has the user prompted then, whoever the client is).
+        if !request.client.first_party || !remembered || request.prompt_consent {
             // A consent covers the scopes it was given for together with the resource (RFC 8707)
             // it was given for: a token for another resource (Tessera's own API or MCP server,
             // say), or with a scope approved only for another, is asked for anew.
