@@ -1031,6 +1031,14 @@ async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
     // Without client authentication: 401.
     let anonymous = w.app.client.post(w.app.url("/oauth/introspect")).form(&[("token", access)]).send().await.unwrap();
     assert_eq!(oauth_error(anonymous, 401).await, "invalid_client");
+    // Basic credentials that do not decode are a failed authentication too (RFC 6749 5.2: 401,
+    // with the challenge of the scheme the client tried).
+    for malformed in ["Basic not-base64!", "Basic bm8tY29sb24=", "Basic OnNlY3JldA=="] {
+        let refused = w.app.client.post(w.app.url("/oauth/introspect")).header("authorization", malformed);
+        let refused = refused.form(&[("token", access)]).send().await.unwrap();
+        assert_eq!(refused.headers()["www-authenticate"], r#"Basic realm="tessera""#, "{malformed}");
+        assert_eq!(oauth_error(refused, 401).await, "invalid_client", "{malformed}");
+    }
 }
 
 async fn client_credentials_tokens_name_the_client(backend: Backend) {

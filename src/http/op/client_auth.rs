@@ -29,8 +29,8 @@ crate::debug_redacted!(ClientAuthForm {
 
 /// The client credentials of a request: `Authorization: Basic` (once; its user and password are
 /// form-urlencoded, RFC 6749 2.3.1) and the form's `client_*` parameters. Another scheme in
-/// `Authorization` is not a client credential and is ignored; a repeated or malformed `Basic` is
-/// `invalid_request`. Blank parameters count as absent.
+/// `Authorization` is not a client credential and is ignored; a repeated header is
+/// `invalid_request`, a malformed `Basic` `invalid_client`. Blank parameters count as absent.
 pub fn client_credentials(headers: &HeaderMap, form: ClientAuthForm) -> Result<ClientCredentials, ClientAuthError> {
     let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
     let basic = match (authorization.next(), authorization.next()) {
@@ -56,8 +56,10 @@ pub fn client_credentials(headers: &HeaderMap, form: ClientAuthForm) -> Result<C
     })
 }
 
+/// Basic credentials that do not decode: the client tried that scheme and failed, which RFC 6749
+/// 5.2 answers `invalid_client` (401, with the scheme's challenge), not `invalid_request`.
 fn malformed() -> ClientAuthError {
-    ClientAuthError::InvalidRequest(
+    ClientAuthError::InvalidClient(
         "the Basic credentials are malformed: base64 of the form-urlencoded client id, ':', and secret",
     )
 }
@@ -135,7 +137,7 @@ mod tests {
         assert_eq!(decode_basic(&basic("%C3%A9:x")).unwrap(), ("é".into(), "x".into()));
         assert_eq!(decode_basic(&basic("app:")).unwrap(), ("app".into(), String::new()));
         for bad in [basic("no-colon"), basic(":secret"), "not base64!".into(), basic("%FF:x")] {
-            assert_eq!(decode_basic(&bad).unwrap_err().oauth_error(), "invalid_request", "{bad}");
+            assert_eq!(decode_basic(&bad).unwrap_err().oauth_error(), "invalid_client", "{bad}");
         }
     }
 
