@@ -179,9 +179,11 @@ pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&s
         )
         .field("on_behalf_of")
     })?;
-    // No existence check here: every route that acts for a user checks their team membership,
-    // and an unknown user is a member of nothing.
-    named.parse().map_err(|_| invalid_user_id())
+    let user = named.parse().map_err(|_| invalid_user_id())?;
+    // A disabled user acts in nothing (a session or token of theirs is refused as well), and an
+    // unknown one is named as such rather than found in no team.
+    state.users.may_act(user).await?;
+    Ok(user)
 }
 
 /// The user an admin-token caller names: `X-On-Behalf-Of` (sent at most once) or

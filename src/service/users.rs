@@ -158,6 +158,30 @@ impl PublicError for UserAdminError {
     }
 }
 
+/// Why an admin token may not act for a user ([`Users::may_act`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ActingError {
+    /// No user has that id.
+    #[error("no user has the id in `on_behalf_of`")]
+    UserNotFound,
+    /// The user is disabled.
+    #[error("the user named in `on_behalf_of` is disabled")]
+    UserDisabled,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PublicError for ActingError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ActingError::UserNotFound => ErrorCode::UserNotFound,
+            ActingError::UserDisabled => ErrorCode::UserDisabled,
+            ActingError::Store(e) => e.code(),
+        }
+    }
+}
+
 /// The operators' user service.
 #[derive(Debug, Clone)]
 pub struct Users {
@@ -169,6 +193,17 @@ impl Users {
     /// Creates the service; `principals` forgets deleted users at once.
     pub fn new(store: Arc<dyn Store>, principals: Arc<PrincipalCache>) -> Self {
         Self { store, principals }
+    }
+
+    /// Whether an admin token may act for `user` (`X-On-Behalf-Of`): refused when no user has
+    /// that id, and when they are disabled — a disabled user does nothing, whoever asks for them
+    /// (their connected accounts' credentials included). Read from the primary.
+    pub async fn may_act(&self, user: UserId) -> Result<(), ActingError> {
+        match self.store.get_user(user).await? {
+            None => Err(ActingError::UserNotFound),
+            Some(user) if user.disabled => Err(ActingError::UserDisabled),
+            Some(_) => Ok(()),
+        }
     }
 
     /// A page of the users matching `filter`, oldest first.

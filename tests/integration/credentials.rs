@@ -3,7 +3,7 @@
 //! forward-auth, a 401 `invalid_request` challenge), and the request writes nothing — whichever
 //! copy a proxy in front would have read.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tessera::config::ProviderKind;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
@@ -132,6 +132,18 @@ async fn the_user_acted_for_must_be_named_once(backend: Backend) {
     body(as_admin(&url).header("x-on-behalf-of", ann_id).send().await.unwrap(), 200).await;
     let in_query_twice = as_admin(&format!("{url}?on_behalf_of={ann_id}&on_behalf_of={bob_id}"));
     assert_eq!(ambiguous(in_query_twice.send().await.unwrap()).await["field"], "on_behalf_of");
+    // Nobody, or a disabled user, is acted for in nothing: said so, not taken for a stranger.
+    let nobody = as_admin(&url).header("x-on-behalf-of", "0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a");
+    assert_eq!(body(nobody.send().await.unwrap(), 404).await["code"], "user_not_found");
+    let disable = |disabled: bool| {
+        let path = format!("/admin/users/{ann_id}");
+        app.admin(Method::PATCH, &path).json(&serde_json::json!({ "disabled": disabled })).send()
+    };
+    body(disable(true).await.unwrap(), 200).await;
+    let disabled = as_admin(&url).header("x-on-behalf-of", ann_id).send().await.unwrap();
+    assert_eq!(body(disabled, 403).await["code"], "user_disabled");
+    body(disable(false).await.unwrap(), 200).await;
+    body(as_admin(&url).header("x-on-behalf-of", ann_id).send().await.unwrap(), 200).await;
 
     // Credentials are checked before the body is read: an ambiguous credential is said so, and a
     // missing one is 401, whatever the body or its type.
