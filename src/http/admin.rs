@@ -240,10 +240,8 @@ fn parse_claim(request: BootstrapRequest) -> Result<IdentityClaim, ApiError> {
         .map_err(|e| text_error(e, "name", ErrorCode::InvalidName))?;
     // As an issuer's `name`, which is what an identity records by default (its host, say): a
     // value read back from `GET /admin/users/{id}` is accepted as it is.
-    let provider = crate::domain::provider_label(request.provider.as_deref()).map_err(|_| {
-        ApiError::new(ErrorCode::InvalidRequest, "`provider` must be 1 to 64 characters, without control characters")
-            .field("provider")
-    })?;
+    let provider = crate::domain::provider_label(request.provider.as_deref())
+        .map_err(|e| text_error(e, "provider", ErrorCode::InvalidRequest))?;
     Ok(IdentityClaim {
         issuer,
         subject,
