@@ -523,9 +523,7 @@ pub(crate) fn time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
 pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::Store>, ExitCode> {
     // Reading commands (and `import --dry-run`) never create a database: a mistyped path would
     // otherwise leave an empty file behind and blame pending migrations.
-    if config.database.url.backend() == crate::config::Backend::Sqlite
-        && !store::sqlite_database_exists(config.database.url.expose()).map_err(|e| fail(&e))?
-    {
+    if store::sqlite_file_missing(&config.database.url).map_err(|e| fail(&e))? {
         eprintln!(
             "tessera: the SQLite database {} does not exist; `tessera migrate` or `tessera serve` creates it",
             config.database.url

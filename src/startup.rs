@@ -137,10 +137,7 @@ impl Application {
         let migrate = config.database.auto_migrate || force_migrate;
         // Without migrating, nothing creates a database: connecting would leave an empty file
         // behind (a mistyped path, say) for the next start to blame on pending migrations.
-        if !migrate
-            && config.database.url.backend() == Backend::Sqlite
-            && !store::sqlite_database_exists(config.database.url.expose()).unwrap_or(true)
-        {
+        if !migrate && store::sqlite_file_missing(&config.database.url).unwrap_or(false) {
             return Err(StartupError::NoDatabase { url: config.database.url.redacted() });
         }
         let store = store::connect(&config.database).await.map_err(|source| connect_failed(config, source))?;

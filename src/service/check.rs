@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{Backend, Config};
+use crate::config::Config;
 use crate::domain::Issuer;
 use crate::error::Chain;
 use crate::store::{self, Store};
@@ -86,9 +86,7 @@ pub async fn run(config: &Config) -> Report {
     for issuer in config.issuers_without_audiences() {
         report.push(Severity::Warning, format!("issuer {} {}", issuer.issuer, crate::config::NO_AUDIENCES));
     }
-    if config.database.url.backend() == Backend::Sqlite
-        && !store::sqlite_database_exists(config.database.url.expose()).unwrap_or(true)
-    {
+    if store::sqlite_file_missing(&config.database.url).unwrap_or(false) {
         report.push(
             Severity::Problem,
             format!(

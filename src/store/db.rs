@@ -1574,9 +1574,14 @@ pub async fn copy_sqlite(url: &str, into: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Whether the database file a `sqlite:` URL names exists already (in-memory databases do).
-pub fn sqlite_database_exists(url: &str) -> Result<bool, StoreError> {
-    Ok(sqlite_file(url)?.is_none_or(|file| file.exists()))
+/// Whether `url` names an SQLite database file that does not exist yet (in-memory databases
+/// and PostgreSQL always exist, as far as this goes): nothing but a migration may create it, or
+/// a mistyped path would leave an empty file behind.
+pub fn sqlite_file_missing(url: &crate::config::DatabaseUrl) -> Result<bool, StoreError> {
+    if url.backend() != Backend::Sqlite {
+        return Ok(false);
+    }
+    Ok(sqlite_file(url.expose())?.is_some_and(|file| !file.exists()))
 }
 
 /// Creates the PostgreSQL database a URL names (for scratch databases of benchmarks and tests).

@@ -37,8 +37,8 @@ pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, T
 pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use cache_sync::{CacheChange, LogPage, LoggedChange};
 pub use db::{
-    ReplicaLag, copy_sqlite, create_pg_database, drop_pg_database, replica_check_interval, sqlite_database_exists,
-    sqlite_file,
+    ReplicaLag, copy_sqlite, create_pg_database, drop_pg_database, replica_check_interval, sqlite_file,
+    sqlite_file_missing,
 };
 pub use grants::{
     CodeRecord, Consent, GrantAt, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
