@@ -315,6 +315,8 @@ impl ErrorCode {
     /// - `store_unavailable` and `provider_unavailable` (an outage, which every request meets):
     ///   error once every [`OUTAGE_LOG_EVERY`], debug otherwise, so that clients retrying in a
     ///   loop cannot flood the log (see [`ErrorCode::log_level_now`]);
+    /// - `shutting_down`: debug — what a draining instance answers, above all to its load
+    ///   balancer's `/readyz` probes; the shutdown itself is logged once, when the signal comes;
     /// - any other 5xx: error;
     /// - any other 4xx: debug.
     pub fn log_level(self) -> tracing::Level {
@@ -331,7 +333,7 @@ impl ErrorCode {
             | ConnectLinkNotYours | CsrfFailed
             // Client authentication at the OpenID Provider.
             | InvalidClient => tracing::Level::INFO,
-            IssuerUnavailable => tracing::Level::DEBUG,
+            IssuerUnavailable | ShuttingDown => tracing::Level::DEBUG,
             code if code.status().is_server_error() => tracing::Level::ERROR,
             _ => tracing::Level::DEBUG,
         }

@@ -195,9 +195,10 @@ pub fn cache_counters(name: &'static str) -> (Counter, Counter) {
     )
 }
 
-/// Records one answered request. `route` is a template, never a raw path.
-pub fn record_request(route: String, method: &http::Method, status: u16, elapsed: Duration) {
-    let method = match *method {
+/// A request's method as metrics and logs name it: one of the standard ones, else `other` —
+/// any other token is a client's choice, of any length, so labels and log lines stay bounded.
+pub fn method_name(method: &http::Method) -> &'static str {
+    match *method {
         http::Method::GET => "GET",
         http::Method::POST => "POST",
         http::Method::PUT => "PUT",
@@ -205,9 +206,13 @@ pub fn record_request(route: String, method: &http::Method, status: u16, elapsed
         http::Method::DELETE => "DELETE",
         http::Method::HEAD => "HEAD",
         http::Method::OPTIONS => "OPTIONS",
-        // Any other token is a client's choice: one label for all, so labels stay bounded.
         _ => "other",
-    };
+    }
+}
+
+/// Records one answered request. `route` is a template, never a raw path.
+pub fn record_request(route: String, method: &http::Method, status: u16, elapsed: Duration) {
+    let method = method_name(method);
     let labels = vec![
         Label::new("route", route),
         Label::from_static_parts("method", method),
@@ -280,5 +285,13 @@ mod tests {
         assert_eq!(count(), before + 1);
         drop(second);
         assert_eq!(count(), before);
+    }
+
+    #[test]
+    fn a_method_of_a_clients_choosing_is_named_other() {
+        assert_eq!(method_name(&http::Method::PATCH), "PATCH");
+        let long = http::Method::from_bytes("A".repeat(100_000).as_bytes()).unwrap();
+        assert_eq!(method_name(&long), "other");
+        assert_eq!(method_name(&http::Method::from_bytes(b"PROPFIND").unwrap()), "other");
     }
 }

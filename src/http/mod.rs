@@ -177,13 +177,15 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
             ApiError::internal(std::io::Error::other(format!("panicked: {message}"))).into_response()
         }))
         .layer(
-            // Spans carry the method, the matched route (never the raw URI, whose query may hold
+            // Spans carry the method (a standard one's name, else `other`: a client may send a
+            // method of any length), the matched route (never the raw URI, whose query may hold
             // codes or tokens) and the request id; no header or body is logged.
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
                     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
                     let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", method = %request.method(), route, request_id)
+                    let method = crate::observability::method_name(request.method());
+                    tracing::info_span!("request", method, route, request_id)
                 })
                 .on_request(())
                 .on_response(|response: &Response<_>, latency: Duration, _span: &Span| {
@@ -226,6 +228,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
 pub fn metrics_router(state: Arc<AppState>) -> Router {
     prometheus::routes()
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(prometheus::track_requests))
         // An `X-Request-Id` on every answer here too, kept from the client only when safe.
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

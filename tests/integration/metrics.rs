@@ -311,6 +311,8 @@ async fn a_listener_of_its_own_serves_metrics_without_a_token_and_the_main_one_d
     // Only /metrics there.
     let other = client.get(format!("http://{metrics}/healthz")).send().await.unwrap();
     assert_eq!(json(other, 404).await["code"], "not_found");
+    let posted = client.post(format!("http://{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(json(posted, 405).await["code"], "method_not_allowed");
     // Not on the main listener, even with the admin token.
     let main_metrics = client.get(format!("http://{main}/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(json(main_metrics, 404).await["code"], "not_found");
