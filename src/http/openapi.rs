@@ -336,6 +336,12 @@ fn problem_description(codes: &[&str]) -> String {
     }
 }
 
+/// What the APIs' 401 adds to the codes of that status: a refused bearer token keeps the code
+/// that says why, whatever that code's own status.
+const REFUSED_TOKEN: &str = " A refused bearer token is a 401 too, whichever code says why (`malformed_token`, \
+    `signature_invalid`, `token_expired`, `issuer_not_allowed`, `user_disabled`, …; README, \"Token validation \
+    (for other backends)\"), with `WWW-Authenticate: Bearer error=\"invalid_token\"`.";
+
 fn problem_content() -> utoipa::openapi::Content {
     ContentBuilder::new().schema(Some(Ref::from_schema_name(Problem::name()))).build()
 }
@@ -348,9 +354,11 @@ fn problem_responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
     statuses()
         .into_iter()
         .map(|(status, codes)| {
-            let response = ResponseBuilder::new()
-                .description(problem_description(&codes))
-                .content(PROBLEM_JSON, problem_content());
+            let mut description = problem_description(&codes);
+            if status == 401 {
+                description.push_str(REFUSED_TOKEN);
+            }
+            let response = ResponseBuilder::new().description(description).content(PROBLEM_JSON, problem_content());
             (status.to_string(), response.build().into())
         })
         .collect()
