@@ -443,3 +443,6 @@ CREATE INDEX audit_events_actor_name_idx ON audit_events (actor_name, id);
 CREATE INDEX outbox_events_processed_seq_idx ON outbox_events (seq) WHERE processed_at IS NOT NULL;
 
 CREATE INDEX outbox_events_processed_created_idx ON outbox_events (created_at) WHERE processed_at IS NOT NULL;
+
+CREATE INDEX auth_profiles_account_idx ON auth_profiles (provider, upstream_account_id)
+    WHERE status IN ('active', 'needs_reauth');

@@ -213,6 +213,79 @@ impl SqlStore {
         Ok(Some(created))
     }
 
+    /// [`Store::sync_config_clients`], once.
+    async fn sync_config_clients_once(&self, clients: &[Client]) -> Result<ConfigClientSync, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // Locks the configuration clients, so that instances starting together take turns.
+        let stored = query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.from_config FOR UPDATE"))
+            .fetch_all(&mut tx)
+            .await?
+            .iter()
+            .map(rows::client)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut wanted: Vec<&Client> = clients.iter().collect();
+        wanted.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut sync = ConfigClientSync::default();
+        let mut forget = Vec::new();
+        for client in wanted {
+            match stored.iter().find(|s| s.id == client.id) {
+                Some(old) if same_registration(old, client) => {}
+                // A confidential client made public (or the reverse) is another client under the
+                // same id, as the admin API has it: the grants, refresh tokens and consents given
+                // to the old one end with it (cascades), or a refresh token of a confidential
+                // client would now be redeemed without its secret.
+                Some(old) if old.kind != client.kind => {
+                    query("DELETE FROM clients WHERE id = $1").bind(client.id.as_str()).execute(&mut tx).await?;
+                    insert_client_query(client).execute(&mut tx).await?;
+                    sync.updated += 1;
+                    forget.push(CacheChange::Client(client.id.clone()));
+                }
+                Some(_) => {
+                    update_client_query(client, None).execute(&mut tx).await?;
+                    sync.updated += 1;
+                    forget.push(CacheChange::Client(client.id.clone()));
+                }
+                None => {
+                    if insert_client_query(client).fetch_optional(&mut tx).await?.is_some() {
+                        sync.inserted += 1;
+                        continue;
+                    }
+                    // Taken: by an admin client, or by a configuration client another instance
+                    // inserted meanwhile (then it is ours to replace).
+                    let row = query("SELECT from_config FROM clients WHERE id = $1")
+                        .bind(client.id.as_str())
+                        .fetch_optional(&mut tx)
+                        .await?;
+                    match row.map(|row| row.flag("from_config")).transpose()? {
+                        Some(true) => {
+                            update_client_query(client, None).execute(&mut tx).await?;
+                            sync.updated += 1;
+                            forget.push(CacheChange::Client(client.id.clone()));
+                        }
+                        _ => sync.conflicts.push(client.id.clone()),
+                    }
+                }
+            }
+        }
+        for old in stored.iter().filter(|old| !clients.iter().any(|c| c.id == old.id)) {
+            sync.deleted += usize::try_from(
+                query("DELETE FROM clients WHERE id = $1 AND from_config")
+                    .bind(old.id.as_str())
+                    .execute(&mut tx)
+                    .await?,
+            )
+            .unwrap_or(0);
+            forget.push(CacheChange::Client(old.id.clone()));
+        }
+        if sync.conflicts.is_empty() {
+            log_changes(&mut tx, &forget, crate::domain::now()).await?;
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(sync)
+    }
+
     /// [`Store::remove_member`] (or, `leaving`, [`Store::leave_team`]), once.
     async fn remove_member_once(
         &self,
@@ -2022,7 +2095,7 @@ impl Store for SqlStore {
         .bind(provider)
         .bind(account)
         .bind(except.map_or(uuid::Uuid::nil(), |id| id.as_uuid()))
-        .fetch_optional(self.db.writer())
+        .fetch_optional(self.db.reader())
         .await?;
         Ok(row.is_some())
     }
@@ -2911,86 +2984,25 @@ impl Store for SqlStore {
     }
 
     async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
-        let mut tx = self.db.begin().await?;
-        if query("DELETE FROM clients WHERE id = $1").bind(id.as_str()).execute(&mut tx).await? != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        log_changes(&mut tx, &[CacheChange::Client(id.clone())], crate::domain::now()).await?;
-        tx.commit().await?;
-        Ok(true)
+        // The cascade locks the client's grants, then their codes and refresh tokens: the other
+        // order from a code's redemption or a token's rotation (the row, then its grant for the
+        // new token's foreign key), so PostgreSQL may end one of the two as a deadlock.
+        retrying_conflicts(|| async {
+            let mut tx = self.db.begin().await?;
+            if query("DELETE FROM clients WHERE id = $1").bind(id.as_str()).execute(&mut tx).await? != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            log_changes(&mut tx, &[CacheChange::Client(id.clone())], crate::domain::now()).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn sync_config_clients(&self, clients: &[Client]) -> Result<ConfigClientSync, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // Locks the configuration clients, so that instances starting together take turns.
-        let stored = query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.from_config FOR UPDATE"))
-            .fetch_all(&mut tx)
-            .await?
-            .iter()
-            .map(rows::client)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut wanted: Vec<&Client> = clients.iter().collect();
-        wanted.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut sync = ConfigClientSync::default();
-        let mut forget = Vec::new();
-        for client in wanted {
-            match stored.iter().find(|s| s.id == client.id) {
-                Some(old) if same_registration(old, client) => {}
-                // A confidential client made public (or the reverse) is another client under the
-                // same id, as the admin API has it: the grants, refresh tokens and consents given
-                // to the old one end with it (cascades), or a refresh token of a confidential
-                // client would now be redeemed without its secret.
-                Some(old) if old.kind != client.kind => {
-                    query("DELETE FROM clients WHERE id = $1").bind(client.id.as_str()).execute(&mut tx).await?;
-                    insert_client_query(client).execute(&mut tx).await?;
-                    sync.updated += 1;
-                    forget.push(CacheChange::Client(client.id.clone()));
-                }
-                Some(_) => {
-                    update_client_query(client, None).execute(&mut tx).await?;
-                    sync.updated += 1;
-                    forget.push(CacheChange::Client(client.id.clone()));
-                }
-                None => {
-                    if insert_client_query(client).fetch_optional(&mut tx).await?.is_some() {
-                        sync.inserted += 1;
-                        continue;
-                    }
-                    // Taken: by an admin client, or by a configuration client another instance
-                    // inserted meanwhile (then it is ours to replace).
-                    let row = query("SELECT from_config FROM clients WHERE id = $1")
-                        .bind(client.id.as_str())
-                        .fetch_optional(&mut tx)
-                        .await?;
-                    match row.map(|row| row.flag("from_config")).transpose()? {
-                        Some(true) => {
-                            update_client_query(client, None).execute(&mut tx).await?;
-                            sync.updated += 1;
-                            forget.push(CacheChange::Client(client.id.clone()));
-                        }
-                        _ => sync.conflicts.push(client.id.clone()),
-                    }
-                }
-            }
-        }
-        for old in stored.iter().filter(|old| !clients.iter().any(|c| c.id == old.id)) {
-            sync.deleted += usize::try_from(
-                query("DELETE FROM clients WHERE id = $1 AND from_config")
-                    .bind(old.id.as_str())
-                    .execute(&mut tx)
-                    .await?,
-            )
-            .unwrap_or(0);
-            forget.push(CacheChange::Client(old.id.clone()));
-        }
-        if sync.conflicts.is_empty() {
-            log_changes(&mut tx, &forget, crate::domain::now()).await?;
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(sync)
+        // A client re-created under its id cascades as a deletion does (see `delete_client`).
+        retrying_conflicts(|| self.sync_config_clients_once(clients)).await
     }
 
     async fn use_client_assertion(
