@@ -446,3 +446,6 @@ CREATE INDEX outbox_events_processed_created_idx ON outbox_events (created_at) W
 
 CREATE INDEX auth_profiles_account_idx ON auth_profiles (provider, upstream_account_id)
     WHERE status IN ('active', 'needs_reauth');
+
+CREATE INDEX webhook_deliveries_pending_scheduled_idx ON webhook_deliveries (endpoint_id, scheduled_at)
+    WHERE state = 'pending';

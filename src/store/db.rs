@@ -84,7 +84,7 @@ embedded_migrations! {
     29 "0029_audit_actor_indexes" "audit_actor_indexes",
     30 "0030_login_state_salt" "login_state_salt",
     31 "0031_processed_event_indexes" "processed_event_indexes",
-    32 "0032_auth_profile_account_index" "auth_profile_account_index",
+    32 "0032_lookup_indexes" "lookup_indexes",
 }
 
 /// After a failed read, the replica is left alone this long: an unreachable replica would

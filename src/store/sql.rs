@@ -3445,12 +3445,17 @@ impl Store for SqlStore {
     }
 
     async fn webhook_queues(&self) -> Result<Vec<WebhookQueue>, StoreError> {
-        // The pending index (endpoint_id, event_seq) WHERE state = 'pending' finds the rows.
+        // Per endpoint, from the pending indexes alone: the count from (endpoint_id, event_seq),
+        // the oldest from the first entry of (endpoint_id, scheduled_at) — no table row is read,
+        // however long a queue grew behind an endpoint that is down.
         let rows = query(
-            "SELECT e.id, count(d.id) AS pending, min(d.scheduled_at) AS oldest
-             FROM webhook_endpoints e
-             LEFT JOIN webhook_deliveries d ON d.endpoint_id = e.id AND d.state = 'pending'
-             GROUP BY e.id ORDER BY e.id",
+            "SELECT e.id,
+                    (SELECT count(*) FROM webhook_deliveries d
+                      WHERE d.endpoint_id = e.id AND d.state = 'pending') AS pending,
+                    (SELECT d.scheduled_at FROM webhook_deliveries d
+                      WHERE d.endpoint_id = e.id AND d.state = 'pending'
+                      ORDER BY d.scheduled_at LIMIT 1) AS oldest
+             FROM webhook_endpoints e ORDER BY e.id",
         )
         .fetch_all(self.db.reader())
         .await?;
