@@ -1800,10 +1800,14 @@ mod tests {
                  AND p.profile_kind = 'oauth_account' AND p.status = 'active'",
                 "auth_profiles_",
             ),
+            (super::super::sql::ACCOUNT_IN_USE, "auth_profiles_account_idx"),
         ] {
             let plan = plan(sql).await;
             assert!(plan.contains(index) && !plan.contains("SCAN"), "{sql}: {plan}");
         }
+        // Each endpoint's queue from the pending indexes, the endpoints themselves walked.
+        let queues = plan(super::super::sql::WEBHOOK_QUEUES).await;
+        assert!(queues.contains("webhook_deliveries_pending_scheduled_idx") && !queues.contains("SCAN d"), "{queues}");
         // A filtered page of the audit log is found through the filter's index, not by walking
         // the log from its newest row.
         for (sql, index) in [

@@ -2087,16 +2087,14 @@ impl Store for SqlStore {
         account: &str,
         except: Option<ProfileId>,
     ) -> Result<bool, StoreError> {
-        let row = query(
-            "SELECT 1 AS one FROM auth_profiles
-             WHERE provider = $1 AND upstream_account_id = $2 AND status IN ('active', 'needs_reauth') AND id <> $3
-             LIMIT 1",
-        )
-        .bind(provider)
-        .bind(account)
-        .bind(except.map_or(uuid::Uuid::nil(), |id| id.as_uuid()))
-        .fetch_optional(self.db.reader())
-        .await?;
+        // On a reader: a connection of the same account committing meanwhile may or may not be
+        // seen, on SQLite now as on PostgreSQL (the one writer used to order this read after it).
+        let row = query(ACCOUNT_IN_USE)
+            .bind(provider)
+            .bind(account)
+            .bind(except.map_or(uuid::Uuid::nil(), |id| id.as_uuid()))
+            .fetch_optional(self.db.reader())
+            .await?;
         Ok(row.is_some())
     }
 
@@ -3445,20 +3443,7 @@ impl Store for SqlStore {
     }
 
     async fn webhook_queues(&self) -> Result<Vec<WebhookQueue>, StoreError> {
-        // Per endpoint, from the pending indexes alone: the count from (endpoint_id, event_seq),
-        // the oldest from the first entry of (endpoint_id, scheduled_at) — no table row is read,
-        // however long a queue grew behind an endpoint that is down.
-        let rows = query(
-            "SELECT e.id,
-                    (SELECT count(*) FROM webhook_deliveries d
-                      WHERE d.endpoint_id = e.id AND d.state = 'pending') AS pending,
-                    (SELECT d.scheduled_at FROM webhook_deliveries d
-                      WHERE d.endpoint_id = e.id AND d.state = 'pending'
-                      ORDER BY d.scheduled_at LIMIT 1) AS oldest
-             FROM webhook_endpoints e ORDER BY e.id",
-        )
-        .fetch_all(self.db.reader())
-        .await?;
+        let rows = query(WEBHOOK_QUEUES).fetch_all(self.db.reader()).await?;
         rows.iter()
             .map(|row| {
                 Ok(WebhookQueue {
@@ -4055,6 +4040,23 @@ async fn restart_series(
     }
     Ok(())
 }
+
+/// Whether another live profile holds an upstream account (`auth_profiles_account_idx`).
+pub(super) const ACCOUNT_IN_USE: &str = "SELECT 1 AS one FROM auth_profiles
+     WHERE provider = $1 AND upstream_account_id = $2 AND status IN ('active', 'needs_reauth') AND id <> $3
+     LIMIT 1";
+
+/// Each endpoint's pending deliveries, from the pending indexes: the count by walking the
+/// endpoint's entries of one (a long queue is still walked, but no table row is read for it on
+/// SQLite, and on PostgreSQL only for pages not yet all-visible), the oldest from the first entry
+/// of `webhook_deliveries_pending_scheduled_idx`.
+pub(super) const WEBHOOK_QUEUES: &str = "SELECT e.id,
+        (SELECT count(*) FROM webhook_deliveries d
+          WHERE d.endpoint_id = e.id AND d.state = 'pending') AS pending,
+        (SELECT d.scheduled_at FROM webhook_deliveries d
+          WHERE d.endpoint_id = e.id AND d.state = 'pending'
+          ORDER BY d.scheduled_at LIMIT 1) AS oldest
+     FROM webhook_endpoints e ORDER BY e.id";
 
 /// The principal statement for `keys` (1 to [`PRINCIPALS_PER_READ`]) keys: their `(issuer,
 /// subject)` pairs as a `VALUES` list joined to the identities' unique index (both databases

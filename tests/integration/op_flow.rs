@@ -660,9 +660,7 @@ async fn a_public_clients_access_token_does_not_end_its_offline_grant(backend: B
         w.app.client.post(w.app.url("/oauth/revoke")).form(&form).send()
     };
     let sql = w.app.db.sql().await;
-    // Refused as such (RFC 7009, section 2.2.1), not answered as if the grant had ended.
-    let refused = revoke(tokens["access_token"].as_str().unwrap()).await.unwrap();
-    assert_eq!(oauth_error(refused, 400).await, "unsupported_token_type");
+    assert_eq!(revoke(tokens["access_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 0, "the offline grant stands");
     // An access token narrowed by a refresh to less than `offline_access` is still one of the
     // offline grant's: it is the grant's scope that counts, not the token's.
@@ -674,14 +672,11 @@ async fn a_public_clients_access_token_does_not_end_its_offline_grant(backend: B
     ];
     let narrowed = body(w.app.client.post(w.app.url("/oauth/token")).form(&refresh).send().await.unwrap(), 200).await;
     assert_eq!(narrowed["scope"], "openid");
-    let refused = revoke(narrowed["access_token"].as_str().unwrap()).await.unwrap();
-    assert_eq!(oauth_error(refused, 400).await, "unsupported_token_type");
+    assert_eq!(revoke(narrowed["access_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 0, "a narrowed token does not end it");
     let tokens = narrowed;
     assert_eq!(revoke(tokens["refresh_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1, "its refresh token ends it");
-    // The grant ended, its access token names nothing left to refuse: 200, as for any other.
-    assert_eq!(revoke(tokens["access_token"].as_str().unwrap()).await.unwrap().status(), StatusCode::OK);
 }
 
 /// Eight revocations of a refresh token sent at once with a refresh of it: every revocation is

@@ -38,13 +38,16 @@ pub fn client_credentials(headers: &HeaderMap, form: ClientAuthForm) -> Result<C
         (Some(_), Some(_)) => {
             return Err(ClientAuthError::InvalidRequest("the Authorization header is sent more than once"));
         }
-        (Some(value), None) => {
-            let value = value.to_str().map_err(|_| malformed())?;
-            match value.split_once(' ') {
-                Some((scheme, encoded)) if scheme.eq_ignore_ascii_case("basic") => Some(decode_basic(encoded.trim())?),
-                _ => None,
+        // The scheme first, on the raw bytes: only a `Basic` value that does not decode is a
+        // failed client authentication; another scheme's value, whatever its bytes, is ignored.
+        (Some(value), None) => match value.as_bytes().split(|b| *b == b' ').next() {
+            Some(scheme) if scheme.eq_ignore_ascii_case(b"basic") => {
+                let value = value.to_str().map_err(|_| malformed())?;
+                let encoded = value.split_once(' ').map_or("", |(_, encoded)| encoded);
+                Some(decode_basic(encoded.trim())?)
             }
-        }
+            _ => None,
+        },
     };
     let present = |value: Option<String>| value.filter(|v| !v.is_empty());
     Ok(ClientCredentials {
@@ -157,5 +160,14 @@ mod tests {
         let mut bearer = HeaderMap::new();
         bearer.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
         assert_eq!(client_credentials(&bearer, ClientAuthForm::default()).unwrap().basic, None);
+        // Another scheme's value is ignored whatever its bytes; a `Basic` one must decode.
+        let mut odd = HeaderMap::new();
+        odd.insert(header::AUTHORIZATION, HeaderValue::from_bytes(b"Bearer \xe9t\xe9").unwrap());
+        assert_eq!(client_credentials(&odd, ClientAuthForm::default()).unwrap().basic, None);
+        odd.insert(header::AUTHORIZATION, HeaderValue::from_bytes(b"basic \xe9t\xe9").unwrap());
+        let refused = client_credentials(&odd, ClientAuthForm::default()).unwrap_err();
+        assert_eq!(refused.oauth_error(), "invalid_client");
+        odd.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic"));
+        assert_eq!(client_credentials(&odd, ClientAuthForm::default()).unwrap_err().oauth_error(), "invalid_client");
     }
 }

@@ -665,22 +665,14 @@ impl OpenIdProvider {
             // A public client's id is no secret and is in every access token of its, which every
             // resource server sees: such a token does not end an offline grant (section 2.2 lets
             // the server decline), so that a resource server cannot cut off an agent's standing
-            // access; the client ends that with its refresh token, and is told so (section
-            // 2.2.1) rather than answered as if the grant had ended. (A grant bound to the
-            // browser session, which a sign-in gives again, it does end: an app's sign-out.) It is
-            // the grant's scope that says offline, not the token's: a refresh may have narrowed it.
+            // access; the client ends that with its refresh token. (A grant bound to the browser
+            // session, which a sign-in gives again, it does end: an app's sign-out.) It is the
+            // grant's scope that says offline, not the token's: a refresh may have narrowed that.
             Named::Access(claims) if claims.client_id == client.id.as_str() => match claims.gid {
-                Some(gid) if client.is_public() => match self.store.grant(gid, self.grant_at(now)).await? {
-                    Some(grant) if split_scope(&grant.scope).iter().any(|s| s == OFFLINE_ACCESS) => {
-                        if grant.active && claims.exp > now.timestamp() {
-                            return Err(OAuthError::unsupported_token_type(
-                                "a public client's access token does not end an offline grant: revoke its refresh token",
-                            ));
-                        }
-                        None
-                    }
-                    grant => grant.map(|g| g.id),
-                },
+                Some(gid) if client.is_public() => {
+                    let grant = self.store.grant(gid, self.grant_at(now)).await?;
+                    grant.filter(|g| !split_scope(&g.scope).iter().any(|s| s == OFFLINE_ACCESS)).map(|g| g.id)
+                }
                 gid => gid,
             },
             Named::Refresh(grant, _) if grant.client_id == client.id.as_str() => Some(grant.id),
