@@ -142,6 +142,17 @@ pub struct HeldRequest {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Who may take a held request ([`Store::take_request`](super::Store::take_request)): the
+/// browser session a consent request is bound to, or the client whose `request_uri` it is (a
+/// request bound to no session). Anyone else leaves it where it is.
+#[derive(Debug, Clone, Copy)]
+pub enum HeldFor<'a> {
+    /// A consent request, by the SHA-256 of its session.
+    Session(&'a [u8; 32]),
+    /// A request URI, by its client's id.
+    Client(&'a str),
+}
+
 /// What a user consented to for a third-party client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Consent {

@@ -41,7 +41,8 @@ pub use db::{
     sqlite_file_missing,
 };
 pub use grants::{
-    CodeRecord, Consent, GrantAt, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
+    CodeRecord, Consent, GrantAt, GrantRecord, HeldFor, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome,
+    UserApp,
 };
 pub use migrations::MigrationStatus;
 pub use profile_actions::{DefaultOutcome, ProfileChange, ProfileUpdate, Revocation};
@@ -1258,8 +1259,14 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Holds an authorization request for a later step.
     async fn insert_request(&self, request: &HeldRequest) -> Result<(), StoreError>;
 
-    /// Takes a held request once; `None` when absent, taken or expired.
-    async fn take_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError>;
+    /// Takes a held request once, for `by` alone; `None` when absent, taken, expired or someone
+    /// else's (which stays held: a session or client that is not its own cannot use it up).
+    async fn take_request(
+        &self,
+        id_hash: &[u8; 32],
+        by: HeldFor<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<HeldRequest>, StoreError>;
 
     /// A held request, left in place; `None` when absent, taken or expired.
     async fn held_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError>;

@@ -32,7 +32,9 @@ use super::{
     SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession, Waiting,
     WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
-use super::{CodeRecord, GrantAt, GrantRecord, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp};
+use super::{
+    CodeRecord, GrantAt, GrantRecord, HeldFor, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
+};
 use super::{
     CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery, UserUpdate,
 };
@@ -2766,13 +2768,27 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn take_request(&self, id_hash: &[u8; 32], now: DateTime<Utc>) -> Result<Option<HeldRequest>, StoreError> {
-        let row = query(
-            "DELETE FROM oauth_requests WHERE id_hash = $1 RETURNING client_id, params, session_hash, expires_at",
-        )
-        .bind(&id_hash[..])
-        .fetch_optional(self.db.writer())
-        .await?;
+    async fn take_request(
+        &self,
+        id_hash: &[u8; 32],
+        by: HeldFor<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<HeldRequest>, StoreError> {
+        let take = match by {
+            HeldFor::Session(session) => query(
+                "DELETE FROM oauth_requests WHERE id_hash = $1 AND session_hash = $2
+                 RETURNING client_id, params, session_hash, expires_at",
+            )
+            .bind(&id_hash[..])
+            .bind(&session[..]),
+            HeldFor::Client(client) => query(
+                "DELETE FROM oauth_requests WHERE id_hash = $1 AND session_hash IS NULL AND client_id = $2
+                 RETURNING client_id, params, session_hash, expires_at",
+            )
+            .bind(&id_hash[..])
+            .bind(client),
+        };
+        let row = take.fetch_optional(self.db.writer()).await?;
         live_held_request(row, id_hash, now)
     }
 

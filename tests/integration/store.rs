@@ -3830,7 +3830,7 @@ async fn replacing_a_signing_key_ciphertext_compares_and_swaps(backend: Backend)
 mod grants {
     use tessera::domain::client_rules::new_client;
     use tessera::domain::{ClientId, ClientKind};
-    use tessera::store::{HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
+    use tessera::store::{HeldFor, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome};
 
     use super::*;
     use tessera::store::{ActorKind, Consent, NewAuditEvent};
@@ -4323,12 +4323,23 @@ mod grants {
             expires_at: t0 + TimeDelta::minutes(10),
         };
         store.insert_request(&held).await.unwrap();
-        assert_eq!(store.take_request(&held.id_hash, t0).await.unwrap(), Some(held.clone()));
-        assert_eq!(store.take_request(&held.id_hash, t0).await.unwrap(), None, "taken once");
+        let (id, own, other) = (held.id_hash, held.session_hash.unwrap(), hash());
+        // Anyone but its own session leaves it held: another session, a client's request URI.
+        assert_eq!(store.take_request(&id, HeldFor::Session(&other), t0).await.unwrap(), None);
+        let as_uri = store.take_request(&id, HeldFor::Client("app"), t0).await.unwrap();
+        assert_eq!(as_uri, None, "a consent request is no request URI");
+        assert_eq!(store.take_request(&id, HeldFor::Session(&own), t0).await.unwrap(), Some(held.clone()));
+        assert_eq!(store.take_request(&id, HeldFor::Session(&own), t0).await.unwrap(), None, "taken once");
         let expiring = HeldRequest { id_hash: hash(), session_hash: None, ..held };
         store.insert_request(&expiring).await.unwrap();
-        assert_eq!(store.take_request(&expiring.id_hash, t0 + TimeDelta::minutes(11)).await.unwrap(), None);
-        assert_eq!(store.take_request(&expiring.id_hash, t0).await.unwrap(), None, "an expired request is gone");
+        let by_app = HeldFor::Client("app");
+        assert_eq!(store.take_request(&expiring.id_hash, HeldFor::Client("other"), t0).await.unwrap(), None);
+        assert_eq!(store.take_request(&expiring.id_hash, by_app, t0 + TimeDelta::minutes(11)).await.unwrap(), None);
+        assert_eq!(
+            store.take_request(&expiring.id_hash, by_app, t0).await.unwrap(),
+            None,
+            "an expired request is gone"
+        );
     }
 
     async fn expired_grants_codes_and_requests_are_deleted(backend: Backend) {

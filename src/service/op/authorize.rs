@@ -15,7 +15,7 @@ use super::provider::{
 };
 use crate::crypto::{random_secret, sha256};
 use crate::domain::{Client, GrantType, IdentityId, UserId};
-use crate::store::{HeldRequest, NewCode, NewGrant, StoreError};
+use crate::store::{HeldFor, HeldRequest, NewCode, NewGrant, StoreError};
 
 /// The parameters of an authorization request, as sent (query, form or pushed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,8 +410,8 @@ impl OpenIdProvider {
         approve: bool,
     ) -> Result<String, AuthorizeError> {
         let now = crate::domain::now();
-        let held = self.store.take_request(id_hash, now).await?;
-        let Some(held) = held.filter(|h| h.session_hash == Some(session.hash)) else {
+        // Another session's post (of a leaked request id) leaves the request to its own.
+        let Some(held) = self.store.take_request(id_hash, HeldFor::Session(&session.hash), now).await? else {
             return Err(unknown_consent());
         };
         let request = self.validate(&Held::decode(&held)?, now).await?;
@@ -452,13 +452,12 @@ impl OpenIdProvider {
         let Some(hash) = request_uri_hash(uri) else {
             return Ok(Some(Held::as_sent(without_foreign_request_uri(params))));
         };
-        let Some(held) = self.store.take_request(&hash, now).await? else {
+        // A consent request is not a request_uri; and a request is used (up) by its own client
+        // only.
+        let Some(client_id) = params.client_id.as_deref() else { return Ok(None) };
+        let Some(held) = self.store.take_request(&hash, HeldFor::Client(client_id), now).await? else {
             return Ok(None);
         };
-        // A consent request is not a request_uri; and a request is used by its own client only.
-        if held.session_hash.is_some() || params.client_id.as_deref() != Some(held.client_id.as_str()) {
-            return Ok(None);
-        }
         Ok(Some(Held::decode(&held)?))
     }
 
@@ -886,13 +885,11 @@ impl OpenIdProvider {
     ) -> Result<Option<String>, StoreError> {
         let Some((hash, client_id)) = resumed_request(return_to) else { return Ok(None) };
         let now = crate::domain::now();
-        // Looked at before it is used up: a consent request is no request_uri, and a request is
-        // its own client's only.
-        let Some(held) = self.store.held_request(&hash, now).await? else { return Ok(None) };
-        if held.session_hash.is_some() || client_id.as_deref() != Some(held.client_id.as_str()) {
+        // A consent request is no request_uri, and a request is its own client's only.
+        let Some(client_id) = client_id.as_deref() else { return Ok(None) };
+        let Some(held) = self.store.take_request(&hash, HeldFor::Client(client_id), now).await? else {
             return Ok(None);
-        }
-        let Some(held) = self.store.take_request(&hash, now).await? else { return Ok(None) };
+        };
         match self.validate(&Held::decode(&held)?, now).await {
             Ok(request) => {
                 let redirect = Some((request.redirect_uri, request.state));
