@@ -110,6 +110,11 @@ async fn require_token(State(state): State<Arc<AppState>>, mut request: Request,
     };
     match authenticate(&state, op, request.headers()).await {
         Ok(user) => {
+            // The token's user is who acts here: a user named beside it is refused, as on `/v1`,
+            // rather than passed over in silence.
+            if let Err(named) = super::caller::no_user_named(request.headers(), request.uri().query()) {
+                return named.into_response();
+            }
             request = match transport_request(request, &state).await {
                 Ok(request) => request,
                 Err(refused) => return refused,

@@ -227,6 +227,12 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     refused(&agent, agent.initialize(Some(&other)).await, 401, "audience_mismatch").await;
     refused(&agent, agent.initialize(Some(&plain)).await, 401, "audience_mismatch").await;
 
+    // A user named beside the token is refused, not passed over (the token's user acts).
+    let named = app.client.post(app.url("/mcp?on_behalf_of=0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a"));
+    let named = named.bearer_auth(&mcp).header("accept", "application/json, text/event-stream");
+    let named = named.json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).send().await.unwrap();
+    assert_eq!(body(named, 400).await["code"], "ambiguous_credentials");
+
     // The token for /mcp gets in, stateless: a JSON answer and no session.
     let response = agent.initialize(Some(&mcp)).await;
     assert_eq!(response.status(), StatusCode::OK);
