@@ -107,7 +107,10 @@ pub struct Arguments {
     #[serde(default)]
     pub connector_key: Option<String>,
     /// `create`: `oauth_account` (the user's own account), `oauth_app` (a team-wide account),
-    /// `env` or `browser_session`.
+    /// `env` (API keys, filled in by the member through the returned connect link) or
+    /// `browser_session` (created pending, with no link: its signed-in browser state is stored by
+    /// a backend through the REST API, `PUT …/auth-profiles/{slug}/browser-session`, before the
+    /// pending profile expires).
     #[serde(default)]
     pub profile_kind: Option<String>,
     /// `create`: the provider, e.g. `github` (OAuth kinds need a provider configured in Tessera).
