@@ -172,6 +172,23 @@ pub enum Sql {
     Postgres(PgPool),
 }
 
+/// A transaction of the test's, holding its locks ([`Sql::hold`]).
+pub enum HeldTx {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl HeldTx {
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`.
+    pub async fn end(self, how: &'static str) {
+        match self {
+            HeldTx::Sqlite(mut conn) => sqlx::raw_sql(how).execute(&mut conn).await.map(drop),
+            HeldTx::Postgres(mut conn) => sqlx::raw_sql(how).execute(&mut conn).await.map(drop),
+        }
+        .expect("end the held transaction");
+    }
+}
+
 impl Sql {
     /// Injects a fault: the trigger `injected`, `BEFORE <event> ON <table>` for each row (those
     /// matching `when`, if given), running `sqlite` (the statements of an SQLite trigger body) or
@@ -231,6 +248,24 @@ impl Sql {
             self.count(&waiting).await > 0
         })
         .await;
+    }
+
+    /// Opens a transaction of the test's own on a connection of its own and runs `sqlite` or
+    /// `postgres` in it (whichever this database is; each starts with its `BEGIN`), holding the
+    /// locks they take until [`HeldTx::end`].
+    pub async fn hold(&self, sqlite: &str, postgres: &str) -> HeldTx {
+        match self {
+            Sql::Sqlite(pool) => {
+                let mut conn = pool.acquire().await.unwrap().detach();
+                sqlx::raw_sql(AssertSqlSafe(sqlite.to_owned())).execute(&mut conn).await.expect("hold");
+                HeldTx::Sqlite(conn)
+            }
+            Sql::Postgres(pool) => {
+                let mut conn = pool.acquire().await.unwrap().detach();
+                sqlx::raw_sql(AssertSqlSafe(postgres.to_owned())).execute(&mut conn).await.expect("hold");
+                HeldTx::Postgres(conn)
+            }
+        }
     }
 
     /// The UUIDs a query's first column holds.

@@ -16,7 +16,7 @@ use tessera::domain::SigningAlg;
 use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
 use tessera_testkit::local_issuer::{StubUser, UPSTREAM_SESSION_AGE_SECONDS};
 
-use crate::helpers::{Backend, Sql, TestApp, json as body, on_both_backends, send_at_once};
+use crate::helpers::{Backend, TestApp, json as body, on_both_backends, send_at_once};
 use crate::pages::csrf_of;
 use crate::signin::{Browser, World, location, world_with};
 
@@ -1286,38 +1286,17 @@ async fn a_consent_whose_first_click_the_browser_dropped_answers_the_second_alik
     };
 
     let sql = w.app.db.sql().await;
-    let lock = match &sql {
-        Sql::Sqlite(pool) => {
-            let mut conn = pool.acquire().await.unwrap().detach();
-            sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
-            Held::Sqlite(conn)
-        }
-        Sql::Postgres(pool) => {
-            let mut conn = pool.acquire().await.unwrap().detach();
-            sqlx::raw_sql("BEGIN; SELECT 1 FROM oauth_requests FOR UPDATE").execute(&mut conn).await.unwrap();
-            Held::Postgres(conn)
-        }
-    };
+    let lock = sql.hold("BEGIN IMMEDIATE", "BEGIN; SELECT 1 FROM oauth_requests FOR UPDATE").await;
     let first = click().timeout(Duration::from_millis(700)).send().await;
     assert!(first.is_err_and(|e| e.is_timeout()), "the first click waits on the lock, and is dropped");
     let second = tokio::spawn(click().send());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    match lock {
-        Held::Sqlite(mut conn) => sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.map(drop),
-        Held::Postgres(mut conn) => sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.map(drop),
-    }
-    .unwrap();
+    lock.end("ROLLBACK").await;
     let second = second.await.unwrap().unwrap();
     assert_eq!(second.status(), StatusCode::SEE_OTHER, "{:?}", second.text().await);
     let to = location(&second);
     assert!(param(&to, "code").is_some(), "the code the first click issued: {to}");
     assert_eq!(sql.count("oauth_codes").await, 1, "one code");
-}
-
-/// A connection of the test's, holding a lock.
-enum Held {
-    Sqlite(sqlx::SqliteConnection),
-    Postgres(sqlx::PgConnection),
 }
 
 /// RFC 8252 section 8.6: anyone can send a public client's id, and any program on the device can

@@ -638,19 +638,12 @@ async fn a_create_that_waits_on_the_creators_removal_writes_nothing(backend: Bac
         "DELETE FROM memberships WHERE role = 'member' AND team_id = (SELECT id FROM teams WHERE slug = '{}')",
         w.team
     );
-    let mut held = match &sql {
-        Sql::Sqlite(pool) => {
-            let mut conn = pool.acquire().await.unwrap().detach();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN IMMEDIATE; {remove}"))).execute(&mut conn).await.unwrap();
-            Held::Sqlite(conn)
-        }
-        Sql::Postgres(pool) => {
-            let mut conn = pool.acquire().await.unwrap().detach();
-            let lock = format!("BEGIN; SELECT 1 FROM teams WHERE slug = '{}' FOR UPDATE; {remove}", w.team);
-            sqlx::raw_sql(sqlx::AssertSqlSafe(lock)).execute(&mut conn).await.unwrap();
-            Held::Postgres(conn)
-        }
-    };
+    let held = sql
+        .hold(
+            &format!("BEGIN IMMEDIATE; {remove}"),
+            &format!("BEGIN; SELECT 1 FROM teams WHERE slug = '{}' FOR UPDATE; {remove}", w.team),
+        )
+        .await;
     let request = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Late", "slug": "late"});
     let create = tokio::spawn({
         let request = w.on_behalf(Method::POST, "/auth-profiles", w.bob.id).json(&request);
@@ -661,19 +654,9 @@ async fn a_create_that_waits_on_the_creators_removal_writes_nothing(backend: Bac
         // Nothing shows an SQLite writer waiting: long enough for the request to reach the write.
         Sql::Sqlite(_) => tokio::time::sleep(Duration::from_millis(700)).await,
     }
-    match &mut held {
-        Held::Sqlite(conn) => sqlx::raw_sql("COMMIT").execute(conn).await.map(drop),
-        Held::Postgres(conn) => sqlx::raw_sql("COMMIT").execute(conn).await.map(drop),
-    }
-    .unwrap();
+    held.end("COMMIT").await;
     let refused = body(create.await.unwrap(), 404).await;
     assert_eq!(refused["code"], "team_not_found", "{refused}");
     assert_eq!(sql.count("auth_profiles").await, 0, "no profile");
     assert_eq!(sql.count("connect_tokens").await, 0, "no link");
-}
-
-/// A connection of the test's, holding a lock.
-enum Held {
-    Sqlite(sqlx::SqliteConnection),
-    Postgres(sqlx::PgConnection),
 }
