@@ -162,7 +162,7 @@ impl Application {
         // First: the caches below take their counters from the recorder installed now.
         let metrics = config.metrics.enabled.then(|| Metrics {
             handle: crate::observability::install(),
-            own_listener: config.metrics.listen.is_some(),
+            own_listener: config.metrics.own_listener().is_some(),
         });
         let metrics_listener = match config.metrics.own_listener() {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?),

@@ -226,8 +226,10 @@ async fn replay(
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The endpoint with its new secret.", body = WebhookWithSecretResponse)),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]
-async fn rotate_secret(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+async fn rotate_secret(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<WebhookWithSecretResponse>, ApiError> {
     let (endpoint, secret) = state.webhooks.rotate_secret(parse_id(&id)?).await?;
-    Ok(Json(WebhookWithSecretResponse { webhook: endpoint.into(), secret: secret.expose_secret().to_owned() })
-        .into_response())
+    Ok(Json(WebhookWithSecretResponse { webhook: endpoint.into(), secret: secret.expose_secret().to_owned() }))
 }

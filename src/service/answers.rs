@@ -46,15 +46,26 @@ impl<O: Clone + Send + Sync + 'static> Answers<O> {
         Fut: Future<Output = Result<O, E>> + Send + 'static,
     {
         let key = crate::crypto::sha256(&[&form[..], &sender[..]].concat());
-        let answer = self.kept.get_with(key, Arc::default);
-        let cell = answer.clone();
-        let done = crate::run_to_end(async move { cell.get_or_try_init(work).await.cloned() }).await;
-        if matches!(done, Some(Ok(_))) {
-            // Kept for KEPT from the answer, not from the first sending: a slow answer's second
-            // click must not find it gone.
-            self.kept.insert(key, answer);
-        }
-        done.unwrap_or_else(|| Err(StoreError::Unavailable(sqlx::Error::PoolClosed).into()))
+        let (cell, kept) = (self.kept.get_with(key, Arc::default), self.kept.clone());
+        let done = crate::run_to_end(async move {
+            let mut worked = false;
+            let done = cell
+                .get_or_try_init(|| {
+                    worked = true;
+                    work()
+                })
+                .await
+                .cloned();
+            // Kept for KEPT from the answer, not from the first sending (a slow answer's second
+            // click must not find it gone), nor from each later sending: put back once, by the
+            // sending that worked it out.
+            if worked && done.is_ok() {
+                kept.insert(key, cell.clone());
+            }
+            done
+        })
+        .await;
+        done.unwrap_or_else(|| Err(StoreError::shut_down().into()))
     }
 }
 

@@ -152,7 +152,7 @@ pub(crate) async fn change_to_end<T: Send + 'static>(
         forget(&principals, done.as_ref());
         done
     };
-    crate::run_to_end(work).await.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
+    crate::run_to_end(work).await.unwrap_or_else(|| Err(StoreError::shut_down()))
 }
 
 /// How recently the cache-invalidation log was read: until when cached entries may answer

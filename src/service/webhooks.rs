@@ -270,10 +270,7 @@ impl Webhooks {
         });
         // `None` only when the runtime shuts down (its pool closing): the pages committed so far
         // stay scheduled, and the client is told to try again (503).
-        replay
-            .await
-            .unwrap_or_else(|| Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))?
-            .ok_or(WebhookError::NotFound)
+        replay.await.unwrap_or_else(|| Err(StoreError::shut_down()))?.ok_or(WebhookError::NotFound)
     }
 
     /// An endpoint the admin API may change: not one of the configuration file.

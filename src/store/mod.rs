@@ -87,6 +87,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// What a change cut off by the runtime's shutdown answers (its pool closing): nothing is
+    /// known of whether it was made, and the caller is told to try again, as in an outage.
+    pub fn shut_down() -> Self {
+        StoreError::Unavailable(sqlx::Error::PoolClosed)
+    }
+
     /// Whether the failure is transient ([`StoreError::Unavailable`]): the same call may
     /// succeed if made again.
     pub fn is_transient(&self) -> bool {

@@ -1753,23 +1753,22 @@ async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend:
     code_for(&w, &mut browser, &client, &challenge).await;
     let sessions = w.app.db.sql().await.count("sessions").await;
     for (forcing, from) in [("&prompt=login", "cross-site"), ("&max_age=0", "cross-site"), ("&prompt=login", "none")] {
+        let case = format!("{forcing} from {from}");
         let url = authorize_url(&w.app, &client, &challenge, forcing);
         let asked = browser.request_from(from, Method::GET, &url).await;
-        assert_eq!(asked.status(), StatusCode::OK, "{forcing}");
+        assert_eq!(asked.status(), StatusCode::OK, "{case}");
         let page = asked.text().await.unwrap();
-        assert!(page.contains("You are already signed in"), "{forcing}: {page}");
-        assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "{forcing}: the session lives");
+        assert!(page.contains("You are already signed in"), "{case}: {page}");
+        assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "{case}: the session lives");
         // The page's own link, followed from this origin, goes upstream for a fresh login.
-        let href =
-            page.split("href=\"").map(|rest| rest.split('"').next().unwrap()).find(|h| h.starts_with("/auth/login"));
-        let href = href.unwrap().replace("&amp;", "&").replace("&#38;", "&");
+        let href = hrefs(&page).into_iter().find(|h| h.starts_with("/auth/login")).unwrap();
         let started = browser.request_from("same-origin", Method::GET, &w.app.url(&href)).await;
         assert_eq!(started.status(), StatusCode::SEE_OTHER);
         let upstream = location(&started);
-        assert!(upstream.starts_with(w.issuer.issuer()), "{forcing}: {upstream}");
-        assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "{forcing}: {upstream}");
+        assert!(upstream.starts_with(w.issuer.issuer()), "{case}: {upstream}");
+        assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "{case}: {upstream}");
         // "Continue as …" keeps the session, and the app is told so rather than left waiting.
-        assert!(page.contains("action=\"/auth/continue\""), "{forcing}: {page}");
+        assert!(page.contains("action=\"/auth/continue\""), "{case}: {page}");
         let field = |name: &str| {
             let value = page.split(&format!("name=\"{name}\" value=\"")).nth(1).unwrap().split('"').next().unwrap();
             value.replace("&amp;", "&").replace("&#38;", "&").replace("&#x2f;", "/").replace("&#47;", "/")
@@ -1783,15 +1782,15 @@ async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend:
             .map(|_| browser.prepared(Method::POST, &continue_url).header("accept", "text/html").form(&form))
             .collect();
         let answers = send_at_once(&clicks).await;
-        assert!(answers.iter().all(|a| a.status() == StatusCode::SEE_OTHER), "{forcing}");
+        assert!(answers.iter().all(|a| a.status() == StatusCode::SEE_OTHER), "{case}");
         let places: Vec<String> = answers.iter().map(location).collect();
         let told: Vec<&String> = places.iter().filter(|to| to.starts_with(REDIRECT)).collect();
-        assert_eq!(told.len(), 1, "{forcing}: {places:?}");
-        assert!(places.iter().all(|to| to.starts_with(REDIRECT) || to == "/account"), "{forcing}: {places:?}");
-        assert_eq!(param(told[0], "error").as_deref(), Some("access_denied"), "{forcing}: {told:?}");
-        assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "{forcing}: the session lives");
+        assert_eq!(told.len(), 1, "{case}: {places:?}");
+        assert!(places.iter().all(|to| to.starts_with(REDIRECT) || to == "/account"), "{case}: {places:?}");
+        assert_eq!(param(told[0], "error").as_deref(), Some("access_denied"), "{case}: {told:?}");
+        assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "{case}: the session lives");
         // Once: the request is used up; the same form again goes to the account page.
-        assert_eq!(location(&browser.form(&continue_url, &form).await), "/account", "{forcing}");
+        assert_eq!(location(&browser.form(&continue_url, &form).await), "/account", "{case}");
         // Without the session's token, nothing is answered.
         let forged = [("csrf", "forged"), ("return_to", return_to.as_str())];
         assert_eq!(browser.form(&continue_url, &forged).await.status(), StatusCode::FORBIDDEN);
@@ -1806,7 +1805,7 @@ async fn pushed_requests_are_single_use(backend: Backend) {
     let w = op_world(backend).await;
     let (client, secret) = web_app(&w.app).await;
     let (_, challenge) = pkce();
-    let uri = push_code_request(&w.app, (&client, &secret), &challenge).await;
+    let uri = push_code_request(&w.app, (&client, &secret), &challenge, &[]).await;
     assert!(uri.starts_with("urn:ietf:params:oauth:request_uri:"));
     let url = w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)));
     let mut browser = Browser::new();
@@ -1853,16 +1852,7 @@ async fn a_reloaded_page_of_a_used_request_shows_it_again_in_that_browser_only(b
     let (client, secret) = web_app(&w.app).await;
     // The URL of a pushed request with `prompt`.
     let pushed = async |prompt: &str| {
-        let form = [
-            ("response_type", "code"),
-            ("redirect_uri", REDIRECT),
-            ("scope", "openid"),
-            ("code_challenge", challenge.as_str()),
-            ("code_challenge_method", "S256"),
-            ("prompt", prompt),
-        ];
-        let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&form);
-        let uri = body(pushed.send().await.unwrap(), 201).await["request_uri"].as_str().unwrap().to_owned();
+        let uri = push_code_request(&w.app, (&client, &secret), &challenge, &[("prompt", prompt)]).await;
         w.app.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)))
     };
     let at = pushed("select_account").await;
@@ -1889,15 +1879,17 @@ async fn a_reloaded_page_of_a_used_request_shows_it_again_in_that_browser_only(b
 
 /// Pushes a code request of `client` (RFC 9126) for `REDIRECT`, state `st-1`; returns its
 /// `request_uri`.
-async fn push_code_request(app: &TestApp, client: (&str, &str), challenge: &str) -> String {
-    let pushed = app.client.post(app.url("/oauth/par")).basic_auth(client.0, Some(client.1)).form(&[
+async fn push_code_request(app: &TestApp, client: (&str, &str), challenge: &str, extra: &[(&str, &str)]) -> String {
+    let mut form = vec![
         ("response_type", "code"),
         ("redirect_uri", REDIRECT),
         ("scope", "openid"),
         ("state", "st-1"),
         ("code_challenge", challenge),
         ("code_challenge_method", "S256"),
-    ]);
+    ];
+    form.extend_from_slice(extra);
+    let pushed = app.client.post(app.url("/oauth/par")).basic_auth(client.0, Some(client.1)).form(&form);
     body(pushed.send().await.unwrap(), 201).await["request_uri"].as_str().unwrap().to_owned()
 }
 
@@ -1910,7 +1902,7 @@ async fn a_pushed_request_used_at_once_on_two_instances_issues_one_code(backend:
     let (_, challenge) = pkce();
     let mut browser = Browser::new();
     browser.sign_in(&w.app, "").await;
-    let uri = push_code_request(&w.app, (&client, &secret), &challenge).await;
+    let uri = push_code_request(&w.app, (&client, &secret), &challenge, &[]).await;
     let path = format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri));
     let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();

@@ -1602,7 +1602,7 @@ async fn a_domain_claim_is_created_updated_or_refused(backend: Backend) {
     let moved = DomainClaim { issuer: Issuer::parse(ISSUER).unwrap(), ..kept.clone() };
     let outcome = store.claim_domain(&moved, true).await.unwrap();
     assert_eq!(outcome, ClaimOutcome::Updated(DomainClaim { verified: true, created_at: t0, ..moved.clone() }));
-    store.claim_domain(&change, false).await.unwrap();
+    assert_eq!(store.claim_domain(&change, false).await.unwrap(), ClaimOutcome::Updated(updated.clone()));
     let fresh = domain_claim("fresh.example", &ada.team, false, t1);
     assert_eq!(store.claim_domain(&fresh, true).await.unwrap(), ClaimOutcome::Created(fresh.clone()));
 
@@ -4334,6 +4334,7 @@ mod grants {
         store.insert_request(&expiring).await.unwrap();
         let by_app = HeldFor::Client("app");
         assert_eq!(store.take_request(&expiring.id_hash, HeldFor::Client("other"), t0).await.unwrap(), None);
+        assert!(store.held_request(&expiring.id_hash, t0).await.unwrap().is_some(), "another client's take leaves it");
         assert_eq!(store.take_request(&expiring.id_hash, by_app, t0 + TimeDelta::minutes(11)).await.unwrap(), None);
         assert_eq!(
             store.take_request(&expiring.id_hash, by_app, t0).await.unwrap(),

@@ -40,14 +40,16 @@ pub fn client_credentials(headers: &HeaderMap, form: ClientAuthForm) -> Result<C
         }
         // The scheme first, on the raw bytes: only a `Basic` value that does not decode is a
         // failed client authentication; another scheme's value, whatever its bytes, is ignored.
-        (Some(value), None) => match value.as_bytes().split(|b| *b == b' ').next() {
-            Some(scheme) if scheme.eq_ignore_ascii_case(b"basic") => {
-                let value = value.to_str().map_err(|_| malformed())?;
-                let encoded = value.split_once(' ').map_or("", |(_, encoded)| encoded);
+        (Some(value), None) => {
+            let bytes = value.as_bytes();
+            let (scheme, rest) = bytes.split_at(bytes.iter().position(|b| *b == b' ').unwrap_or(bytes.len()));
+            if scheme.eq_ignore_ascii_case(b"basic") {
+                let encoded = std::str::from_utf8(rest).map_err(|_| malformed())?;
                 Some(decode_basic(encoded.trim())?)
+            } else {
+                None
             }
-            _ => None,
-        },
+        }
     };
     let present = |value: Option<String>| value.filter(|v| !v.is_empty());
     Ok(ClientCredentials {

@@ -154,9 +154,10 @@ async fn delete_client(
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The client with its new secret.", body = ClientWithSecretResponse)),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]
-async fn rotate_secret(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+async fn rotate_secret(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ClientWithSecretResponse>, ApiError> {
     let (client, secret) = state.clients.rotate_secret(&id).await?;
-    let body =
-        ClientWithSecretResponse { client: client.into(), client_secret: Some(secret.expose_secret().to_owned()) };
-    Ok(Json(body).into_response())
+    Ok(Json(ClientWithSecretResponse { client: client.into(), client_secret: Some(secret.expose_secret().to_owned()) }))
 }
