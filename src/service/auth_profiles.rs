@@ -942,21 +942,26 @@ impl AuthProfiles {
         if let Some(token) = self.fresh_token(&keyring, profile.id).await? {
             return Ok(token);
         }
+        // Counted from the request's arrival: a request queued behind others of this process
+        // that each waited for another instance's lease does not wait its own 10 s in turn.
+        let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
         // In its own task: if this request is dropped mid-refresh (the client hangs up, a
         // timeout fires), the refresh still stores what the provider answered, rotated refresh
         // token included.
         let this = self.clone();
-        crate::run_to_end(async move { this.single_flight_refresh(&keyring, &profile).await })
+        crate::run_to_end(async move { this.single_flight_refresh(&keyring, &profile, deadline).await })
             .await
             // Only when the runtime shuts down.
             .unwrap_or(Err(AuthProfileError::RefreshInProgress))
     }
 
-    /// Refreshes a profile's token, one task at a time per profile in this process.
+    /// Refreshes a profile's token, one task at a time per profile in this process; waits for
+    /// another instance's refresh until `deadline`.
     async fn single_flight_refresh(
         &self,
         keyring: &KeyRing,
         profile: &AuthProfile,
+        deadline: tokio::time::Instant,
     ) -> Result<AccessToken, AuthProfileError> {
         // One refresh at a time per profile in this process; the others wait and re-read.
         let gate = {
@@ -977,7 +982,7 @@ impl AuthProfiles {
         let outcome = match (*turn, waited_since) {
             (Some(failed), Some(since)) if failed >= since => self.after_failed_refresh(keyring, profile).await,
             _ => {
-                let outcome = self.refresh(keyring, profile).await;
+                let outcome = self.refresh(keyring, profile, deadline).await;
                 // Only the provider's failure is shared: another (the store's, another
                 // instance's lease held too long) is each waiter's to meet for itself.
                 let provider_failed = matches!(outcome, Err(AuthProfileError::Flow(FlowError::Provider(_))));
@@ -1019,9 +1024,14 @@ impl AuthProfiles {
         Ok(Some(stored_token(keyring, id, &secrets)?))
     }
 
-    /// Refreshes under the row's lease, or waits for whoever holds it.
-    async fn refresh(&self, keyring: &KeyRing, profile: &AuthProfile) -> Result<AccessToken, AuthProfileError> {
-        let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
+    /// Refreshes under the row's lease, or waits for whoever holds it until `deadline` (once
+    /// past it, the lease is still tried once).
+    async fn refresh(
+        &self,
+        keyring: &KeyRing,
+        profile: &AuthProfile,
+        deadline: tokio::time::Instant,
+    ) -> Result<AccessToken, AuthProfileError> {
         let mut waited = false;
         loop {
             let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;

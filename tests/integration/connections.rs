@@ -43,6 +43,7 @@ on_both_backends!(
     concurrent_requests_meeting_a_refused_refresh_ask_the_provider_once,
     concurrent_requests_meeting_a_failed_refresh_ask_the_provider_once,
     two_instances_refresh_once,
+    requests_queued_behind_another_instances_refresh_wait_once,
     rotated_and_kept_refresh_tokens_are_persisted,
     invalid_grant_marks_the_profile_without_a_retry_storm,
     a_refusal_named_by_the_entry_marks_the_profile,
@@ -838,6 +839,41 @@ async fn two_instances_refresh_once(backend: Backend) {
     }
     assert_eq!(w.issuer.refreshes(), 1, "one call to the provider across both instances");
     assert_eq!(tokens.len(), 1);
+}
+
+/// Another instance holds the refresh lease and does not finish (killed mid-refresh, say): three
+/// requests of this instance, queued one behind the other on its own single-flight, each wait
+/// for it at most 10 s from their arrival — not 10 s each in turn — and then get the stored
+/// token, which has more than 30 s left.
+async fn requests_queued_behind_another_instances_refresh_wait_once(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("held-elsewhere").await;
+    let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
+    w.expire_soon(&slug).await;
+    let lease = match backend {
+        Backend::Sqlite => format!(
+            "refresh_lease_owner = randomblob(16), refresh_lease_until = {}",
+            (chrono::Utc::now() + chrono::TimeDelta::seconds(60)).timestamp_micros()
+        ),
+        Backend::Postgres => {
+            "refresh_lease_owner = gen_random_uuid(), refresh_lease_until = now() + interval '60 seconds'".into()
+        }
+    };
+    let sql = w.app.db.sql().await;
+    let held = sql.exec(&format!("UPDATE auth_profiles SET {lease} WHERE slug = '{slug}'")).await.unwrap();
+    assert_eq!(held, 1);
+    let path = format!("/auth-profiles/{slug}/token");
+    let requests: Vec<_> = (0..3).map(|_| w.on_behalf(Method::POST, &path, w.alice.id)).collect();
+    let started = std::time::Instant::now();
+    for answer in send_at_once(&requests).await {
+        let answer = body(answer, 200).await;
+        assert_eq!(answer["access_token"], stored, "the stored token, which has a minute left");
+        assert_eq!(answer["refreshed"], false);
+    }
+    // Each waited 10 s from its arrival; in turn, the third would have waited 30 s.
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(25), "the requests waited {waited:?}");
+    assert_eq!(w.issuer.refreshes(), 0, "the lease is another instance's");
 }
 
 async fn rotated_and_kept_refresh_tokens_are_persisted(backend: Backend) {
