@@ -564,17 +564,26 @@ async fn lock_team(tx: &mut Tx, team: TeamId) -> Result<bool, StoreError> {
     Ok(row.is_some())
 }
 
-/// Whether `acting` (none: the admin API) may change the team's members: an owner of it, read
-/// in `tx` after the team's row lock.
+/// Whether `acting` (none: the admin API) may change the team's members: an enabled owner of
+/// it, read in `tx` after the team's row lock — an owner disabled a moment ago, whose session
+/// another instance has not forgotten yet, changes nothing. (Read without a lock of the user's
+/// row, which would take the user after the team, against the order of a user's deletion: a
+/// disable committed before is seen.)
 async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Result<bool, StoreError> {
-    match acting {
-        None => Ok(true),
-        Some(user) => Ok(member_role(tx, team, user).await? == Some(Role::Owner)),
-    }
+    let Some(user) = acting else { return Ok(true) };
+    let row = query(
+        "SELECT 1 AS one FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.team_id = $1 AND m.user_id = $2 AND m.role = 'owner' AND NOT u.disabled",
+    )
+    .bind(team.as_uuid())
+    .bind(user.as_uuid())
+    .fetch_optional(tx)
+    .await?;
+    Ok(row.is_some())
 }
 
 /// The role of `by` in profile `id`'s team when `by` has `right` on it ([`ProfileKind::allows`]);
-/// `None` when not, or when the profile is gone. Read in `tx` after a shared lock of the team's
+/// `None` when not (a disabled member has none), or when the profile is gone. Read in `tx` after a shared lock of the team's
 /// row, taken before any lock of the profile: membership changes lock that row for update, so a
 /// removal or demotion waits until `tx` ends, or came first.
 pub(super) async fn role_allowed_in(
@@ -590,6 +599,7 @@ pub(super) async fn role_allowed_in(
     let row = query(
         "SELECT m.role, p.created_by, p.profile_kind FROM auth_profiles p
          JOIN memberships m ON m.team_id = p.team_id AND m.user_id = $2
+         JOIN users u ON u.id = m.user_id AND NOT u.disabled
          WHERE p.id = $1",
     )
     .bind(id.as_uuid())

@@ -1216,6 +1216,15 @@ async fn only_a_current_owner_changes_members(backend: Backend) {
         store.put_member(team, Some(bob.id()), cat.id(), Role::Member, now()).await.unwrap(),
         MemberOutcome::Added
     );
+    // Bob is disabled: a session of his that another instance has not forgotten yet changes no
+    // member, even as an owner on record.
+    set_user_disabled(&store, bob.id(), true, now()).await.unwrap();
+    let put = store.put_member(team, Some(bob.id()), cat.id(), Role::Owner, now()).await.unwrap();
+    assert_eq!(put, MemberOutcome::NotAllowed);
+    assert_eq!(store.remove_member(team, Some(bob.id()), ada.id()).await.unwrap(), RemoveOutcome::NotAllowed);
+    assert_eq!(role_in(&store, &ada.team, cat.id()).await, Some(Role::Member));
+    assert_eq!(role_in(&store, &ada.team, ada.id()).await, Some(Role::Owner));
+    set_user_disabled(&store, bob.id(), false, now()).await.unwrap();
     // Bob is demoted: whatever he sent as an owner is checked against what he is now, under
     // the team's lock, so it cannot promote him back or act on others.
     assert_eq!(
@@ -2918,6 +2927,11 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
         let own = store.set_default_profile(ada.team.id, bobs_own.id, bob.id(), t0).await.unwrap();
         assert_eq!(own, DefaultOutcome::Set, "where there is none, then over his own");
     }
+    // Disabled, he does nothing with it (a session of his another instance still knows).
+    set_user_disabled(&store, bob.id(), true, t0).await.unwrap();
+    assert_eq!(store.revoke_profile(bobs_own.id, Some(bob.id()), t0).await.unwrap(), Revocation::Refused);
+    assert_eq!(store.clear_default_profile(ada.team.id, bobs_own.id, bob.id()).await.unwrap(), None);
+    set_user_disabled(&store, bob.id(), false, t0).await.unwrap();
     assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
     let removed = store.set_default_profile(ada.team.id, bobs_own.id, bob.id(), t0).await.unwrap();
     assert_eq!(removed, DefaultOutcome::Refused);
