@@ -316,10 +316,14 @@ async fn run_users(services: &Services, action: UsersCommand) -> ExitCode {
 
 async fn set_disabled(services: &Services, id: UserId, disabled: bool, json: bool) -> ExitCode {
     let changed = services.provisioner.set_disabled(id, disabled).await;
-    // A user already so (with no session left to end) changed nothing: no audit row.
-    if changed.as_ref().is_ok_and(|update| update.changed) {
+    // A user already so (with no session left to end) changed nothing: no audit row. One
+    // already disabled whose sessions were ended has `fields` empty, as the API writes it.
+    if let Ok(update) = &changed
+        && update.changed
+    {
         let action = if disabled { "user.disabled" } else { "user.enabled" };
-        services.record(action, ("user", id.to_string()), serde_json::json!({ "fields": ["disabled"] })).await;
+        let details = serde_json::json!({ "fields": update.fields });
+        services.record(action, ("user", id.to_string()), details).await;
     }
     match changed.map(|update| update.user) {
         Ok(user) if json => {

@@ -334,7 +334,8 @@ fn new_account(claim: &IdentityClaim, now: DateTime<Utc>) -> NewAccount {
         subject: claim.subject.clone(),
         provider: claim.provider.clone(),
         email: claim.email.clone(),
-        email_verified: claim.email_verified,
+        // A user without an address is never verified (as `update_user` keeps it).
+        email_verified: claim.email_verified && claim.email.is_some(),
         name: claim.name.as_ref().map(|n| n.as_str().to_owned()),
         team,
         now,

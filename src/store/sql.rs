@@ -1212,15 +1212,19 @@ impl Store for SqlStore {
         {
             changed.push("name");
         }
+        let mut new_address = false;
         if let Some(email) = &change.email
             && before.email.as_deref() != email.as_ref().map(Email::as_str)
         {
             changed.push("email");
+            // Another spelling of the same address (its letter case, as `Email::key` compares
+            // addresses) is no new address: it stays verified.
+            new_address = before.email.as_deref().map(str::to_ascii_lowercase) != email.as_ref().map(Email::key);
         }
         // A new address is unverified unless the change says otherwise; no address, nothing
         // verified.
         let has_email = change.email.as_ref().map_or(before.email.is_some(), Option::is_some);
-        let verified = change.email_verified.or(changed.contains(&"email").then_some(false));
+        let verified = change.email_verified.or(new_address.then_some(false));
         let verified = if has_email { verified } else { Some(false) };
         if let Some(verified) = verified
             && before.email_verified != verified

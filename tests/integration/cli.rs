@@ -938,6 +938,23 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
         assert_eq!((row.target_kind.as_deref(), row.target_id.as_deref()), (Some("user"), Some(ids[0].as_str())));
         assert_eq!(row.details, Some(serde_json::json!({ "fields": ["disabled"] })), "as the admin API's");
     }
+    // Disabling a disabled user ends a session left to them (one written meanwhile, say): a row
+    // that names no field, as the admin API's.
+    assert_eq!(json_of(dir.path(), &db, &["users", "disable", &ids[0], "--json"]).await["disabled"], true);
+    let session = match db.backend {
+        Backend::Sqlite => "SELECT randomblob(32), id, 0, 0, 9000000000000000 FROM users",
+        Backend::Postgres => {
+            "SELECT sha256(random()::text::bytea), id, now(), now(), now() + interval '1 day' FROM users"
+        }
+    };
+    let columns = "token_hash, user_id, created_at, last_seen_at, expires_at";
+    let whose = "WHERE id = (SELECT user_id FROM identities WHERE subject = 'cli-ada')";
+    sql.exec(&format!("INSERT INTO sessions ({columns}) {session} {whose}")).await.unwrap();
+    assert_eq!(json_of(dir.path(), &db, &["users", "disable", &ids[0], "--json"]).await["disabled"], true);
+    assert_eq!(sql.count("sessions").await, 0, "the session left was ended");
+    let details: Vec<_> = audited("user.disabled").await.into_iter().map(|row| row.event.details).collect();
+    assert_eq!(details.len(), 3, "{details:?}");
+    assert!(details.contains(&Some(serde_json::json!({ "fields": [] }))), "{details:?}");
 
     // Refusals name their code; bad arguments are usage errors.
     let unknown =

@@ -269,7 +269,7 @@ async fn csv_files_are_read_by_their_header_and_bad_headers_stop_before_writing(
     let csv = format!(
         "subject,issuer,name,email,email_verified,team\n\
          c1,{ISSUER},\"Lovelace, Ada\",ada@example.com,yes,\n\
-         c2,{ISSUER},,,,\n\
+         c2,{ISSUER},,,yes,\n\
          \n\
          c3,{ISSUER},Too,many,fields,here,extra\n\
          c4,{ISSUER},Maybe,m@example.com,maybe,\n\

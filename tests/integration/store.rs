@@ -6234,6 +6234,11 @@ mod issue_12_events {
         let verify = UserChange { email_verified: Some(true), disabled: Some(true), ..UserChange::default() };
         assert!(store.update_user(ada.id(), &verify, t).await.unwrap().unwrap().changed);
         assert!(!store.update_user(ada.id(), &verify, t).await.unwrap().unwrap().changed);
+        // Another spelling of the same address (its letter case) is stored and stays verified.
+        let recase =
+            UserChange { email: Some(Some(Email::parse("Ada@new.example.com").unwrap())), ..UserChange::default() };
+        let recased = store.update_user(ada.id(), &recase, t).await.unwrap().unwrap().user;
+        assert_eq!((recased.email.as_deref(), recased.email_verified), (Some("Ada@new.example.com"), true));
         let unnamed = UserChange { name: Some(None), disabled: Some(false), ..UserChange::default() };
         assert_eq!(store.update_user(ada.id(), &unnamed, t).await.unwrap().unwrap().user.name, None);
         assert!(store.update_user(UserId::generate(), &rename, t).await.unwrap().is_none());
@@ -6251,6 +6256,7 @@ mod issue_12_events {
                 ("user.updated", serde_json::json!(["email", "email_verified"])),
                 ("user.updated", serde_json::json!(["email_verified"])),
                 ("user.disabled", serde_json::Value::Null),
+                ("user.updated", serde_json::json!(["email"])),
                 ("user.updated", serde_json::json!(["name"])),
                 ("user.enabled", serde_json::Value::Null),
             ]
@@ -6258,7 +6264,7 @@ mod issue_12_events {
         assert_eq!(written[0].1["user"]["name"], "Ada L.");
         assert_eq!(written[0].1["user"]["id"], ada.id().as_uuid().to_string());
         assert_eq!(written[1].1["user"]["email"], "ada@new.example.com");
-        assert_eq!(written[4].1["user"]["name"], serde_json::Value::Null);
+        assert_eq!(written[5].1["user"]["name"], serde_json::Value::Null);
     }
 
     async fn concurrent_identical_user_changes_write_one_event(backend: Backend) {
