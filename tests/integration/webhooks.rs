@@ -98,12 +98,46 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
 /// The Standard Webhooks check, computed here: `v1,` and the base64 HMAC-SHA256 of
 /// `{id}.{timestamp}.{body}` under the base64 key after `whsec_`.
 pub(crate) fn signature_valid(secret: &str, received: &Received) -> bool {
+    let expected = signature(secret, received);
+    received.signature.split(' ').any(|s| s == expected)
+}
+
+/// The `v1,…` signature of `received` (its id, timestamp and raw body) under `secret`.
+fn signature(secret: &str, received: &Received) -> String {
     let key = STANDARD.decode(secret.strip_prefix("whsec_").expect("whsec_ prefix")).unwrap();
     let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
     let mut signed = format!("{}.{}.", received.id, received.timestamp).into_bytes();
     signed.extend_from_slice(&received.raw);
-    let expected = format!("v1,{}", STANDARD.encode(hmac::sign(&key, &signed).as_ref()));
-    received.signature.split(' ').any(|s| s == expected)
+    format!("v1,{}", STANDARD.encode(hmac::sign(&key, &signed).as_ref()))
+}
+
+/// Whether README's receiver check (its Python `verify`, run with `python -O`, which drops
+/// `assert`s) accepts `received` under `secret`: what receivers copy is checked against what
+/// Tessera sends.
+fn readme_verify_accepts(secret: &str, received: &Received) -> bool {
+    let python = std::env::var("TESSERA_TEST_PYTHON")
+        .expect("TESSERA_TEST_PYTHON is not set: run the suite with `scripts/test`, which installs Python");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```python\nimport base64, hashlib, hmac, time\n").expect("README's verify");
+    let code = &readme[start + "```python\n".len()..];
+    let code = &code[..code.find("```").unwrap()];
+    let script = format!(
+        "{code}\nimport os\nverify(os.environ['SECRET'], {{'webhook-id': os.environ['ID'], \
+         'webhook-timestamp': os.environ['TIMESTAMP'], 'webhook-signature': os.environ['SIGNATURE']}}, \
+         base64.b64decode(os.environ['BODY']))\n"
+    );
+    let out = std::process::Command::new(python)
+        .args(["-O", "-c", &script])
+        .env("SECRET", secret)
+        .env("ID", &received.id)
+        .env("TIMESTAMP", &received.timestamp)
+        .env("SIGNATURE", &received.signature)
+        .env("BODY", STANDARD.encode(&received.raw))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() || stderr.contains("ValueError"), "README's verify broke: {stderr}");
+    out.status.success()
 }
 
 pub(crate) fn with_keyring(config: &mut Config) {
@@ -162,6 +196,14 @@ async fn events_arrive_signed_once_per_endpoint_and_filtered_by_type(backend: Ba
         assert!((0..300).contains(&age), "webhook-timestamp is the sending time");
     }
     let first = &all.all()[0];
+    assert!(readme_verify_accepts(&secret, first), "README's check accepts a delivery");
+    assert!(!readme_verify_accepts(&other_secret, first), "and refuses another key's");
+    let tampered = Received { raw: Bytes::from(first.raw.to_ascii_uppercase()), ..first.clone() };
+    assert!(!readme_verify_accepts(&secret, &tampered), "and a changed body");
+    let mut stale =
+        Received { timestamp: (first.timestamp.parse::<i64>().unwrap() - 600).to_string(), ..first.clone() };
+    stale.signature = signature(&secret, &stale);
+    assert!(!readme_verify_accepts(&secret, &stale), "and a well-signed request sent ten minutes ago");
     assert_eq!(first.body["data"]["user"]["id"], user);
     assert_eq!(first.body["data"]["team"]["slug"], "adas-team");
     assert_eq!(first.body["data"]["identity"]["subject"], "ada");
