@@ -471,6 +471,22 @@ async fn complete_callback(
     PagePath(provider): PagePath<String>,
     query: Result<ApiQuery<CallbackQuery>, ApiError>,
 ) -> Response {
+    // In its own task, to its end even if the browser goes away (the tab closed): once the flow
+    // is taken the provider's code is spent, and the tokens it brings are stored (a connection,
+    // a link, a session) or refused, not dropped half-way — live at the provider, nowhere here.
+    let (pages, page_headers) = (state.clone(), headers.clone());
+    crate::run_to_end(callback_to_end(state, headers, provider, query))
+        .await
+        .unwrap_or_else(|| pages.pages.error(&page_headers, super::audit::shutting_down()))
+}
+
+/// [`complete_callback`]'s work.
+async fn callback_to_end(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    provider: String,
+    query: Result<ApiQuery<CallbackQuery>, ApiError>,
+) -> Response {
     // A malformed callback (a parameter twice, say), or one that matches no flow of this
     // browser's, gets a page and leaves the browser's sign-in cookie alone: it may be another
     // tab's flow under way (and anyone can send a browser to a callback URL).

@@ -62,6 +62,7 @@ on_both_backends!(
     reconnecting_without_a_new_refresh_token_keeps_the_old_one,
     a_new_link_keeps_its_pending_profile_alive,
     a_refresh_survives_its_client_hanging_up,
+    a_connection_survives_its_browser_leaving_the_callback,
     the_last_owner_cannot_step_down,
     the_last_owner_alone_in_a_team_may_leave_it_and_the_team_goes,
     concurrent_adds_of_one_member_make_one_membership,
@@ -1242,6 +1243,29 @@ async fn a_refresh_survives_its_client_hanging_up(backend: Backend) {
     assert_eq!(w.issuer.refreshes(), 1);
     w.expire_soon(&slug).await;
     assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "the rotated token works");
+}
+
+/// The browser leaves the callback while the provider is answering the code exchange (the tab
+/// closed, say): the code is spent by then, and the tokens it brought are stored — the profile
+/// connects — rather than dropped half-way, live at the provider and nowhere here.
+async fn a_connection_survives_its_browser_leaving_the_callback(backend: Backend) {
+    let mut w = world(backend).await;
+    let created = body(w.create(w.alice.id, profile_request(Some("left"))).await, 201).await;
+    let callback = start_flow(&mut w.alice.browser, created["connect_url"].as_str().unwrap()).await;
+    w.issuer.set_answer_delay(Duration::from_secs(3));
+    let cookies: Vec<String> = w.alice.browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let request = w.app.client.get(&callback).header("cookie", cookies.join("; ")).send();
+    let waiting = tokio::spawn(request);
+    let sql = w.app.db.sql().await;
+    eventually("the callback took its flow", || async { sql.count("login_states").await == 0 }).await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    eventually("the connection is stored", || async {
+        sql.count("auth_profiles WHERE slug = 'left' AND status = 'active' AND access_token IS NOT NULL").await == 1
+    })
+    .await;
+    w.issuer.set_answer_delay(Duration::ZERO);
+    assert_eq!(body(w.token(w.alice.id, "left").await, 200).await["refreshed"], false);
 }
 
 /// SQLite only: its write lock, held from a connection of the test's, is how a database that
