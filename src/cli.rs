@@ -477,6 +477,11 @@ async fn rotate_signing_key(
     config: &Config,
     alg: SigningAlg,
 ) -> ExitCode {
+    // Whether the algorithm has a key to rotate from, or gets its first.
+    let had_key = match published_keys(store.as_ref()).await {
+        Ok(list) => list.iter().any(|k| k.alg == alg && k.retired_at.is_none()),
+        Err(e) => return fail(&e),
+    };
     // Also when a key does not decrypt with this ring: rotating is the way to retire it.
     let keys = match SigningKeys::open(store, keyring, SigningKeySettings::from_config(&config.oidc)).await {
         Ok(keys) => keys,
@@ -486,16 +491,23 @@ async fn rotate_signing_key(
         Ok(key) => key,
         Err(e) => return fail(&e),
     };
-    if key.signs_from <= key.created_at {
+    let published_for = (keys.settings().max_token_lifetime + crate::service::op::keys::LEEWAY).as_secs();
+    if !had_key {
         out!("made the first {} key, {}; it signs at once", alg.as_str(), key.kid);
+    } else if key.signs_from <= key.created_at {
+        out!(
+            "new {} key {} signs at once: the current key could not sign (it does not decrypt with \
+             this key ring, or its row is damaged); it is retired, and stays published {published_for} s",
+            alg.as_str(),
+            key.kid,
+        );
     } else {
         out!(
             "new {} key {} is published now and signs from {}; the current key signs until then, \
-             and stays published {} s longer",
+             and stays published {published_for} s longer",
             alg.as_str(),
             key.kid,
             time(Some(key.signs_from)),
-            keys.settings().max_token_lifetime.as_secs()
         );
     }
     ExitCode::SUCCESS

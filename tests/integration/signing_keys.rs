@@ -33,6 +33,7 @@ on_both_backends!(
     private_keys_are_stored_encrypted_and_bound_to_their_row,
     concurrent_first_signatures_on_two_instances_leave_one_usable_key,
     an_instance_whose_ring_cannot_decrypt_the_next_key_is_not_ready,
+    a_key_whose_ring_key_was_lost_is_rotated_away_at_once,
     a_public_key_that_is_not_its_key_ids_is_refused,
 );
 
@@ -173,7 +174,8 @@ async fn a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_to
     let listed = keys.list().await.unwrap();
     let retiring = listed.iter().find(|k| k.kid == old).unwrap();
     assert_eq!(retiring.retired_at, Some(next.signs_from), "the old key stops when the next one starts");
-    let unpublish_at = next.signs_from + chrono::Duration::from_std(settings.max_token_lifetime).unwrap();
+    let published_for = settings.max_token_lifetime + tessera::service::op::keys::LEEWAY;
+    let unpublish_at = next.signs_from + chrono::Duration::from_std(published_for).unwrap();
     assert_eq!(retiring.unpublish_at, Some(unpublish_at));
 
     sleep_until(next.signs_from).await;
@@ -431,6 +433,33 @@ async fn an_instance_whose_ring_cannot_decrypt_the_next_key_is_not_ready(backend
     assert_eq!(answer["code"], "signing_key_unusable");
     assert!(answer["detail"].as_str().unwrap().contains("TESSERA_ENCRYPTION_KEYS"), "{answer}");
     app.stop().await;
+}
+
+/// The ring key of the signing key was lost (the ring is now another): `tessera keys signing
+/// rotate` retires it at once and its successor signs at once — an instance with the new ring
+/// starts and signs straight away, rather than failing until the publication lead (up to 30 h
+/// with a day-long JWKS lifetime) is over. Tokens of the old key still verify.
+async fn a_key_whose_ring_key_was_lost_is_rotated_away_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let settings = SigningKeySettings::default();
+    let before = signing_keys(store.clone(), settings).await;
+    let old_token = before.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
+    let other_ring = Arc::new(KeyRing::parse(&format!("k9:{}", STANDARD.encode([9u8; 32]))).unwrap());
+    let refused = SigningKeys::new(store.clone(), other_ring.clone(), settings).await.map(drop).unwrap_err();
+    assert!(matches!(refused, SigningError::Unusable { .. }), "{refused:?}");
+    let rotating = SigningKeys::open(store.clone(), other_ring.clone(), settings).await.unwrap();
+    let next = rotating.rotate(SigningAlg::ES256).await.unwrap();
+    assert_eq!(next.status, KeyStatus::Signing, "{next:?}");
+    let started = SigningKeys::new(store.clone(), other_ring, settings).await.expect("starts with the new ring");
+    assert!(started.unusable_key().is_none());
+    let token = started.sign(SigningAlg::ES256, "JWT", &claims("bob")).await.unwrap();
+    assert_eq!(kid(&token), next.kid);
+    let _: Value = started.verify(&old_token, "JWT", ISSUER).await.expect("the old key's tokens still verify");
+    let old = started.list().await.unwrap().into_iter().find(|k| k.kid == kid(&old_token)).unwrap();
+    assert_eq!(old.status, KeyStatus::Retired);
+    let published_for = settings.max_token_lifetime + tessera::service::op::keys::LEEWAY;
+    assert_eq!(old.unpublish_at, Some(old.retired_at.unwrap() + chrono::Duration::from_std(published_for).unwrap()));
 }
 
 /// A key's id is its public key's thumbprint: a row whose public key was replaced (another key's

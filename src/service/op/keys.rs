@@ -9,8 +9,8 @@
 //!   after its creation, so that every relying party's cached JWKS, and every Tessera instance's
 //!   cache, lists it before the first token it signs;
 //! - **retired** when the next key starts signing (the previous key signs until exactly then);
-//! - **unpublished** `max_token_lifetime` after its retirement, when the last token it signed
-//!   has expired.
+//! - **unpublished** `max_token_lifetime` and [`LEEWAY`] after its retirement, when the last
+//!   token it signed has expired.
 //!
 //! The store keeps one un-retired key per algorithm (a partial unique index): a rotation retires
 //! it and inserts its successor in one transaction, compare-and-swap on the retired key, so two
@@ -590,8 +590,9 @@ impl SigningKeys {
 
     /// Starts a rotation for `alg`: a new key, published now, signs from one
     /// [publication lead](SigningKeySettings::publication_lead) from now; the current key signs
-    /// until then, and stays published `max_token_lifetime` longer. With no key yet, makes the
-    /// first one (which signs at once). When another instance rotated at the same moment, its
+    /// until then, and stays published `max_token_lifetime` (and [`LEEWAY`]) longer. A current
+    /// key that signs but does not decrypt with this ring is retired at once, its successor
+    /// signing at once. With no key yet, makes the first one (which signs at once). When another instance rotated at the same moment, its
     /// rotation stands and this one writes nothing. Returns the algorithm's newest key.
     pub async fn rotate(&self, alg: SigningAlg) -> Result<SigningKeyInfo, SigningError> {
         let set = self.reload(None).await?;
@@ -600,7 +601,11 @@ impl SigningKeys {
                 self.first_key(alg, &set).await?;
             }
             Some(current) => {
-                self.rotate_from(current).await?;
+                // A key that signs now but does not decrypt with this ring (its ring key lost):
+                // no instance with this ring can sign with it, and waiting out the publication
+                // lead would keep them all from starting or being ready until then.
+                let at_once = current.signs_from <= now() && current.unusable().is_some();
+                self.rotate_from(current, at_once).await?;
             }
         }
         let now = now();
@@ -735,24 +740,26 @@ impl SigningKeys {
                 && current.signs_from <= now
                 && now.signed_duration_since(current.signs_from) >= period
             {
-                rotated |= self.rotate_from(current).await?;
+                rotated |= self.rotate_from(current, false).await?;
             }
         }
         Ok(rotated)
     }
 
     /// Writes a rotation from `current`; false when another instance rotated it first. A key
-    /// whose row is damaged signs nothing and verifies nothing: its successor signs at once (as a
-    /// first key does) rather than after the publication lead.
-    async fn rotate_from(&self, current: &LoadedKey) -> Result<bool, SigningError> {
+    /// whose row is damaged signs nothing and verifies nothing, and one `at_once` cannot sign:
+    /// its successor signs at once (as a first key does) rather than after the publication lead.
+    /// The retired key stays published until its last token has expired, with the leeway that
+    /// [`verify`](Self::verify) gives `exp`.
+    async fn rotate_from(&self, current: &LoadedKey, at_once: bool) -> Result<bool, SigningError> {
         let settings = &self.inner.settings;
-        let lead = if current.damaged().is_some() { Duration::ZERO } else { settings.publication_lead() };
+        let lead = if at_once || current.damaged().is_some() { Duration::ZERO } else { settings.publication_lead() };
         let new = self.generate(current.alg, lead).await?;
         let signs_from = new.signs_from;
         let retire = Retirement {
             kid: &current.kid,
             retired_at: signs_from,
-            unpublish_at: signs_from + to_chrono(settings.max_token_lifetime),
+            unpublish_at: signs_from + to_chrono(settings.max_token_lifetime + LEEWAY),
         };
         let rotated = self.inner.store.rotate_signing_key(&retire, &new).await?;
         if rotated {
