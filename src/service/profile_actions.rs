@@ -405,8 +405,16 @@ impl<'a> ProfileActions<'a> {
     ) -> Result<ConnectorCredential, ProfileActionError> {
         // The resolution checked membership, and the profile is the caller's own or the team's:
         // its credential is read by id, never by its slug again (which may move meanwhile).
-        let (profile, source) = self.resolve(team, user, connector_key).await?;
+        let (mut profile, source) = self.resolve(team, user, connector_key).await?;
         let credential = self.profiles.credential_of(profile.clone()).await?;
+        // A refresh changed the row (its token's expiry above all): the profile is answered as
+        // it is now, not as it was before, so that its expiry is the token's.
+        if let Credential::OAuth { token, .. } = &credential
+            && token.refreshed
+            && let Some(now) = self.profiles.store().profile(profile.id).await?
+        {
+            profile = now;
+        }
         Ok(ConnectorCredential { profile, source, credential })
     }
 

@@ -417,13 +417,15 @@ impl AuthProfiles {
         expected: ProfileKind,
     ) -> Result<AuthProfile, AuthProfileError> {
         let (profile, role) = self.usable(team, user, slug).await?;
-        may_connect(&profile, user, role)?;
+        // The kind first: it is no secret (any member reads it), and a request to the wrong
+        // endpoint is told so, whoever sends it.
         if profile.profile_kind != expected {
             return Err(AuthProfileError::KindMismatch {
                 actual: profile.profile_kind.as_str(),
                 expected: expected.as_str(),
             });
         }
+        may_connect(&profile, user, role)?;
         Ok(profile)
     }
 

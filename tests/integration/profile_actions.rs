@@ -510,6 +510,12 @@ async fn credentials_by_connector_prefer_the_callers_own_account(backend: Backen
     assert_eq!(alices["source"], "team_default");
     // Connector keys are case-insensitive, as everywhere.
     assert_eq!(body(w.credentials(w.bob.id, "ISSUES").await, 200).await["source"], "personal");
+    // Refreshed on the way: the profile is answered as the refresh left it.
+    w.expire_soon("bobs-issues").await;
+    let refreshed = body(w.credentials(w.bob.id, "issues").await, 200).await;
+    assert_eq!(refreshed["refreshed"], true);
+    assert!(refreshed["expires_at"].is_string(), "{refreshed}");
+    assert_eq!(refreshed["auth_profile"]["access_token_expires_at"], refreshed["expires_at"], "{refreshed}");
 }
 
 async fn credentials_by_connector_explain_what_is_missing(backend: Backend) {

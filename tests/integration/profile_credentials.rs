@@ -382,6 +382,10 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
     body(w.create(w.alice.id, oauth).await, 201).await;
     let mismatch = body(w.put_env(w.alice.id, "app", json!({"OPENAI_API_KEY": KEY})).await, 409).await;
     assert_eq!(mismatch["code"], "profile_kind_mismatch");
+    // By kind first, for a member who could not set it either: the kind is no secret (any member
+    // reads it), and the fix is another endpoint, not another member.
+    let mismatch = body(w.put_env(w.bob.id, "app", json!({"OPENAI_API_KEY": KEY})).await, 409).await;
+    assert_eq!(mismatch["code"], "profile_kind_mismatch");
     let session = w.on_behalf(Method::PUT, "/auth-profiles/keys/browser-session", w.alice.id);
     let mismatch = body(session.json(&json!({"storage_state": {}})).send().await.unwrap(), 409).await;
     assert_eq!(mismatch["code"], "profile_kind_mismatch");

@@ -226,7 +226,10 @@ fn token_set(
                 // An absurd lifetime (the provider's, not ours to refuse) is held to ten years.
                 .and_then(|d| chrono::TimeDelta::from_std(d).ok())
                 .map(|d| d.min(chrono::TimeDelta::days(3650)))
-                .and_then(|d| Utc::now().checked_add_signed(d)),
+                .and_then(|d| Utc::now().checked_add_signed(d))
+                // To the microsecond, as both databases keep it: the expiry handed out with a
+                // token is the one its profile then shows.
+                .map(|at| chrono::SubsecRound::trunc_subsecs(at, 6)),
             // Scopes come back joined with the provider's separator (Slack: commas).
             scopes: response
                 .scopes()
