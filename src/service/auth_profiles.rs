@@ -1359,11 +1359,15 @@ fn decrypt(
 ) -> Result<SecretString, AuthProfileError> {
     let ciphertext = ciphertext.ok_or(AuthProfileError::NotConnected)?;
     let aad = StoredSecret::aad(SecretKind::AuthProfiles, profile.as_uuid(), column);
+    let key_id = KeyRing::key_id_of(ciphertext).unwrap_or("none");
     let plaintext = keyring.decrypt(ciphertext, &aad).map_err(|error| {
-        tracing::error!(profile_id = %profile, column, error = %error.chain(), "a stored credential does not decrypt");
+        tracing::error!(profile_id = %profile, column, key_id, error = %error.chain(), "a stored credential does not decrypt");
         AuthProfileError::Undecryptable
     })?;
-    String::from_utf8(plaintext).map(SecretString::from).map_err(|_| AuthProfileError::Undecryptable)
+    String::from_utf8(plaintext).map(SecretString::from).map_err(|_| {
+        tracing::error!(profile_id = %profile, column, key_id, "a stored token decrypts to no text");
+        AuthProfileError::Undecryptable
+    })
 }
 
 #[cfg(test)]

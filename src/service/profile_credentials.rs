@@ -24,6 +24,7 @@ use url::Url;
 
 use super::auth_profiles::{AccessToken, AuthProfileError, AuthProfiles, NewProfile, check_status, may_connect};
 use crate::config::ConnectorConfig;
+use crate::crypto::keyring::KeyRing;
 use crate::crypto::sha256;
 use crate::domain::{AuthProfile, CredentialMeta, FieldSet, ProfileId, ProfileKind, Slug, TeamRef, UserId};
 use crate::error::ErrorChain as _;
@@ -477,15 +478,22 @@ impl AuthProfiles {
         let Some((ciphertext, _)) = stored.credential else {
             return Err(AuthProfileError::NotConnected);
         };
+        // Each refusal is logged with the ring key the value names, so that an operator knows
+        // which key to roll out (or whether the row itself is at fault).
+        let key_id = KeyRing::key_id_of(&ciphertext).unwrap_or("none");
         let plaintext = keyring.decrypt(&ciphertext, &credential_aad(profile.id)).map_err(|error| {
-            tracing::error!(profile_id = %profile.id, error = %error.chain(), "a stored credential does not decrypt");
+            tracing::error!(profile_id = %profile.id, key_id, error = %error.chain(), "a stored credential does not decrypt");
             AuthProfileError::Undecryptable
         })?;
-        let mut payload: Value = serde_json::from_slice(&plaintext).map_err(|_| AuthProfileError::Undecryptable)?;
+        let not_its_kind = || {
+            tracing::error!(profile_id = %profile.id, key_id, "a stored credential decrypts to no credential of its kind");
+            AuthProfileError::Undecryptable
+        };
+        let mut payload: Value = serde_json::from_slice(&plaintext).map_err(|_| not_its_kind())?;
         match profile.profile_kind {
             ProfileKind::Env => {
                 let Some(Value::Object(values)) = payload.get_mut("values").map(Value::take) else {
-                    return Err(AuthProfileError::Undecryptable);
+                    return Err(not_its_kind());
                 };
                 let values = values
                     .into_iter()
