@@ -3427,12 +3427,22 @@ impl Store for SqlStore {
         }
         // In a transaction committed once the rows are read: a claim whose answer is lost (a
         // connection dropped while reading it) leases nothing, rather than endpoints no task
-        // delivers to until their leases run out. (Decoded after: a damaged row must not roll
-        // back every claim, and so every delivery, while it is the longest waiting.)
+        // delivers to until their leases run out. (Decoded after, one by one: a damaged row must
+        // not roll back or fail every claim, and so every delivery, while it is the longest
+        // waiting. It keeps its lease, so that it is passed over until the lease runs out rather
+        // than claimed again by every poll.)
         let mut tx = self.db.begin().await?;
         let rows = query(*SQL).bind(owner).bind(now).bind(until).bind(limit.max(1)).fetch_all(&mut tx).await?;
         tx.commit().await?;
-        rows.iter().map(webhook_row).collect()
+        let decoded = rows.iter().filter_map(|row| match webhook_row(row) {
+            Ok(endpoint) => Some(endpoint),
+            Err(error) => {
+                let id = row.uuid("id").map(|id| id.to_string()).unwrap_or_default();
+                tracing::error!(webhook = %id, error = %error.chain(), "a webhook endpoint's row cannot be decoded; it is passed over");
+                None
+            }
+        });
+        Ok(decoded.collect())
     }
 
     async fn release_webhook(&self, id: WebhookId, owner: uuid::Uuid) -> Result<(), StoreError> {

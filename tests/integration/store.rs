@@ -4800,6 +4800,34 @@ async fn an_endpoint_is_leased_to_one_owner_at_a_time(backend: Backend) {
     assert_eq!(store.claim_webhooks(Uuid::new_v4(), later, later, 10).await.unwrap().len(), 1, "released");
 }
 
+/// SQLite only (a PostgreSQL row has no value its types refuse to decode): an endpoint whose row
+/// cannot be decoded (a time out of range, written by hand) is passed over by the claim — it
+/// keeps its lease, so that the next polls do not claim it again — and the endpoints claimed with
+/// it get their work, rather than the whole claim failing round after round while the damaged
+/// one is the longest waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_endpoint_row_does_not_keep_the_others_from_their_deliveries() {
+    let (db, store) = setup(Backend::Sqlite).await;
+    let registered = now() - TimeDelta::seconds(1);
+    let (damaged, healthy) = (endpoint(&[], registered), endpoint(&[], registered));
+    for hook in [&damaged, &healthy] {
+        store.insert_webhook(hook).await.unwrap();
+    }
+    sign_up(&store, "ada").await;
+    store.fan_out_events(100, None, now()).await.unwrap();
+    let sql = db.sql().await;
+    let damage = format!(
+        "UPDATE webhook_endpoints SET updated_at = 9223372036854775807 WHERE id = {}",
+        sql.uuid(&damaged.id.to_string())
+    );
+    assert_eq!(sql.exec(&damage).await.unwrap(), 1);
+    let (t, until) = (now(), now() + TimeDelta::seconds(30));
+    let claimed = store.claim_webhooks(Uuid::new_v4(), t, until, 10).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), [healthy.id]);
+    let again = store.claim_webhooks(Uuid::new_v4(), t, until, 10).await.unwrap();
+    assert!(again.is_empty(), "the damaged one keeps its lease: {again:?}");
+}
+
 async fn the_endpoint_waiting_longest_is_claimed_first(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let registered = now() - TimeDelta::seconds(1);
