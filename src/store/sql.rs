@@ -349,11 +349,14 @@ impl SqlStore {
         .await?;
         // Their personal connected accounts in the team: nobody may use them any more (a personal
         // profile is its creator's alone, and its creator is no longer a member), so their tokens
-        // are not kept.
+        // are not kept. Nor their team-wide ones when they were its last member (a team an
+        // operator made without an owner): there is nobody to credit them to, and the creator's
+        // rights must not come back with a later membership.
         let now = crate::domain::now();
         let personal = query(
             "SELECT id FROM auth_profiles
-             WHERE team_id = $1 AND created_by = $2 AND profile_kind = 'oauth_account' AND status <> 'revoked'
+             WHERE team_id = $1 AND created_by = $2 AND status <> 'revoked'
+               AND (profile_kind = 'oauth_account' OR NOT EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = $1))
              ORDER BY id FOR UPDATE",
         )
         .bind(team.as_uuid())

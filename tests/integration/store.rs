@@ -90,6 +90,7 @@ on_both_backends!(
     members_added_while_the_user_or_team_is_deleted_are_refused_not_errors,
     concurrent_demotions_and_removals_leave_one_owner,
     removing_a_member_takes_their_connect_links_and_flows_with_them,
+    the_last_member_of_an_ownerless_team_leaves_no_live_team_profile,
     // Domains
     a_domain_claim_is_created_updated_or_refused,
     a_domain_is_released_only_by_its_team,
@@ -1574,6 +1575,29 @@ async fn removing_a_member_takes_their_connect_links_and_flows_with_them(backend
     }
     for flow in &kept_flows {
         assert_eq!(store.take_login_state(&flow.state_hash, t0).await.unwrap().as_ref(), Some(flow));
+    }
+}
+
+/// A team an operator made without an owner: a member who leaves has their team-wide profiles
+/// credited to one who stays; the last one to go, with nobody to credit them to, has theirs
+/// revoked — their creator's rights must not come back with a later membership.
+async fn the_last_member_of_an_ownerless_team_leaves_no_live_team_profile(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let bob = sign_up(&store, "bob").await;
+    let at = now();
+    let lab = Team { id: TeamId::generate(), slug: Slug::parse("lab").unwrap(), name: "Lab".into(), created_at: at };
+    assert_eq!(store.create_team(&lab, None, at).await.unwrap(), CreateTeamOutcome::Created(lab.clone()));
+    join(&store, &lab, ada.id(), Role::Admin, at).await;
+    join(&store, &lab, bob.id(), Role::Member, at).await;
+    let bobs = inserted(&store, profile(&lab, bob.id(), ProfileKind::Env, "bobs-shared", at)).await;
+    let adas = inserted(&store, profile(&lab, ada.id(), ProfileKind::OauthApp, "adas-shared", at)).await;
+    assert_eq!(store.remove_member(lab.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
+    let credited = store.profile(bobs.id).await.unwrap().unwrap();
+    assert_eq!((credited.created_by, credited.status), (ada.id(), ProfileStatus::Active), "credited to who stays");
+    assert_eq!(store.remove_member(lab.id, None, ada.id()).await.unwrap(), RemoveOutcome::Removed);
+    for id in [bobs.id, adas.id] {
+        assert_eq!(store.profile(id).await.unwrap().unwrap().status, ProfileStatus::Revoked);
     }
 }
 
