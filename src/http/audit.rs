@@ -283,7 +283,8 @@ const MAX_AUDITED_BODY: usize = 1 << 20;
 /// Middleware inside [`super::admin_auth::require_admin`], and on every other route for admin
 /// tokens acting on behalf of a user: after a successful `POST`, `PUT`, `PATCH` or `DELETE` made
 /// with an admin token, appends the row of [`rule_for`] with the token's position, the target,
-/// the request id (and `on_behalf_of`). Reads, refused requests and requests without an admin
+/// the request id (and `on_behalf_of`); after one that failed on Tessera's side (5xx), the same
+/// row as a failure with its code. Reads, refused requests (4xx) and requests without an admin
 /// token write nothing.
 pub async fn record_admin_action(
     State(state): State<Arc<AppState>>,
@@ -317,12 +318,21 @@ pub async fn record_admin_action(
     // leave a change made and not recorded.
     let recorded = crate::run_to_end(async move {
         let response = next.run(request).await;
-        if !response.status().is_success() || response.extensions().get::<NothingChanged>().is_some() {
+        // A change that failed on Tessera's side (the database, part way) may have been made in
+        // part — a webhook's deletion leaves it disabled, a replay keeps the pages it scheduled —
+        // so it is recorded too, as a failure with its code; one refused (4xx) changed nothing.
+        let failed = response
+            .status()
+            .is_server_error()
+            .then(|| response.extensions().get::<ErrorCode>().copied().unwrap_or(ErrorCode::InternalError));
+        if !(response.status().is_success() || failed.is_some())
+            || response.extensions().get::<NothingChanged>().is_some()
+        {
             return response;
         }
         let rule = rule_for(&method, &route);
         let action = response.extensions().get::<AuditAction>().map_or(rule.action, |named| named.0);
-        let (response, body) = if rule.reads_body() {
+        let (response, body) = if failed.is_none() && rule.reads_body() {
             let (parts, body) = response.into_parts();
             match axum::body::to_bytes(body, MAX_AUDITED_BODY).await {
                 Ok(bytes) => {
@@ -378,6 +388,9 @@ pub async fn record_admin_action(
         }
         if !details.is_empty() {
             event = event.details(Value::Object(details));
+        }
+        if let Some(code) = failed {
+            event = event.failed(code.as_str());
         }
         state.audit.record_change(event).await;
         response

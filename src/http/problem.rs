@@ -159,6 +159,8 @@ impl IntoResponse for ApiError {
             map.extend(self.extensions);
         }
         let mut response = (status, body.to_string()).into_response();
+        // For the layers the answer goes through (the audit of an admin change that failed).
+        response.extensions_mut().insert(self.code);
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(challenge) = challenge_of(status, self.www_authenticate) {

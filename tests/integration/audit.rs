@@ -34,6 +34,7 @@ on_both_backends!(
     the_log_is_read_latest_first_with_filters_and_a_cursor,
     bad_audit_queries_say_what_to_fix,
     rows_past_their_retention_are_swept,
+    an_admin_change_that_fails_part_way_is_recorded_as_failed,
 );
 
 const SECOND_TOKEN: &str = "second-admin-token-0123456789abcdef";
@@ -685,4 +686,36 @@ async fn an_admin_change_whose_client_hangs_up_is_made_and_recorded() {
     sql.remove_injected("users").await;
     let now = body(app.admin(Method::GET, &format!("/admin/users/{user}")).send().await.unwrap(), 200).await;
     assert_eq!(now["disabled"], json!(true), "and the change was made");
+}
+
+/// A webhook's deletion that the database fails part way (its delivery log cannot be deleted)
+/// leaves the endpoint disabled: the attempt is recorded, as a failure with its code, so that
+/// what changed is in the log; a refused request (4xx) changed nothing and writes no row.
+async fn an_admin_change_that_fails_part_way_is_recorded_as_failed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, with_keyring).await;
+    let created = app.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": "https://h.example.com/hook" }));
+    let id = body(created.send().await.unwrap(), 201).await["id"].as_str().unwrap().to_owned();
+    body(app.bootstrap(&identity("ada", "ada@example.com", None)).await, 201).await;
+    let sql = app.db.sql().await;
+    eventually("the event is fanned out", || async { sql.count("webhook_deliveries").await > 0 }).await;
+    sql.inject("DELETE", "webhook_deliveries", None, "SELECT RAISE(ABORT, 'injected');", "RAISE EXCEPTION 'injected';")
+        .await;
+    let path = format!("/admin/webhooks/{id}");
+    let failed = app.admin(Method::DELETE, &path).send().await.unwrap();
+    let status = failed.status().as_u16();
+    assert!((500..600).contains(&status), "{status}");
+    let code = body(failed, status).await["code"].clone();
+    let shown = body(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
+    assert_eq!(shown["enabled"], false, "made in part: disabled, not deleted");
+    let rows = audit(&app, "action=webhook.deleted").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0]["outcome"].as_str(), rows[0]["target_id"].as_str()), (Some("failure"), Some(id.as_str())));
+    assert_eq!(rows[0]["reason"], code);
+    // Refused: no row.
+    assert_eq!(app.admin(Method::DELETE, "/admin/webhooks/nope").send().await.unwrap().status(), 400);
+    sql.remove_injected("webhook_deliveries").await;
+    assert_eq!(app.admin(Method::DELETE, &path).send().await.unwrap().status(), 204);
+    let rows = audit(&app, "action=webhook.deleted").await;
+    let outcomes: Vec<&str> = rows.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["success", "failure"], "latest first");
 }
