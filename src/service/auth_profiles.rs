@@ -1375,6 +1375,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_token_that_does_not_decrypt_is_logged_with_the_ring_key_it_names() {
+        use base64::Engine;
+        let ring = |id: &str, byte: u8| {
+            KeyRing::parse(&format!("{id}:{}", base64::engine::general_purpose::STANDARD.encode([byte; 32]))).unwrap()
+        };
+        let profile = ProfileId::generate();
+        let aad = StoredSecret::aad(SecretKind::AuthProfiles, profile.as_uuid(), "access_token");
+        let sealed = ring("gone-key", 1).encrypt(b"a-token", &aad);
+        // Another ring, and the same key id with other material: each refusal names the key.
+        for reader in [ring("current", 2), ring("gone-key", 3)] {
+            let logs = crate::telemetry::capture::capture();
+            let refused = decrypt(&reader, profile, "access_token", Some(&sealed));
+            assert!(matches!(refused, Err(AuthProfileError::Undecryptable)));
+            let text = logs.text();
+            assert!(text.contains("gone-key") && !text.contains("a-token"), "{text}");
+        }
+    }
+
+    #[test]
     fn a_refresh_call_ends_in_time_to_store_its_answer_within_the_lease() {
         let now = crate::domain::now();
         let lease = |left: i64| RefreshLease { owner: uuid::Uuid::nil(), until: now + TimeDelta::seconds(left), now };
