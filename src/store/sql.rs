@@ -3583,26 +3583,33 @@ impl Store for SqlStore {
     }
 
     async fn delete_old_events(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // The candidates, locked; those a replay holds (or another sweep) are skipped.
+        // The candidates, read before the transaction (on SQLite a write transaction takes the
+        // writer): the scan walks every old event held back by a pending delivery (an endpoint
+        // disabled for weeks keeps them all), and must not hold every other write — sign-ins
+        // included — behind it. Nothing to delete takes no write at all.
         let ids = query(
             "SELECT e.id FROM outbox_events e
              WHERE e.created_at < $1 AND e.processed_at IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.state = 'pending')
-               -- The last event processed stays: the fan-out counts gaps from it.
+               -- The last event processed stays: the fan-out counts gaps from it (the last can
+               -- only move on, so a candidate stays below it).
                AND e.seq < (SELECT MAX(p.seq) FROM outbox_events p WHERE p.processed_at IS NOT NULL)
-             ORDER BY e.created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+             ORDER BY e.created_at LIMIT $2",
         )
         .bind(before)
         .bind(limit.max(0))
-        .fetch_all(&mut tx)
+        .fetch_all(self.db.reader())
         .await?
         .iter()
         .map(|row| row.uuid("id"))
         .collect::<Result<Vec<_>, _>>()?;
-        // Deleted by a second statement, which sees what committed while the first ran: a replay
-        // that made a delivery pending just before the lock keeps its event. A replay locks the
-        // events it schedules (`FOR SHARE`), so none can start on these until they are gone.
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin().await?;
+        // Deleted by statements that re-check what committed since the candidates were read: a
+        // replay that made a delivery pending meanwhile keeps its event, and one whose page holds
+        // an event (`FOR SHARE`) has it skipped, to be judged by a later sweep.
         let mut deleted = 0;
         for chunk in ids.chunks(EVENTS_PER_DELETE) {
             let mut delete = query(DELETE_EVENTS_SQL.as_str());
@@ -4007,8 +4014,13 @@ const EVENTS_PER_DELETE: usize = 100;
 /// delivery.
 static DELETE_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
     let ids: Vec<String> = (1..=EVENTS_PER_DELETE).map(|n| format!("${n}")).collect();
+    // The rows locked in one order, and those another transaction holds skipped (a replay's
+    // page, which locks the events it schedules; another instance's sweep of the same
+    // candidates): two sweeps never wait on each other in opposite orders.
     format!(
-        "DELETE FROM outbox_events WHERE id IN ({}) AND NOT EXISTS \
+        "DELETE FROM outbox_events WHERE id IN (
+             SELECT c.id FROM outbox_events c WHERE c.id IN ({}) ORDER BY c.id FOR UPDATE SKIP LOCKED)
+           AND NOT EXISTS \
          (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = outbox_events.id AND d.state = 'pending')",
         ids.join(", ")
     )

@@ -5106,6 +5106,31 @@ async fn old_events_go_once_no_delivery_of_theirs_is_pending(backend: Backend) {
     assert_eq!(topics().await, ["user.created", "user.enabled", "user.created", "user.created"]);
 }
 
+/// SQLite only (its one writer is what is at stake): a retention sweep picks its candidates
+/// without the writer, so old events all held back by a pending delivery (an endpoint disabled
+/// for weeks) cost other writes nothing — with nothing to delete, it does not wait for the writer
+/// at all (here held by the test, which would fail it at the busy timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_with_nothing_to_delete_takes_no_write() {
+    let (db, store) = setup(Backend::Sqlite).await;
+    let long_ago = now() - TimeDelta::days(40);
+    let hook = endpoint(&[], long_ago - TimeDelta::days(1));
+    store.insert_webhook(&hook).await.unwrap();
+    store.update_webhook(&WebhookEndpoint { enabled: false, updated_at: now(), ..hook.clone() }).await.unwrap();
+    let ada = sign_up(&store, "ada").await.id();
+    for i in 0..5 {
+        set_user_disabled(&store, ada, i % 2 == 0, long_ago + TimeDelta::seconds(i)).await.unwrap();
+    }
+    sign_up(&store, "bob").await;
+    store.fan_out_events(100, None, now()).await.unwrap();
+    let sql = db.sql().await;
+    assert!(sql.count("webhook_deliveries WHERE state = 'pending'").await >= 5, "held back");
+    let writer = sql.hold("BEGIN IMMEDIATE", "").await;
+    let swept = store.delete_old_events(now() - TimeDelta::days(30), 100).await;
+    writer.end("ROLLBACK").await;
+    assert_eq!(swept.unwrap(), 0);
+}
+
 /// Retention sweeps of several instances at once skip each other's rows: none fails, and every
 /// event deleted is counted by exactly one of them.
 async fn concurrent_sweeps_delete_each_old_event_once(backend: Backend) {
