@@ -526,22 +526,31 @@ fn parse_provider(
     if matches!(kind, ProviderKind::Oidc | ProviderKind::GitLab) && !scopes.iter().any(|s| s == "openid") {
         return Err(ConfigError::new(key("scopes"), "an OpenID Connect provider needs the `openid` scope"));
     }
-    // GitHub's and GitLab's issuer is a default only for their public sites: identities are
-    // keyed by issuer and account number, so a GitHub Enterprise or self-managed GitLab left on
-    // it would sign its users in as the public site's users of the same number.
-    if let Some(default) = default_issuer.filter(|_| !filled.contains_key("issuer")) {
-        let home = url::Url::parse(default).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-        let elsewhere = [&endpoints.authorization, &endpoints.token, &endpoints.userinfo, &endpoints.api]
-            .into_iter()
-            .flatten()
-            .filter_map(|url| url.host_str())
-            .find(|host| *host != home && !host.ends_with(&format!(".{home}")));
+    // GitHub's and GitLab's issuer is a default only for their public sites (the kind's, or a
+    // template's): identities are keyed by issuer and account number, so a GitHub Enterprise or
+    // self-managed GitLab left on it would sign its users in as the public site's users of the
+    // same number. Judged by the endpoints the entry sets itself, when it sets no issuer.
+    if default_issuer.is_some() && raw.issuer.is_none() {
+        let home = issuer.as_str();
+        let home_host = url::Url::parse(home).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let own = [
+            ("authorization_endpoint", &raw.authorization_endpoint),
+            ("token_endpoint", &raw.token_endpoint),
+            ("userinfo_endpoint", &raw.userinfo_endpoint),
+            ("api_base_url", &raw.api_base_url),
+        ];
+        let elsewhere = own
+            .iter()
+            .filter(|(_, set)| set.is_some())
+            .filter_map(|(field, _)| filled.get(field).and_then(|url| url::Url::parse(url).ok()))
+            .filter_map(|url| url.host_str().map(str::to_owned))
+            .find(|host| *host != home_host && !host.ends_with(&format!(".{home_host}")));
         if let Some(host) = elsewhere {
             return Err(ConfigError::new(
                 key("issuer"),
                 format!(
                     "set the issuer to this instance's URL (e.g. https://{host}): without it, its users would be \
-                     taken for {default}'s users of the same account number"
+                     taken for {home}'s users of the same account number"
                 ),
             ));
         }
@@ -1110,6 +1119,15 @@ mod tests {
         let gitlab = "name = \"gl\"\nkind = \"gitlab\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n\
                       token_endpoint = \"https://gitlab.corp.example/oauth/token\"";
         assert_eq!(entry(gitlab).unwrap_err().key, "providers[0].issuer");
+        // Through the templates too, whose issuer is the public site's.
+        let templated = ghe.replace("kind = \"github\"", "template = \"github\"");
+        let refused = entry(&templated).unwrap_err();
+        assert_eq!(refused.key, "providers[0].issuer", "{refused}");
+        assert!(refused.to_string().contains("https://git.corp.example"), "{refused}");
+        let gitlab = gitlab.replace("kind = \"gitlab\"", "template = \"gitlab\"");
+        assert_eq!(entry(&gitlab).unwrap_err().key, "providers[0].issuer");
+        let instance = entry(&format!("{gitlab}\ninstance = \"gitlab.corp.example\"")).unwrap();
+        assert_eq!(instance.issuer.as_str(), "https://gitlab.corp.example");
     }
 
     #[test]

@@ -653,8 +653,11 @@ async fn github_app_tokens_expire_and_rotate(backend: Backend) {
     quirks.rotates = true;
     quirks.expires_in = Some(28_800);
     let github = Stub::start(quirks).await;
+    // A stand-in for GitHub elsewhere than github.com is keyed by its own issuer (start-up refuses
+    // one left on github.com's).
     let overrides = format!(
-        "authorization_endpoint = \"{0}/authorize\"\ntoken_endpoint = \"{0}/token\"\napi_base_url = \"{0}/api\"",
+        "issuer = \"{0}\"\nauthorization_endpoint = \"{0}/authorize\"\ntoken_endpoint = \"{0}/token\"\n\
+         api_base_url = \"{0}/api\"",
         github.base
     );
     let mut w = world(backend, &entry("github-app", "github", &overrides)).await;
