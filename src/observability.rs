@@ -229,6 +229,8 @@ pub fn record_pools(pools: &[crate::store::PoolStats]) {
         metrics::gauge!(DB_POOL_CONNECTIONS, "pool" => stats.pool, "state" => "in_use").set(in_use);
         metrics::gauge!(DB_POOL_CONNECTIONS, "pool" => stats.pool, "state" => "idle").set(stats.idle);
         metrics::gauge!(DB_POOL_MAX_CONNECTIONS, "pool" => stats.pool).set(stats.max);
+        // Each pool's count of waits shown from 0, before its first wait (see `record_pool_wait`).
+        metrics::counter!(DB_POOL_WAITS_TOTAL, "pool" => stats.pool).increment(0);
     }
 }
 

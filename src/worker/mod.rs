@@ -194,6 +194,9 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    // At 0 from the start: a series that first appears at 1 shows no increase, and the first
+    // restart would raise no alert.
+    metrics::counter!(crate::observability::WORKER_RESTARTS_TOTAL, "worker" => worker).increment(0);
     loop {
         let run = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(make()));
         match run.await {

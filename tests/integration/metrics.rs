@@ -150,6 +150,11 @@ async fn metrics_need_the_admin_token_and_parse_as_prometheus_text(backend: Back
             );
         }
         assert!(value(&samples, "tessera_db_pool_max_connections", &[("pool", pool)]) >= 1.0, "{pool}");
+        // Counted from 0, before any wait: a series first seen at 1 shows no increase to alert on.
+        assert!(has(&samples, "tessera_db_pool_waits_total", &[("pool", pool)]), "{pool}");
+    }
+    for worker in ["sweeper", "cache_sync", "audit", "last_seen", "webhooks"] {
+        assert!(has(&samples, "tessera_worker_restarts_total", &[("worker", worker)]), "{worker}: {text}");
     }
     // The refused scrapes were counted, under the route's template.
     assert!(
