@@ -211,6 +211,21 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
     } else {
         app
     };
+    // While draining, every answer tells its client to leave the connection: a keep-alive one
+    // (a proxy's pool, say) would otherwise send its next request as the listener closes it,
+    // and a request lost there is not retried (nginx does not retry a POST).
+    let draining = state.clone();
+    let app = app.layer(middleware::map_response(move |mut response: Response<axum::body::Body>| {
+        let draining = draining.draining.load(std::sync::atomic::Ordering::Acquire);
+        async move {
+            if draining {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            }
+            response
+        }
+    }));
     // Outside the panic catcher, so that a panic counts as the 500 it becomes.
     let app = match state.metrics {
         Some(_) => app.layer(middleware::from_fn(prometheus::track_requests)),

@@ -83,7 +83,9 @@ async fn readiness_holds_while_every_request_connection_is_busy() {
 async fn a_draining_server_is_not_ready_but_still_serves() {
     let mut app =
         TestApp::spawn_with(Backend::Sqlite, |config| config.server.drain_delay = Duration::from_secs(8)).await;
-    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(ready.headers().get("connection").is_none(), "kept alive until the drain");
     app.begin_stop();
     let deadline = Instant::now() + Duration::from_secs(2);
     let answer = loop {
@@ -94,8 +96,11 @@ async fn a_draining_server_is_not_ready_but_still_serves() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(body(answer, 503).await["code"], "shutting_down");
-    // A new connection is still accepted and served meanwhile.
+    // A new connection is still accepted and served meanwhile, and told to leave: a keep-alive
+    // connection would otherwise carry its next request into the listener's close.
     let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
-    assert_eq!(fresh.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    let served = fresh.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.headers()["connection"], "close");
     app.stop().await;
 }
