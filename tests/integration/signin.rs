@@ -27,7 +27,6 @@ on_both_backends!(
     bad_id_tokens_are_refused,
     an_email_from_userinfo_is_verified_only_by_userinfo,
     a_failed_discovery_is_not_retried_by_every_sign_in,
-    a_sign_in_whose_email_may_be_at_an_undiscovered_userinfo_waits_for_discovery,
     configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read,
     the_discovery_document_is_read_again_after_its_max_age,
     an_extra_audience_is_accepted_when_trusted,
@@ -499,36 +498,6 @@ async fn an_email_from_userinfo_is_verified_only_by_userinfo(backend: Backend) {
     assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     let me = body(browser.me(&w.app).await, 200).await;
     assert_eq!((&me["email"], &me["email_verified"]), (&json!("ui@example.com"), &json!(false)), "{me}");
-}
-
-/// While discovery fails, with no userinfo endpoint configured, an id_token without an email is
-/// not taken for a person without one: the email may be at the userinfo endpoint the document
-/// names, and a sign-in read without it would make a second account beside the one that holds
-/// the address. The sign-in is refused as the provider unavailable, and goes through once the
-/// document is read.
-async fn a_sign_in_whose_email_may_be_at_an_undiscovered_userinfo_waits_for_discovery(backend: Backend) {
-    let w = world_with(backend, |config, _| {
-        config.jwks.failure_backoff = std::time::Duration::from_millis(100);
-        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
-        let issuer = local.issuer.as_str().trim_end_matches('/').to_owned();
-        local.endpoints.authorization = Some(format!("{issuer}/authorize").parse().unwrap());
-        local.endpoints.token = Some(format!("{issuer}/token").parse().unwrap());
-        local.endpoints.jwks = Some(format!("{issuer}/jwks").parse().unwrap());
-    })
-    .await;
-    w.issuer.set_discovery_available(false);
-    w.issuer.set_next_user(StubUser::new("userinfo-email", "ui@example.com"));
-    w.issuer.tamper_next_id_token(Tamper::EmailOnlyInUserinfo);
-    let refused = Browser::new().sign_in(&w.app, "").await;
-    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY, "{:?}", refused.text().await);
-    assert_eq!(w.app.db.sql().await.count("users").await, 0, "no person without their address");
-    w.issuer.set_discovery_available(true);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    w.issuer.set_next_user(StubUser::new("userinfo-email", "ui@example.com"));
-    w.issuer.tamper_next_id_token(Tamper::EmailOnlyInUserinfo);
-    let mut browser = Browser::new();
-    assert_eq!(browser.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
-    assert_eq!(body(browser.me(&w.app).await, 200).await["email"], "ui@example.com");
 }
 
 /// A provider whose discovery fails is not asked again by every sign-in in turn: until the

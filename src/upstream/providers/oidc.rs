@@ -331,25 +331,9 @@ impl Provider for OidcProvider {
             .ok_or_else(|| ProviderError::InvalidIdToken("the token response has no id_token".into()))?;
         let claims = self.verify_id_token(id_token, nonce).await?;
         let mut profile = claims.profile;
-        let userinfo = match profile.get("email") {
-            Some(_) => None,
-            None => {
-                let metadata = self.metadata().await?;
-                // Discovery failing, with no userinfo endpoint configured: the email may be at the
-                // userinfo endpoint it names. Read without it, a first sign-in would make a person
-                // without the address an existing account of theirs holds (no link offered), so
-                // the sign-in waits for the document instead.
-                if metadata.userinfo.is_none() && metadata.partial {
-                    return Err(ProviderError::Unavailable(
-                        "the discovery document, which names the userinfo endpoint the email may be read from, \
-                         cannot be read now"
-                            .into(),
-                    ));
-                }
-                metadata.userinfo.clone()
-            }
-        };
-        if let Some(url) = userinfo {
+        if profile.get("email").is_none()
+            && let Some(url) = self.metadata().await?.userinfo.clone()
+        {
             let extra = self.userinfo(&url, tokens).await?;
             // Only claims about the same subject may be merged (OpenID Connect Core 5.3.2).
             if extra.get("sub").and_then(Value::as_str) == Some(claims.sub.as_str())

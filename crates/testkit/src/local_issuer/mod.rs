@@ -122,7 +122,6 @@ struct IssuerState {
     issuer: String,
     keys: RwLock<Vec<SigningKey>>,
     available: AtomicBool,
-    discovery_available: AtomicBool,
     /// While false, JWKS requests wait (an issuer that accepts connections but hangs).
     jwks_open: tokio::sync::watch::Sender<bool>,
     max_age: AtomicU64,
@@ -186,7 +185,6 @@ impl LocalIssuer {
                 SigningKey::generate("ed-1", Alg::EdDsa),
             ]),
             available: AtomicBool::new(true),
-            discovery_available: AtomicBool::new(true),
             jwks_open: tokio::sync::watch::Sender::new(true),
             max_age: AtomicU64::new(300),
             discovery_max_age: AtomicU64::new(0),
@@ -278,11 +276,6 @@ impl LocalIssuer {
         self.state.available.store(available, Ordering::SeqCst);
     }
 
-    /// Makes the discovery document alone answer 503 (false), or serve again (true).
-    pub fn set_discovery_available(&self, available: bool) {
-        self.state.discovery_available.store(available, Ordering::SeqCst);
-    }
-
     /// Makes JWKS requests hang until released (`true` releases them, and serves again).
     pub fn hold_jwks(&self, hold: bool) {
         self.state.jwks_open.send_replace(!hold);
@@ -361,7 +354,7 @@ pub fn encode_part(value: &Value) -> String {
 
 async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
     state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
-    if !state.available.load(Ordering::SeqCst) || !state.discovery_available.load(Ordering::SeqCst) {
+    if !state.available.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let document = Json(json!({
