@@ -131,6 +131,11 @@ pub enum SigningCommand {
         /// The algorithm (ES256, RS256 or EdDSA); oidc.signing_alg by default.
         #[arg(long, value_parser = parse_signing_alg)]
         alg: Option<SigningAlg>,
+        /// Retire the current key at once: the new one signs now, before relying parties' cached
+        /// JWKS list it (they refetch on its unknown kid). For a key whose ring key is lost, or a
+        /// leak that cannot wait.
+        #[arg(long)]
+        now: bool,
     },
 }
 
@@ -438,8 +443,8 @@ async fn signing_keys(config: Config, action: SigningCommand) -> ExitCode {
         Err(code) => return code,
     };
     let done = match (action, keyring) {
-        (SigningCommand::Rotate { alg }, Some(keyring)) => {
-            rotate_signing_key(store.clone(), keyring, &config, alg.unwrap_or(config.oidc.signing_alg)).await
+        (SigningCommand::Rotate { alg, now }, Some(keyring)) => {
+            rotate_signing_key(store.clone(), keyring, &config, alg.unwrap_or(config.oidc.signing_alg), now).await
         }
         _ => list_signing_keys(store.as_ref()).await,
     };
@@ -476,6 +481,7 @@ async fn rotate_signing_key(
     keyring: Arc<KeyRing>,
     config: &Config,
     alg: SigningAlg,
+    at_once: bool,
 ) -> ExitCode {
     // Whether the algorithm has a key to rotate from, or gets its first.
     let had_key = match published_keys(store.as_ref()).await {
@@ -487,7 +493,10 @@ async fn rotate_signing_key(
         Ok(keys) => keys,
         Err(e) => return fail(&e),
     };
-    let key = match keys.rotate(alg).await {
+    // Judged by this command's key ring, which may not be the instances': retiring at once is
+    // asked for, never inferred.
+    let unusable = keys.unusable_key();
+    let key = match keys.rotate(alg, at_once).await {
         Ok(key) => key,
         Err(e) => return fail(&e),
     };
@@ -496,8 +505,8 @@ async fn rotate_signing_key(
         out!("made the first {} key, {}; it signs at once", alg.as_str(), key.kid);
     } else if key.signs_from <= key.created_at {
         out!(
-            "new {} key {} signs at once: the current key could not sign (it does not decrypt with \
-             this key ring, or its row is damaged); it is retired, and stays published {published_for} s",
+            "new {} key {} signs at once; the current key is retired (a sound one stays published \
+             {published_for} s, for the tokens it signed)",
             alg.as_str(),
             key.kid,
         );
@@ -509,6 +518,9 @@ async fn rotate_signing_key(
             key.kid,
             time(Some(key.signs_from)),
         );
+        if let Some(unusable) = unusable {
+            out!("note: {unusable}; if its ring key is lost for good, run this again with --now to retire it at once");
+        }
     }
     ExitCode::SUCCESS
 }

@@ -546,12 +546,14 @@ fn parse_provider(
             .filter_map(|url| url.host_str().map(str::to_owned))
             .find(|host| *host != home_host && !host.ends_with(&format!(".{home_host}")));
         if let Some(host) = elsewhere {
+            // A template with an `instance` (GitLab's) takes its issuer from it.
+            let fix = match t.instance {
+                Some(_) => format!("set instance to this site's host (e.g. {host}), or the issuer"),
+                None => format!("set the issuer to this site's URL (e.g. https://{host})"),
+            };
             return Err(ConfigError::new(
                 key("issuer"),
-                format!(
-                    "set the issuer to this instance's URL (e.g. https://{host}): without it, its users would be \
-                     taken for {home}'s users of the same account number"
-                ),
+                format!("{fix}: without it, its users would be taken for {home}'s users of the same account number"),
             ));
         }
     }
@@ -1125,7 +1127,9 @@ mod tests {
         assert_eq!(refused.key, "providers[0].issuer", "{refused}");
         assert!(refused.to_string().contains("https://git.corp.example"), "{refused}");
         let gitlab = gitlab.replace("kind = \"gitlab\"", "template = \"gitlab\"");
-        assert_eq!(entry(&gitlab).unwrap_err().key, "providers[0].issuer");
+        let refused = entry(&gitlab).unwrap_err();
+        assert_eq!(refused.key, "providers[0].issuer");
+        assert!(refused.to_string().contains("set instance"), "{refused}");
         let instance = entry(&format!("{gitlab}\ninstance = \"gitlab.corp.example\"")).unwrap();
         assert_eq!(instance.issuer.as_str(), "https://gitlab.corp.example");
     }

@@ -179,6 +179,21 @@ pub struct AuditDetails(pub Map<String, Value>);
 #[derive(Debug, Clone, Copy)]
 pub struct NothingChanged;
 
+/// In a failed (5xx) answer's extensions: the change may have been made in part (a webhook's
+/// deletion disables it first; a replay commits a page at a time), so it gets its audit row, as
+/// a failure with its code. Put there by [`changed_in_part`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChangedInPart;
+
+/// The answer of `error` for a change made in steps: a 5xx is marked [`ChangedInPart`].
+pub fn changed_in_part(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    if response.status().is_server_error() {
+        response.extensions_mut().insert(ChangedInPart);
+    }
+    response
+}
+
 /// Where a fact of an audit row comes from.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -283,9 +298,9 @@ const MAX_AUDITED_BODY: usize = 1 << 20;
 /// Middleware inside [`super::admin_auth::require_admin`], and on every other route for admin
 /// tokens acting on behalf of a user: after a successful `POST`, `PUT`, `PATCH` or `DELETE` made
 /// with an admin token, appends the row of [`rule_for`] with the token's position, the target,
-/// the request id (and `on_behalf_of`); after one that failed on Tessera's side (5xx), the same
-/// row as a failure with its code. Reads, refused requests (4xx) and requests without an admin
-/// token write nothing.
+/// the request id (and `on_behalf_of`); after one made in steps that failed part way
+/// ([`ChangedInPart`]), the same row as a failure with its code. Reads, other failures and
+/// requests without an admin token write nothing.
 pub async fn record_admin_action(
     State(state): State<Arc<AppState>>,
     params: Result<RawPathParams, RawPathParamsRejection>,
@@ -318,13 +333,13 @@ pub async fn record_admin_action(
     // leave a change made and not recorded.
     let recorded = crate::run_to_end(async move {
         let response = next.run(request).await;
-        // A change that failed on Tessera's side (the database, part way) may have been made in
+        // A change made in steps that failed part way (the database, say) may have been made in
         // part — a webhook's deletion leaves it disabled, a replay keeps the pages it scheduled —
-        // so it is recorded too, as a failure with its code; one refused (4xx) changed nothing.
+        // so it is recorded too, as a failure with its code. Other failures changed nothing.
         let failed = response
-            .status()
-            .is_server_error()
-            .then(|| response.extensions().get::<ErrorCode>().copied().unwrap_or(ErrorCode::InternalError));
+            .extensions()
+            .get::<ChangedInPart>()
+            .map(|_| response.extensions().get::<ErrorCode>().copied().unwrap_or(ErrorCode::InternalError));
         if !(response.status().is_success() || failed.is_some())
             || response.extensions().get::<NothingChanged>().is_some()
         {

@@ -2897,6 +2897,14 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        // No key of the algorithm signs past its successor's start: a rotation made at once from
+        // a key that had not begun to sign ends its predecessor's signing now too (that one stays
+        // published as long as it was to be).
+        query("UPDATE signing_keys SET retired_at = $2 WHERE alg = $1 AND retired_at > $2")
+            .bind(new.alg.as_str())
+            .bind(new.signs_from)
+            .execute(&mut tx)
+            .await?;
         if insert_signing_key(new).fetch_optional(&mut tx).await?.is_none() {
             tx.rollback().await?;
             return Ok(false);
@@ -3607,14 +3615,23 @@ impl Store for SqlStore {
             return Ok(0);
         }
         let mut tx = self.db.begin().await?;
-        // Deleted by statements that re-check what committed since the candidates were read: a
-        // replay that made a delivery pending meanwhile keeps its event, and one whose page holds
-        // an event (`FOR SHARE`) has it skipped, to be judged by a later sweep.
+        // Locked, then deleted by statements that re-check what committed since the candidates
+        // were read: a replay that made a delivery pending meanwhile keeps its event, and one
+        // whose page holds an event (`FOR SHARE`) has it skipped, to be judged by a later sweep.
         let mut deleted = 0;
         for chunk in ids.chunks(EVENTS_PER_DELETE) {
-            let mut delete = query(DELETE_EVENTS_SQL.as_str());
-            // A shorter chunk repeats its last id: the same row, deleted once.
+            // A shorter chunk repeats its last id: the same row, locked and deleted once.
+            let mut lock = query(LOCK_EVENTS_SQL.as_str());
             for id in padded(chunk, EVENTS_PER_DELETE) {
+                lock = lock.bind(*id);
+            }
+            let locked =
+                lock.fetch_all(&mut tx).await?.iter().map(|row| row.uuid("id")).collect::<Result<Vec<_>, _>>()?;
+            if locked.is_empty() {
+                continue;
+            }
+            let mut delete = query(DELETE_EVENTS_SQL.as_str());
+            for id in padded(&locked, EVENTS_PER_DELETE) {
                 delete = delete.bind(*id);
             }
             deleted += delete.execute(&mut tx).await?;
@@ -4014,16 +4031,22 @@ const EVENTS_PER_DELETE: usize = 100;
 /// delivery.
 static DELETE_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
     let ids: Vec<String> = (1..=EVENTS_PER_DELETE).map(|n| format!("${n}")).collect();
-    // The rows locked in one order, and those another transaction holds skipped (a replay's
-    // page, which locks the events it schedules; another instance's sweep of the same
-    // candidates): two sweeps never wait on each other in opposite orders.
     format!(
-        "DELETE FROM outbox_events WHERE id IN (
-             SELECT c.id FROM outbox_events c WHERE c.id IN ({}) ORDER BY c.id FOR UPDATE SKIP LOCKED)
-           AND NOT EXISTS \
+        "DELETE FROM outbox_events WHERE id IN ({}) AND NOT EXISTS \
          (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = outbox_events.id AND d.state = 'pending')",
         ids.join(", ")
     )
+});
+
+/// `SELECT id FROM outbox_events WHERE id IN ($1, …, $100)`, locked in id order, those another
+/// transaction holds skipped (a replay's page, which locks the events it schedules; another
+/// instance's sweep of the same candidates): two sweeps never wait on each other in opposite
+/// orders. A statement of its own, before [`DELETE_EVENTS_SQL`]: on PostgreSQL a statement reads
+/// what committed before it began, so the delete's check of pending deliveries, begun after the
+/// locks are held, sees a delivery a replay made pending just before.
+static LOCK_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let ids: Vec<String> = (1..=EVENTS_PER_DELETE).map(|n| format!("${n}")).collect();
+    format!("SELECT id FROM outbox_events WHERE id IN ({}) ORDER BY id FOR UPDATE SKIP LOCKED", ids.join(", "))
 });
 
 /// Ends what a disabled user signed in with, for good: their sessions (with a `session.revoked`

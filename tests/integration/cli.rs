@@ -708,7 +708,10 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
     // A ring that lost the current key's ring key can still rotate it away.
     let lost = run(&mut keys(&format!("k4:{}", key(4)), &["signing", "rotate", "--alg", "ES256"])).await;
     assert_eq!(lost.code, 0, "{}{}", lost.stdout, lost.stderr);
-    assert!(lost.stdout.contains("new ES256 key") && lost.stdout.contains("signs at once"), "{}", lost.stdout);
+    assert!(lost.stdout.contains("new ES256 key") && lost.stdout.contains("--now"), "a hint: {}", lost.stdout);
+    let now = run(&mut keys(&format!("k4:{}", key(4)), &["signing", "rotate", "--alg", "ES256", "--now"])).await;
+    assert_eq!(now.code, 0, "{}{}", now.stdout, now.stderr);
+    assert!(now.stdout.contains("signs at once"), "{}", now.stdout);
 
     // `tessera check`, with the OpenID Provider on, says what `serve` would refuse: a ring that
     // cannot decrypt a key that signs or will (the new ES256 key is k4's).

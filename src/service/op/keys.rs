@@ -590,21 +590,19 @@ impl SigningKeys {
 
     /// Starts a rotation for `alg`: a new key, published now, signs from one
     /// [publication lead](SigningKeySettings::publication_lead) from now; the current key signs
-    /// until then, and stays published `max_token_lifetime` (and [`LEEWAY`]) longer. A current
-    /// key that signs but does not decrypt with this ring is retired at once, its successor
-    /// signing at once. With no key yet, makes the first one (which signs at once). When another instance rotated at the same moment, its
+    /// until then, and stays published `max_token_lifetime` (and [`LEEWAY`]) longer. `at_once`,
+    /// the current key is retired now and the new one signs now (a key whose ring key is lost,
+    /// which no instance can sign with: waiting out the lead would keep them all from starting or
+    /// being ready; a leak that cannot wait). With no key yet, makes the first one (which signs
+    /// at once). When another instance rotated at the same moment, its
     /// rotation stands and this one writes nothing. Returns the algorithm's newest key.
-    pub async fn rotate(&self, alg: SigningAlg) -> Result<SigningKeyInfo, SigningError> {
+    pub async fn rotate(&self, alg: SigningAlg, at_once: bool) -> Result<SigningKeyInfo, SigningError> {
         let set = self.reload(None).await?;
         match set.unretired(alg) {
             None => {
                 self.first_key(alg, &set).await?;
             }
             Some(current) => {
-                // A key that signs now but does not decrypt with this ring (its ring key lost):
-                // no instance with this ring can sign with it, and waiting out the publication
-                // lead would keep them all from starting or being ready until then.
-                let at_once = current.signs_from <= now() && current.unusable().is_some();
                 self.rotate_from(current, at_once).await?;
             }
         }
