@@ -165,7 +165,17 @@ impl SqlStore {
         // The team's row shared, as a removal takes it for update: the creator is a member until
         // this commits, or their removal (which hands over or revokes their profiles) came first.
         query("SELECT 1 FROM teams WHERE id = $1 FOR SHARE").bind(profile.team_id.as_uuid()).execute(&mut tx).await?;
-        if member_role(&mut tx, profile.team_id, profile.created_by).await?.is_none() {
+        // An enabled member: one disabled a moment ago, whose session another instance has not
+        // forgotten yet, creates nothing (as `acting_owner` and `role_allowed_in` read it).
+        let member = query(
+            "SELECT 1 AS one FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.team_id = $1 AND m.user_id = $2 AND NOT u.disabled",
+        )
+        .bind(profile.team_id.as_uuid())
+        .bind(profile.created_by.as_uuid())
+        .fetch_optional(&mut tx)
+        .await?;
+        if member.is_none() {
             tx.rollback().await?;
             return Err(StoreError::Gone { what: "the membership" });
         }

@@ -1943,6 +1943,12 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     let refused = store.insert_profile(&strangers, FirstWrite::Nothing).await;
     assert!(matches!(refused, Err(StoreError::Gone { .. })), "{refused:?}");
     assert_eq!(store.profile(strangers.id).await.unwrap(), None);
+    // Nor a member disabled a moment ago (a session another instance has not forgotten yet).
+    set_user_disabled(&store, ada.id(), true, t0).await.unwrap();
+    let disabled = profile(&ada.team, ada.id(), ProfileKind::Interactive, "disabled", t0);
+    let refused = store.insert_profile(&disabled, FirstWrite::Nothing).await;
+    assert!(matches!(refused, Err(StoreError::Gone { .. })), "{refused:?}");
+    set_user_disabled(&store, ada.id(), false, t0).await.unwrap();
 
     let elsewhere = profile(&bob.team, bob.id(), ProfileKind::Interactive, "main", t0);
     assert_eq!(
