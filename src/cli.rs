@@ -500,7 +500,7 @@ async fn rotate_signing_key(
         Ok(key) => key,
         Err(e) => return fail(&e),
     };
-    let published_for = (keys.settings().max_token_lifetime + crate::service::op::keys::LEEWAY).as_secs();
+    let published_for = keys.settings().published_after_retirement().as_secs();
     if !had_key {
         out!("made the first {} key, {}; it signs at once", alg.as_str(), key.kid);
     } else if key.signs_from <= key.created_at {

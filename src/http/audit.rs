@@ -179,21 +179,6 @@ pub struct AuditDetails(pub Map<String, Value>);
 #[derive(Debug, Clone, Copy)]
 pub struct NothingChanged;
 
-/// In a failed (5xx) answer's extensions: the change may have been made in part (a webhook's
-/// deletion disables it first; a replay commits a page at a time), so it gets its audit row, as
-/// a failure with its code. Put there by [`changed_in_part`].
-#[derive(Debug, Clone, Copy)]
-pub struct ChangedInPart;
-
-/// The answer of `error` for a change made in steps: a 5xx is marked [`ChangedInPart`].
-pub fn changed_in_part(error: ApiError) -> Response {
-    let mut response = error.into_response();
-    if response.status().is_server_error() {
-        response.extensions_mut().insert(ChangedInPart);
-    }
-    response
-}
-
 /// Where a fact of an audit row comes from.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -210,6 +195,10 @@ struct Rule {
     target_kind: Option<&'static str>,
     target: Option<Source>,
     details: &'static [(&'static str, Source)],
+    /// The change is made in steps, each committed (a webhook's deletion disables it first, then
+    /// deletes its log in batches; a replay commits a page at a time): one that fails part way
+    /// (a 5xx) may have been made in part, and is recorded as a failure with its code.
+    in_steps: bool,
 }
 
 const fn rule(
@@ -218,7 +207,7 @@ const fn rule(
     target: Source,
     details: &'static [(&'static str, Source)],
 ) -> Rule {
-    Rule { action, target_kind: Some(target_kind), target: Some(target), details }
+    Rule { action, target_kind: Some(target_kind), target: Some(target), details, in_steps: false }
 }
 
 /// The facts that name a user, a team or a webhook by id (a team may be named by its slug too).
@@ -276,16 +265,21 @@ fn rule_for(method: &Method, route: &str) -> Rule {
         }
         ("POST", "/admin/webhooks") => rule("webhook.created", "webhook", Body("id"), &[]),
         ("PATCH", "/admin/webhooks/{id}") => rule("webhook.updated", "webhook", Path("id"), &[]),
-        ("DELETE", "/admin/webhooks/{id}") => rule("webhook.deleted", "webhook", Path("id"), &[]),
+        ("DELETE", "/admin/webhooks/{id}") => rule("webhook.deleted", "webhook", Path("id"), &[]).in_steps(),
         ("POST", "/admin/webhooks/{id}/secret") => rule("webhook.secret_rotated", "webhook", Path("id"), &[]),
         ("POST", "/admin/webhooks/{id}/replay") => {
-            rule("webhook.replayed", "webhook", Path("id"), &[("scheduled", Body("scheduled"))])
+            rule("webhook.replayed", "webhook", Path("id"), &[("scheduled", Body("scheduled"))]).in_steps()
         }
-        _ => Rule { action: "admin.request", target_kind: None, target: None, details: &[] },
+        _ => Rule { action: "admin.request", target_kind: None, target: None, details: &[], in_steps: false },
     }
 }
 
 impl Rule {
+    /// This rule, for a change made in steps ([`Rule::in_steps`]).
+    const fn in_steps(self) -> Self {
+        Rule { in_steps: true, ..self }
+    }
+
     fn reads_body(&self) -> bool {
         matches!(self.target, Some(Source::Body(_)))
             || self.details.iter().any(|(_, from)| matches!(from, Source::Body(_)))
@@ -299,7 +293,7 @@ const MAX_AUDITED_BODY: usize = 1 << 20;
 /// tokens acting on behalf of a user: after a successful `POST`, `PUT`, `PATCH` or `DELETE` made
 /// with an admin token, appends the row of [`rule_for`] with the token's position, the target,
 /// the request id (and `on_behalf_of`); after one made in steps that failed part way
-/// ([`ChangedInPart`]), the same row as a failure with its code. Reads, other failures and
+/// ([`Rule::in_steps`]), the same row as a failure with its code. Reads, other failures and
 /// requests without an admin token write nothing.
 pub async fn record_admin_action(
     State(state): State<Arc<AppState>>,
@@ -333,19 +327,16 @@ pub async fn record_admin_action(
     // leave a change made and not recorded.
     let recorded = crate::run_to_end(async move {
         let response = next.run(request).await;
+        let rule = rule_for(&method, &route);
         // A change made in steps that failed part way (the database, say) may have been made in
-        // part — a webhook's deletion leaves it disabled, a replay keeps the pages it scheduled —
-        // so it is recorded too, as a failure with its code. Other failures changed nothing.
-        let failed = response
-            .extensions()
-            .get::<ChangedInPart>()
-            .map(|_| response.extensions().get::<ErrorCode>().copied().unwrap_or(ErrorCode::InternalError));
+        // part, so it is recorded too, as a failure with its code. Other failures changed nothing.
+        let failed = (rule.in_steps && response.status().is_server_error())
+            .then(|| response.extensions().get::<ErrorCode>().copied().unwrap_or(ErrorCode::InternalError));
         if !(response.status().is_success() || failed.is_some())
             || response.extensions().get::<NothingChanged>().is_some()
         {
             return response;
         }
-        let rule = rule_for(&method, &route);
         let action = response.extensions().get::<AuditAction>().map_or(rule.action, |named| named.0);
         let (response, body) = if failed.is_none() && rule.reads_body() {
             let (parts, body) = response.into_parts();

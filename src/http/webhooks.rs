@@ -149,16 +149,9 @@ async fn update(
     responses(crate::http::openapi::ApiErrors, (status = 204, description = "Deleted.")),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]
-async fn remove(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(error) => return error.into_response(),
-    };
-    // Disabled first, then its log deleted in batches: a failure part way has changed it.
-    match state.webhooks.delete(id).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(error) => super::audit::changed_in_part(error.into()),
-    }
+async fn remove(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    state.webhooks.delete(parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -213,24 +206,14 @@ async fn replay(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ReplayQuery>,
-) -> Response {
-    let asked = || {
-        let id = parse_id(&id)?;
-        let since = required(&query.since, "since")?;
-        let since = DateTime::parse_from_rfc3339(since)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| ApiError::new(ErrorCode::InvalidSince, "`since` must be an RFC 3339 time").field("since"))?;
-        Ok::<_, ApiError>((id, since))
-    };
-    let (id, since) = match asked() {
-        Ok(asked) => asked,
-        Err(error) => return error.into_response(),
-    };
-    // A page at a time: a failure part way keeps the pages scheduled before it.
-    match state.webhooks.replay(id, since).await {
-        Ok(scheduled) => (StatusCode::ACCEPTED, Json(ReplayResponse { scheduled })).into_response(),
-        Err(error) => super::audit::changed_in_part(error.into()),
-    }
+) -> Result<(StatusCode, Json<ReplayResponse>), ApiError> {
+    let id = parse_id(&id)?;
+    let since = required(&query.since, "since")?;
+    let since = DateTime::parse_from_rfc3339(since)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ApiError::new(ErrorCode::InvalidSince, "`since` must be an RFC 3339 time").field("since"))?;
+    let scheduled = state.webhooks.replay(id, since).await?;
+    Ok((StatusCode::ACCEPTED, Json(ReplayResponse { scheduled })))
 }
 
 #[utoipa::path(

@@ -407,10 +407,10 @@ impl<'a> ProfileActions<'a> {
         // its credential is read by id, never by its slug again (which may move meanwhile).
         let (mut profile, source) = self.resolve(team, user, connector_key).await?;
         let credential = self.profiles.credential_of(profile.clone()).await?;
-        // A refresh changed the row (its token's expiry above all): the profile is answered as
-        // it is now, not as it was before, so that its expiry is the token's.
+        // A refresh changed the row (this request's, or another's it waited for): the profile is
+        // answered as it is now, not as it was before, so that its expiry is the token's.
         if let Credential::OAuth { token, .. } = &credential
-            && token.refreshed
+            && token.expires_at != profile.access_token_expires_at
             && let Some(now) = self.profiles.store().profile(profile.id).await?
         {
             profile = now;

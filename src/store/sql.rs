@@ -166,16 +166,8 @@ impl SqlStore {
         // this commits, or their removal (which hands over or revokes their profiles) came first.
         query("SELECT 1 FROM teams WHERE id = $1 FOR SHARE").bind(profile.team_id.as_uuid()).execute(&mut tx).await?;
         // An enabled member: one disabled a moment ago, whose session another instance has not
-        // forgotten yet, creates nothing (as `acting_owner` and `role_allowed_in` read it).
-        let member = query(
-            "SELECT 1 AS one FROM memberships m JOIN users u ON u.id = m.user_id
-             WHERE m.team_id = $1 AND m.user_id = $2 AND NOT u.disabled",
-        )
-        .bind(profile.team_id.as_uuid())
-        .bind(profile.created_by.as_uuid())
-        .fetch_optional(&mut tx)
-        .await?;
-        if member.is_none() {
+        // forgotten yet, creates nothing.
+        if enabled_member_role(&mut tx, profile.team_id, profile.created_by).await?.is_none() {
             tx.rollback().await?;
             return Err(StoreError::Gone { what: "the membership" });
         }
@@ -451,6 +443,23 @@ async fn member_role(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<R
     row.map(|row| decode_role(&row.text("role")?)).transpose()
 }
 
+/// [`member_role`] of a member whose user is not disabled (`None` for a disabled one), for the
+/// checks of a right made inside a write: a user disabled a moment ago, whose session another
+/// instance has not forgotten yet, acts in nothing. Read without a lock of the user's row,
+/// which would take the user after the team, against the order of a user's deletion: a disable
+/// committed before is seen.
+async fn enabled_member_role(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<Role>, StoreError> {
+    let row = query(
+        "SELECT m.role FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.team_id = $1 AND m.user_id = $2 AND NOT u.disabled",
+    )
+    .bind(team.as_uuid())
+    .bind(user.as_uuid())
+    .fetch_optional(tx)
+    .await?;
+    row.map(|row| decode_role(&row.text("role")?)).transpose()
+}
+
 /// Inserts `team` under the first free slug and makes `user` its owner, as their default team.
 async fn insert_default_team(
     tx: &mut Tx,
@@ -578,21 +587,10 @@ async fn lock_team(tx: &mut Tx, team: TeamId) -> Result<bool, StoreError> {
 }
 
 /// Whether `acting` (none: the admin API) may change the team's members: an enabled owner of
-/// it, read in `tx` after the team's row lock — an owner disabled a moment ago, whose session
-/// another instance has not forgotten yet, changes nothing. (Read without a lock of the user's
-/// row, which would take the user after the team, against the order of a user's deletion: a
-/// disable committed before is seen.)
+/// it ([`enabled_member_role`]), read in `tx` after the team's row lock.
 async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Result<bool, StoreError> {
     let Some(user) = acting else { return Ok(true) };
-    let row = query(
-        "SELECT 1 AS one FROM memberships m JOIN users u ON u.id = m.user_id
-         WHERE m.team_id = $1 AND m.user_id = $2 AND m.role = 'owner' AND NOT u.disabled",
-    )
-    .bind(team.as_uuid())
-    .bind(user.as_uuid())
-    .fetch_optional(tx)
-    .await?;
-    Ok(row.is_some())
+    Ok(enabled_member_role(tx, team, user).await? == Some(Role::Owner))
 }
 
 /// The role of `by` in profile `id`'s team when `by` has `right` on it ([`ProfileKind::allows`]);

@@ -944,15 +944,17 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
     // Disabling a disabled user ends a session left to them (one written meanwhile, say): a row
     // that names no field, as the admin API's.
     assert_eq!(json_of(dir.path(), &db, &["users", "disable", &ids[0], "--json"]).await["disabled"], true);
-    let session = match db.backend {
-        Backend::Sqlite => "SELECT randomblob(32), id, 0, 0, 9000000000000000 FROM users",
-        Backend::Postgres => {
-            "SELECT sha256(random()::text::bytea), id, now(), now(), now() + interval '1 day' FROM users"
-        }
+    let at = tessera::domain::now();
+    let session = tessera::store::NewSession {
+        token_hash: tessera::crypto::sha256(b"a session left"),
+        user_id: ids[0].parse().unwrap(),
+        identity_id: None,
+        device: None,
+        authenticated_at: None,
+        now: at,
+        expires_at: at + chrono::TimeDelta::hours(1),
     };
-    let columns = "token_hash, user_id, created_at, last_seen_at, expires_at";
-    let whose = "WHERE id = (SELECT user_id FROM identities WHERE subject = 'cli-ada')";
-    sql.exec(&format!("INSERT INTO sessions ({columns}) {session} {whose}")).await.unwrap();
+    store.start_session(&session, None, &[]).await.unwrap();
     assert_eq!(json_of(dir.path(), &db, &["users", "disable", &ids[0], "--json"]).await["disabled"], true);
     assert_eq!(sql.count("sessions").await, 0, "the session left was ended");
     let details: Vec<_> = audited("user.disabled").await.into_iter().map(|row| row.event.details).collect();

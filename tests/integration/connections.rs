@@ -851,16 +851,9 @@ async fn requests_queued_behind_another_instances_refresh_wait_once(backend: Bac
     let slug = w.connected("held-elsewhere").await;
     let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
     w.expire_soon(&slug).await;
-    let lease = match backend {
-        Backend::Sqlite => format!(
-            "refresh_lease_owner = randomblob(16), refresh_lease_until = {}",
-            (chrono::Utc::now() + chrono::TimeDelta::seconds(60)).timestamp_micros()
-        ),
-        Backend::Postgres => {
-            "refresh_lease_owner = gen_random_uuid(), refresh_lease_until = now() + interval '60 seconds'".into()
-        }
-    };
     let sql = w.app.db.sql().await;
+    let owner = sql.uuid(&uuid::Uuid::new_v4().to_string());
+    let lease = format!("refresh_lease_owner = {owner}, refresh_lease_until = {}", sql_time(backend, 1));
     let held = sql.exec(&format!("UPDATE auth_profiles SET {lease} WHERE slug = '{slug}'")).await.unwrap();
     assert_eq!(held, 1);
     let path = format!("/auth-profiles/{slug}/token");
@@ -1253,9 +1246,7 @@ async fn a_connection_survives_its_browser_leaving_the_callback(backend: Backend
     let created = body(w.create(w.alice.id, profile_request(Some("left"))).await, 201).await;
     let callback = start_flow(&mut w.alice.browser, created["connect_url"].as_str().unwrap()).await;
     w.issuer.set_answer_delay(Duration::from_secs(3));
-    let cookies: Vec<String> = w.alice.browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let request = w.app.client.get(&callback).header("cookie", cookies.join("; ")).send();
-    let waiting = tokio::spawn(request);
+    let waiting = tokio::spawn(w.alice.browser.prepared(Method::GET, &callback).send());
     let sql = w.app.db.sql().await;
     eventually("the callback took its flow", || async { sql.count("login_states").await == 0 }).await;
     waiting.abort();

@@ -231,7 +231,7 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let named = app.client.post(app.url("/mcp?on_behalf_of=0190f5a4-4bde-7c4e-9a6f-6f1e2c3d4b5a"));
     let named = named.bearer_auth(&mcp).header("accept", "application/json, text/event-stream");
     let named = named.json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).send().await.unwrap();
-    assert_eq!(body(named, 400).await["code"], "ambiguous_credentials");
+    refused(&agent, named, 400, "ambiguous_credentials").await;
 
     // The token for /mcp gets in, stateless: a JSON answer and no session.
     let response = agent.initialize(Some(&mcp)).await;

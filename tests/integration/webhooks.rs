@@ -114,7 +114,7 @@ fn signature(secret: &str, received: &Received) -> String {
 /// Whether README's receiver check (its Python `verify`, run with `python -O`, which drops
 /// `assert`s) accepts `received` under `secret`: what receivers copy is checked against what
 /// Tessera sends.
-fn readme_verify_accepts(secret: &str, received: &Received) -> bool {
+async fn readme_verify_accepts(secret: &str, received: &Received) -> bool {
     let python = std::env::var("TESSERA_TEST_PYTHON")
         .expect("TESSERA_TEST_PYTHON is not set: run the suite with `scripts/test`, which installs Python");
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
@@ -126,15 +126,15 @@ fn readme_verify_accepts(secret: &str, received: &Received) -> bool {
          'webhook-timestamp': os.environ['TIMESTAMP'], 'webhook-signature': os.environ['SIGNATURE']}}, \
          base64.b64decode(os.environ['BODY']))\n"
     );
-    let out = std::process::Command::new(python)
+    let mut command = tokio::process::Command::new(python);
+    command
         .args(["-O", "-c", &script])
         .env("SECRET", secret)
         .env("ID", &received.id)
         .env("TIMESTAMP", &received.timestamp)
         .env("SIGNATURE", &received.signature)
-        .env("BODY", STANDARD.encode(&received.raw))
-        .output()
-        .unwrap();
+        .env("BODY", STANDARD.encode(&received.raw));
+    let out = crate::helpers::run_tool(&mut command, "README's verify", std::time::Duration::from_secs(60)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() || stderr.contains("ValueError"), "README's verify broke: {stderr}");
     out.status.success()
@@ -196,14 +196,14 @@ async fn events_arrive_signed_once_per_endpoint_and_filtered_by_type(backend: Ba
         assert!((0..300).contains(&age), "webhook-timestamp is the sending time");
     }
     let first = &all.all()[0];
-    assert!(readme_verify_accepts(&secret, first), "README's check accepts a delivery");
-    assert!(!readme_verify_accepts(&other_secret, first), "and refuses another key's");
+    assert!(readme_verify_accepts(&secret, first).await, "README's check accepts a delivery");
+    assert!(!readme_verify_accepts(&other_secret, first).await, "and refuses another key's");
     let tampered = Received { raw: Bytes::from(first.raw.to_ascii_uppercase()), ..first.clone() };
-    assert!(!readme_verify_accepts(&secret, &tampered), "and a changed body");
+    assert!(!readme_verify_accepts(&secret, &tampered).await, "and a changed body");
     let mut stale =
         Received { timestamp: (first.timestamp.parse::<i64>().unwrap() - 600).to_string(), ..first.clone() };
     stale.signature = signature(&secret, &stale);
-    assert!(!readme_verify_accepts(&secret, &stale), "and a well-signed request sent ten minutes ago");
+    assert!(!readme_verify_accepts(&secret, &stale).await, "and a well-signed request sent ten minutes ago");
     assert_eq!(first.body["data"]["user"]["id"], user);
     assert_eq!(first.body["data"]["team"]["slug"], "adas-team");
     assert_eq!(first.body["data"]["identity"]["subject"], "ada");

@@ -97,6 +97,12 @@ impl SigningKeySettings {
         self.jwks_max_age + self.refresh_interval()
     }
 
+    /// How long a retired key stays published: until its last token has expired, with the
+    /// [`LEEWAY`] verification gives `exp`.
+    pub fn published_after_retirement(&self) -> Duration {
+        self.max_token_lifetime + LEEWAY
+    }
+
     /// How long a relying party may cache a JWKS read from the store `age` ago:
     /// `jwks_max_age`, shortened so that it ends before a key created just after that read starts
     /// signing (`publication_lead` after its creation). Only keys older than a refresh interval
@@ -757,7 +763,7 @@ impl SigningKeys {
         let retire = Retirement {
             kid: &current.kid,
             retired_at: signs_from,
-            unpublish_at: signs_from + to_chrono(settings.max_token_lifetime + LEEWAY),
+            unpublish_at: signs_from + to_chrono(settings.published_after_retirement()),
         };
         let rotated = self.inner.store.rotate_signing_key(&retire, &new).await?;
         if rotated {
