@@ -54,12 +54,19 @@ pub struct SqlStore {
     pub(super) db: Db,
     /// The bound of [`Store::ready`] (`database.ready_timeout_ms`).
     ready_timeout: std::time::Duration,
+    /// When [`Store::ready`]'s last successful ping ended, held while one runs: probes that
+    /// arrive together share one ping rather than queue one each on the background connection.
+    last_ready: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl SqlStore {
     /// Connects to the database the configuration names (an SQLite file is created if missing).
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        Ok(Self { db: Db::connect(config).await?, ready_timeout: config.ready_timeout })
+        Ok(Self {
+            db: Db::connect(config).await?,
+            ready_timeout: config.ready_timeout,
+            last_ready: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// [`Store::put_member`], or with `only_add` [`Store::add_member`].
@@ -960,8 +967,18 @@ impl Store for SqlStore {
         // would only move the load onto the others until none is ready. Without the bound, a
         // database that is down costs the whole acquire timeout (with connection retries)
         // before the answer. Dropping the ping mid-acquire is safe.
+        let arrived = std::time::Instant::now();
         let ping = async {
+            // One ping at a time: a burst of probes (it needs no credential) would otherwise
+            // queue on the background loops' one connection and hold up their own statements
+            // (lease renewals, the cache-invalidation log). A ping that succeeded after this
+            // probe arrived answers it; after a failure, the next in line asks again.
+            let mut last = self.last_ready.lock().await;
+            if last.is_some_and(|at| at >= arrived) {
+                return Ok(());
+            }
             query("SELECT 1").execute(self.db.background()).await?;
+            *last = Some(std::time::Instant::now());
             Ok(())
         };
         tokio::time::timeout(self.ready_timeout, ping)

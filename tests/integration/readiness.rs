@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use tessera::config::DatabaseUrl;
 
-use crate::helpers::{Backend, Relay, TestApp, TestDb, json as body};
+use crate::helpers::{Backend, Relay, TestApp, TestDb, eventually, json as body, send_at_once};
+use crate::metrics::{Sample, scrape, value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_within_its_bound_while_postgres_is_down() {
@@ -102,5 +103,39 @@ async fn a_draining_server_is_not_ready_but_still_serves() {
     let served = fresh.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(served.status(), 200);
     assert_eq!(served.headers()["connection"], "close");
+    app.stop().await;
+}
+
+/// Probes that arrive together share one ping: a burst of them (`/readyz` needs no credential)
+/// must not queue one ping each on the background loops' one connection, where they would hold
+/// up the loops' own statements. Here the connection goes silent under the first probe's ping, so
+/// that the others would all queue behind it for the pool; they wait for that ping's answer
+/// instead, and the pool counts no waits of theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_that_arrive_together_share_one_ping() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let relay = Relay::start(&db.url).await;
+    let mut config = db.config();
+    config.database.url = DatabaseUrl::parse(&relay.url).unwrap();
+    // A background loop caught on the silent connection gives it up soon.
+    config.database.statement_timeout = Duration::from_secs(2);
+    let app = TestApp::start(db, &config).await;
+    assert_eq!(body(app.client.get(app.url("/readyz")).send().await.unwrap(), 200).await["status"], "ready");
+    let waits = |samples: &[Sample]| value(samples, "tessera_db_pool_waits_total", &[("pool", "background")]);
+    let (_, before) = scrape(&app).await;
+
+    relay.silence();
+    let probes: Vec<_> = (0..25).map(|_| app.client.get(app.url("/readyz"))).collect();
+    for answer in send_at_once(&probes).await {
+        assert_eq!(body(answer, 503).await["code"], "store_unavailable");
+    }
+    let (_, after) = scrape(&app).await;
+    // A background loop's statement may have queued once or twice meanwhile; 24 probes did not.
+    let queued = waits(&after) - waits(&before);
+    assert!(queued < 5.0, "{queued} statements queued for the background connection");
+
+    // The silent connection was given up; the next ping opens another.
+    eventually("ready again", || async { app.client.get(app.url("/readyz")).send().await.unwrap().status() == 200 })
+        .await;
     app.stop().await;
 }
