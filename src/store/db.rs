@@ -87,6 +87,13 @@ embedded_migrations! {
     32 "0032_lookup_indexes" "lookup_indexes",
 }
 
+/// The most a statement on the read replica may take (less when `database.statement_timeout_ms`
+/// is): the replica serves point reads by key (a principal, a profile, a domain claim), a
+/// millisecond's work that the primary does as well. A replica gone silent holds the reads under
+/// way this long, not the statement timeout, before they go to the primary (and the replica is
+/// left alone for [`REPLICA_BACKOFF`]).
+const REPLICA_STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// After a failed read, the replica is left alone this long: an unreachable replica would
 /// otherwise cost every read a connection timeout before it falls back to the primary.
 const REPLICA_BACKOFF: Duration = Duration::from_secs(15);
@@ -325,7 +332,10 @@ impl Db {
                 let replica = config
                     .replica_url
                     .as_ref()
-                    .map(|url| pg_pool(url.expose(), config.max_connections, timeout, statements, false))
+                    .map(|url| {
+                        let statements = statements.min(REPLICA_STATEMENT_TIMEOUT);
+                        pg_pool(url.expose(), config.max_connections, timeout, statements, false)
+                    })
                     .transpose()?
                     .map(|pool| Replica {
                         pool,

@@ -125,14 +125,15 @@ async fn probes_that_arrive_together_share_one_ping() {
     let (_, before) = scrape(&app).await;
 
     relay.silence();
-    let probes: Vec<_> = (0..25).map(|_| app.client.get(app.url("/readyz"))).collect();
+    let probes: Vec<_> = (0..30).map(|_| app.client.get(app.url("/readyz"))).collect();
     for answer in send_at_once(&probes).await {
         assert_eq!(body(answer, 503).await["code"], "store_unavailable");
     }
     let (_, after) = scrape(&app).await;
-    // A background loop's statement may have queued once or twice meanwhile; 24 probes did not.
+    // The count is the process's: a background loop's statement, here or in a test running
+    // beside this one, may have queued a few times meanwhile; 29 probes did not.
     let queued = waits(&after) - waits(&before);
-    assert!(queued < 5.0, "{queued} statements queued for the background connection");
+    assert!(queued < 12.0, "{queued} statements queued for the background connection");
 
     // The silent connection was given up; the next ping opens another.
     eventually("ready again", || async { app.client.get(app.url("/readyz")).send().await.unwrap().status() == 200 })

@@ -10,7 +10,9 @@ use sqlx::{PgPool, Row};
 use tessera::config::DatabaseUrl;
 use tessera_testkit::local_issuer::LocalIssuer;
 
-use crate::helpers::{AUDIENCE, Backend, TestApp, TestDb, identity, json as body, local_issuer_config};
+use crate::helpers::{
+    AUDIENCE, Backend, Relay, TestApp, TestDb, eventually, identity, json as body, local_issuer_config,
+};
 
 pub(crate) fn replica_url(variable: &str, db: &TestDb) -> String {
     let base = std::env::var(variable).unwrap_or_else(|_| {
@@ -276,4 +278,54 @@ async fn a_replica_further_behind_than_its_bound_is_not_read() {
     for app in [writer, lenient, strict] {
         app.stop().await;
     }
+}
+
+/// A replica gone silent (a host gone without a reset, a failover behind a proxy) holds the
+/// reads under way for a second, not for `database.statement_timeout_ms`, before they go to the
+/// primary: a token's first validation still answers at once, and the replica is set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_replica_holds_reads_for_a_second_not_the_statement_timeout() {
+    let db = TestDb::new(Backend::Postgres).await;
+    db.store().await.close().await;
+    let replica = replica_url("TESSERA_TEST_PG_REPLICA_URL", &db);
+    let replica_pool = caught_up(&replica).await;
+    let relay = Relay::start(&replica).await;
+    let issuer = LocalIssuer::start().await.unwrap();
+    let mut config = db.config();
+    config.database.replica_url = Some(DatabaseUrl::parse(&relay.url).unwrap());
+    // Checked every 125 ms: readable soon after start-up.
+    config.database.replica_max_lag = Duration::from_millis(500);
+    let statement_timeout = Duration::from_secs(20);
+    config.database.statement_timeout = statement_timeout;
+    config.issuers.push(local_issuer_config(&issuer));
+    let app = TestApp::start(db, &config).await;
+    let name = app.db.url.rsplit('/').next().unwrap().to_owned();
+    // Until a token's identity is looked up on the replica (each new subject is, first).
+    let subjects = AtomicUsize::new(0);
+    eventually("a principal read reaches the replica", || async {
+        let subject = format!("before-{}", subjects.fetch_add(1, Ordering::SeqCst));
+        let token = issuer.sign("rsa-1", &issuer.claims(&subject, AUDIENCE));
+        body(app.validate(&token).await, 200).await;
+        let reads: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
+             AND query LIKE '%AS identity_issuer%'",
+        )
+        .bind(&name)
+        .fetch_one(&replica_pool)
+        .await
+        .unwrap();
+        reads > 0
+    })
+    .await;
+
+    relay.silence();
+    let token = issuer.sign("rsa-1", &issuer.claims("while-silent", AUDIENCE));
+    let started = Instant::now();
+    let validated = body(app.validate(&token).await, 200).await;
+    let elapsed = started.elapsed();
+    assert_eq!(validated["created"], true, "the primary answered");
+    // Not a timing test of the bound (a loaded machine may take longer): whether the read waited
+    // for the statement timeout.
+    assert!(elapsed < statement_timeout / 2, "the read waited {elapsed:?}, as for the statement timeout");
+    app.stop().await;
 }
