@@ -134,10 +134,11 @@ async fn start_login(
         None => match state.flows.providers().default_or_only() {
             Some(provider) => provider.name().to_owned(),
             None => {
-                if let Some(Err(error)) = query.return_to.as_deref().map(|to| state.sign_in.check_return_to(to)) {
+                let return_to = query.return_to.as_deref().filter(|to| !to.is_empty());
+                if let Some(Err(error)) = return_to.map(|to| state.sign_in.check_return_to(to)) {
                     return state.pages.error(&headers, error.into());
                 }
-                return redirect(&pages::login_url(query.return_to.as_deref()), &[]);
+                return redirect(&pages::login_url(return_to), &[]);
             }
         },
     };
@@ -384,7 +385,7 @@ async fn confirm_link(
         Ok(provider) => provider.name().to_owned(),
         Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
     };
-    if let Some(return_to) = &query.return_to
+    if let Some(return_to) = query.return_to.as_deref().filter(|to| !to.is_empty())
         && let Err(error) = state.sign_in.check_return_to(return_to)
     {
         return state.pages.error_in(headers, error.into(), &signed_in);
@@ -514,7 +515,14 @@ async fn callback_to_end(
         Err((error, binding)) => {
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, FlowAction::SignIn, error.code()).await;
-            let page = state.pages.error(&headers, error);
+            // A browser still signed in (the provider's redirect replayed from its history, a
+            // link started before another tab signed in) is not sent to sign in, which would
+            // end its session.
+            let signed_in = match session {
+                Some(session) => matches!(state.sessions.resolve(session).await, Ok(Some(_))),
+                None => false,
+            };
+            let page = state.pages.error_in(&headers, error, &errors::Context { return_to: None, signed_in });
             // A state of none of this browser's sign-ins leaves the cookie as it is (it may be
             // another tab's sign-in under way); one of them is dropped, its flow being gone.
             return match binding {

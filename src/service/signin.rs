@@ -212,7 +212,8 @@ impl SignIn {
         if !provider.config().protocol.sign_in {
             return Err(FlowError::UnknownProvider(provider.name().to_owned()).into());
         }
-        let return_to = match return_to {
+        // An empty `return_to` (an app's template left it unfilled) is none, as at `/login`.
+        let return_to = match return_to.filter(|value| !value.is_empty()) {
             Some(value) => ReturnTo::parse(value, &self.return_to_origins).map_err(|_| SignInError::InvalidReturnTo)?,
             None => ReturnTo::root(),
         };

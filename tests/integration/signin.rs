@@ -347,9 +347,17 @@ async fn a_replayed_state_is_refused(backend: Backend) {
     let callback = browser.start(&w.app, "").await;
     let login_cookie = browser.cookies["tessera_login"].clone();
     assert_eq!(browser.get(&callback).await.status(), StatusCode::SEE_OTHER);
-    browser.cookies.insert("tessera_login".into(), login_cookie);
+    browser.cookies.insert("tessera_login".into(), login_cookie.clone());
     let replay = browser.get(&callback).await;
     assert_eq!(body(replay, 400).await["code"], "invalid_state");
+    // A person replays it (the provider's redirect, from the browser's history): the page keeps
+    // them signed in and offers their account, not a sign-in that would end their session.
+    browser.cookies.insert("tessera_login".into(), login_cookie);
+    let page = browser.prepared(Method::GET, &callback).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Go to your account") && !page.contains("Try again"), "{page}");
+    assert_eq!(body(browser.me(&w.app).await, 200).await["identities"][0]["subject"], "stub-user");
 }
 
 async fn a_callback_without_the_browser_cookie_is_refused(backend: Backend) {
@@ -605,6 +613,9 @@ async fn open_redirects_are_refused(backend: Backend) {
     let mut browser = Browser::new();
     let allowed = browser.sign_in(&w.app, "return_to=https%3A%2F%2Fapp.example.com%2Fhome").await;
     assert_eq!(location(&allowed), "https://app.example.com/home");
+    // An empty one (an app's template left it unfilled) is none, as at `/login`.
+    let unfilled = Browser::new().sign_in(&w.app, "return_to=").await;
+    assert_eq!(location(&unfilled), "/");
 }
 
 async fn an_expired_state_is_refused(backend: Backend) {

@@ -41,6 +41,13 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
                 vec![("Sign in and link your account", login_url(Some(link)))],
             )
         }
+        InvalidState if context.signed_in => (
+            "Your sign-in did not finish",
+            "The sign-in took too long, was already completed, or was started in another browser or tab. \
+             You are still signed in as before."
+                .into(),
+            vec![("Go to your account", "/account".into())],
+        ),
         InvalidState => (
             "Your sign-in did not finish",
             "The sign-in took too long, was already completed, or was started in another browser or tab. \
@@ -48,6 +55,11 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
                 .into(),
             vec![("Try again", try_again)],
         ),
+        // An account or sign-in method removed while its sign-in was under way: the way on is a
+        // new sign-in, back to where the browser was going (an app's request, say).
+        IdentityNotFound | UserNotFound if !context.signed_in && context.return_to.is_some() => {
+            ("Your sign-in did not finish", sentence(&error.detail), vec![("Try again", try_again)])
+        }
         LoginNotFresh => (
             "Please sign in again",
             "The app you are signing in to asked that you sign in again, but the sign-in provider let you \
@@ -261,6 +273,29 @@ mod tests {
             message_for(&failed, &anonymous).actions[0].href,
             "/login?return_to=%2Fconnect%2Fabc%2Foauth%2Fstart"
         );
+    }
+
+    #[test]
+    fn a_signed_in_browser_is_not_sent_to_sign_in_again() {
+        // A sign-in's callback replayed from the history: signing in again would end the session.
+        let state = described(ErrorCode::InvalidState, None);
+        let signed_in = Context { return_to: None, signed_in: true };
+        assert_eq!(
+            message_for(&state, &signed_in).actions.iter().map(|a| a.href.as_str()).collect::<Vec<_>>(),
+            ["/account"]
+        );
+        assert_eq!(message_for(&state, &Context::default()).actions[0].href, "/login");
+    }
+
+    #[test]
+    fn an_account_removed_during_its_sign_in_offers_the_sign_in_again() {
+        let context = Context { return_to: Some("/oauth/authorize?request_uri=x".into()), signed_in: false };
+        let message = message_for(&described(ErrorCode::IdentityNotFound, None), &context);
+        assert_eq!(message.title, "Your sign-in did not finish");
+        assert_eq!(message.actions[0].href, "/login?return_to=%2Foauth%2Fauthorize%3Frequest_uri%3Dx");
+        // Elsewhere, a removed thing is a page not found.
+        let message = message_for(&described(ErrorCode::IdentityNotFound, None), &Context::default());
+        assert_eq!(message.title, "Page not found");
     }
 
     #[test]
