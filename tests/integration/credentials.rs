@@ -243,7 +243,7 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
     ] {
         let answer = refused.send().await.unwrap();
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(answer.headers()["www-authenticate"], r#"Bearer error="invalid_request""#);
+        assert_eq!(answer.headers()["www-authenticate"], r#"Bearer realm="tessera", error="invalid_request""#);
         assert!(answer.headers().get("x-tessera-user-id").is_none(), "nobody is let in");
     }
     let ann_me =

@@ -983,7 +983,10 @@ async fn introspection_answers_inactive_alike_and_at_once(backend: Backend) {
         assert_eq!(verified.status().is_success(), active, "forward-auth, exp {exp}");
         if !active {
             let challenge = verified.headers()["www-authenticate"].to_str().unwrap();
-            assert_eq!(challenge, r#"Bearer error="invalid_token""#, "a refused token is told apart from none");
+            assert_eq!(
+                challenge, r#"Bearer realm="tessera", error="invalid_token""#,
+                "a refused token is told apart from none"
+            );
         }
     }
     let refresh = introspect(&w.app, creds, tokens["refresh_token"].as_str().unwrap()).await;

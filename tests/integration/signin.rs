@@ -1360,7 +1360,7 @@ async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
     let wanted = "https://app.example.com/notes?a=1&b=two%20words";
     let proxy = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let verify = |query: &str| proxy.get(w.app.url(&format!("/auth/verify{query}")));
-    let nginx = verify("").header("x-original-url", wanted).send().await.unwrap();
+    let nginx = verify("").header("x-original-url", wanted).header("accept", "text/html").send().await.unwrap();
     assert_eq!(nginx.status(), StatusCode::UNAUTHORIZED);
     let sign_in = nginx.headers()["x-tessera-sign-in"].to_str().unwrap().to_owned();
     let expected_query = url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", wanted).finish();
@@ -1375,26 +1375,37 @@ async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
     let navigation = forwarded(verify("?redirect=true")).header("accept", "text/html,*/*").send().await.unwrap();
     assert_eq!(navigation.status(), StatusCode::FOUND);
     assert_eq!(location(&navigation), sign_in);
-    // An API call, or a POST, is told 401, as is a proxy that does not ask for redirects.
+    // A navigation through a proxy that does not ask for redirects is told 401 with the URL.
+    let told = forwarded(verify("")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(told.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(told.headers()["x-tessera-sign-in"].to_str().unwrap(), sign_in);
+    // An API call, or a POST, is told a plain 401: nginx, which redirects whatever names a
+    // sign-in URL, must not send a script to a sign-in page.
     for refused in [
         forwarded(verify("?redirect=true")).header("accept", "application/json"),
         forwarded(verify("?redirect=true")).header("accept", "text/html").header("x-forwarded-method", "POST"),
-        forwarded(verify("")).header("accept", "text/html"),
+        verify("").header("x-original-url", wanted).header("accept", "application/json"),
+        verify("").header("x-original-url", wanted),
     ] {
         let response = refused.send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(response.headers()["x-tessera-sign-in"].to_str().unwrap(), sign_in);
+        assert!(response.headers().get("x-tessera-sign-in").is_none());
+        assert_eq!(response.headers()["www-authenticate"], r#"Bearer realm="tessera""#);
     }
     // Another origin, or one URL told twice, names no sign-in at all.
     let elsewhere =
         verify("?redirect=true").header("x-original-url", "https://evil.example/").header("accept", "text/html");
-    let twice = verify("").header("x-original-url", wanted).header("x-original-url", "https://app.example.com/other");
+    let twice = verify("")
+        .header("x-original-url", wanted)
+        .header("x-original-url", "https://app.example.com/other")
+        .header("accept", "text/html");
     for response in [elsewhere.send().await.unwrap(), twice.send().await.unwrap()] {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert!(response.headers().get("x-tessera-sign-in").is_none());
     }
     // A URL on Tessera's own host comes back as a path.
-    let own = verify("").header("x-original-url", w.app.url("/account?tab=1")).send().await.unwrap();
+    let own = verify("").header("x-original-url", w.app.url("/account?tab=1")).header("accept", "text/html");
+    let own = own.send().await.unwrap();
     assert_eq!(
         own.headers()["x-tessera-sign-in"].to_str().unwrap(),
         w.app.url("/auth/login?return_to=%2Faccount%3Ftab%3D1")

@@ -1,5 +1,5 @@
 //! Forward-auth for reverse proxies (nginx `auth_request`, Traefik ForwardAuth, Caddy
-//! `forward_auth`, Envoy ext_authz): `GET /auth/verify` answers 200 with the user in
+//! `forward_auth`): `GET /auth/verify` answers 200 with the user in
 //! `X-Tessera-User-Id`, `X-Tessera-Email`, `X-Tessera-Email-Verified` and `X-Tessera-Teams` (all
 //! always present, empty when unknown, so that a proxy that replaces them never passes a client's
 //! own copies through; Caddy skips empty ones, so README has it remove them first) for a
@@ -46,13 +46,13 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 fn unauthorized() -> Response {
-    challenge("Bearer")
+    challenge(r#"Bearer realm="tessera""#)
 }
 
 /// The refusal of a token that was sent and does not count here (RFC 6750 section 3.1): so that
 /// a client behind the proxy can tell a refused token from a missing one.
 fn token_refused() -> Response {
-    challenge(r#"Bearer error="invalid_token""#)
+    challenge(r#"Bearer realm="tessera", error="invalid_token""#)
 }
 
 fn challenge(value: &'static str) -> Response {
@@ -62,13 +62,18 @@ fn challenge(value: &'static str) -> Response {
     response
 }
 
-/// The refusal of a request that carried no valid session: a 401 naming where to sign in, or,
-/// when the proxy asks for redirects (`redirect=true`) and the browser is navigating, a 302 there.
+/// The refusal of a request that carried no valid session. A browser's navigation is told where
+/// to sign in: in a 401's `X-Tessera-Sign-In` (nginx turns it into a redirect), or, when the proxy
+/// asks for redirects (`redirect=true`), by a 302 there. Any other request (an API call, a form's
+/// `POST`) gets the plain 401, which a script can act on, not a sign-in page.
 fn sign_in_first(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Response {
+    if !navigation(headers) {
+        return unauthorized();
+    }
     let Some(url) = sign_in_url(state, headers).and_then(|url| HeaderValue::from_str(&url).ok()) else {
         return unauthorized();
     };
-    if param(query, "redirect").as_deref() == Some("true") && navigation(headers) {
+    if param(query, "redirect").as_deref() == Some("true") {
         let mut response = StatusCode::FOUND.into_response();
         response.headers_mut().insert(header::LOCATION, url);
         response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -180,7 +185,7 @@ async fn verify(
         // request. No sign-in is offered: signing in again would not take the copy away.
         (Err(error), _) | (_, Err(error)) => {
             tracing::info!(code = error.code().as_str(), "forward-auth request refused");
-            return Ok(challenge(r#"Bearer error="invalid_request""#));
+            return Ok(challenge(r#"Bearer realm="tessera", error="invalid_request""#));
         }
     };
     if let Some(token) = credentials.user_token() {
