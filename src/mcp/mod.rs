@@ -226,20 +226,36 @@ impl McpServer {
 /// The arguments, or a 400-class error saying what to fix (`missing_field` naming the field,
 /// `invalid_request` otherwise).
 fn parse_arguments(arguments: Option<JsonObject>) -> Result<Arguments, ApiError> {
-    serde_json::from_value(Value::Object(arguments.unwrap_or_default())).map_err(|error| {
-        let message = error.to_string();
-        match message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
-            Some(field) => ApiError::new(ErrorCode::MissingField, format!("`{field}` is required")).field(field),
-            // Without the values serde quotes (a token pasted into the wrong argument, say).
-            None => ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "the arguments do not fit the tool's schema: {}",
-                    crate::http::extract::without_values(&message)
+    let mut arguments: Arguments =
+        serde_json::from_value(Value::Object(arguments.unwrap_or_default())).map_err(|error| {
+            let message = error.to_string();
+            match message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
+                Some(field) => ApiError::new(ErrorCode::MissingField, format!("`{field}` is required")).field(field),
+                // Without the values serde quotes (a token pasted into the wrong argument, say).
+                None => ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "the arguments do not fit the tool's schema: {}",
+                        crate::http::extract::without_values(&message)
+                    ),
                 ),
-            ),
+            }
+        })?;
+    // An optional argument left blank is absent: agents often fill every parameter of a schema,
+    // with "" for those they mean to leave out (a slug to derive from the display name, say).
+    for text in [
+        &mut arguments.slug,
+        &mut arguments.connector_key,
+        &mut arguments.profile_kind,
+        &mut arguments.provider,
+        &mut arguments.display_name,
+        &mut arguments.new_slug,
+    ] {
+        if text.as_deref().is_some_and(|value| value.trim().is_empty()) {
+            *text = None;
         }
-    })
+    }
+    Ok(arguments)
 }
 
 /// The `slug` argument, required by every action that names one profile.
@@ -369,5 +385,19 @@ mod tests {
             error,
             json!({"code": "missing_field", "detail": "`slug` is required by `delete`", "field": "slug"})
         );
+    }
+
+    #[test]
+    fn blank_optional_arguments_are_absent() {
+        let arguments = json!({
+            "action": "create", "team": "t", "connector_key": "notes", "profile_kind": "env",
+            "display_name": "Notes", "slug": "", "provider": " ", "new_slug": ""
+        });
+        let parsed = parse_arguments(arguments.as_object().cloned()).unwrap();
+        assert_eq!((parsed.slug, parsed.provider, parsed.new_slug), (None, None, None));
+        assert_eq!(parsed.display_name.as_deref(), Some("Notes"));
+        // A blank one that is needed is missing, not malformed.
+        let blank = parse_arguments(json!({"action": "delete", "team": "t", "slug": "  "}).as_object().cloned());
+        assert_eq!(tool_error(slug_of(&blank.unwrap()).unwrap_err())["code"], "missing_field");
     }
 }
