@@ -374,7 +374,7 @@ impl Source {
             Format::Jsonl => Ok(Source::Jsonl { path: name, reader: BufReader::with_capacity(1 << 16, file) }),
             Format::Csv => {
                 let seen = Arc::new(Mutex::new(VecDeque::new()));
-                let file = Breaks { inner: file, offset: 0, seen: seen.clone() };
+                let file = Breaks { inner: file, offset: 0, seen: seen.clone(), after_cr: false };
                 let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
                 let header = reader.byte_headers().map_err(|e| csv_error(&name, e))?.clone();
                 let (columns, width) = header_columns(&header)?;
@@ -458,10 +458,14 @@ impl Source {
 /// A reader that notes where the line breaks (`\r`, `\n`) it reads are, so that CSV records can
 /// be numbered by the line they start on: the CSV reader's own position of a record is where it
 /// started reading, before the blank lines it skips.
+/// Each is noted with whether it ends a line: a `\n`, or a `\r` (alone, as old Mac files end
+/// lines, or the first of a `\r\n`, whose `\n` then does not end another).
 struct Breaks<R> {
     inner: R,
     offset: u64,
     seen: Arc<Mutex<VecDeque<(u64, bool)>>>,
+    /// Whether the last byte read was a `\r`.
+    after_cr: bool,
 }
 
 impl<R: Read> Read for Breaks<R> {
@@ -470,8 +474,9 @@ impl<R: Read> Read for Breaks<R> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         for (i, byte) in buffer[..read].iter().enumerate() {
             if matches!(byte, b'\n' | b'\r') {
-                seen.push_back((self.offset + i as u64, *byte == b'\n'));
+                seen.push_back((self.offset + i as u64, *byte == b'\r' || !self.after_cr));
             }
+            self.after_cr = *byte == b'\r';
         }
         self.offset += read as u64;
         Ok(read)
@@ -920,6 +925,7 @@ mod tests {
         assert_eq!(numbers("issuer,subject\na,1\n\n\nb,2\n\"c\n3\",x\nd,4\n"), [2, 5, 6, 8]);
         assert_eq!(numbers("issuer,subject\r\na,1\r\n\r\nb,2"), [2, 4], "CRLF, and no final line break");
         assert_eq!(numbers("issuer,subject\na,1\n\"b\n\",2"), [2, 3]);
+        assert_eq!(numbers("issuer,subject\ra,1\r\rb,2\r"), [2, 4], "lines ended by a lone CR");
     }
 
     #[test]
