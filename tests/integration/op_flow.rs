@@ -339,7 +339,6 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
     urls.push(format!("{good}&client_id={client}"));
     // Also behind another repeated parameter.
     urls.push(format!("{good}&nonce=again&redirect_uri={}", urlencode("https://evil.example/cb")));
-    urls.push(format!("{good}&nonce=a%00b").replace("&nonce=n-1", ""));
     for url in urls {
         let response = browser.navigate(&url).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{url}");
@@ -347,7 +346,13 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         assert!(response.text().await.unwrap().contains("error: "), "the page names the error");
     }
     // With the client and URI right, errors go back to the client.
+    let long_hint = format!("&login_hint={}", "x".repeat(2049));
     for (extra, error) in [
+        // Text no column, header or token may hold, and over-long text, too: a client waiting in
+        // a hidden frame hears of its mistake.
+        ("&login_hint=a%00b", "invalid_request"),
+        ("&login_hint=a%0Ab", "invalid_request"),
+        (long_hint.as_str(), "invalid_request"),
         ("&response_type=token", "invalid_request"),
         ("&scope=openid%20admin", "invalid_scope"),
         // An empty one is not taken for none (which would mean `openid`).
@@ -1514,6 +1519,20 @@ async fn prompt_none_with_a_hint_of_another_user_is_login_required(backend: Back
     assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "a hint for another client: {to}");
     let to = location(&ada.navigate(&silent("a.b.c")).await);
     assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "{to}");
+    // One signed by a key no longer published (kept by the app since before a rotation) cannot
+    // be checked: it names nobody, and the request goes on as without it (the app compares
+    // `sub`) — unless it says it is another client's.
+    let (header, rest) = bobs.split_once('.').unwrap();
+    let mut header: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    header["kid"] = json!("a-key-no-longer-published");
+    let unverifiable =
+        format!("{}.{rest}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header.to_string()));
+    let to = location(&ada.navigate(&silent(&unverifiable)).await);
+    assert!(param(&to, "code").is_some(), "{to}");
+    let elsewhere = authorize_url(&w.app, &other, &challenge, &format!("&prompt=none&id_token_hint={unverifiable}"));
+    let to = location(&ada.navigate(&elsewhere).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "a hint for another client: {to}");
     // The hint holds for a request held before it is used: pushed (RFC 9126), or posted from
     // the app's site (which goes on as a GET that carries the session cookie).
     for (hint, user) in [(&bobs, "bob"), (&adas, "ada")] {

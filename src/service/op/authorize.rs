@@ -13,6 +13,7 @@ use super::provider::{
     CODE_TTL, MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, REQUEST_TTL, REQUEST_URI_PREFIX, delta,
     split_scope,
 };
+use super::tokens::HintCheck;
 use crate::crypto::{random_secret, sha256};
 use crate::domain::{Client, GrantType, IdentityId, UserId};
 use crate::store::{HeldFor, HeldRequest, NewCode, NewGrant, StoreError};
@@ -463,36 +464,11 @@ impl OpenIdProvider {
 
     async fn validate(&self, held: &Held, now: DateTime<Utc>) -> Result<AuthorizationRequest, AuthorizeError> {
         let Held { params, auth_after_us, hinted_user, .. } = held;
-        let too_long = [
-            &params.response_type,
-            &params.client_id,
-            &params.redirect_uri,
-            &params.scope,
-            &params.state,
-            &params.nonce,
-            &params.code_challenge,
-            &params.prompt,
-            &params.max_age,
-            &params.login_hint,
-            &params.resource,
-            &params.response_mode,
-        ]
-        .iter()
-        .any(|v| v.as_ref().is_some_and(|v| v.len() > MAX_PARAM_LEN));
-        if too_long {
-            return Err(reject("invalid_request", "a parameter is longer than 2048 characters", None));
-        }
-        // Text that ends up in a column, a header or a token: no control characters (PostgreSQL
-        // refuses NUL in text, and a newline has no business in a state or nonce).
-        let has_control = [&params.state, &params.nonce, &params.login_hint]
-            .iter()
-            .any(|v| v.as_ref().is_some_and(|v| v.chars().any(char::is_control)));
-        if has_control {
-            return Err(reject(
-                "invalid_request",
-                "state, nonce and login_hint must not contain control characters",
-                None,
-            ));
+        let too_long =
+            |values: &[&Option<String>]| values.iter().any(|v| v.as_ref().is_some_and(|v| v.len() > MAX_PARAM_LEN));
+        const TOO_LONG: &str = "a parameter is longer than 2048 characters";
+        if too_long(&[&params.client_id, &params.redirect_uri]) {
+            return Err(reject("invalid_request", TOO_LONG, None));
         }
         let Some(client_id) = params.client_id.as_deref() else {
             return Err(reject("invalid_request", "client_id is missing", None));
@@ -513,6 +489,31 @@ impl OpenIdProvider {
         let state = params.state.clone();
         let back = Some((redirect_uri.clone(), state.clone()));
         let fail = |error: &'static str, description: &str| reject(error, description, back.clone());
+        // Told to the client from here on: a client waiting in a hidden frame (`prompt=none`)
+        // or a popup hears of its mistake rather than waiting for an answer that never comes.
+        let others = [
+            &params.response_type,
+            &params.scope,
+            &params.state,
+            &params.nonce,
+            &params.code_challenge,
+            &params.prompt,
+            &params.max_age,
+            &params.login_hint,
+            &params.resource,
+            &params.response_mode,
+        ];
+        if too_long(&others) {
+            return Err(fail("invalid_request", TOO_LONG));
+        }
+        // Text that ends up in a column, a header or a token: no control characters (PostgreSQL
+        // refuses NUL in text, and a newline has no business in a state or nonce).
+        let has_control = [&params.state, &params.nonce, &params.login_hint]
+            .iter()
+            .any(|v| v.as_ref().is_some_and(|v| v.chars().any(char::is_control)));
+        if has_control {
+            return Err(fail("invalid_request", "state, nonce and login_hint must not contain control characters"));
+        }
 
         if let Some(name) = params.repeated.as_deref() {
             let OAuthError { error, description, .. } = super::tokens::repeated(name);
@@ -578,10 +579,22 @@ impl OpenIdProvider {
         }
         let hinted_user = match params.id_token_hint.as_deref() {
             None => hinted_user.clone(),
-            Some(hint) => match self.id_token_client(hint).await? {
-                Some(hint) if hint.aud == client.id.as_str() => Some(hint.sub),
-                Some(_) => return Err(fail("invalid_request", "id_token_hint was issued to another client")),
-                None => return Err(fail("invalid_request", "id_token_hint is not an id token this server issued")),
+            Some(hint) => match self.check_id_token_hint(hint).await? {
+                HintCheck::Verified(hint) if hint.aud == client.id.as_str() => Some(hint.sub),
+                HintCheck::Verified(_) => {
+                    return Err(fail("invalid_request", "id_token_hint was issued to another client"));
+                }
+                // Signed by a key no longer published (an id token an app kept since before a
+                // rotation): it cannot be checked, so it names nobody, and the request goes on as
+                // without it (the app compares `sub`), as at logout; unless it says, unverified,
+                // that it is another client's.
+                HintCheck::KeyGone { aud } if aud.as_deref().is_none_or(|aud| aud == client.id.as_str()) => None,
+                HintCheck::KeyGone { .. } => {
+                    return Err(fail("invalid_request", "id_token_hint was issued to another client"));
+                }
+                HintCheck::NotOurs => {
+                    return Err(fail("invalid_request", "id_token_hint is not an id token this server issued"));
+                }
             },
         };
         let max_age = match params.max_age.as_deref() {

@@ -336,6 +336,11 @@ impl OpenIdProvider {
             }
             return Err(invalid());
         }
+        // A grant that ended (revoked, its browser session over): refused before anything is
+        // read, signed or locked for it — apps retry such refreshes at every page load.
+        if !grant.active {
+            return Err(invalid());
+        }
         same_resource(&form, &grant)?;
         still_registered(client, &grant)?;
         if let Some(scope) = form.scope.as_deref() {
@@ -709,21 +714,11 @@ impl OpenIdProvider {
         })
     }
 
-    /// The client a verified id token was issued to (`aud`), its user (`sub`) and when they
-    /// signed in (`auth_time`: the session's start), for RP-initiated logout; `None` when it is
-    /// not one of Tessera's id tokens, an error when the keys could not be read (the token may
-    /// well be one).
-    pub async fn id_token_client(&self, id_token: &str) -> Result<Option<IdTokenHint>, SigningError> {
-        Ok(match self.check_id_token_hint(id_token).await? {
-            HintCheck::Verified(hint) => Some(hint),
-            HintCheck::KeyGone { .. } | HintCheck::NotOurs => None,
-        })
-    }
-
-    /// What an `id_token_hint` is: [`id_token_client`](Self::id_token_client), telling apart a
-    /// hint whose key is no longer published (an id token kept since before a rotation and the
-    /// day its key stayed published, while the session it was issued in lives on), which cannot
-    /// be verified either way.
+    /// What an `id_token_hint` is: one of Tessera's id tokens, verified (its client `aud`, its
+    /// user `sub`, and `auth_time`, the session's start), or one whose key is no longer published
+    /// (an id token kept since before a rotation and the day its key stayed published, while the
+    /// session it was issued in lives on), which cannot be verified either way, or none of
+    /// Tessera's; an error when the keys could not be read (the token may well be one).
     pub async fn check_id_token_hint(&self, id_token: &str) -> Result<HintCheck, SigningError> {
         match self.keys.verify_ignoring_expiry::<IdTokenHint>(id_token, ID_TOKEN_TYP, &self.issuer).await {
             Ok(hint) => Ok(HintCheck::Verified(hint)),
