@@ -11,7 +11,7 @@
 //! `__Host-` cookie; the callback must bring both back. Redirects are `303 See Other` with
 //! `Cache-Control: no-store` and `Referrer-Policy: no-referrer` (the callback URL holds a code).
 
-use crate::error::ErrorChain as _;
+use crate::error::{ErrorChain as _, ErrorCode};
 use crate::store::SessionEnd;
 use std::sync::Arc;
 
@@ -518,9 +518,12 @@ async fn callback_to_end(
             // A browser still signed in (the provider's redirect replayed from its history, a
             // link started before another tab signed in) is not sent to sign in, which would
             // end its session.
+            // Asked only where it changes the page: not of a store that just failed to answer.
             let signed_in = match session {
-                Some(session) => matches!(state.sessions.resolve(session).await, Ok(Some(_))),
-                None => false,
+                Some(session) if error.code() == ErrorCode::InvalidState && pages::wants_html(&headers) => {
+                    matches!(state.sessions.resolve(session).await, Ok(Some(_)))
+                }
+                _ => false,
             };
             let page = state.pages.error_in(&headers, error, &errors::Context { return_to: None, signed_in });
             // A state of none of this browser's sign-ins leaves the cookie as it is (it may be

@@ -339,6 +339,8 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
     urls.push(format!("{good}&client_id={client}"));
     // Also behind another repeated parameter.
     urls.push(format!("{good}&nonce=again&redirect_uri={}", urlencode("https://evil.example/cb")));
+    // A state too long to send back in a redirect's URL.
+    urls.push(good.replace("state=st-1", &format!("state={}", "x".repeat(2049))));
     for url in urls {
         let response = browser.navigate(&url).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{url}");
@@ -1533,6 +1535,11 @@ async fn prompt_none_with_a_hint_of_another_user_is_login_required(backend: Back
     let elsewhere = authorize_url(&w.app, &other, &challenge, &format!("&prompt=none&id_token_hint={unverifiable}"));
     let to = location(&ada.navigate(&elsewhere).await);
     assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "a hint for another client: {to}");
+    // Another issuer's id token for the client (the upstream provider's) names a key Tessera
+    // never published too: it is not Tessera's, and refused.
+    let upstream = w.issuer.sign("rsa-1", &w.issuer.claims("hint-bob", &client));
+    let to = location(&ada.navigate(&silent(&upstream)).await);
+    assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "another issuer's token: {to}");
     // The hint holds for a request held before it is used: pushed (RFC 9126), or posted from
     // the app's site (which goes on as a GET that carries the session cookie).
     for (hint, user) in [(&bobs, "bob"), (&adas, "ada")] {

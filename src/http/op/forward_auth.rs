@@ -169,7 +169,7 @@ fn param(query: Option<&str>, name: &str) -> Option<String> {
         ("audience" = Option<String>, Query, description = "The app the proxy protects (a client id or a registered resource): an access token counts only when this is its `aud`."),
         ("redirect" = Option<bool>, Query, description = "`true`: a browser's navigation without a session gets a 302 to sign in (where the proxy reports the URL it asked for) instead of a 401."),
     ),
-    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Allowed (user in headers)."), (status = 302, description = "With `redirect=true`: a browser's navigation without a session, sent to sign in and back."), (status = 401, description = "No valid session or token (`WWW-Authenticate: Bearer`, with `error=\"invalid_token\"` when a token was sent and refused; no body; `X-Tessera-Sign-In` names where a browser signs in, when the proxy reports the URL it asked for).")),
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "Allowed (user in headers)."), (status = 302, description = "With `redirect=true`: a browser's navigation without a session, sent to sign in and back."), (status = 401, description = "No valid session or token (`WWW-Authenticate: Bearer realm=\"tessera\"`, with `error=\"invalid_token\"` when a token was sent and refused; no body; for a browser's navigation — a `GET` or `HEAD` asking for HTML — `X-Tessera-Sign-In` names where it signs in, when the proxy reports the URL it asked for).")),
     security(("session" = []), ("bearer" = [])),
 )]
 async fn verify(

@@ -467,7 +467,8 @@ impl OpenIdProvider {
         let too_long =
             |values: &[&Option<String>]| values.iter().any(|v| v.as_ref().is_some_and(|v| v.len() > MAX_PARAM_LEN));
         const TOO_LONG: &str = "a parameter is longer than 2048 characters";
-        if too_long(&[&params.client_id, &params.redirect_uri]) {
+        // `state` too: it would go back in the redirect's URL (a post may carry 64 KiB of it).
+        if too_long(&[&params.client_id, &params.redirect_uri, &params.state]) {
             return Err(reject("invalid_request", TOO_LONG, None));
         }
         let Some(client_id) = params.client_id.as_deref() else {
@@ -494,7 +495,6 @@ impl OpenIdProvider {
         let others = [
             &params.response_type,
             &params.scope,
-            &params.state,
             &params.nonce,
             &params.code_challenge,
             &params.prompt,

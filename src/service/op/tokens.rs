@@ -725,10 +725,16 @@ impl OpenIdProvider {
             Err(VerifyError::Keys(error)) => Err(error),
             Err(VerifyError::UnknownKey) => {
                 #[derive(Deserialize)]
-                struct Aud {
+                struct Claims {
+                    iss: Option<String>,
                     aud: Option<String>,
                 }
-                Ok(HintCheck::KeyGone { aud: unverified::<Aud>(id_token).and_then(|c| c.aud) })
+                // Another issuer's token (an upstream provider's id token) names a key Tessera
+                // never published too: only one that says it is Tessera's counts as a gone key.
+                Ok(match unverified::<Claims>(id_token) {
+                    Some(Claims { iss: Some(iss), aud }) if iss == self.issuer => HintCheck::KeyGone { aud },
+                    _ => HintCheck::NotOurs,
+                })
             }
             Err(_) => Ok(HintCheck::NotOurs),
         }
