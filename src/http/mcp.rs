@@ -62,6 +62,8 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route(METADATA_PATH, get(metadata))
         .route(&format!("{METADATA_PATH}{PATH}"), get(metadata))
+        // Before the CORS layer, which then answers the metadata's preflights (see `op::routes`).
+        .method_not_allowed_fallback(super::method_not_allowed)
         .layer(super::op::browser_apps_sending(&mcp_headers))
 }
 

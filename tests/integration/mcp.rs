@@ -193,16 +193,24 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let doc = app.client.get(app.url("/.well-known/oauth-protected-resource/mcp")).header("origin", origin);
     let doc = doc.send().await.unwrap();
     assert_eq!(doc.headers()["access-control-allow-origin"], "*");
-    let preflight = app.client.request(Method::OPTIONS, app.url("/mcp")).header("origin", origin);
-    let preflight = preflight
-        .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization, content-type, mcp-protocol-version")
-        .send()
-        .await
-        .unwrap();
-    assert!(preflight.status().is_success(), "{}", preflight.status());
-    let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
-    assert!(allowed.contains("mcp-protocol-version") && allowed.contains("authorization"), "{allowed}");
+    // Its preflights too: the MCP SDK sends `MCP-Protocol-Version` with the metadata's GET.
+    for (path, method) in [
+        ("/mcp", "POST"),
+        ("/.well-known/oauth-protected-resource/mcp", "GET"),
+        ("/.well-known/oauth-protected-resource", "GET"),
+    ] {
+        let preflight = app.client.request(Method::OPTIONS, app.url(path)).header("origin", origin);
+        let preflight = preflight
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "authorization, content-type, mcp-protocol-version")
+            .send()
+            .await
+            .unwrap();
+        assert!(preflight.status().is_success(), "{path}: {}", preflight.status());
+        assert_eq!(preflight.headers()["access-control-allow-origin"], "*", "{path}");
+        let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+        assert!(allowed.contains("mcp-protocol-version") && allowed.contains("authorization"), "{path}: {allowed}");
+    }
     let unauthenticated = app.client.post(app.url("/mcp")).header("origin", origin).send().await.unwrap();
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
     let exposed = unauthenticated.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();

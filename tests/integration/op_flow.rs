@@ -2350,6 +2350,23 @@ async fn browser_apps_on_other_origins_reach_the_public_client_endpoints_only(ba
         assert_eq!(preflight.headers()["access-control-allow-origin"], "*", "{path}");
         assert!(preflight.headers().get("access-control-allow-credentials").is_none(), "never with cookies");
     }
+    // The documents an app reads (with a header that makes its browser ask first) too.
+    for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server", "/oauth/jwks"] {
+        let preflight = w.app.client.request(Method::OPTIONS, w.app.url(path)).header("origin", origin);
+        let preflight = preflight
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+            .await
+            .unwrap();
+        assert!(preflight.status().is_success(), "{path}: {}", preflight.status());
+        assert_eq!(preflight.headers()["access-control-allow-origin"], "*", "{path}");
+    }
+    // Another method is still refused, as everywhere, with the methods it takes.
+    let deleted = w.app.client.delete(w.app.url("/oauth/jwks")).header("origin", origin).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(deleted.headers()["allow"].to_str().unwrap().contains("GET"));
+    assert_eq!(oauth_error(deleted, 405).await, "invalid_request", "in the OAuth format, under /oauth/");
     let discovery = w.app.client.get(w.app.url("/.well-known/openid-configuration")).header("origin", origin);
     assert_eq!(discovery.send().await.unwrap().headers()["access-control-allow-origin"], "*");
     // A refused userinfo call says why in WWW-Authenticate, which the app's script may read.

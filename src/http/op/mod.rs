@@ -31,6 +31,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .merge(jwks::routes())
         .merge(discovery::routes())
         .merge(token::public_client_routes())
+        // Set before the CORS layer, so that it wraps this answer too: the router's own, set
+        // later, replaces only a default one, and a preflight (`OPTIONS`) to a `GET`-only route
+        // would get a 405 without CORS headers.
+        .method_not_allowed_fallback(super::method_not_allowed)
         .layer(browser_apps());
     Router::new().merge(cross_origin).merge(authorize::routes()).merge(token::routes()).merge(forward_auth::routes())
 }
