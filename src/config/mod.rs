@@ -715,6 +715,21 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// probes use (Kubernetes' default), so that the 503 arrives before the probe gives up.
 pub const DEFAULT_READY_TIMEOUT_MS: u64 = 500;
 
+/// A directive of `filter` that is a bare word close to a level name (`warning`, `inof`, `fatal`)
+/// but not one: `tracing` reads such a word as a target, so the filter would let through only
+/// that target's events — none of Tessera's, errors included.
+fn misspelled_level(filter: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    const ALIASES: [&str; 7] = ["warning", "fatal", "critical", "notice", "verbose", "all", "none"];
+    filter.split(',').map(str::trim).find(|word| {
+        let lower = word.to_ascii_lowercase();
+        let bare = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric());
+        bare && lower.parse::<tracing::level_filters::LevelFilter>().is_err()
+            && (ALIASES.contains(&lower.as_str())
+                || LEVELS.iter().any(|level| strsim::damerau_levenshtein(level, &lower) <= 2))
+    })
+}
+
 /// The default of `database.replica_max_lag_ms`.
 pub const DEFAULT_REPLICA_MAX_LAG_MS: u64 = 10_000;
 /// The largest `database.replica_max_lag_ms`: well within the minute for which a changed user is
@@ -1186,6 +1201,15 @@ impl Config {
         // A blank filter parses, as one that lets nothing through: errors included.
         if filter.trim().is_empty() || tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
             return Err(ConfigError::new("log.filter (TESSERA_LOG)", format!("{filter:?} is not a valid filter")));
+        }
+        if let Some(word) = misspelled_level(&filter) {
+            return Err(ConfigError::new(
+                "log.filter (TESSERA_LOG)",
+                format!(
+                    "{word:?} is not a level (error, warn, info, debug, trace, off): as a directive of its own it \
+                     names a target, and lets nothing else through, errors included (write target=level for a target)"
+                ),
+            ));
         }
 
         Ok(Config {
@@ -1981,6 +2005,19 @@ mod tests {
                     [[providers]]\nname = \"slack\"\ntemplate = \"slack\"\nclient_id = \"c\"\nclient_secret_env = \"SLACK\"\n";
         let error = Config::from_toml(file, env(&[("SLACK", "s")])).unwrap_err().to_string();
         assert!(error.contains("auth.default_provider") && error.contains("connected accounts only"), "{error}");
+    }
+
+    #[test]
+    fn a_log_filter_of_a_misspelled_level_is_refused() {
+        for word in ["warning", "inof", "fatal", "errors", "INFOO"] {
+            let error = Config::from_toml(&format!("[log]\nfilter = \"{word}\""), env(&[])).unwrap_err();
+            assert!(error.key.starts_with("log.filter"), "{word}: {}", error.key);
+            assert!(error.message.contains("not a level"), "{word}: {}", error.message);
+        }
+        // Levels, targets and directives are filters as ever.
+        for filter in ["WARN", "info,tessera=debug", "tessera", "sqlx=warn,info", "2"] {
+            Config::from_toml(&format!("[log]\nfilter = \"{filter}\""), env(&[])).unwrap();
+        }
     }
 
     #[test]

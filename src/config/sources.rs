@@ -279,6 +279,12 @@ impl Layers {
         }
         let key = display_key(&segments);
         let message = match &error.kind {
+            // A whole number too large for its key (`max_connections = 5000000000`).
+            Kind::InvalidValue(Actual::Unsigned(_) | Actual::Signed(0..), expected)
+                if describe_expected(expected) == "a whole number" =>
+            {
+                "the number is out of range".into()
+            }
             Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
                 format!("expected {}, found {}", describe_expected(expected), describe_actual(actual))
             }
@@ -338,6 +344,9 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>) -> Result
                 format!("this variable is not read: only {} take a file", forms.join(", ")),
             ));
         }
+        if let Some(meant) = near_miss(name) {
+            return Err(ConfigError::new(env_name(name), format!("this variable is not read; did you mean {meant}?")));
+        }
         if let Some((table, rest)) = name.split_once('_')
             && is_key(&format!("{table}.{rest}"))
         {
@@ -352,6 +361,23 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>) -> Result
         }
     }
     Ok(())
+}
+
+/// The variable `name` (without the prefix; not read) was most likely meant to be: one Tessera
+/// reads whose name is at most two letters away (`TESSERA_DATABSE_URL`, `TESSERA_DATABASE_URI`,
+/// `TESSERA_ALLOWED_ISSUER`, `TESSERA_DATABASE_URL_FILES`). Ignored, such a variable would leave
+/// its setting at the default — a fresh local SQLite file for the database. Names farther away
+/// (other programs', a container platform's `TESSERA_PORT`) are not mistakes.
+fn near_miss(name: &str) -> Option<String> {
+    let name = format!("{PREFIX}{name}").to_ascii_uppercase();
+    let secret_files = SECRET_VARS.iter().map(|var| format!("{var}_FILE"));
+    let read = FORMER_NAMES
+        .iter()
+        .map(|(var, _, _)| (*var).to_owned())
+        .chain(SECRET_VARS.iter().map(|var| (*var).to_owned()))
+        .chain(secret_files)
+        .chain(["TESSERA_ALLOWED_ISSUERS", "TESSERA_AUDIENCES", super::auth::DEPRECATED_KEY_VAR].map(str::to_owned));
+    read.filter(|known| *known != name).find(|known| strsim::damerau_levenshtein(known, &name) <= 2)
 }
 
 /// The variable of the `__` spelling for a key path: `cache.max_entries` → `TESSERA_CACHE__MAX_ENTRIES`.
@@ -568,6 +594,17 @@ mod tests {
         let error = load(None, &[("TESSERA_CACHE_PRINCIPAL_TTL_SECONDS", "5")]).unwrap_err();
         assert_eq!(error.key, "TESSERA_CACHE_PRINCIPAL_TTL_SECONDS");
         assert!(error.message.contains("TESSERA_CACHE__PRINCIPAL_TTL_SECONDS"), "{}", error.message);
+        // A near miss of a variable Tessera reads would leave its setting at the default.
+        for (typo, meant) in [
+            ("TESSERA_DATABSE_URL", "TESSERA_DATABASE_URL"),
+            ("TESSERA_DATABASE_URI", "TESSERA_DATABASE_URL"),
+            ("TESSERA_ALLOWED_ISSUER", "TESSERA_ALLOWED_ISSUERS"),
+            ("TESSERA_DATABASE_URL_FILES", "TESSERA_DATABASE_URL_FILE"),
+        ] {
+            let error = load(None, &[(typo, "postgres://u:p@db/t")]).unwrap_err();
+            assert_eq!(error.key, typo);
+            assert!(error.message.contains(meant) && !error.message.contains("postgres"), "{}", error.message);
+        }
         // Other programs' variables, and those a container platform adds for a service named
         // `tessera` or `tessera-database`.
         let config = load(
@@ -578,6 +615,8 @@ mod tests {
                 ("TESSERA_PORT", "tcp://10.0.0.1:8080"),
                 ("TESSERA_SERVICE_HOST", "10.0.0.1"),
                 ("TESSERA_DATABASE_SERVICE_HOST", "10.0.0.2"),
+                ("TESSERA_DATABASE_PORT", "tcp://10.0.0.2:5432"),
+                ("TESSERA_PORT_8080_TCP_ADDR", "10.0.0.1"),
             ],
         );
         assert!(config.is_ok(), "{config:?}");
@@ -589,6 +628,8 @@ mod tests {
         let wrong_type = error("TESSERA_DATABASE__MAX_CONNECTIONS", "many");
         assert_eq!(wrong_type.key, "database.max_connections (TESSERA_DATABASE__MAX_CONNECTIONS)");
         assert_eq!(wrong_type.message, "expected a whole number, found a string");
+        let huge = error("TESSERA_DATABASE__MAX_CONNECTIONS", "5000000000");
+        assert_eq!(huge.message, "the number is out of range");
         let negative = error("TESSERA_CACHE__PRINCIPAL_TTL_SECONDS", "-1");
         assert_eq!(negative.message, "expected a whole number, found a negative number");
         assert_eq!(

@@ -327,7 +327,13 @@ impl Webhooks {
         if wanted.is_empty() && stored.is_empty() {
             return Ok(sync);
         }
-        let keyring = self.keyring.as_ref().ok_or(WebhookError::EncryptionNotConfigured)?;
+        // Only writing an endpoint needs the key ring: the file's endpoints removed together
+        // with the ring are deleted without it (the admin API cannot delete them).
+        let keyring = match (wanted.is_empty(), self.keyring.as_ref()) {
+            (_, Some(keyring)) => Some(keyring),
+            (true, None) => None,
+            (false, None) => return Err(WebhookError::EncryptionNotConfigured),
+        };
         // Every endpoint is checked before any is written: a bad one stops the start with nothing
         // of the file written.
         let mut urls = Vec::with_capacity(wanted.len());
@@ -338,6 +344,7 @@ impl Webhooks {
             );
         }
         for (config, url) in wanted.iter().zip(urls) {
+            let Some(keyring) = keyring else { return Err(WebhookError::EncryptionNotConfigured) };
             let at = now();
             let named = |e: &WebhookEndpoint| e.config_name.as_deref() == Some(config.name.as_str());
             let old = match stored.iter().find(|e| named(e)) {
