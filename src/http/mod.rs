@@ -162,41 +162,28 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
         .merge(admin)
         .fallback(no_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
-        // A body declared too large is refused unread; one arriving too slowly is cut off.
-        .layer(middleware::from_fn_with_state(limits.body_read_timeout, request_body::guard))
-        // Inside the request's span: the 500 a panic becomes is logged with the request id and
-        // the panic's message, and answered with its "response" line like any other.
-        .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
-            let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-                (Some(text), _) => (*text).to_owned(),
-                (None, Some(text)) => text.clone(),
-                (None, None) => "a panic without a message".to_owned(),
-            };
-            ApiError::internal(std::io::Error::other(format!("panicked: {message}"))).into_response()
-        }))
-        .layer(
-            // Spans carry the method (a standard one's name, else `other`: a client may send a
-            // method of any length), the matched route (never the raw URI, whose query may hold
-            // codes or tokens) and the request id; no header or body is logged.
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
-                    let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    let method = crate::observability::method_name(request.method());
-                    tracing::info_span!("request", method, route, request_id)
-                })
-                .on_request(())
-                .on_response(|response: &Response<_>, latency: Duration, _span: &Span| {
-                    tracing::info!(
-                        status = response.status().as_u16(),
-                        latency_us = latency.as_micros() as u64,
-                        "response"
-                    );
-                })
-                .on_failure(()),
-        );
+        .method_not_allowed_fallback(method_not_allowed);
+    let app = bodies_and_panics(app, limits.body_read_timeout).layer(
+        // Spans carry the method (a standard one's name, else `other`: a client may send a
+        // method of any length), the matched route (never the raw URI, whose query may hold
+        // codes or tokens) and the request id; no header or body is logged.
+        TraceLayer::new_for_http()
+            .make_span_with(|request: &Request| {
+                let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+                let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let method = crate::observability::method_name(request.method());
+                tracing::info_span!("request", method, route, request_id)
+            })
+            .on_request(())
+            .on_response(|response: &Response<_>, latency: Duration, _span: &Span| {
+                tracing::info!(
+                    status = response.status().as_u16(),
+                    latency_us = latency.as_micros() as u64,
+                    "response"
+                );
+            })
+            .on_failure(()),
+    );
     // Served over HTTPS (`auth.cookie_secure`, the default): browsers are told to keep to it, so
     // that a first visit by plain http cannot be intercepted and relayed with its session cookie.
     // Browsers ignore the header on plain http; a proxy that sets its own keeps its own.
@@ -236,6 +223,28 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         // Outermost: a client's id reaches the logs and the response only when it is safe.
         .layer(MapRequestLayer::new(drop_unsafe_request_id))
         .with_state(state)
+}
+
+/// `router` with the body limits and the answer to a panic: a body declared too large is
+/// refused unread, one arriving too slowly is cut off, and a handler's panic becomes a logged 500.
+fn bodies_and_panics<S: Clone + Send + Sync + 'static>(router: Router<S>, body_read_timeout: Duration) -> Router<S> {
+    router
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        // Inside the request's span: the 500 a panic becomes is logged with the request id and
+        // the panic's message, and answered with its "response" line like any other.
+        .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
+            let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                (Some(text), _) => (*text).to_owned(),
+                (None, Some(text)) => text.clone(),
+                (None, None) => "a panic without a message".to_owned(),
+            };
+            let error = ApiError::internal(std::io::Error::other(format!("panicked: {message}")));
+            responses::no_store(error.into_response())
+        }))
+        // A body declared too large is refused unread; one arriving too slowly is cut off. Outside
+        // the panic's answer, which then says `Connection: close` too when the body was left
+        // unread (the next request on a kept-alive connection would otherwise meet its close).
+        .layer(middleware::from_fn_with_state(body_read_timeout, request_body::guard))
 }
 
 /// The router of `metrics.listen`: `/metrics` alone, without authentication (that listener is
@@ -306,6 +315,27 @@ fn refused_route(state: &AppState, uri: &Uri, headers: &HeaderMap, error: ApiErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_is_a_500_that_is_not_stored_and_closes_a_connection_with_an_unread_body() {
+        use tower::ServiceExt as _;
+        async fn boom() -> &'static str {
+            panic!("a bug")
+        }
+        let app = bodies_and_panics(Router::new().route("/boom", axum::routing::post(boom)), Duration::from_secs(5));
+        let request = Request::post("/boom")
+            .header(axum::http::header::CONTENT_LENGTH, "10")
+            .body(axum::body::Body::from("0123456789"))
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[axum::http::header::CACHE_CONTROL], "no-store");
+        assert_eq!(response.headers()[axum::http::header::CONNECTION], "close", "its body was never read");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "internal_error");
+        assert!(!problem.to_string().contains("a bug"), "the panic's message is logged, not told: {problem}");
+    }
 
     #[test]
     fn only_short_safe_request_ids_are_kept() {
