@@ -67,6 +67,10 @@ pub enum ProvisionError {
     /// No user has that id.
     #[error("no user has this id")]
     UserNotFound,
+    /// A first sign-in's email is held by other accounts than those its decision saw: another
+    /// first sign-in with the address made one meanwhile (see [`Provisioner::provision_first_sign_in`]).
+    #[error("the accounts with this email changed while signing in")]
+    EmailHoldersChanged,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -78,6 +82,7 @@ impl PublicError for ProvisionError {
             ProvisionError::IssuerNotAllowed => ErrorCode::IssuerNotAllowed,
             ProvisionError::UserDisabled => ErrorCode::UserDisabled,
             ProvisionError::UserNotFound => ErrorCode::UserNotFound,
+            ProvisionError::EmailHoldersChanged => StoreError::Conflict { what: "email holders" }.code(),
             ProvisionError::Store(e) => e.code(),
         }
     }
@@ -175,6 +180,26 @@ impl Provisioner {
     /// Finds the user `claim` belongs to, creating user, identity and default team on first
     /// sight. Callers have already established that the claim is trustworthy.
     pub async fn provision(&self, claim: &IdentityClaim) -> Result<Provisioned, ProvisionError> {
+        self.provision_with(claim, None).await
+    }
+
+    /// [`Provisioner::provision`] for a first sign-in that decided to make an account on
+    /// `holders`, the accounts that held its email when it looked (none, or none it may join):
+    /// refused with [`ProvisionError::EmailHoldersChanged`], writing nothing, when another first
+    /// sign-in with the address made an account meanwhile — the decision is to be taken again.
+    pub async fn provision_first_sign_in(
+        &self,
+        claim: &IdentityClaim,
+        holders: Vec<UserId>,
+    ) -> Result<Provisioned, ProvisionError> {
+        self.provision_with(claim, Some(holders)).await
+    }
+
+    async fn provision_with(
+        &self,
+        claim: &IdentityClaim,
+        holders: Option<Vec<UserId>>,
+    ) -> Result<Provisioned, ProvisionError> {
         // One retry is enough: `IdentityTaken` means the identity now exists, and a user deleted
         // between the read and its default team's creation is provisioned anew. The bound only
         // guards against an identity vanishing again and again.
@@ -199,7 +224,7 @@ impl Provisioner {
                 crate::observability::record_provisioning(&claim.issuer, "existing");
                 return Ok(Provisioned { user: found.user, identity_id: found.identity_id, team, created: false });
             }
-            let account = new_account(claim, super::now());
+            let account = NewAccount { email_holders: holders.clone(), ..new_account(claim, super::now()) };
             match self.store.create_account(&account).await? {
                 CreateOutcome::Created { user, team } => {
                     tracing::info!(user_id = %user.id, provider = %claim.provider, "provisioned a new user");
@@ -208,6 +233,7 @@ impl Provisioner {
                 }
                 // A concurrent request created it first: the next round finds it.
                 CreateOutcome::IdentityTaken => crate::observability::record_provisioning(&claim.issuer, "race_lost"),
+                CreateOutcome::EmailHoldersChanged => return Err(ProvisionError::EmailHoldersChanged),
             }
         }
         Err(ProvisionError::Store(StoreError::Conflict { what: "identity vanished while provisioning" }))
@@ -339,6 +365,7 @@ fn new_account(claim: &IdentityClaim, now: DateTime<Utc>) -> NewAccount {
         name: claim.name.as_ref().map(|n| n.as_str().to_owned()),
         team,
         now,
+        email_holders: None,
     }
 }
 

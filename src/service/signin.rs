@@ -53,6 +53,11 @@ pub enum SignInError {
     /// sign-in with that very identity, an account deleted meanwhile).
     #[error("the account or the sign-in method was removed while signing in; sign in again")]
     Removed,
+    /// Another first sign-in with the email made an account while this one decided (see
+    /// [`ProvisionError::EmailHoldersChanged`]): decided again, and said only when that keeps
+    /// happening.
+    #[error("accounts with this email were being made while signing in; sign in again")]
+    EmailHoldersChanged,
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -76,6 +81,7 @@ impl PublicError for SignInError {
             SignInError::LinkRequired { .. } => ErrorCode::LinkRequired,
             SignInError::UserDisabled => ErrorCode::UserDisabled,
             SignInError::Removed => ErrorCode::IdentityNotFound,
+            SignInError::EmailHoldersChanged => StoreError::Conflict { what: "email holders" }.code(),
             SignInError::Store(e) => e.code(),
         }
     }
@@ -100,6 +106,7 @@ impl From<ProvisionError> for SignInError {
     fn from(error: ProvisionError) -> Self {
         match error {
             ProvisionError::UserDisabled => SignInError::UserDisabled,
+            ProvisionError::EmailHoldersChanged => SignInError::EmailHoldersChanged,
             ProvisionError::Store(e) => e.into(),
             // Sign-in provisions by identity, with the provider's own issuer: neither happens.
             ProvisionError::IssuerNotAllowed | ProvisionError::UserNotFound => {
@@ -288,16 +295,39 @@ impl SignIn {
         info: &UserInfo,
         request_id: Option<String>,
     ) -> Result<(User, IdentityId, Option<LinkRule>), SignInError> {
+        // Decided again when another first sign-in with the same email (another provider's
+        // identity of the same person, at the same moment) made an account meanwhile: once is
+        // enough, as the next decision sees that account; the bound guards against a stream of them.
+        for _ in 0..3 {
+            match self.sign_in_user_once(provider, &subject, info, request_id.clone()).await {
+                Err(SignInError::EmailHoldersChanged) => continue,
+                done => return done,
+            }
+        }
+        Err(SignInError::EmailHoldersChanged)
+    }
+
+    async fn sign_in_user_once(
+        &self,
+        provider: &dyn Provider,
+        subject: &Subject,
+        info: &UserInfo,
+        request_id: Option<String>,
+    ) -> Result<(User, IdentityId, Option<LinkRule>), SignInError> {
         let issuer = provider.identity_issuer().clone();
-        if let Some(found) = self.store.find_identity(&issuer, &subject).await? {
+        if let Some(found) = self.store.find_identity(&issuer, subject).await? {
             if found.user.disabled {
                 return Err(SignInError::UserDisabled);
             }
             return Ok((found.user, found.identity_id, None));
         }
+        // The accounts with the address when this decision was taken (claims included): the
+        // account is made only if they are still the same then.
+        let mut holders = None;
         if let Some(email) = &info.email {
             let verified = info.email_verified && provider.config().trusted_email_verification;
             let mut owners = self.store.users_with_email(email).await?;
+            holders = Some(owners.iter().map(|owner| owner.id).collect::<Vec<_>>());
             if verified {
                 // An address nobody vouched for is a claim, not ownership: an account that only
                 // claims it — its email unverified, every identity of it signed in through a
@@ -321,14 +351,14 @@ impl SignIn {
                 && !owner.disabled
             {
                 let rule = (LinkRule::VerifiedEmail, request_id);
-                let (identity, new) = self.link(provider, owner.id, subject, info, rule).await?;
+                let (identity, new) = self.link(provider, owner.id, subject.clone(), info, rule).await?;
                 tracing::info!(user_id = %owner.id, provider = provider.name(), "linked by verified email");
                 return Ok((owner.clone(), identity, new.then_some(LinkRule::VerifiedEmail)));
             }
             if !owners.is_empty() {
                 // A first sign-in of this same identity, beside this one, may have made the
                 // account that now holds the address: its answer is this one's too.
-                if let Some(found) = self.store.find_identity(&issuer, &subject).await? {
+                if let Some(found) = self.store.find_identity(&issuer, subject).await? {
                     if found.user.disabled {
                         return Err(SignInError::UserDisabled);
                     }
@@ -337,21 +367,22 @@ impl SignIn {
                 return Err(SignInError::LinkRequired { provider: provider.name().to_owned() });
             }
         }
-        let provisioned = self
-            .provisioner
-            .provision(&IdentityClaim {
-                issuer,
-                subject,
-                email: info.email.clone(),
-                // An email is recorded as verified only on the word of a provider trusted for it:
-                // automatic linking relies on the account's flag, and an untrusted provider's
-                // "verified" would let anyone who signs up there in someone's name have that
-                // person's later first sign-in (through a trusted provider) joined to their account.
-                email_verified: info.email_verified && provider.config().trusted_email_verification,
-                name: DisplayName::parse_optional(info.name.as_deref()).ok().flatten(),
-                provider: provider.name().to_owned(),
-            })
-            .await?;
+        let claim = IdentityClaim {
+            issuer,
+            subject: subject.clone(),
+            email: info.email.clone(),
+            // An email is recorded as verified only on the word of a provider trusted for it:
+            // automatic linking relies on the account's flag, and an untrusted provider's
+            // "verified" would let anyone who signs up there in someone's name have that
+            // person's later first sign-in (through a trusted provider) joined to their account.
+            email_verified: info.email_verified && provider.config().trusted_email_verification,
+            name: DisplayName::parse_optional(info.name.as_deref()).ok().flatten(),
+            provider: provider.name().to_owned(),
+        };
+        let provisioned = match holders {
+            Some(holders) => self.provisioner.provision_first_sign_in(&claim, holders).await,
+            None => self.provisioner.provision(&claim).await,
+        }?;
         Ok((provisioned.user, provisioned.identity_id, None))
     }
 

@@ -123,6 +123,10 @@ impl From<ProvisionError> for ValidateError {
             // configured) and never by user id.
             ProvisionError::IssuerNotAllowed => ValidateError::Token(TokenError::IssuerNotAllowed),
             ProvisionError::UserNotFound => ValidateError::NotProvisioned,
+            // Only a first sign-in provisions with the email's accounts to check.
+            ProvisionError::EmailHoldersChanged => {
+                ValidateError::Store(StoreError::Conflict { what: "the accounts with this email changed" })
+            }
         }
     }
 }

@@ -261,6 +261,12 @@ pub struct NewAccount {
     pub team: NewTeam,
     /// The time of the write.
     pub now: DateTime<Utc>,
+    /// For a first sign-in, which decided to make an account on the accounts that held its email
+    /// when it looked: those accounts. Nothing is written when they are no longer exactly the
+    /// accounts with that email ([`CreateOutcome::EmailHoldersChanged`]): another first sign-in
+    /// with the address (another provider's identity of the same person) made one meanwhile,
+    /// which the decision must see. `None` (the operator's paths) checks nothing.
+    pub email_holders: Option<Vec<UserId>>,
 }
 
 impl NewAccount {
@@ -305,6 +311,9 @@ pub enum CreateOutcome {
     },
     /// Another transaction linked this identity first; nothing was written.
     IdentityTaken,
+    /// The accounts holding the email are no longer [`NewAccount::email_holders`]; nothing was
+    /// written.
+    EmailHoldersChanged,
 }
 
 /// What [`Store::ensure_default_team`] found or did.

@@ -879,6 +879,12 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
 /// The advisory-lock key of the fan-out of outbox events (one instance at a time).
 const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
 
+/// The advisory-lock key of the first sign-ins with `email` (see [`Store::create_account`]).
+fn email_lock(email: &Email) -> i64 {
+    let hash = crate::crypto::sha256(format!("first sign-in:{}", email.key()).as_bytes());
+    i64::from_be_bytes(hash[..8].try_into().unwrap_or_default())
+}
+
 /// How far ahead of a new webhook endpoint's own time the events fanned out already may move its
 /// registration (their writers' clocks); beyond it, an event from a clock far ahead does not.
 const WEBHOOK_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
@@ -1054,6 +1060,18 @@ impl Store for SqlStore {
 
     async fn create_account(&self, account: &NewAccount) -> Result<CreateOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
+        // First sign-ins with one email, one at a time (a lock per address), each seeing the
+        // accounts those before it made: two providers' first sign-ins of one person at once
+        // would otherwise each make an account with the address.
+        if let (Some(holders), Some(email)) = (&account.email_holders, &account.email) {
+            exclusive(&mut tx, email_lock(email)).await?;
+            let rows = query("SELECT id FROM users WHERE email_key = $1").bind(email.key()).fetch_all(&mut tx).await?;
+            let held = rows.iter().map(|row| row.uuid("id")).collect::<Result<HashSet<_>, _>>()?;
+            if held != holders.iter().map(|user| user.as_uuid()).collect() {
+                tx.rollback().await?;
+                return Ok(CreateOutcome::EmailHoldersChanged);
+            }
+        }
         query(
             "INSERT INTO users (id, email, email_verified, name, disabled, created_at, updated_at)
              VALUES ($1, $2, $3, $4, FALSE, $5, $5)",

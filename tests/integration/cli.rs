@@ -486,6 +486,7 @@ async fn check_reports_pending_migrations_and_broken_invariants(backend: Backend
         name: None,
         team: tessera::service::provisioning::team_plan(None),
         now: chrono::Utc::now(),
+        email_holders: None,
     };
     store.create_account(&new).await.unwrap();
     let sql = db.sql().await;
@@ -765,6 +766,7 @@ async fn backup_copies_a_live_sqlite_database_into_a_new_file() {
         name: None,
         team: tessera::service::provisioning::team_plan(None),
         now: chrono::Utc::now(),
+        email_holders: None,
     };
     let mut ids = Vec::new();
     for subject in ["backup-ada", "backup-bob"] {
@@ -876,6 +878,7 @@ async fn users_and_teams_commands_work_on_the_configured_database(backend: Backe
             name: Some("Cli Person".into()),
             team: tessera::service::provisioning::team_plan(None),
             now: chrono::Utc::now(),
+            email_holders: None,
         };
         store.create_account(&new).await.unwrap();
         ids.push(new.user_id.to_string());

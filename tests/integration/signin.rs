@@ -37,6 +37,7 @@ on_both_backends!(
     provider_failures_have_clear_codes,
     concurrent_callbacks_complete_exactly_once,
     concurrent_first_sign_ins_of_one_person_make_one_user,
+    first_sign_ins_of_one_email_through_several_identities_at_once_make_one_account,
     concurrent_sign_outs_end_the_session_once,
     linking_attaches_an_identity_and_never_steals_one,
     a_known_email_is_not_linked_silently,
@@ -793,6 +794,41 @@ async fn concurrent_first_sign_ins_of_one_person_make_one_user(backend: Backend)
     assert_eq!(sql.count("sessions").await, 12);
     assert_eq!(sql.count("(SELECT DISTINCT user_id FROM sessions) AS signed_in").await, 1, "all as one user");
     assert_eq!(w.issuer.code_exchanges(), 12);
+}
+
+/// One person's first sign-ins through several accounts at the provider at once (different
+/// identities, one verified email — a person trying the buttons of several providers): one
+/// account, as one after the other would give. With automatic linking every identity joins it;
+/// without, the first makes it and the others are told to link.
+async fn first_sign_ins_of_one_email_through_several_identities_at_once_make_one_account(backend: Backend) {
+    for auto_link in [true, false] {
+        let w = world_with(backend, |config, _| {
+            let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+            local.trusted_email_verification = true;
+            local.auto_link_by_email = auto_link;
+        })
+        .await;
+        let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let mut callbacks = Vec::new();
+        for i in 0..8 {
+            w.issuer.set_next_user(StubUser::new(&format!("one-person-{i}"), "one.person@example.com"));
+            let mut browser = Browser::new();
+            let callback = browser.start(&w.app, "").await;
+            let cookie = format!("tessera_login={}", browser.cookies["tessera_login"]);
+            callbacks.push(client.get(&callback).header("cookie", cookie));
+        }
+        let statuses: Vec<StatusCode> = send_at_once(&callbacks).await.iter().map(|a| a.status()).collect();
+        let signed_in = statuses.iter().filter(|s| **s == StatusCode::SEE_OTHER).count();
+        let told_to_link = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
+        let sql = w.app.db.sql().await;
+        assert_eq!(sql.count("users").await, 1, "auto_link {auto_link}: {statuses:?}");
+        assert_eq!(sql.count("(SELECT DISTINCT user_id FROM sessions) AS signed_in").await, 1);
+        if auto_link {
+            assert_eq!((signed_in, sql.count("identities").await), (8, 8), "{statuses:?}");
+        } else {
+            assert_eq!((signed_in, told_to_link, sql.count("identities").await), (1, 7, 1), "{statuses:?}");
+        }
+    }
 }
 
 /// A double-clicked sign-out (or several tabs signing out at once) ends the session once: one

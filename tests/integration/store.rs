@@ -57,6 +57,7 @@ on_both_backends!(
     a_created_account_is_found_by_its_identity,
     a_second_account_for_one_identity_writes_nothing,
     concurrent_creates_of_one_identity_have_one_winner,
+    concurrent_first_accounts_with_one_email_have_one_winner,
     a_taken_slug_falls_through_to_the_next_candidate,
     when_every_slug_is_taken_nothing_is_written,
     ensure_default_team_creates_at_most_one_team,
@@ -189,6 +190,7 @@ fn account(subject: &str, name: Option<&str>) -> NewAccount {
         name: name.map(|n| n.as_str().to_owned()),
         team,
         now: now(),
+        email_holders: None,
     }
 }
 
@@ -654,10 +656,40 @@ async fn concurrent_creates_of_one_identity_have_one_winner(backend: Backend) {
         match task.await.unwrap().unwrap() {
             CreateOutcome::Created { .. } => winners += 1,
             CreateOutcome::IdentityTaken => {}
+            CreateOutcome::EmailHoldersChanged => panic!("no email holders were named"),
         }
     }
     assert_eq!(winners, 1);
     assert_eq!(db.sql().await.provisioning_counts().await, [1, 1, 1, 1, 1]);
+}
+
+/// First sign-ins of one person through several providers at once (different identities, one
+/// email), each having seen no account with the address: one account is made; the others write
+/// nothing and are told to decide again.
+async fn concurrent_first_accounts_with_one_email_have_one_winner(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        let new = NewAccount { email_holders: Some(Vec::new()), ..account(&format!("provider-{i}"), None) };
+        tasks.push(tokio::spawn(async move { store.create_account(&new).await }));
+    }
+    let mut outcomes = (0, 0);
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            CreateOutcome::Created { .. } => outcomes.0 += 1,
+            CreateOutcome::EmailHoldersChanged => outcomes.1 += 1,
+            CreateOutcome::IdentityTaken => panic!("every identity is another"),
+        }
+    }
+    assert_eq!(outcomes, (1, 15));
+    let sql = db.sql().await;
+    assert_eq!((sql.count("users").await, sql.count("identities").await), (1, 1));
+    // Told the holders as they are, the next one is made.
+    let holders = sql.uuids("SELECT id FROM users").await.into_iter().map(UserId::from_uuid).collect();
+    let next = NewAccount { email_holders: Some(holders), ..account("provider-again", None) };
+    assert!(matches!(store.create_account(&next).await.unwrap(), CreateOutcome::Created { .. }));
+    assert_eq!(sql.count("users").await, 2);
 }
 
 async fn a_taken_slug_falls_through_to_the_next_candidate(backend: Backend) {
