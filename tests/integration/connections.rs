@@ -433,6 +433,8 @@ async fn slug_collisions_under_concurrency_are_clean(backend: Backend) {
     }
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1);
     assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 15);
+    assert_eq!(count(&w.app, "WHERE slug = 'contested'").await, 1, "the refused wrote nothing");
+    assert_eq!(count(&w.app, "").await, 1);
     // Without a slug, names that collide get deterministic suffixes.
     let mut tasks = Vec::new();
     for i in 0..8 {
