@@ -458,7 +458,9 @@ async fn list_signing_keys(store: &dyn store::Store) -> ExitCode {
         Err(e) => return fail(&e),
     };
     if list.is_empty() {
-        out!("no signing key yet: the first token of an algorithm makes its first key");
+        out!(
+            "no signing key yet: `tessera serve` makes the first key of its algorithm at start-up (or `tessera keys signing rotate` now)"
+        );
         return ExitCode::SUCCESS;
     }
     out!(
