@@ -242,8 +242,6 @@ CREATE TABLE oauth_grants (
     revoked_at   INTEGER
 ) STRICT;
 
-CREATE INDEX oauth_grants_user_id_idx ON oauth_grants (user_id);
-
 CREATE INDEX oauth_grants_expires_at_idx ON oauth_grants (expires_at);
 
 CREATE INDEX oauth_grants_client_id_idx ON oauth_grants (client_id);
@@ -449,3 +447,5 @@ CREATE INDEX auth_profiles_account_idx ON auth_profiles (provider, upstream_acco
 
 CREATE INDEX webhook_deliveries_pending_scheduled_idx ON webhook_deliveries (endpoint_id, scheduled_at)
     WHERE state = 'pending';
+
+CREATE INDEX oauth_grants_user_client_idx ON oauth_grants (user_id, client_id);

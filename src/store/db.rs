@@ -85,6 +85,7 @@ embedded_migrations! {
     30 "0030_login_state_salt" "login_state_salt",
     31 "0031_processed_event_indexes" "processed_event_indexes",
     32 "0032_lookup_indexes" "lookup_indexes",
+    33 "0033_grant_user_client_index" "grant_user_client_index",
 }
 
 /// The most a statement on the read replica may take (less when `database.statement_timeout_ms`
@@ -1811,6 +1812,12 @@ mod tests {
                 "auth_profiles_",
             ),
             (super::super::sql::ACCOUNT_IN_USE, "auth_profiles_account_idx"),
+            (super::super::sql::FIRST_PROCESSED_SINCE, "outbox_events_processed_created_idx"),
+            // "Remove access": the user's grants to the client, not every grant of the client.
+            (
+                "UPDATE oauth_grants SET revoked_at = 3 WHERE user_id = 1 AND client_id = 'c' AND revoked_at IS NULL",
+                "oauth_grants_user_client_idx",
+            ),
         ] {
             let plan = plan(sql).await;
             assert!(plan.contains(index) && !plan.contains("SCAN"), "{sql}: {plan}");

@@ -224,16 +224,54 @@ impl SqlStore {
         Ok(Some(created))
     }
 
+    /// Deletes the grants of `client`, with their codes and refresh tokens (one per rotation: a
+    /// month of an agent's refreshes is thousands, and a popular app has a grant per user), in
+    /// batches that each commit, before the client itself is deleted or replaced: its deletion's
+    /// cascade then finds only what was written meanwhile, rather than hold the writer (SQLite)
+    /// or run past the statement timeout (PostgreSQL) over millions of rows. The client's
+    /// tokens stop counting at once, since it is going.
+    async fn clear_client_grants(&self, client: &ClientId) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM oauth_refresh_tokens WHERE token_hash IN
+               (SELECT t.token_hash FROM oauth_grants g JOIN oauth_refresh_tokens t ON t.grant_id = g.id
+                WHERE g.client_id = $1 LIMIT $2)",
+            "DELETE FROM oauth_codes WHERE code_hash IN
+               (SELECT c.code_hash FROM oauth_grants g JOIN oauth_codes c ON c.grant_id = g.id
+                WHERE g.client_id = $1 LIMIT $2)",
+            "DELETE FROM oauth_grants WHERE id IN (SELECT id FROM oauth_grants WHERE client_id = $1 LIMIT $2)",
+        ] {
+            deleted += self.db.delete_in_batches(query(sql).bind(client.as_str())).await?;
+        }
+        Ok(deleted)
+    }
+
     /// [`Store::sync_config_clients`], once.
     async fn sync_config_clients_once(&self, clients: &[Client]) -> Result<ConfigClientSync, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // Locks the configuration clients, so that instances starting together take turns.
-        let stored = query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.from_config FOR UPDATE"))
-            .fetch_all(&mut tx)
+        // The grants of the configuration clients that go (dropped from the file, or made
+        // another kind) go first, in batches (see `clear_client_grants`): read without a lock;
+        // instances starting together may both clear, which deletes each row once.
+        let going = query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.from_config"))
+            .fetch_all(self.db.writer())
             .await?
             .iter()
             .map(rows::client)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|old| !clients.iter().any(|c| c.id == old.id && c.kind == old.kind));
+        for old in going {
+            self.clear_client_grants(&old.id).await?;
+        }
+        let mut tx = self.db.begin().await?;
+        // Locks the configuration clients, so that instances starting together take turns (not
+        // against the key: a running instance's new grant for one of them does not wait).
+        let stored =
+            query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.from_config FOR NO KEY UPDATE"))
+                .fetch_all(&mut tx)
+                .await?
+                .iter()
+                .map(rows::client)
+                .collect::<Result<Vec<_>, _>>()?;
         let mut wanted: Vec<&Client> = clients.iter().collect();
         wanted.sort_by(|a, b| a.id.cmp(&b.id));
         let mut sync = ConfigClientSync::default();
@@ -3066,7 +3104,9 @@ impl Store for SqlStore {
     }
 
     async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
-        // The cascade locks the client's grants, then their codes and refresh tokens: the other
+        self.clear_client_grants(id).await?;
+        // What the cascade still finds (grants written meanwhile) locks the client's grants, then
+        // their codes and refresh tokens: the other
         // order from a code's redemption or a token's rotation (the row, then its grant for the
         // new token's foreign key), so PostgreSQL may end one of the two as a deadlock.
         retrying_conflicts(|| async {
@@ -3699,10 +3739,16 @@ impl Store for SqlStore {
                     .fetch_one(self.db.reader())
                     .await?
                     .opt_int("last")?;
-                let Some(through) = last else {
+                // And where the replay starts: the first event since `since`, found through the
+                // index by creation time, rather than walking every older event retained (a
+                // month of them, for a replay of the last hour) on the first page, in its write
+                // transaction.
+                let first =
+                    query(FIRST_PROCESSED_SINCE).bind(since).fetch_one(self.db.reader()).await?.opt_int("first")?;
+                let (Some(through), Some(first)) = (last, first) else {
                     return Ok(ReplayPage { scheduled: 0, next: None, gone: false });
                 };
-                ReplayCursor { after: i64::MIN, through, started: now }
+                ReplayCursor { after: first - 1, through, started: now }
             }
         };
         let mut tx = self.db.begin().await?;
@@ -4161,6 +4207,12 @@ async fn restart_series(
     }
     Ok(())
 }
+
+/// The first event fanned out at or after a time (`outbox_events_processed_created_idx`): where a
+/// replay starts. `seq + 0`: the minimum of the plain column would be read by walking the index
+/// by `seq` from the oldest event, past every one created before the time.
+pub(super) const FIRST_PROCESSED_SINCE: &str =
+    "SELECT min(seq + 0) AS first FROM outbox_events WHERE created_at >= $1 AND processed_at IS NOT NULL";
 
 /// Whether another live profile holds an upstream account (`auth_profiles_account_idx`).
 pub(super) const ACCOUNT_IN_USE: &str = "SELECT 1 AS one FROM auth_profiles

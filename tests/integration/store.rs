@@ -3925,6 +3925,7 @@ mod grants {
         a_grant_needing_consent_is_written_only_while_the_consent_stands,
         a_held_request_is_taken_once_and_not_after_it_expires,
         expired_grants_codes_and_requests_are_deleted,
+        deleting_a_client_deletes_its_grants_codes_and_tokens_and_no_others,
         grants_tied_to_no_identity_are_revoked_by_migration_22,
         consents_with_unpaired_resources_are_asked_again_after_migration_23,
     );
@@ -3989,6 +3990,50 @@ mod grants {
         store.migrate().await.unwrap();
         assert!(active(kept.id).await, "a grant with its identity stays");
         assert!(!active(orphaned.id).await, "one tied to no identity is revoked");
+    }
+
+    /// A client's grants, with their codes and refresh tokens (cleared in batches before the
+    /// client row goes, see `delete_client`), go with it; another client's stay.
+    async fn deleting_a_client_deletes_its_grants_codes_and_tokens_and_no_others(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        client(&store).await;
+        let other = new_client(
+            ClientId::parse("other").unwrap(),
+            "Other".into(),
+            ClientKind::Confidential,
+            SigningAlg::ES256,
+            false,
+            now(),
+        );
+        store.insert_client(&other).await.unwrap();
+        let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
+        let t0 = now();
+        for person in [&ada, &bob] {
+            let (_, refresh) = granted(&store, person, t0).await;
+            // A second refresh token of the grant (a rotation), and an unredeemed grant's code.
+            let next = hash();
+            let rotated = store.rotate_refresh_token(&refresh, &next, grant_at(t0), None).await.unwrap();
+            assert_eq!(rotated, RotateOutcome::Rotated);
+            store.insert_grant(&grant(person, None, t0), &code(t0)).await.unwrap();
+        }
+        let kept = NewGrant { client_id: "other".into(), ..grant(&ada, None, t0) };
+        let kept_code = code(t0);
+        store.insert_grant(&kept, &kept_code).await.unwrap();
+        assert_eq!(
+            store.redeem_code(&kept_code.code_hash, Some(&hash()), grant_at(t0)).await.unwrap(),
+            RedeemOutcome::Redeemed
+        );
+        let sql = db.sql().await;
+        let counts = async || {
+            (sql.count("oauth_grants").await, sql.count("oauth_codes").await, sql.count("oauth_refresh_tokens").await)
+        };
+        assert_eq!(counts().await, (5, 5, 5));
+
+        assert!(store.delete_client(&ClientId::parse("app").unwrap()).await.unwrap());
+        assert_eq!(counts().await, (1, 1, 1), "the other client's grant, code and token alone");
+        assert_eq!(sql.count("oauth_grants WHERE client_id = 'other'").await, 1);
+        assert!(store.grant(kept.id, grant_at(now())).await.unwrap().unwrap().active);
+        assert_eq!(store.client(&ClientId::parse("app").unwrap()).await.unwrap(), None);
     }
 
     async fn client(store: &Arc<dyn Store>) -> String {
