@@ -1359,6 +1359,9 @@ async fn concurrent_adds_of_one_member_make_one_membership(backend: Backend) {
     let w = world(backend).await;
     let carol = sign_in(&w.app, &w.issuer, "carol").await;
     let path = format!("/admin/teams/{}/members", w.team);
+    let sql = w.app.db.sql().await;
+    let added = "outbox_events WHERE topic = 'team.member.added'";
+    let before = sql.count(added).await;
     let mut tasks = Vec::new();
     for i in 0..16 {
         let role = if i % 2 == 0 { "member" } else { "admin" };
@@ -1371,8 +1374,9 @@ async fn concurrent_adds_of_one_member_make_one_membership(backend: Backend) {
     }
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1, "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::OK), "{statuses:?}");
-    let sql = w.app.db.sql().await;
     assert_eq!(sql.count(&format!("memberships WHERE user_id = {}", sql.uuid(&carol.id.to_string()))).await, 2);
+    // One `team.member.added` event: the others changed a role, or nothing.
+    assert_eq!(sql.count(added).await - before, 1);
 }
 
 async fn disabling_a_user_ends_their_browser_sessions(backend: Backend) {

@@ -2131,8 +2131,21 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     // The page's post, from the signed-in browser: its own id token ends the session at once.
     let fields = [("id_token_hint", id_token), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "bye")];
     let resumed = [fields.as_slice(), &[("resumed", "1")]].concat();
+    // Sent several times at once (a double click): one sign-out, each back at the app.
+    let sql = w.app.db.sql().await;
+    let revoked = "outbox_events WHERE topic = 'session.revoked'";
+    let before = sql.count(revoked).await;
+    let logouts: Vec<_> = (0..8)
+        .map(|_| {
+            browser.prepared(Method::POST, &w.app.url("/oauth/logout")).header("accept", "text/html").form(&resumed)
+        })
+        .collect();
+    for response in send_at_once(&logouts).await {
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(location(&response), format!("{POST_LOGOUT}?state=bye"));
+    }
+    assert_eq!(sql.count(revoked).await - before, 1, "one session ended once");
     let response = browser.form(&w.app.url("/oauth/logout"), &resumed).await;
-    assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), format!("{POST_LOGOUT}?state=bye"));
     assert!(!browser.cookies.contains_key("tessera_session"));
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await, json!({"active": false}));
