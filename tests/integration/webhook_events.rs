@@ -14,7 +14,9 @@ use tessera::config::{Config, ConfigWebhook, ConnectorConfig, EnvField, Provider
 use tessera::domain::UserId;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
 
-use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, TestDb, eventually_within, identity, json, on_both_backends};
+use crate::helpers::{
+    ADMIN_TOKEN, Backend, TestApp, TestDb, concurrently, eventually_within, identity, json, on_both_backends,
+};
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, provider};
 use crate::webhooks::{Received, Receiver, deliveries, register, signature_valid, with_keyring};
 
@@ -22,6 +24,7 @@ on_both_backends!(
     the_new_events_reach_an_endpoint_once_with_their_payloads,
     a_rotated_key_signs_beside_the_new_one_until_the_overlap_ends,
     config_endpoints_receive_events_and_refuse_admin_changes,
+    instances_starting_together_sync_the_file_s_endpoints_once,
 );
 
 const TOPICS: [&str; 4] = ["user.updated", "auth_profile.connected", "auth_profile.revoked", "session.revoked"];
@@ -307,4 +310,43 @@ async fn config_endpoints_receive_events_and_refuse_admin_changes(backend: Backe
     let error = tessera::startup::Application::build_with_store(&broken, store).await.unwrap_err();
     let chain = format!("{:#}", anyhow::Error::from(error));
     assert!(chain.contains("billing") && chain.contains("url"), "{chain}");
+}
+
+/// Instances starting together with a changed file (a rolling deploy of a new key and URL):
+/// one endpoint of the name, its key rotated once — the stored key signs beside the new one,
+/// never the new key twice — and the endpoint dropped from the file deleted once.
+async fn instances_starting_together_sync_the_file_s_endpoints_once(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    with_keyring(&mut config);
+    let gone = ConfigWebhook { name: "gone".into(), ..billing(&receiver.url, &whsec(3)) };
+    config.webhooks.endpoints = vec![billing(&format!("{}/old", receiver.url), &whsec(1)), gone];
+    TestApp::start(db.share(), &config).await.stop().await;
+
+    config.webhooks.endpoints = vec![billing(&receiver.url, &whsec(2))];
+    let apps = concurrently(4, |_| {
+        let (db, config) = (db.share(), config.clone());
+        async move { TestApp::start(db, &config).await }
+    })
+    .await;
+    // Each has synced once it serves (requests wait in the backlog meanwhile).
+    for app in &apps {
+        assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    }
+    let app = &apps[0];
+    let sql = app.db.sql().await;
+    assert_eq!(sql.count("webhook_endpoints WHERE config_name = 'billing'").await, 1);
+    let names = sql.texts("SELECT COALESCE(config_name, '-') || ' ' || url FROM webhook_endpoints").await;
+    assert_eq!(sql.count("webhook_endpoints").await, 1, "the dropped endpoint is deleted: {names:?}");
+    json(app.bootstrap(&identity("sync-1", "sync-1@example.com", None)).await, 201).await;
+    eventually_within("the event arrives", Duration::from_secs(30), || async { receiver.all().len() == 1 }).await;
+    let received = receiver.all()[0].clone();
+    let both = signatures(&received);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(signed_by(&whsec(2), &both[0], &received), "the file's key signs");
+    assert!(signed_by(&whsec(1), &both[1], &received), "beside the stored one, not the new key twice");
+    for app in apps {
+        app.stop().await;
+    }
 }
