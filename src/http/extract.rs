@@ -32,7 +32,11 @@ where
         refuse_array(&bytes)?;
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+            Err(rejection) => {
+                // The same error without its path, to tell the path from it (see `json_rejection`).
+                let inner = serde_json::from_slice::<T>(&bytes).err().map(|e| e.to_string());
+                Err(json_rejection(rejection, inner.as_deref()))
+            }
         }
     }
 }
@@ -60,13 +64,21 @@ pub fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
 /// The detail of a body sent without a JSON content type.
 const SEND_JSON: &str = "send the body as JSON with `Content-Type: application/json`";
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
+/// The answer to a body axum's `Json` refused; `inner`, for a body of the wrong shape, is serde's
+/// error without the path axum puts before it.
+fn json_rejection(rejection: JsonRejection, inner: Option<&str>) -> ApiError {
     match rejection {
         JsonRejection::JsonSyntaxError(_) => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
         JsonRejection::JsonDataError(e) => {
             let text = e.body_text();
             let text = text.strip_prefix("Failed to deserialize the JSON body into the target type: ").unwrap_or(&text);
-            ApiError::new(ErrorCode::InvalidRequest, without_values(text))
+            // The path names the field (`values.A`), but a map's keys are the sender's text, as
+            // values are (a secret pasted as a key): only segments spelled as field names stay.
+            let text = match inner.and_then(|inner| Some((text.strip_suffix(inner)?.strip_suffix(": ")?, inner))) {
+                Some((path, inner)) => format!("{}: {inner}", field_path(path)),
+                None => text.to_owned(),
+            };
+            ApiError::new(ErrorCode::InvalidRequest, without_values(&text))
         }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(ErrorCode::UnsupportedMediaType, SEND_JSON),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -76,6 +88,20 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         // in a fixed sentence, as `ApiBytes` does, not in the transport's own words.
         _ => ApiError::new(ErrorCode::InvalidRequest, UNREADABLE_BODY),
     }
+}
+
+/// A path of serde's (`values.A`, `redirect_uris[2]`) with each segment not spelled as one of
+/// the API's field names (snake case), a map's key, shown as `…`.
+fn field_path(path: &str) -> String {
+    let segments = path.split('.').map(|segment| {
+        let name = segment.split('[').next().unwrap_or_default();
+        let indices = &segment[name.len()..];
+        let field = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let indexed = indices.chars().all(|c| c.is_ascii_digit() || c == '[' || c == ']');
+        if field && indexed { segment.to_owned() } else { "…".to_owned() }
+    });
+    segments.collect::<Vec<_>>().join(".")
 }
 
 /// The detail of a body that could not be read.
@@ -419,7 +445,19 @@ mod tests {
         assert!(!detail.contains("sk-live"), "{detail}");
 
         let detail = detail_of(r#"{"values": {"A": 5}}"#).await;
-        assert!(detail.contains("values.A") && detail.contains("integer `5`"), "numbers stay: {detail}");
+        assert!(detail.starts_with("values.…: ") && detail.contains("integer `5`"), "numbers stay: {detail}");
+        // Nor is a map's key, which is the sender's text too.
+        let detail = detail_of(r#"{"values": {"sk-live-XYZ": 5}}"#).await;
+        assert!(!detail.contains("sk-live") && detail.starts_with("values.…: "), "{detail}");
+    }
+
+    #[test]
+    fn a_path_keeps_the_field_names_and_indices_not_map_keys() {
+        assert_eq!(field_path("redirect_uris[2]"), "redirect_uris[2]");
+        assert_eq!(field_path("jwks.keys[0].kty"), "jwks.keys[0].kty");
+        assert_eq!(field_path("values.OPENAI_API_KEY"), "values.…");
+        assert_eq!(field_path("values.sk-live-1[0]"), "values.…");
+        assert_eq!(field_path("values.a b"), "values.…");
     }
 
     #[test]
