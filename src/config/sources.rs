@@ -344,7 +344,7 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>) -> Result
                 format!("this variable is not read: only {} take a file", forms.join(", ")),
             ));
         }
-        if let Some(meant) = near_miss(name) {
+        if let Some(meant) = near_miss(name).filter(|_| !blank(&format!("{PREFIX}{name}"))) {
             return Err(ConfigError::new(env_name(name), format!("this variable is not read; did you mean {meant}?")));
         }
         if let Some((table, rest)) = name.split_once('_')
@@ -377,7 +377,16 @@ fn near_miss(name: &str) -> Option<String> {
         .chain(SECRET_VARS.iter().map(|var| (*var).to_owned()))
         .chain(secret_files)
         .chain(["TESSERA_ALLOWED_ISSUERS", "TESSERA_AUDIENCES", super::auth::DEPRECATED_KEY_VAR].map(str::to_owned));
-    read.filter(|known| *known != name).find(|known| strsim::damerau_levenshtein(known, &name) <= 2)
+    // Two letters off a long name, one off a middling one; a short one (`TESSERA_LOG`) is too
+    // close to too many other words (`TESSERA_TAG`, `TESSERA_JOB`) to tell a slip from another's.
+    read.filter(|known| *known != name).find(|known| {
+        let allowed = match known.len() - PREFIX.len() {
+            0..6 => 0,
+            6..10 => 1,
+            _ => 2,
+        };
+        allowed > 0 && strsim::damerau_levenshtein(known, &name) <= allowed
+    })
 }
 
 /// The variable of the `__` spelling for a key path: `cache.max_entries` → `TESSERA_CACHE__MAX_ENTRIES`.
@@ -617,6 +626,10 @@ mod tests {
                 ("TESSERA_DATABASE_SERVICE_HOST", "10.0.0.2"),
                 ("TESSERA_DATABASE_PORT", "tcp://10.0.0.2:5432"),
                 ("TESSERA_PORT_8080_TCP_ADDR", "10.0.0.1"),
+                // Other words near the short names.
+                ("TESSERA_TAG", "1.4"),
+                ("TESSERA_LOGS", "/var/log/tessera"),
+                ("TESSERA_LISTENER", "edge"),
             ],
         );
         assert!(config.is_ok(), "{config:?}");

@@ -225,42 +225,52 @@ impl SqlStore {
     }
 
     /// Deletes the grants of `client`, with their codes and refresh tokens (one per rotation: a
-    /// month of an agent's refreshes is thousands, and a popular app has a grant per user), in
-    /// batches that each commit, before the client itself is deleted or replaced: its deletion's
+    /// month of an agent's refreshes is thousands, and a popular app has a grant per user), a
+    /// slice of grants at a time, each slice's delete cascading to its own codes and tokens and
+    /// committing on its own, before the client itself is deleted or replaced: its deletion's
     /// cascade then finds only what was written meanwhile, rather than hold the writer (SQLite)
-    /// or run past the statement timeout (PostgreSQL) over millions of rows. The client's
-    /// tokens stop counting at once, since it is going.
+    /// or run past the statement timeout (PostgreSQL) over millions of rows. Instances clearing
+    /// one client at once each take the grants no other holds (`SKIP LOCKED`), until none is
+    /// left to take. The client's codes and refresh tokens stop working as the slices reach them.
     async fn clear_client_grants(&self, client: &ClientId) -> Result<u64, StoreError> {
+        // Like the cascade it replaces, a slice locks grants, then their codes and tokens: the
+        // other order from a code's redemption, which PostgreSQL may end as a deadlock.
+        let delete = query(
+            "DELETE FROM oauth_grants WHERE id IN
+               (SELECT id FROM oauth_grants WHERE client_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(client.as_str())
+        .bind(GRANTS_PER_DELETE);
         let mut deleted = 0;
-        for sql in [
-            "DELETE FROM oauth_refresh_tokens WHERE token_hash IN
-               (SELECT t.token_hash FROM oauth_grants g JOIN oauth_refresh_tokens t ON t.grant_id = g.id
-                WHERE g.client_id = $1 LIMIT $2)",
-            "DELETE FROM oauth_codes WHERE code_hash IN
-               (SELECT c.code_hash FROM oauth_grants g JOIN oauth_codes c ON c.grant_id = g.id
-                WHERE g.client_id = $1 LIMIT $2)",
-            "DELETE FROM oauth_grants WHERE id IN (SELECT id FROM oauth_grants WHERE client_id = $1 LIMIT $2)",
-        ] {
-            deleted += self.db.delete_in_batches(query(sql).bind(client.as_str())).await?;
+        loop {
+            let slice = retrying_conflicts(|| delete.execute(self.db.writer())).await?;
+            if slice == 0 {
+                return Ok(deleted);
+            }
+            deleted += slice;
         }
-        Ok(deleted)
     }
 
     /// [`Store::sync_config_clients`], once.
     async fn sync_config_clients_once(&self, clients: &[Client]) -> Result<ConfigClientSync, StoreError> {
         // The grants of the configuration clients that go (dropped from the file, or made
-        // another kind) go first, in batches (see `clear_client_grants`): read without a lock;
-        // instances starting together may both clear, which deletes each row once.
-        let going = query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.from_config"))
+        // another kind) go first, in slices (see `clear_client_grants`), read without a lock —
+        // unless the file's ids clash with the admin API's clients, which stops the start below
+        // with nothing changed.
+        let stored = query(concat!("SELECT ", client_columns!(), " FROM clients c"))
             .fetch_all(self.db.writer())
             .await?
             .iter()
             .map(rows::client)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter(|old| !clients.iter().any(|c| c.id == old.id && c.kind == old.kind));
-        for old in going {
-            self.clear_client_grants(&old.id).await?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let clash = clients.iter().any(|c| stored.iter().any(|s| s.id == c.id && !s.from_config));
+        if !clash {
+            let going = stored
+                .iter()
+                .filter(|old| old.from_config && !clients.iter().any(|c| c.id == old.id && c.kind == old.kind));
+            for old in going {
+                self.clear_client_grants(&old.id).await?;
+            }
         }
         let mut tx = self.db.begin().await?;
         // Locks the configuration clients, so that instances starting together take turns (not
@@ -916,6 +926,10 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
 
 /// The advisory-lock key of the fan-out of outbox events (one instance at a time).
 const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
+
+/// How many grants one statement of `clear_client_grants` deletes, each with its codes and
+/// refresh tokens (an agent's grant may have thousands of these).
+const GRANTS_PER_DELETE: i64 = 100;
 
 /// The advisory-lock key of the first sign-ins with `email` (see [`Store::create_account`]).
 fn email_lock(email: &Email) -> i64 {

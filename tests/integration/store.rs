@@ -3704,17 +3704,43 @@ mod clients {
     }
 
     async fn a_config_client_with_the_id_of_an_admin_client_writes_nothing(backend: Backend) {
-        let (_db, store) = setup(backend).await;
+        let (db, store) = setup(backend).await;
         let t0 = now();
         let admin = client("taken", false, t0);
         store.insert_client(&admin).await.unwrap();
         let old = client("old-cfg", true, t0);
         store.sync_config_clients(std::slice::from_ref(&old)).await.unwrap();
+        // A user's grant of the client the new file drops.
+        let ada = sign_up(&store, "ada").await;
+        let grant = tessera::store::NewGrant {
+            id: Uuid::now_v7(),
+            client_id: "old-cfg".into(),
+            user_id: ada.id(),
+            identity_id: Some(ada.identity()),
+            session_hash: None,
+            scope: "openid".into(),
+            resource: None,
+            provider: None,
+            auth_time: t0,
+            now: t0,
+            expires_at: t0 + TimeDelta::days(30),
+            consent_required: false,
+        };
+        let code = tessera::store::NewCode {
+            code_hash: [7; 32],
+            redirect_uri: "https://app.example.com/cb".into(),
+            code_challenge: None,
+            nonce: None,
+            expires_at: t0 + TimeDelta::seconds(60),
+        };
+        assert!(store.insert_grant(&grant, &code).await.unwrap());
         let sync = store.sync_config_clients(&[client("new-cfg", true, t0), client("taken", true, t0)]).await.unwrap();
         assert_eq!(sync.conflicts, std::slice::from_ref(&admin.id));
         assert_eq!(store.client(&admin.id).await.unwrap(), Some(admin));
         assert_eq!(store.client(&id("new-cfg")).await.unwrap(), None, "nothing is written");
         assert_eq!(store.client(&old.id).await.unwrap(), Some(old), "nothing is deleted");
+        let sql = db.sql().await;
+        assert_eq!((sql.count("oauth_grants").await, sql.count("oauth_codes").await), (1, 1), "nor its grants");
     }
 
     async fn a_client_assertion_is_used_once_until_it_expires(backend: Backend) {
