@@ -629,10 +629,10 @@ async fn concurrent_continues_of_one_connect_link_start_one_flow(backend: Backen
 async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
     let mut w = world(backend).await;
     let created = body(w.create(w.alice.id, profile_request(Some("raced"))).await, 201).await;
-    // Two flows for one profile: start one, mint a second link, start it too.
+    // Eight flows for one profile: start one, mint another link, start it too, and so on.
     let mut callbacks = Vec::new();
     let mut link = created["connect_url"].as_str().unwrap().to_owned();
-    for _ in 0..2 {
+    for _ in 0..8 {
         let start = w.alice.browser.open_connect_link(&link).await;
         let cookie = w.alice.browser.cookies["tessera_login"].clone();
         let provider = w.alice.browser.get(&location(&start)).await;
@@ -655,9 +655,12 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
     }
     let won = outcomes.iter().filter(|(s, _)| *s == StatusCode::SEE_OTHER).count();
     let lost: Vec<_> = outcomes.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).collect();
-    assert_eq!((won, lost.len()), (1, 1), "{outcomes:?}");
-    assert!(lost[0].1.contains("connect_conflict"));
+    assert_eq!((won, lost.len()), (1, 7), "{outcomes:?}");
+    assert!(lost.iter().all(|(_, page)| page.contains("connect_conflict")));
     assert_eq!(w.sql_profile("raced").await["version"], 1, "activated exactly once");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("outbox_events WHERE topic = 'auth_profile.connected'").await, 1);
+    assert_eq!(sql.count("login_states").await, 0, "every flow is used up");
     // The loser's tokens are of the account the winner connected: revoking them could end the
     // winner's grant at the provider.
     assert_eq!(w.issuer.revocations(), 0);
