@@ -368,7 +368,7 @@ async fn keys_rotate_re_encrypts_everything_under_the_active_key(backend: Backen
     let github = GitHubStub::start().await;
     let old_ring = format!("old:{}", key(7));
     let app = app_keeping_tokens(backend, &github, &old_ring).await;
-    for id in 1..=3 {
+    for id in 1..=12 {
         github.set_user(json!({"id": id, "login": format!("u{id}")}), json!([]));
         Browser::new().sign_in(&app, "provider=github").await;
     }
@@ -377,22 +377,41 @@ async fn keys_rotate_re_encrypts_everything_under_the_active_key(backend: Backen
 
     let rotated_ring = format!("new:{},old:{}", key(8), key(7));
     let dir = tempfile::tempdir().unwrap();
-    let run = |ring: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let command = |ring: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        command
             .args(["keys", "rotate"])
             .current_dir(dir.path())
             .env_clear()
             .env("TESSERA_DATABASE_URL", &app.db.url)
             .env("TESSERA_ENCRYPTION_KEYS", ring)
-            .env("TESSERA_LOG", "error")
-            .output()
-            .unwrap()
+            .env("TESSERA_LOG", "error");
+        command
     };
-    let output = run(&rotated_ring);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("identity_tokens: 3/3 rows"), "progress is shown: {stdout}");
-    assert!(stdout.contains("3 re-encrypted"), "{stdout}");
+    let run = |ring: &str| command(ring).output().unwrap();
+    // Two runs at once (a job retried beside the first): each value is re-encrypted once, by one
+    // of them (a compare-and-swap per value), and neither fails.
+    let started = [0, 1].map(|_| {
+        command(&rotated_ring)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    let mut rotated = 0;
+    for child in started {
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("identity_tokens: 12/12 rows"), "progress is shown: {stdout}");
+        let summary = stdout
+            .lines()
+            .filter_map(|line| line.strip_prefix("identity_tokens: "))
+            .find_map(|line| line.split_once(" re-encrypted"))
+            .unwrap_or_else(|| panic!("a summary: {stdout}"));
+        rotated += summary.0.parse::<u64>().unwrap();
+    }
+    assert_eq!(rotated, 12, "each value re-encrypted once, by one run or the other");
 
     let after = stored_tokens(&app).await;
     let new_only = KeyRing::parse(&format!("new:{}", key(8))).unwrap();
@@ -403,12 +422,12 @@ async fn keys_rotate_re_encrypts_everything_under_the_active_key(backend: Backen
         assert_eq!(new_only.decrypt(new_ct, &aad).unwrap(), old_ring.decrypt(old_ct, &aad).unwrap(), "same token");
     }
     let again = run(&rotated_ring);
-    assert!(String::from_utf8_lossy(&again.stdout).contains("0 re-encrypted, 3 current"));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 re-encrypted, 12 current"));
 
     // Without the old key, values it made are reported, not silently skipped.
     let unrelated = run(&format!("other:{}", key(9)));
     assert!(!unrelated.status.success());
-    assert!(String::from_utf8_lossy(&unrelated.stdout).contains("3 do not decrypt"));
+    assert!(String::from_utf8_lossy(&unrelated.stdout).contains("12 do not decrypt"));
 }
 
 /// GitHub revokes access tokens only: the provider says so, so that a connected account's
