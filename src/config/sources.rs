@@ -371,12 +371,11 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>) -> Result
 fn near_miss(name: &str) -> Option<String> {
     let name = format!("{PREFIX}{name}").to_ascii_uppercase();
     let secret_files = SECRET_VARS.iter().map(|var| format!("{var}_FILE"));
-    let read = FORMER_NAMES
-        .iter()
-        .map(|(var, _, _)| (*var).to_owned())
-        .chain(SECRET_VARS.iter().map(|var| (*var).to_owned()))
-        .chain(secret_files)
-        .chain(["TESSERA_ALLOWED_ISSUERS", "TESSERA_AUDIENCES", super::auth::DEPRECATED_KEY_VAR].map(str::to_owned));
+    // The secrets are among the former names; `TESSERA_CONFIG` is read by the command line.
+    let read = FORMER_NAMES.iter().map(|(var, _, _)| (*var).to_owned()).chain(secret_files).chain(
+        ["TESSERA_ALLOWED_ISSUERS", "TESSERA_AUDIENCES", "TESSERA_CONFIG", super::auth::DEPRECATED_KEY_VAR]
+            .map(str::to_owned),
+    );
     // Two letters off a long name, one off a middling one; a short one (`TESSERA_LOG`) is too
     // close to too many other words (`TESSERA_TAG`, `TESSERA_JOB`) to tell a slip from another's.
     read.filter(|known| *known != name).find(|known| {

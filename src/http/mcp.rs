@@ -57,14 +57,12 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     // Bearer tokens only, never cookies: an MCP client running in a browser (an inspector, an
     // agent's web app) may read the metadata, the challenge and the answers from any origin.
     let mcp_headers = ["mcp-protocol-version", "mcp-session-id", "last-event-id"].map(header::HeaderName::from_static);
-    Router::new()
+    let routes = Router::new()
         .route_service(PATH, service)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route(METADATA_PATH, get(metadata))
-        .route(&format!("{METADATA_PATH}{PATH}"), get(metadata))
-        // Before the CORS layer, which then answers the metadata's preflights (see `op::routes`).
-        .method_not_allowed_fallback(super::method_not_allowed)
-        .layer(super::op::browser_apps_sending(&mcp_headers))
+        .route(&format!("{METADATA_PATH}{PATH}"), get(metadata));
+    super::op::for_browser_apps(routes, &mcp_headers)
 }
 
 /// The resource identifier of the endpoint.

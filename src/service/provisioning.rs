@@ -82,7 +82,7 @@ impl PublicError for ProvisionError {
             ProvisionError::IssuerNotAllowed => ErrorCode::IssuerNotAllowed,
             ProvisionError::UserDisabled => ErrorCode::UserDisabled,
             ProvisionError::UserNotFound => ErrorCode::UserNotFound,
-            ProvisionError::EmailHoldersChanged => StoreError::Conflict { what: "email holders" }.code(),
+            ProvisionError::EmailHoldersChanged => ErrorCode::InternalError,
             ProvisionError::Store(e) => e.code(),
         }
     }
@@ -180,22 +180,15 @@ impl Provisioner {
     /// Finds the user `claim` belongs to, creating user, identity and default team on first
     /// sight. Callers have already established that the claim is trustworthy.
     pub async fn provision(&self, claim: &IdentityClaim) -> Result<Provisioned, ProvisionError> {
-        self.provision_with(claim, None).await
+        self.provision_first_sign_in(claim, None).await
     }
 
     /// [`Provisioner::provision`] for a first sign-in that decided to make an account on
-    /// `holders`, the accounts that held its email when it looked (none, or none it may join):
-    /// refused with [`ProvisionError::EmailHoldersChanged`], writing nothing, when another first
-    /// sign-in with the address made an account meanwhile — the decision is to be taken again.
+    /// `holders`, the accounts that held its email when it looked (none, or none it may join;
+    /// `None` for a claim without an email): refused with
+    /// [`ProvisionError::EmailHoldersChanged`], writing nothing, when another first sign-in with
+    /// the address made an account meanwhile — the decision is to be taken again.
     pub async fn provision_first_sign_in(
-        &self,
-        claim: &IdentityClaim,
-        holders: Vec<UserId>,
-    ) -> Result<Provisioned, ProvisionError> {
-        self.provision_with(claim, Some(holders)).await
-    }
-
-    async fn provision_with(
         &self,
         claim: &IdentityClaim,
         holders: Option<Vec<UserId>>,

@@ -81,7 +81,7 @@ impl PublicError for SignInError {
             SignInError::LinkRequired { .. } => ErrorCode::LinkRequired,
             SignInError::UserDisabled => ErrorCode::UserDisabled,
             SignInError::Removed => ErrorCode::IdentityNotFound,
-            SignInError::EmailHoldersChanged => StoreError::Conflict { what: "email holders" }.code(),
+            SignInError::EmailHoldersChanged => ErrorCode::InternalError,
             SignInError::Store(e) => e.code(),
         }
     }
@@ -379,10 +379,7 @@ impl SignIn {
             name: DisplayName::parse_optional(info.name.as_deref()).ok().flatten(),
             provider: provider.name().to_owned(),
         };
-        let provisioned = match holders {
-            Some(holders) => self.provisioner.provision_first_sign_in(&claim, holders).await,
-            None => self.provisioner.provision(&claim).await,
-        }?;
+        let provisioned = self.provisioner.provision_first_sign_in(&claim, holders).await?;
         Ok((provisioned.user, provisioned.identity_id, None))
     }
 

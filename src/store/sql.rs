@@ -232,7 +232,7 @@ impl SqlStore {
     /// or run past the statement timeout (PostgreSQL) over millions of rows. Instances clearing
     /// one client at once each take the grants no other holds (`SKIP LOCKED`), until none is
     /// left to take. The client's codes and refresh tokens stop working as the slices reach them.
-    async fn clear_client_grants(&self, client: &ClientId) -> Result<u64, StoreError> {
+    async fn clear_client_grants(&self, client: &ClientId) -> Result<(), StoreError> {
         // Like the cascade it replaces, a slice locks grants, then their codes and tokens: the
         // other order from a code's redemption, which PostgreSQL may end as a deadlock.
         let delete = query(
@@ -241,14 +241,8 @@ impl SqlStore {
         )
         .bind(client.as_str())
         .bind(GRANTS_PER_DELETE);
-        let mut deleted = 0;
-        loop {
-            let slice = retrying_conflicts(|| delete.execute(self.db.writer())).await?;
-            if slice == 0 {
-                return Ok(deleted);
-            }
-            deleted += slice;
-        }
+        while retrying_conflicts(|| delete.execute(self.db.writer())).await? > 0 {}
+        Ok(())
     }
 
     /// [`Store::sync_config_clients`], once.

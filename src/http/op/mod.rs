@@ -27,26 +27,26 @@ use crate::service::op::keys::SigningKeys;
 pub fn routes() -> Router<Arc<AppState>> {
     // What a single-page app on another origin calls with tokens, never cookies: discovery, the
     // keys, the token, revocation and userinfo endpoints answer cross-origin requests.
-    let cross_origin = Router::new()
-        .merge(jwks::routes())
-        .merge(discovery::routes())
-        .merge(token::public_client_routes())
-        // Set before the CORS layer, so that it wraps this answer too: the router's own, set
-        // later, replaces only a default one, and a preflight (`OPTIONS`) to a `GET`-only route
-        // would get a 405 without CORS headers.
-        .method_not_allowed_fallback(super::method_not_allowed)
-        .layer(browser_apps());
+    let cross_origin =
+        Router::new().merge(jwks::routes()).merge(discovery::routes()).merge(token::public_client_routes());
+    let cross_origin = for_browser_apps(cross_origin, &[]);
     Router::new().merge(cross_origin).merge(authorize::routes()).merge(token::routes()).merge(forward_auth::routes())
 }
 
-/// CORS for browser apps on any origin, without credentials (no cookie is ever sent or read).
-fn browser_apps() -> CorsLayer {
-    browser_apps_sending(&[])
+/// `routes` answering browser apps on any origin ([`browser_apps_sending`] `extra`), their 405
+/// included: set before the CORS layer, the 405 is wrapped by it (the router's own, set later,
+/// replaces only a default one), so a preflight (`OPTIONS`) to a `GET`-only route is answered.
+pub(crate) fn for_browser_apps(
+    routes: axum::Router<Arc<AppState>>,
+    extra: &[header::HeaderName],
+) -> axum::Router<Arc<AppState>> {
+    routes.method_not_allowed_fallback(super::method_not_allowed).layer(browser_apps_sending(extra))
 }
 
-/// [`browser_apps`], allowing the request headers `extra` besides `Authorization` and
-/// `Content-Type` (an MCP client's, say).
-pub(crate) fn browser_apps_sending(extra: &[header::HeaderName]) -> CorsLayer {
+/// CORS for browser apps on any origin, without credentials (no cookie is ever sent or read),
+/// allowing the request headers `extra` besides `Authorization` and `Content-Type` (an MCP
+/// client's, say).
+fn browser_apps_sending(extra: &[header::HeaderName]) -> CorsLayer {
     let allowed: Vec<header::HeaderName> =
         [header::AUTHORIZATION, header::CONTENT_TYPE].into_iter().chain(extra.iter().cloned()).collect();
     CorsLayer::new()
