@@ -641,17 +641,13 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
     }
     let session = format!("tessera_session={}", w.alice.browser.cookies["tessera_session"]);
     let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let mut tasks = Vec::new();
-    for (callback, login) in callbacks {
-        let request = client.get(callback).header("cookie", format!("{session}; tessera_login={login}"));
-        tasks.push(tokio::spawn(async move {
-            let response = request.send().await.unwrap();
-            (response.status(), response.text().await.unwrap())
-        }));
-    }
+    let requests: Vec<_> = callbacks
+        .into_iter()
+        .map(|(callback, login)| client.get(callback).header("cookie", format!("{session}; tessera_login={login}")))
+        .collect();
     let mut outcomes = Vec::new();
-    for task in tasks {
-        outcomes.push(task.await.unwrap());
+    for response in send_at_once(&requests).await {
+        outcomes.push((response.status(), response.text().await.unwrap()));
     }
     let won = outcomes.iter().filter(|(s, _)| *s == StatusCode::SEE_OTHER).count();
     let lost: Vec<_> = outcomes.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).collect();

@@ -20,7 +20,7 @@ use tessera::store::{SecretKind, StoredSecret};
 use tessera::upstream::providers::TokenKind;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
 
-use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
+use crate::helpers::{Backend, TestApp, json as body, on_both_backends, run_tool};
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, provider};
 
 on_both_backends!(
@@ -378,7 +378,7 @@ async fn keys_rotate_re_encrypts_everything_under_the_active_key(backend: Backen
     let rotated_ring = format!("new:{},old:{}", key(8), key(7));
     let dir = tempfile::tempdir().unwrap();
     let command = |ring: &str| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
         command
             .args(["keys", "rotate"])
             .current_dir(dir.path())
@@ -388,19 +388,15 @@ async fn keys_rotate_re_encrypts_everything_under_the_active_key(backend: Backen
             .env("TESSERA_LOG", "error");
         command
     };
-    let run = |ring: &str| command(ring).output().unwrap();
+    let limit = std::time::Duration::from_secs(60);
     // Two runs at once (a job retried beside the first): each value is re-encrypted once, by one
-    // of them (a compare-and-swap per value), and neither fails.
-    let started = [0, 1].map(|_| {
-        command(&rotated_ring)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    });
+    // of them (a compare-and-swap per value), and neither fails. (Over twelve rows the runs may
+    // not overlap at all; the sum holds either way, and two runs that wait on each other fail
+    // at the limit rather than hang.)
+    let (mut first, mut second) = (command(&rotated_ring), command(&rotated_ring));
+    let outputs = tokio::join!(run_tool(&mut first, "keys rotate", limit), run_tool(&mut second, "keys rotate", limit));
     let mut rotated = 0;
-    for child in started {
-        let output = child.wait_with_output().unwrap();
+    for output in [outputs.0, outputs.1] {
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
         assert!(stdout.contains("identity_tokens: 12/12 rows"), "progress is shown: {stdout}");
@@ -421,11 +417,11 @@ async fn keys_rotate_re_encrypts_everything_under_the_active_key(backend: Backen
         let old_ring = KeyRing::parse(&old_ring).unwrap();
         assert_eq!(new_only.decrypt(new_ct, &aad).unwrap(), old_ring.decrypt(old_ct, &aad).unwrap(), "same token");
     }
-    let again = run(&rotated_ring);
+    let again = run_tool(&mut command(&rotated_ring), "keys rotate", limit).await;
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 re-encrypted, 12 current"));
 
     // Without the old key, values it made are reported, not silently skipped.
-    let unrelated = run(&format!("other:{}", key(9)));
+    let unrelated = run_tool(&mut command(&format!("other:{}", key(9))), "keys rotate", limit).await;
     assert!(!unrelated.status.success());
     assert!(String::from_utf8_lossy(&unrelated.stdout).contains("12 do not decrypt"));
 }

@@ -140,6 +140,16 @@ fn authorize_url(app: &TestApp, client: &str, challenge: &str, extra: &str) -> S
     ))
 }
 
+/// `token` with a `kid` no key of Tessera's has (one no longer published, as after a rotation):
+/// its signature can no longer be checked.
+fn with_unpublished_kid(token: &str) -> String {
+    let (header, rest) = token.split_once('.').unwrap();
+    let mut header: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    header["kid"] = json!("a-key-no-longer-published");
+    format!("{}.{rest}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header.to_string()))
+}
+
 fn urlencode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
@@ -395,6 +405,11 @@ async fn bad_authorization_requests_never_go_to_an_unregistered_uri(backend: Bac
         assert_eq!(param(&to, "error").as_deref(), Some(error), "{url}");
         assert_eq!(param(&to, "state").as_deref(), Some("st-1"));
     }
+    // A nonce with a control character (in place of the request's own: sent twice, it would be
+    // refused as repeated) goes back to the client too.
+    let to = location(&browser.navigate(&good.replace("nonce=n-1", "nonce=a%00b")).await);
+    assert!(to.starts_with(REDIRECT), "{to}");
+    assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "{to}");
     // A response_type Tessera does not know, without token in it, is answered in the query.
     let url = good.replace("response_type=code&", "") + "&response_type=code%20unknown";
     let to = location(&browser.navigate(&url).await);
@@ -1524,12 +1539,7 @@ async fn prompt_none_with_a_hint_of_another_user_is_login_required(backend: Back
     // One signed by a key no longer published (kept by the app since before a rotation) cannot
     // be checked: it names nobody, and the request goes on as without it (the app compares
     // `sub`) — unless it says it is another client's.
-    let (header, rest) = bobs.split_once('.').unwrap();
-    let mut header: Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
-    header["kid"] = json!("a-key-no-longer-published");
-    let unverifiable =
-        format!("{}.{rest}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header.to_string()));
+    let unverifiable = with_unpublished_kid(&bobs);
     let to = location(&ada.navigate(&silent(&unverifiable)).await);
     assert!(param(&to, "code").is_some(), "{to}");
     let elsewhere = authorize_url(&w.app, &other, &challenge, &format!("&prompt=none&id_token_hint={unverifiable}"));
@@ -2106,12 +2116,7 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert!(later.cookies.contains_key("tessera_session"), "nothing ended");
     // An id token signed by a key no longer published (kept since before a rotation, while the
     // session lives on) cannot be verified: it only asks too, rather than refuse the logout.
-    let (header, rest) = id_token.split_once('.').unwrap();
-    let mut header: Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
-    header["kid"] = json!("a-key-no-longer-published");
-    let unverifiable =
-        format!("{}.{rest}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header.to_string()));
+    let unverifiable = with_unpublished_kid(id_token);
     let asked = later.navigate(&w.app.url(&format!("/oauth/logout?id_token_hint={unverifiable}"))).await;
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));

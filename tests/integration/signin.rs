@@ -808,14 +808,12 @@ async fn first_sign_ins_of_one_email_through_several_identities_at_once_make_one
             local.auto_link_by_email = auto_link;
         })
         .await;
-        let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         let mut callbacks = Vec::new();
         for i in 0..8 {
             w.issuer.set_next_user(StubUser::new(&format!("one-person-{i}"), "one.person@example.com"));
             let mut browser = Browser::new();
             let callback = browser.start(&w.app, "").await;
-            let cookie = format!("tessera_login={}", browser.cookies["tessera_login"]);
-            callbacks.push(client.get(&callback).header("cookie", cookie));
+            callbacks.push(browser.prepared(Method::GET, &callback));
         }
         let statuses: Vec<StatusCode> = send_at_once(&callbacks).await.iter().map(|a| a.status()).collect();
         let signed_in = statuses.iter().filter(|s| **s == StatusCode::SEE_OTHER).count();
