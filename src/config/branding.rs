@@ -1,8 +1,9 @@
 //! The `[branding]` table: how Tessera's pages name and present the product — its name, a logo,
 //! the primary colour of buttons and links, and where people get help.
 //!
-//! The colour must keep white text on it readable (a contrast of at least 4.5:1, WCAG 2.2 AA),
-//! so that a brand colour cannot make the buttons unreadable; start-up refuses one that does not.
+//! The colour must keep white text on it, and itself as link text on the pages' light grey,
+//! readable (a contrast of at least 4.5:1, WCAG 2.2 AA), so that a brand colour cannot make the
+//! buttons or the header's links unreadable; start-up refuses one that does not.
 
 use serde::Deserialize;
 use url::Url;
@@ -90,13 +91,16 @@ pub(super) fn parse_branding(raw: RawBranding) -> Result<BrandingConfig, ConfigE
         let Some(rgb) = parse_hex_color(&color) else {
             return Err(ConfigError::new("branding.primary_color", "expected a colour of the form #1d4ed8"));
         };
-        let ratio = contrast_with_white(rgb);
-        if ratio < 4.5 {
+        // The colour is both a background (white text on buttons) and a text colour (links on
+        // white, and on the header's and notices' light grey, the lesser of the two contrasts).
+        let on_white = contrast(rgb, WHITE);
+        let on_surface = contrast(rgb, SURFACE);
+        if on_surface < 4.5 {
             return Err(ConfigError::new(
                 "branding.primary_color",
                 format!(
-                    "white text on {color} has a contrast of {ratio:.1}:1; pages need at least 4.5:1 \
-                     (WCAG AA): choose a darker colour"
+                    "white text on {color} has a contrast of {on_white:.2}:1, and {color} links on the pages' light \
+                     grey (#f6f8fa) {on_surface:.2}:1; pages need at least 4.5:1 (WCAG AA): choose a darker colour"
                 ),
             ));
         }
@@ -129,14 +133,21 @@ fn parse_hex_color(value: &str) -> Option<[u8; 3]> {
     Some([byte(0)?, byte(2)?, byte(4)?])
 }
 
-/// The WCAG contrast ratio between white and a colour.
-fn contrast_with_white(rgb: [u8; 3]) -> f64 {
-    let channel = |c: u8| {
-        let c = f64::from(c) / 255.0;
-        if c <= 0.039_28 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) }
+const WHITE: [u8; 3] = [0xff, 0xff, 0xff];
+/// The pages' `--surface` (`assets/tessera.css`): the header's and notices' background.
+const SURFACE: [u8; 3] = [0xf6, 0xf8, 0xfa];
+
+/// The WCAG contrast ratio of two colours.
+fn contrast(a: [u8; 3], b: [u8; 3]) -> f64 {
+    let luminance = |rgb: [u8; 3]| {
+        let channel = |c: u8| {
+            let c = f64::from(c) / 255.0;
+            if c <= 0.039_28 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) }
+        };
+        0.2126 * channel(rgb[0]) + 0.7152 * channel(rgb[1]) + 0.0722 * channel(rgb[2])
     };
-    let luminance = 0.2126 * channel(rgb[0]) + 0.7152 * channel(rgb[1]) + 0.0722 * channel(rgb[2]);
-    1.05 / (luminance + 0.05)
+    let (a, b) = (luminance(a), luminance(b));
+    (a.max(b) + 0.05) / (a.min(b) + 0.05)
 }
 
 #[cfg(test)]
@@ -154,7 +165,13 @@ mod tests {
 
     #[test]
     fn colours_must_keep_white_text_readable() {
-        assert!((contrast_with_white([0x1d, 0x4e, 0xd8]) - 6.7).abs() < 0.1);
+        assert!((contrast([0x1d, 0x4e, 0xd8], WHITE) - 6.7).abs() < 0.1);
+        assert!((contrast(WHITE, [0x1d, 0x4e, 0xd8]) - 6.7).abs() < 0.1);
+        // The grey checked is the one the pages use.
+        assert!(include_str!("../../assets/tessera.css").contains("--surface: #f6f8fa;"));
+        // 4.6:1 under white text, but its links on the header's grey only 4.3:1.
+        let header = parse_branding(raw(Some("#d6336c"), None, None)).unwrap_err();
+        assert!(header.message.contains("4.34:1"), "{}", header.message);
         assert_eq!(parse_branding(raw(Some("#0B5FFF"), None, None)).unwrap().primary_color, "#0b5fff");
         let pale = parse_branding(raw(Some("#ffcc00"), None, None)).unwrap_err();
         assert_eq!(pale.key, "branding.primary_color");

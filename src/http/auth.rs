@@ -273,7 +273,8 @@ async fn keep_session(State(state): State<Arc<AppState>>, headers: HeaderMap, Pa
     }
     let return_to = csrf::field(&fields, "return_to");
     let description = "the user kept their current session rather than sign in again";
-    match app_told(&state, return_to, description).await {
+    let sender = crate::crypto::sha256(session.as_bytes());
+    match app_told(&state, return_to, description, Some(&sender)).await {
         Some(to) => redirect(&to, &[]),
         None => redirect(&continue_to(&state, None), &[]),
     }
@@ -340,7 +341,13 @@ async fn start_link(
     };
     let user = match acting_caller(&state, &headers).await {
         Ok(user) => user,
-        Err(error) => return state.pages.error_in(&headers, error, &context),
+        Err(error) => {
+            // A failure on our side, with a session cookie: the browser may well be signed in,
+            // and "try again" opens this page again rather than a new sign-in.
+            let cookie_sent = matches!(cookie(&headers, state.cookies.session()), Ok(Some(_)));
+            let signed_in = cookie_sent && error.code().status().is_server_error();
+            return state.pages.error_in(&headers, error, &errors::Context { signed_in, ..context });
+        }
     };
     // Opened from anywhere but one of this origin's pages — another site, a redirect through
     // one, a link in a mail or chat app, the address bar (`none`), or a browser that does not
@@ -525,7 +532,15 @@ async fn callback_to_end(
                 }
                 _ => false,
             };
-            let page = state.pages.error_in(&headers, error, &errors::Context { return_to: None, signed_in });
+            // A state, and no sign-in cookie at all: most likely one the browser will never send.
+            let without_cookie = held.is_empty() && query.state.is_some() && !signed_in;
+            let page = if without_cookie && error.code() == ErrorCode::InvalidState && pages::wants_html(&headers) {
+                let described = error.describe();
+                let message = errors::sign_in_without_its_cookie(&described, &state.flows.public_url());
+                state.pages.message(described.status, message)
+            } else {
+                state.pages.error_in(&headers, error, &errors::Context { return_to: None, signed_in })
+            };
             // A state of none of this browser's sign-ins leaves the cookie as it is (it may be
             // another tab's sign-in under way); one of them is dropped, its flow being gone.
             return match binding {
@@ -559,9 +574,13 @@ async fn callback_to_end(
             super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
             if action == FlowAction::SignIn
                 && cancelled
-                && let Some(to) =
-                    app_told(&state, context.return_to.as_deref(), "the sign-in was cancelled at the upstream provider")
-                        .await
+                && let Some(to) = app_told(
+                    &state,
+                    context.return_to.as_deref(),
+                    "the sign-in was cancelled at the upstream provider",
+                    None,
+                )
+                .await
             {
                 return redirect(&to, &[clear_login]);
             }
@@ -837,9 +856,21 @@ pub(super) fn device_label(user_agent: &str) -> Option<String> {
 /// failure shows the page, whose "try again" resumes the request: a provider's other errors may
 /// be cured by a retry or by the operator, and a `login_not_fresh` sent on to the app as
 /// `login_required` would have it ask again, the provider answer silently again, round and round.
-async fn app_told(state: &AppState, return_to: Option<&str>, description: &str) -> Option<String> {
+///
+/// A form of a signed-in browser names its `sender` (the hash of its session): sent again, it
+/// is answered as the first was.
+async fn app_told(
+    state: &AppState,
+    return_to: Option<&str>,
+    description: &str,
+    sender: Option<&[u8; 32]>,
+) -> Option<String> {
     let (op, return_to) = (state.op.as_ref()?, return_to?);
-    match op.give_up(return_to, "access_denied", description).await {
+    let told = match sender {
+        Some(sender) => op.give_up_for(return_to, sender, "access_denied", description).await,
+        None => op.give_up(return_to, "access_denied", description).await,
+    };
+    match told {
         Ok(to) => to,
         Err(failure) => {
             tracing::warn!(error = %failure.chain(), "cannot end the authorization request a failed sign-in was resuming");

@@ -384,8 +384,9 @@ pub fn protect(headers: &mut HeaderMap) {
 }
 
 /// The browser's live session and its cookie value (`None` without one), or the error page to
-/// answer instead: an ambiguous cookie, or a store failure (with "sign in" coming back to
-/// `here`).
+/// answer instead: an ambiguous cookie (with "sign in" coming back to `here`), or a store
+/// failure (with "try again" opening `here` again: the browser may well be signed in, and a new
+/// sign-in would replace its session).
 pub async fn live_session(
     state: &AppState,
     headers: &HeaderMap,
@@ -395,7 +396,10 @@ pub async fn live_session(
     match super::credentials::cookie(headers, state.cookies.session()) {
         Ok(Some(value)) => match state.sessions.resolve_session(value).await {
             Ok(live) => Ok(live.map(|live| (live, value.to_owned()))),
-            Err(error) => Err(state.pages.error_in(headers, error.into(), &signed_out)),
+            Err(error) => {
+                let unknown = errors::Context { return_to: Some(here.to_owned()), signed_in: true };
+                Err(state.pages.error_in(headers, error.into(), &unknown))
+            }
         },
         Ok(None) => Ok(None),
         Err(error) => Err(state.pages.error_in(headers, error, &signed_out)),

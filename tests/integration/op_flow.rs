@@ -876,6 +876,9 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
     assert_eq!(page.status(), 503);
     let html = page.text().await.unwrap();
     assert!(html.contains("store_unavailable") && !html.contains("The app that sent you here"), "{html}");
+    // "Try again" opens the same request again, not a new sign-in (which would end the session
+    // the browser may still have, and drop the app's request).
+    assert!(html.contains("href=\"/oauth/authorize?") && !html.contains("href=\"/login"), "{html}");
     assert_eq!(oauth_error(authorize.send().await.unwrap(), 503).await, "temporarily_unavailable");
 }
 
@@ -1815,21 +1818,22 @@ async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend:
         let (csrf, return_to) = (field("csrf"), field("return_to"));
         let form = [("csrf", csrf.as_str()), ("return_to", return_to.as_str())];
         let continue_url = w.app.url("/auth/continue");
-        // Eight clicks at once (a double click, tabs): the app is told once, the others go on
-        // to the account page.
+        // Eight clicks at once (a double click, tabs): the request is used up once, and every
+        // click is sent to the app with that one answer — the browser follows whichever answer
+        // it kept, and a dropped first one must not leave the app waiting.
+        let held = w.app.db.sql().await.count("oauth_requests").await;
         let clicks: Vec<_> = (0..8)
             .map(|_| browser.prepared(Method::POST, &continue_url).header("accept", "text/html").form(&form))
             .collect();
         let answers = send_at_once(&clicks).await;
         assert!(answers.iter().all(|a| a.status() == StatusCode::SEE_OTHER), "{case}");
         let places: Vec<String> = answers.iter().map(location).collect();
-        let told: Vec<&String> = places.iter().filter(|to| to.starts_with(REDIRECT)).collect();
-        assert_eq!(told.len(), 1, "{case}: {places:?}");
-        assert!(places.iter().all(|to| to.starts_with(REDIRECT) || to == "/account"), "{case}: {places:?}");
-        assert_eq!(param(told[0], "error").as_deref(), Some("access_denied"), "{case}: {told:?}");
+        assert!(places.iter().all(|to| to == &places[0] && to.starts_with(REDIRECT)), "{case}: {places:?}");
+        assert_eq!(param(&places[0], "error").as_deref(), Some("access_denied"), "{case}: {places:?}");
+        assert_eq!(w.app.db.sql().await.count("oauth_requests").await, held - 1, "{case}: used up once");
         assert_eq!(w.app.db.sql().await.count("sessions").await, sessions, "{case}: the session lives");
-        // Once: the request is used up; the same form again goes to the account page.
-        assert_eq!(location(&browser.form(&continue_url, &form).await), "/account", "{case}");
+        // The same form sent again a moment later gets the same answer.
+        assert_eq!(location(&browser.form(&continue_url, &form).await), places[0], "{case}");
         // Without the session's token, nothing is answered.
         let forged = [("csrf", "forged"), ("return_to", return_to.as_str())];
         assert_eq!(browser.form(&continue_url, &forged).await.status(), StatusCode::FORBIDDEN);
@@ -2060,12 +2064,18 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     let code = code_for(&w, &mut browser, &client, &challenge).await;
     let tokens = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     let id_token = tokens["id_token"].as_str().unwrap();
-    // An unregistered post-logout URI is refused, and nothing is ended.
+    // An unregistered post-logout URI is refused to a client; a browser is not sent there, and
+    // its user is asked (even with their own id token: a request wrong in part is no proof that
+    // the app sent it), and nothing is ended.
     let bad = format!(
         "/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}",
         urlencode("https://evil.example/")
     );
-    assert_eq!(browser.navigate(&w.app.url(&bad)).await.status(), StatusCode::BAD_REQUEST);
+    let refused = w.app.client.get(w.app.url(&bad)).send().await.unwrap();
+    assert_eq!(oauth_error(refused, 400).await, "invalid_request");
+    let asked = browser.navigate(&w.app.url(&bad)).await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    assert!(asked.text().await.unwrap().contains("method=\"post\""));
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
     // Without a hint of this user, a GET only asks; another site's link ends nothing.
     let asked = browser.navigate(&w.app.url("/oauth/logout")).await;
@@ -2123,16 +2133,32 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert!(later.cookies.contains_key("tessera_session"), "nothing ended");
     // With the app's post_logout_redirect_uri and no client_id (what most apps send), its
     // unverified audience says whose registered URIs to match, as a client_id would: asked, not
-    // an error page that leaves the user signed in. A URI the app did not register is refused.
+    // an error page that leaves the user signed in.
     let back = |uri: &str| {
         format!("/oauth/logout?id_token_hint={unverifiable}&post_logout_redirect_uri={}&state=s", urlencode(uri))
     };
     let asked = later.navigate(&w.app.url(&back(POST_LOGOUT))).await;
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));
-    let refused = later.navigate(&w.app.url(&back("https://elsewhere.example/bye"))).await;
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert!(later.cookies.contains_key("tessera_session"), "nothing ended");
+    // A URI the app did not register: the user confirms all the same and is signed out, on a
+    // page that says why the app was not returned to — not sent there, not left signed in.
+    let elsewhere = "https://elsewhere.example/bye";
+    let asked = later.navigate(&w.app.url(&back(elsewhere))).await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    let csrf = crate::pages::csrf_of(&asked.text().await.unwrap());
+    let confirmed = [
+        ("id_token_hint", unverifiable.as_str()),
+        ("post_logout_redirect_uri", elsewhere),
+        ("state", "s"),
+        ("csrf", csrf.as_str()),
+    ];
+    let out = later.form(&w.app.url("/oauth/logout"), &confirmed).await;
+    assert_eq!(out.status(), StatusCode::OK);
+    assert!(out.headers().get("location").is_none());
+    let page = out.text().await.unwrap();
+    assert!(page.contains("You are signed out") && page.contains("is not registered"), "{page}");
+    assert!(!later.cookies.contains_key("tessera_session"), "signed out");
     // The page's post, from the signed-in browser: its own id token ends the session at once.
     let fields = [("id_token_hint", id_token), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "bye")];
     let resumed = [fields.as_slice(), &[("resumed", "1")]].concat();

@@ -33,6 +33,7 @@ on_both_backends!(
     connected_accounts_are_listed_and_can_be_disconnected,
     env_profiles_are_connected_and_reconnected_through_a_fresh_form_link,
     providers_show_built_in_configured_or_monogram_icons,
+    a_store_failure_offers_the_same_page_again_not_a_new_sign_in,
 );
 
 struct World {
@@ -136,6 +137,12 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
     let page = html(browser.navigate(&denied).await, StatusCode::BAD_REQUEST).await;
     assert!(page.contains("Sign-in was cancelled") && page.contains(">Try again<"), "{page}");
     assert!(page.contains("href=\"/login?return_to=%2Fafter\""), "{page}");
+    // The provider's answer in a browser that holds no sign-in cookie (cookies blocked, a
+    // sign-in begun at another address than the public one): the page says what to change, as
+    // trying again the same way would fail again.
+    let callback = browser.start(&w.app, "provider=local").await;
+    let page = html(Browser::new().navigate(&callback).await, StatusCode::BAD_REQUEST).await;
+    assert!(page.contains("allow cookies for this site") && page.contains("invalid_state"), "{page}");
     // A malformed callback (a parameter twice) is a page too. It matches no flow, so it leaves
     // the sign-in cookie alone (another tab's sign-in may be under way).
     browser.start(&w.app, "provider=local").await;
@@ -160,6 +167,27 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
     let css = browser.get(&w.app.url("/assets/tessera.css")).await;
     assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
     assert!(css.text().await.unwrap().starts_with(":root { --primary: #1d4ed8; }"));
+}
+
+/// A page that could not read the browser's session (the database is gone) offers to open the
+/// same page again: its "Try again" is not a new sign-in, which would end a session the browser
+/// may well still have.
+async fn a_store_failure_offers_the_same_page_again_not_a_new_sign_in(backend: Backend) {
+    let w = world(backend).await;
+    // Ready first: the configured clients are synced before the listener serves.
+    assert_eq!(w.app.client.get(w.app.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    w.app.close_store().await;
+    for path in ["/account", "/auth/link?provider=second"] {
+        let page = w.app.client.get(w.app.url(path)).header("accept", "text/html");
+        let page = html(
+            page.header("cookie", "tessera_session=unknown").send().await.unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+        let page = page.await;
+        let again = format!("href=\"{}\"", path.replace('&', "&amp;"));
+        assert!(page.contains("store_unavailable") && page.contains(&again), "{path}: {page}");
+        assert!(!page.contains("href=\"/login"), "{path}: {page}");
+    }
 }
 
 async fn link_required_offers_the_real_link_flow(backend: Backend) {

@@ -111,7 +111,11 @@ async fn authorize_post(
 /// The browser's live session, if any, and its cookie's value. A session cookie sent twice is
 /// refused (one credential per request), not taken for no session: a sign-in from here would
 /// end in the same refusal.
-async fn session<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<Option<(LiveSession, &'h str)>, Response> {
+async fn session<'h>(
+    state: &AppState,
+    headers: &'h HeaderMap,
+    again: Option<&str>,
+) -> Result<Option<(LiveSession, &'h str)>, Response> {
     let value = match cookie(headers, state.cookies.session()) {
         Ok(Some(value)) => value,
         Ok(None) => return Ok(None),
@@ -127,7 +131,7 @@ async fn session<'h>(state: &AppState, headers: &'h HeaderMap) -> Result<Option<
     };
     match state.sessions.resolve_session(value).await {
         Ok(live) => Ok(live.map(|live| (live, value))),
-        Err(e) => Err(failed(state, headers, e, "reading a session")),
+        Err(e) => Err(failed(state, headers, e, "reading a session", again)),
     }
 }
 
@@ -164,7 +168,13 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     }
     let first: BTreeMap<&str, &str> = pairs.iter().rev().map(|(key, value)| (key.as_str(), value.as_str())).collect();
     let params = AuthorizationParams { repeated: repeated.map(str::to_owned), ..authorization_params(&first) };
-    let (live, view) = match session(state, headers).await {
+    // A failure's "Try again" sends a `GET` again; a posted request's parameters stay out of URLs.
+    let again = (!posted).then(|| {
+        let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
+        format!("/oauth/authorize?{query}")
+    });
+    let again = again.as_deref();
+    let (live, view) = match session(state, headers, again).await {
         Ok(Some((live, cookie))) => {
             let view = view(&live, cookie);
             (Some(live), Some(view))
@@ -179,7 +189,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     if posted && view.is_none() && csrf::fetch_site(headers) != Some(b"same-origin") {
         return match op.bounce(params).await {
             Ok(continue_to) => redirect(&continue_to, &[]),
-            Err(error) => rejected(state, headers, error),
+            Err(error) => rejected(state, headers, error, again),
         };
     }
     match op.authorize(params, view.as_ref()).await {
@@ -208,11 +218,11 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
             // Decided on a session, which this request carried.
             None => redirect(&continue_to, &[]),
         },
-        Err(error) => rejected(state, headers, error),
+        Err(error) => rejected(state, headers, error, again),
     }
 }
 
-fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Response {
+fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError, again: Option<&str>) -> Response {
     match error {
         AuthorizeError::Rejected(rejection) => match state.op.as_ref().and_then(|op| op.error_redirect(&rejection)) {
             Some(to) => redirect(&to, &[]),
@@ -221,7 +231,7 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Res
                 refuse(state, headers, StatusCode::BAD_REQUEST, error, &description)
             }
         },
-        AuthorizeError::Store(e) => failed(state, headers, e, "an authorization request"),
+        AuthorizeError::Store(e) => failed(state, headers, e, "an authorization request", again),
     }
 }
 
@@ -229,9 +239,23 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError) -> Res
 /// the error page of the failure's code, which says what to do (`store_unavailable`: retry
 /// shortly) and does not blame the app; for a client, the RFC's JSON (503
 /// `temporarily_unavailable`, or 500 `server_error`). The cause is logged once, with its chain.
-fn failed<E: PublicError>(state: &AppState, headers: &HeaderMap, error: E, doing: &'static str) -> Response {
+///
+/// A browser's "Try again" opens `again` (the authorization request's own URL) when given, else
+/// the account page of a browser that sent a session cookie: never a new sign-in, which would
+/// end that session, unless the browser has none.
+fn failed<E: PublicError>(
+    state: &AppState,
+    headers: &HeaderMap,
+    error: E,
+    doing: &'static str,
+    again: Option<&str>,
+) -> Response {
     if pages::wants_html(headers) {
-        return state.pages.error(headers, ApiError::from(error));
+        let context = pages::errors::Context {
+            return_to: again.map(str::to_owned),
+            signed_in: !matches!(cookie(headers, state.cookies.session()), Ok(None)),
+        };
+        return state.pages.error_in(headers, ApiError::from(error), &context);
     }
     let OAuthError { error, description, status } = OAuthError::from_failure(&error, doing);
     refuse(
@@ -375,7 +399,7 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByt
         Ok(map) => map,
         Err(e) => return refuse(&state, &headers, StatusCode::BAD_REQUEST, e.error, &e.description),
     };
-    let (live, cookie) = match session(&state, &headers).await {
+    let (live, cookie) = match session(&state, &headers, None).await {
         Ok(Some(signed_in)) => signed_in,
         Ok(None) => {
             return refuse(
@@ -412,7 +436,7 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByt
     };
     match op.consent(request_id, &view(&live, cookie), approve).await {
         Ok(to) => redirect(&to, &[]),
-        Err(error) => rejected(&state, &headers, error),
+        Err(error) => rejected(&state, &headers, error, None),
     }
 }
 
@@ -501,12 +525,18 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         Ok(found) => found,
         Err(description) => return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
     };
+    // What makes the request one to refuse. A client is refused; a browser is not: it is not
+    // sent back to the app (RP-Initiated Logout 1.0 section 3), but its user can still sign out
+    // here — asked, as without a hint (section 4) — rather than be left signed in on an error
+    // page, and the signed-out page says why the app was not returned to.
+    let browser = pages::wants_html(headers);
+    let mut unanswerable: Option<&str> = None;
     // The client an unverifiable hint says it was issued to: no more than a bare `client_id`.
     let mut hint_client = None;
-    let hinted = match request.id_token_hint.as_deref() {
+    let mut hinted = match request.id_token_hint.as_deref() {
         Some(hint) => match op.check_id_token_hint(hint).await {
             Ok(HintCheck::Verified(found)) => Some(found),
-            Err(error) => return failed(state, headers, error, "verifying an id_token_hint"),
+            Err(error) => return failed(state, headers, error, "verifying an id_token_hint", None),
             // Signed by a key no longer published (an id token kept since before a rotation,
             // while its session lives on): it names nobody, so the user is asked, as without one
             // (RP-Initiated Logout 1.0 section 4: old hints of live sessions are accepted). Its
@@ -517,13 +547,8 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
                 None
             }
             Ok(HintCheck::NotOurs) => {
-                return refuse(
-                    state,
-                    headers,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "id_token_hint is not an id token this server issued",
-                );
+                unanswerable = Some("id_token_hint is not an id token this server issued");
+                None
             }
         },
         None => None,
@@ -531,38 +556,36 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     if let (Some(hint), Some(named)) = (&hinted, &request.client_id)
         && hint.aud != *named
     {
-        return refuse(
-            state,
-            headers,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "client_id differs from the id token's audience",
-        );
+        unanswerable = Some("client_id differs from the id token's audience");
+        hinted = None;
     }
     let mut target = None;
-    if let Some(uri) = request.post_logout_redirect_uri.as_deref() {
+    if let Some(uri) = request.post_logout_redirect_uri.as_deref().filter(|_| unanswerable.is_none()) {
         let named = hinted.as_ref().map(|hint| hint.aud.clone()).or(request.client_id.clone()).or(hint_client);
         let client = match named {
             Some(id) => match op.clients().get(&id).await {
                 Ok(client) => client,
-                Err(error) => return failed(state, headers, error, "reading the client of a logout request"),
+                Err(error) => return failed(state, headers, error, "reading the client of a logout request", None),
             },
             None => None,
         };
         match client.filter(|c| c.post_logout_redirect_uris.iter().any(|r| r.matches(uri))) {
             Some(_) => target = Some(uri.to_owned()),
             None => {
-                return refuse(
-                    state,
-                    headers,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
+                unanswerable = Some(
                     "post_logout_redirect_uri is not registered for the client named by id_token_hint or client_id",
                 );
             }
         }
     }
-    let live = match session(state, headers).await {
+    if let Some(description) = unanswerable {
+        if !browser {
+            return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", description);
+        }
+        // A request that is wrong in part is no proof that the app asked: the user is asked.
+        hinted = None;
+    }
+    let live = match session(state, headers, None).await {
         Ok(live) => live,
         Err(response) => return response,
     };
@@ -590,7 +613,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     if let Ok(Some(session)) = sent
         && let Err(e) = state.sessions.revoke(session, SessionEnd::SignedOut).await
     {
-        return failed(state, headers, e, "ending a session");
+        return failed(state, headers, e, "ending a session", None);
     }
     match target {
         Some(uri) => {
@@ -604,8 +627,14 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
             redirect(&to, &clear)
         }
         None => {
-            let message = Message::new("You are signed out", "You are signed out. You can close this window.")
+            let mut message = Message::new("You are signed out", "You are signed out. You can close this window.")
                 .action("Sign in again", "/login");
+            if let Some(description) = unanswerable {
+                message.paragraphs.push(format!(
+                    "The app that sent you here could not be returned to: {description}. Tell its developers."
+                ));
+                message.code = Some("invalid_request".to_owned());
+            }
             let mut response = state.pages.message(StatusCode::OK, message);
             for clear in clear {
                 response.headers_mut().append(header::SET_COOKIE, clear);

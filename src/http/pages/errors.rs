@@ -201,6 +201,28 @@ pub fn unfinished_link_or_connect(error: &Described, signed_in: bool) -> Message
     }
 }
 
+/// The page for a sign-in callback that came without this site's sign-in cookie: blocked
+/// cookies, or a sign-in begun at another address than `public_url` (the one the provider
+/// returns to) would fail the same way however often it is tried, so the page says how to
+/// stop that, beside the ordinary causes.
+pub fn sign_in_without_its_cookie(error: &Described, public_url: &str) -> Message {
+    Message {
+        title: "Your sign-in did not finish".to_owned(),
+        paragraphs: vec![
+            "Your browser did not send back the cookie this site set when the sign-in began: the sign-in was \
+             started in another browser, took too long, or cookies are blocked for this site."
+                .into(),
+            format!(
+                "If this keeps happening, allow cookies for this site and open it at {public_url}, not at another \
+                 address; then try again."
+            ),
+        ],
+        actions: vec![super::Action::new("Try again", login_url(None))],
+        code: Some(error.code.as_str().to_owned()),
+        signed_in: false,
+    }
+}
+
 fn home(context: &Context) -> Vec<(&'static str, String)> {
     if context.signed_in { vec![("Go to your account", "/account".into())] } else { vec![("Sign in", login_url(None))] }
 }

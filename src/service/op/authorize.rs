@@ -913,6 +913,24 @@ impl OpenIdProvider {
             Err(AuthorizeError::Store(error)) => Err(error),
         }
     }
+
+    /// [`OpenIdProvider::give_up`] for the form of a signed-in browser (`POST /auth/continue`,
+    /// whose sender is the hash of its session): the same form sent again by the same session
+    /// within [`KEPT`](crate::service::answers::KEPT) — a double click, whose first answer the
+    /// browser dropped — is sent where the first was (the client, told `error`), not left
+    /// without its request, used up by the first.
+    pub async fn give_up_for(
+        &self,
+        return_to: &str,
+        sender: &[u8; 32],
+        error: &'static str,
+        description: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let Some((hash, _)) = resumed_request(return_to) else { return Ok(None) };
+        let (this, return_to, description) = (self.clone(), return_to.to_owned(), description.to_owned());
+        let work = move || async move { this.give_up(&return_to, error, &description).await };
+        self.given_up.answer(&hash, sender, work).await
+    }
 }
 
 /// `params` with a `request_uri` that is not one of Tessera's (a request object by reference)

@@ -40,6 +40,9 @@ pub struct OpenIdProvider {
     pub(super) session_idle: Duration,
     /// The consent forms' answers, by request id hash, kept for the same form sent again.
     pub(super) answers: Arc<Answers<Result<String, super::authorize::Rejection>>>,
+    /// Where "Continue as …" sent a browser, by held request hash, kept for the same form sent
+    /// again (see [`OpenIdProvider::give_up_for`]).
+    pub(super) given_up: Arc<Answers<Option<String>>>,
 }
 
 impl OpenIdProvider {
@@ -61,6 +64,7 @@ impl OpenIdProvider {
             refresh_token_reuse: Duration::ZERO,
             session_idle: crate::config::DEFAULT_SESSION_IDLE,
             answers,
+            given_up: Arc::default(),
         }
     }
 
