@@ -86,7 +86,9 @@ fn parse_query(params: AuditParams) -> Result<AuditQuery, ApiError> {
     // reads as a UUID.
     let actor = params.actor.map(|a| filter(a, "actor", 255, is_plain_text)).transpose()?.map(|a| canonical_id(&a));
     let target_kind = params.target_kind.map(|k| filter(k, "target_kind", 32, is_kind)).transpose()?;
-    let target_id = params.target_id.map(|t| filter(t, "target_id", 255, is_plain_text)).transpose()?;
+    // As long as the longest target recorded: an issuer (`token.refused`'s target).
+    let target_id =
+        params.target_id.map(|t| filter(t, "target_id", crate::domain::Issuer::MAX_LEN, is_plain_text)).transpose()?;
     // A user, team or webhook id is recorded in its canonical form (see `UUID_FACTS`): found by
     // any spelling `Uuid` parses. A client's id is its own text (never a UUID).
     let target_id = match (target_id, target_kind.as_deref()) {
@@ -550,5 +552,23 @@ mod tests {
         assert!(!is_plain_text("a\nb"));
         assert_eq!(provider_label("google"), Some("google"));
         assert_eq!(provider_label("<script>"), None);
+    }
+
+    #[test]
+    fn a_target_as_long_as_an_issuer_can_be_filtered_by() {
+        let params = |target: String| AuditParams {
+            action: None,
+            actor: None,
+            target_kind: Some("issuer".into()),
+            target_id: Some(target),
+            since: None,
+            until: None,
+            before: None,
+            limit: None,
+        };
+        let issuer = format!("https://id.example.com/{}", "a".repeat(crate::domain::Issuer::MAX_LEN - 23));
+        assert_eq!(issuer.len(), crate::domain::Issuer::MAX_LEN);
+        assert_eq!(parse_query(params(issuer.clone())).unwrap().target_id, Some(issuer.clone()));
+        assert!(parse_query(params(format!("{issuer}a"))).is_err());
     }
 }

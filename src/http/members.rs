@@ -49,7 +49,9 @@ struct MemberRequest {
 
 /// Parses a member request into a user and a role.
 fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
+    // Trimmed, as `owner` is where a team is created.
     let user = required(&request.user_id, "user_id")?
+        .trim()
         .parse::<UserId>()
         .map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "`user_id` must be a UUID").field("user_id"))?;
     let role = Role::parse(required(&request.role, "role")?.trim())
@@ -115,8 +117,12 @@ async fn remove_team_member(
     let (acting, team) = actor(&state, &headers, &query, &named).await?;
     let user = parse_user_id(&user)?;
     let work = async move {
-        state.teams.remove_member(&team, Some(acting), user).await?;
-        let details = serde_json::json!({ "user_id": user.to_string() });
+        let team_deleted = state.teams.remove_member(&team, Some(acting), user).await?;
+        let mut details = serde_json::json!({ "user_id": user.to_string() });
+        if team_deleted {
+            // The last member left: the team, its domain claims and connected accounts went too.
+            details["team_deleted"] = true.into();
+        }
         audit::team_member_changed(&state, &headers, acting, &named, "team.member_removed", details).await;
         Ok(StatusCode::NO_CONTENT)
     };

@@ -42,6 +42,9 @@ pub enum TeamError {
     /// Only owners may manage members.
     #[error("only team owners may manage members")]
     NotOwner,
+    /// The user acting was disabled meanwhile.
+    #[error("this user is disabled")]
+    UserDisabled,
     /// Another team has the slug.
     #[error("another team has this slug; choose another")]
     SlugTaken,
@@ -61,6 +64,7 @@ impl PublicError for TeamError {
             TeamError::MemberNotFound => ErrorCode::MemberNotFound,
             TeamError::LastOwner => ErrorCode::LastOwner,
             TeamError::NotOwner => ErrorCode::NotTeamAdmin,
+            TeamError::UserDisabled => ErrorCode::UserDisabled,
             TeamError::SlugTaken => ErrorCode::SlugTaken,
             TeamError::Store(e) => e.code(),
         }
@@ -172,9 +176,10 @@ impl Teams {
     }
 
     /// Removes `user` from a team (never its last owner). With `acting` set, only an owner may,
-    /// or the user themselves: a member may always leave, and so may a last owner who is the
-    /// team's only member, unless it is their default team: the team is then deleted.
-    pub async fn remove_member(&self, team: &TeamRef, acting: Option<UserId>, user: UserId) -> Result<(), TeamError> {
+    /// or the user themselves: a member may always leave (unless disabled meanwhile), and so may
+    /// a last owner who is the team's only member, unless it is their default team: the team is
+    /// then deleted, and the answer is `true`.
+    pub async fn remove_member(&self, team: &TeamRef, acting: Option<UserId>, user: UserId) -> Result<bool, TeamError> {
         let acting_was_user = acting == Some(user);
         let (team, acting) = if acting_was_user {
             // Leaving needs no right but membership, which the removal itself checks.
@@ -187,18 +192,25 @@ impl Teams {
         };
         let store = self.store.clone();
         let outcome = self
-            .changing(user, |outcome| *outcome == RemoveOutcome::Removed, async move {
-                if acting_was_user {
-                    store.leave_team(team.id, user).await
-                } else {
-                    store.remove_member(team.id, acting, user).await
-                }
-            })
+            .changing(
+                user,
+                |outcome| matches!(outcome, RemoveOutcome::Removed | RemoveOutcome::RemovedWithTeam),
+                async move {
+                    if acting_was_user {
+                        store.leave_team(team.id, user).await
+                    } else {
+                        store.remove_member(team.id, acting, user).await
+                    }
+                },
+            )
             .await?;
         match outcome {
-            RemoveOutcome::Removed => Ok(()),
+            RemoveOutcome::Removed => Ok(false),
+            RemoveOutcome::RemovedWithTeam => Ok(true),
             RemoveOutcome::NotMember => Err(TeamError::MemberNotFound),
             RemoveOutcome::LastOwner => Err(TeamError::LastOwner),
+            // Leaving needs no right but an enabled membership.
+            RemoveOutcome::NotAllowed if acting_was_user => Err(TeamError::UserDisabled),
             RemoveOutcome::NotAllowed => Err(TeamError::NotOwner),
             RemoveOutcome::TeamNotFound => Err(TeamError::TeamNotFound),
         }

@@ -604,7 +604,8 @@ pub enum MemberOutcome {
     UserNotFound,
     /// The user is the team's last owner and the new role is not owner; nothing changed.
     LastOwner,
-    /// The acting user is not (or no longer) an owner of the team; nothing changed.
+    /// The acting user is not (or no longer) an owner of the team, or, leaving it, is disabled;
+    /// nothing changed.
     NotAllowed,
     /// The team was deleted meanwhile (with its last member); nothing changed.
     TeamNotFound,
@@ -615,6 +616,9 @@ pub enum MemberOutcome {
 pub enum RemoveOutcome {
     /// The user left the team.
     Removed,
+    /// The user, its last owner and only member, left the team, which was deleted with them
+    /// ([`Store::leave_team`] only).
+    RemovedWithTeam,
     /// The user was not a member.
     NotMember,
     /// The user is the team's last owner; nothing changed.

@@ -353,7 +353,18 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(RemoveOutcome::TeamNotFound);
         }
-        if !acting_owner(&mut tx, team, acting).await? {
+        // One leaving acts in the team as an owner removing another does: a user disabled a
+        // moment ago (their credential still taken by another instance's cache) acts in
+        // nothing, and leaving alone would delete the team.
+        let allowed = match leaving {
+            // (Not a member at all: `NotMember`, below.)
+            true => {
+                enabled_member_role(&mut tx, team, user).await?.is_some()
+                    || member_role(&mut tx, team, user).await?.is_none()
+            }
+            false => acting_owner(&mut tx, team, acting).await?,
+        };
+        if !allowed {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotAllowed);
         }
@@ -371,7 +382,7 @@ impl SqlStore {
                 insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
                 log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
                 tx.commit().await?;
-                return Ok(RemoveOutcome::Removed);
+                return Ok(RemoveOutcome::RemovedWithTeam);
             }
             tx.rollback().await?;
             return Ok(RemoveOutcome::LastOwner);

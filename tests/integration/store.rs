@@ -92,6 +92,7 @@ on_both_backends!(
     concurrent_demotions_and_removals_leave_one_owner,
     removing_a_member_takes_their_connect_links_and_flows_with_them,
     the_last_member_of_an_ownerless_team_leaves_no_live_team_profile,
+    a_user_disabled_meanwhile_cannot_leave_a_team_nor_delete_it,
     // Domains
     a_domain_claim_is_created_updated_or_refused,
     a_domain_is_released_only_by_its_team,
@@ -1631,6 +1632,26 @@ async fn the_last_member_of_an_ownerless_team_leaves_no_live_team_profile(backen
     for id in [bobs.id, adas.id] {
         assert_eq!(store.profile(id).await.unwrap().unwrap().status, ProfileStatus::Revoked);
     }
+}
+
+/// Leaving acts in the team: a user disabled a moment ago (whose credential another instance
+/// still takes) cannot — and so cannot delete a team they are alone in by leaving it.
+async fn a_user_disabled_meanwhile_cannot_leave_a_team_nor_delete_it(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let at = now();
+    let lab = Team { id: TeamId::generate(), slug: Slug::parse("lab").unwrap(), name: "Lab".into(), created_at: at };
+    assert_eq!(store.create_team(&lab, None, at).await.unwrap(), CreateTeamOutcome::Created(lab.clone()));
+    join(&store, &lab, ada.id(), Role::Owner, at).await;
+    set_user_disabled(&store, ada.id(), true, at).await.unwrap();
+    assert_eq!(store.leave_team(lab.id, ada.id()).await.unwrap(), RemoveOutcome::NotAllowed);
+    assert!(store.find_team(&TeamRef::Id(lab.id)).await.unwrap().is_some(), "the team stays");
+    // Enabled again, she leaves, alone, and the team goes with her; one who is not a member is
+    // told so.
+    set_user_disabled(&store, ada.id(), false, at).await.unwrap();
+    assert_eq!(store.leave_team(lab.id, ada.id()).await.unwrap(), RemoveOutcome::RemovedWithTeam);
+    assert!(store.find_team(&TeamRef::Id(lab.id)).await.unwrap().is_none());
+    assert_eq!(store.leave_team(ada.team.id, UserId::generate()).await.unwrap(), RemoveOutcome::NotMember);
 }
 
 // ---- Domains --------------------------------------------------------------------------------
