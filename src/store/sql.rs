@@ -4246,7 +4246,7 @@ pub(super) const WEBHOOK_QUEUES: &str = "SELECT e.id,
         (SELECT count(*) FROM webhook_deliveries d
           WHERE d.endpoint_id = e.id AND d.state = 'pending') AS pending,
         (SELECT d.scheduled_at FROM webhook_deliveries d
-          WHERE d.endpoint_id = e.id AND d.state = 'pending'
+          WHERE e.enabled AND d.endpoint_id = e.id AND d.state = 'pending'
           ORDER BY d.scheduled_at LIMIT 1) AS oldest
      FROM webhook_endpoints e ORDER BY e.id";
 

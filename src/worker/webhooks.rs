@@ -338,7 +338,11 @@ async fn deliver_to(
                 (true, Some(_)) => "retry",
                 (true, None) => "failed",
             };
-            crate::observability::record_webhook_attempt(endpoint.id, result);
+            // Attempts are requests: a delivery failed unsent (the backlog behind an overdue
+            // one, an event no longer wanted, a key that cannot be read) counts none.
+            if !final_without_request && !unsigned {
+                crate::observability::record_webhook_attempt(endpoint.id, result);
+            }
             match (&error, retry_at) {
                 (None, _) => tracing::debug!(webhook = %endpoint.id, event = %job.event_id, "webhook delivered"),
                 (Some(e), Some(_)) => {

@@ -274,6 +274,16 @@ async fn webhook_failures_and_queues_are_reported_per_endpoint(backend: Backend)
     .await;
     let (text, _) = scrape(&app).await;
     assert!(!text.contains("url-secret-"), "the endpoint's URL is never a label: {text}");
+    // Disabled, its deliveries wait untried: still counted, but no lag an alert would fire on
+    // for as long as it stays disabled.
+    let path = format!("/admin/webhooks/{endpoint}");
+    let disabled = app.admin(Method::PATCH, &path).json(&json!({ "enabled": false })).send().await.unwrap();
+    assert_eq!(disabled.status(), StatusCode::OK);
+    let (_, samples) = scrape(&app).await;
+    assert!(value(&samples, "tessera_webhook_queue_depth", &[("endpoint", &endpoint)]) >= 1.0);
+    assert_eq!(value(&samples, "tessera_webhook_queue_lag_seconds", &[("endpoint", &endpoint)]), 0.0);
+    let enabled = app.admin(Method::PATCH, &path).json(&json!({ "enabled": true })).send().await.unwrap();
+    assert_eq!(enabled.status(), StatusCode::OK);
     // Once the receiver recovers, the queue drains and the deliveries are counted.
     failing.store(false, Ordering::SeqCst);
     eventually("the queue drains", || async {
