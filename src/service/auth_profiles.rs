@@ -658,7 +658,10 @@ impl AuthProfiles {
             Revocation::Refused => return Err(AuthProfileError::refused(profile.profile_kind)),
         };
         tracing::info!(profile_id = %profile.id, "revoked an auth profile");
-        self.revoke_upstream(&profile, &secrets).await;
+        // At the provider in a task of its own: a client that hangs up once the revocation is
+        // committed (a double click drops the first request) must not leave the grant live there.
+        let this = self.clone();
+        crate::run_to_end(async move { this.revoke_upstream(&profile, &secrets).await }).await;
         Ok(())
     }
 
@@ -667,22 +670,26 @@ impl AuthProfiles {
     /// ends the grant), else the access token — unless a connected profile other than `except`
     /// holds a grant of the same provider `account`, which a provider that revokes per grant
     /// would end too.
+    ///
+    /// `provider_name` names the provider; `profile` is the profile the tokens were for (logged only:
+    /// its row may be gone).
     async fn revoke_new_tokens(
         &self,
-        profile: &AuthProfile,
+        provider_name: &str,
+        profile: ProfileId,
         tokens: &TokenSet,
         account: Option<&str>,
         except: Option<ProfileId>,
     ) {
-        let Some(provider) = self.flows.providers().get(Some(&profile.provider)) else {
+        let Some(provider) = self.flows.providers().get(Some(provider_name)) else {
             return;
         };
         // A provider that revokes one token at a time (GitHub's application API) ends no other.
         if let Some(account) = account
             && !provider.revokes_by_access_token()
-            && self.account_in_use(&profile.provider, account, except).await
+            && self.account_in_use(provider_name, account, except).await
         {
-            tracing::info!(profile_id = %profile.id, "not revoked at the provider: a profile holds the same account's grant");
+            tracing::info!(profile_id = %profile, "not revoked at the provider: a profile holds the same account's grant");
             return;
         }
         let (token, kind) = match &tokens.refresh_token {
@@ -690,7 +697,7 @@ impl AuthProfiles {
             _ => (&tokens.access_token, TokenKind::Access),
         };
         if let Err(error) = provider.revoke(token.expose_secret(), kind).await {
-            tracing::warn!(profile_id = %profile.id, error = %error.chain(), "cannot revoke the token at the provider");
+            tracing::warn!(profile_id = %profile, error = %error.chain(), "cannot revoke the token at the provider");
         }
     }
 
@@ -852,6 +859,9 @@ impl AuthProfiles {
             _ => (None, None),
         };
         let account = finished.subject.as_str().to_owned();
+        // The provider the tokens are from, known without the profile's row: a team deleted
+        // meanwhile takes that row with it, and its tokens must not stay live at the provider.
+        let provider = finished.provider.name().to_owned();
         let completed = self.activate_finished(finished, current_user).await;
         // The code was exchanged already: tokens a refused connection leaves are no one's to
         // have, so they are revoked at the provider (best effort), not left live there. Only on
@@ -868,11 +878,10 @@ impl AuthProfiles {
                     | AuthProfileError::NotProfileOwner
                     | AuthProfileError::NotAdmin
             )
-            && let Ok(Some(profile)) = self.store.profile(id).await
         {
             // The same account may have been connected meanwhile (the flow of another tab,
             // which won): that profile counts too.
-            self.revoke_new_tokens(&profile, &tokens, Some(&account), None).await;
+            self.revoke_new_tokens(&provider, id, &tokens, Some(&account), None).await;
         }
         completed
     }
@@ -1127,7 +1136,14 @@ impl AuthProfiles {
                         match self.store.profile_secrets(profile.id).await {
                             Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
                                 let account = profile.upstream_account_id.as_deref();
-                                self.revoke_new_tokens(profile, &tokens, account, Some(profile.id)).await;
+                                self.revoke_new_tokens(
+                                    &profile.provider,
+                                    profile.id,
+                                    &tokens,
+                                    account,
+                                    Some(profile.id),
+                                )
+                                .await;
                                 return Err(AuthProfileError::ProfileNotFound);
                             }
                             // What the row holds now wins: another refresh's token (as good as
@@ -1147,7 +1163,14 @@ impl AuthProfiles {
                             Ok(Some(current)) if current.upstream_account_id != profile.upstream_account_id => {
                                 tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; the profile was reconnected to another account");
                                 let account = profile.upstream_account_id.as_deref();
-                                self.revoke_new_tokens(profile, &tokens, account, Some(profile.id)).await;
+                                self.revoke_new_tokens(
+                                    &profile.provider,
+                                    profile.id,
+                                    &tokens,
+                                    account,
+                                    Some(profile.id),
+                                )
+                                .await;
                                 return stored_token(keyring, profile.id, &current);
                             }
                             Ok(_) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),

@@ -281,7 +281,12 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
                 // The key may well exist: the issuer cannot say so now.
                 AfterMiss::Unavailable => return Err(TokenError::IssuerUnavailable),
             };
-            set.find(kid, alg).ok_or(TokenError::UnknownKey)?.clone()
+            match set.find(kid, alg) {
+                Some(key) => key.clone(),
+                // Published now, for another algorithm: as above.
+                None if kid.is_some_and(|kid| set.has_kid(kid)) => return Err(TokenError::AlgorithmNotAllowed),
+                None => return Err(TokenError::UnknownKey),
+            }
         }
     };
     let mut validation = Validation::new(alg);

@@ -498,11 +498,20 @@ async fn membership_decides_who_sees_what(backend: Backend) {
 async fn a_connect_link_connects_the_profile_once(backend: Backend) {
     let mut w = world(backend).await;
     w.issuer.set_next_user(StubUser::new("alice-at-provider", "alice@provider.example"));
-    let created = body(w.create(w.alice.id, profile_request(Some("issues"))).await, 201).await;
+    // An API's scopes alone: an OpenID Connect provider is asked for `openid` all the same (it
+    // answers with no id token, which names the account, without it).
+    let mut request = profile_request(Some("issues"));
+    request["scopes"] = json!(["issues:read"]);
+    let created = body(w.create(w.alice.id, request).await, 201).await;
     let link = created["connect_url"].as_str().unwrap().to_owned();
     let token = link.split("/connect/").nth(1).unwrap().split('/').next().unwrap().to_owned();
     assert_eq!(token.len(), 43, "256 random bits");
-    let page = connect(&mut w.alice.browser, &link).await;
+    let start = w.alice.browser.open_connect_link(&link).await;
+    let upstream = url::Url::parse(&location(&start)).unwrap();
+    let scope = upstream.query_pairs().find(|(k, _)| k == "scope").unwrap().1.into_owned();
+    assert_eq!(scope, "openid issues:read");
+    let callback = location(&w.alice.browser.get(upstream.as_str()).await);
+    let page = w.alice.browser.finish_connect(&callback).await;
     assert_eq!(page.status(), StatusCode::OK);
     assert_eq!(page.headers()["referrer-policy"], "no-referrer");
     let page = page.text().await.unwrap();

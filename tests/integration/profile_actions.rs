@@ -777,6 +777,14 @@ async fn a_success_that_names_no_account_is_a_refusal(backend: Backend) {
     assert_eq!(page.status(), StatusCode::OK, "{:?}", page.text().await);
     let live = body(w.post(w.alice.id, "/auth-profiles/chat/test").await, 200).await;
     assert_eq!((live["ok"].as_bool(), live["status"].as_u64()), (Some(true), Some(200)), "{live}");
+    // The provider's own outage, said in a 200 (`service_unavailable`): nothing is known of the
+    // token, and the profile stays as it was.
+    w.issuer.fail_userinfo_in_a_200(Some("service_unavailable"));
+    let outage = w.post(w.alice.id, "/auth-profiles/chat/test").await;
+    assert_eq!(body(outage, 502).await["code"], "provider_unavailable");
+    let profile = body(w.on_behalf(Method::GET, "/auth-profiles/chat", w.alice.id).send().await.unwrap(), 200).await;
+    assert_eq!(profile["status"], "active");
+    w.issuer.fail_userinfo_in_a_200(None);
     w.issuer.refuse_userinfo_in_a_200(true);
     w.issuer.revoke_all_tokens();
     let dead = body(w.post(w.alice.id, "/auth-profiles/chat/test").await, 200).await;

@@ -201,6 +201,11 @@ async fn every_refused_token_has_its_code_and_writes_nothing(backend: Backend) {
     // RSA key): refused for its algorithm, not as a key the issuer does not publish.
     let crossed = issuer.sign_with_header("ec-1", &json!({"alg": "ES256", "kid": "rsa-1"}), &claims);
     refused(app.validate(&crossed).await, "algorithm_not_allowed").await;
+    // The same for a key published since the keys were read: read again, then refused for its
+    // algorithm too, not as a key the issuer does not publish.
+    let later = issuer.add_key(Alg::Rs256);
+    let crossed = issuer.sign_with_header("ec-1", &json!({"alg": "ES256", "kid": later}), &claims);
+    refused(app.validate(&crossed).await, "algorithm_not_allowed").await;
     // Algorithm confusion: HS256 "signed" with the issuer's public key as the HMAC secret.
     let jwks: Value = reqwest::get(issuer.jwks_uri()).await.unwrap().json().await.unwrap();
     let public_n = jwks["keys"][0]["n"].as_str().unwrap().to_owned();

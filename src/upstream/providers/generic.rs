@@ -138,8 +138,10 @@ impl Provider for OAuth2Provider {
 
     /// The status of the configured user endpoint called with the token (the request sign-in
     /// uses); `None` when the template reads the account from the token answer instead. A
-    /// success whose body names no account (Slack's `auth.test` answers a revoked token with
-    /// `200 {"ok": false, "error": "token_revoked"}`) is the refusal it is: 401.
+    /// success whose body names no account but refuses the token (Slack's `auth.test` answers a
+    /// revoked token with `200 {"ok": false, "error": "token_revoked"}`) is the refusal it is:
+    /// 401. Any other such success — a proxy's HTML page, Slack's `service_unavailable`, a body
+    /// cut off — says nothing of the token: the provider answered unexpectedly.
     async fn check_access_token(&self, access_token: &str) -> Result<Option<u16>, ProviderError> {
         let Some(url) = &self.config.endpoints.userinfo else {
             return Ok(None);
@@ -149,12 +151,14 @@ impl Provider for OAuth2Provider {
         if !(200..300).contains(&status) {
             return Ok(Some(status));
         }
-        let names_an_account = match super::json_answer(response, "the profile endpoint").await {
-            Ok(document) => user_info(&self.profile, &document).is_ok(),
-            Err(ProviderError::Unavailable(why)) => return Err(ProviderError::Unavailable(why)),
-            Err(_) => false,
-        };
-        Ok(Some(if names_an_account { status } else { 401 }))
+        let document: serde_json::Value = super::json_answer(response, "the profile endpoint").await?;
+        if user_info(&self.profile, &document).is_ok() {
+            return Ok(Some(status));
+        }
+        match document.get("error").and_then(serde_json::Value::as_str) {
+            Some(error) if refuses_the_token(error) => Ok(Some(401)),
+            _ => Err(ProviderError::InvalidResponse("the profile endpoint's success names no account".into())),
+        }
     }
 
     async fn checks_access_tokens(&self) -> Result<bool, ProviderError> {
@@ -167,6 +171,15 @@ impl Provider for OAuth2Provider {
             None => Ok(false),
         }
     }
+}
+
+/// Whether an error named in a successful answer's body refuses the access token itself
+/// (Slack's names, and OAuth's own), rather than say the provider failed.
+fn refuses_the_token(error: &str) -> bool {
+    matches!(
+        error.to_ascii_lowercase().as_str(),
+        "invalid_auth" | "not_authed" | "token_revoked" | "token_expired" | "account_inactive" | "invalid_token"
+    )
 }
 
 #[cfg(test)]

@@ -151,9 +151,10 @@ pub(crate) async fn json_answer<T: serde::de::DeserializeOwned>(
     mut response: reqwest::Response,
     what: &str,
 ) -> Result<T, ProviderError> {
+    // A body cut off (a reset, the time limit) is the provider's outage, not an answer.
     let body = crate::upstream::jwks::read_capped(&mut response)
         .await
-        .map_err(|e| ProviderError::InvalidResponse(format!("{what}: {e}")))?
+        .map_err(|e| ProviderError::Unavailable(format!("{what}: {e}")))?
         .ok_or_else(|| ProviderError::InvalidResponse(format!("{what}: the answer is too large")))?;
     serde_json::from_slice(&body).map_err(|e| ProviderError::InvalidResponse(format!("{what}: {e}")))
 }

@@ -8,8 +8,7 @@ use std::pin::Pin;
 
 use chrono::Utc;
 use oauth2::basic::{
-    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
-    BasicTokenType,
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
 };
 use oauth2::{
     AsyncHttpClient, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
@@ -92,7 +91,7 @@ fn client(config: &ProviderConfig, auth: ClientAuth) -> Client {
 }
 
 /// The authorization URL: response type `code`, the configured scopes (joined with the
-/// provider's separator), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
+/// provider's separator; with the nonce, `openid` first when they lack it), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
 /// provider takes no PKCE, the nonce when `with_nonce` (OpenID Connect), and the provider's extra
 /// parameters (with its offline ones when `request.offline`); for a fresh login `prompt=login`
 /// (replacing a configured `prompt`), and with the nonce `max_age=0` too.
@@ -107,7 +106,12 @@ pub(super) fn authorization_url(
         .set_auth_uri(AuthUrl::from_url(endpoint.clone()))
         .set_redirect_uri(RedirectUrl::from_url(request.redirect_uri.clone()));
     let state = request.state.to_owned();
-    let scopes = request.scopes.unwrap_or(&config.scopes);
+    let mut scopes = request.scopes.unwrap_or(&config.scopes).to_vec();
+    // OpenID Connect answers with an id token (which names the account) only when asked for
+    // `openid`: a connected account's own scopes (an API's) are asked with it.
+    if with_nonce && !scopes.iter().any(|scope| scope == "openid") {
+        scopes.insert(0, "openid".to_owned());
+    }
     let mut builder = client.authorize_url(move || CsrfToken::new(state));
     builder = match config.protocol.scope_separator.as_str() {
         " " => builder.add_scopes(scopes.iter().map(|s| Scope::new(s.clone()))),
@@ -180,11 +184,31 @@ pub(super) async fn revoke(
     token: &str,
     kind: TokenKind,
 ) -> Result<(), ProviderError> {
+    let request = revocation_request(http, config, endpoint, token, kind);
+    let response = request.send().await.map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
+    match response.status() {
+        status if status.is_success() => Ok(()),
+        status if status.is_server_error() => Err(ProviderError::Unavailable(format!("revocation answered {status}"))),
+        status => Err(ProviderError::InvalidResponse(format!("revocation answered {status}"))),
+    }
+}
+
+/// The revocation request, the client authenticated as at the token endpoint: in HTTP Basic,
+/// its id and secret form-urlencoded first (RFC 6749 2.3.1, as `oauth2` sends them there), so
+/// that a secret with `+`, `/` or `%` is the same credential at both endpoints.
+fn revocation_request(
+    http: &reqwest::Client,
+    config: &ProviderConfig,
+    endpoint: &Url,
+    token: &str,
+    kind: TokenKind,
+) -> reqwest::RequestBuilder {
     let mut form = vec![("token", token), ("token_type_hint", kind.hint())];
     let mut request = http.post(endpoint.clone());
     match (&config.client_secret, ClientAuth::of(config)) {
         (Some(secret), ClientAuth::Basic) => {
-            request = request.basic_auth(&config.client_id, Some(secret.expose_secret()));
+            let encoded = |value: &str| url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
+            request = request.basic_auth(encoded(&config.client_id), Some(encoded(secret.expose_secret())));
         }
         (Some(secret), ClientAuth::Body) => {
             form.push(("client_id", &config.client_id));
@@ -192,12 +216,7 @@ pub(super) async fn revoke(
         }
         (None, _) => form.push(("client_id", &config.client_id)),
     }
-    let response = request.form(&form).send().await.map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
-    match response.status() {
-        status if status.is_success() => Ok(()),
-        status if status.is_server_error() => Err(ProviderError::Unavailable(format!("revocation answered {status}"))),
-        status => Err(ProviderError::InvalidResponse(format!("revocation answered {status}"))),
-    }
+    request.form(&form)
 }
 
 fn token_set(
@@ -245,8 +264,10 @@ fn token_set(
             id_token: response.extra_fields().id_token.clone(),
             fields: TokenFields(response.extra_fields().other.clone()),
         }),
+        // RFC 6749's error answer, read as a body outside it is: a provider's own refusal word
+        // (`bad_refresh_token`), in any case, is the refusal it is at any status.
         Err(RequestTokenError::ServerResponse(error))
-            if *error.error() == BasicErrorResponseType::InvalidGrant
+            if is_refusal(&error.error().as_ref().to_ascii_lowercase())
                 || is_configured_refusal(config, error.error().as_ref()) =>
         {
             Err(refused)
@@ -348,5 +369,49 @@ mod tests {
         assert!(!refused(r#"{"status": "error", "message": "internal"}"#), "not a refusal");
         assert!(!refused(r#"{"error": "temporarily_unavailable"}"#));
         assert_eq!(body_error(b"<html>"), None);
+    }
+
+    fn config() -> ProviderConfig {
+        ProviderConfig {
+            name: "acme".into(),
+            kind: crate::config::ProviderKind::OAuth2,
+            client_id: "id".into(),
+            client_secret: None,
+            scopes: Vec::new(),
+            issuer: crate::domain::Issuer::parse("https://acme.example").unwrap(),
+            endpoints: crate::config::ProviderEndpoints::default(),
+            algorithms: crate::config::DEFAULT_ALGORITHMS.to_vec(),
+            trusted_email_verification: false,
+            auto_link_by_email: false,
+            store_tokens: false,
+            protocol: crate::config::ProviderProtocol::default(),
+            icon_url: None,
+        }
+    }
+
+    #[test]
+    fn revocation_sends_the_client_secret_form_encoded_in_basic() {
+        use base64::Engine;
+        let config = ProviderConfig { client_secret: Some(SecretString::from("a+b/c=%")), ..config() };
+        let endpoint = Url::parse("https://acme.example/revoke").unwrap();
+        let request = revocation_request(&reqwest::Client::new(), &config, &endpoint, "t", TokenKind::Refresh);
+        let request = request.build().unwrap();
+        let basic = request.headers()["authorization"].to_str().unwrap().strip_prefix("Basic ").unwrap().to_owned();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(basic).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), "id:a%2Bb%2Fc%3D%25");
+    }
+
+    #[test]
+    fn refusals_in_an_rfc_error_answer_are_read_in_any_case() {
+        let config = config();
+        let answer = |error: &str| {
+            let kind: oauth2::basic::BasicErrorResponseType = serde_json::from_value(error.into()).unwrap();
+            let response = Err(RequestTokenError::ServerResponse(BasicErrorResponse::new(kind, None, None)));
+            token_set(&config, response, ProviderError::InvalidGrant)
+        };
+        for refusal in ["invalid_grant", "INVALID_GRANT", "bad_refresh_token", "Invalid_Refresh_Token"] {
+            assert!(matches!(answer(refusal), Err(ProviderError::InvalidGrant)), "{refusal}");
+        }
+        assert!(matches!(answer("temporarily_unavailable"), Err(ProviderError::InvalidResponse(_))));
     }
 }

@@ -117,6 +117,7 @@ pub(super) struct OAuthState {
     ignore_reauthentication: AtomicBool,
     refuse_userinfo: AtomicBool,
     refusals_in_a_200: AtomicBool,
+    failure_in_a_200: std::sync::Mutex<Option<String>>,
     account_in_token_answers: AtomicBool,
     granted_scope: std::sync::Mutex<Option<String>>,
     refresh_token_needs: std::sync::Mutex<Vec<(String, String)>>,
@@ -241,6 +242,13 @@ impl LocalIssuer {
     /// "error": "token_revoked"}`, not a 401.
     pub fn refuse_userinfo_in_a_200(&self, on: bool) {
         self.state.oauth.refusals_in_a_200.store(on, Ordering::SeqCst);
+    }
+
+    /// Makes the userinfo endpoint answer every token, good or not, with `200 {"ok": false,
+    /// "error": error}`, as Slack's `auth.test` answers its own outages (`service_unavailable`);
+    /// `None` stops it.
+    pub fn fail_userinfo_in_a_200(&self, error: Option<&str>) {
+        *self.state.oauth.failure_in_a_200.lock().expect("lock") = error.map(str::to_owned);
     }
 
     /// Forgets every access and refresh token issued so far.
@@ -562,6 +570,9 @@ async fn userinfo(State(state): State<Arc<IssuerState>>, headers: HeaderMap) -> 
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let user = token.and_then(|t| state.oauth.access_tokens.lock().expect("lock").get(t).cloned());
     let user = user.filter(|_| !state.oauth.refuse_userinfo.load(Ordering::SeqCst));
+    if let Some(error) = state.oauth.failure_in_a_200.lock().expect("lock").clone() {
+        return Json(json!({ "ok": false, "error": error })).into_response();
+    }
     match user {
         Some(user) => {
             let mut body = json!({ "sub": user.subject });
