@@ -262,7 +262,8 @@ pub fn record_webhook_queues(queues: &[crate::store::WebhookQueue], now: chrono:
     }
 }
 
-/// Counts a webhook delivery attempt of `endpoint`: `delivered`, `retry` or `failed`.
+/// Counts a webhook delivery attempt of `endpoint`: `delivered`, `retry` or `failed` (a request
+/// sent), or `dropped` (failed for good without one).
 pub fn record_webhook_attempt(endpoint: crate::domain::WebhookId, result: &'static str) {
     metrics::counter!(WEBHOOK_ATTEMPTS_TOTAL, "endpoint" => endpoint.to_string(), "result" => result).increment(1);
 }

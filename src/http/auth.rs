@@ -194,7 +194,7 @@ pub(super) fn already_signed_in(
     return_to: Option<&str>,
     live: &crate::service::sessions::LiveSession,
 ) -> Response {
-    let signed_in = errors::Context { return_to: None, signed_in: true };
+    let signed_in = errors::Context { return_to: None, signed_in: true, retry: None };
     let provider = match state.flows.provider(provider) {
         Ok(found) => Some(found.name().to_owned()),
         // None named, and no default among several: signing in anew goes through the chooser.
@@ -334,7 +334,7 @@ async fn start_link(
 ) -> Response {
     // Without a session, "sign in" comes back here, which then starts the link.
     let here = uri.path_and_query().map_or("/auth/link", |p| p.as_str()).to_owned();
-    let context = errors::Context { return_to: Some(here), signed_in: false };
+    let context = errors::Context { return_to: Some(here), signed_in: false, retry: None };
     let query = match query {
         Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error_in(&headers, error, &context),
@@ -387,7 +387,7 @@ async fn confirm_link(
             Ok(None) => return state.pages.error_in(headers, sign_in_to_link(), context),
             Err(response) => return response,
         };
-    let signed_in = errors::Context { return_to: None, signed_in: true };
+    let signed_in = errors::Context { return_to: None, signed_in: true, retry: None };
     let provider = match state.flows.provider(query.provider.as_deref()) {
         Ok(provider) => provider.name().to_owned(),
         Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
@@ -428,7 +428,7 @@ async fn start_link_form(
     let (live, session) = match pages::live_session(&state, &headers, "/account").await {
         Ok(Some(found)) => found,
         Ok(None) => {
-            let context = errors::Context { return_to: Some("/account".into()), signed_in: false };
+            let context = errors::Context { return_to: Some("/account".into()), signed_in: false, retry: None };
             return state.pages.error_in(&headers, sign_in_to_link(), &context);
         }
         Err(response) => return response,
@@ -453,9 +453,11 @@ async fn begin_link(
         Ok(started) => {
             redirect(started.location.as_str(), &[login_cookie(state, headers, started.binding.expose_secret())])
         }
-        Err(error) => {
-            state.pages.error_in(headers, error.into(), &errors::Context { return_to: None, signed_in: true })
-        }
+        Err(error) => state.pages.error_in(
+            headers,
+            error.into(),
+            &errors::Context { return_to: None, signed_in: true, retry: None },
+        ),
     }
 }
 
@@ -533,13 +535,14 @@ async fn callback_to_end(
                 _ => false,
             };
             // A state, and no sign-in cookie at all: most likely one the browser will never send.
-            let without_cookie = held.is_empty() && query.state.is_some() && !signed_in;
+            // (A session cookie sent shows cookies are not blocked.)
+            let without_cookie = held.is_empty() && query.state.is_some() && session.is_none();
             let page = if without_cookie && error.code() == ErrorCode::InvalidState && pages::wants_html(&headers) {
                 let described = error.describe();
                 let message = errors::sign_in_without_its_cookie(&described, &state.flows.public_url());
                 state.pages.message(described.status, message)
             } else {
-                state.pages.error_in(&headers, error, &errors::Context { return_to: None, signed_in })
+                state.pages.error_in(&headers, error, &errors::Context { return_to: None, signed_in, retry: None })
             };
             // A state of none of this browser's sign-ins leaves the cookie as it is (it may be
             // another tab's sign-in under way); one of them is dropped, its flow being gone.
@@ -560,8 +563,11 @@ async fn callback_to_end(
     };
     // A sign-in that fails from here on offers to try again towards where the browser was going
     // (an app's authorization request waiting for it, say), not to the account page.
-    let context =
-        errors::Context { return_to: flow.link_user.is_none().then(|| flow.return_to.clone()), signed_in: false };
+    let context = errors::Context {
+        return_to: flow.link_user.is_none().then(|| flow.return_to.clone()),
+        signed_in: false,
+        retry: None,
+    };
     let callback = Callback { code: query.code, state: query.state, iss: query.iss, error: query.error };
     let finished = match state.flows.finish(taken, callback).await {
         Ok(finished) => finished,
@@ -614,7 +620,7 @@ async fn callback_to_end(
                 let error = ApiError::from(error);
                 super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
                 // A signed-in browser is not sent to sign in (which would end its session).
-                let context = errors::Context { return_to: None, signed_in: current_user.is_some() };
+                let context = errors::Context { return_to: None, signed_in: current_user.is_some(), retry: None };
                 with_cookie(state.pages.error_in(&headers, error, &context), clear_login)
             }
         };
@@ -682,7 +688,7 @@ async fn confirm_logout(State(state): State<Arc<AppState>>, headers: HeaderMap) 
         Ok(None) => signed_out(&state, Some(state.cookies.clear(state.cookies.session()))),
         // Still signed in as far as anyone knows: "try again" comes back here, not to a sign-in.
         Err(error) => {
-            let context = errors::Context { return_to: Some("/auth/logout".into()), signed_in: true };
+            let context = errors::Context { return_to: Some("/auth/logout".into()), signed_in: true, retry: None };
             state.pages.error_in(&headers, error.into(), &context)
         }
     }

@@ -392,12 +392,12 @@ pub async fn live_session(
     headers: &HeaderMap,
     here: &str,
 ) -> Result<Option<(crate::service::sessions::LiveSession, String)>, Response> {
-    let signed_out = errors::Context { return_to: Some(here.to_owned()), signed_in: false };
+    let signed_out = errors::Context { return_to: Some(here.to_owned()), signed_in: false, retry: None };
     match super::credentials::cookie(headers, state.cookies.session()) {
         Ok(Some(value)) => match state.sessions.resolve_session(value).await {
             Ok(live) => Ok(live.map(|live| (live, value.to_owned()))),
             Err(error) => {
-                let unknown = errors::Context { return_to: Some(here.to_owned()), signed_in: true };
+                let unknown = errors::Context { return_to: Some(here.to_owned()), signed_in: true, retry: None };
                 Err(state.pages.error_in(headers, error.into(), &unknown))
             }
         },

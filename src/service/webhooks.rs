@@ -431,23 +431,26 @@ impl Webhooks {
 
     /// The keys that sign an endpoint's deliveries at `at`, decrypted: its key, and the previous
     /// one while it overlaps after a rotation. A previous key that does not decrypt is left out
-    /// (receivers that moved to the current key still verify); the current one must decrypt.
-    pub fn signing_keys(&self, endpoint: &WebhookEndpoint, at: DateTime<Utc>) -> Result<Vec<Vec<u8>>, String> {
+    /// (receivers that moved to the current key still verify), and why is the second value, for
+    /// the caller to warn of once rather than at every request; the current one must decrypt.
+    pub fn signing_keys(
+        &self,
+        endpoint: &WebhookEndpoint,
+        at: DateTime<Utc>,
+    ) -> Result<(Vec<Vec<u8>>, Option<String>), String> {
         let keyring = self.keyring.as_ref().ok_or("no key ring is configured to decrypt the signing key")?;
         let mut keys =
             vec![keyring.decrypt(&endpoint.secret, &WebhookEndpoint::aad(endpoint.id)).map_err(|e| e.to_string())?];
+        let mut previous_left_out = None;
         if let (Some(previous), Some(until)) = (&endpoint.previous_secret, endpoint.previous_secret_until)
             && until > at
         {
             match keyring.decrypt(previous, &WebhookEndpoint::previous_aad(endpoint.id)) {
                 Ok(key) => keys.push(key),
-                Err(error) => tracing::warn!(
-                    webhook = %endpoint.id, error = %error.chain(),
-                    "the previous signing key does not decrypt; signing with the current one alone"
-                ),
+                Err(error) => previous_left_out = Some(error.chain().to_string()),
             }
         }
-        Ok(keys)
+        Ok((keys, previous_left_out))
     }
 
     /// The wait before the next attempt after `attempts` failed ones (1 or more): the base

@@ -246,11 +246,22 @@ async fn deliver_to(
     // The keys are those of the endpoint as it is at each request, not as it was leased: a
     // rotation during a batch adds the new key's signature from the next request on, and an
     // overlap that ends drops the previous key's.
-    let keys_now = |endpoint: &WebhookEndpoint| {
-        webhooks.signing_keys(endpoint, Utc::now()).map_err(|error| {
+    // A previous key left out is warned of once a run, not at every request of the overlap.
+    let mut warned = false;
+    let mut keys_now = |endpoint: &WebhookEndpoint| {
+        let (keys, previous_left_out) = webhooks.signing_keys(endpoint, Utc::now()).map_err(|error| {
             tracing::error!(webhook = %endpoint.id, error, "cannot decrypt a webhook endpoint's signing key");
             format!("not sent: the signing key cannot be decrypted ({error})")
-        })
+        })?;
+        if let Some(error) = previous_left_out
+            && !std::mem::replace(&mut warned, true)
+        {
+            tracing::warn!(
+                webhook = %endpoint.id, error,
+                "the previous signing key does not decrypt; signing with the current one alone"
+            );
+        }
+        Ok::<_, String>(keys)
     };
     // Why the rest of the overdue backlog fails unsent, once known in this run: an overdue
     // delivery's one request failed (the endpoint is down), or a delivery failed for good because
@@ -338,10 +349,13 @@ async fn deliver_to(
                 (true, Some(_)) => "retry",
                 (true, None) => "failed",
             };
-            // Attempts are requests: a delivery failed unsent (the backlog behind an overdue
-            // one, an event no longer wanted, a key that cannot be read) counts none.
+            // Attempts are requests: a delivery failed for good unsent (the backlog behind an
+            // overdue one, an event no longer wanted, a key that cannot be read) is `dropped`,
+            // and one put off unsent (a key to retry with) counts nothing.
             if !final_without_request && !unsigned {
                 crate::observability::record_webhook_attempt(endpoint.id, result);
+            } else if retry_at.is_none() {
+                crate::observability::record_webhook_attempt(endpoint.id, "dropped");
             }
             match (&error, retry_at) {
                 (None, _) => tracing::debug!(webhook = %endpoint.id, event = %job.event_id, "webhook delivered"),

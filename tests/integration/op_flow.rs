@@ -879,6 +879,23 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
     // "Try again" opens the same request again, not a new sign-in (which would end the session
     // the browser may still have, and drop the app's request).
     assert!(html.contains("href=\"/oauth/authorize?") && !html.contains("href=\"/login"), "{html}");
+    // A browser without a session: while the instance still vouches for the client it read
+    // (its cache-log reads are recent), the app is told to try again later (RFC 6749 4.1.2.1),
+    // with its state; once it cannot, the page's "Try again" is the request itself (which sends
+    // a signed-out browser to sign in), not `/login` with the whole request as its `return_to`.
+    let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let bare = plain.get(authorize_url(&w.app, &client, &challenge, "")).header("accept", "text/html");
+    let answer = bare.send().await.unwrap();
+    if answer.status() == StatusCode::SEE_OTHER {
+        let to = location(&answer);
+        assert!(to.starts_with(REDIRECT), "{to}");
+        assert_eq!(param(&to, "error").as_deref(), Some("temporarily_unavailable"), "{to}");
+        assert_eq!(param(&to, "state").as_deref(), Some("st-1"), "{to}");
+    } else {
+        assert_eq!(answer.status(), 503);
+        let html = answer.text().await.unwrap();
+        assert!(html.contains("href=\"/oauth/authorize?") && !html.contains("href=\"/login"), "{html}");
+    }
     assert_eq!(oauth_error(authorize.send().await.unwrap(), 503).await, "temporarily_unavailable");
 }
 

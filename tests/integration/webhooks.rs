@@ -546,6 +546,13 @@ async fn a_backlog_held_back_past_its_time_fails_without_a_request_each(backend:
     let log = deliveries(&app, &id).await;
     let unsent = log.iter().filter(|d| d["last_error"] == tessera::worker::webhooks::NOT_SENT_PAST_GIVE_UP).count();
     assert_eq!(unsent, 12 - sent, "{log:?}");
+    // Attempts counted are requests; the deliveries failed unsent are counted as dropped.
+    let (_, samples) = crate::metrics::scrape(&app).await;
+    let counted = |result: &str| {
+        let labels = [("endpoint", id.as_str()), ("result", result)];
+        crate::metrics::value(&samples, "tessera_webhook_attempts_total", &labels)
+    };
+    assert_eq!((counted("failed"), counted("dropped")), (sent as f64, (12 - sent) as f64));
     app.stop().await;
 }
 

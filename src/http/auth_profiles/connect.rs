@@ -76,7 +76,7 @@ async fn show_connect(
         Ok(found) => found,
         Err(response) => return response,
     };
-    let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some() };
+    let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some(), retry: None };
     let user = signed_in.as_ref().map(|(live, _)| live.profile.user.id);
     let preview = match state.auth_profiles.connect_preview(&token, user).await {
         Ok(preview) => preview,
@@ -133,7 +133,7 @@ async fn start_connect(
         Ok(found) => found,
         Err(response) => return response,
     };
-    let context = errors::Context { return_to: Some(here), signed_in: signed_in.is_some() };
+    let context = errors::Context { return_to: Some(here), signed_in: signed_in.is_some(), retry: None };
     let Some((live, cookie_value)) = signed_in else {
         return state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context);
     };

@@ -116,7 +116,7 @@ async fn show_env_form(
         Ok(found) => found,
         Err(response) => return response,
     };
-    let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some() };
+    let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some(), retry: None };
     let user = signed_in.as_ref().map(|(live, _)| live.record.user_id);
     match (state.auth_profiles.env_form(&token, user).await, signed_in) {
         (Ok(form), Some((_, cookie_value))) => render(&state, StatusCode::OK, form, here, &cookie_value, None),
@@ -147,7 +147,7 @@ async fn submit_env_form(
         Ok(found) => found,
         Err(response) => return response,
     };
-    let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some() };
+    let context = errors::Context { return_to: Some(here.clone()), signed_in: signed_in.is_some(), retry: None };
     let Some((live, cookie_value)) = signed_in else {
         return state.pages.error_in(&headers, AuthProfileError::NotSignedIn.into(), &context);
     };

@@ -70,6 +70,12 @@ fn refusal(state: &AppState, headers: &HeaderMap, status: StatusCode, error: &st
     response
 }
 
+/// `path` with `pairs` as its query: a `GET` request's own URL, for a failure's "Try again" (a
+/// posted request's parameters stay out of URLs).
+fn again_url(path: &str, pairs: &[(String, String)]) -> String {
+    format!("{path}?{}", url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish())
+}
+
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
@@ -169,10 +175,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     let first: BTreeMap<&str, &str> = pairs.iter().rev().map(|(key, value)| (key.as_str(), value.as_str())).collect();
     let params = AuthorizationParams { repeated: repeated.map(str::to_owned), ..authorization_params(&first) };
     // A failure's "Try again" sends a `GET` again; a posted request's parameters stay out of URLs.
-    let again = (!posted).then(|| {
-        let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
-        format!("/oauth/authorize?{query}")
-    });
+    let again = (!posted).then(|| again_url("/oauth/authorize", &pairs));
     let again = again.as_deref();
     let (live, view) = match session(state, headers, again).await {
         Ok(Some((live, cookie))) => {
@@ -240,9 +243,10 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError, again:
 /// shortly) and does not blame the app; for a client, the RFC's JSON (503
 /// `temporarily_unavailable`, or 500 `server_error`). The cause is logged once, with its chain.
 ///
-/// A browser's "Try again" opens `again` (the authorization request's own URL) when given, else
-/// the account page of a browser that sent a session cookie: never a new sign-in, which would
-/// end that session, unless the browser has none.
+/// A browser's "Try again" opens `again` (the request's own URL: the authorization endpoint
+/// sends a signed-out browser to sign in itself) when given, else the account page of a browser
+/// that sent a session cookie: never a new sign-in, which would end that session, unless the
+/// browser has none.
 fn failed<E: PublicError>(
     state: &AppState,
     headers: &HeaderMap,
@@ -252,8 +256,9 @@ fn failed<E: PublicError>(
 ) -> Response {
     if pages::wants_html(headers) {
         let context = pages::errors::Context {
-            return_to: again.map(str::to_owned),
+            return_to: None,
             signed_in: !matches!(cookie(headers, state.cookies.session()), Ok(None)),
+            retry: again.map(str::to_owned),
         };
         return state.pages.error_in(headers, ApiError::from(error), &context);
     }
@@ -521,6 +526,8 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     let Some(op) = state.op.as_ref() else {
         return provider_off(state, headers);
     };
+    let again = (!posted).then(|| again_url("/oauth/logout", &pairs));
+    let again = again.as_deref();
     let request = match logout_params(&pairs) {
         Ok(found) => found,
         Err(description) => return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
@@ -536,7 +543,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     let mut hinted = match request.id_token_hint.as_deref() {
         Some(hint) => match op.check_id_token_hint(hint).await {
             Ok(HintCheck::Verified(found)) => Some(found),
-            Err(error) => return failed(state, headers, error, "verifying an id_token_hint", None),
+            Err(error) => return failed(state, headers, error, "verifying an id_token_hint", again),
             // Signed by a key no longer published (an id token kept since before a rotation,
             // while its session lives on): it names nobody, so the user is asked, as without one
             // (RP-Initiated Logout 1.0 section 4: old hints of live sessions are accepted). Its
@@ -565,7 +572,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         let client = match named {
             Some(id) => match op.clients().get(&id).await {
                 Ok(client) => client,
-                Err(error) => return failed(state, headers, error, "reading the client of a logout request", None),
+                Err(error) => return failed(state, headers, error, "reading the client of a logout request", again),
             },
             None => None,
         };
@@ -585,7 +592,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         // A request that is wrong in part is no proof that the app asked: the user is asked.
         hinted = None;
     }
-    let live = match session(state, headers, None).await {
+    let live = match session(state, headers, again).await {
         Ok(live) => live,
         Err(response) => return response,
     };
@@ -613,7 +620,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     if let Ok(Some(session)) = sent
         && let Err(e) = state.sessions.revoke(session, SessionEnd::SignedOut).await
     {
-        return failed(state, headers, e, "ending a session", None);
+        return failed(state, headers, e, "ending a session", again);
     }
     match target {
         Some(uri) => {

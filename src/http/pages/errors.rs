@@ -14,6 +14,10 @@ pub struct Context {
     pub return_to: Option<String>,
     /// Whether the browser has a session (shows the account links and "your account" steps).
     pub signed_in: bool,
+    /// Where "try again" goes after a failure on our side, when the page knows better than
+    /// `return_to` and `signed_in` say (an authorization request, which itself sends a
+    /// signed-out browser to sign in).
+    pub retry: Option<String>,
 }
 
 /// The page for an error.
@@ -23,10 +27,11 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
     let try_again = login_url(context.return_to.as_deref());
     // After a failure on our side, a signed-in browser tries the page again, not a new sign-in
     // (which would replace its session).
-    let retry = match (context.signed_in, context.return_to.as_deref()) {
-        (true, Some(page)) => page.to_owned(),
-        (true, None) => "/account".to_owned(),
-        (false, _) => try_again.clone(),
+    let retry = match (&context.retry, context.signed_in, context.return_to.as_deref()) {
+        (Some(again), _, _) => again.clone(),
+        (None, true, Some(page)) => page.to_owned(),
+        (None, true, None) => "/account".to_owned(),
+        (None, false, _) => try_again.clone(),
     };
     let (title, text, actions): (&str, String, Vec<(&str, String)>) = match error.code {
         LinkRequired => {
@@ -286,11 +291,11 @@ mod tests {
     #[test]
     fn a_failure_on_our_side_retries_the_page_of_a_signed_in_browser() {
         let failed = described(ErrorCode::StoreUnavailable, None);
-        let signed_in = Context { return_to: Some("/account?tab=apps".into()), signed_in: true };
+        let signed_in = Context { return_to: Some("/account?tab=apps".into()), signed_in: true, retry: None };
         assert_eq!(message_for(&failed, &signed_in).actions[0].href, "/account?tab=apps");
-        let home = Context { return_to: None, signed_in: true };
+        let home = Context { return_to: None, signed_in: true, retry: None };
         assert_eq!(message_for(&failed, &home).actions[0].href, "/account");
-        let anonymous = Context { return_to: Some("/connect/abc/oauth/start".into()), signed_in: false };
+        let anonymous = Context { return_to: Some("/connect/abc/oauth/start".into()), signed_in: false, retry: None };
         assert_eq!(
             message_for(&failed, &anonymous).actions[0].href,
             "/login?return_to=%2Fconnect%2Fabc%2Foauth%2Fstart"
@@ -301,7 +306,7 @@ mod tests {
     fn a_signed_in_browser_is_not_sent_to_sign_in_again() {
         // A sign-in's callback replayed from the history: signing in again would end the session.
         let state = described(ErrorCode::InvalidState, None);
-        let signed_in = Context { return_to: None, signed_in: true };
+        let signed_in = Context { return_to: None, signed_in: true, retry: None };
         assert_eq!(
             message_for(&state, &signed_in).actions.iter().map(|a| a.href.as_str()).collect::<Vec<_>>(),
             ["/account"]
@@ -311,7 +316,8 @@ mod tests {
 
     #[test]
     fn an_account_removed_during_its_sign_in_offers_the_sign_in_again() {
-        let context = Context { return_to: Some("/oauth/authorize?request_uri=x".into()), signed_in: false };
+        let context =
+            Context { return_to: Some("/oauth/authorize?request_uri=x".into()), signed_in: false, retry: None };
         let message = message_for(&described(ErrorCode::IdentityNotFound, None), &context);
         assert_eq!(message.title, "Your sign-in did not finish");
         assert_eq!(message.actions[0].href, "/login?return_to=%2Foauth%2Fauthorize%3Frequest_uri%3Dx");
@@ -322,7 +328,7 @@ mod tests {
 
     #[test]
     fn sign_in_comes_back_where_the_browser_was_going() {
-        let context = Context { return_to: Some("/connect/abc/oauth/start".into()), signed_in: false };
+        let context = Context { return_to: Some("/connect/abc/oauth/start".into()), signed_in: false, retry: None };
         let message = message_for(&described(ErrorCode::MissingCredentials, None), &context);
         assert_eq!(message.actions[0].href, "/login?return_to=%2Fconnect%2Fabc%2Foauth%2Fstart");
         assert_eq!(sentence("the form is bad"), "The form is bad.");
