@@ -188,6 +188,20 @@ pub struct AuthProfile {
     pub credential: Option<CredentialMeta>,
 }
 
+impl AuthProfile {
+    /// The profile as kept once a connect link living until `until` is minted for it: a pending
+    /// profile lives at least as long as its link (never shortened; the store's rule too).
+    pub fn outliving(self, until: DateTime<Utc>) -> Self {
+        match self.status {
+            ProfileStatus::PendingAuth => {
+                let kept = self.pending_expires_at.map_or(until, |at| at.max(until));
+                AuthProfile { pending_expires_at: Some(kept), ..self }
+            }
+            _ => self,
+        }
+    }
+}
+
 /// What may be shown about a stored `env` or `browser_session` credential: never a value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -192,7 +192,7 @@ async fn show_account(
 }
 
 fn signed_in() -> errors::Context {
-    errors::Context { return_to: Some("/account".into()), signed_in: true }
+    errors::Context { return_to: Some("/account".into()), signed_in: true, retry: None }
 }
 
 async fn account_page(
@@ -249,14 +249,10 @@ async fn account_page(
         })
         .collect();
     let mut connections = Vec::new();
+    let made = state.auth_profiles.made_by(user).await?;
     for membership in &profile.teams {
-        let profiles = match state.auth_profiles.list(&TeamRef::Id(membership.team.id), user).await {
-            Ok(profiles) => profiles,
-            // A team left (or deleted) since the page's profile was read: nothing of it to show.
-            Err(crate::service::auth_profiles::AuthProfileError::TeamNotFound) => continue,
-            Err(error) => return Err(error.into()),
-        };
-        for p in profiles.into_iter().filter(|p| p.created_by == user && p.status != ProfileStatus::Revoked) {
+        // A team joined since the page's profile was read shows next time.
+        for p in made.iter().filter(|p| p.team_id == membership.team.id) {
             let (status_label, status_class) = match p.status {
                 ProfileStatus::Active => ("connected", "ok"),
                 ProfileStatus::NeedsReauth => ("needs reconnecting", "warn"),

@@ -558,9 +558,11 @@ impl AuthProfiles {
             return Err(AuthProfileError::PendingAuthConflict { slug: pending.slug.as_str().to_owned() });
         }
         let link = self.mint_link(&pending, user, false).await?;
-        Ok(Created { profile: pending, link: Some(link), created: false })
+        Ok(Created { profile: pending.outliving(link.expires_at), link: Some(link), created: false })
     }
 
+    /// Mints a connect link for `profile`; a pending profile is kept (in the store) at least
+    /// as long as the link lives: answer it as [`AuthProfile::outliving`] the link.
     pub(super) async fn mint_link(
         &self,
         profile: &AuthProfile,
@@ -627,7 +629,7 @@ impl AuthProfiles {
             self.provider_of(&profile)?;
         }
         let link = self.mint_link(&profile, user, allow_account_change).await?;
-        Ok((profile, link))
+        Ok((profile.outliving(link.expires_at), link))
     }
 
     /// The profiles of a team the caller may see: the team's, and the caller's own personal ones.
@@ -635,6 +637,12 @@ impl AuthProfiles {
         let (team, _) = self.membership(team, user).await?;
         let profiles = self.store.team_profiles(team.id).await?;
         Ok(profiles.into_iter().filter(|p| !p.profile_kind.is_personal() || p.created_by == user).collect())
+    }
+
+    /// The live profiles `user` made, in every team they are a member of (their account page's
+    /// "connected accounts"), oldest first.
+    pub async fn made_by(&self, user: UserId) -> Result<Vec<AuthProfile>, AuthProfileError> {
+        Ok(self.store.profiles_made_by(user).await?)
     }
 
     /// One profile.

@@ -604,8 +604,7 @@ pub enum MemberOutcome {
     UserNotFound,
     /// The user is the team's last owner and the new role is not owner; nothing changed.
     LastOwner,
-    /// The acting user is not (or no longer) an owner of the team, or, leaving it, is disabled;
-    /// nothing changed.
+    /// The acting user is not (or no longer) an owner of the team; nothing changed.
     NotAllowed,
     /// The team was deleted meanwhile (with its last member); nothing changed.
     TeamNotFound,
@@ -623,7 +622,8 @@ pub enum RemoveOutcome {
     NotMember,
     /// The user is the team's last owner; nothing changed.
     LastOwner,
-    /// The acting user is not (or no longer) an owner of the team; nothing changed.
+    /// The acting user is not (or no longer) an owner of the team, or, leaving it, is disabled;
+    /// nothing changed.
     NotAllowed,
     /// The team was deleted meanwhile (with its last member); nothing changed.
     TeamNotFound,
@@ -1061,7 +1061,8 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// `user` leaves a team, as [`Store::remove_member`] removes them, except that the last owner
     /// who is also the team's only member may leave a team that is not their default one: the
-    /// team is deleted with them leaving (with its domains, profiles, links and flows).
+    /// team is deleted with them leaving (with its domains, profiles, links and flows): then
+    /// `RemovedWithTeam`. A member disabled meanwhile acts in nothing: `NotAllowed`.
     async fn leave_team(&self, team: TeamId, user: UserId) -> Result<RemoveOutcome, StoreError>;
 
     /// Inserts a profile unless a uniqueness rule refuses it (a live slug of the team, or the
@@ -1103,6 +1104,10 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// A team's live profiles, oldest first.
     async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError>;
+
+    /// The live profiles `user` made, in the teams they are a member of, oldest first: found by
+    /// their maker (`auth_profiles_created_by_idx`), not by reading each team's every profile.
+    async fn profiles_made_by(&self, user: UserId) -> Result<Vec<AuthProfile>, StoreError>;
 
     /// Stores a new connect token for a profile, deleting the profile's older tokens. A pending
     /// profile's expiry is extended to the link's, at least. False (nothing written) when the

@@ -216,8 +216,7 @@ impl SqlStore {
             FirstWrite::Link(token) => {
                 keep_pending(&mut tx, profile.id, token.expires_at).await?;
                 insert_connect_token(&mut tx, token).await?;
-                let kept = profile.pending_expires_at.map_or(token.expires_at, |at| at.max(token.expires_at));
-                AuthProfile { pending_expires_at: Some(kept), ..profile.clone() }
+                profile.clone().outliving(token.expires_at)
             }
         };
         tx.commit().await?;
@@ -2224,6 +2223,23 @@ impl Store for SqlStore {
             " FROM auth_profiles p WHERE p.team_id = $1 AND p.status <> 'revoked' ORDER BY p.created_at, p.id"
         ))
         .bind(team.as_uuid())
+        .fetch_all(self.db.reader())
+        .await?
+        .iter()
+        .map(rows::profile)
+        .collect()
+    }
+
+    async fn profiles_made_by(&self, user: UserId) -> Result<Vec<AuthProfile>, StoreError> {
+        query(concat!(
+            "SELECT ",
+            profile_columns!(),
+            " FROM auth_profiles p
+              WHERE p.created_by = $1 AND p.status <> 'revoked'
+                AND EXISTS (SELECT 1 FROM memberships m WHERE m.team_id = p.team_id AND m.user_id = $1)
+              ORDER BY p.created_at, p.id"
+        ))
+        .bind(user.as_uuid())
         .fetch_all(self.db.reader())
         .await?
         .iter()

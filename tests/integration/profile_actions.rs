@@ -20,6 +20,7 @@ use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_no_leak, json as body
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 
 on_both_backends!(
+    a_revocation_reaches_the_provider_though_its_client_hangs_up,
     an_update_renames_and_moves_the_slug,
     only_the_owner_or_an_admin_updates_a_profile,
     bad_updates_are_clean_4xx_and_write_nothing,
@@ -735,6 +736,23 @@ async fn a_profile_revoked_during_its_refresh_hands_out_no_token(backend: Backen
     let answer = refreshing.await.unwrap();
     assert_eq!(body(answer, 404).await["code"], "profile_not_found");
     assert_eq!(w.issuer.revocations(), revocations + 1, "the refresh's new token is revoked at the provider");
+}
+
+/// A revocation is finished at the provider even when its client hangs up once it is committed
+/// (a double click drops the first request; the second finds nothing to revoke): the grant does
+/// not stay live there.
+async fn a_revocation_reaches_the_provider_though_its_client_hangs_up(backend: Backend) {
+    let mut w = world(backend).await;
+    w.connected("oauth_app", "issues", "issues", &["openid"]).await;
+    w.issuer.set_revocation_delay(Duration::from_secs(3));
+    let before = w.issuer.revocations();
+    // With her own session (an admin token's requests run to their end for their audit row).
+    let request = w.alice.browser.prepared(Method::DELETE, &w.url("/auth-profiles/issues"));
+    assert!(request.timeout(Duration::from_secs(1)).send().await.is_err(), "the client gave up first");
+    crate::helpers::eventually("the provider revokes the grant", || async { w.issuer.revocations() == before + 1 })
+        .await;
+    let gone = w.on_behalf(Method::GET, "/auth-profiles/issues", w.alice.id).send().await.unwrap();
+    assert_eq!(body(gone, 404).await["code"], "profile_not_found");
 }
 
 async fn a_github_profile_is_tested_against_the_user_endpoint(backend: Backend) {

@@ -2131,7 +2131,9 @@ async fn team_profiles_lists_live_profiles_oldest_first(backend: Backend) {
     inserted(&store, profile(&bob.team, bob.id(), ProfileKind::Env, "middle", t0 - minutes(2))).await;
     assert!(matches!(store.revoke_profile(revoked.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
 
-    assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), [oldest, middle.clone(), newest]);
+    assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), [oldest.clone(), middle.clone(), newest.clone()]);
+    // Hers alone, found by their maker: not Bob's, nor the revoked one.
+    assert_eq!(store.profiles_made_by(ada.id()).await.unwrap(), [oldest, middle.clone(), newest]);
     assert_eq!(store.profile_by_slug(ada.team.id, &middle.slug).await.unwrap(), Some(middle));
     assert_eq!(store.profile_by_slug(ada.team.id, &revoked.slug).await.unwrap(), None, "a revoked one is not live");
     assert_eq!(store.profile_by_slug(ada.team.id, &Slug::parse("unknown").unwrap()).await.unwrap(), None);

@@ -123,6 +123,7 @@ pub(super) struct OAuthState {
     refresh_token_needs: std::sync::Mutex<Vec<(String, String)>>,
     token_delay_ms: AtomicU64,
     answer_delay_ms: AtomicU64,
+    revocation_delay_ms: AtomicU64,
     access_token_ttl: AtomicU64,
     code_exchanges: AtomicU64,
     refreshes: AtomicU64,
@@ -272,7 +273,13 @@ impl LocalIssuer {
         self.state.oauth.revocation_hints.lock().expect("lock").clone()
     }
 
-    /// How many revocation requests arrived.
+    /// Makes the revocation endpoint answer after `delay`, counting a revocation only then: one
+    /// whose caller hangs up first is not made (its handler is dropped with the connection).
+    pub fn set_revocation_delay(&self, delay: Duration) {
+        self.state.oauth.revocation_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// How many revocations were made (answered; see [`LocalIssuer::set_revocation_delay`]).
     pub fn revocations(&self) -> u64 {
         self.state.oauth.revocations.load(Ordering::SeqCst)
     }
@@ -590,6 +597,10 @@ async fn userinfo(State(state): State<Arc<IssuerState>>, headers: HeaderMap) -> 
 }
 
 async fn revoke(State(state): State<Arc<IssuerState>>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let delay = state.oauth.revocation_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     state.oauth.revocations.fetch_add(1, Ordering::SeqCst);
     let hint = form.get("token_type_hint").cloned().unwrap_or_default();
     state.oauth.revocation_hints.lock().expect("lock").push(hint);
