@@ -181,6 +181,28 @@ pub struct ProviderConfig {
     pub icon_url: Option<String>,
 }
 
+#[cfg(test)]
+impl ProviderConfig {
+    /// An entry named `name` with no secret, no scopes and defaults everywhere, for unit tests.
+    pub(crate) fn for_tests(name: &str, kind: ProviderKind, issuer: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            client_id: "id".into(),
+            client_secret: None,
+            scopes: Vec::new(),
+            issuer: crate::domain::Issuer::parse(issuer).expect("a valid issuer"),
+            endpoints: ProviderEndpoints::default(),
+            algorithms: DEFAULT_ALGORITHMS.to_vec(),
+            trusted_email_verification: false,
+            auto_link_by_email: false,
+            store_tokens: false,
+            protocol: ProviderProtocol::default(),
+            icon_url: None,
+        }
+    }
+}
+
 /// Endpoint overrides of a provider.
 #[derive(Debug, Clone, Default)]
 pub struct ProviderEndpoints {

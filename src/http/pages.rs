@@ -499,19 +499,8 @@ mod tests {
     #[test]
     fn provider_icons_are_built_in_configured_or_a_monogram() {
         let provider = |name: &str, kind, issuer: &str, icon: Option<&str>| ProviderConfig {
-            name: name.into(),
-            kind,
-            client_id: "id".into(),
-            client_secret: None,
-            scopes: Vec::new(),
-            issuer: crate::domain::Issuer::parse(issuer).unwrap(),
-            endpoints: crate::config::ProviderEndpoints::default(),
-            algorithms: crate::config::DEFAULT_ALGORITHMS.to_vec(),
-            trusted_email_verification: false,
-            auto_link_by_email: false,
-            store_tokens: false,
-            protocol: crate::config::ProviderProtocol::default(),
             icon_url: icon.map(str::to_owned),
+            ..ProviderConfig::for_tests(name, kind, issuer)
         };
         use crate::config::ProviderKind::{GitHub, Oidc};
         let pages = Pages::new(&BrandingConfig::default()).with_providers(&[

@@ -709,6 +709,13 @@ impl AuthProfiles {
         }
     }
 
+    /// [`AuthProfiles::revoke_new_tokens`] for a refresh's tokens that `profile` (as read before
+    /// the refresh) is not to have: revoked, or reconnected to another account, meanwhile.
+    async fn revoke_refreshed(&self, profile: &AuthProfile, tokens: &TokenSet) {
+        let account = profile.upstream_account_id.as_deref();
+        self.revoke_new_tokens(&profile.provider, profile.id, tokens, account, Some(profile.id)).await;
+    }
+
     /// Whether another connected profile holds a grant of `account` at `provider` (see
     /// [`Store::account_in_use`]); a store that cannot answer counts as yes: a token left live
     /// at the provider is the lesser harm.
@@ -1143,15 +1150,7 @@ impl AuthProfiles {
                         }
                         match self.store.profile_secrets(profile.id).await {
                             Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
-                                let account = profile.upstream_account_id.as_deref();
-                                self.revoke_new_tokens(
-                                    &profile.provider,
-                                    profile.id,
-                                    &tokens,
-                                    account,
-                                    Some(profile.id),
-                                )
-                                .await;
+                                self.revoke_refreshed(profile, &tokens).await;
                                 return Err(AuthProfileError::ProfileNotFound);
                             }
                             // What the row holds now wins: another refresh's token (as good as
@@ -1170,15 +1169,7 @@ impl AuthProfiles {
                             }
                             Ok(Some(current)) if current.upstream_account_id != profile.upstream_account_id => {
                                 tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; the profile was reconnected to another account");
-                                let account = profile.upstream_account_id.as_deref();
-                                self.revoke_new_tokens(
-                                    &profile.provider,
-                                    profile.id,
-                                    &tokens,
-                                    account,
-                                    Some(profile.id),
-                                )
-                                .await;
+                                self.revoke_refreshed(profile, &tokens).await;
                                 return stored_token(keyring, profile.id, &current);
                             }
                             Ok(_) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),

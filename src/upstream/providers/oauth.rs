@@ -372,21 +372,7 @@ mod tests {
     }
 
     fn config() -> ProviderConfig {
-        ProviderConfig {
-            name: "acme".into(),
-            kind: crate::config::ProviderKind::OAuth2,
-            client_id: "id".into(),
-            client_secret: None,
-            scopes: Vec::new(),
-            issuer: crate::domain::Issuer::parse("https://acme.example").unwrap(),
-            endpoints: crate::config::ProviderEndpoints::default(),
-            algorithms: crate::config::DEFAULT_ALGORITHMS.to_vec(),
-            trusted_email_verification: false,
-            auto_link_by_email: false,
-            store_tokens: false,
-            protocol: crate::config::ProviderProtocol::default(),
-            icon_url: None,
-        }
+        ProviderConfig::for_tests("acme", crate::config::ProviderKind::OAuth2, "https://acme.example")
     }
 
     #[test]
