@@ -152,9 +152,9 @@ pub async fn acting_user(state: &AppState, headers: &HeaderMap, query: Option<&s
     let admin = credentials.admin_token().is_some_and(|token| state.admin_tokens.verify(token));
     if !admin {
         // A wrong `X-Admin-Token` is refused and counted as at the admin API, not taken for no
-        // credential (a `Bearer` token that is no admin token is the user's own).
+        // credential (a `Bearer` token that is no admin token is the user's own) — beside a
+        // session cookie too: a signed-in user guessing admin tokens is counted like anyone.
         if credentials.admin_header_token().is_some() {
-            no_admin_beside_session(&credentials, cookie(headers, state.cookies.session())?)?;
             state.audit.admin_token_refused(ErrorCode::InvalidCredentials);
             return Err(ApiError::new(ErrorCode::InvalidCredentials, "the admin token is not valid")
                 .challenge("Bearer realm=\"tessera-admin\", error=\"invalid_token\""));

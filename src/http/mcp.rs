@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use rmcp::model::{ClientJsonRpcMessage, ProtocolVersion};
+use rmcp::model::{ClientJsonRpcMessage, GetMeta as _, ProtocolVersion};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
@@ -56,7 +56,10 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         StreamableHttpService::new(move || Ok(server.clone()), Arc::new(NeverSessionManager::default()), config);
     // Bearer tokens only, never cookies: an MCP client running in a browser (an inspector, an
     // agent's web app) may read the metadata, the challenge and the answers from any origin.
-    let mcp_headers = ["mcp-protocol-version", "mcp-session-id", "last-event-id"].map(header::HeaderName::from_static);
+    // `Mcp-Method` and `Mcp-Name` route requests of the newer revisions (SEP-2243); the SDK
+    // requires them there.
+    let mcp_headers = ["mcp-protocol-version", "mcp-session-id", "last-event-id", "mcp-method", "mcp-name"]
+        .map(header::HeaderName::from_static);
     let routes = Router::new()
         .route_service(PATH, service)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -175,9 +178,25 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
             "send `Accept: application/json, text/event-stream`, as the MCP specification asks",
         ));
     }
+    let (parts, body) = request.into_parts();
+    let ApiBytes(bytes) = ApiBytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
+    // Text that is not JSON, or JSON that is not one JSON-RPC message (`{}`, a request without
+    // its method, or a batch, which MCP dropped in 2025-06-18): the transport would answer 415 in
+    // plain text.
+    let message = serde_json::from_slice::<ClientJsonRpcMessage>(&bytes).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the body is not one JSON-RPC request, notification or response (batches are not part of MCP)",
+        ),
+        _ => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
+    })?;
     // As the SDK reads it: a header naming a revision it does not speak is refused (absent, the
-    // client speaks 2025-03-26).
-    if let Some(version) = headers.get(MCP_PROTOCOL_VERSION) {
+    // client speaks 2025-03-26) — unless the request names its revision in its `_meta` too: the
+    // SDK then answers with the revisions it speaks (JSON-RPC `data.supported`), which is how a
+    // client of a newer revision negotiates down.
+    let names_its_revision = matches!(&message, ClientJsonRpcMessage::Request(request)
+        if request.request.get_meta().protocol_version().is_some());
+    if let Some(version) = parts.headers.get(MCP_PROTOCOL_VERSION).filter(|_| !names_its_revision) {
         let known = ProtocolVersion::KNOWN_VERSIONS.iter().any(|v| v.as_str().as_bytes() == version.as_bytes());
         if !known {
             let known: Vec<&str> = ProtocolVersion::KNOWN_VERSIONS.iter().map(ProtocolVersion::as_str).collect();
@@ -190,18 +209,6 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
             ));
         }
     }
-    let (parts, body) = request.into_parts();
-    let ApiBytes(bytes) = ApiBytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
-    // Text that is not JSON, or JSON that is not one JSON-RPC message (`{}`, a request without
-    // its method, or a batch, which MCP dropped in 2025-06-18): the transport would answer 415 in
-    // plain text.
-    serde_json::from_slice::<ClientJsonRpcMessage>(&bytes).map_err(|error| match error.classify() {
-        serde_json::error::Category::Data => ApiError::new(
-            ErrorCode::InvalidRequest,
-            "the body is not one JSON-RPC request, notification or response (batches are not part of MCP)",
-        ),
-        _ => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
-    })?;
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 

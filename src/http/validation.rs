@@ -53,6 +53,11 @@ struct ValidateQuery {
     /// access tokens, the calling backend's resource URL or client id; for an upstream token,
     /// one of its issuer's configured audiences.
     audience: Option<String>,
+    /// `?on_behalf_of=` sent blank (clients that send every parameter): it names nobody, and a
+    /// user named there is refused before this is read (`ambiguous_credentials`).
+    #[serde(default, rename = "on_behalf_of")]
+    #[param(ignore)]
+    _on_behalf_of: Option<String>,
 }
 
 #[utoipa::path(
@@ -82,6 +87,11 @@ async fn validate_token(
 #[serde(deny_unknown_fields)]
 struct CheckQuery {
     team: Option<String>,
+    /// `?on_behalf_of=` sent blank (clients that send every parameter): it names nobody, and a
+    /// user named there is refused before this is read (`ambiguous_credentials`).
+    #[serde(default, rename = "on_behalf_of")]
+    #[param(ignore)]
+    _on_behalf_of: Option<String>,
 }
 
 #[utoipa::path(

@@ -12,8 +12,8 @@
 use std::borrow::Cow;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CustomRequest, CustomResult, Implementation, JsonObject,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::schemars::JsonSchema;
 use rmcp::service::RequestContext;
@@ -243,6 +243,8 @@ fn parse_arguments(arguments: Option<JsonObject>) -> Result<Arguments, ApiError>
         })?;
     // An optional argument left blank is absent: agents often fill every parameter of a schema,
     // with "" for those they mean to leave out (a slug to derive from the display name, say).
+    // One given is trimmed, as agents often pad what they fill in: `create` takes " notes " as
+    // the slug every other action reads.
     for text in [
         &mut arguments.slug,
         &mut arguments.connector_key,
@@ -251,9 +253,7 @@ fn parse_arguments(arguments: Option<JsonObject>) -> Result<Arguments, ApiError>
         &mut arguments.display_name,
         &mut arguments.new_slug,
     ] {
-        if text.as_deref().is_some_and(|value| value.trim().is_empty()) {
-            *text = None;
-        }
+        *text = text.take().map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
     }
     Ok(arguments)
 }
@@ -329,6 +329,23 @@ impl ServerHandler for McpServer {
         };
         Ok(result.into())
     }
+
+    /// A request the SDK could not read as one it knows. A `tools/call` lands here when its
+    /// `name` is missing or its `arguments` are not an object (some agents send them as a
+    /// string): the invalid params it is, saying what to send, not "method not found".
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        if request.method == "tools/call" {
+            return Err(ErrorData::invalid_params(
+                "tools/call takes `name` (a string) and `arguments` (an object, not a string of JSON)",
+                None,
+            ));
+        }
+        Err(ErrorData::new(rmcp::model::ErrorCode::METHOD_NOT_FOUND, request.method, None))
+    }
 }
 
 #[cfg(test)]
@@ -399,5 +416,9 @@ mod tests {
         // A blank one that is needed is missing, not malformed.
         let blank = parse_arguments(json!({"action": "delete", "team": "t", "slug": "  "}).as_object().cloned());
         assert_eq!(tool_error(slug_of(&blank.unwrap()).unwrap_err())["code"], "missing_field");
+        // One padded is trimmed, for `create` (and `new_slug`) as for every other action.
+        let padded = json!({"action": "create", "team": "t", "slug": " notes ", "new_slug": "\tlog\n"});
+        let padded = parse_arguments(padded.as_object().cloned()).unwrap();
+        assert_eq!((padded.slug.as_deref(), padded.new_slug.as_deref()), (Some("notes"), Some("log")));
     }
 }

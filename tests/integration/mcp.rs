@@ -202,7 +202,7 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
         let preflight = app.client.request(Method::OPTIONS, app.url(path)).header("origin", origin);
         let preflight = preflight
             .header("access-control-request-method", method)
-            .header("access-control-request-headers", "authorization, content-type, mcp-protocol-version")
+            .header("access-control-request-headers", "authorization, content-type, mcp-protocol-version, mcp-method")
             .send()
             .await
             .unwrap();
@@ -210,6 +210,8 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
         assert_eq!(preflight.headers()["access-control-allow-origin"], "*", "{path}");
         let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
         assert!(allowed.contains("mcp-protocol-version") && allowed.contains("authorization"), "{path}: {allowed}");
+        // The routing headers of the protocol's newer revisions (SEP-2243), which the SDK checks.
+        assert!(allowed.contains("mcp-method") && allowed.contains("mcp-name"), "{path}: {allowed}");
     }
     let unauthenticated = app.client.post(app.url("/mcp")).header("origin", origin).send().await.unwrap();
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
@@ -289,6 +291,25 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     // The body read here reaches the transport whole.
     let pong = body(post(both, "application/json; charset=utf-8", ping).send().await.unwrap(), 200).await;
     assert_eq!((&pong["id"], &pong["result"]), (&json!(2), &json!({})), "{pong}");
+    // A client of a newer revision, naming it in the request's `_meta` too, is told which
+    // revisions this server speaks (JSON-RPC `data.supported`), to negotiate down.
+    let newer = json!({"jsonrpc": "2.0", "id": 3, "method": "ping",
+                       "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2099-01-01"}}});
+    let newer = post(both, "application/json", newer.to_string().into_bytes())
+        .header("mcp-protocol-version", "2099-01-01")
+        .header("mcp-method", "ping");
+    let answer: Value = newer.send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["error"]["data"]["requested"], "2099-01-01", "{answer}");
+    let supported = answer["error"]["data"]["supported"].as_array().unwrap();
+    assert!(supported.contains(&json!("2025-06-18")), "{answer}");
+    // A `tools/call` the SDK cannot read (its arguments sent as a string, as some agents do) is
+    // invalid params saying what to send, not "method not found".
+    let stringified = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                             "params": {"name": "manage_auth_profiles", "arguments": "{\"action\":\"list\"}"}});
+    let answer = post(both, "application/json", stringified.to_string().into_bytes()).send().await.unwrap();
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("arguments"), "{answer}");
 
     // On the REST API, a Tessera token acts for its user (their profile, connected accounts,
     // teams, identities) only when issued for Tessera's API (`/v1`): one the client got for
