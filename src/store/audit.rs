@@ -267,16 +267,15 @@ pub(super) async fn list(db: &Db, q: &AuditQuery) -> Result<Vec<AuditEvent>, Sto
         .collect()
 }
 
+/// The retention sweep's statement: at most `$2` rows older than `$1`, oldest first, found
+/// through `audit_events_at_idx` (by `at`: ordered by `id`, SQLite walks the whole log from its
+/// first row to find the old ones, on the writer, at every sweep of every instance).
+pub(super) const DELETE_BEFORE: &str = "DELETE FROM audit_events
+     WHERE id IN (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)";
+
 /// Deletes at most `limit` rows older than `before`, oldest first; how many went.
 pub(super) async fn delete_before(db: &Db, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
-    query(
-        "DELETE FROM audit_events
-         WHERE id IN (SELECT id FROM audit_events WHERE at < $1 ORDER BY id LIMIT $2)",
-    )
-    .bind(before)
-    .bind(limit.max(0))
-    .execute(db.writer())
-    .await
+    query(DELETE_BEFORE).bind(before).bind(limit.max(0)).execute(db.writer()).await
 }
 
 impl NewAuditEvent {

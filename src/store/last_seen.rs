@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
-use super::db::{IntoArg, Tx, padded, query};
+use super::db::{Db, IntoArg, padded, query};
 
 /// Rows one statement writes. The statement is prepared once; a shorter batch repeats its last
 /// row, which writes the same time twice to the same row, i.e. once.
@@ -40,10 +40,16 @@ pub(super) enum Touched {
     Sessions,
 }
 
-/// Writes `seen` (key, time) into `tx`, [`ROWS_PER_STATEMENT`] rows per statement; `bind` gives
-/// a key's column value.
+/// Writes `seen` (key, time), [`ROWS_PER_STATEMENT`] rows per statement, each statement its own
+/// transaction; `bind` gives a key's column value.
+///
+/// Not one transaction for the whole batch: its row locks would be held until the last
+/// statement, against every change that deletes a user's sessions or identities in another
+/// order (sign out everywhere else, a disable, an unlink) — a deadlock on PostgreSQL — and on
+/// SQLite the one writer would be held for the whole batch. A time never moves back, so the
+/// statements need nothing of each other; one PostgreSQL aborts for a deadlock is run again.
 pub(super) async fn touch<'q, K, A>(
-    tx: &mut Tx,
+    db: &Db,
     table: Touched,
     seen: &'q [(K, DateTime<Utc>)],
     bind: impl Fn(&'q K) -> A,
@@ -56,11 +62,14 @@ where
         Touched::Sessions => SESSIONS_SQL.as_str(),
     };
     for chunk in seen.chunks(ROWS_PER_STATEMENT) {
-        let mut statement = query(sql);
-        for (key, at) in padded(chunk, ROWS_PER_STATEMENT) {
-            statement = statement.bind(bind(key)).bind(*at);
-        }
-        statement.execute(&mut *tx).await?;
+        super::sql::retrying_conflicts(|| {
+            let mut statement = query(sql);
+            for (key, at) in padded(chunk, ROWS_PER_STATEMENT) {
+                statement = statement.bind(bind(key)).bind(*at);
+            }
+            async move { statement.execute(db.writer()).await.map(|_| ()) }
+        })
+        .await?;
     }
     Ok(())
 }

@@ -859,7 +859,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Records that an identity was seen at `now`.
     async fn touch_identity(&self, identity: IdentityId, now: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// Records when each identity was last seen, in one transaction; a time never moves back.
+    /// Records when each identity was last seen, a short transaction per batch of rows (no lock
+    /// held across the whole list); a time never moves back.
     async fn touch_identities(&self, seen: &[(IdentityId, DateTime<Utc>)]) -> Result<(), StoreError>;
 
     /// A user by id.
@@ -959,8 +960,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Records that a session was used at `now`.
     async fn touch_session(&self, token_hash: &[u8; 32], now: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// Records when each session (by the hash of its cookie) was last used, in one transaction;
-    /// a time never moves back, and sessions deleted meanwhile are skipped.
+    /// Records when each session (by the hash of its cookie) was last used, a short transaction
+    /// per batch of rows (no lock held across the whole list); a time never moves back, and
+    /// sessions deleted meanwhile are skipped.
     async fn touch_sessions(&self, seen: &[([u8; 32], DateTime<Utc>)]) -> Result<(), StoreError>;
 
     /// Deletes a session, writing a `session.revoked` event with `reason`; false when there was

@@ -338,6 +338,204 @@ impl SqlStore {
         Ok(sync)
     }
 
+    /// [`Store::update_user`], once (see [`retrying_conflicts`]).
+    async fn update_user_once(
+        &self,
+        user: UserId,
+        change: &UserChange,
+        now: DateTime<Utc>,
+    ) -> Result<Option<UserUpdate>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // The row lock makes "what was it before?" exact, so that one event reports each change.
+        let Some(before) = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1 FOR UPDATE"))
+            .bind(user.as_uuid())
+            .fetch_optional(&mut tx)
+            .await?
+        else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let before = rows::user(&before)?;
+        let mut changed: Vec<&'static str> = Vec::new();
+        if let Some(name) = &change.name
+            && before.name.as_deref() != name.as_deref()
+        {
+            changed.push("name");
+        }
+        let mut new_address = false;
+        if let Some(email) = &change.email
+            && before.email.as_deref() != email.as_ref().map(Email::as_str)
+        {
+            changed.push("email");
+            // Another spelling of the same address (its letter case, as `Email::key` compares
+            // addresses) is no new address: it stays verified.
+            new_address = before.email.as_deref().map(str::to_ascii_lowercase) != email.as_ref().map(Email::key);
+        }
+        // A new address is unverified unless the change says otherwise; no address, nothing
+        // verified.
+        let has_email = change.email.as_ref().map_or(before.email.is_some(), Option::is_some);
+        let verified = change.email_verified.or(new_address.then_some(false));
+        let verified = if has_email { verified } else { Some(false) };
+        if let Some(verified) = verified
+            && before.email_verified != verified
+        {
+            changed.push("email_verified");
+        }
+        let toggled = change.disabled.is_some_and(|disabled| disabled != before.disabled);
+        if changed.is_empty() && !toggled {
+            // Nothing changes (disabling a disabled user still ends any session left).
+            let mut ended = 0;
+            if change.disabled == Some(true) {
+                ended = end_access(&mut tx, user, now).await?;
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            return Ok(Some(UserUpdate { user: before, changed: ended > 0, fields: Vec::new() }));
+        }
+        query(
+            "UPDATE users SET name = $2, email = $3, email_verified = $4, disabled = $5, updated_at = $6 WHERE id = $1",
+        )
+        .bind(user.as_uuid())
+        .bind(change.name.as_ref().map_or(before.name.as_deref(), Option::as_deref))
+        .bind(change.email.as_ref().map_or(before.email.as_deref(), |e| e.as_ref().map(Email::as_str)))
+        .bind(verified.unwrap_or(before.email_verified))
+        .bind(change.disabled.unwrap_or(before.disabled))
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        let found =
+            user_in(&mut tx, user).await?.ok_or(StoreError::Conflict { what: "user vanished while updated" })?;
+        if !changed.is_empty() {
+            insert_event(&mut tx, &NewEvent::new(events::USER_UPDATED, events::user_updated(&found, &changed)), now)
+                .await?;
+        }
+        if toggled {
+            let topic = if found.disabled { events::USER_DISABLED } else { events::USER_ENABLED };
+            insert_event(&mut tx, &NewEvent::new(topic, events::user_changed(&found)), now).await?;
+        }
+        // Disabling ends the user's sessions and grants; so does enabling them again, because a
+        // disabled user holds none but those a sign-in that raced the disable wrote after its delete
+        // (sign-in checked the flag before the disable committed): such a session must not come
+        // back to life with the user. (A sign-in that read the flag before the disable and
+        // commits only after this delete would still escape it: one that spans both changes.)
+        if change.disabled == Some(true) || toggled {
+            end_access(&mut tx, user, now).await?;
+        }
+        if !changed.is_empty() || toggled {
+            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        }
+        tx.commit().await?;
+        if toggled {
+            changed.push("disabled");
+        }
+        Ok(Some(UserUpdate { user: found, changed: true, fields: changed }))
+    }
+
+    /// [`Store::unlink_identity`], once (see [`retrying_conflicts`]).
+    async fn unlink_identity_once(
+        &self,
+        user: UserId,
+        identity: IdentityId,
+        sign_in: &[Issuer],
+        now: DateTime<Utc>,
+        audit: Option<&super::NewAuditEvent>,
+    ) -> Result<UnlinkOutcome, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // Serialises unlinks of one user, so that two concurrent ones cannot remove the last two.
+        query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user.as_uuid()).execute(&mut tx).await?;
+        let Some(found) = identity_of(&mut tx, identity, user).await? else {
+            tx.rollback().await?;
+            return Ok(UnlinkOutcome::NotFound);
+        };
+        let others = query("SELECT issuer FROM identities WHERE user_id = $1 AND id <> $2")
+            .bind(user.as_uuid())
+            .bind(identity.as_uuid())
+            .fetch_all(&mut tx)
+            .await?
+            .iter()
+            .map(|row| row.text("issuer"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        if !crate::domain::may_unlink(found.issuer.as_str(), &others, sign_in) {
+            tx.rollback().await?;
+            return Ok(UnlinkOutcome::LastIdentity);
+        }
+        // Locked before its sessions go: a sign-in writing a session with it waits (its foreign
+        // key check shares this row) and then fails, rather than slipping in between and being
+        // left without its identity.
+        query("SELECT 1 FROM identities WHERE id = $1 FOR UPDATE").bind(identity.as_uuid()).execute(&mut tx).await?;
+        // The sessions signed in with it end with it (before the identity goes: the foreign key
+        // would only clear their `identity_id`), so that neither they nor what they would
+        // authorise outlive the sign-in method the user took away.
+        let ended =
+            query("DELETE FROM sessions WHERE identity_id = $1").bind(identity.as_uuid()).execute(&mut tx).await?;
+        insert_session_event(&mut tx, user, SessionEnd::IdentityUnlinked, ended, now).await?;
+        query("DELETE FROM identities WHERE id = $1").bind(identity.as_uuid()).execute(&mut tx).await?;
+        insert_identity_event(
+            &mut tx,
+            IdentityEvent {
+                user,
+                identity,
+                action: "unlink",
+                provider: &found.provider,
+                issuer: &found.issuer,
+                subject: &found.subject,
+                now,
+            },
+        )
+        .await?;
+        insert_event(&mut tx, &NewEvent::new(events::IDENTITY_UNLINKED, events::identity_changed(&found)), now).await?;
+        if let Some(audit) = audit {
+            let mut row = audit.clone();
+            if let Some(serde_json::Value::Object(details)) = &mut row.details {
+                details.insert("provider".into(), found.provider.clone().into());
+            }
+            super::audit::insert(&mut tx, std::slice::from_ref(&row)).await?;
+        }
+        let forget = [
+            CacheChange::User(user),
+            CacheChange::Identity { issuer: found.issuer.clone(), subject: found.subject.clone() },
+        ];
+        log_changes(&mut tx, &forget, now).await?;
+        tx.commit().await?;
+        Ok(UnlinkOutcome::Unlinked(found))
+    }
+
+    /// [`Store::delete_other_sessions`], once (see [`retrying_conflicts`]).
+    async fn delete_other_sessions_once(&self, user: UserId, keep: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        // One user's "everywhere else" one at a time (the user's row; SQLite's write lock), each
+        // only while the session it keeps still lives: two browsers clicking it at once would
+        // otherwise each end the other's session, leaving none, where one of them was already
+        // signed out when its click took effect.
+        query("SELECT 1 AS one FROM users WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(user.as_uuid())
+            .execute(&mut tx)
+            .await?;
+        let kept = query("SELECT 1 AS one FROM sessions WHERE token_hash = $1 AND user_id = $2")
+            .bind(&keep[..])
+            .bind(user.as_uuid())
+            .fetch_optional(&mut tx)
+            .await?;
+        if kept.is_none() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let ended = query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
+            .bind(user.as_uuid())
+            .bind(&keep[..])
+            .execute(&mut tx)
+            .await?;
+        let now = crate::domain::now();
+        insert_session_event(&mut tx, user, SessionEnd::SignedOutElsewhere, ended, now).await?;
+        if ended > 0 {
+            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(ended))
+    }
+
     /// [`Store::remove_member`] (or, `leaving`, [`Store::leave_team`]), once.
     async fn remove_member_once(
         &self,
@@ -1238,9 +1436,7 @@ impl Store for SqlStore {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.begin().await?;
-        last_seen::touch(&mut tx, Touched::Identities, seen, IdentityId::as_uuid).await?;
-        tx.commit().await
+        last_seen::touch(&self.db, Touched::Identities, seen, IdentityId::as_uuid).await
     }
 
     async fn get_user(&self, user: UserId) -> Result<Option<User>, StoreError> {
@@ -1297,91 +1493,7 @@ impl Store for SqlStore {
         change: &UserChange,
         now: DateTime<Utc>,
     ) -> Result<Option<UserUpdate>, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // The row lock makes "what was it before?" exact, so that one event reports each change.
-        let Some(before) = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1 FOR UPDATE"))
-            .bind(user.as_uuid())
-            .fetch_optional(&mut tx)
-            .await?
-        else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let before = rows::user(&before)?;
-        let mut changed: Vec<&'static str> = Vec::new();
-        if let Some(name) = &change.name
-            && before.name.as_deref() != name.as_deref()
-        {
-            changed.push("name");
-        }
-        let mut new_address = false;
-        if let Some(email) = &change.email
-            && before.email.as_deref() != email.as_ref().map(Email::as_str)
-        {
-            changed.push("email");
-            // Another spelling of the same address (its letter case, as `Email::key` compares
-            // addresses) is no new address: it stays verified.
-            new_address = before.email.as_deref().map(str::to_ascii_lowercase) != email.as_ref().map(Email::key);
-        }
-        // A new address is unverified unless the change says otherwise; no address, nothing
-        // verified.
-        let has_email = change.email.as_ref().map_or(before.email.is_some(), Option::is_some);
-        let verified = change.email_verified.or(new_address.then_some(false));
-        let verified = if has_email { verified } else { Some(false) };
-        if let Some(verified) = verified
-            && before.email_verified != verified
-        {
-            changed.push("email_verified");
-        }
-        let toggled = change.disabled.is_some_and(|disabled| disabled != before.disabled);
-        if changed.is_empty() && !toggled {
-            // Nothing changes (disabling a disabled user still ends any session left).
-            let mut ended = 0;
-            if change.disabled == Some(true) {
-                ended = end_access(&mut tx, user, now).await?;
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
-            return Ok(Some(UserUpdate { user: before, changed: ended > 0, fields: Vec::new() }));
-        }
-        query(
-            "UPDATE users SET name = $2, email = $3, email_verified = $4, disabled = $5, updated_at = $6 WHERE id = $1",
-        )
-        .bind(user.as_uuid())
-        .bind(change.name.as_ref().map_or(before.name.as_deref(), Option::as_deref))
-        .bind(change.email.as_ref().map_or(before.email.as_deref(), |e| e.as_ref().map(Email::as_str)))
-        .bind(verified.unwrap_or(before.email_verified))
-        .bind(change.disabled.unwrap_or(before.disabled))
-        .bind(now)
-        .execute(&mut tx)
-        .await?;
-        let found =
-            user_in(&mut tx, user).await?.ok_or(StoreError::Conflict { what: "user vanished while updated" })?;
-        if !changed.is_empty() {
-            insert_event(&mut tx, &NewEvent::new(events::USER_UPDATED, events::user_updated(&found, &changed)), now)
-                .await?;
-        }
-        if toggled {
-            let topic = if found.disabled { events::USER_DISABLED } else { events::USER_ENABLED };
-            insert_event(&mut tx, &NewEvent::new(topic, events::user_changed(&found)), now).await?;
-        }
-        // Disabling ends the user's sessions and grants; so does enabling them again, because a
-        // disabled user holds none but those a sign-in that raced the disable wrote after its delete
-        // (sign-in checked the flag before the disable committed): such a session must not come
-        // back to life with the user. (A sign-in that read the flag before the disable and
-        // commits only after this delete would still escape it: one that spans both changes.)
-        if change.disabled == Some(true) || toggled {
-            end_access(&mut tx, user, now).await?;
-        }
-        if !changed.is_empty() || toggled {
-            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
-        }
-        tx.commit().await?;
-        if toggled {
-            changed.push("disabled");
-        }
-        Ok(Some(UserUpdate { user: found, changed: true, fields: changed }))
+        retrying_conflicts(|| self.update_user_once(user, change, now)).await
     }
 
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError> {
@@ -1698,9 +1810,7 @@ impl Store for SqlStore {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.begin().await?;
-        last_seen::touch(&mut tx, Touched::Sessions, seen, |hash: &[u8; 32]| &hash[..]).await?;
-        tx.commit().await
+        last_seen::touch(&self.db, Touched::Sessions, seen, |hash: &[u8; 32]| &hash[..]).await
     }
 
     async fn delete_session(&self, token_hash: &[u8; 32], reason: SessionEnd) -> Result<bool, StoreError> {
@@ -1812,65 +1922,7 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
         audit: Option<&super::NewAuditEvent>,
     ) -> Result<UnlinkOutcome, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // Serialises unlinks of one user, so that two concurrent ones cannot remove the last two.
-        query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user.as_uuid()).execute(&mut tx).await?;
-        let Some(found) = identity_of(&mut tx, identity, user).await? else {
-            tx.rollback().await?;
-            return Ok(UnlinkOutcome::NotFound);
-        };
-        let others = query("SELECT issuer FROM identities WHERE user_id = $1 AND id <> $2")
-            .bind(user.as_uuid())
-            .bind(identity.as_uuid())
-            .fetch_all(&mut tx)
-            .await?
-            .iter()
-            .map(|row| row.text("issuer"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let others: Vec<&str> = others.iter().map(String::as_str).collect();
-        if !crate::domain::may_unlink(found.issuer.as_str(), &others, sign_in) {
-            tx.rollback().await?;
-            return Ok(UnlinkOutcome::LastIdentity);
-        }
-        // Locked before its sessions go: a sign-in writing a session with it waits (its foreign
-        // key check shares this row) and then fails, rather than slipping in between and being
-        // left without its identity.
-        query("SELECT 1 FROM identities WHERE id = $1 FOR UPDATE").bind(identity.as_uuid()).execute(&mut tx).await?;
-        // The sessions signed in with it end with it (before the identity goes: the foreign key
-        // would only clear their `identity_id`), so that neither they nor what they would
-        // authorise outlive the sign-in method the user took away.
-        let ended =
-            query("DELETE FROM sessions WHERE identity_id = $1").bind(identity.as_uuid()).execute(&mut tx).await?;
-        insert_session_event(&mut tx, user, SessionEnd::IdentityUnlinked, ended, now).await?;
-        query("DELETE FROM identities WHERE id = $1").bind(identity.as_uuid()).execute(&mut tx).await?;
-        insert_identity_event(
-            &mut tx,
-            IdentityEvent {
-                user,
-                identity,
-                action: "unlink",
-                provider: &found.provider,
-                issuer: &found.issuer,
-                subject: &found.subject,
-                now,
-            },
-        )
-        .await?;
-        insert_event(&mut tx, &NewEvent::new(events::IDENTITY_UNLINKED, events::identity_changed(&found)), now).await?;
-        if let Some(audit) = audit {
-            let mut row = audit.clone();
-            if let Some(serde_json::Value::Object(details)) = &mut row.details {
-                details.insert("provider".into(), found.provider.clone().into());
-            }
-            super::audit::insert(&mut tx, std::slice::from_ref(&row)).await?;
-        }
-        let forget = [
-            CacheChange::User(user),
-            CacheChange::Identity { issuer: found.issuer.clone(), subject: found.subject.clone() },
-        ];
-        log_changes(&mut tx, &forget, now).await?;
-        tx.commit().await?;
-        Ok(UnlinkOutcome::Unlinked(found))
+        retrying_conflicts(|| self.unlink_identity_once(user, identity, sign_in, now, audit)).await
     }
 
     async fn set_primary_identity(
@@ -3625,36 +3677,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_other_sessions(&self, user: UserId, keep: &[u8; 32]) -> Result<Option<u64>, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // One user's "everywhere else" one at a time (the user's row; SQLite's write lock), each
-        // only while the session it keeps still lives: two browsers clicking it at once would
-        // otherwise each end the other's session, leaving none, where one of them was already
-        // signed out when its click took effect.
-        query("SELECT 1 AS one FROM users WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(user.as_uuid())
-            .execute(&mut tx)
-            .await?;
-        let kept = query("SELECT 1 AS one FROM sessions WHERE token_hash = $1 AND user_id = $2")
-            .bind(&keep[..])
-            .bind(user.as_uuid())
-            .fetch_optional(&mut tx)
-            .await?;
-        if kept.is_none() {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let ended = query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
-            .bind(user.as_uuid())
-            .bind(&keep[..])
-            .execute(&mut tx)
-            .await?;
-        let now = crate::domain::now();
-        insert_session_event(&mut tx, user, SessionEnd::SignedOutElsewhere, ended, now).await?;
-        if ended > 0 {
-            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(ended))
+        retrying_conflicts(|| self.delete_other_sessions_once(user, keep)).await
     }
 
     async fn record_attempt(

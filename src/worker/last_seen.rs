@@ -1,6 +1,7 @@
 //! Last-use bookkeeping off the request path: token validation and session resolution record
 //! when an identity or a session was last seen in memory ([`LastSeen`]), and this worker writes
-//! them in one transaction per kind every `server.last_seen_flush_ms`, and once more at shutdown.
+//! them, 128 rows a statement and a transaction, every `server.last_seen_flush_ms`, and once more
+//! at shutdown.
 //! A request never waits for such a write; a crash loses at most one interval of them.
 
 use std::collections::HashMap;

@@ -70,6 +70,7 @@ on_both_backends!(
     the_data_report_counts_broken_invariants,
     // Users
     disabling_a_user_deletes_their_sessions,
+    signing_out_elsewhere_beside_a_transaction_holding_its_sessions_is_not_refused,
     users_are_found_by_email_exactly_or_ignoring_ascii_case,
     a_principal_carries_the_user_and_their_teams_default_first,
     principals_are_read_many_at_once_one_entry_per_key_in_order,
@@ -934,6 +935,50 @@ async fn the_data_report_counts_broken_invariants(backend: Backend) {
 }
 
 // ---- Users ----------------------------------------------------------------------------------
+
+/// "Sign out everywhere else" deleting a user's sessions while another transaction writes to
+/// them in another order (a last-use flush): on PostgreSQL the two deadlock, and the one aborted
+/// is run again rather than answered `store_unavailable`. On SQLite, flush and sign-out simply
+/// take turns.
+async fn signing_out_elsewhere_beside_a_transaction_holding_its_sessions_is_not_refused(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let ada = sign_up(&store, "ada").await;
+    let t0 = now();
+    let keep = session(&ada, t0, TimeDelta::days(1));
+    // The session with the highest hash first: the delete meets it first in the user's index.
+    let hi = NewSession { token_hash: [0xff; 32], ..session(&ada, t0, TimeDelta::days(1)) };
+    let lo = NewSession { token_hash: [0x00; 32], ..session(&ada, t0, TimeDelta::days(1)) };
+    for s in [&hi, &lo, &keep] {
+        store.start_session(s, None, &[]).await.unwrap();
+    }
+    match db.sql().await {
+        Sql::Postgres(pool) => {
+            let mut flush = pool.acquire().await.unwrap();
+            let touch = "UPDATE sessions SET last_seen_at = now() + interval '1 minute' WHERE token_hash = $1";
+            sqlx::raw_sql("BEGIN").execute(&mut *flush).await.unwrap();
+            sqlx::query(touch).bind(&lo.token_hash[..]).execute(&mut *flush).await.unwrap();
+            let deleting = {
+                let (store, user, keep) = (store.clone(), ada.id(), keep.token_hash);
+                tokio::spawn(async move { store.delete_other_sessions(user, &keep).await })
+            };
+            // The delete holds `hi` and waits for `lo`; taking `hi` now closes the cycle.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let second = sqlx::query(touch).bind(&hi.token_hash[..]).execute(&mut *flush).await;
+            sqlx::raw_sql(if second.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut *flush).await.unwrap();
+            assert_eq!(deleting.await.unwrap().unwrap(), Some(2), "run again, not refused");
+        }
+        Sql::Sqlite(_) => {
+            let seen: Vec<([u8; 32], DateTime<Utc>)> =
+                [hi.token_hash, lo.token_hash].iter().map(|hash| (*hash, t0 + TimeDelta::minutes(1))).collect();
+            let (touched, deleted) =
+                tokio::join!(store.touch_sessions(&seen), store.delete_other_sessions(ada.id(), &keep.token_hash));
+            touched.unwrap();
+            assert_eq!(deleted.unwrap(), Some(2));
+        }
+    }
+    assert!(store.session(&keep.token_hash).await.unwrap().is_some());
+    assert!(store.session(&hi.token_hash).await.unwrap().is_none());
+}
 
 async fn disabling_a_user_deletes_their_sessions(backend: Backend) {
     let (db, store) = setup(backend).await;
