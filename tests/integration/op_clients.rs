@@ -662,6 +662,19 @@ async fn private_key_jwt_accepts_a_fresh_assertion_for_the_token_endpoint_or_iss
     let named = ClientCredentials { client_id: Some("backend".into()), ..assertion(&token) };
     service.authenticate(&named, &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
     assert_eq!(app.db.sql().await.count("client_assertions").await, 4, "each jti is kept until it expires");
+    // A key registered without its `kid` answers an assertion whose library names one.
+    let mut keys = jwks_of(&issuer).await;
+    keys["keys"] = keys["keys"].as_array().unwrap().iter().filter(|k| k["kid"] == "ec-1").cloned().collect();
+    keys["keys"][0].as_object_mut().unwrap().remove("kid");
+    register(
+        &app,
+        json!({"id": "kidless", "name": "kidless", "kind": "confidential", "jwks": keys,
+                          "redirect_uris": ["https://app.example.com/cb"]}),
+    )
+    .await;
+    let token = issuer.sign("ec-1", &claims("kidless", TOKEN_ENDPOINT, 120, "j5"));
+    let client = service.authenticate(&assertion(&token), &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
+    assert_eq!(client.id.as_str(), "kidless");
     app.stop().await;
 }
 

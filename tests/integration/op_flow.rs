@@ -919,6 +919,15 @@ async fn an_expired_access_token_still_revokes_its_grant(backend: Backend) {
     let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&other, Some(&other_secret));
     assert_eq!(revoke.form(&[("token", expired.as_str())]).send().await.unwrap().status(), 200);
     assert_eq!(introspect(&w.app, creds, refresh).await["active"], true);
+    // Nor does a token of its own naming that grant's id (minted with a leaked key): the grant
+    // is read as every use reads it, the token's client's and user's only.
+    let mut borrowed = claims.clone();
+    borrowed["client_id"] = other.clone().into();
+    borrowed["exp"] = (chrono::Utc::now().timestamp() + 60).into();
+    let borrowed = keys.sign(SigningAlg::ES256, "at+jwt", &borrowed).await.unwrap();
+    let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&other, Some(&other_secret));
+    assert_eq!(revoke.form(&[("token", borrowed.as_str())]).send().await.unwrap().status(), 200);
+    assert_eq!(introspect(&w.app, creds, refresh).await["active"], true);
     let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
     assert_eq!(revoke.form(&[("token", expired.as_str())]).send().await.unwrap().status(), 200);
     assert_eq!(introspect(&w.app, creds, refresh).await["active"], false);
@@ -1170,6 +1179,10 @@ async fn client_credentials_tokens_name_the_client(backend: Backend) {
         for token in [access, fresh.as_str()] {
             let at_api = introspect(&w.app, (&api, api_secret.as_deref().unwrap()), token).await;
             assert_eq!(at_api, json!({"active": false}));
+            // Counting nowhere, it is an invalid token to revoke: 200 (RFC 7009 2.2), not
+            // `unsupported_token_type` as a token that still counts is.
+            let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
+            assert_eq!(revoke.form(&[("token", token)]).send().await.unwrap().status(), StatusCode::OK);
         }
         let registered = chrono::DateTime::parse_from_rfc3339(created["created_at"].as_str().unwrap()).unwrap();
         if jwt_parts(&fresh).1["iat"] == json!(registered.timestamp()) {

@@ -461,7 +461,15 @@ impl Clients {
             ));
         };
         let keys = client_keys(jwks).map_err(|_| ClientAuthError::InvalidClient("the client's keys are not usable"))?;
-        let mut fitting = keys.iter().filter(|k| k.fits(alg) && (header.kid.is_none() || k.kid == header.kid));
+        // The header's `kid` picks among the keys that have one; a key registered without a
+        // `kid` still answers an assertion whose library names one (its private key had one).
+        let by_kid: Vec<_> =
+            keys.iter().filter(|k| k.fits(alg) && header.kid.is_some() && k.kid == header.kid).collect();
+        let candidates: Vec<_> = match by_kid.is_empty() {
+            false => by_kid,
+            true => keys.iter().filter(|k| k.fits(alg) && (header.kid.is_none() || k.kid.is_none())).collect(),
+        };
+        let mut fitting = candidates.into_iter();
         let key = match (fitting.next(), fitting.next()) {
             (Some(key), None) => key,
             (None, _) => {

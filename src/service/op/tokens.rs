@@ -660,8 +660,13 @@ impl OpenIdProvider {
         // it holds ends the grant (and its refresh token) rather than nothing.
         let grant = match self.named(token, true).await? {
             // (An expired one counts no more: nothing to refuse.)
+            // One of a previous registration of the client's id counts nowhere: nothing to
+            // refuse (RFC 7009 2.2 answers an invalid token with 200).
             Named::Access(claims)
-                if claims.client_id == client.id.as_str() && claims.gid.is_none() && claims.exp > now.timestamp() =>
+                if claims.client_id == client.id.as_str()
+                    && claims.gid.is_none()
+                    && claims.exp > now.timestamp()
+                    && self.access_grant_active(&claims).await? =>
             {
                 return Err(OAuthError::unsupported_token_type(
                     "a client_credentials access token cannot be revoked: it counts until its `exp`",
@@ -673,13 +678,17 @@ impl OpenIdProvider {
             // access; the client ends that with its refresh token. (A grant bound to the browser
             // session, which a sign-in gives again, it does end: an app's sign-out.) It is the
             // grant's scope that says offline, not the token's: a refresh may have narrowed that.
-            Named::Access(claims) if claims.client_id == client.id.as_str() => match claims.gid {
-                Some(gid) if client.is_public() => {
-                    let grant = self.store.grant(gid, self.grant_at(now)).await?;
-                    grant.filter(|g| !split_scope(&g.scope).iter().any(|s| s == OFFLINE_ACCESS)).map(|g| g.id)
+            // The grant read as every use of the token reads it, the token's own (its client and
+            // user): a `gid` alone, in a token signed by a key that leaked, ends nobody else's.
+            Named::Access(claims) if claims.client_id == client.id.as_str() => {
+                let grant = self.access_grant(&claims).await?;
+                match grant {
+                    Some(grant) if client.is_public() => {
+                        (!split_scope(&grant.scope).iter().any(|s| s == OFFLINE_ACCESS)).then_some(grant.id)
+                    }
+                    grant => grant.map(|grant| grant.id),
                 }
-                gid => gid,
-            },
+            }
             Named::Refresh(grant, _) if grant.client_id == client.id.as_str() => Some(grant.id),
             _ => None,
         };
