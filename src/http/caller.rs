@@ -45,9 +45,13 @@ pub fn session_without_token<'h>(state: &AppState, headers: &'h HeaderMap) -> Re
 /// silence, and a backend that meant to ask about that user would get the caller's answer: 400
 /// `ambiguous_credentials`. A blank one names nobody, as everywhere else.
 pub fn no_user_named(headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
+    // Named, or sent twice even blank (as a repeated credential is refused everywhere).
     let in_query = query.is_some_and(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .any(|(name, value)| name == "on_behalf_of" && !value.trim().is_empty())
+        let mut named = url::form_urlencoded::parse(query.as_bytes()).filter(|(name, _)| name == "on_behalf_of");
+        match (named.next(), named.next()) {
+            (Some((_, value)), None) => !value.trim().is_empty(),
+            (first, second) => first.is_some() && second.is_some(),
+        }
     });
     let in_header = headers.get_all("x-on-behalf-of").iter().any(|value| !value.as_bytes().trim_ascii().is_empty());
     if in_query || in_header {

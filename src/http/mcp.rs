@@ -196,7 +196,10 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
     // client of a newer revision negotiates down.
     let names_its_revision = matches!(&message, ClientJsonRpcMessage::Request(request)
         if request.request.get_meta().protocol_version().is_some());
-    if let Some(version) = parts.headers.get(MCP_PROTOCOL_VERSION).filter(|_| !names_its_revision) {
+    // (A header that is not text the SDK answers in plain text whatever the body says: refused
+    // here.)
+    let unreadable = |version: &HeaderValue| version.to_str().is_err();
+    if let Some(version) = parts.headers.get(MCP_PROTOCOL_VERSION).filter(|v| !names_its_revision || unreadable(v)) {
         let known = ProtocolVersion::KNOWN_VERSIONS.iter().any(|v| v.as_str().as_bytes() == version.as_bytes());
         if !known {
             let known: Vec<&str> = ProtocolVersion::KNOWN_VERSIONS.iter().map(ProtocolVersion::as_str).collect();

@@ -1814,6 +1814,7 @@ mod tests {
             (super::super::sql::ACCOUNT_IN_USE, "auth_profiles_account_idx"),
             (super::super::sql::FIRST_PROCESSED_SINCE, "outbox_events_processed_created_idx"),
             (super::super::audit::DELETE_BEFORE, "audit_events_at_idx"),
+            (super::super::sql::PROFILES_MADE_BY, "auth_profiles_created_by_idx"),
             // "Remove access": the user's grants to the client, not every grant of the client.
             (
                 "UPDATE oauth_grants SET revoked_at = 3 WHERE user_id = 1 AND client_id = 'c' AND revoked_at IS NULL",

@@ -2283,20 +2283,13 @@ impl Store for SqlStore {
     }
 
     async fn profiles_made_by(&self, user: UserId) -> Result<Vec<AuthProfile>, StoreError> {
-        query(concat!(
-            "SELECT ",
-            profile_columns!(),
-            " FROM auth_profiles p
-              WHERE p.created_by = $1 AND p.status <> 'revoked'
-                AND EXISTS (SELECT 1 FROM memberships m WHERE m.team_id = p.team_id AND m.user_id = $1)
-              ORDER BY p.created_at, p.id"
-        ))
-        .bind(user.as_uuid())
-        .fetch_all(self.db.reader())
-        .await?
-        .iter()
-        .map(rows::profile)
-        .collect()
+        query(PROFILES_MADE_BY)
+            .bind(user.as_uuid())
+            .fetch_all(self.db.reader())
+            .await?
+            .iter()
+            .map(rows::profile)
+            .collect()
     }
 
     async fn mint_connect_token(&self, token: &ConnectToken) -> Result<bool, StoreError> {
@@ -4281,6 +4274,17 @@ pub(super) const ACCOUNT_IN_USE: &str = "SELECT 1 AS one FROM auth_profiles
 /// endpoint's entries of one (a long queue is still walked, but no table row is read for it on
 /// SQLite, and on PostgreSQL only for pages not yet all-visible), the oldest from the first entry
 /// of `webhook_deliveries_pending_scheduled_idx`.
+/// The live profiles a user made in the teams they are a member of, by their maker
+/// (`auth_profiles_created_by_idx`).
+pub(super) const PROFILES_MADE_BY: &str = concat!(
+    "SELECT ",
+    profile_columns!(),
+    " FROM auth_profiles p
+      WHERE p.created_by = $1 AND p.status <> 'revoked'
+        AND EXISTS (SELECT 1 FROM memberships m WHERE m.team_id = p.team_id AND m.user_id = $1)
+      ORDER BY p.created_at, p.id"
+);
+
 pub(super) const WEBHOOK_QUEUES: &str = "SELECT e.id,
         (SELECT count(*) FROM webhook_deliveries d
           WHERE d.endpoint_id = e.id AND d.state = 'pending') AS pending,

@@ -216,6 +216,7 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
     }
     for in_query in [
         plain.post(w.app.url(&format!("/v1/validate?on_behalf_of={other}"))),
+        plain.post(w.app.url("/v1/validate?on_behalf_of=&on_behalf_of=")),
         plain.get(w.app.url(&format!("/v1/check?team=any&on_behalf_of={other}"))),
         plain.get(w.app.url(&format!("/v1/me?on_behalf_of={other}"))),
     ] {
