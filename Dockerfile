@@ -21,6 +21,9 @@ COPY --from=build --chown=65532:65532 /data /data
 COPY --from=build /config/tessera.toml /etc/tessera/tessera.toml
 ENV TESSERA_CONFIG=/etc/tessera/tessera.toml
 VOLUME /data
+# A relative database path (the binary's default, `sqlite://tessera.db`, when a mounted file
+# names none) lands on the volume, not in the container's writable layer.
+WORKDIR /data
 EXPOSE 8080
 USER nonroot
 ENTRYPOINT ["/usr/local/bin/tessera"]

@@ -66,9 +66,20 @@ pub enum StartupError {
         /// The pending migrations.
         pending: Vec<String>,
     },
-    /// The schema does not match this binary in a way `migrate` cannot fix.
-    #[error("the database schema does not match this binary (run `tessera check` for details)")]
-    SchemaMismatch,
+    /// The schema does not match this binary in a way `migrate` cannot fix: migrations it does
+    /// not know (a newer binary ran them), edited ones, or ones recorded as failed.
+    #[error(
+        "the database schema does not match this binary: {} (run `tessera check` for details)",
+        schema_mismatch(unknown, modified, failed)
+    )]
+    SchemaMismatch {
+        /// Versions applied that this binary does not know.
+        unknown: Vec<i64>,
+        /// Versions whose applied SQL differs from this binary's.
+        modified: Vec<i64>,
+        /// Versions recorded as failed.
+        failed: Vec<i64>,
+    },
     /// Migrating or inspecting the schema failed.
     #[error("cannot migrate the database")]
     Migrate(#[source] StoreError),
@@ -416,12 +427,30 @@ pub fn connect_failed(config: &Config, source: StoreError) -> StartupError {
     StartupError::Connect { url: config.database.url.redacted(), source }
 }
 
+/// What a mismatched schema holds, named: `migrations 34, 35 are newer than this binary (roll
+/// forward, not back)` and the like.
+fn schema_mismatch(unknown: &[i64], modified: &[i64], failed: &[i64]) -> String {
+    let list = |versions: &[i64]| versions.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+    let mut parts = Vec::new();
+    if !unknown.is_empty() {
+        parts.push(format!("migration(s) {} are newer than this binary (run the newer one)", list(unknown)));
+    }
+    if !modified.is_empty() {
+        parts.push(format!("migration(s) {} differ from this binary's", list(modified)));
+    }
+    if !failed.is_empty() {
+        parts.push(format!("migration(s) {} are recorded as failed", list(failed)));
+    }
+    parts.join("; ")
+}
+
 /// Applies the migration policy: refuse a schema this binary does not know, apply pending
 /// migrations when allowed, refuse to start otherwise.
 pub async fn prepare_schema(store: &dyn Store, migrate: bool) -> Result<(), StartupError> {
     let status = store.migration_status().await.map_err(StartupError::Migrate)?;
     if !status.only_pending() {
-        return Err(StartupError::SchemaMismatch);
+        let (unknown, modified, failed) = (status.unknown, status.modified, status.failed);
+        return Err(StartupError::SchemaMismatch { unknown, modified, failed });
     }
     if status.pending.is_empty() {
         return Ok(());

@@ -21,7 +21,7 @@ pub enum EmailError {
     #[error("the email is empty")]
     Empty,
     /// The value is longer than [`Email::MAX_LEN`].
-    #[error("the email is longer than {} characters", Email::MAX_LEN)]
+    #[error("the email is longer than {} bytes", Email::MAX_LEN)]
     TooLong,
     /// The value is not of the form `local@domain.tld`.
     #[error("the email is not a valid address of the form name@example.com")]
@@ -42,10 +42,17 @@ impl Email {
             return Err(EmailError::TooLong);
         }
         let (local, domain) = input.split_once('@').ok_or(EmailError::Malformed)?;
-        if !valid_local(local) || !valid_domain(domain) {
+        // Lower-cased before it is checked, as a domain is (`DomainName::parse`): what is stored
+        // must parse again (`İ` lower-cases to `i` and a combining dot, which no label holds).
+        let domain = domain.to_lowercase();
+        if !valid_local(local) || !valid_domain(&domain) {
             return Err(EmailError::Malformed);
         }
-        Ok(Self(format!("{local}@{}", domain.to_lowercase())))
+        let email = format!("{local}@{domain}");
+        if email.len() > Self::MAX_LEN {
+            return Err(EmailError::TooLong);
+        }
+        Ok(Self(email))
     }
 
     /// The address.
@@ -162,6 +169,10 @@ mod tests {
         assert_eq!(Email::parse("Alice@Example.COM").unwrap().as_str(), "Alice@example.com");
         assert_eq!(Email::parse(" bob+tag@sub.example.org ").unwrap().as_str(), "bob+tag@sub.example.org");
         assert_eq!(Email::parse("zoë@exämple.de").unwrap().domain(), "exämple.de");
+        // What is stored parses again: a domain whose lower case no label may hold (`İ` becomes
+        // `i` and a combining dot) is refused, as `DomainName::parse` refuses it.
+        assert_eq!(Email::parse("ali@\u{130}zmir.example"), Err(EmailError::Malformed));
+        assert!(DomainName::parse("\u{130}zmir.example").is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub enum IssuerError {
     #[error("the issuer is empty")]
     Empty,
     /// The value is longer than [`Issuer::MAX_LEN`].
-    #[error("the issuer is longer than {} characters", Issuer::MAX_LEN)]
+    #[error("the issuer is longer than {} bytes", Issuer::MAX_LEN)]
     TooLong,
     /// The value does not parse as an absolute URL.
     #[error("the issuer is not an absolute URL")]

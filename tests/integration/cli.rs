@@ -373,6 +373,23 @@ async fn a_closed_log_pipe_does_not_stop_the_server() {
     assert_eq!(stop(child).await, 0);
 }
 
+/// A binary older than the schema (an instance of the previous release during a roll-out, say)
+/// refuses to start, naming the migrations it does not know.
+#[tokio::test]
+async fn serve_names_the_migrations_newer_than_its_binary() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    db.store().await.close().await;
+    let future = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                  VALUES (9999, 'from a newer release', TRUE, X'00', 0)";
+    db.sql().await.exec(future).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut refused = tessera(dir.path());
+    refused.env("TESSERA_DATABASE_URL", &db.url).env("TESSERA_LISTEN", "127.0.0.1:0");
+    let output = serve(refused.arg("serve")).await.expect_err("serve refuses to start");
+    assert_ne!(output.code, 0);
+    assert!(output.stderr.contains("9999") && output.stderr.contains("newer than this binary"), "{}", output.stderr);
+}
+
 #[tokio::test]
 async fn serve_refuses_pending_migrations_on_postgres_until_migrated() {
     let db = TestDb::new(Backend::Postgres).await;
