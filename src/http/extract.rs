@@ -384,6 +384,82 @@ pub(crate) fn parse_user_id(value: &str) -> Result<crate::domain::UserId, ApiErr
     })
 }
 
+/// A JSON value in which no object names a key twice, at any depth. `serde_json::Value` keeps
+/// the last of a repeated key where a proxy or a log in front may read the first — two views of
+/// one credential (a browser session's `storage_state`): a repeated key is refused, as a
+/// repeated `env` value is.
+pub struct DistinctJson(pub serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for DistinctJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, SeqAccess, Visitor};
+        use serde_json::Value;
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Value;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E: Error>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::from(v))
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<Value, E> {
+                Ok(Value::from(v))
+            }
+            fn visit_f64<E: Error>(self, v: f64) -> Result<Value, E> {
+                Ok(Value::from(v))
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::from(v))
+            }
+            fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
+                Ok(Value::String(v))
+            }
+            fn visit_unit<E: Error>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_none<E: Error>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+                <DistinctJson as serde::Deserialize>::deserialize(d).map(|json| json.0)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(DistinctJson(item)) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Value::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut object = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let DistinctJson(value) = map.next_value()?;
+                    if object.insert(key, value).is_some() {
+                        // Without the key: it is the sender's, and may be anything.
+                        return Err(A::Error::custom("an object names the same key twice"));
+                    }
+                }
+                Ok(Value::Object(object))
+            }
+        }
+        deserializer.deserialize_any(Visit).map(DistinctJson)
+    }
+}
+
+/// A field holding a [`DistinctJson`] (`#[serde(deserialize_with = "distinct_json")]`).
+pub fn distinct_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    <DistinctJson as serde::Deserialize>::deserialize(d).map(|json| json.0)
+}
+
+/// An optional field holding a [`DistinctJson`] (with `#[serde(default)]`).
+pub fn optional_distinct_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    <Option<DistinctJson> as serde::Deserialize>::deserialize(d).map(|json| json.map(|json| json.0))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -536,6 +536,22 @@ async fn browser_sessions_are_stored_replaced_and_read_through_credentials(backe
         let refused = body(put(state, cdp).await.unwrap(), 400).await;
         assert_eq!(refused["code"], "invalid_browser_session", "{refused}");
     }
+    // A key twice, at any depth: refused, whichever a reader in front would pick, here and at
+    // creation.
+    for twice in [
+        r#"{"storage_state": {"cookies": [], "cookies": [{"name": "a", "value": "secret-1"}]}}"#,
+        r#"{"storage_state": {"cookies": [{"name": "a", "value": "secret-1", "value": "secret-2"}]}}"#,
+    ] {
+        let request = w.on_behalf(Method::PUT, "/auth-profiles/browser/browser-session", w.alice.id);
+        let refused = body(request.header("content-type", "application/json").body(twice).send().await.unwrap(), 400);
+        let refused = refused.await;
+        assert_eq!(refused["code"], "invalid_request", "{refused}");
+        assert!(!refused.to_string().contains("secret-"), "no value echoed: {refused}");
+    }
+    let created = r#"{"connector_key": "linkedin", "profile_kind": "browser_session", "display_name": "Twice",
+                      "storage_state": {"cookies": [], "cookies": []}}"#;
+    let request = w.on_behalf(Method::POST, "/auth-profiles", w.alice.id).header("content-type", "application/json");
+    assert_eq!(body(request.body(created).send().await.unwrap(), 400).await["code"], "invalid_request");
     assert_eq!(w.profile("browser").await["version"], 2, "refused writes change nothing");
 }
 

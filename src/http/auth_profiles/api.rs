@@ -63,7 +63,8 @@ pub(crate) struct CreateRequest {
     /// The values of an `env` profile, by field name (each name once).
     #[serde(default, deserialize_with = "optional_distinct_values")]
     pub(crate) values: Option<BTreeMap<String, String>>,
-    /// The storage state of a `browser_session` profile.
+    /// The storage state of a `browser_session` profile (no key twice in any object).
+    #[serde(default, deserialize_with = "crate::http::extract::optional_distinct_json")]
     pub(crate) storage_state: Option<serde_json::Value>,
     pub(crate) browser_kind: Option<String>,
     pub(crate) cdp_url: Option<String>,

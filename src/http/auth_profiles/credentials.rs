@@ -69,6 +69,8 @@ async fn set_env_values(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BrowserSessionRequest {
+    /// No key twice in any object (see [`crate::http::extract::DistinctJson`]).
+    #[serde(deserialize_with = "crate::http::extract::distinct_json")]
     storage_state: serde_json::Value,
     browser_kind: Option<String>,
     cdp_url: Option<String>,
