@@ -427,13 +427,16 @@ pub fn connect_failed(config: &Config, source: StoreError) -> StartupError {
     StartupError::Connect { url: config.database.url.redacted(), source }
 }
 
-/// What a mismatched schema holds, named: `migrations 34, 35 are newer than this binary (roll
-/// forward, not back)` and the like.
+/// What a mismatched schema holds, named: `migration(s) 34, 35 are not known to this binary`
+/// and the like.
 fn schema_mismatch(unknown: &[i64], modified: &[i64], failed: &[i64]) -> String {
     let list = |versions: &[i64]| versions.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
     let mut parts = Vec::new();
     if !unknown.is_empty() {
-        parts.push(format!("migration(s) {} are newer than this binary (run the newer one)", list(unknown)));
+        parts.push(format!(
+            "migration(s) {} are not known to this binary (a newer release applied them: run that one)",
+            list(unknown)
+        ));
     }
     if !modified.is_empty() {
         parts.push(format!("migration(s) {} differ from this binary's", list(modified)));

@@ -53,7 +53,11 @@ pub fn no_user_named(headers: &HeaderMap, query: Option<&str>) -> Result<(), Api
             (first, second) => first.is_some() && second.is_some(),
         }
     });
-    let in_header = headers.get_all("x-on-behalf-of").iter().any(|value| !value.as_bytes().trim_ascii().is_empty());
+    let mut sent = headers.get_all("x-on-behalf-of").iter();
+    let in_header = match (sent.next(), sent.next()) {
+        (Some(value), None) => !value.as_bytes().trim_ascii().is_empty(),
+        (first, second) => first.is_some() && second.is_some(),
+    };
     if in_query || in_header {
         return Err(user_named());
     }

@@ -4270,10 +4270,6 @@ pub(super) const ACCOUNT_IN_USE: &str = "SELECT 1 AS one FROM auth_profiles
      WHERE provider = $1 AND upstream_account_id = $2 AND status IN ('active', 'needs_reauth') AND id <> $3
      LIMIT 1";
 
-/// Each endpoint's pending deliveries, from the pending indexes: the count by walking the
-/// endpoint's entries of one (a long queue is still walked, but no table row is read for it on
-/// SQLite, and on PostgreSQL only for pages not yet all-visible), the oldest from the first entry
-/// of `webhook_deliveries_pending_scheduled_idx`.
 /// The live profiles a user made in the teams they are a member of, by their maker
 /// (`auth_profiles_created_by_idx`).
 pub(super) const PROFILES_MADE_BY: &str = concat!(
@@ -4285,6 +4281,11 @@ pub(super) const PROFILES_MADE_BY: &str = concat!(
       ORDER BY p.created_at, p.id"
 );
 
+/// Each endpoint's pending deliveries, from the pending indexes: the count by walking the
+/// endpoint's entries of one (a long queue is still walked, but no table row is read for it on
+/// SQLite, and on PostgreSQL only for pages not yet all-visible), the oldest from the first entry
+/// of `webhook_deliveries_pending_scheduled_idx`.
+/// A disabled endpoint's oldest is none: its deliveries wait untried, with no lag to alert on.
 pub(super) const WEBHOOK_QUEUES: &str = "SELECT e.id,
         (SELECT count(*) FROM webhook_deliveries d
           WHERE d.endpoint_id = e.id AND d.state = 'pending') AS pending,

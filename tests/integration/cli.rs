@@ -387,7 +387,7 @@ async fn serve_names_the_migrations_newer_than_its_binary() {
     refused.env("TESSERA_DATABASE_URL", &db.url).env("TESSERA_LISTEN", "127.0.0.1:0");
     let output = serve(refused.arg("serve")).await.expect_err("serve refuses to start");
     assert_ne!(output.code, 0);
-    assert!(output.stderr.contains("9999") && output.stderr.contains("newer than this binary"), "{}", output.stderr);
+    assert!(output.stderr.contains("9999") && output.stderr.contains("not known to this binary"), "{}", output.stderr);
 }
 
 #[tokio::test]

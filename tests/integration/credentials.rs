@@ -214,6 +214,10 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
         let named = named.bearer_auth(&ann_token).header("x-on-behalf-of", &other);
         assert_eq!(ambiguous(named.send().await.unwrap()).await["field"], "on_behalf_of");
     }
+    // Sent twice, even blank, in the header as in the query.
+    let twice = plain.post(w.app.url("/v1/validate")).bearer_auth(&ann_token);
+    let twice = twice.header("x-on-behalf-of", "").header("x-on-behalf-of", " ");
+    assert_eq!(ambiguous(twice.send().await.unwrap()).await["field"], "on_behalf_of");
     for in_query in [
         plain.post(w.app.url(&format!("/v1/validate?on_behalf_of={other}"))),
         plain.post(w.app.url("/v1/validate?on_behalf_of=&on_behalf_of=")),
