@@ -2106,6 +2106,15 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     let asked = browser.navigate(&w.app.url(&bad)).await;
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));
+    // So are a hint Tessera did not issue and a client_id other than the hint's audience.
+    let foreign = w.issuer.sign("rsa-1", &w.issuer.claims("s", &client));
+    for query in [format!("id_token_hint={foreign}"), format!("id_token_hint={id_token}&client_id=someone-else")] {
+        let url = w.app.url(&format!("/oauth/logout?{query}"));
+        assert_eq!(oauth_error(w.app.client.get(&url).send().await.unwrap(), 400).await, "invalid_request");
+        let asked = browser.navigate(&url).await;
+        assert_eq!(asked.status(), StatusCode::OK, "{query}");
+        assert!(asked.text().await.unwrap().contains("method=\"post\""), "{query}");
+    }
     assert_eq!(introspect(&w.app, creds, tokens["access_token"].as_str().unwrap()).await["active"], true);
     // Without a hint of this user, a GET only asks; another site's link ends nothing.
     let asked = browser.navigate(&w.app.url("/oauth/logout")).await;
