@@ -45,23 +45,24 @@ pub fn session_without_token<'h>(state: &AppState, headers: &'h HeaderMap) -> Re
 /// silence, and a backend that meant to ask about that user would get the caller's answer: 400
 /// `ambiguous_credentials`. A blank one names nobody, as everywhere else.
 pub fn no_user_named(headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
-    // Named, or sent twice even blank (as a repeated credential is refused everywhere).
     let in_query = query.is_some_and(|query| {
-        let mut named = url::form_urlencoded::parse(query.as_bytes()).filter(|(name, _)| name == "on_behalf_of");
-        match (named.next(), named.next()) {
-            (Some((_, value)), None) => !value.trim().is_empty(),
-            (first, second) => first.is_some() && second.is_some(),
-        }
+        let named = url::form_urlencoded::parse(query.as_bytes()).filter(|(name, _)| name == "on_behalf_of");
+        names_someone(named.map(|(_, value)| value.trim().is_empty()))
     });
-    let mut sent = headers.get_all("x-on-behalf-of").iter();
-    let in_header = match (sent.next(), sent.next()) {
-        (Some(value), None) => !value.as_bytes().trim_ascii().is_empty(),
-        (first, second) => first.is_some() && second.is_some(),
-    };
-    if in_query || in_header {
+    let sent = headers.get_all("x-on-behalf-of").iter();
+    if in_query || names_someone(sent.map(|value| value.as_bytes().trim_ascii().is_empty())) {
         return Err(user_named());
     }
     Ok(())
+}
+
+/// Whether the values of one parameter (each told as blank or not) name a user: one that is not
+/// blank, or two of any kind (as a repeated credential is refused everywhere).
+fn names_someone(mut blank: impl Iterator<Item = bool>) -> bool {
+    match (blank.next(), blank.next()) {
+        (Some(blank), None) => !blank,
+        (first, second) => first.is_some() && second.is_some(),
+    }
 }
 
 fn user_named() -> ApiError {

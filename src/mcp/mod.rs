@@ -260,7 +260,8 @@ fn parse_arguments(arguments: Option<JsonObject>) -> Result<Arguments, ApiError>
 
 /// The `slug` argument, required by every action that names one profile.
 fn slug_of(arguments: &Arguments) -> Result<Slug, ApiError> {
-    let Some(slug) = arguments.slug.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
+    // (Trimmed, and absent when blank, by `parse_arguments`.)
+    let Some(slug) = arguments.slug.as_deref() else {
         let action = arguments.action.as_str();
         return Err(ApiError::new(ErrorCode::MissingField, format!("`slug` is required by `{action}`")).field("slug"));
     };

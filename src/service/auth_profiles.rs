@@ -557,23 +557,23 @@ impl AuthProfiles {
         if another || may_connect(&pending, user, role).is_err() {
             return Err(AuthProfileError::PendingAuthConflict { slug: pending.slug.as_str().to_owned() });
         }
-        let link = self.mint_link(&pending, user, false).await?;
-        Ok(Created { profile: pending.outliving(link.expires_at), link: Some(link), created: false })
+        let (profile, link) = self.mint_link(pending, user, false).await?;
+        Ok(Created { profile, link: Some(link), created: false })
     }
 
-    /// Mints a connect link for `profile`; a pending profile is kept (in the store) at least
-    /// as long as the link lives: answer it as [`AuthProfile::outliving`] the link.
+    /// Mints a connect link for `profile`; returns the link and the profile as the store now
+    /// keeps it (a pending one lives at least as long as the link: [`AuthProfile::outliving`]).
     pub(super) async fn mint_link(
         &self,
-        profile: &AuthProfile,
+        profile: AuthProfile,
         user: UserId,
         allow_account_change: bool,
-    ) -> Result<ConnectLink, AuthProfileError> {
-        let (token, link) = self.new_link(profile, user, allow_account_change);
+    ) -> Result<(AuthProfile, ConnectLink), AuthProfileError> {
+        let (token, link) = self.new_link(&profile, user, allow_account_change);
         if !self.store.mint_connect_token(&token).await? {
             return Err(AuthProfileError::ProfileNotFound);
         }
-        Ok(link)
+        Ok((profile.outliving(link.expires_at), link))
     }
 
     /// A new connect link for `profile`, opened by `user` only, and what is stored of it.
@@ -628,8 +628,7 @@ impl AuthProfiles {
         if profile.profile_kind.is_oauth() {
             self.provider_of(&profile)?;
         }
-        let link = self.mint_link(&profile, user, allow_account_change).await?;
-        Ok((profile.outliving(link.expires_at), link))
+        self.mint_link(profile, user, allow_account_change).await
     }
 
     /// The profiles of a team the caller may see: the team's, and the caller's own personal ones.

@@ -294,7 +294,7 @@ impl<'a> ProfileActions<'a> {
         let profile = store.profile(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         if widened {
             // For this profile, by id: its slug may be another profile's by now.
-            let link = self.profiles.mint_link(&profile, user, false).await?;
+            let (profile, link) = self.profiles.mint_link(profile, user, false).await?;
             return Ok(Updated { profile, reconnect_required: true, link: Some(link) });
         }
         Ok(Updated { profile, reconnect_required: false, link: None })

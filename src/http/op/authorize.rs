@@ -564,7 +564,6 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         && hint.aud != *named
     {
         unanswerable = Some("client_id differs from the id token's audience");
-        hinted = None;
     }
     let mut target = None;
     if let Some(uri) = request.post_logout_redirect_uri.as_deref().filter(|_| unanswerable.is_none()) {
