@@ -109,7 +109,7 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(MemberOutcome::NotAllowed);
         }
-        if let Some(Standing { sole_owner, .. }) = standing(&mut tx, team, user).await? {
+        if let Some(Standing { role: previous, sole_owner, .. }) = standing(&mut tx, team, user).await? {
             if only_add {
                 tx.rollback().await?;
                 return Ok(MemberOutcome::Unchanged);
@@ -118,8 +118,7 @@ impl SqlStore {
                 tx.rollback().await?;
                 return Ok(MemberOutcome::LastOwner);
             }
-            let previous = member_role(&mut tx, team, user).await?;
-            if previous == Some(role) {
+            if previous == role {
                 tx.rollback().await?;
                 return Ok(MemberOutcome::Unchanged);
             }
@@ -129,11 +128,9 @@ impl SqlStore {
                 .bind(role.as_str())
                 .execute(&mut tx)
                 .await?;
-            if let Some(previous) = previous.filter(|p| *p != role) {
-                let payload = events::member_changed(team, user, role, Some(previous));
-                insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ROLE_CHANGED, payload), now).await?;
-                log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
-            }
+            let payload = events::member_changed(team, user, role, Some(previous));
+            insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ROLE_CHANGED, payload), now).await?;
+            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
             tx.commit().await?;
             return Ok(MemberOutcome::Updated);
         }
@@ -550,25 +547,21 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(RemoveOutcome::TeamNotFound);
         }
-        // One leaving acts in the team as an owner removing another does: a user disabled a
-        // moment ago (their credential still taken by another instance's cache) acts in
-        // nothing, and leaving alone would delete the team.
-        let allowed = match leaving {
-            // (Not a member at all: `NotMember`, below.)
-            true => {
-                enabled_member_role(&mut tx, team, user).await?.is_some()
-                    || member_role(&mut tx, team, user).await?.is_none()
-            }
-            false => acting_owner(&mut tx, team, acting).await?,
-        };
-        if !allowed {
+        if !leaving && !acting_owner(&mut tx, team, acting).await? {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotAllowed);
         }
-        let Some(Standing { sole_owner, alone }) = standing(&mut tx, team, user).await? else {
+        let Some(Standing { role, disabled, sole_owner, alone }) = standing(&mut tx, team, user).await? else {
             tx.rollback().await?;
             return Ok(RemoveOutcome::NotMember);
         };
+        // One leaving acts in the team as an owner removing another does: a user disabled a
+        // moment ago (their credential still taken by another instance's cache) acts in
+        // nothing, and leaving alone would delete the team.
+        if leaving && disabled {
+            tx.rollback().await?;
+            return Ok(RemoveOutcome::NotAllowed);
+        }
         if sole_owner {
             if leaving && alone {
                 // The team goes with its only member, with its domains, profiles, links and
@@ -584,7 +577,6 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(RemoveOutcome::LastOwner);
         }
-        let role = member_role(&mut tx, team, user).await?.unwrap_or(Role::Member);
         query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2")
             .bind(team.as_uuid())
             .bind(user.as_uuid())
@@ -662,6 +654,10 @@ where
 
 /// Where a member stands in a team, as far as leaving it goes.
 struct Standing {
+    /// Their role in the team.
+    role: Role,
+    /// Their user is disabled (a disable committed before is seen; see [`enabled_member_role`]).
+    disabled: bool,
     /// They are an owner and no other owner can act (every other one is disabled, or there is
     /// none): removing or demoting them would leave the team to nobody.
     sole_owner: bool,
@@ -673,7 +669,7 @@ struct Standing {
 /// Where `user` stands in `team`, read in `tx`; `None` when they are not a member.
 async fn standing(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<Standing>, StoreError> {
     let row = query(
-        "SELECT m.role = 'owner' AND NOT EXISTS (
+        "SELECT m.role, u.disabled, m.role = 'owner' AND NOT EXISTS (
                     SELECT 1 FROM memberships o JOIN users u ON u.id = o.user_id
                     WHERE o.team_id = m.team_id AND o.role = 'owner' AND o.user_id <> m.user_id
                       AND NOT u.disabled)
@@ -681,30 +677,28 @@ async fn standing(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<Stan
                 NOT m.is_default AND NOT EXISTS (
                     SELECT 1 FROM memberships o WHERE o.team_id = m.team_id AND o.user_id <> m.user_id)
                 AS alone
-         FROM memberships m WHERE m.team_id = $1 AND m.user_id = $2",
+         FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 AND m.user_id = $2",
     )
     .bind(team.as_uuid())
     .bind(user.as_uuid())
     .fetch_optional(tx)
     .await?;
-    row.map(|row| Ok(Standing { sole_owner: row.flag("sole_owner")?, alone: row.flag("alone")? })).transpose()
+    row.map(|row| {
+        Ok(Standing {
+            role: decode_role(&row.text("role")?)?,
+            disabled: row.flag("disabled")?,
+            sole_owner: row.flag("sole_owner")?,
+            alone: row.flag("alone")?,
+        })
+    })
+    .transpose()
 }
 
-/// `user`'s role in `team`, read in `tx`; `None` when they are not a member.
-async fn member_role(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<Role>, StoreError> {
-    let row = query("SELECT role FROM memberships WHERE team_id = $1 AND user_id = $2")
-        .bind(team.as_uuid())
-        .bind(user.as_uuid())
-        .fetch_optional(tx)
-        .await?;
-    row.map(|row| decode_role(&row.text("role")?)).transpose()
-}
-
-/// [`member_role`] of a member whose user is not disabled (`None` for a disabled one), for the
-/// checks of a right made inside a write: a user disabled a moment ago, whose session another
-/// instance has not forgotten yet, acts in nothing. Read without a lock of the user's row,
-/// which would take the user after the team, against the order of a user's deletion: a disable
-/// committed before is seen.
+/// `user`'s role in `team` when their user is not disabled (`None` for a disabled one or a
+/// non-member), for the checks of a right made inside a write: a user disabled a moment ago,
+/// whose session another instance has not forgotten yet, acts in nothing. Read without a lock
+/// of the user's row, which would take the user after the team, against the order of a user's
+/// deletion: a disable committed before is seen.
 async fn enabled_member_role(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<Role>, StoreError> {
     let row = query(
         "SELECT m.role FROM memberships m JOIN users u ON u.id = m.user_id
