@@ -70,15 +70,11 @@ pub enum StartupError {
     /// not know (a newer binary ran them), edited ones, or ones recorded as failed.
     #[error(
         "the database schema does not match this binary: {} (run `tessera check` for details)",
-        schema_mismatch(unknown, modified, failed)
+        problems.join("; ")
     )]
     SchemaMismatch {
-        /// Versions applied that this binary does not know.
-        unknown: Vec<i64>,
-        /// Versions whose applied SQL differs from this binary's.
-        modified: Vec<i64>,
-        /// Versions recorded as failed.
-        failed: Vec<i64>,
+        /// What is wrong, as [`crate::store::MigrationStatus::problems`] says it.
+        problems: Vec<String>,
     },
     /// Migrating or inspecting the schema failed.
     #[error("cannot migrate the database")]
@@ -427,33 +423,13 @@ pub fn connect_failed(config: &Config, source: StoreError) -> StartupError {
     StartupError::Connect { url: config.database.url.redacted(), source }
 }
 
-/// What a mismatched schema holds, named: `migration(s) 34, 35 are not known to this binary`
-/// and the like.
-fn schema_mismatch(unknown: &[i64], modified: &[i64], failed: &[i64]) -> String {
-    let list = |versions: &[i64]| versions.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-    let mut parts = Vec::new();
-    if !unknown.is_empty() {
-        parts.push(format!(
-            "migration(s) {} are not known to this binary (a newer release applied them: run that one)",
-            list(unknown)
-        ));
-    }
-    if !modified.is_empty() {
-        parts.push(format!("migration(s) {} differ from this binary's", list(modified)));
-    }
-    if !failed.is_empty() {
-        parts.push(format!("migration(s) {} are recorded as failed", list(failed)));
-    }
-    parts.join("; ")
-}
-
 /// Applies the migration policy: refuse a schema this binary does not know, apply pending
 /// migrations when allowed, refuse to start otherwise.
 pub async fn prepare_schema(store: &dyn Store, migrate: bool) -> Result<(), StartupError> {
     let status = store.migration_status().await.map_err(StartupError::Migrate)?;
-    if !status.only_pending() {
-        let (unknown, modified, failed) = (status.unknown, status.modified, status.failed);
-        return Err(StartupError::SchemaMismatch { unknown, modified, failed });
+    let problems = status.problems();
+    if !problems.is_empty() {
+        return Err(StartupError::SchemaMismatch { problems });
     }
     if status.pending.is_empty() {
         return Ok(());

@@ -178,11 +178,7 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) ->
             return false;
         }
     };
-    let usable = status.applied > 0
-        && status.pending.is_empty()
-        && status.unknown.is_empty()
-        && status.modified.is_empty()
-        && status.failed.is_empty();
+    let usable = status.applied > 0 && status.is_current();
     if status.pending.is_empty() {
         report.push(Severity::Ok, format!("migrations: {} applied, none pending", status.applied));
     } else {
@@ -195,17 +191,8 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) ->
             ),
         );
     }
-    for version in &status.unknown {
-        report.push(
-            Severity::Problem,
-            format!("migration {version} is applied but unknown to this binary (a newer version ran)"),
-        );
-    }
-    for version in &status.modified {
-        report.push(Severity::Problem, format!("migration {version} was changed after it was applied"));
-    }
-    for version in &status.failed {
-        report.push(Severity::Problem, format!("migration {version} failed part-way; repair it by hand"));
+    for problem in status.problems() {
+        report.push(Severity::Problem, problem);
     }
     if status.applied == 0 {
         return false;

@@ -76,6 +76,31 @@ impl MigrationStatus {
         self.pending.is_empty() && self.unknown.is_empty() && self.modified.is_empty() && self.failed.is_empty()
     }
 
+    /// What is wrong with the schema beyond pending migrations, one sentence per kind (versions
+    /// this binary does not know, edited ones, failed ones); empty when only pending ones, or
+    /// nothing, stand between the database and this binary. Start-up and `tessera check` both
+    /// say it in these words.
+    pub fn problems(&self) -> Vec<String> {
+        let list = |versions: &[i64]| versions.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let mut problems = Vec::new();
+        if !self.unknown.is_empty() {
+            problems.push(format!(
+                "migration(s) {} are not known to this binary (a newer release applied them: run that one)",
+                list(&self.unknown)
+            ));
+        }
+        if !self.modified.is_empty() {
+            problems.push(format!(
+                "migration(s) {} differ from this binary's (edited after they were applied)",
+                list(&self.modified)
+            ));
+        }
+        if !self.failed.is_empty() {
+            problems.push(format!("migration(s) {} are recorded as failed; repair them by hand", list(&self.failed)));
+        }
+        problems
+    }
+
     /// Whether only pending migrations stand between the database and this binary (so `migrate`
     /// would fix it).
     pub fn only_pending(&self) -> bool {

@@ -374,20 +374,28 @@ async fn a_closed_log_pipe_does_not_stop_the_server() {
 }
 
 /// A binary older than the schema (an instance of the previous release during a roll-out, say)
-/// refuses to start, naming the migrations it does not know.
+/// refuses to start, naming the migrations it does not know, and an edited one; `tessera check`
+/// says the same in the same words.
 #[tokio::test]
-async fn serve_names_the_migrations_newer_than_its_binary() {
+async fn serve_and_check_name_the_migrations_newer_than_the_binary_or_edited() {
     let db = TestDb::new(Backend::Sqlite).await;
     db.store().await.close().await;
+    let sql = db.sql().await;
     let future = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
                   VALUES (9999, 'from a newer release', TRUE, X'00', 0)";
-    db.sql().await.exec(future).await.unwrap();
+    sql.exec(future).await.unwrap();
+    sql.exec("UPDATE _sqlx_migrations SET checksum = X'00' WHERE version = 2").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut refused = tessera(dir.path());
     refused.env("TESSERA_DATABASE_URL", &db.url).env("TESSERA_LISTEN", "127.0.0.1:0");
     let output = serve(refused.arg("serve")).await.expect_err("serve refuses to start");
     assert_ne!(output.code, 0);
-    assert!(output.stderr.contains("9999") && output.stderr.contains("not known to this binary"), "{}", output.stderr);
+    let unknown = "migration(s) 9999 are not known to this binary";
+    let edited = "migration(s) 2 differ from this binary's";
+    assert!(output.stderr.contains(unknown) && output.stderr.contains(edited), "{}", output.stderr);
+    let checked = run(&mut check(dir.path(), &db)).await;
+    assert_eq!(checked.code, 1, "{}", checked.stdout);
+    assert!(checked.stdout.contains(unknown) && checked.stdout.contains(edited), "{}", checked.stdout);
 }
 
 #[tokio::test]
