@@ -228,14 +228,14 @@ impl SqlStore {
     /// or run past the statement timeout (PostgreSQL) over millions of rows. Instances clearing
     /// one client at once each take the grants no other holds (`SKIP LOCKED`), until none is
     /// left to take. The client's codes and refresh tokens stop working as the slices reach them.
-    async fn clear_client_grants(&self, client: &ClientId) -> Result<(), StoreError> {
+    async fn clear_client_grants(&self, client: &str) -> Result<(), StoreError> {
         // Like the cascade it replaces, a slice locks grants, then their codes and tokens: the
         // other order from a code's redemption, which PostgreSQL may end as a deadlock.
         let delete = query(
             "DELETE FROM oauth_grants WHERE id IN
                (SELECT id FROM oauth_grants WHERE client_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )
-        .bind(client.as_str())
+        .bind(client)
         .bind(GRANTS_PER_DELETE);
         while retrying_conflicts(|| delete.execute(self.db.writer())).await? > 0 {}
         Ok(())
@@ -247,19 +247,20 @@ impl SqlStore {
         // another kind) go first, in slices (see `clear_client_grants`), read without a lock —
         // unless the file's ids clash with the admin API's clients, which stops the start below
         // with nothing changed.
-        let stored = query(concat!("SELECT ", client_columns!(), " FROM clients c"))
+        let stored = query("SELECT id, kind, from_config FROM clients")
             .fetch_all(self.db.writer())
             .await?
             .iter()
-            .map(rows::client)
-            .collect::<Result<Vec<_>, _>>()?;
-        let clash = clients.iter().any(|c| stored.iter().any(|s| s.id == c.id && !s.from_config));
+            .map(|row| Ok((row.text("id")?, row.text("kind")?, row.flag("from_config")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let clash =
+            clients.iter().any(|c| stored.iter().any(|(id, _, from_config)| id == c.id.as_str() && !from_config));
         if !clash {
-            let going = stored
-                .iter()
-                .filter(|old| old.from_config && !clients.iter().any(|c| c.id == old.id && c.kind == old.kind));
-            for old in going {
-                self.clear_client_grants(&old.id).await?;
+            let going = stored.iter().filter(|(id, kind, from_config)| {
+                *from_config && !clients.iter().any(|c| c.id.as_str() == id && kind_text(c) == kind)
+            });
+            for (id, _, _) in going {
+                self.clear_client_grants(id.as_str()).await?;
             }
         }
         let mut tx = self.db.begin().await?;
@@ -3178,7 +3179,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
-        self.clear_client_grants(id).await?;
+        self.clear_client_grants(id.as_str()).await?;
         // What the cascade still finds (grants written meanwhile) locks the client's grants, then
         // their codes and refresh tokens: the other
         // order from a code's redemption or a token's rotation (the row, then its grant for the
