@@ -558,17 +558,10 @@ impl OpenIdProvider {
     pub async fn access_grant_active(&self, claims: &AccessClaims) -> Result<bool, OAuthError> {
         match claims.gid {
             Some(_) => Ok(self.access_grant(claims).await?.is_some_and(|g| g.active)),
-            // A client_credentials token counts while its client is registered — the same one:
-            // a client deleted and registered again under its id (after a compromise, say)
-            // does not bring the old one's tokens back — and may still use that grant type.
-            None => Ok(self.clients.get(&claims.client_id).await?.is_some_and(|client| {
-                let same_registration = match claims.client_registered_us {
-                    Some(registered) => registered == client.created_at.timestamp_micros(),
-                    // Minted before tokens carried it: registered no later than it was issued.
-                    None => claims.iat >= client.created_at.timestamp(),
-                };
-                same_registration && client.allows(GrantType::ClientCredentials)
-            })),
+            // A client_credentials token counts while its client is registered (the same one).
+            None => {
+                Ok(self.clients.get(&claims.client_id).await?.is_some_and(|client| own_token_counts(claims, &client)))
+            }
         }
     }
 
@@ -662,11 +655,12 @@ impl OpenIdProvider {
             // (An expired one counts no more: nothing to refuse.)
             // One of a previous registration of the client's id counts nowhere: nothing to
             // refuse (RFC 7009 2.2 answers an invalid token with 200).
+            // (The client just authenticated is the one registered under its id now.)
             Named::Access(claims)
                 if claims.client_id == client.id.as_str()
                     && claims.gid.is_none()
                     && claims.exp > now.timestamp()
-                    && self.access_grant_active(&claims).await? =>
+                    && own_token_counts(&claims, client) =>
             {
                 return Err(OAuthError::unsupported_token_type(
                     "a client_credentials access token cannot be revoked: it counts until its `exp`",
@@ -936,6 +930,19 @@ pub fn repeated(name: &str) -> OAuthError {
     } else {
         OAuthError::invalid_request("a parameter is repeated")
     }
+}
+
+/// Whether a `client_credentials` access token (one without a grant) of `client`'s id still
+/// counts for `client`, the one registered under that id now: it counts while the same
+/// registration stands — a client deleted and registered again under its id (after a
+/// compromise, say) does not bring the old one's tokens back — and may still use that grant type.
+fn own_token_counts(claims: &AccessClaims, client: &Client) -> bool {
+    let same_registration = match claims.client_registered_us {
+        Some(registered) => registered == client.created_at.timestamp_micros(),
+        // Minted before tokens carried it: registered no later than it was issued.
+        None => claims.iat >= client.created_at.timestamp(),
+    };
+    same_registration && client.allows(GrantType::ClientCredentials)
 }
 
 #[cfg(test)]
