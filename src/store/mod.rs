@@ -1003,7 +1003,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Users whose email equals `email`, ignoring case.
     async fn users_with_email(&self, email: &Email) -> Result<Vec<User>, StoreError>;
 
-    /// Stores (or replaces) an identity's encrypted upstream tokens.
+    /// Stores (or replaces) an identity's encrypted upstream tokens; without a refresh token,
+    /// the one stored before is kept (a provider may send one only on the first consent).
     async fn put_identity_tokens(&self, identity: IdentityId, tokens: &EncryptedTokens) -> Result<(), StoreError>;
 
     /// An identity's encrypted upstream tokens.

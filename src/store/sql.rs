@@ -1985,7 +1985,8 @@ impl Store for SqlStore {
             "INSERT INTO identity_tokens (identity_id, access_token, refresh_token, expires_at, scopes, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (identity_id) DO UPDATE SET access_token = excluded.access_token,
-               refresh_token = excluded.refresh_token, expires_at = excluded.expires_at,
+               refresh_token = COALESCE(excluded.refresh_token, identity_tokens.refresh_token),
+               expires_at = excluded.expires_at,
                scopes = excluded.scopes, updated_at = excluded.updated_at",
         )
         .bind(identity.as_uuid())

@@ -1409,7 +1409,7 @@ async fn identity_tokens_are_stored_and_replaced(backend: Backend) {
     let t0 = now();
     let first = tokens(b"access-1", Some(b"refresh-1"), t0);
     store.put_identity_tokens(ada.identity(), &first).await.unwrap();
-    assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(first));
+    assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(first.clone()));
     let second = EncryptedTokens {
         access_token: b"access-2".to_vec(),
         refresh_token: None,
@@ -1418,7 +1418,13 @@ async fn identity_tokens_are_stored_and_replaced(backend: Backend) {
         updated_at: t0 + TimeDelta::minutes(1),
     };
     store.put_identity_tokens(ada.identity(), &second).await.unwrap();
-    assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(second), "replaced as a whole");
+    // A token answer without a refresh token (RFC 6749 lets a provider leave it out: Google
+    // sends one only on the first consent) keeps the one kept before.
+    let kept = EncryptedTokens { refresh_token: first.refresh_token.clone(), ..second.clone() };
+    assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(kept), "replaced but the refresh token");
+    let third = tokens(b"access-3", Some(b"refresh-3"), t0 + TimeDelta::minutes(2));
+    store.put_identity_tokens(ada.identity(), &third).await.unwrap();
+    assert_eq!(store.identity_tokens(ada.identity()).await.unwrap(), Some(third), "replaced as a whole");
     assert!(store.identity_tokens(bob.identity()).await.unwrap().is_none());
 }
 
