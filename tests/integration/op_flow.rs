@@ -52,6 +52,7 @@ on_both_backends!(
     logout_ends_the_session_and_its_grants,
     a_grant_ends_when_its_session_goes_idle_not_at_the_sweep,
     an_offline_grant_outlives_the_browser_session,
+    offline_access_is_ignored_from_a_client_that_may_not_refresh,
     tessera_access_tokens_work_at_validate_check_and_me,
     private_key_jwt_authenticates_at_the_token_endpoint_once_per_assertion,
     browser_apps_on_other_origins_reach_the_public_client_endpoints_only,
@@ -2275,6 +2276,38 @@ async fn an_offline_grant_outlives_the_browser_session(backend: Backend) {
     assert_eq!(revoke.form(&[("token", rotated)]).send().await.unwrap().status(), StatusCode::OK);
     let access = refreshed["access_token"].as_str().unwrap();
     assert_eq!(introspect(&w.app, creds, access).await, json!({"active": false}));
+}
+
+/// A client that may not refresh never gets a refresh token, so its `offline_access` is ignored
+/// (OpenID Connect Core, section 11): the grant ends with the browser session like any other.
+async fn offline_access_is_ignored_from_a_client_that_may_not_refresh(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = register(
+        &w.app,
+        json!({
+            "name": "Web app without refresh",
+            "kind": "confidential",
+            "redirect_uris": [REDIRECT],
+            "post_logout_redirect_uris": [POST_LOGOUT],
+            "grant_types": ["authorization_code"],
+            "first_party": true,
+        }),
+    )
+    .await;
+    let secret = secret.expect("a confidential client gets a secret");
+    let creds = (client.as_str(), secret.as_str());
+    let mut browser = Browser::new();
+    let (asked_offline, online) = offline_and_online(&w, &mut browser, creds).await;
+    assert_eq!(asked_offline["scope"], "openid");
+    assert!(asked_offline.get("refresh_token").is_none(), "{asked_offline}");
+    let scopes = w.app.db.sql().await.texts("SELECT scope FROM oauth_grants ORDER BY scope").await;
+    assert!(scopes.iter().all(|s| !s.contains("offline_access")), "{scopes:?}");
+
+    let id_token = online["id_token"].as_str().unwrap();
+    let logout = format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}", urlencode(POST_LOGOUT));
+    assert_eq!(browser.navigate(&w.app.url(&logout)).await.status(), StatusCode::SEE_OTHER);
+    let access = asked_offline["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&w.app, creds, access).await, json!({"active": false}), "ended with the session");
 }
 
 /// Signs `browser` in and gets the tokens of two grants of `client` from its session: one with

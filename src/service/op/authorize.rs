@@ -539,13 +539,20 @@ impl OpenIdProvider {
         if !client.allows(GrantType::AuthorizationCode) {
             return Err(fail("unauthorized_client", "this client may not use the authorization code flow"));
         }
-        let scopes = split_scope(params.scope.as_deref().unwrap_or("openid"));
+        let mut scopes = split_scope(params.scope.as_deref().unwrap_or("openid"));
         if scopes.is_empty() {
             return Err(fail("invalid_scope", "scope is empty"));
         }
         // The client's scopes were validated at registration: membership is the whole check.
         if scopes.iter().any(|s| !client.scopes.contains(s)) {
             return Err(fail("invalid_scope", "a requested scope is not allowed for this client"));
+        }
+        // `offline_access` is ignored from a client that may not refresh (OpenID Connect Core,
+        // section 11: it asks for a refresh token, which that client never gets): its grant
+        // would otherwise outlive the user's sign-out, with nothing to keep it for, and the
+        // consent page would promise what cannot happen.
+        if !client.allows(GrantType::RefreshToken) {
+            scopes.retain(|s| s != OFFLINE_ACCESS);
         }
         // PKCE is required (OAuth 2.1 section 4.1.1, and so MCP's authorization), but from a
         // confidential client that signs in with OpenID Connect and sends a `nonce`: the id
