@@ -393,19 +393,32 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
 /// `kubectl create secret --from-file` — often ends in a newline that is no part of it);
 /// unset or blank is an error at `key`.
 pub(super) fn secret_env(env: &dyn Fn(&str) -> Option<String>, var: &str, key: String) -> Result<String, ConfigError> {
-    env(var)
-        .map(|value| value.trim().to_owned())
-        .filter(|value| !value.is_empty())
-        .ok_or_else(|| ConfigError::new(key, format!("the environment variable {var} is not set")))
+    env(var).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty()).ok_or_else(|| {
+        // Named only when it looks like a variable's name: the secret itself, pasted here, is a
+        // likely mistake, and the error goes to the logs.
+        let looks_like_a_name = (1..=128).contains(&var.len())
+            && !var.starts_with(|c: char| c.is_ascii_digit())
+            && var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        let message = match looks_like_a_name {
+            true => format!("the environment variable {var} is not set"),
+            false => "the environment variable it names is not set (the name is not shown: it is no upper-case \
+                      variable name, and may be the secret itself)"
+                .to_owned(),
+        };
+        ConfigError::new(key, message)
+    })
 }
 
 /// The secret in the file at `path`, trimmed (a file written by `echo` or a secrets manager
 /// often ends in a newline that is no part of it); unreadable or blank is an error at `key`,
-/// which names the path only `with_path` (never where the path may be a misplaced secret), and
-/// never the content.
+/// which names the path only `with_path` and when it looks like one (a `/` in it, under a
+/// directory that exists: the secret itself, pasted here, is a likely mistake), and never the
+/// content.
 pub(super) fn secret_file(path: &str, key: impl Into<String>, with_path: bool) -> Result<String, ConfigError> {
     let key = key.into();
-    let named = if with_path { path.trim().to_owned() } else { "the file it names".to_owned() };
+    let looks_like_a_path = path.contains('/')
+        && std::path::Path::new(path.trim()).parent().is_some_and(|dir| dir.as_os_str().is_empty() || dir.is_dir());
+    let named = if with_path && looks_like_a_path { path.trim().to_owned() } else { "the file it names".to_owned() };
     let secret = std::fs::read_to_string(path.trim())
         .map_err(|e| ConfigError::new(key.clone(), format!("cannot read {named}: {}", e.kind())))?;
     match secret.trim() {
@@ -1534,6 +1547,18 @@ mod tests {
         let both = [(ENCRYPTION_KEYS_VAR, ring.as_str()), ("BILLING", key.as_str())];
         let named = "webhooks.endpoints[0] (billing).secret_env";
         assert_eq!(error(with_env, &both[..1]).key, named, "the variable is not set");
+        assert!(error(with_env, &both[..1]).to_string().contains("BILLING is not set"), "a variable's name is shown");
+        // The secret itself pasted where its variable's name, or its file's path, belongs: not shown.
+        let pasted = "whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0";
+        let as_env = error(&format!("secret_env = \"{pasted}\"\n"), &both[..1]);
+        assert_eq!(as_env.key, named);
+        assert!(!as_env.to_string().contains("c2VjcmV0"), "{as_env}");
+        let pasted_b64 = "c2Vj/cmV0+c2VjcmV0c2VjcmV0c2VjcmV0";
+        let as_file = error(&format!("secret_file = \"{pasted_b64}\"\n"), &both[..1]);
+        assert_eq!(as_file.key, "webhooks.endpoints[0] (billing).secret_file");
+        assert!(!as_file.to_string().contains("c2Vj"), "{as_file}");
+        let missing = error("secret_file = \"/nonexistent-dir/whsec\"\n", &both[..1]);
+        assert!(!missing.to_string().contains("nonexistent-dir"), "{missing}");
         let short = format!("whsec_{}", b64(9, 8));
         for bad in ["nope", short.as_str(), "whsec_!!"] {
             assert_eq!(error(with_env, &[both[0], ("BILLING", bad)]).key, named, "{bad}");
@@ -1549,6 +1574,9 @@ mod tests {
         assert_eq!(error(&format!("{with_env}{with_file}"), &both).key, named, "not both");
         std::fs::write(path, "nope").unwrap();
         assert_eq!(error(&with_file, &both[..1]).key, "webhooks.endpoints[0] (billing).secret_file");
+        std::fs::write(path, "").unwrap();
+        let empty = error(&with_file, &both[..1]);
+        assert!(empty.to_string().contains(&format!("{} is empty", path.display())), "a path is shown: {empty}");
         assert_eq!(error("secret = \"whsec_x\"\n", &both).key, "webhooks.endpoints[0] (billing).secret");
         assert_eq!(error(with_env, &both[1..]).key, ENCRYPTION_KEYS_VAR, "the key ring is required");
         let twice = format!(

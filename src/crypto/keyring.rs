@@ -13,7 +13,7 @@ use std::fmt;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
 const MAGIC: &[u8] = b"tk1";
 
@@ -112,7 +112,7 @@ impl KeyRing {
     /// A key's 32 bytes, from base64 (standard or URL-safe, padded or not).
     fn bytes(id: &str, encoded: &str) -> Result<Vec<u8>, KeyRingError> {
         let encoded = encoded.trim();
-        [&STANDARD, &URL_SAFE, &URL_SAFE_NO_PAD]
+        [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
             .iter()
             .find_map(|engine| engine.decode(encoded).ok())
             .filter(|bytes| bytes.len() == 32)
@@ -242,5 +242,16 @@ mod tests {
         let debug = format!("{ring:?}");
         assert!(debug.contains("visible-id") && !debug.contains(&key(7)), "{debug}");
         assert!(KeyRing::single("legacy", &key(9)).is_ok());
+    }
+
+    #[test]
+    fn every_base64_spelling_of_a_key_is_read() {
+        // 0xfb bytes spell `+` and `/` in the standard alphabet, `-` and `_` in the URL-safe one.
+        let bytes = [0xfb; 32];
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            let encoded = engine.encode(bytes);
+            let ring = KeyRing::parse(&format!("k:{encoded}")).unwrap_or_else(|e| panic!("{encoded}: {e}"));
+            assert_eq!(ring.decrypt(&KeyRing::of_key("k", &bytes).encrypt(b"t", b"a"), b"a").unwrap(), b"t");
+        }
     }
 }
