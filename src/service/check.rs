@@ -87,13 +87,14 @@ pub async fn run(config: &Config) -> Report {
         report.push(Severity::Warning, format!("issuer {} {}", issuer.issuer, crate::config::NO_AUDIENCES));
     }
     if store::sqlite_file_missing(&config.database.url).unwrap_or(false) {
-        report.push(
-            Severity::Problem,
-            format!(
-                "the SQLite database {} does not exist yet; `tessera migrate` or `tessera serve` creates it",
-                config.database.url
+        let missing = format!("the SQLite database {} does not exist yet", config.database.url);
+        match config.database.auto_migrate {
+            true => report.push(Severity::Warning, format!("{missing}; `tessera serve` creates it")),
+            false => report.push(
+                Severity::Problem,
+                format!("{missing}; `tessera migrate` creates it (database.auto_migrate is off)"),
             ),
-        );
+        }
         return report;
     }
     let store = match store::connect(&config.database).await {
@@ -104,10 +105,12 @@ pub async fn run(config: &Config) -> Report {
         }
     };
     let schema_usable = check_store(store.as_ref(), config, &mut report).await;
-    check_signing_keys(&store, config, &mut report).await;
     // Against a schema that is missing, behind or ahead, every read would only repeat that.
     if schema_usable {
+        check_signing_keys(&store, config, &mut report).await;
         check_config_clients(store.as_ref(), config, &mut report).await;
+    } else if config.auth.public_url.is_some() && config.encryption.is_some() {
+        report.push(Severity::Warning, "the signing keys are not checked: the schema is not this binary's yet");
     }
     store.close().await;
     report
@@ -139,9 +142,6 @@ async fn check_config_clients(store: &dyn Store, config: &Config, report: &mut R
 /// `serve`, but its algorithm's signatures fail until it is rotated away).
 async fn check_signing_keys(store: &Arc<dyn Store>, config: &Config, report: &mut Report) {
     let (Some(_), Some(keyring)) = (&config.auth.public_url, &config.encryption) else { return };
-    if report.has_problems() {
-        return;
-    }
     let settings = crate::service::op::keys::SigningKeySettings::from_config(&config.oidc);
     match crate::service::op::keys::SigningKeys::open(store.clone(), keyring.clone(), settings).await {
         Err(e) => report.push(Severity::Problem, format!("cannot read the signing keys: {}", Chain(&e))),
@@ -182,14 +182,16 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) ->
     if status.pending.is_empty() {
         report.push(Severity::Ok, format!("migrations: {} applied, none pending", status.applied));
     } else {
-        report.push(
-            Severity::Problem,
-            format!(
-                "{} pending migration(s): {}; run `tessera migrate`",
-                status.pending.len(),
-                status.pending.join(", ")
+        let pending = format!("{} pending migration(s): {}", status.pending.len(), status.pending.join(", "));
+        // What `serve` does with them: applies them itself (`database.auto_migrate`, SQLite's
+        // default), or refuses to start.
+        match config.database.auto_migrate {
+            true => report.push(
+                Severity::Warning,
+                format!("{pending}; `tessera serve` applies them at start-up (database.auto_migrate)"),
             ),
-        );
+            false => report.push(Severity::Problem, format!("{pending}; run `tessera migrate`")),
+        }
     }
     for problem in status.problems() {
         report.push(Severity::Problem, problem);

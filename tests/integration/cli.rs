@@ -488,13 +488,20 @@ async fn check_reports_pending_migrations_and_broken_invariants(backend: Backend
     let db = TestDb::new(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let check = || check(dir.path(), &db);
-    let fresh = run(&mut check()).await;
-    assert_eq!(fresh.code, 1, "{}", fresh.stdout);
     let expected = match backend {
         Backend::Postgres => "pending migration(s): 1_people_identities_teams, 2_team_domains",
         Backend::Sqlite => "does not exist yet",
     };
-    assert!(fresh.stdout.contains(expected), "{}", fresh.stdout);
+    // A problem where `serve` would refuse to start (auto-migration off: PostgreSQL's default);
+    // a warning where it would migrate, or make the database, itself (SQLite's).
+    for auto_migrate in [false, true] {
+        let fresh = run(check().env("TESSERA_AUTO_MIGRATE", auto_migrate.to_string())).await;
+        assert_eq!(fresh.code, i32::from(!auto_migrate), "{}", fresh.stdout);
+        let line = fresh.stdout.lines().find(|l| l.contains(expected)).unwrap_or_else(|| panic!("{}", fresh.stdout));
+        assert_eq!(line.starts_with("warning"), auto_migrate, "{line}");
+    }
+    let defaults = run(&mut check()).await;
+    assert_eq!(defaults.code, i32::from(backend == Backend::Postgres), "{}", defaults.stdout);
     let store = db.store().await;
     let clean = run(&mut check()).await;
     assert_eq!(clean.code, 0, "{}{}", clean.stdout, clean.stderr);
@@ -750,9 +757,18 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
             .arg("check");
         command
     };
+    // A problem found before (a user without identity) does not hide it.
+    let sql = db.sql().await;
+    let time = if backend == Backend::Sqlite { "0" } else { "now()" };
+    let orphan = sql.uuid(&uuid::Uuid::new_v4().to_string());
+    sql.exec(&format!("INSERT INTO users (id, created_at, updated_at) VALUES ({orphan}, {time}, {time})"))
+        .await
+        .unwrap();
     let short = run(&mut check(&format!("k2:{}", key(2)))).await;
     assert_eq!(short.code, 1, "{}{}", short.stdout, short.stderr);
+    assert!(short.stdout.contains("1 user(s) without any identity"), "{}", short.stdout);
     assert!(short.stdout.contains("cannot be used") && short.stdout.contains("rotate"), "{}", short.stdout);
+    sql.exec(&format!("DELETE FROM users WHERE id = {orphan}")).await.unwrap();
     let whole = run(&mut check(&format!("k4:{},k2:{}", key(4), key(2)))).await;
     assert_eq!(whole.code, 0, "{}{}", whole.stdout, whole.stderr);
     assert!(whole.stdout.contains("the signing keys decrypt with this key ring"), "{}", whole.stdout);
