@@ -26,13 +26,18 @@ pub fn is_hidden_control(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// The longest provider label a bootstrap or an import takes: a DNS name's longest, since an
+/// issuer entry without a `name` is named after its host (a `name` set is 1 to 64 characters),
+/// and an export writes what identities record.
+pub const PROVIDER_LABEL_MAX: usize = 253;
+
 /// The provider label an identity records, as given to a bootstrap or an import: trimmed, empty
-/// when absent or blank (the issuer entry's name is then recorded); at most 64 characters,
-/// without control characters.
+/// when absent or blank (the issuer entry's name is then recorded); at most
+/// [`PROVIDER_LABEL_MAX`] characters, without control characters.
 pub fn provider_label(value: Option<&str>) -> Result<String, TextError> {
     match value.map(str::trim) {
         None | Some("") => Ok(String::new()),
-        Some(p) if p.chars().count() > 64 => Err(TextError::TooLong(64)),
+        Some(p) if p.chars().count() > PROVIDER_LABEL_MAX => Err(TextError::TooLong(PROVIDER_LABEL_MAX)),
         Some(p) if p.chars().any(is_hidden_control) => Err(TextError::ControlCharacters),
         Some(p) => Ok(p.to_owned()),
     }

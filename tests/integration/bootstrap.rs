@@ -410,6 +410,16 @@ async fn bodies_of_another_shape_are_refused_and_what_a_user_reads_is_accepted_b
     let read = body(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
     assert_eq!(read["identities"][0]["provider"], "Okta Prod.eu");
     assert_eq!(read["email_verified"], true);
+    // The name of an issuer entry without one, its host, which may be longer than a name set:
+    // what identities record, an export writes, so a bootstrap (and an import) takes it back.
+    let host = format!("keycloak.{}.internal.example.com", "identity-platform".repeat(3));
+    let mut long = identity("u12", "u12@example.com", None);
+    long["provider"] = json!(host);
+    assert_eq!(app.bootstrap(&long).await.status(), reqwest::StatusCode::CREATED, "{} characters", host.len());
+    let mut too_long = identity("u13", "u13@example.com", None);
+    too_long["provider"] = json!("p".repeat(254));
+    let refused = body(app.bootstrap(&too_long).await, 400).await;
+    assert_eq!((refused["code"].as_str(), refused["field"].as_str()), (Some("field_too_long"), Some("provider")));
     let contradiction = json!({"email": null, "email_verified": true});
     let refused = body(app.admin(Method::PATCH, &path).json(&contradiction).send().await.unwrap(), 400).await;
     assert_eq!(refused["field"], "email_verified");
