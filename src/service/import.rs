@@ -105,8 +105,9 @@ pub struct Importer {
     team_cache: Mutex<HashMap<String, Option<TeamId>>>,
     /// In a dry run, the identities that would be created, so that a repeated line counts once.
     would_create: Mutex<HashSet<IdentityKey>>,
-    /// In a dry run, the memberships that would be added, so that each counts once, as it would.
-    would_join: Mutex<HashSet<(Member, TeamId)>>,
+    /// In a dry run, the memberships that would be added (by a digest, as identities are), so
+    /// that each counts once, as it would.
+    would_join: Mutex<HashSet<IdentityKey>>,
 }
 
 /// A batch stopped by the database failing: the failure, and the outcomes of its lines settled
@@ -120,7 +121,7 @@ pub struct Stopped {
 }
 
 /// Who a dry run would add to a team: an identity it would create, or an existing user.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy)]
 enum Member {
     New(IdentityKey),
     User(UserId),
@@ -163,7 +164,17 @@ impl Importer {
 
     /// In a dry run, whether adding `member` to `team` is new to this import.
     fn would_join(&self, member: Member, team: TeamId) -> bool {
-        self.would_join.lock().unwrap_or_else(|e| e.into_inner()).insert((member, team))
+        let (tag, member) = match member {
+            Member::New(key) => (b'n', key),
+            Member::User(user) => (b'u', *user.as_uuid().as_bytes()),
+        };
+        let mut text = Vec::with_capacity(33);
+        text.push(tag);
+        text.extend_from_slice(&member);
+        text.extend_from_slice(team.as_uuid().as_bytes());
+        let mut key = [0; 16];
+        key.copy_from_slice(&crate::crypto::sha256(&text)[..16]);
+        self.would_join.lock().unwrap_or_else(|e| e.into_inner()).insert(key)
     }
 
     /// Imports a batch of lines, in order. A refused line does not stop the batch; a database
