@@ -1802,10 +1802,7 @@ mod tests {
                 "SELECT token_hash FROM sessions WHERE expires_at <= 1 OR last_seen_at < 2 LIMIT 3",
                 "sessions_last_seen_at_idx",
             ),
-            (
-                "SELECT code_hash FROM oauth_codes WHERE expires_at <= 1 AND used_at IS NULL LIMIT 2",
-                "oauth_codes_unused_expiry_idx",
-            ),
+            (super::super::sql::UNUSED_CODES_GRANTS, "oauth_codes_unused_expiry_idx"),
             (
                 "SELECT id FROM auth_profiles p WHERE p.team_id = 1 AND p.connector_key = 'k' AND p.created_by = 2 \
                  AND p.profile_kind = 'oauth_account' AND p.status = 'active'",

@@ -1124,6 +1124,13 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
 /// The advisory-lock key of the fan-out of outbox events (one instance at a time).
 const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
 
+/// The sweep's delete of the grants whose code expired unused (with the code, by the cascade):
+/// nothing was issued from them. Read through the partial index of unused codes.
+pub(super) const UNUSED_CODES_GRANTS: &str = "DELETE FROM oauth_grants WHERE id IN
+       (SELECT grant_id FROM oauth_codes WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2)
+     AND NOT EXISTS (SELECT 1 FROM oauth_codes c
+                     WHERE c.grant_id = oauth_grants.id AND (c.used_at IS NOT NULL OR c.expires_at > $1))";
+
 /// How many grants one statement of `clear_client_grants` deletes, each with its codes and
 /// refresh tokens (an agent's grant may have thousands of these).
 const GRANTS_PER_DELETE: i64 = 100;
@@ -2979,11 +2986,11 @@ impl Store for SqlStore {
     async fn delete_expired_grants(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut deleted = 0;
         for sql in [
-            // Each re-checks its row: one that changed while the DELETE waited for it (a code
-            // redeemed) keeps what it now is.
-            "DELETE FROM oauth_codes WHERE code_hash IN
-               (SELECT code_hash FROM oauth_codes WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2)
-             AND expires_at <= $1 AND used_at IS NULL",
+            // A code that expired unused takes its grant with it (its one code: a sign-in
+            // abandoned half-way issued nothing, and its grant would otherwise stay, read at every
+            // account page, until the refresh lifetime ends). Each statement re-checks its row:
+            // one that changed while the DELETE waited for it keeps what it now is.
+            UNUSED_CODES_GRANTS,
             // An expired grant's codes and refresh tokens (one per rotation: a month of an
             // agent's refreshes is thousands) first, in batches of their own, so that the grant's
             // delete cascades to none of them in one long statement.

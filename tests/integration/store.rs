@@ -4584,10 +4584,13 @@ mod grants {
             expires_at: t0 + TimeDelta::minutes(10),
         };
         store.insert_request(&held).await.unwrap();
-        // An hour on: the unused code and the request are gone, the grants and used code stay.
+        // An hour on: the request is gone, and the unused code with its grant (which issued
+        // nothing); the other grant and its used code stay.
         assert_eq!(store.delete_expired_grants(t0 + TimeDelta::hours(1)).await.unwrap(), 2);
         let sql = db.sql().await;
-        assert_eq!((sql.count("oauth_grants").await, sql.count("oauth_codes").await), (2, 1));
+        assert_eq!((sql.count("oauth_grants").await, sql.count("oauth_codes").await), (1, 1));
+        let left = sql.uuids("SELECT id FROM oauth_grants").await;
+        assert_ne!(left, [unused.id], "the grant that issued nothing went");
         // Past the grants' end: everything goes, the grants' refresh tokens and codes first (in
         // batches of their own, not in one cascade), each row counted.
         let mut rows = 0;
