@@ -1725,6 +1725,11 @@ mod tests {
         let unreadable = error(&[("TESSERA_DATABASE_URL_FILE", &missing)]);
         assert_eq!(unreadable.key, "TESSERA_DATABASE_URL_FILE");
         assert!(!unreadable.to_string().contains(&missing), "the value is not shown: {unreadable}");
+        // A value of the file that is wrong is named by the variable that named the file.
+        let mysql = file("mysql", "mysql://db.internal/tessera\n");
+        assert_eq!(error(&[("TESSERA_DATABASE_URL_FILE", &mysql)]).key, "database.url (TESSERA_DATABASE_URL_FILE)");
+        let short_token = file("short-token", "short\n");
+        assert_eq!(error(&[("TESSERA_ADMIN_TOKEN_FILE", &short_token)]).key, "admin_tokens (TESSERA_ADMIN_TOKEN_FILE)");
         let pasted_path = error(&[("TESSERA_ADMIN_TOKEN_FILE", "/a-token-that-starts-with-a-slash")]);
         assert!(!pasted_path.to_string().contains("a-token-that"), "{pasted_path}");
         let pasted = error(&[("TESSERA_ADMIN_TOKEN_FILE", "the-token-itself-0123")]);

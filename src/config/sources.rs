@@ -173,6 +173,8 @@ pub(super) struct Layers {
     file_label: String,
     /// The variables of earlier releases that are set (and so set their keys).
     former_set: Vec<&'static str>,
+    /// Those of them read from the file their `_FILE` variable names: an error names that one.
+    from_file: Vec<&'static str>,
 }
 
 impl Layers {
@@ -193,9 +195,14 @@ impl Layers {
             figment = figment.merge(Toml::string(text));
         }
         let mut former_set = Vec::new();
+        let mut from_file = Vec::new();
         for &(var, key, form) in FORMER_NAMES {
             let Some(text) = env(var).filter(|text| !text.trim().is_empty()) else { continue };
             former_set.push(var);
+            // (`with_secret_files` refuses both spellings set: the value came from the file.)
+            if SECRET_VARS.contains(&var) && env(&format!("{var}_FILE")).is_some_and(|path| !path.trim().is_empty()) {
+                from_file.push(var);
+            }
             let value = match form {
                 Form::Scalar => Value::from(text.trim().to_owned()),
                 Form::List => Value::from(split_list(&text)),
@@ -211,7 +218,7 @@ impl Layers {
         } else {
             None
         };
-        Ok(Self { figment, nested, file_label, former_set })
+        Ok(Self { figment, nested, file_label, former_set, from_file })
     }
 
     /// Deserializes the merged layers. Booleans take `true`/`false`, `yes`/`no`, `on`/`off`,
@@ -230,6 +237,10 @@ impl Layers {
         // A variable of an earlier release named beside a key that the file set (that variable
         // being unset): the key alone. For a value set nowhere, the variable stays, as a hint.
         let former = error.key.strip_prefix(&format!("{base} (")).and_then(|rest| rest.strip_suffix(')'));
+        // A value read from a `_FILE` variable's file: the variable the operator set.
+        if let Some(var) = former.filter(|var| self.from_file.contains(var)) {
+            return ConfigError { key: format!("{base} ({var}_FILE)"), ..error };
+        }
         if let Some(var) = former.filter(|var| FORMER_NAMES.iter().any(|(name, ..)| name == var))
             && (self.former_set.contains(&var) || self.figment.find_value(&base).is_err())
         {
