@@ -867,37 +867,35 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
     let verify = w.app.client.get(w.app.url("/auth/verify?audience=https%3A%2F%2Fapi.example.com"));
     let verified = verify.bearer_auth(&token).send().await.unwrap();
     assert_eq!(verified.status(), 503);
-    // A sign-in request whose session cannot be read: a browser gets the page of
-    // `store_unavailable` (try again), not one blaming the app for its request; a client, the
-    // RFC's JSON.
+    // A sign-in request whose session cannot be read, and one from a browser without a session:
+    // while the instance still vouches for the client it read (its cache-log reads are recent),
+    // the app is told at its redirect URI to try again later (RFC 6749 4.1.2.1), with its state,
+    // so that a silent `prompt=none` check hears back; once it cannot, a browser gets the page of
+    // `store_unavailable` (try again), not one blaming the app for its request, whose "Try again"
+    // is the request itself — not a new sign-in, which would end the session the browser may
+    // still have, nor `/login` with the whole request as its `return_to` —; a client, the RFC's
+    // JSON.
     let (_, challenge) = pkce();
-    let authorize =
-        w.app.client.get(authorize_url(&w.app, &client, &challenge, "")).header("cookie", "tessera_session=s");
-    let page = authorize.try_clone().unwrap().header("accept", "text/html").send().await.unwrap();
-    assert_eq!(page.status(), 503);
-    let html = page.text().await.unwrap();
-    assert!(html.contains("store_unavailable") && !html.contains("The app that sent you here"), "{html}");
-    // "Try again" opens the same request again, not a new sign-in (which would end the session
-    // the browser may still have, and drop the app's request).
-    assert!(html.contains("href=\"/oauth/authorize?") && !html.contains("href=\"/login"), "{html}");
-    // A browser without a session: while the instance still vouches for the client it read
-    // (its cache-log reads are recent), the app is told to try again later (RFC 6749 4.1.2.1),
-    // with its state; once it cannot, the page's "Try again" is the request itself (which sends
-    // a signed-out browser to sign in), not `/login` with the whole request as its `return_to`.
     let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let bare = plain.get(authorize_url(&w.app, &client, &challenge, "")).header("accept", "text/html");
-    let answer = bare.send().await.unwrap();
-    if answer.status() == StatusCode::SEE_OTHER {
-        let to = location(&answer);
-        assert!(to.starts_with(REDIRECT), "{to}");
-        assert_eq!(param(&to, "error").as_deref(), Some("temporarily_unavailable"), "{to}");
-        assert_eq!(param(&to, "state").as_deref(), Some("st-1"), "{to}");
-    } else {
-        assert_eq!(answer.status(), 503);
-        let html = answer.text().await.unwrap();
-        assert!(html.contains("href=\"/oauth/authorize?") && !html.contains("href=\"/login"), "{html}");
+    for (cookie, accept) in [("tessera_session=s", "text/html"), ("", "text/html"), ("tessera_session=s", "*/*")] {
+        let prompt = if cookie.is_empty() { "" } else { "&prompt=none" };
+        let request = plain.get(authorize_url(&w.app, &client, &challenge, prompt)).header("accept", accept);
+        let request = if cookie.is_empty() { request } else { request.header("cookie", cookie) };
+        let answer = request.send().await.unwrap();
+        if answer.status() == StatusCode::SEE_OTHER {
+            let to = location(&answer);
+            assert!(to.starts_with(REDIRECT), "{to}");
+            assert_eq!(param(&to, "error").as_deref(), Some("temporarily_unavailable"), "{to}");
+            assert_eq!(param(&to, "state").as_deref(), Some("st-1"), "{to}");
+        } else if accept == "text/html" {
+            assert_eq!(answer.status(), 503);
+            let html = answer.text().await.unwrap();
+            assert!(html.contains("store_unavailable") && !html.contains("The app that sent you here"), "{html}");
+            assert!(html.contains("href=\"/oauth/authorize?") && !html.contains("href=\"/login"), "{html}");
+        } else {
+            assert_eq!(oauth_error(answer, 503).await, "temporarily_unavailable");
+        }
     }
-    assert_eq!(oauth_error(authorize.send().await.unwrap(), 503).await, "temporarily_unavailable");
 }
 
 /// A client signing out with the last access token it holds, expired by then, ends the grant
@@ -1653,6 +1651,25 @@ async fn a_failure_after_the_request_is_validated_is_told_to_the_app(backend: Ba
     sql.exec("ALTER TABLE oauth_grants_away RENAME TO oauth_grants").await.unwrap();
     let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=none")).await);
     assert!(param(&to, "code").is_some(), "{to}");
+    // A failure before: the browser's session unreadable (a cookie this instance has not seen,
+    // and the sessions' table gone). The request checks out all the same, so the app is told.
+    sql.exec("ALTER TABLE sessions RENAME TO sessions_away").await.unwrap();
+    let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let unread = |url: String| {
+        plain.get(url).header("cookie", "tessera_session=not-seen-before").header("accept", "text/html").send()
+    };
+    for prompt in ["&prompt=none", ""] {
+        let to = location(&unread(authorize_url(&w.app, &client, &challenge, prompt)).await.unwrap());
+        assert!(to.starts_with(REDIRECT), "{prompt}: {to}");
+        assert_eq!(param(&to, "error").as_deref(), Some("server_error"), "{to}");
+        assert_eq!(param(&to, "state").as_deref(), Some("st-1"), "{to}");
+        assert!(!to.contains("sessions"), "no SQL in the answer: {to}");
+    }
+    // One that does not check out is refused as it would be anyway: not sent to an unknown
+    // client's redirect URI.
+    let unknown = unread(authorize_url(&w.app, "no-such-client", &challenge, "")).await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    sql.exec("ALTER TABLE sessions_away RENAME TO sessions").await.unwrap();
 }
 
 async fn prompt_and_max_age_are_honoured(backend: Backend) {

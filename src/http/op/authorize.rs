@@ -122,22 +122,41 @@ async fn session<'h>(
     headers: &'h HeaderMap,
     again: Option<&str>,
 ) -> Result<Option<(LiveSession, &'h str)>, Response> {
+    read_session(state, headers).await.map_err(|error| match error {
+        SessionError::Refused(response) => response,
+        SessionError::Store(e) => failed(state, headers, e, "reading a session", again),
+    })
+}
+
+/// Why a browser's session could not be read.
+enum SessionError {
+    /// The request is refused (its cookie sent twice): the answer.
+    Refused(Response),
+    /// The store failed.
+    Store(crate::store::StoreError),
+}
+
+/// The browser's live session and its cookie's value, if it sent one.
+async fn read_session<'h>(
+    state: &AppState,
+    headers: &'h HeaderMap,
+) -> Result<Option<(LiveSession, &'h str)>, SessionError> {
     let value = match cookie(headers, state.cookies.session()) {
         Ok(Some(value)) => value,
         Ok(None) => return Ok(None),
         Err(_) => {
-            return Err(refuse(
+            return Err(SessionError::Refused(refuse(
                 state,
                 headers,
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "this browser sent its session cookie twice; clear this site's cookies, then start again from the app",
-            ));
+            )));
         }
     };
     match state.sessions.resolve_session(value).await {
         Ok(live) => Ok(live.map(|live| (live, value))),
-        Err(e) => Err(failed(state, headers, e, "reading a session", again)),
+        Err(e) => Err(SessionError::Store(e)),
     }
 }
 
@@ -177,13 +196,18 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     // A failure's "Try again" sends a `GET` again; a posted request's parameters stay out of URLs.
     let again = (!posted).then(|| again_url("/oauth/authorize", &pairs));
     let again = again.as_deref();
-    let (live, view) = match session(state, headers, again).await {
+    let (live, view) = match read_session(state, headers).await {
         Ok(Some((live, cookie))) => {
             let view = view(&live, cookie);
             (Some(live), Some(view))
         }
         Ok(None) => (None, None),
-        Err(response) => return response,
+        Err(SessionError::Refused(response)) => return response,
+        // Told to the app at its redirect URI once the request checks out, as a failure after
+        // that is: a silent `prompt=none` check in a hidden frame hears back.
+        Err(SessionError::Store(e)) => {
+            return rejected(state, headers, op.failed_before_deciding(params, e).await, again);
+        }
     };
     // A form posted from another site arrives without the session cookie (`SameSite=Lax`): it
     // would look signed out (`login_required` for `prompt=none`, and a sign-in that ends the

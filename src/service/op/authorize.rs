@@ -306,6 +306,25 @@ impl OpenIdProvider {
         self.decide(request, session, continued_as, now).await.map_err(|error| failure_to_client(error, back))
     }
 
+    /// The answer to a request this service could not decide, `error` having stopped it before
+    /// (the browser's session unreadable): validated without a session, the request's client
+    /// is told at its redirect URI, as of a failure after validation ([`failure_to_client`]);
+    /// a request that does not check out is refused as it would be anyway; one that cannot be
+    /// read (its `request_uri` unknown, or the store failing again) gets the failure itself.
+    pub async fn failed_before_deciding(&self, params: AuthorizationParams, error: StoreError) -> AuthorizeError {
+        let now = crate::domain::now();
+        let held = match self.unhold(params, now).await {
+            Ok(Some(held)) => held,
+            Ok(None) | Err(AuthorizeError::Store(_)) => return AuthorizeError::Store(error),
+            Err(rejected) => return rejected,
+        };
+        match self.validate(&held, now).await {
+            Ok(request) => failure_to_client(AuthorizeError::Store(error), (request.redirect_uri, request.state)),
+            Err(AuthorizeError::Store(_)) => AuthorizeError::Store(error),
+            Err(rejected) => rejected,
+        }
+    }
+
     /// The page a browser's request `id` (a [`continuation_id`]) was continued as, shown again:
     /// its consent page (a request held for this session), its account chooser (one held for
     /// the choice), or its sign-in (one held for a fresh one: the page asking a browser signed in
