@@ -267,12 +267,17 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
         return Err(TokenError::AlgorithmNotAllowed);
     }
     let kid = header.kid.as_deref();
+    // The key of `set` for the token; `Ok(None)` when the set does not publish its kid. A kid
+    // published for another algorithm (an ES256 header on an RSA key's id) refuses the token
+    // for its algorithm, without a refetch that could not help.
+    let key_in = |set: &super::jwks::KeySet| match set.find(kid, alg) {
+        Some(key) => Ok(Some(key.clone())),
+        None if kid.is_some_and(|kid| set.has_kid(kid)) => Err(TokenError::AlgorithmNotAllowed),
+        None => Ok(None),
+    };
     let mut set = keys.keys().await.ok_or(TokenError::IssuerUnavailable)?;
-    let key = match set.find(kid, alg) {
-        Some(key) => key.clone(),
-        // The issuer publishes this kid for another algorithm (an ES256 header on an RSA key's
-        // id): the token is refused for its algorithm, without a refetch that could not help.
-        None if kid.is_some_and(|kid| set.has_kid(kid)) => return Err(TokenError::AlgorithmNotAllowed),
+    let key = match key_in(&set)? {
+        Some(key) => key,
         None => {
             set = match keys.refresh_after_miss(&set, Miss::UnknownKey).await {
                 AfterMiss::Newer(set) => set,
@@ -281,12 +286,7 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
                 // The key may well exist: the issuer cannot say so now.
                 AfterMiss::Unavailable => return Err(TokenError::IssuerUnavailable),
             };
-            match set.find(kid, alg) {
-                Some(key) => key.clone(),
-                // Published now, for another algorithm: as above.
-                None if kid.is_some_and(|kid| set.has_kid(kid)) => return Err(TokenError::AlgorithmNotAllowed),
-                None => return Err(TokenError::UnknownKey),
-            }
+            key_in(&set)?.ok_or(TokenError::UnknownKey)?
         }
     };
     let mut validation = Validation::new(alg);
