@@ -125,6 +125,30 @@ pub struct ProviderProtocol {
     /// Token-endpoint error codes that, besides `invalid_grant`, mean the code or refresh token
     /// is refused for good (Zoom's `invalid_request`), in lower case.
     pub refusal_errors: Vec<String>,
+    /// How a fresh login is asked for (a relying party's `prompt=login` or `max_age`).
+    pub fresh_login: FreshLogin,
+}
+
+/// How a provider is asked for a fresh login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FreshLogin {
+    /// `prompt=login` (and, from an OpenID Connect provider, `max_age=0`, whose id_token's
+    /// `auth_time` is then checked).
+    #[default]
+    PromptLogin,
+    /// `prompt=select_account`, for a provider that takes no `prompt=login` (Google): the user
+    /// chooses the account again, which is all that can be asked, and no `auth_time` is checked.
+    SelectAccount,
+}
+
+impl FreshLogin {
+    /// The `prompt` value sent.
+    pub fn prompt(self) -> &'static str {
+        match self {
+            FreshLogin::PromptLogin => "login",
+            FreshLogin::SelectAccount => "select_account",
+        }
+    }
 }
 
 impl Default for ProviderProtocol {
@@ -141,6 +165,7 @@ impl Default for ProviderProtocol {
             sign_in: true,
             trusted_audiences: Vec::new(),
             refusal_errors: Vec::new(),
+            fresh_login: FreshLogin::PromptLogin,
         }
     }
 }
@@ -265,6 +290,7 @@ pub(super) struct RawProvider {
     offline_authorize_params: Option<BTreeMap<String, String>>,
     trusted_audiences: Option<Vec<String>>,
     refusal_errors: Option<Vec<String>>,
+    fresh_login_prompt: Option<String>,
     userinfo_method: Option<String>,
     userinfo_body: Option<String>,
     account_id_pointer: Option<String>,
@@ -731,6 +757,11 @@ fn parse_protocol(
             format!("{fault:?} is a fault of the client or the provider, not a refused token"),
         ));
     }
+    let fresh_login = match pick(&raw.fresh_login_prompt, &t.fresh_login_prompt).as_deref().map(str::trim) {
+        None | Some("login") => FreshLogin::PromptLogin,
+        Some("select_account") => FreshLogin::SelectAccount,
+        Some(_) => return Err(ConfigError::new(key("fresh_login_prompt"), "expected login or select_account")),
+    };
     let default_expires_in = match raw.default_expires_in.or(t.default_expires_in) {
         Some(seconds) if !(60..=30 * 86_400).contains(&seconds) => {
             return Err(ConfigError::new(key("default_expires_in"), "expected 60 to 2592000 seconds"));
@@ -796,6 +827,7 @@ fn parse_protocol(
         sign_in: raw.sign_in.or(t.sign_in).unwrap_or(true),
         trusted_audiences,
         refusal_errors,
+        fresh_login,
     })
 }
 
@@ -1018,6 +1050,21 @@ mod tests {
         assert_eq!(refused.key, "providers[0].scopes", "{refused}");
         assert!(refused.message.contains("openid"), "{refused}");
         assert_eq!(with("oidc", "[\"openid\", \"email\"]").unwrap().scopes, ["openid", "email"]);
+    }
+
+    #[test]
+    fn a_fresh_login_is_asked_as_the_template_or_entry_says() {
+        let with = |template: &str, extra: &str| {
+            entry(&format!(
+                "name = \"p\"\ntemplate = \"{template}\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n{extra}"
+            ))
+        };
+        assert_eq!(with("google", "").unwrap().protocol.fresh_login, FreshLogin::SelectAccount);
+        assert_eq!(with("gitlab", "").unwrap().protocol.fresh_login, FreshLogin::PromptLogin);
+        let own = with("google", "fresh_login_prompt = \"login\"").unwrap();
+        assert_eq!(own.protocol.fresh_login, FreshLogin::PromptLogin, "an entry's own overrides its template's");
+        let refused = with("gitlab", "fresh_login_prompt = \"consent\"").unwrap_err();
+        assert_eq!(refused.key, "providers[0].fresh_login_prompt");
     }
 
     #[test]

@@ -25,8 +25,8 @@ mod oidc;
 mod sources;
 
 pub use auth::{
-    AuthConfig, DEFAULT_SESSION_IDLE, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, ProfileMapping, ProviderConfig,
-    ProviderEndpoints, ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
+    AuthConfig, DEFAULT_SESSION_IDLE, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, FreshLogin, ProfileMapping,
+    ProviderConfig, ProviderEndpoints, ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
 };
 pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR, image_origin};
 pub use connectors::{

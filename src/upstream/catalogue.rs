@@ -87,6 +87,9 @@ pub struct Template {
     /// Token-endpoint errors that, besides `invalid_grant`, refuse a code or refresh token for
     /// good (Zoom's `invalid_request`).
     pub refusal_errors: Option<Vec<String>>,
+    /// The `prompt` a fresh login asks for: `login` (the default), or `select_account` for a
+    /// provider that takes no `prompt=login` (Google).
+    pub fresh_login_prompt: Option<String>,
     /// Whether people may sign in with it (off when the account is a workspace).
     pub sign_in: Option<bool>,
     /// The default of the `{tenant}` placeholder.

@@ -43,7 +43,8 @@ pub struct AuthorizationRequest<'a> {
     /// Scopes to ask for instead of the provider's configured ones.
     pub scopes: Option<&'a [String]>,
     /// Ask for a fresh authentication: `prompt=login` (instead of any configured `prompt`), and
-    /// for OpenID Connect `max_age=0`, which makes the id_token carry `auth_time`.
+    /// for OpenID Connect `max_age=0`, which makes the id_token carry `auth_time`; or, from a
+    /// provider that takes no `prompt=login`, its [`crate::config::FreshLogin`] alone.
     pub fresh_login: bool,
     /// Whether Tessera keeps the tokens of this flow (a connected account, or a sign-in through
     /// an entry with `store_tokens`): the provider's offline parameters are sent too.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{AuthorizationRequest, ProviderError, TokenFields, TokenKind, TokenSet};
-use crate::config::{ProviderConfig, ProviderKind, TokenAuth};
+use crate::config::{FreshLogin, ProviderConfig, ProviderKind, TokenAuth};
 use crate::upstream::jwks::read_capped;
 
 /// The `id_token` field of an OpenID token response, and the answer's other fields (Notion's
@@ -93,8 +93,9 @@ fn client(config: &ProviderConfig, auth: ClientAuth) -> Client {
 /// The authorization URL: response type `code`, the configured scopes (joined with the
 /// provider's separator; with the nonce, `openid` first when they lack it), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
 /// provider takes no PKCE, the nonce when `with_nonce` (OpenID Connect), and the provider's extra
-/// parameters (with its offline ones when `request.offline`); for a fresh login `prompt=login`
-/// (replacing a configured `prompt`), and with the nonce `max_age=0` too.
+/// parameters (with its offline ones when `request.offline`); for a fresh login the provider's
+/// [`FreshLogin`] `prompt` (replacing a configured `prompt`), and, with the nonce and
+/// `prompt=login`, `max_age=0` too.
 pub(super) fn authorization_url(
     config: &ProviderConfig,
     endpoint: &Url,
@@ -131,8 +132,9 @@ pub(super) fn authorization_url(
         }
     }
     if request.fresh_login {
-        builder = builder.add_extra_param("prompt", "login");
-        if with_nonce {
+        let fresh = config.protocol.fresh_login;
+        builder = builder.add_extra_param("prompt", fresh.prompt());
+        if with_nonce && fresh == FreshLogin::PromptLogin {
             builder = builder.add_extra_param("max_age", "0");
         }
     }
@@ -373,6 +375,39 @@ mod tests {
 
     fn config() -> ProviderConfig {
         ProviderConfig::for_tests("acme", crate::config::ProviderKind::OAuth2, "https://acme.example")
+    }
+
+    #[test]
+    fn a_fresh_login_asks_each_provider_in_the_words_it_takes() {
+        let redirect = Url::parse("https://tessera.example/auth/callback/acme").unwrap();
+        let endpoint = Url::parse("https://acme.example/authorize").unwrap();
+        let request = AuthorizationRequest {
+            redirect_uri: &redirect,
+            state: "s",
+            pkce_verifier: "v".repeat(43).leak(),
+            nonce: "n",
+            scopes: None,
+            fresh_login: true,
+            offline: false,
+        };
+        let params = |config: &ProviderConfig, request: &AuthorizationRequest<'_>| -> Vec<(String, String)> {
+            authorization_url(config, &endpoint, request, true).query_pairs().into_owned().collect()
+        };
+        let has = |params: &[(String, String)], name: &str, value: &str| {
+            params.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>() == [value]
+        };
+        let login = params(&config(), &request);
+        assert!(has(&login, "prompt", "login") && has(&login, "max_age", "0"), "{login:?}");
+        // Google takes no `prompt=login`: it is asked to choose the account again, with no
+        // `max_age` whose `auth_time` would be checked.
+        let mut google = config();
+        google.protocol.fresh_login = FreshLogin::SelectAccount;
+        google.protocol.authorize_params = vec![("prompt".into(), "consent".into())];
+        let chosen = params(&google, &request);
+        assert!(has(&chosen, "prompt", "select_account"), "{chosen:?}");
+        assert!(!chosen.iter().any(|(n, _)| n == "max_age"), "{chosen:?}");
+        let plain = params(&google, &AuthorizationRequest { fresh_login: false, ..request });
+        assert!(has(&plain, "prompt", "consent"), "a configured prompt otherwise: {plain:?}");
     }
 
     #[test]
