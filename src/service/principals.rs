@@ -574,6 +574,7 @@ mod tests {
             acts_on_api: true,
         });
         let now = Instant::now();
+        let verified = crate::upstream::tokens::CachedToken::unkeyed(verified);
         cache.tokens.insert([7; 32], verified, now + Duration::from_secs(60), now);
         // A replica whose lag bound started long ago: only a dropped note marks everyone again.
         *cache.all_changed.lock().unwrap() = (None, Duration::from_secs(10));

@@ -317,6 +317,15 @@ impl JwksCache {
         }
     }
 
+    /// Whether the issuer still publishes the key with this fingerprint, in keys that still
+    /// count (not past `jwks.max_stale_seconds`): what a token verified with it before needs to
+    /// count still. Reads the keys held, never fetches.
+    pub fn still_publishes(&self, fingerprint: &[u8; 32]) -> bool {
+        self.inner.current().is_some_and(|set| {
+            SystemTime::now() < set.usable_until && set.keys.iter().any(|key| key.fingerprint == *fingerprint)
+        })
+    }
+
     /// How many times keys were fetched (each fetch may include a discovery request).
     pub fn fetch_count(&self) -> u64 {
         self.inner.fetches.load(Ordering::Relaxed)

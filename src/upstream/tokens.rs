@@ -148,7 +148,33 @@ struct Claims {
 /// Verified tokens by SHA-256 digest; shared with the
 /// [`PrincipalCache`](crate::service::principals::PrincipalCache), which empties it with itself
 /// when everything is forgotten.
-pub type TokenCache = TtlCache<[u8; 32], Arc<VerifiedToken>>;
+pub type TokenCache = TtlCache<[u8; 32], CachedToken>;
+
+/// A verified token as the [`TokenCache`] holds it: what it says, and the issuer key that
+/// verified it, so that a hit counts only while the issuer still publishes that key.
+#[derive(Debug, Clone)]
+pub struct CachedToken {
+    token: Arc<VerifiedToken>,
+    signed_with: Option<(JwksCache, [u8; 32])>,
+}
+
+impl CachedToken {
+    /// A token kept without the key that verified it, which a hit then does not look for (for
+    /// measuring the cache).
+    pub fn unkeyed(token: Arc<VerifiedToken>) -> Self {
+        Self { token, signed_with: None }
+    }
+
+    /// What the token says, while the key that verified it still counts: the issuer still
+    /// publishes it, in keys not past `jwks.max_stale_seconds` (a key pulled, or an outage
+    /// past that, ends a cached token as it ends a new one).
+    fn counted(&self) -> Option<Arc<VerifiedToken>> {
+        match &self.signed_with {
+            Some((keys, fingerprint)) if !keys.still_publishes(fingerprint) => None,
+            _ => Some(self.token.clone()),
+        }
+    }
+}
 
 /// Verifies tokens against the configured issuers.
 #[derive(Debug)]
@@ -174,8 +200,14 @@ impl TokenVerifier {
         // A hit also before its `exp` by the wall clock: the cache's deadline is on the monotonic
         // clock, which stands still while the machine is suspended or paused. (Within the leeway
         // past `exp`, the token is verified again, which applies the leeway.)
-        if let Some(hit) = self.cache.get(&digest, now).filter(|hit| crate::domain::now() < hit.expires_at) {
-            return Ok(hit);
+        if let Some(hit) = self.cache.get(&digest, now) {
+            match hit.counted() {
+                Some(token) if crate::domain::now() < token.expires_at => return Ok(token),
+                // Its key withdrawn, or the issuer's keys too old to vouch for it: verified
+                // again, which says why it is refused (or finds the key back).
+                None => self.cache.remove_key(&digest),
+                Some(_) => {}
+            }
         }
         let issuer = token_issuer(token)?;
         let entry = self.issuers.get(&issuer).ok_or(TokenError::IssuerNotAllowed)?;
@@ -189,7 +221,7 @@ impl TokenVerifier {
             audiences: &entry.config.audiences,
             leeway: entry.config.leeway,
         };
-        let claims: Claims = verify_signed(token, &entry.keys, &rules).await.inspect_err(|error| {
+        let (claims, key): (Claims, _) = verify_signed(token, &entry.keys, &rules).await.inspect_err(|error| {
             if *error == TokenError::IssuerUnavailable {
                 // The outage itself is logged once per change by the key cache; each request it
                 // refuses is counted here.
@@ -198,7 +230,8 @@ impl TokenVerifier {
         })?;
         let verified = Arc::new(claims_into_token(claims, entry)?);
         let expires_in = (verified.expires_at - Utc::now()).to_std().unwrap_or_default();
-        self.cache.insert(digest, verified.clone(), now + expires_in.min(self.cache_ttl), now);
+        let cached = CachedToken { token: verified.clone(), signed_with: Some((entry.keys.clone(), key.fingerprint)) };
+        self.cache.insert(digest, cached, now + expires_in.min(self.cache_ttl), now);
         Ok(verified)
     }
 
@@ -255,12 +288,12 @@ pub(crate) fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T>
 /// Verifies a compact JWS whose issuer the caller has established, with that issuer's `keys`:
 /// the `alg` on the list, a key for the `kid` (one rate-limited refetch when unknown), the
 /// signature (one more when the cached key fails, for a re-key under the same `kid`), then
-/// `exp`, `nbf`, `iat` and `aud`. Returns the claims.
+/// `exp`, `nbf`, `iat` and `aud`. Returns the claims, and the key that verified them.
 pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
     token: &str,
     keys: &JwksCache,
     rules: &Rules<'_>,
-) -> Result<C, TokenError> {
+) -> Result<(C, Arc<VerificationKey>), TokenError> {
     let (header, _) = split_token(token)?;
     let alg = parse_algorithm(&header.alg).map_err(|_| TokenError::AlgorithmNotAllowed)?;
     if !rules.algorithms.contains(&alg) {
@@ -294,12 +327,12 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
     validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp", "sub", "aud"]);
     validation.set_audience(rules.audiences);
-    let claims = match jsonwebtoken::decode::<C>(token, &key.key, &validation) {
+    let (answer, key) = match jsonwebtoken::decode::<C>(token, &key.key, &validation) {
         // Another key of the set under the same kid (an issuer that reuses one across a
         // rotation): tried before a refetch, which would find the same set.
         Err(e) if *e.kind() == ErrorKind::InvalidSignature => {
             match first_verifying(token, set.others_under(kid, alg, &key.fingerprint), &validation) {
-                Some(answer) => answer,
+                Some(verified) => verified,
                 None => {
                     // The issuer may have re-keyed under the same kid: look once more,
                     // rate-limited. A signature that fails with every key of its kid is most
@@ -314,24 +347,23 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
                 }
             }
         }
-        other => other,
-    }
-    .map_err(map_error)?
-    .claims;
+        other => (other, key),
+    };
+    let claims = answer.map_err(map_error)?.claims;
     check_issued_at(claims.issued_at(), rules.leeway, Utc::now())?;
-    Ok(claims)
+    Ok((claims, key))
 }
 
-/// The answer of the first of `keys` whose signature the token's verifies; `None` when it verifies
-/// with none of them.
+/// The answer of the first of `keys` whose signature the token's verifies, with that key; `None`
+/// when it verifies with none of them.
 fn first_verifying<'a, C: DeserializeOwned>(
     token: &str,
     mut keys: impl Iterator<Item = &'a Arc<VerificationKey>>,
     validation: &Validation,
-) -> Option<jsonwebtoken::errors::Result<jsonwebtoken::TokenData<C>>> {
+) -> Option<(jsonwebtoken::errors::Result<jsonwebtoken::TokenData<C>>, Arc<VerificationKey>)> {
     keys.find_map(|key| match jsonwebtoken::decode::<C>(token, &key.key, validation) {
         Err(e) if *e.kind() == ErrorKind::InvalidSignature => None,
-        answer => Some(answer),
+        answer => Some((answer, key.clone())),
     })
 }
 

@@ -284,10 +284,13 @@ async fn a_new_key_is_picked_up_without_a_restart(backend: Backend) {
 }
 
 /// An issuer that pulls its keys (a compromise) and publishes an empty set meanwhile: the empty
-/// set is its answer, not a failed fetch that would keep the old keys verifying.
+/// set is its answer, not a failed fetch that would keep the old keys verifying — nor a token
+/// verified (and cached) before, replayed.
 async fn keys_the_issuer_pulled_stop_verifying_even_when_none_is_left(backend: Backend) {
     let w = world(backend).await;
-    body(w.app.validate(&w.token("pulled")).await, 200).await;
+    let verified_before = w.token("pulled");
+    body(w.app.validate(&verified_before).await, 200).await;
+    body(w.app.validate(&verified_before).await, 200).await;
     let signed_before = w.token("pulled-later");
     for kid in ["rsa-1", "ec-1", "ed-1"] {
         w.issuer.remove_key(kid);
@@ -296,6 +299,7 @@ async fn keys_the_issuer_pulled_stop_verifying_even_when_none_is_left(backend: B
     let probe = w.issuer.add_unpublished_key(Alg::Rs256);
     refused(w.app.validate(&w.issuer.sign(&probe, &w.issuer.claims("probe", AUDIENCE))).await, "unknown_key").await;
     refused(w.app.validate(&signed_before).await, "unknown_key").await;
+    refused(w.app.validate(&verified_before).await, "unknown_key").await;
 }
 
 async fn a_rekey_under_the_same_kid_costs_one_refetch(backend: Backend) {

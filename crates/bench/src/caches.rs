@@ -20,7 +20,7 @@ use tessera::cache::TtlCache;
 use tessera::domain::{
     DisplayName, Email, IdentityId, Issuer, Principal, Role, Slug, Subject, TeamId, TeamRole, User, UserId,
 };
-use tessera::upstream::tokens::{TokenCache, VerifiedToken};
+use tessera::upstream::tokens::{CachedToken, TokenCache, VerifiedToken};
 
 /// How long the filled entries live: long enough to fill the cache and read its size, short
 /// enough to wait for.
@@ -219,8 +219,9 @@ fn issuer() -> Issuer {
     Issuer::parse("https://auth.example.com/realms/main").expect("issuer")
 }
 
-/// A verified token as the cache holds it: its SHA-256 digest and its claims.
-fn token(i: usize) -> ([u8; 32], Arc<VerifiedToken>) {
+/// A verified token as the cache holds it: its SHA-256 digest and its claims (without the key
+/// that verified them, a handle and a digest in the product).
+fn token(i: usize) -> ([u8; 32], CachedToken) {
     let mut digest = [0u8; 32];
     digest[..8].copy_from_slice(&(i as u64).to_le_bytes());
     digest[8..16].copy_from_slice(&(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
@@ -236,7 +237,7 @@ fn token(i: usize) -> ([u8; 32], Arc<VerifiedToken>) {
         audiences: vec!["api".into()],
         acts_on_api: true,
     };
-    (digest, Arc::new(token))
+    (digest, CachedToken::unkeyed(Arc::new(token)))
 }
 
 /// A resolved identity as the cache holds it: a user with one (default) team.

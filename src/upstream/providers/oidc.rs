@@ -241,7 +241,7 @@ impl OidcProvider {
             audiences: &audiences,
             leeway: std::time::Duration::from_secs(60),
         };
-        let claims: IdTokenClaims = verify_signed(id_token, &self.keys, &rules).await.map_err(invalid)?;
+        let (claims, _): (IdTokenClaims, _) = verify_signed(id_token, &self.keys, &rules).await.map_err(invalid)?;
         // OpenID Connect Core 2: `iat` is required (verify_signed checks it where present).
         if claims.iat.is_none() {
             return Err(ProviderError::InvalidIdToken("the id_token has no iat".into()));
