@@ -286,7 +286,13 @@ impl JwksCache {
     pub async fn keys(&self) -> Option<Arc<KeySet>> {
         match self.inner.current() {
             // Fresh by both clocks: after a suspend or a paused VM, the monotonic one lags.
-            Some(set) if Instant::now() < set.fresh_until && SystemTime::now() < set.usable_until => Some(set),
+            // (Fresh on the wall clock: `max_stale` before `usable_until`.)
+            Some(set)
+                if Instant::now() < set.fresh_until
+                    && SystemTime::now().checked_add(self.inner.max_stale).is_some_and(|t| t < set.usable_until) =>
+            {
+                Some(set)
+            }
             Some(stale) if SystemTime::now() < stale.usable_until => {
                 self.refresh_in_background(stale.generation);
                 Some(stale)
@@ -822,6 +828,34 @@ mod outage_tests {
         };
         let jwks_uri = Url::parse(&local.jwks_uri()).unwrap();
         JwksCache::new(Issuer::parse(local.issuer()).unwrap(), Some(jwks_uri), reqwest::Client::new(), &config)
+    }
+
+    /// After a suspend (or a paused VM), the monotonic clock lags: keys past their `max-age` by
+    /// the wall clock are refreshed, in the background, though the monotonic clock calls them
+    /// fresh.
+    #[tokio::test]
+    async fn keys_stale_by_the_wall_clock_are_refreshed_after_a_suspend() {
+        let local = LocalIssuer::start().await.unwrap();
+        let cache = eager(&local, Duration::from_secs(86_400));
+        let fetched = cache.keys().await.expect("keys");
+        assert_eq!(cache.fetch_count(), 1);
+        // As if suspended for a day: fresh for an hour still by the monotonic clock, but by the
+        // wall clock only within `max_stale` of its end.
+        let suspended = KeySet {
+            keys: fetched.keys.clone(),
+            generation: fetched.generation,
+            fresh_until: Instant::now() + Duration::from_secs(3600),
+            usable_until: SystemTime::now() + Duration::from_secs(60),
+        };
+        *cache.inner.current.write().unwrap() = Some(Arc::new(suspended));
+        assert!(cache.keys().await.is_some(), "served meanwhile");
+        for _ in 0..250 {
+            if cache.fetch_count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cache.fetch_count(), 2, "refetched in the background");
     }
 
     #[tokio::test]
