@@ -1222,6 +1222,9 @@ mod tests {
         assert_eq!(nonce.key, "providers[0].offline_authorize_params");
         let zoom = "name = \"z\"\ntemplate = \"zoom\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"";
         assert_eq!(entry(zoom).unwrap().protocol.refusal_errors, ["invalid_request"], "the template's");
+        let microsoft = "name = \"m\"\ntemplate = \"microsoft\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"";
+        let asked_back = entry(microsoft).unwrap().protocol.refusal_errors;
+        assert_eq!(asked_back, ["interaction_required", "consent_required", "login_required"], "Entra's");
         let own = entry(&format!("{public}\nrefusal_errors = [\" Bad_Token \"]")).unwrap();
         assert_eq!(own.protocol.refusal_errors, ["bad_token"]);
         for bad in ["\"\"", "\"invalid request\"", "\"a-b\"", "\"Invalid_Client\"", "\"server_error\""] {

@@ -353,9 +353,23 @@ impl<'c> AsyncHttpClient<'c> for Http {
             let body = read_capped(&mut response)
                 .await?
                 .ok_or_else(|| HttpError::Invalid("the answer is too large".into()))?;
-            builder.body(body).map_err(|e| HttpError::Invalid(e.to_string()))
+            builder.body(scope_list_as_text(body)).map_err(|e| HttpError::Invalid(e.to_string()))
         })
     }
+}
+
+/// A token answer whose `scope` is a JSON array of strings (Linear's, for apps made before
+/// December 2023), with that array as RFC 6749's space-separated text, which is all `oauth2`
+/// parses; any other body as it is.
+fn scope_list_as_text(body: Vec<u8>) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut answer)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    let Some(serde_json::Value::Array(scopes)) = answer.get("scope") else { return body };
+    let Some(scopes) = scopes.iter().map(serde_json::Value::as_str).collect::<Option<Vec<_>>>() else { return body };
+    let text = scopes.join(" ");
+    answer.insert("scope".into(), serde_json::Value::String(text));
+    serde_json::to_vec(&answer).unwrap_or(body)
 }
 
 #[cfg(test)]
@@ -375,6 +389,18 @@ mod tests {
 
     fn config() -> ProviderConfig {
         ProviderConfig::for_tests("acme", crate::config::ProviderKind::OAuth2, "https://acme.example")
+    }
+
+    #[test]
+    fn a_scope_sent_as_a_list_is_read_as_one() {
+        let linear = br#"{"access_token":"x","token_type":"Bearer","expires_in":315705599,"scope":["read","write"]}"#;
+        let body = scope_list_as_text(linear.to_vec());
+        let answer: Response = serde_json::from_slice(&body).unwrap();
+        let scopes: Vec<&str> = answer.scopes().into_iter().flatten().map(|s| s.as_str()).collect();
+        assert_eq!(scopes, ["read", "write"]);
+        for other in [&br#"{"scope":"read write"}"#[..], br#"{"scope":[1]}"#, b"<html>", br#"[1]"#] {
+            assert_eq!(scope_list_as_text(other.to_vec()), other, "left as it is");
+        }
     }
 
     #[test]
