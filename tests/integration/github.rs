@@ -41,7 +41,7 @@ pub struct GitHubStub {
 
 /// How GitHub answers 403.
 #[derive(Clone, Copy)]
-enum Refusal {
+pub enum Refusal {
     /// The primary rate limit: `x-ratelimit-remaining: 0`.
     RateLimit,
     /// A secondary rate limit: requests left, no `retry-after`, only the message says so.
@@ -61,6 +61,7 @@ struct StubState {
     refuse_next_code: Mutex<bool>,
     /// The emails are answered 403 this way.
     emails_refused: Mutex<Option<Refusal>>,
+    user_refused: Mutex<Option<Refusal>>,
     /// The tokens sent to the revocation endpoint, in order.
     revoked: Mutex<Vec<String>>,
 }
@@ -91,6 +92,11 @@ impl GitHubStub {
     pub fn set_user(&self, user: Value, emails: Value) {
         *self.state.user.lock().unwrap() = user;
         *self.state.emails.lock().unwrap() = emails;
+    }
+
+    /// How `GET /user` answers from now on: refused that way, or (`None`) with the user.
+    pub fn refuse_user(&self, refusal: Option<Refusal>) {
+        *self.state.user_refused.lock().unwrap() = refusal;
     }
 
     pub fn refuse_next_code(&self) {
@@ -184,29 +190,32 @@ fn profile_of(state: &StubState, headers: &HeaderMap) -> Option<(Value, Value)> 
 }
 
 async fn stub_user(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = *state.user_refused.lock().unwrap() {
+        return refused(refusal);
+    }
     match profile_of(&state, &headers) {
         Some((user, _)) => Json(user).into_response(),
         None => StatusCode::UNAUTHORIZED.into_response(),
     }
 }
 
-async fn stub_emails(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
-    let refusal = *state.emails_refused.lock().unwrap();
-    if let Some(Refusal::Proxy) = refusal {
-        return (StatusCode::FORBIDDEN, "Forbidden").into_response();
-    }
+/// GitHub's 403 of each kind.
+fn refused(refusal: Refusal) -> Response {
     let (remaining, message) = match refusal {
-        None => ("4999", ""),
-        Some(Refusal::RateLimit) => ("0", "API rate limit exceeded for user ID 583231."),
-        Some(Refusal::SecondaryRateLimit) => {
+        Refusal::Proxy => return (StatusCode::FORBIDDEN, "Forbidden").into_response(),
+        Refusal::RateLimit => ("0", "API rate limit exceeded for user ID 583231."),
+        Refusal::SecondaryRateLimit => {
             ("4998", "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.")
         }
-        Some(Refusal::NotAccessible) => ("4997", "Resource not accessible by integration"),
-        Some(Refusal::Proxy) => unreachable!("answered above"),
+        Refusal::NotAccessible => ("4997", "Resource not accessible by integration"),
     };
-    if !message.is_empty() {
-        let body = json!({"message": message, "documentation_url": "https://docs.github.com/rest"});
-        return (StatusCode::FORBIDDEN, [("x-ratelimit-remaining", remaining)], Json(body)).into_response();
+    let body = json!({"message": message, "documentation_url": "https://docs.github.com/rest"});
+    (StatusCode::FORBIDDEN, [("x-ratelimit-remaining", remaining)], Json(body)).into_response()
+}
+
+async fn stub_emails(State(state): State<Arc<StubState>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = *state.emails_refused.lock().unwrap() {
+        return refused(refusal);
     }
     match profile_of(&state, &headers) {
         Some((_, emails)) => Json(emails).into_response(),

@@ -781,6 +781,20 @@ async fn a_github_profile_is_tested_against_the_user_endpoint(backend: Backend) 
         outcome,
         json!({"ok": true, "status": 200, "error": null, "refreshed": false, "profile_status": "active"})
     );
+    // A rate limit is GitHub's to lift, not the token's scopes to fix: an outage, the profile
+    // as it was. A token that may not read the user is the scope's.
+    use crate::github::Refusal;
+    for limit in [Refusal::RateLimit, Refusal::SecondaryRateLimit] {
+        github.refuse_user(Some(limit));
+        let limited = alice.browser.request(Method::POST, &url("/gh/test")).await;
+        assert_eq!(body(limited, 502).await["code"], "provider_unavailable");
+    }
+    github.refuse_user(Some(Refusal::NotAccessible));
+    let outcome = body(alice.browser.request(Method::POST, &url("/gh/test")).await, 200).await;
+    assert_eq!((outcome["ok"].as_bool(), outcome["status"].as_u64()), (Some(false), Some(403)), "{outcome}");
+    assert_eq!(outcome["error"], "insufficient_scope");
+    let profile = body(alice.browser.request(Method::GET, &url("/gh")).await, 200).await;
+    assert_eq!(profile["status"], "active");
 }
 
 /// A user endpoint that answers a dead token with a 200 whose body names no account (Slack's

@@ -76,39 +76,9 @@ impl GitHubProvider {
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!("GET /{path} answered {status}")));
         }
-        // A rate limit (429, or 403 with no requests left, a wait named, or saying so) is GitHub
-        // unavailable for now, not a refusal: read as "no emails", it would provision a person
-        // without the address an existing account of theirs holds.
-        let headers = response.headers();
-        let rate_limited = status == reqwest::StatusCode::TOO_MANY_REQUESTS
-            || (status == reqwest::StatusCode::FORBIDDEN
-                && (headers.get("x-ratelimit-remaining").is_some_and(|left| left == "0")
-                    || headers.contains_key(reqwest::header::RETRY_AFTER)));
-        if rate_limited {
-            return Err(ProviderError::Unavailable(format!("GET /{path} is rate limited")));
-        }
-        if status == reqwest::StatusCode::FORBIDDEN {
-            // A secondary rate limit may leave requests and name no wait: only its message tells
-            // it from a token without the scope (GitHub's documented way to recognise one; older
-            // GitHub Enterprise Server words it "abuse detection"). A 403 without GitHub's JSON
-            // message (a proxy's, say) is not taken for "no emails" either.
-            let mut response = response;
-            #[derive(Deserialize)]
-            struct Refusal {
-                message: String,
-            }
-            let read = crate::upstream::jwks::read_capped(&mut response).await;
-            let Some(Refusal { message }) =
-                read.ok().flatten().and_then(|body| serde_json::from_slice::<Refusal>(&body).ok())
-            else {
-                return Err(ProviderError::Unavailable(format!("GET /{path} answered 403 without GitHub's message")));
-            };
-            let message = message.to_ascii_lowercase();
-            if message.contains("rate limit") || message.contains("abuse detection") {
-                return Err(ProviderError::Unavailable(format!("GET /{path} is rate limited")));
-            }
-            return Ok(None);
-        }
+        // A rate limit is GitHub unavailable for now, not a refusal: read as "no emails", it
+        // would provision a person without the address an existing account of theirs holds.
+        let Unthrottled::Answer(response) = unthrottled(path, response).await? else { return Ok(None) };
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -117,6 +87,49 @@ impl GitHubProvider {
         }
         super::json_answer(response, &format!("GET /{path}")).await.map(Some)
     }
+}
+
+/// A GitHub API answer once a rate limit is told apart.
+enum Unthrottled {
+    /// The answer, whatever its status but a 403.
+    Answer(reqwest::Response),
+    /// A 403 with GitHub's message that is no rate limit: the token may not read this.
+    Refused,
+}
+
+/// GitHub's answer to `GET /{path}`, or `Unavailable` when it is a rate limit: a 429, a 403 with
+/// no requests left or a wait named, or one whose message says so (a secondary rate limit may
+/// leave requests and name no wait: only its message tells it from a token without the scope,
+/// GitHub's documented way to recognise one; older GitHub Enterprise Server words it "abuse
+/// detection"). A 403 without GitHub's JSON message (a proxy's, say) is taken for no refusal
+/// either.
+async fn unthrottled(path: &str, mut response: reqwest::Response) -> Result<Unthrottled, ProviderError> {
+    let status = response.status();
+    let headers = response.headers();
+    let rate_limited = status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || (status == reqwest::StatusCode::FORBIDDEN
+            && (headers.get("x-ratelimit-remaining").is_some_and(|left| left == "0")
+                || headers.contains_key(reqwest::header::RETRY_AFTER)));
+    if rate_limited {
+        return Err(ProviderError::Unavailable(format!("GET /{path} is rate limited")));
+    }
+    if status != reqwest::StatusCode::FORBIDDEN {
+        return Ok(Unthrottled::Answer(response));
+    }
+    #[derive(Deserialize)]
+    struct Refusal {
+        message: String,
+    }
+    let read = crate::upstream::jwks::read_capped(&mut response).await;
+    let Some(Refusal { message }) = read.ok().flatten().and_then(|body| serde_json::from_slice::<Refusal>(&body).ok())
+    else {
+        return Err(ProviderError::Unavailable(format!("GET /{path} answered 403 without GitHub's message")));
+    };
+    let message = message.to_ascii_lowercase();
+    if message.contains("rate limit") || message.contains("abuse detection") {
+        return Err(ProviderError::Unavailable(format!("GET /{path} is rate limited")));
+    }
+    Ok(Unthrottled::Refused)
 }
 
 #[async_trait]
@@ -205,7 +218,11 @@ impl Provider for GitHubProvider {
             .send()
             .await
             .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
-        Ok(Some(response.status().as_u16()))
+        // A rate limit is GitHub's to lift, not the token's scopes to fix.
+        match unthrottled("user", response).await? {
+            Unthrottled::Answer(response) => Ok(Some(response.status().as_u16())),
+            Unthrottled::Refused => Ok(Some(reqwest::StatusCode::FORBIDDEN.as_u16())),
+        }
     }
 
     async fn checks_access_tokens(&self) -> Result<bool, ProviderError> {
