@@ -1821,6 +1821,10 @@ mod tests {
             let plan = plan(sql).await;
             assert!(plan.contains(index) && !plan.contains("SCAN"), "{sql}: {plan}");
         }
+        // A user's profile: their identities and memberships through their indexes.
+        let profile = plan(&super::super::sql::USER_PROFILE).await;
+        assert!(profile.contains("identities_user_id_idx") && profile.contains("memberships_user_id_idx"), "{profile}");
+        assert!(!profile.contains("SCAN i") && !profile.contains("SCAN m"), "{profile}");
         // Each endpoint's queue from the pending indexes, the endpoints themselves walked.
         let queues = plan(super::super::sql::WEBHOOK_QUEUES).await;
         assert!(queues.contains("webhook_deliveries_pending_scheduled_idx") && !queues.contains("SCAN d"), "{queues}");

@@ -44,8 +44,8 @@ use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
     AuthProfile, Client, ClientId, ClientKind, DeliveryJob, DeliveryState, DomainClaim, DomainName, Email, EventId,
-    Identity, IdentityId, Issuer, Principal, ProfileId, ProfileRight, Role, Slug, Subject, Team, TeamId,
-    TeamMembership, TeamRef, User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
+    Identity, IdentityId, Issuer, Principal, ProfileId, ProfileRight, Role, Slug, Subject, Team, TeamId, TeamRef, User,
+    UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
 /// Tessera's storage on SQLite or PostgreSQL (with an optional read replica).
@@ -1045,8 +1045,9 @@ fn push_secret(
     Ok(())
 }
 
-/// The columns of a user with each of their identities and teams (a small product: identities ×
-/// teams rows), for [`fold_profile`]; the statement adds its `FROM users u` and joins.
+/// The columns of a user with each of their identities and teams (a row per identity, then a
+/// row per membership: see [`PROFILE_JOINS`]), for [`fold_profile`]; the statement adds its
+/// `FROM users u` and joins.
 macro_rules! profile_columns_of_user {
     () => {
         concat!(
@@ -1060,13 +1061,24 @@ macro_rules! profile_columns_of_user {
     };
 }
 
-/// The joins of [`profile_columns_of_user!`].
-const PROFILE_JOINS: &str = "LEFT JOIN identities i ON i.user_id = u.id
-     LEFT JOIN memberships m ON m.user_id = u.id
+/// The joins of [`profile_columns_of_user!`]: the user's identities and their memberships side
+/// by side (`pj.part` 0, then 1), not crossed, so that a user of many teams and a few identities
+/// reads identities + teams rows, not their product.
+const PROFILE_JOINS: &str = "CROSS JOIN (SELECT 0 AS part UNION ALL SELECT 1 AS part) pj
+     LEFT JOIN identities i ON pj.part = 0 AND i.user_id = u.id
+     LEFT JOIN memberships m ON pj.part = 1 AND m.user_id = u.id
      LEFT JOIN teams t ON t.id = m.team_id";
 
+/// A user with their identities and teams ([`read_user_profile`]).
+pub(super) static USER_PROFILE: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+    Box::leak(
+        format!("SELECT {} FROM users u {PROFILE_JOINS} WHERE u.id = $1", profile_columns_of_user!()).into_boxed_str(),
+    )
+});
+
 /// Folds the rows of [`profile_columns_of_user!`] into a profile, ordered as the API promises
-/// (identities oldest first; the default team first, then teams in the order joined).
+/// (identities oldest first; the default team first, then teams in the order joined). Each
+/// identity and each membership is on a row of its own.
 fn fold_profile(rows: &[super::db::Row]) -> Result<Option<UserProfile>, StoreError> {
     let Some(first) = rows.first() else {
         return Ok(None);
@@ -1075,14 +1087,10 @@ fn fold_profile(rows: &[super::db::Row]) -> Result<Option<UserProfile>, StoreErr
     let mut identities = Vec::new();
     let mut teams = Vec::new();
     for row in rows {
-        if let Some(id) = row.opt_uuid("identity_id")?
-            && !identities.iter().any(|i: &Identity| i.id.as_uuid() == id)
-        {
+        if row.opt_uuid("identity_id")?.is_some() {
             identities.push(rows::identity(row)?);
         }
-        if let Some(id) = row.opt_uuid("team_id")?
-            && !teams.iter().any(|(_, t): &(DateTime<Utc>, TeamMembership)| t.team.id.as_uuid() == id)
-        {
+        if row.opt_uuid("team_id")?.is_some() {
             teams.push((row.time("membership_created_at")?, rows::membership(row)?));
         }
     }
@@ -1094,13 +1102,7 @@ fn fold_profile(rows: &[super::db::Row]) -> Result<Option<UserProfile>, StoreErr
 
 /// A user with their identities and teams, in one statement.
 async fn read_user_profile(pool: PoolRef<'_>, user: UserId) -> Result<Option<UserProfile>, StoreError> {
-    static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
-        Box::leak(
-            format!("SELECT {} FROM users u {PROFILE_JOINS} WHERE u.id = $1", profile_columns_of_user!())
-                .into_boxed_str(),
-        )
-    });
-    fold_profile(&query(*SQL).bind(user.as_uuid()).fetch_all(pool).await?)
+    fold_profile(&query(*USER_PROFILE).bind(user.as_uuid()).fetch_all(pool).await?)
 }
 
 /// The insert of an un-retired signing key; returns its kid, or no row when the algorithm has an

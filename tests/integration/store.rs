@@ -1216,8 +1216,16 @@ async fn linking_an_identity_reports_who_holds_it(backend: Backend) {
     assert_eq!(profile.identities[1], expected, "oldest first");
     let bobs = store.user_profile(bob.id(), ReadFrom::Primary).await.unwrap().unwrap();
     assert_eq!(bobs.identities.iter().map(|i| i.id).collect::<Vec<_>>(), [bob.identity()]);
+    // Several identities and several teams: each once, in order (they are read side by side).
+    join(&store, &bob.team, ada.id(), Role::Member, now()).await;
+    let third = linked(&store, &ada, "ada-third").await;
+    let profile = store.user_profile(ada.id(), ReadFrom::Primary).await.unwrap().unwrap();
+    let identities: Vec<_> = profile.identities.iter().map(|i| i.id).collect();
+    assert_eq!(identities, [ada.identity(), link.identity_id, third.id]);
+    let teams: Vec<_> = profile.teams.iter().map(|m| m.team.id).collect();
+    assert_eq!(teams, [ada.team.id, bob.team.id], "the default team first, each once");
     // Audit rows: one per sign-up and one for the link made, none for the refusals.
-    assert_eq!(db.sql().await.count("identity_events").await, 3);
+    assert_eq!(db.sql().await.count("identity_events").await, 4);
 }
 
 /// Sixteen links of one (issuer, subject) at once, half to one user and half to another (two
