@@ -1728,6 +1728,8 @@ mod tests {
         // A value of the file that is wrong is named by the variable that named the file.
         let mysql = file("mysql", "mysql://db.internal/tessera\n");
         assert_eq!(error(&[("TESSERA_DATABASE_URL_FILE", &mysql)]).key, "database.url (TESSERA_DATABASE_URL_FILE)");
+        let bad_ring = file("bad-ring", "k:short\n");
+        assert_eq!(error(&[("TESSERA_ENCRYPTION_KEYS_FILE", &bad_ring)]).key, "TESSERA_ENCRYPTION_KEYS_FILE");
         let short_token = file("short-token", "short\n");
         assert_eq!(error(&[("TESSERA_ADMIN_TOKEN_FILE", &short_token)]).key, "admin_tokens (TESSERA_ADMIN_TOKEN_FILE)");
         let pasted_path = error(&[("TESSERA_ADMIN_TOKEN_FILE", "/a-token-that-starts-with-a-slash")]);

@@ -196,13 +196,15 @@ impl Layers {
         }
         let mut former_set = Vec::new();
         let mut from_file = Vec::new();
+        // (`with_secret_files` refuses both spellings set: the value came from the file.)
+        for &var in SECRET_VARS {
+            if env(&format!("{var}_FILE")).is_some_and(|path| !path.trim().is_empty()) {
+                from_file.push(var);
+            }
+        }
         for &(var, key, form) in FORMER_NAMES {
             let Some(text) = env(var).filter(|text| !text.trim().is_empty()) else { continue };
             former_set.push(var);
-            // (`with_secret_files` refuses both spellings set: the value came from the file.)
-            if SECRET_VARS.contains(&var) && env(&format!("{var}_FILE")).is_some_and(|path| !path.trim().is_empty()) {
-                from_file.push(var);
-            }
             let value = match form {
                 Form::Scalar => Value::from(text.trim().to_owned()),
                 Form::List => Value::from(split_list(&text)),
@@ -237,9 +239,13 @@ impl Layers {
         // A variable of an earlier release named beside a key that the file set (that variable
         // being unset): the key alone. For a value set nowhere, the variable stays, as a hint.
         let former = error.key.strip_prefix(&format!("{base} (")).and_then(|rest| rest.strip_suffix(')'));
-        // A value read from a `_FILE` variable's file: the variable the operator set.
+        // A value read from a `_FILE` variable's file: the variable the operator set (beside
+        // its key, or alone where the error names the variable alone: the key ring's).
         if let Some(var) = former.filter(|var| self.from_file.contains(var)) {
             return ConfigError { key: format!("{base} ({var}_FILE)"), ..error };
+        }
+        if self.from_file.contains(&error.key.as_str()) {
+            return ConfigError { key: format!("{}_FILE", error.key), ..error };
         }
         if let Some(var) = former.filter(|var| FORMER_NAMES.iter().any(|(name, ..)| name == var))
             && (self.former_set.contains(&var) || self.figment.find_value(&base).is_err())

@@ -1788,6 +1788,8 @@ mod tests {
         let plan = |sql: &'static str| {
             let db = db.clone();
             async move {
+                // As SQLite is sent it: without the row locks it does not know.
+                let sql = sqlite_sql(sql);
                 let rows: Vec<(i64, i64, i64, String)> =
                     sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
                         .fetch_all(&db)

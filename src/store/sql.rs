@@ -1127,9 +1127,12 @@ fn insert_signing_key(key: &SigningKeyRecord) -> super::db::Query<'_> {
 const FAN_OUT_LOCK: i64 = 0x7465_7373_6f75_7401;
 
 /// The sweep's delete of the grants whose code expired unused (with the code, by the cascade):
-/// nothing was issued from them. Read through the partial index of unused codes.
+/// nothing was issued from them. Read through the partial index of unused codes, which are
+/// locked first — the order a redemption takes (code, then the grant its refresh token names) —
+/// and a code being redeemed at its last moment is skipped (PostgreSQL re-checks only the
+/// grant's row, not the code's, after a wait).
 pub(super) const UNUSED_CODES_GRANTS: &str = "DELETE FROM oauth_grants WHERE id IN
-       (SELECT grant_id FROM oauth_codes WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2)
+       (SELECT grant_id FROM oauth_codes WHERE expires_at <= $1 AND used_at IS NULL LIMIT $2 FOR UPDATE SKIP LOCKED)
      AND NOT EXISTS (SELECT 1 FROM oauth_codes c
                      WHERE c.grant_id = oauth_grants.id AND (c.used_at IS NOT NULL OR c.expires_at > $1))";
 
@@ -2990,9 +2993,10 @@ impl Store for SqlStore {
         for sql in [
             // A code that expired unused takes its grant with it (its one code: a sign-in
             // abandoned half-way issued nothing, and its grant would otherwise stay, read at every
-            // account page, until the refresh lifetime ends). Each statement re-checks its row:
-            // one that changed while the DELETE waited for it keeps what it now is.
+            // account page, until the refresh lifetime ends).
             UNUSED_CODES_GRANTS,
+            // The others re-check their row: one that changed while the DELETE waited for it
+            // keeps what it now is.
             // An expired grant's codes and refresh tokens (one per rotation: a month of an
             // agent's refreshes is thousands) first, in batches of their own, so that the grant's
             // delete cascades to none of them in one long statement.

@@ -365,9 +365,13 @@ impl OAuthFlows {
         // Asked for is not done: a provider that ignores `prompt=login`, or a browser that drops
         // it from the URL, would otherwise pass its old session off as a new sign-in. Checked
         // where the provider says when the user authenticated (OpenID Connect's `auth_time`).
+        // A provider that only can be asked to choose the account again (Google) is held to an
+        // `auth_time` it states all the same.
         if flow.fresh_login
-            && provider.attests_authentication_time()
-            && info.authenticated_at.is_none_or(|at| at < flow.created_at - FRESH_LOGIN_LEEWAY)
+            && match info.authenticated_at {
+                Some(at) => at < flow.created_at - FRESH_LOGIN_LEEWAY,
+                None => provider.attests_authentication_time(),
+            }
         {
             return Err(FlowError::NotFresh);
         }

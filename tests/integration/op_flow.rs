@@ -41,6 +41,7 @@ on_both_backends!(
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
     a_public_clients_access_token_does_not_end_its_offline_grant,
     prompt_and_max_age_are_honoured,
+    a_provider_asked_to_choose_the_account_is_held_to_the_auth_time_it_states,
     a_failure_after_the_request_is_validated_is_told_to_the_app,
     select_account_lets_a_signed_in_user_go_on_or_use_another_account,
     another_site_cannot_force_a_signed_in_browser_to_sign_in_again,
@@ -1672,6 +1673,31 @@ async fn a_failure_after_the_request_is_validated_is_told_to_the_app(backend: Ba
     sql.exec("ALTER TABLE sessions_away RENAME TO sessions").await.unwrap();
 }
 
+/// A provider that takes no `prompt=login` (Google) is asked to choose the account again, and
+/// no `max_age`; choosing the account does not sign the user in again, so an `auth_time` it
+/// states all the same (Google's session age claims) must be recent.
+async fn a_provider_asked_to_choose_the_account_is_held_to_the_auth_time_it_states(backend: Backend) {
+    let w = op_world_with(backend, |config| {
+        for provider in &mut config.providers {
+            provider.protocol.fresh_login = tessera::config::FreshLogin::SelectAccount;
+        }
+    })
+    .await;
+    let (client, _) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let mut browser = Browser::new();
+    code_for(&w, &mut browser, &client, &challenge).await;
+    let upstream = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "&prompt=login")).await);
+    assert!(upstream.starts_with(w.issuer.issuer()), "{upstream}");
+    assert_eq!(param(&upstream, "prompt").as_deref(), Some("select_account"), "{upstream}");
+    assert_eq!(param(&upstream, "max_age"), None, "{upstream}");
+    // The provider answers from its session, begun minutes ago, and says so.
+    let callback = location(&browser.navigate(&upstream).await);
+    let refused = browser.navigate(&callback).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(refused.text().await.unwrap().contains("login_not_fresh"));
+}
+
 async fn prompt_and_max_age_are_honoured(backend: Backend) {
     let w = op_world(backend).await;
     let (client, _) = web_app(&w.app).await;
@@ -2319,6 +2345,13 @@ async fn offline_access_is_ignored_from_a_client_that_may_not_refresh(backend: B
     assert!(asked_offline.get("refresh_token").is_none(), "{asked_offline}");
     let scopes = w.app.db.sql().await.texts("SELECT scope FROM oauth_grants ORDER BY scope").await;
     assert!(scopes.iter().all(|s| !s.contains("offline_access")), "{scopes:?}");
+    // Asked alone, nothing is left to grant: `invalid_scope`, not a code that redeems nothing.
+    let (_, challenge) = pkce();
+    let alone =
+        authorize_url(&w.app, &client, &challenge, "").replace("scope=openid%20email%20teams", "scope=offline_access");
+    let to = location(&browser.navigate(&alone).await);
+    assert!(to.starts_with(REDIRECT), "{to}");
+    assert_eq!(param(&to, "error").as_deref(), Some("invalid_scope"), "{to}");
 
     let id_token = online["id_token"].as_str().unwrap();
     let logout = format!("/oauth/logout?id_token_hint={id_token}&post_logout_redirect_uri={}", urlencode(POST_LOGOUT));

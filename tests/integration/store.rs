@@ -4037,6 +4037,7 @@ mod grants {
         a_grant_needing_consent_is_written_only_while_the_consent_stands,
         a_held_request_is_taken_once_and_not_after_it_expires,
         expired_grants_codes_and_requests_are_deleted,
+        a_code_redeemed_as_it_expires_keeps_its_grant_from_the_sweep,
         deleting_a_client_deletes_its_grants_codes_and_tokens_and_no_others,
         grants_tied_to_no_identity_are_revoked_by_migration_22,
         consents_with_unpaired_resources_are_asked_again_after_migration_23,
@@ -4574,6 +4575,26 @@ mod grants {
             None,
             "an expired request is gone"
         );
+    }
+
+    /// A code redeemed at its last moment, its redemption still committing when the sweep
+    /// comes: the sweep leaves the grant (and the code), rather than delete the grant under the
+    /// tokens just issued from it, or deadlock with the redemption (PostgreSQL re-checks only
+    /// the row a DELETE targets).
+    async fn a_code_redeemed_as_it_expires_keeps_its_grant_from_the_sweep(backend: Backend) {
+        let Issued { db, store, t0, grant: g, .. } = issued(backend).await;
+        let sql = db.sql().await;
+        let grant = sql.uuid(&g.id.to_string());
+        let redeem = format!("UPDATE oauth_codes SET used_at = expires_at WHERE grant_id = {grant}");
+        let redeeming = sql.hold(&format!("BEGIN IMMEDIATE; {redeem}"), &format!("BEGIN; {redeem}")).await;
+        let sweeping = {
+            let store = store.clone();
+            tokio::spawn(async move { store.delete_expired_grants(t0 + TimeDelta::seconds(61)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        redeeming.end("COMMIT").await;
+        sweeping.await.unwrap().unwrap();
+        assert_eq!((sql.count("oauth_grants").await, sql.count("oauth_codes").await), (1, 1));
     }
 
     async fn expired_grants_codes_and_requests_are_deleted(backend: Backend) {

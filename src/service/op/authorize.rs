@@ -572,6 +572,12 @@ impl OpenIdProvider {
         // consent page would promise what cannot happen.
         if !client.allows(GrantType::RefreshToken) {
             scopes.retain(|s| s != OFFLINE_ACCESS);
+            if scopes.is_empty() {
+                return Err(fail(
+                    "invalid_scope",
+                    "offline_access alone: this client may not refresh, so it is ignored",
+                ));
+            }
         }
         // PKCE is required (OAuth 2.1 section 4.1.1, and so MCP's authorization), but from a
         // confidential client that signs in with OpenID Connect and sends a `nonce`: the id
