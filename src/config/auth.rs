@@ -127,6 +127,9 @@ pub struct ProviderProtocol {
     pub refusal_errors: Vec<String>,
     /// How a fresh login is asked for (a relying party's `prompt=login` or `max_age`).
     pub fresh_login: FreshLogin,
+    /// Scopes every authorization request asks for, beside a connected account's own (those
+    /// the profile endpoint or a refresh token needs).
+    pub required_scopes: Vec<String>,
 }
 
 /// How a provider is asked for a fresh login.
@@ -166,6 +169,7 @@ impl Default for ProviderProtocol {
             trusted_audiences: Vec::new(),
             refusal_errors: Vec::new(),
             fresh_login: FreshLogin::PromptLogin,
+            required_scopes: Vec::new(),
         }
     }
 }
@@ -291,6 +295,7 @@ pub(super) struct RawProvider {
     trusted_audiences: Option<Vec<String>>,
     refusal_errors: Option<Vec<String>>,
     fresh_login_prompt: Option<String>,
+    required_scopes: Option<Vec<String>>,
     userinfo_method: Option<String>,
     userinfo_body: Option<String>,
     account_id_pointer: Option<String>,
@@ -762,6 +767,17 @@ fn parse_protocol(
         Some("select_account") => FreshLogin::SelectAccount,
         Some(_) => return Err(ConfigError::new(key("fresh_login_prompt"), "expected login or select_account")),
     };
+    let required_scopes: Vec<String> = raw
+        .required_scopes
+        .as_ref()
+        .or(t.required_scopes.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|scope| scope.trim().to_owned())
+        .collect();
+    if required_scopes.iter().any(|scope| scope.is_empty() || scope.chars().any(char::is_whitespace)) {
+        return Err(ConfigError::new(key("required_scopes"), "a scope is one word, not blank"));
+    }
     let default_expires_in = match raw.default_expires_in.or(t.default_expires_in) {
         Some(seconds) if !(60..=30 * 86_400).contains(&seconds) => {
             return Err(ConfigError::new(key("default_expires_in"), "expected 60 to 2592000 seconds"));
@@ -828,6 +844,7 @@ fn parse_protocol(
         trusted_audiences,
         refusal_errors,
         fresh_login,
+        required_scopes,
     })
 }
 
@@ -1065,6 +1082,11 @@ mod tests {
         assert_eq!(own.protocol.fresh_login, FreshLogin::PromptLogin, "an entry's own overrides its template's");
         let refused = with("gitlab", "fresh_login_prompt = \"consent\"").unwrap_err();
         assert_eq!(refused.key, "providers[0].fresh_login_prompt");
+        // Scopes asked beside a connected account's own: the template's, or the entry's.
+        assert_eq!(with("atlassian", "").unwrap().protocol.required_scopes, ["read:me", "offline_access"]);
+        assert!(with("atlassian", "required_scopes = []").unwrap().protocol.required_scopes.is_empty());
+        let blank = with("atlassian", "required_scopes = [\" \"]").unwrap_err();
+        assert_eq!(blank.key, "providers[0].required_scopes");
     }
 
     #[test]

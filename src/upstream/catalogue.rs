@@ -87,6 +87,9 @@ pub struct Template {
     /// Token-endpoint errors that, besides `invalid_grant`, refuse a code or refresh token for
     /// good (Zoom's `invalid_request`).
     pub refusal_errors: Option<Vec<String>>,
+    /// Scopes asked for whatever scopes a connected account asks (Atlassian's `read:me`, which
+    /// its profile endpoint needs, and `offline_access`, without which no refresh token comes).
+    pub required_scopes: Option<Vec<String>>,
     /// The `prompt` a fresh login asks for: `login` (the default), or `select_account` for a
     /// provider that takes no `prompt=login` (Google).
     pub fresh_login_prompt: Option<String>,

@@ -113,6 +113,12 @@ pub(super) fn authorization_url(
     if with_nonce && !scopes.iter().any(|scope| scope == "openid") {
         scopes.insert(0, "openid".to_owned());
     }
+    // Nor do some providers' profile endpoints, or refresh tokens, come without theirs.
+    for required in &config.protocol.required_scopes {
+        if !scopes.contains(required) {
+            scopes.push(required.clone());
+        }
+    }
     let mut builder = client.authorize_url(move || CsrfToken::new(state));
     builder = match config.protocol.scope_separator.as_str() {
         " " => builder.add_scopes(scopes.iter().map(|s| Scope::new(s.clone()))),
@@ -389,6 +395,27 @@ mod tests {
 
     fn config() -> ProviderConfig {
         ProviderConfig::for_tests("acme", crate::config::ProviderKind::OAuth2, "https://acme.example")
+    }
+
+    #[test]
+    fn required_scopes_are_asked_beside_a_connected_accounts_own() {
+        let redirect = Url::parse("https://tessera.example/auth/callback/acme").unwrap();
+        let endpoint = Url::parse("https://acme.example/authorize").unwrap();
+        let own = ["read:jira-work".to_owned(), "read:me".to_owned()];
+        let request = AuthorizationRequest {
+            redirect_uri: &redirect,
+            state: "s",
+            pkce_verifier: "v".repeat(43).leak(),
+            nonce: "n",
+            scopes: Some(&own),
+            fresh_login: false,
+            offline: true,
+        };
+        let mut atlassian = config();
+        atlassian.protocol.required_scopes = vec!["read:me".into(), "offline_access".into()];
+        let url = authorization_url(&atlassian, &endpoint, &request, false);
+        let scope = url.query_pairs().find(|(name, _)| name == "scope").map(|(_, value)| value.into_owned());
+        assert_eq!(scope.as_deref(), Some("read:jira-work read:me offline_access"), "each once");
     }
 
     #[test]
