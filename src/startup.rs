@@ -376,7 +376,7 @@ impl Application {
             drop(stop_metrics);
         };
         let metrics_server = self.metrics_listener.take().map(|listener| {
-            let app = metrics_router(self.state.clone());
+            let app = metrics_router(self.state.clone(), &self.server);
             let limits = self.server.clone();
             let mut stopped = metrics_stopped;
             if let Ok(addr) = listener.local_addr() {

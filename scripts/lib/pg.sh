@@ -3,6 +3,9 @@
 # `pg_replica_start NAME [APPLY_DELAY]` (prints the replica's URL), `pg_cluster_start NAME LOCALE`
 # (a second cluster with a locale), and `pg_stop`.
 # As root, the servers run as the `postgres` user. A cluster that cannot start is an error.
+# Each run's clusters take a password of their own (scram-sha-256, in the URLs), and their
+# directory is their owner's alone: a trusted superuser on a local port would let any user of
+# the machine run commands as `postgres`.
 
 pg_bindir() {
     local dir
@@ -36,19 +39,35 @@ free_port() {
 # pg_start [extra postgres -c settings...]
 pg_start() {
     PG_BIN=$(pg_bindir) || return 1
-    PG_DIR=$(mktemp -d /tmp/tessera-pg.XXXXXX)
-    chmod 755 "$PG_DIR"
+    # Under TMPDIR when set (a run's databases take gigabytes: /tmp may be a small tmpfs).
+    PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tessera-pg.XXXXXX")
+    chmod 700 "$PG_DIR"
     if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR"; fi
-    as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-locale \
-        >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; return 1; }
+    PG_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+    (umask 077 && echo "$PG_PASSWORD" | as_postgres tee "$PG_DIR/password" >/dev/null)
+    pg_initdb "$PG_DIR/data" initdb --no-locale || return 1
     PG_PORT=$(free_port)
     local opts="-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=500"
     local setting
     for setting in "$@"; do opts="$opts -c $setting"; done
     as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -o "$opts" -w -t 60 start \
         >/dev/null || { cat "$PG_DIR/server.log" >&2; return 1; }
-    PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-    export PG_URL PG_PORT PG_DIR PG_BIN
+    PG_URL=$(pg_url "$PG_PORT")
+    export PG_URL PG_PORT PG_DIR PG_BIN PG_PASSWORD
+}
+
+# pg_initdb DIR LOG_NAME [initdb options...]: a cluster whose superuser `postgres` has the run's
+# password.
+pg_initdb() {
+    local dir=$1 log=$2
+    shift 2
+    as_postgres "$PG_BIN/initdb" -D "$dir" -U postgres --auth=scram-sha-256 --pwfile="$PG_DIR/password" -E UTF8 "$@" \
+        >"$PG_DIR/$log.log" 2>&1 || { cat "$PG_DIR/$log.log" >&2; return 1; }
+}
+
+# pg_url PORT: the superuser's URL of a cluster of this run.
+pg_url() {
+    echo "postgres://postgres:$PG_PASSWORD@127.0.0.1:$1/postgres"
 }
 
 # pg_replica_start NAME [APPLY_DELAY]: a streaming replica of the running cluster (pg_basebackup),
@@ -56,7 +75,7 @@ pg_start() {
 pg_replica_start() {
     local name=$1 delay=${2:-} dir port
     dir="$PG_DIR/$name"
-    as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$dir" -R -X stream \
+    as_postgres "$PG_BIN/pg_basebackup" -d "$PG_URL" -D "$dir" -R -X stream \
         >"$PG_DIR/$name-basebackup.log" 2>&1 || { cat "$PG_DIR/$name-basebackup.log" >&2; return 1; }
     if [ -n "$delay" ]; then
         echo "recovery_min_apply_delay = '$delay'" | as_postgres tee -a "$dir/postgresql.auto.conf" >/dev/null
@@ -65,7 +84,7 @@ pg_replica_start() {
     as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$PG_DIR/$name.log" \
         -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c hot_standby=on" \
         -w -t 60 start >/dev/null || { cat "$PG_DIR/$name.log" >&2; return 1; }
-    echo "postgres://postgres@127.0.0.1:$port/postgres"
+    pg_url "$port"
 }
 
 # pg_cluster_start NAME LOCALE: a second, independent cluster under PG_DIR, initialised with
@@ -74,13 +93,12 @@ pg_replica_start() {
 pg_cluster_start() {
     local name=$1 locale=$2 dir port
     dir="$PG_DIR/$name"
-    as_postgres "$PG_BIN/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --locale="$locale" \
-        >"$PG_DIR/$name-initdb.log" 2>&1 || { cat "$PG_DIR/$name-initdb.log" >&2; return 1; }
+    pg_initdb "$dir" "$name-initdb" --locale="$locale" || return 1
     port=$(free_port)
     as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$PG_DIR/$name.log" \
         -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" \
         -w -t 60 start >/dev/null || { cat "$PG_DIR/$name.log" >&2; return 1; }
-    echo "postgres://postgres@127.0.0.1:$port/postgres"
+    pg_url "$port"
 }
 
 pg_stop() {

@@ -139,22 +139,30 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .route_layer(middleware::map_response(|response: axum::response::Response| async {
             responses::no_store(response)
         }));
+    // The APIs for other backends and for users answer what one caller may know (a membership,
+    // a user's profiles): kept out of shared caches, which an `X-User-Token` does not bar as
+    // `Authorization` does.
+    let private = |routes: Router<Arc<AppState>>| {
+        routes.route_layer(middleware::map_response(|response: axum::response::Response| async {
+            responses::no_store(response)
+        }))
+    };
     let app = Router::new()
         .merge(health::routes())
-        .merge(validation::routes())
+        .merge(private(validation::routes()))
         .merge(auth::routes())
         .merge(login::routes())
         .merge(account::routes())
         .merge(pages::routes())
         .merge(auth_profiles::page_routes())
-        .merge(
+        .merge(private(
             me::routes()
                 .route_layer(middleware::from_fn(caller::refuse_named_user))
                 .merge(auth_profiles::api_routes())
                 .merge(members::routes())
                 .route_layer(middleware::from_fn_with_state(state.clone(), csrf::cookie_changes_from_this_origin))
                 .route_layer(middleware::from_fn_with_state(state.clone(), caller::credentials_first)),
-        )
+        ))
         .merge(op::routes())
         .merge(mcp::routes(&state))
         .merge(openapi::routes())
@@ -163,27 +171,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed);
-    let app = bodies_and_panics(app, limits.body_read_timeout).layer(
-        // Spans carry the method (a standard one's name, else `other`: a client may send a
-        // method of any length), the matched route (never the raw URI, whose query may hold
-        // codes or tokens) and the request id; no header or body is logged.
-        TraceLayer::new_for_http()
-            .make_span_with(|request: &Request| {
-                let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
-                let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                let method = crate::observability::method_name(request.method());
-                tracing::info_span!("request", method, route, request_id)
-            })
-            .on_request(())
-            .on_response(|response: &Response<_>, latency: Duration, _span: &Span| {
-                tracing::info!(
-                    status = response.status().as_u16(),
-                    latency_us = latency.as_micros() as u64,
-                    "response"
-                );
-            })
-            .on_failure(()),
-    );
+    let app = traced(bodies_and_panics(app, limits.body_read_timeout));
     // Served over HTTPS (`auth.cookie_secure`, the default): browsers are told to keep to it, so
     // that a first visit by plain http cannot be intercepted and relayed with its session cookie.
     // Browsers ignore the header on plain http; a proxy that sets its own keeps its own.
@@ -227,6 +215,31 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
 
 /// `router` with the body limits and the answer to a panic: a body declared too large is
 /// refused unread, one arriving too slowly is cut off, and a handler's panic becomes a logged 500.
+/// Each request in a span, and each answer logged. Spans carry the method (a standard one's
+/// name, else `other`: a client may send a method of any length), the matched route (never the
+/// raw URI, whose query may hold codes or tokens) and the request id; no header or body is
+/// logged.
+fn traced<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|request: &Request| {
+                let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+                let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let method = crate::observability::method_name(request.method());
+                tracing::info_span!("request", method, route, request_id)
+            })
+            .on_request(())
+            .on_response(|response: &Response<_>, latency: Duration, _span: &Span| {
+                tracing::info!(
+                    status = response.status().as_u16(),
+                    latency_us = latency.as_micros() as u64,
+                    "response"
+                );
+            })
+            .on_failure(()),
+    )
+}
+
 fn bodies_and_panics<S: Clone + Send + Sync + 'static>(router: Router<S>, body_read_timeout: Duration) -> Router<S> {
     router
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
@@ -248,11 +261,11 @@ fn bodies_and_panics<S: Clone + Send + Sync + 'static>(router: Router<S>, body_r
 }
 
 /// The router of `metrics.listen`: `/metrics` alone, without authentication (that listener is
-/// meant for a private network), requests counted like the main listener's.
-pub fn metrics_router(state: Arc<AppState>) -> Router {
-    prometheus::routes()
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+/// meant for a private network), requests counted, logged and kept from panics like the main
+/// listener's.
+pub fn metrics_router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Router {
+    let routes = prometheus::routes().fallback(not_found).method_not_allowed_fallback(method_not_allowed);
+    traced(bodies_and_panics(routes, limits.body_read_timeout))
         .layer(middleware::from_fn(prometheus::track_requests))
         // An `X-Request-Id` on every answer here too, kept from the client only when safe.
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

@@ -339,7 +339,7 @@ fn problem_description(codes: &[&str]) -> String {
 /// What the APIs' 401 adds to the codes of that status: a refused bearer token keeps the code
 /// that says why, whatever that code's own status.
 const REFUSED_TOKEN: &str = " A refused bearer token is a 401 too, whichever code says why (`malformed_token`, \
-    `signature_invalid`, `token_expired`, `issuer_not_allowed`, `user_disabled`, …; README, \"Token validation \
+    `signature_invalid`, `token_expired`, `issuer_not_allowed`, …; README, \"Token validation \
     (for other backends)\"), with `WWW-Authenticate: Bearer error=\"invalid_token\"`.";
 
 fn problem_content() -> utoipa::openapi::Content {

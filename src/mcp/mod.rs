@@ -312,8 +312,9 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         if request.name != TOOL {
+            // The client's name is not repeated: rmcp logs the answer at warn.
             return Err(ErrorData::invalid_params(
-                Cow::Owned(format!("there is no tool named {:?}; the one tool is {TOOL}", request.name)),
+                Cow::Owned(format!("there is no such tool; the one tool is {TOOL}")),
                 None,
             ));
         }
@@ -345,7 +346,8 @@ impl ServerHandler for McpServer {
                 None,
             ));
         }
-        Err(ErrorData::new(rmcp::model::ErrorCode::METHOD_NOT_FOUND, request.method, None))
+        // Nor the method's: whatever the client sent, at warn, in every answer logged.
+        Err(ErrorData::new(rmcp::model::ErrorCode::METHOD_NOT_FOUND, "there is no such method", None))
     }
 }
 

@@ -310,6 +310,18 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let answer: Value = answer.json().await.unwrap();
     assert_eq!(answer["error"]["code"], -32602, "{answer}");
     assert!(answer["error"]["message"].as_str().unwrap().contains("arguments"), "{answer}");
+    // An unknown tool or method is answered without repeating the client's text (rmcp logs
+    // every error answer at warn: a client would write what it likes into the log).
+    let long = "Z".repeat(2000);
+    for call in [
+        json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": long, "arguments": {}}}),
+        json!({"jsonrpc": "2.0", "id": 6, "method": long, "params": {}}),
+    ] {
+        let answer = post(both, "application/json", call.to_string().into_bytes()).send().await.unwrap();
+        let answer: Value = answer.json().await.unwrap();
+        assert!(answer["error"]["code"].is_i64(), "{answer}");
+        assert!(!answer["error"]["message"].as_str().unwrap().contains("ZZZZ"), "{answer}");
+    }
 
     // On the REST API, a Tessera token acts for its user (their profile, connected accounts,
     // teams, identities) only when issued for Tessera's API (`/v1`): one the client got for
@@ -330,7 +342,15 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
         let chosen = app.client.post(&primary).bearer_auth(token).send().await.unwrap();
         assert_eq!(body(chosen, 401).await["code"], "audience_mismatch");
     }
-    body(app.client.get(&profiles).bearer_auth(&api).send().await.unwrap(), 200).await;
+    // What one user's token reads is kept out of shared caches (`X-User-Token` does not bar
+    // them as `Authorization` does), and so is a membership check's answer.
+    let listed = app.client.get(&profiles).header("x-user-token", &api).send().await.unwrap();
+    assert_eq!(listed.headers()["cache-control"], "no-store");
+    body(listed, 200).await;
+    let team = me["teams"][0]["slug"].as_str().unwrap();
+    let checked = app.client.get(app.url(&format!("/v1/check?team={team}"))).header("x-user-token", &api);
+    let checked = checked.send().await.unwrap();
+    assert_eq!(checked.headers()["cache-control"], "no-store", "{}", checked.status());
     body(app.client.post(&primary).bearer_auth(&api).send().await.unwrap(), 200).await;
 
     // A tampered token is refused.
