@@ -3,9 +3,11 @@
 # `pg_replica_start NAME [APPLY_DELAY]` (prints the replica's URL), `pg_cluster_start NAME LOCALE`
 # (a second cluster with a locale), and `pg_stop`.
 # As root, the servers run as the `postgres` user. A cluster that cannot start is an error.
-# Each run's clusters take a password of their own (scram-sha-256, in the URLs), and their
-# directory is their owner's alone: a trusted superuser on a local port would let any user of
-# the machine run commands as `postgres`.
+# Each run's clusters take a password of their own (scram-sha-256), and their directory is their
+# owner's alone: a trusted superuser on a local port would let any user of the machine run
+# commands as `postgres`. The password is in PG_URL (hand it to programs in their environment,
+# which only their user can read, never as an argument, which `ps` shows everyone) and in the
+# password file PGPASSFILE names, which the PostgreSQL tools here read.
 
 pg_bindir() {
     local dir
@@ -42,9 +44,18 @@ pg_start() {
     # Under TMPDIR when set (a run's databases take gigabytes: /tmp may be a small tmpfs).
     PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tessera-pg.XXXXXX")
     chmod 700 "$PG_DIR"
-    if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR"; fi
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres: "$PG_DIR"
+        as_postgres test -w "$PG_DIR" || {
+            echo "pg.sh: the postgres user cannot reach $PG_DIR; set TMPDIR to a directory it can (or unset it)" >&2
+            return 1
+        }
+    fi
     PG_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
     (umask 077 && echo "$PG_PASSWORD" | as_postgres tee "$PG_DIR/password" >/dev/null)
+    (umask 077 && echo "127.0.0.1:*:*:postgres:$PG_PASSWORD" | as_postgres tee "$PG_DIR/pgpass" >/dev/null)
+    # Read by psql and pg_basebackup here, and by the replicas' servers (their primary_conninfo).
+    export PGPASSFILE="$PG_DIR/pgpass"
     pg_initdb "$PG_DIR/data" initdb --no-locale || return 1
     PG_PORT=$(free_port)
     local opts="-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=500"
@@ -75,7 +86,7 @@ pg_url() {
 pg_replica_start() {
     local name=$1 delay=${2:-} dir port
     dir="$PG_DIR/$name"
-    as_postgres "$PG_BIN/pg_basebackup" -d "$PG_URL" -D "$dir" -R -X stream \
+    as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$dir" -R -X stream \
         >"$PG_DIR/$name-basebackup.log" 2>&1 || { cat "$PG_DIR/$name-basebackup.log" >&2; return 1; }
     if [ -n "$delay" ]; then
         echo "recovery_min_apply_delay = '$delay'" | as_postgres tee -a "$dir/postgresql.auto.conf" >/dev/null

@@ -210,6 +210,26 @@ pub struct ProviderConfig {
     pub icon_url: Option<String>,
 }
 
+impl ProviderConfig {
+    /// The scopes an authorization request asks for: the entry's, or a connected account's own
+    /// (`own`), which replace them — then with `openid` (an OpenID Connect provider names the
+    /// account only in an id token) and the entry's `required_scopes` (those the profile
+    /// endpoint or a refresh token needs), each once.
+    pub fn asked_scopes(&self, own: Option<&[String]>) -> Vec<String> {
+        let Some(own) = own else { return self.scopes.clone() };
+        let mut scopes = own.to_vec();
+        if matches!(self.kind, ProviderKind::Oidc | ProviderKind::GitLab) && !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".to_owned());
+        }
+        for required in &self.protocol.required_scopes {
+            if !scopes.contains(required) {
+                scopes.push(required.clone());
+            }
+        }
+        scopes
+    }
+}
+
 #[cfg(test)]
 impl ProviderConfig {
     /// An entry named `name` with no secret, no scopes and defaults everywhere, for unit tests.
@@ -1084,6 +1104,7 @@ mod tests {
         assert_eq!(refused.key, "providers[0].fresh_login_prompt");
         // Scopes asked beside a connected account's own: the template's, or the entry's.
         assert_eq!(with("atlassian", "").unwrap().protocol.required_scopes, ["read:me", "offline_access"]);
+        assert_eq!(with("microsoft", "").unwrap().protocol.required_scopes, ["offline_access", "User.Read"]);
         assert!(with("atlassian", "required_scopes = []").unwrap().protocol.required_scopes.is_empty());
         let blank = with("atlassian", "required_scopes = [\" \"]").unwrap_err();
         assert_eq!(blank.key, "providers[0].required_scopes");

@@ -801,11 +801,9 @@ impl AuthProfiles {
             .iter()
             .find(|c| c.key == profile.connector_key)
             .map_or_else(|| profile.connector_key.clone(), |c| c.label.clone());
-        // The flow asks for the profile's scopes, else the provider's own (see `start`).
-        let scopes = match profile.scopes.is_empty() {
-            true => provider.config().scopes.clone(),
-            false => profile.scopes.clone(),
-        };
+        // What the flow asks for (see `start`): the profile's scopes with those the provider
+        // needs beside them, else the provider's own.
+        let scopes = provider.config().asked_scopes((!profile.scopes.is_empty()).then_some(profile.scopes.as_slice()));
         Ok(ConnectPreview {
             connector_label,
             scopes,
@@ -921,9 +919,13 @@ impl AuthProfiles {
             return Err(AuthProfileError::AccountMismatch);
         }
         let (access_token, refresh_token) = encrypt_tokens(keyring, profile, &finished.tokens);
+        // A token answer that names no scopes granted what was asked.
         let granted = granted_scopes(&finished.tokens);
         let scopes = match granted.is_empty() {
-            true => current.scopes.clone(),
+            true => finished
+                .provider
+                .config()
+                .asked_scopes((!current.scopes.is_empty()).then_some(current.scopes.as_slice())),
             false => granted,
         };
         let activation = Activation {

@@ -59,7 +59,10 @@ async fn readiness_holds_while_every_request_connection_is_busy() {
     let blocked = tokio::spawn(blocked);
     let waiting =
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
-    for _ in 0..200 {
+    // Up to 30 s for the request to reach the lock: the whole suite on two cores may hold it up
+    // for seconds before it is served at all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         let (count,): (i64,) = sqlx::query_as(waiting).fetch_one(&mut locker).await.unwrap();
         if count > 0 {
             break;

@@ -90,8 +90,8 @@ fn client(config: &ProviderConfig, auth: ClientAuth) -> Client {
     client
 }
 
-/// The authorization URL: response type `code`, the configured scopes (joined with the
-/// provider's separator; with the nonce, `openid` first when they lack it), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
+/// The authorization URL: response type `code`, the scopes ([`ProviderConfig::asked_scopes`],
+/// joined with the provider's separator), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
 /// provider takes no PKCE, the nonce when `with_nonce` (OpenID Connect), and the provider's extra
 /// parameters (with its offline ones when `request.offline`); for a fresh login the provider's
 /// [`FreshLogin`] `prompt` (replacing a configured `prompt`), and, with the nonce and
@@ -107,18 +107,7 @@ pub(super) fn authorization_url(
         .set_auth_uri(AuthUrl::from_url(endpoint.clone()))
         .set_redirect_uri(RedirectUrl::from_url(request.redirect_uri.clone()));
     let state = request.state.to_owned();
-    let mut scopes = request.scopes.unwrap_or(&config.scopes).to_vec();
-    // OpenID Connect answers with an id token (which names the account) only when asked for
-    // `openid`: a connected account's own scopes (an API's) are asked with it.
-    if with_nonce && !scopes.iter().any(|scope| scope == "openid") {
-        scopes.insert(0, "openid".to_owned());
-    }
-    // Nor do some providers' profile endpoints, or refresh tokens, come without theirs.
-    for required in &config.protocol.required_scopes {
-        if !scopes.contains(required) {
-            scopes.push(required.clone());
-        }
-    }
+    let scopes = config.asked_scopes(request.scopes);
     let mut builder = client.authorize_url(move || CsrfToken::new(state));
     builder = match config.protocol.scope_separator.as_str() {
         " " => builder.add_scopes(scopes.iter().map(|s| Scope::new(s.clone()))),
@@ -413,9 +402,17 @@ mod tests {
         };
         let mut atlassian = config();
         atlassian.protocol.required_scopes = vec!["read:me".into(), "offline_access".into()];
-        let url = authorization_url(&atlassian, &endpoint, &request, false);
-        let scope = url.query_pairs().find(|(name, _)| name == "scope").map(|(_, value)| value.into_owned());
-        assert_eq!(scope.as_deref(), Some("read:jira-work read:me offline_access"), "each once");
+        let scope = |request: &AuthorizationRequest<'_>| {
+            let url = authorization_url(&atlassian, &endpoint, request, false);
+            url.query_pairs().find(|(name, _)| name == "scope").map(|(_, value)| value.into_owned())
+        };
+        assert_eq!(scope(&request).as_deref(), Some("read:jira-work read:me offline_access"), "each once");
+        // A sign-in asks the entry's scopes as they are (no refresh token it would not keep).
+        atlassian.scopes = vec!["read:me".into()];
+        let sign_in = AuthorizationRequest { scopes: None, offline: false, ..request };
+        let url = authorization_url(&atlassian, &endpoint, &sign_in, false);
+        let asked = url.query_pairs().find(|(name, _)| name == "scope").map(|(_, value)| value.into_owned());
+        assert_eq!(asked.as_deref(), Some("read:me"));
     }
 
     #[test]
