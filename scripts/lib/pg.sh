@@ -64,7 +64,8 @@ pg_start() {
     as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -o "$opts" -w -t 60 start \
         >/dev/null || { cat "$PG_DIR/server.log" >&2; return 1; }
     PG_URL=$(pg_url "$PG_PORT")
-    export PG_URL PG_PORT PG_DIR PG_BIN PG_PASSWORD
+    # (PG_PASSWORD is not exported: `pg_url` reads it here, and programs get PG_URL.)
+    export PG_URL PG_PORT PG_DIR PG_BIN
 }
 
 # pg_initdb DIR LOG_NAME [initdb options...]: a cluster whose superuser `postgres` has the run's

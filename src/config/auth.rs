@@ -133,11 +133,10 @@ pub struct ProviderProtocol {
 }
 
 /// How a provider is asked for a fresh login.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FreshLogin {
     /// `prompt=login` (and, from an OpenID Connect provider, `max_age=0`, whose id_token's
     /// `auth_time` is then checked).
-    #[default]
     PromptLogin,
     /// `prompt=select_account`, for a provider that takes no `prompt=login` (Google): the user
     /// chooses the account again, which is all that can be asked, and no `auth_time` is checked.
@@ -151,6 +150,12 @@ impl FreshLogin {
             FreshLogin::PromptLogin => "login",
             FreshLogin::SelectAccount => "select_account",
         }
+    }
+
+    /// Whether an OpenID Connect provider is also sent `max_age=0`, and so must state its
+    /// `auth_time`.
+    pub fn asks_auth_time(self) -> bool {
+        self == FreshLogin::PromptLogin
     }
 }
 
@@ -212,11 +217,11 @@ pub struct ProviderConfig {
 
 impl ProviderConfig {
     /// The scopes an authorization request asks for: the entry's, or a connected account's own
-    /// (`own`), which replace them — then with `openid` (an OpenID Connect provider names the
-    /// account only in an id token) and the entry's `required_scopes` (those the profile
-    /// endpoint or a refresh token needs), each once.
+    /// (`own`, when it names any), which replace them — then with `openid` (an OpenID Connect
+    /// provider names the account only in an id token) and the entry's `required_scopes` (those
+    /// the profile endpoint or a refresh token needs), each once.
     pub fn asked_scopes(&self, own: Option<&[String]>) -> Vec<String> {
-        let Some(own) = own else { return self.scopes.clone() };
+        let Some(own) = own.filter(|own| !own.is_empty()) else { return self.scopes.clone() };
         let mut scopes = own.to_vec();
         if matches!(self.kind, ProviderKind::Oidc | ProviderKind::GitLab) && !scopes.iter().any(|s| s == "openid") {
             scopes.insert(0, "openid".to_owned());

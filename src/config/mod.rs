@@ -416,8 +416,9 @@ pub(super) fn secret_env(env: &dyn Fn(&str) -> Option<String>, var: &str, key: S
 /// content.
 pub(super) fn secret_file(path: &str, key: impl Into<String>, with_path: bool) -> Result<String, ConfigError> {
     let key = key.into();
+    // (Under a directory other than `/` itself: a secret may start with a `/`.)
     let looks_like_a_path = path.contains('/')
-        && std::path::Path::new(path.trim()).parent().is_some_and(|dir| dir.as_os_str().is_empty() || dir.is_dir());
+        && std::path::Path::new(path.trim()).parent().is_some_and(|dir| dir.parent().is_some() && dir.is_dir());
     let named = if with_path && looks_like_a_path { path.trim().to_owned() } else { "the file it names".to_owned() };
     let secret = std::fs::read_to_string(path.trim())
         .map_err(|e| ConfigError::new(key.clone(), format!("cannot read {named}: {}", e.kind())))?;
@@ -1557,6 +1558,8 @@ mod tests {
         let as_file = error(&format!("secret_file = \"{pasted_b64}\"\n"), &both[..1]);
         assert_eq!(as_file.key, "webhooks.endpoints[0] (billing).secret_file");
         assert!(!as_file.to_string().contains("c2Vj"), "{as_file}");
+        let leading = error("secret_file = \"/c2VjcmV0c2VjcmV0c2VjcmV0\"\n", &both[..1]);
+        assert!(!leading.to_string().contains("c2Vj"), "{leading}");
         let missing = error("secret_file = \"/nonexistent-dir/whsec\"\n", &both[..1]);
         assert!(!missing.to_string().contains("nonexistent-dir"), "{missing}");
         let short = format!("whsec_{}", b64(9, 8));

@@ -130,23 +130,12 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         _ => admin,
     };
     // Inside the authentication: every successful change by an admin token is audited. Every
-    // answer is kept out of caches: users' emails and identities, clients' secrets at creation
-    // (the admin token may come in `X-Admin-Token`, which does not bar a shared cache as
-    // `Authorization` does).
-    let admin = admin
-        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
-        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin))
-        .route_layer(middleware::map_response(|response: axum::response::Response| async {
-            responses::no_store(response)
-        }));
-    // The APIs for other backends and for users answer what one caller may know (a membership,
-    // a user's profiles): kept out of shared caches, which an `X-User-Token` does not bar as
-    // `Authorization` does.
-    let private = |routes: Router<Arc<AppState>>| {
-        routes.route_layer(middleware::map_response(|response: axum::response::Response| async {
-            responses::no_store(response)
-        }))
-    };
+    // answer is kept out of caches: users' emails and identities, clients' secrets at creation.
+    let admin = private(
+        admin
+            .route_layer(middleware::from_fn_with_state(state.clone(), audit::record_admin_action))
+            .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth::require_admin)),
+    );
     let app = Router::new()
         .merge(health::routes())
         .merge(private(validation::routes()))
@@ -213,8 +202,15 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
         .with_state(state)
 }
 
-/// `router` with the body limits and the answer to a panic: a body declared too large is
-/// refused unread, one arriving too slowly is cut off, and a handler's panic becomes a logged 500.
+/// `routes` with every answer kept out of caches: they answer what one caller may know (a
+/// user's profiles, a membership, an admin's listings), and the credential may come in
+/// `X-Admin-Token` or `X-User-Token`, which does not bar a shared cache as `Authorization` does.
+fn private(routes: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    routes.route_layer(middleware::map_response(|response: axum::response::Response| async {
+        responses::no_store(response)
+    }))
+}
+
 /// Each request in a span, and each answer logged. Spans carry the method (a standard one's
 /// name, else `other`: a client may send a method of any length), the matched route (never the
 /// raw URI, whose query may hold codes or tokens) and the request id; no header or body is
@@ -240,6 +236,8 @@ fn traced<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
     )
 }
 
+/// `router` with the body limits and the answer to a panic: a body declared too large is
+/// refused unread, one arriving too slowly is cut off, and a handler's panic becomes a logged 500.
 fn bodies_and_panics<S: Clone + Send + Sync + 'static>(router: Router<S>, body_read_timeout: Duration) -> Router<S> {
     router
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))

@@ -803,7 +803,7 @@ impl AuthProfiles {
             .map_or_else(|| profile.connector_key.clone(), |c| c.label.clone());
         // What the flow asks for (see `start`): the profile's scopes with those the provider
         // needs beside them, else the provider's own.
-        let scopes = provider.config().asked_scopes((!profile.scopes.is_empty()).then_some(profile.scopes.as_slice()));
+        let scopes = provider.config().asked_scopes(Some(&profile.scopes));
         Ok(ConnectPreview {
             connector_label,
             scopes,
@@ -922,10 +922,7 @@ impl AuthProfiles {
         // A token answer that names no scopes granted what was asked.
         let granted = granted_scopes(&finished.tokens);
         let scopes = match granted.is_empty() {
-            true => finished
-                .provider
-                .config()
-                .asked_scopes((!current.scopes.is_empty()).then_some(current.scopes.as_slice())),
+            true => finished.provider.config().asked_scopes(Some(&current.scopes)),
             false => granted,
         };
         let activation = Activation {

@@ -137,9 +137,13 @@ fn identity_key(issuer: &str, subject: &str) -> IdentityKey {
     // No issuer holds a NUL: the pair is read back unambiguously.
     text.push(0);
     text.extend_from_slice(subject.as_bytes());
-    let digest = crate::crypto::sha256(&text);
+    digest16(&text)
+}
+
+/// The first 128 bits of `text`'s SHA-256: what a dry run remembers of a line.
+fn digest16(text: &[u8]) -> [u8; 16] {
     let mut key = [0; 16];
-    key.copy_from_slice(&digest[..16]);
+    key.copy_from_slice(&crate::crypto::sha256(text)[..16]);
     key
 }
 
@@ -172,9 +176,7 @@ impl Importer {
         text.push(tag);
         text.extend_from_slice(&member);
         text.extend_from_slice(team.as_uuid().as_bytes());
-        let mut key = [0; 16];
-        key.copy_from_slice(&crate::crypto::sha256(&text)[..16]);
-        self.would_join.lock().unwrap_or_else(|e| e.into_inner()).insert(key)
+        self.would_join.lock().unwrap_or_else(|e| e.into_inner()).insert(digest16(&text))
     }
 
     /// Imports a batch of lines, in order. A refused line does not stop the batch; a database

@@ -122,6 +122,11 @@ impl KeySet {
             .filter(move |k| kid.is_some() && k.kid.as_deref() == kid && k.accepts(alg) && k.fingerprint != *tried)
     }
 
+    /// Whether the set may still be served at `now` on the wall clock (before `usable_until`).
+    fn usable(&self, now: SystemTime) -> bool {
+        now < self.usable_until
+    }
+
     /// Whether the set holds a key with this `kid`, whatever algorithms it accepts.
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
@@ -284,16 +289,17 @@ impl JwksCache {
     /// waited for as with none. With no keys yet, waits for a fetch; `None` when there are none
     /// (or only long-expired ones) and none can be fetched.
     pub async fn keys(&self) -> Option<Arc<KeySet>> {
+        let now = SystemTime::now();
         match self.inner.current() {
             // Fresh by both clocks: after a suspend or a paused VM, the monotonic one lags.
             // (Fresh on the wall clock: `max_stale` before `usable_until`.)
             Some(set)
                 if Instant::now() < set.fresh_until
-                    && SystemTime::now().checked_add(self.inner.max_stale).is_some_and(|t| t < set.usable_until) =>
+                    && now.checked_add(self.inner.max_stale).is_some_and(|t| set.usable(t)) =>
             {
                 Some(set)
             }
-            Some(stale) if SystemTime::now() < stale.usable_until => {
+            Some(stale) if stale.usable(now) => {
                 self.refresh_in_background(stale.generation);
                 Some(stale)
             }
@@ -327,8 +333,9 @@ impl JwksCache {
     /// count (not past `jwks.max_stale_seconds`): what a token verified with it before needs to
     /// count still. Reads the keys held, never fetches.
     pub fn still_publishes(&self, fingerprint: &[u8; 32]) -> bool {
-        self.inner.current().is_some_and(|set| {
-            SystemTime::now() < set.usable_until && set.keys.iter().any(|key| key.fingerprint == *fingerprint)
+        let current = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().is_some_and(|set| {
+            set.usable(SystemTime::now()) && set.keys.iter().any(|key| key.fingerprint == *fingerprint)
         })
     }
 

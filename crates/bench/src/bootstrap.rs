@@ -40,7 +40,7 @@ pub struct BootstrapArgs {
     #[arg(long, default_value_t = 2000)]
     pub requests: usize,
     /// Admin URL of a PostgreSQL server; a scratch database is created there and dropped after.
-    #[arg(long, env = "TESSERA_BENCH_PG_URL", value_name = "URL")]
+    #[arg(long, env = "TESSERA_BENCH_PG_URL", hide_env_values = true, value_name = "URL")]
     pub postgres: Option<String>,
     /// Do not measure SQLite.
     #[arg(long)]

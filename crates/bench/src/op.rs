@@ -48,7 +48,7 @@ pub struct OpArgs {
     pub requests: usize,
     /// Admin URL of a PostgreSQL server (a scratch database is created and dropped); SQLite in a
     /// temp file otherwise.
-    #[arg(long, env = "TESSERA_BENCH_PG_URL", value_name = "URL")]
+    #[arg(long, env = "TESSERA_BENCH_PG_URL", hide_env_values = true, value_name = "URL")]
     pub postgres: Option<String>,
 }
 

@@ -57,21 +57,24 @@ impl GitHubProvider {
         }
     }
 
+    /// `GET /{path}` of GitHub's API with `access_token`, as GitHub asks to be called.
+    async fn send_get(&self, path: &str, access_token: &str) -> Result<reqwest::Response, ProviderError> {
+        self.http
+            .get(format!("{}/{}", self.api.as_str().trim_end_matches('/'), path))
+            .bearer_auth(access_token)
+            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))
+    }
+
     async fn get<T: for<'de> Deserialize<'de>>(
         &self,
         path: &str,
         tokens: &TokenSet,
     ) -> Result<Option<T>, ProviderError> {
-        let url = format!("{}/{}", self.api.as_str().trim_end_matches('/'), path);
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(tokens.access_token.expose_secret())
-            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28")
-            .send()
-            .await
-            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
+        let response = self.send_get(path, tokens.access_token.expose_secret()).await?;
         let status = response.status();
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!("GET /{path} answered {status}")));
@@ -209,15 +212,7 @@ impl Provider for GitHubProvider {
         true
     }
     async fn check_access_token(&self, access_token: &str) -> Result<Option<u16>, ProviderError> {
-        let response = self
-            .http
-            .get(format!("{}/user", self.api.as_str().trim_end_matches('/')))
-            .bearer_auth(access_token)
-            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28")
-            .send()
-            .await
-            .map_err(|e| ProviderError::Unavailable(e.chain().to_string()))?;
+        let response = self.send_get("user", access_token).await?;
         // A rate limit is GitHub's to lift, not the token's scopes to fix.
         match unthrottled("user", response).await? {
             Unthrottled::Answer(response) => Ok(Some(response.status().as_u16())),

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{AuthorizationRequest, ProviderError, TokenFields, TokenKind, TokenSet};
-use crate::config::{FreshLogin, ProviderConfig, ProviderKind, TokenAuth};
+use crate::config::{ProviderConfig, ProviderKind, TokenAuth};
 use crate::upstream::jwks::read_capped;
 
 /// The `id_token` field of an OpenID token response, and the answer's other fields (Notion's
@@ -94,7 +94,7 @@ fn client(config: &ProviderConfig, auth: ClientAuth) -> Client {
 /// joined with the provider's separator), `state`, the S256 PKCE challenge of `request.pkce_verifier` unless the
 /// provider takes no PKCE, the nonce when `with_nonce` (OpenID Connect), and the provider's extra
 /// parameters (with its offline ones when `request.offline`); for a fresh login the provider's
-/// [`FreshLogin`] `prompt` (replacing a configured `prompt`), and, with the nonce and
+/// [`crate::config::FreshLogin`] `prompt` (replacing a configured `prompt`), and, with the nonce and
 /// `prompt=login`, `max_age=0` too.
 pub(super) fn authorization_url(
     config: &ProviderConfig,
@@ -129,7 +129,7 @@ pub(super) fn authorization_url(
     if request.fresh_login {
         let fresh = config.protocol.fresh_login;
         builder = builder.add_extra_param("prompt", fresh.prompt());
-        if with_nonce && fresh == FreshLogin::PromptLogin {
+        if with_nonce && fresh.asks_auth_time() {
             builder = builder.add_extra_param("max_age", "0");
         }
     }
@@ -357,6 +357,10 @@ impl<'c> AsyncHttpClient<'c> for Http {
 /// December 2023), with that array as RFC 6749's space-separated text, which is all `oauth2`
 /// parses; any other body as it is.
 fn scope_list_as_text(body: Vec<u8>) -> Vec<u8> {
+    // (Most answers hold no list at all: those are not parsed here.)
+    if !body.contains(&b'[') {
+        return body;
+    }
     let Ok(serde_json::Value::Object(mut answer)) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return body;
     };
@@ -451,7 +455,7 @@ mod tests {
         // Google takes no `prompt=login`: it is asked to choose the account again, with no
         // `max_age` whose `auth_time` would be checked.
         let mut google = config();
-        google.protocol.fresh_login = FreshLogin::SelectAccount;
+        google.protocol.fresh_login = crate::config::FreshLogin::SelectAccount;
         google.protocol.authorize_params = vec![("prompt".into(), "consent".into())];
         let chosen = params(&google, &request);
         assert!(has(&chosen, "prompt", "select_account"), "{chosen:?}");

@@ -15,7 +15,7 @@ use url::Url;
 
 use super::oauth;
 use super::{AuthorizationRequest, Provider, ProviderError, ResponseIssuer, TokenKind, TokenSet, UserInfo};
-use crate::config::{FreshLogin, JwksConfig, ProviderConfig};
+use crate::config::{JwksConfig, ProviderConfig};
 use crate::domain::{DisplayName, Email};
 use crate::error::ErrorChain as _;
 use crate::upstream::jwks::{JwksCache, MAX_MAX_AGE, discovered_endpoint, fetch_discovery};
@@ -308,7 +308,7 @@ impl Provider for OidcProvider {
     fn attests_authentication_time(&self) -> bool {
         // Asked for with `max_age=0`, which makes the id_token carry `auth_time`; a provider
         // asked only to choose the account again (Google) need not re-authenticate.
-        self.config.protocol.fresh_login == FreshLogin::PromptLogin
+        self.config.protocol.fresh_login.asks_auth_time()
     }
 
     async fn response_issuer(&self) -> Result<ResponseIssuer, ProviderError> {
