@@ -56,6 +56,14 @@ pub enum ProviderKind {
     OAuth2,
 }
 
+impl ProviderKind {
+    /// Whether the provider signs users in with OpenID Connect (an id token, asked for with the
+    /// `openid` scope): `oidc` and `gitlab`.
+    pub fn speaks_oidc(self) -> bool {
+        matches!(self, ProviderKind::Oidc | ProviderKind::GitLab)
+    }
+}
+
 /// How a client authenticates at a token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenAuth {
@@ -223,7 +231,7 @@ impl ProviderConfig {
     pub fn asked_scopes(&self, own: Option<&[String]>) -> Vec<String> {
         let Some(own) = own.filter(|own| !own.is_empty()) else { return self.scopes.clone() };
         let mut scopes = own.to_vec();
-        if matches!(self.kind, ProviderKind::Oidc | ProviderKind::GitLab) && !scopes.iter().any(|s| s == "openid") {
+        if self.kind.speaks_oidc() && !scopes.iter().any(|s| s == "openid") {
             scopes.insert(0, "openid".to_owned());
         }
         for required in &self.protocol.required_scopes {
@@ -601,7 +609,7 @@ fn parse_provider(
         .unwrap_or_else(|| default_scopes.iter().map(|s| (*s).to_owned()).collect());
     // Without `openid` an OpenID Connect provider answers with no id_token, and every sign-in
     // would fail at the callback.
-    if matches!(kind, ProviderKind::Oidc | ProviderKind::GitLab) && !scopes.iter().any(|s| s == "openid") {
+    if kind.speaks_oidc() && !scopes.iter().any(|s| s == "openid") {
         return Err(ConfigError::new(key("scopes"), "an OpenID Connect provider needs the `openid` scope"));
     }
     // GitHub's and GitLab's issuer is a default only for their public sites (the kind's, or a
@@ -743,25 +751,22 @@ fn parse_protocol(
             .into_iter()
             .filter(|(name, _)| !authorize_params.iter().any(|(extra, _)| extra == name))
             .collect();
-    let trusted_audiences: Vec<String> =
-        raw.trusted_audiences.iter().flatten().map(|audience| audience.trim().to_owned()).collect();
+    // A list the entry sets, else its template's, each item trimmed.
+    let list = |own: &Option<Vec<String>>, template: &Option<Vec<String>>| -> Vec<String> {
+        own.as_ref().or(template.as_ref()).into_iter().flatten().map(|item| item.trim().to_owned()).collect()
+    };
+    let trusted_audiences = list(&raw.trusted_audiences, &None);
     if trusted_audiences.iter().any(String::is_empty) {
         return Err(ConfigError::new(key("trusted_audiences"), "an audience must not be blank"));
     }
-    if !trusted_audiences.is_empty() && !matches!(kind, ProviderKind::Oidc | ProviderKind::GitLab) {
+    if !trusted_audiences.is_empty() && !kind.speaks_oidc() {
         return Err(ConfigError::new(
             key("trusted_audiences"),
             "only the id_tokens of an oidc or gitlab provider have audiences",
         ));
     }
-    let refusal_errors: Vec<String> = raw
-        .refusal_errors
-        .as_ref()
-        .or(t.refusal_errors.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|error| error.trim().to_ascii_lowercase())
-        .collect();
+    let mut refusal_errors = list(&raw.refusal_errors, &t.refusal_errors);
+    refusal_errors.iter_mut().for_each(|error| error.make_ascii_lowercase());
     if let Some(bad) = refusal_errors
         .iter()
         .find(|e| e.is_empty() || e.len() > 64 || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
@@ -792,14 +797,7 @@ fn parse_protocol(
         Some("select_account") => FreshLogin::SelectAccount,
         Some(_) => return Err(ConfigError::new(key("fresh_login_prompt"), "expected login or select_account")),
     };
-    let required_scopes: Vec<String> = raw
-        .required_scopes
-        .as_ref()
-        .or(t.required_scopes.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|scope| scope.trim().to_owned())
-        .collect();
+    let required_scopes = list(&raw.required_scopes, &t.required_scopes);
     if required_scopes.iter().any(|scope| scope.is_empty() || scope.chars().any(char::is_whitespace)) {
         return Err(ConfigError::new(key("required_scopes"), "a scope is one word, not blank"));
     }

@@ -196,30 +196,33 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, St
     // A failure's "Try again" sends a `GET` again; a posted request's parameters stay out of URLs.
     let again = (!posted).then(|| again_url("/oauth/authorize", &pairs));
     let again = again.as_deref();
+    // A session that cannot be read is told to the app at its redirect URI once the request
+    // checks out, as a failure after that is: a silent `prompt=none` check in a hidden frame
+    // hears back.
     let (live, view) = match read_session(state, headers).await {
         Ok(Some((live, cookie))) => {
             let view = view(&live, cookie);
-            (Some(live), Some(view))
+            (Some(live), Ok(Some(view)))
         }
-        Ok(None) => (None, None),
+        Ok(None) => (None, Ok(None)),
         Err(SessionError::Refused(response)) => return response,
-        // Told to the app at its redirect URI once the request checks out, as a failure after
-        // that is: a silent `prompt=none` check in a hidden frame hears back.
-        Err(SessionError::Store(e)) => {
-            return rejected(state, headers, op.failed_before_deciding(params, e).await, again);
-        }
+        Err(SessionError::Store(e)) => (None, Err(e)),
     };
     // A form posted from another site arrives without the session cookie (`SameSite=Lax`): it
     // would look signed out (`login_required` for `prompt=none`, and a sign-in that ends the
     // browser's session on its way back). It is held as sent and goes on as a GET, which
     // carries the cookie.
-    if posted && view.is_none() && csrf::fetch_site(headers) != Some(b"same-origin") {
+    if posted && matches!(view, Ok(None)) && csrf::fetch_site(headers) != Some(b"same-origin") {
         return match op.bounce(params).await {
             Ok(continue_to) => redirect(&continue_to, &[]),
             Err(error) => rejected(state, headers, error, again),
         };
     }
-    match op.authorize(params, view.as_ref()).await {
+    let session = match view {
+        Ok(ref view) => Ok(view.as_ref()),
+        Err(e) => Err(e),
+    };
+    match op.authorize(params, session).await {
         Ok(Next::Redirect(to)) => redirect(&to, &[]),
         Ok(Next::SignIn { continue_to, login_hint, reauthenticate }) => {
             sign_in(state, headers, live.as_ref(), &continue_to, login_hint.as_deref(), reauthenticate).await

@@ -279,13 +279,18 @@ pub enum Next {
 
 impl OpenIdProvider {
     /// Validates a request (taking a pushed or held one when `request_uri` is given) and decides
-    /// the next step for a browser with `session`.
+    /// the next step for a browser with `session` — or, when its session could not be read, tells
+    /// the request's client (see [`Self::undecided`]).
     pub async fn authorize(
         &self,
         params: AuthorizationParams,
-        session: Option<&SessionView>,
+        session: Result<Option<&SessionView>, StoreError>,
     ) -> Result<Next, AuthorizeError> {
         let now = crate::domain::now();
+        let session = match session {
+            Ok(session) => session,
+            Err(error) => return Err(self.undecided(params, error, now).await),
+        };
         // A request held under its own URI goes on, for a signed-in browser, under an id only
         // that browser can derive: a reload of the page it answered with (the URL still names
         // the used request) finds that page's request again rather than a dead end (RFC 9126
@@ -311,8 +316,7 @@ impl OpenIdProvider {
     /// is told at its redirect URI, as of a failure after validation ([`failure_to_client`]);
     /// a request that does not check out is refused as it would be anyway; one that cannot be
     /// read (its `request_uri` unknown, or the store failing again) gets the failure itself.
-    pub async fn failed_before_deciding(&self, params: AuthorizationParams, error: StoreError) -> AuthorizeError {
-        let now = crate::domain::now();
+    async fn undecided(&self, params: AuthorizationParams, error: StoreError, now: DateTime<Utc>) -> AuthorizeError {
         let held = match self.unhold(params, now).await {
             Ok(Some(held)) => held,
             Ok(None) | Err(AuthorizeError::Store(_)) => return AuthorizeError::Store(error),
