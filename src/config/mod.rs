@@ -924,21 +924,29 @@ impl Config {
             None => None,
         };
         let file = file.as_ref().map(|(text, label)| (text.as_str(), label.as_str()));
-        let env = sources::with_secret_files(env)?;
-        Self::from_layers(&sources::Layers::new(file, &env, true)?, &env)
+        Self::from_sources(file, &env, true)
     }
 
     /// Parses a configuration from TOML text, with the variables `env` returns: the names of
     /// earlier releases and those a key names. The process environment is not read, so the
     /// `__` spelling is [`Config::load`]'s alone; for tests.
     pub fn from_toml(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let env = sources::with_secret_files(env)?;
-        Self::from_layers(&sources::Layers::new(Some((text, "config file")), &env, false)?, &env)
+        Self::from_sources(Some((text, "config file")), &env, false)
     }
 
-    fn from_layers(layers: &sources::Layers, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    /// The configuration of the TOML `file` (text and label), `env` (with the secrets its
+    /// `_FILE` variables name read from their files) and, if `process_env`, the `__` variables
+    /// of the process environment.
+    fn from_sources(
+        file: Option<(&str, &str)>,
+        env: &dyn Fn(&str) -> Option<String>,
+        process_env: bool,
+    ) -> Result<Self, ConfigError> {
+        let secret_files = sources::SecretFiles::read(env)?;
+        let env = |var: &str| secret_files.get(var).or_else(|| env(var));
+        let layers = sources::Layers::new(file, &env, &secret_files, process_env)?;
         let raw = layers.extract()?;
-        Self::from_raw(raw, env).map_err(|error| layers.attribute(error))
+        Self::from_raw(raw, &env).map_err(|error| layers.attribute(error))
     }
 
     fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {

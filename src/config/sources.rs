@@ -66,37 +66,48 @@ const LIST_VARS: &[&str] = &["TESSERA_ADMIN_TOKEN", super::ENCRYPTION_KEYS_VAR];
 /// spelling of the admin tokens, and the deprecated key variable.
 const MISTAKEN_SECRET_FILES: &[&str] = &["admin_tokens", "token_encryption_key"];
 
-/// `env`, with each of [`SECRET_VARS`] whose `_FILE` variable is set read from that file (its
-/// content trimmed). Setting both spellings of one variable is refused, as is a value that is
-/// not an absolute path, and a file that cannot be read or is blank; no such error shows the
-/// value (a secret pasted in the wrong place would be printed).
-pub(super) fn with_secret_files(
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<impl Fn(&str) -> Option<String>, ConfigError> {
-    let mut from_files = Vec::new();
-    for &var in SECRET_VARS {
-        let file_var = format!("{var}_FILE");
-        let Some(path) = env(&file_var).filter(|path| !path.trim().is_empty()) else { continue };
-        if env(var).is_some_and(|value| !value.trim().is_empty()) {
-            return Err(ConfigError::new(format!("{var}, {file_var}"), "both are set; keep one"));
+/// The secrets of [`SECRET_VARS`] read from the files their `_FILE` variables name (each
+/// file's content trimmed).
+pub(super) struct SecretFiles(Vec<(&'static str, String)>);
+
+impl SecretFiles {
+    /// Reads each of [`SECRET_VARS`] whose `_FILE` variable `env` sets. Setting both spellings
+    /// of one variable is refused, as is a value that is not an absolute path, and a file that
+    /// cannot be read or is blank; no such error shows the value (a secret pasted in the wrong
+    /// place would be printed).
+    pub(super) fn read(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut from_files = Vec::new();
+        for &var in SECRET_VARS {
+            let file_var = format!("{var}_FILE");
+            let Some(path) = env(&file_var).filter(|path| !path.trim().is_empty()) else { continue };
+            if env(var).is_some_and(|value| !value.trim().is_empty()) {
+                return Err(ConfigError::new(format!("{var}, {file_var}"), "both are set; keep one"));
+            }
+            // Not echoed unless it is a path: the secret itself is a likely mistake here.
+            if !std::path::Path::new(path.trim()).is_absolute() {
+                return Err(ConfigError::new(
+                    file_var,
+                    "expected the absolute path of a file that holds the secret (the value is not shown: it may be the secret itself)",
+                ));
+            }
+            let mut value = super::secret_file(&path, file_var, false)?;
+            if LIST_VARS.contains(&var) {
+                value = value.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(",");
+            }
+            from_files.push((var, value));
         }
-        // Not echoed unless it is a path: the secret itself is a likely mistake here.
-        if !std::path::Path::new(path.trim()).is_absolute() {
-            return Err(ConfigError::new(
-                file_var,
-                "expected the absolute path of a file that holds the secret (the value is not shown: it may be the secret itself)",
-            ));
-        }
-        let mut value = super::secret_file(&path, file_var, false)?;
-        if LIST_VARS.contains(&var) {
-            value = value.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(",");
-        }
-        from_files.push((var, value));
+        Ok(Self(from_files))
     }
-    Ok(move |var: &str| match from_files.iter().find(|(name, _)| *name == var) {
-        Some((_, value)) => Some(value.clone()),
-        None => env(var),
-    })
+
+    /// `var`'s value, when it was read from its file.
+    pub(super) fn get(&self, var: &str) -> Option<String> {
+        self.0.iter().find(|(name, _)| *name == var).map(|(_, value)| value.clone())
+    }
+
+    /// The variables read from files.
+    fn vars(&self) -> Vec<&'static str> {
+        self.0.iter().map(|(var, _)| *var).collect()
+    }
 }
 
 /// One variable of an earlier release, as a figment provider named after the variable, so that
@@ -183,6 +194,7 @@ impl Layers {
     pub(super) fn new(
         file: Option<(&str, &str)>,
         env: &dyn Fn(&str) -> Option<String>,
+        secret_files: &SecretFiles,
         process_env: bool,
     ) -> Result<Self, ConfigError> {
         let mut figment = Figment::new();
@@ -195,13 +207,7 @@ impl Layers {
             figment = figment.merge(Toml::string(text));
         }
         let mut former_set = Vec::new();
-        let mut from_file = Vec::new();
-        // (`with_secret_files` refuses both spellings set: the value came from the file.)
-        for &var in SECRET_VARS {
-            if env(&format!("{var}_FILE")).is_some_and(|path| !path.trim().is_empty()) {
-                from_file.push(var);
-            }
-        }
+        let from_file = secret_files.vars();
         for &(var, key, form) in FORMER_NAMES {
             let Some(text) = env(var).filter(|text| !text.trim().is_empty()) else { continue };
             former_set.push(var);
