@@ -70,48 +70,30 @@ pub(crate) struct CreateRequest {
     pub(crate) cdp_url: Option<String>,
 }
 
-/// An `env` profile's values as sent, each name once. A JSON object may repeat a name, and a map
-/// would silently keep the last value, where a proxy in front might read the first: a repeated
-/// name is refused, as the form of `env` values refuses a repeated field.
-struct DistinctValues(BTreeMap<String, String>);
-
-impl<'de> Deserialize<'de> for DistinctValues {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = DistinctValues;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object of names and string values")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<DistinctValues, A::Error> {
-                let mut values = BTreeMap::new();
-                // Each value is read as any JSON and refused here, not by its own deserializer,
-                // whose error would carry the name in its path: a secret pasted as a name would
-                // be echoed in the answer.
-                while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
-                    let serde_json::Value::String(value) = value else {
-                        return Err(serde::de::Error::custom("each value in `values` must be a string"));
-                    };
-                    if values.insert(name, value).is_some() {
-                        return Err(serde::de::Error::custom("a name appears twice in `values`"));
-                    }
-                }
-                Ok(DistinctValues(values))
-            }
-        }
-        deserializer.deserialize_map(Visit)
-    }
-}
-
-/// `values`, each name once (see [`DistinctValues`]).
+/// An `env` profile's `values` as sent: an object of names and string values, each name once
+/// (a [`DistinctJson`](crate::http::extract::DistinctJson): a map would silently keep the last of
+/// a repeated name, where a proxy in front might read the first). A value is refused without
+/// its name, which may be a secret pasted in the wrong place.
 pub(super) fn distinct_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    DistinctValues::deserialize(d).map(|v| v.0)
+    let json = crate::http::extract::distinct_json(d)?;
+    let serde_json::Value::Object(object) = json else {
+        return Err(serde::de::Error::custom("`values` must be an object of names and string values"));
+    };
+    object
+        .into_iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::String(value) => Ok((name, value)),
+            _ => Err(serde::de::Error::custom("each value in `values` must be a string")),
+        })
+        .collect()
 }
 
 fn optional_distinct_values<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    Option::<DistinctValues>::deserialize(d).map(|v| v.map(|v| v.0))
+    #[derive(Deserialize)]
+    struct Values(#[serde(deserialize_with = "distinct_values")] BTreeMap<String, String>);
+    Option::<Values>::deserialize(d).map(|v| v.map(|v| v.0))
 }
 
 /// The values of an `env` profile as secrets.
