@@ -1011,11 +1011,12 @@ impl Config {
 
         let admin_tokens: Vec<String> = raw.admin_tokens.unwrap_or_default();
         for token in &admin_tokens {
-            if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            // Visible ASCII only: a header carrying anything else is refused before it is read.
+            if token.len() < MIN_ADMIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ConfigError::new(
                     "admin_tokens (TESSERA_ADMIN_TOKEN)",
                     format!(
-                        "every admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces; \
+                        "every admin token must be at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters, without spaces; \
                          generate one with `openssl rand -hex 32`"
                     ),
                 ));
@@ -1780,6 +1781,8 @@ mod tests {
         assert_eq!(key("", &[("TESSERA_LISTEN", "nowhere")]), "listen (TESSERA_LISTEN)");
         assert_eq!(key("", &[("TESSERA_DATABASE_URL", "mysql://x")]), "database.url (TESSERA_DATABASE_URL)");
         assert_eq!(key("", &[("TESSERA_ADMIN_TOKEN", "short")]), "admin_tokens (TESSERA_ADMIN_TOKEN)");
+        // A header carries visible ASCII only: such a token could never be sent.
+        assert_eq!(key("admin_tokens = [\"pässwörd-0123456789\"]", &[]), "admin_tokens");
         assert_eq!(key("", &[("TESSERA_ALLOWED_ISSUERS", "http://evil.example")]), "TESSERA_ALLOWED_ISSUERS");
         assert_eq!(key("[[issuers]]\nissuer = \"ftp://x\"", &[]), "issuers[0].issuer");
         assert_eq!(

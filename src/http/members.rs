@@ -16,7 +16,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
-use super::audit::{self, AuditAction, NothingChanged};
+use super::audit::{self, AuditAction, AuditDetails, NothingChanged};
 use super::caller::{OnBehalf, actor};
 use super::extract::{ApiJson, ApiPath, ApiQuery, parse_team, parse_user_id, required};
 use super::problem::ApiError;
@@ -112,7 +112,7 @@ async fn remove_team_member(
     headers: HeaderMap,
     ApiPath((team, user)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<OnBehalf>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<RemovalAnswer, ApiError> {
     let named = team;
     let (acting, team) = actor(&state, &headers, &query, &named).await?;
     let user = parse_user_id(&user)?;
@@ -124,7 +124,7 @@ async fn remove_team_member(
             details["team_deleted"] = true.into();
         }
         audit::team_member_changed(&state, &headers, acting, &named, "team.member_removed", details).await;
-        Ok(StatusCode::NO_CONTENT)
+        Ok(removal_answer(team_deleted))
     };
     crate::run_to_end(work).await.unwrap_or_else(|| Err(audit::shutting_down()))
 }
@@ -164,11 +164,21 @@ async fn add_member(
 async fn remove_member(
     State(state): State<Arc<AppState>>,
     ApiPath((team, user)): ApiPath<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<RemovalAnswer, ApiError> {
     let team = parse_team(&team)?;
     let user = parse_user_id(&user)?;
-    state.teams.remove_member(&team, None, user).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let team_deleted = state.teams.remove_member(&team, None, user).await?;
+    Ok(removal_answer(team_deleted))
+}
+
+/// The answer to removing a member: 204, telling an admin token's audit row (written by
+/// [`audit::record_admin_action`]) that the team went with its last member.
+type RemovalAnswer = (Option<Extension<AuditDetails>>, StatusCode);
+
+fn removal_answer(team_deleted: bool) -> RemovalAnswer {
+    let details = team_deleted
+        .then(|| Extension(AuditDetails(serde_json::Map::from_iter([("team_deleted".to_owned(), true.into())]))));
+    (details, StatusCode::NO_CONTENT)
 }
 
 /// The answer to adding a member: 201 when they joined, else 200; the audit row names a role

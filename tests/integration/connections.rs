@@ -1367,6 +1367,19 @@ async fn the_last_owner_alone_in_a_team_may_leave_it_and_the_team_goes(backend: 
     let audited: Vec<Value> = audited.iter().map(|text| serde_json::from_str(text).unwrap()).collect();
     assert_eq!(audited.len(), 2, "Bob's removal and her leaving: {audited:?}");
     assert_eq!(audited.iter().filter(|details| details["team_deleted"] == true).count(), 1, "{audited:?}");
+    // Leaving through the admin token acting for her, its row says so as well.
+    let lone = json!({"slug": "lone", "name": "Lone", "owner": carol_id});
+    body(w.app.admin(Method::POST, "/admin/teams").json(&lone).send().await.unwrap(), 201).await;
+    let leave = w.app.client.delete(w.app.url(&format!("/v1/teams/lone/members/{carol_id}"))).bearer_auth(ADMIN_TOKEN);
+    let left = leave.header("x-on-behalf-of", carol_id.to_string()).send().await.unwrap();
+    assert_eq!(left.status(), StatusCode::NO_CONTENT);
+    let audited = sql
+        .texts("SELECT CAST(details AS TEXT) FROM audit_events WHERE action = 'team.member_removed' AND actor_kind = 'admin_token'")
+        .await;
+    let audited: Vec<Value> = audited.iter().map(|text| serde_json::from_str(text).unwrap()).collect();
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0]["team_deleted"], true, "{audited:?}");
+    assert_eq!(audited[0]["on_behalf_of"], carol_id.to_string(), "{audited:?}");
     // Her default team, which she is alone in, she cannot leave.
     let own = w.app.url(&format!("/v1/teams/{own_team}/members/{carol_id}"));
     assert_eq!(body(carol_browser.request(Method::DELETE, &own).await, 409).await["code"], "last_owner");
