@@ -3351,8 +3351,8 @@ impl Store for SqlStore {
 
     async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
-        let (id, url) = (endpoint.id, Some(endpoint.url.as_str()));
-        restart_series(&mut tx, id, Some(endpoint.enabled), url, endpoint.updated_at).await?;
+        let (id, url, types) = (endpoint.id, Some(endpoint.url.as_str()), endpoint.event_types.join(" "));
+        restart_series(&mut tx, id, Some(endpoint.enabled), url, Some(&types), endpoint.updated_at).await?;
         static SQL: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
             Box::leak(
                 format!(
@@ -3393,11 +3393,12 @@ impl Store for SqlStore {
             )
         });
         let mut tx = self.db.begin().await?;
-        restart_series(&mut tx, id, change.enabled, change.url.as_deref(), now).await?;
+        let types = change.event_types.as_ref().map(|types| types.join(" "));
+        restart_series(&mut tx, id, change.enabled, change.url.as_deref(), types.as_deref(), now).await?;
         let row = query(*SQL)
             .bind(id.as_uuid())
             .bind(change.url.as_deref())
-            .bind(change.event_types.as_ref().map(|types| types.join(" ")))
+            .bind(types.as_deref())
             .bind(change.enabled)
             .bind(now)
             .fetch_optional(&mut tx)
@@ -4238,14 +4239,15 @@ async fn restart_series(
     endpoint: WebhookId,
     enabled: Option<bool>,
     url: Option<&str>,
+    event_types: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if enabled != Some(true) && url.is_none() {
+    if enabled != Some(true) && url.is_none() && event_types.is_none() {
         return Ok(());
     }
     // Not `FOR UPDATE`, which would hold off the fan-out's deliveries of every endpoint (their
     // foreign key checks share this row) while the deliveries below are rewritten.
-    let was = query("SELECT enabled, url FROM webhook_endpoints WHERE id = $1 FOR NO KEY UPDATE")
+    let was = query("SELECT enabled, url, event_types FROM webhook_endpoints WHERE id = $1 FOR NO KEY UPDATE")
         .bind(endpoint.as_uuid())
         .fetch_optional(&mut *tx)
         .await?;
@@ -4255,16 +4257,23 @@ async fn restart_series(
         Some(url) => url != was.text("url")?,
         None => false,
     };
-    if enabling || moving {
-        query(
-            "UPDATE webhook_deliveries SET attempts = 0, scheduled_at = $2, next_attempt_at = $2
-             WHERE endpoint_id = $1 AND state = 'pending'",
-        )
-        .bind(endpoint.as_uuid())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let resubscribed = match event_types {
+        Some(types) => types != was.text("event_types")?,
+        None => false,
+    };
+    let sql = if enabling || moving {
+        "UPDATE webhook_deliveries SET attempts = 0, scheduled_at = $2, next_attempt_at = $2
+         WHERE endpoint_id = $1 AND state = 'pending'"
+    } else if resubscribed {
+        // The delivery holding the queue may be of a type no longer wanted (the way to drop a
+        // type a receiver keeps refusing): due now, it is failed as unsubscribed at once rather
+        // than at its next retry, and the rest go on.
+        "UPDATE webhook_deliveries SET next_attempt_at = $2
+         WHERE endpoint_id = $1 AND state = 'pending' AND next_attempt_at > $2"
+    } else {
+        return Ok(());
+    };
+    query(sql).bind(endpoint.as_uuid()).bind(now).execute(&mut *tx).await?;
     Ok(())
 }
 
