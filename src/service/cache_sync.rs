@@ -142,7 +142,7 @@ impl Cursor {
                 let lowest = (self.last + 1).max(row.seq - MAX_GAPS as i64);
                 self.gaps.extend((lowest..row.seq).map(|seq| (seq, now)));
                 self.last = row.seq;
-                self.last_written_at = Some(row.written_at);
+                self.last_written_at = row.written_at;
                 fresh.push(row);
             } else if self.gaps.remove(&row.seq).is_some() {
                 fresh.push(row);
@@ -300,7 +300,7 @@ mod tests {
     }
 
     fn row(seq: i64, written_at: chrono::DateTime<chrono::Utc>) -> LoggedChange {
-        LoggedChange { seq, change: Some(CacheChange::User(UserId::generate())), written_at }
+        LoggedChange { seq, change: Some(CacheChange::User(UserId::generate())), written_at: Some(written_at) }
     }
 
     /// A time for the row numbered `seq` (a second apart each).

@@ -39,8 +39,9 @@ pub struct LoggedChange {
     /// or a value that no longer decodes), after which everything cached must be forgotten.
     pub change: Option<CacheChange>,
     /// When it was written (its writer's clock): with `seq`, what tells this row from another
-    /// that took its number after the log went back.
-    pub written_at: DateTime<Utc>,
+    /// that took its number after the log went back. `None` when it does not decode (a time out
+    /// of range): the row is still passed on, and only that check is done without.
+    pub written_at: Option<DateTime<Utc>>,
 }
 
 /// Adds `changes` to the log, in the transaction of the change they describe.
@@ -129,13 +130,14 @@ pub(super) async fn changes_after(db: &Db, after: i64, limit: i64, anchor: Optio
         })
     };
     let (head, anchor_written_at) = match rows.first() {
-        Some(row) => (row.int("head")?, row.opt_time("anchor_written_at")?),
+        // A time that does not decode is the anchor's written_at as its row was read (`None`).
+        Some(row) => (row.int("head")?, row.opt_time("anchor_written_at").ok().flatten()),
         None => (0, None),
     };
     let mut page = Vec::with_capacity(rows.len());
     for row in &rows {
         if let Some(seq) = row.opt_int("seq")? {
-            page.push(LoggedChange { seq, change: decode(row).ok(), written_at: row.time("created_at")? });
+            page.push(LoggedChange { seq, change: decode(row).ok(), written_at: row.time("created_at").ok() });
         }
     }
     Ok(LogPage { head, anchor_written_at, rows: page })
