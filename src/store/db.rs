@@ -113,6 +113,9 @@ pub(super) enum Db {
         writer: SqlitePool,
         /// Readers.
         reader: SqlitePool,
+        /// One more reader, for the background reads that must not queue behind requests (see
+        /// [`Db::background`]); the writer for a database in memory.
+        background: SqlitePool,
     },
     /// PostgreSQL at READ COMMITTED, with an optional read replica.
     Postgres {
@@ -305,13 +308,17 @@ impl Db {
                     .acquire_timeout(config.acquire_timeout);
                 let writer = connect_sqlite_writer(writer, &options).await?;
                 if is_in_memory(url) {
-                    return Ok(Db::Sqlite { reader: writer.clone(), writer });
+                    return Ok(Db::Sqlite { reader: writer.clone(), background: writer.clone(), writer });
                 }
-                let reader = SqlitePoolOptions::new()
-                    .max_connections(config.max_connections.clamp(1, 8))
-                    .test_before_acquire(false)
-                    .acquire_timeout(config.acquire_timeout)
-                    .connect_lazy_with(options);
+                let readers = |max| {
+                    SqlitePoolOptions::new()
+                        .max_connections(max)
+                        .test_before_acquire(false)
+                        .acquire_timeout(config.acquire_timeout)
+                        .connect_lazy_with(options.clone())
+                };
+                let reader = readers(config.max_connections.clamp(1, 8));
+                let background = readers(1);
                 // Each connection reads the whole schema as it opens (about a millisecond): the
                 // reader's first one opens on its own thread while start-up goes on (the schema
                 // check runs on the writer), ready for the first requests.
@@ -321,7 +328,7 @@ impl Db {
                         tracing::warn!(error = %error.chain(), "the first reader connection did not open; reads will try again");
                     }
                 });
-                Ok(Db::Sqlite { writer, reader })
+                Ok(Db::Sqlite { writer, reader, background })
             }
             Backend::Postgres => {
                 let timeout = config.acquire_timeout;
@@ -377,10 +384,10 @@ impl Db {
     /// Where the background loops read what cannot wait for a busy request pool: the
     /// cache-invalidation log (other instances' changes are honoured within a second even while
     /// every request connection is taken) and the primary's WAL position for the replica's lag
-    /// check. On PostgreSQL, a connection of its own to the primary; on SQLite, the reader.
+    /// check: a connection of its own (to the primary on PostgreSQL).
     pub(super) fn background(&self) -> PoolRef<'_> {
         match self {
-            Db::Sqlite { reader, .. } => PoolRef::Sqlite(reader, READER),
+            Db::Sqlite { background, .. } => PoolRef::Sqlite(background, BACKGROUND),
             Db::Postgres { background, .. } => PoolRef::Postgres(background, BACKGROUND),
         }
     }
@@ -632,7 +639,9 @@ impl Db {
     /// A sample of every pool (of an in-memory SQLite database, the reader is the writer).
     pub(super) fn pool_stats(&self) -> Vec<PoolStats> {
         match self {
-            Db::Sqlite { writer, reader } => vec![pool_stats(writer, WRITER), pool_stats(reader, READER)],
+            Db::Sqlite { writer, reader, background } => {
+                vec![pool_stats(writer, WRITER), pool_stats(reader, READER), pool_stats(background, BACKGROUND)]
+            }
             Db::Postgres { primary, background, replica } => {
                 let mut stats = vec![pg_pool_stats(primary, PRIMARY), pg_pool_stats(background, BACKGROUND)];
                 stats.extend(replica.as_ref().map(|replica| pg_pool_stats(&replica.pool, REPLICA)));
@@ -644,7 +653,8 @@ impl Db {
     /// Closes all connections.
     pub(super) async fn close(&self) {
         match self {
-            Db::Sqlite { writer, reader } => {
+            Db::Sqlite { writer, reader, background } => {
+                background.close().await;
                 reader.close().await;
                 writer.close().await;
             }
@@ -1764,7 +1774,7 @@ mod tests {
     #[tokio::test]
     async fn a_backlog_is_deleted_whole_one_batch_a_statement() {
         let pool = memory().await;
-        let db = Db::Sqlite { writer: pool.clone(), reader: pool.clone() };
+        let db = Db::Sqlite { writer: pool.clone(), reader: pool.clone(), background: pool.clone() };
         sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, expired INTEGER NOT NULL)").execute(&pool).await.unwrap();
         sqlx::query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 28)
@@ -1875,6 +1885,23 @@ mod tests {
         let Db::Sqlite { writer, .. } = Db::connect(&config.database).await.unwrap() else { unreachable!() };
         assert_eq!(writer.options().get_idle_timeout(), None);
         assert_eq!(writer.options().get_max_lifetime(), None);
+    }
+
+    /// With every request's reader taken (slow listings, say), the cache-invalidation log is
+    /// still read at once: the caches stay fresh rather than every lookup joining the queue.
+    #[tokio::test]
+    async fn sqlite_background_reads_do_not_queue_behind_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+        let mut config = crate::config::Config::for_database(&url).unwrap();
+        config.database.max_connections = 1;
+        let db = Db::connect(&config.database).await.unwrap();
+        db.migrate().await.unwrap();
+        let Db::Sqlite { reader, .. } = &db else { unreachable!() };
+        let _taken = reader.acquire().await.unwrap();
+        let read = super::super::cache_sync::changes_after(&db, 0, 10, None);
+        let page = tokio::time::timeout(Duration::from_secs(2), read).await.expect("not queued").unwrap();
+        assert_eq!(page.head, 0);
     }
 
     #[tokio::test]

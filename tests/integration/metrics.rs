@@ -139,7 +139,7 @@ async fn metrics_need_the_admin_token_and_parse_as_prometheus_text(backend: Back
     assert!(has(&samples, "tessera_cache_sync_age_seconds", &[]), "{text}");
     // Pools of this backend, sampled by this scrape.
     let pools: &[&str] = match backend {
-        Backend::Sqlite => &["writer", "reader"],
+        Backend::Sqlite => &["writer", "reader", "background"],
         Backend::Postgres => &["primary", "background"],
     };
     for pool in pools {

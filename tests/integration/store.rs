@@ -6014,7 +6014,10 @@ mod metrics {
         let stats = store.pool_stats();
         let names: Vec<_> = stats.iter().map(|s| s.pool).collect();
         match backend {
-            Backend::Sqlite => assert_eq!(names, ["writer", "reader"]),
+            Backend::Sqlite => {
+                assert_eq!(names, ["writer", "reader", "background"]);
+                assert_eq!(stats[2].max, 1, "the background loops' one connection");
+            }
             Backend::Postgres => {
                 assert_eq!(names, ["primary", "background"], "no replica configured");
                 assert_eq!(stats[1].max, 1, "the background loops' one connection");
