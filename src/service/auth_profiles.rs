@@ -473,8 +473,12 @@ impl AuthProfiles {
         let candidates = match &request.slug {
             Some(slug) => vec![slug.clone()],
             None => {
+                // Numbered while that reads well, then random: a team of many members naming
+                // their connections alike (each their own "GitHub") never runs out of slugs.
                 let base = Slug::derive(&request.display_name, "profile");
-                std::iter::once(base.clone()).chain((2..=20).map(|n| base.with_suffix(&n.to_string()))).collect()
+                let numbered = (2..=9).map(|n| base.with_suffix(&n.to_string()));
+                let random = (0..3).map(|_| base.with_suffix(&crate::crypto::random_base36(6)));
+                std::iter::once(base.clone()).chain(numbered).chain(random).collect()
             }
         };
         // Every kind starts pending; a credential given with the request activates it below.

@@ -453,6 +453,16 @@ async fn slug_collisions_under_concurrency_are_clean(backend: Backend) {
     let expected: HashSet<String> =
         std::iter::once("shared-name".to_owned()).chain((2..=8).map(|n| format!("shared-name-{n}"))).collect();
     assert_eq!(slugs, expected);
+    // Past the numbered ones, random suffixes: many profiles of one name never run out.
+    for i in 8..22 {
+        let mut request = profile_request(None);
+        request["connector_key"] = format!("auto-{i}").into();
+        request["display_name"] = "Shared Name".into();
+        let slug = body(w.create(w.alice.id, request).await, 201).await["auth_profile"]["slug"].clone();
+        let slug = slug.as_str().unwrap().to_owned();
+        assert!(slug.starts_with("shared-name-") && slugs.insert(slug.clone()), "{slug}");
+    }
+    assert_eq!(count(&w.app, "WHERE slug LIKE 'shared-name%'").await, 22);
 }
 
 async fn membership_decides_who_sees_what(backend: Backend) {
