@@ -999,7 +999,12 @@ impl AuthProfiles {
             Err(_) => {
                 metrics::counter!(TOKEN_REFRESH_WAITS_TOTAL, "scope" => "process").increment(1);
                 let since = tokio::time::Instant::now();
-                (gate.lock().await, Some(since))
+                match tokio::time::timeout_at(deadline, gate.lock()).await {
+                    Ok(turn) => (turn, Some(since)),
+                    // The refresh under way here outlasts the wait (a slow provider, a busy
+                    // database storing it): answered as when another instance's does.
+                    Err(_) => return self.after_waiting(keyring, profile).await,
+                }
             }
         };
         // A refresh the provider failed while this one waited for it answers for it too: the
@@ -1023,6 +1028,14 @@ impl AuthProfiles {
             gates.remove(&profile.id);
         }
         outcome
+    }
+
+    /// What a request whose wait for a refresh ran out gets: the stored token while it has
+    /// time left to hand out, else 503 `refresh_in_progress` (try again).
+    async fn after_waiting(&self, keyring: &KeyRing, profile: &AuthProfile) -> Result<AccessToken, AuthProfileError> {
+        let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
+        check_status(secrets.status)?;
+        in_place(keyring, profile.id, &secrets).ok_or(AuthProfileError::RefreshInProgress)
     }
 
     /// What a request that waited for a refresh that failed gets: the row as it is now, if its

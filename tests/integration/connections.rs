@@ -44,6 +44,7 @@ on_both_backends!(
     concurrent_requests_meeting_a_failed_refresh_ask_the_provider_once,
     two_instances_refresh_once,
     requests_queued_behind_another_instances_refresh_wait_once,
+    a_request_queued_behind_a_slow_refresh_of_its_own_instance_waits_as_long,
     rotated_and_kept_refresh_tokens_are_persisted,
     invalid_grant_marks_the_profile_without_a_retry_storm,
     a_refusal_named_by_the_entry_marks_the_profile,
@@ -888,6 +889,28 @@ async fn requests_queued_behind_another_instances_refresh_wait_once(backend: Bac
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(25), "the requests waited {waited:?}");
     assert_eq!(w.issuer.refreshes(), 0, "the lease is another instance's");
+}
+
+/// A refresh of this instance slower than a request's wait (13 s, past its 10 s): the request
+/// queued behind it is answered as one waiting for another instance's is, with the stored token
+/// (a minute left), not held until the refresh ends.
+async fn a_request_queued_behind_a_slow_refresh_of_its_own_instance_waits_as_long(backend: Backend) {
+    let mut w = world_with(backend, |config| config.jwks.fetch_timeout = Duration::from_secs(20)).await;
+    let slug = w.connected("slow-here").await;
+    let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
+    w.expire_soon(&slug).await;
+    w.issuer.set_token_delay(Duration::from_secs(13));
+    let path = format!("/auth-profiles/{slug}/token");
+    let requests: Vec<_> = (0..2).map(|_| w.on_behalf(Method::POST, &path, w.alice.id)).collect();
+    let mut answers = Vec::new();
+    for answer in send_at_once(&requests).await {
+        answers.push(body(answer, 200).await);
+    }
+    answers.sort_by_key(|answer| answer["refreshed"] == true);
+    let [waited, refreshed] = &answers[..] else { unreachable!() };
+    assert_eq!(refreshed["refreshed"], true, "{answers:?}");
+    assert_eq!((&waited["refreshed"], &waited["access_token"]), (&json!(false), &stored), "{answers:?}");
+    assert_eq!(w.issuer.refreshes(), 1);
 }
 
 async fn rotated_and_kept_refresh_tokens_are_persisted(backend: Backend) {
