@@ -449,3 +449,5 @@ CREATE INDEX webhook_deliveries_pending_scheduled_idx ON webhook_deliveries (end
     WHERE state = 'pending';
 
 CREATE INDEX oauth_grants_user_client_idx ON oauth_grants (user_id, client_id);
+
+CREATE INDEX memberships_owners_idx ON memberships (team_id) WHERE role = 'owner';

@@ -269,8 +269,10 @@ pub(super) async fn create_team(
 struct Membership {
     team: Team,
     role: Role,
-    others: i64,
-    other_owners: i64,
+    /// Someone else is a member.
+    others: bool,
+    /// Another member is an owner who can act (not disabled).
+    other_owner: bool,
 }
 
 async fn memberships_of(tx: &mut Tx, user: UserId) -> Result<Vec<Membership>, StoreError> {
@@ -278,10 +280,10 @@ async fn memberships_of(tx: &mut Tx, user: UserId) -> Result<Vec<Membership>, St
         "SELECT ",
         team_columns!(),
         ", m.role AS role,
-           (SELECT count(*) FROM memberships o WHERE o.team_id = m.team_id AND o.user_id <> m.user_id) AS others,
-           (SELECT count(*) FROM memberships o JOIN users u ON u.id = o.user_id
-            WHERE o.team_id = m.team_id AND o.user_id <> m.user_id AND o.role = 'owner'
-              AND NOT u.disabled) AS other_owners
+           EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = m.team_id AND o.user_id <> m.user_id) AS others,
+           EXISTS (SELECT 1 FROM memberships o JOIN users u ON u.id = o.user_id
+                   WHERE o.team_id = m.team_id AND o.role = 'owner' AND o.user_id <> m.user_id
+                     AND NOT u.disabled) AS other_owner
          FROM memberships m JOIN teams t ON t.id = m.team_id
          WHERE m.user_id = $1
          ORDER BY t.id"
@@ -294,8 +296,8 @@ async fn memberships_of(tx: &mut Tx, user: UserId) -> Result<Vec<Membership>, St
         Ok(Membership {
             team: rows::team(row)?,
             role: decode_role(&row.text("role")?)?,
-            others: row.int("others")?,
-            other_owners: row.int("other_owners")?,
+            others: row.flag("others")?,
+            other_owner: row.flag("other_owner")?,
         })
     })
     .collect()
@@ -332,14 +334,14 @@ async fn delete_user_once(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<D
     .execute(&mut tx)
     .await?;
     let memberships = memberships_of(&mut tx, user).await?;
-    if let Some(blocking) = memberships.iter().find(|m| m.role == Role::Owner && m.others > 0 && m.other_owners == 0) {
+    if let Some(blocking) = memberships.iter().find(|m| m.role == Role::Owner && m.others && !m.other_owner) {
         let team = blocking.team.clone();
         tx.rollback().await?;
         return Ok(DeleteUserOutcome::LastOwner(team));
     }
     let (mut left_teams, mut deleted_teams) = (Vec::new(), Vec::new());
     for membership in &memberships {
-        if membership.others == 0 {
+        if !membership.others {
             // Their own team: it goes, with its domains, profiles, links and flows (cascades).
             delete_team_in(&mut tx, membership.team.id, now).await?;
             deleted_teams.push(membership.team.id);

@@ -86,6 +86,7 @@ embedded_migrations! {
     31 "0031_processed_event_indexes" "processed_event_indexes",
     32 "0032_lookup_indexes" "lookup_indexes",
     33 "0033_grant_user_client_index" "grant_user_client_index",
+    34 "0034_team_owners_index" "team_owners_index",
 }
 
 /// The most a statement on the read replica may take (less when `database.statement_timeout_ms`
@@ -1821,6 +1822,12 @@ mod tests {
                 "auth_profiles_",
             ),
             (super::super::sql::ACCOUNT_IN_USE, "auth_profiles_account_idx"),
+            // Another owner who can act: read among the team's owners, not all its members.
+            (
+                "SELECT 1 FROM memberships o JOIN users u ON u.id = o.user_id \
+                 WHERE o.team_id = 1 AND o.role = 'owner' AND o.user_id <> 2 AND NOT u.disabled",
+                "memberships_owners_idx",
+            ),
             (super::super::sql::FIRST_PROCESSED_SINCE, "outbox_events_processed_created_idx"),
             (super::super::audit::DELETE_BEFORE, "audit_events_at_idx"),
             (super::super::sql::PROFILES_MADE_BY, "auth_profiles_created_by_idx"),
