@@ -252,6 +252,12 @@ fn rule_for(method: &Method, route: &str) -> Rule {
         ("DELETE", "/admin/teams/{team}/members/{user_id}") => {
             rule("team.member_removed", "team", Path("team"), &[("user_id", Path("user_id"))])
         }
+        ("PATCH", "/admin/teams/{team}/members/{user_id}") => rule(
+            "team.member_role_changed",
+            "team",
+            Path("team"),
+            &[("user_id", Path("user_id")), ("role", Body("role"))],
+        ),
         // The same on behalf of a user (`X-On-Behalf-Of`).
         ("POST", "/v1/teams/{team}/members") => {
             rule("team.member_added", "team", Path("team"), &[("user_id", Body("user_id")), ("role", Body("role"))])
@@ -259,6 +265,12 @@ fn rule_for(method: &Method, route: &str) -> Rule {
         ("DELETE", "/v1/teams/{team}/members/{user_id}") => {
             rule("team.member_removed", "team", Path("team"), &[("user_id", Path("user_id"))])
         }
+        ("PATCH", "/v1/teams/{team}/members/{user_id}") => rule(
+            "team.member_role_changed",
+            "team",
+            Path("team"),
+            &[("user_id", Path("user_id")), ("role", Body("role"))],
+        ),
         ("POST", "/admin/clients") => rule("client.created", "client", Body("client_id"), &[]),
         ("PATCH", "/admin/clients/{client_id}") => rule("client.updated", "client", Path("client_id"), &[]),
         ("DELETE", "/admin/clients/{client_id}") => rule("client.deleted", "client", Path("client_id"), &[]),

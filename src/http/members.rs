@@ -1,10 +1,11 @@
 //! Team members, through two doors: team owners (session or bearer token, or the admin token on
 //! behalf of a member) and the admin API.
 //!
-//! - `POST /v1/teams/{team}/members` `{user_id, role}`, `DELETE /v1/teams/{team}/members/{user_id}`
-//!   (team owners)
+//! - `POST /v1/teams/{team}/members` `{user_id, role}`, `PATCH /v1/teams/{team}/members/{user_id}`
+//!   `{role}`, `DELETE /v1/teams/{team}/members/{user_id}` (team owners)
 //! - `POST /admin/teams/{team}/members` `{user_id, role}`: 201 added, 200 role changed (or
 //!   already that);
+//!   `PATCH /admin/teams/{team}/members/{user_id}` `{role}`: 200, never adding anyone (404);
 //!   `DELETE /admin/teams/{team}/members/{user_id}`: 204 (never the last owner: 409)
 
 use std::sync::Arc;
@@ -29,14 +30,14 @@ use crate::service::teams::MemberChange;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/teams/{team}/members", post(add_team_member))
-        .route("/v1/teams/{team}/members/{user_id}", delete(remove_team_member))
+        .route("/v1/teams/{team}/members/{user_id}", delete(remove_team_member).patch(change_team_member_role))
 }
 
 /// The admin routes (authentication is layered on by the caller).
 pub fn admin_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/teams/{team}/members", post(add_member))
-        .route("/admin/teams/{team}/members/{user_id}", delete(remove_member))
+        .route("/admin/teams/{team}/members/{user_id}", delete(remove_member).patch(change_member_role))
 }
 
 /// The body of member requests.
@@ -54,9 +55,75 @@ fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
         .trim()
         .parse::<UserId>()
         .map_err(|_| ApiError::new(ErrorCode::InvalidUserId, "`user_id` must be a UUID").field("user_id"))?;
-    let role = Role::parse(required(&request.role, "role")?.trim())
-        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRole, "`role` must be owner, admin or member").field("role"))?;
-    Ok((user, role))
+    Ok((user, parse_role(&request.role)?))
+}
+
+/// The body of a role change: the member is named by the path.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RoleRequest {
+    /// `owner`, `admin` or `member`.
+    role: Option<String>,
+}
+
+fn parse_role(role: &Option<String>) -> Result<Role, ApiError> {
+    Role::parse(required(role, "role")?.trim())
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRole, "`role` must be owner, admin or member").field("role"))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/teams/{team}/members/{user_id}",
+    tag = "teams",
+    operation_id = "change_team_member_role",
+    summary = "Changes a member's role (owners only); never adds anyone: 404 for a user who is not a member.",
+    params(("team" = String, Path, description = "A team id or slug"), ("user_id" = String, Path, description = "A user id (UUID)"), crate::http::openapi::OnBehalfParams),
+    request_body = RoleRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The role is changed (or was that already).", body = MemberResponse)),
+    security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
+)]
+async fn change_team_member_role(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiPath((named, user)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<OnBehalf>,
+    ApiJson(request): ApiJson<RoleRequest>,
+) -> Result<MemberAnswer, ApiError> {
+    let (acting, team) = actor(&state, &headers, &query, &named).await?;
+    let user = parse_user_id(&user)?;
+    let role = parse_role(&request.role)?;
+    let work = async move {
+        let change = state.teams.change_role(&team, Some(acting), user, role).await?;
+        if change == MemberChange::RoleChanged {
+            let details = serde_json::json!({ "user_id": user.to_string(), "role": role.as_str() });
+            audit::team_member_changed(&state, &headers, acting, &named, "team.member_role_changed", details).await;
+        }
+        Ok(member_answer(change, user, role))
+    };
+    crate::run_to_end(work).await.unwrap_or_else(|| Err(audit::shutting_down()))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/admin/teams/{team}/members/{user_id}",
+    tag = "admin",
+    operation_id = "admin_change_team_member_role",
+    summary = "Changes a member's role; never adds anyone: 404 for a user who is not a member.",
+    params(("team" = String, Path, description = "A team id or slug"), ("user_id" = String, Path, description = "A user id (UUID)")),
+    request_body = RoleRequest,
+    responses(crate::http::openapi::ApiErrors, (status = 200, description = "The role is changed (or was that already).", body = MemberResponse)),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
+async fn change_member_role(
+    State(state): State<Arc<AppState>>,
+    ApiPath((team, user)): ApiPath<(String, String)>,
+    ApiJson(request): ApiJson<RoleRequest>,
+) -> Result<MemberAnswer, ApiError> {
+    let team = parse_team(&team)?;
+    let user = parse_user_id(&user)?;
+    let role = parse_role(&request.role)?;
+    let change = state.teams.change_role(&team, None, user, role).await?;
+    Ok(member_answer(change, user, role))
 }
 
 #[utoipa::path(

@@ -145,6 +145,25 @@ impl Teams {
         member_change(outcome)
     }
 
+    /// Changes a member's role, never adding anyone: 404 `member_not_found` for a user who is
+    /// not a member (left or removed meanwhile). `acting` as for [`Teams::put_member`].
+    pub async fn change_role(
+        &self,
+        team: &TeamRef,
+        acting: Option<UserId>,
+        user: UserId,
+        role: Role,
+    ) -> Result<MemberChange, TeamError> {
+        let team = self.owner_gate(team, acting).await?;
+        let store = self.store.clone();
+        let outcome = self
+            .changing(user, |outcome| *outcome == MemberOutcome::Updated, async move {
+                store.change_role(team.id, acting, user, role, super::now()).await
+            })
+            .await?;
+        member_change(outcome)
+    }
+
     /// Runs a membership change of `user` to its end (see [`change_to_end`]), then forgets what
     /// this instance cached about the user when something `changed` — or may have: a change
     /// committed whose reply was lost (an error) is still a change.
@@ -344,5 +363,6 @@ fn member_change(outcome: MemberOutcome) -> Result<MemberChange, TeamError> {
         MemberOutcome::LastOwner => Err(TeamError::LastOwner),
         MemberOutcome::NotAllowed => Err(TeamError::NotOwner),
         MemberOutcome::TeamNotFound => Err(TeamError::TeamNotFound),
+        MemberOutcome::NotMember => Err(TeamError::MemberNotFound),
     }
 }

@@ -608,6 +608,8 @@ pub enum MemberOutcome {
     NotAllowed,
     /// The team was deleted meanwhile (with its last member); nothing changed.
     TeamNotFound,
+    /// The user is not a member ([`Store::change_role`] only); nothing changed.
+    NotMember,
 }
 
 /// What [`Store::remove_member`] did.
@@ -1047,6 +1049,18 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn add_member(
         &self,
         team: TeamId,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> Result<MemberOutcome, StoreError>;
+
+    /// Changes a member's role as [`Store::put_member`] does, but never adds one:
+    /// [`MemberOutcome::NotMember`] when `user` is not a member (left or removed meanwhile), so
+    /// that a role change never puts back someone who just left.
+    async fn change_role(
+        &self,
+        team: TeamId,
+        acting: Option<UserId>,
         user: UserId,
         role: Role,
         now: DateTime<Utc>,

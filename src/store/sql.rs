@@ -59,6 +59,17 @@ pub struct SqlStore {
     last_ready: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
+/// What [`SqlStore::write_member`] may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberWrite {
+    /// Add the user, or change their role.
+    Put,
+    /// Add the user unless they are a member (or disabled); never change a role.
+    Join,
+    /// Change a member's role; never add anyone.
+    RoleOnly,
+}
+
 impl SqlStore {
     /// Connects to the database the configuration names (an SQLite file is created if missing).
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
@@ -69,7 +80,7 @@ impl SqlStore {
         })
     }
 
-    /// [`Store::put_member`], or with `only_add` [`Store::add_member`].
+    /// [`Store::put_member`], [`Store::add_member`] or [`Store::change_role`], as `write` says.
     async fn write_member(
         &self,
         team: TeamId,
@@ -77,8 +88,9 @@ impl SqlStore {
         user: UserId,
         role: Role,
         now: DateTime<Utc>,
-        only_add: bool,
+        write: MemberWrite,
     ) -> Result<MemberOutcome, StoreError> {
+        let only_add = write == MemberWrite::Join;
         let mut tx = self.db.begin().await?;
         // The user, then the team: the order of a user's deletion (see `lock_user_key`). A join
         // (`only_add`) reads whether the user is disabled, under a lock that a disable waits
@@ -133,6 +145,10 @@ impl SqlStore {
             log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
             tx.commit().await?;
             return Ok(MemberOutcome::Updated);
+        }
+        if write == MemberWrite::RoleOnly {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::NotMember);
         }
         query(
             "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES ($1, $2, $3, FALSE, $4)",
@@ -2148,7 +2164,18 @@ impl Store for SqlStore {
         role: Role,
         now: DateTime<Utc>,
     ) -> Result<MemberOutcome, StoreError> {
-        self.write_member(team, acting, user, role, now, false).await
+        self.write_member(team, acting, user, role, now, MemberWrite::Put).await
+    }
+
+    async fn change_role(
+        &self,
+        team: TeamId,
+        acting: Option<UserId>,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> Result<MemberOutcome, StoreError> {
+        self.write_member(team, acting, user, role, now, MemberWrite::RoleOnly).await
     }
 
     async fn add_member(
@@ -2158,7 +2185,7 @@ impl Store for SqlStore {
         role: Role,
         now: DateTime<Utc>,
     ) -> Result<MemberOutcome, StoreError> {
-        self.write_member(team, None, user, role, now, true).await
+        self.write_member(team, None, user, role, now, MemberWrite::Join).await
     }
     async fn remove_member(
         &self,

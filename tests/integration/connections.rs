@@ -65,6 +65,7 @@ on_both_backends!(
     a_refresh_survives_its_client_hanging_up,
     a_connection_survives_its_browser_leaving_the_callback,
     the_last_owner_cannot_step_down,
+    a_role_change_never_puts_back_a_member_who_left,
     the_last_owner_alone_in_a_team_may_leave_it_and_the_team_goes,
     concurrent_adds_of_one_member_make_one_membership,
     disabling_a_user_ends_their_browser_sessions,
@@ -1354,6 +1355,64 @@ async fn the_last_owner_cannot_step_down(backend: Backend) {
     let bob_down = json!({"user_id": w.bob.id, "role": "admin"});
     let refused = w.bob.browser.json(Method::POST, &w.url("/members"), &bob_down).await;
     assert_eq!(body(refused, 409).await["code"], "last_owner");
+}
+
+/// `PATCH …/members/{user_id}` changes a member's role and never adds anyone: an owner whose
+/// screen still shows someone who left does not put them back (`POST …/members` would).
+async fn a_role_change_never_puts_back_a_member_who_left(backend: Backend) {
+    let mut w = world(backend).await;
+    let sql = w.app.db.sql().await;
+    let team_id = body(w.app.admin(Method::GET, &format!("/admin/teams/{}", w.team)).send().await.unwrap(), 200).await
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bobs =
+        format!("memberships WHERE team_id = {} AND user_id = {}", sql.uuid(&team_id), sql.uuid(&w.bob.id.to_string()));
+    let bob = w.url(&format!("/members/{}", w.bob.id));
+    let admin = json!({"role": "admin"});
+    let promoted = body(w.alice.browser.json(Method::PATCH, &bob, &admin).await, 200).await;
+    assert_eq!(
+        (promoted["user_id"].as_str(), promoted["role"].as_str()),
+        (Some(&*w.bob.id.to_string()), Some("admin"))
+    );
+    assert_eq!(body(w.alice.browser.json(Method::PATCH, &bob, &admin).await, 200).await["role"], "admin", "again");
+    // Refused as a POST's body would be: a role it does not know, a member named in the body.
+    for (wrong, code) in [
+        (json!({"role": "boss"}), "invalid_role"),
+        (json!({}), "missing_field"),
+        (json!({"role": "member", "user_id": w.alice.id}), "invalid_request"),
+    ] {
+        assert_eq!(body(w.alice.browser.json(Method::PATCH, &bob, &wrong).await, 400).await["code"], code, "{wrong}");
+    }
+    // Bob leaves; the owner's role change finds nobody, through either door.
+    assert_eq!(w.bob.browser.request(Method::DELETE, &bob).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(body(w.alice.browser.json(Method::PATCH, &bob, &admin).await, 404).await["code"], "member_not_found");
+    let by_admin = w.app.admin(Method::PATCH, &format!("/admin/teams/{}/members/{}", w.team, w.bob.id)).json(&admin);
+    assert_eq!(body(by_admin.send().await.unwrap(), 404).await["code"], "member_not_found");
+    assert_eq!(sql.count(&bobs).await, 0, "not put back");
+    // The last owner cannot step down this way either.
+    let alice = w.url(&format!("/members/{}", w.alice.id));
+    let down = w.alice.browser.json(Method::PATCH, &alice, &json!({"role": "member"})).await;
+    assert_eq!(body(down, 409).await["code"], "last_owner");
+    // A leave and a role change at once, many times: whichever comes first, Bob is not a member.
+    let add = json!({"user_id": w.bob.id, "role": "member"});
+    for _ in 0..5 {
+        let added = w.alice.browser.json(Method::POST, &w.url("/members"), &add).await;
+        assert_eq!(added.status(), StatusCode::CREATED);
+        let path = format!("/members/{}", w.bob.id);
+        let leave = w.on_behalf(Method::DELETE, &path, w.bob.id);
+        let change = w.on_behalf(Method::PATCH, &path, w.alice.id).json(&admin);
+        let answers = send_at_once(&[leave, change]).await;
+        assert_eq!(answers[0].status(), StatusCode::NO_CONTENT);
+        assert!(matches!(answers[1].status().as_u16(), 200 | 404), "{:?}", answers[1].status());
+        assert_eq!(sql.count(&bobs).await, 0, "not put back");
+    }
+    // Each role that changed is in the audit log once: Alice's own, and the admin token's for her.
+    let changed = sql.count("audit_events WHERE action = 'team.member_role_changed'").await;
+    let admin_token =
+        sql.count("audit_events WHERE action = 'team.member_role_changed' AND actor_kind = 'admin_token'").await;
+    assert!(changed >= 1 && changed - admin_token == 1, "{changed} {admin_token}");
 }
 
 /// An owner may make anyone an owner of their team, and then leave it: the user so made the last
