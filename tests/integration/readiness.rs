@@ -59,17 +59,20 @@ async fn readiness_holds_while_every_request_connection_is_busy() {
     let blocked = tokio::spawn(blocked);
     let waiting =
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    // Watched from outside the locker's transaction, which would read one snapshot of the
+    // backends' activity until it ends: a first look before the request arrived, for good.
+    let mut watcher = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
     // Up to 30 s for the request to reach the lock: the whole suite on two cores may hold it up
     // for seconds before it is served at all.
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let (count,): (i64,) = sqlx::query_as(waiting).fetch_one(&mut locker).await.unwrap();
+        let (count,): (i64,) = sqlx::query_as(waiting).fetch_one(&mut watcher).await.unwrap();
         if count > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let (count,): (i64,) = sqlx::query_as(waiting).fetch_one(&mut locker).await.unwrap();
+    let (count,): (i64,) = sqlx::query_as(waiting).fetch_one(&mut watcher).await.unwrap();
     assert_eq!(count, 1, "the request holds the pool's one connection, waiting on the lock");
     for attempt in 0..3 {
         let response = app.client.get(app.url("/readyz")).send().await.unwrap();
