@@ -3124,6 +3124,8 @@ impl Store for SqlStore {
                     "alg": new.alg.as_str(),
                     "previous_kid": retire.kid,
                     "signs_from": new.signs_from,
+                    // The previous key retired now (`--now`, or a key no instance can sign with).
+                    "at_once": new.signs_from <= new.created_at,
                 })),
             }],
         )

@@ -28,6 +28,8 @@ on_both_backends!(
     the_jwks_answers_404_while_the_provider_is_off,
     a_rotated_key_is_published_before_it_signs_and_the_old_one_until_its_tokens_expired,
     a_key_that_signed_for_the_rotation_period_is_rotated_on_refresh,
+    a_rotation_asked_for_when_one_is_due_makes_one_key,
+    a_key_made_elsewhere_verifies_at_once_once_the_keys_are_marked_stale,
     verify_accepts_only_valid_tokens_of_the_expected_type_and_issuer,
     a_store_failure_is_not_reported_as_a_bad_token,
     private_keys_are_stored_encrypted_and_bound_to_their_row,
@@ -248,6 +250,49 @@ async fn a_key_that_signed_for_the_rotation_period_is_rotated_on_refresh(backend
     assert_eq!(listed[1].status, KeyStatus::Next);
     keys.refresh().await.unwrap();
     assert_eq!(keys.list().await.unwrap().len(), 2, "a key that has not signed yet is not rotated again");
+}
+
+/// `tessera keys signing rotate` when the current key is due: one rotation, the one asked for,
+/// not the scheduled one first and then another (a key published for a day that signed for a
+/// moment); with `--now`, the new key signs at once and the old one no longer.
+async fn a_rotation_asked_for_when_one_is_due_makes_one_key(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let settings = SigningKeySettings { rotation_period: Duration::from_millis(300), ..quick() };
+    let keys = signing_keys(db.store().await, settings).await;
+    let first = kid(&keys.sign(SigningAlg::EdDSA, "JWT", &claims("ada")).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let rotated = keys.rotate(SigningAlg::EdDSA, false).await.unwrap();
+    let listed = keys.list().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!((listed[0].kid.as_str(), listed[1].kid.as_str()), (first.as_str(), rotated.kid.as_str()));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let now = keys.rotate(SigningAlg::ES256, false).await.unwrap();
+    assert_eq!(now.status, KeyStatus::Signing, "the first key of an algorithm signs at once");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let at_once = keys.rotate(SigningAlg::ES256, true).await.unwrap();
+    let es256: Vec<_> = keys.list().await.unwrap().into_iter().filter(|k| k.alg == SigningAlg::ES256).collect();
+    assert_eq!(es256.len(), 2, "{es256:?}");
+    assert_eq!(at_once.status, KeyStatus::Signing);
+    assert_eq!((es256[0].kid.as_str(), es256[0].status), (now.kid.as_str(), KeyStatus::Retired));
+}
+
+/// A token signed with a key another instance has just made: once the cache-invalidation log
+/// has marked this instance's keys stale, it verifies at once rather than after the cooldown
+/// for unknown keys.
+async fn a_key_made_elsewhere_verifies_at_once_once_the_keys_are_marked_stale(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    // Re-read every 15 s: within the test, only the stale mark makes it look again.
+    let slow = SigningKeySettings { jwks_max_age: Duration::from_secs(60), ..quick() };
+    let here = signing_keys(store.clone(), slow).await;
+    let there = signing_keys(store, quick()).await;
+    here.sign(SigningAlg::EdDSA, "JWT", &claims("ada")).await.unwrap();
+    here.refresh().await.unwrap();
+    there.rotate(SigningAlg::EdDSA, true).await.unwrap();
+    let token = there.sign(SigningAlg::EdDSA, "JWT", &claims("ada")).await.unwrap();
+    here.mark_stale();
+    let verified: Value = here.verify(&token, "JWT", ISSUER).await.expect("verified at once");
+    assert_eq!(verified["sub"], "ada");
 }
 
 async fn verify_accepts_only_valid_tokens_of_the_expected_type_and_issuer(backend: Backend) {

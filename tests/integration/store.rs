@@ -6463,7 +6463,11 @@ mod audit_log {
         let t0 = now();
         store.insert_signing_key(&signing_key("es-1", SigningAlg::ES256, t0)).await.unwrap();
         assert!(store.audit_events(&query(10)).await.unwrap().is_empty(), "a first key is not a rotation");
-        let next = signing_key("es-2", SigningAlg::ES256, t0 + TimeDelta::seconds(1));
+        // Published now, signing a minute later: not a rotation made at once.
+        let next = SigningKeyRecord {
+            signs_from: t0 + TimeDelta::seconds(61),
+            ..signing_key("es-2", SigningAlg::ES256, t0 + TimeDelta::seconds(1))
+        };
         let retire = Retirement { kid: "es-1", retired_at: next.signs_from, unpublish_at: next.signs_from };
         assert!(store.rotate_signing_key(&retire, &next).await.unwrap());
         // A rotation that loses (the key was retired meanwhile) writes no row.
@@ -6475,6 +6479,13 @@ mod audit_log {
         assert_eq!((event.target_kind.as_deref(), event.target_id.as_deref()), (Some("signing_key"), Some("es-2")));
         let details = event.details.as_ref().unwrap();
         assert_eq!((details["alg"].as_str(), details["previous_kid"].as_str()), (Some("ES256"), Some("es-1")));
+        assert_eq!(details["at_once"], false);
+        // `--now`: the next key signs as it is made, and the row says so.
+        let now_key = signing_key("es-4", SigningAlg::ES256, t0 + TimeDelta::seconds(2));
+        let retire = Retirement { kid: "es-2", retired_at: now_key.signs_from, unpublish_at: now_key.signs_from };
+        assert!(store.rotate_signing_key(&retire, &now_key).await.unwrap());
+        let rows = store.audit_events(&query(10)).await.unwrap();
+        assert_eq!(rows[0].event.details.as_ref().unwrap()["at_once"], true, "{rows:?}");
     }
 
     async fn concurrent_appends_keep_every_row_with_distinct_increasing_ids(backend: Backend) {

@@ -287,6 +287,10 @@ impl PublicError for VerifyError {
     }
 }
 
+/// How many times [`SigningKeys::rotate`] with `at_once` rotates again after losing to another
+/// rotation (each loss is a rotation another instance made at that very moment).
+const ROTATION_ATTEMPTS: usize = 8;
+
 /// Tessera's signing keys: cheap to clone, shared by every request of an instance.
 #[derive(Clone)]
 pub struct SigningKeys {
@@ -490,7 +494,10 @@ impl SigningKeys {
         let mut set = self.cached();
         let age = set.loaded_at.elapsed();
         let unknown = set.published(kid, now).is_none();
-        let due = age >= self.inner.settings.refresh_interval() || (unknown && age >= UNKNOWN_KID_COOLDOWN);
+        // An unknown key is looked for again after a cooldown, or at once when another instance
+        // has said the keys changed (a key it just made may have signed this token).
+        let stale = self.inner.stale.load(Ordering::Acquire);
+        let due = age >= self.inner.settings.refresh_interval() || (unknown && (stale || age >= UNKNOWN_KID_COOLDOWN));
         // Within the back-off after a failed re-read, a known key answers from the cache and an
         // unknown one is refused as unreadable, without a read of its own: requests do not queue
         // up behind a database that hangs (the worker keeps trying).
@@ -600,17 +607,27 @@ impl SigningKeys {
     /// the current key is retired now and the new one signs now (a key whose ring key is lost,
     /// which no instance can sign with: waiting out the lead would keep them all from starting or
     /// being ready; a leak that cannot wait). With no key yet, makes the first one (which signs
-    /// at once). When another instance rotated at the same moment, its
-    /// rotation stands and this one writes nothing. Returns the algorithm's newest key.
+    /// at once). When another instance rotated at the same moment, its rotation stands and this
+    /// one writes nothing — unless `at_once`, which then rotates the key that rotation made, so
+    /// that the key being replaced stops signing now all the same. Returns the algorithm's
+    /// newest key.
     pub async fn rotate(&self, alg: SigningAlg, at_once: bool) -> Result<SigningKeyInfo, SigningError> {
-        let set = self.reload(None).await?;
-        match set.unretired(alg) {
-            None => {
-                self.first_key(alg, &set).await?;
+        // The keys as stored, none rotated first: a rotation due now would make a key of its own
+        // just before this one's, published for a day and signing for a moment.
+        let mut set = self.load().await?;
+        for _ in 0..ROTATION_ATTEMPTS {
+            match set.unretired(alg) {
+                None => {
+                    self.first_key(alg, &self.cached()).await?;
+                    break;
+                }
+                Some(current) => {
+                    if self.rotate_from(current, at_once).await? || !at_once {
+                        break;
+                    }
+                }
             }
-            Some(current) => {
-                self.rotate_from(current, at_once).await?;
-            }
+            set = self.load().await?;
         }
         let now = now();
         let newest = self
@@ -755,6 +772,7 @@ impl SigningKeys {
     /// its successor signs at once (as a first key does) rather than after the publication lead.
     /// The retired key stays published until its last token has expired, with the leeway that
     /// [`verify`](Self::verify) gives `exp`.
+    /// Rotates from `current`; `false` when another rotation retired it first (nothing written).
     async fn rotate_from(&self, current: &LoadedKey, at_once: bool) -> Result<bool, SigningError> {
         let settings = &self.inner.settings;
         let lead = if at_once || current.damaged().is_some() { Duration::ZERO } else { settings.publication_lead() };
