@@ -75,6 +75,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// The optional arguments the action reads.
+    fn reads(self) -> &'static [&'static str] {
+        match self {
+            Action::List => &[],
+            Action::Get | Action::Delete | Action::Credentials | Action::SetDefault | Action::Test => &["slug"],
+            Action::Connect => &["slug", "allow_account_change"],
+            Action::Update => &["slug", "display_name", "new_slug", "scopes"],
+            Action::Create => &["slug", "connector_key", "profile_kind", "provider", "display_name", "scopes"],
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Action::List => "list",
@@ -193,6 +204,13 @@ impl McpServer {
                     slug: arguments.new_slug.as_deref().map(parse_slug).transpose()?,
                     scopes: arguments.scopes.map(parse_scopes).transpose()?,
                 };
+                // In this tool's names: `slug` names the profile here, `new_slug` renames it.
+                if patch.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "`update` needs at least one of `display_name`, `new_slug` and `scopes`",
+                    ));
+                }
                 let updated = ProfileActions::new(service).update(&team, user, &slug, patch).await?;
                 to_json(AuthProfileUpdateResponse::from(updated))
             }
@@ -254,6 +272,30 @@ fn parse_arguments(arguments: Option<JsonObject>) -> Result<Arguments, ApiError>
         &mut arguments.new_slug,
     ] {
         *text = text.take().map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
+    }
+    // So are an empty list of scopes and `false` (what such agents fill in for those): an
+    // `update` with `"scopes": []` would otherwise reset a profile's scopes to the provider's
+    // defaults, and a connected one to needing a reconnection. (The REST API resets them.)
+    arguments.scopes = arguments.scopes.take().filter(|scopes| !scopes.is_empty());
+    arguments.allow_account_change = arguments.allow_account_change.filter(|allow| *allow);
+    // An argument the action does not read is refused, not ignored: the agent would take the
+    // answer for a change it did not make (`connect` with new scopes, say).
+    let given = [
+        ("slug", arguments.slug.is_some()),
+        ("connector_key", arguments.connector_key.is_some()),
+        ("profile_kind", arguments.profile_kind.is_some()),
+        ("provider", arguments.provider.is_some()),
+        ("display_name", arguments.display_name.is_some()),
+        ("new_slug", arguments.new_slug.is_some()),
+        ("scopes", arguments.scopes.is_some()),
+        ("allow_account_change", arguments.allow_account_change.is_some()),
+    ];
+    let read = arguments.action.reads();
+    if let Some((field, _)) = given.into_iter().find(|(field, given)| *given && !read.contains(field)) {
+        let action = arguments.action.as_str();
+        return Err(
+            ApiError::new(ErrorCode::InvalidRequest, format!("`{action}` does not take `{field}`")).field(field)
+        );
     }
     Ok(arguments)
 }
@@ -419,9 +461,30 @@ mod tests {
         // A blank one that is needed is missing, not malformed.
         let blank = parse_arguments(json!({"action": "delete", "team": "t", "slug": "  "}).as_object().cloned());
         assert_eq!(tool_error(slug_of(&blank.unwrap()).unwrap_err())["code"], "missing_field");
-        // One padded is trimmed, for `create` (and `new_slug`) as for every other action.
-        let padded = json!({"action": "create", "team": "t", "slug": " notes ", "new_slug": "\tlog\n"});
-        let padded = parse_arguments(padded.as_object().cloned()).unwrap();
-        assert_eq!((padded.slug.as_deref(), padded.new_slug.as_deref()), (Some("notes"), Some("log")));
+        // One padded is trimmed, for `create` as for every other action.
+        let padded = json!({"action": "create", "team": "t", "slug": " notes "});
+        assert_eq!(parse_arguments(padded.as_object().cloned()).unwrap().slug.as_deref(), Some("notes"));
+        let padded = json!({"action": "update", "team": "t", "slug": "notes", "new_slug": "\tlog\n"});
+        assert_eq!(parse_arguments(padded.as_object().cloned()).unwrap().new_slug.as_deref(), Some("log"));
+        // So are an empty list of scopes and `false`: a rename filled in with `"scopes": []`
+        // does not reset the profile's scopes.
+        let filled = json!({"action": "update", "team": "t", "slug": "s", "display_name": "X", "new_slug": "",
+                            "scopes": [], "allow_account_change": false, "provider": ""});
+        let filled = parse_arguments(filled.as_object().cloned()).unwrap();
+        assert_eq!((filled.scopes, filled.allow_account_change), (None, None));
+    }
+
+    #[test]
+    fn an_argument_the_action_does_not_read_is_refused() {
+        let refused = |value: Value| tool_error(parse_arguments(value.as_object().cloned()).unwrap_err());
+        let connect = refused(json!({"action": "connect", "team": "t", "slug": "s", "scopes": ["repo"]}));
+        assert_eq!((connect["code"].as_str(), connect["field"].as_str()), (Some("invalid_request"), Some("scopes")));
+        let create = refused(json!({"action": "create", "team": "t", "connector_key": "c", "new_slug": "x"}));
+        assert_eq!(create["field"], "new_slug");
+        let update = refused(json!({"action": "update", "team": "t", "slug": "s", "provider": "github"}));
+        assert_eq!(update["field"], "provider");
+        assert_eq!(refused(json!({"action": "list", "team": "t", "slug": "s"}))["field"], "slug");
+        let allowed = json!({"action": "connect", "team": "t", "slug": "s", "allow_account_change": true});
+        assert_eq!(parse_arguments(allowed.as_object().cloned()).unwrap().allow_account_change, Some(true));
     }
 }

@@ -135,7 +135,8 @@ pub struct ProfilePatch {
 }
 
 impl ProfilePatch {
-    fn is_empty(&self) -> bool {
+    /// Whether the patch names nothing to change.
+    pub fn is_empty(&self) -> bool {
         self.display_name.is_none() && self.slug.is_none() && self.scopes.is_none()
     }
 }
