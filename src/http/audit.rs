@@ -89,10 +89,11 @@ fn parse_query(params: AuditParams) -> Result<AuditQuery, ApiError> {
     // As long as the longest target recorded: an issuer (`token.refused`'s target).
     let target_id =
         params.target_id.map(|t| filter(t, "target_id", crate::domain::Issuer::MAX_LEN, is_plain_text)).transpose()?;
-    // A user, team or webhook id is recorded in its canonical form (see `UUID_FACTS`): found by
-    // any spelling `Uuid` parses. A client's id is its own text (never a UUID).
+    // Every id that is a UUID (a user's, team's, webhook's, identity's, profile's) is recorded in
+    // its canonical form (see `UUID_FACTS`): found by any spelling `Uuid` parses. A client's id
+    // is its own text, which may look like one.
     let target_id = match (target_id, target_kind.as_deref()) {
-        (Some(id), None | Some("user" | "team" | "webhook")) => Some(canonical_id(&id)),
+        (Some(id), kind) if kind != Some("client") => Some(canonical_id(&id)),
         (id, _) => id,
     };
     let since = params

@@ -444,6 +444,9 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     assert_eq!(rows[1]["details"], json!({ "provider": "second", "rule": "signed_in_user" }));
     assert_eq!(rows[1]["request_id"], link_request);
     assert_eq!(rows[0]["details"], json!({ "provider": "second", "rule": "owner_request" }));
+    // Found by any spelling of its id, as a user's is.
+    let shouting = identity.as_str().unwrap().to_uppercase();
+    assert_eq!(audit(&w.app, &format!("target_kind=identity&target_id={shouting}")).await.len(), 2);
     assert!(audit(&w.app, "action=sign_in.succeeded").await.len() == 1, "a link is not a sign-in");
 
     // A link the provider refuses is recorded as a failed link, not as a failed sign-in.
