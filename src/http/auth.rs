@@ -123,7 +123,7 @@ async fn start_login(
     let fresh = match (&state.op, query.return_to.as_deref()) {
         (Some(op), Some(return_to)) => match op.resumes_a_fresh_login(return_to).await {
             Ok(fresh) => fresh,
-            Err(error) => return state.pages.error(&headers, ApiError::from(error)),
+            Err(error) => return state.pages.error_in(&headers, ApiError::from(error), &going_to(Some(return_to))),
         },
         _ => false,
     };
@@ -147,8 +147,15 @@ async fn start_login(
         Ok(started) => {
             redirect(started.location.as_str(), &[login_cookie(&state, &headers, started.binding.expose_secret())])
         }
-        Err(error) => state.pages.error(&headers, error.into()),
+        // "Try again" goes back to the sign-in with the same `return_to`: an app's request held
+        // meanwhile is answered once the provider is back.
+        Err(error) => state.pages.error_in(&headers, error.into(), &going_to(query.return_to.as_deref())),
     }
+}
+
+/// The page context of a sign-in going to `return_to`: its "try again" and "sign in" keep it.
+pub(crate) fn going_to(return_to: Option<&str>) -> errors::Context {
+    errors::Context { return_to: return_to.filter(|to| !to.is_empty()).map(str::to_owned), ..Default::default() }
 }
 
 /// How a page names the signed-in person: their name, else their email, else their id.
@@ -737,7 +744,9 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByte
                 return state.pages.error(&headers, error);
             }
             if let Err(error) = state.sessions.revoke(session, SessionEnd::SignedOut).await {
-                return state.pages.error(&headers, error.into());
+                // Still signed in: "try again" signs out, and the page does not look signed out.
+                let context = errors::Context { return_to: Some("/auth/logout".into()), signed_in: true, retry: None };
+                return state.pages.error_in(&headers, error.into(), &context);
             }
             Some(clear_session)
         }

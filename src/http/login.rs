@@ -192,7 +192,9 @@ async fn discover(state: &AppState, headers: &HeaderMap, return_to: Option<&str>
             providers.for_issuer(&provider, &issuer).map(|p| p.name().to_owned())
         }
         Ok(Discovery::Default) => None,
-        Err(error) => return state.pages.error(headers, error.into()),
+        Err(error) => {
+            return state.pages.error_in(headers, error.into(), &crate::http::auth::going_to(return_to.as_deref()));
+        }
     };
     match team_provider {
         Some(provider) => redirect(&provider_href("login", &provider, return_to.as_deref()), &[]),

@@ -176,7 +176,19 @@ async fn a_store_failure_offers_the_same_page_again_not_a_new_sign_in(backend: B
     let w = world(backend).await;
     // Ready first: the configured clients are synced before the listener serves.
     assert_eq!(w.app.client.get(w.app.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    let mut browser = Browser::new();
+    sign_in(&mut browser, &w.app, "local").await;
+    let token = csrf_of(&html(browser.navigate(&w.app.url("/auth/logout")).await, StatusCode::OK).await);
     w.app.close_store().await;
+    // Signing out that fails: still signed in, "try again" signs out again.
+    let out = browser.prepared(Method::POST, &w.app.url("/auth/logout")).header("accept", "text/html");
+    let page = html(out.form(&[("csrf", token)]).send().await.unwrap(), StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(page.contains("href=\"/auth/logout\"") && !page.contains("href=\"/login"), "{page}");
+    // A page that is not there, to a browser with a session: its account, not a new sign-in.
+    let missing = w.app.client.get(w.app.url("/nope")).header("accept", "text/html");
+    let missing = missing.header("cookie", "tessera_session=unknown").send().await.unwrap();
+    let page = html(missing, StatusCode::NOT_FOUND).await;
+    assert!(page.contains("href=\"/account\"") && !page.contains("href=\"/login"), "{page}");
     for path in ["/account", "/auth/link?provider=second"] {
         let page = w.app.client.get(w.app.url(path)).header("accept", "text/html");
         let page = html(

@@ -743,6 +743,13 @@ async fn provider_failures_have_clear_codes(backend: Backend) {
     .await;
     let gone = Browser::new().get(&app.url("/auth/login?provider=gone")).await;
     assert_eq!(body(gone, 502).await["code"], "provider_unavailable");
+    // A browser's page tries again with the same return_to: a request held for an app goes on
+    // once the provider is back.
+    let page = app.client.get(app.url("/auth/login?provider=gone&return_to=%2Faccount%3Fx"));
+    let page = page.header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::BAD_GATEWAY);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("href=\"/login?return_to=%2Faccount%3Fx\""), "{page}");
 }
 
 async fn concurrent_callbacks_complete_exactly_once(backend: Backend) {

@@ -348,7 +348,7 @@ async fn sign_in(
         Ok(started) => {
             redirect(started.location.as_str(), &[login_cookie(state, headers, started.binding.expose_secret())])
         }
-        Err(error) => state.pages.error(headers, error.into()),
+        Err(error) => state.pages.error_in(headers, error.into(), &crate::http::auth::going_to(Some(continue_to))),
     }
 }
 
