@@ -449,9 +449,12 @@ pub fn provider_label(name: &str) -> Option<&str> {
 
 /// Records a refused sign-in or link callback. A callback whose state does not match a sign-in
 /// started in this browser (`invalid_state`: scanners, replayed or stale links, forged cookies)
-/// is counted, like refused tokens, since anyone can send one; any later failure belongs to a
-/// real flow and gets a row of its own. The provider is named only when it is configured. Logged
-/// at info with the code and provider only.
+/// is counted, like refused tokens, since anyone can send one; so is a sign-in refused before
+/// the provider vouched for an account (cancelled there, no code or one that does not exchange,
+/// a mix-up of issuers or providers), since anyone can start one and send its callback back
+/// that way, over and over. A failure once an account is known (a disabled user, a link
+/// required), or of a link or connection (a signed-in user's), gets a row of its own. The
+/// provider is named only when it is configured. Logged at info with the code and provider only.
 pub async fn sign_in_failed(
     state: &AppState,
     headers: &HeaderMap,
@@ -462,7 +465,11 @@ pub async fn sign_in_failed(
     if code.status().is_server_error() {
         return;
     }
-    if code == ErrorCode::InvalidState {
+    let before_an_account = matches!(
+        code,
+        ErrorCode::ProviderDenied | ErrorCode::InvalidCode | ErrorCode::IssuerMismatch | ErrorCode::ProviderMismatch
+    );
+    if code == ErrorCode::InvalidState || (action == FlowAction::SignIn && before_an_account) {
         return sign_in_unmatched(state, provider, code);
     }
     let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
@@ -500,7 +507,8 @@ pub enum FlowAction {
 }
 
 /// Counts a refused callback that was not matched to a flow (its state was not taken: a
-/// mismatch, or a query that does not parse): anyone can send those, so they get no row each.
+/// mismatch, or a query that does not parse), or one refused before the provider vouched for an
+/// account: anyone can send those, so they get no row each.
 pub fn sign_in_unmatched(state: &AppState, provider: &str, code: ErrorCode) {
     let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
     tracing::info!(code = code.as_str(), provider = provider.unwrap_or("-"), "sign-in callback refused");

@@ -373,6 +373,19 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
         let repeated = Browser::new().get(&w.app.url("/auth/callback/local?state=a&state=a&code=c")).await;
         assert_eq!(body(repeated, 400).await["code"], "invalid_request");
     }
+    // So are sign-ins refused before the provider vouched for anyone (cancelled there, a code
+    // made up): anyone can start one and send it back that way, over and over.
+    for _ in 0..4 {
+        let mut browser = Browser::new();
+        let callback = browser.start(&w.app, "").await;
+        let denied = crate::signin::with_param(&callback, "error", Some("access_denied"));
+        let denied = crate::signin::with_param(&denied, "code", None);
+        assert_eq!(body(browser.get(&denied).await, 400).await["code"], "provider_denied");
+    }
+    let mut browser = Browser::new();
+    let callback = browser.start(&w.app, "").await;
+    let made_up = crate::signin::with_param(&callback, "code", Some("not-a-code"));
+    assert_eq!(body(browser.get(&made_up).await, 400).await["code"], "invalid_code");
     // A failure of a real flow gets a row of its own, with its request id.
     let disable = w.app.admin(Method::PATCH, &format!("/admin/users/{alice}")).json(&json!({ "disabled": true }));
     body(disable.send().await.unwrap(), 200).await;
@@ -392,7 +405,7 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     assert_eq!(succeeded[1]["request_id"], returning_request);
     eventually("the counted failures are written", || async {
         let counted = audit(&w.app, "action=sign_in.failed&actor=refusal_counter").await;
-        counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 8
+        counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 13
     })
     .await;
     let failed = audit(&w.app, "action=sign_in.failed").await;
@@ -406,7 +419,8 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
         let reason = counted["reason"].as_str().unwrap().to_owned();
         *reasons.entry(reason).or_default() += counted["details"]["count"].as_u64().unwrap();
     }
-    assert_eq!(reasons, [("invalid_request".to_owned(), 3), ("invalid_state".to_owned(), 5)].into());
+    let expected = [("invalid_code", 1), ("invalid_request", 3), ("invalid_state", 5), ("provider_denied", 4)];
+    assert_eq!(reasons, expected.map(|(reason, n)| (reason.to_owned(), n)).into());
     // A callback for a provider that is not configured is counted without naming it.
     let unknown = Browser::new().get(&w.app.url("/auth/callback/nosuchprovider?state=x&code=y")).await;
     assert_eq!(body(unknown, 400).await["code"], "invalid_state");

@@ -219,7 +219,7 @@ pub fn location(response: &reqwest::Response) -> String {
 }
 
 /// Replaces one query parameter of a URL.
-fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
+pub(crate) fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
     let mut parsed = url::Url::parse(url).unwrap();
     let pairs: Vec<(String, String)> =
         parsed.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
