@@ -1809,6 +1809,7 @@ mod tests {
                 rows.into_iter().map(|row| row.3).collect::<Vec<_>>().join("; ")
             }
         };
+        let audit_since: &'static str = super::super::audit::PAGE.replace("$5", "5").leak();
         for (sql, index) in [
             ("DELETE FROM sessions WHERE identity_id = 1", "sessions_identity_id_idx"),
             (
@@ -1830,6 +1831,8 @@ mod tests {
             ),
             (super::super::sql::FIRST_PROCESSED_SINCE, "outbox_events_processed_created_idx"),
             (super::super::audit::DELETE_BEFORE, "audit_events_at_idx"),
+            // A page since a time: the log between the time's first id and the newest, not all of it.
+            (audit_since, "rowid>? AND rowid<?"),
             (super::super::sql::PROFILES_MADE_BY, "auth_profiles_created_by_idx"),
             // "Remove access": the user's grants to the client, not every grant of the client.
             (
