@@ -346,16 +346,6 @@ async fn start_link(
         Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error_in(&headers, error, &context),
     };
-    let user = match acting_caller(&state, &headers).await {
-        Ok(user) => user,
-        Err(error) => {
-            // A failure on our side, with a session cookie: the browser may well be signed in,
-            // and "try again" opens this page again rather than a new sign-in.
-            let cookie_sent = matches!(cookie(&headers, state.cookies.session()), Ok(Some(_)));
-            let signed_in = cookie_sent && error.code().status().is_server_error();
-            return state.pages.error_in(&headers, error, &errors::Context { signed_in, ..context });
-        }
-    };
     // Opened from anywhere but one of this origin's pages — another site, a redirect through
     // one, a link in a mail or chat app, the address bar (`none`), or a browser that does not
     // say (no `Sec-Fetch-Site`: an older or embedded one) —: a forced link would attach whoever
@@ -364,7 +354,21 @@ async fn start_link(
     // rather than the session cookie is not a browser led here by someone else.
     let same_origin = csrf::fetch_site(&headers) == Some(b"same-origin");
     let by_token = Credentials::read(&headers).is_ok_and(|c| c.user_token().is_some());
-    if !same_origin && !by_token {
+    let ask_first = !same_origin && !by_token;
+    let user = match acting_caller(&state, &headers).await {
+        Ok(user) => user,
+        Err(error) => {
+            // A failure on our side, with a session cookie: the browser may well be signed in,
+            // and "try again" opens this page again rather than a new sign-in — unless the link
+            // was to be confirmed first: clicked on this page, it would come from this origin
+            // and start without the question; the account page has the link buttons.
+            let cookie_sent = matches!(cookie(&headers, state.cookies.session()), Ok(Some(_)));
+            let signed_in = cookie_sent && error.code().status().is_server_error();
+            let retry = (signed_in && ask_first).then(|| "/account".to_owned());
+            return state.pages.error_in(&headers, error, &errors::Context { signed_in, retry, ..context });
+        }
+    };
+    if ask_first {
         return confirm_link(&state, &headers, &query, &context).await;
     }
     begin_link(&state, &headers, user, query.provider.as_deref(), query.return_to.as_deref()).await
@@ -388,12 +392,13 @@ async fn confirm_link(
     query: &StartQuery,
     context: &errors::Context,
 ) -> Response {
-    let (live, session) =
-        match pages::live_session(state, headers, context.return_to.as_deref().unwrap_or("/auth/link")).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return state.pages.error_in(headers, sign_in_to_link(), context),
-            Err(response) => return response,
-        };
+    // (A failure to read the session tries the account page again, not this one: see
+    // `start_link`.)
+    let (live, session) = match pages::live_session(state, headers, "/account").await {
+        Ok(Some(found)) => found,
+        Ok(None) => return state.pages.error_in(headers, sign_in_to_link(), context),
+        Err(response) => return response,
+    };
     let signed_in = errors::Context { return_to: None, signed_in: true, retry: None };
     let provider = match state.flows.provider(query.provider.as_deref()) {
         Ok(provider) => provider.name().to_owned(),

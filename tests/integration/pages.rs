@@ -191,6 +191,7 @@ async fn a_store_failure_offers_the_same_page_again_not_a_new_sign_in(backend: B
     assert!(page.contains("href=\"/account\"") && !page.contains("href=\"/login"), "{page}");
     for path in ["/account", "/auth/link?provider=second"] {
         let page = w.app.client.get(w.app.url(path)).header("accept", "text/html");
+        let page = page.header("sec-fetch-site", "same-origin");
         let page = html(
             page.header("cookie", "tessera_session=unknown").send().await.unwrap(),
             StatusCode::SERVICE_UNAVAILABLE,
@@ -200,6 +201,12 @@ async fn a_store_failure_offers_the_same_page_again_not_a_new_sign_in(backend: B
         assert!(page.contains("store_unavailable") && page.contains(&again), "{path}: {page}");
         assert!(!page.contains("href=\"/login"), "{path}: {page}");
     }
+    // A link opened from elsewhere, which is confirmed first, tries the account page again: a
+    // click on this page would come from this origin and start the link without the question.
+    let page = w.app.client.get(w.app.url("/auth/link?provider=second")).header("accept", "text/html");
+    let page = page.header("sec-fetch-site", "cross-site").header("cookie", "tessera_session=unknown");
+    let page = html(page.send().await.unwrap(), StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(page.contains("href=\"/account\"") && !page.contains("href=\"/auth/link"), "{page}");
 }
 
 async fn link_required_offers_the_real_link_flow(backend: Backend) {
