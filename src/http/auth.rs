@@ -282,8 +282,15 @@ async fn keep_session(State(state): State<Arc<AppState>>, headers: HeaderMap, Pa
     let description = "the user kept their current session rather than sign in again";
     let sender = crate::crypto::sha256(session.as_bytes());
     match app_told(&state, return_to, description, Some(&sender)).await {
-        Some(to) => redirect(&to, &[]),
-        None => redirect(&continue_to(&state, None), &[]),
+        Ok(Some(to)) => redirect(&to, &[]),
+        Ok(None) => redirect(&continue_to(&state, None), &[]),
+        // The app waits for an answer: not the account page as if all were well. Still signed
+        // in; "try again" opens the page that asked.
+        Err(error) => {
+            let retry = return_to.filter(|to| to.starts_with("/oauth/authorize?")).map(str::to_owned);
+            let context = errors::Context { signed_in: true, retry, ..Default::default() };
+            state.pages.error_in(&headers, error.into(), &context)
+        }
     }
 }
 
@@ -592,7 +599,7 @@ async fn callback_to_end(
             super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
             if action == FlowAction::SignIn
                 && cancelled
-                && let Some(to) = app_told(
+                && let Ok(Some(to)) = app_told(
                     &state,
                     context.return_to.as_deref(),
                     "the sign-in was cancelled at the upstream provider",
@@ -872,7 +879,8 @@ pub(super) fn device_label(user_agent: &str) -> Option<String> {
 
 /// Where to send the browser when the user cancelled at the upstream provider a sign-in that an
 /// app's authorization request was waiting for (`return_to`): the app is told `access_denied`
-/// (RFC 6749 4.1.2.1) and the request is used up. `None` when no request was waiting. Any other
+/// (RFC 6749 4.1.2.1) and the request is used up. `None` when no request was waiting; the
+/// store's error when it could not tell. Any other
 /// failure shows the page, whose "try again" resumes the request: a provider's other errors may
 /// be cured by a retry or by the operator, and a `login_not_fresh` sent on to the app as
 /// `login_required` would have it ask again, the provider answer silently again, round and round.
@@ -884,19 +892,15 @@ async fn app_told(
     return_to: Option<&str>,
     description: &str,
     sender: Option<&[u8; 32]>,
-) -> Option<String> {
-    let (op, return_to) = (state.op.as_ref()?, return_to?);
+) -> Result<Option<String>, crate::store::StoreError> {
+    let (Some(op), Some(return_to)) = (state.op.as_ref(), return_to) else { return Ok(None) };
     let told = match sender {
         Some(sender) => op.give_up_for(return_to, sender, "access_denied", description).await,
         None => op.give_up(return_to, "access_denied", description).await,
     };
-    match told {
-        Ok(to) => to,
-        Err(failure) => {
-            tracing::warn!(error = %failure.chain(), "cannot end the authorization request a failed sign-in was resuming");
-            None
-        }
-    }
+    told.inspect_err(|failure| {
+        tracing::warn!(error = %failure.chain(), "cannot end the authorization request a sign-in was resuming");
+    })
 }
 
 #[cfg(test)]

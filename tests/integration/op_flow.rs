@@ -1912,6 +1912,25 @@ async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend:
         let forged = [("csrf", "forged"), ("return_to", return_to.as_str())];
         assert_eq!(browser.form(&continue_url, &forged).await.status(), StatusCode::FORBIDDEN);
     }
+    // "Continue as …" when the app cannot be told (the store failing): an error page, still
+    // signed in, whose "try again" opens the question again — not the account page as if the
+    // app had its answer.
+    let url = authorize_url(&w.app, &client, &challenge, "&prompt=login");
+    let page = browser.request_from("cross-site", Method::GET, &url).await.text().await.unwrap();
+    let field = |name: &str| {
+        let value = page.split(&format!("name=\"{name}\" value=\"")).nth(1).unwrap().split('"').next().unwrap();
+        value.replace("&amp;", "&").replace("&#38;", "&").replace("&#x2f;", "/").replace("&#47;", "/")
+    };
+    let (csrf, return_to) = (field("csrf"), field("return_to"));
+    let sql = w.app.db.sql().await;
+    sql.inject("DELETE", "oauth_requests", None, "SELECT RAISE(ABORT, 'injected');", "RAISE EXCEPTION 'injected';")
+        .await;
+    let kept = browser.prepared(Method::POST, &w.app.url("/auth/continue")).header("accept", "text/html");
+    let kept = kept.form(&[("csrf", csrf.as_str()), ("return_to", return_to.as_str())]).send().await.unwrap();
+    assert!(kept.status().is_server_error(), "{}", kept.status());
+    let kept = kept.text().await.unwrap();
+    assert!(kept.contains("href=\"/oauth/authorize?") && !kept.contains("href=\"/login"), "{kept}");
+    sql.remove_injected("oauth_requests").await;
     // From this origin (the chooser, an app on it) the sign-in goes ahead as asked.
     let url = authorize_url(&w.app, &client, &challenge, "&prompt=login");
     let ahead = browser.request_from("same-origin", Method::GET, &url).await;
