@@ -322,7 +322,7 @@ fn refused_route(state: &AppState, uri: &Uri, headers: &HeaderMap, error: ApiErr
     }
     // A browser with a session cookie is offered its account, not a sign-in that would replace
     // its session (and end the apps' grants bound to it); no store read to tell a live one.
-    let signed_in = !matches!(credentials::cookie(headers, state.cookies.session()), Ok(None));
+    let signed_in = pages::may_be_signed_in(state, headers);
     state.pages.error_in(headers, error, &pages::errors::Context { signed_in, ..Default::default() })
 }
 

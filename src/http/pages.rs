@@ -406,6 +406,12 @@ pub async fn live_session(
     }
 }
 
+/// Whether the browser may be signed in, by its session cookie alone (no store read: for pages
+/// answering a failure, which offer its account rather than a sign-in that would replace it).
+pub fn may_be_signed_in(state: &AppState, headers: &HeaderMap) -> bool {
+    !matches!(super::credentials::cookie(headers, state.cookies.session()), Ok(None))
+}
+
 /// `/login`, coming back to `return_to` after the sign-in.
 pub fn login_url(return_to: Option<&str>) -> String {
     match return_to {

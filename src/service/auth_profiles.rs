@@ -994,16 +994,21 @@ impl AuthProfiles {
             let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
             gates.entry(profile.id).or_default().clone()
         };
-        let (mut turn, waited_since) = match gate.try_lock() {
+        // Owned guards: this request's clone of the gate can be given back (`let_go`) whatever
+        // it holds.
+        let (mut turn, waited_since) = match gate.clone().try_lock_owned() {
             Ok(turn) => (turn, None),
             Err(_) => {
                 metrics::counter!(TOKEN_REFRESH_WAITS_TOTAL, "scope" => "process").increment(1);
                 let since = tokio::time::Instant::now();
-                match tokio::time::timeout_at(deadline, gate.lock()).await {
+                match tokio::time::timeout_at(deadline, gate.clone().lock_owned()).await {
                     Ok(turn) => (turn, Some(since)),
                     // The refresh under way here outlasts the wait (a slow provider, a busy
                     // database storing it): answered as when another instance's does.
-                    Err(_) => return self.after_waiting(keyring, profile).await,
+                    Err(_) => {
+                        self.let_go(profile.id, gate);
+                        return self.stored_or(keyring, profile, AuthProfileError::RefreshInProgress).await;
+                    }
                 }
             }
         };
@@ -1011,7 +1016,12 @@ impl AuthProfiles {
         // provider is asked once, not once per waiting request in turn (each up to the call's
         // time limit).
         let outcome = match (*turn, waited_since) {
-            (Some(failed), Some(since)) if failed >= since => self.after_failed_refresh(keyring, profile).await,
+            (Some(failed), Some(since)) if failed >= since => {
+                let failed = ProviderError::Unavailable(
+                    "a refresh of this connection failed just now; try again shortly".into(),
+                );
+                self.stored_or(keyring, profile, failed.into()).await
+            }
             _ => {
                 let outcome = self.refresh(keyring, profile, deadline).await;
                 // Only the provider's failure is shared: another (the store's, another
@@ -1022,35 +1032,33 @@ impl AuthProfiles {
             }
         };
         drop(turn);
-        // Forget the gate once nobody holds it, so the map does not grow with every profile.
-        let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
-        if Arc::strong_count(&gate) <= 2 {
-            gates.remove(&profile.id);
-        }
+        self.let_go(profile.id, gate);
         outcome
     }
 
-    /// What a request whose wait for a refresh ran out gets: the stored token while it has
-    /// time left to hand out, else 503 `refresh_in_progress` (try again).
-    async fn after_waiting(&self, keyring: &KeyRing, profile: &AuthProfile) -> Result<AccessToken, AuthProfileError> {
-        let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
-        check_status(secrets.status)?;
-        in_place(keyring, profile.id, &secrets).ok_or(AuthProfileError::RefreshInProgress)
+    /// Drops this request's hold on a profile's refresh gate, forgetting the gate once nobody
+    /// else holds it (under the map's lock, which every new holder takes), so that the map does
+    /// not grow with every profile.
+    fn let_go(&self, id: ProfileId, gate: Arc<RefreshGate>) {
+        let mut gates = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        drop(gate);
+        if gates.get(&id).is_some_and(|held| Arc::strong_count(held) == 1) {
+            gates.remove(&id);
+        }
     }
 
-    /// What a request that waited for a refresh that failed gets: the row as it is now, if its
-    /// token is still good (or was refreshed by another instance), else the provider's failure.
-    async fn after_failed_refresh(
+    /// What a request gets whose refresh it waited for failed or outlasted its wait: the row as
+    /// it is now, if its token has time left to hand out (or was refreshed by another instance),
+    /// else `otherwise`.
+    async fn stored_or(
         &self,
         keyring: &KeyRing,
         profile: &AuthProfile,
+        otherwise: AuthProfileError,
     ) -> Result<AccessToken, AuthProfileError> {
         let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         check_status(secrets.status)?;
-        if let Some(token) = in_place(keyring, profile.id, &secrets) {
-            return Ok(token);
-        }
-        Err(ProviderError::Unavailable("a refresh of this connection failed just now; try again shortly".into()).into())
+        in_place(keyring, profile.id, &secrets).ok_or(otherwise)
     }
 
     /// The stored token when it does not need a refresh.

@@ -174,9 +174,12 @@ pub(super) async fn append(db: &Db, events: &[NewAuditEvent]) -> Result<(), Stor
 /// repeated), latest first: a rare actor, action or target is found through its index rather
 /// than by walking the log from its newest row (on SQLite, `($1 IS NULL OR …)` alone uses no
 /// index), and a later page starts in the index where the previous one ended (`id < $7`, never
-/// `$7 IS NULL OR …`). `since` bounds the walk too, by the lowest id of a row at or after it
-/// (read by `audit_events_at_idx`): a last page, or one with nothing since, ends there rather
-/// than walking every older row (what a poller asking `since` its last poll would do).
+/// `$7 IS NULL OR …`). A `since` with at most 10,000 rows at or after it bounds the walk too,
+/// by the lowest id among them (read by `audit_events_at_idx`, at most that many entries): a last
+/// page, or one with nothing since, ends there rather than walking every older row (what a
+/// poller asking `since` its last poll would do). With more, the walk from the newest row finds
+/// a page's rows before it would get that far, and reading them all for the bound would cost
+/// more than it saves.
 macro_rules! audit_where {
     ($lead:literal) => {
         concat!(
@@ -190,8 +193,11 @@ macro_rules! audit_where {
                AND ($5 IS NULL OR at >= $5)
                AND ($6 IS NULL OR at < $6)
                AND id < COALESCE($7, 9223372036854775807)
-               AND id >= COALESCE((SELECT min(id) FROM audit_events WHERE at >= $5),
-                                  CASE WHEN $5 IS NULL THEN 0 ELSE 9223372036854775807 END)
+               AND id >= CASE
+                   WHEN $5 IS NULL THEN 0
+                   WHEN EXISTS (SELECT 1 FROM audit_events WHERE at >= $5 LIMIT 1 OFFSET 10000) THEN 0
+                   ELSE COALESCE((SELECT min(id) FROM audit_events WHERE at >= $5), 9223372036854775807)
+                 END
              ORDER BY id DESC
              LIMIT $8"
         )

@@ -3394,7 +3394,7 @@ impl Store for SqlStore {
         let updated = query(*SQL)
             .bind(endpoint.id.as_uuid())
             .bind(endpoint.url.as_str())
-            .bind(endpoint.event_types.join(" "))
+            .bind(types)
             .bind(endpoint.enabled)
             .bind(endpoint.updated_at)
             .execute(&mut tx)

@@ -284,7 +284,7 @@ fn failed<E: PublicError>(
     if pages::wants_html(headers) {
         let context = pages::errors::Context {
             return_to: None,
-            signed_in: !matches!(cookie(headers, state.cookies.session()), Ok(None)),
+            signed_in: pages::may_be_signed_in(state, headers),
             retry: again.map(str::to_owned),
         };
         return state.pages.error_in(headers, ApiError::from(error), &context);
