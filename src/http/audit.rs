@@ -326,10 +326,12 @@ pub async fn record_admin_action(
     let actor = match request.extensions().get::<AdminActor>().copied() {
         Some(actor) => actor,
         None if route.starts_with("/admin/") => return next.run(request).await,
-        // Only where it names the user it acts for: an admin token sent to a route that acts
-        // for nobody (`/v1/auth/discover`, `/oauth/token`) changes nothing in anyone's name.
+        // Only where it names the user it acts for, on the routes that act for one (a team's,
+        // under `/v1/teams/`): an admin token sent to a route that acts for nobody
+        // (`/v1/auth/discover`, `/oauth/token`) changes nothing in anyone's name, whatever user
+        // it names beside it.
         None => match admin_token_of(&state, request.headers()) {
-            Some(actor) if on_behalf_of(&request).is_some() => actor,
+            Some(actor) if route.starts_with("/v1/teams/") && on_behalf_of(&request).is_some() => actor,
             _ => return next.run(request).await,
         },
     };

@@ -264,6 +264,15 @@ async fn changes_an_admin_token_makes_on_behalf_of_a_user_are_recorded(backend: 
         .json(&json!({ "email": "ada@example.com" }));
     assert!(discover.send().await.unwrap().status().is_success());
     assert_eq!(audit(&app, "").await.len(), 4, "nothing recorded for it");
+    // Nor when it names a user beside it: the route acts for nobody still.
+    let named = app
+        .client
+        .post(app.url("/v1/auth/discover"))
+        .header("x-admin-token", crate::helpers::ADMIN_TOKEN)
+        .header("x-on-behalf-of", ada_id)
+        .json(&json!({ "email": "ada@example.com" }));
+    assert!(named.send().await.unwrap().status().is_success());
+    assert_eq!(audit(&app, "").await.len(), 4, "nothing recorded for it");
 }
 
 /// A team owner who adds, promotes or removes a member with their own session (no admin token)
