@@ -178,6 +178,15 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
             "send `Accept: application/json, text/event-stream`, as the MCP specification asks",
         ));
     }
+    // The SDK reads the host of every request (the `Host` header, else the URI's authority), and
+    // answers in plain text without one it can parse (an HTTP/1.0 client, a proxy that drops it).
+    let host_readable = match headers.get(header::HOST) {
+        Some(host) => host.to_str().is_ok_and(|host| axum::http::uri::Authority::try_from(host).is_ok()),
+        None => request.uri().authority().is_some(),
+    };
+    if !host_readable {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "send a `Host` header naming this server"));
+    }
     let (parts, body) = request.into_parts();
     let ApiBytes(bytes) = ApiBytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
     // Text that is not JSON, or JSON that is not one JSON-RPC message (`{}`, a request without

@@ -242,6 +242,12 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let named = named.bearer_auth(&mcp).header("accept", "application/json, text/event-stream");
     let named = named.json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).send().await.unwrap();
     refused(&agent, named, 400, "ambiguous_credentials").await;
+    // A Host header that names no host: refused in problem+json, as the rest the transport
+    // refuses, not in the SDK's plain text.
+    let hostless = app.client.post(app.url("/mcp")).bearer_auth(&mcp).header("host", "not a host");
+    let hostless = hostless.header("accept", "application/json, text/event-stream");
+    let hostless = hostless.json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).send().await.unwrap();
+    refused(&agent, hostless, 400, "invalid_request").await;
 
     // The token for /mcp gets in, stateless: a JSON answer and no session.
     let response = agent.initialize(Some(&mcp)).await;
