@@ -284,11 +284,11 @@ async fn keep_session(State(state): State<Arc<AppState>>, headers: HeaderMap, Pa
     match app_told(&state, return_to, description, Some(&sender)).await {
         Ok(Some(to)) => redirect(&to, &[]),
         Ok(None) => redirect(&continue_to(&state, None), &[]),
-        // The app waits for an answer: not the account page as if all were well. Still signed
-        // in; "try again" opens the page that asked.
+        // Not a redirect to the account page as if all were well: the failure is shown, still
+        // signed in, with the account as the way on — a "try again" opening the request again
+        // would come from this origin, and go on to the new sign-in the person just declined.
         Err(error) => {
-            let retry = return_to.filter(|to| to.starts_with("/oauth/authorize?")).map(str::to_owned);
-            let context = errors::Context { signed_in: true, retry, ..Default::default() };
+            let context = errors::Context { signed_in: true, ..Default::default() };
             state.pages.error_in(&headers, error.into(), &context)
         }
     }

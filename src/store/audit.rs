@@ -177,9 +177,9 @@ pub(super) async fn append(db: &Db, events: &[NewAuditEvent]) -> Result<(), Stor
 /// `$7 IS NULL OR …`). A `since` with at most 10,000 rows at or after it bounds the walk too,
 /// by the lowest id among them (read by `audit_events_at_idx`, at most that many entries): a last
 /// page, or one with nothing since, ends there rather than walking every older row (what a
-/// poller asking `since` its last poll would do). With more, the walk from the newest row finds
-/// a page's rows before it would get that far, and reading them all for the bound would cost
-/// more than it saves.
+/// poller asking `since` its last poll would do). With more, reading them all for the bound
+/// would cost every page more than the walk it saves a last one (or one of a rare action), which
+/// then walks on below them.
 macro_rules! audit_where {
     ($lead:literal) => {
         concat!(
