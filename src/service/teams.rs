@@ -135,14 +135,7 @@ impl Teams {
         user: UserId,
         role: Role,
     ) -> Result<MemberChange, TeamError> {
-        let team = self.owner_gate(team, acting).await?;
-        let store = self.store.clone();
-        let outcome = self
-            .changing(user, |outcome| matches!(outcome, MemberOutcome::Added | MemberOutcome::Updated), async move {
-                store.put_member(team.id, acting, user, role, super::now()).await
-            })
-            .await?;
-        member_change(outcome)
+        self.write_member(team, acting, user, role, false).await
     }
 
     /// Changes a member's role, never adding anyone: 404 `member_not_found` for a user who is
@@ -154,11 +147,27 @@ impl Teams {
         user: UserId,
         role: Role,
     ) -> Result<MemberChange, TeamError> {
+        self.write_member(team, acting, user, role, true).await
+    }
+
+    /// [`Teams::put_member`], or with `role_only` [`Teams::change_role`].
+    async fn write_member(
+        &self,
+        team: &TeamRef,
+        acting: Option<UserId>,
+        user: UserId,
+        role: Role,
+        role_only: bool,
+    ) -> Result<MemberChange, TeamError> {
         let team = self.owner_gate(team, acting).await?;
         let store = self.store.clone();
+        let changed = |outcome: &MemberOutcome| matches!(outcome, MemberOutcome::Added | MemberOutcome::Updated);
         let outcome = self
-            .changing(user, |outcome| *outcome == MemberOutcome::Updated, async move {
-                store.change_role(team.id, acting, user, role, super::now()).await
+            .changing(user, changed, async move {
+                match role_only {
+                    true => store.change_role(team.id, acting, user, role, super::now()).await,
+                    false => store.put_member(team.id, acting, user, role, super::now()).await,
+                }
             })
             .await?;
         member_change(outcome)
