@@ -1234,6 +1234,11 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
         let anonymous = anonymous.send().await.unwrap();
         assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{accept}");
         assert_eq!(anonymous.headers()["www-authenticate"], r#"Bearer realm="tessera""#, "{accept}");
+        // A browser is asked to sign in; the app is not blamed for a session that ended.
+        if accept == "text/html" {
+            let page = anonymous.text().await.unwrap();
+            assert!(page.contains("href=\"/login") && !page.contains("The app that sent you here"), "{page}");
+        }
     }
     let mut tasks = Vec::new();
     for i in 0..8 {
