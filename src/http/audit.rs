@@ -247,26 +247,14 @@ fn rule_for(method: &Method, route: &str) -> Rule {
         ("DELETE", "/admin/teams/{team}/domains/{domain}") => {
             rule("team.domain_released", "team", Path("team"), &[("domain", Path("domain"))])
         }
-        ("POST", "/admin/teams/{team}/members") => {
+        // The admin API's, and the same on behalf of a user (`X-On-Behalf-Of`).
+        ("POST", "/admin/teams/{team}/members" | "/v1/teams/{team}/members") => {
             rule("team.member_added", "team", Path("team"), &[("user_id", Body("user_id")), ("role", Body("role"))])
         }
-        ("DELETE", "/admin/teams/{team}/members/{user_id}") => {
+        ("DELETE", "/admin/teams/{team}/members/{user_id}" | "/v1/teams/{team}/members/{user_id}") => {
             rule("team.member_removed", "team", Path("team"), &[("user_id", Path("user_id"))])
         }
-        ("PATCH", "/admin/teams/{team}/members/{user_id}") => rule(
-            "team.member_role_changed",
-            "team",
-            Path("team"),
-            &[("user_id", Path("user_id")), ("role", Body("role"))],
-        ),
-        // The same on behalf of a user (`X-On-Behalf-Of`).
-        ("POST", "/v1/teams/{team}/members") => {
-            rule("team.member_added", "team", Path("team"), &[("user_id", Body("user_id")), ("role", Body("role"))])
-        }
-        ("DELETE", "/v1/teams/{team}/members/{user_id}") => {
-            rule("team.member_removed", "team", Path("team"), &[("user_id", Path("user_id"))])
-        }
-        ("PATCH", "/v1/teams/{team}/members/{user_id}") => rule(
+        ("PATCH", "/admin/teams/{team}/members/{user_id}" | "/v1/teams/{team}/members/{user_id}") => rule(
             "team.member_role_changed",
             "team",
             Path("team"),

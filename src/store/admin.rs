@@ -275,32 +275,36 @@ struct Membership {
     other_owner: bool,
 }
 
+/// A user's memberships, each with whether anyone else, and another owner who can act, is in
+/// the team (owners read by `memberships_owners_idx`).
+pub(super) const MEMBERSHIPS_OF: &str = concat!(
+    "SELECT ",
+    team_columns!(),
+    ", m.role AS role,
+       EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = m.team_id AND o.user_id <> m.user_id) AS others,
+       EXISTS (SELECT 1 FROM memberships o JOIN users u ON u.id = o.user_id
+               WHERE o.team_id = m.team_id AND o.role = 'owner' AND o.user_id <> m.user_id
+                 AND NOT u.disabled) AS other_owner
+     FROM memberships m JOIN teams t ON t.id = m.team_id
+     WHERE m.user_id = $1
+     ORDER BY t.id"
+);
+
 async fn memberships_of(tx: &mut Tx, user: UserId) -> Result<Vec<Membership>, StoreError> {
-    query(concat!(
-        "SELECT ",
-        team_columns!(),
-        ", m.role AS role,
-           EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = m.team_id AND o.user_id <> m.user_id) AS others,
-           EXISTS (SELECT 1 FROM memberships o JOIN users u ON u.id = o.user_id
-                   WHERE o.team_id = m.team_id AND o.role = 'owner' AND o.user_id <> m.user_id
-                     AND NOT u.disabled) AS other_owner
-         FROM memberships m JOIN teams t ON t.id = m.team_id
-         WHERE m.user_id = $1
-         ORDER BY t.id"
-    ))
-    .bind(user.as_uuid())
-    .fetch_all(tx)
-    .await?
-    .iter()
-    .map(|row| {
-        Ok(Membership {
-            team: rows::team(row)?,
-            role: decode_role(&row.text("role")?)?,
-            others: row.flag("others")?,
-            other_owner: row.flag("other_owner")?,
+    query(MEMBERSHIPS_OF)
+        .bind(user.as_uuid())
+        .fetch_all(tx)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Membership {
+                team: rows::team(row)?,
+                role: decode_role(&row.text("role")?)?,
+                others: row.flag("others")?,
+                other_owner: row.flag("other_owner")?,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// Deletes a user and everything of theirs, in one transaction (see [`DeleteUserOutcome`] and

@@ -1824,11 +1824,7 @@ mod tests {
             ),
             (super::super::sql::ACCOUNT_IN_USE, "auth_profiles_account_idx"),
             // Another owner who can act: read among the team's owners, not all its members.
-            (
-                "SELECT 1 FROM memberships o JOIN users u ON u.id = o.user_id \
-                 WHERE o.team_id = 1 AND o.role = 'owner' AND o.user_id <> 2 AND NOT u.disabled",
-                "memberships_owners_idx",
-            ),
+            (super::super::admin::MEMBERSHIPS_OF, "memberships_owners_idx"),
             (super::super::sql::FIRST_PROCESSED_SINCE, "outbox_events_processed_created_idx"),
             (super::super::audit::DELETE_BEFORE, "audit_events_at_idx"),
             // A page since a time: the log between the time's first id and the newest, not all of it.

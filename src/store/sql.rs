@@ -90,12 +90,11 @@ impl SqlStore {
         now: DateTime<Utc>,
         write: MemberWrite,
     ) -> Result<MemberOutcome, StoreError> {
-        let only_add = write == MemberWrite::Join;
         let mut tx = self.db.begin().await?;
         // The user, then the team: the order of a user's deletion (see `lock_user_key`). A join
-        // (`only_add`) reads whether the user is disabled, under a lock that a disable waits
+        // (`MemberWrite::Join`) reads whether the user is disabled, under a lock that a disable waits
         // for: a disabled user joins no team, as on the provisioning path.
-        if only_add {
+        if write == MemberWrite::Join {
             let row = query("SELECT disabled FROM users WHERE id = $1 FOR SHARE")
                 .bind(user.as_uuid())
                 .fetch_optional(&mut tx)
@@ -122,7 +121,7 @@ impl SqlStore {
             return Ok(MemberOutcome::NotAllowed);
         }
         if let Some(Standing { role: previous, sole_owner, .. }) = standing(&mut tx, team, user).await? {
-            if only_add {
+            if write == MemberWrite::Join {
                 tx.rollback().await?;
                 return Ok(MemberOutcome::Unchanged);
             }

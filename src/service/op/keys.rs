@@ -496,8 +496,8 @@ impl SigningKeys {
         let unknown = set.published(kid, now).is_none();
         // An unknown key is looked for again after a cooldown, or at once when another instance
         // has said the keys changed (a key it just made may have signed this token).
-        let stale = self.inner.stale.load(Ordering::Acquire);
-        let due = age >= self.inner.settings.refresh_interval() || (unknown && (stale || age >= UNKNOWN_KID_COOLDOWN));
+        let due = age >= self.inner.settings.refresh_interval()
+            || (unknown && (age >= UNKNOWN_KID_COOLDOWN || self.inner.stale.load(Ordering::Acquire)));
         // Within the back-off after a failed re-read, a known key answers from the cache and an
         // unknown one is refused as unreadable, without a read of its own: requests do not queue
         // up behind a database that hangs (the worker keeps trying).
@@ -772,7 +772,6 @@ impl SigningKeys {
     /// its successor signs at once (as a first key does) rather than after the publication lead.
     /// The retired key stays published until its last token has expired, with the leeway that
     /// [`verify`](Self::verify) gives `exp`.
-    /// Rotates from `current`; `false` when another rotation retired it first (nothing written).
     async fn rotate_from(&self, current: &LoadedKey, at_once: bool) -> Result<bool, SigningError> {
         let settings = &self.inner.settings;
         let lead = if at_once || current.damaged().is_some() { Duration::ZERO } else { settings.publication_lead() };
