@@ -164,6 +164,10 @@ pub struct Taken<'a> {
     pub flow: LoginState,
     /// The browser's binding secret that matched the callback's state (for its cookie to drop).
     pub binding: &'a str,
+    /// Whether the callback came back on the path of the provider the flow was started with.
+    /// Checked by [`finish`](OAuthFlows::finish), so that a refusal is recorded as the link or
+    /// connection the flow was for.
+    on_its_path: bool,
 }
 
 crate::debug_redacted!(Taken<'a> { shown: [flow], secret: [binding] });
@@ -301,7 +305,8 @@ impl OAuthFlows {
 
     /// Takes the flow a callback names by its `state` (single-use: taken before anything else
     /// of the callback is checked), if it is the state of one of `bindings`, the binding secrets
-    /// the browser holds in its cookie, started for the provider of the callback's path. A
+    /// the browser holds in its cookie. That it was started for the provider of the callback's
+    /// path is checked when it is [finished](Self::finish), once what it was for is known. A
     /// refusal comes with the binding the state was found to be of, if its flow is gone (taken,
     /// expired or completed), for the cookie to drop it; not when the store could not be asked.
     pub async fn take<'a>(
@@ -326,18 +331,19 @@ impl OAuthFlows {
             .map_err(|error| (error.into(), None))?
             .ok_or_else(|| refused(FlowError::InvalidState("the sign-in is unknown, expired or already completed")))?;
         // Provider names are lower case; the path is compared the same way.
-        if flow.provider != path_provider.to_ascii_lowercase() {
-            return Err(refused(FlowError::ProviderMismatch));
-        }
+        let on_its_path = flow.provider == path_provider.to_ascii_lowercase();
         flow.return_to = open_return_to(binding, &flow).map_err(refused)?;
-        Ok(Taken { flow, binding })
+        Ok(Taken { flow, binding, on_its_path })
     }
 
     /// Completes a flow [`take`](Self::take) returned with the provider's answer: its error, its
     /// issuer, the code exchanged with the PKCE verifier, the user's claims checked against the
     /// nonce.
     pub async fn finish(&self, taken: Taken<'_>, callback: Callback) -> Result<Finished, FlowError> {
-        let Taken { flow, binding } = taken;
+        let Taken { flow, binding, on_its_path } = taken;
+        if !on_its_path {
+            return Err(FlowError::ProviderMismatch);
+        }
         let provider = self.provider(Some(&flow.provider))?.clone();
         // RFC 9207 section 2.4: error responses too. An error sent in another issuer's name (a
         // mix-up) is not this provider's word, and is not reported as such.

@@ -478,6 +478,12 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     assert!(denied.status().is_client_error(), "{}", denied.status());
     let failed = audit(&w.app, "action=identity.link_failed").await;
     assert_eq!((failed.len(), &failed[0]["reason"]), (1, &json!("provider_denied")), "{failed:?}");
+    // So is one whose callback comes back on another provider's path.
+    let swapped =
+        alice.start_link(&w.app, "provider=second").await.replace("/auth/callback/second", "/auth/callback/local");
+    assert_eq!(body(alice.get(&swapped).await, 400).await["code"], "provider_mismatch");
+    let failed = audit(&w.app, "action=identity.link_failed").await;
+    assert_eq!((failed.len(), &failed[0]["reason"]), (2, &json!("provider_mismatch")), "{failed:?}");
     assert!(audit(&w.app, "action=sign_in.failed").await.is_empty());
 
     // Its page says nothing changed and leads to the account, not to a sign-in that would end
