@@ -767,6 +767,9 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
     )
     .await;
     assert_eq!(oauth_error(widen, 400).await, "invalid_scope");
+    let blank =
+        token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &r2), ("scope", " ")]).await;
+    assert_eq!(oauth_error(blank, 400).await, "invalid_scope");
     // Sixteen at once with r2: one wins, the others are reuse, which revokes the family.
     let form = [("grant_type", "refresh_token"), ("refresh_token", r2.as_str())];
     let responses = concurrently((0..16).map(|_| token_builder(&w.app, creds, &form)).collect()).await;
@@ -1155,6 +1158,14 @@ async fn client_credentials_tokens_name_the_client(backend: Backend) {
         ("client_secret", secret.as_str()),
     ]);
     assert_eq!(oauth_error(both.send().await.unwrap(), 400).await, "invalid_request", "two authentication methods");
+    // A blank scope names none (not a token of no scope); one longer than the authorization
+    // endpoint takes is refused before it is split.
+    let long: Vec<String> = (0..3000).map(|n| format!("s{n}")).collect();
+    for (scope, code) in [(" ".to_owned(), "invalid_scope"), (long.join(" "), "invalid_request")] {
+        let asked = w.app.client.post(w.app.url("/oauth/token")).basic_auth(&client, Some(&secret));
+        let asked = asked.form(&[("grant_type", "client_credentials"), ("scope", scope.as_str())]);
+        assert_eq!(oauth_error(asked.send().await.unwrap(), 400).await, code, "{}", &scope[..scope.len().min(20)]);
+    }
     // Deleted (after a compromise, say) and registered again under its id within the second its
     // last token was issued in: the old client's tokens do not count for the new one. Aimed at
     // the start of a second; on a machine so busy that the token and the new registration fall

@@ -343,10 +343,9 @@ impl OpenIdProvider {
         }
         same_resource(&form, &grant)?;
         still_registered(client, &grant)?;
-        if let Some(scope) = form.scope.as_deref() {
+        if let Some(asked) = asked_scope(&form)? {
             let granted = split_scope(&grant.scope);
-            let asked = split_scope(scope);
-            if asked.is_empty() || asked.iter().any(|s| !granted.contains(s)) {
+            if asked.iter().any(|s| !granted.contains(s)) {
                 return Err(OAuthError::invalid_scope("a refresh may only narrow the granted scopes"));
             }
             if asked.iter().any(|s| !client.scopes.contains(s)) {
@@ -376,9 +375,8 @@ impl OpenIdProvider {
             return Err(OAuthError::unauthorized_client("a public client cannot use client_credentials"));
         }
         let allowed: Vec<&String> = client.scopes.iter().filter(|s| !USER_SCOPES.contains(&s.as_str())).collect();
-        let scopes = match form.scope.as_deref() {
-            Some(scope) => {
-                let asked = split_scope(scope);
+        let scopes = match asked_scope(&form)? {
+            Some(asked) => {
                 if asked.iter().any(|s| !allowed.contains(&s)) {
                     return Err(OAuthError::invalid_scope(
                         "a requested scope is not allowed for this client with client_credentials",
@@ -828,6 +826,21 @@ fn same_resource(form: &TokenForm, grant: &GrantRecord) -> Result<(), OAuthError
         )),
         _ => Ok(()),
     }
+}
+
+/// The scopes a refresh or `client_credentials` request asks for, when it names `scope`: one
+/// longer than the authorization endpoint takes is `invalid_request` (before it is split), one
+/// that names no scope `invalid_scope`, as there.
+fn asked_scope(form: &TokenForm) -> Result<Option<Vec<String>>, OAuthError> {
+    let Some(scope) = form.scope.as_deref() else { return Ok(None) };
+    if scope.len() > MAX_PARAM_LEN {
+        return Err(OAuthError::invalid_request(format!("scope is longer than {MAX_PARAM_LEN} characters")));
+    }
+    let asked = split_scope(scope);
+    if asked.is_empty() {
+        return Err(OAuthError::invalid_scope("scope is empty"));
+    }
+    Ok(Some(asked))
 }
 
 fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError> {
