@@ -14,7 +14,8 @@ use super::principals::{PrincipalCache, change_to_end};
 use crate::crypto::sha256;
 use crate::domain::{IdentityId, Issuer, Subject, UserId, UserProfile};
 use crate::store::{
-    NewAuditEvent, NewSession, SessionEnd, SessionOfIdentity, SessionRecord, Store, StoreError, UserSession,
+    NewAuditEvent, NewSession, SessionEnd, SessionOfIdentity, SessionRecord, SessionStart, Store, StoreError,
+    UserSession,
 };
 use crate::worker::LastSeen;
 use crate::worker::last_seen::TOUCH_INTERVAL;
@@ -70,7 +71,8 @@ impl Sessions {
     /// Starts a session for `user` on `device` (a short label, if known), who last authenticated
     /// at the provider at `authenticated_at` (as far as the sign-in proves it), and returns the
     /// cookie value. In the same transaction it appends `audit` (the sign-in's rows) and ends the
-    /// browser's earlier session, `replaces` (its cookie value), whoever it was for.
+    /// browser's earlier session, `replaces` (its cookie value), whoever it was for. None, and
+    /// nothing written, when the user is disabled or gone by then.
     pub async fn create(
         &self,
         user: UserId,
@@ -79,7 +81,7 @@ impl Sessions {
         authenticated_at: Option<DateTime<Utc>>,
         replaces: Option<&SecretString>,
         audit: &[NewAuditEvent],
-    ) -> Result<SecretString, StoreError> {
+    ) -> Result<Option<SecretString>, StoreError> {
         let token = random_secret();
         let now = super::now();
         let replaced = replaces.map(|cookie| sha256(cookie.expose_secret().as_bytes()));
@@ -92,20 +94,18 @@ impl Sessions {
             now,
             expires_at: now + self.ttl,
         };
-        match replaced {
-            None => {
-                self.store.start_session(&session, None, audit).await?;
-            }
+        let started = match replaced {
+            None => self.store.start_session(&session, None, audit).await?,
             // The earlier session's end runs to its end with this instance's forgetting it, as
             // a sign-out does: a browser that hangs up, or a commit whose reply is lost, must not
             // leave it cached here until the change log comes round.
             Some(replaced) => {
                 let (store, audit) = (self.store.clone(), audit.to_vec());
                 let change = async move { store.start_session(&session, Some(&replaced), &audit).await };
-                change_to_end(&self.cache, change, move |cache, _| cache.forget_session(&replaced)).await?;
+                change_to_end(&self.cache, change, move |cache, _| cache.forget_session(&replaced)).await?
             }
-        }
-        Ok(token)
+        };
+        Ok(matches!(started, SessionStart::Started { .. }).then_some(token))
     }
 
     /// Starts a session for the user of the identity `(issuer, subject)` on `device` (who last

@@ -276,10 +276,17 @@ impl SignIn {
                     .target("user", user.id.to_string())
                     .request(request_id)
                     .details(serde_json::json!({ "provider": provider.name(), "identity_id": identity.to_string() }))];
-                let session = self
+                let Some(session) = self
                     .sessions
                     .create(user.id, Some(identity), device, authenticated_at, session.as_ref(), &audit)
-                    .await?;
+                    .await?
+                else {
+                    // Disabled (or deleted) since it was found: no session, no row of a sign-in.
+                    return Err(match self.store.get_user(user.id).await? {
+                        Some(_) => SignInError::UserDisabled,
+                        None => SignInError::Removed,
+                    });
+                };
                 tracing::info!(user_id = %user.id, provider = provider.name(), "signed in");
                 self.sessions.identity_seen(identity, super::now());
                 Ok(Completed { user: user.id, session: Some(session), return_to, identity, linked })

@@ -106,7 +106,7 @@ pub(super) const COLUMNS_SQL: &str =
     "(at, actor_kind, actor_id, actor_name, action, target_kind, target_id, request_id, outcome, reason, details)";
 
 /// The columns each row of [`insert_rows`] binds.
-const COLUMNS: usize = 11;
+pub(super) const COLUMNS: usize = 11;
 
 /// Binds `event`'s columns to `insert`, in the order of [`COLUMNS_SQL`].
 pub(super) fn bind<'q>(insert: Query<'q>, event: &'q NewAuditEvent) -> Query<'q> {

@@ -404,20 +404,12 @@ impl Db {
         })
     }
 
-    /// Runs `writes`, statements whose results are not needed and that do not depend on each
-    /// other's order, as one atomic unit. On PostgreSQL it is one statement (each write but the
-    /// last a data-modifying `WITH` clause, see [`together`]): one round trip where a transaction
-    /// takes one per write plus `BEGIN` and `COMMIT`. On SQLite, which has no such clause and no
-    /// network, it is a write transaction.
-    pub(super) async fn execute_together(&self, writes: Vec<Query<'_>>) -> Result<(), StoreError> {
-        if !writes.is_empty() {
-            self.fetch_together(writes).await?;
-        }
-        Ok(())
-    }
-
-    /// [`Db::execute_together`] for `writes` (at least one) whose last one returns rows (its
-    /// `RETURNING`): those rows. On SQLite the writes run in their order.
+    /// Runs `writes` (at least one), statements that do not depend on each other's order, as one
+    /// atomic unit, and returns the rows of the last one (its `RETURNING`). On PostgreSQL it is
+    /// one statement (each write but the last a data-modifying `WITH` clause, see [`together`]):
+    /// one round trip where a transaction takes one per write plus `BEGIN` and `COMMIT`. On
+    /// SQLite, which has no such clause and no network, it is a write transaction, the writes
+    /// run in their order.
     pub(super) async fn fetch_together(&self, mut writes: Vec<Query<'_>>) -> Result<Vec<Row>, StoreError> {
         match self {
             _ if writes.len() == 1 => writes[0].fetch_all(self.writer()).await,

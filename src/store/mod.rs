@@ -418,6 +418,18 @@ crate::debug_redacted!(LoginState {
     secret: [salt],
 });
 
+/// What [`Store::start_session`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStart {
+    /// The session is stored; `replaced`: an earlier session ended with it.
+    Started {
+        /// Whether the browser's earlier session (`replaces`) ended.
+        replaced: bool,
+    },
+    /// The user is disabled, or gone: nothing was written.
+    NoUser,
+}
+
 /// A new session.
 #[derive(Debug, Clone)]
 pub struct NewSession {
@@ -930,14 +942,16 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Stores a new session with the audit rows of the sign-in that started it and, when
     /// `replaces` is the hash of the browser's earlier session, ends that one (reason
     /// `replaced`, with its `session.revoked` event and cache-invalidation row): one transaction,
-    /// one commit. Returns whether an earlier session ended. Without `replaces` and audit rows it
-    /// is a single `INSERT`.
+    /// one commit. Only for a user who is not disabled, read with the user's row share-locked (a
+    /// user being disabled meanwhile is waited for): else nothing is written
+    /// ([`SessionStart::NoUser`]), so that no session outlives a disabling. Without `replaces`
+    /// and with at most one audit row it is one statement on PostgreSQL.
     async fn start_session(
         &self,
         session: &NewSession,
         replaces: Option<&[u8; 32]>,
         audit: &[NewAuditEvent],
-    ) -> Result<bool, StoreError>;
+    ) -> Result<SessionStart, StoreError>;
 
     /// Starts `session` for the user of its identity when the identity exists and its user is not
     /// disabled, finding them in the statement that writes the session (a returning user's

@@ -29,8 +29,8 @@ use super::{
     DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, LinkOutcome, LoginState, MemberOutcome,
     MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
     RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind, SessionOfIdentity,
-    SessionRecord, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession, Waiting,
-    WebhookChange, WebhookKeys, decode_kind, decode_role,
+    SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession,
+    Waiting, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
 use super::{
     CodeRecord, GrantAt, GrantRecord, HeldFor, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
@@ -1673,41 +1673,70 @@ impl Store for SqlStore {
         session: &NewSession,
         replaces: Option<&[u8; 32]>,
         audit: &[super::NewAuditEvent],
-    ) -> Result<bool, StoreError> {
-        let insert = query(
-            "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device,
-                                   authenticated_at)
-             VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
-        )
-        .bind(&session.token_hash[..])
-        .bind(session.user_id.as_uuid())
-        .bind(session.identity_id.map(|i| i.as_uuid()))
-        .bind(session.now)
-        .bind(session.expires_at)
-        .bind(session.device.as_deref())
-        .bind(session.authenticated_at);
-        // Without a session to end, the writes need no reads: one round trip on PostgreSQL (the
-        // audit rows in one multi-row INSERT, which keeps their order).
-        // The user or the identity may have gone meanwhile (an identity unlinked while a sign-in
-        // with it completes): the foreign key refuses the session, which is said as such.
+    ) -> Result<SessionStart, StoreError> {
+        // The user's row is share-locked, as by `start_session_of_identity`: a user being disabled
+        // meanwhile is waited for and read again (disabled: nothing written). The foreign key
+        // alone would not wait (the disabling takes no lock its check conflicts with).
+        fn enabled(user: &str) -> String {
+            format!("FROM users u WHERE u.id = {user} AND NOT u.disabled FOR SHARE OF u")
+        }
+        static SESSION: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device,
+                                       authenticated_at)
+                 SELECT $1, u.id, $3, $4, $4, $5, $6, $7 {} RETURNING user_id",
+                enabled("$2")
+            )
+        });
+        // One audit row written by the same rule, in the same statement (PostgreSQL) or
+        // transaction (SQLite): both rows or neither.
+        static AUDIT: LazyLock<String> = LazyLock::new(|| {
+            let columns = super::audit::COLUMNS;
+            let values: Vec<String> = (1..=columns).map(|n| format!("${n}")).collect();
+            let user = format!("${}", columns + 1);
+            format!(
+                "INSERT INTO audit_events {} SELECT {} {}",
+                super::audit::COLUMNS_SQL,
+                values.join(", "),
+                enabled(&user)
+            )
+        });
+        let insert = query(SESSION.as_str())
+            .bind(&session.token_hash[..])
+            .bind(session.user_id.as_uuid())
+            .bind(session.identity_id.map(|i| i.as_uuid()))
+            .bind(session.now)
+            .bind(session.expires_at)
+            .bind(session.device.as_deref())
+            .bind(session.authenticated_at);
+        // The identity may have gone meanwhile (unlinked while a sign-in with it completes): the
+        // foreign key refuses the session, which is said as such.
         let gone = |e: StoreError| e.or_gone("the session's user or identity");
-        if replaces.is_none() && audit.len() <= super::audit::ROWS_PER_INSERT {
-            let mut writes = vec![insert];
-            if !audit.is_empty() {
-                writes.push(super::audit::insert_rows(audit));
+        let started = |rows: usize| match rows {
+            0 => SessionStart::NoUser,
+            _ => SessionStart::Started { replaced: false },
+        };
+        // Without a session to end, the writes need no reads: one round trip on PostgreSQL.
+        if replaces.is_none() && audit.len() <= 1 {
+            let mut writes = Vec::with_capacity(2);
+            if let Some(event) = audit.first() {
+                writes.push(super::audit::bind(query(AUDIT.as_str()), event).bind(session.user_id.as_uuid()));
             }
-            self.db.execute_together(writes).await.map_err(gone)?;
-            return Ok(false);
+            writes.push(insert);
+            return Ok(started(self.db.fetch_together(writes).await.map_err(gone)?.len()));
         }
         let mut tx = self.db.begin().await?;
-        insert.execute(&mut tx).await.map_err(gone)?;
+        if insert.fetch_optional(&mut tx).await.map_err(gone)?.is_none() {
+            tx.rollback().await?;
+            return Ok(SessionStart::NoUser);
+        }
         super::audit::insert(&mut tx, audit).await?;
-        let ended = match replaces {
+        let replaced = match replaces {
             Some(old) => end_session_in(&mut tx, old, SessionEnd::Replaced, session.now).await?,
             None => false,
         };
         tx.commit().await?;
-        Ok(ended)
+        Ok(SessionStart::Started { replaced })
     }
 
     async fn start_session_of_identity(

@@ -6162,7 +6162,7 @@ mod import_export {
 // ---- The audit log ---------------------------------------------------------------------------
 
 mod audit_log {
-    use tessera::store::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
+    use tessera::store::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent, SessionStart};
 
     use super::*;
 
@@ -6197,24 +6197,34 @@ mod audit_log {
         let t = now();
         let (old, other) = (session(&bob, t, TimeDelta::hours(1)), session(&bob, t, TimeDelta::hours(1)));
         for s in [&old, &other] {
-            assert!(!store.start_session(s, None, &[]).await.unwrap(), "nothing to replace");
+            assert_eq!(
+                store.start_session(s, None, &[]).await.unwrap(),
+                SessionStart::Started { replaced: false },
+                "nothing to replace"
+            );
         }
         // Ada signs in in the browser where Bob was signed in: his session there ends.
         let new = session(&ada, t, TimeDelta::hours(1));
         let rows = [row("sign_in.succeeded", t), row("identity.linked", t)];
-        assert!(store.start_session(&new, Some(&old.token_hash), &rows).await.unwrap());
+        assert_eq!(
+            store.start_session(&new, Some(&old.token_hash), &rows).await.unwrap(),
+            SessionStart::Started { replaced: true }
+        );
         assert_eq!(store.session(&new.token_hash).await.unwrap().unwrap().user_id, ada.id());
         assert!(store.session(&old.token_hash).await.unwrap().is_none(), "the replaced session ended");
         assert_eq!(actions(&store.audit_events(&query(10)).await.unwrap()), ["identity.linked", "sign_in.succeeded"]);
         // A session that is gone already is no longer ended, and the sign-in still stands.
         let again = session(&ada, t, TimeDelta::hours(1));
-        assert!(!store.start_session(&again, Some(&old.token_hash), &[]).await.unwrap());
+        assert_eq!(
+            store.start_session(&again, Some(&old.token_hash), &[]).await.unwrap(),
+            SessionStart::Started { replaced: false }
+        );
         assert!(store.session(&again.token_hash).await.unwrap().is_some());
-        // With no session to end, the session and its rows are written together too (one
-        // statement on PostgreSQL).
+        // With no session to end, the session and its rows are written together too (with one
+        // row, one statement on PostgreSQL).
         let fresh = session(&ada, t, TimeDelta::hours(1));
         let rows = [row("sign_in.succeeded", t), row("session.note", t)];
-        assert!(!store.start_session(&fresh, None, &rows).await.unwrap());
+        assert_eq!(store.start_session(&fresh, None, &rows).await.unwrap(), SessionStart::Started { replaced: false });
         assert!(store.session(&fresh.token_hash).await.unwrap().is_some());
         let logged = store.audit_events(&query(10)).await.unwrap();
         assert_eq!(actions(&logged[..2]), ["session.note", "sign_in.succeeded"], "in order, latest first");
@@ -6226,7 +6236,20 @@ mod audit_log {
         assert!(store.session(&other.token_hash).await.unwrap().is_some(), "Bob's other session is live");
         let refused = store.start_session(&fresh, None, &[row("not.written", t), row("nor.this", t)]).await;
         assert!(refused.is_err());
+        let refused = store.start_session(&fresh, None, &[row("not.written", t)]).await;
+        assert!(refused.is_err());
         assert_eq!(store.audit_events(&query(10)).await.unwrap().len(), 4, "no row of the failed sign-ins");
+        // Nor for a disabled user, whichever way it is written: nothing is, and the caller is told.
+        set_user_disabled(&store, bob.id(), true, t).await.unwrap();
+        for (replaces, rows) in [(None, 0), (None, 1), (None, 2), (Some(&fresh.token_hash), 1)] {
+            let refused = session(&bob, t, TimeDelta::hours(1));
+            let rows: Vec<NewAuditEvent> = (0..rows).map(|_| row("not.written", t)).collect();
+            let started = store.start_session(&refused, replaces, &rows).await.unwrap();
+            assert_eq!(started, SessionStart::NoUser, "{replaces:?} {}", rows.len());
+            assert!(store.session(&refused.token_hash).await.unwrap().is_none());
+        }
+        assert!(store.session(&fresh.token_hash).await.unwrap().is_some(), "not replaced either");
+        assert_eq!(store.audit_events(&query(10)).await.unwrap().len(), 4, "no row of the refused sign-ins");
     }
 
     async fn a_returning_sign_in_finds_its_user_in_the_statement_that_writes_the_session(backend: Backend) {
@@ -6342,6 +6365,44 @@ mod audit_log {
         assert!(store.audit_events(&query(10)).await.unwrap().is_empty());
     }
 
+    /// The same for a session started for a user found before (a first sign-in, a browser signed
+    /// in already), in one statement or in a transaction that ends an earlier session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_of_a_found_user_racing_a_disable_writes_nothing() {
+        let (db, store) = setup(Backend::Postgres).await;
+        let (ada, cy) = (sign_up(&store, "ada").await, sign_up(&store, "cy").await);
+        let earlier = session(&cy, now(), TimeDelta::hours(1));
+        store.start_session(&earlier, None, &[]).await.unwrap();
+        for replaces in [None, Some(earlier.token_hash)] {
+            let Sql::Postgres(pg) = db.sql().await else { unreachable!() };
+            let mut disabling = pg.begin().await.unwrap();
+            sqlx::query("UPDATE users SET disabled = TRUE WHERE id = $1")
+                .bind(ada.id().as_uuid())
+                .execute(&mut *disabling)
+                .await
+                .unwrap();
+            let new = session(&ada, now(), TimeDelta::hours(1));
+            let started = tokio::spawn({
+                let (store, new) = (store.clone(), new.clone());
+                async move {
+                    let audit = [NewAuditEvent::new(ActorKind::User, "sign_in.succeeded")];
+                    store.start_session(&new, replaces.as_ref(), &audit).await
+                }
+            });
+            db.sql().await.until_waiting_for_a_lock("INSERT INTO sessions").await;
+            disabling.commit().await.unwrap();
+            assert_eq!(started.await.unwrap().unwrap(), SessionStart::NoUser, "{replaces:?}");
+            assert!(store.session(&new.token_hash).await.unwrap().is_none());
+            assert!(store.audit_events(&query(10)).await.unwrap().is_empty());
+            sqlx::query("UPDATE users SET disabled = FALSE WHERE id = $1")
+                .bind(ada.id().as_uuid())
+                .execute(&pg)
+                .await
+                .unwrap();
+        }
+        assert!(store.session(&earlier.token_hash).await.unwrap().is_some(), "not replaced");
+    }
+
     async fn more_rows_than_one_insert_takes_keep_their_order(backend: Backend) {
         let (_db, store) = setup(backend).await;
         let ada = sign_up(&store, "ada").await;
@@ -6350,7 +6411,10 @@ mod audit_log {
         store.append_audit_events(&many).await.unwrap();
         // A new session with as many rows (more than one statement takes) writes them all too.
         let signed_in = session(&ada, t, TimeDelta::hours(1));
-        assert!(!store.start_session(&signed_in, None, &many).await.unwrap());
+        assert_eq!(
+            store.start_session(&signed_in, None, &many).await.unwrap(),
+            SessionStart::Started { replaced: false }
+        );
         assert!(store.session(&signed_in.token_hash).await.unwrap().is_some());
         let logged = store.audit_events(&query(40)).await.unwrap();
         let latest_first: Vec<String> = (0..17).rev().map(|n| format!("step.{n:02}")).collect();

@@ -79,7 +79,7 @@ async fn measure(args: &MeArgs, url: &str) -> anyhow::Result<()> {
             .json()
             .await?;
         let user: UserId = created["user_id"].as_str().context("user_id")?.parse()?;
-        let cookie = sessions.create(user, None, None, None, None, &[]).await?;
+        let cookie = sessions.create(user, None, None, None, None, &[]).await?.context("a session for a new user")?;
         users.push(user);
         cookies.push(format!("tessera_session={}", cookie.expose_secret()));
     }

@@ -130,8 +130,8 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
         Arc::new(LastSeen::default()),
         tessera::service::principals::PrincipalCache::with_token_cache(&config.cache).0,
     );
-    let cookie =
-        format!("tessera_session={}", sessions.create(user, None, None, None, None, &[]).await?.expose_secret());
+    let cookie = sessions.create(user, None, None, None, None, &[]).await?.context("a session for a new user")?;
+    let cookie = format!("tessera_session={}", cookie.expose_secret());
 
     println!(
         "tessera-bench op: {} operations per run, {} token clients, {} connections, on {}",
