@@ -43,8 +43,9 @@ pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about)]
 pub struct Cli {
-    /// A TOML configuration file; environment variables override its keys.
-    #[arg(long, global = true, env = "TESSERA_CONFIG", value_name = "PATH")]
+    /// A TOML configuration file; environment variables override its keys. Without it,
+    /// `TESSERA_CONFIG` names the file (blank counts as unset, as for every variable).
+    #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
     /// What to do.
@@ -146,7 +147,11 @@ fn parse_signing_alg(value: &str) -> Result<SigningAlg, String> {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), |key| std::env::var(key).ok()) {
+    let file = cli.config.clone().or_else(|| {
+        let named = std::env::var_os("TESSERA_CONFIG")?;
+        (!named.to_string_lossy().trim().is_empty()).then(|| PathBuf::from(named))
+    });
+    let config = match Config::load(file.as_deref(), |key| std::env::var(key).ok()) {
         // An import logs no line per provisioned user, unless a log filter was asked for.
         Ok(mut config) if matches!(cli.command, Command::Import(_)) && !config.log.filter_given => {
             config.log.filter = "warn".to_owned();

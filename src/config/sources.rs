@@ -220,7 +220,7 @@ impl Layers {
         }
         let nested = if process_env {
             let nested = nested_env();
-            check_spellings(&nested, env)?;
+            check_spellings(&nested, env, &from_file)?;
             figment = figment.merge(nested.clone());
             Some(nested)
         } else {
@@ -336,13 +336,15 @@ impl Layers {
 /// underscore where `__` was meant (`TESSERA_CACHE_PRINCIPAL_TTL_SECONDS` would otherwise be
 /// ignored silently: unrelated `TESSERA_` variables, such as `TESSERA_CONFIG` or those a
 /// container platform adds, are not mistakes), and a `_FILE` form of a secret that has none
-/// ([`MISTAKEN_SECRET_FILES`]).
-fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+/// ([`MISTAKEN_SECRET_FILES`]). A former name whose value came from its `_FILE` (one of
+/// `from_file`) is named as such, the variable the operator set.
+fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file: &[&str]) -> Result<(), ConfigError> {
     let nested_figment = Figment::from(nested.clone());
     for &(var, key, _) in FORMER_NAMES {
         let set = env(var).is_some_and(|v| !v.trim().is_empty());
         if set && nested_figment.find_value(key).is_ok() {
             let spelled = env_name(key);
+            let var = if from_file.contains(&var) { format!("{var}_FILE") } else { var.to_owned() };
             return Err(ConfigError::new(
                 format!("{key} ({var}, {spelled})"),
                 format!("both variables set this key; keep one ({spelled} is the current spelling)"),

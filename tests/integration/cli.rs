@@ -626,6 +626,12 @@ async fn nested_environment_variables_override_the_file() {
     .await;
     assert_eq!(blank.code, 0, "{}{}", blank.stdout, blank.stderr);
     assert!(blank.stdout.contains("database sqlite://file.db"), "the file's value: {}", blank.stdout);
+    // `TESSERA_CONFIG` names the file as `--config` does; blank, it is unset too.
+    let named = run(tessera(dir.path()).env("TESSERA_CONFIG", "tessera.toml").arg("check")).await;
+    assert!(named.stdout.contains("database sqlite://file.db"), "{}{}", named.stdout, named.stderr);
+    let unnamed = run(tessera(dir.path()).env("TESSERA_CONFIG", "").arg("check")).await;
+    assert_eq!(unnamed.code, 0, "{}{}", unnamed.stdout, unnamed.stderr);
+    assert!(!unnamed.stdout.contains("file.db"), "no file read: {}", unnamed.stdout);
 
     // Secrets from files (Docker and Kubernetes secrets), named by `<VAR>_FILE`.
     std::fs::write(dir.path().join("database-url"), "sqlite://from-a-file.db\n").unwrap();
@@ -641,6 +647,15 @@ async fn nested_environment_variables_override_the_file() {
         "{}",
         from_files.stdout
     );
+
+    // Set twice, through a file and the current spelling: the refusal names the variables set.
+    let twice = run(tessera(dir.path())
+        .env("TESSERA_DATABASE_URL_FILE", dir.path().join("database-url"))
+        .env("TESSERA_DATABASE__URL", "sqlite://nested.db")
+        .arg("check"))
+    .await;
+    assert_eq!(twice.code, 2, "{}", twice.stderr);
+    assert!(twice.stderr.contains("(TESSERA_DATABASE_URL_FILE, TESSERA_DATABASE__URL)"), "{}", twice.stderr);
 
     let no_such_form =
         run(tessera(dir.path()).env("TESSERA_ADMIN_TOKENS_FILE", dir.path().join("admin-token")).arg("check")).await;
