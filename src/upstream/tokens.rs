@@ -340,6 +340,10 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
                     let AfterMiss::Newer(fresh) = keys.refresh_after_miss(&set, Miss::BadSignature).await else {
                         return Err(TokenError::SignatureInvalid);
                     };
+                    // The fresh set no longer publishes the kid: as for any token under it now.
+                    if kid.is_some() && key_in(&fresh)?.is_none() {
+                        return Err(TokenError::UnknownKey);
+                    }
                     // Every key under the kid that the fresh set holds and the cached one did not.
                     let tried = |k: &VerificationKey| set.under(kid, alg).any(|o| o.fingerprint == k.fingerprint);
                     first_verifying(token, fresh.under(kid, alg).filter(|k| !tried(k)), &validation)

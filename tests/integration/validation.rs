@@ -295,6 +295,17 @@ async fn keys_the_issuer_pulled_stop_verifying_even_when_none_is_left(backend: B
     for kid in ["rsa-1", "ec-1", "ed-1"] {
         w.issuer.remove_key(kid);
     }
+    // A bad signature under a pulled key's id makes them be fetched again too, which shows the
+    // id is no longer published: the answer says so, as it does for the next token under it.
+    let forger = w.issuer.add_unpublished_key(Alg::Rs256);
+    let forged = w.issuer.sign_with_header(
+        &forger,
+        &json!({"alg": "RS256", "kid": "rsa-1"}),
+        &w.issuer.claims("forged", AUDIENCE),
+    );
+    let fetches = w.issuer.jwks_fetches();
+    refused(w.app.validate(&forged).await, "unknown_key").await;
+    assert_eq!(w.issuer.jwks_fetches(), fetches + 1, "found out by a refetch");
     // A token under a key id not seen yet makes the keys be fetched again.
     let probe = w.issuer.add_unpublished_key(Alg::Rs256);
     refused(w.app.validate(&w.issuer.sign(&probe, &w.issuer.claims("probe", AUDIENCE))).await, "unknown_key").await;
