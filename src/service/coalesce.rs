@@ -83,6 +83,11 @@ where
         let (reply, answer) = oneshot::channel();
         let batch = {
             let mut queue = self.lock();
+            // Callers that gave up (their clients hung up) hold no place: while a slow read
+            // runs they would otherwise fill the queue and turn coalescing off.
+            if queue.waiting.len() >= self.max_waiting {
+                queue.waiting.retain(|(_, reply)| !reply.is_closed());
+            }
             if queue.waiting.len() >= self.max_waiting {
                 return Read::Alone;
             }
@@ -322,6 +327,25 @@ mod tests {
         assert_eq!(first.await.unwrap(), found(1));
         assert_eq!(answers_of(queued).await, [found(4), found(9)]);
         assert_eq!(s.reads(), [vec![1], vec![2, 3]]);
+    }
+
+    #[tokio::test]
+    async fn callers_that_gave_up_leave_their_place_in_a_full_queue() {
+        let s = squares_queueing(1, 64, 2);
+        let first = s.get(1);
+        s.settle(1, 0).await;
+        let gone = [s.get(2), s.get(3)];
+        s.settle(1, 2).await;
+        for task in gone {
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
+        let queued = s.get(4);
+        s.settle(1, 1).await;
+        s.gate.add_permits(2);
+        assert_eq!(first.await.unwrap(), found(1));
+        assert_eq!(queued.await.unwrap(), found(16), "queued, not alone");
+        assert_eq!(s.reads(), [vec![1], vec![4]]);
     }
 
     #[tokio::test]
