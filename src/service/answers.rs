@@ -12,6 +12,31 @@ use crate::store::StoreError;
 /// How long an instance keeps a form's answer for the same form sent again.
 pub const KEPT: Duration = Duration::from_secs(30);
 
+/// How long a form's cell is kept while its answer is being worked out (or after the work
+/// failed, for the next sending to work it out again): longer than any work runs, so that a
+/// slow answer's second sending finds the first at work instead of starting another.
+const PENDING: Duration = Duration::from_secs(600);
+
+/// Keeps a cell [`PENDING`] until it holds its answer, then [`KEPT`] from when it was put back
+/// with it.
+struct UntilAnswered;
+
+impl<O> moka::Expiry<[u8; 32], Arc<OnceCell<O>>> for UntilAnswered {
+    fn expire_after_create(&self, _: &[u8; 32], cell: &Arc<OnceCell<O>>, _: std::time::Instant) -> Option<Duration> {
+        Some(if cell.initialized() { KEPT } else { PENDING })
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &[u8; 32],
+        cell: &Arc<OnceCell<O>>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(if cell.initialized() { KEPT } else { PENDING })
+    }
+}
+
 /// The answers of the last [`KEPT`], by form and sender.
 pub struct Answers<O> {
     kept: moka::sync::Cache<[u8; 32], Arc<OnceCell<O>>>,
@@ -26,7 +51,7 @@ impl<O> std::fmt::Debug for Answers<O> {
 
 impl<O: Clone + Send + Sync + 'static> Default for Answers<O> {
     fn default() -> Self {
-        Self { kept: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(KEPT).build() }
+        Self { kept: moka::sync::Cache::builder().max_capacity(10_000).expire_after(UntilAnswered).build() }
     }
 }
 
@@ -57,8 +82,8 @@ impl<O: Clone + Send + Sync + 'static> Answers<O> {
                 .await
                 .cloned();
             // Kept for KEPT from the answer, not from the first sending (a slow answer's second
-            // click must not find it gone), nor from each later sending: put back once, by the
-            // sending that worked it out.
+            // click must not find it gone: until then it is kept PENDING), nor from each later
+            // sending: put back once, by the sending that worked it out.
             if worked && done.is_ok() {
                 kept.insert(key, cell.clone());
             }
@@ -104,5 +129,16 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 2, "worked out once after the failure");
         assert_eq!(answers.answer(&form, &[8; 32], work(Ok(8))).await, Ok(8), "another sender's own");
         assert_eq!(answers.answer(&[2; 32], &sender, work(Ok(2))).await, Ok(2), "another form");
+    }
+
+    #[test]
+    fn a_form_at_work_is_kept_until_its_answer_then_for_kept() {
+        use moka::Expiry;
+        let (key, at) = ([0; 32], std::time::Instant::now());
+        let cell = Arc::new(OnceCell::<u32>::new());
+        assert_eq!(UntilAnswered.expire_after_create(&key, &cell, at), Some(PENDING));
+        assert!(PENDING > KEPT * 10, "outlasts any work");
+        cell.set(5).unwrap();
+        assert_eq!(UntilAnswered.expire_after_update(&key, &cell, at, Some(PENDING)), Some(KEPT));
     }
 }
