@@ -14,8 +14,8 @@ use super::principals::{PrincipalCache, change_to_end};
 use crate::crypto::sha256;
 use crate::domain::{IdentityId, Issuer, Subject, UserId, UserProfile};
 use crate::store::{
-    NewAuditEvent, NewSession, SessionEnd, SessionOfIdentity, SessionRecord, SessionStart, Store, StoreError,
-    UserSession,
+    IdentitySession, NewAuditEvent, NewSession, SessionEnd, SessionOfIdentity, SessionRecord, SessionStart, Store,
+    StoreError, UserSession,
 };
 use crate::worker::LastSeen;
 use crate::worker::last_seen::TOUCH_INTERVAL;
@@ -113,7 +113,7 @@ impl Sessions {
     /// identity exists and its user is not disabled, finding them in the statement that writes
     /// the session (a returning user's sign-in: no read first). `audit` is appended with it, its
     /// actor and target (where unset) the user and `identity_id` added to its details. Returns
-    /// the user, the identity and the cookie value; `None`, with nothing written, otherwise.
+    /// whom it started for and the cookie value; `None`, with nothing written, otherwise.
     pub async fn create_for_identity(
         &self,
         issuer: &Issuer,
@@ -121,7 +121,7 @@ impl Sessions {
         device: Option<String>,
         authenticated_at: Option<DateTime<Utc>>,
         audit: &NewAuditEvent,
-    ) -> Result<Option<(UserId, IdentityId, SecretString)>, StoreError> {
+    ) -> Result<Option<(IdentitySession, SecretString)>, StoreError> {
         let token = random_secret();
         let now = super::now();
         let session = SessionOfIdentity {
@@ -134,7 +134,7 @@ impl Sessions {
             expires_at: now + self.ttl,
         };
         let started = self.store.start_session_of_identity(&session, audit).await?;
-        Ok(started.map(|(user, identity)| (user, identity, token)))
+        Ok(started.map(|started| (started, token)))
     }
 
     /// The user of a session cookie, if the session exists, has not expired and its user is not

@@ -22,8 +22,8 @@ use crate::crypto::keyring::KeyRing;
 use crate::domain::{DisplayName, Email, IdentityId, ReturnTo, Subject, User, UserId};
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{
-    ActorKind, EncryptedTokens, LinkOutcome, NewAuditEvent, NewLink, ReadFrom, SecretKind, Store, StoreError,
-    StoredSecret,
+    ActorKind, EncryptedTokens, IdentityMatch, LinkOutcome, NewAuditEvent, NewLink, ReadFrom, SecretKind, Store,
+    StoreError, StoredSecret,
 };
 use crate::upstream::oauth_flow::{Finished, FlowError, OAuthFlows, Purpose, Started};
 use crate::upstream::providers::{Provider, ProviderError, TokenSet, UserInfo};
@@ -108,8 +108,10 @@ impl From<ProvisionError> for SignInError {
             ProvisionError::UserDisabled => SignInError::UserDisabled,
             ProvisionError::EmailHoldersChanged => SignInError::EmailHoldersChanged,
             ProvisionError::Store(e) => e.into(),
-            // Sign-in provisions by identity, with the provider's own issuer: neither happens.
-            ProvisionError::IssuerNotAllowed | ProvisionError::UserNotFound => {
+            // A user deleted while the sign-in made their default team.
+            ProvisionError::UserNotFound => SignInError::Removed,
+            // Sign-in provisions by identity, with the provider's own issuer: this does not happen.
+            ProvisionError::IssuerNotAllowed => {
                 SignInError::Store(StoreError::Conflict { what: "unexpected provisioning outcome" })
             }
         }
@@ -258,11 +260,15 @@ impl SignIn {
                         .request(request_id.clone())
                         .details(serde_json::json!({ "provider": provider.name() }));
                     let issuer = provider.identity_issuer();
-                    if let Some((user, identity, session)) = self
+                    if let Some((started, session)) = self
                         .sessions
                         .create_for_identity(issuer, &subject, device.clone(), authenticated_at, &audit)
                         .await?
                     {
+                        let (user, identity) = (started.user, started.identity);
+                        if !started.has_default_team {
+                            self.provisioner.ensure_default_team(user).await?;
+                        }
                         tracing::info!(user_id = %user, provider = provider.name(), "signed in");
                         self.sessions.identity_seen(identity, super::now());
                         return Ok(Completed { user, session: Some(session), return_to, identity, linked: None });
@@ -323,10 +329,7 @@ impl SignIn {
     ) -> Result<(User, IdentityId, Option<LinkRule>), SignInError> {
         let issuer = provider.identity_issuer().clone();
         if let Some(found) = self.store.find_identity(&issuer, subject).await? {
-            if found.user.disabled {
-                return Err(SignInError::UserDisabled);
-            }
-            return Ok((found.user, found.identity_id, None));
+            return self.returning(found).await;
         }
         // The accounts with the address when this decision was taken (claims included): the
         // account is made only if they are still the same then.
@@ -366,10 +369,7 @@ impl SignIn {
                 // A first sign-in of this same identity, beside this one, may have made the
                 // account that now holds the address: its answer is this one's too.
                 if let Some(found) = self.store.find_identity(&issuer, subject).await? {
-                    if found.user.disabled {
-                        return Err(SignInError::UserDisabled);
-                    }
-                    return Ok((found.user, found.identity_id, None));
+                    return self.returning(found).await;
                 }
                 return Err(SignInError::LinkRequired { provider: provider.name().to_owned() });
             }
@@ -388,6 +388,18 @@ impl SignIn {
         };
         let provisioned = self.provisioner.provision_first_sign_in(&claim, holders).await?;
         Ok((provisioned.user, provisioned.identity_id, None))
+    }
+
+    /// The user of an identity found signing in, unless disabled; with a default team made
+    /// again when they left theirs, as provisioning does for every other way in.
+    async fn returning(&self, found: IdentityMatch) -> Result<(User, IdentityId, Option<LinkRule>), SignInError> {
+        if found.user.disabled {
+            return Err(SignInError::UserDisabled);
+        }
+        if found.default_team.is_none() {
+            self.provisioner.ensure_default_team(found.user.id).await?;
+        }
+        Ok((found.user, found.identity_id, None))
     }
 
     /// Whether `user` was made, and is held, only through sign-ins that vouched for no email at

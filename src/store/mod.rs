@@ -449,6 +449,17 @@ pub struct NewSession {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Whom [`Store::start_session_of_identity`] started a session for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentitySession {
+    /// The identity's user.
+    pub user: UserId,
+    /// The identity.
+    pub identity: IdentityId,
+    /// Whether the user has a default team (one who left theirs has none).
+    pub has_default_team: bool,
+}
+
 /// A session to start for whoever an identity belongs to (see
 /// [`Store::start_session_of_identity`]).
 #[derive(Debug, Clone)]
@@ -958,13 +969,14 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// sign-in: one round trip on PostgreSQL, no read before it), with `audit` appended in the
     /// same unit: its actor and target, where unset, become the user (`actor_id` and `target_id`
     /// its id, `target_kind` `user`), and the identity's id is added to its details as
-    /// `identity_id`. Returns the user and the identity; `None`, with nothing written, when there
-    /// is no such identity or its user is disabled.
+    /// `identity_id`. Returns the user and the identity (and whether the user has a default
+    /// team); `None`, with nothing written, when there is no such identity or its user is
+    /// disabled.
     async fn start_session_of_identity(
         &self,
         session: &SessionOfIdentity,
         audit: &NewAuditEvent,
-    ) -> Result<Option<(UserId, IdentityId)>, StoreError>;
+    ) -> Result<Option<IdentitySession>, StoreError>;
 
     /// A session by the hash of its cookie, if it exists (expiry is the caller's rule).
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;

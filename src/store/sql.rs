@@ -26,11 +26,11 @@ use super::rows::{
 };
 use super::{
     Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
-    DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, LinkOutcome, LoginState, MemberOutcome,
-    MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
-    RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind, SessionOfIdentity,
-    SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome, UserSession,
-    Waiting, WebhookChange, WebhookKeys, decode_kind, decode_role,
+    DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, IdentitySession, LinkOutcome, LoginState,
+    MemberOutcome, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets,
+    ReadFrom, RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind,
+    SessionOfIdentity, SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome,
+    UserSession, Waiting, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
 use super::{
     CodeRecord, GrantAt, GrantRecord, HeldFor, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
@@ -1743,7 +1743,7 @@ impl Store for SqlStore {
         &self,
         session: &SessionOfIdentity,
         audit: &super::NewAuditEvent,
-    ) -> Result<Option<(UserId, IdentityId)>, StoreError> {
+    ) -> Result<Option<IdentitySession>, StoreError> {
         // The identity and its user are found by both writes alike, on one snapshot (PostgreSQL's
         // one statement) or in one write transaction (SQLite): both write a row or neither does.
         // The user's row is share-locked: a user being disabled meanwhile is waited for and read
@@ -1767,7 +1767,9 @@ impl Store for SqlStore {
                 "INSERT INTO sessions (token_hash, user_id, identity_id, created_at, last_seen_at, expires_at, device,
                                        authenticated_at)
                  SELECT $3, i.user_id, i.id, $4, $4, $5, $6, $7 {FOUND}
-                 RETURNING user_id, identity_id"
+                 RETURNING user_id, identity_id, EXISTS (
+                     SELECT 1 FROM memberships m WHERE m.user_id = sessions.user_id AND m.is_default
+                 ) AS has_default_team"
             )
         });
         let audit_sql: &'static str = match self.db.backend() {
@@ -1792,7 +1794,13 @@ impl Store for SqlStore {
             .await
             .map_err(|e| e.or_gone("the session's user or identity"))?;
         rows.first()
-            .map(|row| Ok((UserId::from_uuid(row.uuid("user_id")?), IdentityId::from_uuid(row.uuid("identity_id")?))))
+            .map(|row| {
+                Ok(IdentitySession {
+                    user: UserId::from_uuid(row.uuid("user_id")?),
+                    identity: IdentityId::from_uuid(row.uuid("identity_id")?),
+                    has_default_team: row.flag("has_default_team")?,
+                })
+            })
             .transpose()
     }
 

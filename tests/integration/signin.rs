@@ -18,6 +18,7 @@ use std::time::Duration;
 on_both_backends!(
     a_sign_in_creates_a_user_and_a_session,
     a_sign_out_page_that_cannot_read_the_session_offers_itself_again,
+    a_user_who_left_their_default_team_gets_one_at_the_next_sign_in,
     the_session_cookie_is_secure_by_default,
     a_replayed_state_is_refused,
     a_callback_without_the_browser_cookie_is_refused,
@@ -302,6 +303,44 @@ async fn a_sign_in_creates_a_user_and_a_session(backend: Backend) {
     assert_eq!(w.app.db.sql().await.count("login_states").await, 0, "states are consumed");
     let providers = body(w.app.client.get(w.app.url("/auth/providers")).send().await.unwrap(), 200).await;
     assert_eq!(providers["providers"][0]["name"], "local");
+}
+
+/// As a bootstrap or a just-in-time token does: the returning sign-in (one statement) and the
+/// longer way (a browser signed in already) alike.
+async fn a_user_who_left_their_default_team_gets_one_at_the_next_sign_in(backend: Backend) {
+    let w = world(backend).await;
+    w.issuer.set_next_user(StubUser::new("lee", "lee@example.com"));
+    let mut signed_in = Browser::new();
+    signed_in.sign_in(&w.app, "").await;
+    let me = body(signed_in.me(&w.app).await, 200).await;
+    let user = me["id"].as_str().unwrap().to_owned();
+    let stayer = body(w.app.bootstrap(&identity("stayer", "stayer@example.com", None)).await, 201).await;
+    let leave = |team: String| {
+        let (app, stayer, user) = (&w.app, stayer["user_id"].clone(), user.clone());
+        async move {
+            let members = format!("/admin/teams/{team}/members");
+            let add = json!({"user_id": stayer, "role": "owner"});
+            assert!(app.admin(Method::POST, &members).json(&add).send().await.unwrap().status().is_success());
+            let left = app.admin(Method::DELETE, &format!("{members}/{user}")).send().await.unwrap();
+            assert_eq!(left.status(), StatusCode::NO_CONTENT);
+        }
+    };
+    let default_team = |me: &Value| {
+        let teams = me["teams"].as_array().unwrap();
+        teams.iter().find(|t| t["is_default"] == true).map(|t| t["id"].as_str().unwrap().to_owned())
+    };
+    let mut teams = vec![default_team(&me).unwrap()];
+    for mut browser in [signed_in, Browser::new()] {
+        leave(teams.last().unwrap().clone()).await;
+        let read = w.app.admin(Method::GET, &format!("/admin/users/{user}")).send().await.unwrap();
+        assert_eq!(default_team(&body(read, 200).await), None, "left");
+        browser.sign_in(&w.app, "").await;
+        let me = body(browser.me(&w.app).await, 200).await;
+        assert_eq!(me["id"], user.as_str());
+        let team = default_team(&me).expect("a default team again");
+        assert!(!teams.contains(&team));
+        teams.push(team);
+    }
 }
 
 async fn the_session_cookie_is_secure_by_default(backend: Backend) {

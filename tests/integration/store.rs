@@ -6162,7 +6162,7 @@ mod import_export {
 // ---- The audit log ---------------------------------------------------------------------------
 
 mod audit_log {
-    use tessera::store::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent, SessionStart};
+    use tessera::store::{ActorKind, AuditEvent, AuditQuery, IdentitySession, NewAuditEvent, SessionStart};
 
     use super::*;
 
@@ -6270,7 +6270,7 @@ mod audit_log {
             .details(serde_json::json!({ "provider": "test" }));
         let ada_session = of(&ada);
         let started = store.start_session_of_identity(&ada_session, &audit).await.unwrap();
-        assert_eq!(started, Some((ada.id(), ada.identity())));
+        assert_eq!(started, Some(IdentitySession { user: ada.id(), identity: ada.identity(), has_default_team: true }));
         let stored = store.session(&ada_session.token_hash).await.unwrap().unwrap();
         let expected = SessionRecord {
             user_id: ada.id(),
