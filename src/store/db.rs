@@ -617,7 +617,10 @@ impl Db {
                 // bound, set on every connection, is lifted for this one, which is then closed,
                 // not reused (a failed migration may also leave anything on it, its advisory lock
                 // included).
-                let unbounded = sqlx::query("SELECT set_config('statement_timeout', '0', false)");
+                let unbounded = sqlx::query(
+                    "SELECT set_config('statement_timeout', '0', false), \
+                     set_config('idle_in_transaction_session_timeout', '0', false)",
+                );
                 let unbounded = within(conn.statement_timeout, unbounded.execute(conn.start())).await;
                 conn.note(unbounded)?;
                 let migrated = migrations::migrator(POSTGRES_MIGRATIONS).run_direct(None, conn.start(), false).await;
@@ -839,11 +842,18 @@ impl deadpool::managed::Manager for PgConnector {
                     // until it has something to send. (A `SET`, not a start-up option, which
                     // connection poolers such as PgBouncer refuse.)
                     let server_bound = (statement_timeout + SERVER_STATEMENT_MARGIN).as_millis().to_string();
+                    // The same bound between the statements of a transaction: an instance that
+                    // goes silent inside one (a lost node, a partition, a middlebox that dropped
+                    // the connection) would otherwise leave it open, with its row and advisory
+                    // locks, until the kernel gives the socket up — minutes to hours — while
+                    // every request on those rows waits. The store waits on nothing but the
+                    // database inside a transaction.
                     // Single statements outside a transaction read committed too: under REPEATABLE
                     // READ, a conditional `UPDATE` (a code or token used once) that meets a
                     // concurrent one fails with a serialization error instead of re-checking.
                     let set = sqlx::query(
                         "SELECT set_config('statement_timeout', $1, false), \
+                         set_config('idle_in_transaction_session_timeout', $1, false), \
                          set_config('default_transaction_isolation', 'read committed', false)",
                     )
                     .bind(server_bound);

@@ -30,7 +30,7 @@ use tessera::store::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, concurrently, on_both_backends};
+use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, concurrently, eventually_within, on_both_backends};
 
 on_both_backends!(
     webhook_endpoints_are_stored_updated_and_deleted,
@@ -606,6 +606,55 @@ async fn a_statement_dropped_half_way_leaves_nothing_for_the_next_on_postgres() 
         store.start_session(&next, None, &[]).await.unwrap();
     }
     assert_eq!(sql.count("sessions").await, 2);
+}
+
+/// An instance that goes silent inside a transaction (here: the only thread of its runtime
+/// blocked between two statements, as a lost node or a partition leaves it) does not hold the
+/// transaction's locks on the server until the kernel gives the socket up: the server ends it
+/// once it has been idle for the statement bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_instance_went_silent_is_ended_by_the_server() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut config = db.config();
+    // Long enough for the steps below to stop the runtime before its own bound gives up (which
+    // would close the connection: a case the server notices on its own).
+    config.database.statement_timeout = std::time::Duration::from_secs(5);
+    let store = tessera::store::connect(&config.database).await.unwrap();
+    store.migrate().await.unwrap();
+    let ada = sign_up(&store, "ada").await;
+    let old = session(&ada, now(), TimeDelta::days(1));
+    store.start_session(&old, None, &[]).await.unwrap();
+    let sql = db.sql().await;
+    // The transaction's first statement waits for the user's row, held here.
+    let held = sql.hold("", &format!("BEGIN; SELECT 1 FROM users WHERE id = '{}' FOR UPDATE;", ada.id())).await;
+    let silent = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let handle = silent.handle().clone();
+    let replacing = session(&ada, now(), TimeDelta::days(1));
+    handle.spawn(async move { store.start_session(&replacing, Some(&old.token_hash), &[]).await });
+    std::thread::spawn(move || silent.block_on(std::future::pending::<()>()));
+    let waiting = "pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query ILIKE '%INSERT INTO sessions%'";
+    sql.until_waiting_for_a_lock("INSERT INTO sessions").await;
+    let pid = sql.texts(&format!("SELECT pid::text FROM {waiting}")).await.remove(0);
+    // The runtime's one thread stops (a blocking sleep): the statement's answer goes unread.
+    let (stopped, told) = tokio::sync::oneshot::channel();
+    handle.spawn(async move {
+        stopped.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(90));
+    });
+    told.await.unwrap();
+    held.end("COMMIT").await;
+    let idle = format!("pg_stat_activity WHERE pid = {pid} AND state = 'idle in transaction'");
+    eventually_within("the answer goes unread", std::time::Duration::from_secs(5), || async {
+        sql.count(&idle).await == 1
+    })
+    .await;
+    let alive = format!("pg_stat_activity WHERE pid = {pid}");
+    eventually_within("the silent transaction is ended", std::time::Duration::from_secs(30), || async {
+        sql.count(&alive).await == 0
+    })
+    .await;
+    assert_eq!(sql.count("sessions").await, 1, "nothing of it was written");
 }
 
 // ---- Provisioning ---------------------------------------------------------------------------
