@@ -433,8 +433,8 @@ async fn run_clients(services: &Services, action: ClientsCommand) -> ExitCode {
         ClientsCommand::List { json } => {
             let mut all = Vec::new();
             loop {
-                let after = all.last().map(|c: &crate::domain::Client| c.id.as_str().to_owned());
-                let (page, more) = match services.clients.list(after.as_deref(), MAX_CLIENT_PAGE).await {
+                let after = all.last().map(|c: &crate::domain::Client| c.id.clone());
+                let (page, more) = match services.clients.list(after.as_ref(), MAX_CLIENT_PAGE).await {
                     Ok(page) => page,
                     Err(e) => return refused(&e),
                 };

@@ -16,7 +16,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
-use super::audit::NothingChanged;
+use super::audit::{AuditDetails, NothingChanged};
 use super::extract::parse_team;
 use super::extract::{ApiJson, ApiPath, required};
 use super::problem::ApiError;
@@ -122,7 +122,9 @@ async fn list_team_domains(
 async fn release_team_domain(
     State(state): State<Arc<AppState>>,
     ApiPath((team, domain)): ApiPath<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    state.teams.release_domain(&parse_team(&team)?, &parse_domain(&domain)?).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<(Extension<AuditDetails>, StatusCode), ApiError> {
+    let domain = parse_domain(&domain)?;
+    state.teams.release_domain(&parse_team(&team)?, &domain).await?;
+    let details = AuditDetails(serde_json::Map::from_iter([("domain".to_owned(), domain.as_str().into())]));
+    Ok((Extension(details), StatusCode::NO_CONTENT))
 }

@@ -117,15 +117,7 @@ fn parse_query(params: AuditParams) -> Result<AuditQuery, ApiError> {
     {
         return Err(ApiError::new(ErrorCode::InvalidUntil, "`until` must be after `since`").field("until"));
     }
-    let before = params
-        .before
-        .map(|b| {
-            b.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidCursor, "`before` must be the `next_before` of a previous page")
-                    .field("before")
-            })
-        })
-        .transpose()?;
+    let before = super::extract::before_cursor(params.before.as_deref())?;
     Ok(AuditQuery { action, actor, target_kind, target_id, since, until, before, limit: i64::from(limit) })
 }
 
@@ -244,9 +236,8 @@ fn rule_for(method: &Method, route: &str) -> Rule {
             Path("team"),
             &[("domain", Body("domain")), ("verified", Body("verified"))],
         ),
-        ("DELETE", "/admin/teams/{team}/domains/{domain}") => {
-            rule("team.domain_released", "team", Path("team"), &[("domain", Path("domain"))])
-        }
+        // The handler names the domain as it is kept (the path may spell it otherwise).
+        ("DELETE", "/admin/teams/{team}/domains/{domain}") => rule("team.domain_released", "team", Path("team"), &[]),
         // The admin API's, and the same on behalf of a user (`X-On-Behalf-Of`).
         ("POST", "/admin/teams/{team}/members" | "/v1/teams/{team}/members") => {
             rule("team.member_added", "team", Path("team"), &[("user_id", Body("user_id")), ("role", Body("role"))])

@@ -369,6 +369,19 @@ where
     Ok(limit)
 }
 
+/// A listing's `before` query parameter, the `next_before` of a previous page (a positive
+/// number): anything else is `invalid_cursor`, not an empty page.
+pub fn before_cursor(value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|before| {
+            before.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidCursor, "`before` must be the `next_before` of a previous page")
+                    .field("before")
+            })
+        })
+        .transpose()
+}
+
 /// Parses a team reference from a path segment.
 pub(crate) fn parse_team(value: &str) -> Result<crate::domain::TeamRef, ApiError> {
     crate::domain::TeamRef::parse(value).map_err(|e| ApiError::new(crate::error::ErrorCode::InvalidTeam, e.to_string()))

@@ -158,7 +158,8 @@ async fn remove(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveriesQuery {
-    before: Option<i64>,
+    /// The `next_before` of the previous page.
+    before: Option<String>,
     limit: Option<usize>,
 }
 
@@ -178,7 +179,8 @@ async fn deliveries(
     ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> Result<Json<DeliveryListResponse>, ApiError> {
     let limit = page_limit(query.limit, 100, crate::service::webhooks::MAX_PAGE)?;
-    let (deliveries, next_before) = state.webhooks.deliveries(parse_id(&id)?, query.before, limit).await?;
+    let before = super::extract::before_cursor(query.before.as_deref())?;
+    let (deliveries, next_before) = state.webhooks.deliveries(parse_id(&id)?, before, limit).await?;
     Ok(Json(DeliveryListResponse {
         deliveries: deliveries.into_iter().map(DeliveryResponse::from).collect(),
         next_before,

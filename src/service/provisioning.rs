@@ -220,7 +220,7 @@ impl Provisioner {
             let account = NewAccount { email_holders: holders.clone(), ..new_account(claim, super::now()) };
             match self.store.create_account(&account).await? {
                 CreateOutcome::Created { user, team } => {
-                    tracing::info!(user_id = %user.id, provider = %claim.provider, "provisioned a new user");
+                    tracing::info!(user_id = %user.id, provider = ?claim.provider, "provisioned a new user");
                     crate::observability::record_provisioning(&claim.issuer, "created");
                     return Ok(Provisioned { user, identity_id: account.identity_id, team, created: true });
                 }
@@ -275,7 +275,7 @@ impl Provisioner {
         );
         match outcome.await? {
             UnlinkOutcome::Unlinked(identity) => {
-                tracing::info!(user_id = %user, identity_id = %identity.id, provider = %identity.provider, "unlinked an identity");
+                tracing::info!(user_id = %user, identity_id = %identity.id, provider = ?identity.provider, "unlinked an identity");
                 Ok(identity)
             }
             UnlinkOutcome::NotFound => Err(IdentityError::NotFound),

@@ -898,6 +898,10 @@ async fn the_webhook_admin_api_validates_and_manages_endpoints() {
         let listed = app.admin(Method::GET, &format!("{path}/deliveries?{query}")).send().await.unwrap();
         assert_eq!(json(listed, 400).await["code"], "invalid_request", "{query}");
     }
+    for before in ["0", "-5", "x"] {
+        let listed = app.admin(Method::GET, &format!("{path}/deliveries?before={before}")).send().await.unwrap();
+        assert_eq!(json(listed, 400).await["code"], "invalid_cursor", "{before}");
+    }
     let stored = app.db.sql().await.blobs("SELECT secret FROM webhook_endpoints").await;
     let key = STANDARD.decode(created["secret"].as_str().unwrap().trim_start_matches("whsec_")).unwrap();
     assert_eq!(key.len(), 32);

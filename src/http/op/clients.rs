@@ -17,15 +17,18 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::super::AppState;
+use super::super::audit::NothingChanged;
 use super::super::extract::{ApiJson, ApiPath, ApiQuery, page_limit};
 use super::super::problem::ApiError;
 use super::super::responses::{ClientListResponse, ClientResponse, ClientWithSecretResponse};
+use crate::domain::ClientId;
 use crate::domain::client_rules::ClientFields;
+use crate::error::ErrorCode;
 
 /// The routes (authentication is layered on by the caller).
 pub fn admin_routes() -> Router<Arc<AppState>> {
@@ -85,7 +88,16 @@ async fn list_clients(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ClientListResponse>, ApiError> {
     let limit = page_limit(query.limit, 100, crate::service::op::clients::MAX_PAGE)?;
-    let (clients, more) = state.clients.list(query.after.as_deref(), limit).await?;
+    let after = query
+        .after
+        .as_deref()
+        .map(|after| {
+            ClientId::parse(after).map_err(|_| {
+                ApiError::new(ErrorCode::InvalidCursor, "`after` is the `next_after` of a previous page").field("after")
+            })
+        })
+        .transpose()?;
+    let (clients, more) = state.clients.list(after.as_ref(), limit).await?;
     let next_after = more.then(|| clients.last().map(|c| c.id.as_str().to_owned())).flatten();
     Ok(Json(ClientListResponse { clients: clients.into_iter().map(ClientResponse::from).collect(), next_after }))
 }
@@ -122,8 +134,10 @@ async fn update_client(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
     ApiJson(fields): ApiJson<ClientFields>,
-) -> Result<Json<ClientResponse>, ApiError> {
-    Ok(Json(state.clients.update(&id, fields).await?.into()))
+) -> Result<(Option<Extension<NothingChanged>>, Json<ClientResponse>), ApiError> {
+    let (client, changed) = state.clients.update(&id, fields).await?;
+    // The same fields sent again changed nothing: no audit row for it.
+    Ok(((!changed).then_some(Extension(NothingChanged)), Json(client.into())))
 }
 
 #[utoipa::path(

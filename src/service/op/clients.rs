@@ -569,26 +569,17 @@ impl Clients {
 
     /// Up to `limit` clients (1 to [`MAX_PAGE`]) ordered by id, after the id `after`, and
     /// whether more follow (one row more is read to tell).
-    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<(Vec<Client>, bool), ClientError> {
-        let after = after
-            .map(|a| {
-                ClientId::parse(a).map_err(|_| ClientRuleError {
-                    field: "after".into(),
-                    rule: ClientRule::ClientId,
-                    message: "`after` is the id of the last client of the previous page".into(),
-                })
-            })
-            .transpose()?;
+    pub async fn list(&self, after: Option<&ClientId>, limit: usize) -> Result<(Vec<Client>, bool), ClientError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let mut clients = self.store.list_clients(after.as_ref(), i64::try_from(limit + 1).unwrap_or(101)).await?;
+        let mut clients = self.store.list_clients(after, i64::try_from(limit + 1).unwrap_or(101)).await?;
         let more = clients.len() > limit;
         clients.truncate(limit);
         Ok((clients, more))
     }
 
     /// Changes the present fields of a client registered through the admin API (`id` and `kind`
-    /// cannot change).
-    pub async fn update(&self, id: &str, fields: ClientFields) -> Result<Client, ClientError> {
+    /// cannot change); with whether anything changed.
+    pub async fn update(&self, id: &str, fields: ClientFields) -> Result<(Client, bool), ClientError> {
         if fields.id.is_some() {
             return Err(metadata("id", "the id cannot be changed: register a new client"));
         }
@@ -598,21 +589,21 @@ impl Clients {
         if fields.names_nothing() {
             return Err(ClientError::NothingToUpdate);
         }
-        let client = self
+        let (client, changed) = self
             .change(id, |client| {
                 client_rules::apply(client, fields.clone())?;
                 Ok(())
             })
             .await?;
         self.publish_key_of(&client).await;
-        Ok(client)
+        Ok((client, changed))
     }
 
     /// Gives a confidential client a new secret (replacing its secret, if any), returned here once.
     pub async fn rotate_secret(&self, id: &str) -> Result<(Client, SecretString), ClientError> {
         let secret = random_secret();
         let hash = sha256(secret.expose_secret().as_bytes());
-        let client = self
+        let (client, _) = self
             .change(id, |client| {
                 if client.is_public() {
                     return Err(ClientError::PublicClient);
@@ -636,12 +627,12 @@ impl Clients {
     }
 
     /// Reads a client, changes it with `edit`, checks it and writes it if nobody changed it
-    /// meanwhile (three tries).
+    /// meanwhile (three tries); with whether `edit` changed anything.
     async fn change(
         &self,
         id: &str,
         edit: impl Fn(&mut Client) -> Result<(), ClientError>,
-    ) -> Result<Client, ClientError> {
+    ) -> Result<(Client, bool), ClientError> {
         for _ in 0..3 {
             let old = self.find(id).await?;
             if old.from_config {
@@ -652,13 +643,13 @@ impl Clients {
             client_rules::check(&new)?;
             if new == old {
                 // Nothing changes: no write, no audit of a change, nothing for caches to forget.
-                return Ok(old);
+                return Ok((old, false));
             }
             new.updated_at = crate::domain::now().max(old.updated_at + TimeDelta::microseconds(1));
             let outcome = self.store.update_client(&new, old.updated_at).await?;
             self.invalidate(&new.id);
             match outcome {
-                ClientUpdate::Updated => return Ok(new),
+                ClientUpdate::Updated => return Ok((new, true)),
                 ClientUpdate::NotFound => return Err(ClientError::NotFound),
                 ClientUpdate::Changed => continue,
             }
