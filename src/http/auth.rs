@@ -573,6 +573,8 @@ async fn callback_to_end(
     };
     // This flow is used up, whatever comes of it; the other tabs' stay under way.
     let clear_login = login_cookie_without(&state, &held, taken.binding);
+    // Its refusals name the provider it was started with (the path's may be another).
+    let provider = taken.flow.provider.clone();
     // What the flow is for, known before it is finished: a refusal is recorded as such.
     let flow = &taken.flow;
     let action = match (&flow.profile, &flow.link_user) {

@@ -12,13 +12,13 @@ use crate::store::StoreError;
 /// How long an instance keeps a form's answer for the same form sent again.
 pub const KEPT: Duration = Duration::from_secs(30);
 
-/// How long a form's cell is kept while its answer is being worked out (or after the work
-/// failed, for the next sending to work it out again): longer than any work runs, so that a
-/// slow answer's second sending finds the first at work instead of starting another.
+/// How long a form's cell is kept while its answer is being worked out: longer than any work
+/// runs, so that a slow answer's second sending finds the first at work instead of starting
+/// another.
 const PENDING: Duration = Duration::from_secs(600);
 
-/// Keeps a cell [`PENDING`] until it holds its answer, then [`KEPT`] from when it was put back
-/// with it.
+/// Keeps a new cell [`PENDING`], then [`KEPT`] from when the work ended and put it back (with
+/// its answer; or without, after a failure, for the next sending to work it out again).
 struct UntilAnswered;
 
 impl<O> moka::Expiry<[u8; 32], Arc<OnceCell<O>>> for UntilAnswered {
@@ -29,11 +29,11 @@ impl<O> moka::Expiry<[u8; 32], Arc<OnceCell<O>>> for UntilAnswered {
     fn expire_after_update(
         &self,
         _: &[u8; 32],
-        cell: &Arc<OnceCell<O>>,
+        _: &Arc<OnceCell<O>>,
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(if cell.initialized() { KEPT } else { PENDING })
+        Some(KEPT)
     }
 }
 
@@ -83,8 +83,9 @@ impl<O: Clone + Send + Sync + 'static> Answers<O> {
                 .cloned();
             // Kept for KEPT from the answer, not from the first sending (a slow answer's second
             // click must not find it gone: until then it is kept PENDING), nor from each later
-            // sending: put back once, by the sending that worked it out.
-            if worked && done.is_ok() {
+            // sending: put back once, by the sending that worked it out (a failure too, which
+            // then leaves as soon as it did before).
+            if worked {
                 kept.insert(key, cell.clone());
             }
             done
@@ -132,12 +133,13 @@ mod tests {
     }
 
     #[test]
-    fn a_form_at_work_is_kept_until_its_answer_then_for_kept() {
+    fn a_form_at_work_is_kept_until_its_work_ends_then_for_kept() {
         use moka::Expiry;
         let (key, at) = ([0; 32], std::time::Instant::now());
         let cell = Arc::new(OnceCell::<u32>::new());
         assert_eq!(UntilAnswered.expire_after_create(&key, &cell, at), Some(PENDING));
         assert!(PENDING > KEPT * 10, "outlasts any work");
+        assert_eq!(UntilAnswered.expire_after_update(&key, &cell, at, Some(PENDING)), Some(KEPT), "failed");
         cell.set(5).unwrap();
         assert_eq!(UntilAnswered.expire_after_update(&key, &cell, at, Some(PENDING)), Some(KEPT));
     }

@@ -232,7 +232,7 @@ async fn check_store(store: &dyn Store, config: &Config, report: &mut Report) ->
     count(
         Severity::Warning,
         data.users_without_default_team,
-        "user(s) without a default team (created on their next bootstrap)",
+        "user(s) without a default team (created at their next sign-in or bootstrap)",
     );
     count(Severity::Warning, data.teams_without_owner, "team(s) without an owner");
     for issuer in &data.issuers {

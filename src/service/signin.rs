@@ -266,8 +266,13 @@ impl SignIn {
                         .await?
                     {
                         let (user, identity) = (started.user, started.identity);
-                        if !started.has_default_team {
-                            self.provisioner.ensure_default_team(user).await?;
+                        // The session stands (it is written): a team that cannot be made now is
+                        // made at the next sign-in or bootstrap, not a failed sign-in that leaves
+                        // a session nobody holds.
+                        if !started.has_default_team
+                            && let Err(error) = self.provisioner.ensure_default_team(user).await
+                        {
+                            tracing::warn!(user_id = %user, error = %error, "could not make a default team again");
                         }
                         tracing::info!(user_id = %user, provider = provider.name(), "signed in");
                         self.sessions.identity_seen(identity, super::now());
@@ -362,6 +367,8 @@ impl SignIn {
             {
                 let rule = (LinkRule::VerifiedEmail, request_id);
                 let (identity, new) = self.link(provider, owner.id, subject.clone(), info, rule).await?;
+                // As for a returning user: one who left their default team gets one again.
+                self.provisioner.ensure_default_team(owner.id).await?;
                 tracing::info!(user_id = %owner.id, provider = provider.name(), "linked by verified email");
                 return Ok((owner.clone(), identity, new.then_some(LinkRule::VerifiedEmail)));
             }

@@ -427,11 +427,10 @@ impl SqlStore {
             let topic = if found.disabled { events::USER_DISABLED } else { events::USER_ENABLED };
             insert_event(&mut tx, &NewEvent::new(topic, events::user_changed(&found)), now).await?;
         }
-        // Disabling ends the user's sessions and grants; so does enabling them again, because a
-        // disabled user holds none but those a sign-in that raced the disable wrote after its delete
-        // (sign-in checked the flag before the disable committed): such a session must not come
-        // back to life with the user. (A sign-in that read the flag before the disable and
-        // commits only after this delete would still escape it: one that spans both changes.)
+        // Disabling ends the user's sessions and grants; so does enabling them again: a sign-in
+        // racing the disable waits for it and writes nothing (its session share-locks the user's
+        // row and re-reads the flag), but one of an earlier release, during a rolling upgrade, may
+        // have written a session after this delete, which must not come back to life with the user.
         if change.disabled == Some(true) || toggled {
             end_access(&mut tx, user, now).await?;
         }

@@ -108,6 +108,14 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
                         "redirect_uris": ["https://app.example.com/callback"]});
     let client = body(app.admin(Method::POST, "/admin/clients").json(&client).send().await.unwrap(), 201).await;
     let rotated = body(app.admin(Method::POST, "/admin/clients/grafana/secret").send().await.unwrap(), 200).await;
+    // Renamed, then renamed again to the same name: nothing changed the second time, no row.
+    for _ in 0..2 {
+        let renamed = app.admin(Method::PATCH, "/admin/clients/grafana").json(&json!({ "name": "Grafana 2" }));
+        body(renamed.send().await.unwrap(), 200).await;
+    }
+    // Released as typed in another spelling: the row names the domain as claimed.
+    let released = app.admin(Method::DELETE, "/admin/teams/acme/domains/ACME.Example.").send().await.unwrap();
+    assert_eq!(released.status(), StatusCode::NO_CONTENT);
     let braced = format!("{{{}}}", user.to_uppercase());
     let removed = app.admin(Method::DELETE, &format!("/admin/teams/acme/members/{braced}")).send().await.unwrap();
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
@@ -136,6 +144,8 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
             "webhook.created",
             "client.created",
             "client.secret_rotated",
+            "client.updated",
+            "team.domain_released",
             "team.member_removed",
             "user.deleted",
         ]
@@ -165,6 +175,7 @@ async fn admin_changes_are_recorded_with_their_token_target_and_request_id(backe
         (json!("client"), json!("grafana"))
     );
     assert_eq!(row("client.secret_rotated")["target_id"], "grafana");
+    assert_eq!(row("team.domain_released")["details"], json!({ "domain": "acme.example" }));
     assert_eq!(row("team.member_removed")["details"], json!({ "user_id": user }));
     assert_eq!(row("user.deleted")["target_id"], json!(user));
     let about_the_user = audit(&app, &format!("target_id={user}")).await;
@@ -484,6 +495,7 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     assert_eq!(body(alice.get(&swapped).await, 400).await["code"], "provider_mismatch");
     let failed = audit(&w.app, "action=identity.link_failed").await;
     assert_eq!((failed.len(), &failed[0]["reason"]), (2, &json!("provider_mismatch")), "{failed:?}");
+    assert_eq!(failed[0]["details"]["provider"], "second", "the flow's provider, not the path's");
     assert!(audit(&w.app, "action=sign_in.failed").await.is_empty());
 
     // Its page says nothing changed and leads to the account, not to a sign-in that would end
