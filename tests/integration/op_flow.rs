@@ -1461,6 +1461,14 @@ async fn a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider(back
     assert!(to.starts_with(w.issuer.issuer()), "to the team's provider: {to}");
     let unhinted = browser.navigate(&authorize_url(&w.app, &client, &challenge, "")).await;
     assert!(location(&unhinted).starts_with("/login?return_to="), "the chooser: {}", location(&unhinted));
+    // A domain that cannot be looked up is said so, not sent to the chooser or a default provider
+    // its team may not use.
+    let sql = w.app.db.sql().await;
+    sql.exec("ALTER TABLE team_domains RENAME TO team_domains_away").await.unwrap();
+    let unknown = browser.navigate(&authorize_url(&w.app, &client, &challenge, "&login_hint=ann%40else.example")).await;
+    sql.exec("ALTER TABLE team_domains_away RENAME TO team_domains").await.unwrap();
+    assert!(unknown.status().is_server_error(), "{}", unknown.status());
+    assert!(unknown.text().await.unwrap().contains("<html"), "a page");
 }
 
 /// `prompt=login` through the provider chooser (several providers, no default): the provider

@@ -325,10 +325,18 @@ async fn sign_in(
 ) -> Response {
     let providers = state.flows.providers();
     let mut chosen = None;
-    if let Some(email) = login_hint.and_then(|h| Email::parse(h).ok())
-        && let Ok(Discovery::Sso { provider, issuer }) = state.teams.discover(&email).await
-    {
-        chosen = providers.for_issuer(&provider, &issuer).map(|p| p.name().to_owned());
+    if let Some(email) = login_hint.and_then(|h| Email::parse(h).ok()) {
+        match state.teams.discover(&email).await {
+            Ok(Discovery::Sso { provider, issuer }) => {
+                chosen = providers.for_issuer(&provider, &issuer).map(|p| p.name().to_owned());
+            }
+            Ok(Discovery::Default) => {}
+            // Not known whether the address's team signs in elsewhere: said so, as `/login` does,
+            // rather than sending the browser to the default provider, which may be the wrong one.
+            Err(error) => {
+                return state.pages.error_in(headers, error.into(), &crate::http::auth::going_to(Some(continue_to)));
+            }
+        }
     }
     let chosen = chosen.or_else(|| default_provider(state));
     // A browser signed in here, sent by another site (or a link opened from a mail or chat app)
