@@ -727,8 +727,12 @@ impl AuthProfiles {
     }
 
     async fn revoke_upstream(&self, profile: &AuthProfile, secrets: &ProfileSecrets) {
-        let (Some(keyring), Some(provider)) = (&self.keyring, self.flows.providers().get(Some(&profile.provider)))
-        else {
+        let Some(keyring) = &self.keyring else { return };
+        let Some(provider) = self.flows.providers().get(Some(&profile.provider)) else {
+            // Its grant stays live there: said, for the operator to end it by hand.
+            if secrets.refresh_token.is_some() || secrets.access_token.is_some() {
+                tracing::warn!(profile_id = %profile.id, "not revoked at the provider: it is no longer configured");
+            }
             return;
         };
         // Another profile of the same account (a mailbox and a calendar through one client): a
