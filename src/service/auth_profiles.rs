@@ -1240,13 +1240,24 @@ impl AuthProfiles {
         }
         // The row as it is now, not as it was before the call: a revocation or a reconnection
         // made while the provider was asked wins (a revoked profile's token is not handed out).
-        if let Ok(Some(current)) = self.store.profile_secrets(profile.id).await
-            && let Some(token) = in_place(keyring, profile.id, &current)
+        let current = self.store.profile_secrets(profile.id).await;
+        if let Ok(Some(current)) = &current
+            && let Some(token) = in_place(keyring, profile.id, current)
         {
             tracing::warn!(profile_id = %profile.id, error = %error.chain(), "refresh failed; handing out the current token");
             return Ok(token);
         }
         if refused {
+            // Revoked (or its team deleted) while the provider was asked, which is why it refused:
+            // the profile is gone, as the answer of a refresh that succeeded would say; one that
+            // needs a reconnection now says so. Not "try again".
+            match current {
+                Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
+                    return Err(AuthProfileError::ProfileNotFound);
+                }
+                Ok(Some(now)) => check_status(now.status)?,
+                _ => {}
+            }
             let moved = "the connection's refresh token changed while it was refreshed; try again";
             return Err(ProviderError::Unavailable(moved.into()).into());
         }
