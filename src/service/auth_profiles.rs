@@ -933,6 +933,14 @@ impl AuthProfiles {
             true => finished.provider.config().asked_scopes(Some(&current.scopes)),
             false => granted,
         };
+        // The grant of the account it holds, when it moves to another: read before it is
+        // replaced, to be revoked at the provider once it is, as a revocation revokes it (no
+        // profile holds it then). Not of the same account: a provider that revokes per grant
+        // would end the new tokens too.
+        let replaced = match &current.upstream_account_id {
+            Some(held) if *held != account => self.store.profile_secrets(profile).await?,
+            _ => None,
+        };
         let activation = Activation {
             by: user,
             access_token,
@@ -949,6 +957,11 @@ impl AuthProfiles {
             return Err(AuthProfileError::ConnectConflict);
         }
         tracing::info!(profile_id = %profile, "connected an auth profile");
+        if let Some(old) =
+            replaced.filter(|old| old.upstream_account_id.as_ref() != Some(&activation.upstream_account_id))
+        {
+            self.revoke_upstream(&current, &old).await;
+        }
         self.store.profile(profile).await?.ok_or(AuthProfileError::InvalidConnectLink)
     }
 

@@ -703,16 +703,21 @@ async fn reconnecting_keeps_the_profile_and_guards_the_account(backend: Backend)
 
     let link = w.connect_link(w.alice.id, &slug, true).await;
     w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
+    let revocations = w.issuer.revocations();
     assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
     let after = w.sql_profile(&slug).await;
     assert_eq!(after["id"], before["id"], "the same profile");
     assert_eq!(after["upstream_account_id"], "second-account");
     assert_eq!(count(&w.app, "").await, 1, "no duplicate rows");
+    // The grant of the account it held is revoked there: no profile holds it any more.
+    assert_eq!(w.issuer.revocations(), revocations + 1, "the first account's grant is revoked");
 
-    // The same account reconnects without any flag.
+    // The same account reconnects without any flag, and its grant is not revoked (a provider
+    // that revokes per grant would end the new tokens too).
     let link = w.connect_link(w.alice.id, &slug, false).await;
     w.issuer.set_next_user(StubUser::new("second-account", "b@provider.example"));
     assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
+    assert_eq!(w.issuer.revocations(), revocations + 1);
 }
 
 async fn tokens_are_refreshed_before_they_expire(backend: Backend) {
