@@ -38,6 +38,7 @@ on_both_backends!(
     client_credentials_tokens_name_the_client,
     third_party_clients_ask_for_consent_once,
     consent_clicks_sent_to_two_instances_issue_one_code,
+    a_consent_that_cannot_be_checked_stays_for_the_form_sent_again,
     a_public_client_on_a_loopback_redirect_asks_for_consent_every_time,
     a_public_clients_access_token_does_not_end_its_offline_grant,
     prompt_and_max_age_are_honoured,
@@ -1342,6 +1343,33 @@ async fn consent_clicks_sent_to_two_instances_issue_one_code(backend: Backend) {
     assert_eq!(sql.count("oauth_consents").await, 1);
     assert_eq!(sql.count("oauth_requests").await, 0, "the held request is used up");
     other.stop().await;
+}
+
+/// A consent that cannot be checked (the client's row unreadable on an instance that has not
+/// cached it) leaves the request held: the same form sent again once the store answers issues
+/// the code, rather than finding the request used up and the app never told.
+async fn a_consent_that_cannot_be_checked_stays_for_the_form_sent_again(backend: Backend) {
+    let w = op_world(backend).await;
+    let (request_id, cookies) = partner_consent_page(&w).await;
+    let cold = w.another().await;
+    let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let click = || {
+        http.post(cold.url("/oauth/consent"))
+            .header("cookie", cookies.join("; "))
+            .header("accept", "text/html")
+            .form(&[("request_id", request_id.as_str()), ("decision", "approve")])
+    };
+    let sql = w.app.db.sql().await;
+    sql.exec("ALTER TABLE clients RENAME TO clients_away").await.unwrap();
+    let failed = click().send().await.unwrap();
+    sql.exec("ALTER TABLE clients_away RENAME TO clients").await.unwrap();
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    assert_eq!(sql.count("oauth_requests").await, 1, "still held");
+    let again = click().send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::SEE_OTHER, "{:?}", again.text().await);
+    assert!(param(&location(&again), "code").is_some());
+    assert_eq!(sql.count("oauth_requests").await, 0, "used up once it answered");
+    cold.stop().await;
 }
 
 /// A double click whose first request the browser drops (it keeps only the last) once the first

@@ -434,11 +434,19 @@ impl OpenIdProvider {
         approve: bool,
     ) -> Result<String, AuthorizeError> {
         let now = crate::domain::now();
-        // Another session's post (of a leaked request id) leaves the request to its own.
-        let Some(held) = self.store.take_request(id_hash, HeldFor::Session(&session.hash), now).await? else {
+        // Checked again before it is used up: a store that fails to answer the check (the
+        // client's row, say) leaves the request held, for the same form sent again, rather than
+        // gone with the app never told. Another session's post (of a leaked request id) leaves
+        // the request to its own, unchecked.
+        let held = self.store.held_request(id_hash, now).await?;
+        let Some(held) = held.filter(|held| held.session_hash == Some(session.hash)) else {
             return Err(unknown_consent());
         };
         let request = self.validate(&Held::decode(&held)?, now).await?;
+        // Used up once: of two posts at once, one goes on (its row is the one just checked).
+        if self.store.take_request(id_hash, HeldFor::Session(&session.hash), now).await?.is_none() {
+            return Err(unknown_consent());
+        }
         if !approve {
             return Err(request.reject("access_denied", "the user declined"));
         }
