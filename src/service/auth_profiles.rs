@@ -933,14 +933,6 @@ impl AuthProfiles {
             true => finished.provider.config().asked_scopes(Some(&current.scopes)),
             false => granted,
         };
-        // The grant of the account it holds, when it moves to another: read before it is
-        // replaced, to be revoked at the provider once it is, as a revocation revokes it (no
-        // profile holds it then). Not of the same account: a provider that revokes per grant
-        // would end the new tokens too.
-        let replaced = match &current.upstream_account_id {
-            Some(held) if *held != account => self.store.profile_secrets(profile).await?,
-            _ => None,
-        };
         let activation = Activation {
             by: user,
             access_token,
@@ -950,16 +942,17 @@ impl AuthProfiles {
             scopes,
             now: super::now(),
         };
-        if !self.store.activate_profile(profile, version, &activation).await? {
+        let Some(activated) = self.store.activate_profile(profile, version, &activation).await? else {
             // Refused because the member lost the right meanwhile (removed, demoted), or because
             // the profile changed: say which.
             self.connectable(profile, user).await?;
             return Err(AuthProfileError::ConnectConflict);
-        }
+        };
         tracing::info!(profile_id = %profile, "connected an auth profile");
-        if let Some(old) =
-            replaced.filter(|old| old.upstream_account_id.as_ref() != Some(&activation.upstream_account_id))
-        {
+        // The grant of the account it held, when it moved to another, is revoked at the
+        // provider, as a revocation revokes it: no profile holds it now. (The same account's is
+        // not: a provider that revokes per grant would end the new tokens too.)
+        if let Some(old) = activated.replaced {
             self.revoke_upstream(&current, &old).await;
         }
         self.store.profile(profile).await?.ok_or(AuthProfileError::InvalidConnectLink)
@@ -1260,16 +1253,18 @@ impl AuthProfiles {
             tracing::warn!(profile_id = %profile.id, error = %error.chain(), "refresh failed; handing out the current token");
             return Ok(token);
         }
+        // Revoked (or its team deleted) while the provider was asked (which may be why it
+        // refused): the profile is gone, as the answer of a refresh that succeeded would say. Not
+        // "try again".
+        if let Ok(now) = &current
+            && now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked)
+        {
+            return Err(AuthProfileError::ProfileNotFound);
+        }
         if refused {
-            // Revoked (or its team deleted) while the provider was asked, which is why it refused:
-            // the profile is gone, as the answer of a refresh that succeeded would say; one that
-            // needs a reconnection now says so. Not "try again".
-            match current {
-                Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
-                    return Err(AuthProfileError::ProfileNotFound);
-                }
-                Ok(Some(now)) => check_status(now.status)?,
-                _ => {}
+            // One that needs a reconnection now says so.
+            if let Ok(Some(now)) = current {
+                check_status(now.status)?;
             }
             let moved = "the connection's refresh token changed while it was refreshed; try again";
             return Err(ProviderError::Unavailable(moved.into()).into());

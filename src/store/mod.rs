@@ -719,6 +719,14 @@ pub struct ProfileSecrets {
     pub upstream_account_id: Option<String>,
 }
 
+/// A profile activated by [`Store::activate_profile`].
+#[derive(Debug, Clone)]
+pub struct Activated {
+    /// The credentials of the upstream account the profile held before, when the activation
+    /// connected another one; `None` for the same account, or none held.
+    pub replaced: Option<ProfileSecrets>,
+}
+
 /// The credentials a completed connect flow stores.
 #[derive(Debug, Clone)]
 pub struct Activation {
@@ -1181,13 +1189,16 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Activates a profile with new credentials, if its version is still `expected_version`
     /// (pending → active is atomic: of two concurrent completions one wins). Bumps the version and
     /// the token version. Without a new refresh token, the stored one is kept if the upstream
-    /// account is the same (providers such as Google send one only on first consent).
+    /// account is the same (providers such as Google send one only on first consent). `None`
+    /// when not activated; else [`Activated::replaced`]: the credentials of another upstream
+    /// account it held until then, read under the row's lock (a refresh that rotated them just
+    /// before included), for the caller to revoke at the provider.
     async fn activate_profile(
         &self,
         id: ProfileId,
         expected_version: i64,
         activation: &Activation,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<Activated>, StoreError>;
 
     /// Takes the refresh lease of a profile at token version `version`, unless another holder's
     /// lease runs.

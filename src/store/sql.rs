@@ -25,10 +25,10 @@ use super::rows::{
     user_columns,
 };
 use super::{
-    Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken, CreateOutcome,
-    DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, IdentitySession, LinkOutcome, LoginState,
-    MemberOutcome, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets,
-    ReadFrom, RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind,
+    Activated, Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken,
+    CreateOutcome, DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, IdentitySession, LinkOutcome,
+    LoginState, MemberOutcome, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey,
+    ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind,
     SessionOfIdentity, SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome,
     UserSession, Waiting, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
@@ -2451,14 +2451,23 @@ impl Store for SqlStore {
         id: ProfileId,
         expected_version: i64,
         activation: &Activation,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Activated>, StoreError> {
         let mut tx = self.db.begin().await?;
         let allowed = may_connect_in(&mut tx, id, activation.by).await?;
-        let before = match profile_status_in(&mut tx, id).await? {
-            Some(before) if allowed => before,
+        // The row as it is, locked: what it held is what the activation replaces.
+        let held = query(
+            "SELECT status, token_version, access_token, refresh_token, access_token_expires_at,
+                    access_token_stored_at, refresh_lease_owner, refresh_lease_until, upstream_account_id
+             FROM auth_profiles WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut tx)
+        .await?;
+        let (before, held) = match held {
+            Some(row) if allowed => (row.text("status")?, rows::profile_secrets(&row)?),
             _ => {
                 tx.rollback().await?;
-                return Ok(false);
+                return Ok(None);
             }
         };
         let updated = query(
@@ -2482,12 +2491,13 @@ impl Store for SqlStore {
         .await?;
         if updated != 1 {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         }
         let extra = [("previous_status", serde_json::Value::from(before))];
         insert_profile_event(&mut tx, id, events::AUTH_PROFILE_CONNECTED, &extra, activation.now).await?;
         tx.commit().await?;
-        Ok(true)
+        let another = held.upstream_account_id.as_ref().is_some_and(|held| *held != activation.upstream_account_id);
+        Ok(Some(Activated { replaced: another.then_some(held) }))
     }
 
     async fn acquire_refresh_lease(

@@ -1299,8 +1299,8 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
 }
 
 /// A third-party app's authorization request, a browser signed in through it and stopped at its
-/// consent page: the consent request's id and the browser's cookies.
-async fn partner_consent_page(w: &World) -> (String, Vec<String>) {
+/// consent page: the app's id, the consent request's id and the browser's cookies.
+async fn partner_consent_page(w: &World) -> (String, String, Vec<String>) {
     let third_party =
         json!({"name": "Partner", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": false});
     let (client, _secret) = register(&w.app, third_party).await;
@@ -1308,7 +1308,7 @@ async fn partner_consent_page(w: &World) -> (String, Vec<String>) {
     let mut browser = Browser::new();
     let page = first_page(&w.app, &mut browser, authorize_url(&w.app, &client, &challenge, "")).await;
     let request_id = request_id_of(&page.text().await.unwrap());
-    (request_id, browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect())
+    (client, request_id, browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect())
 }
 
 /// Clicks on one consent page reaching two instances at once (a double click behind a load
@@ -1317,7 +1317,7 @@ async fn partner_consent_page(w: &World) -> (String, Vec<String>) {
 async fn consent_clicks_sent_to_two_instances_issue_one_code(backend: Backend) {
     let w = op_world(backend).await;
     let other = w.another().await;
-    let (request_id, cookies) = partner_consent_page(&w).await;
+    let (_, request_id, cookies) = partner_consent_page(&w).await;
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let click = |app: &TestApp| {
         http.post(app.url("/oauth/consent"))
@@ -1350,8 +1350,10 @@ async fn consent_clicks_sent_to_two_instances_issue_one_code(backend: Backend) {
 /// the code, rather than finding the request used up and the app never told.
 async fn a_consent_that_cannot_be_checked_stays_for_the_form_sent_again(backend: Backend) {
     let w = op_world(backend).await;
-    let (request_id, cookies) = partner_consent_page(&w).await;
+    let (_, request_id, cookies) = partner_consent_page(&w).await;
     let cold = w.another().await;
+    // Serving (its start-up, which writes the configuration's clients, over).
+    assert!(cold.client.get(cold.url("/healthz")).send().await.unwrap().status().is_success());
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let click = || {
         http.post(cold.url("/oauth/consent"))
@@ -1370,6 +1372,21 @@ async fn a_consent_that_cannot_be_checked_stays_for_the_form_sent_again(backend:
     assert!(param(&location(&again), "code").is_some());
     assert_eq!(sql.count("oauth_requests").await, 0, "used up once it answered");
     cold.stop().await;
+
+    // One the check refuses is used up with that answer: the app is told once, never twice.
+    let (client, request_id, cookies) = partner_consent_page(&w).await;
+    let narrowed = w.app.admin(Method::PATCH, &format!("/admin/clients/{client}")).json(&json!({"scopes": ["openid"]}));
+    body(narrowed.send().await.unwrap(), 200).await;
+    let answer = http
+        .post(w.app.url("/oauth/consent"))
+        .header("cookie", cookies.join("; "))
+        .header("accept", "text/html")
+        .form(&[("request_id", request_id.as_str()), ("decision", "approve")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(param(&location(&answer), "error").as_deref(), Some("invalid_scope"));
+    assert_eq!(sql.count("oauth_requests").await, 0, "used up by its answer");
 }
 
 /// A double click whose first request the browser drops (it keeps only the last) once the first
@@ -1378,7 +1395,7 @@ async fn a_consent_that_cannot_be_checked_stays_for_the_form_sent_again(backend:
 /// dropped while it waits inside the store.
 async fn a_consent_whose_first_click_the_browser_dropped_answers_the_second_alike(backend: Backend) {
     let w = op_world(backend).await;
-    let (request_id, cookies) = partner_consent_page(&w).await;
+    let (_, request_id, cookies) = partner_consent_page(&w).await;
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let click = || {
         http.post(w.app.url("/oauth/consent"))

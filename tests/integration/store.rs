@@ -392,7 +392,7 @@ fn activation(by: UserId, account: &str, access: &[u8], refresh: Option<&[u8]>, 
 async fn connected(store: &Arc<dyn Store>, owner: &Person, slug: &str) -> AuthProfile {
     let pending = inserted(store, profile(&owner.team, owner.id(), ProfileKind::OauthApp, slug, now())).await;
     let credentials = activation(owner.id(), "acct-1", b"access-1", Some(b"refresh-1"), now());
-    assert!(store.activate_profile(pending.id, pending.version, &credentials).await.unwrap());
+    assert!(store.activate_profile(pending.id, pending.version, &credentials).await.unwrap().is_some());
     store.profile(pending.id).await.unwrap().unwrap()
 }
 
@@ -2174,7 +2174,13 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
     assert_eq!(store.team_profiles(team.id).await.unwrap().len(), 5);
 
     // Once connected, a profile no longer holds the pending place.
-    assert!(store.activate_profile(adas.id, 0, &activation(ada.id(), "acct-1", b"access", None, t0)).await.unwrap());
+    assert!(
+        store
+            .activate_profile(adas.id, 0, &activation(ada.id(), "acct-1", b"access", None, t0))
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(store.insert_profile(&adas_second, FirstWrite::Nothing).await.unwrap(), Some(adas_second));
 }
 
@@ -2204,7 +2210,13 @@ async fn pending_profile_finds_the_pending_profile_of_a_key_expired_or_not(backe
         assert_eq!(store.pending_profile(&other).await.unwrap(), None, "{other:?}");
     }
 
-    assert!(store.activate_profile(app.id, 0, &activation(ada.id(), "acct-1", b"access", None, t0)).await.unwrap());
+    assert!(
+        store
+            .activate_profile(app.id, 0, &activation(ada.id(), "acct-1", b"access", None, t0))
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(store.pending_profile(&key(&app)).await.unwrap(), None, "a connected profile is not pending");
     let env = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "env", t0)).await;
     assert_eq!(store.pending_profile(&key(&env)).await.unwrap(), None);
@@ -2510,9 +2522,12 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
 
     let t1 = t0 + TimeDelta::minutes(1);
     let first = activation(ada.id(), "acct-1", b"access-1", Some(b"refresh-1"), t1);
-    assert!(!store.activate_profile(pending.id, pending.version + 1, &first).await.unwrap(), "a version it never had");
+    assert!(
+        store.activate_profile(pending.id, pending.version + 1, &first).await.unwrap().is_none(),
+        "a version it never had"
+    );
     assert_eq!(store.profile(pending.id).await.unwrap().as_ref(), Some(&pending), "a refusal changes nothing");
-    assert!(store.activate_profile(pending.id, pending.version, &first).await.unwrap());
+    assert!(store.activate_profile(pending.id, pending.version, &first).await.unwrap().is_some());
     let active = AuthProfile {
         status: ProfileStatus::Active,
         granted_scopes: Some(first.scopes.clone()),
@@ -2537,16 +2552,22 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     assert_eq!(secrets_of(&store, pending.id).await, credentials);
 
     let second = activation(ada.id(), "acct-1", b"access-2", None, t1 + TimeDelta::minutes(1));
-    assert!(!store.activate_profile(pending.id, pending.version, &second).await.unwrap(), "a stale version loses");
+    assert!(
+        store.activate_profile(pending.id, pending.version, &second).await.unwrap().is_none(),
+        "a stale version loses"
+    );
     assert_eq!(secrets_of(&store, pending.id).await, credentials, "and changes nothing");
-    assert!(store.activate_profile(pending.id, active.version, &second).await.unwrap(), "a reconnection");
+    assert!(store.activate_profile(pending.id, active.version, &second).await.unwrap().is_some(), "a reconnection");
     assert_eq!(store.profile(pending.id).await.unwrap().unwrap().version, active.version + 1);
 
     assert!(matches!(store.revoke_profile(pending.id, None, t1).await.unwrap(), Revocation::Revoked(_)));
     let revoked = store.profile(pending.id).await.unwrap().unwrap();
-    assert!(!store.activate_profile(pending.id, revoked.version, &first).await.unwrap(), "revoked stays revoked");
+    assert!(
+        store.activate_profile(pending.id, revoked.version, &first).await.unwrap().is_none(),
+        "revoked stays revoked"
+    );
     assert_eq!(store.profile(pending.id).await.unwrap(), Some(revoked));
-    assert!(!store.activate_profile(ProfileId::generate(), 0, &first).await.unwrap());
+    assert!(store.activate_profile(ProfileId::generate(), 0, &first).await.unwrap().is_none());
 }
 
 async fn activation_keeps_the_refresh_token_only_for_the_same_account(backend: Backend) {
@@ -2561,14 +2582,20 @@ async fn activation_keeps_the_refresh_token_only_for_the_same_account(backend: B
         ("acct-2", None, None, "another account does not inherit it"),
         ("acct-2", second, second, "a new refresh token replaces the stored one"),
     ];
+    let mut held: Option<&str> = None;
     for (account, refresh, kept, why) in steps {
         let version = store.profile(app.id).await.unwrap().unwrap().version;
-        assert!(
-            store
-                .activate_profile(app.id, version, &activation(ada.id(), account, b"access", refresh, now()))
-                .await
-                .unwrap()
-        );
+        let before = secrets_of(&store, app.id).await;
+        let activated = store
+            .activate_profile(app.id, version, &activation(ada.id(), account, b"access", refresh, now()))
+            .await
+            .unwrap()
+            .expect("activated");
+        // What it held is handed back (to be revoked there) when, and only when, the account changed.
+        let replaced = activated.replaced.map(|r| (r.upstream_account_id, r.refresh_token));
+        let expected = held.filter(|h| *h != account).map(|h| (Some(h.to_owned()), before.refresh_token));
+        assert_eq!(replaced, expected, "{why}");
+        held = Some(account);
         assert_eq!(secrets_of(&store, app.id).await.refresh_token.as_deref(), kept, "{why}");
         let stored = store.profile(app.id).await.unwrap().unwrap();
         assert_eq!(stored.upstream_account_id.as_deref(), Some(account));
@@ -2586,20 +2613,26 @@ async fn an_activation_needs_the_members_right_when_it_is_written(backend: Backe
     let version = async |id| store.profile(id).await.unwrap().unwrap().version;
     // A team admin may connect the team's profile; demoted to member (not its creator), not.
     let by_bob = activation(bob.id(), "acct-1", b"access-1", None, t0);
-    assert!(store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap());
+    assert!(store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap().is_some());
     store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
-    assert!(!store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap(), "demoted meanwhile");
+    assert!(
+        store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap().is_none(),
+        "demoted meanwhile"
+    );
     // Its creator may, whatever their role; removed from the team, not even their own.
     let own = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::OauthApp, "bobs", t0)).await;
-    assert!(store.activate_profile(own.id, version(own.id).await, &by_bob).await.unwrap(), "a member creator");
+    assert!(
+        store.activate_profile(own.id, version(own.id).await, &by_bob).await.unwrap().is_some(),
+        "a member creator"
+    );
     assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
     let kept = store.profile(own.id).await.unwrap().unwrap();
-    assert!(!store.activate_profile(own.id, kept.version, &by_bob).await.unwrap(), "removed meanwhile");
+    assert!(store.activate_profile(own.id, kept.version, &by_bob).await.unwrap().is_none(), "removed meanwhile");
     assert_eq!(store.profile(own.id).await.unwrap().unwrap(), kept, "nothing written");
     let kept = store.profile(app.id).await.unwrap().unwrap();
     // Never someone outside the team.
     let by_cara = activation(cara.id(), "acct-1", b"access-1", None, t0);
-    assert!(!store.activate_profile(app.id, kept.version, &by_cara).await.unwrap());
+    assert!(store.activate_profile(app.id, kept.version, &by_cara).await.unwrap().is_none());
 }
 
 async fn concurrent_activations_have_one_winner(backend: Backend) {
@@ -2609,7 +2642,7 @@ async fn concurrent_activations_have_one_winner(backend: Backend) {
     let won = concurrently(16, |i| {
         let (store, id, version) = (store.clone(), app.id, app.version);
         let credentials = activation(ada.id(), "acct-1", format!("access-{i}").as_bytes(), None, now());
-        async move { store.activate_profile(id, version, &credentials).await.unwrap() }
+        async move { store.activate_profile(id, version, &credentials).await.unwrap().is_some() }
     })
     .await;
     let winners: Vec<usize> = (0..won.len()).filter(|i| won[*i]).collect();
@@ -2706,7 +2739,7 @@ async fn completing_a_refresh_bumps_the_token_version_only(backend: Backend) {
 
     // A connect flow that started before both refreshes still completes.
     let reconnect = activation(ada.id(), "acct-1", b"access-3", None, t1);
-    assert!(store.activate_profile(app.id, app.version, &reconnect).await.unwrap());
+    assert!(store.activate_profile(app.id, app.version, &reconnect).await.unwrap().is_some());
 }
 
 async fn releasing_a_refresh_lease_can_mark_the_profile_for_reauth(backend: Backend) {
@@ -2749,7 +2782,10 @@ async fn releasing_a_refresh_lease_can_mark_the_profile_for_reauth(backend: Back
     assert!(!store.acquire_refresh_lease(app.id, marked.version, &lease(first, t0)).await.unwrap(), "no refresh");
 
     let reconnect = activation(ada.id(), "acct-1", b"access-2", Some(b"refresh-2"), t0);
-    assert!(store.activate_profile(app.id, stored.version, &reconnect).await.unwrap(), "reconnecting mends it");
+    assert!(
+        store.activate_profile(app.id, stored.version, &reconnect).await.unwrap().is_some(),
+        "reconnecting mends it"
+    );
     assert_eq!(secrets_of(&store, app.id).await.status, ProfileStatus::Active);
 }
 
@@ -3231,7 +3267,7 @@ async fn a_members_active_personal_profile_is_found_by_connector(backend: Backen
     let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "mine", t0)).await;
     assert_eq!(store.active_personal_profile(ada.team.id, ada.id(), CONNECTOR).await.unwrap(), None, "pending");
     let credentials = activation(ada.id(), "acct-1", b"access-1", Some(b"refresh-1"), t0);
-    assert!(store.activate_profile(pending.id, pending.version, &credentials).await.unwrap());
+    assert!(store.activate_profile(pending.id, pending.version, &credentials).await.unwrap().is_some());
     let found = store.active_personal_profile(ada.team.id, ada.id(), CONNECTOR).await.unwrap().unwrap();
     assert_eq!(found.id, pending.id);
     assert_eq!(store.active_personal_profile(ada.team.id, bob.id(), CONNECTOR).await.unwrap(), None, "not Bob's");
@@ -3243,7 +3279,7 @@ async fn a_members_active_personal_profile_is_found_by_connector(backend: Backen
     let later =
         inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "later", t0 + TimeDelta::seconds(5)))
             .await;
-    assert!(store.activate_profile(later.id, later.version, &credentials).await.unwrap());
+    assert!(store.activate_profile(later.id, later.version, &credentials).await.unwrap().is_some());
     assert_eq!(store.active_personal_profile(ada.team.id, ada.id(), CONNECTOR).await.unwrap().unwrap().id, pending.id);
 }
 
@@ -3397,6 +3433,7 @@ async fn secrets_are_counted_and_paged_in_whole_rows(backend: Backend) {
             .activate_profile(access_only.id, 0, &activation(owner.id(), "acct-2", b"access-2", None, t0))
             .await
             .unwrap()
+            .is_some()
     );
     inserted(&store, profile(&owner.team, owner.id(), ProfileKind::OauthApp, "pending", t0)).await;
     inserted(&store, profile(&owner.team, owner.id(), ProfileKind::Env, "env", t0)).await;
@@ -6745,13 +6782,16 @@ mod issue_12_events {
         assert!(!store.release_refresh_lease(app.id, owner, Some(held.version), t).await.unwrap());
         let reconnect = activation(ada.id(), "acct-1", b"access-2", None, t);
         let current = store.profile(app.id).await.unwrap().unwrap();
-        assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap());
-        assert!(!store.activate_profile(app.id, current.version, &reconnect).await.unwrap(), "a stale version");
+        assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap().is_some());
+        assert!(
+            store.activate_profile(app.id, current.version, &reconnect).await.unwrap().is_none(),
+            "a stale version"
+        );
         let tested = secrets_of(&store, app.id).await;
         assert!(store.mark_needs_reauth(app.id, tested.version, ReauthReason::TestFailed, t).await.unwrap());
         assert!(!store.mark_needs_reauth(app.id, tested.version, ReauthReason::TestFailed, t).await.unwrap());
         let current = store.profile(app.id).await.unwrap().unwrap();
-        assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap());
+        assert!(store.activate_profile(app.id, current.version, &reconnect).await.unwrap().is_some());
         let current = store.profile(app.id).await.unwrap().unwrap();
         let scopes = vec!["repo".to_owned(), "admin:org".to_owned()];
         let widen = change(ada.id(), "App", &current.slug, &scopes, true, t);
@@ -6909,7 +6949,7 @@ async fn a_removed_members_personal_accounts_in_the_team_are_revoked(backend: Ba
     store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
     let personal = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::OauthAccount, "bobs-github", t0)).await;
     let credentials = activation(bob.id(), "acct-bob", b"access-bob", Some(b"refresh-bob"), t0);
-    assert!(store.activate_profile(personal.id, personal.version, &credentials).await.unwrap());
+    assert!(store.activate_profile(personal.id, personal.version, &credentials).await.unwrap().is_some());
     let team_wide = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::Env, "bobs-env", t0)).await;
     let at_home = inserted(&store, profile(&bob.team, bob.id(), ProfileKind::OauthAccount, "home", t0)).await;
     let adas = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthAccount, "adas", t0)).await;

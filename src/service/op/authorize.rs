@@ -442,11 +442,17 @@ impl OpenIdProvider {
         let Some(held) = held.filter(|held| held.session_hash == Some(session.hash)) else {
             return Err(unknown_consent());
         };
-        let request = self.validate(&Held::decode(&held)?, now).await?;
-        // Used up once: of two posts at once, one goes on (its row is the one just checked).
+        let checked = match self.validate(&Held::decode(&held)?, now).await {
+            Err(AuthorizeError::Store(error)) => return Err(error.into()),
+            checked => checked,
+        };
+        // Used up once — also when the check refused it, an answer the app gets (a request held
+        // still could later be answered a second time) —: of two posts at once, one goes on (its
+        // row is the one just checked).
         if self.store.take_request(id_hash, HeldFor::Session(&session.hash), now).await?.is_none() {
             return Err(unknown_consent());
         }
+        let request = checked?;
         if !approve {
             return Err(request.reject("access_denied", "the user declined"));
         }
