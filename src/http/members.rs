@@ -24,7 +24,7 @@ use super::problem::ApiError;
 use super::responses::MemberResponse;
 use crate::domain::{Role, UserId};
 use crate::error::ErrorCode;
-use crate::service::teams::MemberChange;
+use crate::service::teams::{MemberChange, MemberWrite};
 
 /// The routes for team owners.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -93,7 +93,7 @@ async fn change_team_member_role(
     let user = parse_user_id(&user)?;
     let role = parse_role(&request.role)?;
     let work = async move {
-        let change = state.teams.change_role(&team, Some(acting), user, role).await?;
+        let change = state.teams.write_member(&team, Some(acting), user, role, MemberWrite::RoleOnly).await?;
         if change == MemberChange::RoleChanged {
             let details = serde_json::json!({ "user_id": user.to_string(), "role": role.as_str() });
             audit::team_member_changed(&state, &headers, acting, &named, "team.member_role_changed", details).await;
@@ -122,7 +122,7 @@ async fn change_member_role(
     let team = parse_team(&team)?;
     let user = parse_user_id(&user)?;
     let role = parse_role(&request.role)?;
-    let change = state.teams.change_role(&team, None, user, role).await?;
+    let change = state.teams.write_member(&team, None, user, role, MemberWrite::RoleOnly).await?;
     Ok(member_answer(change, user, role))
 }
 
@@ -149,7 +149,7 @@ async fn add_team_member(
     // The change and its audit row go to their end together (a client that hangs up must not
     // leave a membership given and not recorded).
     let work = async move {
-        let change = state.teams.put_member(&team, Some(acting), user, role).await?;
+        let change = state.teams.write_member(&team, Some(acting), user, role, MemberWrite::Put).await?;
         let action = match change {
             MemberChange::Added => Some("team.member_added"),
             MemberChange::RoleChanged => Some("team.member_role_changed"),
@@ -214,7 +214,7 @@ async fn add_member(
 ) -> Result<MemberAnswer, ApiError> {
     let team = parse_team(&team)?;
     let (user, role) = parse_member(&request)?;
-    let change = state.teams.put_member(&team, None, user, role).await?;
+    let change = state.teams.write_member(&team, None, user, role, MemberWrite::Put).await?;
     Ok(member_answer(change, user, role))
 }
 

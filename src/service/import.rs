@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Transient;
 use super::provisioning::{IdentityClaim, ProvisionError, Provisioner};
-use super::teams::{MemberChange, TeamError, Teams};
+use super::teams::{MemberChange, MemberWrite, TeamError, Teams};
 use crate::domain::{
     DisplayName, Email, EmailError, IdentityId, Issuer, IssuerError, Role, Subject, TeamId, TeamRef, TextError, UserId,
 };
@@ -364,7 +364,7 @@ impl Importer {
             return Ok(LineOutcome { number, outcome, joined: self.would_join(Member::User(user), team_id) });
         }
         // Add-only: a role given between the look above and this write stays as it is.
-        match retry(|| self.teams.add_member(&team, user, Role::Member)).await {
+        match retry(|| self.teams.write_member(&team, None, user, Role::Member, MemberWrite::Join)).await {
             Ok(change) => Ok(LineOutcome { number, outcome, joined: change == MemberChange::Added }),
             Err(TeamError::Store(e)) => Err(failed(e)),
             Err(e) => Ok(not_joined(e)),

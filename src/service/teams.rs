@@ -10,6 +10,7 @@ use super::principals::{PrincipalCache, change_to_end};
 use super::users::{Page, PageRequest};
 use crate::domain::{DomainClaim, DomainName, Email, Issuer, Role, Slug, Team, TeamId, TeamRef, UserId};
 use crate::error::{ErrorCode, PublicError};
+pub use crate::store::MemberWrite;
 use crate::store::{
     ClaimOutcome, CreateTeamOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store, StoreError, TeamMember, TeamQuery,
 };
@@ -85,7 +86,7 @@ pub enum Discovery {
     Default,
 }
 
-/// What [`Teams::put_member`] did.
+/// What [`Teams::write_member`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberChange {
     /// The user joined the team.
@@ -126,48 +127,23 @@ impl Teams {
         self.store.team_with_role(team, user).await?.ok_or(TeamError::TeamNotFound)
     }
 
-    /// Adds `user` to a team with `role`, or changes their role (never demoting the last owner).
-    /// With `acting` set, only an owner of the team may do it (the admin API passes `None`).
-    pub async fn put_member(
+    /// Adds `user` to a team with `role`, or changes their role, as `how` says (see
+    /// [`MemberWrite`]; never demoting the last owner). With `acting` set, only an owner of the
+    /// team may do it (the admin API and imports pass `None`).
+    pub async fn write_member(
         &self,
         team: &TeamRef,
         acting: Option<UserId>,
         user: UserId,
         role: Role,
-    ) -> Result<MemberChange, TeamError> {
-        self.write_member(team, acting, user, role, false).await
-    }
-
-    /// Changes a member's role, never adding anyone: 404 `member_not_found` for a user who is
-    /// not a member (left or removed meanwhile). `acting` as for [`Teams::put_member`].
-    pub async fn change_role(
-        &self,
-        team: &TeamRef,
-        acting: Option<UserId>,
-        user: UserId,
-        role: Role,
-    ) -> Result<MemberChange, TeamError> {
-        self.write_member(team, acting, user, role, true).await
-    }
-
-    /// [`Teams::put_member`], or with `role_only` [`Teams::change_role`].
-    async fn write_member(
-        &self,
-        team: &TeamRef,
-        acting: Option<UserId>,
-        user: UserId,
-        role: Role,
-        role_only: bool,
+        how: MemberWrite,
     ) -> Result<MemberChange, TeamError> {
         let team = self.owner_gate(team, acting).await?;
         let store = self.store.clone();
         let changed = |outcome: &MemberOutcome| matches!(outcome, MemberOutcome::Added | MemberOutcome::Updated);
-        let outcome = self
-            .changing(user, changed, async move {
-                match role_only {
-                    true => store.change_role(team.id, acting, user, role, super::now()).await,
-                    false => store.put_member(team.id, acting, user, role, super::now()).await,
-                }
+        let outcome =
+            self.changing(user, changed, async move {
+                store.write_member(team.id, acting, user, role, super::now(), how).await
             })
             .await?;
         member_change(outcome)
@@ -188,19 +164,6 @@ impl Teams {
             }
         })
         .await
-    }
-
-    /// Adds `user` to a team as `role` unless they are a member already, in any role
-    /// ([`MemberChange::Unchanged`]): a join that never changes a role someone gave meanwhile.
-    pub async fn add_member(&self, team: &TeamRef, user: UserId, role: Role) -> Result<MemberChange, TeamError> {
-        let team = self.owner_gate(team, None).await?;
-        let store = self.store.clone();
-        let outcome = self
-            .changing(user, |outcome| *outcome == MemberOutcome::Added, async move {
-                store.add_member(team.id, user, role, super::now()).await
-            })
-            .await?;
-        member_change(outcome)
     }
 
     /// Removes `user` from a team (never its last owner). With `acting` set, only an owner may,

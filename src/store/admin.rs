@@ -329,7 +329,7 @@ async fn delete_user_once(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<D
         tx.rollback().await?;
         return Ok(DeleteUserOutcome::NotFound);
     };
-    // The team locks serialise this with membership changes of the same teams (as put_member and
+    // The team locks serialise this with membership changes of the same teams (as write_member and
     // remove_member take them), so that no team loses its last owner to a race.
     query(
         "SELECT id FROM teams WHERE id IN (SELECT team_id FROM memberships WHERE user_id = $1) ORDER BY id FOR UPDATE",

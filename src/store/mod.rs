@@ -430,6 +430,21 @@ pub enum SessionStart {
     NoUser,
 }
 
+/// What [`Store::write_member`] may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberWrite {
+    /// Add the user, or change their role.
+    Put,
+    /// Add the user unless they are a member already, in any role, or disabled
+    /// ([`MemberOutcome::Unchanged`], nothing written): a join (`tessera import`) never changes a
+    /// role given meanwhile, nor adds a user disabled meanwhile.
+    Join,
+    /// Change a member's role, never adding anyone: [`MemberOutcome::NotMember`] when the user is
+    /// not a member (left or removed meanwhile), so that a role change never puts back someone
+    /// who just left.
+    RoleOnly,
+}
+
 /// A new session.
 #[derive(Debug, Clone)]
 pub struct NewSession {
@@ -614,7 +629,7 @@ impl StoredSecret {
     }
 }
 
-/// What [`Store::put_member`] did.
+/// What [`Store::write_member`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberOutcome {
     /// The user joined the team.
@@ -631,7 +646,7 @@ pub enum MemberOutcome {
     NotAllowed,
     /// The team was deleted meanwhile (with its last member); nothing changed.
     TeamNotFound,
-    /// The user is not a member ([`Store::change_role`] only); nothing changed.
+    /// The user is not a member ([`MemberWrite::RoleOnly`] only); nothing changed.
     NotMember,
 }
 
@@ -1063,46 +1078,23 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// A team by id or slug, with `user`'s role in it (`None`: not a member), in one read.
     async fn team_with_role(&self, team: &TeamRef, user: UserId) -> Result<Option<(Team, Option<Role>)>, StoreError>;
 
-    /// Adds a member, or changes their role; never demotes the team's last owner (serialised per
-    /// team with [`Store::remove_member`]). Never touches a default-team flag. With `acting`, only
-    /// an owner of the team may: checked under the same lock (`NotAllowed`), so that a request
-    /// from an owner who was just demoted or removed cannot undo that.
-    async fn put_member(
+    /// Adds or changes a membership as `how` says; never demotes the team's last owner
+    /// (serialised per team with [`Store::remove_member`]), never touches a default-team flag.
+    /// With `acting`, only an owner of the team may: checked under the same lock (`NotAllowed`),
+    /// so that a request from an owner who was just demoted or removed cannot undo that.
+    async fn write_member(
         &self,
         team: TeamId,
         acting: Option<UserId>,
         user: UserId,
         role: Role,
         now: DateTime<Utc>,
-    ) -> Result<MemberOutcome, StoreError>;
-
-    /// Adds `user` to `team` as `role` unless they are a member already, in any role, or
-    /// disabled ([`MemberOutcome::Unchanged`], nothing written), under the same locks as
-    /// [`Store::put_member`]: a join (`tessera import`) never changes a role given meanwhile,
-    /// nor adds a user disabled meanwhile.
-    async fn add_member(
-        &self,
-        team: TeamId,
-        user: UserId,
-        role: Role,
-        now: DateTime<Utc>,
-    ) -> Result<MemberOutcome, StoreError>;
-
-    /// Changes a member's role as [`Store::put_member`] does, but never adds one:
-    /// [`MemberOutcome::NotMember`] when `user` is not a member (left or removed meanwhile), so
-    /// that a role change never puts back someone who just left.
-    async fn change_role(
-        &self,
-        team: TeamId,
-        acting: Option<UserId>,
-        user: UserId,
-        role: Role,
-        now: DateTime<Utc>,
+        how: MemberWrite,
     ) -> Result<MemberOutcome, StoreError>;
 
     /// Removes a member; never the team's last owner (serialised per team). Their connect links
     /// and connect flows for the team's profiles go with them. `acting` as for
-    /// [`Store::put_member`].
+    /// [`Store::write_member`].
     async fn remove_member(
         &self,
         team: TeamId,

@@ -27,10 +27,10 @@ use super::rows::{
 use super::{
     Activated, Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken,
     CreateOutcome, DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, IdentitySession, LinkOutcome,
-    LoginState, MemberOutcome, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam, PendingKey,
-    ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation, SecretKind,
-    SessionOfIdentity, SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError, StoredSecret, UnlinkOutcome,
-    UserSession, Waiting, WebhookChange, WebhookKeys, decode_kind, decode_role,
+    LoginState, MemberOutcome, MemberWrite, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam,
+    PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation,
+    SecretKind, SessionOfIdentity, SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError, StoredSecret,
+    UnlinkOutcome, UserSession, Waiting, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
 use super::{
     CodeRecord, GrantAt, GrantRecord, HeldFor, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
@@ -59,17 +59,6 @@ pub struct SqlStore {
     last_ready: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
-/// What [`SqlStore::write_member`] may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MemberWrite {
-    /// Add the user, or change their role.
-    Put,
-    /// Add the user unless they are a member (or disabled); never change a role.
-    Join,
-    /// Change a member's role; never add anyone.
-    RoleOnly,
-}
-
 impl SqlStore {
     /// Connects to the database the configuration names (an SQLite file is created if missing).
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
@@ -78,91 +67,6 @@ impl SqlStore {
             ready_timeout: config.ready_timeout,
             last_ready: tokio::sync::Mutex::new(None),
         })
-    }
-
-    /// [`Store::put_member`], [`Store::add_member`] or [`Store::change_role`], as `write` says.
-    async fn write_member(
-        &self,
-        team: TeamId,
-        acting: Option<UserId>,
-        user: UserId,
-        role: Role,
-        now: DateTime<Utc>,
-        write: MemberWrite,
-    ) -> Result<MemberOutcome, StoreError> {
-        let mut tx = self.db.begin().await?;
-        // The user, then the team: the order of a user's deletion (see `lock_user_key`). A join
-        // (`MemberWrite::Join`) reads whether the user is disabled, under a lock that a disable waits
-        // for: a disabled user joins no team, as on the provisioning path.
-        if write == MemberWrite::Join {
-            let row = query("SELECT disabled FROM users WHERE id = $1 FOR SHARE")
-                .bind(user.as_uuid())
-                .fetch_optional(&mut tx)
-                .await?;
-            let Some(row) = row else {
-                tx.rollback().await?;
-                return Ok(MemberOutcome::UserNotFound);
-            };
-            if row.flag("disabled")? {
-                tx.rollback().await?;
-                return Ok(MemberOutcome::Unchanged);
-            }
-        } else if !lock_user_key(&mut tx, user).await? {
-            tx.rollback().await?;
-            return Ok(MemberOutcome::UserNotFound);
-        }
-        // Serialises membership changes of one team, so that two cannot remove the last two owners.
-        if !lock_team(&mut tx, team).await? {
-            tx.rollback().await?;
-            return Ok(MemberOutcome::TeamNotFound);
-        }
-        if !acting_owner(&mut tx, team, acting).await? {
-            tx.rollback().await?;
-            return Ok(MemberOutcome::NotAllowed);
-        }
-        if let Some(Standing { role: previous, sole_owner, .. }) = standing(&mut tx, team, user).await? {
-            if write == MemberWrite::Join {
-                tx.rollback().await?;
-                return Ok(MemberOutcome::Unchanged);
-            }
-            if sole_owner && role != Role::Owner {
-                tx.rollback().await?;
-                return Ok(MemberOutcome::LastOwner);
-            }
-            if previous == role {
-                tx.rollback().await?;
-                return Ok(MemberOutcome::Unchanged);
-            }
-            query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
-                .bind(team.as_uuid())
-                .bind(user.as_uuid())
-                .bind(role.as_str())
-                .execute(&mut tx)
-                .await?;
-            let payload = events::member_changed(team, user, role, Some(previous));
-            insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ROLE_CHANGED, payload), now).await?;
-            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
-            tx.commit().await?;
-            return Ok(MemberOutcome::Updated);
-        }
-        if write == MemberWrite::RoleOnly {
-            tx.rollback().await?;
-            return Ok(MemberOutcome::NotMember);
-        }
-        query(
-            "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES ($1, $2, $3, FALSE, $4)",
-        )
-        .bind(team.as_uuid())
-        .bind(user.as_uuid())
-        .bind(role.as_str())
-        .bind(now)
-        .execute(&mut tx)
-        .await?;
-        let payload = events::member_changed(team, user, role, None);
-        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
-        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
-        tx.commit().await?;
-        Ok(MemberOutcome::Added)
     }
 }
 
@@ -557,7 +461,7 @@ impl SqlStore {
         leaving: bool,
     ) -> Result<RemoveOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
-        // Serialises membership changes of one team (see put_member).
+        // Serialises membership changes of one team (see write_member).
         if !lock_team(&mut tx, team).await? {
             tx.rollback().await?;
             return Ok(RemoveOutcome::TeamNotFound);
@@ -2191,36 +2095,88 @@ impl Store for SqlStore {
             .transpose()
     }
 
-    async fn put_member(
+    async fn write_member(
         &self,
         team: TeamId,
         acting: Option<UserId>,
         user: UserId,
         role: Role,
         now: DateTime<Utc>,
+        how: MemberWrite,
     ) -> Result<MemberOutcome, StoreError> {
-        self.write_member(team, acting, user, role, now, MemberWrite::Put).await
-    }
-
-    async fn change_role(
-        &self,
-        team: TeamId,
-        acting: Option<UserId>,
-        user: UserId,
-        role: Role,
-        now: DateTime<Utc>,
-    ) -> Result<MemberOutcome, StoreError> {
-        self.write_member(team, acting, user, role, now, MemberWrite::RoleOnly).await
-    }
-
-    async fn add_member(
-        &self,
-        team: TeamId,
-        user: UserId,
-        role: Role,
-        now: DateTime<Utc>,
-    ) -> Result<MemberOutcome, StoreError> {
-        self.write_member(team, None, user, role, now, MemberWrite::Join).await
+        let mut tx = self.db.begin().await?;
+        // The user, then the team: the order of a user's deletion (see `lock_user_key`). A join
+        // (`MemberWrite::Join`) reads whether the user is disabled, under a lock that a disable waits
+        // for: a disabled user joins no team, as on the provisioning path.
+        if how == MemberWrite::Join {
+            let row = query("SELECT disabled FROM users WHERE id = $1 FOR SHARE")
+                .bind(user.as_uuid())
+                .fetch_optional(&mut tx)
+                .await?;
+            let Some(row) = row else {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::UserNotFound);
+            };
+            if row.flag("disabled")? {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::Unchanged);
+            }
+        } else if !lock_user_key(&mut tx, user).await? {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::UserNotFound);
+        }
+        // Serialises membership changes of one team, so that two cannot remove the last two owners.
+        if !lock_team(&mut tx, team).await? {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::TeamNotFound);
+        }
+        if !acting_owner(&mut tx, team, acting).await? {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::NotAllowed);
+        }
+        if let Some(Standing { role: previous, sole_owner, .. }) = standing(&mut tx, team, user).await? {
+            if how == MemberWrite::Join {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::Unchanged);
+            }
+            if sole_owner && role != Role::Owner {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::LastOwner);
+            }
+            if previous == role {
+                tx.rollback().await?;
+                return Ok(MemberOutcome::Unchanged);
+            }
+            query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
+                .bind(team.as_uuid())
+                .bind(user.as_uuid())
+                .bind(role.as_str())
+                .execute(&mut tx)
+                .await?;
+            let payload = events::member_changed(team, user, role, Some(previous));
+            insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ROLE_CHANGED, payload), now).await?;
+            log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+            tx.commit().await?;
+            return Ok(MemberOutcome::Updated);
+        }
+        if how == MemberWrite::RoleOnly {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::NotMember);
+        }
+        query(
+            "INSERT INTO memberships (team_id, user_id, role, is_default, created_at) VALUES ($1, $2, $3, FALSE, $4)",
+        )
+        .bind(team.as_uuid())
+        .bind(user.as_uuid())
+        .bind(role.as_str())
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        let payload = events::member_changed(team, user, role, None);
+        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_ADDED, payload), now).await?;
+        log_changes(&mut tx, &[CacheChange::User(user)], now).await?;
+        tx.commit().await?;
+        Ok(MemberOutcome::Added)
     }
     async fn remove_member(
         &self,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tessera::config::Config;
 use tessera::service::principals::PrincipalCache;
 use tessera::service::provisioning::Provisioner;
-use tessera::service::teams::Teams;
+use tessera::service::teams::{MemberWrite, Teams};
 use tessera::service::validation::Validator;
 use tessera::upstream::issuers::{IssuerRegistry, outbound_client};
 use tessera::upstream::tokens::TokenVerifier;
@@ -111,7 +111,7 @@ async fn refused_changes_purge_nothing(backend: Backend) {
     };
     assert!(cached("ada") && cached("bob"), "nothing changed, nothing purged");
 
-    teams.put_member(&own_team, Some(ada_id), bob_id, tessera::domain::Role::Member).await.unwrap();
+    teams.write_member(&own_team, Some(ada_id), bob_id, tessera::domain::Role::Member, MemberWrite::Put).await.unwrap();
     assert!(!cached("bob"), "bob joined: his entry no longer answers");
     assert!(cached("ada"), "hers does");
 }

@@ -20,10 +20,10 @@ use tessera::service::webhooks::{REPLAY_PAGE, Webhooks};
 use tessera::store::{
     Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, CredentialOutcome,
     CredentialWrite, DataReport, DefaultTeam, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState,
-    MemberOutcome, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease,
-    Refreshed, RemoveOutcome, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SessionStart, SigningKeyRecord,
-    Store, StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange, UserQuery, UserSession,
-    UserUpdate,
+    MemberOutcome, MemberWrite, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
+    RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SessionStart,
+    SigningKeyRecord, Store, StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange,
+    UserQuery, UserSession, UserUpdate,
 };
 use tessera::store::{
     DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileUpdate, ReplayPage, Revocation, Waiting, WebhookChange,
@@ -242,7 +242,10 @@ async fn sign_up_as(store: &Arc<dyn Store>, account: NewAccount) -> Person {
 
 /// `user` joins `team` (they must not be a member yet).
 async fn join(store: &Arc<dyn Store>, team: &Team, user: UserId, role: Role, at: DateTime<Utc>) {
-    assert_eq!(store.put_member(team.id, None, user, role, at).await.unwrap(), MemberOutcome::Added);
+    assert_eq!(
+        store.write_member(team.id, None, user, role, at, MemberWrite::Put).await.unwrap(),
+        MemberOutcome::Added
+    );
 }
 
 /// A fresh, random 32-byte value, for state, session and token hashes.
@@ -532,7 +535,7 @@ async fn the_store_reads_committed_whatever_the_databases_default_on_postgres() 
         let bob = sign_up(&store, &format!("bob-{round}")).await;
         let outcomes = concurrently(16, |_| {
             let (store, team, user) = (store.clone(), ada.team.id, bob.id());
-            async move { store.put_member(team, None, user, Role::Member, now()).await }
+            async move { store.write_member(team, None, user, Role::Member, now(), MemberWrite::Put).await }
         })
         .await;
         let outcomes: Vec<MemberOutcome> = outcomes.into_iter().map(|o| o.expect("added or unchanged")).collect();
@@ -1363,15 +1366,15 @@ async fn only_a_current_owner_changes_members(backend: Backend) {
     let bob = sign_up(&store, "bob").await;
     let cat = sign_up(&store, "cat").await;
     let team = ada.team.id;
-    store.put_member(team, Some(ada.id()), bob.id(), Role::Owner, now()).await.unwrap();
+    store.write_member(team, Some(ada.id()), bob.id(), Role::Owner, now(), MemberWrite::Put).await.unwrap();
     assert_eq!(
-        store.put_member(team, Some(bob.id()), cat.id(), Role::Member, now()).await.unwrap(),
+        store.write_member(team, Some(bob.id()), cat.id(), Role::Member, now(), MemberWrite::Put).await.unwrap(),
         MemberOutcome::Added
     );
     // Bob is disabled: a session of his that another instance has not forgotten yet changes no
     // member, even as an owner on record.
     set_user_disabled(&store, bob.id(), true, now()).await.unwrap();
-    let put = store.put_member(team, Some(bob.id()), cat.id(), Role::Owner, now()).await.unwrap();
+    let put = store.write_member(team, Some(bob.id()), cat.id(), Role::Owner, now(), MemberWrite::Put).await.unwrap();
     assert_eq!(put, MemberOutcome::NotAllowed);
     assert_eq!(store.remove_member(team, Some(bob.id()), ada.id()).await.unwrap(), RemoveOutcome::NotAllowed);
     assert_eq!(role_in(&store, &ada.team, cat.id()).await, Some(Role::Member));
@@ -1380,17 +1383,17 @@ async fn only_a_current_owner_changes_members(backend: Backend) {
     // Bob is demoted: whatever he sent as an owner is checked against what he is now, under
     // the team's lock, so it cannot promote him back or act on others.
     assert_eq!(
-        store.put_member(team, Some(ada.id()), bob.id(), Role::Member, now()).await.unwrap(),
+        store.write_member(team, Some(ada.id()), bob.id(), Role::Member, now(), MemberWrite::Put).await.unwrap(),
         MemberOutcome::Updated
     );
-    let put = store.put_member(team, Some(bob.id()), bob.id(), Role::Owner, now()).await.unwrap();
+    let put = store.write_member(team, Some(bob.id()), bob.id(), Role::Owner, now(), MemberWrite::Put).await.unwrap();
     assert_eq!(put, MemberOutcome::NotAllowed);
     assert_eq!(store.remove_member(team, Some(bob.id()), cat.id()).await.unwrap(), RemoveOutcome::NotAllowed);
     assert_eq!(role_in(&store, &ada.team, bob.id()).await, Some(Role::Member));
     assert_eq!(role_in(&store, &ada.team, cat.id()).await, Some(Role::Member));
     // Removed, likewise; someone who never was a member neither.
     assert_eq!(store.remove_member(team, Some(ada.id()), bob.id()).await.unwrap(), RemoveOutcome::Removed);
-    let back = store.put_member(team, Some(bob.id()), bob.id(), Role::Owner, now()).await.unwrap();
+    let back = store.write_member(team, Some(bob.id()), bob.id(), Role::Owner, now(), MemberWrite::Put).await.unwrap();
     assert_eq!(back, MemberOutcome::NotAllowed);
     assert_eq!(store.remove_member(team, Some(UserId::generate()), cat.id()).await.unwrap(), RemoveOutcome::NotAllowed);
     assert_eq!(role_in(&store, &ada.team, bob.id()).await, None);
@@ -1528,7 +1531,9 @@ async fn put_member_adds_updates_and_never_demotes_the_last_owner(backend: Backe
     let ada = sign_up(&store, "ada").await;
     let bob = sign_up(&store, "bob").await;
     let (team, t0) = (ada.team.id, now());
-    let put = async |user: UserId, role: Role| store.put_member(team, None, user, role, t0).await.unwrap();
+    let put = async |user: UserId, role: Role| {
+        store.write_member(team, None, user, role, t0, MemberWrite::Put).await.unwrap()
+    };
 
     assert_eq!(put(UserId::generate(), Role::Member).await, MemberOutcome::UserNotFound);
     assert_eq!(put(ada.id(), Role::Admin).await, MemberOutcome::LastOwner);
@@ -1577,9 +1582,9 @@ async fn add_member_never_changes_a_role_given_meanwhile(backend: Backend) {
         let store = store.clone();
         async move {
             if i == 8 {
-                store.put_member(team, Some(owner), user, Role::Admin, now()).await.unwrap()
+                store.write_member(team, Some(owner), user, Role::Admin, now(), MemberWrite::Put).await.unwrap()
             } else {
-                store.add_member(team, user, Role::Member, now()).await.unwrap()
+                store.write_member(team, None, user, Role::Member, now(), MemberWrite::Join).await.unwrap()
             }
         }
     })
@@ -1590,17 +1595,23 @@ async fn add_member_never_changes_a_role_given_meanwhile(backend: Backend) {
     assert!(
         outcomes.iter().all(|o| matches!(o, MemberOutcome::Added | MemberOutcome::Updated | MemberOutcome::Unchanged))
     );
-    assert_eq!(store.add_member(team, user, Role::Owner, now()).await.unwrap(), MemberOutcome::Unchanged);
+    assert_eq!(
+        store.write_member(team, None, user, Role::Owner, now(), MemberWrite::Join).await.unwrap(),
+        MemberOutcome::Unchanged
+    );
     assert_eq!(role_in(&store, &ada.team, user).await, Some(Role::Admin));
     assert_eq!(
-        store.add_member(team, UserId::generate(), Role::Member, now()).await.unwrap(),
+        store.write_member(team, None, UserId::generate(), Role::Member, now(), MemberWrite::Join).await.unwrap(),
         MemberOutcome::UserNotFound
     );
     // A disabled user joins no team (as on the provisioning path); racing the disable, the join
     // comes before it (a member, then disabled) or after it (not added), never both.
     let cy = sign_up(&store, "cy").await;
     set_user_disabled(&store, cy.id(), true, now()).await.unwrap();
-    assert_eq!(store.add_member(team, cy.id(), Role::Member, now()).await.unwrap(), MemberOutcome::Unchanged);
+    assert_eq!(
+        store.write_member(team, None, cy.id(), Role::Member, now(), MemberWrite::Join).await.unwrap(),
+        MemberOutcome::Unchanged
+    );
     assert_eq!(role_in(&store, &ada.team, cy.id()).await, None);
 }
 
@@ -1610,7 +1621,7 @@ async fn concurrent_puts_of_one_member_add_them_once(backend: Backend) {
     let bob = sign_up(&store, "bob").await;
     let outcomes = concurrently(16, |_| {
         let (store, team, user) = (store.clone(), ada.team.id, bob.id());
-        async move { store.put_member(team, None, user, Role::Member, now()).await.unwrap() }
+        async move { store.write_member(team, None, user, Role::Member, now(), MemberWrite::Put).await.unwrap() }
     })
     .await;
     let added = outcomes.iter().filter(|o| **o == MemberOutcome::Added).count();
@@ -1627,7 +1638,7 @@ async fn members_added_while_the_user_or_team_is_deleted_are_refused_not_errors(
         let store = store.clone();
         concurrently(8, move |_| {
             let store = store.clone();
-            async move { store.put_member(team, None, user, Role::Member, now()).await }
+            async move { store.write_member(team, None, user, Role::Member, now(), MemberWrite::Put).await }
         })
     };
     // Bob joins Ada's team while Bob is deleted.
@@ -1650,7 +1661,7 @@ async fn members_added_while_the_user_or_team_is_deleted_are_refused_not_errors(
     let teams = store.user_profile(cid.id(), ReadFrom::Primary).await.unwrap().unwrap().teams.len();
     assert_eq!(teams, if deleted { 1 } else { 2 });
     if deleted {
-        let put = store.put_member(dee.team.id, None, cid.id(), Role::Member, now()).await.unwrap();
+        let put = store.write_member(dee.team.id, None, cid.id(), Role::Member, now(), MemberWrite::Put).await.unwrap();
         assert_eq!(put, MemberOutcome::TeamNotFound);
         assert_eq!(store.remove_member(dee.team.id, None, cid.id()).await.unwrap(), RemoveOutcome::TeamNotFound);
     }
@@ -1670,7 +1681,7 @@ async fn concurrent_demotions_and_removals_leave_one_owner(backend: Backend) {
         let (store, team, user) = (store.clone(), ada.team.id, owners[i]);
         async move {
             if i % 2 == 0 {
-                Ok(store.put_member(team, None, user, Role::Member, now()).await.unwrap())
+                Ok(store.write_member(team, None, user, Role::Member, now(), MemberWrite::Put).await.unwrap())
             } else {
                 Err(store.remove_member(team, None, user).await.unwrap())
             }
@@ -2614,7 +2625,7 @@ async fn an_activation_needs_the_members_right_when_it_is_written(backend: Backe
     // A team admin may connect the team's profile; demoted to member (not its creator), not.
     let by_bob = activation(bob.id(), "acct-1", b"access-1", None, t0);
     assert!(store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap().is_some());
-    store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
+    store.write_member(ada.team.id, None, bob.id(), Role::Member, t0, MemberWrite::Put).await.unwrap();
     assert!(
         store.activate_profile(app.id, version(app.id).await, &by_bob).await.unwrap().is_none(),
         "demoted meanwhile"
@@ -2974,8 +2985,8 @@ async fn a_credential_is_written_only_by_who_may_still_set_it(backend: Backend) 
     let ada = sign_up(&store, "ada").await;
     let (bob, cat, dan) = (sign_up(&store, "bob").await, sign_up(&store, "cat").await, sign_up(&store, "dan").await);
     let (team, t0) = (ada.team.id, now());
-    store.put_member(team, Some(ada.id()), bob.id(), Role::Admin, t0).await.unwrap();
-    store.put_member(team, Some(ada.id()), cat.id(), Role::Member, t0).await.unwrap();
+    store.write_member(team, Some(ada.id()), bob.id(), Role::Admin, t0, MemberWrite::Put).await.unwrap();
+    store.write_member(team, Some(ada.id()), cat.id(), Role::Member, t0, MemberWrite::Put).await.unwrap();
     let env = pending_env(&store, &ada, "env", t0).await;
     let meta = env_meta(&["A"], t0);
     let write = |by: UserId, connect_token| CredentialWrite {
@@ -2998,13 +3009,13 @@ async fn a_credential_is_written_only_by_who_may_still_set_it(backend: Backend) 
     // Demoted after his link was minted, Bob's post through it writes nothing and leaves the link.
     let link = connect_token(&env, bob.id(), t0, TimeDelta::minutes(30));
     store.mint_connect_token(&link).await.unwrap();
-    store.put_member(team, Some(ada.id()), bob.id(), Role::Member, t0).await.unwrap();
+    store.write_member(team, Some(ada.id()), bob.id(), Role::Member, t0, MemberWrite::Put).await.unwrap();
     let through_link = write(bob.id(), Some(&link.token_hash));
     assert_eq!(store.put_profile_credential(&through_link).await.unwrap(), CredentialOutcome::NotAllowed);
     assert!(store.connect_token(&link.token_hash, t0).await.unwrap().is_some(), "not consumed");
     // A creator who left the team no longer sets their own profile either.
     let cats = pending_env(&store, &cat, "cats", t0).await;
-    store.put_member(cat.team.id, Some(cat.id()), ada.id(), Role::Owner, t0).await.unwrap();
+    store.write_member(cat.team.id, Some(cat.id()), ada.id(), Role::Owner, t0, MemberWrite::Put).await.unwrap();
     assert_eq!(store.remove_member(cat.team.id, Some(ada.id()), cat.id()).await.unwrap(), RemoveOutcome::Removed);
     let own = CredentialWrite { profile: cats.id, by: cat.id(), ..write(cat.id(), None) };
     assert_eq!(store.put_profile_credential(&own).await.unwrap(), CredentialOutcome::NotAllowed);
@@ -3159,7 +3170,7 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     assert_eq!(db.sql().await.count("connector_defaults").await, 1);
     // A member (neither owner nor admin) makes a default only of a profile they created, and
     // replaces only a default of their own; once removed from the team, nothing at all.
-    store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
+    store.write_member(ada.team.id, None, bob.id(), Role::Member, t0, MemberWrite::Put).await.unwrap();
     let bobs_own = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::Env, "bobs-own", t0)).await;
     let others = store.set_default_profile(ada.team.id, bobs_own.id, bob.id(), t0).await.unwrap();
     assert_eq!(others, DefaultOutcome::OthersDefault);
@@ -4765,9 +4776,18 @@ async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend
         store.unlink_identity(ada.id(), link.identity_id, &[], t, None).await.unwrap(),
         UnlinkOutcome::Unlinked(_)
     ));
-    assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Added);
-    assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Member, t).await.unwrap(), MemberOutcome::Unchanged);
-    assert_eq!(store.put_member(ada.team.id, None, bob.id(), Role::Admin, t).await.unwrap(), MemberOutcome::Updated);
+    assert_eq!(
+        store.write_member(ada.team.id, None, bob.id(), Role::Member, t, MemberWrite::Put).await.unwrap(),
+        MemberOutcome::Added
+    );
+    assert_eq!(
+        store.write_member(ada.team.id, None, bob.id(), Role::Member, t, MemberWrite::Put).await.unwrap(),
+        MemberOutcome::Unchanged
+    );
+    assert_eq!(
+        store.write_member(ada.team.id, None, bob.id(), Role::Admin, t, MemberWrite::Put).await.unwrap(),
+        MemberOutcome::Updated
+    );
     assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
     assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
     assert_eq!(
@@ -5758,7 +5778,7 @@ async fn deleting_the_last_owner_of_a_shared_team_is_refused_and_writes_nothing(
     assert_eq!((sql.provisioning_counts().await, rows_of(&sql, ada.id()).await), before, "nothing written");
 
     // A second owner who is disabled cannot act for the team: still the last owner.
-    store.put_member(ada.team.id, None, bob.id(), Role::Owner, now()).await.unwrap();
+    store.write_member(ada.team.id, None, bob.id(), Role::Owner, now(), MemberWrite::Put).await.unwrap();
     set_user_disabled(&store, bob.id(), true, now()).await.unwrap();
     assert_eq!(store.delete_user(ada.id(), now()).await.unwrap(), DeleteUserOutcome::LastOwner(ada.team.clone()));
     set_user_disabled(&store, bob.id(), false, now()).await.unwrap();
@@ -5871,7 +5891,7 @@ mod cache_log {
         set_user_disabled(&store, ada.id(), true, now()).await.unwrap();
         set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
         join(&store, &bob.team, ada.id(), Role::Member, now()).await;
-        store.put_member(bob.team.id, None, ada.id(), Role::Admin, now()).await.unwrap();
+        store.write_member(bob.team.id, None, ada.id(), Role::Admin, now(), MemberWrite::Put).await.unwrap();
         store.remove_member(bob.team.id, None, ada.id()).await.unwrap();
         let second = linked(&store, &ada, "log-ada-elsewhere").await;
         assert!(matches!(
@@ -5964,7 +5984,7 @@ mod cache_log {
         set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
         assert_eq!(set_user_disabled(&store, UserId::generate(), true, now()).await.unwrap(), None);
         assert_eq!(
-            store.put_member(bob.team.id, None, ada.id(), Role::Member, now()).await.unwrap(),
+            store.write_member(bob.team.id, None, ada.id(), Role::Member, now(), MemberWrite::Put).await.unwrap(),
             MemberOutcome::Unchanged
         );
         assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::NotMember);
@@ -6946,7 +6966,7 @@ async fn a_removed_members_personal_accounts_in_the_team_are_revoked(backend: Ba
     let (db, store) = setup(backend).await;
     let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
     let t0 = now();
-    store.put_member(ada.team.id, None, bob.id(), Role::Member, t0).await.unwrap();
+    store.write_member(ada.team.id, None, bob.id(), Role::Member, t0, MemberWrite::Put).await.unwrap();
     let personal = inserted(&store, profile(&ada.team, bob.id(), ProfileKind::OauthAccount, "bobs-github", t0)).await;
     let credentials = activation(bob.id(), "acct-bob", b"access-bob", Some(b"refresh-bob"), t0);
     assert!(store.activate_profile(personal.id, personal.version, &credentials).await.unwrap().is_some());
