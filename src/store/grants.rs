@@ -153,6 +153,17 @@ pub enum HeldFor<'a> {
     Client(&'a str),
 }
 
+impl HeldFor<'_> {
+    /// Whether `held` is one this taker may take: what
+    /// [`Store::take_request`](super::Store::take_request) checks as it deletes.
+    pub fn may_take(self, held: &HeldRequest) -> bool {
+        match self {
+            HeldFor::Session(session) => held.session_hash.as_ref() == Some(session),
+            HeldFor::Client(client) => held.session_hash.is_none() && held.client_id == client,
+        }
+    }
+}
+
 /// What a user consented to for a third-party client.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Consent {

@@ -48,6 +48,7 @@ on_both_backends!(
     another_site_cannot_force_a_signed_in_browser_to_sign_in_again,
     a_login_hint_of_a_teams_domain_signs_in_through_the_teams_provider,
     pushed_requests_are_single_use,
+    a_pushed_request_that_cannot_be_checked_stays_for_the_retry,
     a_reloaded_page_of_a_used_request_shows_it_again_in_that_browser_only,
     a_pushed_request_used_at_once_on_two_instances_issues_one_code,
     forward_auth_answers_for_sessions_and_tokens,
@@ -2023,6 +2024,28 @@ async fn pushed_requests_are_single_use(backend: Backend) {
     let bad = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret));
     let bad = bad.form(&[("response_type", "code"), ("redirect_uri", "https://evil.example/cb")]).send().await.unwrap();
     assert_eq!(oauth_error(bad, 400).await, "invalid_request");
+}
+
+/// A pushed request that cannot be checked (the client's row unreadable on an instance that has
+/// not cached it) stays held: the browser's retry, once the store answers, goes on with it
+/// rather than finding it used up and the app never told.
+async fn a_pushed_request_that_cannot_be_checked_stays_for_the_retry(backend: Backend) {
+    let w = op_world(backend).await;
+    let (client, secret) = web_app(&w.app).await;
+    let (_, challenge) = pkce();
+    let uri = push_code_request(&w.app, (&client, &secret), &challenge, &[]).await;
+    let cold = w.another().await;
+    let url = cold.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)));
+    let sql = w.app.db.sql().await;
+    sql.exec("ALTER TABLE clients RENAME TO clients_away").await.unwrap();
+    let failed = Browser::new().navigate(&url).await;
+    sql.exec("ALTER TABLE clients_away RENAME TO clients").await.unwrap();
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    assert_eq!(sql.count("oauth_requests").await, 1, "still held");
+    let back = follow(&mut Browser::new(), url).await;
+    assert!(param(&back, "code").is_some(), "{back}");
+    assert_eq!(sql.count("oauth_requests").await, 0, "used up once it went on");
+    cold.stop().await;
 }
 
 /// The consent page a sign-in comes back to, and the account chooser of a pushed request, are

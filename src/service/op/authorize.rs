@@ -298,7 +298,7 @@ impl OpenIdProvider {
         let used = params.request_uri.clone().filter(|uri| request_uri_hash(uri).is_some());
         let continued_as = used.as_deref().zip(session).map(|(uri, session)| continuation_id(uri, session));
         let client_id = params.client_id.clone();
-        let Some(held) = self.unhold(params, now).await? else {
+        let Some(checked) = self.unhold(params, now).await? else {
             if let (Some(id), Some(session)) = (continued_as, session)
                 && let Some(next) = self.reload(&id, client_id.as_deref(), session, now).await?
             {
@@ -306,7 +306,7 @@ impl OpenIdProvider {
             }
             return Err(reject("invalid_request", "request_uri is unknown, used or expired; start again", None));
         };
-        let request = self.validate(&held, now).await?;
+        let request = checked?;
         let back = (request.redirect_uri.clone(), request.state.clone());
         self.decide(request, session, continued_as, now).await.map_err(|error| failure_to_client(error, back))
     }
@@ -317,15 +317,12 @@ impl OpenIdProvider {
     /// a request that does not check out is refused as it would be anyway; one that cannot be
     /// read (its `request_uri` unknown, or the store failing again) gets the failure itself.
     async fn undecided(&self, params: AuthorizationParams, error: StoreError, now: DateTime<Utc>) -> AuthorizeError {
-        let held = match self.unhold(params, now).await {
-            Ok(Some(held)) => held,
-            Ok(None) | Err(AuthorizeError::Store(_)) => return AuthorizeError::Store(error),
-            Err(rejected) => return rejected,
-        };
-        match self.validate(&held, now).await {
-            Ok(request) => failure_to_client(AuthorizeError::Store(error), (request.redirect_uri, request.state)),
-            Err(AuthorizeError::Store(_)) => AuthorizeError::Store(error),
-            Err(rejected) => rejected,
+        match self.unhold(params, now).await {
+            Ok(Some(Ok(request))) => {
+                failure_to_client(AuthorizeError::Store(error), (request.redirect_uri, request.state))
+            }
+            Ok(Some(Err(rejected))) => rejected,
+            Ok(None) | Err(_) => AuthorizeError::Store(error),
         }
     }
 
@@ -434,24 +431,10 @@ impl OpenIdProvider {
         approve: bool,
     ) -> Result<String, AuthorizeError> {
         let now = crate::domain::now();
-        // Checked again before it is used up: a store that fails to answer the check (the
-        // client's row, say) leaves the request held, for the same form sent again, rather than
-        // gone with the app never told. Another session's post (of a leaked request id) leaves
-        // the request to its own, unchecked.
-        let held = self.store.held_request(id_hash, now).await?;
-        let Some(held) = held.filter(|held| held.session_hash == Some(session.hash)) else {
-            return Err(unknown_consent());
-        };
-        let checked = match self.validate(&Held::decode(&held)?, now).await {
-            Err(AuthorizeError::Store(error)) => return Err(error.into()),
-            checked => checked,
-        };
-        // Used up once — also when the check refused it, an answer the app gets (a request held
-        // still could later be answered a second time) —: of two posts at once, one goes on (its
-        // row is the one just checked).
-        if self.store.take_request(id_hash, HeldFor::Session(&session.hash), now).await?.is_none() {
-            return Err(unknown_consent());
-        }
+        // Checked again before it is used up. Another session's post (of a leaked request id)
+        // leaves the request to its own, unchecked.
+        let by = HeldFor::Session(&session.hash);
+        let Some(checked) = self.take_checked(id_hash, by, now).await? else { return Err(unknown_consent()) };
         let request = checked?;
         if !approve {
             return Err(request.reject("access_denied", "the user declined"));
@@ -481,22 +464,46 @@ impl OpenIdProvider {
         self.issue_code(&request, session, now).await
     }
 
-    /// The request `params` make: as sent, or the one held under its `request_uri`, used up;
-    /// `None` when that one is unknown, used, expired, a consent request or another client's.
-    async fn unhold(&self, params: AuthorizationParams, now: DateTime<Utc>) -> Result<Option<Held>, AuthorizeError> {
+    /// The request `params` make, checked: as sent, or the one held under its `request_uri`
+    /// (see [`Self::take_checked`]); `None` when that one is unknown, used, expired, a consent
+    /// request or another client's. An error only when the store failed.
+    async fn unhold(&self, params: AuthorizationParams, now: DateTime<Utc>) -> Result<Option<Checked>, StoreError> {
         let Some(uri) = params.request_uri.as_deref() else {
-            return Ok(Some(Held::as_sent(params)));
+            return self.check(&Held::as_sent(params), now).await.map(Some);
         };
         let Some(hash) = request_uri_hash(uri) else {
-            return Ok(Some(Held::as_sent(without_foreign_request_uri(params))));
+            return self.check(&Held::as_sent(without_foreign_request_uri(params)), now).await.map(Some);
         };
         // A consent request is not a request_uri; and a request is used (up) by its own client
         // only.
         let Some(client_id) = params.client_id.as_deref() else { return Ok(None) };
-        let Some(held) = self.store.take_request(&hash, HeldFor::Client(client_id), now).await? else {
-            return Ok(None);
-        };
-        Ok(Some(Held::decode(&held)?))
+        self.take_checked(&hash, HeldFor::Client(client_id), now).await
+    }
+
+    /// The request held under `hash` for `by`, checked, then used up — also when the check
+    /// refused it, an answer the client gets (a request held still could later be answered a
+    /// second time) —; `None` when it is unknown, used (by another use at the same time too),
+    /// expired or not `by`'s. A store that fails to answer the check (the client's row, say)
+    /// leaves it held, for the browser to try again, rather than gone with the app never told.
+    async fn take_checked(
+        &self,
+        hash: &[u8; 32],
+        by: HeldFor<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Checked>, StoreError> {
+        let held = self.store.held_request(hash, now).await?;
+        let Some(held) = held.filter(|held| by.may_take(held)) else { return Ok(None) };
+        let checked = self.check(&Held::decode(&held)?, now).await?;
+        // Of two uses at once, one goes on (its row is the one just checked).
+        Ok(self.store.take_request(hash, by, now).await?.map(|_| checked))
+    }
+
+    /// [`Self::validate`], its store failure apart from its answer.
+    async fn check(&self, held: &Held, now: DateTime<Utc>) -> Result<Checked, StoreError> {
+        match self.validate(held, now).await {
+            Err(AuthorizeError::Store(error)) => Err(error),
+            checked => Ok(checked),
+        }
     }
 
     async fn validate(&self, held: &Held, now: DateTime<Utc>) -> Result<AuthorizationRequest, AuthorizeError> {
@@ -902,6 +909,9 @@ fn failure_to_client(error: AuthorizeError, back: (String, Option<String>)) -> A
     }
 }
 
+/// A request validated: what [`OpenIdProvider::validate`] answered, its store failures apart.
+type Checked = Result<AuthorizationRequest, AuthorizeError>;
+
 fn reject(error: &'static str, description: &str, redirect: Option<(String, Option<String>)>) -> AuthorizeError {
     AuthorizeError::Rejected(Rejection { error, description: description.to_owned(), redirect, in_fragment: false })
 }
@@ -950,17 +960,13 @@ impl OpenIdProvider {
         let now = crate::domain::now();
         // A consent request is no request_uri, and a request is its own client's only.
         let Some(client_id) = client_id.as_deref() else { return Ok(None) };
-        let Some(held) = self.store.take_request(&hash, HeldFor::Client(client_id), now).await? else {
-            return Ok(None);
-        };
-        match self.validate(&Held::decode(&held)?, now).await {
-            Ok(request) => {
+        match self.take_checked(&hash, HeldFor::Client(client_id), now).await? {
+            Some(Ok(request)) => {
                 let redirect = Some((request.redirect_uri, request.state));
                 let rejection = Rejection { error, description: description.to_owned(), redirect, in_fragment: false };
                 Ok(self.error_redirect(&rejection))
             }
-            Err(AuthorizeError::Rejected(_)) => Ok(None),
-            Err(AuthorizeError::Store(error)) => Err(error),
+            Some(Err(_)) | None => Ok(None),
         }
     }
 
