@@ -17,13 +17,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use rmcp::model::{ClientJsonRpcMessage, GetMeta as _, ProtocolVersion};
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetMeta as _, ProtocolVersion};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
 use super::AppState;
 use super::credentials::Credentials;
-use super::extract::{ApiBytes, MAX_BODY_BYTES, declares_json, media_ranges};
+use super::extract::{ApiBytes, DistinctJson, MAX_BODY_BYTES, declares_json, media_ranges};
 use super::op::signing_keys;
 use super::problem::ApiError;
 use crate::domain::UserId;
@@ -192,12 +192,19 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
     // Text that is not JSON, or JSON that is not one JSON-RPC message (`{}`, a request without
     // its method, or a batch, which MCP dropped in 2025-06-18): the transport would answer 415 in
     // plain text.
-    let message = serde_json::from_slice::<ClientJsonRpcMessage>(&bytes).map_err(|error| match error.classify() {
-        serde_json::error::Category::Data => ApiError::new(
+    // A key an object names twice (`"action"` in a tool's arguments, say) is refused: the SDK
+    // would keep the last where a gateway or an approval screen in front may read the first.
+    let DistinctJson(json) = serde_json::from_slice(&bytes).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::new(ErrorCode::InvalidRequest, "an object in the body names the same key twice; send it once")
+        }
+        _ => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
+    })?;
+    let message = serde_json::from_value::<ClientJsonRpcMessage>(json).map_err(|_| {
+        ApiError::new(
             ErrorCode::InvalidRequest,
             "the body is not one JSON-RPC request, notification or response (batches are not part of MCP)",
-        ),
-        _ => ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"),
+        )
     })?;
     // As the SDK reads it: a header naming a revision it does not speak is refused (absent, the
     // client speaks 2025-03-26) — unless the request names its revision in its `_meta` too: the
@@ -220,6 +227,19 @@ async fn checked_body(request: Request, state: &Arc<AppState>) -> Result<Request
                 ),
             ));
         }
+    }
+    // An `initialize` whose header differs from the revision its body names: refused here, as
+    // the SDK would, but without the SDK's warning, which logs the body's text (64 KiB of what
+    // the client likes).
+    if let ClientJsonRpcMessage::Request(request) = &message
+        && let ClientRequest::InitializeRequest(init) = &request.request
+        && let Some(version) = parts.headers.get(MCP_PROTOCOL_VERSION)
+        && version.as_bytes() != init.params.protocol_version.as_str().as_bytes()
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "MCP-Protocol-Version differs from the initialize request's protocolVersion; send the same revision",
+        ));
     }
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }

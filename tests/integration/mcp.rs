@@ -275,6 +275,10 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     };
     let both = "application/json, text/event-stream";
     let ping = br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#.to_vec();
+    let mismatched = json!({"jsonrpc": "2.0", "id": 8, "method": "initialize", "params": {
+        "protocolVersion": "X".repeat(1000), "capabilities": {}, "clientInfo": {"name": "curl", "version": "1"}}});
+    let twice = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"manage_auth_profiles",
+        "arguments":{"action":"list","team":"t","action":"delete"}}}"#;
     for (request, status, code) in [
         (post("application/json", "application/json", ping.clone()), 406, "not_acceptable"),
         (post("application/json, text/event-stream;q=0", "application/json", ping.clone()), 406, "not_acceptable"),
@@ -284,8 +288,19 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
         (post(both, "application/json", br#"{"jsonrpc":"2.0","id":1}"#.to_vec()), 400, "invalid_request"),
         (post(both, "application/json", b"{}".to_vec()), 400, "invalid_request"),
         (post(both, "application/json", [b"[", &ping[..], b"]"].concat()), 400, "invalid_request"),
+        // A key named twice, at any depth: the SDK would keep the last, where a gateway or an
+        // approval screen in front may have read the first.
+        (post(both, "application/json", twice.to_vec()), 400, "invalid_request"),
         (
             post(both, "application/json", ping.clone()).header("mcp-protocol-version", "1999-01-01"),
+            400,
+            "invalid_request",
+        ),
+        // An initialize whose header names another revision than its body (whose text the SDK
+        // would log).
+        (
+            post(both, "application/json", mismatched.to_string().into_bytes())
+                .header("mcp-protocol-version", "2025-06-18"),
             400,
             "invalid_request",
         ),
