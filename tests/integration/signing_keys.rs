@@ -32,6 +32,7 @@ on_both_backends!(
     a_key_made_elsewhere_verifies_at_once_once_the_keys_are_marked_stale,
     verify_accepts_only_valid_tokens_of_the_expected_type_and_issuer,
     a_store_failure_is_not_reported_as_a_bad_token,
+    a_rotation_that_cannot_be_written_leaves_the_keys_serving,
     private_keys_are_stored_encrypted_and_bound_to_their_row,
     concurrent_first_signatures_on_two_instances_leave_one_usable_key,
     an_instance_whose_ring_cannot_decrypt_the_next_key_is_not_ready,
@@ -365,8 +366,89 @@ async fn a_store_failure_is_not_reported_as_a_bad_token(backend: Backend) {
     assert!(!error.is_invalid_token(), "the key may exist: {error:?}");
     assert_eq!(error.code().as_str(), "store_unavailable");
     let error = keys.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap_err();
-    assert!(matches!(error, SigningError::Store(_)), "no signature with keys older than the JWKS lifetime: {error:?}");
+    assert!(
+        matches!(error, SigningError::Store(_) | SigningError::Unreadable),
+        "no signature with keys older than the JWKS lifetime: {error:?}"
+    );
     assert_eq!(error.code().as_str(), "store_unavailable");
+    // The JWKS is still served, as last read — relying parties keep verifying the tokens they
+    // hold —, to be fetched again next time (a key made since could sign by now).
+    let jwks = keys.jwks().await.expect("the keys as last read");
+    assert_eq!(kids(&jwks.document), [kid(&token)]);
+    assert_eq!(jwks.max_age, Duration::ZERO);
+}
+
+/// A rotation falls due when the store reads but does not write (a demoted primary, a full disk):
+/// the keys read still serve — signing, verifying — rather than the whole re-read counting as
+/// failed; the rotation is written by the first re-read once the store writes again.
+async fn a_rotation_that_cannot_be_written_leaves_the_keys_serving(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let settings = SigningKeySettings { rotation_period: Duration::from_millis(300), ..quick() };
+    let keys = signing_keys(db.store().await, settings).await;
+    let first = kid(&keys.sign(SigningAlg::EdDSA, "JWT", &claims("ada")).await.unwrap());
+    let sql = db.sql().await;
+    let refuse = match backend {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_keys BEFORE INSERT ON signing_keys BEGIN SELECT RAISE(ABORT, 'read-only'); END"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse_keys() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'read-only'; END $$;
+             CREATE TRIGGER refuse_keys BEFORE INSERT ON signing_keys FOR EACH ROW EXECUTE FUNCTION refuse_keys()"
+        }
+    };
+    sql.exec(refuse).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    keys.refresh().await.expect("the keys as read, the rotation left for later");
+    // Past the JWKS lifetime of the keys read before: only the re-read above lets them sign.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    keys.refresh().await.expect("the keys as read, the rotation left for later");
+    let token = keys.sign(SigningAlg::EdDSA, "JWT", &claims("ada")).await.expect("signs with the key it read");
+    assert_eq!(kid(&token), first);
+    let _: Value = keys.verify(&token, "JWT", ISSUER).await.unwrap();
+    assert_eq!(kids(&keys.jwks().await.unwrap().document).len(), 1);
+    let allow = match backend {
+        Backend::Sqlite => "DROP TRIGGER refuse_keys",
+        Backend::Postgres => "DROP TRIGGER refuse_keys ON signing_keys",
+    };
+    sql.exec(allow).await.unwrap();
+    keys.refresh().await.unwrap();
+    assert_eq!(keys.list().await.unwrap().len(), 2, "rotated once the store writes again");
+}
+
+/// A store that hangs (the keys' table locked: a read of them waits for the statement timeout,
+/// 30 s): a key the instance knows still verifies, and the keys still sign and serve the JWKS,
+/// at once from the keys as last read, re-read behind — forward-auth and token checks do not
+/// queue up behind the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_keys_answer_at_once_while_the_store_hangs() {
+    let db = TestDb::new(Backend::Postgres).await;
+    // Keys re-read every second, and usable to sign for four.
+    let settings = SigningKeySettings { jwks_max_age: Duration::from_secs(4), ..quick() };
+    let keys = signing_keys(db.store().await, settings).await;
+    let token = keys.sign(SigningAlg::ES256, "JWT", &claims("ada")).await.unwrap();
+    let sql = db.sql().await;
+    let held = sql.hold("", "BEGIN; LOCK TABLE signing_keys IN ACCESS EXCLUSIVE MODE").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A bound far below the statement timeout a read waits for.
+    let bound = Duration::from_secs(2);
+    let _: Value = tokio::time::timeout(bound, keys.verify(&token, "JWT", ISSUER))
+        .await
+        .expect("verify waited for the store")
+        .unwrap();
+    sql.until_waiting_for_a_lock("signing_keys").await;
+    let mut checks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (keys, token) = (keys.clone(), token.clone());
+        checks.spawn(async move { tokio::time::timeout(bound, keys.verify::<Value>(&token, "JWT", ISSUER)).await });
+    }
+    for checked in checks.join_all().await {
+        checked.expect("verify waited for the store").unwrap();
+    }
+    let signed = tokio::time::timeout(bound, keys.sign(SigningAlg::ES256, "JWT", &claims("ada"))).await;
+    assert_eq!(kid(&signed.expect("sign waited for the store").unwrap()), kid(&token));
+    let jwks = tokio::time::timeout(bound, keys.jwks()).await.expect("the JWKS waited for the store").unwrap();
+    assert_eq!(kids(&jwks.document), [kid(&token)]);
+    held.end("ROLLBACK").await;
 }
 
 async fn private_keys_are_stored_encrypted_and_bound_to_their_row(backend: Backend) {

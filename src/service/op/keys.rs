@@ -316,6 +316,17 @@ struct Inner {
     /// When a re-read last failed: for [`RELOAD_BACKOFF`] after it, uses answer from the cached
     /// keys rather than each wait for a read of its own (the worker retries).
     failed_at: std::sync::Mutex<Option<Instant>>,
+    /// A re-read runs in the background ([`SigningKeys::refresh_behind`]): one at a time.
+    refreshing: AtomicBool,
+}
+
+/// Lowers its flag when dropped (a task that ends, or panics).
+struct Lowered<'a>(&'a AtomicBool);
+
+impl Drop for Lowered<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// How long after a failed re-read of the keys the cached ones answer without another try.
@@ -415,6 +426,7 @@ impl SigningKeys {
                 stale: AtomicBool::new(false),
                 marked: tokio::sync::Notify::new(),
                 failed_at: std::sync::Mutex::new(None),
+                refreshing: AtomicBool::new(false),
             }),
         };
         let set = keys.load().await?;
@@ -498,24 +510,18 @@ impl SigningKeys {
         // has said the keys changed (a key it just made may have signed this token).
         let due = age >= self.inner.settings.refresh_interval()
             || (unknown && (age >= UNKNOWN_KID_COOLDOWN || self.inner.stale.load(Ordering::Acquire)));
-        // Within the back-off after a failed re-read, a known key answers from the cache and an
-        // unknown one is refused as unreadable, without a read of its own: requests do not queue
-        // up behind a database that hangs (the worker keeps trying).
-        if due && self.failed_within(RELOAD_BACKOFF) {
-            if unknown {
-                return Err(VerifyError::Keys(SigningError::Unreadable));
-            }
+        // A known key answers from the cache, the keys re-read behind it: keys only leave by
+        // their unpublish time, checked on each use, so a known key can be trusted from an old
+        // read; and requests do not queue up behind a database that hangs. An unknown one waits
+        // for the re-read — unless one failed within the back-off: it is then refused as
+        // unreadable, without a read of its own (the worker keeps trying).
+        if due && !unknown {
+            self.refresh_behind(&set);
+        } else if due && self.failed_within(RELOAD_BACKOFF) {
+            return Err(VerifyError::Keys(SigningError::Unreadable));
         } else if due {
-            match self.reload(Some(&set)).await {
-                Ok(fresh) => set = fresh,
-                // Keys only leave by their unpublish time, checked on each use: a known key can
-                // be trusted from an old read.
-                Err(error) if !unknown => {
-                    tracing::warn!(error = %error.chain(), age_s = age.as_secs(), "cannot re-read the signing keys; verifying with the cached ones");
-                }
-                // The key may well exist: the store cannot say.
-                Err(error) => return Err(VerifyError::Keys(error)),
-            }
+            // The key may well exist when the store cannot say.
+            set = self.reload(Some(&set)).await.map_err(VerifyError::Keys)?;
         }
         let key = set.published(kid, now).ok_or(VerifyError::UnknownKey)?;
         if header.alg != jwt_alg(key.alg) {
@@ -553,7 +559,13 @@ impl SigningKeys {
 
     /// Every published public key, as a JWK Set.
     pub async fn jwks(&self) -> Result<Jwks, SigningError> {
-        let set = self.keys().await?;
+        // When the store cannot say what they are now, the keys as last read: a relying party
+        // keeps verifying the tokens it has (a 503 would fail them all in many libraries), and is
+        // told to fetch again next time (a max-age of 0 once a key made since could sign).
+        let set = match self.keys().await {
+            Ok(set) => set,
+            Err(error) => Some(self.cached()).filter(|set| !set.keys.is_empty()).ok_or(error)?,
+        };
         let now = now();
         let keys: Vec<&Value> = set
             .keys
@@ -676,10 +688,17 @@ impl SigningKeys {
     async fn keys(&self) -> Result<Arc<KeySet>, SigningError> {
         let cached = self.cached();
         let age = cached.loaded_at.elapsed();
-        if age < self.inner.settings.refresh_interval() && !self.inner.stale.load(Ordering::Acquire) {
+        let stale = self.inner.stale.load(Ordering::Acquire);
+        if age < self.inner.settings.refresh_interval() && !stale {
             return Ok(cached);
         }
-        if self.failed_within(RELOAD_BACKOFF) && age < self.inner.settings.jwks_max_age {
+        // Keys read within `jwks_max_age` serve while they are re-read behind: no caller waits
+        // for a read (nor queues up behind a database that hangs) — unless another instance said
+        // they changed (a key rotated at once must not sign a moment longer) and the store
+        // answers: a mark left by a failed re-read is the store's failure, not news.
+        let failing = self.failed_within(Duration::MAX);
+        if age < self.inner.settings.jwks_max_age && (!stale || failing) {
+            self.refresh_behind(&cached);
             return Ok(cached);
         }
         match self.reload(Some(&cached)).await {
@@ -713,7 +732,9 @@ impl SigningKeys {
         self.inner.stale.store(false, Ordering::Release);
         let loaded = async {
             let mut set = self.load().await?;
-            if self.rotate_due(&set).await? {
+            // A rotation that cannot be written (a store that reads but does not write) leaves
+            // the keys as read, which still serve; the next re-read tries it again.
+            if self.rotate_due(&set).await {
                 set = self.load().await?;
             }
             Ok(set)
@@ -731,6 +752,25 @@ impl SigningKeys {
                 Err(error)
             }
         }
+    }
+
+    /// Re-reads the keys in a task of its own, unless one is under way, for callers that go on
+    /// with `seen` meanwhile. A failure is logged once, by that task.
+    fn refresh_behind(&self, seen: &Arc<KeySet>) {
+        if self.inner.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (this, seen) = (self.clone(), seen.clone());
+        tokio::spawn(async move {
+            let _done = Lowered(&this.inner.refreshing);
+            // Within the back-off after a failed re-read, none: the worker keeps trying.
+            if !this.failed_within(RELOAD_BACKOFF)
+                && let Err(error) = this.reload(Some(&seen)).await
+            {
+                let age_s = seen.loaded_at.elapsed().as_secs();
+                tracing::warn!(error = %error.chain(), age_s, "cannot re-read the signing keys; using the cached ones");
+            }
+        });
     }
 
     /// Whether a re-read of the keys failed within `window`.
@@ -751,8 +791,8 @@ impl SigningKeys {
     }
 
     /// Rotates the algorithms whose un-retired key has signed for `rotation_period`; whether any
-    /// rotation was written.
-    async fn rotate_due(&self, set: &KeySet) -> Result<bool, SigningError> {
+    /// rotation was written. One that fails is logged, and the others are still tried.
+    async fn rotate_due(&self, set: &KeySet) -> bool {
         let now = now();
         let period = chrono::Duration::from_std(self.inner.settings.rotation_period).unwrap_or(chrono::Duration::MAX);
         let mut rotated = false;
@@ -761,10 +801,15 @@ impl SigningKeys {
                 && current.signs_from <= now
                 && now.signed_duration_since(current.signs_from) >= period
             {
-                rotated |= self.rotate_from(current, false).await?;
+                match self.rotate_from(current, false).await {
+                    Ok(written) => rotated |= written,
+                    Err(error) => {
+                        tracing::warn!(alg = alg.as_str(), error = %error.chain(), "cannot rotate a signing key that is due; trying again at the next re-read");
+                    }
+                }
             }
         }
-        Ok(rotated)
+        rotated
     }
 
     /// Writes a rotation from `current`; false when another instance rotated it first. A key
