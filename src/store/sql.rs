@@ -3572,20 +3572,36 @@ impl Store for SqlStore {
             Ok((WebhookId::from_uuid(row.uuid("id")?), types, row.time("created_at")?, live_until))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
+        let (mut deliveries, mut seqs) = (Vec::new(), Vec::with_capacity(events.len()));
         for event in events {
             let (seq, id, topic, written) =
                 (event.int("seq")?, event.uuid("id")?, event.text("topic")?, event.time("created_at")?);
             for (endpoint, types, registered, live_until) in &endpoints {
                 let live = live_until.is_none_or(|disabled| written < disabled);
                 if *registered <= written && live && (types.is_empty() || types.contains(&topic)) {
-                    insert_delivery(&mut tx, *endpoint, id, seq, now).await?;
+                    deliveries.push((*endpoint, id, seq));
                 }
             }
-            query("UPDATE outbox_events SET processed_at = $2 WHERE seq = $1")
-                .bind(seq)
-                .bind(now)
-                .execute(&mut tx)
-                .await?;
+            seqs.push(seq);
+        }
+        // Many rows a statement: a backlog of events times endpoints, one statement each, held the
+        // fan-out lock (which a new endpoint's registration waits for) for seconds a batch.
+        for chunk in deliveries.chunks(DELIVERIES_PER_INSERT) {
+            let mut insert = query(INSERT_DELIVERIES_SQL.as_str()).bind(now);
+            // A shorter chunk repeats its last delivery, under an id of its own: the same
+            // (endpoint, event), which the statement's `ON CONFLICT` passes over.
+            for (endpoint, event, seq) in padded(chunk, DELIVERIES_PER_INSERT) {
+                insert = insert.bind(uuid::Uuid::now_v7()).bind(endpoint.as_uuid()).bind(*event).bind(*seq);
+            }
+            insert.execute(&mut tx).await?;
+        }
+        // By the numbers taken, not a range: an event committed late within it is not among them.
+        for chunk in seqs.chunks(EVENTS_PER_UPDATE) {
+            let mut processed = query(PROCESSED_EVENTS_SQL.as_str()).bind(now);
+            for seq in padded(chunk, EVENTS_PER_UPDATE) {
+                processed = processed.bind(*seq);
+            }
+            processed.execute(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(FanOut { events: events.len() as u64, waiting, busy: false })
@@ -4227,6 +4243,37 @@ static DELETE_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
 static LOCK_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
     let ids: Vec<String> = (1..=EVENTS_PER_DELETE).map(|n| format!("${n}")).collect();
     format!("SELECT id FROM outbox_events WHERE id IN ({}) ORDER BY id FOR UPDATE SKIP LOCKED", ids.join(", "))
+});
+
+/// Deliveries the fan-out writes per statement (four values each).
+const DELIVERIES_PER_INSERT: usize = 100;
+
+/// The fan-out's insert of [`DELIVERIES_PER_INSERT`] pending deliveries, scheduled at `$1`;
+/// one already there (the same endpoint and event) is passed over.
+static INSERT_DELIVERIES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let rows: Vec<String> = (0..DELIVERIES_PER_INSERT)
+        .map(|row| {
+            let first = 2 + 4 * row;
+            let [id, endpoint, event, seq] = [first, first + 1, first + 2, first + 3];
+            format!("(${id}, ${endpoint}, ${event}, ${seq}, 'pending', 0, $1, $1, $1)")
+        })
+        .collect();
+    format!(
+        "INSERT INTO webhook_deliveries
+           (id, endpoint_id, event_id, event_seq, state, attempts, scheduled_at, next_attempt_at, created_at)
+         VALUES {}
+         ON CONFLICT (endpoint_id, event_id) DO NOTHING",
+        rows.join(", ")
+    )
+});
+
+/// Events the fan-out marks processed per statement.
+const EVENTS_PER_UPDATE: usize = 100;
+
+/// Marks [`EVENTS_PER_UPDATE`] events, by number, processed at `$1`.
+static PROCESSED_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let seqs: Vec<String> = (2..EVENTS_PER_UPDATE + 2).map(|n| format!("${n}")).collect();
+    format!("UPDATE outbox_events SET processed_at = $1 WHERE seq IN ({})", seqs.join(", "))
 });
 
 /// Ends what a disabled user signed in with, for good: their sessions (with a `session.revoked`

@@ -36,6 +36,7 @@ on_both_backends!(
     webhook_endpoints_are_stored_updated_and_deleted,
     instances_starting_together_insert_a_config_endpoint_once,
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
+    a_backlog_fans_out_whole_in_one_round,
     an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_before,
     events_after_a_gap_wait_for_the_transaction_that_may_fill_it,
     an_endpoint_is_leased_to_one_owner_at_a_time,
@@ -4934,6 +4935,34 @@ async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: B
     let first = &store.pending_deliveries(all.id, 1).await.unwrap()[0];
     assert_eq!(first.payload["user"]["id"], ada.id().as_uuid().to_string());
     assert_eq!(first.attempts, 0);
+}
+
+/// A backlog larger than one statement's rows (deliveries and events are written a hundred a
+/// statement): every event reaches every endpoint that wants it once, and every event taken is
+/// marked processed — none left over, none fanned out twice.
+async fn a_backlog_fans_out_whole_in_one_round(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let before = now() - TimeDelta::seconds(1);
+    let (all, created, also_all) = (endpoint(&[], before), endpoint(&["user.created"], before), endpoint(&[], before));
+    for hook in [&all, &created, &also_all] {
+        store.insert_webhook(hook).await.unwrap();
+    }
+    for n in 0..130 {
+        sign_up(&store, &format!("user-{n}")).await;
+    }
+    let sql = db.sql().await;
+    let events = sql.count("outbox_events").await;
+    let users_created = sql.count("outbox_events WHERE topic = 'user.created'").await;
+    assert!(events > 100 && users_created == 130, "{events} events");
+    assert_eq!(store.fan_out_events(500, None, now()).await.unwrap().events, events as u64);
+    assert_eq!(sql.count("outbox_events WHERE processed_at IS NULL").await, 0);
+    for (hook, wanted) in [(&all, events), (&created, users_created), (&also_all, events)] {
+        let jobs = store.pending_deliveries(hook.id, 500).await.unwrap();
+        assert_eq!(jobs.len() as i64, wanted);
+        assert!(jobs.windows(2).all(|w| w[0].event_seq < w[1].event_seq), "each once, in sequence order");
+    }
+    assert_eq!(sql.count("webhook_deliveries").await, 2 * events + users_created);
+    assert_eq!(store.fan_out_events(500, None, now()).await.unwrap().events, 0);
 }
 
 /// Events written while an endpoint was enabled are its, however far behind the fan-out is when
