@@ -75,6 +75,9 @@ enum Bench {
     /// Webhook delivery to a local receiver (events/s, lag from commit to receipt) beside the
     /// bare outbox insert rate of the same changes.
     Webhooks(webhooks::WebhooksArgs),
+    /// The webhook fan-out of a backlog of events into deliveries, for one endpoint and for many,
+    /// in the same run.
+    Fanout(webhooks::FanOutArgs),
     /// The cost of a `/metrics` scrape, as its rate beside `GET /healthz` in the same run.
     Metrics(scrape::MetricsArgs),
 }
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
             Bench::Caches(args) => caches::run(args).await,
             Bench::Purge(args) => purge::run(args).await,
             Bench::Webhooks(args) => webhooks::run(args).await,
+            Bench::Fanout(args) => webhooks::fan_out(args).await,
             Bench::Metrics(args) => scrape::run(args).await,
         }
     });

@@ -206,3 +206,109 @@ async fn write_changes(
     })
     .await
 }
+
+/// Options of `tessera-bench fanout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanOutArgs {
+    /// Events in each backlog.
+    #[arg(long, default_value_t = 5_000)]
+    pub events: usize,
+    /// Endpoints of the second backlog (the first has one).
+    #[arg(long, default_value_t = 10)]
+    pub endpoints: usize,
+    /// Admin URL of a PostgreSQL server (a scratch database is created and dropped); SQLite in a
+    /// temp file otherwise.
+    #[arg(long, env = "TESSERA_BENCH_PG_URL", hide_env_values = true, value_name = "URL")]
+    pub postgres: Option<String>,
+}
+
+/// `tessera-bench fanout`: the fan-out of a backlog of events (an import's, say) into pending
+/// deliveries — the worker's store call, in batches of 5,000 events —, timed for one endpoint and
+/// then for `--endpoints`, in the same run: how a round's time grows with the endpoints.
+pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
+    if args.events == 0 || args.endpoints < 2 {
+        bail!("--events must be positive and --endpoints at least 2");
+    }
+    let database = ScratchDb::create(args.postgres.as_deref()).await?;
+    database.run(|url| async move { measure_fan_out(&args, &url).await }).await
+}
+
+async fn measure_fan_out(args: &FanOutArgs, url: &str) -> anyhow::Result<()> {
+    let mut config = Config::for_database(url)?;
+    config.issuers = vec![IssuerConfig::new(Issuer::parse(ISSUER)?)];
+    config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
+    let ring = format!(
+        "bench:{}",
+        base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2))
+    );
+    config.encryption = Some(Arc::new(KeyRing::parse(&ring).context("the key ring")?));
+    // The worker's first round runs at start; the backlogs are the benchmark's to fan out.
+    config.webhooks.poll_interval = Duration::from_secs(3600);
+    let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let mut users = Vec::new();
+    for i in 0..200 {
+        let created: serde_json::Value = client
+            .post(format!("{base}/admin/users/bootstrap"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "issuer": ISSUER, "subject": format!("fan-{i}"), "email": format!("fan-{i}@bench.example.com") }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        users.push(created["user_id"].as_str().context("user_id")?.parse::<UserId>()?);
+    }
+    let users = Arc::new(users);
+    println!(
+        "tessera-bench fanout: backlogs of {} events, 1 then {} endpoints, on {}",
+        args.events,
+        args.endpoints,
+        store.backend().name()
+    );
+    println!("{:<12} {:>12} {:>10} {:>16}", "endpoints", "deliveries", "seconds", "deliveries/s");
+    let mut registered = 0;
+    let mut times = Vec::new();
+    for endpoints in [1, args.endpoints] {
+        for i in registered..endpoints {
+            client
+                .post(format!("{base}/admin/webhooks"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&serde_json::json!({ "url": format!("https://hook-{i}.bench.example.com/"),
+                                           "event_types": ["user.updated"] }))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        registered = endpoints;
+        write_changes(&store, &users, 16, args.events, "backlog").await?;
+        let started = Instant::now();
+        let mut events = 0;
+        loop {
+            let round = store.fan_out_events(5_000, Some(i64::MAX), Utc::now()).await?;
+            if round.events == 0 {
+                break;
+            }
+            events += round.events as usize;
+        }
+        let took = started.elapsed();
+        // The users' creation events went out in the first round too, to the one endpoint.
+        let deliveries = args.events * endpoints;
+        anyhow::ensure!(events >= args.events, "only {events} of {} events fanned out", args.events);
+        println!(
+            "{endpoints:<12} {deliveries:>12} {:>10.3} {:>16.0}",
+            took.as_secs_f64(),
+            deliveries as f64 / took.as_secs_f64()
+        );
+        times.push(took.as_secs_f64());
+    }
+    println!(
+        "time with {} endpoints / time with 1 (deliveries x{}): {:.2}",
+        args.endpoints,
+        args.endpoints,
+        times[1] / times[0]
+    );
+    server.stop().await?;
+    store.close().await;
+    Ok(())
+}
