@@ -406,8 +406,6 @@ CREATE INDEX sessions_last_seen_at_idx ON sessions (last_seen_at);
 
 CREATE INDEX oauth_codes_unused_expiry_idx ON oauth_codes (expires_at) WHERE used_at IS NULL;
 
-CREATE INDEX auth_profiles_team_connector_idx ON auth_profiles (team_id, connector_key);
-
 CREATE INDEX auth_profiles_created_by_idx ON auth_profiles (created_by);
 
 CREATE TABLE "cache_invalidations" (
@@ -451,3 +449,5 @@ CREATE INDEX webhook_deliveries_pending_scheduled_idx ON webhook_deliveries (end
 CREATE INDEX oauth_grants_user_client_idx ON oauth_grants (user_id, client_id);
 
 CREATE INDEX memberships_owners_idx ON memberships (team_id) WHERE role = 'owner';
+
+CREATE INDEX auth_profiles_team_connector_creator_idx ON auth_profiles (team_id, connector_key, created_by);

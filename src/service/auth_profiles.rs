@@ -638,8 +638,7 @@ impl AuthProfiles {
     /// The profiles of a team the caller may see: the team's, and the caller's own personal ones.
     pub async fn list(&self, team: &TeamRef, user: UserId) -> Result<Vec<AuthProfile>, AuthProfileError> {
         let (team, _) = self.membership(team, user).await?;
-        let profiles = self.store.team_profiles(team.id).await?;
-        Ok(profiles.into_iter().filter(|p| !p.profile_kind.is_personal() || p.created_by == user).collect())
+        Ok(self.store.team_profiles(team.id, user).await?)
     }
 
     /// The live profiles `user` made, in every team they are a member of (their account page's

@@ -87,6 +87,7 @@ embedded_migrations! {
     32 "0032_lookup_indexes" "lookup_indexes",
     33 "0033_grant_user_client_index" "grant_user_client_index",
     34 "0034_team_owners_index" "team_owners_index",
+    35 "0035_profile_creator_index" "profile_creator_index",
 }
 
 /// The most a statement on the read replica may take (less when `database.statement_timeout_ms`

@@ -1145,8 +1145,9 @@ pub trait Store: Send + Sync + Debug + 'static {
         except: Option<ProfileId>,
     ) -> Result<bool, StoreError>;
 
-    /// A team's live profiles, oldest first.
-    async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError>;
+    /// The live profiles of a team that `viewer` may see, oldest first: the team's, and the
+    /// personal ones `viewer` made (not every member's, which a team of thousands holds).
+    async fn team_profiles(&self, team: TeamId, viewer: UserId) -> Result<Vec<AuthProfile>, StoreError>;
 
     /// The live profiles `user` made, in the teams they are a member of, oldest first: found by
     /// their maker (`auth_profiles_created_by_idx`), not by reading each team's every profile.

@@ -44,8 +44,8 @@ use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
     AuthProfile, Client, ClientId, ClientKind, DeliveryJob, DeliveryState, DomainClaim, DomainName, Email, EventId,
-    Identity, IdentityId, Issuer, Principal, ProfileId, ProfileRight, Role, Slug, Subject, Team, TeamId, TeamRef, User,
-    UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
+    Identity, IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileRight, Role, Slug, Subject, Team, TeamId,
+    TeamRef, User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
 /// Tessera's storage on SQLite or PostgreSQL (with an optional read replica).
@@ -1112,6 +1112,33 @@ fn delivery_row(row: &impl RowExt) -> Result<WebhookDelivery, StoreError> {
 }
 
 /// Inserts a pending delivery of an event to an endpoint, unless there is one.
+/// The condition on the pending personal profile of a [`PendingKey`] (`$1` team, `$2`
+/// connector, `$3` provider, `$4` its maker: [`bind_pending`]); the kind a literal, so that its
+/// partial unique index serves the statement in a generic plan too.
+macro_rules! pending_account {
+    () => {
+        "team_id = $1 AND connector_key = $2 AND provider = $3 AND created_by = $4
+         AND status = 'pending_auth' AND profile_kind = 'oauth_account'"
+    };
+}
+
+/// [`pending_account!`] for a team-wide profile (no `$4`).
+macro_rules! pending_app {
+    () => {
+        "team_id = $1 AND connector_key = $2 AND provider = $3 AND status = 'pending_auth' AND profile_kind = 'oauth_app'"
+    };
+}
+
+/// Binds `key` to a statement of [`pending_account!`] or [`pending_app!`]: its maker only for a
+/// personal profile.
+fn bind_pending<'q>(statement: Query<'q>, key: &PendingKey<'_>) -> Query<'q> {
+    let statement = statement.bind(key.team.as_uuid()).bind(key.connector_key.to_owned()).bind(key.provider.to_owned());
+    match key.kind {
+        ProfileKind::OauthAccount => statement.bind(key.created_by.as_uuid()),
+        _ => statement,
+    }
+}
+
 async fn insert_delivery(
     tx: &mut Tx,
     endpoint: WebhookId,
@@ -2203,20 +2230,17 @@ impl Store for SqlStore {
     }
 
     async fn pending_profile(&self, key: &PendingKey<'_>) -> Result<Option<AuthProfile>, StoreError> {
-        let row = query(concat!(
-            "SELECT ",
-            profile_columns!(),
-            " FROM auth_profiles p
-              WHERE p.team_id = $1 AND p.connector_key = $2 AND p.provider = $3 AND p.profile_kind = $4
-                AND p.status = 'pending_auth' AND (p.profile_kind <> 'oauth_account' OR p.created_by = $5)"
-        ))
-        .bind(key.team.as_uuid())
-        .bind(key.connector_key)
-        .bind(key.provider)
-        .bind(key.kind.as_str())
-        .bind(key.created_by.as_uuid())
-        .fetch_optional(self.db.reader())
-        .await?;
+        let sql = match key.kind {
+            ProfileKind::OauthAccount => {
+                concat!("SELECT ", profile_columns!(), " FROM auth_profiles p WHERE ", pending_account!())
+            }
+            ProfileKind::OauthApp => {
+                concat!("SELECT ", profile_columns!(), " FROM auth_profiles p WHERE ", pending_app!())
+            }
+            // Only connections through OAuth wait for their provider.
+            _ => return Ok(None),
+        };
+        let row = bind_pending(query(sql), key).fetch_optional(self.db.reader()).await?;
         row.as_ref().map(rows::profile).transpose()
     }
 
@@ -2240,18 +2264,19 @@ impl Store for SqlStore {
                     )
                     .await;
             }
-            Some(key) => query(
-                "DELETE FROM auth_profiles
-                 WHERE pending_expires_at <= $1 AND team_id = $2 AND connector_key = $3 AND provider = $4
-                   AND profile_kind = $5 AND status = 'pending_auth'
-                   AND (profile_kind <> 'oauth_account' OR created_by = $6)",
-            )
-            .bind(now)
-            .bind(key.team.as_uuid())
-            .bind(key.connector_key)
-            .bind(key.provider)
-            .bind(key.kind.as_str())
-            .bind(key.created_by.as_uuid()),
+            Some(key) => {
+                // The time after the key's values: `$5` after a maker, `$4` without.
+                let sql = match key.kind {
+                    ProfileKind::OauthAccount => {
+                        concat!("DELETE FROM auth_profiles WHERE ", pending_account!(), " AND pending_expires_at <= $5")
+                    }
+                    ProfileKind::OauthApp => {
+                        concat!("DELETE FROM auth_profiles WHERE ", pending_app!(), " AND pending_expires_at <= $4")
+                    }
+                    _ => return Ok(0),
+                };
+                bind_pending(query(sql), key).bind(now)
+            }
         };
         delete.execute(self.db.writer()).await
     }
@@ -2294,13 +2319,16 @@ impl Store for SqlStore {
         Ok(row.is_some())
     }
 
-    async fn team_profiles(&self, team: TeamId) -> Result<Vec<AuthProfile>, StoreError> {
+    async fn team_profiles(&self, team: TeamId, viewer: UserId) -> Result<Vec<AuthProfile>, StoreError> {
         query(concat!(
             "SELECT ",
             profile_columns!(),
-            " FROM auth_profiles p WHERE p.team_id = $1 AND p.status <> 'revoked' ORDER BY p.created_at, p.id"
+            " FROM auth_profiles p WHERE p.team_id = $1 AND p.status <> 'revoked'
+                AND (p.profile_kind <> 'oauth_account' OR p.created_by = $2)
+              ORDER BY p.created_at, p.id"
         ))
         .bind(team.as_uuid())
+        .bind(viewer.as_uuid())
         .fetch_all(self.db.reader())
         .await?
         .iter()

@@ -2125,7 +2125,7 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     let clash = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(1));
     assert_eq!(store.insert_profile(&clash, FirstWrite::Nothing).await.unwrap(), None);
     assert_eq!(store.profile(clash.id).await.unwrap(), None);
-    assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), std::slice::from_ref(&first));
+    assert_eq!(store.team_profiles(ada.team.id, ada.id()).await.unwrap(), std::slice::from_ref(&first));
 
     // Only a member of the team may create one there.
     let strangers = profile(&ada.team, bob.id(), ProfileKind::Interactive, "strangers", t0);
@@ -2183,7 +2183,12 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
     assert_eq!(store.profile(bobs_app.id).await.unwrap(), None);
     inserted(&store, AuthProfile { provider: "gitlab".into(), ..team_wide(ada.id(), "gitlab-app") }).await;
     inserted(&store, AuthProfile { connector_key: "github-actions".into(), ..personal(ada.id(), "actions") }).await;
-    assert_eq!(store.team_profiles(team.id).await.unwrap().len(), 5);
+    // Each member sees the team's profiles and their own personal ones, not the other's.
+    let seen = async |viewer: UserId| {
+        store.team_profiles(team.id, viewer).await.unwrap().into_iter().map(|p| p.slug.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(seen(ada.id()).await, ["adas", "app", "gitlab-app", "actions"]);
+    assert_eq!(seen(bob.id()).await, ["bobs", "app", "gitlab-app"]);
 
     // Once connected, a profile no longer holds the pending place.
     assert!(
@@ -2261,7 +2266,7 @@ async fn delete_expired_pending_deletes_expired_pending_profiles_only(backend: B
     assert_eq!(store.delete_expired_pending(None, t0).await.unwrap(), 2, "Bob's, and the one expiring now");
     assert_eq!(store.profile(bobs.id).await.unwrap(), None);
     assert_eq!(store.profile(at_expiry.id).await.unwrap(), None);
-    assert_eq!(store.team_profiles(team.id).await.unwrap(), [live, active]);
+    assert_eq!(store.team_profiles(team.id, ada.id()).await.unwrap(), [live, active]);
     assert_eq!(store.delete_expired_pending(None, t0).await.unwrap(), 0);
 }
 
@@ -2279,7 +2284,10 @@ async fn team_profiles_lists_live_profiles_oldest_first(backend: Backend) {
     inserted(&store, profile(&bob.team, bob.id(), ProfileKind::Env, "middle", t0 - minutes(2))).await;
     assert!(matches!(store.revoke_profile(revoked.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
 
-    assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), [oldest.clone(), middle.clone(), newest.clone()]);
+    assert_eq!(
+        store.team_profiles(ada.team.id, ada.id()).await.unwrap(),
+        [oldest.clone(), middle.clone(), newest.clone()]
+    );
     // Hers alone, found by their maker: not Bob's, nor the revoked one.
     assert_eq!(store.profiles_made_by(ada.id()).await.unwrap(), [oldest, middle.clone(), newest]);
     assert_eq!(store.profile_by_slug(ada.team.id, &middle.slug).await.unwrap(), Some(middle));
@@ -2901,7 +2909,7 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
         CredentialOutcome::Stored(Box::new(expected.clone()))
     );
     assert_eq!(store.profile(env.id).await.unwrap(), Some(expected.clone()), "profile reads carry what may be shown");
-    assert_eq!(store.team_profiles(ada.team.id).await.unwrap(), [expected]);
+    assert_eq!(store.team_profiles(ada.team.id, ada.id()).await.unwrap(), [expected]);
     assert_eq!(
         store.profile_credential(env.id).await.unwrap(),
         Some(StoredCredential { status: ProfileStatus::Active, credential: Some((b"sealed-1".to_vec(), first)) })
@@ -3266,7 +3274,8 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     assert_eq!(sql.count("connector_defaults").await, 1);
     let default = store.default_profile(ada.team.id, CONNECTOR).await.unwrap().unwrap();
     assert!(ids.contains(&default.id));
-    let defaults = store.team_profiles(ada.team.id).await.unwrap().into_iter().filter(|p| p.is_default).count();
+    let defaults =
+        store.team_profiles(ada.team.id, ada.id()).await.unwrap().into_iter().filter(|p| p.is_default).count();
     assert_eq!(defaults, 1);
 }
 
@@ -5022,6 +5031,61 @@ async fn an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_b
     assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 1);
     assert_eq!(store.pending_deliveries(patched.id, 100).await.unwrap().len(), 2);
     assert_eq!(store.pending_deliveries(configured.id, 100).await.unwrap().len(), 2);
+}
+
+/// On PostgreSQL, a member's profile of a connector (the credentials endpoint, at every tool
+/// call of an agent) and a pending connection's profile are found by their maker, also in the
+/// generic plan a connection switches to after five executions of a statement: never by reading
+/// every member's profile of the connector in a large team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_profile_of_a_connector_is_found_by_its_maker_on_postgres() {
+    let (db, store) = setup(Backend::Postgres).await;
+    let ada = sign_up(&store, "ada").await;
+    let Sql::Postgres(pool) = db.sql().await else { unreachable!("a PostgreSQL test") };
+    // 3,000 members of Ada's team, each with a profile of the `github` connector.
+    let team = ada.team.id.as_uuid();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO users (id, created_at, updated_at)
+           SELECT gen_random_uuid(), now(), now() FROM generate_series(1, 3000);
+         INSERT INTO auth_profiles (id, team_id, slug, connector_key, profile_kind, provider, status, created_by,
+                                    display_name, scopes, created_at, updated_at)
+           SELECT gen_random_uuid(), '{team}', 'p-' || u.id, 'github', 'oauth_account', 'github', 'active', u.id,
+                  'GitHub', '', now(), now()
+           FROM users u WHERE u.id <> '{ada}';
+         ANALYZE auth_profiles;",
+        ada = ada.id().as_uuid()
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
+    for (name, index, sql, args) in [
+        (
+            "credentials",
+            "auth_profiles_team_connector_creator_idx",
+            "SELECT id FROM auth_profiles p WHERE p.team_id = $1 AND p.connector_key = $2 AND p.created_by = $3
+               AND p.profile_kind = 'oauth_account' AND p.status = 'active' ORDER BY p.created_at, p.id LIMIT 1",
+            "(uuid, text, uuid)",
+        ),
+        (
+            "pending",
+            "auth_profiles_pending_oauth_account_key",
+            "SELECT id FROM auth_profiles WHERE team_id = $1 AND connector_key = $2 AND provider = $4 AND created_by = $3
+               AND status = 'pending_auth' AND profile_kind = 'oauth_account'",
+            "(uuid, text, uuid, text)",
+        ),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE {name} {args} AS {sql}"))).execute(&mut *conn).await.unwrap();
+        let extra = if name == "pending" { ", 'github'" } else { "" };
+        let explain = format!("EXPLAIN (FORMAT JSON) EXECUTE {name}('{team}', 'github', '{}'{extra})", ada.id().as_uuid());
+        let plan: serde_json::Value =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(explain)).fetch_one(&mut *conn).await.unwrap();
+        let plan = plan.to_string();
+        assert!(plan.contains(&format!("\"Index Name\":\"{index}\"")), "{name}: {plan}");
+        assert!(plan.contains("created_by = $3)"), "{name}: {plan}");
+        assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
+    }
 }
 
 /// A fan-out that finds another instance's under way says so (`busy`), rather than answer as
