@@ -615,8 +615,10 @@ fn parse_provider(
     // GitHub's and GitLab's issuer is a default only for their public sites (the kind's, or a
     // template's): identities are keyed by issuer and account number, so a GitHub Enterprise or
     // self-managed GitLab left on it would sign its users in as the public site's users of the
-    // same number. Judged by the endpoints the entry sets itself, when it sets no issuer.
-    if default_issuer.is_some() && raw.issuer.is_none() {
+    // same number. Judged by the endpoints the entry sets itself, when it sets no issuer or
+    // writes out the public site's.
+    let public_site = default_issuer.and_then(|home| Issuer::parse(home).ok()).is_some_and(|home| home == issuer);
+    if default_issuer.is_some() && (raw.issuer.is_none() || public_site) {
         let home = issuer.as_str();
         let home_host = url::Url::parse(home).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
         let own = [
@@ -1226,6 +1228,9 @@ mod tests {
         assert!(refused.to_string().contains("https://git.corp.example"), "{refused}");
         let own = entry(&format!("{ghe}\nissuer = \"https://git.corp.example\"")).unwrap();
         assert_eq!(own.issuer.as_str(), "https://git.corp.example");
+        // The public site's issuer written out is no way around it.
+        let written_out = entry(&format!("{ghe}\nissuer = \"https://github.com/\"")).unwrap_err();
+        assert_eq!(written_out.key, "providers[0].issuer", "{written_out}");
         // The public site's own hosts keep the default.
         let github = entry(
             "name = \"gh\"\nkind = \"github\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n\

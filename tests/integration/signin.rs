@@ -568,18 +568,30 @@ async fn a_failed_discovery_is_not_retried_by_every_sign_in(backend: Backend) {
     assert_eq!(w.issuer.discovery_fetches(), 1, "one discovery for all of them");
 }
 
-/// With the authorization and token endpoints configured, a sign-in goes ahead while discovery
-/// fails; the discovery document (for userinfo, revocation and the `iss` flag) is read again once
-/// the back-off has passed, not left out until the process restarts.
+/// With the authorization, token and keys endpoints configured, a sign-in goes ahead while
+/// discovery fails; the discovery document (for userinfo, revocation and the `iss` flag) is read
+/// again once the back-off has passed, not left out until the process restarts. Without the
+/// keys' endpoint, whose address the document gives, no id token could be checked: the sign-in
+/// is refused before the browser goes to the provider, not after its code is spent.
 async fn configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read(backend: Backend) {
-    let w = world_with(backend, |config, _| {
-        config.jwks.failure_backoff = std::time::Duration::from_millis(100);
-        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
-        let issuer = local.issuer.as_str().trim_end_matches('/').to_owned();
-        local.endpoints.authorization = Some(format!("{issuer}/authorize").parse().unwrap());
-        local.endpoints.token = Some(format!("{issuer}/token").parse().unwrap());
-    })
-    .await;
+    let configured = |jwks: bool| {
+        move |config: &mut Config, _: &LocalIssuer| {
+            config.jwks.failure_backoff = std::time::Duration::from_millis(100);
+            let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+            let issuer = local.issuer.as_str().trim_end_matches('/').to_owned();
+            local.endpoints.authorization = Some(format!("{issuer}/authorize").parse().unwrap());
+            local.endpoints.token = Some(format!("{issuer}/token").parse().unwrap());
+            if jwks {
+                local.endpoints.jwks = Some(format!("{issuer}/jwks").parse().unwrap());
+            }
+        }
+    };
+    let without_keys = world_with(backend, configured(false)).await;
+    without_keys.issuer.set_available(false);
+    let refused = Browser::new().get(&without_keys.app.url("/auth/login")).await;
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY, "not sent to the provider");
+
+    let w = world_with(backend, configured(true)).await;
     let start = || async {
         let started = Browser::new().get(&w.app.url("/auth/login")).await;
         assert_eq!(started.status(), StatusCode::SEE_OTHER);

@@ -34,6 +34,20 @@ struct Metadata {
     partial: bool,
 }
 
+impl Metadata {
+    /// That the provider has no `endpoint` — unless discovery, which would say, has not been
+    /// read yet: the provider is then unavailable for what needs it (a revocation that would
+    /// otherwise be skipped without a word, the refresh token left live upstream).
+    fn known_without(&self, endpoint: &str) -> Result<(), ProviderError> {
+        match self.partial {
+            true => {
+                Err(ProviderError::Unavailable(format!("{endpoint} is not known until the discovery document is read")))
+            }
+            false => Ok(()),
+        }
+    }
+}
+
 /// How long discovered endpoints are kept when the document names no `Cache-Control: max-age`
 /// (it is clamped to `jwks.min_max_age` … 24 hours).
 const DISCOVERY_DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -182,10 +196,15 @@ impl OidcProvider {
         } else {
             match fetch_discovery(&self.http, &self.config.issuer).await {
                 Ok(found) => found,
-                // With the two endpoints a sign-in needs configured, a provider without a
-                // discovery document (or one this network cannot reach) still signs people in,
-                // without the endpoints and the `iss` flag it would have given.
-                Err(error) if endpoints.authorization.is_some() && endpoints.token.is_some() => {
+                // With the endpoints a sign-in needs configured — its keys' too, which would
+                // otherwise be found through the document —, a provider without a discovery
+                // document (or one this network cannot reach) still signs people in, without
+                // the endpoints and the `iss` flag it would have given. Without them the sign-in
+                // is refused here, before the provider is sent a browser whose code could not
+                // be checked.
+                Err(error)
+                    if endpoints.authorization.is_some() && endpoints.token.is_some() && endpoints.jwks.is_some() =>
+                {
                     // Logged when the failures start, not at every retry (see `metadata`).
                     if self.failed_at.lock().unwrap_or_else(PoisonError::into_inner).is_none() {
                         tracing::warn!(provider = %self.config.name, error = %error.chain(), "no discovery document; going on with the endpoints known until it is read");
@@ -360,15 +379,17 @@ impl Provider for OidcProvider {
     }
 
     async fn revoke(&self, token: &str, kind: TokenKind) -> Result<bool, ProviderError> {
-        match self.metadata().await?.revocation.clone() {
+        let metadata = self.metadata().await?;
+        match metadata.revocation.clone() {
             Some(url) => oauth::revoke(&self.http, &self.config, &url, token, kind).await.map(|()| true),
-            None => Ok(false),
+            None => metadata.known_without("a revocation endpoint").map(|()| false),
         }
     }
 
     async fn check_access_token(&self, access_token: &str) -> Result<Option<u16>, ProviderError> {
-        let Some(url) = self.metadata().await?.userinfo.clone() else {
-            return Ok(None);
+        let metadata = self.metadata().await?;
+        let Some(url) = metadata.userinfo.clone() else {
+            return metadata.known_without("a userinfo endpoint").map(|()| None);
         };
         let response = self
             .http
@@ -382,7 +403,11 @@ impl Provider for OidcProvider {
     }
 
     async fn checks_access_tokens(&self) -> Result<bool, ProviderError> {
-        Ok(self.metadata().await?.userinfo.is_some())
+        let metadata = self.metadata().await?;
+        match metadata.userinfo {
+            Some(_) => Ok(true),
+            None => metadata.known_without("a userinfo endpoint").map(|()| false),
+        }
     }
 }
 
@@ -433,5 +458,25 @@ mod tests {
         assert!(!unverified.email_verified);
         let bad_email = profile_into_user_info("1".into(), &json!({"email": "nope", "email_verified": true}));
         assert!(bad_email.email.is_none() && !bad_email.email_verified);
+    }
+
+    /// Endpoints made of the configuration alone, discovery not read yet, do not say the
+    /// provider has no revocation or userinfo endpoint: a revocation is then unavailable (and
+    /// logged as failed), not skipped as if the provider offered none.
+    #[test]
+    fn a_missing_endpoint_is_known_only_once_discovery_was_read() {
+        let url = Url::parse("https://sso.example.com/authorize").unwrap();
+        let mut metadata = Metadata {
+            authorization: url.clone(),
+            token: url,
+            userinfo: None,
+            revocation: None,
+            iss_parameter_supported: false,
+            partial: true,
+        };
+        let unknown = metadata.known_without("a revocation endpoint").unwrap_err();
+        assert!(matches!(&unknown, ProviderError::Unavailable(why) if why.contains("revocation")), "{unknown:?}");
+        metadata.partial = false;
+        assert!(metadata.known_without("a revocation endpoint").is_ok());
     }
 }
