@@ -170,6 +170,7 @@ impl Application {
         let metrics = config.metrics.enabled.then(|| Metrics {
             handle: crate::observability::install(),
             own_listener: config.metrics.own_listener().is_some(),
+            queues: Default::default(),
         });
         let metrics_listener = match config.metrics.own_listener() {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?),

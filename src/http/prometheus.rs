@@ -21,6 +21,7 @@ use super::problem::ApiError;
 use crate::error::ErrorChain as _;
 use crate::error::ErrorCode;
 use crate::observability;
+use crate::store::WebhookQueue;
 
 /// The content type of the Prometheus text format.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -36,6 +37,9 @@ pub struct Metrics {
     pub handle: PrometheusHandle,
     /// Whether `/metrics` has a listener of its own (`metrics.listen`) rather than the main one.
     pub own_listener: bool,
+    /// The webhook queues as last read: set again by a scrape that cannot read them (see
+    /// [`scrape`]).
+    pub queues: Arc<std::sync::Mutex<Vec<WebhookQueue>>>,
 }
 
 /// The `/metrics` route.
@@ -61,14 +65,29 @@ async fn scrape(State(state): State<Arc<AppState>>) -> Response {
     observability::record_connections();
     observability::record_cache_sync_age(state.cache_sync.last_read_at());
     observability::record_pools(&state.store.pool_stats());
-    match tokio::time::timeout(QUEUE_READ_LIMIT, state.webhooks.queues()).await {
-        Ok(Ok(queues)) => observability::record_webhook_queues(&queues, chrono::Utc::now()),
-        Ok(Err(error)) => tracing::warn!(error = %error.chain(), "cannot read the webhook queues for /metrics"),
-        Err(_) => tracing::warn!(
-            limit_ms = QUEUE_READ_LIMIT.as_millis() as u64,
-            "reading the webhook queues for /metrics timed out"
-        ),
+    let read = match tokio::time::timeout(QUEUE_READ_LIMIT, state.webhooks.queues()).await {
+        Ok(Ok(queues)) => Some(queues),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error.chain(), "cannot read the webhook queues for /metrics");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                limit_ms = QUEUE_READ_LIMIT.as_millis() as u64,
+                "reading the webhook queues for /metrics timed out"
+            );
+            None
+        }
+    };
+    // Unread, the queues as last read are set again, their lag grown with the time since (no
+    // delivery is recorded while the database cannot be read): an outage longer than a gauge's
+    // idle time does not make them leave the output — and an alert on the lag look resolved.
+    let mut kept = metrics.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(queues) = read {
+        *kept = queues;
     }
+    observability::record_webhook_queues(&kept, chrono::Utc::now());
+    drop(kept);
     ([(CONTENT_TYPE, TEXT_FORMAT)], metrics.handle.render()).into_response()
 }
 

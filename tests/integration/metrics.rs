@@ -274,6 +274,17 @@ async fn webhook_failures_and_queues_are_reported_per_endpoint(backend: Backend)
     .await;
     let (text, _) = scrape(&app).await;
     assert!(!text.contains("url-secret-"), "the endpoint's URL is never a label: {text}");
+    // While the queues cannot be read, a scrape sets them again as last read, their lag grown
+    // with the time since: they stay in the output, and an alert on the lag keeps firing.
+    let sql = app.db.sql().await;
+    sql.exec("ALTER TABLE webhook_deliveries RENAME TO deliveries_away").await.unwrap();
+    let (_, before) = scrape(&app).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (_, unread) = scrape(&app).await;
+    sql.exec("ALTER TABLE deliveries_away RENAME TO webhook_deliveries").await.unwrap();
+    let lag = |samples: &_| value(samples, "tessera_webhook_queue_lag_seconds", &[("endpoint", &endpoint)]);
+    assert!(lag(&unread) >= lag(&before) + 1.0, "{} after {}", lag(&unread), lag(&before));
+    assert!(value(&unread, "tessera_webhook_queue_depth", &[("endpoint", &endpoint)]) >= 1.0);
     // Disabled, its deliveries wait untried: still counted, but no lag an alert would fire on
     // for as long as it stays disabled.
     let path = format!("/admin/webhooks/{endpoint}");
