@@ -26,7 +26,8 @@ impl ReturnTo {
     /// No destination holds a backslash, whitespace or control character. A relative one must
     /// start with a single `/`, and its path must hold none of those either once percent-decoded
     /// (browsers treat `//host`, `/\host` and `/\t/host` as other hosts, and an app or proxy in
-    /// between may decode); its query and fragment are data, where `%20` is fine. An absolute one
+    /// between may decode) — but a space, encoded (`/docs/My%20File.pdf`), which no browser reads
+    /// as another host; its query and fragment are data, where `%20` is fine. An absolute one
     /// must be `http(s)`, without credentials, on an allowed origin exactly.
     pub fn parse(value: &str, allowed_origins: &[String]) -> Result<Self, ReturnToError> {
         let unsafe_text = |text: &str| !super::client::is_uri_text(text) || text.contains('\\');
@@ -36,7 +37,7 @@ impl ReturnTo {
         if value.starts_with('/') {
             let path = value.split(['?', '#']).next().unwrap_or_default();
             let decoded = percent_decode(path).ok_or(ReturnToError)?;
-            if unsafe_text(&decoded) || value.starts_with("//") || decoded.starts_with("//") {
+            if unsafe_text(&decoded.replace(' ', "")) || value.starts_with("//") || decoded.starts_with("//") {
                 return Err(ReturnToError);
             }
             // Kept as a browser would send it: a `Location` header carries ASCII only.
@@ -115,6 +116,8 @@ mod tests {
             "/search?q=%2Fetc",
             "/teams?q=a%20b",
             "/find?q=%FF#x%20y",
+            "/docs/My%20File.pdf",
+            "/%20/evil.example",
             "https://app.example.com/welcome",
             "https://app.example.com/s?q=a%20b",
         ] {
@@ -144,6 +147,8 @@ mod tests {
             "/%252F%252Fevil.example",
             "/\t/evil.example",
             "/%09/evil.example",
+            "/%C2%A0/evil.example",
+            "/%20%5Cevil.example",
             "/%2F%2Fevil.example?q=a%20b",
             "/ok?q=a b",
             "/ok?q=\\",
