@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use super::cache_sync::{CacheChange, log_changes};
 use super::db::{Db, Tx, query};
 use super::rows::{self, RowExt, identity_columns, team_columns, user_columns};
-use super::sql::{delete_team_in, insert_event, lock_user_key, revoke_found_profiles, user_in};
+use super::sql::{
+    credit_team_wide_profiles, delete_team_in, insert_event, lock_user_key, revoke_found_profiles, user_in,
+};
 use super::{NewEvent, StoreError, decode_role};
 use crate::domain::events;
 use crate::domain::{Email, Identity, Issuer, Role, Subject, Team, TeamId, User, UserId};
@@ -372,18 +374,24 @@ async fn delete_user_once(db: &Db, user: UserId, now: DateTime<Utc>) -> Result<D
     )
     .bind(id);
     revoke_found_profiles(&mut tx, personal, "user_deleted", now).await?;
+    // Personal connected accounts, wherever they are.
+    query("DELETE FROM auth_profiles WHERE created_by = $1 AND profile_kind = 'oauth_account'")
+        .bind(id)
+        .execute(&mut tx)
+        .await?;
+    // Team-wide profiles they created stay with their team, credited to its longest-standing
+    // owner (or member, in a team without owner), one choice per team…
+    let teams = query("SELECT DISTINCT team_id FROM auth_profiles WHERE created_by = $1")
+        .bind(id)
+        .fetch_all(&mut tx)
+        .await?
+        .iter()
+        .map(|row| row.uuid("team_id").map(TeamId::from_uuid))
+        .collect::<Result<Vec<_>, _>>()?;
+    for team in teams {
+        credit_team_wide_profiles(&mut tx, team, user).await?;
+    }
     for sql in [
-        // Personal connected accounts, wherever they are.
-        "DELETE FROM auth_profiles WHERE created_by = $1 AND profile_kind = 'oauth_account'",
-        // Team-wide profiles they created stay with their team, credited to its longest-standing
-        // owner (or member, in a team without owner).
-        "UPDATE auth_profiles SET created_by = (
-             SELECT o.user_id FROM memberships o JOIN users u ON u.id = o.user_id
-             WHERE o.team_id = auth_profiles.team_id AND o.user_id <> $1
-             ORDER BY CASE WHEN o.role = 'owner' AND NOT u.disabled THEN 0 ELSE 1 END, o.created_at, o.user_id
-             LIMIT 1)
-         WHERE created_by = $1
-           AND EXISTS (SELECT 1 FROM memberships o WHERE o.team_id = auth_profiles.team_id AND o.user_id <> $1)",
         // … unless nobody is left in that team to credit them to.
         "DELETE FROM auth_profiles WHERE created_by = $1",
         "DELETE FROM memberships WHERE user_id = $1",
