@@ -226,6 +226,8 @@ error_codes! {
     NoCredentialForConnector = (NOT_FOUND, "no_credential_for_connector", "No credential for connector"),
     /// The team's last owner cannot leave.
     LastOwner = (CONFLICT, "last_owner", "Last owner"),
+    /// A member's default team goes with its user, not by itself.
+    DefaultTeam = (CONFLICT, "default_team", "Default team"),
     /// The domain is claimed by another team.
     DomainAlreadyClaimed = (CONFLICT, "domain_already_claimed", "Domain already claimed"),
     /// Tessera's OpenID Provider is off: it needs `auth.public_url` and the key ring

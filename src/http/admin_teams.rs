@@ -2,6 +2,8 @@
 //! home-realm discovery.
 //!
 //! - `GET /admin/teams/{team}` (id or slug)
+//! - `DELETE /admin/teams/{team}`: 204, with everything of the team; 409 `default_team` for a
+//!   member's default team
 //! - `POST /admin/teams/{team}/domains` `{domain, issuer, verified?}`: 201 when new, 200 when the
 //!   team's claim was updated, 409 `domain_already_claimed` when another team holds it
 //! - `GET /admin/teams/{team}/domains`
@@ -28,7 +30,7 @@ use crate::service::teams::ClaimChange;
 /// The routes (authentication is layered on by the caller).
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/admin/teams/{team}", get(get_team))
+        .route("/admin/teams/{team}", get(get_team).delete(delete_team))
         .route("/admin/teams/{team}/domains", get(list_team_domains).post(claim_team_domain))
         .route("/admin/teams/{team}/domains/{domain}", delete(release_team_domain))
 }
@@ -52,6 +54,25 @@ async fn get_team(
     ApiPath(team): ApiPath<String>,
 ) -> Result<Json<TeamResponse>, ApiError> {
     Ok(Json(state.teams.find(&parse_team(&team)?).await?.into()))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/admin/teams/{team}",
+    tag = "admin",
+    operation_id = "delete_team",
+    summary = "Deletes a team with its memberships, domain claims and connected accounts (revoked); not a member's default team (409 `default_team`: it goes with its user).",
+    params(("team" = String, Path, description = "A team id or slug")),
+    responses(crate::http::openapi::ApiErrors, (status = 204, description = "The team is gone.")),
+    security(("admin_token" = []), ("admin_token_header" = [])),
+)]
+async fn delete_team(
+    State(state): State<Arc<AppState>>,
+    ApiPath(team): ApiPath<String>,
+) -> Result<(Extension<AuditDetails>, StatusCode), ApiError> {
+    let members = state.teams.delete(&parse_team(&team)?).await?;
+    let details = AuditDetails(serde_json::Map::from_iter([("members".to_owned(), members.into())]));
+    Ok((Extension(details), StatusCode::NO_CONTENT))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

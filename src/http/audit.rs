@@ -230,6 +230,8 @@ fn rule_for(method: &Method, route: &str) -> Rule {
         ("PATCH", "/admin/users/{user_id}") => rule("user.updated", "user", Path("user_id"), &[]),
         ("DELETE", "/admin/users/{user_id}") => rule("user.deleted", "user", Path("user_id"), &[]),
         ("POST", "/admin/teams") => rule("team.created", "team", Body("id"), &[("slug", Body("slug"))]),
+        // The handler adds how many members the team had.
+        ("DELETE", "/admin/teams/{team}") => rule("team.deleted", "team", Path("team"), &[]),
         ("POST", "/admin/teams/{team}/domains") => rule(
             "team.domain_claimed",
             "team",
@@ -537,6 +539,7 @@ mod tests {
             (Method::PATCH, "/admin/users/{user_id}"),
             (Method::DELETE, "/admin/users/{user_id}"),
             (Method::POST, "/admin/teams"),
+            (Method::DELETE, "/admin/teams/{team}"),
             (Method::POST, "/admin/clients/{client_id}/secret"),
             (Method::POST, "/admin/webhooks"),
             (Method::POST, "/admin/webhooks/{id}/secret"),

@@ -70,6 +70,7 @@ async fn openapi_json() -> Response {
         crate::http::admin_listing::create_team,
         crate::http::admin_listing::list_team_members,
         crate::http::admin_teams::get_team,
+        crate::http::admin_teams::delete_team,
         crate::http::admin_teams::list_team_domains,
         crate::http::admin_teams::claim_team_domain,
         crate::http::admin_teams::release_team_domain,

@@ -12,7 +12,8 @@ use crate::domain::{DomainClaim, DomainName, Email, Issuer, Role, Slug, Team, Te
 use crate::error::{ErrorCode, PublicError};
 pub use crate::store::MemberWrite;
 use crate::store::{
-    ClaimOutcome, CreateTeamOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store, StoreError, TeamMember, TeamQuery,
+    ClaimOutcome, CreateTeamOutcome, DeleteTeamOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store, StoreError,
+    TeamMember, TeamQuery,
 };
 use crate::upstream::issuers::IssuerRegistry;
 
@@ -49,6 +50,9 @@ pub enum TeamError {
     /// Another team has the slug.
     #[error("another team has this slug; choose another")]
     SlugTaken,
+    /// The team is a member's default team.
+    #[error("this team is a member's default team, which goes with its user (DELETE /admin/users/{{id}})")]
+    DefaultTeam,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -67,6 +71,7 @@ impl PublicError for TeamError {
             TeamError::NotOwner => ErrorCode::NotTeamAdmin,
             TeamError::UserDisabled => ErrorCode::UserDisabled,
             TeamError::SlugTaken => ErrorCode::SlugTaken,
+            TeamError::DefaultTeam => ErrorCode::DefaultTeam,
             TeamError::Store(e) => e.code(),
         }
     }
@@ -261,6 +266,35 @@ impl Teams {
             }
             CreateTeamOutcome::SlugTaken => Err(TeamError::SlugTaken),
             CreateTeamOutcome::OwnerNotFound => Err(TeamError::UserNotFound),
+        }
+    }
+
+    /// Deletes a team (see [`Store::delete_team`]), not a member's default team; this instance
+    /// forgets its members at once, others within `cache.sync_interval_ms`. Returns how many
+    /// members it had.
+    pub async fn delete(&self, team: &TeamRef) -> Result<usize, TeamError> {
+        let team = self.find(team).await?;
+        let (store, id) = (self.store.clone(), team.id);
+        let deleted = change_to_end(
+            &self.principals,
+            async move { store.delete_team(id, super::now()).await },
+            // After an error, whether it went is unknown: the cache-invalidation log tells every
+            // instance, this one too, if it did.
+            move |principals, done| {
+                if let Ok(DeleteTeamOutcome::Deleted(members)) = done {
+                    for member in members {
+                        principals.invalidate_user(*member);
+                    }
+                }
+            },
+        );
+        match deleted.await? {
+            DeleteTeamOutcome::Deleted(members) => {
+                tracing::info!(team_id = %id, members = members.len(), "deleted a team");
+                Ok(members.len())
+            }
+            DeleteTeamOutcome::NotFound => Err(TeamError::TeamNotFound),
+            DeleteTeamOutcome::DefaultTeam => Err(TeamError::DefaultTeam),
         }
     }
 

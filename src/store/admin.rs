@@ -10,7 +10,7 @@ use super::cache_sync::{CacheChange, log_changes};
 use super::db::{Db, Tx, query};
 use super::rows::{self, RowExt, identity_columns, team_columns, user_columns};
 use super::sql::{
-    credit_team_wide_profiles, delete_team_in, insert_event, lock_user_key, revoke_found_profiles, user_in,
+    credit_team_wide_profiles, delete_team_in, insert_event, lock_team, lock_user_key, revoke_found_profiles, user_in,
 };
 use super::{NewEvent, StoreError, decode_role};
 use crate::domain::events;
@@ -69,6 +69,18 @@ pub enum CreateTeamOutcome {
     SlugTaken,
     /// The named owner does not exist; nothing was written.
     OwnerNotFound,
+}
+
+/// What [`Store::delete_team`](super::Store::delete_team) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteTeamOutcome {
+    /// The team is gone; these were its members.
+    Deleted(Vec<UserId>),
+    /// No such team.
+    NotFound,
+    /// The team is a member's default team (their personal one, which goes with the user);
+    /// nothing was written.
+    DefaultTeam,
 }
 
 /// What [`Store::delete_user`](super::Store::delete_user) did.
@@ -222,6 +234,38 @@ pub(super) async fn team_members(
 }
 
 /// Creates a team, with `owner` as its owner (not their default team) when given.
+/// [`Store::delete_team`](super::Store::delete_team).
+pub(super) async fn delete_team(db: &Db, team: TeamId, now: DateTime<Utc>) -> Result<DeleteTeamOutcome, StoreError> {
+    let mut tx = db.begin().await?;
+    // Serialises with membership changes of the team: none is added meanwhile.
+    if !lock_team(&mut tx, team).await? {
+        tx.rollback().await?;
+        return Ok(DeleteTeamOutcome::NotFound);
+    }
+    let rows = query("SELECT user_id, role, is_default FROM memberships WHERE team_id = $1 ORDER BY user_id")
+        .bind(team.as_uuid())
+        .fetch_all(&mut tx)
+        .await?;
+    let mut members = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.flag("is_default")? {
+            tx.rollback().await?;
+            return Ok(DeleteTeamOutcome::DefaultTeam);
+        }
+        members.push((UserId::from_uuid(row.uuid("user_id")?), decode_role(&row.text("role")?)?));
+    }
+    // With its domains, profiles (each revoked, with its event), links and flows (cascades).
+    delete_team_in(&mut tx, team, now).await?;
+    for (user, role) in &members {
+        let payload = events::member_removed(team, *user, *role, true);
+        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
+    }
+    let forget: Vec<_> = members.iter().map(|(user, _)| CacheChange::User(*user)).collect();
+    log_changes(&mut tx, &forget, now).await?;
+    tx.commit().await?;
+    Ok(DeleteTeamOutcome::Deleted(members.into_iter().map(|(user, _)| user).collect()))
+}
+
 pub(super) async fn create_team(
     db: &Db,
     team: &Team,

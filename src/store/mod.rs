@@ -33,7 +33,9 @@ use crate::domain::{
     TeamId, TeamRef, User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
-pub use admin::{CreateTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery};
+pub use admin::{
+    CreateTeamOutcome, DeleteTeamOutcome, DeleteUserOutcome, DeletedUser, TeamMember, TeamQuery, UserQuery,
+};
 pub use audit::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent};
 pub use cache_sync::{CacheChange, LogPage, LoggedChange};
 pub use db::{
@@ -1648,6 +1650,13 @@ pub trait Store: Send + Sync + Debug + 'static {
         owner: Option<UserId>,
         now: DateTime<Utc>,
     ) -> Result<CreateTeamOutcome, StoreError>;
+
+    /// Deletes a team (an operator's) with its memberships, domain claims, connected accounts
+    /// (each revoked, with an `auth_profile.revoked` event), connect links and flows, in one
+    /// transaction under the team's lock: each member gets a `team.member.removed` event
+    /// (`team_deleted`), and every instance forgets what it cached about them. A team that is a
+    /// member's default team is left as it is ([`DeleteTeamOutcome::DefaultTeam`]).
+    async fn delete_team(&self, team: TeamId, now: DateTime<Utc>) -> Result<DeleteTeamOutcome, StoreError>;
 
     /// Deletes a user with their identities (and upstream tokens), sessions, memberships,
     /// personal connected accounts, connect links and flows, audit rows, grants and consents,

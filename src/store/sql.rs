@@ -36,7 +36,8 @@ use super::{
     CodeRecord, GrantAt, GrantRecord, HeldFor, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
 };
 use super::{
-    CreateTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange, UserQuery, UserUpdate,
+    CreateTeamOutcome, DeleteTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange,
+    UserQuery, UserUpdate,
 };
 use super::{CredentialOutcome, CredentialWrite, FirstWrite, StoredCredential};
 use super::{PRINCIPALS_PER_READ, PoolStats, PrincipalRead, ReplayCursor, ReplayPage, WebhookQueue};
@@ -739,7 +740,7 @@ async fn lock_user_and_client(tx: &mut Tx, user: UserId, client: &str) -> Result
 
 /// Locks a team's row for the rest of `tx` (membership changes of one team one after the other);
 /// false when the team is gone.
-async fn lock_team(tx: &mut Tx, team: TeamId) -> Result<bool, StoreError> {
+pub(super) async fn lock_team(tx: &mut Tx, team: TeamId) -> Result<bool, StoreError> {
     let row =
         query("SELECT 1 AS one FROM teams WHERE id = $1 FOR UPDATE").bind(team.as_uuid()).fetch_optional(tx).await?;
     Ok(row.is_some())
@@ -4044,6 +4045,10 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<CreateTeamOutcome, StoreError> {
         super::admin::create_team(&self.db, team, owner, now).await
+    }
+
+    async fn delete_team(&self, team: TeamId, now: DateTime<Utc>) -> Result<DeleteTeamOutcome, StoreError> {
+        super::admin::delete_team(&self.db, team, now).await
     }
 
     async fn delete_user(&self, user: UserId, now: DateTime<Utc>) -> Result<DeleteUserOutcome, StoreError> {

@@ -16,6 +16,7 @@ on_both_backends!(
     users_are_listed_a_page_at_a_time_with_filters,
     bad_listing_requests_say_what_to_fix,
     teams_are_created_and_listed_with_their_members,
+    an_operator_deletes_a_team_once_but_never_a_default_one,
     deleting_a_user_leaves_nothing_of_theirs,
     the_last_owner_of_a_team_with_members_is_not_deleted,
     a_bootstrap_racing_a_deletion_sees_the_user_or_creates_a_new_one,
@@ -206,6 +207,66 @@ async fn teams_are_created_and_listed_with_their_members(backend: Backend) {
         (Some("owner"), Some(false))
     );
     app.stop().await;
+}
+
+/// `DELETE /admin/teams/{team}`: the team goes with its memberships, domain claims and
+/// connected accounts (revoked, each with its event), each member told; sent eight times at
+/// once, it is deleted once; a member's default team is refused, nothing written.
+async fn an_operator_deletes_a_team_once_but_never_a_default_one(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ada, ada_team) = bootstrap(&app, "ada", "ada@example.com").await;
+    let (bob, _) = bootstrap(&app, "bob", "bob@example.com").await;
+    let created = app.admin(Method::POST, "/admin/teams").json(&json!({"slug": "oops", "name": "Oops", "owner": ada}));
+    let oops = body(created.send().await.unwrap(), 201).await["id"].as_str().unwrap().to_owned();
+    let added = app.admin(Method::POST, "/admin/teams/oops/members").json(&json!({"user_id": bob, "role": "member"}));
+    assert_eq!(added.send().await.unwrap().status(), StatusCode::CREATED);
+    let claim = json!({"domain": "oops.example", "issuer": crate::helpers::ISSUER, "verified": true});
+    let claimed = app.admin(Method::POST, "/admin/teams/oops/domains").json(&claim).send().await.unwrap();
+    assert_eq!(claimed.status(), StatusCode::CREATED);
+    let shared = profile(&app, &oops, &bob, ProfileKind::Env, "shared").await;
+    let kept = profile(&app, &team_id(&app, &ada_team).await, &ada, ProfileKind::Env, "kept").await;
+    let sql = app.db.sql().await;
+    let removed = "outbox_events WHERE topic = 'team.member.removed'";
+    let (removed_before, revoked_before) =
+        (sql.count(removed).await, sql.count("outbox_events WHERE topic = 'auth_profile.revoked'").await);
+
+    // Ada's default team goes with Ada, not by itself.
+    let default = body(app.admin(Method::DELETE, &format!("/admin/teams/{ada_team}")).send().await.unwrap(), 409).await;
+    assert_eq!(default["code"], "default_team", "{default}");
+    assert_eq!(get(&app, &format!("/admin/teams/{ada_team}"), 200).await["slug"], ada_team.as_str());
+
+    let deletions: Vec<_> = (0..8).map(|_| app.admin(Method::DELETE, "/admin/teams/oops")).collect();
+    let mut statuses: Vec<u16> =
+        crate::helpers::send_at_once(&deletions).await.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [204, 404, 404, 404, 404, 404, 404, 404], "deleted once");
+    assert_eq!(get(&app, "/admin/teams/oops", 404).await["code"], "team_not_found");
+    let team = sql.uuid(&oops);
+    for table in
+        ["teams WHERE id", "memberships WHERE team_id", "team_domains WHERE team_id", "auth_profiles WHERE team_id"]
+    {
+        assert_eq!(sql.count(&format!("{table} = {team}")).await, 0, "{table}");
+    }
+    assert_eq!(sql.count(removed).await - removed_before, 2, "each member told");
+    let told = sql.texts(&format!("SELECT CAST(payload AS TEXT) FROM {removed} ORDER BY seq DESC LIMIT 1")).await;
+    assert!(told[0].contains("\"team_deleted\":true") || told[0].contains("\"team_deleted\": true"), "{told:?}");
+    assert_eq!(sql.count("outbox_events WHERE topic = 'auth_profile.revoked'").await - revoked_before, 1);
+    assert_eq!(sql.count("audit_events WHERE action = 'team.deleted'").await, 1);
+    // The members' other teams are theirs still; the deleted one is no longer among them.
+    let teams_of = async |user: &str| {
+        let user = get(&app, &format!("/admin/users/{user}"), 200).await;
+        user["teams"].as_array().unwrap().iter().map(|t| t["slug"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(teams_of(&ada).await, std::slice::from_ref(&ada_team));
+    assert_eq!(teams_of(&bob).await.len(), 1);
+    assert!(app.store.profile(shared).await.unwrap().is_none());
+    assert!(app.store.profile(kept).await.unwrap().is_some());
+    app.stop().await;
+}
+
+/// The id of the team whose slug is `slug`.
+async fn team_id(app: &TestApp, slug: &str) -> String {
+    get(app, &format!("/admin/teams/{slug}"), 200).await["id"].as_str().unwrap().to_owned()
 }
 
 /// A profile of `team` made by `by`, written through the store.

@@ -2035,6 +2035,8 @@ async fn a_pushed_request_that_cannot_be_checked_stays_for_the_retry(backend: Ba
     let (_, challenge) = pkce();
     let uri = push_code_request(&w.app, (&client, &secret), &challenge, &[]).await;
     let cold = w.another().await;
+    // Serving (its start-up, which writes the configuration's clients, over).
+    assert!(cold.client.get(cold.url("/healthz")).send().await.unwrap().status().is_success());
     let url = cold.url(&format!("/oauth/authorize?client_id={client}&request_uri={}", urlencode(&uri)));
     let sql = w.app.db.sql().await;
     sql.exec("ALTER TABLE clients RENAME TO clients_away").await.unwrap();
