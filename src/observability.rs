@@ -39,6 +39,10 @@ pub const TOKEN_REFRESH_CALLS_TOTAL: &str = "tessera_token_refresh_calls_total";
 /// Background loops started again after a panic, by `worker` (`sweeper`, `cache_sync`, `replica`,
 /// `signing_keys`, `webhooks`, `audit`, `last_seen`).
 pub const WORKER_RESTARTS_TOTAL: &str = "tessera_worker_restarts_total";
+/// `tools/call` requests of the MCP endpoint answered with a tool error, by `code` (the error's
+/// code) and `status` (the HTTP status the same error has on the REST API): the endpoint answers
+/// HTTP 200 whatever the tool did.
+pub const MCP_TOOL_ERRORS_TOTAL: &str = "tessera_mcp_tool_errors_total";
 /// Webhook delivery attempts, by `endpoint` (its id) and `result` (`delivered`, `retry`, `failed`).
 pub const WEBHOOK_ATTEMPTS_TOTAL: &str = "tessera_webhook_attempts_total";
 /// Pending deliveries of each endpoint, by `endpoint`; read at scrape time.
@@ -118,6 +122,7 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(HTTP_REQUESTS_TOTAL, "Requests answered, by route template, method and status.");
+    describe_counter!(MCP_TOOL_ERRORS_TOTAL, "MCP tool calls answered with a tool error, by code and REST status.");
     describe_histogram!(HTTP_REQUEST_DURATION, Unit::Seconds, "Time to answer a request, until its headers.");
     describe_counter!(PROVISIONING_TOTAL, "Identities provisioned (created, existing, race_lost), by issuer.");
     describe_counter!(JWKS_FETCHES_TOTAL, "Fetches of an issuer's keys, by reason.");
@@ -260,6 +265,12 @@ pub fn record_webhook_queues(queues: &[crate::store::WebhookQueue], now: chrono:
         metrics::gauge!(WEBHOOK_QUEUE_DEPTH, "endpoint" => endpoint.clone()).set(queue.pending as f64);
         metrics::gauge!(WEBHOOK_QUEUE_LAG, "endpoint" => endpoint).set(lag);
     }
+}
+
+/// Counts a tool error of the MCP endpoint: its `code`, and the status it has on the REST API.
+pub fn record_mcp_tool_error(code: crate::error::ErrorCode) {
+    let status = code.status().as_u16().to_string();
+    metrics::counter!(MCP_TOOL_ERRORS_TOTAL, "code" => code.as_str(), "status" => status).increment(1);
 }
 
 /// Counts a webhook delivery attempt of `endpoint`: `delivered`, `retry` or `failed` (a request

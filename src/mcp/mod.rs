@@ -369,7 +369,12 @@ impl ServerHandler for McpServer {
             .ok_or_else(|| ErrorData::internal_error("the request carries no authenticated user", None))?;
         let result = match self.manage_auth_profiles(caller.0, request.arguments).await {
             Ok(value) => CallToolResult::structured(value),
-            Err(error) => CallToolResult::structured_error(tool_error(error)),
+            Err(error) => {
+                // Counted apart: the transport answers HTTP 200 either way, so a store outage
+                // seen only by agents would show in no 5xx count.
+                crate::observability::record_mcp_tool_error(error.code());
+                CallToolResult::structured_error(tool_error(error))
+            }
         };
         Ok(result.into())
     }

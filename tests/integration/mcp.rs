@@ -331,6 +331,22 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let answer: Value = answer.json().await.unwrap();
     assert_eq!(answer["error"]["code"], -32602, "{answer}");
     assert!(answer["error"]["message"].as_str().unwrap().contains("arguments"), "{answer}");
+    // A tool error is HTTP 200 with the error in the result: counted apart, by its code and the
+    // status it has on the REST API, so that it shows beside the requests' statuses.
+    let errors = async || {
+        let (_, samples) = crate::metrics::scrape(app).await;
+        let labels = [("code", "team_not_found"), ("status", "404")];
+        crate::metrics::value(&samples, "tessera_mcp_tool_errors_total", &labels)
+    };
+    let before = errors().await;
+    let nowhere = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                         "params": {"name": "manage_auth_profiles", "arguments": {"action": "list", "team": "nowhere"}}});
+    let answer = post(both, "application/json", nowhere.to_string().into_bytes()).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    assert_eq!(answer["result"]["structuredContent"]["code"], "team_not_found", "{answer}");
+    assert!(errors().await >= before + 1.0, "counted");
     // An unknown tool or method is answered without repeating the client's text (rmcp logs
     // every error answer at warn: a client would write what it likes into the log).
     let long = "Z".repeat(2000);
