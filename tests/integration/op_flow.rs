@@ -2436,7 +2436,8 @@ async fn an_offline_grant_outlives_the_browser_session(backend: Backend) {
 }
 
 /// A client that may not refresh never gets a refresh token, so its `offline_access` is ignored
-/// (OpenID Connect Core, section 11): the grant ends with the browser session like any other.
+/// (OpenID Connect Core, section 11): the grant ends with the browser session like any other. So
+/// is that of a client not registered for it.
 async fn offline_access_is_ignored_from_a_client_that_may_not_refresh(backend: Backend) {
     let w = op_world(backend).await;
     let (client, secret) = register(
@@ -2472,6 +2473,20 @@ async fn offline_access_is_ignored_from_a_client_that_may_not_refresh(backend: B
     assert_eq!(browser.navigate(&w.app.url(&logout)).await.status(), StatusCode::SEE_OTHER);
     let access = asked_offline["access_token"].as_str().unwrap();
     assert_eq!(introspect(&w.app, creds, access).await, json!({"active": false}), "ended with the session");
+
+    // Nor from a client not registered for it (an agent asks for the scopes `/mcp` names,
+    // whatever the operator registered): ignored, not the request refused.
+    let narrow = json!({"name": "Agent", "kind": "confidential", "redirect_uris": [REDIRECT], "scopes": ["openid"],
+                        "first_party": true});
+    let (agent, agent_secret) = register(&w.app, narrow).await;
+    let agent_secret = agent_secret.unwrap();
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(&w.app, &agent, &challenge, "")
+        .replace("scope=openid%20email%20teams", "scope=openid%20offline_access");
+    let back = follow(&mut Browser::new(), url).await;
+    let code = param(&back, "code").unwrap_or_else(|| panic!("a code, not an error: {back}"));
+    let tokens = body(exchange(&w.app, (&agent, &agent_secret), &code, &verifier).await, 200).await;
+    assert_eq!(tokens["scope"], "openid", "{tokens}");
 }
 
 /// Signs `browser` in and gets the tokens of two grants of `client` from its session: one with

@@ -587,22 +587,25 @@ impl OpenIdProvider {
         if scopes.is_empty() {
             return Err(fail("invalid_scope", "scope is empty"));
         }
-        // The client's scopes were validated at registration: membership is the whole check.
-        if scopes.iter().any(|s| !client.scopes.contains(s)) {
-            return Err(fail("invalid_scope", "a requested scope is not allowed for this client"));
-        }
         // `offline_access` is ignored from a client that may not refresh (OpenID Connect Core,
         // section 11: it asks for a refresh token, which that client never gets): its grant
         // would otherwise outlive the user's sign-out, with nothing to keep it for, and the
-        // consent page would promise what cannot happen.
-        if !client.allows(GrantType::RefreshToken) {
+        // consent page would promise what cannot happen. Likewise from a client not registered
+        // for it (RFC 6749 3.3 lets a server ignore part of a scope): MCP clients ask for the
+        // scopes `/mcp` names, `offline_access` among them, whatever the operator registered.
+        if !client.allows(GrantType::RefreshToken) || !client.scopes.iter().any(|s| s == OFFLINE_ACCESS) {
+            let asked = !scopes.is_empty();
             scopes.retain(|s| s != OFFLINE_ACCESS);
-            if scopes.is_empty() {
+            if asked && scopes.is_empty() {
                 return Err(fail(
                     "invalid_scope",
-                    "offline_access alone: this client may not refresh, so it is ignored",
+                    "offline_access alone, which this client may not use (no refresh_token grant, or not among its scopes): it is ignored",
                 ));
             }
+        }
+        // The client's scopes were validated at registration: membership is the whole check.
+        if scopes.iter().any(|s| !client.scopes.contains(s)) {
+            return Err(fail("invalid_scope", "a requested scope is not allowed for this client"));
         }
         // PKCE is required (OAuth 2.1 section 4.1.1, and so MCP's authorization), but from a
         // confidential client that signs in with OpenID Connect and sends a `nonce`: the id
