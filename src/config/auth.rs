@@ -617,8 +617,12 @@ fn parse_provider(
     // self-managed GitLab left on it would sign its users in as the public site's users of the
     // same number. Judged by the endpoints the entry sets itself, when it sets no issuer or
     // writes out the public site's.
-    let public_site = default_issuer.and_then(|home| Issuer::parse(home).ok()).is_some_and(|home| home == issuer);
-    if default_issuer.is_some() && (raw.issuer.is_none() || public_site) {
+    // (Whatever the entry's kind: a template's changed to `oauth2` keeps the template's issuer.)
+    let public_site = ["https://github.com", "https://gitlab.com"]
+        .iter()
+        .filter_map(|home| Issuer::parse(home).ok())
+        .any(|home| home == issuer);
+    if (default_issuer.is_some() && raw.issuer.is_none()) || public_site {
         let home = issuer.as_str();
         let home_host = url::Url::parse(home).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
         let own = [
@@ -635,9 +639,10 @@ fn parse_provider(
             .find(|host| *host != home_host && !host.ends_with(&format!(".{home_host}")));
         if let Some(host) = elsewhere {
             // A template with an `instance` (GitLab's) takes its issuer from it.
-            let fix = match t.instance {
-                Some(_) => format!("set instance to this site's host (e.g. {host}), or the issuer"),
-                None => format!("set the issuer to this site's URL (e.g. https://{host})"),
+            // (An issuer written out has no `{instance}` to fill.)
+            let fix = match (&t.instance, raw.issuer.is_none()) {
+                (Some(_), true) => format!("set instance to this site's host (e.g. {host}), or the issuer"),
+                _ => format!("set the issuer to this site's URL (e.g. https://{host})"),
             };
             return Err(ConfigError::new(
                 key("issuer"),
@@ -1228,9 +1233,17 @@ mod tests {
         assert!(refused.to_string().contains("https://git.corp.example"), "{refused}");
         let own = entry(&format!("{ghe}\nissuer = \"https://git.corp.example\"")).unwrap();
         assert_eq!(own.issuer.as_str(), "https://git.corp.example");
-        // The public site's issuer written out is no way around it.
+        // The public site's issuer written out is no way around it (and the fix named is the
+        // issuer, even for a template with an `instance`: a written-out issuer has none to fill).
         let written_out = entry(&format!("{ghe}\nissuer = \"https://github.com/\"")).unwrap_err();
         assert_eq!(written_out.key, "providers[0].issuer", "{written_out}");
+        let as_oauth2 =
+            ghe.replace("kind = \"github\"", "template = \"github\"\nkind = \"oauth2\"\naccount_id_pointer = \"/id\"");
+        assert_eq!(entry(&as_oauth2).unwrap_err().key, "providers[0].issuer", "a template's kind changed");
+        let gitlab_written_out = "name = \"gl\"\ntemplate = \"gitlab\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n\
+                                  issuer = \"https://gitlab.com\"\ntoken_endpoint = \"https://gitlab.corp.example/oauth/token\"";
+        let refused = entry(gitlab_written_out).unwrap_err();
+        assert!(refused.to_string().contains("set the issuer"), "{refused}");
         // The public site's own hosts keep the default.
         let github = entry(
             "name = \"gh\"\nkind = \"github\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n\

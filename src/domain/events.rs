@@ -123,7 +123,7 @@ pub fn member_changed(team: TeamId, user: UserId, role: Role, previous_role: Opt
 }
 
 /// `team.member.removed`: `{team_id, user_id, role, team_deleted}`, the former role, and whether
-/// the team went with its only member.
+/// the team went too (with its only member, or deleted by an operator).
 pub fn member_removed(team: TeamId, user: UserId, role: Role, team_deleted: bool) -> Value {
     json!({ "team_id": team, "user_id": user, "role": role.as_str(), "team_deleted": team_deleted })
 }

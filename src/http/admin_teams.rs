@@ -70,8 +70,12 @@ async fn delete_team(
     State(state): State<Arc<AppState>>,
     ApiPath(team): ApiPath<String>,
 ) -> Result<(Extension<AuditDetails>, StatusCode), ApiError> {
-    let members = state.teams.delete(&parse_team(&team)?).await?;
-    let details = AuditDetails(serde_json::Map::from_iter([("members".to_owned(), members.into())]));
+    let (id, members) = state.teams.delete(&parse_team(&team)?).await?;
+    // The id too: a slug the path named is free for another team from now on.
+    let details = AuditDetails(serde_json::Map::from_iter([
+        ("team_id".to_owned(), id.to_string().into()),
+        ("members".to_owned(), members.into()),
+    ]));
     Ok((Extension(details), StatusCode::NO_CONTENT))
 }
 

@@ -51,7 +51,7 @@ pub enum TeamError {
     #[error("another team has this slug; choose another")]
     SlugTaken,
     /// The team is a member's default team.
-    #[error("this team is a member's default team, which goes with its user (DELETE /admin/users/{{id}})")]
+    #[error("this team is a member's default team: it is deleted with that user when they are its only member")]
     DefaultTeam,
     /// The store failed.
     #[error(transparent)]
@@ -270,9 +270,9 @@ impl Teams {
     }
 
     /// Deletes a team (see [`Store::delete_team`]), not a member's default team; this instance
-    /// forgets its members at once, others within `cache.sync_interval_ms`. Returns how many
-    /// members it had.
-    pub async fn delete(&self, team: &TeamRef) -> Result<usize, TeamError> {
+    /// forgets its members at once, others within `cache.sync_interval_ms`. Returns its id and
+    /// how many members it had.
+    pub async fn delete(&self, team: &TeamRef) -> Result<(TeamId, usize), TeamError> {
         let team = self.find(team).await?;
         let (store, id) = (self.store.clone(), team.id);
         let deleted = change_to_end(
@@ -291,7 +291,7 @@ impl Teams {
         match deleted.await? {
             DeleteTeamOutcome::Deleted(members) => {
                 tracing::info!(team_id = %id, members = members.len(), "deleted a team");
-                Ok(members.len())
+                Ok((id, members.len()))
             }
             DeleteTeamOutcome::NotFound => Err(TeamError::TeamNotFound),
             DeleteTeamOutcome::DefaultTeam => Err(TeamError::DefaultTeam),

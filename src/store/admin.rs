@@ -233,7 +233,6 @@ pub(super) async fn team_members(
         .collect()
 }
 
-/// Creates a team, with `owner` as its owner (not their default team) when given.
 /// [`Store::delete_team`](super::Store::delete_team).
 pub(super) async fn delete_team(db: &Db, team: TeamId, now: DateTime<Utc>) -> Result<DeleteTeamOutcome, StoreError> {
     let mut tx = db.begin().await?;
@@ -266,6 +265,7 @@ pub(super) async fn delete_team(db: &Db, team: TeamId, now: DateTime<Utc>) -> Re
     Ok(DeleteTeamOutcome::Deleted(members.into_iter().map(|(user, _)| user).collect()))
 }
 
+/// Creates a team, with `owner` as its owner (not their default team) when given.
 pub(super) async fn create_team(
     db: &Db,
     team: &Team,

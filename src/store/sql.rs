@@ -1101,7 +1101,6 @@ fn delivery_row(row: &impl RowExt) -> Result<WebhookDelivery, StoreError> {
     })
 }
 
-/// Inserts a pending delivery of an event to an endpoint, unless there is one.
 /// Credits the team-wide profiles `from` made in `team` to whom inherits them as `from` leaves:
 /// the team's longest-standing enabled owner, else its longest-standing other member. Chosen
 /// once, through the owners' index (not the whole team ranked for each profile, which a team of
@@ -1161,6 +1160,7 @@ fn bind_pending<'q>(statement: Query<'q>, key: &PendingKey<'_>) -> Query<'q> {
     }
 }
 
+/// Inserts a pending delivery of an event to an endpoint, unless there is one.
 async fn insert_delivery(
     tx: &mut Tx,
     endpoint: WebhookId,

@@ -94,6 +94,7 @@ on_both_backends!(
     concurrent_demotions_and_removals_leave_one_owner,
     removing_a_member_takes_their_connect_links_and_flows_with_them,
     the_last_member_of_an_ownerless_team_leaves_no_live_team_profile,
+    team_wide_profiles_go_to_the_longest_standing_enabled_owner_else_member,
     a_user_disabled_meanwhile_cannot_leave_a_team_nor_delete_it,
     // Domains
     a_domain_claim_is_created_updated_or_refused,
@@ -1745,6 +1746,39 @@ async fn removing_a_member_takes_their_connect_links_and_flows_with_them(backend
     for flow in &kept_flows {
         assert_eq!(store.take_login_state(&flow.state_hash, t0).await.unwrap().as_ref(), Some(flow));
     }
+}
+
+/// The heir of a leaving member's team-wide profiles is the team's longest-standing enabled
+/// owner — not an older disabled owner, nor an older plain member —; with no enabled owner left,
+/// its longest-standing other member, whatever their role. The same for a removal and for a
+/// deletion of the user.
+async fn team_wide_profiles_go_to_the_longest_standing_enabled_owner_else_member(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let [bob, cy, dan, ada, eve] = [
+        sign_up(&store, "bob").await,
+        sign_up(&store, "cy").await,
+        sign_up(&store, "dan").await,
+        sign_up(&store, "ada").await,
+        sign_up(&store, "eve").await,
+    ];
+    let t0 = now();
+    let lab = Team { id: TeamId::generate(), slug: Slug::parse("lab").unwrap(), name: "Lab".into(), created_at: t0 };
+    assert_eq!(store.create_team(&lab, None, t0).await.unwrap(), CreateTeamOutcome::Created(lab.clone()));
+    let second = TimeDelta::seconds(1);
+    join(&store, &lab, bob.id(), Role::Member, t0).await;
+    join(&store, &lab, cy.id(), Role::Owner, t0 + second).await;
+    join(&store, &lab, dan.id(), Role::Owner, t0 + second * 2).await;
+    join(&store, &lab, ada.id(), Role::Admin, t0 + second * 3).await;
+    join(&store, &lab, eve.id(), Role::Member, t0 + second * 4).await;
+    set_user_disabled(&store, cy.id(), true, now()).await.unwrap();
+    let adas = inserted(&store, profile(&lab, ada.id(), ProfileKind::Env, "adas", t0)).await;
+    assert_eq!(store.remove_member(lab.id, None, ada.id()).await.unwrap(), RemoveOutcome::Removed);
+    assert_eq!(store.profile(adas.id).await.unwrap().unwrap().created_by, dan.id(), "the enabled owner");
+
+    set_user_disabled(&store, dan.id(), true, now()).await.unwrap();
+    let eves = inserted(&store, profile(&lab, eve.id(), ProfileKind::Env, "eves", t0)).await;
+    assert!(matches!(store.delete_user(eve.id(), now()).await.unwrap(), DeleteUserOutcome::Deleted(_)));
+    assert_eq!(store.profile(eves.id).await.unwrap().unwrap().created_by, bob.id(), "the longest-standing member");
 }
 
 /// A team an operator made without an owner: a member who leaves has their team-wide profiles
@@ -5034,9 +5068,9 @@ async fn an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_b
 }
 
 /// On PostgreSQL, a member's profile of a connector (the credentials endpoint, at every tool
-/// call of an agent) and a pending connection's profile are found by their maker, also in the
-/// generic plan a connection switches to after five executions of a statement: never by reading
-/// every member's profile of the connector in a large team.
+/// call of an agent) is found by team, connector and maker, also in the generic plan a
+/// connection switches to after five executions of a statement: never by reading every member's
+/// profile of the connector in a large team.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_members_profile_of_a_connector_is_found_by_its_maker_on_postgres() {
     let (db, store) = setup(Backend::Postgres).await;
@@ -5060,32 +5094,20 @@ async fn a_members_profile_of_a_connector_is_found_by_its_maker_on_postgres() {
     .unwrap();
     let mut conn = pool.acquire().await.unwrap();
     sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
-    for (name, index, sql, args) in [
-        (
-            "credentials",
-            "auth_profiles_team_connector_creator_idx",
-            "SELECT id FROM auth_profiles p WHERE p.team_id = $1 AND p.connector_key = $2 AND p.created_by = $3
-               AND p.profile_kind = 'oauth_account' AND p.status = 'active' ORDER BY p.created_at, p.id LIMIT 1",
-            "(uuid, text, uuid)",
-        ),
-        (
-            "pending",
-            "auth_profiles_pending_oauth_account_key",
-            "SELECT id FROM auth_profiles WHERE team_id = $1 AND connector_key = $2 AND provider = $4 AND created_by = $3
-               AND status = 'pending_auth' AND profile_kind = 'oauth_account'",
-            "(uuid, text, uuid, text)",
-        ),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE {name} {args} AS {sql}"))).execute(&mut *conn).await.unwrap();
-        let extra = if name == "pending" { ", 'github'" } else { "" };
-        let explain = format!("EXPLAIN (FORMAT JSON) EXECUTE {name}('{team}', 'github', '{}'{extra})", ada.id().as_uuid());
-        let plan: serde_json::Value =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(explain)).fetch_one(&mut *conn).await.unwrap();
-        let plan = plan.to_string();
-        assert!(plan.contains(&format!("\"Index Name\":\"{index}\"")), "{name}: {plan}");
-        assert!(plan.contains("created_by = $3)"), "{name}: {plan}");
-        assert!(!plan.contains("Seq Scan"), "{name}: {plan}");
-    }
+    // The statement of the credentials endpoint's lookup (`active_personal_profile`).
+    sqlx::raw_sql(
+        "PREPARE credentials (uuid, text, uuid) AS
+           SELECT id FROM auth_profiles p WHERE p.team_id = $1 AND p.connector_key = $2 AND p.created_by = $3
+             AND p.profile_kind = 'oauth_account' AND p.status = 'active' ORDER BY p.created_at, p.id LIMIT 1",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let explain = format!("EXPLAIN (FORMAT JSON) EXECUTE credentials('{team}', 'github', '{}')", ada.id().as_uuid());
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain)).fetch_one(&mut *conn).await.unwrap();
+    let plan = plan.to_string();
+    assert!(plan.contains("\"Index Name\":\"auth_profiles_team_connector_creator_idx\""), "{plan}");
+    assert!(plan.contains("created_by = $3)") && !plan.contains("Seq Scan"), "{plan}");
 }
 
 /// A fan-out that finds another instance's under way says so (`busy`), rather than answer as

@@ -223,8 +223,9 @@ pub struct FanOutArgs {
 }
 
 /// `tessera-bench fanout`: the fan-out of a backlog of events (an import's, say) into pending
-/// deliveries — the worker's store call, in batches of 5,000 events —, timed for one endpoint and
-/// then for `--endpoints`, in the same run: how a round's time grows with the endpoints.
+/// deliveries — the store's fan-out call, 5,000 events a call (the worker's calls are of 500) —,
+/// timed for one endpoint and then for `--endpoints`, in the same run: how the time grows with
+/// the endpoints.
 pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
     if args.events == 0 || args.endpoints < 2 {
         bail!("--events must be positive and --endpoints at least 2");
@@ -292,7 +293,8 @@ async fn measure_fan_out(args: &FanOutArgs, url: &str) -> anyhow::Result<()> {
             events += round.events as usize;
         }
         let took = started.elapsed();
-        // The users' creation events went out in the first round too, to the one endpoint.
+        // The users' creation events are fanned out in the first backlog too (to no endpoint:
+        // they came before it, and are not `user.updated`).
         let deliveries = args.events * endpoints;
         anyhow::ensure!(events >= args.events, "only {events} of {} events fanned out", args.events);
         println!(

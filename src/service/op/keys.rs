@@ -106,7 +106,7 @@ impl SigningKeySettings {
     /// How long a relying party may cache a JWKS read from the store `age` ago:
     /// `jwks_max_age`, shortened so that it ends before a key created just after that read starts
     /// signing (`publication_lead` after its creation). Only keys older than a refresh interval
-    /// (served while the store cannot be read) shorten it.
+    /// (served while they are re-read, or while the store cannot be read) shorten it.
     pub fn max_age_at(&self, age: Duration) -> Duration {
         self.jwks_max_age.min(self.publication_lead().saturating_sub(age))
     }
@@ -313,19 +313,22 @@ struct Inner {
     /// Wakes the signing-key worker when the keys are marked stale, so that they are re-read
     /// (and readiness, which reads only the cached keys, sees them) without waiting for a use.
     marked: tokio::sync::Notify,
-    /// When a re-read last failed: for [`RELOAD_BACKOFF`] after it, uses answer from the cached
-    /// keys rather than each wait for a read of its own (the worker retries).
+    /// When a re-read last failed (cleared by one that succeeds): for [`RELOAD_BACKOFF`] after
+    /// it, uses answer from the cached keys rather than each wait for a read of its own (the
+    /// worker retries); and until a read succeeds, the JWKS and signing with keys read within
+    /// `jwks_max_age` do not wait for one.
     failed_at: std::sync::Mutex<Option<Instant>>,
     /// A re-read runs in the background ([`SigningKeys::refresh_behind`]): one at a time.
     refreshing: AtomicBool,
 }
 
-/// Lowers its flag when dropped (a task that ends, or panics).
-struct Lowered<'a>(&'a AtomicBool);
+/// Lowers the keys' `refreshing` flag when dropped: a background re-read that ends, panics, or
+/// is dropped unpolled (its runtime shutting down).
+struct Lowered(Arc<Inner>);
 
-impl Drop for Lowered<'_> {
+impl Drop for Lowered {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.refreshing.store(false, Ordering::Release);
     }
 }
 
@@ -562,9 +565,16 @@ impl SigningKeys {
         // When the store cannot say what they are now, the keys as last read: a relying party
         // keeps verifying the tokens it has (a 503 would fail them all in many libraries), and is
         // told to fetch again next time (a max-age of 0 once a key made since could sign).
-        let set = match self.keys().await {
-            Ok(set) => set,
-            Err(error) => Some(self.cached()).filter(|set| !set.keys.is_empty()).ok_or(error)?,
+        let cached = self.cached();
+        let set = if self.failed_within(Duration::MAX) && !cached.keys.is_empty() {
+            // Not a wait for a read that may hang past a relying party's patience.
+            self.refresh_behind(&cached);
+            cached
+        } else {
+            match self.keys().await {
+                Ok(set) => set,
+                Err(error) => Some(self.cached()).filter(|set| !set.keys.is_empty()).ok_or(error)?,
+            }
         };
         let now = now();
         let keys: Vec<&Value> = set
@@ -682,9 +692,10 @@ impl SigningKeys {
         set
     }
 
-    /// The cached keys for signing and for the JWKS, re-read when older than the refresh
-    /// interval. When the store cannot be read, keys read within `jwks_max_age` still serve: no
-    /// rotation made since can have a key signing yet.
+    /// The cached keys for signing and for the JWKS, re-read in the background when older than
+    /// the refresh interval (at once, waited for, when another instance said they changed, or
+    /// when older than `jwks_max_age`). When the store cannot be read, keys read within
+    /// `jwks_max_age` still serve: no rotation made since can have a key signing yet.
     async fn keys(&self) -> Result<Arc<KeySet>, SigningError> {
         let cached = self.cached();
         let age = cached.loaded_at.elapsed();
@@ -757,18 +768,20 @@ impl SigningKeys {
     /// Re-reads the keys in a task of its own, unless one is under way, for callers that go on
     /// with `seen` meanwhile. A failure is logged once, by that task.
     fn refresh_behind(&self, seen: &Arc<KeySet>) {
-        if self.inner.refreshing.swap(true, Ordering::AcqRel) {
+        // Within the back-off after a failed re-read, none: the worker keeps trying.
+        if self.failed_within(RELOAD_BACKOFF) || self.inner.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (this, seen) = (self.clone(), seen.clone());
+        let (this, seen, done) = (self.clone(), seen.clone(), Lowered(self.inner.clone()));
         tokio::spawn(async move {
-            let _done = Lowered(&this.inner.refreshing);
-            // Within the back-off after a failed re-read, none: the worker keeps trying.
-            if !this.failed_within(RELOAD_BACKOFF)
-                && let Err(error) = this.reload(Some(&seen)).await
-            {
-                let age_s = seen.loaded_at.elapsed().as_secs();
-                tracing::warn!(error = %error.chain(), age_s, "cannot re-read the signing keys; using the cached ones");
+            let _done = done;
+            match this.reload(Some(&seen)).await {
+                // Another read's failure, which that read's caller logged.
+                Ok(_) | Err(SigningError::Unreadable) => {}
+                Err(error) => {
+                    let age_s = seen.loaded_at.elapsed().as_secs();
+                    tracing::warn!(error = %error.chain(), age_s, "cannot re-read the signing keys; using the cached ones");
+                }
             }
         });
     }

@@ -196,15 +196,11 @@ impl OidcProvider {
         } else {
             match fetch_discovery(&self.http, &self.config.issuer).await {
                 Ok(found) => found,
-                // With the endpoints a sign-in needs configured — its keys' too, which would
-                // otherwise be found through the document —, a provider without a discovery
-                // document (or one this network cannot reach) still signs people in, without
-                // the endpoints and the `iss` flag it would have given. Without them the sign-in
-                // is refused here, before the provider is sent a browser whose code could not
-                // be checked.
-                Err(error)
-                    if endpoints.authorization.is_some() && endpoints.token.is_some() && endpoints.jwks.is_some() =>
-                {
+                // With the two endpoints a sign-in needs configured, a provider without a
+                // discovery document (or one this network cannot reach) still signs people in
+                // (with `jwks_uri` too: see `authorization_url`) and refreshes tokens, without
+                // the endpoints and the `iss` flag it would have given.
+                Err(error) if endpoints.authorization.is_some() && endpoints.token.is_some() => {
                     // Logged when the failures start, not at every retry (see `metadata`).
                     if self.failed_at.lock().unwrap_or_else(PoisonError::into_inner).is_none() {
                         tracing::warn!(provider = %self.config.name, error = %error.chain(), "no discovery document; going on with the endpoints known until it is read");
@@ -321,6 +317,14 @@ impl Provider for OidcProvider {
 
     async fn authorization_url(&self, request: &AuthorizationRequest<'_>) -> Result<Url, ProviderError> {
         let metadata = self.metadata().await?;
+        // The id token's keys are found through the discovery document unless `jwks_uri` is
+        // configured: without either, no id token could be checked, and the browser is not sent
+        // to the provider for a code that would be spent for nothing.
+        if metadata.partial && self.config.endpoints.jwks.is_none() {
+            return Err(ProviderError::Unavailable(
+                "no discovery document, and no jwks_uri configured: the id token's keys cannot be found".into(),
+            ));
+        }
         Ok(oauth::authorization_url(&self.config, &metadata.authorization, request, true))
     }
 
