@@ -93,28 +93,35 @@ async fn receiver() -> anyhow::Result<(String, Receipts)> {
     Ok((url, receipts))
 }
 
-async fn measure(args: &WebhooksArgs, url: &str) -> anyhow::Result<()> {
+/// The benchmarks' server configuration on the database at `url`: one issuer, the admin token,
+/// a key ring (webhook keys are encrypted at rest), and the worker polling every `poll_interval`.
+fn bench_config(url: &str, poll_interval: Duration) -> anyhow::Result<Config> {
     let mut config = Config::for_database(url)?;
     config.issuers = vec![IssuerConfig::new(Issuer::parse(ISSUER)?)];
     config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
-    config.database.max_connections = 32;
     let ring = format!(
         "bench:{}",
         base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2))
     );
     config.encryption = Some(Arc::new(KeyRing::parse(&ring).context("the key ring")?));
-    config.webhooks.allow_private_addresses = true;
-    config.webhooks.poll_interval = Duration::from_millis(args.poll_interval_ms);
-    let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    config.webhooks.poll_interval = poll_interval;
+    Ok(config)
+}
 
-    let mut users = Vec::with_capacity(args.users);
-    for i in 0..args.users {
+/// Bootstraps `count` users through the admin API (subjects `{prefix}-{n}`); their ids.
+async fn bootstrap_users(
+    client: &reqwest::Client,
+    base: &str,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Arc<Vec<UserId>>> {
+    let mut users = Vec::with_capacity(count);
+    for i in 0..count {
         let created: serde_json::Value = client
             .post(format!("{base}/admin/users/bootstrap"))
             .bearer_auth(ADMIN_TOKEN)
             .json(&serde_json::json!({
-                "issuer": ISSUER, "subject": format!("hook-{i}"), "email": format!("hook-{i}@bench.example.com")
+                "issuer": ISSUER, "subject": format!("{prefix}-{i}"), "email": format!("{prefix}-{i}@bench.example.com")
             }))
             .send()
             .await?
@@ -123,7 +130,16 @@ async fn measure(args: &WebhooksArgs, url: &str) -> anyhow::Result<()> {
             .await?;
         users.push(created["user_id"].as_str().context("user_id")?.parse::<UserId>()?);
     }
-    let users = Arc::new(users);
+    Ok(Arc::new(users))
+}
+
+async fn measure(args: &WebhooksArgs, url: &str) -> anyhow::Result<()> {
+    let mut config = bench_config(url, Duration::from_millis(args.poll_interval_ms))?;
+    config.database.max_connections = 32;
+    config.webhooks.allow_private_addresses = true;
+    let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let users = bootstrap_users(&client, &base, "hook", args.users).await?;
 
     println!(
         "tessera-bench webhooks: {} events per run, {} writers over {} users, {} endpoint(s), poll every {} ms, on {}",
@@ -235,32 +251,11 @@ pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
 }
 
 async fn measure_fan_out(args: &FanOutArgs, url: &str) -> anyhow::Result<()> {
-    let mut config = Config::for_database(url)?;
-    config.issuers = vec![IssuerConfig::new(Issuer::parse(ISSUER)?)];
-    config.admin_tokens = vec![ADMIN_TOKEN.to_owned().into()];
-    let ring = format!(
-        "bench:{}",
-        base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2))
-    );
-    config.encryption = Some(Arc::new(KeyRing::parse(&ring).context("the key ring")?));
     // The worker's first round runs at start; the backlogs are the benchmark's to fan out.
-    config.webhooks.poll_interval = Duration::from_secs(3600);
+    let config = bench_config(url, Duration::from_secs(3600))?;
     let crate::harness::Served { store, base, server } = crate::harness::Served::start(&config).await?;
     let client = reqwest::Client::builder().no_proxy().build()?;
-    let mut users = Vec::new();
-    for i in 0..200 {
-        let created: serde_json::Value = client
-            .post(format!("{base}/admin/users/bootstrap"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&serde_json::json!({ "issuer": ISSUER, "subject": format!("fan-{i}"), "email": format!("fan-{i}@bench.example.com") }))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        users.push(created["user_id"].as_str().context("user_id")?.parse::<UserId>()?);
-    }
-    let users = Arc::new(users);
+    let users = bootstrap_users(&client, &base, "fan", 200).await?;
     println!(
         "tessera-bench fanout: backlogs of {} events, 1 then {} endpoints, on {}",
         args.events,
