@@ -150,7 +150,7 @@ fn is_plain_text(value: &str) -> bool {
 }
 
 fn time(value: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc))
+    super::extract::query_time(value)
 }
 
 /// The request id of a request (set or kept by the request-id layer), for its audit rows.

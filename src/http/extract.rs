@@ -397,6 +397,19 @@ pub(crate) fn parse_user_id(value: &str) -> Result<crate::domain::UserId, ApiErr
     })
 }
 
+/// A time given in a query string (`since`, `until`), RFC 3339. A `+hh:mm` offset sent without
+/// percent-encoding arrives as a space (form decoding reads `+` as one), and is read as the `+`
+/// it was: `2026-11-30T00:00:00 01:00` is `2026-11-30T00:00:00+01:00`.
+pub fn query_time(value: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let parsed = chrono::DateTime::parse_from_rfc3339(value).or_else(|error| match value.rsplit_once(' ') {
+        Some((time, offset)) if offset.len() == 5 && offset.as_bytes()[2] == b':' => {
+            chrono::DateTime::parse_from_rfc3339(&format!("{time}+{offset}"))
+        }
+        _ => Err(error),
+    });
+    parsed.ok().map(|time| time.with_timezone(&chrono::Utc))
+}
+
 /// A JSON value in which no object names a key twice, at any depth. `serde_json::Value` keeps
 /// the last of a repeated key where a proxy or a log in front may read the first — two views of
 /// one credential (a browser session's `storage_state`): a repeated key is refused, as a

@@ -18,7 +18,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
@@ -211,9 +210,8 @@ async fn replay(
 ) -> Result<(StatusCode, Json<ReplayResponse>), ApiError> {
     let id = parse_id(&id)?;
     let since = required(&query.since, "since")?;
-    let since = DateTime::parse_from_rfc3339(since)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| ApiError::new(ErrorCode::InvalidSince, "`since` must be an RFC 3339 time").field("since"))?;
+    let since = super::extract::query_time(since)
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidSince, "`since` must be an RFC 3339 time").field("since"))?;
     let scheduled = state.webhooks.replay(id, since).await?;
     Ok((StatusCode::ACCEPTED, Json(ReplayResponse { scheduled })))
 }

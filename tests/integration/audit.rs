@@ -654,6 +654,13 @@ async fn the_log_is_read_latest_first_with_filters_and_a_cursor(backend: Backend
     let rfc = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let window = format!("since={}&until={}", rfc(before_all), rfc(after_all));
     assert_eq!(audit(app, &window.replace('+', "%2B")).await.len(), 8);
+    // An offset sent without percent-encoding (its `+` arrives as a space) is read as sent.
+    let east = chrono::FixedOffset::east_opt(3600).unwrap();
+    let offset =
+        |t: chrono::DateTime<chrono::Utc>| t.with_timezone(&east).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let unencoded = format!("since={}&until={}", offset(before_all), offset(after_all));
+    assert!(unencoded.contains("+01:00"), "{unencoded}");
+    assert_eq!(audit(app, &unencoded).await.len(), 8);
     assert!(audit(app, &format!("since={}", rfc(after_all))).await.is_empty());
     assert!(audit(app, &format!("until={}", rfc(before_all))).await.is_empty());
     let last = ids[5];
