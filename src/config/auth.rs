@@ -451,6 +451,9 @@ fn session_cookie_domain(raw: Option<&str>, public_url: Option<&Url>) -> Result<
     Ok(Some(domain))
 }
 
+/// The public sites whose issuers are GitHub's and GitLab's defaults, in that order.
+const PUBLIC_SITES: [&str; 2] = ["https://github.com", "https://gitlab.com"];
+
 pub(super) fn parse_providers(
     raw: Vec<RawProvider>,
     env: &dyn Fn(&str) -> Option<String>,
@@ -571,8 +574,8 @@ fn parse_provider(
     }
     let default_issuer = match kind {
         ProviderKind::Oidc | ProviderKind::OAuth2 => None,
-        ProviderKind::GitHub => Some("https://github.com"),
-        ProviderKind::GitLab => Some("https://gitlab.com"),
+        ProviderKind::GitHub => Some(PUBLIC_SITES[0]),
+        ProviderKind::GitLab => Some(PUBLIC_SITES[1]),
     };
     let issuer_text = filled.get("issuer").map(String::as_str).or(default_issuer).ok_or_else(|| {
         ConfigError::new(
@@ -616,12 +619,9 @@ fn parse_provider(
     // template's): identities are keyed by issuer and account number, so a GitHub Enterprise or
     // self-managed GitLab left on it would sign its users in as the public site's users of the
     // same number. Judged by the endpoints the entry sets itself, when it sets no issuer or
-    // writes out the public site's.
-    // (Whatever the entry's kind: a template's changed to `oauth2` keeps the template's issuer.)
-    let public_site = ["https://github.com", "https://gitlab.com"]
-        .iter()
-        .filter_map(|home| Issuer::parse(home).ok())
-        .any(|home| home == issuer);
+    // writes out the public site's (whatever the entry's kind: a template's changed to `oauth2`
+    // keeps the template's issuer).
+    let public_site = PUBLIC_SITES.iter().filter_map(|home| Issuer::parse(home).ok()).any(|home| home == issuer);
     if (default_issuer.is_some() && raw.issuer.is_none()) || public_site {
         let home = issuer.as_str();
         let home_host = url::Url::parse(home).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
