@@ -47,7 +47,8 @@ use crate::store::{CacheChange, LogPage, LoggedChange, Store, StoreError};
 
 /// How long a skipped sequence number is waited for.
 pub const GAP_WAIT: Duration = Duration::from_secs(10);
-/// Most skipped sequence numbers remembered at once (the oldest go first).
+/// Most runs of skipped sequence numbers remembered at once (the lowest go first). A run is any
+/// length: one transaction's many rows, in flight while another's commit is read, are one run.
 const MAX_GAPS: usize = 1_000;
 /// How many rows below the head an instance starts reading at.
 const START_OVERLAP: i64 = 100;
@@ -69,8 +70,9 @@ pub struct Cursor {
     last: i64,
     /// When the row numbered `last` was written, if this cursor read it (not one set at a number).
     last_written_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Sequence numbers below `last` not seen yet, with when they were first missed.
-    gaps: BTreeMap<i64, Instant>,
+    /// Runs of sequence numbers below `last` not seen yet, by their first number: the last
+    /// number of each run, and when the run was first missed.
+    gaps: BTreeMap<i64, (i64, Instant)>,
     /// When the last poll succeeded.
     polled_at: Instant,
     /// The same, on the wall clock: a suspended or paused machine's monotonic clock stands
@@ -110,9 +112,28 @@ impl Cursor {
         self.last
     }
 
-    /// The sequence numbers skipped and still waited for, lowest first.
-    pub fn gaps(&self) -> impl Iterator<Item = i64> + '_ {
-        self.gaps.keys().copied()
+    /// The runs of sequence numbers skipped and still waited for (first and last number of
+    /// each), lowest first.
+    pub fn gaps(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.gaps.iter().map(|(&first, &(last, _))| (first, last))
+    }
+
+    /// Takes `seq` out of the run that holds it, if any (splitting the run); whether one did.
+    fn fill(&mut self, seq: i64) -> bool {
+        let Some((&first, &(last, missed_at))) = self.gaps.range(..=seq).next_back() else {
+            return false;
+        };
+        if last < seq {
+            return false;
+        }
+        self.gaps.remove(&first);
+        if first < seq {
+            self.gaps.insert(first, (seq - 1, missed_at));
+        }
+        if seq < last {
+            self.gaps.insert(seq + 1, (last, missed_at));
+        }
+        true
     }
 
     /// Where the next read starts (after this number): below the lowest open gap, else at `last`.
@@ -128,7 +149,7 @@ impl Cursor {
 
     /// Drops the gaps older than [`GAP_WAIT`].
     pub fn expire_gaps(&mut self, now: Instant) {
-        self.gaps.retain(|_, missed_at| now.saturating_duration_since(*missed_at) < GAP_WAIT);
+        self.gaps.retain(|_, (_, missed_at)| now.saturating_duration_since(*missed_at) < GAP_WAIT);
     }
 
     /// Takes a batch of rows read after [`Cursor::read_after`], in order; returns the rows not
@@ -137,14 +158,16 @@ impl Cursor {
         let mut fresh = Vec::new();
         for row in rows {
             if row.seq > self.last {
-                // The numbers just below a row are the likeliest still in flight: after a jump
-                // larger than MAX_GAPS (e.g. from an empty log's head), those are the ones kept.
-                let lowest = (self.last + 1).max(row.seq - MAX_GAPS as i64);
-                self.gaps.extend((lowest..row.seq).map(|seq| (seq, now)));
+                // However long (a transaction in flight with thousands of rows, or an empty
+                // log's head far below the sequence), the skipped numbers are one run: a read
+                // from below it costs only the rows that exist.
+                if row.seq > self.last + 1 {
+                    self.gaps.insert(self.last + 1, (row.seq - 1, now));
+                }
                 self.last = row.seq;
                 self.last_written_at = row.written_at;
                 fresh.push(row);
-            } else if self.gaps.remove(&row.seq).is_some() {
+            } else if self.fill(row.seq) {
                 fresh.push(row);
             }
         }
@@ -353,7 +376,7 @@ mod tests {
         let mut cursor = Cursor::at(10, now);
         // 11 and 13 committed; 12 is still in flight.
         assert_eq!(seqs(&cursor.take(rows(&[11, 13]), now)), [11, 13]);
-        assert_eq!(cursor.gaps().collect::<Vec<_>>(), [12]);
+        assert_eq!(cursor.gaps().collect::<Vec<_>>(), [(12, 12)]);
         assert_eq!(cursor.read_after(), 11, "the next read starts below the gap");
         // Next poll: 12 has committed, 14 too.
         assert_eq!(seqs(&cursor.take(rows(&[12, 13, 14]), now)), [12, 14]);
@@ -386,17 +409,36 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_jump_tracks_only_the_numbers_just_below_it() {
+    fn a_transaction_of_thousands_of_rows_in_flight_is_waited_for_whole() {
         let now = Instant::now();
         let mut cursor = Cursor::at(0, now);
+        // A team deletion's 5,000 rows (1..=5000) are in flight when another commit (5001) is read.
+        assert_eq!(seqs(&cursor.take(rows(&[5_001]), now)), [5_001]);
+        assert_eq!(cursor.gaps().collect::<Vec<_>>(), [(1, 5_000)]);
+        assert_eq!(cursor.read_after(), 0);
+        // Some of a run filled splits it; the rest is still waited for.
+        assert_eq!(seqs(&cursor.take(rows(&[10, 11, 4_000]), now)), [10, 11, 4_000]);
+        assert_eq!(cursor.gaps().collect::<Vec<_>>(), [(1, 9), (12, 3_999), (4_001, 5_000)]);
+        // The deletion commits: every one of its rows is applied, once.
+        let all: Vec<i64> = (1..=5_002).collect();
+        let applied = seqs(&cursor.take(rows(&all), now));
+        assert_eq!(applied.len(), 5_000 - 3 + 1, "the rest of the run and the new row 5002");
+        assert!(!applied.contains(&10) && !applied.contains(&5_001));
+        assert_eq!(cursor.gaps().count(), 0);
+        assert_eq!(cursor.read_after(), 5_002);
+    }
+
+    #[test]
+    fn many_runs_of_gaps_keep_the_newest() {
+        let now = Instant::now();
+        let mut cursor = Cursor::at(0, now);
+        // A huge jump (from an empty log's head, say) is one run.
         cursor.take(rows(&[1_000_000]), now);
-        assert_eq!(cursor.gaps().count(), MAX_GAPS);
-        assert_eq!(cursor.gaps().next(), Some(1_000_000 - MAX_GAPS as i64));
-        assert_eq!(cursor.gaps().last(), Some(999_999));
-        // Many small gaps: at most MAX_GAPS are kept, the lowest dropped first.
+        assert_eq!(cursor.gaps().collect::<Vec<_>>(), [(1, 999_999)]);
+        // Many separate runs: at most MAX_GAPS are kept, the lowest dropped first.
         let many: Vec<i64> = (0..=MAX_GAPS as i64 + 10).map(|i| 1_000_000 + 2 * (i + 1)).collect();
         cursor.take(rows(&many), now);
         assert_eq!(cursor.gaps().count(), MAX_GAPS);
-        assert!(cursor.gaps().next().unwrap() > 1_000_001);
+        assert!(cursor.gaps().next().unwrap().0 > 1_000_001);
     }
 }

@@ -3,6 +3,8 @@
 //! with [`log_changes`] in the transaction of the change, so that a committed change always has
 //! its row, and every instance reads the log with [`Store::cache_changes_after`](super::Store).
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 
 use super::db::{Db, Tx, query};
@@ -44,29 +46,44 @@ pub struct LoggedChange {
     pub written_at: Option<DateTime<Utc>>,
 }
 
-/// Adds `changes` to the log, in the transaction of the change they describe.
+/// Rows written by one statement of [`log_changes`].
+const ROWS_PER_INSERT: usize = 100;
+
+/// Adds `changes` to the log, in the transaction of the change they describe: up to
+/// [`ROWS_PER_INSERT`] rows a statement, so that a change of many rows (a team's deletion, a row
+/// per member) holds its numbers uncommitted for as short a time as it can (see
+/// `src/service/cache_sync.rs` on rows committed out of order).
 pub(super) async fn log_changes(tx: &mut Tx, changes: &[CacheChange], now: DateTime<Utc>) -> Result<(), StoreError> {
-    for change in changes {
-        let (kind, user, issuer, subject, client) = match change {
-            CacheChange::User(user) => ("user", Some(user.as_uuid()), None, None, None),
-            CacheChange::Identity { issuer, subject } => {
-                ("identity", None, Some(issuer.as_str()), Some(subject.as_str()), None)
-            }
-            CacheChange::Client(id) => ("client", None, None, None, Some(id.as_str())),
-            CacheChange::SigningKeys => ("signing_keys", None, None, None, None),
-        };
-        query(
-            "INSERT INTO cache_invalidations (kind, user_id, issuer, subject, client_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(kind)
-        .bind(user)
-        .bind(issuer)
-        .bind(subject)
-        .bind(client)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (1..=ROWS_PER_INSERT)
+            .map(|rows| {
+                let values: Vec<String> = (0..rows)
+                    .map(|row| {
+                        let n = row * 6;
+                        format!("(${}, ${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6)
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO cache_invalidations (kind, user_id, issuer, subject, client_id, created_at) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    for chunk in changes.chunks(ROWS_PER_INSERT) {
+        let mut insert = query(SQL[chunk.len() - 1].as_str());
+        for change in chunk {
+            let (kind, user, issuer, subject, client) = match change {
+                CacheChange::User(user) => ("user", Some(user.as_uuid()), None, None, None),
+                CacheChange::Identity { issuer, subject } => {
+                    ("identity", None, Some(issuer.as_str()), Some(subject.as_str()), None)
+                }
+                CacheChange::Client(id) => ("client", None, None, None, Some(id.as_str())),
+                CacheChange::SigningKeys => ("signing_keys", None, None, None, None),
+            };
+            insert = insert.bind(kind).bind(user).bind(issuer).bind(subject).bind(client).bind(now);
+        }
+        insert.execute(&mut *tx).await?;
     }
     Ok(())
 }
