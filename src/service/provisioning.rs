@@ -308,19 +308,29 @@ impl Provisioner {
     }
 
     /// The user's default team, created when they have none (then forgotten by the principal
-    /// cache, which may hold them without a team; other instances learn from the log).
+    /// cache, which may hold them without a team, whatever the store answered; other instances
+    /// learn from the log).
     async fn ensure_team_of(&self, user: &User) -> Result<(Team, bool), ProvisionError> {
         let name = user.name.as_deref().and_then(|n| DisplayName::parse_optional(Some(n)).ok().flatten());
         let plan = team_plan(name.as_ref());
-        let (team, created) = match self.store.ensure_default_team(user.id, &plan, super::now()).await? {
+        let (store, id) = (self.store.clone(), user.id);
+        // A commit whose reply was lost may have made the team: forgotten then too.
+        let made = change_to_end(
+            &self.principals,
+            async move { store.ensure_default_team(id, &plan, super::now()).await },
+            move |principals, done| {
+                if matches!(done, Ok(DefaultTeam::Created(_)) | Err(_)) {
+                    principals.invalidate_user(id);
+                }
+            },
+        )
+        .await?;
+        let (team, created) = match made {
             DefaultTeam::Found(team) => (team, false),
             DefaultTeam::Created(team) => (team, true),
             DefaultTeam::NoUser => return Err(ProvisionError::UserNotFound),
             DefaultTeam::UserDisabled => return Err(ProvisionError::UserDisabled),
         };
-        if created {
-            self.principals.invalidate_user(user.id);
-        }
         Ok((team, created))
     }
 }

@@ -359,10 +359,12 @@ impl SignIn {
                 }
                 owners = kept;
             }
-            if let [owner] = owners.as_slice()
-                && provider.config().auto_link_by_email
-                && verified
-                && owner.email_verified
+            // The one account that would be linked, were it not disabled.
+            let linkable = match owners.as_slice() {
+                [owner] if provider.config().auto_link_by_email && verified && owner.email_verified => Some(owner),
+                _ => None,
+            };
+            if let Some(owner) = linkable
                 && !owner.disabled
             {
                 let rule = (LinkRule::VerifiedEmail, request_id);
@@ -377,6 +379,10 @@ impl SignIn {
                 // account that now holds the address: its answer is this one's too.
                 if let Some(found) = self.store.find_identity(&issuer, subject).await? {
                     return self.returning(found).await;
+                }
+                // Not "sign in the way you did before, then link": that way is refused too.
+                if linkable.is_some() {
+                    return Err(SignInError::UserDisabled);
                 }
                 return Err(SignInError::LinkRequired { provider: provider.name().to_owned() });
             }

@@ -2900,6 +2900,14 @@ async fn narrowing_a_client_narrows_what_its_standing_grants_issue(backend: Back
     patch(json!({"scopes": ["openid", "offline_access"]})).await;
     assert_eq!(oauth_error(refresh(emailed.clone(), None).await, 400).await, "invalid_grant");
     assert_eq!(introspect(&w.app, creds, &emailed).await, json!({"active": false}));
+    // A redirect URI taken away (a compromised one, say): a code sent there before is refused.
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(&w.app, &client, &challenge, "").replace("scope=openid%20email%20teams", "scope=openid");
+    let code = code_from(&w, &mut Browser::new(), url).await;
+    patch(json!({"redirect_uris": ["https://app.example.com/elsewhere"]})).await;
+    let form = [("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)];
+    let form = [&form[..], &[("code_verifier", verifier.as_str())]].concat();
+    assert_eq!(oauth_error(token_request(&w.app, creds, &form).await, 400).await, "invalid_grant");
 }
 
 async fn forward_auth_says_an_email_is_verified_on_a_trusted_providers_word(backend: Backend) {

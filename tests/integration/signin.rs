@@ -1080,6 +1080,14 @@ pub(crate) async fn automatic_linking_needs_trust_and_verified_emails(backend: B
     let mut frank = Browser::new();
     assert_eq!(frank.sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER);
     assert_eq!(body(frank.me(&w.app).await, 200).await["email_verified"], true);
+    // The verified owner disabled: a first sign-in that would have been joined to them is
+    // told so, not sent to "sign in the way you did before, then link" (refused too).
+    let disable = w.app.admin(Method::PATCH, &format!("/admin/users/{}", dave["user_id"].as_str().unwrap()));
+    body(disable.json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    let before = (sql.count("users").await, sql.count("identities").await);
+    w.issuer.set_next_user(StubUser::new("dave-3", "dave@example.com"));
+    assert_eq!(body(Browser::new().sign_in(&w.app, "").await, 403).await["code"], "user_disabled");
+    assert_eq!((sql.count("users").await, sql.count("identities").await), before, "nothing made");
 }
 
 /// Someone signs up through the provider in `name`'s place with `email`, unconfirmed there

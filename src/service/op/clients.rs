@@ -621,8 +621,9 @@ impl Clients {
         if client.from_config {
             return Err(ClientError::ManagedInConfig);
         }
-        let deleted = self.store.delete_client(&client.id).await?;
-        self.invalidate(&client.id);
+        let store = self.store.clone();
+        let id = client.id.clone();
+        let deleted = self.write_then_forget(&client.id, async move { store.delete_client(&id).await }).await?;
         if deleted { Ok(()) } else { Err(ClientError::NotFound) }
     }
 
@@ -646,8 +647,9 @@ impl Clients {
                 return Ok((old, false));
             }
             new.updated_at = crate::domain::now().max(old.updated_at + TimeDelta::microseconds(1));
-            let outcome = self.store.update_client(&new, old.updated_at).await?;
-            self.invalidate(&new.id);
+            let (store, written, since) = (self.store.clone(), new.clone(), old.updated_at);
+            let outcome =
+                self.write_then_forget(&new.id, async move { store.update_client(&written, since).await }).await?;
             match outcome {
                 ClientUpdate::Updated => return Ok((new, true)),
                 ClientUpdate::NotFound => return Err(ClientError::NotFound),
@@ -677,6 +679,23 @@ impl Clients {
     pub fn forget_all(&self) {
         self.epoch.advance();
         self.cache.clear();
+    }
+
+    /// Runs a write of the client `id` to its end, even if the caller is dropped, and forgets
+    /// the cached client whatever it answered: a commit whose reply was lost is still a change,
+    /// which this instance must honour at once (a rotated secret, a deleted client).
+    async fn write_then_forget<T: Send + 'static>(
+        &self,
+        id: &ClientId,
+        write: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (clients, id) = (self.clone(), id.clone());
+        let work = async move {
+            let done = write.await;
+            clients.invalidate(&id);
+            done
+        };
+        crate::run_to_end(work).await.unwrap_or_else(|| Err(StoreError::shut_down()))
     }
 
     fn invalidate(&self, id: &ClientId) {

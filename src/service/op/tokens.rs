@@ -301,6 +301,12 @@ impl OpenIdProvider {
             return Err(invalid());
         }
         still_registered(client, &grant)?;
+        // A redirect URI taken away (a compromised one, say) ends the codes sent there too.
+        if client.redirect_uri(&stored.redirect_uri).is_none() {
+            return Err(OAuthError::invalid_grant(
+                "the redirect_uri is no longer registered for the client; authorize again",
+            ));
+        }
         let refresh = client.allows(GrantType::RefreshToken).then(random_secret);
         let refresh_hash = refresh.as_ref().map(|r| sha256(r.expose_secret().as_bytes()));
         // Everything that can fail comes first: once the code is used, a retry is a replay.
