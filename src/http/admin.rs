@@ -42,10 +42,13 @@ pub fn routes() -> Router<Arc<AppState>> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BootstrapRequest {
+    #[schema(required = true, value_type = String)]
     #[serde(alias = "oidc_issuer")]
     issuer: Option<String>,
+    #[schema(required = true, value_type = String)]
     #[serde(alias = "oidc_user_id")]
     subject: Option<String>,
+    #[schema(required = true, value_type = String)]
     #[serde(alias = "oidc_user_email")]
     email: Option<String>,
     #[serde(alias = "oidc_user_name")]

@@ -43,6 +43,7 @@ struct UsersQuery {
     team: Option<String>,
     disabled: Option<bool>,
     cursor: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 
@@ -109,6 +110,7 @@ async fn list_users(
 struct TeamsQuery {
     slug_prefix: Option<String>,
     cursor: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 
@@ -142,6 +144,7 @@ async fn list_teams(
 #[serde(deny_unknown_fields)]
 struct PageQuery {
     cursor: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 
@@ -169,7 +172,9 @@ async fn list_team_members(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTeamRequest {
+    #[schema(required = true, value_type = String)]
     slug: Option<String>,
+    #[schema(required = true, value_type = String)]
     name: Option<String>,
     owner: Option<String>,
 }

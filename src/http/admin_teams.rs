@@ -83,7 +83,9 @@ async fn delete_team(
 #[schema(as = DomainClaimRequest)]
 #[serde(deny_unknown_fields)]
 struct ClaimRequest {
+    #[schema(required = true, value_type = String)]
     domain: Option<String>,
+    #[schema(required = true, value_type = String)]
     issuer: Option<String>,
     verified: Option<bool>,
 }

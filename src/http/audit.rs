@@ -54,8 +54,10 @@ struct AuditParams {
     /// Rows before this RFC 3339 time.
     until: Option<String>,
     /// The `next_before` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
     /// Rows per page, 1 to 200 (50 by default).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 

@@ -44,7 +44,9 @@ pub fn admin_routes() -> Router<Arc<AppState>> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MemberRequest {
+    #[schema(required = true, value_type = uuid::Uuid)]
     user_id: Option<String>,
+    #[schema(required = true, value_type = crate::http::responses::MemberRole)]
     role: Option<String>,
 }
 
@@ -63,6 +65,7 @@ fn parse_member(request: &MemberRequest) -> Result<(UserId, Role), ApiError> {
 #[serde(deny_unknown_fields)]
 struct RoleRequest {
     /// `owner`, `admin` or `member`.
+    #[schema(required = true, value_type = crate::http::responses::MemberRole)]
     role: Option<String>,
 }
 

@@ -86,6 +86,7 @@ async fn validate_token(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct CheckQuery {
+    #[param(required = true, value_type = String)]
     team: Option<String>,
     /// `?on_behalf_of=` sent blank (clients that send every parameter): it names nobody, and a
     /// user named there is refused before this is read (`ambiguous_credentials`).
@@ -118,6 +119,7 @@ async fn check_team(State(state): State<Arc<AppState>>, headers: HeaderMap, uri:
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct DiscoverRequest {
+    #[schema(required = true, value_type = String)]
     email: Option<String>,
 }
 

@@ -50,6 +50,7 @@ fn parse_id(value: &str) -> Result<WebhookId, ApiError> {
 #[schema(as = WebhookCreateRequest)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
+    #[schema(required = true, value_type = String)]
     url: Option<String>,
     event_types: Option<Vec<String>>,
     enabled: Option<bool>,
@@ -158,7 +159,10 @@ async fn remove(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>
 #[serde(deny_unknown_fields)]
 struct DeliveriesQuery {
     /// The `next_before` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
+    /// Deliveries per page, 1 to 500 (100 by default).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 
@@ -190,6 +194,7 @@ async fn deliveries(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ReplayQuery {
+    #[param(required = true, value_type = String)]
     since: Option<String>,
 }
 

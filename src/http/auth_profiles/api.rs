@@ -54,9 +54,14 @@ pub(crate) fn parse_slug(value: &str) -> Result<Slug, ApiError> {
 #[serde(deny_unknown_fields)]
 #[schema(as = AuthProfileCreateRequest)]
 pub(crate) struct CreateRequest {
+    #[schema(required = true, value_type = String)]
     pub(crate) connector_key: Option<String>,
+    /// `oauth_account`, `oauth_app`, `env` or `browser_session`.
+    #[schema(required = true, value_type = String)]
     pub(crate) profile_kind: Option<String>,
+    /// Required for the OAuth kinds: the provider that connects them.
     pub(crate) provider: Option<String>,
+    #[schema(required = true, value_type = String)]
     pub(crate) display_name: Option<String>,
     pub(crate) slug: Option<String>,
     pub(crate) scopes: Option<Vec<String>>,

@@ -70,6 +70,8 @@ async fn create_client(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     after: Option<String>,
+    /// Clients per page, 1 to 500 (100 by default).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 
