@@ -9,7 +9,7 @@ use std::sync::Arc;
 use askama::Template;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -222,8 +222,14 @@ async fn discover(state: &AppState, headers: &HeaderMap, return_to: Option<&str>
     security(()),
 )]
 async fn home(headers: HeaderMap) -> Response {
-    if pages::wants_html(&headers) {
-        return redirect("/account", &[]);
-    }
-    super::not_found().await.into_response()
+    let mut response = if pages::wants_html(&headers) {
+        redirect("/account", &[])
+    } else {
+        let mut not_found = super::not_found().await.into_response();
+        // A shared cache in front must not hand this 404 to the next browser.
+        pages::protect(not_found.headers_mut());
+        not_found
+    };
+    response.headers_mut().append(header::VARY, HeaderValue::from_static("accept"));
+    response
 }

@@ -250,12 +250,31 @@ fn bodies_and_panics<S: Clone + Send + Sync + 'static>(router: Router<S>, body_r
                 (None, None) => "a panic without a message".to_owned(),
             };
             let error = ApiError::internal(std::io::Error::other(format!("panicked: {message}")));
-            responses::no_store(error.into_response())
+            let mut response = responses::no_store(error.into_response());
+            response.extensions_mut().insert(Panicked);
+            response
         }))
+        // A browser meets the panic on a page: a fixed one, with a next step.
+        .layer(middleware::from_fn(page_for_a_panic))
         // A body declared too large is refused unread; one arriving too slowly is cut off. Outside
         // the panic's answer, which then says `Connection: close` too when the body was left
         // unread (the next request on a kept-alive connection would otherwise meet its close).
         .layer(middleware::from_fn_with_state(body_read_timeout, request_body::guard))
+}
+
+/// Marks the answer to a handler's panic.
+#[derive(Debug, Clone, Copy)]
+struct Panicked;
+
+/// For a browser, the answer to a panic is a page (fixed: nothing more can be trusted to
+/// render), not the problem+json an API client gets.
+async fn page_for_a_panic(request: Request, next: middleware::Next) -> axum::response::Response {
+    let browser = pages::wants_html(request.headers());
+    let response = next.run(request).await;
+    if browser && response.extensions().get::<Panicked>().is_some() {
+        return pages::unrendered_page();
+    }
+    response
 }
 
 /// The router of `metrics.listen`: `/metrics` alone, without authentication (that listener is
@@ -349,6 +368,19 @@ mod tests {
         let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(problem["code"], "internal_error");
         assert!(!problem.to_string().contains("a bug"), "the panic's message is logged, not told: {problem}");
+        // A browser gets a page, with the pages' headers.
+        let app = bodies_and_panics(Router::new().route("/boom", axum::routing::get(boom)), Duration::from_secs(5));
+        let request =
+            Request::get("/boom").header(axum::http::header::ACCEPT, "text/html").body(axum::body::Body::empty());
+        let response = app.oneshot(request.unwrap()).await.unwrap();
+        assert_eq!(response.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers();
+        assert_eq!(headers[axum::http::header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(headers["x-frame-options"], "DENY");
+        assert_eq!(headers["cache-control"], "no-store");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let page = String::from_utf8(body.to_vec()).unwrap();
+        assert!(page.contains("internal_error") && page.contains("href=\"/account\"") && !page.contains("a bug"));
     }
 
     #[test]

@@ -44,6 +44,22 @@ const UNRENDERED_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta ch
 <p>This page could not be shown (<code>internal_error</code>); it has been logged. Try again in a \
 moment, or <a href=\"/account\">go to your account</a>.</p></main></body></html>\n";
 
+/// The fixed page of a failure that left nothing to render with (a handler's panic), with the
+/// pages' headers but for the branding's images.
+pub fn unrendered_page() -> Response {
+    let mut response = (StatusCode::INTERNAL_SERVER_ERROR, UNRENDERED_PAGE).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    protect(headers);
+    response
+}
+
 /// What every page shares: the branding, the stylesheet and the security policy.
 #[derive(Debug, Clone)]
 pub struct Pages {
@@ -104,12 +120,7 @@ impl Pages {
             }
             Err(error) => {
                 tracing::error!(error = %error.chain(), "a page failed to render");
-                let mut response = (StatusCode::INTERNAL_SERVER_ERROR, UNRENDERED_PAGE).into_response();
-                self.secure_headers(response.headers_mut());
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-                response
+                unrendered_page()
             }
         }
     }

@@ -644,7 +644,7 @@ async fn concurrent_continues_of_one_connect_link_start_one_flow(backend: Backen
     assert_eq!(refused.status(), StatusCode::NOT_FOUND, "another browser's post");
     let gone = w.alice.browser.navigate(&link).await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
-    assert!(gone.text().await.unwrap().contains("This link has expired"));
+    assert!(gone.text().await.unwrap().contains("This link was already used or has expired"));
 }
 
 async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {

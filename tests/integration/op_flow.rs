@@ -1285,6 +1285,9 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     let form = [("request_id", request_id.as_str()), ("decision", "approve")];
     let refused = browser_post(&mut stranger, &w.app.url("/oauth/consent"), &form).await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    // A page that says what happened and what to do, without blaming the app.
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("This approval page has expired") && !page.contains("The app that sent you"), "{page}");
     // Remembered: the next authorization goes straight back with a code.
     let to = location(&browser.navigate(&authorize_url(&w.app, &client, &challenge, "")).await);
     assert!(param(&to, "code").is_some(), "{to}");

@@ -153,7 +153,7 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
     assert!(page.contains("<html") && page.contains("invalid_request"), "{page}");
 
     let page = html(browser.navigate(&w.app.url("/connect/abc/oauth/start")).await, StatusCode::NOT_FOUND).await;
-    assert!(page.contains("This link has expired"), "{page}");
+    assert!(page.contains("This link was already used or has expired"), "{page}");
     // A path segment that is not text once decoded is a page as well, on every page route.
     for path in ["/connect/%FF/oauth/start", "/connect/%FF/env", "/auth/callback/%FF?state=a&code=b"] {
         let page = html(browser.navigate(&w.app.url(path)).await, StatusCode::BAD_REQUEST).await;
@@ -163,7 +163,14 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
     // After a sign-in without return_to, a browser lands on its account page.
     let done = sign_in(&mut browser, &w.app, "local").await;
     assert_eq!(location(&done), "/");
-    assert_eq!(location(&browser.navigate(&w.app.url("/")).await), "/account");
+    let home = browser.navigate(&w.app.url("/")).await;
+    assert_eq!(location(&home), "/account");
+    assert_eq!(home.headers()["vary"], "accept");
+    // An API client's 404 there differs by Accept too, and is never stored for the next browser.
+    let api = w.app.client.get(w.app.url("/")).send().await.unwrap();
+    assert_eq!(api.status(), StatusCode::NOT_FOUND);
+    assert_eq!(api.headers()["cache-control"], "no-store");
+    assert_eq!(api.headers()["vary"], "accept");
     let css = browser.get(&w.app.url("/assets/tessera.css")).await;
     assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
     assert!(css.text().await.unwrap().starts_with(":root { --primary: #1d4ed8; }"));
@@ -478,6 +485,7 @@ async fn the_chooser_lists_providers_and_sends_a_teams_email_to_its_provider(bac
     assert!(page.contains("other.example has no team sign-in of its own"), "{page}");
     let page = html(browser.form(&login, &[("email", "not-an-email")]).await, StatusCode::OK).await;
     assert!(page.contains("role=\"alert\"") && page.contains("value=\"not-an-email\""), "{page}");
+    assert!(page.contains("aria-describedby=\"email-hint notice\" aria-invalid=\"true\""), "{page}");
     // A field sent twice is refused rather than one of its values picked.
     let twice = [("email", "someone@ACME.example"), ("return_to", "/after"), ("return_to", "https://evil.example/")];
     let page = html(browser.form(&login, &twice).await, StatusCode::BAD_REQUEST).await;
@@ -681,7 +689,7 @@ async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend)
         assert!(page.contains("The account is connected.") && page.contains("My &#60;Issues&#62;"), "{page}");
     }
     let page = html(browser.navigate(&link).await, StatusCode::NOT_FOUND).await;
-    assert!(page.contains("This link has expired"), "a used link: {page}");
+    assert!(page.contains("This link was already used or has expired"), "a used link: {page}");
     let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
     assert!(page.contains("My &#60;Issues&#62;") && page.contains(">connected<"), "{page}");
     assert!(page.contains("<li>issues:read</li>"), "{page}");

@@ -219,7 +219,9 @@ async fn an_env_profile_is_connected_through_its_form_and_read_through_credentia
     assert!(!again.contains("`OPENAI_API_KEY`"), "the form's label, not the variable: {again}");
     assert!(!again.contains("sk-short"), "a refused secret is not echoed: {again}");
     assert!(again.contains("value=\"org-&lt;1&gt;\"") || again.contains("value=\"org-&#60;1&#62;\""), "{again}");
-    assert!(again.contains("aria-invalid=\"true\""), "{again}");
+    // The field says it is invalid, and a screen reader on it reads why.
+    assert!(again.contains("aria-describedby=\"hint-1 form-error\" aria-invalid=\"true\""), "{again}");
+    assert!(again.contains("<div id=\"form-error\""), "{again}");
 
     let saved = w.alice.browser.form(&link, &[("csrf", &csrf), ("OPENAI_API_KEY", KEY), ("OPENAI_ORG", "")]).await;
     assert_eq!(saved.status(), StatusCode::SEE_OTHER);

@@ -316,8 +316,8 @@ def main():
         # Connect links that cannot be used: an unknown (or used) one, and one opened in a browser
         # that is not signed in, which offers to sign in and come back.
         response = goto(page, "/connect/no-such-link/oauth/start")
-        expect(response.status == 404 and heading(page) == "This link has expired", f"expired: {response.status}")
-        check_page(page, "error-connect-link-expired", "link has expired")
+        expect(response.status == 404 and heading(page) == "This link was already used or has expired", f"expired: {response.status}")
+        check_page(page, "error-connect-link-expired", "already used or has expired")
         created = context.request.post(
             BASE + f"/v1/teams/{team}/auth-profiles",
             data={"connector_key": "issues", "profile_kind": "oauth_account", "provider": "local",

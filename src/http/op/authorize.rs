@@ -262,6 +262,24 @@ fn rejected(state: &AppState, headers: &HeaderMap, error: AuthorizeError, again:
             }
         },
         AuthorizeError::Store(e) => failed(state, headers, e, "an authorization request", again),
+        AuthorizeError::ConsentGone if pages::wants_html(headers) => {
+            let message = Message {
+                title: "This approval page has expired".into(),
+                paragraphs: vec![
+                    "An approval page works once, for 10 minutes, and only in the sign-in it was shown to \
+                     (signing in again in another tab replaces it)."
+                        .into(),
+                    "Go back to the app you came from and sign in again from there.".into(),
+                ],
+                code: Some("invalid_request".into()),
+                ..Message::default()
+            }
+            .action("Go to your account", "/account");
+            state.pages.message(StatusCode::BAD_REQUEST, message)
+        }
+        gone @ AuthorizeError::ConsentGone => {
+            refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &gone.to_string())
+        }
     }
 }
 

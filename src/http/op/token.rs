@@ -277,6 +277,7 @@ async fn push(
             Err(OAuthError { error: r.error, description: r.description, status: 400 }.into())
         }
         Err(AuthorizeError::Store(e)) => Err(OAuthError::from(e).into()),
+        Err(gone @ AuthorizeError::ConsentGone) => Err(OAuthError::invalid_request(gone.to_string()).into()),
     }
 }
 

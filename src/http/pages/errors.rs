@@ -111,8 +111,11 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
             vec![("Sign in as the right person", sign_in), ("Go to your account", "/account".into())],
         ),
         InvalidConnectLink => (
-            "This link has expired",
-            "Connect links work once and only for a short time. Ask the app that sent you for a new one.".into(),
+            "This link was already used or has expired",
+            "Connect links work once and only for a short time. If you already finished connecting, there is \
+             nothing more to do here. Otherwise, use Reconnect on your account page, or ask the app that sent \
+             you for a new link."
+                .into(),
             vec![("Go to your account", "/account".into())],
         ),
         AccountMismatch => (

@@ -193,15 +193,6 @@ pub struct AuthorizationRequest {
     params: AuthorizationParams,
 }
 
-/// The answer to a consent form whose request is unknown, expired, used or another session's.
-fn unknown_consent() -> AuthorizeError {
-    reject(
-        "invalid_request",
-        "this consent request has expired or belongs to another sign-in; start again from the app",
-        None,
-    )
-}
-
 /// Where a rejected request's error goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -224,6 +215,11 @@ pub enum AuthorizeError {
     /// The request is wrong.
     #[error("{}: {}", .0.error, .0.description)]
     Rejected(Rejection),
+    /// A consent form answered for a request that is unknown, expired, used, or another
+    /// session's (a form left open past its time, or a session replaced in another tab): not
+    /// the app's fault, and nothing to send back to it.
+    #[error("this consent request has expired or belongs to another sign-in; start again from the app")]
+    ConsentGone,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -434,7 +430,7 @@ impl OpenIdProvider {
         // Checked again before it is used up. Another session's post (of a leaked request id)
         // leaves the request to its own, unchecked.
         let by = HeldFor::Session(&session.hash);
-        let Some(checked) = self.take_checked(id_hash, by, now).await? else { return Err(unknown_consent()) };
+        let Some(checked) = self.take_checked(id_hash, by, now).await? else { return Err(AuthorizeError::ConsentGone) };
         let request = checked?;
         if !approve {
             return Err(request.reject("access_denied", "the user declined"));
@@ -908,7 +904,7 @@ fn failure_to_client(error: AuthorizeError, back: (String, Option<String>)) -> A
             let OAuthError { error, description, .. } = OAuthError::from_failure(&error, "an authorization request");
             reject(error, &description, Some(back))
         }
-        rejected @ AuthorizeError::Rejected(_) => rejected,
+        told @ (AuthorizeError::Rejected(_) | AuthorizeError::ConsentGone) => told,
     }
 }
 
