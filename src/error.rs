@@ -68,6 +68,8 @@ error_codes! {
     MissingField = (BAD_REQUEST, "missing_field", "A required field is missing"),
     /// A field is longer than allowed.
     FieldTooLong = (BAD_REQUEST, "field_too_long", "A field is too long"),
+    /// An import's last CSV record has no line break after it: the file may have been cut short.
+    UnterminatedRecord = (BAD_REQUEST, "unterminated_record", "A record without its line break"),
     /// The email is not a valid address.
     InvalidEmail = (BAD_REQUEST, "invalid_email", "Invalid email address"),
     /// The issuer is not a valid issuer URL.

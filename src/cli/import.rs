@@ -374,7 +374,7 @@ impl Source {
             Format::Jsonl => Ok(Source::Jsonl { path: name, reader: BufReader::with_capacity(1 << 16, file) }),
             Format::Csv => {
                 let seen = Arc::new(Mutex::new(VecDeque::new()));
-                let file = Breaks { inner: file, offset: 0, seen: seen.clone(), after_cr: false };
+                let file = Breaks { inner: file, offset: 0, seen: seen.clone(), after_cr: false, last: None };
                 let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
                 let header = reader.byte_headers().map_err(|e| csv_error(&name, e))?.clone();
                 let (columns, width) = header_columns(&header)?;
@@ -431,10 +431,17 @@ impl Source {
             }
             Source::Csv { path, mut reader, columns, width, mut lines } => {
                 let mut row = csv::ByteRecord::new();
+                // Each record is sent once the next is read: the last one may be cut short.
+                let mut held: Option<Line> = None;
                 while reader.read_byte_record(&mut row).map_err(|e| csv_error(&path, e))? {
                     // A blank line, or a row of empty fields (`,,,,`, as spreadsheets leave at
                     // the end): nothing to import, as a blank line of JSON Lines.
                     if row.iter().all(|field| field.trim_ascii().is_empty()) {
+                        if let Some(line) = held.take()
+                            && !send(line, &mut batch)
+                        {
+                            return Ok(());
+                        }
                         continue;
                     }
                     let number = lines.first_line(row.position().map_or(0, |p| p.byte()));
@@ -442,7 +449,20 @@ impl Source {
                         true => Err(ErrorCode::FieldTooLong),
                         false => csv_record(&row, &columns, width),
                     };
-                    if !send(Line { number, record }, &mut batch) {
+                    if let Some(line) = held.replace(Line { number, record })
+                        && !send(line, &mut batch)
+                    {
+                        return Ok(());
+                    }
+                }
+                // A last record without its line break may be a file copied only in part, its
+                // last field cut short (`user-123` read as `user-12`), which nothing else can
+                // tell: a user made from it would be a wrong one for good.
+                if let Some(mut line) = held {
+                    if !matches!(reader.get_ref().last, Some(b'\n' | b'\r')) {
+                        line.record = Err(ErrorCode::UnterminatedRecord);
+                    }
+                    if !send(line, &mut batch) {
                         return Ok(());
                     }
                 }
@@ -466,6 +486,8 @@ struct Breaks<R> {
     seen: Arc<Mutex<VecDeque<(u64, bool)>>>,
     /// Whether the last byte read was a `\r`.
     after_cr: bool,
+    /// The last byte read (the file's last, once the reader reached its end).
+    last: Option<u8>,
 }
 
 impl<R: Read> Read for Breaks<R> {
@@ -477,6 +499,9 @@ impl<R: Read> Read for Breaks<R> {
                 seen.push_back((self.offset + i as u64, *byte == b'\r' || !self.after_cr));
             }
             self.after_cr = *byte == b'\r';
+        }
+        if read > 0 {
+            self.last = Some(buffer[read - 1]);
         }
         self.offset += read as u64;
         Ok(read)
@@ -926,6 +951,22 @@ mod tests {
         assert_eq!(numbers("issuer,subject\r\na,1\r\n\r\nb,2"), [2, 4], "CRLF, and no final line break");
         assert_eq!(numbers("issuer,subject\na,1\n\"b\n\",2"), [2, 3]);
         assert_eq!(numbers("issuer,subject\ra,1\r\rb,2\r"), [2, 4], "lines ended by a lone CR");
+    }
+
+    #[test]
+    fn a_last_csv_record_without_its_line_break_is_refused() {
+        let codes =
+            |content: &str| csv_lines(content).into_iter().map(|(n, record)| (n, record.err())).collect::<Vec<_>>();
+        // Cut short in its last field: `user-123` would be read as `user-12`.
+        let cut = [(2, None), (3, Some(ErrorCode::UnterminatedRecord))];
+        assert_eq!(codes("issuer,subject\ni,user-1\ni,user-12"), cut);
+        assert_eq!(codes("issuer,subject\r\ni,user-1\r\ni,user-12"), cut, "CRLF");
+        assert_eq!(codes("issuer,subject\ni,user-1\ni,\"user-12"), cut, "inside a quote");
+        // Whole: a line break after the last record, whatever follows it.
+        assert_eq!(codes("issuer,subject\ni,user-1\ni,user-123\n"), [(2, None), (3, None)]);
+        assert_eq!(codes("issuer,subject\ni,user-1\r"), [(2, None)], "a lone CR");
+        assert_eq!(codes("issuer,subject\ni,user-1\n,"), [(2, None)], "a row of empty fields after it");
+        assert_eq!(codes("issuer,subject\ni,user-1\n\n"), [(2, None)]);
     }
 
     #[test]
