@@ -467,6 +467,10 @@ impl SignIn {
                     .request(request_id)
                     .details(serde_json::json!({ "provider": provider.name(), "rule": rule.as_str() })),
             ),
+            by_email: match rule {
+                LinkRule::VerifiedEmail => info.email.clone(),
+                LinkRule::SignedInUser => None,
+            },
         };
         let store = self.store.clone();
         let outcome = change_to_end(
@@ -482,6 +486,8 @@ impl SignIn {
             LinkOutcome::Linked(identity) => Ok((identity.id, true)),
             LinkOutcome::AlreadyLinked(identity) => Ok((identity.id, false)),
             LinkOutcome::LinkedToAnotherUser => Err(SignInError::IdentityAlreadyLinked),
+            // Decided on an address the user no longer holds: decided again.
+            LinkOutcome::HolderChanged => Err(SignInError::EmailHoldersChanged),
         }
     }
 

@@ -539,6 +539,10 @@ pub struct NewLink {
     /// The audit row appended in the link's transaction when the link is made (not when it
     /// existed already).
     pub audit: Option<NewAuditEvent>,
+    /// For a link made because the user holds this address (automatic linking by a verified
+    /// email): in the link's transaction, under the address's lock, the user must still hold it,
+    /// verified, and be enabled, else nothing is written ([`LinkOutcome::HolderChanged`]).
+    pub by_email: Option<Email>,
 }
 
 /// What [`Store::link_identity`] did.
@@ -550,6 +554,9 @@ pub enum LinkOutcome {
     AlreadyLinked(Identity),
     /// It belongs to another user; nothing changed.
     LinkedToAnotherUser,
+    /// The user no longer holds [`NewLink::by_email`] verified, or was disabled, since the link
+    /// was decided; nothing changed (decide again).
+    HolderChanged,
 }
 
 /// What [`Store::unlink_identity`] did.

@@ -1863,6 +1863,24 @@ impl Store for SqlStore {
 
     async fn link_identity(&self, user: UserId, link: &NewLink) -> Result<LinkOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
+        // A link decided on the address: under the lock of first sign-ins with it (see
+        // `create_account`), the user must still hold it, verified, and be enabled — an admin may
+        // have changed the address (which unverifies it) or disabled the user since.
+        if let Some(email) = &link.by_email {
+            exclusive(&mut tx, email_lock(email)).await?;
+            let holds = query(
+                "SELECT 1 AS one FROM users
+                 WHERE id = $1 AND email_key = $2 AND email_verified AND NOT disabled FOR SHARE",
+            )
+            .bind(user.as_uuid())
+            .bind(email.key())
+            .fetch_optional(&mut tx)
+            .await?;
+            if holds.is_none() {
+                tx.rollback().await?;
+                return Ok(LinkOutcome::HolderChanged);
+            }
+        }
         let inserted = query(
             "INSERT INTO identities
                (id, user_id, issuer, subject, provider, email, email_verified, created_at, last_seen_at)

@@ -200,6 +200,7 @@ async fn an_identity_unlinked_on_one_instance_stops_resolving_on_another_promptl
                     email_verified: false,
                     now: tessera::domain::now(),
                     audit: None,
+                    by_email: None,
                 },
             )
             .await

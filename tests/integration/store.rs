@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, concurrently, eventually_within, on_both_backends};
 
 on_both_backends!(
+    a_link_by_email_is_made_only_while_its_user_holds_the_address,
     webhook_endpoints_are_stored_updated_and_deleted,
     instances_starting_together_insert_a_config_endpoint_once,
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
@@ -268,6 +269,7 @@ fn new_link(subject: &str, at: DateTime<Utc>) -> NewLink {
         email_verified: false,
         now: at,
         audit: None,
+        by_email: None,
     }
 }
 
@@ -1319,6 +1321,7 @@ async fn concurrent_links_of_one_identity_give_it_to_one_user(backend: Backend) 
                 assert_eq!((*user, identity.user_id), (winners[0], winners[0]), "{outcome:?}");
             }
             LinkOutcome::LinkedToAnotherUser => assert_ne!(*user, winners[0]),
+            LinkOutcome::HolderChanged => panic!("no link here is by email"),
         }
     }
     assert_eq!(sql.count("identities WHERE subject = 'contested'").await, 1);
@@ -4782,6 +4785,32 @@ mod grants {
     }
 }
 
+/// A link decided on a verified address (automatic linking) is made only while its user still
+/// holds the address, verified, and is enabled: an admin may change either between the decision
+/// and the write.
+async fn a_link_by_email_is_made_only_while_its_user_holds_the_address(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let sql = db.sql().await;
+    let ada = sign_up(&store, "ada").await;
+    let by = |subject: &str, email: &str| NewLink {
+        by_email: Some(Email::parse(email).unwrap()),
+        ..new_link(subject, now())
+    };
+    let link = async |link: NewLink| store.link_identity(ada.id(), &link).await.unwrap();
+    assert!(matches!(link(by("x0", "Store@example.com")).await, LinkOutcome::Linked(_)), "her verified address");
+    assert_eq!(link(by("x1", "other@example.com")).await, LinkOutcome::HolderChanged, "not her address");
+    set_user_disabled(&store, ada.id(), true, now()).await.unwrap();
+    assert_eq!(link(by("x2", "store@example.com")).await, LinkOutcome::HolderChanged, "disabled");
+    set_user_disabled(&store, ada.id(), false, now()).await.unwrap();
+    let moved = UserChange { email: Some(Some(Email::parse("new@example.com").unwrap())), ..UserChange::default() };
+    store.update_user(ada.id(), &moved, now()).await.unwrap();
+    assert_eq!(link(by("x3", "store@example.com")).await, LinkOutcome::HolderChanged, "the address changed");
+    assert_eq!(link(by("x4", "new@example.com")).await, LinkOutcome::HolderChanged, "the new one is not verified");
+    assert_eq!(sql.count("identities").await, 2, "only the first link was written");
+    // A link the user made themselves is not tied to an address.
+    assert!(matches!(link(new_link("x5", now())).await, LinkOutcome::Linked(_)));
+}
+
 // ---- Outbox events ----------------------------------------------------------------------------
 
 async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend) {
@@ -4812,6 +4841,7 @@ async fn each_change_writes_one_outbox_event_in_its_transaction(backend: Backend
         email_verified: false,
         now: t,
         audit: None,
+        by_email: None,
     };
     assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::Linked(_)));
     assert!(matches!(store.link_identity(ada.id(), &link).await.unwrap(), LinkOutcome::AlreadyLinked(_)));
