@@ -99,6 +99,8 @@ error_codes! {
     /// A fresh sign-in was asked of the provider (`prompt=login`, `max_age`), and its id_token
     /// shows an older one.
     LoginNotFresh = (BAD_REQUEST, "login_not_fresh", "Sign-in not fresh"),
+    /// Adding or removing a sign-in method through a session needs a recent sign-in.
+    SignInAgain = (FORBIDDEN, "sign_in_again", "A recent sign-in is needed"),
     /// `return_to` is neither a local path nor an allowed origin.
     InvalidReturnTo = (BAD_REQUEST, "invalid_return_to", "Invalid return_to"),
     /// A connector key is not acceptable.
@@ -333,7 +335,7 @@ impl ErrorCode {
             | TokenWithoutUser
             // Sign-in, linking and connect flows.
             | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
-            | ProviderDenied | LoginNotFresh | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
+            | ProviderDenied | LoginNotFresh | SignInAgain | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
             | ConnectLinkNotYours | CsrfFailed
             // Client authentication at the OpenID Provider.
             | InvalidClient => tracing::Level::INFO,

@@ -354,6 +354,11 @@ fn parse_connection(team: &str, slug: &str) -> Result<(TeamRef, Slug), ApiError>
 }
 
 /// Runs an account action and answers with the account page's notice, or an error page.
+/// 403 `sign_in_again` unless the session signed in lately: for a change of its sign-in methods.
+fn signed_in_lately(live: &LiveSession) -> Result<(), ApiError> {
+    if live.signed_in_lately(crate::domain::now()) { Ok(()) } else { Err(super::caller::sign_in_again()) }
+}
+
 async fn act<F>(state: &AppState, headers: &HeaderMap, body: &Bytes, action: F) -> Response
 where
     F: AsyncFnOnce(&LiveSession) -> Result<String, ApiError>,
@@ -386,6 +391,7 @@ async fn unlink_identity(
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
+        signed_in_lately(live)?;
         let user = live.profile.user.id;
         let sign_in = state.flows.providers().sign_in_issuers();
         let unlinked = state
@@ -420,6 +426,7 @@ async fn make_identity_primary(
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
+        signed_in_lately(live)?;
         state.provisioner.set_primary_identity(live.profile.user.id, parse_identity(&identity)?).await?;
         Ok("/account?done=primary".to_owned())
     })

@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::audit::FlowAction;
-use super::caller::acting_caller;
+use super::caller::{acting_caller_signed_in_lately, sign_in_again};
 use super::credentials::{Credentials, cookie};
 use super::csrf;
 use super::extract::{ApiQuery, PageBytes, PagePath};
@@ -362,7 +362,7 @@ async fn start_link(
     let same_origin = csrf::fetch_site(&headers) == Some(b"same-origin");
     let by_token = Credentials::read(&headers).is_ok_and(|c| c.user_token().is_some());
     let ask_first = !same_origin && !by_token;
-    let user = match acting_caller(&state, &headers).await {
+    let user = match acting_caller_signed_in_lately(&state, &headers).await {
         Ok(user) => user,
         Err(error) => {
             // A failure on our side, with a session cookie: the browser may well be signed in,
@@ -455,6 +455,10 @@ async fn start_link_form(
     let fields = csrf::form_fields(&body);
     if let Err(error) = csrf::check(&headers, &session, csrf::field(&fields, csrf::FIELD)) {
         return state.pages.error(&headers, error);
+    }
+    if !live.signed_in_lately(crate::domain::now()) {
+        let context = errors::Context { return_to: Some("/account".into()), signed_in: false, retry: None };
+        return state.pages.error_in(&headers, sign_in_again(), &context);
     }
     let user = live.record.user_id;
     begin_link(&state, &headers, user, csrf::field(&fields, "provider"), csrf::field(&fields, "return_to")).await

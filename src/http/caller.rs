@@ -17,6 +17,26 @@ use crate::error::ErrorCode;
 /// ([`crate::service::validation::Validator::validate_acting`]): an app's token for itself
 /// carries only what the user consented to give that app.
 pub async fn acting_caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    caller_of(state, headers, false).await
+}
+
+/// [`acting_caller`] for a change of the user's sign-in methods (link, unlink, primary): a
+/// session must have signed in within [`RECENT_SIGN_IN`](crate::service::sessions::RECENT_SIGN_IN),
+/// else 403 `sign_in_again`. A token is checked as for any other request: it is short-lived,
+/// and not a browser's cookie that someone may have carried off.
+pub async fn acting_caller_signed_in_lately(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    caller_of(state, headers, true).await
+}
+
+/// 403 `sign_in_again`.
+pub fn sign_in_again() -> ApiError {
+    ApiError::new(
+        ErrorCode::SignInAgain,
+        "adding or removing a sign-in method needs a sign-in within the last 10 minutes: sign in again",
+    )
+}
+
+async fn caller_of(state: &AppState, headers: &HeaderMap, lately: bool) -> Result<UserId, ApiError> {
     let credentials = Credentials::read(headers)?;
     let token = credentials.user_token();
     let session = cookie(headers, state.cookies.session())?;
@@ -25,9 +45,12 @@ pub async fn acting_caller(state: &AppState, headers: &HeaderMap) -> Result<User
         return Ok(state.validator.validate_acting(token).await?.principal.user.id);
     }
     if let Some(session) = session
-        && let Some(user) = state.sessions.resolve(session).await?
+        && let Some(live) = state.sessions.resolve_session(session).await?
     {
-        return Ok(user);
+        if lately && !live.signed_in_lately(crate::domain::now()) {
+            return Err(sign_in_again());
+        }
+        return Ok(live.record.user_id);
     }
     Err(missing_credentials())
 }

@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::AppState;
-use super::caller::{acting_caller, missing_credentials, session_without_token};
+use super::caller::{acting_caller, acting_caller_signed_in_lately, missing_credentials, session_without_token};
 use super::extract::ApiPath;
 use super::problem::ApiError;
 use super::responses::{UserProfileResponse, no_store};
@@ -67,7 +67,7 @@ async fn unlink_identity(
     headers: HeaderMap,
     ApiPath(identity): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let user = acting_caller(&state, &headers).await?;
+    let user = acting_caller_signed_in_lately(&state, &headers).await?;
     let sign_in = state.flows.providers().sign_in_issuers();
     state
         .provisioner
@@ -91,7 +91,7 @@ async fn make_identity_primary(
     headers: HeaderMap,
     ApiPath(identity): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let user = acting_caller(&state, &headers).await?;
+    let user = acting_caller_signed_in_lately(&state, &headers).await?;
     state.provisioner.set_primary_identity(user, parse_identity(&identity)?).await?;
     Ok(no_store(Json(UserProfileResponse::from(state.validator.profile(user).await?))))
 }

@@ -36,6 +36,19 @@ pub struct LiveSession {
     pub profile: UserProfile,
 }
 
+/// How recent a session's sign-in must be for it to add or remove a sign-in method (link,
+/// unlink, primary): whoever holds only the session's cookie, not the person's sign-in at a
+/// provider, cannot swap their own sign-in method in and keep the account.
+pub const RECENT_SIGN_IN: TimeDelta = TimeDelta::minutes(10);
+
+impl LiveSession {
+    /// Whether the session was signed in within [`RECENT_SIGN_IN`] of `now` (its creation, which
+    /// a sign-in through a provider is: the provider's own session may be older).
+    pub fn signed_in_lately(&self, now: DateTime<Utc>) -> bool {
+        now - self.record.created_at <= RECENT_SIGN_IN
+    }
+}
+
 /// The session service.
 #[derive(Debug, Clone)]
 pub struct Sessions {

@@ -16,6 +16,7 @@ use crate::helpers::{
 use std::time::Duration;
 
 on_both_backends!(
+    changing_sign_in_methods_needs_a_recent_sign_in,
     a_sign_in_creates_a_user_and_a_session,
     a_sign_out_page_that_cannot_read_the_session_offers_itself_again,
     a_user_who_left_their_default_team_gets_one_at_the_next_sign_in,
@@ -1162,6 +1163,55 @@ async fn the_last_identity_a_configured_provider_signs_in_with_stays(backend: Ba
     assert_eq!(body(refused, 409).await["code"], "last_identity");
     let removed = browser.request(Method::DELETE, &app.url(&format!("/v1/me/identities/{second_id}"))).await;
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+}
+
+/// Adding or removing a sign-in method through a session needs a sign-in from the last 10
+/// minutes: a session cookie alone (carried off, say) cannot swap the thief's own sign-in
+/// method in and keep the account. Signing in again lets the change through.
+async fn changing_sign_in_methods_needs_a_recent_sign_in(backend: Backend) {
+    let second = LocalIssuer::start().await.unwrap();
+    second.set_client(CLIENT_ID, CLIENT_SECRET);
+    let w = world_with(backend, |config, _| {
+        config.providers.push(provider("second", ProviderKind::Oidc, &second));
+        // No cached copy of the session: each request reads its stored sign-in time.
+        config.cache.principal_ttl = Duration::ZERO;
+    })
+    .await;
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    let callback = browser.start_link(&w.app, "provider=second").await;
+    browser.get(&callback).await;
+    let me = body(browser.me(&w.app).await, 200).await;
+    let (first_id, second_id) = (me["identities"][0]["id"].clone(), me["identities"][1]["id"].clone());
+    let (first_id, second_id) = (first_id.as_str().unwrap(), second_id.as_str().unwrap());
+    let sql = w.app.db.sql().await;
+    let eleven_minutes_ago = match backend {
+        Backend::Sqlite => "(CAST(strftime('%s', 'now') AS INTEGER) - 660) * 1000000",
+        Backend::Postgres => "now() - interval '660 seconds'",
+    };
+    sql.exec(&format!("UPDATE sessions SET created_at = {eleven_minutes_ago}")).await.unwrap();
+    assert_eq!(browser.me(&w.app).await.status(), StatusCode::OK, "still signed in");
+    // The API with the cookie, the account page's forms, and a link's start: each refused.
+    let primary = w.app.url(&format!("/v1/me/identities/{second_id}/primary"));
+    let refused = browser.request(Method::POST, &primary).await;
+    assert_eq!(body(refused, 403).await["code"], "sign_in_again");
+    let refused = browser.request(Method::DELETE, &w.app.url(&format!("/v1/me/identities/{first_id}"))).await;
+    assert_eq!(body(refused, 403).await["code"], "sign_in_again");
+    let page = browser.navigate(&w.app.url("/account")).await.text().await.unwrap();
+    let token = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let unlink = w.app.url(&format!("/account/identities/{first_id}/unlink"));
+    let refused = browser.form(&unlink, &[("csrf", &token)]).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("Please sign in again") && page.contains("sign_in_again"), "{page}");
+    let link = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
+    assert_eq!(link.status(), StatusCode::FORBIDDEN);
+    let me = body(browser.me(&w.app).await, 200).await;
+    assert_eq!((me["identities"].as_array().unwrap().len(), &me["primary_identity_id"]), (2, &json!(first_id)));
+    // Signed in again: the change goes through.
+    browser.sign_in(&w.app, "").await;
+    let made = browser.request(Method::POST, &primary).await;
+    assert_eq!(body(made, 200).await["primary_identity_id"], second_id);
 }
 
 async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend) {

@@ -65,6 +65,13 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         IdentityNotFound | UserNotFound if !context.signed_in && context.return_to.is_some() => {
             ("Your sign-in did not finish", sentence(&error.detail), vec![("Try again", try_again)])
         }
+        SignInAgain => (
+            "Please sign in again",
+            "Adding or removing a way to sign in needs a sign-in from the last 10 minutes, so that nobody who \
+             got hold of this browser's session can take the account over. Sign in again, then try once more."
+                .into(),
+            vec![("Sign in again", login_url(Some(context.return_to.as_deref().unwrap_or("/account"))))],
+        ),
         LoginNotFresh => (
             "Please sign in again",
             "The app you are signing in to asked that you sign in again, but the sign-in provider let you \
