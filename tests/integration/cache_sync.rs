@@ -511,7 +511,7 @@ async fn a_change_made_elsewhere_is_honoured_while_every_request_connection_is_t
 }
 
 /// B cannot read the log (its poll waits behind a lock on the log's table) while its requests
-/// read the database as usual: within the log's interval and a second, B stops answering from its
+/// read the database as usual: within the log's interval and 0.75 s, B stops answering from its
 /// cache and reads the database, which says the user is disabled. The user is disabled with SQL
 /// alone, so no instance could learn of it from the log; without the rule, B would answer from
 /// its cache for the cache's lifetime.
