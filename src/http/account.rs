@@ -150,6 +150,7 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "linked" => "The sign-in method is linked to your account.",
         "unlinked" => "The sign-in method was removed.",
         "primary" => "Your primary sign-in method was changed.",
+        "gone" => "That sign-in method is no longer linked to your account.",
         "connected" => "The account is connected. You can go back to the app, or close this window.",
         "revoked" => "The account was disconnected.",
         "signed-out-others" => "You are signed out everywhere else.",
@@ -427,8 +428,12 @@ async fn make_identity_primary(
 ) -> Response {
     act(&state, &headers, &body, async |live| {
         signed_in_lately(live)?;
-        state.provisioner.set_primary_identity(live.profile.user.id, parse_identity(&identity)?).await?;
-        Ok("/account?done=primary".to_owned())
+        match state.provisioner.set_primary_identity(live.profile.user.id, parse_identity(&identity)?).await {
+            Ok(_) => Ok("/account?done=primary".to_owned()),
+            // Removed meanwhile (in another tab): the page says so, rather than "page not found".
+            Err(IdentityError::NotFound) => Ok("/account?done=gone".to_owned()),
+            Err(error) => Err(error.into()),
+        }
     })
     .await
 }

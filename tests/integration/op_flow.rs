@@ -2267,9 +2267,14 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     let asked = browser.navigate(&w.app.url(&bad)).await;
     assert_eq!(asked.status(), StatusCode::OK);
     assert!(asked.text().await.unwrap().contains("method=\"post\""));
-    // So are a hint Tessera did not issue and a client_id other than the hint's audience.
+    // So are a hint Tessera did not issue, a client_id other than the hint's audience, and a
+    // request that cannot be read (a parameter twice): asked to sign out, not told of a sign-in.
     let foreign = w.issuer.sign("rsa-1", &w.issuer.claims("s", &client));
-    for query in [format!("id_token_hint={foreign}"), format!("id_token_hint={id_token}&client_id=someone-else")] {
+    for query in [
+        format!("id_token_hint={foreign}"),
+        format!("id_token_hint={id_token}&client_id=someone-else"),
+        format!("id_token_hint={id_token}&state=a&state=b"),
+    ] {
         let url = w.app.url(&format!("/oauth/logout?{query}"));
         assert_eq!(oauth_error(w.app.client.get(&url).send().await.unwrap(), 400).await, "invalid_request");
         let asked = browser.navigate(&url).await;

@@ -340,6 +340,11 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     // The same click again (a double click whose first answer the browser dropped): done
     // already, not "page not found".
     assert_eq!(location(&browser.form(&unlink, &[("csrf", &token)]).await), "/account?done=unlinked");
+    // Made primary from a tab opened before the removal: the page says it is gone.
+    let primary = w.app.url(&format!("/account/identities/{second}/primary"));
+    assert_eq!(location(&browser.form(&primary, &[("csrf", &token)]).await), "/account?done=gone");
+    let page = html(browser.navigate(&w.app.url("/account?done=gone")).await, StatusCode::OK).await;
+    assert!(page.contains("That sign-in method is no longer linked"), "{page}");
     let page = html(browser.navigate(&w.app.url("/account?done=unlinked")).await, StatusCode::OK).await;
     assert!(page.contains("The sign-in method was removed."));
     // The last one is refused, as the API does.

@@ -511,6 +511,13 @@ struct LogoutRequest {
     client_id: Option<String>,
 }
 
+impl LogoutRequest {
+    /// A request that names nothing.
+    fn none() -> Self {
+        Self { id_token_hint: None, post_logout_redirect_uri: None, state: None, client_id: None }
+    }
+}
+
 fn logout_params(pairs: &[(String, String)]) -> Result<LogoutRequest, String> {
     let map = single_valued(pairs).map_err(|e| e.description)?;
     let get = |k: &str| map.get(k).filter(|v| !v.is_empty()).map(|v| (*v).to_owned());
@@ -586,8 +593,12 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     };
     let again = (!posted).then(|| again_url("/oauth/logout", &pairs));
     let again = again.as_deref();
-    let request = match logout_params(&pairs) {
-        Ok(found) => found,
+    // A request that cannot be read (a parameter sent twice): a browser's user is still asked
+    // whether to sign out, as for the other requests refused below, rather than left signed in
+    // on a page about a sign-in.
+    let (request, malformed) = match logout_params(&pairs) {
+        Ok(found) => (found, None),
+        Err(description) if pages::wants_html(headers) => (LogoutRequest::none(), Some(description)),
         Err(description) => return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
     };
     // What makes the request one to refuse. A client is refused; a browser is not: it is not
@@ -595,7 +606,7 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     // here — asked, as without a hint (section 4) — rather than be left signed in on an error
     // page, and the signed-out page says why the app was not returned to.
     let browser = pages::wants_html(headers);
-    let mut unanswerable: Option<&str> = None;
+    let mut unanswerable: Option<&str> = malformed.as_deref();
     // The client an unverifiable hint says it was issued to: no more than a bare `client_id`.
     let mut hint_client = None;
     let mut hinted = match request.id_token_hint.as_deref() {
