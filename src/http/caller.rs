@@ -22,8 +22,9 @@ pub async fn acting_caller(state: &AppState, headers: &HeaderMap) -> Result<User
 
 /// [`acting_caller`] for a change of the user's sign-in methods (link, unlink, primary): a
 /// session must have signed in within [`RECENT_SIGN_IN`](crate::service::sessions::RECENT_SIGN_IN),
-/// else 403 `sign_in_again`. A token is checked as for any other request: it is short-lived,
-/// and not a browser's cookie that someone may have carried off.
+/// and so must the session one of Tessera's own access tokens was granted from (its
+/// `auth_time`), else 403 `sign_in_again`. An upstream token is checked as for any other
+/// request: the upstream issuer signed the user in for it, not a cookie of Tessera's.
 pub async fn acting_caller_signed_in_lately(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
     caller_of(state, headers, true).await
 }
@@ -42,7 +43,20 @@ async fn caller_of(state: &AppState, headers: &HeaderMap, lately: bool) -> Resul
     let session = cookie(headers, state.cookies.session())?;
     no_admin_beside_session(&credentials, session)?;
     if let Some(token) = token {
-        return Ok(state.validator.validate_acting(token).await?.principal.user.id);
+        let validated = state.validator.validate_acting(token).await?;
+        // One of Tessera's own tokens was granted from a session: held to that session's
+        // sign-in (its `auth_time`), or a carried-off cookie would get round the rule through
+        // an app's authorization (a refresh keeps the grant's first `auth_time`).
+        if lately
+            && let Some(issued) = &validated.issued_for
+            && !issued
+                .auth_time
+                .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
+                .is_some_and(|at| crate::service::sessions::signed_in_lately(at, crate::domain::now()))
+        {
+            return Err(sign_in_again());
+        }
+        return Ok(validated.principal.user.id);
     }
     if let Some(session) = session
         && let Some(live) = state.sessions.resolve_session(session).await?

@@ -45,8 +45,13 @@ impl LiveSession {
     /// Whether the session was signed in within [`RECENT_SIGN_IN`] of `now` (its creation, which
     /// a sign-in through a provider is: the provider's own session may be older).
     pub fn signed_in_lately(&self, now: DateTime<Utc>) -> bool {
-        now - self.record.created_at <= RECENT_SIGN_IN
+        signed_in_lately(self.record.created_at, now)
     }
+}
+
+/// Whether a sign-in at `at` is within [`RECENT_SIGN_IN`] of `now`.
+pub fn signed_in_lately(at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now - at <= RECENT_SIGN_IN
 }
 
 /// The session service.

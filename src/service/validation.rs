@@ -155,6 +155,8 @@ pub struct IssuedFor {
     pub client_id: String,
     /// The granted scopes, space-separated.
     pub scope: String,
+    /// When the user signed in to the session the grant was made from (`auth_time`, seconds).
+    pub auth_time: Option<i64>,
 }
 
 /// The validation service.
@@ -401,7 +403,12 @@ impl Validator {
         let teams =
             profile.teams.iter().map(|m| TeamRole { id: m.team.id, slug: m.team.slug.clone(), role: m.role }).collect();
         let principal = Principal { identity_id, last_seen_at: super::now(), user: profile.user, teams };
-        let issued_for = IssuedFor { audience: claims.aud, client_id: claims.client_id, scope: claims.scope };
+        let issued_for = IssuedFor {
+            audience: claims.aud,
+            client_id: claims.client_id,
+            scope: claims.scope,
+            auth_time: claims.auth_time,
+        };
         Ok(Validated {
             token: Arc::new(verified),
             principal: Arc::new(principal),

@@ -541,7 +541,8 @@ pub struct NewLink {
     pub audit: Option<NewAuditEvent>,
     /// For a link made because the user holds this address (automatic linking by a verified
     /// email): in the link's transaction, under the address's lock, the user must still hold it,
-    /// verified, and be enabled, else nothing is written ([`LinkOutcome::HolderChanged`]).
+    /// verified, and be enabled, and no other user hold it verified, else nothing is written
+    /// ([`LinkOutcome::HolderChanged`]).
     pub by_email: Option<Email>,
 }
 

@@ -1876,7 +1876,15 @@ impl Store for SqlStore {
             .bind(email.key())
             .fetch_optional(&mut tx)
             .await?;
-            if holds.is_none() {
+            // Nor may another account have been given the address, verified, meanwhile (an
+            // admin's change): the decision would then ask for a link.
+            let shared =
+                query("SELECT 1 AS one FROM users WHERE email_key = $1 AND email_verified AND id <> $2 LIMIT 1")
+                    .bind(email.key())
+                    .bind(user.as_uuid())
+                    .fetch_optional(&mut tx)
+                    .await?;
+            if holds.is_none() || shared.is_some() {
                 tx.rollback().await?;
                 return Ok(LinkOutcome::HolderChanged);
             }

@@ -601,7 +601,7 @@ async fn signing_out_while_connecting_says_so_and_revokes_the_tokens(backend: Ba
     assert_eq!(page.status(), StatusCode::NOT_FOUND);
     let text = page.text().await.unwrap();
     assert!(
-        text.contains("invalid_connect_link") && text.contains("Ask the app that sent you for a new one"),
+        text.contains("invalid_connect_link") && text.contains("ask the app that sent you for a new link"),
         "{text}"
     );
     assert_eq!(w.issuer.revocations(), 1, "the tokens nobody will have are revoked");

@@ -50,6 +50,12 @@ impl Agent {
     /// An access token through the code flow (the browser signs in the first time), for
     /// `resource` (none: the client's own audience).
     async fn token(&mut self, resource: Option<&str>) -> String {
+        let (code, verifier) = self.code(resource).await;
+        self.exchange(&code, &verifier).await
+    }
+
+    /// A code of a new grant for `resource` (a browser authorization), with its PKCE verifier.
+    async fn code(&mut self, resource: Option<&str>) -> (String, String) {
         let (verifier, challenge) = pkce();
         let resource = resource.map(|r| format!("&resource={}", encode(r))).unwrap_or_default();
         let url = self.w.app.url(&format!(
@@ -60,11 +66,16 @@ impl Agent {
         ));
         let back = follow(&mut self.browser, url).await;
         let code = url::Url::parse(&back).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+        (code, verifier)
+    }
+
+    /// The access token a code gets.
+    async fn exchange(&self, code: &str, verifier: &str) -> String {
         let form = [
             ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
+            ("code", code),
             ("redirect_uri", REDIRECT),
-            ("code_verifier", verifier.as_str()),
+            ("code_verifier", verifier),
         ];
         let tokens = body(token_request(&self.w.app, (&self.client.0, &self.client.1), &form).await, 200).await;
         tokens["access_token"].as_str().unwrap().to_owned()
@@ -177,6 +188,7 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let plain = agent.token(None).await;
     let api_resource = agent.w.app.url("/v1");
     let api = agent.token(Some(&api_resource)).await;
+    let (stale_code, stale_verifier) = agent.code(Some(&api_resource)).await;
     let app = &agent.w.app;
 
     // The metadata document, at the root and with the resource's path.
@@ -389,6 +401,22 @@ async fn only_tessera_tokens_for_mcp_get_in(backend: Backend) {
     let checked = checked.send().await.unwrap();
     assert_eq!(checked.headers()["cache-control"], "no-store", "{}", checked.status());
     body(app.client.post(&primary).bearer_auth(&api).send().await.unwrap(), 200).await;
+    // One granted from a session that signed in more than 10 minutes ago reads, but changes no
+    // sign-in method: a carried-off session cookie would otherwise get round the rule the
+    // cookie is held to through an app's authorization.
+    let eleven_minutes_ago = match backend {
+        Backend::Sqlite => "(CAST(strftime('%s', 'now') AS INTEGER) - 660) * 1000000",
+        Backend::Postgres => "now() - interval '660 seconds'",
+    };
+    let aged = format!(
+        "UPDATE oauth_grants SET auth_time = {eleven_minutes_ago}
+         WHERE id IN (SELECT grant_id FROM oauth_codes WHERE used_at IS NULL)"
+    );
+    assert_eq!(app.db.sql().await.exec(&aged).await.unwrap(), 1);
+    let stale = agent.exchange(&stale_code, &stale_verifier).await;
+    body(app.client.get(app.url("/v1/me")).bearer_auth(&stale).send().await.unwrap(), 200).await;
+    let refused_change = app.client.post(&primary).bearer_auth(&stale).send().await.unwrap();
+    assert_eq!(body(refused_change, 403).await["code"], "sign_in_again");
 
     // A tampered token is refused.
     let mut tampered = mcp.clone().into_bytes();

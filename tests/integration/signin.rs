@@ -1206,6 +1206,9 @@ async fn changing_sign_in_methods_needs_a_recent_sign_in(backend: Backend) {
     assert!(page.contains("Please sign in again") && page.contains("sign_in_again"), "{page}");
     let link = browser.request_from("same-origin", Method::GET, &w.app.url("/auth/link?provider=second")).await;
     assert_eq!(link.status(), StatusCode::FORBIDDEN);
+    // Nor the form a cross-site link's start asks with (its CSRF token is the session's).
+    let link = browser.form(&w.app.url("/auth/link"), &[("csrf", &token), ("provider", "second")]).await;
+    assert_eq!(link.status(), StatusCode::FORBIDDEN);
     let me = body(browser.me(&w.app).await, 200).await;
     assert_eq!((me["identities"].as_array().unwrap().len(), &me["primary_identity_id"]), (2, &json!(first_id)));
     // Signed in again: the change goes through.

@@ -4806,7 +4806,18 @@ async fn a_link_by_email_is_made_only_while_its_user_holds_the_address(backend: 
     store.update_user(ada.id(), &moved, now()).await.unwrap();
     assert_eq!(link(by("x3", "store@example.com")).await, LinkOutcome::HolderChanged, "the address changed");
     assert_eq!(link(by("x4", "new@example.com")).await, LinkOutcome::HolderChanged, "the new one is not verified");
-    assert_eq!(sql.count("identities").await, 2, "only the first link was written");
+    // Verified again, but another account was given the address too.
+    let verified = UserChange { email_verified: Some(true), ..UserChange::default() };
+    store.update_user(ada.id(), &verified, now()).await.unwrap();
+    let bob = sign_up(&store, "bob").await;
+    let shared = UserChange {
+        email: Some(Some(Email::parse("new@example.com").unwrap())),
+        email_verified: Some(true),
+        ..UserChange::default()
+    };
+    store.update_user(bob.id(), &shared, now()).await.unwrap();
+    assert_eq!(link(by("x6", "new@example.com")).await, LinkOutcome::HolderChanged, "another holds it too");
+    assert_eq!(sql.count("identities").await, 3, "only the first link was written (and bob's own)");
     // A link the user made themselves is not tied to an address.
     assert!(matches!(link(new_link("x5", now())).await, LinkOutcome::Linked(_)));
 }

@@ -138,7 +138,12 @@ fn validation_discovery_providers_and_health_serialise_as_before() {
             "expires_at": token.expires_at,
         })
     );
-    let issued_for = IssuedFor { audience: "notes".into(), client_id: "notes".into(), scope: "openid email".into() };
+    let issued_for = IssuedFor {
+        audience: "notes".into(),
+        client_id: "notes".into(),
+        scope: "openid email".into(),
+        auth_time: None,
+    };
     let own = Validated {
         token: Arc::new(token.clone()),
         principal: Arc::new(principal.clone()),
