@@ -374,6 +374,7 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
         }
         if let Some((table, rest)) = name.split_once('_')
             && is_key(&format!("{table}.{rest}"))
+            && !blank(&format!("{PREFIX}{name}"))
         {
             let key = format!("{table}.{rest}");
             return Err(ConfigError::new(
@@ -397,7 +398,10 @@ fn near_miss(name: &str) -> Option<String> {
     let name = format!("{PREFIX}{name}").to_ascii_uppercase();
     let secret_files = SECRET_VARS.iter().map(|var| format!("{var}_FILE"));
     // The secrets are among the former names; `TESSERA_CONFIG` is read by the command line.
-    let read = FORMER_NAMES.iter().map(|(var, _, _)| (*var).to_owned()).chain(secret_files).chain(
+    // The top-level keys too, each set as a whole by its variable (`TESSERA_ISSUERS='[…]'`):
+    // `TESSERA_ISSUER` ignored would leave every token refused.
+    let whole = TOP_LEVEL_KEYS.iter().map(|key| format!("{PREFIX}{}", key.to_ascii_uppercase()));
+    let read = FORMER_NAMES.iter().map(|(var, _, _)| (*var).to_owned()).chain(secret_files).chain(whole).chain(
         ["TESSERA_ALLOWED_ISSUERS", "TESSERA_AUDIENCES", "TESSERA_CONFIG", super::auth::DEPRECATED_KEY_VAR]
             .map(str::to_owned),
     );
@@ -412,6 +416,27 @@ fn near_miss(name: &str) -> Option<String> {
         allowed > 0 && strsim::damerau_levenshtein(known, &name) <= allowed
     })
 }
+
+/// The configuration's top-level keys, each of which a variable sets as a whole.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin_tokens",
+    "database",
+    "issuers",
+    "log",
+    "cache",
+    "jwks",
+    "server",
+    "auth",
+    "providers",
+    "encryption",
+    "oidc",
+    "branding",
+    "webhooks",
+    "audit",
+    "connectors",
+    "metrics",
+];
 
 /// The variable of the `__` spelling for a key path: `cache.max_entries` → `TESSERA_CACHE__MAX_ENTRIES`.
 fn env_name(path: &str) -> String {
@@ -633,6 +658,9 @@ mod tests {
             ("TESSERA_DATABASE_URI", "TESSERA_DATABASE_URL"),
             ("TESSERA_ALLOWED_ISSUER", "TESSERA_ALLOWED_ISSUERS"),
             ("TESSERA_DATABASE_URL_FILES", "TESSERA_DATABASE_URL_FILE"),
+            // The variables that set a whole list or table.
+            ("TESSERA_ISSUER", "TESSERA_ISSUERS"),
+            ("TESSERA_PROVIDER", "TESSERA_PROVIDERS"),
         ] {
             let error = load(None, &[(typo, "postgres://u:p@db/t")]).unwrap_err();
             assert_eq!(error.key, typo);
@@ -654,9 +682,18 @@ mod tests {
                 ("TESSERA_TAG", "1.4"),
                 ("TESSERA_LOGS", "/var/log/tessera"),
                 ("TESSERA_LISTENER", "edge"),
+                // Blank counts as unset, a single underscore's too (a template's empty slot).
+                ("TESSERA_CACHE_PRINCIPAL_TTL_SECONDS", " "),
             ],
         );
         assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn the_top_level_keys_are_keys() {
+        for key in TOP_LEVEL_KEYS {
+            assert!(is_key(key), "{key}");
+        }
     }
 
     #[test]

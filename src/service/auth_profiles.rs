@@ -1180,7 +1180,17 @@ impl AuthProfiles {
                                 }
                             }
                         }
-                        match self.store.profile_secrets(profile.id).await {
+                        let now = self.store.profile_secrets(profile.id).await;
+                        // Reconnected to another account meanwhile: the old account's new tokens
+                        // are no one's, whatever the row hands out (a reconnection has just stored
+                        // a fresh token, which the arm below returns first).
+                        if let Ok(Some(current)) = &now
+                            && current.upstream_account_id != profile.upstream_account_id
+                            && current.status != ProfileStatus::Revoked
+                        {
+                            self.revoke_refreshed(profile, &tokens).await;
+                        }
+                        match now {
                             Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
                                 self.revoke_refreshed(profile, &tokens).await;
                                 return Err(AuthProfileError::ProfileNotFound);
@@ -1201,7 +1211,6 @@ impl AuthProfiles {
                             }
                             Ok(Some(current)) if current.upstream_account_id != profile.upstream_account_id => {
                                 tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; the profile was reconnected to another account");
-                                self.revoke_refreshed(profile, &tokens).await;
                                 return stored_token(keyring, profile.id, &current);
                             }
                             Ok(_) => tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease"),

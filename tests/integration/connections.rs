@@ -1614,7 +1614,8 @@ async fn a_failed_refresh_never_hands_out_the_token_of_a_profile_revoked_meanwhi
 
 /// A refresh whose answer comes back after a reconnection (to another account) took its lease:
 /// its caller gets the reconnection's token, which the row holds, not the old grant's — also
-/// when that token is too near its end to be handed out in place of a refresh.
+/// when that token is too near its end to be handed out in place of a refresh — and the old
+/// account's new tokens are revoked at the provider.
 async fn a_refresh_that_lost_its_lease_to_a_reconnection_hands_out_the_new_connections_token(backend: Backend) {
     let mut w = world(backend).await;
     for (slug, ttl) in [("switched", 3600), ("switched-short", 20)] {
@@ -1627,7 +1628,10 @@ async fn a_refresh_that_lost_its_lease_to_a_reconnection_hands_out_the_new_conne
         w.issuer.set_next_user(StubUser::new("new-account", "new@provider.example"));
         assert_eq!(connect(&mut w.alice.browser, &link).await.status(), StatusCode::OK);
         assert_eq!(w.sql_profile(&slug).await["upstream_account_id"], "new-account");
+        let revoked = w.issuer.revocations();
         let answer = body(waiting.await.unwrap().unwrap(), 200).await;
+        // The old account's new tokens are no one's: revoked at the provider, not left live.
+        assert_eq!(w.issuer.revocations(), revoked + 1, "ttl {ttl}: the late refresh's tokens are revoked");
         // Whose token it is, as the provider says.
         let whose = reqwest::Client::new()
             .get(format!("{}/userinfo", w.issuer.issuer()))
