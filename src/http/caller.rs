@@ -33,7 +33,8 @@ pub async fn acting_caller_signed_in_lately(state: &AppState, headers: &HeaderMa
 pub fn sign_in_again() -> ApiError {
     ApiError::new(
         ErrorCode::SignInAgain,
-        "adding or removing a sign-in method needs a sign-in within the last 10 minutes: sign in again",
+        "adding or removing a sign-in method needs a sign-in within the last 10 minutes: sign in again \
+         (an app: authorize again with prompt=login or max_age=600)",
     )
 }
 

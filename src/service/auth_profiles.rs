@@ -1184,11 +1184,15 @@ impl AuthProfiles {
                         // Reconnected to another account meanwhile: the old account's new tokens
                         // are no one's, whatever the row hands out (a reconnection has just stored
                         // a fresh token, which the arm below returns first).
+                        // The account the refreshed tokens are for is the one the lease was taken
+                        // on (`before`), not the profile as this request first read it.
                         if let Ok(Some(current)) = &now
-                            && current.upstream_account_id != profile.upstream_account_id
+                            && current.upstream_account_id != before.upstream_account_id
                             && current.status != ProfileStatus::Revoked
                         {
-                            self.revoke_refreshed(profile, &tokens).await;
+                            let account = before.upstream_account_id.as_deref();
+                            self.revoke_new_tokens(&profile.provider, profile.id, &tokens, account, Some(profile.id))
+                                .await;
                         }
                         match now {
                             Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
@@ -1209,7 +1213,7 @@ impl AuthProfiles {
                                 tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; the profile changed meanwhile");
                                 check_status(current.status)?;
                             }
-                            Ok(Some(current)) if current.upstream_account_id != profile.upstream_account_id => {
+                            Ok(Some(current)) if current.upstream_account_id != before.upstream_account_id => {
                                 tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; the profile was reconnected to another account");
                                 return stored_token(keyring, profile.id, &current);
                             }
