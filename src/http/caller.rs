@@ -34,7 +34,7 @@ pub fn sign_in_again() -> ApiError {
     ApiError::new(
         ErrorCode::SignInAgain,
         "adding or removing a sign-in method needs a sign-in within the last 10 minutes: sign in again \
-         (an app: authorize again with prompt=login or max_age=600)",
+         (an app: authorize again with prompt=login)",
     )
 }
 

@@ -571,7 +571,7 @@ async fn cached_principals_answer_through_a_database_outage(backend: Backend) {
     let (status, teams) = me_by_session(&b, cookie).await;
     assert_eq!(status, 200, "the session is live, and cached on B now");
     crate::errors::make_database_unreachable(&b).await;
-    // Longer than the log's interval and a second: the log is not fresh any more.
+    // Longer than the log's interval and 0.75 s: the log is not fresh any more.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(user_of(&b, &token).await, user, "answered from the cache");
     assert_eq!(me_by_session(&b, cookie).await, (200, teams), "the session too");
