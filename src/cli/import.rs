@@ -374,7 +374,7 @@ impl Source {
             Format::Jsonl => Ok(Source::Jsonl { path: name, reader: BufReader::with_capacity(1 << 16, file) }),
             Format::Csv => {
                 let seen = Arc::new(Mutex::new(VecDeque::new()));
-                let file = Breaks { inner: file, offset: 0, seen: seen.clone(), after_cr: false, last: None };
+                let file = Breaks { inner: file, offset: 0, seen: seen.clone(), last: None };
                 let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
                 let header = reader.byte_headers().map_err(|e| csv_error(&name, e))?.clone();
                 let (columns, width) = header_columns(&header)?;
@@ -484,8 +484,6 @@ struct Breaks<R> {
     inner: R,
     offset: u64,
     seen: Arc<Mutex<VecDeque<(u64, bool)>>>,
-    /// Whether the last byte read was a `\r`.
-    after_cr: bool,
     /// The last byte read (the file's last, once the reader reached its end).
     last: Option<u8>,
 }
@@ -496,12 +494,9 @@ impl<R: Read> Read for Breaks<R> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         for (i, byte) in buffer[..read].iter().enumerate() {
             if matches!(byte, b'\n' | b'\r') {
-                seen.push_back((self.offset + i as u64, *byte == b'\r' || !self.after_cr));
+                seen.push_back((self.offset + i as u64, *byte == b'\r' || self.last != Some(b'\r')));
             }
-            self.after_cr = *byte == b'\r';
-        }
-        if read > 0 {
-            self.last = Some(buffer[read - 1]);
+            self.last = Some(*byte);
         }
         self.offset += read as u64;
         Ok(read)

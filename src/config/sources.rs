@@ -351,9 +351,10 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
             ));
         }
     }
-    for (name, _) in Env::prefixed(PREFIX).iter() {
+    for (name, value) in Env::prefixed(PREFIX).iter() {
         let name = name.as_str();
-        if name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
+        // Blank counts as unset (a deployment template's empty slot): nothing to refuse.
+        if value.trim().is_empty() || name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
             continue;
         }
         // `TESSERA_ADMIN_TOKENS_FILE`, `TESSERA_TOKEN_ENCRYPTION_KEY_FILE`: the `_FILE` form of a
@@ -361,7 +362,6 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
         // those: `TESSERA_LOG_FILE` or `TESSERA_DATABASE_FILE` may well be a wrapper's own.)
         if let Some(base) = name.strip_suffix("_file")
             && MISTAKEN_SECRET_FILES.iter().any(|mistaken| mistaken.eq_ignore_ascii_case(base))
-            && !blank(&format!("{PREFIX}{name}"))
         {
             let forms: Vec<String> = SECRET_VARS.iter().map(|var| format!("{var}_FILE")).collect();
             return Err(ConfigError::new(
@@ -369,12 +369,11 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
                 format!("this variable is not read: only {} take a file", forms.join(", ")),
             ));
         }
-        if let Some(meant) = near_miss(name).filter(|_| !blank(&format!("{PREFIX}{name}"))) {
+        if let Some(meant) = near_miss(name) {
             return Err(ConfigError::new(env_name(name), format!("this variable is not read; did you mean {meant}?")));
         }
         if let Some((table, rest)) = name.split_once('_')
             && is_key(&format!("{table}.{rest}"))
-            && !blank(&format!("{PREFIX}{name}"))
         {
             let key = format!("{table}.{rest}");
             return Err(ConfigError::new(

@@ -355,11 +355,6 @@ fn parse_connection(team: &str, slug: &str) -> Result<(TeamRef, Slug), ApiError>
 }
 
 /// Runs an account action and answers with the account page's notice, or an error page.
-/// 403 `sign_in_again` unless the session signed in lately: for a change of its sign-in methods.
-fn signed_in_lately(live: &LiveSession) -> Result<(), ApiError> {
-    if live.signed_in_lately(crate::domain::now()) { Ok(()) } else { Err(super::caller::sign_in_again()) }
-}
-
 async fn act<F>(state: &AppState, headers: &HeaderMap, body: &Bytes, action: F) -> Response
 where
     F: AsyncFnOnce(&LiveSession) -> Result<String, ApiError>,
@@ -392,7 +387,7 @@ async fn unlink_identity(
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
-        signed_in_lately(live)?;
+        super::caller::require_recent(live)?;
         let user = live.profile.user.id;
         let sign_in = state.flows.providers().sign_in_issuers();
         let unlinked = state
@@ -427,7 +422,7 @@ async fn make_identity_primary(
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
-        signed_in_lately(live)?;
+        super::caller::require_recent(live)?;
         match state.provisioner.set_primary_identity(live.profile.user.id, parse_identity(&identity)?).await {
             Ok(_) => Ok("/account?done=primary".to_owned()),
             // Removed meanwhile (in another tab): the page says so, rather than "page not found".

@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::audit::FlowAction;
-use super::caller::{acting_caller_signed_in_lately, sign_in_again};
+use super::caller::{acting_caller_signed_in_lately, require_recent};
 use super::credentials::{Credentials, cookie};
 use super::csrf;
 use super::extract::{ApiQuery, PageBytes, PagePath};
@@ -456,9 +456,9 @@ async fn start_link_form(
     if let Err(error) = csrf::check(&headers, &session, csrf::field(&fields, csrf::FIELD)) {
         return state.pages.error(&headers, error);
     }
-    if !live.signed_in_lately(crate::domain::now()) {
+    if let Err(error) = require_recent(&live) {
         let context = errors::Context { return_to: Some("/account".into()), signed_in: false, retry: None };
-        return state.pages.error_in(&headers, sign_in_again(), &context);
+        return state.pages.error_in(&headers, error, &context);
     }
     let user = live.record.user_id;
     begin_link(&state, &headers, user, csrf::field(&fields, "provider"), csrf::field(&fields, "return_to")).await

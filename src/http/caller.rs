@@ -9,6 +9,7 @@ use super::credentials::{Credentials, cookie};
 use super::problem::ApiError;
 use crate::domain::UserId;
 use crate::error::ErrorCode;
+use crate::service::sessions::LiveSession;
 
 /// The user a request acts for or is about (their profile, teams, connected accounts and
 /// identities). A bearer token (or `X-User-Token`) wins over a session cookie; a refused token is
@@ -31,11 +32,19 @@ pub async fn acting_caller_signed_in_lately(state: &AppState, headers: &HeaderMa
 
 /// 403 `sign_in_again`.
 pub fn sign_in_again() -> ApiError {
+    let minutes = crate::service::sessions::RECENT_SIGN_IN.num_minutes();
     ApiError::new(
         ErrorCode::SignInAgain,
-        "adding or removing a sign-in method needs a sign-in within the last 10 minutes: sign in again \
-         (an app: authorize again with prompt=login)",
+        format!(
+            "adding or removing a sign-in method needs a sign-in within the last {minutes} minutes: sign in \
+             again (an app: authorize again with prompt=login)"
+        ),
     )
+}
+
+/// 403 `sign_in_again` unless the session signed in lately: for a change of its sign-in methods.
+pub fn require_recent(live: &LiveSession) -> Result<(), ApiError> {
+    if live.signed_in_lately(crate::domain::now()) { Ok(()) } else { Err(sign_in_again()) }
 }
 
 async fn caller_of(state: &AppState, headers: &HeaderMap, lately: bool) -> Result<UserId, ApiError> {
@@ -50,10 +59,7 @@ async fn caller_of(state: &AppState, headers: &HeaderMap, lately: bool) -> Resul
         // an app's authorization (a refresh keeps the grant's first `auth_time`).
         if lately
             && let Some(issued) = &validated.issued_for
-            && !issued
-                .auth_time
-                .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
-                .is_some_and(|at| crate::service::sessions::signed_in_lately(at, crate::domain::now()))
+            && !issued.signed_in_lately(crate::domain::now())
         {
             return Err(sign_in_again());
         }
@@ -62,8 +68,8 @@ async fn caller_of(state: &AppState, headers: &HeaderMap, lately: bool) -> Resul
     if let Some(session) = session
         && let Some(live) = state.sessions.resolve_session(session).await?
     {
-        if lately && !live.signed_in_lately(crate::domain::now()) {
-            return Err(sign_in_again());
+        if lately {
+            require_recent(&live)?;
         }
         return Ok(live.record.user_id);
     }

@@ -269,10 +269,15 @@ struct Panicked;
 /// For a browser, the answer to a panic is a page (fixed: nothing more can be trusted to
 /// render), not the problem+json an API client gets.
 async fn page_for_a_panic(request: Request, next: middleware::Next) -> axum::response::Response {
-    let browser = pages::wants_html(request.headers());
+    // Only kept here (a cheap clone); read only for the rare panic.
+    let accept = request.headers().get(axum::http::header::ACCEPT).cloned();
     let response = next.run(request).await;
-    if browser && response.extensions().get::<Panicked>().is_some() {
-        return pages::unrendered_page();
+    if response.extensions().get::<Panicked>().is_some() {
+        let mut headers = HeaderMap::new();
+        headers.extend(accept.map(|value| (axum::http::header::ACCEPT, value)));
+        if pages::wants_html(&headers) {
+            return pages::unrendered_page();
+        }
     }
     response
 }

@@ -48,16 +48,18 @@ moment, or <a href=\"/account\">go to your account</a>.</p></main></body></html>
 /// pages' headers but for the branding's images.
 pub fn unrendered_page() -> Response {
     let mut response = (StatusCode::INTERNAL_SERVER_ERROR, UNRENDERED_PAGE).into_response();
-    let headers = response.headers_mut();
+    let csp = HeaderValue::from_static("default-src 'none'; base-uri 'none'; frame-ancestors 'none'");
+    page_headers(response.headers_mut(), csp);
+    response
+}
+
+/// The headers of every page, with its `Content-Security-Policy`.
+fn page_headers(headers: &mut HeaderMap, csp: HeaderValue) {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     protect(headers);
-    response
 }
 
 /// What every page shares: the branding, the stylesheet and the security policy.
@@ -169,11 +171,7 @@ impl Pages {
 
     /// Adds the headers every page carries.
     pub fn secure_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        headers.insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
-        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        protect(headers);
+        page_headers(headers, self.csp.clone());
     }
 }
 

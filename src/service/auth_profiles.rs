@@ -713,8 +713,9 @@ impl AuthProfiles {
 
     /// [`AuthProfiles::revoke_new_tokens`] for a refresh's tokens that `profile` (as read before
     /// the refresh) is not to have: revoked, or reconnected to another account, meanwhile.
-    async fn revoke_refreshed(&self, profile: &AuthProfile, tokens: &TokenSet) {
-        let account = profile.upstream_account_id.as_deref();
+    /// Revokes what a refresh of `profile` brought, the tokens of `account` (the one the refresh
+    /// was made for: the profile's when its lease was taken).
+    async fn revoke_refreshed(&self, profile: &AuthProfile, account: Option<&str>, tokens: &TokenSet) {
         self.revoke_new_tokens(&profile.provider, profile.id, tokens, account, Some(profile.id)).await;
     }
 
@@ -1181,22 +1182,23 @@ impl AuthProfiles {
                             }
                         }
                         let now = self.store.profile_secrets(profile.id).await;
+                        // The account the refreshed tokens are for is the one the lease was taken
+                        // on (`before`), not the profile as this request first read it.
+                        let refreshed_for = before.upstream_account_id.as_deref();
+                        let reconnected =
+                            |current: &ProfileSecrets| current.upstream_account_id.as_deref() != refreshed_for;
                         // Reconnected to another account meanwhile: the old account's new tokens
                         // are no one's, whatever the row hands out (a reconnection has just stored
                         // a fresh token, which the arm below returns first).
-                        // The account the refreshed tokens are for is the one the lease was taken
-                        // on (`before`), not the profile as this request first read it.
                         if let Ok(Some(current)) = &now
-                            && current.upstream_account_id != before.upstream_account_id
+                            && reconnected(current)
                             && current.status != ProfileStatus::Revoked
                         {
-                            let account = before.upstream_account_id.as_deref();
-                            self.revoke_new_tokens(&profile.provider, profile.id, &tokens, account, Some(profile.id))
-                                .await;
+                            self.revoke_refreshed(profile, refreshed_for, &tokens).await;
                         }
                         match now {
                             Ok(now) if now.as_ref().is_none_or(|s| s.status == ProfileStatus::Revoked) => {
-                                self.revoke_refreshed(profile, &tokens).await;
+                                self.revoke_refreshed(profile, refreshed_for, &tokens).await;
                                 return Err(AuthProfileError::ProfileNotFound);
                             }
                             // What the row holds now wins: another refresh's token (as good as
@@ -1213,7 +1215,7 @@ impl AuthProfiles {
                                 tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; the profile changed meanwhile");
                                 check_status(current.status)?;
                             }
-                            Ok(Some(current)) if current.upstream_account_id != before.upstream_account_id => {
+                            Ok(Some(current)) if reconnected(&current) => {
                                 tracing::warn!(profile_id = %profile.id, "a refresh outlived its lease; the profile was reconnected to another account");
                                 return stored_token(keyring, profile.id, &current);
                             }

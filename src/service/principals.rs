@@ -147,9 +147,19 @@ pub(crate) async fn change_to_end<T: Send + 'static>(
     forget: impl FnOnce(&PrincipalCache, Result<&T, &StoreError>) + Send + 'static,
 ) -> Result<T, StoreError> {
     let principals = principals.clone();
+    store_change_to_end(change, move |done| forget(&principals, done)).await
+}
+
+/// Runs a store change to its end even when the request that asked for it is dropped, then
+/// `after` on its answer (whatever it is) in the same task: [`change_to_end`] for any cache. A
+/// runtime shutting down first is `Unavailable`: the store is going away.
+pub(crate) async fn store_change_to_end<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    after: impl FnOnce(Result<&T, &StoreError>) + Send + 'static,
+) -> Result<T, StoreError> {
     let work = async move {
         let done = change.await;
-        forget(&principals, done.as_ref());
+        after(done.as_ref());
         done
     };
     crate::run_to_end(work).await.unwrap_or_else(|| Err(StoreError::shut_down()))

@@ -282,9 +282,7 @@ impl Teams {
             // instance, this one too, if it did.
             move |principals, done| {
                 if let Ok(DeleteTeamOutcome::Deleted(members)) = done {
-                    for member in members {
-                        principals.invalidate_user(*member);
-                    }
+                    principals.invalidate_users(&members.iter().copied().collect());
                 }
             },
         );

@@ -159,6 +159,16 @@ pub struct IssuedFor {
     pub auth_time: Option<i64>,
 }
 
+impl IssuedFor {
+    /// Whether the session the grant was made from signed in within
+    /// [`RECENT_SIGN_IN`](super::sessions::RECENT_SIGN_IN) of `now` (never, without `auth_time`).
+    pub fn signed_in_lately(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.auth_time
+            .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
+            .is_some_and(|at| super::sessions::signed_in_lately(at, now))
+    }
+}
+
 /// The validation service.
 #[derive(Debug)]
 pub struct Validator {

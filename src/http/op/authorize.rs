@@ -504,18 +504,12 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByt
 }
 
 /// The parameters of an RP-initiated logout.
+#[derive(Default)]
 struct LogoutRequest {
     id_token_hint: Option<String>,
     post_logout_redirect_uri: Option<String>,
     state: Option<String>,
     client_id: Option<String>,
-}
-
-impl LogoutRequest {
-    /// A request that names nothing.
-    fn none() -> Self {
-        Self { id_token_hint: None, post_logout_redirect_uri: None, state: None, client_id: None }
-    }
 }
 
 fn logout_params(pairs: &[(String, String)]) -> Result<LogoutRequest, String> {
@@ -596,16 +590,16 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
     // A request that cannot be read (a parameter sent twice): a browser's user is still asked
     // whether to sign out, as for the other requests refused below, rather than left signed in
     // on a page about a sign-in.
+    let browser = pages::wants_html(headers);
     let (request, malformed) = match logout_params(&pairs) {
         Ok(found) => (found, None),
-        Err(description) if pages::wants_html(headers) => (LogoutRequest::none(), Some(description)),
+        Err(description) if browser => (LogoutRequest::default(), Some(description)),
         Err(description) => return refuse(state, headers, StatusCode::BAD_REQUEST, "invalid_request", &description),
     };
     // What makes the request one to refuse. A client is refused; a browser is not: it is not
     // sent back to the app (RP-Initiated Logout 1.0 section 3), but its user can still sign out
     // here — asked, as without a hint (section 4) — rather than be left signed in on an error
     // page, and the signed-out page says why the app was not returned to.
-    let browser = pages::wants_html(headers);
     let mut unanswerable: Option<&str> = malformed.as_deref();
     // The client an unverifiable hint says it was issued to: no more than a bare `client_id`.
     let mut hint_client = None;

@@ -590,9 +590,8 @@ impl OpenIdProvider {
         // for it (RFC 6749 3.3 lets a server ignore part of a scope): MCP clients ask for the
         // scopes `/mcp` names, `offline_access` among them, whatever the operator registered.
         if !client.allows(GrantType::RefreshToken) || !client.scopes.iter().any(|s| s == OFFLINE_ACCESS) {
-            let asked = !scopes.is_empty();
             scopes.retain(|s| s != OFFLINE_ACCESS);
-            if asked && scopes.is_empty() {
+            if scopes.is_empty() {
                 return Err(fail(
                     "invalid_scope",
                     "offline_access alone, which this client may not use (no refresh_token grant, or not among its scopes): it is ignored",

@@ -690,12 +690,7 @@ impl Clients {
         write: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (clients, id) = (self.clone(), id.clone());
-        let work = async move {
-            let done = write.await;
-            clients.invalidate(&id);
-            done
-        };
-        crate::run_to_end(work).await.unwrap_or_else(|| Err(StoreError::shut_down()))
+        crate::service::principals::store_change_to_end(write, move |_| clients.invalidate(&id)).await
     }
 
     fn invalidate(&self, id: &ClientId) {
