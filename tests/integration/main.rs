@@ -35,6 +35,7 @@ mod server;
 mod signin;
 mod signing_keys;
 mod store;
+mod token_exchange;
 mod validation;
 mod webhook_events;
 mod webhooks;

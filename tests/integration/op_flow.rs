@@ -136,7 +136,7 @@ pub fn pkce() -> (String, String) {
     (verifier, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
 }
 
-fn authorize_url(app: &TestApp, client: &str, challenge: &str, extra: &str) -> String {
+pub fn authorize_url(app: &TestApp, client: &str, challenge: &str, extra: &str) -> String {
     app.url(&format!(
         "/oauth/authorize?response_type=code&client_id={client}&redirect_uri={}&scope=openid%20email%20teams\
          &state=st-1&nonce=n-1&code_challenge={challenge}&code_challenge_method=S256{extra}",
@@ -154,7 +154,7 @@ fn with_unpublished_kid(token: &str) -> String {
     format!("{}.{rest}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header.to_string()))
 }
 
-fn urlencode(value: &str) -> String {
+pub fn urlencode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
@@ -188,7 +188,7 @@ pub async fn code_for(w: &World, browser: &mut Browser, client: &str, challenge:
 }
 
 /// Follows the authorization request `url` through the sign-in; returns the code it gives.
-async fn code_from(w: &World, browser: &mut Browser, url: String) -> String {
+pub async fn code_from(w: &World, browser: &mut Browser, url: String) -> String {
     let back = follow(browser, url).await;
     assert_eq!(param(&back, "state").as_deref(), Some("st-1"), "{back}");
     assert_eq!(param(&back, "iss").as_deref(), Some(w.app.url("").trim_end_matches('/')), "RFC 9207 iss");
@@ -213,7 +213,7 @@ async fn exchange(app: &TestApp, client: (&str, &str), code: &str, verifier: &st
     .await
 }
 
-async fn introspect(app: &TestApp, client: (&str, &str), token: &str) -> Value {
+pub async fn introspect(app: &TestApp, client: (&str, &str), token: &str) -> Value {
     let response = app
         .client
         .post(app.url("/oauth/introspect"))
@@ -237,7 +237,7 @@ pub fn jwt_parts(token: &str) -> (Value, Value) {
 }
 
 /// An OAuth error response (RFC 6749 5.2): its `error`, after checking the status and headers.
-async fn oauth_error(response: reqwest::Response, status: u16) -> String {
+pub async fn oauth_error(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status().as_u16(), status);
     assert_eq!(response.headers().get("cache-control").map(|v| v.to_str().unwrap()), Some("no-store"));
     assert_eq!(response.headers()["content-type"], "application/json");
@@ -565,8 +565,8 @@ async fn bad_token_requests_are_refused_and_issue_nothing(backend: Backend) {
             "invalid_target",
         ),
         (vec![("grant_type", "password"), ("username", "a")], me, 400, "unsupported_grant_type"),
-        // Not supported for any client yet (this one has not registered it either).
-        (vec![("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")], me, 400, "unsupported_grant_type"),
+        // A grant type this client has not registered.
+        (vec![("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")], me, 400, "unauthorized_client"),
         (vec![("grant_type", "client_credentials")], me, 400, "unauthorized_client"),
         (vec![("code", &code)], me, 400, "invalid_request"),
         (

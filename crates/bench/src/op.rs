@@ -251,6 +251,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
         email_verified: None,
         teams: None,
         client_registered_us: Some(chrono::Utc::now().timestamp_micros()),
+        act: None,
     };
     let signing = {
         let (keys, claims) = (keys.clone(), Arc::new(claims));

@@ -38,8 +38,7 @@ async fn configuration(State(state): State<Arc<AppState>>) -> Result<Response, O
     let algs: Vec<&str> = SigningAlg::ALL.iter().map(|a| a.as_str()).collect();
     // The client-assertion algorithms the client rules accept (jsonwebtoken names them as JOSE).
     let assertion_algs: Vec<String> = ASSERTION_ALGORITHMS.iter().map(|a| format!("{a:?}")).collect();
-    let grants: Vec<&str> =
-        GrantType::ALL.iter().filter(|g| **g != GrantType::TokenExchange).map(|g| g.as_str()).collect();
+    let grants: Vec<&str> = GrantType::ALL.iter().map(|g| g.as_str()).collect();
     let document = serde_json::json!({
         "issuer": op.issuer(),
         "authorization_endpoint": op.endpoint("/oauth/authorize"),

@@ -180,6 +180,12 @@ async fn token(
         refresh_token: get(&map, "refresh_token"),
         scope: get(&map, "scope"),
         resource: resource(&map),
+        subject_token: get(&map, "subject_token"),
+        subject_token_type: get(&map, "subject_token_type"),
+        requested_token_type: get(&map, "requested_token_type"),
+        // Empty or not, as `resource`: an empty one is not one of the client's resources.
+        audience: map.get("audience").map(|v| (*v).to_owned()),
+        actor_token: map.get("actor_token").map(|v| (*v).to_owned()),
     };
     Ok(ok_json(op.token(&creds, form).await?))
 }

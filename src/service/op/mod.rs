@@ -3,6 +3,7 @@
 
 pub mod authorize;
 pub mod clients;
+pub mod exchange;
 pub mod keys;
 pub mod provider;
 pub mod tokens;

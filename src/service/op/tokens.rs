@@ -1,5 +1,5 @@
-//! The token endpoint's grants (`authorization_code`, `refresh_token`, `client_credentials`),
-//! the tokens they mint, and what reads them back: introspection (RFC 7662), revocation
+//! The token endpoint's grants (`authorization_code`, `refresh_token`, `client_credentials`;
+//! token exchange is in [`super::exchange`]), the tokens they mint, and what reads them back: introspection (RFC 7662), revocation
 //! (RFC 7009) and userinfo.
 //!
 //! Access tokens are JWTs (RFC 9068, `typ: at+jwt`) whose `sub` is Tessera's user id and whose
@@ -47,14 +47,24 @@ pub struct TokenForm {
     pub refresh_token: Option<String>,
     /// `refresh_token`, `client_credentials`: scopes (a subset).
     pub scope: Option<String>,
-    /// The RFC 8707 resource: chosen by `client_credentials`; for a code or a refresh, it may
-    /// only name the grant's own.
+    /// The RFC 8707 resource: chosen by `client_credentials` and token exchange; for a code or
+    /// a refresh, it may only name the grant's own.
     pub resource: Option<String>,
+    /// Token exchange (RFC 8693): the token exchanged.
+    pub subject_token: Option<String>,
+    /// Token exchange: its type.
+    pub subject_token_type: Option<String>,
+    /// Token exchange: the type of token asked for.
+    pub requested_token_type: Option<String>,
+    /// Token exchange: the audience asked for (as `resource`).
+    pub audience: Option<String>,
+    /// Token exchange: an actor token (not supported: the authenticated client is the actor).
+    pub actor_token: Option<String>,
 }
 
 crate::debug_redacted!(TokenForm {
-    shown: [grant_type, redirect_uri, scope, resource],
-    secret: [code, code_verifier, refresh_token],
+    shown: [grant_type, redirect_uri, scope, resource, subject_token_type, requested_token_type, audience],
+    secret: [code, code_verifier, refresh_token, subject_token, actor_token],
 });
 
 /// A successful token response (RFC 6749 5.1).
@@ -74,10 +84,13 @@ pub struct TokenResponse {
     pub id_token: Option<String>,
     /// The granted scopes.
     pub scope: String,
+    /// Token exchange (RFC 8693): the type of the token issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
 
 crate::debug_redacted!(TokenResponse {
-    shown: [token_type, expires_in, scope],
+    shown: [token_type, expires_in, scope, issued_token_type],
     secret: [access_token, refresh_token, id_token],
 });
 
@@ -120,6 +133,41 @@ pub struct AccessClaims {
     /// same id — even within the same second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_registered_us: Option<i64>,
+    /// A token got by token exchange (RFC 8693 section 4.1): the client that exchanged it (the
+    /// token's `client_id`), and within it the prior actors down to the client the user
+    /// authorized, whose grant (`gid`) the token belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+/// An actor of a token got by exchange (`act`): a client, by its id, and the one before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The client's id.
+    pub sub: String,
+    /// The prior actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// The first actor of the chain: the client the user authorized.
+    pub fn first(&self) -> &Actor {
+        self.act.as_deref().map_or(self, Actor::first)
+    }
+
+    /// How many actors the chain names.
+    pub fn count(&self) -> usize {
+        1 + self.act.as_deref().map_or(0, Actor::count)
+    }
+}
+
+impl AccessClaims {
+    /// The client whose grant the token belongs to: its own, or for a token got by exchange,
+    /// the client the user authorized (the first actor).
+    pub fn granted_client(&self) -> &str {
+        self.act.as_ref().map_or(self.client_id.as_str(), |act| act.first().sub.as_str())
+    }
 }
 
 /// What the UserInfo endpoint answers.
@@ -227,20 +275,19 @@ impl OpenIdProvider {
         };
         let Ok(grant) = grant_type.parse::<GrantType>() else {
             return Err(OAuthError::unsupported_grant_type(
-                "grant_type must be authorization_code, refresh_token or client_credentials",
+                "grant_type must be authorization_code, refresh_token, client_credentials or \
+                 urn:ietf:params:oauth:grant-type:token-exchange",
             ));
         };
         let client = self.authenticate(creds, "/oauth/token").await?;
-        // Token exchange is not supported for anyone yet: `unauthorized_client` would say that
-        // another client may use it.
-        if grant != GrantType::TokenExchange && !client.allows(grant) {
+        if !client.allows(grant) {
             return Err(OAuthError::unauthorized_client(format!("this client may not use {}", grant.as_str())));
         }
         match grant {
             GrantType::AuthorizationCode => self.exchange_code(&client, form).await,
             GrantType::RefreshToken => self.refresh(&client, form).await,
             GrantType::ClientCredentials => self.client_credentials(&client, form).await,
-            GrantType::TokenExchange => Err(OAuthError::unsupported_grant_type("token exchange is not available yet")),
+            GrantType::TokenExchange => self.exchange_token(&client, form).await,
         }
     }
 
@@ -415,6 +462,7 @@ impl OpenIdProvider {
             email_verified: None,
             teams: None,
             client_registered_us: Some(client.created_at.timestamp_micros()),
+            act: None,
         };
         let access_token = self.sign_access(client, &claims).await?;
         Ok(TokenResponse {
@@ -424,6 +472,7 @@ impl OpenIdProvider {
             refresh_token: None,
             id_token: None,
             scope: claims.scope,
+            issued_token_type: None,
         })
     }
 
@@ -465,6 +514,7 @@ impl OpenIdProvider {
             email_verified: user.email_verified,
             teams: user.teams.as_ref().map(|teams| teams.iter().map(|t| t.slug.clone()).collect()),
             client_registered_us: None,
+            act: None,
         };
         let access_token = self.sign_access(client, &claims).await?;
         let id_token = if scopes.iter().any(|s| s == "openid") {
@@ -496,10 +546,11 @@ impl OpenIdProvider {
             refresh_token,
             id_token,
             scope: claims.scope,
+            issued_token_type: None,
         })
     }
 
-    async fn sign_access(&self, client: &Client, claims: &AccessClaims) -> Result<String, OAuthError> {
+    pub(super) async fn sign_access(&self, client: &Client, claims: &AccessClaims) -> Result<String, OAuthError> {
         let token = self
             .keys
             .sign(client.signing_alg, ACCESS_TOKEN_TYP, claims)
@@ -549,13 +600,13 @@ impl OpenIdProvider {
     }
 
     /// The grant of a verified access token with a user (`None` for `client_credentials`
-    /// tokens, or when the grant is gone). The grant must be the token's own (its user, its
-    /// client): a token minted with a leaked key cannot borrow a real grant's id to pass for
-    /// another user or client.
+    /// tokens, or when the grant is gone). The grant must be the token's own (its user, and its
+    /// client — for a token got by exchange, the first actor's): a token minted with a leaked
+    /// key cannot borrow a real grant's id to pass for another user or client.
     pub async fn access_grant(&self, claims: &AccessClaims) -> Result<Option<GrantRecord>, StoreError> {
         let Some(gid) = claims.gid else { return Ok(None) };
         let grant = self.store.grant(gid, self.grant_at(crate::domain::now())).await?;
-        Ok(grant.filter(|g| g.client_id == claims.client_id && g.user_id.to_string() == claims.sub))
+        Ok(grant.filter(|g| g.client_id == claims.granted_client() && g.user_id.to_string() == claims.sub))
     }
 
     /// Whether a verified access token's grant (or, without one, its client) still counts.
@@ -668,6 +719,17 @@ impl OpenIdProvider {
             {
                 return Err(OAuthError::unsupported_token_type(
                     "a client_credentials access token cannot be revoked: it counts until its `exp`",
+                ));
+            }
+            // A token got by exchange belongs to the grant of the client the user authorized:
+            // the client that exchanged it does not end that grant (the user's sign-out, the
+            // app's revocation, the user's removal of the app do).
+            Named::Access(claims)
+                if claims.client_id == client.id.as_str() && claims.act.is_some() && claims.exp > now.timestamp() =>
+            {
+                return Err(OAuthError::unsupported_token_type(
+                    "a token got by token exchange cannot be revoked: it counts until its `exp`, or until the \
+                     grant it was exchanged from ends",
                 ));
             }
             // A public client's id is no secret and is in every access token of its, which every
@@ -819,7 +881,7 @@ fn no_scope_left() -> OAuthError {
 }
 
 /// The scopes of `scope` that `client` is still registered for.
-fn registered_scopes(client: &Client, scope: &str) -> Vec<String> {
+pub(super) fn registered_scopes(client: &Client, scope: &str) -> Vec<String> {
     split_scope(scope).into_iter().filter(|s| client.scopes.contains(s)).collect()
 }
 
@@ -837,7 +899,7 @@ fn same_resource(form: &TokenForm, grant: &GrantRecord) -> Result<(), OAuthError
 /// The scopes a refresh or `client_credentials` request asks for, when it names `scope`: one
 /// longer than the authorization endpoint takes is `invalid_request` (before it is split), one
 /// that names no scope `invalid_scope`, as there.
-fn asked_scope(form: &TokenForm) -> Result<Option<Vec<String>>, OAuthError> {
+pub(super) fn asked_scope(form: &TokenForm) -> Result<Option<Vec<String>>, OAuthError> {
     let Some(scope) = form.scope.as_deref() else { return Ok(None) };
     if scope.len() > MAX_PARAM_LEN {
         return Err(OAuthError::invalid_request(format!("scope is longer than {MAX_PARAM_LEN} characters")));
@@ -849,7 +911,7 @@ fn asked_scope(form: &TokenForm) -> Result<Option<Vec<String>>, OAuthError> {
     Ok(Some(asked))
 }
 
-fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError> {
+pub(super) fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError> {
     match value.as_deref() {
         Some(v) if !v.is_empty() && v.len() <= MAX_PARAM_LEN => Ok(v),
         Some(v) if !v.is_empty() => Err(OAuthError::invalid_request(format!("{name} is too long"))),
@@ -984,6 +1046,7 @@ mod tests {
             refresh_token: Some("refresh-secret".into()),
             id_token: Some("id-secret".into()),
             scope: "openid".into(),
+            issued_token_type: None,
         };
         for debug in [format!("{form:?}"), format!("{response:?}")] {
             assert!(!debug.contains("-secret") && debug.contains("[REDACTED]"), "{debug}");

@@ -1,0 +1,250 @@
+//! Token exchange (RFC 8693) over HTTP: a resource server that received a user's access token
+//! trades it for one for another of its resources, whose `act` names the clients that acted, and
+//! which ends with the grant it came from.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
+use crate::op_flow::{
+    REDIRECT, authorize_url, code_from, introspect, jwt_parts, oauth_error, op_world, pkce, register, token_request,
+    urlencode,
+};
+use crate::signin::{Browser, World};
+
+on_both_backends!(
+    an_exchanged_token_acts_for_the_user_and_ends_with_the_grant,
+    bad_exchanges_are_refused_and_issue_nothing,
+);
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// The orders API: the resource the web app's token is for, and whose server exchanges it.
+const ORDERS: &str = "https://orders.example.com";
+/// The billing API, which the orders API calls for the user.
+const BILLING: &str = "https://billing.example.com";
+
+struct Parties {
+    /// The web app the user signs in to: id, secret.
+    app: (String, String),
+    /// The orders API's server, which may exchange tokens.
+    orders: (String, String),
+    /// The billing API's server (it introspects).
+    billing: (String, String),
+}
+
+async fn confidential(app: &TestApp, fields: Value) -> (String, String) {
+    let (id, secret) = register(app, fields).await;
+    (id, secret.unwrap())
+}
+
+async fn parties(app: &TestApp) -> Parties {
+    let web = confidential(
+        app,
+        json!({"name": "Web app", "kind": "confidential", "redirect_uris": [REDIRECT],
+               "grant_types": ["authorization_code", "refresh_token"],
+               "scopes": ["openid", "email", "teams"], "resources": [ORDERS], "first_party": true}),
+    )
+    .await;
+    let orders = confidential(
+        app,
+        json!({"name": "Orders API", "kind": "confidential", "redirect_uris": [],
+               "grant_types": [EXCHANGE], "scopes": ["openid", "email"], "resources": [ORDERS, BILLING]}),
+    )
+    .await;
+    let billing = confidential(
+        app,
+        json!({"name": "Billing API", "kind": "confidential", "redirect_uris": [],
+               "grant_types": ["client_credentials"], "scopes": ["openid"], "resources": [BILLING]}),
+    )
+    .await;
+    Parties { app: web, orders, billing }
+}
+
+/// A user signs in to the web app, which gets an access token for `resource` (none: for itself).
+async fn user_token(w: &World, parties: &Parties, resource: Option<&str>) -> String {
+    let (verifier, challenge) = pkce();
+    let extra = resource.map(|r| format!("&resource={}", urlencode(r))).unwrap_or_default();
+    let code = code_from(w, &mut Browser::new(), authorize_url(&w.app, &parties.app.0, &challenge, &extra)).await;
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    if let Some(resource) = resource {
+        form.push(("resource", resource));
+    }
+    let tokens = body(token_request(&w.app, (&parties.app.0, &parties.app.1), &form).await, 200).await;
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+/// `client` exchanges `subject` with the `extra` parameters.
+async fn exchange(
+    app: &TestApp,
+    client: &(String, String),
+    subject: &str,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut form = vec![("grant_type", EXCHANGE), ("subject_token", subject), ("subject_token_type", ACCESS_TOKEN)];
+    form.extend_from_slice(extra);
+    token_request(app, (&client.0, &client.1), &form).await
+}
+
+async fn exchanged(app: &TestApp, client: &(String, String), subject: &str, resource: &str) -> String {
+    let answer = body(exchange(app, client, subject, &[("resource", resource)]).await, 200).await;
+    answer["access_token"].as_str().unwrap().to_owned()
+}
+
+fn creds(client: &(String, String)) -> (&str, &str) {
+    (&client.0, &client.1)
+}
+
+async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: Backend) {
+    let w = op_world(backend).await;
+    let p = parties(&w.app).await;
+    let subject = user_token(&w, &p, Some(ORDERS)).await;
+    let (_, held) = jwt_parts(&subject);
+    assert_eq!(held["aud"], ORDERS);
+
+    let response = exchange(&w.app, &p.orders, &subject, &[("resource", BILLING)]).await;
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let answer = body(response, 200).await;
+    assert_eq!(answer["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(answer["token_type"], "Bearer");
+    assert!(answer.get("refresh_token").is_none() && answer.get("id_token").is_none(), "{answer}");
+    // The orders API is not registered for `teams`: it is left out.
+    assert_eq!(answer["scope"], "openid email");
+    let token = answer["access_token"].as_str().unwrap();
+    let (header, claims) = jwt_parts(token);
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(claims["sub"], held["sub"], "the user's internal id");
+    assert_eq!(claims["aud"], BILLING);
+    assert_eq!(claims["client_id"], p.orders.0.as_str());
+    assert_eq!(claims["act"], json!({"sub": p.orders.0, "act": {"sub": p.app.0}}));
+    assert_eq!(claims["email"], held["email"]);
+    assert!(claims.get("teams").is_none(), "{claims}");
+    assert!(claims["exp"].as_i64() <= held["exp"].as_i64(), "never outlives the token exchanged");
+    assert_eq!(claims["auth_time"], held["auth_time"]);
+
+    // The billing API sees it active, with who acted.
+    let seen = introspect(&w.app, creds(&p.billing), token).await;
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["act"], claims["act"]);
+    assert_eq!(seen["sub"], held["sub"]);
+    assert!(seen.get("gid").is_none(), "{seen}");
+
+    // The orders API cannot end the user's grant with the token it got by exchange.
+    let revoke = |client: &(String, String), token: &str| {
+        w.app
+            .client
+            .post(w.app.url("/oauth/revoke"))
+            .basic_auth(&client.0, Some(&client.1))
+            .form(&[("token", token)])
+            .send()
+    };
+    assert_eq!(oauth_error(revoke(&p.orders, token).await.unwrap(), 400).await, "unsupported_token_type");
+    assert_eq!(introspect(&w.app, creds(&p.app), &subject).await["active"], true);
+    assert_eq!(introspect(&w.app, creds(&p.billing), token).await["active"], true);
+
+    // Exchanged again (a token for billing is the orders API's to exchange too): each exchange
+    // adds its actor, up to four clients.
+    let again = exchanged(&w.app, &p.orders, token, BILLING).await;
+    let (_, again_claims) = jwt_parts(&again);
+    assert_eq!(again_claims["act"], json!({"sub": p.orders.0, "act": claims["act"]}));
+    let third = exchanged(&w.app, &p.orders, &again, BILLING).await;
+    let too_often = exchange(&w.app, &p.orders, &third, &[("resource", BILLING)]).await;
+    assert_eq!(oauth_error(too_often, 400).await, "invalid_request");
+
+    // The web app revokes its grant: everything exchanged from it stops counting at once.
+    assert_eq!(revoke(&p.app, &subject).await.unwrap().status(), 200);
+    for token in [token, again.as_str(), third.as_str()] {
+        assert_eq!(introspect(&w.app, creds(&p.billing), token).await, json!({"active": false}));
+    }
+    let after = exchange(&w.app, &p.orders, &subject, &[("resource", BILLING)]).await;
+    assert_eq!(oauth_error(after, 400).await, "invalid_request");
+}
+
+/// A refused exchange: who asks, with what token and parameters, and the error.
+type Case<'a> = (&'a (String, String), &'a str, Vec<(&'a str, &'a str)>, &'a str);
+
+async fn bad_exchanges_are_refused_and_issue_nothing(backend: Backend) {
+    let w = op_world(backend).await;
+    let p = parties(&w.app).await;
+    let subject = user_token(&w, &p, Some(ORDERS)).await;
+    // The web app's token for itself: not the orders API's to exchange.
+    let own = user_token(&w, &p, None).await;
+    // A client's own token (no user), for the orders API.
+    let job = confidential(
+        &w.app,
+        json!({"name": "Job", "kind": "confidential", "redirect_uris": [], "grant_types": ["client_credentials"],
+               "scopes": ["openid"], "resources": [ORDERS]}),
+    )
+    .await;
+    let job_token = body(
+        token_request(&w.app, creds(&job), &[("grant_type", "client_credentials"), ("resource", ORDERS)]).await,
+        200,
+    )
+    .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refresh_type = "urn:ietf:params:oauth:token-type:refresh_token";
+    let cases: Vec<Case> = vec![
+        // A client that has not registered the grant type.
+        (&p.app, &subject, vec![("resource", BILLING)], "unauthorized_client"),
+        (&p.orders, &subject, vec![], "invalid_target"),
+        (&p.orders, &subject, vec![("resource", "https://elsewhere.example.com")], "invalid_target"),
+        (&p.orders, &subject, vec![("resource", "")], "invalid_target"),
+        (&p.orders, &subject, vec![("resource", BILLING), ("audience", ORDERS)], "invalid_target"),
+        (&p.orders, &subject, vec![("resource", BILLING), ("actor_token", "x")], "invalid_request"),
+        (&p.orders, &subject, vec![("resource", BILLING), ("requested_token_type", refresh_type)], "invalid_request"),
+        (&p.orders, &subject, vec![("resource", BILLING), ("scope", "openid teams")], "invalid_scope"),
+        (&p.orders, &subject, vec![("resource", BILLING), ("scope", "openid profile")], "invalid_scope"),
+        (&p.orders, &subject, vec![("resource", BILLING), ("resource", ORDERS)], "invalid_target"),
+        (&p.orders, "garbage", vec![("resource", BILLING)], "invalid_request"),
+        (&p.orders, &own, vec![("resource", BILLING)], "invalid_request"),
+        (&p.orders, &job_token, vec![("resource", BILLING)], "invalid_request"),
+    ];
+    for (client, token, extra, expected) in cases {
+        let response = exchange(&w.app, client, token, &extra).await;
+        assert_eq!(oauth_error(response, 400).await, expected, "{extra:?}");
+    }
+    // Without its type, or of another type.
+    for form in [
+        vec![("grant_type", EXCHANGE), ("subject_token", subject.as_str()), ("resource", BILLING)],
+        vec![
+            ("grant_type", EXCHANGE),
+            ("subject_token", subject.as_str()),
+            ("subject_token_type", refresh_type),
+            ("resource", BILLING),
+        ],
+        vec![("grant_type", EXCHANGE), ("subject_token_type", ACCESS_TOKEN), ("resource", BILLING)],
+    ] {
+        assert_eq!(oauth_error(token_request(&w.app, creds(&p.orders), &form).await, 400).await, "invalid_request");
+    }
+    // What works: `audience` alone names the resource too, and a narrower scope is kept.
+    let fresh = user_token(&w, &p, Some(ORDERS)).await;
+    let answer = body(
+        exchange(
+            &w.app,
+            &p.orders,
+            &fresh,
+            &[("audience", BILLING), ("requested_token_type", ACCESS_TOKEN), ("scope", "email")],
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(answer["scope"], "email");
+    assert_eq!(jwt_parts(answer["access_token"].as_str().unwrap()).1["aud"], BILLING);
+    // The discovery document lists the grant type.
+    let doc = body(w.app.client.get(w.app.url("/.well-known/openid-configuration")).send().await.unwrap(), 200).await;
+    assert!(doc["grant_types_supported"].as_array().unwrap().contains(&json!(EXCHANGE)), "{doc}");
+    // A disabled user's token is not exchanged.
+    let (_, claims) = jwt_parts(&subject);
+    let path = format!("/admin/users/{}", claims["sub"].as_str().unwrap());
+    body(w.app.admin(Method::PATCH, &path).json(&json!({"disabled": true})).send().await.unwrap(), 200).await;
+    let disabled = exchange(&w.app, &p.orders, &subject, &[("resource", BILLING)]).await;
+    assert_eq!(oauth_error(disabled, 400).await, "invalid_request");
+}
