@@ -3634,10 +3634,13 @@ impl Store for SqlStore {
         // An endpoint disabled since an event was written still gets it (the delivery waits until
         // the endpoint is enabled again): how far behind the fan-out runs must not decide.
         // (An enabled endpoint gets every event, whatever its `disabled_at`: a binary from before
-        // the column enables an endpoint without clearing it.)
+        // the column enables an endpoint without clearing it.) Read with the key-share lock the
+        // deliveries' foreign keys take anyway, from the start: a deletion that began meanwhile
+        // then waits for this round (and deletes what it wrote) rather than removing an endpoint
+        // it is writing deliveries for, which failed the whole round.
         let endpoints = query(
             "SELECT id, event_types, created_at, enabled, disabled_at FROM webhook_endpoints
-             WHERE enabled OR disabled_at IS NOT NULL",
+             WHERE enabled OR disabled_at IS NOT NULL FOR KEY SHARE",
         )
         .fetch_all(&mut tx)
         .await?

@@ -37,6 +37,7 @@ on_both_backends!(
     webhook_endpoints_are_stored_updated_and_deleted,
     instances_starting_together_insert_a_config_endpoint_once,
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
+    an_endpoint_deleted_during_a_fan_out_waits_for_it,
     a_backlog_fans_out_whole_in_one_round,
     an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_before,
     events_after_a_gap_wait_for_the_transaction_that_may_fill_it,
@@ -4966,6 +4967,31 @@ async fn webhook_endpoints_are_stored_updated_and_deleted(backend: Backend) {
     assert!(store.delete_webhook(hook.id).await.unwrap());
     assert!(!store.delete_webhook(hook.id).await.unwrap());
     assert_eq!(store.webhook(hook.id).await.unwrap(), None);
+}
+
+/// An endpoint deleted while a fan-out that read it is still writing its deliveries: the
+/// deletion waits for the fan-out and takes its deliveries with it, rather than the fan-out's
+/// round failing on a foreign key to an endpoint gone (and being done again at the next poll).
+async fn an_endpoint_deleted_during_a_fan_out_waits_for_it(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let hook = endpoint(&[], now() - TimeDelta::seconds(1));
+    store.insert_webhook(&hook).await.unwrap();
+    sign_up(&store, "ada").await;
+    let sql = db.sql().await;
+    // The fan-out's deliveries are slow to write (after it read the endpoints): a second for its
+    // statement of 100 rows (the one delivery and its padding).
+    sql.inject("INSERT", "webhook_deliveries", None, "SELECT 1;", "PERFORM pg_sleep(0.01); RETURN NEW;").await;
+    let fan_out = tokio::spawn({
+        let store = store.clone();
+        async move { store.fan_out_events(100, None, now()).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(store.delete_webhook(hook.id).await.unwrap());
+    let fanned = fan_out.await.unwrap().expect("the fan-out's round commits");
+    assert_eq!(fanned.events, 1);
+    sql.remove_injected("webhook_deliveries").await;
+    assert_eq!(sql.count("webhook_deliveries").await, 0, "none left for an endpoint gone");
+    assert_eq!(sql.count("webhook_endpoints").await, 0);
 }
 
 async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: Backend) {
