@@ -32,7 +32,7 @@ use crate::mcp::{Caller, McpServer};
 use crate::service::op::provider::OpenIdProvider;
 
 /// The endpoint's path; the resource is the public URL with this path.
-pub const PATH: &str = "/mcp";
+pub const PATH: &str = crate::service::validation::MCP_RESOURCE_PATH;
 /// Where the protected-resource metadata is served (RFC 9728 section 3; also with the resource's
 /// path appended).
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";

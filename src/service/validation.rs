@@ -499,6 +499,9 @@ impl Validator {
 /// act for their user on Tessera's REST API.
 pub const API_RESOURCE_PATH: &str = "/v1";
 
+/// The resource (a path under the public URL) of Tessera's MCP endpoint.
+pub const MCP_RESOURCE_PATH: &str = "/mcp";
+
 /// Principal reads from the replica, coalesced.
 type PrincipalReads = Coalescer<(Issuer, Subject), Arc<Principal>, Arc<StoreError>>;
 

@@ -73,7 +73,7 @@ on_both_backends!(
 pub const REDIRECT: &str = "https://app.example.com/callback";
 pub const POST_LOGOUT: &str = "https://app.example.com/signed-out";
 
-fn ring() -> String {
+pub fn ring() -> String {
     format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([7u8; 32]))
 }
 

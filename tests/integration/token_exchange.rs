@@ -2,13 +2,18 @@
 //! trades it for one for another of its resources, whose `act` names the clients that acted, and
 //! which ends with the grant it came from.
 
+use std::sync::Arc;
+
 use reqwest::Method;
 use serde_json::{Value, json};
+use tessera::crypto::keyring::KeyRing;
+use tessera::domain::SigningAlg;
+use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
 
 use crate::helpers::{Backend, TestApp, json as body, on_both_backends};
 use crate::op_flow::{
-    REDIRECT, authorize_url, code_from, introspect, jwt_parts, oauth_error, op_world, pkce, register, token_request,
-    urlencode,
+    REDIRECT, authorize_url, code_from, introspect, jwt_parts, oauth_error, op_world, pkce, register, ring,
+    token_request, urlencode,
 };
 use crate::signin::{Browser, World};
 
@@ -38,18 +43,28 @@ async fn confidential(app: &TestApp, fields: Value) -> (String, String) {
     (id, secret.unwrap())
 }
 
+/// Tessera's own API and MCP server, as resources.
+fn own_resources(app: &TestApp) -> [String; 2] {
+    let issuer = app.url("").trim_end_matches('/').to_owned();
+    [format!("{issuer}/v1"), format!("{issuer}/mcp")]
+}
+
 async fn parties(app: &TestApp) -> Parties {
+    // The web app's tokens last a minute, the orders API's an hour: an exchanged token still ends
+    // with the token exchanged.
     let web = confidential(
         app,
         json!({"name": "Web app", "kind": "confidential", "redirect_uris": [REDIRECT],
-               "grant_types": ["authorization_code", "refresh_token"],
+               "grant_types": ["authorization_code", "refresh_token"], "access_token_ttl_seconds": 60,
                "scopes": ["openid", "email", "teams"], "resources": [ORDERS], "first_party": true}),
     )
     .await;
+    let [api, mcp] = own_resources(app);
     let orders = confidential(
         app,
         json!({"name": "Orders API", "kind": "confidential", "redirect_uris": [],
-               "grant_types": [EXCHANGE], "scopes": ["openid", "email"], "resources": [ORDERS, BILLING]}),
+               "grant_types": [EXCHANGE], "scopes": ["openid", "email"], "access_token_ttl_seconds": 3600,
+               "resources": [ORDERS, BILLING, api, mcp]}),
     )
     .await;
     let billing = confidential(
@@ -124,7 +139,7 @@ async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: B
     assert_eq!(claims["act"], json!({"sub": p.orders.0, "act": {"sub": p.app.0}}));
     assert_eq!(claims["email"], held["email"]);
     assert!(claims.get("teams").is_none(), "{claims}");
-    assert!(claims["exp"].as_i64() <= held["exp"].as_i64(), "never outlives the token exchanged");
+    assert_eq!(claims["exp"], held["exp"], "never outlives the token exchanged");
     assert_eq!(claims["auth_time"], held["auth_time"]);
 
     // The billing API sees it active, with who acted.
@@ -145,6 +160,40 @@ async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: B
     };
     assert_eq!(oauth_error(revoke(&p.orders, token).await.unwrap(), 400).await, "unsupported_token_type");
     assert_eq!(introspect(&w.app, creds(&p.app), &subject).await["active"], true);
+    assert_eq!(introspect(&w.app, creds(&p.billing), token).await["active"], true);
+    // Nor once it has expired (signed again here, as Tessera would have, with an `exp` passed).
+    let ring = Arc::new(KeyRing::parse(&ring()).unwrap());
+    let keys = SigningKeys::new(w.app.db.store().await, ring, SigningKeySettings::default()).await.unwrap();
+    let mut expired = claims.clone();
+    expired["exp"] = (chrono::Utc::now().timestamp() - 5).into();
+    let expired = keys.sign(SigningAlg::ES256, "at+jwt", &expired).await.unwrap();
+    assert_eq!(revoke(&p.orders, &expired).await.unwrap().status(), 200);
+    assert_eq!(introspect(&w.app, creds(&p.app), &subject).await["active"], true);
+    // A subject token as long as Tessera's may be (a user in many teams): exchanged.
+    let mut long = held.clone();
+    long["teams"] = (0..300).map(|i| format!("team-with-a-long-slug-{i}")).collect::<Vec<_>>().into();
+    let long = keys.sign(SigningAlg::ES256, "at+jwt", &long).await.unwrap();
+    assert!(long.len() > 8192, "{}", long.len());
+    body(exchange(&w.app, &p.orders, &long, &[("resource", BILLING)]).await, 200).await;
+
+    // Another backend's exchanged token ends when that backend is no longer registered for the
+    // token's audience, or deleted; the orders API's stands.
+    let reports = confidential(
+        &w.app,
+        json!({"name": "Reports", "kind": "confidential", "redirect_uris": [], "grant_types": [EXCHANGE],
+               "scopes": ["openid"], "resources": [ORDERS, BILLING]}),
+    )
+    .await;
+    let by_reports = exchanged(&w.app, &reports, &subject, BILLING).await;
+    assert_eq!(introspect(&w.app, creds(&p.billing), &by_reports).await["active"], true);
+    let path = format!("/admin/clients/{}", reports.0);
+    let narrowed = json!({"resources": [ORDERS]});
+    body(w.app.admin(Method::PATCH, &path).json(&narrowed).send().await.unwrap(), 200).await;
+    assert_eq!(introspect(&w.app, creds(&p.billing), &by_reports).await, json!({"active": false}));
+    let by_reports = exchanged(&w.app, &reports, &subject, ORDERS).await;
+    assert_eq!(introspect(&w.app, creds(&p.orders), &by_reports).await["active"], true);
+    assert_eq!(w.app.admin(Method::DELETE, &path).send().await.unwrap().status(), 204);
+    assert_eq!(introspect(&w.app, creds(&p.orders), &by_reports).await, json!({"active": false}));
     assert_eq!(introspect(&w.app, creds(&p.billing), token).await["active"], true);
 
     // Exchanged again (a token for billing is the orders API's to exchange too): each exchange
@@ -190,6 +239,7 @@ async fn bad_exchanges_are_refused_and_issue_nothing(backend: Backend) {
         .unwrap()
         .to_owned();
     let refresh_type = "urn:ietf:params:oauth:token-type:refresh_token";
+    let [api, mcp] = own_resources(&w.app);
     let cases: Vec<Case> = vec![
         // A client that has not registered the grant type.
         (&p.app, &subject, vec![("resource", BILLING)], "unauthorized_client"),
@@ -202,6 +252,10 @@ async fn bad_exchanges_are_refused_and_issue_nothing(backend: Backend) {
         (&p.orders, &subject, vec![("resource", BILLING), ("scope", "openid teams")], "invalid_scope"),
         (&p.orders, &subject, vec![("resource", BILLING), ("scope", "openid profile")], "invalid_scope"),
         (&p.orders, &subject, vec![("resource", BILLING), ("resource", ORDERS)], "invalid_target"),
+        (&p.orders, &subject, vec![("audience", BILLING), ("audience", ORDERS)], "invalid_target"),
+        // Tessera's own API and MCP server take only tokens the user authorized for them.
+        (&p.orders, &subject, vec![("resource", api.as_str())], "invalid_target"),
+        (&p.orders, &subject, vec![("resource", mcp.as_str())], "invalid_target"),
         (&p.orders, "garbage", vec![("resource", BILLING)], "invalid_request"),
         (&p.orders, &own, vec![("resource", BILLING)], "invalid_request"),
         (&p.orders, &job_token, vec![("resource", BILLING)], "invalid_request"),

@@ -9,9 +9,10 @@
 
 use super::provider::{OAuthError, OpenIdProvider, delta, split_scope};
 use super::tokens::{
-    AccessClaims, Actor, TokenForm, TokenResponse, asked_scope, registered_scopes, required, user_claims,
+    AccessClaims, Actor, MAX_ACCESS_TOKEN_BYTES, TokenForm, TokenResponse, asked_scope, registered_scopes, user_claims,
 };
 use crate::domain::Client;
+use crate::service::validation::{API_RESOURCE_PATH, MCP_RESOURCE_PATH};
 use crate::store::ReadFrom;
 
 /// The token type of an access token (RFC 8693 section 3): the only one exchanged and issued.
@@ -33,7 +34,16 @@ impl OpenIdProvider {
                 "actor_token is not supported: the client that authenticates is the actor",
             ));
         }
-        let subject = required(&form.subject_token, "subject_token")?;
+        // As long as Tessera's access tokens may be (a user in many teams), not a parameter's bound.
+        let subject = match form.subject_token.as_deref() {
+            None | Some("") => return Err(OAuthError::invalid_request("subject_token is missing")),
+            Some(token) if token.len() > MAX_ACCESS_TOKEN_BYTES => {
+                return Err(OAuthError::invalid_request(
+                    "subject_token is too long to be one of Tessera's access tokens",
+                ));
+            }
+            Some(token) => token,
+        };
         match form.subject_token_type.as_deref() {
             Some(ACCESS_TOKEN_TYPE) => {}
             None => return Err(OAuthError::invalid_request("subject_token_type is missing")),
@@ -49,6 +59,14 @@ impl OpenIdProvider {
             )));
         }
         let target = target(client, &form)?;
+        // Tessera's own API and MCP server act on the user's connected accounts and identities:
+        // they take only tokens the user authorized for them (the consent page names them), never
+        // one a client got by exchange.
+        if [API_RESOURCE_PATH, MCP_RESOURCE_PATH].iter().any(|path| target == self.endpoint(path)) {
+            return Err(OAuthError::invalid_target(
+                "Tessera's own API and MCP server take no exchanged token: the user authorizes the app for them",
+            ));
+        }
         let invalid = || OAuthError::invalid_request("subject_token is invalid, expired or revoked");
         let verified = self.verify_access(subject).await;
         let verified =
@@ -105,7 +123,7 @@ impl OpenIdProvider {
             email: user.email,
             email_verified: user.email_verified,
             teams: user.teams.map(|teams| teams.into_iter().map(|t| t.slug).collect()),
-            client_registered_us: None,
+            client_registered_us: Some(client.created_at.timestamp_micros()),
             act: Some(Actor { sub: client.id.to_string(), act: Some(Box::new(prior)) }),
         };
         let access_token = self.sign_access(client, &exchanged).await?;

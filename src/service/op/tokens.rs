@@ -603,8 +603,18 @@ impl OpenIdProvider {
     /// tokens, or when the grant is gone). The grant must be the token's own (its user, and its
     /// client — for a token got by exchange, the first actor's): a token minted with a leaked
     /// key cannot borrow a real grant's id to pass for another user or client.
+    ///
+    /// A token got by exchange counts besides only while the client that exchanged it is still
+    /// registered for that (the same registration, the grant type, the token's audience among its
+    /// resources): deleting or narrowing the client ends the tokens it got, as for its own.
     pub async fn access_grant(&self, claims: &AccessClaims) -> Result<Option<GrantRecord>, StoreError> {
         let Some(gid) = claims.gid else { return Ok(None) };
+        if let Some(act) = &claims.act {
+            let exchanger = self.clients.get(&claims.client_id).await?;
+            if act.sub != claims.client_id || !exchanger.is_some_and(|client| exchanged_token_counts(claims, &client)) {
+                return Ok(None);
+            }
+        }
         let grant = self.store.grant(gid, self.grant_at(crate::domain::now())).await?;
         Ok(grant.filter(|g| g.client_id == claims.granted_client() && g.user_id.to_string() == claims.sub))
     }
@@ -723,14 +733,16 @@ impl OpenIdProvider {
             }
             // A token got by exchange belongs to the grant of the client the user authorized:
             // the client that exchanged it does not end that grant (the user's sign-out, the
-            // app's revocation, the user's removal of the app do).
-            Named::Access(claims)
-                if claims.client_id == client.id.as_str() && claims.act.is_some() && claims.exp > now.timestamp() =>
-            {
-                return Err(OAuthError::unsupported_token_type(
-                    "a token got by token exchange cannot be revoked: it counts until its `exp`, or until the \
-                     grant it was exchanged from ends",
-                ));
+            // app's revocation, the user's removal of the app do), expired or not — an expired one
+            // counts no more, nothing to refuse.
+            Named::Access(claims) if claims.act.is_some() => {
+                if claims.client_id == client.id.as_str() && claims.exp > now.timestamp() {
+                    return Err(OAuthError::unsupported_token_type(
+                        "a token got by token exchange cannot be revoked: it counts until its `exp`, or until \
+                         the grant it was exchanged from ends",
+                    ));
+                }
+                None
             }
             // A public client's id is no secret and is in every access token of its, which every
             // resource server sees: such a token does not end an offline grant (section 2.2 lets
@@ -1004,7 +1016,7 @@ const PROTOCOL_PARAMETERS: [&str; 40] = [
 /// protocol's is named: the description goes to the client's redirect URI, where another's text
 /// (a phisher's "sign in at …") must not appear.
 pub fn repeated(name: &str) -> OAuthError {
-    if name == "resource" {
+    if name == "resource" || name == "audience" {
         OAuthError::invalid_target("ask for one resource per request; a token here is for a single resource")
     } else if PROTOCOL_PARAMETERS.contains(&name) {
         OAuthError::invalid_request(format!("parameter {name} is repeated"))
@@ -1018,12 +1030,25 @@ pub fn repeated(name: &str) -> OAuthError {
 /// registration stands — a client deleted and registered again under its id (after a
 /// compromise, say) does not bring the old one's tokens back — and may still use that grant type.
 fn own_token_counts(claims: &AccessClaims, client: &Client) -> bool {
-    let same_registration = match claims.client_registered_us {
+    same_registration(claims, client) && client.allows(GrantType::ClientCredentials)
+}
+
+/// Whether a token `client` got by exchange still counts for it, as registered now: the same
+/// registration, still allowed token exchange and the token's audience.
+fn exchanged_token_counts(claims: &AccessClaims, client: &Client) -> bool {
+    claims.client_registered_us.is_some()
+        && same_registration(claims, client)
+        && client.allows(GrantType::TokenExchange)
+        && client.resources.contains(&claims.aud)
+}
+
+/// Whether `claims` were issued to the registration of `client`'s id that stands now.
+fn same_registration(claims: &AccessClaims, client: &Client) -> bool {
+    match claims.client_registered_us {
         Some(registered) => registered == client.created_at.timestamp_micros(),
         // Minted before tokens carried it: registered no later than it was issued.
         None => claims.iat >= client.created_at.timestamp(),
-    };
-    same_registration && client.allows(GrantType::ClientCredentials)
+    }
 }
 
 #[cfg(test)]
