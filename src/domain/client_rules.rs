@@ -589,6 +589,22 @@ fn client_key(value: &Value) -> Result<ClientKey, String> {
     if alg.is_some_and(|a| a.family() != family) {
         return Err("its `alg` does not fit its key type".into());
     }
+    // An EC key verifies the one algorithm of its curve: an ES256 assertion is never matched
+    // with a P-384 key (nor two keys of different curves found to fit one assertion).
+    let alg = match &jwk.algorithm {
+        jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec) => {
+            let curve = match ec.curve {
+                jsonwebtoken::jwk::EllipticCurve::P256 => Algorithm::ES256,
+                jsonwebtoken::jwk::EllipticCurve::P384 => Algorithm::ES384,
+                _ => return Err("an EC key's `crv` must be P-256 or P-384".into()),
+            };
+            if alg.is_some_and(|a| a != curve) {
+                return Err("its `alg` does not fit its curve (ES256 is P-256, ES384 is P-384)".into());
+            }
+            Some(curve)
+        }
+        _ => alg,
+    };
     let kid = match object.get("kid") {
         None => None,
         Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= 256 => Some(kid.clone()),
@@ -665,6 +681,17 @@ mod tests {
             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
         let keys = client_keys(&serde_json::json!({"keys": [ec.clone()]})).unwrap();
         assert!(keys[0].fits(Algorithm::ES256) && !keys[0].fits(Algorithm::RS256));
+        // The curve says the algorithm: a P-256 key fits no ES384 assertion, and says no other.
+        assert!(!keys[0].fits(Algorithm::ES384));
+        let mut mismatched = ec.clone();
+        mismatched["alg"] = "ES384".into();
+        assert!(client_keys(&serde_json::json!({"keys": [mismatched]})).unwrap_err().contains("curve"));
+        let p384 = serde_json::json!({"kty": "EC", "crv": "P-384",
+            "x": "IeD32M0l-rElo39Qk5ZIHQGeNEA8TWOgOhS5YdusfVRznFPwd5Wwqkf_Q6C-58Yw",
+            "y": "aspOyZuhf0byQrA-NK3MwM6mbvh4b-aNtGjv-xMPdFeWZdjghQ1T8vwAVJ8ochn7"});
+        let both = client_keys(&serde_json::json!({"keys": [ec.clone(), p384]})).unwrap();
+        let fitting = |alg| both.iter().filter(|k| k.fits(alg)).count();
+        assert_eq!((fitting(Algorithm::ES256), fitting(Algorithm::ES384)), (1, 1), "one key each");
         let mut private = ec.clone();
         private["d"] = "jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI".into();
         assert!(client_keys(&serde_json::json!({"keys": [private]})).unwrap_err().contains("private"));
