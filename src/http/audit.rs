@@ -433,8 +433,8 @@ pub fn provider_label(name: &str) -> Option<&str> {
 }
 
 /// Records a refused sign-in or link callback. A callback whose state does not match a sign-in
-/// started in this browser (`invalid_state`: scanners, replayed or stale links, forged cookies)
-/// is counted, like refused tokens, since anyone can send one; so is a sign-in refused before
+/// started in this browser (`invalid_state` before the flow is known: scanners, replayed or
+/// stale links, forged cookies) is counted, like refused tokens, since anyone can send one; so is a sign-in refused before
 /// the provider vouched for an account (cancelled there, no code or one that does not exchange,
 /// a mix-up of issuers or providers), since anyone can start one and send its callback back
 /// that way, over and over. A failure once an account is known (a disabled user, a link
@@ -454,7 +454,9 @@ pub async fn sign_in_failed(
         code,
         ErrorCode::ProviderDenied | ErrorCode::InvalidCode | ErrorCode::IssuerMismatch | ErrorCode::ProviderMismatch
     );
-    if code == ErrorCode::InvalidState || (action == FlowAction::SignIn && before_an_account) {
+    // (A link or connection refused with `invalid_state` past the flow's match — a browser no
+    // longer signed in as the user who started it — is the user's, and gets its row.)
+    if action == FlowAction::SignIn && (code == ErrorCode::InvalidState || before_an_account) {
         return sign_in_unmatched(state, provider, code);
     }
     let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
