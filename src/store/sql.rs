@@ -3970,11 +3970,14 @@ impl Store for SqlStore {
             if written == 0 {
                 // Not one the fan-out scheduled after the replay began (an event whose
                 // transaction committed late, below the bound): that one is on its way already.
+                // A failed one is sent again whenever its series began: a delivery queued before
+                // the replay whose first attempt (which starts its series) came while the replay
+                // ran, and failed it for good, is what the replay is for.
                 written = query(
                     "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, scheduled_at = $3,
                             next_attempt_at = $3, delivered_at = NULL, last_attempt_at = NULL,
                             last_status = NULL, last_error = NULL
-                     WHERE endpoint_id = $1 AND event_id = $2 AND scheduled_at <= $4",
+                     WHERE endpoint_id = $1 AND event_id = $2 AND (scheduled_at <= $4 OR state = 'failed')",
                 )
                 .bind(endpoint.id.as_uuid())
                 .bind(id)

@@ -38,6 +38,7 @@ on_both_backends!(
     instances_starting_together_insert_a_config_endpoint_once,
     events_fan_out_once_in_order_to_the_endpoints_that_want_them,
     an_endpoint_deleted_during_a_fan_out_waits_for_it,
+    a_replay_sends_again_what_failed_for_good_while_it_ran,
     a_backlog_fans_out_whole_in_one_round,
     an_endpoint_disabled_before_the_fan_out_still_gets_the_events_written_before,
     events_after_a_gap_wait_for_the_transaction_that_may_fill_it,
@@ -4992,6 +4993,34 @@ async fn an_endpoint_deleted_during_a_fan_out_waits_for_it(backend: Backend) {
     sql.remove_injected("webhook_deliveries").await;
     assert_eq!(sql.count("webhook_deliveries").await, 0, "none left for an endpoint gone");
     assert_eq!(sql.count("webhook_endpoints").await, 0);
+}
+
+/// A delivery queued before a replay began whose first attempt came while it ran, and failed it
+/// for good (a receiver still warming up): the replay's later page sends it again, as it does
+/// every failure since `since` — only a delivery still pending that began after the replay
+/// (the fan-out's, another replay's) is left as it is.
+async fn a_replay_sends_again_what_failed_for_good_while_it_ran(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let start = now() - TimeDelta::seconds(1);
+    let hook = endpoint(&[], start);
+    store.insert_webhook(&hook).await.unwrap();
+    sign_up(&store, "ada").await;
+    sign_up(&store, "bob").await;
+    assert_eq!(store.fan_out_events(100, None, now()).await.unwrap().events, 2);
+    let first = store.replay_webhook(&hook, start, None, 1, now()).await.unwrap();
+    assert_eq!(first.scheduled, 1);
+    let later = match backend {
+        Backend::Sqlite => "(CAST(strftime('%s','now') AS INTEGER) + 60) * 1000000",
+        Backend::Postgres => "now() + interval '60 seconds'",
+    };
+    let failed = format!(
+        "UPDATE webhook_deliveries SET state = 'failed', attempts = 1, scheduled_at = {later}
+         WHERE event_seq = (SELECT max(event_seq) FROM webhook_deliveries)"
+    );
+    assert_eq!(db.sql().await.exec(&failed).await.unwrap(), 1);
+    let second = store.replay_webhook(&hook, start, first.next, 1, now()).await.unwrap();
+    assert_eq!(second.scheduled, 1, "{second:?}");
+    assert_eq!(store.pending_deliveries(hook.id, 100).await.unwrap().len(), 2);
 }
 
 async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: Backend) {
