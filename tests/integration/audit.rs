@@ -672,6 +672,14 @@ async fn the_log_is_read_latest_first_with_filters_and_a_cursor(backend: Backend
     assert_eq!(audit(app, &unencoded).await.len(), 8);
     assert!(audit(app, &format!("since={}", rfc(after_all))).await.is_empty());
     assert!(audit(app, &format!("until={}", rfc(before_all))).await.is_empty());
+    // An `until` between rows (which bounds the walk by the last row before it): exactly the
+    // rows before it, page by page.
+    let at = |row: &Value| chrono::DateTime::parse_from_rfc3339(row["at"].as_str().unwrap()).unwrap();
+    let middle = at(&all[3]);
+    let older: Vec<i64> = all.iter().filter(|r| at(r) < middle).map(|r| r["id"].as_i64().unwrap()).collect();
+    assert!(!older.is_empty() && older.len() < all.len(), "{older:?}");
+    let until = format!("&until={}", rfc(middle.to_utc()).replace('+', "%2B"));
+    assert_eq!(pages(until.leak()).await, older);
     let last = ids[5];
     assert_eq!(audit(app, &format!("before={last}")).await.len(), 2);
 }
