@@ -723,13 +723,18 @@ impl SigningKeys {
     }
 
     /// Re-reads the keys and rotates those due. With `seen`, a re-read that another caller
-    /// finished since `seen` was taken is used instead of a new one.
+    /// finished since `seen` was taken is used instead of a new one, unless a change was marked
+    /// after it began.
     async fn reload(&self, seen: Option<&Arc<KeySet>>) -> Result<Arc<KeySet>, SigningError> {
         let asked = Instant::now();
         let _one_at_a_time = self.inner.reload.lock().await;
         let current = self.cached();
+        // Unless another instance's change was marked since that re-read began (it cleared the
+        // mark as it began): it may have read the keys before the change (a key retired at once
+        // would sign again).
         if let Some(seen) = seen
             && !Arc::ptr_eq(&current, seen)
+            && !self.inner.stale.load(Ordering::Acquire)
         {
             return Ok(current);
         }
