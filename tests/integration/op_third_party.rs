@@ -66,9 +66,19 @@ async fn authlib_runs_every_flow(backend: Backend) {
         .expect("TESSERA_TEST_PYTHON is not set: run the suite with `scripts/test`, which installs Authlib");
     let w = op_world(backend).await;
     w.issuer.set_next_user(StubUser::new("authlib-sub", "authlib-user@example.com"));
+    // The app asks for a token for its API, whose server exchanges it for one for the billing API.
+    let (api, billing) = ("https://orders.example.com", "https://billing.example.com");
     let (client, secret) = register(
         &w.app,
-        json!({"name": "Authlib", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": true}),
+        json!({"name": "Authlib", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": true,
+               "resources": [api]}),
+    )
+    .await;
+    let (server, server_secret) = register(
+        &w.app,
+        json!({"name": "Orders API", "kind": "confidential", "redirect_uris": [],
+               "grant_types": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+               "scopes": ["openid", "email"], "resources": [api, billing]}),
     )
     .await;
     let mut command = Command::new(python);
@@ -78,7 +88,11 @@ async fn authlib_runs_every_flow(backend: Backend) {
         .env("TESSERA_ISSUER", w.app.url(""))
         .env("CLIENT_ID", &client)
         .env("CLIENT_SECRET", secret.unwrap())
-        .env("REDIRECT_URI", REDIRECT);
+        .env("REDIRECT_URI", REDIRECT)
+        .env("RESOURCE", api)
+        .env("EXCHANGE_CLIENT_ID", &server)
+        .env("EXCHANGE_CLIENT_SECRET", server_secret.unwrap())
+        .env("EXCHANGE_RESOURCE", billing);
     let result = run(command).await;
     let user = w.app.db.sql().await.uuids("SELECT id FROM users").await;
     assert_eq!(result["sub"], user[0].to_string());

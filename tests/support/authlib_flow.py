@@ -1,11 +1,14 @@
 """A relying party written by someone else (Authlib) against Tessera as an OpenID Provider.
 
-Discovery, authorization code + PKCE through a real upstream sign-in, id token validation by the
-library (signature from the JWKS, iss, aud, exp, nonce), userinfo, refresh with rotation,
+Discovery, authorization code + PKCE through a real upstream sign-in for a resource (RFC 8707),
+id token validation by the library (signature from the JWKS, iss, aud, exp, nonce), userinfo,
+token exchange (RFC 8693) by a second client, the resource's server, refresh with rotation,
 introspection and revocation, authenticating with client_secret_post. Exits non-zero, saying
 why, at the first surprise.
 
-Environment: TESSERA_ISSUER, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI.
+Environment: TESSERA_ISSUER, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, RESOURCE (the resource the
+app asks a token for), EXCHANGE_CLIENT_ID, EXCHANGE_CLIENT_SECRET (the resource's server, which
+exchanges it), EXCHANGE_RESOURCE (the resource it exchanges it for).
 """
 
 import json
@@ -23,6 +26,7 @@ issuer = os.environ["TESSERA_ISSUER"].rstrip("/")
 client_id = os.environ["CLIENT_ID"]
 client_secret = os.environ["CLIENT_SECRET"]
 redirect_uri = os.environ["REDIRECT_URI"]
+resource = os.environ["RESOURCE"]
 
 browser = requests.Session()
 browser.trust_env = False
@@ -56,9 +60,13 @@ session = OAuth2Session(
 session.trust_env = False
 verifier = generate_token(64)
 nonce = generate_token(20)
-url, state = session.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier, nonce=nonce)
+url, state = session.create_authorization_url(
+    meta["authorization_endpoint"], code_verifier=verifier, nonce=nonce, resource=resource
+)
 back = browse(url)
-token = session.fetch_token(meta["token_endpoint"], authorization_response=back, code_verifier=verifier, state=state)
+token = session.fetch_token(
+    meta["token_endpoint"], authorization_response=back, code_verifier=verifier, state=state, resource=resource
+)
 
 claims = jwt.decode(
     token["id_token"],
@@ -74,6 +82,30 @@ sub = claims["sub"]
 info = session.get(meta["userinfo_endpoint"]).json()
 assert info["sub"] == sub and info["email"] == "authlib-user@example.com", info
 
+# The resource's server exchanges the user's token for one for the API it calls on their behalf.
+exchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+assert exchange in meta["grant_types_supported"], meta["grant_types_supported"]
+access_type = "urn:ietf:params:oauth:token-type:access_token"
+server = OAuth2Session(
+    os.environ["EXCHANGE_CLIENT_ID"],
+    os.environ["EXCHANGE_CLIENT_SECRET"],
+    token_endpoint_auth_method="client_secret_basic",
+)
+server.trust_env = False
+exchanged = server.fetch_token(
+    meta["token_endpoint"],
+    grant_type=exchange,
+    subject_token=token["access_token"],
+    subject_token_type=access_type,
+    resource=os.environ["EXCHANGE_RESOURCE"],
+)
+assert exchanged["issued_token_type"] == access_type, exchanged
+assert "refresh_token" not in exchanged, exchanged
+acting = jwt.decode(exchanged["access_token"], jwks)
+acting.validate()
+assert acting["sub"] == sub and acting["aud"] == os.environ["EXCHANGE_RESOURCE"], acting
+assert acting["act"] == {"sub": os.environ["EXCHANGE_CLIENT_ID"], "act": {"sub": client_id}}, acting
+
 old_refresh = token["refresh_token"]
 new = session.refresh_token(meta["token_endpoint"], refresh_token=old_refresh)
 assert new["refresh_token"] != old_refresh
@@ -84,6 +116,10 @@ assert introspected["active"] is True and introspected["sub"] == sub, introspect
 revoked = session.revoke_token(meta["revocation_endpoint"], token=new["refresh_token"])
 assert revoked.status_code == 200, revoked.text
 introspected = session.introspect_token(meta["introspection_endpoint"], token=new["access_token"]).json()
+assert introspected == {"active": False}, introspected
+
+# The exchanged token ended with the grant it came from.
+introspected = server.introspect_token(meta["introspection_endpoint"], token=exchanged["access_token"]).json()
 assert introspected == {"active": False}, introspected
 
 print(json.dumps({"ok": True, "sub": sub}))
