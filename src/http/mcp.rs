@@ -32,7 +32,17 @@ use crate::mcp::{Caller, McpServer};
 use crate::service::op::provider::OpenIdProvider;
 
 /// The endpoint's path; the resource is the public URL with this path.
-pub const PATH: &str = crate::service::validation::MCP_RESOURCE_PATH;
+pub const PATH: &str = "/mcp";
+// The services name the resource by the same path (token exchange refuses it as a target).
+const _: () = {
+    let (ours, theirs) = (PATH.as_bytes(), crate::service::validation::MCP_RESOURCE_PATH.as_bytes());
+    assert!(ours.len() == theirs.len());
+    let mut i = 0;
+    while i < ours.len() {
+        assert!(ours[i] == theirs[i], "PATH and MCP_RESOURCE_PATH differ");
+        i += 1;
+    }
+};
 /// Where the protected-resource metadata is served (RFC 9728 section 3; also with the resource's
 /// path appended).
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
