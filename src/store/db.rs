@@ -717,7 +717,6 @@ pub(super) enum PoolRef<'a> {
 pub(super) type PgPool = deadpool::managed::Pool<PgConnector>;
 
 /// Opens and checks the connections of a [`PgPool`].
-#[derive(Debug)]
 pub(super) struct PgConnector {
     options: PgConnectOptions,
     /// `database.acquire_timeout`: the bound on getting a connection, and on opening one.
@@ -727,6 +726,18 @@ pub(super) struct PgConnector {
     retry_refused: bool,
     /// `database.statement_timeout`, for each connection it opens.
     statement_timeout: Duration,
+}
+
+/// Without the connect options, whose `Debug` shows the password (one from `PGPASSWORD` or
+/// `~/.pgpass` too): the store, and everything that holds it, may be formatted in an error.
+impl std::fmt::Debug for PgConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConnector")
+            .field("host", &self.options.get_host())
+            .field("database", &self.options.get_database())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `statement` (on a PostgreSQL connection) within `limit`: a server that went silent (a host

@@ -5206,6 +5206,18 @@ async fn a_members_profile_of_a_connector_is_found_by_its_maker_on_postgres() {
     assert!(plan.contains("created_by = $3)") && !plan.contains("Seq Scan"), "{plan}");
 }
 
+/// The store's `Debug` output (which everything holding it derives) never shows the database
+/// password: sqlx's connect options print it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_debug_output_never_shows_the_database_password_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let password = url::Url::parse(&db.url).unwrap().password().expect("the test cluster's password").to_owned();
+    let store = db.store().await;
+    let debug = format!("{store:?}");
+    assert!(debug.contains("PgConnector"), "{debug}");
+    assert!(!debug.contains(&password), "{debug}");
+}
+
 /// A fan-out that finds another instance's under way says so (`busy`), rather than answer as
 /// if no event waited behind a gap: the worker then keeps its wait for the gap as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
