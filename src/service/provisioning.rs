@@ -229,7 +229,8 @@ impl Provisioner {
                 CreateOutcome::EmailHoldersChanged => return Err(ProvisionError::EmailHoldersChanged),
             }
         }
-        Err(ProvisionError::Store(StoreError::Conflict { what: "identity vanished while provisioning" }))
+        // Deleted each time as soon as it was made: a change made meanwhile (409), not a 500.
+        Err(ProvisionError::Store(StoreError::Gone { what: "the identity, deleted while it was provisioned" }))
     }
 
     /// The legacy bootstrap of an existing user: makes sure they have a default team. Returns the

@@ -490,7 +490,9 @@ impl Validator {
             .store
             .principal(issuer, subject, ReadFrom::Primary)
             .await?
-            .ok_or(StoreError::Conflict { what: "identity vanished after provisioning" })?;
+            // Deleted between the two (an operator's clean-up, a consumer of `user.created`):
+            // a change made meanwhile, 409, which a retry provisions again — not a 500.
+            .ok_or(StoreError::Gone { what: "the identity, deleted just after it was provisioned" })?;
         Ok((Arc::new(principal), provisioned.created))
     }
 }
