@@ -356,20 +356,9 @@ impl Provider for OidcProvider {
             .ok_or_else(|| ProviderError::InvalidIdToken("the token response has no id_token".into()))?;
         let claims = self.verify_id_token(id_token, nonce).await?;
         let mut profile = claims.profile;
-        // No email in the id_token: userinfo's, when the provider has the endpoint. Whether it has
-        // is not known from the configured endpoints alone while discovery is down: signing the
-        // person in without their address would provision a new account where theirs holds it.
-        let userinfo = match profile.get("email") {
-            Some(_) => None,
-            None => {
-                let metadata = self.metadata().await?;
-                if metadata.userinfo.is_none() {
-                    metadata.known_without("the userinfo endpoint")?;
-                }
-                metadata.userinfo.clone()
-            }
-        };
-        if let Some(url) = userinfo {
+        if profile.get("email").is_none()
+            && let Some(url) = self.metadata().await?.userinfo.clone()
+        {
             let extra = self.userinfo(&url, tokens).await?;
             // Only claims about the same subject may be merged (OpenID Connect Core 5.3.2).
             if extra.get("sub").and_then(Value::as_str) == Some(claims.sub.as_str())
