@@ -50,16 +50,16 @@ fn own_resources(app: &TestApp) -> [String; 2] {
 }
 
 async fn parties(app: &TestApp) -> Parties {
+    let [api, mcp] = own_resources(app);
     // The web app's tokens last a minute, the orders API's an hour: an exchanged token still ends
     // with the token exchanged.
     let web = confidential(
         app,
         json!({"name": "Web app", "kind": "confidential", "redirect_uris": [REDIRECT],
                "grant_types": ["authorization_code", "refresh_token"], "access_token_ttl_seconds": 60,
-               "scopes": ["openid", "email", "teams"], "resources": [ORDERS], "first_party": true}),
+               "scopes": ["openid", "email", "teams"], "resources": [ORDERS, api], "first_party": true}),
     )
     .await;
-    let [api, mcp] = own_resources(app);
     let orders = confidential(
         app,
         json!({"name": "Orders API", "kind": "confidential", "redirect_uris": [],
@@ -186,6 +186,11 @@ async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: B
     .await;
     let by_reports = exchanged(&w.app, &reports, &subject, BILLING).await;
     assert_eq!(introspect(&w.app, creds(&p.billing), &by_reports).await["active"], true);
+    // Passed on by the orders API: it counts while every client in its `act` may exchange.
+    let passed_on = exchanged(&w.app, &p.orders, &by_reports, BILLING).await;
+    let (_, passed_claims) = jwt_parts(&passed_on);
+    assert_eq!(passed_claims["act"], json!({"sub": p.orders.0, "act": {"sub": reports.0, "act": {"sub": p.app.0}}}));
+    assert_eq!(introspect(&w.app, creds(&p.billing), &passed_on).await["active"], true);
     let path = format!("/admin/clients/{}", reports.0);
     let narrowed = json!({"resources": [ORDERS]});
     body(w.app.admin(Method::PATCH, &path).json(&narrowed).send().await.unwrap(), 200).await;
@@ -194,6 +199,7 @@ async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: B
     assert_eq!(introspect(&w.app, creds(&p.orders), &by_reports).await["active"], true);
     assert_eq!(w.app.admin(Method::DELETE, &path).send().await.unwrap().status(), 204);
     assert_eq!(introspect(&w.app, creds(&p.orders), &by_reports).await, json!({"active": false}));
+    assert_eq!(introspect(&w.app, creds(&p.billing), &passed_on).await, json!({"active": false}));
     assert_eq!(introspect(&w.app, creds(&p.billing), token).await["active"], true);
 
     // Exchanged again (a token for billing is the orders API's to exchange too): each exchange
@@ -210,6 +216,8 @@ async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: B
     for token in [token, again.as_str(), third.as_str()] {
         assert_eq!(introspect(&w.app, creds(&p.billing), token).await, json!({"active": false}));
     }
+    // A token that counts no more is nothing to refuse: revoking it is a 200 (RFC 7009).
+    assert_eq!(revoke(&p.orders, token).await.unwrap().status(), 200);
     let after = exchange(&w.app, &p.orders, &subject, &[("resource", BILLING)]).await;
     assert_eq!(oauth_error(after, 400).await, "invalid_request");
 }
@@ -220,9 +228,12 @@ type Case<'a> = (&'a (String, String), &'a str, Vec<(&'a str, &'a str)>, &'a str
 async fn bad_exchanges_are_refused_and_issue_nothing(backend: Backend) {
     let w = op_world(backend).await;
     let p = parties(&w.app).await;
+    let [api, mcp] = own_resources(&w.app);
     let subject = user_token(&w, &p, Some(ORDERS)).await;
-    // The web app's token for itself: not the orders API's to exchange.
+    // The web app's token for itself: not the orders API's to exchange; nor its token for
+    // Tessera's own API, although the orders API registered that resource.
     let own = user_token(&w, &p, None).await;
+    let for_api = user_token(&w, &p, Some(&api)).await;
     // A client's own token (no user), for the orders API.
     let job = confidential(
         &w.app,
@@ -239,7 +250,6 @@ async fn bad_exchanges_are_refused_and_issue_nothing(backend: Backend) {
         .unwrap()
         .to_owned();
     let refresh_type = "urn:ietf:params:oauth:token-type:refresh_token";
-    let [api, mcp] = own_resources(&w.app);
     let cases: Vec<Case> = vec![
         // A client that has not registered the grant type.
         (&p.app, &subject, vec![("resource", BILLING)], "unauthorized_client"),
@@ -258,6 +268,7 @@ async fn bad_exchanges_are_refused_and_issue_nothing(backend: Backend) {
         (&p.orders, &subject, vec![("resource", mcp.as_str())], "invalid_target"),
         (&p.orders, "garbage", vec![("resource", BILLING)], "invalid_request"),
         (&p.orders, &own, vec![("resource", BILLING)], "invalid_request"),
+        (&p.orders, &for_api, vec![("resource", BILLING)], "invalid_request"),
         (&p.orders, &job_token, vec![("resource", BILLING)], "invalid_request"),
     ];
     for (client, token, extra, expected) in cases {

@@ -62,7 +62,7 @@ impl OpenIdProvider {
         // Tessera's own API and MCP server act on the user's connected accounts and identities:
         // they take only tokens the user authorized for them (the consent page names them), never
         // one a client got by exchange.
-        if [API_RESOURCE_PATH, MCP_RESOURCE_PATH].iter().any(|path| target == self.endpoint(path)) {
+        if self.is_own_resource(&target) {
             return Err(OAuthError::invalid_target(
                 "Tessera's own API and MCP server take no exchanged token: the user authorizes the app for them",
             ));
@@ -75,7 +75,11 @@ impl OpenIdProvider {
         if claims.gid.is_none() {
             return Err(OAuthError::invalid_request("subject_token is a client's own token: it has no user"));
         }
-        if claims.aud != client.id.as_str() && !client.resources.contains(&claims.aud) {
+        // A token for Tessera's own API or MCP server is Tessera's: no client it reaches was its
+        // audience, whatever it registered among its resources (to get such tokens of its own).
+        if claims.aud != client.id.as_str() && !client.resources.contains(&claims.aud)
+            || self.is_own_resource(&claims.aud)
+        {
             return Err(OAuthError::invalid_request(
                 "subject_token was not issued for this client: its aud is neither the client's id nor one of its \
                  registered resources",
@@ -137,6 +141,13 @@ impl OpenIdProvider {
             scope: exchanged.scope,
             issued_token_type: Some(ACCESS_TOKEN_TYPE),
         })
+    }
+}
+
+impl OpenIdProvider {
+    /// Whether `resource` is Tessera's own API or MCP server.
+    fn is_own_resource(&self, resource: &str) -> bool {
+        [API_RESOURCE_PATH, MCP_RESOURCE_PATH].iter().any(|path| resource == self.endpoint(path))
     }
 }
 

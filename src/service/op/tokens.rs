@@ -606,13 +606,23 @@ impl OpenIdProvider {
     ///
     /// A token got by exchange counts besides only while the client that exchanged it is still
     /// registered for that (the same registration, the grant type, the token's audience among its
-    /// resources): deleting or narrowing the client ends the tokens it got, as for its own.
+    /// resources), and every client before it in the chain still may exchange: deleting or
+    /// narrowing one ends the tokens got through it, as for its own.
     pub async fn access_grant(&self, claims: &AccessClaims) -> Result<Option<GrantRecord>, StoreError> {
         let Some(gid) = claims.gid else { return Ok(None) };
         if let Some(act) = &claims.act {
             let exchanger = self.clients.get(&claims.client_id).await?;
             if act.sub != claims.client_id || !exchanger.is_some_and(|client| exchanged_token_counts(claims, &client)) {
                 return Ok(None);
+            }
+            // The clients between it and the app the user authorized (the last actor).
+            let mut prior = act.act.as_deref();
+            while let Some(actor) = prior.filter(|actor| actor.act.is_some()) {
+                let client = self.clients.get(&actor.sub).await?;
+                if !client.is_some_and(|client| client.allows(GrantType::TokenExchange)) {
+                    return Ok(None);
+                }
+                prior = actor.act.as_deref();
             }
         }
         let grant = self.store.grant(gid, self.grant_at(crate::domain::now())).await?;
@@ -736,7 +746,13 @@ impl OpenIdProvider {
             // app's revocation, the user's removal of the app do), expired or not — an expired one
             // counts no more, nothing to refuse.
             Named::Access(claims) if claims.act.is_some() => {
-                if claims.client_id == client.id.as_str() && claims.exp > now.timestamp() {
+                // (One that counts nowhere any more — its grant ended, its client registered
+                // again — has nothing to refuse either.)
+                if claims.client_id == client.id.as_str()
+                    && claims.exp > now.timestamp()
+                    && exchanged_token_counts(&claims, client)
+                    && self.access_grant(&claims).await?.is_some_and(|grant| grant.active)
+                {
                     return Err(OAuthError::unsupported_token_type(
                         "a token got by token exchange cannot be revoked: it counts until its `exp`, or until \
                          the grant it was exchanged from ends",
