@@ -491,7 +491,12 @@ pub fn check(client: &Client) -> Result<(), ClientRuleError> {
                 "a public client authenticates with no key: remove jwks or register a confidential client",
             ));
         }
-        client_keys(jwks).map_err(|m| ClientRuleError::new("jwks", ClientRule::Jwks, m))?;
+        let keys = client_keys(jwks).map_err(|m| ClientRuleError::new("jwks", ClientRule::Jwks, m))?;
+        // A key that could never verify an assertion is refused when registered; one stored
+        // before this rule (it fits no assertion) does not stop the set's other keys.
+        if let Some((i, problem)) = keys.iter().enumerate().find_map(|(i, k)| k.problem().map(|p| (i, p))) {
+            return Err(ClientRuleError::new("jwks", ClientRule::Jwks, format!("keys[{i}]: {problem}")));
+        }
     }
     if public && client.secret_hash.is_some() {
         return Err(ClientRuleError::new("client_secret", ClientRule::Metadata, "a public client has no secret"));
@@ -515,6 +520,9 @@ pub struct ClientKey {
     pub alg: Option<Algorithm>,
     /// Its family (RSA, EC, OKP).
     pub family: AlgorithmFamily,
+    /// An EC key's curve, as the one algorithm it verifies (`Some(None)`: a curve Tessera does
+    /// not verify, P-521); `None` for the other families.
+    pub curve: Option<Option<Algorithm>>,
     /// The verification key.
     pub key: DecodingKey,
 }
@@ -526,9 +534,22 @@ impl std::fmt::Debug for ClientKey {
 }
 
 impl ClientKey {
-    /// Whether this key verifies `alg`.
+    /// Whether this key verifies `alg`: an EC key only its curve's (an ES256 assertion never
+    /// finds a P-384 key fitting too).
     pub fn fits(&self, alg: Algorithm) -> bool {
-        alg.family() == self.family && self.alg.is_none_or(|a| a == alg)
+        alg.family() == self.family && self.alg.is_none_or(|a| a == alg) && self.curve.is_none_or(|c| c == Some(alg))
+    }
+
+    /// Why it could never verify an assertion, if so: an EC key of a curve Tessera does not
+    /// verify, or whose `alg` is not its curve's.
+    pub fn problem(&self) -> Option<&'static str> {
+        match self.curve? {
+            None => Some("an EC key's `crv` must be P-256 or P-384"),
+            Some(curve) if self.alg.is_some_and(|a| a != curve) => {
+                Some("its `alg` does not fit its curve (ES256 is P-256, ES384 is P-384)")
+            }
+            Some(_) => None,
+        }
     }
 }
 
@@ -589,28 +610,21 @@ fn client_key(value: &Value) -> Result<ClientKey, String> {
     if alg.is_some_and(|a| a.family() != family) {
         return Err("its `alg` does not fit its key type".into());
     }
-    // An EC key verifies the one algorithm of its curve: an ES256 assertion is never matched
-    // with a P-384 key (nor two keys of different curves found to fit one assertion).
-    let alg = match &jwk.algorithm {
-        jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec) => {
-            let curve = match ec.curve {
-                jsonwebtoken::jwk::EllipticCurve::P256 => Algorithm::ES256,
-                jsonwebtoken::jwk::EllipticCurve::P384 => Algorithm::ES384,
-                _ => return Err("an EC key's `crv` must be P-256 or P-384".into()),
-            };
-            if alg.is_some_and(|a| a != curve) {
-                return Err("its `alg` does not fit its curve (ES256 is P-256, ES384 is P-384)".into());
-            }
-            Some(curve)
-        }
-        _ => alg,
+    // An EC key verifies the one algorithm of its curve (see [`ClientKey::problem`]).
+    let curve = match &jwk.algorithm {
+        jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec) => Some(match ec.curve {
+            jsonwebtoken::jwk::EllipticCurve::P256 => Some(Algorithm::ES256),
+            jsonwebtoken::jwk::EllipticCurve::P384 => Some(Algorithm::ES384),
+            _ => None,
+        }),
+        _ => None,
     };
     let kid = match object.get("kid") {
         None => None,
         Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= 256 => Some(kid.clone()),
         Some(_) => return Err("`kid` is a string of 1 to 256 characters".into()),
     };
-    Ok(ClientKey { kid, alg, family, key })
+    Ok(ClientKey { kid, alg, family, curve, key })
 }
 
 #[cfg(test)]
@@ -685,7 +699,16 @@ mod tests {
         assert!(!keys[0].fits(Algorithm::ES384));
         let mut mismatched = ec.clone();
         mismatched["alg"] = "ES384".into();
-        assert!(client_keys(&serde_json::json!({"keys": [mismatched]})).unwrap_err().contains("curve"));
+        // Refused when registered; stored before the rule, it fits no assertion (and does not
+        // stop the other keys of its set).
+        let mut client = client(ClientKind::Confidential);
+        client.jwks = Some(serde_json::json!({"keys": [mismatched.clone()]}));
+        let refused = check(&client).unwrap_err();
+        assert!(refused.field == "jwks" && refused.message.contains("curve"), "{refused:?}");
+        mismatched["kid"] = "k2".into();
+        let stored = client_keys(&serde_json::json!({"keys": [mismatched, ec.clone()]})).unwrap();
+        assert!(!stored[0].fits(Algorithm::ES256) && !stored[0].fits(Algorithm::ES384));
+        assert!(stored[1].fits(Algorithm::ES256));
         let p384 = serde_json::json!({"kty": "EC", "crv": "P-384",
             "x": "IeD32M0l-rElo39Qk5ZIHQGeNEA8TWOgOhS5YdusfVRznFPwd5Wwqkf_Q6C-58Yw",
             "y": "aspOyZuhf0byQrA-NK3MwM6mbvh4b-aNtGjv-xMPdFeWZdjghQ1T8vwAVJ8ochn7"});
