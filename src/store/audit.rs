@@ -181,7 +181,9 @@ pub(super) async fn append(db: &Db, events: &[NewAuditEvent]) -> Result<(), Stor
 /// would cost every page more than the walk it saves a last one (or one of a rare action), which
 /// then walks on below them. An `until` with at most 10,000 rows before it bounds the walk from
 /// above the same way, by the highest id among them: a page of last year's rows starts there
-/// rather than walking every newer row.
+/// rather than walking every newer row. (Both bounds read `id + 0`, as `FIRST_PROCESSED_SINCE`
+/// does: PostgreSQL would otherwise answer a bare `min(id)`/`max(id)` by walking the primary key
+/// from the wrong end, filtering on `at`, through every row the bound is there to skip.)
 macro_rules! audit_where {
     ($lead:literal) => {
         concat!(
@@ -198,12 +200,12 @@ macro_rules! audit_where {
                AND id >= CASE
                    WHEN $5 IS NULL THEN 0
                    WHEN EXISTS (SELECT 1 FROM audit_events WHERE at >= $5 LIMIT 1 OFFSET 10000) THEN 0
-                   ELSE COALESCE((SELECT min(id) FROM audit_events WHERE at >= $5), 9223372036854775807)
+                   ELSE COALESCE((SELECT min(id + 0) FROM audit_events WHERE at >= $5), 9223372036854775807)
                  END
                AND id <= CASE
                    WHEN $6 IS NULL THEN 9223372036854775807
                    WHEN EXISTS (SELECT 1 FROM audit_events WHERE at < $6 LIMIT 1 OFFSET 10000) THEN 9223372036854775807
-                   ELSE COALESCE((SELECT max(id) FROM audit_events WHERE at < $6), -1)
+                   ELSE COALESCE((SELECT max(id + 0) FROM audit_events WHERE at < $6), -1)
                  END
              ORDER BY id DESC
              LIMIT $8"
