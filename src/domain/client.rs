@@ -316,6 +316,16 @@ impl Client {
         self.grant_types.contains(&grant)
     }
 
+    /// Whether it registered `resource` (RFC 8707).
+    pub fn has_resource(&self, resource: &str) -> bool {
+        self.resources.iter().any(|r| r == resource)
+    }
+
+    /// Whether a token whose `aud` is `aud` was issued for it: its id, or one of its resources.
+    pub fn is_audience(&self, aud: &str) -> bool {
+        aud == self.id.as_str() || self.has_resource(aud)
+    }
+
     /// Whether it is public (PKCE, no authentication).
     pub fn is_public(&self) -> bool {
         self.kind == ClientKind::Public

@@ -454,8 +454,9 @@ pub async fn sign_in_failed(
         code,
         ErrorCode::ProviderDenied | ErrorCode::InvalidCode | ErrorCode::IssuerMismatch | ErrorCode::ProviderMismatch
     );
-    // (A link or connection refused with `invalid_state` past the flow's match — a browser no
-    // longer signed in as the user who started it — is the user's, and gets its row.)
+    // A callback that matched no flow comes as `SignIn` (its flow, and so its action, is not
+    // known). A link or connection refused with `invalid_state` past the flow's match — a browser
+    // no longer signed in as the user who started it — is the user's, and gets its row.
     if action == FlowAction::SignIn && (code == ErrorCode::InvalidState || before_an_account) {
         return sign_in_unmatched(state, provider, code);
     }

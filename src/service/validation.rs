@@ -497,12 +497,7 @@ impl Validator {
     }
 }
 
-/// The resource (RFC 8707, a path under the public URL) for which Tessera's own access tokens
-/// act for their user on Tessera's REST API.
-pub const API_RESOURCE_PATH: &str = "/v1";
-
-/// The resource (a path under the public URL) of Tessera's MCP endpoint.
-pub const MCP_RESOURCE_PATH: &str = "/mcp";
+pub use crate::service::op::provider::API_RESOURCE_PATH;
 
 /// Principal reads from the replica, coalesced.
 type PrincipalReads = Coalescer<(Issuer, Subject), Arc<Principal>, Arc<StoreError>>;

@@ -71,7 +71,8 @@ pub enum StoreError {
         what: &'static str,
     },
     /// A row the write refers to was removed by a concurrent change (a foreign key refused the
-    /// write); `what` names it in domain terms. Mapped where the SQL is, like `Conflict`.
+    /// write), or one just written was gone when read back; `what` names it in domain terms.
+    /// Mapped where the SQL is, like `Conflict` (or by a service that read nothing back).
     #[error("gone: {what}")]
     Gone {
         /// The row in domain terms, e.g. `"the identity"`.

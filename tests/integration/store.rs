@@ -4997,8 +4997,8 @@ async fn an_endpoint_deleted_during_a_fan_out_waits_for_it(backend: Backend) {
 
 /// A delivery queued before a replay began whose first attempt came while it ran, and failed it
 /// for good (a receiver still warming up): the replay's later page sends it again, as it does
-/// every failure since `since` — only a delivery still pending that began after the replay
-/// (the fan-out's, another replay's) is left as it is.
+/// every failure since `since` — only a delivery not failed whose series began after the
+/// replay (the fan-out's, another replay's) is left as it is.
 async fn a_replay_sends_again_what_failed_for_good_while_it_ran(backend: Backend) {
     let (db, store) = setup(backend).await;
     let start = now() - TimeDelta::seconds(1);

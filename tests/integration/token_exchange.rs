@@ -17,10 +17,7 @@ use crate::op_flow::{
 };
 use crate::signin::{Browser, World};
 
-on_both_backends!(
-    an_exchanged_token_acts_for_the_user_and_ends_with_the_grant,
-    bad_exchanges_are_refused_and_issue_nothing,
-);
+on_both_backends!(an_exchanged_token_acts_for_the_user_and_ends_with_the_grant, bad_exchanges_are_refused_saying_why,);
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -111,6 +108,13 @@ async fn exchanged(app: &TestApp, client: &(String, String), subject: &str, reso
     answer["access_token"].as_str().unwrap().to_owned()
 }
 
+/// An OAuth error response (RFC 6749 5.2) of status 400: its body.
+async fn refusal(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    response.json().await.unwrap()
+}
+
 fn creds(client: &(String, String)) -> (&str, &str) {
     (&client.0, &client.1)
 }
@@ -195,6 +199,14 @@ async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: B
     let narrowed = json!({"resources": [ORDERS]});
     body(w.app.admin(Method::PATCH, &path).json(&narrowed).send().await.unwrap(), 200).await;
     assert_eq!(introspect(&w.app, creds(&p.billing), &by_reports).await, json!({"active": false}));
+    // An earlier actor is held to the grant type (not to the audience of the token passed on).
+    let seen = || introspect(&w.app, creds(&p.billing), &passed_on);
+    assert_eq!(seen().await["active"], true);
+    let no_exchange = json!({"grant_types": ["client_credentials"]});
+    body(w.app.admin(Method::PATCH, &path).json(&no_exchange).send().await.unwrap(), 200).await;
+    assert_eq!(seen().await, json!({"active": false}));
+    let exchange_again = json!({"grant_types": [EXCHANGE]});
+    body(w.app.admin(Method::PATCH, &path).json(&exchange_again).send().await.unwrap(), 200).await;
     let by_reports = exchanged(&w.app, &reports, &subject, ORDERS).await;
     assert_eq!(introspect(&w.app, creds(&p.orders), &by_reports).await["active"], true);
     assert_eq!(w.app.admin(Method::DELETE, &path).send().await.unwrap().status(), 204);
@@ -208,8 +220,9 @@ async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: B
     let (_, again_claims) = jwt_parts(&again);
     assert_eq!(again_claims["act"], json!({"sub": p.orders.0, "act": claims["act"]}));
     let third = exchanged(&w.app, &p.orders, &again, BILLING).await;
-    let too_often = exchange(&w.app, &p.orders, &third, &[("resource", BILLING)]).await;
-    assert_eq!(oauth_error(too_often, 400).await, "invalid_request");
+    let too_often = refusal(exchange(&w.app, &p.orders, &third, &[("resource", BILLING)]).await).await;
+    assert_eq!(too_often["error"], "invalid_request");
+    assert!(too_often["error_description"].as_str().unwrap().contains("exchanged too often"), "{too_often}");
 
     // The web app revokes its grant: everything exchanged from it stops counting at once.
     assert_eq!(revoke(&p.app, &subject).await.unwrap().status(), 200);
@@ -222,10 +235,11 @@ async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: B
     assert_eq!(oauth_error(after, 400).await, "invalid_request");
 }
 
-/// A refused exchange: who asks, with what token and parameters, and the error.
-type Case<'a> = (&'a (String, String), &'a str, Vec<(&'a str, &'a str)>, &'a str);
+/// A refused exchange: who asks, with what token and parameters, the error and words of its
+/// description.
+type Case<'a> = (&'a (String, String), &'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
 
-async fn bad_exchanges_are_refused_and_issue_nothing(backend: Backend) {
+async fn bad_exchanges_are_refused_saying_why(backend: Backend) {
     let w = op_world(backend).await;
     let p = parties(&w.app).await;
     let [api, mcp] = own_resources(&w.app);
@@ -252,28 +266,59 @@ async fn bad_exchanges_are_refused_and_issue_nothing(backend: Backend) {
     let refresh_type = "urn:ietf:params:oauth:token-type:refresh_token";
     let cases: Vec<Case> = vec![
         // A client that has not registered the grant type.
-        (&p.app, &subject, vec![("resource", BILLING)], "unauthorized_client"),
-        (&p.orders, &subject, vec![], "invalid_target"),
-        (&p.orders, &subject, vec![("resource", "https://elsewhere.example.com")], "invalid_target"),
-        (&p.orders, &subject, vec![("resource", "")], "invalid_target"),
-        (&p.orders, &subject, vec![("resource", BILLING), ("audience", ORDERS)], "invalid_target"),
-        (&p.orders, &subject, vec![("resource", BILLING), ("actor_token", "x")], "invalid_request"),
-        (&p.orders, &subject, vec![("resource", BILLING), ("requested_token_type", refresh_type)], "invalid_request"),
-        (&p.orders, &subject, vec![("resource", BILLING), ("scope", "openid teams")], "invalid_scope"),
-        (&p.orders, &subject, vec![("resource", BILLING), ("scope", "openid profile")], "invalid_scope"),
-        (&p.orders, &subject, vec![("resource", BILLING), ("resource", ORDERS)], "invalid_target"),
-        (&p.orders, &subject, vec![("audience", BILLING), ("audience", ORDERS)], "invalid_target"),
+        (&p.app, &subject, vec![("resource", BILLING)], "unauthorized_client", "may not use"),
+        (&p.orders, &subject, vec![], "invalid_target", "resource is missing"),
+        (
+            &p.orders,
+            &subject,
+            vec![("resource", "https://elsewhere.example.com")],
+            "invalid_target",
+            "registered resources",
+        ),
+        (&p.orders, &subject, vec![("resource", "")], "invalid_target", "registered resources"),
+        (&p.orders, &subject, vec![("resource", BILLING), ("audience", ORDERS)], "invalid_target", "differ"),
+        (&p.orders, &subject, vec![("resource", BILLING), ("actor_token", "x")], "invalid_request", "actor_token"),
+        (
+            &p.orders,
+            &subject,
+            vec![("resource", BILLING), ("requested_token_type", refresh_type)],
+            "invalid_request",
+            "requested_token_type",
+        ),
+        (
+            &p.orders,
+            &subject,
+            vec![("resource", BILLING), ("scope", "openid teams")],
+            "invalid_scope",
+            "not allowed for this client",
+        ),
+        (&p.orders, &subject, vec![("resource", BILLING), ("scope", "openid profile")], "invalid_scope", "only narrow"),
+        (
+            &p.orders,
+            &subject,
+            vec![("resource", BILLING), ("resource", ORDERS)],
+            "invalid_target",
+            "one resource per request",
+        ),
+        (
+            &p.orders,
+            &subject,
+            vec![("audience", BILLING), ("audience", ORDERS)],
+            "invalid_target",
+            "one resource per request",
+        ),
         // Tessera's own API and MCP server take only tokens the user authorized for them.
-        (&p.orders, &subject, vec![("resource", api.as_str())], "invalid_target"),
-        (&p.orders, &subject, vec![("resource", mcp.as_str())], "invalid_target"),
-        (&p.orders, "garbage", vec![("resource", BILLING)], "invalid_request"),
-        (&p.orders, &own, vec![("resource", BILLING)], "invalid_request"),
-        (&p.orders, &for_api, vec![("resource", BILLING)], "invalid_request"),
-        (&p.orders, &job_token, vec![("resource", BILLING)], "invalid_request"),
+        (&p.orders, &subject, vec![("resource", api.as_str())], "invalid_target", "take no exchanged token"),
+        (&p.orders, &subject, vec![("resource", mcp.as_str())], "invalid_target", "take no exchanged token"),
+        (&p.orders, "garbage", vec![("resource", BILLING)], "invalid_request", "invalid, expired or revoked"),
+        (&p.orders, &own, vec![("resource", BILLING)], "invalid_request", "not issued for this client"),
+        (&p.orders, &for_api, vec![("resource", BILLING)], "invalid_request", "no client's to exchange"),
+        (&p.orders, &job_token, vec![("resource", BILLING)], "invalid_request", "has no user"),
     ];
-    for (client, token, extra, expected) in cases {
-        let response = exchange(&w.app, client, token, &extra).await;
-        assert_eq!(oauth_error(response, 400).await, expected, "{extra:?}");
+    for (client, token, extra, expected, why) in cases {
+        let refused = refusal(exchange(&w.app, client, token, &extra).await).await;
+        assert_eq!(refused["error"], expected, "{extra:?}");
+        assert!(refused["error_description"].as_str().unwrap().contains(why), "{extra:?}: {refused}");
     }
     // Without its type, or of another type.
     for form in [

@@ -26,7 +26,7 @@ use crate::http::extract::PageBytes;
 use crate::http::pages::{self, Message};
 use crate::http::problem::ApiError;
 use crate::service::op::authorize::{AuthorizationParams, AuthorizeError, Next, Rejection, SessionView};
-use crate::service::op::provider::OAuthError;
+use crate::service::op::provider::{OAuthError, TesseraResource};
 use crate::service::op::tokens::{self, HintCheck, repeated_parameter, single_valued};
 use crate::service::sessions::LiveSession;
 use crate::service::teams::Discovery;
@@ -421,12 +421,11 @@ fn scope_in_words(scope: &str) -> String {
 /// server act for the user (their connected accounts' credentials included); any other resource
 /// is named as registered.
 fn resource_in_words(state: &AppState, resource: &str) -> String {
-    let own = state.op.as_ref().and_then(|op| resource.strip_prefix(op.issuer()));
-    match own {
-        Some("/v1") => {
+    match state.op.as_ref().and_then(|op| op.tessera_resource(resource)) {
+        Some(TesseraResource::Api) => {
             "act for you on this service's API, including reading the credentials of your connected accounts".into()
         }
-        Some("/mcp") => {
+        Some(TesseraResource::Mcp) => {
             "act for you through this service's MCP server (for AI agents), including reading the credentials of your \
              connected accounts"
                 .into()

@@ -185,7 +185,7 @@ async fn token(
         requested_token_type: get(&map, "requested_token_type"),
         // Empty or not, as `resource`: an empty one is not one of the client's resources.
         audience: map.get("audience").map(|v| (*v).to_owned()),
-        actor_token: map.get("actor_token").map(|v| (*v).to_owned()),
+        actor_token: get(&map, "actor_token"),
     };
     Ok(ok_json(op.token(&creds, form).await?))
 }

@@ -1,18 +1,21 @@
 //! Token exchange (RFC 8693): a confidential client that received a user's access token — a
-//! resource server, say, registered with the grant type — trades it for one for another of its
-//! registered resources (RFC 8707), to call that resource on the user's behalf.
+//! resource server, say, registered with the grant type — trades it for one for one of its
+//! registered resources (RFC 8707), usually another, to call that resource on the user's behalf.
 //!
 //! The new token is the user's (`sub`), is the exchanging client's (`client_id`), names the
 //! chain of clients that acted for the user in `act` (section 4.1), and belongs to the same grant
-//! (`gid`) as the token exchanged: it ends with that grant (a sign-out, a revocation, the app's
-//! removal, the user disabled) and never outlives the token exchanged.
+//! (`gid`) as the token exchanged: it ends with that grant (a sign-out when the grant is bound to
+//! the session, a revocation, the app's removal, the user disabled), and when the exchanging
+//! client or one before it in `act` may no longer exchange (see
+//! [`OpenIdProvider::access_grant`]); it never outlives the token exchanged. Tessera's own API and
+//! MCP server are neither a target nor an audience whose tokens a client may exchange.
 
-use super::provider::{OAuthError, OpenIdProvider, delta, split_scope};
+use super::provider::{OAuthError, OpenIdProvider, split_scope};
 use super::tokens::{
-    AccessClaims, Actor, MAX_ACCESS_TOKEN_BYTES, TokenForm, TokenResponse, asked_scope, registered_scopes, user_claims,
+    AccessClaims, Actor, MAX_ACCESS_TOKEN_BYTES, TokenForm, TokenResponse, asked_scope, registered_scopes,
+    registered_target, user_claims,
 };
 use crate::domain::Client;
-use crate::service::validation::{API_RESOURCE_PATH, MCP_RESOURCE_PATH};
 use crate::store::ReadFrom;
 
 /// The token type of an access token (RFC 8693 section 3): the only one exchanged and issued.
@@ -25,7 +28,7 @@ pub const MAX_ACTORS: usize = 4;
 impl OpenIdProvider {
     /// Exchanges `form.subject_token`, one of Tessera's access tokens issued for `client` (its
     /// `aud` is the client's id or one of its registered resources), for one for `resource` (or
-    /// `audience`), another of the client's registered resources, with the scopes asked of the
+    /// `audience`), one of the client's registered resources (the same one too), with the scopes asked of the
     /// token's (all of them by default) that the client is registered for.
     pub(super) async fn exchange_token(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
         let now = crate::domain::now();
@@ -62,7 +65,7 @@ impl OpenIdProvider {
         // Tessera's own API and MCP server act on the user's connected accounts and identities:
         // they take only tokens the user authorized for them (the consent page names them), never
         // one a client got by exchange.
-        if self.is_own_resource(&target) {
+        if self.tessera_resource(&target).is_some() {
             return Err(OAuthError::invalid_target(
                 "Tessera's own API and MCP server take no exchanged token: the user authorizes the app for them",
             ));
@@ -77,9 +80,12 @@ impl OpenIdProvider {
         }
         // A token for Tessera's own API or MCP server is Tessera's: no client it reaches was its
         // audience, whatever it registered among its resources (to get such tokens of its own).
-        if claims.aud != client.id.as_str() && !client.resources.contains(&claims.aud)
-            || self.is_own_resource(&claims.aud)
-        {
+        if self.tessera_resource(&claims.aud).is_some() {
+            return Err(OAuthError::invalid_request(
+                "subject_token is for Tessera's own API or MCP server: it is no client's to exchange",
+            ));
+        }
+        if !client.is_audience(&claims.aud) {
             return Err(OAuthError::invalid_request(
                 "subject_token was not issued for this client: its aud is neither the client's id nor one of its \
                  registered resources",
@@ -110,44 +116,27 @@ impl OpenIdProvider {
         let profile = self.store.user_profile(grant.user_id, ReadFrom::Primary).await?;
         let profile = profile.filter(|p| !p.user.disabled).ok_or_else(invalid)?;
         let user = user_claims(&profile, &scopes);
-        // Never past the token exchanged, nor its grant.
-        let expires = (now + delta(client.access_token_ttl)).min(grant.expires_at).timestamp().min(claims.exp);
         let prior = claims.act.clone().unwrap_or_else(|| Actor { sub: claims.client_id.clone(), act: None });
+        let issued = self.user_access_claims(client, &grant, &user, scopes.join(" "), now);
         let exchanged = AccessClaims {
-            iss: self.issuer.clone(),
-            sub: claims.sub.clone(),
             aud: target,
-            exp: expires,
-            iat: now.timestamp(),
-            jti: uuid::Uuid::new_v4().to_string(),
-            client_id: client.id.to_string(),
-            scope: scopes.join(" "),
-            auth_time: Some(grant.auth_time.timestamp()),
-            gid: Some(grant.id),
-            email: user.email,
-            email_verified: user.email_verified,
-            teams: user.teams.map(|teams| teams.into_iter().map(|t| t.slug).collect()),
+            // Never past the token exchanged (nor, as any, its grant).
+            exp: issued.exp.min(claims.exp),
             client_registered_us: Some(client.created_at.timestamp_micros()),
             act: Some(Actor { sub: client.id.to_string(), act: Some(Box::new(prior)) }),
+            ..issued
         };
         let access_token = self.sign_access(client, &exchanged).await?;
         tracing::info!(client_id = %client.id, from_client = %claims.client_id, "token exchanged");
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer",
-            expires_in: u64::try_from(expires - now.timestamp()).unwrap_or(0),
+            expires_in: u64::try_from(exchanged.exp - now.timestamp()).unwrap_or(0),
             refresh_token: None,
             id_token: None,
             scope: exchanged.scope,
             issued_token_type: Some(ACCESS_TOKEN_TYPE),
         })
-    }
-}
-
-impl OpenIdProvider {
-    /// Whether `resource` is Tessera's own API or MCP server.
-    fn is_own_resource(&self, resource: &str) -> bool {
-        [API_RESOURCE_PATH, MCP_RESOURCE_PATH].iter().any(|path| resource == self.endpoint(path))
     }
 }
 
@@ -165,8 +154,5 @@ fn target(client: &Client, form: &TokenForm) -> Result<String, OAuthError> {
             ));
         }
     };
-    if !client.resources.iter().any(|r| r == target) {
-        return Err(OAuthError::invalid_target("resource is not one of the client's registered resources"));
-    }
-    Ok(target.to_owned())
+    registered_target(client, target)
 }

@@ -20,6 +20,22 @@ pub const REQUEST_TTL: Duration = Duration::from_secs(600);
 pub const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
 /// The longest parameter value accepted (a URI, a scope list, a state).
 pub const MAX_PARAM_LEN: usize = 2048;
+/// The resource (RFC 8707, a path under the public URL) for which Tessera's own access tokens
+/// act for their user on Tessera's REST API.
+pub const API_RESOURCE_PATH: &str = "/v1";
+/// The resource (a path under the public URL) of Tessera's MCP endpoint.
+pub const MCP_RESOURCE_PATH: &str = "/mcp";
+
+/// One of Tessera's own resources, whose tokens act for the user on their connected accounts
+/// and identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TesseraResource {
+    /// The REST API ([`API_RESOURCE_PATH`]).
+    Api,
+    /// The MCP endpoint ([`MCP_RESOURCE_PATH`]).
+    Mcp,
+}
+
 /// The scope that asks for access while the user is away (OpenID Connect Core, section 11): its
 /// grant is not bound to the browser session it came from.
 pub const OFFLINE_ACCESS: &str = "offline_access";
@@ -136,6 +152,15 @@ impl OpenIdProvider {
     /// An endpoint's URL under the issuer.
     pub fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.issuer)
+    }
+
+    /// Which of Tessera's own resources `resource` is, if any.
+    pub fn tessera_resource(&self, resource: &str) -> Option<TesseraResource> {
+        match resource.strip_prefix(self.issuer.as_str())? {
+            API_RESOURCE_PATH => Some(TesseraResource::Api),
+            MCP_RESOURCE_PATH => Some(TesseraResource::Mcp),
+            _ => None,
+        }
     }
 }
 

@@ -45,7 +45,7 @@ pub struct TokenForm {
     pub code_verifier: Option<String>,
     /// `refresh_token`: the token.
     pub refresh_token: Option<String>,
-    /// `refresh_token`, `client_credentials`: scopes (a subset).
+    /// `refresh_token`, `client_credentials`, token exchange: scopes (a subset).
     pub scope: Option<String>,
     /// The RFC 8707 resource: chosen by `client_credentials` and token exchange; for a code or
     /// a refresh, it may only name the grant's own.
@@ -128,8 +128,8 @@ pub struct AccessClaims {
     /// The slugs of the user's teams, default first (scope `teams`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teams: Option<Vec<String>>,
-    /// When its client was registered, in microseconds (`client_credentials` tokens): the
-    /// token counts for that registration only, not for a client registered again under the
+    /// When its client was registered, in microseconds (`client_credentials` tokens, and tokens
+    /// got by exchange, for the exchanging client): the token counts for that registration only, not for a client registered again under the
     /// same id — even within the same second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_registered_us: Option<i64>,
@@ -151,9 +151,9 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// The first actor of the chain: the client the user authorized.
-    pub fn first(&self) -> &Actor {
-        self.act.as_deref().map_or(self, Actor::first)
+    /// The innermost actor of the chain: the client the user authorized.
+    pub fn innermost(&self) -> &Actor {
+        self.act.as_deref().map_or(self, Actor::innermost)
     }
 
     /// How many actors the chain names.
@@ -164,9 +164,9 @@ impl Actor {
 
 impl AccessClaims {
     /// The client whose grant the token belongs to: its own, or for a token got by exchange,
-    /// the client the user authorized (the first actor).
+    /// the client the user authorized (the innermost actor).
     pub fn granted_client(&self) -> &str {
-        self.act.as_ref().map_or(self.client_id.as_str(), |act| act.first().sub.as_str())
+        self.act.as_ref().map_or(self.client_id.as_str(), |act| act.innermost().sub.as_str())
     }
 }
 
@@ -440,10 +440,7 @@ impl OpenIdProvider {
             None => allowed.into_iter().cloned().collect(),
         };
         let aud = match form.resource.as_deref() {
-            Some(resource) if client.resources.iter().any(|r| r == resource) => resource.to_owned(),
-            Some(_) => {
-                return Err(OAuthError::invalid_target("resource is not one of the client's registered resources"));
-            }
+            Some(resource) => registered_target(client, resource)?,
             None => client.id.to_string(),
         };
         let now = crate::domain::now();
@@ -496,26 +493,7 @@ impl OpenIdProvider {
             return Err(OAuthError::invalid_grant("the user is disabled or gone"));
         };
         let user = user_claims(&profile, &scopes);
-        // Never past the grant's own end: a resource server that verifies it locally, without
-        // asking about the grant, must not take it for longer than the grant lasts.
-        let expires = (now + delta(client.access_token_ttl)).min(grant.expires_at);
-        let claims = AccessClaims {
-            iss: self.issuer.clone(),
-            sub: grant.user_id.to_string(),
-            aud: grant.resource.clone().unwrap_or_else(|| client.id.to_string()),
-            exp: expires.timestamp(),
-            iat: now.timestamp(),
-            jti: uuid::Uuid::new_v4().to_string(),
-            client_id: client.id.to_string(),
-            scope,
-            auth_time: Some(grant.auth_time.timestamp()),
-            gid: Some(grant.id),
-            email: user.email.clone(),
-            email_verified: user.email_verified,
-            teams: user.teams.as_ref().map(|teams| teams.iter().map(|t| t.slug.clone()).collect()),
-            client_registered_us: None,
-            act: None,
-        };
+        let claims = self.user_access_claims(client, grant, &user, scope, now);
         let access_token = self.sign_access(client, &claims).await?;
         let id_token = if scopes.iter().any(|s| s == "openid") {
             let id = IdClaims {
@@ -542,12 +520,43 @@ impl OpenIdProvider {
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer",
-            expires_in: u64::try_from((expires - now).num_seconds()).unwrap_or(0),
+            expires_in: u64::try_from(claims.exp - now.timestamp()).unwrap_or(0),
             refresh_token,
             id_token,
             scope: claims.scope,
             issued_token_type: None,
         })
+    }
+
+    /// The claims of the access token `client` gets from `grant`, its user's `user` claims by
+    /// `scope`: for the grant's resource (or the client), lasting the client's access-token
+    /// lifetime but never past the grant's own end — a resource server that verifies it locally,
+    /// without asking about the grant, must not take it for longer than the grant lasts.
+    pub(super) fn user_access_claims(
+        &self,
+        client: &Client,
+        grant: &GrantRecord,
+        user: &UserClaims,
+        scope: String,
+        now: DateTime<Utc>,
+    ) -> AccessClaims {
+        AccessClaims {
+            iss: self.issuer.clone(),
+            sub: grant.user_id.to_string(),
+            aud: grant.resource.clone().unwrap_or_else(|| client.id.to_string()),
+            exp: (now + delta(client.access_token_ttl)).min(grant.expires_at).timestamp(),
+            iat: now.timestamp(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: client.id.to_string(),
+            scope,
+            auth_time: Some(grant.auth_time.timestamp()),
+            gid: Some(grant.id),
+            email: user.email.clone(),
+            email_verified: user.email_verified,
+            teams: user.teams.as_ref().map(|teams| teams.iter().map(|t| t.slug.clone()).collect()),
+            client_registered_us: None,
+            act: None,
+        }
     }
 
     pub(super) async fn sign_access(&self, client: &Client, claims: &AccessClaims) -> Result<String, OAuthError> {
@@ -606,8 +615,7 @@ impl OpenIdProvider {
     ///
     /// A token got by exchange counts besides only while the client that exchanged it is still
     /// registered for that (the same registration, the grant type, the token's audience among its
-    /// resources), and every client before it in the chain still may exchange: deleting or
-    /// narrowing one ends the tokens got through it, as for its own.
+    /// resources), and every client before it in the chain still exists and may exchange.
     pub async fn access_grant(&self, claims: &AccessClaims) -> Result<Option<GrantRecord>, StoreError> {
         let Some(gid) = claims.gid else { return Ok(None) };
         if let Some(act) = &claims.act {
@@ -615,7 +623,7 @@ impl OpenIdProvider {
             if act.sub != claims.client_id || !exchanger.is_some_and(|client| exchanged_token_counts(claims, &client)) {
                 return Ok(None);
             }
-            // The clients between it and the app the user authorized (the last actor).
+            // The clients between it and the app the user authorized (the innermost actor).
             let mut prior = act.act.as_deref();
             while let Some(actor) = prior.filter(|actor| actor.act.is_some()) {
                 let client = self.clients.get(&actor.sub).await?;
@@ -676,10 +684,7 @@ impl OpenIdProvider {
         let inactive = serde_json::json!({ "active": false });
         match self.named(token, false).await? {
             Named::Access(claims) => {
-                let audience = claims.client_id == client.id.as_str()
-                    || claims.aud == client.id.as_str()
-                    || client.resources.contains(&claims.aud);
-                if !audience {
+                if claims.client_id != client.id.as_str() && !client.is_audience(&claims.aud) {
                     return Ok(inactive);
                 }
                 if !self.access_grant_active(&claims).await? {
@@ -750,8 +755,7 @@ impl OpenIdProvider {
                 // again — has nothing to refuse either.)
                 if claims.client_id == client.id.as_str()
                     && claims.exp > now.timestamp()
-                    && exchanged_token_counts(&claims, client)
-                    && self.access_grant(&claims).await?.is_some_and(|grant| grant.active)
+                    && self.access_grant_active(&claims).await?
                 {
                     return Err(OAuthError::unsupported_token_type(
                         "a token got by token exchange cannot be revoked: it counts until its `exp`, or until \
@@ -894,7 +898,7 @@ fn still_registered(client: &Client, grant: &GrantRecord) -> Result<(), OAuthErr
         return Err(no_scope_left());
     }
     let offline = split_scope(&grant.scope).iter().any(|s| s == OFFLINE_ACCESS);
-    if grant.resource.as_ref().is_some_and(|r| !client.resources.contains(r))
+    if grant.resource.as_ref().is_some_and(|r| !client.has_resource(r))
         || (offline && !client.scopes.iter().any(|s| s == OFFLINE_ACCESS))
     {
         return Err(OAuthError::invalid_grant(
@@ -913,6 +917,14 @@ pub(super) fn registered_scopes(client: &Client, scope: &str) -> Vec<String> {
     split_scope(scope).into_iter().filter(|s| client.scopes.contains(s)).collect()
 }
 
+/// `resource`, when `client` registered it (RFC 8707); else `invalid_target`.
+pub(super) fn registered_target(client: &Client, resource: &str) -> Result<String, OAuthError> {
+    if !client.has_resource(resource) {
+        return Err(OAuthError::invalid_target("resource is not one of the client's registered resources"));
+    }
+    Ok(resource.to_owned())
+}
+
 /// RFC 8707 section 2.2: a code or refresh token yields tokens for the resource it was granted
 /// for; asking for another is `invalid_target`, not a token whose audience the caller did not ask.
 fn same_resource(form: &TokenForm, grant: &GrantRecord) -> Result<(), OAuthError> {
@@ -924,7 +936,7 @@ fn same_resource(form: &TokenForm, grant: &GrantRecord) -> Result<(), OAuthError
     }
 }
 
-/// The scopes a refresh or `client_credentials` request asks for, when it names `scope`: one
+/// The scopes a refresh, `client_credentials` or token-exchange request asks for, when it names `scope`: one
 /// longer than the authorization endpoint takes is `invalid_request` (before it is split), one
 /// that names no scope `invalid_scope`, as there.
 pub(super) fn asked_scope(form: &TokenForm) -> Result<Option<Vec<String>>, OAuthError> {
@@ -939,7 +951,7 @@ pub(super) fn asked_scope(form: &TokenForm) -> Result<Option<Vec<String>>, OAuth
     Ok(Some(asked))
 }
 
-pub(super) fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError> {
+fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError> {
     match value.as_deref() {
         Some(v) if !v.is_empty() && v.len() <= MAX_PARAM_LEN => Ok(v),
         Some(v) if !v.is_empty() => Err(OAuthError::invalid_request(format!("{name} is too long"))),
@@ -1055,7 +1067,7 @@ fn exchanged_token_counts(claims: &AccessClaims, client: &Client) -> bool {
     claims.client_registered_us.is_some()
         && same_registration(claims, client)
         && client.allows(GrantType::TokenExchange)
-        && client.resources.contains(&claims.aud)
+        && client.has_resource(&claims.aud)
 }
 
 /// Whether `claims` were issued to the registration of `client`'s id that stands now.
