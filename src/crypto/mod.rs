@@ -99,6 +99,21 @@ pub fn derive_key(key: &[u8], label: &str, salt: &[u8]) -> [u8; 32] {
     context.sign().as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
 }
 
+/// The one algorithm a JWK of type `kty` on curve `crv` signs with: an EC or OKP key signs with
+/// its curve's only (a P-384 key is no ES256 key). `Some(None)` for an EC or OKP key on a curve
+/// none of the verified algorithms uses; `None` for the other key types (RSA), whose algorithm
+/// the curve does not say.
+pub fn curve_algorithm(kty: Option<&str>, crv: Option<&str>) -> Option<Option<jsonwebtoken::Algorithm>> {
+    use jsonwebtoken::Algorithm;
+    match (kty?, crv) {
+        ("EC", Some("P-256")) => Some(Some(Algorithm::ES256)),
+        ("EC", Some("P-384")) => Some(Some(Algorithm::ES384)),
+        ("OKP", Some("Ed25519")) => Some(Some(Algorithm::EdDSA)),
+        ("EC" | "OKP", _) => Some(None),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

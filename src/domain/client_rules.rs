@@ -520,8 +520,8 @@ pub struct ClientKey {
     pub alg: Option<Algorithm>,
     /// Its family (RSA, EC, OKP).
     pub family: AlgorithmFamily,
-    /// An EC key's curve, as the one algorithm it verifies (`Some(None)`: a curve Tessera does
-    /// not verify, P-521); `None` for the other families.
+    /// An EC or OKP key's curve, as the one algorithm it verifies (`Some(None)`: a curve Tessera
+    /// does not verify, P-521 say); `None` for RSA (see [`crate::crypto::curve_algorithm`]).
     pub curve: Option<Option<Algorithm>>,
     /// The verification key.
     pub key: DecodingKey,
@@ -540,13 +540,13 @@ impl ClientKey {
         alg.family() == self.family && self.alg.is_none_or(|a| a == alg) && self.curve.is_none_or(|c| c == Some(alg))
     }
 
-    /// Why it could never verify an assertion, if so: an EC key of a curve Tessera does not
-    /// verify, or whose `alg` is not its curve's.
+    /// Why it could never verify an assertion, if so: an EC or OKP key of a curve Tessera does
+    /// not verify, or whose `alg` is not its curve's.
     pub fn problem(&self) -> Option<&'static str> {
         match self.curve? {
-            None => Some("an EC key's `crv` must be P-256 or P-384"),
+            None => Some("a key's `crv` must be P-256 or P-384 (EC) or Ed25519 (OKP)"),
             Some(curve) if self.alg.is_some_and(|a| a != curve) => {
-                Some("its `alg` does not fit its curve (ES256 is P-256, ES384 is P-384)")
+                Some("its `alg` does not fit its curve (ES256 is P-256, ES384 is P-384, EdDSA is Ed25519)")
             }
             Some(_) => None,
         }
@@ -610,15 +610,11 @@ fn client_key(value: &Value) -> Result<ClientKey, String> {
     if alg.is_some_and(|a| a.family() != family) {
         return Err("its `alg` does not fit its key type".into());
     }
-    // An EC key verifies the one algorithm of its curve (see [`ClientKey::problem`]).
-    let curve = match &jwk.algorithm {
-        jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec) => Some(match ec.curve {
-            jsonwebtoken::jwk::EllipticCurve::P256 => Some(Algorithm::ES256),
-            jsonwebtoken::jwk::EllipticCurve::P384 => Some(Algorithm::ES384),
-            _ => None,
-        }),
-        _ => None,
-    };
+    // An EC or OKP key verifies the one algorithm of its curve (see [`ClientKey::problem`]).
+    let curve = crate::crypto::curve_algorithm(
+        object.get("kty").and_then(Value::as_str),
+        object.get("crv").and_then(Value::as_str),
+    );
     let kid = match object.get("kid") {
         None => None,
         Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= 256 => Some(kid.clone()),

@@ -615,12 +615,13 @@ fn parse_jwk(value: &Value) -> Option<VerificationKey> {
     };
     // An elliptic curve key signs with one algorithm, its curve's: a P-384 key is not an ES256
     // candidate although both are EC (and a curve no algorithm here uses is no key at all).
-    let curve = match (value.get("kty").and_then(Value::as_str), value.get("crv").and_then(Value::as_str)) {
-        (Some("EC"), Some("P-256")) => Some(Algorithm::ES256),
-        (Some("EC"), Some("P-384")) => Some(Algorithm::ES384),
-        (Some("OKP"), Some("Ed25519")) => Some(Algorithm::EdDSA),
-        (Some("EC" | "OKP"), _) => return None,
-        _ => None,
+    let curve = match crate::crypto::curve_algorithm(
+        value.get("kty").and_then(Value::as_str),
+        value.get("crv").and_then(Value::as_str),
+    ) {
+        Some(None) => return None,
+        Some(curve) => curve,
+        None => None,
     };
     if named.is_some() && curve.is_some() && named != curve {
         return None;
