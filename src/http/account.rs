@@ -389,12 +389,16 @@ async fn unlink_identity(
     act(&state, &headers, &body, async |live| {
         super::caller::require_recent(live)?;
         let user = live.profile.user.id;
+        let identity = parse_identity(&identity)?;
         let sign_in = state.flows.providers().sign_in_issuers();
-        let unlinked = state
-            .provisioner
-            .unlink_identity(user, parse_identity(&identity)?, &sign_in, super::audit::request_id(&headers))
-            .await;
+        let unlinked =
+            state.provisioner.unlink_identity(user, identity, &sign_in, super::audit::request_id(&headers)).await;
         match unlinked {
+            // The session's own sign-in method: the unlink ended this session too, so the
+            // chooser says why the browser must sign in again.
+            Ok(_) if live.record.identity_id == Some(identity) => {
+                Ok(crate::http::login::SIGNED_OUT_BY_UNLINK.to_owned())
+            }
             // Gone already (a double click whose first answer the browser dropped, another tab):
             // the end asked for, as for an app's removal.
             Ok(_) | Err(IdentityError::NotFound) => Ok("/account?done=unlinked".to_owned()),

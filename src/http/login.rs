@@ -35,7 +35,13 @@ pub fn routes() -> Router<Arc<AppState>> {
 struct LoginQuery {
     return_to: Option<String>,
     email: Option<String>,
+    /// Why the browser was sent here, for a notice: `unlinked` (the sign-in method its session
+    /// signed in with was removed, which ended the session). Other values are ignored.
+    done: Option<String>,
 }
+
+/// The account page's link to the chooser after unlinking the sign-in method of its own session.
+pub const SIGNED_OUT_BY_UNLINK: &str = "/login?return_to=%2Faccount&done=unlinked";
 
 /// A provider button.
 #[derive(Debug, Clone)]
@@ -137,7 +143,25 @@ async fn show_login(
         Ok(ApiQuery(query)) => query,
         Err(error) => return state.pages.error(&headers, error),
     };
+    let email = query.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
+    if email.is_none() && query.done.as_deref() == Some("unlinked") {
+        let return_to = match checked_return_to(&state, query.return_to.as_deref()) {
+            Ok(checked) => checked,
+            Err(error) => return state.pages.error(&headers, error),
+        };
+        let notice = "The sign-in method you had signed in with was removed, so you are signed out here. \
+                      Sign in with one of the methods still linked to your account.";
+        return chooser(&state, return_to.as_deref(), "", Some((notice.to_owned(), false)));
+    }
     discover(&state, &headers, query.return_to.as_deref(), query.email.as_deref()).await
+}
+
+/// `return_to` as the sign-in flow would take it (absent when empty).
+fn checked_return_to(state: &AppState, return_to: Option<&str>) -> Result<Option<String>, ApiError> {
+    match return_to.filter(|r| !r.is_empty()) {
+        Some(value) => Ok(Some(state.sign_in.check_return_to(value)?.as_str().to_owned())),
+        None => Ok(None),
+    }
 }
 
 /// The chooser's email form, posted so that the address stays out of the URL (and so out of
@@ -172,12 +196,9 @@ fn one<'a>(fields: &'a [(String, String)], name: &str) -> Result<Option<&'a str>
 
 /// Home-realm discovery: the chooser, or straight to the provider the email's team signs in with.
 async fn discover(state: &AppState, headers: &HeaderMap, return_to: Option<&str>, email: Option<&str>) -> Response {
-    let return_to = match return_to.filter(|r| !r.is_empty()) {
-        Some(value) => match state.sign_in.check_return_to(value) {
-            Ok(checked) => Some(checked.as_str().to_owned()),
-            Err(error) => return state.pages.error(headers, error.into()),
-        },
-        None => None,
+    let return_to = match checked_return_to(state, return_to) {
+        Ok(checked) => checked,
+        Err(error) => return state.pages.error(headers, error),
     };
     let Some(email_text) = email.map(str::trim).filter(|e| !e.is_empty()) else {
         return chooser(state, return_to.as_deref(), "", None);

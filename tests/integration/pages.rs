@@ -353,6 +353,18 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     let refused = browser.form(&w.app.url(&format!("/account/identities/{last}/unlink")), &[("csrf", &token)]).await;
     let page = html(refused, StatusCode::CONFLICT).await;
     assert!(page.contains("You cannot remove your only sign-in method"), "{page}");
+
+    // With another linked again, removing the one this browser signed in with ends its session:
+    // the chooser says why.
+    let start = browser.request_from("same-origin", Method::GET, &link).await;
+    let back = browser.get(&location(&start)).await;
+    assert_eq!(location(&browser.get(&location(&back)).await), "/account?done=linked");
+    let own = browser.form(&w.app.url(&format!("/account/identities/{last}/unlink")), &[("csrf", &token)]).await;
+    assert_eq!(location(&own), "/login?return_to=%2Faccount&done=unlinked");
+    let page = html(browser.navigate(&w.app.url(&location(&own))).await, StatusCode::OK).await;
+    assert!(page.contains("you had signed in with was removed, so you are signed out"), "{page}");
+    assert!(page.contains("name=\"return_to\" value=\"/account\""), "{page}");
+    assert_eq!(location(&browser.navigate(&w.app.url("/account")).await), "/login?return_to=%2Faccount");
 }
 
 /// Another site (or a link opened from an app) cannot make a signed-in browser sign in again
