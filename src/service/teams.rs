@@ -12,8 +12,8 @@ use crate::domain::{DomainClaim, DomainName, Email, Issuer, Role, Slug, Team, Te
 use crate::error::{ErrorCode, PublicError};
 pub use crate::store::MemberWrite;
 use crate::store::{
-    ClaimOutcome, CreateTeamOutcome, DeleteTeamOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store, StoreError,
-    TeamMember, TeamQuery,
+    ActingRefusal, ClaimOutcome, CreateTeamOutcome, DeleteTeamOutcome, MemberOutcome, ReadFrom, RemoveOutcome, Store,
+    StoreError, TeamMember, TeamQuery,
 };
 use crate::upstream::issuers::IssuerRegistry;
 
@@ -205,9 +205,7 @@ impl Teams {
             RemoveOutcome::RemovedWithTeam => Ok(true),
             RemoveOutcome::NotMember => Err(TeamError::MemberNotFound),
             RemoveOutcome::LastOwner => Err(TeamError::LastOwner),
-            // Leaving needs no right but an enabled membership.
-            RemoveOutcome::NotAllowed if acting_was_user => Err(TeamError::UserDisabled),
-            RemoveOutcome::NotAllowed => Err(TeamError::NotOwner),
+            RemoveOutcome::NotAllowed(refusal) => Err(refused(refusal)),
             RemoveOutcome::TeamNotFound => Err(TeamError::TeamNotFound),
         }
     }
@@ -357,6 +355,17 @@ impl Teams {
     }
 }
 
+/// The acting user's loss of the right the request was let in with, as a change's transaction
+/// found it: as the gate before would have answered (a team that is not theirs does not
+/// exist for them; a disabled user acts in nothing).
+fn refused(refusal: ActingRefusal) -> TeamError {
+    match refusal {
+        ActingRefusal::NotOwner => TeamError::NotOwner,
+        ActingRefusal::NotMember => TeamError::TeamNotFound,
+        ActingRefusal::Disabled => TeamError::UserDisabled,
+    }
+}
+
 /// What a membership write did, or why it did nothing.
 fn member_change(outcome: MemberOutcome) -> Result<MemberChange, TeamError> {
     match outcome {
@@ -365,7 +374,7 @@ fn member_change(outcome: MemberOutcome) -> Result<MemberChange, TeamError> {
         MemberOutcome::Unchanged => Ok(MemberChange::Unchanged),
         MemberOutcome::UserNotFound => Err(TeamError::UserNotFound),
         MemberOutcome::LastOwner => Err(TeamError::LastOwner),
-        MemberOutcome::NotAllowed => Err(TeamError::NotOwner),
+        MemberOutcome::NotAllowed(refusal) => Err(refused(refusal)),
         MemberOutcome::TeamNotFound => Err(TeamError::TeamNotFound),
         MemberOutcome::NotMember => Err(TeamError::MemberNotFound),
     }

@@ -653,8 +653,9 @@ pub enum MemberOutcome {
     UserNotFound,
     /// The user is the team's last owner and the new role is not owner; nothing changed.
     LastOwner,
-    /// The acting user is not (or no longer) an owner of the team; nothing changed.
-    NotAllowed,
+    /// The acting user is not (or no longer) an enabled owner of the team, for the reason
+    /// given; nothing changed.
+    NotAllowed(ActingRefusal),
     /// The team was deleted meanwhile (with its last member); nothing changed.
     TeamNotFound,
     /// The user is not a member ([`MemberWrite::RoleOnly`] only); nothing changed.
@@ -673,11 +674,23 @@ pub enum RemoveOutcome {
     NotMember,
     /// The user is the team's last owner; nothing changed.
     LastOwner,
-    /// The acting user is not (or no longer) an owner of the team, or, leaving it, is disabled;
-    /// nothing changed.
-    NotAllowed,
+    /// The acting user is not (or no longer) an enabled owner of the team, or, leaving it, is
+    /// disabled ([`ActingRefusal::Disabled`]); nothing changed.
+    NotAllowed(ActingRefusal),
     /// The team was deleted meanwhile (with its last member); nothing changed.
     TeamNotFound,
+}
+
+/// Why the acting user may not change a team's members, as the change's transaction reads it
+/// (it may differ from what the request's credential said a moment before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActingRefusal {
+    /// A member, but not an owner (demoted meanwhile).
+    NotOwner,
+    /// Not a member (removed meanwhile, or never was).
+    NotMember,
+    /// Disabled (meanwhile: a credential another instance's cache still takes).
+    Disabled,
 }
 
 /// The key of the one-pending-profile rules.

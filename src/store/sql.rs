@@ -25,12 +25,12 @@ use super::rows::{
     user_columns,
 };
 use super::{
-    Activated, Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync, ConnectToken,
-    CreateOutcome, DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, IdentitySession, LinkOutcome,
-    LoginState, MemberOutcome, MemberWrite, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession, NewTeam,
-    PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement, Revocation,
-    SecretKind, SessionOfIdentity, SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError, StoredSecret,
-    UnlinkOutcome, UserSession, Waiting, WebhookChange, WebhookKeys, decode_kind, decode_role,
+    ActingRefusal, Activated, Activation, Attempt, ClaimOutcome, ClientInsert, ClientUpdate, ConfigClientSync,
+    ConnectToken, CreateOutcome, DataReport, DefaultTeam, EncryptedTokens, FanOut, IdentityMatch, IdentitySession,
+    LinkOutcome, LoginState, MemberOutcome, MemberWrite, MigrationStatus, NewAccount, NewEvent, NewLink, NewSession,
+    NewTeam, PendingKey, ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, ReplicaLag, Retirement,
+    Revocation, SecretKind, SessionOfIdentity, SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError,
+    StoredSecret, UnlinkOutcome, UserSession, Waiting, WebhookChange, WebhookKeys, decode_kind, decode_role,
 };
 use super::{
     CodeRecord, GrantAt, GrantRecord, HeldFor, HeldRequest, NewCode, NewGrant, RedeemOutcome, RotateOutcome, UserApp,
@@ -467,9 +467,9 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(RemoveOutcome::TeamNotFound);
         }
-        if !leaving && !acting_owner(&mut tx, team, acting).await? {
+        if !leaving && let Some(refusal) = acting_owner(&mut tx, team, acting).await? {
             tx.rollback().await?;
-            return Ok(RemoveOutcome::NotAllowed);
+            return Ok(RemoveOutcome::NotAllowed(refusal));
         }
         let Some(Standing { role, disabled, sole_owner, alone }) = standing(&mut tx, team, user).await? else {
             tx.rollback().await?;
@@ -480,7 +480,7 @@ impl SqlStore {
         // nothing, and leaving alone would delete the team.
         if leaving && disabled {
             tx.rollback().await?;
-            return Ok(RemoveOutcome::NotAllowed);
+            return Ok(RemoveOutcome::NotAllowed(ActingRefusal::Disabled));
         }
         if sole_owner {
             if leaving && alone {
@@ -746,11 +746,24 @@ pub(super) async fn lock_team(tx: &mut Tx, team: TeamId) -> Result<bool, StoreEr
     Ok(row.is_some())
 }
 
-/// Whether `acting` (none: the admin API) may change the team's members: an enabled owner of
-/// it ([`enabled_member_role`]), read in `tx` after the team's row lock.
-async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Result<bool, StoreError> {
-    let Some(user) = acting else { return Ok(true) };
-    Ok(enabled_member_role(tx, team, user).await? == Some(Role::Owner))
+/// Why `acting` (none: the admin API) may not change the team's members, `None` when it may:
+/// an enabled owner of it (as [`enabled_member_role`] reads a disable), read in `tx` after the
+/// team's row lock.
+async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Result<Option<ActingRefusal>, StoreError> {
+    let Some(user) = acting else { return Ok(None) };
+    let row = query(
+        "SELECT m.role, u.disabled FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.team_id = $1 AND m.user_id = $2",
+    )
+    .bind(team.as_uuid())
+    .bind(user.as_uuid())
+    .fetch_optional(tx)
+    .await?;
+    let Some(row) = row else { return Ok(Some(ActingRefusal::NotMember)) };
+    if row.flag("disabled")? {
+        return Ok(Some(ActingRefusal::Disabled));
+    }
+    Ok((decode_role(&row.text("role")?)? != Role::Owner).then_some(ActingRefusal::NotOwner))
 }
 
 /// The role of `by` in profile `id`'s team when `by` has `right` on it ([`ProfileKind::allows`]);
@@ -2205,9 +2218,9 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(MemberOutcome::TeamNotFound);
         }
-        if !acting_owner(&mut tx, team, acting).await? {
+        if let Some(refusal) = acting_owner(&mut tx, team, acting).await? {
             tx.rollback().await?;
-            return Ok(MemberOutcome::NotAllowed);
+            return Ok(MemberOutcome::NotAllowed(refusal));
         }
         if let Some(Standing { role: previous, sole_owner, .. }) = standing(&mut tx, team, user).await? {
             if how == MemberWrite::Join {

@@ -18,12 +18,12 @@ use tessera::domain::{
 use tessera::service::provisioning::team_plan;
 use tessera::service::webhooks::{REPLAY_PAGE, Webhooks};
 use tessera::store::{
-    Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome, CredentialOutcome,
-    CredentialWrite, DataReport, DefaultTeam, DeleteUserOutcome, EncryptedTokens, LinkOutcome, LoginState,
-    MemberOutcome, MemberWrite, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets, ReadFrom,
-    RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionOfIdentity, SessionRecord, SessionStart,
-    SigningKeyRecord, Store, StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome, UserChange,
-    UserQuery, UserSession, UserUpdate,
+    ActingRefusal, Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome,
+    CredentialOutcome, CredentialWrite, DataReport, DefaultTeam, DeleteUserOutcome, EncryptedTokens, LinkOutcome,
+    LoginState, MemberOutcome, MemberWrite, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets,
+    ReadFrom, RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionOfIdentity, SessionRecord,
+    SessionStart, SigningKeyRecord, Store, StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome,
+    UserChange, UserQuery, UserSession, UserUpdate,
 };
 use tessera::store::{
     DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileUpdate, ReplayPage, Revocation, Waiting, WebhookChange,
@@ -1382,8 +1382,11 @@ async fn only_a_current_owner_changes_members(backend: Backend) {
     // member, even as an owner on record.
     set_user_disabled(&store, bob.id(), true, now()).await.unwrap();
     let put = store.write_member(team, Some(bob.id()), cat.id(), Role::Owner, now(), MemberWrite::Put).await.unwrap();
-    assert_eq!(put, MemberOutcome::NotAllowed);
-    assert_eq!(store.remove_member(team, Some(bob.id()), ada.id()).await.unwrap(), RemoveOutcome::NotAllowed);
+    assert_eq!(put, MemberOutcome::NotAllowed(ActingRefusal::Disabled));
+    assert_eq!(
+        store.remove_member(team, Some(bob.id()), ada.id()).await.unwrap(),
+        RemoveOutcome::NotAllowed(ActingRefusal::Disabled)
+    );
     assert_eq!(role_in(&store, &ada.team, cat.id()).await, Some(Role::Member));
     assert_eq!(role_in(&store, &ada.team, ada.id()).await, Some(Role::Owner));
     set_user_disabled(&store, bob.id(), false, now()).await.unwrap();
@@ -1394,15 +1397,21 @@ async fn only_a_current_owner_changes_members(backend: Backend) {
         MemberOutcome::Updated
     );
     let put = store.write_member(team, Some(bob.id()), bob.id(), Role::Owner, now(), MemberWrite::Put).await.unwrap();
-    assert_eq!(put, MemberOutcome::NotAllowed);
-    assert_eq!(store.remove_member(team, Some(bob.id()), cat.id()).await.unwrap(), RemoveOutcome::NotAllowed);
+    assert_eq!(put, MemberOutcome::NotAllowed(ActingRefusal::NotOwner));
+    assert_eq!(
+        store.remove_member(team, Some(bob.id()), cat.id()).await.unwrap(),
+        RemoveOutcome::NotAllowed(ActingRefusal::NotOwner)
+    );
     assert_eq!(role_in(&store, &ada.team, bob.id()).await, Some(Role::Member));
     assert_eq!(role_in(&store, &ada.team, cat.id()).await, Some(Role::Member));
     // Removed, likewise; someone who never was a member neither.
     assert_eq!(store.remove_member(team, Some(ada.id()), bob.id()).await.unwrap(), RemoveOutcome::Removed);
     let back = store.write_member(team, Some(bob.id()), bob.id(), Role::Owner, now(), MemberWrite::Put).await.unwrap();
-    assert_eq!(back, MemberOutcome::NotAllowed);
-    assert_eq!(store.remove_member(team, Some(UserId::generate()), cat.id()).await.unwrap(), RemoveOutcome::NotAllowed);
+    assert_eq!(back, MemberOutcome::NotAllowed(ActingRefusal::NotMember));
+    assert_eq!(
+        store.remove_member(team, Some(UserId::generate()), cat.id()).await.unwrap(),
+        RemoveOutcome::NotAllowed(ActingRefusal::NotMember)
+    );
     assert_eq!(role_in(&store, &ada.team, bob.id()).await, None);
 }
 
@@ -1819,7 +1828,7 @@ async fn a_user_disabled_meanwhile_cannot_leave_a_team_nor_delete_it(backend: Ba
     assert_eq!(store.create_team(&lab, None, at).await.unwrap(), CreateTeamOutcome::Created(lab.clone()));
     join(&store, &lab, ada.id(), Role::Owner, at).await;
     set_user_disabled(&store, ada.id(), true, at).await.unwrap();
-    assert_eq!(store.leave_team(lab.id, ada.id()).await.unwrap(), RemoveOutcome::NotAllowed);
+    assert_eq!(store.leave_team(lab.id, ada.id()).await.unwrap(), RemoveOutcome::NotAllowed(ActingRefusal::Disabled));
     assert!(store.find_team(&TeamRef::Id(lab.id)).await.unwrap().is_some(), "the team stays");
     // Enabled again, she leaves, alone, and the team goes with her; one who is not a member is
     // told so.
