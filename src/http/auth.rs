@@ -104,7 +104,10 @@ async fn start_login(
     // in as someone else. The browser is asked first; signing in again from this origin's pages
     // (the question's own link, the chooser) goes ahead.
     if !csrf::from_our_pages(&headers) {
-        match pages::live_session(&state, &headers, "/login").await {
+        // (A failure to read the session tries this sign-in's chooser again, keeping where it
+        // was going.)
+        let here = pages::login_url(query.return_to.as_deref());
+        match pages::live_session(&state, &headers, &here).await {
             Ok(Some((live, _))) => {
                 return already_signed_in(
                     &state,
@@ -202,7 +205,7 @@ pub(super) fn already_signed_in(
     live: &crate::service::sessions::LiveSession,
 ) -> Response {
     let signed_in = errors::Context { return_to: None, signed_in: true, retry: None };
-    let provider = match state.flows.provider(provider) {
+    let provider = match state.flows.sign_in_provider(provider) {
         Ok(found) => Some(found.name().to_owned()),
         // None named, and no default among several: signing in anew goes through the chooser.
         Err(_) if provider.is_none() => None,
@@ -407,7 +410,7 @@ async fn confirm_link(
         Err(response) => return response,
     };
     let signed_in = errors::Context { return_to: None, signed_in: true, retry: None };
-    let provider = match state.flows.provider(query.provider.as_deref()) {
+    let provider = match state.flows.sign_in_provider(query.provider.as_deref()) {
         Ok(provider) => provider.name().to_owned(),
         Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
     };
@@ -456,12 +459,17 @@ async fn start_link_form(
     if let Err(error) = csrf::check(&headers, &session, csrf::field(&fields, csrf::FIELD)) {
         return state.pages.error(&headers, error);
     }
+    let (provider, return_to) = (csrf::field(&fields, "provider"), csrf::field(&fields, "return_to"));
     if let Err(error) = require_recent(&live) {
-        let context = errors::Context { return_to: Some("/account".into()), signed_in: false, retry: None };
+        // Signed in again, the browser comes back to this link (asked to confirm it again).
+        let again = match provider {
+            Some(provider) => super::login::provider_href("link", provider, return_to.filter(|to| !to.is_empty())),
+            None => "/account".to_owned(),
+        };
+        let context = errors::Context { return_to: Some(again), signed_in: true, retry: None };
         return state.pages.error_in(&headers, error, &context);
     }
-    let user = live.record.user_id;
-    begin_link(&state, &headers, user, csrf::field(&fields, "provider"), csrf::field(&fields, "return_to")).await
+    begin_link(&state, &headers, live.record.user_id, provider, return_to).await
 }
 
 /// Starts the link flow of `user`: to the provider, with the flow's cookie.

@@ -216,11 +216,7 @@ impl SignIn {
         link_user: Option<UserId>,
         fresh_login: bool,
     ) -> Result<Started, SignInError> {
-        let provider = self.flows.provider(provider)?;
-        // A provider for connected accounts only (its account is a workspace) signs no one in.
-        if !provider.config().protocol.sign_in {
-            return Err(FlowError::UnknownProvider(provider.name().to_owned()).into());
-        }
+        let provider = self.flows.sign_in_provider(provider)?;
         // An empty `return_to` (an app's template left it unfilled) is none, as at `/login`.
         let return_to = match return_to.filter(|value| !value.is_empty()) {
             Some(value) => ReturnTo::parse(value, &self.return_to_origins).map_err(|_| SignInError::InvalidReturnTo)?,

@@ -233,6 +233,16 @@ impl OAuthFlows {
         self.providers.get(name).ok_or_else(|| FlowError::UnknownProvider(name.unwrap_or("(default)").to_owned()))
     }
 
+    /// A provider people sign in with (or link), by name (`None`: the default one): one for
+    /// connected accounts only (its account is a workspace) signs no one in, and is not found.
+    pub fn sign_in_provider(&self, name: Option<&str>) -> Result<&Arc<dyn Provider>, FlowError> {
+        let provider = self.provider(name)?;
+        if !provider.config().protocol.sign_in {
+            return Err(FlowError::UnknownProvider(provider.name().to_owned()));
+        }
+        Ok(provider)
+    }
+
     /// The callback URL of a provider.
     pub fn callback_url(&self, provider: &str) -> Url {
         let base = self.public_url.as_ref().map_or("http://127.0.0.1", |u| u.as_str()).trim_end_matches('/');

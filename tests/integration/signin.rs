@@ -1173,6 +1173,8 @@ async fn changing_sign_in_methods_needs_a_recent_sign_in(backend: Backend) {
     second.set_client(CLIENT_ID, CLIENT_SECRET);
     let w = world_with(backend, |config, _| {
         config.providers.push(provider("second", ProviderKind::Oidc, &second));
+        // For connected accounts only: nobody signs in or links with it.
+        config.providers.push(crate::profile_actions::plain_provider(&second));
         // No cached copy of the session: each request reads its stored sign-in time.
         config.cache.principal_ttl = Duration::ZERO;
     })
@@ -1209,12 +1211,22 @@ async fn changing_sign_in_methods_needs_a_recent_sign_in(backend: Backend) {
     // Nor the form a cross-site link's start asks with (its CSRF token is the session's).
     let link = browser.form(&w.app.url("/auth/link"), &[("csrf", &token), ("provider", "second")]).await;
     assert_eq!(link.status(), StatusCode::FORBIDDEN);
+    // Its page's way on signs in again and comes back to this link (to be confirmed again).
+    let page = link.text().await.unwrap();
+    assert!(page.contains("href=\"/login?return_to=%2Fauth%2Flink%3Fprovider%3Dsecond\""), "{page}");
     let me = body(browser.me(&w.app).await, 200).await;
     assert_eq!((me["identities"].as_array().unwrap().len(), &me["primary_identity_id"]), (2, &json!(first_id)));
     // Signed in again: the change goes through.
     browser.sign_in(&w.app, "").await;
     let made = browser.request(Method::POST, &primary).await;
     assert_eq!(body(made, 200).await["primary_identity_id"], second_id);
+    // A provider for connected accounts only is not one to link or sign in with, asked from
+    // another site: not found at once, rather than a page whose button then fails.
+    for path in ["/auth/link?provider=plain", "/auth/login?provider=plain"] {
+        let page = browser.request_from("cross-site", Method::GET, &w.app.url(path)).await;
+        assert_eq!(page.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(page.text().await.unwrap().contains("unknown_provider"), "{path}");
+    }
 }
 
 async fn identities_can_be_chosen_and_unlinked_but_not_the_last(backend: Backend) {

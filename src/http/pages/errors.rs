@@ -37,6 +37,16 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         LinkRequired => {
             let link = error.extension("link_url").unwrap_or("/account");
             let provider = crate::http::login::provider_label(&provider_of(link));
+            // The link goes on to where the sign-in was going (an app's request, say), which
+            // the link flow checks again.
+            let link = match context.return_to.as_deref() {
+                Some(to) if to != "/" && link.starts_with("/auth/link?") => {
+                    let to: String = url::form_urlencoded::byte_serialize(to.as_bytes()).collect();
+                    format!("{link}&return_to={to}")
+                }
+                _ => link.to_owned(),
+            };
+            let link = link.as_str();
             (
                 "You already have an account",
                 format!(
@@ -98,7 +108,7 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         UnknownProvider | InvalidProvider => (
             "That sign-in method is not available",
             "The sign-in method in the link you followed is not set up here.".into(),
-            vec![("Choose how to sign in", login_url(None))],
+            vec![("Choose how to sign in", sign_in.clone())],
         ),
         InvalidReturnTo => (
             "This sign-in link cannot be used",
@@ -147,7 +157,7 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         UserDisabled => (
             "Your account is disabled",
             "An administrator has disabled this account. Contact support if you think this is a mistake.".into(),
-            vec![("Sign in with another account", login_url(None))],
+            vec![("Sign in with another account", sign_in.clone())],
         ),
         CsrfFailed => (
             "That form has expired",
@@ -284,6 +294,17 @@ mod tests {
             message_for(&described(ErrorCode::LinkRequired, Some("/auth/link?provider=gitlab")), &Context::default());
         assert!(message.paragraphs[0].contains("GitLab"), "{:?}", message.paragraphs);
         assert_eq!(message.actions[0].href, "/login?return_to=%2Fauth%2Flink%3Fprovider%3Dgitlab");
+        // Where the sign-in was going comes along, through the link, to be checked there again.
+        let going = Context { return_to: Some("https://app.example/cb?x=1&y=2".into()), ..Context::default() };
+        let message = message_for(&described(ErrorCode::LinkRequired, Some("/auth/link?provider=gitlab")), &going);
+        let href = url::Url::parse("http://x").unwrap().join(&message.actions[0].href).unwrap();
+        let link = href.query_pairs().find(|(k, _)| k == "return_to").unwrap().1.into_owned();
+        assert_eq!(link, "/auth/link?provider=gitlab&return_to=https%3A%2F%2Fapp.example%2Fcb%3Fx%3D1%26y%3D2");
+        // A page that refuses the provider or the user keeps it too.
+        for code in [ErrorCode::UnknownProvider, ErrorCode::UserDisabled] {
+            let message = message_for(&described(code, None), &going);
+            assert_eq!(message.actions[0].href, "/login?return_to=https%3A%2F%2Fapp.example%2Fcb%3Fx%3D1%26y%3D2");
+        }
     }
 
     #[test]
