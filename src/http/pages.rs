@@ -109,6 +109,7 @@ impl Pages {
             support_url: self.branding.support_url.clone(),
             stylesheet: self.stylesheet_url.clone(),
             signed_in,
+            referrer_policy: NO_REFERRER,
         }
     }
 
@@ -205,7 +206,14 @@ pub struct Chrome {
     pub stylesheet: String,
     /// Whether to show the account links.
     pub signed_in: bool,
+    /// The page's `Referrer-Policy` (header and `<meta>`): [`NO_REFERRER`] but where a page's
+    /// own form must name its origin.
+    pub referrer_policy: &'static str,
 }
+
+/// The pages' referrer policy: their URLs may hold a code, a token or a hint, which no request
+/// from them carries on. (A form posted from such a page names its origin `null`.)
+pub const NO_REFERRER: &str = "no-referrer";
 
 /// A next step: a link styled as a button.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,9 +344,15 @@ impl Pages {
     /// carries it — so that an `id_token_hint` never goes into a URL, as a redirect would put it.
     pub fn continue_logout(&self, fields: &[(&str, &str)]) -> Response {
         // Whether this browser is signed in is not known here (no cookie came): no account links.
-        let chrome = self.chrome(false);
+        // Its form has no CSRF token to carry, so it must name this origin (which a browser
+        // without `Sec-Fetch-Site` is judged by; under `no-referrer` it would send `null`). The
+        // page's URL holds nothing (the request was posted).
+        const SAME_ORIGIN: &str = "same-origin";
+        let chrome = Chrome { referrer_policy: SAME_ORIGIN, ..self.chrome(false) };
         let page = ConfirmLogoutPage { chrome, fields, csrf: None, resumed_field: LOGOUT_RESUMED_FIELD };
-        self.render(StatusCode::OK, &page)
+        let mut response = self.render(StatusCode::OK, &page);
+        response.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static(SAME_ORIGIN));
+        response
     }
 }
 
@@ -389,7 +403,7 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
 /// Adds `Cache-Control: no-store` and `Referrer-Policy: no-referrer`.
 pub fn protect(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static(NO_REFERRER));
 }
 
 /// The browser's live session and its cookie value (`None` without one), or the error page to

@@ -2297,7 +2297,11 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     assert_eq!(cross.status(), StatusCode::OK);
     assert!(cross.headers().get("location").is_none());
     assert!(cross.headers().get_all("set-cookie").iter().all(|c| !c.to_str().unwrap().starts_with("tessera_session=")));
+    // Its form carries no CSRF token, so it must name this origin for a browser judged by its
+    // Origin header, which `no-referrer` would make `null`: this page alone is `same-origin`.
+    assert_eq!(cross.headers()["referrer-policy"], "same-origin");
     let page = cross.text().await.unwrap();
+    assert!(page.contains(r#"<meta name="referrer" content="same-origin">"#), "{page}");
     assert!(page.contains(r#"<form method="post" action="/oauth/logout">"#), "{page}");
     for (name, value) in [("id_token_hint", id_token), ("state", "s p"), ("resumed", "1")] {
         assert!(page.contains(&format!(r#"name="{name}" value="{value}""#)), "{name}: {page}");
