@@ -2291,6 +2291,11 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     // parameters from this origin, which carries it; no cookie is cleared on the way, and the
     // id token stays out of every URL.
     let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // A state too long to go back in a URL is refused, as an authorization request's is.
+    let long = format!("/oauth/logout?post_logout_redirect_uri={POST_LOGOUT}&state={}", "s".repeat(2049));
+    let refused = plain.get(w.app.url(&long)).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(refused.text().await.unwrap().contains("state is longer than 2048 characters"));
     let fields = [("id_token_hint", id_token), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "s p")];
     let cross = plain.post(w.app.url("/oauth/logout")).header("sec-fetch-site", "cross-site").form(&fields);
     let cross = cross.send().await.unwrap();

@@ -514,6 +514,11 @@ struct LogoutRequest {
 fn logout_params(pairs: &[(String, String)]) -> Result<LogoutRequest, String> {
     let map = single_valued(pairs).map_err(|e| e.description)?;
     let get = |k: &str| map.get(k).filter(|v| !v.is_empty()).map(|v| (*v).to_owned());
+    // It goes back in the redirect's URL, as an authorization request's does.
+    let max = crate::service::op::provider::MAX_PARAM_LEN;
+    if get("state").is_some_and(|state| state.len() > max) {
+        return Err(format!("state is longer than {max} characters"));
+    }
     Ok(LogoutRequest {
         id_token_hint: get("id_token_hint"),
         post_logout_redirect_uri: get("post_logout_redirect_uri"),
