@@ -2231,6 +2231,20 @@ async fn an_authorization_request_posted_from_another_site_does_not_replace_the_
     let held = cross_site_post(&authorize_url(&w.app, &client, &challenge, "&prompt=none")).await;
     let to = location(&browser.navigate(&w.app.url(&held)).await);
     assert!(param(&to, "code").is_some(), "{to}");
+    // A request that cannot be held (the store failing) once it was checked: the app is told
+    // at its redirect URI, with its state, rather than waiting on an error page in a frame.
+    let sql = w.app.db.sql().await;
+    sql.inject("INSERT", "oauth_requests", None, "SELECT RAISE(ABORT, 'injected');", "RAISE EXCEPTION 'injected';")
+        .await;
+    let url = authorize_url(&w.app, &client, &challenge, "&prompt=none");
+    let (path, query) = url.split_once('?').unwrap();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let posted = plain.post(path).header("sec-fetch-site", "cross-site").header("accept", "text/html").form(&form);
+    let to = location(&posted.send().await.unwrap());
+    assert!(to.starts_with(REDIRECT), "{to}");
+    assert_eq!((param(&to, "error").as_deref(), param(&to, "state").as_deref()), (Some("server_error"), Some("st-1")));
+    sql.remove_injected("oauth_requests").await;
 }
 
 /// Posts the authorization request `url` as a form from another site (no cookie, marked

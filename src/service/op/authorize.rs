@@ -374,7 +374,11 @@ impl OpenIdProvider {
         }
         let now = crate::domain::now();
         let request = self.validate(&Held::as_sent(without_foreign_request_uri(params)), now).await?;
-        let uri = self.hold(&request, None, true, None, now).await?;
+        let back = (request.redirect_uri.clone(), request.state.clone());
+        let uri = self
+            .hold(&request, None, true, None, now)
+            .await
+            .map_err(|error| failure_to_client(AuthorizeError::Store(error), back))?;
         Ok(continue_url(request.client.id.as_str(), &uri))
     }
 
