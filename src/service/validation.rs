@@ -466,7 +466,8 @@ impl Validator {
         }
         if let Some(mut principal) = found {
             let now = super::now();
-            if now - principal.last_seen_at >= TOUCH_INTERVAL {
+            // A disabled user's token is refused (by the caller), which is no use of the identity.
+            if !principal.user.disabled && now - principal.last_seen_at >= TOUCH_INTERVAL {
                 // Bookkeeping, written by the last-use worker: never a write on this request. The
                 // copy to be cached says so too, so that its hits do not note it again.
                 self.last_seen.identity(principal.identity_id, now);

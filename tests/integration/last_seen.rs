@@ -17,6 +17,7 @@ on_both_backends!(
     cached_sessions_and_identities_still_note_their_use,
     shutdown_does_not_wait_forever_for_a_locked_table,
     a_browser_sign_in_notes_its_identitys_use,
+    a_disabled_users_refused_token_is_no_use,
 );
 
 /// A long-ago time, as an SQL literal of the backend's encoding.
@@ -61,6 +62,19 @@ async fn validation_leaves_last_use_to_the_worker(backend: Backend) {
     drop(sql);
     let db = app.stop_keeping_db().await;
     assert_eq!(db.sql().await.count(&old).await, 0, "written once at shutdown");
+}
+
+/// A token refused because its user is disabled was not a use of the identity: the admin's
+/// view of when it was last used does not move.
+async fn a_disabled_users_refused_token_is_no_use(backend: Backend) {
+    let (app, token, _issuer) = app_with_identity(backend, Duration::from_secs(300)).await;
+    let sql = app.db.sql().await;
+    sql.exec("UPDATE users SET disabled = TRUE").await.unwrap();
+    assert_eq!(body(app.validate(&token).await, 403).await["code"], "user_disabled");
+    drop(sql);
+    let db = app.stop_keeping_db().await;
+    let old = format!("identities WHERE last_seen_at = {}", long_ago(backend));
+    assert_eq!(db.sql().await.count(&old).await, 1, "nothing noted, so nothing written at shutdown");
 }
 
 async fn the_worker_writes_last_use_on_its_interval(backend: Backend) {
