@@ -850,7 +850,10 @@ impl AuthProfiles {
         // leaves nothing behind that works (the state row expires).
         // The profile stays while the flow may still come back: the state lives FLOW_TTL from its
         // start (just now), and the callback's token exchange runs after it is used.
-        let keep_until = super::now() + FLOW_TTL + CALLBACK_GRACE;
+        // Taken as of now, not of the request's start: starting the flow may have waited on the
+        // provider's discovery document past the link's expiry.
+        let now = super::now();
+        let keep_until = now + FLOW_TTL + CALLBACK_GRACE;
         self.store.take_connect_token(hash, now, keep_until).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         Ok(started)
     }

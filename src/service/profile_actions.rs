@@ -627,14 +627,19 @@ fn no_user_endpoint(provider: &dyn crate::upstream::providers::Provider) -> Prof
 }
 
 /// Whether `scopes` asks for more than `profile` was granted (or, not yet connected, asked for).
-/// Going back to the provider's own scopes (none) from explicit ones counts as widening: what the
-/// provider grants then is not known.
+/// An active profile's own scopes count as had too: its connection asked for them (any scope
+/// added since would have made it `needs_reauth`), and providers word what they grant their own
+/// way (Google answers `email` with `…/auth/userinfo.email`; Microsoft drops its Graph prefix),
+/// so sending them again, or fewer, must not cut the account off. Going back to the provider's
+/// own scopes (none) from explicit ones counts as widening: what the provider grants then is not
+/// known.
 fn widens(profile: &AuthProfile, scopes: &[String]) -> bool {
-    let basis = profile.granted_scopes.as_ref().unwrap_or(&profile.scopes);
     if scopes.is_empty() {
         return !profile.scopes.is_empty();
     }
-    scopes.iter().any(|scope| !basis.contains(scope))
+    let granted = profile.granted_scopes.as_ref().unwrap_or(&profile.scopes);
+    let asked = (profile.status == ProfileStatus::Active).then_some(&profile.scopes);
+    scopes.iter().any(|scope| !granted.contains(scope) && !asked.is_some_and(|asked| asked.contains(scope)))
 }
 
 #[cfg(test)]
@@ -681,6 +686,14 @@ mod tests {
         let pending = profile(&["a"], None);
         assert!(widens(&pending, &strings(&["a", "b"])), "not connected: against what was asked");
         assert!(!widens(&profile(&[], Some(&["x"])), &[]), "no change");
+        // A provider that words the granted scopes its own way: those asked stay had.
+        let google = profile(&["email", "drive"], Some(&["openid", "https://www.googleapis.com/auth/userinfo.email"]));
+        assert!(!widens(&google, &strings(&["email", "drive"])), "the same again");
+        assert!(!widens(&google, &strings(&["email"])), "narrowing");
+        assert!(widens(&google, &strings(&["email", "calendar"])));
+        // Awaiting a reconnection for them, they are not had.
+        let waiting = AuthProfile { status: ProfileStatus::NeedsReauth, ..google };
+        assert!(widens(&waiting, &strings(&["email", "drive"])));
     }
 
     #[test]
