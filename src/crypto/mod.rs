@@ -114,6 +114,57 @@ pub fn curve_algorithm(kty: Option<&str>, crv: Option<&str>) -> Option<Option<js
     }
 }
 
+/// Why the public key material of a JWK could never verify a signature, if so — which decoding
+/// it (jsonwebtoken's `DecodingKey::from_jwk`) does not find out, as it only decodes the members:
+/// an RSA modulus outside 2,048–8,192 bits (aws-lc-rs verifies no other) or an even or tiny
+/// exponent; an EC point not on its curve (or of the wrong length); an Ed25519 key not 32 bytes.
+/// `curve` is [`curve_algorithm`]'s answer for the key. Members that are not base64url text are
+/// a problem too.
+pub fn jwk_material_problem(
+    jwk: &serde_json::Map<String, serde_json::Value>,
+    curve: Option<Option<jsonwebtoken::Algorithm>>,
+) -> Option<&'static str> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ED25519, ParsedPublicKey};
+    use base64::Engine as _;
+    use jsonwebtoken::Algorithm;
+    let member = |name: &str| -> Option<Vec<u8>> {
+        let text = jwk.get(name)?.as_str()?;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()
+    };
+    const UNDECODABLE: &str = "the key's members are not base64url-encoded key material";
+    match curve {
+        // RSA.
+        None => {
+            let (Some(n), Some(e)) = (member("n"), member("e")) else { return Some(UNDECODABLE) };
+            let n = &n[n.iter().take_while(|b| **b == 0).count()..];
+            let bits = n.first().map_or(0, |first| n.len() * 8 - first.leading_zeros() as usize);
+            if !(2048..=8192).contains(&bits) {
+                return Some("an RSA key's modulus must be 2,048 to 8,192 bits");
+            }
+            let e = &e[e.iter().take_while(|b| **b == 0).count()..];
+            if e.len() > 4 || e.last().is_none_or(|last| last & 1 == 0) || e == [1] {
+                return Some("an RSA key's exponent must be odd, at least 3 and at most 32 bits");
+            }
+            None
+        }
+        Some(Some(Algorithm::EdDSA)) => match member("x") {
+            Some(x) if ParsedPublicKey::new(&ED25519, &x).is_ok() => None,
+            Some(_) => Some("an Ed25519 key's `x` must be 32 bytes"),
+            None => Some(UNDECODABLE),
+        },
+        Some(Some(alg)) => {
+            let (Some(x), Some(y)) = (member("x"), member("y")) else { return Some(UNDECODABLE) };
+            let verifying = if alg == Algorithm::ES384 { &ECDSA_P384_SHA384_FIXED } else { &ECDSA_P256_SHA256_FIXED };
+            let point = [&[0x04][..], &x, &y].concat();
+            ParsedPublicKey::new(verifying, &point)
+                .is_err()
+                .then_some("the key's `x` and `y` are not a point on its curve")
+        }
+        // A curve verified by nothing: `ClientKey::problem` says so already.
+        Some(None) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -525,6 +525,9 @@ pub struct ClientKey {
     pub curve: Option<Option<Algorithm>>,
     /// The verification key.
     pub key: DecodingKey,
+    /// Why its material could never verify a signature, if so (see
+    /// [`crate::crypto::jwk_material_problem`]).
+    pub unusable: Option<&'static str>,
 }
 
 impl std::fmt::Debug for ClientKey {
@@ -537,12 +540,18 @@ impl ClientKey {
     /// Whether this key verifies `alg`: an EC key only its curve's (an ES256 assertion never
     /// finds a P-384 key fitting too).
     pub fn fits(&self, alg: Algorithm) -> bool {
-        alg.family() == self.family && self.alg.is_none_or(|a| a == alg) && self.curve.is_none_or(|c| c == Some(alg))
+        alg.family() == self.family
+            && self.alg.is_none_or(|a| a == alg)
+            && self.curve.is_none_or(|c| c == Some(alg))
+            && self.unusable.is_none()
     }
 
-    /// Why it could never verify an assertion, if so: an EC or OKP key of a curve Tessera does
-    /// not verify, or whose `alg` is not its curve's.
+    /// Why it could never verify an assertion, if so: key material that is no usable key, an EC
+    /// or OKP key of a curve Tessera does not verify, or whose `alg` is not its curve's.
     pub fn problem(&self) -> Option<&'static str> {
+        if self.unusable.is_some() {
+            return self.unusable;
+        }
         match self.curve? {
             None => Some("a key's `crv` must be P-256 or P-384 (EC) or Ed25519 (OKP)"),
             Some(curve) if self.alg.is_some_and(|a| a != curve) => {
@@ -620,7 +629,8 @@ fn client_key(value: &Value) -> Result<ClientKey, String> {
         Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= 256 => Some(kid.clone()),
         Some(_) => return Err("`kid` is a string of 1 to 256 characters".into()),
     };
-    Ok(ClientKey { kid, alg, family, curve, key })
+    let unusable = crate::crypto::jwk_material_problem(object, curve);
+    Ok(ClientKey { kid, alg, family, curve, key, unusable })
 }
 
 #[cfg(test)]
@@ -724,5 +734,46 @@ mod tests {
         assert!(client_keys(&serde_json::json!({"keys": [nul]})).unwrap_err().contains("NUL"));
         assert!(client_keys(&serde_json::json!({"keys": [ec.clone(), ec]})).unwrap_err().contains("kid"));
         assert!(client_keys(&serde_json::json!([])).is_err());
+    }
+
+    #[test]
+    fn key_material_that_could_never_verify_is_refused_and_stored_fits_nothing() {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let rsa = |n: &[u8], e: &[u8]| serde_json::json!({"kty": "RSA", "n": b64(n), "e": b64(e)});
+        // Refused either way: when parsed (material jsonwebtoken cannot decode) or as a problem.
+        let problem = |key: Value| match client_keys(&serde_json::json!({"keys": [key]})) {
+            Ok(keys) => keys[0].problem().map(str::to_owned),
+            Err(message) => Some(message),
+        };
+        let mut n2048 = vec![0xC5; 256];
+        assert_eq!(problem(rsa(&n2048, &[1, 0, 1])), None);
+        // A leading zero byte does not count.
+        n2048.insert(0, 0);
+        assert_eq!(problem(rsa(&n2048, &[1, 0, 1])), None);
+        assert!(problem(rsa(&[0xC5; 128], &[1, 0, 1])).unwrap().contains("2,048 to 8,192 bits"));
+        assert!(problem(rsa(&[0xC5; 1025], &[1, 0, 1])).unwrap().contains("2,048 to 8,192 bits"));
+        for e in [&[1, 0, 0][..], &[1], &[1, 0, 0, 0, 1]] {
+            assert!(problem(rsa(&n2048, e)).unwrap().contains("exponent"), "{e:?}");
+        }
+        let ec = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+        let mut off_curve = ec.clone();
+        off_curve["y"] = "y_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0".into();
+        off_curve["kid"] = "k2".into();
+        let p = problem(off_curve.clone());
+        assert!(p.as_deref().unwrap_or("").contains("not a point on its curve"), "{p:?}");
+        let mut short = ec.clone();
+        short["x"] = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVA".into();
+        assert!(problem(short).unwrap().contains("not a point on its curve"));
+        let okp = |x: &[u8]| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(x)});
+        assert!(problem(okp(&[7; 31])).unwrap().contains("32 bytes"));
+        // Refused at registration; stored before the rule, it fits nothing and the others still do.
+        let mut client = client(ClientKind::Confidential);
+        client.jwks = Some(serde_json::json!({"keys": [off_curve.clone()]}));
+        let refused = check(&client).unwrap_err();
+        assert!(refused.field == "jwks" && refused.message.contains("curve"), "{refused:?}");
+        let stored = client_keys(&serde_json::json!({"keys": [off_curve, ec]})).unwrap();
+        assert!(!stored[0].fits(Algorithm::ES256) && stored[1].fits(Algorithm::ES256));
     }
 }

@@ -325,6 +325,15 @@ async fn registrations_that_break_a_rule_are_refused_saying_what_to_fix(backend:
         (with(confidential("a"), json!({"name": "  "})), "missing_field", "name"),
         (with(public("a"), json!({"jwks": {"keys": []}})), "invalid_client_metadata", "jwks"),
         (with(confidential("a"), json!({"jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}})), "invalid_jwks", "jwks"),
+        // A 1,024-bit RSA key: decoded, but never verifying an assertion.
+        (
+            with(
+                confidential("a"),
+                json!({"jwks": {"keys": [{"kty": "RSA", "e": "AQAB", "n": "xcXF".repeat(42) + "xcU"}]}}),
+            ),
+            "invalid_jwks",
+            "jwks",
+        ),
     ];
     for (request, code, field) in cases {
         let refused = body(app.admin(Method::POST, "/admin/clients").json(&request).send().await.unwrap(), 400).await;
