@@ -258,17 +258,36 @@ async fn connect_sqlite_writer(
     let until = std::time::Instant::now() + SQLITE_OPEN_BUSY_FOR;
     loop {
         match pool.clone().connect_with(options.clone()).await {
-            // The extended result codes of SQLITE_BUSY (5) keep it in their low byte.
-            Err(sqlx::Error::Database(error))
-                if error.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| code & 0xff == 5)
-                    && std::time::Instant::now() < until =>
-            {
+            Err(error) if is_sqlite_busy(&error) && std::time::Instant::now() < until => {
                 let pause = 5 + u64::from(crate::crypto::random_bytes::<1>()[0] % 45);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             done => return done,
         }
     }
+}
+
+/// How long a migration waits for another process's change of the same SQLite file (its own
+/// migration, say, of a large file) to finish.
+const SQLITE_MIGRATION_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// Whether a failure on SQLite is `SQLITE_BUSY` (the file's write lock held elsewhere past the
+/// busy timeout), as a statement or inside a migration.
+fn sqlite_busy(error: &StoreError) -> bool {
+    use sqlx::migrate::MigrateError;
+    match error {
+        StoreError::Unavailable(error) | StoreError::Database(error) => is_sqlite_busy(error),
+        StoreError::Migrate(MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _)) => {
+            is_sqlite_busy(error)
+        }
+        _ => false,
+    }
+}
+
+/// Whether an SQLite error is `SQLITE_BUSY`: its extended result codes keep 5 in their low byte.
+fn is_sqlite_busy(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| code & 0xff == 5))
 }
 
 /// How much of an SQLite file is memory-mapped for reads (`PRAGMA mmap_size`).
@@ -591,22 +610,20 @@ impl Db {
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Db::Sqlite { writer, .. } => {
-                if !create_new_sqlite(writer).await? {
-                    // sqlx's lock is a no-op on SQLite: another process starting on the same file
-                    // may apply the same migrations meanwhile, and this run then fails on one it
-                    // applied (each migration commits whole with its row). Its work counts: while
-                    // it makes progress, what is left is run again.
-                    let mut applied = self.migration_status().await?.applied;
-                    while let Err(error) = migrations::migrator(SQLITE_MIGRATIONS).run(writer).await {
-                        let status = self.migration_status().await?;
-                        if status.is_current() {
-                            break;
+                // Another process migrating the same file holds its write lock for as long as
+                // its migration takes, which may be longer than the busy timeout: waited for.
+                let until = std::time::Instant::now() + SQLITE_MIGRATION_WAIT;
+                let mut told = false;
+                loop {
+                    match self.migrate_sqlite(writer).await {
+                        Err(error) if sqlite_busy(&error) && std::time::Instant::now() < until => {
+                            if !told {
+                                tracing::info!("another process is changing the SQLite file; waiting for it to finish");
+                                told = true;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                         }
-                        if status.applied <= applied || !status.only_pending() {
-                            return Err(error.into());
-                        }
-                        applied = status.applied;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        done => break done?,
                     }
                 }
             }
@@ -629,6 +646,31 @@ impl Db {
                 drop(Object::take(conn));
                 migrated?
             }
+        }
+        Ok(())
+    }
+
+    /// [`Db::migrate`] on SQLite, once: a new file gets the whole schema at once, an existing
+    /// one its pending migrations.
+    async fn migrate_sqlite(&self, writer: &SqlitePool) -> Result<(), StoreError> {
+        if create_new_sqlite(writer).await? {
+            return Ok(());
+        }
+        // sqlx's lock is a no-op on SQLite: another process starting on the same file may apply
+        // the same migrations meanwhile, and this run then fails on one it applied (each
+        // migration commits whole with its row). Its work counts: while it makes progress, what
+        // is left is run again.
+        let mut applied = self.migration_status().await?.applied;
+        while let Err(error) = migrations::migrator(SQLITE_MIGRATIONS).run(writer).await {
+            let status = self.migration_status().await?;
+            if status.is_current() {
+                break;
+            }
+            if status.applied <= applied || !status.only_pending() {
+                return Err(error.into());
+            }
+            applied = status.applied;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     }

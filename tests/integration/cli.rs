@@ -473,6 +473,35 @@ async fn concurrent_migrate_runs_apply_each_migration_once(backend: Backend) {
     assert_eq!(checked.code, 0, "{}{}", checked.stdout, checked.stderr);
 }
 
+/// A `tessera migrate` that finds the SQLite file's write lock held past the busy timeout (by
+/// another process's long migration of it, say) waits for it to be let go, rather than exiting.
+#[tokio::test]
+async fn migrate_waits_for_another_process_holding_the_sqlite_file() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = || {
+        let mut command = tessera(dir.path());
+        command.env("TESSERA_DATABASE_URL", &db.url).arg("migrate");
+        command
+    };
+    // A new file, in WAL mode as Tessera makes it, whose write lock another process holds.
+    let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url).unwrap();
+    let mut holder = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true)).await.unwrap();
+    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut holder).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
+    let mut second = migrate();
+    let waiting = tokio::spawn(async move { run(&mut second).await });
+    // Longer than the busy timeout (5 s), after which a statement gives up.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let second = waiting.await.unwrap();
+    assert_eq!(second.code, 0, "{}{}", second.stdout, second.stderr);
+    assert!(second.stderr.contains("waiting for it to finish"), "OUT {} ERR {}", second.stdout, second.stderr);
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap().count();
+    assert_eq!(db.sql().await.count("_sqlx_migrations").await, migrations as i64);
+}
+
 /// `tessera check` on `db`, with the least configuration it needs.
 fn check(dir: &std::path::Path, db: &TestDb) -> Command {
     let mut command = tessera(dir);
