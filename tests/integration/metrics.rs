@@ -292,6 +292,7 @@ async fn webhook_failures_and_queues_are_reported_per_endpoint(backend: Backend)
     assert_eq!(disabled.status(), StatusCode::OK);
     let (_, samples) = scrape(&app).await;
     assert!(value(&samples, "tessera_webhook_queue_depth", &[("endpoint", &endpoint)]) >= 1.0);
+    assert!(has(&samples, "tessera_webhook_queue_lag_seconds", &[("endpoint", &endpoint)]), "reported, as 0");
     assert_eq!(value(&samples, "tessera_webhook_queue_lag_seconds", &[("endpoint", &endpoint)]), 0.0);
     let enabled = app.admin(Method::PATCH, &path).json(&json!({ "enabled": true })).send().await.unwrap();
     assert_eq!(enabled.status(), StatusCode::OK);
@@ -299,8 +300,11 @@ async fn webhook_failures_and_queues_are_reported_per_endpoint(backend: Backend)
     failing.store(false, Ordering::SeqCst);
     eventually("the queue drains", || async {
         let (_, samples) = scrape(&app).await;
-        value(&samples, "tessera_webhook_queue_depth", &[("endpoint", &endpoint)]) == 0.0
-            && value(&samples, "tessera_webhook_queue_lag_seconds", &[("endpoint", &endpoint)]) == 0.0
+        let this = &[("endpoint", endpoint.as_str())];
+        has(&samples, "tessera_webhook_queue_depth", this)
+            && value(&samples, "tessera_webhook_queue_depth", this) == 0.0
+            && has(&samples, "tessera_webhook_queue_lag_seconds", this)
+            && value(&samples, "tessera_webhook_queue_lag_seconds", this) == 0.0
             && value(&samples, "tessera_webhook_attempts_total", &[("endpoint", &endpoint), ("result", "delivered")])
                 >= 1.0
     })

@@ -834,9 +834,17 @@ async fn identity_links_cannot_be_repointed(backend: Backend) {
         sql.uuid(&b.user_id.to_string()),
         sql.uuid(&a.identity_id.to_string())
     );
-    assert!(sql.exec(&repoint).await.is_err(), "the database refuses to re-point a link");
+    let refused = sql.exec(&repoint).await.unwrap_err().to_string();
+    assert!(refused.contains("identity links are immutable"), "the database refuses to re-point a link: {refused}");
     let rekey = format!("UPDATE identities SET subject = 'stolen' WHERE id = {}", sql.uuid(&a.identity_id.to_string()));
-    assert!(sql.exec(&rekey).await.is_err(), "the database refuses to change a link's key");
+    let refused = sql.exec(&rekey).await.unwrap_err().to_string();
+    assert!(refused.contains("identity links are immutable"), "nor to change a link's key: {refused}");
+    // The same columns written unchanged pass the same trigger.
+    let same = format!(
+        "UPDATE identities SET user_id = user_id, subject = subject WHERE id = {}",
+        sql.uuid(&a.identity_id.to_string())
+    );
+    assert_eq!(sql.exec(&same).await.unwrap(), 1);
     let found = store.find_identity(&a.issuer, &a.subject).await.unwrap().unwrap();
     assert_eq!(found.user.id, a.user_id);
 }
