@@ -1455,17 +1455,22 @@ impl RowExt for Row {
 /// The row-lock clauses of PostgreSQL that SQLite has not.
 const ROW_LOCKS: [&str; 4] = [" FOR UPDATE", " FOR NO KEY UPDATE", " FOR KEY SHARE", " FOR SHARE"];
 
+/// PostgreSQL's byte-wise collation, for text ordered (and paged through) by bytes whatever the
+/// cluster's locale: `ORDER BY c.id COLLATE "C"`. SQLite compares text by bytes already, and
+/// knows no collation of that name.
+const BYTEWISE: &str = " COLLATE \"C\"";
+
 /// The SQLite spelling of a statement: row locks (`FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`,
 /// `FOR KEY SHARE`, each with its `OF table` and `SKIP LOCKED`) dropped (SQLite has none; its write transactions
-/// are serialised whole). Statements without one are used as they are; rewritten ones are made
-/// once and kept for the process's life (there are a handful).
+/// are serialised whole), and [`BYTEWISE`] too. Statements without either are used as they are;
+/// rewritten ones are made once and kept for the process's life (there are a handful).
 fn sqlite_sql(sql: &'static str) -> &'static str {
-    if !ROW_LOCKS.iter().any(|lock| sql.contains(lock)) {
+    if !ROW_LOCKS.iter().any(|lock| sql.contains(lock)) && !sql.contains(BYTEWISE) {
         return sql;
     }
     static REWRITTEN: LazyLock<Mutex<HashMap<&'static str, &'static str>>> = LazyLock::new(Default::default);
     let mut rewritten = REWRITTEN.lock().unwrap_or_else(|p| p.into_inner());
-    rewritten.entry(sql).or_insert_with(|| Box::leak(without_row_locks(sql).into_boxed_str()))
+    rewritten.entry(sql).or_insert_with(|| Box::leak(without_row_locks(sql).replace(BYTEWISE, "").into_boxed_str()))
 }
 
 /// `sql` without its row-lock clauses (see [`sqlite_sql`]).
@@ -2011,6 +2016,10 @@ mod tests {
             "SELECT 1 FROM a, b\n LIMIT 1"
         );
         assert_eq!(sqlite_sql("SELECT 1 FROM a FOR UPDATE OF a FOR SHARE OF b"), "SELECT 1 FROM a");
+        assert_eq!(
+            sqlite_sql("SELECT id FROM c WHERE c.id COLLATE \"C\" > $1 ORDER BY c.id COLLATE \"C\" LIMIT 2"),
+            "SELECT id FROM c WHERE c.id > $1 ORDER BY c.id LIMIT 2"
+        );
         let plain = "SELECT 1";
         assert!(std::ptr::eq(sqlite_sql(plain), plain));
     }

@@ -3280,13 +3280,20 @@ impl Store for SqlStore {
     }
 
     async fn list_clients(&self, after: Option<&ClientId>, limit: i64) -> Result<Vec<Client>, StoreError> {
+        // By bytes, whatever the cluster's locale (whose collation would ignore case and
+        // punctuation), as every listing is ordered.
         let page = match after {
-            None => query(concat!("SELECT ", client_columns!(), " FROM clients c ORDER BY c.id LIMIT $1")).bind(limit),
-            Some(after) => {
-                query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.id > $1 ORDER BY c.id LIMIT $2"))
-                    .bind(after.as_str())
+            None => {
+                query(concat!("SELECT ", client_columns!(), " FROM clients c ORDER BY c.id COLLATE \"C\" LIMIT $1"))
                     .bind(limit)
             }
+            Some(after) => query(concat!(
+                "SELECT ",
+                client_columns!(),
+                " FROM clients c WHERE c.id COLLATE \"C\" > $1 ORDER BY c.id COLLATE \"C\" LIMIT $2"
+            ))
+            .bind(after.as_str())
+            .bind(limit),
         };
         page.fetch_all(self.db.reader()).await?.iter().map(rows::client).collect()
     }

@@ -3773,6 +3773,7 @@ mod clients {
     on_both_backends!(
         a_client_is_inserted_once_and_read_back_whole,
         clients_are_listed_by_id_a_page_at_a_time,
+        clients_are_listed_in_byte_order,
         updating_a_client_compares_its_last_change,
         deleting_a_client_takes_its_used_assertions_with_it,
         config_clients_are_synced_and_admin_clients_never_touched,
@@ -3856,6 +3857,27 @@ mod clients {
         assert_eq!(ids(store.list_clients(Some(&id("d")), 2).await.unwrap()), ["e"]);
         assert!(store.list_clients(Some(&id("e")), 2).await.unwrap().is_empty());
         assert_eq!(store.list_clients(None, 100).await.unwrap().len(), 5);
+    }
+
+    /// By bytes, on every backend and locale: a linguistic collation ignores case and
+    /// punctuation.
+    async fn clients_are_listed_in_byte_order(backend: Backend) {
+        let (db, store) = setup(backend).await;
+        for name in ["argo", "Grafana", "app_a", "app-b", "apps"] {
+            store.insert_client(&client(name, false, now())).await.unwrap();
+        }
+        if backend == Backend::Postgres {
+            // The column collated as a cluster with an English locale would have it (the test
+            // clusters have none: `--no-locale`, `C.UTF-8`), which orders these otherwise.
+            let sql = db.sql().await;
+            sql.exec("ALTER TABLE clients ALTER COLUMN id TYPE TEXT COLLATE \"en-x-icu\"").await.unwrap();
+            let linguistic = sql.texts("SELECT id FROM clients ORDER BY id").await;
+            assert_eq!(linguistic, ["app_a", "app-b", "apps", "argo", "Grafana"]);
+        }
+        let ids = |page: Vec<Client>| page.into_iter().map(|c| c.id.as_str().to_owned()).collect::<Vec<_>>();
+        assert_eq!(ids(store.list_clients(None, 2).await.unwrap()), ["Grafana", "app-b"]);
+        assert_eq!(ids(store.list_clients(Some(&id("app-b")), 2).await.unwrap()), ["app_a", "apps"]);
+        assert_eq!(ids(store.list_clients(Some(&id("apps")), 2).await.unwrap()), ["argo"]);
     }
 
     async fn updating_a_client_compares_its_last_change(backend: Backend) {
