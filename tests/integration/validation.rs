@@ -17,6 +17,7 @@ use crate::helpers::{AUDIENCE, Backend, TestApp, eventually, json as body, local
 on_both_backends!(
     keys_the_issuer_pulled_stop_verifying_even_when_none_is_left,
     validate_returns_the_internal_user_and_provisions_on_first_sight,
+    an_identity_deleted_as_it_is_provisioned_is_a_conflict_to_retry,
     every_algorithm_of_the_allow_list_verifies,
     validate_after_bootstrap_returns_the_bootstrapped_user,
     every_refused_token_has_its_code_and_writes_nothing,
@@ -90,6 +91,34 @@ async fn refused(response: reqwest::Response, code: &str) {
     let problem = body(response, 401).await;
     assert_eq!(problem["code"], code, "{problem}");
     assert!(challenge.unwrap_or_default().contains("error=\"invalid_token\""), "the 401 carries the challenge");
+}
+
+/// An identity deleted between its just-in-time provisioning and the read of its user (an
+/// operator's clean-up, a consumer of `user.created`) is a change made meanwhile: 409
+/// `changed_meanwhile`, which a retry settles — not a 500.
+async fn an_identity_deleted_as_it_is_provisioned_is_a_conflict_to_retry(backend: Backend) {
+    let w = world(backend).await;
+    let sql = w.app.db.sql().await;
+    // Each new identity deleted as soon as its account's transaction has made it.
+    let trigger = match backend {
+        Backend::Sqlite => {
+            vec!["CREATE TRIGGER gone AFTER INSERT ON identities BEGIN DELETE FROM identities WHERE id = NEW.id; END"]
+        }
+        Backend::Postgres => vec![
+            "CREATE FUNCTION gone() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN DELETE FROM identities WHERE id = NEW.id; RETURN NULL; END $$",
+            "CREATE TRIGGER gone AFTER INSERT ON identities FOR EACH ROW EXECUTE FUNCTION gone()",
+        ],
+    };
+    for statement in trigger {
+        sql.exec(statement).await.unwrap();
+    }
+    let token = w.token_with("fleeting", |c| c["email"] = "fleeting@example.com".into());
+    assert_eq!(body(w.app.validate(&token).await, 409).await["code"], "changed_meanwhile");
+    // Once nothing deletes it, the same token provisions it.
+    let drop = if backend == Backend::Sqlite { "DROP TRIGGER gone" } else { "DROP TRIGGER gone ON identities" };
+    sql.exec(drop).await.unwrap();
+    assert_eq!(body(w.app.validate(&token).await, 200).await["created"], true);
 }
 
 async fn validate_returns_the_internal_user_and_provisions_on_first_sight(backend: Backend) {
