@@ -261,9 +261,11 @@ impl Application {
         let cache_sync = CacheSync::new(store.clone(), principals.clone(), clients.clone(), config.cache.sync_interval)
             .with_signing_keys(signing_keys.clone());
         let state = Arc::new(AppState {
-            validator: Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
-                .with_own_tokens(op.clone())
-                .with_audit(audit.clone()),
+            validator: Arc::new(
+                Validator::new(verifier, provisioner.clone(), store.clone(), principals, last_seen.clone())
+                    .with_own_tokens(op.clone())
+                    .with_audit(audit.clone()),
+            ),
             audit,
             cache_sync,
             teams,

@@ -45,7 +45,7 @@ const SCOPES: [&str; 2] = ["openid", "offline_access"];
 
 /// The routes: `/mcp` behind the token check, and the metadata document.
 pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
-    let server = McpServer::new(state.auth_profiles.clone());
+    let server = McpServer::new(state.auth_profiles.clone(), state.validator.clone());
     let mut config = StreamableHttpServerConfig::default()
         // Stateless: any instance answers any request, nothing is kept between them.
         .with_legacy_session_mode(false)

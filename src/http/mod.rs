@@ -71,7 +71,7 @@ pub struct AppState {
     /// Provisioning and user lookups.
     pub provisioner: Provisioner,
     /// Token validation.
-    pub validator: Validator,
+    pub validator: Arc<Validator>,
     /// Teams and discovery.
     pub teams: Teams,
     /// The authorization-code flows (sign-in, linking, connecting).

@@ -1,5 +1,6 @@
-//! The MCP server (Model Context Protocol): one tool, `manage_auth_profiles`, through which an AI
-//! agent acting for a user manages that user's teams' auth profiles (connected accounts).
+//! The MCP server (Model Context Protocol): two tools, `manage_auth_profiles`, through which an AI
+//! agent acting for a user manages that user's teams' auth profiles (connected accounts), and
+//! `list_teams`, which says what those teams are.
 //!
 //! A front door beside [`crate::http`], served by it at `/mcp` over Streamable HTTP (see
 //! `http::mcp`, which checks the bearer token and hands the user in as a [`Caller`]). Like an HTTP
@@ -10,6 +11,7 @@
 //! `existing_slug` included — never a success carrying an error, never database text.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CustomRequest, CustomResult, Implementation, JsonObject,
@@ -28,13 +30,17 @@ use crate::http::extract::parse_team;
 use crate::http::problem::ApiError;
 use crate::http::responses::{
     AuthProfileListResponse, AuthProfileResponse, AuthProfileTestResponse, AuthProfileUpdateResponse,
-    AuthProfileWithLinkResponse, CredentialResponse,
+    AuthProfileWithLinkResponse, CredentialResponse, TeamMembershipResponse,
 };
 use crate::service::auth_profiles::AuthProfiles;
 use crate::service::profile_actions::{ProfileActions, ProfilePatch};
+use crate::service::validation::Validator;
 
-/// The one tool's name, as the system it comes from names it.
+/// The auth-profile tool's name, as the system it comes from names it.
 pub const TOOL: &str = "manage_auth_profiles";
+
+/// The tool that lists the caller's teams (what `manage_auth_profiles` takes as `team`).
+pub const TEAMS_TOOL: &str = "list_teams";
 
 /// The user a tool call acts for: put into the HTTP request's extensions by `http::mcp` once the
 /// bearer token is verified, read back by [`McpServer::call_tool`].
@@ -159,16 +165,47 @@ pub fn tool() -> Tool {
     .with_annotations(ToolAnnotations::new().destructive(true).open_world(true))
 }
 
-/// The MCP server: [`tool`] over the auth-profile service.
-#[derive(Debug, Clone)]
+/// The `list_teams` tool as `tools/list` describes it: no arguments, read only.
+pub fn teams_tool() -> Tool {
+    let no_arguments = json!({"type": "object", "properties": {}, "additionalProperties": false});
+    let Value::Object(schema) = no_arguments else { unreachable!("an object") };
+    Tool::new(
+        TEAMS_TOOL,
+        "List the teams you are a member of: each team's id, slug and name, your role in it, and whether it is \
+         your default team. Pass a team's slug or id as `team` to manage_auth_profiles.",
+        schema,
+    )
+    .with_annotations(ToolAnnotations::new().read_only(true).destructive(false).open_world(false))
+}
+
+/// The MCP server: [`tool`] over the auth-profile service, and [`teams_tool`] over the user's
+/// profile as the validator reads it (as `/v1/me` does).
+#[derive(Clone)]
 pub struct McpServer {
     auth_profiles: AuthProfiles,
+    validator: Arc<Validator>,
+}
+
+impl std::fmt::Debug for McpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpServer").finish_non_exhaustive()
+    }
 }
 
 impl McpServer {
-    /// A server over `auth_profiles`.
-    pub fn new(auth_profiles: AuthProfiles) -> Self {
-        Self { auth_profiles }
+    /// A server over `auth_profiles`, reading users' teams through `validator`.
+    pub fn new(auth_profiles: AuthProfiles, validator: Arc<Validator>) -> Self {
+        Self { auth_profiles, validator }
+    }
+
+    /// Runs one call of `list_teams` for `user` (which takes no arguments); the value is the
+    /// result's JSON content: `{"teams": [...]}`, the default team first.
+    pub async fn list_teams(&self, user: UserId, arguments: Option<JsonObject>) -> Result<Value, ApiError> {
+        if arguments.is_some_and(|arguments| !arguments.is_empty()) {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "list_teams takes no arguments"));
+        }
+        let teams = self.validator.profile(user).await?.teams;
+        Ok(json!({"teams": teams.into_iter().map(TeamMembershipResponse::from).collect::<Vec<_>>()}))
     }
 
     /// Runs one call of the tool for `user`; the value is the result's JSON content.
@@ -331,8 +368,9 @@ impl ServerHandler for McpServer {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("tessera", env!("CARGO_PKG_VERSION")))
             .with_instructions(
-                "Tessera keeps your teams' connected accounts (auth profiles). Use manage_auth_profiles; \
-                 when it returns a connect_url, show it to the user and ask them to open it.",
+                "Tessera keeps your teams' connected accounts (auth profiles). Use list_teams to learn your \
+                 teams, then manage_auth_profiles; when it returns a connect_url, show it to the user and ask \
+                 them to open it.",
             )
     }
 
@@ -341,11 +379,15 @@ impl ServerHandler for McpServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(vec![tool()]))
+        Ok(ListToolsResult::with_all_items(vec![tool(), teams_tool()]))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        (name == TOOL).then(tool)
+        match name {
+            TOOL => Some(tool()),
+            TEAMS_TOOL => Some(teams_tool()),
+            _ => None,
+        }
     }
 
     async fn call_tool(
@@ -353,10 +395,10 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if request.name != TOOL {
+        if request.name != TOOL && request.name != TEAMS_TOOL {
             // The client's name is not repeated: rmcp logs the answer at warn.
             return Err(ErrorData::invalid_params(
-                Cow::Owned(format!("there is no such tool; the one tool is {TOOL}")),
+                Cow::Owned(format!("there is no such tool; the tools are {TOOL} and {TEAMS_TOOL}")),
                 None,
             ));
         }
@@ -367,7 +409,12 @@ impl ServerHandler for McpServer {
             .and_then(|parts| parts.extensions.get::<Caller>())
             .copied()
             .ok_or_else(|| ErrorData::internal_error("the request carries no authenticated user", None))?;
-        let result = match self.manage_auth_profiles(caller.0, request.arguments).await {
+        let answer = if request.name == TEAMS_TOOL {
+            self.list_teams(caller.0, request.arguments).await
+        } else {
+            self.manage_auth_profiles(caller.0, request.arguments).await
+        };
+        let result = match answer {
             Ok(value) => CallToolResult::structured(value),
             Err(error) => {
                 // Counted apart: the transport answers HTTP 200 either way, so a store outage
@@ -424,6 +471,15 @@ mod tests {
             ["list", "get", "create", "delete", "connect", "credentials", "update", "set_default", "test"]
         );
         assert!(!schema.to_string().contains("$ref"), "{schema}");
+    }
+
+    #[test]
+    fn list_teams_takes_no_arguments_and_changes_nothing() {
+        let tool = teams_tool();
+        let schema = Value::Object(tool.input_schema.as_ref().clone());
+        assert_eq!(schema, json!({"type": "object", "properties": {}, "additionalProperties": false}));
+        let hints = tool.annotations.unwrap();
+        assert_eq!((hints.read_only_hint, hints.destructive_hint), (Some(true), Some(false)));
     }
 
     #[test]

@@ -323,7 +323,7 @@ impl Validator {
     /// [`API_RESOURCE_PATH`] under the public URL (RFC 8707) —, not for another client's or
     /// resource's use: a client that holds a user's token for itself must not replay it here to
     /// read their connected accounts' credentials. A token for the MCP endpoint is for that
-    /// endpoint alone, whose one tool manages connected accounts: on the REST API it would also
+    /// endpoint alone, whose tools manage connected accounts (and list the teams): on the REST API it would also
     /// change the user's teams and identities.
     pub async fn validate_acting(&self, token: &str) -> Result<Validated, ValidateError> {
         self.acting(token).await.map_err(|error| self.refused(token, error))

@@ -1,6 +1,6 @@
 // An MCP client written by others (the official TypeScript SDK, @modelcontextprotocol/sdk) acting
 // as an AI agent against Tessera's MCP endpoint over Streamable HTTP, with a Tessera access token:
-// lists the tools, creates an auth profile (and gets its connect link), lists, reads, hits a
+// lists the tools, finds its user's team with list_teams, creates an auth profile (and gets its connect link), lists, reads, hits a
 // pending_auth_conflict and the other tool errors, reuses the pending profile, updates it, is
 // refused a personal default and a test of an unconnected profile, and deletes it.
 // Exits non-zero, saying why, at the first surprise; prints a JSON summary as its last line.
@@ -28,9 +28,12 @@ const client = new Client({ name: 'tessera-test-agent', version: '1.0.0' });
 await client.connect(transport);
 assert.equal(transport.sessionId, undefined, 'the server is stateless: no session id');
 
-// 1. The one tool, its arguments named as in the system it comes from.
+// 1. The tools: manage_auth_profiles, its arguments named as in the system it comes from, and
+// list_teams, read only and without arguments.
 const { tools } = await client.listTools();
-assert.deepEqual(tools.map((t) => t.name), ['manage_auth_profiles']);
+assert.deepEqual(tools.map((t) => t.name), ['manage_auth_profiles', 'list_teams']);
+assert.equal(tools[1].annotations.readOnlyHint, true);
+assert.deepEqual(Object.keys(tools[1].inputSchema.properties ?? {}), []);
 const schema = tools[0].inputSchema;
 for (const name of ['action', 'team', 'slug', 'connector_key', 'profile_kind', 'provider', 'display_name', 'scopes']) {
   assert.ok(schema.properties[name], `the schema has ${name}`);
@@ -61,6 +64,17 @@ async function fails(args, code) {
   codes[code] = value;
   return value;
 }
+
+// The user's teams, the default first: the agent learns its `team` here.
+const teamsResult = await client.callTool({ name: 'list_teams', arguments: {} });
+assert.notEqual(teamsResult.isError, true, JSON.stringify(teamsResult));
+const teams = JSON.parse(teamsResult.content[0].text).teams;
+assert.deepEqual(teamsResult.structuredContent.teams, teams);
+assert.deepEqual(teams.map((t) => [t.slug, t.role, t.is_default]), [[team, 'owner', true]]);
+assert.ok(!teams.some((t) => t.slug === otherTeam), 'only the token user\'s teams');
+const withArguments = await client.callTool({ name: 'list_teams', arguments: { team } });
+assert.equal(withArguments.isError, true);
+assert.equal(JSON.parse(withArguments.content[0].text).code, 'invalid_request');
 
 // 2. Create: pending, with a connect link to show the user.
 const request = {
