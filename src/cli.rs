@@ -164,6 +164,7 @@ pub fn main() -> ExitCode {
         }
     };
     telemetry::init(&config.log);
+    telemetry::log_panics();
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }

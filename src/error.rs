@@ -472,6 +472,16 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// What a caught panic said: its message when it has one (the text of `panic!` or a failed
+/// `expect`), else a fixed phrase.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (None, Some(text)) => text.clone(),
+        (None, None) => "a panic without a message".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -26,6 +26,18 @@ pub fn init(config: &LogConfig) {
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
+/// Has every panic logged as one error event, in the current span (a request's id), with its
+/// message and location, instead of the standard library's lines of plain text on stderr, which
+/// break a JSON log's one object per line and ignore `log.filter`. A caught panic is still
+/// answered (a 500, a tool error) or restarted (a worker) where it is caught.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let panic = crate::error::panic_message(info.payload());
+        let location = info.location().map(|at| format!("{}:{}", at.file(), at.line())).unwrap_or_default();
+        tracing::error!(panic, location, "panicked");
+    }));
+}
+
 /// `log.filter` (`info` when it does not parse), with the MCP SDK (`rmcp`) held at warnings and
 /// errors whatever it says: the SDK logs whole requests and results at debug and trace level, and
 /// the tool's results carry credentials. A separate filter, not a directive of the same

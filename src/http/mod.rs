@@ -244,11 +244,7 @@ fn bodies_and_panics<S: Clone + Send + Sync + 'static>(router: Router<S>, body_r
         // Inside the request's span: the 500 a panic becomes is logged with the request id and
         // the panic's message, and answered with its "response" line like any other.
         .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
-            let message = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-                (Some(text), _) => (*text).to_owned(),
-                (None, Some(text)) => text.clone(),
-                (None, None) => "a panic without a message".to_owned(),
-            };
+            let message = crate::error::panic_message(panic.as_ref());
             let error = ApiError::internal(std::io::Error::other(format!("panicked: {message}")));
             let mut response = responses::no_store(error.into_response());
             response.extensions_mut().insert(Panicked);

@@ -178,6 +178,22 @@ pub fn teams_tool() -> Tool {
     .with_annotations(ToolAnnotations::new().read_only(true).destructive(false).open_world(false))
 }
 
+/// `call`'s answer, or, should it panic, an `internal_error` (logged with the panic's message).
+async fn answered(
+    call: impl std::future::Future<Output = Result<Value, ApiError>> + Send + 'static,
+) -> Result<Value, ApiError> {
+    match tokio::spawn(tracing::Instrument::in_current_span(call)).await {
+        Ok(answer) => answer,
+        Err(error) => {
+            let cause = match error.try_into_panic() {
+                Ok(panic) => format!("a tool call panicked: {}", crate::error::panic_message(panic.as_ref())),
+                Err(_) => "a tool call was cancelled".to_owned(),
+            };
+            Err(ApiError::internal(std::io::Error::other(cause)))
+        }
+    }
+}
+
 /// The MCP server: [`tool`] over the auth-profile service, and [`teams_tool`] over the user's
 /// profile as the validator reads it (as `/v1/me` does).
 #[derive(Clone)]
@@ -409,12 +425,17 @@ impl ServerHandler for McpServer {
             .and_then(|parts| parts.extensions.get::<Caller>())
             .copied()
             .ok_or_else(|| ErrorData::internal_error("the request carries no authenticated user", None))?;
-        let answer = if request.name == TEAMS_TOOL {
-            self.list_teams(caller.0, request.arguments).await
-        } else {
-            self.manage_auth_profiles(caller.0, request.arguments).await
+        // In a task of its own: the SDK runs this handler in a task whose panic nothing waits
+        // for, and the HTTP request would then wait for an answer forever.
+        let server = self.clone();
+        let call = async move {
+            if request.name == TEAMS_TOOL {
+                server.list_teams(caller.0, request.arguments).await
+            } else {
+                server.manage_auth_profiles(caller.0, request.arguments).await
+            }
         };
-        let result = match answer {
+        let result = match answered(call).await {
             Ok(value) => CallToolResult::structured(value),
             Err(error) => {
                 // Counted apart: the transport answers HTTP 200 either way, so a store outage
@@ -471,6 +492,13 @@ mod tests {
             ["list", "get", "create", "delete", "connect", "credentials", "update", "set_default", "test"]
         );
         assert!(!schema.to_string().contains("$ref"), "{schema}");
+    }
+
+    #[tokio::test]
+    async fn a_tool_call_that_panics_is_answered_as_an_internal_error() {
+        let answer = answered(async { panic!("a bug") }).await;
+        assert_eq!(answer.unwrap_err().code(), ErrorCode::InternalError);
+        assert_eq!(answered(async { Ok(json!({"ok": true})) }).await.unwrap(), json!({"ok": true}));
     }
 
     #[test]

@@ -201,7 +201,8 @@ where
         let run = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(make()));
         match run.await {
             Err(error) if error.is_panic() => {
-                tracing::error!(worker, "a background loop panicked; it starts again shortly");
+                let panic = crate::error::panic_message(error.into_panic().as_ref());
+                tracing::error!(worker, panic, "a background loop panicked; it starts again shortly");
                 metrics::counter!(crate::observability::WORKER_RESTARTS_TOTAL, "worker" => worker).increment(1);
                 tokio::time::sleep(pause).await;
             }
