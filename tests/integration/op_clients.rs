@@ -674,6 +674,15 @@ async fn private_key_jwt_accepts_a_fresh_assertion_for_the_token_endpoint_or_iss
     let named = ClientCredentials { client_id: Some("backend".into()), ..assertion(&token) };
     service.authenticate(&named, &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
     assert_eq!(app.db.sql().await.count("client_assertions").await, 4, "each jti is kept until it expires");
+    // And for minutes past the last second it would be accepted (exp + 30 s): the sweeper of an
+    // instance whose clock runs ahead must not free a jti another instance still takes.
+    let store = app.db.store().await;
+    let accepted_until = chrono::Utc::now() + chrono::TimeDelta::seconds(120 + 31);
+    assert_eq!(
+        store.delete_expired_client_assertions(accepted_until + chrono::TimeDelta::minutes(1)).await.unwrap(),
+        0
+    );
+    assert_eq!(app.db.sql().await.count("client_assertions").await, 4);
     // A key registered without its `kid` answers an assertion whose library names one.
     let mut keys = jwks_of(&issuer).await;
     keys["keys"] = keys["keys"].as_array().unwrap().iter().filter(|k| k["kid"] == "ec-1").cloned().collect();

@@ -42,6 +42,10 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(600);
 /// Clock-skew allowance on a client assertion's `exp` and `nbf`.
 pub const ASSERTION_LEEWAY: Duration = Duration::from_secs(30);
+
+/// How long a used assertion's record outlives the last moment it would be accepted: more than
+/// the clocks of instances sharing a database may differ by.
+const ASSERTION_KEPT_PAST_ITS_TIME: TimeDelta = TimeDelta::minutes(5);
 /// The longest client assertion read.
 pub const MAX_ASSERTION_LEN: usize = 16 * 1024;
 /// The longest `jti` accepted.
@@ -511,9 +515,13 @@ impl Clients {
                  assertion",
             ))?;
         // Kept as long as the assertion would be accepted: its exp plus the leeway, plus the
-        // second in which the JWT library, which compares whole seconds, still takes it.
-        let keep_until =
-            expires_at + TimeDelta::from_std(ASSERTION_LEEWAY).unwrap_or(TimeDelta::zero()) + TimeDelta::seconds(1);
+        // second in which the JWT library, which compares whole seconds, still takes it — and
+        // then some, since the instance whose sweeper deletes it may run ahead of the one a replay
+        // reaches by a few seconds (a jti is never to be used again anyway).
+        let keep_until = expires_at
+            + TimeDelta::from_std(ASSERTION_LEEWAY).unwrap_or(TimeDelta::zero())
+            + TimeDelta::seconds(1)
+            + ASSERTION_KEPT_PAST_ITS_TIME;
         match self.store.use_client_assertion(&client.id, &jti, keep_until, now).await {
             Ok(true) => {}
             Ok(false) => {

@@ -380,12 +380,15 @@ impl KeySet {
     }
 
     /// The key that signs for `alg` at `now`: of those whose signing period holds `now`, the
-    /// latest to start.
+    /// latest to start. None holds it when the algorithm's first key was made (signing at once)
+    /// by an instance whose clock is ahead of this one's: that key, up to [`LEEWAY`] early,
+    /// rather than no key at all.
     fn signer(&self, alg: SigningAlg, now: DateTime<Utc>) -> Option<&Arc<LoadedKey>> {
         self.keys
             .iter()
             .filter(|k| k.alg == alg && k.signs_from <= now && k.retired_at.is_none_or(|r| r > now))
             .max_by_key(|k| k.signs_from)
+            .or_else(|| self.unretired(alg).filter(|k| k.signs_from <= now + to_chrono(LEEWAY)))
     }
 
     /// A key published at `now`, by kid.
@@ -1136,6 +1139,34 @@ mod tests {
         // Served from the cache while the store cannot be read: until the lead (750 s) of a key
         // made just after the read.
         assert_eq!((at(300), at(749), at(800)), (450, 1, 0));
+    }
+
+    #[test]
+    fn a_first_key_made_on_a_clock_ahead_signs_here_within_the_leeway() {
+        let key = |kid: &str, signs_from, retired_at| {
+            Arc::new(LoadedKey {
+                kid: kid.into(),
+                alg: SigningAlg::EdDSA,
+                signs_from,
+                retired_at,
+                unpublish_at: None,
+                public: Err("not needed here".into()),
+                encoding: None,
+            })
+        };
+        let t = chrono::Utc::now();
+        let seconds = chrono::Duration::seconds;
+        let first = KeySet { loaded_at: Instant::now(), keys: vec![key("first", t + seconds(3), None)] };
+        assert_eq!(first.signer(SigningAlg::EdDSA, t).map(|k| k.kid.as_str()), Some("first"));
+        assert!(first.signer(SigningAlg::EdDSA, t - seconds(31)).is_none(), "not past the leeway");
+        assert!(first.signer(SigningAlg::ES256, t).is_none());
+        // A rotation's next key waits for its time while the current one signs.
+        let rotating = KeySet {
+            loaded_at: Instant::now(),
+            keys: vec![key("current", t - seconds(60), Some(t + seconds(3))), key("next", t + seconds(3), None)],
+        };
+        assert_eq!(rotating.signer(SigningAlg::EdDSA, t).map(|k| k.kid.as_str()), Some("current"));
+        assert_eq!(rotating.signer(SigningAlg::EdDSA, t + seconds(3)).map(|k| k.kid.as_str()), Some("next"));
     }
 
     #[test]
