@@ -433,10 +433,14 @@ impl Source {
                 let mut row = csv::ByteRecord::new();
                 // Each record is sent once the next is read: the last one may be cut short.
                 let mut held: Option<Line> = None;
+                // The line of the last row read, when it was a row of empty fields.
+                let mut empty_last = None;
                 while reader.read_byte_record(&mut row).map_err(|e| csv_error(&path, e))? {
+                    let number = lines.first_line(row.position().map_or(0, |p| p.byte()));
                     // A blank line, or a row of empty fields (`,,,,`, as spreadsheets leave at
                     // the end): nothing to import, as a blank line of JSON Lines.
                     if row.iter().all(|field| field.trim_ascii().is_empty()) {
+                        empty_last = Some(number);
                         if let Some(line) = held.take()
                             && !send(line, &mut batch)
                         {
@@ -444,7 +448,7 @@ impl Source {
                         }
                         continue;
                     }
-                    let number = lines.first_line(row.position().map_or(0, |p| p.byte()));
+                    empty_last = None;
                     let record = match row.as_slice().len() > MAX_LINE {
                         true => Err(ErrorCode::FieldTooLong),
                         false => csv_record(&row, &columns, width),
@@ -457,14 +461,26 @@ impl Source {
                 }
                 // A last record without its line break may be a file copied only in part, its
                 // last field cut short (`user-123` read as `user-12`), which nothing else can
-                // tell: a user made from it would be a wrong one for good.
-                if let Some(mut line) = held {
-                    if !matches!(reader.get_ref().last, Some(b'\n' | b'\r')) {
-                        line.record = Err(ErrorCode::UnterminatedRecord);
+                // tell: a user made from it would be a wrong one for good. So may a last row of
+                // empty fields: a record cut within its leading empty fields (`,https://…` read
+                // as `,`), which would otherwise go unsaid.
+                let terminated = matches!(reader.get_ref().last, Some(b'\n' | b'\r'));
+                let last = match (held, empty_last) {
+                    (Some(mut line), _) => {
+                        if !terminated {
+                            line.record = Err(ErrorCode::UnterminatedRecord);
+                        }
+                        Some(line)
                     }
-                    if !send(line, &mut batch) {
-                        return Ok(());
+                    (None, Some(number)) if !terminated => {
+                        Some(Line { number, record: Err(ErrorCode::UnterminatedRecord) })
                     }
+                    (None, _) => None,
+                };
+                if let Some(line) = last
+                    && !send(line, &mut batch)
+                {
+                    return Ok(());
                 }
             }
         }
@@ -960,8 +976,13 @@ mod tests {
         // Whole: a line break after the last record, whatever follows it.
         assert_eq!(codes("issuer,subject\ni,user-1\ni,user-123\n"), [(2, None), (3, None)]);
         assert_eq!(codes("issuer,subject\ni,user-1\r"), [(2, None)], "a lone CR");
-        assert_eq!(codes("issuer,subject\ni,user-1\n,"), [(2, None)], "a row of empty fields after it");
+        assert_eq!(codes("issuer,subject\ni,user-1\n,\n"), [(2, None)], "a row of empty fields after it");
         assert_eq!(codes("issuer,subject\ni,user-1\n\n"), [(2, None)]);
+        // A last row of empty fields without its line break: a record cut in its leading empty
+        // fields (the first column optional), not to go unsaid.
+        let cut_early = [(2, None), (3, Some(ErrorCode::UnterminatedRecord))];
+        assert_eq!(codes("email,issuer,subject\n,i,user-1\n,"), cut_early);
+        assert_eq!(codes("email,issuer,subject\n,i,user-1\n , "), cut_early);
     }
 
     #[test]
