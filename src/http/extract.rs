@@ -90,16 +90,23 @@ fn json_rejection(rejection: JsonRejection, inner: Option<&str>) -> ApiError {
     }
 }
 
-/// A path of serde's (`values.A`, `redirect_uris[2]`) with each segment not spelled as one of
-/// the API's field names (snake case), a map's key, shown as `…`.
+/// The request fields whose members are the client's own keys (an env profile's `values`), not
+/// the API's field names.
+const MAP_FIELDS: [&str; 1] = ["values"];
+
+/// A path of serde's (`values.A`, `redirect_uris[2]`) with each segment that is a map's key shown
+/// as `…`: one after a [`MAP_FIELDS`] field whatever its spelling (a key may be a secret that
+/// looks like a field name), and any not spelled as one of the API's field names (snake case).
 fn field_path(path: &str) -> String {
+    let mut after_map = false;
     let segments = path.split('.').map(|segment| {
         let name = segment.split('[').next().unwrap_or_default();
         let indices = &segment[name.len()..];
         let field = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         let indexed = indices.chars().all(|c| c.is_ascii_digit() || c == '[' || c == ']');
-        if field && indexed { segment.to_owned() } else { "…".to_owned() }
+        let key = std::mem::replace(&mut after_map, MAP_FIELDS.contains(&name));
+        if field && indexed && !key { segment.to_owned() } else { "…".to_owned() }
     });
     segments.collect::<Vec<_>>().join(".")
 }
@@ -560,6 +567,8 @@ mod tests {
         assert_eq!(field_path("values.OPENAI_API_KEY"), "values.…");
         assert_eq!(field_path("values.sk-live-1[0]"), "values.…");
         assert_eq!(field_path("values.a b"), "values.…");
+        // A key spelled as a field name may still be a secret.
+        assert_eq!(field_path("values.abc123livesecret"), "values.…");
     }
 
     #[test]
