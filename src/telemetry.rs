@@ -30,11 +30,24 @@ pub fn init(config: &LogConfig) {
 /// message and location, instead of the standard library's lines of plain text on stderr, which
 /// break a JSON log's one object per line and ignore `log.filter`. A caught panic is still
 /// answered (a 500, a tool error) or restarted (a worker) where it is caught.
+/// Its backtrace comes with it when `RUST_BACKTRACE` asks for one; a filter that drops the event
+/// (`TESSERA_LOG=off`, or one naming other targets only) leaves the panic to the standard
+/// library's own report, so that no panic goes unsaid.
 pub fn log_panics() {
-    std::panic::set_hook(Box::new(|info| {
+    let standard = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !tracing::event_enabled!(Level::ERROR) {
+            return standard(info);
+        }
         let panic = crate::error::panic_message(info.payload());
         let location = info.location().map(|at| format!("{}:{}", at.file(), at.line())).unwrap_or_default();
-        tracing::error!(panic, location, "panicked");
+        let backtrace = std::backtrace::Backtrace::capture();
+        match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => {
+                tracing::error!(panic, location, backtrace = %backtrace, "panicked")
+            }
+            _ => tracing::error!(panic, location, "panicked"),
+        }
     }));
 }
 

@@ -114,6 +114,19 @@ pub fn curve_algorithm(kty: Option<&str>, crv: Option<&str>) -> Option<Option<js
     }
 }
 
+/// A base64url member of a JWK, decoded.
+fn jwk_member(jwk: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok()
+}
+
+/// An RSA JWK's modulus and exponent as the numbers they are: without the leading zero bytes
+/// (a sign byte, as some encoders write) that aws-lc-rs refuses in a key it verifies with.
+pub fn rsa_components(jwk: &serde_json::Map<String, serde_json::Value>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let unpadded = |bytes: Vec<u8>| bytes[bytes.iter().take_while(|b| **b == 0).count()..].to_vec();
+    Some((unpadded(jwk_member(jwk, "n")?), unpadded(jwk_member(jwk, "e")?)))
+}
+
 /// Why the public key material of a JWK could never verify a signature, if so — which decoding
 /// it (jsonwebtoken's `DecodingKey::from_jwk`) does not find out, as it only decodes the members:
 /// an RSA modulus outside 2,048–8,192 bits (aws-lc-rs verifies no other) or an even or tiny
@@ -125,23 +138,17 @@ pub fn jwk_material_problem(
     curve: Option<Option<jsonwebtoken::Algorithm>>,
 ) -> Option<&'static str> {
     use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ED25519, ParsedPublicKey};
-    use base64::Engine as _;
     use jsonwebtoken::Algorithm;
-    let member = |name: &str| -> Option<Vec<u8>> {
-        let text = jwk.get(name)?.as_str()?;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()
-    };
+    let member = |name: &str| jwk_member(jwk, name);
     const UNDECODABLE: &str = "the key's members are not base64url-encoded key material";
     match curve {
         // RSA.
         None => {
-            let (Some(n), Some(e)) = (member("n"), member("e")) else { return Some(UNDECODABLE) };
-            let n = &n[n.iter().take_while(|b| **b == 0).count()..];
+            let Some((n, e)) = rsa_components(jwk) else { return Some(UNDECODABLE) };
             let bits = n.first().map_or(0, |first| n.len() * 8 - first.leading_zeros() as usize);
             if !(2048..=8192).contains(&bits) {
                 return Some("an RSA key's modulus must be 2,048 to 8,192 bits");
             }
-            let e = &e[e.iter().take_while(|b| **b == 0).count()..];
             if e.len() > 4 || e.last().is_none_or(|last| last & 1 == 0) || e == [1] {
                 return Some("an RSA key's exponent must be odd, at least 3 and at most 32 bits");
             }

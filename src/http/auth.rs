@@ -11,6 +11,7 @@
 //! `__Host-` cookie; the callback must bring both back. Redirects are `303 See Other` with
 //! `Cache-Control: no-store` and `Referrer-Policy: no-referrer` (the callback URL holds a code).
 
+use crate::domain::ReturnTo;
 use crate::error::{ErrorChain as _, ErrorCode};
 use crate::store::SessionEnd;
 use std::sync::Arc;
@@ -152,7 +153,12 @@ async fn start_login(
         }
         // "Try again" goes back to the sign-in with the same `return_to`: an app's request held
         // meanwhile is answered once the provider is back.
-        Err(error) => state.pages.error_in(&headers, error.into(), &going_to(query.return_to.as_deref())),
+        // (Only a `return_to` that passes the check: a provider refused before it was read
+        // must not carry it on.)
+        Err(error) => {
+            let return_to = query.return_to.as_deref().filter(|to| state.sign_in.check_return_to(to).is_ok());
+            state.pages.error_in(&headers, error.into(), &going_to(return_to))
+        }
     }
 }
 
@@ -461,11 +467,13 @@ async fn start_link_form(
     }
     let (provider, return_to) = (csrf::field(&fields, "provider"), csrf::field(&fields, "return_to"));
     if let Err(error) = require_recent(&live) {
-        // Signed in again, the browser comes back to this link (asked to confirm it again).
+        // Signed in again, the browser comes back to this link (asked to confirm it again),
+        // unless it would be too long a `return_to` to be taken.
         let again = match provider {
             Some(provider) => super::login::provider_href("link", provider, return_to.filter(|to| !to.is_empty())),
             None => "/account".to_owned(),
         };
+        let again = if again.len() <= ReturnTo::MAX_LEN { again } else { "/account".to_owned() };
         let context = errors::Context { return_to: Some(again), signed_in: true, retry: None };
         return state.pages.error_in(&headers, error, &context);
     }

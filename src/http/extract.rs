@@ -95,20 +95,25 @@ fn json_rejection(rejection: JsonRejection, inner: Option<&str>) -> ApiError {
 const MAP_FIELDS: [&str; 1] = ["values"];
 
 /// A path of serde's (`values.A`, `redirect_uris[2]`) with each segment that is a map's key shown
-/// as `…`: one after a [`MAP_FIELDS`] field whatever its spelling (a key may be a secret that
-/// looks like a field name), and any not spelled as one of the API's field names (snake case).
+/// as `…`: all that follows a [`MAP_FIELDS`] field, as one `…` whatever its spelling (a key may be
+/// a secret that looks like a field name, or hold dots), and any segment not spelled as one of
+/// the API's field names (snake case).
 fn field_path(path: &str) -> String {
-    let mut after_map = false;
-    let segments = path.split('.').map(|segment| {
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut segments = Vec::new();
+    for (at, segment) in parts.iter().copied().enumerate() {
         let name = segment.split('[').next().unwrap_or_default();
         let indices = &segment[name.len()..];
         let field = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         let indexed = indices.chars().all(|c| c.is_ascii_digit() || c == '[' || c == ']');
-        let key = std::mem::replace(&mut after_map, MAP_FIELDS.contains(&name));
-        if field && indexed && !key { segment.to_owned() } else { "…".to_owned() }
-    });
-    segments.collect::<Vec<_>>().join(".")
+        segments.push(if field && indexed { segment } else { "…" });
+        if MAP_FIELDS.contains(&name) && at + 1 < parts.len() {
+            segments.push("…");
+            break;
+        }
+    }
+    segments.join(".")
 }
 
 /// The detail of a body that could not be read.
@@ -567,8 +572,10 @@ mod tests {
         assert_eq!(field_path("values.OPENAI_API_KEY"), "values.…");
         assert_eq!(field_path("values.sk-live-1[0]"), "values.…");
         assert_eq!(field_path("values.a b"), "values.…");
-        // A key spelled as a field name may still be a secret.
+        // A key spelled as a field name may still be a secret, and may hold dots.
         assert_eq!(field_path("values.abc123livesecret"), "values.…");
+        assert_eq!(field_path("values.sk_live.abc123secret"), "values.…");
+        assert_eq!(field_path("values.K.my_secret_token"), "values.…");
     }
 
     #[test]

@@ -144,7 +144,11 @@ async fn show_login(
         Err(error) => return state.pages.error(&headers, error),
     };
     let email = query.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
-    if email.is_none() && query.done.as_deref() == Some("unlinked") {
+    // Said only to a browser that is signed out indeed (any page may link here).
+    if email.is_none()
+        && query.done.as_deref() == Some("unlinked")
+        && pages::live_session(&state, &headers, "/login").await.is_ok_and(|live| live.is_none())
+    {
         let return_to = match checked_return_to(&state, query.return_to.as_deref()) {
             Ok(checked) => checked,
             Err(error) => return state.pages.error(&headers, error),

@@ -364,6 +364,12 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     let page = html(browser.navigate(&w.app.url(&location(&own))).await, StatusCode::OK).await;
     assert!(page.contains("you had signed in with was removed, so you are signed out"), "{page}");
     assert!(page.contains("name=\"return_to\" value=\"/account\""), "{page}");
+    // Not said to a browser still signed in, whatever page linked it there.
+    let mut signed_in = Browser::new();
+    sign_in(&mut signed_in, &w.app, "second").await;
+    assert_eq!(signed_in.me(&w.app).await.status(), StatusCode::OK);
+    let page = html(signed_in.navigate(&w.app.url(&location(&own))).await, StatusCode::OK).await;
+    assert!(!page.contains("so you are signed out"), "{page}");
     assert_eq!(location(&browser.navigate(&w.app.url("/account")).await), "/login?return_to=%2Faccount");
 }
 

@@ -3,6 +3,7 @@
 //! link from the error's `link_url`), go back. The code is shown small, for support.
 
 use super::{Message, login_url};
+use crate::domain::ReturnTo;
 use crate::error::ErrorCode;
 use crate::http::problem::Described;
 
@@ -38,14 +39,15 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
             let link = error.extension("link_url").unwrap_or("/account");
             let provider = crate::http::login::provider_label(&provider_of(link));
             // The link goes on to where the sign-in was going (an app's request, say), which
-            // the link flow checks again.
+            // the link flow checks again — unless that makes it too long a `return_to` to take.
             let link = match context.return_to.as_deref() {
                 Some(to) if to != "/" && link.starts_with("/auth/link?") => {
                     let to: String = url::form_urlencoded::byte_serialize(to.as_bytes()).collect();
-                    format!("{link}&return_to={to}")
+                    Some(format!("{link}&return_to={to}")).filter(|long| long.len() <= ReturnTo::MAX_LEN)
                 }
-                _ => link.to_owned(),
-            };
+                _ => None,
+            }
+            .unwrap_or_else(|| link.to_owned());
             let link = link.as_str();
             (
                 "You already have an account",
@@ -300,6 +302,11 @@ mod tests {
         let href = url::Url::parse("http://x").unwrap().join(&message.actions[0].href).unwrap();
         let link = href.query_pairs().find(|(k, _)| k == "return_to").unwrap().1.into_owned();
         assert_eq!(link, "/auth/link?provider=gitlab&return_to=https%3A%2F%2Fapp.example%2Fcb%3Fx%3D1%26y%3D2");
+        // Too long to be taken with it: the link alone.
+        let far =
+            Context { return_to: Some(format!("https://app.example/{}", "x".repeat(2000))), ..Context::default() };
+        let message = message_for(&described(ErrorCode::LinkRequired, Some("/auth/link?provider=gitlab")), &far);
+        assert_eq!(message.actions[0].href, "/login?return_to=%2Fauth%2Flink%3Fprovider%3Dgitlab");
         // A page that refuses the provider or the user keeps it too.
         for code in [ErrorCode::UnknownProvider, ErrorCode::UserDisabled] {
             let message = message_for(&described(code, None), &going);
