@@ -247,6 +247,27 @@ async fn link_required_offers_the_real_link_flow(backend: Backend) {
     other.get(&location(&back)).await;
     let me = body(other.me(&w.app).await, 200).await;
     assert_eq!(me["identities"].as_array().unwrap().len(), 2, "linked: {me}");
+
+    // A first sign-in that was going somewhere (an app's request, say): the whole way round —
+    // the page, the chooser, the sign-in, the link's question and the link — ends there.
+    w.second.set_next_user(StubUser::new("ada-second-2", "ada@example.com"));
+    let mut third = Browser::new();
+    let callback = third.start(&w.app, "provider=second&return_to=%2Faccount%3Fdone%3Dlinked").await;
+    let page = html(third.navigate(&callback).await, StatusCode::CONFLICT).await;
+    let link = "/auth/link?provider=second&return_to=%2Faccount%3Fdone%3Dlinked";
+    let encoded: String = url::form_urlencoded::byte_serialize(link.as_bytes()).collect();
+    assert!(page.contains(&format!("href=\"/login?return_to={encoded}\"")), "{page}");
+    let done = sign_in(&mut third, &w.app, &format!("local&return_to={encoded}")).await;
+    assert_eq!(location(&done), link);
+    let page = html(third.navigate(&w.app.url(link)).await, StatusCode::OK).await;
+    let fields =
+        [("csrf", csrf_of(&page)), ("provider", "second".into()), ("return_to", "/account?done=linked".into())];
+    assert!(page.contains("name=\"return_to\" value=\"/account?done=linked\""), "{page}");
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let to_provider = third.form(&w.app.url("/auth/link"), &fields).await;
+    let back = third.get(&location(&to_provider)).await;
+    assert_eq!(location(&third.get(&location(&back)).await), "/account?done=linked");
+    assert_eq!(body(third.me(&w.app).await, 200).await["identities"].as_array().unwrap().len(), 3);
 }
 
 /// A link flow started by a page of another site (or a redirect through one) would attach
