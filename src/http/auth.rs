@@ -127,7 +127,9 @@ async fn start_login(
     let fresh = match (&state.op, query.return_to.as_deref()) {
         (Some(op), Some(return_to)) => match op.resumes_a_fresh_login(return_to).await {
             Ok(fresh) => fresh,
-            Err(error) => return state.pages.error_in(&headers, ApiError::from(error), &going_to(Some(return_to))),
+            Err(error) => {
+                return state.pages.error_in(&headers, ApiError::from(error), &going_on_to(&state, Some(return_to)));
+            }
         },
         _ => false,
     };
@@ -153,13 +155,14 @@ async fn start_login(
         }
         // "Try again" goes back to the sign-in with the same `return_to`: an app's request held
         // meanwhile is answered once the provider is back.
-        // (Only a `return_to` that passes the check: a provider refused before it was read
-        // must not carry it on.)
-        Err(error) => {
-            let return_to = query.return_to.as_deref().filter(|to| state.sign_in.check_return_to(to).is_ok());
-            state.pages.error_in(&headers, error.into(), &going_to(return_to))
-        }
+        Err(error) => state.pages.error_in(&headers, error.into(), &going_on_to(&state, query.return_to.as_deref())),
     }
+}
+
+/// [`going_to`] with `return_to` only if it passes the check (a failure met before it was
+/// checked must not carry it on to the next page).
+fn going_on_to(state: &AppState, return_to: Option<&str>) -> errors::Context {
+    going_to(return_to.filter(|to| state.sign_in.check_return_to(to).is_ok()))
 }
 
 /// The page context of a sign-in going to `return_to`: its "try again" and "sign in" keep it.

@@ -1,6 +1,6 @@
 //! The MCP endpoint, `/mcp` (Streamable HTTP, stateless: every POST is answered on its own, in
-//! JSON, with no session to keep), and its RFC 9728 protected-resource metadata. The tool itself
-//! is [`crate::mcp`].
+//! JSON, with no session to keep), and its RFC 9728 protected-resource metadata. The tools themselves
+//! are in [`crate::mcp`].
 //!
 //! Every request needs `Authorization: Bearer <access token>` issued by Tessera's own OpenID
 //! Provider for the resource `{public_url}/mcp` (RFC 8707 `resource`, the token's `aud`), whose

@@ -6,8 +6,9 @@
 //!
 //! Every page carries the same headers (see [`secure_headers`]): that policy with
 //! `frame-ancestors 'none'` (and `X-Frame-Options: DENY` for older browsers),
-//! `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and `Cache-Control: no-store`
-//! (pages show personal data, or are one step of a sign-in).
+//! `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` (but the page continuing an
+//! app's cross-site sign-out: `same-origin`, see [`Pages::continue_logout`]) and
+//! `Cache-Control: no-store` (pages show personal data, or are one step of a sign-in).
 //!
 //! A browser (`Accept: text/html`) that meets an error gets a page that says, in plain words, what
 //! happened and what to do next ([`errors`]); an API client gets the problem+json body.
@@ -206,8 +207,8 @@ pub struct Chrome {
     pub stylesheet: String,
     /// Whether to show the account links.
     pub signed_in: bool,
-    /// The page's `Referrer-Policy` (header and `<meta>`): [`NO_REFERRER`] but where a page's
-    /// own form must name its origin.
+    /// The page's `Referrer-Policy` in its `<meta>` ([`NO_REFERRER`] but where a page's own form
+    /// must name its origin); a page that changes it sets the header to match.
     pub referrer_policy: &'static str,
 }
 

@@ -4,9 +4,10 @@
 //!
 //! A front door beside [`crate::http`], served by it at `/mcp` over Streamable HTTP (see
 //! `http::mcp`, which checks the bearer token and hands the user in as a [`Caller`]). Like an HTTP
-//! handler, a tool call parses its arguments (with the REST API's parsers), calls the auth-profile
-//! service, which holds every rule (team membership, ownership, the pending-profile rules), and
-//! answers with the REST API's response types. A failure is a tool error (`isError: true`) whose
+//! handler, a tool call parses its arguments (with the REST API's parsers), calls the service
+//! that holds its rules (the auth-profile service: team membership, ownership, the pending-profile
+//! rules; the validator's read of the user, for `list_teams`), and answers with the REST API's
+//! response types. A failure is a tool error (`isError: true`) whose
 //! JSON content is `{"code", "detail", …}` from the one error table, members such as
 //! `existing_slug` included — never a success carrying an error, never database text.
 
@@ -148,7 +149,7 @@ pub struct Arguments {
     pub allow_account_change: Option<bool>,
 }
 
-/// The tool as `tools/list` describes it.
+/// The `manage_auth_profiles` tool as `tools/list` describes it.
 pub fn tool() -> Tool {
     Tool::new(
         TOOL,
@@ -224,7 +225,7 @@ impl McpServer {
         Ok(json!({"teams": teams.into_iter().map(TeamMembershipResponse::from).collect::<Vec<_>>()}))
     }
 
-    /// Runs one call of the tool for `user`; the value is the result's JSON content.
+    /// Runs one call of `manage_auth_profiles` for `user`; the value is the result's JSON content.
     pub async fn manage_auth_profiles(&self, user: UserId, arguments: Option<JsonObject>) -> Result<Value, ApiError> {
         let arguments = parse_arguments(arguments)?;
         let team = parse_team(arguments.team.trim())?;

@@ -852,9 +852,9 @@ impl AuthProfiles {
         // start (just now), and the callback's token exchange runs after it is used.
         // Taken as of now, not of the request's start: starting the flow may have waited on the
         // provider's discovery document past the link's expiry.
-        let now = super::now();
-        let keep_until = now + FLOW_TTL + CALLBACK_GRACE;
-        self.store.take_connect_token(hash, now, keep_until).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
+        let taken_at = super::now();
+        let keep_until = taken_at + FLOW_TTL + CALLBACK_GRACE;
+        self.store.take_connect_token(hash, taken_at, keep_until).await?.ok_or(AuthProfileError::InvalidConnectLink)?;
         Ok(started)
     }
 

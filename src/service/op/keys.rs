@@ -380,9 +380,9 @@ impl KeySet {
     }
 
     /// The key that signs for `alg` at `now`: of those whose signing period holds `now`, the
-    /// latest to start. None holds it when the algorithm's first key was made (signing at once)
-    /// by an instance whose clock is ahead of this one's: that key, up to [`LEEWAY`] early,
-    /// rather than no key at all.
+    /// latest to start. When none holds it — the algorithm's first key made (signing at once) by
+    /// an instance whose clock is ahead of this one's; any key starting within [`LEEWAY`] after a
+    /// gap — the un-retired key, up to [`LEEWAY`] early, rather than no key at all.
     fn signer(&self, alg: SigningAlg, now: DateTime<Utc>) -> Option<&Arc<LoadedKey>> {
         self.keys
             .iter()
