@@ -412,13 +412,17 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if request.name != TOOL && request.name != TEAMS_TOOL {
+        let teams = match request.name.as_ref() {
+            TOOL => false,
+            TEAMS_TOOL => true,
             // The client's name is not repeated: rmcp logs the answer at warn.
-            return Err(ErrorData::invalid_params(
-                Cow::Owned(format!("there is no such tool; the tools are {TOOL} and {TEAMS_TOOL}")),
-                None,
-            ));
-        }
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    Cow::Owned(format!("there is no such tool; the tools are {TOOL} and {TEAMS_TOOL}")),
+                    None,
+                ));
+            }
+        };
         // `http::mcp` lets no request through without a verified caller.
         let caller = context
             .extensions
@@ -430,7 +434,7 @@ impl ServerHandler for McpServer {
         // for, and the HTTP request would then wait for an answer forever.
         let server = self.clone();
         let call = async move {
-            if request.name == TEAMS_TOOL {
+            if teams {
                 server.list_teams(caller.0, request.arguments).await
             } else {
                 server.manage_auth_profiles(caller.0, request.arguments).await

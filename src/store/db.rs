@@ -276,7 +276,8 @@ const SQLITE_MIGRATION_WAIT: Duration = Duration::from_secs(15 * 60);
 fn sqlite_busy(error: &StoreError) -> bool {
     use sqlx::migrate::MigrateError;
     match error {
-        StoreError::Unavailable(error) | StoreError::Database(error) => is_sqlite_busy(error),
+        // (A busy statement's error is `Unavailable`: see `From<sqlx::Error>`.)
+        StoreError::Unavailable(error) => is_sqlite_busy(error),
         StoreError::Migrate(MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _)) => {
             is_sqlite_busy(error)
         }
@@ -284,10 +285,17 @@ fn sqlite_busy(error: &StoreError) -> bool {
     }
 }
 
-/// Whether an SQLite error is `SQLITE_BUSY`: its extended result codes keep 5 in their low byte.
+/// Whether an SQLite error is `SQLITE_BUSY` (5).
 fn is_sqlite_busy(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db)
-        if db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| code & 0xff == 5))
+    sqlite_result_code(error) == Some(5)
+}
+
+/// The primary result code of an SQLite error (`SQLITE_BUSY` is 5, `SQLITE_LOCKED` 6): the low
+/// byte of the extended code it comes with. `None` for any other error.
+pub(super) fn sqlite_result_code(error: &sqlx::Error) -> Option<i32> {
+    let sqlx::Error::Database(db) = error else { return None };
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    db.code()?.parse::<i32>().ok().map(|code| code & 0xff)
 }
 
 /// How much of an SQLite file is memory-mapped for reads (`PRAGMA mmap_size`).

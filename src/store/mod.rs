@@ -130,7 +130,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(db) => match (db.code(), db.try_downcast_ref::<sqlx::sqlite::SqliteError>()) {
                 // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-                (Some(code), Some(_)) => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+                (Some(_), Some(_)) => matches!(self::db::sqlite_result_code(&error), Some(5 | 6)),
                 // PostgreSQL: connection exceptions, insufficient resources, operator
                 // intervention (a cancelled statement included), what a server answers when it
                 // refuses a new connection (database missing or not accepting connections,

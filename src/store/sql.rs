@@ -609,15 +609,21 @@ async fn standing(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<Stan
 /// of the user's row, which would take the user after the team, against the order of a user's
 /// deletion: a disable committed before is seen.
 async fn enabled_member_role(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<Role>, StoreError> {
+    Ok(member_standing(tx, team, user).await?.and_then(|(role, disabled)| (!disabled).then_some(role)))
+}
+
+/// `user`'s role in `team` and whether their user is disabled; `None` for a non-member. Read as
+/// [`enabled_member_role`] reads it.
+async fn member_standing(tx: &mut Tx, team: TeamId, user: UserId) -> Result<Option<(Role, bool)>, StoreError> {
     let row = query(
-        "SELECT m.role FROM memberships m JOIN users u ON u.id = m.user_id
-         WHERE m.team_id = $1 AND m.user_id = $2 AND NOT u.disabled",
+        "SELECT m.role, u.disabled FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.team_id = $1 AND m.user_id = $2",
     )
     .bind(team.as_uuid())
     .bind(user.as_uuid())
     .fetch_optional(tx)
     .await?;
-    row.map(|row| decode_role(&row.text("role")?)).transpose()
+    row.map(|row| Ok((decode_role(&row.text("role")?)?, row.flag("disabled")?))).transpose()
 }
 
 /// Inserts `team` under the first free slug and makes `user` its owner, as their default team.
@@ -751,19 +757,11 @@ pub(super) async fn lock_team(tx: &mut Tx, team: TeamId) -> Result<bool, StoreEr
 /// team's row lock.
 async fn acting_owner(tx: &mut Tx, team: TeamId, acting: Option<UserId>) -> Result<Option<ActingRefusal>, StoreError> {
     let Some(user) = acting else { return Ok(None) };
-    let row = query(
-        "SELECT m.role, u.disabled FROM memberships m JOIN users u ON u.id = m.user_id
-         WHERE m.team_id = $1 AND m.user_id = $2",
-    )
-    .bind(team.as_uuid())
-    .bind(user.as_uuid())
-    .fetch_optional(tx)
-    .await?;
-    let Some(row) = row else { return Ok(Some(ActingRefusal::NotMember)) };
-    if row.flag("disabled")? {
-        return Ok(Some(ActingRefusal::Disabled));
-    }
-    Ok((decode_role(&row.text("role")?)? != Role::Owner).then_some(ActingRefusal::NotOwner))
+    Ok(match member_standing(tx, team, user).await? {
+        None => Some(ActingRefusal::NotMember),
+        Some((_, true)) => Some(ActingRefusal::Disabled),
+        Some((role, false)) => (role != Role::Owner).then_some(ActingRefusal::NotOwner),
+    })
 }
 
 /// The role of `by` in profile `id`'s team when `by` has `right` on it ([`ProfileKind::allows`]);
