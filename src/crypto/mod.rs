@@ -127,6 +127,21 @@ pub fn rsa_components(jwk: &serde_json::Map<String, serde_json::Value>) -> Optio
     Some((unpadded(jwk_member(jwk, "n")?), unpadded(jwk_member(jwk, "e")?)))
 }
 
+/// The key to verify with for a JWK that jsonwebtoken decoded as `decoded`: an RSA key as its
+/// numbers say ([`rsa_components`]), so that a modulus written with a sign byte in front still
+/// verifies; any other key as decoded.
+pub fn verifying_key(
+    jwk: &serde_json::Map<String, serde_json::Value>,
+    decoded: jsonwebtoken::DecodingKey,
+) -> jsonwebtoken::DecodingKey {
+    match rsa_components(jwk) {
+        Some((n, e)) if decoded.family() == jsonwebtoken::AlgorithmFamily::Rsa => {
+            jsonwebtoken::DecodingKey::from_rsa_raw_components(&n, &e)
+        }
+        _ => decoded,
+    }
+}
+
 /// Why the public key material of a JWK could never verify a signature, if so — which decoding
 /// it (jsonwebtoken's `DecodingKey::from_jwk`) does not find out, as it only decodes the members:
 /// an RSA modulus outside 2,048–8,192 bits (aws-lc-rs verifies no other) or an even or tiny

@@ -630,11 +630,7 @@ fn client_key(value: &Value) -> Result<ClientKey, String> {
         Some(_) => return Err("`kid` is a string of 1 to 256 characters".into()),
     };
     let unusable = crate::crypto::jwk_material_problem(object, curve);
-    // An RSA key as its numbers say: a modulus written with a sign byte in front still verifies.
-    let key = match crate::crypto::rsa_components(object) {
-        Some((n, e)) if family == AlgorithmFamily::Rsa => DecodingKey::from_rsa_raw_components(&n, &e),
-        _ => key,
-    };
+    let key = crate::crypto::verifying_key(object, key);
     Ok(ClientKey { kid, alg, family, curve, key, unusable })
 }
 

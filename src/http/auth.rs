@@ -11,7 +11,6 @@
 //! `__Host-` cookie; the callback must bring both back. Redirects are `303 See Other` with
 //! `Cache-Control: no-store` and `Referrer-Policy: no-referrer` (the callback URL holds a code).
 
-use crate::domain::ReturnTo;
 use crate::error::{ErrorChain as _, ErrorCode};
 use crate::store::SessionEnd;
 use std::sync::Arc;
@@ -140,11 +139,10 @@ async fn start_login(
         None => match state.flows.providers().default_or_only() {
             Some(provider) => provider.name().to_owned(),
             None => {
-                let return_to = query.return_to.as_deref().filter(|to| !to.is_empty());
-                if let Some(Err(error)) = return_to.map(|to| state.sign_in.check_return_to(to)) {
-                    return state.pages.error(&headers, error.into());
-                }
-                return redirect(&pages::login_url(return_to), &[]);
+                return match state.sign_in.given_return_to(query.return_to.as_deref()) {
+                    Ok(return_to) => redirect(&pages::login_url(return_to.as_ref().map(|to| to.as_str())), &[]),
+                    Err(error) => state.pages.error(&headers, error.into()),
+                };
             }
         },
     };
@@ -162,7 +160,8 @@ async fn start_login(
 /// [`going_to`] with `return_to` only if it passes the check (a failure met before it was
 /// checked must not carry it on to the next page).
 fn going_on_to(state: &AppState, return_to: Option<&str>) -> errors::Context {
-    going_to(return_to.filter(|to| state.sign_in.check_return_to(to).is_ok()))
+    let checked = state.sign_in.given_return_to(return_to).ok().flatten();
+    going_to(checked.as_ref().map(|to| to.as_str()))
 }
 
 /// The page context of a sign-in going to `return_to`: its "try again" and "sign in" keep it.
@@ -220,12 +219,9 @@ pub(super) fn already_signed_in(
         Err(_) if provider.is_none() => None,
         Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
     };
-    let return_to = match return_to.filter(|r| !r.is_empty()) {
-        Some(value) => match state.sign_in.check_return_to(value) {
-            Ok(checked) => Some(checked.as_str().to_owned()),
-            Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
-        },
-        None => None,
+    let return_to = match state.sign_in.given_return_to(return_to) {
+        Ok(checked) => checked.map(|to| to.as_str().to_owned()),
+        Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
     };
     let go_on = continue_to(state, return_to.as_deref());
     let title = "You are already signed in";
@@ -423,9 +419,7 @@ async fn confirm_link(
         Ok(provider) => provider.name().to_owned(),
         Err(error) => return state.pages.error_in(headers, error.into(), &signed_in),
     };
-    if let Some(return_to) = query.return_to.as_deref().filter(|to| !to.is_empty())
-        && let Err(error) = state.sign_in.check_return_to(return_to)
-    {
+    if let Err(error) = state.sign_in.given_return_to(query.return_to.as_deref()) {
         return state.pages.error_in(headers, error.into(), &signed_in);
     }
     let user = &live.profile.user;
@@ -470,13 +464,11 @@ async fn start_link_form(
     }
     let (provider, return_to) = (csrf::field(&fields, "provider"), csrf::field(&fields, "return_to"));
     if let Err(error) = require_recent(&live) {
-        // Signed in again, the browser comes back to this link (asked to confirm it again),
-        // unless it would be too long a `return_to` to be taken.
+        // Signed in again, the browser comes back to this link (asked to confirm it again).
         let again = match provider {
-            Some(provider) => super::login::provider_href("link", provider, return_to.filter(|to| !to.is_empty())),
+            Some(provider) => super::login::link_href(provider, return_to),
             None => "/account".to_owned(),
         };
-        let again = if again.len() <= ReturnTo::MAX_LEN { again } else { "/account".to_owned() };
         let context = errors::Context { return_to: Some(again), signed_in: true, retry: None };
         return state.pages.error_in(&headers, error, &context);
     }

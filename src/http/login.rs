@@ -21,7 +21,7 @@ use super::extract::{ApiQuery, PageBytes};
 use super::pages::icons::Icon;
 use super::pages::{self, Chrome};
 use super::problem::ApiError;
-use crate::domain::Email;
+use crate::domain::{Email, ReturnTo};
 use crate::error::ErrorCode;
 use crate::service::teams::Discovery;
 
@@ -87,6 +87,13 @@ pub fn provider_href(path: &str, provider: &str, return_to: Option<&str>) -> Str
         query.append_pair("return_to", to);
     }
     format!("/auth/{path}?{}", query.finish())
+}
+
+/// `/auth/link` for `provider`, coming back to `return_to` — left out when the link, which the
+/// sign-in before it may carry as its own `return_to`, would then be too long to be taken.
+pub fn link_href(provider: &str, return_to: Option<&str>) -> String {
+    let with = provider_href("link", provider, return_to.filter(|to| !to.is_empty()));
+    if with.len() <= ReturnTo::MAX_LEN { with } else { provider_href("link", provider, None) }
 }
 
 /// The buttons of every provider, for `/auth/login` or `/auth/link`.
@@ -162,10 +169,7 @@ async fn show_login(
 
 /// `return_to` as the sign-in flow would take it (absent when empty).
 fn checked_return_to(state: &AppState, return_to: Option<&str>) -> Result<Option<String>, ApiError> {
-    match return_to.filter(|r| !r.is_empty()) {
-        Some(value) => Ok(Some(state.sign_in.check_return_to(value)?.as_str().to_owned())),
-        None => Ok(None),
-    }
+    Ok(state.sign_in.given_return_to(return_to)?.map(|to| to.as_str().to_owned()))
 }
 
 /// The chooser's email form, posted so that the address stays out of the URL (and so out of
@@ -257,4 +261,19 @@ async fn home(headers: HeaderMap) -> Response {
     };
     response.headers_mut().append(header::VARY, HeaderValue::from_static("accept"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_keeps_where_it_was_going_while_that_fits() {
+        assert_eq!(link_href("gitlab", Some("")), "/auth/link?provider=gitlab");
+        assert_eq!(link_href("gitlab", Some("/a?b=1")), "/auth/link?provider=gitlab&return_to=%2Fa%3Fb%3D1");
+        let fits = format!("/{}", "a".repeat(ReturnTo::MAX_LEN - "/auth/link?provider=gitlab&return_to=%2F".len()));
+        assert_eq!(link_href("gitlab", Some(&fits)).len(), ReturnTo::MAX_LEN);
+        let over = format!("{fits}a");
+        assert_eq!(link_href("gitlab", Some(&over)), "/auth/link?provider=gitlab");
+    }
 }

@@ -206,6 +206,12 @@ impl SignIn {
         ReturnTo::parse(value, &self.return_to_origins).map_err(|_| SignInError::InvalidReturnTo)
     }
 
+    /// A `return_to` as a request carries it: none when absent or empty (an app's template left
+    /// it unfilled), else checked as [`Self::check_return_to`] does.
+    pub fn given_return_to(&self, value: Option<&str>) -> Result<Option<ReturnTo>, SignInError> {
+        value.filter(|value| !value.is_empty()).map(|value| self.check_return_to(value)).transpose()
+    }
+
     /// Starts a sign-in (`link_user` `None`) or the linking of another identity to `link_user`;
     /// with `fresh_login`, one that must come back with a new authentication at the provider
     /// (see [`crate::upstream::oauth_flow::OAuthFlows::begin`]).
@@ -217,11 +223,7 @@ impl SignIn {
         fresh_login: bool,
     ) -> Result<Started, SignInError> {
         let provider = self.flows.sign_in_provider(provider)?;
-        // An empty `return_to` (an app's template left it unfilled) is none, as at `/login`.
-        let return_to = match return_to.filter(|value| !value.is_empty()) {
-            Some(value) => ReturnTo::parse(value, &self.return_to_origins).map_err(|_| SignInError::InvalidReturnTo)?,
-            None => ReturnTo::root(),
-        };
+        let return_to = self.given_return_to(return_to)?.unwrap_or_else(ReturnTo::root);
         let purpose = match link_user {
             Some(user) => Purpose::Link { user },
             None => Purpose::SignIn,

@@ -633,6 +633,7 @@ fn parse_jwk(value: &Value) -> Option<VerificationKey> {
     if family == AlgorithmFamily::Hmac || alg.is_some_and(|a| a.family() != family) {
         return None;
     }
+    let key = crate::crypto::verifying_key(value.as_object()?, key);
     let material: String = ["kty", "crv", "n", "e", "x", "y"]
         .iter()
         .map(|field| value.get(*field).and_then(Value::as_str).unwrap_or_default())
@@ -686,6 +687,23 @@ mod tests {
         assert!(parse_jwk(&for_encrypting).is_none(), "key_ops without verify");
         for_encrypting["key_ops"] = serde_json::json!(["verify"]);
         assert!(parse_jwk(&for_encrypting).is_some());
+    }
+
+    #[test]
+    fn an_issuer_rsa_key_written_with_sign_bytes_still_verifies() {
+        use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let public = pair.public_key();
+        let n = [&[0u8][..], public.modulus().big_endian_without_leading_zero()].concat();
+        let e = [&[0u8][..], public.exponent().big_endian_without_leading_zero()].concat();
+        let key = parse_jwk(&serde_json::json!({"kty": "RSA", "kid": "r", "n": b64(&n), "e": b64(&e)})).unwrap();
+        let message = b"header.payload";
+        let mut signature = vec![0; pair.public_modulus_len()];
+        pair.sign(&RSA_PKCS1_SHA256, &aws_lc_rs::rand::SystemRandom::new(), message, &mut signature).unwrap();
+        let verified = jsonwebtoken::crypto::verify(&b64(&signature), message, &key.key, Algorithm::RS256);
+        assert!(verified.unwrap(), "verifies with the key as its numbers say");
     }
 
     /// An EC or OKP key without `alg` takes its curve's algorithm: a P-384 key is no ES256

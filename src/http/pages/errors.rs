@@ -3,7 +3,6 @@
 //! link from the error's `link_url`), go back. The code is shown small, for support.
 
 use super::{Message, login_url};
-use crate::domain::ReturnTo;
 use crate::error::ErrorCode;
 use crate::http::problem::Described;
 
@@ -37,17 +36,14 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
     let (title, text, actions): (&str, String, Vec<(&str, String)>) = match error.code {
         LinkRequired => {
             let link = error.extension("link_url").unwrap_or("/account");
-            let provider = crate::http::login::provider_label(&provider_of(link));
+            let provider = link_provider(link).unwrap_or_else(|| "the new sign-in method".into());
+            let provider = crate::http::login::provider_label(&provider);
             // The link goes on to where the sign-in was going (an app's request, say), which
             // the link flow checks again — unless that makes it too long a `return_to` to take.
-            let link = match context.return_to.as_deref() {
-                Some(to) if to != "/" && link.starts_with("/auth/link?") => {
-                    let to: String = url::form_urlencoded::byte_serialize(to.as_bytes()).collect();
-                    Some(format!("{link}&return_to={to}")).filter(|long| long.len() <= ReturnTo::MAX_LEN)
-                }
-                _ => None,
-            }
-            .unwrap_or_else(|| link.to_owned());
+            let link = match (context.return_to.as_deref(), link_provider(link)) {
+                (Some(to), Some(provider)) if to != "/" => crate::http::login::link_href(&provider, Some(to)),
+                _ => link.to_owned(),
+            };
             let link = link.as_str();
             (
                 "You already have an account",
@@ -255,12 +251,9 @@ fn home(context: &Context) -> Vec<(&'static str, String)> {
 }
 
 /// The provider a `/auth/link?provider=…` link names.
-fn provider_of(link: &str) -> String {
-    url::Url::parse("http://x")
-        .and_then(|base| base.join(link))
-        .ok()
-        .and_then(|url| url.query_pairs().find(|(k, _)| k == "provider").map(|(_, v)| v.into_owned()))
-        .unwrap_or_else(|| "the new sign-in method".into())
+fn link_provider(link: &str) -> Option<String> {
+    let query = link.strip_prefix("/auth/link?")?;
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "provider").map(|(_, v)| v.into_owned())
 }
 
 /// A detail as a sentence: capitalised, with a full stop.
