@@ -1167,6 +1167,14 @@ mod tests {
         };
         assert_eq!(rotating.signer(SigningAlg::EdDSA, t).map(|k| k.kid.as_str()), Some("current"));
         assert_eq!(rotating.signer(SigningAlg::EdDSA, t + seconds(3)).map(|k| k.kid.as_str()), Some("next"));
+        // After a gap (the current key retired before the next one's time, as written by
+        // instances whose clocks differ): the next key, up to the leeway early, and no further.
+        let gap = |starts: i64| KeySet {
+            loaded_at: Instant::now(),
+            keys: vec![key("current", t - seconds(60), Some(t)), key("next", t + seconds(starts), None)],
+        };
+        assert_eq!(gap(10).signer(SigningAlg::EdDSA, t + seconds(1)).map(|k| k.kid.as_str()), Some("next"));
+        assert!(gap(40).signer(SigningAlg::EdDSA, t + seconds(1)).is_none(), "past the leeway");
     }
 
     #[test]
