@@ -305,7 +305,19 @@ pub struct Client {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The scope that asks for access while the user is away (OpenID Connect Core, section 11): its
+/// grant is not bound to the browser session it came from.
+pub const OFFLINE_ACCESS: &str = "offline_access";
+
 impl Client {
+    /// Whether [`OFFLINE_ACCESS`] means anything from it: it may refresh and registered that
+    /// scope. From any other client it is ignored where asked, at authorization and at refresh
+    /// (OpenID Connect Core, section 11: it asks for a refresh token, which such a client never
+    /// gets or was not registered to hold; RFC 6749 3.3 lets a server ignore part of a scope).
+    pub fn may_go_offline(&self) -> bool {
+        self.allows(GrantType::RefreshToken) && self.scopes.iter().any(|s| s == OFFLINE_ACCESS)
+    }
+
     /// The registered redirect URI that `requested` matches, if any.
     pub fn redirect_uri(&self, requested: &str) -> Option<&RedirectUri> {
         self.redirect_uris.iter().find(|r| r.matches(requested))

@@ -17,7 +17,9 @@ mod webhook;
 pub use auth_profile::{
     AuthProfile, ConnectRefusal, CredentialMeta, FieldSet, ProfileKind, ProfileRight, ProfileStatus,
 };
-pub use client::{Client, ClientId, ClientIdError, ClientKind, GrantType, RedirectUri, RedirectUriError, SigningAlg};
+pub use client::{
+    Client, ClientId, ClientIdError, ClientKind, GrantType, OFFLINE_ACCESS, RedirectUri, RedirectUriError, SigningAlg,
+};
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId, WebhookId};
 pub use issuer::{Issuer, IssuerError};

@@ -8,6 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::json;
 use tessera_testkit::local_issuer::StubUser;
 use tokio::process::Command;
@@ -67,18 +70,28 @@ async fn authlib_runs_every_flow(backend: Backend) {
     let w = op_world(backend).await;
     w.issuer.set_next_user(StubUser::new("authlib-sub", "authlib-user@example.com"));
     // The app asks for a token for its API, whose server exchanges it for one for the billing API.
+    // The app is not registered for `offline_access`, which its library asks for all the same (at
+    // authorization and again at each refresh).
     let (api, billing) = ("https://orders.example.com", "https://billing.example.com");
     let (client, secret) = register(
         &w.app,
         json!({"name": "Authlib", "kind": "confidential", "redirect_uris": [REDIRECT], "first_party": true,
-               "resources": [api]}),
+               "resources": [api], "scopes": ["openid", "profile", "email"]}),
     )
     .await;
-    let (server, server_secret) = register(
+    // The server authenticates with a key (`private_key_jwt`), signing as the library does.
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = pair.public_key().as_ref();
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                     "y": URL_SAFE_NO_PAD.encode(&point[33..])});
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", STANDARD.encode(pkcs8.as_ref()));
+    let (server, _) = register(
         &w.app,
         json!({"name": "Orders API", "kind": "confidential", "redirect_uris": [],
                "grant_types": ["urn:ietf:params:oauth:grant-type:token-exchange"],
-               "scopes": ["openid", "email"], "resources": [api, billing]}),
+               "scopes": ["openid", "email"], "resources": [api, billing], "jwks": {"keys": [jwk]}}),
     )
     .await;
     let mut command = Command::new(python);
@@ -91,7 +104,7 @@ async fn authlib_runs_every_flow(backend: Backend) {
         .env("REDIRECT_URI", REDIRECT)
         .env("RESOURCE", api)
         .env("EXCHANGE_CLIENT_ID", &server)
-        .env("EXCHANGE_CLIENT_SECRET", server_secret.unwrap())
+        .env("EXCHANGE_CLIENT_KEY", pem)
         .env("EXCHANGE_RESOURCE", billing);
     let result = run(command).await;
     let user = w.app.db.sql().await.uuids("SELECT id FROM users").await;

@@ -2,13 +2,15 @@
 
 Discovery, authorization code + PKCE through a real upstream sign-in for a resource (RFC 8707),
 id token validation by the library (signature from the JWKS, iss, aud, exp, nonce), userinfo,
-token exchange (RFC 8693) by a second client, the resource's server, refresh with rotation,
-introspection and revocation, authenticating with client_secret_post. Exits non-zero, saying
-why, at the first surprise.
+token exchange (RFC 8693) by a second client, the resource's server, authenticating with the
+library's own private_key_jwt, refresh with rotation (asking again for the offline_access the
+app is not registered for, as the library does), introspection and revocation, the app
+authenticating with client_secret_post. Exits non-zero, saying why, at the first surprise.
 
 Environment: TESSERA_ISSUER, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, RESOURCE (the resource the
-app asks a token for), EXCHANGE_CLIENT_ID, EXCHANGE_CLIENT_SECRET (the resource's server, which
-exchanges it), EXCHANGE_RESOURCE (the resource it exchanges it for).
+app asks a token for), EXCHANGE_CLIENT_ID, EXCHANGE_CLIENT_KEY (the resource's server, which
+exchanges it, and its P-256 private key in PEM), EXCHANGE_RESOURCE (the resource it exchanges
+it for).
 """
 
 import json
@@ -20,7 +22,9 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.jose import JsonWebKey, jwt
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from authlib.oidc.core import CodeIDToken
+from joserfc.jwk import ECKey
 
 issuer = os.environ["TESSERA_ISSUER"].rstrip("/")
 client_id = os.environ["CLIENT_ID"]
@@ -52,7 +56,7 @@ jwks = JsonWebKey.import_key_set(requests.get(meta["jwks_uri"]).json())
 session = OAuth2Session(
     client_id,
     client_secret,
-    scope="openid email profile",
+    scope="openid email profile offline_access",
     redirect_uri=redirect_uri,
     code_challenge_method="S256",
     token_endpoint_auth_method="client_secret_post",
@@ -88,9 +92,10 @@ assert exchange in meta["grant_types_supported"], meta["grant_types_supported"]
 access_type = "urn:ietf:params:oauth:token-type:access_token"
 server = OAuth2Session(
     os.environ["EXCHANGE_CLIENT_ID"],
-    os.environ["EXCHANGE_CLIENT_SECRET"],
-    token_endpoint_auth_method="client_secret_basic",
+    ECKey.import_key(os.environ["EXCHANGE_CLIENT_KEY"]),
+    token_endpoint_auth_method="private_key_jwt",
 )
+server.register_client_auth_method(PrivateKeyJWT(meta["token_endpoint"], alg="ES256"))
 server.trust_env = False
 exchanged = server.fetch_token(
     meta["token_endpoint"],
@@ -106,9 +111,13 @@ acting.validate()
 assert acting["sub"] == sub and acting["aud"] == os.environ["EXCHANGE_RESOURCE"], acting
 assert acting["act"] == {"sub": os.environ["EXCHANGE_CLIENT_ID"], "act": {"sub": client_id}}, acting
 
+# Not registered for it, the app was granted its other scopes, as it is again at the refresh,
+# where the library asks for offline_access once more.
+assert token["scope"] == "openid email profile", token["scope"]
 old_refresh = token["refresh_token"]
 new = session.refresh_token(meta["token_endpoint"], refresh_token=old_refresh)
 assert new["refresh_token"] != old_refresh
+assert new["scope"] == "openid email profile", new["scope"]
 
 introspected = session.introspect_token(meta["introspection_endpoint"], token=new["access_token"]).json()
 assert introspected["active"] is True and introspected["sub"] == sub, introspected

@@ -593,7 +593,7 @@ impl OpenIdProvider {
         // consent page would promise what cannot happen. Likewise from a client not registered
         // for it (RFC 6749 3.3 lets a server ignore part of a scope): MCP clients ask for the
         // scopes `/mcp` names, `offline_access` among them, whatever the operator registered.
-        if !client.allows(GrantType::RefreshToken) || !client.scopes.iter().any(|s| s == OFFLINE_ACCESS) {
+        if !client.may_go_offline() {
             scopes.retain(|s| s != OFFLINE_ACCESS);
             if scopes.is_empty() {
                 return Err(fail(

@@ -38,8 +38,10 @@ pub const CACHE_TTL: Duration = Duration::from_secs(10);
 pub const CACHE_ENTRIES: usize = 10_000;
 /// The `client_assertion_type` of `private_key_jwt` (RFC 7523 2.2).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-/// The latest `exp` accepted on a client assertion, from now.
-pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(600);
+/// The latest `exp` accepted on a client assertion, from now: an hour, which is what Authlib's
+/// `PrivateKeyJWT` signs for (and cannot be told otherwise); a replay is refused by its `jti`
+/// whatever its lifetime.
+pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 /// Clock-skew allowance on a client assertion's `exp` and `nbf`.
 pub const ASSERTION_LEEWAY: Duration = Duration::from_secs(30);
 
@@ -503,7 +505,7 @@ impl Clients {
         let expires_at = DateTime::<Utc>::from_timestamp(claims.exp, 0).ok_or(MALFORMED)?;
         if expires_at > now + TimeDelta::from_std(MAX_ASSERTION_LIFETIME + ASSERTION_LEEWAY).unwrap_or(TimeDelta::MAX) {
             return Err(ClientAuthError::InvalidClient(
-                "the client assertion's exp is too far ahead: at most 10 minutes from now",
+                "the client assertion's exp is too far ahead: at most an hour from now",
             ));
         }
         // No control characters: the jti is kept in a text column, where PostgreSQL refuses NUL.

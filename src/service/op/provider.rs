@@ -36,9 +36,7 @@ pub enum TesseraResource {
     Mcp,
 }
 
-/// The scope that asks for access while the user is away (OpenID Connect Core, section 11): its
-/// grant is not bound to the browser session it came from.
-pub const OFFLINE_ACCESS: &str = "offline_access";
+pub use crate::domain::OFFLINE_ACCESS;
 
 /// The OpenID Provider service.
 #[derive(Debug, Clone)]
