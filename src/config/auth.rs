@@ -729,8 +729,11 @@ fn parse_protocol(
     if scope_separator != " " && scope_separator != "," {
         return Err(ConfigError::new(key("scope_separator"), "expected \" \" (a space) or \",\""));
     }
-    // `max_age` too: a fresh login asked of the provider sets `max_age=0`.
-    const RESERVED: [&str; 9] = [
+    // `max_age` too: a fresh login asked of the provider sets `max_age=0`. And those that would
+    // change how the answer comes back or what the request is: `response_mode` (a `form_post` or
+    // `fragment` answer never reaches the callback, which reads its query), `request` and
+    // `request_uri` (a request object replacing the parameters Tessera checks).
+    const RESERVED: [&str; 12] = [
         "response_type",
         "client_id",
         "redirect_uri",
@@ -740,6 +743,9 @@ fn parse_protocol(
         "code_challenge_method",
         "nonce",
         "max_age",
+        "response_mode",
+        "request",
+        "request_uri",
     ];
     let params = |field: &str, own: &Option<BTreeMap<String, String>>, template: &Option<BTreeMap<String, String>>| {
         let params = own.clone().or_else(|| template.clone()).unwrap_or_default();
@@ -1284,6 +1290,10 @@ mod tests {
         assert_eq!(no_id_token.key, "providers[0].trusted_audiences");
         let nonce = entry(&format!("{public}\noffline_authorize_params = {{ nonce = \"n\" }}")).unwrap_err();
         assert_eq!(nonce.key, "providers[0].offline_authorize_params");
+        for name in ["response_mode", "request", "request_uri"] {
+            let refused = entry(&format!("{public}\nextra_authorize_params = {{ {name} = \"x\" }}")).unwrap_err();
+            assert_eq!(refused.key, "providers[0].extra_authorize_params", "{name}");
+        }
         let zoom = "name = \"z\"\ntemplate = \"zoom\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"";
         assert_eq!(entry(zoom).unwrap().protocol.refusal_errors, ["invalid_request"], "the template's");
         let microsoft = "name = \"m\"\ntemplate = \"microsoft\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"";
