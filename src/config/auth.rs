@@ -778,6 +778,38 @@ fn parse_protocol(
             "only the id_tokens of an oidc or gitlab provider have audiences",
         ));
     }
+    // A key the entry sets itself that its kind never reads stops start-up rather than being
+    // ignored (a template's keys are not the entry's doing: an entry may change its kind).
+    let (github, oauth2, oidc) = (kind == ProviderKind::GitHub, kind == ProviderKind::OAuth2, kind.speaks_oidc());
+    let unread = [
+        ("api_base_url", raw.api_base_url.is_some() && !github, "only a github provider reads it"),
+        ("userinfo_endpoint", raw.userinfo_endpoint.is_some() && github, "a github provider reads its API"),
+        (
+            "revocation_endpoint",
+            raw.revocation_endpoint.is_some() && github,
+            "a github provider revokes through its API",
+        ),
+        ("jwks_uri", raw.jwks_uri.is_some() && !oidc, "only an oidc or gitlab provider's id_tokens are verified"),
+        ("algorithms", raw.algorithms.is_some() && !oidc, "only an oidc or gitlab provider's id_tokens are verified"),
+        ("userinfo_method", raw.userinfo_method.is_some() && !oauth2, "only an oauth2 provider's profile is mapped"),
+        ("userinfo_body", raw.userinfo_body.is_some() && !oauth2, "only an oauth2 provider's profile is mapped"),
+        (
+            "account_id_pointer",
+            raw.account_id_pointer.is_some() && !oauth2,
+            "only an oauth2 provider's profile is mapped",
+        ),
+        ("login_pointer", raw.login_pointer.is_some() && !oauth2, "only an oauth2 provider's profile is mapped"),
+        ("email_pointer", raw.email_pointer.is_some() && !oauth2, "only an oauth2 provider's profile is mapped"),
+        (
+            "email_verified_pointer",
+            raw.email_verified_pointer.is_some() && !oauth2,
+            "only an oauth2 provider's profile is mapped",
+        ),
+        ("name_pointer", raw.name_pointer.is_some() && !oauth2, "only an oauth2 provider's profile is mapped"),
+    ];
+    if let Some((field, _, why)) = unread.iter().find(|(_, unread, _)| *unread) {
+        return Err(ConfigError::new(key(field), format!("this kind of provider never reads it: {why}")));
+    }
     let mut refusal_errors = list(&raw.refusal_errors, &t.refusal_errors);
     refusal_errors.iter_mut().for_each(|error| error.make_ascii_lowercase());
     if let Some(bad) = refusal_errors
@@ -1290,6 +1322,22 @@ mod tests {
         assert_eq!(no_id_token.key, "providers[0].trusted_audiences");
         let nonce = entry(&format!("{public}\noffline_authorize_params = {{ nonce = \"n\" }}")).unwrap_err();
         assert_eq!(nonce.key, "providers[0].offline_authorize_params");
+        // Keys its kind never reads, set by the entry itself: named; a template's are not checked.
+        let gitlab_api = entry(&format!("{public}\napi_base_url = \"https://sso.example.com/api\"")).unwrap_err();
+        assert_eq!(gitlab_api.key, "providers[0].api_base_url");
+        let github = "name = \"g\"\nkind = \"github\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"";
+        assert!(entry(&format!("{github}\napi_base_url = \"https://api.github.com\"")).is_ok());
+        let revocation = entry(&format!("{github}\nrevocation_endpoint = \"https://ghe.example/r\"")).unwrap_err();
+        assert_eq!(revocation.key, "providers[0].revocation_endpoint");
+        let pointer = entry(&format!("{public}\nemail_verified_pointer = \"/verified\"")).unwrap_err();
+        assert_eq!(pointer.key, "providers[0].email_verified_pointer");
+        assert_eq!(
+            entry(&format!("{slack}\njwks_uri = \"https://slack.com/k\"")).unwrap_err().key,
+            "providers[0].jwks_uri"
+        );
+        let as_oidc =
+            entry(&format!("{slack}\nkind = \"oidc\"\nissuer = \"https://slack.com\"\nscopes = [\"openid\"]"));
+        assert!(as_oidc.is_ok(), "the template's pointers: {as_oidc:?}");
         for name in ["response_mode", "request", "request_uri"] {
             let refused = entry(&format!("{public}\nextra_authorize_params = {{ {name} = \"x\" }}")).unwrap_err();
             assert_eq!(refused.key, "providers[0].extra_authorize_params", "{name}");
