@@ -203,6 +203,9 @@ impl Teams {
         match outcome {
             RemoveOutcome::Removed => Ok(false),
             RemoveOutcome::RemovedWithTeam => Ok(true),
+            // Removed meanwhile, one leaving is no longer a member: as the check before would
+            // have said, the team does not exist for them.
+            RemoveOutcome::NotMember if acting_was_user => Err(TeamError::TeamNotFound),
             RemoveOutcome::NotMember => Err(TeamError::MemberNotFound),
             RemoveOutcome::LastOwner => Err(TeamError::LastOwner),
             RemoveOutcome::NotAllowed(refusal) => Err(refused(refusal)),

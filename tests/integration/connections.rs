@@ -1554,7 +1554,9 @@ async fn concurrent_disables_of_one_user_end_their_sessions_once(backend: Backen
 }
 
 /// Several removals of one member at once (owners clicking together, the member leaving): one
-/// succeeds, the others find no member, and the removal's event and audit row are written once.
+/// succeeds, the others find no member — to the owners, the member is not found; to the member
+/// leaving, the team, which is no longer theirs, whether or not their leave had started — and the
+/// removal's event and audit row are written once.
 async fn concurrent_removals_of_one_member_remove_them_once(backend: Backend) {
     let w = world(backend).await;
     let sql = w.app.db.sql().await;
@@ -1576,6 +1578,10 @@ async fn concurrent_removals_of_one_member_remove_them_once(backend: Backend) {
     let done = answers.iter().filter(|a| a.status() == StatusCode::NO_CONTENT).count();
     assert_eq!(done, 1, "{:?}", answers.iter().map(reqwest::Response::status).collect::<Vec<_>>());
     assert!(answers.iter().all(|a| matches!(a.status().as_u16(), 204 | 404)));
+    for (i, answer) in answers.into_iter().enumerate().filter(|(_, a)| a.status() == StatusCode::NOT_FOUND) {
+        let expected = if i < 8 { "member_not_found" } else { "team_not_found" };
+        assert_eq!(body(answer, 404).await["code"], expected, "answer {i}");
+    }
     assert_eq!(sql.count(&bobs).await, 1, "his own team only");
     let after = counts().await;
     assert_eq!([after[0] - before[0], after[1] - before[1]], [1, 1], "once each");
