@@ -2193,7 +2193,10 @@ impl Store for SqlStore {
         let mut tx = self.db.begin().await?;
         // The user, then the team: the order of a user's deletion (see `lock_user_key`). A join
         // (`MemberWrite::Join`) reads whether the user is disabled, under a lock that a disable waits
-        // for: a disabled user joins no team, as on the provisioning path.
+        // for: a disabled user joins no team, as on the provisioning path. A user not found is
+        // said after the acting owner's right is checked: one who lost it meanwhile is told that,
+        // as the check before would have, whoever they named.
+        let mut user_found = true;
         if how == MemberWrite::Join {
             let row = query("SELECT disabled FROM users WHERE id = $1 FOR SHARE")
                 .bind(user.as_uuid())
@@ -2207,9 +2210,8 @@ impl Store for SqlStore {
                 tx.rollback().await?;
                 return Ok(MemberOutcome::Unchanged);
             }
-        } else if !lock_user_key(&mut tx, user).await? {
-            tx.rollback().await?;
-            return Ok(MemberOutcome::UserNotFound);
+        } else {
+            user_found = lock_user_key(&mut tx, user).await?;
         }
         // Serialises membership changes of one team, so that two cannot remove the last two owners.
         if !lock_team(&mut tx, team).await? {
@@ -2219,6 +2221,10 @@ impl Store for SqlStore {
         if let Some(refusal) = acting_owner(&mut tx, team, acting).await? {
             tx.rollback().await?;
             return Ok(MemberOutcome::NotAllowed(refusal));
+        }
+        if !user_found {
+            tx.rollback().await?;
+            return Ok(MemberOutcome::UserNotFound);
         }
         if let Some(Standing { role: previous, sole_owner, .. }) = standing(&mut tx, team, user).await? {
             if how == MemberWrite::Join {

@@ -1406,6 +1406,12 @@ async fn only_a_current_owner_changes_members(backend: Backend) {
     );
     let put = store.write_member(team, Some(bob.id()), bob.id(), Role::Owner, now(), MemberWrite::Put).await.unwrap();
     assert_eq!(put, MemberOutcome::NotAllowed(ActingRefusal::NotOwner));
+    // Naming a user who does not exist, he is told what he is, not that the user is missing.
+    let nobody = UserId::generate();
+    let put = store.write_member(team, Some(bob.id()), nobody, Role::Member, now(), MemberWrite::Put).await.unwrap();
+    assert_eq!(put, MemberOutcome::NotAllowed(ActingRefusal::NotOwner));
+    let put = store.write_member(team, Some(ada.id()), nobody, Role::Member, now(), MemberWrite::Put).await.unwrap();
+    assert_eq!(put, MemberOutcome::UserNotFound, "to an owner");
     assert_eq!(
         store.remove_member(team, Some(bob.id()), cat.id()).await.unwrap(),
         RemoveOutcome::NotAllowed(ActingRefusal::NotOwner)
