@@ -90,10 +90,14 @@ pub fn provider_href(path: &str, provider: &str, return_to: Option<&str>) -> Str
 }
 
 /// `/auth/link` for `provider`, coming back to `return_to` — left out when the link, which the
-/// sign-in before it may carry as its own `return_to`, would then be too long to be taken.
+/// sign-in before it may carry as its own `return_to`, would then be too long to be taken (and
+/// the account page instead of a link still too long, for a provider name no entry has).
 pub fn link_href(provider: &str, return_to: Option<&str>) -> String {
-    let with = provider_href("link", provider, return_to.filter(|to| !to.is_empty()));
-    if with.len() <= ReturnTo::MAX_LEN { with } else { provider_href("link", provider, None) }
+    [return_to.filter(|to| !to.is_empty()), None]
+        .into_iter()
+        .map(|to| provider_href("link", provider, to))
+        .find(|href| href.len() <= ReturnTo::MAX_LEN)
+        .unwrap_or_else(|| "/account".to_owned())
 }
 
 /// The buttons of every provider, for `/auth/login` or `/auth/link`.
@@ -275,5 +279,6 @@ mod tests {
         assert_eq!(link_href("gitlab", Some(&fits)).len(), ReturnTo::MAX_LEN);
         let over = format!("{fits}a");
         assert_eq!(link_href("gitlab", Some(&over)), "/auth/link?provider=gitlab");
+        assert_eq!(link_href(&"p".repeat(ReturnTo::MAX_LEN), None), "/account");
     }
 }

@@ -78,8 +78,12 @@ async fn validate_token(
     // The credential first: `?on_behalf_of=` is answered as such, not as an unknown parameter.
     let token = required_token(&headers, uri.query())?;
     let ApiQuery(query) = ApiQuery::<ValidateQuery>::from_uri(&uri)?;
-    let audience = query.audience.is_some().then(|| required(&query.audience, "audience")).transpose()?;
-    Ok(Json(state.validator.validate_for(token, audience).await?.into()))
+    Ok(Json(state.validator.validate_for(token, asked_audience(&query.audience)?).await?.into()))
+}
+
+/// `?audience=`, when sent: not blank.
+fn asked_audience(audience: &Option<String>) -> Result<Option<&str>, ApiError> {
+    audience.is_some().then(|| required(audience, "audience")).transpose()
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -88,6 +92,8 @@ async fn validate_token(
 struct CheckQuery {
     #[param(required = true, value_type = String)]
     team: Option<String>,
+    /// The audience the token must have been issued for, as at `/v1/validate`.
+    audience: Option<String>,
     /// `?on_behalf_of=` sent blank (clients that send every parameter): it names nobody, and a
     /// user named there is refused before this is read (`ambiguous_credentials`).
     #[serde(default, rename = "on_behalf_of")]
@@ -110,7 +116,7 @@ async fn check_team(State(state): State<Arc<AppState>>, headers: HeaderMap, uri:
     let ApiQuery(query) = ApiQuery::<CheckQuery>::from_uri(&uri)?;
     let team = TeamRef::parse(required(&query.team, "team")?)
         .map_err(|e| ApiError::new(ErrorCode::InvalidTeam, e.to_string()).field("team"))?;
-    if state.validator.is_member(token, &team).await? {
+    if state.validator.is_member(token, &team, asked_audience(&query.audience)?).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(ErrorCode::NotAMember, "the user is not a member of this team"))

@@ -427,9 +427,10 @@ impl Validator {
         })
     }
 
-    /// Whether the token's user is a member of `team`.
-    pub async fn is_member(&self, token: &str, team: &TeamRef) -> Result<bool, ValidateError> {
-        let validated = self.validate(token).await?;
+    /// Whether the token's user is a member of `team`; with an `audience`, as
+    /// [`Validator::validate_for`] checks it.
+    pub async fn is_member(&self, token: &str, team: &TeamRef, audience: Option<&str>) -> Result<bool, ValidateError> {
+        let validated = self.validate_for(token, audience).await?;
         Ok(validated.principal.teams.iter().any(|member| match team {
             TeamRef::Id(id) => member.id == *id,
             TeamRef::Slug(slug) => member.slug == *slug,

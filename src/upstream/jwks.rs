@@ -97,6 +97,11 @@ impl KeySet {
         }
     }
 
+    /// Whether a token of `alg` without a `kid` cannot choose its key: several accept `alg`.
+    pub fn ambiguous(&self, alg: Algorithm) -> bool {
+        self.keys.iter().filter(|k| k.accepts(alg)).nth(1).is_some()
+    }
+
     /// Every key a token with `kid` and `alg` may be signed with: those under the `kid` that
     /// accept `alg`; without a `kid`, [`find`](Self::find)'s one.
     pub fn under<'a>(
@@ -505,7 +510,7 @@ impl Inner {
         let (document, max_age) = fetch_json(&self.http, &jwks_uri).await?;
         let invalid = |problem: &str| FetchError::Invalid { url: jwks_uri.to_string(), problem: problem.into() };
         let entries = document.get("keys").and_then(Value::as_array).ok_or_else(|| invalid("no `keys` array"))?;
-        let keys: Vec<_> = entries.iter().filter_map(parse_jwk).map(Arc::new).collect();
+        let keys = usable_keys(entries, &self.issuer);
         // The issuer's answer all the same: one that pulled its keys (a compromise) must not have
         // them go on verifying from the cache, as they would after a failed fetch.
         if keys.is_empty() {
@@ -595,6 +600,27 @@ fn parse_max_age(value: &str) -> Option<Duration> {
         }
     }
     max_age
+}
+
+/// The verification keys of a JWK Set's entries: those [`parse_jwk`] keeps, less any whose key
+/// material could never verify a signature (an RSA modulus under 2,048 bits, an EC point off its
+/// curve: [`crate::crypto::jwk_material_problem`]), which is left out with a warning naming it —
+/// its tokens are then `unknown_key`, rather than `signature_invalid` with no word of why.
+fn usable_keys(entries: &[Value], issuer: &Issuer) -> Vec<Arc<VerificationKey>> {
+    let mut keys = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let (Some(key), Some(object)) = (parse_jwk(entry), entry.as_object()) else { continue };
+        let curve = crate::crypto::curve_algorithm(
+            entry.get("kty").and_then(Value::as_str),
+            entry.get("crv").and_then(Value::as_str),
+        );
+        if let Some(problem) = crate::crypto::jwk_material_problem(object, curve) {
+            tracing::warn!(%issuer, kid = ?key.kid, problem, "an issuer's key that could never verify a signature is left out");
+            continue;
+        }
+        keys.push(Arc::new(key));
+    }
+    keys
 }
 
 /// Converts one JWK into a verification key. Keys for encryption, symmetric keys, keys for
@@ -704,6 +730,17 @@ mod tests {
         pair.sign(&RSA_PKCS1_SHA256, &aws_lc_rs::rand::SystemRandom::new(), message, &mut signature).unwrap();
         let verified = jsonwebtoken::crypto::verify(&b64(&signature), message, &key.key, Algorithm::RS256);
         assert!(verified.unwrap(), "verifies with the key as its numbers say");
+    }
+
+    #[test]
+    fn an_issuer_key_that_could_never_verify_is_left_out() {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let rsa = |kid: &str, bytes: usize| serde_json::json!({"kty": "RSA", "kid": kid, "e": "AQAB", "n": b64(&vec![0xC5; bytes])});
+        let issuer = Issuer::parse("https://issuer.example.com").unwrap();
+        let keys = usable_keys(&[rsa("short", 128), rsa("fine", 256)], &issuer);
+        assert_eq!(keys.iter().map(|k| k.kid.as_deref()).collect::<Vec<_>>(), [Some("fine")]);
+        assert!(parse_jwk(&rsa("short", 128)).is_some(), "decoded all the same: the material is the problem");
     }
 
     /// An EC or OKP key without `alg` takes its curve's algorithm: a P-384 key is no ES256

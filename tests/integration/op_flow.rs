@@ -2518,6 +2518,15 @@ async fn offline_access_is_ignored_from_a_client_that_may_not_refresh(backend: B
     let code = param(&back, "code").unwrap_or_else(|| panic!("a code, not an error: {back}"));
     let tokens = body(exchange(&w.app, (&agent, &agent_secret), &code, &verifier).await, 200).await;
     assert_eq!(tokens["scope"], "openid", "{tokens}");
+    // Asked again at a refresh (libraries resend the scope they were configured with), likewise;
+    // alone, nothing is left to grant there either.
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let agent = (agent.as_str(), agent_secret.as_str());
+    let alone = [("grant_type", "refresh_token"), ("refresh_token", refresh), ("scope", "offline_access")];
+    assert_eq!(oauth_error(token_request(&w.app, agent, &alone).await, 400).await, "invalid_scope");
+    let again = [("grant_type", "refresh_token"), ("refresh_token", refresh), ("scope", "openid offline_access")];
+    let refreshed = body(token_request(&w.app, agent, &again).await, 200).await;
+    assert_eq!(refreshed["scope"], "openid", "{refreshed}");
 }
 
 /// Signs `browser` in and gets the tokens of two grants of `client` from its session: one with

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tessera::config::Config;
 use tessera_testkit::local_issuer::{Alg, LocalIssuer, encode_part};
@@ -29,6 +29,7 @@ on_both_backends!(
     an_unreachable_issuer_serves_stale_keys,
     expired_keys_are_served_at_once_while_the_issuer_hangs,
     forged_signatures_do_not_hold_back_a_key_rotation,
+    a_token_without_a_kid_among_several_keys_spends_no_refetch,
     an_unknown_kid_while_the_issuer_is_down_is_a_503,
     no_keys_at_all_is_a_503,
     concurrent_validations_of_one_new_subject_create_one_user,
@@ -454,6 +455,23 @@ async fn forged_signatures_do_not_hold_back_a_key_rotation(backend: Backend) {
     assert_eq!(w.issuer.jwks_fetches(), fetches + 1);
 }
 
+/// A token without a kid where several of the issuer's keys fit cannot choose one: `unknown_key`
+/// at once, with no refetch spent on it (which could not help, and would hold back the issuer's
+/// next key for a cooldown). No cooldown here, so that any refetch is made and counted.
+async fn a_token_without_a_kid_among_several_keys_spends_no_refetch(backend: Backend) {
+    let w = world_with(backend, |config| config.jwks.refetch_cooldown = Duration::ZERO).await;
+    body(w.app.validate(&w.token("kidless-0")).await, 200).await;
+    let second = w.issuer.add_key(Alg::Rs256);
+    body(w.app.validate(&w.issuer.sign(&second, &w.issuer.claims("kidless-1", AUDIENCE))).await, 200).await;
+    let fetches = w.issuer.jwks_fetches();
+    let kidless = w.issuer.sign_with_header("rsa-1", &json!({"alg": "RS256"}), &w.issuer.claims("kidless-2", AUDIENCE));
+    refused(w.app.validate(&kidless).await, "unknown_key").await;
+    assert_eq!(w.issuer.jwks_fetches(), fetches, "no refetch for a token that names no key");
+    // The only key of its algorithm, it is taken.
+    let kidless = w.issuer.sign_with_header("ec-1", &json!({"alg": "ES256"}), &w.issuer.claims("kidless-3", AUDIENCE));
+    body(w.app.validate(&kidless).await, 200).await;
+}
+
 async fn an_unknown_kid_while_the_issuer_is_down_is_a_503(backend: Backend) {
     let w = world(backend).await;
     body(w.app.validate(&w.token("down-0")).await, 200).await;
@@ -699,7 +717,7 @@ const ED25519_ORDER_LE: [u8; 32] = [
 
 /// An issuer whose tokens serve two backends (two configured audiences): with `?audience=`, each
 /// backend is answered only for the tokens meant for it — also from the token cache, warmed by
-/// the other's request.
+/// the other's request — at `/v1/validate` and at `/v1/check`.
 async fn a_backend_naming_itself_refuses_upstream_tokens_meant_for_another(backend: Backend) {
     let w = world_with(backend, |config| config.issuers.last_mut().unwrap().audiences.push("reports".into())).await;
     let validate = |token: String, audience: &str| {
@@ -711,6 +729,15 @@ async fn a_backend_naming_itself_refuses_upstream_tokens_meant_for_another(backe
     for token in [&for_api, &for_reports] {
         body(w.app.validate(token).await, 200).await;
     }
+    let team = body(w.app.validate(&for_api).await, 200).await["teams"][0]["slug"].as_str().unwrap().to_owned();
+    let check = |token: &str, audience: &str| {
+        let url = w.app.url(&format!("/v1/check?team={team}&audience={audience}"));
+        w.app.client.get(url).bearer_auth(token).send()
+    };
+    assert_eq!(check(&for_api, AUDIENCE).await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(check(&for_reports, "reports").await.unwrap().status(), StatusCode::NO_CONTENT);
+    refused(check(&for_api, "reports").await.unwrap(), "audience_mismatch").await;
+    refused(check(&for_reports, AUDIENCE).await.unwrap(), "audience_mismatch").await;
     body(validate(for_api.clone(), AUDIENCE).await.unwrap(), 200).await;
     body(validate(for_reports.clone(), "reports").await.unwrap(), 200).await;
     refused(validate(for_api, "reports").await.unwrap(), "audience_mismatch").await;

@@ -596,10 +596,7 @@ impl OpenIdProvider {
         if !client.may_go_offline() {
             scopes.retain(|s| s != OFFLINE_ACCESS);
             if scopes.is_empty() {
-                return Err(fail(
-                    "invalid_scope",
-                    "offline_access alone, which this client may not use (no refresh_token grant, or not among its scopes): it is ignored",
-                ));
+                return Err(fail("invalid_scope", super::provider::OFFLINE_ACCESS_ALONE));
             }
         }
         // The client's scopes were validated at registration: membership is the whole check.

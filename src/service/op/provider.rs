@@ -38,6 +38,10 @@ pub enum TesseraResource {
 
 pub use crate::domain::OFFLINE_ACCESS;
 
+/// Why a request asking for [`OFFLINE_ACCESS`] alone, from a client that may not use it, is
+/// `invalid_scope` (at authorization and at a refresh): nothing is left to grant.
+pub const OFFLINE_ACCESS_ALONE: &str = "offline_access alone, which this client may not use (no refresh_token grant, or not among its scopes): it is ignored";
+
 /// The OpenID Provider service.
 #[derive(Debug, Clone)]
 pub struct OpenIdProvider {

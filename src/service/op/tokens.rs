@@ -398,11 +398,13 @@ impl OpenIdProvider {
         still_registered(client, &grant)?;
         // `offline_access` from a client not registered for it is ignored, as at authorization:
         // libraries send the scope they were configured with again (Authlib does), and the
-        // grant it was left out of stays bound to its session.
-        let asked = asked_scope(&form)?
-            .map(|asked| asked.into_iter().filter(|s| client.may_go_offline() || s != OFFLINE_ACCESS).collect())
-            .filter(|asked: &Vec<String>| !asked.is_empty());
+        // grant it was left out of stays bound to its session. Asked alone, it is refused there.
+        let asked: Option<Vec<String>> = asked_scope(&form)?
+            .map(|asked| asked.into_iter().filter(|s| client.may_go_offline() || s != OFFLINE_ACCESS).collect());
         if let Some(asked) = asked {
+            if asked.is_empty() {
+                return Err(OAuthError::invalid_scope(super::provider::OFFLINE_ACCESS_ALONE));
+            }
             let granted = split_scope(&grant.scope);
             if asked.iter().any(|s| !granted.contains(s)) {
                 return Err(OAuthError::invalid_scope("a refresh may only narrow the granted scopes"));
