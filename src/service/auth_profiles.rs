@@ -194,6 +194,9 @@ pub enum AuthProfileError {
     /// Another completion won the race.
     #[error("this profile was connected by another flow at the same time")]
     ConnectConflict,
+    /// The user was disabled while connecting (the write found it under its lock).
+    #[error("this user is disabled")]
+    UserDisabled,
     /// The profile has not been connected yet.
     #[error("this auth profile is not connected yet")]
     NotConnected,
@@ -240,6 +243,7 @@ impl PublicError for AuthProfileError {
             AuthProfileError::SignedOutMeanwhile => ErrorCode::InvalidConnectLink,
             AuthProfileError::AccountMismatch => ErrorCode::AccountMismatch,
             AuthProfileError::ConnectConflict => ErrorCode::ConnectConflict,
+            AuthProfileError::UserDisabled => ErrorCode::UserDisabled,
             AuthProfileError::NotConnected => ErrorCode::ProfileNotConnected,
             AuthProfileError::NeedsReauth => ErrorCode::NeedsReauth,
             AuthProfileError::RefreshInProgress => ErrorCode::RefreshInProgress,
@@ -858,6 +862,15 @@ impl AuthProfiles {
         Ok(started)
     }
 
+    /// Refused with [`AuthProfileError::UserDisabled`] when `user` is disabled: why a write that
+    /// checks the member's standing under its lock refused them, if that was it.
+    pub(super) async fn not_disabled(&self, user: UserId) -> Result<(), AuthProfileError> {
+        match self.store.get_user(user).await? {
+            Some(found) if found.disabled => Err(AuthProfileError::UserDisabled),
+            _ => Ok(()),
+        }
+    }
+
     /// A live profile that `user` may (still) connect: they are a member of its team and pass
     /// [`may_connect`]. Anything else makes the link or flow invalid.
     pub(super) async fn connectable(&self, profile: ProfileId, user: UserId) -> Result<AuthProfile, AuthProfileError> {
@@ -946,8 +959,9 @@ impl AuthProfiles {
             now: super::now(),
         };
         let Some(activated) = self.store.activate_profile(profile, version, &activation).await? else {
-            // Refused because the member lost the right meanwhile (removed, demoted), or because
-            // the profile changed: say which.
+            // Refused because the member lost the right meanwhile (removed, demoted, disabled),
+            // or because the profile changed: say which.
+            self.not_disabled(user).await?;
             self.connectable(profile, user).await?;
             return Err(AuthProfileError::ConnectConflict);
         };

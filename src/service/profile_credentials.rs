@@ -399,12 +399,18 @@ impl AuthProfiles {
             CredentialOutcome::ProfileGone if connect_token.is_some() => Err(AuthProfileError::InvalidConnectLink),
             CredentialOutcome::ProfileGone => Err(AuthProfileError::ProfileNotFound),
             CredentialOutcome::LinkUsed => Err(AuthProfileError::InvalidConnectLink),
-            // The right checked before was lost meanwhile (a removal or demotion): say which.
-            CredentialOutcome::NotAllowed => Err(match self.teams.role_of(&TeamRef::Id(profile.team_id), by).await? {
-                (_, Some(role)) => may_connect(profile, by, role).err().unwrap_or(AuthProfileError::ConnectConflict),
-                (_, None) if connect_token.is_some() => AuthProfileError::InvalidConnectLink,
-                (_, None) => AuthProfileError::TeamNotFound,
-            }),
+            // The right checked before was lost meanwhile (a removal, demotion or disable): say
+            // which.
+            CredentialOutcome::NotAllowed => {
+                self.not_disabled(by).await?;
+                Err(match self.teams.role_of(&TeamRef::Id(profile.team_id), by).await? {
+                    (_, Some(role)) => {
+                        may_connect(profile, by, role).err().unwrap_or(AuthProfileError::ConnectConflict)
+                    }
+                    (_, None) if connect_token.is_some() => AuthProfileError::InvalidConnectLink,
+                    (_, None) => AuthProfileError::TeamNotFound,
+                })
+            }
         }
     }
 

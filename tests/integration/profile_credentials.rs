@@ -29,6 +29,7 @@ on_both_backends!(
     oauth_profiles_answer_credentials_like_token,
     env_values_are_tested_with_the_connectors_probe,
     a_create_that_waits_on_the_creators_removal_writes_nothing,
+    a_credential_write_that_waits_on_the_writers_disable_is_refused_as_such,
 );
 
 const KEY: &str = "sk-abcdefghijklmnopqrstuvwxyz012345";
@@ -681,4 +682,34 @@ async fn a_create_that_waits_on_the_creators_removal_writes_nothing(backend: Bac
     assert_eq!(refused["code"], "team_not_found", "{refused}");
     assert_eq!(sql.count("auth_profiles").await, 0, "no profile");
     assert_eq!(sql.count("connect_tokens").await, 0, "no link");
+}
+
+/// A member disabled while their credential was written (the disable committed as the write waited
+/// for the team's lock, after the request was let in): refused as `user_disabled`, which is what
+/// happened, and nothing stored.
+async fn a_credential_write_that_waits_on_the_writers_disable_is_refused_as_such(backend: Backend) {
+    let w = world(backend).await;
+    w.pending_env("keys").await;
+    let sql = w.app.db.sql().await;
+    let disable = format!("UPDATE users SET disabled = TRUE WHERE id = {}", sql.uuid(&w.alice.id.to_string()));
+    let held = sql
+        .hold(
+            &format!("BEGIN IMMEDIATE; {disable}"),
+            &format!("BEGIN; SELECT 1 FROM teams WHERE slug = '{}' FOR UPDATE; {disable}", w.team),
+        )
+        .await;
+    let put = tokio::spawn({
+        let request = w.on_behalf(Method::PUT, "/auth-profiles/keys/env", w.alice.id);
+        let request = request.json(&json!({"values": {"OPENAI_API_KEY": KEY}}));
+        async move { request.send().await.unwrap() }
+    });
+    match &sql {
+        Sql::Postgres(_) => sql.until_waiting_for_a_lock("teams").await,
+        // Nothing shows an SQLite writer waiting: long enough for the request to reach the write.
+        Sql::Sqlite(_) => tokio::time::sleep(Duration::from_millis(700)).await,
+    }
+    held.end("COMMIT").await;
+    let refused = body(put.await.unwrap(), 403).await;
+    assert_eq!(refused["code"], "user_disabled", "{refused}");
+    assert_eq!(sql.count("profile_credentials").await, 0, "nothing stored");
 }
