@@ -42,6 +42,13 @@ pub struct AuthConfig {
     pub pending_profile_ttl: Duration,
 }
 
+/// Whether `name` is a provider name: 1 to 32 of `a-z`, `0-9`, `-` and `_`.
+pub fn is_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// The kinds of upstream providers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
@@ -479,10 +486,7 @@ fn parse_provider(
 ) -> Result<ProviderConfig, ConfigError> {
     let key = |field: &str| format!("providers[{i}].{field}");
     let name = raw.name.trim().to_owned();
-    let valid_name = !name.is_empty()
-        && name.len() <= 32
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if !valid_name {
+    if !is_provider_name(&name) {
         return Err(ConfigError::new(key("name"), "expected 1 to 32 characters of a-z, 0-9, `-` and `_`"));
     }
     let template = match raw.template.as_deref().map(str::trim) {

@@ -26,7 +26,7 @@ mod sources;
 
 pub use auth::{
     AuthConfig, DEFAULT_SESSION_IDLE, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, FreshLogin, ProfileMapping,
-    ProviderConfig, ProviderEndpoints, ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod,
+    ProviderConfig, ProviderEndpoints, ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod, is_provider_name,
 };
 pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR, image_origin};
 pub use connectors::{

@@ -90,9 +90,9 @@ fn json_rejection(rejection: JsonRejection, inner: Option<&str>) -> ApiError {
     }
 }
 
-/// The request fields whose members are the client's own keys (an env profile's `values`), not
-/// the API's field names.
-const MAP_FIELDS: [&str; 1] = ["values"];
+/// The request fields whose members are the client's own keys (an env profile's `values`, a
+/// browser session's `storage_state`), not the API's field names.
+const MAP_FIELDS: [&str; 2] = ["values", "storage_state"];
 
 /// A path of serde's (`values.A`, `redirect_uris[2]`) with each segment that is a map's key shown
 /// as `…`: all that follows a [`MAP_FIELDS`] field, as one `…` whatever its spelling (a key may be

@@ -449,7 +449,9 @@ impl AuthProfiles {
             return Err(AuthProfileError::UnsupportedKind);
         }
         if request.kind.is_oauth() && self.flows.providers().get(Some(&request.provider)).is_none() {
-            return Err(AuthProfileError::UnknownProvider(request.provider));
+            return Err(AuthProfileError::UnknownProvider(crate::upstream::oauth_flow::shown_provider(
+                &request.provider,
+            )));
         }
         // Every kind that is created holds a credential, and every credential is encrypted.
         if self.keyring.is_none() {

@@ -176,11 +176,16 @@ pub struct EnvForm {
     pub connector: ConnectorConfig,
 }
 
-/// A field name fit to be shown back in an error (it may be anything a client sent).
-fn shown_name(name: &str) -> String {
-    let fits = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if fits { name.to_owned() } else { "(a name that is not a field name)".to_owned() }
+/// A name a client sent where one of `known` was expected, fit to be shown back in an error: only
+/// one of them in other letter case (a typo). Anything else may be a secret pasted in the wrong
+/// place (a 40-character token looks like a field name as much as anything), so it is not
+/// repeated.
+fn shown_name(name: &str, known: &[&str]) -> Option<String> {
+    known.iter().any(|k| k.eq_ignore_ascii_case(name)).then(|| name.to_owned())
 }
+
+/// What an error says in place of a name [`shown_name`] does not repeat.
+const UNSHOWN_NAME: &str = "(a name that is not a field name)";
 
 /// Checks `values` against the connector's fields; empty values count as absent.
 pub fn check_env_values(
@@ -191,8 +196,9 @@ pub fn check_env_values(
     for name in values.keys() {
         if !connector.fields.iter().any(|f| f.name == *name) {
             let names: Vec<&str> = connector.fields.iter().map(|f| f.name.as_str()).collect();
-            let shown = shown_name(name);
-            return Err(refuse(EnvProblem::Unknown(shown.clone(), names.join(", ")), Some(shown)));
+            let shown = shown_name(name, &names);
+            let said = shown.clone().unwrap_or_else(|| UNSHOWN_NAME.to_owned());
+            return Err(refuse(EnvProblem::Unknown(said, names.join(", ")), shown));
         }
     }
     let mut checked = Vec::with_capacity(connector.fields.len());
@@ -236,7 +242,8 @@ fn check_browser_session(input: &BrowserSessionInput) -> Result<CheckedSession, 
         return Err(refuse("storage_state", "expected an object {\"cookies\": […], \"origins\": […]}"));
     };
     if let Some(other) = state.keys().find(|k| !matches!(k.as_str(), "cookies" | "origins")) {
-        let detail = format!("unexpected member {:?}: a storage state has `cookies` and `origins`", shown_name(other));
+        let shown = shown_name(other, &["cookies", "origins"]).unwrap_or_else(|| UNSHOWN_NAME.to_owned());
+        let detail = format!("unexpected member {shown:?}: a storage state has `cookies` and `origins`");
         return Err(refuse("storage_state", &detail));
     }
     let list = |name: &str| match state.get(name) {
@@ -628,7 +635,7 @@ mod tests {
 
         let long = format!("sk-{}", "a".repeat(MAX_ENV_VALUE_LEN));
         for (pairs, code, field) in [
-            (vec![("OPENAI_API_KEY", "sk-abcdefgh1"), ("OTHER", "x")], ErrorCode::UnknownEnvField, "OTHER"),
+            (vec![("OPENAI_API_KEY", "sk-abcdefgh1"), ("openai_org", "x")], ErrorCode::UnknownEnvField, "openai_org"),
             (vec![("OPENAI_ORG", "acme")], ErrorCode::MissingEnvField, "OPENAI_API_KEY"),
             (vec![("OPENAI_API_KEY", "")], ErrorCode::MissingEnvField, "OPENAI_API_KEY"),
             (vec![("OPENAI_API_KEY", "sk-abcdefgh1\n")], ErrorCode::InvalidEnvValue, "OPENAI_API_KEY"),
@@ -639,9 +646,13 @@ mod tests {
             assert_eq!((got, named.as_deref()), (code, Some(field)), "{pairs:?}");
             assert!(!message.contains("secret") && !message.contains("acme"), "{message}");
         }
-        let (_, named, message) = problem(&[("OPENAI_API_KEY", "sk-abcdefgh1"), ("sk-pasted secret", "x")]);
-        assert_eq!(named.as_deref(), Some("(a name that is not a field name)"));
-        assert!(!message.contains("pasted"), "{message}");
+        // A name that is not one of the fields in other letter case is not repeated: a token
+        // pasted as a name looks like a field name as much as anything.
+        for pasted in ["sk-pasted secret", "ghp_16C7e42F292c6912E7710c838347Ae178B4a", "OTHER"] {
+            let (code, named, message) = problem(&[("OPENAI_API_KEY", "sk-abcdefgh1"), (pasted, "x")]);
+            assert_eq!((code, named), (ErrorCode::UnknownEnvField, None), "{pasted}");
+            assert!(!message.contains(pasted) && message.contains("(a name that is not a field name)"), "{message}");
+        }
     }
 
     #[test]

@@ -101,6 +101,16 @@ pub enum Purpose {
     },
 }
 
+/// A provider name a client sent, fit to be repeated in an error: one that could be a provider's
+/// name; anything else (a pasted secret, 60 KB of text) is not repeated.
+pub fn shown_provider(name: &str) -> String {
+    if name == "(default)" || crate::config::is_provider_name(name) {
+        name.to_owned()
+    } else {
+        "(not a provider name)".to_owned()
+    }
+}
+
 /// Why a flow could not begin or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -230,7 +240,7 @@ impl OAuthFlows {
 
     /// The provider named `name` (the default one for `None`).
     pub fn provider(&self, name: Option<&str>) -> Result<&Arc<dyn Provider>, FlowError> {
-        self.providers.get(name).ok_or_else(|| FlowError::UnknownProvider(name.unwrap_or("(default)").to_owned()))
+        self.providers.get(name).ok_or_else(|| FlowError::UnknownProvider(shown_provider(name.unwrap_or("(default)"))))
     }
 
     /// A provider people sign in with (or link), by name (`None`: the default one): one for

@@ -300,7 +300,8 @@ async fn env_values_are_checked_before_anything_is_written(backend: Backend) {
     w.pending_env("keys").await;
     let long = format!("sk-{}", "a".repeat(5000));
     for (values, status, code, field) in [
-        (json!({"OPENAI_API_KEY": KEY, "SURPRISE": "x"}), 400, "unknown_env_field", Some("SURPRISE")),
+        (json!({"OPENAI_API_KEY": KEY, "SURPRISE": "x"}), 400, "unknown_env_field", None),
+        (json!({"OPENAI_API_KEY": KEY, "openai_org": "x"}), 400, "unknown_env_field", Some("openai_org")),
         (json!({"OPENAI_ORG": "acme"}), 400, "missing_env_field", Some("OPENAI_API_KEY")),
         (json!({"OPENAI_API_KEY": ""}), 400, "missing_env_field", Some("OPENAI_API_KEY")),
         (json!({"OPENAI_API_KEY": format!("{KEY}\n")}), 400, "invalid_env_value", Some("OPENAI_API_KEY")),
@@ -544,12 +545,14 @@ async fn browser_sessions_are_stored_replaced_and_read_through_credentials(backe
     for twice in [
         r#"{"storage_state": {"cookies": [], "cookies": [{"name": "a", "value": "secret-1"}]}}"#,
         r#"{"storage_state": {"cookies": [{"name": "a", "value": "secret-1", "value": "secret-2"}]}}"#,
+        // Nor a key of the sender's own on the way to it (which may be a secret).
+        r#"{"storage_state": {"secret_in_a_key": {"a": 1, "a": 2}}}"#,
     ] {
         let request = w.on_behalf(Method::PUT, "/auth-profiles/browser/browser-session", w.alice.id);
         let refused = body(request.header("content-type", "application/json").body(twice).send().await.unwrap(), 400);
         let refused = refused.await;
         assert_eq!(refused["code"], "invalid_request", "{refused}");
-        assert!(!refused.to_string().contains("secret-"), "no value echoed: {refused}");
+        assert!(!refused.to_string().contains("secret"), "no value or key of the sender's echoed: {refused}");
     }
     let created = r#"{"connector_key": "linkedin", "profile_kind": "browser_session", "display_name": "Twice",
                       "storage_state": {"cookies": [], "cookies": []}}"#;

@@ -468,6 +468,12 @@ async fn the_provider_comes_from_the_state_not_the_path(backend: Backend) {
     assert!(!browser.cookies.contains_key("tessera_login"), "its flow is gone, and so is its secret");
     let unknown = body(browser.get(&w.app.url("/auth/login?provider=nope")).await, 404).await;
     assert_eq!(unknown["code"], "unknown_provider");
+    assert!(unknown["detail"].as_str().unwrap().contains("\"nope\""), "{unknown}");
+    // A name that could be no provider's (a secret pasted there, a page of text) is not repeated.
+    let pasted = format!("ghp_{}", "Ab1".repeat(2000));
+    let unknown = body(browser.get(&w.app.url(&format!("/auth/login?provider={pasted}"))).await, 404).await;
+    assert_eq!(unknown["code"], "unknown_provider");
+    assert!(!unknown["detail"].as_str().unwrap().contains("Ab1"), "{unknown}");
 }
 
 async fn the_issuer_parameter_is_checked(backend: Backend) {
