@@ -287,6 +287,21 @@ impl Rule {
 /// Largest answer read to find the facts of an audit row (admin answers are far smaller).
 const MAX_AUDITED_BODY: usize = 1 << 20;
 
+/// Middleware on the OpenID Provider's routes: counts a refused client authentication — a 401
+/// with the `Basic` challenge, which only `invalid_client` answers carry there (a refused bearer
+/// token at userinfo has its own) — as a wrong admin token is counted.
+pub async fn count_client_refusals(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let basic = response
+        .headers()
+        .get(axum::http::header::WWW_AUTHENTICATE)
+        .is_some_and(|challenge| challenge.as_bytes().starts_with(b"Basic"));
+    if response.status() == axum::http::StatusCode::UNAUTHORIZED && basic {
+        state.audit.client_refused();
+    }
+    response
+}
+
 /// Middleware inside [`super::admin_auth::require_admin`], and on every other route for admin
 /// tokens acting on behalf of a user: after a successful `POST`, `PUT`, `PATCH` or `DELETE` made
 /// with an admin token, appends the row of [`rule_for`] with the token's position, the target,
@@ -499,7 +514,8 @@ pub enum FlowAction {
 /// account: anyone can send those, so they get no row each.
 pub fn sign_in_unmatched(state: &AppState, provider: &str, code: ErrorCode) {
     let provider = provider_label(provider).filter(|name| state.flows.provider(Some(name)).is_ok());
-    tracing::info!(code = code.as_str(), provider = provider.unwrap_or("-"), "sign-in callback refused");
+    let action = crate::service::audit::SIGN_IN_FAILED;
+    tracing::info!(code = code.as_str(), provider = provider.unwrap_or("-"), action, "sign-in refused");
     state.audit.sign_in_refused(code, provider);
 }
 

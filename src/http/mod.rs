@@ -152,7 +152,7 @@ pub fn router(state: Arc<AppState>, limits: &crate::config::ServerConfig) -> Rou
                 .route_layer(middleware::from_fn_with_state(state.clone(), csrf::cookie_changes_from_this_origin))
                 .route_layer(middleware::from_fn_with_state(state.clone(), caller::credentials_first)),
         ))
-        .merge(op::routes())
+        .merge(op::routes().route_layer(middleware::from_fn_with_state(state.clone(), audit::count_client_refusals)))
         .merge(mcp::routes(&state))
         .merge(openapi::routes())
         // Changes an admin token makes on behalf of a user are audited too.

@@ -23,6 +23,8 @@ use crate::store::{ActorKind, AuditEvent, AuditQuery, NewAuditEvent, Store, Stor
 pub const TOKEN_REFUSED: &str = "token.refused";
 /// The action of aggregated admin-credential refusals.
 pub const ADMIN_TOKEN_REFUSED: &str = "admin_token.refused";
+/// The action of aggregated client-authentication refusals at the OpenID Provider.
+pub const CLIENT_REFUSED: &str = "client.refused";
 /// The action of sign-in failures (aggregated when the browser carried no sign-in flow).
 pub const SIGN_IN_FAILED: &str = "sign_in.failed";
 
@@ -108,6 +110,12 @@ impl Audit {
     /// Counts a refused admin credential (a wrong or ambiguous admin token).
     pub fn admin_token_refused(&self, reason: ErrorCode) {
         self.count(ADMIN_TOKEN_REFUSED, reason, None);
+    }
+
+    /// Counts a refused client authentication at the OpenID Provider (`invalid_client`: an
+    /// unknown client, a wrong secret, a refused assertion), which anyone can send.
+    pub fn client_refused(&self) {
+        self.count(CLIENT_REFUSED, ErrorCode::InvalidClient, None);
     }
 
     /// Counts a sign-in callback that matches no sign-in started in its browser (scanners,

@@ -2872,7 +2872,28 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(RotateOutcome::Invalid);
         };
-        revoke_grant_in(&mut tx, row.uuid("grant_id")?, now).await?;
+        let grant = row.uuid("grant_id")?;
+        // The revocation's audit row commits with it; a grant revoked already (a replay of a
+        // token whose grant ended before) writes none, so replays cannot flood the log.
+        let revoked = query(
+            "UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING client_id, user_id",
+        )
+        .bind(grant)
+        .bind(now)
+        .fetch_optional(&mut tx)
+        .await?;
+        if let Some(revoked) = revoked {
+            let details = serde_json::json!({
+                "client_id": revoked.text("client_id")?,
+                "user_id": revoked.uuid("user_id")?.to_string(),
+                "cause": "refresh_token_reused",
+            });
+            let event = super::NewAuditEvent::new(super::ActorKind::System, "grant.revoked")
+                .actor(None, Some("oauth_token".into()))
+                .target("grant", grant.to_string())
+                .details(details);
+            super::audit::insert(&mut tx, &[event]).await?;
+        }
         tx.commit().await?;
         Ok(RotateOutcome::Reused)
     }

@@ -16,7 +16,7 @@ use tessera::domain::SigningAlg;
 use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
 use tessera_testkit::local_issuer::{StubUser, UPSTREAM_SESSION_AGE_SECONDS};
 
-use crate::helpers::{Backend, TestApp, json as body, on_both_backends, send_at_once};
+use crate::helpers::{Backend, TestApp, eventually, json as body, on_both_backends, send_at_once};
 use crate::pages::csrf_of;
 use crate::signin::{Browser, World, location, world_with};
 
@@ -29,6 +29,7 @@ on_both_backends!(
     a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_grant,
     a_used_code_without_its_verifier_revokes_nothing,
     a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_family,
+    refused_client_authentications_are_counted_into_the_audit_log,
     revocations_racing_a_refresh_leave_nothing_of_the_grant_working,
     within_the_reuse_interval_every_concurrent_refresh_gets_its_own_token,
     introspection_answers_inactive_alike_and_at_once,
@@ -780,6 +781,9 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
     let sql = w.app.db.sql().await;
     assert_eq!(sql.count("oauth_refresh_tokens").await, 3, "r1, r2 and the winner's r3");
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1);
+    // Audited once, in the revocation's transaction, however many reuses found it.
+    let revoked_rows = "audit_events WHERE action = 'grant.revoked' AND target_kind = 'grant'";
+    assert_eq!(sql.count(revoked_rows).await, 1);
     assert_eq!(introspect(&w.app, creds, second["access_token"].as_str().unwrap()).await, json!({"active": false}));
 
     // A rotated token presented again revokes its grant whatever else the request gets wrong
@@ -795,6 +799,41 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 2);
     let next = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &current)]).await;
     assert_eq!(oauth_error(next, 400).await, "invalid_grant");
+    let reuse_again = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &old)]).await;
+    assert_eq!(oauth_error(reuse_again, 400).await, "invalid_grant");
+    assert_eq!(sql.count(revoked_rows).await, 2, "a replay into a revoked grant writes no more");
+    let audit = w.app.admin(Method::GET, "/admin/audit?action=grant.revoked").send().await.unwrap();
+    let rows = body(audit, 200).await;
+    let row = &rows["events"][0];
+    assert_eq!(
+        (row["actor_name"].as_str(), row["details"]["cause"].as_str()),
+        (Some("oauth_token"), Some("refresh_token_reused"))
+    );
+    assert_eq!(row["details"]["client_id"], client);
+}
+
+/// A refused client authentication at the back-channel endpoints (`invalid_client`, which anyone
+/// can send) is counted into the audit log as `client.refused`, as a wrong admin token is; a
+/// refused bearer token at userinfo is not a client's.
+async fn refused_client_authentications_are_counted_into_the_audit_log(backend: Backend) {
+    let w = op_world_with(backend, |config| config.audit.flush_interval = Duration::from_millis(50)).await;
+    let (client, _) = web_app(&w.app).await;
+    for path in ["/oauth/token", "/oauth/introspect", "/oauth/revoke", "/oauth/par"] {
+        let form = [("grant_type", "client_credentials"), ("token", "t"), ("response_type", "code")];
+        let refused = w.app.client.post(w.app.url(path)).basic_auth(&client, Some("wrong")).form(&form);
+        assert_eq!(oauth_error(refused.send().await.unwrap(), 401).await, "invalid_client", "{path}");
+    }
+    let userinfo = w.app.client.get(w.app.url("/oauth/userinfo")).bearer_auth("not-a-token").send().await.unwrap();
+    assert_eq!(userinfo.status(), StatusCode::UNAUTHORIZED);
+    let counted = || async {
+        let page = body(w.app.admin(Method::GET, "/admin/audit?action=client.refused").send().await.unwrap(), 200);
+        let rows = page.await["events"].as_array().unwrap().clone();
+        assert!(rows.iter().all(|row| row["reason"] == "invalid_client" && row["target_id"].is_null()), "{rows:?}");
+        rows.iter().map(|row| row["details"]["count"].as_u64().unwrap()).sum::<u64>()
+    };
+    eventually("the four refusals are written", || async { counted().await == 4 }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(counted().await, 4, "and nothing more");
 }
 
 /// With `oidc.refresh_token_reuse_seconds`, a client that retries a refresh (its answer lost) or
