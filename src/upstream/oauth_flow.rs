@@ -367,7 +367,16 @@ impl OAuthFlows {
         let provider = self.provider(Some(&flow.provider))?.clone();
         // RFC 9207 section 2.4: error responses too. An error sent in another issuer's name (a
         // mix-up) is not this provider's word, and is not reported as such.
-        let expected = provider.response_issuer().await?;
+        let expected = match provider.response_issuer().await {
+            Ok(expected) => expected,
+            // A denial that reached an instance which cannot read the provider's discovery now
+            // (another one started the flow): whether the provider sends `iss` is not known, but
+            // its error is still its answer, checked against its issuer when `iss` is sent.
+            Err(_) if callback.error.is_some() => {
+                super::providers::ResponseIssuer { issuer: provider.config().issuer.clone(), required: false }
+            }
+            Err(error) => return Err(error.into()),
+        };
         match callback.iss.as_deref() {
             Some(iss) if Issuer::parse(iss).ok().as_ref() != Some(&expected.issuer) => {
                 return Err(FlowError::IssuerMismatch);

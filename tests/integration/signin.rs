@@ -16,6 +16,7 @@ use crate::helpers::{
 use std::time::Duration;
 
 on_both_backends!(
+    a_denial_reaching_an_instance_without_the_providers_discovery_is_a_denial,
     changing_sign_in_methods_needs_a_recent_sign_in,
     a_sign_in_creates_a_user_and_a_session,
     a_sign_out_page_that_cannot_read_the_session_offers_itself_again,
@@ -1596,4 +1597,26 @@ async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
     let done = browser.sign_in(&w.app, &query).await;
     assert_eq!(location(&done), wanted);
     assert_eq!(browser.get(&w.app.url("/auth/verify")).await.status(), StatusCode::OK);
+}
+
+/// A provider's denial (the user cancelled there) that reaches an instance which cannot read the
+/// provider's discovery document — another instance started the sign-in, and the provider's
+/// discovery has been down since — is still the provider's denial, not `provider_unavailable`.
+async fn a_denial_reaching_an_instance_without_the_providers_discovery_is_a_denial(backend: Backend) {
+    let w = world(backend).await;
+    let other = TestApp::start(w.app.db.share(), &w.config).await;
+    let mut browser = Browser::new();
+    let callback = browser.start(&w.app, "").await;
+    w.issuer.set_available(false);
+    let denied = with_param(&with_param(&callback, "code", None), "error", Some("access_denied"));
+    let denied = denied.replace(&w.app.url(""), &other.url(""));
+    let problem = body(browser.get(&denied).await, 400).await;
+    assert_eq!(problem["code"], "provider_denied", "{problem}");
+    // Its answer is still checked against the provider's issuer when it names one.
+    w.issuer.set_available(true);
+    let callback = browser.start(&w.app, "").await;
+    w.issuer.set_available(false);
+    let denied = with_param(&with_param(&callback, "code", None), "error", Some("access_denied"));
+    let forged = with_param(&denied, "iss", Some("https://evil.example.com")).replace(&w.app.url(""), &other.url(""));
+    assert_eq!(body(browser.get(&forged).await, 400).await["code"], "issuer_mismatch");
 }
