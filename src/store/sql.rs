@@ -2813,7 +2813,7 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(RedeemOutcome::Invalid);
         };
-        revoke_grant_in(&mut tx, row.uuid("grant_id")?, now).await?;
+        revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "code_replayed").await?;
         tx.commit().await?;
         Ok(RedeemOutcome::Replayed)
     }
@@ -2872,28 +2872,7 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(RotateOutcome::Invalid);
         };
-        let grant = row.uuid("grant_id")?;
-        // The revocation's audit row commits with it; a grant revoked already (a replay of a
-        // token whose grant ended before) writes none, so replays cannot flood the log.
-        let revoked = query(
-            "UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING client_id, user_id",
-        )
-        .bind(grant)
-        .bind(now)
-        .fetch_optional(&mut tx)
-        .await?;
-        if let Some(revoked) = revoked {
-            let details = serde_json::json!({
-                "client_id": revoked.text("client_id")?,
-                "user_id": revoked.uuid("user_id")?.to_string(),
-                "cause": "refresh_token_reused",
-            });
-            let event = super::NewAuditEvent::new(super::ActorKind::System, "grant.revoked")
-                .actor(None, Some("oauth_token".into()))
-                .target("grant", grant.to_string())
-                .details(details);
-            super::audit::insert(&mut tx, &[event]).await?;
-        }
+        revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "refresh_token_reused").await?;
         tx.commit().await?;
         Ok(RotateOutcome::Reused)
     }
@@ -4429,12 +4408,35 @@ pub(super) const DELIVERIES: &str =
      WHERE d.endpoint_id = $1 AND d.event_seq < $2
      ORDER BY d.event_seq DESC LIMIT $3";
 
-async fn revoke_grant_in(tx: &mut Tx, grant: uuid::Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
-    query("UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-        .bind(grant)
-        .bind(now)
-        .execute(tx)
-        .await?;
+/// Revokes `grant` because one of its credentials came back (`cause`: a used code presented
+/// again, a rotated refresh token reused), with its `grant.revoked` audit row in the same
+/// transaction. A grant revoked already (a replay into a grant that ended before) writes none, so
+/// replays cannot flood the log.
+async fn revoke_replayed_grant_in(
+    tx: &mut Tx,
+    grant: uuid::Uuid,
+    now: DateTime<Utc>,
+    cause: &str,
+) -> Result<(), StoreError> {
+    let revoked = query(
+        "UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING client_id, user_id",
+    )
+    .bind(grant)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(revoked) = revoked {
+        let details = serde_json::json!({
+            "client_id": revoked.text("client_id")?,
+            "user_id": revoked.uuid("user_id")?.to_string(),
+            "cause": cause,
+        });
+        let event = super::NewAuditEvent::new(super::ActorKind::System, "grant.revoked")
+            .actor(None, Some("oauth_token".into()))
+            .target("grant", grant.to_string())
+            .details(details);
+        super::audit::insert(tx, &[event]).await?;
+    }
     Ok(())
 }
 

@@ -97,11 +97,6 @@ impl KeySet {
         }
     }
 
-    /// Whether a token of `alg` without a `kid` cannot choose its key: several accept `alg`.
-    pub fn ambiguous(&self, alg: Algorithm) -> bool {
-        self.keys.iter().filter(|k| k.accepts(alg)).nth(1).is_some()
-    }
-
     /// Every key a token with `kid` and `alg` may be signed with: those under the `kid` that
     /// accept `alg`; without a `kid`, [`find`](Self::find)'s one.
     pub fn under<'a>(

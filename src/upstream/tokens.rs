@@ -302,12 +302,11 @@ pub(crate) async fn verify_signed<C: DeserializeOwned + IssuedAt>(
     let kid = header.kid.as_deref();
     // The key of `set` for the token; `Ok(None)` when the set does not publish its kid. A kid
     // published for another algorithm (an ES256 header on an RSA key's id) refuses the token
-    // for its algorithm, and no kid where several keys fit leaves it without a key: neither
-    // with a refetch, which could not help.
+    // for its algorithm, without a refetch that could not help. (No kid where several keys fit
+    // is a miss: the issuer may have dropped all but one since.)
     let key_in = |set: &super::jwks::KeySet| match set.find(kid, alg) {
         Some(key) => Ok(Some(key.clone())),
         None if kid.is_some_and(|kid| set.has_kid(kid)) => Err(TokenError::AlgorithmNotAllowed),
-        None if kid.is_none() && set.ambiguous(alg) => Err(TokenError::UnknownKey),
         None => Ok(None),
     };
     let mut set = keys.keys().await.ok_or(TokenError::IssuerUnavailable)?;

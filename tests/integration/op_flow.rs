@@ -615,8 +615,10 @@ async fn a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_gran
     assert_eq!(issued.len(), 1, "exactly one redemption wins");
     let sql = w.app.db.sql().await;
     assert_eq!(sql.count("oauth_refresh_tokens").await, 1);
-    // The losers were replays: the grant, and the winner's tokens, are revoked.
+    // The losers were replays: the grant, and the winner's tokens, are revoked — audited once,
+    // however many replays found it.
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1);
+    assert_eq!(sql.count("audit_events WHERE action = 'grant.revoked'").await, 1);
     let access = issued[0]["access_token"].as_str().unwrap();
     assert_eq!(introspect(&w.app, (&client, &secret), access).await, json!({"active": false}));
     let refresh = issued[0]["refresh_token"].as_str().unwrap();
