@@ -187,6 +187,26 @@ pub fn jwk_material_problem(
     }
 }
 
+/// Key material for the tests of the modules that read JWKs.
+#[cfg(test)]
+pub(crate) mod test_jwks {
+    use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+    use base64::Engine as _;
+
+    /// A fresh 2,048-bit RSA key's public JWK, its modulus and exponent written with a sign byte
+    /// in front (as some encoders do), and `message` signed with it (RS256), base64url.
+    pub fn sign_byte_rsa(message: &[u8]) -> (serde_json::Value, String) {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let public = pair.public_key();
+        let n = [&[0u8][..], public.modulus().big_endian_without_leading_zero()].concat();
+        let e = [&[0u8][..], public.exponent().big_endian_without_leading_zero()].concat();
+        let mut signature = vec![0; pair.public_modulus_len()];
+        pair.sign(&RSA_PKCS1_SHA256, &aws_lc_rs::rand::SystemRandom::new(), message, &mut signature).unwrap();
+        (serde_json::json!({"kty": "RSA", "n": b64(&n), "e": b64(&e)}), b64(&signature))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

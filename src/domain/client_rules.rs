@@ -739,19 +739,11 @@ mod tests {
 
     #[test]
     fn an_rsa_key_written_with_sign_bytes_still_verifies() {
-        use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
-        use base64::Engine as _;
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let public = pair.public_key();
-        let n = [&[0u8][..], public.modulus().big_endian_without_leading_zero()].concat();
-        let e = [&[0u8][..], public.exponent().big_endian_without_leading_zero()].concat();
-        let keys = client_keys(&serde_json::json!({"keys": [{"kty": "RSA", "n": b64(&n), "e": b64(&e)}]})).unwrap();
-        assert_eq!(keys[0].problem(), None);
         let message = b"header.payload";
-        let mut signature = vec![0; pair.public_modulus_len()];
-        pair.sign(&RSA_PKCS1_SHA256, &aws_lc_rs::rand::SystemRandom::new(), message, &mut signature).unwrap();
-        let verified = jsonwebtoken::crypto::verify(&b64(&signature), message, &keys[0].key, Algorithm::RS256);
+        let (jwk, signature) = crate::crypto::test_jwks::sign_byte_rsa(message);
+        let keys = client_keys(&serde_json::json!({"keys": [jwk]})).unwrap();
+        assert_eq!(keys[0].problem(), None);
+        let verified = jsonwebtoken::crypto::verify(&signature, message, &keys[0].key, Algorithm::RS256);
         assert!(verified.unwrap(), "verifies with the key as its numbers say");
     }
 

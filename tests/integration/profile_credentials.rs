@@ -145,6 +145,31 @@ impl World {
         request.json(&json!({ "values": values })).send().await.unwrap()
     }
 
+    /// The answer to `request`, sent while `change` is made in a transaction that holds the team's
+    /// row (as the store's membership changes do) and committed once the request waits on it: on
+    /// PostgreSQL once it is seen waiting for the lock; on SQLite, where nothing shows a writer
+    /// waiting, after long enough for it to reach its write.
+    async fn sent_while_the_team_is_held(
+        &self,
+        sql: &Sql,
+        change: &str,
+        request: reqwest::RequestBuilder,
+    ) -> reqwest::Response {
+        let held = sql
+            .hold(
+                &format!("BEGIN IMMEDIATE; {change}"),
+                &format!("BEGIN; SELECT 1 FROM teams WHERE slug = '{}' FOR UPDATE; {change}", self.team),
+            )
+            .await;
+        let sent = tokio::spawn(async move { request.send().await.unwrap() });
+        match sql {
+            Sql::Postgres(_) => sql.until_waiting_for_a_lock("teams").await,
+            Sql::Sqlite(_) => tokio::time::sleep(Duration::from_millis(700)).await,
+        }
+        held.end("COMMIT").await;
+        sent.await.unwrap()
+    }
+
     /// Creates an env profile of the `openai` connector for Alice, without values.
     async fn pending_env(&self, slug: &str) -> Value {
         let request = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "OpenAI", "slug": slug});
@@ -664,24 +689,9 @@ async fn a_create_that_waits_on_the_creators_removal_writes_nothing(backend: Bac
         "DELETE FROM memberships WHERE role = 'member' AND team_id = (SELECT id FROM teams WHERE slug = '{}')",
         w.team
     );
-    let held = sql
-        .hold(
-            &format!("BEGIN IMMEDIATE; {remove}"),
-            &format!("BEGIN; SELECT 1 FROM teams WHERE slug = '{}' FOR UPDATE; {remove}", w.team),
-        )
-        .await;
     let request = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Late", "slug": "late"});
-    let create = tokio::spawn({
-        let request = w.on_behalf(Method::POST, "/auth-profiles", w.bob.id).json(&request);
-        async move { request.send().await.unwrap() }
-    });
-    match &sql {
-        Sql::Postgres(_) => sql.until_waiting_for_a_lock("teams").await,
-        // Nothing shows an SQLite writer waiting: long enough for the request to reach the write.
-        Sql::Sqlite(_) => tokio::time::sleep(Duration::from_millis(700)).await,
-    }
-    held.end("COMMIT").await;
-    let refused = body(create.await.unwrap(), 404).await;
+    let request = w.on_behalf(Method::POST, "/auth-profiles", w.bob.id).json(&request);
+    let refused = body(w.sent_while_the_team_is_held(&sql, &remove, request).await, 404).await;
     assert_eq!(refused["code"], "team_not_found", "{refused}");
     assert_eq!(sql.count("auth_profiles").await, 0, "no profile");
     assert_eq!(sql.count("connect_tokens").await, 0, "no link");
@@ -695,24 +705,9 @@ async fn a_credential_write_that_waits_on_the_writers_disable_is_refused_as_such
     w.pending_env("keys").await;
     let sql = w.app.db.sql().await;
     let disable = format!("UPDATE users SET disabled = TRUE WHERE id = {}", sql.uuid(&w.alice.id.to_string()));
-    let held = sql
-        .hold(
-            &format!("BEGIN IMMEDIATE; {disable}"),
-            &format!("BEGIN; SELECT 1 FROM teams WHERE slug = '{}' FOR UPDATE; {disable}", w.team),
-        )
-        .await;
-    let put = tokio::spawn({
-        let request = w.on_behalf(Method::PUT, "/auth-profiles/keys/env", w.alice.id);
-        let request = request.json(&json!({"values": {"OPENAI_API_KEY": KEY}}));
-        async move { request.send().await.unwrap() }
-    });
-    match &sql {
-        Sql::Postgres(_) => sql.until_waiting_for_a_lock("teams").await,
-        // Nothing shows an SQLite writer waiting: long enough for the request to reach the write.
-        Sql::Sqlite(_) => tokio::time::sleep(Duration::from_millis(700)).await,
-    }
-    held.end("COMMIT").await;
-    let refused = body(put.await.unwrap(), 403).await;
+    let request = w.on_behalf(Method::PUT, "/auth-profiles/keys/env", w.alice.id);
+    let request = request.json(&json!({"values": {"OPENAI_API_KEY": KEY}}));
+    let refused = body(w.sent_while_the_team_is_held(&sql, &disable, request).await, 403).await;
     assert_eq!(refused["code"], "user_disabled", "{refused}");
     assert_eq!(sql.count("profile_credentials").await, 0, "nothing stored");
 }
