@@ -287,16 +287,11 @@ impl Rule {
 /// Largest answer read to find the facts of an audit row (admin answers are far smaller).
 const MAX_AUDITED_BODY: usize = 1 << 20;
 
-/// Middleware on the OpenID Provider's routes: counts a refused client authentication — a 401
-/// with the `Basic` challenge, which only `invalid_client` answers carry there (a refused bearer
-/// token at userinfo has its own) — as a wrong admin token is counted.
+/// Middleware on the OpenID Provider's routes: counts a refused client authentication (an OAuth
+/// answer `invalid_client`, which carries its code for this) as a wrong admin token is counted.
 pub async fn count_client_refusals(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    let basic = response
-        .headers()
-        .get(axum::http::header::WWW_AUTHENTICATE)
-        .is_some_and(|challenge| challenge.as_bytes().starts_with(b"Basic"));
-    if response.status() == axum::http::StatusCode::UNAUTHORIZED && basic {
+    if response.extensions().get::<ErrorCode>() == Some(&ErrorCode::InvalidClient) {
         state.audit.client_refused();
     }
     response

@@ -102,13 +102,9 @@ pub enum Purpose {
 }
 
 /// A provider name a client sent, fit to be repeated in an error: one that could be a provider's
-/// name; anything else (a pasted secret, 60 KB of text) is not repeated.
+/// name; anything else (a pasted secret, kilobytes of text) is not repeated.
 pub fn shown_provider(name: &str) -> String {
-    if name == "(default)" || crate::config::is_provider_name(name) {
-        name.to_owned()
-    } else {
-        "(not a provider name)".to_owned()
-    }
+    if crate::config::is_provider_name(name) { name.to_owned() } else { "(not a provider name)".to_owned() }
 }
 
 /// Why a flow could not begin or finish.
@@ -240,7 +236,9 @@ impl OAuthFlows {
 
     /// The provider named `name` (the default one for `None`).
     pub fn provider(&self, name: Option<&str>) -> Result<&Arc<dyn Provider>, FlowError> {
-        self.providers.get(name).ok_or_else(|| FlowError::UnknownProvider(shown_provider(name.unwrap_or("(default)"))))
+        self.providers
+            .get(name)
+            .ok_or_else(|| FlowError::UnknownProvider(name.map_or_else(|| "(default)".to_owned(), shown_provider)))
     }
 
     /// A provider people sign in with (or link), by name (`None`: the default one): one for

@@ -58,6 +58,10 @@ impl IntoResponse for OAuthResponse {
         let body = serde_json::json!({ "error": error.error, "error_description": error.description });
         let mut response = (status, Json(body)).into_response();
         no_store(response.headers_mut());
+        // Said to the audit middleware, which counts refused client authentications.
+        if error.error == "invalid_client" {
+            response.extensions_mut().insert(crate::error::ErrorCode::InvalidClient);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
