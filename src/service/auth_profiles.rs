@@ -915,6 +915,8 @@ impl AuthProfiles {
                     | AuthProfileError::ProfileNotFound
                     | AuthProfileError::NotProfileOwner
                     | AuthProfileError::NotAdmin
+                    | AuthProfileError::UserDisabled
+                    | AuthProfileError::TeamNotFound
             )
         {
             // The same account may have been connected meanwhile (the flow of another tab,

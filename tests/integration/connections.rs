@@ -34,6 +34,7 @@ on_both_backends!(
     a_connect_link_connects_the_profile_once,
     a_connect_link_is_bound_to_its_user_and_single_use,
     signing_out_while_connecting_says_so_and_revokes_the_tokens,
+    a_member_disabled_while_connecting_is_told_so_and_the_tokens_are_revoked,
     concurrent_callbacks_activate_the_profile_once,
     concurrent_continues_of_one_connect_link_start_one_flow,
     reconnecting_keeps_the_profile_and_guards_the_account,
@@ -607,6 +608,40 @@ async fn signing_out_while_connecting_says_so_and_revokes_the_tokens(backend: Ba
     assert_eq!(w.issuer.revocations(), 1, "the tokens nobody will have are revoked");
     w.alice.browser.cookies.insert("tessera_session".into(), session);
     assert_eq!(count(&w.app, "WHERE status = 'pending_auth'").await, 1, "the profile is still to be connected");
+}
+
+/// A member disabled while at the provider (the disable commits as the activation waits for the
+/// team's lock, after the callback was let in): told `user_disabled`, nothing connected, and the
+/// tokens the code exchange got are revoked at the provider — nobody will have them.
+async fn a_member_disabled_while_connecting_is_told_so_and_the_tokens_are_revoked(backend: Backend) {
+    let mut w = world(backend).await;
+    let created = body(w.create(w.alice.id, profile_request(None)).await, 201).await;
+    let link = created["connect_url"].as_str().unwrap().to_owned();
+    let callback = start_flow(&mut w.alice.browser, &link).await;
+    let sql = w.app.db.sql().await;
+    let disable = format!("UPDATE users SET disabled = TRUE WHERE id = {}", sql.uuid(&w.alice.id.to_string()));
+    let held = sql
+        .hold(
+            &format!("BEGIN IMMEDIATE; {disable}"),
+            &format!("BEGIN; SELECT 1 FROM teams WHERE slug = '{}' FOR UPDATE; {disable}", w.team),
+        )
+        .await;
+    let finished = tokio::spawn({
+        let request = w.alice.browser.prepared(Method::GET, &callback).header("accept", "text/html");
+        async move { request.send().await.unwrap() }
+    });
+    match &sql {
+        Sql::Postgres(_) => sql.until_waiting_for_a_lock("teams").await,
+        // Nothing shows an SQLite writer waiting: long enough for the callback to reach a write.
+        Sql::Sqlite(_) => tokio::time::sleep(Duration::from_millis(700)).await,
+    }
+    held.end("COMMIT").await;
+    let page = finished.await.unwrap();
+    let status = page.status();
+    let text = page.text().await.unwrap();
+    assert_eq!((status, text.contains("user_disabled")), (StatusCode::FORBIDDEN, true), "{text}");
+    assert_eq!(w.issuer.revocations(), 1, "the tokens nobody will have are revoked");
+    assert_eq!(count(&w.app, "WHERE status = 'pending_auth'").await, 1, "nothing connected");
 }
 
 /// The start page only shows the link; its "Continue" form uses it up, exactly once: many
