@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crate::config::ProbeFillError;
 use crate::domain::{AuthProfile, ProfileKind, ProfileRight, ProfileStatus, Slug, TeamRef, UserId};
-use crate::error::{ErrorCode, PublicError};
+use crate::error::{ErrorChain as _, ErrorCode, PublicError};
 use crate::store::{DefaultOutcome, ProfileChange, ProfileUpdate, StoreError};
 use crate::upstream::providers::ProviderError;
 
@@ -464,7 +464,8 @@ impl<'a> ProfileActions<'a> {
             // Refused before it expired: refresh it once (unless someone just did) and try again.
             // The refused token's own version: one refreshed by someone else since `before` was
             // read is the one to expire.
-            store.expire_access_token(profile.id, refused.version.unwrap_or(before.version), super::now()).await?;
+            let version = refused.version.unwrap_or(before.version);
+            store.set_access_token_expiry(profile.id, version, Some(super::now())).await?;
             let token = match self.profiles.access_token_of(profile.clone()).await {
                 Ok(token) => token,
                 // The refresh was refused, or there was nothing to refresh with.
@@ -472,7 +473,16 @@ impl<'a> ProfileActions<'a> {
                     let version = refused.version;
                     return self.needs_reauth(&profile, version, Some(401), TestFailure::InvalidToken, false).await;
                 }
-                Err(error) => return Err(error.into()),
+                Err(error) => {
+                    // The refresh failed (the provider down, say): the refused token is not known
+                    // to be dead (one for another audience is refused too), so it gets back the
+                    // expiry it had rather than failing every other use until the provider is
+                    // back. Unless it was refreshed or reconnected meanwhile; best effort.
+                    if let Err(e) = store.set_access_token_expiry(profile.id, version, refused.expires_at).await {
+                        tracing::warn!(profile_id = %profile.id, error = %e.chain(), "could not put a tested token's expiry back");
+                    }
+                    return Err(error.into());
+                }
             };
             // Refreshed by this test, or meanwhile by another request (stored at a newer version).
             fresh = token.refreshed || token.version > refused.version;

@@ -1627,13 +1627,14 @@ pub trait Store: Send + Sync + Debug + 'static {
         connector_key: &str,
     ) -> Result<Option<AuthProfile>, StoreError>;
 
-    /// Makes an active profile's access token count as expired, if its token version is still
-    /// `token_version` (so that the next use refreshes it); false otherwise.
-    async fn expire_access_token(
+    /// Sets an active profile's access-token expiry to `expires_at`, if its token version is
+    /// still `token_version`; false otherwise. `now` makes the token count as expired (so that
+    /// the next use refreshes it); the expiry it had puts it back when that refresh failed.
+    async fn set_access_token_expiry(
         &self,
         id: ProfileId,
         token_version: i64,
-        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError>;
 
     /// Marks an active profile `needs_reauth`, if its token version is still `token_version` (a

@@ -258,11 +258,11 @@ pub(super) async fn active_personal_profile(
     row.as_ref().map(rows::profile).transpose()
 }
 
-pub(super) async fn expire_access_token(
+pub(super) async fn set_access_token_expiry(
     db: &Db,
     id: ProfileId,
     token_version: i64,
-    now: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
 ) -> Result<bool, StoreError> {
     let updated = query(
         "UPDATE auth_profiles SET access_token_expires_at = $3
@@ -270,7 +270,7 @@ pub(super) async fn expire_access_token(
     )
     .bind(id.as_uuid())
     .bind(token_version)
-    .bind(now)
+    .bind(expires_at)
     .execute(db.writer())
     .await?;
     Ok(updated == 1)

@@ -4056,13 +4056,13 @@ impl Store for SqlStore {
         profile_actions::active_personal_profile(&self.db, team, user, connector_key).await
     }
 
-    async fn expire_access_token(
+    async fn set_access_token_expiry(
         &self,
         id: ProfileId,
         token_version: i64,
-        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError> {
-        profile_actions::expire_access_token(&self.db, id, token_version, now).await
+        profile_actions::set_access_token_expiry(&self.db, id, token_version, expires_at).await
     }
 
     async fn mark_needs_reauth(

@@ -14,7 +14,7 @@ use tessera::config::{
 };
 use tessera::crypto::keyring::KeyRing;
 use tessera::domain::UserId;
-use tessera_testkit::local_issuer::{LocalIssuer, StubUser};
+use tessera_testkit::local_issuer::{LocalIssuer, StubUser, TokenFault};
 
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_no_leak, json as body, on_both_backends};
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
@@ -22,6 +22,7 @@ use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 on_both_backends!(
     a_revocation_reaches_the_provider_though_its_client_hangs_up,
     an_update_renames_and_moves_the_slug,
+    a_test_that_cannot_refresh_keeps_the_token_for_its_other_users,
     only_the_owner_or_an_admin_updates_a_profile,
     bad_updates_are_clean_4xx_and_write_nothing,
     concurrent_updates_to_one_slug_have_one_winner,
@@ -634,6 +635,24 @@ async fn a_refused_token_is_refreshed_once_then_marks_the_profile(backend: Backe
     // A test of a profile that needs a reconnection says so, without asking the provider.
     let again = w.post(w.alice.id, "/auth-profiles/mail/test").await;
     assert_eq!(body(again, 409).await["code"], "needs_reauth");
+}
+
+/// A token the user endpoint refuses is not known to be dead (one for another audience is
+/// refused too): a test whose refresh fails with the provider down answers 502, and the token,
+/// which had its life left, is still handed out — not taken from the profile's other users until
+/// the provider is back.
+async fn a_test_that_cannot_refresh_keeps_the_token_for_its_other_users(backend: Backend) {
+    let mut w = world(backend).await;
+    w.connected("oauth_account", "issues", "issues", &["openid"]).await;
+    let before = body(w.post(w.alice.id, "/auth-profiles/issues/token").await, 200).await;
+    w.issuer.refuse_userinfo(true);
+    w.issuer.fail_next_token_request(TokenFault::ServerError(503));
+    let outcome = w.post(w.alice.id, "/auth-profiles/issues/test").await;
+    assert_eq!(body(outcome, 502).await["code"], "provider_unavailable");
+    let after = body(w.post(w.alice.id, "/auth-profiles/issues/token").await, 200).await;
+    assert_eq!(after["refreshed"], false, "not due: {after}");
+    assert_eq!(after["access_token"], before["access_token"]);
+    assert_eq!(after["expires_at"], before["expires_at"], "the expiry it had");
 }
 
 async fn tests_of_other_kinds_and_states_are_clean_409s(backend: Backend) {

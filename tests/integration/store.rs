@@ -3372,10 +3372,13 @@ async fn a_credential_test_expires_and_marks_only_the_token_it_tested(backend: B
     let app = connected(&store, &ada, "app").await;
     let before = secrets_of(&store, app.id).await;
     let t0 = now();
-    assert!(!store.expire_access_token(app.id, before.version + 1, t0).await.unwrap(), "another token");
+    assert!(!store.set_access_token_expiry(app.id, before.version + 1, Some(t0)).await.unwrap(), "another token");
     assert_eq!(secrets_of(&store, app.id).await, before);
-    assert!(store.expire_access_token(app.id, before.version, t0).await.unwrap());
+    assert!(store.set_access_token_expiry(app.id, before.version, Some(t0)).await.unwrap());
     assert_eq!(secrets_of(&store, app.id).await, ProfileSecrets { expires_at: Some(t0), ..before.clone() });
+    // Put back (a test whose refresh failed): the token is handed out as before.
+    assert!(store.set_access_token_expiry(app.id, before.version, before.expires_at).await.unwrap());
+    assert_eq!(secrets_of(&store, app.id).await, before);
     assert!(
         !store.mark_needs_reauth(app.id, before.version + 1, ReauthReason::TestFailed, t0).await.unwrap(),
         "another token"
@@ -3397,7 +3400,7 @@ async fn a_credential_test_expires_and_marks_only_the_token_it_tested(backend: B
         !store.mark_needs_reauth(app.id, marked.version, ReauthReason::TestFailed, t0).await.unwrap(),
         "only active profiles"
     );
-    assert!(!store.expire_access_token(app.id, marked.version, t0).await.unwrap(), "only active profiles");
+    assert!(!store.set_access_token_expiry(app.id, marked.version, Some(t0)).await.unwrap(), "only active profiles");
 }
 
 async fn a_refresh_records_the_granted_scopes_when_the_provider_says(backend: Backend) {
