@@ -2568,6 +2568,17 @@ async fn offline_access_is_ignored_from_a_client_that_may_not_refresh(backend: B
     let again = [("grant_type", "refresh_token"), ("refresh_token", refresh), ("scope", "openid offline_access")];
     let refreshed = body(token_request(&w.app, agent, &again).await, 200).await;
     assert_eq!(refreshed["scope"], "openid", "{refreshed}");
+    // The client registered for it afterwards: its grants made before still refresh with the
+    // scope the library resends (a refresh cannot make a grant offline), not refused.
+    let patched = w.app.admin(Method::PATCH, &format!("/admin/clients/{}", agent.0));
+    let patched = patched.json(&json!({"scopes": ["openid", "offline_access"]})).send().await.unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    let refresh = refreshed["refresh_token"].as_str().unwrap();
+    let alone = [("grant_type", "refresh_token"), ("refresh_token", refresh), ("scope", "offline_access")];
+    assert_eq!(oauth_error(token_request(&w.app, agent, &alone).await, 400).await, "invalid_scope");
+    let again = [("grant_type", "refresh_token"), ("refresh_token", refresh), ("scope", "openid offline_access")];
+    let refreshed = body(token_request(&w.app, agent, &again).await, 200).await;
+    assert_eq!(refreshed["scope"], "openid", "{refreshed}");
 }
 
 /// Signs `browser` in and gets the tokens of two grants of `client` from its session: one with

@@ -398,14 +398,20 @@ impl OpenIdProvider {
         still_registered(client, &grant)?;
         // `offline_access` from a client not registered for it is ignored, as at authorization:
         // libraries send the scope they were configured with again (Authlib does), and the
-        // grant it was left out of stays bound to its session. Asked alone, it is refused there.
+        // grant it was left out of stays bound to its session. So is it for a grant made
+        // without it (before the client was registered for it, say): a refresh cannot make a
+        // grant offline. Asked alone, nothing is left: refused.
+        let granted = split_scope(&grant.scope);
+        let keeps_offline = client.may_go_offline() && granted.iter().any(|s| s == OFFLINE_ACCESS);
         let asked: Option<Vec<String>> = asked_scope(&form)?
-            .map(|asked| asked.into_iter().filter(|s| client.may_go_offline() || s != OFFLINE_ACCESS).collect());
+            .map(|asked| asked.into_iter().filter(|s| keeps_offline || s != OFFLINE_ACCESS).collect());
         if let Some(asked) = asked {
-            if asked.is_empty() {
+            if asked.is_empty() && !client.may_go_offline() {
                 return Err(OAuthError::invalid_scope(super::provider::OFFLINE_ACCESS_ALONE));
             }
-            let granted = split_scope(&grant.scope);
+            if asked.is_empty() {
+                return Err(OAuthError::invalid_scope("offline_access alone, which this grant was not given"));
+            }
             if asked.iter().any(|s| !granted.contains(s)) {
                 return Err(OAuthError::invalid_scope("a refresh may only narrow the granted scopes"));
             }
