@@ -389,6 +389,11 @@ impl Clients {
                     "the client_id parameter differs from the client of the Authorization header",
                 ));
             }
+            // An empty password is no secret: the id alone, as some libraries send a public
+            // client's (as a blank `client_secret` parameter counts as absent).
+            if secret.is_empty() {
+                return Ok((self.public(id).await?, AuthMethod::None));
+            }
             return Ok((self.secret(id, secret).await?, AuthMethod::ClientSecretBasic));
         }
         let Some(id) = &creds.client_id else {
@@ -399,13 +404,18 @@ impl Clients {
         if let Some(secret) = &creds.client_secret {
             return Ok((self.secret(id, secret).await?, AuthMethod::ClientSecretPost));
         }
+        Ok((self.public(id).await?, AuthMethod::None))
+    }
+
+    /// The public client `id`, which sent its id alone (method `none`).
+    async fn public(&self, id: &str) -> Result<Client, ClientAuthError> {
         let client = self.get(id).await?.ok_or(ClientAuthError::InvalidClient("unknown client"))?;
         if !client.is_public() {
             return Err(ClientAuthError::InvalidClient(
                 "this client is confidential: authenticate with its secret or a client assertion",
             ));
         }
-        Ok((client, AuthMethod::None))
+        Ok(client)
     }
 
     async fn secret(&self, id: &str, secret: &str) -> Result<Client, ClientAuthError> {
