@@ -285,7 +285,7 @@ impl FromRequest<std::sync::Arc<super::AppState>> for PageBytes {
         let headers = req.headers().clone();
         match ApiBytes::from_request(req, state).await {
             Ok(ApiBytes(bytes)) => Ok(PageBytes(bytes)),
-            Err(error) => Err(state.pages.error(&headers, error)),
+            Err(error) => Err(super::pages::refused(state, &headers, error)),
         }
     }
 }
@@ -326,7 +326,7 @@ where
     ) -> Result<Self, Self::Rejection> {
         match ApiPath::<T>::from_request_parts(parts, state).await {
             Ok(ApiPath(value)) => Ok(PagePath(value)),
-            Err(error) => Err(state.pages.error(&parts.headers, error)),
+            Err(error) => Err(super::pages::refused(state, &parts.headers, error)),
         }
     }
 }

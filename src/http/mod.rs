@@ -340,10 +340,7 @@ fn refused_route(state: &AppState, uri: &Uri, headers: &HeaderMap, error: ApiErr
     if uri.path().starts_with("/oauth/") && !pages::wants_html(headers) {
         return op::token::OAuthResponse::from(error).into_response();
     }
-    // A browser with a session cookie is offered its account, not a sign-in that would replace
-    // its session (and end the apps' grants bound to it); no store read to tell a live one.
-    let signed_in = pages::may_be_signed_in(state, headers);
-    state.pages.error_in(headers, error, &pages::errors::Context { signed_in, ..Default::default() })
+    pages::refused(state, headers, error)
 }
 
 #[cfg(test)]

@@ -436,6 +436,15 @@ pub fn may_be_signed_in(state: &AppState, headers: &HeaderMap) -> bool {
     !matches!(super::credentials::cookie(headers, state.cookies.session()), Ok(None))
 }
 
+/// The error page of a request refused before any handler read its session (no route, a body or
+/// path that does not parse): a browser with a session cookie is offered its account, not a
+/// sign-in that would replace its session (and end the apps' grants bound to it); no store read
+/// to tell a live one.
+pub fn refused(state: &AppState, headers: &HeaderMap, error: ApiError) -> Response {
+    let signed_in = may_be_signed_in(state, headers);
+    state.pages.error_in(headers, error, &errors::Context { signed_in, ..Default::default() })
+}
+
 /// `/login`, coming back to `return_to` after the sign-in.
 pub fn login_url(return_to: Option<&str>) -> String {
     match return_to {

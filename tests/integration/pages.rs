@@ -566,6 +566,13 @@ async fn sign_out_everywhere_else_keeps_only_this_browser(backend: Backend) {
     assert_eq!(page.matches("Another browser").count(), 2, "{page}");
     assert_eq!(page.matches("Firefox on Linux").count(), 1, "{page}");
     let token = csrf_of(&page);
+    // A form too large to be read: its page offers the account this browser is signed in to, not
+    // a sign-in that would replace the session.
+    let huge = "x".repeat(70 * 1024);
+    let refused = here.prepared(Method::POST, &w.app.url("/account/sessions/sign-out-others"));
+    let refused = refused.header("accept", "text/html").form(&[("csrf", token.as_str()), ("pad", huge.as_str())]);
+    let refused = html(refused.send().await.unwrap(), StatusCode::PAYLOAD_TOO_LARGE).await;
+    assert!(refused.contains("href=\"/account\"") && !refused.contains("href=\"/login\""), "{refused}");
     let done = here.form(&w.app.url("/account/sessions/sign-out-others"), &[("csrf", &token)]).await;
     assert_eq!(location(&done), "/account?done=signed-out-others");
     assert_eq!(here.me(&w.app).await.status(), StatusCode::OK);

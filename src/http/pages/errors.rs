@@ -103,17 +103,31 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
             "We could not reach the sign-in provider. It may be down for a moment.".into(),
             vec![("Try again", try_again)],
         ),
+        // A signed-in browser (a stale link to link another sign-in method, say) is offered its
+        // account, where the link buttons are: a sign-in from the chooser would replace its
+        // session, not link anything.
         UnknownProvider | InvalidProvider => (
             "That sign-in method is not available",
             "The sign-in method in the link you followed is not set up here.".into(),
-            vec![("Choose how to sign in", sign_in.clone())],
+            match context.signed_in {
+                true => home(context),
+                false => vec![("Choose how to sign in", sign_in.clone())],
+            },
         ),
         InvalidReturnTo => (
             "This sign-in link cannot be used",
-            "The link asks to send you on to a page this service may not send you to, so it was stopped. \
-             You can still sign in here."
-                .into(),
-            vec![("Sign in", login_url(None))],
+            match context.signed_in {
+                true => "The link asks to send you on to a page this service may not send you to, so it was \
+                         stopped."
+                    .into(),
+                false => "The link asks to send you on to a page this service may not send you to, so it was \
+                          stopped. You can still sign in here."
+                    .into(),
+            },
+            match context.signed_in {
+                true => home(context),
+                false => vec![("Sign in", login_url(None))],
+            },
         ),
         MissingCredentials | InvalidCredentials => {
             ("Please sign in", "You need to be signed in to continue.".into(), vec![("Sign in", sign_in)])
@@ -164,10 +178,14 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
                 .into(),
             vec![("Back to your account", "/account".into())],
         ),
+        // Signing out clears only the copy this service set: one set for another path or domain
+        // stays, and only the browser can delete it.
         AmbiguousCredentials => (
             "Your browser sent conflicting sign-in cookies",
-            "Sign out and sign in again to fix it.".into(),
-            vec![("Sign out", "/auth/logout".into())],
+            "Your browser holds more than one sign-in cookie for this site, so we cannot tell which is \
+             yours. Delete this site's cookies in your browser's settings, then sign in again."
+                .into(),
+            vec![("Sign in", login_url(None))],
         ),
         NotFound | IdentityNotFound | ProfileNotFound | TeamNotFound | UserNotFound => (
             "Page not found",
@@ -305,6 +323,22 @@ mod tests {
             let message = message_for(&described(code, None), &going);
             assert_eq!(message.actions[0].href, "/login?return_to=https%3A%2F%2Fapp.example%2Fcb%3Fx%3D1%26y%3D2");
         }
+    }
+
+    #[test]
+    fn a_signed_in_browser_is_not_sent_to_a_sign_in_that_would_replace_its_session() {
+        let signed_in = Context { signed_in: true, ..Context::default() };
+        for code in [ErrorCode::UnknownProvider, ErrorCode::InvalidProvider, ErrorCode::InvalidReturnTo] {
+            let message = message_for(&described(code, None), &signed_in);
+            let hrefs: Vec<_> = message.actions.iter().map(|a| a.href.as_str()).collect();
+            assert_eq!(hrefs, ["/account"], "{code:?}");
+            let message = message_for(&described(code, None), &Context::default());
+            assert!(message.actions[0].href.starts_with("/login"), "{code:?}: signed out, the way on is a sign-in");
+        }
+        // Conflicting cookies: signing out would clear only the copy this service set.
+        let message = message_for(&described(ErrorCode::AmbiguousCredentials, None), &signed_in);
+        assert!(message.paragraphs[0].contains("Delete this site's cookies"), "{:?}", message.paragraphs);
+        assert!(message.actions.iter().all(|a| a.href != "/auth/logout"));
     }
 
     #[test]
