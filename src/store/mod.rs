@@ -1539,6 +1539,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Gives up `owner`'s lease of an endpoint (nothing when another holder has it).
     async fn release_webhook(&self, id: WebhookId, owner: uuid::Uuid) -> Result<(), StoreError>;
 
+    /// Gives up every lease `owner` holds (a delivery loop started again after a panic, whose
+    /// tasks went with it); how many.
+    async fn release_webhooks_of(&self, owner: uuid::Uuid) -> Result<u64, StoreError>;
+
     /// An endpoint's first `limit` pending deliveries, in sequence order, with their events.
     async fn pending_deliveries(&self, endpoint: WebhookId, limit: i64) -> Result<Vec<DeliveryJob>, StoreError>;
 

@@ -3787,6 +3787,15 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn release_webhooks_of(&self, owner: uuid::Uuid) -> Result<u64, StoreError> {
+        let released =
+            query("UPDATE webhook_endpoints SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
+                .bind(owner)
+                .execute(self.db.writer())
+                .await?;
+        Ok(released)
+    }
+
     async fn pending_deliveries(&self, endpoint: WebhookId, limit: i64) -> Result<Vec<DeliveryJob>, StoreError> {
         let rows = query(
             "SELECT d.id, d.event_id, d.event_seq, o.topic, o.payload, o.created_at AS event_created_at, d.attempts,

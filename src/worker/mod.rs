@@ -107,7 +107,9 @@ impl Workers {
         let (stop, stopped) = watch::channel(false);
         let deliveries = supervised("webhooks", {
             let (webhooks, stopped) = (deps.webhooks.clone(), stopped.clone());
-            move || webhooks::run(webhooks.clone(), stopped.clone())
+            // One owner for the process's leases, kept across restarts of the loop.
+            let owner = uuid::Uuid::new_v4();
+            move || webhooks::run(webhooks.clone(), owner, stopped.clone())
         });
         let writers = vec![
             supervised("audit", {

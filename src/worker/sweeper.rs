@@ -29,6 +29,8 @@ pub(super) async fn run(
     webhooks: Webhooks,
 ) {
     let mut interval = tokio::time::interval(EVERY);
+    // A sweep that took longer than the interval is not followed at once by another.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         match sessions.delete_expired().await {

@@ -51,9 +51,17 @@ pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 /// lets each delivery task finish the request it is making (and record it) but start no other,
 /// and waits for them, at most a request timeout and [`STOP_GRACE`]: their leases are released,
 /// so another instance goes on at once instead of waiting for them to run out, and no answered
-/// request is left unrecorded (and sent again).
-pub(super) async fn run(webhooks: Webhooks, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let owner = uuid::Uuid::new_v4();
+/// request is left unrecorded (and sent again). `owner` names this process's leases; a loop
+/// started again after a panic gives back those its predecessor held, whose tasks went with it,
+/// rather than leave their endpoints to every instance until the leases run out.
+pub(super) async fn run(webhooks: Webhooks, owner: uuid::Uuid, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    match webhooks.store().release_webhooks_of(owner).await {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(released, "gave back the webhook leases of the delivery loop before"),
+        Err(error) => {
+            tracing::warn!(error = %error.chain(), "cannot give back the webhook leases of the delivery loop before")
+        }
+    }
     let settings = webhooks.settings().clone();
     // Cheap to build: the trust roots are read at its first handshake, if it ever makes one.
     let client = Arc::new(client(settings.timeout, settings.allow_private_addresses));

@@ -5424,7 +5424,17 @@ async fn an_endpoint_is_leased_to_one_owner_at_a_time(backend: Backend) {
     store.release_webhook(hook.id, Uuid::new_v4()).await.unwrap();
     assert!(store.claim_webhooks(Uuid::new_v4(), later, later, 10).await.unwrap().is_empty(), "not its lease");
     store.release_webhook(hook.id, owner).await.unwrap();
-    assert_eq!(store.claim_webhooks(Uuid::new_v4(), later, later, 10).await.unwrap().len(), 1, "released");
+    let again = Uuid::new_v4();
+    assert_eq!(
+        store.claim_webhooks(again, later, later + TimeDelta::seconds(30), 10).await.unwrap().len(),
+        1,
+        "released"
+    );
+    // Every lease of an owner given back at once (its delivery loop started again): not another's.
+    assert_eq!(store.release_webhooks_of(owner).await.unwrap(), 0, "not its lease");
+    assert!(store.claim_webhooks(owner, later, later, 10).await.unwrap().is_empty(), "still leased");
+    assert_eq!(store.release_webhooks_of(again).await.unwrap(), 1);
+    assert_eq!(store.claim_webhooks(owner, later, later, 10).await.unwrap().len(), 1, "given back");
 }
 
 /// SQLite only (a PostgreSQL row has no value its types refuse to decode): an endpoint whose row
