@@ -357,11 +357,23 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
         if value.trim().is_empty() || name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
             continue;
         }
+        // `TESSERA_CONFIG_FILE` (the `_FILE` habit of the secrets): ignored, it would start the
+        // server on another configuration file, or on none.
+        if name.eq_ignore_ascii_case("config_file") {
+            return Err(ConfigError::new(
+                env_name(name),
+                "this variable is not read; TESSERA_CONFIG names the configuration file",
+            ));
+        }
         // `TESSERA_ADMIN_TOKENS_FILE`, `TESSERA_TOKEN_ENCRYPTION_KEY_FILE`: the `_FILE` form of a
-        // secret that has none would be ignored, leaving the admin API shut or no key ring. (Only
-        // those: `TESSERA_LOG_FILE` or `TESSERA_DATABASE_FILE` may well be a wrapper's own.)
+        // secret that has none would be ignored, leaving the admin API shut or no key ring; so
+        // would that of a variable read that is no secret (`TESSERA_PUBLIC_URL_FILE`). Not
+        // `TESSERA_LOG_FILE` or `TESSERA_DATABASE_FILE`: those may well be a wrapper's own.
         if let Some(base) = name.strip_suffix("_file")
-            && MISTAKEN_SECRET_FILES.iter().any(|mistaken| mistaken.eq_ignore_ascii_case(base))
+            && (MISTAKEN_SECRET_FILES.iter().any(|mistaken| mistaken.eq_ignore_ascii_case(base))
+                || (is_former_name(base)
+                    && !base.eq_ignore_ascii_case("log")
+                    && !SECRET_VARS.iter().any(|var| var[PREFIX.len()..].eq_ignore_ascii_case(base))))
         {
             let forms: Vec<String> = SECRET_VARS.iter().map(|var| format!("{var}_FILE")).collect();
             return Err(ConfigError::new(
