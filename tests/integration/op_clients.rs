@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tessera::config::{Config, ConfigWebhook, WebhookKey};
 use tessera::domain::ClientId;
-use tessera::service::op::clients::{ClientAuthError, ClientCredentials, Clients, JWT_BEARER};
+use tessera::service::op::clients::{AuthMethod, ClientAuthError, ClientCredentials, Clients, JWT_BEARER};
 use tessera_testkit::local_issuer::{LocalIssuer, encode_part};
 
 use crate::helpers::{Backend, TestApp, TestDb, json as body, on_both_backends, send_at_once};
@@ -593,7 +593,11 @@ async fn a_public_client_authenticates_with_its_id_only(backend: Backend) {
     let id_only = ClientCredentials { client_id: Some("spa".into()), ..Default::default() };
     let spa = service.authenticate(&id_only, &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
     assert!(spa.is_public());
-    for creds in [post("spa", "anything"), basic("spa", "anything"), basic("spa", "")] {
+    // Its id as Basic with an empty password (some libraries send it so): the id alone.
+    let (spa, method) =
+        service.authenticate_with_method(&basic("spa", ""), &[TOKEN_ENDPOINT.to_owned()]).await.unwrap();
+    assert_eq!((spa.id.as_str(), method), ("spa", AuthMethod::None));
+    for creds in [post("spa", "anything"), basic("spa", "anything")] {
         let error = refused(&service, &creds, "invalid_client").await;
         assert!(error.description().contains("public client"), "{}", error.description());
     }

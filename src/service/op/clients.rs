@@ -389,10 +389,14 @@ impl Clients {
                     "the client_id parameter differs from the client of the Authorization header",
                 ));
             }
-            // An empty password is no secret: the id alone, as some libraries send a public
-            // client's (as a blank `client_secret` parameter counts as absent).
-            if secret.is_empty() {
-                return Ok((self.public(id).await?, AuthMethod::None));
+            // A public client's id with an empty password: the id alone, as some libraries send
+            // it (as a blank `client_secret` parameter counts as absent). For any other client
+            // it is a wrong secret.
+            if secret.is_empty()
+                && let Some(client) = self.get(id).await?
+                && client.is_public()
+            {
+                return Ok((client, AuthMethod::None));
             }
             return Ok((self.secret(id, secret).await?, AuthMethod::ClientSecretBasic));
         }
