@@ -1723,6 +1723,28 @@ pub async fn drop_pg_database(url: &str) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    /// An SQLite file that cannot be opened (its directory gone) or written (read-only) is the
+    /// store unavailable (503, and what is cached answers), not an internal error; a refused
+    /// write of a healthy file is not.
+    #[tokio::test]
+    async fn an_sqlite_file_that_cannot_be_opened_or_written_is_unavailable() {
+        use sqlx::ConnectOptions as _;
+        let dir = tempfile::tempdir().unwrap();
+        let gone = SqliteConnectOptions::new().filename(dir.path().join("gone/tessera.db"));
+        let error = StoreError::from(gone.connect().await.expect_err("no such directory"));
+        assert!(error.is_transient(), "{error:?}");
+        let path = dir.path().join("tessera.db");
+        let mut conn = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY)").execute(&mut conn).await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)").execute(&mut conn).await.unwrap();
+        let duplicate = sqlx::query("INSERT INTO t VALUES (1)").execute(&mut conn).await.expect_err("a duplicate");
+        assert!(!StoreError::from(duplicate).is_transient());
+        let mut read_only = SqliteConnectOptions::new().filename(&path).read_only(true).connect().await.unwrap();
+        let refused = sqlx::query("INSERT INTO t VALUES (2)").execute(&mut read_only).await.expect_err("read-only");
+        let refused = StoreError::from(refused);
+        assert!(refused.is_transient(), "{refused:?}");
+    }
+
     #[test]
     fn only_the_replicas_own_failures_switch_it_off() {
         assert!(replica_fault(&StoreError::Unavailable(sqlx::Error::PoolTimedOut)));

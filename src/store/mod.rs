@@ -129,12 +129,16 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(db) => match (db.code(), db.try_downcast_ref::<sqlx::sqlite::SqliteError>()) {
-                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-                (Some(_), Some(_)) => matches!(self::db::sqlite_result_code(&error), Some(5 | 6)),
+                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes; and the
+                // file's own troubles — SQLITE_READONLY (8), SQLITE_IOERR (10), SQLITE_FULL (13),
+                // SQLITE_CANTOPEN (14): its volume gone or full, its permissions changed — which
+                // are the store being unavailable, not a bug, as PostgreSQL's I/O errors are.
+                (Some(_), Some(_)) => matches!(self::db::sqlite_result_code(&error), Some(5 | 6 | 8 | 10 | 13 | 14)),
                 // PostgreSQL: connection exceptions, insufficient resources, operator
                 // intervention (a cancelled statement included), what a server answers when it
                 // refuses a new connection (database missing or not accepting connections,
-                // authentication failed) or is a read-only standby, and the transient failures
+                // authentication failed) or is a read-only standby, the server's own I/O errors
+                // (class 58, `io_error` among them), and the transient failures
                 // of concurrent transactions (serialization failure, deadlock, lock not
                 // available): all worth a retry.
                 (Some(code), None) => {
@@ -142,6 +146,7 @@ impl From<sqlx::Error> for StoreError {
                         || code.starts_with("53")
                         || code.starts_with("57")
                         || code.starts_with("28")
+                        || code.starts_with("58")
                         || matches!(code.as_ref(), "3D000" | "55000" | "55P03" | "25006" | "40001" | "40P01")
                 }
                 (None, _) => false,
