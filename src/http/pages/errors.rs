@@ -216,7 +216,9 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         paragraphs: vec![text],
         actions: actions.into_iter().map(|(label, href)| super::Action::new(label, href)).collect(),
         code: Some(error.code.as_str().to_owned()),
-        signed_in: context.signed_in,
+        // Conflicting cookies: no header links — signing out would clear only the copy this
+        // service set and leave the other browsing as whoever it belongs to.
+        signed_in: context.signed_in && error.code != AmbiguousCredentials,
     }
 }
 
@@ -339,6 +341,7 @@ mod tests {
         let message = message_for(&described(ErrorCode::AmbiguousCredentials, None), &signed_in);
         assert!(message.paragraphs[0].contains("Delete this site's cookies"), "{:?}", message.paragraphs);
         assert!(message.actions.iter().all(|a| a.href != "/auth/logout"));
+        assert!(!message.signed_in, "no Sign out link in the header either");
     }
 
     #[test]
