@@ -365,15 +365,8 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
                 "this variable is not read; TESSERA_CONFIG names the configuration file",
             ));
         }
-        // `TESSERA_ADMIN_TOKENS_FILE`, `TESSERA_TOKEN_ENCRYPTION_KEY_FILE`: the `_FILE` form of a
-        // secret that has none would be ignored, leaving the admin API shut or no key ring; so
-        // would that of a variable read that is no secret (`TESSERA_PUBLIC_URL_FILE`). Not
-        // `TESSERA_LOG_FILE` or `TESSERA_DATABASE_FILE`: those may well be a wrapper's own.
         if let Some(base) = name.strip_suffix("_file")
-            && (MISTAKEN_SECRET_FILES.iter().any(|mistaken| mistaken.eq_ignore_ascii_case(base))
-                || (is_former_name(base)
-                    && !base.eq_ignore_ascii_case("log")
-                    && !SECRET_VARS.iter().any(|var| var[PREFIX.len()..].eq_ignore_ascii_case(base))))
+            && takes_no_file(base)
         {
             let forms: Vec<String> = SECRET_VARS.iter().map(|var| format!("{var}_FILE")).collect();
             return Err(ConfigError::new(
@@ -448,6 +441,23 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "connectors",
     "metrics",
 ];
+
+/// Whether `TESSERA_<base>_FILE` looks read but is not, so that setting it would be ignored:
+/// the `_FILE` form of a secret that has none (`TESSERA_ADMIN_TOKENS_FILE`,
+/// `TESSERA_TOKEN_ENCRYPTION_KEY_FILE`: the admin API shut, no key ring), or of a variable read
+/// that is no secret (`TESSERA_PUBLIC_URL_FILE`, `TESSERA_ALLOWED_ISSUERS_FILE`,
+/// `TESSERA_ISSUERS_FILE`: every token refused). Not `TESSERA_LOG_FILE` or
+/// `TESSERA_DATABASE_FILE`: those may well be a wrapper's own.
+fn takes_no_file(base: &str) -> bool {
+    let is = |name: &str| name.eq_ignore_ascii_case(base);
+    if is("log") || is("database") || SECRET_VARS.iter().any(|var| is(&var[PREFIX.len()..])) {
+        return false;
+    }
+    MISTAKEN_SECRET_FILES.iter().any(|name| is(name))
+        || is_former_name(base)
+        || TOP_LEVEL_KEYS.iter().any(|key| is(key))
+        || ["allowed_issuers", "audiences"].iter().any(|name| is(name))
+}
 
 /// The variable of the `__` spelling for a key path: `cache.max_entries` → `TESSERA_CACHE__MAX_ENTRIES`.
 fn env_name(path: &str) -> String {

@@ -699,6 +699,8 @@ async fn nested_environment_variables_override_the_file() {
     for (var, says) in [
         ("TESSERA_CONFIG_FILE", "TESSERA_CONFIG names the configuration file"),
         ("TESSERA_PUBLIC_URL_FILE", "only TESSERA_ADMIN_TOKEN_FILE"),
+        ("TESSERA_ALLOWED_ISSUERS_FILE", "only TESSERA_ADMIN_TOKEN_FILE"),
+        ("TESSERA_ISSUERS_FILE", "only TESSERA_ADMIN_TOKEN_FILE"),
     ] {
         let ignored = run(tessera(dir.path()).env(var, dir.path().join("tessera.toml")).arg("check")).await;
         assert_eq!(ignored.code, 2, "{var}: {}", ignored.stderr);
@@ -706,8 +708,10 @@ async fn nested_environment_variables_override_the_file() {
         assert!(ignored.stderr.contains(says), "{}", ignored.stderr);
     }
     // A wrapper's own variable is none of Tessera's business.
-    let wrapper = run(tessera(dir.path()).env("TESSERA_LOG_FILE", dir.path().join("wrapper.log")).arg("check")).await;
-    assert!(!wrapper.stderr.contains("TESSERA_LOG_FILE"), "{}", wrapper.stderr);
+    for var in ["TESSERA_LOG_FILE", "TESSERA_DATABASE_FILE"] {
+        let wrapper = run(tessera(dir.path()).env(var, dir.path().join("wrapper.log")).arg("check")).await;
+        assert!(!wrapper.stderr.contains(var), "{}", wrapper.stderr);
+    }
     let wrong = run(tessera(dir.path()).env("TESSERA_CACHE__MAX_ENTRIES", "plenty").arg("check")).await;
     assert_eq!(wrong.code, 2);
     assert!(wrong.stderr.contains("`cache.max_entries (TESSERA_CACHE__MAX_ENTRIES)`"), "{}", wrong.stderr);
