@@ -464,8 +464,8 @@ impl<'a> ProfileActions<'a> {
             // Refused before it expired: refresh it once (unless someone just did) and try again.
             // The refused token's own version: one refreshed by someone else since `before` was
             // read is the one to expire.
-            let version = refused.version.unwrap_or(before.version);
-            store.set_access_token_expiry(profile.id, version, Some(super::now())).await?;
+            let tested = refused.version.unwrap_or(before.version);
+            store.set_access_token_expiry(profile.id, tested, Some(super::now())).await?;
             let token = match self.profiles.access_token_of(profile.clone()).await {
                 Ok(token) => token,
                 // The refresh was refused, or there was nothing to refresh with.
@@ -478,7 +478,7 @@ impl<'a> ProfileActions<'a> {
                     // to be dead (one for another audience is refused too), so it gets back the
                     // expiry it had rather than failing every other use until the provider is
                     // back. Unless it was refreshed or reconnected meanwhile; best effort.
-                    if let Err(e) = store.set_access_token_expiry(profile.id, version, refused.expires_at).await {
+                    if let Err(e) = store.set_access_token_expiry(profile.id, tested, refused.expires_at).await {
                         tracing::warn!(profile_id = %profile.id, error = %e.chain(), "could not put a tested token's expiry back");
                     }
                     return Err(error.into());

@@ -10,6 +10,7 @@ mod sweeper;
 pub mod webhooks;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -107,9 +108,10 @@ impl Workers {
         let (stop, stopped) = watch::channel(false);
         let deliveries = supervised("webhooks", {
             let (webhooks, stopped) = (deps.webhooks.clone(), stopped.clone());
-            // One owner for the process's leases, kept across restarts of the loop.
-            let owner = uuid::Uuid::new_v4();
-            move || webhooks::run(webhooks.clone(), owner, stopped.clone())
+            // One owner for the process's leases, kept across restarts of the loop; a restart
+            // gives back what the loop before held.
+            let (owner, started) = (uuid::Uuid::new_v4(), Arc::new(AtomicBool::new(false)));
+            move || webhooks::run(webhooks.clone(), owner, started.swap(true, Ordering::Relaxed), stopped.clone())
         });
         let writers = vec![
             supervised("audit", {

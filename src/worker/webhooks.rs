@@ -52,14 +52,20 @@ pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 /// and waits for them, at most a request timeout and [`STOP_GRACE`]: their leases are released,
 /// so another instance goes on at once instead of waiting for them to run out, and no answered
 /// request is left unrecorded (and sent again). `owner` names this process's leases; a loop
-/// started again after a panic gives back those its predecessor held, whose tasks went with it,
-/// rather than leave their endpoints to every instance until the leases run out.
-pub(super) async fn run(webhooks: Webhooks, owner: uuid::Uuid, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    match webhooks.store().release_webhooks_of(owner).await {
-        Ok(0) => {}
-        Ok(released) => tracing::info!(released, "gave back the webhook leases of the delivery loop before"),
-        Err(error) => {
-            tracing::warn!(error = %error.chain(), "cannot give back the webhook leases of the delivery loop before")
+/// `restarted` after a panic first gives back those its predecessor held, whose tasks went with
+/// it, rather than leave their endpoints to every instance until the leases run out.
+pub(super) async fn run(
+    webhooks: Webhooks,
+    owner: uuid::Uuid,
+    restarted: bool,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    if restarted {
+        match webhooks.store().release_webhooks_of(owner).await {
+            Ok(released) => tracing::info!(released, "gave back the webhook leases of the delivery loop before"),
+            Err(error) => {
+                tracing::warn!(error = %error.chain(), "cannot give back the webhook leases of the delivery loop before")
+            }
         }
     }
     let settings = webhooks.settings().clone();

@@ -116,18 +116,11 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         ),
         InvalidReturnTo => (
             "This sign-in link cannot be used",
-            match context.signed_in {
-                true => "The link asks to send you on to a page this service may not send you to, so it was \
-                         stopped."
-                    .into(),
-                false => "The link asks to send you on to a page this service may not send you to, so it was \
-                          stopped. You can still sign in here."
-                    .into(),
-            },
-            match context.signed_in {
-                true => home(context),
-                false => vec![("Sign in", login_url(None))],
-            },
+            format!(
+                "The link asks to send you on to a page this service may not send you to, so it was stopped.{}",
+                if context.signed_in { "" } else { " You can still sign in here." }
+            ),
+            home(context),
         ),
         MissingCredentials | InvalidCredentials => {
             ("Please sign in", "You need to be signed in to continue.".into(), vec![("Sign in", sign_in)])

@@ -406,11 +406,11 @@ impl OpenIdProvider {
         let asked: Option<Vec<String>> = asked_scope(&form)?
             .map(|asked| asked.into_iter().filter(|s| keeps_offline || s != OFFLINE_ACCESS).collect());
         if let Some(asked) = asked {
-            if asked.is_empty() && !client.may_go_offline() {
-                return Err(OAuthError::invalid_scope(super::provider::OFFLINE_ACCESS_ALONE));
-            }
             if asked.is_empty() {
-                return Err(OAuthError::invalid_scope("offline_access alone, which this grant was not given"));
+                return Err(OAuthError::invalid_scope(match client.may_go_offline() {
+                    true => "offline_access alone, which this grant was not given",
+                    false => super::provider::OFFLINE_ACCESS_ALONE,
+                }));
             }
             if asked.iter().any(|s| !granted.contains(s)) {
                 return Err(OAuthError::invalid_scope("a refresh may only narrow the granted scopes"));
