@@ -22,8 +22,21 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::print_line(format_args!($($arg)*)) };
 }
 
+/// `eprintln!` for a command's messages: a closed or broken stderr (`tessera … 2>&-`) drops them
+/// instead of panicking, so the command still ends with its own exit code.
+macro_rules! err {
+    ($($arg:tt)*) => { $crate::cli::print_error(format_args!($($arg)*)) };
+}
+
 pub mod admin;
 pub mod import;
+
+/// Writes one line to stderr (see `err!`); a failure to write is ignored, there being nowhere
+/// left to report it.
+pub(crate) fn print_error(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
 
 /// Writes one line of a command's output to stdout (see `out!`): a closed pipe is not an error;
 /// any other failure to write is reported and ends the process with status 1.
@@ -32,7 +45,7 @@ pub(crate) fn print_line(line: std::fmt::Arguments<'_>) {
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{line}") {
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
-            eprintln!("tessera: cannot write the output: {error}");
+            err!("tessera: cannot write the output: {error}");
             std::process::exit(1);
         }
         _ => {}
@@ -159,7 +172,7 @@ pub fn main() -> ExitCode {
         }
         Ok(config) => config,
         Err(e) => {
-            eprintln!("tessera: {e}");
+            err!("tessera: {e}");
             return ExitCode::from(2);
         }
     };
@@ -171,7 +184,7 @@ pub fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("tessera: cannot start the async runtime: {e}");
+            err!("tessera: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -206,7 +219,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
 async fn backup(config: Config, to: &std::path::Path) -> ExitCode {
     let url = config.database.url.expose();
     if config.database.url.backend() != crate::config::Backend::Sqlite {
-        eprintln!(
+        err!(
             "tessera: `backup` copies an SQLite database; back up PostgreSQL with its own tools (pg_dump, base backups)"
         );
         return ExitCode::from(2);
@@ -214,11 +227,11 @@ async fn backup(config: Config, to: &std::path::Path) -> ExitCode {
     match store::sqlite_file(url) {
         Ok(Some(file)) if file.exists() => {}
         Ok(Some(_)) => {
-            eprintln!("tessera: there is no database at {} to back up", config.database.url.redacted());
+            err!("tessera: there is no database at {} to back up", config.database.url.redacted());
             return ExitCode::from(2);
         }
         Ok(None) => {
-            eprintln!("tessera: an in-memory database cannot be backed up");
+            err!("tessera: an in-memory database cannot be backed up");
             return ExitCode::from(2);
         }
         Err(e) => return fail(&e),
@@ -227,7 +240,7 @@ async fn backup(config: Config, to: &std::path::Path) -> ExitCode {
     let target = match std::path::absolute(to) {
         Ok(target) if target.to_str().is_some() => target,
         _ => {
-            eprintln!("tessera: {} is not a usable path (absolute, UTF-8)", to.display());
+            err!("tessera: {} is not a usable path (absolute, UTF-8)", to.display());
             return ExitCode::from(2);
         }
     };
@@ -244,11 +257,11 @@ async fn backup(config: Config, to: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(BackupError::Exists) => {
-            eprintln!("tessera: {} exists; name a new file", target.display());
+            err!("tessera: {} exists; name a new file", target.display());
             ExitCode::from(2)
         }
         Err(BackupError::File(what, e)) => {
-            eprintln!("tessera: cannot {what} {}: {e}", target.display());
+            err!("tessera: cannot {what} {}: {e}", target.display());
             ExitCode::FAILURE
         }
         Err(BackupError::Store(e)) => fail(&e),
@@ -372,10 +385,7 @@ async fn migrate(config: Config) -> ExitCode {
 
 async fn rotate_keys(config: Config) -> ExitCode {
     let Some(keyring) = config.encryption.clone() else {
-        eprintln!(
-            "tessera: no key ring is configured: set {}=<id>:<base64 key>[,…]",
-            crate::config::ENCRYPTION_KEYS_VAR
-        );
+        err!("tessera: no key ring is configured: set {}=<id>:<base64 key>[,…]", crate::config::ENCRYPTION_KEYS_VAR);
         return ExitCode::from(2);
     };
     let store = match open_store(&config).await {
@@ -414,13 +424,13 @@ async fn rotate_keys(config: Config) -> ExitCode {
         left += rotation.left;
     }
     if failed > 0 {
-        eprintln!(
+        err!(
             "tessera: {failed} value(s) do not decrypt with the ring (under the active key's id, a key replaced \
              under the same id?); keep the old keys until they are fixed"
         );
     }
     if left > 0 {
-        eprintln!(
+        err!(
             "tessera: {left} value(s) were still being written under another key: give every instance the new \
              ring (new key first), then run this again; keep the old keys until it succeeds"
         );
@@ -437,7 +447,7 @@ async fn signing_keys(config: Config, action: SigningCommand) -> ExitCode {
         (SigningCommand::List, keyring) => keyring,
         (SigningCommand::Rotate { .. }, Some(keyring)) => Some(keyring),
         (SigningCommand::Rotate { .. }, None) => {
-            eprintln!(
+            err!(
                 "tessera: signing keys are stored encrypted, and no key ring is configured: set {}=<id>:<base64 key>[,…]",
                 crate::config::ENCRYPTION_KEYS_VAR
             );
@@ -556,7 +566,7 @@ pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::
     // Reading commands (and `import --dry-run`) never create a database: a mistyped path would
     // otherwise leave an empty file behind and blame pending migrations.
     if store::sqlite_file_missing(&config.database.url).map_err(|e| fail(&e))? {
-        eprintln!(
+        err!(
             "tessera: the SQLite database {} does not exist; `tessera migrate` or `tessera serve` creates it",
             config.database.url
         );
@@ -569,7 +579,7 @@ pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn crate::store::
 
 /// Prints an error with its causes and returns a failing exit code.
 pub(crate) fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
-    eprintln!("tessera: {}", crate::error::Chain(error));
+    err!("tessera: {}", crate::error::Chain(error));
     ExitCode::FAILURE
 }
 

@@ -209,7 +209,7 @@ fn slug_prefix(value: &str) -> Result<String, String> {
 }
 
 fn usage<E: PublicError>(error: &E) -> ExitCode {
-    eprintln!("tessera: {}: {}", error.code().as_str(), error.detail());
+    err!("tessera: {}: {}", error.code().as_str(), error.detail());
     ExitCode::from(2)
 }
 
@@ -217,14 +217,14 @@ fn refused<E: PublicError>(error: &E) -> ExitCode {
     if error.code().status().is_server_error() {
         return fail(error);
     }
-    eprintln!("tessera: {}: {}", error.code().as_str(), error.detail());
+    err!("tessera: {}: {}", error.code().as_str(), error.detail());
     ExitCode::FAILURE
 }
 
 pub(super) fn print_json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => out!("{text}"),
-        Err(e) => eprintln!("tessera: {e}"),
+        Err(e) => err!("tessera: {e}"),
     }
 }
 
@@ -341,7 +341,7 @@ async fn set_disabled(services: &Services, id: UserId, disabled: bool, json: boo
 fn print_next(cursor: Option<&str>) {
     if let Some(cursor) = cursor {
         // On stderr, so that the table on stdout stays a table.
-        eprintln!("more: run again with --cursor {cursor}");
+        err!("more: run again with --cursor {cursor}");
     }
 }
 
@@ -381,11 +381,11 @@ async fn run_teams(services: &Services, action: TeamsCommand) -> ExitCode {
             let name = match DisplayName::parse_optional(Some(&name)) {
                 Ok(Some(name)) => name,
                 Ok(None) => {
-                    eprintln!("tessera: the team name must not be blank");
+                    err!("tessera: the team name must not be blank");
                     return ExitCode::from(2);
                 }
                 Err(e) => {
-                    eprintln!("tessera: the team name: {e}");
+                    err!("tessera: the team name: {e}");
                     return ExitCode::from(2);
                 }
             };

@@ -229,7 +229,7 @@ pub enum ProgressMode {
 /// Runs `tessera import`.
 pub async fn import(config: &Config, args: ImportArgs) -> ExitCode {
     let Some(format) = args.format.or_else(|| Format::of_path(&args.file)) else {
-        eprintln!(
+        err!(
             "tessera: cannot tell the format of {} from its extension: pass --format jsonl or --format csv",
             args.file.display()
         );
@@ -250,19 +250,19 @@ pub async fn import(config: &Config, args: ImportArgs) -> ExitCode {
         }
         Err((ImportError::Store(e), summary)) => {
             print_summary(&summary, &args.file, args.json);
-            eprintln!("tessera: run the same import again to go on: what is imported is skipped");
+            err!("tessera: run the same import again to go on: what is imported is skipped");
             fail(&ImportError::Store(e))
         }
         // Read failures after some lines were imported: what was written is summed up, and
         // the exit code says the database holds some of the file (exit 2 means none of it).
         Err((e, summary)) if summary.lines > 0 => {
             print_summary(&summary, &args.file, args.json);
-            eprintln!("tessera: {e}");
-            eprintln!("tessera: run the same import again to go on: what is imported is skipped");
+            err!("tessera: {e}");
+            err!("tessera: run the same import again to go on: what is imported is skipped");
             ExitCode::FAILURE
         }
         Err((e, _)) => {
-            eprintln!("tessera: {e}");
+            err!("tessera: {e}");
             ExitCode::from(2)
         }
     }
@@ -717,7 +717,7 @@ impl Reporter {
         let ticker = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(PLAIN_PROGRESS_EVERY).await;
-                eprintln!("{}", plain_progress(tally.lines.load(Ordering::Relaxed), total, started.elapsed()));
+                err!("{}", plain_progress(tally.lines.load(Ordering::Relaxed), total, started.elapsed()));
             }
         });
         Self { bar: None, ticker }
@@ -811,7 +811,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
         Some(path) => match export_file(path) {
             Ok((file, replace)) => (Box::new(file), replace),
             Err(e) => {
-                eprintln!("tessera: cannot write {}: {e}", path.display());
+                err!("tessera: cannot write {}: {e}", path.display());
                 store.close().await;
                 return ExitCode::from(2);
             }
@@ -832,7 +832,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> ExitCode {
     };
     match done {
         Ok(count) => {
-            eprintln!("exported {count} identities");
+            err!("exported {count} identities");
             ExitCode::SUCCESS
         }
         // The reader of stdout has gone (`tessera export | head`): not a failure, as for the

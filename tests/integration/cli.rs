@@ -92,8 +92,8 @@ async fn get(addr: &str, path: &str) -> u16 {
     client.get(format!("http://{addr}{path}")).send().await.unwrap().status().as_u16()
 }
 
-/// A reader that went away (`tessera check | head -1`) is no error: the command finishes and
-/// exits with its own status (`println!` would panic, exit 101).
+/// A reader that went away (`tessera check | head -1`, or a closed stderr) is no error: the
+/// command finishes and exits with its own status (`println!` would panic, exit 101).
 #[tokio::test]
 async fn output_to_a_closed_pipe_ends_with_the_commands_own_status() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,6 +108,17 @@ async fn output_to_a_closed_pipe_ends_with_the_commands_own_status() {
         assert_eq!(status.code(), Some(0), "tessera {args:?}");
     }
     assert!(dir.path().join("tessera.db").exists(), "migrated, although nobody read what it said");
+    // The same for a refusal whose message goes to a closed stderr: its own status, 2.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        tessera(dir.path()).args(["teams", "create", "acme", " "]).stderr(writer).status(),
+    )
+    .await
+    .expect("the command finished in time")
+    .unwrap();
+    assert_eq!(status.code(), Some(2), "a blank team name is refused, although nobody read why");
 }
 
 /// A stop during start-up (here: connecting to a database that never answers) ends the process
