@@ -278,6 +278,14 @@ async fn bad_exchanges_are_refused_saying_why(backend: Backend) {
         (&p.orders, &subject, vec![("resource", "")], "invalid_target", "registered resources"),
         (&p.orders, &subject, vec![("resource", BILLING), ("audience", ORDERS)], "invalid_target", "differ"),
         (&p.orders, &subject, vec![("resource", BILLING), ("actor_token", "x")], "invalid_request", "actor_token"),
+        // RFC 8693 2.1: never without an actor_token; a client sending it believes it named an actor.
+        (
+            &p.orders,
+            &subject,
+            vec![("resource", BILLING), ("actor_token_type", ACCESS_TOKEN)],
+            "invalid_request",
+            "actor_token_type",
+        ),
         (
             &p.orders,
             &subject,

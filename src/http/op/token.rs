@@ -190,6 +190,7 @@ async fn token(
         // Empty or not, as `resource`: an empty one is not one of the client's resources.
         audience: map.get("audience").map(|v| (*v).to_owned()),
         actor_token: get(&map, "actor_token"),
+        actor_token_type: get(&map, "actor_token_type"),
     };
     Ok(ok_json(op.token(&creds, form).await?))
 }

@@ -37,6 +37,13 @@ impl OpenIdProvider {
                 "actor_token is not supported: the client that authenticates is the actor",
             ));
         }
+        // RFC 8693 2.1: only beside an actor_token; alone, the client believes it named an actor.
+        if form.actor_token_type.is_some() {
+            return Err(OAuthError::invalid_request(
+                "actor_token_type is sent only with an actor_token, which is not supported: the client that \
+                 authenticates is the actor",
+            ));
+        }
         // As long as Tessera's access tokens may be (a user in many teams), not a parameter's bound.
         let subject = match form.subject_token.as_deref() {
             None | Some("") => return Err(OAuthError::invalid_request("subject_token is missing")),

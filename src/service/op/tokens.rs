@@ -60,10 +60,21 @@ pub struct TokenForm {
     pub audience: Option<String>,
     /// Token exchange: an actor token (not supported: the authenticated client is the actor).
     pub actor_token: Option<String>,
+    /// Token exchange: the actor token's type (sent only with one, so refused too).
+    pub actor_token_type: Option<String>,
 }
 
 crate::debug_redacted!(TokenForm {
-    shown: [grant_type, redirect_uri, scope, resource, subject_token_type, requested_token_type, audience],
+    shown: [
+        grant_type,
+        redirect_uri,
+        scope,
+        resource,
+        subject_token_type,
+        requested_token_type,
+        audience,
+        actor_token_type
+    ],
     secret: [code, code_verifier, refresh_token, subject_token, actor_token],
 });
 
