@@ -1816,6 +1816,8 @@ async fn a_provider_asked_to_choose_the_account_is_held_to_the_auth_time_it_stat
 
 async fn prompt_and_max_age_are_honoured(backend: Backend) {
     let w = op_world(backend).await;
+    // Its id_tokens' auth_time has a fraction of a second, as a NumericDate may: a time all the same.
+    w.issuer.fractional_auth_time(true);
     let (client, _) = web_app(&w.app).await;
     let (_, challenge) = pkce();
     let mut browser = Browser::new();

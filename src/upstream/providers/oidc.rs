@@ -84,8 +84,9 @@ struct IdTokenClaims {
     aud: Value,
     azp: Option<String>,
     nonce: Option<String>,
-    /// When the user authenticated (seconds since the epoch); required when `max_age` was asked.
-    auth_time: Option<i64>,
+    /// When the user authenticated (seconds since the epoch, a JSON number that may have a
+    /// fraction, as every NumericDate); required when `max_age` was asked.
+    auth_time: Option<Value>,
     /// When the token was issued (checked by [`verify_signed`]).
     iat: Option<Value>,
     #[serde(flatten)]
@@ -373,7 +374,16 @@ impl Provider for OidcProvider {
             }
         }
         let mut info = profile_into_user_info(claims.sub, &profile);
-        info.authenticated_at = claims.auth_time.and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0));
+        info.authenticated_at = match claims.auth_time {
+            None => None,
+            Some(seconds) => Some(
+                seconds
+                    .as_f64()
+                    .filter(|s| s.is_finite())
+                    .and_then(|s| chrono::DateTime::from_timestamp_millis((s * 1000.0) as i64))
+                    .ok_or_else(|| ProviderError::InvalidIdToken("auth_time is not a time".into()))?,
+            ),
+        };
         Ok(info)
     }
 

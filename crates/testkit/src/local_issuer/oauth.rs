@@ -115,6 +115,7 @@ pub(super) struct OAuthState {
     rotate_refresh_tokens: AtomicBool,
     no_refresh_token_on_code: AtomicBool,
     ignore_reauthentication: AtomicBool,
+    fractional_auth_time: AtomicBool,
     refuse_userinfo: AtomicBool,
     refusals_in_a_200: AtomicBool,
     failure_in_a_200: std::sync::Mutex<Option<String>>,
@@ -152,6 +153,12 @@ impl LocalIssuer {
     /// [`UPSTREAM_SESSION_AGE_SECONDS`] ago.
     pub fn ignore_reauthentication(&self, on: bool) {
         self.state.oauth.ignore_reauthentication.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether the id_token's `auth_time` has a fraction of a second (half a second later), as
+    /// a NumericDate may.
+    pub fn fractional_auth_time(&self, on: bool) {
+        self.state.oauth.fractional_auth_time.store(on, Ordering::SeqCst);
     }
 
     /// Registers the one client allowed at the token endpoint (otherwise any client is).
@@ -532,7 +539,11 @@ fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, signed_in: Op
         if let Some(nonce) = nonce {
             claims["nonce"] = nonce.into();
         }
-        claims["auth_time"] = auth_time.into();
+        claims["auth_time"] = if state.oauth.fractional_auth_time.load(Ordering::SeqCst) {
+            (auth_time as f64 + 0.5).into()
+        } else {
+            auth_time.into()
+        };
     }
     for (field, value) in [("email", &user.email), ("name", &user.name), ("preferred_username", &user.username)] {
         if let Some(value) = value {
