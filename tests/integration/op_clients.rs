@@ -204,6 +204,21 @@ async fn a_new_secret_replaces_the_old_one(backend: Backend) {
     assert_eq!(public["code"], "client_is_public");
     let none = body(app.admin(Method::POST, "/admin/clients/nope/secret").send().await.unwrap(), 404).await;
     assert_eq!(none["code"], "client_not_found");
+    // A key stored before today's key rules (an Ed25519 key of 31 bytes, which a PATCH would
+    // have to take out) does not stand in the way of replacing a leaked secret.
+    register(&app, confidential("keyed")).await;
+    let keys = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ"}]}"#;
+    app.db.sql().await.exec(&format!("UPDATE clients SET jwks = '{keys}' WHERE id = 'keyed'")).await.unwrap();
+    let rotated = body(app.admin(Method::POST, "/admin/clients/keyed/secret").send().await.unwrap(), 200).await;
+    service
+        .authenticate(&basic("keyed", rotated["client_secret"].as_str().unwrap()), &[TOKEN_ENDPOINT.to_owned()])
+        .await
+        .unwrap();
+    let kept = body(app.admin(Method::GET, "/admin/clients/keyed").send().await.unwrap(), 200).await;
+    assert_eq!(
+        kept["jwks"]["keys"][0]["x"], "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ",
+        "the keys are left as they were"
+    );
     app.stop().await;
 }
 

@@ -616,6 +616,7 @@ impl Clients {
         let (client, changed) = self
             .change(id, |client| {
                 client_rules::apply(client, fields.clone())?;
+                client_rules::check(client)?;
                 Ok(())
             })
             .await?;
@@ -624,6 +625,8 @@ impl Clients {
     }
 
     /// Gives a confidential client a new secret (replacing its secret, if any), returned here once.
+    /// Nothing else is checked: a key of its `jwks` stored before today's rules (which a `PATCH`
+    /// would have taken out) must not stand in the way of replacing a leaked secret.
     pub async fn rotate_secret(&self, id: &str) -> Result<(Client, SecretString), ClientError> {
         let secret = random_secret();
         let hash = sha256(secret.expose_secret().as_bytes());
@@ -651,8 +654,8 @@ impl Clients {
         if deleted { Ok(()) } else { Err(ClientError::NotFound) }
     }
 
-    /// Reads a client, changes it with `edit`, checks it and writes it if nobody changed it
-    /// meanwhile (three tries); with whether `edit` changed anything.
+    /// Reads a client, changes it with `edit` (which checks what it changed) and writes it if
+    /// nobody changed it meanwhile (three tries); with whether `edit` changed anything.
     async fn change(
         &self,
         id: &str,
@@ -665,7 +668,6 @@ impl Clients {
             }
             let mut new = old.clone();
             edit(&mut new)?;
-            client_rules::check(&new)?;
             if new == old {
                 // Nothing changes: no write, no audit of a change, nothing for caches to forget.
                 return Ok((old, false));
