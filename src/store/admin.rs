@@ -10,7 +10,8 @@ use super::cache_sync::{CacheChange, log_changes};
 use super::db::{Db, Tx, query};
 use super::rows::{self, RowExt, identity_columns, team_columns, user_columns};
 use super::sql::{
-    credit_team_wide_profiles, delete_team_in, insert_event, lock_team, lock_user_key, revoke_found_profiles, user_in,
+    credit_team_wide_profiles, delete_team_in, insert_event, insert_events, lock_team, lock_user_key,
+    revoke_found_profiles, user_in,
 };
 use super::{NewEvent, StoreError, decode_role};
 use crate::domain::events;
@@ -255,10 +256,13 @@ pub(super) async fn delete_team(db: &Db, team: TeamId, now: DateTime<Utc>) -> Re
     }
     // With its domains, profiles (each revoked, with its event), links and flows (cascades).
     delete_team_in(&mut tx, team, now).await?;
-    for (user, role) in &members {
-        let payload = events::member_removed(team, *user, *role, true);
-        insert_event(&mut tx, &NewEvent::new(events::TEAM_MEMBER_REMOVED, payload), now).await?;
-    }
+    let removed: Vec<_> = members
+        .iter()
+        .map(|(user, role)| {
+            NewEvent::new(events::TEAM_MEMBER_REMOVED, events::member_removed(team, *user, *role, true))
+        })
+        .collect();
+    insert_events(&mut tx, &removed, now).await?;
     let forget: Vec<_> = members.iter().map(|(user, _)| CacheChange::User(*user)).collect();
     log_changes(&mut tx, &forget, now).await?;
     tx.commit().await?;

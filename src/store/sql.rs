@@ -712,6 +712,36 @@ pub(super) async fn insert_event(tx: &mut Tx, event: &NewEvent, now: DateTime<Ut
     Ok(())
 }
 
+/// Writes `events` into the outbox, [`EVENTS_PER_INSERT`] rows a statement: a change of many
+/// (a team's deletion, an event for each member) holds its first sequence number, which the
+/// fan-out waits behind, for a few statements rather than one per event.
+pub(super) async fn insert_events(tx: &mut Tx, events: &[NewEvent], now: DateTime<Utc>) -> Result<(), StoreError> {
+    static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (1..=EVENTS_PER_INSERT)
+            .map(|rows| {
+                let values: Vec<String> = (0..rows)
+                    .map(|row| {
+                        let n = row * 3;
+                        format!("(${}, ${}, ${}, $1)", n + 2, n + 3, n + 4)
+                    })
+                    .collect();
+                format!("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES {}", values.join(", "))
+            })
+            .collect()
+    });
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let mut insert = query(SQL[chunk.len() - 1].as_str()).bind(now);
+        for event in chunk {
+            insert = insert.bind(event.id.as_uuid()).bind(event.topic).bind(&event.payload);
+        }
+        insert.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// The most outbox rows one statement of [`insert_events`] writes (301 parameters).
+const EVENTS_PER_INSERT: usize = 100;
+
 /// A user by id, read in `tx`.
 pub(super) async fn user_in(tx: &mut Tx, user: UserId) -> Result<Option<User>, StoreError> {
     let row = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1"))

@@ -19,11 +19,11 @@ use tessera::service::provisioning::team_plan;
 use tessera::service::webhooks::{REPLAY_PAGE, Webhooks};
 use tessera::store::{
     ActingRefusal, Activation, Attempt, ClaimOutcome, ConnectToken, CreateOutcome, CreateTeamOutcome,
-    CredentialOutcome, CredentialWrite, DataReport, DefaultTeam, DeleteUserOutcome, EncryptedTokens, LinkOutcome,
-    LoginState, MemberOutcome, MemberWrite, NewAccount, NewLink, NewSession, NewTeam, PendingKey, ProfileSecrets,
-    ReadFrom, RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionOfIdentity, SessionRecord,
-    SessionStart, SigningKeyRecord, Store, StoreError, StoredCredential, StoredSecret, TeamQuery, UnlinkOutcome,
-    UserChange, UserQuery, UserSession, UserUpdate,
+    CredentialOutcome, CredentialWrite, DataReport, DefaultTeam, DeleteTeamOutcome, DeleteUserOutcome, EncryptedTokens,
+    LinkOutcome, LoginState, MemberOutcome, MemberWrite, NewAccount, NewLink, NewSession, NewTeam, PendingKey,
+    ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionOfIdentity,
+    SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError, StoredCredential, StoredSecret, TeamQuery,
+    UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate,
 };
 use tessera::store::{
     DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileUpdate, ReplayPage, Revocation, Waiting, WebhookChange,
@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::helpers::{Backend, ISSUER, OTHER_ISSUER, Sql, TestDb, concurrently, eventually_within, on_both_backends};
 
 on_both_backends!(
+    a_team_of_many_members_is_deleted_with_an_event_for_each,
     a_link_by_email_is_made_only_while_its_user_holds_the_address,
     webhook_endpoints_are_stored_updated_and_deleted,
     instances_starting_together_insert_a_config_endpoint_once,
@@ -1807,6 +1808,43 @@ async fn team_wide_profiles_go_to_the_longest_standing_enabled_owner_else_member
     let eves = inserted(&store, profile(&lab, eve.id(), ProfileKind::Env, "eves", t0)).await;
     assert!(matches!(store.delete_user(eve.id(), now()).await.unwrap(), DeleteUserOutcome::Deleted(_)));
     assert_eq!(store.profile(eves.id).await.unwrap().unwrap().created_by, bob.id(), "the longest-standing member");
+}
+
+/// A team of more members than one statement writes events for (100): its deletion writes a
+/// `team.member.removed` event for each member, none twice, all in the deletion's transaction.
+async fn a_team_of_many_members_is_deleted_with_an_event_for_each(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let at = now();
+    let lab = Team { id: TeamId::generate(), slug: Slug::parse("lab").unwrap(), name: "Lab".into(), created_at: at };
+    assert_eq!(store.create_team(&lab, None, at).await.unwrap(), CreateTeamOutcome::Created(lab.clone()));
+    let mut members = Vec::new();
+    for i in 0..230 {
+        let person = sign_up(&store, &format!("member-{i}")).await;
+        join(&store, &lab, person.id(), if i == 0 { Role::Owner } else { Role::Member }, at).await;
+        members.push(person.id().to_string());
+    }
+    members.sort();
+    let sql = db.sql().await;
+    let removed = "outbox_events WHERE topic = 'team.member.removed'";
+    assert_eq!(sql.count(removed).await, 0);
+    let DeleteTeamOutcome::Deleted(gone) = store.delete_team(lab.id, now()).await.unwrap() else {
+        panic!("deleted");
+    };
+    assert_eq!(gone.len(), 230);
+    let payloads = sql.texts(&format!("SELECT CAST(payload AS TEXT) FROM {removed}")).await;
+    let mut told: Vec<String> = payloads
+        .iter()
+        .map(|p| {
+            let payload: serde_json::Value = serde_json::from_str(p).unwrap();
+            assert_eq!(
+                (&payload["team_id"], &payload["team_deleted"]),
+                (&serde_json::json!(lab.id.to_string()), &serde_json::json!(true))
+            );
+            payload["user_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    told.sort();
+    assert_eq!(told, members, "each member told once");
 }
 
 /// A team an operator made without an owner: a member who leaves has their team-wide profiles
