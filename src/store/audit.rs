@@ -98,6 +98,14 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
+/// The action of a member's connection of an account to a profile (OAuth, or credentials stored),
+/// recorded by the store in the connection's transaction.
+pub const AUTH_PROFILE_CONNECTED: &str = "auth_profile.connected";
+/// The action of a member's revocation of a profile, recorded in its transaction.
+pub const AUTH_PROFILE_REVOKED: &str = "auth_profile.revoked";
+/// The action of a user's approval on the consent page, recorded in the consent's transaction.
+pub const APP_AUTHORIZED: &str = "app.authorized";
+
 /// Most rows one `INSERT` of [`insert_rows`] writes; longer lists take several, in a transaction.
 pub(super) const ROWS_PER_INSERT: usize = 16;
 

@@ -1211,7 +1211,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Activates a profile with new credentials, if its version is still `expected_version`
     /// (pending → active is atomic: of two concurrent completions one wins). Bumps the version and
     /// the token version. Without a new refresh token, the stored one is kept if the upstream
-    /// account is the same (providers such as Google send one only on first consent). `None`
+    /// account is the same (providers such as Google send one only on first consent). With its
+    /// `auth_profile.connected` event and audit row (by `activation.by`). `None`
     /// when not activated; else [`Activated::replaced`]: the credentials of another upstream
     /// account it held until then, read under the row's lock (a refresh that rotated them just
     /// before included), for the caller to revoke at the provider.
@@ -1268,7 +1269,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Revokes a profile: status `revoked`, credentials wiped, version bumped. Returns the
     /// credentials it held, for revocation at the provider. With `by`, a member who must still
     /// have [`ProfileRight::Manage`](crate::domain::ProfileRight) on it when the write runs
-    /// ([`Revocation::Refused`] otherwise); `None`: Tessera itself.
+    /// ([`Revocation::Refused`] otherwise), and whose `auth_profile.revoked` audit row is
+    /// written in the same transaction; `None`: Tessera itself.
     async fn revoke_profile(
         &self,
         id: ProfileId,
@@ -1329,7 +1331,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn consent(&self, user: UserId, client: &str) -> Result<Option<Consent>, StoreError>;
 
     /// Adds `scopes` and `resource` to what `user` consented to for `client` (creating the
-    /// consent): what was granted before stays granted, also when two approvals run at once.
+    /// consent), with an `app.authorized` audit row in the same transaction: what was granted
+    /// before stays granted, also when two approvals run at once.
     /// Returns the consent now, each list in the order first granted, or `None` when the user or
     /// the client no longer exists (deleted while the user was approving).
     async fn widen_consent(
@@ -1701,7 +1704,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     // --- Credentials of env and browser_session profiles (profile_credentials.rs) ---
 
     /// Stores a profile's credential, replacing any, and makes the profile `active` (bumping its
-    /// version), in one transaction; nothing is written for a revoked profile. With a connect
+    /// version), with its `auth_profile.connected` event and audit row (by `write.by`), in one
+    /// transaction; nothing is written for a revoked profile. With a connect
     /// token, only while that link of the profile is unused and unexpired, consuming it: of
     /// concurrent posts of one form exactly one writes.
     async fn put_profile_credential(&self, write: &CredentialWrite<'_>) -> Result<CredentialOutcome, StoreError>;

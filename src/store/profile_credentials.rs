@@ -63,11 +63,13 @@ pub(super) fn decode_meta(text: &str) -> Result<CredentialMeta, StoreError> {
 }
 
 /// Stores a profile's credential in `tx` and activates the profile (from `before`, its status):
-/// the profile as it is then, with its `auth_profile.connected` event written; `None` (nothing
-/// written) when it is revoked.
+/// the profile as it is then, with its `auth_profile.connected` event and audit row (by `by`)
+/// written; `None` (nothing written) when it is revoked.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn activate_with(
     tx: &mut Tx,
     profile: ProfileId,
+    by: UserId,
     ciphertext: &[u8],
     meta: &CredentialMeta,
     before: &str,
@@ -105,6 +107,7 @@ pub(super) async fn activate_with(
     let stored = rows::profile(&row)?;
     let extra = [("previous_status", serde_json::Value::from(before))];
     insert_profile_event(tx, profile, events::AUTH_PROFILE_CONNECTED, &extra, now).await?;
+    super::sql::record_profile_change(tx, super::audit::AUTH_PROFILE_CONNECTED, by, profile, Some(before)).await?;
     Ok(Some(stored))
 }
 
@@ -143,7 +146,7 @@ impl SqlStore {
             return Ok(CredentialOutcome::NotAllowed);
         }
         let Some(profile) =
-            activate_with(&mut tx, write.profile, write.ciphertext, write.meta, &before, write.now).await?
+            activate_with(&mut tx, write.profile, write.by, write.ciphertext, write.meta, &before, write.now).await?
         else {
             tx.rollback().await?;
             return Ok(CredentialOutcome::ProfileGone);

@@ -126,7 +126,7 @@ impl SqlStore {
             FirstWrite::Credential(ciphertext, meta) => {
                 let before = profile.status.as_str();
                 // Inserted just above in this transaction: it cannot be revoked.
-                activate_with(&mut tx, profile.id, ciphertext, meta, before, profile.created_at)
+                activate_with(&mut tx, profile.id, profile.created_by, ciphertext, meta, before, profile.created_at)
                     .await?
                     .ok_or_else(|| StoreError::Corrupt("a profile revoked as it was created".into()))?
             }
@@ -889,6 +889,26 @@ pub(super) async fn insert_profile_event(
         payload[*key] = value.clone();
     }
     insert_event(tx, &NewEvent::new(topic, payload), now).await
+}
+
+/// The audit row of a member's change of a connected account, `action` (`auth_profile.connected`
+/// or `auth_profile.revoked`) by `by`, written in the change's transaction: it is recorded
+/// exactly when the change commits. `previous_status` (a connection's) says whether it was a
+/// first connection (`pending`) or a reconnection.
+pub(super) async fn record_profile_change(
+    tx: &mut Tx,
+    action: &'static str,
+    by: UserId,
+    profile: ProfileId,
+    previous_status: Option<&str>,
+) -> Result<(), StoreError> {
+    let mut event = super::NewAuditEvent::new(super::audit::ActorKind::User, action)
+        .actor(Some(by.to_string()), None)
+        .target("auth_profile", profile.to_string());
+    if let Some(status) = previous_status {
+        event = event.details(serde_json::json!({ "previous_status": status }));
+    }
+    super::audit::insert(tx, std::slice::from_ref(&event)).await
 }
 
 /// Revokes profile `id`, whose row `tx` holds locked: status `revoked`, its tokens wiped, version
@@ -2572,8 +2592,9 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let extra = [("previous_status", serde_json::Value::from(before))];
+        let extra = [("previous_status", serde_json::Value::from(before.as_str()))];
         insert_profile_event(&mut tx, id, events::AUTH_PROFILE_CONNECTED, &extra, activation.now).await?;
+        record_profile_change(&mut tx, super::audit::AUTH_PROFILE_CONNECTED, activation.by, id, Some(&before)).await?;
         tx.commit().await?;
         let another = held.upstream_account_id.as_ref().is_some_and(|held| *held != activation.upstream_account_id);
         Ok(Some(Activated { replaced: another.then_some(held) }))
@@ -2721,6 +2742,9 @@ impl Store for SqlStore {
         };
         let secrets = rows::profile_secrets(&row)?;
         revoke_locked_profile(&mut tx, id, &[], now).await?;
+        if let Some(by) = by {
+            record_profile_change(&mut tx, super::audit::AUTH_PROFILE_REVOKED, by, id, None).await?;
+        }
         tx.commit().await?;
         Ok(Revocation::Revoked(secrets))
     }
@@ -2998,6 +3022,12 @@ impl Store for SqlStore {
         .bind(now)
         .execute(&mut tx)
         .await?;
+        // The approval, as given (what was granted before is in the earlier rows).
+        let approved = super::NewAuditEvent::new(super::audit::ActorKind::User, super::audit::APP_AUTHORIZED)
+            .actor(Some(user.to_string()), None)
+            .target("client", client.to_owned())
+            .details(serde_json::json!({ "scopes": scopes, "resource": resource }));
+        super::audit::insert(&mut tx, std::slice::from_ref(&approved)).await?;
         tx.commit().await?;
         Ok(Some(consent))
     }

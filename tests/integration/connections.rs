@@ -712,6 +712,16 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
     assert_eq!(w.sql_profile("raced").await["version"], 1, "activated exactly once");
     let sql = w.app.db.sql().await;
     assert_eq!(sql.count("outbox_events WHERE topic = 'auth_profile.connected'").await, 1);
+    // One audit row, with the connection: by the member, of the profile, a first connection.
+    let rows = sql
+        .texts(
+            "SELECT actor_kind || ' ' || actor_id || ' ' || target_kind || ' ' || CAST(details AS TEXT) \
+             FROM audit_events WHERE action = 'auth_profile.connected'",
+        )
+        .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].starts_with(&format!("user {} auth_profile ", w.alice.id)), "{rows:?}");
+    assert!(rows[0].contains("pending"), "the status it was connected from: {rows:?}");
     assert_eq!(sql.count("login_states").await, 0, "every flow is used up");
     // The loser's tokens are of the account the winner connected: revoking them could end the
     // winner's grant at the provider.
@@ -1098,6 +1108,8 @@ async fn concurrent_revocations_revoke_once(backend: Backend) {
     assert_eq!(w.issuer.revocations(), 1, "revoked at the provider once");
     assert_eq!(sql.count("outbox_events WHERE topic = 'auth_profile.revoked'").await - before, 1);
     assert_eq!(count(&w.app, "WHERE status = 'revoked' AND access_token IS NULL").await, 1);
+    let revoked = format!("audit_events WHERE action = 'auth_profile.revoked' AND actor_id = '{}'", w.alice.id);
+    assert_eq!(sql.count(&revoked).await, 1, "one audit row, by the member it was revoked for");
 }
 
 async fn team_members_are_managed_by_owners(backend: Backend) {

@@ -1343,6 +1343,22 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
             .await;
     assert_eq!(param(&location(&deny), "error").as_deref(), Some("access_denied"));
     assert_eq!(w.app.db.sql().await.count("oauth_consents").await, 1);
+    // The approval is in the audit log, once (not the remembered consent, nor a denial): who
+    // approved which app for what.
+    let rows = w
+        .app
+        .db
+        .sql()
+        .await
+        .texts(
+            "SELECT actor_kind || ' ' || actor_id || ' ' || target_kind || ' ' || target_id || ' ' || \
+             CAST(details AS TEXT) FROM audit_events WHERE action = 'app.authorized'",
+        )
+        .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let who = me["id"].as_str().unwrap();
+    assert!(rows[0].starts_with(&format!("user {who} client {client} ")), "{rows:?}");
+    assert!(rows[0].contains("\"scopes\"") && rows[0].contains("openid"), "{rows:?}");
 }
 
 /// A third-party app's authorization request, a browser signed in through it and stopped at its

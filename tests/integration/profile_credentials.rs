@@ -459,6 +459,8 @@ async fn concurrent_posts_of_one_env_form_write_once(backend: Backend) {
     assert_eq!(w.profile("raced").await["version"], 1, "one write");
     assert_eq!(w.app.db.sql().await.count("profile_credentials").await, 1);
     assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 0, "the link is used up");
+    let connected = format!("audit_events WHERE action = 'auth_profile.connected' AND actor_id = '{}'", w.alice.id);
+    assert_eq!(w.app.db.sql().await.count(&connected).await, 1, "one audit row, with the one write");
     let values = body(w.credentials(w.alice.id, "raced").await, 200).await;
     assert_eq!(values["values"]["OPENAI_API_KEY"], winners[0].as_str(), "the winner's values are the ones kept");
 
@@ -474,6 +476,7 @@ async fn concurrent_posts_of_one_env_form_write_once(backend: Backend) {
     }
     assert_eq!(w.profile("clicked").await["version"], 1, "one write");
     assert_eq!(w.app.db.sql().await.count("profile_credentials").await, 2);
+    assert_eq!(w.app.db.sql().await.count(&connected).await, 2, "and one row");
     // Other values are another form: the link is used up for them.
     let other = [("csrf", csrf.as_str()), ("OPENAI_API_KEY", "sk-clicked-twice-number-2")];
     let refused = client.post(&link).header("cookie", &cookie).header("accept", "text/html").form(&other);
