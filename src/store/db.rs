@@ -421,6 +421,26 @@ impl Db {
         }
     }
 
+    /// `SELECT 1` on the background connection, in a task of its own: a caller that stops
+    /// waiting for it leaves the statement to end, where dropping it half-way would close the
+    /// connection (see [`PgConn`]).
+    pub(super) fn ping_background(&self) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+        match self {
+            Db::Sqlite { background, .. } => {
+                let pool = background.clone();
+                tokio::spawn(
+                    async move { query("SELECT 1").execute(PoolRef::Sqlite(&pool, BACKGROUND)).await.map(drop) },
+                )
+            }
+            Db::Postgres { background, .. } => {
+                let pool = background.clone();
+                tokio::spawn(
+                    async move { query("SELECT 1").execute(PoolRef::Postgres(&pool, BACKGROUND)).await.map(drop) },
+                )
+            }
+        }
+    }
+
     /// Starts a write transaction.
     pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {

@@ -55,9 +55,20 @@ pub struct SqlStore {
     pub(super) db: Db,
     /// The bound of [`Store::ready`] (`database.ready_timeout_ms`).
     ready_timeout: std::time::Duration,
-    /// When [`Store::ready`]'s last successful ping ended, held while one runs: probes that
-    /// arrive together share one ping rather than queue one each on the background connection.
-    last_ready: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// [`Store::ready`]'s pings, held while a probe waits for one: probes that arrive together
+    /// share one ping rather than queue one each on the background connection.
+    last_ready: tokio::sync::Mutex<ReadyPings>,
+}
+
+/// The pings of [`Store::ready`].
+#[derive(Debug, Default)]
+struct ReadyPings {
+    /// When the last successful one ended.
+    succeeded_at: Option<std::time::Instant>,
+    /// The one under way, in a task of its own: a probe that stops waiting at its bound leaves
+    /// it to finish (the next probe waits for it), where dropping the statement half-way would
+    /// cost the background loops their connection (see `PgConn`).
+    running: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
 }
 
 impl SqlStore {
@@ -66,7 +77,7 @@ impl SqlStore {
         Ok(Self {
             db: Db::connect(config).await?,
             ready_timeout: config.ready_timeout,
-            last_ready: tokio::sync::Mutex::new(None),
+            last_ready: tokio::sync::Mutex::new(ReadyPings::default()),
         })
     }
 }
@@ -1261,19 +1272,22 @@ impl Store for SqlStore {
         // (a burst of slow queries) is load, not an instance to take out of rotation, which
         // would only move the load onto the others until none is ready. Without the bound, a
         // database that is down costs the whole acquire timeout (with connection retries)
-        // before the answer. Dropping the ping mid-acquire is safe.
+        // before the answer; the ping itself runs on (see `ReadyPings::running`).
         let arrived = std::time::Instant::now();
         let ping = async {
             // One ping at a time: a burst of probes (it needs no credential) would otherwise
             // queue on the background loops' one connection and hold up their own statements
             // (lease renewals, the cache-invalidation log). A ping that succeeded after this
             // probe arrived answers it; after a failure, the next in line asks again.
-            let mut last = self.last_ready.lock().await;
-            if last.is_some_and(|at| at >= arrived) {
+            let mut pings = self.last_ready.lock().await;
+            if pings.succeeded_at.is_some_and(|at| at >= arrived) {
                 return Ok(());
             }
-            query("SELECT 1").execute(self.db.background()).await?;
-            *last = Some(std::time::Instant::now());
+            let running = pings.running.get_or_insert_with(|| self.db.ping_background());
+            let outcome = running.await;
+            pings.running = None;
+            outcome.map_err(|_panicked| StoreError::Unavailable(sqlx::Error::WorkerCrashed))??;
+            pings.succeeded_at = Some(std::time::Instant::now());
             Ok(())
         };
         tokio::time::timeout(self.ready_timeout, ping)

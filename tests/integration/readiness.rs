@@ -146,3 +146,47 @@ async fn probes_that_arrive_together_share_one_ping() {
         .await;
     app.stop().await;
 }
+
+/// A database that is slow, not down (here: its server processes stopped for a moment): the
+/// probes that give up at their bound leave their ping to finish, so that no connection is
+/// closed for a statement dropped half-way — the background loops' one connection least of all,
+/// which they would have to open again while the database struggles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_gives_up_on_a_slow_database_closes_no_connection() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut config = db.config();
+    config.database.ready_timeout = Duration::from_millis(200);
+    let app = TestApp::start(db, &config).await;
+    assert_eq!(body(app.client.get(app.url("/readyz")).send().await.unwrap(), 200).await["status"], "ready");
+    let sql = app.db.sql().await;
+    let backends = async || {
+        let mut pids = sql
+            .texts(
+                "SELECT CAST(pid AS TEXT) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .await;
+        pids.sort();
+        pids
+    };
+    let before = backends().await;
+    assert!(!before.is_empty());
+    let signal = |signal: &str| {
+        for pid in &before {
+            let sent = std::process::Command::new("kill").args([signal, pid]).status().unwrap();
+            assert!(sent.success(), "kill {signal} {pid}");
+        }
+    };
+    signal("-STOP");
+    for _ in 0..3 {
+        let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+        assert_eq!(body(response, 503).await["code"], "store_unavailable");
+    }
+    signal("-CONT");
+    eventually("ready again", async || app.client.get(app.url("/readyz")).send().await.unwrap().status() == 200).await;
+    // A connection closed by the pool ends its server process once it reads the close.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = backends().await;
+    assert!(before.iter().all(|pid| after.contains(pid)), "connections closed: {before:?} -> {after:?}");
+    app.stop().await;
+}
