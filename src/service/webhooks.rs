@@ -111,14 +111,14 @@ pub struct WebhookPatch {
 }
 
 /// What [`Webhooks::sync_config`] wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigWebhookSync {
     /// Endpoints inserted.
-    pub inserted: usize,
+    pub inserted: Vec<WebhookId>,
     /// Endpoints changed.
-    pub updated: usize,
+    pub updated: Vec<WebhookId>,
     /// Endpoints deleted (no longer in the file).
-    pub deleted: usize,
+    pub deleted: Vec<WebhookId>,
 }
 
 /// Webhook endpoints and the rules of delivery.
@@ -364,7 +364,7 @@ impl Webhooks {
                         .await?
                         .is_some();
                     if inserted {
-                        sync.inserted += 1;
+                        sync.inserted.push(id);
                         continue;
                     }
                     // Another instance starting beside this one inserted it first, maybe from
@@ -421,10 +421,14 @@ impl Webhooks {
             if !settled {
                 tracing::warn!(webhook = %old.id, name = %config.name, "the configured key of a webhook endpoint was not stored: its row kept changing meanwhile; it is tried again at the next start");
             }
-            sync.updated += usize::from(changed);
+            if changed {
+                sync.updated.push(old.id);
+            }
         }
         for old in stored.iter().filter(|e| !wanted.iter().any(|w| Some(w.name.as_str()) == e.config_name.as_deref())) {
-            sync.deleted += usize::from(self.store.delete_webhook(old.id).await?);
+            if self.store.delete_webhook(old.id).await? {
+                sync.deleted.push(old.id);
+            }
         }
         Ok(sync)
     }

@@ -1889,11 +1889,11 @@ pub enum ClientUpdate {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigClientSync {
     /// Configuration clients inserted.
-    pub inserted: usize,
+    pub inserted: Vec<ClientId>,
     /// Configuration clients whose record changed.
-    pub updated: usize,
+    pub updated: Vec<ClientId>,
     /// Configuration clients deleted (no longer in the file).
-    pub deleted: usize,
+    pub deleted: Vec<ClientId>,
     /// Ids of the file taken by clients registered through the admin API; when not empty,
     /// nothing was written.
     pub conflicts: Vec<ClientId>,

@@ -218,17 +218,17 @@ impl SqlStore {
                 Some(old) if old.kind != client.kind => {
                     query("DELETE FROM clients WHERE id = $1").bind(client.id.as_str()).execute(&mut tx).await?;
                     insert_client_query(client).execute(&mut tx).await?;
-                    sync.updated += 1;
+                    sync.updated.push(client.id.clone());
                     forget.push(CacheChange::Client(client.id.clone()));
                 }
                 Some(_) => {
                     update_client_query(client, None).execute(&mut tx).await?;
-                    sync.updated += 1;
+                    sync.updated.push(client.id.clone());
                     forget.push(CacheChange::Client(client.id.clone()));
                 }
                 None => {
                     if insert_client_query(client).fetch_optional(&mut tx).await?.is_some() {
-                        sync.inserted += 1;
+                        sync.inserted.push(client.id.clone());
                         continue;
                     }
                     // Taken: by an admin client, or by a configuration client another instance
@@ -240,7 +240,7 @@ impl SqlStore {
                     match row.map(|row| row.flag("from_config")).transpose()? {
                         Some(true) => {
                             update_client_query(client, None).execute(&mut tx).await?;
-                            sync.updated += 1;
+                            sync.updated.push(client.id.clone());
                             forget.push(CacheChange::Client(client.id.clone()));
                         }
                         _ => sync.conflicts.push(client.id.clone()),
@@ -249,13 +249,13 @@ impl SqlStore {
             }
         }
         for old in stored.iter().filter(|old| !clients.iter().any(|c| c.id == old.id)) {
-            sync.deleted += usize::try_from(
-                query("DELETE FROM clients WHERE id = $1 AND from_config")
-                    .bind(old.id.as_str())
-                    .execute(&mut tx)
-                    .await?,
-            )
-            .unwrap_or(0);
+            let deleted = query("DELETE FROM clients WHERE id = $1 AND from_config")
+                .bind(old.id.as_str())
+                .execute(&mut tx)
+                .await?;
+            if deleted > 0 {
+                sync.deleted.push(old.id.clone());
+            }
             forget.push(CacheChange::Client(old.id.clone()));
         }
         if sync.conflicts.is_empty() {

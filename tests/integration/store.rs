@@ -3980,7 +3980,8 @@ mod clients {
         })
         .await;
         assert!(synced.iter().all(|sync| sync.conflicts.is_empty()), "{synced:?}");
-        assert_eq!(synced.iter().map(|sync| sync.inserted).sum::<usize>(), 2, "{synced:?}");
+        assert_eq!(synced.iter().map(|sync| sync.inserted.len()).sum::<usize>(), 2, "{synced:?}");
+        assert!(synced.iter().all(|sync| sync.updated.is_empty() && sync.deleted.is_empty()), "{synced:?}");
         assert_eq!(db.sql().await.count("clients").await, 2);
         for client in &file {
             assert_eq!(stores[0].client(&client.id).await.unwrap().as_ref(), Some(client));
@@ -3994,7 +3995,7 @@ mod clients {
         store.insert_client(&admin).await.unwrap();
         let (a, b) = (client("cfg-a", true, t0), client("cfg-b", true, t0));
         let first = store.sync_config_clients(&[a.clone(), b.clone()]).await.unwrap();
-        assert_eq!(first, ConfigClientSync { inserted: 2, ..Default::default() });
+        assert_eq!(first, ConfigClientSync { inserted: vec![a.id.clone(), b.id.clone()], ..Default::default() });
         assert_eq!(store.client(&a.id).await.unwrap(), Some(a.clone()));
 
         // The next start: b unchanged (its times too), a changed (created_at kept), c new, and a
@@ -4004,7 +4005,9 @@ mod clients {
         let b2 = Client { created_at: t1, updated_at: t1, ..b.clone() };
         let c = client("cfg-c", true, t1);
         let second = store.sync_config_clients(&[c.clone(), a2.clone(), b2]).await.unwrap();
-        assert_eq!(second, ConfigClientSync { inserted: 1, updated: 1, ..Default::default() });
+        let changed =
+            ConfigClientSync { inserted: vec![c.id.clone()], updated: vec![a.id.clone()], ..Default::default() };
+        assert_eq!(second, changed);
         assert_eq!(store.client(&a.id).await.unwrap(), Some(Client { created_at: t0, ..a2 }));
         assert_eq!(store.client(&b.id).await.unwrap(), Some(b.clone()), "an unchanged client is not written");
 
@@ -4016,15 +4019,15 @@ mod clients {
         let b3 = Client { from_config: true, ..public("cfg-b", t1) };
         let a3 = Client { created_at: t1, updated_at: t1, ..a.clone() };
         let kinds = store.sync_config_clients(&[c.clone(), a3.clone(), b3.clone()]).await.unwrap();
-        assert_eq!(kinds, ConfigClientSync { updated: 2, ..Default::default() });
+        assert_eq!(kinds, ConfigClientSync { updated: vec![a.id.clone(), b.id.clone()], ..Default::default() });
         assert_eq!(store.client(&b.id).await.unwrap(), Some(b3), "registered anew");
         assert!(store.consent(ada.id(), b.id.as_str()).await.unwrap().is_none(), "its consent ended with it");
         assert!(store.consent(ada.id(), a.id.as_str()).await.unwrap().is_some(), "another change keeps them");
         let third = store.sync_config_clients(std::slice::from_ref(&c)).await.unwrap();
-        assert_eq!(third, ConfigClientSync { deleted: 2, ..Default::default() });
+        assert_eq!(third, ConfigClientSync { deleted: vec![a.id.clone(), b.id.clone()], ..Default::default() });
         let ids: Vec<_> = store.list_clients(None, 10).await.unwrap().into_iter().map(|c| c.id).collect();
-        assert_eq!(ids, [admin.id.clone(), c.id]);
-        assert_eq!(store.sync_config_clients(&[]).await.unwrap().deleted, 1);
+        assert_eq!(ids, [admin.id.clone(), c.id.clone()]);
+        assert_eq!(store.sync_config_clients(&[]).await.unwrap().deleted, std::slice::from_ref(&c.id));
         assert_eq!(store.client(&admin.id).await.unwrap(), Some(admin), "admin clients are never touched");
     }
 
