@@ -71,6 +71,9 @@ pub enum ProvisionError {
     /// first sign-in with the address made one meanwhile (see [`Provisioner::provision_first_sign_in`]).
     #[error("the accounts with this email changed while signing in")]
     EmailHoldersChanged,
+    /// `email_verified: true` for a user who has no email, and is given none.
+    #[error("the user has no email to verify: send `email` with it")]
+    NoEmailToVerify,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -83,7 +86,15 @@ impl PublicError for ProvisionError {
             ProvisionError::UserDisabled => ErrorCode::UserDisabled,
             ProvisionError::UserNotFound => ErrorCode::UserNotFound,
             ProvisionError::EmailHoldersChanged => ErrorCode::InternalError,
+            ProvisionError::NoEmailToVerify => ErrorCode::InvalidRequest,
             ProvisionError::Store(e) => e.code(),
+        }
+    }
+
+    fn extensions(&self) -> Vec<(&'static str, serde_json::Value)> {
+        match self {
+            ProvisionError::NoEmailToVerify => vec![("field", "email_verified".into())],
+            _ => Vec::new(),
         }
     }
 }
@@ -137,6 +148,14 @@ impl Provisioner {
     /// Changes a user's name, email, `email_verified` or `disabled` (`PATCH /admin/users/{id}`),
     /// in one transaction with its events; whether anything changed.
     pub async fn update_user(&self, user: UserId, change: &UserChange) -> Result<UserUpdate, ProvisionError> {
+        // Verifying the address the user has: refused, not answered as done, when there is none
+        // (the store would keep it unverified; beside another field, that one would be changed).
+        if change.email.is_none()
+            && change.email_verified == Some(true)
+            && self.store.get_user(user).await?.is_some_and(|u| u.email.is_none())
+        {
+            return Err(ProvisionError::NoEmailToVerify);
+        }
         let (store, change) = (self.store.clone(), change.clone());
         // Forgotten whatever the answer, even when nothing changed here: another instance may
         // have changed it first.

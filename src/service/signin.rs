@@ -110,8 +110,9 @@ impl From<ProvisionError> for SignInError {
             ProvisionError::Store(e) => e.into(),
             // A user deleted while the sign-in made their default team.
             ProvisionError::UserNotFound => SignInError::Removed,
-            // Sign-in provisions by identity, with the provider's own issuer: this does not happen.
-            ProvisionError::IssuerNotAllowed => {
+            // Sign-in provisions by identity, with the provider's own issuer, and changes no
+            // user's fields: these do not happen.
+            ProvisionError::IssuerNotAllowed | ProvisionError::NoEmailToVerify => {
                 SignInError::Store(StoreError::Conflict { what: "unexpected provisioning outcome" })
             }
         }

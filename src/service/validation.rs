@@ -127,6 +127,10 @@ impl From<ProvisionError> for ValidateError {
             ProvisionError::EmailHoldersChanged => {
                 ValidateError::Store(StoreError::Conflict { what: "the accounts with this email changed" })
             }
+            // Validation changes no user's fields.
+            ProvisionError::NoEmailToVerify => {
+                ValidateError::Store(StoreError::Conflict { what: "unexpected provisioning outcome" })
+            }
         }
     }
 }

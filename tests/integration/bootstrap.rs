@@ -425,7 +425,20 @@ async fn bodies_of_another_shape_are_refused_and_what_a_user_reads_is_accepted_b
     assert_eq!(refused["field"], "email_verified");
     let removed = body(app.admin(Method::PATCH, &path).json(&json!({"email": null})).send().await.unwrap(), 200).await;
     assert_eq!((&removed["email"], &removed["email_verified"]), (&json!(null), &json!(false)));
-    let verified = json!({"email_verified": true});
-    let unverified = body(app.admin(Method::PATCH, &path).json(&verified).send().await.unwrap(), 200).await;
-    assert_eq!(unverified["email_verified"], false, "no address, nothing verified");
+    // No address to verify: refused, not answered as done — and what is sent beside it is not
+    // changed either.
+    for verified in [json!({"email_verified": true}), json!({"email_verified": true, "name": "Renamed"})] {
+        let refused = body(app.admin(Method::PATCH, &path).json(&verified).send().await.unwrap(), 400).await;
+        assert_eq!(
+            (refused["code"].as_str(), refused["field"].as_str()),
+            (Some("invalid_request"), Some("email_verified"))
+        );
+    }
+    let read = body(app.admin(Method::GET, &path).send().await.unwrap(), 200).await;
+    assert_eq!((&read["email_verified"], &read["name"]), (&json!(false), &removed["name"]));
+    let unverified = json!({"email_verified": false});
+    assert_eq!(
+        body(app.admin(Method::PATCH, &path).json(&unverified).send().await.unwrap(), 200).await["email"],
+        json!(null)
+    );
 }
