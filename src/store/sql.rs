@@ -2965,11 +2965,12 @@ impl Store for SqlStore {
     }
 
     async fn consent(&self, user: UserId, client: &str) -> Result<Option<Consent>, StoreError> {
-        let row = query("SELECT scope, resource_scopes FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
-            .bind(user.as_uuid())
-            .bind(client)
-            .fetch_optional(self.db.reader())
-            .await?;
+        let row =
+            query("SELECT scope, resources, resource_scopes FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+                .bind(user.as_uuid())
+                .bind(client)
+                .fetch_optional(self.db.reader())
+                .await?;
         row.as_ref().map(consent_of).transpose()
     }
 
@@ -3019,9 +3020,9 @@ impl Store for SqlStore {
         };
         let mut consent = consent_of(&row)?;
         consent.widen(scopes, resource);
-        // The unpaired list of migration 21, for binaries of before migration 23 (a roll-out).
-        let mut listed: Vec<String> = row.text("resources")?.split_whitespace().map(str::to_owned).collect();
-        resource.into_iter().for_each(|resource| add_once(&mut listed, resource));
+        // The unpaired list of migration 21, for binaries of before migration 23 (a roll-out):
+        // the paired resources, so that an entry such a binary wrote alone (see `consent_of`) goes.
+        let listed: Vec<&str> = consent.resources.iter().map(|(resource, _)| resource.as_str()).collect();
         let paired: Vec<String> =
             consent.resources.iter().map(|(resource, scopes)| format!("{resource} {}", scopes.join(" "))).collect();
         query(
@@ -4379,8 +4380,13 @@ fn consent_of(row: &super::db::Row) -> Result<Consent, StoreError> {
             let mut line = words(line);
             (!line.is_empty()).then(|| (line.remove(0), line))
         })
-        .collect();
-    Ok(Consent { scopes: words(&row.text("scope")?), resources })
+        .collect::<Vec<(String, Vec<String>)>>();
+    // A resource on migration 21's unpaired list with no paired line was approved by a binary of
+    // before migration 23 during a roll-out, which added its scopes to `scope` too: as the
+    // migration has it, `scope` then covers nothing (the app asks once more).
+    let unpaired = row.text("resources")?.split_whitespace().any(|listed| !resources.iter().any(|(r, _)| r == listed));
+    let scopes = if unpaired { Vec::new() } else { words(&row.text("scope")?) };
+    Ok(Consent { scopes, resources })
 }
 
 fn grant_record(row: &super::db::Row) -> Result<GrantRecord, StoreError> {

@@ -4324,6 +4324,21 @@ mod grants {
         let bob_consent = store.consent(bob.id(), &app).await.unwrap().unwrap();
         assert!(bob_consent.covers(&scopes(&["api:read"]), api));
         assert!(!bob_consent.covers(&scopes(&["openid"]), api), "{bob_consent:?}");
+
+        // During the roll-out, an instance of the binary of before migration 23 approves the
+        // API for Ada its own way: the scopes into `scope`, the resource onto the unpaired list.
+        let older = "UPDATE oauth_consents SET scope = 'openid offline_access api:write', \
+                     resources = 'https://api.example.com' WHERE scope = 'openid offline_access'";
+        assert_eq!(sql.exec(older).await.unwrap(), 1);
+        let ada_consent = store.consent(ada.id(), &app).await.unwrap().unwrap();
+        assert!(!ada_consent.covers(&scopes(&["api:write"]), None), "its scopes cover nothing: {ada_consent:?}");
+        assert!(!ada_consent.covers(&scopes(&["openid"]), api), "{ada_consent:?}");
+        // Approved again by this binary, the row is whole: the stray entry goes.
+        store.widen_consent(ada.id(), &app, &scopes(&["openid"]), None, now()).await.unwrap();
+        let ada_consent = store.consent(ada.id(), &app).await.unwrap().unwrap();
+        assert!(ada_consent.covers(&scopes(&["openid"]), None), "{ada_consent:?}");
+        assert!(!ada_consent.covers(&scopes(&["api:write"]), None), "{ada_consent:?}");
+        assert_eq!(sql.texts("SELECT resources FROM oauth_consents WHERE scope = 'openid'").await, [""]);
     }
 
     /// The grants an orphaned session made (migration 22's comment) carry no identity, so no
