@@ -516,6 +516,7 @@ async fn bad_id_tokens_are_refused(backend: Backend) {
         Tamper::IssuedInTheFuture,
         Tamper::NoIssuedAt,
         Tamper::ForgedSignature,
+        Tamper::AncientAuthTime,
     ] {
         w.issuer.tamper_next_id_token(tamper);
         let mut browser = Browser::new();

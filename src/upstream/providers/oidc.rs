@@ -379,7 +379,8 @@ impl Provider for OidcProvider {
             Some(seconds) => Some(
                 seconds
                     .as_f64()
-                    .filter(|s| s.is_finite())
+                    // Not before 1970: no sign-in was, and the databases keep no time of 4713 BC.
+                    .filter(|s| s.is_finite() && *s >= 0.0)
                     .and_then(|s| chrono::DateTime::from_timestamp_millis((s * 1000.0) as i64))
                     .ok_or_else(|| ProviderError::InvalidIdToken("auth_time is not a time".into()))?,
             ),

@@ -70,6 +70,8 @@ pub enum Tamper {
     NoIssuedAt,
     /// Signed with a key the JWKS does not publish, under a published `kid`.
     ForgedSignature,
+    /// An `auth_time` some 30,000 years before 1970: a number, but no time a database keeps.
+    AncientAuthTime,
     /// Valid, but without the email (userinfo has it, with the user's `email_verified`) and with
     /// `email_verified: true` of its own.
     EmailOnlyInUserinfo,
@@ -556,6 +558,7 @@ fn id_token(state: &IssuerState, user: &StubUser, client_id: &str, signed_in: Op
     let tamper = state.oauth.tamper.lock().expect("lock").take();
     match tamper {
         Some(Tamper::WrongNonce) => claims["nonce"] = "not-the-nonce".into(),
+        Some(Tamper::AncientAuthTime) => claims["auth_time"] = (-1e12).into(),
         Some(Tamper::WrongAudience) => claims["aud"] = "someone-else".into(),
         Some(Tamper::OtherAuthorizedParty) => claims["azp"] = "someone-else".into(),
         Some(Tamper::ExtraAudience) => {
