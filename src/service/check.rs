@@ -73,8 +73,8 @@ pub async fn run(config: &Config) -> Report {
     );
     // What `serve` logs at start-up (deprecated settings, settings that do nothing), said here
     // too: a check read from its output must not miss them.
-    for warning in &config.warnings {
-        report.push(Severity::Warning, warning.clone());
+    for warning in config.warnings.iter().cloned().chain(store::url_warnings(&config.database)) {
+        report.push(Severity::Warning, warning);
     }
     if config.admin_tokens.is_empty() {
         report.push(Severity::Warning, "no admin token configured (TESSERA_ADMIN_TOKEN): the admin API is closed");

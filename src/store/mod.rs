@@ -1916,15 +1916,31 @@ const PG_ENVIRONMENT: &[&str] = &[
     "PGPASSFILE",
 ];
 
-/// Connects to the database the configuration names.
-pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
+/// What is doubtful in the configured database URLs: parameters the driver ignores, a TLS mode
+/// that does not verify the server. Logged by [`connect`], and listed by `tessera check`.
+pub fn url_warnings(config: &DatabaseConfig) -> Vec<String> {
+    let mut warnings = Vec::new();
     for (key, url) in [("database.url", Some(&config.url)), ("database.replica_url", config.replica_url.as_ref())] {
         if let Some(ignored) = url.map(|url| url.ignored_parameters()).filter(|ignored| !ignored.is_empty()) {
-            tracing::warn!(key, parameters = %ignored.join(", "), "the database URL has parameters Tessera's driver does not read: they are ignored");
+            warnings.push(format!(
+                "{key} has parameters Tessera's driver does not read, which are ignored: {}",
+                ignored.join(", ")
+            ));
         }
         if let Some(mode) = url.and_then(crate::config::DatabaseUrl::unverified_tls) {
-            tracing::warn!(key, %mode, "the connection to PostgreSQL does not verify the server's certificate: set sslmode=verify-full (with sslrootcert) in the URL");
+            warnings.push(format!(
+                "{key}: the connection to PostgreSQL does not verify the server's certificate (sslmode {mode}): \
+                 set sslmode=verify-full (with sslrootcert) in the URL"
+            ));
         }
+    }
+    warnings
+}
+
+/// Connects to the database the configuration names.
+pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
+    for warning in url_warnings(config) {
+        tracing::warn!("{warning}");
     }
     // The driver reads these where the URL says nothing: named (never with their values), so
     // that one set in the environment by accident is seen.

@@ -182,6 +182,10 @@ async fn serve_with_no_configuration_creates_and_migrates_sqlite() {
         assert!(failed.stderr.contains("127.0.0.1:1/tessera"), "{command:?}: {}", failed.stderr);
         assert!(!failed.stderr.contains("hunter2"), "{command:?}: {}", failed.stderr);
     }
+    // `check` lists what is doubtful in the URL among its findings, not only in its log.
+    let checked = run(tessera(dir.path()).env("TESSERA_DATABASE_URL", unreachable).arg("check")).await;
+    let ignored = checked.stdout.lines().find(|line| line.starts_with("warning") && line.contains("connect_timeout"));
+    assert!(ignored.is_some(), "{}", checked.stdout);
     let (child, addr) =
         serve(tessera(dir.path()).env("TESSERA_LISTEN", "127.0.0.1:0").arg("serve")).await.unwrap_or_else(|o| {
             panic!("serve failed ({}): {}", o.code, o.stderr);
