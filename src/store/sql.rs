@@ -159,6 +159,7 @@ impl SqlStore {
     /// or run past the statement timeout (PostgreSQL) over millions of rows. Instances clearing
     /// one client at once each take the grants no other holds (`SKIP LOCKED`), until none is
     /// left to take. The client's codes and refresh tokens stop working as the slices reach them.
+    /// Its consents go likewise, in slices, after the grants.
     async fn clear_client_grants(&self, client: &str) -> Result<(), StoreError> {
         // Like the cascade it replaces, a slice locks grants, then their codes and tokens: the
         // other order from a code's redemption, which PostgreSQL may end as a deadlock.
@@ -169,6 +170,15 @@ impl SqlStore {
         .bind(client)
         .bind(GRANTS_PER_DELETE);
         while retrying_conflicts(|| delete.execute(self.db.writer())).await? > 0 {}
+        // Its consents likewise (one a user, for an app most users approved): a consent given
+        // meanwhile goes with the client's own deletion.
+        let forget = query(
+            "DELETE FROM oauth_consents WHERE client_id = $1 AND user_id IN
+               (SELECT user_id FROM oauth_consents WHERE client_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(client)
+        .bind(CONSENTS_PER_DELETE);
+        while retrying_conflicts(|| forget.execute(self.db.writer())).await? > 0 {}
         Ok(())
     }
 
@@ -1119,6 +1129,10 @@ pub(super) const UNUSED_CODES_GRANTS: &str = "DELETE FROM oauth_grants WHERE id 
 /// How many grants one statement of `clear_client_grants` deletes, each with its codes and
 /// refresh tokens (an agent's grant may have thousands of these).
 const GRANTS_PER_DELETE: i64 = 100;
+
+/// How many consents one statement of `clear_client_grants` deletes at most (a row each, no
+/// cascade).
+const CONSENTS_PER_DELETE: i64 = 1_000;
 
 /// The advisory-lock key of the first sign-ins with `email` (see [`Store::create_account`]).
 fn email_lock(email: &Email) -> i64 {

@@ -4393,14 +4393,25 @@ mod grants {
             store.redeem_code(&kept_code.code_hash, Some(&hash()), grant_at(t0)).await.unwrap(),
             RedeemOutcome::Redeemed
         );
+        // Consents: both users' for the client, Ada's for the other.
+        let openid = ["openid".to_owned()];
+        for (person, app) in [(&ada, "app"), (&bob, "app"), (&ada, "other")] {
+            store.widen_consent(person.id(), app, &openid, None, t0).await.unwrap().unwrap();
+        }
         let sql = db.sql().await;
         let counts = async || {
-            (sql.count("oauth_grants").await, sql.count("oauth_codes").await, sql.count("oauth_refresh_tokens").await)
+            (
+                sql.count("oauth_grants").await,
+                sql.count("oauth_codes").await,
+                sql.count("oauth_refresh_tokens").await,
+                sql.count("oauth_consents").await,
+            )
         };
-        assert_eq!(counts().await, (5, 5, 5));
+        assert_eq!(counts().await, (5, 5, 5, 3));
 
         assert!(store.delete_client(&ClientId::parse("app").unwrap()).await.unwrap());
-        assert_eq!(counts().await, (1, 1, 1), "the other client's grant, code and token alone");
+        assert_eq!(counts().await, (1, 1, 1, 1), "the other client's grant, code, token and consent alone");
+        assert_eq!(sql.count("oauth_consents WHERE client_id = 'other'").await, 1);
         assert_eq!(sql.count("oauth_grants WHERE client_id = 'other'").await, 1);
         assert!(store.grant(kept.id, grant_at(now())).await.unwrap().unwrap().active);
         assert_eq!(store.client(&ClientId::parse("app").unwrap()).await.unwrap(), None);
