@@ -277,6 +277,8 @@ error_codes! {
     WebhookNotFound = (NOT_FOUND, "webhook_not_found", "Webhook not found"),
     /// The endpoint is defined in the configuration file and is changed there, not through the API.
     WebhookManagedInConfig = (CONFLICT, "webhook_managed_in_config", "Webhook managed in the configuration file"),
+    /// As many webhook endpoints are registered through the API as there may be.
+    WebhookLimitReached = (CONFLICT, "webhook_limit_reached", "Webhook limit reached"),
 
     // The audit log.
     /// `until` is not an RFC 3339 time, or is not after `since`.

@@ -22,7 +22,7 @@ use crate::crypto::keyring::KeyRing;
 use crate::domain::{WebhookDelivery, WebhookEndpoint, WebhookId, events};
 use crate::error::ErrorChain as _;
 use crate::error::{ErrorCode, PublicError};
-use crate::store::{Store, StoreError, WebhookChange, WebhookKeys, WebhookQueue};
+use crate::store::{Store, StoreError, WebhookChange, WebhookInsert, WebhookKeys, WebhookQueue};
 
 /// The prefix of a signing key as shown to the operator (Standard Webhooks).
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -49,6 +49,12 @@ pub enum WebhookError {
     /// The endpoint is defined in the configuration file.
     #[error("this endpoint is defined in the configuration file ([[webhooks.endpoints]] {0:?}): change it there")]
     ManagedByConfig(String),
+    /// The admin API's endpoints are as many as it registers.
+    #[error(
+        "{} webhook endpoints are registered, the most there may be: delete one first",
+        crate::store::MAX_API_WEBHOOKS
+    )]
+    LimitReached,
     /// An endpoint of the configuration file cannot be written.
     #[error("webhook endpoint {name:?} of the configuration file: {reason}")]
     InvalidConfigEndpoint {
@@ -73,6 +79,7 @@ impl PublicError for WebhookError {
             WebhookError::InvalidEventType(_) => ErrorCode::InvalidEventType,
             WebhookError::EncryptionNotConfigured => ErrorCode::EncryptionNotConfigured,
             WebhookError::ManagedByConfig(_) => ErrorCode::WebhookManagedInConfig,
+            WebhookError::LimitReached => ErrorCode::WebhookLimitReached,
             WebhookError::NothingToUpdate => ErrorCode::InvalidRequest,
             WebhookError::InvalidConfigEndpoint { .. } => ErrorCode::InternalError,
             WebhookError::Store(e) => e.code(),
@@ -188,8 +195,13 @@ impl Webhooks {
         };
         // As registered: after the events a fan-out running meanwhile took (see
         // `Store::insert_webhook`).
-        if let Some(registered) = self.store.insert_webhook(&endpoint).await? {
-            (endpoint.created_at, endpoint.updated_at) = (registered, registered);
+        match self.store.insert_webhook(&endpoint).await? {
+            WebhookInsert::Registered(registered) => {
+                (endpoint.created_at, endpoint.updated_at) = (registered, registered)
+            }
+            WebhookInsert::Full => return Err(WebhookError::LimitReached),
+            // Not for an endpoint without a configuration name.
+            WebhookInsert::NameTaken => {}
         }
         Ok((endpoint, secret))
     }
@@ -361,9 +373,9 @@ impl Webhooks {
                             created_at: at,
                             updated_at: at,
                         })
-                        .await?
-                        .is_some();
-                    if inserted {
+                        .await?;
+                    // A configuration endpoint counts toward no limit.
+                    if matches!(inserted, WebhookInsert::Registered(_)) {
                         sync.inserted.push(id);
                         continue;
                     }

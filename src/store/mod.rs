@@ -1475,11 +1475,13 @@ pub trait Store: Send + Sync + Debug + 'static {
     // ---- Webhooks ------------------------------------------------------------------------------
 
     /// Registers a webhook endpoint; one with the `config_name` of another is not inserted (a
-    /// configuration endpoint another instance inserted at the same time): `None` then. It is
-    /// inserted while no fan-out of events runs, registered after every event fanned out already
-    /// (its `created_at`, or just after the newest such event's: the `created_at` stored and
+    /// configuration endpoint another instance inserted at the same time), nor one of the admin
+    /// API (no `config_name`) when [`MAX_API_WEBHOOKS`] of them are registered already (counted
+    /// under the same lock, so concurrent registrations cannot pass it). It is inserted while no
+    /// fan-out of events runs, registered after every event fanned out already (its
+    /// `created_at`, or just after the newest such event's: the `created_at` stored and
     /// returned), so that no event written after its registration is passed over for it.
-    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<Option<DateTime<Utc>>, StoreError>;
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<WebhookInsert, StoreError>;
 
     /// A webhook endpoint by id.
     async fn webhook(&self, id: WebhookId) -> Result<Option<WebhookEndpoint>, StoreError>;
@@ -1883,6 +1885,22 @@ pub enum ClientUpdate {
     NotFound,
     /// The client changed since it was read (`updated_at` differs); nothing was written.
     Changed,
+}
+
+/// The most webhook endpoints the admin API registers (those of the configuration file are
+/// bounded by the file): every fan-out reads them all, and a burst of events is fanned out to
+/// each.
+pub const MAX_API_WEBHOOKS: i64 = 100;
+
+/// What [`Store::insert_webhook`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookInsert {
+    /// Registered, as of this time (its `created_at`).
+    Registered(DateTime<Utc>),
+    /// A configuration endpoint of that name is registered already; nothing was written.
+    NameTaken,
+    /// [`MAX_API_WEBHOOKS`] endpoints of the admin API are registered; nothing was written.
+    Full,
 }
 
 /// What [`Store::sync_config_clients`] did.

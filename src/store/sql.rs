@@ -40,7 +40,7 @@ use super::{
     UserQuery, UserUpdate,
 };
 use super::{CredentialOutcome, CredentialWrite, FirstWrite, StoredCredential};
-use super::{PRINCIPALS_PER_READ, PoolStats, PrincipalRead, ReplayCursor, ReplayPage, WebhookQueue};
+use super::{PRINCIPALS_PER_READ, PoolStats, PrincipalRead, ReplayCursor, ReplayPage, WebhookInsert, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
@@ -3506,12 +3506,23 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<Option<DateTime<Utc>>, StoreError> {
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<WebhookInsert, StoreError> {
         // Registered while no fan-out runs, and after every event fanned out already: a fan-out
         // that read the endpoints before this committed has passed over it for good the events
         // it took, so the endpoint must not count as registered before any of them.
         let mut tx = self.db.begin().await?;
         exclusive(&mut tx, FAN_OUT_LOCK).await?;
+        // Counted under the lock every registration takes: concurrent ones are counted in turn.
+        if endpoint.config_name.is_none() {
+            let registered = query("SELECT COUNT(*) AS n FROM webhook_endpoints WHERE config_name IS NULL")
+                .fetch_one(&mut tx)
+                .await?
+                .int("n")?;
+            if registered >= super::MAX_API_WEBHOOKS {
+                tx.rollback().await?;
+                return Ok(WebhookInsert::Full);
+            }
+        }
         let newest_taken = query(
             "SELECT created_at FROM outbox_events WHERE processed_at IS NOT NULL ORDER BY created_at DESC LIMIT 1",
         )
@@ -3548,7 +3559,7 @@ impl Store for SqlStore {
         .fetch_optional(&mut tx)
         .await?;
         tx.commit().await?;
-        Ok(inserted.map(|_| registered))
+        Ok(inserted.map_or(WebhookInsert::NameTaken, |_| WebhookInsert::Registered(registered)))
     }
 
     async fn webhook(&self, id: WebhookId) -> Result<Option<WebhookEndpoint>, StoreError> {

@@ -27,6 +27,7 @@ use tessera::store::{
 };
 use tessera::store::{
     DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileUpdate, ReplayPage, Revocation, Waiting, WebhookChange,
+    WebhookInsert,
 };
 use uuid::Uuid;
 
@@ -5040,7 +5041,7 @@ async fn instances_starting_together_insert_a_config_endpoint_once(backend: Back
         let (stores, named) = (stores.clone(), named.clone());
         async move {
             let mine = WebhookEndpoint { id: WebhookId::generate(), ..named };
-            stores[i].insert_webhook(&mine).await.unwrap().is_some()
+            matches!(stores[i].insert_webhook(&mine).await.unwrap(), WebhookInsert::Registered(_))
         }
     })
     .await;
@@ -5051,15 +5052,15 @@ async fn instances_starting_together_insert_a_config_endpoint_once(backend: Back
 async fn webhook_endpoints_are_stored_updated_and_deleted(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let mut hook = endpoint(&["user.created", "user.disabled"], now());
-    assert!(store.insert_webhook(&hook).await.unwrap().is_some());
+    assert!(matches!(store.insert_webhook(&hook).await.unwrap(), WebhookInsert::Registered(_)));
     assert_eq!(store.webhook(hook.id).await.unwrap(), Some(hook.clone()));
     assert_eq!(store.list_webhooks().await.unwrap(), [hook.clone()]);
     // A configuration endpoint another instance inserted under the same name first: not inserted,
     // and said so (that instance's settings are then brought to this one's file).
     let named = WebhookEndpoint { id: WebhookId::generate(), config_name: Some("billing".into()), ..hook.clone() };
-    assert!(store.insert_webhook(&named).await.unwrap().is_some());
+    assert!(matches!(store.insert_webhook(&named).await.unwrap(), WebhookInsert::Registered(_)));
     let again = WebhookEndpoint { id: WebhookId::generate(), ..named.clone() };
-    assert!(store.insert_webhook(&again).await.unwrap().is_none());
+    assert_eq!(store.insert_webhook(&again).await.unwrap(), WebhookInsert::NameTaken);
     assert!(store.webhook(again.id).await.unwrap().is_none());
     assert!(store.delete_webhook(named.id).await.unwrap());
     hook.url = "https://other.example.com/".into();
@@ -5159,7 +5160,7 @@ async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: B
     // Registered as of a time before events fanned out already (a registration that waited for
     // a running fan-out): it counts as registered after them, as stored and as returned.
     let waited = endpoint(&[], before);
-    let registered = store.insert_webhook(&waited).await.unwrap().unwrap();
+    let WebhookInsert::Registered(registered) = store.insert_webhook(&waited).await.unwrap() else { panic!() };
     let newest = db.sql().await.count("outbox_events").await;
     assert!(newest == 2 && registered > before, "{registered} after {before}");
     assert_eq!(store.webhook(waited.id).await.unwrap().unwrap().created_at, registered);
@@ -5172,7 +5173,7 @@ async fn events_fan_out_once_in_order_to_the_endpoints_that_want_them(backend: B
     let sql = db.sql().await;
     sql.exec(&format!("UPDATE outbox_events SET created_at = {a_day_ahead}")).await.unwrap();
     let skewed = endpoint(&[], now());
-    let registered = store.insert_webhook(&skewed).await.unwrap().unwrap();
+    let WebhookInsert::Registered(registered) = store.insert_webhook(&skewed).await.unwrap() else { panic!() };
     assert_eq!(registered, skewed.created_at);
     sql.exec(&format!("UPDATE outbox_events SET created_at = created_at - ({a_day_ahead} - created_at)"))
         .await

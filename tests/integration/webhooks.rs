@@ -38,6 +38,7 @@ on_both_backends!(
     a_shutdown_writes_the_counts_before_waiting_for_a_slow_delivery,
     a_rotation_during_a_batch_signs_its_next_requests,
     two_instances_deliver_each_event_once_per_endpoint,
+    registrations_at_once_stop_at_the_limit,
 );
 
 /// One request a receiver got.
@@ -912,6 +913,34 @@ async fn the_webhook_admin_api_validates_and_manages_endpoints() {
     let bad = app.admin(Method::GET, "/admin/webhooks/nope").send().await.unwrap();
     assert_eq!(json(bad, 400).await["code"], "invalid_webhook_id");
     assert_eq!(plain_unauthenticated(&app).await, 401);
+    app.stop().await;
+}
+
+/// The admin API registers at most 100 endpoints: registrations sent at once near the limit pass
+/// it by none (each counted under the registration lock), and a deletion makes room again.
+async fn registrations_at_once_stop_at_the_limit(backend: Backend) {
+    let app = spawn(backend).await;
+    let post = || app.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": "https://h.example.com/hook" }));
+    for _ in 0..97 {
+        json(post().send().await.unwrap(), 201).await;
+    }
+    let answers = crate::helpers::send_at_once(&(0..8).map(|_| post()).collect::<Vec<_>>()).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|a| a.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 201, 201, 409, 409, 409, 409, 409]);
+    for refused in answers.into_iter().filter(|a| a.status() == 409) {
+        let body = json(refused, 409).await;
+        assert_eq!(body["code"], "webhook_limit_reached");
+        assert!(body["detail"].as_str().unwrap().contains("100"), "{body}");
+    }
+    let sql = app.db.sql().await;
+    assert_eq!(sql.count("webhook_endpoints").await, 100);
+    let listed = json(app.admin(Method::GET, "/admin/webhooks").send().await.unwrap(), 200).await;
+    let id = listed["webhooks"][0]["id"].as_str().unwrap().to_owned();
+    let deleted = app.admin(Method::DELETE, &format!("/admin/webhooks/{id}")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    json(post().send().await.unwrap(), 201).await;
+    assert_eq!(sql.count("webhook_endpoints").await, 100);
     app.stop().await;
 }
 
