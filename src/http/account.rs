@@ -153,6 +153,7 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "gone" => "That sign-in method is no longer linked to your account.",
         "connected" => "The account is connected. You can go back to the app, or close this window.",
         "revoked" => "The account was disconnected.",
+        "connection-gone" => "That connection no longer exists: it was disconnected or removed meanwhile.",
         "signed-out-others" => "You are signed out everywhere else.",
         "app-removed" => "The app's access to your account was removed.",
         _ => return None,
@@ -335,9 +336,18 @@ async fn account_page(
     })
 }
 
-/// A form post of the account page: the live session, after the CSRF check.
-async fn form(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<LiveSession, Response> {
-    let (live, cookie_value) = session(state, headers, "/account").await?;
+/// A form post of the account page: the live session, after the CSRF check. Without one, the
+/// chooser (`signed_out_to`, or the plain one coming back to the account page).
+async fn form(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    signed_out_to: Option<&str>,
+) -> Result<LiveSession, Response> {
+    let (live, cookie_value) = match signed_out_to {
+        None => session(state, headers, "/account").await?,
+        Some(to) => live_session(state, headers, "/account").await?.ok_or_else(|| redirect(to, &[]))?,
+    };
     let fields = csrf::form_fields(body);
     csrf::check(headers, &cookie_value, csrf::field(&fields, csrf::FIELD))
         .map_err(|error| state.pages.error_in(headers, error, &signed_in()))?;
@@ -359,7 +369,21 @@ async fn act<F>(state: &AppState, headers: &HeaderMap, body: &Bytes, action: F) 
 where
     F: AsyncFnOnce(&LiveSession) -> Result<String, ApiError>,
 {
-    let live = match form(state, headers, body).await {
+    act_or(state, headers, body, None, action).await
+}
+
+/// [`act`], sending a browser without a session to `signed_out_to` when given.
+async fn act_or<F>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    signed_out_to: Option<&str>,
+    action: F,
+) -> Response
+where
+    F: AsyncFnOnce(&LiveSession) -> Result<String, ApiError>,
+{
+    let live = match form(state, headers, body, signed_out_to).await {
         Ok(live) => live,
         Err(response) => return response,
     };
@@ -386,7 +410,11 @@ async fn unlink_identity(
     PagePath(identity): PagePath<String>,
     PageBytes(body): PageBytes,
 ) -> Response {
-    act(&state, &headers, &body, async |live| {
+    // A double click on the session's own sign-in method: the first unlink ended the session, so
+    // the second finds none, and the chooser says why as it does for the first (its notice shows
+    // only to a browser that is signed out).
+    let signed_out = Some(crate::http::login::SIGNED_OUT_BY_UNLINK);
+    act_or(&state, &headers, &body, signed_out, async |live| {
         super::caller::require_recent(live)?;
         let user = live.profile.user.id;
         let identity = parse_identity(&identity)?;
@@ -484,8 +512,13 @@ async fn reconnect_connection(
 ) -> Response {
     act(&state, &headers, &body, async |live| {
         let (team, slug) = parse_connection(&team, &slug)?;
-        let (_, link) = state.auth_profiles.connect_link(&team, live.profile.user.id, &slug, false).await?;
-        Ok(link.url.expose_secret().to_owned())
+        match state.auth_profiles.connect_link(&team, live.profile.user.id, &slug, false).await {
+            Ok((_, link)) => Ok(link.url.expose_secret().to_owned()),
+            // Removed meanwhile (in another tab, by a team admin): said on the account page, as a
+            // disconnection sent twice is, not as a mistyped link.
+            Err(AuthProfileError::ProfileNotFound) => Ok("/account?done=connection-gone".to_owned()),
+            Err(error) => Err(error.into()),
+        }
     })
     .await
 }

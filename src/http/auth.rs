@@ -710,8 +710,12 @@ async fn confirm_logout(State(state): State<Arc<AppState>>, headers: HeaderMap) 
     let value = match cookie(&headers, state.cookies.session()) {
         Ok(Some(value)) => value,
         Ok(None) => return signed_out(&state, None),
-        // Which session is ambiguous: the browser is told to drop the cookie.
-        Err(_) => return signed_out(&state, Some(state.cookies.clear(state.cookies.session()))),
+        // Which session is ambiguous: none is ended, and the browser is told so (and to delete
+        // the site's cookies), as by the form's post — not that it is signed out, while the
+        // other copy's session stands. Tessera's own copy is cleared.
+        Err(error) => {
+            return with_cookie(state.pages.error(&headers, error), state.cookies.clear(state.cookies.session()));
+        }
     };
     match state.sessions.resolve_session(value).await {
         Ok(Some(live)) => {

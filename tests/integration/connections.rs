@@ -721,7 +721,7 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
         .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(rows[0].starts_with(&format!("user {} auth_profile ", w.alice.id)), "{rows:?}");
-    assert!(rows[0].contains("pending"), "the status it was connected from: {rows:?}");
+    assert!(rows[0].contains("\"pending_auth\""), "the status it was connected from: {rows:?}");
     assert_eq!(sql.count("login_states").await, 0, "every flow is used up");
     // The loser's tokens are of the account the winner connected: revoking them could end the
     // winner's grant at the provider.

@@ -288,6 +288,15 @@ async fn repeated_session_and_sign_in_cookies_are_refused(backend: Backend) {
     assert!(cleared.starts_with("tessera_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
     ambiguous(logout).await;
     assert_eq!(sql.count("sessions").await, 2);
+    // Its confirmation page (an app's "Sign out" link) says so too, not "You are signed out".
+    let page = plain.get(w.app.url("/auth/logout")).header("cookie", &one_header).header("accept", "text/html");
+    let page = page.send().await.unwrap();
+    assert_eq!(page.status(), 400);
+    let cleared = page.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    assert!(cleared.starts_with("tessera_session=;"), "{cleared}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("ambiguous_credentials") && !html.contains("You are signed out"), "{html}");
+    assert_eq!(sql.count("sessions").await, 2);
 
     // A separate Cookie header with other cookies is fine; each session still works alone.
     let separate = plain.get(&me).header("cookie", "a=1").header("cookie", format!("tessera_session={bob}"));

@@ -380,8 +380,12 @@ async fn the_account_page_shows_the_user_and_its_forms_need_the_csrf_token(backe
     let start = browser.request_from("same-origin", Method::GET, &link).await;
     let back = browser.get(&location(&start)).await;
     assert_eq!(location(&browser.get(&location(&back)).await), "/account?done=linked");
-    let own = browser.form(&w.app.url(&format!("/account/identities/{last}/unlink")), &[("csrf", &token)]).await;
+    let own_unlink = w.app.url(&format!("/account/identities/{last}/unlink"));
+    let own = browser.form(&own_unlink, &[("csrf", &token)]).await;
     assert_eq!(location(&own), "/login?return_to=%2Faccount&done=unlinked");
+    // Sent again (a double click whose first answer the browser dropped), it finds the session
+    // ended: the chooser says why all the same.
+    assert_eq!(location(&browser.form(&own_unlink, &[("csrf", &token)]).await), location(&own));
     let page = html(browser.navigate(&w.app.url(&location(&own))).await, StatusCode::OK).await;
     assert!(page.contains("you had signed in with was removed, so you are signed out"), "{page}");
     assert!(page.contains("name=\"return_to\" value=\"/account\""), "{page}");
@@ -758,6 +762,12 @@ async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend)
     assert_eq!(location(&browser.form(&revoke, &[("csrf", &token)]).await), "/account?done=revoked", "again");
     let page = html(browser.navigate(&w.app.url("/account?done=revoked")).await, StatusCode::OK).await;
     assert!(page.contains("The account was disconnected.") && !page.contains("My &#60;Issues&#62;"), "{page}");
+    // "Reconnect" on a page shown before the disconnection (another tab): said on the account
+    // page, not as a mistyped link.
+    let gone = location(&browser.form(&reconnect, &[("csrf", &token)]).await);
+    assert_eq!(gone, "/account?done=connection-gone");
+    let page = html(browser.navigate(&w.app.url(&gone)).await, StatusCode::OK).await;
+    assert!(page.contains("That connection no longer exists"), "{page}");
 }
 
 async fn env_profiles_are_connected_and_reconnected_through_a_fresh_form_link(backend: Backend) {
