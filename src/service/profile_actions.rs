@@ -465,24 +465,34 @@ impl<'a> ProfileActions<'a> {
             // The refused token's own version: one refreshed by someone else since `before` was
             // read is the one to expire.
             let tested = refused.version.unwrap_or(before.version);
-            store.set_access_token_expiry(profile.id, tested, Some(super::now())).await?;
-            let token = match self.profiles.access_token_of(profile.clone()).await {
+            // From the expiry written to the one put back, in a task of its own: a client that
+            // hangs up meanwhile must not leave the token marked expired for its other uses.
+            let (profiles, target, expiry) = (self.profiles.clone(), profile.clone(), refused.expires_at);
+            let refreshed = crate::run_to_end(async move {
+                let store = profiles.store();
+                store.set_access_token_expiry(target.id, tested, Some(super::now())).await?;
+                let refreshed = profiles.access_token_of(target.clone()).await;
+                // The refresh failed (the provider down, say), not refused: the refused token is
+                // not known to be dead (one for another audience is refused too), so it gets
+                // back the expiry it had rather than failing every other use until the provider
+                // is back. Unless it was refreshed or reconnected meanwhile; best effort.
+                if refreshed.as_ref().is_err_and(|error| !matches!(error, AuthProfileError::NeedsReauth))
+                    && let Err(e) = store.set_access_token_expiry(target.id, tested, expiry).await
+                {
+                    tracing::warn!(profile_id = %target.id, error = %e.chain(), "could not put a tested token's expiry back");
+                }
+                Ok::<_, StoreError>(refreshed)
+            })
+            .await
+            .unwrap_or_else(|| Err(StoreError::shut_down()))?;
+            let token = match refreshed {
                 Ok(token) => token,
                 // The refresh was refused, or there was nothing to refresh with.
                 Err(AuthProfileError::NeedsReauth) => {
                     let version = refused.version;
                     return self.needs_reauth(&profile, version, Some(401), TestFailure::InvalidToken, false).await;
                 }
-                Err(error) => {
-                    // The refresh failed (the provider down, say): the refused token is not known
-                    // to be dead (one for another audience is refused too), so it gets back the
-                    // expiry it had rather than failing every other use until the provider is
-                    // back. Unless it was refreshed or reconnected meanwhile; best effort.
-                    if let Err(e) = store.set_access_token_expiry(profile.id, tested, refused.expires_at).await {
-                        tracing::warn!(profile_id = %profile.id, error = %e.chain(), "could not put a tested token's expiry back");
-                    }
-                    return Err(error.into());
-                }
+                Err(error) => return Err(error.into()),
             };
             // Refreshed by this test, or meanwhile by another request (stored at a newer version).
             fresh = token.refreshed || token.version > refused.version;

@@ -16,7 +16,7 @@ use tessera::crypto::keyring::KeyRing;
 use tessera::domain::UserId;
 use tessera_testkit::local_issuer::{LocalIssuer, StubUser, TokenFault};
 
-use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_no_leak, json as body, on_both_backends};
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, assert_no_leak, eventually, json as body, on_both_backends};
 use crate::signin::{Browser, CLIENT_ID, CLIENT_SECRET, location, provider};
 
 on_both_backends!(
@@ -653,6 +653,23 @@ async fn a_test_that_cannot_refresh_keeps_the_token_for_its_other_users(backend:
     assert_eq!(after["refreshed"], false, "not due: {after}");
     assert_eq!(after["access_token"], before["access_token"]);
     assert_eq!(after["expires_at"], before["expires_at"], "the expiry it had");
+
+    // The same with a client that hangs up while the refresh waits on the provider: the expiry
+    // is put back all the same.
+    let sql = w.app.db.sql().await;
+    let expiry = "SELECT CAST(access_token_expires_at AS TEXT) FROM auth_profiles WHERE slug = 'issues'";
+    let held = sql.texts(expiry).await;
+    let refreshes = w.issuer.refreshes();
+    w.issuer.set_token_delay(Duration::from_millis(700));
+    w.issuer.fail_next_token_request(TokenFault::ServerError(503));
+    let test = w.on_behalf(Method::POST, "/auth-profiles/issues/test", w.alice.id);
+    assert!(test.timeout(Duration::from_millis(200)).send().await.is_err(), "hung up before the answer");
+    // Marked expired for the refresh, which the provider answers with a 503; then given back.
+    eventually("the refresh was asked", async || w.issuer.refreshes() > refreshes).await;
+    eventually("the expiry is put back", async || sql.texts(expiry).await == held).await;
+    w.issuer.set_token_delay(Duration::ZERO);
+    let after = body(w.post(w.alice.id, "/auth-profiles/issues/token").await, 200).await;
+    assert_eq!((&after["access_token"], &after["expires_at"]), (&before["access_token"], &before["expires_at"]));
 }
 
 async fn tests_of_other_kinds_and_states_are_clean_409s(backend: Backend) {
