@@ -2448,6 +2448,14 @@ async fn logout_ends_the_session_and_its_grants(backend: Backend) {
     let page = out.text().await.unwrap();
     assert!(page.contains("You are signed out") && page.contains("is not registered"), "{page}");
     assert!(!later.cookies.contains_key("tessera_session"), "signed out");
+    // With a client_id beside it that is not its (unverified) audience, the two must agree
+    // (RP-Initiated Logout 1.0 section 2), as for a verified hint: not sent to that other app,
+    // although the URI is registered for it.
+    let (other, _) = web_app(&w.app).await;
+    let mismatched = format!("{}&client_id={other}", back(POST_LOGOUT));
+    let refused = later.navigate(&w.app.url(&mismatched)).await;
+    assert!(refused.headers().get("location").is_none(), "not sent back: {:?}", refused.headers());
+    assert!(refused.text().await.unwrap().contains("differs from the id token"));
     // The page's post, from the signed-in browser: its own id token ends the session at once.
     let fields = [("id_token_hint", id_token), ("post_logout_redirect_uri", POST_LOGOUT), ("state", "bye")];
     let resumed = [fields.as_slice(), &[("resumed", "1")]].concat();

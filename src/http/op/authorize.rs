@@ -627,8 +627,12 @@ async fn logout(state: &AppState, headers: &HeaderMap, pairs: Vec<(String, Strin
         },
         None => None,
     };
-    if let (Some(hint), Some(named)) = (&hinted, &request.client_id)
-        && hint.aud != *named
+    // RP-Initiated Logout 1.0 section 2: both sent, they must agree — also for a hint whose
+    // audience is read unverified (as the authorization endpoint refuses such a hint of another
+    // client).
+    let hint_aud = hinted.as_ref().map(|hint| &hint.aud).or(hint_client.as_ref());
+    if let (Some(aud), Some(named)) = (hint_aud, &request.client_id)
+        && aud != named
     {
         unanswerable = Some("client_id differs from the id token's audience");
     }
