@@ -562,12 +562,7 @@ async fn callback_to_end(
             // link started before another tab signed in) is not sent to sign in, which would
             // end its session.
             // Asked only where it changes the page: not of a store that just failed to answer.
-            let signed_in = match session {
-                Some(session) if error.code() == ErrorCode::InvalidState && pages::wants_html(&headers) => {
-                    matches!(state.sessions.resolve(session).await, Ok(Some(_)))
-                }
-                _ => false,
-            };
+            let signed_in = error.code() == ErrorCode::InvalidState && still_signed_in(&state, &headers, session).await;
             // A state, and no sign-in cookie at all: most likely one the browser will never send.
             // (A session cookie sent shows cookies are not blocked.)
             let without_cookie = held.is_empty() && query.state.is_some() && session.is_none();
@@ -626,9 +621,13 @@ async fn callback_to_end(
             {
                 return redirect(&to, &[clear_login]);
             }
-            // A link or a connection acts for the signed-in user, whose session stays as it was.
+            // A link or a connection acts for the signed-in user, whose session stays as it was;
+            // so does a browser's that was signed in before this sign-in (switching accounts).
             let page = match action {
-                FlowAction::SignIn => state.pages.error_in(&headers, error, &context),
+                FlowAction::SignIn => {
+                    let signed_in = still_signed_in(&state, &headers, session).await;
+                    state.pages.error_in(&headers, error, &errors::Context { signed_in, ..context })
+                }
                 _ => state.pages.unfinished_flow(&headers, error, session.is_some()),
             };
             return with_cookie(page, clear_login);
@@ -662,8 +661,10 @@ async fn callback_to_end(
         };
     }
     // A link acts for the signed-in user, whose session stays whatever comes of it: a page of
-    // its failure offers their account, not a sign-in that would replace the session.
-    let context = errors::Context { signed_in: current_user.is_some(), ..context };
+    // its failure offers their account, not a sign-in that would replace the session. A failed
+    // sign-in leaves the session it would have replaced as it was (see below).
+    let signed_in = current_user.is_some();
+    let context = errors::Context { signed_in, ..context };
     let browser = Browser {
         current_user,
         // The browser's earlier session, whoever it was for, ends with a sign-in.
@@ -682,8 +683,22 @@ async fn callback_to_end(
         Err(error) => {
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
-            with_cookie(state.pages.error_in(&headers, error, &context), clear_login)
+            // The sign-in's transaction ended no session: one the browser had stands.
+            let signed_in =
+                signed_in || (action == FlowAction::SignIn && still_signed_in(&state, &headers, session).await);
+            with_cookie(state.pages.error_in(&headers, error, &errors::Context { signed_in, ..context }), clear_login)
         }
+    }
+}
+
+/// Whether the browser's session cookie (`session`) is of a live session, for the page of a
+/// sign-in that did not finish: such a browser is told it is still signed in, and offered its
+/// account rather than a sign-in. Asked of the store only for a browser's page; a store that
+/// cannot answer counts as no.
+async fn still_signed_in(state: &AppState, headers: &HeaderMap, session: Option<&str>) -> bool {
+    match session {
+        Some(session) if pages::wants_html(headers) => matches!(state.sessions.resolve(session).await, Ok(Some(_))),
+        _ => false,
     }
 }
 

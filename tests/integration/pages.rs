@@ -137,6 +137,17 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
     let page = html(browser.navigate(&denied).await, StatusCode::BAD_REQUEST).await;
     assert!(page.contains("Sign-in was cancelled") && page.contains(">Try again<"), "{page}");
     assert!(page.contains("href=\"/login?return_to=%2Fafter\""), "{page}");
+    assert!(page.contains("so you are not signed in"), "{page}");
+    // A signed-in browser switching accounts that cancels is told its session stands (only a
+    // sign-in that succeeds replaces it), and its page offers its account.
+    let mut switching = Browser::new();
+    sign_in(&mut switching, &w.app, "local").await;
+    let callback = switching.start(&w.app, "provider=local").await;
+    let state = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let denied = w.app.url(&format!("/auth/callback/local?error=access_denied&state={state}"));
+    let page = html(switching.navigate(&denied).await, StatusCode::BAD_REQUEST).await;
+    assert!(page.contains("You are still signed in as before") && page.contains("href=\"/account\""), "{page}");
+    assert_eq!(switching.me(&w.app).await.status(), StatusCode::OK, "still signed in");
     // The provider's answer in a browser that holds no sign-in cookie (cookies blocked, a
     // sign-in begun at another address than the public one): the page says what to change, as
     // trying again the same way would fail again.

@@ -90,12 +90,12 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         ),
         ProviderDenied => (
             "Sign-in was cancelled",
-            "The sign-in was cancelled at the provider, so you are not signed in.".into(),
+            format!("The sign-in was cancelled at the provider{}", still_or_not(context)),
             vec![("Try again", try_again)],
         ),
         ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken => (
             "We could not confirm who you are",
-            "The answer from the sign-in provider could not be verified, so you are not signed in.".into(),
+            format!("The answer from the sign-in provider could not be verified{}", still_or_not(context)),
             vec![("Try again", try_again)],
         ),
         ProviderUnavailable | IssuerUnavailable => (
@@ -213,6 +213,12 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
         // service set and leave the other browsing as whoever it belongs to.
         signed_in: context.signed_in && error.code != AmbiguousCredentials,
     }
+}
+
+/// The end of a sentence about a sign-in that did not finish: a browser signed in before it (one
+/// switching accounts, say) still is — the session is replaced only by a sign-in that succeeds.
+fn still_or_not(context: &Context) -> &'static str {
+    if context.signed_in { ". You are still signed in as before." } else { ", so you are not signed in." }
 }
 
 /// The page for a link or connect flow the provider did not finish (cancelled there, or an
