@@ -49,6 +49,10 @@ pub enum SignInError {
     /// The user is disabled.
     #[error("the user is disabled")]
     UserDisabled,
+    /// A link came back to a browser no longer signed in (its session ended meanwhile: idle,
+    /// signed out in another tab, everywhere else): nothing was linked.
+    #[error("you are no longer signed in, so nothing was linked: sign in, then link the sign-in method again")]
+    NotSignedIn,
     /// The identity or its user was removed while the flow completed (an unlink racing the
     /// sign-in with that very identity, an account deleted meanwhile).
     #[error("the account or the sign-in method was removed while signing in; sign in again")]
@@ -80,6 +84,7 @@ impl PublicError for SignInError {
             SignInError::IdentityAlreadyLinked => ErrorCode::IdentityAlreadyLinked,
             SignInError::LinkRequired { .. } => ErrorCode::LinkRequired,
             SignInError::UserDisabled => ErrorCode::UserDisabled,
+            SignInError::NotSignedIn => ErrorCode::MissingCredentials,
             SignInError::Removed => ErrorCode::IdentityNotFound,
             SignInError::EmailHoldersChanged => ErrorCode::InternalError,
             SignInError::Store(e) => e.code(),
@@ -240,8 +245,12 @@ impl SignIn {
         let Browser { current_user, session, device, request_id } = browser;
         match purpose {
             Purpose::Link { user } => {
-                if current_user != Some(user) {
-                    return Err(FlowError::InvalidState("sign in again to link an identity").into());
+                match current_user {
+                    Some(current) if current == user => {}
+                    // The session ended while the browser was at the provider.
+                    None => return Err(SignInError::NotSignedIn),
+                    // Signed in as someone else since: not theirs to link.
+                    Some(_) => return Err(FlowError::InvalidState("sign in again to link an identity").into()),
                 }
                 let rule = (LinkRule::SignedInUser, request_id);
                 let (identity, new) = self.link(provider.as_ref(), user, subject, &info, rule).await?;

@@ -497,14 +497,25 @@ async fn links_and_unlinks_are_recorded_with_the_rule_that_decided(backend: Back
     assert_eq!((failed.len(), &failed[0]["reason"]), (2, &json!("provider_mismatch")), "{failed:?}");
     assert_eq!(failed[0]["details"]["provider"], "second", "the flow's provider, not the path's");
     assert!(audit(&w.app, "action=sign_in.failed").await.is_empty());
-    // So is one that comes back to a browser no longer signed in as the user who started it:
-    // the flow matched, the provider vouched for an account, and the link was refused.
+    // So is one that comes back to a browser no longer signed in (its session cookie gone while
+    // it was at the provider): the flow matched, the provider vouched for an account, and the
+    // link was refused — told to sign in, not that the sign-in took too long or began elsewhere.
     let callback = alice.start_link(&w.app, "provider=second").await;
     let session = alice.cookies.remove("tessera_session").expect("the session cookie");
+    assert_eq!(body(alice.get(&callback).await, 401).await["code"], "missing_credentials");
+    alice.cookies.insert("tessera_session".into(), session);
+    let failed = audit(&w.app, "action=identity.link_failed").await;
+    assert_eq!((failed.len(), &failed[0]["reason"]), (3, &json!("missing_credentials")), "{failed:?}");
+    // Signed in as someone else since: not theirs to link, the flow's state refused.
+    let callback = alice.start_link(&w.app, "provider=second").await;
+    w.issuer.set_next_user(StubUser::new("mallory", "mallory@example.com"));
+    let mut other = Browser::new();
+    other.sign_in(&w.app, "").await;
+    let session = alice.cookies.insert("tessera_session".into(), other.cookies["tessera_session"].clone()).unwrap();
     assert_eq!(body(alice.get(&callback).await, 400).await["code"], "invalid_state");
     alice.cookies.insert("tessera_session".into(), session);
     let failed = audit(&w.app, "action=identity.link_failed").await;
-    assert_eq!((failed.len(), &failed[0]["reason"]), (3, &json!("invalid_state")), "{failed:?}");
+    assert_eq!((failed.len(), &failed[0]["reason"]), (4, &json!("invalid_state")), "{failed:?}");
     assert!(audit(&w.app, "action=sign_in.failed").await.is_empty(), "not counted as a stray callback");
 
     // Its page says nothing changed and leads to the account, not to a sign-in that would end
