@@ -376,7 +376,19 @@ impl SignIn {
                 && !owner.disabled
             {
                 let rule = (LinkRule::VerifiedEmail, request_id);
-                let (identity, new) = self.link(provider, owner.id, subject.clone(), info, rule).await?;
+                let (identity, new) = match self.link(provider, owner.id, subject.clone(), info, rule).await {
+                    Ok(linked) => linked,
+                    // The identity was made meanwhile for another user (a token of the same
+                    // issuer provisioned just in time, a bootstrap): that is whom it signs in,
+                    // as a first sign-in that loses to another answers with the winner's user.
+                    Err(SignInError::IdentityAlreadyLinked) => {
+                        return match self.store.find_identity(&issuer, subject).await? {
+                            Some(found) => self.returning(found).await,
+                            None => Err(SignInError::Removed),
+                        };
+                    }
+                    Err(error) => return Err(error),
+                };
                 // As for a returning user: one who left their default team gets one again.
                 self.provisioner.ensure_default_team(owner.id).await?;
                 tracing::info!(user_id = %owner.id, provider = provider.name(), "linked by verified email");
