@@ -336,18 +336,9 @@ async fn account_page(
     })
 }
 
-/// A form post of the account page: the live session, after the CSRF check. Without one, the
-/// chooser (`signed_out_to`, or the plain one coming back to the account page).
-async fn form(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &Bytes,
-    signed_out_to: Option<&str>,
-) -> Result<LiveSession, Response> {
-    let (live, cookie_value) = match signed_out_to {
-        None => session(state, headers, "/account").await?,
-        Some(to) => live_session(state, headers, "/account").await?.ok_or_else(|| redirect(to, &[]))?,
-    };
+/// A form post of the account page: the live session, after the CSRF check.
+async fn form(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<LiveSession, Response> {
+    let (live, cookie_value) = session(state, headers, "/account").await?;
     let fields = csrf::form_fields(body);
     csrf::check(headers, &cookie_value, csrf::field(&fields, csrf::FIELD))
         .map_err(|error| state.pages.error_in(headers, error, &signed_in()))?;
@@ -369,21 +360,7 @@ async fn act<F>(state: &AppState, headers: &HeaderMap, body: &Bytes, action: F) 
 where
     F: AsyncFnOnce(&LiveSession) -> Result<String, ApiError>,
 {
-    act_or(state, headers, body, None, action).await
-}
-
-/// [`act`], sending a browser without a session to `signed_out_to` when given.
-async fn act_or<F>(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &Bytes,
-    signed_out_to: Option<&str>,
-    action: F,
-) -> Response
-where
-    F: AsyncFnOnce(&LiveSession) -> Result<String, ApiError>,
-{
-    let live = match form(state, headers, body, signed_out_to).await {
+    let live = match form(state, headers, body).await {
         Ok(live) => live,
         Err(response) => return response,
     };
@@ -410,11 +387,7 @@ async fn unlink_identity(
     PagePath(identity): PagePath<String>,
     PageBytes(body): PageBytes,
 ) -> Response {
-    // A double click on the session's own sign-in method: the first unlink ended the session, so
-    // the second finds none, and the chooser says why as it does for the first (its notice shows
-    // only to a browser that is signed out).
-    let signed_out = Some(crate::http::login::SIGNED_OUT_BY_UNLINK);
-    act_or(&state, &headers, &body, signed_out, async |live| {
+    act(&state, &headers, &body, async |live| {
         super::caller::require_recent(live)?;
         let user = live.profile.user.id;
         let identity = parse_identity(&identity)?;
@@ -485,8 +458,11 @@ async fn revoke_connection(
     act(&state, &headers, &body, async |live| {
         let (team, slug) = parse_connection(&team, &slug)?;
         match state.auth_profiles.revoke(&team, live.profile.user.id, &slug).await {
-            // Revoked already (a double click, another tab): the end asked for.
-            Ok(()) | Err(AuthProfileError::ProfileNotFound) => Ok("/account?done=revoked".to_owned()),
+            // Revoked already (a double click, another tab; with the team, or the member's place
+            // in it): the end asked for.
+            Ok(()) | Err(AuthProfileError::ProfileNotFound | AuthProfileError::TeamNotFound) => {
+                Ok("/account?done=revoked".to_owned())
+            }
             Err(error) => Err(error.into()),
         }
     })
@@ -514,9 +490,12 @@ async fn reconnect_connection(
         let (team, slug) = parse_connection(&team, &slug)?;
         match state.auth_profiles.connect_link(&team, live.profile.user.id, &slug, false).await {
             Ok((_, link)) => Ok(link.url.expose_secret().to_owned()),
-            // Removed meanwhile (in another tab, by a team admin): said on the account page, as a
-            // disconnection sent twice is, not as a mistyped link.
-            Err(AuthProfileError::ProfileNotFound) => Ok("/account?done=connection-gone".to_owned()),
+            // Removed meanwhile (in another tab, by a team admin, with the team or the member's
+            // place in it): said on the account page, as a disconnection sent twice is, not as
+            // a mistyped link.
+            Err(AuthProfileError::ProfileNotFound | AuthProfileError::TeamNotFound) => {
+                Ok("/account?done=connection-gone".to_owned())
+            }
             Err(error) => Err(error.into()),
         }
     })

@@ -421,22 +421,24 @@ impl Db {
         }
     }
 
-    /// `SELECT 1` on the background connection, in a task of its own: a caller that stops
-    /// waiting for it leaves the statement to end, where dropping it half-way would close the
-    /// connection (see [`PgConn`]).
-    pub(super) fn ping_background(&self) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+    /// `SELECT 1` on the background connection, in a task of its own, with when it ended: a
+    /// caller that stops waiting for it leaves the statement to end, where dropping it half-way
+    /// would close the connection (see [`PgConn`]).
+    pub(super) fn ping_background(&self) -> tokio::task::JoinHandle<(Result<(), StoreError>, Instant)> {
         match self {
             Db::Sqlite { background, .. } => {
                 let pool = background.clone();
-                tokio::spawn(
-                    async move { query("SELECT 1").execute(PoolRef::Sqlite(&pool, BACKGROUND)).await.map(drop) },
-                )
+                tokio::spawn(async move {
+                    let outcome = query("SELECT 1").execute(PoolRef::Sqlite(&pool, BACKGROUND)).await;
+                    (outcome.map(drop), Instant::now())
+                })
             }
             Db::Postgres { background, .. } => {
                 let pool = background.clone();
-                tokio::spawn(
-                    async move { query("SELECT 1").execute(PoolRef::Postgres(&pool, BACKGROUND)).await.map(drop) },
-                )
+                tokio::spawn(async move {
+                    let outcome = query("SELECT 1").execute(PoolRef::Postgres(&pool, BACKGROUND)).await;
+                    (outcome.map(drop), Instant::now())
+                })
             }
         }
     }

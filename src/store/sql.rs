@@ -67,8 +67,9 @@ struct ReadyPings {
     succeeded_at: Option<std::time::Instant>,
     /// The one under way, in a task of its own: a probe that stops waiting at its bound leaves
     /// it to finish (the next probe waits for it), where dropping the statement half-way would
-    /// cost the background loops their connection (see `PgConn`).
-    running: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    /// cost the background loops their connection (see `PgConn`). With when it ended: one that
+    /// ended before a probe arrived does not answer it.
+    running: Option<tokio::task::JoinHandle<(Result<(), StoreError>, std::time::Instant)>>,
 }
 
 impl SqlStore {
@@ -242,13 +243,16 @@ impl SqlStore {
                         continue;
                     }
                     // Taken: by an admin client, or by a configuration client another instance
-                    // inserted meanwhile (then it is ours to replace).
-                    let row = query("SELECT from_config FROM clients WHERE id = $1")
+                    // inserted meanwhile (then it is ours to replace, unless it is this file's
+                    // already: that instance wrote, and records, the change).
+                    let row = query(concat!("SELECT ", client_columns!(), " FROM clients c WHERE c.id = $1"))
                         .bind(client.id.as_str())
                         .fetch_optional(&mut tx)
                         .await?;
-                    match row.map(|row| row.flag("from_config")).transpose()? {
-                        Some(true) => {
+                    let theirs = row.as_ref().map(rows::client).transpose()?;
+                    match theirs.map(|theirs| (theirs.from_config, same_registration(&theirs, client))) {
+                        Some((true, true)) => {}
+                        Some((true, false)) => {
                             update_client_query(client, None).execute(&mut tx).await?;
                             sync.updated.push(client.id.clone());
                             forget.push(CacheChange::Client(client.id.clone()));
@@ -1297,12 +1301,20 @@ impl Store for SqlStore {
             if pings.succeeded_at.is_some_and(|at| at >= arrived) {
                 return Ok(());
             }
-            let running = pings.running.get_or_insert_with(|| self.db.ping_background());
-            let outcome = running.await;
-            pings.running = None;
-            outcome.map_err(|_panicked| StoreError::Unavailable(sqlx::Error::WorkerCrashed))??;
-            pings.succeeded_at = Some(std::time::Instant::now());
-            Ok(())
+            loop {
+                let running = pings.running.get_or_insert_with(|| self.db.ping_background());
+                let ended = running.await;
+                pings.running = None;
+                let (outcome, ended_at) = ended.map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?;
+                // An earlier probe's ping, which ended before this one came: it says nothing of
+                // the database now.
+                if ended_at < arrived {
+                    continue;
+                }
+                outcome?;
+                pings.succeeded_at = Some(ended_at);
+                return Ok(());
+            }
         };
         tokio::time::timeout(self.ready_timeout, ping)
             .await
@@ -3034,19 +3046,17 @@ impl Store for SqlStore {
         };
         let mut consent = consent_of(&row)?;
         consent.widen(scopes, resource);
-        // The unpaired list of migration 21, for binaries of before migration 23 (a roll-out):
-        // the paired resources, so that an entry such a binary wrote alone (see `consent_of`) goes.
-        let listed: Vec<&str> = consent.resources.iter().map(|(resource, _)| resource.as_str()).collect();
+        // The unpaired list of migration 21 is left empty (see `consent_of`): a binary of before
+        // migration 23, during a roll-out, finds no resource approved there and asks again.
         let paired: Vec<String> =
             consent.resources.iter().map(|(resource, scopes)| format!("{resource} {}", scopes.join(" "))).collect();
         query(
-            "UPDATE oauth_consents SET scope = $3, resources = $4, resource_scopes = $5, updated_at = $6
+            "UPDATE oauth_consents SET scope = $3, resources = '', resource_scopes = $4, updated_at = $5
              WHERE user_id = $1 AND client_id = $2",
         )
         .bind(user.as_uuid())
         .bind(client)
         .bind(consent.scopes.join(" "))
-        .bind(listed.join(" "))
         .bind(paired.join("\n"))
         .bind(now)
         .execute(&mut tx)
@@ -4406,10 +4416,11 @@ fn consent_of(row: &super::db::Row) -> Result<Consent, StoreError> {
             (!line.is_empty()).then(|| (line.remove(0), line))
         })
         .collect::<Vec<(String, Vec<String>)>>();
-    // A resource on migration 21's unpaired list with no paired line was approved by a binary of
-    // before migration 23 during a roll-out, which added its scopes to `scope` too: as the
-    // migration has it, `scope` then covers nothing (the app asks once more).
-    let unpaired = row.text("resources")?.split_whitespace().any(|listed| !resources.iter().any(|(r, _)| r == listed));
+    // Migration 21's unpaired list, which this binary leaves empty: a resource on it was approved
+    // by a binary of before migration 23 during a roll-out, which added that approval's scopes
+    // to `scope` too. As the migration has it, `scope` then covers nothing (the app asks once
+    // more).
+    let unpaired = !row.text("resources")?.trim().is_empty();
     let scopes = if unpaired { Vec::new() } else { words(&row.text("scope")?) };
     Ok(Consent { scopes, resources })
 }

@@ -4327,7 +4327,9 @@ mod grants {
         assert!(!bob_consent.covers(&scopes(&["openid"]), api), "{bob_consent:?}");
 
         // During the roll-out, an instance of the binary of before migration 23 approves the
-        // API for Ada its own way: the scopes into `scope`, the resource onto the unpaired list.
+        // API for Ada its own way: the scopes into `scope`, the resource onto the unpaired list
+        // (which this binary leaves empty, also for a resource it paired itself, as Bob's).
+        assert_eq!(sql.texts("SELECT resources FROM oauth_consents").await, ["", ""]);
         let older = "UPDATE oauth_consents SET scope = 'openid offline_access api:write', \
                      resources = 'https://api.example.com' WHERE scope = 'openid offline_access'";
         assert_eq!(sql.exec(older).await.unwrap(), 1);
