@@ -278,6 +278,16 @@ impl Sql {
         .expect("uuids")
     }
 
+    /// The audit rows a start-up wrote for the configuration file's changes (actor `config`),
+    /// oldest first, each as `action target_id`.
+    pub async fn config_changes(&self) -> Vec<String> {
+        self.texts(
+            "SELECT action || ' ' || target_id FROM audit_events \
+             WHERE actor_kind = 'system' AND actor_name = 'config' ORDER BY id",
+        )
+        .await
+    }
+
     /// The strings a query's first column holds.
     pub async fn texts(&self, sql: &str) -> Vec<String> {
         let sql = sql.to_owned();

@@ -530,14 +530,7 @@ async fn a_config_client_leaves_the_store_when_it_leaves_the_file(backend: Backe
     let names: Vec<&str> = list["clients"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["App admin-made", "Desktop app 2"]);
     // Each change of the file is in the audit log, as the admin API's are: by `config`.
-    let rows = db
-        .sql()
-        .await
-        .texts(
-            "SELECT action || ' ' || target_id FROM audit_events \
-             WHERE actor_kind = 'system' AND actor_name = 'config' ORDER BY id",
-        )
-        .await;
+    let rows = db.sql().await.config_changes().await;
     let expected = ["client.created desktop", "client.created wiki", "client.updated desktop", "client.deleted wiki"];
     assert_eq!(rows, expected, "the first start's, then the second's");
     app.stop().await;

@@ -302,15 +302,7 @@ async fn config_endpoints_receive_events_and_refuse_admin_changes(backend: Backe
     let listed = json(app.admin(Method::GET, "/admin/webhooks").send().await.unwrap(), 200).await;
     assert_eq!(listed["webhooks"], json!([]));
     // Each start's change is in the audit log, as the admin API's are: by `config`.
-    let rows = app
-        .db
-        .sql()
-        .await
-        .texts(
-            "SELECT action || ' ' || target_id FROM audit_events \
-             WHERE actor_kind = 'system' AND actor_name = 'config' ORDER BY id",
-        )
-        .await;
+    let rows = app.db.sql().await.config_changes().await;
     let expected = ["created", "updated", "deleted"].map(|action| format!("webhook.{action} {id}"));
     assert_eq!(rows, expected, "registered, its key changed, removed");
     let db = app.stop_keeping_db().await;
