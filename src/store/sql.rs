@@ -919,7 +919,7 @@ pub(super) async fn insert_profile_event(
 /// The audit row of a member's change of a connected account, `action` (`auth_profile.connected`
 /// or `auth_profile.revoked`) by `by`, written in the change's transaction: it is recorded
 /// exactly when the change commits. `previous_status` (a connection's) says whether it was a
-/// first connection (`pending`) or a reconnection.
+/// first connection (`pending_auth`) or a reconnection.
 pub(super) async fn record_profile_change(
     tx: &mut Tx,
     action: &'static str,
