@@ -315,21 +315,17 @@ impl Application {
             });
         }
         written("clients", sync.inserted.len(), sync.updated.len(), sync.deleted.len());
-        let id = |id: &crate::domain::ClientId| id.as_str().to_owned();
         let clients =
-            [("client.created", &sync.inserted), ("client.updated", &sync.updated), ("client.deleted", &sync.deleted)]
-                .map(|(action, ids)| (action, ids.iter().map(id).collect::<Vec<_>>()));
+            [("client.created", &sync.inserted), ("client.updated", &sync.updated), ("client.deleted", &sync.deleted)];
         self.record_config_changes("client", clients).await;
         let endpoints = self.state.webhooks.settings().endpoints.clone();
         let synced = self.state.webhooks.sync_config(&endpoints).await.map_err(StartupError::ConfigWebhooks)?;
         written("webhook endpoints", synced.inserted.len(), synced.updated.len(), synced.deleted.len());
-        let id = |id: &crate::domain::WebhookId| id.to_string();
         let endpoints = [
             ("webhook.created", &synced.inserted),
             ("webhook.updated", &synced.updated),
             ("webhook.deleted", &synced.deleted),
-        ]
-        .map(|(action, ids)| (action, ids.iter().map(id).collect::<Vec<_>>()));
+        ];
         self.record_config_changes("webhook", endpoints).await;
         Ok(())
     }
@@ -337,12 +333,12 @@ impl Application {
     /// The audit rows of what a start-up wrote of the configuration file: one per client or
     /// endpoint changed, by the actor `system` named `config`, as the admin API's changes are
     /// recorded (after the change).
-    async fn record_config_changes(&self, kind: &str, changes: [(&'static str, Vec<String>); 3]) {
+    async fn record_config_changes<Id: std::fmt::Display>(&self, kind: &str, changes: [(&str, &Vec<Id>); 3]) {
         for (action, ids) in changes {
             for id in ids {
                 let event = crate::store::NewAuditEvent::new(crate::store::ActorKind::System, action)
                     .actor(None, Some("config".into()))
-                    .target(kind, id);
+                    .target(kind, id.to_string());
                 self.state.audit.record_change(event).await;
             }
         }

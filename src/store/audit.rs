@@ -144,18 +144,7 @@ pub(super) async fn insert(tx: &mut Tx, events: &[NewAuditEvent]) -> Result<(), 
 /// their ids in the order given.
 pub(super) fn insert_rows(events: &[NewAuditEvent]) -> Query<'_> {
     static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
-        (1..=ROWS_PER_INSERT)
-            .map(|rows| {
-                let values: Vec<String> = (0..rows)
-                    .map(|row| {
-                        let placeholders: Vec<String> =
-                            (1..=COLUMNS).map(|n| format!("${}", row * COLUMNS + n)).collect();
-                        format!("({})", placeholders.join(", "))
-                    })
-                    .collect();
-                format!("INSERT INTO audit_events {COLUMNS_SQL} VALUES {}", values.join(", "))
-            })
-            .collect()
+        super::db::multi_row_inserts(&format!("INSERT INTO audit_events {COLUMNS_SQL}"), COLUMNS, ROWS_PER_INSERT)
     });
     assert!((1..=ROWS_PER_INSERT).contains(&events.len()), "1 to {ROWS_PER_INSERT} rows an INSERT");
     let mut insert = query(SQL[events.len() - 1].as_str());

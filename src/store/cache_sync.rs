@@ -55,20 +55,8 @@ const ROWS_PER_INSERT: usize = 100;
 /// `src/service/cache_sync.rs` on rows committed out of order).
 pub(super) async fn log_changes(tx: &mut Tx, changes: &[CacheChange], now: DateTime<Utc>) -> Result<(), StoreError> {
     static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
-        (1..=ROWS_PER_INSERT)
-            .map(|rows| {
-                let values: Vec<String> = (0..rows)
-                    .map(|row| {
-                        let n = row * 6;
-                        format!("(${}, ${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6)
-                    })
-                    .collect();
-                format!(
-                    "INSERT INTO cache_invalidations (kind, user_id, issuer, subject, client_id, created_at) VALUES {}",
-                    values.join(", ")
-                )
-            })
-            .collect()
+        let head = "INSERT INTO cache_invalidations (kind, user_id, issuer, subject, client_id, created_at)";
+        super::db::multi_row_inserts(head, 6, ROWS_PER_INSERT)
     });
     for chunk in changes.chunks(ROWS_PER_INSERT) {
         let mut insert = query(SQL[chunk.len() - 1].as_str());

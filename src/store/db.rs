@@ -101,6 +101,23 @@ const REPLICA_STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// otherwise cost every read a connection timeout before it falls back to the primary.
 const REPLICA_BACKOFF: Duration = Duration::from_secs(15);
 
+/// The statements of a multi-row `INSERT` (`head`, then `VALUES` of `columns` placeholders a row,
+/// numbered in order), one for each number of rows from 1 to `max_rows`: the one for `n` rows is
+/// at `n - 1`. Built once (into a `static`) by each writer of many rows a statement.
+pub(super) fn multi_row_inserts(head: &str, columns: usize, max_rows: usize) -> Vec<String> {
+    (1..=max_rows)
+        .map(|rows| {
+            let values: Vec<String> = (0..rows)
+                .map(|row| {
+                    let placeholders: Vec<String> = (1..=columns).map(|n| format!("${}", row * columns + n)).collect();
+                    format!("({})", placeholders.join(", "))
+                })
+                .collect();
+            format!("{head} VALUES {}", values.join(", "))
+        })
+        .collect()
+}
+
 /// How many rows one statement of [`Db::delete_in_batches`] deletes at most.
 pub(super) const ROWS_PER_DELETE: i64 = 1_000;
 

@@ -57,7 +57,7 @@ pub struct SqlStore {
     ready_timeout: std::time::Duration,
     /// [`Store::ready`]'s pings, held while a probe waits for one: probes that arrive together
     /// share one ping rather than queue one each on the background connection.
-    last_ready: tokio::sync::Mutex<ReadyPings>,
+    ready_pings: tokio::sync::Mutex<ReadyPings>,
 }
 
 /// The pings of [`Store::ready`].
@@ -78,7 +78,7 @@ impl SqlStore {
         Ok(Self {
             db: Db::connect(config).await?,
             ready_timeout: config.ready_timeout,
-            last_ready: tokio::sync::Mutex::new(ReadyPings::default()),
+            ready_pings: tokio::sync::Mutex::new(ReadyPings::default()),
         })
     }
 }
@@ -172,14 +172,12 @@ impl SqlStore {
         .bind(GRANTS_PER_DELETE);
         while retrying_conflicts(|| delete.execute(self.db.writer())).await? > 0 {}
         // Its consents likewise (one a user, for an app most users approved): a consent given
-        // meanwhile goes with the client's own deletion.
+        // meanwhile, or one another instance's batch held, goes with the client's own deletion.
         let forget = query(
             "DELETE FROM oauth_consents WHERE client_id = $1 AND user_id IN
                (SELECT user_id FROM oauth_consents WHERE client_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(client)
-        .bind(CONSENTS_PER_DELETE);
-        while retrying_conflicts(|| forget.execute(self.db.writer())).await? > 0 {}
+        );
+        self.db.delete_in_batches(forget.bind(client)).await?;
         Ok(())
     }
 
@@ -727,14 +725,7 @@ async fn identity_of(tx: &mut Tx, identity: IdentityId, user: UserId) -> Result<
 
 /// Writes an outbox event in the transaction of the change it reports.
 pub(super) async fn insert_event(tx: &mut Tx, event: &NewEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
-    query("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(event.id.as_uuid())
-        .bind(event.topic)
-        .bind(&event.payload)
-        .bind(now)
-        .execute(tx)
-        .await?;
-    Ok(())
+    insert_events(tx, std::slice::from_ref(event), now).await
 }
 
 /// Writes `events` into the outbox, [`EVENTS_PER_INSERT`] rows a statement: a change of many
@@ -742,29 +733,19 @@ pub(super) async fn insert_event(tx: &mut Tx, event: &NewEvent, now: DateTime<Ut
 /// fan-out waits behind, for a few statements rather than one per event.
 pub(super) async fn insert_events(tx: &mut Tx, events: &[NewEvent], now: DateTime<Utc>) -> Result<(), StoreError> {
     static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
-        (1..=EVENTS_PER_INSERT)
-            .map(|rows| {
-                let values: Vec<String> = (0..rows)
-                    .map(|row| {
-                        let n = row * 3;
-                        format!("(${}, ${}, ${}, $1)", n + 2, n + 3, n + 4)
-                    })
-                    .collect();
-                format!("INSERT INTO outbox_events (id, topic, payload, created_at) VALUES {}", values.join(", "))
-            })
-            .collect()
+        super::db::multi_row_inserts("INSERT INTO outbox_events (id, topic, payload, created_at)", 4, EVENTS_PER_INSERT)
     });
     for chunk in events.chunks(EVENTS_PER_INSERT) {
-        let mut insert = query(SQL[chunk.len() - 1].as_str()).bind(now);
+        let mut insert = query(SQL[chunk.len() - 1].as_str());
         for event in chunk {
-            insert = insert.bind(event.id.as_uuid()).bind(event.topic).bind(&event.payload);
+            insert = insert.bind(event.id.as_uuid()).bind(event.topic).bind(&event.payload).bind(now);
         }
         insert.execute(&mut *tx).await?;
     }
     Ok(())
 }
 
-/// The most outbox rows one statement of [`insert_events`] writes (301 parameters).
+/// The most outbox rows one statement of [`insert_events`] writes (400 parameters).
 const EVENTS_PER_INSERT: usize = 100;
 
 /// A user by id, read in `tx`.
@@ -1134,10 +1115,6 @@ pub(super) const UNUSED_CODES_GRANTS: &str = "DELETE FROM oauth_grants WHERE id 
 /// refresh tokens (an agent's grant may have thousands of these).
 const GRANTS_PER_DELETE: i64 = 100;
 
-/// How many consents one statement of `clear_client_grants` deletes at most (a row each, no
-/// cascade).
-const CONSENTS_PER_DELETE: i64 = 1_000;
-
 /// The advisory-lock key of the first sign-ins with `email` (see [`Store::create_account`]).
 fn email_lock(email: &Email) -> i64 {
     let hash = crate::crypto::sha256(format!("first sign-in:{}", email.key()).as_bytes());
@@ -1297,7 +1274,7 @@ impl Store for SqlStore {
             // queue on the background loops' one connection and hold up their own statements
             // (lease renewals, the cache-invalidation log). A ping that succeeded after this
             // probe arrived answers it; after a failure, the next in line asks again.
-            let mut pings = self.last_ready.lock().await;
+            let mut pings = self.ready_pings.lock().await;
             if pings.succeeded_at.is_some_and(|at| at >= arrived) {
                 return Ok(());
             }
@@ -4415,7 +4392,7 @@ fn consent_of(row: &super::db::Row) -> Result<Consent, StoreError> {
             let mut line = words(line);
             (!line.is_empty()).then(|| (line.remove(0), line))
         })
-        .collect::<Vec<(String, Vec<String>)>>();
+        .collect();
     // Migration 21's unpaired list, which this binary leaves empty: a resource on it was approved
     // by a binary of before migration 23 during a roll-out, which added that approval's scopes
     // to `scope` too. As the migration has it, `scope` then covers nothing (the app asks once
