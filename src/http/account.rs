@@ -30,7 +30,7 @@ use super::login::{provider_href, provider_label};
 use super::pages::icons::Icon;
 use super::pages::{Chrome, errors, live_session, login_url};
 use super::problem::ApiError;
-use crate::domain::{ClientId, Identity, IdentityId, ProfileKind, ProfileStatus, Slug, TeamId, TeamRef};
+use crate::domain::{ClientId, Identity, IdentityId, ProfileKind, ProfileRef, ProfileStatus, TeamId, TeamRef};
 use crate::error::ErrorCode;
 use crate::service::auth_profiles::AuthProfileError;
 use crate::service::provisioning::IdentityError;
@@ -42,8 +42,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/account", get(show_account))
         .route("/account/identities/{identity}/unlink", post(unlink_identity))
         .route("/account/identities/{identity}/primary", post(make_identity_primary))
-        .route("/account/connections/{team}/{slug}/revoke", post(revoke_connection))
-        .route("/account/connections/{team}/{slug}/reconnect", post(reconnect_connection))
+        .route("/account/connections/{team}/{profile}/revoke", post(revoke_connection))
+        .route("/account/connections/{team}/{profile}/reconnect", post(reconnect_connection))
         .route("/account/sessions/sign-out-others", post(sign_out_others))
         .route("/account/apps/remove", post(remove_app))
 }
@@ -73,7 +73,8 @@ struct TeamRow {
 struct ConnectionRow {
     team_id: String,
     team_name: String,
-    slug: String,
+    /// The profile's id: the page acts on the profile it showed, even if its slug moves meanwhile.
+    id: String,
     display_name: String,
     connector: String,
     provider: String,
@@ -264,7 +265,7 @@ async fn account_page(
             connections.push(ConnectionRow {
                 team_id: membership.team.id.to_string(),
                 team_name: membership.team.name.clone(),
-                slug: p.slug.to_string(),
+                id: p.id.to_string(),
                 display_name: p.display_name.clone(),
                 connector: p.connector_key.clone(),
                 provider: provider_label(&p.provider),
@@ -349,10 +350,10 @@ fn parse_identity(value: &str) -> Result<IdentityId, ApiError> {
     value.parse().map_err(|_| ApiError::new(ErrorCode::IdentityNotFound, "no identity has this id"))
 }
 
-fn parse_connection(team: &str, slug: &str) -> Result<(TeamRef, Slug), ApiError> {
-    let not_found = || ApiError::new(ErrorCode::ProfileNotFound, "no connected account has this name");
+fn parse_connection(team: &str, profile: &str) -> Result<(TeamRef, ProfileRef), ApiError> {
+    let not_found = || ApiError::new(ErrorCode::ProfileNotFound, "no connected account has this id");
     let team: TeamId = team.parse().map_err(|_| not_found())?;
-    Ok((TeamRef::Id(team), Slug::parse(slug).map_err(|_| not_found())?))
+    Ok((TeamRef::Id(team), ProfileRef::Id(profile.parse().map_err(|_| not_found())?)))
 }
 
 /// Runs an account action and answers with the account page's notice, or an error page.
@@ -440,11 +441,11 @@ async fn make_identity_primary(
 
 #[utoipa::path(
     post,
-    path = "/account/connections/{team}/{slug}/revoke",
+    path = "/account/connections/{team}/{profile}/revoke",
     tag = "pages",
     operation_id = "revoke_connection",
     summary = "Revokes a connection (form).",
-    params(("team" = String, Path, description = "A team id (UUID)"), ("slug" = String, Path, description = "An auth profile slug")),
+    params(("team" = String, Path, description = "A team id (UUID)"), ("profile" = String, Path, description = "An auth profile id (UUID)")),
     request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(crate::http::openapi::PageResponses),
     security(("session" = [])),
@@ -452,12 +453,12 @@ async fn make_identity_primary(
 async fn revoke_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    PagePath((team, slug)): PagePath<(String, String)>,
+    PagePath((team, profile)): PagePath<(String, String)>,
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
-        let (team, slug) = parse_connection(&team, &slug)?;
-        match state.auth_profiles.revoke(&team, live.profile.user.id, &slug).await {
+        let (team, profile) = parse_connection(&team, &profile)?;
+        match state.auth_profiles.revoke(&team, live.profile.user.id, &profile).await {
             // Revoked already (a double click, another tab; with the team, or the member's place
             // in it): the end asked for.
             Ok(()) | Err(AuthProfileError::ProfileNotFound | AuthProfileError::TeamNotFound) => {
@@ -471,11 +472,11 @@ async fn revoke_connection(
 
 #[utoipa::path(
     post,
-    path = "/account/connections/{team}/{slug}/reconnect",
+    path = "/account/connections/{team}/{profile}/reconnect",
     tag = "pages",
     operation_id = "reconnect_connection",
     summary = "Reconnects a connection (form).",
-    params(("team" = String, Path, description = "A team id (UUID)"), ("slug" = String, Path, description = "An auth profile slug")),
+    params(("team" = String, Path, description = "A team id (UUID)"), ("profile" = String, Path, description = "An auth profile id (UUID)")),
     request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(crate::http::openapi::PageResponses),
     security(("session" = [])),
@@ -483,12 +484,12 @@ async fn revoke_connection(
 async fn reconnect_connection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    PagePath((team, slug)): PagePath<(String, String)>,
+    PagePath((team, profile)): PagePath<(String, String)>,
     PageBytes(body): PageBytes,
 ) -> Response {
     act(&state, &headers, &body, async |live| {
-        let (team, slug) = parse_connection(&team, &slug)?;
-        match state.auth_profiles.connect_link(&team, live.profile.user.id, &slug, false).await {
+        let (team, profile) = parse_connection(&team, &profile)?;
+        match state.auth_profiles.connect_link(&team, live.profile.user.id, &profile, false).await {
             Ok((_, link)) => Ok(link.url.expose_secret().to_owned()),
             // Removed meanwhile (in another tab, by a team admin, with the team or the member's
             // place in it): said on the account page, as a disconnection sent twice is, not as

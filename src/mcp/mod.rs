@@ -24,7 +24,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::domain::{Slug, TeamRef, UserId};
+use crate::domain::{ProfileRef, TeamRef, UserId};
 use crate::error::ErrorCode;
 use crate::http::auth_profiles::api::{CreateRequest, parse_create, parse_display_name, parse_scopes, parse_slug};
 use crate::http::extract::parse_team;
@@ -240,7 +240,7 @@ impl McpServer {
             Action::Delete => {
                 let slug = slug_of(&arguments)?;
                 service.revoke(&team, user, &slug).await?;
-                json!({"slug": slug.as_str(), "status": "revoked"})
+                json!({"slug": arguments.slug, "status": "revoked"})
             }
             Action::Connect => {
                 let slug = slug_of(&arguments)?;
@@ -354,14 +354,14 @@ fn parse_arguments(arguments: Option<JsonObject>) -> Result<Arguments, ApiError>
     Ok(arguments)
 }
 
-/// The `slug` argument, required by every action that names one profile.
-fn slug_of(arguments: &Arguments) -> Result<Slug, ApiError> {
+/// The `slug` argument (a slug, or the profile's id), required by every action that names one profile.
+fn slug_of(arguments: &Arguments) -> Result<ProfileRef, ApiError> {
     // (Trimmed, and absent when blank, by `parse_arguments`.)
     let Some(slug) = arguments.slug.as_deref() else {
         let action = arguments.action.as_str();
         return Err(ApiError::new(ErrorCode::MissingField, format!("`slug` is required by `{action}`")).field("slug"));
     };
-    parse_slug(slug)
+    parse_slug(slug).map(ProfileRef::Slug)
 }
 
 fn to_json(response: impl Serialize) -> Value {
@@ -534,7 +534,7 @@ mod tests {
         assert_eq!(parse(json!({"action": "explode", "team": "t"}))["code"], "invalid_request");
         assert_eq!(parse(json!({"action": "get", "team": 7}))["code"], "invalid_request");
         let parsed = parse_arguments(json!({"action": "get", "team": "t", "slug": "s"}).as_object().cloned()).unwrap();
-        assert_eq!(slug_of(&parsed).unwrap().as_str(), "s");
+        assert_eq!(slug_of(&parsed).unwrap(), ProfileRef::Slug(crate::domain::Slug::parse("s").unwrap()));
         let no_slug = parse_arguments(json!({"action": "delete", "team": "t"}).as_object().cloned()).unwrap();
         let error = tool_error(slug_of(&no_slug).unwrap_err());
         assert_eq!(

@@ -40,8 +40,8 @@ use crate::config::ConnectorConfig;
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::sha256;
 use crate::domain::{
-    AuthProfile, ConnectRefusal, ProfileId, ProfileKind, ProfileRight, ProfileStatus, ReturnTo, Role, Slug, Team,
-    TeamRef, UserId,
+    AuthProfile, ConnectRefusal, ProfileId, ProfileKind, ProfileRef, ProfileRight, ProfileStatus, ReturnTo, Role, Slug,
+    Team, TeamId, TeamRef, UserId,
 };
 use crate::error::ErrorChain as _;
 use crate::error::{ErrorCode, PublicError};
@@ -432,14 +432,25 @@ impl AuthProfiles {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
     ) -> Result<(AuthProfile, Role), AuthProfileError> {
         let (team, role) = self.membership(team, user).await?;
-        let profile = self.store.profile_by_slug(team.id, slug).await?.ok_or(AuthProfileError::ProfileNotFound)?;
+        let profile = self.live_profile(team.id, named).await?;
         if profile.profile_kind.is_personal() && profile.created_by != user {
             return Err(AuthProfileError::NotProfileOwner);
         }
         Ok((profile, role))
+    }
+
+    /// The live (not revoked) profile of `team` that `named` names.
+    async fn live_profile(&self, team: TeamId, named: &ProfileRef) -> Result<AuthProfile, AuthProfileError> {
+        let found = match named {
+            ProfileRef::Slug(slug) => self.store.profile_by_slug(team, slug).await?,
+            ProfileRef::Id(id) => {
+                self.store.profile(*id).await?.filter(|p| p.team_id == team && p.status != ProfileStatus::Revoked)
+            }
+        };
+        found.ok_or(AuthProfileError::ProfileNotFound)
     }
 
     /// Creates a profile, or reuses the caller's pending one (see the module documentation).
@@ -624,10 +635,10 @@ impl AuthProfiles {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
         allow_account_change: bool,
     ) -> Result<(AuthProfile, ConnectLink), AuthProfileError> {
-        let (profile, role) = self.usable(team, user, slug).await?;
+        let (profile, role) = self.usable(team, user, named).await?;
         match profile.profile_kind {
             ProfileKind::OauthAccount | ProfileKind::OauthApp | ProfileKind::Env => {}
             ProfileKind::BrowserSession => return Err(AuthProfileError::NoConnectLink),
@@ -654,16 +665,15 @@ impl AuthProfiles {
     }
 
     /// One profile.
-    pub async fn get(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<AuthProfile, AuthProfileError> {
-        Ok(self.usable(team, user, slug).await?.0)
+    pub async fn get(&self, team: &TeamRef, user: UserId, named: &ProfileRef) -> Result<AuthProfile, AuthProfileError> {
+        Ok(self.usable(team, user, named).await?.0)
     }
 
     /// Revokes a profile — the owner of a personal one, or a team owner or admin — and revokes
     /// its tokens at the provider where it offers a way to, on a best-effort basis.
-    pub async fn revoke(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<(), AuthProfileError> {
+    pub async fn revoke(&self, team: &TeamRef, user: UserId, named: &ProfileRef) -> Result<(), AuthProfileError> {
         let (team_record, role) = self.membership(team, user).await?;
-        let profile =
-            self.store.profile_by_slug(team_record.id, slug).await?.ok_or(AuthProfileError::ProfileNotFound)?;
+        let profile = self.live_profile(team_record.id, named).await?;
         if !profile.profile_kind.allows(ProfileRight::Manage, profile.created_by == user, role) {
             return Err(AuthProfileError::refused(profile.profile_kind));
         }
@@ -984,9 +994,9 @@ impl AuthProfiles {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
     ) -> Result<AccessToken, AuthProfileError> {
-        let (profile, _) = self.usable(team, user, slug).await?;
+        let (profile, _) = self.usable(team, user, named).await?;
         self.access_token_of(profile).await
     }
 

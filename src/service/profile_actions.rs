@@ -25,7 +25,7 @@
 use std::time::Duration;
 
 use crate::config::ProbeFillError;
-use crate::domain::{AuthProfile, ProfileKind, ProfileRight, ProfileStatus, Slug, TeamRef, UserId};
+use crate::domain::{AuthProfile, ProfileKind, ProfileRef, ProfileRight, ProfileStatus, Slug, TeamRef, UserId};
 use crate::error::{ErrorChain as _, ErrorCode, PublicError};
 use crate::store::{DefaultOutcome, ProfileChange, ProfileUpdate, StoreError};
 use crate::upstream::providers::ProviderError;
@@ -242,14 +242,14 @@ impl<'a> ProfileActions<'a> {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
         patch: ProfilePatch,
     ) -> Result<Updated, ProfileActionError> {
         if patch.is_empty() {
             return Err(ProfileActionError::NothingToUpdate);
         }
         let store = self.profiles.store();
-        let (mut profile, role) = self.profiles.usable(team, user, slug).await?;
+        let (mut profile, role) = self.profiles.usable(team, user, named).await?;
         may_connect(&profile, user, role)?;
         let mut widened = None;
         for _ in 0..UPDATE_ATTEMPTS {
@@ -307,9 +307,9 @@ impl<'a> ProfileActions<'a> {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
     ) -> Result<AuthProfile, ProfileActionError> {
-        let profile = self.default_candidate(team, user, slug).await?;
+        let profile = self.default_candidate(team, user, named).await?;
         match self.profiles.store().set_default_profile(profile.team_id, profile.id, user, super::now()).await? {
             DefaultOutcome::Set => {}
             DefaultOutcome::Refused => return Err(AuthProfileError::NotAdmin.into()),
@@ -327,9 +327,9 @@ impl<'a> ProfileActions<'a> {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
     ) -> Result<AuthProfile, ProfileActionError> {
-        let profile = self.default_candidate(team, user, slug).await?;
+        let profile = self.default_candidate(team, user, named).await?;
         match self.profiles.store().clear_default_profile(profile.team_id, profile.id, user).await? {
             Some(true) => {
                 tracing::info!(profile_id = %profile.id, "an auth profile is no longer its connector's default")
@@ -347,9 +347,9 @@ impl<'a> ProfileActions<'a> {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
     ) -> Result<AuthProfile, ProfileActionError> {
-        let (profile, role) = self.profiles.usable(team, user, slug).await?;
+        let (profile, role) = self.profiles.usable(team, user, named).await?;
         if profile.profile_kind.is_personal() {
             return Err(ProfileActionError::PersonalNotDefault);
         }
@@ -421,8 +421,13 @@ impl<'a> ProfileActions<'a> {
 
     /// Tests a profile's credential (see the module documentation). Whoever may use the profile
     /// may test it.
-    pub async fn test(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<TestOutcome, ProfileActionError> {
-        let (profile, _) = self.profiles.usable(team, user, slug).await?;
+    pub async fn test(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        named: &ProfileRef,
+    ) -> Result<TestOutcome, ProfileActionError> {
+        let (profile, _) = self.profiles.usable(team, user, named).await?;
         if profile.profile_kind == ProfileKind::Env {
             return self.test_env(&profile).await;
         }

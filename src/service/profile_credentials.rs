@@ -26,7 +26,7 @@ use super::auth_profiles::{AccessToken, AuthProfileError, AuthProfiles, NewProfi
 use crate::config::ConnectorConfig;
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::sha256;
-use crate::domain::{AuthProfile, CredentialMeta, FieldSet, ProfileId, ProfileKind, Slug, TeamRef, UserId};
+use crate::domain::{AuthProfile, CredentialMeta, FieldSet, ProfileId, ProfileKind, ProfileRef, TeamRef, UserId};
 use crate::error::ErrorChain as _;
 use crate::error::ErrorCode;
 use crate::store::{CredentialOutcome, CredentialWrite, SecretKind, StoredSecret};
@@ -427,10 +427,10 @@ impl AuthProfiles {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
         expected: ProfileKind,
     ) -> Result<AuthProfile, AuthProfileError> {
-        let (profile, role) = self.usable(team, user, slug).await?;
+        let (profile, role) = self.usable(team, user, named).await?;
         // The kind first: it is no secret (any member reads it), and a request to the wrong
         // endpoint is told so, whoever sends it.
         if profile.profile_kind != expected {
@@ -448,10 +448,10 @@ impl AuthProfiles {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
         values: &BTreeMap<String, SecretString>,
     ) -> Result<AuthProfile, AuthProfileError> {
-        let profile = self.settable(team, user, slug, ProfileKind::Env).await?;
+        let profile = self.settable(team, user, named, ProfileKind::Env).await?;
         let checked = self.check_env(self.env_connector(&profile.connector_key)?, values)?;
         self.store_credential(&profile, user, &checked, None).await
     }
@@ -461,10 +461,10 @@ impl AuthProfiles {
         &self,
         team: &TeamRef,
         user: UserId,
-        slug: &Slug,
+        named: &ProfileRef,
         input: &BrowserSessionInput,
     ) -> Result<AuthProfile, AuthProfileError> {
-        let profile = self.settable(team, user, slug, ProfileKind::BrowserSession).await?;
+        let profile = self.settable(team, user, named, ProfileKind::BrowserSession).await?;
         let checked = self.check_browser(input)?;
         self.store_credential(&profile, user, &checked, None).await
     }
@@ -472,8 +472,13 @@ impl AuthProfiles {
     /// The credential of a profile, whatever its kind: for OAuth kinds a valid access token
     /// (refreshed first as for [`AuthProfiles::access_token`]), for `env` the values, for
     /// `browser_session` the storage state. A profile without one is `profile_not_connected`.
-    pub async fn credentials(&self, team: &TeamRef, user: UserId, slug: &Slug) -> Result<Credential, AuthProfileError> {
-        let (profile, _) = self.usable(team, user, slug).await?;
+    pub async fn credentials(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        named: &ProfileRef,
+    ) -> Result<Credential, AuthProfileError> {
+        let (profile, _) = self.usable(team, user, named).await?;
         self.credential_of(profile).await
     }
 

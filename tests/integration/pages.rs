@@ -100,6 +100,18 @@ async fn html(response: reqwest::Response, status: StatusCode) -> String {
     text
 }
 
+/// The one form action of a page that ends with `suffix`.
+fn form_action(page: &str, suffix: &str) -> String {
+    let actions: Vec<&str> = page
+        .split("action=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|action| action.ends_with(suffix))
+        .collect();
+    assert_eq!(actions.len(), 1, "one form action ending with {suffix}: {page}");
+    actions[0].to_owned()
+}
+
 /// Signs in with a provider through the stub (which sends the browser straight back).
 async fn sign_in(browser: &mut Browser, app: &TestApp, provider: &str) -> reqwest::Response {
     browser.sign_in(app, &format!("provider={provider}")).await
@@ -756,17 +768,33 @@ async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend)
     assert!(page.contains("My &#60;Issues&#62;") && page.contains(">connected<"), "{page}");
     assert!(page.contains("<li>issues:read</li>"), "{page}");
     let token = csrf_of(&page);
+    // The page's buttons name the connection by its id.
+    let id = body(browser.get(&w.app.url(&format!("/v1/teams/{team}/auth-profiles/issues"))).await, 200).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reconnect = w.app.url(&form_action(&page, "/reconnect"));
+    let revoke = w.app.url(&form_action(&page, "/revoke"));
+    assert_eq!(reconnect, w.app.url(&format!("/account/connections/{team}/{id}/reconnect")));
     // Reconnect: a fresh link, whose start page says so.
-    let reconnect = w.app.url(&format!("/account/connections/{team}/issues/reconnect"));
     let fresh = location(&browser.form(&reconnect, &[("csrf", &token)]).await);
     assert!(fresh.ends_with("/oauth/start") && fresh != link, "{fresh}");
     let page = html(browser.navigate(&fresh).await, StatusCode::OK).await;
     assert!(page.contains("connected again") && page.contains("Choose the same Local account as before"), "{page}");
-    let revoke = w.app.url(&format!("/account/connections/{team}/issues/revoke"));
+    // Renamed since the page was shown, its slug now another profile's (another tab): the
+    // page's Disconnect still disconnects the one it showed.
+    let profiles = w.app.url(&format!("/v1/teams/{team}/auth-profiles"));
+    let renamed = browser.json(Method::PATCH, &format!("{profiles}/{id}"), &json!({"slug": "old-issues"})).await;
+    assert_eq!(body(renamed, 200).await["auth_profile"]["slug"], "old-issues", "a profile is named by its id too");
+    let other = json!({"connector_key": "openai", "profile_kind": "env", "display_name": "Other", "slug": "issues"});
+    body(browser.json(Method::POST, &profiles, &other).await, 201).await;
     html(browser.form(&revoke, &[]).await, StatusCode::FORBIDDEN).await;
     let done = browser.form(&revoke, &[("csrf", &token)]).await;
     assert_eq!(location(&done), "/account?done=revoked");
     assert_eq!(location(&browser.form(&revoke, &[("csrf", &token)]).await), "/account?done=revoked", "again");
+    body(browser.get(&format!("{profiles}/old-issues")).await, 404).await;
+    let kept = body(browser.get(&format!("{profiles}/issues")).await, 200).await;
+    assert_eq!((&kept["display_name"], &kept["status"]), (&json!("Other"), &json!("pending_auth")));
     let page = html(browser.navigate(&w.app.url("/account?done=revoked")).await, StatusCode::OK).await;
     assert!(page.contains("The account was disconnected.") && !page.contains("My &#60;Issues&#62;"), "{page}");
     // "Reconnect" on a page shown before the disconnection (another tab): said on the account
@@ -789,7 +817,7 @@ async fn env_profiles_are_connected_and_reconnected_through_a_fresh_form_link(ba
     // Pending: the account page offers to connect it, with a fresh link to the form.
     let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
     assert!(page.contains(">not connected yet<") && page.contains(">Connect<span class=\"vh\"> OpenAI key"), "{page}");
-    let reconnect = w.app.url(&format!("/account/connections/{team}/ai/reconnect"));
+    let reconnect = w.app.url(&form_action(&page, "/reconnect"));
     let link = location(&browser.form(&reconnect, &[("csrf", &csrf_of(&page))]).await);
     assert!(link.ends_with("/env") && link != first, "{link}");
     assert_eq!(browser.navigate(&first).await.status(), StatusCode::NOT_FOUND, "the older link is replaced");

@@ -17,7 +17,7 @@ use axum::routing::{patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::api::{key_like, parse_display_name, parse_scopes, parse_slug};
+use super::api::{key_like, parse_display_name, parse_profile, parse_scopes, parse_slug};
 use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
@@ -63,7 +63,7 @@ fn parse_update(request: UpdateRequest) -> Result<ProfilePatch, ApiError> {
     tag = "auth-profiles",
     operation_id = "update_auth_profile",
     summary = "Renames a profile or changes its scopes.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     request_body = UpdateRequest,
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileUpdateResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
@@ -76,7 +76,7 @@ async fn update_auth_profile(
     ApiJson(request): ApiJson<UpdateRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let slug = parse_slug(&slug)?;
+    let slug = parse_profile(&slug)?;
     let patch = parse_update(request)?;
     let updated = ProfileActions::new(&state.auth_profiles).update(&team, user, &slug, patch).await?;
     // It may carry a new connect link, a bearer secret.
@@ -89,7 +89,7 @@ async fn update_auth_profile(
     tag = "auth-profiles",
     operation_id = "set_default_auth_profile",
     summary = "Makes a profile its connector's default.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
@@ -100,7 +100,7 @@ async fn set_default_auth_profile(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<Json<AuthProfileResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let slug = parse_slug(&slug)?;
+    let slug = parse_profile(&slug)?;
     Ok(Json(ProfileActions::new(&state.auth_profiles).set_default(&team, user, &slug).await?.into()))
 }
 
@@ -110,7 +110,7 @@ async fn set_default_auth_profile(
     tag = "auth-profiles",
     operation_id = "clear_default_auth_profile",
     summary = "Stops a profile being its connector's default.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
@@ -121,7 +121,7 @@ async fn clear_default_auth_profile(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<Json<AuthProfileResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let slug = parse_slug(&slug)?;
+    let slug = parse_profile(&slug)?;
     Ok(Json(ProfileActions::new(&state.auth_profiles).clear_default(&team, user, &slug).await?.into()))
 }
 
@@ -131,7 +131,7 @@ async fn clear_default_auth_profile(
     tag = "auth-profiles",
     operation_id = "test_auth_profile",
     summary = "Tests a profile's credentials against its connector.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The outcome.", body = AuthProfileTestResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
@@ -142,7 +142,7 @@ async fn test_auth_profile(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<Json<AuthProfileTestResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let slug = parse_slug(&slug)?;
+    let slug = parse_profile(&slug)?;
     Ok(Json(ProfileActions::new(&state.auth_profiles).test(&team, user, &slug).await?.into()))
 }
 

@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::domain::{DisplayName, ProfileKind, Slug, TextError};
+use crate::domain::{DisplayName, ProfileKind, ProfileRef, Slug, TextError};
 use crate::error::ErrorCode;
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
@@ -46,6 +46,11 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// A profile's slug from a request, or 400 `invalid_slug` (shared with the MCP tool).
 pub(crate) fn parse_slug(value: &str) -> Result<Slug, ApiError> {
     Slug::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.to_string()).field("slug"))
+}
+
+/// The profile a path (or the MCP tool's `slug`) names, by slug or by id, or 400 `invalid_slug`.
+pub(crate) fn parse_profile(value: &str) -> Result<ProfileRef, ApiError> {
+    ProfileRef::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.to_string()).field("slug"))
 }
 
 /// The body of a create (also the MCP tool's `create` arguments). No `Debug`: it may carry
@@ -245,7 +250,7 @@ async fn list_auth_profiles(
     tag = "auth-profiles",
     operation_id = "get_auth_profile",
     summary = "An auth profile.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
@@ -256,7 +261,7 @@ async fn get_auth_profile(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<Json<AuthProfileResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    Ok(Json(state.auth_profiles.get(&team, user, &parse_slug(&slug)?).await?.into()))
+    Ok(Json(state.auth_profiles.get(&team, user, &parse_profile(&slug)?).await?.into()))
 }
 
 #[utoipa::path(
@@ -265,7 +270,7 @@ async fn get_auth_profile(
     tag = "auth-profiles",
     operation_id = "revoke_auth_profile",
     summary = "Revokes an auth profile.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 204, description = "Revoked.")),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
@@ -276,7 +281,7 @@ async fn revoke_auth_profile(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<StatusCode, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    state.auth_profiles.revoke(&team, user, &parse_slug(&slug)?).await?;
+    state.auth_profiles.revoke(&team, user, &parse_profile(&slug)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -293,7 +298,7 @@ struct ConnectRequest {
     tag = "auth-profiles",
     operation_id = "connect_auth_profile",
     summary = "A new connect link for a profile; the body is optional.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     request_body(content = Option<ConnectRequest>, description = "Optional: `{\"allow_account_change\": true}`."),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile and link.", body = AuthProfileWithLinkResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
@@ -318,7 +323,7 @@ async fn connect_auth_profile(
         false => json_bytes(&body)?,
     };
     let allow = request.allow_account_change.unwrap_or(false);
-    let linked = state.auth_profiles.connect_link(&team, user, &parse_slug(&slug)?, allow).await?;
+    let linked = state.auth_profiles.connect_link(&team, user, &parse_profile(&slug)?, allow).await?;
     Ok(no_store(Json(AuthProfileWithLinkResponse::from(linked))))
 }
 
@@ -328,7 +333,7 @@ async fn connect_auth_profile(
     tag = "auth-profiles",
     operation_id = "auth_profile_token",
     summary = "A fresh access token of a connected profile.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The token (`Cache-Control: no-store`).", body = AuthProfileTokenResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
@@ -340,6 +345,6 @@ async fn auth_profile_token(
 ) -> Result<axum::response::Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let token: AuthProfileTokenResponse =
-        state.auth_profiles.access_token(&team, user, &parse_slug(&slug)?).await?.into();
+        state.auth_profiles.access_token(&team, user, &parse_profile(&slug)?).await?.into();
     Ok(no_store(Json(token)))
 }

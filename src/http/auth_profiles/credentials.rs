@@ -17,7 +17,7 @@ use axum::routing::{post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::api::{distinct_values, parse_slug, secret_values};
+use super::api::{distinct_values, parse_profile, secret_values};
 use crate::http::AppState;
 use crate::http::caller::{OnBehalf, actor};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
@@ -48,7 +48,7 @@ struct EnvRequest {
     tag = "auth-profiles",
     operation_id = "set_env_values",
     summary = "Sets the values of an `env` profile.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     request_body = EnvRequest,
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
@@ -61,7 +61,7 @@ async fn set_env_values(
     ApiJson(request): ApiJson<EnvRequest>,
 ) -> Result<Json<AuthProfileResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let slug = parse_slug(&slug)?;
+    let slug = parse_profile(&slug)?;
     let values = secret_values(request.values);
     Ok(Json(state.auth_profiles.set_env(&team, user, &slug, &values).await?.into()))
 }
@@ -82,7 +82,7 @@ struct BrowserSessionRequest {
     tag = "auth-profiles",
     operation_id = "set_browser_session",
     summary = "Sets the storage state of a `browser_session` profile.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     request_body = BrowserSessionRequest,
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The profile.", body = AuthProfileResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
@@ -95,7 +95,7 @@ async fn set_browser_session(
     ApiJson(request): ApiJson<BrowserSessionRequest>,
 ) -> Result<Json<AuthProfileResponse>, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let slug = parse_slug(&slug)?;
+    let slug = parse_profile(&slug)?;
     let input = BrowserSessionInput {
         storage_state: request.storage_state,
         browser_kind: request.browser_kind,
@@ -110,7 +110,7 @@ async fn set_browser_session(
     tag = "auth-profiles",
     operation_id = "profile_credentials",
     summary = "A profile's credentials.",
-    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile slug"), crate::http::openapi::OnBehalfParams),
+    params(("team" = String, Path, description = "A team id or slug"), ("slug" = String, Path, description = "An auth profile's slug, or its id (a UUID)"), crate::http::openapi::OnBehalfParams),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The credentials (`Cache-Control: no-store`).", body = CredentialResponse)),
     security(("bearer" = []), ("session" = []), ("admin_token" = []), ("admin_token_header" = [])),
 )]
@@ -122,6 +122,6 @@ async fn profile_credentials(
 ) -> Result<Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let credential: CredentialResponse =
-        state.auth_profiles.credentials(&team, user, &parse_slug(&slug)?).await?.into();
+        state.auth_profiles.credentials(&team, user, &parse_profile(&slug)?).await?.into();
     Ok(no_store(Json(credential)))
 }
