@@ -1583,6 +1583,23 @@ async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert!(response.headers().get("x-tessera-sign-in").is_none());
     }
+    // A deep link too long to come back to, or holding a backslash in its query, comes back to
+    // its path; one whose path is too long, to its origin: the browser still gets to sign in, and
+    // the sign-in URL fits nginx's default header buffer.
+    let long_query = format!("https://app.example.com/explore?left={}", "%5B%22a%22%5D".repeat(200));
+    let backslash = "https://app.example.com/explore?path=C:\\temp";
+    let long_path = format!("https://app.example.com/{}", "p/".repeat(1100));
+    for (asked, kept) in [
+        (long_query.as_str(), "https://app.example.com/explore"),
+        (backslash, "https://app.example.com/explore"),
+        (long_path.as_str(), "https://app.example.com/"),
+    ] {
+        let response = verify("").header("x-original-url", asked).header("accept", "text/html").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let told = response.headers()["x-tessera-sign-in"].to_str().unwrap().to_owned();
+        let query = url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", kept).finish();
+        assert_eq!(told, w.app.url(&format!("/auth/login?{query}")), "{asked}");
+    }
     // A URL on Tessera's own host comes back as a path.
     let own = verify("").header("x-original-url", w.app.url("/account?tab=1")).header("accept", "text/html");
     let own = own.send().await.unwrap();

@@ -84,21 +84,31 @@ fn sign_in_first(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> 
     response
 }
 
+/// The longest sign-in URL `X-Tessera-Sign-In` or the redirect carries: with the rest of a 401's
+/// headers it stays within nginx's default `proxy_buffer_size` (4 KiB), past which nginx would
+/// answer the browser 500 instead.
+const MAX_SIGN_IN_URL: usize = 3000;
+
 /// `/auth/login` with a `return_to` of the URL the browser asked the proxy for, when that is on
-/// Tessera's own origin or an allowed one (`auth.return_to_origins`).
+/// Tessera's own origin or an allowed one (`auth.return_to_origins`). A URL too long to come back
+/// to (over 2048 characters, or a sign-in URL over [`MAX_SIGN_IN_URL`] once encoded), or one
+/// holding what a `return_to` may not (a backslash in its query), comes back to its path without
+/// the query, else to the origin's root: a deep link that cannot be kept still leads to sign-in.
 fn sign_in_url(state: &AppState, headers: &HeaderMap) -> Option<String> {
     let original = url::Url::parse(&original_url(headers)?).ok()?;
-    let return_to = match state.flows.public_origin() {
-        Some(own) if own == original.origin().ascii_serialization() => {
-            let query = original.query().map(|q| format!("?{q}")).unwrap_or_default();
-            format!("{}{query}", original.path())
-        }
-        _ => original.to_string(),
-    };
-    let return_to = state.sign_in.check_return_to(&return_to).ok()?;
-    let query =
-        url::form_urlencoded::Serializer::new(String::new()).append_pair("return_to", return_to.as_str()).finish();
-    Some(format!("{}/auth/login?{query}", state.flows.public_url()))
+    let own = state.flows.public_origin().is_some_and(|own| own == original.origin().ascii_serialization());
+    let origin = if own { String::new() } else { original.origin().ascii_serialization() };
+    let query = original.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let path = original.path();
+    [format!("{origin}{path}{query}"), format!("{origin}{path}"), format!("{origin}/")].into_iter().find_map(
+        |candidate| {
+            let return_to = state.sign_in.check_return_to(&candidate).ok()?;
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("return_to", return_to.as_str())
+                .finish();
+            Some(format!("{}/auth/login?{query}", state.flows.public_url())).filter(|url| url.len() <= MAX_SIGN_IN_URL)
+        },
+    )
 }
 
 /// The URL the browser asked the proxy for: `X-Original-URL` (nginx), else `X-Forwarded-Proto`,
