@@ -603,7 +603,8 @@ async fn a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_gran
         ("redirect_uri", REDIRECT),
         ("code_verifier", &verifier),
     ];
-    let responses = concurrently((0..16).map(|_| token_builder(&w.app, (&client, &secret), &form)).collect()).await;
+    let responses =
+        send_at_once(&(0..16).map(|_| token_builder(&w.app, (&client, &secret), &form)).collect::<Vec<_>>()).await;
     let mut issued = Vec::new();
     for response in responses {
         match response.status().as_u16() {
@@ -779,7 +780,7 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
     assert_eq!(oauth_error(blank, 400).await, "invalid_scope");
     // Sixteen at once with r2: one wins, the others are reuse, which revokes the family.
     let form = [("grant_type", "refresh_token"), ("refresh_token", r2.as_str())];
-    let responses = concurrently((0..16).map(|_| token_builder(&w.app, creds, &form)).collect()).await;
+    let responses = send_at_once(&(0..16).map(|_| token_builder(&w.app, creds, &form)).collect::<Vec<_>>()).await;
     let wins = responses.iter().filter(|r| r.status() == 200).count();
     assert_eq!(wins, 1, "exactly one rotation wins");
     let sql = w.app.db.sql().await;
@@ -854,7 +855,7 @@ async fn within_the_reuse_interval_every_concurrent_refresh_gets_its_own_token(b
     let first = body(exchange(&w.app, creds, &code, &verifier).await, 200).await;
     let r1 = first["refresh_token"].as_str().unwrap().to_owned();
     let form = [("grant_type", "refresh_token"), ("refresh_token", r1.as_str())];
-    let responses = concurrently((0..16).map(|_| token_builder(&w.app, creds, &form)).collect()).await;
+    let responses = send_at_once(&(0..16).map(|_| token_builder(&w.app, creds, &form)).collect::<Vec<_>>()).await;
     let mut successors = HashSet::new();
     for response in responses {
         successors.insert(body(response, 200).await["refresh_token"].as_str().unwrap().to_owned());
@@ -904,6 +905,7 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
     // unknown kid: the next such token makes it read them, from a database now gone.
     tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     w.app.close_store().await;
+    let closed = std::time::Instant::now();
     let revoke = w.app.client.post(w.app.url("/oauth/revoke")).basic_auth(&client, Some(&secret));
     let answer = revoke.form(&[("token", token.as_str())]).send().await.unwrap();
     assert_eq!(oauth_error(answer, 503).await, "temporarily_unavailable");
@@ -916,28 +918,19 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
     let verify = w.app.client.get(w.app.url("/auth/verify?audience=https%3A%2F%2Fapi.example.com"));
     let verified = verify.bearer_auth(&token).send().await.unwrap();
     assert_eq!(verified.status(), 503);
-    // A sign-in request whose session cannot be read, and one from a browser without a session:
-    // while the instance still vouches for the client it read (its cache-log reads are recent),
-    // the app is told at its redirect URI to try again later (RFC 6749 4.1.2.1), with its state,
-    // so that a silent `prompt=none` check hears back; once it cannot, a browser gets the page of
-    // `store_unavailable` (try again), not one blaming the app for its request, whose "Try again"
-    // is the request itself — not a new sign-in, which would end the session the browser may
-    // still have, nor `/login` with the whole request as its `return_to` —; a client, the RFC's
-    // JSON.
+    // A sign-in request whose session cannot be read, and one from a browser without a session,
+    // once the instance can no longer vouch for the client it read (its last read of the cache
+    // log more than `cache.sync_interval_ms` + 750 ms ago: none succeeds after the close): a
+    // browser gets the page of `store_unavailable` (try again), not one blaming the app for its
+    // request, whose "Try again" is the request itself — not a new sign-in, which would end the
+    // session the browser may still have, nor `/login` with the whole request as its
+    // `return_to` —; a client, the RFC's JSON.
+    tokio::time::sleep(std::time::Duration::from_millis(1200).saturating_sub(closed.elapsed())).await;
     let (_, challenge) = pkce();
-    let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for (cookie, accept) in [("tessera_session=s", "text/html"), ("", "text/html"), ("tessera_session=s", "*/*")] {
-        let prompt = if cookie.is_empty() { "" } else { "&prompt=none" };
-        let request = plain.get(authorize_url(&w.app, &client, &challenge, prompt)).header("accept", accept);
-        let request = if cookie.is_empty() { request } else { request.header("cookie", cookie) };
-        let answer = request.send().await.unwrap();
-        if answer.status() == StatusCode::SEE_OTHER {
-            let to = location(&answer);
-            assert!(to.starts_with(REDIRECT), "{to}");
-            assert_eq!(param(&to, "error").as_deref(), Some("temporarily_unavailable"), "{to}");
-            assert_eq!(param(&to, "state").as_deref(), Some("st-1"), "{to}");
-        } else if accept == "text/html" {
-            assert_eq!(answer.status(), 503);
+        let answer = authorize_without_store(&w.app, &client, &challenge, cookie, accept).await;
+        if accept == "text/html" {
+            assert_eq!(answer.status(), 503, "{cookie}");
             let html = answer.text().await.unwrap();
             assert!(html.contains("store_unavailable") && !html.contains("The app that sent you here"), "{html}");
             assert!(html.contains("href=\"/oauth/authorize?") && !html.contains("href=\"/login"), "{html}");
@@ -945,6 +938,39 @@ async fn a_token_that_cannot_be_checked_is_not_answered_as_revoked(backend: Back
             assert_eq!(oauth_error(answer, 503).await, "temporarily_unavailable");
         }
     }
+    // While the instance still vouches for the client (here, reading the cache log once a
+    // minute), a request whose session cannot be read is sent back to the app's redirect URI
+    // with `temporarily_unavailable` (RFC 6749 4.1.2.1) and its state, so that a silent
+    // `prompt=none` check hears back.
+    let w = op_world_with(backend, |config| config.cache.sync_interval = std::time::Duration::from_secs(60)).await;
+    let (client, secret) = web_app(&w.app).await;
+    assert_eq!(introspect(&w.app, (&client, &secret), "garbage").await, json!({"active": false}));
+    eventually("the first read of the cache log", || async { w.app.cache_sync.last_read_at().is_some() }).await;
+    w.app.close_store().await;
+    for accept in ["text/html", "*/*"] {
+        let answer = authorize_without_store(&w.app, &client, &challenge, "tessera_session=s", accept).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{accept}");
+        let to = location(&answer);
+        assert!(to.starts_with(REDIRECT), "{to}");
+        assert_eq!(param(&to, "error").as_deref(), Some("temporarily_unavailable"), "{to}");
+        assert_eq!(param(&to, "state").as_deref(), Some("st-1"), "{to}");
+    }
+}
+
+/// An authorization request of `client` (with `prompt=none` when it sends a cookie), sent without
+/// following redirects.
+async fn authorize_without_store(
+    app: &TestApp,
+    client: &str,
+    challenge: &str,
+    cookie: &str,
+    accept: &str,
+) -> reqwest::Response {
+    let prompt = if cookie.is_empty() { "" } else { "&prompt=none" };
+    let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let request = plain.get(authorize_url(app, client, challenge, prompt)).header("accept", accept);
+    let request = if cookie.is_empty() { request } else { request.header("cookie", cookie) };
+    request.send().await.unwrap()
 }
 
 /// A client signing out with the last access token it holds, expired by then, ends the grant
@@ -1276,9 +1302,6 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     let who = me["name"].as_str().or(me["email"].as_str()).unwrap();
     assert!(html.contains(&format!("Signed in as <strong>{who}</strong>")), "{who}: {html}");
     let request_id = request_id_of(&html);
-    // A consent decision needs the same session.
-    let stranger = Browser::new().json(Method::POST, &w.app.url("/oauth/consent"), &json!({})).await;
-    assert!(stranger.status().is_client_error());
     // A double click, or eight: each answer sends the browser on with the one code issued (the
     // browser keeps only the last response).
     let cookies: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -2622,16 +2645,6 @@ async fn offline_and_online(w: &World, browser: &mut Browser, client: (&str, &st
     (offline, body(exchange(&w.app, client, &code, &verifier).await, 200).await)
 }
 
-/// Sends requests all at once, each from its own task.
-pub async fn concurrently(requests: Vec<reqwest::RequestBuilder>) -> Vec<reqwest::Response> {
-    let tasks: Vec<_> = requests.into_iter().map(|r| tokio::spawn(async move { r.send().await.unwrap() })).collect();
-    let mut out = Vec::new();
-    for task in tasks {
-        out.push(task.await.unwrap());
-    }
-    out
-}
-
 fn token_builder(app: &TestApp, client: (&str, &str), form: &[(&str, &str)]) -> reqwest::RequestBuilder {
     app.client.post(app.url("/oauth/token")).basic_auth(client.0, Some(client.1)).form(form)
 }
@@ -2840,7 +2853,7 @@ async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
     // Removed many times at once: one removal, one audit row, every grant of the app ended.
     let cookie: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let removals = (0..8)
+    let removals: Vec<_> = (0..8)
         .map(|_| {
             no_redirects
                 .post(w.app.url("/account/apps/remove"))
@@ -2849,7 +2862,7 @@ async fn a_user_removes_an_apps_access_from_the_account_page(backend: Backend) {
                 .form(&[("csrf", token.as_str()), ("client", client.as_str())])
         })
         .collect();
-    for response in concurrently(removals).await {
+    for response in send_at_once(&removals).await {
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         assert_eq!(location(&response), "/account?done=app-removed");
     }
