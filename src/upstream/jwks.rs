@@ -247,6 +247,9 @@ pub struct JwksCache {
 struct Inner {
     issuer: Issuer,
     jwks_uri: Option<Url>,
+    /// The `jwks_uri` the issuer's discovery document last named (without a configured one):
+    /// the keys are fetched from it while discovery itself cannot be read.
+    discovered: std::sync::Mutex<Option<Url>>,
     http: reqwest::Client,
     cooldown: Duration,
     failure_backoff: Duration,
@@ -267,6 +270,7 @@ impl JwksCache {
         let inner = Inner {
             issuer,
             jwks_uri,
+            discovered: std::sync::Mutex::new(None),
             http,
             cooldown: config.refetch_cooldown,
             failure_backoff: config.failure_backoff,
@@ -491,16 +495,28 @@ impl Inner {
         }
     }
 
+    /// The `jwks_uri` of the issuer's discovery document; while the document cannot be fetched
+    /// (an outage of its host or its CDN, not an answer naming other keys), the one it last named,
+    /// so that a rotation of keys during such an outage is still followed.
+    async fn discover_jwks_uri(&self) -> Result<Url, FetchError> {
+        let discovered = || self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+        let document = match fetch_discovery(&self.http, &self.issuer).await {
+            Ok((document, _)) => document,
+            Err(error @ (FetchError::Http { .. } | FetchError::Status { .. })) => {
+                return discovered().clone().ok_or(error);
+            }
+            Err(error) => return Err(error),
+        };
+        let uri = discovered_endpoint(&document, "jwks_uri", &self.issuer)?
+            .ok_or_else(|| FetchError::Invalid { url: self.issuer.discovery_url(), problem: "no jwks_uri".into() })?;
+        *discovered() = Some(uri.clone());
+        Ok(uri)
+    }
+
     async fn fetch(&self) -> Result<(Vec<Arc<VerificationKey>>, Duration), FetchError> {
         let jwks_uri = match &self.jwks_uri {
             Some(uri) => uri.clone(),
-            None => {
-                let (document, _) = fetch_discovery(&self.http, &self.issuer).await?;
-                discovered_endpoint(&document, "jwks_uri", &self.issuer)?.ok_or_else(|| FetchError::Invalid {
-                    url: self.issuer.discovery_url(),
-                    problem: "no jwks_uri".into(),
-                })?
-            }
+            None => self.discover_jwks_uri().await?,
         };
         let (document, max_age) = fetch_json(&self.http, &jwks_uri).await?;
         let invalid = |problem: &str| FetchError::Invalid { url: jwks_uri.to_string(), problem: problem.into() };
@@ -869,6 +885,12 @@ mod outage_tests {
     /// A cache of `local`'s keys that never waits between fetches, serving expired keys for
     /// `max_stale`.
     fn eager(local: &LocalIssuer, max_stale: Duration) -> JwksCache {
+        let jwks_uri = Url::parse(&local.jwks_uri()).unwrap();
+        eager_of(local, Some(jwks_uri), max_stale)
+    }
+
+    /// [`eager`], with the given `jwks_uri` (`None`: through discovery).
+    fn eager_of(local: &LocalIssuer, jwks_uri: Option<Url>, max_stale: Duration) -> JwksCache {
         let config = JwksConfig {
             refetch_cooldown: Duration::ZERO,
             failure_backoff: Duration::ZERO,
@@ -877,8 +899,7 @@ mod outage_tests {
             min_max_age: Duration::ZERO,
             max_stale,
         };
-        let jwks_uri = Url::parse(&local.jwks_uri()).unwrap();
-        JwksCache::new(Issuer::parse(local.issuer()).unwrap(), Some(jwks_uri), reqwest::Client::new(), &config)
+        JwksCache::new(Issuer::parse(local.issuer()).unwrap(), jwks_uri, reqwest::Client::new(), &config)
     }
 
     /// After a suspend (or a paused VM), the monotonic clock lags: keys past their `max-age` by
@@ -941,6 +962,26 @@ mod outage_tests {
         let (warnings, back) = (logs.lines("WARN"), logs.lines("INFO"));
         assert_eq!((warnings.len(), back.len()), (2, 2), "{}", logs.text());
         assert!(warnings.iter().chain(&back).all(|line| line.contains(local.issuer())), "each names its issuer");
+    }
+
+    /// An issuer found through discovery whose discovery document is down while its keys are
+    /// served (a CDN in front of one, not the other): a key rotated in meanwhile is fetched from
+    /// the `jwks_uri` the document last named. Never having read the document, there is none.
+    #[tokio::test]
+    async fn a_discovery_outage_still_follows_a_key_rotation() {
+        let _logs = capture();
+        let local = LocalIssuer::start().await.unwrap();
+        let cache = eager_of(&local, None, Duration::ZERO);
+        let never_discovered = eager_of(&local, None, Duration::ZERO);
+        let set = cache.keys().await.expect("keys, through discovery");
+        local.set_discovery_available(false);
+        assert!(never_discovered.keys().await.is_none(), "no jwks_uri known");
+        let rotated = local.add_key(tessera_testkit::local_issuer::Alg::Es256);
+        let AfterMiss::Newer(set) = cache.refresh_after_miss(&set, Miss::UnknownKey).await else {
+            panic!("the rotated keys, from the last jwks_uri");
+        };
+        assert!(set.has_kid(&rotated), "the new key");
+        assert_eq!(local.discovery_fetches(), 3, "discovery was tried each time");
     }
 
     /// Expired keys are served through an outage for `jwks.max_stale_seconds`, and no longer: a

@@ -122,6 +122,8 @@ struct IssuerState {
     issuer: String,
     keys: RwLock<Vec<SigningKey>>,
     available: AtomicBool,
+    /// While false, only the discovery document answers 503 (its keys are still served).
+    discovery_available: AtomicBool,
     /// While false, JWKS requests wait (an issuer that accepts connections but hangs).
     jwks_open: tokio::sync::watch::Sender<bool>,
     max_age: AtomicU64,
@@ -185,6 +187,7 @@ impl LocalIssuer {
                 SigningKey::generate("ed-1", Alg::EdDsa),
             ]),
             available: AtomicBool::new(true),
+            discovery_available: AtomicBool::new(true),
             jwks_open: tokio::sync::watch::Sender::new(true),
             max_age: AtomicU64::new(300),
             discovery_max_age: AtomicU64::new(0),
@@ -286,6 +289,11 @@ impl LocalIssuer {
         self.state.max_age.store(seconds, Ordering::SeqCst);
     }
 
+    /// Makes the discovery document alone answer 503 (`false`), or answer again (`true`).
+    pub fn set_discovery_available(&self, available: bool) {
+        self.state.discovery_available.store(available, Ordering::SeqCst);
+    }
+
     /// Sets the `Cache-Control: max-age` of the discovery document (none by default).
     pub fn set_discovery_max_age(&self, seconds: u64) {
         self.state.discovery_max_age.store(seconds, Ordering::SeqCst);
@@ -354,7 +362,7 @@ pub fn encode_part(value: &Value) -> String {
 
 async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
     state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
-    if !state.available.load(Ordering::SeqCst) {
+    if !state.available.load(Ordering::SeqCst) || !state.discovery_available.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let document = Json(json!({
