@@ -648,7 +648,8 @@ async fn callback_to_end(
         },
     };
     if let Purpose::Connect { .. } = finished.purpose {
-        return match state.auth_profiles.complete(finished, current_user).await {
+        let request_id = super::audit::request_id(&headers);
+        return match state.auth_profiles.complete(finished, current_user, request_id.as_deref()).await {
             // On to a page of its own (a GET): reloading it must not replay this callback.
             Ok(_) => redirect(super::auth_profiles::connect::CONNECTED, &[clear_login]),
             Err(error) => {

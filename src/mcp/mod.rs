@@ -226,7 +226,13 @@ impl McpServer {
     }
 
     /// Runs one call of `manage_auth_profiles` for `user`; the value is the result's JSON content.
-    pub async fn manage_auth_profiles(&self, user: UserId, arguments: Option<JsonObject>) -> Result<Value, ApiError> {
+    /// `x_request_id` (the HTTP request's id) goes in the audit rows of the changes it makes.
+    pub async fn manage_auth_profiles(
+        &self,
+        user: UserId,
+        arguments: Option<JsonObject>,
+        x_request_id: Option<&str>,
+    ) -> Result<Value, ApiError> {
         let arguments = parse_arguments(arguments)?;
         let team = parse_team(arguments.team.trim())?;
         let service = &self.auth_profiles;
@@ -236,10 +242,10 @@ impl McpServer {
                 let slug = slug_of(&arguments)?;
                 to_json(AuthProfileResponse::from(service.get(&team, user, &slug).await?))
             }
-            Action::Create => self.create(&team, user, arguments).await?,
+            Action::Create => self.create(&team, user, arguments, x_request_id).await?,
             Action::Delete => {
                 let slug = slug_of(&arguments)?;
-                service.revoke(&team, user, &slug).await?;
+                service.revoke(&team, user, &slug, x_request_id).await?;
                 json!({"slug": arguments.slug, "status": "revoked"})
             }
             Action::Connect => {
@@ -280,7 +286,13 @@ impl McpServer {
         Ok(value)
     }
 
-    async fn create(&self, team: &TeamRef, user: UserId, arguments: Arguments) -> Result<Value, ApiError> {
+    async fn create(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        arguments: Arguments,
+        x_request_id: Option<&str>,
+    ) -> Result<Value, ApiError> {
         let request = parse_create(CreateRequest {
             connector_key: arguments.connector_key,
             profile_kind: arguments.profile_kind,
@@ -290,7 +302,7 @@ impl McpServer {
             scopes: arguments.scopes,
             ..CreateRequest::default()
         })?;
-        let created = self.auth_profiles.create(team, user, request).await?;
+        let created = self.auth_profiles.create(team, user, request, x_request_id).await?;
         Ok(to_json(AuthProfileWithLinkResponse::from(created)))
     }
 }
@@ -424,12 +436,12 @@ impl ServerHandler for McpServer {
             }
         };
         // `http::mcp` lets no request through without a verified caller.
-        let caller = context
-            .extensions
-            .get::<http::request::Parts>()
+        let parts = context.extensions.get::<http::request::Parts>();
+        let caller = parts
             .and_then(|parts| parts.extensions.get::<Caller>())
             .copied()
             .ok_or_else(|| ErrorData::internal_error("the request carries no authenticated user", None))?;
+        let x_request_id = parts.and_then(|parts| crate::http::audit::request_id(&parts.headers));
         // In a task of its own: the SDK runs this handler in a task whose panic nothing waits
         // for, and the HTTP request would then wait for an answer forever.
         let server = self.clone();
@@ -437,7 +449,7 @@ impl ServerHandler for McpServer {
             if teams {
                 server.list_teams(caller.0, request.arguments).await
             } else {
-                server.manage_auth_profiles(caller.0, request.arguments).await
+                server.manage_auth_profiles(caller.0, request.arguments, x_request_id.as_deref()).await
             }
         };
         let result = match answered(call).await {

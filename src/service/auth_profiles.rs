@@ -454,7 +454,15 @@ impl AuthProfiles {
     }
 
     /// Creates a profile, or reuses the caller's pending one (see the module documentation).
-    pub async fn create(&self, team: &TeamRef, user: UserId, request: NewProfile) -> Result<Created, AuthProfileError> {
+    /// `x_request_id` (the HTTP request's id) goes in the audit row of a profile created with
+    /// its credential.
+    pub async fn create(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        request: NewProfile,
+        x_request_id: Option<&str>,
+    ) -> Result<Created, AuthProfileError> {
         let (team, role) = self.membership(team, user).await?;
         if !request.kind.is_creatable() {
             return Err(AuthProfileError::UnsupportedKind);
@@ -530,7 +538,9 @@ impl AuthProfiles {
                 (None, _) => Some(self.new_link(&profile, user, false)),
             };
             let first = match (&sealed, &credential, &link) {
-                (Some(ciphertext), Some(credential), _) => FirstWrite::Credential(ciphertext, &credential.meta),
+                (Some(ciphertext), Some(credential), _) => {
+                    FirstWrite::Credential(ciphertext, &credential.meta, x_request_id)
+                }
                 (_, _, Some((token, _))) => FirstWrite::Link(token),
                 _ => FirstWrite::Nothing,
             };
@@ -671,14 +681,21 @@ impl AuthProfiles {
 
     /// Revokes a profile — the owner of a personal one, or a team owner or admin — and revokes
     /// its tokens at the provider where it offers a way to, on a best-effort basis.
-    pub async fn revoke(&self, team: &TeamRef, user: UserId, named: &ProfileRef) -> Result<(), AuthProfileError> {
+    /// `x_request_id` (the HTTP request's id) goes in the audit row.
+    pub async fn revoke(
+        &self,
+        team: &TeamRef,
+        user: UserId,
+        named: &ProfileRef,
+        x_request_id: Option<&str>,
+    ) -> Result<(), AuthProfileError> {
         let (team_record, role) = self.membership(team, user).await?;
         let profile = self.live_profile(team_record.id, named).await?;
         if !profile.profile_kind.allows(ProfileRight::Manage, profile.created_by == user, role) {
             return Err(AuthProfileError::refused(profile.profile_kind));
         }
         // Checked again in the write, against a removal or demotion that lands meanwhile.
-        let secrets = match self.store.revoke_profile(profile.id, Some(user), super::now()).await? {
+        let secrets = match self.store.revoke_profile(profile.id, Some(user), super::now(), x_request_id).await? {
             Revocation::Revoked(secrets) => secrets,
             Revocation::NotFound => return Err(AuthProfileError::ProfileNotFound),
             Revocation::Refused => return Err(AuthProfileError::refused(profile.profile_kind)),
@@ -897,10 +914,12 @@ impl AuthProfiles {
     }
 
     /// Completes a finished connect flow: stores the credentials and activates the profile.
+    /// `x_request_id` (the HTTP request's id) goes in the audit row.
     pub async fn complete(
         &self,
         finished: Finished,
         current_user: Option<UserId>,
+        x_request_id: Option<&str>,
     ) -> Result<AuthProfile, AuthProfileError> {
         let (target, tokens) = match &finished.purpose {
             Purpose::Connect { profile, .. } => (Some(*profile), Some(finished.tokens.clone())),
@@ -910,7 +929,7 @@ impl AuthProfiles {
         // The provider the tokens are from, known without the profile's row: a team deleted
         // meanwhile takes that row with it, and its tokens must not stay live at the provider.
         let provider = finished.provider.name().to_owned();
-        let completed = self.activate_finished(finished, current_user).await;
+        let completed = self.activate_finished(finished, current_user, x_request_id).await;
         // The code was exchanged already: tokens a refused connection leaves are no one's to
         // have, so they are revoked at the provider (best effort), not left live there. Only on
         // a definite refusal: a store failure may hide an activation that committed.
@@ -940,6 +959,7 @@ impl AuthProfiles {
         &self,
         finished: Finished,
         current_user: Option<UserId>,
+        x_request_id: Option<&str>,
     ) -> Result<AuthProfile, AuthProfileError> {
         let Purpose::Connect { user, profile, version, allow_account_change } = finished.purpose else {
             return Err(FlowError::InvalidState("this flow does not connect an account").into());
@@ -971,6 +991,7 @@ impl AuthProfiles {
             upstream_account_id: account,
             scopes,
             now: super::now(),
+            request_id: x_request_id.map(str::to_owned),
         };
         let Some(activated) = self.store.activate_profile(profile, version, &activation).await? else {
             // Refused because the member lost the right meanwhile (removed, demoted, disabled),

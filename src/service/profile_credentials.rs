@@ -381,13 +381,15 @@ impl AuthProfiles {
     }
 
     /// Encrypts and stores a checked credential, activating the profile; with a connect token,
-    /// consuming it in the same transaction.
+    /// consuming it in the same transaction. `x_request_id` (the HTTP request's id) goes in the
+    /// audit row.
     pub(super) async fn store_credential(
         &self,
         profile: &AuthProfile,
         by: UserId,
         credential: &CheckedCredential,
         connect_token: Option<&[u8; 32]>,
+        x_request_id: Option<&str>,
     ) -> Result<AuthProfile, AuthProfileError> {
         let ciphertext = self.seal(profile.id, credential)?;
         let write = CredentialWrite {
@@ -397,6 +399,7 @@ impl AuthProfiles {
             meta: &credential.meta,
             connect_token,
             now: super::now(),
+            request_id: x_request_id,
         };
         match self.store.put_profile_credential(&write).await? {
             CredentialOutcome::Stored(stored) => {
@@ -450,10 +453,11 @@ impl AuthProfiles {
         user: UserId,
         named: &ProfileRef,
         values: &BTreeMap<String, SecretString>,
+        x_request_id: Option<&str>,
     ) -> Result<AuthProfile, AuthProfileError> {
         let profile = self.settable(team, user, named, ProfileKind::Env).await?;
         let checked = self.check_env(self.env_connector(&profile.connector_key)?, values)?;
-        self.store_credential(&profile, user, &checked, None).await
+        self.store_credential(&profile, user, &checked, None, x_request_id).await
     }
 
     /// Sets the storage state of a `browser_session` profile, replacing it (`PUT …/browser-session`).
@@ -463,10 +467,11 @@ impl AuthProfiles {
         user: UserId,
         named: &ProfileRef,
         input: &BrowserSessionInput,
+        x_request_id: Option<&str>,
     ) -> Result<AuthProfile, AuthProfileError> {
         let profile = self.settable(team, user, named, ProfileKind::BrowserSession).await?;
         let checked = self.check_browser(input)?;
-        self.store_credential(&profile, user, &checked, None).await
+        self.store_credential(&profile, user, &checked, None, x_request_id).await
     }
 
     /// The credential of a profile, whatever its kind: for OAuth kinds a valid access token
@@ -573,6 +578,7 @@ impl AuthProfiles {
         user: UserId,
         session: &[u8; 32],
         values: BTreeMap<String, SecretString>,
+        x_request_id: Option<String>,
     ) -> Result<AuthProfile, AuthProfileError> {
         // Other values are another form (the back button, say): they are not taken as stored.
         let mut sent = Vec::new();
@@ -588,7 +594,7 @@ impl AuthProfiles {
         let work = move || async move {
             let (hash, user, form) = this.env_link(&token, Some(user)).await?;
             let checked = this.check_env(&form.connector, &values)?;
-            this.store_credential(&form.profile, user, &checked, Some(&hash)).await
+            this.store_credential(&form.profile, user, &checked, Some(&hash), x_request_id.as_deref()).await
         };
         self.stored.answer(&form, &sender, work).await
     }

@@ -735,9 +735,9 @@ pub struct ConnectToken {
 pub enum FirstWrite<'a> {
     /// Nothing: the profile stays pending.
     Nothing,
-    /// Its credential: the key-ring ciphertext (bound to the new profile's id) and what may be
-    /// shown about it.
-    Credential(&'a [u8], &'a CredentialMeta),
+    /// Its credential: the key-ring ciphertext (bound to the new profile's id), what may be
+    /// shown about it, and the id of the request that creates it (for the audit row).
+    Credential(&'a [u8], &'a CredentialMeta, Option<&'a str>),
     /// Its first connect link.
     Link(&'a ConnectToken),
 }
@@ -789,6 +789,8 @@ pub struct Activation {
     pub scopes: Vec<String>,
     /// Time of the change.
     pub now: DateTime<Utc>,
+    /// The id of the request that completed the flow, for the audit row.
+    pub request_id: Option<String>,
 }
 
 /// A refresh lease.
@@ -1276,6 +1278,7 @@ pub trait Store: Send + Sync + Debug + 'static {
         id: ProfileId,
         by: Option<UserId>,
         now: DateTime<Utc>,
+        request_id: Option<&str>,
     ) -> Result<Revocation, StoreError>;
 
     // --- OpenID Provider: grants, codes, refresh tokens, consents, held requests ---
@@ -1342,6 +1345,7 @@ pub trait Store: Send + Sync + Debug + 'static {
         scopes: &[String],
         resource: Option<&str>,
         now: DateTime<Utc>,
+        request_id: Option<&str>,
     ) -> Result<Option<Consent>, StoreError>;
 
     /// The apps (clients) `user` has let in: one per client with an active grant whose code was

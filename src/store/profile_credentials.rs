@@ -32,6 +32,8 @@ pub struct CredentialWrite<'a> {
     pub connect_token: Option<&'a [u8; 32]>,
     /// Now.
     pub now: DateTime<Utc>,
+    /// The id of the request that writes it, for the audit row.
+    pub request_id: Option<&'a str>,
 }
 
 /// What [`Store::put_profile_credential`](super::Store::put_profile_credential) did.
@@ -74,6 +76,7 @@ pub(super) async fn activate_with(
     meta: &CredentialMeta,
     before: &str,
     now: DateTime<Utc>,
+    request_id: Option<&str>,
 ) -> Result<Option<AuthProfile>, StoreError> {
     let meta = serde_json::to_string(meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let activated = query(
@@ -107,7 +110,8 @@ pub(super) async fn activate_with(
     let stored = rows::profile(&row)?;
     let extra = [("previous_status", serde_json::Value::from(before))];
     insert_profile_event(tx, profile, events::AUTH_PROFILE_CONNECTED, &extra, now).await?;
-    super::sql::record_profile_change(tx, super::audit::AUTH_PROFILE_CONNECTED, by, profile, Some(before)).await?;
+    let connected = super::audit::AUTH_PROFILE_CONNECTED;
+    super::sql::record_profile_change(tx, connected, by, profile, Some(before), request_id).await?;
     Ok(Some(stored))
 }
 
@@ -145,8 +149,17 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(CredentialOutcome::NotAllowed);
         }
-        let Some(profile) =
-            activate_with(&mut tx, write.profile, write.by, write.ciphertext, write.meta, &before, write.now).await?
+        let Some(profile) = activate_with(
+            &mut tx,
+            write.profile,
+            write.by,
+            write.ciphertext,
+            write.meta,
+            &before,
+            write.now,
+            write.request_id,
+        )
+        .await?
         else {
             tx.rollback().await?;
             return Ok(CredentialOutcome::ProfileGone);

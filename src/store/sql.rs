@@ -135,10 +135,10 @@ impl SqlStore {
         }
         let created = match first {
             FirstWrite::Nothing => profile.clone(),
-            FirstWrite::Credential(ciphertext, meta) => {
-                let before = profile.status.as_str();
+            FirstWrite::Credential(ciphertext, meta, request_id) => {
+                let (before, at) = (profile.status.as_str(), profile.created_at);
                 // Inserted just above in this transaction: it cannot be revoked.
-                activate_with(&mut tx, profile.id, profile.created_by, ciphertext, meta, before, profile.created_at)
+                activate_with(&mut tx, profile.id, profile.created_by, ciphertext, meta, before, at, request_id)
                     .await?
                     .ok_or_else(|| StoreError::Corrupt("a profile revoked as it was created".into()))?
             }
@@ -900,17 +900,20 @@ pub(super) async fn insert_profile_event(
 /// The audit row of a member's change of a connected account, `action` (`auth_profile.connected`
 /// or `auth_profile.revoked`) by `by`, written in the change's transaction: it is recorded
 /// exactly when the change commits. `previous_status` (a connection's) says whether it was a
-/// first connection (`pending_auth`) or a reconnection.
+/// first connection (`pending_auth`) or a reconnection. `request_id` is the id of the request
+/// that made the change.
 pub(super) async fn record_profile_change(
     tx: &mut Tx,
     action: &'static str,
     by: UserId,
     profile: ProfileId,
     previous_status: Option<&str>,
+    request_id: Option<&str>,
 ) -> Result<(), StoreError> {
     let mut event = super::NewAuditEvent::new(super::audit::ActorKind::User, action)
         .actor(Some(by.to_string()), None)
-        .target("auth_profile", profile.to_string());
+        .target("auth_profile", profile.to_string())
+        .request(request_id.map(str::to_owned));
     if let Some(status) = previous_status {
         event = event.details(serde_json::json!({ "previous_status": status }));
     }
@@ -2611,7 +2614,16 @@ impl Store for SqlStore {
         }
         let extra = [("previous_status", serde_json::Value::from(before.as_str()))];
         insert_profile_event(&mut tx, id, events::AUTH_PROFILE_CONNECTED, &extra, activation.now).await?;
-        record_profile_change(&mut tx, super::audit::AUTH_PROFILE_CONNECTED, activation.by, id, Some(&before)).await?;
+        let request_id = activation.request_id.as_deref();
+        record_profile_change(
+            &mut tx,
+            super::audit::AUTH_PROFILE_CONNECTED,
+            activation.by,
+            id,
+            Some(&before),
+            request_id,
+        )
+        .await?;
         tx.commit().await?;
         let another = held.upstream_account_id.as_ref().is_some_and(|held| *held != activation.upstream_account_id);
         Ok(Some(Activated { replaced: another.then_some(held) }))
@@ -2735,6 +2747,7 @@ impl Store for SqlStore {
         id: ProfileId,
         by: Option<UserId>,
         now: DateTime<Utc>,
+        request_id: Option<&str>,
     ) -> Result<Revocation, StoreError> {
         let mut tx = self.db.begin().await?;
         // The team's row (shared) before the profile's, as every write that checks a right does.
@@ -2760,7 +2773,7 @@ impl Store for SqlStore {
         let secrets = rows::profile_secrets(&row)?;
         revoke_locked_profile(&mut tx, id, &[], now).await?;
         if let Some(by) = by {
-            record_profile_change(&mut tx, super::audit::AUTH_PROFILE_REVOKED, by, id, None).await?;
+            record_profile_change(&mut tx, super::audit::AUTH_PROFILE_REVOKED, by, id, None, request_id).await?;
         }
         tx.commit().await?;
         Ok(Revocation::Revoked(secrets))
@@ -2984,6 +2997,7 @@ impl Store for SqlStore {
         scopes: &[String],
         resource: Option<&str>,
         now: DateTime<Utc>,
+        request_id: Option<&str>,
     ) -> Result<Option<Consent>, StoreError> {
         let mut tx = self.db.begin().await?;
         // A user or client deleted meanwhile leaves nothing to widen; one that is not stays until
@@ -3042,7 +3056,8 @@ impl Store for SqlStore {
         let approved = super::NewAuditEvent::new(super::audit::ActorKind::User, super::audit::APP_AUTHORIZED)
             .actor(Some(user.to_string()), None)
             .target("client", client.to_owned())
-            .details(serde_json::json!({ "scopes": scopes, "resource": resource }));
+            .details(serde_json::json!({ "scopes": scopes, "resource": resource }))
+            .request(request_id.map(str::to_owned));
         super::audit::insert(&mut tx, std::slice::from_ref(&approved)).await?;
         tx.commit().await?;
         Ok(Some(consent))

@@ -702,7 +702,11 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
         .map(|(callback, login)| client.get(callback).header("cookie", format!("{session}; tessera_login={login}")))
         .collect();
     let mut outcomes = Vec::new();
+    let mut winners = Vec::new();
     for response in send_at_once(&requests).await {
+        if response.status() == StatusCode::SEE_OTHER {
+            winners.push(response.headers()["x-request-id"].to_str().unwrap().to_owned());
+        }
         outcomes.push((response.status(), response.text().await.unwrap()));
     }
     let won = outcomes.iter().filter(|(s, _)| *s == StatusCode::SEE_OTHER).count();
@@ -715,12 +719,13 @@ async fn concurrent_callbacks_activate_the_profile_once(backend: Backend) {
     // One audit row, with the connection: by the member, of the profile, a first connection.
     let rows = sql
         .texts(
-            "SELECT actor_kind || ' ' || actor_id || ' ' || target_kind || ' ' || CAST(details AS TEXT) \
-             FROM audit_events WHERE action = 'auth_profile.connected'",
+            "SELECT actor_kind || ' ' || actor_id || ' ' || target_kind || ' ' || request_id || ' ' || \
+             CAST(details AS TEXT) FROM audit_events WHERE action = 'auth_profile.connected'",
         )
         .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert!(rows[0].starts_with(&format!("user {} auth_profile ", w.alice.id)), "{rows:?}");
+    let expected = format!("user {} auth_profile {} ", w.alice.id, winners[0]);
+    assert!(rows[0].starts_with(&expected), "by the member, in the request that connected: {rows:?}");
     assert!(rows[0].contains("\"pending_auth\""), "the status it was connected from: {rows:?}");
     assert_eq!(sql.count("login_states").await, 0, "every flow is used up");
     // The loser's tokens are of the account the winner connected: revoking them could end the
@@ -1108,8 +1113,15 @@ async fn concurrent_revocations_revoke_once(backend: Backend) {
     assert_eq!(w.issuer.revocations(), 1, "revoked at the provider once");
     assert_eq!(sql.count("outbox_events WHERE topic = 'auth_profile.revoked'").await - before, 1);
     assert_eq!(count(&w.app, "WHERE status = 'revoked' AND access_token IS NULL").await, 1);
-    let revoked = format!("audit_events WHERE action = 'auth_profile.revoked' AND actor_id = '{}'", w.alice.id);
-    assert_eq!(sql.count(&revoked).await, 1, "one audit row, by the member it was revoked for");
+    // By the member it was revoked for, in the request that revoked it.
+    let winner = answers.iter().find(|a| a.status() == StatusCode::NO_CONTENT).unwrap();
+    let request = winner.headers()["x-request-id"].to_str().unwrap();
+    let revoked = format!(
+        "audit_events WHERE action = 'auth_profile.revoked' AND actor_id = '{}' AND request_id = '{request}'",
+        w.alice.id
+    );
+    assert_eq!(sql.count(&revoked).await, 1, "one audit row, by the member, of the request");
+    assert_eq!(sql.count("audit_events WHERE action = 'auth_profile.revoked'").await, 1);
 }
 
 async fn team_members_are_managed_by_owners(backend: Backend) {

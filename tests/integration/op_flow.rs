@@ -1382,6 +1382,8 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
     let who = me["id"].as_str().unwrap();
     assert!(rows[0].starts_with(&format!("user {who} client {client} ")), "{rows:?}");
     assert!(rows[0].contains("\"scopes\"") && rows[0].contains("openid"), "{rows:?}");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("audit_events WHERE action = 'app.authorized' AND request_id IS NOT NULL").await, 1);
 }
 
 /// A third-party app's authorization request, a browser signed in through it and stopped at its

@@ -448,11 +448,14 @@ async fn concurrent_posts_of_one_env_form_write_once(backend: Backend) {
             let form = [("csrf", csrf.as_str()), ("OPENAI_API_KEY", key.as_str())];
             let response = client.post(&link).header("cookie", cookie).header("accept", "text/html").form(&form);
             let response = response.send().await.unwrap();
-            (response.status(), key)
+            let request = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+            (response.status(), key, request)
         })
     });
-    let outcomes: Vec<(StatusCode, String)> =
+    let answered: Vec<(StatusCode, String, String)> =
         futures_join(posts.collect()).await.into_iter().map(|joined| joined.unwrap()).collect();
+    let requests: Vec<String> = answered.iter().map(|(_, _, request)| format!("'{request}'")).collect();
+    let outcomes: Vec<(StatusCode, String)> = answered.into_iter().map(|(s, key, _)| (s, key)).collect();
     let winners: Vec<&String> = outcomes.iter().filter(|(s, _)| *s == StatusCode::SEE_OTHER).map(|(_, k)| k).collect();
     assert_eq!(winners.len(), 1, "exactly one post writes: {outcomes:?}");
     assert!(outcomes.iter().all(|(s, _)| *s == StatusCode::SEE_OTHER || *s == StatusCode::NOT_FOUND), "{outcomes:?}");
@@ -461,6 +464,9 @@ async fn concurrent_posts_of_one_env_form_write_once(backend: Backend) {
     assert_eq!(w.app.db.sql().await.count("connect_tokens").await, 0, "the link is used up");
     let connected = format!("audit_events WHERE action = 'auth_profile.connected' AND actor_id = '{}'", w.alice.id);
     assert_eq!(w.app.db.sql().await.count(&connected).await, 1, "one audit row, with the one write");
+    // In one of the requests (a post sent again is answered as the first was).
+    let in_one = format!("{connected} AND request_id IN ({})", requests.join(", "));
+    assert_eq!(w.app.db.sql().await.count(&in_one).await, 1);
     let values = body(w.credentials(w.alice.id, "raced").await, 200).await;
     assert_eq!(values["values"]["OPENAI_API_KEY"], winners[0].as_str(), "the winner's values are the ones kept");
 

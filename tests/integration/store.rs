@@ -395,6 +395,7 @@ fn activation(by: UserId, account: &str, access: &[u8], refresh: Option<&[u8]>, 
         upstream_account_id: account.into(),
         scopes: vec!["repo".into()],
         now: at,
+        request_id: None,
     }
 }
 
@@ -2248,7 +2249,7 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     );
 
     // Revoking a profile frees its slug.
-    assert!(matches!(store.revoke_profile(first.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
+    assert!(matches!(store.revoke_profile(first.id, None, t0, None).await.unwrap(), Revocation::Revoked(_)));
     let again = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(2));
     assert_eq!(store.insert_profile(&again, FirstWrite::Nothing).await.unwrap(), Some(again.clone()));
     assert_eq!(store.profile_by_slug(ada.team.id, &again.slug).await.unwrap(), Some(again));
@@ -2383,7 +2384,7 @@ async fn team_profiles_lists_live_profiles_oldest_first(backend: Backend) {
     let middle = inserted(&store, env("middle", t0 + minutes(1))).await;
     let revoked = inserted(&store, env("revoked", t0 - minutes(1))).await;
     inserted(&store, profile(&bob.team, bob.id(), ProfileKind::Env, "middle", t0 - minutes(2))).await;
-    assert!(matches!(store.revoke_profile(revoked.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
+    assert!(matches!(store.revoke_profile(revoked.id, None, t0, None).await.unwrap(), Revocation::Revoked(_)));
 
     assert_eq!(
         store.team_profiles(ada.team.id, ada.id()).await.unwrap(),
@@ -2425,7 +2426,7 @@ async fn a_new_connect_token_replaces_the_older_ones(backend: Backend) {
     assert!(!store.mint_connect_token(&orphan).await.unwrap());
     assert_eq!(store.connect_token(&orphan.token_hash, t0).await.unwrap(), None);
     // Nor does a revoked one.
-    assert!(matches!(store.revoke_profile(other.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
+    assert!(matches!(store.revoke_profile(other.id, None, t0, None).await.unwrap(), Revocation::Revoked(_)));
     let late = connect_token(&other, ada.id(), t0 + TimeDelta::minutes(2), ttl);
     assert!(!store.mint_connect_token(&late).await.unwrap());
     assert_eq!(store.connect_token(&late.token_hash, t0).await.unwrap(), None);
@@ -2681,7 +2682,7 @@ async fn activating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     assert!(store.activate_profile(pending.id, active.version, &second).await.unwrap().is_some(), "a reconnection");
     assert_eq!(store.profile(pending.id).await.unwrap().unwrap().version, active.version + 1);
 
-    assert!(matches!(store.revoke_profile(pending.id, None, t1).await.unwrap(), Revocation::Revoked(_)));
+    assert!(matches!(store.revoke_profile(pending.id, None, t1, None).await.unwrap(), Revocation::Revoked(_)));
     let revoked = store.profile(pending.id).await.unwrap().unwrap();
     assert!(
         store.activate_profile(pending.id, revoked.version, &first).await.unwrap().is_none(),
@@ -2927,7 +2928,7 @@ async fn revoking_a_profile_wipes_its_credentials_and_returns_them(backend: Back
 
     let t1 = t0 + TimeDelta::minutes(1);
     assert_eq!(
-        store.revoke_profile(app.id, None, t1).await.unwrap(),
+        store.revoke_profile(app.id, None, t1, None).await.unwrap(),
         Revocation::Revoked(held),
         "what it held, for the provider"
     );
@@ -2956,8 +2957,8 @@ async fn revoking_a_profile_wipes_its_credentials_and_returns_them(backend: Back
         now: t1,
     };
     assert!(!store.complete_refresh(app.id, holder, &refreshed).await.unwrap(), "the lease went with it");
-    assert_eq!(store.revoke_profile(app.id, None, t1).await.unwrap(), Revocation::NotFound, "revoked once");
-    assert_eq!(store.revoke_profile(ProfileId::generate(), None, t1).await.unwrap(), Revocation::NotFound);
+    assert_eq!(store.revoke_profile(app.id, None, t1, None).await.unwrap(), Revocation::NotFound, "revoked once");
+    assert_eq!(store.revoke_profile(ProfileId::generate(), None, t1, None).await.unwrap(), Revocation::NotFound);
 }
 
 // ---- Env and browser-session credentials ----------------------------------------------------
@@ -2996,6 +2997,7 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
         meta: &first,
         connect_token: None,
         now: t1,
+        request_id: None,
     };
     let expected = AuthProfile {
         status: ProfileStatus::Active,
@@ -3024,6 +3026,7 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
         meta: &session,
         connect_token: None,
         now: t2,
+        request_id: None,
     };
     let CredentialOutcome::Stored(replaced) = store.put_profile_credential(&write).await.unwrap() else {
         panic!("stored");
@@ -3034,7 +3037,7 @@ async fn a_credential_activates_its_profile_and_is_replaced_whole(backend: Backe
     assert_eq!(store.count_secrets(SecretKind::ProfileCredentials).await.unwrap(), 1);
 
     // Revoking wipes it, and nothing is written to a revoked profile or to none.
-    assert!(matches!(store.revoke_profile(env.id, None, t2).await.unwrap(), Revocation::Revoked(_)));
+    assert!(matches!(store.revoke_profile(env.id, None, t2, None).await.unwrap(), Revocation::Revoked(_)));
     assert_eq!(
         store.profile_credential(env.id).await.unwrap(),
         Some(StoredCredential { status: ProfileStatus::Revoked, credential: None })
@@ -3065,6 +3068,7 @@ async fn a_credential_written_with_a_connect_token_consumes_it(backend: Backend)
             meta: &meta,
             connect_token: None,
             now,
+            request_id: None,
         };
         (write, *hash)
     };
@@ -3106,6 +3110,7 @@ async fn a_credential_is_written_only_by_who_may_still_set_it(backend: Backend) 
         meta: &meta,
         connect_token,
         now: t0,
+        request_id: None,
     };
     // The right is read in the write's transaction, whatever the caller checked before: a team
     // admin sets a team's profile; a plain member, or someone of another team, does not.
@@ -3152,6 +3157,7 @@ async fn concurrent_credential_writes_with_one_connect_token_have_one_winner(bac
                 meta: &meta,
                 connect_token: Some(&hash),
                 now: t0,
+                request_id: None,
             };
             (store.put_profile_credential(&write).await.unwrap(), sealed)
         }
@@ -3216,7 +3222,7 @@ async fn updating_a_profile_compares_and_swaps_its_version(backend: Backend) {
     assert_eq!(after.granted_scopes, active.granted_scopes, "what was granted stays on record");
 
     // A revoked profile is not updated; of concurrent updates of one version, one wins.
-    store.revoke_profile(other.id, None, t1).await.unwrap();
+    store.revoke_profile(other.id, None, t1, None).await.unwrap();
     let update = change(ada.id(), "Gone", &other.slug, &scopes, false, t1);
     assert_eq!(store.update_profile(other.id, other.version + 1, &update).await.unwrap(), ProfileUpdate::Changed);
     let fresh = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::Env, "raced", t0)).await;
@@ -3295,7 +3301,7 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     }
     // Disabled, he does nothing with it (a session of his another instance still knows).
     set_user_disabled(&store, bob.id(), true, t0).await.unwrap();
-    assert_eq!(store.revoke_profile(bobs_own.id, Some(bob.id()), t0).await.unwrap(), Revocation::Refused);
+    assert_eq!(store.revoke_profile(bobs_own.id, Some(bob.id()), t0, None).await.unwrap(), Revocation::Refused);
     assert_eq!(store.clear_default_profile(ada.team.id, bobs_own.id, bob.id()).await.unwrap(), None);
     set_user_disabled(&store, bob.id(), false, t0).await.unwrap();
     assert_eq!(store.remove_member(ada.team.id, None, bob.id()).await.unwrap(), RemoveOutcome::Removed);
@@ -3305,10 +3311,13 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
     let (slug, scopes) = (Slug::parse("still-his").unwrap(), vec!["repo".to_owned()]);
     let update = change(bob.id(), "Still his", &slug, &scopes, false, t0);
     assert_eq!(store.update_profile(bobs_own.id, bobs_own.version, &update).await.unwrap(), ProfileUpdate::Refused);
-    assert_eq!(store.revoke_profile(bobs_own.id, Some(bob.id()), t0).await.unwrap(), Revocation::Refused);
+    assert_eq!(store.revoke_profile(bobs_own.id, Some(bob.id()), t0, None).await.unwrap(), Revocation::Refused);
     let kept = store.profile(bobs_own.id).await.unwrap().unwrap();
     assert_eq!((kept.status, kept.slug.as_str(), kept.is_default), (ProfileStatus::Active, "bobs-own", true));
-    assert!(matches!(store.revoke_profile(bobs_own.id, Some(ada.id()), t0).await.unwrap(), Revocation::Revoked(_)));
+    assert!(matches!(
+        store.revoke_profile(bobs_own.id, Some(ada.id()), t0, None).await.unwrap(),
+        Revocation::Revoked(_)
+    ));
     // Revoked meanwhile: not a right lost, a profile to read again (and find gone).
     let adas_update = change(ada.id(), "Gone", &slug, &scopes, false, t0);
     let gone = store.update_profile(bobs_own.id, kept.version, &adas_update).await.unwrap();
@@ -3338,7 +3347,7 @@ async fn a_connector_has_at_most_one_default_and_switching_is_one_write(backend:
 
     // A revoked profile stops being the default, and cannot become it.
     assert_eq!(store.set_default_profile(ada.team.id, first.id, ada.id(), t0).await.unwrap(), DefaultOutcome::Set);
-    store.revoke_profile(first.id, None, t0).await.unwrap();
+    store.revoke_profile(first.id, None, t0, None).await.unwrap();
     assert_eq!(store.default_profile(ada.team.id, CONNECTOR).await.unwrap(), None);
     assert_eq!(db.sql().await.count("connector_defaults").await, 0);
     assert_eq!(store.set_default_profile(ada.team.id, first.id, ada.id(), t0).await.unwrap(), DefaultOutcome::NotFound);
@@ -3550,7 +3559,7 @@ async fn secrets_are_counted_and_paged_in_whole_rows(backend: Backend) {
     let owner = &people[0];
     let both = connected(&store, owner, "both").await;
     let revoked = connected(&store, owner, "revoked").await;
-    assert!(matches!(store.revoke_profile(revoked.id, None, t0).await.unwrap(), Revocation::Revoked(_)));
+    assert!(matches!(store.revoke_profile(revoked.id, None, t0, None).await.unwrap(), Revocation::Revoked(_)));
     let access_only =
         inserted(&store, profile(&owner.team, owner.id(), ProfileKind::OauthAccount, "access-only", t0)).await;
     assert!(
@@ -3593,6 +3602,7 @@ async fn replacing_a_secret_compares_and_swaps(backend: Backend) {
         meta: &meta,
         connect_token: None,
         now: t0,
+        request_id: None,
     };
     assert!(matches!(store.put_profile_credential(&write).await.unwrap(), CredentialOutcome::Stored(_)));
     for &kind in SecretKind::ALL {
@@ -4015,7 +4025,7 @@ mod clients {
         // A client whose kind changes is a new one: what its users gave the old one ends.
         let ada = sign_up(&store, "ada").await;
         for app in [&a.id, &b.id] {
-            store.widen_consent(ada.id(), app.as_str(), &["openid".into()], None, t1).await.unwrap().unwrap();
+            store.widen_consent(ada.id(), app.as_str(), &["openid".into()], None, t1, None).await.unwrap().unwrap();
         }
         let b3 = Client { from_config: true, ..public("cfg-b", t1) };
         let a3 = Client { created_at: t1, updated_at: t1, ..a.clone() };
@@ -4296,8 +4306,8 @@ mod grants {
         let (ada, bob) = (sign_up(&store, "ada").await, sign_up(&store, "bob").await);
         let scopes = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<String>>();
         let t = now();
-        store.widen_consent(ada.id(), &app, &scopes(&["openid", "offline_access"]), None, t).await.unwrap();
-        store.widen_consent(bob.id(), &app, &scopes(&["openid"]), None, t).await.unwrap();
+        store.widen_consent(ada.id(), &app, &scopes(&["openid", "offline_access"]), None, t, None).await.unwrap();
+        store.widen_consent(bob.id(), &app, &scopes(&["openid"]), None, t, None).await.unwrap();
         // The table as migration 21 left it: Bob approved the API besides two scopes, unpaired.
         let sql = db.sql().await;
         let before_23 = [
@@ -4321,7 +4331,7 @@ mod grants {
         assert!(!bob_consent.covers(&scopes(&["openid"]), None), "unpaired: asked again");
         // Approved again, it covers what was approved, paired.
         let api = Some("https://api.example.com");
-        store.widen_consent(bob.id(), &app, &scopes(&["api:read"]), api, now()).await.unwrap();
+        store.widen_consent(bob.id(), &app, &scopes(&["api:read"]), api, now(), None).await.unwrap();
         let bob_consent = store.consent(bob.id(), &app).await.unwrap().unwrap();
         assert!(bob_consent.covers(&scopes(&["api:read"]), api));
         assert!(!bob_consent.covers(&scopes(&["openid"]), api), "{bob_consent:?}");
@@ -4337,7 +4347,7 @@ mod grants {
         assert!(!ada_consent.covers(&scopes(&["api:write"]), None), "its scopes cover nothing: {ada_consent:?}");
         assert!(!ada_consent.covers(&scopes(&["openid"]), api), "{ada_consent:?}");
         // Approved again by this binary, the row is whole: the stray entry goes.
-        store.widen_consent(ada.id(), &app, &scopes(&["openid"]), None, now()).await.unwrap();
+        store.widen_consent(ada.id(), &app, &scopes(&["openid"]), None, now(), None).await.unwrap();
         let ada_consent = store.consent(ada.id(), &app).await.unwrap().unwrap();
         assert!(ada_consent.covers(&scopes(&["openid"]), None), "{ada_consent:?}");
         assert!(!ada_consent.covers(&scopes(&["api:write"]), None), "{ada_consent:?}");
@@ -4399,7 +4409,7 @@ mod grants {
         // Consents: both users' for the client, Ada's for the other.
         let openid = ["openid".to_owned()];
         for (person, app) in [(&ada, "app"), (&bob, "app"), (&ada, "other")] {
-            store.widen_consent(person.id(), app, &openid, None, t0).await.unwrap().unwrap();
+            store.widen_consent(person.id(), app, &openid, None, t0, None).await.unwrap().unwrap();
         }
         let sql = db.sql().await;
         let counts = async || {
@@ -4719,7 +4729,7 @@ mod grants {
         let scopes = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let widen = |user: UserId, list: &[&str], resource: Option<&'static str>| {
             let (store, app, list) = (store.clone(), app.clone(), scopes(list));
-            async move { store.widen_consent(user, &app, &list, resource, t0).await.unwrap() }
+            async move { store.widen_consent(user, &app, &list, resource, t0, None).await.unwrap() }
         };
         let consent = |scopes_: &[&str], resources: &[(&str, &[&str])]| Consent {
             scopes: scopes(scopes_),
@@ -4748,9 +4758,9 @@ mod grants {
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let (store, app, bob) = (store.clone(), app.clone(), bob.id());
-                tokio::spawn(
-                    async move { store.widen_consent(bob, &app, &[format!("scope-{i}")], None, t0).await.unwrap() },
-                )
+                tokio::spawn(async move {
+                    store.widen_consent(bob, &app, &[format!("scope-{i}")], None, t0, None).await.unwrap()
+                })
             })
             .collect();
         for task in tasks {
@@ -4778,7 +4788,7 @@ mod grants {
         let needing = || NewGrant { consent_required: true, ..grant(&ada, None, t0) };
         assert!(!store.insert_grant(&needing(), &code(t0)).await.unwrap(), "no consent: nothing written");
         assert_eq!(db.sql().await.count("oauth_grants").await, 0);
-        store.widen_consent(ada.id(), &app, &["openid".to_owned()], None, t0).await.unwrap();
+        store.widen_consent(ada.id(), &app, &["openid".to_owned()], None, t0, None).await.unwrap();
         assert!(store.insert_grant(&needing(), &code(t0)).await.unwrap());
         // Grants written while the app's access is removed: each is refused or revoked, never
         // left standing.
@@ -4798,7 +4808,7 @@ mod grants {
         // A user deleted while grants needing consent are written: each write either lands (and
         // goes with the user) or is refused; none fails (no deadlock between the two).
         let gone = sign_up(&store, "gone").await;
-        store.widen_consent(gone.id(), &app, &["openid".to_owned()], None, t0).await.unwrap();
+        store.widen_consent(gone.id(), &app, &["openid".to_owned()], None, t0, None).await.unwrap();
         let writes: Vec<_> = (0..8)
             .map(|_| {
                 let (store, grant, code) =
@@ -7170,8 +7180,8 @@ mod issue_12_events {
         let current = store.profile(app.id).await.unwrap().unwrap();
         let rename = change(ada.id(), "Renamed", &current.slug, &scopes, false, t);
         assert_eq!(store.update_profile(app.id, current.version, &rename).await.unwrap(), ProfileUpdate::Updated);
-        assert!(matches!(store.revoke_profile(app.id, None, t).await.unwrap(), Revocation::Revoked(_)));
-        assert!(store.revoke_profile(app.id, None, t).await.unwrap() == Revocation::NotFound);
+        assert!(matches!(store.revoke_profile(app.id, None, t, None).await.unwrap(), Revocation::Revoked(_)));
+        assert!(store.revoke_profile(app.id, None, t, None).await.unwrap() == Revocation::NotFound);
         // A pending profile whose scopes widen is not "needs_reauth": no event.
         let pending = inserted(&store, profile(&ada.team, ada.id(), ProfileKind::OauthApp, "later", t)).await;
         let widen = change(ada.id(), "Later", &pending.slug, &scopes, true, t);
@@ -7186,6 +7196,7 @@ mod issue_12_events {
             meta: &meta,
             connect_token: None,
             now: t,
+            request_id: None,
         };
         assert!(matches!(store.put_profile_credential(&write).await.unwrap(), CredentialOutcome::Stored(_)));
 

@@ -63,7 +63,8 @@ async fn set_env_values(
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let slug = parse_profile(&slug)?;
     let values = secret_values(request.values);
-    Ok(Json(state.auth_profiles.set_env(&team, user, &slug, &values).await?.into()))
+    let request_id = crate::http::audit::request_id(&headers);
+    Ok(Json(state.auth_profiles.set_env(&team, user, &slug, &values, request_id.as_deref()).await?.into()))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -101,7 +102,8 @@ async fn set_browser_session(
         browser_kind: request.browser_kind,
         cdp_url: request.cdp_url,
     };
-    Ok(Json(state.auth_profiles.set_browser_session(&team, user, &slug, &input).await?.into()))
+    let request_id = crate::http::audit::request_id(&headers);
+    Ok(Json(state.auth_profiles.set_browser_session(&team, user, &slug, &input, request_id.as_deref()).await?.into()))
 }
 
 #[utoipa::path(

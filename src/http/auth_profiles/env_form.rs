@@ -165,7 +165,8 @@ async fn submit_env_form(
     }
     let secrets: BTreeMap<String, SecretString> =
         values.iter().map(|(name, value)| (name.clone(), SecretString::from(value.clone()))).collect();
-    match state.auth_profiles.submit_env_form(&token, user, &session, secrets).await {
+    let request_id = crate::http::audit::request_id(&headers);
+    match state.auth_profiles.submit_env_form(&token, user, &session, secrets, request_id).await {
         Ok(_) => crate::http::auth::redirect(super::connect::CONNECTED, &[]),
         Err(AuthProfileError::InvalidEnv { problem, field }) => {
             // The values are refused: the same form again, saying what to fix; the link stays usable.

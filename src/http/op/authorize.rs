@@ -496,7 +496,7 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByt
             );
         }
     };
-    match op.consent(request_id, &view(&live, cookie), approve).await {
+    match op.consent(request_id, &view(&live, cookie), approve, crate::http::audit::request_id(&headers)).await {
         Ok(to) => redirect(&to, &[]),
         Err(error) => rejected(&state, &headers, error, None),
     }

@@ -405,17 +405,19 @@ impl OpenIdProvider {
     /// Completes a consent step: `approve` or not, by the browser with `session`. The held
     /// request is used up by the first answer; the same form sent again by the same session
     /// within [`KEPT`](crate::service::answers::KEPT) (a double click, whose first response the
-    /// browser drops) gets the first answer again on this instance.
+    /// browser drops) gets the first answer again on this instance. `x_request_id` (the HTTP
+    /// request's id) goes in the approval's audit row.
     pub async fn consent(
         &self,
         request_id: &str,
         session: &SessionView,
         approve: bool,
+        x_request_id: Option<String>,
     ) -> Result<String, AuthorizeError> {
         let id_hash = sha256(request_id.as_bytes());
         let (this, view) = (self.clone(), session.clone());
         let work = move || async move {
-            match this.answer_consent(&id_hash, &view, approve).await {
+            match this.answer_consent(&id_hash, &view, approve, x_request_id.as_deref()).await {
                 Ok(to) => Ok(Ok(to)),
                 Err(AuthorizeError::Rejected(rejection)) => Ok(Err(rejection)),
                 Err(error) => Err(error),
@@ -429,6 +431,7 @@ impl OpenIdProvider {
         id_hash: &[u8; 32],
         session: &SessionView,
         approve: bool,
+        x_request_id: Option<&str>,
     ) -> Result<String, AuthorizeError> {
         let now = crate::domain::now();
         // Checked again before it is used up. Another session's post (of a leaked request id)
@@ -440,7 +443,7 @@ impl OpenIdProvider {
             return Err(request.reject("access_denied", "the user declined"));
         }
         let back = (request.redirect_uri.clone(), request.state.clone());
-        self.grant_consented(request, session, now).await.map_err(|error| failure_to_client(error, back))
+        self.grant_consented(request, session, now, x_request_id).await.map_err(|error| failure_to_client(error, back))
     }
 
     /// Records the consent a user gave to a validated `request`, and issues its code.
@@ -449,11 +452,13 @@ impl OpenIdProvider {
         request: AuthorizationRequest,
         session: &SessionView,
         now: DateTime<Utc>,
+        x_request_id: Option<&str>,
     ) -> Result<String, AuthorizeError> {
         // Consent widens: what was granted before stays granted.
         let client = request.client.id.as_str();
+        let resource = request.resource.as_deref();
         let widened =
-            self.store.widen_consent(session.user, client, &request.scopes, request.resource.as_deref(), now).await?;
+            self.store.widen_consent(session.user, client, &request.scopes, resource, now, x_request_id).await?;
         if widened.is_none() {
             return Err(reject(
                 "invalid_request",
