@@ -104,6 +104,7 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("another metrics recorder is installed: /metrics shows nothing");
             }
             describe();
+            zero_mcp_server_errors();
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("tessera-metrics-upkeep".into())
@@ -257,10 +258,14 @@ pub fn record_build_info() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Publishes each webhook endpoint's queue as gauges, its lag measured at `now`.
+/// Publishes each webhook endpoint's queue as gauges, its lag measured at `now`; and its attempt
+/// counters from 0, so that the first `dropped` (or `failed`) shows as an increase to alert on.
 pub fn record_webhook_queues(queues: &[crate::store::WebhookQueue], now: chrono::DateTime<chrono::Utc>) {
     for queue in queues {
         let endpoint = queue.endpoint.to_string();
+        for result in ["delivered", "retry", "failed", "dropped"] {
+            metrics::counter!(WEBHOOK_ATTEMPTS_TOTAL, "endpoint" => endpoint.clone(), "result" => result).increment(0);
+        }
         let lag = queue.oldest_scheduled_at.map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
         metrics::gauge!(WEBHOOK_QUEUE_DEPTH, "endpoint" => endpoint.clone()).set(queue.pending as f64);
         metrics::gauge!(WEBHOOK_QUEUE_LAG, "endpoint" => endpoint).set(lag);
@@ -271,6 +276,15 @@ pub fn record_webhook_queues(queues: &[crate::store::WebhookQueue], now: chrono:
 pub fn record_mcp_tool_error(code: crate::error::ErrorCode) {
     let status = code.status().as_u16().to_string();
     metrics::counter!(MCP_TOOL_ERRORS_TOTAL, "code" => code.as_str(), "status" => status).increment(1);
+}
+
+/// Shows the MCP tool errors of a 5xx status from 0, before the first: a series first seen at 1
+/// shows no increase to alert on.
+fn zero_mcp_server_errors() {
+    for code in crate::error::ErrorCode::ALL.iter().filter(|code| code.status().is_server_error()) {
+        let status = code.status().as_u16().to_string();
+        metrics::counter!(MCP_TOOL_ERRORS_TOTAL, "code" => code.as_str(), "status" => status).increment(0);
+    }
 }
 
 /// Counts a webhook delivery attempt of `endpoint`: `delivered`, `retry` or `failed` (a request

@@ -156,6 +156,9 @@ async fn metrics_need_the_admin_token_and_parse_as_prometheus_text(backend: Back
     for worker in ["sweeper", "cache_sync", "audit", "last_seen", "webhooks"] {
         assert!(has(&samples, "tessera_worker_restarts_total", &[("worker", worker)]), "{worker}: {text}");
     }
+    // So are the MCP tool errors to alert on, before the first.
+    let unavailable = [("code", "store_unavailable"), ("status", "503")];
+    assert!(has(&samples, "tessera_mcp_tool_errors_total", &unavailable), "{text}");
     // The refused scrapes were counted, under the route's template.
     assert!(
         value(&samples, "tessera_http_requests_total", &[("route", "/metrics"), ("method", "GET"), ("status", "401")])
@@ -263,6 +266,13 @@ async fn webhook_failures_and_queues_are_reported_per_endpoint(backend: Backend)
     tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
     let created = app.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": hook })).send().await.unwrap();
     let endpoint = json(created, 201).await["id"].as_str().unwrap().to_owned();
+    // Its counters are shown from 0 before any attempt: a first drop shows as an increase.
+    let (text, samples) = scrape(&app).await;
+    for result in ["delivered", "retry", "failed", "dropped"] {
+        let this = [("endpoint", endpoint.as_str()), ("result", result)];
+        assert!(has(&samples, "tessera_webhook_attempts_total", &this), "{result}: {text}");
+        assert_eq!(value(&samples, "tessera_webhook_attempts_total", &this), 0.0, "{result}");
+    }
     json(app.bootstrap(&crate::helpers::identity("hooked", "hooked@example.com", None)).await, 201).await;
 
     eventually("failed attempts and the waiting delivery are reported", || async {
