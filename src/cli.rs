@@ -512,8 +512,21 @@ async fn rotate_signing_key(
         Err(e) => return fail(&e),
     };
     // Judged by this command's key ring, which may not be the instances': retiring at once is
-    // asked for, never inferred.
+    // asked for, never inferred. Without it, a key this ring cannot read is refused: most often
+    // the command runs with another ring than the servers', and a key it made would be one
+    // that no server can read (every instance would then fail its readiness).
     let unusable = keys.unusable_key();
+    if let Some(unusable) = &unusable
+        && had_key
+        && !at_once
+    {
+        err!(
+            "tessera: {unusable}: run this with the servers' {} (a key made under another ring is \
+             one no server can read); if its ring key is lost for good, run it with --now to retire it at once",
+            crate::config::ENCRYPTION_KEYS_VAR
+        );
+        return ExitCode::from(2);
+    }
     let key = match keys.rotate(alg, at_once).await {
         Ok(key) => key,
         Err(e) => return fail(&e),
@@ -536,9 +549,6 @@ async fn rotate_signing_key(
             key.kid,
             time(Some(key.signs_from)),
         );
-        if let Some(unusable) = unusable {
-            out!("note: {unusable}; if its ring key is lost for good, run this again with --now to retire it at once");
-        }
     }
     ExitCode::SUCCESS
 }
