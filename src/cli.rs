@@ -512,18 +512,24 @@ async fn rotate_signing_key(
         Err(e) => return fail(&e),
     };
     // Judged by this command's key ring, which may not be the instances': retiring at once is
-    // asked for, never inferred. Without it, a key this ring cannot read is refused: most often
-    // the command runs with another ring than the servers', and a key it made would be one
-    // that no server can read (every instance would then fail its readiness).
-    let unusable = keys.unusable_key();
-    if let Some(unusable) = &unusable
-        && had_key
-        && !at_once
+    // asked for, never inferred. Without it, a key this ring cannot read (of any algorithm) is
+    // refused: most often the command runs with another ring than the servers', and a key it
+    // made would be one that no server can read (every instance would then fail its readiness).
+    // With it — a ring key lost for good, every key under it to retire — each algorithm's own
+    // rotation goes ahead.
+    let ring = crate::config::ENCRYPTION_KEYS_VAR;
+    if at_once {
+        if let Some((of, unusable)) = keys.unusable_key_of(|a| a != alg) {
+            out!("note: {unusable}: rotate it too, with --alg {} --now, if its ring key is lost", of.as_str());
+        }
+    } else if let Some((of, unusable)) =
+        keys.unusable_key_of(|a| a == alg).or_else(|| keys.unusable_key_of(|a| a != alg))
     {
         err!(
-            "tessera: {unusable}: run this with the servers' {} (a key made under another ring is \
-             one no server can read); if its ring key is lost for good, run it with --now to retire it at once",
-            crate::config::ENCRYPTION_KEYS_VAR
+            "tessera: {unusable}: run this with the servers' {ring} (a key made under another ring is one \
+             no server can read); if its ring key is lost for good, retire it at once with `tessera keys \
+             signing rotate --alg {} --now`",
+            of.as_str()
         );
         return ExitCode::from(2);
     }

@@ -823,9 +823,16 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
     assert_eq!(lost.code, 2, "{}{}", lost.stdout, lost.stderr);
     assert!(lost.stderr.contains("TESSERA_ENCRYPTION_KEYS") && lost.stderr.contains("--now"), "{}", lost.stderr);
     assert_eq!(store.all_signing_keys().await.unwrap().len(), before, "no key made");
+    // So is another algorithm's key it cannot read, which that algorithm's own rotation retires
+    // — here the first key of an algorithm without one.
+    let other = run(&mut keys(&format!("k4:{}", key(4)), &["signing", "rotate", "--alg", "RS256"])).await;
+    assert_eq!(other.code, 2, "{}{}", other.stdout, other.stderr);
+    assert!(other.stderr.contains("--alg ES256 --now"), "{}", other.stderr);
+    assert_eq!(store.all_signing_keys().await.unwrap().len(), before, "no key made");
     let now = run(&mut keys(&format!("k4:{}", key(4)), &["signing", "rotate", "--alg", "ES256", "--now"])).await;
     assert_eq!(now.code, 0, "{}{}", now.stdout, now.stderr);
     assert!(now.stdout.contains("signs at once"), "{}", now.stdout);
+    assert!(now.stdout.contains("--alg EdDSA --now"), "EdDSA's key is lost too: {}", now.stdout);
 
     // `tessera check`, with the OpenID Provider on, says what `serve` would refuse: a ring that
     // cannot decrypt a key that signs or will (the new ES256 key is k4's).

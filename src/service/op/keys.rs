@@ -607,8 +607,15 @@ impl SigningKeys {
         self.first_unretired(LoadedKey::damaged)
     }
 
+    /// The algorithm and the reason of the first key as last read that signs now or will and
+    /// does not decrypt, among the keys of the algorithms `of` takes (for `tessera keys signing
+    /// rotate`, which tells the rotated algorithm's key from another's).
+    pub fn unusable_key_of(&self, of: impl Fn(SigningAlg) -> bool) -> Option<(SigningAlg, SigningError)> {
+        self.first_unretired(|k| if of(k.alg) { k.unusable().map(|e| (k.alg, e)) } else { None })
+    }
+
     /// The first `what` of a key as last read that signs now or will (not retired).
-    fn first_unretired(&self, what: impl Fn(&LoadedKey) -> Option<SigningError>) -> Option<SigningError> {
+    fn first_unretired<T>(&self, what: impl Fn(&LoadedKey) -> Option<T>) -> Option<T> {
         let set = self.cached();
         let now = now();
         set.keys.iter().filter(|k| k.retired_at.is_none_or(|r| r > now)).find_map(|k| what(k))
