@@ -247,9 +247,10 @@ pub struct JwksCache {
 struct Inner {
     issuer: Issuer,
     jwks_uri: Option<Url>,
-    /// The `jwks_uri` the issuer's discovery document last named (without a configured one):
-    /// the keys are fetched from it while discovery itself cannot be read.
-    discovered: std::sync::Mutex<Option<Url>>,
+    /// The `jwks_uri` the issuer's discovery document last named (without a configured one), and
+    /// when: the keys are fetched from it while discovery itself cannot be read, for
+    /// `max_stale` at most.
+    discovered: std::sync::Mutex<Option<(Url, SystemTime)>>,
     http: reqwest::Client,
     cooldown: Duration,
     failure_backoff: Duration,
@@ -496,20 +497,29 @@ impl Inner {
     }
 
     /// The `jwks_uri` of the issuer's discovery document; while the document cannot be fetched
-    /// (an outage of its host or its CDN, not an answer naming other keys), the one it last named,
-    /// so that a rotation of keys during such an outage is still followed.
+    /// (an outage of its host or its CDN, not an answer naming other keys), the one it last named
+    /// within `max_stale` — as long as keys are served past their expiry —, so that a rotation
+    /// of keys during such an outage is still followed, and a document gone for good is not.
     async fn discover_jwks_uri(&self) -> Result<Url, FetchError> {
         let discovered = || self.discovered.lock().unwrap_or_else(|p| p.into_inner());
         let document = match fetch_discovery(&self.http, &self.issuer).await {
             Ok((document, _)) => document,
             Err(error @ (FetchError::Http { .. } | FetchError::Status { .. })) => {
-                return discovered().clone().ok_or(error);
+                let now = SystemTime::now();
+                let last =
+                    discovered().clone().filter(|(_, at)| at.checked_add(self.max_stale).is_some_and(|t| now < t));
+                let Some((uri, _)) = last else { return Err(error) };
+                tracing::warn!(
+                    issuer = %self.issuer, error = %error.chain(),
+                    "cannot read the issuer's discovery document; fetching its keys from the jwks_uri it last named"
+                );
+                return Ok(uri);
             }
             Err(error) => return Err(error),
         };
         let uri = discovered_endpoint(&document, "jwks_uri", &self.issuer)?
             .ok_or_else(|| FetchError::Invalid { url: self.issuer.discovery_url(), problem: "no jwks_uri".into() })?;
-        *discovered() = Some(uri.clone());
+        *discovered() = Some((uri.clone(), SystemTime::now()));
         Ok(uri)
     }
 
@@ -971,9 +981,13 @@ mod outage_tests {
     async fn a_discovery_outage_still_follows_a_key_rotation() {
         let _logs = capture();
         let local = LocalIssuer::start().await.unwrap();
-        let cache = eager_of(&local, None, Duration::ZERO);
-        let never_discovered = eager_of(&local, None, Duration::ZERO);
+        let cache = eager_of(&local, None, Duration::from_secs(3600));
+        let never_discovered = eager_of(&local, None, Duration::from_secs(3600));
+        // Past `max_stale` since the document was read: it is gone for good, as far as this
+        // cache can tell.
+        let long_gone = eager_of(&local, None, Duration::ZERO);
         let set = cache.keys().await.expect("keys, through discovery");
+        let gone_set = long_gone.keys().await.expect("keys, through discovery");
         local.set_discovery_available(false);
         assert!(never_discovered.keys().await.is_none(), "no jwks_uri known");
         let rotated = local.add_key(tessera_testkit::local_issuer::Alg::Es256);
@@ -981,7 +995,8 @@ mod outage_tests {
             panic!("the rotated keys, from the last jwks_uri");
         };
         assert!(set.has_kid(&rotated), "the new key");
-        assert_eq!(local.discovery_fetches(), 3, "discovery was tried each time");
+        assert!(matches!(long_gone.refresh_after_miss(&gone_set, Miss::UnknownKey).await, AfterMiss::Unavailable));
+        assert_eq!(local.discovery_fetches(), 5, "discovery was tried each time");
     }
 
     /// Expired keys are served through an outage for `jwks.max_stale_seconds`, and no longer: a
