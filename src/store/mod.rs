@@ -1303,6 +1303,7 @@ pub trait Store: Send + Sync + Debug + 'static {
         code_hash: &[u8; 32],
         refresh_hash: Option<&[u8; 32]>,
         at: GrantAt,
+        request_id: Option<&str>,
     ) -> Result<RedeemOutcome, StoreError>;
 
     /// The grant of a refresh token, and when the token was first rotated (`None`: not yet).
@@ -1321,6 +1322,7 @@ pub trait Store: Send + Sync + Debug + 'static {
         new: &[u8; 32],
         at: GrantAt,
         reusable_after: Option<DateTime<Utc>>,
+        request_id: Option<&str>,
     ) -> Result<RotateOutcome, StoreError>;
 
     /// A grant with whether it still counts at `now`, read from the primary (a revocation must

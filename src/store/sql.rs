@@ -2864,6 +2864,7 @@ impl Store for SqlStore {
         code_hash: &[u8; 32],
         refresh_hash: Option<&[u8; 32]>,
         at: GrantAt,
+        request_id: Option<&str>,
     ) -> Result<RedeemOutcome, StoreError> {
         let now = at.now;
         let mut tx = self.db.begin().await?;
@@ -2897,7 +2898,7 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(RedeemOutcome::Invalid);
         };
-        revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "code_replayed").await?;
+        revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "code_replayed", request_id).await?;
         tx.commit().await?;
         Ok(RedeemOutcome::Replayed)
     }
@@ -2925,6 +2926,7 @@ impl Store for SqlStore {
         new: &[u8; 32],
         at: GrantAt,
         reusable_after: Option<DateTime<Utc>>,
+        request_id: Option<&str>,
     ) -> Result<RotateOutcome, StoreError> {
         let now = at.now;
         let mut tx = self.db.begin().await?;
@@ -2956,7 +2958,7 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(RotateOutcome::Invalid);
         };
-        revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "refresh_token_reused").await?;
+        revoke_replayed_grant_in(&mut tx, row.uuid("grant_id")?, now, "refresh_token_reused", request_id).await?;
         tx.commit().await?;
         Ok(RotateOutcome::Reused)
     }
@@ -4528,12 +4530,13 @@ pub(super) const DELIVERIES: &str =
 /// Revokes `grant` because one of its credentials came back (`cause`: a used code presented
 /// again, a rotated refresh token reused), with its `grant.revoked` audit row in the same
 /// transaction. A grant revoked already (a replay into a grant that ended before) writes none, so
-/// replays cannot flood the log.
+/// replays cannot flood the log. `request_id` is the id of the request that presented it.
 async fn revoke_replayed_grant_in(
     tx: &mut Tx,
     grant: uuid::Uuid,
     now: DateTime<Utc>,
     cause: &str,
+    request_id: Option<&str>,
 ) -> Result<(), StoreError> {
     let revoked = query(
         "UPDATE oauth_grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING client_id, user_id",
@@ -4551,7 +4554,8 @@ async fn revoke_replayed_grant_in(
         let event = super::NewAuditEvent::new(super::ActorKind::System, "grant.revoked")
             .actor(None, Some("oauth_token".into()))
             .target("grant", grant.to_string())
-            .details(details);
+            .details(details)
+            .request(request_id.map(str::to_owned));
         super::audit::insert(tx, &[event]).await?;
     }
     Ok(())

@@ -619,7 +619,7 @@ async fn a_code_is_redeemed_once_under_concurrency_and_a_replay_revokes_its_gran
     // The losers were replays: the grant, and the winner's tokens, are revoked — audited once,
     // however many replays found it.
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 1);
-    assert_eq!(sql.count("audit_events WHERE action = 'grant.revoked'").await, 1);
+    assert_eq!(sql.count("audit_events WHERE action = 'grant.revoked' AND request_id IS NOT NULL").await, 1);
     let access = issued[0]["access_token"].as_str().unwrap();
     assert_eq!(introspect(&w.app, (&client, &secret), access).await, json!({"active": false}));
     let refresh = issued[0]["refresh_token"].as_str().unwrap();
@@ -800,7 +800,9 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
     let rotated = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &old)]).await;
     let current = body(rotated, 200).await["refresh_token"].as_str().unwrap().to_owned();
     let reuse = [("grant_type", "refresh_token"), ("refresh_token", old.as_str()), ("scope", "openid profile")];
-    assert_eq!(oauth_error(token_request(&w.app, creds, &reuse).await, 400).await, "invalid_grant");
+    let reused = token_request(&w.app, creds, &reuse).await;
+    let reuse_request = reused.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(oauth_error(reused, 400).await, "invalid_grant");
     assert_eq!(sql.count("oauth_grants WHERE revoked_at IS NOT NULL").await, 2);
     let next = token_request(&w.app, creds, &[("grant_type", "refresh_token"), ("refresh_token", &current)]).await;
     assert_eq!(oauth_error(next, 400).await, "invalid_grant");
@@ -815,6 +817,7 @@ async fn a_refresh_token_rotates_once_under_concurrency_and_reuse_revokes_the_fa
         (Some("oauth_token"), Some("refresh_token_reused"))
     );
     assert_eq!(row["details"]["client_id"], client);
+    assert_eq!(row["request_id"], reuse_request.as_str(), "the request that reused it");
 }
 
 /// A refused client authentication at the back-channel endpoints (`invalid_client`, which anyone

@@ -4395,7 +4395,7 @@ mod grants {
             let (_, refresh) = granted(&store, person, t0).await;
             // A second refresh token of the grant (a rotation), and an unredeemed grant's code.
             let next = hash();
-            let rotated = store.rotate_refresh_token(&refresh, &next, grant_at(t0), None).await.unwrap();
+            let rotated = store.rotate_refresh_token(&refresh, &next, grant_at(t0), None, None).await.unwrap();
             assert_eq!(rotated, RotateOutcome::Rotated);
             store.insert_grant(&grant(person, None, t0), &code(t0)).await.unwrap();
         }
@@ -4403,7 +4403,7 @@ mod grants {
         let kept_code = code(t0);
         store.insert_grant(&kept, &kept_code).await.unwrap();
         assert_eq!(
-            store.redeem_code(&kept_code.code_hash, Some(&hash()), grant_at(t0)).await.unwrap(),
+            store.redeem_code(&kept_code.code_hash, Some(&hash()), grant_at(t0), None).await.unwrap(),
             RedeemOutcome::Redeemed
         );
         // Consents: both users' for the client, Ada's for the other.
@@ -4495,7 +4495,7 @@ mod grants {
         let (g, c, refresh) = (grant(person, None, at), code(at), hash());
         store.insert_grant(&g, &c).await.unwrap();
         assert_eq!(
-            store.redeem_code(&c.code_hash, Some(&refresh), grant_at(at)).await.unwrap(),
+            store.redeem_code(&c.code_hash, Some(&refresh), grant_at(at), None).await.unwrap(),
             RedeemOutcome::Redeemed
         );
         (g.id, refresh)
@@ -4519,7 +4519,7 @@ mod grants {
 
         let refresh = hash();
         assert_eq!(
-            store.redeem_code(&c.code_hash, Some(&refresh), grant_at(t0)).await.unwrap(),
+            store.redeem_code(&c.code_hash, Some(&refresh), grant_at(t0), None).await.unwrap(),
             RedeemOutcome::Redeemed
         );
         assert!(store.code_grant(&c.code_hash, grant_at(t0)).await.unwrap().unwrap().1.used);
@@ -4527,12 +4527,12 @@ mod grants {
         assert_eq!((by_refresh.id, used_at), (g.id, None));
         // Again: a replay, which revokes the grant and stores nothing.
         assert_eq!(
-            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(t0)).await.unwrap(),
+            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(t0), None).await.unwrap(),
             RedeemOutcome::Replayed
         );
         assert!(!store.grant(g.id, grant_at(t0)).await.unwrap().unwrap().active);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 1);
-        assert_eq!(store.redeem_code(&hash(), None, grant_at(t0)).await.unwrap(), RedeemOutcome::Invalid);
+        assert_eq!(store.redeem_code(&hash(), None, grant_at(t0), None).await.unwrap(), RedeemOutcome::Invalid);
         assert_eq!(store.code_grant(&hash(), grant_at(t0)).await.unwrap(), None);
         assert_eq!(store.grant(Uuid::now_v7(), grant_at(t0)).await.unwrap(), None);
     }
@@ -4543,7 +4543,7 @@ mod grants {
         let Issued { db: _db, store, ada, t0, code: c, .. } = issued(backend).await;
         assert!(store.user_apps(ada.id(), grant_at(t0)).await.unwrap().is_empty());
         assert_eq!(
-            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(t0)).await.unwrap(),
+            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(t0), None).await.unwrap(),
             RedeemOutcome::Redeemed
         );
         let apps = store.user_apps(ada.id(), grant_at(t0)).await.unwrap();
@@ -4554,7 +4554,7 @@ mod grants {
         let Issued { store, t0, grant: g, code: c, .. } = issued(backend).await;
         let late = t0 + TimeDelta::seconds(61);
         assert_eq!(
-            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(late)).await.unwrap(),
+            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(late), None).await.unwrap(),
             RedeemOutcome::Invalid
         );
         assert!(store.grant(g.id, grant_at(late)).await.unwrap().unwrap().active);
@@ -4565,7 +4565,10 @@ mod grants {
         // Revoked between the token endpoint's read of the code and its redemption.
         assert!(store.code_grant(&c.code_hash, grant_at(t0)).await.unwrap().unwrap().0.active);
         assert!(store.revoke_grant(g.id, t0).await.unwrap());
-        assert_eq!(store.redeem_code(&c.code_hash, Some(&hash()), grant_at(t0)).await.unwrap(), RedeemOutcome::Invalid);
+        assert_eq!(
+            store.redeem_code(&c.code_hash, Some(&hash()), grant_at(t0), None).await.unwrap(),
+            RedeemOutcome::Invalid
+        );
         assert!(!store.code_grant(&c.code_hash, grant_at(t0)).await.unwrap().unwrap().1.used);
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 0, "no refresh token stored");
     }
@@ -4575,7 +4578,7 @@ mod grants {
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let (store, code) = (store.clone(), c.code_hash);
-                tokio::spawn(async move { store.redeem_code(&code, Some(&hash()), grant_at(t0)).await.unwrap() })
+                tokio::spawn(async move { store.redeem_code(&code, Some(&hash()), grant_at(t0), None).await.unwrap() })
             })
             .collect();
         let mut outcomes = Vec::new();
@@ -4595,15 +4598,24 @@ mod grants {
         let t0 = now();
         let (grant_id, r1) = granted(&store, &ada, t0).await;
         let r2 = hash();
-        assert_eq!(store.rotate_refresh_token(&r1, &r2, grant_at(t0), None).await.unwrap(), RotateOutcome::Rotated);
+        assert_eq!(
+            store.rotate_refresh_token(&r1, &r2, grant_at(t0), None, None).await.unwrap(),
+            RotateOutcome::Rotated
+        );
         assert_eq!(store.refresh_grant(&r1, grant_at(t0)).await.unwrap().unwrap().1, Some(t0), "r1 is used");
         assert_eq!(store.refresh_grant(&r2, grant_at(t0)).await.unwrap().unwrap().1, None);
-        assert_eq!(store.rotate_refresh_token(&r1, &hash(), grant_at(t0), None).await.unwrap(), RotateOutcome::Reused);
+        assert_eq!(
+            store.rotate_refresh_token(&r1, &hash(), grant_at(t0), None, None).await.unwrap(),
+            RotateOutcome::Reused
+        );
         assert!(!store.grant(grant_id, grant_at(t0)).await.unwrap().unwrap().active);
         // The family is revoked: r2 rotates no more, and nothing is written.
-        assert_eq!(store.rotate_refresh_token(&r2, &hash(), grant_at(t0), None).await.unwrap(), RotateOutcome::Invalid);
         assert_eq!(
-            store.rotate_refresh_token(&hash(), &hash(), grant_at(t0), None).await.unwrap(),
+            store.rotate_refresh_token(&r2, &hash(), grant_at(t0), None, None).await.unwrap(),
+            RotateOutcome::Invalid
+        );
+        assert_eq!(
+            store.rotate_refresh_token(&hash(), &hash(), grant_at(t0), None, None).await.unwrap(),
             RotateOutcome::Invalid
         );
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 2);
@@ -4625,18 +4637,18 @@ mod grants {
         let (r2, r3, r4) = (hash(), hash(), hash());
         let reuse = chrono::Duration::seconds(10);
         assert_eq!(
-            store.rotate_refresh_token(&r1, &r2, grant_at(t0), Some(t0 - reuse)).await.unwrap(),
+            store.rotate_refresh_token(&r1, &r2, grant_at(t0), Some(t0 - reuse), None).await.unwrap(),
             RotateOutcome::Rotated
         );
         let t1 = t0 + chrono::Duration::seconds(5);
         assert_eq!(
-            store.rotate_refresh_token(&r1, &r3, grant_at(t1), Some(t1 - reuse)).await.unwrap(),
+            store.rotate_refresh_token(&r1, &r3, grant_at(t1), Some(t1 - reuse), None).await.unwrap(),
             RotateOutcome::Rotated
         );
         assert_eq!(store.refresh_grant(&r1, grant_at(t1)).await.unwrap().unwrap().1, Some(t0), "the first use is kept");
         // Both successors are live, each rotates on its own.
         assert_eq!(
-            store.rotate_refresh_token(&r2, &r4, grant_at(t1), Some(t1 - reuse)).await.unwrap(),
+            store.rotate_refresh_token(&r2, &r4, grant_at(t1), Some(t1 - reuse), None).await.unwrap(),
             RotateOutcome::Rotated
         );
         assert_eq!(store.refresh_grant(&r3, grant_at(t1)).await.unwrap().unwrap().1, None);
@@ -4644,12 +4656,12 @@ mod grants {
         // Eleven seconds after its first use, r1 is past the interval: its grant is revoked.
         let t2 = t0 + chrono::Duration::seconds(11);
         assert_eq!(
-            store.rotate_refresh_token(&r1, &hash(), grant_at(t2), Some(t2 - reuse)).await.unwrap(),
+            store.rotate_refresh_token(&r1, &hash(), grant_at(t2), Some(t2 - reuse), None).await.unwrap(),
             RotateOutcome::Reused
         );
         assert!(!store.grant(grant_id, grant_at(t2)).await.unwrap().unwrap().active);
         assert_eq!(
-            store.rotate_refresh_token(&r3, &hash(), grant_at(t2), Some(t2 - reuse)).await.unwrap(),
+            store.rotate_refresh_token(&r3, &hash(), grant_at(t2), Some(t2 - reuse), None).await.unwrap(),
             RotateOutcome::Invalid
         );
         assert_eq!(db.sql().await.count("oauth_refresh_tokens").await, 4);
@@ -4664,7 +4676,9 @@ mod grants {
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.rotate_refresh_token(&r1, &hash(), grant_at(t0), None).await.unwrap() })
+                tokio::spawn(async move {
+                    store.rotate_refresh_token(&r1, &hash(), grant_at(t0), None, None).await.unwrap()
+                })
             })
             .collect();
         let mut outcomes = Vec::new();

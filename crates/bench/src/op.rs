@@ -163,7 +163,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
             let (store, codes) = (store.clone(), codes.clone());
             async move {
                 let refresh = sha256(format!("bench-refresh-{i}").as_bytes());
-                let outcome = store.redeem_code(&codes[i], Some(&refresh), grant_at()).await?;
+                let outcome = store.redeem_code(&codes[i], Some(&refresh), grant_at(), None).await?;
                 anyhow::ensure!(outcome == tessera::store::RedeemOutcome::Redeemed, "redeemed");
                 Ok(())
             }
@@ -210,7 +210,7 @@ async fn measure(args: &OpArgs, url: &str) -> anyhow::Result<()> {
             async move {
                 let mut held = chains[i % chains.len()].lock().await;
                 let next = sha256(uuid::Uuid::new_v4().as_bytes());
-                let outcome = store.rotate_refresh_token(&held, &next, grant_at(), None).await?;
+                let outcome = store.rotate_refresh_token(&held, &next, grant_at(), None, None).await?;
                 anyhow::ensure!(outcome == tessera::store::RotateOutcome::Rotated, "rotated");
                 *held = next;
                 Ok(())
@@ -455,7 +455,7 @@ async fn store_chains(
     let mut out = Vec::with_capacity(n);
     for code in codes {
         let refresh = sha256(uuid::Uuid::new_v4().as_bytes());
-        store.redeem_code(&code, Some(&refresh), grant_at()).await?;
+        store.redeem_code(&code, Some(&refresh), grant_at(), None).await?;
         out.push(Mutex::new(refresh));
     }
     Ok(out)

@@ -280,7 +280,13 @@ impl OpenIdProvider {
     }
 
     /// Answers a token request from a client with `creds`.
-    pub async fn token(&self, creds: &ClientCredentials, form: TokenForm) -> Result<TokenResponse, OAuthError> {
+    /// `x_request_id` (the HTTP request's id) goes in the audit row of a grant a replay revokes.
+    pub async fn token(
+        &self,
+        creds: &ClientCredentials,
+        form: TokenForm,
+        x_request_id: Option<&str>,
+    ) -> Result<TokenResponse, OAuthError> {
         let Some(grant_type) = form.grant_type.as_deref() else {
             return Err(OAuthError::invalid_request("grant_type is missing"));
         };
@@ -295,8 +301,8 @@ impl OpenIdProvider {
             return Err(OAuthError::unauthorized_client(format!("this client may not use {}", grant.as_str())));
         }
         match grant {
-            GrantType::AuthorizationCode => self.exchange_code(&client, form).await,
-            GrantType::RefreshToken => self.refresh(&client, form).await,
+            GrantType::AuthorizationCode => self.exchange_code(&client, form, x_request_id).await,
+            GrantType::RefreshToken => self.refresh(&client, form, x_request_id).await,
             GrantType::ClientCredentials => self.client_credentials(&client, form).await,
             GrantType::TokenExchange => self.exchange_token(&client, form).await,
         }
@@ -313,7 +319,12 @@ impl OpenIdProvider {
         self.clients.authenticate(creds, &audiences).await.map_err(|e| OAuthError::from_client_auth(&e))
     }
 
-    async fn exchange_code(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
+    async fn exchange_code(
+        &self,
+        client: &Client,
+        form: TokenForm,
+        x_request_id: Option<&str>,
+    ) -> Result<TokenResponse, OAuthError> {
         let now = crate::domain::now();
         let code = required(&form.code, "code")?;
         let hash = sha256(code.as_bytes());
@@ -351,7 +362,7 @@ impl OpenIdProvider {
             // A replay by whoever holds what redeemed it (the client, and the PKCE verifier where
             // there was one; a code alone, leaked after its use, revokes nothing): redeeming again
             // revokes the grant and every token it issued.
-            self.store.redeem_code(&hash, None, self.grant_at(now)).await?;
+            self.store.redeem_code(&hash, None, self.grant_at(now), x_request_id).await?;
             tracing::warn!(client_id = %client.id, "authorization code replayed; its grant is revoked");
             return Err(invalid());
         }
@@ -370,13 +381,18 @@ impl OpenIdProvider {
         // Everything that can fail comes first: once the code is used, a retry is a replay.
         let refresh_token = refresh.map(|r| r.expose_secret().to_owned());
         let response = self.mint(client, &grant, stored.nonce.as_deref(), refresh_token, now).await?;
-        match self.store.redeem_code(&hash, refresh_hash.as_ref(), self.grant_at(now)).await? {
+        match self.store.redeem_code(&hash, refresh_hash.as_ref(), self.grant_at(now), x_request_id).await? {
             RedeemOutcome::Redeemed => Ok(response),
             RedeemOutcome::Replayed | RedeemOutcome::Invalid => Err(invalid()),
         }
     }
 
-    async fn refresh(&self, client: &Client, form: TokenForm) -> Result<TokenResponse, OAuthError> {
+    async fn refresh(
+        &self,
+        client: &Client,
+        form: TokenForm,
+        x_request_id: Option<&str>,
+    ) -> Result<TokenResponse, OAuthError> {
         let now = crate::domain::now();
         let token = required(&form.refresh_token, "refresh_token")?;
         let hash = sha256(token.as_bytes());
@@ -393,7 +409,7 @@ impl OpenIdProvider {
             // A rotated token presented again: its grant is revoked, whatever else this request
             // asks or gets wrong (the rotation below, to a token nobody holds, finds the reuse).
             let nobody = sha256(random_secret().expose_secret().as_bytes());
-            if self.store.rotate_refresh_token(&hash, &nobody, self.grant_at(now), reusable_after).await?
+            if self.store.rotate_refresh_token(&hash, &nobody, self.grant_at(now), reusable_after, x_request_id).await?
                 == RotateOutcome::Reused
             {
                 tracing::warn!(client_id = %client.id, "rotated refresh token reused; its grant is revoked");
@@ -436,7 +452,13 @@ impl OpenIdProvider {
         let response = self.mint(client, &grant, None, Some(new.expose_secret().to_owned()), now).await?;
         match self
             .store
-            .rotate_refresh_token(&hash, &sha256(new.expose_secret().as_bytes()), self.grant_at(now), reusable_after)
+            .rotate_refresh_token(
+                &hash,
+                &sha256(new.expose_secret().as_bytes()),
+                self.grant_at(now),
+                reusable_after,
+                x_request_id,
+            )
             .await?
         {
             RotateOutcome::Rotated => Ok(response),
