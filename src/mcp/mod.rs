@@ -366,7 +366,7 @@ fn parse_arguments(arguments: Option<JsonObject>) -> Result<Arguments, ApiError>
     Ok(arguments)
 }
 
-/// The `slug` argument (a slug, or the profile's id), required by every action that names one profile.
+/// The `slug` argument (a slug; the tool names profiles by slug only), required by every action that names one.
 fn slug_of(arguments: &Arguments) -> Result<ProfileRef, ApiError> {
     // (Trimmed, and absent when blank, by `parse_arguments`.)
     let Some(slug) = arguments.slug.as_deref() else {

@@ -471,24 +471,31 @@ async fn slug_collisions_under_concurrency_are_clean(backend: Backend) {
 async fn membership_decides_who_sees_what(backend: Backend) {
     let mut w = world(backend).await;
     w.connected("alices").await;
-    // Bob is a member: he sees the team but not Alice's personal profile.
+    let id = w.sql_profile("alices").await["id"].as_str().unwrap().to_owned();
+    // Bob is a member: he sees the team but not Alice's personal profile, by slug or by id.
     let listed = body(w.on_behalf(Method::GET, "/auth-profiles", w.bob.id).send().await.unwrap(), 200).await;
     assert_eq!(listed["auth_profiles"].as_array().unwrap().len(), 0);
-    for (method, path) in [
-        (Method::GET, "/auth-profiles/alices"),
-        (Method::POST, "/auth-profiles/alices/token"),
-        (Method::POST, "/auth-profiles/alices/connect"),
-        (Method::DELETE, "/auth-profiles/alices"),
-    ] {
-        let response = w.on_behalf(method.clone(), path, w.bob.id).send().await.unwrap();
-        assert_eq!(body(response, 403).await["code"], "not_profile_owner", "{method} {path}");
+    for named in ["alices", id.as_str()] {
+        for (method, path) in [
+            (Method::GET, format!("/auth-profiles/{named}")),
+            (Method::POST, format!("/auth-profiles/{named}/token")),
+            (Method::POST, format!("/auth-profiles/{named}/connect")),
+            (Method::DELETE, format!("/auth-profiles/{named}")),
+        ] {
+            let response = w.on_behalf(method.clone(), &path, w.bob.id).send().await.unwrap();
+            assert_eq!(body(response, 403).await["code"], "not_profile_owner", "{method} {path}");
+        }
     }
     // A stranger is told the team does not exist, even for real slugs.
-    let carol = sign_in(&w.app, &w.issuer, "carol").await;
+    let mut carol = sign_in(&w.app, &w.issuer, "carol").await;
     for path in ["/auth-profiles", "/auth-profiles/alices"] {
         let response = w.on_behalf(Method::GET, path, carol.id).send().await.unwrap();
         assert_eq!(body(response, 404).await["code"], "team_not_found");
     }
+    // An id names a profile of its own team only: through Carol's team, Alice's is not found.
+    let carols_team = body(carol.browser.me(&w.app).await, 200).await["teams"][0]["id"].as_str().unwrap().to_owned();
+    let elsewhere = carol.browser.get(&w.app.url(&format!("/v1/teams/{carols_team}/auth-profiles/{id}"))).await;
+    assert_eq!(body(elsewhere, 404).await["code"], "profile_not_found");
     let no_team = w
         .app
         .client
@@ -506,6 +513,11 @@ async fn membership_decides_who_sees_what(backend: Backend) {
     assert_eq!(body(admin_without_user, 400).await["code"], "missing_field");
     let anonymous = w.app.client.get(w.url("/auth-profiles")).send().await.unwrap();
     assert_eq!(body(anonymous, 401).await["code"], "missing_credentials");
+    // Nor, once revoked, in its own.
+    let revoked = w.on_behalf(Method::DELETE, &format!("/auth-profiles/{id}"), w.alice.id).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let gone = w.on_behalf(Method::GET, &format!("/auth-profiles/{id}"), w.alice.id).send().await.unwrap();
+    assert_eq!(body(gone, 404).await["code"], "profile_not_found");
 }
 
 async fn a_connect_link_connects_the_profile_once(backend: Backend) {

@@ -1589,8 +1589,11 @@ async fn forward_auth_sends_a_browser_to_sign_in_and_back(backend: Backend) {
     let long_query = format!("https://app.example.com/explore?left={}", "%5B%22a%22%5D".repeat(200));
     let backslash = "https://app.example.com/explore?path=C:\\temp";
     let long_path = format!("https://app.example.com/{}", "p/".repeat(1100));
+    // Under 2048 characters, but over 3000 bytes once encoded into the sign-in URL.
+    let wide_query = format!("https://app.example.com/explore?q={}", "%22".repeat(650));
     for (asked, kept) in [
         (long_query.as_str(), "https://app.example.com/explore"),
+        (wide_query.as_str(), "https://app.example.com/explore"),
         (backslash, "https://app.example.com/explore"),
         (long_path.as_str(), "https://app.example.com/"),
     ] {

@@ -48,7 +48,7 @@ pub(crate) fn parse_slug(value: &str) -> Result<Slug, ApiError> {
     Slug::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.to_string()).field("slug"))
 }
 
-/// The profile a path (or the MCP tool's `slug`) names, by slug or by id, or 400 `invalid_slug`.
+/// The profile a path names, by slug or by id, or 400 `invalid_slug` (the MCP tool takes slugs only).
 pub(crate) fn parse_profile(value: &str) -> Result<ProfileRef, ApiError> {
     ProfileRef::parse(value).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.to_string()).field("slug"))
 }
