@@ -506,6 +506,7 @@ async fn rotate_signing_key(
         Ok(list) => list.iter().any(|k| k.alg == alg && k.retired_at.is_none()),
         Err(e) => return fail(&e),
     };
+    let ring_key = keyring.active_id().to_owned();
     // Also when a key does not decrypt with this ring: rotating is the way to retire it.
     let keys = match SigningKeys::open(store, keyring, SigningKeySettings::from_config(&config.oidc)).await {
         Ok(keys) => keys,
@@ -519,6 +520,14 @@ async fn rotate_signing_key(
     // rotation goes ahead.
     let ring = crate::config::ENCRYPTION_KEYS_VAR;
     if at_once {
+        // Retired at once all the same — but a ring other than the servers' would make a key
+        // none of them can read: said, with the ring key that encrypts it.
+        if let Some((_, unusable)) = keys.unusable_key_of(|a| a == alg) {
+            out!(
+                "note: {unusable}; the new key is encrypted under ring key {ring_key:?}, which every server's \
+                 {ring} must hold"
+            );
+        }
         if let Some((of, unusable)) = keys.unusable_key_of(|a| a != alg) {
             out!("note: {unusable}: rotate it too, with --alg {} --now, if its ring key is lost", of.as_str());
         }

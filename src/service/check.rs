@@ -160,11 +160,13 @@ async fn check_signing_keys(store: &Arc<dyn Store>, config: &Config, report: &mu
     match crate::service::op::keys::SigningKeys::open(store.clone(), keyring.clone(), settings).await {
         Err(e) => report.push(Severity::Problem, format!("cannot read the signing keys: {}", Chain(&e))),
         Ok(keys) => {
-            match keys.unusable_key() {
-                Some(unusable) => report.push(
+            match keys.unusable_key_of(|_| true) {
+                Some((alg, unusable)) => report.push(
                     Severity::Problem,
                     format!(
-                        "{unusable}: add the ring key that encrypted it, or rotate (`tessera keys signing rotate`)"
+                        "{unusable}: add the ring key that encrypted it, or, if that is lost for good, retire the key \
+                         at once (`tessera keys signing rotate --alg {} --now`)",
+                        alg.as_str()
                     ),
                 ),
                 None => report.push(Severity::Ok, "the signing keys decrypt with this key ring"),

@@ -251,6 +251,9 @@ struct Inner {
     /// when: the keys are fetched from it while discovery itself cannot be read, for
     /// `max_stale` at most.
     discovered: std::sync::Mutex<Option<(Url, SystemTime)>>,
+    /// Whether the fallback to `discovered` was logged since discovery last succeeded: an
+    /// outage is warned of once.
+    fallback_logged: AtomicBool,
     http: reqwest::Client,
     cooldown: Duration,
     failure_backoff: Duration,
@@ -272,6 +275,7 @@ impl JwksCache {
             issuer,
             jwks_uri,
             discovered: std::sync::Mutex::new(None),
+            fallback_logged: AtomicBool::new(false),
             http,
             cooldown: config.refetch_cooldown,
             failure_backoff: config.failure_backoff,
@@ -509,10 +513,15 @@ impl Inner {
                 let last =
                     discovered().clone().filter(|(_, at)| at.checked_add(self.max_stale).is_some_and(|t| now < t));
                 let Some((uri, _)) = last else { return Err(error) };
-                tracing::warn!(
-                    issuer = %self.issuer, error = %error.chain(),
-                    "cannot read the issuer's discovery document; fetching its keys from the jwks_uri it last named"
-                );
+                if self.fallback_logged.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(issuer = %self.issuer, error = %error.chain(), "still no discovery document");
+                } else {
+                    tracing::warn!(
+                        issuer = %self.issuer, error = %error.chain(),
+                        "cannot read the issuer's discovery document; fetching its keys from the jwks_uri it last \
+                         named (logged again only after it was read again)"
+                    );
+                }
                 return Ok(uri);
             }
             Err(error) => return Err(error),
@@ -520,6 +529,7 @@ impl Inner {
         let uri = discovered_endpoint(&document, "jwks_uri", &self.issuer)?
             .ok_or_else(|| FetchError::Invalid { url: self.issuer.discovery_url(), problem: "no jwks_uri".into() })?;
         *discovered() = Some((uri.clone(), SystemTime::now()));
+        self.fallback_logged.store(false, Ordering::Relaxed);
         Ok(uri)
     }
 
@@ -979,7 +989,7 @@ mod outage_tests {
     /// the `jwks_uri` the document last named. Never having read the document, there is none.
     #[tokio::test]
     async fn a_discovery_outage_still_follows_a_key_rotation() {
-        let _logs = capture();
+        let logs = capture();
         let local = LocalIssuer::start().await.unwrap();
         let cache = eager_of(&local, None, Duration::from_secs(3600));
         let never_discovered = eager_of(&local, None, Duration::from_secs(3600));
@@ -995,8 +1005,15 @@ mod outage_tests {
             panic!("the rotated keys, from the last jwks_uri");
         };
         assert!(set.has_kid(&rotated), "the new key");
+        let rotated_again = local.add_key(tessera_testkit::local_issuer::Alg::Es256);
+        let AfterMiss::Newer(set) = cache.refresh_after_miss(&set, Miss::UnknownKey).await else {
+            panic!("the keys again, from the last jwks_uri");
+        };
+        assert!(set.has_kid(&rotated_again));
+        let warned = logs.lines("WARN").into_iter().filter(|l| l.contains("discovery document")).count();
+        assert_eq!(warned, 1, "one warning for the outage: {}", logs.text());
         assert!(matches!(long_gone.refresh_after_miss(&gone_set, Miss::UnknownKey).await, AfterMiss::Unavailable));
-        assert_eq!(local.discovery_fetches(), 5, "discovery was tried each time");
+        assert_eq!(local.discovery_fetches(), 6, "discovery was tried each time");
     }
 
     /// Expired keys are served through an outage for `jwks.max_stale_seconds`, and no longer: a

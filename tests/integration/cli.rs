@@ -833,6 +833,7 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
     assert_eq!(now.code, 0, "{}{}", now.stdout, now.stderr);
     assert!(now.stdout.contains("signs at once"), "{}", now.stdout);
     assert!(now.stdout.contains("--alg EdDSA --now"), "EdDSA's key is lost too: {}", now.stdout);
+    assert!(now.stdout.contains("encrypted under ring key \"k4\""), "which the servers must hold: {}", now.stdout);
 
     // `tessera check`, with the OpenID Provider on, says what `serve` would refuse: a ring that
     // cannot decrypt a key that signs or will (the new ES256 key is k4's).
@@ -855,7 +856,8 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
     let short = run(&mut check(&format!("k2:{}", key(2)))).await;
     assert_eq!(short.code, 1, "{}{}", short.stdout, short.stderr);
     assert!(short.stdout.contains("1 user(s) without any identity"), "{}", short.stdout);
-    assert!(short.stdout.contains("cannot be used") && short.stdout.contains("rotate"), "{}", short.stdout);
+    assert!(short.stdout.contains("cannot be used") && short.stdout.contains("rotate --alg"), "{}", short.stdout);
+    assert!(short.stdout.contains("--now"), "the way out of a lost ring key: {}", short.stdout);
     sql.exec(&format!("DELETE FROM users WHERE id = {orphan}")).await.unwrap();
     let whole = run(&mut check(&format!("k4:{},k2:{}", key(4), key(2)))).await;
     assert_eq!(whole.code, 0, "{}{}", whole.stdout, whole.stderr);
