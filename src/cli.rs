@@ -519,21 +519,20 @@ async fn rotate_signing_key(
     // With it — a ring key lost for good, every key under it to retire — each algorithm's own
     // rotation goes ahead.
     let ring = crate::config::ENCRYPTION_KEYS_VAR;
+    let (own, other) = (keys.unusable_key_of(|a| a == alg), keys.unusable_key_of(|a| a != alg));
     if at_once {
         // Retired at once all the same — but a ring other than the servers' would make a key
         // none of them can read: said, with the ring key that encrypts it.
-        if let Some((_, unusable)) = keys.unusable_key_of(|a| a == alg) {
+        if let Some((_, unusable)) = own {
             out!(
                 "note: {unusable}; the new key is encrypted under ring key {ring_key:?}, which every server's \
                  {ring} must hold"
             );
         }
-        if let Some((of, unusable)) = keys.unusable_key_of(|a| a != alg) {
+        if let Some((of, unusable)) = other {
             out!("note: {unusable}: rotate it too, with --alg {} --now, if its ring key is lost", of.as_str());
         }
-    } else if let Some((of, unusable)) =
-        keys.unusable_key_of(|a| a == alg).or_else(|| keys.unusable_key_of(|a| a != alg))
-    {
+    } else if let Some((of, unusable)) = own.or(other) {
         err!(
             "tessera: {unusable}: run this with the servers' {ring} (a key made under another ring is one \
              no server can read); if its ring key is lost for good, retire it at once with `tessera keys \

@@ -263,8 +263,8 @@ pub fn record_build_info() {
 pub fn record_webhook_queues(queues: &[crate::store::WebhookQueue], now: chrono::DateTime<chrono::Utc>) {
     for queue in queues {
         let endpoint = queue.endpoint.to_string();
-        for result in ["delivered", "retry", "failed", "dropped"] {
-            metrics::counter!(WEBHOOK_ATTEMPTS_TOTAL, "endpoint" => endpoint.clone(), "result" => result).increment(0);
+        for result in WEBHOOK_RESULTS {
+            webhook_attempts(endpoint.clone(), result).increment(0);
         }
         let lag = queue.oldest_scheduled_at.map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
         metrics::gauge!(WEBHOOK_QUEUE_DEPTH, "endpoint" => endpoint.clone()).set(queue.pending as f64);
@@ -274,23 +274,35 @@ pub fn record_webhook_queues(queues: &[crate::store::WebhookQueue], now: chrono:
 
 /// Counts a tool error of the MCP endpoint: its `code`, and the status it has on the REST API.
 pub fn record_mcp_tool_error(code: crate::error::ErrorCode) {
-    let status = code.status().as_u16().to_string();
-    metrics::counter!(MCP_TOOL_ERRORS_TOTAL, "code" => code.as_str(), "status" => status).increment(1);
+    mcp_tool_errors(code).increment(1);
 }
 
 /// Shows the MCP tool errors of a 5xx status from 0, before the first: a series first seen at 1
 /// shows no increase to alert on.
 fn zero_mcp_server_errors() {
     for code in crate::error::ErrorCode::ALL.iter().filter(|code| code.status().is_server_error()) {
-        let status = code.status().as_u16().to_string();
-        metrics::counter!(MCP_TOOL_ERRORS_TOTAL, "code" => code.as_str(), "status" => status).increment(0);
+        mcp_tool_errors(*code).increment(0);
     }
+}
+
+/// The series of `tessera_mcp_tool_errors_total` of `code`.
+fn mcp_tool_errors(code: crate::error::ErrorCode) -> metrics::Counter {
+    let status = code.status().as_u16().to_string();
+    metrics::counter!(MCP_TOOL_ERRORS_TOTAL, "code" => code.as_str(), "status" => status)
+}
+
+/// The results a webhook delivery attempt is counted under (see [`record_webhook_attempt`]).
+const WEBHOOK_RESULTS: [&str; 4] = ["delivered", "retry", "failed", "dropped"];
+
+/// The series of `tessera_webhook_attempts_total` of `endpoint` and `result`.
+fn webhook_attempts(endpoint: String, result: &'static str) -> metrics::Counter {
+    metrics::counter!(WEBHOOK_ATTEMPTS_TOTAL, "endpoint" => endpoint, "result" => result)
 }
 
 /// Counts a webhook delivery attempt of `endpoint`: `delivered`, `retry` or `failed` (a request
 /// sent), or `dropped` (failed for good without one).
 pub fn record_webhook_attempt(endpoint: crate::domain::WebhookId, result: &'static str) {
-    metrics::counter!(WEBHOOK_ATTEMPTS_TOTAL, "endpoint" => endpoint.to_string(), "result" => result).increment(1);
+    webhook_attempts(endpoint.to_string(), result).increment(1);
 }
 
 /// Counts a provisioning outcome for `issuer`: `created`, `existing` or `race_lost`.

@@ -458,8 +458,8 @@ async fn revoke_connection(
 ) -> Response {
     act(&state, &headers, &body, async |live| {
         let (team, profile) = parse_connection(&team, &profile)?;
-        let request_id = super::audit::request_id(&headers);
-        match state.auth_profiles.revoke(&team, live.profile.user.id, &profile, request_id.as_deref()).await {
+        let request_id = super::audit::request_id_of(&headers);
+        match state.auth_profiles.revoke(&team, live.profile.user.id, &profile, request_id).await {
             // Revoked already (a double click, another tab; with the team, or the member's place
             // in it): the end asked for.
             Ok(()) | Err(AuthProfileError::ProfileNotFound | AuthProfileError::TeamNotFound) => {

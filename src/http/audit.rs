@@ -157,7 +157,12 @@ fn time(value: &str) -> Option<DateTime<Utc>> {
 
 /// The request id of a request (set or kept by the request-id layer), for its audit rows.
 pub fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
+    request_id_of(headers).map(str::to_owned)
+}
+
+/// [`request_id`], borrowed from the request's headers.
+pub fn request_id_of(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok())
 }
 
 /// The action of a request's audit row when its route alone does not tell (a `PATCH` of a user

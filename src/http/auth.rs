@@ -562,7 +562,8 @@ async fn callback_to_end(
             // link started before another tab signed in) is not sent to sign in, which would
             // end its session.
             // Asked only where it changes the page: not of a store that just failed to answer.
-            let signed_in = error.code() == ErrorCode::InvalidState && still_signed_in(&state, &headers, session).await;
+            let signed_in = error.code() == ErrorCode::InvalidState
+                && still_signed_in(&state, &headers, session, error.code()).await;
             // A state, and no sign-in cookie at all: most likely one the browser will never send.
             // (A session cookie sent shows cookies are not blocked.)
             let without_cookie = held.is_empty() && query.state.is_some() && session.is_none();
@@ -625,7 +626,7 @@ async fn callback_to_end(
             // so does a browser's that was signed in before this sign-in (switching accounts).
             let page = match action {
                 FlowAction::SignIn => {
-                    let signed_in = still_signed_in(&state, &headers, session).await;
+                    let signed_in = still_signed_in(&state, &headers, session, error.code()).await;
                     state.pages.error_in(&headers, error, &errors::Context { signed_in, ..context })
                 }
                 _ => state.pages.unfinished_flow(&headers, error, session.is_some()),
@@ -648,8 +649,8 @@ async fn callback_to_end(
         },
     };
     if let Purpose::Connect { .. } = finished.purpose {
-        let request_id = super::audit::request_id(&headers);
-        return match state.auth_profiles.complete(finished, current_user, request_id.as_deref()).await {
+        let request_id = super::audit::request_id_of(&headers);
+        return match state.auth_profiles.complete(finished, current_user, request_id).await {
             // On to a page of its own (a GET): reloading it must not replay this callback.
             Ok(_) => redirect(super::auth_profiles::connect::CONNECTED, &[clear_login]),
             Err(error) => {
@@ -685,8 +686,8 @@ async fn callback_to_end(
             let error = ApiError::from(error);
             super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
             // The sign-in's transaction ended no session: one the browser had stands.
-            let signed_in =
-                signed_in || (action == FlowAction::SignIn && still_signed_in(&state, &headers, session).await);
+            let signed_in = signed_in
+                || (action == FlowAction::SignIn && still_signed_in(&state, &headers, session, error.code()).await);
             with_cookie(state.pages.error_in(&headers, error, &errors::Context { signed_in, ..context }), clear_login)
         }
     }
@@ -694,11 +695,17 @@ async fn callback_to_end(
 
 /// Whether the browser's session cookie (`session`) is of a live session, for the page of a
 /// sign-in that did not finish: such a browser is told it is still signed in, and offered its
-/// account rather than a sign-in. Asked of the store only for a browser's page; a store that
-/// cannot answer counts as no.
-async fn still_signed_in(state: &AppState, headers: &HeaderMap, session: Option<&str>) -> bool {
+/// account rather than a sign-in. Asked of the store only for a browser's page, and not when it
+/// just failed to answer (`failed`, the error the page is about); a store that cannot answer
+/// counts as no.
+async fn still_signed_in(state: &AppState, headers: &HeaderMap, session: Option<&str>, failed: ErrorCode) -> bool {
     match session {
-        Some(session) if pages::wants_html(headers) => matches!(state.sessions.resolve(session).await, Ok(Some(_))),
+        Some(session)
+            if pages::wants_html(headers)
+                && !matches!(failed, ErrorCode::StoreUnavailable | ErrorCode::InternalError) =>
+        {
+            matches!(state.sessions.resolve(session).await, Ok(Some(_)))
+        }
         _ => false,
     }
 }

@@ -444,13 +444,7 @@ impl AuthProfiles {
 
     /// The live (not revoked) profile of `team` that `named` names.
     async fn live_profile(&self, team: TeamId, named: &ProfileRef) -> Result<AuthProfile, AuthProfileError> {
-        let found = match named {
-            ProfileRef::Slug(slug) => self.store.profile_by_slug(team, slug).await?,
-            ProfileRef::Id(id) => {
-                self.store.profile(*id).await?.filter(|p| p.team_id == team && p.status != ProfileStatus::Revoked)
-            }
-        };
-        found.ok_or(AuthProfileError::ProfileNotFound)
+        self.store.live_profile(team, named).await?.ok_or(AuthProfileError::ProfileNotFound)
     }
 
     /// Creates a profile, or reuses the caller's pending one (see the module documentation).

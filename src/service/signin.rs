@@ -322,8 +322,9 @@ impl SignIn {
         request_id: Option<String>,
     ) -> Result<(User, IdentityId, Option<LinkRule>), SignInError> {
         // Decided again when another first sign-in with the same email (another provider's
-        // identity of the same person, at the same moment) made an account meanwhile: once is
-        // enough, as the next decision sees that account; the bound guards against a stream of them.
+        // identity of the same person, at the same moment) made an account meanwhile, or the
+        // identity itself was made meanwhile: once is enough, as the next decision sees that
+        // account or identity; the bound guards against a stream of them.
         for _ in 0..3 {
             match self.sign_in_user_once(provider, &subject, info, request_id.clone()).await {
                 Err(SignInError::EmailHoldersChanged) => continue,
@@ -379,14 +380,10 @@ impl SignIn {
                 let (identity, new) = match self.link(provider, owner.id, subject.clone(), info, rule).await {
                     Ok(linked) => linked,
                     // The identity was made meanwhile for another user (a token of the same
-                    // issuer provisioned just in time, a bootstrap): that is whom it signs in,
-                    // as a first sign-in that loses to another answers with the winner's user.
-                    Err(SignInError::IdentityAlreadyLinked) => {
-                        return match self.store.find_identity(&issuer, subject).await? {
-                            Some(found) => self.returning(found).await,
-                            None => Err(SignInError::Removed),
-                        };
-                    }
+                    // issuer provisioned just in time, a bootstrap): decided again (see
+                    // `sign_in_user`), which finds it and signs in as that user, as a first
+                    // sign-in that loses to another answers with the winner's user.
+                    Err(SignInError::IdentityAlreadyLinked) => return Err(SignInError::EmailHoldersChanged),
                     Err(error) => return Err(error),
                 };
                 // As for a returning user: one who left their default team gets one again.

@@ -29,8 +29,8 @@ use crate::config::{Backend, DatabaseConfig};
 pub use crate::domain::events::SessionEnd;
 use crate::domain::{
     AuthProfile, Client, ClientId, CredentialMeta, DeliveryJob, DomainClaim, DomainName, Email, EventId, Identity,
-    IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team,
-    TeamId, TeamRef, User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
+    IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileRef, ProfileStatus, Role, SigningAlg, Slug, Subject,
+    Team, TeamId, TeamRef, User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
 pub use admin::{
@@ -1160,8 +1160,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn delete_expired_pending(&self, key: Option<&PendingKey<'_>>, now: DateTime<Utc>)
     -> Result<u64, StoreError>;
 
-    /// A live (not revoked) profile by slug.
-    async fn profile_by_slug(&self, team: TeamId, slug: &Slug) -> Result<Option<AuthProfile>, StoreError>;
+    /// A live (not revoked) profile of `team`, by id or by slug.
+    async fn live_profile(&self, team: TeamId, named: &ProfileRef) -> Result<Option<AuthProfile>, StoreError>;
 
     /// A profile by id (revoked ones included).
     async fn profile(&self, id: ProfileId) -> Result<Option<AuthProfile>, StoreError>;

@@ -45,8 +45,8 @@ use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
 use crate::domain::{
     AuthProfile, Client, ClientId, ClientKind, DeliveryJob, DeliveryState, DomainClaim, DomainName, Email, EventId,
-    Identity, IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileRight, Role, Slug, Subject, Team, TeamId,
-    TeamRef, User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
+    Identity, IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileRef, ProfileRight, Role, Subject, Team,
+    TeamId, TeamRef, User, UserId, UserProfile, WebhookDelivery, WebhookEndpoint, WebhookId,
 };
 
 /// Tessera's storage on SQLite or PostgreSQL (with an optional read replica).
@@ -2416,16 +2416,25 @@ impl Store for SqlStore {
         delete.execute(self.db.writer()).await
     }
 
-    async fn profile_by_slug(&self, team: TeamId, slug: &Slug) -> Result<Option<AuthProfile>, StoreError> {
-        let row = query(concat!(
-            "SELECT ",
-            profile_columns!(),
-            " FROM auth_profiles p WHERE p.team_id = $1 AND p.slug = $2 AND p.status <> 'revoked'"
-        ))
-        .bind(team.as_uuid())
-        .bind(slug.as_str())
-        .fetch_optional(self.db.reader())
-        .await?;
+    async fn live_profile(&self, team: TeamId, named: &ProfileRef) -> Result<Option<AuthProfile>, StoreError> {
+        // Live, and of the team: whichever way it is named.
+        let read = match named {
+            ProfileRef::Id(id) => query(concat!(
+                "SELECT ",
+                profile_columns!(),
+                " FROM auth_profiles p WHERE p.team_id = $1 AND p.status <> 'revoked' AND p.id = $2"
+            ))
+            .bind(team.as_uuid())
+            .bind(id.as_uuid()),
+            ProfileRef::Slug(slug) => query(concat!(
+                "SELECT ",
+                profile_columns!(),
+                " FROM auth_profiles p WHERE p.team_id = $1 AND p.status <> 'revoked' AND p.slug = $2"
+            ))
+            .bind(team.as_uuid())
+            .bind(slug.as_str()),
+        };
+        let row = read.fetch_optional(self.db.reader()).await?;
         row.as_ref().map(rows::profile).transpose()
     }
 

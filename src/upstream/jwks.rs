@@ -235,6 +235,13 @@ struct RefreshState {
     /// Whether the last fetch failed and the outage was logged: it is logged once when it
     /// starts and once when it ends, not on every failed fetch.
     down: bool,
+    /// The `jwks_uri` the issuer's discovery document last named (without a configured one), and
+    /// when: the keys are fetched from it while discovery itself cannot be read, for
+    /// `max_stale` at most.
+    discovered: Option<(Url, SystemTime)>,
+    /// Whether the fallback to `discovered` was logged since discovery last succeeded: a
+    /// discovery outage is warned of once.
+    discovery_down: bool,
 }
 
 /// The key cache of one issuer. Clones share the cache.
@@ -247,13 +254,6 @@ pub struct JwksCache {
 struct Inner {
     issuer: Issuer,
     jwks_uri: Option<Url>,
-    /// The `jwks_uri` the issuer's discovery document last named (without a configured one), and
-    /// when: the keys are fetched from it while discovery itself cannot be read, for
-    /// `max_stale` at most.
-    discovered: std::sync::Mutex<Option<(Url, SystemTime)>>,
-    /// Whether the fallback to `discovered` was logged since discovery last succeeded: an
-    /// outage is warned of once.
-    fallback_logged: AtomicBool,
     http: reqwest::Client,
     cooldown: Duration,
     failure_backoff: Duration,
@@ -274,8 +274,6 @@ impl JwksCache {
         let inner = Inner {
             issuer,
             jwks_uri,
-            discovered: std::sync::Mutex::new(None),
-            fallback_logged: AtomicBool::new(false),
             http,
             cooldown: config.refetch_cooldown,
             failure_backoff: config.failure_backoff,
@@ -457,7 +455,7 @@ impl Inner {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(JWKS_FETCHES_TOTAL, "issuer" => self.issuer.to_string(), "reason" => reason.label())
             .increment(1);
-        let fetched = self.fetch().await;
+        let fetched = self.fetch(&mut state).await;
         // The cooldown and the back-off run from the end of the attempt: a fetch that hangs until
         // its timeout must not let the next caller start another at once.
         let ended = Instant::now();
@@ -504,16 +502,16 @@ impl Inner {
     /// (an outage of its host or its CDN, not an answer naming other keys), the one it last named
     /// within `max_stale` — as long as keys are served past their expiry —, so that a rotation
     /// of keys during such an outage is still followed, and a document gone for good is not.
-    async fn discover_jwks_uri(&self) -> Result<Url, FetchError> {
-        let discovered = || self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+    async fn discover_jwks_uri(&self, state: &mut RefreshState) -> Result<Url, FetchError> {
         let document = match fetch_discovery(&self.http, &self.issuer).await {
             Ok((document, _)) => document,
             Err(error @ (FetchError::Http { .. } | FetchError::Status { .. })) => {
                 let now = SystemTime::now();
                 let last =
-                    discovered().clone().filter(|(_, at)| at.checked_add(self.max_stale).is_some_and(|t| now < t));
+                    state.discovered.as_ref().filter(|(_, at)| at.checked_add(self.max_stale).is_some_and(|t| now < t));
                 let Some((uri, _)) = last else { return Err(error) };
-                if self.fallback_logged.swap(true, Ordering::Relaxed) {
+                let uri = uri.clone();
+                if std::mem::replace(&mut state.discovery_down, true) {
                     tracing::debug!(issuer = %self.issuer, error = %error.chain(), "still no discovery document");
                 } else {
                     tracing::warn!(
@@ -528,15 +526,16 @@ impl Inner {
         };
         let uri = discovered_endpoint(&document, "jwks_uri", &self.issuer)?
             .ok_or_else(|| FetchError::Invalid { url: self.issuer.discovery_url(), problem: "no jwks_uri".into() })?;
-        *discovered() = Some((uri.clone(), SystemTime::now()));
-        self.fallback_logged.store(false, Ordering::Relaxed);
+        state.discovered = Some((uri.clone(), SystemTime::now()));
+        state.discovery_down = false;
         Ok(uri)
     }
 
-    async fn fetch(&self) -> Result<(Vec<Arc<VerificationKey>>, Duration), FetchError> {
+    /// Fetches the keys; `state`, held by the one refresh running, keeps what discovery found.
+    async fn fetch(&self, state: &mut RefreshState) -> Result<(Vec<Arc<VerificationKey>>, Duration), FetchError> {
         let jwks_uri = match &self.jwks_uri {
             Some(uri) => uri.clone(),
-            None => self.discover_jwks_uri().await?,
+            None => self.discover_jwks_uri(state).await?,
         };
         let (document, max_age) = fetch_json(&self.http, &jwks_uri).await?;
         let invalid = |problem: &str| FetchError::Invalid { url: jwks_uri.to_string(), problem: problem.into() };

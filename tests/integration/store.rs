@@ -12,8 +12,8 @@ use tessera::config::WebhooksConfig;
 use tessera::domain::events::ReauthReason;
 use tessera::domain::{
     AuthProfile, CredentialMeta, DeliveryState, DisplayName, DomainClaim, DomainName, Email, FieldSet, Identity,
-    IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileStatus, Role, SigningAlg, Slug, Subject, Team,
-    TeamId, TeamMembership, TeamRef, TeamRole, User, UserId, WebhookEndpoint, WebhookId,
+    IdentityId, Issuer, Principal, ProfileId, ProfileKind, ProfileRef, ProfileStatus, Role, SigningAlg, Slug, Subject,
+    Team, TeamId, TeamMembership, TeamRef, TeamRole, User, UserId, WebhookEndpoint, WebhookId,
 };
 use tessera::service::provisioning::team_plan;
 use tessera::service::webhooks::{REPLAY_PAGE, Webhooks};
@@ -2252,7 +2252,7 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     assert!(matches!(store.revoke_profile(first.id, None, t0, None).await.unwrap(), Revocation::Revoked(_)));
     let again = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(2));
     assert_eq!(store.insert_profile(&again, FirstWrite::Nothing).await.unwrap(), Some(again.clone()));
-    assert_eq!(store.profile_by_slug(ada.team.id, &again.slug).await.unwrap(), Some(again));
+    assert_eq!(store.live_profile(ada.team.id, &ProfileRef::Slug(again.slug.clone())).await.unwrap(), Some(again));
 }
 
 async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
@@ -2392,9 +2392,22 @@ async fn team_profiles_lists_live_profiles_oldest_first(backend: Backend) {
     );
     // Hers alone, found by their maker: not Bob's, nor the revoked one.
     assert_eq!(store.profiles_made_by(ada.id()).await.unwrap(), [oldest, middle.clone(), newest]);
-    assert_eq!(store.profile_by_slug(ada.team.id, &middle.slug).await.unwrap(), Some(middle));
-    assert_eq!(store.profile_by_slug(ada.team.id, &revoked.slug).await.unwrap(), None, "a revoked one is not live");
-    assert_eq!(store.profile_by_slug(ada.team.id, &Slug::parse("unknown").unwrap()).await.unwrap(), None);
+    // By id as by slug: live ones only, of their own team only.
+    assert_eq!(
+        store.live_profile(ada.team.id, &ProfileRef::Id(middle.id)).await.unwrap().map(|p| p.id),
+        Some(middle.id)
+    );
+    assert_eq!(store.live_profile(ada.team.id, &ProfileRef::Id(revoked.id)).await.unwrap(), None);
+    assert_eq!(store.live_profile(ada.team.id, &ProfileRef::Slug(middle.slug.clone())).await.unwrap(), Some(middle));
+    assert_eq!(
+        store.live_profile(ada.team.id, &ProfileRef::Slug(revoked.slug.clone())).await.unwrap(),
+        None,
+        "a revoked one is not live"
+    );
+    assert_eq!(
+        store.live_profile(ada.team.id, &ProfileRef::Slug(Slug::parse("unknown").unwrap())).await.unwrap(),
+        None
+    );
     let by_id = store.profile(revoked.id).await.unwrap().expect("by id, revoked profiles are found");
     assert_eq!(by_id.status, ProfileStatus::Revoked);
     assert!(store.profile(ProfileId::generate()).await.unwrap().is_none());

@@ -218,8 +218,8 @@ async fn create_auth_profile(
 ) -> Result<axum::response::Response, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let request = parse_create(request)?;
-    let request_id = crate::http::audit::request_id(&headers);
-    let created = state.auth_profiles.create(&team, user, request, request_id.as_deref()).await?;
+    let request_id = crate::http::audit::request_id_of(&headers);
+    let created = state.auth_profiles.create(&team, user, request, request_id).await?;
     let status = if created.created { StatusCode::CREATED } else { StatusCode::OK };
     // The connect link in it is a bearer secret.
     Ok(no_store((status, Json(AuthProfileWithLinkResponse::from(created)))))
@@ -282,8 +282,8 @@ async fn revoke_auth_profile(
     ApiQuery(query): ApiQuery<OnBehalf>,
 ) -> Result<StatusCode, ApiError> {
     let (user, team) = actor(&state, &headers, &query, &team).await?;
-    let request_id = crate::http::audit::request_id(&headers);
-    state.auth_profiles.revoke(&team, user, &parse_profile(&slug)?, request_id.as_deref()).await?;
+    let request_id = crate::http::audit::request_id_of(&headers);
+    state.auth_profiles.revoke(&team, user, &parse_profile(&slug)?, request_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

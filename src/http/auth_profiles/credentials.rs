@@ -63,8 +63,8 @@ async fn set_env_values(
     let (user, team) = actor(&state, &headers, &query, &team).await?;
     let slug = parse_profile(&slug)?;
     let values = secret_values(request.values);
-    let request_id = crate::http::audit::request_id(&headers);
-    Ok(Json(state.auth_profiles.set_env(&team, user, &slug, &values, request_id.as_deref()).await?.into()))
+    let request_id = crate::http::audit::request_id_of(&headers);
+    Ok(Json(state.auth_profiles.set_env(&team, user, &slug, &values, request_id).await?.into()))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -102,8 +102,8 @@ async fn set_browser_session(
         browser_kind: request.browser_kind,
         cdp_url: request.cdp_url,
     };
-    let request_id = crate::http::audit::request_id(&headers);
-    Ok(Json(state.auth_profiles.set_browser_session(&team, user, &slug, &input, request_id.as_deref()).await?.into()))
+    let request_id = crate::http::audit::request_id_of(&headers);
+    Ok(Json(state.auth_profiles.set_browser_session(&team, user, &slug, &input, request_id).await?.into()))
 }
 
 #[utoipa::path(

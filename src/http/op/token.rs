@@ -192,7 +192,7 @@ async fn token(
         actor_token: get(&map, "actor_token"),
         actor_token_type: get(&map, "actor_token_type"),
     };
-    Ok(ok_json(op.token(&creds, form, crate::http::audit::request_id(&headers).as_deref()).await?))
+    Ok(ok_json(op.token(&creds, form, crate::http::audit::request_id_of(&headers)).await?))
 }
 
 /// The authenticated client and the `token` of an introspection or revocation request.

@@ -597,7 +597,7 @@ impl SigningKeys {
         // The keys as last read, never a read of its own: a probe must answer within its bound,
         // not wait for a reload (or a rotation) behind a busy pool. The signing-key worker and
         // every signing re-read them when due or marked stale.
-        self.first_unretired(LoadedKey::unusable)
+        self.unusable_key_of(|_| true).map(|(_, unusable)| unusable)
     }
 
     /// Why a key as last read that signs now or will (not retired) has a damaged row — its public
