@@ -19,7 +19,7 @@ use crate::domain::{
 use crate::error::{ErrorCode, PublicError};
 use crate::store::{
     ActorKind, CreateOutcome, DefaultTeam, NewAccount, NewAuditEvent, NewTeam, ReadFrom, Store, StoreError,
-    UnlinkOutcome, UserChange, UserUpdate,
+    UnlinkOutcome, UserChange, UserUpdate, UserUpdateOutcome,
 };
 use crate::upstream::issuers::IssuerRegistry;
 use crate::worker::last_seen::TOUCH_INTERVAL;
@@ -148,14 +148,6 @@ impl Provisioner {
     /// Changes a user's name, email, `email_verified` or `disabled` (`PATCH /admin/users/{id}`),
     /// in one transaction with its events; whether anything changed.
     pub async fn update_user(&self, user: UserId, change: &UserChange) -> Result<UserUpdate, ProvisionError> {
-        // Verifying the address the user has: refused, not answered as done, when there is none
-        // (the store would keep it unverified; beside another field, that one would be changed).
-        if change.email.is_none()
-            && change.email_verified == Some(true)
-            && self.store.get_user(user).await?.is_some_and(|u| u.email.is_none())
-        {
-            return Err(ProvisionError::NoEmailToVerify);
-        }
         let (store, change) = (self.store.clone(), change.clone());
         // Forgotten whatever the answer, even when nothing changed here: another instance may
         // have changed it first.
@@ -164,7 +156,13 @@ impl Provisioner {
             async move { store.update_user(user, &change, super::now()).await },
             move |principals, _| principals.invalidate_user(user),
         );
-        let update = done.await?.ok_or(ProvisionError::UserNotFound)?;
+        let update = match done.await? {
+            UserUpdateOutcome::Updated(update) => update,
+            UserUpdateOutcome::NotFound => return Err(ProvisionError::UserNotFound),
+            // Decided under the row's lock: an address set just before counts, even while a
+            // read replica lags behind it.
+            UserUpdateOutcome::NoEmailToVerify => return Err(ProvisionError::NoEmailToVerify),
+        };
         if update.changed {
             tracing::info!(user_id = %update.user.id, "changed a user");
         }

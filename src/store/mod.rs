@@ -169,6 +169,28 @@ pub struct UserUpdate {
     pub fields: Vec<&'static str>,
 }
 
+/// What [`Store::update_user`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserUpdateOutcome {
+    /// The change was made, or changed nothing.
+    Updated(UserUpdate),
+    /// There is no such user.
+    NotFound,
+    /// `email_verified: true` without an `email`, for a user who has none (read under the row's
+    /// lock): nothing was written, whatever else the change named.
+    NoEmailToVerify,
+}
+
+impl UserUpdateOutcome {
+    /// The update, when the change was made.
+    pub fn updated(self) -> Option<UserUpdate> {
+        match self {
+            Self::Updated(update) => Some(update),
+            Self::NotFound | Self::NoEmailToVerify => None,
+        }
+    }
+}
+
 /// What one [`Store::fan_out_events`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FanOut {
@@ -968,13 +990,14 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// and one `user.disabled`/`user.enabled` when `disabled` changed; fields set to their current
     /// value change nothing and write nothing. Disabling deletes the user's browser sessions
     /// (`session.revoked`), and so does enabling them again (sessions that a sign-in racing the
-    /// disable wrote after its delete). `None` when there is no such user.
+    /// disable wrote after its delete). Refused, with nothing written, when the change verifies
+    /// the email of a user who has none and gives none.
     async fn update_user(
         &self,
         user: UserId,
         change: &UserChange,
         now: DateTime<Utc>,
-    ) -> Result<Option<UserUpdate>, StoreError>;
+    ) -> Result<UserUpdateOutcome, StoreError>;
 
     /// A team by id or slug.
     async fn find_team(&self, team: &TeamRef) -> Result<Option<Team>, StoreError>;

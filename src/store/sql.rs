@@ -37,7 +37,7 @@ use super::{
 };
 use super::{
     CreateTeamOutcome, DeleteTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange,
-    UserQuery, UserUpdate,
+    UserQuery, UserUpdate, UserUpdateOutcome,
 };
 use super::{CredentialOutcome, CredentialWrite, FirstWrite, StoredCredential};
 use super::{PRINCIPALS_PER_READ, PoolStats, PrincipalRead, ReplayCursor, ReplayPage, WebhookInsert, WebhookQueue};
@@ -285,7 +285,7 @@ impl SqlStore {
         user: UserId,
         change: &UserChange,
         now: DateTime<Utc>,
-    ) -> Result<Option<UserUpdate>, StoreError> {
+    ) -> Result<UserUpdateOutcome, StoreError> {
         let mut tx = self.db.begin().await?;
         // The row lock makes "what was it before?" exact, so that one event reports each change.
         let Some(before) = query(concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1 FOR UPDATE"))
@@ -294,9 +294,15 @@ impl SqlStore {
             .await?
         else {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(UserUpdateOutcome::NotFound);
         };
         let before = rows::user(&before)?;
+        // Verifying the address the user has: refused, not answered as done, when there is none
+        // (it would stay unverified; beside another field, that one would be changed).
+        if change.email.is_none() && change.email_verified == Some(true) && before.email.is_none() {
+            tx.rollback().await?;
+            return Ok(UserUpdateOutcome::NoEmailToVerify);
+        }
         let mut changed: Vec<&'static str> = Vec::new();
         if let Some(name) = &change.name
             && before.name.as_deref() != name.as_deref()
@@ -332,7 +338,7 @@ impl SqlStore {
             } else {
                 tx.rollback().await?;
             }
-            return Ok(Some(UserUpdate { user: before, changed: ended > 0, fields: Vec::new() }));
+            return Ok(UserUpdateOutcome::Updated(UserUpdate { user: before, changed: ended > 0, fields: Vec::new() }));
         }
         query(
             "UPDATE users SET name = $2, email = $3, email_verified = $4, disabled = $5, updated_at = $6 WHERE id = $1",
@@ -369,7 +375,7 @@ impl SqlStore {
         if toggled {
             changed.push("disabled");
         }
-        Ok(Some(UserUpdate { user: found, changed: true, fields: changed }))
+        Ok(UserUpdateOutcome::Updated(UserUpdate { user: found, changed: true, fields: changed }))
     }
 
     /// [`Store::unlink_identity`], once (see [`retrying_conflicts`]).
@@ -1547,7 +1553,7 @@ impl Store for SqlStore {
         user: UserId,
         change: &UserChange,
         now: DateTime<Utc>,
-    ) -> Result<Option<UserUpdate>, StoreError> {
+    ) -> Result<UserUpdateOutcome, StoreError> {
         retrying_conflicts(|| self.update_user_once(user, change, now)).await
     }
 

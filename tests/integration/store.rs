@@ -23,7 +23,7 @@ use tessera::store::{
     LinkOutcome, LoginState, MemberOutcome, MemberWrite, NewAccount, NewLink, NewSession, NewTeam, PendingKey,
     ProfileSecrets, ReadFrom, RefreshLease, Refreshed, RemoveOutcome, Retirement, SecretKind, SessionOfIdentity,
     SessionRecord, SessionStart, SigningKeyRecord, Store, StoreError, StoredCredential, StoredSecret, TeamQuery,
-    UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate,
+    UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate, UserUpdateOutcome,
 };
 use tessera::store::{
     DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileUpdate, ReplayPage, Revocation, Waiting, WebhookChange,
@@ -216,7 +216,8 @@ async fn set_user_disabled(
     disabled: bool,
     now: DateTime<Utc>,
 ) -> Result<Option<UserUpdate>, StoreError> {
-    store.update_user(user, &UserChange { disabled: Some(disabled), ..UserChange::default() }, now).await
+    let change = UserChange { disabled: Some(disabled), ..UserChange::default() };
+    Ok(store.update_user(user, &change, now).await?.updated())
 }
 
 /// Someone who signed up: the account as written, the user and their default team.
@@ -7113,26 +7114,26 @@ mod issue_12_events {
         let start = events(&db).await.len();
         let t = now();
         let rename = UserChange { name: Some(Some("Ada L.".into())), ..UserChange::default() };
-        let changed = store.update_user(ada.id(), &rename, t).await.unwrap().unwrap();
+        let changed = store.update_user(ada.id(), &rename, t).await.unwrap().updated().unwrap();
         assert!(changed.changed);
         assert_eq!(changed.user.name.as_deref(), Some("Ada L."));
-        let again = store.update_user(ada.id(), &rename, t).await.unwrap().unwrap();
+        let again = store.update_user(ada.id(), &rename, t).await.unwrap().updated().unwrap();
         assert_eq!((again.user, again.changed), (changed.user, false), "a no-op");
         let email = Email::parse("ada@new.example.com").unwrap();
         let readdress = UserChange { email: Some(Some(email)), ..UserChange::default() };
-        let readdressed = store.update_user(ada.id(), &readdress, t).await.unwrap().unwrap().user;
+        let readdressed = store.update_user(ada.id(), &readdress, t).await.unwrap().updated().unwrap().user;
         assert_eq!(readdressed.email.as_deref(), Some("ada@new.example.com"));
         let verify = UserChange { email_verified: Some(true), disabled: Some(true), ..UserChange::default() };
-        assert!(store.update_user(ada.id(), &verify, t).await.unwrap().unwrap().changed);
-        assert!(!store.update_user(ada.id(), &verify, t).await.unwrap().unwrap().changed);
+        assert!(store.update_user(ada.id(), &verify, t).await.unwrap().updated().unwrap().changed);
+        assert!(!store.update_user(ada.id(), &verify, t).await.unwrap().updated().unwrap().changed);
         // Another spelling of the same address (its letter case) is stored and stays verified.
         let recase =
             UserChange { email: Some(Some(Email::parse("Ada@new.example.com").unwrap())), ..UserChange::default() };
-        let recased = store.update_user(ada.id(), &recase, t).await.unwrap().unwrap().user;
+        let recased = store.update_user(ada.id(), &recase, t).await.unwrap().updated().unwrap().user;
         assert_eq!((recased.email.as_deref(), recased.email_verified), (Some("Ada@new.example.com"), true));
         let unnamed = UserChange { name: Some(None), disabled: Some(false), ..UserChange::default() };
-        assert_eq!(store.update_user(ada.id(), &unnamed, t).await.unwrap().unwrap().user.name, None);
-        assert!(store.update_user(UserId::generate(), &rename, t).await.unwrap().is_none());
+        assert_eq!(store.update_user(ada.id(), &unnamed, t).await.unwrap().updated().unwrap().user.name, None);
+        assert_eq!(store.update_user(UserId::generate(), &rename, t).await.unwrap(), UserUpdateOutcome::NotFound);
 
         let written = events_since(&db, start).await;
         let summary: Vec<(&str, serde_json::Value)> = written
@@ -7156,6 +7157,18 @@ mod issue_12_events {
         assert_eq!(written[0].1["user"]["id"], ada.id().as_uuid().to_string());
         assert_eq!(written[1].1["user"]["email"], "ada@new.example.com");
         assert_eq!(written[5].1["user"]["name"], serde_json::Value::Null);
+
+        // Verifying the address of a user who has none is refused under the row's lock, and
+        // nothing else the change names is written either.
+        let unaddressed = UserChange { email: Some(None), ..UserChange::default() };
+        store.update_user(ada.id(), &unaddressed, t).await.unwrap().updated().unwrap();
+        let before = events(&db).await.len();
+        let verify_none = UserChange { name: Some(Some("Not written".into())), ..verify };
+        let refused = store.update_user(ada.id(), &verify_none, t).await.unwrap();
+        assert_eq!(refused, UserUpdateOutcome::NoEmailToVerify);
+        let user = store.get_user(ada.id()).await.unwrap().unwrap();
+        assert_eq!((user.name, user.email, user.email_verified, user.disabled), (None, None, false, false));
+        assert_eq!(events(&db).await.len(), before, "no event for a refused change");
     }
 
     async fn concurrent_identical_user_changes_write_one_event(backend: Backend) {
@@ -7166,7 +7179,7 @@ mod issue_12_events {
             let store = store.clone();
             async move {
                 let change = UserChange { name: Some(Some("Same".into())), ..UserChange::default() };
-                store.update_user(ada, &change, now()).await.unwrap().unwrap().changed
+                store.update_user(ada, &change, now()).await.unwrap().updated().unwrap().changed
             }
         })
         .await;

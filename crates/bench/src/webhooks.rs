@@ -216,7 +216,7 @@ async fn write_changes(
         let (store, user) = (store.clone(), users[i % users.len()]);
         async move {
             let change = UserChange { name: Some(Some(format!("{tag} {i}"))), ..UserChange::default() };
-            store.update_user(user, &change, Utc::now()).await?.context("the user exists")?;
+            store.update_user(user, &change, Utc::now()).await?.updated().context("the user exists")?;
             anyhow::Ok(())
         }
     })
