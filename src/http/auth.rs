@@ -346,7 +346,7 @@ pub(super) fn account_choice(
     summary = "Starts linking another identity: redirects to the provider.",
     params(StartQuery),
     responses(crate::http::openapi::PageResponses),
-    security(("session" = [])),
+    security(("session" = []), ("bearer" = [])),
 )]
 async fn start_link(
     State(state): State<Arc<AppState>>,

@@ -161,6 +161,7 @@ async fn openapi_json() -> Response {
         revoke_preflight,
         par_preflight,
         userinfo_preflight,
+        userinfo_post,
     ),
     components(schemas(Problem, OAuthError)),
     modifiers(&SecuritySchemes),
@@ -267,6 +268,13 @@ fn revoke_preflight() {}
     security(()))]
 #[expect(dead_code, reason = "documents a route served by `op::token::preflight`")]
 fn par_preflight() {}
+
+/// `POST /oauth/userinfo`: the UserInfo endpoint as `GET` serves it, under an operation id of its
+/// own (ids are unique in a document).
+#[utoipa::path(post, path = "/oauth/userinfo", tag = "oauth", operation_id = "userinfo_post",
+    summary = "The UserInfo endpoint (as `GET`).", responses(UserinfoResponses), security(("bearer" = [])))]
+#[expect(dead_code, reason = "documents a route served by `op::discovery::userinfo`")]
+fn userinfo_post() {}
 
 /// CORS preflight of `/oauth/userinfo`.
 #[utoipa::path(options, path = "/oauth/userinfo", tag = "oauth", operation_id = "userinfo_preflight",
@@ -437,6 +445,26 @@ impl IntoResponses for OAuthErrors {
                 .content(PROBLEM_JSON, problem_content())
                 .build();
             responses.insert(status.into(), response.into());
+        }
+        responses
+    }
+}
+
+/// The answers of `/oauth/userinfo` (RFC 6750 errors, with `WWW-Authenticate: Bearer`).
+pub struct UserinfoResponses;
+
+impl IntoResponses for UserinfoResponses {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        let mut responses = OAuthErrors::responses();
+        let json = ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::Object).build())).build();
+        let answers = [
+            ("200", "The claims.", json),
+            ("401", "No valid access token: no body without a token, else `invalid_token`.", oauth_error_content()),
+            ("403", "An active token not issued for `openid` (`insufficient_scope`).", oauth_error_content()),
+        ];
+        for (status, description, content) in answers {
+            let response = ResponseBuilder::new().description(description).content("application/json", content);
+            responses.insert(status.into(), response.build().into());
         }
         responses
     }

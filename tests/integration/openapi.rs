@@ -191,6 +191,54 @@ fn every_route_is_documented_and_every_documented_route_exists() {
         })
         .collect();
     assert!(unserved.is_empty(), "documented operations that no route serves: {unserved:?}");
+    // Operation ids name generated clients' methods: one per operation (OpenAPI 3.1, 4.8.10).
+    let mut ids = BTreeMap::<&str, usize>::new();
+    for item in document["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            if let Some(id) = operation.get("operationId").and_then(Value::as_str) {
+                *ids.entry(id).or_default() += 1;
+            }
+        }
+    }
+    assert!(ids.len() > 80, "only {} operation ids", ids.len());
+    let repeated: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "operation ids used more than once: {repeated:?}");
+}
+
+/// The operation `id` of the document, with `$ref`s of its request body resolved.
+fn operation<'a>(document: &'a Value, id: &str) -> &'a Value {
+    let paths = document["paths"].as_object().unwrap().values();
+    let mut operations = paths.flat_map(|item| item.as_object().unwrap().values());
+    operations.find(|operation| operation["operationId"] == id).unwrap_or_else(|| panic!("no operation {id}"))
+}
+
+fn body_schema<'a>(document: &'a Value, id: &str) -> &'a Value {
+    let schema = &operation(document, id)["requestBody"]["content"]["application/json"]["schema"];
+    match schema["$ref"].as_str() {
+        Some(reference) => &document["components"]["schemas"][reference.rsplit('/').next().unwrap()],
+        None => schema,
+    }
+}
+
+#[test]
+fn bodies_and_answers_are_documented_as_the_handlers_take_and_give_them() {
+    let document = serde_json::to_value(tessera::http::openapi::document()).unwrap();
+    // A client's creation requires `kind` and `name`; a change can name neither `id` nor `kind`.
+    let create = body_schema(&document, "create_client");
+    assert_eq!(create["required"], json!(["kind", "name"]), "{create}");
+    assert!(create["properties"]["redirect_uris"].is_object(), "{create}");
+    let change = body_schema(&document, "update_client");
+    assert!(change["properties"]["name"].is_object(), "{change}");
+    assert!(change["properties"].get("id").is_none() && change["properties"].get("kind").is_none(), "{change}");
+    assert!(change.get("required").is_none_or(|r| r.as_array().unwrap().is_empty()), "{change}");
+    // UserInfo refuses an inactive token with an RFC 6750 error body, by either method.
+    for id in ["userinfo", "userinfo_post"] {
+        let refused = &operation(&document, id)["responses"]["401"]["content"]["application/json"]["schema"];
+        assert_eq!(refused["$ref"], "#/components/schemas/OAuthError", "{id}");
+    }
+    // Linking another identity starts from a session or from a user's token.
+    let link = &operation(&document, "start_link")["security"];
+    assert_eq!(link, &json!([{"session": []}, {"bearer": []}]));
 }
 
 #[test]

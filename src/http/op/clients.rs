@@ -20,6 +20,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::super::AppState;
 use super::super::audit::NothingChanged;
@@ -38,13 +40,53 @@ pub fn admin_routes() -> Router<Arc<AppState>> {
         .route("/admin/clients/{client_id}/secret", post(rotate_secret))
 }
 
+/// The body of `POST /admin/clients` in the OpenAPI document: [`ClientFields`] with `kind` and
+/// `name` required, as creation requires them.
+pub struct ClientCreate;
+
+impl PartialSchema for ClientCreate {
+    fn schema() -> RefOr<Schema> {
+        client_fields(|object| {
+            object.description = Some("A new client's settings: `kind` and `name` are required.".into());
+            object.required = vec!["kind".into(), "name".into()];
+        })
+    }
+}
+
+impl ToSchema for ClientCreate {}
+
+/// The body of `PATCH /admin/clients/{id}` in the OpenAPI document: [`ClientFields`] without `id`
+/// and `kind`, which no change can name.
+pub struct ClientChange;
+
+impl PartialSchema for ClientChange {
+    fn schema() -> RefOr<Schema> {
+        client_fields(|object| {
+            object.description = Some("A change of a client's settings: the fields present change.".into());
+            object.properties.shift_remove("id");
+            object.properties.shift_remove("kind");
+        })
+    }
+}
+
+impl ToSchema for ClientChange {}
+
+/// [`ClientFields`]'s schema, as `edit` makes it.
+fn client_fields(edit: impl FnOnce(&mut utoipa::openapi::schema::Object)) -> RefOr<Schema> {
+    let mut schema = ClientFields::schema();
+    if let RefOr::T(Schema::Object(object)) = &mut schema {
+        edit(object);
+    }
+    schema
+}
+
 #[utoipa::path(
     post,
     path = "/admin/clients",
     tag = "admin",
     operation_id = "create_client",
     summary = "Registers a client; a confidential client's secret is in this answer only.",
-    request_body = ClientFields,
+    request_body = ClientCreate,
     responses(crate::http::openapi::ApiErrors, (status = 201, description = "The client (`Location` names it).", body = ClientWithSecretResponse)),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]
@@ -128,7 +170,7 @@ async fn get_client(
     operation_id = "update_client",
     summary = "Changes a client.",
     params(("client_id" = String, Path, description = "A client id")),
-    request_body = ClientFields,
+    request_body = ClientChange,
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The client.", body = ClientResponse)),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]

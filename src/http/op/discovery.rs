@@ -91,12 +91,12 @@ fn bearer_error(status: StatusCode, error: &'static str, description: &'static s
 }
 
 #[utoipa::path(
-    method(get, post),
+    get,
     path = "/oauth/userinfo",
     tag = "oauth",
     operation_id = "userinfo",
     summary = "The UserInfo endpoint.",
-    responses(crate::http::openapi::OAuthErrors, (status = 200, description = "The claims.", body = Object, content_type = "application/json"), (status = 401, description = "No valid access token (`WWW-Authenticate: Bearer`, no body without a token, else `invalid_token`)."), (status = 403, description = "An active token not issued for `openid` (`insufficient_scope`).", body = crate::http::openapi::OAuthError, content_type = "application/json")),
+    responses(crate::http::openapi::UserinfoResponses),
     security(("bearer" = [])),
 )]
 async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, OAuthResponse> {
