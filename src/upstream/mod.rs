@@ -10,3 +10,10 @@ pub mod oauth_flow;
 pub mod providers;
 pub mod tls;
 pub mod tokens;
+
+/// A provider's error word (RFC 6749's `error`, or a provider's own) as Tessera repeats it in logs
+/// and pages: its letters, digits, `_`, `.` and `-`, at most 64 of them — a provider's answer
+/// cannot write lines of its own into the logs, nor fill them.
+pub fn error_word(error: &str) -> String {
+    error.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')).take(64).collect()
+}

@@ -384,8 +384,7 @@ impl OAuthFlows {
         }
         if let Some(error) = callback.error {
             // Only the provider's error code is kept: it is chosen from a small registered set.
-            let code: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
-            return Err(FlowError::Denied(code));
+            return Err(FlowError::Denied(super::error_word(&error)));
         }
         let code = callback.code.as_deref().filter(|c| !c.is_empty()).ok_or(FlowError::MissingCode)?;
         // A row an earlier release wrote has no salt; its browser's cookie holds no binding secret

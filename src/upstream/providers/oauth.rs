@@ -21,6 +21,7 @@ use url::Url;
 
 use super::{AuthorizationRequest, ProviderError, TokenFields, TokenKind, TokenSet};
 use crate::config::{ProviderConfig, ProviderKind, TokenAuth};
+use crate::upstream::error_word;
 use crate::upstream::jwks::read_capped;
 
 /// The `id_token` field of an OpenID token response, and the answer's other fields (Notion's
@@ -270,14 +271,17 @@ fn token_set(
             Err(refused)
         }
         Err(RequestTokenError::ServerResponse(error)) => {
-            Err(ProviderError::InvalidResponse(format!("the token endpoint answered {}", error.error())))
+            let word = error_word(error.error().as_ref());
+            Err(ProviderError::InvalidResponse(format!("the token endpoint answered {word}")))
         }
         Err(RequestTokenError::Request(error)) => Err(ProviderError::Unavailable(error.chain().to_string())),
         // Some providers answer errors with status 200 (GitHub), or without RFC 6749's `error`
         // (HubSpot's `{"status": "BAD_REFRESH_TOKEN"}`): read the error from the body.
         Err(RequestTokenError::Parse(_, body)) => match body_error(&body) {
             Some(error) if is_refusal(&error) || is_configured_refusal(config, &error) => Err(refused),
-            Some(other) => Err(ProviderError::InvalidResponse(format!("the token endpoint answered {other}"))),
+            Some(other) => {
+                Err(ProviderError::InvalidResponse(format!("the token endpoint answered {}", error_word(&other))))
+            }
             None => Err(ProviderError::InvalidResponse("the token endpoint's answer does not parse".into())),
         },
         Err(RequestTokenError::Other(message)) => Err(ProviderError::InvalidResponse(message)),
@@ -388,6 +392,28 @@ mod tests {
 
     fn config() -> ProviderConfig {
         ProviderConfig::for_tests("acme", crate::config::ProviderKind::OAuth2, "https://acme.example")
+    }
+
+    #[test]
+    fn a_providers_error_word_is_repeated_without_lines_of_its_own() {
+        let forged = format!("server_error\n2026-01-01T00:00:00Z  INFO tessera: signed in{}", "x".repeat(500_000));
+        let answer = oauth2::StandardErrorResponse::new(
+            oauth2::basic::BasicErrorResponseType::Extension(forged),
+            Some("a description".into()),
+            None,
+        );
+        let refused = ProviderError::InvalidResponse("refused".into());
+        let Err(ProviderError::InvalidResponse(message)) =
+            token_set(&config(), Err(RequestTokenError::ServerResponse(answer)), refused)
+        else {
+            panic!("not an invalid response")
+        };
+        assert_eq!(
+            message,
+            "the token endpoint answered server_error2026-01-01T000000ZINFOtesserasignedinxxxxxxxxxxxxxxx"
+        );
+        assert_eq!(crate::upstream::error_word("invalid_grant"), "invalid_grant");
+        assert_eq!(crate::upstream::error_word("Bad.Token-1\r\n"), "Bad.Token-1");
     }
 
     #[test]
