@@ -302,6 +302,18 @@ fn sqlite_busy(error: &StoreError) -> bool {
     }
 }
 
+/// How many times a PostgreSQL migration ended as a deadlock is run again.
+const MIGRATION_DEADLOCK_RETRIES: u64 = 5;
+
+/// Whether PostgreSQL ended a migration as a deadlock (40P01).
+fn migration_deadlocked(error: &StoreError) -> bool {
+    use sqlx::migrate::MigrateError;
+    let StoreError::Migrate(MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _)) = error else {
+        return false;
+    };
+    error.as_database_error().and_then(|db| db.code()).as_deref() == Some("40P01")
+}
+
 /// Whether an SQLite error is `SQLITE_BUSY` (5).
 fn is_sqlite_busy(error: &sqlx::Error) -> bool {
     sqlite_result_code(error) == Some(5)
@@ -675,26 +687,46 @@ impl Db {
                 }
             }
             Db::Postgres { primary, .. } => {
-                // `run_direct` is `run` on a connection already taken (sqlx's way around the
-                // "`Acquire` is not general enough" error of `run` on a `&mut` connection).
-                let mut conn = pg_conn(primary).await?;
-                // Migrations are not bounded by the statement timeout (README): the server's own
-                // bound, set on every connection, is lifted for this one, which is then closed,
-                // not reused (a failed migration may also leave anything on it, its advisory lock
-                // included).
-                let unbounded = sqlx::query(
-                    "SELECT set_config('statement_timeout', '0', false), \
-                     set_config('idle_in_transaction_session_timeout', '0', false)",
-                );
-                let unbounded = within(conn.statement_timeout, unbounded.execute(conn.start())).await;
-                conn.note(unbounded)?;
-                let migrated = migrations::migrator(POSTGRES_MIGRATIONS).run_direct(None, conn.start(), false).await;
-                conn.in_flight = false;
-                drop(Object::take(conn));
-                migrated?
+                // A migration that replaces an index takes a lock that requests holding a row
+                // lock of its table may be waiting behind: PostgreSQL ends one of the two as a
+                // deadlock, and when that is the migration, nothing of it was applied (each runs
+                // in one transaction with its row), so it is run again.
+                let mut deadlocks = 0;
+                loop {
+                    match Self::migrate_postgres(primary).await {
+                        Err(error) if deadlocks < MIGRATION_DEADLOCK_RETRIES && migration_deadlocked(&error) => {
+                            deadlocks += 1;
+                            tracing::warn!(
+                                "a migration deadlocked with requests and was rolled back; running it again"
+                            );
+                            tokio::time::sleep(Duration::from_millis(100 * deadlocks)).await;
+                        }
+                        done => break done?,
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// [`Db::migrate`] on PostgreSQL, once.
+    async fn migrate_postgres(primary: &PgPool) -> Result<(), StoreError> {
+        // `run_direct` is `run` on a connection already taken (sqlx's way around the
+        // "`Acquire` is not general enough" error of `run` on a `&mut` connection).
+        let mut conn = pg_conn(primary).await?;
+        // Migrations are not bounded by the statement timeout (README): the server's own bound,
+        // set on every connection, is lifted for this one, which is then closed, not reused (a
+        // failed migration may also leave anything on it, its advisory lock included).
+        let unbounded = sqlx::query(
+            "SELECT set_config('statement_timeout', '0', false), \
+             set_config('idle_in_transaction_session_timeout', '0', false)",
+        );
+        let unbounded = within(conn.statement_timeout, unbounded.execute(conn.start())).await;
+        conn.note(unbounded)?;
+        let migrated = migrations::migrator(POSTGRES_MIGRATIONS).run_direct(None, conn.start(), false).await;
+        conn.in_flight = false;
+        drop(Object::take(conn));
+        Ok(migrated?)
     }
 
     /// [`Db::migrate`] on SQLite, once: a new file gets the whole schema at once, an existing
@@ -1761,6 +1793,60 @@ pub async fn drop_pg_database(url: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first bytes of each shipped migration's checksum, PostgreSQL's and SQLite's: a
+    /// database that applied a migration refuses a binary whose copy differs, so an applied
+    /// migration is never edited, not even its comments. A new one is pinned here when added.
+    const PINNED: &[(i64, &str, &str)] = &[
+        (1, "c0926c930156", "80981b74440f"),
+        (2, "a9b56c954e0f", "36afe8a66e13"),
+        (3, "21e6a294ffae", "1f30d12ead92"),
+        (4, "55cd1b9d884c", "8d502514d3e9"),
+        (5, "1db0f70eb539", "4748165527ee"),
+        (6, "f7557f88fba7", "b2979652b80e"),
+        (7, "77a6675bda59", "b2510e51a206"),
+        (8, "f75807cd414e", "220f16eb76c7"),
+        (9, "f5cdf8b28e9c", "9e1d3e435525"),
+        (10, "c016380547e2", "2d3ca2abf77d"),
+        (11, "979ae6913c3c", "979ae6913c3c"),
+        (12, "a67c2353a26a", "ee6f7ef11151"),
+        (13, "5b9c7de6d1e0", "575ea6e997d9"),
+        (14, "0b50d1e49164", "0f259636146c"),
+        (15, "1fbf94b92987", "e1c75c5055ff"),
+        (16, "51c206c27223", "4b9017568908"),
+        (17, "228582ddc76e", "9ff1bd838dac"),
+        (18, "4105c5bb7c40", "4105c5bb7c40"),
+        (19, "08899b393d2e", "18e14ea4db76"),
+        (20, "d6e1099f726b", "ebe6f5f81fac"),
+        (21, "5871f73b7aae", "5871f73b7aae"),
+        (22, "0f56dd6c31ed", "48fffbef21c3"),
+        (23, "3fe6af4d26d2", "3fe6af4d26d2"),
+        (24, "83becd351839", "83becd351839"),
+        (25, "cb16417a3b94", "b9650ee0553d"),
+        (26, "516b68dfce11", "516b68dfce11"),
+        (27, "bbed8f7cea74", "b3d224fefa8c"),
+        (28, "6af789d9856a", "0d01c54e1255"),
+        (29, "668889c8d1d4", "668889c8d1d4"),
+        (30, "312ae25bc58e", "baf4159df361"),
+        (31, "deb8b0de86f5", "deb8b0de86f5"),
+        (32, "b8dda90568e3", "b8dda90568e3"),
+        (33, "4da8970c11fb", "4da8970c11fb"),
+        (34, "bc58a5e973ba", "bc58a5e973ba"),
+        (35, "882135aa4b4d", "882135aa4b4d"),
+    ];
+
+    #[test]
+    fn shipped_migrations_are_never_edited() {
+        let hex =
+            |m: &sqlx::migrate::Migration| m.checksum.iter().take(6).map(|b| format!("{b:02x}")).collect::<String>();
+        let (postgres, sqlite) = (migrations::migrator(POSTGRES_MIGRATIONS), migrations::migrator(SQLITE_MIGRATIONS));
+        let shipped: Vec<(i64, String, String)> =
+            postgres.iter().zip(sqlite.iter()).map(|(p, s)| (p.version, hex(p), hex(s))).collect();
+        let pinned: Vec<(i64, String, String)> =
+            PINNED.iter().map(|(v, p, s)| (*v, (*p).to_owned(), (*s).to_owned())).collect();
+        assert_eq!(postgres.iter().count(), sqlite.iter().count(), "migrations come in pairs");
+        assert_eq!(shipped, pinned, "an applied migration was edited, or a new one is not pinned in PINNED");
+    }
 
     /// An SQLite file that cannot be opened (its directory gone) or written (read-only) is the
     /// store unavailable (503, and what is cached answers), not an internal error; a refused
