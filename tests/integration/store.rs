@@ -3784,6 +3784,51 @@ async fn a_statement_given_up_by_the_client_is_ended_by_the_server_too() {
     set_user_disabled(&store, ada.id(), true, now()).await.unwrap();
 }
 
+/// PostgreSQL alone: a migration that replaces an index (35, of `auth_profiles`) deadlocks with a
+/// request that holds a row lock of the table and waits to write it (a connection's activation)
+/// while the new index is built. PostgreSQL ends the migration at once; it is run again, once the
+/// request is through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_ended_as_a_deadlock_is_run_again() {
+    use sqlx::Connection;
+    let (db, store) = setup(Backend::Postgres).await;
+    let sql = db.sql().await;
+    // The database as it was before migration 35.
+    sql.exec("DROP INDEX auth_profiles_team_connector_creator_idx").await.unwrap();
+    sql.exec("CREATE INDEX auth_profiles_team_connector_idx ON auth_profiles (team_id, connector_key)").await.unwrap();
+    assert_eq!(sql.exec("DELETE FROM _sqlx_migrations WHERE version = 35").await.unwrap(), 1);
+    // A long index build: the new index's name is taken by a transaction still open, which the
+    // build waits for while it holds its lock of the table.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut name = holder.begin().await.unwrap();
+    sqlx::query("CREATE TABLE auth_profiles_team_connector_creator_idx (id int)").execute(&mut *name).await.unwrap();
+    let mut request = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut request).await.unwrap();
+    // The activation's `SELECT … FOR UPDATE` (a row share lock of the table).
+    sqlx::query("LOCK TABLE auth_profiles IN ROW SHARE MODE").execute(&mut request).await.unwrap();
+    let migrating = tokio::spawn({
+        let store = store.clone();
+        async move { store.migrate().await }
+    });
+    sql.until_waiting_for_a_lock("CREATE INDEX auth_profiles_team_connector_creator_idx").await;
+    // The activation's `UPDATE` waits for the build; the build then ends, and the migration
+    // asks to drop the old index, which waits for the activation: a deadlock.
+    let update = tokio::spawn(async move {
+        sqlx::query("LOCK TABLE auth_profiles IN ROW EXCLUSIVE MODE").execute(&mut request).await?;
+        sqlx::raw_sql("COMMIT").execute(&mut request).await
+    });
+    sql.until_waiting_for_a_lock("ROW EXCLUSIVE MODE").await;
+    name.rollback().await.unwrap();
+    update.await.unwrap().expect("the request goes through; the migration was the one ended");
+    migrating.await.unwrap().expect("the migration is run again");
+    assert!(store.migration_status().await.unwrap().is_current());
+    let indexes = "pg_indexes WHERE indexname LIKE 'auth_profiles_team_connector%'";
+    assert_eq!(
+        sql.texts(&format!("SELECT indexname FROM {indexes}")).await,
+        ["auth_profiles_team_connector_creator_idx"]
+    );
+}
+
 /// Two processes upgrading one SQLite file at once (both started with `serve`, which migrates
 /// on SQLite) both come up: each migration commits whole, and one applied by the other counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
