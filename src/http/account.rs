@@ -339,7 +339,10 @@ async fn account_page(
 
 /// A form post of the account page: the live session, after the CSRF check.
 async fn form(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<LiveSession, Response> {
-    let (live, cookie_value) = session(state, headers, "/account").await?;
+    // Without a live session, the chooser says that nothing was done (a "sign out everywhere
+    // else" that did nothing must not pass for done).
+    let ended = || redirect(crate::http::login::ENDED_BEFORE_A_FORM, &[]);
+    let (live, cookie_value) = live_session(state, headers, "/account").await?.ok_or_else(ended)?;
     let fields = csrf::form_fields(body);
     csrf::check(headers, &cookie_value, csrf::field(&fields, csrf::FIELD))
         .map_err(|error| state.pages.error_in(headers, error, &signed_in()))?;
@@ -523,8 +526,8 @@ async fn sign_out_others(
         Ok(match state.sessions.revoke_others(live.profile.user.id, &live.hash).await? {
             Some(_) => "/account?done=signed-out-others".to_owned(),
             // This browser was signed out meanwhile (by another's click, say): as if it had been
-            // before it asked.
-            None => login_url(Some("/account")),
+            // before it asked — nothing done.
+            None => crate::http::login::ENDED_BEFORE_A_FORM.to_owned(),
         })
     })
     .await

@@ -272,15 +272,7 @@ async fn keep_session(State(state): State<Arc<AppState>>, headers: HeaderMap, Pa
     let fields = csrf::form_fields(&body);
     let session = match cookie(&headers, state.cookies.session()) {
         Ok(Some(session)) => session,
-        Ok(None) => {
-            return state.pages.error(
-                &headers,
-                ApiError::new(
-                    crate::error::ErrorCode::MissingCredentials,
-                    "sign in first: this answers a question asked of a signed-in browser",
-                ),
-            );
-        }
+        Ok(None) => return state.pages.ended_before_the_answer(&headers),
         Err(error) => return state.pages.error(&headers, error),
     };
     if let Err(error) = csrf::check(&headers, session, csrf::field(&fields, csrf::FIELD)) {
@@ -320,19 +312,24 @@ pub(super) fn account_choice(
         }
         None => ("another account".to_owned(), pages::login_url(return_to)),
     };
-    let message = pages::Message {
-        signed_in: true,
-        ..pages::Message::new(
-            title,
-            format!(
-                "You are signed in as {who}. Go on as {who}, or sign in with {through} instead: that \
-                 ends this browser's session here."
-            ),
-        )
+    // Going on answers an app's request that asked for a new sign-in as declined: said so.
+    let text = match go_on {
+        GoOn::Link(_) => format!(
+            "You are signed in as {who}. Go on as {who}, or sign in with {through} instead: that ends this \
+             browser's session here."
+        ),
+        GoOn::Post { .. } => format!(
+            "You are signed in as {who}, and an app asks you to sign in again. Sign in with {through} to go on \
+             to the app (that ends this browser's session here), or stay signed in as {who}: the app is then \
+             told that you declined."
+        ),
     };
+    let message = pages::Message { signed_in: true, ..pages::Message::new(title, text) };
     let message = match go_on {
         GoOn::Link(to) => message.action(format!("Continue as {who}"), to.to_owned()),
-        GoOn::Post { href, fields } => message.post_action(format!("Continue as {who}"), href, fields),
+        GoOn::Post { href, fields } => {
+            message.post_action(format!("Stay signed in as {who} and decline"), href, fields)
+        }
     }
     .action(format!("Sign in with {through}"), href);
     state.pages.message(StatusCode::OK, message)

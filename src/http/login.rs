@@ -36,12 +36,16 @@ struct LoginQuery {
     return_to: Option<String>,
     email: Option<String>,
     /// Why the browser was sent here, for a notice: `unlinked` (the sign-in method its session
-    /// signed in with was removed, which ended the session). Other values are ignored.
+    /// signed in with was removed, which ended the session) or `expired` (a form of the account
+    /// page was sent after the session had ended, and did nothing). Other values are ignored.
     done: Option<String>,
 }
 
 /// The account page's link to the chooser after unlinking the sign-in method of its own session.
 pub const SIGNED_OUT_BY_UNLINK: &str = "/login?return_to=%2Faccount&done=unlinked";
+
+/// Where a form of the account page sent without a live session goes: nothing was done.
+pub const ENDED_BEFORE_A_FORM: &str = "/login?return_to=%2Faccount&done=expired";
 
 /// A provider button.
 #[derive(Debug, Clone)]
@@ -155,17 +159,22 @@ async fn show_login(
         Err(error) => return state.pages.error(&headers, error),
     };
     let email = query.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
+    let notice = match query.done.as_deref() {
+        Some("unlinked") => Some(
+            "The sign-in method you had signed in with was removed, so you are signed out here. Sign in with \
+             one of the methods still linked to your account.",
+        ),
+        Some("expired") => Some("Your session here had ended, so nothing was changed. Sign in, then try again."),
+        _ => None,
+    };
     // Said only to a browser that is signed out indeed (any page may link here).
-    if email.is_none()
-        && query.done.as_deref() == Some("unlinked")
+    if let Some(notice) = notice.filter(|_| email.is_none())
         && pages::live_session(&state, &headers, "/login").await.is_ok_and(|live| live.is_none())
     {
         let return_to = match checked_return_to(&state, query.return_to.as_deref()) {
             Ok(checked) => checked,
             Err(error) => return state.pages.error(&headers, error),
         };
-        let notice = "The sign-in method you had signed in with was removed, so you are signed out here. \
-                      Sign in with one of the methods still linked to your account.";
         return chooser(&state, return_to.as_deref(), "", Some((notice.to_owned(), false)));
     }
     discover(&state, &headers, query.return_to.as_deref(), query.email.as_deref()).await

@@ -146,6 +146,34 @@ impl Pages {
         self.error_in(headers, error, &errors::Context::default())
     }
 
+    /// The answer to a browser whose session ended before it answered an app's request held for
+    /// that session (the consent page, "Stay signed in"): a sign-in here cannot take the request
+    /// on, so the page sends the person back to the app; 401 `missing_credentials` as
+    /// problem+json to other callers.
+    pub fn ended_before_the_answer(&self, headers: &HeaderMap) -> Response {
+        let error = ApiError::new(
+            crate::error::ErrorCode::MissingCredentials,
+            "the session ended before the answer; start again from the app",
+        );
+        if !wants_html(headers) {
+            return self.error(headers, error);
+        }
+        let described = error.describe();
+        let message = Message {
+            title: "Your session has ended".into(),
+            paragraphs: vec![
+                "You were signed out (in another tab, or after a while) before you answered, so nothing was \
+                 sent to the app."
+                    .into(),
+                "Go back to the app you came from and sign in again from there.".into(),
+            ],
+            code: Some(described.code.as_str().into()),
+            ..Message::default()
+        }
+        .action("Go to your account", "/account");
+        with_challenge(self.message(described.status, message), described.challenge)
+    }
+
     /// [`Pages::error`] knowing where the browser was going (for "sign in", "try again").
     pub fn error_in(&self, headers: &HeaderMap, error: ApiError, context: &errors::Context) -> Response {
         if wants_html(headers) {

@@ -1317,10 +1317,12 @@ async fn third_party_clients_ask_for_consent_once(backend: Backend) {
         let anonymous = anonymous.send().await.unwrap();
         assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{accept}");
         assert_eq!(anonymous.headers()["www-authenticate"], r#"Bearer realm="tessera""#, "{accept}");
-        // A browser is asked to sign in; the app is not blamed for a session that ended.
+        // A browser is sent back to the app (a sign-in here could not take the request on); the
+        // app is not blamed for a session that ended.
         if accept == "text/html" {
             let page = anonymous.text().await.unwrap();
-            assert!(page.contains("href=\"/login") && !page.contains("The app that sent you here"), "{page}");
+            assert!(page.contains("Go back to the app you came from"), "{page}");
+            assert!(!page.contains("href=\"/login") && !page.contains("The app that sent you here"), "{page}");
         }
     }
     let mut tasks = Vec::new();
@@ -2046,8 +2048,11 @@ async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend:
         let upstream = location(&started);
         assert!(upstream.starts_with(w.issuer.issuer()), "{case}: {upstream}");
         assert_eq!(param(&upstream, "prompt").as_deref(), Some("login"), "{case}: {upstream}");
-        // "Continue as …" keeps the session, and the app is told so rather than left waiting.
+        // Staying signed in keeps the session, and the app is told so rather than left waiting;
+        // the page says so.
         assert!(page.contains("action=\"/auth/continue\""), "{case}: {page}");
+        assert!(page.contains("the app is then told that you declined"), "{case}: {page}");
+        assert!(page.contains("Stay signed in as") && !page.contains("Continue as"), "{case}: {page}");
         let field = |name: &str| {
             let value = page.split(&format!("name=\"{name}\" value=\"")).nth(1).unwrap().split('"').next().unwrap();
             value.replace("&amp;", "&").replace("&#38;", "&").replace("&#x2f;", "/").replace("&#47;", "/")
@@ -2074,6 +2079,12 @@ async fn another_site_cannot_force_a_signed_in_browser_to_sign_in_again(backend:
         // Without the session's token, nothing is answered.
         let forged = [("csrf", "forged"), ("return_to", return_to.as_str())];
         assert_eq!(browser.form(&continue_url, &forged).await.status(), StatusCode::FORBIDDEN);
+        // Without a session (ended meanwhile), the person is sent back to the app.
+        let ended = Browser::new().prepared(Method::POST, &continue_url).header("accept", "text/html").form(&form);
+        let ended = ended.send().await.unwrap();
+        assert_eq!(ended.status(), StatusCode::UNAUTHORIZED, "{case}");
+        let ended = ended.text().await.unwrap();
+        assert!(ended.contains("Go back to the app you came from") && !ended.contains("href=\"/login"), "{ended}");
     }
     // "Continue as …" when the app cannot be told (the store failing): an error page, still
     // signed in, not a redirect as if the app had its answer; its way on is the account, not the

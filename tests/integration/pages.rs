@@ -657,12 +657,21 @@ async fn two_browsers_signing_each_other_out_at_once_leave_one_signed_in(backend
             1,
             "round {round}: one click signs out the other browser: {places:?}"
         );
-        assert!(
-            places.contains(&"/login?return_to=%2Faccount".to_owned()),
-            "round {round}: the other signs in again: {places:?}"
-        );
+        let ended = "/login?return_to=%2Faccount&done=expired";
+        assert!(places.contains(&ended.to_owned()), "round {round}: the other signs in again: {places:?}");
         assert_eq!(sql.count("sessions").await, 1, "round {round}: one browser stays signed in");
+        // Told that its click did nothing, rather than sent to sign in with no word.
+        let loser = places.iter().position(|to| to == ended).unwrap();
+        let page = html(pair[loser].navigate(&w.app.url(ended)).await, StatusCode::OK).await;
+        assert!(page.contains("Your session here had ended, so nothing was changed"), "{page}");
     }
+    // A form of the account page sent once the session has ended (here: deleted) says so too.
+    let mut browser = Browser::new();
+    sign_in(&mut browser, &w.app, "local").await;
+    let token = csrf_of(&html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await);
+    sql.exec("DELETE FROM sessions").await.unwrap();
+    let sent = browser.prepared(Method::POST, &url).header("accept", "text/html").form(&[("csrf", token)]);
+    assert_eq!(location(&sent.send().await.unwrap()), "/login?return_to=%2Faccount&done=expired");
 }
 
 fn support() -> PathBuf {

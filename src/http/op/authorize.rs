@@ -458,11 +458,10 @@ async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, PageByt
     };
     let (live, cookie) = match session(&state, &headers, None).await {
         Ok(Some(signed_in)) => signed_in,
-        // A browser whose session ended (signed out in another tab, expired) is asked to sign
-        // in, not told the app made a request that cannot be completed.
-        Ok(None) if pages::wants_html(&headers) => {
-            return state.pages.error(&headers, crate::http::caller::missing_credentials());
-        }
+        // A browser whose session ended (signed out in another tab, expired) is sent back to the
+        // app, not blamed for a request that cannot be completed (nor to a sign-in here, which
+        // could not take on a request held for the session that ended).
+        Ok(None) if pages::wants_html(&headers) => return state.pages.ended_before_the_answer(&headers),
         Ok(None) => {
             return refuse(
                 &state,
