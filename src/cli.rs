@@ -125,7 +125,13 @@ pub enum KeysCommand {
     /// Re-encrypt every stored secret (upstream tokens, connected accounts' tokens and
     /// credentials, webhook signing keys, signing keys' private keys) under the active (first)
     /// key of TESSERA_ENCRYPTION_KEYS, so that older keys can be removed afterwards.
-    Rotate,
+    Rotate {
+        /// The id of the key the fleet's ring now has first: nothing is done (exit 2) unless this
+        /// ring's active key is that one (a shell still holding the previous ring would
+        /// re-encrypt everything back under the old key).
+        #[arg(long, value_name = "ID")]
+        expect_active: Option<String>,
+    },
     /// The keys Tessera signs its own tokens with, as an OpenID Provider.
     Signing {
         /// What to do.
@@ -205,7 +211,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
             }
             if report.has_problems() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
-        Command::Keys { action: KeysCommand::Rotate } => rotate_keys(config).await,
+        Command::Keys { action: KeysCommand::Rotate { expect_active } } => rotate_keys(config, expect_active).await,
         Command::Keys { action: KeysCommand::Signing { action } } => signing_keys(config, action).await,
         Command::Users { action } => admin::users(&config, action).await,
         Command::Teams { action } => admin::teams(&config, action).await,
@@ -383,11 +389,20 @@ async fn migrate(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn rotate_keys(config: Config) -> ExitCode {
+async fn rotate_keys(config: Config, expect_active: Option<String>) -> ExitCode {
     let Some(keyring) = config.encryption.clone() else {
         err!("tessera: no key ring is configured: set {}=<id>:<base64 key>[,…]", crate::config::ENCRYPTION_KEYS_VAR);
         return ExitCode::from(2);
     };
+    if let Some(expected) = expect_active.filter(|id| id != keyring.active_id()) {
+        err!(
+            "tessera: the active (first) key of {} is {:?}, not {expected:?}: nothing was re-encrypted; run this \
+             with the ring the instances now have, the new key first",
+            crate::config::ENCRYPTION_KEYS_VAR,
+            keyring.active_id()
+        );
+        return ExitCode::from(2);
+    }
     let store = match open_store(&config).await {
         Ok(store) => store,
         Err(code) => return code,

@@ -798,8 +798,15 @@ async fn keys_signing_rotate_makes_and_rotates_keys_that_keys_signing_list_shows
     let bad = run(&mut keys(&ring, &["signing", "rotate", "--alg", "HS256"])).await;
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 
+    // `keys rotate` with the ring of before (its new key not first yet) re-encrypts nothing when
+    // told which key should be first.
+    let stale = run(&mut keys(&format!("k1:{},k2:{}", key(1), key(2)), &["rotate", "--expect-active", "k2"])).await;
+    assert_eq!(stale.code, 2, "{}{}", stale.stdout, stale.stderr);
+    assert!(stale.stderr.contains("is \"k1\", not \"k2\""), "{}", stale.stderr);
+    assert!(!stale.stdout.contains("re-encrypted"), "{}", stale.stdout);
     // `keys rotate` re-encrypts the signing keys' private keys under the new ring key.
-    let rotated = run(&mut keys(&format!("k2:{},k1:{}", key(2), key(1)), &["rotate"])).await;
+    let ring2 = format!("k2:{},k1:{}", key(2), key(1));
+    let rotated = run(&mut keys(&ring2, &["rotate", "--expect-active", "k2"])).await;
     assert_eq!(rotated.code, 0, "{}{}", rotated.stdout, rotated.stderr);
     assert!(rotated.stdout.contains("signing_keys: 3 re-encrypted"), "{}", rotated.stdout);
     let after = store.all_signing_keys().await.unwrap();
