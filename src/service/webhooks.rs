@@ -200,8 +200,11 @@ impl Webhooks {
                 (endpoint.created_at, endpoint.updated_at) = (registered, registered)
             }
             WebhookInsert::Full => return Err(WebhookError::LimitReached),
-            // Not for an endpoint without a configuration name.
-            WebhookInsert::NameTaken => {}
+            // Only an endpoint with a configuration name can meet one (not one of the API): not
+            // answered as registered, should it ever.
+            WebhookInsert::NameTaken => {
+                return Err(StoreError::Conflict { what: "an API webhook endpoint met a configuration name" }.into());
+            }
         }
         Ok((endpoint, secret))
     }
