@@ -253,7 +253,7 @@ pub(super) enum GoOn<'a> {
 /// The path of [`keep_session`] (its route names it too).
 const KEEP_SESSION_PATH: &str = "/auth/continue";
 
-/// `POST /auth/continue`: "Continue as …" on the question asked of a browser signed in here
+/// `POST /auth/continue`: "Stay signed in as … and decline" on the question asked of a browser signed in here
 /// that another site sent to sign in again for an app's authorization request (`prompt=login`,
 /// `max_age`, another user's hint): the person keeps their session, so the new sign-in the request asked for will not
 /// happen — the request is used up and its app told `access_denied` (RFC 6749 4.1.2.1) rather
@@ -263,7 +263,7 @@ const KEEP_SESSION_PATH: &str = "/auth/continue";
     path = "/auth/continue",
     tag = "pages",
     operation_id = "keep_session",
-    summary = "\"Continue as …\" where another site sent a signed-in browser to sign in again for an app: the app is told access_denied.",
+    summary = "\"Stay signed in as … and decline\" where another site sent a signed-in browser to sign in again for an app: the app is told access_denied.",
     request_body(content = crate::http::openapi::CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(crate::http::openapi::PageResponses),
     security(("session" = [])),

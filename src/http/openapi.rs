@@ -459,13 +459,17 @@ impl IntoResponses for UserinfoResponses {
         let json = ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::Object).build())).build();
         let answers = [
             ("200", "The claims.", json),
-            ("401", "No valid access token: no body without a token, else `invalid_token`.", oauth_error_content()),
             ("403", "An active token not issued for `openid` (`insufficient_scope`).", oauth_error_content()),
         ];
         for (status, description, content) in answers {
             let response = ResponseBuilder::new().description(description).content("application/json", content);
             responses.insert(status.into(), response.build().into());
         }
+        // No body without a token (RFC 6750 3.1), an `OAuthError` for one that is not active: a
+        // status of a document has one set of media types, so the body is described in words.
+        let refused = "No valid access token (`WWW-Authenticate: Bearer`): no body without a token; for a token \
+                       that is not active, an `OAuthError` body (`invalid_token`, `application/json`).";
+        responses.insert("401".into(), ResponseBuilder::new().description(refused).build().into());
         responses
     }
 }
