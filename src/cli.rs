@@ -201,6 +201,24 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> ExitCode {
+    if let Command::Serve { migrate } = command {
+        return serve(config, migrate).await;
+    }
+    // Every other command stops at SIGTERM or Ctrl-C (exit 130): as a container's first process,
+    // which gets no default action for them, it would otherwise run on until it is killed. What
+    // it was writing is rolled back with its transaction.
+    let stopped = signal();
+    tokio::select! {
+        code = run_command(command, config) => code,
+        () = stopped => {
+            err!("tessera: interrupted");
+            ExitCode::from(130)
+        }
+    }
+}
+
+/// A command other than `serve`, to its end.
+async fn run_command(command: Command, config: Config) -> ExitCode {
     match command {
         Command::Serve { migrate } => serve(config, migrate).await,
         Command::Migrate => migrate(config).await,

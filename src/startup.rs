@@ -76,9 +76,12 @@ pub enum StartupError {
         /// What is wrong, as [`crate::store::MigrationStatus::problems`] says it.
         problems: Vec<String>,
     },
-    /// Migrating or inspecting the schema failed.
+    /// Migrating the schema failed.
     #[error("cannot migrate the database")]
     Migrate(#[source] StoreError),
+    /// Reading which migrations the database has applied failed (before any migration).
+    #[error("cannot read the database's migration history")]
+    MigrationStatus(#[source] StoreError),
     /// The clients of the configuration file cannot be written to the store.
     #[error("cannot write the clients of the configuration file ([[oidc.clients]]) to the database")]
     ConfigClients(#[source] StoreError),
@@ -452,7 +455,7 @@ pub fn connect_failed(config: &Config, source: StoreError) -> StartupError {
 /// Applies the migration policy: refuse a schema this binary does not know, apply pending
 /// migrations when allowed, refuse to start otherwise.
 pub async fn prepare_schema(store: &dyn Store, migrate: bool) -> Result<(), StartupError> {
-    let status = store.migration_status().await.map_err(StartupError::Migrate)?;
+    let status = store.migration_status().await.map_err(StartupError::MigrationStatus)?;
     let problems = status.problems();
     if !problems.is_empty() {
         return Err(StartupError::SchemaMismatch { problems });

@@ -56,8 +56,8 @@ impl Format {
 /// Options of `tessera import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The file: JSON Lines or CSV with the columns issuer, subject, email, email_verified, name
-    /// and team (only issuer and subject are required).
+    /// The file: JSON Lines or CSV with the columns issuer, subject, email, email_verified, name,
+    /// team and provider (only issuer and subject are required).
     pub file: PathBuf,
     /// The file's format; by default its extension says (.jsonl, .ndjson, .json or .csv).
     #[arg(long, value_enum)]

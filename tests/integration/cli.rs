@@ -517,6 +517,43 @@ async fn migrate_waits_for_another_process_holding_the_sqlite_file() {
     assert_eq!(db.sql().await.count("_sqlx_migrations").await, migrations as i64);
 }
 
+/// A command other than `serve` stops at SIGTERM, saying so (exit 130), rather than being left to
+/// the default action — which a container's first process does not get, so that it would run on
+/// until killed. Here a `migrate` waiting for another process's hold of the SQLite file.
+#[tokio::test]
+async fn a_command_stops_at_sigterm_saying_so() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url).unwrap();
+    let mut holder = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true)).await.unwrap();
+    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut holder).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
+    let mut command = tessera(dir.path());
+    command.env("TESSERA_DATABASE_URL", &db.url).arg("migrate").stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Until it waits (its handlers installed long before).
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap() {
+        let waiting = line.contains("waiting for it to finish");
+        seen.push(line);
+        if waiting {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains("waiting for it to finish")), "{seen:?}");
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("stopped").unwrap();
+    while let Ok(Some(line)) = lines.next_line().await {
+        seen.push(line);
+    }
+    assert_eq!(status.code(), Some(130), "{seen:?}");
+    assert!(seen.iter().any(|l| l.contains("tessera: interrupted")), "{seen:?}");
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+}
+
 /// `tessera check` on `db`, with the least configuration it needs.
 fn check(dir: &std::path::Path, db: &TestDb) -> Command {
     let mut command = tessera(dir);
