@@ -211,7 +211,8 @@ CREATE TABLE clients (
     refresh_token_ttl_seconds INTEGER NOT NULL CHECK (refresh_token_ttl_seconds > 0),
     from_config               INTEGER NOT NULL DEFAULT 0 CHECK (from_config IN (0, 1)),
     created_at                INTEGER NOT NULL,
-    updated_at                INTEGER NOT NULL,
+    updated_at                INTEGER NOT NULL, previous_secret_hash BLOB
+    CHECK (previous_secret_hash IS NULL OR length(previous_secret_hash) = 32), previous_secret_until INTEGER,
     -- A public client has nothing to authenticate with.
     CHECK (kind = 'confidential' OR (secret_hash IS NULL AND jwks IS NULL))
 ) STRICT;

@@ -277,6 +277,8 @@ pub struct Client {
     pub kind: ClientKind,
     /// SHA-256 of its secret (confidential clients authenticating with one).
     pub secret_hash: Option<[u8; 32]>,
+    /// The secret a rotation with an overlap replaced, accepted beside `secret_hash` for a while.
+    pub previous_secret: Option<PreviousSecret>,
     /// Public keys for `private_key_jwt` (a JWK Set), if it authenticates that way.
     pub jwks: Option<serde_json::Value>,
     /// Where codes may be sent, matched exactly.
@@ -305,11 +307,25 @@ pub struct Client {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A client's secret that a rotation replaced with an overlap: still accepted until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// Its SHA-256.
+    pub hash: [u8; 32],
+    /// Until when it is accepted.
+    pub until: DateTime<Utc>,
+}
+
 /// The scope that asks for access while the user is away (OpenID Connect Core, section 11): its
 /// grant is not bound to the browser session it came from.
 pub const OFFLINE_ACCESS: &str = "offline_access";
 
 impl Client {
+    /// The replaced secret still accepted at `now`, if any.
+    pub fn previous_secret_at(&self, now: DateTime<Utc>) -> Option<&PreviousSecret> {
+        self.previous_secret.as_ref().filter(|previous| previous.until > now)
+    }
+
     /// Whether [`OFFLINE_ACCESS`] means anything from it: it may refresh and registered that
     /// scope. From any other client it is ignored where asked, at authorization and at refresh
     /// (OpenID Connect Core, section 11: it asks for a refresh token, which such a client never

@@ -226,6 +226,7 @@ pub fn new_client(
         name,
         kind,
         secret_hash: None,
+        previous_secret: None,
         jwks: None,
         redirect_uris: Vec::new(),
         post_logout_redirect_uris: Vec::new(),

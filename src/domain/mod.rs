@@ -18,7 +18,8 @@ pub use auth_profile::{
     AuthProfile, ConnectRefusal, CredentialMeta, FieldSet, ProfileKind, ProfileRight, ProfileStatus,
 };
 pub use client::{
-    Client, ClientId, ClientIdError, ClientKind, GrantType, OFFLINE_ACCESS, RedirectUri, RedirectUriError, SigningAlg,
+    Client, ClientId, ClientIdError, ClientKind, GrantType, OFFLINE_ACCESS, PreviousSecret, RedirectUri,
+    RedirectUriError, SigningAlg,
 };
 pub use email::{DomainName, DomainNameError, Email, EmailError};
 pub use ids::{EventId, IdentityId, ProfileId, TeamId, UserId, WebhookId};

@@ -88,6 +88,7 @@ embedded_migrations! {
     33 "0033_grant_user_client_index" "grant_user_client_index",
     34 "0034_team_owners_index" "team_owners_index",
     35 "0035_profile_creator_index" "profile_creator_index",
+    36 "0036_client_previous_secret" "client_previous_secret",
 }
 
 /// The most a statement on the read replica may take (less when `database.statement_timeout_ms`
@@ -1833,6 +1834,7 @@ mod tests {
         (33, "4da8970c11fb", "4da8970c11fb"),
         (34, "bc58a5e973ba", "bc58a5e973ba"),
         (35, "882135aa4b4d", "882135aa4b4d"),
+        (36, "faed2e626412", "19e4bcb5c732"),
     ];
 
     #[test]

@@ -309,6 +309,7 @@ pub(super) fn hash32(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
 macro_rules! client_columns {
     () => {
         "c.id AS client_id, c.name AS client_name, c.kind AS client_kind, c.secret_hash AS client_secret_hash, \
+         c.previous_secret_hash AS client_previous_secret_hash, c.previous_secret_until AS client_previous_secret_until, \
          c.jwks AS client_jwks, c.redirect_uris AS client_redirect_uris, \
          c.post_logout_redirect_uris AS client_post_logout_redirect_uris, c.scopes AS client_scopes, \
          c.grant_types AS client_grant_types, c.resources AS client_resources, c.first_party AS client_first_party, \
@@ -347,6 +348,16 @@ pub(super) fn client(row: &impl RowExt) -> Result<crate::domain::Client, StoreEr
             .opt_bytes("client_secret_hash")?
             .map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| corrupt("secret hash")))
             .transpose()?,
+        previous_secret: match (
+            row.opt_bytes("client_previous_secret_hash")?,
+            row.opt_time("client_previous_secret_until")?,
+        ) {
+            (Some(hash), Some(until)) => Some(crate::domain::PreviousSecret {
+                hash: <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| corrupt("previous secret hash"))?,
+                until,
+            }),
+            _ => None,
+        },
         jwks: row.opt_json("client_jwks")?,
         redirect_uris: uris("client_redirect_uris")?,
         post_logout_redirect_uris: uris("client_post_logout_redirect_uris")?,

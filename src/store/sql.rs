@@ -160,7 +160,8 @@ impl SqlStore {
     /// or run past the statement timeout (PostgreSQL) over millions of rows. Instances clearing
     /// one client at once each take the grants no other holds (`SKIP LOCKED`), until none is
     /// left to take. The client's codes and refresh tokens stop working as the slices reach them.
-    /// Its consents go likewise, in slices, after the grants.
+    /// Its consents, held authorization requests and used assertions go likewise, in slices, after
+    /// the grants.
     async fn clear_client_grants(&self, client: &str) -> Result<(), StoreError> {
         // Like the cascade it replaces, a slice locks grants, then their codes and tokens: the
         // other order from a code's redemption, which PostgreSQL may end as a deadlock.
@@ -178,6 +179,19 @@ impl SqlStore {
                (SELECT user_id FROM oauth_consents WHERE client_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
         );
         self.db.delete_in_batches(forget.bind(client)).await?;
+        // Its held authorization requests (anyone may hold one for a public client, up to its
+        // expiry) and used assertions (one per token request of a `private_key_jwt` client)
+        // likewise.
+        let requests = query(
+            "DELETE FROM oauth_requests WHERE id_hash IN
+               (SELECT id_hash FROM oauth_requests WHERE client_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        );
+        self.db.delete_in_batches(requests.bind(client)).await?;
+        let assertions = query(
+            "DELETE FROM client_assertions WHERE client_id = $1 AND jti IN
+               (SELECT jti FROM client_assertions WHERE client_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        );
+        self.db.delete_in_batches(assertions.bind(client)).await?;
         Ok(())
     }
 
@@ -4319,14 +4333,15 @@ fn insert_client_query(client: &Client) -> super::db::Query<'_> {
         "INSERT INTO clients
            (id, name, kind, secret_hash, jwks, redirect_uris, post_logout_redirect_uris, scopes, grant_types,
             resources, first_party, signing_alg, access_token_ttl_seconds, refresh_token_ttl_seconds, from_config,
-            updated_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+            updated_at, previous_secret_hash, previous_secret_until, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
          ON CONFLICT (id) DO NOTHING RETURNING id",
     );
     bind_client(insert, client).bind(client.created_at)
 }
 
-/// Binds `$1` to `$16` of a client's insert or update: the id, every field, and `updated_at`.
+/// Binds `$1` to `$18` of a client's insert or update: the id, every field, `updated_at`, and the
+/// previous secret.
 fn bind_client<'q>(query: super::db::Query<'q>, client: &'q Client) -> super::db::Query<'q> {
     query
         .bind(client.id.as_str())
@@ -4345,6 +4360,8 @@ fn bind_client<'q>(query: super::db::Query<'q>, client: &'q Client) -> super::db
         .bind(ttl_seconds(client.refresh_token_ttl))
         .bind(client.from_config)
         .bind(client.updated_at)
+        .bind(client.previous_secret.as_ref().map(|p| &p.hash[..]))
+        .bind(client.previous_secret.as_ref().map(|p| p.until))
 }
 
 /// `UPDATE` of every field but `id` and `created_at`; with `expected`, only if `updated_at` is
@@ -4354,13 +4371,13 @@ fn update_client_query(client: &Client, expected: Option<DateTime<Utc>>) -> supe
         "UPDATE clients SET name = $2, kind = $3, secret_hash = $4, jwks = $5, redirect_uris = $6,
                 post_logout_redirect_uris = $7, scopes = $8, grant_types = $9, resources = $10, first_party = $11,
                 signing_alg = $12, access_token_ttl_seconds = $13, refresh_token_ttl_seconds = $14,
-                from_config = $15, updated_at = $16
-         WHERE id = $1 AND updated_at = $17"
+                from_config = $15, updated_at = $16, previous_secret_hash = $17, previous_secret_until = $18
+         WHERE id = $1 AND updated_at = $19"
     } else {
         "UPDATE clients SET name = $2, kind = $3, secret_hash = $4, jwks = $5, redirect_uris = $6,
                 post_logout_redirect_uris = $7, scopes = $8, grant_types = $9, resources = $10, first_party = $11,
                 signing_alg = $12, access_token_ttl_seconds = $13, refresh_token_ttl_seconds = $14,
-                from_config = $15, updated_at = $16
+                from_config = $15, updated_at = $16, previous_secret_hash = $17, previous_secret_until = $18
          WHERE id = $1"
     };
     let update = bind_client(query(sql), client);

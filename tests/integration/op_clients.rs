@@ -21,6 +21,7 @@ on_both_backends!(
     a_client_is_registered_read_changed_and_deleted_with_its_secret_shown_once,
     a_client_registered_without_an_algorithm_gets_the_deployments,
     a_new_secret_replaces_the_old_one,
+    a_rotation_with_an_overlap_accepts_the_replaced_secret_for_a_while,
     registrations_that_break_a_rule_are_refused_saying_what_to_fix,
     clients_are_listed_a_page_at_a_time,
     the_client_api_is_for_admins_only,
@@ -219,6 +220,55 @@ async fn a_new_secret_replaces_the_old_one(backend: Backend) {
         kept["jwks"]["keys"][0]["x"], "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ",
         "the keys are left as they were"
     );
+    app.stop().await;
+}
+
+/// `overlap_seconds`: the replaced secret is accepted beside the new one until the overlap ends,
+/// so that the app can be given the new one meanwhile; the next rotation drops it.
+async fn a_rotation_with_an_overlap_accepts_the_replaced_secret_for_a_while(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let first = register(&app, confidential("app")).await["client_secret"].as_str().unwrap().to_owned();
+    let rotate = |query: &str| app.admin(Method::POST, &format!("/admin/clients/app/secret{query}")).send();
+    let started = chrono::Utc::now();
+    let rotated = body(rotate("?overlap_seconds=3600").await.unwrap(), 200).await;
+    let second = rotated["client_secret"].as_str().unwrap().to_owned();
+    let until: chrono::DateTime<chrono::Utc> = rotated["previous_secret_expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(until >= started + chrono::TimeDelta::seconds(3600), "{rotated}");
+    assert!(until <= chrono::Utc::now() + chrono::TimeDelta::seconds(3600), "{rotated}");
+    let read = body(app.admin(Method::GET, "/admin/clients/app").send().await.unwrap(), 200).await;
+    assert_eq!(read["previous_secret_expires_at"], rotated["previous_secret_expires_at"]);
+    // A service of its own reads the client from the store (no cache of the server's).
+    let works = async |secret: &str| {
+        clients(&app).authenticate(&basic("app", secret), &[TOKEN_ENDPOINT.to_owned()]).await.is_ok()
+    };
+    assert!(works(&first).await && works(&second).await, "both during the overlap");
+    // Another rotation with an overlap keeps the one it replaces only.
+    let third =
+        body(rotate("?overlap_seconds=60").await.unwrap(), 200).await["client_secret"].as_str().unwrap().to_owned();
+    assert_eq!((works(&first).await, works(&second).await, works(&third).await), (false, true, true));
+    // Once the overlap is over, the replaced secret is refused.
+    let past = match backend {
+        Backend::Sqlite => "(CAST(strftime('%s', 'now') AS INTEGER) - 1) * 1000000",
+        Backend::Postgres => "now() - interval '1 second'",
+    };
+    let sql = app.db.sql().await;
+    assert_eq!(
+        sql.exec(&format!("UPDATE clients SET previous_secret_until = {past} WHERE id = 'app'")).await.unwrap(),
+        1
+    );
+    assert_eq!((works(&second).await, works(&third).await), (false, true));
+    let read = body(app.admin(Method::GET, "/admin/clients/app").send().await.unwrap(), 200).await;
+    assert!(read.get("previous_secret_expires_at").is_none(), "{read}");
+    // Without an overlap (a leaked secret), the replaced one is refused at once.
+    body(rotate("?overlap_seconds=3600").await.unwrap(), 200).await;
+    let fourth = body(rotate("").await.unwrap(), 200).await;
+    assert!(fourth.get("previous_secret_expires_at").is_none(), "{fourth}");
+    assert!(!works(&third).await && works(fourth["client_secret"].as_str().unwrap()).await);
+    assert_eq!(sql.count("clients WHERE previous_secret_hash IS NULL AND previous_secret_until IS NULL").await, 1);
+    // At most 30 days.
+    let long = body(rotate("?overlap_seconds=2592001").await.unwrap(), 400).await;
+    assert_eq!((long["code"].as_str(), long["field"].as_str()), (Some("invalid_ttl"), Some("overlap_seconds")));
+    assert!(works(fourth["client_secret"].as_str().unwrap()).await, "a refused rotation changes nothing");
     app.stop().await;
 }
 

@@ -2128,6 +2128,21 @@ async fn pushed_requests_are_single_use(backend: Backend) {
     let bad = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret));
     let bad = bad.form(&[("response_type", "code"), ("redirect_uri", "https://evil.example/cb")]).send().await.unwrap();
     assert_eq!(oauth_error(bad, 400).await, "invalid_request");
+    // Each parameter may have 2048 characters, but not all of them at once: a request is stored
+    // as it came.
+    let long = "n".repeat(2040);
+    let fits = [("nonce", long.as_str()), ("login_hint", long.as_str())];
+    push_code_request(&w.app, (&client, &secret), &challenge, &fits).await;
+    let (prompt, resource) = ("login ".repeat(340), format!("https://api.example.com/{}", "r".repeat(2000)));
+    let over = [fits[0], fits[1], ("prompt", prompt.trim_end()), ("resource", resource.as_str())];
+    let mut form = vec![("response_type", "code"), ("redirect_uri", REDIRECT), ("code_challenge", challenge.as_str())];
+    form.extend_from_slice(&over);
+    let pushed = w.app.client.post(w.app.url("/oauth/par")).basic_auth(&client, Some(&secret)).form(&form);
+    let refused = pushed.send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"], "invalid_request");
+    assert!(refused["error_description"].as_str().unwrap().contains("8192 characters together"), "{refused}");
 }
 
 /// A pushed request that cannot be checked (the client's row unreadable on an instance that has

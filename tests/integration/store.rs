@@ -3912,6 +3912,8 @@ mod clients {
             at,
         );
         client.secret_hash = Some(hash());
+        client.previous_secret =
+            Some(tessera::domain::PreviousSecret { hash: [7; 32], until: at + TimeDelta::hours(1) });
         client.jwks = Some(serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}));
         client.redirect_uris = vec![
@@ -4480,6 +4482,30 @@ mod grants {
             )
         };
         assert_eq!(counts().await, (5, 5, 5, 3));
+        // Held authorization requests (anyone may hold them for a public client) and used
+        // assertions, of both clients.
+        for app in ["app", "other"] {
+            for _ in 0..3 {
+                let params = r#"{"client_id":"x"}"#.to_owned();
+                let expires_at = t0 + TimeDelta::minutes(10);
+                let held =
+                    HeldRequest { id_hash: hash(), client_id: app.into(), params, session_hash: None, expires_at };
+                store.insert_request(&held).await.unwrap();
+                let jti = format!("{}", uuid::Uuid::new_v4());
+                assert!(
+                    store.use_client_assertion(&ClientId::parse(app).unwrap(), &jti, expires_at, t0).await.unwrap()
+                );
+            }
+        }
+        // They are deleted in batches before the client row, not by its cascade in one
+        // transaction: a deletion of the client row that fails leaves the client's gone.
+        sql.inject("DELETE", "clients", None, "SELECT RAISE(ABORT, 'injected');", "RAISE EXCEPTION 'injected';").await;
+        store.delete_client(&ClientId::parse("app").unwrap()).await.expect_err("the client row stays");
+        sql.remove_injected("clients").await;
+        for table in ["oauth_requests", "client_assertions"] {
+            assert_eq!(sql.count(&format!("{table} WHERE client_id = 'app'")).await, 0, "{table}");
+            assert_eq!(sql.count(&format!("{table} WHERE client_id = 'other'")).await, 3, "{table}");
+        }
 
         assert!(store.delete_client(&ClientId::parse("app").unwrap()).await.unwrap());
         assert_eq!(counts().await, (1, 1, 1, 1), "the other client's grant, code, token and consent alone");

@@ -202,20 +202,32 @@ async fn delete_client(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The query of `POST /admin/clients/{id}/secret`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RotateSecretQuery {
+    /// How long the replaced secret is still accepted beside the new one, 0 (the default: at
+    /// once no more, as for a leaked secret) to 2592000 (30 days).
+    overlap_seconds: Option<u64>,
+}
+
 #[utoipa::path(
     post,
     path = "/admin/clients/{client_id}/secret",
     tag = "admin",
     operation_id = "rotate_client_secret",
     summary = "Rotates a confidential client's secret.",
-    params(("client_id" = String, Path, description = "A client id")),
+    params(("client_id" = String, Path, description = "A client id"), RotateSecretQuery),
     responses(crate::http::openapi::ApiErrors, (status = 200, description = "The client with its new secret.", body = ClientWithSecretResponse)),
     security(("admin_token" = []), ("admin_token_header" = [])),
 )]
 async fn rotate_secret(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<RotateSecretQuery>,
 ) -> Result<Json<ClientWithSecretResponse>, ApiError> {
-    let (client, secret) = state.clients.rotate_secret(&id).await?;
+    let overlap = std::time::Duration::from_secs(query.overlap_seconds.unwrap_or(0));
+    let (client, secret) = state.clients.rotate_secret(&id, overlap).await?;
     Ok(Json(ClientWithSecretResponse { client: client.into(), client_secret: Some(secret.expose_secret().to_owned()) }))
 }

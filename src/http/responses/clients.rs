@@ -62,6 +62,10 @@ pub struct ClientResponse {
     pub refresh_token_ttl_seconds: u64,
     /// `admin` or `config`.
     pub source: ClientSource,
+    /// Until when the secret that the last rotation replaced is still accepted beside the new
+    /// one (`overlap_seconds`); absent when none is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -70,7 +74,9 @@ pub struct ClientResponse {
 
 impl From<Client> for ClientResponse {
     fn from(client: Client) -> Self {
+        let previous_secret_expires_at = client.previous_secret_at(crate::domain::now()).map(|p| p.until);
         Self {
+            previous_secret_expires_at,
             token_endpoint_auth_methods: AuthMethod::of(&client).into_iter().map(AuthMethod::as_str).collect(),
             client_id: client.id.as_str().to_owned(),
             name: client.name,

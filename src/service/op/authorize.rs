@@ -10,8 +10,8 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::provider::{
-    CODE_TTL, MAX_PARAM_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, REQUEST_TTL, REQUEST_URI_PREFIX, delta,
-    split_scope,
+    CODE_TTL, MAX_PARAM_LEN, MAX_PARAMS_LEN, OAuthError, OFFLINE_ACCESS, OpenIdProvider, REQUEST_TTL,
+    REQUEST_URI_PREFIX, delta, split_scope,
 };
 use super::tokens::HintCheck;
 use crate::crypto::{random_secret, sha256};
@@ -554,6 +554,15 @@ impl OpenIdProvider {
         ];
         if too_long(&others) {
             return Err(fail("invalid_request", TOO_LONG));
+        }
+        // And together: a request is held (and a pushed one stored) as it came.
+        let total: usize = [&params.client_id, &params.redirect_uri, &params.state]
+            .iter()
+            .chain(others.iter())
+            .filter_map(|v| v.as_ref().map(String::len))
+            .sum();
+        if total > MAX_PARAMS_LEN {
+            return Err(fail("invalid_request", "the parameters are longer than 8192 characters together"));
         }
         // Text that ends up in a column, a header or a token: no control characters (PostgreSQL
         // refuses NUL in text, and a newline has no business in a state or nonce).

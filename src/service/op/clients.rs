@@ -435,7 +435,10 @@ impl Clients {
                 "this client has no secret: authenticate with a client assertion (private_key_jwt)",
             ));
         };
-        if !constant_time_eq(&presented, known) {
+        // The secret a rotation replaced counts during its overlap.
+        let previous = client.previous_secret_at(crate::domain::now());
+        let replaced = previous.is_some_and(|previous| constant_time_eq(&presented, &previous.hash));
+        if !constant_time_eq(&presented, known) && !replaced {
             return Err(ClientAuthError::InvalidClient(UNKNOWN_OR_WRONG_SECRET));
         }
         Ok(client)
@@ -624,10 +627,21 @@ impl Clients {
         Ok((client, changed))
     }
 
-    /// Gives a confidential client a new secret (replacing its secret, if any), returned here once.
-    /// Nothing else is checked: a key of its `jwks` stored before today's rules (which a `PATCH`
-    /// would have taken out) must not stand in the way of replacing a leaked secret.
-    pub async fn rotate_secret(&self, id: &str) -> Result<(Client, SecretString), ClientError> {
+    /// Gives a confidential client a new secret, returned here once. The secret it replaces, if
+    /// any, is still accepted for `overlap` (at most [`MAX_SECRET_OVERLAP`]), so that the app can
+    /// be given the new one meanwhile; with none, at once no more (a leaked secret). A secret that
+    /// an earlier rotation's overlap still accepted is not accepted any more. Nothing else is
+    /// checked: a key of its `jwks` stored before today's rules (which a `PATCH` would have taken
+    /// out) must not stand in the way of replacing a leaked secret.
+    pub async fn rotate_secret(&self, id: &str, overlap: Duration) -> Result<(Client, SecretString), ClientError> {
+        if overlap > MAX_SECRET_OVERLAP {
+            return Err(ClientError::Invalid(ClientRuleError {
+                field: "overlap_seconds".into(),
+                rule: ClientRule::Ttl,
+                message: format!("expected 0 to {} seconds", MAX_SECRET_OVERLAP.as_secs()),
+            }));
+        }
+        let overlap = TimeDelta::from_std(overlap).unwrap_or(TimeDelta::zero());
         let secret = random_secret();
         let hash = sha256(secret.expose_secret().as_bytes());
         let (client, _) = self
@@ -635,6 +649,11 @@ impl Clients {
                 if client.is_public() {
                     return Err(ClientError::PublicClient);
                 }
+                let until = crate::domain::now() + overlap;
+                client.previous_secret = client
+                    .secret_hash
+                    .filter(|_| !overlap.is_zero())
+                    .map(|hash| crate::domain::PreviousSecret { hash, until });
                 client.secret_hash = Some(hash);
                 Ok(())
             })
@@ -733,6 +752,9 @@ impl Clients {
 fn missing(field: &str, message: &str) -> ClientError {
     ClientError::Invalid(ClientRuleError { field: field.into(), rule: ClientRule::Missing, message: message.into() })
 }
+
+/// The longest a rotated secret is still accepted beside the new one (30 days).
+pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn metadata(field: &str, message: &str) -> ClientError {
     ClientError::Invalid(ClientRuleError { field: field.into(), rule: ClientRule::Metadata, message: message.into() })

@@ -20,6 +20,10 @@ pub const REQUEST_TTL: Duration = Duration::from_secs(600);
 pub const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
 /// The longest parameter value accepted (a URI, a scope list, a state).
 pub const MAX_PARAM_LEN: usize = 2048;
+
+/// The most characters an authorization request's parameters have together (each at most
+/// [`MAX_PARAM_LEN`]): a request is held, and a pushed one stored, as it came.
+pub const MAX_PARAMS_LEN: usize = 8192;
 /// The resource (RFC 8707, a path under the public URL) for which Tessera's own access tokens
 /// act for their user on Tessera's REST API.
 pub const API_RESOURCE_PATH: &str = "/v1";
