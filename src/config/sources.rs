@@ -351,10 +351,23 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
             ));
         }
     }
-    for (name, value) in Env::prefixed(PREFIX).iter() {
-        let name = name.as_str();
+    for (spelled, value) in Env::prefixed(PREFIX).lowercase(false).iter() {
+        let lower = spelled.as_str().to_ascii_lowercase();
+        let name = lower.as_str();
         // Blank counts as unset (a deployment template's empty slot): nothing to refuse.
-        if value.trim().is_empty() || name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
+        if value.trim().is_empty() {
+            continue;
+        }
+        // The variables read by their exact name are read in upper case only, where the nested
+        // ones (`TESSERA_DATABASE__URL`) are read in any case: `tessera_database_url` ignored
+        // would leave the database at its default, a fresh local SQLite file.
+        let full = format!("{PREFIX}{}", spelled.as_str());
+        if full != full.to_ascii_uppercase()
+            && let Some(exact) = exact_names().find(|exact| exact.eq_ignore_ascii_case(&full))
+        {
+            return Err(ConfigError::new(full, format!("this variable is not read; spell it {exact}, in upper case")));
+        }
+        if name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
             continue;
         }
         // `TESSERA_CONFIG_FILE` (the `_FILE` habit of the secrets): ignored, it would start the
@@ -393,6 +406,16 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
     Ok(())
 }
 
+/// The variables read by their exact, upper-case name: the former names (the secrets among
+/// them), the secrets' `_FILE` forms, and `TESSERA_CONFIG` (read by the command line).
+fn exact_names() -> impl Iterator<Item = String> {
+    let secret_files = SECRET_VARS.iter().map(|var| format!("{var}_FILE"));
+    FORMER_NAMES.iter().map(|(var, _, _)| (*var).to_owned()).chain(secret_files).chain(
+        ["TESSERA_ALLOWED_ISSUERS", "TESSERA_AUDIENCES", "TESSERA_CONFIG", super::auth::DEPRECATED_KEY_VAR]
+            .map(str::to_owned),
+    )
+}
+
 /// The variable `name` (without the prefix; not read) was most likely meant to be: one Tessera
 /// reads whose name is at most two letters away (`TESSERA_DATABSE_URL`, `TESSERA_DATABASE_URI`,
 /// `TESSERA_ALLOWED_ISSUER`, `TESSERA_DATABASE_URL_FILES`). Ignored, such a variable would leave
@@ -400,15 +423,10 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
 /// (other programs', a container platform's `TESSERA_PORT`) are not mistakes.
 fn near_miss(name: &str) -> Option<String> {
     let name = format!("{PREFIX}{name}").to_ascii_uppercase();
-    let secret_files = SECRET_VARS.iter().map(|var| format!("{var}_FILE"));
-    // The secrets are among the former names; `TESSERA_CONFIG` is read by the command line.
     // The top-level keys too, each set as a whole by its variable (`TESSERA_ISSUERS='[…]'`):
     // `TESSERA_ISSUER` ignored would leave every token refused.
     let whole = TOP_LEVEL_KEYS.iter().map(|key| format!("{PREFIX}{}", key.to_ascii_uppercase()));
-    let read = FORMER_NAMES.iter().map(|(var, _, _)| (*var).to_owned()).chain(secret_files).chain(whole).chain(
-        ["TESSERA_ALLOWED_ISSUERS", "TESSERA_AUDIENCES", "TESSERA_CONFIG", super::auth::DEPRECATED_KEY_VAR]
-            .map(str::to_owned),
-    );
+    let read = exact_names().chain(whole);
     // Two letters off a long name, one off a middling one; a short one (`TESSERA_LOG`) is too
     // close to too many other words (`TESSERA_TAG`, `TESSERA_JOB`) to tell a slip from another's.
     read.filter(|known| *known != name).find(|known| {
@@ -685,6 +703,17 @@ mod tests {
         ] {
             let error = load(None, &[(typo, "postgres://u:p@db/t")]).unwrap_err();
             assert_eq!(error.key, typo);
+            assert!(error.message.contains(meant) && !error.message.contains("postgres"), "{}", error.message);
+        }
+        // A variable read by its exact name, in another case, is not read at all.
+        for (spelled, meant) in [
+            ("tessera_database_url", "TESSERA_DATABASE_URL"),
+            ("Tessera_Listen", "TESSERA_LISTEN"),
+            ("TESSERA_database_url_FILE", "TESSERA_DATABASE_URL_FILE"),
+            ("tessera_allowed_issuers", "TESSERA_ALLOWED_ISSUERS"),
+        ] {
+            let error = load(None, &[(spelled, "postgres://u:p@db/t")]).unwrap_err();
+            assert!(error.key.eq_ignore_ascii_case(spelled), "{}", error.key);
             assert!(error.message.contains(meant) && !error.message.contains("postgres"), "{}", error.message);
         }
         // Other programs' variables, and those a container platform adds for a service named
