@@ -351,23 +351,23 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
             ));
         }
     }
-    for (spelled, value) in Env::prefixed(PREFIX).lowercase(false).iter() {
-        let lower = spelled.as_str().to_ascii_lowercase();
-        let name = lower.as_str();
-        // Blank counts as unset (a deployment template's empty slot): nothing to refuse.
-        if value.trim().is_empty() {
+    // The variables read by their exact name are read in upper case only, where the nested ones
+    // (`TESSERA_DATABASE__URL`) are read in any case: `tessera_database_url` ignored would leave
+    // the database at its default, a fresh local SQLite file. Judged by the name as set, prefix
+    // included (the nested reader matches the prefix in any case, and says nothing of it).
+    for (name, value) in std::env::vars_os() {
+        let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else { continue };
+        if value.trim().is_empty() || name == name.to_ascii_uppercase() {
             continue;
         }
-        // The variables read by their exact name are read in upper case only, where the nested
-        // ones (`TESSERA_DATABASE__URL`) are read in any case: `tessera_database_url` ignored
-        // would leave the database at its default, a fresh local SQLite file.
-        let full = format!("{PREFIX}{}", spelled.as_str());
-        if full != full.to_ascii_uppercase()
-            && let Some(exact) = exact_names().find(|exact| exact.eq_ignore_ascii_case(&full))
-        {
-            return Err(ConfigError::new(full, format!("this variable is not read; spell it {exact}, in upper case")));
+        if let Some(exact) = exact_names().find(|exact| exact.eq_ignore_ascii_case(name)) {
+            return Err(ConfigError::new(name, format!("this variable is not read; spell it {exact}, in upper case")));
         }
-        if name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
+    }
+    for (name, value) in Env::prefixed(PREFIX).iter() {
+        let name = name.as_str();
+        // Blank counts as unset (a deployment template's empty slot): nothing to refuse.
+        if value.trim().is_empty() || name.contains(SEPARATOR) || is_former_name(name) || is_key(name) {
             continue;
         }
         // `TESSERA_CONFIG_FILE` (the `_FILE` habit of the secrets): ignored, it would start the
@@ -710,10 +710,11 @@ mod tests {
             ("tessera_database_url", "TESSERA_DATABASE_URL"),
             ("Tessera_Listen", "TESSERA_LISTEN"),
             ("TESSERA_database_url_FILE", "TESSERA_DATABASE_URL_FILE"),
+            ("tessera_DATABASE_URL", "TESSERA_DATABASE_URL"),
             ("tessera_allowed_issuers", "TESSERA_ALLOWED_ISSUERS"),
         ] {
             let error = load(None, &[(spelled, "postgres://u:p@db/t")]).unwrap_err();
-            assert!(error.key.eq_ignore_ascii_case(spelled), "{}", error.key);
+            assert_eq!(error.key, spelled);
             assert!(error.message.contains(meant) && !error.message.contains("postgres"), "{}", error.message);
         }
         // Other programs' variables, and those a container platform adds for a service named

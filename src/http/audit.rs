@@ -264,7 +264,14 @@ fn rule_for(method: &Method, route: &str) -> Rule {
         ("PATCH", "/admin/clients/{client_id}") => rule("client.updated", "client", Path("client_id"), &[]),
         ("DELETE", "/admin/clients/{client_id}") => rule("client.deleted", "client", Path("client_id"), &[]),
         ("POST", "/admin/clients/{client_id}/secret") => {
-            rule("client.secret_rotated", "client", Path("client_id"), &[])
+            // Whether the replaced secret still works, and until when: what an investigation of
+            // a leak asks first.
+            rule(
+                "client.secret_rotated",
+                "client",
+                Path("client_id"),
+                &[("previous_secret_expires_at", Body("previous_secret_expires_at"))],
+            )
         }
         ("POST", "/admin/webhooks") => rule("webhook.created", "webhook", Body("id"), &[]),
         ("PATCH", "/admin/webhooks/{id}") => rule("webhook.updated", "webhook", Path("id"), &[]),

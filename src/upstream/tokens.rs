@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike as _, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
@@ -419,8 +419,11 @@ fn claims_into_token(claims: Claims, entry: &IssuerEntry) -> Result<VerifiedToke
     let sub = claims.sub.as_str().ok_or(TokenError::Malformed("sub is not a string"))?;
     let subject = Subject::parse(sub).map_err(|_| TokenError::Malformed("sub is not acceptable"))?;
     let exp = claims.exp.as_f64().ok_or(TokenError::Malformed("exp is not a number"))?;
-    let expires_at =
-        DateTime::from_timestamp(exp.floor() as i64, 0).ok_or(TokenError::Malformed("exp is out of range"))?;
+    // Within RFC 3339's years (to 9999): an `exp` in milliseconds, an issuer's slip, would have
+    // the token live for ever, and its `expires_at` not be an RFC 3339 time.
+    let expires_at = DateTime::from_timestamp(exp.floor() as i64, 0)
+        .filter(|at| at.year() <= 9999)
+        .ok_or(TokenError::Malformed("exp is out of range"))?;
     let text = |value: &Option<Value>| value.as_ref().and_then(Value::as_str).map(str::to_owned);
     let email = text(&claims.email).and_then(|e| Email::parse(&e).ok());
     let email_verified = email.is_some()

@@ -265,6 +265,13 @@ async fn a_rotation_with_an_overlap_accepts_the_replaced_secret_for_a_while(back
     assert!(fourth.get("previous_secret_expires_at").is_none(), "{fourth}");
     assert!(!works(&third).await && works(fourth["client_secret"].as_str().unwrap()).await);
     assert_eq!(sql.count("clients WHERE previous_secret_hash IS NULL AND previous_secret_until IS NULL").await, 1);
+    // The audit rows say which rotations left the replaced secret working, and until when.
+    let rotations = "SELECT COALESCE(CAST(details AS TEXT), '{}') FROM audit_events \
+                     WHERE action = 'client.secret_rotated' ORDER BY id";
+    let rows: Vec<Value> = sql.texts(rotations).await.iter().map(|row| serde_json::from_str(row).unwrap()).collect();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(rows[0]["previous_secret_expires_at"], rotated["previous_secret_expires_at"], "{rows:?}");
+    assert!(rows[3].get("previous_secret_expires_at").is_none(), "{rows:?}");
     // At most 30 days.
     let long = body(rotate("?overlap_seconds=2592001").await.unwrap(), 400).await;
     assert_eq!((long["code"].as_str(), long["field"].as_str()), (Some("invalid_ttl"), Some("overlap_seconds")));

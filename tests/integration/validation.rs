@@ -202,6 +202,8 @@ async fn every_refused_token_has_its_code_and_writes_nothing(backend: Backend) {
     refused(app.validate(&w.token_with("s", |c| c["nbf"] = (now + 120).into())).await, "token_not_yet_valid").await;
     refused(app.validate(&w.token_with("s", |c| c["iat"] = (now + 120).into())).await, "token_not_yet_valid").await;
     refused(app.validate(&w.token_with("s", |c| c["iat"] = "yesterday".into())).await, "malformed_token").await;
+    // An `exp` in milliseconds (an issuer's slip) is refused, not a token for 55,000 years.
+    refused(app.validate(&w.token_with("s", |c| c["exp"] = (now * 1000).into())).await, "malformed_token").await;
     refused(app.validate(&w.token_with("s", |c| c["aud"] = "someone-else".into())).await, "audience_mismatch").await;
     refused(
         app.validate(&w.token_with("s", |c| {
