@@ -159,8 +159,8 @@ impl Provisioner {
         let update = match done.await? {
             UserUpdateOutcome::Updated(update) => update,
             UserUpdateOutcome::NotFound => return Err(ProvisionError::UserNotFound),
-            // Decided under the row's lock: an address set just before counts, even while a
-            // read replica lags behind it.
+            // Decided under the row's lock: an address set or removed by a change committed a
+            // moment before counts.
             UserUpdateOutcome::NoEmailToVerify => return Err(ProvisionError::NoEmailToVerify),
         };
         if update.changed {
