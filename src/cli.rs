@@ -201,8 +201,9 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> ExitCode {
-    if let Command::Serve { migrate } = command {
-        return serve(config, migrate).await;
+    // `serve` handles its signals itself (it drains).
+    if matches!(command, Command::Serve { .. }) {
+        return run_command(command, config).await;
     }
     // Every other command stops at SIGTERM or Ctrl-C (exit 130): as a container's first process,
     // which gets no default action for them, it would otherwise run on until it is killed. What
@@ -217,7 +218,7 @@ async fn run(command: Command, config: Config) -> ExitCode {
     }
 }
 
-/// A command other than `serve`, to its end.
+/// A command, to its end.
 async fn run_command(command: Command, config: Config) -> ExitCode {
     match command {
         Command::Serve { migrate } => serve(config, migrate).await,
@@ -640,10 +641,9 @@ pub(crate) fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-/// Resolves at the first SIGTERM or Ctrl-C, and starts the drain; a second one during the drain
-/// stops the process at once (exit 1), as an operator who presses Ctrl-C again expects.
-/// After the first signal: says so, and makes a second one stop at once.
+/// After the first SIGTERM or Ctrl-C, which starts the drain: says so, and makes a second one
+/// during the drain stop the process at once (exit 1), as an operator who presses Ctrl-C again
+/// expects.
 fn shutdown_started() {
     tracing::info!("shutting down; a second signal stops at once");
     tokio::spawn(async {

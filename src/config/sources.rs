@@ -357,7 +357,8 @@ fn check_spellings(nested: &Env, env: &dyn Fn(&str) -> Option<String>, from_file
     // included (the nested reader matches the prefix in any case, and says nothing of it).
     for (name, value) in std::env::vars_os() {
         let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else { continue };
-        if value.trim().is_empty() || name == name.to_ascii_uppercase() {
+        let prefixed = name.get(..PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(PREFIX));
+        if !prefixed || value.trim().is_empty() || name == name.to_ascii_uppercase() {
             continue;
         }
         if let Some(exact) = exact_names().find(|exact| exact.eq_ignore_ascii_case(name)) {

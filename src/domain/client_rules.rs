@@ -320,7 +320,8 @@ pub fn apply(client: &mut Client, fields: ClientFields) -> Result<(), ClientRule
     Ok(())
 }
 
-fn ttl(
+/// `seconds` as a lifetime, or the rule error naming `field` and the range (`least` to `most`).
+pub(crate) fn ttl(
     field: &str,
     seconds: u64,
     range: &std::ops::RangeInclusive<u64>,

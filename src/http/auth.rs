@@ -312,24 +312,20 @@ pub(super) fn account_choice(
         }
         None => ("another account".to_owned(), pages::login_url(return_to)),
     };
-    // Going on answers an app's request that asked for a new sign-in as declined: said so.
-    let text = match go_on {
-        GoOn::Link(_) => format!(
+    let message = |text: String| pages::Message { signed_in: true, ..pages::Message::new(title, text) };
+    let message = match go_on {
+        GoOn::Link(to) => message(format!(
             "You are signed in as {who}. Go on as {who}, or sign in with {through} instead: that ends this \
              browser's session here."
-        ),
-        GoOn::Post { .. } => format!(
+        ))
+        .action(format!("Continue as {who}"), to.to_owned()),
+        // Going on answers an app's request that asked for a new sign-in as declined: said so.
+        GoOn::Post { href, fields } => message(format!(
             "You are signed in as {who}, and an app asks you to sign in again. Sign in with {through} to go on \
              to the app (that ends this browser's session here), or stay signed in as {who}: the app is then \
              told that you declined."
-        ),
-    };
-    let message = pages::Message { signed_in: true, ..pages::Message::new(title, text) };
-    let message = match go_on {
-        GoOn::Link(to) => message.action(format!("Continue as {who}"), to.to_owned()),
-        GoOn::Post { href, fields } => {
-            message.post_action(format!("Stay signed in as {who} and decline"), href, fields)
-        }
+        ))
+        .post_action(format!("Stay signed in as {who} and decline"), href, fields),
     }
     .action(format!("Sign in with {through}"), href);
     state.pages.message(StatusCode::OK, message)

@@ -148,51 +148,39 @@ impl Pages {
 
     /// The answer to a browser whose session ended before it answered an app's request held for
     /// that session (the consent page, "Stay signed in"): a sign-in here cannot take the request
-    /// on, so the page sends the person back to the app; 401 `missing_credentials` as
-    /// problem+json to other callers.
+    /// on, so the page tells the person to go back to the app
+    /// ([`errors::ended_before_the_answer`]); 401 `missing_credentials` as problem+json to other
+    /// callers.
     pub fn ended_before_the_answer(&self, headers: &HeaderMap) -> Response {
         let error = ApiError::new(
             crate::error::ErrorCode::MissingCredentials,
             "the session ended before the answer; start again from the app",
         );
-        if !wants_html(headers) {
-            return self.error(headers, error);
-        }
-        let described = error.describe();
-        let message = Message {
-            title: "Your session has ended".into(),
-            paragraphs: vec![
-                "You were signed out (in another tab, or after a while) before you answered, so nothing was \
-                 sent to the app."
-                    .into(),
-                "Go back to the app you came from and sign in again from there.".into(),
-            ],
-            code: Some(described.code.as_str().into()),
-            ..Message::default()
-        }
-        .action("Go to your account", "/account");
-        with_challenge(self.message(described.status, message), described.challenge)
+        self.page_or_problem(headers, error, errors::ended_before_the_answer)
     }
 
     /// [`Pages::error`] knowing where the browser was going (for "sign in", "try again").
     pub fn error_in(&self, headers: &HeaderMap, error: ApiError, context: &errors::Context) -> Response {
-        if wants_html(headers) {
-            let described = error.describe();
-            let status = described.status;
-            return with_challenge(self.message(status, errors::message_for(&described, context)), described.challenge);
-        }
-        let mut response = error.into_response();
-        protect(response.headers_mut());
-        response
+        self.page_or_problem(headers, error, |described| errors::message_for(described, context))
     }
 
     /// [`Pages::error_in`] for a link or connect flow that the provider did not finish
     /// ([`errors::unfinished_link_or_connect`]).
     pub fn unfinished_flow(&self, headers: &HeaderMap, error: ApiError, signed_in: bool) -> Response {
+        self.page_or_problem(headers, error, |described| errors::unfinished_link_or_connect(described, signed_in))
+    }
+
+    /// `error` as the page `page` makes of it for a browser (with its `WWW-Authenticate`
+    /// challenge, if any), problem+json otherwise.
+    fn page_or_problem(
+        &self,
+        headers: &HeaderMap,
+        error: ApiError,
+        page: impl FnOnce(&crate::http::problem::Described) -> Message,
+    ) -> Response {
         if wants_html(headers) {
             let described = error.describe();
-            let page = self.message(described.status, errors::unfinished_link_or_connect(&described, signed_in));
-            return with_challenge(page, described.challenge);
+            return with_challenge(self.message(described.status, page(&described)), described.challenge);
         }
         let mut response = error.into_response();
         protect(response.headers_mut());

@@ -57,11 +57,11 @@ pub enum SignInError {
     /// sign-in with that very identity, an account deleted meanwhile).
     #[error("the account or the sign-in method was removed while signing in; sign in again")]
     Removed,
-    /// Another first sign-in with the email made an account while this one decided (see
-    /// [`ProvisionError::EmailHoldersChanged`]): decided again, and said only when that keeps
-    /// happening.
-    #[error("accounts with this email were being made while signing in; sign in again")]
-    EmailHoldersChanged,
+    /// What this sign-in decided on changed meanwhile: another first sign-in with the email made
+    /// an account (see [`ProvisionError::EmailHoldersChanged`]), or the identity it was linking
+    /// was made for another user. Decided again, and said only when that keeps happening.
+    #[error("accounts with this email or this sign-in method changed while signing in; sign in again")]
+    ChangedMeanwhile,
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -86,7 +86,7 @@ impl PublicError for SignInError {
             SignInError::UserDisabled => ErrorCode::UserDisabled,
             SignInError::NotSignedIn => ErrorCode::MissingCredentials,
             SignInError::Removed => ErrorCode::IdentityNotFound,
-            SignInError::EmailHoldersChanged => ErrorCode::InternalError,
+            SignInError::ChangedMeanwhile => ErrorCode::InternalError,
             SignInError::Store(e) => e.code(),
         }
     }
@@ -111,7 +111,7 @@ impl From<ProvisionError> for SignInError {
     fn from(error: ProvisionError) -> Self {
         match error {
             ProvisionError::UserDisabled => SignInError::UserDisabled,
-            ProvisionError::EmailHoldersChanged => SignInError::EmailHoldersChanged,
+            ProvisionError::EmailHoldersChanged => SignInError::ChangedMeanwhile,
             ProvisionError::Store(e) => e.into(),
             // A user deleted while the sign-in made their default team.
             ProvisionError::UserNotFound => SignInError::Removed,
@@ -327,11 +327,11 @@ impl SignIn {
         // account or identity; the bound guards against a stream of them.
         for _ in 0..3 {
             match self.sign_in_user_once(provider, &subject, info, request_id.clone()).await {
-                Err(SignInError::EmailHoldersChanged) => continue,
+                Err(SignInError::ChangedMeanwhile) => continue,
                 done => return done,
             }
         }
-        Err(SignInError::EmailHoldersChanged)
+        Err(SignInError::ChangedMeanwhile)
     }
 
     async fn sign_in_user_once(
@@ -383,7 +383,7 @@ impl SignIn {
                     // issuer provisioned just in time, a bootstrap): decided again (see
                     // `sign_in_user`), which finds it and signs in as that user, as a first
                     // sign-in that loses to another answers with the winner's user.
-                    Err(SignInError::IdentityAlreadyLinked) => return Err(SignInError::EmailHoldersChanged),
+                    Err(SignInError::IdentityAlreadyLinked) => return Err(SignInError::ChangedMeanwhile),
                     Err(error) => return Err(error),
                 };
                 // As for a returning user: one who left their default team gets one again.
@@ -504,7 +504,7 @@ impl SignIn {
             LinkOutcome::AlreadyLinked(identity) => Ok((identity.id, false)),
             LinkOutcome::LinkedToAnotherUser => Err(SignInError::IdentityAlreadyLinked),
             // Decided on an address the user no longer holds: decided again.
-            LinkOutcome::HolderChanged => Err(SignInError::EmailHoldersChanged),
+            LinkOutcome::HolderChanged => Err(SignInError::ChangedMeanwhile),
         }
     }
 

@@ -236,8 +236,8 @@ struct RefreshState {
     /// starts and once when it ends, not on every failed fetch.
     down: bool,
     /// The `jwks_uri` the issuer's discovery document last named (without a configured one), and
-    /// when: the keys are fetched from it while discovery itself cannot be read, for
-    /// `max_stale` at most.
+    /// until when (`max_stale` after that reading) the keys are fetched from it while discovery
+    /// itself cannot be read.
     discovered: Option<(Url, SystemTime)>,
     /// Whether the fallback to `discovered` was logged since discovery last succeeded: a
     /// discovery outage is warned of once.
@@ -507,10 +507,8 @@ impl Inner {
             Ok((document, _)) => document,
             Err(error @ (FetchError::Http { .. } | FetchError::Status { .. })) => {
                 let now = SystemTime::now();
-                let last =
-                    state.discovered.as_ref().filter(|(_, at)| at.checked_add(self.max_stale).is_some_and(|t| now < t));
-                let Some((uri, _)) = last else { return Err(error) };
-                let uri = uri.clone();
+                let last = state.discovered.as_ref().filter(|(_, until)| now < *until).map(|(uri, _)| uri.clone());
+                let Some(uri) = last else { return Err(error) };
                 if std::mem::replace(&mut state.discovery_down, true) {
                     tracing::debug!(issuer = %self.issuer, error = %error.chain(), "still no discovery document");
                 } else {
@@ -526,7 +524,9 @@ impl Inner {
         };
         let uri = discovered_endpoint(&document, "jwks_uri", &self.issuer)?
             .ok_or_else(|| FetchError::Invalid { url: self.issuer.discovery_url(), problem: "no jwks_uri".into() })?;
-        state.discovered = Some((uri.clone(), SystemTime::now()));
+        // (Past the clock's range, an absurd `max_stale`: no fallback at all.)
+        let until = SystemTime::now().checked_add(self.max_stale).unwrap_or(SystemTime::UNIX_EPOCH);
+        state.discovered = Some((uri.clone(), until));
         state.discovery_down = false;
         Ok(uri)
     }

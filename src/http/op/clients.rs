@@ -209,6 +209,7 @@ async fn delete_client(
 struct RotateSecretQuery {
     /// How long the replaced secret is still accepted beside the new one, 0 (the default: at
     /// once no more, as for a leaked secret) to 2592000 (30 days).
+    #[param(maximum = 2592000)]
     overlap_seconds: Option<u64>,
 }
 
@@ -227,7 +228,6 @@ async fn rotate_secret(
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<RotateSecretQuery>,
 ) -> Result<Json<ClientWithSecretResponse>, ApiError> {
-    let overlap = std::time::Duration::from_secs(query.overlap_seconds.unwrap_or(0));
-    let (client, secret) = state.clients.rotate_secret(&id, overlap).await?;
+    let (client, secret) = state.clients.rotate_secret(&id, query.overlap_seconds.unwrap_or(0)).await?;
     Ok(Json(ClientWithSecretResponse { client: client.into(), client_secret: Some(secret.expose_secret().to_owned()) }))
 }

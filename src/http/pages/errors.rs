@@ -243,6 +243,23 @@ pub fn unfinished_link_or_connect(error: &Described, signed_in: bool) -> Message
     }
 }
 
+/// The page for a browser whose session ended before it answered an app's request held for that
+/// session: nothing was sent to the app, which is where to start again.
+pub fn ended_before_the_answer(error: &Described) -> Message {
+    Message {
+        title: "Your session has ended".to_owned(),
+        paragraphs: vec![
+            "You were signed out (in another tab, or after a while) before you answered, so nothing was sent to \
+             the app."
+                .into(),
+            "Go back to the app you came from and sign in again from there.".into(),
+        ],
+        actions: vec![super::Action::new("Go to your account", "/account".to_owned())],
+        code: Some(error.code.as_str().to_owned()),
+        signed_in: false,
+    }
+}
+
 /// The page for a sign-in callback that came without this site's sign-in cookie: blocked
 /// cookies, or a sign-in begun at another address than `public_url` (the one the provider
 /// returns to) would fail the same way however often it is tried, so the page says how to

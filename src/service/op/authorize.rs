@@ -517,7 +517,8 @@ impl OpenIdProvider {
             |values: &[&Option<String>]| values.iter().any(|v| v.as_ref().is_some_and(|v| v.len() > MAX_PARAM_LEN));
         const TOO_LONG: &str = "a parameter is longer than 2048 characters";
         // `state` too: it would go back in the redirect's URL (a post may carry 64 KiB of it).
-        if too_long(&[&params.client_id, &params.redirect_uri, &params.state]) {
+        let first = [&params.client_id, &params.redirect_uri, &params.state];
+        if too_long(&first) {
             return Err(reject("invalid_request", TOO_LONG, None));
         }
         let Some(client_id) = params.client_id.as_deref() else {
@@ -556,11 +557,7 @@ impl OpenIdProvider {
             return Err(fail("invalid_request", TOO_LONG));
         }
         // And together: a request is held (and a pushed one stored) as it came.
-        let total: usize = [&params.client_id, &params.redirect_uri, &params.state]
-            .iter()
-            .chain(others.iter())
-            .filter_map(|v| v.as_ref().map(String::len))
-            .sum();
+        let total: usize = first.iter().chain(&others).filter_map(|v| v.as_ref().map(String::len)).sum();
         if total > MAX_PARAMS_LEN {
             return Err(fail("invalid_request", "the parameters are longer than 8192 characters together"));
         }

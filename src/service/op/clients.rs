@@ -24,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::keys::SigningKeys;
+use super::provider::delta;
 use crate::cache::{Epoch, TtlCache};
 use crate::crypto::{constant_time_eq, random_base36, random_secret, sha256};
 use crate::domain::client_rules::{self, ASSERTION_ALGORITHMS, ClientFields, ClientRule, ClientRuleError, client_keys};
@@ -628,20 +629,14 @@ impl Clients {
     }
 
     /// Gives a confidential client a new secret, returned here once. The secret it replaces, if
-    /// any, is still accepted for `overlap` (at most [`MAX_SECRET_OVERLAP`]), so that the app can
-    /// be given the new one meanwhile; with none, at once no more (a leaked secret). A secret that
+    /// any, is still accepted for `overlap_seconds` (at most [`MAX_SECRET_OVERLAP_SECONDS`]), so that
+    /// the app can be given the new one meanwhile; with none, at once no more (a leaked secret). A secret that
     /// an earlier rotation's overlap still accepted is not accepted any more. Nothing else is
     /// checked: a key of its `jwks` stored before today's rules (which a `PATCH` would have taken
     /// out) must not stand in the way of replacing a leaked secret.
-    pub async fn rotate_secret(&self, id: &str, overlap: Duration) -> Result<(Client, SecretString), ClientError> {
-        if overlap > MAX_SECRET_OVERLAP {
-            return Err(ClientError::Invalid(ClientRuleError {
-                field: "overlap_seconds".into(),
-                rule: ClientRule::Ttl,
-                message: format!("expected 0 to {} seconds", MAX_SECRET_OVERLAP.as_secs()),
-            }));
-        }
-        let overlap = TimeDelta::from_std(overlap).unwrap_or(TimeDelta::zero());
+    pub async fn rotate_secret(&self, id: &str, overlap_seconds: u64) -> Result<(Client, SecretString), ClientError> {
+        let range = 0..=MAX_SECRET_OVERLAP_SECONDS;
+        let overlap = delta(client_rules::ttl("overlap_seconds", overlap_seconds, &range, "none", "30 days")?);
         let secret = random_secret();
         let hash = sha256(secret.expose_secret().as_bytes());
         let (client, _) = self
@@ -753,8 +748,8 @@ fn missing(field: &str, message: &str) -> ClientError {
     ClientError::Invalid(ClientRuleError { field: field.into(), rule: ClientRule::Missing, message: message.into() })
 }
 
-/// The longest a rotated secret is still accepted beside the new one (30 days).
-pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest a rotated secret is still accepted beside the new one, in seconds (30 days).
+pub const MAX_SECRET_OVERLAP_SECONDS: u64 = 30 * 24 * 3600;
 
 fn metadata(field: &str, message: &str) -> ClientError {
     ClientError::Invalid(ClientRuleError { field: field.into(), rule: ClientRule::Metadata, message: message.into() })
