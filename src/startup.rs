@@ -228,7 +228,7 @@ impl Application {
             http,
         )
         .with_connectors(config.connectors.clone());
-        let last_seen = Arc::new(LastSeen::default());
+        let last_seen = Arc::new(LastSeen::new(config.server.last_seen_flush));
         let sessions = Sessions::new(
             store.clone(),
             config.auth.session_ttl,
@@ -376,7 +376,6 @@ impl Application {
             auth_profiles: self.state.auth_profiles.clone(),
             clients: self.state.clients.clone(),
             last_seen: self.last_seen.clone(),
-            last_seen_every: self.server.last_seen_flush,
             signing_keys: self.state.signing_keys.clone(),
             op: self.state.op.clone(),
             webhooks: self.state.webhooks.clone(),

@@ -63,12 +63,22 @@ pub struct Sessions {
     /// A use is noted once the stored last use is this old: [`TOUCH_INTERVAL`], or a quarter of
     /// `idle` when that is shorter, so that a session in use never reaches its idle timeout.
     touch: TimeDelta,
+    /// A use noted once the stored last use is this old is written at once
+    /// ([`LastSeen::session_now`]): `idle` less two of the worker's intervals. A use noted
+    /// earlier is written at the worker's next interval, still well before the stored time
+    /// reaches `idle`.
+    urgent: TimeDelta,
+    /// The sweep deletes a session unused for `idle` plus this (two of the worker's intervals):
+    /// a use noted but not written yet (its write failed once) must not lose its session. Such
+    /// a session is refused meanwhile all the same.
+    sweep_grace: TimeDelta,
     last_seen: Arc<LastSeen>,
     cache: Arc<PrincipalCache>,
 }
 
 impl Sessions {
-    /// Sessions lasting at most `ttl`, ending when unused for `idle`, cached in `cache`.
+    /// Sessions lasting at most `ttl`, ending when unused for `idle`, cached in `cache`, their
+    /// uses written by `last_seen`'s worker.
     pub fn new(
         store: Arc<dyn Store>,
         ttl: Duration,
@@ -78,7 +88,17 @@ impl Sessions {
     ) -> Self {
         let delta = |d: Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
         let idle = delta(idle);
-        Self { store, ttl: delta(ttl), idle, touch: TOUCH_INTERVAL.min(idle / 4), last_seen, cache }
+        let flushes = delta(last_seen.every()) * 2;
+        Self {
+            store,
+            ttl: delta(ttl),
+            idle,
+            touch: TOUCH_INTERVAL.min(idle / 4),
+            urgent: idle - flushes.min(idle),
+            sweep_grace: flushes,
+            last_seen,
+            cache,
+        }
     }
 
     /// The absolute lifetime, for the cookie's `Max-Age`.
@@ -211,7 +231,11 @@ impl Sessions {
         if now - record.last_seen_at >= self.touch {
             // Bookkeeping, written by the last-use worker: never a write on this request. The
             // cached copy says so too, so that its hits do not note it again.
-            self.last_seen.session(hash, now);
+            if now - record.last_seen_at >= self.urgent {
+                self.last_seen.session_now(hash, now);
+            } else {
+                self.last_seen.session(hash, now);
+            }
             record.last_seen_at = now;
         }
         // Cached no longer than the session stays live without another use.
@@ -271,9 +295,10 @@ impl Sessions {
         Ok(ended)
     }
 
-    /// Deletes expired sessions and sign-in states.
+    /// Deletes expired sessions and sign-in states (idle sessions once unused for the idle
+    /// timeout plus two of the last-use worker's intervals).
     pub async fn delete_expired(&self) -> Result<u64, StoreError> {
         let now = super::now();
-        self.store.delete_expired(now, now - self.idle).await
+        self.store.delete_expired(now, now - self.idle - self.sweep_grace).await
     }
 }

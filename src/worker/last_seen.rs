@@ -1,7 +1,7 @@
 //! Last-use bookkeeping off the request path: token validation and session resolution record
 //! when an identity or a session was last seen in memory ([`LastSeen`]), and this worker writes
-//! them, 128 rows a statement and a transaction, every `server.last_seen_flush_ms`, and once more
-//! at shutdown.
+//! them, 128 rows a statement and a transaction, every `server.last_seen_flush_ms`, at once for a
+//! session resumed near its idle limit, and once more at shutdown.
 //! A request never waits for such a write; a crash loses at most one interval of them.
 
 use std::collections::HashMap;
@@ -20,9 +20,13 @@ pub const TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 
 /// Last-use times waiting to be written. Each key holds its latest time only, so memory is
 /// bounded by the distinct identities and sessions seen in one interval.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LastSeen {
     pending: Mutex<Pending>,
+    /// How often the worker writes them (`server.last_seen_flush_ms`).
+    every: Duration,
+    /// Wakes the worker for a use that must not wait for its interval.
+    urgent: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +36,16 @@ struct Pending {
 }
 
 impl LastSeen {
+    /// Nothing noted yet; the worker writes what is noted every `every`.
+    pub fn new(every: Duration) -> Self {
+        Self { pending: Mutex::default(), every, urgent: tokio::sync::Notify::new() }
+    }
+
+    /// How often the worker writes what is noted.
+    pub fn every(&self) -> Duration {
+        self.every
+    }
+
     /// Records that an identity was seen at `at`.
     pub fn identity(&self, identity: IdentityId, at: DateTime<Utc>) {
         let mut pending = self.lock();
@@ -44,6 +58,15 @@ impl LastSeen {
         let mut pending = self.lock();
         let entry = pending.sessions.entry(token_hash).or_insert(at);
         *entry = (*entry).max(at);
+    }
+
+    /// Records that a session was used at `at`, and has the worker write what is pending now
+    /// rather than at its next interval (still off the request's path): a session resumed near
+    /// its idle limit would meanwhile read as idle to the sweep, to other instances and to the
+    /// grants bound to it, as its stored last use is.
+    pub fn session_now(&self, token_hash: [u8; 32], at: DateTime<Utc>) {
+        self.session(token_hash, at);
+        self.urgent.notify_one();
     }
 
     /// How many last-use times wait to be written.
@@ -97,19 +120,17 @@ impl LastSeen {
     }
 }
 
-/// Writes the pending last-use times every `every`, until `stop` changes (between writes, never
-/// during one).
-pub(super) async fn run(
-    last_seen: Arc<LastSeen>,
-    store: Arc<dyn Store>,
-    every: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut interval = tokio::time::interval(every);
+/// Writes the pending last-use times every [`LastSeen::every`], and at once when a use asks for
+/// it ([`LastSeen::session_now`]), until `stop` changes (between writes, never during one).
+pub(super) async fn run(last_seen: Arc<LastSeen>, store: Arc<dyn Store>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(last_seen.every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
+            // A wake-up during a write is kept (one permit), so a use noted after the write took
+            // what was pending is written next.
+            _ = last_seen.urgent.notified() => {}
             _ = stop.changed() => return,
         }
         match last_seen.flush(store.as_ref()).await {

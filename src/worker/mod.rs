@@ -39,10 +39,8 @@ pub struct WorkerDeps {
     pub auth_profiles: AuthProfiles,
     /// Registered clients (the sweeper deletes records of expired client assertions).
     pub clients: Clients,
-    /// Last-use times to write.
+    /// Last-use times to write (they know how often).
     pub last_seen: Arc<LastSeen>,
-    /// How often they are written.
-    pub last_seen_every: Duration,
     /// The OpenID Provider's signing keys, re-read and rotated on schedule (when the provider
     /// is on).
     pub signing_keys: Option<SigningKeys>,
@@ -119,8 +117,8 @@ impl Workers {
                 move || audit::run(audit.clone(), every, stopped.clone())
             }),
             supervised("last_seen", {
-                let (last_seen, store, every) = (deps.last_seen.clone(), deps.store.clone(), deps.last_seen_every);
-                move || last_seen::run(last_seen.clone(), store.clone(), every, stopped.clone())
+                let (last_seen, store) = (deps.last_seen.clone(), deps.store.clone());
+                move || last_seen::run(last_seen.clone(), store.clone(), stopped.clone())
             }),
         ];
         Self { handles, writers, deliveries, stop, deps }

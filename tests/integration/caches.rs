@@ -42,7 +42,13 @@ async fn expired_entries_leave_both_validation_caches(backend: Backend) {
     let (principals, tokens) = PrincipalCache::with_token_cache(&config.cache);
     let provisioner = Provisioner::new(store.clone(), issuers.clone(), principals.clone());
     let verifier = TokenVerifier::new(issuers, tokens.clone(), config.cache.token_ttl);
-    let validator = Validator::new(verifier, provisioner, store, principals.clone(), Default::default());
+    let validator = Validator::new(
+        verifier,
+        provisioner,
+        store,
+        principals.clone(),
+        std::sync::Arc::new(tessera::worker::last_seen::LastSeen::new(Duration::from_secs(10))),
+    );
 
     let minted: Vec<String> =
         (0..SUBJECTS).map(|i| issuer.sign("rsa-1", &issuer.claims(&format!("subject-{i}"), AUDIENCE))).collect();
@@ -92,7 +98,13 @@ async fn refused_changes_purge_nothing(backend: Backend) {
     let provisioner = Provisioner::new(store.clone(), issuers.clone(), principals.clone());
     let teams = Teams::new(store.clone(), issuers.clone(), principals.clone());
     let verifier = TokenVerifier::new(issuers, tokens, config.cache.token_ttl);
-    let validator = Validator::new(verifier, provisioner.clone(), store, principals.clone(), Default::default());
+    let validator = Validator::new(
+        verifier,
+        provisioner.clone(),
+        store,
+        principals.clone(),
+        std::sync::Arc::new(tessera::worker::last_seen::LastSeen::new(Duration::from_secs(10))),
+    );
 
     let ada = validator.validate(&issuer.sign("rsa-1", &issuer.claims("ada", AUDIENCE))).await.unwrap();
     let bob = validator.validate(&issuer.sign("rsa-1", &issuer.claims("bob", AUDIENCE))).await.unwrap();

@@ -18,6 +18,8 @@ on_both_backends!(
     shutdown_does_not_wait_forever_for_a_locked_table,
     a_browser_sign_in_notes_its_identitys_use,
     a_disabled_users_refused_token_is_no_use,
+    a_session_resumed_near_its_idle_limit_has_its_use_written_at_once,
+    the_sweep_spares_a_session_whose_last_use_may_wait_to_be_written,
 );
 
 /// A long-ago time, as an SQL literal of the backend's encoding.
@@ -174,4 +176,61 @@ async fn shutdown_does_not_wait_forever_for_a_locked_table(backend: Backend) {
         let old = format!("identities WHERE last_seen_at = {}", long_ago(backend));
         assert_eq!(db.sql().await.count(&old).await, 1, "the locked write was given up");
     }
+}
+
+/// The default idle timeout (a day), in seconds.
+const IDLE: i64 = 24 * 60 * 60;
+
+/// A browser signed in, with the server's session cache off (every `/v1/me` reads the stored
+/// last use) and last uses written every five minutes.
+async fn signed_in_without_session_cache(backend: Backend) -> (crate::signin::World, Browser) {
+    let w = world_with(backend, |config, _| {
+        config.server.last_seen_flush = Duration::from_secs(300);
+        config.cache.principal_ttl = Duration::ZERO;
+    })
+    .await;
+    let mut browser = Browser::new();
+    browser.sign_in(&w.app, "").await;
+    (w, browser)
+}
+
+/// A session resumed two minutes before its idle limit has its use written at once, by the
+/// worker (not at its next interval, five minutes on): meanwhile the sweep, other instances and
+/// the grants bound to the session would read it as idle.
+async fn a_session_resumed_near_its_idle_limit_has_its_use_written_at_once(backend: Backend) {
+    let (w, mut browser) = signed_in_without_session_cache(backend).await;
+    let planted = chrono::Utc::now() - chrono::TimeDelta::seconds(IDLE - 120);
+    let sql = w.app.db.sql().await;
+    sql.exec(&format!("UPDATE sessions SET last_seen_at = {}", literal(backend, planted))).await.unwrap();
+    assert_eq!(browser.me(&w.app).await.status(), 200);
+    let lately = literal(backend, chrono::Utc::now() - chrono::TimeDelta::seconds(60));
+    eventually("the session's use is written", || async {
+        sql.count(&format!("sessions WHERE last_seen_at > {lately}")).await == 1
+    })
+    .await;
+}
+
+/// The sweep deletes a session once unused for the idle timeout plus two of the worker's
+/// intervals, not at the timeout: a use noted on some instance may still wait to be written
+/// (its write failed once). The session is refused from the timeout on all the same.
+async fn the_sweep_spares_a_session_whose_last_use_may_wait_to_be_written(backend: Backend) {
+    use std::sync::Arc;
+    use tessera::service::principals::PrincipalCache;
+    use tessera::service::sessions::Sessions;
+    use tessera::worker::last_seen::LastSeen;
+    let (w, mut browser) = signed_in_without_session_cache(backend).await;
+    // The sweep of an instance whose worker writes every ten seconds: a grace of twenty.
+    let (cache, _) = PrincipalCache::with_token_cache(&w.app.db.config().cache);
+    let last_seen = Arc::new(LastSeen::new(Duration::from_secs(10)));
+    let idle = Duration::from_secs(IDLE.unsigned_abs());
+    let sessions = Sessions::new(w.app.db.store().await, idle * 30, idle, last_seen, cache);
+    let sql = w.app.db.sql().await;
+    let unused_for = |seconds: i64| literal(backend, chrono::Utc::now() - chrono::TimeDelta::seconds(seconds));
+    sql.exec(&format!("UPDATE sessions SET last_seen_at = {}", unused_for(IDLE + 5))).await.unwrap();
+    assert_eq!(browser.me(&w.app).await.status(), 401, "idle: refused");
+    sessions.delete_expired().await.unwrap();
+    assert_eq!(sql.count("sessions").await, 1, "within the grace: kept");
+    sql.exec(&format!("UPDATE sessions SET last_seen_at = {}", unused_for(IDLE + 40))).await.unwrap();
+    sessions.delete_expired().await.unwrap();
+    assert_eq!(sql.count("sessions").await, 0, "past it: swept");
 }

@@ -964,7 +964,7 @@ async fn instances_flushing_the_same_last_uses_at_once_do_not_deadlock(backend: 
         let at = now() + TimeDelta::minutes(round + 1);
         let flushes: Vec<_> = (0..4)
             .map(|_| {
-                let instance = LastSeen::default();
+                let instance = LastSeen::new(std::time::Duration::from_secs(10));
                 for identity in &identities {
                     instance.identity(*identity, at);
                 }

@@ -60,7 +60,7 @@ async fn measure(args: &MeArgs, url: &str) -> anyhow::Result<()> {
         store.clone(),
         Duration::from_secs(86_400),
         Duration::from_secs(86_400),
-        Arc::new(LastSeen::default()),
+        Arc::new(LastSeen::new(config.server.last_seen_flush)),
         tessera::service::principals::PrincipalCache::with_token_cache(&config.cache).0,
     );
     let mut users = Vec::with_capacity(args.users);
