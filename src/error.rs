@@ -208,6 +208,8 @@ error_codes! {
     PendingAuthConflict = (CONFLICT, "pending_auth_conflict", "Pending profile conflict"),
     /// The slug is taken in this team.
     SlugTaken = (CONFLICT, "slug_taken", "Slug taken"),
+    /// The team holds as many auth profiles as it may.
+    AuthProfileLimitReached = (CONFLICT, "auth_profile_limit_reached", "Auth profile limit reached"),
     /// The profile is not connected through OAuth.
     NotOauthProfile = (CONFLICT, "not_oauth_profile", "Not an OAuth profile"),
     /// The profile is of another kind than the endpoint sets (env values on a browser session…).

@@ -227,7 +227,8 @@ impl Application {
             config.auth.pending_profile_ttl,
             http,
         )
-        .with_connectors(config.connectors.clone());
+        .with_connectors(config.connectors.clone())
+        .with_max_per_team(config.auth.max_profiles_per_team);
         let last_seen = Arc::new(LastSeen::new(config.server.last_seen_flush));
         let sessions = Sessions::new(
             store.clone(),

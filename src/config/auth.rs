@@ -40,6 +40,9 @@ pub struct AuthConfig {
     /// A pending auth profile not connected within this time is not reused, and is deleted
     /// (`auth.pending_profile_ttl_hours`).
     pub pending_profile_ttl: Duration,
+    /// The most live auth profiles (connected accounts, pending ones included) a team holds,
+    /// personal ones of every member included (`auth.max_profiles_per_team`).
+    pub max_profiles_per_team: u32,
 }
 
 /// Whether `name` is a provider name: 1 to 32 of `a-z`, `0-9`, `-` and `_`.
@@ -300,6 +303,7 @@ pub(super) struct RawAuth {
     session_ttl_hours: Option<u64>,
     session_idle_minutes: Option<u64>,
     pending_profile_ttl_hours: Option<u64>,
+    max_profiles_per_team: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -353,6 +357,10 @@ pub(super) struct RawProvider {
 pub(super) struct RawEncryption {
     keys: Option<Vec<String>>,
 }
+
+/// How many live auth profiles a team holds at most, unless configured
+/// (`auth.max_profiles_per_team`).
+pub const DEFAULT_MAX_PROFILES_PER_TEAM: u32 = 10_000;
 
 /// How long a browser session lasts unused by default (`auth.session_idle_minutes`): a day.
 pub const DEFAULT_SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
@@ -421,8 +429,13 @@ pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
     if !(1..=24 * 30).contains(&pending_hours) {
         return Err(ConfigError::new("auth.pending_profile_ttl_hours", "expected 1 to 720 hours"));
     }
+    let max_profiles_per_team = raw.max_profiles_per_team.unwrap_or(DEFAULT_MAX_PROFILES_PER_TEAM);
+    if !(1..=1_000_000).contains(&max_profiles_per_team) {
+        return Err(ConfigError::new("auth.max_profiles_per_team", "expected 1 to 1000000"));
+    }
     Ok(AuthConfig {
         pending_profile_ttl: Duration::from_secs(pending_hours * 3600),
+        max_profiles_per_team,
         public_url,
         cookie_secure,
         session_cookie_domain,

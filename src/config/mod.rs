@@ -25,8 +25,9 @@ mod oidc;
 mod sources;
 
 pub use auth::{
-    AuthConfig, DEFAULT_SESSION_IDLE, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR, FreshLogin, ProfileMapping,
-    ProviderConfig, ProviderEndpoints, ProviderKind, ProviderProtocol, TokenAuth, UserinfoMethod, is_provider_name,
+    AuthConfig, DEFAULT_MAX_PROFILES_PER_TEAM, DEFAULT_SESSION_IDLE, DEPRECATED_KEY_VAR, ENCRYPTION_KEYS_VAR,
+    FreshLogin, ProfileMapping, ProviderConfig, ProviderEndpoints, ProviderKind, ProviderProtocol, TokenAuth,
+    UserinfoMethod, is_provider_name,
 };
 pub use branding::{BrandingConfig, DEFAULT_PRIMARY_COLOR, image_origin};
 pub use connectors::{
@@ -1864,6 +1865,17 @@ mod tests {
         };
         assert_eq!(config(30_000).unwrap().server.last_seen_flush, Duration::from_secs(30));
         assert_eq!(config(30_001).unwrap_err().key, "server.last_seen_flush_ms");
+    }
+
+    #[test]
+    fn a_teams_profile_limit_is_bounded() {
+        let config = |toml: &str| Config::from_toml(toml, env(&[]));
+        assert_eq!(config("").unwrap().auth.max_profiles_per_team, 10_000);
+        assert_eq!(config("[auth]\nmax_profiles_per_team = 1").unwrap().auth.max_profiles_per_team, 1);
+        for refused in ["0", "1000001"] {
+            let error = config(&format!("[auth]\nmax_profiles_per_team = {refused}")).unwrap_err();
+            assert_eq!(error.key, "auth.max_profiles_per_team", "{refused}");
+        }
     }
 
     #[test]

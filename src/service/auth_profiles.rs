@@ -47,8 +47,8 @@ use crate::error::ErrorChain as _;
 use crate::error::{ErrorCode, PublicError};
 use crate::observability::{TOKEN_REFRESH_CALLS_TOTAL, TOKEN_REFRESH_WAITS_TOTAL};
 use crate::store::{
-    Activation, ConnectToken, FirstWrite, PendingKey, ProfileSecrets, RefreshLease, Refreshed, Revocation, SecretKind,
-    Store, StoreError, StoredSecret,
+    Activation, ConnectToken, FirstWrite, PendingKey, ProfileInsert, ProfileSecrets, RefreshLease, Refreshed,
+    Revocation, SecretKind, Store, StoreError, StoredSecret,
 };
 use crate::upstream::oauth_flow::{FLOW_TTL, Finished, FlowError, OAuthFlows, Purpose, Started};
 use crate::upstream::providers::{Provider, ProviderError, TokenKind, TokenSet};
@@ -112,6 +112,12 @@ pub enum AuthProfileError {
     /// The slug is taken in this team.
     #[error("the slug is taken in this team")]
     SlugTaken,
+    /// The team holds as many live profiles as it may (`auth.max_profiles_per_team`).
+    #[error(
+        "the team holds {0} auth profiles, pending ones included, the most it may (auth.max_profiles_per_team): \
+         revoke one it no longer uses first"
+    )]
+    TeamFull(u32),
     /// OAuth profiles need a configured provider of that name.
     #[error("no sign-in provider is named {0:?}")]
     UnknownProvider(String),
@@ -226,6 +232,7 @@ impl PublicError for AuthProfileError {
             AuthProfileError::NotAdmin => ErrorCode::NotTeamAdmin,
             AuthProfileError::PendingAuthConflict { .. } => ErrorCode::PendingAuthConflict,
             AuthProfileError::SlugTaken => ErrorCode::SlugTaken,
+            AuthProfileError::TeamFull(_) => ErrorCode::AuthProfileLimitReached,
             AuthProfileError::UnknownProvider(_) => ErrorCode::UnknownProvider,
             AuthProfileError::ProviderNotConfigured(_) => ErrorCode::ProviderNotConfigured,
             AuthProfileError::NotOAuth(_) | AuthProfileError::NoConnectLink => ErrorCode::NotOauthProfile,
@@ -371,6 +378,8 @@ pub struct AuthProfiles {
     pub(super) teams: Teams,
     pub(super) keyring: Option<Arc<KeyRing>>,
     pending_ttl: TimeDelta,
+    /// How many live profiles a team may hold (`auth.max_profiles_per_team`).
+    max_per_team: u32,
     /// The declared connectors (`[[connectors]]`).
     pub(super) connectors: Arc<[ConnectorConfig]>,
     /// The process's outbound HTTP client (no redirects), for connector probes.
@@ -402,6 +411,7 @@ impl AuthProfiles {
             teams,
             keyring,
             pending_ttl: TimeDelta::from_std(pending_ttl).unwrap_or(TimeDelta::hours(24)),
+            max_per_team: crate::config::DEFAULT_MAX_PROFILES_PER_TEAM,
             connectors: Arc::from(Vec::new()),
             refreshing: Arc::new(Mutex::new(HashMap::new())),
             started: Arc::default(),
@@ -413,6 +423,13 @@ impl AuthProfiles {
     /// those that declare fields.
     pub fn with_connectors(mut self, connectors: Vec<ConnectorConfig>) -> Self {
         self.connectors = Arc::from(connectors);
+        self
+    }
+
+    /// The service with teams holding at most `max` live profiles each
+    /// (`auth.max_profiles_per_team`).
+    pub fn with_max_per_team(mut self, max: u32) -> Self {
+        self.max_per_team = max;
         self
     }
 
@@ -538,15 +555,16 @@ impl AuthProfiles {
                 (_, _, Some((token, _))) => FirstWrite::Link(token),
                 _ => FirstWrite::Nothing,
             };
-            let inserted = match self.store.insert_profile(&profile, first).await {
-                Ok(inserted) => inserted,
+            match self.store.insert_profile(&profile, first, self.max_per_team).await {
+                Ok(ProfileInsert::Inserted(created)) => {
+                    tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), with_credential = sealed.is_some(), "created an auth profile");
+                    return Ok(Created { profile: *created, link: link.map(|(_, link)| link), created: true });
+                }
+                Ok(ProfileInsert::Full) => return Err(AuthProfileError::TeamFull(self.max_per_team)),
+                Ok(ProfileInsert::Taken) => {}
                 // Removed from the team (or the team deleted) since the check above.
                 Err(StoreError::Gone { .. }) => return Err(AuthProfileError::TeamNotFound),
                 Err(error) => return Err(error.into()),
-            };
-            if let Some(created) = inserted {
-                tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), with_credential = sealed.is_some(), "created an auth profile");
-                return Ok(Created { profile: created, link: link.map(|(_, link)| link), created: true });
             }
             // A uniqueness rule refused the row: the caller's own pending profile (created by a
             // concurrent request), or the slug.

@@ -752,6 +752,27 @@ pub struct ConnectToken {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What [`Store::insert_profile`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileInsert {
+    /// The profile as stored (with its first write).
+    Inserted(Box<AuthProfile>),
+    /// A uniqueness rule refused it (a live slug of the team, or a pending profile's key).
+    Taken,
+    /// The team holds as many live profiles as it may.
+    Full,
+}
+
+impl ProfileInsert {
+    /// The profile, when inserted.
+    pub fn inserted(self) -> Option<AuthProfile> {
+        match self {
+            Self::Inserted(profile) => Some(*profile),
+            Self::Taken | Self::Full => None,
+        }
+    }
+}
+
 /// What [`Store::insert_profile`] writes with a new profile.
 #[derive(Debug, Clone, Copy)]
 pub enum FirstWrite<'a> {
@@ -1169,12 +1190,15 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// for a member whose removal (which hands over or revokes their profiles) came first. With
     /// it, in the same transaction, `first`: its credential (the profile then `active`, with an
     /// `auth_profile.connected` event, as [`Store::put_profile_credential`] writes it) or its first
-    /// connect link; a failure writes none of them.
+    /// connect link; a failure writes none of them. Refused as [`ProfileInsert::Full`] when the
+    /// team holds `max_live` live profiles already (unexpired pending ones counted), counted
+    /// under the team's row lock, which concurrent creations take in turn.
     async fn insert_profile(
         &self,
         profile: &AuthProfile,
         first: FirstWrite<'_>,
-    ) -> Result<Option<AuthProfile>, StoreError>;
+        max_live: u32,
+    ) -> Result<ProfileInsert, StoreError>;
 
     /// The pending OAuth profile of a connector (`created_by` for personal ones), expired or not.
     async fn pending_profile(&self, key: &PendingKey<'_>) -> Result<Option<AuthProfile>, StoreError>;

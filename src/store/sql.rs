@@ -39,7 +39,7 @@ use super::{
     CreateTeamOutcome, DeleteTeamOutcome, DeleteUserOutcome, ExportedIdentity, TeamMember, TeamQuery, UserChange,
     UserQuery, UserUpdate, UserUpdateOutcome,
 };
-use super::{CredentialOutcome, CredentialWrite, FirstWrite, StoredCredential};
+use super::{CredentialOutcome, CredentialWrite, FirstWrite, ProfileInsert, StoredCredential};
 use super::{PRINCIPALS_PER_READ, PoolStats, PrincipalRead, ReplayCursor, ReplayPage, WebhookInsert, WebhookQueue};
 use crate::config::{Backend, DatabaseConfig};
 use crate::domain::events::{self, ReauthReason, SessionEnd};
@@ -90,7 +90,8 @@ impl SqlStore {
         &self,
         profile: &AuthProfile,
         first: FirstWrite<'_>,
-    ) -> Result<Option<AuthProfile>, StoreError> {
+        max_live: u32,
+    ) -> Result<ProfileInsert, StoreError> {
         let mut tx = self.db.begin().await?;
         // The creator's row first, then the team's, the order in which a user's deletion locks
         // them (see [`lock_user_key`]).
@@ -98,14 +99,33 @@ impl SqlStore {
             tx.rollback().await?;
             return Err(StoreError::Gone { what: "the user" });
         }
-        // The team's row shared, as a removal takes it for update: the creator is a member until
+        // The team's row locked, as a removal takes it for update: the creator is a member until
         // this commits, or their removal (which hands over or revokes their profiles) came first.
-        query("SELECT 1 FROM teams WHERE id = $1 FOR SHARE").bind(profile.team_id.as_uuid()).execute(&mut tx).await?;
+        // Not shared: concurrent creations in the team count its profiles in turn.
+        query("SELECT 1 FROM teams WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(profile.team_id.as_uuid())
+            .execute(&mut tx)
+            .await?;
         // An enabled member: one disabled a moment ago, whose session another instance has not
         // forgotten yet, creates nothing.
         if enabled_member_role(&mut tx, profile.team_id, profile.created_by).await?.is_none() {
             tx.rollback().await?;
             return Err(StoreError::Gone { what: "the membership" });
+        }
+        // Live ones (`auth_profiles_team_slug_key` holds them), less pending ones past their expiry,
+        // which the sweep deletes.
+        let live = query(
+            "SELECT count(*) AS n FROM auth_profiles
+             WHERE team_id = $1 AND status <> 'revoked' AND NOT (status = 'pending_auth' AND pending_expires_at <= $2)",
+        )
+        .bind(profile.team_id.as_uuid())
+        .bind(profile.created_at)
+        .fetch_one(&mut tx)
+        .await?
+        .int("n")?;
+        if live >= i64::from(max_live) {
+            tx.rollback().await?;
+            return Ok(ProfileInsert::Full);
         }
         let inserted = query(
             "INSERT INTO auth_profiles
@@ -131,7 +151,7 @@ impl SqlStore {
         .map_err(|e| e.or_gone("the team or the user"))?;
         if inserted.is_none() {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(ProfileInsert::Taken);
         }
         let created = match first {
             FirstWrite::Nothing => profile.clone(),
@@ -149,7 +169,7 @@ impl SqlStore {
             }
         };
         tx.commit().await?;
-        Ok(Some(created))
+        Ok(ProfileInsert::Inserted(Box::new(created)))
     }
 
     /// Deletes the grants of `client`, with their codes and refresh tokens (one per rotation: a
@@ -2380,8 +2400,9 @@ impl Store for SqlStore {
         &self,
         profile: &AuthProfile,
         first: FirstWrite<'_>,
-    ) -> Result<Option<AuthProfile>, StoreError> {
-        retrying_conflicts(|| self.insert_profile_once(profile, first)).await
+        max_live: u32,
+    ) -> Result<ProfileInsert, StoreError> {
+        retrying_conflicts(|| self.insert_profile_once(profile, first, max_live)).await
     }
 
     async fn pending_profile(&self, key: &PendingKey<'_>) -> Result<Option<AuthProfile>, StoreError> {

@@ -294,7 +294,7 @@ async fn profile(app: &TestApp, team: &str, by: &str, kind: ProfileKind, slug: &
         updated_at: now,
         credential: None,
     };
-    app.store.insert_profile(&profile, FirstWrite::Nothing).await.unwrap().expect("inserted").id
+    app.store.insert_profile(&profile, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted().expect("inserted").id
 }
 
 async fn deleting_a_user_leaves_nothing_of_theirs(backend: Backend) {

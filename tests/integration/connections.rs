@@ -369,20 +369,23 @@ async fn the_database_refuses_a_second_pending_profile(backend: Backend) {
         credential: None,
     };
     assert_eq!(
-        store.insert_profile(&duplicate, FirstWrite::Nothing).await.unwrap(),
-        None,
+        store.insert_profile(&duplicate, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+        tessera::store::ProfileInsert::Taken,
         "refused by the database, not an error"
     );
     let mut bobs = duplicate.clone();
     bobs.id = ProfileId::generate();
     bobs.created_by = w.bob.id;
-    assert!(store.insert_profile(&bobs, FirstWrite::Nothing).await.unwrap().is_some(), "another member may");
+    assert!(
+        store.insert_profile(&bobs, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted().is_some(),
+        "another member may"
+    );
     let mut active = duplicate.clone();
     active.id = ProfileId::generate();
     active.slug = Slug::parse("third-slug").unwrap();
     active.status = ProfileStatus::Active;
     assert!(
-        store.insert_profile(&active, FirstWrite::Nothing).await.unwrap().is_some(),
+        store.insert_profile(&active, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted().is_some(),
         "the rule only binds pending profiles"
     );
     store.close().await;

@@ -30,6 +30,7 @@ on_both_backends!(
     env_values_are_tested_with_the_connectors_probe,
     a_create_that_waits_on_the_creators_removal_writes_nothing,
     a_credential_write_that_waits_on_the_writers_disable_is_refused_as_such,
+    a_team_holds_at_most_its_limit_of_profiles_under_concurrent_creations,
 );
 
 const KEY: &str = "sk-abcdefghijklmnopqrstuvwxyz012345";
@@ -719,4 +720,52 @@ async fn a_credential_write_that_waits_on_the_writers_disable_is_refused_as_such
     let refused = body(w.sent_while_the_team_is_held(&sql, &disable, request).await, 403).await;
     assert_eq!(refused["code"], "user_disabled", "{refused}");
     assert_eq!(sql.count("profile_credentials").await, 0, "nothing stored");
+}
+
+/// A team holds at most `auth.max_profiles_per_team` live profiles, pending ones included, its
+/// members' personal ones too: concurrent creations are counted in turn, and those past the
+/// limit are refused whole (no profile, no credential). Revoked profiles and pending ones past
+/// their expiry do not count.
+async fn a_team_holds_at_most_its_limit_of_profiles_under_concurrent_creations(backend: Backend) {
+    let w = world_with(backend, |config| config.auth.max_profiles_per_team = 5).await;
+    let pending =
+        |slug: &str| json!({"connector_key": "openai", "profile_kind": "env", "display_name": "OpenAI", "slug": slug});
+    body(w.create(w.alice.id, pending("kept")).await, 201).await;
+    body(w.create(w.alice.id, pending("revoked")).await, 201).await;
+    let revoked = w.on_behalf(Method::DELETE, "/auth-profiles/revoked", w.alice.id).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    body(w.create(w.bob.id, pending("stale")).await, 201).await;
+    let sql = w.app.db.sql().await;
+    let past = if backend == Backend::Sqlite { "0" } else { "TIMESTAMPTZ '2000-01-01 00:00:00+00'" };
+    sql.exec(&format!("UPDATE auth_profiles SET pending_expires_at = {past} WHERE slug = 'stale'")).await.unwrap();
+
+    // One live profile: room for four more, and ten asked for at once by two members.
+    let requests: Vec<_> = (0..10)
+        .map(|n| {
+            let member = if n % 2 == 0 { w.alice.id } else { w.bob.id };
+            let request = json!({"connector_key": "plain", "profile_kind": "env", "display_name": "Plain",
+                                 "slug": format!("plain-{n}"), "values": {"TOKEN": format!("token-{n}")}});
+            w.on_behalf(Method::POST, "/auth-profiles", member).json(&request)
+        })
+        .collect();
+    let (mut created, mut refused) = (0, 0);
+    for response in send_at_once(&requests).await {
+        match response.status() {
+            StatusCode::CREATED => created += 1,
+            _ => {
+                let problem = body(response, 409).await;
+                assert_eq!(problem["code"], "auth_profile_limit_reached", "{problem}");
+                assert!(problem["detail"].as_str().unwrap().contains("auth.max_profiles_per_team"), "{problem}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((created, refused), (4, 6));
+    assert_eq!(sql.count("auth_profiles WHERE slug LIKE 'plain-%'").await, 4, "no profile past the limit");
+    assert_eq!(sql.count("profile_credentials").await, 4, "nor a credential");
+    // A revocation makes room again.
+    let revoked = w.on_behalf(Method::DELETE, "/auth-profiles/kept", w.alice.id).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    body(w.create(w.alice.id, pending("again")).await, 201).await;
+    assert_eq!(body(w.create(w.alice.id, pending("over")).await, 409).await["code"], "auth_profile_limit_reached");
 }

@@ -374,7 +374,12 @@ fn profile(team: &Team, by: UserId, kind: ProfileKind, slug: &str, at: DateTime<
 }
 
 async fn inserted(store: &Arc<dyn Store>, profile: AuthProfile) -> AuthProfile {
-    store.insert_profile(&profile, FirstWrite::Nothing).await.unwrap().expect("the profile is inserted")
+    store
+        .insert_profile(&profile, FirstWrite::Nothing, u32::MAX)
+        .await
+        .unwrap()
+        .inserted()
+        .expect("the profile is inserted")
 }
 
 fn key(profile: &AuthProfile) -> PendingKey<'_> {
@@ -2222,29 +2227,35 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     let bob = sign_up(&store, "bob").await;
     let t0 = now();
     let first = profile(&ada.team, ada.id(), ProfileKind::Env, "main", t0);
-    assert_eq!(store.insert_profile(&first, FirstWrite::Nothing).await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        store.insert_profile(&first, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
+        Some(first.clone())
+    );
     assert_eq!(store.profile(first.id).await.unwrap(), Some(first.clone()), "what the write returned is stored");
 
     let clash = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(1));
-    assert_eq!(store.insert_profile(&clash, FirstWrite::Nothing).await.unwrap(), None);
+    assert_eq!(
+        store.insert_profile(&clash, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+        tessera::store::ProfileInsert::Taken
+    );
     assert_eq!(store.profile(clash.id).await.unwrap(), None);
     assert_eq!(store.team_profiles(ada.team.id, ada.id()).await.unwrap(), std::slice::from_ref(&first));
 
     // Only a member of the team may create one there.
     let strangers = profile(&ada.team, bob.id(), ProfileKind::Interactive, "strangers", t0);
-    let refused = store.insert_profile(&strangers, FirstWrite::Nothing).await;
+    let refused = store.insert_profile(&strangers, FirstWrite::Nothing, u32::MAX).await;
     assert!(matches!(refused, Err(StoreError::Gone { .. })), "{refused:?}");
     assert_eq!(store.profile(strangers.id).await.unwrap(), None);
     // Nor a member disabled a moment ago (a session another instance has not forgotten yet).
     set_user_disabled(&store, ada.id(), true, t0).await.unwrap();
     let disabled = profile(&ada.team, ada.id(), ProfileKind::Interactive, "disabled", t0);
-    let refused = store.insert_profile(&disabled, FirstWrite::Nothing).await;
+    let refused = store.insert_profile(&disabled, FirstWrite::Nothing, u32::MAX).await;
     assert!(matches!(refused, Err(StoreError::Gone { .. })), "{refused:?}");
     set_user_disabled(&store, ada.id(), false, t0).await.unwrap();
 
     let elsewhere = profile(&bob.team, bob.id(), ProfileKind::Interactive, "main", t0);
     assert_eq!(
-        store.insert_profile(&elsewhere, FirstWrite::Nothing).await.unwrap(),
+        store.insert_profile(&elsewhere, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
         Some(elsewhere),
         "slugs are per team"
     );
@@ -2252,7 +2263,10 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     // Revoking a profile frees its slug.
     assert!(matches!(store.revoke_profile(first.id, None, t0, None).await.unwrap(), Revocation::Revoked(_)));
     let again = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(2));
-    assert_eq!(store.insert_profile(&again, FirstWrite::Nothing).await.unwrap(), Some(again.clone()));
+    assert_eq!(
+        store.insert_profile(&again, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
+        Some(again.clone())
+    );
     assert_eq!(store.live_profile(ada.team.id, &ProfileRef::Slug(again.slug.clone())).await.unwrap(), Some(again));
 }
 
@@ -2269,7 +2283,7 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
     let adas = inserted(&store, personal(ada.id(), "adas")).await;
     let adas_second = personal(ada.id(), "adas-second");
     assert_eq!(
-        store.insert_profile(&adas_second, FirstWrite::Nothing).await.unwrap(),
+        store.insert_profile(&adas_second, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
         None,
         "one pending personal profile per member"
     );
@@ -2279,7 +2293,7 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
     inserted(&store, team_wide(ada.id(), "app")).await;
     let bobs_app = team_wide(bob.id(), "bobs-app");
     assert_eq!(
-        store.insert_profile(&bobs_app, FirstWrite::Nothing).await.unwrap(),
+        store.insert_profile(&bobs_app, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
         None,
         "one pending team-wide profile per team"
     );
@@ -2301,7 +2315,10 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
             .unwrap()
             .is_some()
     );
-    assert_eq!(store.insert_profile(&adas_second, FirstWrite::Nothing).await.unwrap(), Some(adas_second));
+    assert_eq!(
+        store.insert_profile(&adas_second, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
+        Some(adas_second)
+    );
 }
 
 async fn pending_profile_finds_the_pending_profile_of_a_key_expired_or_not(backend: Backend) {
