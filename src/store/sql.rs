@@ -112,17 +112,19 @@ impl SqlStore {
             tx.rollback().await?;
             return Err(StoreError::Gone { what: "the membership" });
         }
-        // Live ones (`auth_profiles_team_slug_key` holds them), less pending ones past their expiry,
-        // which the sweep deletes.
-        let live = query(
-            "SELECT count(*) AS n FROM auth_profiles
-             WHERE team_id = $1 AND status <> 'revoked' AND NOT (status = 'pending_auth' AND pending_expires_at <= $2)",
-        )
-        .bind(profile.team_id.as_uuid())
-        .bind(profile.created_at)
-        .fetch_one(&mut tx)
-        .await?
-        .int("n")?;
+        // Pending ones past their expiry first, as the sweep would: left in place, they would not
+        // count, yet a new link or credential brings them back to life.
+        query("DELETE FROM auth_profiles WHERE team_id = $1 AND status = 'pending_auth' AND pending_expires_at <= $2")
+            .bind(profile.team_id.as_uuid())
+            .bind(profile.created_at)
+            .execute(&mut tx)
+            .await?;
+        // Then every live one (`auth_profiles_team_slug_key` holds them).
+        let live = query("SELECT count(*) AS n FROM auth_profiles WHERE team_id = $1 AND status <> 'revoked'")
+            .bind(profile.team_id.as_uuid())
+            .fetch_one(&mut tx)
+            .await?
+            .int("n")?;
         if live >= i64::from(max_live) {
             tx.rollback().await?;
             return Ok(ProfileInsert::Full);

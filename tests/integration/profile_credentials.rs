@@ -763,6 +763,11 @@ async fn a_team_holds_at_most_its_limit_of_profiles_under_concurrent_creations(b
     assert_eq!((created, refused), (4, 6));
     assert_eq!(sql.count("auth_profiles WHERE slug LIKE 'plain-%'").await, 4, "no profile past the limit");
     assert_eq!(sql.count("profile_credentials").await, 4, "nor a credential");
+    // The expired pending profile went with the first creation: a new link cannot bring it back
+    // to life past the limit.
+    let revived = w.on_behalf(Method::POST, "/auth-profiles/stale/connect", w.bob.id).send().await.unwrap();
+    assert_eq!(body(revived, 404).await["code"], "profile_not_found");
+    assert_eq!(sql.count("auth_profiles WHERE status <> 'revoked'").await, 5);
     // A revocation makes room again.
     let revoked = w.on_behalf(Method::DELETE, "/auth-profiles/kept", w.alice.id).send().await.unwrap();
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
