@@ -161,6 +161,9 @@ pub struct IssuedFor {
     pub scope: String,
     /// When the user signed in to the session the grant was made from (`auth_time`, seconds).
     pub auth_time: Option<i64>,
+    /// For a token got by token exchange, the clients that exchanged it, outermost first
+    /// (`act`, RFC 8693 section 4.1): a call made on the user's behalf by another service.
+    pub act: Option<super::op::tokens::Actor>,
 }
 
 impl IssuedFor {
@@ -422,6 +425,7 @@ impl Validator {
             client_id: claims.client_id,
             scope: claims.scope,
             auth_time: claims.auth_time,
+            act: claims.act,
         };
         Ok(Validated {
             token: Arc::new(verified),

@@ -195,6 +195,13 @@ async fn an_exchanged_token_acts_for_the_user_and_ends_with_the_grant(backend: B
     let (_, passed_claims) = jwt_parts(&passed_on);
     assert_eq!(passed_claims["act"], json!({"sub": p.orders.0, "act": {"sub": reports.0, "act": {"sub": p.app.0}}}));
     assert_eq!(introspect(&w.app, creds(&p.billing), &passed_on).await["active"], true);
+    // The billing API, validating it through Tessera, sees on whose behalf it was called.
+    let validate = w.app.client.post(w.app.url("/v1/validate?audience=https%3A%2F%2Fbilling.example.com"));
+    let validated = body(validate.bearer_auth(&passed_on).send().await.unwrap(), 200).await;
+    assert_eq!(validated["issued_for"]["client_id"], p.orders.0);
+    assert_eq!(validated["issued_for"]["act"], passed_claims["act"]);
+    let direct = body(w.app.validate(&subject).await, 200).await;
+    assert!(direct["issued_for"].get("act").is_none(), "a token not got by exchange has none: {direct}");
     let path = format!("/admin/clients/{}", reports.0);
     let narrowed = json!({"resources": [ORDERS]});
     body(w.app.admin(Method::PATCH, &path).json(&narrowed).send().await.unwrap(), 200).await;

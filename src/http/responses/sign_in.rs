@@ -44,6 +44,27 @@ pub struct IssuedForResponse {
     pub client_id: String,
     /// The granted scopes, space-separated.
     pub scope: String,
+    /// For a token got by token exchange (RFC 8693): the client that exchanged it (`client_id`
+    /// too), and within it the prior actors down to the client the user authorized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act: Option<ActorResponse>,
+}
+
+/// An actor of a token got by exchange: a client, and the one before it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActorResponse {
+    /// The client's id.
+    pub sub: String,
+    /// The prior actor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
+    pub act: Option<Box<ActorResponse>>,
+}
+
+impl From<crate::service::op::tokens::Actor> for ActorResponse {
+    fn from(actor: crate::service::op::tokens::Actor) -> Self {
+        Self { sub: actor.sub, act: actor.act.map(|prior| Box::new((*prior).into())) }
+    }
 }
 
 impl From<Validated> for ValidateResponse {
@@ -62,6 +83,7 @@ impl From<Validated> for ValidateResponse {
                 audience: issued.audience,
                 client_id: issued.client_id,
                 scope: issued.scope,
+                act: issued.act.map(Into::into),
             }),
         }
     }

@@ -143,6 +143,7 @@ fn validation_discovery_providers_and_health_serialise_as_before() {
         client_id: "notes".into(),
         scope: "openid email".into(),
         auth_time: None,
+        act: None,
     };
     let own = Validated {
         token: Arc::new(token.clone()),
