@@ -248,6 +248,9 @@ impl Application {
         );
         // The issuer identifier: the public URL without a trailing slash.
         let issuer = config.auth.public_url.as_ref().map(|url| url.as_str().trim_end_matches('/').to_owned());
+        if let Some(keys) = &signing_keys {
+            keys.following_log_of(principals.clone());
+        }
         let clients = Clients::new(store.clone(), issuer.clone())
             .with_default_alg(config.oidc.signing_alg)
             .with_signing_keys(signing_keys.clone())

@@ -610,6 +610,58 @@ async fn a_new_algorithms_first_key_is_published_by_every_instance_promptly(back
     c.stop().await;
 }
 
+/// An instance that cannot read the log is not told of a key retired at once on another (the
+/// answer to a leaked key): it re-reads its keys rather than sign with its cached copy until their
+/// refresh (a quarter of `jwks_max_age`: 150 s here). On PostgreSQL, where a lock on the log's
+/// table holds back B's poll alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_cannot_read_the_log_re_reads_its_signing_keys() {
+    use tessera::domain::SigningAlg;
+    use tessera::service::op::keys::{SigningKeySettings, SigningKeys};
+    let c = cluster(Backend::Postgres).await;
+    assert!(c.config.oidc.jwks_max_age >= Duration::from_secs(600), "B would not re-read by itself");
+    let registration = json!({"id": "log-job", "name": "Job", "kind": "confidential", "redirect_uris": [],
+                              "grant_types": ["client_credentials"], "scopes": ["openid"]});
+    let created = body(c.a.admin(Method::POST, "/admin/clients").json(&registration).send().await.unwrap(), 201).await;
+    let secret = created["client_secret"].as_str().unwrap().to_owned();
+    let kid_from_b = || {
+        let request = c.b.client.post(c.b.url("/oauth/token")).basic_auth("log-job", Some(secret.clone()));
+        async move {
+            let answer = body(request.form(&[("grant_type", "client_credentials")]).send().await.unwrap(), 200).await;
+            let (header, _) = crate::op_flow::jwt_parts(answer["access_token"].as_str().unwrap());
+            header["kid"].as_str().unwrap().to_owned()
+        }
+    };
+    // The next key, made ahead of its time as a scheduled rotation makes it; both instances read it.
+    let ring = c.config.encryption.clone().unwrap();
+    let settings = SigningKeySettings::from_config(&c.config.oidc);
+    let keys = SigningKeys::new(c.db.store().await, ring, settings).await.unwrap();
+    let next = keys.rotate(SigningAlg::ES256, false).await.unwrap().kid;
+    settle(&[&c.a, &c.b]).await;
+    let current = kid_from_b().await;
+    assert_ne!(current, next, "the next key does not sign yet");
+
+    let Sql::Postgres(pool) = c.db.sql().await else { unreachable!() };
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE cache_invalidations IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    c.db.sql().await.until_waiting_for_a_lock("cache_invalidations").await;
+    // Rotated at once, with SQL alone: B is not told.
+    sqlx::query("UPDATE signing_keys SET signs_from = created_at WHERE kid = $1")
+        .bind(&next)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE signing_keys SET retired_at = now(), unpublish_at = now() + interval '1 day' WHERE kid = $1")
+        .bind(&current)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    honoured_within_bound("B signs with the new key", changed, || async { kid_from_b().await == next }).await;
+    lock.rollback().await.unwrap();
+    c.stop().await;
+}
+
 /// A failover to a replica that had not received the last commits (or a restored backup) takes
 /// the log's last rows with it, and new changes take their numbers again. An instance that had
 /// read those rows must not skip the new ones as already read: a user disabled after the log

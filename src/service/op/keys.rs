@@ -320,6 +320,11 @@ struct Inner {
     failed_at: std::sync::Mutex<Option<Instant>>,
     /// A re-read runs in the background ([`SigningKeys::refresh_behind`]): one at a time.
     refreshing: AtomicBool,
+    /// The principal cache, whose [`answers`](crate::service::principals::PrincipalCache::answers)
+    /// says whether the cache-invalidation log was read lately: while it was not, a change made
+    /// on another instance (a key rotated at once) cannot be told here, and the keys are treated
+    /// as marked stale. Unset (the command line), the keys follow their refresh interval alone.
+    log: std::sync::OnceLock<Arc<crate::service::principals::PrincipalCache>>,
 }
 
 /// Lowers the keys' `refreshing` flag when dropped: a background re-read that ends, panics, or
@@ -433,6 +438,7 @@ impl SigningKeys {
                 marked: tokio::sync::Notify::new(),
                 failed_at: std::sync::Mutex::new(None),
                 refreshing: AtomicBool::new(false),
+                log: std::sync::OnceLock::new(),
             }),
         };
         let set = keys.load().await?;
@@ -514,7 +520,11 @@ impl SigningKeys {
         let unknown = set.published(kid, now).is_none();
         // An unknown key is looked for again after a cooldown, or at once when another instance
         // has said the keys changed (a key it just made may have signed this token).
+        // A known one is re-read behind its use whenever the log has not been read lately: it may
+        // have been retired at once meanwhile.
+        let unlogged = self.inner.log.get().is_some_and(|log| !log.answers());
         let due = age >= self.inner.settings.refresh_interval()
+            || (!unknown && unlogged)
             || (unknown && (age >= UNKNOWN_KID_COOLDOWN || self.inner.stale.load(Ordering::Acquire)));
         // A known key answers from the cache, the keys re-read behind it: keys only leave by
         // their unpublish time, checked on each use, so a known key can be trusted from an old
@@ -692,6 +702,18 @@ impl SigningKeys {
         Ok(published_keys(self.inner.store.as_ref()).await?)
     }
 
+    /// Treats the keys as marked stale whenever `principals` no longer answers from memory
+    /// (the cache-invalidation log not read lately), as the principal and client caches do.
+    pub fn following_log_of(&self, principals: Arc<crate::service::principals::PrincipalCache>) {
+        let _ = self.inner.log.set(principals);
+    }
+
+    /// Whether a change made on another instance may have gone untold: marked stale, or the
+    /// cache-invalidation log not read lately.
+    fn maybe_changed(&self) -> bool {
+        self.inner.stale.load(Ordering::Acquire) || self.inner.log.get().is_some_and(|log| !log.answers())
+    }
+
     fn cached(&self) -> Arc<KeySet> {
         self.inner.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -709,7 +731,7 @@ impl SigningKeys {
     async fn keys(&self) -> Result<Arc<KeySet>, SigningError> {
         let cached = self.cached();
         let age = cached.loaded_at.elapsed();
-        let stale = self.inner.stale.load(Ordering::Acquire);
+        let stale = self.maybe_changed();
         if age < self.inner.settings.refresh_interval() && !stale {
             return Ok(cached);
         }
