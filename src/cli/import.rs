@@ -250,7 +250,7 @@ pub async fn import(config: &Config, args: ImportArgs) -> ExitCode {
         }
         Err((ImportError::Store(e), summary)) => {
             print_summary(&summary, &args.file, args.json);
-            err!("tessera: run the same import again to go on: what is imported is skipped");
+            err!("tessera: {}", resume_hint(&summary));
             fail(&ImportError::Store(e))
         }
         // Read failures after some lines were imported: what was written is summed up, and
@@ -258,7 +258,7 @@ pub async fn import(config: &Config, args: ImportArgs) -> ExitCode {
         Err((e, summary)) if summary.lines > 0 => {
             print_summary(&summary, &args.file, args.json);
             err!("tessera: {e}");
-            err!("tessera: run the same import again to go on: what is imported is skipped");
+            err!("tessera: {}", resume_hint(&summary));
             ExitCode::FAILURE
         }
         Err((e, _)) => {
@@ -739,6 +739,16 @@ fn plain_progress(done: u64, total: Option<u64>, elapsed: Duration) -> String {
     let percent = (done * 100).checked_div(total).unwrap_or(100);
     let eta = if rate > 0.0 { format!("{:.0} s", total.saturating_sub(done) as f64 / rate) } else { "-".to_owned() };
     format!("import: {done}/{total} lines ({percent}%), {rate:.0} lines/s, eta {eta}")
+}
+
+/// What to do after an import stopped part-way: run it again (what it wrote is skipped), or,
+/// for a dry run, which wrote nothing, run the dry run again.
+fn resume_hint(summary: &Summary) -> &'static str {
+    if summary.dry_run {
+        "nothing was written: run the dry run again"
+    } else {
+        "run the same import again to go on: what is imported is skipped"
+    }
 }
 
 fn print_summary(summary: &Summary, file: &Path, json: bool) {

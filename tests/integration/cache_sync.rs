@@ -658,6 +658,13 @@ async fn an_instance_that_cannot_read_the_log_re_reads_its_signing_keys() {
         .unwrap();
     let changed = Instant::now();
     honoured_within_bound("B signs with the new key", changed, || async { kid_from_b().await == next }).await;
+    // Its JWKS does not wait for a read of them, which may hang (here, behind a lock): a relying
+    // party's fetch would give up first. A bound far below the statement timeout a read waits for.
+    sqlx::query("LOCK TABLE signing_keys IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let fetched = tokio::time::timeout(Duration::from_secs(2), c.b.client.get(c.b.url("/oauth/jwks")).send()).await;
+    let jwks = body(fetched.expect("the JWKS waited for the database").unwrap(), 200).await;
+    let published: Vec<_> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert!(published.contains(&next.as_str()) && published.contains(&current.as_str()), "{jwks}");
     lock.rollback().await.unwrap();
     c.stop().await;
 }

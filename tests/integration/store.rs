@@ -2368,17 +2368,21 @@ async fn delete_expired_pending_deletes_expired_pending_profiles_only(backend: B
     let team = &ada.team;
     let expiring = |profile: AuthProfile, at| AuthProfile { pending_expires_at: Some(at), ..profile };
     let minute = TimeDelta::minutes(1);
-    let adas =
-        inserted(&store, expiring(profile(team, ada.id(), ProfileKind::OauthAccount, "adas", t0), t0 - minute)).await;
-    let bobs =
-        inserted(&store, expiring(profile(team, bob.id(), ProfileKind::OauthAccount, "bobs", t0), t0 - minute)).await;
-    let at_expiry = inserted(&store, expiring(profile(team, ada.id(), ProfileKind::OauthApp, "app", t0), t0)).await;
     let live = AuthProfile {
         connector_key: "github-actions".into(),
         ..profile(team, ada.id(), ProfileKind::OauthApp, "live", t0)
     };
     let live = inserted(&store, live).await;
     let active = inserted(&store, profile(team, ada.id(), ProfileKind::Env, "env", t0 + minute)).await;
+    // Made before they expired (a creation deletes its team's expired pending profiles).
+    let before = t0 - minute * 2;
+    let adas =
+        inserted(&store, expiring(profile(team, ada.id(), ProfileKind::OauthAccount, "adas", before), t0 - minute))
+            .await;
+    let bobs =
+        inserted(&store, expiring(profile(team, bob.id(), ProfileKind::OauthAccount, "bobs", before), t0 - minute))
+            .await;
+    let at_expiry = inserted(&store, expiring(profile(team, ada.id(), ProfileKind::OauthApp, "app", before), t0)).await;
 
     assert_eq!(store.delete_expired_pending(Some(&key(&adas)), t0).await.unwrap(), 1);
     assert_eq!(store.profile(adas.id).await.unwrap(), None);

@@ -522,9 +522,8 @@ impl SigningKeys {
         // has said the keys changed (a key it just made may have signed this token).
         // A known one is re-read behind its use whenever the log has not been read lately: it may
         // have been retired at once meanwhile.
-        let unlogged = self.inner.log.get().is_some_and(|log| !log.answers());
         let due = age >= self.inner.settings.refresh_interval()
-            || (!unknown && unlogged)
+            || (!unknown && self.unlogged())
             || (unknown && (age >= UNKNOWN_KID_COOLDOWN || self.inner.stale.load(Ordering::Acquire)));
         // A known key answers from the cache, the keys re-read behind it: keys only leave by
         // their unpublish time, checked on each use, so a known key can be trusted from an old
@@ -578,8 +577,10 @@ impl SigningKeys {
         // When the store cannot say what they are now, the keys as last read: a relying party
         // keeps verifying the tokens it has (a 503 would fail them all in many libraries), and is
         // told to fetch again next time (a max-age of 0 once a key made since could sign).
+        // Nor while the change log cannot be read (the database may hang): re-read behind. A key
+        // retired at once elsewhere stays published until its unpublish time all the same.
         let cached = self.cached();
-        let set = if self.failed_within(Duration::MAX) && !cached.keys.is_empty() {
+        let set = if (self.failed_within(Duration::MAX) || self.unlogged()) && !cached.keys.is_empty() {
             // Not a wait for a read that may hang past a relying party's patience.
             self.refresh_behind(&cached);
             cached
@@ -708,10 +709,10 @@ impl SigningKeys {
         let _ = self.inner.log.set(principals);
     }
 
-    /// Whether a change made on another instance may have gone untold: marked stale, or the
-    /// cache-invalidation log not read lately.
-    fn maybe_changed(&self) -> bool {
-        self.inner.stale.load(Ordering::Acquire) || self.inner.log.get().is_some_and(|log| !log.answers())
+    /// Whether the cache-invalidation log has gone unread lately: a change made on another
+    /// instance may have gone untold.
+    fn unlogged(&self) -> bool {
+        self.inner.log.get().is_some_and(|log| !log.answers())
     }
 
     fn cached(&self) -> Arc<KeySet> {
@@ -731,7 +732,7 @@ impl SigningKeys {
     async fn keys(&self) -> Result<Arc<KeySet>, SigningError> {
         let cached = self.cached();
         let age = cached.loaded_at.elapsed();
-        let stale = self.maybe_changed();
+        let stale = self.inner.stale.load(Ordering::Acquire) || self.unlogged();
         if age < self.inner.settings.refresh_interval() && !stale {
             return Ok(cached);
         }
