@@ -114,7 +114,7 @@ pub enum AuthProfileError {
     SlugTaken,
     /// The team holds as many live profiles as it may (`auth.max_profiles_per_team`).
     #[error(
-        "the team holds {0} auth profiles, pending ones included, the most it may (auth.max_profiles_per_team): \
+        "the team holds as many auth profiles as it may, {0}, pending ones included (auth.max_profiles_per_team): \
          revoke one it no longer uses first"
     )]
     TeamFull(u32),
@@ -555,24 +555,28 @@ impl AuthProfiles {
                 (_, _, Some((token, _))) => FirstWrite::Link(token),
                 _ => FirstWrite::Nothing,
             };
-            match self.store.insert_profile(&profile, first, self.max_per_team).await {
+            let full = match self.store.insert_profile(&profile, first, self.max_per_team).await {
                 Ok(ProfileInsert::Inserted(created)) => {
                     tracing::info!(profile_id = %created.id, team_id = %team.id, kind = created.profile_kind.as_str(), with_credential = sealed.is_some(), "created an auth profile");
                     return Ok(Created { profile: *created, link: link.map(|(_, link)| link), created: true });
                 }
-                Ok(ProfileInsert::Full) => return Err(AuthProfileError::TeamFull(self.max_per_team)),
-                Ok(ProfileInsert::Taken) => {}
+                Ok(ProfileInsert::Full) => true,
+                Ok(ProfileInsert::Taken) => false,
                 // Removed from the team (or the team deleted) since the check above.
                 Err(StoreError::Gone { .. }) => return Err(AuthProfileError::TeamNotFound),
                 Err(error) => return Err(error.into()),
-            }
-            // A uniqueness rule refused the row: the caller's own pending profile (created by a
-            // concurrent request), or the slug.
+            };
+            // A uniqueness rule refused the row, or the team's limit: the caller's own pending
+            // profile (created by a concurrent request — perhaps the one that reached the limit)
+            // is reused all the same; else the slug is taken, or the team full.
             if request.kind.is_oauth()
                 && let Some(pending) = self.store.pending_profile(&key).await?
                 && pending.pending_expires_at.is_some_and(|at| at > now)
             {
                 return self.reuse(pending, &request, user, role).await;
+            }
+            if full {
+                return Err(AuthProfileError::TeamFull(self.max_per_team));
             }
             if request.slug.is_some() {
                 return Err(AuthProfileError::SlugTaken);

@@ -773,4 +773,20 @@ async fn a_team_holds_at_most_its_limit_of_profiles_under_concurrent_creations(b
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
     body(w.create(w.alice.id, pending("again")).await, 201).await;
     assert_eq!(body(w.create(w.alice.id, pending("over")).await, 409).await["code"], "auth_profile_limit_reached");
+    // Room for one, and the same OAuth connection asked for six times at once (a client that
+    // retries): one creates it, and the others reuse it rather than find the team full.
+    let revoked = w.on_behalf(Method::DELETE, "/auth-profiles/again", w.alice.id).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let oauth = json!({"connector_key": "github-issues", "profile_kind": "oauth_account", "provider": "local",
+                       "display_name": "GitHub", "slug": "github"});
+    let same: Vec<_> = (0..6).map(|_| w.on_behalf(Method::POST, "/auth-profiles", w.alice.id).json(&oauth)).collect();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut made = 0;
+    for response in send_at_once(&same).await {
+        let created = response.status() == StatusCode::CREATED;
+        made += usize::from(created);
+        let status = if created { 201 } else { 200 };
+        ids.insert(body(response, status).await["auth_profile"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!((made, ids.len()), (1, 1), "{ids:?}");
 }
