@@ -303,7 +303,7 @@ pub(super) struct RawAuth {
     session_ttl_hours: Option<u64>,
     session_idle_minutes: Option<u64>,
     pending_profile_ttl_hours: Option<u64>,
-    max_profiles_per_team: Option<u32>,
+    max_profiles_per_team: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -429,10 +429,11 @@ pub(super) fn parse_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
     if !(1..=24 * 30).contains(&pending_hours) {
         return Err(ConfigError::new("auth.pending_profile_ttl_hours", "expected 1 to 720 hours"));
     }
-    let max_profiles_per_team = raw.max_profiles_per_team.unwrap_or(DEFAULT_MAX_PROFILES_PER_TEAM);
-    if !(1..=1_000_000).contains(&max_profiles_per_team) {
+    let max_profiles_per_team = raw.max_profiles_per_team.unwrap_or(DEFAULT_MAX_PROFILES_PER_TEAM.into());
+    let Some(max_profiles_per_team) = u32::try_from(max_profiles_per_team).ok().filter(|n| (1..=1_000_000).contains(n))
+    else {
         return Err(ConfigError::new("auth.max_profiles_per_team", "expected 1 to 1000000"));
-    }
+    };
     Ok(AuthConfig {
         pending_profile_ttl: Duration::from_secs(pending_hours * 3600),
         max_profiles_per_team,

@@ -1872,7 +1872,7 @@ mod tests {
         let config = |toml: &str| Config::from_toml(toml, env(&[]));
         assert_eq!(config("").unwrap().auth.max_profiles_per_team, 10_000);
         assert_eq!(config("[auth]\nmax_profiles_per_team = 1").unwrap().auth.max_profiles_per_team, 1);
-        for refused in ["0", "1000001"] {
+        for refused in ["0", "1000001", "5000000000"] {
             let error = config(&format!("[auth]\nmax_profiles_per_team = {refused}")).unwrap_err();
             assert_eq!(error.key, "auth.max_profiles_per_team", "{refused}");
         }

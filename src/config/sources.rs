@@ -692,8 +692,8 @@ mod tests {
         let error = load(None, &[("TESSERA_CACHE_PRINCIPAL_TTL_SECONDS", "5")]).unwrap_err();
         assert_eq!(error.key, "TESSERA_CACHE_PRINCIPAL_TTL_SECONDS");
         assert!(error.message.contains("TESSERA_CACHE__PRINCIPAL_TTL_SECONDS"), "{}", error.message);
-        // A near miss of a variable Tessera reads would leave its setting at the default.
-        for (typo, meant) in [
+        for (spelled, meant) in [
+            // A near miss of a variable Tessera reads would leave its setting at the default.
             ("TESSERA_DATABSE_URL", "TESSERA_DATABASE_URL"),
             ("TESSERA_DATABASE_URI", "TESSERA_DATABASE_URL"),
             ("TESSERA_ALLOWED_ISSUER", "TESSERA_ALLOWED_ISSUERS"),
@@ -701,13 +701,7 @@ mod tests {
             // The variables that set a whole list or table.
             ("TESSERA_ISSUER", "TESSERA_ISSUERS"),
             ("TESSERA_PROVIDER", "TESSERA_PROVIDERS"),
-        ] {
-            let error = load(None, &[(typo, "postgres://u:p@db/t")]).unwrap_err();
-            assert_eq!(error.key, typo);
-            assert!(error.message.contains(meant) && !error.message.contains("postgres"), "{}", error.message);
-        }
-        // A variable read by its exact name, in another case, is not read at all.
-        for (spelled, meant) in [
+            // A variable read by its exact name, in another case, is not read at all.
             ("tessera_database_url", "TESSERA_DATABASE_URL"),
             ("Tessera_Listen", "TESSERA_LISTEN"),
             ("TESSERA_database_url_FILE", "TESSERA_DATABASE_URL_FILE"),

@@ -63,15 +63,12 @@ pub struct Sessions {
     /// A use is noted once the stored last use is this old: [`TOUCH_INTERVAL`], or a quarter of
     /// `idle` when that is shorter, so that a session in use never reaches its idle timeout.
     touch: TimeDelta,
-    /// A use noted once the stored last use is this old is written at once
-    /// ([`LastSeen::session_now`]): `idle` less two of the worker's intervals. A use noted
-    /// earlier is written at the worker's next interval, still well before the stored time
-    /// reaches `idle`.
-    urgent: TimeDelta,
-    /// The sweep deletes a session unused for `idle` plus this (two of the worker's intervals):
-    /// a use noted but not written yet (its write failed once) must not lose its session. Such
-    /// a session is refused meanwhile all the same.
-    sweep_grace: TimeDelta,
+    /// Two of the last-use worker's intervals. A use noted once the stored last use is within
+    /// this of `idle` is written at once ([`LastSeen::session_now`]); one noted earlier is written
+    /// at the worker's next interval, still well before the stored time reaches `idle`. And the
+    /// sweep deletes a session unused for `idle` plus this: a use noted but not written yet (its
+    /// write failed once) must not lose its session, which is refused meanwhile all the same.
+    flushes: TimeDelta,
     last_seen: Arc<LastSeen>,
     cache: Arc<PrincipalCache>,
 }
@@ -89,16 +86,7 @@ impl Sessions {
         let delta = |d: Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
         let idle = delta(idle);
         let flushes = delta(last_seen.every()) * 2;
-        Self {
-            store,
-            ttl: delta(ttl),
-            idle,
-            touch: TOUCH_INTERVAL.min(idle / 4),
-            urgent: idle - flushes.min(idle),
-            sweep_grace: flushes,
-            last_seen,
-            cache,
-        }
+        Self { store, ttl: delta(ttl), idle, touch: TOUCH_INTERVAL.min(idle / 4), flushes, last_seen, cache }
     }
 
     /// The absolute lifetime, for the cookie's `Max-Age`.
@@ -231,7 +219,7 @@ impl Sessions {
         if now - record.last_seen_at >= self.touch {
             // Bookkeeping, written by the last-use worker: never a write on this request. The
             // cached copy says so too, so that its hits do not note it again.
-            if now - record.last_seen_at >= self.urgent {
+            if now - record.last_seen_at >= self.idle - self.flushes {
                 self.last_seen.session_now(hash, now);
             } else {
                 self.last_seen.session(hash, now);
@@ -299,6 +287,6 @@ impl Sessions {
     /// timeout plus two of the last-use worker's intervals).
     pub async fn delete_expired(&self) -> Result<u64, StoreError> {
         let now = super::now();
-        self.store.delete_expired(now, now - self.idle - self.sweep_grace).await
+        self.store.delete_expired(now, now - self.idle - self.flushes).await
     }
 }

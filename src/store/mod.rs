@@ -763,16 +763,6 @@ pub enum ProfileInsert {
     Full,
 }
 
-impl ProfileInsert {
-    /// The profile, when inserted.
-    pub fn inserted(self) -> Option<AuthProfile> {
-        match self {
-            Self::Inserted(profile) => Some(*profile),
-            Self::Taken | Self::Full => None,
-        }
-    }
-}
-
 /// What [`Store::insert_profile`] writes with a new profile.
 #[derive(Debug, Clone, Copy)]
 pub enum FirstWrite<'a> {
@@ -1191,8 +1181,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// it, in the same transaction, `first`: its credential (the profile then `active`, with an
     /// `auth_profile.connected` event, as [`Store::put_profile_credential`] writes it) or its first
     /// connect link; a failure writes none of them. Refused as [`ProfileInsert::Full`] when the
-    /// team holds `max_live` live profiles already (unexpired pending ones counted), counted
-    /// under the team's row lock, which concurrent creations take in turn.
+    /// team holds `max_live` live profiles already (pending ones counted, once the team's expired
+    /// ones are deleted, as the sweep would), counted under the team's row lock, which concurrent
+    /// creations take in turn.
     async fn insert_profile(
         &self,
         profile: &AuthProfile,

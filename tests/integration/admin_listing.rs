@@ -294,7 +294,10 @@ async fn profile(app: &TestApp, team: &str, by: &str, kind: ProfileKind, slug: &
         updated_at: now,
         credential: None,
     };
-    app.store.insert_profile(&profile, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted().expect("inserted").id
+    match app.store.insert_profile(&profile, FirstWrite::Nothing, u32::MAX).await.unwrap() {
+        tessera::store::ProfileInsert::Inserted(inserted) => inserted.id,
+        refused => panic!("not inserted: {refused:?}"),
+    }
 }
 
 async fn deleting_a_user_leaves_nothing_of_theirs(backend: Backend) {

@@ -377,7 +377,10 @@ async fn the_database_refuses_a_second_pending_profile(backend: Backend) {
     bobs.id = ProfileId::generate();
     bobs.created_by = w.bob.id;
     assert!(
-        store.insert_profile(&bobs, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted().is_some(),
+        matches!(
+            store.insert_profile(&bobs, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+            tessera::store::ProfileInsert::Inserted(_)
+        ),
         "another member may"
     );
     let mut active = duplicate.clone();
@@ -385,7 +388,10 @@ async fn the_database_refuses_a_second_pending_profile(backend: Backend) {
     active.slug = Slug::parse("third-slug").unwrap();
     active.status = ProfileStatus::Active;
     assert!(
-        store.insert_profile(&active, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted().is_some(),
+        matches!(
+            store.insert_profile(&active, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+            tessera::store::ProfileInsert::Inserted(_)
+        ),
         "the rule only binds pending profiles"
     );
     store.close().await;

@@ -26,8 +26,8 @@ use tessera::store::{
     UnlinkOutcome, UserChange, UserQuery, UserSession, UserUpdate, UserUpdateOutcome,
 };
 use tessera::store::{
-    DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileUpdate, ReplayPage, Revocation, Waiting, WebhookChange,
-    WebhookInsert,
+    DefaultOutcome, FanOut, FirstWrite, ProfileChange, ProfileInsert, ProfileUpdate, ReplayPage, Revocation, Waiting,
+    WebhookChange, WebhookInsert,
 };
 use uuid::Uuid;
 
@@ -374,12 +374,10 @@ fn profile(team: &Team, by: UserId, kind: ProfileKind, slug: &str, at: DateTime<
 }
 
 async fn inserted(store: &Arc<dyn Store>, profile: AuthProfile) -> AuthProfile {
-    store
-        .insert_profile(&profile, FirstWrite::Nothing, u32::MAX)
-        .await
-        .unwrap()
-        .inserted()
-        .expect("the profile is inserted")
+    match store.insert_profile(&profile, FirstWrite::Nothing, u32::MAX).await.unwrap() {
+        ProfileInsert::Inserted(inserted) => *inserted,
+        refused => panic!("the profile is not inserted: {refused:?}"),
+    }
 }
 
 fn key(profile: &AuthProfile) -> PendingKey<'_> {
@@ -2228,16 +2226,13 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     let t0 = now();
     let first = profile(&ada.team, ada.id(), ProfileKind::Env, "main", t0);
     assert_eq!(
-        store.insert_profile(&first, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
-        Some(first.clone())
+        store.insert_profile(&first, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+        ProfileInsert::Inserted(Box::new(first.clone()))
     );
     assert_eq!(store.profile(first.id).await.unwrap(), Some(first.clone()), "what the write returned is stored");
 
     let clash = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(1));
-    assert_eq!(
-        store.insert_profile(&clash, FirstWrite::Nothing, u32::MAX).await.unwrap(),
-        tessera::store::ProfileInsert::Taken
-    );
+    assert_eq!(store.insert_profile(&clash, FirstWrite::Nothing, u32::MAX).await.unwrap(), ProfileInsert::Taken);
     assert_eq!(store.profile(clash.id).await.unwrap(), None);
     assert_eq!(store.team_profiles(ada.team.id, ada.id()).await.unwrap(), std::slice::from_ref(&first));
 
@@ -2255,8 +2250,8 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
 
     let elsewhere = profile(&bob.team, bob.id(), ProfileKind::Interactive, "main", t0);
     assert_eq!(
-        store.insert_profile(&elsewhere, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
-        Some(elsewhere),
+        store.insert_profile(&elsewhere, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+        ProfileInsert::Inserted(Box::new(elsewhere)),
         "slugs are per team"
     );
 
@@ -2264,8 +2259,8 @@ async fn insert_profile_refuses_a_taken_slug_and_writes_nothing(backend: Backend
     assert!(matches!(store.revoke_profile(first.id, None, t0, None).await.unwrap(), Revocation::Revoked(_)));
     let again = profile(&ada.team, ada.id(), ProfileKind::Interactive, "main", t0 + TimeDelta::minutes(2));
     assert_eq!(
-        store.insert_profile(&again, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
-        Some(again.clone())
+        store.insert_profile(&again, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+        ProfileInsert::Inserted(Box::new(again.clone()))
     );
     assert_eq!(store.live_profile(ada.team.id, &ProfileRef::Slug(again.slug.clone())).await.unwrap(), Some(again));
 }
@@ -2283,8 +2278,8 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
     let adas = inserted(&store, personal(ada.id(), "adas")).await;
     let adas_second = personal(ada.id(), "adas-second");
     assert_eq!(
-        store.insert_profile(&adas_second, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
-        None,
+        store.insert_profile(&adas_second, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+        ProfileInsert::Taken,
         "one pending personal profile per member"
     );
     assert_eq!(store.profile(adas_second.id).await.unwrap(), None);
@@ -2293,8 +2288,8 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
     inserted(&store, team_wide(ada.id(), "app")).await;
     let bobs_app = team_wide(bob.id(), "bobs-app");
     assert_eq!(
-        store.insert_profile(&bobs_app, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
-        None,
+        store.insert_profile(&bobs_app, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+        ProfileInsert::Taken,
         "one pending team-wide profile per team"
     );
     assert_eq!(store.profile(bobs_app.id).await.unwrap(), None);
@@ -2316,8 +2311,8 @@ async fn insert_profile_allows_one_pending_profile_per_key(backend: Backend) {
             .is_some()
     );
     assert_eq!(
-        store.insert_profile(&adas_second, FirstWrite::Nothing, u32::MAX).await.unwrap().inserted(),
-        Some(adas_second)
+        store.insert_profile(&adas_second, FirstWrite::Nothing, u32::MAX).await.unwrap(),
+        ProfileInsert::Inserted(Box::new(adas_second))
     );
 }
 
