@@ -28,6 +28,8 @@ on_both_backends!(
     a_default_team_created_on_one_instance_is_seen_by_both_promptly,
     a_client_given_a_new_secret_or_deleted_on_one_instance_is_refused_by_another_promptly,
     a_session_cached_by_another_instance_follows_membership_changes_and_sign_out_promptly,
+    a_role_change_and_a_team_deletion_on_one_instance_show_on_another_promptly,
+    a_new_primary_identity_sign_out_elsewhere_and_deletion_show_on_another_promptly,
     cached_principals_answer_through_a_database_outage,
     a_new_algorithms_first_key_is_published_by_every_instance_promptly,
     a_log_that_went_back_is_followed_from_its_new_head,
@@ -340,6 +342,132 @@ async fn a_session_cached_by_another_instance_follows_membership_changes_and_sig
     })
     .await;
     assert_eq!(me_by_session(&slow, cookie).await.0, 200, "without reading the log, the cache still answers");
+    slow.stop().await;
+    c.stop().await;
+}
+
+/// The role the user of `token` holds in `team`, as `app` resolves them (`None`: not a member).
+async fn role_in(app: &TestApp, token: &str, team: &str) -> Option<String> {
+    let answer = body(app.validate(token).await, 200).await;
+    let teams = answer["teams"].as_array().unwrap();
+    teams.iter().find(|t| t["slug"] == team).map(|t| t["role"].as_str().unwrap().to_owned())
+}
+
+async fn a_role_change_and_a_team_deletion_on_one_instance_show_on_another_promptly(backend: Backend) {
+    let c = cluster(backend).await;
+    let slow = c.another(|config| config.cache.sync_interval = Duration::from_secs(60)).await;
+    let token = c.token("role-holder");
+    let user = user_of(&c.a, &token).await;
+    let team = c.a.admin(Method::POST, "/admin/teams").json(&json!({"slug": "roles-team", "name": "Roles"}));
+    body(team.send().await.unwrap(), 201).await;
+    let add = c.a.admin(Method::POST, "/admin/teams/roles-team/members");
+    let added = add.json(&json!({"user_id": user, "role": "member"})).send().await.unwrap();
+    assert!(added.status().is_success(), "{}", added.status());
+    settle(&[&c.a, &c.b]).await;
+    let member = Some("member".to_owned());
+    for app in [&c.b, &slow] {
+        assert_eq!(role_in(app, &token, "roles-team").await, member, "cached on this instance now");
+    }
+
+    let path = format!("/admin/teams/roles-team/members/{user}");
+    let changed = Instant::now();
+    body(c.a.admin(Method::PATCH, &path).json(&json!({"role": "admin"})).send().await.unwrap(), 200).await;
+    honoured_within_bound("a new role", changed, || async {
+        role_in(&c.b, &token, "roles-team").await.as_deref() == Some("admin")
+    })
+    .await;
+    assert_eq!(role_in(&slow, &token, "roles-team").await, member, "without reading the log, the old role");
+
+    let changed = Instant::now();
+    let deleted = c.a.admin(Method::DELETE, "/admin/teams/roles-team").send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    honoured_within_bound("a deleted team is no longer the user's", changed, || async {
+        role_in(&c.b, &token, "roles-team").await.is_none()
+    })
+    .await;
+    let check = c.b.client.get(c.b.url("/v1/check?team=roles-team")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(code_of(check).await, refused("not_a_member"), "the check fails as for any team not the user's");
+    assert_eq!(role_in(&slow, &token, "roles-team").await, member, "without reading the log, still a member");
+    slow.stop().await;
+    c.stop().await;
+}
+
+/// `GET /v1/me` with a session cookie on `app`: the status and the user's primary identity.
+async fn primary_by_session(app: &TestApp, cookie: &str) -> (u16, Value) {
+    let response = app.client.get(app.url("/v1/me")).header("cookie", cookie).send().await.unwrap();
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    (status, answer["primary_identity_id"].clone())
+}
+
+async fn a_new_primary_identity_sign_out_elsewhere_and_deletion_show_on_another_promptly(backend: Backend) {
+    let c = cluster(backend).await;
+    let slow = c.another(|config| config.cache.sync_interval = Duration::from_secs(60)).await;
+    let second = c.token("second-sign-in");
+    let user = user_of(&c.a, &c.token("first-sign-in")).await;
+    let second_id = IdentityId::generate();
+    let link = NewLink {
+        identity_id: second_id,
+        issuer: Issuer::parse(c.issuer.issuer()).unwrap(),
+        subject: Subject::parse("second-sign-in").unwrap(),
+        provider: "local".into(),
+        email: None,
+        email_verified: false,
+        now: tessera::domain::now(),
+        audit: None,
+        by_email: None,
+    };
+    let linked = c.a.store.link_identity(user.parse::<UserId>().unwrap(), &link).await.unwrap();
+    assert!(matches!(linked, LinkOutcome::Linked(_)));
+    let kept = &c.session_of(&user, "the-session-that-signs-the-others-out").await;
+    let other = &c.session_of(&user, "a-session-signed-out-from-elsewhere").await;
+    settle(&[&c.a, &c.b]).await;
+    let (status, before) = primary_by_session(&c.b, kept).await;
+    assert_eq!(status, 200);
+    assert_ne!(before, json!(second_id.to_string()), "not the primary identity yet");
+    for app in [&c.b, &slow] {
+        assert_eq!(primary_by_session(app, kept).await, (200, before.clone()), "cached on this instance now");
+        assert_eq!(me_by_session(app, other).await.0, 200, "cached on this instance now");
+    }
+
+    // A new primary identity.
+    let changed = Instant::now();
+    let path = format!("/v1/me/identities/{second_id}/primary");
+    let made = c.a.client.post(c.a.url(&path)).bearer_auth(&second).send().await.unwrap();
+    assert!(made.status().is_success(), "{}", made.status());
+    honoured_within_bound("a new primary identity", changed, || async {
+        primary_by_session(&c.b, kept).await == (200, json!(second_id.to_string()))
+    })
+    .await;
+    assert_eq!(primary_by_session(&slow, kept).await, (200, before), "without reading the log, the old one");
+    // The change forgot the user's sessions on B: cached again.
+    assert_eq!(me_by_session(&c.b, other).await.0, 200);
+
+    // Signed out everywhere else, from the account page of the kept session on A.
+    let account = c.a.client.get(c.a.url("/account")).header("cookie", kept).header("accept", "text/html");
+    let token = crate::pages::csrf_of(&account.send().await.unwrap().text().await.unwrap());
+    let form = c.a.client.post(c.a.url("/account/sessions/sign-out-others")).header("cookie", kept);
+    let done = form.header("accept", "text/html").form(&[("csrf", token)]).send().await.unwrap();
+    assert_eq!((done.status().as_u16(), done.url().query()), (200, Some("done=signed-out-others")), "followed");
+    let changed = Instant::now();
+    honoured_within_bound("a session signed out from elsewhere is refused", changed, || async {
+        me_by_session(&c.b, other).await.0 == 401
+    })
+    .await;
+    assert_eq!(me_by_session(&c.b, kept).await.0, 200, "the session that asked stays");
+    assert_eq!(me_by_session(&slow, other).await.0, 200, "without reading the log, still live");
+
+    // The user deleted: their sessions and their identities go on every instance.
+    let changed = Instant::now();
+    let deleted = c.a.admin(Method::DELETE, &format!("/admin/users/{user}")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    honoured_within_bound("a deleted user's session is refused", changed, || async {
+        me_by_session(&c.b, kept).await.0 == 401
+    })
+    .await;
+    // Their identity no longer leads to them: with `jit` on, it provisions someone new.
+    assert_ne!(user_of(&c.b, &second).await, user);
+    assert_eq!(me_by_session(&slow, kept).await.0, 200, "without reading the log, still live");
     slow.stop().await;
     c.stop().await;
 }
