@@ -81,7 +81,7 @@ const REFRESH_WAIT: Duration = Duration::from_secs(10);
 /// How long the provider's refresh call may take at most; less when less of the lease is left
 /// past [`STORE_RETRY_MARGIN`] once it is taken, so that no other holder replays the old refresh
 /// token while this one is still in flight or being stored.
-const PROVIDER_CALL_LIMIT: Duration = Duration::from_secs(20);
+const PROVIDER_CALL_LIMIT: Duration = crate::upstream::providers::REFRESH_CALL_LIMIT;
 
 /// Why an auth-profile operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -46,6 +46,7 @@ on_both_backends!(
     two_instances_refresh_once,
     requests_queued_behind_another_instances_refresh_wait_once,
     a_request_queued_behind_a_slow_refresh_of_its_own_instance_waits_as_long,
+    a_refresh_answered_after_the_outbound_timeout_keeps_the_rotated_token,
     rotated_and_kept_refresh_tokens_are_persisted,
     invalid_grant_marks_the_profile_without_a_retry_storm,
     a_refusal_named_by_the_entry_marks_the_profile,
@@ -972,7 +973,7 @@ async fn requests_queued_behind_another_instances_refresh_wait_once(backend: Bac
 /// queued behind it is answered as one waiting for another instance's is, with the stored token
 /// (a minute left), not held until the refresh ends.
 async fn a_request_queued_behind_a_slow_refresh_of_its_own_instance_waits_as_long(backend: Backend) {
-    let mut w = world_with(backend, |config| config.jwks.fetch_timeout = Duration::from_secs(20)).await;
+    let mut w = world(backend).await;
     let slug = w.connected("slow-here").await;
     let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
     w.expire_soon(&slug).await;
@@ -988,6 +989,22 @@ async fn a_request_queued_behind_a_slow_refresh_of_its_own_instance_waits_as_lon
     assert_eq!(refreshed["refreshed"], true, "{answers:?}");
     assert_eq!((&waited["refreshed"], &waited["access_token"]), (&json!(false), &stored), "{answers:?}");
     assert_eq!(w.issuer.refreshes(), 1);
+}
+
+/// Outbound requests time out after `jwks.fetch_timeout_ms`, but not a refresh: a provider that
+/// rotates refresh tokens has spent the old one when it decides, so an answer cut off on its way
+/// back would leave the connection with a refresh token that no longer works.
+async fn a_refresh_answered_after_the_outbound_timeout_keeps_the_rotated_token(backend: Backend) {
+    let mut w = world_with(backend, |config| config.jwks.fetch_timeout = Duration::from_millis(300)).await;
+    let slug = w.connected("slow-answer").await;
+    w.issuer.rotate_refresh_tokens(true);
+    w.expire_soon(&slug).await;
+    w.issuer.set_answer_delay(Duration::from_millis(1500));
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "the answer was waited for");
+    w.issuer.set_answer_delay(Duration::ZERO);
+    w.expire_soon(&slug).await;
+    assert_eq!(body(w.token(w.alice.id, &slug).await, 200).await["refreshed"], true, "the rotated token was kept");
+    assert_eq!(w.issuer.refreshes(), 2);
 }
 
 async fn rotated_and_kept_refresh_tokens_are_persisted(backend: Backend) {

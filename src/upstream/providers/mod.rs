@@ -24,6 +24,12 @@ use crate::config::{JwksConfig, ProviderConfig, ProviderKind};
 use crate::domain::{Email, Issuer};
 use crate::error::{ErrorCode, PublicError};
 
+/// How long a refresh at a provider's token endpoint may take at most: longer than the timeout
+/// of other outbound requests (`jwks.fetch_timeout_ms`), because a provider that rotates refresh
+/// tokens has spent the old one by the time it answers, and an answer cut off loses the
+/// connection. Callers may bound it further (a refresh lease's time left).
+pub const REFRESH_CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub use generic::OAuth2Provider;
 pub use github::GitHubProvider;
 pub use oidc::OidcProvider;
@@ -230,7 +236,8 @@ pub trait Provider: Send + Sync + Debug {
     /// The profile behind `tokens`; `nonce` is the one sent with the authorization request.
     async fn user_info(&self, tokens: &TokenSet, nonce: &str) -> Result<UserInfo, ProviderError>;
 
-    /// Exchanges a refresh token for fresh tokens.
+    /// Exchanges a refresh token for fresh tokens, waiting up to [`REFRESH_CALL_LIMIT`] for the
+    /// provider's answer (not the shorter timeout of the other outbound requests).
     async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError>;
 
     /// Revokes a token at the provider, where it offers a way to; `Ok(false)` when it does not.

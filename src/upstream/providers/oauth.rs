@@ -5,6 +5,7 @@
 use crate::error::ErrorChain as _;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use chrono::Utc;
 use oauth2::basic::{
@@ -149,7 +150,7 @@ pub(super) async fn exchange_code(
     let client = client(config, ClientAuth::of(config))
         .set_token_uri(TokenUrl::from_url(endpoint.clone()))
         .set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()));
-    let adapter = Http(http.clone());
+    let adapter = Http { client: http.clone(), timeout: None };
     let mut request = client.exchange_code(AuthorizationCode::new(code.to_owned()));
     if config.protocol.pkce {
         request = request.set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()));
@@ -166,7 +167,10 @@ pub(super) async fn refresh(
     refresh_token: &str,
 ) -> Result<TokenSet, ProviderError> {
     let client = client(config, ClientAuth::of(config)).set_token_uri(TokenUrl::from_url(endpoint.clone()));
-    let adapter = Http(http.clone());
+    // Not the client's timeout (`jwks.fetch_timeout_ms`, 5 s by default): a provider that
+    // rotates refresh tokens has spent the old one once it answers, so an answer cut off is a
+    // connection lost for good. The caller bounds the call by what is left of its lease.
+    let adapter = Http { client: http.clone(), timeout: Some(super::REFRESH_CALL_LIMIT) };
     let token = RefreshToken::new(refresh_token.to_owned());
     let response = client.exchange_refresh_token(&token).request_async(&adapter).await;
     token_set(config, response, ProviderError::InvalidGrant)
@@ -331,8 +335,12 @@ pub(super) enum HttpError {
     Invalid(String),
 }
 
-/// `oauth2`'s HTTP client interface over Tessera's reqwest client (no redirects, bounded time).
-struct Http(reqwest::Client);
+/// `oauth2`'s HTTP client interface over Tessera's reqwest client (no redirects, bounded time:
+/// the client's timeout, or `timeout` when set).
+struct Http {
+    client: reqwest::Client,
+    timeout: Option<Duration>,
+}
 
 impl<'c> AsyncHttpClient<'c> for Http {
     type Error = HttpError;
@@ -340,8 +348,11 @@ impl<'c> AsyncHttpClient<'c> for Http {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let request = reqwest::Request::try_from(request)?;
-            let mut response = self.0.execute(request).await?;
+            let mut request = reqwest::Request::try_from(request)?;
+            if let Some(timeout) = self.timeout {
+                *request.timeout_mut() = Some(timeout);
+            }
+            let mut response = self.client.execute(request).await?;
             if response.status().is_server_error() {
                 return Err(HttpError::Server(response.status().as_u16()));
             }
