@@ -31,6 +31,7 @@ on_both_backends!(
     an_email_from_userinfo_is_verified_only_by_userinfo,
     a_failed_discovery_is_not_retried_by_every_sign_in,
     configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read,
+    an_email_only_userinfo_gives_waits_for_the_discovery_document,
     the_discovery_document_is_read_again_after_its_max_age,
     an_extra_audience_is_accepted_when_trusted,
     open_redirects_are_refused,
@@ -615,6 +616,41 @@ async fn configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read(b
     assert_eq!(w.issuer.discovery_fetches(), 2, "read again once the back-off passed");
     start().await;
     assert_eq!(w.issuer.discovery_fetches(), 2, "and kept once read");
+}
+
+/// With the endpoints configured but not `userinfo_endpoint`, while discovery cannot be read: an
+/// id token without an email is not taken for a person without one (their email may be the one
+/// an account holds, and a sign-in without it would make them a second account): the sign-in
+/// waits for the document, 502 `provider_unavailable`, and asks for a link once it is read.
+async fn an_email_only_userinfo_gives_waits_for_the_discovery_document(backend: Backend) {
+    let w = world_with(backend, |config, local_issuer| {
+        // For the admin API's bootstrap of the account that holds the email.
+        config.issuers.push(crate::helpers::local_issuer_config(local_issuer));
+        config.jwks.failure_backoff = std::time::Duration::from_millis(100);
+        let local = config.providers.iter_mut().find(|p| p.name == "local").unwrap();
+        let issuer = local.issuer.as_str().trim_end_matches('/').to_owned();
+        local.endpoints.authorization = Some(format!("{issuer}/authorize").parse().unwrap());
+        local.endpoints.token = Some(format!("{issuer}/token").parse().unwrap());
+        local.endpoints.jwks = Some(format!("{issuer}/jwks").parse().unwrap());
+    })
+    .await;
+    let holder = json!({"issuer": w.issuer.issuer(), "subject": "the-holder", "email": "ui@example.com"});
+    body(w.app.bootstrap(&holder).await, 201).await;
+    w.issuer.set_discovery_available(false);
+    w.issuer.set_next_user(StubUser::new("newcomer", "ui@example.com"));
+    w.issuer.tamper_next_id_token(Tamper::EmailOnlyInUserinfo);
+    let refused = Browser::new().sign_in(&w.app, "").await;
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY, "not signed in without the email");
+    let sql = w.app.db.sql().await;
+    assert_eq!(sql.count("users").await, 1, "no second account");
+
+    w.issuer.set_discovery_available(true);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    w.issuer.set_next_user(StubUser::new("newcomer", "ui@example.com"));
+    w.issuer.tamper_next_id_token(Tamper::EmailOnlyInUserinfo);
+    let asked = Browser::new().sign_in(&w.app, "").await;
+    assert_eq!(asked.status(), StatusCode::CONFLICT, "the email is the holder's: a link is asked for");
+    assert_eq!(sql.count("users").await, 1);
 }
 
 /// Discovered endpoints are kept for the document's `max-age`, then read again by the next

@@ -357,9 +357,20 @@ impl Provider for OidcProvider {
             .ok_or_else(|| ProviderError::InvalidIdToken("the token response has no id_token".into()))?;
         let claims = self.verify_id_token(id_token, nonce).await?;
         let mut profile = claims.profile;
-        if profile.get("email").is_none()
-            && let Some(url) = self.metadata().await?.userinfo.clone()
-        {
+        let userinfo = match profile.get("email") {
+            Some(_) => None,
+            None => {
+                let metadata = self.metadata().await?;
+                // Not known to have none while discovery is unread: the email userinfo would
+                // give may be the one an account already holds, and a sign-in without it would
+                // make a second account where it should ask for a link (or join the one).
+                if metadata.userinfo.is_none() {
+                    metadata.known_without("a userinfo endpoint")?;
+                }
+                metadata.userinfo.clone()
+            }
+        };
+        if let Some(url) = userinfo {
             let extra = self.userinfo(&url, tokens).await?;
             // Only claims about the same subject may be merged (OpenID Connect Core 5.3.2).
             if extra.get("sub").and_then(Value::as_str) == Some(claims.sub.as_str())
