@@ -1103,6 +1103,16 @@ mod tests {
         std::fs::remove_file(&empty).unwrap();
         let stores = PROVIDERS.replace("kind = \"github\"", "kind = \"github\"\nstore_tokens = true");
         assert_eq!(key_of(&stores, &[("GH_SECRET", "s")]), ENCRYPTION_KEYS_VAR);
+        // What only connected accounts use needs the key ring too; a connector without fields
+        // (an OAuth one) keeps nothing of its own.
+        let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([1u8; 32]));
+        let connected_only = PROVIDERS.replace("kind = \"github\"", "kind = \"github\"\nsign_in = false");
+        assert_eq!(key_of(&connected_only, &[("GH_SECRET", "s")]), ENCRYPTION_KEYS_VAR);
+        assert!(Config::from_toml(&connected_only, env(&[("GH_SECRET", "s"), (ENCRYPTION_KEYS_VAR, &ring)])).is_ok());
+        let with_fields = "[[connectors]]\nkey = \"openai\"\nfields = [{ name = \"OPENAI_API_KEY\" }]";
+        assert_eq!(key_of(with_fields, &[]), ENCRYPTION_KEYS_VAR);
+        assert!(Config::from_toml(with_fields, env(&[(ENCRYPTION_KEYS_VAR, &ring)])).is_ok());
+        assert!(Config::from_toml("[[connectors]]\nkey = \"linear\"", env(&[])).is_ok());
         assert_eq!(key_of("", &[(ENCRYPTION_KEYS_VAR, "k:short")]), ENCRYPTION_KEYS_VAR);
         assert_eq!(key_of("", &[(DEPRECATED_KEY_VAR, "not base64!")]), DEPRECATED_KEY_VAR);
         assert_eq!(key_of("[auth]\ndefault_provider = \"nope\"", &[]), "auth.default_provider");
@@ -1120,7 +1130,10 @@ mod tests {
     /// One provider entry after `[auth]`, with `body` as its keys.
     fn entry(body: &str) -> Result<ProviderConfig, ConfigError> {
         let text = format!("[auth]\npublic_url = \"https://id.example.com\"\n[[providers]]\n{body}");
-        Config::from_toml(&text, env(&[("SECRET", "s")])).map(|mut c| c.providers.remove(0))
+        // With a key ring: the templates of providers that serve connected accounts only need it.
+        let ring = format!("k1:{}", base64::engine::general_purpose::STANDARD.encode([1u8; 32]));
+        Config::from_toml(&text, env(&[("SECRET", "s"), (ENCRYPTION_KEYS_VAR, &ring)]))
+            .map(|mut c| c.providers.remove(0))
     }
 
     #[test]

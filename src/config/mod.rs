@@ -1205,6 +1205,26 @@ impl Config {
         }
         let branding = branding::parse_branding(raw.branding)?;
         let connectors = connectors::parse_connectors(raw.connectors)?;
+        // What only connected accounts use, which keep their credentials encrypted: without the
+        // key ring every request for them would fail, so start-up does.
+        let needs_ring = providers
+            .iter()
+            .find(|p| !p.protocol.sign_in)
+            .map(|p| format!("provider {:?} serves connected accounts only (sign_in = false)", p.name))
+            .or_else(|| {
+                connectors.iter().find(|c| !c.fields.is_empty()).map(|c| format!("connector {:?} has fields", c.key))
+            });
+        if encryption.is_none()
+            && let Some(what) = needs_ring
+        {
+            return Err(ConfigError::new(
+                ENCRYPTION_KEYS_VAR,
+                format!(
+                    "{what}: connected accounts keep their credentials encrypted, which needs the key ring: \
+                     set {ENCRYPTION_KEYS_VAR}=<id>:<base64 32 bytes>"
+                ),
+            ));
+        }
         let metrics = parse_metrics(&raw.metrics, listen)?;
         if !metrics.enabled && metrics.listen.is_some() {
             warnings.push("metrics.listen is set but metrics.enabled is false: nothing listens there".to_owned());
