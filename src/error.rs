@@ -94,8 +94,14 @@ error_codes! {
     InvalidCode = (BAD_REQUEST, "invalid_code", "Invalid authorization code"),
     /// The provider's id_token does not verify.
     InvalidIdToken = (BAD_REQUEST, "invalid_id_token", "Invalid id_token"),
-    /// The provider reported an error instead of a code (the user refused, for instance).
+    /// The provider answered `access_denied` instead of a code: the user cancelled there (or the
+    /// provider's policy turned them away).
     ProviderDenied = (BAD_REQUEST, "provider_denied", "Sign-in refused by the provider"),
+    /// The provider answered another error instead of a code (`unauthorized_client`,
+    /// `invalid_scope`, …): not the user's doing, and a retry may not cure it — the provider's
+    /// setup or the entry's may need a change. (`server_error` and `temporarily_unavailable` are
+    /// `provider_unavailable`.)
+    ProviderRefused = (BAD_REQUEST, "provider_refused", "Sign-in failed at the provider"),
     /// A fresh sign-in was asked of the provider (`prompt=login`, `max_age`), and its id_token
     /// shows an older one.
     LoginNotFresh = (BAD_REQUEST, "login_not_fresh", "Sign-in not fresh"),
@@ -339,7 +345,7 @@ impl ErrorCode {
             | TokenWithoutUser
             // Sign-in, linking and connect flows.
             | InvalidState | ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken
-            | ProviderDenied | LoginNotFresh | SignInAgain | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
+            | ProviderDenied | ProviderRefused | LoginNotFresh | SignInAgain | InvalidReturnTo | LinkRequired | IdentityAlreadyLinked
             | ConnectLinkNotYours | CsrfFailed
             // Client authentication at the OpenID Provider.
             | InvalidClient => tracing::Level::INFO,

@@ -474,7 +474,11 @@ pub async fn sign_in_failed(
     }
     let before_an_account = matches!(
         code,
-        ErrorCode::ProviderDenied | ErrorCode::InvalidCode | ErrorCode::IssuerMismatch | ErrorCode::ProviderMismatch
+        ErrorCode::ProviderDenied
+            | ErrorCode::ProviderRefused
+            | ErrorCode::InvalidCode
+            | ErrorCode::IssuerMismatch
+            | ErrorCode::ProviderMismatch
     );
     // A callback that matched no flow comes as `SignIn` (its flow, and so its action, is not
     // known). A link or connection refused with `invalid_state` past the flow's match — a browser

@@ -147,7 +147,12 @@ impl PublicError for FlowError {
             FlowError::ProviderMismatch => ErrorCode::ProviderMismatch,
             FlowError::IssuerMismatch => ErrorCode::IssuerMismatch,
             FlowError::MissingCode => ErrorCode::InvalidCode,
-            FlowError::Denied(_) => ErrorCode::ProviderDenied,
+            FlowError::Denied(word) => match word.as_str() {
+                "access_denied" => ErrorCode::ProviderDenied,
+                // The provider's own outage (RFC 6749 4.1.2.1), for a retry to cure.
+                "server_error" | "temporarily_unavailable" => ErrorCode::ProviderUnavailable,
+                _ => ErrorCode::ProviderRefused,
+            },
             FlowError::NotFresh => ErrorCode::LoginNotFresh,
             FlowError::Provider(e) => e.code(),
             FlowError::Store(e) => e.code(),
@@ -384,7 +389,13 @@ impl OAuthFlows {
         }
         if let Some(error) = callback.error {
             // Only the provider's error code is kept: it is chosen from a small registered set.
-            return Err(FlowError::Denied(super::error_word(&error)));
+            let word = super::error_word(&error);
+            if word != "access_denied" {
+                // Not the user cancelling: a setup to mend (`unauthorized_client`, `invalid_scope`)
+                // or an outage, which the refusal's code alone would not tell the operator.
+                tracing::warn!(provider = provider.name(), error = %word, "the provider answered the sign-in with an error");
+            }
+            return Err(FlowError::Denied(word));
         }
         let code = callback.code.as_deref().filter(|c| !c.is_empty()).ok_or(FlowError::MissingCode)?;
         // A row an earlier release wrote has no salt; its browser's cookie holds no binding secret

@@ -150,6 +150,14 @@ async fn errors_on_browser_routes_are_pages_and_apis_keep_problem_json(backend: 
     assert!(page.contains("Sign-in was cancelled") && page.contains(">Try again<"), "{page}");
     assert!(page.contains("href=\"/login?return_to=%2Fafter\""), "{page}");
     assert!(page.contains("so you are not signed in"), "{page}");
+    // Another error of the provider's is not called a cancel: it says whom to tell.
+    let callback = browser.start(&w.app, "provider=local&return_to=/after").await;
+    let state = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let refused = w.app.url(&format!("/auth/callback/local?error=unauthorized_client&state={state}"));
+    let page = html(browser.navigate(&refused).await, StatusCode::BAD_REQUEST).await;
+    assert!(page.contains("The sign-in provider refused this sign-in") && !page.contains("cancelled"), "{page}");
+    assert!(page.contains("tell whoever runs this site") && page.contains("provider_refused"), "{page}");
+    assert!(page.contains("href=\"/login?return_to=%2Fafter\""), "{page}");
     // A signed-in browser switching accounts that cancels is told its session stands (only a
     // sign-in that succeeds replaces it), and its page offers its account.
     let mut switching = Browser::new();

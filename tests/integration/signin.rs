@@ -814,6 +814,20 @@ async fn provider_failures_have_clear_codes(backend: Backend) {
     let problem = body(browser.get(&denied).await, 400).await;
     assert_eq!(problem["code"], "provider_denied");
     assert!(problem["detail"].as_str().unwrap().contains("access_denied"));
+    // Another error of the provider's is not the user cancelling: its setup (or the entry's) may
+    // need a change, or, for its own outage, a retry (RFC 6749 4.1.2.1).
+    for (error, status, code) in [
+        ("unauthorized_client", 400, "provider_refused"),
+        ("invalid_scope", 400, "provider_refused"),
+        ("server_error", 502, "provider_unavailable"),
+        ("temporarily_unavailable", 502, "provider_unavailable"),
+    ] {
+        let callback = browser.start(&w.app, "").await;
+        let failed = with_param(&with_param(&callback, "code", None), "error", Some(error));
+        let problem = body(browser.get(&failed).await, status).await;
+        assert_eq!(problem["code"], code, "{error}");
+        assert_eq!(problem["detail"].as_str().unwrap().contains(error), status == 400, "{problem}");
+    }
 
     let callback = browser.start(&w.app, "").await;
     assert_eq!(body(browser.get(&with_param(&callback, "code", None)).await, 400).await["code"], "invalid_code");

@@ -93,6 +93,15 @@ pub fn message_for(error: &Described, context: &Context) -> Message {
             format!("The sign-in was cancelled at the provider{}", still_or_not(context)),
             vec![("Try again", try_again)],
         ),
+        ProviderRefused => (
+            "The sign-in provider refused this sign-in",
+            format!(
+                "It answered with an error rather than signing you in{} Try again; if it keeps happening, \
+                 tell whoever runs this site: the provider's setup for it may need a change.",
+                still_or_not(context)
+            ),
+            vec![("Try again", try_again)],
+        ),
         ProviderMismatch | IssuerMismatch | InvalidCode | InvalidIdToken => (
             "We could not confirm who you are",
             format!("The answer from the sign-in provider could not be verified{}", still_or_not(context)),
