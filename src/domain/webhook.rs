@@ -156,8 +156,10 @@ pub struct DeliveryJob {
 pub const MAX_URL_LEN: usize = 2048;
 
 /// Checks an endpoint URL: absolute `http` or `https`, a host, no user info or fragment, at most
-/// [`MAX_URL_LEN`] bytes; unless private addresses are allowed, no IP literal or `localhost` name
-/// that is not public (names are checked again when resolved, at every delivery).
+/// [`MAX_URL_LEN`] bytes; unless private addresses are allowed, `https` only (events carry
+/// emails and names, which plain `http` would show to every network on the way; the signature
+/// protects their integrity only) and no IP literal or `localhost` name that is not public
+/// (names are checked again when resolved, at every delivery).
 pub fn endpoint_url(value: &str, allow_private: bool) -> Result<String, String> {
     let value = value.trim();
     if value.len() > MAX_URL_LEN {
@@ -179,6 +181,11 @@ pub fn endpoint_url(value: &str, allow_private: bool) -> Result<String, String> 
     // The limit holds for the URL as stored: percent-encoding a path can triple it.
     if url.as_str().len() > MAX_URL_LEN {
         return Err(format!("at most {MAX_URL_LEN} bytes once percent-encoded"));
+    }
+    if !allow_private && url.scheme() == "http" {
+        return Err("the scheme must be https (plain http only with webhooks.allow_private_addresses, for an \
+                    endpoint inside your network)"
+            .into());
     }
     if !allow_private {
         let refused = match host {
@@ -264,6 +271,15 @@ pub fn is_forbidden_ip(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod address_tests {
     use super::*;
+
+    #[test]
+    fn plain_http_is_refused_unless_private_addresses_are_allowed() {
+        let refused = endpoint_url("http://hooks.example.com/tessera", false).unwrap_err();
+        assert!(refused.contains("https"), "{refused}");
+        assert!(endpoint_url("https://hooks.example.com/tessera", false).is_ok());
+        assert!(endpoint_url("http://hooks.internal.example/tessera", true).is_ok());
+        assert!(endpoint_url("http://10.0.0.5/tessera", true).is_ok());
+    }
 
     #[test]
     fn private_and_loopback_addresses_are_forbidden() {

@@ -816,10 +816,14 @@ async fn the_ssrf_guard_refuses_loopback_addresses() {
 
     // ... and refused, at registration and at delivery, once it is on.
     let app = TestApp::start(db, &guarded).await;
-    for url in ["http://127.0.0.1:9/hook", "http://localhost:9/", "http://[::1]/", "http://169.254.169.254/"] {
+    let urls = ["https://127.0.0.1:9/hook", "https://localhost:9/", "https://[::1]/", "https://169.254.169.254/"];
+    for url in urls.into_iter().chain(["http://hooks.example.com/tessera"]) {
         let refused = app.admin(Method::POST, "/admin/webhooks").json(&json!({ "url": url })).send().await.unwrap();
         let body = json(refused, 400).await;
         assert_eq!((body["code"].as_str(), body["field"].as_str()), (Some("invalid_webhook_url"), Some("url")));
+        // Plain http to a public host: the events (emails, names) would cross the network in clear.
+        let why = if url.starts_with("http:") { "must be https" } else { "addresses are refused" };
+        assert!(body["detail"].as_str().unwrap().contains(why), "{url}: {body}");
     }
     json(app.bootstrap(&identity("dee", "dee@example.com", None)).await, 201).await;
     for id in [&literal, &named] {
