@@ -76,6 +76,9 @@ fn provider_call_limit(lease: &RefreshLease, now: DateTime<Utc>) -> Duration {
     left.saturating_sub(STORE_RETRY_MARGIN).min(PROVIDER_CALL_LIMIT)
 }
 
+/// How long after a refresh failed at the provider (unreachable, timed out, a 5xx) this process
+/// hands out a profile's stored token, while it has time left, rather than asking again.
+const REFRESH_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a request waits for another instance's refresh.
 const REFRESH_WAIT: Duration = Duration::from_secs(10);
 /// How long the provider's refresh call may take at most; less when less of the lease is left
@@ -386,6 +389,9 @@ pub struct AuthProfiles {
     pub(super) http: reqwest::Client,
     /// One refresh at a time per profile in this process.
     refreshing: Arc<Mutex<HashMap<ProfileId, Arc<RefreshGate>>>>,
+    /// When this process's last refresh of a profile failed at the provider, for those within
+    /// [`REFRESH_FAILURE_BACKOFF`]: see [`AuthProfiles::still_failing`].
+    failed_refreshes: Arc<Mutex<HashMap<ProfileId, tokio::time::Instant>>>,
     /// The connect forms' answers (the flow each started), kept for the same form sent again.
     pub(super) started: Arc<Answers<Started>>,
     /// The `env` forms' answers (the profile each stored), kept for the same form sent again.
@@ -414,6 +420,7 @@ impl AuthProfiles {
             max_per_team: crate::config::DEFAULT_MAX_PROFILES_PER_TEAM,
             connectors: Arc::from(Vec::new()),
             refreshing: Arc::new(Mutex::new(HashMap::new())),
+            failed_refreshes: Arc::default(),
             started: Arc::default(),
             stored: Arc::default(),
         }
@@ -1100,18 +1107,53 @@ impl AuthProfiles {
                 );
                 self.stored_or(keyring, profile, failed.into()).await
             }
-            _ => {
-                let outcome = self.refresh(keyring, profile, deadline).await;
-                // Only the provider's failure is shared: another (the store's, another
-                // instance's lease held too long) is each waiter's to meet for itself.
-                let provider_failed = matches!(outcome, Err(AuthProfileError::Flow(FlowError::Provider(_))));
-                *turn = provider_failed.then(tokio::time::Instant::now);
-                outcome
-            }
+            _ => match self.still_failing(keyring, profile).await {
+                Ok(Some(token)) => Ok(token),
+                Err(error) => Err(error),
+                Ok(None) => {
+                    let outcome = self.refresh(keyring, profile, deadline).await;
+                    // Only the provider's failure is shared: another (the store's, another
+                    // instance's lease held too long) is each waiter's to meet for itself.
+                    let provider_failed = matches!(outcome, Err(AuthProfileError::Flow(FlowError::Provider(_))));
+                    *turn = provider_failed.then(tokio::time::Instant::now);
+                    outcome
+                }
+            },
         };
         drop(turn);
         self.let_go(profile.id, gate);
         outcome
+    }
+
+    /// The stored token, while a refresh of the profile failed at the provider within
+    /// [`REFRESH_FAILURE_BACKOFF`] and the token has time left to hand out: the provider (down,
+    /// or answering errors) is not asked again by every request meanwhile, each waiting for its
+    /// timeout before getting this same token. `None` otherwise: the provider is asked.
+    async fn still_failing(
+        &self,
+        keyring: &KeyRing,
+        profile: &AuthProfile,
+    ) -> Result<Option<AccessToken>, AuthProfileError> {
+        let failed = self.failed_refreshes.lock().unwrap_or_else(|p| p.into_inner()).get(&profile.id).copied();
+        if failed.is_none_or(|at| at.elapsed() >= REFRESH_FAILURE_BACKOFF) {
+            return Ok(None);
+        }
+        let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
+        check_status(secrets.status)?;
+        Ok(in_place(keyring, profile.id, &secrets))
+    }
+
+    /// Notes how a refresh of a profile went: a failure at the provider is kept for
+    /// [`still_failing`](Self::still_failing) (those older than the back-off are dropped then,
+    /// so that the map holds only profiles failing now), anything else forgets it.
+    fn note_refresh(&self, id: ProfileId, provider_failed: bool) {
+        let mut failed = self.failed_refreshes.lock().unwrap_or_else(|p| p.into_inner());
+        if provider_failed {
+            failed.retain(|_, at| at.elapsed() < REFRESH_FAILURE_BACKOFF);
+            failed.insert(id, tokio::time::Instant::now());
+        } else {
+            failed.remove(&id);
+        }
     }
 
     /// Drops this request's hold on a profile's refresh gate, forgetting the gate once nobody
@@ -1373,6 +1415,7 @@ impl AuthProfiles {
         };
         metrics::counter!(TOKEN_REFRESH_CALLS_TOTAL, "provider" => profile.provider.clone(), "outcome" => outcome)
             .increment(1);
+        self.note_refresh(profile.id, matches!(outcome, "error" | "timeout"));
         match called {
             Ok(Ok(tokens)) => Ok(tokens),
             Ok(Err(ProviderError::InvalidGrant)) => Err(AuthProfileError::NeedsReauth),

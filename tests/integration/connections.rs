@@ -43,6 +43,7 @@ on_both_backends!(
     fifty_concurrent_requests_refresh_once,
     concurrent_requests_meeting_a_refused_refresh_ask_the_provider_once,
     concurrent_requests_meeting_a_failed_refresh_ask_the_provider_once,
+    requests_after_a_failed_refresh_get_the_stored_token_without_asking_again,
     two_instances_refresh_once,
     requests_queued_behind_another_instances_refresh_wait_once,
     a_request_queued_behind_a_slow_refresh_of_its_own_instance_waits_as_long,
@@ -902,6 +903,23 @@ async fn concurrent_requests_meeting_a_failed_refresh_ask_the_provider_once(back
     let answer = body(w.token(w.alice.id, &slug).await, 200).await;
     assert_eq!(answer["refreshed"], true, "{answer}");
     assert_eq!(w.issuer.refreshes() - calls, 2, "the next request asks again");
+}
+
+/// A refresh that failed at the provider (down, answering errors) is not tried again by every
+/// request that follows, each waiting for the provider's timeout before getting the stored token
+/// all the same: while that token has time left, the next requests get it at once.
+async fn requests_after_a_failed_refresh_get_the_stored_token_without_asking_again(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("failing-provider").await;
+    let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
+    w.app.db.expire_token_in(&slug, 120).await;
+    w.issuer.fail_next_token_request(TokenFault::ServerError(503));
+    let calls = w.issuer.refreshes();
+    for round in 0..5 {
+        let answer = body(w.token(w.alice.id, &slug).await, 200).await;
+        assert_eq!((&answer["refreshed"], &answer["access_token"]), (&json!(false), &stored), "round {round}");
+    }
+    assert_eq!(w.issuer.refreshes() - calls, 1, "the provider was asked once, not once per request");
 }
 
 async fn two_instances_refresh_once(backend: Backend) {
