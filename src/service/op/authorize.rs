@@ -610,9 +610,14 @@ impl OpenIdProvider {
                 return Err(fail("invalid_scope", super::provider::OFFLINE_ACCESS_ALONE));
             }
         }
-        // The client's scopes were validated at registration: membership is the whole check.
-        if scopes.iter().any(|s| !client.scopes.contains(s)) {
-            return Err(fail("invalid_scope", "a requested scope is not allowed for this client"));
+        // Any other scope the client is not registered for is ignored too (OpenID Connect Core
+        // 3.1.2.1: scope values not understood SHOULD be ignored; RFC 6749 3.3: the token answer's
+        // `scope` says what was granted), so that an app configured with a stock list (`openid
+        // email groups`) signs in with what it may have; one left with nothing is refused. The
+        // client's scopes were validated at registration: membership is the whole check.
+        scopes.retain(|s| client.scopes.contains(s));
+        if scopes.is_empty() {
+            return Err(fail("invalid_scope", "none of the requested scopes is allowed for this client"));
         }
         // PKCE is required (OAuth 2.1 section 4.1.1, and so MCP's authorization), but from a
         // confidential client that signs in with OpenID Connect and sends a `nonce`: the id

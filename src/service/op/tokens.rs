@@ -427,14 +427,21 @@ impl OpenIdProvider {
         // libraries send the scope they were configured with again (Authlib does), and the
         // grant it was left out of stays bound to its session. So is it for a grant made
         // without it (before the client was registered for it, say): a refresh cannot make a
-        // grant offline. Asked alone, nothing is left: refused.
+        // grant offline. Likewise a scope neither granted nor registered for the client, which
+        // authorization ignored (a stock list's `groups`, say); one granted but taken from the
+        // client since, or registered but not granted, is refused below. Nothing left: refused.
         let granted = split_scope(&grant.scope);
         let keeps_offline = client.may_go_offline() && granted.iter().any(|s| s == OFFLINE_ACCESS);
-        let asked: Option<Vec<String>> = asked_scope(&form)?
-            .map(|asked| asked.into_iter().filter(|s| keeps_offline || s != OFFLINE_ACCESS).collect());
-        if let Some(asked) = asked {
+        if let Some(sent) = asked_scope(&form)? {
+            let asked: Vec<String> = sent
+                .iter()
+                .filter(|s| keeps_offline || *s != OFFLINE_ACCESS)
+                .filter(|s| granted.contains(s) || client.scopes.contains(s))
+                .cloned()
+                .collect();
             if asked.is_empty() {
                 return Err(OAuthError::invalid_scope(match client.may_go_offline() {
+                    _ if sent.iter().any(|s| s != OFFLINE_ACCESS) => "none of the requested scopes was granted",
                     true => "offline_access alone, which this grant was not given",
                     false => super::provider::OFFLINE_ACCESS_ALONE,
                 }));
