@@ -345,6 +345,17 @@ impl SignIn {
         if let Some(found) = self.store.find_identity(&issuer, subject).await? {
             return self.returning(found).await;
         }
+        // The email that decides whom a first sign-in is (a link asked for, an account joined)
+        // may be one the provider's userinfo would give: not taken for none, which would make
+        // the person a second account.
+        if info.email.is_none() && info.email_unread {
+            tracing::warn!(
+                provider = provider.name(),
+                "a first sign-in waits for the provider's discovery document, for its userinfo endpoint (or set userinfo_endpoint)"
+            );
+            let why = "the provider's userinfo endpoint is not known until its discovery document is read";
+            return Err(ProviderError::Unavailable(why.into()).into());
+        }
         // The accounts with the address when this decision was taken (claims included): the
         // account is made only if they are still the same then.
         let mut holders = None;

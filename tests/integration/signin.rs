@@ -619,9 +619,10 @@ async fn configured_endpoints_stand_in_for_a_failed_discovery_until_it_is_read(b
 }
 
 /// With the endpoints configured but not `userinfo_endpoint`, while discovery cannot be read: an
-/// id token without an email is not taken for a person without one (their email may be the one
-/// an account holds, and a sign-in without it would make them a second account): the sign-in
-/// waits for the document, 502 `provider_unavailable`, and asks for a link once it is read.
+/// id token without an email is not taken for a person without one at a first sign-in (their
+/// email may be the one an account holds, and a sign-in without it would make them a second
+/// account): it waits for the document, 502 `provider_unavailable`, and asks for a link once it
+/// is read. Someone who signed in before needs no email and goes on.
 async fn an_email_only_userinfo_gives_waits_for_the_discovery_document(backend: Backend) {
     let w = world_with(backend, |config, local_issuer| {
         // For the admin API's bootstrap of the account that holds the email.
@@ -637,6 +638,9 @@ async fn an_email_only_userinfo_gives_waits_for_the_discovery_document(backend: 
     let holder = json!({"issuer": w.issuer.issuer(), "subject": "the-holder", "email": "ui@example.com"});
     body(w.app.bootstrap(&holder).await, 201).await;
     w.issuer.set_discovery_available(false);
+    w.issuer.set_next_user(StubUser::new("the-holder", "ui@example.com"));
+    w.issuer.tamper_next_id_token(Tamper::EmailOnlyInUserinfo);
+    assert_eq!(Browser::new().sign_in(&w.app, "").await.status(), StatusCode::SEE_OTHER, "a returning user");
     w.issuer.set_next_user(StubUser::new("newcomer", "ui@example.com"));
     w.issuer.tamper_next_id_token(Tamper::EmailOnlyInUserinfo);
     let refused = Browser::new().sign_in(&w.app, "").await;

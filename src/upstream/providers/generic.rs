@@ -101,6 +101,7 @@ fn user_info(profile: &ProfileMapping, document: &Value) -> Result<UserInfo, Pro
         name: DisplayName::parse_optional(text(&profile.name).as_deref()).ok().flatten().map(|n| n.as_str().to_owned()),
         avatar_url: None,
         authenticated_at: None,
+        email_unread: false,
     })
 }
 

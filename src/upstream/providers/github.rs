@@ -173,6 +173,7 @@ impl Provider for GitHubProvider {
             name: DisplayName::parse_optional(user.name.as_deref()).ok().flatten().map(|n| n.as_str().to_owned()),
             avatar_url: user.avatar_url,
             authenticated_at: None,
+            email_unread: false,
         })
     }
 

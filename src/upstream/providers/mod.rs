@@ -141,6 +141,10 @@ pub struct UserInfo {
     /// When the user last authenticated at the provider (an id_token's `auth_time`); `None` from
     /// providers that do not say.
     pub authenticated_at: Option<DateTime<Utc>>,
+    /// Without an email, whether the provider may have one this sign-in could not read: an
+    /// OpenID provider's userinfo endpoint is not known until its discovery document is read.
+    /// A first sign-in waits for it (the email may be one an account holds); others need none.
+    pub email_unread: bool,
 }
 
 /// How the `iss` parameter of an authorization response (RFC 9207) is checked.

@@ -357,17 +357,14 @@ impl Provider for OidcProvider {
             .ok_or_else(|| ProviderError::InvalidIdToken("the token response has no id_token".into()))?;
         let claims = self.verify_id_token(id_token, nonce).await?;
         let mut profile = claims.profile;
-        let userinfo = match profile.get("email") {
-            Some(_) => None,
+        let (userinfo, email_unread) = match profile.get("email") {
+            Some(_) => (None, false),
             None => {
                 let metadata = self.metadata().await?;
-                // Not known to have none while discovery is unread: the email userinfo would
-                // give may be the one an account already holds, and a sign-in without it would
-                // make a second account where it should ask for a link (or join the one).
-                if metadata.userinfo.is_none() {
-                    metadata.known_without("a userinfo endpoint")?;
-                }
-                metadata.userinfo.clone()
+                // Not known to have none while discovery is unread: said, for a first sign-in
+                // to wait (see `UserInfo::email_unread`).
+                let unread = metadata.userinfo.is_none() && metadata.known_without("a userinfo endpoint").is_err();
+                (metadata.userinfo.clone(), unread)
             }
         };
         if let Some(url) = userinfo {
@@ -385,6 +382,7 @@ impl Provider for OidcProvider {
             }
         }
         let mut info = profile_into_user_info(claims.sub, &profile);
+        info.email_unread = email_unread && info.email.is_none();
         info.authenticated_at = match claims.auth_time {
             None => None,
             Some(seconds) => Some(
@@ -459,6 +457,7 @@ fn profile_into_user_info(subject: String, profile: &Value) -> UserInfo {
         name: DisplayName::parse_optional(name.as_deref()).ok().flatten().map(|n| n.as_str().to_owned()),
         avatar_url: text("picture"),
         authenticated_at: None,
+        email_unread: false,
     }
 }
 
