@@ -807,9 +807,13 @@ impl OpenIdProvider {
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
         let hinted_user = request.hinted_user.clone();
+        // The scopes as validated (those the client is not registered for left out), not as
+        // sent: a later check of the held request may only narrow them, so that a scope
+        // registered for the client meanwhile is not granted on a consent page that never showed it.
+        let scope = Some(request.scopes.join(" "));
         let held = if as_sent {
             Held {
-                params: AuthorizationParams { request_uri: None, ..request.params.clone() },
+                params: AuthorizationParams { request_uri: None, scope, ..request.params.clone() },
                 auth_after_us: None,
                 hinted_user,
                 account_choice: false,
@@ -824,6 +828,7 @@ impl OpenIdProvider {
                 prompt: (!prompt.is_empty()).then_some(prompt),
                 max_age: None,
                 request_uri: None,
+                scope,
                 ..request.params.clone()
             };
             Held {

@@ -427,16 +427,17 @@ impl OpenIdProvider {
         // libraries send the scope they were configured with again (Authlib does), and the
         // grant it was left out of stays bound to its session. So is it for a grant made
         // without it (before the client was registered for it, say): a refresh cannot make a
-        // grant offline. Likewise a scope neither granted nor registered for the client, which
-        // authorization ignored (a stock list's `groups`, say); one granted but taken from the
-        // client since, or registered but not granted, is refused below. Nothing left: refused.
+        // grant offline. Likewise any other scope the grant was not given (RFC 6749 6: a refresh
+        // never widens): authorization left it out (a stock list's `groups`, say), and an app
+        // that resends its list must go on refreshing, also once the scope is registered for the
+        // client. One granted but taken from the client since is refused below. Nothing left:
+        // refused.
         let granted = split_scope(&grant.scope);
         let keeps_offline = client.may_go_offline() && granted.iter().any(|s| s == OFFLINE_ACCESS);
         if let Some(sent) = asked_scope(&form)? {
             let asked: Vec<String> = sent
                 .iter()
-                .filter(|s| keeps_offline || *s != OFFLINE_ACCESS)
-                .filter(|s| granted.contains(s) || client.scopes.contains(s))
+                .filter(|s| (keeps_offline || *s != OFFLINE_ACCESS) && granted.contains(s))
                 .cloned()
                 .collect();
             if asked.is_empty() {
@@ -445,9 +446,6 @@ impl OpenIdProvider {
                     true => "offline_access alone, which this grant was not given",
                     false => super::provider::OFFLINE_ACCESS_ALONE,
                 }));
-            }
-            if asked.iter().any(|s| !granted.contains(s)) {
-                return Err(OAuthError::invalid_scope("a refresh may only narrow the granted scopes"));
             }
             if asked.iter().any(|s| !client.scopes.contains(s)) {
                 return Err(OAuthError::invalid_scope("a requested scope is no longer allowed for this client"));
