@@ -423,6 +423,14 @@ async fn send(
     job: &DeliveryJob,
     allow_private: bool,
 ) -> (Option<i64>, Option<String>) {
+    // An endpoint registered over plain http while private addresses were allowed (or before
+    // https was required) is not sent events in clear once they are refused.
+    if !allow_private && endpoint.url.starts_with("http:") {
+        return (
+            None,
+            Some("plain http is refused: the URL must be https (webhooks.allow_private_addresses is off)".into()),
+        );
+    }
     // IP literals are not resolved, so the resolver cannot refuse them: checked here.
     if !allow_private
         && let Ok(url) = url::Url::parse(&endpoint.url)

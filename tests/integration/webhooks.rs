@@ -810,8 +810,10 @@ async fn the_ssrf_guard_refuses_loopback_addresses() {
     // Registered while the guard is off...
     let app = TestApp::start(db, &open).await;
     let receiver = Receiver::start().await;
-    let (literal, _) = register(&app, json!({ "url": receiver.url })).await;
-    let (named, _) = register(&app, json!({ "url": receiver.url.replace("127.0.0.1", "localhost") })).await;
+    let https = receiver.url.replace("http:", "https:");
+    let (literal, _) = register(&app, json!({ "url": https })).await;
+    let (named, _) = register(&app, json!({ "url": https.replace("127.0.0.1", "localhost") })).await;
+    let (plain, _) = register(&app, json!({ "url": receiver.url })).await;
     let db = app.stop_keeping_db().await;
 
     // ... and refused, at registration and at delivery, once it is on.
@@ -826,13 +828,13 @@ async fn the_ssrf_guard_refuses_loopback_addresses() {
         assert!(body["detail"].as_str().unwrap().contains(why), "{url}: {body}");
     }
     json(app.bootstrap(&identity("dee", "dee@example.com", None)).await, 201).await;
-    for id in [&literal, &named] {
+    for (id, why) in [(&literal, "public"), (&named, "public"), (&plain, "must be https")] {
         eventually("the delivery is refused", || async {
             deliveries(&app, id).await.first().is_some_and(|d| d["attempts"].as_i64().unwrap() >= 1)
         })
         .await;
         let error = deliveries(&app, id).await[0]["last_error"].as_str().unwrap().to_owned();
-        assert!(error.contains("public"), "{error}");
+        assert!(error.contains(why), "{error}");
     }
     assert!(receiver.all().is_empty(), "nothing reached the loopback receiver");
     app.stop().await;
