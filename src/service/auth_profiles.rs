@@ -79,6 +79,10 @@ fn provider_call_limit(lease: &RefreshLease, now: DateTime<Utc>) -> Duration {
 /// How long after a refresh failed at the provider (unreachable, timed out, a 5xx) this process
 /// hands out a profile's stored token, while it has time left, rather than asking again.
 const REFRESH_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a request waits for a refresh before it gets the stored token instead, while that
+/// has time left (the refresh goes on): about what the outbound timeout gave before refreshes
+/// had a limit of their own.
+const IN_PLACE_WAIT: Duration = Duration::from_secs(5);
 /// How long a request waits for another instance's refresh.
 const REFRESH_WAIT: Duration = Duration::from_secs(10);
 /// How long the provider's refresh call may take at most; less when less of the lease is left
@@ -1060,10 +1064,25 @@ impl AuthProfiles {
         // timeout fires), the refresh still stores what the provider answered, rotated refresh
         // token included.
         let this = self.clone();
-        crate::run_to_end(async move { this.single_flight_refresh(&keyring, &profile, deadline).await })
-            .await
-            // Only when the runtime shuts down.
-            .unwrap_or(Err(AuthProfileError::RefreshInProgress))
+        let (ring, id) = (keyring.clone(), profile.id);
+        let refresh = crate::run_to_end(async move { this.single_flight_refresh(&ring, &profile, deadline).await });
+        tokio::pin!(refresh);
+        // Only when the runtime shuts down.
+        let shut_down = || Err(AuthProfileError::RefreshInProgress);
+        match tokio::time::timeout(IN_PLACE_WAIT, &mut refresh).await {
+            Ok(done) => done.unwrap_or_else(shut_down),
+            // A slow provider (or one that does not answer): the stored token, while it has time
+            // left, rather than a wait of up to the call's limit; the refresh goes on in its task
+            // and stores what the provider answers, rotated refresh token included.
+            Err(_) => {
+                let secrets = self.store.profile_secrets(id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
+                check_status(secrets.status)?;
+                match in_place(&keyring, id, &secrets) {
+                    Some(token) => Ok(token),
+                    None => refresh.await.unwrap_or_else(shut_down),
+                }
+            }
+        }
     }
 
     /// Refreshes a profile's token, one task at a time per profile in this process; waits for
