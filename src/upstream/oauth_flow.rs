@@ -392,8 +392,9 @@ impl OAuthFlows {
             let word = super::error_word(&error);
             if word != "access_denied" {
                 // Not the user cancelling: a setup to mend (`unauthorized_client`, `invalid_scope`)
-                // or an outage, which the refusal's code alone would not tell the operator.
-                tracing::warn!(provider = provider.name(), error = %word, "the provider answered the sign-in with an error");
+                // or an outage, which the refusal's code alone would not tell the operator. At
+                // info, as the callback's other refusals: anyone can send one back this way.
+                tracing::info!(provider = provider.name(), error = %word, "the provider answered the sign-in with an error");
             }
             return Err(FlowError::Denied(word));
         }

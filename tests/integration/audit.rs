@@ -402,6 +402,13 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
         let denied = crate::signin::with_param(&denied, "code", None);
         assert_eq!(body(browser.get(&denied).await, 400).await["code"], "provider_denied");
     }
+    for _ in 0..2 {
+        let mut browser = Browser::new();
+        let callback = browser.start(&w.app, "").await;
+        let refused = crate::signin::with_param(&callback, "error", Some("unauthorized_client"));
+        let refused = crate::signin::with_param(&refused, "code", None);
+        assert_eq!(body(browser.get(&refused).await, 400).await["code"], "provider_refused");
+    }
     let mut browser = Browser::new();
     let callback = browser.start(&w.app, "").await;
     let made_up = crate::signin::with_param(&callback, "code", Some("not-a-code"));
@@ -425,7 +432,7 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     assert_eq!(succeeded[1]["request_id"], returning_request);
     eventually("the counted failures are written", || async {
         let counted = audit(&w.app, "action=sign_in.failed&actor=refusal_counter").await;
-        counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 13
+        counted.iter().map(|r| r["details"]["count"].as_u64().unwrap()).sum::<u64>() == 15
     })
     .await;
     let failed = audit(&w.app, "action=sign_in.failed").await;
@@ -439,7 +446,13 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
         let reason = counted["reason"].as_str().unwrap().to_owned();
         *reasons.entry(reason).or_default() += counted["details"]["count"].as_u64().unwrap();
     }
-    let expected = [("invalid_code", 1), ("invalid_request", 3), ("invalid_state", 5), ("provider_denied", 4)];
+    let expected = [
+        ("invalid_code", 1),
+        ("invalid_request", 3),
+        ("invalid_state", 5),
+        ("provider_denied", 4),
+        ("provider_refused", 2),
+    ];
     assert_eq!(reasons, expected.map(|(reason, n)| (reason.to_owned(), n)).into());
     // A callback for a provider that is not configured is counted without naming it.
     let unknown = Browser::new().get(&w.app.url("/auth/callback/nosuchprovider?state=x&code=y")).await;
