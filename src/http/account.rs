@@ -267,13 +267,19 @@ async fn account_page(
                 team_name: membership.team.name.clone(),
                 id: p.id.to_string(),
                 display_name: p.display_name.clone(),
-                connector: p.connector_key.clone(),
+                connector: state.auth_profiles.connector_label(&p.connector_key),
                 provider: provider_label(&p.provider),
                 icon: state.pages.icon(&p.provider),
                 status_label,
                 status_class,
                 scopes: p.scopes.clone(),
-                refreshed: p.access_token_expires_at.map(moment),
+                // Only a live token's end: a token is refreshed when next used, so an active
+                // connection idle for a while holds one already past, and one that needs
+                // reconnecting may hold one that will never be handed out.
+                refreshed: p
+                    .access_token_expires_at
+                    .filter(|at| p.status == ProfileStatus::Active && *at > crate::domain::now())
+                    .map(moment),
                 // OAuth and env profiles get a fresh link (to the provider, or to the form).
                 connect_label: match (p.profile_kind.is_oauth() || p.profile_kind == ProfileKind::Env, p.status) {
                     (false, _) => None,

@@ -854,6 +854,11 @@ impl AuthProfiles {
         Ok((link, profile, provider))
     }
 
+    /// What people call a connector: its declared label, else its key.
+    pub fn connector_label(&self, key: &str) -> String {
+        self.connectors.iter().find(|c| c.key == key).map_or_else(|| key.to_owned(), |c| c.label.clone())
+    }
+
     /// What the start page of an OAuth connect link shows, after the checks of [`Self::start`];
     /// the link is not used up.
     pub async fn connect_preview(
@@ -864,11 +869,7 @@ impl AuthProfiles {
         let hash = sha256(token.as_bytes());
         let (link, profile, provider) = self.oauth_link(&hash, current_user, super::now()).await?;
         let (team, _) = self.teams.role_of(&TeamRef::Id(profile.team_id), link.user).await?;
-        let connector_label = self
-            .connectors
-            .iter()
-            .find(|c| c.key == profile.connector_key)
-            .map_or_else(|| profile.connector_key.clone(), |c| c.label.clone());
+        let connector_label = self.connector_label(&profile.connector_key);
         // What the flow asks for (see `start`): the profile's scopes with those the provider
         // needs beside them, else the provider's own.
         let scopes = provider.config().asked_scopes(Some(&profile.scopes));

@@ -784,6 +784,12 @@ async fn connected_accounts_are_listed_and_can_be_disconnected(backend: Backend)
     let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
     assert!(page.contains("My &#60;Issues&#62;") && page.contains(">connected<"), "{page}");
     assert!(page.contains("<li>issues:read</li>"), "{page}");
+    // The connector by its label, and the token's end only while it is to come (a token is
+    // refreshed when next used: an idle connection's may be long past).
+    assert!(page.contains(" · Issue tracker · team ") && page.contains("token valid until"), "{page}");
+    w.app.db.expire_token_in("issues", -60).await;
+    let page = html(browser.navigate(&w.app.url("/account")).await, StatusCode::OK).await;
+    assert!(page.contains(">connected<") && !page.contains("token valid until"), "a time past: {page}");
     let token = csrf_of(&page);
     // The page's buttons name the connection by its id.
     let id = body(browser.get(&w.app.url(&format!("/v1/teams/{team}/auth-profiles/issues"))).await, 200).await["id"]
