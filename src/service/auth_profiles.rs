@@ -1075,14 +1075,12 @@ impl AuthProfiles {
             // A slow provider (or one that does not answer): the stored token, while it has time
             // left, rather than a wait of up to the call's limit; the refresh goes on in its task
             // and stores what the provider answers, rotated refresh token included.
-            Err(_) => {
-                let secrets = self.store.profile_secrets(id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
-                check_status(secrets.status)?;
-                match in_place(&keyring, id, &secrets) {
-                    Some(token) => Ok(token),
-                    None => refresh.await.unwrap_or_else(shut_down),
-                }
-            }
+            // Anything else — a row revoked or changed meanwhile, a database that fails (when the
+            // refresh would hand out its answer unstored) — is the refresh's own answer to judge.
+            Err(_) => match self.store.profile_secrets(id).await {
+                Ok(Some(secrets)) if let Some(token) = in_place(&keyring, id, &secrets) => Ok(token),
+                _ => refresh.await.unwrap_or_else(shut_down),
+            },
         }
     }
 

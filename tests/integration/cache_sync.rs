@@ -98,6 +98,25 @@ impl Cluster {
         format!("{name}={value}")
     }
 
+    /// Links the local issuer's `subject` to `user` (written straight to the store); returns the
+    /// new identity's id.
+    async fn link(&self, user: &str, subject: &str) -> IdentityId {
+        let link = NewLink {
+            identity_id: IdentityId::generate(),
+            issuer: Issuer::parse(self.issuer.issuer()).unwrap(),
+            subject: Subject::parse(subject).unwrap(),
+            provider: "local".into(),
+            email: None,
+            email_verified: false,
+            now: tessera::domain::now(),
+            audit: None,
+            by_email: None,
+        };
+        let linked = self.a.store.link_identity(user.parse::<UserId>().unwrap(), &link).await.unwrap();
+        assert!(matches!(linked, LinkOutcome::Linked(_)));
+        link.identity_id
+    }
+
     async fn stop(self) {
         self.a.stop().await;
         self.b.stop().await;
@@ -189,25 +208,7 @@ async fn an_identity_unlinked_on_one_instance_stops_resolving_on_another_promptl
     let c = cluster(backend).await;
     let (first, second) = (c.token("first-identity"), c.token("second-identity"));
     let user = user_of(&c.a, &first).await;
-    let linked =
-        c.a.store
-            .link_identity(
-                user.parse::<UserId>().unwrap(),
-                &NewLink {
-                    identity_id: IdentityId::generate(),
-                    issuer: Issuer::parse(c.issuer.issuer()).unwrap(),
-                    subject: Subject::parse("second-identity").unwrap(),
-                    provider: "local".into(),
-                    email: None,
-                    email_verified: false,
-                    now: tessera::domain::now(),
-                    audit: None,
-                    by_email: None,
-                },
-            )
-            .await
-            .unwrap();
-    assert!(matches!(linked, LinkOutcome::Linked(_)));
+    c.link(&user, "second-identity").await;
     assert_eq!(user_of(&c.a, &second).await, user, "both identities are the user's");
     settle(&[&c.a, &c.b]).await;
     assert_eq!(user_of(&c.b, &first).await, user, "cached on B now");
@@ -405,20 +406,7 @@ async fn a_new_primary_identity_sign_out_elsewhere_and_deletion_show_on_another_
     let slow = c.another(|config| config.cache.sync_interval = Duration::from_secs(60)).await;
     let second = c.token("second-sign-in");
     let user = user_of(&c.a, &c.token("first-sign-in")).await;
-    let second_id = IdentityId::generate();
-    let link = NewLink {
-        identity_id: second_id,
-        issuer: Issuer::parse(c.issuer.issuer()).unwrap(),
-        subject: Subject::parse("second-sign-in").unwrap(),
-        provider: "local".into(),
-        email: None,
-        email_verified: false,
-        now: tessera::domain::now(),
-        audit: None,
-        by_email: None,
-    };
-    let linked = c.a.store.link_identity(user.parse::<UserId>().unwrap(), &link).await.unwrap();
-    assert!(matches!(linked, LinkOutcome::Linked(_)));
+    let second_id = c.link(&user, "second-sign-in").await;
     let kept = &c.session_of(&user, "the-session-that-signs-the-others-out").await;
     let other = &c.session_of(&user, "a-session-signed-out-from-elsewhere").await;
     settle(&[&c.a, &c.b]).await;

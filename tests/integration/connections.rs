@@ -48,6 +48,7 @@ on_both_backends!(
     two_instances_refresh_once,
     requests_queued_behind_another_instances_refresh_wait_once,
     a_slow_refresh_hands_out_the_stored_token_and_stores_its_answer_after,
+    a_slow_refresh_whose_database_fails_meanwhile_hands_out_its_answer,
     a_refresh_answered_after_the_outbound_timeout_keeps_the_rotated_token,
     rotated_and_kept_refresh_tokens_are_persisted,
     invalid_grant_marks_the_profile_without_a_retry_storm,
@@ -1010,6 +1011,28 @@ async fn a_slow_refresh_hands_out_the_stored_token_and_stores_its_answer_after(b
     })
     .await;
     assert_eq!(w.issuer.refreshes(), 1, "one call to the provider");
+}
+
+/// A refresh slower than a request waits (8 s), while the database fails (its table renamed
+/// away): past its wait the request cannot read the stored token, and gets what the refresh
+/// gets — the provider's new token, handed out unstored — not the database's error.
+async fn a_slow_refresh_whose_database_fails_meanwhile_hands_out_its_answer(backend: Backend) {
+    let mut w = world(backend).await;
+    let slug = w.connected("slow-and-failing").await;
+    let stored = body(w.token(w.alice.id, &slug).await, 200).await["access_token"].clone();
+    w.expire_soon(&slug).await;
+    let refreshes = w.issuer.refreshes();
+    w.issuer.set_answer_delay(Duration::from_secs(8));
+    let request = w.on_behalf(Method::POST, &format!("/auth-profiles/{slug}/token"), w.alice.id).send();
+    let waiting = tokio::spawn(request);
+    eventually("the refresh reaches the provider", || async { w.issuer.refreshes() > refreshes }).await;
+    let sql = w.app.db.sql().await;
+    sql.exec("ALTER TABLE auth_profiles RENAME TO auth_profiles_away").await.unwrap();
+    let answer = body(waiting.await.unwrap().unwrap(), 200).await;
+    sql.exec("ALTER TABLE auth_profiles_away RENAME TO auth_profiles").await.unwrap();
+    assert_eq!(answer["refreshed"], true, "{answer}");
+    assert_ne!(answer["access_token"], stored);
+    w.issuer.set_answer_delay(Duration::ZERO);
 }
 
 /// Outbound requests time out after `jwks.fetch_timeout_ms`, but not a refresh: a provider that
