@@ -76,8 +76,9 @@ fn provider_call_limit(lease: &RefreshLease, now: DateTime<Utc>) -> Duration {
     left.saturating_sub(STORE_RETRY_MARGIN).min(PROVIDER_CALL_LIMIT)
 }
 
-/// How long after a refresh failed at the provider (unreachable, timed out, a 5xx) this process
-/// hands out a profile's stored token, while it has time left, rather than asking again.
+/// How long after a refresh failed at the provider (unreachable, timed out, a 5xx, an answer that
+/// cannot be used: anything but a refused refresh token) this process hands out a profile's
+/// stored token, while it has time left, rather than asking again.
 const REFRESH_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a request waits for a refresh before it gets the stored token instead, while that
 /// has time left (the refresh goes on): about what the outbound timeout gave before refreshes
@@ -1074,9 +1075,9 @@ impl AuthProfiles {
             Ok(done) => done.unwrap_or_else(shut_down),
             // A slow provider (or one that does not answer): the stored token, while it has time
             // left, rather than a wait of up to the call's limit; the refresh goes on in its task
-            // and stores what the provider answers, rotated refresh token included.
-            // Anything else — a row revoked or changed meanwhile, a database that fails (when the
-            // refresh would hand out its answer unstored) — is the refresh's own answer to judge.
+            // and stores what the provider answers, rotated refresh token included. Anything else
+            // (a row revoked or changed meanwhile, a database that fails, when the refresh would
+            // hand out its answer unstored) is the refresh's own answer to judge.
             Err(_) => match self.store.profile_secrets(id).await {
                 Ok(Some(secrets)) if let Some(token) = in_place(&keyring, id, &secrets) => Ok(token),
                 _ => refresh.await.unwrap_or_else(shut_down),
