@@ -197,9 +197,9 @@ pub fn endpoint_url(value: &str, allow_private: bool) -> Result<String, String> 
             }
         };
         if refused {
-            return Err(
-                "loopback, private and link-local addresses are refused (webhooks.allow_private_addresses)".into()
-            );
+            return Err("loopback, private, link-local and other non-public addresses are refused \
+                 (webhooks.allow_private_addresses)"
+                .into());
         }
     }
     Ok(url.to_string())

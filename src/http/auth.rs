@@ -597,11 +597,10 @@ async fn callback_to_end(
     let finished = match state.flows.finish(taken, callback).await {
         Ok(finished) => finished,
         Err(error) => {
+            let error = ApiError::from(error);
             // The user cancelled at the provider (its `access_denied`, not another of its errors,
             // which a retry or the operator may cure).
-            let cancelled =
-                matches!(&error, crate::upstream::oauth_flow::FlowError::Denied(code) if code == "access_denied");
-            let error = ApiError::from(error);
+            let cancelled = error.code() == ErrorCode::ProviderDenied;
             super::audit::sign_in_failed(&state, &headers, &provider, action, error.code()).await;
             if action == FlowAction::SignIn
                 && cancelled

@@ -348,7 +348,7 @@ impl SignIn {
         // The email that decides whom a first sign-in is (a link asked for, an account joined)
         // may be one the provider's userinfo would give: not taken for none, which would make
         // the person a second account.
-        if info.email.is_none() && info.email_unread {
+        if info.email_unread {
             tracing::warn!(
                 provider = provider.name(),
                 "a first sign-in waits for the provider's discovery document, for its userinfo endpoint (or set userinfo_endpoint)"

@@ -423,25 +423,11 @@ async fn send(
     job: &DeliveryJob,
     allow_private: bool,
 ) -> (Option<i64>, Option<String>) {
-    // An endpoint registered over plain http while private addresses were allowed (or before
-    // https was required) is not sent events in clear once they are refused.
-    if !allow_private && endpoint.url.starts_with("http:") {
-        return (
-            None,
-            Some("plain http is refused: the URL must be https (webhooks.allow_private_addresses is off)".into()),
-        );
-    }
-    // IP literals are not resolved, so the resolver cannot refuse them: checked here.
-    if !allow_private
-        && let Ok(url) = url::Url::parse(&endpoint.url)
-        && let Some(ip) = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        }
-        && is_forbidden_ip(ip)
-    {
-        return (None, Some("the address is not public (webhooks.allow_private_addresses is off)".into()));
+    // The registration's checks again, for an endpoint stored while private addresses (and
+    // plain http) were allowed: and IP literals are not resolved, so the resolver cannot refuse
+    // them.
+    if let Err(refused) = crate::domain::endpoint_url(&endpoint.url, allow_private) {
+        return (None, Some(refused));
     }
     let body = body(job);
     let id = job.event_id.to_string();

@@ -441,10 +441,12 @@ impl OpenIdProvider {
                 .cloned()
                 .collect();
             if asked.is_empty() {
-                return Err(OAuthError::invalid_scope(match client.may_go_offline() {
-                    _ if sent.iter().any(|s| s != OFFLINE_ACCESS) => "none of the requested scopes was granted",
-                    true => "offline_access alone, which this grant was not given",
-                    false => super::provider::OFFLINE_ACCESS_ALONE,
+                return Err(OAuthError::invalid_scope(if sent.iter().any(|s| s != OFFLINE_ACCESS) {
+                    "none of the requested scopes was granted"
+                } else if client.may_go_offline() {
+                    "offline_access alone, which this grant was not given"
+                } else {
+                    super::provider::OFFLINE_ACCESS_ALONE
                 }));
             }
             if asked.iter().any(|s| !client.scopes.contains(s)) {

@@ -363,7 +363,7 @@ impl Provider for OidcProvider {
                 let metadata = self.metadata().await?;
                 // Not known to have none while discovery is unread: said, for a first sign-in
                 // to wait (see `UserInfo::email_unread`).
-                let unread = metadata.userinfo.is_none() && metadata.known_without("a userinfo endpoint").is_err();
+                let unread = metadata.userinfo.is_none() && metadata.partial;
                 (metadata.userinfo.clone(), unread)
             }
         };
