@@ -1144,17 +1144,6 @@ impl Config {
         }
         let mut warnings = Vec::new();
         let encryption = auth::parse_encryption(raw.encryption, env, &mut warnings)?;
-        if encryption.is_none()
-            && let Some(provider) = providers.iter().find(|p| p.store_tokens)
-        {
-            return Err(ConfigError::new(
-                ENCRYPTION_KEYS_VAR,
-                format!(
-                    "provider {:?} stores tokens, which needs an encryption key: set {ENCRYPTION_KEYS_VAR}=<id>:<base64 32 bytes>",
-                    provider.name
-                ),
-            ));
-        }
         let min_max_age = raw.jwks.min_max_age_seconds.unwrap_or(60);
         if !(1..=3600).contains(&min_max_age) {
             return Err(ConfigError::new("jwks.min_max_age_seconds", "expected 1 to 3600 seconds"));
@@ -1182,18 +1171,6 @@ impl Config {
             ));
         }
         let webhooks = parse_webhooks(&raw.webhooks, env)?;
-        if encryption.is_none()
-            && let Some(endpoint) = webhooks.endpoints.first()
-        {
-            return Err(ConfigError::new(
-                ENCRYPTION_KEYS_VAR,
-                format!(
-                    "webhook endpoint {:?} needs the key ring to keep its signing key encrypted: set \
-                     {ENCRYPTION_KEYS_VAR}=<id>:<base64 32 bytes>",
-                    endpoint.name
-                ),
-            ));
-        }
         let audit = parse_audit(&raw.audit)?;
         let oidc = oidc::parse_oidc(raw.oidc, env)?;
         // Clients of a provider that is off would be written to the store and never served.
@@ -1205,24 +1182,12 @@ impl Config {
         }
         let branding = branding::parse_branding(raw.branding)?;
         let connectors = connectors::parse_connectors(raw.connectors)?;
-        // What only connected accounts use, which keep their credentials encrypted: without the
-        // key ring every request for them would fail, so start-up does.
-        let needs_ring = providers
-            .iter()
-            .find(|p| !p.protocol.sign_in)
-            .map(|p| format!("provider {:?} serves connected accounts only (sign_in = false)", p.name))
-            .or_else(|| {
-                connectors.iter().find(|c| !c.fields.is_empty()).map(|c| format!("connector {:?} has fields", c.key))
-            });
         if encryption.is_none()
-            && let Some(what) = needs_ring
+            && let Some(why) = needs_key_ring(&providers, &webhooks, &connectors)
         {
             return Err(ConfigError::new(
                 ENCRYPTION_KEYS_VAR,
-                format!(
-                    "{what}: connected accounts keep their credentials encrypted, which needs the key ring: \
-                     set {ENCRYPTION_KEYS_VAR}=<id>:<base64 32 bytes>"
-                ),
+                format!("{why}: set {ENCRYPTION_KEYS_VAR}=<id>:<base64 32 bytes>"),
             ));
         }
         let metrics = parse_metrics(&raw.metrics, listen)?;
@@ -1536,6 +1501,40 @@ fn parse_issuer(i: usize, raw: RawIssuer) -> Result<IssuerConfig, ConfigError> {
 
 fn split_list(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// Why the configuration needs the key ring, if it does: what it names would keep a secret in
+/// the clear, or fail every request for it, without one. Checked at start-up, so that it fails
+/// there rather than at each request.
+fn needs_key_ring(
+    providers: &[ProviderConfig],
+    webhooks: &WebhooksConfig,
+    connectors: &[ConnectorConfig],
+) -> Option<String> {
+    let provider = |p: &ProviderConfig| match (p.store_tokens, p.protocol.sign_in) {
+        (true, _) => Some(format!("provider {:?} stores tokens, which needs an encryption key", p.name)),
+        // Connected accounts only, whose credentials are kept encrypted.
+        (false, false) => Some(format!(
+            "provider {:?} serves connected accounts only (sign_in = false), whose credentials are kept encrypted with the key ring",
+            p.name
+        )),
+        (false, true) => None,
+    };
+    providers
+        .iter()
+        .find_map(provider)
+        .or_else(|| {
+            webhooks
+                .endpoints
+                .first()
+                .map(|e| format!("webhook endpoint {:?} needs the key ring to keep its signing key encrypted", e.name))
+        })
+        .or_else(|| {
+            connectors
+                .iter()
+                .find(|c| !c.fields.is_empty())
+                .map(|c| format!("connector {:?} has fields, whose values are kept encrypted with the key ring", c.key))
+        })
 }
 
 #[cfg(test)]
