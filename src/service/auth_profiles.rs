@@ -375,8 +375,8 @@ pub struct AccessToken {
     pub version: Option<i64>,
 }
 
-/// A profile's refresh turn in this process; it holds when the last refresh through it failed.
-type RefreshGate = tokio::sync::Mutex<Option<tokio::time::Instant>>;
+/// A profile's refresh turn in this process.
+type RefreshGate = tokio::sync::Mutex<()>;
 
 /// The auth-profiles (connected accounts) service.
 #[derive(Debug, Clone)]
@@ -395,7 +395,8 @@ pub struct AuthProfiles {
     /// One refresh at a time per profile in this process.
     refreshing: Arc<Mutex<HashMap<ProfileId, Arc<RefreshGate>>>>,
     /// When this process's last refresh of a profile failed at the provider, for those within
-    /// [`REFRESH_FAILURE_BACKOFF`]: see [`AuthProfiles::still_failing`].
+    /// [`REFRESH_FAILURE_BACKOFF`]: see [`AuthProfiles::fresh_token`] and the requests waiting in
+    /// [`AuthProfiles::single_flight_refresh`].
     failed_refreshes: Arc<Mutex<HashMap<ProfileId, tokio::time::Instant>>>,
     /// The connect forms' answers (the flow each started), kept for the same form sent again.
     pub(super) started: Arc<Answers<Started>>,
@@ -1078,8 +1079,8 @@ impl AuthProfiles {
             // and stores what the provider answers, rotated refresh token included. Anything else
             // (a row revoked or changed meanwhile, a database that fails, when the refresh would
             // hand out its answer unstored) is the refresh's own answer to judge.
-            Err(_) => match self.store.profile_secrets(id).await {
-                Ok(Some(secrets)) if let Some(token) = in_place(&keyring, id, &secrets) => Ok(token),
+            Err(_) => match self.stored(&keyring, id).await {
+                Ok(Some(token)) => Ok(token),
                 _ => refresh.await.unwrap_or_else(shut_down),
             },
         }
@@ -1100,7 +1101,7 @@ impl AuthProfiles {
         };
         // Owned guards: this request's clone of the gate can be given back (`let_go`) whatever
         // it holds.
-        let (mut turn, waited_since) = match gate.clone().try_lock_owned() {
+        let (turn, waited_since) = match gate.clone().try_lock_owned() {
             Ok(turn) => (turn, None),
             Err(_) => {
                 metrics::counter!(TOKEN_REFRESH_WAITS_TOTAL, "scope" => "process").increment(1);
@@ -1119,52 +1120,32 @@ impl AuthProfiles {
         // A refresh the provider failed while this one waited for it answers for it too: the
         // provider is asked once, not once per waiting request in turn (each up to the call's
         // time limit).
-        let outcome = match (*turn, waited_since) {
+        // Only the provider's failure is shared (see `note_refresh`): another (the store's,
+        // another instance's lease held too long) is each waiter's to meet for itself.
+        let outcome = match (self.failed_at(profile.id), waited_since) {
             (Some(failed), Some(since)) if failed >= since => {
                 let failed = ProviderError::Unavailable(
                     "a refresh of this connection failed just now; try again shortly".into(),
                 );
                 self.stored_or(keyring, profile, failed.into()).await
             }
-            _ => match self.still_failing(keyring, profile).await {
-                Ok(Some(token)) => Ok(token),
-                Err(error) => Err(error),
-                Ok(None) => {
-                    let outcome = self.refresh(keyring, profile, deadline).await;
-                    // Only the provider's failure is shared: another (the store's, another
-                    // instance's lease held too long) is each waiter's to meet for itself.
-                    let provider_failed = matches!(outcome, Err(AuthProfileError::Flow(FlowError::Provider(_))));
-                    *turn = provider_failed.then(tokio::time::Instant::now);
-                    outcome
-                }
-            },
+            _ => self.refresh(keyring, profile, deadline).await,
         };
         drop(turn);
         self.let_go(profile.id, gate);
         outcome
     }
 
-    /// The stored token, while a refresh of the profile failed at the provider within
-    /// [`REFRESH_FAILURE_BACKOFF`] and the token has time left to hand out: the provider (down,
-    /// or answering errors) is not asked again by every request meanwhile, each waiting for its
-    /// timeout before getting this same token. `None` otherwise: the provider is asked.
-    async fn still_failing(
-        &self,
-        keyring: &KeyRing,
-        profile: &AuthProfile,
-    ) -> Result<Option<AccessToken>, AuthProfileError> {
-        let failed = self.failed_refreshes.lock().unwrap_or_else(|p| p.into_inner()).get(&profile.id).copied();
-        if failed.is_none_or(|at| at.elapsed() >= REFRESH_FAILURE_BACKOFF) {
-            return Ok(None);
-        }
-        let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
-        check_status(secrets.status)?;
-        Ok(in_place(keyring, profile.id, &secrets))
+    /// When this process's last refresh of a profile failed at the provider, within
+    /// [`REFRESH_FAILURE_BACKOFF`].
+    fn failed_at(&self, id: ProfileId) -> Option<tokio::time::Instant> {
+        let failed = self.failed_refreshes.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied();
+        failed.filter(|at| at.elapsed() < REFRESH_FAILURE_BACKOFF)
     }
 
-    /// Notes how a refresh of a profile went: a failure at the provider is kept for
-    /// [`still_failing`](Self::still_failing) (those older than the back-off are dropped then,
-    /// so that the map holds only profiles failing now), anything else forgets it.
+    /// Notes how a provider's refresh call went: a failure is kept for
+    /// [`failed_at`](Self::failed_at) (those older than the back-off are dropped then, so that
+    /// the map holds only profiles failing now), anything else forgets it.
     fn note_refresh(&self, id: ProfileId, provider_failed: bool) {
         let mut failed = self.failed_refreshes.lock().unwrap_or_else(|p| p.into_inner());
         if provider_failed {
@@ -1195,19 +1176,27 @@ impl AuthProfiles {
         profile: &AuthProfile,
         otherwise: AuthProfileError,
     ) -> Result<AccessToken, AuthProfileError> {
-        let secrets = self.store.profile_secrets(profile.id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
-        check_status(secrets.status)?;
-        in_place(keyring, profile.id, &secrets).ok_or(otherwise)
+        self.stored(keyring, profile.id).await?.ok_or(otherwise)
     }
 
-    /// The stored token when it does not need a refresh.
+    /// The stored token of an active profile, if it has time left to hand out ([`in_place`]).
+    async fn stored(&self, keyring: &KeyRing, id: ProfileId) -> Result<Option<AccessToken>, AuthProfileError> {
+        let secrets = self.store.profile_secrets(id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
+        check_status(secrets.status)?;
+        Ok(in_place(keyring, id, &secrets))
+    }
+
+    /// The stored token when it does not need a refresh; or, while a refresh of it failed at the
+    /// provider within [`REFRESH_FAILURE_BACKOFF`], when it has time left to hand out: the
+    /// provider (down, or answering errors) is not asked again by every request meanwhile, each
+    /// waiting for its timeout before getting this same token.
     async fn fresh_token(&self, keyring: &KeyRing, id: ProfileId) -> Result<Option<AccessToken>, AuthProfileError> {
         let secrets = self.store.profile_secrets(id).await?.ok_or(AuthProfileError::ProfileNotFound)?;
         check_status(secrets.status)?;
-        if needs_refresh(&secrets, super::now()) {
-            return Ok(None);
+        if !needs_refresh(&secrets, super::now()) {
+            return Ok(Some(stored_token(keyring, id, &secrets)?));
         }
-        Ok(Some(stored_token(keyring, id, &secrets)?))
+        Ok(self.failed_at(id).and_then(|_| in_place(keyring, id, &secrets)))
     }
 
     /// Refreshes under the row's lease, or waits for whoever holds it until `deadline` (once
@@ -1434,7 +1423,9 @@ impl AuthProfiles {
         };
         metrics::counter!(TOKEN_REFRESH_CALLS_TOTAL, "provider" => profile.provider.clone(), "outcome" => outcome)
             .increment(1);
-        self.note_refresh(profile.id, matches!(outcome, "error" | "timeout"));
+        // A refused refresh token is the profile's, not the provider's failing.
+        let provider_failed = !matches!(called, Ok(Ok(_) | Err(ProviderError::InvalidGrant)));
+        self.note_refresh(profile.id, provider_failed);
         match called {
             Ok(Ok(tokens)) => Ok(tokens),
             Ok(Err(ProviderError::InvalidGrant)) => Err(AuthProfileError::NeedsReauth),
