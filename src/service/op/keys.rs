@@ -53,6 +53,12 @@ pub const LEEWAY: Duration = Duration::from_secs(30);
 /// a stream of made-up key ids costs at most one store read per period.
 const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(1);
 
+/// While the cache-invalidation log goes unread, the least age of the cached keys before they
+/// are re-read (a key retired at once elsewhere cannot be told): the bound within which a change
+/// made on another instance is honoured anyway, and at most one store read per period, not one
+/// per token signed or checked.
+const UNLOGGED_REREAD: Duration = Duration::from_secs(1);
+
 /// How signing keys are published and rotated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SigningKeySettings {
@@ -523,7 +529,7 @@ impl SigningKeys {
         // A known one is re-read behind its use whenever the log has not been read lately: it may
         // have been retired at once meanwhile.
         let due = age >= self.inner.settings.refresh_interval()
-            || (!unknown && self.unlogged())
+            || (!unknown && self.unlogged(age))
             || (unknown && (age >= UNKNOWN_KID_COOLDOWN || self.inner.stale.load(Ordering::Acquire)));
         // A known key answers from the cache, the keys re-read behind it: keys only leave by
         // their unpublish time, checked on each use, so a known key can be trusted from an old
@@ -580,7 +586,8 @@ impl SigningKeys {
         // Nor while the change log cannot be read (the database may hang): re-read behind. A key
         // retired at once elsewhere stays published until its unpublish time all the same.
         let cached = self.cached();
-        let set = if (self.failed_within(Duration::MAX) || self.unlogged()) && !cached.keys.is_empty() {
+        let unlogged = self.unlogged(cached.loaded_at.elapsed());
+        let set = if (self.failed_within(Duration::MAX) || unlogged) && !cached.keys.is_empty() {
             // Not a wait for a read that may hang past a relying party's patience.
             self.refresh_behind(&cached);
             cached
@@ -709,10 +716,11 @@ impl SigningKeys {
         let _ = self.inner.log.set(principals);
     }
 
-    /// Whether the cache-invalidation log has gone unread lately: a change made on another
-    /// instance may have gone untold.
-    fn unlogged(&self) -> bool {
-        self.inner.log.get().is_some_and(|log| !log.answers())
+    /// Whether keys read `age` ago are due a re-read because the cache-invalidation log has gone
+    /// unread lately (a change made on another instance may have gone untold): at most once per
+    /// [`UNLOGGED_REREAD`].
+    fn unlogged(&self, age: Duration) -> bool {
+        age >= UNLOGGED_REREAD && self.inner.log.get().is_some_and(|log| !log.answers())
     }
 
     fn cached(&self) -> Arc<KeySet> {
@@ -732,7 +740,7 @@ impl SigningKeys {
     async fn keys(&self) -> Result<Arc<KeySet>, SigningError> {
         let cached = self.cached();
         let age = cached.loaded_at.elapsed();
-        let stale = self.inner.stale.load(Ordering::Acquire) || self.unlogged();
+        let stale = self.inner.stale.load(Ordering::Acquire) || self.unlogged(age);
         if age < self.inner.settings.refresh_interval() && !stale {
             return Ok(cached);
         }
