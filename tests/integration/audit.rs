@@ -395,19 +395,14 @@ async fn sign_ins_and_their_failures_are_recorded(backend: Backend) {
     }
     // So are sign-ins refused before the provider vouched for anyone (cancelled there, a code
     // made up): anyone can start one and send it back that way, over and over.
-    for _ in 0..4 {
+    let answers =
+        [("access_denied", "provider_denied"); 4].into_iter().chain([("unauthorized_client", "provider_refused"); 2]);
+    for (error, code) in answers {
         let mut browser = Browser::new();
         let callback = browser.start(&w.app, "").await;
-        let denied = crate::signin::with_param(&callback, "error", Some("access_denied"));
-        let denied = crate::signin::with_param(&denied, "code", None);
-        assert_eq!(body(browser.get(&denied).await, 400).await["code"], "provider_denied");
-    }
-    for _ in 0..2 {
-        let mut browser = Browser::new();
-        let callback = browser.start(&w.app, "").await;
-        let refused = crate::signin::with_param(&callback, "error", Some("unauthorized_client"));
+        let refused = crate::signin::with_param(&callback, "error", Some(error));
         let refused = crate::signin::with_param(&refused, "code", None);
-        assert_eq!(body(browser.get(&refused).await, 400).await["code"], "provider_refused");
+        assert_eq!(body(browser.get(&refused).await, 400).await["code"], code);
     }
     let mut browser = Browser::new();
     let callback = browser.start(&w.app, "").await;
